@@ -1,0 +1,449 @@
+//! What both engines share at run time: the helper ABI, the per-run [`RunState`], memory
+//! regions and their checks, and the [`run`] harness that turns a run into `Result<u64, RunError>`.
+//!
+//! The JIT reads `RunState` fields directly (it is `repr(C)`), so the layout here is ABI.
+
+use crate::insn::MemSize;
+use std::ffi::c_void;
+use std::fmt;
+use std::cell::RefCell;
+
+/// Bytes of stack for one function frame.
+pub const FRAME_SIZE: usize = 512;
+/// Most frames a program may have live at once (the entry function and 7 nested local calls).
+pub const MAX_CALL_DEPTH: usize = 8;
+/// Bytes of stack a run gets: one frame per call level.
+pub const STACK_SIZE: usize = FRAME_SIZE * MAX_CALL_DEPTH;
+/// Default number of backward jumps a run may take before it is stopped.
+pub const DEFAULT_LOOP_BUDGET: u64 = 1 << 26;
+
+/// A helper function as both engines call it: five arguments, the run's state, a result in r0.
+///
+/// A helper must not panic. It may end the program early with [`RunState::stop`] or
+/// [`RunState::fault`]; the engines check after every helper call.
+pub type HelperFn = extern "C" fn(u64, u64, u64, u64, u64, &mut RunState) -> u64;
+
+/// A helper known to the verifier and callable from programs.
+#[derive(Clone, Copy, Debug)]
+pub struct Helper {
+    /// Name used in error messages (the kernel's name where it has one).
+    pub name: &'static str,
+    /// The function.
+    pub func: HelperFn,
+}
+
+/// Helpers by id. Ids follow the kernel's `enum bpf_func_id` where the helper is a kernel one.
+#[derive(Clone, Debug, Default)]
+pub struct HelperTable {
+    entries: Vec<Option<Helper>>,
+    fns: Vec<Option<HelperFn>>,
+}
+
+impl HelperTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers (or replaces) the helper with id `id`.
+    pub fn register(&mut self, id: u32, name: &'static str, func: HelperFn) -> &mut Self {
+        let i = id as usize;
+        if self.entries.len() <= i {
+            self.entries.resize(i + 1, None);
+            self.fns.resize(i + 1, None);
+        }
+        self.entries[i] = Some(Helper { name, func });
+        self.fns[i] = Some(func);
+        self
+    }
+
+    /// The helper with id `id`.
+    pub fn get(&self, id: u32) -> Option<&Helper> {
+        self.entries.get(id as usize)?.as_ref()
+    }
+
+    /// Every registered helper with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Helper)> {
+        self.entries.iter().enumerate().filter_map(|(i, h)| Some((i as u32, h.as_ref()?)))
+    }
+
+    /// Dense function array for dispatch by id (`callx`).
+    pub fn functions(&self) -> &[Option<HelperFn>] {
+        &self.fns
+    }
+}
+
+/// A memory range a program may access besides its stack and context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// First address.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Whether stores are allowed.
+    pub writable: bool,
+}
+
+impl Region {
+    /// A read-only region over a byte slice.
+    pub fn of(bytes: &[u8]) -> Region {
+        Region { start: bytes.as_ptr() as u64, len: bytes.len() as u64, writable: false }
+    }
+
+    /// A writable region over a byte slice.
+    pub fn of_mut(bytes: &mut [u8]) -> Region {
+        Region { start: bytes.as_mut_ptr() as u64, len: bytes.len() as u64, writable: true }
+    }
+
+    fn contains(&self, addr: u64, size: u64) -> bool {
+        let off = addr.wrapping_sub(self.start);
+        off < self.len && self.len - off >= size
+    }
+}
+
+/// A region checked inline by the JIT: `addr - start <= last[log2(size)]` means inside.
+///
+/// Only regions of at least 8 bytes are kept here (so no `last` underflows); a smaller or
+/// absent region is replaced by the state's own 8-byte scratch area, which is harmless to touch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FastRegion {
+    /// First address.
+    pub start: u64,
+    /// Largest offset at which an access of 1, 2, 4, 8 bytes still fits.
+    pub last: [u64; 4],
+}
+
+impl FastRegion {
+    fn new(start: u64, len: u64) -> FastRegion {
+        debug_assert!(len >= 8);
+        FastRegion { start, last: [len - 1, len - 2, len - 4, len - 8] }
+    }
+
+    #[inline]
+    fn contains(&self, addr: u64, size: MemSize) -> bool {
+        addr.wrapping_sub(self.start) <= self.last[size_index(size)]
+    }
+}
+
+/// Index of an access size in [`FastRegion::last`].
+pub fn size_index(size: MemSize) -> usize {
+    match size {
+        MemSize::B => 0,
+        MemSize::H => 1,
+        MemSize::W => 2,
+        MemSize::DW => 3,
+    }
+}
+
+/// `RunState::status` while running.
+pub const STATUS_RUNNING: u32 = 0;
+/// `RunState::status` after a helper asked to stop; the result is `stop_value`.
+pub const STATUS_STOPPED: u32 = 1;
+/// `RunState::status` after a fault; details in `fault`.
+pub const STATUS_FAULT: u32 = 2;
+
+/// Why a run ended with an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// A load, store or atomic outside every region the program may touch.
+    OutOfBounds { addr: u64, size: u8, write: bool },
+    /// An atomic operation on an address not aligned to its size.
+    Misaligned { addr: u64, size: u8 },
+    /// `callx` with an id that names no helper.
+    UnknownHelper { id: u64 },
+    /// The run took more backward jumps than its budget allows.
+    LoopBudget,
+    /// A helper reported an error.
+    Helper { id: u32, code: i64 },
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Fault::OutOfBounds { addr, size, write } => write!(
+                f,
+                "out-of-bounds {} of {size} bytes at {addr:#x}",
+                if write { "store" } else { "load" }
+            ),
+            Fault::Misaligned { addr, size } => write!(f, "misaligned atomic access of {size} bytes at {addr:#x}"),
+            Fault::UnknownHelper { id } => write!(f, "callx to unknown helper {id}"),
+            Fault::LoopBudget => write!(f, "loop budget exhausted (too many backward jumps)"),
+            Fault::Helper { id, code } => write!(f, "helper {id} failed with code {code}"),
+        }
+    }
+}
+
+/// A run that ended with an error, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("insn {insn}: {fault}")]
+pub struct RunError {
+    /// Index of the instruction that faulted.
+    pub insn: usize,
+    /// What went wrong.
+    pub fault: Fault,
+}
+
+/// Everything a run needs besides registers; one per invocation, on the caller's stack.
+///
+/// The JIT addresses these fields by offset, so the layout is part of the engines' ABI.
+#[repr(C)]
+pub struct RunState {
+    /// Inline-checked regions for loads: `[stack, context]`.
+    pub fast_load: [FastRegion; 2],
+    /// Inline-checked regions for stores: `[stack, context or scratch]`.
+    pub fast_store: [FastRegion; 2],
+    /// Backward jumps left before the run is stopped.
+    pub budget: u64,
+    /// One of `STATUS_*`.
+    pub status: u32,
+    fault_insn: u32,
+    fault: Option<Fault>,
+    stop_value: u64,
+    ctx: Region,
+    regions: *const Region,
+    nregions: usize,
+    helpers: *const Option<HelperFn>,
+    nhelpers: usize,
+    /// Opaque pointer for helpers: the runtime that registered them decides what it points to.
+    pub host: *mut c_void,
+    scratch: [u8; 8],
+}
+
+/// Offsets of `RunState` fields the JIT reads and writes.
+pub mod state_offsets {
+    use super::*;
+    /// `fast_load[i].start` is at `FAST_LOAD + i * FAST_REGION_SIZE`.
+    pub const FAST_LOAD: i32 = std::mem::offset_of!(RunState, fast_load) as i32;
+    /// See [`FAST_LOAD`].
+    pub const FAST_STORE: i32 = std::mem::offset_of!(RunState, fast_store) as i32;
+    /// Size of one [`FastRegion`].
+    pub const FAST_REGION_SIZE: i32 = std::mem::size_of::<FastRegion>() as i32;
+    /// Offset of `FastRegion::last` inside a region.
+    pub const FAST_LAST: i32 = std::mem::offset_of!(FastRegion, last) as i32;
+    /// `budget`.
+    pub const BUDGET: i32 = std::mem::offset_of!(RunState, budget) as i32;
+    /// `status`.
+    pub const STATUS: i32 = std::mem::offset_of!(RunState, status) as i32;
+}
+
+/// Extra inputs of a run.
+#[derive(Clone, Copy)]
+pub struct RunOptions<'a> {
+    /// Memory the program may touch besides its stack and context (map values, ...).
+    pub regions: &'a [Region],
+    /// Backward jumps allowed.
+    pub budget: u64,
+    /// Passed to helpers in [`RunState::host`].
+    pub host: *mut c_void,
+}
+
+impl Default for RunOptions<'_> {
+    fn default() -> Self {
+        RunOptions { regions: &[], budget: DEFAULT_LOOP_BUDGET, host: std::ptr::null_mut() }
+    }
+}
+
+/// The context a program receives in r1 (and its length in r2).
+#[derive(Debug)]
+pub enum Context<'a> {
+    /// No context: r1 = r2 = 0.
+    None,
+    /// Read-write memory (the conformance suite's `mem`).
+    Mem(&'a mut [u8]),
+    /// Read-only memory (e.g. `struct pt_regs` of a uprobe).
+    ReadOnly(&'a [u8]),
+}
+
+impl RunState {
+    fn new(stack: &mut Stack, ctx: Region, opts: &RunOptions, helpers: &[Option<HelperFn>]) -> Self {
+        let mut s = RunState {
+            fast_load: [FastRegion::default(); 2],
+            fast_store: [FastRegion::default(); 2],
+            budget: opts.budget,
+            status: STATUS_RUNNING,
+            fault_insn: 0,
+            fault: None,
+            stop_value: 0,
+            ctx,
+            regions: opts.regions.as_ptr(),
+            nregions: opts.regions.len(),
+            helpers: helpers.as_ptr(),
+            nhelpers: helpers.len(),
+            host: opts.host,
+            scratch: [0; 8],
+        };
+        let stack = FastRegion::new(stack.0.as_mut_ptr() as u64, STACK_SIZE as u64);
+        s.fast_load[0] = stack;
+        s.fast_store[0] = stack;
+        s.set_context(ctx);
+        s
+    }
+
+    fn set_context(&mut self, ctx: Region) {
+        // The scratch area stands in for a context too small to check inline; the real one
+        // is then checked on the slow path.
+        let scratch = FastRegion::new(self.scratch.as_ptr() as u64, 8);
+        let fast = if ctx.len >= 8 { FastRegion::new(ctx.start, ctx.len) } else { scratch };
+        self.fast_load[1] = fast;
+        self.fast_store[1] = if ctx.writable { fast } else { scratch };
+        self.ctx = ctx;
+    }
+
+    /// Whether an access is inside a region the program may touch (what both engines check).
+    #[inline]
+    pub fn access_ok(&self, addr: u64, size: MemSize, write: bool) -> bool {
+        let fast = if write { &self.fast_store } else { &self.fast_load };
+        fast[0].contains(addr, size) || fast[1].contains(addr, size) || self.slow_access_ok(addr, size.bytes() as u64, write)
+    }
+
+    #[cold]
+    fn slow_access_ok(&self, addr: u64, size: u64, write: bool) -> bool {
+        if self.ctx.contains(addr, size) && (self.ctx.writable || !write) {
+            return true;
+        }
+        self.extra_regions().iter().any(|r| r.contains(addr, size) && (r.writable || !write))
+    }
+
+    /// Whether `[addr, addr + len)` lies in one region the program may touch, for helpers
+    /// that take pointers.
+    pub fn range_ok(&self, addr: u64, len: u64, write: bool) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let stack = Region { start: self.fast_load[0].start, len: STACK_SIZE as u64, writable: true };
+        [stack, self.ctx].iter().chain(self.extra_regions()).any(|r| r.contains(addr, len) && (r.writable || !write))
+    }
+
+    /// The bytes at `[addr, addr + len)` if a program may read them.
+    pub fn slice(&self, addr: u64, len: u64) -> Option<&[u8]> {
+        if !self.range_ok(addr, len, false) {
+            return None;
+        }
+        if len == 0 {
+            return Some(&[]);
+        }
+        // SAFETY: range_ok checked that the range lies inside one region, and every region
+        // (stack, context, extra) is valid for reads for the duration of the run.
+        Some(unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) })
+    }
+
+    /// The bytes at `[addr, addr + len)` if a program may write them.
+    pub fn slice_mut(&mut self, addr: u64, len: u64) -> Option<&mut [u8]> {
+        if !self.range_ok(addr, len, true) {
+            return None;
+        }
+        if len == 0 {
+            return Some(&mut []);
+        }
+        // SAFETY: range_ok checked that the range lies inside one writable region, valid for
+        // writes during the run; the program is suspended while the helper holds the slice.
+        Some(unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len as usize) })
+    }
+
+    fn extra_regions(&self) -> &[Region] {
+        if self.nregions == 0 {
+            return &[];
+        }
+        // SAFETY: regions/nregions come from the `RunOptions::regions` slice, which outlives
+        // the run that owns this state.
+        unsafe { std::slice::from_raw_parts(self.regions, self.nregions) }
+    }
+
+    /// The helper with id `id`, for `callx`.
+    pub fn helper(&self, id: u64) -> Option<HelperFn> {
+        if id >= self.nhelpers as u64 {
+            return None;
+        }
+        // SAFETY: helpers/nhelpers come from the program's helper table, alive for the run.
+        unsafe { *self.helpers.add(id as usize) }
+    }
+
+    /// Ends the program at once with `r0 = value` (for helpers such as an unwind or a tail call).
+    pub fn stop(&mut self, value: u64) {
+        if self.status == STATUS_RUNNING {
+            self.status = STATUS_STOPPED;
+            self.stop_value = value;
+        }
+    }
+
+    /// Ends the program with an error at instruction `insn`.
+    pub fn fault(&mut self, insn: usize, fault: Fault) {
+        if self.status != STATUS_FAULT {
+            self.status = STATUS_FAULT;
+            self.fault = Some(fault);
+            self.fault_insn = insn as u32;
+        }
+    }
+
+    /// Records a fault at the instruction a helper was called from (fixed up by the engine).
+    pub fn helper_fault(&mut self, fault: Fault) {
+        self.fault(u32::MAX as usize, fault);
+    }
+
+    /// Sets the instruction index of a fault a helper raised without knowing it.
+    pub fn locate_fault(&mut self, insn: usize) {
+        if self.status == STATUS_FAULT && self.fault_insn == u32::MAX {
+            self.fault_insn = insn as u32;
+        }
+    }
+
+    fn finish(&self, r0: u64) -> Result<u64, RunError> {
+        match self.status {
+            STATUS_RUNNING => Ok(r0),
+            STATUS_STOPPED => Ok(self.stop_value),
+            _ => Err(RunError {
+                insn: self.fault_insn as usize,
+                fault: self.fault.unwrap_or(Fault::LoopBudget),
+            }),
+        }
+    }
+}
+
+/// An engine that can run a verified program: the interpreter or a JIT-compiled function.
+pub trait Engine {
+    /// Runs the entry function with r1, r2 and the frame pointer set; returns r0. Errors and
+    /// early stops are reported through `state`.
+    fn execute(&self, r1: u64, r2: u64, frame_pointer: u64, state: &mut RunState) -> u64;
+
+    /// The helper functions the program was verified against.
+    fn helper_functions(&self) -> &[Option<HelperFn>];
+}
+
+/// The memory of one run's stack frames.
+#[repr(C, align(16))]
+pub struct Stack([u8; STACK_SIZE]);
+
+thread_local! {
+    /// Stacks of finished runs, reused so that a run neither zeroes 4 KiB nor allocates.
+    static STACK_POOL: RefCell<Vec<Box<Stack>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a stack from this thread's pool (a fresh zeroed one if the pool is empty,
+/// e.g. when runs nest). Its contents are whatever an earlier run left: initialised memory.
+fn with_stack<R>(f: impl FnOnce(&mut Stack) -> R) -> R {
+    let mut stack = STACK_POOL
+        .try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Box::new(Stack([0; STACK_SIZE])));
+    let r = f(&mut stack);
+    let _ = STACK_POOL.try_with(|p| p.borrow_mut().push(stack));
+    r
+}
+
+/// Runs `engine` on `ctx`: sets up stack and state, runs, and reports the result.
+pub fn run<E: Engine + ?Sized>(engine: &E, ctx: Context<'_>, opts: &RunOptions) -> Result<u64, RunError> {
+    let region = match ctx {
+        Context::None => Region { start: 0, len: 0, writable: false },
+        Context::Mem(m) => Region::of_mut(m),
+        Context::ReadOnly(m) => Region::of(m),
+    };
+    with_stack(|stack| {
+        let mut state = RunState::new(stack, region, opts, engine.helper_functions());
+        let fp = stack.0.as_mut_ptr() as u64 + STACK_SIZE as u64;
+        let r0 = engine.execute(region.start, region.len, fp, &mut state);
+        state.finish(r0)
+    })
+}

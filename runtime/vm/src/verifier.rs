@@ -1,0 +1,251 @@
+//! The verifier: checks what can be known before a program runs, and produces a [`Program`].
+//!
+//! It rejects, naming the instruction index and the reason: undecodable slots, writes to r10,
+//! jumps out of range, into the middle of an `lddw` or out of their function, code that falls
+//! off the end of a function, calls to unknown helpers, kfuncs, bad local-call targets, stack
+//! accesses through r10 outside the 512-byte frame, recursion and call chains deeper than
+//! [`MAX_CALL_DEPTH`]. Accesses it cannot prove safe (anything not based directly on r10) are
+//! left to the engines, which check them at run time.
+//!
+//! It does not prove termination: the engines bound backward jumps with a budget instead.
+
+use crate::exec::{HelperTable, FRAME_SIZE, MAX_CALL_DEPTH};
+use crate::insn::{decode, parse_bytecode, CallTarget, DecodeErrorKind, Insn, LddwKind, RawInsn, Reg};
+use crate::program::{Function, Program};
+use std::sync::Arc;
+
+/// Largest program accepted, in slots (the kernel's limit for privileged programs).
+pub const MAX_INSNS: usize = 1_000_000;
+
+/// What is wrong with a program.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyErrorKind {
+    #[error("{0}")]
+    Decode(DecodeErrorKind),
+    #[error("program is empty")]
+    Empty,
+    #[error("program has {0} instructions, more than {MAX_INSNS}")]
+    TooLarge(usize),
+    #[error("r10 is read-only")]
+    WriteToFramePointer,
+    #[error("jump to {target} is out of range")]
+    JumpOutOfRange { target: i64 },
+    #[error("jump to {target} lands in the middle of lddw")]
+    JumpIntoLddw { target: i64 },
+    #[error("jump to {target} leaves the function [{start}, {end})")]
+    JumpOutOfFunction { target: i64, start: usize, end: usize },
+    #[error("execution can fall off the end of the function")]
+    FallsOffEnd,
+    #[error("call to unknown helper {0}")]
+    UnknownHelper(u32),
+    #[error("kfunc calls are not supported (btf id {0})")]
+    Kfunc(u32),
+    #[error("local call to {target} is out of range or into lddw")]
+    BadCallTarget { target: i64 },
+    #[error("stack access r10{off:+} of {size} bytes is outside the {FRAME_SIZE}-byte frame")]
+    StackOutOfBounds { off: i16, size: usize },
+    #[error("recursive local call")]
+    Recursion,
+    #[error("call chain is {depth} frames deep, more than {MAX_CALL_DEPTH}")]
+    CallChainTooDeep { depth: usize },
+    #[error("cannot resolve lddw ({kind:?}): {msg}")]
+    Unresolved { kind: LddwKind, msg: String },
+}
+
+/// A verification error and the index of the instruction it concerns.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("insn {insn}: {kind}")]
+pub struct VerifyError {
+    /// Instruction (slot) index.
+    pub insn: usize,
+    /// What is wrong.
+    pub kind: VerifyErrorKind,
+}
+
+/// Resolves the pseudo forms of `lddw` (map references, ...) into the values programs see.
+pub trait LddwResolver {
+    /// The 64-bit value for an `lddw` of `kind` with immediates `lo` and `hi`.
+    fn resolve(&self, kind: LddwKind, lo: i32, hi: i32) -> Result<u64, String>;
+}
+
+/// A resolver for programs without maps: every pseudo form is an error.
+pub struct NoMaps;
+
+impl LddwResolver for NoMaps {
+    fn resolve(&self, _kind: LddwKind, _lo: i32, _hi: i32) -> Result<u64, String> {
+        Err("this program refers to maps, and no map store was given".into())
+    }
+}
+
+fn err(insn: usize, kind: VerifyErrorKind) -> VerifyError {
+    VerifyError { insn, kind }
+}
+
+/// Decodes and verifies bytecode.
+pub fn verify_bytecode(
+    bytes: &[u8],
+    helpers: Arc<HelperTable>,
+    resolver: &dyn LddwResolver,
+) -> Result<Program, VerifyError> {
+    let raw = parse_bytecode(bytes).map_err(|e| err(e.insn, VerifyErrorKind::Decode(e.kind)))?;
+    verify(&raw, helpers, resolver)
+}
+
+/// Verifies a program given as slots.
+pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwResolver) -> Result<Program, VerifyError> {
+    if raw.is_empty() {
+        return Err(err(0, VerifyErrorKind::Empty));
+    }
+    if raw.len() > MAX_INSNS {
+        return Err(err(0, VerifyErrorKind::TooLarge(raw.len())));
+    }
+    let mut insns = decode(raw).map_err(|e| err(e.insn, VerifyErrorKind::Decode(e.kind)))?;
+    let n = insns.len();
+    let is_insn_start =
+        |insns: &[Insn], t: i64| t >= 0 && (t as usize) < n && !matches!(insns[t as usize], Insn::LddwHigh);
+
+    // Resolve pseudo lddw forms and find function starts.
+    let mut starts = vec![0usize];
+    for pc in 0..n {
+        match insns[pc] {
+            Insn::Lddw { dst, kind: LddwKind::Func, lo, .. } => {
+                let target = pc as i64 + 1 + lo as i64;
+                if !is_insn_start(&insns, target) {
+                    return Err(err(pc, VerifyErrorKind::BadCallTarget { target }));
+                }
+                let _ = dst;
+                starts.push(target as usize);
+            }
+            Insn::Lddw { dst, kind, lo, hi } if kind != LddwKind::Imm64 => {
+                let v = resolver.resolve(kind, lo, hi).map_err(|msg| err(pc, VerifyErrorKind::Unresolved { kind, msg }))?;
+                insns[pc] = Insn::Lddw { dst, kind: LddwKind::Imm64, lo: v as u32 as i32, hi: (v >> 32) as u32 as i32 };
+            }
+            Insn::Call(CallTarget::Local(off)) => {
+                let target = pc as i64 + 1 + off as i64;
+                if !is_insn_start(&insns, target) {
+                    return Err(err(pc, VerifyErrorKind::BadCallTarget { target }));
+                }
+                starts.push(target as usize);
+            }
+            _ => {}
+        }
+    }
+    starts.sort_unstable();
+    starts.dedup();
+    let functions: Vec<Function> = starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| Function { start, end: starts.get(i + 1).copied().unwrap_or(n) })
+        .collect();
+
+    let mut static_access = vec![false; n];
+    for f in &functions {
+        for pc in f.start..f.end {
+            check_insn(&insns, pc, f, &helpers, &mut static_access)?;
+        }
+        let last = f.end - 1;
+        if !matches!(insns[last], Insn::Exit | Insn::Ja { .. }) {
+            return Err(err(last, VerifyErrorKind::FallsOffEnd));
+        }
+    }
+    check_call_graph(&insns, &functions)?;
+    Ok(Program::new(insns, functions, static_access, helpers))
+}
+
+fn check_insn(
+    insns: &[Insn],
+    pc: usize,
+    f: &Function,
+    helpers: &HelperTable,
+    static_access: &mut [bool],
+) -> Result<(), VerifyError> {
+    let insn = insns[pc];
+    if insn.written_reg() == Some(Reg::FP) {
+        return Err(err(pc, VerifyErrorKind::WriteToFramePointer));
+    }
+    if let Some(target) = insn.jump_target(pc) {
+        if target < 0 || target as usize >= insns.len() {
+            return Err(err(pc, VerifyErrorKind::JumpOutOfRange { target }));
+        }
+        if matches!(insns[target as usize], Insn::LddwHigh) {
+            return Err(err(pc, VerifyErrorKind::JumpIntoLddw { target }));
+        }
+        if (target as usize) < f.start || target as usize >= f.end {
+            return Err(err(pc, VerifyErrorKind::JumpOutOfFunction { target, start: f.start, end: f.end }));
+        }
+    }
+    let stack_access = match insn {
+        Insn::Load { size, base, off, .. } | Insn::Store { size, base, off, .. } | Insn::Atomic { size, base, off, .. }
+            if base == Reg::FP =>
+        {
+            Some((off, size.bytes()))
+        }
+        _ => None,
+    };
+    if let Some((off, size)) = stack_access {
+        if (off as i64) < -(FRAME_SIZE as i64) || off as i64 + size as i64 > 0 {
+            return Err(err(pc, VerifyErrorKind::StackOutOfBounds { off, size }));
+        }
+        static_access[pc] = true;
+    }
+    match insn {
+        Insn::Call(CallTarget::Helper(id)) if helpers.get(id).is_none() => {
+            Err(err(pc, VerifyErrorKind::UnknownHelper(id)))
+        }
+        Insn::Call(CallTarget::Kfunc(id)) => Err(err(pc, VerifyErrorKind::Kfunc(id))),
+        _ => Ok(()),
+    }
+}
+
+/// Rejects recursion and call chains deeper than [`MAX_CALL_DEPTH`] frames.
+fn check_call_graph(insns: &[Insn], functions: &[Function]) -> Result<(), VerifyError> {
+    let index_of = |pc: usize| functions.binary_search_by(|f| f.start.cmp(&pc)).expect("call targets start functions");
+    // callees[f] = (call site, callee)
+    let callees: Vec<Vec<(usize, usize)>> = functions
+        .iter()
+        .map(|f| {
+            (f.start..f.end)
+                .filter_map(|pc| match insns[pc] {
+                    Insn::Call(CallTarget::Local(off)) => Some((pc, index_of((pc as i64 + 1 + off as i64) as usize))),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    // depth[f]: frames needed by f and everything it calls (memoised DFS).
+    const UNSEEN: usize = 0;
+    const ACTIVE: usize = usize::MAX;
+    let mut depth = vec![UNSEEN; functions.len()];
+    fn visit(f: usize, callees: &[Vec<(usize, usize)>], depth: &mut [usize], site: usize) -> Result<usize, VerifyError> {
+        match depth[f] {
+            ACTIVE => return Err(err(site, VerifyErrorKind::Recursion)),
+            UNSEEN => {}
+            d => return Ok(d),
+        }
+        depth[f] = ACTIVE;
+        let mut d = 1;
+        for &(pc, g) in &callees[f] {
+            d = d.max(1 + visit(g, callees, depth, pc)?);
+        }
+        depth[f] = d;
+        Ok(d)
+    }
+    // Every function, not only those reachable from the entry, must be well-formed: a
+    // callback (lddw func) may be called by a helper.
+    for f in 0..functions.len() {
+        let d = visit(f, &callees, &mut depth, functions[f].start)?;
+        if d > MAX_CALL_DEPTH {
+            // Report the call that opens frame MAX_CALL_DEPTH + 1 on the deepest chain.
+            let (mut g, mut level) = (f, 1);
+            loop {
+                let &(site, callee) = callees[g].iter().max_by_key(|(_, c)| depth[*c]).expect("deep chain has calls");
+                level += 1;
+                if level > MAX_CALL_DEPTH {
+                    return Err(err(site, VerifyErrorKind::CallChainTooDeep { depth: d }));
+                }
+                g = callee;
+            }
+        }
+    }
+    Ok(())
+}

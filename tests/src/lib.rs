@@ -1,0 +1,46 @@
+//! Shared test support: locating the conformance vectors and running a program on every engine.
+
+use std::path::PathBuf;
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The conformance folder: `$BPFTIME_CONFORMANCE_DIR`, or `../shared/conformance` beside the
+/// repository.
+pub fn conformance_dir() -> PathBuf {
+    std::env::var_os("BPFTIME_CONFORMANCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/conformance"))
+}
+
+/// One conformance vector.
+#[derive(Debug, Clone)]
+pub struct Vector {
+    pub name: String,
+    pub program: Vec<u8>,
+    pub mem: Vec<u8>,
+    pub result: u64,
+}
+
+/// Reads `vectors.jsonl`; `None` when the folder is absent.
+pub fn conformance_vectors() -> Option<Vec<Vector>> {
+    let path = conformance_dir().join("vectors.jsonl");
+    let text = std::fs::read_to_string(&path).ok()?;
+    let vectors = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("vector is JSON");
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            Vector {
+                name: s("name"),
+                program: bpftime_vm::conformance::parse_hex_bytes(&s("program")).expect("program hex"),
+                mem: bpftime_vm::conformance::parse_hex_bytes(&s("mem")).expect("mem hex"),
+                result: bpftime_vm::conformance::parse_result(&s("result")).expect("result"),
+            }
+        })
+        .collect();
+    Some(vectors)
+}
