@@ -1,12 +1,12 @@
-//! Every vector of the bpf_conformance suite through every engine.
+//! Every vector of the bpf_conformance suite through both engines.
 
-use bpftime_tests::conformance_vectors;
-use bpftime_vm::exec::{run, Context, RunOptions};
-use bpftime_vm::{conformance, verify_bytecode, Interpreter, NoMaps};
+use bpftime_jit::JitProgram;
+use bpftime_tests::{conformance_vectors, Vector};
+use bpftime_vm::exec::{run, Context, Engine, RunOptions};
+use bpftime_vm::{conformance, verify_bytecode, Interpreter, NoMaps, Program};
 use std::sync::Arc;
 
-#[test]
-fn conformance_interpreter() {
+fn check_all(engine_name: &str, make: impl Fn(Arc<Program>) -> Box<dyn Engine>) {
     let Some(vectors) = conformance_vectors() else {
         println!("skip: no conformance vectors at {}", bpftime_tests::conformance_dir().display());
         return;
@@ -14,22 +14,42 @@ fn conformance_interpreter() {
     let helpers = Arc::new(conformance::helper_table());
     let mut failures = Vec::new();
     for v in &vectors {
-        let prog = match verify_bytecode(&v.program, helpers.clone(), &NoMaps) {
-            Ok(p) => p,
-            Err(e) => {
-                failures.push(format!("{}: verifier: {e}", v.name));
-                continue;
-            }
-        };
-        let interp = Interpreter::new(Arc::new(prog));
-        let mut mem = v.mem.clone();
-        let ctx = if mem.is_empty() { Context::None } else { Context::Mem(&mut mem) };
-        match run(&interp, ctx, &RunOptions::default()) {
-            Ok(r) if r == v.result => {}
-            Ok(r) => failures.push(format!("{}: got {r:#x}, want {:#x}", v.name, v.result)),
-            Err(e) => failures.push(format!("{}: {e}", v.name)),
+        if let Err(f) = check_one(v, &helpers, &make) {
+            failures.push(format!("{}: {f}", v.name));
         }
     }
-    assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), vectors.len(), failures.join("\n"));
-    println!("{} vectors passed", vectors.len());
+    assert!(
+        failures.is_empty(),
+        "{engine_name}: {} of {} failed:\n{}",
+        failures.len(),
+        vectors.len(),
+        failures.join("\n")
+    );
+    println!("{engine_name}: all {} vectors passed", vectors.len());
+}
+
+fn check_one(
+    v: &Vector,
+    helpers: &Arc<bpftime_vm::HelperTable>,
+    make: &impl Fn(Arc<Program>) -> Box<dyn Engine>,
+) -> Result<(), String> {
+    let prog = verify_bytecode(&v.program, helpers.clone(), &NoMaps).map_err(|e| format!("verifier: {e}"))?;
+    let engine = make(Arc::new(prog));
+    let mut mem = v.mem.clone();
+    let ctx = if mem.is_empty() { Context::None } else { Context::Mem(&mut mem) };
+    match run(engine.as_ref(), ctx, &RunOptions::default()) {
+        Ok(r) if r == v.result => Ok(()),
+        Ok(r) => Err(format!("got {r:#x}, want {:#x}", v.result)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn conformance_interpreter() {
+    check_all("interpreter", |p| Box::new(Interpreter::new(p)));
+}
+
+#[test]
+fn conformance_jit() {
+    check_all("jit", |p| Box::new(JitProgram::compile(p).expect("compiles")));
 }

@@ -226,6 +226,10 @@ pub mod state_offsets {
     pub const BUDGET: i32 = std::mem::offset_of!(RunState, budget) as i32;
     /// `status`.
     pub const STATUS: i32 = std::mem::offset_of!(RunState, status) as i32;
+    /// `helpers`: pointer to the dense `Option<HelperFn>` array used by `callx`.
+    pub const HELPERS: i32 = std::mem::offset_of!(RunState, helpers) as i32;
+    /// `nhelpers`: its length.
+    pub const NHELPERS: i32 = std::mem::offset_of!(RunState, nhelpers) as i32;
 }
 
 /// Extra inputs of a run.

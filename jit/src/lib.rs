@@ -1,0 +1,197 @@
+//! # bpftime-jit: a Cranelift JIT for verified eBPF programs
+//!
+//! What it is: [`JitProgram::compile`] turns a [`Program`] that passed the verifier into
+//! native code (x86_64, and aarch64 where Cranelift's native backend builds) with the exact
+//! semantics of the reference interpreter: same helper table and ABI, same bpf-to-bpf calls
+//! with their own 512-byte frames, same run-time memory checks, same faults, same loop budget.
+//! The translation loop lives in [`translate`](crate::translate) (one eBPF function to one
+//! Cranelift function); [`runtime_calls`](crate::runtime_calls) holds the few out-of-line paths.
+//!
+//! What it is not: it does no verification of its own and knows nothing of attach points.
+//!
+//! ```
+//! use bpftime_vm::{asm::assemble, exec::{run, Context, HelperTable, RunOptions}, verify, NoMaps};
+//! use bpftime_jit::JitProgram;
+//! use std::sync::Arc;
+//! let code = assemble("r0 = *(u32 *)(r1 + 0)\nr0 *= 3\nexit").unwrap();
+//! let prog = Arc::new(verify(&code, Arc::new(HelperTable::new()), &NoMaps).unwrap());
+//! let jit = JitProgram::compile(prog).unwrap();
+//! let mut mem = 14u32.to_le_bytes();
+//! assert_eq!(run(&jit, Context::Mem(&mut mem), &RunOptions::default()), Ok(42));
+//! ```
+
+mod runtime_calls;
+mod translate;
+
+use bpftime_vm::exec::{Engine, HelperFn, RunState};
+use bpftime_vm::Program;
+use cranelift_codegen::ir::types::I64;
+use cranelift_codegen::ir::{AbiParam, Signature, UserFuncName};
+use cranelift_codegen::isa::CallConv;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use std::sync::Arc;
+use translate::{FnTranslator, Sigs};
+
+/// Why a program could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum JitError {
+    /// The host has no Cranelift backend.
+    #[error("unsupported host: {0}")]
+    UnsupportedHost(String),
+    /// Cranelift refused a setting.
+    #[error("cranelift settings: {0}")]
+    Settings(String),
+    /// Cranelift failed to compile or place a function.
+    #[error("compiling function {function} (insn {start}): {message}")]
+    Codegen { function: usize, start: usize, message: String },
+}
+
+/// Compilation choices.
+#[derive(Clone, Copy, Debug)]
+pub struct JitOptions {
+    /// Cranelift optimisation: `true` for `speed`, `false` for `none` (faster to compile).
+    pub optimize: bool,
+}
+
+impl Default for JitOptions {
+    fn default() -> Self {
+        JitOptions { optimize: true }
+    }
+}
+
+/// The native entry point: `(state, fp, r1, r2, r3, r4, r5) -> r0`.
+type EntryFn = unsafe extern "C" fn(*mut RunState, u64, u64, u64, u64, u64, u64) -> u64;
+
+/// A program compiled to native code. Run it with [`bpftime_vm::exec::run`].
+pub struct JitProgram {
+    program: Arc<Program>,
+    entry: EntryFn,
+    module: Option<JITModule>,
+    code_size: usize,
+}
+
+// SAFETY: after `finalize_definitions` the module's code and data are immutable; the only
+// later use of the module is freeing it in `Drop`, which takes `&mut self`. The entry function
+// only reads the (immutable) program constants and the per-run state it is given.
+unsafe impl Send for JitProgram {}
+// SAFETY: see `Send`; concurrent runs share nothing but immutable code.
+unsafe impl Sync for JitProgram {}
+
+impl std::fmt::Debug for JitProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JitProgram").field("insns", &self.program.len()).field("code_size", &self.code_size).finish()
+    }
+}
+
+fn make_module(opts: JitOptions) -> Result<JITModule, JitError> {
+    let mut flags = settings::builder();
+    let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| JitError::Settings(e.to_string()));
+    set(&mut flags, "opt_level", if opts.optimize { "speed" } else { "none" })?;
+    set(&mut flags, "enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" })?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", "false")?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| JitError::UnsupportedHost(e.to_string()))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| JitError::Settings(e.to_string()))?;
+    Ok(JITModule::new(JITBuilder::with_isa(isa, default_libcall_names())))
+}
+
+fn signature(call_conv: CallConv, params: usize) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    sig.params.extend((0..params).map(|_| AbiParam::new(I64)));
+    sig.returns.push(AbiParam::new(I64));
+    sig
+}
+
+impl JitProgram {
+    /// Compiles a verified program with default options.
+    pub fn compile(program: Arc<Program>) -> Result<JitProgram, JitError> {
+        Self::compile_with(program, JitOptions::default())
+    }
+
+    /// Compiles a verified program.
+    pub fn compile_with(program: Arc<Program>, opts: JitOptions) -> Result<JitProgram, JitError> {
+        let mut module = make_module(opts)?;
+        let cc = module.isa().default_call_conv();
+        let func_sig = signature(cc, 7);
+        let cg_err = |function: usize, start: usize| move |e: &dyn std::fmt::Display| JitError::Codegen { function, start, message: e.to_string() };
+        let ids: Vec<FuncId> = (0..program.functions().len())
+            .map(|i| {
+                module
+                    .declare_function(&format!("bpf_fn_{i}"), Linkage::Local, &func_sig)
+                    .map_err(|e| cg_err(i, program.functions()[i].start)(&e))
+            })
+            .collect::<Result<_, _>>()?;
+
+        let mut ctx = module.make_context();
+        let mut fctx = FunctionBuilderContext::new();
+        let mut code_size = 0;
+        for (i, &f) in program.functions().iter().enumerate() {
+            ctx.func.signature = func_sig.clone();
+            ctx.func.name = UserFuncName::user(0, i as u32);
+            {
+                let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                let sigs = Sigs {
+                    helper: b.import_signature(signature(cc, 6)),
+                    check: b.import_signature(signature(cc, 4)),
+                    raise: b.import_signature({
+                        let mut s = signature(cc, 4);
+                        s.returns.clear();
+                        s
+                    }),
+                };
+                let mut refs = std::collections::HashMap::new();
+                let mut func_refs = |b: &mut FunctionBuilder, callee: usize| {
+                    *refs.entry(callee).or_insert_with(|| module.declare_func_in_func(ids[callee], b.func))
+                };
+                let b = FnTranslator::new(b, &program, f, sigs, &mut func_refs).translate();
+                b.finalize(module.isa().frontend_config());
+            }
+            module.define_function(ids[i], &mut ctx).map_err(|e| cg_err(i, f.start)(&e))?;
+            code_size += ctx.compiled_code().map(|c| c.code_buffer().len()).unwrap_or(0);
+            module.clear_context(&mut ctx);
+        }
+        module.finalize_definitions().map_err(|e| cg_err(0, 0)(&e))?;
+        let ptr = module.get_finalized_function(ids[0]);
+        // SAFETY: ids[0] was defined with `func_sig` (seven i64 parameters, one i64 result,
+        // the platform's C calling convention), which is exactly `EntryFn`.
+        let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) };
+        Ok(JitProgram { program, entry, module: Some(module), code_size })
+    }
+
+    /// The verified program this was compiled from.
+    pub fn program(&self) -> &Arc<Program> {
+        &self.program
+    }
+
+    /// Bytes of machine code generated.
+    pub fn code_size(&self) -> usize {
+        self.code_size
+    }
+}
+
+impl Engine for JitProgram {
+    fn execute(&self, r1: u64, r2: u64, frame_pointer: u64, state: &mut RunState) -> u64 {
+        // SAFETY: `entry` is live code compiled from a verified program; `state` is a valid
+        // RunState for this run whose regions describe live memory, and `frame_pointer` is the
+        // top of the run's STACK_SIZE-byte stack, as the generated code expects.
+        unsafe { (self.entry)(state, frame_pointer, r1, r2, 0, 0, 0) }
+    }
+
+    fn helper_functions(&self) -> &[Option<HelperFn>] {
+        self.program.helpers().functions()
+    }
+}
+
+impl Drop for JitProgram {
+    fn drop(&mut self) {
+        if let Some(module) = self.module.take() {
+            // SAFETY: no run can be in progress: runs borrow `self`, and we have `&mut self`.
+            unsafe { module.free_memory() };
+        }
+    }
+}

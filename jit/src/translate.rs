@@ -1,0 +1,602 @@
+//! The translation loop: one eBPF function to one Cranelift function.
+//!
+//! Every eBPF function (the entry and each bpf-to-bpf callee) becomes a Cranelift function
+//! `(state, fp, r1, r2, r3, r4, r5) -> r0`. r0-r9 are Cranelift variables, r10 is the `fp`
+//! parameter; a callee gets `fp - 512`, so frames are disjoint 512-byte slices of the run's
+//! stack. Memory accesses not proven by the verifier are checked inline against the two
+//! fast regions of [`RunState`] (stack, context) and then out of line against the rest.
+//! Faults and helper-requested stops make every function return at once; the status in
+//! `RunState` tells the caller what happened.
+
+use crate::runtime_calls::{self, RAISE_LOCATE, RAISE_LOOP_BUDGET, RAISE_MISALIGNED, RAISE_UNKNOWN_HELPER};
+use bpftime_vm::exec::{size_index, state_offsets as so, FRAME_SIZE};
+use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
+use bpftime_vm::program::Function as EbpfFunction;
+use bpftime_vm::Program;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::types::{I16, I32, I64, I8};
+use cranelift_codegen::ir::{AtomicRmwOp, Block, FuncRef, InstBuilder, MemFlagsData, SigRef, Type, Value};
+use cranelift_frontend::{FunctionBuilder, Variable};
+use std::collections::HashMap;
+
+/// Cranelift function references of the program's functions, by function index.
+pub(crate) type FuncRefs<'a> = &'a mut dyn FnMut(&mut FunctionBuilder, usize) -> FuncRef;
+
+/// Signatures imported into the function being built.
+pub(crate) struct Sigs {
+    /// `(r1..r5, state) -> r0`: helpers.
+    pub helper: SigRef,
+    /// `(state, addr, size | write << 8, pc) -> ok`: the slow memory check.
+    pub check: SigRef,
+    /// `(state, pc, what, arg)`: record a fault.
+    pub raise: SigRef,
+}
+
+pub(crate) struct FnTranslator<'a, 'b> {
+    pub b: FunctionBuilder<'b>,
+    pub prog: &'a Program,
+    pub func: EbpfFunction,
+    pub sigs: Sigs,
+    pub func_refs: FuncRefs<'a>,
+    regs: [Variable; 10],
+    fp: Value,
+    state: Value,
+    blocks: HashMap<usize, Block>,
+    back_edges: Vec<(Block, usize, Block)>,
+    abort: Block,
+}
+
+fn mem_flags() -> MemFlagsData {
+    // Program memory: checked before every access, so it cannot trap.
+    MemFlagsData::new().with_notrap()
+}
+
+fn fixed_state_flags() -> MemFlagsData {
+    // Fields of RunState that no one changes during a run (region bounds, helper table).
+    MemFlagsData::trusted().with_readonly().with_can_move()
+}
+
+fn int_type(size: MemSize) -> Type {
+    match size {
+        MemSize::B => I8,
+        MemSize::H => I16,
+        MemSize::W => I32,
+        MemSize::DW => I64,
+    }
+}
+
+impl<'a, 'b> FnTranslator<'a, 'b> {
+    pub fn new(mut b: FunctionBuilder<'b>, prog: &'a Program, func: EbpfFunction, sigs: Sigs, func_refs: FuncRefs<'a>) -> Self {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let regs = std::array::from_fn(|_| b.declare_var(I64));
+        let zero = b.ins().iconst(I64, 0);
+        for (i, var) in regs.iter().enumerate() {
+            let v = if (1..=5).contains(&i) { params[1 + i] } else { zero };
+            b.def_var(*var, v);
+        }
+        let abort = b.create_block();
+        b.set_cold_block(abort);
+        FnTranslator {
+            b,
+            prog,
+            func,
+            sigs,
+            func_refs,
+            regs,
+            fp: params[1],
+            state: params[0],
+            blocks: HashMap::new(),
+            back_edges: Vec::new(),
+            abort,
+        }
+    }
+
+    fn reg(&mut self, r: Reg) -> Value {
+        if r == Reg::FP {
+            self.fp
+        } else {
+            self.b.use_var(self.regs[r.index()])
+        }
+    }
+
+    fn set(&mut self, r: Reg, v: Value) {
+        self.b.def_var(self.regs[r.index()], v);
+    }
+
+    fn set32(&mut self, r: Reg, v32: Value) {
+        let v = self.b.ins().uextend(I64, v32);
+        self.set(r, v);
+    }
+
+    fn iconst(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(I64, v)
+    }
+
+    /// The operand as a value of the instruction's width.
+    fn operand(&mut self, src: Operand, width: Width) -> Value {
+        match (src, width) {
+            (Operand::Reg(r), Width::W64) => self.reg(r),
+            (Operand::Reg(r), Width::W32) => {
+                let v = self.reg(r);
+                self.b.ins().ireduce(I32, v)
+            }
+            (Operand::Imm(i), Width::W64) => self.b.ins().iconst(I64, i as i64),
+            (Operand::Imm(i), Width::W32) => self.b.ins().iconst(I32, i as u32 as i64),
+        }
+    }
+
+    fn dst_value(&mut self, dst: Reg, width: Width) -> Value {
+        let v = self.reg(dst);
+        match width {
+            Width::W64 => v,
+            Width::W32 => self.b.ins().ireduce(I32, v),
+        }
+    }
+
+    fn set_width(&mut self, dst: Reg, width: Width, v: Value) {
+        match width {
+            Width::W64 => self.set(dst, v),
+            Width::W32 => self.set32(dst, v),
+        }
+    }
+
+    fn block_at(&mut self, pc: usize) -> Block {
+        *self.blocks.entry(pc).or_insert_with(|| self.b.create_block())
+    }
+
+    /// Translates the whole function and finalises the builder.
+    pub fn translate(mut self) -> FunctionBuilder<'b> {
+        let EbpfFunction { start, end } = self.func;
+        let insns = self.prog.insns();
+        // Leaders: jump targets and the instruction after every jump or exit.
+        for pc in start..end {
+            let insn = insns[pc];
+            if let Some(t) = insn.jump_target(pc) {
+                self.block_at(t as usize);
+            }
+            if matches!(insn, Insn::Ja { .. } | Insn::Jump { .. } | Insn::Exit) && pc + 1 < end {
+                self.block_at(pc + 1);
+            }
+        }
+        let first = self.block_at(start);
+        self.b.ins().jump(first, &[]);
+        let mut terminated = true;
+        let mut pc = start;
+        while pc < end {
+            if let Some(&block) = self.blocks.get(&pc) {
+                if !terminated {
+                    self.b.ins().jump(block, &[]);
+                }
+                self.b.switch_to_block(block);
+            }
+            terminated = self.insn(pc, insns[pc]);
+            pc += if matches!(insns[pc], Insn::Lddw { .. }) { 2 } else { 1 };
+        }
+        for (charge, pc, target) in std::mem::take(&mut self.back_edges) {
+            self.emit_back_edge(charge, pc, target);
+        }
+        self.b.switch_to_block(self.abort);
+        let zero = self.iconst(0);
+        self.b.ins().return_(&[zero]);
+        self.b.seal_all_blocks();
+        self.b
+    }
+
+    /// Emits one instruction; returns whether it ended its block.
+    fn insn(&mut self, pc: usize, insn: Insn) -> bool {
+        match insn {
+            Insn::Alu { width, op, dst, src } => self.alu(width, op, dst, src),
+            Insn::Neg { width, dst } => {
+                let v = self.dst_value(dst, width);
+                let n = self.b.ins().ineg(v);
+                self.set_width(dst, width, n);
+            }
+            Insn::Endian { order, bits, dst } => {
+                let v = self.reg(dst);
+                let r = match (order, bits) {
+                    (_, 64) if order == ByteOrder::ToLe => v,
+                    (_, 64) => self.b.ins().bswap(v),
+                    (_, _) => {
+                        let ty = if bits == 16 { I16 } else { I32 };
+                        let narrow = self.b.ins().ireduce(ty, v);
+                        let swapped = if order == ByteOrder::ToLe { narrow } else { self.b.ins().bswap(narrow) };
+                        self.b.ins().uextend(I64, swapped)
+                    }
+                };
+                self.set(dst, r);
+            }
+            Insn::Lddw { dst, kind: LddwKind::Func, lo, .. } => {
+                let v = self.iconst(pc as i64 + 1 + lo as i64);
+                self.set(dst, v);
+            }
+            Insn::Lddw { dst, lo, hi, .. } => {
+                let v = self.iconst(((lo as u32 as u64) | ((hi as u32 as u64) << 32)) as i64);
+                self.set(dst, v);
+            }
+            Insn::LddwHigh => unreachable!("skipped by the loop"),
+            Insn::Load { size, signed, dst, base, off } => {
+                let addr = self.checked_addr(pc, base, off, size, false);
+                let f = mem_flags();
+                let v = match (size, signed) {
+                    (MemSize::DW, _) => self.b.ins().load(I64, f, addr, 0),
+                    (MemSize::B, false) => self.b.ins().uload8(I64, f, addr, 0),
+                    (MemSize::H, false) => self.b.ins().uload16(I64, f, addr, 0),
+                    (MemSize::W, false) => self.b.ins().uload32(f, addr, 0),
+                    (MemSize::B, true) => self.b.ins().sload8(I64, f, addr, 0),
+                    (MemSize::H, true) => self.b.ins().sload16(I64, f, addr, 0),
+                    (MemSize::W, true) => self.b.ins().sload32(f, addr, 0),
+                };
+                self.set(dst, v);
+            }
+            Insn::Store { size, base, off, src } => {
+                let addr = self.checked_addr(pc, base, off, size, true);
+                let v = self.operand(src, Width::W64);
+                let f = mem_flags();
+                match size {
+                    MemSize::DW => self.b.ins().store(f, v, addr, 0),
+                    MemSize::W => self.b.ins().istore32(f, v, addr, 0),
+                    MemSize::H => self.b.ins().istore16(f, v, addr, 0),
+                    MemSize::B => self.b.ins().istore8(f, v, addr, 0),
+                };
+            }
+            Insn::Atomic { size, op, fetch, base, off, src } => self.atomic(pc, size, op, fetch, base, off, src),
+            Insn::Ja { off, .. } => {
+                let target = (pc as i64 + 1 + off as i64) as usize;
+                let block = self.branch_target(pc, target);
+                self.b.ins().jump(block, &[]);
+                return true;
+            }
+            Insn::Jump { width, cond, dst, src, off } => {
+                let a = self.dst_value(dst, width);
+                let c = match src {
+                    Operand::Imm(i) if cond != JmpCond::Set => {
+                        self.b.ins().icmp_imm_s(int_cc(cond), a, i as i64)
+                    }
+                    _ => {
+                        let bv = self.operand(src, width);
+                        if cond == JmpCond::Set {
+                            let and = self.b.ins().band(a, bv);
+                            self.b.ins().icmp_imm_s(IntCC::NotEqual, and, 0)
+                        } else {
+                            self.b.ins().icmp(int_cc(cond), a, bv)
+                        }
+                    }
+                };
+                let target = (pc as i64 + 1 + off as i64) as usize;
+                let taken = self.branch_target(pc, target);
+                let fallthrough = self.block_at(pc + 1);
+                self.b.ins().brif(c, taken, &[], fallthrough, &[]);
+                return true;
+            }
+            Insn::Call(CallTarget::Helper(id)) => {
+                let f = self.prog.helpers().get(id).expect("verified helper").func as usize as i64;
+                let callee = self.iconst(f);
+                self.call_helper(pc, callee);
+            }
+            Insn::CallReg(r) => {
+                let id = self.reg(r);
+                let callee = self.lookup_helper(pc, id);
+                self.call_helper(pc, callee);
+            }
+            Insn::Call(CallTarget::Local(off)) => {
+                let target = (pc as i64 + 1 + off as i64) as usize;
+                let index = self.prog.function_starting_at(target).expect("verified call target");
+                let func_ref = (self.func_refs)(&mut self.b, index);
+                let fp = self.b.ins().iadd_imm_s(self.fp, -(FRAME_SIZE as i64));
+                let mut args = vec![self.state, fp];
+                for r in 1..=5 {
+                    args.push(self.reg(Reg::new(r).expect("r1-r5")));
+                }
+                let call = self.b.ins().call(func_ref, &args);
+                let r0 = self.b.inst_results(call)[0];
+                self.set(Reg::R0, r0);
+                self.abort_if_stopped(None);
+            }
+            Insn::Call(CallTarget::Kfunc(_)) => unreachable!("verifier rejects kfuncs"),
+            Insn::Exit => {
+                let r0 = self.reg(Reg::R0);
+                self.b.ins().return_(&[r0]);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The block a jump from `pc` to `target` goes to: the target itself, or for a backward
+    /// jump a block (emitted after the function body) that first charges the loop budget.
+    fn branch_target(&mut self, pc: usize, target: usize) -> Block {
+        let target_block = self.block_at(target);
+        if target > pc {
+            return target_block;
+        }
+        let charge = self.b.create_block();
+        self.back_edges.push((charge, pc, target_block));
+        charge
+    }
+
+    /// Emits a back-edge block: take one from the budget, or fault when it is spent.
+    fn emit_back_edge(&mut self, charge: Block, pc: usize, target: Block) {
+        let exhausted = self.b.create_block();
+        let pay = self.b.create_block();
+        self.b.set_cold_block(exhausted);
+        self.b.switch_to_block(charge);
+        let budget = self.b.ins().load(I64, MemFlagsData::trusted(), self.state, so::BUDGET);
+        self.b.ins().brif(budget, pay, &[], exhausted, &[]);
+        self.b.switch_to_block(pay);
+        let left = self.b.ins().iadd_imm_s(budget, -1);
+        self.b.ins().store(MemFlagsData::trusted(), left, self.state, so::BUDGET);
+        self.b.ins().jump(target, &[]);
+        self.b.switch_to_block(exhausted);
+        self.raise(pc, RAISE_LOOP_BUDGET, None);
+    }
+
+    /// Calls the runtime to record a fault (or locate one), then leaves through `abort`.
+    fn raise(&mut self, pc: usize, what: u64, arg: Option<Value>) {
+        let f = self.iconst(runtime_calls::jit_raise as *const () as usize as i64);
+        let pc_v = self.iconst(pc as i64);
+        let what_v = self.iconst(what as i64);
+        let arg = arg.unwrap_or_else(|| self.iconst(0));
+        self.b.ins().call_indirect(self.sigs.raise, f, &[self.state, pc_v, what_v, arg]);
+        self.b.ins().jump(self.abort, &[]);
+    }
+
+    /// After a call: if the run was stopped or faulted, return at once.
+    fn abort_if_stopped(&mut self, locate_pc: Option<usize>) {
+        let status = self.b.ins().load(I32, MemFlagsData::trusted(), self.state, so::STATUS);
+        let cont = self.b.create_block();
+        let stop = match locate_pc {
+            None => self.abort,
+            Some(_) => {
+                let b = self.b.create_block();
+                self.b.set_cold_block(b);
+                b
+            }
+        };
+        self.b.ins().brif(status, stop, &[], cont, &[]);
+        if let Some(pc) = locate_pc {
+            self.b.switch_to_block(stop);
+            self.raise(pc, RAISE_LOCATE, None);
+        }
+        self.b.switch_to_block(cont);
+    }
+
+    fn call_helper(&mut self, pc: usize, callee: Value) {
+        let mut args = Vec::with_capacity(6);
+        for r in 1..=5 {
+            args.push(self.reg(Reg::new(r).expect("r1-r5")));
+        }
+        args.push(self.state);
+        let call = self.b.ins().call_indirect(self.sigs.helper, callee, &args);
+        let r0 = self.b.inst_results(call)[0];
+        self.set(Reg::R0, r0);
+        self.abort_if_stopped(Some(pc));
+    }
+
+    /// `callx`: the helper function for the id in a register, or a fault.
+    fn lookup_helper(&mut self, pc: usize, id: Value) -> Value {
+        let unknown = self.b.create_block();
+        self.b.set_cold_block(unknown);
+        let in_range = self.b.create_block();
+        let found = self.b.create_block();
+        let n = self.b.ins().load(I64, fixed_state_flags(), self.state, so::NHELPERS);
+        let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, id, n);
+        self.b.ins().brif(ok, in_range, &[], unknown, &[]);
+        self.b.switch_to_block(in_range);
+        let table = self.b.ins().load(I64, fixed_state_flags(), self.state, so::HELPERS);
+        let offset = self.b.ins().imul_imm_s(id, 8);
+        let slot = self.b.ins().iadd(table, offset);
+        let f = self.b.ins().load(I64, MemFlagsData::trusted().with_readonly(), slot, 0);
+        self.b.ins().brif(f, found, &[], unknown, &[]);
+        self.b.switch_to_block(unknown);
+        self.raise(pc, RAISE_UNKNOWN_HELPER, Some(id));
+        self.b.switch_to_block(found);
+        f
+    }
+
+    /// The address `base + off`, checked unless the verifier proved it in bounds.
+    fn checked_addr(&mut self, pc: usize, base: Reg, off: i16, size: MemSize, write: bool) -> Value {
+        let base = self.reg(base);
+        let addr = if off != 0 { self.b.ins().iadd_imm_s(base, off as i64) } else { base };
+        if self.prog.access_is_static(pc) {
+            return addr;
+        }
+        let ok = self.b.create_block();
+        let second = self.b.create_block();
+        let slow = self.b.create_block();
+        self.b.set_cold_block(slow);
+        let table = if write { so::FAST_STORE } else { so::FAST_LOAD };
+        for (i, next) in [(0, second), (1, slow)] {
+            let region = table + i * so::FAST_REGION_SIZE;
+            let start = self.b.ins().load(I64, fixed_state_flags(), self.state, region);
+            let last_off = region + so::FAST_LAST + 8 * size_index(size) as i32;
+            let last = self.b.ins().load(I64, fixed_state_flags(), self.state, last_off);
+            let rel = self.b.ins().isub(addr, start);
+            let inside = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, rel, last);
+            self.b.ins().brif(inside, ok, &[], next, &[]);
+            self.b.switch_to_block(next);
+        }
+        let f = self.iconst(runtime_calls::jit_check_access as *const () as usize as i64);
+        let size_write = self.iconst(size.bytes() as i64 | if write { 1 << 8 } else { 0 });
+        let pc_v = self.iconst(pc as i64);
+        let call = self.b.ins().call_indirect(self.sigs.check, f, &[self.state, addr, size_write, pc_v]);
+        let allowed = self.b.inst_results(call)[0];
+        self.b.ins().brif(allowed, ok, &[], self.abort, &[]);
+        self.b.switch_to_block(ok);
+        addr
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn atomic(&mut self, pc: usize, size: MemSize, op: AtomicOp, fetch: bool, base: Reg, off: i16, src: Reg) {
+        let addr = self.checked_addr(pc, base, off, size, true);
+        let misaligned = self.b.create_block();
+        self.b.set_cold_block(misaligned);
+        let aligned = self.b.create_block();
+        let low = self.b.ins().band_imm_s(addr, size.bytes() as i64 - 1);
+        self.b.ins().brif(low, misaligned, &[], aligned, &[]);
+        self.b.switch_to_block(misaligned);
+        self.raise(pc, RAISE_MISALIGNED | (size.bytes() as u64) << 8, Some(addr));
+        self.b.switch_to_block(aligned);
+
+        let ty = int_type(size);
+        let narrow = |t: &mut Self, v: Value| if ty == I64 { v } else { t.b.ins().ireduce(ty, v) };
+        let widen = |t: &mut Self, v: Value| if ty == I64 { v } else { t.b.ins().uextend(I64, v) };
+        let flags = MemFlagsData::new().with_notrap();
+        let x = self.reg(src);
+        let x = narrow(self, x);
+        if op == AtomicOp::CmpXchg {
+            let expected = self.reg(Reg::R0);
+            let expected = narrow(self, expected);
+            let old = self.b.ins().atomic_cas(flags, addr, expected, x);
+            let old = widen(self, old);
+            self.set(Reg::R0, old);
+            return;
+        }
+        let rmw = match op {
+            AtomicOp::Add => AtomicRmwOp::Add,
+            AtomicOp::Or => AtomicRmwOp::Or,
+            AtomicOp::And => AtomicRmwOp::And,
+            AtomicOp::Xor => AtomicRmwOp::Xor,
+            AtomicOp::Xchg => AtomicRmwOp::Xchg,
+            AtomicOp::CmpXchg => unreachable!(),
+        };
+        let old = self.b.ins().atomic_rmw(ty, flags, rmw, addr, x);
+        if fetch {
+            let old = widen(self, old);
+            self.set(src, old);
+        }
+    }
+
+    fn alu(&mut self, width: Width, op: AluOp, dst: Reg, src: Operand) {
+        let ty = if width == Width::W64 { I64 } else { I32 };
+        let bits = if width == Width::W64 { 64 } else { 32 };
+        match op {
+            AluOp::Mov => {
+                let v = self.operand(src, width);
+                return self.set_width(dst, width, v);
+            }
+            AluOp::MovSx8 | AluOp::MovSx16 | AluOp::MovSx32 => {
+                let from = match op {
+                    AluOp::MovSx8 => I8,
+                    AluOp::MovSx16 => I16,
+                    _ => I32,
+                };
+                let v = self.operand(src, Width::W64);
+                let narrow = self.b.ins().ireduce(from, v);
+                let r = self.b.ins().sextend(ty, narrow);
+                return self.set_width(dst, width, r);
+            }
+            AluOp::Div | AluOp::Mod | AluOp::SDiv | AluOp::SMod => {
+                let a = self.dst_value(dst, width);
+                let r = self.division(op, ty, a, src, width);
+                return self.set_width(dst, width, r);
+            }
+            _ => {}
+        }
+        let a = self.dst_value(dst, width);
+        let r = match src {
+            Operand::Imm(i) => {
+                let imm = i as i64;
+                let ins = self.b.ins();
+                match op {
+                    AluOp::Add => ins.iadd_imm_s(a, imm),
+                    AluOp::Sub => ins.iadd_imm_s(a, imm.wrapping_neg()),
+                    AluOp::Mul => ins.imul_imm_s(a, imm),
+                    AluOp::Or => ins.bor_imm_s(a, imm),
+                    AluOp::And => ins.band_imm_s(a, imm),
+                    AluOp::Xor => ins.bxor_imm_s(a, imm),
+                    AluOp::Lsh => ins.ishl_imm_s(a, imm & (bits - 1)),
+                    AluOp::Rsh => ins.ushr_imm_s(a, imm & (bits - 1)),
+                    AluOp::Arsh => ins.sshr_imm_s(a, imm & (bits - 1)),
+                    _ => unreachable!("handled above"),
+                }
+            }
+            Operand::Reg(_) => {
+                let b = self.operand(src, width);
+                let ins = self.b.ins();
+                match op {
+                    AluOp::Add => ins.iadd(a, b),
+                    AluOp::Sub => ins.isub(a, b),
+                    AluOp::Mul => ins.imul(a, b),
+                    AluOp::Or => ins.bor(a, b),
+                    AluOp::And => ins.band(a, b),
+                    AluOp::Xor => ins.bxor(a, b),
+                    // Cranelift shifts take the amount modulo the width, as eBPF does.
+                    AluOp::Lsh => ins.ishl(a, b),
+                    AluOp::Rsh => ins.ushr(a, b),
+                    AluOp::Arsh => ins.sshr(a, b),
+                    _ => unreachable!("handled above"),
+                }
+            }
+        };
+        self.set_width(dst, width, r);
+    }
+
+    /// Division and modulo with eBPF's rules for zero and for `MIN / -1`.
+    fn division(&mut self, op: AluOp, ty: Type, a: Value, src: Operand, width: Width) -> Value {
+        let signed = matches!(op, AluOp::SDiv | AluOp::SMod);
+        let is_div = matches!(op, AluOp::Div | AluOp::SDiv);
+        if let Operand::Imm(i) = src {
+            let imm = if width == Width::W32 { i as u32 as i64 } else { i as i64 };
+            if i == 0 {
+                return if is_div { self.b.ins().iconst(ty, 0) } else { a };
+            }
+            if signed && i == -1 {
+                return if is_div { self.b.ins().ineg(a) } else { self.b.ins().iconst(ty, 0) };
+            }
+            let d = self.b.ins().iconst(ty, imm);
+            let ins = self.b.ins();
+            return match op {
+                AluOp::Div => ins.udiv(a, d),
+                AluOp::Mod => ins.urem(a, d),
+                AluOp::SDiv => ins.sdiv(a, d),
+                _ => ins.srem(a, d),
+            };
+        }
+        let b = self.operand(src, width);
+        let one = self.b.ins().iconst(ty, 1);
+        let zero = self.b.ins().iconst(ty, 0);
+        let is_zero = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+        if !signed {
+            let safe = self.b.ins().select(is_zero, one, b);
+            return if is_div {
+                let q = self.b.ins().udiv(a, safe);
+                self.b.ins().select(is_zero, zero, q)
+            } else {
+                let r = self.b.ins().urem(a, safe);
+                self.b.ins().select(is_zero, a, r)
+            };
+        }
+        let is_neg_one = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
+        let special = self.b.ins().bor(is_zero, is_neg_one);
+        let safe = self.b.ins().select(special, one, b);
+        if is_div {
+            let q = self.b.ins().sdiv(a, safe);
+            let neg = self.b.ins().ineg(a);
+            let q = self.b.ins().select(is_neg_one, neg, q);
+            self.b.ins().select(is_zero, zero, q)
+        } else {
+            let r = self.b.ins().srem(a, safe);
+            let r = self.b.ins().select(is_neg_one, zero, r);
+            self.b.ins().select(is_zero, a, r)
+        }
+    }
+}
+
+fn int_cc(c: JmpCond) -> IntCC {
+    match c {
+        JmpCond::Eq => IntCC::Equal,
+        JmpCond::Ne => IntCC::NotEqual,
+        JmpCond::Gt => IntCC::UnsignedGreaterThan,
+        JmpCond::Ge => IntCC::UnsignedGreaterThanOrEqual,
+        JmpCond::Lt => IntCC::UnsignedLessThan,
+        JmpCond::Le => IntCC::UnsignedLessThanOrEqual,
+        JmpCond::Sgt => IntCC::SignedGreaterThan,
+        JmpCond::Sge => IntCC::SignedGreaterThanOrEqual,
+        JmpCond::Slt => IntCC::SignedLessThan,
+        JmpCond::Sle => IntCC::SignedLessThanOrEqual,
+        JmpCond::Set => unreachable!("jset is a band"),
+    }
+}
