@@ -1,5 +1,7 @@
 //! Shared test support: locating the conformance vectors and running a program on every engine.
 
+pub mod datatest;
+
 use std::path::PathBuf;
 
 /// Root of the repository.

@@ -2,8 +2,8 @@
 //!
 //! Beyond that syntax it accepts labels (`loop:` on a line, `goto loop`, `call my_func` for a
 //! bpf-to-bpf call), comments (`#`, `//`, `;`), and a leading `N:` slot index as printed by the
-//! disassembler. `call N` is a helper call; a local call is written `call local +N` or with a
-//! label. It exists so that tests can be written as readable text.
+//! disassembler. `call N` is a helper call; a local call is written `call pc+N` (as the
+//! disassembler prints it), `call local +N`, or with a label. It exists so that tests can be written as readable text.
 
 use crate::insn::{
     encode, AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, RawInsn, Reg,
@@ -392,7 +392,7 @@ fn parse_insn(c: &mut Cur) -> Result<Pending, String> {
         return Ok(Done(Insn::CallReg(c.reg()?.0)));
     }
     if c.eat("call ") {
-        if c.eat("local ") {
+        if c.eat("local ") || c.eat("pc") {
             return Ok(Pending::CallLocal(c.target()?));
         }
         if c.eat("kfunc(") {

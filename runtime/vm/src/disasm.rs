@@ -2,7 +2,9 @@
 //!
 //! The text of one instruction matches what llvm-objdump 14 prints for the same encoding
 //! (without its `<label>` annotations); instructions newer than LLVM 14 (v4) use the syntax
-//! later LLVM releases print. [`crate::asm`] parses this syntax back.
+//! later LLVM releases print. One exception: llvm prints a bpf-to-bpf call like a helper call
+//! (`call -1`), which is ambiguous, so local calls print as bpftool does (`call pc-1`).
+//! [`crate::asm`] parses this syntax back.
 
 use crate::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
 use std::fmt::{self, Write};
@@ -207,7 +209,7 @@ impl fmt::Display for Disasm<'_> {
                 signed_off(off as i64)
             ),
             Insn::Call(CallTarget::Helper(id)) => write!(f, "call {id}"),
-            Insn::Call(CallTarget::Local(off)) => write!(f, "call {off}"),
+            Insn::Call(CallTarget::Local(off)) => write!(f, "call pc{}", signed_off(off as i64)),
             Insn::Call(CallTarget::Kfunc(id)) => write!(f, "call kfunc({id})"),
             Insn::CallReg(r) => write!(f, "callx {r}"),
             Insn::Exit => write!(f, "exit"),
@@ -249,7 +251,7 @@ mod tests {
         assert_eq!(text(RawInsn::new(0xdb, 6, 1, 16, 0xf1)), "r0 = cmpxchg_64(r6 + 16, r0, r1)");
         assert_eq!(text(RawInsn::new(0xdb, 6, 2, 24, 0xe1)), "r2 = xchg_64(r6 + 24, r2)");
         assert_eq!(text(RawInsn::new(0xdc, 1, 0, 0, 32)), "r1 = be32 r1");
-        assert_eq!(text(RawInsn::new(0x85, 0, 1, 0, -1)), "call -1");
+        assert_eq!(text(RawInsn::new(0x85, 0, 1, 0, -1)), "call pc-1");
         assert_eq!(text(RawInsn::new(0x69, 1, 6, 32, 0)), "r1 = *(u16 *)(r6 + 32)");
         let lddw = decode(&[RawInsn::new(0x18, 4, 0, 0, -1), RawInsn::new(0, 0, 0, 0, 0)]).unwrap();
         assert_eq!(Disasm(&lddw[0]).to_string(), "r4 = 4294967295 ll");

@@ -1,8 +1,9 @@
 //! The interpreter: the reference semantics of every instruction, kept simple.
 //!
 //! One loop over decoded instructions. Local calls push a frame that saves r1-r9 and moves
-//! r10 down by [`FRAME_SIZE`]; on return the caller's registers are restored except r0 (the
-//! JIT behaves the same, so the two agree even on programs that read r1-r5 after a call).
+//! r10 down by [`FRAME_SIZE`]; the callee starts with r0 and r6-r9 zeroed, and on return the
+//! caller's registers are restored except r0. The JIT behaves the same, so the two agree even
+//! on programs that read registers eBPF leaves undefined.
 
 use crate::exec::{Engine, Fault, HelperFn, RunState, FRAME_SIZE, MAX_CALL_DEPTH, STATUS_RUNNING};
 use crate::insn::{AtomicOp, CallTarget, Insn, LddwKind, MemSize, Operand, Width};
@@ -252,6 +253,10 @@ pub fn interpret(program: &Program, r1: u64, r2: u64, frame_pointer: u64, state:
                 saved.copy_from_slice(&regs[1..11]);
                 frames[depth] = Frame { return_pc: pc + 1, saved };
                 depth += 1;
+                // The callee starts with r0 and r6-r9 zeroed (reading them first is undefined
+                // in eBPF; both engines define it the same way).
+                regs[0] = 0;
+                regs[6..10].fill(0);
                 regs[10] -= FRAME_SIZE as u64;
                 pc = (pc as i64 + 1 + off as i64) as usize;
                 continue;

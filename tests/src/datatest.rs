@@ -1,0 +1,129 @@
+//! Data-driven VM tests: one `.test` file per case under `tests/data/vm/`.
+//!
+//! A file has sections introduced by `-- name` lines:
+//! - `-- asm` (llvm-objdump syntax, see `bpftime_vm::asm`) or `-- raw` (hex bytes) — the program;
+//! - `-- mem` — hex bytes of the context memory (r1 points at a copy, r2 is its length);
+//! - `-- budget` — backward jumps allowed;
+//! - `-- result` — expected r0, or `-- error` — a substring of the expected error
+//!   (verifier errors and run-time faults both read `insn N: ...`);
+//! - `-- mem-after` — expected memory after the run.
+//!
+//! Lines starting with `#` outside `-- asm` are comments. Programs may call the test helpers
+//! of [`test_helpers`].
+
+use bpftime_vm::conformance::{parse_hex_bytes, parse_result, unwind};
+use bpftime_vm::exec::{Fault, HelperTable, RunState};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One parsed case.
+#[derive(Debug, Default, Clone)]
+pub struct Case {
+    pub name: String,
+    pub program: Vec<u8>,
+    pub mem: Vec<u8>,
+    pub budget: Option<u64>,
+    pub expect: Expect,
+    pub mem_after: Option<Vec<u8>>,
+}
+
+/// What a case expects.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Expect {
+    #[default]
+    Nothing,
+    Result(u64),
+    Error(String),
+}
+
+/// Parses a case file.
+pub fn parse_case(name: &str, text: &str) -> Result<Case, String> {
+    let mut sections: BTreeMap<String, String> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(sec) = line.strip_prefix("-- ") {
+            current = Some(sec.trim().to_string());
+            sections.entry(sec.trim().to_string()).or_default();
+            continue;
+        }
+        match &current {
+            Some(sec) => {
+                let body = sections.get_mut(sec).expect("section exists");
+                body.push_str(line);
+                body.push('\n');
+            }
+            None if line.starts_with('#') || line.trim().is_empty() => {}
+            None => return Err(format!("text before the first section: {line}")),
+        }
+    }
+    let mut case = Case { name: name.to_string(), ..Case::default() };
+    case.program = match (sections.get("asm"), sections.get("raw")) {
+        (Some(asm), None) => bpftime_vm::insn::to_bytecode(&bpftime_vm::asm::assemble(asm).map_err(|e| e.to_string())?),
+        (None, Some(raw)) => parse_hex_bytes(raw)?,
+        _ => return Err("need exactly one of `-- asm` and `-- raw`".into()),
+    };
+    if let Some(m) = sections.get("mem") {
+        case.mem = parse_hex_bytes(m)?;
+    }
+    if let Some(b) = sections.get("budget") {
+        case.budget = Some(b.trim().parse().map_err(|e| format!("budget: {e}"))?);
+    }
+    case.expect = match (sections.get("result"), sections.get("error")) {
+        (Some(r), None) => Expect::Result(parse_result(r)?),
+        (None, Some(e)) => Expect::Error(e.trim().to_string()),
+        _ => return Err("need exactly one of `-- result` and `-- error`".into()),
+    };
+    if let Some(m) = sections.get("mem-after") {
+        case.mem_after = Some(parse_hex_bytes(m)?);
+    }
+    Ok(case)
+}
+
+/// Reads every `.test` file of a folder, sorted by name.
+pub fn load_cases(dir: &Path) -> Vec<Case> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "test"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let name = p.file_stem().expect("file name").to_string_lossy().to_string();
+            let text = std::fs::read_to_string(p).expect("readable case");
+            parse_case(&name, &text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        })
+        .collect()
+}
+
+/// Test helper 1: packs its five arguments' low nibbles (r1 | r2<<4 | ... | r5<<16).
+pub extern "C" fn pack_args(r1: u64, r2: u64, r3: u64, r4: u64, r5: u64, _: &mut RunState) -> u64 {
+    (r1 & 0xf) | (r2 & 0xf) << 4 | (r3 & 0xf) << 8 | (r4 & 0xf) << 12 | (r5 & 0xf) << 16
+}
+
+/// Test helper 2: the sum of the bytes at `[r1, r1 + r2)`, or -EFAULT when the program may
+/// not read them.
+pub extern "C" fn sum_bytes(r1: u64, r2: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    match state.slice(r1, r2) {
+        Some(b) => b.iter().map(|&x| x as u64).sum(),
+        None => (-14i64) as u64,
+    }
+}
+
+/// Test helper 3: always fails with code -22.
+pub extern "C" fn always_fails(_: u64, _: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    state.helper_fault(Fault::Helper { id: 3, code: -22 });
+    0
+}
+
+/// The helpers data-driven tests and differential tests may call: 1 pack_args, 2 sum_bytes,
+/// 3 always_fails, 5 the conformance suite's unwind.
+pub fn test_helpers() -> HelperTable {
+    let mut t = HelperTable::new();
+    t.register(1, "pack_args", pack_args)
+        .register(2, "sum_bytes", sum_bytes)
+        .register(3, "always_fails", always_fails)
+        .register(5, "unwind", unwind);
+    t
+}
