@@ -1,6 +1,7 @@
 //! Shared test support: locating the conformance vectors and running a program on every engine.
 
 pub mod datatest;
+pub mod progen;
 
 use std::path::PathBuf;
 
