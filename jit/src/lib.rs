@@ -137,7 +137,11 @@ impl JitProgram {
                 let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
                 let sigs = Sigs {
                     helper: b.import_signature(signature(cc, 6)),
-                    check: b.import_signature(signature(cc, 4)),
+                    check: b.import_signature({
+                        let mut s = signature(runtime_calls::CHECK_ACCESS_CALL_CONV, 4);
+                        s.returns.clear();
+                        s
+                    }),
                     raise: b.import_signature({
                         let mut s = signature(cc, 4);
                         s.returns.clear();

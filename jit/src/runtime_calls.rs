@@ -14,9 +14,9 @@ pub(crate) const RAISE_UNKNOWN_HELPER: u64 = 3;
 /// `jit_raise` `what`: a helper stopped the run; record where if it faulted.
 pub(crate) const RAISE_LOCATE: u64 = 4;
 
-/// Checks an access that missed both inline regions; records the fault when it is not allowed.
-/// Returns 1 when the access may proceed.
-pub(crate) extern "C" fn jit_check_access(state: &mut RunState, addr: u64, size_write: u64, pc: u64) -> u64 {
+/// Checks an access that missed both inline regions; records the fault in `state` when it is
+/// not allowed (the JIT code then finds a non-zero status).
+pub(crate) extern "C" fn jit_check_access(state: &mut RunState, addr: u64, size_write: u64, pc: u64) {
     let bytes = (size_write & 0xff) as u8;
     let write = size_write >> 8 != 0;
     let size = match bytes {
@@ -25,13 +25,59 @@ pub(crate) extern "C" fn jit_check_access(state: &mut RunState, addr: u64, size_
         4 => MemSize::W,
         _ => MemSize::DW,
     };
-    if state.access_ok(addr, size, write) {
-        1
-    } else {
+    if !state.access_ok(addr, size, write) {
         state.fault(pc as usize, Fault::OutOfBounds { addr, size: bytes, write });
-        0
     }
 }
+
+/// Calls [`jit_check_access`] with the System V arguments already in place, saving and
+/// restoring every register the System V ABI lets it clobber, so that JIT code can call it with
+/// Cranelift's `preserve_all` convention: a slow-path call then costs the hot path nothing
+/// (no spills around it).
+///
+/// JIT code is integer-only, so only general-purpose registers need saving. On entry the stack
+/// is 8 mod 16 (after the return address); nine pushes make it 16-aligned for the call.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+pub(crate) extern "C" fn jit_check_access_preserving_all() {
+    core::arch::naked_asm!(
+        "push rax",
+        "push rcx",
+        "push rdx",
+        "push rsi",
+        "push rdi",
+        "push r8",
+        "push r9",
+        "push r10",
+        "push r11",
+        "call {check}",
+        "pop r11",
+        "pop r10",
+        "pop r9",
+        "pop r8",
+        "pop rdi",
+        "pop rsi",
+        "pop rdx",
+        "pop rcx",
+        "pop rax",
+        "ret",
+        check = sym jit_check_access,
+    )
+}
+
+/// The slow-path check as JIT code calls it: `preserve_all` on x86_64, System V elsewhere.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const CHECK_ACCESS: *const () = jit_check_access_preserving_all as *const ();
+/// The slow-path check as JIT code calls it: `preserve_all` on x86_64, System V elsewhere.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) const CHECK_ACCESS: *const () = jit_check_access as *const ();
+
+/// Calling convention of [`CHECK_ACCESS`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) const CHECK_ACCESS_CALL_CONV: cranelift_codegen::isa::CallConv = cranelift_codegen::isa::CallConv::PreserveAll;
+/// Calling convention of [`CHECK_ACCESS`].
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) const CHECK_ACCESS_CALL_CONV: cranelift_codegen::isa::CallConv = cranelift_codegen::isa::CallConv::SystemV;
 
 /// Records a fault (or the location of a helper's fault) at instruction `pc`.
 pub(crate) extern "C" fn jit_raise(state: &mut RunState, pc: u64, what: u64, arg: u64) {

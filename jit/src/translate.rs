@@ -17,7 +17,6 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{I16, I32, I64, I8};
 use cranelift_codegen::ir::{AtomicRmwOp, Block, FuncRef, InstBuilder, MemFlagsData, SigRef, Type, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
-use std::collections::HashMap;
 
 /// Cranelift function references of the program's functions, by function index.
 pub(crate) type FuncRefs<'a> = &'a mut dyn FnMut(&mut FunctionBuilder, usize) -> FuncRef;
@@ -26,7 +25,7 @@ pub(crate) type FuncRefs<'a> = &'a mut dyn FnMut(&mut FunctionBuilder, usize) ->
 pub(crate) struct Sigs {
     /// `(r1..r5, state) -> r0`: helpers.
     pub helper: SigRef,
-    /// `(state, addr, size | write << 8, pc) -> ok`: the slow memory check.
+    /// `(state, addr, size | write << 8, pc)`: the slow memory check (`preserve_all`).
     pub check: SigRef,
     /// `(state, pc, what, arg)`: record a fault.
     pub raise: SigRef,
@@ -39,11 +38,20 @@ pub(crate) struct FnTranslator<'a, 'b> {
     pub sigs: Sigs,
     pub func_refs: FuncRefs<'a>,
     regs: [Variable; 10],
+    /// Backward jumps left; kept in a register, written back to `RunState` around calls.
+    budget: Variable,
     fp: Value,
     state: Value,
-    blocks: HashMap<usize, Block>,
-    back_edges: Vec<(Block, usize, Block)>,
+    /// Leader blocks by `pc - start`.
+    blocks: Vec<Option<Block>>,
+    back_edges: Vec<(Block, usize, usize)>,
+    /// Edges still to come into each leader, by `pc - start`.
+    preds_left: Vec<u32>,
+    to_seal: Vec<Block>,
     abort: Block,
+    /// Whether each register (probably) holds a stack address: decides which region an
+    /// access is checked against first. A heuristic only; both regions are always checked.
+    stack_derived: [bool; 10],
 }
 
 fn mem_flags() -> MemFlagsData {
@@ -53,7 +61,8 @@ fn mem_flags() -> MemFlagsData {
 
 fn fixed_state_flags() -> MemFlagsData {
     // Fields of RunState that no one changes during a run (region bounds, helper table).
-    MemFlagsData::trusted().with_readonly().with_can_move()
+    // Not `can_move`: hoisted out of loops they would take registers for the whole function.
+    MemFlagsData::trusted().with_readonly()
 }
 
 fn int_type(size: MemSize) -> Type {
@@ -71,14 +80,19 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let params = b.block_params(entry).to_vec();
+        let (state, fp) = (params[0], params[1]);
         let regs = std::array::from_fn(|_| b.declare_var(I64));
         let zero = b.ins().iconst(I64, 0);
         for (i, var) in regs.iter().enumerate() {
             let v = if (1..=5).contains(&i) { params[1 + i] } else { zero };
             b.def_var(*var, v);
         }
+        let budget = b.declare_var(I64);
+        let left = b.ins().load(I64, MemFlagsData::trusted(), state, so::BUDGET);
+        b.def_var(budget, left);
         let abort = b.create_block();
         b.set_cold_block(abort);
+        let len = func.end - func.start;
         FnTranslator {
             b,
             prog,
@@ -86,11 +100,15 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             sigs,
             func_refs,
             regs,
-            fp: params[1],
-            state: params[0],
-            blocks: HashMap::new(),
+            budget,
+            fp,
+            state,
+            blocks: vec![None; len],
             back_edges: Vec::new(),
+            preds_left: vec![0; len],
+            to_seal: Vec::new(),
             abort,
+            stack_derived: [false; 10],
         }
     }
 
@@ -144,14 +162,46 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     }
 
     fn block_at(&mut self, pc: usize) -> Block {
-        *self.blocks.entry(pc).or_insert_with(|| self.b.create_block())
+        let i = pc - self.func.start;
+        match self.blocks[i] {
+            Some(b) => b,
+            None => {
+                let b = self.b.create_block();
+                self.blocks[i] = Some(b);
+                b
+            }
+        }
+    }
+
+    fn is_leader(&self, pc: usize) -> bool {
+        self.blocks[pc - self.func.start].is_some()
+    }
+
+    /// Records one more edge into the leader block at `pc`. After its last one the block is
+    /// sealed (by [`Self::flush_seals`], once the branch is emitted), so that the SSA builder
+    /// adds block parameters only where values really merge.
+    fn edge_to(&mut self, pc: usize) -> Block {
+        let block = self.block_at(pc);
+        let left = &mut self.preds_left[pc - self.func.start];
+        *left -= 1;
+        if *left == 0 {
+            self.to_seal.push(block);
+        }
+        block
+    }
+
+    fn flush_seals(&mut self) {
+        for block in std::mem::take(&mut self.to_seal) {
+            self.b.seal_block(block);
+        }
     }
 
     /// Translates the whole function and finalises the builder.
     pub fn translate(mut self) -> FunctionBuilder<'b> {
         let EbpfFunction { start, end } = self.func;
         let insns = self.prog.insns();
-        // Leaders: jump targets and the instruction after every jump or exit.
+        // Leaders: the entry, jump targets and the instruction after every jump or exit.
+        self.block_at(start);
         for pc in start..end {
             let insn = insns[pc];
             if let Some(t) = insn.jump_target(pc) {
@@ -161,18 +211,39 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 self.block_at(pc + 1);
             }
         }
-        let first = self.block_at(start);
+        // Predecessor edges of each leader: jumps to it, and falling into it.
+        self.preds_left[0] += 1;
+        let mut pc = start;
+        while pc < end {
+            let insn = insns[pc];
+            let next = pc + if matches!(insn, Insn::Lddw { .. }) { 2 } else { 1 };
+            if let Some(t) = insn.jump_target(pc) {
+                self.preds_left[t as usize - start] += 1;
+            }
+            let falls_through = !matches!(insn, Insn::Ja { .. } | Insn::Exit);
+            if falls_through && next < end && self.is_leader(next) {
+                self.preds_left[next - start] += 1;
+            }
+            pc = next;
+        }
+        let entry = self.b.current_block().expect("entry block");
+        self.b.seal_block(entry);
+        let first = self.edge_to(start);
         self.b.ins().jump(first, &[]);
+        self.flush_seals();
         let mut terminated = true;
         let mut pc = start;
         while pc < end {
-            if let Some(&block) = self.blocks.get(&pc) {
+            if let Some(block) = self.blocks[pc - start] {
                 if !terminated {
+                    self.edge_to(pc);
                     self.b.ins().jump(block, &[]);
+                    self.flush_seals();
                 }
                 self.b.switch_to_block(block);
             }
             terminated = self.insn(pc, insns[pc]);
+            self.flush_seals();
             pc += if matches!(insns[pc], Insn::Lddw { .. }) { 2 } else { 1 };
         }
         for (charge, pc, target) in std::mem::take(&mut self.back_edges) {
@@ -185,8 +256,32 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.b
     }
 
+    /// Tracks which registers hold stack addresses (r10 plus or minus constants).
+    fn track_provenance(&mut self, insn: Insn) {
+        let Some(dst) = insn.written_reg() else { return };
+        if dst == Reg::FP {
+            return;
+        }
+        let derived = match insn {
+            Insn::Alu { width: Width::W64, op: AluOp::Mov, src: Operand::Reg(s), .. } => {
+                s == Reg::FP || self.stack_derived[s.index()]
+            }
+            Insn::Alu { width: Width::W64, op: AluOp::Add | AluOp::Sub, src: Operand::Imm(_), dst, .. } => {
+                self.stack_derived[dst.index()]
+            }
+            _ => false,
+        };
+        self.stack_derived[dst.index()] = derived;
+    }
+
     /// Emits one instruction; returns whether it ended its block.
     fn insn(&mut self, pc: usize, insn: Insn) -> bool {
+        let ended = self.emit(pc, insn);
+        self.track_provenance(insn);
+        ended
+    }
+
+    fn emit(&mut self, pc: usize, insn: Insn) -> bool {
         match insn {
             Insn::Alu { width, op, dst, src } => self.alu(width, op, dst, src),
             Insn::Neg { width, dst } => {
@@ -267,7 +362,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 };
                 let target = (pc as i64 + 1 + off as i64) as usize;
                 let taken = self.branch_target(pc, target);
-                let fallthrough = self.block_at(pc + 1);
+                let fallthrough = self.edge_to(pc + 1);
                 self.b.ins().brif(c, taken, &[], fallthrough, &[]);
                 return true;
             }
@@ -290,13 +385,16 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 for r in 1..=5 {
                     args.push(self.reg(Reg::new(r).expect("r1-r5")));
                 }
+                self.save_budget();
                 let call = self.b.ins().call(func_ref, &args);
                 let r0 = self.b.inst_results(call)[0];
                 self.set(Reg::R0, r0);
+                self.reload_budget();
                 self.abort_if_stopped(None);
             }
             Insn::Call(CallTarget::Kfunc(_)) => unreachable!("verifier rejects kfuncs"),
             Insn::Exit => {
+                self.save_budget();
                 let r0 = self.reg(Reg::R0);
                 self.b.ins().return_(&[r0]);
                 return true;
@@ -308,29 +406,45 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     /// The block a jump from `pc` to `target` goes to: the target itself, or for a backward
     /// jump a block (emitted after the function body) that first charges the loop budget.
     fn branch_target(&mut self, pc: usize, target: usize) -> Block {
-        let target_block = self.block_at(target);
         if target > pc {
-            return target_block;
+            return self.edge_to(target);
         }
         let charge = self.b.create_block();
-        self.back_edges.push((charge, pc, target_block));
+        self.back_edges.push((charge, pc, target));
         charge
     }
 
     /// Emits a back-edge block: take one from the budget, or fault when it is spent.
-    fn emit_back_edge(&mut self, charge: Block, pc: usize, target: Block) {
+    fn emit_back_edge(&mut self, charge: Block, pc: usize, target_pc: usize) {
         let exhausted = self.b.create_block();
         let pay = self.b.create_block();
         self.b.set_cold_block(exhausted);
+        self.b.seal_block(charge);
+        let target = self.edge_to(target_pc);
         self.b.switch_to_block(charge);
-        let budget = self.b.ins().load(I64, MemFlagsData::trusted(), self.state, so::BUDGET);
+        let budget = self.b.use_var(self.budget);
         self.b.ins().brif(budget, pay, &[], exhausted, &[]);
+        self.b.seal_block(exhausted);
+        self.b.seal_block(pay);
         self.b.switch_to_block(pay);
         let left = self.b.ins().iadd_imm_s(budget, -1);
-        self.b.ins().store(MemFlagsData::trusted(), left, self.state, so::BUDGET);
+        self.b.def_var(self.budget, left);
         self.b.ins().jump(target, &[]);
+        self.flush_seals();
         self.b.switch_to_block(exhausted);
         self.raise(pc, RAISE_LOOP_BUDGET, None);
+    }
+
+    /// Writes the register-held budget back to `RunState` (before calls and returns).
+    fn save_budget(&mut self) {
+        let left = self.b.use_var(self.budget);
+        self.b.ins().store(MemFlagsData::trusted(), left, self.state, so::BUDGET);
+    }
+
+    /// Reloads the budget after a call, which may have spent some.
+    fn reload_budget(&mut self) {
+        let left = self.b.ins().load(I64, MemFlagsData::trusted(), self.state, so::BUDGET);
+        self.b.def_var(self.budget, left);
     }
 
     /// Calls the runtime to record a fault (or locate one), then leaves through `abort`.
@@ -356,7 +470,9 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             }
         };
         self.b.ins().brif(status, stop, &[], cont, &[]);
+        self.b.seal_block(cont);
         if let Some(pc) = locate_pc {
+            self.b.seal_block(stop);
             self.b.switch_to_block(stop);
             self.raise(pc, RAISE_LOCATE, None);
         }
@@ -369,9 +485,11 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             args.push(self.reg(Reg::new(r).expect("r1-r5")));
         }
         args.push(self.state);
+        self.save_budget();
         let call = self.b.ins().call_indirect(self.sigs.helper, callee, &args);
         let r0 = self.b.inst_results(call)[0];
         self.set(Reg::R0, r0);
+        self.reload_budget();
         self.abort_if_stopped(Some(pc));
     }
 
@@ -384,12 +502,15 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let n = self.b.ins().load(I64, fixed_state_flags(), self.state, so::NHELPERS);
         let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, id, n);
         self.b.ins().brif(ok, in_range, &[], unknown, &[]);
+        self.b.seal_block(in_range);
         self.b.switch_to_block(in_range);
         let table = self.b.ins().load(I64, fixed_state_flags(), self.state, so::HELPERS);
         let offset = self.b.ins().imul_imm_s(id, 8);
         let slot = self.b.ins().iadd(table, offset);
         let f = self.b.ins().load(I64, MemFlagsData::trusted().with_readonly(), slot, 0);
         self.b.ins().brif(f, found, &[], unknown, &[]);
+        self.b.seal_block(found);
+        self.b.seal_block(unknown);
         self.b.switch_to_block(unknown);
         self.raise(pc, RAISE_UNKNOWN_HELPER, Some(id));
         self.b.switch_to_block(found);
@@ -397,8 +518,11 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     }
 
     /// The address `base + off`, checked unless the verifier proved it in bounds.
-    fn checked_addr(&mut self, pc: usize, base: Reg, off: i16, size: MemSize, write: bool) -> Value {
-        let base = self.reg(base);
+    ///
+    /// Inline: `addr - start <= last` against the context and the stack, the likelier first. Out of line: the runtime checks the other regions; it is called without
+    /// clobbering any register (see `runtime_calls`), and records a fault in `RunState`.
+    fn checked_addr(&mut self, pc: usize, base_reg: Reg, off: i16, size: MemSize, write: bool) -> Value {
+        let base = self.reg(base_reg);
         let addr = if off != 0 { self.b.ins().iadd_imm_s(base, off as i64) } else { base };
         if self.prog.access_is_static(pc) {
             return addr;
@@ -407,23 +531,30 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let second = self.b.create_block();
         let slow = self.b.create_block();
         self.b.set_cold_block(slow);
+        let stack_first = base_reg == Reg::FP || self.stack_derived[base_reg.index()];
+        let order = if stack_first { [0, 1] } else { [1, 0] };
         let table = if write { so::FAST_STORE } else { so::FAST_LOAD };
-        for (i, next) in [(0, second), (1, slow)] {
-            let region = table + i * so::FAST_REGION_SIZE;
-            let start = self.b.ins().load(I64, fixed_state_flags(), self.state, region);
-            let last_off = region + so::FAST_LAST + 8 * size_index(size) as i32;
+        for (region, next) in [(order[0], second), (order[1], slow)] {
+            // Bounds are loaded at each check (x86 folds them into the sub and cmp): they cost
+            // no registers in loops. The likelier region comes first, so the usual cost is
+            // one sub, one cmp and one predicted branch.
+            let region_off = table + region * so::FAST_REGION_SIZE;
+            let start = self.b.ins().load(I64, fixed_state_flags(), self.state, region_off);
+            let last_off = region_off + so::FAST_LAST + 8 * size_index(size) as i32;
             let last = self.b.ins().load(I64, fixed_state_flags(), self.state, last_off);
             let rel = self.b.ins().isub(addr, start);
             let inside = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, rel, last);
             self.b.ins().brif(inside, ok, &[], next, &[]);
+            self.b.seal_block(next);
             self.b.switch_to_block(next);
         }
-        let f = self.iconst(runtime_calls::jit_check_access as *const () as usize as i64);
+        let f = self.iconst(runtime_calls::CHECK_ACCESS as usize as i64);
         let size_write = self.iconst(size.bytes() as i64 | if write { 1 << 8 } else { 0 });
         let pc_v = self.iconst(pc as i64);
-        let call = self.b.ins().call_indirect(self.sigs.check, f, &[self.state, addr, size_write, pc_v]);
-        let allowed = self.b.inst_results(call)[0];
-        self.b.ins().brif(allowed, ok, &[], self.abort, &[]);
+        self.b.ins().call_indirect(self.sigs.check, f, &[self.state, addr, size_write, pc_v]);
+        let status = self.b.ins().load(I32, MemFlagsData::trusted(), self.state, so::STATUS);
+        self.b.ins().brif(status, self.abort, &[], ok, &[]);
+        self.b.seal_block(ok);
         self.b.switch_to_block(ok);
         addr
     }
@@ -436,6 +567,8 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let aligned = self.b.create_block();
         let low = self.b.ins().band_imm_s(addr, size.bytes() as i64 - 1);
         self.b.ins().brif(low, misaligned, &[], aligned, &[]);
+        self.b.seal_block(misaligned);
+        self.b.seal_block(aligned);
         self.b.switch_to_block(misaligned);
         self.raise(pc, RAISE_MISALIGNED | (size.bytes() as u64) << 8, Some(addr));
         self.b.switch_to_block(aligned);

@@ -6,7 +6,7 @@
 use crate::insn::MemSize;
 use std::ffi::c_void;
 use std::fmt;
-use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Bytes of stack for one function frame.
 pub const FRAME_SIZE: usize = 512;
@@ -116,6 +116,7 @@ pub struct FastRegion {
 }
 
 impl FastRegion {
+    #[inline(always)]
     fn new(start: u64, len: u64) -> FastRegion {
         debug_assert!(len >= 8);
         FastRegion { start, last: [len - 1, len - 2, len - 4, len - 8] }
@@ -261,10 +262,16 @@ pub enum Context<'a> {
 }
 
 impl RunState {
-    fn new(stack: &mut Stack, ctx: Region, opts: &RunOptions, helpers: &[Option<HelperFn>]) -> Self {
-        let mut s = RunState {
-            fast_load: [FastRegion::default(); 2],
-            fast_store: [FastRegion::default(); 2],
+    #[inline(always)]
+    fn new(stack_base: u64, ctx: Region, opts: &RunOptions, helpers: &[Option<HelperFn>]) -> Self {
+        let stack = FastRegion::new(stack_base, STACK_SIZE as u64);
+        // The scratch area stands in for a context too small to check inline (the real one is
+        // then checked on the slow path) and for the store side of a read-only context. Its
+        // address is only known once the state is in place, so it is filled in by `run`.
+        let ctx_fast = if ctx.len >= 8 { FastRegion::new(ctx.start, ctx.len) } else { FastRegion::default() };
+        RunState {
+            fast_load: [stack, ctx_fast],
+            fast_store: [stack, if ctx.writable { ctx_fast } else { FastRegion::default() }],
             budget: opts.budget,
             status: STATUS_RUNNING,
             fault_insn: 0,
@@ -277,22 +284,19 @@ impl RunState {
             nhelpers: helpers.len(),
             host: opts.host,
             scratch: [0; 8],
-        };
-        let stack = FastRegion::new(stack.0.as_mut_ptr() as u64, STACK_SIZE as u64);
-        s.fast_load[0] = stack;
-        s.fast_store[0] = stack;
-        s.set_context(ctx);
-        s
+        }
     }
 
-    fn set_context(&mut self, ctx: Region) {
-        // The scratch area stands in for a context too small to check inline; the real one
-        // is then checked on the slow path.
+    /// Points the fast regions that stand for "nothing" at the state's own scratch area.
+    #[inline(always)]
+    fn place_scratch(&mut self) {
         let scratch = FastRegion::new(self.scratch.as_ptr() as u64, 8);
-        let fast = if ctx.len >= 8 { FastRegion::new(ctx.start, ctx.len) } else { scratch };
-        self.fast_load[1] = fast;
-        self.fast_store[1] = if ctx.writable { fast } else { scratch };
-        self.ctx = ctx;
+        if self.ctx.len < 8 {
+            self.fast_load[1] = scratch;
+        }
+        if self.ctx.len < 8 || !self.ctx.writable {
+            self.fast_store[1] = scratch;
+        }
     }
 
     /// Whether an access is inside a region the program may touch (what both engines check).
@@ -393,6 +397,7 @@ impl RunState {
         }
     }
 
+    #[inline(always)]
     fn finish(&self, r0: u64) -> Result<u64, RunError> {
         match self.status {
             STATUS_RUNNING => Ok(r0),
@@ -413,41 +418,37 @@ pub trait Engine {
 
     /// The helper functions the program was verified against.
     fn helper_functions(&self) -> &[Option<HelperFn>];
+
+    /// Whether Rust code reads the program's stack (then it must start zeroed, since reading
+    /// uninitialised memory from Rust is undefined behaviour).
+    fn reads_stack_from_rust(&self) -> bool {
+        false
+    }
 }
 
 /// The memory of one run's stack frames.
 #[repr(C, align(16))]
 pub struct Stack([u8; STACK_SIZE]);
 
-thread_local! {
-    /// Stacks of finished runs, reused so that a run neither zeroes 4 KiB nor allocates.
-    static STACK_POOL: RefCell<Vec<Box<Stack>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with a stack from this thread's pool (a fresh zeroed one if the pool is empty,
-/// e.g. when runs nest). Its contents are whatever an earlier run left: initialised memory.
-fn with_stack<R>(f: impl FnOnce(&mut Stack) -> R) -> R {
-    let mut stack = STACK_POOL
-        .try_with(|p| p.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Box::new(Stack([0; STACK_SIZE])));
-    let r = f(&mut stack);
-    let _ = STACK_POOL.try_with(|p| p.borrow_mut().push(stack));
-    r
-}
-
 /// Runs `engine` on `ctx`: sets up stack and state, runs, and reports the result.
+///
+/// The stack lives in this function's frame. Engines whose code reads it from Rust (the
+/// interpreter) get it zeroed; the JIT gets it as it is, which costs nothing per run.
+#[inline]
 pub fn run<E: Engine + ?Sized>(engine: &E, ctx: Context<'_>, opts: &RunOptions) -> Result<u64, RunError> {
     let region = match ctx {
         Context::None => Region { start: 0, len: 0, writable: false },
         Context::Mem(m) => Region::of_mut(m),
         Context::ReadOnly(m) => Region::of(m),
     };
-    with_stack(|stack| {
-        let mut state = RunState::new(stack, region, opts, engine.helper_functions());
-        let fp = stack.0.as_mut_ptr() as u64 + STACK_SIZE as u64;
-        let r0 = engine.execute(region.start, region.len, fp, &mut state);
-        state.finish(r0)
-    })
+    let mut stack = MaybeUninit::<Stack>::uninit();
+    if engine.reads_stack_from_rust() {
+        // SAFETY: writes zeros over the whole (plain-bytes) buffer, initialising it.
+        unsafe { stack.as_mut_ptr().write_bytes(0, 1) };
+    }
+    let base = stack.as_mut_ptr() as u64;
+    let mut state = RunState::new(base, region, opts, engine.helper_functions());
+    state.place_scratch();
+    let r0 = engine.execute(region.start, region.len, base + STACK_SIZE as u64, &mut state);
+    state.finish(r0)
 }

@@ -38,6 +38,10 @@ impl Engine for Interpreter {
     fn helper_functions(&self) -> &[Option<HelperFn>] {
         self.program.helpers().functions()
     }
+
+    fn reads_stack_from_rust(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Clone, Copy, Default)]

@@ -1,0 +1,107 @@
+//! The VM benchmarks of the README: each workload (a C program built both as eBPF and as native
+//! code) on our JIT and interpreter, on rbpf's JIT and interpreter, and natively; plus the time
+//! to verify and JIT-compile a 1,000-instruction program.
+
+use bpftime_jit::{JitOptions, JitProgram};
+use bpftime_object::Object;
+use bpftime_vm::exec::{run, Context, Engine, HelperTable, RunOptions};
+use bpftime_benches::{as_bytes, synthetic_program, workloads};
+use bpftime_vm::insn::{encode, to_bytecode};
+use bpftime_vm::{verify, Interpreter, NoMaps};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn bench_workloads(c: &mut Criterion) {
+    for w in workloads() {
+        let obj = Object::parse(w.object).expect("workload object parses");
+        let code = obj.program(None).expect("one program").insns.clone();
+        let bytes = to_bytecode(&code);
+        let prog = Arc::new(verify(&code, Arc::new(HelperTable::new()), &NoMaps).expect("verifies"));
+        let interp = Interpreter::new(prog.clone());
+        let jit = JitProgram::compile(prog).expect("compiles");
+        let mut rbpf_interp = rbpf::EbpfVmRaw::new(Some(&bytes)).expect("rbpf accepts the program");
+        let mut rbpf_jit = rbpf::EbpfVmRaw::new(Some(&bytes)).expect("rbpf accepts the program");
+        rbpf_jit.jit_compile().expect("rbpf JIT compiles");
+        rbpf_interp.set_verifier(|_| Ok(())).ok();
+
+        // Every engine must compute the same result before any is timed.
+        let mut mem = w.input.clone();
+        // SAFETY: the native workload reads and writes only inside its input, as laid out.
+        let want = unsafe { (w.native)(as_bytes(&mut mem).as_mut_ptr()) };
+        let opts = RunOptions { budget: u64::MAX, ..RunOptions::default() };
+        let mut results = vec![];
+        for engine in [&jit as &dyn Engine, &interp] {
+            let mut mem = w.input.clone();
+            results.push(run(engine, Context::Mem(as_bytes(&mut mem)), &opts).expect("runs"));
+        }
+        let mut mem = w.input.clone();
+        results.push(rbpf_interp.execute_program(as_bytes(&mut mem)).expect("rbpf runs"));
+        let mut mem = w.input.clone();
+        // SAFETY: rbpf's JIT code touches only the memory it is given for this program.
+        results.push(unsafe { rbpf_jit.execute_program_jit(as_bytes(&mut mem)) }.expect("rbpf JIT runs"));
+        assert!(results.iter().all(|&r| r == want), "{}: results differ: native {want}, ours/rbpf {results:?}", w.name);
+        println!("{}: result {want:#x}, {} eBPF insns, {} bytes of machine code", w.name, code.len(), jit.code_size());
+
+        let mut g = c.benchmark_group(w.name);
+        g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(20);
+        let mut mem = w.input.clone();
+        let m = as_bytes(&mut mem);
+        // SAFETY: as above.
+        g.bench_function("native", |b| b.iter(|| unsafe { (w.native)(black_box(m.as_mut_ptr())) }));
+        g.bench_function("bpftime_jit", |b| b.iter(|| run(&jit, Context::Mem(black_box(&mut *m)), &opts)));
+        g.bench_function("bpftime_interp", |b| b.iter(|| run(&interp, Context::Mem(black_box(&mut *m)), &opts)));
+        // SAFETY: as above.
+        g.bench_function("rbpf_jit", |b| b.iter(|| unsafe { rbpf_jit.execute_program_jit(black_box(&mut *m)) }));
+        g.bench_function("rbpf_interp", |b| b.iter(|| rbpf_interp.execute_program(black_box(&mut *m))));
+        g.finish();
+    }
+}
+
+fn bench_compile(c: &mut Criterion) {
+    let code = encode(&synthetic_program(1000));
+    assert_eq!(code.len(), 1000);
+    let helpers = Arc::new(HelperTable::new());
+    let prog = Arc::new(verify(&code, helpers.clone(), &NoMaps).expect("synthetic program verifies"));
+    let bytes = to_bytecode(&code);
+    let mut g = c.benchmark_group("compile_1000_insns");
+    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.bench_function("verify", |b| b.iter(|| verify(black_box(&code), helpers.clone(), &NoMaps).unwrap()));
+    for (name, optimize) in [("bpftime_jit_speed", true), ("bpftime_jit_none", false)] {
+        g.bench_with_input(BenchmarkId::new(name, 1000), &optimize, |b, &optimize| {
+            b.iter(|| JitProgram::compile_with(prog.clone(), JitOptions { optimize }).unwrap())
+        });
+    }
+    g.bench_function("rbpf_jit", |b| {
+        b.iter(|| {
+            let mut vm = rbpf::EbpfVmRaw::new(Some(&bytes)).unwrap();
+            vm.jit_compile().unwrap();
+            vm
+        })
+    });
+    g.finish();
+}
+
+/// The fixed cost of one run: `r0 = 0; exit`.
+fn bench_run_overhead(c: &mut Criterion) {
+    let code = bpftime_vm::asm::assemble("r0 = 0\nexit").expect("assembles");
+    let bytes = to_bytecode(&code);
+    let prog = Arc::new(verify(&code, Arc::new(HelperTable::new()), &NoMaps).expect("verifies"));
+    let jit = JitProgram::compile(prog.clone()).expect("compiles");
+    let interp = Interpreter::new(prog);
+    let mut rbpf_jit = rbpf::EbpfVmRaw::new(Some(&bytes)).expect("rbpf accepts");
+    rbpf_jit.jit_compile().expect("rbpf JIT compiles");
+    let opts = RunOptions::default();
+    let mut mem = [0u8; 64];
+    let mut g = c.benchmark_group("empty_program");
+    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.bench_function("bpftime_jit", |b| b.iter(|| run(&jit, Context::Mem(black_box(&mut mem)), &opts)));
+    g.bench_function("bpftime_interp", |b| b.iter(|| run(&interp, Context::Mem(black_box(&mut mem)), &opts)));
+    // SAFETY: the program touches no memory.
+    g.bench_function("rbpf_jit", |b| b.iter(|| unsafe { rbpf_jit.execute_program_jit(black_box(&mut mem)) }));
+    g.finish();
+}
+
+criterion_group!(benches, bench_run_overhead, bench_workloads, bench_compile);
+criterion_main!(benches);
