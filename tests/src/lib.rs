@@ -1,5 +1,6 @@
 //! Shared test support: locating the conformance vectors and running a program on every engine.
 
+pub mod clang;
 pub mod datatest;
 pub mod progen;
 

@@ -574,7 +574,7 @@ mod tests {
         let insns = decode(&assemble("r1 = -5\nw2 = -1\nr3 = -1 ll").unwrap()).unwrap();
         assert_eq!(Disasm(&insns[0]).to_string(), "r1 = -5");
         assert_eq!(Disasm(&insns[1]).to_string(), "w2 = -1");
-        assert_eq!(Disasm(&insns[2]).to_string(), "r3 = 18446744073709551615 ll");
+        assert_eq!(Disasm(&insns[2]).to_string(), "r3 = -1 ll");
     }
 
     #[test]

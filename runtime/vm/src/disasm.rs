@@ -156,7 +156,7 @@ impl fmt::Display for Disasm<'_> {
             Insn::Lddw { dst, kind, lo, hi } => {
                 let v = (lo as u32 as u64) | ((hi as u32 as u64) << 32);
                 match kind {
-                    LddwKind::Imm64 => write!(f, "{dst} = {v} ll"),
+                    LddwKind::Imm64 => write!(f, "{dst} = {} ll", v as i64),
                     LddwKind::MapFd => write!(f, "{dst} = map_fd({lo}) ll"),
                     LddwKind::MapValue => write!(f, "{dst} = map_value({lo}) + {} ll", hi as u32),
                     LddwKind::BtfId => write!(f, "{dst} = btf_id({lo}) ll"),

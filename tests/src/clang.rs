@@ -1,0 +1,66 @@
+//! Builds the eBPF C programs of `examples/bpf/` with clang, as the README installs it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The clang to use: `$CLANG`, else `clang-14`, else `clang`.
+pub fn clang() -> Result<String, String> {
+    if let Ok(c) = std::env::var("CLANG") {
+        return Ok(c);
+    }
+    for c in ["clang-14", "clang"] {
+        if Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return Ok(c.to_string());
+        }
+    }
+    Err("no clang found: install clang-14 (the README's test command does) or set CLANG".into())
+}
+
+/// Compiles `examples/bpf/<name>.bpf.c` (cached under target/bpf-examples) and returns the
+/// object's path. Panics with clang's message when it fails: the examples must build.
+pub fn build_example(name: &str) -> PathBuf {
+    let root = crate::repo_root();
+    let src = root.join("examples/bpf").join(format!("{name}.bpf.c"));
+    let out_dir = root.join("target/bpf-examples");
+    std::fs::create_dir_all(&out_dir).expect("create target/bpf-examples");
+    let out = out_dir.join(format!("{name}.bpf.o"));
+    if is_fresh(&out, &src) {
+        return out;
+    }
+    let clang = clang().unwrap_or_else(|e| panic!("{e}"));
+    // A unique temporary name, renamed into place, so parallel tests never see a half file.
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out_dir.join(format!("{name}.{}.{n}.tmp.o", std::process::id()));
+    let output = Command::new(&clang)
+        .args(["-target", "bpf", "-mcpu=v3", "-O2", "-g", "-c"])
+        .arg("-I")
+        .arg(root.join("examples/bpf"))
+        .arg("-I/usr/include/x86_64-linux-gnu")
+        .arg(&src)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .expect("run clang");
+    assert!(output.status.success(), "clang failed on {}:\n{}", src.display(), String::from_utf8_lossy(&output.stderr));
+    std::fs::rename(&tmp, &out).expect("move object into place");
+    out
+}
+
+fn is_fresh(out: &Path, src: &Path) -> bool {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    matches!((m(out), m(src)), (Some(o), Some(s)) if o >= s)
+}
+
+/// Every example name (`examples/bpf/*.bpf.c`).
+pub fn example_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(crate::repo_root().join("examples/bpf"))
+        .expect("examples/bpf exists")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().to_string();
+            name.strip_suffix(".bpf.c").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
