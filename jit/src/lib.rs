@@ -71,6 +71,7 @@ pub struct JitProgram {
     entry: EntryFn,
     module: Option<JITModule>,
     code_size: usize,
+    entry_size: usize,
 }
 
 // SAFETY: after `finalize_definitions` the module's code and data are immutable; the only
@@ -130,6 +131,7 @@ impl JitProgram {
         let mut ctx = module.make_context();
         let mut fctx = FunctionBuilderContext::new();
         let mut code_size = 0;
+        let mut entry_size = 0;
         for (i, &f) in program.functions().iter().enumerate() {
             ctx.func.signature = func_sig.clone();
             ctx.func.name = UserFuncName::user(0, i as u32);
@@ -156,7 +158,11 @@ impl JitProgram {
                 b.finalize(module.isa().frontend_config());
             }
             module.define_function(ids[i], &mut ctx).map_err(|e| cg_err(i, f.start)(&e))?;
-            code_size += ctx.compiled_code().map(|c| c.code_buffer().len()).unwrap_or(0);
+            let size = ctx.compiled_code().map(|c| c.code_buffer().len()).unwrap_or(0);
+            code_size += size;
+            if i == 0 {
+                entry_size = size;
+            }
             module.clear_context(&mut ctx);
         }
         module.finalize_definitions().map_err(|e| cg_err(0, 0)(&e))?;
@@ -164,7 +170,7 @@ impl JitProgram {
         // SAFETY: ids[0] was defined with `func_sig` (seven i64 parameters, one i64 result,
         // the platform's C calling convention), which is exactly `EntryFn`.
         let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) };
-        Ok(JitProgram { program, entry, module: Some(module), code_size })
+        Ok(JitProgram { program, entry, module: Some(module), code_size, entry_size })
     }
 
     /// The verified program this was compiled from.
@@ -175,6 +181,11 @@ impl JitProgram {
     /// Bytes of machine code generated.
     pub fn code_size(&self) -> usize {
         self.code_size
+    }
+
+    /// Address and length of the entry function's machine code (for inspection).
+    pub fn entry_code(&self) -> (*const u8, usize) {
+        (self.entry as *const u8, self.entry_size)
     }
 }
 

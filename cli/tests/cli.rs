@@ -1,0 +1,91 @@
+//! The `bpftime` binary and the conformance plugin, run as processes.
+
+use bpftime_tests::clang::build_example;
+use bpftime_tests::conformance_vectors;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn bpftime(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bpftime")).args(args).output().expect("run bpftime")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+#[test]
+fn vm_run_prints_r0_from_an_object_on_both_engines() {
+    let obj = build_example("vm_functions");
+    let obj = obj.to_str().unwrap();
+    let mem = "02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 06 00 00 00 07 00 00 00";
+    let jit = bpftime(&["vm", "run", obj, "--mem", mem]);
+    let interp = bpftime(&["vm", "run", obj, "--mem", mem, "--engine", "interp"]);
+    assert!(jit.status.success(), "{}", text(&jit.stderr));
+    assert!(text(&jit.stdout).starts_with("r0 = 0x"), "{}", text(&jit.stdout));
+    assert_eq!(jit.stdout, interp.stdout);
+}
+
+#[test]
+fn vm_disasm_prints_llvm_syntax() {
+    let obj = build_example("vm_functions");
+    let out = bpftime(&["vm", "disasm", obj.to_str().unwrap()]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert!(s.contains("call pc"), "{s}");
+    assert!(s.contains("lock *(u64 *)"), "{s}");
+}
+
+#[test]
+fn errors_are_one_clear_line_and_exit_1() {
+    let dir = std::env::temp_dir().join(format!("bpftime-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![0x95, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3], "not a multiple of 8"),
+        (b"\x7fELF\x02\x01\x01 not really".to_vec(), "not an ELF object"),
+        (vec![0xb7, 0x0a, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0], "verifier: insn 0: r10 is read-only"),
+        (vec![0x79, 0x10, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0], "insn 0: out-of-bounds load of 8 bytes at 0x0"),
+        (vec![0x05, 0, 0xff, 0xff, 0, 0, 0, 0], "loop budget exhausted"),
+    ];
+    for (i, (bytes, want)) in cases.iter().enumerate() {
+        let f = dir.join(format!("case{i}.bin"));
+        std::fs::write(&f, bytes).unwrap();
+        let out = bpftime(&["vm", "run", f.to_str().unwrap(), "--budget", "1000"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {err}");
+        assert!(err.starts_with("bpftime: ") && err.contains(want), "case {i}: {err}");
+        assert_eq!(err.lines().count(), 1, "case {i}: {err}");
+    }
+    let out = bpftime(&["vm", "run", "/nonexistent/prog.o"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("No such file"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The plugin protocol of the official runner: program as hex text on stdin, memory as one
+/// argument of hex bytes separated by two spaces, r0 in hex on stdout.
+#[test]
+fn conformance_plugin_passes_every_vector_on_both_engines() {
+    let Some(vectors) = conformance_vectors() else {
+        println!("skip: no conformance vectors at {}", bpftime_tests::conformance_dir().display());
+        return;
+    };
+    let mut failures = vec![];
+    for engine in ["jit", "interp"] {
+        for v in &vectors {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_bpftime-conformance-plugin"));
+            if !v.mem.is_empty() {
+                cmd.arg(v.mem.iter().map(|b| format!("{b:02x}  ")).collect::<String>());
+            }
+            cmd.args(["--engine", engine]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = cmd.spawn().expect("spawn plugin");
+            let hex: String = v.program.iter().map(|b| format!("{b:02x} ")).collect();
+            child.stdin.take().unwrap().write_all(hex.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let got = u64::from_str_radix(text(&out.stdout).trim().trim_start_matches("0x"), 16).ok();
+            if !out.status.success() || got != Some(v.result) {
+                failures.push(format!("{engine} {}: {:?} {}", v.name, got, text(&out.stderr)));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing bpftime-rs needs on Debian 12, idempotently.
+# Sourced by demo.sh and test.sh; safe to run again.
+set -euo pipefail
+
+need_pkgs=()
+for p in clang-14 llvm-14 libbpf-dev gcc make pkg-config; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "setup: installing ${need_pkgs[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+# llvm-objdump is used by the disassembly test; Debian's llvm-14 installs it versioned.
+if ! command -v llvm-objdump >/dev/null 2>&1 && [ -x /usr/bin/llvm-objdump-14 ]; then
+    ln -sf /usr/bin/llvm-objdump-14 /usr/local/bin/llvm-objdump 2>/dev/null || true
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        echo "setup: installing Rust with rustup"
+        curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >/dev/null
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+fi
