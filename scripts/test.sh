@@ -5,5 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
+if [ -f ../shared/conformance/vectors.jsonl ] || [ -n "${BPFTIME_CONFORMANCE_DIR:-}" ]; then
+    echo "conformance vectors: found; the conformance tests run them"
+else
+    echo "conformance vectors: ../shared/conformance is absent; the conformance tests skip"
+fi
 cargo test --workspace --all-targets
 cargo test --workspace --doc

@@ -1,0 +1,683 @@
+//! The region: a file under /dev/shm (or an anonymous memfd) mapped shared, with a header, an
+//! allocator and an object table. Everything inside is addressed by byte offsets from the start
+//! of the region, since every process maps it at a different address.
+//!
+//! Any process (and any eBPF program, through map values) can write into the region, so its
+//! contents are never trusted: every offset is bounds-checked before it becomes a pointer.
+
+use crate::lock::ShmLock;
+use memmap2::MmapRaw;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// First bytes of every region.
+pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
+/// Version of the layout below; a region of another version is refused.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Default region size.
+pub const DEFAULT_SIZE: u64 = 64 << 20;
+/// Smallest region accepted.
+pub const MIN_SIZE: u64 = 1 << 20;
+/// Default region name (`BPFTIME_SHM` overrides it).
+pub const DEFAULT_NAME: &str = "bpftime";
+/// Capacity of the object table.
+pub const OBJECT_CAPACITY: u32 = 1024;
+/// Longest object name kept (bytes; longer names are cut).
+pub const NAME_LEN: usize = 64;
+const PAGE: u64 = 4096;
+/// Size classes are powers of two from 32 bytes up to 1 MiB; larger blocks are page-rounded.
+const MIN_CLASS_SHIFT: u32 = 5;
+const MAX_CLASS_SHIFT: u32 = 20;
+const NCLASSES: usize = (MAX_CLASS_SHIFT - MIN_CLASS_SHIFT + 1) as usize;
+const BLOCK_HEADER: u64 = 16;
+const BLOCK_MAGIC: u32 = 0xb10c_f7ee;
+
+/// Why a region operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmError {
+    #[error("shared memory region `{0}` does not exist (create it with `bpftime shm create`)")]
+    Missing(String),
+    #[error("shared memory region `{0}` already exists")]
+    Exists(String),
+    #[error("shared memory region `{name}` has layout version {found}, this build needs {LAYOUT_VERSION}")]
+    IncompatibleVersion { name: String, found: u32 },
+    #[error("`{0}` is not a bpftime shared memory region (bad magic or size)")]
+    NotARegion(String),
+    #[error("shared memory region `{name}` is full ({size} bytes; asked for {want} more)")]
+    Full { name: String, size: u64, want: u64 },
+    #[error("the object table of region `{0}` is full ({OBJECT_CAPACITY} objects)")]
+    TableFull(String),
+    #[error("invalid region name `{0}`: use letters, digits, `-`, `_` and `.`")]
+    BadName(String),
+    #[error("region size {0} is smaller than the minimum {MIN_SIZE}")]
+    TooSmall(u64),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// Kinds of objects in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ObjectKind {
+    /// A map.
+    Map = 1,
+    /// A program.
+    Program = 2,
+    /// A link (a program attached somewhere).
+    Link = 3,
+}
+
+impl ObjectKind {
+    fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => ObjectKind::Map,
+            2 => ObjectKind::Program,
+            3 => ObjectKind::Link,
+            _ => return None,
+        })
+    }
+}
+
+/// One row of the object table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Kind.
+    pub kind: ObjectKind,
+    /// Id, unique in the region, never reused.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Offset of the kind-specific descriptor.
+    pub data: u64,
+}
+
+#[repr(C)]
+struct Header {
+    magic: [u8; 8],
+    version: u32,
+    header_size: u32,
+    size: u64,
+    alloc_lock: ShmLock,
+    bump: AtomicU64,
+    used: AtomicU64,
+    free: [AtomicU64; NCLASSES],
+    large_free: AtomicU64,
+    table_lock: ShmLock,
+    next_id: AtomicU32,
+    table_cap: u32,
+    table_off: u64,
+    /// Offset of the trace pipe ring (see `trace`), 0 if none.
+    pub trace_off: AtomicU64,
+}
+
+#[repr(C)]
+struct Entry {
+    kind: AtomicU32,
+    id: AtomicU32,
+    data: AtomicU64,
+    name: [AtomicU64; NAME_LEN / 8],
+}
+
+/// A mapped region.
+pub struct ShmRegion {
+    map: MmapRaw,
+    name: String,
+    path: Option<PathBuf>,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics, bounds-checked raw
+// pointers and the region's locks; the handle itself is immutable after construction.
+unsafe impl Send for ShmRegion {}
+// SAFETY: see Send.
+unsafe impl Sync for ShmRegion {}
+
+impl std::fmt::Debug for ShmRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmRegion").field("name", &self.name).field("size", &self.size()).finish()
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ShmError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ShmError::BadName(name.to_string()))
+    }
+}
+
+/// The region name to use: `$BPFTIME_SHM` or `bpftime`.
+pub fn default_name() -> String {
+    std::env::var("BPFTIME_SHM").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_NAME.to_string())
+}
+
+/// Where a named region lives.
+pub fn path_of(name: &str) -> PathBuf {
+    PathBuf::from("/dev/shm").join(name)
+}
+
+fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ShmError + '_ {
+    move |source| ShmError::Io { path: path.display().to_string(), source }
+}
+
+impl ShmRegion {
+    /// Creates the named region (mode 0600); fails if it exists.
+    pub fn create(name: &str, size: u64) -> Result<ShmRegion, ShmError> {
+        check_name(name)?;
+        if size < MIN_SIZE {
+            return Err(ShmError::TooSmall(size));
+        }
+        let path = path_of(name);
+        let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                ShmError::Exists(name.to_string())
+            } else {
+                ShmError::Io { path: path.display().to_string(), source: e }
+            }
+        })?;
+        let region = Self::init(file, name, size, Some(path.clone()));
+        if region.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        region
+    }
+
+    /// Opens an existing named region, checking its magic, version and size.
+    pub fn open(name: &str) -> Result<ShmRegion, ShmError> {
+        check_name(name)?;
+        let path = path_of(name);
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ShmError::Missing(name.to_string())
+            } else {
+                ShmError::Io { path: path.display().to_string(), source: e }
+            }
+        })?;
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        if len < std::mem::size_of::<Header>() as u64 {
+            return Err(ShmError::NotARegion(name.to_string()));
+        }
+        let map = MmapRaw::map_raw(&file).map_err(io_err(&path))?;
+        let region = ShmRegion { map, name: name.to_string(), path: Some(path) };
+        let h = region.header();
+        if h.magic != MAGIC {
+            return Err(ShmError::NotARegion(name.to_string()));
+        }
+        if h.version != LAYOUT_VERSION {
+            return Err(ShmError::IncompatibleVersion { name: name.to_string(), found: h.version });
+        }
+        if h.size != len || h.table_off + OBJECT_CAPACITY as u64 * std::mem::size_of::<Entry>() as u64 > len {
+            return Err(ShmError::NotARegion(name.to_string()));
+        }
+        Ok(region)
+    }
+
+    /// Opens the named region, creating it with `size` bytes if it does not exist.
+    pub fn open_or_create(name: &str, size: u64) -> Result<ShmRegion, ShmError> {
+        match Self::open(name) {
+            Err(ShmError::Missing(_)) => match Self::create(name, size) {
+                Err(ShmError::Exists(_)) => Self::open(name),
+                r => r,
+            },
+            r => r,
+        }
+    }
+
+    /// A private region backed by an anonymous memory file (for one process, e.g. `vm run`).
+    pub fn anonymous(size: u64) -> Result<ShmRegion, ShmError> {
+        if size < MIN_SIZE {
+            return Err(ShmError::TooSmall(size));
+        }
+        // SAFETY: memfd_create with a valid NUL-terminated name; the fd is owned by the File
+        // built from it below (memfd_create(2)).
+        let fd = unsafe { libc::memfd_create(c"bpftime-anon".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(ShmError::Io { path: "memfd".into(), source: std::io::Error::last_os_error() });
+        }
+        // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Self::init(file, "(anonymous)", size, None)
+    }
+
+    /// Removes the named region's file; processes that mapped it keep their mapping.
+    pub fn remove(name: &str) -> Result<(), ShmError> {
+        check_name(name)?;
+        let path = path_of(name);
+        std::fs::remove_file(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ShmError::Missing(name.to_string())
+            } else {
+                ShmError::Io { path: path.display().to_string(), source: e }
+            }
+        })
+    }
+
+    fn init(file: File, name: &str, size: u64, path: Option<PathBuf>) -> Result<ShmRegion, ShmError> {
+        let shown = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| name.to_string());
+        let size = size.div_ceil(PAGE) * PAGE;
+        file.set_len(size).map_err(|e| ShmError::Io { path: shown.clone(), source: e })?;
+        let map = MmapRaw::map_raw(&file).map_err(|e| ShmError::Io { path: shown, source: e })?;
+        let region = ShmRegion { map, name: name.to_string(), path };
+        let header_size = std::mem::size_of::<Header>() as u64;
+        let table_off = header_size.div_ceil(64) * 64;
+        let table_end = table_off + OBJECT_CAPACITY as u64 * std::mem::size_of::<Entry>() as u64;
+        let hp = region.map.as_mut_ptr() as *mut Header;
+        // SAFETY: the mapping is at least MIN_SIZE bytes, page aligned, zero-filled (fresh file),
+        // and not yet visible to any other process through a valid magic; we write the header
+        // fields before the magic.
+        unsafe {
+            (*hp).version = LAYOUT_VERSION;
+            (*hp).header_size = header_size as u32;
+            (*hp).size = size;
+            (*hp).table_cap = OBJECT_CAPACITY;
+            (*hp).table_off = table_off;
+            (*hp).next_id.store(1, Ordering::Relaxed);
+            (*hp).bump.store(table_end.div_ceil(PAGE) * PAGE, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Release);
+            (*hp).magic = MAGIC;
+        }
+        Ok(region)
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: every constructor checked the mapping holds a Header at offset 0; its
+        // mutable fields are atomics or locks.
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    /// The region's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file backing a named region.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Bytes handed out by the allocator and not freed.
+    pub fn used(&self) -> u64 {
+        self.header().used.load(Ordering::Relaxed)
+    }
+
+    /// Address where this process mapped the region.
+    pub fn base(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// The pointer for `[off, off + len)` if that lies inside the region.
+    pub fn ptr(&self, off: u64, len: u64) -> Option<*mut u8> {
+        let end = off.checked_add(len)?;
+        if off == 0 || end > self.size() {
+            return None;
+        }
+        // SAFETY: off < size, so the result stays inside the mapping.
+        Some(unsafe { self.base().add(off as usize) })
+    }
+
+    /// The offset of an address inside the region.
+    pub fn offset_of(&self, addr: u64) -> Option<u64> {
+        let off = addr.checked_sub(self.base() as u64)?;
+        (off > 0 && off < self.size()).then_some(off)
+    }
+
+    /// An atomic u64 at `off` (8-aligned, inside the region).
+    pub fn atomic_u64(&self, off: u64) -> Option<&AtomicU64> {
+        if off % 8 != 0 {
+            return None;
+        }
+        let p = self.ptr(off, 8)?;
+        // SAFETY: inside the mapping, aligned; AtomicU64 has no invalid bit patterns and
+        // concurrent access through atomics is defined.
+        Some(unsafe { &*(p as *const AtomicU64) })
+    }
+
+    /// An atomic u32 at `off` (4-aligned, inside the region).
+    pub fn atomic_u32(&self, off: u64) -> Option<&AtomicU32> {
+        if off % 4 != 0 {
+            return None;
+        }
+        let p = self.ptr(off, 4)?;
+        // SAFETY: as for atomic_u64.
+        Some(unsafe { &*(p as *const AtomicU32) })
+    }
+
+    /// A lock at `off` (8-aligned, inside the region).
+    pub fn lock_at(&self, off: u64) -> Option<&ShmLock> {
+        if off % 8 != 0 {
+            return None;
+        }
+        let p = self.ptr(off, std::mem::size_of::<ShmLock>() as u64)?;
+        // SAFETY: inside the mapping and aligned; ShmLock is two u32s, any bits are valid.
+        Some(unsafe { &*(p as *const ShmLock) })
+    }
+
+    /// Copies bytes out of the region; false if the range is outside it.
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> bool {
+        match self.ptr(off, buf.len() as u64) {
+            Some(p) => {
+                // SAFETY: the range is inside the mapping. Other processes may write it at the
+                // same time (eBPF map semantics allow torn values); the copy is of plain bytes.
+                unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Copies bytes into the region; false if the range is outside it.
+    pub fn write(&self, off: u64, data: &[u8]) -> bool {
+        match self.ptr(off, data.len() as u64) {
+            Some(p) => {
+                // SAFETY: the range is inside the mapping (see `read` about concurrent access).
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Fills `[off, off + len)` with zeros.
+    pub fn zero(&self, off: u64, len: u64) -> bool {
+        match self.ptr(off, len) {
+            Some(p) => {
+                // SAFETY: inside the mapping.
+                unsafe { std::ptr::write_bytes(p, 0, len as usize) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn full(&self, want: u64) -> ShmError {
+        ShmError::Full { name: self.name.clone(), size: self.size(), want }
+    }
+
+    /// Allocates `size` zeroed bytes aligned to 16 (or to a page for large blocks); returns the
+    /// offset of the first byte.
+    pub fn alloc(&self, size: u64) -> Result<u64, ShmError> {
+        let h = self.header();
+        let need = size.max(1).checked_add(BLOCK_HEADER).ok_or_else(|| self.full(size))?;
+        let (class, block) = if need <= 1 << MAX_CLASS_SHIFT {
+            let shift = (64 - (need - 1).leading_zeros()).max(MIN_CLASS_SHIFT);
+            ((shift - MIN_CLASS_SHIFT) as usize, 1u64 << shift)
+        } else {
+            (usize::MAX, need.div_ceil(PAGE) * PAGE)
+        };
+        let _g = h.alloc_lock.lock();
+        let block_off = if class != usize::MAX {
+            self.pop_free(&h.free[class]).map(Ok).unwrap_or_else(|| self.bump(block, BLOCK_HEADER))?
+        } else {
+            self.take_large(block).map(Ok).unwrap_or_else(|| self.bump(block, PAGE))?
+        };
+        // Block header: class (or u32::MAX for large), magic, block size.
+        let class_word = if class == usize::MAX { u32::MAX } else { class as u32 };
+        let hdr = self.atomic_u64(block_off).ok_or_else(|| self.full(size))?;
+        hdr.store(class_word as u64 | (BLOCK_MAGIC as u64) << 32, Ordering::Relaxed);
+        self.atomic_u64(block_off + 8).ok_or_else(|| self.full(size))?.store(block, Ordering::Relaxed);
+        self.zero(block_off + BLOCK_HEADER, block - BLOCK_HEADER);
+        h.used.fetch_add(block, Ordering::Relaxed);
+        Ok(block_off + BLOCK_HEADER)
+    }
+
+    /// Bumps the never-used frontier; the block's payload is aligned to `align`.
+    fn bump(&self, block: u64, align: u64) -> Result<u64, ShmError> {
+        let h = self.header();
+        let cur = h.bump.load(Ordering::Relaxed);
+        // Payload (block + 16) aligned to `align`.
+        let payload = (cur + BLOCK_HEADER).div_ceil(align) * align;
+        let start = payload - BLOCK_HEADER;
+        if start + block > self.size() {
+            return Err(self.full(block));
+        }
+        h.bump.store(start + block, Ordering::Relaxed);
+        Ok(start)
+    }
+
+    fn pop_free(&self, head: &AtomicU64) -> Option<u64> {
+        let off = head.load(Ordering::Relaxed);
+        if off == 0 {
+            return None;
+        }
+        // The next link is kept in the freed payload's first word.
+        let next = self.atomic_u64(off + BLOCK_HEADER)?.load(Ordering::Relaxed);
+        head.store(next, Ordering::Relaxed);
+        Some(off)
+    }
+
+    fn take_large(&self, block: u64) -> Option<u64> {
+        // First fit in the list of freed large blocks (exact size only, to keep it simple).
+        let h = self.header();
+        let mut link = &h.large_free;
+        loop {
+            let off = link.load(Ordering::Relaxed);
+            if off == 0 {
+                return None;
+            }
+            let size = self.atomic_u64(off + 8)?.load(Ordering::Relaxed);
+            let next_link = self.atomic_u64(off + BLOCK_HEADER)?;
+            if size == block {
+                link.store(next_link.load(Ordering::Relaxed), Ordering::Relaxed);
+                return Some(off);
+            }
+            link = next_link;
+        }
+    }
+
+    /// Frees a block returned by [`ShmRegion::alloc`]. Offsets that are not live blocks are
+    /// ignored (the region may have been scribbled on; freeing must never corrupt it further).
+    pub fn free(&self, payload: u64) {
+        let h = self.header();
+        let Some(block_off) = payload.checked_sub(BLOCK_HEADER) else { return };
+        let _g = h.alloc_lock.lock();
+        let (Some(hdr), Some(size)) = (self.atomic_u64(block_off), self.atomic_u64(block_off + 8)) else { return };
+        let word = hdr.load(Ordering::Relaxed);
+        if (word >> 32) as u32 != BLOCK_MAGIC {
+            return;
+        }
+        let class = word as u32;
+        let block = size.load(Ordering::Relaxed);
+        let Some(link) = self.atomic_u64(payload) else { return };
+        let head = if class == u32::MAX {
+            &h.large_free
+        } else if (class as usize) < NCLASSES {
+            &h.free[class as usize]
+        } else {
+            return;
+        };
+        // Mark free (so a second free is ignored) and push.
+        hdr.store(0, Ordering::Relaxed);
+        link.store(head.load(Ordering::Relaxed), Ordering::Relaxed);
+        head.store(block_off, Ordering::Relaxed);
+        h.used.fetch_sub(block.min(h.used.load(Ordering::Relaxed)), Ordering::Relaxed);
+    }
+
+    fn entry(&self, i: u32) -> &Entry {
+        let h = self.header();
+        let off = h.table_off + i as u64 * std::mem::size_of::<Entry>() as u64;
+        let p = self.ptr(off, std::mem::size_of::<Entry>() as u64).expect("open() checked the table fits");
+        // SAFETY: inside the mapping, 8-aligned (table_off is 64-aligned, Entry is 8-aligned);
+        // Entry is all atomics.
+        unsafe { &*(p as *const Entry) }
+    }
+
+    /// Adds an object to the table; returns its new id.
+    pub fn add_object(&self, kind: ObjectKind, name: &str, data: u64) -> Result<u32, ShmError> {
+        let h = self.header();
+        let _g = h.table_lock.lock();
+        for i in 0..OBJECT_CAPACITY {
+            let e = self.entry(i);
+            if e.kind.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            let id = h.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut bytes = [0u8; NAME_LEN];
+            let n = name.len().min(NAME_LEN - 1);
+            bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+            for (k, w) in e.name.iter().enumerate() {
+                w.store(u64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().expect("8 bytes")), Ordering::Relaxed);
+            }
+            e.id.store(id, Ordering::Relaxed);
+            e.data.store(data, Ordering::Relaxed);
+            e.kind.store(kind as u32, Ordering::Release);
+            return Ok(id);
+        }
+        Err(ShmError::TableFull(self.name.clone()))
+    }
+
+    /// Removes an object from the table (its data is freed by the caller).
+    pub fn remove_object(&self, id: u32) -> Option<ObjectInfo> {
+        let h = self.header();
+        let _g = h.table_lock.lock();
+        for i in 0..OBJECT_CAPACITY {
+            let e = self.entry(i);
+            if e.kind.load(Ordering::Acquire) != 0 && e.id.load(Ordering::Relaxed) == id {
+                let info = self.info(e);
+                e.kind.store(0, Ordering::Release);
+                return info;
+            }
+        }
+        None
+    }
+
+    fn info(&self, e: &Entry) -> Option<ObjectInfo> {
+        let kind = ObjectKind::from_u32(e.kind.load(Ordering::Acquire))?;
+        let mut bytes = Vec::with_capacity(NAME_LEN);
+        for w in &e.name {
+            bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        Some(ObjectInfo {
+            kind,
+            id: e.id.load(Ordering::Relaxed),
+            name: String::from_utf8_lossy(&bytes[..end]).to_string(),
+            data: e.data.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Every object, in table order.
+    pub fn objects(&self) -> Vec<ObjectInfo> {
+        (0..OBJECT_CAPACITY).filter_map(|i| self.info(self.entry(i))).collect()
+    }
+
+    /// The object with this id.
+    pub fn object(&self, id: u32) -> Option<ObjectInfo> {
+        self.objects().into_iter().find(|o| o.id == id)
+    }
+
+    /// Offset of the trace pipe, allocating it on first use.
+    pub fn trace_ring(&self, size: u64) -> Result<u64, ShmError> {
+        let h = self.header();
+        let cur = h.trace_off.load(Ordering::Acquire);
+        if cur != 0 {
+            return Ok(cur);
+        }
+        let _g = h.table_lock.lock();
+        let cur = h.trace_off.load(Ordering::Acquire);
+        if cur != 0 {
+            return Ok(cur);
+        }
+        let off = self.alloc(size)?;
+        h.trace_off.store(off, Ordering::Release);
+        Ok(off)
+    }
+
+    /// Offset of the trace pipe if one exists.
+    pub fn existing_trace_ring(&self) -> Option<u64> {
+        let off = self.header().trace_off.load(Ordering::Acquire);
+        (off != 0).then_some(off)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_free_reuse_and_full() {
+        let r = ShmRegion::anonymous(8 << 20).unwrap();
+        let a = r.alloc(100).unwrap();
+        let b = r.alloc(100).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a % 16, 0);
+        assert!(r.write(a, &[7; 100]));
+        r.free(a);
+        r.free(a); // double free is ignored
+        let c = r.alloc(90).unwrap();
+        assert_eq!(c, a, "same class reuses the freed block");
+        let mut buf = [1u8; 90];
+        assert!(r.read(c, &mut buf));
+        assert_eq!(buf, [0; 90], "allocations are zeroed");
+        let big = r.alloc(16 << 20);
+        assert!(matches!(big, Err(ShmError::Full { .. })), "{big:?}");
+        let large = r.alloc(2 << 20).unwrap();
+        assert_eq!(large % 4096, 0, "large blocks are page aligned");
+        r.free(large);
+        assert_eq!(r.alloc(2 << 20).unwrap(), large, "a freed large block of the same size is reused");
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        let r = ShmRegion::anonymous(MIN_SIZE).unwrap();
+        assert!(r.ptr(0, 8).is_none(), "offset 0 is null");
+        assert!(r.ptr(MIN_SIZE - 4, 8).is_none());
+        assert!(r.ptr(u64::MAX - 2, 8).is_none());
+        assert!(r.atomic_u64(4097).is_none(), "misaligned");
+    }
+
+    #[test]
+    fn object_table() {
+        let r = ShmRegion::anonymous(MIN_SIZE).unwrap();
+        let id1 = r.add_object(ObjectKind::Map, "counts", 4096).unwrap();
+        let id2 = r.add_object(ObjectKind::Program, "a-very-long-name-".repeat(10).as_str(), 8192).unwrap();
+        assert!(id2 > id1);
+        let objs = r.objects();
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[0].name, "counts");
+        assert_eq!(objs[1].name.len(), NAME_LEN - 1);
+        assert_eq!(r.remove_object(id1).unwrap().kind, ObjectKind::Map);
+        assert_eq!(r.objects().len(), 1);
+    }
+
+    #[test]
+    fn named_create_open_remove() {
+        let name = format!("bpftime-test-{}", std::process::id());
+        let _ = ShmRegion::remove(&name);
+        assert!(matches!(ShmRegion::open(&name), Err(ShmError::Missing(_))));
+        let r = ShmRegion::create(&name, MIN_SIZE).unwrap();
+        let id = r.add_object(ObjectKind::Map, "m", 64).unwrap();
+        assert!(matches!(ShmRegion::create(&name, MIN_SIZE), Err(ShmError::Exists(_))));
+        let r2 = ShmRegion::open(&name).unwrap();
+        assert_eq!(r2.object(id).unwrap().name, "m");
+        let mode = std::fs::metadata(path_of(&name)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        ShmRegion::remove(&name).unwrap();
+        assert!(matches!(ShmRegion::open(&name), Err(ShmError::Missing(_))));
+        assert!(matches!(ShmRegion::open("../etc/passwd"), Err(ShmError::BadName(_))));
+    }
+
+    #[test]
+    fn foreign_files_and_versions_are_refused() {
+        let name = format!("bpftime-test-foreign-{}", std::process::id());
+        std::fs::write(path_of(&name), vec![0u8; 2 << 20]).unwrap();
+        assert!(matches!(ShmRegion::open(&name), Err(ShmError::NotARegion(_))));
+        let _ = std::fs::remove_file(path_of(&name));
+        let r = ShmRegion::create(&name, MIN_SIZE).unwrap();
+        // Pretend a future layout.
+        // SAFETY: test-only write of the version field of our own fresh region.
+        unsafe { (*(r.base() as *mut Header)).version = 99 };
+        assert!(matches!(ShmRegion::open(&name), Err(ShmError::IncompatibleVersion { found: 99, .. })));
+        ShmRegion::remove(&name).unwrap();
+    }
+}
