@@ -406,9 +406,19 @@ impl ShmRegion {
     /// Allocates `size` zeroed bytes aligned to 16 (or to a page for large blocks); returns the
     /// offset of the first byte.
     pub fn alloc(&self, size: u64) -> Result<u64, ShmError> {
+        self.alloc_inner(size, false)
+    }
+
+    /// Allocates `size` zeroed bytes starting on a page boundary (for memory that is mapped on
+    /// its own, such as ring buffer pages).
+    pub fn alloc_pages(&self, size: u64) -> Result<u64, ShmError> {
+        self.alloc_inner(size, true)
+    }
+
+    fn alloc_inner(&self, size: u64, page_aligned: bool) -> Result<u64, ShmError> {
         let h = self.header();
         let need = size.max(1).checked_add(BLOCK_HEADER).ok_or_else(|| self.full(size))?;
-        let (class, block) = if need <= 1 << MAX_CLASS_SHIFT {
+        let (class, block) = if need <= 1 << MAX_CLASS_SHIFT && !page_aligned {
             let shift = (64 - (need - 1).leading_zeros()).max(MIN_CLASS_SHIFT);
             ((shift - MIN_CLASS_SHIFT) as usize, 1u64 << shift)
         } else {

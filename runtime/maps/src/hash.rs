@@ -1,0 +1,472 @@
+//! HASH, PERCPU_HASH, LRU_HASH, LRU_PERCPU_HASH and HASH_OF_MAPS.
+//!
+//! Like the kernel's preallocated hash map: a pool of `max_entries + 1` elements, a free list,
+//! and buckets of singly linked chains. Readers never lock. A chain ends in a "nulls" marker
+//! that names its bucket (`bucket << 1 | 1`); an element can be freed and reused while a reader
+//! walks it, and a reader that ends on another bucket's marker starts again. Writers hold the
+//! map lock. Replacing a value inserts a new element before unlinking the old one, so readers
+//! see either value whole (per-CPU maps update in place, as the kernel does).
+//!
+//! LRU maps evict with the CLOCK algorithm: lookups set a reference bit, eviction sweeps the
+//! pool from a hand, clearing bits, and evicts the first element whose bit was clear.
+
+use crate::{current_cpu, round8, Errno, Layout, Map, MapSpec, MapType, BPF_EXIST, BPF_F_LOCK, BPF_NOEXIST};
+use bpftime_shm::{ShmError, ShmRegion};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Element header: next (u64), hash (u32), flags (u32).
+const HDR: u64 = 16;
+const IN_USE: u32 = 1;
+const REFERENCED: u32 = 2;
+/// Terminator of the free list: a nulls marker that matches no bucket.
+const FREE_END: u64 = u64::MAX;
+
+fn nulls(bucket: u64) -> u64 {
+    bucket << 1 | 1
+}
+
+/// A fixed-seed hash, the same in every process.
+pub(crate) fn hash_bytes(key: &[u8], seed: u64) -> u32 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed ^ key.len() as u64;
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h = (h ^ v).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 31;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 29;
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+fn value_stride(map: &Map) -> u64 {
+    round8(map.spec().value_size as u64)
+}
+
+fn key_off(_map: &Map) -> u64 {
+    HDR
+}
+
+fn value_off(map: &Map) -> u64 {
+    HDR + round8(map.spec().key_size as u64)
+}
+
+pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec, cpus: u64) -> Result<Layout, ShmError> {
+    let nbuckets = (spec.max_entries as u64).next_power_of_two();
+    let values = round8(spec.value_size as u64) * if spec.map_type.is_percpu() { cpus } else { 1 };
+    let elem_size = HDR + round8(spec.key_size as u64) + values;
+    let pool = (spec.max_entries as u64 + 1) * elem_size;
+    let aux = region.alloc(nbuckets * 8)?;
+    let data = match region.alloc(pool) {
+        Ok(d) => d,
+        Err(e) => {
+            region.free(aux);
+            return Err(e);
+        }
+    };
+    Ok(Layout { data, data_len: pool, aux, aux_len: nbuckets * 8, elem_size })
+}
+
+struct View<'a> {
+    map: &'a Map,
+    l: Layout,
+    nbuckets: u64,
+    pool: u64,
+}
+
+impl<'a> View<'a> {
+    fn new(map: &'a Map) -> Self {
+        let l = *map.layout();
+        View { map, l, nbuckets: l.aux_len / 8, pool: l.data_len / l.elem_size }
+    }
+
+    fn bucket(&self, b: u64) -> &AtomicU64 {
+        self.map.region().atomic_u64(self.l.aux + 8 * b).expect("bucket inside the validated layout")
+    }
+
+    fn valid(&self, e: u64) -> bool {
+        e >= self.l.data && e < self.l.data + self.l.data_len && (e - self.l.data) % self.l.elem_size == 0
+    }
+
+    fn next(&self, e: u64) -> &AtomicU64 {
+        self.map.region().atomic_u64(e).expect("valid element")
+    }
+
+    fn hash(&self, e: u64) -> &AtomicU32 {
+        self.map.region().atomic_u32(e + 8).expect("valid element")
+    }
+
+    fn flags(&self, e: u64) -> &AtomicU32 {
+        self.map.region().atomic_u32(e + 12).expect("valid element")
+    }
+
+    fn key_eq(&self, e: u64, key: &[u8]) -> bool {
+        match self.map.region().ptr(e + key_off(self.map), key.len() as u64) {
+            // SAFETY: the range is inside the region; the bytes may change under us, which only
+            // makes the comparison fail (the reader then moves on, as with the kernel's RCU).
+            Some(p) => (unsafe { std::slice::from_raw_parts(p, key.len()) }) == key,
+            None => false,
+        }
+    }
+
+    fn value_ptr(&self, e: u64, cpu: u32) -> u64 {
+        e + value_off(self.map) + cpu as u64 * value_stride(self.map)
+    }
+
+    fn elem_at(&self, i: u64) -> u64 {
+        self.l.data + i * self.l.elem_size
+    }
+
+    /// Lock-free lookup.
+    fn find(&self, key: &[u8], h: u32) -> Option<u64> {
+        let b = h as u64 & (self.nbuckets - 1);
+        'restart: for _ in 0..8 {
+            let mut cur = self.bucket(b).load(Ordering::Acquire);
+            let mut steps = 0;
+            while cur & 1 == 0 {
+                if !self.valid(cur) || steps > self.pool {
+                    return None;
+                }
+                if self.hash(cur).load(Ordering::Relaxed) == h
+                    && self.flags(cur).load(Ordering::Acquire) & IN_USE != 0
+                    && self.key_eq(cur, key)
+                {
+                    return Some(cur);
+                }
+                cur = self.next(cur).load(Ordering::Acquire);
+                steps += 1;
+            }
+            if cur >> 1 != b {
+                continue 'restart;
+            }
+            return None;
+        }
+        None
+    }
+
+    /// Under the lock: the link that points at `target` in bucket `b`.
+    fn link_to(&self, b: u64, target: u64) -> Option<&AtomicU64> {
+        let mut link = self.bucket(b);
+        for _ in 0..=self.pool {
+            let cur = link.load(Ordering::Relaxed);
+            if cur & 1 != 0 || !self.valid(cur) {
+                return None;
+            }
+            if cur == target {
+                return Some(link);
+            }
+            link = self.next(cur);
+        }
+        None
+    }
+
+    fn unlink(&self, e: u64) {
+        let b = self.hash(e).load(Ordering::Relaxed) as u64 & (self.nbuckets - 1);
+        if let Some(link) = self.link_to(b, e) {
+            link.store(self.next(e).load(Ordering::Relaxed), Ordering::Release);
+        }
+    }
+
+    fn pop_free(&self) -> Option<u64> {
+        let d = self.map.desc();
+        let e = d.free_head.load(Ordering::Relaxed);
+        if !self.valid(e) {
+            return None;
+        }
+        d.free_head.store(self.next(e).load(Ordering::Relaxed), Ordering::Relaxed);
+        Some(e)
+    }
+
+    fn push_free(&self, e: u64) {
+        let d = self.map.desc();
+        self.flags(e).store(0, Ordering::Release);
+        self.next(e).store(d.free_head.load(Ordering::Relaxed), Ordering::Release);
+        d.free_head.store(e, Ordering::Relaxed);
+    }
+
+    /// CLOCK eviction: frees one element; false if none could be found.
+    fn evict(&self) -> bool {
+        let d = self.map.desc();
+        for _ in 0..2 * self.pool {
+            let i = d.hand.fetch_add(1, Ordering::Relaxed) % self.pool;
+            let e = self.elem_at(i);
+            let f = self.flags(e).load(Ordering::Relaxed);
+            if f & IN_USE == 0 {
+                continue;
+            }
+            if f & REFERENCED != 0 {
+                self.flags(e).fetch_and(!REFERENCED, Ordering::Relaxed);
+                continue;
+            }
+            self.unlink(e);
+            self.push_free(e);
+            d.count.fetch_sub(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    fn is_lru(&self) -> bool {
+        matches!(self.map.map_type(), MapType::LruHash | MapType::LruPercpuHash)
+    }
+}
+
+pub(crate) fn init(map: &Map) {
+    let v = View::new(map);
+    for b in 0..v.nbuckets {
+        v.bucket(b).store(nulls(b), Ordering::Relaxed);
+    }
+    let d = map.desc();
+    d.free_head.store(FREE_END, Ordering::Relaxed);
+    for i in (0..v.pool).rev() {
+        v.push_free(v.elem_at(i));
+    }
+    d.count.store(0, Ordering::Relaxed);
+}
+
+/// After a writer died holding the lock: unlink duplicates, rebuild the free list and count
+/// from what the buckets reach.
+pub(crate) fn repair(map: &Map) {
+    let v = View::new(map);
+    let mut reached = vec![false; v.pool as usize];
+    let mut count = 0;
+    let ks = map.spec().key_size as usize;
+    for b in 0..v.nbuckets {
+        let mut link = v.bucket(b);
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..=v.pool {
+            let cur = link.load(Ordering::Relaxed);
+            if cur & 1 != 0 {
+                break;
+            }
+            if !v.valid(cur) || reached[((cur - v.l.data) / v.l.elem_size) as usize] {
+                // Corrupt or looping chain: cut it here.
+                link.store(nulls(b), Ordering::Release);
+                break;
+            }
+            let mut key = vec![0u8; ks];
+            map.region().read(cur + key_off(map), &mut key);
+            let live = v.flags(cur).load(Ordering::Relaxed) & IN_USE != 0;
+            if !live || seen.contains(&key) {
+                link.store(v.next(cur).load(Ordering::Relaxed), Ordering::Release);
+                continue;
+            }
+            reached[((cur - v.l.data) / v.l.elem_size) as usize] = true;
+            seen.push(key);
+            count += 1;
+            link = v.next(cur);
+        }
+    }
+    let d = map.desc();
+    d.free_head.store(FREE_END, Ordering::Relaxed);
+    for i in (0..v.pool).rev() {
+        if !reached[i as usize] {
+            v.push_free(v.elem_at(i));
+        }
+    }
+    d.count.store(count, Ordering::Relaxed);
+}
+
+fn copy_value_out(map: &Map, v: &View, e: u64, out: &mut [u8]) {
+    let r = map.region();
+    if map.map_type().is_percpu() {
+        let stride = value_stride(map) as usize;
+        let vs = map.spec().value_size as usize;
+        for cpu in 0..map.ncpus() {
+            let chunk = &mut out[cpu as usize * stride..][..stride];
+            r.read(v.value_ptr(e, cpu), &mut chunk[..vs]);
+            chunk[vs..].fill(0);
+        }
+    } else {
+        r.read(v.value_ptr(e, 0), out);
+    }
+}
+
+pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
+    let v = View::new(map);
+    let e = v.find(key, hash_bytes(key, 0)).ok_or(Errno::ENOENT)?;
+    copy_value_out(map, &v, e, value);
+    Ok(())
+}
+
+pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
+    if key.len() != map.spec().key_size as usize {
+        return None;
+    }
+    let v = View::new(map);
+    let e = v.find(key, hash_bytes(key, 0))?;
+    if v.is_lru() {
+        let f = v.flags(e);
+        if f.load(Ordering::Relaxed) & REFERENCED == 0 {
+            f.fetch_or(REFERENCED, Ordering::Relaxed);
+        }
+    }
+    let cpu = if map.map_type().is_percpu() { current_cpu() } else { 0 };
+    map.region().ptr(v.value_ptr(e, cpu), map.spec().value_size as u64)
+}
+
+/// How a new or replaced element gets its value.
+enum Fill<'a> {
+    /// The syscall side: the whole value (all CPUs' slots for per-CPU maps).
+    All(&'a [u8]),
+    /// A program's update of a per-CPU map: this CPU's slot; the others are zeroed when new.
+    ThisCpu(&'a [u8]),
+}
+
+fn write_value(map: &Map, v: &View, e: u64, fill: &Fill, fresh: bool) {
+    let r = map.region();
+    let vs = map.spec().value_size as usize;
+    match fill {
+        Fill::All(value) if map.map_type().is_percpu() => {
+            let stride = value_stride(map) as usize;
+            for cpu in 0..map.ncpus() {
+                r.write(v.value_ptr(e, cpu), &value[cpu as usize * stride..][..vs]);
+            }
+        }
+        Fill::All(value) => {
+            r.write(v.value_ptr(e, 0), value);
+        }
+        Fill::ThisCpu(value) => {
+            let me = current_cpu();
+            for cpu in 0..map.ncpus() {
+                if cpu == me {
+                    r.write(v.value_ptr(e, cpu), value);
+                } else if fresh {
+                    r.zero(v.value_ptr(e, cpu), vs as u64);
+                }
+            }
+        }
+    }
+}
+
+fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errno> {
+    if flags & BPF_F_LOCK != 0 || flags > BPF_EXIST {
+        // BPF_F_LOCK needs a bpf_spin_lock in the value; none of ours has one.
+        return Err(Errno::EINVAL);
+    }
+    if map.map_type() == MapType::HashOfMaps {
+        if let Fill::All(value) = fill {
+            crate::array::check_inner(map, u32::from_le_bytes(value[..4].try_into().expect("value_size 4")))?;
+        }
+    }
+    let v = View::new(map);
+    let h = hash_bytes(key, 0);
+    let _g = map.write_lock();
+    let old = v.find(key, h);
+    let op = flags & !BPF_F_LOCK;
+    if old.is_some() && op == BPF_NOEXIST {
+        return Err(Errno::EEXIST);
+    }
+    if old.is_none() && op == BPF_EXIST {
+        return Err(Errno::ENOENT);
+    }
+    let d = map.desc();
+    if let (Some(e), true) = (old, map.map_type().is_percpu()) {
+        // Per-CPU maps update in place, as the kernel does.
+        write_value(map, &v, e, &fill, false);
+        return Ok(());
+    }
+    if old.is_none() && d.count.load(Ordering::Relaxed) >= map.spec().max_entries as u64 && !(v.is_lru() && v.evict()) {
+        return Err(Errno::E2BIG);
+    }
+    let e = match v.pop_free() {
+        Some(e) => e,
+        None if v.is_lru() && v.evict() => v.pop_free().ok_or(Errno::E2BIG)?,
+        None => return Err(Errno::E2BIG),
+    };
+    v.hash(e).store(h, Ordering::Relaxed);
+    map.region().write(e + key_off(map), key);
+    write_value(map, &v, e, &fill, true);
+    v.flags(e).store(IN_USE, Ordering::Release);
+    let b = h as u64 & (v.nbuckets - 1);
+    let bucket = v.bucket(b);
+    v.next(e).store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
+    bucket.store(e, Ordering::Release);
+    match old {
+        Some(o) => {
+            v.unlink(o);
+            v.push_free(o);
+        }
+        None => {
+            d.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn update(map: &Map, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
+    update_with(map, key, Fill::All(value), flags)
+}
+
+pub(crate) fn update_percpu_one(map: &Map, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
+    if key.len() != map.spec().key_size as usize || value.len() != map.spec().value_size as usize {
+        return Err(Errno::EINVAL);
+    }
+    update_with(map, key, Fill::ThisCpu(value), flags)
+}
+
+pub(crate) fn delete(map: &Map, key: &[u8]) -> Result<(), Errno> {
+    let v = View::new(map);
+    let h = hash_bytes(key, 0);
+    let _g = map.write_lock();
+    let e = v.find(key, h).ok_or(Errno::ENOENT)?;
+    v.unlink(e);
+    v.push_free(e);
+    map.desc().count.fetch_sub(1, Ordering::Relaxed);
+    Ok(())
+}
+
+pub(crate) fn lookup_and_delete(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
+    let v = View::new(map);
+    let h = hash_bytes(key, 0);
+    let _g = map.write_lock();
+    let e = v.find(key, h).ok_or(Errno::ENOENT)?;
+    copy_value_out(map, &v, e, value);
+    v.unlink(e);
+    v.push_free(e);
+    map.desc().count.fetch_sub(1, Ordering::Relaxed);
+    Ok(())
+}
+
+pub(crate) fn next_key(map: &Map, key: Option<&[u8]>, next: &mut [u8]) -> Result<(), Errno> {
+    let v = View::new(map);
+    let ks = map.spec().key_size as u64;
+    let emit = |e: u64, next: &mut [u8]| map.region().read(e + key_off(map), next);
+    let mut start_bucket = 0;
+    if let Some(k) = key {
+        let h = hash_bytes(k, 0);
+        if let Some(e) = v.find(k, h) {
+            // The next live element in this chain, else the following buckets.
+            let mut cur = v.next(e).load(Ordering::Acquire);
+            let mut steps = 0;
+            while cur & 1 == 0 && v.valid(cur) && steps <= v.pool {
+                if v.flags(cur).load(Ordering::Acquire) & IN_USE != 0 {
+                    emit(cur, next);
+                    return Ok(());
+                }
+                cur = v.next(cur).load(Ordering::Acquire);
+                steps += 1;
+            }
+            start_bucket = (h as u64 & (v.nbuckets - 1)) + 1;
+        }
+    }
+    let _ = ks;
+    for b in start_bucket..v.nbuckets {
+        let mut cur = v.bucket(b).load(Ordering::Acquire);
+        let mut steps = 0;
+        while cur & 1 == 0 && v.valid(cur) && steps <= v.pool {
+            if v.flags(cur).load(Ordering::Acquire) & IN_USE != 0 {
+                emit(cur, next);
+                return Ok(());
+            }
+            cur = v.next(cur).load(Ordering::Acquire);
+            steps += 1;
+        }
+    }
+    Err(Errno::ENOENT)
+}

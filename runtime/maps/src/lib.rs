@@ -1,0 +1,825 @@
+//! # bpftime-maps: eBPF maps in shared memory, with kernel semantics
+//!
+//! What it is: every map type a tracing program uses — ARRAY, HASH, the PERCPU and LRU
+//! variants, RINGBUF (kernel record layout), PERF_EVENT_ARRAY, PROG_ARRAY, QUEUE, STACK,
+//! BLOOM_FILTER, LPM_TRIE, ARRAY_OF_MAPS, HASH_OF_MAPS and STACK_TRACE — stored in a
+//! [`ShmRegion`] so that every process mapping the region sees the same maps. Operations follow
+//! the kernel's bpf() semantics: flags (`BPF_ANY`, `BPF_NOEXIST`, `BPF_EXIST`), errnos, and
+//! `get_next_key` iteration.
+//!
+//! Two sides: the *syscall side* copies keys and values in and out (what `bpf()` does for a
+//! loader or the CLI; per-CPU values are one slot per possible CPU); the *program side*
+//! ([`Map::lookup_ptr`] and friends) returns pointers into the region for helpers.
+//!
+//! Concurrency: lookups are lock-free; writers take the map's [`bpftime_shm::ShmLock`], which a
+//! process killed mid-update cannot wedge: the next writer takes it over and repairs the map
+//! (hash maps rebuild their free list and count from the bucket chains).
+//!
+//! What it is not: it knows nothing of programs or helpers (`bpftime-runtime` does).
+
+mod array;
+mod bloom;
+pub mod errno;
+mod hash;
+mod lpm;
+mod perf;
+mod queue;
+mod ringbuf;
+mod stack_trace;
+
+pub use errno::Errno;
+pub use perf::PerfRecord;
+pub use ringbuf::{RingbufRecord, RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ};
+
+use bpftime_shm::{ObjectKind, ShmError, ShmLock, ShmRegion};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// `BPF_ANY`: create or update.
+pub const BPF_ANY: u64 = 0;
+/// `BPF_NOEXIST`: create only.
+pub const BPF_NOEXIST: u64 = 1;
+/// `BPF_EXIST`: update only.
+pub const BPF_EXIST: u64 = 2;
+/// `BPF_F_LOCK`: update under the value's spin lock (refused with EINVAL: no value here has a `bpf_spin_lock`).
+pub const BPF_F_LOCK: u64 = 4;
+/// `BPF_F_NO_PREALLOC` map flag.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_F_RDONLY_PROG` map flag (set on `.rodata` maps).
+pub const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+
+/// Map types, with the kernel's `enum bpf_map_type` numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum MapType {
+    Hash = 1,
+    Array = 2,
+    ProgArray = 3,
+    PerfEventArray = 4,
+    PercpuHash = 5,
+    PercpuArray = 6,
+    StackTrace = 7,
+    LruHash = 9,
+    LruPercpuHash = 10,
+    LpmTrie = 11,
+    ArrayOfMaps = 12,
+    HashOfMaps = 13,
+    Queue = 22,
+    Stack = 23,
+    Ringbuf = 27,
+    BloomFilter = 30,
+}
+
+impl MapType {
+    /// The type with kernel number `n`.
+    pub fn from_u32(n: u32) -> Option<MapType> {
+        use MapType::*;
+        Some(match n {
+            1 => Hash,
+            2 => Array,
+            3 => ProgArray,
+            4 => PerfEventArray,
+            5 => PercpuHash,
+            6 => PercpuArray,
+            7 => StackTrace,
+            9 => LruHash,
+            10 => LruPercpuHash,
+            11 => LpmTrie,
+            12 => ArrayOfMaps,
+            13 => HashOfMaps,
+            22 => Queue,
+            23 => Stack,
+            27 => Ringbuf,
+            30 => BloomFilter,
+            _ => return None,
+        })
+    }
+
+    /// The kernel's name (`BPF_MAP_TYPE_` stripped, lower case).
+    pub fn name(self) -> &'static str {
+        use MapType::*;
+        match self {
+            Hash => "hash",
+            Array => "array",
+            ProgArray => "prog_array",
+            PerfEventArray => "perf_event_array",
+            PercpuHash => "percpu_hash",
+            PercpuArray => "percpu_array",
+            StackTrace => "stack_trace",
+            LruHash => "lru_hash",
+            LruPercpuHash => "lru_percpu_hash",
+            LpmTrie => "lpm_trie",
+            ArrayOfMaps => "array_of_maps",
+            HashOfMaps => "hash_of_maps",
+            Queue => "queue",
+            Stack => "stack",
+            Ringbuf => "ringbuf",
+            BloomFilter => "bloom_filter",
+        }
+    }
+
+    /// Whether values are one slot per possible CPU.
+    pub fn is_percpu(self) -> bool {
+        matches!(self, MapType::PercpuHash | MapType::PercpuArray | MapType::LruPercpuHash)
+    }
+
+    fn is_hash_like(self) -> bool {
+        matches!(self, MapType::Hash | MapType::PercpuHash | MapType::LruHash | MapType::LruPercpuHash | MapType::HashOfMaps)
+    }
+
+    fn is_array_like(self) -> bool {
+        matches!(self, MapType::Array | MapType::PercpuArray | MapType::ProgArray | MapType::ArrayOfMaps)
+    }
+}
+
+/// What a map is created with (the attributes of `BPF_MAP_CREATE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    /// Type.
+    pub map_type: MapType,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes (for map-in-map and prog arrays: 4, an id).
+    pub value_size: u32,
+    /// Capacity (for RINGBUF: data size in bytes).
+    pub max_entries: u32,
+    /// `map_flags`.
+    pub flags: u32,
+    /// `map_extra` (bloom filter: number of hash functions in the low 4 bits).
+    pub map_extra: u64,
+    /// For ARRAY_OF_MAPS / HASH_OF_MAPS: id of the map whose shape inner maps must have.
+    pub inner_map_id: u32,
+}
+
+impl MapSpec {
+    /// A spec with no flags.
+    pub fn new(map_type: MapType, key_size: u32, value_size: u32, max_entries: u32) -> Self {
+        MapSpec { map_type, key_size, value_size, max_entries, flags: 0, map_extra: 0, inner_map_id: 0 }
+    }
+}
+
+/// Why a map could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("invalid map attributes: {0}")]
+    Invalid(String),
+    #[error("unsupported map type {0}")]
+    UnsupportedType(u32),
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+    #[error("no map with id {0}")]
+    NoSuchMap(u32),
+    #[error("object {0} is not a valid map (corrupt descriptor)")]
+    Corrupt(u32),
+}
+
+const DESC_MAGIC: u64 = 0x6270_665f_6d61_7031; // "bpf_map1"
+
+/// The descriptor of a map in the region. Fields other than the atomics and the lock are
+/// written once at creation; a handle copies and validates them when it opens the map.
+#[repr(C)]
+pub(crate) struct MapDesc {
+    magic: u64,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+    ncpus: u32,
+    map_extra: u64,
+    inner: [u32; 6],
+    pub lock: ShmLock,
+    pub count: AtomicU64,
+    data: u64,
+    data_len: u64,
+    aux: u64,
+    aux_len: u64,
+    elem_size: u64,
+    pub free_head: AtomicU64,
+    pub head: AtomicU64,
+    pub tail: AtomicU64,
+    pub hand: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+/// Where a map's storage lives (offsets into the region), copied out of the descriptor.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Layout {
+    pub data: u64,
+    pub data_len: u64,
+    pub aux: u64,
+    pub aux_len: u64,
+    pub elem_size: u64,
+}
+
+/// Number of possible CPUs (like libbpf's `libbpf_num_possible_cpus`).
+pub fn possible_cpus() -> u32 {
+    static N: OnceLock<u32> = OnceLock::new();
+    *N.get_or_init(|| {
+        let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+        let mut max = 0u32;
+        for part in text.trim().split(',') {
+            let last = part.rsplit('-').next().unwrap_or("0");
+            max = max.max(last.trim().parse::<u32>().unwrap_or(0));
+        }
+        max + 1
+    })
+}
+
+/// The CPU this thread runs on.
+pub fn current_cpu() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions (sched_getcpu(3)).
+    let c = unsafe { libc::sched_getcpu() };
+    if c < 0 {
+        0
+    } else {
+        c as u32 % possible_cpus()
+    }
+}
+
+pub(crate) fn round8(n: u64) -> u64 {
+    n.div_ceil(8) * 8
+}
+
+/// An open map: a process-local handle on a map in a region.
+#[derive(Clone)]
+pub struct Map {
+    region: Arc<ShmRegion>,
+    desc: u64,
+    id: u32,
+    name: String,
+    spec: MapSpec,
+    inner_spec: Option<MapSpec>,
+    ncpus: u32,
+    layout: Layout,
+}
+
+impl std::fmt::Debug for Map {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Map").field("id", &self.id).field("name", &self.name).field("spec", &self.spec).finish()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> MapError {
+    MapError::Invalid(msg.into())
+}
+
+/// Checks attributes the way `BPF_MAP_CREATE` does.
+fn validate(spec: &MapSpec) -> Result<(), MapError> {
+    use MapType::*;
+    let s = spec;
+    if s.max_entries == 0 && s.map_type != PerfEventArray {
+        return Err(invalid("max_entries must be positive"));
+    }
+    match s.map_type {
+        Array | PercpuArray | ProgArray | ArrayOfMaps | PerfEventArray => {
+            if s.key_size != 4 {
+                return Err(invalid(format!("{} needs key_size 4, got {}", s.map_type.name(), s.key_size)));
+            }
+        }
+        Queue | Stack | BloomFilter | Ringbuf => {
+            if s.key_size != 0 {
+                return Err(invalid(format!("{} needs key_size 0, got {}", s.map_type.name(), s.key_size)));
+            }
+        }
+        StackTrace => {
+            if s.key_size != 4 || s.value_size < 8 || s.value_size % 8 != 0 {
+                return Err(invalid("stack_trace needs key_size 4 and a value size that is a multiple of 8"));
+            }
+        }
+        LpmTrie => {
+            if s.key_size <= 4 || s.key_size > 4 + 256 {
+                return Err(invalid("lpm_trie needs key_size 5..=260 (u32 prefix length + data)"));
+            }
+            if s.flags & BPF_F_NO_PREALLOC == 0 {
+                return Err(invalid("lpm_trie needs BPF_F_NO_PREALLOC"));
+            }
+        }
+        _ => {
+            if s.key_size == 0 {
+                return Err(invalid(format!("{} needs a positive key_size", s.map_type.name())));
+            }
+        }
+    }
+    match s.map_type {
+        ProgArray | ArrayOfMaps | HashOfMaps | PerfEventArray => {
+            if s.value_size != 4 {
+                return Err(invalid(format!("{} needs value_size 4", s.map_type.name())));
+            }
+        }
+        Ringbuf => {
+            if s.value_size != 0 {
+                return Err(invalid("ringbuf needs value_size 0"));
+            }
+            if !s.max_entries.is_power_of_two() || s.max_entries % 4096 != 0 {
+                return Err(invalid("ringbuf size must be a power of two and a multiple of the page size"));
+            }
+        }
+        _ => {
+            if s.value_size == 0 {
+                return Err(invalid("value_size must be positive"));
+            }
+        }
+    }
+    if s.key_size > 512 || s.value_size > (1 << 20) {
+        return Err(invalid("key or value too large"));
+    }
+    Ok(())
+}
+
+impl Map {
+    /// Creates a map in `region` and registers it in the object table.
+    pub fn create(region: &Arc<ShmRegion>, name: &str, spec: &MapSpec) -> Result<Map, MapError> {
+        validate(spec)?;
+        let mut spec = spec.clone();
+        let inner_spec = if matches!(spec.map_type, MapType::ArrayOfMaps | MapType::HashOfMaps) {
+            if spec.inner_map_id == 0 {
+                return Err(invalid("map-in-map needs an inner map template (inner_map_fd)"));
+            }
+            Some(Map::open(region, spec.inner_map_id)?.spec.clone())
+        } else {
+            None
+        };
+        if spec.map_type == MapType::PerfEventArray && spec.max_entries == 0 {
+            spec.max_entries = possible_cpus();
+        }
+        let ncpus = if spec.map_type.is_percpu() || spec.map_type == MapType::PerfEventArray { possible_cpus() } else { 1 };
+        let desc = region.alloc(std::mem::size_of::<MapDesc>() as u64)?;
+        let layout = match Self::alloc_storage(region, &spec, ncpus) {
+            Ok(l) => l,
+            Err(e) => {
+                region.free(desc);
+                return Err(e);
+            }
+        };
+        let d = region.ptr(desc, std::mem::size_of::<MapDesc>() as u64).expect("fresh allocation") as *mut MapDesc;
+        let inner = inner_spec.as_ref().map(|i| [i.map_type as u32, i.key_size, i.value_size, i.max_entries, i.flags, 0]);
+        // SAFETY: `d` is a fresh, zeroed, 16-aligned allocation of MapDesc size that no other
+        // process knows of until the object is registered below.
+        unsafe {
+            (*d).map_type = spec.map_type as u32;
+            (*d).key_size = spec.key_size;
+            (*d).value_size = spec.value_size;
+            (*d).max_entries = spec.max_entries;
+            (*d).flags = spec.flags;
+            (*d).ncpus = ncpus;
+            (*d).map_extra = spec.map_extra;
+            (*d).inner = inner.unwrap_or_default();
+            (*d).data = layout.data;
+            (*d).data_len = layout.data_len;
+            (*d).aux = layout.aux;
+            (*d).aux_len = layout.aux_len;
+            (*d).elem_size = layout.elem_size;
+            std::sync::atomic::fence(Ordering::Release);
+            (*d).magic = DESC_MAGIC;
+        }
+        let map = Map { region: region.clone(), desc, id: 0, name: name.to_string(), spec, inner_spec, ncpus, layout };
+        map.init_storage();
+        let id = region.add_object(ObjectKind::Map, name, desc)?;
+        Ok(Map { id, ..map })
+    }
+
+    fn alloc_storage(region: &ShmRegion, spec: &MapSpec, ncpus: u32) -> Result<Layout, MapError> {
+        use MapType::*;
+        let value = round8(spec.value_size as u64);
+        let n = spec.max_entries as u64;
+        let cpus = ncpus as u64;
+        let layout = match spec.map_type {
+            Array | PercpuArray | ProgArray | ArrayOfMaps => {
+                let stride = value * if spec.map_type.is_percpu() { cpus } else { 1 };
+                Layout { data: region.alloc(stride * n)?, data_len: stride * n, elem_size: stride, ..Layout::default() }
+            }
+            Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::alloc(region, spec, cpus)?,
+            LpmTrie => lpm::alloc(region, spec)?,
+            Queue | Stack => {
+                let slots = n + 1;
+                Layout { data: region.alloc(value * slots)?, data_len: value * slots, elem_size: value, ..Layout::default() }
+            }
+            BloomFilter => bloom::alloc(region, spec)?,
+            Ringbuf => ringbuf::alloc(region, spec)?,
+            PerfEventArray => perf::alloc(region, spec, cpus)?,
+            StackTrace => stack_trace::alloc(region, spec)?,
+        };
+        Ok(layout)
+    }
+
+    fn init_storage(&self) {
+        if self.spec.map_type.is_hash_like() {
+            hash::init(self);
+        }
+    }
+
+    /// Opens the map with object id `id`.
+    pub fn open(region: &Arc<ShmRegion>, id: u32) -> Result<Map, MapError> {
+        let obj = region.object(id).filter(|o| o.kind == ObjectKind::Map).ok_or(MapError::NoSuchMap(id))?;
+        Self::open_at(region, id, &obj.name, obj.data)
+    }
+
+    fn open_at(region: &Arc<ShmRegion>, id: u32, name: &str, desc: u64) -> Result<Map, MapError> {
+        let corrupt = || MapError::Corrupt(id);
+        let p = region.ptr(desc, std::mem::size_of::<MapDesc>() as u64).ok_or_else(corrupt)?;
+        if desc % 8 != 0 {
+            return Err(corrupt());
+        }
+        let d = p as *const MapDesc;
+        // SAFETY: inside the region and aligned; the immutable fields are plain integers, read
+        // once here and validated before use.
+        let (magic, spec, ncpus, layout, inner) = unsafe {
+            (
+                std::ptr::read_volatile(&(*d).magic),
+                MapSpec {
+                    map_type: MapType::from_u32((*d).map_type).ok_or_else(corrupt)?,
+                    key_size: (*d).key_size,
+                    value_size: (*d).value_size,
+                    max_entries: (*d).max_entries,
+                    flags: (*d).flags,
+                    map_extra: (*d).map_extra,
+                    inner_map_id: 0,
+                },
+                (*d).ncpus,
+                Layout { data: (*d).data, data_len: (*d).data_len, aux: (*d).aux, aux_len: (*d).aux_len, elem_size: (*d).elem_size },
+                (*d).inner,
+            )
+        };
+        if magic != DESC_MAGIC || validate(&MapSpec { max_entries: spec.max_entries.max(1), ..spec.clone() }).is_err() {
+            return Err(corrupt());
+        }
+        if ncpus == 0 || ncpus > 1 << 16 {
+            return Err(corrupt());
+        }
+        for (off, len) in [(layout.data, layout.data_len), (layout.aux, layout.aux_len)] {
+            if len > 0 && region.ptr(off, len).is_none() {
+                return Err(corrupt());
+            }
+        }
+        let inner_spec = match MapType::from_u32(inner[0]) {
+            Some(t) if matches!(spec.map_type, MapType::ArrayOfMaps | MapType::HashOfMaps) => Some(MapSpec {
+                map_type: t,
+                key_size: inner[1],
+                value_size: inner[2],
+                max_entries: inner[3],
+                flags: inner[4],
+                map_extra: 0,
+                inner_map_id: 0,
+            }),
+            _ => None,
+        };
+        Ok(Map { region: region.clone(), desc, id, name: name.to_string(), spec, inner_spec, ncpus, layout })
+    }
+
+    /// Opens the map named `name` (the first one, if several share it).
+    pub fn open_by_name(region: &Arc<ShmRegion>, name: &str) -> Result<Map, MapError> {
+        let obj = region
+            .objects()
+            .into_iter()
+            .find(|o| o.kind == ObjectKind::Map && o.name == name)
+            .ok_or_else(|| MapError::Invalid(format!("no map named `{name}`")))?;
+        Self::open_at(region, obj.id, &obj.name, obj.data)
+    }
+
+    /// Every map in the region.
+    pub fn list(region: &Arc<ShmRegion>) -> Vec<Map> {
+        region
+            .objects()
+            .into_iter()
+            .filter(|o| o.kind == ObjectKind::Map)
+            .filter_map(|o| Self::open_at(region, o.id, &o.name, o.data).ok())
+            .collect()
+    }
+
+    /// Removes the map from the region and frees its storage. Handles other processes hold
+    /// become dangling; use only when nothing uses the map any more.
+    pub fn destroy(self) {
+        self.region.remove_object(self.id);
+        for off in [self.layout.data, self.layout.aux] {
+            if off != 0 {
+                self.region.free(off);
+            }
+        }
+        self.region.free(self.desc);
+    }
+
+    /// Object id in the region.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creation attributes.
+    pub fn spec(&self) -> &MapSpec {
+        &self.spec
+    }
+
+    /// Type.
+    pub fn map_type(&self) -> MapType {
+        self.spec.map_type
+    }
+
+    /// The region holding the map.
+    pub fn region(&self) -> &Arc<ShmRegion> {
+        &self.region
+    }
+
+    /// Number of per-CPU slots of a per-CPU map (1 otherwise).
+    pub fn ncpus(&self) -> u32 {
+        self.ncpus
+    }
+
+    /// Bytes of a value as the syscall side sees it: per-CPU maps hold one 8-aligned slot per
+    /// possible CPU.
+    pub fn syscall_value_size(&self) -> usize {
+        if self.spec.map_type.is_percpu() {
+            round8(self.spec.value_size as u64) as usize * self.ncpus as usize
+        } else {
+            self.spec.value_size as usize
+        }
+    }
+
+    /// Spec inner maps of a map-in-map must match.
+    pub fn inner_spec(&self) -> Option<&MapSpec> {
+        self.inner_spec.as_ref()
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub(crate) fn desc(&self) -> &MapDesc {
+        let p = self.region.ptr(self.desc, std::mem::size_of::<MapDesc>() as u64).expect("validated at open");
+        // SAFETY: validated at open: inside the region, aligned; mutable fields are atomics.
+        unsafe { &*(p as *const MapDesc) }
+    }
+
+    /// Takes the map's writer lock; repairs the map first if the previous holder died.
+    pub(crate) fn write_lock(&self) -> bpftime_shm::ShmGuard<'_> {
+        let g = self.desc().lock.lock();
+        if g.recovered() && self.spec.map_type.is_hash_like() {
+            hash::repair(self);
+        }
+        g
+    }
+
+    /// Number of elements (hash-like, queue, stack, lpm maps); max_entries for arrays.
+    pub fn len(&self) -> u64 {
+        if self.spec.map_type.is_array_like() {
+            self.spec.max_entries as u64
+        } else {
+            self.desc().count.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Whether [`Map::len`] is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), Errno> {
+        if key.len() != self.spec.key_size as usize {
+            Err(Errno::EINVAL)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), Errno> {
+        if value.len() != self.syscall_value_size() {
+            Err(Errno::EINVAL)
+        } else {
+            Ok(())
+        }
+    }
+
+    // ---- syscall side -------------------------------------------------------------------
+
+    /// `BPF_MAP_LOOKUP_ELEM`: copies the value of `key` into `value`.
+    pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
+        use MapType::*;
+        match self.spec.map_type {
+            Queue | Stack => {
+                self.check_value(value)?;
+                return queue::peek(self, value);
+            }
+            BloomFilter => {
+                self.check_value(value)?;
+                return bloom::peek(self, value);
+            }
+            Ringbuf | PerfEventArray => return Err(Errno::ENOTSUPP),
+            _ => {}
+        }
+        self.check_key(key)?;
+        self.check_value(value)?;
+        match self.spec.map_type {
+            Array | PercpuArray | ProgArray | ArrayOfMaps => array::lookup(self, key, value),
+            Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::lookup(self, key, value),
+            LpmTrie => lpm::lookup(self, key, value),
+            StackTrace => stack_trace::lookup(self, key, value),
+            Queue | Stack | BloomFilter | Ringbuf | PerfEventArray => unreachable!(),
+        }
+    }
+
+    /// `BPF_MAP_UPDATE_ELEM`.
+    pub fn update(&self, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
+        use MapType::*;
+        match self.spec.map_type {
+            Queue | Stack => {
+                self.check_value(value)?;
+                return queue::push(self, value, flags);
+            }
+            BloomFilter => {
+                self.check_value(value)?;
+                return bloom::push(self, value, flags);
+            }
+            Ringbuf => return Err(Errno::ENOTSUPP),
+            StackTrace => return Err(Errno::EINVAL),
+            _ => {}
+        }
+        self.check_key(key)?;
+        self.check_value(value)?;
+        match self.spec.map_type {
+            Array | PercpuArray => array::update(self, key, value, flags),
+            ProgArray | ArrayOfMaps | PerfEventArray => array::update_id(self, key, value, flags),
+            Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::update(self, key, value, flags),
+            LpmTrie => lpm::update(self, key, value, flags),
+            Queue | Stack | BloomFilter | Ringbuf | StackTrace => unreachable!(),
+        }
+    }
+
+    /// `BPF_MAP_DELETE_ELEM`.
+    pub fn delete(&self, key: &[u8]) -> Result<(), Errno> {
+        use MapType::*;
+        match self.spec.map_type {
+            Queue | Stack => return Err(Errno::EINVAL),
+            BloomFilter => return Err(Errno::EOPNOTSUPP),
+            Ringbuf => return Err(Errno::ENOTSUPP),
+            _ => {}
+        }
+        self.check_key(key)?;
+        match self.spec.map_type {
+            Array | PercpuArray => Err(Errno::EINVAL),
+            ProgArray | ArrayOfMaps | PerfEventArray => array::delete_id(self, key),
+            Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::delete(self, key),
+            LpmTrie => lpm::delete(self, key),
+            StackTrace => stack_trace::delete(self, key),
+            Queue | Stack | BloomFilter | Ringbuf => unreachable!(),
+        }
+    }
+
+    /// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (the first key when `key` is `None` or,
+    /// for hash maps, not in the map); `ENOENT` after the last.
+    pub fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> Result<(), Errno> {
+        use MapType::*;
+        match self.spec.map_type {
+            Queue | Stack => return Err(Errno::EINVAL),
+            BloomFilter => return Err(Errno::EOPNOTSUPP),
+            Ringbuf => return Err(Errno::ENOTSUPP),
+            _ => {}
+        }
+        if let Some(k) = key {
+            self.check_key(k)?;
+        }
+        if next.len() != self.spec.key_size as usize {
+            return Err(Errno::EINVAL);
+        }
+        match self.spec.map_type {
+            Array | PercpuArray | ProgArray | ArrayOfMaps | PerfEventArray => array::next_key(self, key, next),
+            Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::next_key(self, key, next),
+            LpmTrie => lpm::next_key(self, key, next),
+            StackTrace => stack_trace::next_key(self, key, next),
+            Queue | Stack | BloomFilter | Ringbuf => unreachable!(),
+        }
+    }
+
+    /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (queue/stack pop; hash maps too).
+    pub fn lookup_and_delete(&self, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
+        match self.spec.map_type {
+            MapType::Queue | MapType::Stack => {
+                self.check_value(value)?;
+                queue::pop(self, value)
+            }
+            t if t.is_hash_like() => {
+                self.check_key(key)?;
+                self.check_value(value)?;
+                hash::lookup_and_delete(self, key, value)
+            }
+            _ => Err(Errno::EOPNOTSUPP),
+        }
+    }
+
+    /// Every key, in iteration order.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        let mut cur: Option<Vec<u8>> = None;
+        let mut next = vec![0u8; self.spec.key_size as usize];
+        let limit = self.spec.max_entries as usize + 1;
+        while keys.len() < limit && self.next_key(cur.as_deref(), &mut next).is_ok() {
+            keys.push(next.clone());
+            cur = Some(next.clone());
+        }
+        keys
+    }
+
+    // ---- program side -------------------------------------------------------------------
+
+    /// `bpf_map_lookup_elem` from a program: the address of the value (this CPU's slot for
+    /// per-CPU maps; the inner map's reference for map-in-map is resolved by the runtime).
+    pub fn lookup_ptr(&self, key: &[u8]) -> Option<*mut u8> {
+        use MapType::*;
+        match self.spec.map_type {
+            Array | PercpuArray | ProgArray | ArrayOfMaps => array::lookup_ptr(self, key),
+            Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::lookup_ptr(self, key),
+            LpmTrie => lpm::lookup_ptr(self, key),
+            StackTrace => stack_trace::lookup_ptr(self, key),
+            _ => None,
+        }
+    }
+
+    /// `bpf_map_update_elem` from a program (per-CPU maps: sets this CPU's slot).
+    pub fn update_from_prog(&self, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
+        if !self.spec.map_type.is_percpu() {
+            return self.update(key, value, flags);
+        }
+        match self.spec.map_type {
+            MapType::PercpuArray => array::update_percpu_one(self, key, value, flags),
+            _ => hash::update_percpu_one(self, key, value, flags),
+        }
+    }
+
+    /// `bpf_map_push_elem`.
+    pub fn push(&self, value: &[u8], flags: u64) -> Result<(), Errno> {
+        match self.spec.map_type {
+            MapType::Queue | MapType::Stack => queue::push(self, value, flags),
+            MapType::BloomFilter => bloom::push(self, value, flags),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// `bpf_map_pop_elem`.
+    pub fn pop(&self, value: &mut [u8]) -> Result<(), Errno> {
+        match self.spec.map_type {
+            MapType::Queue | MapType::Stack => queue::pop(self, value),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// `bpf_map_peek_elem`.
+    pub fn peek(&self, value: &mut [u8]) -> Result<(), Errno> {
+        match self.spec.map_type {
+            MapType::Queue | MapType::Stack => queue::peek(self, value),
+            MapType::BloomFilter => bloom::peek(self, value),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// The range of the region holding values programs may read and write directly.
+    pub fn value_region(&self) -> (u64, u64) {
+        (self.region.base() as u64 + self.layout.data, self.layout.data_len)
+    }
+
+    // ---- ring buffers and perf buffers ---------------------------------------------------
+
+    /// `bpf_ringbuf_reserve`: space for a record of `size` bytes, or None when full.
+    pub fn ringbuf_reserve(&self, size: u64) -> Option<*mut u8> {
+        ringbuf::reserve(self, size)
+    }
+
+    /// `bpf_ringbuf_output`: reserve, copy, submit.
+    pub fn ringbuf_output(&self, data: &[u8]) -> Result<(), Errno> {
+        ringbuf::output(self, data)
+    }
+
+    /// `bpf_ringbuf_query`.
+    pub fn ringbuf_query(&self, what: u64) -> u64 {
+        ringbuf::query(self, what)
+    }
+
+    /// Consumes every submitted record (what libbpf's `ring_buffer__consume` does).
+    pub fn ringbuf_consume(&self, f: &mut dyn FnMut(&[u8])) -> usize {
+        ringbuf::consume(self, f)
+    }
+
+    /// `bpf_perf_event_output` into the buffer of `cpu`.
+    pub fn perf_output(&self, cpu: u32, data: &[u8]) -> Result<(), Errno> {
+        perf::output(self, cpu, data)
+    }
+
+    /// Drains the perf buffer of every CPU.
+    pub fn perf_consume(&self, f: &mut dyn FnMut(PerfRecord<'_>)) -> usize {
+        perf::consume(self, f)
+    }
+
+    /// `bpf_get_stackid`: stores `ips` and returns the stack id.
+    pub fn stack_store(&self, ips: &[u64], flags: u64) -> Result<u32, Errno> {
+        stack_trace::store(self, ips, flags)
+    }
+}
+
+/// Submits or discards a record reserved with [`Map::ringbuf_reserve`], found from its
+/// address alone (as `bpf_ringbuf_submit` is). Returns false if `sample` is not a reserved
+/// record of a ring buffer in `region`.
+pub fn ringbuf_commit(region: &ShmRegion, sample: u64, discard: bool) -> bool {
+    ringbuf::commit(region, sample, discard)
+}

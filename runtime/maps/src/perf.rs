@@ -1,0 +1,110 @@
+//! PERF_EVENT_ARRAY: one perf ring per CPU, records in the kernel's `PERF_RECORD_SAMPLE`
+//! format (`struct perf_event_header`, then a u32 size and the raw bytes, padded to 8).
+//! Each ring has a header page with `data_head` and `data_tail` where `perf_event_mmap_page`
+//! keeps them (offsets 1024 and 1032), followed by its data pages.
+
+use crate::{Errno, Layout, Map, MapSpec};
+use bpftime_shm::{ShmError, ShmRegion};
+use std::sync::atomic::Ordering;
+
+const PAGE: u64 = 4096;
+/// Data bytes per CPU ring.
+const RING: u64 = 16 * PAGE;
+const PERF_RECORD_SAMPLE: u32 = 9;
+const HEAD: u64 = 1024;
+const TAIL: u64 = 1032;
+
+/// A sample as a consumer sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct PerfRecord<'a> {
+    /// CPU ring it came from.
+    pub cpu: u32,
+    /// Raw sample bytes.
+    pub data: &'a [u8],
+}
+
+pub(crate) fn alloc(region: &ShmRegion, _spec: &MapSpec, cpus: u64) -> Result<Layout, ShmError> {
+    let per = PAGE + RING;
+    Ok(Layout { data: region.alloc_pages(per * cpus)?, data_len: per * cpus, elem_size: per, ..Layout::default() })
+}
+
+fn ring_base(map: &Map, cpu: u32) -> u64 {
+    map.layout().data + cpu as u64 * map.layout().elem_size
+}
+
+fn write_wrapped(map: &Map, base: u64, pos: u64, bytes: &[u8]) {
+    let r = map.region();
+    let start = pos % RING;
+    let first = (RING - start).min(bytes.len() as u64) as usize;
+    r.write(base + PAGE + start, &bytes[..first]);
+    if first < bytes.len() {
+        r.write(base + PAGE, &bytes[first..]);
+    }
+}
+
+fn read_wrapped(map: &Map, base: u64, pos: u64, out: &mut [u8]) {
+    let r = map.region();
+    let start = pos % RING;
+    let first = (RING - start).min(out.len() as u64) as usize;
+    r.read(base + PAGE + start, &mut out[..first]);
+    if first < out.len() {
+        r.read(base + PAGE, &mut out[first..]);
+    }
+}
+
+pub(crate) fn output(map: &Map, cpu: u32, data: &[u8]) -> Result<(), Errno> {
+    if cpu >= map.ncpus() {
+        return Err(Errno::E2BIG);
+    }
+    let size = (8 + 4 + data.len() as u64).div_ceil(8) * 8;
+    if size > u16::MAX as u64 || size > RING {
+        return Err(Errno::E2BIG);
+    }
+    let base = ring_base(map, cpu);
+    let r = map.region();
+    let (head, tail) = (r.atomic_u64(base + HEAD).ok_or(Errno::EFAULT)?, r.atomic_u64(base + TAIL).ok_or(Errno::EFAULT)?);
+    let _g = map.write_lock();
+    let h = head.load(Ordering::Relaxed);
+    if h + size - tail.load(Ordering::Acquire) > RING {
+        map.desc().lost.fetch_add(1, Ordering::Relaxed);
+        return Err(Errno::ENOSPC);
+    }
+    let mut rec = Vec::with_capacity(size as usize);
+    rec.extend_from_slice(&PERF_RECORD_SAMPLE.to_le_bytes());
+    rec.extend_from_slice(&0u16.to_le_bytes());
+    rec.extend_from_slice(&(size as u16).to_le_bytes());
+    rec.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    rec.extend_from_slice(data);
+    rec.resize(size as usize, 0);
+    write_wrapped(map, base, h, &rec);
+    head.store(h + size, Ordering::Release);
+    Ok(())
+}
+
+pub(crate) fn consume(map: &Map, f: &mut dyn FnMut(PerfRecord<'_>)) -> usize {
+    let r = map.region();
+    let mut n = 0;
+    for cpu in 0..map.ncpus() {
+        let base = ring_base(map, cpu);
+        let (Some(head), Some(tail)) = (r.atomic_u64(base + HEAD), r.atomic_u64(base + TAIL)) else { continue };
+        let mut t = tail.load(Ordering::Relaxed);
+        let h = head.load(Ordering::Acquire);
+        while t < h {
+            let mut hdr = [0u8; 12];
+            read_wrapped(map, base, t, &mut hdr);
+            let size = u16::from_le_bytes([hdr[6], hdr[7]]) as u64;
+            let raw = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes")) as u64;
+            if size < 12 || raw + 12 > size {
+                t = h;
+                break;
+            }
+            let mut data = vec![0u8; raw as usize];
+            read_wrapped(map, base, t + 12, &mut data);
+            f(PerfRecord { cpu, data: &data });
+            n += 1;
+            t += size;
+        }
+        tail.store(t, Ordering::Release);
+    }
+    n
+}

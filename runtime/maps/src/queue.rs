@@ -1,0 +1,78 @@
+//! QUEUE (FIFO) and STACK (LIFO): a ring of `max_entries + 1` slots under the map lock, with
+//! the kernel's rules: pushing onto a full map fails with E2BIG unless `BPF_EXIST` asks to
+//! overwrite the oldest element.
+
+use crate::{Errno, Map, MapType, BPF_EXIST, BPF_NOEXIST};
+use std::sync::atomic::Ordering;
+
+fn slots(map: &Map) -> u64 {
+    map.spec().max_entries as u64 + 1
+}
+
+fn slot(map: &Map, i: u64) -> u64 {
+    map.layout().data + i * map.layout().elem_size
+}
+
+pub(crate) fn push(map: &Map, value: &[u8], flags: u64) -> Result<(), Errno> {
+    if flags & BPF_NOEXIST != 0 || flags > BPF_EXIST {
+        return Err(Errno::EINVAL);
+    }
+    if value.len() != map.spec().value_size as usize {
+        return Err(Errno::EINVAL);
+    }
+    let d = map.desc();
+    let _g = map.write_lock();
+    let n = slots(map);
+    let head = d.head.load(Ordering::Relaxed) % n;
+    let mut tail = d.tail.load(Ordering::Relaxed) % n;
+    if (head + 1) % n == tail {
+        if flags & BPF_EXIST == 0 {
+            return Err(Errno::E2BIG);
+        }
+        tail = (tail + 1) % n;
+        d.tail.store(tail, Ordering::Relaxed);
+        d.count.fetch_sub(1, Ordering::Relaxed);
+    }
+    map.region().write(slot(map, head), value);
+    d.head.store((head + 1) % n, Ordering::Relaxed);
+    d.count.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn take(map: &Map, value: &mut [u8], remove: bool) -> Result<(), Errno> {
+    if value.len() != map.spec().value_size as usize {
+        return Err(Errno::EINVAL);
+    }
+    let d = map.desc();
+    let _g = map.write_lock();
+    let n = slots(map);
+    let head = d.head.load(Ordering::Relaxed) % n;
+    let tail = d.tail.load(Ordering::Relaxed) % n;
+    if head == tail {
+        return Err(Errno::ENOENT);
+    }
+    if map.map_type() == MapType::Queue {
+        map.region().read(slot(map, tail), value);
+        if remove {
+            d.tail.store((tail + 1) % n, Ordering::Relaxed);
+        }
+    } else {
+        let top = (head + n - 1) % n;
+        map.region().read(slot(map, top), value);
+        if remove {
+            d.head.store(top, Ordering::Relaxed);
+        }
+    }
+    if remove {
+        d.count.fetch_sub(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+pub(crate) fn pop(map: &Map, value: &mut [u8]) -> Result<(), Errno> {
+    take(map, value, true)
+}
+
+pub(crate) fn peek(map: &Map, value: &mut [u8]) -> Result<(), Errno> {
+    take(map, value, false)
+}

@@ -1,0 +1,102 @@
+//! STACK_TRACE: stack ids to arrays of instruction pointers, filled by `bpf_get_stackid`.
+//! Slot `id` holds the number of frames (0 = empty) and then the addresses.
+
+use crate::hash::hash_bytes;
+use crate::{Errno, Layout, Map, MapSpec};
+use bpftime_shm::{ShmError, ShmRegion};
+use std::sync::atomic::Ordering;
+
+/// `BPF_F_REUSE_STACKID`: overwrite a different stack that hashed to the same id.
+pub const BPF_F_REUSE_STACKID: u64 = 1 << 10;
+
+pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmError> {
+    let elem = 8 + spec.value_size as u64;
+    let len = elem * spec.max_entries as u64;
+    Ok(Layout { data: region.alloc(len)?, data_len: len, elem_size: elem, ..Layout::default() })
+}
+
+fn slot(map: &Map, id: u32) -> u64 {
+    map.layout().data + id as u64 * map.layout().elem_size
+}
+
+fn frames(map: &Map, id: u32) -> u64 {
+    map.region().atomic_u64(slot(map, id)).map(|a| a.load(Ordering::Acquire)).unwrap_or(0)
+}
+
+fn id_of(key: &[u8]) -> u32 {
+    u32::from_le_bytes(key[..4].try_into().expect("key_size 4"))
+}
+
+pub(crate) fn store(map: &Map, ips: &[u64], flags: u64) -> Result<u32, Errno> {
+    let max_depth = map.spec().value_size as usize / 8;
+    let ips = &ips[..ips.len().min(max_depth)];
+    if ips.is_empty() {
+        return Err(Errno::EFAULT);
+    }
+    let bytes: Vec<u8> = ips.iter().flat_map(|ip| ip.to_le_bytes()).collect();
+    let id = hash_bytes(&bytes, 0x57ac) % map.spec().max_entries;
+    let _g = map.write_lock();
+    let n = frames(map, id);
+    if n != 0 {
+        let mut old = vec![0u8; n as usize * 8];
+        map.region().read(slot(map, id) + 8, &mut old);
+        if old == bytes {
+            return Ok(id);
+        }
+        if flags & BPF_F_REUSE_STACKID == 0 {
+            return Err(Errno::EEXIST);
+        }
+    }
+    let mut value = bytes.clone();
+    value.resize(map.spec().value_size as usize, 0);
+    map.region().write(slot(map, id) + 8, &value);
+    map.region().atomic_u64(slot(map, id)).ok_or(Errno::EFAULT)?.store(ips.len() as u64, Ordering::Release);
+    Ok(id)
+}
+
+pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
+    let id = id_of(key);
+    if id >= map.spec().max_entries || frames(map, id) == 0 {
+        return Err(Errno::ENOENT);
+    }
+    map.region().read(slot(map, id) + 8, value);
+    Ok(())
+}
+
+pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
+    let id = id_of(key);
+    if id >= map.spec().max_entries || frames(map, id) == 0 {
+        return None;
+    }
+    map.region().ptr(slot(map, id) + 8, map.spec().value_size as u64)
+}
+
+pub(crate) fn delete(map: &Map, key: &[u8]) -> Result<(), Errno> {
+    let id = id_of(key);
+    if id >= map.spec().max_entries {
+        return Err(Errno::ENOENT);
+    }
+    let _g = map.write_lock();
+    let a = map.region().atomic_u64(slot(map, id)).ok_or(Errno::EFAULT)?;
+    if a.swap(0, Ordering::AcqRel) == 0 {
+        return Err(Errno::ENOENT);
+    }
+    Ok(())
+}
+
+pub(crate) fn next_key(map: &Map, key: Option<&[u8]>, next: &mut [u8]) -> Result<(), Errno> {
+    let max = map.spec().max_entries;
+    let mut id = match key.map(id_of) {
+        None => 0,
+        Some(i) if i >= max || frames(map, i) == 0 => 0,
+        Some(i) => i + 1,
+    };
+    while id < max && frames(map, id) == 0 {
+        id += 1;
+    }
+    if id >= max {
+        return Err(Errno::ENOENT);
+    }
+    next.copy_from_slice(&id.to_le_bytes());
+    Ok(())
+}
