@@ -72,6 +72,8 @@ pub struct JitProgram {
     module: Option<JITModule>,
     code_size: usize,
     entry_size: usize,
+    /// Every function's entry, by function index (for callbacks).
+    functions: Vec<EntryFn>,
 }
 
 // SAFETY: after `finalize_definitions` the module's code and data are immutable; the only
@@ -166,11 +168,17 @@ impl JitProgram {
             module.clear_context(&mut ctx);
         }
         module.finalize_definitions().map_err(|e| cg_err(0, 0)(&e))?;
-        let ptr = module.get_finalized_function(ids[0]);
-        // SAFETY: ids[0] was defined with `func_sig` (seven i64 parameters, one i64 result,
-        // the platform's C calling convention), which is exactly `EntryFn`.
-        let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) };
-        Ok(JitProgram { program, entry, module: Some(module), code_size, entry_size })
+        let functions: Vec<EntryFn> = ids
+            .iter()
+            .map(|&id| {
+                let ptr = module.get_finalized_function(id);
+                // SAFETY: every function was defined with `func_sig` (seven i64 parameters, one
+                // i64 result, the platform's C calling convention), which is exactly `EntryFn`.
+                unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) }
+            })
+            .collect();
+        let entry = functions[0];
+        Ok(JitProgram { program, entry, module: Some(module), code_size, entry_size, functions })
     }
 
     /// The verified program this was compiled from.
@@ -199,6 +207,14 @@ impl Engine for JitProgram {
 
     fn helper_functions(&self) -> &[Option<HelperFn>] {
         self.program.helpers().functions()
+    }
+
+    fn call_function(&self, state: &mut RunState, pc: usize, args: [u64; 5]) -> Option<u64> {
+        let f = self.program.function_starting_at(pc)?;
+        let fp = state.callback_frame_pointer(self.program.function_depth(f));
+        // SAFETY: as for `execute`: live code of a verified function, a valid state, and a
+        // frame pointer inside the run's stack with room for the function's call chain.
+        Some(unsafe { (self.functions[f])(state, fp, args[0], args[1], args[2], args[3], args[4]) })
     }
 }
 

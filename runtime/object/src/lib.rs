@@ -1,17 +1,30 @@
 //! # bpftime-object: eBPF ELF objects as clang builds them
 //!
-//! What it is: a pure parser (like aya-obj: bytes in, data out, no syscalls) that finds the
-//! programs of a `clang -target bpf` object and links each with the `.text` functions it calls,
-//! applying the bpf-to-bpf call relocations (`R_BPF_64_32`). References to data (`R_BPF_64_64`
-//! on `lddw`: maps, `.rodata`, `.data`, `.bss`) are reported as [`DataReloc`]s for the
-//! runtime to resolve.
+//! What it is: a pure parser (like aya-obj: bytes in, data out, no syscalls) for
+//! `clang -target bpf` objects. It finds
+//! - the programs: global functions in executable sections, with their section name
+//!   ([`ProgramKind`] reads the libbpf spellings), linked with the `.text` functions they call
+//!   (`R_BPF_64_32`) or take the address of (callbacks);
+//! - the maps: BTF-defined maps in `.maps` (type, sizes, flags, inner maps and static
+//!   `.values` read from BTF), legacy `maps` definitions, and global data (`.rodata*`,
+//!   `.data*`, `.bss*`) as single-entry arrays holding the section's bytes;
+//! - the data references of each program (`R_BPF_64_64` on `lddw`), resolved to a map index
+//!   and, for global data, an offset: [`DataReloc`];
+//! - the CO-RE relocations in `.BTF.ext`, applied against a target BTF by
+//!   [`Object::apply_core`].
 //!
-//! What it is not: it does not create maps, verify or run anything.
+//! What it is not: it creates no maps and loads nothing (`bpftime-runtime` does).
+
+pub mod btf;
+pub mod core;
 
 use bpftime_vm::insn::{call_src, parse_bytecode, RawInsn, INSN_SIZE};
+use btf::{Btf, Kind};
 use object::elf::{R_BPF_64_32, R_BPF_64_64};
-use object::{Object as _, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionIndex, SymbolKind};
+use object::{Object as _, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionIndex, SectionKind, SymbolKind};
 use std::collections::HashMap;
+
+pub use crate::core::{CoreError, CoreKind, CoreReloc};
 
 /// Why an object could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -24,36 +37,124 @@ pub enum ObjectError {
     Section { section: String, msg: String },
     #[error("program `{program}` insn {insn}: {msg}")]
     Reloc { program: String, insn: usize, msg: String },
+    #[error("map `{map}`: {msg}")]
+    Map { map: String, msg: String },
     #[error("no program named `{0}` (programs: {1})")]
     NoSuchProgram(String, String),
     #[error("the object has no programs")]
     NoPrograms,
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("program `{program}`: {source}")]
+    Core { program: String, source: CoreError },
 }
 
-/// A reference from an `lddw` to data the runtime must supply (a map or a global section).
+/// Where a map definition came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOrigin {
+    /// A BTF-defined map in `.maps`.
+    Btf,
+    /// A `struct bpf_map_def` in the legacy `maps` section.
+    Legacy,
+    /// A global data section; the map is one array element holding the section's bytes.
+    GlobalData,
+}
+
+/// A map the object defines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapDef {
+    /// Name: the variable name, or the section name for global data.
+    pub name: String,
+    /// Kernel map type number.
+    pub map_type: u32,
+    /// Key size.
+    pub key_size: u32,
+    /// Value size.
+    pub value_size: u32,
+    /// Capacity.
+    pub max_entries: u32,
+    /// `map_flags`.
+    pub flags: u32,
+    /// `map_extra`.
+    pub map_extra: u64,
+    /// For map-in-map: the inner map's definition.
+    pub inner: Option<Box<MapDef>>,
+    /// Global data: the initial bytes of the single value.
+    pub initial: Option<Vec<u8>>,
+    /// Static `.values = { [i] = &sym }` of prog arrays and map-in-maps: (index, symbol).
+    pub init_values: Vec<(u32, String)>,
+    /// Where the definition came from.
+    pub origin: MapOrigin,
+}
+
+/// A reference from an `lddw` to a map or global data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataReloc {
     /// Index of the `lddw` in the linked program.
     pub insn: usize,
-    /// Name of the symbol referred to (a map name, or a section name for section symbols).
-    pub symbol: String,
-    /// Section the symbol lives in (`.maps`, `maps`, `.rodata`, `.data`, `.bss`, ...).
-    pub section: String,
-    /// Byte offset of the symbol inside its section.
-    pub offset: u64,
+    /// Index in [`Object::maps`].
+    pub map: usize,
+    /// `None`: the map itself (`BPF_PSEUDO_MAP_FD`); `Some(off)`: the address of byte `off`
+    /// of the map's value (`BPF_PSEUDO_MAP_VALUE`, global data).
+    pub value_offset: Option<u64>,
 }
 
-/// A program: a global function in an executable section, linked with the `.text` code it calls.
+/// What a program's section says about where it attaches (libbpf's section spellings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// `uprobe/BINARY:FUNC[+OFF]` or `uretprobe/...` (`.s` sleepable variants too); `target`
+    /// is the part after the slash, possibly empty.
+    Uprobe { retprobe: bool, target: String },
+    /// `kprobe/FUNC` or `kretprobe/FUNC`.
+    Kprobe { retprobe: bool, function: String },
+    /// `tracepoint/CATEGORY/NAME` or `tp/CATEGORY/NAME`.
+    Tracepoint { category: String, name: String },
+    /// `raw_tracepoint/NAME` or `raw_tp/NAME`.
+    RawTracepoint { name: String },
+    /// `socket`: a socket filter.
+    SocketFilter,
+    /// Anything else (the section name).
+    Other(String),
+}
+
+impl ProgramKind {
+    /// Reads a section name.
+    pub fn from_section(section: &str) -> ProgramKind {
+        let (head, rest) = match section.split_once('/') {
+            Some((h, r)) => (h, r),
+            None => (section, ""),
+        };
+        match head {
+            "uprobe" | "uprobe.s" | "uprobe.multi" => ProgramKind::Uprobe { retprobe: false, target: rest.to_string() },
+            "uretprobe" | "uretprobe.s" | "uretprobe.multi" => ProgramKind::Uprobe { retprobe: true, target: rest.to_string() },
+            "kprobe" | "ksyscall" => ProgramKind::Kprobe { retprobe: false, function: rest.to_string() },
+            "kretprobe" | "kretsyscall" => ProgramKind::Kprobe { retprobe: true, function: rest.to_string() },
+            "tracepoint" | "tp" => {
+                let (c, n) = rest.split_once('/').unwrap_or((rest, ""));
+                ProgramKind::Tracepoint { category: c.to_string(), name: n.to_string() }
+            }
+            "raw_tracepoint" | "raw_tp" => ProgramKind::RawTracepoint { name: rest.to_string() },
+            "socket" => ProgramKind::SocketFilter,
+            _ => ProgramKind::Other(section.to_string()),
+        }
+    }
+}
+
+/// A program: a global function in an executable section, linked with the `.text` code it uses.
 #[derive(Clone, Debug)]
 pub struct ObjProgram {
     /// Function name.
     pub name: String,
-    /// Section name (`uprobe/...`, `socket`, ...): it gives the program type and attach point.
+    /// Section name.
     pub section: String,
-    /// The linked instructions: the function, then `.text` when it calls into it.
+    /// What the section says about attaching.
+    pub kind: ProgramKind,
+    /// The linked instructions: the function, then `.text` when it uses it.
     pub insns: Vec<RawInsn>,
-    /// Data references left for the runtime.
+    /// Map and global-data references.
     pub data_relocs: Vec<DataReloc>,
+    /// CO-RE relocations not yet applied.
+    pub core_relocs: Vec<CoreReloc>,
 }
 
 /// A parsed object.
@@ -61,8 +162,12 @@ pub struct ObjProgram {
 pub struct Object {
     /// Programs in section order.
     pub programs: Vec<ObjProgram>,
+    /// Maps: BTF and legacy definitions, then global data.
+    pub maps: Vec<MapDef>,
     /// The `license` section's text, if any.
     pub license: Option<String>,
+    /// The object's BTF, if it has a `.BTF` section.
+    pub btf: Option<Btf>,
 }
 
 impl Object {
@@ -74,21 +179,27 @@ impl Object {
     /// Parses an object.
     pub fn parse(bytes: &[u8]) -> Result<Object, ObjectError> {
         let file = object::File::parse(bytes).map_err(|e| ObjectError::Elf(e.to_string()))?;
-        if let object::File::Elf64(elf) = &file {
-            let machine = elf.elf_header().e_machine.get(elf.endian());
-            if machine != object::elf::EM_BPF {
-                return Err(ObjectError::NotBpf(machine.0));
+        match &file {
+            object::File::Elf64(elf) => {
+                let machine = elf.elf_header().e_machine.get(elf.endian());
+                if machine != object::elf::EM_BPF {
+                    return Err(ObjectError::NotBpf(machine.0));
+                }
             }
-        } else {
-            return Err(ObjectError::Elf("not a 64-bit little-endian ELF".into()));
+            _ => return Err(ObjectError::Elf("not a 64-bit little-endian ELF".into())),
         }
-        let mut parser = Parser::new(&file)?;
-        let mut obj = Object::default();
+        let btf = match file.section_by_name(".BTF") {
+            Some(s) => Some(Btf::parse(s.data().map_err(|e| ObjectError::Elf(e.to_string()))?)?),
+            None => None,
+        };
+        let mut parser = Parser::new(&file, btf.as_ref())?;
+        let maps = parser.maps()?;
+        let mut obj = Object { maps, btf: btf.clone(), ..Object::default() };
         if let Some(s) = file.section_by_name("license") {
             let data = s.data().map_err(|e| ObjectError::Elf(e.to_string()))?;
             obj.license = Some(String::from_utf8_lossy(data).trim_end_matches('\0').to_string());
         }
-        obj.programs = parser.programs()?;
+        obj.programs = parser.programs(&obj.maps)?;
         Ok(obj)
     }
 
@@ -108,6 +219,22 @@ impl Object {
             },
         }
     }
+
+    /// Whether any program has CO-RE relocations left.
+    pub fn needs_core(&self) -> bool {
+        self.programs.iter().any(|p| !p.core_relocs.is_empty())
+    }
+
+    /// Applies every CO-RE relocation against `target` (usually the kernel's BTF).
+    pub fn apply_core(&mut self, target: &Btf) -> Result<(), ObjectError> {
+        let Some(local) = &self.btf else { return Ok(()) };
+        for p in &mut self.programs {
+            for r in std::mem::take(&mut p.core_relocs) {
+                core::apply(&mut p.insns, &r, local, target).map_err(|e| ObjectError::Core { program: p.name.clone(), source: e })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An executable section's code and its relocations by instruction index.
@@ -115,6 +242,7 @@ struct CodeSection {
     name: String,
     insns: Vec<RawInsn>,
     relocs: HashMap<usize, Reloc>,
+    core: Vec<(usize, CoreReloc)>,
 }
 
 #[derive(Clone, Debug)]
@@ -124,10 +252,12 @@ struct Reloc {
     symbol_section: Option<SectionIndex>,
     symbol_section_name: String,
     symbol_value: u64,
+    symbol_is_section: bool,
 }
 
 struct Parser<'d, 'f> {
     file: &'f object::File<'d>,
+    btf: Option<&'f Btf>,
     sections: HashMap<SectionIndex, CodeSection>,
     text: Option<SectionIndex>,
 }
@@ -136,51 +266,203 @@ fn section_err(section: &str, msg: impl ToString) -> ObjectError {
     ObjectError::Section { section: section.to_string(), msg: msg.to_string() }
 }
 
+fn is_global_data(name: &str) -> bool {
+    [".rodata", ".data", ".bss"].iter().any(|p| name == *p || name.starts_with(&format!("{p}.")))
+}
+
+fn relocations_of<'d>(file: &object::File<'d>, s: &object::Section<'d, '_>) -> Result<Vec<(u64, Reloc)>, ObjectError> {
+    let name = s.name().unwrap_or("?").to_string();
+    let mut out = vec![];
+    for (off, r) in s.relocations() {
+        let RelocationFlags::Elf { r_type } = r.flags() else { continue };
+        let RelocationTarget::Symbol(si) = r.target() else {
+            return Err(section_err(&name, format!("relocation at {off:#x} has no symbol")));
+        };
+        let sym = file.symbol_by_index(si).map_err(|e| section_err(&name, e))?;
+        let symbol_section = sym.section_index();
+        let symbol_section_name = symbol_section
+            .and_then(|i| file.section_by_index(i).ok())
+            .and_then(|s| s.name().ok().map(str::to_string))
+            .unwrap_or_default();
+        let symbol = match sym.name() {
+            Ok(n) if !n.is_empty() => n.to_string(),
+            _ => symbol_section_name.clone(),
+        };
+        out.push((
+            off,
+            Reloc {
+                r_type: r_type.0,
+                symbol,
+                symbol_section,
+                symbol_section_name,
+                symbol_value: sym.address(),
+                symbol_is_section: sym.kind() == SymbolKind::Section,
+            },
+        ));
+    }
+    Ok(out)
+}
+
 impl<'d, 'f> Parser<'d, 'f> {
-    fn new(file: &'f object::File<'d>) -> Result<Self, ObjectError> {
+    fn new(file: &'f object::File<'d>, btf: Option<&'f Btf>) -> Result<Self, ObjectError> {
         let mut sections = HashMap::new();
         let mut text = None;
         for s in file.sections() {
-            if s.kind() != object::SectionKind::Text || s.size() == 0 {
+            if s.kind() != SectionKind::Text || s.size() == 0 {
                 continue;
             }
             let name = s.name().map_err(|e| ObjectError::Elf(e.to_string()))?.to_string();
             let data = s.data().map_err(|e| section_err(&name, e))?;
             let insns = parse_bytecode(data).map_err(|e| section_err(&name, e))?;
-            let mut relocs = HashMap::new();
-            for (off, r) in s.relocations() {
-                let r_type = match r.flags() {
-                    RelocationFlags::Elf { r_type } => r_type.0,
-                    _ => continue,
-                };
-                let RelocationTarget::Symbol(si) = r.target() else {
-                    return Err(section_err(&name, format!("relocation at {off:#x} has no symbol")));
-                };
-                let sym = file.symbol_by_index(si).map_err(|e| section_err(&name, e))?;
-                let symbol_section = sym.section_index();
-                let symbol_section_name = symbol_section
-                    .and_then(|i| file.section_by_index(i).ok())
-                    .and_then(|s| s.name().ok().map(str::to_string))
-                    .unwrap_or_default();
-                let symbol = match sym.name() {
-                    Ok(n) if !n.is_empty() => n.to_string(),
-                    _ => symbol_section_name.clone(),
-                };
-                relocs.insert(
-                    off as usize / INSN_SIZE,
-                    Reloc { r_type, symbol, symbol_section, symbol_section_name, symbol_value: sym.address() },
-                );
-            }
+            let relocs = relocations_of(file, &s)?.into_iter().map(|(off, r)| (off as usize / INSN_SIZE, r)).collect();
             if name == ".text" {
                 text = Some(s.index());
             }
-            sections.insert(s.index(), CodeSection { name, insns, relocs });
+            sections.insert(s.index(), CodeSection { name, insns, relocs, core: vec![] });
         }
-        Ok(Parser { file, sections, text })
+        let mut p = Parser { file, btf, sections, text };
+        p.read_core_relocs()?;
+        Ok(p)
+    }
+
+    /// Reads `.BTF.ext`'s CO-RE records into the code sections.
+    fn read_core_relocs(&mut self) -> Result<(), ObjectError> {
+        let (Some(ext), Some(btf_sec)) = (self.file.section_by_name(".BTF.ext"), self.file.section_by_name(".BTF")) else {
+            return Ok(());
+        };
+        let d = ext.data().map_err(|e| section_err(".BTF.ext", e))?;
+        let btf_raw = btf_sec.data().map_err(|e| section_err(".BTF", e))?;
+        let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")));
+        let hdr_len = u32_at(d, 4).ok_or_else(|| section_err(".BTF.ext", "truncated header"))? as usize;
+        if hdr_len < 32 {
+            return Ok(()); // no CO-RE part in this header version
+        }
+        let (Some(core_off), Some(core_len)) = (u32_at(d, 24), u32_at(d, 28)) else { return Ok(()) };
+        if core_len == 0 {
+            return Ok(());
+        }
+        let core = d.get(hdr_len + core_off as usize..hdr_len + (core_off + core_len) as usize).ok_or_else(|| section_err(".BTF.ext", "CO-RE records out of bounds"))?;
+        // BTF string table, for section names and access strings.
+        let str_base = u32_at(btf_raw, 4).unwrap_or(0) as usize + u32_at(btf_raw, 16).unwrap_or(0) as usize;
+        let str_len = u32_at(btf_raw, 20).unwrap_or(0) as usize;
+        let strings = btf_raw.get(str_base..str_base + str_len).unwrap_or(&[]);
+        let string = |off: u32| -> String {
+            let s = strings.get(off as usize..).unwrap_or(&[]);
+            let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+            String::from_utf8_lossy(&s[..end]).to_string()
+        };
+        let rec_size = u32_at(core, 0).ok_or_else(|| section_err(".BTF.ext", "truncated"))? as usize;
+        if rec_size < 16 {
+            return Err(section_err(".BTF.ext", "CO-RE record too small"));
+        }
+        let mut p = 4;
+        while p + 8 <= core.len() {
+            let sec_name = string(u32_at(core, p).expect("checked"));
+            let n = u32_at(core, p + 4).expect("checked") as usize;
+            p += 8;
+            for i in 0..n {
+                let r = p + i * rec_size;
+                let (Some(insn_off), Some(type_id), Some(access), Some(kind)) = (u32_at(core, r), u32_at(core, r + 4), u32_at(core, r + 8), u32_at(core, r + 12)) else {
+                    return Err(section_err(".BTF.ext", "truncated CO-RE record"));
+                };
+                if let Some(s) = self.sections.values_mut().find(|s| s.name == sec_name) {
+                    let idx = insn_off as usize / INSN_SIZE;
+                    s.core.push((idx, CoreReloc { insn: idx, kind: CoreKind::from_u32(kind), type_id, access: string(access) }));
+                }
+            }
+            p += n * rec_size;
+        }
+        Ok(())
+    }
+
+    /// Map definitions: `.maps` (BTF), `maps` (legacy), then global data sections.
+    fn maps(&mut self) -> Result<Vec<MapDef>, ObjectError> {
+        let mut maps = vec![];
+        if let Some(sec) = self.file.section_by_name(".maps") {
+            let btf = self.btf.ok_or_else(|| section_err(".maps", "BTF-defined maps need a .BTF section"))?;
+            let datasec = btf
+                .find(Kind::Datasec, ".maps")
+                .first()
+                .copied()
+                .ok_or_else(|| section_err(".maps", "no .maps DATASEC in BTF"))?;
+            let vars = btf.get(datasec)?.members.clone();
+            let relocs = relocations_of(self.file, &sec)?;
+            for v in vars {
+                let var = btf.get(v.type_id)?;
+                let mut def = btf_map_def(btf, var.size_or_type, &var.name)?;
+                // Static `.values = { [i] = &x }`: 8-byte pointers inside the variable.
+                let values_off = values_member_offset(btf, var.size_or_type)?;
+                for (off, r) in &relocs {
+                    if *off >= v.offset as u64 && *off < (v.offset + v.size) as u64 {
+                        let Some(vo) = values_off else { continue };
+                        let slot = (*off - v.offset as u64).checked_sub(vo).map(|b| b / 8);
+                        if let Some(slot) = slot {
+                            def.init_values.push((slot as u32, r.symbol.clone()));
+                        }
+                    }
+                }
+                maps.push(def);
+            }
+        }
+        if let Some(sec) = self.file.section_by_name("maps") {
+            let data = sec.data().map_err(|e| section_err("maps", e))?;
+            let mut syms: Vec<_> = self
+                .file
+                .symbols()
+                .filter(|s| s.section_index() == Some(sec.index()) && s.kind() != SymbolKind::Section && !s.name().unwrap_or("").is_empty())
+                .collect();
+            syms.sort_by_key(|s| s.address());
+            for s in syms {
+                let name = s.name().unwrap_or("?").to_string();
+                let off = s.address() as usize;
+                let field = |i: usize| {
+                    data.get(off + 4 * i..off + 4 * i + 4)
+                        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                        .ok_or_else(|| ObjectError::Map { map: name.clone(), msg: "legacy definition is truncated".into() })
+                };
+                maps.push(MapDef {
+                    name: name.clone(),
+                    map_type: field(0)?,
+                    key_size: field(1)?,
+                    value_size: field(2)?,
+                    max_entries: field(3)?,
+                    flags: field(4)?,
+                    map_extra: 0,
+                    inner: None,
+                    initial: None,
+                    init_values: vec![],
+                    origin: MapOrigin::Legacy,
+                });
+            }
+        }
+        for s in self.file.sections() {
+            let name = s.name().unwrap_or("").to_string();
+            if !is_global_data(&name) || s.size() == 0 {
+                continue;
+            }
+            let bytes = match s.kind() {
+                SectionKind::UninitializedData => vec![0; s.size() as usize],
+                _ => s.data().map_err(|e| section_err(&name, e))?.to_vec(),
+            };
+            maps.push(MapDef {
+                name: name.clone(),
+                map_type: 2, // BPF_MAP_TYPE_ARRAY
+                key_size: 4,
+                value_size: s.size() as u32,
+                max_entries: 1,
+                flags: if name.starts_with(".rodata") { 1 << 7 } else { 0 },
+                map_extra: 0,
+                inner: None,
+                initial: Some(bytes),
+                init_values: vec![],
+                origin: MapOrigin::GlobalData,
+            });
+        }
+        Ok(maps)
     }
 
     /// Every global function outside `.text` is a program.
-    fn programs(&mut self) -> Result<Vec<ObjProgram>, ObjectError> {
+    fn programs(&mut self, maps: &[MapDef]) -> Result<Vec<ObjProgram>, ObjectError> {
         let mut found: Vec<(SectionIndex, u64, u64, String)> = self
             .file
             .symbols()
@@ -191,75 +473,192 @@ impl<'d, 'f> Parser<'d, 'f> {
                     .then(|| (idx, s.address(), s.size(), s.name().unwrap_or_default().to_string()))
             })
             .collect();
-        // Old objects (or `-fno-` builds) may lack function symbols: a section is then one program.
+        // Objects without function symbols: a section is then one program.
         for (idx, sec) in &self.sections {
             if Some(*idx) != self.text && !found.iter().any(|f| f.0 == *idx) {
                 found.push((*idx, 0, (sec.insns.len() * INSN_SIZE) as u64, sec.name.clone()));
             }
         }
         found.sort_by_key(|f| (f.0 .0, f.1));
-        found.into_iter().map(|(idx, start, size, name)| self.link(idx, start, size, name)).collect()
+        found.into_iter().map(|(idx, start, size, name)| self.link(idx, start, size, name, maps)).collect()
     }
 
-    fn link(&self, idx: SectionIndex, start: u64, size: u64, name: String) -> Result<ObjProgram, ObjectError> {
+    fn link(&self, idx: SectionIndex, start: u64, size: u64, name: String, maps: &[MapDef]) -> Result<ObjProgram, ObjectError> {
         let sec = &self.sections[&idx];
         let first = start as usize / INSN_SIZE;
-        let count = if size == 0 { sec.insns.len() - first } else { size as usize / INSN_SIZE };
+        let count = if size == 0 { sec.insns.len().saturating_sub(first) } else { size as usize / INSN_SIZE };
         let end = first + count;
         if end > sec.insns.len() {
             return Err(section_err(&sec.name, format!("function `{name}` extends past the section")));
         }
         let mut insns = sec.insns[first..end].to_vec();
         let mut data_relocs = Vec::new();
+        let mut core_relocs = Vec::new();
         let text = self.text.map(|t| &self.sections[&t]);
-        let mut text_base = None;
-        // Relocate the program's own instructions, then (if it calls into .text) all of .text.
+        let mut text_base: Option<usize> = None;
+        // Relocate the program's own instructions, then (if it uses .text) all of .text.
         let mut pieces = vec![(sec, first, 0usize, count)];
         let mut k = 0;
         while k < pieces.len() {
             let (piece, from, base, len) = pieces[k];
+            for (i, r) in &piece.core {
+                if *i >= from && *i < from + len {
+                    core_relocs.push(CoreReloc { insn: base + i - from, ..r.clone() });
+                }
+            }
             for i in 0..len {
                 let Some(r) = piece.relocs.get(&(from + i)) else { continue };
                 let at = base + i;
                 let rerr = |msg: String| ObjectError::Reloc { program: name.clone(), insn: at, msg };
+                let mut text_index = |insns: &mut Vec<RawInsn>, pieces: &mut Vec<_>| {
+                    let text_sec = text.ok_or_else(|| rerr(format!("`{}` is in .text, which is missing", r.symbol)))?;
+                    Ok::<usize, ObjectError>(*text_base.get_or_insert_with(|| {
+                        let b = insns.len();
+                        insns.extend_from_slice(&text_sec.insns);
+                        pieces.push((text_sec, 0, b, text_sec.insns.len()));
+                        b
+                    }))
+                };
                 match r.r_type {
                     t if t == R_BPF_64_32.0 => {
                         let insn = insns[at];
                         if insn.opc != 0x85 || insn.src != call_src::LOCAL {
                             return Err(rerr(format!("R_BPF_64_32 on a non-call instruction {insn:?}")));
                         }
-                        if r.symbol_section != self.text || text.is_none() {
+                        if r.symbol_section != self.text {
                             return Err(rerr(format!("call to `{}` outside .text is not supported", r.symbol)));
                         }
-                        let text_sec = text.expect("checked above");
-                        let base_idx = *text_base.get_or_insert_with(|| {
-                            let b = insns.len();
-                            insns.extend_from_slice(&text_sec.insns);
-                            pieces.push((text_sec, 0, b, text_sec.insns.len()));
-                            b
-                        });
+                        let base_idx = text_index(&mut insns, &mut pieces)?;
+                        let text_len = text.expect("checked").insns.len() as i64;
                         let target = (r.symbol_value / INSN_SIZE as u64) as i64 + insn.imm as i64 + 1;
-                        if target < 0 || target as usize >= text_sec.insns.len() {
+                        if target < 0 || target >= text_len {
                             return Err(rerr(format!("call target {target} is outside .text")));
                         }
                         insns[at].imm = (base_idx as i64 + target - at as i64 - 1) as i32;
                     }
                     t if t == R_BPF_64_64.0 => {
-                        if insns[at].opc != 0x18 {
+                        if insns[at].opc != 0x18 || at + 1 >= insns.len() {
                             return Err(rerr("R_BPF_64_64 on a non-lddw instruction".into()));
                         }
-                        data_relocs.push(DataReloc {
-                            insn: at,
-                            symbol: r.symbol.clone(),
-                            section: r.symbol_section_name.clone(),
-                            offset: r.symbol_value,
-                        });
+                        if r.symbol_section.is_some() && r.symbol_section == self.text {
+                            // A callback's address: BPF_PSEUDO_FUNC.
+                            let base_idx = text_index(&mut insns, &mut pieces)?;
+                            let target = (r.symbol_value + insns[at].imm as u64) / INSN_SIZE as u64;
+                            insns[at].src = 4;
+                            insns[at].imm = (base_idx as i64 + target as i64 - at as i64 - 1) as i32;
+                            continue;
+                        }
+                        let sec_name = &r.symbol_section_name;
+                        if sec_name == ".maps" || sec_name == "maps" {
+                            let m = maps
+                                .iter()
+                                .position(|m| m.name == r.symbol && m.origin != MapOrigin::GlobalData)
+                                .ok_or_else(|| rerr(format!("no map definition for `{}`", r.symbol)))?;
+                            data_relocs.push(DataReloc { insn: at, map: m, value_offset: None });
+                        } else if is_global_data(sec_name) {
+                            let m = maps
+                                .iter()
+                                .position(|m| &m.name == sec_name && m.origin == MapOrigin::GlobalData)
+                                .ok_or_else(|| rerr(format!("no data for section `{sec_name}`")))?;
+                            // Section symbols carry the offset in the instruction; variables in
+                            // their value (plus any addend in the instruction).
+                            let base = if r.symbol_is_section { 0 } else { r.symbol_value };
+                            let off = base + insns[at].imm as u32 as u64;
+                            data_relocs.push(DataReloc { insn: at, map: m, value_offset: Some(off) });
+                        } else if r.symbol_section.is_none() {
+                            return Err(rerr(format!("`{}` is an extern symbol; externs (kconfig, ksyms) are not supported", r.symbol)));
+                        } else {
+                            return Err(rerr(format!("reference to `{}` in unsupported section `{sec_name}`", r.symbol)));
+                        }
                     }
                     other => return Err(rerr(format!("unsupported relocation type {other}"))),
                 }
             }
             k += 1;
         }
-        Ok(ObjProgram { name, section: sec.name.clone(), insns, data_relocs })
+        Ok(ObjProgram { kind: ProgramKind::from_section(&sec.name), name, section: sec.name.clone(), insns, data_relocs, core_relocs })
     }
+}
+
+/// The integer encoded by `__uint(name, N)`: a pointer to an array of N ints.
+fn uint_member(btf: &Btf, type_id: u32) -> Result<u32, ObjectError> {
+    let ptr = btf.get(btf.skip_mods(type_id)?)?;
+    let bad = || ObjectError::Map { map: "?".into(), msg: "`__uint` member is not a pointer to an array".into() };
+    if ptr.kind != Kind::Ptr {
+        return Err(bad());
+    }
+    let arr = btf.get(btf.skip_mods(ptr.size_or_type)?)?;
+    arr.array.map(|(_, n)| n).ok_or_else(bad)
+}
+
+/// Reads a BTF map definition (the struct type of a `.maps` variable).
+fn btf_map_def(btf: &Btf, struct_id: u32, name: &str) -> Result<MapDef, ObjectError> {
+    let merr = |msg: String| ObjectError::Map { map: name.to_string(), msg };
+    let st = btf.get(btf.skip_mods(struct_id)?)?;
+    if st.kind != Kind::Struct {
+        return Err(merr("definition is not a struct".into()));
+    }
+    let mut def = MapDef {
+        name: name.to_string(),
+        map_type: 0,
+        key_size: 0,
+        value_size: 0,
+        max_entries: 0,
+        flags: 0,
+        map_extra: 0,
+        inner: None,
+        initial: None,
+        init_values: vec![],
+        origin: MapOrigin::Btf,
+    };
+    for m in &st.members {
+        let with_name = |e: ObjectError| match e {
+            ObjectError::Map { msg, .. } => merr(format!("member `{}`: {msg}", m.name)),
+            e => e,
+        };
+        match m.name.as_str() {
+            "type" => def.map_type = uint_member(btf, m.type_id).map_err(with_name)?,
+            "max_entries" => def.max_entries = uint_member(btf, m.type_id).map_err(with_name)?,
+            "map_flags" => def.flags = uint_member(btf, m.type_id).map_err(with_name)?,
+            "key_size" => def.key_size = uint_member(btf, m.type_id).map_err(with_name)?,
+            "value_size" => def.value_size = uint_member(btf, m.type_id).map_err(with_name)?,
+            "map_extra" => def.map_extra = uint_member(btf, m.type_id).map_err(with_name)? as u64,
+            "numa_node" | "pinning" => {}
+            "key" | "value" => {
+                let ptr = btf.get(btf.skip_mods(m.type_id)?)?;
+                if ptr.kind != Kind::Ptr {
+                    return Err(merr(format!("`{}` must be declared with __type", m.name)));
+                }
+                let size = btf.size_of(ptr.size_or_type).map_err(|e| merr(format!("`{}`: {e}", m.name)))?;
+                if m.name == "key" {
+                    def.key_size = size;
+                } else {
+                    def.value_size = size;
+                }
+            }
+            "values" => {
+                // `__array(values, T)`: an array of pointers to T (an inner map definition, or a
+                // function prototype for prog arrays).
+                let arr = btf.get(btf.skip_mods(m.type_id)?)?;
+                let (elem, _) = arr.array.ok_or_else(|| merr("`values` must be declared with __array".into()))?;
+                let ptr = btf.get(btf.skip_mods(elem)?)?;
+                let target = btf.skip_mods(ptr.size_or_type)?;
+                if btf.get(target)?.kind == Kind::Struct {
+                    def.inner = Some(Box::new(btf_map_def(btf, target, &format!("{name}.inner"))?));
+                }
+                def.value_size = 4;
+            }
+            other => return Err(merr(format!("unknown map attribute `{other}`"))),
+        }
+    }
+    if def.map_type == 0 {
+        return Err(merr("no map type".into()));
+    }
+    Ok(def)
+}
+
+/// Byte offset of the `values` member in a BTF map definition, if it has one.
+fn values_member_offset(btf: &Btf, struct_id: u32) -> Result<Option<u64>, ObjectError> {
+    let st = btf.get(btf.skip_mods(struct_id)?)?;
+    Ok(st.members.iter().find(|m| m.name == "values").map(|m| m.offset as u64 / 8))
 }

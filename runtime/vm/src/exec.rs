@@ -23,6 +23,10 @@ pub const DEFAULT_LOOP_BUDGET: u64 = 1 << 26;
 /// [`RunState::fault`]; the engines check after every helper call.
 pub type HelperFn = extern "C" fn(u64, u64, u64, u64, u64, &mut RunState) -> u64;
 
+/// Calls a function of the running program for a helper (a callback such as bpf_loop's):
+/// `(engine, state, first slot of the function, r1..r5) -> r0`.
+pub type CallbackFn = fn(*const c_void, &mut RunState, usize, [u64; 5]) -> u64;
+
 /// A helper known to the verifier and callable from programs.
 #[derive(Clone, Copy, Debug)]
 pub struct Helper {
@@ -158,6 +162,8 @@ pub enum Fault {
     LoopBudget,
     /// A helper reported an error.
     Helper { id: u32, code: i64 },
+    /// A helper was given a callback that is not a function of the program.
+    BadCallback { pc: u64 },
 }
 
 impl fmt::Display for Fault {
@@ -172,6 +178,7 @@ impl fmt::Display for Fault {
             Fault::UnknownHelper { id } => write!(f, "callx to unknown helper {id}"),
             Fault::LoopBudget => write!(f, "loop budget exhausted (too many backward jumps)"),
             Fault::Helper { id, code } => write!(f, "helper {id} failed with code {code}"),
+            Fault::BadCallback { pc } => write!(f, "callback {pc} is not a function of the program"),
         }
     }
 }
@@ -207,6 +214,9 @@ pub struct RunState {
     nregions: usize,
     helpers: *const Option<HelperFn>,
     nhelpers: usize,
+    callback: Option<CallbackFn>,
+    callback_engine: *const c_void,
+    stack_base: u64,
     /// Opaque pointer for helpers: the runtime that registered them decides what it points to.
     pub host: *mut c_void,
     scratch: [u8; 8],
@@ -282,6 +292,9 @@ impl RunState {
             nregions: opts.regions.len(),
             helpers: helpers.as_ptr(),
             nhelpers: helpers.len(),
+            callback: None,
+            callback_engine: std::ptr::null(),
+            stack_base,
             host: opts.host,
             scratch: [0; 8],
         }
@@ -368,6 +381,21 @@ impl RunState {
         unsafe { *self.helpers.add(id as usize) }
     }
 
+    /// Calls the program's function starting at slot `pc` (a callback passed to a helper) with
+    /// r1-r5 = `args`. Returns None if this run cannot call back or `pc` starts no function.
+    /// The callback gets the frames at the bottom of the stack (the verifier keeps the program's
+    /// deepest call chain and its callbacks' chains within the stack together).
+    pub fn call_function(&mut self, pc: usize, args: [u64; 5]) -> Option<u64> {
+        let f = self.callback?;
+        let engine = self.callback_engine;
+        Some(f(engine, self, pc, args))
+    }
+
+    /// The frame pointer a callback of call-chain depth `depth` runs with.
+    pub fn callback_frame_pointer(&self, depth: usize) -> u64 {
+        self.stack_base + (FRAME_SIZE * depth.clamp(1, MAX_CALL_DEPTH)) as u64
+    }
+
     /// Ends the program at once with `r0 = value` (for helpers such as an unwind or a tail call).
     pub fn stop(&mut self, value: u64) {
         if self.status == STATUS_RUNNING {
@@ -424,6 +452,20 @@ pub trait Engine {
     fn reads_stack_from_rust(&self) -> bool {
         false
     }
+
+    /// Runs the function starting at slot `pc` with r1-r5 = `args` (a callback), or None if
+    /// `pc` starts no function.
+    fn call_function(&self, state: &mut RunState, pc: usize, args: [u64; 5]) -> Option<u64>;
+}
+
+fn callback_trampoline<E: Engine + ?Sized>(engine: *const c_void, state: &mut RunState, pc: usize, args: [u64; 5]) -> u64 {
+    // SAFETY: `run` stores a pointer to its `&E`, which lives until `run` returns, and only
+    // the run it set up calls back.
+    let engine: &E = unsafe { *(engine as *const &E) };
+    engine.call_function(state, pc, args).unwrap_or_else(|| {
+        state.helper_fault(Fault::BadCallback { pc: pc as u64 });
+        0
+    })
 }
 
 /// The memory of one run's stack frames.
@@ -449,6 +491,9 @@ pub fn run<E: Engine + ?Sized>(engine: &E, ctx: Context<'_>, opts: &RunOptions) 
     let base = stack.as_mut_ptr() as u64;
     let mut state = RunState::new(base, region, opts, engine.helper_functions());
     state.place_scratch();
+    let engine_ref: &E = engine;
+    state.callback = Some(callback_trampoline::<E>);
+    state.callback_engine = &engine_ref as *const &E as *const c_void;
     let r0 = engine.execute(region.start, region.len, base + STACK_SIZE as u64, &mut state);
     state.finish(r0)
 }

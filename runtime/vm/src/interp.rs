@@ -42,6 +42,12 @@ impl Engine for Interpreter {
     fn reads_stack_from_rust(&self) -> bool {
         true
     }
+
+    fn call_function(&self, state: &mut RunState, pc: usize, args: [u64; 5]) -> Option<u64> {
+        let f = self.program.function_starting_at(pc)?;
+        let fp = state.callback_frame_pointer(self.program.function_depth(f));
+        Some(interpret_at(&self.program, pc, args, fp, state))
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -129,14 +135,18 @@ unsafe fn atomic(addr: u64, size: MemSize, op: AtomicOp, v: u64, expected: u64) 
 
 /// Runs `program` from its entry; returns r0 (faults and stops are recorded in `state`).
 pub fn interpret(program: &Program, r1: u64, r2: u64, frame_pointer: u64, state: &mut RunState) -> u64 {
+    interpret_at(program, 0, [r1, r2, 0, 0, 0], frame_pointer, state)
+}
+
+/// Runs the function of `program` starting at slot `start` with r1-r5 = `args`.
+pub fn interpret_at(program: &Program, start: usize, args: [u64; 5], frame_pointer: u64, state: &mut RunState) -> u64 {
     let insns = program.insns();
     let mut regs = [0u64; 11];
-    regs[1] = r1;
-    regs[2] = r2;
+    regs[1..6].copy_from_slice(&args);
     regs[10] = frame_pointer;
     let mut frames = [Frame::default(); MAX_CALL_DEPTH];
     let mut depth = 0usize;
-    let mut pc = 0usize;
+    let mut pc = start;
 
     macro_rules! check {
         ($addr:expr, $size:expr, $write:expr) => {

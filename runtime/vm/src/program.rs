@@ -18,13 +18,25 @@ pub struct Function {
 pub struct Program {
     insns: Vec<Insn>,
     functions: Vec<Function>,
+    depths: Vec<usize>,
     static_access: Vec<bool>,
     helpers: Arc<HelperTable>,
 }
 
 impl Program {
-    pub(crate) fn new(insns: Vec<Insn>, functions: Vec<Function>, static_access: Vec<bool>, helpers: Arc<HelperTable>) -> Self {
-        Program { insns, functions, static_access, helpers }
+    pub(crate) fn new(
+        insns: Vec<Insn>,
+        functions: Vec<Function>,
+        depths: Vec<usize>,
+        static_access: Vec<bool>,
+        helpers: Arc<HelperTable>,
+    ) -> Self {
+        Program { insns, functions, depths, static_access, helpers }
+    }
+
+    /// Frames the deepest call chain starting at function `index` needs (1 for a leaf).
+    pub fn function_depth(&self, index: usize) -> usize {
+        self.depths[index]
     }
 
     /// The instructions, one per slot; `lddw` pseudo forms other than `func` are resolved to

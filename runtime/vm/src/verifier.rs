@@ -148,8 +148,8 @@ pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRes
             return Err(err(last, VerifyErrorKind::FallsOffEnd));
         }
     }
-    check_call_graph(&insns, &functions)?;
-    Ok(Program::new(insns, functions, static_access, helpers))
+    let depths = check_call_graph(&insns, &functions)?;
+    Ok(Program::new(insns, functions, depths, static_access, helpers))
 }
 
 fn check_insn(
@@ -197,8 +197,10 @@ fn check_insn(
     }
 }
 
-/// Rejects recursion and call chains deeper than [`MAX_CALL_DEPTH`] frames.
-fn check_call_graph(insns: &[Insn], functions: &[Function]) -> Result<(), VerifyError> {
+/// Rejects recursion and call chains deeper than [`MAX_CALL_DEPTH`] frames, counting a
+/// callback's chain (a function whose address is taken with `lddw`) on top of the deepest
+/// chain of the program. Returns each function's depth.
+fn check_call_graph(insns: &[Insn], functions: &[Function]) -> Result<Vec<usize>, VerifyError> {
     let index_of = |pc: usize| functions.binary_search_by(|f| f.start.cmp(&pc)).expect("call targets start functions");
     // callees[f] = (call site, callee)
     let callees: Vec<Vec<(usize, usize)>> = functions
@@ -247,5 +249,14 @@ fn check_call_graph(insns: &[Insn], functions: &[Function]) -> Result<(), Verify
             }
         }
     }
-    Ok(())
+    // Callbacks run on the frames below the deepest chain of the entry function.
+    for (pc, insn) in insns.iter().enumerate() {
+        if let Insn::Lddw { kind: LddwKind::Func, lo, .. } = *insn {
+            let f = index_of((pc as i64 + 1 + lo as i64) as usize);
+            if depth[0] + depth[f] > MAX_CALL_DEPTH {
+                return Err(err(pc, VerifyErrorKind::CallChainTooDeep { depth: depth[0] + depth[f] }));
+            }
+        }
+    }
+    Ok(depth)
 }
