@@ -390,12 +390,19 @@ impl<'d, 'f> Parser<'d, 'f> {
             for v in vars {
                 let var = btf.get(v.type_id)?;
                 let mut def = btf_map_def(btf, var.size_or_type, &var.name)?;
-                // Static `.values = { [i] = &x }`: 8-byte pointers inside the variable.
+                // Static `.values = { [i] = &x }`: 8-byte pointers inside the variable. clang
+                // leaves DATASEC offsets 0, so the variable's place comes from its ELF symbol.
                 let values_off = values_member_offset(btf, var.size_or_type)?;
+                let (var_off, var_size) = self
+                    .file
+                    .symbols()
+                    .find(|s| s.section_index() == Some(sec.index()) && s.name() == Ok(var.name.as_str()))
+                    .map(|s| (s.address(), s.size()))
+                    .unwrap_or((v.offset as u64, v.size as u64));
                 for (off, r) in &relocs {
-                    if *off >= v.offset as u64 && *off < (v.offset + v.size) as u64 {
+                    if *off >= var_off && *off < var_off + var_size {
                         let Some(vo) = values_off else { continue };
-                        let slot = (*off - v.offset as u64).checked_sub(vo).map(|b| b / 8);
+                        let slot = (*off - var_off).checked_sub(vo).map(|b| b / 8);
                         if let Some(slot) = slot {
                             def.init_values.push((slot as u32, r.symbol.clone()));
                         }

@@ -381,6 +381,11 @@ impl RunState {
         unsafe { *self.helpers.add(id as usize) }
     }
 
+    /// The context region of this run (r1 and r2 at entry).
+    pub fn context_region(&self) -> Region {
+        self.ctx
+    }
+
     /// Calls the program's function starting at slot `pc` (a callback passed to a helper) with
     /// r1-r5 = `args`. Returns None if this run cannot call back or `pc` starts no function.
     /// The callback gets the frames at the bottom of the stack (the verifier keeps the program's

@@ -1,0 +1,140 @@
+//! The printf subset of `bpf_trace_printk`, `bpf_trace_vprintk` and `bpf_snprintf`:
+//! `%d %i %u %x %X %o %c %s %p %%` with the `l`, `ll`, `h`, `hh`, `z` length modifiers,
+//! flags `-0+ #`, width and precision. `%s` arguments are addresses read without faulting.
+
+use crate::user_mem;
+
+/// Formats `fmt` with 64-bit `args`; missing arguments print as 0.
+pub fn format(fmt: &[u8], args: &[u64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut args = args.iter().copied();
+    let mut i = 0;
+    while i < fmt.len() {
+        let c = fmt[i];
+        if c != b'%' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        i += 1;
+        let mut flags = Vec::new();
+        while i < fmt.len() && b"-0+ #".contains(&fmt[i]) {
+            flags.push(fmt[i]);
+            i += 1;
+        }
+        let mut width = 0usize;
+        while i < fmt.len() && fmt[i].is_ascii_digit() {
+            width = width * 10 + (fmt[i] - b'0') as usize;
+            i += 1;
+        }
+        let mut precision = None;
+        if i < fmt.len() && fmt[i] == b'.' {
+            i += 1;
+            let mut p = 0;
+            while i < fmt.len() && fmt[i].is_ascii_digit() {
+                p = p * 10 + (fmt[i] - b'0') as usize;
+                i += 1;
+            }
+            precision = Some(p);
+        }
+        let mut bits = 32;
+        while i < fmt.len() && b"lhz".contains(&fmt[i]) {
+            bits = match fmt[i] {
+                b'l' | b'z' => 64,
+                b'h' if bits == 16 => 8,
+                _ => 16,
+            };
+            i += 1;
+        }
+        let Some(&conv) = fmt.get(i) else { break };
+        i += 1;
+        let body: Vec<u8> = match conv {
+            b'%' => {
+                out.push(b'%');
+                continue;
+            }
+            b'd' | b'i' => {
+                let v = args.next().unwrap_or(0);
+                let v = match bits {
+                    8 => v as i8 as i64,
+                    16 => v as i16 as i64,
+                    32 => v as i32 as i64,
+                    _ => v as i64,
+                };
+                let s = v.to_string();
+                if v >= 0 && flags.contains(&b'+') {
+                    format!("+{s}").into_bytes()
+                } else {
+                    s.into_bytes()
+                }
+            }
+            b'u' | b'x' | b'X' | b'o' => {
+                let v = args.next().unwrap_or(0);
+                let v = if bits == 64 { v } else { v & ((1u64 << bits) - 1) };
+                let s = match conv {
+                    b'u' => v.to_string(),
+                    b'x' => format!("{v:x}"),
+                    b'X' => format!("{v:X}"),
+                    _ => format!("{v:o}"),
+                };
+                let prefix = match (flags.contains(&b'#'), conv) {
+                    (true, b'x') => "0x",
+                    (true, b'X') => "0X",
+                    (true, b'o') => "0",
+                    _ => "",
+                };
+                format!("{prefix}{s}").into_bytes()
+            }
+            b'p' => format!("0x{:x}", args.next().unwrap_or(0)).into_bytes(),
+            b'c' => vec![args.next().unwrap_or(0) as u8],
+            b's' => {
+                let addr = args.next().unwrap_or(0);
+                let mut buf = [0u8; 256];
+                match user_mem::read_str(addr, &mut buf) {
+                    Some(n) => {
+                        let s = &buf[..n.saturating_sub(1)];
+                        s[..precision.unwrap_or(s.len()).min(s.len())].to_vec()
+                    }
+                    None => b"(efault)".to_vec(),
+                }
+            }
+            other => {
+                // Unknown conversion: print it as written.
+                out.push(b'%');
+                out.push(other);
+                continue;
+            }
+        };
+        let pad = width.saturating_sub(body.len());
+        if flags.contains(&b'-') {
+            out.extend_from_slice(&body);
+            out.extend(std::iter::repeat_n(b' ', pad));
+        } else if flags.contains(&b'0') && conv != b's' && conv != b'c' {
+            let (sign, digits) = if body.first().is_some_and(|c| *c == b'-' || *c == b'+') { body.split_at(1) } else { (&body[..0], &body[..]) };
+            out.extend_from_slice(sign);
+            out.extend(std::iter::repeat_n(b'0', pad));
+            out.extend_from_slice(digits);
+        } else {
+            out.extend(std::iter::repeat_n(b' ', pad));
+            out.extend_from_slice(&body);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format;
+
+    #[test]
+    fn conversions() {
+        let s = b"str\0";
+        let out = format(b"a=%d b=%u c=%x d=%lld e=%5d|%-4u|%03d %s %c %% %llx %#x", &[(-1i64) as u64, 7, 255, (-5i64) as u64, 42, 3, 7, s.as_ptr() as u64, b'Z' as u64, u64::MAX, 16]);
+        assert_eq!(String::from_utf8(out).unwrap(), "a=-1 b=7 c=ff d=-5 e=   42|3   |007 str Z % ffffffffffffffff 0x10");
+    }
+
+    #[test]
+    fn bad_string_pointer_does_not_fault() {
+        assert_eq!(format(b"%s!", &[8]), b"(efault)!");
+    }
+}

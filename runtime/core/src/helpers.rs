@@ -1,0 +1,506 @@
+//! Helpers with the kernel's ids (`enum bpf_func_id`) and semantics, callable from both
+//! engines. Pointers a program passes in are checked against the memory it may touch
+//! ([`RunState::slice`]); pointers into the traced process (`probe_read*`) are read without
+//! faulting. Errors are returned as `-errno`, as the kernel's helpers do.
+
+use crate::format::format;
+use crate::handles::map_of;
+use crate::runtime::HelperContext;
+use crate::user_mem;
+use bpftime_maps::{current_cpu, Errno, Map, MapType};
+use bpftime_vm::exec::{Fault, HelperTable, RunState};
+use std::cell::Cell;
+
+fn err(e: Errno) -> u64 {
+    e.as_helper_result()
+}
+
+fn host(state: &RunState) -> Option<&HelperContext<'_>> {
+    // SAFETY: `Runtime::run` sets `host` to a HelperContext that outlives the run, or leaves it
+    // null; nothing else sets it for runs that use these helpers.
+    unsafe { (state.host as *const HelperContext).as_ref() }
+}
+
+/// The map behind a map reference, or an error result.
+fn map(r: u64) -> Result<&'static Map, u64> {
+    map_of(r).ok_or(err(Errno::EINVAL))
+}
+
+macro_rules! try_h {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(code) => return code,
+        }
+    };
+}
+
+fn key<'s>(state: &'s RunState, m: &Map, addr: u64) -> Result<&'s [u8], u64> {
+    state.slice(addr, m.spec().key_size as u64).ok_or(err(Errno::EFAULT))
+}
+
+extern "C" fn map_lookup_elem(m: u64, k: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let Ok(m) = map(m) else { return 0 };
+    let Ok(key) = key(state, m, k) else { return 0 };
+    match m.lookup_ptr(key) {
+        Some(p) if matches!(m.map_type(), MapType::ArrayOfMaps | MapType::HashOfMaps) => {
+            // The value is an inner map's id: give the program that map's reference.
+            // SAFETY: lookup_ptr returned 4 readable bytes inside the region.
+            let id = unsafe { (p as *const u32).read_unaligned() };
+            crate::handles_for_id(m, id).unwrap_or(0)
+        }
+        Some(p) => p as u64,
+        None => 0,
+    }
+}
+
+extern "C" fn map_update_elem(m: u64, k: u64, v: u64, flags: u64, _: u64, state: &mut RunState) -> u64 {
+    let m = try_h!(map(m));
+    let key = try_h!(key(state, m, k));
+    let Some(value) = state.slice(v, m.spec().value_size as u64) else { return err(Errno::EFAULT) };
+    match m.update_from_prog(key, value, flags) {
+        Ok(()) => 0,
+        Err(e) => err(e),
+    }
+}
+
+extern "C" fn map_delete_elem(m: u64, k: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let m = try_h!(map(m));
+    let key = try_h!(key(state, m, k));
+    match m.delete(key) {
+        Ok(()) => 0,
+        Err(e) => err(e),
+    }
+}
+
+extern "C" fn map_push_elem(m: u64, v: u64, flags: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let m = try_h!(map(m));
+    let Some(value) = state.slice(v, m.spec().value_size as u64) else { return err(Errno::EFAULT) };
+    match m.push(value, flags) {
+        Ok(()) => 0,
+        Err(e) => err(e),
+    }
+}
+
+fn pop_or_peek(m: u64, v: u64, state: &mut RunState, pop: bool) -> u64 {
+    let m = try_h!(map(m));
+    let size = m.spec().value_size as u64;
+    let mut buf = vec![0u8; size as usize];
+    let r = if pop { m.pop(&mut buf) } else { m.peek(&mut buf) };
+    if let Err(e) = r {
+        return err(e);
+    }
+    match state.slice_mut(v, size) {
+        Some(dst) => {
+            dst.copy_from_slice(&buf);
+            0
+        }
+        None => err(Errno::EFAULT),
+    }
+}
+
+extern "C" fn map_pop_elem(m: u64, v: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    pop_or_peek(m, v, state, true)
+}
+
+extern "C" fn map_peek_elem(m: u64, v: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    pop_or_peek(m, v, state, false)
+}
+
+/// `probe_read`, `probe_read_user`, `probe_read_kernel`: user space has only user memory, so
+/// the kernel variant reads the same way (and fails on kernel addresses).
+extern "C" fn probe_read(dst: u64, size: u64, src: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let Some(d) = state.slice_mut(dst, size) else { return err(Errno::EFAULT) };
+    if user_mem::read(src, d) {
+        0
+    } else {
+        err(Errno::EFAULT)
+    }
+}
+
+extern "C" fn probe_read_str(dst: u64, size: u64, src: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let Some(d) = state.slice_mut(dst, size) else { return err(Errno::EFAULT) };
+    match user_mem::read_str(src, d) {
+        Some(n) => n as u64,
+        None => err(Errno::EFAULT),
+    }
+}
+
+extern "C" fn probe_write_user(dst: u64, src: u64, len: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let Some(s) = state.slice(src, len) else { return err(Errno::EFAULT) };
+    if user_mem::write(dst, s) {
+        0
+    } else {
+        err(Errno::EFAULT)
+    }
+}
+
+fn clock(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec (clock_gettime(2)).
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+extern "C" fn ktime_get_ns(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    clock(libc::CLOCK_MONOTONIC)
+}
+
+extern "C" fn ktime_get_boot_ns(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    clock(libc::CLOCK_BOOTTIME)
+}
+
+extern "C" fn ktime_get_coarse_ns(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    clock(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+/// The format string a program passed: up to its NUL, inside memory it may read.
+fn fmt_bytes(state: &RunState, addr: u64, size: u64) -> Option<Vec<u8>> {
+    let b = state.slice(addr, size)?;
+    Some(b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())].to_vec())
+}
+
+fn comm() -> String {
+    let mut buf = [0u8; 17];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes plus NUL into the buffer (prctl(2)).
+    unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr(), 0, 0, 0) };
+    let end = buf.iter().position(|&c| c == 0).unwrap_or(16);
+    String::from_utf8_lossy(&buf[..end]).to_string()
+}
+
+fn tid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+fn emit_trace(state: &RunState, msg: &[u8]) -> u64 {
+    let now = clock(libc::CLOCK_MONOTONIC);
+    let line = format!(
+        "{}-{} [{:03}] {}.{:06}: bpf_trace_printk: {}",
+        comm(),
+        tid(),
+        current_cpu(),
+        now / 1_000_000_000,
+        now % 1_000_000_000 / 1000,
+        String::from_utf8_lossy(msg).trim_end_matches('\n')
+    );
+    match host(state).and_then(|h| crate::trace::TracePipe::open(h.runtime.region()).ok()) {
+        Some(pipe) => pipe.write(line.as_bytes()),
+        None => eprintln!("{line}"),
+    }
+    msg.len() as u64
+}
+
+extern "C" fn trace_printk(fmt: u64, size: u64, a1: u64, a2: u64, a3: u64, state: &mut RunState) -> u64 {
+    let Some(f) = fmt_bytes(state, fmt, size) else { return err(Errno::EFAULT) };
+    let msg = format(&f, &[a1, a2, a3]);
+    emit_trace(state, &msg)
+}
+
+fn args_of(state: &RunState, data: u64, len: u64) -> Option<Vec<u64>> {
+    if len % 8 != 0 || len > 8 * 12 {
+        return None;
+    }
+    let b = state.slice(data, len)?;
+    Some(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+}
+
+extern "C" fn trace_vprintk(fmt: u64, size: u64, data: u64, len: u64, _: u64, state: &mut RunState) -> u64 {
+    let Some(f) = fmt_bytes(state, fmt, size) else { return err(Errno::EFAULT) };
+    let Some(args) = args_of(state, data, len) else { return err(Errno::EINVAL) };
+    let msg = format(&f, &args);
+    emit_trace(state, &msg)
+}
+
+extern "C" fn snprintf(out: u64, out_size: u64, fmt: u64, data: u64, len: u64, state: &mut RunState) -> u64 {
+    // The format is a NUL-terminated constant; find its end inside readable memory.
+    let mut f = Vec::new();
+    loop {
+        match state.slice(fmt + f.len() as u64, 1) {
+            Some([0]) => break,
+            Some([c]) if f.len() < 1024 => f.push(*c),
+            _ => return err(Errno::EINVAL),
+        }
+    }
+    let Some(args) = args_of(state, data, len) else { return err(Errno::EINVAL) };
+    let text = format(&f, &args);
+    if out_size > 0 {
+        let Some(dst) = state.slice_mut(out, out_size) else { return err(Errno::EFAULT) };
+        let n = text.len().min(dst.len() - 1);
+        dst[..n].copy_from_slice(&text[..n]);
+        dst[n] = 0;
+    }
+    text.len() as u64 + 1
+}
+
+extern "C" fn strncmp(s1: u64, s1_size: u64, s2: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let Some(a) = state.slice(s1, s1_size).map(<[u8]>::to_vec) else { return err(Errno::EFAULT) };
+    for (i, &x) in a.iter().enumerate() {
+        let Some(&[y]) = state.slice(s2 + i as u64, 1) else { return err(Errno::EFAULT) };
+        if x != y || x == 0 {
+            return (x as i64 - y as i64) as u64;
+        }
+    }
+    0
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(clock(libc::CLOCK_MONOTONIC) ^ (tid() as u64) << 32 | 1);
+}
+
+extern "C" fn get_prandom_u32(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r.set(x);
+        x as u32 as u64
+    })
+}
+
+extern "C" fn get_smp_processor_id(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    current_cpu() as u64
+}
+
+extern "C" fn get_current_pid_tgid(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    (std::process::id() as u64) << 32 | tid() as u64
+}
+
+extern "C" fn get_current_uid_gid(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    // SAFETY: getuid and getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    (gid as u64) << 32 | uid as u64
+}
+
+extern "C" fn get_current_comm(buf: u64, size: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let name = comm();
+    let Some(dst) = state.slice_mut(buf, size) else { return err(Errno::EFAULT) };
+    if dst.is_empty() {
+        return err(Errno::EINVAL);
+    }
+    dst.fill(0);
+    let n = name.len().min(dst.len() - 1);
+    dst[..n].copy_from_slice(&name.as_bytes()[..n]);
+    0
+}
+
+/// The most tail calls in one chain (the kernel's `MAX_TAIL_CALL_CNT`).
+pub const MAX_TAIL_CALLS: u32 = 33;
+
+extern "C" fn tail_call(_ctx: u64, prog_array: u64, index: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let Some(h) = host(state) else { return err(Errno::EINVAL) };
+    let Ok(m) = map(prog_array) else { return err(Errno::EINVAL) };
+    if m.map_type() != MapType::ProgArray || index > u32::MAX as u64 {
+        return err(Errno::EINVAL);
+    }
+    let Some(id) = m.id_at(index as u32) else { return err(Errno::ENOENT) };
+    if h.tail_calls.get() >= MAX_TAIL_CALLS {
+        return err(Errno::E2BIG);
+    }
+    let Ok(target) = h.runtime.program(id) else { return err(Errno::ENOENT) };
+    let nested = HelperContext { runtime: h.runtime, cookie: h.cookie, func_ip: h.func_ip, pt_regs: h.pt_regs, tail_calls: Cell::new(h.tail_calls.get() + 1) };
+    let ctx = state.context_region();
+    match h.runtime.run_region(&target, ctx, &nested) {
+        Ok(r0) => {
+            // A tail call does not return: the chain's last program gives the result.
+            state.stop(r0);
+            0
+        }
+        Err(e) => {
+            state.helper_fault(e.fault);
+            0
+        }
+    }
+}
+
+extern "C" fn perf_event_output(_ctx: u64, m: u64, flags: u64, data: u64, size: u64, state: &mut RunState) -> u64 {
+    let m = try_h!(map(m));
+    if m.map_type() != MapType::PerfEventArray {
+        return err(Errno::EINVAL);
+    }
+    let idx = flags & 0xffff_ffff;
+    let cpu = if idx == 0xffff_ffff { current_cpu() } else { idx as u32 };
+    let Some(bytes) = state.slice(data, size) else { return err(Errno::EFAULT) };
+    match m.perf_output(cpu, bytes) {
+        Ok(()) => 0,
+        Err(e) => err(e),
+    }
+}
+
+/// `struct pt_regs` offsets of rbp and rip (x86_64).
+const PT_REGS_BP: u64 = 32;
+const PT_REGS_IP: u64 = 128;
+
+/// Walks the frame-pointer chain of the traced code from the probe's `pt_regs`.
+fn user_stack(state: &RunState, max: usize) -> Option<Vec<u64>> {
+    if !host(state)?.pt_regs {
+        return None;
+    }
+    let ctx = state.context_region();
+    let regs = state.slice(ctx.start, 168)?;
+    let word = |o: u64| u64::from_le_bytes(regs[o as usize..o as usize + 8].try_into().expect("8 bytes"));
+    let mut ips = vec![word(PT_REGS_IP)];
+    let mut bp = word(PT_REGS_BP);
+    while ips.len() < max && bp != 0 && bp % 8 == 0 {
+        let mut frame = [0u8; 16];
+        if !user_mem::read(bp, &mut frame) {
+            break;
+        }
+        let next = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
+        let ret = u64::from_le_bytes(frame[8..].try_into().expect("8 bytes"));
+        if ret == 0 {
+            break;
+        }
+        ips.push(ret);
+        if next <= bp {
+            break;
+        }
+        bp = next;
+    }
+    Some(ips)
+}
+
+extern "C" fn get_stack(_ctx: u64, buf: u64, size: u64, flags: u64, _: u64, state: &mut RunState) -> u64 {
+    let skip = (flags & 0xff) as usize;
+    let Some(ips) = user_stack(state, (size / 8) as usize + skip) else { return err(Errno::EINVAL) };
+    let Some(dst) = state.slice_mut(buf, size) else { return err(Errno::EFAULT) };
+    let mut n = 0;
+    for (slot, ip) in dst.chunks_exact_mut(8).zip(ips.iter().skip(skip)) {
+        slot.copy_from_slice(&ip.to_le_bytes());
+        n += 8;
+    }
+    n as u64
+}
+
+extern "C" fn get_stackid(_ctx: u64, m: u64, flags: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let m = try_h!(map(m));
+    if m.map_type() != MapType::StackTrace {
+        return err(Errno::EINVAL);
+    }
+    let skip = (flags & 0xff) as usize;
+    let depth = m.spec().value_size as usize / 8;
+    let Some(ips) = user_stack(state, depth + skip) else { return err(Errno::EINVAL) };
+    let ips: Vec<u64> = ips.into_iter().skip(skip).collect();
+    match m.stack_store(&ips, flags) {
+        Ok(id) => id as u64,
+        Err(e) => err(e),
+    }
+}
+
+extern "C" fn ringbuf_output(m: u64, data: u64, size: u64, _flags: u64, _: u64, state: &mut RunState) -> u64 {
+    let m = try_h!(map(m));
+    if m.map_type() != MapType::Ringbuf {
+        return err(Errno::EINVAL);
+    }
+    let Some(bytes) = state.slice(data, size) else { return err(Errno::EFAULT) };
+    match m.ringbuf_output(bytes) {
+        Ok(()) => 0,
+        Err(e) => err(e),
+    }
+}
+
+extern "C" fn ringbuf_reserve(m: u64, size: u64, flags: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    let Ok(m) = map(m) else { return 0 };
+    if m.map_type() != MapType::Ringbuf || flags != 0 {
+        return 0;
+    }
+    m.ringbuf_reserve(size).map(|p| p as u64).unwrap_or(0)
+}
+
+fn ringbuf_commit(sample: u64, state: &mut RunState, discard: bool) -> u64 {
+    let committed = host(state).is_some_and(|h| bpftime_maps::ringbuf_commit(h.runtime.region(), sample, discard));
+    if !committed {
+        // Like the kernel's verifier would: a record that was never reserved is a bug.
+        state.helper_fault(Fault::Helper { id: if discard { 133 } else { 132 }, code: -(libc::EINVAL as i64) });
+    }
+    0
+}
+
+extern "C" fn ringbuf_submit(sample: u64, _: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    ringbuf_commit(sample, state, false)
+}
+
+extern "C" fn ringbuf_discard(sample: u64, _: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    ringbuf_commit(sample, state, true)
+}
+
+extern "C" fn ringbuf_query(m: u64, flags: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    match map_of(m) {
+        Some(m) if m.map_type() == MapType::Ringbuf => m.ringbuf_query(flags),
+        _ => 0,
+    }
+}
+
+extern "C" fn get_func_ip(_: u64, _: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    host(state).map(|h| h.func_ip).unwrap_or(0)
+}
+
+extern "C" fn get_attach_cookie(_: u64, _: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    host(state).map(|h| h.cookie).unwrap_or(0)
+}
+
+/// The most iterations `bpf_loop` allows (the kernel's `BPF_MAX_LOOPS`).
+pub const MAX_LOOPS: u64 = 1 << 23;
+
+extern "C" fn bpf_loop(n: u64, callback: u64, cb_ctx: u64, flags: u64, _: u64, state: &mut RunState) -> u64 {
+    if flags != 0 {
+        return err(Errno::EINVAL);
+    }
+    if n > MAX_LOOPS {
+        return err(Errno::E2BIG);
+    }
+    for i in 0..n {
+        let Some(r) = state.call_function(callback as usize, [i, cb_ctx, 0, 0, 0]) else { return err(Errno::EINVAL) };
+        if state.status != bpftime_vm::exec::STATUS_RUNNING {
+            return 0;
+        }
+        if r == 1 {
+            return i + 1;
+        }
+    }
+    n
+}
+
+/// Every helper, by kernel id.
+pub fn kernel_helpers() -> HelperTable {
+    let mut t = HelperTable::new();
+    t.register(1, "bpf_map_lookup_elem", map_lookup_elem)
+        .register(2, "bpf_map_update_elem", map_update_elem)
+        .register(3, "bpf_map_delete_elem", map_delete_elem)
+        .register(4, "bpf_probe_read", probe_read)
+        .register(5, "bpf_ktime_get_ns", ktime_get_ns)
+        .register(6, "bpf_trace_printk", trace_printk)
+        .register(7, "bpf_get_prandom_u32", get_prandom_u32)
+        .register(8, "bpf_get_smp_processor_id", get_smp_processor_id)
+        .register(12, "bpf_tail_call", tail_call)
+        .register(14, "bpf_get_current_pid_tgid", get_current_pid_tgid)
+        .register(15, "bpf_get_current_uid_gid", get_current_uid_gid)
+        .register(16, "bpf_get_current_comm", get_current_comm)
+        .register(25, "bpf_perf_event_output", perf_event_output)
+        .register(27, "bpf_get_stackid", get_stackid)
+        .register(36, "bpf_probe_write_user", probe_write_user)
+        .register(45, "bpf_probe_read_str", probe_read_str)
+        .register(67, "bpf_get_stack", get_stack)
+        .register(87, "bpf_map_push_elem", map_push_elem)
+        .register(88, "bpf_map_pop_elem", map_pop_elem)
+        .register(89, "bpf_map_peek_elem", map_peek_elem)
+        .register(112, "bpf_probe_read_user", probe_read)
+        .register(113, "bpf_probe_read_kernel", probe_read)
+        .register(114, "bpf_probe_read_user_str", probe_read_str)
+        .register(115, "bpf_probe_read_kernel_str", probe_read_str)
+        .register(125, "bpf_ktime_get_boot_ns", ktime_get_boot_ns)
+        .register(130, "bpf_ringbuf_output", ringbuf_output)
+        .register(131, "bpf_ringbuf_reserve", ringbuf_reserve)
+        .register(132, "bpf_ringbuf_submit", ringbuf_submit)
+        .register(133, "bpf_ringbuf_discard", ringbuf_discard)
+        .register(134, "bpf_ringbuf_query", ringbuf_query)
+        .register(160, "bpf_ktime_get_coarse_ns", ktime_get_coarse_ns)
+        .register(165, "bpf_snprintf", snprintf)
+        .register(173, "bpf_get_func_ip", get_func_ip)
+        .register(174, "bpf_get_attach_cookie", get_attach_cookie)
+        .register(177, "bpf_trace_vprintk", trace_vprintk)
+        .register(181, "bpf_loop", bpf_loop)
+        .register(182, "bpf_strncmp", strncmp);
+    t
+}

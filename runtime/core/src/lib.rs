@@ -1,0 +1,33 @@
+//! # bpftime-runtime: programs, maps and helpers together
+//!
+//! What it is: the layer that makes clang-built objects run. [`Runtime::load_object`] creates
+//! an object's maps in the shared region (filling global data), applies CO-RE relocations,
+//! verifies the programs and stores them in the region; [`Runtime::program`] turns a stored
+//! program into a JIT-compiled (or interpreted) one in this process, resolving its map
+//! references; [`Runtime::run`] runs it with the kernel helpers ([`helpers`]) available.
+//! [`trace::TracePipe`] is where `bpf_trace_printk` output goes.
+//!
+//! What it is not: it attaches nothing (the `attach` layer does) and makes no bpf() calls.
+
+mod format;
+mod handles;
+pub mod helper_names;
+pub mod helpers;
+pub mod progs;
+mod runtime;
+pub mod trace;
+mod user_mem;
+
+pub use handles::{map_of, map_ref, MAP_REF_TAG};
+pub use runtime::{EngineKind, HelperContext, LoadError, LoadedObject, LoadedProgram, Runtime};
+
+use bpftime_maps::Map;
+
+/// The reference of map `id` of the region `outer` lives in (for map-in-map lookups).
+pub(crate) fn handles_for_id(outer: &Map, id: u32) -> Option<u64> {
+    if id == 0 {
+        return None;
+    }
+    let inner = Map::open(outer.region(), id).ok()?;
+    map_ref(&inner)
+}

@@ -1,0 +1,319 @@
+//! The per-process runtime: loads objects into the shared region (maps, global data, programs)
+//! and turns stored programs into runnable engines, with the kernel helpers and map
+//! references resolved for this process.
+
+use crate::handles::map_ref;
+use crate::helper_names::kernel_helper_name;
+use crate::helpers::kernel_helpers;
+use crate::progs::{self, StoredProgram};
+use bpftime_jit::JitProgram;
+use bpftime_maps::{Map, MapError, MapSpec, MapType};
+use bpftime_object::btf::Btf;
+use bpftime_object::{MapDef, Object, ObjectError, ProgramKind};
+use bpftime_shm::{ShmError, ShmRegion};
+use bpftime_vm::exec::{run, Context, Engine, HelperTable, Region, RunError, RunOptions, DEFAULT_LOOP_BUDGET};
+use bpftime_vm::insn::LddwKind;
+use bpftime_vm::{verify, Interpreter, LddwResolver, Program, VerifyError, VerifyErrorKind};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Which engine runs programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Cranelift JIT.
+    Jit,
+    /// Reference interpreter.
+    Interp,
+}
+
+/// Why loading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    #[error("map `{name}`: {source}")]
+    Map { name: String, source: MapError },
+    #[error("map `{name}`: unknown map type {map_type}")]
+    MapType { name: String, map_type: u32 },
+    #[error("program `{program}`: {error}")]
+    Verify { program: String, error: VerifyError },
+    #[error("program `{program}`: {message}")]
+    Program { program: String, message: String },
+    #[error("program `{program}`: JIT: {error}")]
+    Jit { program: String, error: bpftime_jit::JitError },
+    #[error("no program with id {0}")]
+    NoSuchProgram(u32),
+    #[error("the object needs CO-RE relocations, but the kernel BTF (/sys/kernel/btf/vmlinux) cannot be read: {0}")]
+    NoKernelBtf(String),
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+}
+
+/// What [`Runtime::load_object`] put into the region.
+#[derive(Debug, Clone)]
+pub struct LoadedObject {
+    /// Maps, in the object's order.
+    pub maps: Vec<Map>,
+    /// Programs: (function name, section, object id).
+    pub programs: Vec<(String, String, u32)>,
+}
+
+/// A program ready to run in this process.
+pub struct LoadedProgram {
+    /// Object id in the region.
+    pub id: u32,
+    /// Function name.
+    pub name: String,
+    /// Section name.
+    pub section: String,
+    /// Attach information from the section name.
+    pub kind: ProgramKind,
+    /// The verified program.
+    pub program: Arc<Program>,
+    engine: Box<dyn Engine + Send + Sync>,
+}
+
+impl std::fmt::Debug for LoadedProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedProgram").field("id", &self.id).field("name", &self.name).field("section", &self.section).finish()
+    }
+}
+
+impl LoadedProgram {
+    /// The engine that runs it.
+    pub fn engine(&self) -> &(dyn Engine + Send + Sync) {
+        self.engine.as_ref()
+    }
+}
+
+/// What helpers know about the current run (`RunState::host` points at it).
+pub struct HelperContext<'a> {
+    /// The runtime (maps, programs for tail calls, the trace pipe).
+    pub runtime: &'a Runtime,
+    /// `bpf_get_attach_cookie`.
+    pub cookie: u64,
+    /// `bpf_get_func_ip`.
+    pub func_ip: u64,
+    /// Whether the context is a `struct pt_regs` (uprobes): stack helpers need it.
+    pub pt_regs: bool,
+    /// Tail calls taken so far in this chain.
+    pub tail_calls: Cell<u32>,
+}
+
+/// The per-process runtime over one region.
+pub struct Runtime {
+    region: Arc<ShmRegion>,
+    helpers: Arc<HelperTable>,
+    engine: EngineKind,
+    regions: [Region; 1],
+    programs: Mutex<HashMap<u32, Arc<LoadedProgram>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("region", &self.region).field("engine", &self.engine).finish()
+    }
+}
+
+/// Resolves `lddw` map references (by object id) to this process's map references and value
+/// addresses.
+struct IdResolver<'a> {
+    region: &'a Arc<ShmRegion>,
+}
+
+impl LddwResolver for IdResolver<'_> {
+    fn resolve(&self, kind: LddwKind, lo: i32, hi: i32) -> Result<u64, String> {
+        let id = lo as u32;
+        let map = Map::open(self.region, id).map_err(|e| e.to_string())?;
+        match kind {
+            LddwKind::MapFd => map_ref(&map).ok_or_else(|| "too many maps open in this process".into()),
+            LddwKind::MapValue => {
+                let off = hi as u32 as u64;
+                if map.map_type() != MapType::Array || off >= map.spec().value_size as u64 {
+                    return Err(format!("map `{}` has no value byte {off}", map.name()));
+                }
+                let p = map.lookup_ptr(&0u32.to_le_bytes()).ok_or("empty array")?;
+                Ok(p as u64 + off)
+            }
+            other => Err(format!("{other:?} references are not supported")),
+        }
+    }
+}
+
+fn map_spec(def: &MapDef, inner_id: u32) -> Result<MapSpec, LoadError> {
+    let map_type = MapType::from_u32(def.map_type).ok_or_else(|| LoadError::MapType { name: def.name.clone(), map_type: def.map_type })?;
+    Ok(MapSpec {
+        map_type,
+        key_size: def.key_size,
+        value_size: def.value_size,
+        max_entries: def.max_entries,
+        flags: def.flags,
+        map_extra: def.map_extra,
+        inner_map_id: inner_id,
+    })
+}
+
+impl Runtime {
+    /// A runtime over `region` using `engine`.
+    pub fn new(region: Arc<ShmRegion>, engine: EngineKind) -> Runtime {
+        let regions = [Region { start: region.base() as u64, len: region.size(), writable: true }];
+        Runtime { region, helpers: Arc::new(kernel_helpers()), engine, regions, programs: Mutex::new(HashMap::new()) }
+    }
+
+    /// The region.
+    pub fn region(&self) -> &Arc<ShmRegion> {
+        &self.region
+    }
+
+    /// The helper table programs are verified against.
+    pub fn helpers(&self) -> &Arc<HelperTable> {
+        &self.helpers
+    }
+
+    /// Creates the object's maps (with global data filled in) and stores its programs in the
+    /// region, with CO-RE relocations applied against the kernel's BTF when there are any.
+    /// Every program is verified before anything is stored, so a bad program loses nothing.
+    pub fn load_object(&self, obj: &Object) -> Result<LoadedObject, LoadError> {
+        let mut obj = obj.clone();
+        if obj.needs_core() {
+            let raw = std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| LoadError::NoKernelBtf(e.to_string()))?;
+            let btf = Btf::parse(&raw).map_err(|e| LoadError::NoKernelBtf(e.to_string()))?;
+            obj.apply_core(&btf)?;
+        }
+        // Verify against placeholder map references first: nothing is created for a program
+        // the verifier rejects.
+        for p in &obj.programs {
+            let mut insns = p.insns.clone();
+            for r in &p.data_relocs {
+                insns[r.insn].src = 0;
+                insns[r.insn].imm = 0;
+                insns[r.insn + 1].imm = 0;
+            }
+            verify(&insns, self.helpers.clone(), &bpftime_vm::NoMaps).map_err(|e| self.verify_error(&p.name, e))?;
+        }
+        let mut maps = Vec::with_capacity(obj.maps.len());
+        for def in &obj.maps {
+            maps.push(self.create_map(def)?);
+        }
+        let mut programs = Vec::with_capacity(obj.programs.len());
+        for p in &obj.programs {
+            let mut insns = p.insns.clone();
+            for r in &p.data_relocs {
+                let id = maps[r.map].id() as i32;
+                match r.value_offset {
+                    None => {
+                        insns[r.insn].src = LddwKind::MapFd.src();
+                        insns[r.insn].imm = id;
+                        insns[r.insn + 1].imm = 0;
+                    }
+                    Some(off) => {
+                        insns[r.insn].src = LddwKind::MapValue.src();
+                        insns[r.insn].imm = id;
+                        insns[r.insn + 1].imm = off as i32;
+                    }
+                }
+            }
+            let license = obj.license.clone().unwrap_or_default();
+            let id = progs::store(&self.region, &p.name, &p.section, &license, &insns)?;
+            programs.push((p.name.clone(), p.section.clone(), id));
+        }
+        // Static initial values of prog arrays and map-in-maps.
+        for (def, map) in obj.maps.iter().zip(&maps) {
+            for (slot, sym) in &def.init_values {
+                let target = programs
+                    .iter()
+                    .find(|p| &p.0 == sym)
+                    .map(|p| p.2)
+                    .or_else(|| obj.maps.iter().position(|m| &m.name == sym).map(|i| maps[i].id()))
+                    .ok_or_else(|| LoadError::Map { name: def.name.clone(), source: MapError::Invalid(format!("initial value `{sym}` names nothing")) })?;
+                map.update(&slot.to_le_bytes(), &target.to_le_bytes(), 0)
+                    .map_err(|e| LoadError::Map { name: def.name.clone(), source: MapError::Invalid(format!("initial value `{sym}`: {e}")) })?;
+            }
+        }
+        Ok(LoadedObject { maps, programs })
+    }
+
+    fn create_map(&self, def: &MapDef) -> Result<Map, LoadError> {
+        let inner_id = match &def.inner {
+            Some(inner) => self.create_map(inner)?.id(),
+            None => 0,
+        };
+        let spec = map_spec(def, inner_id)?;
+        let map = Map::create(&self.region, &def.name, &spec).map_err(|e| LoadError::Map { name: def.name.clone(), source: e })?;
+        if let Some(bytes) = &def.initial {
+            map.update(&0u32.to_le_bytes(), bytes, 0)
+                .map_err(|e| LoadError::Map { name: def.name.clone(), source: MapError::Invalid(format!("initial data: {e}")) })?;
+        }
+        Ok(map)
+    }
+
+    fn verify_error(&self, program: &str, error: VerifyError) -> LoadError {
+        if let VerifyErrorKind::UnknownHelper(id) = error.kind {
+            let name = kernel_helper_name(id).map(|n| format!("bpf_{n}")).unwrap_or_else(|| "not a kernel helper".into());
+            return LoadError::Program {
+                program: program.to_string(),
+                message: format!("insn {}: helper {id} ({name}) is not supported by bpftime", error.insn),
+            };
+        }
+        LoadError::Verify { program: program.to_string(), error }
+    }
+
+    /// Verifies a stored program with this process's map references and compiles it (once).
+    pub fn program(&self, id: u32) -> Result<Arc<LoadedProgram>, LoadError> {
+        if let Some(p) = self.programs.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            return Ok(p.clone());
+        }
+        let stored = progs::load(&self.region, id).ok_or(LoadError::NoSuchProgram(id))?;
+        let loaded = Arc::new(self.prepare(stored)?);
+        self.programs.lock().unwrap_or_else(|e| e.into_inner()).insert(id, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Every program stored in the region.
+    pub fn stored_programs(&self) -> Vec<StoredProgram> {
+        progs::list(&self.region)
+    }
+
+    fn prepare(&self, stored: StoredProgram) -> Result<LoadedProgram, LoadError> {
+        let resolver = IdResolver { region: &self.region };
+        let program = Arc::new(verify(&stored.insns, self.helpers.clone(), &resolver).map_err(|e| self.verify_error(&stored.name, e))?);
+        let engine: Box<dyn Engine + Send + Sync> = match self.engine {
+            EngineKind::Jit => Box::new(JitProgram::compile(program.clone()).map_err(|error| LoadError::Jit { program: stored.name.clone(), error })?),
+            EngineKind::Interp => Box::new(Interpreter::new(program.clone())),
+        };
+        Ok(LoadedProgram {
+            id: stored.id,
+            kind: ProgramKind::from_section(&stored.section),
+            name: stored.name,
+            section: stored.section,
+            program,
+            engine,
+        })
+    }
+
+    /// Runs a program on `ctx` with the given helper context values.
+    pub fn run(&self, prog: &LoadedProgram, ctx: Context<'_>, cookie: u64, func_ip: u64, pt_regs: bool) -> Result<u64, RunError> {
+        let host = HelperContext { runtime: self, cookie, func_ip, pt_regs, tail_calls: Cell::new(0) };
+        let opts = RunOptions { regions: &self.regions, budget: DEFAULT_LOOP_BUDGET, host: &host as *const HelperContext as *mut _ };
+        run(prog.engine(), ctx, &opts)
+    }
+
+    /// Runs a program on a context given as a region (for tail calls).
+    pub(crate) fn run_region(&self, prog: &LoadedProgram, ctx: Region, host: &HelperContext) -> Result<u64, RunError> {
+        let opts = RunOptions { regions: &self.regions, budget: DEFAULT_LOOP_BUDGET, host: host as *const HelperContext as *mut _ };
+        let ctx = if ctx.len == 0 {
+            Context::None
+        } else {
+            // SAFETY: the region is the context of the run that made the tail call, still live
+            // while that run waits for this nested one.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(ctx.start as *mut u8, ctx.len as usize) };
+            if ctx.writable {
+                Context::Mem(bytes)
+            } else {
+                Context::ReadOnly(bytes)
+            }
+        };
+        run(prog.engine(), ctx, &opts)
+    }
+}

@@ -1,0 +1,97 @@
+//! The trace pipe: where `bpf_trace_printk` lines go, in the shared region, so that
+//! `bpftime trace` in another process can follow them.
+//!
+//! A byte ring of records `{ pos: u64, len: u32, pad: u32, bytes }` (8-aligned). `pos` is the
+//! record's absolute position, so a reader that fell behind by more than the ring's size notices
+//! (the record at its position has another `pos`) and skips to the newest data. A record that
+//! would not fit before the end is preceded by a skip marker (`len == u32::MAX`).
+
+use bpftime_shm::{ShmError, ShmRegion};
+use std::sync::atomic::Ordering;
+
+/// Ring size in bytes.
+pub const TRACE_RING_SIZE: u64 = 256 << 10;
+const HDR: u64 = 64;
+const SKIP: u32 = u32::MAX;
+
+/// A handle on the region's trace pipe.
+pub struct TracePipe<'a> {
+    region: &'a ShmRegion,
+    base: u64,
+}
+
+impl<'a> TracePipe<'a> {
+    /// The region's trace pipe, created on first use.
+    pub fn open(region: &'a ShmRegion) -> Result<Self, ShmError> {
+        let base = region.trace_ring(HDR + TRACE_RING_SIZE)?;
+        Ok(TracePipe { region, base })
+    }
+
+    /// The region's trace pipe if one was created.
+    pub fn existing(region: &'a ShmRegion) -> Option<Self> {
+        region.existing_trace_ring().map(|base| TracePipe { region, base })
+    }
+
+    fn head(&self) -> &std::sync::atomic::AtomicU64 {
+        self.region.atomic_u64(self.base + 8).expect("trace header inside the region")
+    }
+
+    /// Position after the newest record.
+    pub fn position(&self) -> u64 {
+        self.head().load(Ordering::Acquire)
+    }
+
+    /// Appends a line.
+    pub fn write(&self, line: &[u8]) {
+        let line = &line[..line.len().min(1024)];
+        let Some(lock) = self.region.lock_at(self.base) else { return };
+        let _g = lock.lock();
+        let head = self.head();
+        let mut pos = head.load(Ordering::Relaxed);
+        let len = (16 + line.len() as u64).div_ceil(8) * 8;
+        let at = pos % TRACE_RING_SIZE;
+        if at + len > TRACE_RING_SIZE {
+            self.put_header(pos, SKIP);
+            pos += TRACE_RING_SIZE - at;
+        }
+        let at = pos % TRACE_RING_SIZE;
+        self.region.write(self.base + HDR + at + 16, line);
+        self.put_header(pos, line.len() as u32);
+        head.store(pos + len, Ordering::Release);
+    }
+
+    fn put_header(&self, pos: u64, len: u32) {
+        let at = self.base + HDR + pos % TRACE_RING_SIZE;
+        self.region.write(at, &pos.to_le_bytes());
+        self.region.write(at + 8, &len.to_le_bytes());
+    }
+
+    /// Lines from position `from` on, and the position after them.
+    pub fn read_from(&self, mut from: u64) -> (Vec<String>, u64) {
+        let head = self.position();
+        if head.saturating_sub(from) > TRACE_RING_SIZE || from > head {
+            from = head; // fell behind (or a stale position): skip to live data
+        }
+        let mut lines = vec![];
+        while from < head {
+            let at = self.base + HDR + from % TRACE_RING_SIZE;
+            let (mut p, mut l) = ([0u8; 8], [0u8; 4]);
+            self.region.read(at, &mut p);
+            self.region.read(at + 8, &mut l);
+            if u64::from_le_bytes(p) != from {
+                from = self.position();
+                break;
+            }
+            let len = u32::from_le_bytes(l);
+            if len == SKIP {
+                from += TRACE_RING_SIZE - from % TRACE_RING_SIZE;
+                continue;
+            }
+            let mut buf = vec![0u8; len as usize];
+            self.region.read(at + 16, &mut buf);
+            lines.push(String::from_utf8_lossy(&buf).to_string());
+            from += (16 + len as u64).div_ceil(8) * 8;
+        }
+        (lines, from)
+    }
+}

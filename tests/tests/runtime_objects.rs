@@ -1,0 +1,202 @@
+//! Clang-built objects with maps, globals, helpers, tail calls, ring buffers, map-in-map and
+//! CO-RE, loaded into a region and run on both engines.
+
+use bpftime_maps::{Map, MapType};
+use bpftime_object::Object;
+use bpftime_runtime::{EngineKind, LoadedObject, Runtime};
+use bpftime_shm::ShmRegion;
+use bpftime_tests::clang::build_example;
+use bpftime_vm::exec::Context;
+use std::sync::Arc;
+
+fn load(name: &str, engine: EngineKind) -> (Runtime, LoadedObject) {
+    let obj = Object::parse(&std::fs::read(build_example(name)).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(32 << 20).unwrap()), engine);
+    let loaded = rt.load_object(&obj).unwrap_or_else(|e| panic!("{name}: {e}"));
+    (rt, loaded)
+}
+
+fn map<'a>(l: &'a LoadedObject, name: &str) -> &'a Map {
+    l.maps.iter().find(|m| m.name() == name).unwrap_or_else(|| panic!("no map {name}"))
+}
+
+fn prog_id(l: &LoadedObject, name: &str) -> u32 {
+    l.programs.iter().find(|p| p.0 == name).unwrap_or_else(|| panic!("no program {name}")).2
+}
+
+fn u64_at(m: &Map, key: &[u8]) -> Option<u64> {
+    let mut v = vec![0u8; m.syscall_value_size()];
+    m.lookup(key, &mut v).ok()?;
+    Some(u64::from_le_bytes(v[..8].try_into().unwrap()))
+}
+
+const ENGINES: [EngineKind; 2] = [EngineKind::Jit, EngineKind::Interp];
+
+#[test]
+fn maps_and_globals() {
+    for engine in ENGINES {
+        let (rt, l) = load("maps_globals", engine);
+        let prog = rt.program(prog_id(&l, "count")).unwrap();
+        for (key, delta) in [(1u64, 1u64), (2, 5), (1, 10), (3, 0)] {
+            let mut input = [key.to_le_bytes(), delta.to_le_bytes()].concat();
+            let r = rt.run(&prog, Context::Mem(&mut input), 0, 0, false).unwrap();
+            let scaled = delta * 3;
+            let want_bucket = if scaled <= 1 { 0 } else { 63 - scaled.leading_zeros() as u64 };
+            assert_eq!(r, want_bucket, "{engine:?} delta {delta}");
+        }
+        let counts = map(&l, "counts");
+        assert_eq!(u64_at(counts, &1u64.to_le_bytes()), Some(33), "{engine:?}");
+        assert_eq!(u64_at(counts, &2u64.to_le_bytes()), Some(15));
+        assert_eq!(u64_at(counts, &3u64.to_le_bytes()), Some(0));
+        assert_eq!(counts.keys().len(), 3);
+        let hist = map(&l, "hist");
+        assert_eq!(u64_at(hist, &1u32.to_le_bytes()), Some(1)); // 3
+        assert_eq!(u64_at(hist, &3u32.to_le_bytes()), Some(1)); // 15
+        assert_eq!(u64_at(hist, &4u32.to_le_bytes()), Some(1)); // 30
+        assert_eq!(u64_at(hist, &0u32.to_le_bytes()), Some(1)); // 0
+        // Per-CPU: the runs are spread over the CPUs they ran on; the sum is exact.
+        let stats = map(&l, "stats");
+        let mut v = vec![0u8; stats.syscall_value_size()];
+        stats.lookup(&0u32.to_le_bytes(), &mut v).unwrap();
+        let total: u64 = v.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).sum();
+        assert_eq!(total, 4);
+        assert_eq!(map(&l, "recent").keys().len(), 3);
+        let events = map(&l, "events");
+        let mut popped = vec![];
+        let mut v = [0u8; 8];
+        while events.pop(&mut v).is_ok() {
+            popped.push(u64::from_le_bytes(v));
+        }
+        assert_eq!(popped, vec![1, 2, 1, 3]);
+        // Global data: .bss runs counter, .data last_key, .rodata kept.
+        let bss = map(&l, ".bss");
+        assert_eq!(u64_at(bss, &0u32.to_le_bytes()), Some(4));
+        let data = map(&l, ".data");
+        let mut d = vec![0u8; data.spec().value_size as usize];
+        data.lookup(&0u32.to_le_bytes(), &mut d).unwrap();
+        assert_eq!(u64::from_le_bytes(d[..8].try_into().unwrap()), 3, "last_key");
+        assert!(d.windows(5).any(|w| w == b"hello"));
+        let rodata = map(&l, ".rodata");
+        assert_eq!(u64_at(rodata, &0u32.to_le_bytes()), Some(3), "scale");
+        // bpf_printk wrote to the region's trace pipe.
+        let pipe = bpftime_runtime::trace::TracePipe::existing(rt.region()).expect("trace pipe");
+        let (lines, _) = pipe.read_from(0);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines[1].ends_with("bpf_trace_printk: hello: key 2 += 15"), "{}", lines[1]);
+    }
+}
+
+#[test]
+fn tail_calls_and_bpf_loop() {
+    for engine in ENGINES {
+        let (rt, l) = load("tail_calls", engine);
+        let dispatch = rt.program(prog_id(&l, "dispatch")).unwrap();
+        let run = |op: u32, n: u32| {
+            let mut input = [op.to_le_bytes(), n.to_le_bytes(), [0; 4], [0; 4]].concat();
+            let r = rt.run(&dispatch, Context::Mem(&mut input), 0, 0, false).unwrap();
+            (r as i32, u64::from_le_bytes(input[8..16].try_into().unwrap()))
+        };
+        assert_eq!(run(0, 0), (100, 0), "{engine:?}: tail call to stage0");
+        assert_eq!(run(1, 10), (210, 45), "{engine:?}: stage1 ran bpf_loop 10 times summing 0..9");
+        assert_eq!(run(2, 0), (-1, 0), "{engine:?}: empty slot: the tail call falls through");
+        let hits = map(&l, "hits");
+        assert_eq!(u64_at(hits, &3u32.to_le_bytes()), Some(3));
+        assert_eq!(u64_at(hits, &0u32.to_le_bytes()), Some(1));
+        assert_eq!(u64_at(hits, &1u32.to_le_bytes()), Some(1));
+    }
+}
+
+#[test]
+fn ringbuf_and_perf_events() {
+    for engine in ENGINES {
+        let (rt, l) = load("ringbuf_events", engine);
+        let prog = rt.program(prog_id(&l, "emit")).unwrap();
+        for seq in 0u64..6 {
+            let mut input = seq.to_le_bytes();
+            assert_eq!(rt.run(&prog, Context::Mem(&mut input), 0, 0, false), Ok(1));
+        }
+        let rb = map(&l, "rb");
+        let mut records = vec![];
+        rb.ringbuf_consume(&mut |r| records.push(r.to_vec()));
+        // Each run: an event (discarded when seq % 4 == 3) and an 8-byte copy.
+        assert_eq!(records.len(), 11, "{engine:?}");
+        let events: Vec<&Vec<u8>> = records.iter().filter(|r| r.len() == 32).collect();
+        assert_eq!(events.len(), 5);
+        assert_eq!(u32::from_le_bytes(events[0][8..12].try_into().unwrap()), std::process::id());
+        let copies: Vec<u64> = records.iter().filter(|r| r.len() == 8).map(|r| u64::from_le_bytes(r[..8].try_into().unwrap())).collect();
+        assert_eq!(copies, vec![0, 10, 20, 30, 40, 50]);
+        let mut perf = vec![];
+        map(&l, "perf").perf_consume(&mut |r| perf.push(u64::from_le_bytes(r.data.try_into().unwrap())));
+        perf.sort();
+        assert_eq!(perf, vec![0, 10, 20, 30, 40, 50]);
+        // Consumed: the ring is empty again.
+        assert_eq!(rb.ringbuf_query(0), 0);
+    }
+}
+
+#[test]
+fn map_in_map_legacy_maps_and_lpm() {
+    for engine in ENGINES {
+        let (rt, l) = load("map_in_map", engine);
+        let prog = rt.program(prog_id(&l, "route")).unwrap();
+        let routes = map(&l, "routes");
+        let mut key = 24u32.to_le_bytes().to_vec();
+        key.extend_from_slice(&[10, 0, 1, 0]);
+        routes.update(&key, &77u32.to_le_bytes(), 0).unwrap();
+        let run = |which: u32, addr: [u8; 4]| {
+            let mut input = [which.to_le_bytes(), addr].concat();
+            rt.run(&prog, Context::Mem(&mut input), 0, 0, false).unwrap()
+        };
+        assert_eq!(run(1, [10, 0, 1, 9]), 77, "{engine:?}");
+        assert_eq!(run(2, [10, 0, 2, 9]), 0);
+        assert_eq!(run(2, [10, 0, 1, 200]), 77);
+        assert_eq!(run(3, [1, 1, 1, 1]), 0);
+        assert_eq!(u64_at(map(&l, "inner_a"), &0u32.to_le_bytes()), Some(1));
+        assert_eq!(u64_at(map(&l, "inner_b"), &0u32.to_le_bytes()), Some(2));
+        let legacy = map(&l, "legacy_counts");
+        assert_eq!(legacy.map_type(), MapType::Array);
+        assert_eq!(u64_at(legacy, &1u32.to_le_bytes()), Some(20));
+    }
+}
+
+#[test]
+fn core_relocations_follow_the_kernel_btf() {
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        println!("skip: no /sys/kernel/btf/vmlinux");
+        return;
+    }
+    for engine in ENGINES {
+        let (rt, l) = load("core_pt_regs", engine);
+        let prog = rt.program(prog_id(&l, "add_args")).unwrap();
+        // A kernel-layout pt_regs: di at 112, si at 104.
+        let mut regs = [0u8; 168];
+        regs[112..120].copy_from_slice(&7u64.to_le_bytes());
+        regs[104..112].copy_from_slice(&5u64.to_le_bytes());
+        assert_eq!(rt.run(&prog, Context::ReadOnly(&regs), 0, 0, true), Ok(5007), "{engine:?}");
+    }
+}
+
+#[test]
+fn bad_objects_lose_nothing() {
+    // A program calling a helper we do not provide is refused before any map is created.
+    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Jit);
+    let mut obj = Object::parse(&std::fs::read(build_example("maps_globals")).unwrap()).unwrap();
+    // Patch a call into helper 26 (bpf_perf_prog_read_value... not provided here).
+    let p = &mut obj.programs[0];
+    let call = p.insns.iter().position(|i| i.opc == 0x85 && i.src == 0).unwrap();
+    p.insns[call].imm = 52; // bpf_sk_redirect_map
+    let e = rt.load_object(&obj).unwrap_err().to_string();
+    assert!(e.contains("helper 52 (bpf_sk_redirect_map) is not supported"), "{e}");
+    assert!(rt.region().objects().is_empty(), "nothing was created");
+    // A map type the runtime does not know.
+    let mut obj = Object::parse(&std::fs::read(build_example("maps_globals")).unwrap()).unwrap();
+    obj.maps[0].map_type = 8; // BPF_MAP_TYPE_CGROUP_ARRAY
+    let e = rt.load_object(&obj).unwrap_err().to_string();
+    assert!(e.contains("unknown map type 8"), "{e}");
+    // A region too small for the maps: a clear error naming the map.
+    let small = Runtime::new(Arc::new(ShmRegion::anonymous(1 << 20).unwrap()), EngineKind::Jit);
+    let mut obj = Object::parse(&std::fs::read(build_example("maps_globals")).unwrap()).unwrap();
+    obj.maps[0].max_entries = 1 << 20;
+    let e = small.load_object(&obj).unwrap_err().to_string();
+    assert!(e.contains("map `counts`") && e.contains("is full"), "{e}");
+}
