@@ -30,27 +30,21 @@ pub struct LoadedFile {
     pub insns: Vec<RawInsn>,
     /// Where they came from, for messages.
     pub origin: String,
-    /// Why the program cannot run as it is (a data reference nothing resolves), if so.
-    pub unresolved: Option<String>,
 }
 
-/// Reads `path`: an ELF object (the program named `section`, or its only program) or raw
-/// bytecode.
+/// Reads `path`: an ELF object (the program named `section`, or its only program; its map
+/// references left unresolved) or raw bytecode.
 pub fn load_program_file(path: &Path, section: Option<&str>) -> Result<LoadedFile, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if Object::is_elf(&bytes) {
         let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         let prog = obj.program(section).map_err(|e| format!("{}: {e}", path.display()))?;
-        let unresolved = prog
-            .data_relocs
-            .first()
-            .map(|r| format!("refers to `{}` in `{}` (insn {}): maps and global data are not supported yet", r.symbol, r.section, r.insn));
-        Ok(LoadedFile { insns: prog.insns.clone(), origin: format!("{} ({})", prog.name, prog.section), unresolved })
+        Ok(LoadedFile { insns: prog.insns.clone(), origin: format!("{} ({})", prog.name, prog.section) })
     } else {
         if section.is_some() {
             return Err(format!("{}: --section needs an ELF object, this is raw bytecode", path.display()));
         }
         let insns = parse_bytecode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(LoadedFile { insns, origin: "raw bytecode".into(), unresolved: None })
+        Ok(LoadedFile { insns, origin: "raw bytecode".into() })
     }
 }

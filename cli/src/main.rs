@@ -1,12 +1,18 @@
-//! `bpftime`: run and inspect eBPF programs.
+//! `bpftime`: run and inspect eBPF programs, and manage the shared-memory region.
 
-use bpftime_cli::{load_program_file, make_engine, EngineKind};
+mod dump;
+
+use bpftime_cli::{load_program_file, EngineKind};
+use bpftime_maps::Map;
+use bpftime_object::Object;
+use bpftime_runtime::{progs, trace::TracePipe, EngineKind as RtEngine, Runtime};
+use bpftime_shm::{default_name, ObjectKind, ShmRegion, DEFAULT_SIZE};
 use bpftime_vm::conformance::parse_hex_bytes;
-use bpftime_vm::exec::{run, Context, HelperTable, RunOptions, DEFAULT_LOOP_BUDGET};
+use bpftime_vm::exec::Context;
 use bpftime_vm::insn::decode;
-use bpftime_vm::{disasm, verify, NoMaps};
+use bpftime_vm::disasm;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,6 +20,9 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(name = "bpftime", version, about)]
 struct Cli {
+    /// Shared-memory region name (default: $BPFTIME_SHM, else `bpftime`).
+    #[arg(long, global = true)]
+    shm: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,11 +34,37 @@ enum Command {
         #[command(subcommand)]
         command: VmCommand,
     },
+    /// Create, inspect or remove the shared-memory region.
+    Shm {
+        #[command(subcommand)]
+        command: ShmCommand,
+    },
+    /// Load an object's maps and programs into the shared-memory region.
+    Load {
+        /// A clang-built eBPF object.
+        file: PathBuf,
+    },
+    /// Maps in the shared-memory region.
+    Map {
+        #[command(subcommand)]
+        command: MapCommand,
+    },
+    /// Programs in the shared-memory region.
+    Prog {
+        #[command(subcommand)]
+        command: ProgCommand,
+    },
+    /// Print bpf_trace_printk output as it arrives.
+    Trace {
+        /// Print what is there and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum VmCommand {
-    /// Verify and run a program; print r0.
+    /// Verify and run a program; print r0 (and with --dump-maps, every map afterwards).
     Run {
         /// Raw bytecode, or a clang-built eBPF object.
         file: PathBuf,
@@ -42,8 +77,14 @@ enum VmCommand {
         /// Execution engine.
         #[arg(long, value_enum, default_value_t = EngineKind::Jit)]
         engine: EngineKind,
+        /// Print every map after the run.
+        #[arg(long)]
+        dump_maps: bool,
+        /// With --dump-maps: print JSON.
+        #[arg(long)]
+        json: bool,
         /// Backward jumps allowed before the run is stopped.
-        #[arg(long, default_value_t = DEFAULT_LOOP_BUDGET)]
+        #[arg(long, default_value_t = bpftime_vm::exec::DEFAULT_LOOP_BUDGET)]
         budget: u64,
     },
     /// Print a program in llvm-objdump syntax.
@@ -56,9 +97,51 @@ enum VmCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ShmCommand {
+    /// Create the region.
+    Create {
+        /// Size in bytes (suffixes K, M, G allowed).
+        #[arg(long, default_value = "64M")]
+        size: String,
+    },
+    /// Show the region's size, use and objects.
+    Info,
+    /// Remove the region.
+    Remove,
+}
+
+#[derive(Subcommand)]
+enum MapCommand {
+    /// List the maps.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a map's entries (by name or id).
+    Dump {
+        map: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProgCommand {
+    /// List the programs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away (`| head`).
+    // SAFETY: restoring the default action of SIGPIPE before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    match dispatch(cli.command) {
+    let shm = cli.shm.unwrap_or_else(default_name);
+    match dispatch(cli.command, &shm) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bpftime: {e}");
@@ -67,31 +150,200 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(cmd: Command) -> Result<(), String> {
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().map(|n| n * mul).map_err(|_| format!("bad size `{s}`"))
+}
+
+fn open_region(name: &str) -> Result<Arc<ShmRegion>, String> {
+    ShmRegion::open(name).map(Arc::new).map_err(|e| e.to_string())
+}
+
+fn find_map(region: &Arc<ShmRegion>, which: &str) -> Result<Map, String> {
+    match which.parse::<u32>() {
+        Ok(id) => Map::open(region, id).map_err(|e| e.to_string()),
+        Err(_) => Map::open_by_name(region, which).map_err(|e| e.to_string()),
+    }
+}
+
+fn print_maps(maps: &[Map], json: bool) {
+    if json {
+        let all: Vec<_> = maps.iter().map(dump::json).collect();
+        println!("{}", serde_json::to_string_pretty(&all).expect("JSON values serialise"));
+    } else {
+        for m in maps {
+            print!("{}", dump::human(m));
+        }
+    }
+}
+
+fn rt_engine(e: EngineKind) -> RtEngine {
+    match e {
+        EngineKind::Jit => RtEngine::Jit,
+        EngineKind::Interp => RtEngine::Interp,
+    }
+}
+
+struct RunArgs<'a> {
+    file: &'a Path,
+    section: Option<&'a str>,
+    mem: Option<String>,
+    engine: EngineKind,
+    dump_maps: bool,
+    json: bool,
+    budget: u64,
+}
+
+fn vm_run(a: RunArgs) -> Result<(), String> {
+    let RunArgs { file, section, mem, engine, dump_maps, json, budget } = a;
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let region = Arc::new(ShmRegion::anonymous(DEFAULT_SIZE).map_err(|e| e.to_string())?);
+    let mut rt = Runtime::new(region, rt_engine(engine));
+    rt.set_loop_budget(budget);
+    let (id, origin, maps) = if Object::is_elf(&bytes) {
+        let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        let p = obj.program(section).map_err(|e| format!("{}: {e}", file.display()))?;
+        let (name, sec) = (p.name.clone(), p.section.clone());
+        let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
+        let id = loaded.programs.iter().find(|x| x.0 == name && x.1 == sec).map(|x| x.2).expect("loaded program");
+        (id, format!("{name} ({sec})"), loaded.maps)
+    } else {
+        let loaded = load_program_file(file, section)?;
+        let id = progs::store(rt.region(), "raw", "vm", "", &loaded.insns).map_err(|e| e.to_string())?;
+        (id, loaded.origin, vec![])
+    };
+    let prog = rt.program(id).map_err(|e| e.to_string())?;
+    let mut mem = match mem {
+        Some(h) => parse_hex_bytes(&h).map_err(|e| format!("--mem: {e}"))?,
+        None => Vec::new(),
+    };
+    let ctx = if mem.is_empty() { Context::None } else { Context::Mem(&mut mem) };
+    let r0 = rt.run(&prog, ctx, 0, 0, false).map_err(|e| format!("{origin}: {e}"))?;
+    if let Some(pipe) = TracePipe::existing(rt.region()) {
+        for line in pipe.read_from(0).0 {
+            eprintln!("{line}");
+        }
+    }
+    if dump_maps && json {
+        let out = serde_json::json!({ "r0": r0, "maps": maps.iter().map(dump::json).collect::<Vec<_>>() });
+        println!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
+        return Ok(());
+    }
+    println!("r0 = {r0:#x} ({})", r0 as i64);
+    if dump_maps {
+        print_maps(&maps, false);
+    }
+    Ok(())
+}
+
+fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
     match cmd {
-        Command::Vm { command: VmCommand::Run { file, section, mem, engine, budget } } => {
-            let loaded = load_program_file(&file, section.as_deref())?;
-            if let Some(why) = &loaded.unresolved {
-                return Err(format!("{}: {why}", loaded.origin));
-            }
-            let program = verify(&loaded.insns, Arc::new(HelperTable::new()), &NoMaps)
-                .map_err(|e| format!("{}: verifier: {e}", loaded.origin))?;
-            let engine = make_engine(engine, Arc::new(program))?;
-            let mut mem = match mem {
-                Some(h) => parse_hex_bytes(&h).map_err(|e| format!("--mem: {e}"))?,
-                None => Vec::new(),
-            };
-            let ctx = if mem.is_empty() { Context::None } else { Context::Mem(&mut mem) };
-            let opts = RunOptions { budget, ..RunOptions::default() };
-            let r0 = run(engine.as_ref(), ctx, &opts).map_err(|e| format!("{}: {e}", loaded.origin))?;
-            println!("r0 = {r0:#x} ({})", r0 as i64);
-            Ok(())
+        Command::Vm { command: VmCommand::Run { file, section, mem, engine, dump_maps, json, budget } } => {
+            vm_run(RunArgs { file: &file, section: section.as_deref(), mem, engine, dump_maps, json, budget })
         }
         Command::Vm { command: VmCommand::Disasm { file, section } } => {
             let loaded = load_program_file(&file, section.as_deref())?;
             let insns = decode(&loaded.insns).map_err(|e| format!("{}: {e}", loaded.origin))?;
             print!("{}", disasm::disassemble(&insns));
             Ok(())
+        }
+        Command::Shm { command: ShmCommand::Create { size } } => {
+            let size = parse_size(&size)?;
+            let r = ShmRegion::create(shm, size).map_err(|e| e.to_string())?;
+            println!("created {} ({} bytes)", r.path().map(|p| p.display().to_string()).unwrap_or_default(), r.size());
+            Ok(())
+        }
+        Command::Shm { command: ShmCommand::Info } => {
+            let r = open_region(shm)?;
+            println!("region `{}` at {}", r.name(), r.path().map(|p| p.display().to_string()).unwrap_or_default());
+            println!("  size {} bytes, {} in use", r.size(), r.used());
+            let objs = r.objects();
+            let count = |k| objs.iter().filter(|o| o.kind == k).count();
+            println!("  {} maps, {} programs, {} links", count(ObjectKind::Map), count(ObjectKind::Program), count(ObjectKind::Link));
+            Ok(())
+        }
+        Command::Shm { command: ShmCommand::Remove } => {
+            ShmRegion::remove(shm).map_err(|e| e.to_string())?;
+            println!("removed region `{shm}`");
+            Ok(())
+        }
+        Command::Load { file } => {
+            let region = open_region(shm)?;
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            let rt = Runtime::new(region, RtEngine::Jit);
+            let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
+            for m in &loaded.maps {
+                println!("map {} `{}` ({})", m.id(), m.name(), m.map_type().name());
+            }
+            for (name, section, id) in &loaded.programs {
+                println!("prog {id} `{name}` ({section})");
+            }
+            Ok(())
+        }
+        Command::Map { command: MapCommand::List { json } } => {
+            let region = open_region(shm)?;
+            let maps = Map::list(&region);
+            if json {
+                let all: Vec<_> = maps
+                    .iter()
+                    .map(|m| serde_json::json!({"id": m.id(), "name": m.name(), "type": m.map_type().name(), "key_size": m.spec().key_size, "value_size": m.spec().value_size, "max_entries": m.spec().max_entries}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&all).expect("JSON values serialise"));
+            } else {
+                for m in &maps {
+                    println!("{}", dump::header(m));
+                }
+            }
+            Ok(())
+        }
+        Command::Map { command: MapCommand::Dump { map, json } } => {
+            let region = open_region(shm)?;
+            let m = find_map(&region, &map)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&dump::json(&m)).expect("JSON values serialise"));
+            } else {
+                print!("{}", dump::human(&m));
+            }
+            Ok(())
+        }
+        Command::Prog { command: ProgCommand::List { json } } => {
+            let region = open_region(shm)?;
+            let list = progs::list(&region);
+            if json {
+                let all: Vec<_> = list
+                    .iter()
+                    .map(|p| serde_json::json!({"id": p.id, "name": p.name, "section": p.section, "insns": p.insns.len(), "license": p.license}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&all).expect("JSON values serialise"));
+            } else {
+                for p in &list {
+                    println!("prog {} `{}` ({}), {} insns, license {}", p.id, p.name, p.section, p.insns.len(), p.license);
+                }
+            }
+            Ok(())
+        }
+        Command::Trace { no_follow } => {
+            let region = open_region(shm)?;
+            let pipe = TracePipe::open(&region).map_err(|e| e.to_string())?;
+            let mut pos = if no_follow { 0 } else { pipe.position() };
+            loop {
+                let (lines, next) = pipe.read_from(pos);
+                for l in lines {
+                    println!("{l}");
+                }
+                pos = next;
+                if no_follow {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
     }
 }

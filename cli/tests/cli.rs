@@ -89,3 +89,51 @@ fn conformance_plugin_passes_every_vector_on_both_engines() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+fn bpftime_shm(shm: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bpftime")).arg("--shm").arg(shm).args(args).output().expect("run bpftime")
+}
+
+#[test]
+fn vm_run_with_maps_dumps_them_as_json() {
+    let obj = build_example("maps_globals");
+    let out = bpftime(&["vm", "run", obj.to_str().unwrap(), "--mem", "02 00 00 00 00 00 00 00 04 00 00 00 00 00 00 00", "--dump-maps", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["r0"], 3);
+    let counts = v["maps"].as_array().unwrap().iter().find(|m| m["name"] == "counts").unwrap();
+    assert_eq!(counts["entries"][0]["key"]["u64"], 2);
+    assert_eq!(counts["entries"][0]["value"]["u64"], 12);
+    assert!(text(&out.stderr).contains("bpf_trace_printk: hello: key 2 += 12"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn shm_load_map_prog_and_trace_commands() {
+    let shm = format!("bpftime-cli-test-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    // Missing region: a clear error.
+    let out = bpftime_shm(&shm, &["map", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("does not exist (create it with `bpftime shm create`)"), "{}", text(&out.stderr));
+    assert!(bpftime_shm(&shm, &["shm", "create", "--size", "8M"]).status.success());
+    let again = bpftime_shm(&shm, &["shm", "create"]);
+    assert!(text(&again.stderr).contains("already exists"));
+    let obj = build_example("maps_globals");
+    let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("`counts` (hash)"), "{}", text(&out.stdout));
+    let list = bpftime_shm(&shm, &["map", "list", "--json"]);
+    let maps: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(maps.as_array().unwrap().len(), 8);
+    let dump = bpftime_shm(&shm, &["map", "dump", ".rodata"]);
+    assert!(text(&dump.stdout).contains("flags 0x80"), "{}", text(&dump.stdout));
+    let progs = bpftime_shm(&shm, &["prog", "list"]);
+    assert!(text(&progs.stdout).contains("`count` (uprobe/count)"), "{}", text(&progs.stdout));
+    let info = bpftime_shm(&shm, &["shm", "info"]);
+    assert!(text(&info.stdout).contains("8 maps, 1 programs, 0 links"), "{}", text(&info.stdout));
+    let trace = bpftime_shm(&shm, &["trace", "--no-follow"]);
+    assert!(trace.status.success());
+    let bad = bpftime_shm(&shm, &["map", "dump", "nope"]);
+    assert!(text(&bad.stderr).contains("no map named `nope`"));
+    assert!(bpftime_shm(&shm, &["shm", "remove"]).status.success());
+}

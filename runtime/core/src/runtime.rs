@@ -36,7 +36,7 @@ pub enum LoadError {
     Map { name: String, source: MapError },
     #[error("map `{name}`: unknown map type {map_type}")]
     MapType { name: String, map_type: u32 },
-    #[error("program `{program}`: {error}")]
+    #[error("program `{program}`: verifier: {error}")]
     Verify { program: String, error: VerifyError },
     #[error("program `{program}`: {message}")]
     Program { program: String, message: String },
@@ -107,6 +107,7 @@ pub struct Runtime {
     helpers: Arc<HelperTable>,
     engine: EngineKind,
     regions: [Region; 1],
+    budget: u64,
     programs: Mutex<HashMap<u32, Arc<LoadedProgram>>>,
 }
 
@@ -158,7 +159,12 @@ impl Runtime {
     /// A runtime over `region` using `engine`.
     pub fn new(region: Arc<ShmRegion>, engine: EngineKind) -> Runtime {
         let regions = [Region { start: region.base() as u64, len: region.size(), writable: true }];
-        Runtime { region, helpers: Arc::new(kernel_helpers()), engine, regions, programs: Mutex::new(HashMap::new()) }
+        Runtime { region, helpers: Arc::new(kernel_helpers()), engine, regions, budget: DEFAULT_LOOP_BUDGET, programs: Mutex::new(HashMap::new()) }
+    }
+
+    /// Sets how many backward jumps a run may take.
+    pub fn set_loop_budget(&mut self, budget: u64) {
+        self.budget = budget;
     }
 
     /// The region.
@@ -295,13 +301,13 @@ impl Runtime {
     /// Runs a program on `ctx` with the given helper context values.
     pub fn run(&self, prog: &LoadedProgram, ctx: Context<'_>, cookie: u64, func_ip: u64, pt_regs: bool) -> Result<u64, RunError> {
         let host = HelperContext { runtime: self, cookie, func_ip, pt_regs, tail_calls: Cell::new(0) };
-        let opts = RunOptions { regions: &self.regions, budget: DEFAULT_LOOP_BUDGET, host: &host as *const HelperContext as *mut _ };
+        let opts = RunOptions { regions: &self.regions, budget: self.budget, host: &host as *const HelperContext as *mut _ };
         run(prog.engine(), ctx, &opts)
     }
 
     /// Runs a program on a context given as a region (for tail calls).
     pub(crate) fn run_region(&self, prog: &LoadedProgram, ctx: Region, host: &HelperContext) -> Result<u64, RunError> {
-        let opts = RunOptions { regions: &self.regions, budget: DEFAULT_LOOP_BUDGET, host: host as *const HelperContext as *mut _ };
+        let opts = RunOptions { regions: &self.regions, budget: self.budget, host: host as *const HelperContext as *mut _ };
         let ctx = if ctx.len == 0 {
             Context::None
         } else {

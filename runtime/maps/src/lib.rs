@@ -811,6 +811,16 @@ impl Map {
         perf::consume(self, f)
     }
 
+    /// The elements of a QUEUE or STACK, oldest first, without removing them.
+    pub fn queue_items(&self) -> Vec<Vec<u8>> {
+        queue::items(self)
+    }
+
+    /// Records lost because a ring or perf buffer was full.
+    pub fn lost(&self) -> u64 {
+        self.desc().lost.load(Ordering::Relaxed)
+    }
+
     /// `bpf_get_stackid`: stores `ips` and returns the stack id.
     pub fn stack_store(&self, ips: &[u64], flags: u64) -> Result<u32, Errno> {
         stack_trace::store(self, ips, flags)

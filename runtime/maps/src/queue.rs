@@ -76,3 +76,19 @@ pub(crate) fn pop(map: &Map, value: &mut [u8]) -> Result<(), Errno> {
 pub(crate) fn peek(map: &Map, value: &mut [u8]) -> Result<(), Errno> {
     take(map, value, false)
 }
+
+pub(crate) fn items(map: &Map) -> Vec<Vec<u8>> {
+    let d = map.desc();
+    let _g = map.write_lock();
+    let n = slots(map);
+    let head = d.head.load(Ordering::Relaxed) % n;
+    let mut i = d.tail.load(Ordering::Relaxed) % n;
+    let mut out = vec![];
+    while i != head && out.len() < n as usize {
+        let mut v = vec![0u8; map.spec().value_size as usize];
+        map.region().read(slot(map, i), &mut v);
+        out.push(v);
+        i = (i + 1) % n;
+    }
+    out
+}

@@ -1,0 +1,155 @@
+//! Printing maps for people (`map dump`, `--dump-maps`) and for scripts (`--json`).
+
+use bpftime_maps::{Map, MapType};
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// The bytes as an unsigned integer when they have an integer's size.
+fn as_uint(b: &[u8]) -> Option<u64> {
+    match b.len() {
+        1 => Some(b[0] as u64),
+        2 => Some(u16::from_le_bytes(b.try_into().ok()?) as u64),
+        4 => Some(u32::from_le_bytes(b.try_into().ok()?) as u64),
+        8 => Some(u64::from_le_bytes(b.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+fn show(b: &[u8]) -> String {
+    match as_uint(b) {
+        Some(v) => format!("{v}"),
+        None => hex(b),
+    }
+}
+
+fn bytes_json(b: &[u8]) -> Value {
+    let mut o = json!({ "hex": hex(b) });
+    if let Some(v) = as_uint(b) {
+        o["u64"] = json!(v);
+    }
+    o
+}
+
+/// One-line summary of a map.
+pub fn header(m: &Map) -> String {
+    let s = m.spec();
+    format!(
+        "map {} `{}`: {}, key {} B, value {} B, max_entries {}, flags {:#x}",
+        m.id(),
+        m.name(),
+        m.map_type().name(),
+        s.key_size,
+        s.value_size,
+        s.max_entries,
+        s.flags
+    )
+}
+
+/// Every entry of a map, as (key, per-slot values).
+fn entries(m: &Map) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
+    let vs = m.spec().value_size as usize;
+    let stride = (vs.div_ceil(8)) * 8;
+    let mut out = vec![];
+    for k in m.keys() {
+        let mut v = vec![0u8; m.syscall_value_size()];
+        if m.lookup(&k, &mut v).is_err() {
+            continue;
+        }
+        let slots = if m.map_type().is_percpu() { v.chunks(stride).map(|c| c[..vs].to_vec()).collect() } else { vec![v] };
+        out.push((k, slots));
+    }
+    out
+}
+
+/// A map for people.
+pub fn human(m: &Map) -> String {
+    let mut s = header(m);
+    s.push('\n');
+    match m.map_type() {
+        MapType::Queue | MapType::Stack => {
+            for (i, v) in m.queue_items().iter().enumerate() {
+                let _ = writeln!(s, "  [{i}] {}", show(v));
+            }
+        }
+        MapType::Ringbuf => {
+            let _ = writeln!(s, "  {} bytes waiting, producer at {}, consumer at {}, {} lost", m.ringbuf_query(0), m.ringbuf_query(3), m.ringbuf_query(2), m.lost());
+        }
+        MapType::PerfEventArray => {
+            let _ = writeln!(s, "  {} lost samples", m.lost());
+        }
+        MapType::BloomFilter => {
+            let _ = writeln!(s, "  (a bloom filter cannot be listed)");
+        }
+        _ => {
+            let list = entries(m);
+            // Arrays always hold max_entries elements: show the ones that are not all zeros.
+            let array = matches!(m.map_type(), MapType::Array | MapType::PercpuArray);
+            let mut hidden = 0;
+            for (k, slots) in &list {
+                if array && slots.iter().all(|v| v.iter().all(|&b| b == 0)) {
+                    hidden += 1;
+                    continue;
+                }
+                if slots.len() == 1 {
+                    let _ = writeln!(s, "  {} => {}", show(k), show(&slots[0]));
+                } else {
+                    let per: Vec<String> = slots.iter().map(|v| show(v)).collect();
+                    let sum: Option<u64> = slots.iter().map(|v| as_uint(v)).sum();
+                    let total = sum.map(|t| format!(" (sum {t})")).unwrap_or_default();
+                    let _ = writeln!(s, "  {} => [{}]{total}", show(k), per.join(", "));
+                }
+            }
+            if hidden > 0 {
+                let _ = writeln!(s, "  ({} entries, {hidden} all-zero not shown)", list.len());
+            } else {
+                let _ = writeln!(s, "  ({} entries)", list.len());
+            }
+        }
+    }
+    s
+}
+
+/// A map for scripts.
+pub fn json(m: &Map) -> Value {
+    let s = m.spec();
+    let mut o = json!({
+        "id": m.id(),
+        "name": m.name(),
+        "type": m.map_type().name(),
+        "key_size": s.key_size,
+        "value_size": s.value_size,
+        "max_entries": s.max_entries,
+        "flags": s.flags,
+    });
+    match m.map_type() {
+        MapType::Queue | MapType::Stack => {
+            o["values"] = Value::Array(m.queue_items().iter().map(|v| bytes_json(v)).collect());
+        }
+        MapType::Ringbuf => {
+            o["available_bytes"] = json!(m.ringbuf_query(0));
+            o["lost"] = json!(m.lost());
+        }
+        MapType::PerfEventArray => o["lost"] = json!(m.lost()),
+        MapType::BloomFilter => {}
+        _ => {
+            let list: Vec<Value> = entries(m)
+                .iter()
+                .map(|(k, slots)| {
+                    let mut e = json!({ "key": bytes_json(k) });
+                    if slots.len() == 1 {
+                        e["value"] = bytes_json(&slots[0]);
+                    } else {
+                        e["values"] = Value::Array(slots.iter().map(|v| bytes_json(v)).collect());
+                    }
+                    e
+                })
+                .collect();
+            o["entries"] = Value::Array(list);
+        }
+    }
+    o
+}
