@@ -470,3 +470,46 @@ pub(crate) fn next_key(map: &Map, key: Option<&[u8]>, next: &mut [u8]) -> Result
     }
     Err(Errno::ENOENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Map, MapSpec, MapType};
+    use std::sync::Arc;
+
+    /// A writer that died holding the lock, after taking an element off the free list and
+    /// after linking a replacement for key 1 without unlinking the old element: the next
+    /// writer takes the lock over, repairs the map, and the map is whole again.
+    #[test]
+    fn repair_after_a_writer_died_mid_update() {
+        let region = Arc::new(bpftime_shm::ShmRegion::anonymous(1 << 20).unwrap());
+        let map = Map::create(&region, "h", &MapSpec::new(MapType::Hash, 4, 8, 4)).unwrap();
+        map.update(&1u32.to_le_bytes(), &10u64.to_le_bytes(), 0).unwrap();
+        map.update(&2u32.to_le_bytes(), &20u64.to_le_bytes(), 0).unwrap();
+        let v = View::new(&map);
+        let _leaked = v.pop_free().unwrap();
+        let dup = v.pop_free().unwrap();
+        let h = hash_bytes(&1u32.to_le_bytes(), 0);
+        v.hash(dup).store(h, Ordering::Relaxed);
+        map.region().write(dup + key_off(&map), &1u32.to_le_bytes());
+        map.region().write(v.value_ptr(dup, 0), &11u64.to_le_bytes());
+        v.flags(dup).store(IN_USE, Ordering::Release);
+        let bucket = v.bucket(h as u64 & (v.nbuckets - 1));
+        v.next(dup).store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
+        bucket.store(dup, Ordering::Release);
+        map.desc().lock.force_holder(0x3fff_fff0); // a pid that cannot exist
+        map.update(&3u32.to_le_bytes(), &30u64.to_le_bytes(), 0).unwrap();
+        let mut keys = map.keys();
+        keys.sort();
+        assert_eq!(keys, vec![1u32.to_le_bytes().to_vec(), 2u32.to_le_bytes().to_vec(), 3u32.to_le_bytes().to_vec()]);
+        assert_eq!(map.len(), 3);
+        let mut val = [0u8; 8];
+        map.lookup(&1u32.to_le_bytes(), &mut val).unwrap();
+        assert_eq!(u64::from_le_bytes(val), 11, "the newer element wins");
+        // Full capacity again: one more key fits, then E2BIG.
+        map.update(&4u32.to_le_bytes(), &40u64.to_le_bytes(), 0).unwrap();
+        assert_eq!(map.update(&5u32.to_le_bytes(), &0u64.to_le_bytes(), 0), Err(Errno::E2BIG));
+        map.delete(&1u32.to_le_bytes()).unwrap();
+        assert_eq!(map.lookup(&1u32.to_le_bytes(), &mut val), Err(Errno::ENOENT));
+    }
+}
