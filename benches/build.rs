@@ -38,4 +38,15 @@ fn main() {
         native.file(&src);
     }
     native.compile("workloads_native");
+    // Map-operation programs (eBPF only).
+    for name in ["map_ops"] {
+        let src = format!("bpf/{name}.bpf.c");
+        println!("cargo:rerun-if-changed={src}");
+        let status = Command::new(&clang)
+            .args(["-target", "bpf", "-mcpu=v3", "-O2", "-g", "-I/usr/include/x86_64-linux-gnu", "-c", &src, "-o"])
+            .arg(out.join(format!("{name}.bpf.o")))
+            .status()
+            .expect("run clang");
+        assert!(status.success(), "clang failed on {src}");
+    }
 }

@@ -49,9 +49,17 @@ pub(crate) struct FnTranslator<'a, 'b> {
     preds_left: Vec<u32>,
     to_seal: Vec<Block>,
     abort: Block,
-    /// Whether each register (probably) holds a stack address: decides which region an
-    /// access is checked against first. A heuristic only; both regions are always checked.
-    stack_derived: [bool; 10],
+    /// Where each register's value (probably) points: decides which region an access is
+    /// checked against first. A heuristic only; every region is always checked.
+    provenance: [Provenance; 10],
+}
+
+/// Where a register's value probably points (see `track_provenance`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Provenance {
+    Unknown,
+    Stack,
+    HelperResult,
 }
 
 fn mem_flags() -> MemFlagsData {
@@ -108,7 +116,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             preds_left: vec![0; len],
             to_seal: Vec::new(),
             abort,
-            stack_derived: [false; 10],
+            provenance: [Provenance::Unknown; 10],
         }
     }
 
@@ -256,22 +264,21 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.b
     }
 
-    /// Tracks which registers hold stack addresses (r10 plus or minus constants).
+    /// Tracks where registers point: the stack (r10 plus or minus constants), or memory a
+    /// helper returned (map values), through moves and constant offsets.
     fn track_provenance(&mut self, insn: Insn) {
         let Some(dst) = insn.written_reg() else { return };
         if dst == Reg::FP {
             return;
         }
-        let derived = match insn {
-            Insn::Alu { width: Width::W64, op: AluOp::Mov, src: Operand::Reg(s), .. } => {
-                s == Reg::FP || self.stack_derived[s.index()]
-            }
-            Insn::Alu { width: Width::W64, op: AluOp::Add | AluOp::Sub, src: Operand::Imm(_), dst, .. } => {
-                self.stack_derived[dst.index()]
-            }
-            _ => false,
+        let of = |s: Reg, p: &[Provenance; 10]| if s == Reg::FP { Provenance::Stack } else { p[s.index()] };
+        let prov = match insn {
+            Insn::Call(CallTarget::Helper(_)) | Insn::CallReg(_) => Provenance::HelperResult,
+            Insn::Alu { width: Width::W64, op: AluOp::Mov, src: Operand::Reg(s), .. } => of(s, &self.provenance),
+            Insn::Alu { width: Width::W64, op: AluOp::Add | AluOp::Sub, src: Operand::Imm(_), dst, .. } => self.provenance[dst.index()],
+            _ => Provenance::Unknown,
         };
-        self.stack_derived[dst.index()] = derived;
+        self.provenance[dst.index()] = prov;
     }
 
     /// Emits one instruction; returns whether it ended its block.
@@ -519,7 +526,8 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
 
     /// The address `base + off`, checked unless the verifier proved it in bounds.
     ///
-    /// Inline: `addr - start <= last` against the context and the stack, the likelier first. Out of line: the runtime checks the other regions; it is called without
+    /// Inline: `addr - start <= last` against the stack, the context and the first extra
+    /// region, the likeliest first. Out of line: the runtime checks the other regions; it is called without
     /// clobbering any register (see `runtime_calls`), and records a fault in `RunState`.
     fn checked_addr(&mut self, pc: usize, base_reg: Reg, off: i16, size: MemSize, write: bool) -> Value {
         let base = self.reg(base_reg);
@@ -528,15 +536,18 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             return addr;
         }
         let ok = self.b.create_block();
-        let second = self.b.create_block();
         let slow = self.b.create_block();
         self.b.set_cold_block(slow);
-        let stack_first = base_reg == Reg::FP || self.stack_derived[base_reg.index()];
-        let order = if stack_first { [0, 1] } else { [1, 0] };
+        let order = match self.provenance[base_reg.index().min(9)] {
+            _ if base_reg == Reg::FP => [0, 1, 2],
+            Provenance::Stack => [0, 1, 2],
+            Provenance::HelperResult => [2, 0, 1],
+            Provenance::Unknown => [1, 2, 0],
+        };
         let table = if write { so::FAST_STORE } else { so::FAST_LOAD };
-        for (region, next) in [(order[0], second), (order[1], slow)] {
+        for (i, region) in order.into_iter().enumerate() {
             // Bounds are loaded at each check (x86 folds them into the sub and cmp): they cost
-            // no registers in loops. The likelier region comes first, so the usual cost is
+            // no registers in loops. The likeliest region comes first, so the usual cost is
             // one sub, one cmp and one predicted branch.
             let region_off = table + region * so::FAST_REGION_SIZE;
             let start = self.b.ins().load(I64, fixed_state_flags(), self.state, region_off);
@@ -544,6 +555,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             let last = self.b.ins().load(I64, fixed_state_flags(), self.state, last_off);
             let rel = self.b.ins().isub(addr, start);
             let inside = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, rel, last);
+            let next = if i + 1 < order.len() { self.b.create_block() } else { slow };
             self.b.ins().brif(inside, ok, &[], next, &[]);
             self.b.seal_block(next);
             self.b.switch_to_block(next);

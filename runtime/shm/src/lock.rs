@@ -37,8 +37,26 @@ impl Drop for ShmGuard<'_> {
     }
 }
 
+/// This process's pid, cached: `getpid` is a system call (glibc no longer caches it), and a
+/// lock must cost nanoseconds. A fork handler clears the cache in the child.
 fn my_pid() -> u32 {
-    std::process::id()
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forget_pid() {
+        PID.store(0, Ordering::Relaxed);
+    }
+    let p = PID.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    ONCE.call_once(|| {
+        // SAFETY: registers a child-side fork handler that only stores to an atomic
+        // (pthread_atfork(3)); it is async-signal-safe.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+    });
+    let p = std::process::id();
+    PID.store(p, Ordering::Relaxed);
+    p
 }
 
 /// Whether a process with this pid exists.

@@ -132,6 +132,10 @@ impl FastRegion {
     }
 }
 
+/// Regions checked inline by the JIT: the stack, the context, and the first extra region
+/// (for a runtime, the shared region that holds map values).
+pub const FAST_REGIONS: usize = 3;
+
 /// Index of an access size in [`FastRegion::last`].
 pub fn size_index(size: MemSize) -> usize {
     match size {
@@ -198,10 +202,11 @@ pub struct RunError {
 /// The JIT addresses these fields by offset, so the layout is part of the engines' ABI.
 #[repr(C)]
 pub struct RunState {
-    /// Inline-checked regions for loads: `[stack, context]`.
-    pub fast_load: [FastRegion; 2],
-    /// Inline-checked regions for stores: `[stack, context or scratch]`.
-    pub fast_store: [FastRegion; 2],
+    /// Inline-checked regions for loads: `[stack, context, first extra region]` (a region
+    /// that is absent or too small to check inline is replaced by the scratch area).
+    pub fast_load: [FastRegion; FAST_REGIONS],
+    /// Inline-checked regions for stores: as `fast_load`, with read-only ones replaced.
+    pub fast_store: [FastRegion; FAST_REGIONS],
     /// Backward jumps left before the run is stopped.
     pub budget: u64,
     /// One of `STATUS_*`.
@@ -279,9 +284,12 @@ impl RunState {
         // then checked on the slow path) and for the store side of a read-only context. Its
         // address is only known once the state is in place, so it is filled in by `run`.
         let ctx_fast = if ctx.len >= 8 { FastRegion::new(ctx.start, ctx.len) } else { FastRegion::default() };
+        let extra = opts.regions.first().filter(|r| r.len >= 8);
+        let extra_fast = extra.map(|r| FastRegion::new(r.start, r.len)).unwrap_or_default();
+        let extra_store = extra.filter(|r| r.writable).map(|r| FastRegion::new(r.start, r.len)).unwrap_or_default();
         RunState {
-            fast_load: [stack, ctx_fast],
-            fast_store: [stack, if ctx.writable { ctx_fast } else { FastRegion::default() }],
+            fast_load: [stack, ctx_fast, extra_fast],
+            fast_store: [stack, if ctx.writable { ctx_fast } else { FastRegion::default() }, extra_store],
             budget: opts.budget,
             status: STATUS_RUNNING,
             fault_insn: 0,
@@ -310,13 +318,20 @@ impl RunState {
         if self.ctx.len < 8 || !self.ctx.writable {
             self.fast_store[1] = scratch;
         }
+        let extra = self.extra_regions().first().copied();
+        if extra.is_none_or(|r| r.len < 8) {
+            self.fast_load[2] = scratch;
+        }
+        if extra.is_none_or(|r| r.len < 8 || !r.writable) {
+            self.fast_store[2] = scratch;
+        }
     }
 
     /// Whether an access is inside a region the program may touch (what both engines check).
     #[inline]
     pub fn access_ok(&self, addr: u64, size: MemSize, write: bool) -> bool {
         let fast = if write { &self.fast_store } else { &self.fast_load };
-        fast[0].contains(addr, size) || fast[1].contains(addr, size) || self.slow_access_ok(addr, size.bytes() as u64, write)
+        fast.iter().any(|r| r.contains(addr, size)) || self.slow_access_ok(addr, size.bytes() as u64, write)
     }
 
     #[cold]

@@ -1,0 +1,150 @@
+// Map operations in a loop, for per-operation costs measured from inside a JIT-compiled
+// program. Each program does `in->n` operations on keys that cycle through 64 values.
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct input {
+    __u64 n;
+    __u64 sum;
+};
+
+struct key64 {
+    __u64 w[8];
+};
+
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 64); __type(key, __u32); __type(value, __u64); } arr SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 64); __type(key, __u32); __type(value, __u64); } parr SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024); __type(key, __u32); __type(value, __u64); } h32 SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024); __type(key, struct key64); __type(value, __u64); } h64 SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 1024); __type(key, __u32); __type(value, __u64); } ph32 SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 1 << 20); } rb SEC(".maps");
+
+SEC("bench/empty_loop")
+int empty_loop(struct input *in)
+{
+    __u64 sum = 0;
+    for (__u64 i = 0; i < in->n; i++) {
+        __u32 k = i & 63;
+        sum += k;
+        asm volatile("" : "+r"(sum));
+    }
+    in->sum = sum;
+    return 0;
+}
+
+SEC("bench/array_lookup")
+int array_lookup(struct input *in)
+{
+    __u64 sum = 0;
+    for (__u64 i = 0; i < in->n; i++) {
+        __u32 k = i & 63;
+        __u64 *v = bpf_map_lookup_elem(&arr, &k);
+        if (v)
+            sum += *v;
+    }
+    in->sum = sum;
+    return 0;
+}
+
+SEC("bench/percpu_array_lookup")
+int percpu_array_lookup(struct input *in)
+{
+    __u64 sum = 0;
+    for (__u64 i = 0; i < in->n; i++) {
+        __u32 k = i & 63;
+        __u64 *v = bpf_map_lookup_elem(&parr, &k);
+        if (v)
+            sum += *v;
+    }
+    in->sum = sum;
+    return 0;
+}
+
+SEC("bench/hash_lookup_u32")
+int hash_lookup_u32(struct input *in)
+{
+    __u64 sum = 0;
+    for (__u64 i = 0; i < in->n; i++) {
+        __u32 k = i & 63;
+        __u64 *v = bpf_map_lookup_elem(&h32, &k);
+        if (v)
+            sum += *v;
+    }
+    in->sum = sum;
+    return 0;
+}
+
+SEC("bench/hash_update_u32")
+int hash_update_u32(struct input *in)
+{
+    for (__u64 i = 0; i < in->n; i++) {
+        __u32 k = i & 63;
+        bpf_map_update_elem(&h32, &k, &i, BPF_ANY);
+    }
+    return 0;
+}
+
+SEC("bench/hash_lookup_64b")
+int hash_lookup_64b(struct input *in)
+{
+    __u64 sum = 0;
+    struct key64 k = {};
+    for (__u64 i = 0; i < in->n; i++) {
+        k.w[0] = i & 63;
+        __u64 *v = bpf_map_lookup_elem(&h64, &k);
+        if (v)
+            sum += *v;
+    }
+    in->sum = sum;
+    return 0;
+}
+
+SEC("bench/hash_update_64b")
+int hash_update_64b(struct input *in)
+{
+    struct key64 k = {};
+    for (__u64 i = 0; i < in->n; i++) {
+        k.w[0] = i & 63;
+        bpf_map_update_elem(&h64, &k, &i, BPF_ANY);
+    }
+    return 0;
+}
+
+SEC("bench/percpu_hash_lookup")
+int percpu_hash_lookup(struct input *in)
+{
+    __u64 sum = 0;
+    for (__u64 i = 0; i < in->n; i++) {
+        __u32 k = i & 63;
+        __u64 *v = bpf_map_lookup_elem(&ph32, &k);
+        if (v)
+            sum += *v;
+    }
+    in->sum = sum;
+    return 0;
+}
+
+SEC("bench/percpu_hash_update")
+int percpu_hash_update(struct input *in)
+{
+    for (__u64 i = 0; i < in->n; i++) {
+        __u32 k = i & 63;
+        bpf_map_update_elem(&ph32, &k, &i, BPF_ANY);
+    }
+    return 0;
+}
+
+SEC("bench/ringbuf_reserve_submit")
+int ringbuf_reserve_submit(struct input *in)
+{
+    for (__u64 i = 0; i < in->n; i++) {
+        __u64 *e = bpf_ringbuf_reserve(&rb, 8, 0);
+        if (!e)
+            return 1;
+        *e = i;
+        bpf_ringbuf_submit(e, 0);
+    }
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
