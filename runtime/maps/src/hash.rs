@@ -25,7 +25,9 @@ fn nulls(bucket: u64) -> u64 {
     bucket << 1 | 1
 }
 
-/// A fixed-seed hash, the same in every process.
+/// A fixed-seed hash, the same in every process. Keys are read as little-endian words; the
+/// tail is assembled with shifts (a memcpy into a stack word would stall the following load).
+#[inline]
 pub(crate) fn hash_bytes(key: &[u8], seed: u64) -> u32 {
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed ^ key.len() as u64;
     let mut chunks = key.chunks_exact(8);
@@ -36,9 +38,13 @@ pub(crate) fn hash_bytes(key: &[u8], seed: u64) -> u32 {
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let tail = if rest.len() >= 4 {
+            let lo = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as u64;
+            rest[4..].iter().enumerate().fold(lo, |acc, (i, &b)| acc | (b as u64) << (32 + 8 * i))
+        } else {
+            rest.iter().enumerate().fold(0u64, |acc, (i, &b)| acc | (b as u64) << (8 * i))
+        };
+        h = (h ^ tail).wrapping_mul(0x94d0_49bb_1331_11eb);
         h ^= h >> 29;
     }
     (h ^ (h >> 32)) as u32
@@ -69,7 +75,7 @@ pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec, cpus: u64) -> Result<Lay
             return Err(e);
         }
     };
-    Ok(Layout { data, data_len: pool, aux, aux_len: nbuckets * 8, elem_size })
+    Ok(Layout { data, data_len: pool, aux, aux_len: nbuckets * 8, elem_size, elem_count: spec.max_entries as u64 + 1 })
 }
 
 struct View<'a> {
@@ -82,15 +88,18 @@ struct View<'a> {
 impl<'a> View<'a> {
     fn new(map: &'a Map) -> Self {
         let l = *map.layout();
-        View { map, l, nbuckets: l.aux_len / 8, pool: l.data_len / l.elem_size }
+        View { map, l, nbuckets: l.aux_len / 8, pool: l.elem_count }
     }
 
     fn bucket(&self, b: u64) -> &AtomicU64 {
         self.map.region().atomic_u64(self.l.aux + 8 * b).expect("bucket inside the validated layout")
     }
 
+    /// Whether `e` may be used as an element: inside the pool and 8-aligned. (An offset
+    /// into the middle of an element can only come from a scribbled region; it stays in
+    /// bounds, which is what memory safety needs, and is cheaper than a division here.)
     fn valid(&self, e: u64) -> bool {
-        e >= self.l.data && e < self.l.data + self.l.data_len && (e - self.l.data) % self.l.elem_size == 0
+        e >= self.l.data && e + self.l.elem_size <= self.l.data + self.l.data_len && e % 8 == 0
     }
 
     fn next(&self, e: u64) -> &AtomicU64 {
@@ -105,12 +114,18 @@ impl<'a> View<'a> {
         self.map.region().atomic_u32(e + 12).expect("valid element")
     }
 
+    #[inline]
     fn key_eq(&self, e: u64, key: &[u8]) -> bool {
-        match self.map.region().ptr(e + key_off(self.map), key.len() as u64) {
-            // SAFETY: the range is inside the region; the bytes may change under us, which only
-            // makes the comparison fail (the reader then moves on, as with the kernel's RCU).
-            Some(p) => (unsafe { std::slice::from_raw_parts(p, key.len()) }) == key,
-            None => false,
+        let Some(p) = self.map.region().ptr(e + key_off(self.map), key.len() as u64) else { return false };
+        // SAFETY: the range is inside the region; the bytes may change under us, which only
+        // makes the comparison fail (the reader then moves on, as with the kernel's RCU). Keys
+        // in elements are 8-aligned, so the word reads below are aligned.
+        unsafe {
+            match key.len() {
+                4 => (p as *const u32).read() == u32::from_le_bytes(key.try_into().expect("4 bytes")),
+                8 => (p as *const u64).read() == u64::from_le_bytes(key.try_into().expect("8 bytes")),
+                n => std::slice::from_raw_parts(p, n) == key,
+            }
         }
     }
 
@@ -145,6 +160,23 @@ impl<'a> View<'a> {
                 continue 'restart;
             }
             return None;
+        }
+        None
+    }
+
+    /// Under the lock: the element holding `key` and the link that points at it.
+    fn find_locked(&self, key: &[u8], h: u32) -> Option<(&AtomicU64, u64)> {
+        let b = h as u64 & (self.nbuckets - 1);
+        let mut link = self.bucket(b);
+        for _ in 0..=self.pool {
+            let cur = link.load(Ordering::Relaxed);
+            if cur & 1 != 0 || !self.valid(cur) {
+                return None;
+            }
+            if self.hash(cur).load(Ordering::Relaxed) == h && self.flags(cur).load(Ordering::Relaxed) & IN_USE != 0 && self.key_eq(cur, key) {
+                return Some((link, cur));
+            }
+            link = self.next(cur);
         }
         None
     }
@@ -357,7 +389,8 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
     let v = View::new(map);
     let h = hash_bytes(key, 0);
     let _g = map.write_lock();
-    let old = v.find(key, h);
+    let found = v.find_locked(key, h);
+    let old = found.map(|(_, e)| e);
     let op = flags & !BPF_F_LOCK;
     if old.is_some() && op == BPF_NOEXIST {
         return Err(Errno::EEXIST);
@@ -385,11 +418,14 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
     v.flags(e).store(IN_USE, Ordering::Release);
     let b = h as u64 & (v.nbuckets - 1);
     let bucket = v.bucket(b);
-    v.next(e).store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
+    let head = bucket.load(Ordering::Relaxed);
+    v.next(e).store(head, Ordering::Relaxed);
     bucket.store(e, Ordering::Release);
-    match old {
-        Some(o) => {
-            v.unlink(o);
+    match found {
+        Some((link, o)) => {
+            // The old element's link: the new element's `next` if it was first in the chain.
+            let link = if std::ptr::eq(link, bucket) { v.next(e) } else { link };
+            link.store(v.next(o).load(Ordering::Relaxed), Ordering::Release);
             v.push_free(o);
         }
         None => {
@@ -414,8 +450,8 @@ pub(crate) fn delete(map: &Map, key: &[u8]) -> Result<(), Errno> {
     let v = View::new(map);
     let h = hash_bytes(key, 0);
     let _g = map.write_lock();
-    let e = v.find(key, h).ok_or(Errno::ENOENT)?;
-    v.unlink(e);
+    let (link, e) = v.find_locked(key, h).ok_or(Errno::ENOENT)?;
+    link.store(v.next(e).load(Ordering::Relaxed), Ordering::Release);
     v.push_free(e);
     map.desc().count.fetch_sub(1, Ordering::Relaxed);
     Ok(())

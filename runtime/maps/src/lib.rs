@@ -210,6 +210,8 @@ pub(crate) struct Layout {
     pub aux: u64,
     pub aux_len: u64,
     pub elem_size: u64,
+    /// Elements in `data` (`data_len / elem_size`, kept to avoid dividing on hot paths).
+    pub elem_count: u64,
 }
 
 /// Number of possible CPUs (like libbpf's `libbpf_num_possible_cpus`).
@@ -252,6 +254,8 @@ pub struct Map {
     inner_spec: Option<MapSpec>,
     ncpus: u32,
     layout: Layout,
+    /// Address of `layout.data` in this process (arrays' values start there).
+    data_addr: u64,
 }
 
 impl std::fmt::Debug for Map {
@@ -373,7 +377,10 @@ impl Map {
             std::sync::atomic::fence(Ordering::Release);
             (*d).magic = DESC_MAGIC;
         }
-        let map = Map { region: region.clone(), desc, id: 0, name: name.to_string(), spec, inner_spec, ncpus, layout };
+        let mut layout = layout;
+        layout.elem_count = layout.data_len.checked_div(layout.elem_size).unwrap_or(0);
+        let data_addr = region.base() as u64 + layout.data;
+        let map = Map { region: region.clone(), desc, id: 0, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr };
         map.init_storage();
         let id = region.add_object(ObjectKind::Map, name, desc)?;
         Ok(Map { id, ..map })
@@ -437,7 +444,7 @@ impl Map {
                     inner_map_id: 0,
                 },
                 (*d).ncpus,
-                Layout { data: (*d).data, data_len: (*d).data_len, aux: (*d).aux, aux_len: (*d).aux_len, elem_size: (*d).elem_size },
+                Layout { data: (*d).data, data_len: (*d).data_len, aux: (*d).aux, aux_len: (*d).aux_len, elem_size: (*d).elem_size, elem_count: 0 },
                 (*d).inner,
             )
         };
@@ -452,6 +459,8 @@ impl Map {
                 return Err(corrupt());
             }
         }
+        let mut layout = layout;
+        layout.elem_count = layout.data_len.checked_div(layout.elem_size).unwrap_or(0);
         let inner_spec = match MapType::from_u32(inner[0]) {
             Some(t) if matches!(spec.map_type, MapType::ArrayOfMaps | MapType::HashOfMaps) => Some(MapSpec {
                 map_type: t,
@@ -464,7 +473,8 @@ impl Map {
             }),
             _ => None,
         };
-        Ok(Map { region: region.clone(), desc, id, name: name.to_string(), spec, inner_spec, ncpus, layout })
+        let data_addr = region.base() as u64 + layout.data;
+        Ok(Map { region: region.clone(), desc, id, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr })
     }
 
     /// Opens the map named `name` (the first one, if several share it).
@@ -726,8 +736,17 @@ impl Map {
 
     /// `bpf_map_lookup_elem` from a program: the address of the value (this CPU's slot for
     /// per-CPU maps; the inner map's reference for map-in-map is resolved by the runtime).
+    #[inline]
     pub fn lookup_ptr(&self, key: &[u8]) -> Option<*mut u8> {
         use MapType::*;
+        if self.spec.map_type == Array {
+            // The hottest lookup, inline: values are contiguous at `data_addr`.
+            let idx = u32::from_le_bytes(key.get(..4)?.try_into().ok()?);
+            if idx >= self.spec.max_entries {
+                return None;
+            }
+            return Some((self.data_addr + idx as u64 * self.layout.elem_size) as *mut u8);
+        }
         match self.spec.map_type {
             Array | PercpuArray | ProgArray | ArrayOfMaps => array::lookup_ptr(self, key),
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::lookup_ptr(self, key),

@@ -34,7 +34,7 @@ pub struct RingbufRecord<'a> {
 pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmError> {
     let size = spec.max_entries as u64;
     let base = region.alloc_pages(2 * PAGE + size)?;
-    Ok(Layout { data: base + 2 * PAGE, data_len: size, aux: base, aux_len: 2 * PAGE, elem_size: 0 })
+    Ok(Layout { data: base + 2 * PAGE, data_len: size, aux: base, aux_len: 2 * PAGE, elem_size: 0, elem_count: 0 })
 }
 
 struct Ring<'a> {

@@ -368,7 +368,14 @@ impl ShmRegion {
             Some(p) => {
                 // SAFETY: the range is inside the mapping. Other processes may write it at the
                 // same time (eBPF map semantics allow torn values); the copy is of plain bytes.
-                unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+                // Word-sized copies avoid a call to memcpy on the hottest paths (keys, values).
+                unsafe {
+                    match buf.len() {
+                        4 => buf.copy_from_slice(&(p as *const [u8; 4]).read_unaligned()),
+                        8 => buf.copy_from_slice(&(p as *const [u8; 8]).read_unaligned()),
+                        n => std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n),
+                    }
+                }
                 true
             }
             None => false,
@@ -380,7 +387,13 @@ impl ShmRegion {
         match self.ptr(off, data.len() as u64) {
             Some(p) => {
                 // SAFETY: the range is inside the mapping (see `read` about concurrent access).
-                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+                unsafe {
+                    match data.len() {
+                        4 => (p as *mut [u8; 4]).write_unaligned(data.try_into().expect("4 bytes")),
+                        8 => (p as *mut [u8; 8]).write_unaligned(data.try_into().expect("8 bytes")),
+                        n => std::ptr::copy_nonoverlapping(data.as_ptr(), p, n),
+                    }
+                }
                 true
             }
             None => false,
