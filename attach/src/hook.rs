@@ -1,0 +1,446 @@
+//! The inline-hook engine.
+//!
+//! A *site* is a patched address. Its first 5 bytes become `jmp rel32` to a per-site *entry
+//! stub*, placed within +-2 GiB, that steps over the red zone, saves every register into a
+//! kernel-layout [`PtRegs`], calls [`entry_dispatch`], restores the registers and jumps to the
+//! *trampoline*: the instructions the jump overwrote, relocated by iced-x86 (RIP-relative
+//! operands and branches fixed), then a jump back after them.
+//!
+//! Return probes replace the return address at function entry with the global *return stub*
+//! and remember the real one on a per-thread shadow stack; the return stub saves registers
+//! (the return value is `ax`), calls [`return_dispatch`], and returns to the real address.
+//!
+//! Handlers are lists swapped atomically (old lists are leaked, never freed, so a thread still
+//! walking one is safe). A per-thread flag keeps probes from firing inside probe handlers.
+
+use crate::patch::{self, PATCH_LOCK};
+use crate::regs::PtRegs;
+use iced_x86::code_asm::*;
+use iced_x86::{BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Instruction, InstructionBlock};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Length of the jump written over a site.
+const PATCH_LEN: usize = 5;
+const PAGE: usize = 4096;
+/// Offset of the trampoline in a site's page.
+const TRAMPOLINE_AT: u64 = 2048;
+
+/// Called when a probe fires.
+pub trait ProbeHandler: Send + Sync {
+    /// The probed thread's registers (at entry: arguments; at return: `ax` is the result).
+    fn on_hit(&self, regs: &mut PtRegs);
+}
+
+/// Entry probe (uprobe) or return probe (uretprobe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    Entry,
+    Return,
+}
+
+/// Why a probe could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("cannot patch {addr:#x}: {reason}")]
+    Unpatchable { addr: u64, reason: String },
+    #[error("uretprobes need the function's first byte, {addr:#x} is not one")]
+    ReturnNotAtEntry { addr: u64 },
+    #[error("no memory within 2 GiB of {0:#x} for the probe's stub")]
+    NoNearMemory(u64),
+    #[error("too many probe sites")]
+    TooManySites,
+    #[error("writing code at {addr:#x}: {source}")]
+    Io { addr: u64, source: std::io::Error },
+    #[error("no probe {0}")]
+    NoSuchProbe(u64),
+}
+
+/// Identifies an attached handler, for [`detach`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProbeId(u64);
+
+type HandlerList = Vec<(ProbeId, Arc<dyn ProbeHandler>)>;
+
+/// A patched address. Leaked: stubs and trampolines must outlive every thread that may be in
+/// them, and a site may be patched again later.
+pub struct Site {
+    addr: u64,
+    at_entry: bool,
+    original: [u8; PATCH_LEN],
+    jump: [u8; PATCH_LEN],
+    slot: usize,
+    entry: AtomicPtr<HandlerList>,
+    ret: AtomicPtr<HandlerList>,
+    installed: AtomicBool,
+}
+
+fn empty_list() -> *mut HandlerList {
+    Box::leak(Box::new(Vec::new()))
+}
+
+fn list(p: &AtomicPtr<HandlerList>) -> &'static HandlerList {
+    // SAFETY: lists are leaked boxes, never freed, only replaced.
+    unsafe { &*p.load(Ordering::Acquire) }
+}
+
+thread_local! {
+    static IN_PROBE: Cell<bool> = const { Cell::new(false) };
+    static SHADOW: Cell<*mut ShadowStack> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+const SHADOW_DEPTH: usize = 4096;
+
+/// Return addresses taken from a thread's stack by return probes.
+struct ShadowStack {
+    len: usize,
+    /// (real return address, site, stack pointer at entry)
+    frames: [(u64, *const Site, u64); SHADOW_DEPTH],
+}
+
+/// Probes that could not fire (shadow stack full or corrupt), for diagnostics.
+pub static MISSED: AtomicU64 = AtomicU64::new(0);
+
+fn shadow() -> *mut ShadowStack {
+    SHADOW.with(|s| {
+        let mut p = s.get();
+        if p.is_null() {
+            // One per thread, kept for the life of the process (threads that probe are few).
+            let fresh: Box<ShadowStack> = Box::new(ShadowStack { len: 0, frames: [(0, std::ptr::null(), 0); SHADOW_DEPTH] });
+            p = Box::into_raw(fresh);
+            s.set(p);
+        }
+        p
+    })
+}
+
+/// Called by a site's entry stub.
+extern "C" fn entry_dispatch(site: &Site, regs: &mut PtRegs) {
+    if IN_PROBE.with(|f| f.replace(true)) {
+        return;
+    }
+    for (_, h) in list(&site.entry) {
+        h.on_hit(regs);
+    }
+    if site.at_entry && !list(&site.ret).is_empty() {
+        // SAFETY: the shadow stack belongs to this thread.
+        let s = unsafe { &mut *shadow() };
+        if s.len < SHADOW_DEPTH {
+            let slot = regs.sp as *mut u64;
+            // SAFETY: at a function's first instruction [sp] is its return address, on this
+            // thread's own stack.
+            let real = unsafe { slot.read() };
+            s.frames[s.len] = (real, site as *const Site, regs.sp);
+            s.len += 1;
+            // SAFETY: as above; the return stub will send the function back to `real`.
+            unsafe { slot.write(return_stub()) };
+        } else {
+            MISSED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    IN_PROBE.with(|f| f.set(false));
+}
+
+/// Called by the return stub; leaves the real return address at `[regs.sp - 8]`.
+extern "C" fn return_dispatch(regs: &mut PtRegs) {
+    // SAFETY: the shadow stack belongs to this thread, which made the entry.
+    let s = unsafe { &mut *shadow() };
+    let entry_sp = regs.sp - 8;
+    // Frames left behind by longjmp lie below this one: drop them.
+    while s.len > 0 && s.frames[s.len - 1].2 < entry_sp {
+        s.len -= 1;
+        MISSED.fetch_add(1, Ordering::Relaxed);
+    }
+    if s.len == 0 || s.frames[s.len - 1].2 != entry_sp {
+        // No record of this frame: we cannot know where to return. This only happens if the
+        // stack was switched under us; there is no safe way on.
+        eprintln!("bpftime: uretprobe return without a matching entry (sp {:#x}); aborting", regs.sp);
+        std::process::abort();
+    }
+    s.len -= 1;
+    let (real, site, _) = s.frames[s.len];
+    regs.ip = real;
+    if !IN_PROBE.with(|f| f.replace(true)) {
+        // SAFETY: sites are leaked and never freed.
+        let site = unsafe { &*site };
+        for (_, h) in list(&site.ret) {
+            h.on_hit(regs);
+        }
+        IN_PROBE.with(|f| f.set(false));
+    }
+    // SAFETY: [sp - 8] held the return address the function just consumed; the stub returns
+    // through it.
+    unsafe { ((regs.sp - 8) as *mut u64).write(real) };
+}
+
+/// Pushes a kernel-layout `pt_regs` (after stepping over the red zone) and points rsi at it.
+fn save_regs(a: &mut CodeAssembler, ip: Option<u64>) -> Result<(), IcedError> {
+    a.lea(rsp, ptr(rsp - 128))?;
+    a.push(rax)?; // scratch, restored below
+    a.lea(rax, ptr(rsp + 136))?; // the stack pointer at the probe point
+    a.push(0x2bi32)?; // ss
+    a.push(rax)?; // sp
+    a.pushfq()?; // flags (lea and push leave them alone)
+    a.push(0x33i32)?; // cs
+    match ip {
+        Some(ip) => {
+            a.mov(rax, ip)?;
+            a.push(rax)?;
+        }
+        None => a.push(0i32)?,
+    }
+    a.push(-1i32)?; // orig_ax
+    a.push(rdi)?;
+    a.push(rsi)?;
+    a.push(rdx)?;
+    a.push(rcx)?;
+    a.mov(rax, qword_ptr(rsp + 80))?; // the scratch slot: the real rax
+    a.push(rax)?;
+    for r in [r8, r9, r10, r11, rbx, rbp, r12, r13, r14, r15] {
+        a.push(r)?;
+    }
+    a.mov(rsi, rsp)?;
+    Ok(())
+}
+
+/// Calls `f` with the stack aligned, then restores every register from the `pt_regs` and
+/// leaves rsp where the probe point had it, plus `final_adjust` bytes.
+fn call_and_restore(a: &mut CodeAssembler, f: u64, final_adjust: i32) -> Result<(), IcedError> {
+    a.mov(rbx, rsp)?;
+    a.and(rsp, -16)?;
+    a.cld()?;
+    a.mov(rax, f)?;
+    a.call(rax)?;
+    a.mov(rsp, rbx)?;
+    for r in [r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi] {
+        a.pop(r)?;
+    }
+    a.lea(rsp, ptr(rsp + 24))?; // orig_ax, ip, cs
+    a.popfq()?;
+    // sp, ss, scratch, red zone: lea leaves the flags as popfq set them.
+    a.lea(rsp, ptr(rsp + 24 + 128 + final_adjust))?;
+    Ok(())
+}
+
+fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64) -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut target = a.create_label();
+    save_regs(&mut a, Some(probe_addr))?;
+    a.mov(rdi, site)?;
+    call_and_restore(&mut a, entry_dispatch as *const () as u64, 0)?;
+    a.jmp(qword_ptr(target))?;
+    a.set_label(&mut target)?;
+    a.dq(&[trampoline])?;
+    a.assemble(at)
+}
+
+/// The shared return stub (built once).
+fn return_stub() -> u64 {
+    static STUB: OnceLock<u64> = OnceLock::new();
+    *STUB.get_or_init(|| {
+        let build = || -> Result<u64, String> {
+            let at = patch::alloc_near(return_dispatch as *const () as u64, PAGE).ok_or("no memory for the return stub")?;
+            let mut a = CodeAssembler::new(64).map_err(|e| e.to_string())?;
+            (|| -> Result<(), IcedError> {
+                save_regs(&mut a, None)?;
+                a.mov(rdi, rsi)?;
+                // Ends with rsp on the slot return_dispatch filled with the real address.
+                call_and_restore(&mut a, return_dispatch as *const () as u64, -8)?;
+                a.ret()
+            })()
+            .map_err(|e| e.to_string())?;
+            let code = a.assemble(at).map_err(|e| e.to_string())?;
+            // SAFETY: `at` is a fresh read-write page of PAGE bytes.
+            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
+            patch::make_executable(at, PAGE).map_err(|e| e.to_string())?;
+            Ok(at)
+        };
+        build().unwrap_or_else(|e| {
+            eprintln!("bpftime: cannot build the uretprobe stub: {e}");
+            0
+        })
+    })
+}
+
+/// The instructions covering the first `PATCH_LEN` bytes at `addr`, checked for relocation.
+fn decode_prologue(addr: u64, function_size: u64) -> Result<Vec<Instruction>, AttachError> {
+    let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
+    let bytes = patch::read_code(addr, 32).map_err(|e| unpatchable(format!("cannot read the code: {e}")))?;
+    let mut dec = Decoder::with_ip(64, &bytes, addr, DecoderOptions::NONE);
+    let mut instrs = vec![];
+    let mut len = 0;
+    while len < PATCH_LEN {
+        let i = dec.decode();
+        if i.is_invalid() {
+            return Err(unpatchable(format!("invalid instruction at {:#x}", i.ip())));
+        }
+        match i.flow_control() {
+            FlowControl::Return | FlowControl::Interrupt | FlowControl::Exception => {
+                return Err(unpatchable(format!(
+                    "the code ends ({:?}) after {} bytes, before the {PATCH_LEN} bytes a jump needs",
+                    i.flow_control(),
+                    len
+                )))
+            }
+            _ => {}
+        }
+        len += i.len();
+        instrs.push(i);
+    }
+    if function_size != 0 && function_size < len as u64 {
+        return Err(unpatchable(format!("the function is {function_size} bytes, shorter than the {len} bytes to patch")));
+    }
+    // A branch into the middle of the patched bytes would land in our jump.
+    if function_size > 0 {
+        let body = patch::read_code(addr, function_size as usize).map_err(|e| unpatchable(e.to_string()))?;
+        let mut dec = Decoder::with_ip(64, &body, addr, DecoderOptions::NONE);
+        while dec.can_decode() {
+            let i = dec.decode();
+            if matches!(i.flow_control(), FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch) {
+                let t = i.near_branch_target();
+                if t > addr && t < addr + len as u64 {
+                    return Err(unpatchable(format!("the branch at {:#x} jumps into the bytes the probe overwrites ({t:#x})", i.ip())));
+                }
+            }
+        }
+    }
+    Ok(instrs)
+}
+
+fn sites() -> &'static Mutex<HashMap<u64, &'static Site>> {
+    static SITES: OnceLock<Mutex<HashMap<u64, &'static Site>>> = OnceLock::new();
+    SITES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn next_id() -> ProbeId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    ProbeId(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Builds the stub and trampoline of a new site (not yet installed).
+fn build_site(addr: u64, function_size: u64, at_entry: bool) -> Result<&'static Site, AttachError> {
+    let instrs = decode_prologue(addr, function_size)?;
+    let page = patch::alloc_near(addr, PAGE).ok_or(AttachError::NoNearMemory(addr))?;
+    let tramp = page + TRAMPOLINE_AT;
+    let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
+    let block = InstructionBlock::new(&instrs, tramp);
+    let enc = BlockEncoder::encode(64, block, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+        .map_err(|e| unpatchable(format!("cannot relocate the first instructions: {e}")))?;
+    let covered: u64 = instrs.iter().map(|i| i.len() as u64).sum();
+    let mut tcode = enc.code_buffer.clone();
+    // jmp [rip + 0]; dq addr + covered
+    tcode.extend_from_slice(&[0xff, 0x25, 0, 0, 0, 0]);
+    tcode.extend_from_slice(&(addr + covered).to_le_bytes());
+    let original: [u8; PATCH_LEN] = patch::read_code(addr, PATCH_LEN).map_err(|e| unpatchable(e.to_string()))?.try_into().expect("5 bytes");
+    let site: &'static Site = Box::leak(Box::new(Site {
+        addr,
+        at_entry,
+        original,
+        jump: [0; PATCH_LEN],
+        slot: 0,
+        entry: AtomicPtr::new(empty_list()),
+        ret: AtomicPtr::new(empty_list()),
+        installed: AtomicBool::new(false),
+    }));
+    let stub = entry_stub(site as *const Site as u64, addr, tramp, page).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
+    if stub.len() > TRAMPOLINE_AT as usize || tcode.len() > PAGE - TRAMPOLINE_AT as usize {
+        return Err(unpatchable("stub too large".into()));
+    }
+    // SAFETY: `page` is a fresh read-write mapping of PAGE bytes; both pieces fit (checked).
+    unsafe {
+        std::ptr::copy_nonoverlapping(stub.as_ptr(), page as *mut u8, stub.len());
+        std::ptr::copy_nonoverlapping(tcode.as_ptr(), tramp as *mut u8, tcode.len());
+    }
+    patch::make_executable(page, PAGE).map_err(|e| AttachError::Io { addr, source: e })?;
+    // Instruction boundaries inside the patched bytes, for moving threads stopped there.
+    let mut map = vec![];
+    let mut off = 0u32;
+    for (k, i) in instrs.iter().enumerate() {
+        if off > 0 && (off as usize) < PATCH_LEN && enc.new_instruction_offsets[k] != u32::MAX {
+            map.push((off, enc.new_instruction_offsets[k]));
+        }
+        off += i.len() as u32;
+    }
+    let slot = patch::register_site(addr, PATCH_LEN as u32, tramp, &map).ok_or(AttachError::TooManySites)?;
+    let rel = page.wrapping_sub(addr + PATCH_LEN as u64) as i64;
+    if rel < i32::MIN as i64 || rel > i32::MAX as i64 {
+        return Err(AttachError::NoNearMemory(addr));
+    }
+    let mut jump = [0xe9, 0, 0, 0, 0];
+    jump[1..].copy_from_slice(&(rel as i32).to_le_bytes());
+    // The site is not visible to any thread yet: fill in what was computed after leaking it.
+    let site_ptr = site as *const Site as *mut Site;
+    // SAFETY: nothing reads `site` until it is installed below; the fields are plain data.
+    unsafe {
+        (*site_ptr).jump = jump;
+        (*site_ptr).slot = slot;
+    }
+    Ok(site)
+}
+
+/// Information about the place to probe.
+#[derive(Clone, Copy, Debug)]
+pub struct SiteInfo {
+    /// Size of the enclosing function (0 if unknown): used to refuse unsafe patches.
+    pub function_size: u64,
+    /// Whether `addr` is the function's first byte (required for return probes).
+    pub at_entry: bool,
+}
+
+/// Attaches `handler` to `addr`: patches the code on the first probe of a site.
+pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn ProbeHandler>) -> Result<ProbeId, AttachError> {
+    if kind == ProbeKind::Return && !info.at_entry {
+        return Err(AttachError::ReturnNotAtEntry { addr });
+    }
+    if kind == ProbeKind::Return && return_stub() == 0 {
+        return Err(AttachError::Unpatchable { addr, reason: "no uretprobe stub".into() });
+    }
+    let _patching = PATCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut map = sites().lock().unwrap_or_else(|e| e.into_inner());
+    let site = match map.get(&addr) {
+        Some(s) => *s,
+        None => {
+            let s = build_site(addr, info.function_size, info.at_entry)?;
+            map.insert(addr, s);
+            s
+        }
+    };
+    let id = next_id();
+    let slot = if kind == ProbeKind::Entry { &site.entry } else { &site.ret };
+    let mut new = list(slot).clone();
+    new.push((id, handler));
+    slot.store(Box::leak(Box::new(new)), Ordering::Release);
+    if !site.installed.load(Ordering::Acquire) {
+        patch::install(site.slot, addr, &site.jump).map_err(|e| AttachError::Io { addr, source: e })?;
+        site.installed.store(true, Ordering::Release);
+    }
+    Ok(id)
+}
+
+/// Detaches a handler; restores the original bytes when it was the site's last.
+pub fn detach(id: ProbeId) -> Result<(), AttachError> {
+    let _patching = PATCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let map = sites().lock().unwrap_or_else(|e| e.into_inner());
+    for site in map.values() {
+        for slot in [&site.entry, &site.ret] {
+            let cur = list(slot);
+            if cur.iter().any(|(i, _)| *i == id) {
+                let new: HandlerList = cur.iter().filter(|(i, _)| *i != id).cloned().collect();
+                slot.store(Box::leak(Box::new(new)), Ordering::Release);
+                if list(&site.entry).is_empty() && list(&site.ret).is_empty() && site.installed.load(Ordering::Acquire) {
+                    patch::install(site.slot, site.addr, &site.original).map_err(|e| AttachError::Io { addr: site.addr, source: e })?;
+                    site.installed.store(false, Ordering::Release);
+                }
+                return Ok(());
+            }
+        }
+    }
+    Err(AttachError::NoSuchProbe(id.0))
+}
+
+/// Whether this thread is inside a probe handler.
+pub fn in_probe() -> bool {
+    IN_PROBE.with(|f| f.get())
+}

@@ -1,0 +1,269 @@
+//! Changing code that other threads may be running.
+//!
+//! Writes go through `/proc/self/mem`, which may write read-only text without mprotect.
+//! A jump is installed like the kernel's `text_poke_bp`: an `int3` on the first byte, the
+//! remaining bytes, then the first byte, with a core-serialising `membarrier` after each step.
+//! A thread that meets the `int3` is sent to the relocated original instructions (the
+//! trampoline) by our SIGTRAP handler, and threads stopped in the middle of the bytes being
+//! replaced are moved to the matching place in the trampoline first, by signalling every thread.
+//!
+//! Everything the signal handler reads is a fixed table of atomics: no locks, no allocation.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// Most patch sites in a process.
+pub(crate) const MAX_SITES: usize = 1024;
+/// Most instructions relocated per site.
+pub(crate) const MAX_RELOCATED: usize = 8;
+
+/// What the signal handler knows of a site.
+pub(crate) struct SiteSlot {
+    /// Address of the patched bytes (0 = free slot).
+    addr: AtomicU64,
+    /// Number of patched bytes.
+    len: AtomicU32,
+    /// Address of the relocated original instructions.
+    trampoline: AtomicU64,
+    /// (original offset << 32 | trampoline offset) of each relocated instruction.
+    map: [AtomicU64; MAX_RELOCATED],
+    nmap: AtomicU32,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_SLOT: SiteSlot = SiteSlot {
+    addr: AtomicU64::new(0),
+    len: AtomicU32::new(0),
+    trampoline: AtomicU64::new(0),
+    map: [const { AtomicU64::new(0) }; MAX_RELOCATED],
+    nmap: AtomicU32::new(0),
+};
+
+static SLOTS: [SiteSlot; MAX_SITES] = [EMPTY_SLOT; MAX_SITES];
+static NSLOTS: AtomicU32 = AtomicU32::new(0);
+/// Threads that have answered the current fix-up round.
+static FIXUP_ACKS: AtomicU32 = AtomicU32::new(0);
+/// The site whose bytes are being replaced (index + 1; 0 = none).
+static FIXUP_SITE: AtomicU32 = AtomicU32::new(0);
+static HANDLER: Once = Once::new();
+static mut PREVIOUS: Option<libc::sigaction> = None;
+static SYNC_CORE: AtomicBool = AtomicBool::new(false);
+/// One code change at a time in the whole process.
+pub(crate) static PATCH_LOCK: Mutex<()> = Mutex::new(());
+
+/// Registers a site for the signal handler; returns its slot.
+pub(crate) fn register_site(addr: u64, len: u32, trampoline: u64, map: &[(u32, u32)]) -> Option<usize> {
+    install_handler();
+    let i = NSLOTS.load(Ordering::Relaxed) as usize;
+    if i >= MAX_SITES || map.len() > MAX_RELOCATED {
+        return None;
+    }
+    let s = &SLOTS[i];
+    for (k, (orig, new)) in map.iter().enumerate() {
+        s.map[k].store((*orig as u64) << 32 | *new as u64, Ordering::Relaxed);
+    }
+    s.nmap.store(map.len() as u32, Ordering::Relaxed);
+    s.len.store(len, Ordering::Relaxed);
+    s.trampoline.store(trampoline, Ordering::Relaxed);
+    s.addr.store(addr, Ordering::Release);
+    NSLOTS.store(i as u32 + 1, Ordering::Release);
+    Some(i)
+}
+
+fn slot_at(addr: u64) -> Option<&'static SiteSlot> {
+    let n = NSLOTS.load(Ordering::Acquire) as usize;
+    SLOTS[..n].iter().find(|s| s.addr.load(Ordering::Acquire) == addr)
+}
+
+/// Where a thread at `rip` inside site `s`'s patched bytes must continue.
+fn fixed_rip(s: &SiteSlot, rip: u64) -> Option<u64> {
+    let base = s.addr.load(Ordering::Acquire);
+    if rip <= base || rip >= base + s.len.load(Ordering::Relaxed) as u64 {
+        return None;
+    }
+    let off = (rip - base) as u32;
+    let tramp = s.trampoline.load(Ordering::Relaxed);
+    (0..s.nmap.load(Ordering::Relaxed) as usize)
+        .map(|k| s.map[k].load(Ordering::Relaxed))
+        .find(|m| (m >> 32) as u32 == off)
+        .map(|m| tramp + (m & 0xffff_ffff))
+}
+
+extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo and ucontext to an SA_SIGINFO handler.
+    let (code, uc) = unsafe { ((*info).si_code, &mut *(ctx as *mut libc::ucontext_t)) };
+    let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
+    if code == libc::SI_TKILL {
+        // A fix-up round: leave the bytes being replaced for their copy in the trampoline.
+        let site = FIXUP_SITE.load(Ordering::Acquire);
+        if site != 0 {
+            if let Some(new) = fixed_rip(&SLOTS[site as usize - 1], rip) {
+                uc.uc_mcontext.gregs[libc::REG_RIP as usize] = new as i64;
+            }
+            FIXUP_ACKS.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+    } else if let Some(s) = rip.checked_sub(1).and_then(slot_at) {
+        // Hit our int3 while the site's bytes change: run the original instructions.
+        uc.uc_mcontext.gregs[libc::REG_RIP as usize] = s.trampoline.load(Ordering::Relaxed) as i64;
+        return;
+    }
+    // Not ours: hand it to whoever handled SIGTRAP before us.
+    // SAFETY: PREVIOUS is written once, before the handler is installed.
+    let prev = unsafe { (*std::ptr::addr_of!(PREVIOUS)).as_ref() };
+    match prev {
+        Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
+            if p.sa_flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: the previous handler was installed as an SA_SIGINFO handler.
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(p.sa_sigaction) };
+                f(sig, info, ctx);
+            } else {
+                // SAFETY: a plain handler takes the signal number.
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(p.sa_sigaction) };
+                f(sig);
+            }
+        }
+        _ => {
+            // Default action: restore it and let the trap happen again.
+            // SAFETY: resetting a signal disposition is async-signal-safe (signal(2)).
+            unsafe { libc::signal(libc::SIGTRAP, libc::SIG_DFL) };
+        }
+    }
+}
+
+fn install_handler() {
+    HANDLER.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid; we fill the handler, flags and mask and install
+        // it (sigaction(2)); the previous one is saved before any signal can reach ours.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_sigtrap as *const () as usize;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(libc::SIGTRAP, std::ptr::null(), &mut old);
+            *std::ptr::addr_of_mut!(PREVIOUS) = Some(old);
+            libc::sigaction(libc::SIGTRAP, &act, std::ptr::null_mut());
+            // Core-serialising barriers for cross-modifying code (membarrier(2)).
+            const REGISTER_SYNC_CORE: libc::c_int = 1 << 6;
+            if libc::syscall(libc::SYS_membarrier, REGISTER_SYNC_CORE, 0) == 0 {
+                SYNC_CORE.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+/// Makes every core see the code we just wrote before it runs it again.
+pub(crate) fn sync_cores() {
+    const SYNC_CORE_CMD: libc::c_int = 1 << 5;
+    if SYNC_CORE.load(Ordering::Relaxed) {
+        // SAFETY: membarrier with a registered command and no flags (membarrier(2)).
+        unsafe { libc::syscall(libc::SYS_membarrier, SYNC_CORE_CMD, 0) };
+    }
+}
+
+/// Writes code bytes at `addr`, whatever the page's protection.
+pub(crate) fn write_code(addr: u64, bytes: &[u8]) -> std::io::Result<()> {
+    let mem = OpenOptions::new().read(true).write(true).open("/proc/self/mem")?;
+    mem.write_all_at(bytes, addr)
+}
+
+/// Reads `len` bytes of code at `addr`.
+pub(crate) fn read_code(addr: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mem = OpenOptions::new().read(true).open("/proc/self/mem")?;
+    let mut buf = vec![0u8; len];
+    mem.read_exact_at(&mut buf, addr)?;
+    Ok(buf)
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// Moves every other thread that is stopped inside site `slot`'s patched bytes (past the first
+/// one) to the matching instruction of the trampoline. Threads that do not answer within a
+/// second (signal blocked) are left alone.
+pub(crate) fn fix_up_threads(slot: usize) {
+    let me = gettid();
+    let tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me).collect())
+        .unwrap_or_default();
+    FIXUP_ACKS.store(0, Ordering::Release);
+    FIXUP_SITE.store(slot as u32 + 1, Ordering::Release);
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mut sent = 0;
+    for tid in tids {
+        // SAFETY: tgkill to a thread of our own process (tgkill(2)); ESRCH (thread gone) is fine.
+        if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGTRAP) } == 0 {
+            sent += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while FIXUP_ACKS.load(Ordering::Acquire) < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    FIXUP_SITE.store(0, Ordering::Release);
+}
+
+/// Installs `new` (whose first byte ends the change) over the site's bytes.
+pub(crate) fn install(slot: usize, addr: u64, new: &[u8]) -> std::io::Result<()> {
+    write_code(addr, &[0xcc])?;
+    sync_cores();
+    fix_up_threads(slot);
+    if new.len() > 1 {
+        write_code(addr + 1, &new[1..])?;
+        sync_cores();
+    }
+    write_code(addr, &new[..1])?;
+    sync_cores();
+    Ok(())
+}
+
+/// Allocates `size` bytes of memory within +-2 GiB of `near` (for rel32 jumps), read-write.
+pub(crate) fn alloc_near(near: u64, size: usize) -> Option<u64> {
+    const STEP: u64 = 1 << 16;
+    const RANGE: u64 = 1 << 30;
+    let base = near & !(STEP - 1);
+    for i in 1..(RANGE / STEP) {
+        for cand in [base.checked_sub(i * STEP), base.checked_add(i * STEP)].into_iter().flatten() {
+            if cand < 0x10000 {
+                continue;
+            }
+            // SAFETY: an anonymous private mapping at a hint, refused if anything is there
+            // (MAP_FIXED_NOREPLACE, mmap(2)).
+            let p = unsafe {
+                libc::mmap(
+                    cand as *mut libc::c_void,
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                if p as u64 == cand {
+                    return Some(cand);
+                }
+                // SAFETY: unmapping what the call above just mapped.
+                unsafe { libc::munmap(p, size) };
+            }
+        }
+    }
+    None
+}
+
+/// Makes memory from [`alloc_near`] executable (and no longer writable).
+pub(crate) fn make_executable(addr: u64, size: usize) -> std::io::Result<()> {
+    // SAFETY: the range was mapped by alloc_near (mprotect(2)).
+    if unsafe { libc::mprotect(addr as *mut libc::c_void, size, libc::PROT_READ | libc::PROT_EXEC) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

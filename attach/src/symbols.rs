@@ -1,0 +1,153 @@
+//! Where a probe goes: a function name or file offset in the main executable or a shared
+//! library, resolved to an address in this process from the ELF symbol tables and
+//! `/proc/self/maps`.
+
+use crate::procmaps::{mappings, Mapping};
+use object::{Object, ObjectSegment, ObjectSymbol};
+use std::path::Path;
+
+/// Why a target could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("bad probe target `{0}`: expected BINARY:FUNCTION[+OFFSET] or BINARY:OFFSET")]
+    Syntax(String),
+    #[error("`{0}` is not mapped in this process (yet)")]
+    NotMapped(String),
+    #[error("{path}: {msg}")]
+    Elf { path: String, msg: String },
+    #[error("no function `{symbol}` in {path}")]
+    NoSymbol { path: String, symbol: String },
+    #[error("{path}: file offset {offset:#x} is not in a mapped segment")]
+    Unmapped { path: String, offset: u64 },
+}
+
+/// A probe target as libbpf spells it in section names: `BINARY:FUNCTION[+OFFSET]` or
+/// `BINARY:OFFSET`, BINARY being a path, `/proc/self/exe`, or a library name like `libc.so.6`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The binary.
+    pub binary: String,
+    /// The function, if given by name.
+    pub function: Option<String>,
+    /// Offset from the function, or the file offset when no function is named.
+    pub offset: u64,
+}
+
+fn parse_num(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+impl Target {
+    /// Parses `BINARY:FUNCTION[+OFFSET]` or `BINARY:OFFSET`.
+    pub fn parse(spec: &str) -> Result<Target, ResolveError> {
+        let bad = || ResolveError::Syntax(spec.to_string());
+        let (binary, what) = spec.rsplit_once(':').ok_or_else(bad)?;
+        if binary.is_empty() || what.is_empty() {
+            return Err(bad());
+        }
+        if let Some(off) = parse_num(what) {
+            return Ok(Target { binary: binary.to_string(), function: None, offset: off });
+        }
+        let (func, off) = match what.split_once('+') {
+            Some((f, o)) => (f, parse_num(o).ok_or_else(bad)?),
+            None => (what, 0),
+        };
+        Ok(Target { binary: binary.to_string(), function: Some(func.to_string()), offset: off })
+    }
+}
+
+/// The mapped file `binary` names: `/proc/self/exe`, a path, or a library's file name.
+pub fn find_binary(binary: &str) -> Option<String> {
+    let maps = mappings();
+    let wanted = if binary == "/proc/self/exe" {
+        std::fs::read_link("/proc/self/exe").ok()?.to_string_lossy().to_string()
+    } else {
+        binary.to_string()
+    };
+    let canon = std::fs::canonicalize(&wanted).ok().map(|p| p.to_string_lossy().to_string());
+    let base = Path::new(&wanted).file_name()?.to_string_lossy().to_string();
+    maps.iter()
+        .find(|m| m.path == wanted || Some(&m.path) == canon.as_ref())
+        .or_else(|| {
+            // A bare library name: match the file name, or `name.` as a prefix (libc.so.6 for libc.so).
+            (!wanted.contains('/')).then(|| maps.iter().find(|m| Path::new(&m.path).file_name().is_some_and(|f| f.to_string_lossy() == base))).flatten()
+        })
+        .map(|m| m.path.clone())
+}
+
+/// The address of a symbol's file offset in this process.
+fn address_of_file_offset(path: &str, maps: &[Mapping], file_off: u64) -> Option<u64> {
+    maps.iter()
+        .filter(|m| m.path == path)
+        .find(|m| file_off >= m.offset && file_off < m.offset + (m.end - m.start))
+        .map(|m| m.start + (file_off - m.offset))
+}
+
+/// A resolved probe point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// Address in this process.
+    pub addr: u64,
+    /// The mapped file.
+    pub path: String,
+    /// The function's size (0 when unknown or when probing a raw offset).
+    pub function_size: u64,
+    /// Whether the address is the function's first byte.
+    pub at_entry: bool,
+}
+
+/// Resolves a target to an address in this process.
+pub fn resolve(t: &Target) -> Result<Resolved, ResolveError> {
+    let path = find_binary(&t.binary).ok_or_else(|| ResolveError::NotMapped(t.binary.clone()))?;
+    let maps = mappings();
+    let data = std::fs::read(&path).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
+    let file = object::File::parse(&*data).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
+    let Some(func) = &t.function else {
+        let addr = address_of_file_offset(&path, &maps, t.offset).ok_or(ResolveError::Unmapped { path: path.clone(), offset: t.offset })?;
+        return Ok(Resolved { addr, path, function_size: 0, at_entry: false });
+    };
+    let sym = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+        .find(|s| s.name().ok() == Some(func.as_str()) || s.name().ok().and_then(|n| n.split('@').next()) == Some(func.as_str()))
+        .ok_or_else(|| ResolveError::NoSymbol { path: path.clone(), symbol: func.clone() })?;
+    // Symbol value (a virtual address) to file offset through its loadable segment.
+    let vaddr = sym.address();
+    let seg = file
+        .segments()
+        .find(|s| vaddr >= s.address() && vaddr < s.address() + s.size())
+        .ok_or_else(|| ResolveError::Elf { path: path.clone(), msg: format!("`{func}` is outside every segment") })?;
+    let (seg_off, _) = seg.file_range();
+    let file_off = vaddr - seg.address() + seg_off + t.offset;
+    let addr = address_of_file_offset(&path, &maps, file_off).ok_or(ResolveError::Unmapped { path: path.clone(), offset: file_off })?;
+    Ok(Resolved { addr, path, function_size: sym.size(), at_entry: t.offset == 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_syntax() {
+        let t = Target::parse("/proc/self/exe:main+0x10").unwrap();
+        assert_eq!((t.binary.as_str(), t.function.as_deref(), t.offset), ("/proc/self/exe", Some("main"), 16));
+        let t = Target::parse("libc.so.6:0x1234").unwrap();
+        assert_eq!((t.function, t.offset), (None, 0x1234));
+        assert!(Target::parse("nocolon").is_err());
+        assert!(Target::parse("lib:func+zz").is_err());
+    }
+
+    #[test]
+    fn resolves_a_libc_function() {
+        let r = resolve(&Target::parse("libc.so.6:getpid").unwrap()).unwrap();
+        assert_eq!(r.addr, libc::getpid as *const () as u64);
+        assert!(r.at_entry);
+        let e = resolve(&Target::parse("libc.so.6:no_such_function_here").unwrap()).unwrap_err();
+        assert!(e.to_string().contains("no function `no_such_function_here`"), "{e}");
+        assert!(matches!(resolve(&Target::parse("libnotloaded.so:f").unwrap()), Err(ResolveError::NotMapped(_))));
+    }
+}
