@@ -1,4 +1,55 @@
-//! # libbpftime.so (planned)
+//! # libbpftime.so: the agent
 //!
-//! The agent: preloaded into a process, it will attach the programs found in shared memory.
-//! Thin glue over `bpftime-attach`. Empty until the uprobe issue is taken.
+//! Preloaded into a process (`LD_PRELOAD=libbpftime.so ./app`), it attaches eBPF uprobes and
+//! uretprobes by inline hooking, then gets out of the way:
+//! - with `BPFTIME_PROGRAM=obj.o` it loads the object itself (into the region named by
+//!   `BPFTIME_SHM` when that exists, so other processes can read the maps, else into private
+//!   memory) and attaches every `uprobe/...` and `uretprobe/...` section;
+//! - otherwise it attaches the links found in the region (`bpftime run` and loaders write them).
+//!
+//! Probes on libraries that are not loaded yet wait: the agent wraps `dlopen` and attaches them
+//! when the library appears. Every error is printed with a `bpftime:` prefix and the
+//! application runs on untouched; nothing panics across the C boundary.
+//!
+//! Thin glue: hooks come from `bpftime-attach`, programs from `bpftime-runtime`.
+
+mod glue;
+
+pub use glue::{attach_pending, Agent};
+
+/// Runs at load time (an `.init_array` entry).
+extern "C" fn bpftime_agent_init() {
+    if std::env::var_os("BPFTIME_DISABLE").is_some() {
+        return;
+    }
+    if std::panic::catch_unwind(glue::start).is_err() {
+        eprintln!("bpftime: the agent failed to start; the application runs without probes");
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT: extern "C" fn() = bpftime_agent_init;
+
+/// `dlopen`, wrapped: after the real one loads a library, pending probes on it are attached.
+///
+/// # Safety
+/// Same contract as dlopen(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dlopen(filename: *const libc::c_char, flags: libc::c_int) -> *mut libc::c_void {
+    type DlopenFn = unsafe extern "C" fn(*const libc::c_char, libc::c_int) -> *mut libc::c_void;
+    static REAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name (dlsym(3)).
+    let real = *REAL.get_or_init(|| unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) as usize });
+    if real == 0 {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `real` is the next dlopen in the lookup order, which has this signature.
+    let f: DlopenFn = unsafe { std::mem::transmute(real) };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let handle = unsafe { f(filename, flags) };
+    if !handle.is_null() && !bpftime_attach::in_probe() {
+        let _ = std::panic::catch_unwind(attach_pending);
+    }
+    handle
+}

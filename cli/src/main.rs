@@ -54,6 +54,30 @@ enum Command {
         #[command(subcommand)]
         command: ProgCommand,
     },
+    /// Run a command with the agent preloaded (probes from --program, or from the region's links).
+    Start {
+        /// An eBPF object whose uprobe sections the agent attaches itself.
+        #[arg(long)]
+        program: Option<PathBuf>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Load an object into a fresh region, run a command with its uprobes attached, then print
+    /// the object's maps.
+    Run {
+        /// A clang-built eBPF object.
+        file: PathBuf,
+        /// Print the maps as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Execution engine in the traced process.
+        #[arg(long, value_enum, default_value_t = EngineKind::Jit)]
+        engine: EngineKind,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Print bpf_trace_printk output as it arrives.
     Trace {
         /// Print what is there and exit instead of following.
@@ -242,8 +266,96 @@ fn vm_run(a: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The agent library: `$BPFTIME_AGENT`, or `libbpftime.so` beside this executable.
+fn agent_path() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("BPFTIME_AGENT") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let p = exe.with_file_name("libbpftime.so");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!("the agent {} is missing (build it with `cargo build -p bpftime-agent`, or set BPFTIME_AGENT)", p.display()))
+    }
+}
+
+/// Runs `command` with the agent preloaded; returns its exit code.
+fn run_with_agent(command: &[String], env: &[(&str, String)]) -> Result<i32, String> {
+    let agent = agent_path()?;
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", agent.display()),
+        _ => agent.display().to_string(),
+    };
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..]).env("LD_PRELOAD", preload);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().map_err(|e| format!("{}: {e}", command[0]))?;
+    Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+}
+
 fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
     match cmd {
+        Command::Start { program, command } => {
+            let mut env = vec![("BPFTIME_SHM", shm.to_string())];
+            if let Some(p) = program {
+                let p = std::fs::canonicalize(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                env.push(("BPFTIME_PROGRAM", p.display().to_string()));
+            }
+            let code = run_with_agent(&command, &env)?;
+            std::process::exit(code);
+        }
+        Command::Run { file, json, engine, command } => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            // A region of our own, removed when we are done.
+            let name = format!("bpftime-run-{}", std::process::id());
+            let region = Arc::new(ShmRegion::create(&name, DEFAULT_SIZE).map_err(|e| e.to_string())?);
+            struct Remove(String);
+            impl Drop for Remove {
+                fn drop(&mut self) {
+                    let _ = ShmRegion::remove(&self.0);
+                }
+            }
+            let _remove = Remove(name.clone());
+            let rt = Runtime::new(region.clone(), rt_engine(engine));
+            let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
+            let mut attached = 0;
+            for (pname, section, id) in &loaded.programs {
+                if let bpftime_object::ProgramKind::Uprobe { retprobe, target } = bpftime_object::ProgramKind::from_section(section) {
+                    if target.is_empty() {
+                        eprintln!("bpftime: section `{section}` names no BINARY:FUNCTION; `{pname}` is not attached");
+                        continue;
+                    }
+                    bpftime_runtime::links::store(&region, pname, *id, &target, retprobe, 0).map_err(|e| e.to_string())?;
+                    attached += 1;
+                }
+            }
+            if attached == 0 {
+                return Err(format!("{}: no uprobe or uretprobe sections to attach", file.display()));
+            }
+            let engine_name = if engine == EngineKind::Interp { "interp" } else { "jit" };
+            let code = run_with_agent(&command, &[("BPFTIME_SHM", name.clone()), ("BPFTIME_ENGINE", engine_name.to_string())])?;
+            let maps: Vec<Map> = loaded.maps.iter().filter(|m| !m.name().starts_with(".rodata")).cloned().collect();
+            if json {
+                let out = serde_json::json!({ "exit_code": code, "maps": maps.iter().map(dump::json).collect::<Vec<_>>() });
+                println!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
+            } else {
+                eprintln!("bpftime: `{}` exited with {code}", command.join(" "));
+                print_maps(&maps, false);
+            }
+            if let Some(pipe) = TracePipe::existing(&region) {
+                for line in pipe.read_from(0).0 {
+                    eprintln!("{line}");
+                }
+            }
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Vm { command: VmCommand::Run { file, section, mem, engine, dump_maps, json, budget } } => {
             vm_run(RunArgs { file: &file, section: section.as_deref(), mem, engine, dump_maps, json, budget })
         }

@@ -13,6 +13,7 @@ mod format;
 mod handles;
 pub mod helper_names;
 pub mod helpers;
+pub mod links;
 pub mod progs;
 mod runtime;
 pub mod trace;
