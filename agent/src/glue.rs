@@ -30,12 +30,19 @@ fn verbose() -> bool {
 }
 
 /// Runs a program when its probe fires.
-struct ProgramProbe {
+pub struct ProgramProbe {
     runtime: &'static Runtime,
     prog: Arc<LoadedProgram>,
     cookie: u64,
     func_ip: u64,
     reported: AtomicBool,
+}
+
+impl ProgramProbe {
+    /// A handler running `prog` with the given attach cookie and function address.
+    pub fn new(runtime: &'static Runtime, prog: Arc<LoadedProgram>, cookie: u64, func_ip: u64) -> Self {
+        ProgramProbe { runtime, prog, cookie, func_ip, reported: AtomicBool::new(false) }
+    }
 }
 
 impl ProbeHandler for ProgramProbe {
@@ -53,7 +60,7 @@ impl ProbeHandler for ProgramProbe {
 fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<(), String> {
     let target = Target::parse(&p.target).map_err(|e| e.to_string())?;
     let r = resolve(&target).map_err(|e| e.to_string())?;
-    let handler = Arc::new(ProgramProbe { runtime, prog: p.prog.clone(), cookie: p.cookie, func_ip: r.addr, reported: AtomicBool::new(false) });
+    let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr));
     let kind = if p.retprobe { ProbeKind::Return } else { ProbeKind::Entry };
     attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry }, kind, handler).map_err(|e: AttachError| e.to_string())?;
     if verbose() {

@@ -15,14 +15,14 @@
 
 mod glue;
 
-pub use glue::{attach_pending, Agent};
+pub use glue::{attach_pending, Agent, ProgramProbe};
 
 /// Runs at load time (an `.init_array` entry).
 extern "C" fn bpftime_agent_init() {
     if std::env::var_os("BPFTIME_DISABLE").is_some() {
         return;
     }
-    if std::panic::catch_unwind(glue::start).is_err() {
+    if bpftime_attach::without_probes(|| std::panic::catch_unwind(glue::start)).is_err() {
         eprintln!("bpftime: the agent failed to start; the application runs without probes");
     }
 }
@@ -49,7 +49,9 @@ pub unsafe extern "C" fn dlopen(filename: *const libc::c_char, flags: libc::c_in
     // SAFETY: forwarding the caller's arguments unchanged.
     let handle = unsafe { f(filename, flags) };
     if !handle.is_null() && !bpftime_attach::in_probe() {
-        let _ = std::panic::catch_unwind(attach_pending);
+        bpftime_attach::without_probes(|| {
+            let _ = std::panic::catch_unwind(attach_pending);
+        });
     }
     handle
 }

@@ -444,3 +444,12 @@ pub fn detach(id: ProbeId) -> Result<(), AttachError> {
 pub fn in_probe() -> bool {
     IN_PROBE.with(|f| f.get())
 }
+
+/// Runs `f` with probes silenced on this thread (the agent's own work must not show up in the
+/// programs' counts, e.g. its allocations when malloc is probed).
+pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
+    let was = IN_PROBE.with(|p| p.replace(true));
+    let r = f();
+    IN_PROBE.with(|p| p.set(was));
+    r
+}

@@ -18,7 +18,8 @@ pub mod procmaps;
 pub mod regs;
 pub mod symbols;
 
-pub use hook::{attach, detach, in_probe, AttachError, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED};
+pub use hook::{attach, detach, in_probe, without_probes, AttachError, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED};
+pub use patch::{MOVED_THREADS, TRAPS_REDIRECTED};
 pub use regs::PtRegs;
 pub use symbols::{resolve, ResolveError, Resolved, Target};
 
@@ -70,5 +71,55 @@ mod tests {
         detach(r).unwrap();
         assert_eq!(std::hint::black_box(bpftime_attach_test_target)(3, 4), want);
         assert_eq!(entry.0.load(Ordering::Relaxed), 1, "detached: no more hits");
+    }
+}
+
+#[cfg(test)]
+mod stress {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[inline(never)]
+    #[no_mangle]
+    pub extern "C" fn bpftime_attach_stress_target(a: u64, b: u64) -> u64 {
+        let x = std::hint::black_box(a).wrapping_mul(3);
+        x.wrapping_add(std::hint::black_box(b))
+    }
+
+    struct Hits(AtomicU64);
+    impl ProbeHandler for Hits {
+        fn on_hit(&self, _: &mut PtRegs) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn attach_detach_while_threads_call() {
+        let addr = bpftime_attach_stress_target as *const () as u64;
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = std::hint::black_box(bpftime_attach_stress_target)(n, t);
+                        assert_eq!(r, n.wrapping_mul(3).wrapping_add(t));
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let hits = Arc::new(Hits(AtomicU64::new(0)));
+        for _ in 0..100 {
+            let id = attach(addr, SiteInfo { function_size: 0, at_entry: true }, ProbeKind::Entry, hits.clone()).unwrap();
+            std::thread::sleep(std::time::Duration::from_micros(500));
+            detach(id).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let calls: u64 = workers.into_iter().map(|w| w.join().expect("worker crashed")).sum();
+        assert!(hits.0.load(Ordering::Relaxed) <= calls);
     }
 }

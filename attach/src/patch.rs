@@ -5,7 +5,9 @@
 //! remaining bytes, then the first byte, with a core-serialising `membarrier` after each step.
 //! A thread that meets the `int3` is sent to the relocated original instructions (the
 //! trampoline) by our SIGTRAP handler, and threads stopped in the middle of the bytes being
-//! replaced are moved to the matching place in the trampoline first, by signalling every thread.
+//! replaced are moved to the matching place in the trampoline first, by signalling every thread
+//! with a real-time signal of its own (`SIGRTMAX - 5`): a second SIGTRAP could be merged with a
+//! pending int3 trap, and the two cases need different answers.
 //!
 //! Everything the signal handler reads is a fixed table of atomics: no locks, no allocation.
 
@@ -51,6 +53,10 @@ static FIXUP_SITE: AtomicU32 = AtomicU32::new(0);
 static HANDLER: Once = Once::new();
 static mut PREVIOUS: Option<libc::sigaction> = None;
 static SYNC_CORE: AtomicBool = AtomicBool::new(false);
+/// Threads moved out of bytes being patched into the trampoline (diagnostics).
+pub static MOVED_THREADS: AtomicU32 = AtomicU32::new(0);
+/// Threads that met an int3 while a site changed and were sent to its trampoline (diagnostics).
+pub static TRAPS_REDIRECTED: AtomicU32 = AtomicU32::new(0);
 /// One code change at a time in the whole process.
 pub(crate) static PATCH_LOCK: Mutex<()> = Mutex::new(());
 
@@ -92,23 +98,35 @@ fn fixed_rip(s: &SiteSlot, rip: u64) -> Option<u64> {
         .map(|m| tramp + (m & 0xffff_ffff))
 }
 
-extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo and ucontext to an SA_SIGINFO handler.
-    let (code, uc) = unsafe { ((*info).si_code, &mut *(ctx as *mut libc::ucontext_t)) };
+/// The signal of fix-up rounds.
+fn fixup_signal() -> libc::c_int {
+    libc::SIGRTMAX() - 5
+}
+
+extern "C" fn on_fixup(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO handler.
+    let uc = unsafe { &mut *(ctx as *mut libc::ucontext_t) };
     let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
-    if code == libc::SI_TKILL {
-        // A fix-up round: leave the bytes being replaced for their copy in the trampoline.
-        let site = FIXUP_SITE.load(Ordering::Acquire);
-        if site != 0 {
-            if let Some(new) = fixed_rip(&SLOTS[site as usize - 1], rip) {
-                uc.uc_mcontext.gregs[libc::REG_RIP as usize] = new as i64;
-            }
-            FIXUP_ACKS.fetch_add(1, Ordering::AcqRel);
-            return;
+    // Leave the bytes being replaced for their copy in the trampoline. (A late signal, after
+    // its round ended, has nothing to do.)
+    let site = FIXUP_SITE.load(Ordering::Acquire);
+    if site != 0 {
+        if let Some(new) = fixed_rip(&SLOTS[site as usize - 1], rip) {
+            uc.uc_mcontext.gregs[libc::REG_RIP as usize] = new as i64;
+            MOVED_THREADS.fetch_add(1, Ordering::Relaxed);
         }
-    } else if let Some(s) = rip.checked_sub(1).and_then(slot_at) {
+        FIXUP_ACKS.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO handler.
+    let uc = unsafe { &mut *(ctx as *mut libc::ucontext_t) };
+    let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
+    if let Some(s) = rip.checked_sub(1).and_then(slot_at) {
         // Hit our int3 while the site's bytes change: run the original instructions.
         uc.uc_mcontext.gregs[libc::REG_RIP as usize] = s.trampoline.load(Ordering::Relaxed) as i64;
+        TRAPS_REDIRECTED.fetch_add(1, Ordering::Relaxed);
         return;
     }
     // Not ours: hand it to whoever handled SIGTRAP before us.
@@ -147,6 +165,8 @@ fn install_handler() {
             libc::sigaction(libc::SIGTRAP, std::ptr::null(), &mut old);
             *std::ptr::addr_of_mut!(PREVIOUS) = Some(old);
             libc::sigaction(libc::SIGTRAP, &act, std::ptr::null_mut());
+            act.sa_sigaction = on_fixup as *const () as usize;
+            libc::sigaction(fixup_signal(), &act, std::ptr::null_mut());
             // Core-serialising barriers for cross-modifying code (membarrier(2)).
             const REGISTER_SYNC_CORE: libc::c_int = 1 << 6;
             if libc::syscall(libc::SYS_membarrier, REGISTER_SYNC_CORE, 0) == 0 {
@@ -199,7 +219,7 @@ pub(crate) fn fix_up_threads(slot: usize) {
     let mut sent = 0;
     for tid in tids {
         // SAFETY: tgkill to a thread of our own process (tgkill(2)); ESRCH (thread gone) is fine.
-        if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGTRAP) } == 0 {
+        if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, fixup_signal()) } == 0 {
             sent += 1;
         }
     }

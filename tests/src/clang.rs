@@ -33,7 +33,7 @@ pub fn build_example(name: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = out_dir.join(format!("{name}.{}.{n}.tmp.o", std::process::id()));
     let output = Command::new(&clang)
-        .args(["-target", "bpf", "-mcpu=v3", "-O2", "-g", "-c"])
+        .args(["-target", "bpf", "-mcpu=v3", "-O2", "-g", "-D__TARGET_ARCH_x86", "-c"])
         .arg("-I")
         .arg(root.join("examples/bpf"))
         .arg("-I/usr/include/x86_64-linux-gnu")
@@ -63,4 +63,29 @@ pub fn example_names() -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Compiles `examples/targets/<name>.c` with the system C compiler (cached under
+/// target/c-targets): an executable, or with `shared` a `lib<name>.so`.
+pub fn build_target(name: &str, shared: bool) -> PathBuf {
+    let root = crate::repo_root();
+    let src = root.join("examples/targets").join(format!("{name}.c"));
+    let out_dir = root.join("target/c-targets");
+    std::fs::create_dir_all(&out_dir).expect("create target/c-targets");
+    let out = out_dir.join(if shared { format!("lib{name}.so") } else { name.to_string() });
+    if is_fresh(&out, &src) {
+        return out;
+    }
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out_dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
+    let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cmd.args(["-O2", "-g", "-pthread"]);
+    if shared {
+        cmd.args(["-shared", "-fPIC"]);
+    }
+    let output = cmd.arg(&src).arg("-o").arg(&tmp).arg("-ldl").output().expect("run cc");
+    assert!(output.status.success(), "cc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&output.stderr));
+    std::fs::rename(&tmp, &out).expect("move binary into place");
+    out
 }

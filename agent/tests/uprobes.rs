@@ -1,0 +1,144 @@
+//! The agent in real processes: C targets run under LD_PRELOAD=libbpftime.so with
+//! clang-built uprobe programs; counts, arguments and return values are checked exactly.
+
+use bpftime_maps::Map;
+use bpftime_object::Object;
+use bpftime_runtime::{links, EngineKind, Runtime};
+use bpftime_shm::ShmRegion;
+use bpftime_tests::clang::{build_example, build_target};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+/// libbpftime.so, built beside this test binary's directory.
+fn agent() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let p = dir.join("libbpftime.so");
+    assert!(p.exists(), "{} is missing: build the workspace (cargo build -p bpftime-agent)", p.display());
+    p
+}
+
+struct Session {
+    name: String,
+    maps: Vec<Map>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = ShmRegion::remove(&self.name);
+    }
+}
+
+/// Loads an example into a fresh region and writes a link for each uprobe section.
+fn session(tag: &str, example: &str, engine: EngineKind) -> Session {
+    let name = format!("bpftime-agent-test-{tag}-{}", std::process::id());
+    let _ = ShmRegion::remove(&name);
+    let region = Arc::new(ShmRegion::create(&name, 32 << 20).unwrap());
+    let obj = Object::parse(&std::fs::read(build_example(example)).unwrap()).unwrap();
+    let rt = Runtime::new(region.clone(), engine);
+    let loaded = rt.load_object(&obj).unwrap();
+    for (pname, section, id) in &loaded.programs {
+        if let bpftime_object::ProgramKind::Uprobe { retprobe, target } = bpftime_object::ProgramKind::from_section(section) {
+            links::store(&region, pname, *id, &target, retprobe, 0).unwrap();
+        }
+    }
+    Session { name, maps: loaded.maps }
+}
+
+fn run_traced(s: &Session, cmd: &mut Command, engine: &str) -> Output {
+    cmd.env("LD_PRELOAD", agent()).env("BPFTIME_SHM", &s.name).env("BPFTIME_ENGINE", engine).output().expect("run target")
+}
+
+fn value(m: &Map, k: u32) -> u64 {
+    let mut v = [0u8; 8];
+    m.lookup(&k.to_le_bytes(), &mut v).unwrap();
+    u64::from_le_bytes(v)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+#[test]
+fn counts_arguments_and_return_values_exactly_with_8_threads() {
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        let s = session(&format!("calls-{engine}"), "uprobe_calls", kind);
+        let iters = 20_000u64;
+        let threads = 8u64;
+        let out = run_traced(&s, Command::new(build_target("calls", false)).args([iters.to_string(), threads.to_string()]), engine);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // Each thread sums add(i, 2i) = 3i for i < iters.
+        let per_thread = 3 * iters * (iters - 1) / 2;
+        assert_eq!(text(&out.stdout).trim(), format!("sum {} fact 3628800 tiny 0", per_thread * threads));
+        let stats = &s.maps[0];
+        assert_eq!(value(stats, 0), iters * threads, "{engine}: add() calls");
+        assert_eq!(value(stats, 1), per_thread * threads, "{engine}: sum of add() results seen by the uretprobe");
+        let (a, b) = (value(stats, 2), value(stats, 3));
+        assert_eq!(b, 2 * a, "{engine}: arguments of the last call");
+        assert_eq!(value(stats, 4), 10, "{engine}: fact() entries through recursion");
+        assert_eq!(value(stats, 5), 10, "{engine}: fact() returns through recursion");
+        assert_eq!(value(stats, 6), 3628800, "{engine}: largest fact() result");
+        assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn probes_a_libc_function() {
+    let s = session("malloc", "malloc_latency", EngineKind::Jit);
+    let n = 50_000u64;
+    let out = run_traced(&s, Command::new(build_target("malloc_workload", false)).arg(n.to_string()), "jit");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sum = |m: &Map| (0..32).map(|k| value(m, k)).sum::<u64>();
+    let sizes = sum(&s.maps[0]);
+    let latencies = sum(&s.maps[1]);
+    // The workload's mallocs, plus the one stdio makes for its buffer; none of the agent's own.
+    assert_eq!(sizes, n + 1, "{sizes} malloc calls for {n} in the workload");
+    assert_eq!(latencies, sizes, "every malloc returned through the uretprobe");
+    assert_eq!(s.maps[2].keys().len(), 0, "no start time left behind");
+    // Requested sizes are 1 << (seed % 16): buckets 0..16 only, besides libc's own.
+    assert!((0..16).all(|k| value(&s.maps[0], k) > 0));
+}
+
+#[test]
+fn probes_a_library_loaded_later_with_dlopen() {
+    let s = session("dlopen", "uprobe_plugin", EngineKind::Jit);
+    let lib = build_target("plugin", true);
+    let n = 1000u64;
+    let out = run_traced(&s, Command::new(build_target("dlopen_host", false)).arg(&lib).arg(n.to_string()), "jit");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(value(&s.maps[0], 0), n, "calls after dlopen");
+    assert_eq!(value(&s.maps[0], 1), n * (n - 1) / 2, "sum of first arguments");
+}
+
+#[test]
+fn unrelocatable_prologue_is_a_clear_error_and_the_app_runs() {
+    let s = session("tiny", "uprobe_tiny", EngineKind::Jit);
+    let out = run_traced(&s, Command::new(build_target("calls", false)).arg("10"), "jit");
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), "sum 135 fact 3628800 tiny 0");
+    let err = text(&out.stderr);
+    assert!(err.starts_with("bpftime: cannot attach `on_tiny` to /proc/self/exe:tiny: cannot patch"), "{err}");
+    assert!(err.contains("before the 5 bytes a jump needs"), "{err}");
+}
+
+#[test]
+fn standalone_program_mode() {
+    // BPFTIME_PROGRAM: the agent loads the object itself; with BPFTIME_SHM naming an existing
+    // region, the maps land there for us to read.
+    let name = format!("bpftime-agent-test-standalone-{}", std::process::id());
+    let _ = ShmRegion::remove(&name);
+    let region = Arc::new(ShmRegion::create(&name, 32 << 20).unwrap());
+    let out = Command::new(build_target("calls", false))
+        .args(["500", "2"])
+        .env("LD_PRELOAD", agent())
+        .env("BPFTIME_SHM", &name)
+        .env("BPFTIME_PROGRAM", build_example("uprobe_calls"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stats = Map::open_by_name(&region, "stats").unwrap();
+    assert_eq!(value(&stats, 0), 1000);
+    assert_eq!(links::list(&region).len(), 4, "the agent recorded its links");
+    let _ = ShmRegion::remove(&name);
+}
