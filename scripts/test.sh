@@ -10,5 +10,7 @@ if [ -f ../shared/conformance/vectors.jsonl ] || [ -n "${BPFTIME_CONFORMANCE_DIR
 else
     echo "conformance vectors: ../shared/conformance is absent; the conformance tests skip"
 fi
+# The agent (a cdylib) and the binaries must be built for the tests that run them.
+cargo build --workspace
 cargo test --workspace --all-targets
 cargo test --workspace --doc

@@ -176,13 +176,21 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
 }
 
 /// Pushes a kernel-layout `pt_regs` (after stepping over the red zone) and points rsi at it.
-fn save_regs(a: &mut CodeAssembler, ip: Option<u64>) -> Result<(), IcedError> {
+///
+/// `flags_live`: whether the code at the probe point may rely on the flags. At a function's
+/// entry and at a return they are dead (the x86-64 System V ABI keeps no status flags across
+/// calls), so saving and restoring them (`pushfq`/`popfq`, slow) is skipped there.
+fn save_regs(a: &mut CodeAssembler, ip: Option<u64>, flags_live: bool) -> Result<(), IcedError> {
     a.lea(rsp, ptr(rsp - 128))?;
     a.push(rax)?; // scratch, restored below
     a.lea(rax, ptr(rsp + 136))?; // the stack pointer at the probe point
     a.push(0x2bi32)?; // ss
     a.push(rax)?; // sp
-    a.pushfq()?; // flags (lea and push leave them alone)
+    if flags_live {
+        a.pushfq()?; // flags (lea and push leave them alone)
+    } else {
+        a.push(0x246i32)?; // what flags usually hold at a call boundary
+    }
     a.push(0x33i32)?; // cs
     match ip {
         Some(ip) => {
@@ -207,10 +215,12 @@ fn save_regs(a: &mut CodeAssembler, ip: Option<u64>) -> Result<(), IcedError> {
 
 /// Calls `f` with the stack aligned, then restores every register from the `pt_regs` and
 /// leaves rsp where the probe point had it, plus `final_adjust` bytes.
-fn call_and_restore(a: &mut CodeAssembler, f: u64, final_adjust: i32) -> Result<(), IcedError> {
+fn call_and_restore(a: &mut CodeAssembler, f: u64, final_adjust: i32, flags_live: bool) -> Result<(), IcedError> {
     a.mov(rbx, rsp)?;
     a.and(rsp, -16)?;
-    a.cld()?;
+    if flags_live {
+        a.cld()?;
+    }
     a.mov(rax, f)?;
     a.call(rax)?;
     a.mov(rsp, rbx)?;
@@ -218,18 +228,22 @@ fn call_and_restore(a: &mut CodeAssembler, f: u64, final_adjust: i32) -> Result<
         a.pop(r)?;
     }
     a.lea(rsp, ptr(rsp + 24))?; // orig_ax, ip, cs
-    a.popfq()?;
+    if flags_live {
+        a.popfq()?;
+    } else {
+        a.lea(rsp, ptr(rsp + 8))?;
+    }
     // sp, ss, scratch, red zone: lea leaves the flags as popfq set them.
     a.lea(rsp, ptr(rsp + 24 + 128 + final_adjust))?;
     Ok(())
 }
 
-fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64) -> Result<Vec<u8>, IcedError> {
+fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, at_entry: bool) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
     let mut target = a.create_label();
-    save_regs(&mut a, Some(probe_addr))?;
+    save_regs(&mut a, Some(probe_addr), !at_entry)?;
     a.mov(rdi, site)?;
-    call_and_restore(&mut a, entry_dispatch as *const () as u64, 0)?;
+    call_and_restore(&mut a, entry_dispatch as *const () as u64, 0, !at_entry)?;
     a.jmp(qword_ptr(target))?;
     a.set_label(&mut target)?;
     a.dq(&[trampoline])?;
@@ -244,10 +258,10 @@ fn return_stub() -> u64 {
             let at = patch::alloc_near(return_dispatch as *const () as u64, PAGE).ok_or("no memory for the return stub")?;
             let mut a = CodeAssembler::new(64).map_err(|e| e.to_string())?;
             (|| -> Result<(), IcedError> {
-                save_regs(&mut a, None)?;
+                save_regs(&mut a, None, false)?;
                 a.mov(rdi, rsi)?;
                 // Ends with rsp on the slot return_dispatch filled with the real address.
-                call_and_restore(&mut a, return_dispatch as *const () as u64, -8)?;
+                call_and_restore(&mut a, return_dispatch as *const () as u64, -8, false)?;
                 a.ret()
             })()
             .map_err(|e| e.to_string())?;
@@ -344,7 +358,7 @@ fn build_site(addr: u64, function_size: u64, at_entry: bool) -> Result<&'static 
         ret: AtomicPtr::new(empty_list()),
         installed: AtomicBool::new(false),
     }));
-    let stub = entry_stub(site as *const Site as u64, addr, tramp, page).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
+    let stub = entry_stub(site as *const Site as u64, addr, tramp, page, at_entry).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
     if stub.len() > TRAMPOLINE_AT as usize || tcode.len() > PAGE - TRAMPOLINE_AT as usize {
         return Err(unpatchable("stub too large".into()));
     }

@@ -517,3 +517,62 @@ pub fn run<E: Engine + ?Sized>(engine: &E, ctx: Context<'_>, opts: &RunOptions) 
     let r0 = engine.execute(region.start, region.len, base + STACK_SIZE as u64, &mut state);
     state.finish(r0)
 }
+
+/// A run context kept for many short runs on one thread (probe hits): its stack and state are
+/// set up once, so a run only fills in the context, the helper host and a few counters.
+pub struct Runner {
+    inner: Box<RunnerInner>,
+    budget: u64,
+}
+
+#[repr(C)]
+struct RunnerInner {
+    state: RunState,
+    stack: Stack,
+}
+
+impl Runner {
+    /// A runner whose programs may also touch `regions` and call `helpers`; both must outlive
+    /// every run (a runtime keeps them for the life of the process).
+    pub fn new(regions: &'static [Region], helpers: &'static [Option<HelperFn>], budget: u64) -> Runner {
+        let mut inner = Box::new(RunnerInner {
+            state: RunState::new(0, Region { start: 0, len: 0, writable: false }, &RunOptions { regions, budget, host: std::ptr::null_mut() }, helpers),
+            stack: Stack([0; STACK_SIZE]),
+        });
+        let base = inner.stack.0.as_ptr() as u64;
+        let stack = FastRegion::new(base, STACK_SIZE as u64);
+        inner.state.fast_load[0] = stack;
+        inner.state.fast_store[0] = stack;
+        inner.state.stack_base = base;
+        inner.state.place_scratch();
+        Runner { inner, budget }
+    }
+
+    /// Runs `engine` on a read-only context (such as a probe's `pt_regs`).
+    #[inline]
+    pub fn run_read_only(&mut self, engine: &dyn Engine, ctx: &[u8], host: *mut c_void) -> Result<u64, RunError> {
+        let inner = &mut *self.inner;
+        let st = &mut inner.state;
+        let start = ctx.as_ptr() as u64;
+        let len = ctx.len() as u64;
+        st.ctx = Region { start, len, writable: false };
+        if len >= 8 {
+            st.fast_load[1] = FastRegion::new(start, len);
+        } else {
+            st.fast_load[1] = FastRegion::new(st.scratch.as_ptr() as u64, 8);
+        }
+        st.status = STATUS_RUNNING;
+        st.budget = self.budget;
+        st.fault = None;
+        st.host = host;
+        st.helpers = engine.helper_functions().as_ptr();
+        st.nhelpers = engine.helper_functions().len();
+        let engine_ref: &dyn Engine = engine;
+        st.callback = Some(callback_trampoline::<dyn Engine>);
+        st.callback_engine = &engine_ref as *const &dyn Engine as *const c_void;
+        let fp = inner.stack.0.as_ptr() as u64 + STACK_SIZE as u64;
+        let r0 = engine.execute(start, len, fp, st);
+        st.callback_engine = std::ptr::null();
+        st.finish(r0)
+    }
+}

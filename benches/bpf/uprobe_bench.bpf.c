@@ -1,0 +1,34 @@
+// Programs for the uprobe benchmark: the same object is attached by bpftime and by the kernel.
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} hits SEC(".maps");
+
+SEC("uprobe/empty")
+int empty(void *ctx)
+{
+    return 0;
+}
+
+SEC("uprobe/array_update")
+int array_update(void *ctx)
+{
+    __u32 k = 0;
+    __u64 *v = bpf_map_lookup_elem(&hits, &k);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+    return 0;
+}
+
+SEC("uretprobe/empty_ret")
+int empty_ret(void *ctx)
+{
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
