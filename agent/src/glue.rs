@@ -4,7 +4,6 @@ use bpftime_attach::{attach, resolve, AttachError, ProbeHandler, ProbeKind, PtRe
 use bpftime_object::{Object, ProgramKind};
 use bpftime_runtime::{links, EngineKind, LoadedProgram, Runtime};
 use bpftime_shm::{default_name, ShmRegion};
-use bpftime_vm::exec::Context;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -46,8 +45,8 @@ impl ProgramProbe {
 }
 
 impl ProbeHandler for ProgramProbe {
-    fn on_hit(&self, regs: &mut PtRegs) {
-        let r = self.runtime.run(&self.prog, Context::ReadOnly(regs.as_bytes()), self.cookie, self.func_ip, true);
+    fn on_hit(&self, regs: &PtRegs) {
+        let r = self.runtime.run_probe(&self.prog, regs.as_bytes(), self.cookie, self.func_ip);
         if let Err(e) = r {
             // Report the first failure of each probe; never stop the application.
             if !self.reported.swap(true, Ordering::Relaxed) {

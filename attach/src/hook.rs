@@ -31,7 +31,7 @@ const TRAMPOLINE_AT: u64 = 2048;
 /// Called when a probe fires.
 pub trait ProbeHandler: Send + Sync {
     /// The probed thread's registers (at entry: arguments; at return: `ax` is the result).
-    fn on_hit(&self, regs: &mut PtRegs);
+    fn on_hit(&self, regs: &PtRegs);
 }
 
 /// Entry probe (uprobe) or return probe (uretprobe).
@@ -117,7 +117,7 @@ fn shadow() -> *mut ShadowStack {
 }
 
 /// Called by a site's entry stub.
-extern "C" fn entry_dispatch(site: &Site, regs: &mut PtRegs) {
+extern "C" fn entry_dispatch(site: &Site, regs: &PtRegs) {
     if IN_PROBE.with(|f| f.replace(true)) {
         return;
     }
@@ -175,78 +175,159 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
     unsafe { ((regs.sp - 8) as *mut u64).write(real) };
 }
 
-/// Pushes a kernel-layout `pt_regs` (after stepping over the red zone) and points rsi at it.
-///
-/// `flags_live`: whether the code at the probe point may rely on the flags. At a function's
-/// entry and at a return they are dead (the x86-64 System V ABI keeps no status flags across
-/// calls), so saving and restoring them (`pushfq`/`popfq`, slow) is skipped there.
-fn save_regs(a: &mut CodeAssembler, ip: Option<u64>, flags_live: bool) -> Result<(), IcedError> {
-    a.lea(rsp, ptr(rsp - 128))?;
-    a.push(rax)?; // scratch, restored below
-    a.lea(rax, ptr(rsp + 136))?; // the stack pointer at the probe point
-    a.push(0x2bi32)?; // ss
-    a.push(rax)?; // sp
-    if flags_live {
-        a.pushfq()?; // flags (lea and push leave them alone)
-    } else {
-        a.push(0x246i32)?; // what flags usually hold at a call boundary
+/// What the code at a probe point may still need, which decides what a stub must preserve
+/// besides the general registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PointKind {
+    /// A function's first instruction. By the System V x86-64 ABI the flags are dead, the
+    /// direction flag is clear, the 128 bytes below `rsp` are free, and of the vector
+    /// registers only the argument registers xmm0-xmm7 are live.
+    FunctionEntry,
+    /// Just after a `ret` (the return stub): as at entry, but only xmm0-xmm1 (the return value)
+    /// are live.
+    Return,
+    /// Anywhere else: everything is live, including the flags, the red zone and all vector
+    /// registers.
+    MidFunction,
+}
+
+impl PointKind {
+    /// Bytes below `rsp` to step over before pushing: the red zone where it may be in use.
+    fn red_zone(self) -> i32 {
+        if self == PointKind::MidFunction {
+            128
+        } else {
+            0
+        }
     }
-    a.push(0x33i32)?; // cs
+}
+
+/// Offsets of the fields of the kernel's `struct pt_regs` (x86-64).
+mod pt {
+    pub const ORIG_AX: i32 = 15 * 8;
+    pub const IP: i32 = 16 * 8;
+    pub const CS: i32 = 17 * 8;
+    pub const FLAGS: i32 = 18 * 8;
+    pub const SP: i32 = 19 * 8;
+    pub const SS: i32 = 20 * 8;
+    pub const SIZE: i32 = 21 * 8;
+}
+
+/// The general registers in `pt_regs` order (from `r15` at offset 0 to `di`), `ax` excepted
+/// (it sits between `r8` and `cx`).
+const GPRS: [(AsmRegister64, i32); 15] = [
+    (r15, 0),
+    (r14, 8),
+    (r13, 16),
+    (r12, 24),
+    (rbp, 32),
+    (rbx, 40),
+    (r11, 48),
+    (r10, 56),
+    (r9, 64),
+    (r8, 72),
+    (rax, 80),
+    (rcx, 88),
+    (rdx, 96),
+    (rsi, 104),
+    (rdi, 112),
+];
+
+/// Whether the register is callee-saved (preserved by the dispatch call itself).
+fn callee_saved(r: AsmRegister64) -> bool {
+    [rbx, rbp, r12, r13, r14, r15].contains(&r)
+}
+
+/// Emits a stub body: builds a kernel-layout `pt_regs` on the stack, saves the vector state
+/// that is live at `point`, calls `f(arg0, &pt_regs)` (`arg0` = None passes the `pt_regs` as
+/// the first argument instead), restores what the call may have changed and leaves rsp at the
+/// probe point's value minus `keep` bytes.
+///
+/// The frame is made with plain moves rather than pushes (fewer stack-engine syncs), and only
+/// registers the call can change are reloaded: callee-saved ones are preserved by `f` itself
+/// (bx is reloaded because the stub uses it). Vector registers are saved as 128-bit values, as
+/// other inline-hook engines do: upper halves of ymm/zmm registers are not preserved.
+fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg0: Option<u64>, f: u64, keep: i32) -> Result<(), IcedError> {
+    let red_zone = point.red_zone();
+    // The frame: [pt_regs][keep bytes], below the red zone where it is live.
+    if point == PointKind::MidFunction {
+        // Flags first: later arithmetic would change them.
+        a.lea(rsp, ptr(rsp - (red_zone + keep + pt::SIZE - pt::FLAGS - 8)))?;
+        a.pushfq()?;
+        a.lea(rsp, ptr(rsp - pt::FLAGS))?;
+    } else {
+        a.lea(rsp, ptr(rsp - (keep + pt::SIZE)))?;
+        a.mov(qword_ptr(rsp + pt::FLAGS), 0x246i32)?; // what flags usually hold at a call
+    }
+    for (r, off) in GPRS {
+        a.mov(qword_ptr(rsp + off), r)?;
+    }
+    a.lea(rax, ptr(rsp + pt::SIZE + keep + red_zone))?;
+    a.mov(qword_ptr(rsp + pt::SP), rax)?;
+    a.mov(qword_ptr(rsp + pt::SS), 0x2bi32)?;
+    a.mov(qword_ptr(rsp + pt::CS), 0x33i32)?;
+    a.mov(qword_ptr(rsp + pt::ORIG_AX), -1i32)?;
     match ip {
         Some(ip) => {
             a.mov(rax, ip)?;
-            a.push(rax)?;
+            a.mov(qword_ptr(rsp + pt::IP), rax)?;
         }
-        None => a.push(0i32)?,
+        None => a.mov(qword_ptr(rsp + pt::IP), 0i32)?,
     }
-    a.push(-1i32)?; // orig_ax
-    a.push(rdi)?;
-    a.push(rsi)?;
-    a.push(rdx)?;
-    a.push(rcx)?;
-    a.mov(rax, qword_ptr(rsp + 80))?; // the scratch slot: the real rax
-    a.push(rax)?;
-    for r in [r8, r9, r10, r11, rbx, rbp, r12, r13, r14, r15] {
-        a.push(r)?;
-    }
-    a.mov(rsi, rsp)?;
-    Ok(())
-}
-
-/// Calls `f` with the stack aligned, then restores every register from the `pt_regs` and
-/// leaves rsp where the probe point had it, plus `final_adjust` bytes.
-fn call_and_restore(a: &mut CodeAssembler, f: u64, final_adjust: i32, flags_live: bool) -> Result<(), IcedError> {
     a.mov(rbx, rsp)?;
     a.and(rsp, -16)?;
-    if flags_live {
+    let xmms = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7];
+    let xmms = match point {
+        PointKind::FunctionEntry => &xmms[..],
+        PointKind::Return => &xmms[..2],
+        PointKind::MidFunction => &[],
+    };
+    if point == PointKind::MidFunction {
+        a.sub(rsp, 512)?;
+        a.fxsave64(ptr(rsp))?;
         a.cld()?;
+    } else {
+        a.sub(rsp, 16 * xmms.len() as i32)?;
+        for (i, x) in xmms.iter().enumerate() {
+            a.movups(xmmword_ptr(rsp + 16 * i as i32), *x)?;
+        }
+    }
+    match arg0 {
+        Some(v) => {
+            a.mov(rdi, v)?;
+            a.mov(rsi, rbx)?;
+        }
+        None => a.mov(rdi, rbx)?,
     }
     a.mov(rax, f)?;
     a.call(rax)?;
-    a.mov(rsp, rbx)?;
-    for r in [r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi] {
-        a.pop(r)?;
-    }
-    a.lea(rsp, ptr(rsp + 24))?; // orig_ax, ip, cs
-    if flags_live {
-        a.popfq()?;
+    if point == PointKind::MidFunction {
+        a.fxrstor64(ptr(rsp))?;
     } else {
-        a.lea(rsp, ptr(rsp + 8))?;
+        for (i, x) in xmms.iter().enumerate() {
+            a.movups(*x, xmmword_ptr(rsp + 16 * i as i32))?;
+        }
     }
-    // sp, ss, scratch, red zone: lea leaves the flags as popfq set them.
-    a.lea(rsp, ptr(rsp + 24 + 128 + final_adjust))?;
+    a.mov(rsp, rbx)?;
+    for (r, off) in GPRS {
+        if !callee_saved(r) || r == rbx {
+            a.mov(r, qword_ptr(rsp + off))?;
+        }
+    }
+    if point == PointKind::MidFunction {
+        a.lea(rsp, ptr(rsp + pt::FLAGS))?;
+        a.popfq()?;
+        a.lea(rsp, ptr(rsp + (pt::SIZE - pt::FLAGS - 8) + red_zone))?;
+    } else {
+        a.lea(rsp, ptr(rsp + pt::SIZE))?;
+    }
     Ok(())
 }
 
-fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, at_entry: bool) -> Result<Vec<u8>, IcedError> {
+fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: PointKind) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    let mut target = a.create_label();
-    save_regs(&mut a, Some(probe_addr), !at_entry)?;
-    a.mov(rdi, site)?;
-    call_and_restore(&mut a, entry_dispatch as *const () as u64, 0, !at_entry)?;
-    a.jmp(qword_ptr(target))?;
-    a.set_label(&mut target)?;
-    a.dq(&[trampoline])?;
+    emit_probe_call(&mut a, point, Some(probe_addr), Some(site), entry_dispatch as *const () as u64, 0)?;
+    a.jmp(trampoline)?; // same page: a direct jump
     a.assemble(at)
 }
 
@@ -258,10 +339,9 @@ fn return_stub() -> u64 {
             let at = patch::alloc_near(return_dispatch as *const () as u64, PAGE).ok_or("no memory for the return stub")?;
             let mut a = CodeAssembler::new(64).map_err(|e| e.to_string())?;
             (|| -> Result<(), IcedError> {
-                save_regs(&mut a, None, false)?;
-                a.mov(rdi, rsi)?;
-                // Ends with rsp on the slot return_dispatch filled with the real address.
-                call_and_restore(&mut a, return_dispatch as *const () as u64, -8, false)?;
+                // Keeps one slot above the frame, at the probe point's rsp - 8, which
+                // return_dispatch fills with the real return address.
+                emit_probe_call(&mut a, PointKind::Return, None, None, return_dispatch as *const () as u64, 8)?;
                 a.ret()
             })()
             .map_err(|e| e.to_string())?;
@@ -344,9 +424,11 @@ fn build_site(addr: u64, function_size: u64, at_entry: bool) -> Result<&'static 
         .map_err(|e| unpatchable(format!("cannot relocate the first instructions: {e}")))?;
     let covered: u64 = instrs.iter().map(|i| i.len() as u64).sum();
     let mut tcode = enc.code_buffer.clone();
-    // jmp [rip + 0]; dq addr + covered
-    tcode.extend_from_slice(&[0xff, 0x25, 0, 0, 0, 0]);
-    tcode.extend_from_slice(&(addr + covered).to_le_bytes());
+    // jmp rel32 back after the covered bytes (the page is within 2 GiB of the site).
+    let back = (addr + covered).wrapping_sub(tramp + tcode.len() as u64 + 5) as i64;
+    let back = i32::try_from(back).map_err(|_| AttachError::NoNearMemory(addr))?;
+    tcode.push(0xe9);
+    tcode.extend_from_slice(&back.to_le_bytes());
     let original: [u8; PATCH_LEN] = patch::read_code(addr, PATCH_LEN).map_err(|e| unpatchable(e.to_string()))?.try_into().expect("5 bytes");
     let site: &'static Site = Box::leak(Box::new(Site {
         addr,
@@ -358,7 +440,8 @@ fn build_site(addr: u64, function_size: u64, at_entry: bool) -> Result<&'static 
         ret: AtomicPtr::new(empty_list()),
         installed: AtomicBool::new(false),
     }));
-    let stub = entry_stub(site as *const Site as u64, addr, tramp, page, at_entry).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
+    let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
+    let stub = entry_stub(site as *const Site as u64, addr, tramp, page, point).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
     if stub.len() > TRAMPOLINE_AT as usize || tcode.len() > PAGE - TRAMPOLINE_AT as usize {
         return Err(unpatchable("stub too large".into()));
     }

@@ -45,7 +45,7 @@ mod tests {
     struct Count(AtomicU64, AtomicU64, AtomicU64, AtomicU64);
 
     impl ProbeHandler for Count {
-        fn on_hit(&self, regs: &mut PtRegs) {
+        fn on_hit(&self, regs: &PtRegs) {
             self.0.fetch_add(1, Ordering::Relaxed);
             self.1.store(regs.di, Ordering::Relaxed);
             self.2.store(regs.si, Ordering::Relaxed);
@@ -72,6 +72,84 @@ mod tests {
         assert_eq!(std::hint::black_box(bpftime_attach_test_target)(3, 4), want);
         assert_eq!(entry.0.load(Ordering::Relaxed), 1, "detached: no more hits");
     }
+
+    /// Sets every vector register it can name to all-ones and changes the flags, as a handler
+    /// calling vectorised library code would.
+    struct Clobber(AtomicU64);
+
+    impl ProbeHandler for Clobber {
+        fn on_hit(&self, _: &PtRegs) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: only overwrites registers declared as clobbered (and the flags).
+            unsafe {
+                std::arch::asm!(
+                    "pcmpeqd xmm0, xmm0", "pcmpeqd xmm1, xmm1", "pcmpeqd xmm2, xmm2", "pcmpeqd xmm3, xmm3",
+                    "pcmpeqd xmm4, xmm4", "pcmpeqd xmm5, xmm5", "pcmpeqd xmm6, xmm6", "pcmpeqd xmm7, xmm7",
+                    "pcmpeqd xmm8, xmm8", "cmp rsp, 0",
+                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _,
+                    out("xmm5") _, out("xmm6") _, out("xmm7") _, out("xmm8") _,
+                );
+            }
+        }
+    }
+
+    #[inline(never)]
+    #[no_mangle]
+    pub extern "C" fn bpftime_attach_float_target(a: f64, b: f64, c: f64, d: f64, e: f64, f: f64, g: f64, h: f64) -> f64 {
+        std::hint::black_box(a + 2.0 * b + 3.0 * c + 4.0 * d + 5.0 * e + 6.0 * f + 7.0 * g + 8.0 * h)
+    }
+
+    #[test]
+    fn float_arguments_and_results_survive_handlers_that_use_vector_registers() {
+        let addr = bpftime_attach_float_target as *const () as u64;
+        let call = || std::hint::black_box(bpftime_attach_float_target)(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0);
+        let want = call();
+        assert_eq!(want, 204.0);
+        let h = Arc::new(Clobber(AtomicU64::new(0)));
+        let info = SiteInfo { function_size: 0, at_entry: true };
+        let e = attach(addr, info, ProbeKind::Entry, h.clone()).unwrap();
+        let r = attach(addr, info, ProbeKind::Return, h.clone()).unwrap();
+        assert_eq!(call(), want, "xmm0-7 (arguments) and xmm0 (result) kept");
+        assert_eq!(h.0.load(Ordering::Relaxed), 2);
+        detach(e).unwrap();
+        detach(r).unwrap();
+    }
+
+    // A function with a probe point in its middle where the flags, xmm8 and the red zone are
+    // all live: returns (x < 5) + 2 * x.
+    std::arch::global_asm!(
+        ".globl bpftime_attach_mid_target",
+        "bpftime_attach_mid_target:",
+        "mov [rsp - 8], rdi",
+        "movq xmm8, rdi",
+        "cmp rdi, 5",
+        ".globl bpftime_attach_mid_point",
+        "bpftime_attach_mid_point:",
+        "mov eax, 0",
+        "setl al",
+        "movq rcx, xmm8",
+        "add rax, rcx",
+        "add rax, [rsp - 8]",
+        "ret",
+    );
+
+    extern "C" {
+        fn bpftime_attach_mid_target(x: u64) -> u64;
+        fn bpftime_attach_mid_point();
+    }
+
+    #[test]
+    fn mid_function_probe_keeps_flags_vector_registers_and_red_zone() {
+        // SAFETY: the assembly function above takes one integer and follows the C ABI.
+        let call = |x| unsafe { bpftime_attach_mid_target(std::hint::black_box(x)) };
+        assert_eq!((call(3), call(9)), (7, 18));
+        let h = Arc::new(Clobber(AtomicU64::new(0)));
+        let point = bpftime_attach_mid_point as *const () as u64;
+        let id = attach(point, SiteInfo { function_size: 0, at_entry: false }, ProbeKind::Entry, h.clone()).unwrap();
+        assert_eq!((call(3), call(9)), (7, 18));
+        assert_eq!(h.0.load(Ordering::Relaxed), 2);
+        detach(id).unwrap();
+    }
 }
 
 #[cfg(test)]
@@ -89,7 +167,7 @@ mod stress {
 
     struct Hits(AtomicU64);
     impl ProbeHandler for Hits {
-        fn on_hit(&self, _: &mut PtRegs) {
+        fn on_hit(&self, _: &PtRegs) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -3,7 +3,7 @@
 //! the same clang-built programs (raw bpf() + perf_event_open, as root).
 
 use bpftime::ProgramProbe;
-use bpftime_attach::{attach, detach, ProbeKind, SiteInfo};
+use bpftime_attach::{attach, detach, ProbeHandler, ProbeKind, PtRegs, SiteInfo};
 use bpftime_object::Object;
 use bpftime_runtime::{EngineKind, Runtime};
 use bpftime_shm::ShmRegion;
@@ -110,6 +110,15 @@ mod kernel {
     }
 }
 
+/// A handler that only looks at the registers.
+struct NoProgram;
+
+impl ProbeHandler for NoProgram {
+    fn on_hit(&self, regs: &PtRegs) {
+        black_box(regs);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let obj = Object::parse(OBJECT).expect("object");
     let rt: &'static Runtime = Box::leak(Box::new(Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Jit)));
@@ -121,6 +130,10 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("uprobe_per_call");
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     g.bench_function("no_probe", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
+    // The hook alone: stub, register save and dispatch, with a handler that runs no program.
+    let id = attach(addr, info, ProbeKind::Entry, Arc::new(NoProgram)).expect("attach");
+    g.bench_function("bpftime_hook_only", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
+    detach(id).expect("detach");
     for (name, kind) in [("empty", ProbeKind::Entry), ("array_update", ProbeKind::Entry), ("empty_ret", ProbeKind::Return)] {
         let id = attach(addr, info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, addr))).expect("attach");
         let label = if kind == ProbeKind::Return { format!("bpftime_uretprobe_{name}") } else { format!("bpftime_uprobe_{name}") };

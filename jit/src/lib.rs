@@ -63,7 +63,7 @@ impl Default for JitOptions {
 }
 
 /// The native entry point: `(state, fp, r1, r2, r3, r4, r5) -> r0`.
-type EntryFn = unsafe extern "C" fn(*mut RunState, u64, u64, u64, u64, u64, u64) -> u64;
+type EntryFn = bpftime_vm::exec::NativeEntry;
 
 /// A program compiled to native code. Run it with [`bpftime_vm::exec::run`].
 pub struct JitProgram {
@@ -207,6 +207,10 @@ impl Engine for JitProgram {
 
     fn helper_functions(&self) -> &[Option<HelperFn>] {
         self.program.helpers().functions()
+    }
+
+    fn native_entry(&self) -> Option<EntryFn> {
+        Some(self.entry)
     }
 
     fn call_function(&self, state: &mut RunState, pc: usize, args: [u64; 5]) -> Option<u64> {

@@ -11,10 +11,11 @@ use bpftime_maps::{Map, MapError, MapSpec, MapType};
 use bpftime_object::btf::Btf;
 use bpftime_object::{MapDef, Object, ObjectError, ProgramKind};
 use bpftime_shm::{ShmError, ShmRegion};
-use bpftime_vm::exec::{run, Context, Engine, HelperTable, Region, RunError, RunOptions, DEFAULT_LOOP_BUDGET};
+use bpftime_vm::exec::{run, Context, Engine, HelperTable, Region, RunError, RunOptions, Runner, DEFAULT_LOOP_BUDGET};
 use bpftime_vm::insn::LddwKind;
 use bpftime_vm::{verify, Interpreter, LddwResolver, Program, VerifyError, VerifyErrorKind};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -99,6 +100,18 @@ pub struct HelperContext<'a> {
     pub pt_regs: bool,
     /// Tail calls taken so far in this chain.
     pub tail_calls: Cell<u32>,
+}
+
+/// A thread's context for probe hits: a reusable runner and helper context.
+struct ProbeThread {
+    runner: Runner,
+    /// Boxed so its address, given to helpers, stays put.
+    host: Box<HelperContext<'static>>,
+}
+
+thread_local! {
+    /// This thread's probe context, made on its first hit.
+    static PROBE_THREAD: RefCell<Option<ProbeThread>> = const { RefCell::new(None) };
 }
 
 /// The per-process runtime over one region.
@@ -303,6 +316,36 @@ impl Runtime {
         let host = HelperContext { runtime: self, cookie, func_ip, pt_regs, tail_calls: Cell::new(0) };
         let opts = RunOptions { regions: &self.regions, budget: self.budget, host: &host as *const HelperContext as *mut _ };
         run(prog.engine(), ctx, &opts)
+    }
+
+    /// Runs `prog` on a read-only `struct pt_regs` (a probe hit) with this thread's reusable
+    /// run context, set up on the thread's first hit. A nested run on the same thread (a
+    /// program run from a helper, or during thread teardown) takes the general path.
+    #[inline]
+    pub fn run_probe(&'static self, prog: &LoadedProgram, regs: &[u8], cookie: u64, func_ip: u64) -> Result<u64, RunError> {
+        let fast = PROBE_THREAD.try_with(|cell| {
+            let mut slot = cell.try_borrow_mut().ok()?;
+            if slot.as_ref().is_none_or(|t| !std::ptr::eq(t.host.runtime, self)) {
+                *slot = Some(ProbeThread {
+                    runner: Runner::new(&self.regions, self.budget),
+                    host: Box::new(HelperContext { runtime: self, cookie, func_ip, pt_regs: true, tail_calls: Cell::new(0) }),
+                });
+            }
+            let t = slot.as_mut()?;
+            // Only what changed is written (see `Runner::run_read_only`).
+            let host = &mut *t.host;
+            if host.cookie != cookie {
+                host.cookie = cookie;
+            }
+            if host.func_ip != func_ip {
+                host.func_ip = func_ip;
+            }
+            Some(t.runner.run_read_only(prog.engine(), regs, host as *mut HelperContext as *mut c_void))
+        });
+        match fast {
+            Ok(Some(r)) => r,
+            _ => self.run(prog, Context::ReadOnly(regs), cookie, func_ip, true),
+        }
     }
 
     /// Runs a program on a context given as a region (for tail calls).

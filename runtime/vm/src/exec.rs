@@ -458,8 +458,21 @@ impl RunState {
     }
 }
 
+/// Machine code's entry point: `(state, frame pointer, r1, r2, r3, r4, r5) -> r0`.
+///
+/// Calling one is what [`Engine::execute`] does for a compiled engine: the caller must pass a
+/// `RunState` set up for a run of the engine that returned it (regions, helpers, callbacks),
+/// and the top of a `STACK_SIZE`-byte stack as the frame pointer.
+pub type NativeEntry = unsafe extern "C" fn(*mut RunState, u64, u64, u64, u64, u64, u64) -> u64;
+
 /// An engine that can run a verified program: the interpreter or a JIT-compiled function.
 pub trait Engine {
+    /// The machine code `execute` would call, for callers that keep it to skip a dynamic
+    /// dispatch per run ([`Runner`]). Returning it promises the contract of [`NativeEntry`].
+    fn native_entry(&self) -> Option<NativeEntry> {
+        None
+    }
+
     /// Runs the entry function with r1, r2 and the frame pointer set; returns r0. Errors and
     /// early stops are reported through `state`.
     fn execute(&self, r1: u64, r2: u64, frame_pointer: u64, state: &mut RunState) -> u64;
@@ -519,7 +532,8 @@ pub fn run<E: Engine + ?Sized>(engine: &E, ctx: Context<'_>, opts: &RunOptions) 
 }
 
 /// A run context kept for many short runs on one thread (probe hits): its stack and state are
-/// set up once, so a run only fills in the context, the helper host and a few counters.
+/// set up once, and the engine-specific parts (helpers, callbacks) only change when the engine
+/// does, so a run fills in the context, the helper host and a few counters.
 pub struct Runner {
     inner: Box<RunnerInner>,
     budget: u64,
@@ -528,15 +542,21 @@ pub struct Runner {
 #[repr(C)]
 struct RunnerInner {
     state: RunState,
+    /// The engine of the last run (where `state.callback_engine` points), or None.
+    engine: Option<*const dyn Engine>,
+    /// Its machine code, if it has any.
+    native: Option<NativeEntry>,
     stack: Stack,
 }
 
 impl Runner {
-    /// A runner whose programs may also touch `regions` and call `helpers`; both must outlive
-    /// every run (a runtime keeps them for the life of the process).
-    pub fn new(regions: &'static [Region], helpers: &'static [Option<HelperFn>], budget: u64) -> Runner {
+    /// A runner whose programs may also touch `regions`, which must outlive every run (a
+    /// runtime keeps them for the life of the process).
+    pub fn new(regions: &'static [Region], budget: u64) -> Runner {
         let mut inner = Box::new(RunnerInner {
-            state: RunState::new(0, Region { start: 0, len: 0, writable: false }, &RunOptions { regions, budget, host: std::ptr::null_mut() }, helpers),
+            state: RunState::new(0, Region { start: 0, len: 0, writable: false }, &RunOptions { regions, budget, host: std::ptr::null_mut() }, &[]),
+            engine: None,
+            native: None,
             stack: Stack([0; STACK_SIZE]),
         });
         let base = inner.stack.0.as_ptr() as u64;
@@ -552,27 +572,52 @@ impl Runner {
     #[inline]
     pub fn run_read_only(&mut self, engine: &dyn Engine, ctx: &[u8], host: *mut c_void) -> Result<u64, RunError> {
         let inner = &mut *self.inner;
+        // SAFETY: only the lifetime is erased; the pointer is dereferenced (by callbacks) only
+        // during a run of this same engine, while the caller's borrow keeps it alive.
+        let this_engine = unsafe { std::mem::transmute::<*const (dyn Engine + '_), *const (dyn Engine + 'static)>(engine) };
+        if inner.engine.is_none_or(|e| !std::ptr::addr_eq(e, this_engine)) {
+            let helpers = engine.helper_functions();
+            inner.state.helpers = helpers.as_ptr();
+            inner.state.nhelpers = helpers.len();
+            inner.engine = Some(this_engine);
+            inner.native = engine.native_entry();
+            inner.state.callback = Some(callback_trampoline::<dyn Engine>);
+            // `Option<*const dyn Engine>` is a fat pointer when Some, laid out as `&dyn Engine`.
+            inner.state.callback_engine = &inner.engine as *const Option<*const dyn Engine> as *const c_void;
+        }
+        // Stores are what a probe hit is short of: write only the fields that differ from the
+        // last run (usually the context's address and nothing else).
         let st = &mut inner.state;
         let start = ctx.as_ptr() as u64;
         let len = ctx.len() as u64;
-        st.ctx = Region { start, len, writable: false };
-        if len >= 8 {
-            st.fast_load[1] = FastRegion::new(start, len);
+        if st.ctx.len == len && !st.ctx.writable {
+            st.ctx.start = start;
+            if len >= 8 {
+                st.fast_load[1].start = start;
+            }
         } else {
-            st.fast_load[1] = FastRegion::new(st.scratch.as_ptr() as u64, 8);
+            st.ctx = Region { start, len, writable: false };
+            st.fast_load[1] = if len >= 8 { FastRegion::new(start, len) } else { FastRegion::new(st.scratch.as_ptr() as u64, 8) };
         }
-        st.status = STATUS_RUNNING;
-        st.budget = self.budget;
-        st.fault = None;
-        st.host = host;
-        st.helpers = engine.helper_functions().as_ptr();
-        st.nhelpers = engine.helper_functions().len();
-        let engine_ref: &dyn Engine = engine;
-        st.callback = Some(callback_trampoline::<dyn Engine>);
-        st.callback_engine = &engine_ref as *const &dyn Engine as *const c_void;
+        if st.status != STATUS_RUNNING {
+            st.status = STATUS_RUNNING;
+        }
+        if st.budget != self.budget {
+            st.budget = self.budget;
+        }
+        if st.fault.is_some() {
+            st.fault = None;
+        }
+        if st.host != host {
+            st.host = host;
+        }
         let fp = inner.stack.0.as_ptr() as u64 + STACK_SIZE as u64;
-        let r0 = engine.execute(start, len, fp, st);
-        st.callback_engine = std::ptr::null();
+        let r0 = match inner.native {
+            // SAFETY: the entry belongs to `engine` (cached with it above), whose helpers and
+            // callback the state now holds; `fp` is the top of this runner's stack.
+            Some(entry) => unsafe { entry(st, fp, start, len, 0, 0, 0) },
+            None => engine.execute(start, len, fp, st),
+        };
         st.finish(r0)
     }
 }
