@@ -2,7 +2,7 @@
 
 use bpftime_attach::{attach, resolve, AttachError, ProbeHandler, ProbeKind, PtRegs, SiteInfo, Target};
 use bpftime_object::{Object, ProgramKind};
-use bpftime_runtime::{links, EngineKind, LoadedProgram, Runtime};
+use bpftime_runtime::{links, EngineKind, LoadedProgram, ProbeProgram, Runtime};
 use bpftime_shm::{default_name, ShmRegion};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,27 +31,33 @@ fn verbose() -> bool {
 /// Runs a program when its probe fires.
 pub struct ProgramProbe {
     runtime: &'static Runtime,
-    prog: Arc<LoadedProgram>,
-    cookie: u64,
-    func_ip: u64,
+    probe: ProbeProgram,
     reported: AtomicBool,
 }
 
 impl ProgramProbe {
     /// A handler running `prog` with the given attach cookie and function address.
     pub fn new(runtime: &'static Runtime, prog: Arc<LoadedProgram>, cookie: u64, func_ip: u64) -> Self {
-        ProgramProbe { runtime, prog, cookie, func_ip, reported: AtomicBool::new(false) }
+        ProgramProbe { runtime, probe: ProbeProgram { program: prog, cookie, func_ip }, reported: AtomicBool::new(false) }
     }
 }
 
 impl ProbeHandler for ProgramProbe {
     fn on_hit(&self, regs: &PtRegs) {
-        let r = self.runtime.run_probe(&self.prog, regs.as_bytes(), self.cookie, self.func_ip);
+        let r = self.runtime.run_probe(&self.probe, regs.as_bytes());
         if let Err(e) = r {
-            // Report the first failure of each probe; never stop the application.
-            if !self.reported.swap(true, Ordering::Relaxed) {
-                eprintln!("bpftime: program `{}` failed: {e}", self.prog.name);
-            }
+            self.report(e);
+        }
+    }
+}
+
+impl ProgramProbe {
+    /// Reports the first failure of each probe; the application never stops for it.
+    #[cold]
+    #[inline(never)]
+    fn report(&self, e: bpftime_vm::exec::RunError) {
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            eprintln!("bpftime: program `{}` failed: {e}", self.probe.program.name);
         }
     }
 }

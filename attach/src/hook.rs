@@ -116,13 +116,24 @@ fn shadow() -> *mut ShadowStack {
     })
 }
 
+/// Runs several handlers (kept out of line: the common single-handler hit then needs fewer
+/// saved registers).
+#[inline(never)]
+fn run_all(handlers: &[(ProbeId, Arc<dyn ProbeHandler>)], regs: &PtRegs) {
+    for (_, h) in handlers {
+        h.on_hit(regs);
+    }
+}
+
 /// Called by a site's entry stub.
 extern "C" fn entry_dispatch(site: &Site, regs: &PtRegs) {
     if IN_PROBE.with(|f| f.replace(true)) {
         return;
     }
-    for (_, h) in list(&site.entry) {
-        h.on_hit(regs);
+    match list(&site.entry).as_slice() {
+        [] => {}
+        [(_, h)] => h.on_hit(regs),
+        many => run_all(many, regs),
     }
     if site.at_entry && !list(&site.ret).is_empty() {
         // SAFETY: the shadow stack belongs to this thread.
@@ -143,7 +154,7 @@ extern "C" fn entry_dispatch(site: &Site, regs: &PtRegs) {
     IN_PROBE.with(|f| f.set(false));
 }
 
-/// Called by the return stub; leaves the real return address at `[regs.sp - 8]`.
+/// Called by the return stub; leaves the real return address in `regs.ip`.
 extern "C" fn return_dispatch(regs: &mut PtRegs) {
     // SAFETY: the shadow stack belongs to this thread, which made the entry.
     let s = unsafe { &mut *shadow() };
@@ -165,14 +176,13 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
     if !IN_PROBE.with(|f| f.replace(true)) {
         // SAFETY: sites are leaked and never freed.
         let site = unsafe { &*site };
-        for (_, h) in list(&site.ret) {
-            h.on_hit(regs);
+        match list(&site.ret).as_slice() {
+            [] => {}
+            [(_, h)] => h.on_hit(regs),
+            many => run_all(many, regs),
         }
         IN_PROBE.with(|f| f.set(false));
     }
-    // SAFETY: [sp - 8] held the return address the function just consumed; the stub returns
-    // through it.
-    unsafe { ((regs.sp - 8) as *mut u64).write(real) };
 }
 
 /// What the code at a probe point may still need, which decides what a stub must preserve
@@ -241,28 +251,29 @@ fn callee_saved(r: AsmRegister64) -> bool {
 /// Emits a stub body: builds a kernel-layout `pt_regs` on the stack, saves the vector state
 /// that is live at `point`, calls `f(arg0, &pt_regs)` (`arg0` = None passes the `pt_regs` as
 /// the first argument instead), restores what the call may have changed and leaves rsp at the
-/// probe point's value minus `keep` bytes.
+/// probe point's value. At a return, r11 then holds the `ip` the call left in the `pt_regs`:
+/// the real return address.
 ///
 /// The frame is made with plain moves rather than pushes (fewer stack-engine syncs), and only
 /// registers the call can change are reloaded: callee-saved ones are preserved by `f` itself
 /// (bx is reloaded because the stub uses it). Vector registers are saved as 128-bit values, as
 /// other inline-hook engines do: upper halves of ymm/zmm registers are not preserved.
-fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg0: Option<u64>, f: u64, keep: i32) -> Result<(), IcedError> {
+fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg0: Option<u64>, f: u64) -> Result<(), IcedError> {
     let red_zone = point.red_zone();
-    // The frame: [pt_regs][keep bytes], below the red zone where it is live.
+    // The frame: pt_regs, below the red zone where it is live.
     if point == PointKind::MidFunction {
         // Flags first: later arithmetic would change them.
-        a.lea(rsp, ptr(rsp - (red_zone + keep + pt::SIZE - pt::FLAGS - 8)))?;
+        a.lea(rsp, ptr(rsp - (red_zone + pt::SIZE - pt::FLAGS - 8)))?;
         a.pushfq()?;
         a.lea(rsp, ptr(rsp - pt::FLAGS))?;
     } else {
-        a.lea(rsp, ptr(rsp - (keep + pt::SIZE)))?;
+        a.lea(rsp, ptr(rsp - pt::SIZE))?;
         a.mov(qword_ptr(rsp + pt::FLAGS), 0x246i32)?; // what flags usually hold at a call
     }
     for (r, off) in GPRS {
         a.mov(qword_ptr(rsp + off), r)?;
     }
-    a.lea(rax, ptr(rsp + pt::SIZE + keep + red_zone))?;
+    a.lea(rax, ptr(rsp + pt::SIZE + red_zone))?;
     a.mov(qword_ptr(rsp + pt::SP), rax)?;
     a.mov(qword_ptr(rsp + pt::SS), 0x2bi32)?;
     a.mov(qword_ptr(rsp + pt::CS), 0x33i32)?;
@@ -314,6 +325,10 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
             a.mov(r, qword_ptr(rsp + off))?;
         }
     }
+    if point == PointKind::Return {
+        // Where to go on: r11 is a scratch register no caller expects kept across a call.
+        a.mov(r11, qword_ptr(rsp + pt::IP))?;
+    }
     if point == PointKind::MidFunction {
         a.lea(rsp, ptr(rsp + pt::FLAGS))?;
         a.popfq()?;
@@ -326,7 +341,7 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
 
 fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: PointKind) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    emit_probe_call(&mut a, point, Some(probe_addr), Some(site), entry_dispatch as *const () as u64, 0)?;
+    emit_probe_call(&mut a, point, Some(probe_addr), Some(site), entry_dispatch as *const () as u64)?;
     a.jmp(trampoline)?; // same page: a direct jump
     a.assemble(at)
 }
@@ -339,10 +354,10 @@ fn return_stub() -> u64 {
             let at = patch::alloc_near(return_dispatch as *const () as u64, PAGE).ok_or("no memory for the return stub")?;
             let mut a = CodeAssembler::new(64).map_err(|e| e.to_string())?;
             (|| -> Result<(), IcedError> {
-                // Keeps one slot above the frame, at the probe point's rsp - 8, which
-                // return_dispatch fills with the real return address.
-                emit_probe_call(&mut a, PointKind::Return, None, None, return_dispatch as *const () as u64, 8)?;
-                a.ret()
+                // An indirect jump rather than a `ret`: the return-stack predictor stays in
+                // step with the calls still to return.
+                emit_probe_call(&mut a, PointKind::Return, None, None, return_dispatch as *const () as u64)?;
+                a.jmp(r11)
             })()
             .map_err(|e| e.to_string())?;
             let code = a.assemble(at).map_err(|e| e.to_string())?;

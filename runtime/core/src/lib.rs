@@ -20,7 +20,7 @@ pub mod trace;
 mod user_mem;
 
 pub use handles::{map_of, map_ref, MAP_REF_TAG};
-pub use runtime::{EngineKind, HelperContext, LoadError, LoadedObject, LoadedProgram, Runtime};
+pub use runtime::{EngineKind, HelperContext, LoadError, LoadedObject, LoadedProgram, ProbeProgram, Runtime};
 
 use bpftime_maps::Map;
 

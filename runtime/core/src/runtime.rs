@@ -102,11 +102,37 @@ pub struct HelperContext<'a> {
     pub tail_calls: Cell<u32>,
 }
 
+/// A program attached to a probe point: what a hit needs to run it.
+#[derive(Debug, Clone)]
+pub struct ProbeProgram {
+    /// The program.
+    pub program: Arc<LoadedProgram>,
+    /// `bpf_get_attach_cookie`.
+    pub cookie: u64,
+    /// `bpf_get_func_ip`: the probed function's address.
+    pub func_ip: u64,
+}
+
 /// A thread's context for probe hits: a reusable runner and helper context.
 struct ProbeThread {
     runner: Runner,
     /// Boxed so its address, given to helpers, stays put.
     host: Box<HelperContext<'static>>,
+}
+
+impl ProbeThread {
+    #[inline]
+    fn run(&mut self, probe: &ProbeProgram, regs: &[u8]) -> Result<u64, RunError> {
+        // Only what changed is written (see `Runner::run_read_only`).
+        let host = &mut *self.host;
+        if host.cookie != probe.cookie {
+            host.cookie = probe.cookie;
+        }
+        if host.func_ip != probe.func_ip {
+            host.func_ip = probe.func_ip;
+        }
+        self.runner.run_read_only(probe.program.engine(), regs, host as *mut HelperContext as *mut c_void)
+    }
 }
 
 thread_local! {
@@ -322,29 +348,34 @@ impl Runtime {
     /// run context, set up on the thread's first hit. A nested run on the same thread (a
     /// program run from a helper, or during thread teardown) takes the general path.
     #[inline]
-    pub fn run_probe(&'static self, prog: &LoadedProgram, regs: &[u8], cookie: u64, func_ip: u64) -> Result<u64, RunError> {
+    pub fn run_probe(&'static self, probe: &ProbeProgram, regs: &[u8]) -> Result<u64, RunError> {
         let fast = PROBE_THREAD.try_with(|cell| {
             let mut slot = cell.try_borrow_mut().ok()?;
-            if slot.as_ref().is_none_or(|t| !std::ptr::eq(t.host.runtime, self)) {
-                *slot = Some(ProbeThread {
-                    runner: Runner::new(&self.regions, self.budget),
-                    host: Box::new(HelperContext { runtime: self, cookie, func_ip, pt_regs: true, tail_calls: Cell::new(0) }),
-                });
-            }
-            let t = slot.as_mut()?;
-            // Only what changed is written (see `Runner::run_read_only`).
-            let host = &mut *t.host;
-            if host.cookie != cookie {
-                host.cookie = cookie;
-            }
-            if host.func_ip != func_ip {
-                host.func_ip = func_ip;
-            }
-            Some(t.runner.run_read_only(prog.engine(), regs, host as *mut HelperContext as *mut c_void))
+            let t = slot.as_mut().filter(|t| std::ptr::eq(t.host.runtime, self))?;
+            Some(t.run(probe, regs))
         });
         match fast {
             Ok(Some(r)) => r,
-            _ => self.run(prog, Context::ReadOnly(regs), cookie, func_ip, true),
+            _ => self.run_probe_slow(probe, regs),
+        }
+    }
+
+    /// `run_probe` on a thread's first hit (it makes the thread's context), when nested, or
+    /// during thread teardown.
+    #[cold]
+    #[inline(never)]
+    fn run_probe_slow(&'static self, probe: &ProbeProgram, regs: &[u8]) -> Result<u64, RunError> {
+        let made = PROBE_THREAD.try_with(|cell| {
+            let mut slot = cell.try_borrow_mut().ok()?;
+            let t = slot.insert(ProbeThread {
+                runner: Runner::new(&self.regions, self.budget),
+                host: Box::new(HelperContext { runtime: self, cookie: probe.cookie, func_ip: probe.func_ip, pt_regs: true, tail_calls: Cell::new(0) }),
+            });
+            Some(t.run(probe, regs))
+        });
+        match made {
+            Ok(Some(r)) => r,
+            _ => self.run(&probe.program, Context::ReadOnly(regs), probe.cookie, probe.func_ip, true),
         }
     }
 
