@@ -266,10 +266,28 @@ fn vm_run(a: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes a link for each uprobe/uretprobe program whose section names `BINARY:FUNCTION`, for
+/// agents to attach; returns (link id, program name, target).
+fn store_links(region: &ShmRegion, programs: &[(String, String, u32)]) -> Result<Vec<(u32, String, String)>, String> {
+    let mut links = vec![];
+    for (name, section, id) in programs {
+        if let bpftime_object::ProgramKind::Uprobe { retprobe, target } = bpftime_object::ProgramKind::from_section(section) {
+            if !target.contains(':') {
+                eprintln!("bpftime: section `{section}` names no BINARY:FUNCTION; `{name}` is not attached");
+                continue;
+            }
+            let link = bpftime_runtime::links::store(region, name, *id, &target, retprobe, 0).map_err(|e| e.to_string())?;
+            links.push((link, name.clone(), target));
+        }
+    }
+    Ok(links)
+}
+
 /// The agent library: `$BPFTIME_AGENT`, or `libbpftime.so` beside this executable.
 fn agent_path() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("BPFTIME_AGENT") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return if p.exists() { Ok(p) } else { Err(format!("the agent {} (from BPFTIME_AGENT) does not exist", p.display())) };
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let p = exe.with_file_name("libbpftime.so");
@@ -322,17 +340,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
             let _remove = Remove(name.clone());
             let rt = Runtime::new(region.clone(), rt_engine(engine));
             let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
-            let mut attached = 0;
-            for (pname, section, id) in &loaded.programs {
-                if let bpftime_object::ProgramKind::Uprobe { retprobe, target } = bpftime_object::ProgramKind::from_section(section) {
-                    if target.is_empty() {
-                        eprintln!("bpftime: section `{section}` names no BINARY:FUNCTION; `{pname}` is not attached");
-                        continue;
-                    }
-                    bpftime_runtime::links::store(&region, pname, *id, &target, retprobe, 0).map_err(|e| e.to_string())?;
-                    attached += 1;
-                }
-            }
+            let attached = store_links(&region, &loaded.programs)?.len();
             if attached == 0 {
                 return Err(format!("{}: no uprobe or uretprobe sections to attach", file.display()));
             }
@@ -343,7 +351,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
                 let out = serde_json::json!({ "exit_code": code, "maps": maps.iter().map(dump::json).collect::<Vec<_>>() });
                 println!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
             } else {
-                eprintln!("bpftime: `{}` exited with {code}", command.join(" "));
+                println!("bpftime: `{}` exited with {code}", command.join(" "));
                 print_maps(&maps, false);
             }
             if let Some(pipe) = TracePipe::existing(&region) {
@@ -389,13 +397,16 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
             let region = open_region(shm)?;
             let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-            let rt = Runtime::new(region, RtEngine::Jit);
+            let rt = Runtime::new(region.clone(), RtEngine::Jit);
             let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
             for m in &loaded.maps {
                 println!("map {} `{}` ({})", m.id(), m.name(), m.map_type().name());
             }
             for (name, section, id) in &loaded.programs {
                 println!("prog {id} `{name}` ({section})");
+            }
+            for (link, name, target) in store_links(&region, &loaded.programs)? {
+                println!("link {link} `{name}` -> {target}");
             }
             Ok(())
         }

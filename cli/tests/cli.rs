@@ -137,3 +137,92 @@ fn shm_load_map_prog_and_trace_commands() {
     assert!(text(&bad.stderr).contains("no map named `nope`"));
     assert!(bpftime_shm(&shm, &["shm", "remove"]).status.success());
 }
+
+/// The `calls` C target: `calls ITERS THREADS` calls add(i, 2i) ITERS times per thread.
+fn calls_target() -> String {
+    bpftime_tests::clang::build_target("calls", false).to_str().unwrap().to_string()
+}
+
+/// Value of `key` in a map from a JSON dump.
+fn json_value(map: &serde_json::Value, key: u64) -> u64 {
+    let e = map["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == key);
+    e.map(|e| e["value"]["u64"].as_u64().unwrap()).unwrap_or(0)
+}
+
+#[test]
+fn run_attaches_uprobes_in_a_real_process_and_prints_exact_counts() {
+    let obj = build_example("uprobe_calls");
+    let target = calls_target();
+    for engine in ["jit", "interp"] {
+        let out = bpftime(&["run", obj.to_str().unwrap(), "--json", "--engine", engine, "--", &target, "1000", "4"]);
+        assert!(out.status.success(), "{engine}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        // The target prints first, then the JSON document.
+        assert!(stdout.starts_with("sum 5994000 fact 3628800"), "{engine}: results unchanged under probes: {stdout}");
+        let v: serde_json::Value = serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).expect("JSON");
+        assert_eq!(v["exit_code"], 0);
+        let stats = v["maps"].as_array().unwrap().iter().find(|m| m["name"] == "stats").expect("stats map");
+        assert_eq!(json_value(stats, 0), 4000, "{engine}: add() calls");
+        assert_eq!(json_value(stats, 1), 5994000, "{engine}: sum of add() results from the uretprobe");
+        assert_eq!((json_value(stats, 4), json_value(stats, 5)), (10, 10), "{engine}: fact() entries and returns");
+        assert_eq!(json_value(stats, 6), 3628800, "{engine}: largest fact() result");
+    }
+    // Human-readable by default; the target's exit code is passed on.
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", &target, "10"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("exited with 0") && s.contains("map 1 `stats`: array") && s.contains("  0 => 10\n"), "{s}");
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn load_writes_links_that_start_attaches() {
+    let shm = format!("bpftime-cli-start-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    assert!(bpftime_shm(&shm, &["shm", "create", "--size", "16M"]).status.success());
+    let obj = build_example("uprobe_calls");
+    let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("`on_add` -> /proc/self/exe:add"), "{}", text(&out.stdout));
+    let target = calls_target();
+    let run = bpftime_shm(&shm, &["start", "--", &target, "500", "2"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).starts_with("sum 748500 "), "{}", text(&run.stdout));
+    let dump = bpftime_shm(&shm, &["map", "dump", "stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("JSON");
+    assert_eq!(json_value(&stats, 0), 1000, "add() calls seen through the shared region");
+    assert_eq!(json_value(&stats, 1), 748500);
+    // A second traced run adds to the same maps.
+    assert!(bpftime_shm(&shm, &["start", "--", &target, "500", "2"]).status.success());
+    let dump = bpftime_shm(&shm, &["map", "dump", "stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    assert_eq!(json_value(&stats, 0), 2000);
+    assert!(bpftime_shm(&shm, &["shm", "remove"]).status.success());
+}
+
+#[test]
+fn start_with_a_program_loads_it_into_the_region() {
+    let shm = format!("bpftime-cli-program-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    assert!(bpftime_shm(&shm, &["shm", "create", "--size", "16M"]).status.success());
+    let obj = build_example("uprobe_calls");
+    let run = bpftime_shm(&shm, &["start", "--program", obj.to_str().unwrap(), "--", &calls_target(), "300"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let dump = bpftime_shm(&shm, &["map", "dump", "stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("JSON");
+    assert_eq!(json_value(&stats, 0), 300);
+    let progs = bpftime_shm(&shm, &["prog", "list"]);
+    assert!(text(&progs.stdout).contains("`on_add`"), "{}", text(&progs.stdout));
+    assert!(bpftime_shm(&shm, &["shm", "remove"]).status.success());
+}
+
+#[test]
+fn start_reports_a_missing_agent_or_command_clearly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bpftime")).env("BPFTIME_AGENT", "/nonexistent/libbpftime.so").args(["start", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("the agent /nonexistent/libbpftime.so (from BPFTIME_AGENT) does not exist"), "{}", text(&out.stderr));
+    let out = bpftime(&["start", "--", "/nonexistent/command"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/command"), "{}", text(&out.stderr));
+}
