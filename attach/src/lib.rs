@@ -73,6 +73,40 @@ mod tests {
         assert_eq!(entry.0.load(Ordering::Relaxed), 1, "detached: no more hits");
     }
 
+    /// Like `bpftime_attach_test_target`, for a test of its own (tests run in parallel).
+    #[inline(never)]
+    #[no_mangle]
+    pub extern "C" fn bpftime_attach_multi_target(a: u64, b: u64) -> u64 {
+        let mut x = a;
+        for i in 0..b {
+            x = x.wrapping_mul(17).wrapping_add(i);
+        }
+        std::hint::black_box(x)
+    }
+
+    #[test]
+    fn several_handlers_on_one_function_each_fire_and_detach_alone() {
+        let addr = bpftime_attach_multi_target as *const () as u64;
+        let info = SiteInfo { function_size: 0, at_entry: true };
+        let hs: Vec<Arc<Count>> = (0..3).map(|_| Arc::new(Count::default())).collect();
+        let ids: Vec<ProbeId> = hs.iter().map(|h| attach(addr, info, ProbeKind::Entry, h.clone()).unwrap()).collect();
+        let r = Arc::new(Count::default());
+        let rid = attach(addr, info, ProbeKind::Return, r.clone()).unwrap();
+        let call = |a| std::hint::black_box(bpftime_attach_multi_target)(a, 2);
+        call(5);
+        detach(ids[1]).unwrap();
+        call(6);
+        let hits: Vec<u64> = hs.iter().map(|h| h.0.load(Ordering::Relaxed)).collect();
+        assert_eq!(hits, [2, 1, 2]);
+        assert_eq!(hs[2].1.load(Ordering::Relaxed), 6, "di of the last call");
+        assert_eq!(r.0.load(Ordering::Relaxed), 2);
+        for id in [ids[0], ids[2], rid] {
+            detach(id).unwrap();
+        }
+        call(7);
+        assert_eq!(hs[0].0.load(Ordering::Relaxed), 2);
+    }
+
     /// Sets every vector register it can name to all-ones and changes the flags, as a handler
     /// calling vectorised library code would.
     struct Clobber(AtomicU64);
