@@ -4,11 +4,14 @@
 //! an object's maps in the shared region (filling global data), applies CO-RE relocations,
 //! verifies the programs and stores them in the region; [`Runtime::program`] turns a stored
 //! program into a JIT-compiled (or interpreted) one in this process, resolving its map
-//! references; [`Runtime::run`] runs it with the kernel helpers ([`helpers`]) available.
+//! references; [`Runtime::run`] runs it with the kernel helpers ([`helpers`]) available, and
+//! [`Runtime::run_probe`] does the same for a probe hit with a per-thread run context.
+//! [`links`] and [`progs`] are the links and programs kept in the region.
 //! [`trace::TracePipe`] is where `bpf_trace_printk` output goes.
 //!
 //! What it is not: it attaches nothing (the `attach` layer does) and makes no bpf() calls.
 
+mod desc;
 mod format;
 mod handles;
 pub mod helper_names;

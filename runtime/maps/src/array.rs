@@ -59,7 +59,8 @@ fn check_flags(flags: u64) -> Result<(), Errno> {
     Ok(())
 }
 
-pub(crate) fn update(map: &Map, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
+/// The index an update writes, after the checks every array update makes.
+fn update_index(map: &Map, key: &[u8], flags: u64) -> Result<u32, Errno> {
     let idx = index(key);
     if flags & BPF_F_LOCK != 0 || flags > BPF_EXIST {
         // BPF_F_LOCK needs a bpf_spin_lock in the value; none of ours has one.
@@ -69,6 +70,11 @@ pub(crate) fn update(map: &Map, key: &[u8], value: &[u8], flags: u64) -> Result<
         return Err(Errno::E2BIG);
     }
     check_flags(flags)?;
+    Ok(idx)
+}
+
+pub(crate) fn update(map: &Map, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
+    let idx = update_index(map, key, flags)?;
     let r = map.region();
     if map.map_type() == MapType::PercpuArray {
         let stride = round8(map.spec().value_size as u64) as usize;
@@ -86,15 +92,7 @@ pub(crate) fn update_percpu_one(map: &Map, key: &[u8], value: &[u8], flags: u64)
     if key.len() != 4 || value.len() != map.spec().value_size as usize {
         return Err(Errno::EINVAL);
     }
-    let idx = index(key);
-    if flags & BPF_F_LOCK != 0 || flags > BPF_EXIST {
-        // BPF_F_LOCK needs a bpf_spin_lock in the value; none of ours has one.
-        return Err(Errno::EINVAL);
-    }
-    if idx >= map.spec().max_entries {
-        return Err(Errno::E2BIG);
-    }
-    check_flags(flags)?;
+    let idx = update_index(map, key, flags)?;
     map.region().write(slot(map, idx, current_cpu()), value);
     Ok(())
 }

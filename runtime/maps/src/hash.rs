@@ -469,42 +469,40 @@ pub(crate) fn lookup_and_delete(map: &Map, key: &[u8], value: &mut [u8]) -> Resu
     Ok(())
 }
 
+/// The first live element from `cur` along its chain (bounded by the pool size, so a corrupt
+/// chain cannot loop forever).
+fn first_live(v: &View, mut cur: u64) -> Option<u64> {
+    let mut steps = 0;
+    while cur & 1 == 0 && v.valid(cur) && steps <= v.pool {
+        if v.flags(cur).load(Ordering::Acquire) & IN_USE != 0 {
+            return Some(cur);
+        }
+        cur = v.next(cur).load(Ordering::Acquire);
+        steps += 1;
+    }
+    None
+}
+
 pub(crate) fn next_key(map: &Map, key: Option<&[u8]>, next: &mut [u8]) -> Result<(), Errno> {
     let v = View::new(map);
-    let ks = map.spec().key_size as u64;
-    let emit = |e: u64, next: &mut [u8]| map.region().read(e + key_off(map), next);
     let mut start_bucket = 0;
+    let mut found = None;
     if let Some(k) = key {
         let h = hash_bytes(k, 0);
         if let Some(e) = v.find(k, h) {
             // The next live element in this chain, else the following buckets.
-            let mut cur = v.next(e).load(Ordering::Acquire);
-            let mut steps = 0;
-            while cur & 1 == 0 && v.valid(cur) && steps <= v.pool {
-                if v.flags(cur).load(Ordering::Acquire) & IN_USE != 0 {
-                    emit(cur, next);
-                    return Ok(());
-                }
-                cur = v.next(cur).load(Ordering::Acquire);
-                steps += 1;
-            }
+            found = first_live(&v, v.next(e).load(Ordering::Acquire));
             start_bucket = (h as u64 & (v.nbuckets - 1)) + 1;
         }
     }
-    let _ = ks;
-    for b in start_bucket..v.nbuckets {
-        let mut cur = v.bucket(b).load(Ordering::Acquire);
-        let mut steps = 0;
-        while cur & 1 == 0 && v.valid(cur) && steps <= v.pool {
-            if v.flags(cur).load(Ordering::Acquire) & IN_USE != 0 {
-                emit(cur, next);
-                return Ok(());
-            }
-            cur = v.next(cur).load(Ordering::Acquire);
-            steps += 1;
+    let found = found.or_else(|| (start_bucket..v.nbuckets).find_map(|b| first_live(&v, v.bucket(b).load(Ordering::Acquire))));
+    match found {
+        Some(e) => {
+            map.region().read(e + key_off(map), next);
+            Ok(())
         }
+        None => Err(Errno::ENOENT),
     }
-    Err(Errno::ENOENT)
 }
 
 #[cfg(test)]
