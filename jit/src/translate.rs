@@ -3,8 +3,9 @@
 //! Every eBPF function (the entry and each bpf-to-bpf callee) becomes a Cranelift function
 //! `(state, fp, r1, r2, r3, r4, r5) -> r0`. r0-r9 are Cranelift variables, r10 is the `fp`
 //! parameter; a callee gets `fp - 512`, so frames are disjoint 512-byte slices of the run's
-//! stack. Memory accesses not proven by the verifier are checked inline against the two
-//! fast regions of [`RunState`] (stack, context) and then out of line against the rest.
+//! stack. Memory accesses not proven by the verifier are checked inline against the three
+//! fast regions of [`RunState`] (stack, context, the first extra region: for a runtime, the
+//! shared region holding map values) and then out of line against the rest.
 //! Faults and helper-requested stops make every function return at once; the status in
 //! `RunState` tells the caller what happened.
 
@@ -206,7 +207,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
 
     /// Translates the whole function and finalises the builder.
     pub fn translate(mut self) -> FunctionBuilder<'b> {
-        let EbpfFunction { start, end } = self.func;
+        let EbpfFunction { start, end, .. } = self.func;
         let insns = self.prog.insns();
         // Leaders: the entry, jump targets and the instruction after every jump or exit.
         self.block_at(start);

@@ -68,7 +68,7 @@ fn generated_programs_cover_every_outcome() {
                 Fault::Misaligned { .. } => "misaligned atomic",
                 Fault::UnknownHelper { .. } => "unknown helper",
                 Fault::LoopBudget => "loop budget",
-                Fault::Helper { .. } | Fault::BadCallback { .. } => "helper fault",
+                Fault::Helper { .. } | Fault::BadCallback { .. } | Fault::NestedCallback { .. } => "helper fault",
             },
         };
         *seen.entry(kind).or_default() += 1;

@@ -11,7 +11,7 @@ use bpftime_maps::{Map, MapError, MapSpec, MapType};
 use bpftime_object::btf::Btf;
 use bpftime_object::{MapDef, Object, ObjectError, ProgramKind};
 use bpftime_shm::{ShmError, ShmRegion};
-use bpftime_vm::exec::{run, Context, Engine, HelperTable, Region, RunError, RunOptions, Runner, DEFAULT_LOOP_BUDGET};
+use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, Runner, SharedEngine, DEFAULT_LOOP_BUDGET};
 use bpftime_vm::insn::LddwKind;
 use bpftime_vm::{verify, Interpreter, LddwResolver, Program, VerifyError, VerifyErrorKind};
 use std::cell::{Cell, RefCell};
@@ -72,7 +72,7 @@ pub struct LoadedProgram {
     pub kind: ProgramKind,
     /// The verified program.
     pub program: Arc<Program>,
-    engine: Box<dyn Engine + Send + Sync>,
+    engine: SharedEngine,
 }
 
 impl std::fmt::Debug for LoadedProgram {
@@ -83,8 +83,8 @@ impl std::fmt::Debug for LoadedProgram {
 
 impl LoadedProgram {
     /// The engine that runs it.
-    pub fn engine(&self) -> &(dyn Engine + Send + Sync) {
-        self.engine.as_ref()
+    pub fn engine(&self) -> &SharedEngine {
+        &self.engine
     }
 }
 
@@ -323,9 +323,9 @@ impl Runtime {
     fn prepare(&self, stored: StoredProgram) -> Result<LoadedProgram, LoadError> {
         let resolver = IdResolver { region: &self.region };
         let program = Arc::new(verify(&stored.insns, self.helpers.clone(), &resolver).map_err(|e| self.verify_error(&stored.name, e))?);
-        let engine: Box<dyn Engine + Send + Sync> = match self.engine {
-            EngineKind::Jit => Box::new(JitProgram::compile(program.clone()).map_err(|error| LoadError::Jit { program: stored.name.clone(), error })?),
-            EngineKind::Interp => Box::new(Interpreter::new(program.clone())),
+        let engine: SharedEngine = match self.engine {
+            EngineKind::Jit => Arc::new(JitProgram::compile(program.clone()).map_err(|error| LoadError::Jit { program: stored.name.clone(), error })?),
+            EngineKind::Interp => Arc::new(Interpreter::new(program.clone())),
         };
         Ok(LoadedProgram {
             id: stored.id,
@@ -341,7 +341,7 @@ impl Runtime {
     pub fn run(&self, prog: &LoadedProgram, ctx: Context<'_>, cookie: u64, func_ip: u64, pt_regs: bool) -> Result<u64, RunError> {
         let host = HelperContext { runtime: self, cookie, func_ip, pt_regs, tail_calls: Cell::new(0) };
         let opts = RunOptions { regions: &self.regions, budget: self.budget, host: &host as *const HelperContext as *mut _ };
-        run(prog.engine(), ctx, &opts)
+        run(prog.engine().as_ref(), ctx, &opts)
     }
 
     /// Runs `prog` on a read-only `struct pt_regs` (a probe hit) with this thread's reusable
@@ -394,6 +394,6 @@ impl Runtime {
                 Context::ReadOnly(bytes)
             }
         };
-        run(prog.engine(), ctx, &opts)
+        run(prog.engine().as_ref(), ctx, &opts)
     }
 }

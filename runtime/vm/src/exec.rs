@@ -4,9 +4,10 @@
 //! The JIT reads `RunState` fields directly (it is `repr(C)`), so the layout here is ABI.
 
 use crate::insn::MemSize;
+use std::cell::RefCell;
 use std::ffi::c_void;
 use std::fmt;
-use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 /// Bytes of stack for one function frame.
 pub const FRAME_SIZE: usize = 512;
@@ -168,6 +169,9 @@ pub enum Fault {
     Helper { id: u32, code: i64 },
     /// A helper was given a callback that is not a function of the program.
     BadCallback { pc: u64 },
+    /// A helper called back into the program from inside a callback (not supported: callbacks
+    /// share the bottom frames of the stack).
+    NestedCallback { pc: u64 },
 }
 
 impl fmt::Display for Fault {
@@ -182,7 +186,8 @@ impl fmt::Display for Fault {
             Fault::UnknownHelper { id } => write!(f, "callx to unknown helper {id}"),
             Fault::LoopBudget => write!(f, "loop budget exhausted (too many backward jumps)"),
             Fault::Helper { id, code } => write!(f, "helper {id} failed with code {code}"),
-            Fault::BadCallback { pc } => write!(f, "callback {pc} is not a function of the program"),
+            Fault::BadCallback { pc } => write!(f, "callback {pc} is not a callback of the program"),
+            Fault::NestedCallback { pc } => write!(f, "callback {pc} called from inside a callback"),
         }
     }
 }
@@ -197,7 +202,8 @@ pub struct RunError {
     pub fault: Fault,
 }
 
-/// Everything a run needs besides registers; one per invocation, on the caller's stack.
+/// Everything a run needs besides registers: one per [`run`] on the caller's stack, or one kept
+/// by a [`Runner`] for many runs.
 ///
 /// The JIT addresses these fields by offset, so the layout is part of the engines' ABI.
 #[repr(C)]
@@ -220,7 +226,9 @@ pub struct RunState {
     helpers: *const Option<HelperFn>,
     nhelpers: usize,
     callback: Option<CallbackFn>,
+    /// Points at a `*const E` naming the running engine (see `callback_trampoline`).
     callback_engine: *const c_void,
+    in_callback: bool,
     stack_base: u64,
     /// Opaque pointer for helpers: the runtime that registered them decides what it points to.
     pub host: *mut c_void,
@@ -277,19 +285,14 @@ pub enum Context<'a> {
 }
 
 impl RunState {
+    /// A state for a run on the stack at `stack_base`; [`RunState::place_regions`] must follow
+    /// once the state is where it will stay (the fast regions may point at its scratch area).
     #[inline(always)]
     fn new(stack_base: u64, ctx: Region, opts: &RunOptions, helpers: &[Option<HelperFn>]) -> Self {
         let stack = FastRegion::new(stack_base, STACK_SIZE as u64);
-        // The scratch area stands in for a context too small to check inline (the real one is
-        // then checked on the slow path) and for the store side of a read-only context. Its
-        // address is only known once the state is in place, so it is filled in by `run`.
-        let ctx_fast = if ctx.len >= 8 { FastRegion::new(ctx.start, ctx.len) } else { FastRegion::default() };
-        let extra = opts.regions.first().filter(|r| r.len >= 8);
-        let extra_fast = extra.map(|r| FastRegion::new(r.start, r.len)).unwrap_or_default();
-        let extra_store = extra.filter(|r| r.writable).map(|r| FastRegion::new(r.start, r.len)).unwrap_or_default();
         RunState {
-            fast_load: [stack, ctx_fast, extra_fast],
-            fast_store: [stack, if ctx.writable { ctx_fast } else { FastRegion::default() }, extra_store],
+            fast_load: [stack, FastRegion::default(), FastRegion::default()],
+            fast_store: [stack, FastRegion::default(), FastRegion::default()],
             budget: opts.budget,
             status: STATUS_RUNNING,
             fault_insn: 0,
@@ -302,29 +305,28 @@ impl RunState {
             nhelpers: helpers.len(),
             callback: None,
             callback_engine: std::ptr::null(),
+            in_callback: false,
             stack_base,
             host: opts.host,
             scratch: [0; 8],
         }
     }
 
-    /// Points the fast regions that stand for "nothing" at the state's own scratch area.
+    /// Sets the inline-checked context and extra regions. A region too small to check inline
+    /// (the real one is then checked on the slow path), and the store side of a read-only one,
+    /// point at the state's own scratch area instead.
     #[inline(always)]
-    fn place_scratch(&mut self) {
+    fn place_regions(&mut self) {
         let scratch = FastRegion::new(self.scratch.as_ptr() as u64, 8);
-        if self.ctx.len < 8 {
-            self.fast_load[1] = scratch;
-        }
-        if self.ctx.len < 8 || !self.ctx.writable {
-            self.fast_store[1] = scratch;
-        }
+        let fast = |r: Option<Region>, store: bool| match r {
+            Some(r) if r.len >= 8 && (r.writable || !store) => FastRegion::new(r.start, r.len),
+            _ => scratch,
+        };
         let extra = self.extra_regions().first().copied();
-        if extra.is_none_or(|r| r.len < 8) {
-            self.fast_load[2] = scratch;
-        }
-        if extra.is_none_or(|r| r.len < 8 || !r.writable) {
-            self.fast_store[2] = scratch;
-        }
+        self.fast_load[1] = fast(Some(self.ctx), false);
+        self.fast_store[1] = fast(Some(self.ctx), true);
+        self.fast_load[2] = fast(extra, false);
+        self.fast_store[2] = fast(extra, true);
     }
 
     /// Whether an access is inside a region the program may touch (what both engines check).
@@ -401,14 +403,22 @@ impl RunState {
         self.ctx
     }
 
-    /// Calls the program's function starting at slot `pc` (a callback passed to a helper) with
-    /// r1-r5 = `args`. Returns None if this run cannot call back or `pc` starts no function.
-    /// The callback gets the frames at the bottom of the stack (the verifier keeps the program's
-    /// deepest call chain and its callbacks' chains within the stack together).
+    /// Calls the program's callback starting at slot `pc` (a function whose address the
+    /// program passed to a helper) with r1-r5 = `args`. Returns None if this state belongs to
+    /// no run. A `pc` that starts no callback, or a call from inside a callback, faults the run
+    /// and returns 0. The callback gets the frames at the bottom of the stack (the verifier
+    /// keeps the program's deepest call chain and its callbacks' chains within the stack
+    /// together).
     pub fn call_function(&mut self, pc: usize, args: [u64; 5]) -> Option<u64> {
         let f = self.callback?;
-        let engine = self.callback_engine;
-        Some(f(engine, self, pc, args))
+        if self.in_callback {
+            self.helper_fault(Fault::NestedCallback { pc: pc as u64 });
+            return Some(0);
+        }
+        self.in_callback = true;
+        let r = f(self.callback_engine, self, pc, args);
+        self.in_callback = false;
+        Some(r)
     }
 
     /// The frame pointer a callback of call-chain depth `depth` runs with.
@@ -480,21 +490,15 @@ pub trait Engine {
     /// The helper functions the program was verified against.
     fn helper_functions(&self) -> &[Option<HelperFn>];
 
-    /// Whether Rust code reads the program's stack (then it must start zeroed, since reading
-    /// uninitialised memory from Rust is undefined behaviour).
-    fn reads_stack_from_rust(&self) -> bool {
-        false
-    }
-
-    /// Runs the function starting at slot `pc` with r1-r5 = `args` (a callback), or None if
-    /// `pc` starts no function.
+    /// Runs the callback starting at slot `pc` with r1-r5 = `args`, or None if no callback of
+    /// the program starts there.
     fn call_function(&self, state: &mut RunState, pc: usize, args: [u64; 5]) -> Option<u64>;
 }
 
 fn callback_trampoline<E: Engine + ?Sized>(engine: *const c_void, state: &mut RunState, pc: usize, args: [u64; 5]) -> u64 {
-    // SAFETY: `run` stores a pointer to its `&E`, which lives until `run` returns, and only
-    // the run it set up calls back.
-    let engine: &E = unsafe { *(engine as *const &E) };
+    // SAFETY: `run` and `Runner` point `callback_engine` at a `*const E` naming the engine of
+    // the current run, both alive while it runs, and only that run calls back.
+    let engine: &E = unsafe { &**(engine as *const *const E) };
     engine.call_function(state, pc, args).unwrap_or_else(|| {
         state.helper_fault(Fault::BadCallback { pc: pc as u64 });
         0
@@ -505,10 +509,17 @@ fn callback_trampoline<E: Engine + ?Sized>(engine: *const c_void, state: &mut Ru
 #[repr(C, align(16))]
 pub struct Stack([u8; STACK_SIZE]);
 
+thread_local! {
+    /// Stacks for [`run`], reused: one per level of nesting (a tail call runs inside its
+    /// caller's run) seen on this thread.
+    static STACKS: RefCell<Vec<Box<Stack>>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Runs `engine` on `ctx`: sets up stack and state, runs, and reports the result.
 ///
-/// The stack lives in this function's frame. Engines whose code reads it from Rust (the
-/// interpreter) get it zeroed; the JIT gets it as it is, which costs nothing per run.
+/// The stack is one of this thread's reusable stacks, zeroed when first made: helpers read it
+/// from Rust (map keys, buffers) and the verifier does not prove that programs write what they
+/// pass, so it must always be initialised memory.
 #[inline]
 pub fn run<E: Engine + ?Sized>(engine: &E, ctx: Context<'_>, opts: &RunOptions) -> Result<u64, RunError> {
     let region = match ctx {
@@ -516,34 +527,37 @@ pub fn run<E: Engine + ?Sized>(engine: &E, ctx: Context<'_>, opts: &RunOptions) 
         Context::Mem(m) => Region::of_mut(m),
         Context::ReadOnly(m) => Region::of(m),
     };
-    let mut stack = MaybeUninit::<Stack>::uninit();
-    if engine.reads_stack_from_rust() {
-        // SAFETY: writes zeros over the whole (plain-bytes) buffer, initialising it.
-        unsafe { stack.as_mut_ptr().write_bytes(0, 1) };
-    }
-    let base = stack.as_mut_ptr() as u64;
+    let mut stack = STACKS.try_with(|s| s.borrow_mut().pop()).ok().flatten().unwrap_or_else(|| Box::new(Stack([0; STACK_SIZE])));
+    let base = stack.0.as_mut_ptr() as u64;
     let mut state = RunState::new(base, region, opts, engine.helper_functions());
-    state.place_scratch();
-    let engine_ref: &E = engine;
+    state.place_regions();
+    let engine_ptr: *const E = engine;
     state.callback = Some(callback_trampoline::<E>);
-    state.callback_engine = &engine_ref as *const &E as *const c_void;
+    state.callback_engine = &engine_ptr as *const *const E as *const c_void;
     let r0 = engine.execute(region.start, region.len, base + STACK_SIZE as u64, &mut state);
+    // During thread teardown the stack is simply freed.
+    let _ = STACKS.try_with(|s| s.borrow_mut().push(stack));
     state.finish(r0)
 }
 
 /// A run context kept for many short runs on one thread (probe hits): its stack and state are
-/// set up once, and the engine-specific parts (helpers, callbacks) only change when the engine
-/// does, so a run fills in the context, the helper host and a few counters.
+/// set up once, and the engine-specific parts (helpers, machine code) only change when the
+/// engine does, so a run fills in the context, the helper host and a few counters.
 pub struct Runner {
     inner: Box<RunnerInner>,
     budget: u64,
 }
 
+/// The engines a [`Runner`] runs.
+pub type SharedEngine = Arc<dyn Engine + Send + Sync>;
+
 #[repr(C)]
 struct RunnerInner {
     state: RunState,
-    /// The engine of the last run (where `state.callback_engine` points), or None.
-    engine: Option<*const dyn Engine>,
+    /// The engine of the last run, kept alive so its address cannot name another engine.
+    engine: Option<SharedEngine>,
+    /// The same engine as a plain pointer: what `state.callback_engine` points at.
+    engine_ptr: *const dyn Engine,
     /// Its machine code, if it has any.
     native: Option<NativeEntry>,
     stack: Stack,
@@ -553,37 +567,35 @@ impl Runner {
     /// A runner whose programs may also touch `regions`, which must outlive every run (a
     /// runtime keeps them for the life of the process).
     pub fn new(regions: &'static [Region], budget: u64) -> Runner {
+        let opts = RunOptions { regions, budget, host: std::ptr::null_mut() };
+        let no_ctx = Region { start: 0, len: 0, writable: false };
         let mut inner = Box::new(RunnerInner {
-            state: RunState::new(0, Region { start: 0, len: 0, writable: false }, &RunOptions { regions, budget, host: std::ptr::null_mut() }, &[]),
+            state: RunState::new(0, no_ctx, &opts, &[]),
             engine: None,
+            engine_ptr: std::ptr::null::<crate::Interpreter>(),
             native: None,
             stack: Stack([0; STACK_SIZE]),
         });
+        // The box does not move: the state can now point into it.
         let base = inner.stack.0.as_ptr() as u64;
-        let stack = FastRegion::new(base, STACK_SIZE as u64);
-        inner.state.fast_load[0] = stack;
-        inner.state.fast_store[0] = stack;
-        inner.state.stack_base = base;
-        inner.state.place_scratch();
+        inner.state = RunState::new(base, no_ctx, &opts, &[]);
+        inner.state.place_regions();
+        inner.state.callback = Some(callback_trampoline::<dyn Engine>);
+        inner.state.callback_engine = &inner.engine_ptr as *const *const dyn Engine as *const c_void;
         Runner { inner, budget }
     }
 
     /// Runs `engine` on a read-only context (such as a probe's `pt_regs`).
     #[inline]
-    pub fn run_read_only(&mut self, engine: &dyn Engine, ctx: &[u8], host: *mut c_void) -> Result<u64, RunError> {
+    pub fn run_read_only(&mut self, engine: &SharedEngine, ctx: &[u8], host: *mut c_void) -> Result<u64, RunError> {
         let inner = &mut *self.inner;
-        // SAFETY: only the lifetime is erased; the pointer is dereferenced (by callbacks) only
-        // during a run of this same engine, while the caller's borrow keeps it alive.
-        let this_engine = unsafe { std::mem::transmute::<*const (dyn Engine + '_), *const (dyn Engine + 'static)>(engine) };
-        if inner.engine.is_none_or(|e| !std::ptr::addr_eq(e, this_engine)) {
+        if !std::ptr::addr_eq(inner.engine_ptr, Arc::as_ptr(engine)) {
             let helpers = engine.helper_functions();
             inner.state.helpers = helpers.as_ptr();
             inner.state.nhelpers = helpers.len();
-            inner.engine = Some(this_engine);
             inner.native = engine.native_entry();
-            inner.state.callback = Some(callback_trampoline::<dyn Engine>);
-            // `Option<*const dyn Engine>` is a fat pointer when Some, laid out as `&dyn Engine`.
-            inner.state.callback_engine = &inner.engine as *const Option<*const dyn Engine> as *const c_void;
+            inner.engine_ptr = Arc::as_ptr(engine) as *const dyn Engine;
+            inner.engine = Some(engine.clone());
         }
         // Stores are what a probe hit is short of: write only the fields that differ from the
         // last run (usually the context's address and nothing else).
@@ -597,7 +609,7 @@ impl Runner {
             }
         } else {
             st.ctx = Region { start, len, writable: false };
-            st.fast_load[1] = if len >= 8 { FastRegion::new(start, len) } else { FastRegion::new(st.scratch.as_ptr() as u64, 8) };
+            st.place_regions();
         }
         if st.status != STATUS_RUNNING {
             st.status = STATUS_RUNNING;

@@ -39,13 +39,8 @@ impl Engine for Interpreter {
         self.program.helpers().functions()
     }
 
-    fn reads_stack_from_rust(&self) -> bool {
-        true
-    }
-
     fn call_function(&self, state: &mut RunState, pc: usize, args: [u64; 5]) -> Option<u64> {
-        let f = self.program.function_starting_at(pc)?;
-        let fp = state.callback_frame_pointer(self.program.function_depth(f));
+        let (_, fp) = self.program.callback_frame(pc, state)?;
         Some(interpret_at(&self.program, pc, args, fp, state))
     }
 }

@@ -11,6 +11,8 @@ pub struct Function {
     pub start: usize,
     /// One past the last slot.
     pub end: usize,
+    /// Whether its address is taken (`lddw` with `src = 4`): helpers may call it back.
+    pub callback: bool,
 }
 
 /// A program that passed the verifier. Only [`crate::verifier`] makes one.
@@ -53,6 +55,13 @@ impl Program {
     /// Index in [`Program::functions`] of the function starting at slot `pc`.
     pub fn function_starting_at(&self, pc: usize) -> Option<usize> {
         self.functions.binary_search_by(|f| f.start.cmp(&pc)).ok()
+    }
+
+    /// The callback starting at slot `pc` and the frame pointer it runs with in `state` (the
+    /// frames at the bottom of the stack), or None if no callback starts there.
+    pub fn callback_frame(&self, pc: usize, state: &crate::exec::RunState) -> Option<(usize, u64)> {
+        let f = self.function_starting_at(pc).filter(|&f| self.functions[f].callback)?;
+        Some((f, state.callback_frame_pointer(self.depths[f])))
     }
 
     /// Whether the memory access at `pc` was proven in bounds by the verifier (r10-based).

@@ -106,6 +106,7 @@ pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRes
 
     // Resolve pseudo lddw forms and find function starts.
     let mut starts = vec![0usize];
+    let mut callbacks = vec![];
     for pc in 0..n {
         match insns[pc] {
             Insn::Lddw { dst, kind: LddwKind::Func, lo, .. } => {
@@ -115,6 +116,7 @@ pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRes
                 }
                 let _ = dst;
                 starts.push(target as usize);
+                callbacks.push(target as usize);
             }
             Insn::Lddw { dst, kind, lo, hi } if kind != LddwKind::Imm64 => {
                 let v = resolver.resolve(kind, lo, hi).map_err(|msg| err(pc, VerifyErrorKind::Unresolved { kind, msg }))?;
@@ -135,7 +137,7 @@ pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRes
     let functions: Vec<Function> = starts
         .iter()
         .enumerate()
-        .map(|(i, &start)| Function { start, end: starts.get(i + 1).copied().unwrap_or(n) })
+        .map(|(i, &start)| Function { start, end: starts.get(i + 1).copied().unwrap_or(n), callback: callbacks.contains(&start) })
         .collect();
 
     let mut static_access = vec![false; n];
