@@ -1,7 +1,7 @@
 //! What the agent does: find programs, attach them, run them on probe hits.
 
-use bpftime_attach::{attach, resolve, AttachError, ProbeHandler, ProbeKind, PtRegs, SiteInfo, Target};
-use bpftime_object::{Object, ProgramKind};
+use bpftime_attach::{attach, resolve, AttachError, ProbeHandler, ProbeKind, PtRegs, ResolveError, SiteInfo, Target};
+use bpftime_object::Object;
 use bpftime_runtime::{links, EngineKind, LoadedProgram, ProbeProgram, Runtime};
 use bpftime_shm::{default_name, ShmRegion};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,12 +62,23 @@ impl ProgramProbe {
     }
 }
 
-fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<(), String> {
-    let target = Target::parse(&p.target).map_err(|e| e.to_string())?;
-    let r = resolve(&target).map_err(|e| e.to_string())?;
+/// Why a probe was not attached.
+enum Failure {
+    /// Its binary is not mapped (yet: a later dlopen may bring it).
+    NotMapped,
+    /// Anything else, said in words.
+    Failed(String),
+}
+
+fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<(), Failure> {
+    let target = Target::parse(&p.target).map_err(|e| Failure::Failed(e.to_string()))?;
+    let r = resolve(&target).map_err(|e| match e {
+        ResolveError::NotMapped(_) => Failure::NotMapped,
+        e => Failure::Failed(e.to_string()),
+    })?;
     let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr));
     let kind = if p.retprobe { ProbeKind::Return } else { ProbeKind::Entry };
-    attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry }, kind, handler).map_err(|e: AttachError| e.to_string())?;
+    attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry }, kind, handler).map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
         eprintln!("bpftime: attached {} `{}` to {} ({:#x})", if p.retprobe { "uretprobe" } else { "uprobe" }, p.prog.name, p.target, r.addr);
     }
@@ -81,8 +92,8 @@ impl Agent {
         for p in items {
             match attach_one(self.runtime, &p) {
                 Ok(()) => {}
-                Err(e) if e.contains("is not mapped in this process") => still.push(p),
-                Err(e) => eprintln!("bpftime: cannot attach `{}` to {}: {e}", p.prog.name, p.target),
+                Err(Failure::NotMapped) => still.push(p),
+                Err(Failure::Failed(e)) => eprintln!("bpftime: cannot attach `{}` to {}: {e}", p.prog.name, p.target),
             }
         }
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(still);
@@ -103,22 +114,8 @@ pub fn attach_pending() {
     }
 }
 
-fn uprobe_target(section: &str, kind: &ProgramKind) -> Option<(String, bool)> {
-    match kind {
-        ProgramKind::Uprobe { retprobe, target } if !target.is_empty() => Some((target.clone(), *retprobe)),
-        ProgramKind::Uprobe { .. } => {
-            eprintln!("bpftime: section `{section}` names no BINARY:FUNCTION to attach to");
-            None
-        }
-        _ => None,
-    }
-}
-
 fn engine() -> EngineKind {
-    match std::env::var("BPFTIME_ENGINE").as_deref() {
-        Ok("interp") => EngineKind::Interp,
-        _ => EngineKind::Jit,
-    }
+    std::env::var("BPFTIME_ENGINE").ok().and_then(|n| n.parse().ok()).unwrap_or(EngineKind::Jit)
 }
 
 /// Loads the standalone object, or reads the region's links, and attaches.
@@ -144,32 +141,31 @@ pub(crate) fn start() {
         }
     };
     let runtime: &'static Runtime = Box::leak(Box::new(Runtime::new(region, engine())));
-    let mut items = vec![];
-    if let Some(path) = program {
-        let loaded = std::fs::read(&path)
-            .map_err(|e| format!("{}: {e}", path.to_string_lossy()))
-            .and_then(|b| Object::parse(&b).map_err(|e| format!("{}: {e}", path.to_string_lossy())))
-            .and_then(|obj| runtime.load_object(&obj).map_err(|e| format!("{}: {e}", path.to_string_lossy())));
-        let loaded = match loaded {
-            Ok(l) => l,
-            Err(e) => return eprintln!("bpftime: {e}"),
-        };
-        for (name, section, id) in loaded.programs {
-            let Some((target, retprobe)) = uprobe_target(&section, &ProgramKind::from_section(&section)) else { continue };
-            if let Err(e) = links::store(runtime.region(), &name, id, &target, retprobe, 0) {
-                eprintln!("bpftime: {e}");
-            }
-            match runtime.program(id) {
-                Ok(prog) => items.push(Pending { prog, target, retprobe, cookie: 0 }),
-                Err(e) => eprintln!("bpftime: {e}"),
+    let found = match program {
+        Some(path) => {
+            let shown = path.to_string_lossy().to_string();
+            let stored = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Object::parse(&b).map_err(|e| e.to_string()))
+                .and_then(|obj| runtime.load_object(&obj).map_err(|e| e.to_string()))
+                .and_then(|loaded| links::store_uprobes(runtime.region(), &loaded.programs).map_err(|e| e.to_string()));
+            match stored {
+                Ok(stored) => {
+                    for (name, section) in stored.no_target {
+                        eprintln!("bpftime: {shown}: section `{section}` names no BINARY:FUNCTION; `{name}` is not attached");
+                    }
+                    stored.links
+                }
+                Err(e) => return eprintln!("bpftime: {shown}: {e}"),
             }
         }
-    } else {
-        for l in links::list(runtime.region()) {
-            match runtime.program(l.prog) {
-                Ok(prog) => items.push(Pending { prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie }),
-                Err(e) => eprintln!("bpftime: link {}: {e}", l.id),
-            }
+        None => links::list(runtime.region()),
+    };
+    let mut items = vec![];
+    for l in found {
+        match runtime.program(l.prog) {
+            Ok(prog) => items.push(Pending { prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie }),
+            Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
         }
     }
     let agent = AGENT.get_or_init(|| Agent { runtime, pending: Mutex::new(vec![]) });

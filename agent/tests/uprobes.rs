@@ -38,11 +38,7 @@ fn session(tag: &str, example: &str, engine: EngineKind) -> Session {
     let obj = Object::parse(&std::fs::read(build_example(example)).unwrap()).unwrap();
     let rt = Runtime::new(region.clone(), engine);
     let loaded = rt.load_object(&obj).unwrap();
-    for (pname, section, id) in &loaded.programs {
-        if let bpftime_object::ProgramKind::Uprobe { retprobe, target } = bpftime_object::ProgramKind::from_section(section) {
-            links::store(&region, pname, *id, &target, retprobe, 0).unwrap();
-        }
-    }
+    links::store_uprobes(&region, &loaded.programs).unwrap();
     Session { name, maps: loaded.maps }
 }
 

@@ -1,14 +1,16 @@
 //! The inline-hook engine.
 //!
 //! A *site* is a patched address. Its first 5 bytes become `jmp rel32` to a per-site *entry
-//! stub*, placed within +-2 GiB, that steps over the red zone, saves every register into a
-//! kernel-layout [`PtRegs`], calls [`entry_dispatch`], restores the registers and jumps to the
-//! *trampoline*: the instructions the jump overwrote, relocated by iced-x86 (RIP-relative
-//! operands and branches fixed), then a jump back after them.
+//! stub*, placed within +-2 GiB, that stores every general register into a kernel-layout
+//! [`PtRegs`] on the stack (below the red zone when the site is mid-function), saves the vector
+//! state that may be live there (see `PointKind`), calls [`entry_dispatch`], reloads what the
+//! call may have changed and jumps to the *trampoline*: the instructions the jump overwrote,
+//! relocated by iced-x86 (RIP-relative operands and branches fixed), then a jump back after
+//! them.
 //!
 //! Return probes replace the return address at function entry with the global *return stub*
 //! and remember the real one on a per-thread shadow stack; the return stub saves registers
-//! (the return value is `ax`), calls [`return_dispatch`], and returns to the real address.
+//! (the return value is `ax`), calls [`return_dispatch`], and jumps to the real address.
 //!
 //! Handlers are lists swapped atomically (old lists are leaked, never freed, so a thread still
 //! walking one is safe). A per-thread flag keeps probes from firing inside probe handlers.
@@ -19,6 +21,7 @@ use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Instruction, InstructionBlock};
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::mem::offset_of;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -212,35 +215,36 @@ impl PointKind {
     }
 }
 
-/// Offsets of the fields of the kernel's `struct pt_regs` (x86-64).
+/// Offsets of [`PtRegs`] fields, as the stubs address them.
 mod pt {
-    pub const ORIG_AX: i32 = 15 * 8;
-    pub const IP: i32 = 16 * 8;
-    pub const CS: i32 = 17 * 8;
-    pub const FLAGS: i32 = 18 * 8;
-    pub const SP: i32 = 19 * 8;
-    pub const SS: i32 = 20 * 8;
-    pub const SIZE: i32 = 21 * 8;
+    use crate::regs::PtRegs;
+    use std::mem::{offset_of, size_of};
+    pub const ORIG_AX: i32 = offset_of!(PtRegs, orig_ax) as i32;
+    pub const IP: i32 = offset_of!(PtRegs, ip) as i32;
+    pub const CS: i32 = offset_of!(PtRegs, cs) as i32;
+    pub const FLAGS: i32 = offset_of!(PtRegs, flags) as i32;
+    pub const SP: i32 = offset_of!(PtRegs, sp) as i32;
+    pub const SS: i32 = offset_of!(PtRegs, ss) as i32;
+    pub const SIZE: i32 = size_of::<PtRegs>() as i32;
 }
 
-/// The general registers in `pt_regs` order (from `r15` at offset 0 to `di`), `ax` excepted
-/// (it sits between `r8` and `cx`).
+/// The general registers and their `pt_regs` fields.
 const GPRS: [(AsmRegister64, i32); 15] = [
-    (r15, 0),
-    (r14, 8),
-    (r13, 16),
-    (r12, 24),
-    (rbp, 32),
-    (rbx, 40),
-    (r11, 48),
-    (r10, 56),
-    (r9, 64),
-    (r8, 72),
-    (rax, 80),
-    (rcx, 88),
-    (rdx, 96),
-    (rsi, 104),
-    (rdi, 112),
+    (r15, offset_of!(PtRegs, r15) as i32),
+    (r14, offset_of!(PtRegs, r14) as i32),
+    (r13, offset_of!(PtRegs, r13) as i32),
+    (r12, offset_of!(PtRegs, r12) as i32),
+    (rbp, offset_of!(PtRegs, bp) as i32),
+    (rbx, offset_of!(PtRegs, bx) as i32),
+    (r11, offset_of!(PtRegs, r11) as i32),
+    (r10, offset_of!(PtRegs, r10) as i32),
+    (r9, offset_of!(PtRegs, r9) as i32),
+    (r8, offset_of!(PtRegs, r8) as i32),
+    (rax, offset_of!(PtRegs, ax) as i32),
+    (rcx, offset_of!(PtRegs, cx) as i32),
+    (rdx, offset_of!(PtRegs, dx) as i32),
+    (rsi, offset_of!(PtRegs, si) as i32),
+    (rdi, offset_of!(PtRegs, di) as i32),
 ];
 
 /// Whether the register is callee-saved (preserved by the dispatch call itself).
@@ -445,7 +449,8 @@ fn build_site(addr: u64, function_size: u64, at_entry: bool) -> Result<&'static 
     tcode.push(0xe9);
     tcode.extend_from_slice(&back.to_le_bytes());
     let original: [u8; PATCH_LEN] = patch::read_code(addr, PATCH_LEN).map_err(|e| unpatchable(e.to_string()))?.try_into().expect("5 bytes");
-    let site: &'static Site = Box::leak(Box::new(Site {
+    // Boxed now so the stub can be given its final address; leaked once complete.
+    let mut site = Box::new(Site {
         addr,
         at_entry,
         original,
@@ -454,9 +459,9 @@ fn build_site(addr: u64, function_size: u64, at_entry: bool) -> Result<&'static 
         entry: AtomicPtr::new(empty_list()),
         ret: AtomicPtr::new(empty_list()),
         installed: AtomicBool::new(false),
-    }));
+    });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
-    let stub = entry_stub(site as *const Site as u64, addr, tramp, page, point).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
+    let stub = entry_stub(&*site as *const Site as u64, addr, tramp, page, point).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
     if stub.len() > TRAMPOLINE_AT as usize || tcode.len() > PAGE - TRAMPOLINE_AT as usize {
         return Err(unpatchable("stub too large".into()));
     }
@@ -482,14 +487,9 @@ fn build_site(addr: u64, function_size: u64, at_entry: bool) -> Result<&'static 
     }
     let mut jump = [0xe9, 0, 0, 0, 0];
     jump[1..].copy_from_slice(&(rel as i32).to_le_bytes());
-    // The site is not visible to any thread yet: fill in what was computed after leaking it.
-    let site_ptr = site as *const Site as *mut Site;
-    // SAFETY: nothing reads `site` until it is installed below; the fields are plain data.
-    unsafe {
-        (*site_ptr).jump = jump;
-        (*site_ptr).slot = slot;
-    }
-    Ok(site)
+    site.jump = jump;
+    site.slot = slot;
+    Ok(Box::leak(site))
 }
 
 /// Information about the place to probe.

@@ -9,8 +9,9 @@
 //!
 //! What it is not: it knows nothing of eBPF; the agent connects handlers to programs.
 //!
-//! Unsafe code is confined to `patch.rs` (code writing, signals, mappings) and the stubs'
-//! dispatch functions in `hook.rs`.
+//! Unsafe code is confined to `patch.rs` (code writing, signals, mappings), `hook.rs` (the
+//! dispatch functions the stubs call, the leaked handler lists, copying a stub into its fresh
+//! page) and `PtRegs::as_bytes`.
 
 pub mod hook;
 mod patch;

@@ -60,8 +60,7 @@ impl Target {
 }
 
 /// The mapped file `binary` names: `/proc/self/exe`, a path, or a library's file name.
-pub fn find_binary(binary: &str) -> Option<String> {
-    let maps = mappings();
+fn find_binary(binary: &str, maps: &[Mapping]) -> Option<String> {
     let wanted = if binary == "/proc/self/exe" {
         std::fs::read_link("/proc/self/exe").ok()?.to_string_lossy().to_string()
     } else {
@@ -72,8 +71,14 @@ pub fn find_binary(binary: &str) -> Option<String> {
     maps.iter()
         .find(|m| m.path == wanted || Some(&m.path) == canon.as_ref())
         .or_else(|| {
-            // A bare library name: match the file name, or `name.` as a prefix (libc.so.6 for libc.so).
-            (!wanted.contains('/')).then(|| maps.iter().find(|m| Path::new(&m.path).file_name().is_some_and(|f| f.to_string_lossy() == base))).flatten()
+            // A bare library name: the file name, or a versioned one (libc.so.6 for libc.so).
+            let named = |m: &&Mapping| {
+                Path::new(&m.path).file_name().is_some_and(|f| {
+                    let f = f.to_string_lossy();
+                    f == base || f.strip_prefix(base.as_str()).is_some_and(|rest| rest.starts_with('.'))
+                })
+            };
+            (!wanted.contains('/')).then(|| maps.iter().find(named)).flatten()
         })
         .map(|m| m.path.clone())
 }
@@ -101,8 +106,8 @@ pub struct Resolved {
 
 /// Resolves a target to an address in this process.
 pub fn resolve(t: &Target) -> Result<Resolved, ResolveError> {
-    let path = find_binary(&t.binary).ok_or_else(|| ResolveError::NotMapped(t.binary.clone()))?;
     let maps = mappings();
+    let path = find_binary(&t.binary, &maps).ok_or_else(|| ResolveError::NotMapped(t.binary.clone()))?;
     let data = std::fs::read(&path).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
     let file = object::File::parse(&*data).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
     let Some(func) = &t.function else {
@@ -146,6 +151,9 @@ mod tests {
         let r = resolve(&Target::parse("libc.so.6:getpid").unwrap()).unwrap();
         assert_eq!(r.addr, libc::getpid as *const () as u64);
         assert!(r.at_entry);
+        let unversioned = resolve(&Target::parse("libc.so:getpid").unwrap()).unwrap();
+        assert_eq!(unversioned.addr, r.addr, "libc.so names the mapped libc.so.6");
+        assert!(matches!(resolve(&Target::parse("libc.s:getpid").unwrap()), Err(ResolveError::NotMapped(_))), "only whole version suffixes");
         let e = resolve(&Target::parse("libc.so.6:no_such_function_here").unwrap()).unwrap_err();
         assert!(e.to_string().contains("no function `no_such_function_here`"), "{e}");
         assert!(matches!(resolve(&Target::parse("libnotloaded.so:f").unwrap()), Err(ResolveError::NotMapped(_))));

@@ -1,28 +1,8 @@
-//! Shared code of the `bpftime` binaries: loading a program file and choosing an engine.
+//! Shared code of the `bpftime` binaries: loading a program file.
 
-use bpftime_jit::JitProgram;
 use bpftime_object::Object;
 use bpftime_vm::insn::{parse_bytecode, RawInsn};
-use bpftime_vm::{Engine, Interpreter, Program};
 use std::path::Path;
-use std::sync::Arc;
-
-/// Which engine runs a program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum EngineKind {
-    /// The Cranelift JIT.
-    Jit,
-    /// The reference interpreter.
-    Interp,
-}
-
-/// Builds the engine for a verified program.
-pub fn make_engine(kind: EngineKind, program: Arc<Program>) -> Result<Box<dyn Engine>, String> {
-    Ok(match kind {
-        EngineKind::Jit => Box::new(JitProgram::compile(program).map_err(|e| format!("jit: {e}"))?),
-        EngineKind::Interp => Box::new(Interpreter::new(program)),
-    })
-}
 
 /// A program read from a file: raw bytecode, or one program of a clang-built object.
 pub struct LoadedFile {

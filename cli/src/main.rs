@@ -2,10 +2,11 @@
 
 mod dump;
 
-use bpftime_cli::{load_program_file, EngineKind};
+use bpftime_cli::load_program_file;
 use bpftime_maps::Map;
 use bpftime_object::Object;
-use bpftime_runtime::{progs, trace::TracePipe, EngineKind as RtEngine, Runtime};
+use bpftime_runtime::links::{self, UprobeLink};
+use bpftime_runtime::{progs, trace::TracePipe, EngineKind, Runtime};
 use bpftime_shm::{default_name, ObjectKind, ShmRegion, DEFAULT_SIZE};
 use bpftime_vm::conformance::parse_hex_bytes;
 use bpftime_vm::exec::Context;
@@ -72,7 +73,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Execution engine in the traced process.
-        #[arg(long, value_enum, default_value_t = EngineKind::Jit)]
+        #[arg(long, default_value = "jit")]
         engine: EngineKind,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -99,7 +100,7 @@ enum VmCommand {
         #[arg(long)]
         mem: Option<String>,
         /// Execution engine.
-        #[arg(long, value_enum, default_value_t = EngineKind::Jit)]
+        #[arg(long, default_value = "jit")]
         engine: EngineKind,
         /// Print every map after the run.
         #[arg(long)]
@@ -207,13 +208,6 @@ fn print_maps(maps: &[Map], json: bool) {
     }
 }
 
-fn rt_engine(e: EngineKind) -> RtEngine {
-    match e {
-        EngineKind::Jit => RtEngine::Jit,
-        EngineKind::Interp => RtEngine::Interp,
-    }
-}
-
 struct RunArgs<'a> {
     file: &'a Path,
     section: Option<&'a str>,
@@ -228,7 +222,7 @@ fn vm_run(a: RunArgs) -> Result<(), String> {
     let RunArgs { file, section, mem, engine, dump_maps, json, budget } = a;
     let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let region = Arc::new(ShmRegion::anonymous(DEFAULT_SIZE).map_err(|e| e.to_string())?);
-    let mut rt = Runtime::new(region, rt_engine(engine));
+    let mut rt = Runtime::new(region, engine);
     rt.set_loop_budget(budget);
     let (id, origin, maps) = if Object::is_elf(&bytes) {
         let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -266,21 +260,14 @@ fn vm_run(a: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes a link for each uprobe/uretprobe program whose section names `BINARY:FUNCTION`, for
-/// agents to attach; returns (link id, program name, target).
-fn store_links(region: &ShmRegion, programs: &[(String, String, u32)]) -> Result<Vec<(u32, String, String)>, String> {
-    let mut links = vec![];
-    for (name, section, id) in programs {
-        if let bpftime_object::ProgramKind::Uprobe { retprobe, target } = bpftime_object::ProgramKind::from_section(section) {
-            if !target.contains(':') {
-                eprintln!("bpftime: section `{section}` names no BINARY:FUNCTION; `{name}` is not attached");
-                continue;
-            }
-            let link = bpftime_runtime::links::store(region, name, *id, &target, retprobe, 0).map_err(|e| e.to_string())?;
-            links.push((link, name.clone(), target));
-        }
+/// Writes the links of an object's uprobe programs (see `links::store_uprobes`), saying which
+/// programs name no target.
+fn store_links(region: &ShmRegion, programs: &[(String, String, u32)]) -> Result<Vec<UprobeLink>, String> {
+    let stored = links::store_uprobes(region, programs).map_err(|e| e.to_string())?;
+    for (name, section) in &stored.no_target {
+        eprintln!("bpftime: section `{section}` names no BINARY:FUNCTION; `{name}` is not attached");
     }
-    Ok(links)
+    Ok(stored.links)
 }
 
 /// The agent library: `$BPFTIME_AGENT`, or `libbpftime.so` beside this executable.
@@ -338,14 +325,13 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
                 }
             }
             let _remove = Remove(name.clone());
-            let rt = Runtime::new(region.clone(), rt_engine(engine));
+            let rt = Runtime::new(region.clone(), engine);
             let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
             let attached = store_links(&region, &loaded.programs)?.len();
             if attached == 0 {
                 return Err(format!("{}: no uprobe or uretprobe sections to attach", file.display()));
             }
-            let engine_name = if engine == EngineKind::Interp { "interp" } else { "jit" };
-            let code = run_with_agent(&command, &[("BPFTIME_SHM", name.clone()), ("BPFTIME_ENGINE", engine_name.to_string())])?;
+            let code = run_with_agent(&command, &[("BPFTIME_SHM", name.clone()), ("BPFTIME_ENGINE", engine.name().to_string())])?;
             let maps: Vec<Map> = loaded.maps.iter().filter(|m| !m.name().starts_with(".rodata")).cloned().collect();
             if json {
                 let out = serde_json::json!({ "exit_code": code, "maps": maps.iter().map(dump::json).collect::<Vec<_>>() });
@@ -397,7 +383,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
             let region = open_region(shm)?;
             let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-            let rt = Runtime::new(region.clone(), RtEngine::Jit);
+            let rt = Runtime::new(region.clone(), EngineKind::Jit);
             let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
             for m in &loaded.maps {
                 println!("map {} `{}` ({})", m.id(), m.name(), m.map_type().name());
@@ -405,8 +391,8 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
             for (name, section, id) in &loaded.programs {
                 println!("prog {id} `{name}` ({section})");
             }
-            for (link, name, target) in store_links(&region, &loaded.programs)? {
-                println!("link {link} `{name}` -> {target}");
+            for l in store_links(&region, &loaded.programs)? {
+                println!("link {} `{}` -> {}", l.id, l.name, l.target);
             }
             Ok(())
         }

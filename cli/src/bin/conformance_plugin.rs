@@ -4,7 +4,7 @@
 //! memory) is one argument of hex bytes; the program arrives on standard input as hex text.
 //! Prints r0 in hex and exits 0, or prints the error to standard error and exits 1.
 
-use bpftime_cli::{make_engine, EngineKind};
+use bpftime_runtime::EngineKind;
 use bpftime_vm::conformance::{helper_table, parse_hex_bytes};
 use bpftime_vm::exec::{run, Context, RunOptions};
 use bpftime_vm::{verify_bytecode, NoMaps};
@@ -19,7 +19,7 @@ struct Args {
     /// Input memory as hex bytes.
     mem: Option<String>,
     /// Execution engine.
-    #[arg(long, value_enum, default_value_t = EngineKind::Jit)]
+    #[arg(long, default_value = "jit")]
     engine: EngineKind,
 }
 
@@ -42,7 +42,7 @@ fn run_plugin() -> Result<u64, String> {
     std::io::stdin().read_to_string(&mut text).map_err(|e| format!("reading the program: {e}"))?;
     let code = parse_hex_bytes(&text)?;
     let program = verify_bytecode(&code, Arc::new(helper_table()), &NoMaps).map_err(|e| format!("verifier: {e}"))?;
-    let engine = make_engine(args.engine, Arc::new(program))?;
+    let engine = args.engine.build(Arc::new(program)).map_err(|e| format!("jit: {e}"))?;
     let mut mem = match args.mem {
         Some(m) => parse_hex_bytes(&m)?,
         None => Vec::new(),

@@ -16,8 +16,9 @@ fn err(e: Errno) -> u64 {
 }
 
 fn host(state: &RunState) -> Option<&HelperContext<'_>> {
-    // SAFETY: `Runtime::run` sets `host` to a HelperContext that outlives the run, or leaves it
-    // null; nothing else sets it for runs that use these helpers.
+    // SAFETY: the runtime's runs (`Runtime::run`, `run_probe`, tail calls through `run_region`)
+    // set `host` to a HelperContext that outlives the run; other runs of these helpers leave it
+    // null.
     unsafe { (state.host as *const HelperContext).as_ref() }
 }
 
@@ -47,7 +48,7 @@ extern "C" fn map_lookup_elem(m: u64, k: u64, _: u64, _: u64, _: u64, state: &mu
             // The value is an inner map's id: give the program that map's reference.
             // SAFETY: lookup_ptr returned 4 readable bytes inside the region.
             let id = unsafe { (p as *const u32).read_unaligned() };
-            crate::handles_for_id(m, id).unwrap_or(0)
+            crate::handles::map_ref_by_id(m, id).unwrap_or(0)
         }
         Some(p) => p as u64,
         None => 0,

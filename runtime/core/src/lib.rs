@@ -24,14 +24,3 @@ mod user_mem;
 
 pub use handles::{map_of, map_ref, MAP_REF_TAG};
 pub use runtime::{EngineKind, HelperContext, LoadError, LoadedObject, LoadedProgram, ProbeProgram, Runtime};
-
-use bpftime_maps::Map;
-
-/// The reference of map `id` of the region `outer` lives in (for map-in-map lookups).
-pub(crate) fn handles_for_id(outer: &Map, id: u32) -> Option<u64> {
-    if id == 0 {
-        return None;
-    }
-    let inner = Map::open(outer.region(), id).ok()?;
-    map_ref(&inner)
-}

@@ -9,7 +9,7 @@ use crate::progs::{self, StoredProgram};
 use bpftime_jit::JitProgram;
 use bpftime_maps::{Map, MapError, MapSpec, MapType};
 use bpftime_object::btf::Btf;
-use bpftime_object::{MapDef, Object, ObjectError, ProgramKind};
+use bpftime_object::{MapDef, Object, ObjectError};
 use bpftime_shm::{ShmError, ShmRegion};
 use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, Runner, SharedEngine, DEFAULT_LOOP_BUDGET};
 use bpftime_vm::insn::LddwKind;
@@ -26,6 +26,32 @@ pub enum EngineKind {
     Jit,
     /// Reference interpreter.
     Interp,
+}
+
+impl EngineKind {
+    /// The name used on command lines and in `BPFTIME_ENGINE`: `jit` or `interp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Jit => "jit",
+            EngineKind::Interp => "interp",
+        }
+    }
+
+    /// Builds this engine for a verified program.
+    pub fn build(self, program: Arc<Program>) -> Result<SharedEngine, bpftime_jit::JitError> {
+        Ok(match self {
+            EngineKind::Jit => Arc::new(JitProgram::compile(program)?),
+            EngineKind::Interp => Arc::new(Interpreter::new(program)),
+        })
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        [EngineKind::Jit, EngineKind::Interp].into_iter().find(|k| k.name() == name).ok_or_else(|| format!("unknown engine `{name}` (jit or interp)"))
+    }
 }
 
 /// Why loading failed.
@@ -68,8 +94,6 @@ pub struct LoadedProgram {
     pub name: String,
     /// Section name.
     pub section: String,
-    /// Attach information from the section name.
-    pub kind: ProgramKind,
     /// The verified program.
     pub program: Arc<Program>,
     engine: SharedEngine,
@@ -323,13 +347,9 @@ impl Runtime {
     fn prepare(&self, stored: StoredProgram) -> Result<LoadedProgram, LoadError> {
         let resolver = IdResolver { region: &self.region };
         let program = Arc::new(verify(&stored.insns, self.helpers.clone(), &resolver).map_err(|e| self.verify_error(&stored.name, e))?);
-        let engine: SharedEngine = match self.engine {
-            EngineKind::Jit => Arc::new(JitProgram::compile(program.clone()).map_err(|error| LoadError::Jit { program: stored.name.clone(), error })?),
-            EngineKind::Interp => Arc::new(Interpreter::new(program.clone())),
-        };
+        let engine = self.engine.build(program.clone()).map_err(|error| LoadError::Jit { program: stored.name.clone(), error })?;
         Ok(LoadedProgram {
             id: stored.id,
-            kind: ProgramKind::from_section(&stored.section),
             name: stored.name,
             section: stored.section,
             program,

@@ -554,13 +554,41 @@ pub type SharedEngine = Arc<dyn Engine + Send + Sync>;
 #[repr(C)]
 struct RunnerInner {
     state: RunState,
-    /// The engine of the last run, kept alive so its address cannot name another engine.
-    engine: Option<SharedEngine>,
-    /// The same engine as a plain pointer: what `state.callback_engine` points at.
+    /// The engine of the last run: what `state.callback_engine` points at.
     engine_ptr: *const dyn Engine,
     /// Its machine code, if it has any.
     native: Option<NativeEntry>,
+    /// Every engine this runner has run, kept alive (so an address always names the same
+    /// engine) with what a run needs of it, so switching engines (an entry and a return probe
+    /// on one function) costs no reference counting.
+    known: Vec<KnownEngine>,
     stack: Stack,
+}
+
+struct KnownEngine {
+    engine: SharedEngine,
+    helpers: *const Option<HelperFn>,
+    nhelpers: usize,
+    native: Option<NativeEntry>,
+}
+
+impl RunnerInner {
+    #[inline(never)]
+    fn switch_to(&mut self, engine: &SharedEngine) {
+        let i = match self.known.iter().position(|k| Arc::ptr_eq(&k.engine, engine)) {
+            Some(i) => i,
+            None => {
+                let helpers = engine.helper_functions();
+                self.known.push(KnownEngine { engine: engine.clone(), helpers: helpers.as_ptr(), nhelpers: helpers.len(), native: engine.native_entry() });
+                self.known.len() - 1
+            }
+        };
+        let k = &self.known[i];
+        self.state.helpers = k.helpers;
+        self.state.nhelpers = k.nhelpers;
+        self.native = k.native;
+        self.engine_ptr = Arc::as_ptr(&k.engine) as *const dyn Engine;
+    }
 }
 
 impl Runner {
@@ -571,9 +599,9 @@ impl Runner {
         let no_ctx = Region { start: 0, len: 0, writable: false };
         let mut inner = Box::new(RunnerInner {
             state: RunState::new(0, no_ctx, &opts, &[]),
-            engine: None,
             engine_ptr: std::ptr::null::<crate::Interpreter>(),
             native: None,
+            known: Vec::new(),
             stack: Stack([0; STACK_SIZE]),
         });
         // The box does not move: the state can now point into it.
@@ -590,12 +618,7 @@ impl Runner {
     pub fn run_read_only(&mut self, engine: &SharedEngine, ctx: &[u8], host: *mut c_void) -> Result<u64, RunError> {
         let inner = &mut *self.inner;
         if !std::ptr::addr_eq(inner.engine_ptr, Arc::as_ptr(engine)) {
-            let helpers = engine.helper_functions();
-            inner.state.helpers = helpers.as_ptr();
-            inner.state.nhelpers = helpers.len();
-            inner.native = engine.native_entry();
-            inner.engine_ptr = Arc::as_ptr(engine) as *const dyn Engine;
-            inner.engine = Some(engine.clone());
+            inner.switch_to(engine);
         }
         // Stores are what a probe hit is short of: write only the fields that differ from the
         // last run (usually the context's address and nothing else).
