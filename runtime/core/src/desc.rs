@@ -1,5 +1,5 @@
 //! Fixed-layout descriptors kept in the region (programs, links): plain structs written and
-//! read as bytes, with NUL-padded text fields.
+//! read as bytes, with NUL-padded text fields (`bpftime_shm::text`).
 
 use bpftime_shm::{ObjectKind, ShmError, ShmRegion};
 use std::sync::atomic::Ordering;
@@ -32,14 +32,4 @@ pub(crate) fn load<T: Plain>(region: &ShmRegion, off: u64) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const T) })
 }
 
-/// The text of a NUL-padded field.
-pub(crate) fn text(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).to_string()
-}
-
-/// Fills a NUL-padded field with `s`, cut to leave room for the final NUL.
-pub(crate) fn fill(dst: &mut [u8], s: &str) {
-    let n = s.len().min(dst.len() - 1);
-    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
-}
+pub(crate) use bpftime_shm::text::{fill, text};

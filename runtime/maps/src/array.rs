@@ -4,7 +4,7 @@
 //! stride). Elements always exist: updates overwrite in place and deletes are refused, as in
 //! the kernel. Id arrays hold a u32 object id per index, 0 meaning empty.
 
-use crate::{current_cpu, round8, Errno, Map, MapType, BPF_ANY, BPF_EXIST, BPF_F_LOCK, BPF_NOEXIST};
+use crate::{check_update_flags, current_cpu, round8, Errno, Map, MapType, BPF_ANY, BPF_NOEXIST};
 use bpftime_shm::ObjectKind;
 use std::sync::atomic::Ordering;
 
@@ -47,29 +47,17 @@ pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errn
     Ok(())
 }
 
-fn check_flags(flags: u64) -> Result<(), Errno> {
-    if flags & BPF_F_LOCK != 0 || flags > BPF_EXIST {
-        // BPF_F_LOCK needs a bpf_spin_lock in the value; none of ours has one.
-        return Err(Errno::EINVAL);
-    }
-    if flags & !BPF_F_LOCK == BPF_NOEXIST {
-        // Every element of an array exists.
-        return Err(Errno::EEXIST);
-    }
-    Ok(())
-}
-
 /// The index an update writes, after the checks every array update makes.
 fn update_index(map: &Map, key: &[u8], flags: u64) -> Result<u32, Errno> {
+    check_update_flags(flags)?;
     let idx = index(key);
-    if flags & BPF_F_LOCK != 0 || flags > BPF_EXIST {
-        // BPF_F_LOCK needs a bpf_spin_lock in the value; none of ours has one.
-        return Err(Errno::EINVAL);
-    }
     if idx >= map.spec().max_entries {
         return Err(Errno::E2BIG);
     }
-    check_flags(flags)?;
+    if flags == BPF_NOEXIST {
+        // Every element of an array exists.
+        return Err(Errno::EEXIST);
+    }
     Ok(idx)
 }
 

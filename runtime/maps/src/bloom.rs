@@ -21,32 +21,29 @@ pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmErr
     Ok(Layout { data: region.alloc(bytes)?, data_len: bytes, ..Layout::default() })
 }
 
-fn bits_of<'m>(map: &'m Map, value: &[u8]) -> impl Iterator<Item = u64> + 'm {
+/// The bits `value` sets: (word offset in the region, bit mask).
+fn bits_of<'a>(map: &'a Map, value: &'a [u8]) -> impl Iterator<Item = (u64, u64)> + 'a {
     let nbits = map.layout().data_len * 8;
-    let value = value.to_vec();
-    (0..nr_hashes(map.spec())).map(move |i| hash_bytes(&value, i.wrapping_mul(0x5851_f42d_4c95_7f2d)) as u64 & (nbits - 1))
+    let data = map.layout().data;
+    (0..nr_hashes(map.spec())).map(move |i| {
+        let bit = hash_bytes(value, i.wrapping_mul(0x5851_f42d_4c95_7f2d)) as u64 & (nbits - 1);
+        (data + (bit / 64) * 8, 1 << (bit % 64))
+    })
 }
 
 pub(crate) fn push(map: &Map, value: &[u8], flags: u64) -> Result<(), Errno> {
-    if flags != BPF_ANY || value.len() != map.spec().value_size as usize {
+    if flags != BPF_ANY {
         return Err(Errno::EINVAL);
     }
-    let data = map.layout().data;
-    for bit in bits_of(map, value).collect::<Vec<_>>() {
-        let word = map.region().atomic_u64(data + (bit / 64) * 8).ok_or(Errno::EFAULT)?;
-        word.fetch_or(1 << (bit % 64), Ordering::Relaxed);
+    for (word, mask) in bits_of(map, value) {
+        map.region().atomic_u64(word).ok_or(Errno::EFAULT)?.fetch_or(mask, Ordering::Relaxed);
     }
     Ok(())
 }
 
 pub(crate) fn peek(map: &Map, value: &mut [u8]) -> Result<(), Errno> {
-    if value.len() != map.spec().value_size as usize {
-        return Err(Errno::EINVAL);
-    }
-    let data = map.layout().data;
-    for bit in bits_of(map, value).collect::<Vec<_>>() {
-        let word = map.region().atomic_u64(data + (bit / 64) * 8).ok_or(Errno::EFAULT)?;
-        if word.load(Ordering::Relaxed) & (1 << (bit % 64)) == 0 {
+    for (word, mask) in bits_of(map, value) {
+        if map.region().atomic_u64(word).ok_or(Errno::EFAULT)?.load(Ordering::Relaxed) & mask == 0 {
             return Err(Errno::ENOENT);
         }
     }

@@ -10,7 +10,7 @@
 //! LRU maps evict with the CLOCK algorithm: lookups set a reference bit, eviction sweeps the
 //! pool from a hand, clearing bits, and evicts the first element whose bit was clear.
 
-use crate::{current_cpu, round8, Errno, Layout, Map, MapSpec, MapType, BPF_EXIST, BPF_F_LOCK, BPF_NOEXIST};
+use crate::{check_update_flags, current_cpu, round8, Errno, Layout, Map, MapSpec, MapType, BPF_EXIST, BPF_NOEXIST};
 use bpftime_shm::{ShmError, ShmRegion};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -75,7 +75,7 @@ pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec, cpus: u64) -> Result<Lay
             return Err(e);
         }
     };
-    Ok(Layout { data, data_len: pool, aux, aux_len: nbuckets * 8, elem_size, elem_count: spec.max_entries as u64 + 1 })
+    Ok(Layout { data, data_len: pool, aux, aux_len: nbuckets * 8, elem_size, elem_count: 0 })
 }
 
 struct View<'a> {
@@ -164,16 +164,16 @@ impl<'a> View<'a> {
         None
     }
 
-    /// Under the lock: the element holding `key` and the link that points at it.
-    fn find_locked(&self, key: &[u8], h: u32) -> Option<(&AtomicU64, u64)> {
-        let b = h as u64 & (self.nbuckets - 1);
+    /// Under the lock: the first element of bucket `b`'s chain that `pred` accepts, and the
+    /// link that points at it.
+    fn find_link(&self, b: u64, pred: impl Fn(u64) -> bool) -> Option<(&AtomicU64, u64)> {
         let mut link = self.bucket(b);
         for _ in 0..=self.pool {
             let cur = link.load(Ordering::Relaxed);
             if cur & 1 != 0 || !self.valid(cur) {
                 return None;
             }
-            if self.hash(cur).load(Ordering::Relaxed) == h && self.flags(cur).load(Ordering::Relaxed) & IN_USE != 0 && self.key_eq(cur, key) {
+            if pred(cur) {
                 return Some((link, cur));
             }
             link = self.next(cur);
@@ -181,25 +181,16 @@ impl<'a> View<'a> {
         None
     }
 
-    /// Under the lock: the link that points at `target` in bucket `b`.
-    fn link_to(&self, b: u64, target: u64) -> Option<&AtomicU64> {
-        let mut link = self.bucket(b);
-        for _ in 0..=self.pool {
-            let cur = link.load(Ordering::Relaxed);
-            if cur & 1 != 0 || !self.valid(cur) {
-                return None;
-            }
-            if cur == target {
-                return Some(link);
-            }
-            link = self.next(cur);
-        }
-        None
+    /// Under the lock: the element holding `key` and the link that points at it.
+    fn find_locked(&self, key: &[u8], h: u32) -> Option<(&AtomicU64, u64)> {
+        self.find_link(h as u64 & (self.nbuckets - 1), |cur| {
+            self.hash(cur).load(Ordering::Relaxed) == h && self.flags(cur).load(Ordering::Relaxed) & IN_USE != 0 && self.key_eq(cur, key)
+        })
     }
 
     fn unlink(&self, e: u64) {
         let b = self.hash(e).load(Ordering::Relaxed) as u64 & (self.nbuckets - 1);
-        if let Some(link) = self.link_to(b, e) {
+        if let Some((link, _)) = self.find_link(b, |cur| cur == e) {
             link.store(self.next(e).load(Ordering::Relaxed), Ordering::Release);
         }
     }
@@ -377,10 +368,7 @@ fn write_value(map: &Map, v: &View, e: u64, fill: &Fill, fresh: bool) {
 }
 
 fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errno> {
-    if flags & BPF_F_LOCK != 0 || flags > BPF_EXIST {
-        // BPF_F_LOCK needs a bpf_spin_lock in the value; none of ours has one.
-        return Err(Errno::EINVAL);
-    }
+    check_update_flags(flags)?;
     if map.map_type() == MapType::HashOfMaps {
         if let Fill::All(value) = fill {
             crate::array::check_inner(map, u32::from_le_bytes(value[..4].try_into().expect("value_size 4")))?;
@@ -391,11 +379,10 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
     let _g = map.write_lock();
     let found = v.find_locked(key, h);
     let old = found.map(|(_, e)| e);
-    let op = flags & !BPF_F_LOCK;
-    if old.is_some() && op == BPF_NOEXIST {
+    if old.is_some() && flags == BPF_NOEXIST {
         return Err(Errno::EEXIST);
     }
-    if old.is_none() && op == BPF_EXIST {
+    if old.is_none() && flags == BPF_EXIST {
         return Err(Errno::ENOENT);
     }
     let d = map.desc();
@@ -461,9 +448,9 @@ pub(crate) fn lookup_and_delete(map: &Map, key: &[u8], value: &mut [u8]) -> Resu
     let v = View::new(map);
     let h = hash_bytes(key, 0);
     let _g = map.write_lock();
-    let e = v.find(key, h).ok_or(Errno::ENOENT)?;
+    let (link, e) = v.find_locked(key, h).ok_or(Errno::ENOENT)?;
     copy_value_out(map, &v, e, value);
-    v.unlink(e);
+    link.store(v.next(e).load(Ordering::Relaxed), Ordering::Release);
     v.push_free(e);
     map.desc().count.fetch_sub(1, Ordering::Relaxed);
     Ok(())

@@ -43,6 +43,15 @@ pub const BPF_NOEXIST: u64 = 1;
 pub const BPF_EXIST: u64 = 2;
 /// `BPF_F_LOCK`: update under the value's spin lock (refused with EINVAL: no value here has a `bpf_spin_lock`).
 pub const BPF_F_LOCK: u64 = 4;
+
+/// Refuses update flags other than `BPF_ANY`, `BPF_NOEXIST` and `BPF_EXIST` with EINVAL
+/// (`BPF_F_LOCK` needs a `bpf_spin_lock` in the value; none of ours has one).
+pub(crate) fn check_update_flags(flags: u64) -> Result<(), Errno> {
+    if flags > BPF_EXIST {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
 /// `BPF_F_NO_PREALLOC` map flag.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 /// `BPF_F_RDONLY_PROG` map flag (set on `.rodata` maps).
@@ -214,6 +223,13 @@ pub(crate) struct Layout {
     pub elem_count: u64,
 }
 
+impl Layout {
+    /// The layout with `elem_count` computed from the sizes.
+    fn counted(self) -> Layout {
+        Layout { elem_count: self.data_len.checked_div(self.elem_size).unwrap_or(0), ..self }
+    }
+}
+
 /// Number of possible CPUs (like libbpf's `libbpf_num_possible_cpus`).
 pub fn possible_cpus() -> u32 {
     static N: OnceLock<u32> = OnceLock::new();
@@ -377,8 +393,7 @@ impl Map {
             std::sync::atomic::fence(Ordering::Release);
             (*d).magic = DESC_MAGIC;
         }
-        let mut layout = layout;
-        layout.elem_count = layout.data_len.checked_div(layout.elem_size).unwrap_or(0);
+        let layout = layout.counted();
         let data_addr = region.base() as u64 + layout.data;
         let map = Map { region: region.clone(), desc, id: 0, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr };
         map.init_storage();
@@ -459,8 +474,7 @@ impl Map {
                 return Err(corrupt());
             }
         }
-        let mut layout = layout;
-        layout.elem_count = layout.data_len.checked_div(layout.elem_size).unwrap_or(0);
+        let layout = layout.counted();
         let inner_spec = match MapType::from_u32(inner[0]) {
             Some(t) if matches!(spec.map_type, MapType::ArrayOfMaps | MapType::HashOfMaps) => Some(MapSpec {
                 map_type: t,
@@ -534,7 +548,8 @@ impl Map {
         &self.region
     }
 
-    /// Number of per-CPU slots of a per-CPU map (1 otherwise).
+    /// Number of per-CPU slots of a per-CPU map, or of possible CPUs for a perf event array
+    /// (1 otherwise).
     pub fn ncpus(&self) -> u32 {
         self.ncpus
     }
@@ -769,6 +784,7 @@ impl Map {
 
     /// `bpf_map_push_elem`.
     pub fn push(&self, value: &[u8], flags: u64) -> Result<(), Errno> {
+        self.check_value(value)?;
         match self.spec.map_type {
             MapType::Queue | MapType::Stack => queue::push(self, value, flags),
             MapType::BloomFilter => bloom::push(self, value, flags),
@@ -778,6 +794,7 @@ impl Map {
 
     /// `bpf_map_pop_elem`.
     pub fn pop(&self, value: &mut [u8]) -> Result<(), Errno> {
+        self.check_value(value)?;
         match self.spec.map_type {
             MapType::Queue | MapType::Stack => queue::pop(self, value),
             _ => Err(Errno::EINVAL),
@@ -786,6 +803,7 @@ impl Map {
 
     /// `bpf_map_peek_elem`.
     pub fn peek(&self, value: &mut [u8]) -> Result<(), Errno> {
+        self.check_value(value)?;
         match self.spec.map_type {
             MapType::Queue | MapType::Stack => queue::peek(self, value),
             MapType::BloomFilter => bloom::peek(self, value),

@@ -5,7 +5,7 @@
 //! lookups return the longest stored prefix that covers the key, updates and deletes match
 //! prefixes exactly, a full trie refuses new prefixes with ENOSPC.
 
-use crate::{round8, Errno, Layout, Map, MapSpec, BPF_EXIST, BPF_F_LOCK, BPF_NOEXIST};
+use crate::{check_update_flags, round8, Errno, Layout, Map, MapSpec, BPF_EXIST, BPF_NOEXIST};
 use bpftime_shm::{ShmError, ShmRegion};
 use std::sync::atomic::Ordering;
 
@@ -23,8 +23,7 @@ struct Key<'a> {
     data: &'a [u8],
 }
 
-fn parse<'k>(map: &Map, key: &'k [u8]) -> Result<Key<'k>, Errno> {
-    let _ = map;
+fn parse(key: &[u8]) -> Result<Key<'_>, Errno> {
     let prefixlen = u32::from_le_bytes(key[..4].try_into().map_err(|_| Errno::EINVAL)?);
     Ok(Key { prefixlen, data: &key[4..] })
 }
@@ -48,10 +47,14 @@ fn in_use(map: &Map, e: u64) -> bool {
     map.region().atomic_u32(e).map(|a| a.load(Ordering::Acquire) != 0).unwrap_or(false)
 }
 
-fn stored(map: &Map, e: u64) -> (u32, Vec<u8>) {
+/// Most data bytes a key has (the kernel's limit; checked when the map is made).
+const MAX_DATA: usize = 256;
+
+/// The prefix stored in entry `e`, copied into `buf` (writers may change it meanwhile).
+fn stored<'b>(map: &Map, e: u64, buf: &'b mut [u8; MAX_DATA]) -> (u32, &'b [u8]) {
     let plen = map.region().atomic_u32(e + 4).map(|a| a.load(Ordering::Relaxed)).unwrap_or(0);
-    let mut data = vec![0u8; map.spec().key_size as usize - 4];
-    map.region().read(e + HDR, &mut data);
+    let data = &mut buf[..(map.spec().key_size as usize - 4).min(MAX_DATA)];
+    map.region().read(e + HDR, data);
     (plen, data)
 }
 
@@ -61,12 +64,13 @@ fn value_off(map: &Map, e: u64) -> u64 {
 
 fn longest_match(map: &Map, key: &Key) -> Option<u64> {
     let mut best: Option<(u32, u64)> = None;
+    let mut buf = [0u8; MAX_DATA];
     for e in entries(map) {
         if !in_use(map, e) {
             continue;
         }
-        let (plen, data) = stored(map, e);
-        if plen <= key.prefixlen && prefix_eq(&data, key.data, plen) && best.is_none_or(|(b, _)| plen > b) {
+        let (plen, data) = stored(map, e, &mut buf);
+        if plen <= key.prefixlen && prefix_eq(data, key.data, plen) && best.is_none_or(|(b, _)| plen > b) {
             best = Some((plen, e));
         }
     }
@@ -74,16 +78,17 @@ fn longest_match(map: &Map, key: &Key) -> Option<u64> {
 }
 
 fn exact(map: &Map, key: &Key) -> Option<u64> {
+    let mut buf = [0u8; MAX_DATA];
     entries(map).find(|&e| {
         in_use(map, e) && {
-            let (plen, data) = stored(map, e);
-            plen == key.prefixlen && prefix_eq(&data, key.data, plen)
+            let (plen, data) = stored(map, e, &mut buf);
+            plen == key.prefixlen && prefix_eq(data, key.data, plen)
         }
     })
 }
 
 pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
-    let k = parse(map, key)?;
+    let k = parse(key)?;
     let e = longest_match(map, &k).ok_or(Errno::ENOENT)?;
     map.region().read(value_off(map, e), value);
     Ok(())
@@ -93,26 +98,23 @@ pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
     if key.len() != map.spec().key_size as usize {
         return None;
     }
-    let k = parse(map, key).ok()?;
+    let k = parse(key).ok()?;
     let e = longest_match(map, &k)?;
     map.region().ptr(value_off(map, e), map.spec().value_size as u64)
 }
 
 pub(crate) fn update(map: &Map, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
-    let op = flags;
-    if flags & BPF_F_LOCK != 0 || op > BPF_EXIST {
-        return Err(Errno::EINVAL);
-    }
-    let k = parse(map, key)?;
+    check_update_flags(flags)?;
+    let k = parse(key)?;
     if k.prefixlen as usize > k.data.len() * 8 {
         return Err(Errno::EINVAL);
     }
     let _g = map.write_lock();
     let found = exact(map, &k);
-    if found.is_some() && op == BPF_NOEXIST {
+    if found.is_some() && flags == BPF_NOEXIST {
         return Err(Errno::EEXIST);
     }
-    if found.is_none() && op == BPF_EXIST {
+    if found.is_none() && flags == BPF_EXIST {
         return Err(Errno::ENOENT);
     }
     let r = map.region();
@@ -134,7 +136,7 @@ pub(crate) fn update(map: &Map, key: &[u8], value: &[u8], flags: u64) -> Result<
 }
 
 pub(crate) fn delete(map: &Map, key: &[u8]) -> Result<(), Errno> {
-    let k = parse(map, key)?;
+    let k = parse(key)?;
     let _g = map.write_lock();
     let e = exact(map, &k).ok_or(Errno::ENOENT)?;
     map.region().atomic_u32(e).ok_or(Errno::EFAULT)?.store(0, Ordering::Release);
@@ -144,13 +146,14 @@ pub(crate) fn delete(map: &Map, key: &[u8]) -> Result<(), Errno> {
 
 pub(crate) fn next_key(map: &Map, key: Option<&[u8]>, next: &mut [u8]) -> Result<(), Errno> {
     let all: Vec<u64> = entries(map).filter(|&e| in_use(map, e)).collect();
-    let start = match key.map(|k| parse(map, k)).transpose()?.and_then(|k| exact(map, &k)) {
+    let start = match key.map(parse).transpose()?.and_then(|k| exact(map, &k)) {
         Some(e) => all.iter().position(|&x| x == e).map(|p| p + 1).unwrap_or(0),
         None => 0,
     };
     let e = *all.get(start).ok_or(Errno::ENOENT)?;
-    let (plen, data) = stored(map, e);
+    let mut buf = [0u8; MAX_DATA];
+    let (plen, data) = stored(map, e, &mut buf);
     next[..4].copy_from_slice(&plen.to_le_bytes());
-    next[4..].copy_from_slice(&data);
+    next[4..].copy_from_slice(data);
     Ok(())
 }

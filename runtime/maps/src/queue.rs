@@ -1,12 +1,15 @@
 //! QUEUE (FIFO) and STACK (LIFO): a ring of `max_entries + 1` slots under the map lock, with
 //! the kernel's rules: pushing onto a full map fails with E2BIG unless `BPF_EXIST` asks to
-//! overwrite the oldest element.
+//! overwrite the oldest element. Callers (`Map`) check value lengths.
 
 use crate::{Errno, Map, MapType, BPF_EXIST, BPF_NOEXIST};
 use std::sync::atomic::Ordering;
 
-fn slots(map: &Map) -> u64 {
-    map.spec().max_entries as u64 + 1
+/// The ring's slot count and its current head and tail (read under the map lock).
+fn positions(map: &Map) -> (u64, u64, u64) {
+    let n = map.spec().max_entries as u64 + 1;
+    let d = map.desc();
+    (n, d.head.load(Ordering::Relaxed) % n, d.tail.load(Ordering::Relaxed) % n)
 }
 
 fn slot(map: &Map, i: u64) -> u64 {
@@ -17,14 +20,9 @@ pub(crate) fn push(map: &Map, value: &[u8], flags: u64) -> Result<(), Errno> {
     if flags & BPF_NOEXIST != 0 || flags > BPF_EXIST {
         return Err(Errno::EINVAL);
     }
-    if value.len() != map.spec().value_size as usize {
-        return Err(Errno::EINVAL);
-    }
     let d = map.desc();
     let _g = map.write_lock();
-    let n = slots(map);
-    let head = d.head.load(Ordering::Relaxed) % n;
-    let mut tail = d.tail.load(Ordering::Relaxed) % n;
+    let (n, head, mut tail) = positions(map);
     if (head + 1) % n == tail {
         if flags & BPF_EXIST == 0 {
             return Err(Errno::E2BIG);
@@ -40,14 +38,9 @@ pub(crate) fn push(map: &Map, value: &[u8], flags: u64) -> Result<(), Errno> {
 }
 
 fn take(map: &Map, value: &mut [u8], remove: bool) -> Result<(), Errno> {
-    if value.len() != map.spec().value_size as usize {
-        return Err(Errno::EINVAL);
-    }
     let d = map.desc();
     let _g = map.write_lock();
-    let n = slots(map);
-    let head = d.head.load(Ordering::Relaxed) % n;
-    let tail = d.tail.load(Ordering::Relaxed) % n;
+    let (n, head, tail) = positions(map);
     if head == tail {
         return Err(Errno::ENOENT);
     }
@@ -78,11 +71,8 @@ pub(crate) fn peek(map: &Map, value: &mut [u8]) -> Result<(), Errno> {
 }
 
 pub(crate) fn items(map: &Map) -> Vec<Vec<u8>> {
-    let d = map.desc();
     let _g = map.write_lock();
-    let n = slots(map);
-    let head = d.head.load(Ordering::Relaxed) % n;
-    let mut i = d.tail.load(Ordering::Relaxed) % n;
+    let (n, head, mut i) = positions(map);
     let mut out = vec![];
     while i != head && out.len() < n as usize {
         let mut v = vec![0u8; map.spec().value_size as usize];

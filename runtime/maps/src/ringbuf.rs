@@ -8,8 +8,9 @@
 //! record fills the gap instead), so a consumer needs no double mapping of the data pages.
 //!
 //! The rest of the consumer page (which libbpf maps but never reads beyond `consumer_pos`)
-//! holds a magic number and the map's descriptor offset, so that `bpf_ringbuf_submit` can find
-//! the ring from a record address alone, as the kernel does with `pg_off`.
+//! holds a magic number and the data size, written when the ring is made, so that
+//! `bpf_ringbuf_submit` can find the ring from a record address alone, as the kernel does with
+//! `pg_off`.
 
 use crate::{Errno, Layout, Map, MapSpec};
 use bpftime_shm::{ShmError, ShmRegion};
@@ -34,6 +35,11 @@ pub struct RingbufRecord<'a> {
 pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmError> {
     let size = spec.max_entries as u64;
     let base = region.alloc_pages(2 * PAGE + size)?;
+    // Identify the ring for `commit`.
+    if let (Some(m), Some(d)) = (region.atomic_u64(base + 8), region.atomic_u64(base + 16)) {
+        d.store(size, Ordering::Relaxed);
+        m.store(RB_MAGIC, Ordering::Release);
+    }
     Ok(Layout { data: base + 2 * PAGE, data_len: size, aux: base, aux_len: 2 * PAGE, elem_size: 0, elem_count: 0 })
 }
 
@@ -57,17 +63,6 @@ impl<'a> Ring<'a> {
     fn producer(&self) -> &std::sync::atomic::AtomicU64 {
         self.map.region().atomic_u64(self.base + PAGE).expect("validated layout")
     }
-
-    fn stamp(&self) {
-        // Identify the ring for `commit` (idempotent; written on every reserve, cheap).
-        let r = self.map.region();
-        if let (Some(m), Some(d)) = (r.atomic_u64(self.base + 8), r.atomic_u64(self.base + 16)) {
-            if m.load(Ordering::Relaxed) != RB_MAGIC {
-                d.store(self.size, Ordering::Relaxed);
-                m.store(RB_MAGIC, Ordering::Release);
-            }
-        }
-    }
 }
 
 pub(crate) fn reserve(map: &Map, size: u64) -> Option<*mut u8> {
@@ -75,7 +70,6 @@ pub(crate) fn reserve(map: &Map, size: u64) -> Option<*mut u8> {
     if size == 0 || size > rb.size - RINGBUF_HDR_SZ || size > (RINGBUF_DISCARD_BIT - 1) as u64 {
         return None;
     }
-    rb.stamp();
     let len = (size + RINGBUF_HDR_SZ).div_ceil(8) * 8;
     let r = map.region();
     let _g = map.write_lock();

@@ -47,7 +47,7 @@ pub(crate) fn store(map: &Map, ips: &[u64], flags: u64) -> Result<u32, Errno> {
             return Err(Errno::EEXIST);
         }
     }
-    let mut value = bytes.clone();
+    let mut value = bytes;
     value.resize(map.spec().value_size as usize, 0);
     map.region().write(slot(map, id) + 8, &value);
     map.region().atomic_u64(slot(map, id)).ok_or(Errno::EFAULT)?.store(ips.len() as u64, Ordering::Release);

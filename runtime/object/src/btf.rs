@@ -85,8 +85,22 @@ pub struct Type {
     pub array: Option<(u32, u32)>,
     /// Struct/union members, datasec variables, function parameters.
     pub members: Vec<Member>,
-    /// Whether struct/union member offsets are bitfield-encoded (kind_flag).
+    /// kind_flag: for structs and unions, member offsets are bitfield-encoded; for enums, the
+    /// values are signed.
     pub kind_flag: bool,
+    /// Ints: whether the encoding has `BTF_INT_SIGNED`.
+    pub int_signed: bool,
+}
+
+impl Type {
+    /// Whether values of this (int or enum) type are signed.
+    pub fn is_signed(&self) -> bool {
+        match self.kind {
+            Kind::Int => self.int_signed,
+            Kind::Enum | Kind::Enum64 => self.kind_flag,
+            _ => false,
+        }
+    }
 }
 
 /// Why BTF could not be read.
@@ -107,6 +121,14 @@ fn bad(msg: impl Into<String>) -> BtfError {
 pub struct Btf {
     types: Vec<Type>,
     by_name: HashMap<(Kind, String), Vec<u32>>,
+    strings: Vec<u8>,
+}
+
+/// The NUL-terminated string at `off` of a string table.
+fn string_at(strings: &[u8], off: u32) -> Result<String, BtfError> {
+    let s = strings.get(off as usize..).ok_or_else(|| bad("string offset"))?;
+    let end = s.iter().position(|&c| c == 0).ok_or_else(|| bad("unterminated string"))?;
+    Ok(String::from_utf8_lossy(&s[..end]).to_string())
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
@@ -126,12 +148,8 @@ impl Btf {
         let str_len = u32_at(data, 20)? as usize;
         let types_bytes = data.get(hdr_len + type_off..hdr_len + type_off + type_len).ok_or_else(|| bad("type section"))?;
         let strings = data.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or_else(|| bad("string section"))?;
-        let name = |off: u32| -> Result<String, BtfError> {
-            let s = strings.get(off as usize..).ok_or_else(|| bad("string offset"))?;
-            let end = s.iter().position(|&c| c == 0).ok_or_else(|| bad("unterminated string"))?;
-            Ok(String::from_utf8_lossy(&s[..end]).to_string())
-        };
-        let mut types = vec![Type { kind: Kind::Void, name: String::new(), size_or_type: 0, array: None, members: vec![], kind_flag: false }];
+        let name = |off: u32| string_at(strings, off);
+        let mut types = vec![Type { kind: Kind::Void, name: String::new(), size_or_type: 0, array: None, members: vec![], kind_flag: false, int_signed: false }];
         let mut p = 0;
         while p < types_bytes.len() {
             let name_off = u32_at(types_bytes, p)?;
@@ -140,9 +158,14 @@ impl Btf {
             p += 12;
             let vlen = (info & 0xffff) as usize;
             let kind = Kind::from_u32((info >> 24) & 0x1f).ok_or_else(|| bad(format!("unknown kind {}", (info >> 24) & 0x1f)))?;
-            let mut t = Type { kind, name: name(name_off)?, size_or_type, array: None, members: vec![], kind_flag: info >> 31 != 0 };
+            let mut t = Type { kind, name: name(name_off)?, size_or_type, array: None, members: vec![], kind_flag: info >> 31 != 0, int_signed: false };
             match kind {
-                Kind::Int | Kind::Var | Kind::DeclTag => p += 4,
+                Kind::Int => {
+                    // Encoding in bits 24-27; BTF_INT_SIGNED is its bit 0.
+                    t.int_signed = (u32_at(types_bytes, p)? >> 24) & 1 != 0;
+                    p += 4;
+                }
+                Kind::Var | Kind::DeclTag => p += 4,
                 Kind::Array => {
                     t.array = Some((u32_at(types_bytes, p)?, u32_at(types_bytes, p + 8)?));
                     p += 12;
@@ -192,7 +215,12 @@ impl Btf {
                 by_name.entry((t.kind, t.name.clone())).or_default().push(i as u32);
             }
         }
-        Ok(Btf { types, by_name })
+        Ok(Btf { types, by_name, strings: strings.to_vec() })
+    }
+
+    /// The string at offset `off` of the string table (names, CO-RE access strings).
+    pub fn string(&self, off: u32) -> Option<String> {
+        string_at(&self.strings, off).ok()
     }
 
     /// The type with id `id`.
@@ -237,8 +265,12 @@ impl Btf {
 mod tests {
     use super::*;
 
-    /// Builds BTF with: 1 = int (4 bytes), 2 = struct s { int a; int b; }.
+    /// Builds BTF with: 1 = int (4 bytes, signed), 2 = struct s { int a; int b; }.
     fn sample() -> Vec<u8> {
+        sample_with_int_encoding(1 << 24 | 32)
+    }
+
+    fn sample_with_int_encoding(encoding: u32) -> Vec<u8> {
         let strings = b"\0int\0s\0a\0b\0";
         let mut types = vec![];
         let push = |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&x.to_le_bytes());
@@ -246,7 +278,7 @@ mod tests {
         push(&mut types, 1);
         push(&mut types, 1 << 24);
         push(&mut types, 4);
-        push(&mut types, 32);
+        push(&mut types, encoding);
         // struct s
         push(&mut types, 5);
         push(&mut types, 4 << 24 | 2);
@@ -275,6 +307,16 @@ mod tests {
         let t = btf.get(s).unwrap();
         assert_eq!(t.members[1].name, "b");
         assert_eq!(t.members[1].offset, 32);
+    }
+
+    #[test]
+    fn int_signedness_comes_from_the_encoding() {
+        let signed = Btf::parse(&sample()).unwrap();
+        assert!(signed.get(1).unwrap().is_signed());
+        // Named `int` but encoded unsigned: the encoding decides, not the name.
+        let unsigned = Btf::parse(&sample_with_int_encoding(32)).unwrap();
+        assert!(!unsigned.get(1).unwrap().is_signed());
+        assert!(!signed.get(2).unwrap().is_signed(), "a struct is not signed");
     }
 
     #[test]

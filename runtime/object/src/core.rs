@@ -95,12 +95,7 @@ fn walk(btf: &Btf, root: u32, access: &[u32], names: Option<&[String]>, out_name
             _ => return Ok(None),
         }
     }
-    let t = btf.get(ty)?;
-    let signed = t.kind == Kind::Int && t.members.is_empty() && {
-        // BTF_INT_SIGNED is bit 24 of the int's extra word, which we do not keep; enums and
-        // ints named like signed C types are the cases programs ask about.
-        !t.name.starts_with("unsigned") && !t.name.starts_with('u') && t.name != "_Bool" && t.name != "char"
-    };
+    let signed = btf.get(ty)?.is_signed();
     Ok(Some(Field { offset, size: btf.size_of(ty).unwrap_or(0), signed }))
 }
 

@@ -327,11 +327,10 @@ impl<'d, 'f> Parser<'d, 'f> {
 
     /// Reads `.BTF.ext`'s CO-RE records into the code sections.
     fn read_core_relocs(&mut self) -> Result<(), ObjectError> {
-        let (Some(ext), Some(btf_sec)) = (self.file.section_by_name(".BTF.ext"), self.file.section_by_name(".BTF")) else {
+        let (Some(ext), Some(btf)) = (self.file.section_by_name(".BTF.ext"), self.btf) else {
             return Ok(());
         };
         let d = ext.data().map_err(|e| section_err(".BTF.ext", e))?;
-        let btf_raw = btf_sec.data().map_err(|e| section_err(".BTF", e))?;
         let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")));
         let hdr_len = u32_at(d, 4).ok_or_else(|| section_err(".BTF.ext", "truncated header"))? as usize;
         if hdr_len < 32 {
@@ -342,15 +341,8 @@ impl<'d, 'f> Parser<'d, 'f> {
             return Ok(());
         }
         let core = d.get(hdr_len + core_off as usize..hdr_len + (core_off + core_len) as usize).ok_or_else(|| section_err(".BTF.ext", "CO-RE records out of bounds"))?;
-        // BTF string table, for section names and access strings.
-        let str_base = u32_at(btf_raw, 4).unwrap_or(0) as usize + u32_at(btf_raw, 16).unwrap_or(0) as usize;
-        let str_len = u32_at(btf_raw, 20).unwrap_or(0) as usize;
-        let strings = btf_raw.get(str_base..str_base + str_len).unwrap_or(&[]);
-        let string = |off: u32| -> String {
-            let s = strings.get(off as usize..).unwrap_or(&[]);
-            let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
-            String::from_utf8_lossy(&s[..end]).to_string()
-        };
+        // Section names and access strings are in the BTF string table.
+        let string = |off: u32| btf.string(off).unwrap_or_default();
         let rec_size = u32_at(core, 0).ok_or_else(|| section_err(".BTF.ext", "truncated"))? as usize;
         if rec_size < 16 {
             return Err(section_err(".BTF.ext", "CO-RE record too small"));

@@ -13,6 +13,7 @@
 
 pub mod lock;
 pub mod region;
+pub mod text;
 
 pub use lock::{ShmGuard, ShmLock};
 pub use region::{default_name, path_of, ObjectInfo, ObjectKind, ShmError, ShmRegion, DEFAULT_SIZE, MIN_SIZE};

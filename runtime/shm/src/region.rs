@@ -545,8 +545,7 @@ impl ShmRegion {
             }
             let id = h.next_id.fetch_add(1, Ordering::Relaxed);
             let mut bytes = [0u8; NAME_LEN];
-            let n = name.len().min(NAME_LEN - 1);
-            bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+            crate::text::fill(&mut bytes, name);
             for (k, w) in e.name.iter().enumerate() {
                 w.store(u64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().expect("8 bytes")), Ordering::Relaxed);
             }
@@ -560,30 +559,28 @@ impl ShmRegion {
 
     /// Removes an object from the table (its data is freed by the caller).
     pub fn remove_object(&self, id: u32) -> Option<ObjectInfo> {
-        let h = self.header();
-        let _g = h.table_lock.lock();
-        for i in 0..OBJECT_CAPACITY {
-            let e = self.entry(i);
-            if e.kind.load(Ordering::Acquire) != 0 && e.id.load(Ordering::Relaxed) == id {
-                let info = self.info(e);
-                e.kind.store(0, Ordering::Release);
-                return info;
-            }
-        }
-        None
+        let _g = self.header().table_lock.lock();
+        let e = self.find_entry(id)?;
+        let info = self.info(e);
+        e.kind.store(0, Ordering::Release);
+        info
+    }
+
+    /// The table entry of live object `id`.
+    fn find_entry(&self, id: u32) -> Option<&Entry> {
+        (0..OBJECT_CAPACITY).map(|i| self.entry(i)).find(|e| e.kind.load(Ordering::Acquire) != 0 && e.id.load(Ordering::Relaxed) == id)
     }
 
     fn info(&self, e: &Entry) -> Option<ObjectInfo> {
         let kind = ObjectKind::from_u32(e.kind.load(Ordering::Acquire))?;
-        let mut bytes = Vec::with_capacity(NAME_LEN);
-        for w in &e.name {
-            bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        let mut bytes = [0u8; NAME_LEN];
+        for (chunk, w) in bytes.chunks_exact_mut(8).zip(&e.name) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
         }
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         Some(ObjectInfo {
             kind,
             id: e.id.load(Ordering::Relaxed),
-            name: String::from_utf8_lossy(&bytes[..end]).to_string(),
+            name: crate::text::text(&bytes),
             data: e.data.load(Ordering::Relaxed),
         })
     }
@@ -595,7 +592,7 @@ impl ShmRegion {
 
     /// The object with this id.
     pub fn object(&self, id: u32) -> Option<ObjectInfo> {
-        self.objects().into_iter().find(|o| o.id == id)
+        self.info(self.find_entry(id)?)
     }
 
     /// Offset of the trace pipe, allocating it on first use.
