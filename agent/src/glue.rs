@@ -3,7 +3,7 @@
 use bpftime_attach::{attach, resolve, AttachError, ProbeHandler, ProbeKind, PtRegs, ResolveError, SiteInfo, Target};
 use bpftime_object::Object;
 use bpftime_runtime::{links, EngineKind, LoadedProgram, ProbeProgram, Runtime};
-use bpftime_shm::{default_name, ShmRegion};
+use bpftime_shm::{default_name, ShmError, ShmRegion};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -124,27 +124,29 @@ pub(crate) fn start() {
     let program = std::env::var_os("BPFTIME_PROGRAM");
     let region = match ShmRegion::open(&name) {
         Ok(r) => Arc::new(r),
-        Err(e) if program.is_some() => match ShmRegion::anonymous(64 << 20) {
-            Ok(r) => {
-                if verbose() {
-                    eprintln!("bpftime: {e}; keeping the maps in private memory");
-                }
-                Arc::new(r)
-            }
-            Err(e) => return eprintln!("bpftime: {e}"),
-        },
         Err(e) => {
-            if verbose() {
-                eprintln!("bpftime: {e}; nothing to attach");
+            // A refused region is always reported: someone may be trying to run code in us.
+            let refused = matches!(e, ShmError::Untrusted { .. });
+            if program.is_none() {
+                if refused || verbose() {
+                    eprintln!("bpftime: {e}; nothing is attached");
+                }
+                return;
             }
-            return;
+            if refused || verbose() {
+                eprintln!("bpftime: {e}; keeping the maps in private memory");
+            }
+            match ShmRegion::anonymous(64 << 20) {
+                Ok(r) => Arc::new(r),
+                Err(e) => return eprintln!("bpftime: {e}"),
+            }
         }
     };
     let runtime: &'static Runtime = Box::leak(Box::new(Runtime::new(region, engine())));
     let found = match program {
         Some(path) => {
             let shown = path.to_string_lossy().to_string();
-            let stored = std::fs::read(&path)
+            let stored = bpftime_runtime::input::read_program_file(std::path::Path::new(&path))
                 .map_err(|e| e.to_string())
                 .and_then(|b| Object::parse(&b).map_err(|e| e.to_string()))
                 .and_then(|obj| runtime.load_object(&obj).map_err(|e| e.to_string()))

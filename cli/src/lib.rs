@@ -15,7 +15,7 @@ pub struct LoadedFile {
 /// Reads `path`: an ELF object (the program named `section`, or its only program; its map
 /// references left unresolved) or raw bytecode.
 pub fn load_program_file(path: &Path, section: Option<&str>) -> Result<LoadedFile, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = bpftime_runtime::input::read_program_file(path).map_err(|e| e.to_string())?;
     if Object::is_elf(&bytes) {
         let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         let prog = obj.program(section).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -6,6 +6,7 @@ use bpftime_cli::load_program_file;
 use bpftime_maps::Map;
 use bpftime_object::Object;
 use bpftime_runtime::links::{self, UprobeLink};
+use bpftime_runtime::input::read_program_file;
 use bpftime_runtime::{progs, trace::TracePipe, EngineKind, Runtime};
 use bpftime_shm::{default_name, ObjectKind, ShmRegion, DEFAULT_SIZE};
 use bpftime_vm::conformance::parse_hex_bytes;
@@ -220,7 +221,7 @@ struct RunArgs<'a> {
 
 fn vm_run(a: RunArgs) -> Result<(), String> {
     let RunArgs { file, section, mem, engine, dump_maps, json, budget } = a;
-    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let bytes = read_program_file(file).map_err(|e| e.to_string())?;
     let region = Arc::new(ShmRegion::anonymous(DEFAULT_SIZE).map_err(|e| e.to_string())?);
     let mut rt = Runtime::new(region, engine);
     rt.set_loop_budget(budget);
@@ -313,7 +314,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
             std::process::exit(code);
         }
         Command::Run { file, json, engine, command } => {
-            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let bytes = read_program_file(&file).map_err(|e| e.to_string())?;
             let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
             // A region of our own, removed when we are done.
             let name = format!("bpftime-run-{}", std::process::id());
@@ -381,7 +382,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
         }
         Command::Load { file } => {
             let region = open_region(shm)?;
-            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let bytes = read_program_file(&file).map_err(|e| e.to_string())?;
             let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
             let rt = Runtime::new(region.clone(), EngineKind::Jit);
             let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;

@@ -14,6 +14,7 @@
 mod desc;
 mod format;
 mod handles;
+pub mod input;
 pub mod helper_names;
 pub mod helpers;
 pub mod links;

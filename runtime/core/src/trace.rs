@@ -13,6 +13,8 @@ use std::sync::atomic::Ordering;
 pub const TRACE_RING_SIZE: u64 = 256 << 10;
 const HDR: u64 = 64;
 const SKIP: u32 = u32::MAX;
+/// Longest line kept.
+const MAX_LINE: usize = 1024;
 
 /// A handle on the region's trace pipe.
 pub struct TracePipe<'a> {
@@ -29,25 +31,30 @@ impl<'a> TracePipe<'a> {
 
     /// The region's trace pipe if one was created.
     pub fn existing(region: &'a ShmRegion) -> Option<Self> {
-        region.existing_trace_ring().map(|base| TracePipe { region, base })
+        region.existing_trace_ring(HDR + TRACE_RING_SIZE).map(|base| TracePipe { region, base })
     }
 
-    fn head(&self) -> &std::sync::atomic::AtomicU64 {
-        self.region.atomic_u64(self.base + 8).expect("trace header inside the region")
+    /// The head word; `base` was checked to leave room for the whole ring when the pipe was
+    /// opened, so this is only None if the region shrank (it cannot).
+    fn head(&self) -> Option<&std::sync::atomic::AtomicU64> {
+        self.region.atomic_u64(self.base + 8)
     }
 
     /// Position after the newest record.
     pub fn position(&self) -> u64 {
-        self.head().load(Ordering::Acquire)
+        self.head().map_or(0, |h| h.load(Ordering::Acquire))
     }
 
-    /// Appends a line.
+    /// Appends a line (cut to 1024 bytes).
     pub fn write(&self, line: &[u8]) {
-        let line = &line[..line.len().min(1024)];
-        let Some(lock) = self.region.lock_at(self.base) else { return };
+        let line = &line[..line.len().min(MAX_LINE)];
+        let (Some(lock), Some(head)) = (self.region.lock_at(self.base), self.head()) else { return };
         let _g = lock.lock();
-        let head = self.head();
-        let mut pos = head.load(Ordering::Relaxed);
+        // The head is in shared memory: keep it meaningful even if someone scribbled on it.
+        let mut pos = head.load(Ordering::Relaxed) & !7;
+        if pos > u64::MAX / 2 {
+            pos = 0;
+        }
         let len = (16 + line.len() as u64).div_ceil(8) * 8;
         let at = pos % TRACE_RING_SIZE;
         if at + len > TRACE_RING_SIZE {
@@ -86,6 +93,11 @@ impl<'a> TracePipe<'a> {
             if len == SKIP {
                 from += TRACE_RING_SIZE - from % TRACE_RING_SIZE;
                 continue;
+            }
+            if len as usize > MAX_LINE || from % 8 != 0 {
+                // Not a record the writer makes: the ring was scribbled on.
+                from = head;
+                break;
             }
             let mut buf = vec![0u8; len as usize];
             self.region.read(at + 16, &mut buf);

@@ -33,6 +33,10 @@ const MAX_CLASS_SHIFT: u32 = 20;
 const NCLASSES: usize = (MAX_CLASS_SHIFT - MIN_CLASS_SHIFT + 1) as usize;
 const BLOCK_HEADER: u64 = 16;
 const BLOCK_MAGIC: u32 = 0xb10c_f7ee;
+/// Longest walk of an allocator free list (a corrupted list may loop).
+const MAX_LIST_WALK: u32 = 1 << 16;
+/// Environment variable that opts into group-shared regions (see [`Trust`]).
+pub const GROUP_ENV: &str = "BPFTIME_SHM_GROUP";
 
 /// Why a region operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,8 @@ pub enum ShmError {
     BadName(String),
     #[error("region size {0} is smaller than the minimum {MIN_SIZE}")]
     TooSmall(u64),
+    #[error("refusing shared memory region `{name}` ({path}): {reason}")]
+    Untrusted { name: String, path: String, reason: String },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 }
@@ -120,6 +126,91 @@ struct Entry {
     name: [AtomicU64; NAME_LEN / 8],
 }
 
+/// Size of the header.
+const HEADER_SIZE: u64 = std::mem::size_of::<Header>() as u64;
+/// Where the object table starts: a constant of the layout, checked against the header at open.
+const TABLE_OFF: u64 = HEADER_SIZE.div_ceil(64) * 64;
+const ENTRY_SIZE: u64 = std::mem::size_of::<Entry>() as u64;
+/// Where allocations start: the first page after the object table.
+const DATA_START: u64 = (TABLE_OFF + OBJECT_CAPACITY as u64 * ENTRY_SIZE).div_ceil(PAGE) * PAGE;
+
+/// Who may have written a region this process opens.
+///
+/// A region holds programs that the agent runs inside traced processes and maps that tools read,
+/// so a region another user can write is code injection into whoever opens it (`/dev/shm` is
+/// world-writable). By default a region must be a regular file (not a symbolic link, FIFO or
+/// device) owned by the opening user, with no permission bits for the group or others.
+///
+/// Group mode (`BPFTIME_SHM_GROUP=1`, for a region made with `bpftime shm create --group G`)
+/// also accepts group read/write bits, and a region owned by root: the user asks to share a
+/// region with the members of its group, and trusts them and root. Bits for others are never
+/// accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trust {
+    /// The effective uid of this process.
+    pub euid: u32,
+    /// Whether group mode was asked for.
+    pub group: bool,
+}
+
+impl Trust {
+    /// This process's trust: its effective uid, and group mode from `BPFTIME_SHM_GROUP`.
+    pub fn from_env() -> Trust {
+        let group = std::env::var(GROUP_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        Trust { euid, group }
+    }
+
+    /// Whether a file with this metadata may be used as a region; the reason (with the fix)
+    /// when not.
+    pub fn check(&self, meta: &std::fs::Metadata) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let ft = meta.file_type();
+        if !ft.is_file() {
+            return Err(format!("it is not a regular file ({}); remove it and create the region again", describe_type(&ft)));
+        }
+        let (uid, mode) = (meta.uid(), meta.mode() & 0o7777);
+        let fix_owner = "remove it (`rm` as its owner or root) and create your own with `bpftime shm create`, or use another name (BPFTIME_SHM=NAME)";
+        if uid != self.euid && !(self.group && uid == 0) {
+            let hint = if self.group { "" } else { "; a root-owned region shared with a group needs BPFTIME_SHM_GROUP=1" };
+            return Err(format!(
+                "it is owned by uid {uid}, not by you (uid {}): another user's region could run their code in your processes; {fix_owner}{hint}",
+                self.euid
+            ));
+        }
+        if mode & 0o007 != 0 {
+            return Err(format!("its mode {mode:04o} lets every user write or read it; {fix_owner}"));
+        }
+        if mode & 0o070 != 0 && !self.group {
+            return Err(format!(
+                "its mode {mode:04o} gives its group access; set BPFTIME_SHM_GROUP=1 if you mean to share it with that group, or `chmod 600` it"
+            ));
+        }
+        if mode & 0o7000 != 0 {
+            return Err(format!("its mode {mode:04o} has setuid, setgid or sticky bits; {fix_owner}"));
+        }
+        Ok(())
+    }
+}
+
+fn describe_type(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a plain file"
+    }
+}
+
 /// A mapped region.
 pub struct ShmRegion {
     map: MmapRaw,
@@ -168,6 +259,16 @@ fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ShmError + '
 impl ShmRegion {
     /// Creates the named region (mode 0600); fails if it exists.
     pub fn create(name: &str, size: u64) -> Result<ShmRegion, ShmError> {
+        Self::create_with(name, size, None)
+    }
+
+    /// Creates the named region shared with group `gid` (mode 0660): its members open it with
+    /// `BPFTIME_SHM_GROUP=1` (see [`Trust`]).
+    pub fn create_for_group(name: &str, size: u64, gid: u32) -> Result<ShmRegion, ShmError> {
+        Self::create_with(name, size, Some(gid))
+    }
+
+    fn create_with(name: &str, size: u64, group: Option<u32>) -> Result<ShmRegion, ShmError> {
         check_name(name)?;
         if size < MIN_SIZE {
             return Err(ShmError::TooSmall(size));
@@ -180,6 +281,14 @@ impl ShmRegion {
                 ShmError::Io { path: path.display().to_string(), source: e }
             }
         })?;
+        if let Some(gid) = group {
+            use std::os::unix::fs::PermissionsExt;
+            let shared = std::os::unix::fs::fchown(&file, None, Some(gid)).and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(0o660)));
+            if let Err(e) = shared {
+                let _ = std::fs::remove_file(&path);
+                return Err(ShmError::Io { path: path.display().to_string(), source: e });
+            }
+        }
         let region = Self::init(file, name, size, Some(path.clone()));
         if region.is_err() {
             let _ = std::fs::remove_file(&path);
@@ -187,19 +296,32 @@ impl ShmRegion {
         region
     }
 
-    /// Opens an existing named region, checking its magic, version and size.
+    /// Opens an existing named region, checking who may have written it (see [`Trust`]) and
+    /// its magic, version and layout.
     pub fn open(name: &str) -> Result<ShmRegion, ShmError> {
         check_name(name)?;
         let path = path_of(name);
-        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ShmError::Missing(name.to_string())
-            } else {
-                ShmError::Io { path: path.display().to_string(), source: e }
-            }
-        })?;
-        let len = file.metadata().map_err(io_err(&path))?.len();
-        if len < std::mem::size_of::<Header>() as u64 {
+        let shown = path.display().to_string();
+        let untrusted = |reason: String| ShmError::Untrusted { name: name.to_string(), path: shown.clone(), reason };
+        // O_NOFOLLOW: a symbolic link planted in the world-writable /dev/shm is refused, not
+        // followed; O_NONBLOCK: a FIFO planted there cannot block us before the checks.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => ShmError::Missing(name.to_string()),
+                Some(libc::ELOOP) => untrusted("it is a symbolic link; remove it and create the region again".into()),
+                Some(libc::EACCES) => untrusted(format!(
+                    "permission denied: it belongs to another user; use your own region (BPFTIME_SHM=NAME) or, for a region shared by a group, see `bpftime shm create --group` ({e})"
+                )),
+                _ => ShmError::Io { path: shown.clone(), source: e },
+            })?;
+        let meta = file.metadata().map_err(io_err(&path))?;
+        Trust::from_env().check(&meta).map_err(untrusted)?;
+        let len = meta.len();
+        if len < DATA_START || len > isize::MAX as u64 {
             return Err(ShmError::NotARegion(name.to_string()));
         }
         let map = MmapRaw::map_raw(&file).map_err(io_err(&path))?;
@@ -211,7 +333,7 @@ impl ShmRegion {
         if h.version != LAYOUT_VERSION {
             return Err(ShmError::IncompatibleVersion { name: name.to_string(), found: h.version });
         }
-        if h.size != len || h.table_off + OBJECT_CAPACITY as u64 * std::mem::size_of::<Entry>() as u64 > len {
+        if h.size != len || h.header_size as u64 != HEADER_SIZE || h.table_off != TABLE_OFF || h.table_cap != OBJECT_CAPACITY {
             return Err(ShmError::NotARegion(name.to_string()));
         }
         Ok(region)
@@ -263,21 +385,18 @@ impl ShmRegion {
         file.set_len(size).map_err(|e| ShmError::Io { path: shown.clone(), source: e })?;
         let map = MmapRaw::map_raw(&file).map_err(|e| ShmError::Io { path: shown, source: e })?;
         let region = ShmRegion { map, name: name.to_string(), path };
-        let header_size = std::mem::size_of::<Header>() as u64;
-        let table_off = header_size.div_ceil(64) * 64;
-        let table_end = table_off + OBJECT_CAPACITY as u64 * std::mem::size_of::<Entry>() as u64;
         let hp = region.map.as_mut_ptr() as *mut Header;
         // SAFETY: the mapping is at least MIN_SIZE bytes, page aligned, zero-filled (fresh file),
         // and not yet visible to any other process through a valid magic; we write the header
         // fields before the magic.
         unsafe {
             (*hp).version = LAYOUT_VERSION;
-            (*hp).header_size = header_size as u32;
+            (*hp).header_size = HEADER_SIZE as u32;
             (*hp).size = size;
             (*hp).table_cap = OBJECT_CAPACITY;
-            (*hp).table_off = table_off;
+            (*hp).table_off = TABLE_OFF;
             (*hp).next_id.store(1, Ordering::Relaxed);
-            (*hp).bump.store(table_end.div_ceil(PAGE) * PAGE, Ordering::Relaxed);
+            (*hp).bump.store(DATA_START, Ordering::Relaxed);
             std::sync::atomic::fence(Ordering::Release);
             (*hp).magic = MAGIC;
         }
@@ -430,7 +549,7 @@ impl ShmRegion {
 
     fn alloc_inner(&self, size: u64, page_aligned: bool) -> Result<u64, ShmError> {
         let h = self.header();
-        let need = size.max(1).checked_add(BLOCK_HEADER).ok_or_else(|| self.full(size))?;
+        let need = size.max(1).checked_add(BLOCK_HEADER).filter(|&n| n <= self.size()).ok_or_else(|| self.full(size))?;
         let (class, block) = if need <= 1 << MAX_CLASS_SHIFT && !page_aligned {
             let shift = (64 - (need - 1).leading_zeros()).max(MIN_CLASS_SHIFT);
             ((shift - MIN_CLASS_SHIFT) as usize, 1u64 << shift)
@@ -439,7 +558,7 @@ impl ShmRegion {
         };
         let _g = h.alloc_lock.lock();
         let block_off = if class != usize::MAX {
-            self.pop_free(&h.free[class]).map(Ok).unwrap_or_else(|| self.bump(block, BLOCK_HEADER))?
+            self.pop_free(&h.free[class], block).map(Ok).unwrap_or_else(|| self.bump(block, BLOCK_HEADER))?
         } else {
             self.take_large(block).map(Ok).unwrap_or_else(|| self.bump(block, PAGE))?
         };
@@ -453,23 +572,39 @@ impl ShmRegion {
         Ok(block_off + BLOCK_HEADER)
     }
 
+    /// Whether `[off, off + block)` can be a block: 16-aligned, after the object table, inside
+    /// the region. Offsets read from the region's free lists are checked with this before use.
+    fn block_fits(&self, off: u64, block: u64) -> bool {
+        off >= DATA_START && off % 16 == 0 && off.checked_add(block).is_some_and(|end| end <= self.size())
+    }
+
     /// Bumps the never-used frontier; the block's payload is aligned to `align`.
     fn bump(&self, block: u64, align: u64) -> Result<u64, ShmError> {
         let h = self.header();
+        // A frontier outside [DATA_START, size] was scribbled on: nothing more can be handed
+        // out safely (blocks below it may be live).
         let cur = h.bump.load(Ordering::Relaxed);
+        if !(DATA_START..=self.size()).contains(&cur) {
+            return Err(self.full(block));
+        }
         // Payload (block + 16) aligned to `align`.
         let payload = (cur + BLOCK_HEADER).div_ceil(align) * align;
         let start = payload - BLOCK_HEADER;
-        if start + block > self.size() {
+        if start.checked_add(block).is_none_or(|end| end > self.size()) {
             return Err(self.full(block));
         }
         h.bump.store(start + block, Ordering::Relaxed);
         Ok(start)
     }
 
-    fn pop_free(&self, head: &AtomicU64) -> Option<u64> {
+    fn pop_free(&self, head: &AtomicU64, block: u64) -> Option<u64> {
         let off = head.load(Ordering::Relaxed);
         if off == 0 {
+            return None;
+        }
+        if !self.block_fits(off, block) {
+            // A scribbled list: drop it (its blocks leak) rather than hand out a bad block.
+            head.store(0, Ordering::Relaxed);
             return None;
         }
         // The next link is kept in the freed payload's first word.
@@ -480,21 +615,26 @@ impl ShmRegion {
 
     fn take_large(&self, block: u64) -> Option<u64> {
         // First fit in the list of freed large blocks (exact size only, to keep it simple).
+        // The walk is bounded: a scribbled list may loop.
         let h = self.header();
         let mut link = &h.large_free;
-        loop {
+        for _ in 0..MAX_LIST_WALK {
             let off = link.load(Ordering::Relaxed);
-            if off == 0 {
+            if off == 0 || !self.block_fits(off, PAGE) {
+                if off != 0 {
+                    link.store(0, Ordering::Relaxed);
+                }
                 return None;
             }
             let size = self.atomic_u64(off + 8)?.load(Ordering::Relaxed);
             let next_link = self.atomic_u64(off + BLOCK_HEADER)?;
-            if size == block {
+            if size == block && self.block_fits(off, block) {
                 link.store(next_link.load(Ordering::Relaxed), Ordering::Relaxed);
                 return Some(off);
             }
             link = next_link;
         }
+        None
     }
 
     /// Frees a block returned by [`ShmRegion::alloc`]. Offsets that are not live blocks are
@@ -502,6 +642,9 @@ impl ShmRegion {
     pub fn free(&self, payload: u64) {
         let h = self.header();
         let Some(block_off) = payload.checked_sub(BLOCK_HEADER) else { return };
+        if !self.block_fits(block_off, BLOCK_HEADER + 8) {
+            return;
+        }
         let _g = h.alloc_lock.lock();
         let (Some(hdr), Some(size)) = (self.atomic_u64(block_off), self.atomic_u64(block_off + 8)) else { return };
         let word = hdr.load(Ordering::Relaxed);
@@ -513,25 +656,30 @@ impl ShmRegion {
         let Some(link) = self.atomic_u64(payload) else { return };
         let head = if class == u32::MAX {
             &h.large_free
-        } else if (class as usize) < NCLASSES {
+        } else if (class as usize) < NCLASSES && block == 1 << (class + MIN_CLASS_SHIFT) {
             &h.free[class as usize]
         } else {
             return;
         };
+        if !self.block_fits(block_off, block) {
+            return;
+        }
         // Mark free (so a second free is ignored) and push.
         hdr.store(0, Ordering::Relaxed);
         link.store(head.load(Ordering::Relaxed), Ordering::Relaxed);
         head.store(block_off, Ordering::Relaxed);
-        h.used.fetch_sub(block.min(h.used.load(Ordering::Relaxed)), Ordering::Relaxed);
+        let used = h.used.load(Ordering::Relaxed);
+        h.used.store(used.saturating_sub(block), Ordering::Relaxed);
     }
 
     fn entry(&self, i: u32) -> &Entry {
-        let h = self.header();
-        let off = h.table_off + i as u64 * std::mem::size_of::<Entry>() as u64;
-        let p = self.ptr(off, std::mem::size_of::<Entry>() as u64).expect("open() checked the table fits");
-        // SAFETY: inside the mapping, 8-aligned (table_off is 64-aligned, Entry is 8-aligned);
-        // Entry is all atomics.
-        unsafe { &*(p as *const Entry) }
+        debug_assert!(i < OBJECT_CAPACITY);
+        let off = TABLE_OFF + (i % OBJECT_CAPACITY) as u64 * ENTRY_SIZE;
+        // SAFETY: every constructor made sure the mapping holds at least DATA_START bytes, and
+        // the table [TABLE_OFF, DATA_START) is inside them; 8-aligned (TABLE_OFF is 64-aligned,
+        // Entry is 8-aligned); Entry is all atomics. The table's place is a constant of the
+        // layout, never read from the (writable) header.
+        unsafe { &*(self.base().add(off as usize) as *const Entry) }
     }
 
     /// Adds an object to the table; returns its new id.
@@ -595,27 +743,26 @@ impl ShmRegion {
         self.info(self.find_entry(id)?)
     }
 
-    /// Offset of the trace pipe, allocating it on first use.
+    /// Offset of the trace pipe (`size` bytes), allocating it on first use.
     pub fn trace_ring(&self, size: u64) -> Result<u64, ShmError> {
         let h = self.header();
-        let cur = h.trace_off.load(Ordering::Acquire);
-        if cur != 0 {
-            return Ok(cur);
+        if let Some(off) = self.existing_trace_ring(size) {
+            return Ok(off);
         }
         let _g = h.table_lock.lock();
-        let cur = h.trace_off.load(Ordering::Acquire);
-        if cur != 0 {
-            return Ok(cur);
+        if let Some(off) = self.existing_trace_ring(size) {
+            return Ok(off);
         }
         let off = self.alloc(size)?;
         h.trace_off.store(off, Ordering::Release);
         Ok(off)
     }
 
-    /// Offset of the trace pipe if one exists.
-    pub fn existing_trace_ring(&self) -> Option<u64> {
+    /// Offset of the trace pipe if one of `size` bytes exists. A recorded offset that does not
+    /// leave room for it inside the region (a scribbled header) counts as none.
+    pub fn existing_trace_ring(&self, size: u64) -> Option<u64> {
         let off = self.header().trace_off.load(Ordering::Acquire);
-        (off != 0).then_some(off)
+        (off != 0 && self.block_fits(off.checked_sub(BLOCK_HEADER)?, size.checked_add(BLOCK_HEADER)?)).then_some(off)
     }
 }
 
@@ -691,6 +838,9 @@ mod tests {
     fn foreign_files_and_versions_are_refused() {
         let name = format!("bpftime-test-foreign-{}", std::process::id());
         std::fs::write(path_of(&name), vec![0u8; 2 << 20]).unwrap();
+        assert!(matches!(ShmRegion::open(&name), Err(ShmError::Untrusted { .. })), "mode 0644 is refused");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path_of(&name), std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(ShmRegion::open(&name), Err(ShmError::NotARegion(_))));
         let _ = std::fs::remove_file(path_of(&name));
         let r = ShmRegion::create(&name, MIN_SIZE).unwrap();
@@ -699,5 +849,82 @@ mod tests {
         unsafe { (*(r.base() as *mut Header)).version = 99 };
         assert!(matches!(ShmRegion::open(&name), Err(ShmError::IncompatibleVersion { found: 99, .. })));
         ShmRegion::remove(&name).unwrap();
+    }
+
+    #[test]
+    fn trust_rules() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("bpftime-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("r");
+        std::fs::write(&file, b"x").unwrap();
+        let me = Trust::from_env().euid;
+        let mode = |m: u32| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(m)).unwrap();
+            std::fs::metadata(&file).unwrap()
+        };
+        let mine = Trust { euid: me, group: false };
+        assert_eq!(mine.check(&mode(0o600)), Ok(()));
+        assert_eq!(mine.check(&mode(0o400)), Ok(()));
+        let e = mine.check(&mode(0o660)).unwrap_err();
+        assert!(e.contains("BPFTIME_SHM_GROUP=1"), "{e}");
+        assert_eq!(Trust { euid: me, group: true }.check(&mode(0o660)), Ok(()));
+        let e = Trust { euid: me, group: true }.check(&mode(0o606)).unwrap_err();
+        assert!(e.contains("every user"), "{e}");
+        let e = Trust { euid: me + 1, group: false }.check(&mode(0o600)).unwrap_err();
+        assert!(e.contains(&format!("owned by uid {me}")), "{e}");
+        if me == 0 {
+            // A root-owned region is trusted by another user only in group mode.
+            assert_eq!(Trust { euid: 1000, group: true }.check(&mode(0o660)), Ok(()));
+            assert!(Trust { euid: 1000, group: false }.check(&mode(0o600)).is_err());
+        }
+        let e = mine.check(&std::fs::metadata(&dir).unwrap()).unwrap_err();
+        assert!(e.contains("directory"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_fifos_and_foreign_modes_are_refused_at_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let name = format!("bpftime-test-untrusted-{}", std::process::id());
+        let path = path_of(&name);
+        // A symbolic link planted in /dev/shm.
+        std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
+        let e = ShmRegion::open(&name).unwrap_err();
+        assert!(matches!(e, ShmError::Untrusted { .. }) && e.to_string().contains("symbolic link"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        // A FIFO must not block the opener.
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = ShmRegion::open(&name).unwrap_err();
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        // A real region made world-writable.
+        drop(ShmRegion::create(&name, MIN_SIZE).unwrap());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = ShmRegion::open(&name).unwrap_err();
+        assert!(e.to_string().contains("every user"), "{e}");
+        ShmRegion::remove(&name).unwrap();
+    }
+
+    #[test]
+    fn scribbled_allocator_state_is_survived() {
+        let r = ShmRegion::anonymous(MIN_SIZE).unwrap();
+        let a = r.alloc(100).unwrap();
+        r.free(a);
+        // SAFETY: test-only writes into our own private region's header.
+        let h = unsafe { &*(r.base() as *const Header) };
+        // A free list pointing into the header, a looping large list, a wild frontier.
+        h.free[2].store(8, Ordering::Relaxed);
+        let big = r.alloc(2 << 16).unwrap();
+        r.free(big);
+        r.write(big, &(big - BLOCK_HEADER).to_le_bytes());
+        assert!(r.alloc(100).is_ok());
+        assert!(r.alloc(3 << 16).is_ok(), "a looping large list ends the walk");
+        h.bump.store(u64::MAX - 3, Ordering::Relaxed);
+        assert!(matches!(r.alloc(1 << 16), Err(ShmError::Full { .. })));
+        h.trace_off.store(r.size() - 8, Ordering::Relaxed);
+        assert_eq!(r.existing_trace_ring(4096), None);
     }
 }
