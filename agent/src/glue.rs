@@ -57,7 +57,12 @@ impl ProgramProbe {
     #[inline(never)]
     fn report(&self, e: bpftime_vm::exec::RunError) {
         if !self.reported.swap(true, Ordering::Relaxed) {
-            eprintln!("bpftime: program `{}` failed: {e}", self.probe.program.name);
+            let hint = if e.fault == bpftime_vm::exec::Fault::LoopBudget {
+                format!("; each hit may do {} units of loop work, raise it with BPFTIME_BUDGET=N (`--budget N`)", self.runtime.probe_budget())
+            } else {
+                String::new()
+            };
+            eprintln!("bpftime: program `{}` failed: {e}{hint} (reported once)", self.probe.program.name);
         }
     }
 }
@@ -114,6 +119,19 @@ pub fn attach_pending() {
     }
 }
 
+/// `BPFTIME_BUDGET`: the loop budget of one probe hit, when set (a bad value is reported and
+/// the default kept).
+fn probe_budget() -> Option<u64> {
+    let v = std::env::var("BPFTIME_BUDGET").ok().filter(|v| !v.is_empty())?;
+    match v.trim().parse::<u64>() {
+        Ok(b) if b > 0 => Some(b),
+        _ => {
+            eprintln!("bpftime: BPFTIME_BUDGET=`{v}` is not a positive number; using the default");
+            None
+        }
+    }
+}
+
 fn engine() -> EngineKind {
     std::env::var("BPFTIME_ENGINE").ok().and_then(|n| n.parse().ok()).unwrap_or(EngineKind::Jit)
 }
@@ -142,7 +160,11 @@ pub(crate) fn start() {
             }
         }
     };
-    let runtime: &'static Runtime = Box::leak(Box::new(Runtime::new(region, engine())));
+    let mut runtime = Runtime::new(region, engine());
+    if let Some(budget) = probe_budget() {
+        runtime.set_probe_budget(budget);
+    }
+    let runtime: &'static Runtime = Box::leak(Box::new(runtime));
     let found = match program {
         Some(path) => {
             let shown = path.to_string_lossy().to_string();

@@ -10,13 +10,17 @@ use bpftime_runtime::input::read_program_file;
 use bpftime_runtime::{progs, trace::TracePipe, EngineKind, Runtime};
 use bpftime_shm::{default_name, ObjectKind, ShmRegion, DEFAULT_SIZE};
 use bpftime_vm::conformance::parse_hex_bytes;
-use bpftime_vm::exec::Context;
+use bpftime_vm::exec::{Context, Fault};
 use bpftime_vm::insn::decode;
 use bpftime_vm::disasm;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+
+/// The default loop budget of `vm run`: generous (seconds of work), since a run there is a
+/// deliberate computation that the user can interrupt, not a probe in someone's application.
+const VM_RUN_BUDGET: u64 = 1 << 34;
 
 /// A userspace eBPF runtime.
 #[derive(Parser)]
@@ -109,8 +113,9 @@ enum VmCommand {
         /// With --dump-maps: print JSON.
         #[arg(long)]
         json: bool,
-        /// Backward jumps allowed before the run is stopped.
-        #[arg(long, default_value_t = bpftime_vm::exec::DEFAULT_LOOP_BUDGET)]
+        /// Loop budget: instructions' worth of loop work (a taken backward jump costs its loop's
+        /// length, a bpf_loop callback its function's) before the run is stopped.
+        #[arg(long, default_value_t = VM_RUN_BUDGET)]
         budget: u64,
     },
     /// Print a program in llvm-objdump syntax.
@@ -243,7 +248,10 @@ fn vm_run(a: RunArgs) -> Result<(), String> {
         None => Vec::new(),
     };
     let ctx = if mem.is_empty() { Context::None } else { Context::Mem(&mut mem) };
-    let r0 = rt.run(&prog, ctx, 0, 0, false).map_err(|e| format!("{origin}: {e}"))?;
+    let r0 = rt.run(&prog, ctx, 0, 0, false).map_err(|e| {
+        let hint = if e.fault == Fault::LoopBudget { format!("; raise the budget with --budget N (now {budget})") } else { String::new() };
+        format!("{origin}: {e}{hint}")
+    })?;
     if let Some(pipe) = TracePipe::existing(rt.region()) {
         for line in pipe.read_from(0).0 {
             eprintln!("{line}");

@@ -215,6 +215,9 @@ impl Engine for JitProgram {
 
     fn call_function(&self, state: &mut RunState, pc: usize, args: [u64; 5]) -> Option<u64> {
         let (f, fp) = self.program.callback_frame(pc, state)?;
+        if !state.charge(self.program.functions()[f].len() as u64) {
+            return Some(0);
+        }
         // SAFETY: as for `execute`: live code of a verified function, a valid state, and a
         // frame pointer inside the run's stack with room for the function's call chain.
         Some(unsafe { (self.functions[f])(state, fp, args[0], args[1], args[2], args[3], args[4]) })

@@ -10,7 +10,7 @@
 //! `RunState` tells the caller what happened.
 
 use crate::runtime_calls::{self, RAISE_LOCATE, RAISE_LOOP_BUDGET, RAISE_MISALIGNED, RAISE_UNKNOWN_HELPER};
-use bpftime_vm::exec::{size_index, state_offsets as so, FRAME_SIZE};
+use bpftime_vm::exec::{back_edge_cost, size_index, state_offsets as so, FRAME_SIZE};
 use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
 use bpftime_vm::program::Function as EbpfFunction;
 use bpftime_vm::Program;
@@ -422,7 +422,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         charge
     }
 
-    /// Emits a back-edge block: take one from the budget, or fault when it is spent.
+    /// Emits a back-edge block: take the loop's cost from the budget, or fault when it cannot pay.
     fn emit_back_edge(&mut self, charge: Block, pc: usize, target_pc: usize) {
         let exhausted = self.b.create_block();
         let pay = self.b.create_block();
@@ -430,12 +430,19 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.b.seal_block(charge);
         let target = self.edge_to(target_pc);
         self.b.switch_to_block(charge);
+        // The loop closed by this jump: slots `target_pc..=pc` (see `exec::back_edge_cost`).
+        let cost = back_edge_cost(target_pc as i64 - pc as i64 - 1) as i64;
         let budget = self.b.use_var(self.budget);
-        self.b.ins().brif(budget, pay, &[], exhausted, &[]);
+        if cost == 1 {
+            self.b.ins().brif(budget, pay, &[], exhausted, &[]);
+        } else {
+            let enough = self.b.ins().icmp_imm(IntCC::UnsignedGreaterThanOrEqual, budget, cost);
+            self.b.ins().brif(enough, pay, &[], exhausted, &[]);
+        }
         self.b.seal_block(exhausted);
         self.b.seal_block(pay);
         self.b.switch_to_block(pay);
-        let left = self.b.ins().iadd_imm_s(budget, -1);
+        let left = self.b.ins().iadd_imm_s(budget, -cost);
         self.b.def_var(self.budget, left);
         self.b.ins().jump(target, &[]);
         self.flush_seals();

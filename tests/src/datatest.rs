@@ -3,7 +3,7 @@
 //! A file has sections introduced by `-- name` lines:
 //! - `-- asm` (llvm-objdump syntax, see `bpftime_vm::asm`) or `-- raw` (hex bytes) — the program;
 //! - `-- mem` — hex bytes of the context memory (r1 points at a copy, r2 is its length);
-//! - `-- budget` — backward jumps allowed;
+//! - `-- budget` — the loop budget (a taken backward jump costs the length of its loop);
 //! - `-- result` — expected r0, or `-- error` — a substring of the expected error
 //!   (verifier errors and run-time faults both read `insn N: ...`);
 //! - `-- mem-after` — expected memory after the run.

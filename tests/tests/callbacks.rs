@@ -79,3 +79,35 @@ fn calling_back_what_is_not_a_callback_faults() {
         }
     }
 }
+
+/// Helper 2: calls back the function at slot r1 `r2` times, as `bpf_loop` does.
+extern "C" fn call_back_n(pc: u64, n: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    for i in 0..n {
+        if state.call_function(pc as usize, [i, 0, 0, 0, 0]).is_none() || state.status != bpftime_vm::exec::STATUS_RUNNING {
+            return i;
+        }
+    }
+    n
+}
+
+#[test]
+fn callbacks_are_charged_to_the_loop_budget() {
+    // A callback of 2 slots called 2^23 times costs 2^24 units: more than a probe's budget,
+    // well within the default one. Without the charge a hot probe with bpf_loop ran for
+    // seconds per hit.
+    let code = bpftime_vm::asm::assemble("r1 = func(+4) ll\nr2 = 0x800000\ncall 2\nexit\nr0 = 0\nexit\n").expect("assembles");
+    let mut helpers = HelperTable::new();
+    helpers.register(2, "call_back_n", call_back_n);
+    let prog = Arc::new(verify(&code, Arc::new(helpers), &NoMaps).expect("verifies"));
+    let engines: [(&str, SharedEngine); 2] =
+        [("interp", Arc::new(Interpreter::new(prog.clone()))), ("jit", Arc::new(JitProgram::compile(prog).expect("compiles")))];
+    for (name, e) in engines {
+        let mut probe = Runner::new(&[], bpftime_vm::exec::PROBE_LOOP_BUDGET);
+        let r = probe.run_read_only(&e, &[], std::ptr::null_mut());
+        assert_eq!(r.expect_err("runs out").fault, Fault::LoopBudget, "{name}");
+        let mut exact = Runner::new(&[], 2 << 23);
+        assert_eq!(exact.run_read_only(&e, &[], std::ptr::null_mut()), Ok(0x800000), "{name}: 2^24 units pay for it");
+        let mut short = Runner::new(&[], (2 << 23) - 1);
+        assert_eq!(short.run_read_only(&e, &[], std::ptr::null_mut()).map_err(|e| e.fault), Err(Fault::LoopBudget), "{name}");
+    }
+}

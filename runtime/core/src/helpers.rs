@@ -302,7 +302,8 @@ extern "C" fn tail_call(_ctx: u64, prog_array: u64, index: u64, _: u64, _: u64, 
     let Ok(target) = h.runtime.program(id) else { return err(Errno::ENOENT) };
     let nested = HelperContext { runtime: h.runtime, cookie: h.cookie, func_ip: h.func_ip, pt_regs: h.pt_regs, tail_calls: Cell::new(h.tail_calls.get() + 1) };
     let ctx = state.context_region();
-    match h.runtime.run_region(&target, ctx, &nested) {
+    // The chain shares one budget: the callee gets what this run has left.
+    match h.runtime.run_region(&target, ctx, &nested, state.budget) {
         Ok(r0) => {
             // A tail call does not return: the chain's last program gives the result.
             state.stop(r0);

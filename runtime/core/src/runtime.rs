@@ -11,7 +11,7 @@ use bpftime_maps::{Map, MapError, MapSpec, MapType};
 use bpftime_object::btf::Btf;
 use bpftime_object::{MapDef, Object, ObjectError};
 use bpftime_shm::{ShmError, ShmRegion};
-use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, Runner, SharedEngine, DEFAULT_LOOP_BUDGET};
+use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, Runner, SharedEngine, DEFAULT_LOOP_BUDGET, PROBE_LOOP_BUDGET};
 use bpftime_vm::insn::LddwKind;
 use bpftime_vm::{verify, Interpreter, LddwResolver, Program, VerifyError, VerifyErrorKind};
 use std::cell::{Cell, RefCell};
@@ -171,6 +171,7 @@ pub struct Runtime {
     engine: EngineKind,
     regions: [Region; 1],
     budget: u64,
+    probe_budget: u64,
     programs: Mutex<HashMap<u32, Arc<LoadedProgram>>>,
 }
 
@@ -222,12 +223,31 @@ impl Runtime {
     /// A runtime over `region` using `engine`.
     pub fn new(region: Arc<ShmRegion>, engine: EngineKind) -> Runtime {
         let regions = [Region { start: region.base() as u64, len: region.size(), writable: true }];
-        Runtime { region, helpers: Arc::new(kernel_helpers()), engine, regions, budget: DEFAULT_LOOP_BUDGET, programs: Mutex::new(HashMap::new()) }
+        Runtime {
+            region,
+            helpers: Arc::new(kernel_helpers()),
+            engine,
+            regions,
+            budget: DEFAULT_LOOP_BUDGET,
+            probe_budget: PROBE_LOOP_BUDGET,
+            programs: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Sets how many backward jumps a run may take.
+    /// Sets the loop budget of [`Runtime::run`] (default [`DEFAULT_LOOP_BUDGET`]; see there
+    /// for the unit).
     pub fn set_loop_budget(&mut self, budget: u64) {
         self.budget = budget;
+    }
+
+    /// Sets the loop budget of one probe hit (default [`PROBE_LOOP_BUDGET`]).
+    pub fn set_probe_budget(&mut self, budget: u64) {
+        self.probe_budget = budget;
+    }
+
+    /// The loop budget of one probe hit.
+    pub fn probe_budget(&self) -> u64 {
+        self.probe_budget
     }
 
     /// The region.
@@ -388,20 +408,24 @@ impl Runtime {
         let made = PROBE_THREAD.try_with(|cell| {
             let mut slot = cell.try_borrow_mut().ok()?;
             let t = slot.insert(ProbeThread {
-                runner: Runner::new(&self.regions, self.budget),
+                runner: Runner::new(&self.regions, self.probe_budget),
                 host: Box::new(HelperContext { runtime: self, cookie: probe.cookie, func_ip: probe.func_ip, pt_regs: true, tail_calls: Cell::new(0) }),
             });
             Some(t.run(probe, regs))
         });
         match made {
             Ok(Some(r)) => r,
-            _ => self.run(&probe.program, Context::ReadOnly(regs), probe.cookie, probe.func_ip, true),
+            _ => {
+                let host = HelperContext { runtime: self, cookie: probe.cookie, func_ip: probe.func_ip, pt_regs: true, tail_calls: Cell::new(0) };
+                let opts = RunOptions { regions: &self.regions, budget: self.probe_budget, host: &host as *const HelperContext as *mut _ };
+                run(probe.program.engine().as_ref(), Context::ReadOnly(regs), &opts)
+            }
         }
     }
 
-    /// Runs a program on a context given as a region (for tail calls).
-    pub(crate) fn run_region(&self, prog: &LoadedProgram, ctx: Region, host: &HelperContext) -> Result<u64, RunError> {
-        let opts = RunOptions { regions: &self.regions, budget: self.budget, host: host as *const HelperContext as *mut _ };
+    /// Runs a program on a context given as a region with `budget` (for tail calls).
+    pub(crate) fn run_region(&self, prog: &LoadedProgram, ctx: Region, host: &HelperContext, budget: u64) -> Result<u64, RunError> {
+        let opts = RunOptions { regions: &self.regions, budget, host: host as *const HelperContext as *mut _ };
         let ctx = if ctx.len == 0 {
             Context::None
         } else {

@@ -15,8 +15,25 @@ pub const FRAME_SIZE: usize = 512;
 pub const MAX_CALL_DEPTH: usize = 8;
 /// Bytes of stack a run gets: one frame per call level.
 pub const STACK_SIZE: usize = FRAME_SIZE * MAX_CALL_DEPTH;
-/// Default number of backward jumps a run may take before it is stopped.
-pub const DEFAULT_LOOP_BUDGET: u64 = 1 << 26;
+/// Default loop budget of a run: how much loop work it may do before it is stopped with
+/// [`Fault::LoopBudget`] (the verifier does not prove termination; this bounds it).
+///
+/// The unit is one instruction of a loop body: a taken backward jump costs the length of the
+/// loop it closes ([`back_edge_cost`]), and a callback that a helper runs (`bpf_loop`) costs the
+/// length of its function, so a budget bounds the instructions a run executes, whatever its
+/// loops look like.
+pub const DEFAULT_LOOP_BUDGET: u64 = 1 << 30;
+/// Default loop budget of one probe hit: keeps a hit of a runaway program under about a
+/// millisecond on either engine (see the README's figures), so a hot probe cannot hang the
+/// application.
+pub const PROBE_LOOP_BUDGET: u64 = 1 << 17;
+
+/// What a taken backward jump of offset `off` (< 0) costs: the number of slots of the loop it
+/// closes (from the target to the jump itself).
+#[inline(always)]
+pub fn back_edge_cost(off: i64) -> u64 {
+    off.unsigned_abs()
+}
 
 /// A helper function as both engines call it: five arguments, the run's state, a result in r0.
 ///
@@ -163,7 +180,7 @@ pub enum Fault {
     Misaligned { addr: u64, size: u8 },
     /// `callx` with an id that names no helper.
     UnknownHelper { id: u64 },
-    /// The run took more backward jumps than its budget allows.
+    /// The run did more loop work than its budget allows (see [`DEFAULT_LOOP_BUDGET`]).
     LoopBudget,
     /// A helper reported an error.
     Helper { id: u32, code: i64 },
@@ -184,7 +201,7 @@ impl fmt::Display for Fault {
             ),
             Fault::Misaligned { addr, size } => write!(f, "misaligned atomic access of {size} bytes at {addr:#x}"),
             Fault::UnknownHelper { id } => write!(f, "callx to unknown helper {id}"),
-            Fault::LoopBudget => write!(f, "loop budget exhausted (too many backward jumps)"),
+            Fault::LoopBudget => write!(f, "loop budget exhausted (the program looped longer than its budget allows)"),
             Fault::Helper { id, code } => write!(f, "helper {id} failed with code {code}"),
             Fault::BadCallback { pc } => write!(f, "callback {pc} is not a callback of the program"),
             Fault::NestedCallback { pc } => write!(f, "callback {pc} called from inside a callback"),
@@ -213,7 +230,7 @@ pub struct RunState {
     pub fast_load: [FastRegion; FAST_REGIONS],
     /// Inline-checked regions for stores: as `fast_load`, with read-only ones replaced.
     pub fast_store: [FastRegion; FAST_REGIONS],
-    /// Backward jumps left before the run is stopped.
+    /// Loop budget left (see [`DEFAULT_LOOP_BUDGET`]).
     pub budget: u64,
     /// One of `STATUS_*`.
     pub status: u32,
@@ -261,7 +278,7 @@ pub mod state_offsets {
 pub struct RunOptions<'a> {
     /// Memory the program may touch besides its stack and context (map values, ...).
     pub regions: &'a [Region],
-    /// Backward jumps allowed.
+    /// Loop budget (see [`DEFAULT_LOOP_BUDGET`]).
     pub budget: u64,
     /// Passed to helpers in [`RunState::host`].
     pub host: *mut c_void,
@@ -441,6 +458,19 @@ impl RunState {
             self.fault = Some(fault);
             self.fault_insn = insn as u32;
         }
+    }
+
+    /// Takes `cost` from the loop budget (for a callback a helper runs: its function's
+    /// length); when the budget cannot pay, faults the run with [`Fault::LoopBudget`] and
+    /// returns false.
+    pub fn charge(&mut self, cost: u64) -> bool {
+        if self.budget < cost {
+            self.budget = 0;
+            self.helper_fault(Fault::LoopBudget);
+            return false;
+        }
+        self.budget -= cost;
+        true
     }
 
     /// Records a fault at the instruction a helper was called from (fixed up by the engine).

@@ -5,7 +5,7 @@
 //! caller's registers are restored except r0. The JIT behaves the same, so the two agree even
 //! on programs that read registers eBPF leaves undefined.
 
-use crate::exec::{Engine, Fault, HelperFn, RunState, FRAME_SIZE, MAX_CALL_DEPTH, STATUS_RUNNING};
+use crate::exec::{back_edge_cost, Engine, Fault, HelperFn, RunState, FRAME_SIZE, MAX_CALL_DEPTH, STATUS_RUNNING};
 use crate::insn::{AtomicOp, CallTarget, Insn, LddwKind, MemSize, Operand, Width};
 use crate::program::Program;
 use crate::semantics::{alu32, alu64, endian};
@@ -40,7 +40,10 @@ impl Engine for Interpreter {
     }
 
     fn call_function(&self, state: &mut RunState, pc: usize, args: [u64; 5]) -> Option<u64> {
-        let (_, fp) = self.program.callback_frame(pc, state)?;
+        let (f, fp) = self.program.callback_frame(pc, state)?;
+        if !state.charge(self.program.functions()[f].len() as u64) {
+            return Some(0);
+        }
         Some(interpret_at(&self.program, pc, args, fp, state))
     }
 }
@@ -222,22 +225,24 @@ pub fn interpret_at(program: &Program, start: usize, args: [u64; 5], frame_point
             }
             Insn::Ja { off, .. } => {
                 if off < 0 {
-                    if state.budget == 0 {
+                    let cost = back_edge_cost(off as i64);
+                    if state.budget < cost {
                         state.fault(pc, Fault::LoopBudget);
                         return 0;
                     }
-                    state.budget -= 1;
+                    state.budget -= cost;
                 }
                 pc = (pc as i64 + off as i64) as usize;
             }
             Insn::Jump { width, cond, dst, src, off } => {
                 if cond.eval(width, regs[dst.index()], operand(src, &regs, width)) {
                     if off < 0 {
-                        if state.budget == 0 {
+                        let cost = back_edge_cost(off as i64);
+                        if state.budget < cost {
                             state.fault(pc, Fault::LoopBudget);
                             return 0;
                         }
-                        state.budget -= 1;
+                        state.budget -= cost;
                     }
                     pc = (pc as i64 + off as i64) as usize;
                 }

@@ -15,6 +15,18 @@ pub struct Function {
     pub callback: bool,
 }
 
+impl Function {
+    /// Number of slots; what one call of it as a callback costs the loop budget.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Never true: a function has at least its exit.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
 /// A program that passed the verifier. Only [`crate::verifier`] makes one.
 #[derive(Clone, Debug)]
 pub struct Program {
