@@ -436,7 +436,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         if cost == 1 {
             self.b.ins().brif(budget, pay, &[], exhausted, &[]);
         } else {
-            let enough = self.b.ins().icmp_imm(IntCC::UnsignedGreaterThanOrEqual, budget, cost);
+            let enough = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, budget, cost);
             self.b.ins().brif(enough, pay, &[], exhausted, &[]);
         }
         self.b.seal_block(exhausted);

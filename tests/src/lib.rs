@@ -2,6 +2,7 @@
 
 pub mod clang;
 pub mod datatest;
+pub mod kernel;
 pub mod progen;
 
 use std::path::PathBuf;
