@@ -13,12 +13,30 @@
 //!
 //! Thin glue: hooks come from `bpftime-attach`, programs from `bpftime-runtime`.
 
+mod alloc;
 mod glue;
+
+/// Everything the agent allocates comes from its own mappings, never from libc (see `alloc`).
+#[global_allocator]
+static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc::new();
+
+/// Keeps the allocator's locks consistent across `fork` (registered at load time).
+fn protect_allocator_across_fork() {
+    extern "C" fn prepare() {
+        ALLOC.lock_all();
+    }
+    extern "C" fn after() {
+        ALLOC.unlock_all();
+    }
+    // SAFETY: the handlers only take and release spin locks (pthread_atfork(3)).
+    unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(after)) };
+}
 
 pub use glue::{attach_pending, Agent, ProgramProbe};
 
 /// Runs at load time (an `.init_array` entry).
 extern "C" fn bpftime_agent_init() {
+    protect_allocator_across_fork();
     if std::env::var_os("BPFTIME_DISABLE").is_some() {
         return;
     }

@@ -160,9 +160,24 @@ impl ProbeThread {
 }
 
 thread_local! {
-    /// This thread's probe context, made on its first hit.
-    static PROBE_THREAD: RefCell<Option<ProbeThread>> = const { RefCell::new(None) };
+    /// This thread's probe context, made on its first hit and freed at thread exit by
+    /// `PROBE_THREAD_EXIT`: a pthread key, not a TLS destructor, so that the traced
+    /// application sees no libc call of ours (see `bpftime_vm::thread_exit`). The RefCell
+    /// keeps a nested run on the same thread off it.
+    static PROBE_THREAD: RefCell<*mut ProbeThread> = const { RefCell::new(std::ptr::null_mut()) };
 }
+
+unsafe extern "C" fn free_probe_thread(t: *mut c_void) {
+    let _ = PROBE_THREAD.try_with(|cell| {
+        if let Ok(mut p) = cell.try_borrow_mut() {
+            *p = std::ptr::null_mut();
+        }
+    });
+    // SAFETY: the pointer this thread registered (Box::into_raw), freed only here.
+    drop(unsafe { Box::from_raw(t as *mut ProbeThread) });
+}
+
+static PROBE_THREAD_EXIT: bpftime_vm::thread_exit::ThreadExitKey = bpftime_vm::thread_exit::ThreadExitKey::new(free_probe_thread);
 
 /// The per-process runtime over one region.
 pub struct Runtime {
@@ -390,8 +405,9 @@ impl Runtime {
     #[inline]
     pub fn run_probe(&'static self, probe: &ProbeProgram, regs: &[u8]) -> Result<u64, RunError> {
         let fast = PROBE_THREAD.try_with(|cell| {
-            let mut slot = cell.try_borrow_mut().ok()?;
-            let t = slot.as_mut().filter(|t| std::ptr::eq(t.host.runtime, self))?;
+            let slot = cell.try_borrow_mut().ok()?;
+            // SAFETY: the context belongs to this thread; the borrow keeps others off it.
+            let t = unsafe { slot.as_mut() }.filter(|t| std::ptr::eq(t.host.runtime, self))?;
             Some(t.run(probe, regs))
         });
         match fast {
@@ -407,11 +423,23 @@ impl Runtime {
     fn run_probe_slow(&'static self, probe: &ProbeProgram, regs: &[u8]) -> Result<u64, RunError> {
         let made = PROBE_THREAD.try_with(|cell| {
             let mut slot = cell.try_borrow_mut().ok()?;
-            let t = slot.insert(ProbeThread {
+            let fresh = Box::into_raw(Box::new(ProbeThread {
                 runner: Runner::new(&self.regions, self.probe_budget),
                 host: Box::new(HelperContext { runtime: self, cookie: probe.cookie, func_ip: probe.func_ip, pt_regs: true, tail_calls: Cell::new(0) }),
-            });
-            Some(t.run(probe, regs))
+            }));
+            if !PROBE_THREAD_EXIT.register(fresh as *mut c_void) {
+                // SAFETY: just made, not shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                return None;
+            }
+            if !slot.is_null() {
+                // A context for another runtime (tests make several): replaced.
+                // SAFETY: this thread's previous context, no longer registered or borrowed.
+                drop(unsafe { Box::from_raw(*slot) });
+            }
+            *slot = fresh;
+            // SAFETY: just made, owned by this thread.
+            Some(unsafe { &mut *fresh }.run(probe, regs))
         });
         match made {
             Ok(Some(r)) => r,

@@ -4,7 +4,7 @@
 //! The JIT reads `RunState` fields directly (it is `repr(C)`), so the layout here is ABI.
 
 use crate::insn::MemSize;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::fmt;
 use std::sync::Arc;
@@ -539,10 +539,50 @@ fn callback_trampoline<E: Engine + ?Sized>(engine: *const c_void, state: &mut Ru
 #[repr(C, align(16))]
 pub struct Stack([u8; STACK_SIZE]);
 
+/// This thread's reusable stacks for [`run`]: one per level of nesting (a tail call runs
+/// inside its caller's run) seen on this thread.
+type StackPool = Vec<Box<Stack>>;
+
 thread_local! {
-    /// Stacks for [`run`], reused: one per level of nesting (a tail call runs inside its
-    /// caller's run) seen on this thread.
-    static STACKS: RefCell<Vec<Box<Stack>>> = const { RefCell::new(Vec::new()) };
+    /// The pool, made on first use and freed at thread exit by `STACKS_EXIT` (no TLS
+    /// destructor: see `thread_exit`).
+    static STACKS: Cell<*mut StackPool> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+unsafe extern "C" fn free_stacks(pool: *mut c_void) {
+    let _ = STACKS.try_with(|s| s.set(std::ptr::null_mut()));
+    // SAFETY: `pool` is the Box::into_raw'd pool this thread registered, freed only here.
+    drop(unsafe { Box::from_raw(pool as *mut StackPool) });
+}
+
+static STACKS_EXIT: crate::thread_exit::ThreadExitKey = crate::thread_exit::ThreadExitKey::new(free_stacks);
+
+/// Takes a stack from this thread's pool, or makes a zeroed one.
+fn take_stack() -> Box<Stack> {
+    let pooled = STACKS.try_with(|s| {
+        let pool = s.get();
+        // SAFETY: the pool belongs to this thread and no reference to it outlives this call.
+        (!pool.is_null()).then(|| unsafe { (*pool).pop() }).flatten()
+    });
+    pooled.ok().flatten().unwrap_or_else(|| Box::new(Stack([0; STACK_SIZE])))
+}
+
+/// Gives a stack back to this thread's pool (dropped if the thread is exiting).
+fn return_stack(stack: Box<Stack>) {
+    let _ = STACKS.try_with(|s| {
+        let mut pool = s.get();
+        if pool.is_null() {
+            pool = Box::into_raw(Box::new(StackPool::new()));
+            if !STACKS_EXIT.register(pool as *mut c_void) {
+                // SAFETY: just made, not shared.
+                drop(unsafe { Box::from_raw(pool) });
+                return;
+            }
+            s.set(pool);
+        }
+        // SAFETY: the pool belongs to this thread and no other reference to it is live.
+        unsafe { (*pool).push(stack) };
+    });
 }
 
 /// Runs `engine` on `ctx`: sets up stack and state, runs, and reports the result.
@@ -557,7 +597,7 @@ pub fn run<E: Engine + ?Sized>(engine: &E, ctx: Context<'_>, opts: &RunOptions) 
         Context::Mem(m) => Region::of_mut(m),
         Context::ReadOnly(m) => Region::of(m),
     };
-    let mut stack = STACKS.try_with(|s| s.borrow_mut().pop()).ok().flatten().unwrap_or_else(|| Box::new(Stack([0; STACK_SIZE])));
+    let mut stack = take_stack();
     let base = stack.0.as_mut_ptr() as u64;
     let mut state = RunState::new(base, region, opts, engine.helper_functions());
     state.place_regions();
@@ -565,8 +605,7 @@ pub fn run<E: Engine + ?Sized>(engine: &E, ctx: Context<'_>, opts: &RunOptions) 
     state.callback = Some(callback_trampoline::<E>);
     state.callback_engine = &engine_ptr as *const *const E as *const c_void;
     let r0 = engine.execute(region.start, region.len, base + STACK_SIZE as u64, &mut state);
-    // During thread teardown the stack is simply freed.
-    let _ = STACKS.try_with(|s| s.borrow_mut().push(stack));
+    return_stack(stack);
     state.finish(r0)
 }
 

@@ -30,6 +30,7 @@ pub mod insn;
 pub mod interp;
 pub mod program;
 pub mod semantics;
+pub mod thread_exit;
 pub mod verifier;
 
 pub use exec::{Context, Engine, Fault, HelperFn, HelperTable, Region, RunError, RunOptions, RunState};
