@@ -2,7 +2,8 @@
 
 use bpftime_attach::{attach, resolve, AttachError, ProbeHandler, ProbeKind, PtRegs, ResolveError, SiteInfo, Target};
 use bpftime_object::Object;
-use bpftime_runtime::{links, EngineKind, LoadedProgram, ProbeProgram, Runtime};
+use bpftime_runtime::links::{self, LinkState};
+use bpftime_runtime::{EngineKind, LoadedProgram, ProbeProgram, Runtime};
 use bpftime_shm::{default_name, ShmError, ShmRegion};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,6 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// A program to attach once its binary is mapped.
 #[derive(Clone)]
 struct Pending {
+    /// The link in the region (its state is raised as it gets attached).
+    link: u32,
     prog: Arc<LoadedProgram>,
     target: String,
     retprobe: bool,
@@ -20,6 +23,9 @@ struct Pending {
 pub struct Agent {
     runtime: &'static Runtime,
     pending: Mutex<Vec<Pending>>,
+    /// Whether this process loaded its own program (`BPFTIME_PROGRAM`): with no `bpftime run`
+    /// watching, the agent itself says at exit what never got attached.
+    standalone: bool,
 }
 
 static AGENT: OnceLock<Agent> = OnceLock::new();
@@ -78,6 +84,10 @@ enum Failure {
 fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<(), Failure> {
     let target = Target::parse(&p.target).map_err(|e| Failure::Failed(e.to_string()))?;
     let r = resolve(&target).map_err(|e| match e {
+        // A path (not a library name) that names no file will never be mapped: say so now.
+        ResolveError::NotMapped(b) if b.contains('/') && !b.starts_with("/proc/") && !std::path::Path::new(&b).exists() => {
+            Failure::Failed(format!("{b}: no such file"))
+        }
         ResolveError::NotMapped(_) => Failure::NotMapped,
         e => Failure::Failed(e.to_string()),
     })?;
@@ -94,11 +104,21 @@ impl Agent {
     /// Attaches what can be; keeps targets whose binary is not mapped yet.
     fn attach_all(&self, items: Vec<Pending>) {
         let mut still = vec![];
+        let region = self.runtime.region();
         for p in items {
             match attach_one(self.runtime, &p) {
-                Ok(()) => {}
-                Err(Failure::NotMapped) => still.push(p),
-                Err(Failure::Failed(e)) => eprintln!("bpftime: cannot attach `{}` to {}: {e}", p.prog.name, p.target),
+                Ok(()) => links::raise_state(region, p.link, LinkState::Attached),
+                Err(Failure::NotMapped) => {
+                    links::raise_state(region, p.link, LinkState::Waiting);
+                    if verbose() {
+                        eprintln!("bpftime: `{}` waits for {} to be loaded", p.prog.name, p.target);
+                    }
+                    still.push(p)
+                }
+                Err(Failure::Failed(e)) => {
+                    links::raise_state(region, p.link, LinkState::Failed);
+                    eprintln!("bpftime: cannot attach `{}` to {}: {e}", p.prog.name, p.target)
+                }
             }
         }
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(still);
@@ -165,6 +185,7 @@ pub(crate) fn start() {
         runtime.set_probe_budget(budget);
     }
     let runtime: &'static Runtime = Box::leak(Box::new(runtime));
+    let standalone = program.is_some();
     let found = match program {
         Some(path) => {
             let shown = path.to_string_lossy().to_string();
@@ -175,8 +196,8 @@ pub(crate) fn start() {
                 .and_then(|loaded| links::store_uprobes(runtime.region(), &loaded.programs).map_err(|e| e.to_string()));
             match stored {
                 Ok(stored) => {
-                    for (name, section) in stored.no_target {
-                        eprintln!("bpftime: {shown}: section `{section}` names no BINARY:FUNCTION; `{name}` is not attached");
+                    for skipped in stored.skipped {
+                        eprintln!("bpftime: {shown}: {skipped}");
                     }
                     stored.links
                 }
@@ -188,10 +209,28 @@ pub(crate) fn start() {
     let mut items = vec![];
     for l in found {
         match runtime.program(l.prog) {
-            Ok(prog) => items.push(Pending { prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie }),
+            Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie }),
             Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
         }
     }
-    let agent = AGENT.get_or_init(|| Agent { runtime, pending: Mutex::new(vec![]) });
+    let agent = AGENT.get_or_init(|| Agent { runtime, pending: Mutex::new(vec![]), standalone });
     agent.attach_all(items);
+    if agent.standalone {
+        // SAFETY: registers a plain extern "C" function to run at exit (atexit(3)).
+        unsafe { libc::atexit(report_unattached_at_exit) };
+    }
+}
+
+/// At exit, in standalone mode: says which probes never found their binary in this process.
+extern "C" fn report_unattached_at_exit() {
+    bpftime_attach::without_probes(|| {
+        let _ = std::panic::catch_unwind(|| {
+            let Some(agent) = AGENT.get() else { return };
+            let pending = agent.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let exe = std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string()).unwrap_or_default();
+            for p in pending.iter() {
+                eprintln!("bpftime: `{}` was never attached in {exe} (pid {}): {} was not loaded", p.prog.name, std::process::id(), p.target);
+            }
+        });
+    });
 }

@@ -1,6 +1,8 @@
 //! `bpftime`: run and inspect eBPF programs, and manage the shared-memory region.
 
 mod dump;
+mod run;
+mod supervise;
 
 use bpftime_cli::load_program_file;
 use bpftime_maps::Map;
@@ -65,6 +67,9 @@ enum Command {
         /// An eBPF object whose uprobe sections the agent attaches itself.
         #[arg(long)]
         program: Option<PathBuf>,
+        /// Loop budget of one probe hit (default: about a millisecond of work).
+        #[arg(long)]
+        budget: Option<u64>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -74,12 +79,21 @@ enum Command {
     Run {
         /// A clang-built eBPF object.
         file: PathBuf,
-        /// Print the maps as JSON.
+        /// JSON lines: one per ring/perf buffer record, then one with the exit code and maps.
         #[arg(long)]
         json: bool,
+        /// Write our output (records, maps) to FILE instead of stderr.
+        #[arg(long)]
+        output: Option<PathBuf>,
         /// Execution engine in the traced process.
         #[arg(long, default_value = "jit")]
         engine: EngineKind,
+        /// Loop budget of one probe hit (default: about a millisecond of work).
+        #[arg(long)]
+        budget: Option<u64>,
+        /// Size of the region holding the maps (suffixes K, M, G).
+        #[arg(long, default_value = "64M")]
+        shm_size: String,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -130,11 +144,14 @@ enum VmCommand {
 
 #[derive(Subcommand)]
 enum ShmCommand {
-    /// Create the region.
+    /// Create the region (mode 0600, or 0660 shared with --group).
     Create {
         /// Size in bytes (suffixes K, M, G allowed).
         #[arg(long, default_value = "64M")]
         size: String,
+        /// Share the region with this group: its members open it with BPFTIME_SHM_GROUP=1.
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Show the region's size, use and objects.
     Info,
@@ -173,12 +190,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let shm = cli.shm.unwrap_or_else(default_name);
     match dispatch(cli.command, &shm) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("bpftime: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The gid of group `name` (or a number).
+fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    let c = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+    // SAFETY: getgrnam(3) with a NUL-terminated name; the result is read at once, before any
+    // other call that could reuse its static storage.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    if g.is_null() {
+        return Err(format!("no group `{name}`"));
+    }
+    // SAFETY: non-null result of getgrnam(3).
+    Ok(unsafe { (*g).gr_gid })
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -270,11 +303,11 @@ fn vm_run(a: RunArgs) -> Result<(), String> {
 }
 
 /// Writes the links of an object's uprobe programs (see `links::store_uprobes`), saying which
-/// programs name no target.
+/// programs are not attached and why.
 fn store_links(region: &ShmRegion, programs: &[(String, String, u32)]) -> Result<Vec<UprobeLink>, String> {
     let stored = links::store_uprobes(region, programs).map_err(|e| e.to_string())?;
-    for (name, section) in &stored.no_target {
-        eprintln!("bpftime: section `{section}` names no BINARY:FUNCTION; `{name}` is not attached");
+    for s in &stored.skipped {
+        eprintln!("bpftime: {s}");
     }
     Ok(stored.links)
 }
@@ -294,85 +327,69 @@ fn agent_path() -> Result<PathBuf, String> {
     }
 }
 
-/// Runs `command` with the agent preloaded; returns its exit code.
-fn run_with_agent(command: &[String], env: &[(&str, String)]) -> Result<i32, String> {
-    let agent = agent_path()?;
+/// `command` with the agent preloaded (after any LD_PRELOAD already set).
+pub(crate) fn agent_command(agent: &Path, command: &[String]) -> std::process::Command {
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(p) if !p.is_empty() => format!("{}:{p}", agent.display()),
         _ => agent.display().to_string(),
     };
     let mut cmd = std::process::Command::new(&command[0]);
     cmd.args(&command[1..]).env("LD_PRELOAD", preload);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let status = cmd.status().map_err(|e| format!("{}: {e}", command[0]))?;
-    Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+    cmd
 }
 
-fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
+/// The exit status of a finished command, as a shell reports it (128 + signal).
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0))
+}
+
+fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
     match cmd {
-        Command::Start { program, command } => {
-            let mut env = vec![("BPFTIME_SHM", shm.to_string())];
+        Command::Start { program, budget, command } => {
+            // Refuse a region we must not trust before running anything (the agent would too).
+            if let Err(e @ bpftime_shm::ShmError::Untrusted { .. }) = ShmRegion::open(shm) {
+                return Err(e.to_string());
+            }
+            let mut cmd = agent_command(&agent_path()?, &command);
+            cmd.env("BPFTIME_SHM", shm);
             if let Some(p) = program {
                 let p = std::fs::canonicalize(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-                env.push(("BPFTIME_PROGRAM", p.display().to_string()));
+                cmd.env("BPFTIME_PROGRAM", p);
             }
-            let code = run_with_agent(&command, &env)?;
-            std::process::exit(code);
+            if let Some(b) = budget {
+                cmd.env("BPFTIME_BUDGET", b.to_string());
+            }
+            let status = cmd.status().map_err(|e| format!("{}: {e}", command[0]))?;
+            Ok(exit_code(status))
         }
-        Command::Run { file, json, engine, command } => {
-            let bytes = read_program_file(&file).map_err(|e| e.to_string())?;
-            let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-            // A region of our own, removed when we are done.
-            let name = format!("bpftime-run-{}", std::process::id());
-            let region = Arc::new(ShmRegion::create(&name, DEFAULT_SIZE).map_err(|e| e.to_string())?);
-            struct Remove(String);
-            impl Drop for Remove {
-                fn drop(&mut self) {
-                    let _ = ShmRegion::remove(&self.0);
-                }
-            }
-            let _remove = Remove(name.clone());
-            let rt = Runtime::new(region.clone(), engine);
-            let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
-            let attached = store_links(&region, &loaded.programs)?.len();
-            if attached == 0 {
-                return Err(format!("{}: no uprobe or uretprobe sections to attach", file.display()));
-            }
-            let code = run_with_agent(&command, &[("BPFTIME_SHM", name.clone()), ("BPFTIME_ENGINE", engine.name().to_string())])?;
-            let maps: Vec<Map> = loaded.maps.iter().filter(|m| !m.name().starts_with(".rodata")).cloned().collect();
-            if json {
-                let out = serde_json::json!({ "exit_code": code, "maps": maps.iter().map(dump::json).collect::<Vec<_>>() });
-                println!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
-            } else {
-                println!("bpftime: `{}` exited with {code}", command.join(" "));
-                print_maps(&maps, false);
-            }
-            if let Some(pipe) = TracePipe::existing(&region) {
-                for line in pipe.read_from(0).0 {
-                    eprintln!("{line}");
-                }
-            }
-            if code != 0 {
-                std::process::exit(code);
-            }
-            Ok(())
-        }
+        Command::Run { file, json, output, engine, budget, shm_size, command } => run::run(run::RunRequest {
+            file,
+            json,
+            output,
+            engine,
+            budget,
+            shm_size: parse_size(&shm_size)?,
+            agent: agent_path()?,
+            command,
+        }),
         Command::Vm { command: VmCommand::Run { file, section, mem, engine, dump_maps, json, budget } } => {
-            vm_run(RunArgs { file: &file, section: section.as_deref(), mem, engine, dump_maps, json, budget })
+            vm_run(RunArgs { file: &file, section: section.as_deref(), mem, engine, dump_maps, json, budget }).map(|()| 0)
         }
         Command::Vm { command: VmCommand::Disasm { file, section } } => {
             let loaded = load_program_file(&file, section.as_deref())?;
             let insns = decode(&loaded.insns).map_err(|e| format!("{}: {e}", loaded.origin))?;
             print!("{}", disasm::disassemble(&insns));
-            Ok(())
+            Ok(0)
         }
-        Command::Shm { command: ShmCommand::Create { size } } => {
+        Command::Shm { command: ShmCommand::Create { size, group } } => {
             let size = parse_size(&size)?;
-            let r = ShmRegion::create(shm, size).map_err(|e| e.to_string())?;
+            let r = match group {
+                Some(g) => ShmRegion::create_for_group(shm, size, group_id(&g)?),
+                None => ShmRegion::create(shm, size),
+            }
+            .map_err(|e| e.to_string())?;
             println!("created {} ({} bytes)", r.path().map(|p| p.display().to_string()).unwrap_or_default(), r.size());
-            Ok(())
+            Ok(0)
         }
         Command::Shm { command: ShmCommand::Info } => {
             let r = open_region(shm)?;
@@ -381,12 +398,12 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
             let objs = r.objects();
             let count = |k| objs.iter().filter(|o| o.kind == k).count();
             println!("  {} maps, {} programs, {} links", count(ObjectKind::Map), count(ObjectKind::Program), count(ObjectKind::Link));
-            Ok(())
+            Ok(0)
         }
         Command::Shm { command: ShmCommand::Remove } => {
             ShmRegion::remove(shm).map_err(|e| e.to_string())?;
             println!("removed region `{shm}`");
-            Ok(())
+            Ok(0)
         }
         Command::Load { file } => {
             let region = open_region(shm)?;
@@ -403,7 +420,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
             for l in store_links(&region, &loaded.programs)? {
                 println!("link {} `{}` -> {}", l.id, l.name, l.target);
             }
-            Ok(())
+            Ok(0)
         }
         Command::Map { command: MapCommand::List { json } } => {
             let region = open_region(shm)?;
@@ -419,7 +436,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
                     println!("{}", dump::header(m));
                 }
             }
-            Ok(())
+            Ok(0)
         }
         Command::Map { command: MapCommand::Dump { map, json } } => {
             let region = open_region(shm)?;
@@ -429,7 +446,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
             } else {
                 print!("{}", dump::human(&m));
             }
-            Ok(())
+            Ok(0)
         }
         Command::Prog { command: ProgCommand::List { json } } => {
             let region = open_region(shm)?;
@@ -445,7 +462,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
                     println!("prog {} `{}` ({}), {} insns, license {}", p.id, p.name, p.section, p.insns.len(), p.license);
                 }
             }
-            Ok(())
+            Ok(0)
         }
         Command::Trace { no_follow } => {
             let region = open_region(shm)?;
@@ -458,7 +475,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<(), String> {
                 }
                 pos = next;
                 if no_follow {
-                    return Ok(());
+                    return Ok(0);
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }

@@ -5,6 +5,7 @@ use bpftime_tests::conformance_vectors;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+
 fn bpftime(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bpftime")).args(args).output().expect("run bpftime")
 }
@@ -156,10 +157,10 @@ fn run_attaches_uprobes_in_a_real_process_and_prints_exact_counts() {
     for engine in ["jit", "interp"] {
         let out = bpftime(&["run", obj.to_str().unwrap(), "--json", "--engine", engine, "--", &target, "1000", "4"]);
         assert!(out.status.success(), "{engine}: {}", text(&out.stderr));
-        let stdout = text(&out.stdout);
-        // The target prints first, then the JSON document.
-        assert!(stdout.starts_with("sum 5994000 fact 3628800"), "{engine}: results unchanged under probes: {stdout}");
-        let v: serde_json::Value = serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).expect("JSON");
+        // The target's stdout is its own; ours (JSON lines) goes to stderr.
+        assert_eq!(text(&out.stdout), "sum 5994000 fact 3628800 tiny 0\n", "{engine}: results unchanged under probes");
+        let stderr = text(&out.stderr);
+        let v: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).expect("JSON");
         assert_eq!(v["exit_code"], 0);
         let stats = v["maps"].as_array().unwrap().iter().find(|m| m["name"] == "stats").expect("stats map");
         assert_eq!(json_value(stats, 0), 4000, "{engine}: add() calls");
@@ -167,13 +168,109 @@ fn run_attaches_uprobes_in_a_real_process_and_prints_exact_counts() {
         assert_eq!((json_value(stats, 4), json_value(stats, 5)), (10, 10), "{engine}: fact() entries and returns");
         assert_eq!(json_value(stats, 6), 3628800, "{engine}: largest fact() result");
     }
-    // Human-readable by default; the target's exit code is passed on.
+    // Human-readable by default, to stderr or to --output; the target's exit code is passed on.
     let out = bpftime(&["run", obj.to_str().unwrap(), "--", &target, "10"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let s = text(&out.stdout);
+    let s = text(&out.stderr);
     assert!(s.contains("exited with 0") && s.contains("map 1 `stats`: array") && s.contains("  0 => 10\n"), "{s}");
-    let out = bpftime(&["run", obj.to_str().unwrap(), "--", "sh", "-c", "exit 3"]);
-    assert_eq!(out.status.code(), Some(3));
+    let file = std::env::temp_dir().join(format!("bpftime-run-output-{}", std::process::id()));
+    let out = bpftime(&["run", "--output", file.to_str().unwrap(), obj.to_str().unwrap(), "--", &target, "10"]);
+    assert!(out.status.success());
+    assert!(std::fs::read_to_string(&file).unwrap().contains("  0 => 10\n"));
+    std::fs::remove_file(&file).unwrap();
+}
+
+/// The region `bpftime run` with this pid makes.
+fn run_region(pid: u32) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/dev/shm/bpftime-run-{pid}"))
+}
+
+/// Starts `bpftime run ARGS`, waits until its region exists and the command had time to start.
+fn start_run(args: &[&str], stdout: Stdio) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_bpftime")).args(args).stdout(stdout).stderr(Stdio::piped()).spawn().unwrap();
+    for _ in 0..500 {
+        if run_region(child.id()).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child
+}
+
+#[test]
+fn run_removes_its_region_and_passes_the_status_on_in_every_case() {
+    let obj = build_example("uprobe_calls");
+    let obj = obj.to_str().unwrap();
+    // The command fails.
+    let child = Command::new(env!("CARGO_BIN_EXE_bpftime")).args(["run", obj, "--", "sh", "-c", "exit 3"]).output().unwrap();
+    assert_eq!(child.status.code(), Some(3));
+    // bpftime is interrupted (SIGINT, SIGTERM): the signal reaches the command, which ends.
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let child = start_run(&["run", obj, "--", "sleep", "30"], Stdio::null());
+        let pid = child.id();
+        assert!(run_region(pid).exists(), "region made");
+        // SAFETY: kill(2) to our own child.
+        unsafe { libc::kill(pid as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "signal {sig}: {}", text(&out.stderr));
+        assert!(!run_region(pid).exists(), "signal {sig}: region removed");
+    }
+    // Our reader goes away (SIGPIPE for the command, EPIPE for us).
+    let mut child = start_run(&["run", "--output", "/dev/stdout", obj, "--", &calls_target(), "10"], Stdio::piped());
+    drop(child.stdout.take());
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    assert!(status.code().is_some(), "bpftime itself was not killed: {status:?}");
+    assert!(!run_region(pid).exists(), "SIGPIPE: region removed");
+    // --shm-size makes room for large maps.
+    let out = bpftime(&["run", "--shm-size", "256M", obj, "--", &calls_target(), "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn run_prints_records_as_they_arrive_decoded_by_btf() {
+    let obj = build_example("add_events");
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", &calls_target(), "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for (a, b) in [(0, 0), (1, -2), (2, -4)] {
+        let want = format!("ringbuf `events`: {{ a: {a}, b: {b}, pid: ");
+        assert!(err.contains(&want), "{want} in:\n{err}");
+    }
+    assert_eq!(err.matches("perf_event_array `perf_events` cpu ").count(), 3, "{err}");
+    assert!(err.contains("comm: \"calls\" }"), "{err}");
+    assert!(err.contains("40 bytes: 02 00 00 00 00 00 00 00 fc ff ff ff ff ff ff ff"), "{err}");
+    // JSON lines, one per record.
+    let out = bpftime(&["run", "--json", obj.to_str().unwrap(), "--", &calls_target(), "2"]);
+    let events: Vec<serde_json::Value> =
+        text(&out.stderr).lines().filter(|l| l.starts_with("{\"event\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 4, "{}", text(&out.stderr));
+    assert!(events[1]["event"]["decoded"].as_str().unwrap().starts_with("{ a: 1, b: -2,"), "{:?}", events[1]);
+}
+
+#[test]
+fn run_says_what_is_not_attached_and_why() {
+    let obj = build_example("add_events");
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", &calls_target(), "1"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("`on_openat` (section `tracepoint/syscalls/sys_enter_openat`) is not attached: tracepoint"), "{err}");
+    assert!(err.contains("cannot attach `on_missing_binary` to /no/such/binary:f: /no/such/binary: no such file"), "{err}");
+    assert!(err.contains("`on_unloaded_library` was never attached to libnotloaded.so:f: its binary was never loaded"), "{err}");
+    // A statically linked program cannot be preloaded: nothing attaches, and we say so.
+    let dir = std::env::temp_dir().join(format!("bpftime-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("calls-static");
+    let src = bpftime_tests::repo_root().join("examples/targets/calls.c");
+    let cc = Command::new("cc").args(["-O2", "-static", "-pthread"]).arg(&src).arg("-o").arg(&exe).output().unwrap();
+    if !cc.status.success() {
+        println!("skipping the static binary case: cc -static failed: {}", text(&cc.stderr));
+        return;
+    }
+    let out = bpftime(&["run", build_example("uprobe_calls").to_str().unwrap(), "--", exe.to_str().unwrap(), "1"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("`on_add` was never attached to /proc/self/exe:add: the agent never started"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -225,4 +322,64 @@ fn start_reports_a_missing_agent_or_command_clearly() {
     let out = bpftime(&["start", "--", "/nonexistent/command"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("/nonexistent/command"), "{}", text(&out.stderr));
+}
+
+/// Runs `bpftime ARGS` as user `nobody` (setpriv), with BPFTIME_SHM=shm.
+fn bpftime_as_nobody(shm: &str, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_bpftime"))
+        .args(args)
+        .env("BPFTIME_SHM", shm)
+        .output()
+        .expect("run setpriv")
+}
+
+#[test]
+fn a_region_made_by_another_user_is_refused_everywhere() {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 || Command::new("setpriv").arg("--version").output().is_err() {
+        println!("skipping: needs root and setpriv to act as user nobody");
+        return;
+    }
+    let victim = bpftime_tests::clang::build_target("victim", false);
+    let victim = victim.to_str().unwrap();
+    let obj = build_example("overwrite");
+    // The attack works where it is allowed: in the attacker's own region, run by the attacker.
+    let shm = format!("bpftime-cli-foreign-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let made = bpftime_as_nobody(&shm, &["shm", "create", "--size", "8M"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let loaded = bpftime_as_nobody(&shm, &["load", obj.to_str().unwrap()]);
+    assert!(loaded.status.success(), "{}", text(&loaded.stderr));
+    let own = bpftime_as_nobody(&shm, &["start", "--", victim]);
+    assert_eq!(text(&own.stdout), "pwned\n", "{}", text(&own.stderr));
+    // Root does not use it: not `start`, not a preloaded agent, not the inspection commands.
+    let start = bpftime_shm(&shm, &["start", "--", victim]);
+    assert_eq!(start.status.code(), Some(1));
+    assert!(text(&start.stderr).contains("is owned by uid 65534, not by you (uid 0)"), "{}", text(&start.stderr));
+    let agent = std::path::Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime.so");
+    let preloaded = Command::new(victim).env("LD_PRELOAD", &agent).env("BPFTIME_SHM", &shm).output().unwrap();
+    assert_eq!(text(&preloaded.stdout), "untouched\n", "the application runs on, untouched");
+    assert!(text(&preloaded.stderr).contains("refusing shared memory region"), "{}", text(&preloaded.stderr));
+    for args in [&["map", "list"][..], &["prog", "list"], &["shm", "info"], &["trace", "--no-follow"]] {
+        let out = bpftime_shm(&shm, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(text(&out.stderr).contains("refusing shared memory region"), "{args:?}: {}", text(&out.stderr));
+    }
+    // A symbolic link planted under the region's name is not followed.
+    let link = format!("bpftime-cli-link-{}", std::process::id());
+    std::os::unix::fs::symlink(format!("/dev/shm/{shm}"), format!("/dev/shm/{link}")).unwrap();
+    let out = bpftime_shm(&link, &["map", "list"]);
+    assert!(text(&out.stderr).contains("symbolic link"), "{}", text(&out.stderr));
+    std::fs::remove_file(format!("/dev/shm/{link}")).unwrap();
+    std::fs::remove_file(format!("/dev/shm/{shm}")).unwrap();
+    // The other way round: nobody cannot read or use root's region.
+    let mine = format!("bpftime-cli-mine-{}", std::process::id());
+    let _ = bpftime_shm(&mine, &["shm", "remove"]);
+    assert!(bpftime_shm(&mine, &["shm", "create", "--size", "8M"]).status.success());
+    let out = bpftime_as_nobody(&mine, &["map", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("permission denied"), "{}", text(&out.stderr));
+    assert!(bpftime_shm(&mine, &["shm", "remove"]).status.success());
 }

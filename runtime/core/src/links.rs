@@ -16,6 +16,35 @@ struct LinkDesc {
     retprobe: u32,
     cookie: u64,
     target: [u8; TARGET_LEN],
+    /// A [`LinkState`], only ever raised (atomically, in place).
+    state: u32,
+    reserved: u32,
+}
+
+/// How far a link got, over every process that saw it: agents raise it, `bpftime run` reads
+/// it at the end to say what never attached and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum LinkState {
+    /// Written; no agent has looked at it (none started, e.g. a static binary).
+    Stored = 0,
+    /// An agent is waiting for its binary to be mapped.
+    Waiting = 1,
+    /// An agent could not attach it (and said why).
+    Failed = 2,
+    /// Attached in at least one process.
+    Attached = 3,
+}
+
+impl LinkState {
+    fn from_u32(v: u32) -> LinkState {
+        match v {
+            0 => LinkState::Stored,
+            1 => LinkState::Waiting,
+            2 => LinkState::Failed,
+            _ => LinkState::Attached,
+        }
+    }
 }
 
 // SAFETY: integers and a byte array, sizes multiples of 8: no padding, any bit pattern valid.
@@ -36,13 +65,41 @@ pub struct UprobeLink {
     pub retprobe: bool,
     /// `bpf_get_attach_cookie`.
     pub cookie: u64,
+    /// How far it got.
+    pub state: LinkState,
 }
 
 /// Stores a link; returns its id.
 pub fn store(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64) -> Result<u32, ShmError> {
-    let mut desc = LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN] };
+    let mut desc = LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN], state: 0, reserved: 0 };
     desc::fill(&mut desc.target, target);
     desc::store(region, ObjectKind::Link, name, &desc)
+}
+
+/// Raises link `id`'s state to `state` (a lower state is left as it is).
+pub fn raise_state(region: &ShmRegion, id: u32, state: LinkState) {
+    let Some(o) = region.object(id).filter(|o| o.kind == ObjectKind::Link) else { return };
+    let off = o.data.checked_add(std::mem::offset_of!(LinkDesc, state) as u64);
+    if let Some(word) = off.and_then(|off| region.atomic_u32(off)) {
+        word.fetch_max(state as u32, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A program that was not given a link, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// Program name.
+    pub name: String,
+    /// Its section.
+    pub section: String,
+    /// Why it is not attached, in words.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` (section `{}`) is not attached: {}", self.name, self.section, self.reason)
+    }
 }
 
 /// What [`store_uprobes`] did.
@@ -50,23 +107,40 @@ pub fn store(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: 
 pub struct StoredUprobes {
     /// The links written.
     pub links: Vec<UprobeLink>,
-    /// (program, section) of uprobe programs whose section names no `BINARY:FUNCTION`.
-    pub no_target: Vec<(String, String)>,
+    /// Programs given no link, with the reason.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Why a program of this kind cannot be attached by the agent (yet).
+fn unsupported(kind: &ProgramKind) -> String {
+    match kind {
+        ProgramKind::Uprobe { .. } => "its section names no BINARY:FUNCTION (write `uprobe/BINARY:FUNCTION`)".into(),
+        ProgramKind::Kprobe { .. } => "kprobes run in the kernel; bpftime runs user-space probes".into(),
+        ProgramKind::Tracepoint { category, name } => format!("tracepoint `{category}/{name}`: tracepoint programs are not supported yet"),
+        ProgramKind::RawTracepoint { name } => format!("raw tracepoint `{name}`: raw tracepoint programs are not supported yet"),
+        ProgramKind::SocketFilter => "socket filters are not supported".into(),
+        ProgramKind::Other(_) => "bpftime does not know where programs of this section attach".into(),
+    }
 }
 
 /// Writes a link for each uprobe/uretprobe program (`(name, section, program id)`, as
 /// [`crate::LoadedObject::programs`] lists them) whose section names where to attach in the
-/// libbpf spelling (`uprobe/BINARY:FUNCTION[+OFFSET]`, `uretprobe/...`).
+/// libbpf spelling (`uprobe/BINARY:FUNCTION[+OFFSET]`, `uretprobe/...`); every other program is
+/// listed in [`StoredUprobes::skipped`] with the reason.
 pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> Result<StoredUprobes, ShmError> {
     let mut out = StoredUprobes::default();
     for (name, section, prog) in programs {
-        let ProgramKind::Uprobe { retprobe, target } = ProgramKind::from_section(section) else { continue };
-        if !target.contains(':') {
-            out.no_target.push((name.clone(), section.clone()));
-            continue;
-        }
+        let kind = ProgramKind::from_section(section);
+        let target = match &kind {
+            ProgramKind::Uprobe { target, .. } if target.contains(':') => target.clone(),
+            _ => {
+                out.skipped.push(Skipped { name: name.clone(), section: section.clone(), reason: unsupported(&kind) });
+                continue;
+            }
+        };
+        let retprobe = matches!(kind, ProgramKind::Uprobe { retprobe: true, .. });
         let id = store(region, name, *prog, &target, retprobe, 0)?;
-        out.links.push(UprobeLink { id, name: name.clone(), prog: *prog, target, retprobe, cookie: 0 });
+        out.links.push(UprobeLink { id, name: name.clone(), prog: *prog, target, retprobe, cookie: 0, state: LinkState::Stored });
     }
     Ok(out)
 }
@@ -89,6 +163,7 @@ pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
                 target: desc::text(&d.target),
                 retprobe: d.retprobe != 0,
                 cookie: d.cookie,
+                state: LinkState::from_u32(d.state),
             })
         })
         .collect()

@@ -90,6 +90,8 @@ pub struct Type {
     pub kind_flag: bool,
     /// Ints: whether the encoding has `BTF_INT_SIGNED`.
     pub int_signed: bool,
+    /// Enums: the enumerators (name, value as raw 64 bits).
+    pub values: Vec<(String, u64)>,
 }
 
 impl Type {
@@ -149,7 +151,7 @@ impl Btf {
         let types_bytes = data.get(hdr_len + type_off..hdr_len + type_off + type_len).ok_or_else(|| bad("type section"))?;
         let strings = data.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or_else(|| bad("string section"))?;
         let name = |off: u32| string_at(strings, off);
-        let mut types = vec![Type { kind: Kind::Void, name: String::new(), size_or_type: 0, array: None, members: vec![], kind_flag: false, int_signed: false }];
+        let mut types = vec![Type { kind: Kind::Void, name: String::new(), size_or_type: 0, array: None, members: vec![], kind_flag: false, int_signed: false, values: vec![] }];
         let mut p = 0;
         while p < types_bytes.len() {
             let name_off = u32_at(types_bytes, p)?;
@@ -158,7 +160,7 @@ impl Btf {
             p += 12;
             let vlen = (info & 0xffff) as usize;
             let kind = Kind::from_u32((info >> 24) & 0x1f).ok_or_else(|| bad(format!("unknown kind {}", (info >> 24) & 0x1f)))?;
-            let mut t = Type { kind, name: name(name_off)?, size_or_type, array: None, members: vec![], kind_flag: info >> 31 != 0, int_signed: false };
+            let mut t = Type { kind, name: name(name_off)?, size_or_type, array: None, members: vec![], kind_flag: info >> 31 != 0, int_signed: false, values: vec![] };
             match kind {
                 Kind::Int => {
                     // Encoding in bits 24-27; BTF_INT_SIGNED is its bit 0.
@@ -181,8 +183,22 @@ impl Btf {
                         p += 12;
                     }
                 }
-                Kind::Enum => p += 8 * vlen,
-                Kind::Enum64 => p += 12 * vlen,
+                Kind::Enum => {
+                    for _ in 0..vlen {
+                        // Sign-extended when the enum is signed, as the kernel prints them.
+                        let v = u32_at(types_bytes, p + 4)?;
+                        let v = if t.kind_flag { v as i32 as i64 as u64 } else { v as u64 };
+                        t.values.push((name(u32_at(types_bytes, p)?)?, v));
+                        p += 8;
+                    }
+                }
+                Kind::Enum64 => {
+                    for _ in 0..vlen {
+                        let v = u32_at(types_bytes, p + 4)? as u64 | (u32_at(types_bytes, p + 8)? as u64) << 32;
+                        t.values.push((name(u32_at(types_bytes, p)?)?, v));
+                        p += 12;
+                    }
+                }
                 Kind::FuncProto => {
                     for _ in 0..vlen {
                         t.members.push(Member {
@@ -221,6 +237,11 @@ impl Btf {
     /// The string at offset `off` of the string table (names, CO-RE access strings).
     pub fn string(&self, off: u32) -> Option<String> {
         string_at(&self.strings, off).ok()
+    }
+
+    /// Every type with its id (id 0 is `void`).
+    pub fn types(&self) -> impl Iterator<Item = (u32, &Type)> {
+        self.types.iter().enumerate().map(|(i, t)| (i as u32, t))
     }
 
     /// The type with id `id`.

@@ -16,6 +16,7 @@
 //! What it is not: it creates no maps and loads nothing (`bpftime-runtime` does).
 
 pub mod btf;
+mod btf_value;
 pub mod core;
 
 use bpftime_vm::insn::{call_src, parse_bytecode, RawInsn, INSN_SIZE};

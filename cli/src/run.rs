@@ -1,0 +1,213 @@
+//! `bpftime run OBJ -- CMD`: loads the object into a region of its own, runs CMD with the
+//! agent preloaded, prints ring buffer and perf buffer records as they arrive, and at the end
+//! the maps and what never got attached; removes the region whatever happens and exits with
+//! the command's status.
+//!
+//! Everything `bpftime` itself prints goes to stderr (or to `--output FILE`), so the command's
+//! own stdout stays as it is.
+
+use crate::dump;
+use crate::supervise;
+use bpftime_maps::{Map, MapType};
+use bpftime_object::btf::Btf;
+use bpftime_object::Object;
+use bpftime_runtime::input::read_program_file;
+use bpftime_runtime::links::{self, LinkState};
+use bpftime_runtime::trace::TracePipe;
+use bpftime_runtime::{EngineKind, Runtime};
+use bpftime_shm::ShmRegion;
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `bpftime run` was asked.
+pub struct RunRequest {
+    /// The object.
+    pub file: PathBuf,
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// Where our output goes (default stderr).
+    pub output: Option<PathBuf>,
+    /// Engine in the traced process.
+    pub engine: EngineKind,
+    /// Loop budget of one probe hit, if not the default.
+    pub budget: Option<u64>,
+    /// Region size.
+    pub shm_size: u64,
+    /// The agent library.
+    pub agent: PathBuf,
+    /// The command.
+    pub command: Vec<String>,
+}
+
+/// Where our output goes; write errors (a reader that went away) end the output quietly.
+struct Sink {
+    out: Box<dyn Write>,
+    broken: bool,
+}
+
+impl Sink {
+    fn line(&mut self, s: &str) {
+        if !self.broken && writeln!(self.out, "{s}").and_then(|()| self.out.flush()).is_err() {
+            self.broken = true;
+        }
+    }
+}
+
+/// Prints ring buffer and perf buffer records, decoded with the object's BTF when it
+/// describes them.
+struct Events {
+    maps: Vec<Map>,
+    btf: Option<Btf>,
+    json: bool,
+}
+
+impl Events {
+    fn drain(&self, sink: &mut Sink) -> usize {
+        let mut n = 0;
+        for m in &self.maps {
+            let mut show = |cpu: Option<u32>, data: &[u8]| {
+                n += 1;
+                sink.line(&self.format(m, cpu, data));
+            };
+            match m.map_type() {
+                MapType::Ringbuf => {
+                    m.ringbuf_consume(&mut |d| show(None, d));
+                }
+                MapType::PerfEventArray => {
+                    m.perf_consume(&mut |r| show(Some(r.cpu), r.data));
+                }
+                _ => {}
+            }
+        }
+        n
+    }
+
+    fn format(&self, m: &Map, cpu: Option<u32>, data: &[u8]) -> String {
+        let decoded = self.btf.as_ref().and_then(|b| b.record_type(data.len()).map(|id| b.format_value(id, data)));
+        let hex: String = data.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+        if self.json {
+            let mut o = json!({ "event": { "map": m.name(), "size": data.len(), "hex": hex } });
+            if let Some(cpu) = cpu {
+                o["event"]["cpu"] = json!(cpu);
+            }
+            if let Some(d) = decoded {
+                o["event"]["decoded"] = json!(d);
+            }
+            return o.to_string();
+        }
+        let from = match cpu {
+            Some(c) => format!("{} `{}` cpu {c}", m.map_type().name(), m.name()),
+            None => format!("{} `{}`", m.map_type().name(), m.name()),
+        };
+        match decoded {
+            Some(d) => format!("{from}: {d}\n  {} bytes: {hex}", data.len()),
+            None => format!("{from}: {} bytes: {hex}", data.len()),
+        }
+    }
+}
+
+/// Why a link never attached, from its state.
+fn never_attached_reason(state: LinkState, command: &str) -> Option<String> {
+    match state {
+        LinkState::Attached | LinkState::Failed => None,
+        LinkState::Waiting => Some(format!("its binary was never loaded by `{command}`")),
+        LinkState::Stored => Some(format!(
+            "the agent never started in `{command}` (a statically linked program, or one that drops LD_PRELOAD, cannot be traced this way)"
+        )),
+    }
+}
+
+/// Runs the request; returns the command's exit status (128 + signal if a signal ended it).
+pub fn run(req: RunRequest) -> Result<i32, String> {
+    let bytes = read_program_file(&req.file).map_err(|e| e.to_string())?;
+    let shown = req.file.display().to_string();
+    let obj = Object::parse(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+    let out: Box<dyn Write> = match &req.output {
+        Some(p) => Box::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => Box::new(std::io::stderr()),
+    };
+    let mut sink = Sink { out, broken: false };
+
+    let name = format!("bpftime-run-{}", std::process::id());
+    let guard = supervise::start(&bpftime_shm::path_of(&name))?;
+    let region = Arc::new(ShmRegion::create(&name, req.shm_size).map_err(|e| e.to_string())?);
+    let rt = Runtime::new(region.clone(), req.engine);
+    let loaded = rt.load_object(&obj).map_err(|e| format!("{shown}: {e}"))?;
+    let stored = links::store_uprobes(&region, &loaded.programs).map_err(|e| e.to_string())?;
+    for s in &stored.skipped {
+        eprintln!("bpftime: {shown}: {s}");
+    }
+    if stored.links.is_empty() {
+        return Err(format!("{shown}: no uprobe or uretprobe sections to attach"));
+    }
+
+    let mut cmd = crate::agent_command(&req.agent, &req.command);
+    cmd.env("BPFTIME_SHM", &name).env("BPFTIME_ENGINE", req.engine.name());
+    if let Some(b) = req.budget {
+        cmd.env("BPFTIME_BUDGET", b.to_string());
+    }
+    supervise::prepare_command(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", req.command[0]))?;
+    supervise::set_child(child.id());
+
+    let events = Events {
+        maps: loaded.maps.iter().filter(|m| matches!(m.map_type(), MapType::Ringbuf | MapType::PerfEventArray)).cloned().collect(),
+        btf: obj.btf.clone(),
+        json: req.json,
+    };
+    let mut trace_pos = 0;
+    let mut follow_trace = |sink: &mut Sink| {
+        if let Some(pipe) = TracePipe::existing(&region) {
+            let (lines, next) = pipe.read_from(trace_pos);
+            trace_pos = next;
+            for l in lines {
+                sink.line(&l);
+            }
+        }
+    };
+    let status = loop {
+        events.drain(&mut sink);
+        follow_trace(&mut sink);
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("waiting for `{}`: {e}", req.command[0])),
+        }
+    };
+    events.drain(&mut sink);
+    follow_trace(&mut sink);
+    let code = status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
+
+    let command = req.command.join(" ");
+    let not_attached: Vec<(links::UprobeLink, String)> =
+        links::list(&region).into_iter().filter_map(|l| never_attached_reason(l.state, &command).map(|r| (l, r))).collect();
+    let maps: Vec<Map> = loaded.maps.iter().filter(|m| !m.name().starts_with(".rodata")).cloned().collect();
+    let lost: Vec<(String, u64)> = events.maps.iter().filter(|m| m.lost() > 0).map(|m| (m.name().to_string(), m.lost())).collect();
+    if req.json {
+        let summary = json!({
+            "exit_code": code,
+            "maps": maps.iter().map(dump::json).collect::<Vec<_>>(),
+            "not_attached": not_attached.iter().map(|(l, why)| json!({"program": l.name, "target": l.target, "reason": why})).collect::<Vec<_>>(),
+            "lost": lost.iter().map(|(m, n)| json!({"map": m, "lost": n})).collect::<Vec<_>>(),
+        });
+        sink.line(&summary.to_string());
+    } else {
+        sink.line(&format!("bpftime: `{command}` exited with {code}"));
+        for (l, why) in &not_attached {
+            sink.line(&format!("bpftime: `{}` was never attached to {}: {why}", l.name, l.target));
+        }
+        for (m, n) in &lost {
+            sink.line(&format!("bpftime: {n} records of `{m}` were lost (the buffer was full)"));
+        }
+        for m in &maps {
+            for l in dump::human(m).lines() {
+                sink.line(l);
+            }
+        }
+    }
+    drop(guard);
+    Ok(code)
+}
