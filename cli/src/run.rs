@@ -120,6 +120,23 @@ fn never_attached_reason(state: LinkState, command: &str) -> Option<String> {
     }
 }
 
+/// Removes `bpftime-run-PID` regions of ours whose `bpftime run` is gone (killed with SIGKILL,
+/// the one case it cannot clean up after itself).
+fn remove_stale_regions() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else { return };
+    // SAFETY: geteuid(2) cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix("bpftime-run-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let mine = e.metadata().is_ok_and(|m| m.uid() == me && m.file_type().is_file());
+        if mine && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Runs the request; returns the command's exit status (128 + signal if a signal ended it).
 pub fn run(req: RunRequest) -> Result<i32, String> {
     let bytes = read_program_file(&req.file).map_err(|e| e.to_string())?;
@@ -131,6 +148,7 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
     };
     let mut sink = Sink { out, broken: false };
 
+    remove_stale_regions();
     let name = format!("bpftime-run-{}", std::process::id());
     let guard = supervise::start(&bpftime_shm::path_of(&name))?;
     let region = Arc::new(ShmRegion::create(&name, req.shm_size).map_err(|e| e.to_string())?);

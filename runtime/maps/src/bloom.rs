@@ -14,11 +14,17 @@ fn nr_hashes(spec: &MapSpec) -> u64 {
     }
 }
 
-pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmError> {
+/// The layout's sizes (offsets 0) for `spec`.
+pub(crate) fn sizes(spec: &MapSpec) -> Option<Layout> {
     // About 7/5 bits per element and hash function, rounded to a power of two.
-    let bits = (spec.max_entries as u64 * nr_hashes(spec) * 7 / 5).max(64).next_power_of_two();
-    let bytes = bits / 8;
-    Ok(Layout { data: region.alloc(bytes)?, data_len: bytes, ..Layout::default() })
+    let bits = (spec.max_entries as u64).checked_mul(nr_hashes(spec))?.checked_mul(7)? / 5;
+    let bytes = bits.max(64).checked_next_power_of_two()? / 8;
+    Some(Layout { data_len: bytes, ..Layout::default() })
+}
+
+pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmError> {
+    let l = sizes(spec).ok_or(ShmError::TooSmall(0))?;
+    Ok(Layout { data: region.alloc(l.data_len)?, ..l })
 }
 
 /// The bits `value` sets: (word offset in the region, bit mask).

@@ -62,11 +62,18 @@ fn value_off(map: &Map) -> u64 {
     HDR + round8(map.spec().key_size as u64)
 }
 
-pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec, cpus: u64) -> Result<Layout, ShmError> {
-    let nbuckets = (spec.max_entries as u64).next_power_of_two();
-    let values = round8(spec.value_size as u64) * if spec.map_type.is_percpu() { cpus } else { 1 };
+/// The layout's sizes (offsets 0) for `spec`.
+pub(crate) fn sizes(spec: &MapSpec, cpus: u64) -> Option<Layout> {
+    let nbuckets = (spec.max_entries as u64).checked_next_power_of_two()?;
+    let values = round8(spec.value_size as u64).checked_mul(if spec.map_type.is_percpu() { cpus } else { 1 })?;
     let elem_size = HDR + round8(spec.key_size as u64) + values;
-    let pool = (spec.max_entries as u64 + 1) * elem_size;
+    let pool = (spec.max_entries as u64 + 1).checked_mul(elem_size)?;
+    Some(Layout { data_len: pool, aux_len: nbuckets.checked_mul(8)?, elem_size, ..Layout::default() })
+}
+
+pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec, cpus: u64) -> Result<Layout, ShmError> {
+    let l = sizes(spec, cpus).ok_or(ShmError::TooSmall(0))?;
+    let (pool, elem_size, nbuckets) = (l.data_len, l.elem_size, l.aux_len / 8);
     let aux = region.alloc(nbuckets * 8)?;
     let data = match region.alloc(pool) {
         Ok(d) => d,

@@ -401,22 +401,36 @@ impl Map {
         Ok(Map { id, ..map })
     }
 
-    fn alloc_storage(region: &ShmRegion, spec: &MapSpec, ncpus: u32) -> Result<Layout, MapError> {
+    /// The sizes (`data_len`, `aux_len`, `elem_size`; offsets 0) of the storage of a map of
+    /// `spec` over `ncpus` CPUs: what a descriptor read from the region must say.
+    fn storage_sizes(spec: &MapSpec, ncpus: u32) -> Option<Layout> {
         use MapType::*;
         let value = round8(spec.value_size as u64);
         let n = spec.max_entries as u64;
         let cpus = ncpus as u64;
-        let layout = match spec.map_type {
+        match spec.map_type {
             Array | PercpuArray | ProgArray | ArrayOfMaps => {
-                let stride = value * if spec.map_type.is_percpu() { cpus } else { 1 };
-                Layout { data: region.alloc(stride * n)?, data_len: stride * n, elem_size: stride, ..Layout::default() }
+                let stride = value.checked_mul(if spec.map_type.is_percpu() { cpus } else { 1 })?;
+                Some(Layout { data_len: stride.checked_mul(n)?, elem_size: stride, ..Layout::default() })
             }
+            Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::sizes(spec, cpus),
+            LpmTrie => lpm::sizes(spec),
+            Queue | Stack => Some(Layout { data_len: value.checked_mul(n + 1)?, elem_size: value, ..Layout::default() }),
+            BloomFilter => bloom::sizes(spec),
+            Ringbuf => ringbuf::sizes(spec),
+            PerfEventArray => perf::sizes(cpus),
+            StackTrace => stack_trace::sizes(spec),
+        }
+    }
+
+    fn alloc_storage(region: &ShmRegion, spec: &MapSpec, ncpus: u32) -> Result<Layout, MapError> {
+        use MapType::*;
+        let cpus = ncpus as u64;
+        let sizes = Self::storage_sizes(spec, ncpus).ok_or_else(|| invalid("map too large"))?;
+        let layout = match spec.map_type {
+            Array | PercpuArray | ProgArray | ArrayOfMaps | Queue | Stack => Layout { data: region.alloc(sizes.data_len)?, ..sizes },
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::alloc(region, spec, cpus)?,
             LpmTrie => lpm::alloc(region, spec)?,
-            Queue | Stack => {
-                let slots = n + 1;
-                Layout { data: region.alloc(value * slots)?, data_len: value * slots, elem_size: value, ..Layout::default() }
-            }
             BloomFilter => bloom::alloc(region, spec)?,
             Ringbuf => ringbuf::alloc(region, spec)?,
             PerfEventArray => perf::alloc(region, spec, cpus)?,
@@ -469,10 +483,22 @@ impl Map {
         if ncpus == 0 || ncpus > 1 << 16 {
             return Err(corrupt());
         }
+        // The storage must have exactly the shape the spec implies (sizes, alignment), inside
+        // the region: every later access trusts it.
+        let want = Self::storage_sizes(&spec, ncpus).ok_or_else(corrupt)?;
+        if (layout.data_len, layout.aux_len, layout.elem_size) != (want.data_len, want.aux_len, want.elem_size) {
+            return Err(corrupt());
+        }
         for (off, len) in [(layout.data, layout.data_len), (layout.aux, layout.aux_len)] {
-            if len > 0 && region.ptr(off, len).is_none() {
+            if len > 0 && (off % 8 != 0 || region.ptr(off, len).is_none()) {
                 return Err(corrupt());
             }
+        }
+        if spec.map_type == MapType::PerfEventArray && layout.data % 4096 != 0 {
+            return Err(corrupt());
+        }
+        if spec.map_type == MapType::Ringbuf && !ringbuf::shape_ok(&layout) {
+            return Err(corrupt());
         }
         let layout = layout.counted();
         let inner_spec = match MapType::from_u32(inner[0]) {
@@ -820,31 +846,49 @@ impl Map {
 
     /// `bpf_ringbuf_reserve`: space for a record of `size` bytes, or None when full.
     pub fn ringbuf_reserve(&self, size: u64) -> Option<*mut u8> {
+        if self.spec.map_type != MapType::Ringbuf {
+            return None;
+        }
         ringbuf::reserve(self, size)
     }
 
     /// `bpf_ringbuf_output`: reserve, copy, submit.
     pub fn ringbuf_output(&self, data: &[u8]) -> Result<(), Errno> {
+        if self.spec.map_type != MapType::Ringbuf {
+            return Err(Errno::EINVAL);
+        }
         ringbuf::output(self, data)
     }
 
     /// `bpf_ringbuf_query`.
     pub fn ringbuf_query(&self, what: u64) -> u64 {
+        if self.spec.map_type != MapType::Ringbuf {
+            return 0;
+        }
         ringbuf::query(self, what)
     }
 
     /// Consumes every submitted record (what libbpf's `ring_buffer__consume` does).
     pub fn ringbuf_consume(&self, f: &mut dyn FnMut(&[u8])) -> usize {
+        if self.spec.map_type != MapType::Ringbuf {
+            return 0;
+        }
         ringbuf::consume(self, f)
     }
 
     /// `bpf_perf_event_output` into the buffer of `cpu`.
     pub fn perf_output(&self, cpu: u32, data: &[u8]) -> Result<(), Errno> {
+        if self.spec.map_type != MapType::PerfEventArray {
+            return Err(Errno::EINVAL);
+        }
         perf::output(self, cpu, data)
     }
 
     /// Drains the perf buffer of every CPU.
     pub fn perf_consume(&self, f: &mut dyn FnMut(PerfRecord<'_>)) -> usize {
+        if self.spec.map_type != MapType::PerfEventArray {
+            return 0;
+        }
         perf::consume(self, f)
     }
 

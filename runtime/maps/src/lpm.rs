@@ -12,10 +12,16 @@ use std::sync::atomic::Ordering;
 /// Entry header: in-use flag (u32), prefix length (u32).
 const HDR: u64 = 8;
 
+/// The layout's sizes (offsets 0) for `spec`.
+pub(crate) fn sizes(spec: &MapSpec) -> Option<Layout> {
+    let elem = HDR + round8((spec.key_size as u64).checked_sub(4)?) + round8(spec.value_size as u64);
+    let len = elem.checked_mul(spec.max_entries as u64)?;
+    Some(Layout { data_len: len, elem_size: elem, ..Layout::default() })
+}
+
 pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmError> {
-    let elem = HDR + round8(spec.key_size as u64 - 4) + round8(spec.value_size as u64);
-    let len = elem * spec.max_entries as u64;
-    Ok(Layout { data: region.alloc(len)?, data_len: len, elem_size: elem, ..Layout::default() })
+    let l = sizes(spec).ok_or(ShmError::TooSmall(0))?;
+    Ok(Layout { data: region.alloc(l.data_len)?, ..l })
 }
 
 struct Key<'a> {
@@ -28,8 +34,12 @@ fn parse(key: &[u8]) -> Result<Key<'_>, Errno> {
     Ok(Key { prefixlen, data: &key[4..] })
 }
 
-/// Whether the first `bits` bits of `a` and `b` agree.
+/// Whether the first `bits` bits of `a` and `b` agree (false when either is shorter: a prefix
+/// length read from the region or given by a program may be anything).
 fn prefix_eq(a: &[u8], b: &[u8], bits: u32) -> bool {
+    if bits as usize > 8 * a.len().min(b.len()) {
+        return false;
+    }
     let full = (bits / 8) as usize;
     if a[..full] != b[..full] {
         return false;

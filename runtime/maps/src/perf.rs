@@ -23,9 +23,15 @@ pub struct PerfRecord<'a> {
     pub data: &'a [u8],
 }
 
-pub(crate) fn alloc(region: &ShmRegion, _spec: &MapSpec, cpus: u64) -> Result<Layout, ShmError> {
+/// The layout's sizes (offsets 0): a page of counters and a ring per CPU.
+pub(crate) fn sizes(cpus: u64) -> Option<Layout> {
     let per = PAGE + RING;
-    Ok(Layout { data: region.alloc_pages(per * cpus)?, data_len: per * cpus, elem_size: per, ..Layout::default() })
+    Some(Layout { data_len: per.checked_mul(cpus)?, elem_size: per, ..Layout::default() })
+}
+
+pub(crate) fn alloc(region: &ShmRegion, _spec: &MapSpec, cpus: u64) -> Result<Layout, ShmError> {
+    let l = sizes(cpus).ok_or(ShmError::TooSmall(0))?;
+    Ok(Layout { data: region.alloc_pages(l.data_len)?, ..l })
 }
 
 fn ring_base(map: &Map, cpu: u32) -> u64 {

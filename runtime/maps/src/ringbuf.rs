@@ -32,6 +32,17 @@ pub struct RingbufRecord<'a> {
     pub data: &'a [u8],
 }
 
+/// The layout's sizes (offsets 0): two pages of positions, then the data.
+pub(crate) fn sizes(spec: &MapSpec) -> Option<Layout> {
+    Some(Layout { data_len: spec.max_entries as u64, aux_len: 2 * PAGE, ..Layout::default() })
+}
+
+/// Whether a layout read from the region has the ring's shape: positions page-aligned, the data
+/// right after them.
+pub(crate) fn shape_ok(l: &Layout) -> bool {
+    l.aux % PAGE == 0 && l.data == l.aux + 2 * PAGE && l.data_len.is_power_of_two()
+}
+
 pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmError> {
     let size = spec.max_entries as u64;
     let base = region.alloc_pages(2 * PAGE + size)?;

@@ -9,10 +9,15 @@ use std::sync::atomic::Ordering;
 /// `BPF_F_REUSE_STACKID`: overwrite a different stack that hashed to the same id.
 pub const BPF_F_REUSE_STACKID: u64 = 1 << 10;
 
-pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmError> {
+/// The layout's sizes (offsets 0) for `spec`.
+pub(crate) fn sizes(spec: &MapSpec) -> Option<Layout> {
     let elem = 8 + spec.value_size as u64;
-    let len = elem * spec.max_entries as u64;
-    Ok(Layout { data: region.alloc(len)?, data_len: len, elem_size: elem, ..Layout::default() })
+    Some(Layout { data_len: elem.checked_mul(spec.max_entries as u64)?, elem_size: elem, ..Layout::default() })
+}
+
+pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmError> {
+    let l = sizes(spec).ok_or(ShmError::TooSmall(0))?;
+    Ok(Layout { data: region.alloc(l.data_len)?, ..l })
 }
 
 fn slot(map: &Map, id: u32) -> u64 {

@@ -3,7 +3,8 @@
 //! The lock word holds the pid of the holder (0 when free). A waiter that spins for long
 //! checks whether that process still exists (`kill(pid, 0)`); if it does not, the waiter takes
 //! the lock over and is told so ([`ShmGuard::recovered`]), so that it can repair whatever the
-//! dead holder left half done. This is what keeps a SIGKILLed process from wedging a map for
+//! dead holder left half done. The same happens after [`STUCK_AFTER`] without progress (a
+//! stopped holder, or a lock word scribbled on), so a lock never hangs its waiters for good. This is what keeps a SIGKILLed process from wedging a map for
 //! every other process.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,8 +14,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 #[derive(Debug, Default)]
 pub struct ShmLock {
     owner: AtomicU32,
-    _pad: u32,
+    /// Acquisitions so far (wrapping): a waiter that sees neither it nor the holder change for
+    /// [`STUCK_AFTER`] takes the lock over.
+    acquisitions: AtomicU32,
 }
+
+/// How long a lock may stay with one holder, with no other acquisition, before a waiter takes it
+/// over as if the holder had died. Critical sections take microseconds.
+pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Proof that the lock is held; unlocks on drop.
 #[derive(Debug)]
@@ -74,20 +81,37 @@ impl ShmLock {
     pub fn lock(&self) -> ShmGuard<'_> {
         let me = my_pid();
         let mut spins: u32 = 0;
+        // (holder, acquisition count, when first seen) while we wait.
+        let mut watching: Option<(u32, u32, std::time::Instant)> = None;
         loop {
             let cur = self.owner.load(Ordering::Relaxed);
             if cur == 0 {
                 if self.owner.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    self.count_acquisition();
                     return ShmGuard { lock: self, recovered: false };
                 }
                 continue;
             }
             spins = spins.wrapping_add(1);
-            if spins % 4096 == 0 && cur != me && !alive(cur) {
-                if self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    return ShmGuard { lock: self, recovered: true };
+            if spins % 4096 == 0 {
+                // A holder that is dead, or that held the lock without anyone else getting it
+                // for longer than any critical section takes (a stopped process, or a lock word
+                // scribbled on: the region is writable by programs), is taken over.
+                let seq = self.acquisitions.load(Ordering::Relaxed);
+                let stuck = match watching {
+                    Some((who, n, since)) if who == cur && n == seq => since.elapsed() >= STUCK_AFTER,
+                    _ => {
+                        watching = Some((cur, seq, std::time::Instant::now()));
+                        false
+                    }
+                };
+                if (cur != me && !alive(cur)) || stuck {
+                    if self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                        self.count_acquisition();
+                        return ShmGuard { lock: self, recovered: true };
+                    }
+                    continue;
                 }
-                continue;
             }
             if spins < 256 {
                 std::hint::spin_loop();
@@ -95,6 +119,12 @@ impl ShmLock {
                 std::thread::yield_now();
             }
         }
+    }
+
+    /// Counts an acquisition (we hold the lock: a plain load and store, no locked instruction).
+    #[inline(always)]
+    fn count_acquisition(&self) {
+        self.acquisitions.store(self.acquisitions.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
     /// The pid holding the lock, or 0.
@@ -134,6 +164,17 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(counter.load(Ordering::Relaxed), 40_000);
+    }
+
+    #[test]
+    fn a_stuck_holder_is_taken_over() {
+        let lock = ShmLock::default();
+        // Our own pid (alive) holding a lock nobody releases: a scribbled lock word.
+        lock.force_holder(std::process::id());
+        let start = std::time::Instant::now();
+        let g = lock.lock();
+        assert!(g.recovered());
+        assert!(start.elapsed() >= STUCK_AFTER && start.elapsed() < STUCK_AFTER * 10, "{:?}", start.elapsed());
     }
 
     #[test]

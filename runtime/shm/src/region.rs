@@ -429,6 +429,12 @@ impl ShmRegion {
         self.header().used.load(Ordering::Relaxed)
     }
 
+    /// Where the header and the object table lie: `[0, end)` (for tools and tests that look
+    /// at the raw layout).
+    pub fn table_end() -> u64 {
+        TABLE_OFF + OBJECT_CAPACITY as u64 * ENTRY_SIZE
+    }
+
     /// Address where this process mapped the region.
     pub fn base(&self) -> *mut u8 {
         self.map.as_mut_ptr()
