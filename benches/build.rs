@@ -29,11 +29,7 @@ fn main() {
         let src = format!("workloads/{w}.c");
         println!("cargo:rerun-if-changed={src}");
         let obj = out.join(format!("{w}.bpf.o"));
-        let status = Command::new(&clang)
-            .args(["-target", "bpf", "-mcpu=v3", "-O2", "-g", "-c", &src, "-o"])
-            .arg(&obj)
-            .status()
-            .expect("run clang");
+        let status = Command::new(&clang).args(["-target", "bpf", "-mcpu=v3", "-O2", "-g", "-c", &src, "-o"]).arg(&obj).status().expect("run clang");
         assert!(status.success(), "clang failed on {src}");
         native.file(&src);
     }

@@ -27,3 +27,9 @@ if ! command -v cargo >/dev/null 2>&1; then
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
 fi
+
+# Lints run in the test command: rustfmt and clippy (a minimal rustup profile lacks them).
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    echo "setup: adding rustfmt and clippy"
+    rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi

@@ -10,6 +10,9 @@ if [ -f ../shared/conformance/vectors.jsonl ] || [ -n "${BPFTIME_CONFORMANCE_DIR
 else
     echo "conformance vectors: ../shared/conformance is absent; the conformance tests skip"
 fi
+# Style and lints first: cheap, and they fail fast.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 # The agent (a cdylib) and the binaries must be built for the tests that run them.
 cargo build --workspace
 cargo test --workspace --all-targets

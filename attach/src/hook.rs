@@ -391,11 +391,7 @@ fn decode_prologue(addr: u64, function_size: u64) -> Result<Vec<Instruction>, At
         }
         match i.flow_control() {
             FlowControl::Return | FlowControl::Interrupt | FlowControl::Exception => {
-                return Err(unpatchable(format!(
-                    "the code ends ({:?}) after {} bytes, before the {PATCH_LEN} bytes a jump needs",
-                    i.flow_control(),
-                    len
-                )))
+                return Err(unpatchable(format!("the code ends ({:?}) after {} bytes, before the {PATCH_LEN} bytes a jump needs", i.flow_control(), len)))
             }
             _ => {}
         }

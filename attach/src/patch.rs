@@ -92,10 +92,7 @@ fn fixed_rip(s: &SiteSlot, rip: u64) -> Option<u64> {
     }
     let off = (rip - base) as u32;
     let tramp = s.trampoline.load(Ordering::Relaxed);
-    (0..s.nmap.load(Ordering::Relaxed) as usize)
-        .map(|k| s.map[k].load(Ordering::Relaxed))
-        .find(|m| (m >> 32) as u32 == off)
-        .map(|m| tramp + (m & 0xffff_ffff))
+    (0..s.nmap.load(Ordering::Relaxed) as usize).map(|k| s.map[k].load(Ordering::Relaxed)).find(|m| (m >> 32) as u32 == off).map(|m| tramp + (m & 0xffff_ffff))
 }
 
 /// The signal of fix-up rounds.

@@ -61,11 +61,7 @@ impl Target {
 
 /// The mapped file `binary` names: `/proc/self/exe`, a path, or a library's file name.
 fn find_binary(binary: &str, maps: &[Mapping]) -> Option<String> {
-    let wanted = if binary == "/proc/self/exe" {
-        std::fs::read_link("/proc/self/exe").ok()?.to_string_lossy().to_string()
-    } else {
-        binary.to_string()
-    };
+    let wanted = if binary == "/proc/self/exe" { std::fs::read_link("/proc/self/exe").ok()?.to_string_lossy().to_string() } else { binary.to_string() };
     let canon = std::fs::canonicalize(&wanted).ok().map(|p| p.to_string_lossy().to_string());
     let base = Path::new(&wanted).file_name()?.to_string_lossy().to_string();
     maps.iter()
@@ -85,10 +81,7 @@ fn find_binary(binary: &str, maps: &[Mapping]) -> Option<String> {
 
 /// The address of a symbol's file offset in this process.
 fn address_of_file_offset(path: &str, maps: &[Mapping], file_off: u64) -> Option<u64> {
-    maps.iter()
-        .filter(|m| m.path == path)
-        .find(|m| file_off >= m.offset && file_off < m.offset + (m.end - m.start))
-        .map(|m| m.start + (file_off - m.offset))
+    maps.iter().filter(|m| m.path == path).find(|m| file_off >= m.offset && file_off < m.offset + (m.end - m.start)).map(|m| m.start + (file_off - m.offset))
 }
 
 /// A resolved probe point.

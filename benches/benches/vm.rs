@@ -2,10 +2,10 @@
 //! code) on our JIT and interpreter, on rbpf's JIT and interpreter, and natively; plus the time
 //! to verify and JIT-compile a 1,000-instruction program.
 
+use bpftime_benches::{as_bytes, synthetic_program, workloads};
 use bpftime_jit::{JitOptions, JitProgram};
 use bpftime_object::Object;
 use bpftime_vm::exec::{run, Context, Engine, HelperTable, RunOptions};
-use bpftime_benches::{as_bytes, synthetic_program, workloads};
 use bpftime_vm::insn::{encode, to_bytecode};
 use bpftime_vm::{verify, Interpreter, NoMaps};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};

@@ -35,11 +35,14 @@ fn xorshift(state: &mut u64) -> u64 {
 }
 
 fn bytes_to_words(bytes: &[u8]) -> Vec<u64> {
-    bytes.chunks(8).map(|c| {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        u64::from_le_bytes(w)
-    }).collect()
+    bytes
+        .chunks(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(w)
+        })
+        .collect()
 }
 
 fn strcmp_input(mismatch_at: Option<usize>) -> Vec<u64> {
@@ -100,9 +103,7 @@ pub fn as_bytes(words: &mut [u64]) -> &mut [u8] {
 pub fn synthetic_program(len: usize) -> Vec<Insn> {
     let mut seed = 0x1234_5678_9abc_def1u64;
     let reg = |n: u64| Reg::new((n % 8) as u8 + 1).expect("r1-r8");
-    let mut out = vec![
-        Insn::Alu { width: Width::W64, op: AluOp::Mov, dst: Reg::new(9).unwrap(), src: Operand::Reg(Reg::R1) },
-    ];
+    let mut out = vec![Insn::Alu { width: Width::W64, op: AluOp::Mov, dst: Reg::new(9).unwrap(), src: Operand::Reg(Reg::R1) }];
     while out.len() < len - 2 {
         let r = xorshift(&mut seed);
         let dst = reg(r >> 8);
@@ -129,4 +130,3 @@ pub fn synthetic_program(len: usize) -> Vec<Insn> {
     out.push(Insn::Exit);
     out
 }
-

@@ -76,7 +76,14 @@ pub fn human(m: &Map) -> String {
             }
         }
         MapType::Ringbuf => {
-            let _ = writeln!(s, "  {} bytes waiting, producer at {}, consumer at {}, {} lost", m.ringbuf_query(0), m.ringbuf_query(3), m.ringbuf_query(2), m.lost());
+            let _ = writeln!(
+                s,
+                "  {} bytes waiting, producer at {}, consumer at {}, {} lost",
+                m.ringbuf_query(0),
+                m.ringbuf_query(3),
+                m.ringbuf_query(2),
+                m.lost()
+            );
         }
         MapType::PerfEventArray => {
             let _ = writeln!(s, "  {} lost samples", m.lost());

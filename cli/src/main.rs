@@ -7,14 +7,14 @@ mod supervise;
 use bpftime_cli::load_program_file;
 use bpftime_maps::Map;
 use bpftime_object::Object;
-use bpftime_runtime::links::{self, UprobeLink};
 use bpftime_runtime::input::read_program_file;
+use bpftime_runtime::links::{self, UprobeLink};
 use bpftime_runtime::{progs, trace::TracePipe, EngineKind, Runtime};
 use bpftime_shm::{default_name, ObjectKind, ShmRegion, DEFAULT_SIZE};
 use bpftime_vm::conformance::parse_hex_bytes;
+use bpftime_vm::disasm;
 use bpftime_vm::exec::{Context, Fault};
 use bpftime_vm::insn::decode;
-use bpftime_vm::disasm;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -362,16 +362,9 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             let status = cmd.status().map_err(|e| format!("{}: {e}", command[0]))?;
             Ok(exit_code(status))
         }
-        Command::Run { file, json, output, engine, budget, shm_size, command } => run::run(run::RunRequest {
-            file,
-            json,
-            output,
-            engine,
-            budget,
-            shm_size: parse_size(&shm_size)?,
-            agent: agent_path()?,
-            command,
-        }),
+        Command::Run { file, json, output, engine, budget, shm_size, command } => {
+            run::run(run::RunRequest { file, json, output, engine, budget, shm_size: parse_size(&shm_size)?, agent: agent_path()?, command })
+        }
         Command::Vm { command: VmCommand::Run { file, section, mem, engine, dump_maps, json, budget } } => {
             vm_run(RunArgs { file: &file, section: section.as_deref(), mem, engine, dump_maps, json, budget }).map(|()| 0)
         }

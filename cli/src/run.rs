@@ -114,9 +114,9 @@ fn never_attached_reason(state: LinkState, command: &str) -> Option<String> {
     match state {
         LinkState::Attached | LinkState::Failed => None,
         LinkState::Waiting => Some(format!("its binary was never loaded by `{command}`")),
-        LinkState::Stored => Some(format!(
-            "the agent never started in `{command}` (a statically linked program, or one that drops LD_PRELOAD, cannot be traced this way)"
-        )),
+        LinkState::Stored => {
+            Some(format!("the agent never started in `{command}` (a statically linked program, or one that drops LD_PRELOAD, cannot be traced this way)"))
+        }
     }
 }
 

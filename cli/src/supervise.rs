@@ -61,15 +61,18 @@ pub fn start(region_path: &std::path::Path) -> Result<RegionGuard, String> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    std::thread::Builder::new().name("bpftime-signals".into()).spawn(move || loop {
-        // SAFETY: an all-zero siginfo_t is valid storage for sigwaitinfo(2) to fill.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waits for one of the blocked signals (sigwaitinfo(2)).
-        let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
-        if sig > 0 {
-            on_signal(sig, info.si_code);
-        }
-    }).map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("bpftime-signals".into())
+        .spawn(move || loop {
+            // SAFETY: an all-zero siginfo_t is valid storage for sigwaitinfo(2) to fill.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waits for one of the blocked signals (sigwaitinfo(2)).
+            let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
+            if sig > 0 {
+                on_signal(sig, info.si_code);
+            }
+        })
+        .map_err(|e| e.to_string())?;
     Ok(RegionGuard { path })
 }
 

@@ -5,7 +5,6 @@ use bpftime_tests::conformance_vectors;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-
 fn bpftime(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bpftime")).args(args).output().expect("run bpftime")
 }
@@ -243,8 +242,7 @@ fn run_prints_records_as_they_arrive_decoded_by_btf() {
     assert!(err.contains("40 bytes: 02 00 00 00 00 00 00 00 fc ff ff ff ff ff ff ff"), "{err}");
     // JSON lines, one per record.
     let out = bpftime(&["run", "--json", obj.to_str().unwrap(), "--", &calls_target(), "2"]);
-    let events: Vec<serde_json::Value> =
-        text(&out.stderr).lines().filter(|l| l.starts_with("{\"event\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<serde_json::Value> = text(&out.stderr).lines().filter(|l| l.starts_with("{\"event\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.len(), 4, "{}", text(&out.stderr));
     assert!(events[1]["event"]["decoded"].as_str().unwrap().starts_with("{ a: 1, b: -2,"), "{:?}", events[1]);
 }

@@ -123,11 +123,7 @@ impl JitProgram {
         let func_sig = signature(cc, 7);
         let cg_err = |function: usize, start: usize| move |e: &dyn std::fmt::Display| JitError::Codegen { function, start, message: e.to_string() };
         let ids: Vec<FuncId> = (0..program.functions().len())
-            .map(|i| {
-                module
-                    .declare_function(&format!("bpf_fn_{i}"), Linkage::Local, &func_sig)
-                    .map_err(|e| cg_err(i, program.functions()[i].start)(&e))
-            })
+            .map(|i| module.declare_function(&format!("bpf_fn_{i}"), Linkage::Local, &func_sig).map_err(|e| cg_err(i, program.functions()[i].start)(&e)))
             .collect::<Result<_, _>>()?;
 
         let mut ctx = module.make_context();
@@ -153,9 +149,8 @@ impl JitProgram {
                     }),
                 };
                 let mut refs = std::collections::HashMap::new();
-                let mut func_refs = |b: &mut FunctionBuilder, callee: usize| {
-                    *refs.entry(callee).or_insert_with(|| module.declare_func_in_func(ids[callee], b.func))
-                };
+                let mut func_refs =
+                    |b: &mut FunctionBuilder, callee: usize| *refs.entry(callee).or_insert_with(|| module.declare_func_in_func(ids[callee], b.func));
                 let b = FnTranslator::new(b, &program, f, sigs, &mut func_refs).translate();
                 b.finalize(module.isa().frontend_config());
             }

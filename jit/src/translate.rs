@@ -211,8 +211,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let insns = self.prog.insns();
         // Leaders: the entry, jump targets and the instruction after every jump or exit.
         self.block_at(start);
-        for pc in start..end {
-            let insn = insns[pc];
+        for (pc, &insn) in insns.iter().enumerate().take(end).skip(start) {
             if let Some(t) = insn.jump_target(pc) {
                 self.block_at(t as usize);
             }
@@ -355,9 +354,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             Insn::Jump { width, cond, dst, src, off } => {
                 let a = self.dst_value(dst, width);
                 let c = match src {
-                    Operand::Imm(i) if cond != JmpCond::Set => {
-                        self.b.ins().icmp_imm_s(int_cc(cond), a, i as i64)
-                    }
+                    Operand::Imm(i) if cond != JmpCond::Set => self.b.ins().icmp_imm_s(int_cc(cond), a, i as i64),
                     _ => {
                         let bv = self.operand(src, width);
                         if cond == JmpCond::Set {

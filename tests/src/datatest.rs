@@ -121,9 +121,6 @@ pub extern "C" fn always_fails(_: u64, _: u64, _: u64, _: u64, _: u64, state: &m
 /// 3 always_fails, 5 the conformance suite's unwind.
 pub fn test_helpers() -> HelperTable {
     let mut t = HelperTable::new();
-    t.register(1, "pack_args", pack_args)
-        .register(2, "sum_bytes", sum_bytes)
-        .register(3, "always_fails", always_fails)
-        .register(5, "unwind", unwind);
+    t.register(1, "pack_args", pack_args).register(2, "sum_bytes", sum_bytes).register(3, "always_fails", always_fails).register(5, "unwind", unwind);
     t
 }

@@ -226,5 +226,8 @@ pub fn symbol_file_offset(binary: &Path, function: &str) -> Result<u64, String> 
 /// process `pid`.
 pub fn mapped_library(pid: u32, prefix: &str) -> Option<std::path::PathBuf> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| Path::new(p).file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix))).map(Into::into)
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| Path::new(p).file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .map(Into::into)
 }

@@ -15,9 +15,7 @@ pub fn repo_root() -> PathBuf {
 /// The conformance folder: `$BPFTIME_CONFORMANCE_DIR`, or `../shared/conformance` beside the
 /// repository.
 pub fn conformance_dir() -> PathBuf {
-    std::env::var_os("BPFTIME_CONFORMANCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/conformance"))
+    std::env::var_os("BPFTIME_CONFORMANCE_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/conformance"))
 }
 
 /// One conformance vector.

@@ -7,9 +7,7 @@
 //! forward and backward jumps (the loop budget ends runaway loops), helper calls, `callx` and
 //! local calls to a random callee.
 
-use bpftime_vm::insn::{
-    encode, AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, RawInsn, Reg, Width,
-};
+use bpftime_vm::insn::{encode, AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, RawInsn, Reg, Width};
 use proptest::prelude::*;
 
 /// An instruction before jump offsets are known.
@@ -17,13 +15,22 @@ use proptest::prelude::*;
 pub enum Item {
     Plain(Insn),
     /// Jump forward over `skip` items (clamped to the function end).
-    JumpFwd { cond: Option<(Width, JmpCond, Reg, Operand)>, skip: usize },
+    JumpFwd {
+        cond: Option<(Width, JmpCond, Reg, Operand)>,
+        skip: usize,
+    },
     /// Jump back `back` items (clamped to the function start).
-    JumpBack { cond: Option<(Width, JmpCond, Reg, Operand)>, back: usize },
+    JumpBack {
+        cond: Option<(Width, JmpCond, Reg, Operand)>,
+        back: usize,
+    },
     /// Call the generated callee.
     CallLocal,
     /// `reg = id; callx reg` (ids 1, 2, 3, 5 exist; 0 and 7 do not).
-    CallX { reg: Reg, id: i32 },
+    CallX {
+        reg: Reg,
+        id: i32,
+    },
 }
 
 fn reg(n: u8) -> Reg {
@@ -40,20 +47,7 @@ fn any_reg() -> impl Strategy<Value = Reg> {
 }
 
 fn interesting_imm() -> impl Strategy<Value = i32> {
-    prop_oneof![
-        Just(0),
-        Just(1),
-        Just(-1),
-        Just(i32::MIN),
-        Just(i32::MAX),
-        Just(7),
-        Just(31),
-        Just(32),
-        Just(63),
-        Just(64),
-        any::<i32>(),
-        -16i32..16,
-    ]
+    prop_oneof![Just(0), Just(1), Just(-1), Just(i32::MIN), Just(i32::MAX), Just(7), Just(31), Just(32), Just(63), Just(64), any::<i32>(), -16i32..16,]
 }
 
 fn interesting_u64() -> impl Strategy<Value = u64> {
@@ -148,12 +142,10 @@ fn alu() -> impl Strategy<Value = Insn> {
 }
 
 fn memory() -> impl Strategy<Value = Insn> {
-    let load = (mem_size(), any::<bool>(), data_reg())
-        .prop_flat_map(|(size, signed, dst)| {
-            address(size).prop_map(move |(base, off)| Insn::Load { size, signed: signed && size != MemSize::DW, dst, base, off })
-        });
-    let store = (mem_size(), operand())
-        .prop_flat_map(|(size, src)| address(size).prop_map(move |(base, off)| Insn::Store { size, base, off, src }));
+    let load = (mem_size(), any::<bool>(), data_reg()).prop_flat_map(|(size, signed, dst)| {
+        address(size).prop_map(move |(base, off)| Insn::Load { size, signed: signed && size != MemSize::DW, dst, base, off })
+    });
+    let store = (mem_size(), operand()).prop_flat_map(|(size, src)| address(size).prop_map(move |(base, off)| Insn::Store { size, base, off, src }));
     let atomic_op = prop_oneof![
         Just((AtomicOp::Add, false)),
         Just((AtomicOp::Or, false)),
@@ -166,16 +158,14 @@ fn memory() -> impl Strategy<Value = Insn> {
         Just((AtomicOp::Xchg, true)),
         Just((AtomicOp::CmpXchg, true)),
     ];
-    let atomic = (prop_oneof![Just(MemSize::W), Just(MemSize::DW)], atomic_op, data_reg(), any::<bool>()).prop_flat_map(
-        |(size, (op, fetch), src, aligned)| {
-            address(size).prop_map(move |(base, off)| {
-                let n = size.bytes() as i16;
-                // Mostly aligned; r10-based offsets are multiples of the size already.
-                let off = if aligned && base != Reg::FP { off - off.rem_euclid(n) } else { off };
-                Insn::Atomic { size, op, fetch, base, off, src }
-            })
-        },
-    );
+    let atomic = (prop_oneof![Just(MemSize::W), Just(MemSize::DW)], atomic_op, data_reg(), any::<bool>()).prop_flat_map(|(size, (op, fetch), src, aligned)| {
+        address(size).prop_map(move |(base, off)| {
+            let n = size.bytes() as i16;
+            // Mostly aligned; r10-based offsets are multiples of the size already.
+            let off = if aligned && base != Reg::FP { off - off.rem_euclid(n) } else { off };
+            Insn::Atomic { size, op, fetch, base, off, src }
+        })
+    });
     prop_oneof![3 => load, 3 => store, 2 => atomic]
 }
 
@@ -208,12 +198,7 @@ pub fn program() -> impl Strategy<Value = GenProgram> {
     any::<bool>().prop_flat_map(|with_callee| {
         let callee = if with_callee {
             // The callee must not touch the stack through r10 (its frame is not zeroed).
-            proptest::collection::vec(
-                item(false).prop_filter("no r10 access in callee", |i| !uses_fp(i)),
-                1..12,
-            )
-            .prop_map(Some)
-            .boxed()
+            proptest::collection::vec(item(false).prop_filter("no r10 access in callee", |i| !uses_fp(i)), 1..12).prop_map(Some).boxed()
         } else {
             Just(None).boxed()
         };

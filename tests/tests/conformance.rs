@@ -18,21 +18,11 @@ fn check_all(engine_name: &str, make: impl Fn(Arc<Program>) -> Box<dyn Engine>) 
             failures.push(format!("{}: {f}", v.name));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{engine_name}: {} of {} failed:\n{}",
-        failures.len(),
-        vectors.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{engine_name}: {} of {} failed:\n{}", failures.len(), vectors.len(), failures.join("\n"));
     println!("{engine_name}: all {} vectors passed", vectors.len());
 }
 
-fn check_one(
-    v: &Vector,
-    helpers: &Arc<bpftime_vm::HelperTable>,
-    make: &impl Fn(Arc<Program>) -> Box<dyn Engine>,
-) -> Result<(), String> {
+fn check_one(v: &Vector, helpers: &Arc<bpftime_vm::HelperTable>, make: &impl Fn(Arc<Program>) -> Box<dyn Engine>) -> Result<(), String> {
     let prog = verify_bytecode(&v.program, helpers.clone(), &NoMaps).map_err(|e| format!("verifier: {e}"))?;
     let engine = make(Arc::new(prog));
     let mut mem = v.mem.clone();

@@ -20,7 +20,7 @@ fn reference_checksum(values: &[u32]) -> u64 {
         4 => v ^ 0xa5a5_a5a5,
         _ => !v,
     };
-    values.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &v| (h ^ classify(v) as u64).wrapping_mul(0x1_0000_0001b3))
+    values.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &v| (h ^ classify(v) as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[test]
@@ -38,8 +38,7 @@ fn vm_functions_example_runs_on_both_engines() {
     for (i, v) in values.iter().enumerate() {
         mem[16 + 4 * i..20 + 4 * i].copy_from_slice(&v.to_le_bytes());
     }
-    let engines: [Box<dyn Engine>; 2] =
-        [Box::new(Interpreter::new(program.clone())), Box::new(JitProgram::compile(program).unwrap())];
+    let engines: [Box<dyn Engine>; 2] = [Box::new(Interpreter::new(program.clone())), Box::new(JitProgram::compile(program).unwrap())];
     for engine in engines {
         let mut m = mem.clone();
         let r0 = run(engine.as_ref(), Context::Mem(&mut m), &RunOptions::default()).expect("runs");
@@ -66,18 +65,16 @@ fn disassembly_matches_llvm_objdump() {
             let theirs = llvm_function_lines(&text, &prog.section, &prog.name);
             let insns = decode(&prog.insns).unwrap();
             // (slot, text), lddw second halves dropped as llvm-objdump does.
-            let ours: Vec<(usize, String)> = insns
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| !matches!(i, bpftime_vm::Insn::LddwHigh))
-                .map(|(pc, i)| (pc, Disasm(i).to_string()))
-                .collect();
+            let ours: Vec<(usize, String)> =
+                insns.iter().enumerate().filter(|(_, i)| !matches!(i, bpftime_vm::Insn::LddwHigh)).map(|(pc, i)| (pc, Disasm(i).to_string())).collect();
             assert!(theirs.len() <= ours.len(), "{name}/{}: llvm has more lines", prog.name);
             for (k, (t, (pc, o))) in theirs.iter().zip(&ours).enumerate() {
                 // Skip what llvm cannot print (v4 atomics), local calls (printed ambiguously by
                 // llvm) and instructions that relocations rewrite (map and callback lddw).
                 let relocated = prog.data_relocs.iter().any(|r| r.insn == *pc) || o.contains("func(");
-                if t == "<unknown>" || o.starts_with("call pc") || relocated {
+                // llvm-objdump 14 prints a 32-bit fetch-add as a plain `lock ... +=`.
+                let llvm14_fetch = t.starts_with("lock ") && o.contains("atomic_fetch_add((u32 *)");
+                if t == "<unknown>" || o.starts_with("call pc") || relocated || llvm14_fetch {
                     continue;
                 }
                 assert_eq!(o, t, "{name}/{} line {k}", prog.name);

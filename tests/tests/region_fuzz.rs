@@ -15,7 +15,8 @@ use bpftime_vm::exec::Context;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-const SIZE: u64 = 8 << 20;
+// Small: maps registered for programs stay mapped for the life of the process (`map_ref`).
+const SIZE: u64 = 2 << 20;
 const EXAMPLES: [&str; 5] = ["uprobe_calls", "map_in_map", "ringbuf_events", "maps_globals", "tail_calls"];
 
 struct Rng(u64);
@@ -53,12 +54,22 @@ fn populate(region: &Arc<ShmRegion>) {
 }
 
 /// Offsets worth scribbling on: the header, the live table entries, every descriptor.
-fn targets(region: &ShmRegion) -> Vec<(u64, u64)> {
+fn targets(region: &Arc<ShmRegion>) -> Vec<(u64, u64)> {
     // The header and the used part of the object table, then every descriptor.
     let used = region.objects().len() as u64 + 4;
     let mut t = vec![(8, 1024), (8, ShmRegion::table_end() * used / 1024)];
     for o in region.objects() {
         t.push((o.data, 256));
+    }
+    // Map storage: the first elements, and ring and perf positions (programs write these too).
+    for m in Map::list(region) {
+        let (addr, len) = m.value_region();
+        let data = addr - region.base() as u64;
+        t.push((data, len.min(512)));
+        if m.map_type() == MapType::Ringbuf {
+            t.push((data - 2 * 4096, 16));
+            t.push((data - 4096, 16));
+        }
     }
     t
 }
@@ -74,7 +85,22 @@ fn scribble(region: &ShmRegion, targets: &[(u64, u64)], rng: &mut Rng, n: usize)
             continue;
         }
         let old = u64::from_le_bytes(old);
-        let values = [0, 1, 8, size - 8, size, size + 8, size - 16, u64::MAX, u32::MAX as u64, 1 << 63, old ^ 1 << rng.below(64), old.wrapping_add(8), old.wrapping_sub(8), rng.next()];
+        let values = [
+            0,
+            1,
+            8,
+            size - 8,
+            size,
+            size + 8,
+            size - 16,
+            u64::MAX,
+            u32::MAX as u64,
+            1 << 63,
+            old ^ 1 << rng.below(64),
+            old.wrapping_add(8),
+            old.wrapping_sub(8),
+            rng.next(),
+        ];
         let v = values[rng.below(values.len() as u64) as usize];
         if rng.below(2) == 0 {
             region.write(off, &v.to_le_bytes());
@@ -103,7 +129,7 @@ fn exercise(region: &Arc<ShmRegion>) {
             let _ = m.delete(&3u32.to_le_bytes());
         }
     }
-    let rt: &'static Runtime = Box::leak(Box::new(Runtime::new(region.clone(), EngineKind::Jit)));
+    let rt = Runtime::new(region.clone(), EngineKind::Jit);
     for p in progs::list(region) {
         if let Ok(prog) = rt.program(p.id) {
             let mut ctx = [0u8; 256];
@@ -134,7 +160,7 @@ fn scribbled_regions_never_crash_a_reader_in_this_process() {
     for i in 0..iterations {
         let region = Arc::new(ShmRegion::anonymous(SIZE).unwrap());
         assert!(region.write(8, &image[8..]));
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0x1000_0000_1b3));
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0x0100_0000_01b3));
         scribble(&region, &targets, &mut rng, 1 + i % 16);
         if let Err(e) = std::panic::catch_unwind(AssertUnwindSafe(|| exercise(&region))) {
             let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
@@ -182,7 +208,7 @@ fn scribbled_regions_never_crash_a_command_or_the_agent() {
         {
             let r = ShmRegion::open(&name).unwrap();
             assert!(r.write(8, &image[8..]));
-            let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (i + 1) * 0x9e37_79b9);
+            let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ ((i + 1) * 0x9e37_79b9));
             scribble(&r, &targets, &mut rng, 1 + (i % 6) as usize);
         }
         let mut runs: Vec<(String, std::process::Output)> = vec![];

@@ -54,7 +54,7 @@ fn maps_and_globals() {
         assert_eq!(u64_at(hist, &3u32.to_le_bytes()), Some(1)); // 15
         assert_eq!(u64_at(hist, &4u32.to_le_bytes()), Some(1)); // 30
         assert_eq!(u64_at(hist, &0u32.to_le_bytes()), Some(1)); // 0
-        // Per-CPU: the runs are spread over the CPUs they ran on; the sum is exact.
+                                                                // Per-CPU: the runs are spread over the CPUs they ran on; the sum is exact.
         let stats = map(&l, "stats");
         let mut v = vec![0u8; stats.syscall_value_size()];
         stats.lookup(&0u32.to_le_bytes(), &mut v).unwrap();

@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn conversions() {
         let s = b"str\0";
-        let out = format(b"a=%d b=%u c=%x d=%lld e=%5d|%-4u|%03d %s %c %% %llx %#x", &[(-1i64) as u64, 7, 255, (-5i64) as u64, 42, 3, 7, s.as_ptr() as u64, b'Z' as u64, u64::MAX, 16]);
+        let out = format(
+            b"a=%d b=%u c=%x d=%lld e=%5d|%-4u|%03d %s %c %% %llx %#x",
+            &[(-1i64) as u64, 7, 255, (-5i64) as u64, 42, 3, 7, s.as_ptr() as u64, b'Z' as u64, u64::MAX, 16],
+        );
         assert_eq!(String::from_utf8(out).unwrap(), "a=-1 b=7 c=ff d=-5 e=   42|3   |007 str Z % ffffffffffffffff 0x10");
     }
 

@@ -14,9 +14,9 @@
 mod desc;
 mod format;
 mod handles;
-pub mod input;
 pub mod helper_names;
 pub mod helpers;
+pub mod input;
 pub mod links;
 pub mod progs;
 mod runtime;

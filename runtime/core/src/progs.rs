@@ -59,13 +59,7 @@ pub fn load(region: &ShmRegion, id: u32) -> Option<StoredProgram> {
     if !region.read(desc.insns, &mut code) {
         return None;
     }
-    Some(StoredProgram {
-        id,
-        name: obj.name,
-        section: desc::text(&desc.section),
-        license: desc::text(&desc.license),
-        insns: parse_bytecode(&code).ok()?,
-    })
+    Some(StoredProgram { id, name: obj.name, section: desc::text(&desc.section), license: desc::text(&desc.license), insns: parse_bytecode(&code).ok()? })
 }
 
 /// Every program in the region.

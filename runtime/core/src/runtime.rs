@@ -15,8 +15,8 @@ use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, 
 use bpftime_vm::insn::LddwKind;
 use bpftime_vm::{verify, Interpreter, LddwResolver, Program, VerifyError, VerifyErrorKind};
 use std::cell::{Cell, RefCell};
-use std::ffi::c_void;
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 /// Which engine runs programs.
@@ -383,13 +383,7 @@ impl Runtime {
         let resolver = IdResolver { region: &self.region };
         let program = Arc::new(verify(&stored.insns, self.helpers.clone(), &resolver).map_err(|e| self.verify_error(&stored.name, e))?);
         let engine = self.engine.build(program.clone()).map_err(|error| LoadError::Jit { program: stored.name.clone(), error })?;
-        Ok(LoadedProgram {
-            id: stored.id,
-            name: stored.name,
-            section: stored.section,
-            program,
-            engine,
-        })
+        Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, engine })
     }
 
     /// Runs a program on `ctx` with the given helper context values.
@@ -427,7 +421,8 @@ impl Runtime {
                 runner: Runner::new(&self.regions, self.probe_budget),
                 host: Box::new(HelperContext { runtime: self, cookie: probe.cookie, func_ip: probe.func_ip, pt_regs: true, tail_calls: Cell::new(0) }),
             }));
-            if !PROBE_THREAD_EXIT.register(fresh as *mut c_void) {
+            // SAFETY: a fresh context, freed only by `free_probe_thread` at this thread's exit.
+            if !unsafe { PROBE_THREAD_EXIT.register(fresh as *mut c_void) } {
                 // SAFETY: just made, not shared.
                 drop(unsafe { Box::from_raw(fresh) });
                 return None;

@@ -106,7 +106,7 @@ impl<'a> View<'a> {
     /// into the middle of an element can only come from a scribbled region; it stays in
     /// bounds, which is what memory safety needs, and is cheaper than a division here.)
     fn valid(&self, e: u64) -> bool {
-        e >= self.l.data && e + self.l.elem_size <= self.l.data + self.l.data_len && e % 8 == 0
+        e >= self.l.data && e.checked_add(self.l.elem_size).is_some_and(|end| end <= self.l.data + self.l.data_len) && e % 8 == 0
     }
 
     fn next(&self, e: u64) -> &AtomicU64 {
@@ -154,10 +154,7 @@ impl<'a> View<'a> {
                 if !self.valid(cur) || steps > self.pool {
                     return None;
                 }
-                if self.hash(cur).load(Ordering::Relaxed) == h
-                    && self.flags(cur).load(Ordering::Acquire) & IN_USE != 0
-                    && self.key_eq(cur, key)
-                {
+                if self.hash(cur).load(Ordering::Relaxed) == h && self.flags(cur).load(Ordering::Acquire) & IN_USE != 0 && self.key_eq(cur, key) {
                     return Some(cur);
                 }
                 cur = self.next(cur).load(Ordering::Acquire);

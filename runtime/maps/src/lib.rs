@@ -502,15 +502,9 @@ impl Map {
         }
         let layout = layout.counted();
         let inner_spec = match MapType::from_u32(inner[0]) {
-            Some(t) if matches!(spec.map_type, MapType::ArrayOfMaps | MapType::HashOfMaps) => Some(MapSpec {
-                map_type: t,
-                key_size: inner[1],
-                value_size: inner[2],
-                max_entries: inner[3],
-                flags: inner[4],
-                map_extra: 0,
-                inner_map_id: 0,
-            }),
+            Some(t) if matches!(spec.map_type, MapType::ArrayOfMaps | MapType::HashOfMaps) => {
+                Some(MapSpec { map_type: t, key_size: inner[1], value_size: inner[2], max_entries: inner[3], flags: inner[4], map_extra: 0, inner_map_id: 0 })
+            }
             _ => None,
         };
         let data_addr = region.base() as u64 + layout.data;
@@ -529,12 +523,7 @@ impl Map {
 
     /// Every map in the region.
     pub fn list(region: &Arc<ShmRegion>) -> Vec<Map> {
-        region
-            .objects()
-            .into_iter()
-            .filter(|o| o.kind == ObjectKind::Map)
-            .filter_map(|o| Self::open_at(region, o.id, &o.name, o.data).ok())
-            .collect()
+        region.objects().into_iter().filter(|o| o.kind == ObjectKind::Map).filter_map(|o| Self::open_at(region, o.id, &o.name, o.data).ok()).collect()
     }
 
     /// Removes the map from the region and frees its storage. Handles other processes hold

@@ -71,7 +71,7 @@ pub(crate) fn output(map: &Map, cpu: u32, data: &[u8]) -> Result<(), Errno> {
     let (head, tail) = (r.atomic_u64(base + HEAD).ok_or(Errno::EFAULT)?, r.atomic_u64(base + TAIL).ok_or(Errno::EFAULT)?);
     let _g = map.write_lock();
     let h = head.load(Ordering::Relaxed);
-    if h + size - tail.load(Ordering::Acquire) > RING {
+    if h.wrapping_add(size).wrapping_sub(tail.load(Ordering::Acquire)) > RING {
         map.desc().lost.fetch_add(1, Ordering::Relaxed);
         return Err(Errno::ENOSPC);
     }
@@ -83,7 +83,7 @@ pub(crate) fn output(map: &Map, cpu: u32, data: &[u8]) -> Result<(), Errno> {
     rec.extend_from_slice(data);
     rec.resize(size as usize, 0);
     write_wrapped(map, base, h, &rec);
-    head.store(h + size, Ordering::Release);
+    head.store(h.wrapping_add(size), Ordering::Release);
     Ok(())
 }
 
@@ -95,20 +95,24 @@ pub(crate) fn consume(map: &Map, f: &mut dyn FnMut(PerfRecord<'_>)) -> usize {
         let (Some(head), Some(tail)) = (r.atomic_u64(base + HEAD), r.atomic_u64(base + TAIL)) else { continue };
         let mut t = tail.load(Ordering::Relaxed);
         let h = head.load(Ordering::Acquire);
-        while t < h {
+        if h.wrapping_sub(t) > RING {
+            // Positions no writer makes (a scribble): skip to the head.
+            t = h;
+        }
+        while t != h {
             let mut hdr = [0u8; 12];
             read_wrapped(map, base, t, &mut hdr);
             let size = u16::from_le_bytes([hdr[6], hdr[7]]) as u64;
             let raw = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes")) as u64;
-            if size < 12 || raw + 12 > size {
+            if size < 12 || raw + 12 > size || size > h.wrapping_sub(t) {
                 t = h;
                 break;
             }
             let mut data = vec![0u8; raw as usize];
-            read_wrapped(map, base, t + 12, &mut data);
+            read_wrapped(map, base, t.wrapping_add(12), &mut data);
             f(PerfRecord { cpu, data: &data });
             n += 1;
-            t += size;
+            t = t.wrapping_add(size);
         }
         tail.store(t, Ordering::Release);
     }

@@ -88,7 +88,9 @@ pub(crate) fn reserve(map: &Map, size: u64) -> Option<*mut u8> {
     let prod = rb.producer().load(Ordering::Relaxed);
     let pos = prod & (rb.size - 1);
     let pad = if pos + len > rb.size { rb.size - pos } else { 0 };
-    if prod + pad + len - cons > rb.size {
+    // Positions live in shared pages (wrapping, as the kernel's): a consumer position ahead of
+    // the producer can only come from a scribble and reads as a full ring.
+    if prod.wrapping_add(pad + len).wrapping_sub(cons) > rb.size {
         map.desc().lost.fetch_add(1, Ordering::Relaxed);
         return None;
     }
@@ -97,10 +99,10 @@ pub(crate) fn reserve(map: &Map, size: u64) -> Option<*mut u8> {
         let pg_off = ((rb.data + pos) / PAGE - rb.base / PAGE) as u32;
         hdr.store(((pad - RINGBUF_HDR_SZ) as u32 | RINGBUF_DISCARD_BIT) as u64 | (pg_off as u64) << 32, Ordering::Release);
     }
-    let at = rb.data + ((prod + pad) & (rb.size - 1));
+    let at = rb.data + (prod.wrapping_add(pad) & (rb.size - 1));
     let pg_off = (at / PAGE - rb.base / PAGE) as u32;
     r.atomic_u64(at)?.store((size as u32 | RINGBUF_BUSY_BIT) as u64 | (pg_off as u64) << 32, Ordering::Release);
-    rb.producer().store(prod + pad + len, Ordering::Release);
+    rb.producer().store(prod.wrapping_add(pad + len), Ordering::Release);
     r.ptr(at + RINGBUF_HDR_SZ, size)
 }
 
@@ -110,14 +112,15 @@ pub(crate) fn commit(region: &ShmRegion, sample: u64, discard: bool) -> bool {
     let Some(hdr) = region.atomic_u64(hdr_off) else { return false };
     let word = hdr.load(Ordering::Acquire);
     let len = word as u32;
-    let pg_off = (word >> 32) as u64;
+    let pg_off = word >> 32;
     if len & RINGBUF_BUSY_BIT == 0 {
         return false;
     }
     let Some(base) = (hdr_off / PAGE).checked_sub(pg_off).map(|p| p * PAGE) else { return false };
     let (Some(magic), Some(size)) = (region.atomic_u64(base + 8), region.atomic_u64(base + 16)) else { return false };
     let size = size.load(Ordering::Relaxed);
-    if magic.load(Ordering::Acquire) != RB_MAGIC || hdr_off < base + 2 * PAGE || hdr_off >= base + 2 * PAGE + size {
+    let data = base + 2 * PAGE;
+    if magic.load(Ordering::Acquire) != RB_MAGIC || hdr_off < data || data.checked_add(size).is_none_or(|end| hdr_off >= end) {
         return false;
     }
     let new = (len & !RINGBUF_BUSY_BIT) | if discard { RINGBUF_DISCARD_BIT } else { 0 };
@@ -139,7 +142,7 @@ pub(crate) fn query(map: &Map, what: u64) -> u64 {
     let cons = rb.consumer().load(Ordering::Acquire);
     let prod = rb.producer().load(Ordering::Acquire);
     match what {
-        0 => prod - cons, // BPF_RB_AVAIL_DATA
+        0 => prod.wrapping_sub(cons), // BPF_RB_AVAIL_DATA
         1 => rb.size,     // BPF_RB_RING_SIZE
         2 => cons,        // BPF_RB_CONS_POS
         3 => prod,        // BPF_RB_PROD_POS
@@ -154,7 +157,13 @@ pub(crate) fn consume(map: &Map, f: &mut dyn FnMut(&[u8])) -> usize {
     let mut cons = rb.consumer().load(Ordering::Relaxed);
     loop {
         let prod = rb.producer().load(Ordering::Acquire);
-        if cons >= prod {
+        let waiting = prod.wrapping_sub(cons);
+        if waiting == 0 || waiting > rb.size {
+            // Nothing to read, or positions that no producer makes (a scribble): skip to the
+            // producer instead of reading garbage or looping for ever.
+            if waiting != 0 {
+                rb.consumer().store(prod, Ordering::Release);
+            }
             break;
         }
         let at = rb.data + (cons & (rb.size - 1));
@@ -164,13 +173,17 @@ pub(crate) fn consume(map: &Map, f: &mut dyn FnMut(&[u8])) -> usize {
             break;
         }
         let size = (len & !RINGBUF_DISCARD_BIT) as u64;
+        if size + RINGBUF_HDR_SZ > waiting {
+            rb.consumer().store(prod, Ordering::Release);
+            break;
+        }
         if len & RINGBUF_DISCARD_BIT == 0 {
             let mut buf = vec![0u8; size as usize];
             r.read(at + RINGBUF_HDR_SZ, &mut buf);
             f(&buf);
             n += 1;
         }
-        cons += (size + RINGBUF_HDR_SZ).div_ceil(8) * 8;
+        cons = cons.wrapping_add((size + RINGBUF_HDR_SZ).div_ceil(8) * 8);
         rb.consumer().store(cons, Ordering::Release);
     }
     n

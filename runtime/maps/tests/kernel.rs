@@ -496,13 +496,7 @@ fn ringbuf_syscall_side_matches_kernel() {
 #[test]
 fn stack_trace_matches_kernel() {
     let spec = MapSpec::new(MapType::StackTrace, 4, 8 * 16, 8);
-    let ops = vec![
-        Op::Lookup(k32(0)),
-        Op::Update(k32(0), vec![0; 128], BPF_ANY),
-        Op::Delete(k32(1)),
-        Op::NextKey(None),
-        Op::NextKey(Some(k32(3))),
-    ];
+    let ops = vec![Op::Lookup(k32(0)), Op::Update(k32(0), vec![0; 128], BPF_ANY), Op::Delete(k32(1)), Op::NextKey(None), Op::NextKey(Some(k32(3)))];
     compare("stack_trace", &spec, &ops);
 }
 

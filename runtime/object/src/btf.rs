@@ -151,7 +151,16 @@ impl Btf {
         let types_bytes = data.get(hdr_len + type_off..hdr_len + type_off + type_len).ok_or_else(|| bad("type section"))?;
         let strings = data.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or_else(|| bad("string section"))?;
         let name = |off: u32| string_at(strings, off);
-        let mut types = vec![Type { kind: Kind::Void, name: String::new(), size_or_type: 0, array: None, members: vec![], kind_flag: false, int_signed: false, values: vec![] }];
+        let mut types = vec![Type {
+            kind: Kind::Void,
+            name: String::new(),
+            size_or_type: 0,
+            array: None,
+            members: vec![],
+            kind_flag: false,
+            int_signed: false,
+            values: vec![],
+        }];
         let mut p = 0;
         while p < types_bytes.len() {
             let name_off = u32_at(types_bytes, p)?;
@@ -160,7 +169,8 @@ impl Btf {
             p += 12;
             let vlen = (info & 0xffff) as usize;
             let kind = Kind::from_u32((info >> 24) & 0x1f).ok_or_else(|| bad(format!("unknown kind {}", (info >> 24) & 0x1f)))?;
-            let mut t = Type { kind, name: name(name_off)?, size_or_type, array: None, members: vec![], kind_flag: info >> 31 != 0, int_signed: false, values: vec![] };
+            let mut t =
+                Type { kind, name: name(name_off)?, size_or_type, array: None, members: vec![], kind_flag: info >> 31 != 0, int_signed: false, values: vec![] };
             match kind {
                 Kind::Int => {
                     // Encoding in bits 24-27; BTF_INT_SIGNED is its bit 0.
@@ -201,12 +211,7 @@ impl Btf {
                 }
                 Kind::FuncProto => {
                     for _ in 0..vlen {
-                        t.members.push(Member {
-                            name: name(u32_at(types_bytes, p)?)?,
-                            type_id: u32_at(types_bytes, p + 4)?,
-                            offset: 0,
-                            size: 0,
-                        });
+                        t.members.push(Member { name: name(u32_at(types_bytes, p)?)?, type_id: u32_at(types_bytes, p + 4)?, offset: 0, size: 0 });
                         p += 8;
                     }
                 }

@@ -74,7 +74,8 @@ impl Btf {
             Kind::Array => {
                 let Some((elem, n)) = t.array else { return out.push('?') };
                 let esize = self.size_of(elem).unwrap_or(0) as usize;
-                let is_char = self.skip_mods(elem).ok().and_then(|e| self.get(e).ok()).is_some_and(|e| e.kind == Kind::Int && esize == 1 && e.name.contains("char"));
+                let is_char =
+                    self.skip_mods(elem).ok().and_then(|e| self.get(e).ok()).is_some_and(|e| e.kind == Kind::Int && esize == 1 && e.name.contains("char"));
                 if is_char {
                     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
                     let _ = write!(out, "{:?}", String::from_utf8_lossy(&b[..end]));

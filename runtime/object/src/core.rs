@@ -105,11 +105,8 @@ pub(crate) fn apply(insns: &mut [RawInsn], r: &CoreReloc, local: &Btf, target: &
     if let CoreKind::Other(k) = r.kind {
         return Err(fail(format!("relocation kind {k} is not supported (only field offset/size/existence)")));
     }
-    let access: Vec<u32> = r
-        .access
-        .split(':')
-        .map(|s| s.parse::<u32>().map_err(|_| fail(format!("bad access string `{}`", r.access))))
-        .collect::<Result<_, _>>()?;
+    let access: Vec<u32> =
+        r.access.split(':').map(|s| s.parse::<u32>().map_err(|_| fail(format!("bad access string `{}`", r.access)))).collect::<Result<_, _>>()?;
     let root = local.skip_mods(r.type_id)?;
     let root_t = local.get(root)?;
     let mut names = Vec::new();
@@ -126,13 +123,7 @@ pub(crate) fn apply(insns: &mut [RawInsn], r: &CoreReloc, local: &Btf, target: &
     let insn = insns.get_mut(r.insn).ok_or_else(|| fail("instruction index out of range".into()))?;
     let value: i64 = match (r.kind, &found) {
         (CoreKind::FieldExists, f) => f.is_some() as i64,
-        (_, None) => {
-            return Err(fail(format!(
-                "`{}` field `{}` not found in the target BTF",
-                root_t.name,
-                names.join(".")
-            )))
-        }
+        (_, None) => return Err(fail(format!("`{}` field `{}` not found in the target BTF", root_t.name, names.join(".")))),
         (CoreKind::FieldByteOffset, Some(f)) => f.offset as i64,
         (CoreKind::FieldByteSize, Some(f)) => f.size as i64,
         (CoreKind::FieldSigned, Some(f)) => f.signed as i64,

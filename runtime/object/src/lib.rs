@@ -208,11 +208,7 @@ impl Object {
     pub fn program(&self, name: Option<&str>) -> Result<&ObjProgram, ObjectError> {
         let names = || self.programs.iter().map(|p| format!("{} ({})", p.name, p.section)).collect::<Vec<_>>().join(", ");
         match name {
-            Some(n) => self
-                .programs
-                .iter()
-                .find(|p| p.name == n || p.section == n)
-                .ok_or_else(|| ObjectError::NoSuchProgram(n.to_string(), names())),
+            Some(n) => self.programs.iter().find(|p| p.name == n || p.section == n).ok_or_else(|| ObjectError::NoSuchProgram(n.to_string(), names())),
             None => match self.programs.as_slice() {
                 [] => Err(ObjectError::NoPrograms),
                 [p] => Ok(p),
@@ -281,10 +277,8 @@ fn relocations_of<'d>(file: &object::File<'d>, s: &object::Section<'d, '_>) -> R
         };
         let sym = file.symbol_by_index(si).map_err(|e| section_err(&name, e))?;
         let symbol_section = sym.section_index();
-        let symbol_section_name = symbol_section
-            .and_then(|i| file.section_by_index(i).ok())
-            .and_then(|s| s.name().ok().map(str::to_string))
-            .unwrap_or_default();
+        let symbol_section_name =
+            symbol_section.and_then(|i| file.section_by_index(i).ok()).and_then(|s| s.name().ok().map(str::to_string)).unwrap_or_default();
         let symbol = match sym.name() {
             Ok(n) if !n.is_empty() => n.to_string(),
             _ => symbol_section_name.clone(),
@@ -341,7 +335,9 @@ impl<'d, 'f> Parser<'d, 'f> {
         if core_len == 0 {
             return Ok(());
         }
-        let core = d.get(hdr_len + core_off as usize..hdr_len + (core_off + core_len) as usize).ok_or_else(|| section_err(".BTF.ext", "CO-RE records out of bounds"))?;
+        let core = d
+            .get(hdr_len + core_off as usize..hdr_len + (core_off + core_len) as usize)
+            .ok_or_else(|| section_err(".BTF.ext", "CO-RE records out of bounds"))?;
         // Section names and access strings are in the BTF string table.
         let string = |off: u32| btf.string(off).unwrap_or_default();
         let rec_size = u32_at(core, 0).ok_or_else(|| section_err(".BTF.ext", "truncated"))? as usize;
@@ -355,7 +351,9 @@ impl<'d, 'f> Parser<'d, 'f> {
             p += 8;
             for i in 0..n {
                 let r = p + i * rec_size;
-                let (Some(insn_off), Some(type_id), Some(access), Some(kind)) = (u32_at(core, r), u32_at(core, r + 4), u32_at(core, r + 8), u32_at(core, r + 12)) else {
+                let (Some(insn_off), Some(type_id), Some(access), Some(kind)) =
+                    (u32_at(core, r), u32_at(core, r + 4), u32_at(core, r + 8), u32_at(core, r + 12))
+                else {
                     return Err(section_err(".BTF.ext", "truncated CO-RE record"));
                 };
                 if let Some(s) = self.sections.values_mut().find(|s| s.name == sec_name) {
@@ -373,11 +371,7 @@ impl<'d, 'f> Parser<'d, 'f> {
         let mut maps = vec![];
         if let Some(sec) = self.file.section_by_name(".maps") {
             let btf = self.btf.ok_or_else(|| section_err(".maps", "BTF-defined maps need a .BTF section"))?;
-            let datasec = btf
-                .find(Kind::Datasec, ".maps")
-                .first()
-                .copied()
-                .ok_or_else(|| section_err(".maps", "no .maps DATASEC in BTF"))?;
+            let datasec = btf.find(Kind::Datasec, ".maps").first().copied().ok_or_else(|| section_err(".maps", "no .maps DATASEC in BTF"))?;
             let vars = btf.get(datasec)?.members.clone();
             let relocs = relocations_of(self.file, &sec)?;
             for v in vars {
@@ -469,8 +463,7 @@ impl<'d, 'f> Parser<'d, 'f> {
             .filter(|s| s.kind() == SymbolKind::Text && s.is_global())
             .filter_map(|s| {
                 let idx = s.section_index()?;
-                (Some(idx) != self.text && self.sections.contains_key(&idx))
-                    .then(|| (idx, s.address(), s.size(), s.name().unwrap_or_default().to_string()))
+                (Some(idx) != self.text && self.sections.contains_key(&idx)).then(|| (idx, s.address(), s.size(), s.name().unwrap_or_default().to_string()))
             })
             .collect();
         // Objects without function symbols: a section is then one program.

@@ -231,10 +231,7 @@ impl std::fmt::Debug for ShmRegion {
 }
 
 fn check_name(name: &str) -> Result<(), ShmError> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok = !name.is_empty() && name.len() <= 200 && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -731,12 +728,7 @@ impl ShmRegion {
         for (chunk, w) in bytes.chunks_exact_mut(8).zip(&e.name) {
             chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
         }
-        Some(ObjectInfo {
-            kind,
-            id: e.id.load(Ordering::Relaxed),
-            name: crate::text::text(&bytes),
-            data: e.data.load(Ordering::Relaxed),
-        })
+        Some(ObjectInfo { kind, id: e.id.load(Ordering::Relaxed), name: crate::text::text(&bytes), data: e.data.load(Ordering::Relaxed) })
     }
 
     /// Every object, in table order.

@@ -5,10 +5,7 @@
 //! disassembler. `call N` is a helper call; a local call is written `call pc+N` (as the
 //! disassembler prints it), `call local +N`, or with a label. It exists so that tests can be written as readable text.
 
-use crate::insn::{
-    encode, AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, RawInsn, Reg,
-    Width,
-};
+use crate::insn::{encode, AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, RawInsn, Reg, Width};
 use std::collections::HashMap;
 
 /// An assembly error with its 1-based line number.
@@ -66,10 +63,7 @@ pub fn assemble(src: &str) -> Result<Vec<RawInsn>, AsmError> {
     let resolve = |t: &Target, line: usize, pc: usize| -> Result<i64, AsmError> {
         match t {
             Target::Rel(r) => Ok(*r),
-            Target::Label(l) => labels
-                .get(l)
-                .map(|&s| s as i64 - pc as i64 - 1)
-                .ok_or_else(|| AsmError { line, msg: format!("unknown label `{l}`") }),
+            Target::Label(l) => labels.get(l).map(|&s| s as i64 - pc as i64 - 1).ok_or_else(|| AsmError { line, msg: format!("unknown label `{l}`") }),
         }
     };
     let mut insns = Vec::with_capacity(slot);
@@ -92,9 +86,7 @@ pub fn assemble(src: &str) -> Result<Vec<RawInsn>, AsmError> {
                 let off = range(resolve(&target, line, pc)?, 16)? as i16;
                 Insn::Jump { width, cond, dst, src, off }
             }
-            Pending::CallLocal(target) => {
-                Insn::Call(CallTarget::Local(range(resolve(&target, line, pc)?, 32)? as i32))
-            }
+            Pending::CallLocal(target) => Insn::Call(CallTarget::Local(range(resolve(&target, line, pc)?, 32)? as i32)),
         };
         insns.push(insn);
         if let Insn::Lddw { .. } = insn {
@@ -124,10 +116,7 @@ fn strip_slot_index(line: &str) -> &str {
 }
 
 fn split_label(line: &str) -> Option<(&str, &str)> {
-    let name_len = line
-        .char_indices()
-        .take_while(|&(i, c)| c == '_' || c == '.' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
-        .count();
+    let name_len = line.char_indices().take_while(|&(i, c)| c == '_' || c == '.' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())).count();
     if name_len > 0 && line[name_len..].starts_with(':') {
         Some((&line[..name_len], &line[name_len + 1..]))
     } else {
@@ -219,11 +208,7 @@ impl<'a> Cur<'a> {
 
     fn ident(&mut self) -> Option<&'a str> {
         self.ws();
-        let len = self
-            .s
-            .char_indices()
-            .take_while(|&(i, c)| c == '_' || c == '.' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
-            .count();
+        let len = self.s.char_indices().take_while(|&(i, c)| c == '_' || c == '.' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())).count();
         if len == 0 {
             return None;
         }
@@ -401,9 +386,7 @@ fn parse_insn(c: &mut Cur) -> Result<Pending, String> {
             return Ok(Done(Insn::Call(CallTarget::Kfunc(id))));
         }
         return Ok(match c.target()? {
-            Target::Rel(id) => Done(Insn::Call(CallTarget::Helper(
-                u32::try_from(id).map_err(|_| format!("bad helper id {id}"))?,
-            ))),
+            Target::Rel(id) => Done(Insn::Call(CallTarget::Helper(u32::try_from(id).map_err(|_| format!("bad helper id {id}"))?))),
             label => Pending::CallLocal(label),
         });
     }
@@ -560,10 +543,7 @@ mod tests {
 
     #[test]
     fn labels_and_relative_targets() {
-        let prog = assemble(
-            "  r0 = 0\nloop:\n  r0 += 1  # count\n  if r0 < 10 goto loop\n  goto +0\n  r1 = 0x100000000 ll\n exit",
-        )
-        .unwrap();
+        let prog = assemble("  r0 = 0\nloop:\n  r0 += 1  # count\n  if r0 < 10 goto loop\n  goto +0\n  r1 = 0x100000000 ll\n exit").unwrap();
         let insns = decode(&prog).unwrap();
         assert_eq!(Disasm(&insns[2]).to_string(), "if r0 < 10 goto -2");
         assert_eq!(Disasm(&insns[4]).to_string(), "r1 = 4294967296 ll");

@@ -186,28 +186,16 @@ impl fmt::Display for Disasm<'_> {
                         let r0 = R(Reg::R0, w);
                         write!(f, "{r0} = cmpxchg{sfx}({}, {r0}, {})", Addr(base, off), R(src, w))
                     }
-                    _ if fetch => write!(
-                        f,
-                        "{} = atomic_fetch_{}(({ty} *)({}), {})",
-                        R(src, w),
-                        atomic_op_name(op),
-                        Addr(base, off),
-                        R(src, w)
-                    ),
+                    _ if fetch => write!(f, "{} = atomic_fetch_{}(({ty} *)({}), {})", R(src, w), atomic_op_name(op), Addr(base, off), R(src, w)),
                     _ => write!(f, "lock *({ty} *)({}) {} {}", Addr(base, off), atomic_op_sym(op), R(src, w)),
                 }
             }
             Insn::Ja { off, long } => {
                 write!(f, "{} {}", if long { "gotol" } else { "goto" }, signed_off(off as i64))
             }
-            Insn::Jump { width, cond, dst, src, off } => write!(
-                f,
-                "if {} {} {} goto {}",
-                R(dst, width),
-                cond_str(cond),
-                Opnd(src, width),
-                signed_off(off as i64)
-            ),
+            Insn::Jump { width, cond, dst, src, off } => {
+                write!(f, "if {} {} {} goto {}", R(dst, width), cond_str(cond), Opnd(src, width), signed_off(off as i64))
+            }
             Insn::Call(CallTarget::Helper(id)) => write!(f, "call {id}"),
             Insn::Call(CallTarget::Local(off)) => write!(f, "call pc{}", signed_off(off as i64)),
             Insn::Call(CallTarget::Kfunc(id)) => write!(f, "call kfunc({id})"),

@@ -194,11 +194,7 @@ pub enum Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Fault::OutOfBounds { addr, size, write } => write!(
-                f,
-                "out-of-bounds {} of {size} bytes at {addr:#x}",
-                if write { "store" } else { "load" }
-            ),
+            Fault::OutOfBounds { addr, size, write } => write!(f, "out-of-bounds {} of {size} bytes at {addr:#x}", if write { "store" } else { "load" }),
             Fault::Misaligned { addr, size } => write!(f, "misaligned atomic access of {size} bytes at {addr:#x}"),
             Fault::UnknownHelper { id } => write!(f, "callx to unknown helper {id}"),
             Fault::LoopBudget => write!(f, "loop budget exhausted (the program looped longer than its budget allows)"),
@@ -490,10 +486,7 @@ impl RunState {
         match self.status {
             STATUS_RUNNING => Ok(r0),
             STATUS_STOPPED => Ok(self.stop_value),
-            _ => Err(RunError {
-                insn: self.fault_insn as usize,
-                fault: self.fault.unwrap_or(Fault::LoopBudget),
-            }),
+            _ => Err(RunError { insn: self.fault_insn as usize, fault: self.fault.unwrap_or(Fault::LoopBudget) }),
         }
     }
 }
@@ -573,7 +566,8 @@ fn return_stack(stack: Box<Stack>) {
         let mut pool = s.get();
         if pool.is_null() {
             pool = Box::into_raw(Box::new(StackPool::new()));
-            if !STACKS_EXIT.register(pool as *mut c_void) {
+            // SAFETY: a fresh pool, freed only by `free_stacks` at this thread's exit.
+            if !unsafe { STACKS_EXIT.register(pool as *mut c_void) } {
                 // SAFETY: just made, not shared.
                 drop(unsafe { Box::from_raw(pool) });
                 return;

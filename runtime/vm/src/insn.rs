@@ -76,13 +76,7 @@ impl RawInsn {
 
     /// Decodes one little-endian slot.
     pub fn from_bytes(b: [u8; INSN_SIZE]) -> Self {
-        RawInsn {
-            opc: b[0],
-            dst: b[1] & 0x0f,
-            src: b[1] >> 4,
-            off: i16::from_le_bytes([b[2], b[3]]),
-            imm: i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-        }
+        RawInsn { opc: b[0], dst: b[1] & 0x0f, src: b[1] >> 4, off: i16::from_le_bytes([b[2], b[3]]), imm: i32::from_le_bytes([b[4], b[5], b[6], b[7]]) }
     }
 
     /// Encodes the slot as 8 little-endian bytes.
@@ -100,26 +94,16 @@ impl RawInsn {
 
 impl fmt::Debug for RawInsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "RawInsn {{ opc: {:#04x}, dst: {}, src: {}, off: {}, imm: {} }}",
-            self.opc, self.dst, self.src, self.off, self.imm
-        )
+        write!(f, "RawInsn {{ opc: {:#04x}, dst: {}, src: {}, off: {}, imm: {} }}", self.opc, self.dst, self.src, self.off, self.imm)
     }
 }
 
 /// Splits bytecode into slots. The length must be a multiple of 8.
 pub fn parse_bytecode(bytes: &[u8]) -> Result<Vec<RawInsn>, DecodeError> {
     if bytes.len() % INSN_SIZE != 0 {
-        return Err(DecodeError {
-            insn: bytes.len() / INSN_SIZE,
-            kind: DecodeErrorKind::Truncated { len: bytes.len() },
-        });
+        return Err(DecodeError { insn: bytes.len() / INSN_SIZE, kind: DecodeErrorKind::Truncated { len: bytes.len() } });
     }
-    Ok(bytes
-        .chunks_exact(INSN_SIZE)
-        .map(|c| RawInsn::from_bytes(c.try_into().expect("chunk of 8")))
-        .collect())
+    Ok(bytes.chunks_exact(INSN_SIZE).map(|c| RawInsn::from_bytes(c.try_into().expect("chunk of 8"))).collect())
 }
 
 /// Encodes slots back into bytecode.
@@ -509,13 +493,7 @@ pub fn decode_one(r: RawInsn) -> Result<Insn, DecodeErrorKind> {
                 _ => return Err(DecodeErrorKind::UnknownOpcode(opc)),
             };
             zero(opc, "imm", r.imm as i64)?;
-            Ok(Insn::Load {
-                size: MemSize::from_bits(opc),
-                signed,
-                dst: reg(r.dst)?,
-                base: reg(r.src)?,
-                off: r.off,
-            })
+            Ok(Insn::Load { size: MemSize::from_bits(opc), signed, dst: reg(r.dst)?, base: reg(r.src)?, off: r.off })
         }
         class::ST => {
             if opc & 0xe0 != mode::MEM {
@@ -527,12 +505,7 @@ pub fn decode_one(r: RawInsn) -> Result<Insn, DecodeErrorKind> {
         class::STX => match opc & 0xe0 {
             mode::MEM => {
                 zero(opc, "imm", r.imm as i64)?;
-                Ok(Insn::Store {
-                    size: MemSize::from_bits(opc),
-                    base: reg(r.dst)?,
-                    off: r.off,
-                    src: Operand::Reg(reg(r.src)?),
-                })
+                Ok(Insn::Store { size: MemSize::from_bits(opc), base: reg(r.dst)?, off: r.off, src: Operand::Reg(reg(r.src)?) })
             }
             mode::ATOMIC => {
                 let size = MemSize::from_bits(opc);

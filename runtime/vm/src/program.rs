@@ -38,13 +38,7 @@ pub struct Program {
 }
 
 impl Program {
-    pub(crate) fn new(
-        insns: Vec<Insn>,
-        functions: Vec<Function>,
-        depths: Vec<usize>,
-        static_access: Vec<bool>,
-        helpers: Arc<HelperTable>,
-    ) -> Self {
+    pub(crate) fn new(insns: Vec<Insn>, functions: Vec<Function>, depths: Vec<usize>, static_access: Vec<bool>, helpers: Arc<HelperTable>) -> Self {
         Program { insns, functions, depths, static_access, helpers }
     }
 

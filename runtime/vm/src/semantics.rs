@@ -13,13 +13,25 @@ pub fn alu64(op: AluOp, a: u64, b: u64) -> u64 {
         AluOp::Sub => a.wrapping_sub(b),
         AluOp::Mul => a.wrapping_mul(b),
         AluOp::Div => a.checked_div(b).unwrap_or(0),
-        AluOp::SDiv => if b == 0 { 0 } else { (a as i64).wrapping_div(b as i64) as u64 },
+        AluOp::SDiv => {
+            if b == 0 {
+                0
+            } else {
+                (a as i64).wrapping_div(b as i64) as u64
+            }
+        }
         AluOp::Or => a | b,
         AluOp::And => a & b,
         AluOp::Lsh => a << (b & 63),
         AluOp::Rsh => a >> (b & 63),
         AluOp::Mod => a.checked_rem(b).unwrap_or(a),
-        AluOp::SMod => if b == 0 { a } else { (a as i64).wrapping_rem(b as i64) as u64 },
+        AluOp::SMod => {
+            if b == 0 {
+                a
+            } else {
+                (a as i64).wrapping_rem(b as i64) as u64
+            }
+        }
         AluOp::Xor => a ^ b,
         AluOp::Mov => b,
         AluOp::MovSx8 => b as i8 as i64 as u64,
@@ -36,13 +48,25 @@ pub fn alu32(op: AluOp, a: u32, b: u32) -> u32 {
         AluOp::Sub => a.wrapping_sub(b),
         AluOp::Mul => a.wrapping_mul(b),
         AluOp::Div => a.checked_div(b).unwrap_or(0),
-        AluOp::SDiv => if b == 0 { 0 } else { (a as i32).wrapping_div(b as i32) as u32 },
+        AluOp::SDiv => {
+            if b == 0 {
+                0
+            } else {
+                (a as i32).wrapping_div(b as i32) as u32
+            }
+        }
         AluOp::Or => a | b,
         AluOp::And => a & b,
         AluOp::Lsh => a << (b & 31),
         AluOp::Rsh => a >> (b & 31),
         AluOp::Mod => a.checked_rem(b).unwrap_or(a),
-        AluOp::SMod => if b == 0 { a } else { (a as i32).wrapping_rem(b as i32) as u32 },
+        AluOp::SMod => {
+            if b == 0 {
+                a
+            } else {
+                (a as i32).wrapping_rem(b as i32) as u32
+            }
+        }
         AluOp::Xor => a ^ b,
         AluOp::Mov => b,
         AluOp::MovSx8 => b as i8 as i32 as u32,

@@ -51,7 +51,11 @@ impl ThreadExitKey {
     /// Arranges for the destructor to receive `ptr` when this thread exits (replacing what was
     /// registered before on this thread). False if no key could be made: then nothing runs at
     /// exit and the value is leaked.
-    pub fn register(&self, ptr: *mut c_void) -> bool {
+    ///
+    /// # Safety
+    /// `ptr` must stay valid for what the destructor does with it until this thread exits (or
+    /// until another pointer is registered on it), and nothing else may free it meanwhile.
+    pub unsafe fn register(&self, ptr: *mut c_void) -> bool {
         let Some(key) = self.key() else { return false };
         // SAFETY: a valid key; the value is an opaque pointer stored for this thread.
         unsafe { libc::pthread_setspecific(key, ptr) == 0 }
@@ -75,7 +79,14 @@ mod tests {
 
     #[test]
     fn the_destructor_runs_at_thread_exit() {
-        let threads: Vec<_> = (0..4).map(|i| std::thread::spawn(move || assert!(KEY.register(Box::into_raw(Box::new(i as u64)) as *mut c_void)))).collect();
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    // SAFETY: a fresh box, freed only by the destructor.
+                    assert!(unsafe { KEY.register(Box::into_raw(Box::new(i as u64)) as *mut c_void) })
+                })
+            })
+            .collect();
         for t in threads {
             t.join().unwrap();
         }

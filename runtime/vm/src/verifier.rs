@@ -82,11 +82,7 @@ fn err(insn: usize, kind: VerifyErrorKind) -> VerifyError {
 }
 
 /// Decodes and verifies bytecode.
-pub fn verify_bytecode(
-    bytes: &[u8],
-    helpers: Arc<HelperTable>,
-    resolver: &dyn LddwResolver,
-) -> Result<Program, VerifyError> {
+pub fn verify_bytecode(bytes: &[u8], helpers: Arc<HelperTable>, resolver: &dyn LddwResolver) -> Result<Program, VerifyError> {
     let raw = parse_bytecode(bytes).map_err(|e| err(e.insn, VerifyErrorKind::Decode(e.kind)))?;
     verify(&raw, helpers, resolver)
 }
@@ -101,8 +97,7 @@ pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRes
     }
     let mut insns = decode(raw).map_err(|e| err(e.insn, VerifyErrorKind::Decode(e.kind)))?;
     let n = insns.len();
-    let is_insn_start =
-        |insns: &[Insn], t: i64| t >= 0 && (t as usize) < n && !matches!(insns[t as usize], Insn::LddwHigh);
+    let is_insn_start = |insns: &[Insn], t: i64| t >= 0 && (t as usize) < n && !matches!(insns[t as usize], Insn::LddwHigh);
 
     // Resolve pseudo lddw forms and find function starts.
     let mut starts = vec![0usize];
@@ -154,13 +149,7 @@ pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRes
     Ok(Program::new(insns, functions, depths, static_access, helpers))
 }
 
-fn check_insn(
-    insns: &[Insn],
-    pc: usize,
-    f: &Function,
-    helpers: &HelperTable,
-    static_access: &mut [bool],
-) -> Result<(), VerifyError> {
+fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable, static_access: &mut [bool]) -> Result<(), VerifyError> {
     let insn = insns[pc];
     if insn.written_reg() == Some(Reg::FP) {
         return Err(err(pc, VerifyErrorKind::WriteToFramePointer));
@@ -177,9 +166,7 @@ fn check_insn(
         }
     }
     let stack_access = match insn {
-        Insn::Load { size, base, off, .. } | Insn::Store { size, base, off, .. } | Insn::Atomic { size, base, off, .. }
-            if base == Reg::FP =>
-        {
+        Insn::Load { size, base, off, .. } | Insn::Store { size, base, off, .. } | Insn::Atomic { size, base, off, .. } if base == Reg::FP => {
             Some((off, size.bytes()))
         }
         _ => None,
@@ -191,9 +178,7 @@ fn check_insn(
         static_access[pc] = true;
     }
     match insn {
-        Insn::Call(CallTarget::Helper(id)) if helpers.get(id).is_none() => {
-            Err(err(pc, VerifyErrorKind::UnknownHelper(id)))
-        }
+        Insn::Call(CallTarget::Helper(id)) if helpers.get(id).is_none() => Err(err(pc, VerifyErrorKind::UnknownHelper(id))),
         Insn::Call(CallTarget::Kfunc(id)) => Err(err(pc, VerifyErrorKind::Kfunc(id))),
         _ => Ok(()),
     }
@@ -236,8 +221,8 @@ fn check_call_graph(insns: &[Insn], functions: &[Function]) -> Result<Vec<usize>
     }
     // Every function, not only those reachable from the entry, must be well-formed: a
     // callback (lddw func) may be called by a helper.
-    for f in 0..functions.len() {
-        let d = visit(f, &callees, &mut depth, functions[f].start)?;
+    for (f, func) in functions.iter().enumerate() {
+        let d = visit(f, &callees, &mut depth, func.start)?;
         if d > MAX_CALL_DEPTH {
             // Report the call that opens frame MAX_CALL_DEPTH + 1 on the deepest chain.
             let (mut g, mut level) = (f, 1);
