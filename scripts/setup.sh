@@ -33,3 +33,14 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     echo "setup: adding rustfmt and clippy"
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
+
+# ptxas and nvcc for the GPU backend's tests (no GPU needed): NVIDIA's pip wheel, into
+# /opt/bpftime-cuda (tests/src/cuda_tools.rs looks there).
+CUDA_PREFIX=/opt/bpftime-cuda
+if ! ls "$CUDA_PREFIX"/nvidia/*/bin/ptxas >/dev/null 2>&1; then
+    echo "setup: installing ptxas/nvcc (pip wheel nvidia-cuda-nvcc) into $CUDA_PREFIX"
+    command -v pip3 >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"; $SUDO apt-get install -y -qq python3-pip >/dev/null; }
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$CUDA_PREFIX" nvidia-cuda-nvcc 2>/dev/null \
+        || $SUDO python3 -m pip install --quiet --disable-pip-version-check --target "$CUDA_PREFIX" nvidia-cuda-nvcc
+fi

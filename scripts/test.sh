@@ -10,6 +10,8 @@ if [ -f ../shared/conformance/vectors.jsonl ] || [ -n "${BPFTIME_CONFORMANCE_DIR
 else
     echo "conformance vectors: ../shared/conformance is absent; the conformance tests skip"
 fi
+# The GPU backend's tests need ptxas (installed by setup): fail rather than skip without it.
+export BPFTIME_REQUIRE_CUDA_TOOLS=1
 # Style and lints first: cheap, and they fail fast.
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

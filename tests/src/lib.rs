@@ -1,7 +1,9 @@
 //! Shared test support: locating the conformance vectors and running a program on every engine.
 
 pub mod clang;
+pub mod cuda_tools;
 pub mod datatest;
+pub mod gpu;
 pub mod kernel;
 pub mod progen;
 

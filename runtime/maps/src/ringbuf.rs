@@ -143,9 +143,9 @@ pub(crate) fn query(map: &Map, what: u64) -> u64 {
     let prod = rb.producer().load(Ordering::Acquire);
     match what {
         0 => prod.wrapping_sub(cons), // BPF_RB_AVAIL_DATA
-        1 => rb.size,     // BPF_RB_RING_SIZE
-        2 => cons,        // BPF_RB_CONS_POS
-        3 => prod,        // BPF_RB_PROD_POS
+        1 => rb.size,                 // BPF_RB_RING_SIZE
+        2 => cons,                    // BPF_RB_CONS_POS
+        3 => prod,                    // BPF_RB_PROD_POS
         _ => 0,
     }
 }

@@ -1,0 +1,125 @@
+//! Helpers on the GPU: each is a PTX `.func (.reg .b64 %ret) bpf_helper_ID(.reg .b64 %st,
+//! .reg .b64 %a1 .. %a5)` compiled into the module with the program. A helper may end the run
+//! (status `STOPPED` with `STOP_VALUE`) or fault it (status `FAULT`, `FAULT_INSN` = -1: the
+//! caller puts its own instruction index there), exactly as CPU helpers do through `RunState`.
+
+use crate::state::{off, STATUS_STOPPED};
+use bpftime_vm::exec::{HelperTable, RunState};
+use bpftime_vm::Program;
+use std::collections::BTreeMap;
+
+/// How a helper's body is made.
+#[derive(Clone, Debug)]
+enum Body {
+    /// Fixed PTX: register declarations and instructions (between the braces).
+    Ptx(String),
+    /// Depends on the program (e.g. `bpf_loop` calls the program's callbacks).
+    PerProgram(fn(&Program) -> String),
+}
+
+/// One helper for the GPU.
+#[derive(Clone, Debug)]
+pub struct GpuHelper {
+    /// Kernel (or bpftime GPU) helper id.
+    pub id: u32,
+    /// Name, for messages.
+    pub name: &'static str,
+    body: Body,
+}
+
+impl GpuHelper {
+    /// A helper with a fixed PTX body (declarations and instructions; `%st` and `%a1`-`%a5`
+    /// are the parameters, `%ret` the result).
+    pub fn ptx(id: u32, name: &'static str, body: impl Into<String>) -> Self {
+        GpuHelper { id, name, body: Body::Ptx(body.into()) }
+    }
+
+    /// A helper whose body depends on the program.
+    pub fn per_program(id: u32, name: &'static str, body: fn(&Program) -> String) -> Self {
+        GpuHelper { id, name, body: Body::PerProgram(body) }
+    }
+
+    /// The `.func`'s name.
+    pub fn func_name(&self) -> String {
+        format!("bpf_helper_{}", self.id)
+    }
+
+    /// The `.func` definition for `prog`.
+    pub fn definition(&self, prog: &Program) -> String {
+        let body = match &self.body {
+            Body::Ptx(s) => s.clone(),
+            Body::PerProgram(f) => f(prog),
+        };
+        format!(
+            "// helper {} ({})\n.func (.reg .b64 %ret) {}(.reg .b64 %st, .reg .b64 %a1, .reg .b64 %a2, .reg .b64 %a3, .reg .b64 %a4, .reg .b64 %a5)\n{{\n{}\n}}\n",
+            self.id,
+            self.name,
+            self.func_name(),
+            body.trim_end()
+        )
+    }
+}
+
+/// The helpers a module may call, by id.
+#[derive(Clone, Debug, Default)]
+pub struct HelperSet {
+    helpers: BTreeMap<u32, GpuHelper>,
+}
+
+/// What a CPU engine runs for a helper that exists only on the GPU: a fault.
+extern "C" fn gpu_only(_: u64, _: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    state.helper_fault(bpftime_vm::Fault::Helper { id: 0, code: -95 });
+    0
+}
+
+impl HelperSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a helper.
+    pub fn with(mut self, h: GpuHelper) -> Self {
+        self.helpers.insert(h.id, h);
+        self
+    }
+
+    /// The helper with this id.
+    pub fn get(&self, id: u32) -> Option<&GpuHelper> {
+        self.helpers.get(&id)
+    }
+
+    /// Every id.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.helpers.keys().copied()
+    }
+
+    /// A table to verify GPU programs against: the same ids and names (their CPU functions
+    /// only fault; programs verified with it are meant for [`crate::translate()`]).
+    pub fn verifier_table(&self) -> HelperTable {
+        let mut t = HelperTable::new();
+        for h in self.helpers.values() {
+            t.register(h.id, h.name, gpu_only);
+        }
+        t
+    }
+
+    /// The bpf_conformance suite's helper 5 (`unwind`): returns its argument, and stops the
+    /// run with r0 = 0 when that is 0.
+    pub fn conformance() -> Self {
+        Self::new().with(unwind())
+    }
+}
+
+/// Helper 5 of the conformance suite.
+pub fn unwind() -> GpuHelper {
+    GpuHelper::ptx(
+        bpftime_vm::conformance::UNWIND_HELPER_ID,
+        "unwind",
+        format!(
+            ".reg .pred %p;\nsetp.ne.u64 %p, %a1, 0;\n@%p bra $done;\nst.u32 [%st+{}], {STATUS_STOPPED};\nst.u64 [%st+{}], 0;\n$done:\nmov.b64 %ret, %a1;\nret;",
+            off::STATUS,
+            off::STOP_VALUE
+        ),
+    )
+}

@@ -1,0 +1,1195 @@
+//! An interpreter for exactly the PTX subset [`crate::translate`] and the helpers emit, so that
+//! machines without a GPU still *execute* what we generate (as Cranelift keeps a CLIF
+//! interpreter for its differential fuzzing). It is deliberately strict: an instruction or
+//! operand form it does not know is a parse error, and a memory access outside every
+//! allocation is an error (where a GPU would raise an illegal-address fault), so a translator
+//! bug shows up here instead of being papered over.
+//!
+//! Model: threads run one after another, each to completion, with its own registers and local
+//! memory; global memory is a set of allocations in one flat 64-bit address space; local
+//! memory is reached through generic addresses (`cvta.local`). Atomics are plain
+//! read-modify-writes (threads do not interleave).
+
+use std::collections::HashMap;
+
+/// Why interpretation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InterpError {
+    /// The text is not in the subset (line number, what).
+    #[error("PTX line {line}: {msg}")]
+    Parse { line: usize, msg: String },
+    /// An access outside every allocation: a real GPU would fault here.
+    #[error("illegal address {addr:#x} ({len} bytes) in `{func}`")]
+    IllegalAddress { addr: u64, len: u64, func: String },
+    /// A misaligned access: a real GPU would fault here.
+    #[error("misaligned {len}-byte access at {addr:#x} in `{func}`")]
+    Misaligned { addr: u64, len: u64, func: String },
+    /// A call to a function the module does not define.
+    #[error("call to unknown function `{0}`")]
+    UnknownFunction(String),
+    /// More steps than allowed (a hang).
+    #[error("thread ran more than {0} instructions")]
+    TooManySteps(u64),
+    /// Something else.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn perr(line: usize, msg: impl Into<String>) -> InterpError {
+    InterpError::Parse { line, msg: msg.into() }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ty {
+    U8,
+    U16,
+    U32,
+    U64,
+    S8,
+    S16,
+    S32,
+    S64,
+    B8,
+    B16,
+    B32,
+    B64,
+    Pred,
+}
+
+impl Ty {
+    fn parse(s: &str) -> Option<Ty> {
+        Some(match s {
+            "u8" => Ty::U8,
+            "u16" => Ty::U16,
+            "u32" => Ty::U32,
+            "u64" => Ty::U64,
+            "s8" => Ty::S8,
+            "s16" => Ty::S16,
+            "s32" => Ty::S32,
+            "s64" => Ty::S64,
+            "b8" => Ty::B8,
+            "b16" => Ty::B16,
+            "b32" => Ty::B32,
+            "b64" => Ty::B64,
+            "pred" => Ty::Pred,
+            _ => return None,
+        })
+    }
+
+    fn bits(self) -> u32 {
+        match self {
+            Ty::U8 | Ty::S8 | Ty::B8 => 8,
+            Ty::U16 | Ty::S16 | Ty::B16 => 16,
+            Ty::U32 | Ty::S32 | Ty::B32 => 32,
+            Ty::U64 | Ty::S64 | Ty::B64 => 64,
+            Ty::Pred => 1,
+        }
+    }
+
+    fn signed(self) -> bool {
+        matches!(self, Ty::S8 | Ty::S16 | Ty::S32 | Ty::S64)
+    }
+
+    fn mask(self, v: u64) -> u64 {
+        match self.bits() {
+            64 => v,
+            b => v & ((1u64 << b) - 1),
+        }
+    }
+
+    /// The value as a sign-extended i64 (for signed types) or zero-extended.
+    fn extend(self, v: u64) -> i64 {
+        let b = self.bits();
+        if self.signed() && b < 64 {
+            ((v << (64 - b)) as i64) >> (64 - b)
+        } else {
+            self.mask(v) as i64
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Special {
+    TidX,
+    NtidX,
+    CtaidX,
+    NctaidX,
+    TidY,
+    TidZ,
+    NtidY,
+    NtidZ,
+    CtaidY,
+    CtaidZ,
+    NctaidY,
+    NctaidZ,
+    SmId,
+    NSmId,
+    LaneId,
+    WarpId,
+    GlobalTimer,
+    Clock64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Val {
+    Reg(u16),
+    Imm(u64),
+    Special(Special),
+    /// Address of a variable in local memory (offset in the thread's local window).
+    LocalSym(u64),
+    /// Address of a module global.
+    GlobalSym(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BinOp {
+    Add,
+    Sub,
+    MulLo,
+    Div,
+    Rem,
+    And,
+    Or,
+    Xor,
+    Shl,
+    Shr,
+    Min,
+    Max,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AtomOp {
+    Add,
+    And,
+    Or,
+    Xor,
+    Exch,
+    Cas,
+    Max,
+    Min,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Mov { ty: Ty, d: u16, a: Val },
+    Unpack { d0: u16, d1: u16, a: Val },
+    Pack { d: u16, lo: Val, hi: Val },
+    CvtaLocal { d: u16, a: Val },
+    LdParam { d: u16, param: usize },
+    Ld { ty: Ty, d: u16, base: Val, off: i64 },
+    St { ty: Ty, base: Val, off: i64, v: Val },
+    Bin { op: BinOp, ty: Ty, d: u16, a: Val, b: Val },
+    Mad { ty: Ty, d: u16, a: Val, b: Val, c: Val },
+    Neg { ty: Ty, d: u16, a: Val },
+    Not { ty: Ty, d: u16, a: Val },
+    Bfe { ty: Ty, d: u16, a: Val, pos: Val, len: Val },
+    Prmt { d: u16, a: Val, b: Val, sel: Val },
+    Cvt { dty: Ty, sty: Ty, d: u16, a: Val },
+    Setp { cmp: Cmp, ty: Ty, d: u16, a: Val, b: Val, and: Option<Val> },
+    Selp { ty: Ty, d: u16, a: Val, b: Val, p: Val },
+    Bra { target: usize },
+    Call { func: String, ret: Option<u16>, args: Vec<Val> },
+    Ret,
+    Atom { op: AtomOp, ty: Ty, d: u16, base: Val, off: i64, b: Val, c: Option<Val> },
+    Red { op: AtomOp, ty: Ty, base: Val, off: i64, b: Val },
+    Nop,
+}
+
+#[derive(Clone, Debug)]
+struct Instr {
+    guard: Option<(u16, bool)>,
+    op: Op,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Function {
+    name: String,
+    /// Register parameters, in order (`.func` only).
+    params: Vec<u16>,
+    /// Kernel parameters (`.entry` only), in order.
+    kernel_params: Vec<String>,
+    ret: Option<u16>,
+    nregs: usize,
+    instrs: Vec<Instr>,
+    local_size: u64,
+}
+
+/// A parsed module.
+#[derive(Clone, Debug, Default)]
+pub struct Module {
+    functions: HashMap<String, Function>,
+    globals: Vec<(String, u64)>,
+}
+
+fn parse_imm(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s),
+    };
+    let v = if let Some(h) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+        u64::from_str_radix(h.trim_end_matches('U'), 16).ok()?
+    } else {
+        body.trim_end_matches('U').parse::<u64>().ok()?
+    };
+    Some(if neg { v.wrapping_neg() } else { v })
+}
+
+fn special(s: &str) -> Option<Special> {
+    Some(match s {
+        "%tid.x" => Special::TidX,
+        "%tid.y" => Special::TidY,
+        "%tid.z" => Special::TidZ,
+        "%ntid.x" => Special::NtidX,
+        "%ntid.y" => Special::NtidY,
+        "%ntid.z" => Special::NtidZ,
+        "%ctaid.x" => Special::CtaidX,
+        "%ctaid.y" => Special::CtaidY,
+        "%ctaid.z" => Special::CtaidZ,
+        "%nctaid.x" => Special::NctaidX,
+        "%nctaid.y" => Special::NctaidY,
+        "%nctaid.z" => Special::NctaidZ,
+        "%smid" => Special::SmId,
+        "%nsmid" => Special::NSmId,
+        "%laneid" => Special::LaneId,
+        "%warpid" => Special::WarpId,
+        "%globaltimer" => Special::GlobalTimer,
+        "%clock64" => Special::Clock64,
+        _ => return None,
+    })
+}
+
+/// Splits operands at top-level commas (not inside braces, brackets or parentheses).
+fn split_operands(s: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut depth = 0;
+    let mut cur = String::new();
+    for c in s.chars() {
+        match c {
+            '{' | '[' | '(' => {
+                depth += 1;
+                cur.push(c);
+            }
+            '}' | ']' | ')' => {
+                depth -= 1;
+                cur.push(c);
+            }
+            ',' if depth == 0 => {
+                out.push(cur.trim().to_string());
+                cur.clear();
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+/// Expands `.reg .b64 %r<11>, %x, %y` into names.
+fn reg_names(decl: &str) -> Vec<String> {
+    let mut out = vec![];
+    for part in decl.split(',') {
+        let part = part.trim().trim_end_matches(';');
+        if let Some((name, n)) = part.split_once('<') {
+            let n: usize = n.trim_end_matches('>').parse().unwrap_or(0);
+            out.extend((0..n).map(|i| format!("{name}{i}")));
+        } else if !part.is_empty() {
+            out.push(part.to_string());
+        }
+    }
+    out
+}
+
+struct FnParser<'a> {
+    f: Function,
+    regs: HashMap<String, u16>,
+    locals: HashMap<String, u64>,
+    labels: HashMap<String, usize>,
+    fixups: Vec<(usize, String, usize)>,
+    globals: &'a [(String, u64)],
+}
+
+impl FnParser<'_> {
+    fn reg(&mut self, name: &str) -> u16 {
+        if let Some(&r) = self.regs.get(name) {
+            return r;
+        }
+        let r = self.f.nregs as u16;
+        self.f.nregs += 1;
+        self.regs.insert(name.to_string(), r);
+        r
+    }
+
+    fn known_reg(&self, line: usize, name: &str) -> Result<u16, InterpError> {
+        self.regs.get(name).copied().ok_or_else(|| perr(line, format!("undeclared register `{name}`")))
+    }
+
+    fn val(&self, line: usize, s: &str) -> Result<Val, InterpError> {
+        let s = s.trim();
+        if let Some(sp) = special(s) {
+            return Ok(Val::Special(sp));
+        }
+        if s.starts_with('%') {
+            return Ok(Val::Reg(self.known_reg(line, s)?));
+        }
+        if let Some(v) = parse_imm(s) {
+            return Ok(Val::Imm(v));
+        }
+        if let Some(&o) = self.locals.get(s) {
+            return Ok(Val::LocalSym(o));
+        }
+        if self.globals.iter().any(|(g, _)| g == s) {
+            return Ok(Val::GlobalSym(s.to_string()));
+        }
+        Err(perr(line, format!("unknown operand `{s}`")))
+    }
+
+    /// `[%r+8]`, `[%r]`, `[name]`, `[name+8]`.
+    fn mem(&self, line: usize, s: &str) -> Result<(Val, i64), InterpError> {
+        let inner = s.trim().strip_prefix('[').and_then(|x| x.strip_suffix(']')).ok_or_else(|| perr(line, format!("bad memory operand `{s}`")))?;
+        let (base, off) = match inner.rfind(['+', '-']) {
+            Some(i) if i > 0 => {
+                let off = parse_imm(&inner[i..].replace('+', "")).ok_or_else(|| perr(line, format!("bad offset in `{s}`")))?;
+                (&inner[..i], off as i64)
+            }
+            _ => (inner, 0),
+        };
+        Ok((self.val(line, base)?, off))
+    }
+
+    fn dst(&mut self, line: usize, s: &str) -> Result<u16, InterpError> {
+        let s = s.trim();
+        if !s.starts_with('%') {
+            return Err(perr(line, format!("bad destination `{s}`")));
+        }
+        self.known_reg(line, s)
+    }
+}
+
+impl Module {
+    /// Parses a module in the subset.
+    pub fn parse(text: &str) -> Result<Module, InterpError> {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut m = Module::default();
+        // Module globals first (a function may refer to one declared later).
+        for l in &lines {
+            let t = l.trim();
+            if (t.starts_with(".global") || t.starts_with(".visible .global")) && t.ends_with(';') {
+                let decl = t.trim_end_matches(';');
+                let last = decl.split_whitespace().last().unwrap_or("");
+                let (name, n) = match last.split_once('[') {
+                    Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<u64>().unwrap_or(1)),
+                    None => (last, 1),
+                };
+                let elem = if decl.contains(".b8") || decl.contains(".u8") {
+                    1
+                } else if decl.contains(".u32") || decl.contains(".b32") {
+                    4
+                } else {
+                    8
+                };
+                m.globals.push((name.to_string(), n * elem));
+            }
+        }
+        let mut i = 0;
+        while i < lines.len() {
+            let t = lines[i].trim();
+            let is_def =
+                (t.starts_with(".func") || t.starts_with(".visible .entry") || t.starts_with(".entry") || t.starts_with(".visible .func")) && !t.ends_with(';');
+            if !is_def {
+                i += 1;
+                continue;
+            }
+            // The header may span lines until `{`.
+            let mut header = String::new();
+            while i < lines.len() && lines[i].trim() != "{" {
+                header.push_str(lines[i].trim());
+                header.push(' ');
+                i += 1;
+            }
+            i += 1;
+            let start = i;
+            let mut depth = 1;
+            while i < lines.len() {
+                let t = lines[i].trim();
+                if t == "{" {
+                    depth += 1;
+                } else if t == "}" {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                i += 1;
+            }
+            let f = Self::parse_function(&header, &lines[start..i], start + 1, &m.globals)?;
+            m.functions.insert(f.name.clone(), f);
+            i += 1;
+        }
+        Ok(m)
+    }
+
+    fn parse_function(header: &str, body: &[&str], first_line: usize, globals: &[(String, u64)]) -> Result<Function, InterpError> {
+        let line0 = first_line.saturating_sub(1);
+        let mut p = FnParser { f: Function::default(), regs: HashMap::new(), locals: HashMap::new(), labels: HashMap::new(), fixups: vec![], globals };
+        let entry = header.contains(".entry");
+        // `.func (.reg .b64 %ret) name(.reg .b64 %a, ...)` or `.entry name(.param .u64 p, ...)`.
+        let mut rest = header.trim();
+        rest = rest.trim_start_matches(".visible").trim();
+        rest = rest.trim_start_matches(".entry").trim_start_matches(".func").trim();
+        if rest.starts_with('(') {
+            let close = rest.find(')').ok_or_else(|| perr(line0, "bad return declaration"))?;
+            let ret = rest[1..close].split_whitespace().last().unwrap_or("").to_string();
+            p.f.ret = Some(p.reg(&ret));
+            rest = rest[close + 1..].trim();
+        }
+        let open = rest.find('(').ok_or_else(|| perr(line0, "missing parameters"))?;
+        p.f.name = rest[..open].trim().to_string();
+        let close = rest.rfind(')').ok_or_else(|| perr(line0, "unclosed parameters"))?;
+        for param in rest[open + 1..close].split(',') {
+            let name = param.split_whitespace().last().unwrap_or("").to_string();
+            if name.is_empty() {
+                continue;
+            }
+            if entry {
+                p.f.kernel_params.push(name);
+            } else {
+                let r = p.reg(&name);
+                p.f.params.push(r);
+            }
+        }
+        for (k, raw) in body.iter().enumerate() {
+            let line = first_line + k;
+            let t = raw.trim();
+            let t = t.split("//").next().unwrap_or("").trim();
+            if t.is_empty() || t == "{" || t == "}" {
+                continue;
+            }
+            if let Some(decl) = t.strip_prefix(".reg") {
+                let decl = decl.trim();
+                let (_, names) = decl.split_once(' ').ok_or_else(|| perr(line, "bad .reg"))?;
+                for n in reg_names(names) {
+                    p.reg(&n);
+                }
+                continue;
+            }
+            if t.starts_with(".local") {
+                // `.local .align 16 .b8 name[N];`
+                let last = t.trim_end_matches(';').split_whitespace().last().unwrap_or("");
+                let (name, n) = last.split_once('[').ok_or_else(|| perr(line, "bad .local"))?;
+                let n: u64 = n.trim_end_matches(']').parse().map_err(|_| perr(line, "bad .local size"))?;
+                let off = p.f.local_size.div_ceil(16) * 16;
+                p.locals.insert(name.to_string(), off);
+                p.f.local_size = off + n;
+                continue;
+            }
+            if t.starts_with('.') {
+                return Err(perr(line, format!("unsupported directive `{t}`")));
+            }
+            if let Some(label) = t.strip_suffix(':') {
+                p.labels.insert(label.to_string(), p.f.instrs.len());
+                continue;
+            }
+            let instr = Self::parse_instr(&mut p, line, t)?;
+            p.f.instrs.push(instr);
+        }
+        for (idx, label, line) in std::mem::take(&mut p.fixups) {
+            let target = *p.labels.get(&label).ok_or_else(|| perr(line, format!("unknown label `{label}`")))?;
+            if let Op::Bra { target: t } = &mut p.f.instrs[idx].op {
+                *t = target;
+            }
+        }
+        Ok(p.f)
+    }
+
+    fn parse_instr(p: &mut FnParser, line: usize, t: &str) -> Result<Instr, InterpError> {
+        let t = t.trim_end_matches(';').trim();
+        let (guard, t) = match t.strip_prefix('@') {
+            Some(rest) => {
+                let (g, rest) = rest.split_once(char::is_whitespace).ok_or_else(|| perr(line, "bad guard"))?;
+                let (neg, name) = match g.strip_prefix('!') {
+                    Some(n) => (true, n),
+                    None => (false, g),
+                };
+                (Some((p.known_reg(line, name)?, neg)), rest.trim())
+            }
+            None => (None, t),
+        };
+        let (mnemonic, operands) = match t.split_once(char::is_whitespace) {
+            Some((m, o)) => (m, o.trim()),
+            None => (t, ""),
+        };
+        let parts: Vec<&str> = mnemonic.split('.').collect();
+        let ops = split_operands(operands);
+        let ty_of = |s: &str| Ty::parse(s).ok_or_else(|| perr(line, format!("unknown type `.{s}` in `{mnemonic}`")));
+        let last_ty = || ty_of(parts.last().copied().unwrap_or(""));
+        let need = |n: usize| if ops.len() == n { Ok(()) } else { Err(perr(line, format!("`{mnemonic}` takes {n} operands, got {}", ops.len()))) };
+        let op = match parts[0] {
+            "mov" => {
+                need(2)?;
+                let ty = last_ty()?;
+                if ops[0].starts_with('{') {
+                    let inner: Vec<String> = split_operands(ops[0].trim_matches(|c| c == '{' || c == '}'));
+                    Op::Unpack { d0: p.dst(line, &inner[0])?, d1: p.dst(line, &inner[1])?, a: p.val(line, &ops[1])? }
+                } else if ops[1].starts_with('{') {
+                    let inner: Vec<String> = split_operands(ops[1].trim_matches(|c| c == '{' || c == '}'));
+                    Op::Pack { d: p.dst(line, &ops[0])?, lo: p.val(line, &inner[0])?, hi: p.val(line, &inner[1])? }
+                } else {
+                    Op::Mov { ty, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
+                }
+            }
+            "cvta" if parts.get(1) == Some(&"local") => {
+                need(2)?;
+                Op::CvtaLocal { d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
+            }
+            "ld" | "st" => {
+                need(2)?;
+                let space = parts[1..parts.len() - 1].iter().find(|s| matches!(**s, "param" | "global" | "local" | "shared" | "const"));
+                let ty = last_ty()?;
+                if parts[0] == "ld" && space == Some(&"param") {
+                    let (base, _) =
+                        ops[1].trim_matches(|c| c == '[' || c == ']').split_once('+').unwrap_or((ops[1].trim_matches(|c| c == '[' || c == ']'), "0"));
+                    let param = p.f.kernel_params.iter().position(|x| x == base).ok_or_else(|| perr(line, format!("unknown parameter `{base}`")))?;
+                    Op::LdParam { d: p.dst(line, &ops[0])?, param }
+                } else if space.is_some_and(|s| *s != "global") {
+                    return Err(perr(line, format!("state space `.{}` is not in the subset", space.unwrap_or(&""))));
+                } else if parts[0] == "ld" {
+                    let (base, off) = p.mem(line, &ops[1])?;
+                    Op::Ld { ty, d: p.dst(line, &ops[0])?, base, off }
+                } else {
+                    let (base, off) = p.mem(line, &ops[0])?;
+                    Op::St { ty, base, off, v: p.val(line, &ops[1])? }
+                }
+            }
+            "add" | "sub" | "div" | "rem" | "and" | "or" | "xor" | "shl" | "shr" | "min" | "max" => {
+                need(3)?;
+                let op = match parts[0] {
+                    "add" => BinOp::Add,
+                    "sub" => BinOp::Sub,
+                    "div" => BinOp::Div,
+                    "rem" => BinOp::Rem,
+                    "and" => BinOp::And,
+                    "or" => BinOp::Or,
+                    "xor" => BinOp::Xor,
+                    "shl" => BinOp::Shl,
+                    "shr" => BinOp::Shr,
+                    "min" => BinOp::Min,
+                    _ => BinOp::Max,
+                };
+                Op::Bin { op, ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])? }
+            }
+            "mul" if parts.get(1) == Some(&"lo") => {
+                need(3)?;
+                Op::Bin { op: BinOp::MulLo, ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])? }
+            }
+            "mad" if parts.get(1) == Some(&"lo") => {
+                need(4)?;
+                Op::Mad { ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])?, c: p.val(line, &ops[3])? }
+            }
+            "neg" => {
+                need(2)?;
+                Op::Neg { ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
+            }
+            "not" => {
+                need(2)?;
+                Op::Not { ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
+            }
+            "bfe" => {
+                need(4)?;
+                Op::Bfe { ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, pos: p.val(line, &ops[2])?, len: p.val(line, &ops[3])? }
+            }
+            "prmt" => {
+                need(4)?;
+                Op::Prmt { d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])?, sel: p.val(line, &ops[3])? }
+            }
+            "cvt" => {
+                need(2)?;
+                let tys: Vec<&str> = parts[1..].iter().copied().filter(|s| Ty::parse(s).is_some()).collect();
+                if tys.len() != 2 {
+                    return Err(perr(line, format!("bad cvt `{mnemonic}`")));
+                }
+                Op::Cvt { dty: ty_of(tys[0])?, sty: ty_of(tys[1])?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
+            }
+            "setp" => {
+                let cmp = match parts.get(1).copied() {
+                    Some("eq") => Cmp::Eq,
+                    Some("ne") => Cmp::Ne,
+                    Some("lt") => Cmp::Lt,
+                    Some("le") => Cmp::Le,
+                    Some("gt") => Cmp::Gt,
+                    Some("ge") => Cmp::Ge,
+                    _ => return Err(perr(line, format!("bad comparison in `{mnemonic}`"))),
+                };
+                let and = parts.get(2) == Some(&"and");
+                need(if and { 4 } else { 3 })?;
+                let and = if and { Some(p.val(line, &ops[3])?) } else { None };
+                Op::Setp { cmp, ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])?, and }
+            }
+            "selp" => {
+                need(4)?;
+                Op::Selp { ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])?, p: p.val(line, &ops[3])? }
+            }
+            "bra" => {
+                need(1)?;
+                p.fixups.push((p.f.instrs.len(), ops[0].clone(), line));
+                Op::Bra { target: usize::MAX }
+            }
+            "call" => {
+                // call.uni (%ret), name, (args);   or   call.uni name, (args);
+                let (ret, name, args) = match ops.len() {
+                    3 => (Some(ops[0].trim_matches(|c| c == '(' || c == ')').to_string()), ops[1].clone(), ops[2].clone()),
+                    2 => (None, ops[0].clone(), ops[1].clone()),
+                    _ => return Err(perr(line, "bad call")),
+                };
+                let ret = match ret {
+                    Some(r) => Some(p.dst(line, &r)?),
+                    None => None,
+                };
+                let args = split_operands(args.trim_matches(|c| c == '(' || c == ')')).iter().map(|a| p.val(line, a)).collect::<Result<_, _>>()?;
+                Op::Call { func: name.trim().to_string(), ret, args }
+            }
+            "ret" => Op::Ret,
+            "membar" | "fence" => Op::Nop,
+            "atom" | "red" => {
+                let op = match parts.iter().find_map(|s| match *s {
+                    "add" => Some(AtomOp::Add),
+                    "and" => Some(AtomOp::And),
+                    "or" => Some(AtomOp::Or),
+                    "xor" => Some(AtomOp::Xor),
+                    "exch" => Some(AtomOp::Exch),
+                    "cas" => Some(AtomOp::Cas),
+                    "max" => Some(AtomOp::Max),
+                    "min" => Some(AtomOp::Min),
+                    _ => None,
+                }) {
+                    Some(o) => o,
+                    None => return Err(perr(line, format!("bad atomic `{mnemonic}`"))),
+                };
+                let ty = last_ty()?;
+                if parts[0] == "red" {
+                    need(2)?;
+                    let (base, off) = p.mem(line, &ops[0])?;
+                    Op::Red { op, ty, base, off, b: p.val(line, &ops[1])? }
+                } else {
+                    need(if op == AtomOp::Cas { 4 } else { 3 })?;
+                    let (base, off) = p.mem(line, &ops[1])?;
+                    let c = if op == AtomOp::Cas { Some(p.val(line, &ops[3])?) } else { None };
+                    Op::Atom { op, ty, d: p.dst(line, &ops[0])?, base, off, b: p.val(line, &ops[2])?, c }
+                }
+            }
+            other => return Err(perr(line, format!("instruction `{other}` is not in the subset"))),
+        };
+        Ok(Instr { guard, op })
+    }
+
+    /// Names of the functions and kernels.
+    pub fn function_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.functions.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// One allocation of global memory.
+#[derive(Clone, Debug)]
+struct Segment {
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+/// Where a thread's local memory window starts unless [`Machine::local_base`] says otherwise:
+/// an address with non-zero low bits, like a real stack's.
+const LOCAL_BASE: u64 = 0x7ffd_3c41_7a40;
+
+/// Global memory and the current thread's local memory.
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    segments: Vec<Segment>,
+    next: u64,
+}
+
+impl Memory {
+    /// Allocates `len` zeroed bytes; returns the device address (16-aligned, with non-zero
+    /// low bits, like a real heap's).
+    pub fn alloc(&mut self, len: u64) -> u64 {
+        if self.next == 0 {
+            self.next = 0x5596_2a1c_4c30;
+        }
+        let base = self.next;
+        self.next = (base + len.max(1)).div_ceil(4096) * 4096 + 4096 + 0x130;
+        self.segments.push(Segment { base, bytes: vec![0; len as usize] });
+        base
+    }
+
+    /// Allocates `len` zeroed bytes at `addr` (to mirror a CPU run's addresses); fails if that
+    /// overlaps an allocation.
+    pub fn alloc_at(&mut self, addr: u64, len: u64) -> Result<u64, InterpError> {
+        let end = addr.checked_add(len.max(1)).ok_or(InterpError::Other("allocation wraps".into()))?;
+        if self.segments.iter().any(|s| addr < s.base + s.bytes.len() as u64 && s.base < end) {
+            return Err(InterpError::Other(format!("{addr:#x}+{len} overlaps an allocation")));
+        }
+        self.segments.push(Segment { base: addr, bytes: vec![0; len as usize] });
+        Ok(addr)
+    }
+
+    /// Copies `data` into memory at `addr`.
+    pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), InterpError> {
+        let s = self.slice_mut(addr, data.len() as u64, "host")?;
+        s.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `addr`.
+    pub fn read(&self, addr: u64, len: u64) -> Result<Vec<u8>, InterpError> {
+        let s = self.segment(addr, len).ok_or(InterpError::IllegalAddress { addr, len, func: "host".into() })?;
+        let o = (addr - s.base) as usize;
+        Ok(s.bytes[o..o + len as usize].to_vec())
+    }
+
+    fn segment(&self, addr: u64, len: u64) -> Option<&Segment> {
+        self.segments.iter().find(|s| addr >= s.base && addr.checked_add(len).is_some_and(|e| e <= s.base + s.bytes.len() as u64))
+    }
+
+    fn slice_mut(&mut self, addr: u64, len: u64, func: &str) -> Result<&mut [u8], InterpError> {
+        let s = self
+            .segments
+            .iter_mut()
+            .find(|s| addr >= s.base && addr.checked_add(len).is_some_and(|e| e <= s.base + s.bytes.len() as u64))
+            .ok_or_else(|| InterpError::IllegalAddress { addr, len, func: func.to_string() })?;
+        let o = (addr - s.base) as usize;
+        Ok(&mut s.bytes[o..o + len as usize])
+    }
+
+    fn load(&self, addr: u64, len: u64, func: &str) -> Result<u64, InterpError> {
+        if addr % len != 0 {
+            return Err(InterpError::Misaligned { addr, len, func: func.into() });
+        }
+        let s = self.segment(addr, len).ok_or_else(|| InterpError::IllegalAddress { addr, len, func: func.into() })?;
+        let o = (addr - s.base) as usize;
+        let mut b = [0u8; 8];
+        b[..len as usize].copy_from_slice(&s.bytes[o..o + len as usize]);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn store(&mut self, addr: u64, len: u64, v: u64, func: &str) -> Result<(), InterpError> {
+        if addr % len != 0 {
+            return Err(InterpError::Misaligned { addr, len, func: func.into() });
+        }
+        let s = self.slice_mut(addr, len, func)?;
+        s.copy_from_slice(&v.to_le_bytes()[..len as usize]);
+        Ok(())
+    }
+}
+
+/// Launch geometry and the values of special registers.
+#[derive(Clone, Copy, Debug)]
+pub struct Launch {
+    /// Blocks (x).
+    pub blocks: u32,
+    /// Threads per block (x).
+    pub threads: u32,
+    /// What `%nsmid` reads, and how `%smid` is derived (block % SMs).
+    pub sms: u32,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Launch { blocks: 1, threads: 1, sms: 4 }
+    }
+}
+
+/// Runs kernels of a module on simulated memory.
+pub struct Machine {
+    module: Module,
+    /// Global memory (allocate inputs here).
+    pub memory: Memory,
+    globals: HashMap<String, u64>,
+    /// Most instructions one thread may run.
+    pub step_limit: u64,
+    /// Where each thread's local memory window starts.
+    pub local_base: u64,
+    clock: u64,
+}
+
+struct Frame {
+    func: String,
+    regs: Vec<u64>,
+    pc: usize,
+    ret_to: Option<u16>,
+}
+
+impl Machine {
+    /// A machine for `module`, with its globals allocated.
+    pub fn new(module: Module) -> Machine {
+        let mut memory = Memory::default();
+        let mut globals = HashMap::new();
+        for (name, size) in &module.globals {
+            globals.insert(name.clone(), memory.alloc(*size));
+        }
+        Machine { module, memory, globals, step_limit: 50_000_000, local_base: LOCAL_BASE, clock: 1_000_000 }
+    }
+
+    /// The device address of a module global.
+    pub fn global(&self, name: &str) -> Option<u64> {
+        self.globals.get(name).copied()
+    }
+
+    /// Runs kernel `name` with `args` on every thread of `launch`.
+    pub fn launch(&mut self, name: &str, args: &[u64], launch: Launch) -> Result<(), InterpError> {
+        let k = self.module.functions.get(name).ok_or_else(|| InterpError::UnknownFunction(name.into()))?;
+        if k.kernel_params.len() != args.len() {
+            return Err(InterpError::Other(format!("kernel `{name}` takes {} arguments, got {}", k.kernel_params.len(), args.len())));
+        }
+        for block in 0..launch.blocks {
+            for thread in 0..launch.threads {
+                self.run_thread(name, args, launch, block, thread)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_thread(&mut self, kernel: &str, args: &[u64], launch: Launch, block: u32, thread: u32) -> Result<(), InterpError> {
+        // Local memory: this thread's window (exactly the kernel's locals), as a segment for
+        // the thread's life.
+        let local_size = self.module.functions[kernel].local_size.max(16);
+        let local_base = self.local_base;
+        self.memory.alloc_at(local_base, local_size)?;
+        let r = self.run_frames(kernel, args, launch, block, thread, local_base);
+        self.memory.segments.retain(|s| s.base != local_base);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_frames(&mut self, kernel: &str, args: &[u64], launch: Launch, block: u32, thread: u32, local_base: u64) -> Result<(), InterpError> {
+        let k = &self.module.functions[kernel];
+        let mut stack = vec![Frame { func: kernel.to_string(), regs: vec![0; k.nregs], pc: 0, ret_to: None }];
+        // Each function's locals get their own part of the window (functions with locals are
+        // kernels here; a call stack of them would need frames).
+        let mut steps = 0u64;
+        loop {
+            steps += 1;
+            if steps > self.step_limit {
+                return Err(InterpError::TooManySteps(self.step_limit));
+            }
+            let depth = stack.len();
+            let frame = stack.last_mut().expect("a frame");
+            let f = &self.module.functions[&frame.func];
+            let Some(instr) = f.instrs.get(frame.pc) else {
+                return Err(InterpError::Other(format!("`{}` ran off its end", f.name)));
+            };
+            frame.pc += 1;
+            if let Some((p, neg)) = instr.guard {
+                if (frame.regs[p as usize] != 0) == neg {
+                    continue;
+                }
+            }
+            let fname: &str = &f.name;
+            macro_rules! v {
+                ($val:expr) => {
+                    match $val {
+                        Val::Reg(r) => frame.regs[*r as usize],
+                        Val::Imm(i) => *i,
+                        Val::LocalSym(o) => *o,
+                        Val::GlobalSym(g) => self.globals[g],
+                        Val::Special(s) => {
+                            self.clock += 7;
+                            match s {
+                                Special::TidX => thread as u64,
+                                Special::NtidX => launch.threads as u64,
+                                Special::CtaidX => block as u64,
+                                Special::NctaidX => launch.blocks as u64,
+                                Special::TidY | Special::TidZ | Special::CtaidY | Special::CtaidZ => 0,
+                                Special::NtidY | Special::NtidZ | Special::NctaidY | Special::NctaidZ => 1,
+                                Special::SmId => (block % launch.sms.max(1)) as u64,
+                                Special::NSmId => launch.sms as u64,
+                                Special::LaneId => (thread % 32) as u64,
+                                Special::WarpId => (thread / 32) as u64,
+                                Special::GlobalTimer | Special::Clock64 => self.clock,
+                            }
+                        }
+                    }
+                };
+            }
+            match &instr.op {
+                Op::Nop => {}
+                Op::Mov { ty, d, a } => {
+                    let x = v!(a);
+                    frame.regs[*d as usize] = if *ty == Ty::Pred { (x != 0) as u64 } else { ty.mask(x) };
+                }
+                Op::Unpack { d0, d1, a } => {
+                    let x = v!(a);
+                    frame.regs[*d0 as usize] = x & 0xffff_ffff;
+                    frame.regs[*d1 as usize] = x >> 32;
+                }
+                Op::Pack { d, lo, hi } => {
+                    let x = (v!(lo) & 0xffff_ffff) | (v!(hi) << 32);
+                    frame.regs[*d as usize] = x;
+                }
+                Op::CvtaLocal { d, a } => {
+                    let x = v!(a);
+                    frame.regs[*d as usize] = local_base + x;
+                }
+                Op::LdParam { d, param } => frame.regs[*d as usize] = args[*param],
+                Op::Ld { ty, d, base, off } => {
+                    let addr = v!(base).wrapping_add(*off as u64);
+                    let n = (ty.bits() / 8) as u64;
+                    let x = self.memory.load(addr, n, fname)?;
+                    frame.regs[*d as usize] = if ty.signed() { ty.extend(x) as u64 } else { x };
+                }
+                Op::St { ty, base, off, v: val } => {
+                    let addr = v!(base).wrapping_add(*off as u64);
+                    let x = v!(val);
+                    self.memory.store(addr, (ty.bits() / 8) as u64, x, fname)?;
+                }
+                Op::Bin { op, ty, d, a, b } => {
+                    let (x, y) = (v!(a), v!(b));
+                    frame.regs[*d as usize] = bin(*op, *ty, x, y).map_err(InterpError::Other)?;
+                }
+                Op::Mad { ty, d, a, b, c } => {
+                    let x = v!(a).wrapping_mul(v!(b)).wrapping_add(v!(c));
+                    frame.regs[*d as usize] = ty.mask(x);
+                }
+                Op::Neg { ty, d, a } => {
+                    let x = v!(a);
+                    frame.regs[*d as usize] = ty.mask(x.wrapping_neg());
+                }
+                Op::Not { ty, d, a } => {
+                    let x = v!(a);
+                    frame.regs[*d as usize] = if *ty == Ty::Pred { (x == 0) as u64 } else { ty.mask(!x) };
+                }
+                Op::Bfe { ty, d, a, pos, len } => {
+                    let (x, pos, len) = (ty.mask(v!(a)), v!(pos) & 0xff, v!(len) & 0xff);
+                    let bits = ty.bits() as u64;
+                    let r = if len == 0 {
+                        0
+                    } else {
+                        let pos = pos.min(bits);
+                        let len = len.min(bits);
+                        let field = if pos >= bits { 0 } else { x >> pos };
+                        let mask = if len >= 64 { u64::MAX } else { (1u64 << len) - 1 };
+                        let mut f = field & mask;
+                        // Signed: the sign bit is bit pos+len-1 (or the top bit if beyond).
+                        if ty.signed() {
+                            let sbit = (pos + len - 1).min(bits - 1);
+                            let negative = x >> sbit & 1 == 1;
+                            if negative && len < 64 {
+                                f |= !mask;
+                            }
+                        }
+                        ty.mask(f)
+                    };
+                    frame.regs[*d as usize] = r;
+                }
+                Op::Prmt { d, a, b, sel } => {
+                    let bytes = ((v!(b) & 0xffff_ffff) << 32 | (v!(a) & 0xffff_ffff)).to_le_bytes();
+                    let s = v!(sel);
+                    let mut r = 0u32;
+                    for i in 0..4 {
+                        let nib = (s >> (4 * i)) & 0xf;
+                        let byte = bytes[(nib & 7) as usize];
+                        let byte = if nib & 8 != 0 {
+                            if byte & 0x80 != 0 {
+                                0xff
+                            } else {
+                                0
+                            }
+                        } else {
+                            byte
+                        };
+                        r |= (byte as u32) << (8 * i);
+                    }
+                    frame.regs[*d as usize] = r as u64;
+                }
+                Op::Cvt { dty, sty, d, a } => {
+                    let x = sty.extend(v!(a)) as u64;
+                    frame.regs[*d as usize] = dty.mask(x);
+                }
+                Op::Setp { cmp, ty, d, a, b, and } => {
+                    let (x, y) = (v!(a), v!(b));
+                    let r = if ty.signed() {
+                        compare(*cmp, ty.extend(x) as i128, ty.extend(y) as i128)
+                    } else {
+                        compare(*cmp, ty.mask(x) as i128, ty.mask(y) as i128)
+                    };
+                    let r = match and {
+                        Some(q) => r && v!(q) != 0,
+                        None => r,
+                    };
+                    frame.regs[*d as usize] = r as u64;
+                }
+                Op::Selp { ty, d, a, b, p } => {
+                    let x = if v!(p) != 0 { v!(a) } else { v!(b) };
+                    frame.regs[*d as usize] = ty.mask(x);
+                }
+                Op::Bra { target } => frame.pc = *target,
+                Op::Call { func, ret, args: call_args } => {
+                    let callee = self.module.functions.get(func).ok_or_else(|| InterpError::UnknownFunction(func.clone()))?;
+                    if callee.params.len() != call_args.len() {
+                        return Err(InterpError::Other(format!("`{func}` takes {} arguments, got {}", callee.params.len(), call_args.len())));
+                    }
+                    if callee.local_size > 0 {
+                        return Err(InterpError::Other(format!("`{func}` declares local memory: not in the subset for device functions")));
+                    }
+                    if depth > 64 {
+                        return Err(InterpError::Other("call stack deeper than 64".into()));
+                    }
+                    let mut regs = vec![0u64; callee.nregs];
+                    for (p, a) in callee.params.iter().zip(call_args) {
+                        regs[*p as usize] = v!(a);
+                    }
+                    let ret_to = *ret;
+                    let name = func.clone();
+                    stack.push(Frame { func: name, regs, pc: 0, ret_to });
+                }
+                Op::Ret => {
+                    let done = stack.pop().expect("a frame");
+                    let f = &self.module.functions[&done.func];
+                    let value = f.ret.map(|r| done.regs[r as usize]).unwrap_or(0);
+                    match stack.last_mut() {
+                        Some(caller) => {
+                            if let Some(d) = done.ret_to {
+                                caller.regs[d as usize] = value;
+                            }
+                        }
+                        None => return Ok(()),
+                    }
+                }
+                Op::Atom { op, ty, d, base, off, b, c } => {
+                    let addr = v!(base).wrapping_add(*off as u64);
+                    let n = (ty.bits() / 8) as u64;
+                    let (y, z) = (v!(b), c.as_ref().map(|c| v!(c)));
+                    let old = self.memory.load(addr, n, fname)?;
+                    let new = atom(*op, *ty, old, y, z);
+                    self.memory.store(addr, n, new, fname)?;
+                    frame.regs[*d as usize] = old;
+                }
+                Op::Red { op, ty, base, off, b } => {
+                    let addr = v!(base).wrapping_add(*off as u64);
+                    let n = (ty.bits() / 8) as u64;
+                    let y = v!(b);
+                    let old = self.memory.load(addr, n, fname)?;
+                    self.memory.store(addr, n, atom(*op, *ty, old, y, None), fname)?;
+                }
+            }
+        }
+    }
+}
+
+fn compare(cmp: Cmp, x: impl Into<i128>, y: impl Into<i128>) -> bool {
+    let (x, y) = (x.into(), y.into());
+    match cmp {
+        Cmp::Eq => x == y,
+        Cmp::Ne => x != y,
+        Cmp::Lt => x < y,
+        Cmp::Le => x <= y,
+        Cmp::Gt => x > y,
+        Cmp::Ge => x >= y,
+    }
+}
+
+fn bin(op: BinOp, ty: Ty, x: u64, y: u64) -> Result<u64, String> {
+    let bits = ty.bits();
+    let (sx, sy) = (ty.extend(x), ty.extend(y));
+    let (ux, uy) = (ty.mask(x), ty.mask(y));
+    let r = match op {
+        BinOp::Add => x.wrapping_add(y),
+        BinOp::Sub => x.wrapping_sub(y),
+        BinOp::MulLo => x.wrapping_mul(y),
+        BinOp::And => x & y,
+        BinOp::Or => x | y,
+        BinOp::Xor => x ^ y,
+        BinOp::Div | BinOp::Rem => {
+            if uy == 0 {
+                return Err("division by zero (undefined in PTX: the translator must never emit it)".into());
+            }
+            if ty.signed() {
+                if sy == -1 && sx == ty.extend(1u64 << (bits - 1)) {
+                    return Err("signed division overflow (undefined in PTX)".into());
+                }
+                (if op == BinOp::Div { sx.wrapping_div(sy) } else { sx.wrapping_rem(sy) }) as u64
+            } else if op == BinOp::Div {
+                ux / uy
+            } else {
+                ux % uy
+            }
+        }
+        BinOp::Shl => {
+            let s = y & 0xffff_ffff;
+            if s >= bits as u64 {
+                0
+            } else {
+                x << s
+            }
+        }
+        BinOp::Shr => {
+            let s = (y & 0xffff_ffff).min(bits as u64);
+            if ty.signed() {
+                let v = sx >> s.min(63);
+                v as u64
+            } else if s >= bits as u64 {
+                0
+            } else {
+                ux >> s
+            }
+        }
+        BinOp::Min => {
+            if ty.signed() {
+                sx.min(sy) as u64
+            } else {
+                ux.min(uy)
+            }
+        }
+        BinOp::Max => {
+            if ty.signed() {
+                sx.max(sy) as u64
+            } else {
+                ux.max(uy)
+            }
+        }
+    };
+    Ok(ty.mask(r))
+}
+
+fn atom(op: AtomOp, ty: Ty, old: u64, y: u64, z: Option<u64>) -> u64 {
+    let r = match op {
+        AtomOp::Add => old.wrapping_add(y),
+        AtomOp::And => old & y,
+        AtomOp::Or => old | y,
+        AtomOp::Xor => old ^ y,
+        AtomOp::Exch => y,
+        AtomOp::Cas => {
+            if ty.mask(old) == ty.mask(y) {
+                z.unwrap_or(old)
+            } else {
+                old
+            }
+        }
+        AtomOp::Max => {
+            if ty.signed() {
+                ty.extend(old).max(ty.extend(y)) as u64
+            } else {
+                ty.mask(old).max(ty.mask(y))
+            }
+        }
+        AtomOp::Min => {
+            if ty.signed() {
+                ty.extend(old).min(ty.extend(y)) as u64
+            } else {
+                ty.mask(old).min(ty.mask(y))
+            }
+        }
+    };
+    ty.mask(r)
+}

@@ -1,0 +1,872 @@
+//! eBPF to PTX: one small translation loop, one `.func` per eBPF function.
+//!
+//! Each eBPF function becomes `.func (.reg .b64 %ret) bpf_fN(.reg .b64 %st, .reg .b64 %fp,
+//! .reg .b64 %a1 .. %a5)`: `%st` is the run's state block ([`crate::state`]) and `%fp` the frame
+//! pointer (r10). eBPF registers are `.b64` PTX registers; the 512-byte frames live in one
+//! 4 KiB per-thread stack in local memory, reached through generic addresses. The semantics
+//! are the interpreter's: division by zero gives 0 (modulo keeps the dividend), shifts are
+//! masked to the width, 32-bit results are zero-extended, a callee starts with r0 and r6-r9
+//! zeroed, a backward jump costs the length of its loop from the budget.
+//!
+//! Every access the verifier did not prove safe is checked inline against the stack, the
+//! context and the map arena; a bad one records a fault in the state and every function
+//! returns at once, so a fault ends the probe, never the kernel. Unaligned accesses are done
+//! byte by byte (the GPU traps on them); atomics on the stack (local memory, where the GPU has
+//! no atomics) are plain read-modify-writes, which is exact for one thread's own stack.
+
+use crate::helpers::{GpuHelper, HelperSet};
+use crate::state::{self, off};
+use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, RawInsn, Reg, Width};
+use bpftime_vm::Program;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write;
+
+/// Where the translated code runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Compute capability, e.g. 75 for `sm_75`.
+    pub sm: u32,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target { sm: 75 }
+    }
+}
+
+impl Target {
+    /// Parses `sm_75`, `sm_90`, `90`.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let n = s.trim().trim_start_matches("sm_").trim_start_matches("compute_");
+        match n.parse::<u32>() {
+            Ok(sm) if (75..=120).contains(&sm) => Ok(Target { sm }),
+            _ => Err(format!("unknown GPU target `{s}` (expected sm_75 .. sm_120)")),
+        }
+    }
+
+    /// The PTX ISA version written: the oldest that knows the target, so that the drivers of
+    /// CUDA 12.x and 13.x both accept the module.
+    pub fn ptx_version(&self) -> &'static str {
+        match self.sm {
+            0..=86 => "7.0",
+            87..=89 => "7.8",
+            90..=99 => "7.8",
+            100..=119 => "8.6",
+            _ => "8.7",
+        }
+    }
+}
+
+/// What an `lddw` referring to a map becomes: the map's slot in the arena, or the address of
+/// a byte of its (single) value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LddwMap {
+    /// `BPF_PSEUDO_MAP_FD`: a reference to the map in `slot`.
+    Map { slot: u32 },
+    /// `BPF_PSEUDO_MAP_VALUE`: the address of byte `offset` of the value of the map in `slot`.
+    Value { slot: u32, offset: u32 },
+}
+
+/// Tag of a map reference on the GPU: `MAP_TAG | slot` (helpers check it).
+pub const MAP_TAG: u64 = 0xbf6d_0000_0000_0000;
+
+/// The map references of a program, by instruction index.
+#[derive(Clone, Debug, Default)]
+pub struct LddwMaps(pub HashMap<usize, LddwMap>);
+
+impl LddwMaps {
+    /// Reads the map references of the raw instructions a program was verified from (maps by
+    /// id in `lo`), giving each map id the slot `slot_of` says.
+    pub fn from_raw(raw: &[RawInsn], mut slot_of: impl FnMut(u32) -> Option<u32>) -> Result<LddwMaps, TranslateError> {
+        let mut out = HashMap::new();
+        let mut pc = 0;
+        while pc < raw.len() {
+            let r = raw[pc];
+            if r.opc == 0x18 {
+                let hi = raw.get(pc + 1).map_or(0, |h| h.imm);
+                let kind = match r.src {
+                    1 => Some(LddwMap::Map { slot: 0 }),
+                    2 => Some(LddwMap::Value { slot: 0, offset: hi as u32 }),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    let slot = slot_of(r.imm as u32).ok_or(TranslateError { insn: pc, reason: format!("map {} has no GPU slot", r.imm) })?;
+                    let m = match kind {
+                        LddwMap::Map { .. } => LddwMap::Map { slot },
+                        LddwMap::Value { offset, .. } => LddwMap::Value { slot, offset },
+                    };
+                    out.insert(pc, m);
+                }
+                pc += 2;
+            } else {
+                pc += 1;
+            }
+        }
+        Ok(LddwMaps(out))
+    }
+}
+
+/// Why a program cannot run on the GPU.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("insn {insn}: {reason}")]
+pub struct TranslateError {
+    /// The instruction.
+    pub insn: usize,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// The name of the `.func` of eBPF function `index`.
+pub fn function_name(index: usize) -> String {
+    format!("bpf_f{index}")
+}
+
+/// Name of the one-thread-per-run kernel [`translate`] adds (`vm run --engine gpu`).
+pub const RUN_KERNEL: &str = "bpftime_run";
+
+/// Translates `prog` (and the helpers it calls from `helpers`) into a PTX module with a
+/// `.func` per eBPF function and the [`RUN_KERNEL`] entry.
+pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: Target) -> Result<String, TranslateError> {
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    let mut dynamic = false;
+    for (pc, insn) in prog.insns().iter().enumerate() {
+        match insn {
+            Insn::Call(CallTarget::Helper(id)) => {
+                if helpers.get(*id).is_none() {
+                    let name = prog.helpers().get(*id).map_or("?", |h| h.name);
+                    return Err(TranslateError { insn: pc, reason: format!("helper {id} ({name}) is not available on the GPU") });
+                }
+                used.insert(*id);
+            }
+            Insn::CallReg(_) => dynamic = true,
+            Insn::Lddw { kind: LddwKind::MapFd | LddwKind::MapValue | LddwKind::MapIdx | LddwKind::MapIdxValue, .. } if !maps.0.contains_key(&pc) => {
+                return Err(TranslateError { insn: pc, reason: "map reference without a GPU slot".into() });
+            }
+            _ => {}
+        }
+    }
+    if dynamic {
+        used.extend(helpers.ids());
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "// Generated by bpftime-gpu-ptx from a verified eBPF program.");
+    let _ = writeln!(out, ".version {}", target.ptx_version());
+    let _ = writeln!(out, ".target sm_{}", target.sm);
+    let _ = writeln!(out, ".address_size 64");
+    let _ = writeln!(out);
+    // Declarations first: functions call each other in any order.
+    for i in 0..prog.functions().len() {
+        let _ = writeln!(
+            out,
+            ".func (.reg .b64 %ret) {}(.reg .b64 %st, .reg .b64 %fp, .reg .b64 %a1, .reg .b64 %a2, .reg .b64 %a3, .reg .b64 %a4, .reg .b64 %a5);",
+            function_name(i)
+        );
+    }
+    for id in &used {
+        let h = helpers.get(*id).expect("checked above");
+        let _ = writeln!(
+            out,
+            ".func (.reg .b64 %ret) {}(.reg .b64 %st, .reg .b64 %a1, .reg .b64 %a2, .reg .b64 %a3, .reg .b64 %a4, .reg .b64 %a5);",
+            h.func_name()
+        );
+    }
+    out.push('\n');
+    let ctx = Ctx { prog, helpers, maps, used: &used };
+    for i in 0..prog.functions().len() {
+        FunctionWriter::new(&ctx, i).write(&mut out);
+    }
+    for id in &used {
+        let h: &GpuHelper = helpers.get(*id).expect("checked above");
+        out.push_str(&h.definition(prog));
+        out.push('\n');
+    }
+    write_run_kernel(&mut out);
+    Ok(out)
+}
+
+/// The kernel that runs the program once per thread: `bpftime_run(ctx, ctx_len, arena,
+/// arena_len, budget, pid_tgid, out)`; thread `i` gets its own copy of the context at
+/// `ctx + i * ctx_len` and writes `r0` then its 128-byte state block at `out + i * 136`.
+/// Its local memory is the state block, then the stack (the PTX interpreter relies on that
+/// order to put the stack where a CPU run had it).
+fn write_run_kernel(out: &mut String) {
+    let s = format!(
+        r#".visible .entry {RUN_KERNEL}(.param .u64 p_ctx, .param .u64 p_ctx_len, .param .u64 p_arena, .param .u64 p_arena_len, .param .u64 p_budget, .param .u64 p_pid_tgid, .param .u64 p_out)
+{{
+.reg .pred %p_k;
+.local .align 16 .b8 state[{state}];
+.local .align 16 .b8 stack[{stack}];
+.reg .b64 %k<16>;
+.reg .b32 %kw<4>;
+mov.u32 %kw0, %ntid.x;
+mov.u32 %kw1, %ctaid.x;
+mov.u32 %kw2, %tid.x;
+mad.lo.u32 %kw3, %kw1, %kw0, %kw2;
+cvt.u64.u32 %k15, %kw3;
+mov.u64 %k0, stack;
+cvta.local.u64 %k0, %k0;
+mov.u64 %k1, state;
+cvta.local.u64 %k1, %k1;
+ld.param.u64 %k2, [p_ctx];
+ld.param.u64 %k3, [p_ctx_len];
+mul.lo.u64 %k4, %k15, %k3;
+add.u64 %k2, %k2, %k4;
+setp.eq.u64 %p_k, %k3, 0;
+selp.b64 %k2, 0, %k2, %p_k;
+st.u32 [%k1+{status}], 0;
+st.u32 [%k1+{in_cb}], 0;
+ld.param.u64 %k4, [p_budget];
+st.u64 [%k1+{budget}], %k4;
+st.u64 [%k1+{stack_lo}], %k0;
+st.u64 [%k1+{ctx_lo}], %k2;
+st.u64 [%k1+{ctx_len}], %k3;
+st.u64 [%k1+{ctx_wlen}], %k3;
+ld.param.u64 %k4, [p_arena];
+st.u64 [%k1+{arena_lo}], %k4;
+ld.param.u64 %k4, [p_arena_len];
+st.u64 [%k1+{arena_len}], %k4;
+ld.param.u64 %k4, [p_pid_tgid];
+st.u64 [%k1+{pid_tgid}], %k4;
+add.u64 %k5, %k0, {stack};
+call.uni (%k6), bpf_f0, (%k1, %k5, %k2, %k3, 0, 0, 0);
+ld.param.u64 %k7, [p_out];
+mul.lo.u64 %k8, %k15, {out_stride};
+add.u64 %k7, %k7, %k8;
+st.u64 [%k7], %k6;
+mov.u64 %k9, 0;
+$copy:
+add.u64 %k10, %k1, %k9;
+ld.u64 %k11, [%k10];
+add.u64 %k10, %k7, %k9;
+st.u64 [%k10+8], %k11;
+add.u64 %k9, %k9, 8;
+setp.lt.u64 %p_k, %k9, {state};
+@%p_k bra $copy;
+ret;
+}}
+"#,
+        stack = state::STACK_SIZE,
+        state = state::STATE_SIZE,
+        status = off::STATUS,
+        in_cb = off::IN_CALLBACK,
+        budget = off::BUDGET,
+        stack_lo = off::STACK_LO,
+        ctx_lo = off::CTX_LO,
+        ctx_len = off::CTX_LEN,
+        ctx_wlen = off::CTX_WLEN,
+        arena_lo = off::ARENA_LO,
+        arena_len = off::ARENA_LEN,
+        pid_tgid = off::PID_TGID,
+        out_stride = RUN_OUT_STRIDE,
+    );
+    out.push_str(&s);
+}
+
+/// Bytes [`RUN_KERNEL`] writes per thread: r0, then the state block.
+pub const RUN_OUT_STRIDE: u64 = 8 + state::STATE_SIZE as u64;
+
+struct Ctx<'a> {
+    prog: &'a Program,
+    helpers: &'a HelperSet,
+    maps: &'a LddwMaps,
+    used: &'a BTreeSet<u32>,
+}
+
+/// Writes one eBPF function as a `.func`.
+struct FunctionWriter<'a> {
+    ctx: &'a Ctx<'a>,
+    index: usize,
+    start: usize,
+    end: usize,
+    body: String,
+    /// Out-of-line blocks (faults, slow paths) written after the body.
+    tail: String,
+    labels: BTreeSet<usize>,
+    next_label: usize,
+}
+
+fn reg(r: Reg) -> String {
+    format!("%r{}", r.num())
+}
+
+impl<'a> FunctionWriter<'a> {
+    fn new(ctx: &'a Ctx<'a>, index: usize) -> Self {
+        let f = ctx.prog.functions()[index];
+        FunctionWriter { ctx, index, start: f.start, end: f.end, body: String::new(), tail: String::new(), labels: BTreeSet::new(), next_label: 0 }
+    }
+
+    fn line(&mut self, s: impl AsRef<str>) {
+        self.body.push_str(s.as_ref());
+        self.body.push('\n');
+    }
+
+    fn tail_line(&mut self, s: impl AsRef<str>) {
+        self.tail.push_str(s.as_ref());
+        self.tail.push('\n');
+    }
+
+    fn fresh(&mut self, what: &str) -> String {
+        self.next_label += 1;
+        format!("$L_{what}_{}", self.next_label)
+    }
+
+    fn write(mut self, out: &mut String) {
+        let insns = &self.ctx.prog.insns()[self.start..self.end];
+        for (pc, insn) in (self.start..).zip(insns) {
+            if let Some(t) = insn.jump_target(pc) {
+                self.labels.insert(t as usize);
+            }
+        }
+        for (pc, &insn) in (self.start..).zip(insns) {
+            if self.labels.contains(&pc) {
+                self.line(format!("$I{pc}:"));
+            }
+            self.insn(pc, insn);
+        }
+        let _ = writeln!(
+            out,
+            ".func (.reg .b64 %ret) {}(.reg .b64 %st, .reg .b64 %fp, .reg .b64 %a1, .reg .b64 %a2, .reg .b64 %a3, .reg .b64 %a4, .reg .b64 %a5)",
+            function_name(self.index)
+        );
+        out.push_str("{\n");
+        out.push_str(".reg .b64 %r<11>;\n.reg .b64 %t<8>;\n.reg .b32 %w<4>;\n.reg .pred %p<3>;\n");
+        out.push_str(".reg .b64 %ctxlo, %ctxlen, %ctxwlen, %arlo, %arlen, %stlo;\n");
+        out.push_str("mov.b64 %r0, 0;\nmov.b64 %r1, %a1;\nmov.b64 %r2, %a2;\nmov.b64 %r3, %a3;\nmov.b64 %r4, %a4;\nmov.b64 %r5, %a5;\n");
+        out.push_str("mov.b64 %r6, 0;\nmov.b64 %r7, 0;\nmov.b64 %r8, 0;\nmov.b64 %r9, 0;\nmov.b64 %r10, %fp;\n");
+        let _ = writeln!(out, "ld.u64 %stlo, [%st+{}];", off::STACK_LO);
+        let _ = writeln!(out, "ld.u64 %ctxlo, [%st+{}];", off::CTX_LO);
+        let _ = writeln!(out, "ld.u64 %ctxlen, [%st+{}];", off::CTX_LEN);
+        let _ = writeln!(out, "ld.u64 %ctxwlen, [%st+{}];", off::CTX_WLEN);
+        let _ = writeln!(out, "ld.u64 %arlo, [%st+{}];", off::ARENA_LO);
+        let _ = writeln!(out, "ld.u64 %arlen, [%st+{}];", off::ARENA_LEN);
+        out.push_str(&self.body);
+        out.push_str(&self.tail);
+        out.push_str("$abort:\nmov.b64 %ret, 0;\nret;\n}\n\n");
+    }
+
+    /// `%t7 = value of an operand` (immediates sign-extended to 64 bits).
+    fn operand64(&mut self, src: Operand) -> String {
+        match src {
+            Operand::Reg(r) => reg(r),
+            Operand::Imm(i) => format!("{}", i as i64),
+        }
+    }
+
+    /// Records a fault (kind, argument, size word) at `pc` and leaves: a tail block.
+    fn fault_block(&mut self, pc: usize, kind: u32, arg: &str, size_word: u32) -> String {
+        let l = self.fresh("fault");
+        self.tail_line(format!("{l}:"));
+        self.tail_line(format!("st.u32 [%st+{}], {};", off::STATUS, state::STATUS_FAULT));
+        self.tail_line(format!("st.u32 [%st+{}], {pc};", off::FAULT_INSN));
+        self.tail_line(format!("st.u32 [%st+{}], {kind};", off::FAULT_KIND));
+        self.tail_line(format!("st.u32 [%st+{}], {size_word};", off::FAULT_SIZE));
+        self.tail_line(format!("st.u64 [%st+{}], {arg};", off::FAULT_ARG));
+        self.tail_line("bra $abort;");
+        l
+    }
+
+    /// After a call: leave if the callee stopped or faulted the run.
+    fn check_status(&mut self) {
+        self.line(format!("ld.u32 %w0, [%st+{}];", off::STATUS));
+        self.line("setp.ne.u32 %p0, %w0, 0;");
+        self.line("@%p0 bra $abort;");
+    }
+
+    /// Branches to `ok` if `[%t5, %t5 + size)` lies in `[lo, lo + len)` (registers or
+    /// constants); clobbers %t6, %p1.
+    fn in_region(&mut self, lo: &str, len: &str, size: u64, ok: &str) {
+        self.line(format!("sub.u64 %t6, %t5, {lo};"));
+        self.line(format!("setp.lt.u64 %p1, %t6, {len};"));
+        self.line(format!("add.u64 %t6, %t6, {size};"));
+        self.line(format!("setp.le.and.u64 %p1, %t6, {len}, %p1;"));
+        self.line(format!("@%p1 bra {ok};"));
+    }
+
+    /// Checks the access at `%t5` (unless the verifier proved it) and faults when no region
+    /// holds it.
+    fn check_access(&mut self, pc: usize, size: MemSize, write: bool) {
+        if self.ctx.prog.access_is_static(pc) {
+            return;
+        }
+        let n = size.bytes() as u64;
+        let ok = self.fresh("ok");
+        self.in_region("%stlo", &state::STACK_SIZE.to_string(), n, &ok);
+        self.in_region("%ctxlo", if write { "%ctxwlen" } else { "%ctxlen" }, n, &ok);
+        self.in_region("%arlo", "%arlen", n, &ok);
+        let size_word = n as u32 | if write { 0x100 } else { 0 };
+        let fault = self.fault_block(pc, state::FAULT_OUT_OF_BOUNDS, "%t5", size_word);
+        self.line(format!("bra {fault};"));
+        self.line(format!("{ok}:"));
+    }
+
+    /// `%t5 = base + off`.
+    fn address(&mut self, base: Reg, off: i16) {
+        self.line(format!("add.s64 %t5, {}, {};", reg(base), off as i64));
+    }
+
+    /// Jumps to `label` charging the loop budget first when the jump goes backwards.
+    fn jump(&mut self, pc: usize, target: usize, pred: Option<&str>) {
+        if target > pc {
+            match pred {
+                Some(p) => self.line(format!("@{p} bra $I{target};")),
+                None => self.line(format!("bra $I{target};")),
+            }
+            return;
+        }
+        let cost = (pc + 1 - target) as u64;
+        let skip = self.fresh("nojump");
+        if let Some(p) = pred {
+            self.line(format!("@!{p} bra {skip};"));
+        }
+        let fault = self.fault_block(pc, state::FAULT_LOOP_BUDGET, "0", 0);
+        self.line(format!("ld.u64 %t6, [%st+{}];", off::BUDGET));
+        self.line(format!("setp.lt.u64 %p1, %t6, {cost};"));
+        self.line(format!("@%p1 bra {fault};"));
+        self.line(format!("sub.u64 %t6, %t6, {cost};"));
+        self.line(format!("st.u64 [%st+{}], %t6;", off::BUDGET));
+        self.line(format!("bra $I{target};"));
+        self.line(format!("{skip}:"));
+    }
+
+    fn insn(&mut self, pc: usize, insn: Insn) {
+        match insn {
+            Insn::Alu { width: Width::W64, op, dst, src } => self.alu64(op, dst, src),
+            Insn::Alu { width: Width::W32, op, dst, src } => self.alu32(op, dst, src),
+            Insn::Neg { width: Width::W64, dst } => self.line(format!("neg.s64 {0}, {0};", reg(dst))),
+            Insn::Neg { width: Width::W32, dst } => {
+                self.line(format!("cvt.u32.u64 %w0, {};", reg(dst)));
+                self.line("neg.s32 %w0, %w0;");
+                self.line(format!("cvt.u64.u32 {}, %w0;", reg(dst)));
+            }
+            Insn::Endian { order, bits, dst } => self.endian(order, bits, dst),
+            Insn::Lddw { dst, kind: LddwKind::Func, lo, .. } => {
+                self.line(format!("mov.b64 {}, {};", reg(dst), pc as i64 + 1 + lo as i64));
+            }
+            Insn::Lddw { dst, lo, hi, .. } => match self.ctx.maps.0.get(&pc) {
+                Some(LddwMap::Map { slot }) => self.line(format!("mov.b64 {}, {};", reg(dst), MAP_TAG | *slot as u64)),
+                Some(LddwMap::Value { slot, offset }) => {
+                    // The value's storage: the arena offset in the map's descriptor.
+                    let desc = crate::maps::descriptor_offset(*slot);
+                    self.line(format!("ld.u64 %t6, [%arlo+{}];", desc + crate::maps::desc::DATA_OFF));
+                    self.line("add.u64 %t6, %t6, %arlo;");
+                    self.line(format!("add.u64 {}, %t6, {offset};", reg(dst)));
+                }
+                None => self.line(format!("mov.b64 {}, {};", reg(dst), (lo as u32 as u64) | ((hi as u32 as u64) << 32))),
+            },
+            Insn::LddwHigh => {}
+            Insn::Load { size, signed, dst, base, off } => self.load(pc, size, signed, dst, base, off),
+            Insn::Store { size, base, off, src } => self.store(pc, size, base, off, src),
+            Insn::Atomic { size, op, fetch, base, off, src } => self.atomic(pc, size, op, fetch, base, off, src),
+            Insn::Ja { off, .. } => {
+                let target = (pc as i64 + 1 + off as i64) as usize;
+                self.jump(pc, target, None);
+            }
+            Insn::Jump { width, cond, dst, src, off } => {
+                let target = (pc as i64 + 1 + off as i64) as usize;
+                self.condition(width, cond, dst, src);
+                self.jump(pc, target, Some("%p0"));
+            }
+            Insn::Call(CallTarget::Helper(id)) => {
+                let name = self.ctx.helpers.get(id).expect("checked before").func_name();
+                self.call_helper(pc, &name);
+            }
+            Insn::CallReg(r) => self.call_dynamic(pc, r),
+            Insn::Call(CallTarget::Local(off)) => {
+                let target = (pc as i64 + 1 + off as i64) as usize;
+                let callee = self.ctx.prog.function_starting_at(target).expect("verified call target");
+                self.line(format!("sub.u64 %t0, %r10, {};", bpftime_vm::exec::FRAME_SIZE));
+                self.line(format!("call.uni (%r0), {}, (%st, %t0, %r1, %r2, %r3, %r4, %r5);", function_name(callee)));
+                self.check_status();
+            }
+            Insn::Call(CallTarget::Kfunc(_)) => unreachable!("the verifier rejects kfuncs"),
+            Insn::Exit => {
+                self.line("mov.b64 %ret, %r0;");
+                self.line("ret;");
+            }
+        }
+    }
+
+    fn call_helper(&mut self, pc: usize, func: &str) {
+        self.line(format!("call.uni (%r0), {func}, (%st, %r1, %r2, %r3, %r4, %r5);"));
+        // A helper's fault is located at its call.
+        let done = self.fresh("helper_ok");
+        self.line(format!("ld.u32 %w0, [%st+{}];", off::STATUS));
+        self.line("setp.eq.u32 %p0, %w0, 0;");
+        self.line(format!("@%p0 bra {done};"));
+        self.line(format!("ld.u32 %w1, [%st+{}];", off::FAULT_INSN));
+        self.line("setp.eq.u32 %p1, %w1, -1;");
+        self.line(format!("@%p1 st.u32 [%st+{}], {pc};", off::FAULT_INSN));
+        self.line("bra $abort;");
+        self.line(format!("{done}:"));
+    }
+
+    /// `callx`: dispatches on the id among the helpers of the module.
+    fn call_dynamic(&mut self, pc: usize, r: Reg) {
+        let done = self.fresh("callx_done");
+        let ids: Vec<u32> = self.ctx.used.iter().copied().collect();
+        for id in ids {
+            let next = self.fresh("callx_next");
+            self.line(format!("setp.ne.u64 %p2, {}, {id};", reg(r)));
+            self.line(format!("@%p2 bra {next};"));
+            let name = self.ctx.helpers.get(id).expect("used helpers exist").func_name();
+            self.call_helper(pc, &name);
+            self.line(format!("bra {done};"));
+            self.line(format!("{next}:"));
+        }
+        let fault = self.fault_block(pc, state::FAULT_UNKNOWN_HELPER, &reg(r), 0);
+        self.line(format!("bra {fault};"));
+        self.line(format!("{done}:"));
+    }
+
+    fn condition(&mut self, width: Width, cond: JmpCond, dst: Reg, src: Operand) {
+        let (a, b, ty_u, ty_s) = match width {
+            Width::W64 => (reg(dst), self.operand64(src), "u64", "s64"),
+            Width::W32 => {
+                self.line(format!("cvt.u32.u64 %w0, {};", reg(dst)));
+                match src {
+                    Operand::Reg(r) => self.line(format!("cvt.u32.u64 %w1, {};", reg(r))),
+                    Operand::Imm(i) => self.line(format!("mov.b32 %w1, {};", i)),
+                }
+                ("%w0".to_string(), "%w1".to_string(), "u32", "s32")
+            }
+        };
+        let (op, ty) = match cond {
+            JmpCond::Eq => ("eq", ty_u),
+            JmpCond::Ne => ("ne", ty_u),
+            JmpCond::Gt => ("gt", ty_u),
+            JmpCond::Ge => ("ge", ty_u),
+            JmpCond::Lt => ("lt", ty_u),
+            JmpCond::Le => ("le", ty_u),
+            JmpCond::Sgt => ("gt", ty_s),
+            JmpCond::Sge => ("ge", ty_s),
+            JmpCond::Slt => ("lt", ty_s),
+            JmpCond::Sle => ("le", ty_s),
+            JmpCond::Set => {
+                let (t, bits) = if width == Width::W64 { ("%t7", "b64") } else { ("%w2", "b32") };
+                self.line(format!("and.{bits} {t}, {a}, {b};"));
+                self.line(format!("setp.ne.{bits} %p0, {t}, 0;"));
+                return;
+            }
+        };
+        self.line(format!("setp.{op}.{ty} %p0, {a}, {b};"));
+    }
+
+    fn alu64(&mut self, op: AluOp, dst: Reg, src: Operand) {
+        let d = reg(dst);
+        let s = self.operand64(src);
+        match op {
+            AluOp::Add => self.line(format!("add.u64 {d}, {d}, {s};")),
+            AluOp::Sub => self.line(format!("sub.u64 {d}, {d}, {s};")),
+            AluOp::Mul => self.line(format!("mul.lo.u64 {d}, {d}, {s};")),
+            AluOp::Or => self.line(format!("or.b64 {d}, {d}, {s};")),
+            AluOp::And => self.line(format!("and.b64 {d}, {d}, {s};")),
+            AluOp::Xor => self.line(format!("xor.b64 {d}, {d}, {s};")),
+            AluOp::Mov => self.line(format!("mov.b64 {d}, {s};")),
+            AluOp::MovSx8 => self.line(format!("bfe.s64 {d}, {s}, 0, 8;")),
+            AluOp::MovSx16 => self.line(format!("bfe.s64 {d}, {s}, 0, 16;")),
+            AluOp::MovSx32 => self.line(format!("bfe.s64 {d}, {s}, 0, 32;")),
+            AluOp::Lsh | AluOp::Rsh | AluOp::Arsh => {
+                match src {
+                    Operand::Reg(r) => {
+                        self.line(format!("cvt.u32.u64 %w0, {};", reg(r)));
+                        self.line("and.b32 %w0, %w0, 63;");
+                    }
+                    Operand::Imm(i) => self.line(format!("mov.b32 %w0, {};", i & 63)),
+                }
+                let instr = match op {
+                    AluOp::Lsh => "shl.b64",
+                    AluOp::Rsh => "shr.u64",
+                    _ => "shr.s64",
+                };
+                self.line(format!("{instr} {d}, {d}, %w0;"));
+            }
+            AluOp::Div | AluOp::Mod | AluOp::SDiv | AluOp::SMod => {
+                // %t7 = divisor, never 0 (1 in its place; the result is fixed up below).
+                self.line(format!("mov.b64 %t7, {s};"));
+                self.line("setp.eq.u64 %p1, %t7, 0;");
+                self.line("selp.b64 %t6, 1, %t7, %p1;");
+                let signed = matches!(op, AluOp::SDiv | AluOp::SMod);
+                if signed {
+                    // INT_MIN / -1 wraps: divide by 1 and negate instead (neg wraps).
+                    self.line("setp.eq.s64 %p2, %t7, -1;");
+                    self.line("selp.b64 %t6, 1, %t6, %p2;");
+                }
+                let (ins, ty) = match op {
+                    AluOp::Div => ("div", "u64"),
+                    AluOp::Mod => ("rem", "u64"),
+                    AluOp::SDiv => ("div", "s64"),
+                    _ => ("rem", "s64"),
+                };
+                self.line(format!("{ins}.{ty} %t5, {d}, %t6;"));
+                if signed {
+                    if op == AluOp::SDiv {
+                        self.line("neg.s64 %t4, %t5;");
+                        self.line("selp.b64 %t5, %t4, %t5, %p2;");
+                    } else {
+                        self.line("selp.b64 %t5, 0, %t5, %p2;");
+                    }
+                }
+                // By zero: division gives 0, modulo keeps the dividend.
+                if matches!(op, AluOp::Div | AluOp::SDiv) {
+                    self.line(format!("selp.b64 {d}, 0, %t5, %p1;"));
+                } else {
+                    self.line(format!("selp.b64 {d}, {d}, %t5, %p1;"));
+                }
+            }
+        }
+    }
+
+    fn alu32(&mut self, op: AluOp, dst: Reg, src: Operand) {
+        let d = reg(dst);
+        self.line(format!("cvt.u32.u64 %w0, {d};"));
+        match src {
+            Operand::Reg(r) => self.line(format!("cvt.u32.u64 %w1, {};", reg(r))),
+            Operand::Imm(i) => self.line(format!("mov.b32 %w1, {i};")),
+        }
+        match op {
+            AluOp::Add => self.line("add.u32 %w0, %w0, %w1;"),
+            AluOp::Sub => self.line("sub.u32 %w0, %w0, %w1;"),
+            AluOp::Mul => self.line("mul.lo.u32 %w0, %w0, %w1;"),
+            AluOp::Or => self.line("or.b32 %w0, %w0, %w1;"),
+            AluOp::And => self.line("and.b32 %w0, %w0, %w1;"),
+            AluOp::Xor => self.line("xor.b32 %w0, %w0, %w1;"),
+            AluOp::Mov | AluOp::MovSx32 => self.line("mov.b32 %w0, %w1;"),
+            AluOp::MovSx8 => self.line("bfe.s32 %w0, %w1, 0, 8;"),
+            AluOp::MovSx16 => self.line("bfe.s32 %w0, %w1, 0, 16;"),
+            AluOp::Lsh => {
+                self.line("and.b32 %w1, %w1, 31;");
+                self.line("shl.b32 %w0, %w0, %w1;");
+            }
+            AluOp::Rsh => {
+                self.line("and.b32 %w1, %w1, 31;");
+                self.line("shr.u32 %w0, %w0, %w1;");
+            }
+            AluOp::Arsh => {
+                self.line("and.b32 %w1, %w1, 31;");
+                self.line("shr.s32 %w0, %w0, %w1;");
+            }
+            AluOp::Div | AluOp::Mod | AluOp::SDiv | AluOp::SMod => {
+                self.line("setp.eq.u32 %p1, %w1, 0;");
+                self.line("selp.b32 %w2, 1, %w1, %p1;");
+                let signed = matches!(op, AluOp::SDiv | AluOp::SMod);
+                if signed {
+                    self.line("setp.eq.s32 %p2, %w1, -1;");
+                    self.line("selp.b32 %w2, 1, %w2, %p2;");
+                }
+                let (ins, ty) = match op {
+                    AluOp::Div => ("div", "u32"),
+                    AluOp::Mod => ("rem", "u32"),
+                    AluOp::SDiv => ("div", "s32"),
+                    _ => ("rem", "s32"),
+                };
+                self.line(format!("{ins}.{ty} %w3, %w0, %w2;"));
+                if signed {
+                    if op == AluOp::SDiv {
+                        self.line("neg.s32 %w2, %w3;");
+                        self.line("selp.b32 %w3, %w2, %w3, %p2;");
+                    } else {
+                        self.line("selp.b32 %w3, 0, %w3, %p2;");
+                    }
+                }
+                if matches!(op, AluOp::Div | AluOp::SDiv) {
+                    self.line("selp.b32 %w0, 0, %w3, %p1;");
+                } else {
+                    self.line("selp.b32 %w0, %w0, %w3, %p1;");
+                }
+            }
+        }
+        self.line(format!("cvt.u64.u32 {d}, %w0;"));
+    }
+
+    fn endian(&mut self, order: ByteOrder, bits: u32, dst: Reg) {
+        let d = reg(dst);
+        match (order, bits) {
+            (ByteOrder::ToLe, 16) => self.line(format!("and.b64 {d}, {d}, 0xffff;")),
+            (ByteOrder::ToLe, 32) => self.line(format!("and.b64 {d}, {d}, 0xffffffff;")),
+            (ByteOrder::ToLe, _) => {}
+            (_, 16) => {
+                self.line(format!("cvt.u32.u64 %w0, {d};"));
+                self.line("prmt.b32 %w0, %w0, 0, 0x4401;");
+                self.line(format!("cvt.u64.u32 {d}, %w0;"));
+            }
+            (_, 32) => {
+                self.line(format!("cvt.u32.u64 %w0, {d};"));
+                self.line("prmt.b32 %w0, %w0, 0, 0x0123;");
+                self.line(format!("cvt.u64.u32 {d}, %w0;"));
+            }
+            _ => {
+                self.line(format!("mov.b64 {{%w0, %w1}}, {d};"));
+                self.line("prmt.b32 %w0, %w0, 0, 0x0123;");
+                self.line("prmt.b32 %w1, %w1, 0, 0x0123;");
+                self.line(format!("mov.b64 {d}, {{%w1, %w0}};"));
+            }
+        }
+    }
+
+    /// Branches to the returned label when `%t5` is not aligned to `n` bytes.
+    fn unaligned_branch(&mut self, n: u64) -> String {
+        let slow = self.fresh("unaligned");
+        self.line(format!("and.b64 %t6, %t5, {};", n - 1));
+        self.line("setp.ne.u64 %p1, %t6, 0;");
+        self.line(format!("@%p1 bra {slow};"));
+        slow
+    }
+
+    fn load(&mut self, pc: usize, size: MemSize, signed: bool, dst: Reg, base: Reg, off: i16) {
+        self.address(base, off);
+        self.check_access(pc, size, false);
+        let d = reg(dst);
+        let n = size.bytes() as u64;
+        let extend = |w: &str| -> String {
+            match (size, signed) {
+                (MemSize::B, true) => format!("bfe.s64 {d}, {w}, 0, 8;"),
+                (MemSize::H, true) => format!("bfe.s64 {d}, {w}, 0, 16;"),
+                (MemSize::W, true) => format!("bfe.s64 {d}, {w}, 0, 32;"),
+                _ => format!("mov.b64 {d}, {w};"),
+            }
+        };
+        if n == 1 {
+            self.line("ld.u8 %w0, [%t5];");
+            self.line("cvt.u64.u32 %t7, %w0;");
+            let e = extend("%t7");
+            self.line(e);
+            return;
+        }
+        let slow = self.unaligned_branch(n);
+        match size {
+            MemSize::DW => self.line("ld.u64 %t7, [%t5];"),
+            MemSize::W => {
+                self.line("ld.u32 %w0, [%t5];");
+                self.line("cvt.u64.u32 %t7, %w0;");
+            }
+            _ => {
+                self.line("ld.u16 %w0, [%t5];");
+                self.line("cvt.u64.u32 %t7, %w0;");
+            }
+        }
+        let join = self.fresh("loaded");
+        self.line(format!("{join}:"));
+        let e = extend("%t7");
+        self.line(e);
+        // The unaligned path assembles the value byte by byte, then joins.
+        self.tail_line(format!("{slow}:"));
+        self.tail_line("mov.b64 %t7, 0;");
+        for i in (0..n).rev() {
+            self.tail_line(format!("ld.u8 %w0, [%t5+{i}];"));
+            self.tail_line("cvt.u64.u32 %t6, %w0;");
+            self.tail_line("shl.b64 %t7, %t7, 8;");
+            self.tail_line("or.b64 %t7, %t7, %t6;");
+        }
+        self.tail_line(format!("bra {join};"));
+    }
+
+    fn store(&mut self, pc: usize, size: MemSize, base: Reg, off: i16, src: Operand) {
+        self.address(base, off);
+        self.check_access(pc, size, true);
+        let v = self.operand64(src);
+        self.line(format!("mov.b64 %t7, {v};"));
+        let n = size.bytes() as u64;
+        if n == 1 {
+            self.line("cvt.u32.u64 %w0, %t7;");
+            self.line("st.u8 [%t5], %w0;");
+            return;
+        }
+        let slow = self.unaligned_branch(n);
+        match size {
+            MemSize::DW => self.line("st.u64 [%t5], %t7;"),
+            MemSize::W => {
+                self.line("cvt.u32.u64 %w0, %t7;");
+                self.line("st.u32 [%t5], %w0;");
+            }
+            _ => {
+                self.line("cvt.u32.u64 %w0, %t7;");
+                self.line("st.u16 [%t5], %w0;");
+            }
+        }
+        let join = self.fresh("stored");
+        self.line(format!("{join}:"));
+        self.tail_line(format!("{slow}:"));
+        for i in 0..n {
+            self.tail_line(format!("shr.u64 %t6, %t7, {};", 8 * i));
+            self.tail_line("cvt.u32.u64 %w0, %t6;");
+            self.tail_line(format!("st.u8 [%t5+{i}], %w0;"));
+        }
+        self.tail_line(format!("bra {join};"));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn atomic(&mut self, pc: usize, size: MemSize, op: AtomicOp, fetch: bool, base: Reg, off: i16, src: Reg) {
+        self.address(base, off);
+        self.check_access(pc, size, true);
+        let n = size.bytes() as u64;
+        let misaligned = self.fault_block(pc, state::FAULT_MISALIGNED, "%t5", n as u32);
+        self.line(format!("and.b64 %t6, %t5, {};", n - 1));
+        self.line("setp.ne.u64 %p1, %t6, 0;");
+        self.line(format!("@%p1 bra {misaligned};"));
+        let s = reg(src);
+        let wide = size == MemSize::DW;
+        // %t4 = old value (zero-extended). On the stack (local memory) a plain
+        // read-modify-write; elsewhere an atomic.
+        let local = self.fresh("atomic_local");
+        let join = self.fresh("atomic_done");
+        self.line("sub.u64 %t6, %t5, %stlo;");
+        self.line(format!("setp.lt.u64 %p1, %t6, {};", state::STACK_SIZE));
+        self.line(format!("@%p1 bra {local};"));
+        let (bits, val, exp) = if wide { ("b64", s.clone(), "%r0".to_string()) } else { ("b32", "%w1".to_string(), "%w2".to_string()) };
+        if !wide {
+            self.line(format!("cvt.u32.u64 %w1, {s};"));
+            self.line("cvt.u32.u64 %w2, %r0;");
+        }
+        let old = if wide { "%t4" } else { "%w3" };
+        let ins = match op {
+            AtomicOp::Add => format!("atom.add.u{} {old}, [%t5], {val};", if wide { 64 } else { 32 }),
+            AtomicOp::Or => format!("atom.or.{bits} {old}, [%t5], {val};"),
+            AtomicOp::And => format!("atom.and.{bits} {old}, [%t5], {val};"),
+            AtomicOp::Xor => format!("atom.xor.{bits} {old}, [%t5], {val};"),
+            AtomicOp::Xchg => format!("atom.exch.{bits} {old}, [%t5], {val};"),
+            AtomicOp::CmpXchg => format!("atom.cas.{bits} {old}, [%t5], {exp}, {val};"),
+        };
+        self.line(ins);
+        if !wide {
+            self.line("cvt.u64.u32 %t4, %w3;");
+        }
+        self.line(format!("{join}:"));
+        if op == AtomicOp::CmpXchg {
+            self.line("mov.b64 %r0, %t4;");
+        } else if fetch {
+            self.line(format!("mov.b64 {s}, %t4;"));
+        }
+        // The stack path, out of line.
+        let ld = if wide { "ld.u64 %t4, [%t5];".to_string() } else { "ld.u32 %w3, [%t5];\ncvt.u64.u32 %t4, %w3;".to_string() };
+        self.tail_line(format!("{local}:"));
+        self.tail_line(ld);
+        let new = match op {
+            AtomicOp::Add => Some(format!("add.u64 %t6, %t4, {s};")),
+            AtomicOp::Or => Some(format!("or.b64 %t6, %t4, {s};")),
+            AtomicOp::And => Some(format!("and.b64 %t6, %t4, {s};")),
+            AtomicOp::Xor => Some(format!("xor.b64 %t6, %t4, {s};")),
+            AtomicOp::Xchg => Some(format!("mov.b64 %t6, {s};")),
+            AtomicOp::CmpXchg => None,
+        };
+        match new {
+            Some(compute) => self.tail_line(compute),
+            None => {
+                // Store the new value only when the old one equals r0 (in the access width).
+                if wide {
+                    self.tail_line("setp.eq.u64 %p1, %t4, %r0;");
+                } else {
+                    self.tail_line("cvt.u32.u64 %w2, %r0;");
+                    self.tail_line("setp.eq.u32 %p1, %w3, %w2;");
+                }
+                self.tail_line(format!("selp.b64 %t6, {s}, %t4, %p1;"));
+            }
+        }
+        if wide {
+            self.tail_line("st.u64 [%t5], %t6;");
+        } else {
+            self.tail_line("cvt.u32.u64 %w2, %t6;");
+            self.tail_line("st.u32 [%t5], %w2;");
+        }
+        self.tail_line(format!("bra {join};"));
+    }
+}
