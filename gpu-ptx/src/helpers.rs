@@ -64,6 +64,8 @@ impl GpuHelper {
 #[derive(Clone, Debug, Default)]
 pub struct HelperSet {
     helpers: BTreeMap<u32, GpuHelper>,
+    /// PTX functions the helpers call: (prototype, definition).
+    support: Vec<(String, String)>,
 }
 
 /// What a CPU engine runs for a helper that exists only on the GPU: a fault.
@@ -82,6 +84,17 @@ impl HelperSet {
     pub fn with(mut self, h: GpuHelper) -> Self {
         self.helpers.insert(h.id, h);
         self
+    }
+
+    /// Adds support functions the helpers call: (prototype ending in `;`, definition).
+    pub fn with_support(mut self, support: Vec<(String, String)>) -> Self {
+        self.support.extend(support);
+        self
+    }
+
+    /// The support functions.
+    pub fn support(&self) -> &[(String, String)] {
+        &self.support
     }
 
     /// The helper with this id.

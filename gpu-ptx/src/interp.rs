@@ -195,7 +195,7 @@ enum Op {
     Bfe { ty: Ty, d: u16, a: Val, pos: Val, len: Val },
     Prmt { d: u16, a: Val, b: Val, sel: Val },
     Cvt { dty: Ty, sty: Ty, d: u16, a: Val },
-    Setp { cmp: Cmp, ty: Ty, d: u16, a: Val, b: Val, and: Option<Val> },
+    Setp { cmp: Cmp, ty: Ty, d: u16, a: Val, b: Val, combine: Option<(bool, Val)> },
     Selp { ty: Ty, d: u16, a: Val, b: Val, p: Val },
     Bra { target: usize },
     Call { func: String, ret: Option<u16>, args: Vec<Val> },
@@ -632,10 +632,18 @@ impl Module {
                     Some("ge") => Cmp::Ge,
                     _ => return Err(perr(line, format!("bad comparison in `{mnemonic}`"))),
                 };
-                let and = parts.get(2) == Some(&"and");
-                need(if and { 4 } else { 3 })?;
-                let and = if and { Some(p.val(line, &ops[3])?) } else { None };
-                Op::Setp { cmp, ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])?, and }
+                // `.and` / `.or` combine the comparison with a fourth (predicate) operand.
+                let combine = match parts.get(2).copied() {
+                    Some("and") => Some(true),
+                    Some("or") => Some(false),
+                    _ => None,
+                };
+                need(if combine.is_some() { 4 } else { 3 })?;
+                let combine = match combine {
+                    Some(is_and) => Some((is_and, p.val(line, &ops[3])?)),
+                    None => None,
+                };
+                Op::Setp { cmp, ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])?, combine }
             }
             "selp" => {
                 need(4)?;
@@ -1016,15 +1024,16 @@ impl Machine {
                     let x = sty.extend(v!(a)) as u64;
                     frame.regs[*d as usize] = dty.mask(x);
                 }
-                Op::Setp { cmp, ty, d, a, b, and } => {
+                Op::Setp { cmp, ty, d, a, b, combine } => {
                     let (x, y) = (v!(a), v!(b));
                     let r = if ty.signed() {
                         compare(*cmp, ty.extend(x) as i128, ty.extend(y) as i128)
                     } else {
                         compare(*cmp, ty.mask(x) as i128, ty.mask(y) as i128)
                     };
-                    let r = match and {
-                        Some(q) => r && v!(q) != 0,
+                    let r = match combine {
+                        Some((true, q)) => r && v!(q) != 0,
+                        Some((false, q)) => r || v!(q) != 0,
                         None => r,
                     };
                     frame.regs[*d as usize] = r as u64;

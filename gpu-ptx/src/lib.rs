@@ -15,7 +15,8 @@ pub mod helpers;
 pub mod interp;
 pub mod maps;
 pub mod state;
+pub mod std_helpers;
 pub mod translate;
 
 pub use helpers::{GpuHelper, HelperSet};
-pub use translate::{translate, LddwMap, LddwMaps, Target, TranslateError, RUN_KERNEL, RUN_OUT_STRIDE};
+pub use translate::{translate, LddwMap, LddwMaps, Target, TranslateError, MAP_TAG, RUN_KERNEL, RUN_OUT_STRIDE};

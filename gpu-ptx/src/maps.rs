@@ -12,6 +12,26 @@ pub const HEADER_SIZE: u64 = 64;
 /// Bytes of one descriptor.
 pub const DESC_SIZE: u64 = 64;
 
+/// Offsets of the arena header's fields.
+pub mod header {
+    /// u64: [`super::ARENA_MAGIC`].
+    pub const MAGIC: u64 = 0;
+    /// u32: number of maps.
+    pub const NMAPS: u64 = 8;
+    /// u32: number of per-SM slots per-CPU maps have.
+    pub const NSM: u64 = 12;
+}
+
+/// First word of an arena.
+pub const ARENA_MAGIC: u64 = 0x616e_6572_615f_7462; // "bt_arena"
+
+/// A hash entry being written by a thread.
+pub const HASH_BUSY: u32 = 1;
+/// A hash entry in use.
+pub const HASH_FULL: u32 = 2;
+/// A deleted hash entry (never reused).
+pub const HASH_DELETED: u32 = 3;
+
 /// Offsets of a descriptor's fields.
 pub mod desc {
     /// u32: map type (kernel numbering, or bpftime's GPU types).
@@ -26,15 +46,224 @@ pub mod desc {
     pub const DATA_OFF: u64 = 16;
     /// u64: bytes of storage.
     pub const DATA_LEN: u64 = 24;
-    /// u32: slots per entry for per-SM maps (1 otherwise).
+    /// u32: value slots per entry (one per SM for per-CPU maps, else 1).
     pub const SLOTS: u64 = 32;
-    /// u32: bytes from one slot of a value to the next (value size rounded up to 8).
+    /// u32: bytes from one value slot to the next (value size rounded up to 8).
     pub const STRIDE: u64 = 36;
-    /// u64: records dropped because a ring was full.
+    /// u64: records a full ring dropped.
     pub const LOST: u64 = 40;
+    /// u64: hash maps: entries in use; rings: bytes written (the head).
+    pub const COUNT: u64 = 48;
+    /// Rings: see [`COUNT`].
+    pub const HEAD: u64 = 48;
+    /// u32: hash maps: slots in the table (a power of two).
+    pub const CAPACITY: u64 = 56;
+    /// u32: hash maps: bytes per slot (8-byte header, key rounded to 8, value slots).
+    pub const ENTRY_SIZE: u64 = 60;
+    /// Offset of the key in a hash slot (after state and hash words).
+    pub const KEY_OFF: u64 = 8;
 }
 
 /// Arena offset of the descriptor of `slot`.
 pub fn descriptor_offset(slot: u32) -> u64 {
     HEADER_SIZE + DESC_SIZE * slot as u64
+}
+
+/// A map as the GPU sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuMapSpec {
+    /// Name, for messages and dumps.
+    pub name: String,
+    /// Type (kernel numbering, or bpftime's GPU map types 1501-1527).
+    pub map_type: u32,
+    /// Key size.
+    pub key_size: u32,
+    /// Value size.
+    pub value_size: u32,
+    /// Capacity (bytes for ring buffers).
+    pub max_entries: u32,
+}
+
+/// How a map type is stored on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuMapKind {
+    /// Values indexed by a u32 key.
+    Array,
+    /// Open-addressed hash table.
+    Hash,
+    /// A device ring of records drained by the host.
+    Ring,
+}
+
+/// The GPU storage of a map type, and whether it has one value slot per SM; None when the
+/// GPU cannot hold it.
+pub fn kind_of(map_type: u32) -> Option<(GpuMapKind, bool)> {
+    Some(match map_type {
+        2 | 1503 | 1504 | 1512 => (GpuMapKind::Array, false),
+        6 | 1502 => (GpuMapKind::Array, true),
+        1 | 9 | 1501 | 1513 => (GpuMapKind::Hash, false),
+        5 | 10 => (GpuMapKind::Hash, true),
+        27 | 4 | 1527 => (GpuMapKind::Ring, false),
+        _ => return None,
+    })
+}
+
+/// Bytes of a perf buffer's device ring (it has no size of its own).
+pub const PERF_RING_BYTES: u64 = 1 << 20;
+
+/// Where one map lives in the arena.
+#[derive(Clone, Debug)]
+pub struct PlacedMap {
+    /// The map.
+    pub spec: GpuMapSpec,
+    /// How it is stored.
+    pub kind: GpuMapKind,
+    /// Arena offset of the storage.
+    pub data_off: u64,
+    /// Bytes of storage.
+    pub data_len: u64,
+    /// Value slots per entry.
+    pub slots: u32,
+    /// Bytes per value slot.
+    pub stride: u32,
+    /// Hash: slots of the table.
+    pub capacity: u32,
+    /// Hash: bytes per table slot.
+    pub entry_size: u32,
+}
+
+/// The arena of a set of maps.
+#[derive(Clone, Debug)]
+pub struct ArenaLayout {
+    /// SMs of the device (value slots of per-CPU maps).
+    pub nsm: u32,
+    /// The maps, by slot.
+    pub maps: Vec<PlacedMap>,
+    /// Total bytes.
+    pub size: u64,
+}
+
+fn round8(n: u64) -> u64 {
+    n.div_ceil(8) * 8
+}
+
+impl ArenaLayout {
+    /// Places `maps` (slot = index) for a device with `nsm` SMs.
+    pub fn new(maps: &[GpuMapSpec], nsm: u32) -> Result<ArenaLayout, String> {
+        let nsm = nsm.max(1);
+        let mut at = round8(HEADER_SIZE + DESC_SIZE * maps.len() as u64).div_ceil(64) * 64;
+        let mut placed = vec![];
+        for m in maps {
+            let (kind, per_sm) = kind_of(m.map_type).ok_or_else(|| format!("map `{}`: type {} cannot live on the GPU", m.name, m.map_type))?;
+            let slots = if per_sm { nsm } else { 1 };
+            let stride = round8(m.value_size as u64) as u32;
+            let (data_len, capacity, entry_size) = match kind {
+                GpuMapKind::Array => (stride as u64 * slots as u64 * m.max_entries as u64, 0, 0),
+                GpuMapKind::Hash => {
+                    let cap = (m.max_entries as u64 * 2).max(2).next_power_of_two();
+                    let entry = desc::KEY_OFF + round8(m.key_size as u64) + stride as u64 * slots as u64;
+                    (cap * entry, cap as u32, entry as u32)
+                }
+                GpuMapKind::Ring => (if m.map_type == 4 { PERF_RING_BYTES } else { (m.max_entries as u64).max(4096) }, 0, 0),
+            };
+            if data_len > 1 << 34 {
+                return Err(format!("map `{}` needs {data_len} bytes on the GPU", m.name));
+            }
+            placed.push(PlacedMap { spec: m.clone(), kind, data_off: at, data_len, slots, stride, capacity, entry_size });
+            at = (at + data_len).div_ceil(64) * 64;
+        }
+        Ok(ArenaLayout { nsm, maps: placed, size: at.max(HEADER_SIZE) })
+    }
+
+    /// A fresh arena: header, descriptors, zeroed storage.
+    pub fn image(&self) -> Vec<u8> {
+        let mut a = vec![0u8; self.size as usize];
+        let put32 = |a: &mut [u8], o: u64, v: u32| a[o as usize..o as usize + 4].copy_from_slice(&v.to_le_bytes());
+        let put64 = |a: &mut [u8], o: u64, v: u64| a[o as usize..o as usize + 8].copy_from_slice(&v.to_le_bytes());
+        put64(&mut a, header::MAGIC, ARENA_MAGIC);
+        put32(&mut a, header::NMAPS, self.maps.len() as u32);
+        put32(&mut a, header::NSM, self.nsm);
+        for (i, m) in self.maps.iter().enumerate() {
+            let d = descriptor_offset(i as u32);
+            put32(&mut a, d + desc::TYPE, m.spec.map_type);
+            put32(&mut a, d + desc::KEY_SIZE, m.spec.key_size);
+            put32(&mut a, d + desc::VALUE_SIZE, m.spec.value_size);
+            put32(&mut a, d + desc::MAX_ENTRIES, m.spec.max_entries);
+            put64(&mut a, d + desc::DATA_OFF, m.data_off);
+            put64(&mut a, d + desc::DATA_LEN, m.data_len);
+            put32(&mut a, d + desc::SLOTS, m.slots);
+            put32(&mut a, d + desc::STRIDE, m.stride);
+            put32(&mut a, d + desc::CAPACITY, m.capacity);
+            put32(&mut a, d + desc::ENTRY_SIZE, m.entry_size);
+        }
+        a
+    }
+
+    /// Sets value `index` of array map `slot` (every SM slot) in an arena image.
+    pub fn set_array_value(&self, arena: &mut [u8], slot: usize, index: u32, value: &[u8]) -> Result<(), String> {
+        let m = self.maps.get(slot).ok_or("no such map")?;
+        if m.kind != GpuMapKind::Array || index >= m.spec.max_entries {
+            return Err(format!("map `{}` has no array value {index}", m.spec.name));
+        }
+        let n = value.len().min(m.spec.value_size as usize);
+        for s in 0..m.slots as u64 {
+            let at = (m.data_off + (index as u64 * m.slots as u64 + s) * m.stride as u64) as usize;
+            arena[at..at + n].copy_from_slice(&value[..n]);
+        }
+        Ok(())
+    }
+
+    /// The entries of map `slot` in an arena image: (key, one value per slot). Arrays list
+    /// every index; hashes their live entries in table order.
+    pub fn entries(&self, arena: &[u8], slot: usize) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
+        let Some(m) = self.maps.get(slot) else { return vec![] };
+        let vs = m.spec.value_size as usize;
+        let values = |base: u64| -> Vec<Vec<u8>> {
+            (0..m.slots as u64)
+                .map(|s| {
+                    let at = (base + s * m.stride as u64) as usize;
+                    arena.get(at..at + vs).map(<[u8]>::to_vec).unwrap_or_default()
+                })
+                .collect()
+        };
+        match m.kind {
+            GpuMapKind::Array => {
+                (0..m.spec.max_entries).map(|i| (i.to_le_bytes().to_vec(), values(m.data_off + i as u64 * m.slots as u64 * m.stride as u64))).collect()
+            }
+            GpuMapKind::Hash => (0..m.capacity as u64)
+                .filter_map(|i| {
+                    let e = m.data_off + i * m.entry_size as u64;
+                    let state = u32::from_le_bytes(arena.get(e as usize..e as usize + 4)?.try_into().ok()?);
+                    if state != HASH_FULL {
+                        return None;
+                    }
+                    let k = (e + desc::KEY_OFF) as usize;
+                    let key = arena.get(k..k + m.spec.key_size as usize)?.to_vec();
+                    Some((key, values(e + desc::KEY_OFF + round8(m.spec.key_size as u64))))
+                })
+                .collect(),
+            GpuMapKind::Ring => vec![],
+        }
+    }
+
+    /// The records of ring map `slot` in an arena image: (source: 0, or the SM of a perf
+    /// record, bytes), and how many were dropped.
+    pub fn records(&self, arena: &[u8], slot: usize) -> (Vec<(u32, Vec<u8>)>, u64) {
+        let Some(m) = self.maps.get(slot) else { return (vec![], 0) };
+        let d = descriptor_offset(slot as u32);
+        let u64_at = |o: u64| arena.get(o as usize..o as usize + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).unwrap_or(0);
+        let head = u64_at(d + desc::HEAD).min(m.data_len);
+        let lost = u64_at(d + desc::LOST);
+        let mut out = vec![];
+        let mut at = 0;
+        while at + 8 <= head {
+            let hdr = u64_at(m.data_off + at);
+            let len = hdr & 0xffff_ffff;
+            let start = (m.data_off + at + 8) as usize;
+            let Some(bytes) = arena.get(start..start + len as usize) else { break };
+            out.push(((hdr >> 32) as u32, bytes.to_vec()));
+            at += 8 + round8(len);
+        }
+        (out, lost)
+    }
 }

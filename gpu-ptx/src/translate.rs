@@ -170,6 +170,10 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
             h.func_name()
         );
     }
+    let support = if used.is_empty() { &[][..] } else { helpers.support() };
+    for (proto, _) in support {
+        let _ = writeln!(out, "{proto}");
+    }
     out.push('\n');
     let ctx = Ctx { prog, helpers, maps, used: &used };
     for i in 0..prog.functions().len() {
@@ -179,6 +183,10 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
         let h: &GpuHelper = helpers.get(*id).expect("checked above");
         out.push_str(&h.definition(prog));
         out.push('\n');
+    }
+    for (_, def) in support {
+        out.push_str(def);
+        out.push_str("\n\n");
     }
     write_run_kernel(&mut out);
     Ok(out)

@@ -177,11 +177,32 @@ fn ptxas_accepts_every_translated_program() {
     }
     let scratch = bpftime_tests::repo_root().join("target/ptxas-test");
     std::fs::create_dir_all(&scratch).unwrap();
+    // Every program of every example object that can run on the GPU (the others must say
+    // which instruction stops them).
+    let mut example_jobs: Vec<(String, String, u32)> = vec![];
+    let mut refused = vec![];
+    for name in bpftime_tests::clang::example_names() {
+        let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example(&name)).unwrap()).unwrap();
+        for p in &obj.programs {
+            for sm in [75, 80, 90] {
+                match bpftime_runtime::gpu::gpu_program(&obj, Some(&p.name), Target { sm }, 4) {
+                    Ok(g) => example_jobs.push((format!("{name}/{}", p.name), g.ptx, sm)),
+                    Err(e) => {
+                        assert!(e.contains("insn ") || e.contains("cannot live on the GPU"), "{name}/{}: unclear refusal: {e}", p.name);
+                        refused.push(e);
+                    }
+                }
+            }
+        }
+    }
+    assert!(example_jobs.iter().any(|j| j.0.starts_with("gpu_maps/")), "gpu_maps translates");
+    println!("{} example modules, {} refused for the GPU with a reason", example_jobs.len(), refused.len());
     let jobs: Vec<(String, String, u32)> = modules
         .iter()
         .flat_map(|(name, p, h)| {
             [75, 80, 90].into_iter().map(move |sm| (name.clone(), translate(p, h, &Default::default(), Target { sm }).expect("translates"), sm))
         })
+        .chain(example_jobs)
         .collect();
     let failures = std::sync::Mutex::new(vec![]);
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -199,4 +220,69 @@ fn ptxas_accepts_every_translated_program() {
     let failures = failures.into_inner().unwrap();
     assert!(failures.is_empty(), "{} of {} modules refused:\n{}", failures.len(), jobs.len(), failures.join("\n"));
     println!("ptxas accepted {} modules", jobs.len());
+}
+
+/// A clang-built program using maps, a ring buffer and bpf_loop: the PTX (with its maps in a
+/// device arena) and the CPU interpreter must leave the same maps and return the same r0.
+#[test]
+fn maps_and_helpers_agree_with_the_cpu() {
+    use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
+    use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
+    use bpftime_maps::Map;
+    use bpftime_object::Object;
+    use bpftime_runtime::{EngineKind, Runtime};
+    use bpftime_shm::ShmRegion;
+    let obj = Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_maps")).unwrap()).unwrap();
+    let n = 7u64;
+    // CPU.
+    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Interp);
+    let loaded = rt.load_object(&obj).unwrap();
+    let prog = rt.program(loaded.programs[0].2).unwrap();
+    let mut ctx = n.to_le_bytes().to_vec();
+    let cpu_r0 = rt.run(&prog, Context::Mem(&mut ctx), 0, 0, false).expect("runs on the CPU");
+    let map = |name: &str| loaded.maps.iter().find(|m: &&Map| m.name() == name).unwrap().clone();
+    let cpu_counts: Vec<Vec<u8>> = (0..16u32)
+        .map(|i| {
+            let mut v = vec![0u8; 8];
+            map("counts").lookup(&i.to_le_bytes(), &mut v).unwrap();
+            v
+        })
+        .collect();
+    let mut cpu_pairs: Vec<(Vec<u8>, Vec<u8>)> = map("pairs")
+        .keys()
+        .into_iter()
+        .map(|k| {
+            let mut v = vec![0u8; 16];
+            map("pairs").lookup(&k, &mut v).unwrap();
+            (k, v)
+        })
+        .collect();
+    cpu_pairs.sort();
+    let mut cpu_events = vec![];
+    map("events").ringbuf_consume(&mut |r| cpu_events.push(r.to_vec()));
+    // GPU, on the PTX interpreter.
+    let gpu = bpftime_runtime::gpu::gpu_program(&obj, None, Target::default(), 4).expect("prepares for the GPU");
+    let mut m = Machine::new(Module::parse(&gpu.ptx).unwrap());
+    let arena = m.memory.alloc(gpu.layout.size);
+    m.memory.write(arena, &gpu.arena).unwrap();
+    let ctx = m.memory.alloc(8);
+    m.memory.write(ctx, &n.to_le_bytes()).unwrap();
+    let out = m.memory.alloc(RUN_OUT_STRIDE);
+    m.launch(RUN_KERNEL, &[ctx, 8, arena, gpu.layout.size, DEFAULT_LOOP_BUDGET, 0, out], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
+    let raw = m.memory.read(out, RUN_OUT_STRIDE).unwrap();
+    let gpu_r0 = state::outcome(&raw[8..], u64::from_le_bytes(raw[..8].try_into().unwrap())).expect("runs on the GPU");
+    assert_eq!(gpu_r0, cpu_r0, "r0");
+    let image = m.memory.read(arena, gpu.layout.size).unwrap();
+    let slot = |name: &str| gpu.layout.maps.iter().position(|p| p.spec.name == name).unwrap();
+    let gpu_counts: Vec<Vec<u8>> = gpu.layout.entries(&image, slot("counts")).into_iter().map(|(_, v)| v[0].clone()).collect();
+    assert_eq!(gpu_counts, cpu_counts, "counts");
+    let mut gpu_pairs: Vec<(Vec<u8>, Vec<u8>)> = gpu.layout.entries(&image, slot("pairs")).into_iter().map(|(k, v)| (k, v[0].clone())).collect();
+    gpu_pairs.sort();
+    assert_eq!(gpu_pairs, cpu_pairs, "pairs");
+    let (records, lost) = gpu.layout.records(&image, slot("events"));
+    assert_eq!(records.into_iter().map(|r| r.1).collect::<Vec<_>>(), cpu_events, "ring buffer records");
+    assert_eq!(lost, 0);
+    let per_sm: u64 = gpu.layout.entries(&image, slot("per_cpu"))[0].1.iter().map(|v| u64::from_le_bytes(v[..8].try_into().unwrap())).sum();
+    assert_eq!(per_sm, 1, "one per-SM slot incremented");
+    println!("r0 = {cpu_r0} on both; counts[15] = {}", u64::from_le_bytes(cpu_counts[15][..8].try_into().unwrap()));
 }

@@ -13,6 +13,7 @@
 
 mod desc;
 mod format;
+pub mod gpu;
 mod handles;
 pub mod helper_names;
 pub mod helpers;

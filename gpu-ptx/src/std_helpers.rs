@@ -1,0 +1,505 @@
+//! The helpers GPU programs get: maps in the device arena (lookup, update, delete for arrays,
+//! per-SM arrays and hashes), time, ids, output to device rings, `bpf_loop`, and bpftime's GPU
+//! helper ids (501-511) so its GPU programs run unmodified. Semantics follow the CPU helpers:
+//! the same errnos, NULL for a failed lookup, key and value pointers checked against the
+//! regions a program may touch.
+//!
+//! Helpers share a few PTX support functions (range checks, map descriptors, hashing, copies),
+//! [`SUPPORT`], emitted into every module that calls a helper.
+
+use crate::helpers::{GpuHelper, HelperSet};
+use crate::maps::{desc, header, HASH_BUSY, HASH_FULL};
+use crate::state::{off, FAULT_BAD_CALLBACK, FAULT_HELPER, FAULT_NESTED_CALLBACK, STACK_SIZE, STATUS_FAULT, STATUS_STOPPED};
+use crate::translate::{function_name, MAP_TAG};
+use bpftime_vm::Program;
+
+/// Replaces `{NAME}` tokens with the layout constants.
+fn fill(template: &str) -> String {
+    let pairs: [(&str, String); 26] = [
+        ("{STACK_LO}", off::STACK_LO.to_string()),
+        ("{STACK_SIZE}", STACK_SIZE.to_string()),
+        ("{CTX_LO}", off::CTX_LO.to_string()),
+        ("{CTX_LEN}", off::CTX_LEN.to_string()),
+        ("{CTX_WLEN}", off::CTX_WLEN.to_string()),
+        ("{ARENA_LO}", off::ARENA_LO.to_string()),
+        ("{ARENA_LEN}", off::ARENA_LEN.to_string()),
+        ("{STATUS}", off::STATUS.to_string()),
+        ("{STOP_VALUE}", off::STOP_VALUE.to_string()),
+        ("{PID_TGID}", off::PID_TGID.to_string()),
+        ("{FAULT_INSN}", off::FAULT_INSN.to_string()),
+        ("{FAULT_KIND}", off::FAULT_KIND.to_string()),
+        ("{FAULT_ARG}", off::FAULT_ARG.to_string()),
+        ("{FAULT_ARG2}", off::FAULT_ARG2.to_string()),
+        ("{IN_CALLBACK}", off::IN_CALLBACK.to_string()),
+        ("{MAP_TAG_HI}", (MAP_TAG >> 48).to_string()),
+        ("{NMAPS}", header::NMAPS.to_string()),
+        ("{D_TYPE}", desc::TYPE.to_string()),
+        ("{D_KEY}", desc::KEY_SIZE.to_string()),
+        ("{D_VALUE}", desc::VALUE_SIZE.to_string()),
+        ("{D_MAX}", desc::MAX_ENTRIES.to_string()),
+        ("{D_DATA}", desc::DATA_OFF.to_string()),
+        ("{D_SLOTS}", desc::SLOTS.to_string()),
+        ("{D_STRIDE}", desc::STRIDE.to_string()),
+        ("{D_COUNT}", desc::COUNT.to_string()),
+        ("{D_LOST}", desc::LOST.to_string()),
+    ];
+    let mut s = template.to_string();
+    for (k, v) in pairs {
+        s = s.replace(k, &v);
+    }
+    s.replace("{HASH_BUSY}", &HASH_BUSY.to_string())
+        .replace("{HASH_FULL}", &HASH_FULL.to_string())
+        .replace("{D_CAP}", &desc::CAPACITY.to_string())
+        .replace("{D_ENTRY}", &desc::ENTRY_SIZE.to_string())
+        .replace("{D_KOFF}", &desc::KEY_OFF.to_string())
+        .replace("{D_HEAD}", &desc::HEAD.to_string())
+        .replace("{STATUS_FAULT}", &STATUS_FAULT.to_string())
+        .replace("{STATUS_STOPPED}", &STATUS_STOPPED.to_string())
+        .replace("{FAULT_HELPER}", &FAULT_HELPER.to_string())
+}
+
+/// Support functions: (prototype, definition).
+pub fn support() -> Vec<(String, String)> {
+    SUPPORT
+        .iter()
+        .map(|def| {
+            let def = fill(def);
+            let proto = def.lines().find(|l| l.starts_with(".func")).expect("a .func line").to_string() + ";";
+            (proto, def)
+        })
+        .collect()
+}
+
+/// PTX support functions shared by the helpers.
+pub const SUPPORT: &[&str] = &[
+    // ok = whether [addr, addr+len) lies in one region a program may touch (writable when
+    // `write`): the stack, the context, the arena. len 0 is always fine.
+    r#".func (.reg .b64 %ok) bpf_range_ok(.reg .b64 %st, .reg .b64 %addr, .reg .b64 %len, .reg .b64 %write)
+{
+.reg .b64 %lo, %n, %x, %e;
+.reg .pred %p, %w;
+mov.b64 %ok, 1;
+setp.eq.u64 %p, %len, 0;
+@%p ret;
+ld.u64 %lo, [%st+{STACK_LO}];
+mov.b64 %n, {STACK_SIZE};
+sub.u64 %x, %addr, %lo;
+setp.lt.u64 %p, %x, %n;
+setp.le.and.u64 %p, %len, %n, %p;
+add.u64 %e, %x, %len;
+setp.le.and.u64 %p, %e, %n, %p;
+@%p ret;
+ld.u64 %lo, [%st+{CTX_LO}];
+setp.ne.u64 %w, %write, 0;
+@%w ld.u64 %n, [%st+{CTX_WLEN}];
+@!%w ld.u64 %n, [%st+{CTX_LEN}];
+sub.u64 %x, %addr, %lo;
+setp.lt.u64 %p, %x, %n;
+setp.le.and.u64 %p, %len, %n, %p;
+add.u64 %e, %x, %len;
+setp.le.and.u64 %p, %e, %n, %p;
+@%p ret;
+ld.u64 %lo, [%st+{ARENA_LO}];
+ld.u64 %n, [%st+{ARENA_LEN}];
+sub.u64 %x, %addr, %lo;
+setp.lt.u64 %p, %x, %n;
+setp.le.and.u64 %p, %len, %n, %p;
+add.u64 %e, %x, %len;
+setp.le.and.u64 %p, %e, %n, %p;
+@%p ret;
+mov.b64 %ok, 0;
+ret;
+}"#,
+    // d = the descriptor of map reference `ref`, or 0.
+    r#".func (.reg .b64 %d) bpf_map_desc(.reg .b64 %st, .reg .b64 %ref)
+{
+.reg .b64 %t, %lo, %n;
+.reg .b32 %w;
+.reg .pred %p;
+mov.b64 %d, 0;
+shr.u64 %t, %ref, 48;
+setp.ne.u64 %p, %t, {MAP_TAG_HI};
+@%p ret;
+and.b64 %t, %ref, 0xffffffff;
+ld.u64 %lo, [%st+{ARENA_LO}];
+setp.eq.u64 %p, %lo, 0;
+@%p ret;
+ld.u32 %w, [%lo+{NMAPS}];
+cvt.u64.u32 %n, %w;
+setp.ge.u64 %p, %t, %n;
+@%p ret;
+mul.lo.u64 %t, %t, 64;
+add.u64 %t, %t, 64;
+add.u64 %d, %lo, %t;
+ret;
+}"#,
+    // h = FNV-1a over [key, key+len).
+    r#".func (.reg .b64 %h) bpf_fnv(.reg .b64 %key, .reg .b64 %len)
+{
+.reg .b64 %i, %a, %b;
+.reg .b32 %w;
+.reg .pred %p;
+mov.b64 %h, 0xcbf29ce484222325;
+mov.b64 %i, 0;
+$loop:
+setp.ge.u64 %p, %i, %len;
+@%p ret;
+add.u64 %a, %key, %i;
+ld.u8 %w, [%a];
+cvt.u64.u32 %b, %w;
+xor.b64 %h, %h, %b;
+mul.lo.u64 %h, %h, 0x100000001b3;
+add.u64 %i, %i, 1;
+bra $loop;
+}"#,
+    // eq = whether [a, a+len) and [b, b+len) hold the same bytes.
+    r#".func (.reg .b64 %eq) bpf_memeq(.reg .b64 %a, .reg .b64 %b, .reg .b64 %len)
+{
+.reg .b64 %i, %x, %y;
+.reg .b32 %u, %v;
+.reg .pred %p;
+mov.b64 %eq, 0;
+mov.b64 %i, 0;
+$loop:
+setp.ge.u64 %p, %i, %len;
+@%p bra $same;
+add.u64 %x, %a, %i;
+add.u64 %y, %b, %i;
+ld.u8 %u, [%x];
+ld.u8 %v, [%y];
+setp.ne.u32 %p, %u, %v;
+@%p ret;
+add.u64 %i, %i, 1;
+bra $loop;
+$same:
+mov.b64 %eq, 1;
+ret;
+}"#,
+    // Copies len bytes from src to dst (8 at a time when both are aligned).
+    r#".func (.reg .b64 %done) bpf_memcpy(.reg .b64 %dst, .reg .b64 %src, .reg .b64 %len)
+{
+.reg .b64 %i, %x, %y, %v, %t;
+.reg .b32 %u;
+.reg .pred %p;
+mov.b64 %i, 0;
+or.b64 %t, %dst, %src;
+or.b64 %t, %t, %len;
+and.b64 %t, %t, 7;
+setp.ne.u64 %p, %t, 0;
+@%p bra $bytes;
+$words:
+setp.ge.u64 %p, %i, %len;
+@%p bra $end;
+add.u64 %x, %dst, %i;
+add.u64 %y, %src, %i;
+ld.u64 %v, [%y];
+st.u64 [%x], %v;
+add.u64 %i, %i, 8;
+bra $words;
+$bytes:
+setp.ge.u64 %p, %i, %len;
+@%p bra $end;
+add.u64 %x, %dst, %i;
+add.u64 %y, %src, %i;
+ld.u8 %u, [%y];
+st.u8 [%x], %u;
+add.u64 %i, %i, 1;
+bra $bytes;
+$end:
+mov.b64 %done, %len;
+ret;
+}"#,
+    // v = the u32 at addr (any alignment).
+    r#".func (.reg .b64 %v) bpf_load_u32(.reg .b64 %addr)
+{
+.reg .b64 %b;
+.reg .b32 %w;
+ld.u8 %w, [%addr+3];
+cvt.u64.u32 %v, %w;
+ld.u8 %w, [%addr+2];
+cvt.u64.u32 %b, %w;
+shl.b64 %v, %v, 8;
+or.b64 %v, %v, %b;
+ld.u8 %w, [%addr+1];
+cvt.u64.u32 %b, %w;
+shl.b64 %v, %v, 8;
+or.b64 %v, %v, %b;
+ld.u8 %w, [%addr];
+cvt.u64.u32 %b, %w;
+shl.b64 %v, %v, 8;
+or.b64 %v, %v, %b;
+ret;
+}"#,
+    // e = the entry of `key` in hash map `d` (0 if absent). With `create`, claims an empty
+    // slot when absent (e = 0 and *full* = 1 when none is left); a slot being written by
+    // another thread is waited for, so that one key never gets two entries.
+    r#".func (.reg .b64 %e) bpf_hash_find(.reg .b64 %st, .reg .b64 %d, .reg .b64 %key, .reg .b64 %create)
+{
+.reg .b64 %lo, %data, %ks, %h, %cap, %i, %n, %esz, %t, %eq, %spin;
+.reg .b32 %w, %hw, %old;
+.reg .pred %p;
+mov.b64 %e, 0;
+ld.u64 %lo, [%st+{ARENA_LO}];
+ld.u64 %data, [%d+{D_DATA}];
+add.u64 %data, %data, %lo;
+ld.u32 %w, [%d+{D_KEY}];
+cvt.u64.u32 %ks, %w;
+ld.u32 %w, [%d+{D_CAP}];
+cvt.u64.u32 %cap, %w;
+ld.u32 %w, [%d+{D_ENTRY}];
+cvt.u64.u32 %esz, %w;
+call.uni (%h), bpf_fnv, (%key, %ks);
+cvt.u32.u64 %hw, %h;
+or.b32 %hw, %hw, 1;
+mov.b64 %n, 0;
+$probe:
+setp.ge.u64 %p, %n, %cap;
+@%p ret;
+add.u64 %i, %h, %n;
+sub.u64 %t, %cap, 1;
+and.b64 %i, %i, %t;
+mul.lo.u64 %t, %i, %esz;
+add.u64 %t, %t, %data;
+mov.b64 %spin, 0;
+$look:
+ld.volatile.u32 %w, [%t];
+setp.eq.u32 %p, %w, 0;
+@%p bra $empty;
+setp.eq.u32 %p, %w, {HASH_BUSY};
+@!%p bra $full;
+add.u64 %spin, %spin, 1;
+setp.lt.u64 %p, %spin, 1000000;
+@%p bra $look;
+bra $next;
+$full:
+setp.ne.u32 %p, %w, {HASH_FULL};
+@%p bra $next;
+ld.u32 %w, [%t+4];
+setp.ne.u32 %p, %w, %hw;
+@%p bra $next;
+add.u64 %eq, %t, {D_KOFF};
+call.uni (%eq), bpf_memeq, (%eq, %key, %ks);
+setp.eq.u64 %p, %eq, 0;
+@%p bra $next;
+mov.b64 %e, %t;
+ret;
+$next:
+add.u64 %n, %n, 1;
+bra $probe;
+$empty:
+setp.eq.u64 %p, %create, 0;
+@%p ret;
+atom.cas.b32 %old, [%t], 0, {HASH_BUSY};
+setp.ne.u32 %p, %old, 0;
+@%p bra $look;
+st.u32 [%t+4], %hw;
+add.u64 %eq, %t, {D_KOFF};
+call.uni (%eq), bpf_memcpy, (%eq, %key, %ks);
+mov.b64 %e, %t;
+ret;
+}"#,
+];
+
+/// Pieces of the map helpers: the entry address of `%a2`'s key in map `%d` (array-like maps
+/// index by the u32 key, hash maps look it up).
+const MAP_PROLOGUE: &str = r#".reg .b64 %d, %ks, %ok, %idx, %max, %lo, %data, %stride, %slots, %sm, %e, %t, %vs, %cnt, %voff;
+.reg .b32 %w, %ty;
+.reg .pred %p, %q;
+call.uni (%d), bpf_map_desc, (%st, %a1);
+setp.eq.u64 %p, %d, 0;
+@%p bra $einval;
+ld.u32 %w, [%d+{D_KEY}];
+cvt.u64.u32 %ks, %w;
+call.uni (%ok), bpf_range_ok, (%st, %a2, %ks, 0);
+setp.eq.u64 %p, %ok, 0;
+@%p bra $efault;
+ld.u64 %lo, [%st+{ARENA_LO}];
+ld.u64 %data, [%d+{D_DATA}];
+add.u64 %data, %data, %lo;
+ld.u32 %w, [%d+{D_STRIDE}];
+cvt.u64.u32 %stride, %w;
+ld.u32 %w, [%d+{D_SLOTS}];
+cvt.u64.u32 %slots, %w;
+ld.u32 %w, [%d+{D_VALUE}];
+cvt.u64.u32 %vs, %w;
+mov.u32 %w, %smid;
+cvt.u64.u32 %sm, %w;
+rem.u64 %sm, %sm, %slots;
+mul.lo.u64 %sm, %sm, %stride;
+ld.u32 %ty, [%d+{D_TYPE}];
+add.u64 %voff, %ks, 15;
+and.b64 %voff, %voff, -8;
+"#;
+
+/// Whether the type in `%ty` is a hash (sets %p).
+const IS_HASH: &str = "setp.eq.u32 %p, %ty, 1;\nsetp.eq.or.u32 %p, %ty, 5, %p;\nsetp.eq.or.u32 %p, %ty, 9, %p;\nsetp.eq.or.u32 %p, %ty, 1501, %p;\n";
+
+/// `%e` = the array entry of the u32 key at %a2 (jumps to $missing past the end).
+const ARRAY_ENTRY: &str = r#"call.uni (%idx), bpf_load_u32, (%a2);
+ld.u32 %w, [%d+{D_MAX}];
+cvt.u64.u32 %max, %w;
+setp.ge.u64 %p, %idx, %max;
+@%p bra $missing;
+mul.lo.u64 %e, %idx, %stride;
+mul.lo.u64 %e, %e, %slots;
+add.u64 %e, %e, %data;
+"#;
+
+fn map_lookup() -> String {
+    fill(&format!(
+        "{MAP_PROLOGUE}{IS_HASH}@%p bra $hash;\n{ARRAY_ENTRY}add.u64 %ret, %e, %sm;\nret;\n$hash:\ncall.uni (%e), bpf_hash_find, (%st, %d, %a2, 0);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $missing;\nadd.u64 %e, %e, %voff;\nadd.u64 %ret, %e, %sm;\nret;\n$missing:\n$einval:\n$efault:\nmov.b64 %ret, 0;\nret;"
+    ))
+}
+
+fn map_update() -> String {
+    fill(&format!(
+        "{MAP_PROLOGUE}call.uni (%ok), bpf_range_ok, (%st, %a3, %vs, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\nsetp.gt.u64 %p, %a4, 2;\n@%p bra $einval;\n{IS_HASH}@%p bra $hash;\nsetp.eq.u64 %p, %a4, 1;\n@%p bra $eexist;\n{ARRAY_ENTRY}add.u64 %e, %e, %sm;\ncall.uni (%t), bpf_memcpy, (%e, %a3, %vs);\nmov.b64 %ret, 0;\nret;\n$missing:\nmov.b64 %ret, -7;\nret;\n\
+$hash:\ncall.uni (%e), bpf_hash_find, (%st, %d, %a2, 0);\nsetp.ne.u64 %p, %e, 0;\n@%p bra $found;\nsetp.eq.u64 %p, %a4, 2;\n@%p bra $enoent;\n\
+// Room for one more? (the count is a reservation, given back when the insert fails)\n\
+ld.u32 %w, [%d+{{D_MAX}}];\ncvt.u64.u32 %max, %w;\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], 1;\nsetp.ge.u64 %p, %cnt, %max;\n@%p bra $full;\n\
+call.uni (%e), bpf_hash_find, (%st, %d, %a2, 1);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $full;\n\
+// A slot we claimed is BUSY; one another thread filled meanwhile is FULL (then it is an update).\n\
+ld.volatile.u32 %w, [%e];\nsetp.eq.u32 %p, %w, {{HASH_BUSY}};\n@!%p bra $raced;\n\
+add.u64 %t, %e, %voff;\nadd.u64 %t, %t, %sm;\ncall.uni (%ok), bpf_memcpy, (%t, %a3, %vs);\nmembar.gl;\nst.volatile.u32 [%e], {{HASH_FULL}};\nmov.b64 %ret, 0;\nret;\n\
+$raced:\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\n\
+$found:\nsetp.eq.u64 %p, %a4, 1;\n@%p bra $eexist;\nadd.u64 %t, %e, %voff;\nadd.u64 %t, %t, %sm;\ncall.uni (%ok), bpf_memcpy, (%t, %a3, %vs);\nmov.b64 %ret, 0;\nret;\n\
+$full:\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\nmov.b64 %ret, -7;\nret;\n\
+$eexist:\nmov.b64 %ret, -17;\nret;\n$enoent:\nmov.b64 %ret, -2;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
+    ))
+}
+
+fn map_delete() -> String {
+    fill(&format!(
+        "{MAP_PROLOGUE}{IS_HASH}@!%p bra $einval;\ncall.uni (%e), bpf_hash_find, (%st, %d, %a2, 0);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $enoent;\n\
+// Deleted entries stay as tombstones: the slot is never reused, so lookups need no locks.\n\
+st.volatile.u32 [%e], 3;\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\nmov.b64 %ret, 0;\nret;\n\
+$enoent:\nmov.b64 %ret, -2;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
+    ))
+}
+
+/// Appends a record (`%a2`/`%a3` or as given) to the device ring of map `%d`: a u64 header
+/// (`len | source << 32`) then the bytes, 8-aligned; a full ring drops it and counts it.
+fn ring_output(data: &str, len: &str, source: &str) -> String {
+    fill(&format!(
+        ".reg .b64 %d, %ok, %lo, %data, %cap, %need, %pos, %t, %hdr;\n.reg .pred %p;\n\
+call.uni (%d), bpf_map_desc, (%st, %a1);\nsetp.eq.u64 %p, %d, 0;\n@%p bra $einval;\n\
+call.uni (%ok), bpf_range_ok, (%st, {data}, {len}, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n\
+ld.u64 %lo, [%st+{{ARENA_LO}}];\nld.u64 %data, [%d+{{D_DATA}}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{{D_DATA_LEN}}];\n\
+add.u64 %need, {len}, 15;\nand.b64 %need, %need, -8;\n\
+add.u64 %t, %d, {{D_HEAD}};\natom.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
+add.u64 %pos, %pos, %data;\nshl.b64 %hdr, {source}, 32;\nor.b64 %hdr, %hdr, {len};\nst.u64 [%pos], %hdr;\nadd.u64 %pos, %pos, 8;\ncall.uni (%ok), bpf_memcpy, (%pos, {data}, {len});\nmov.b64 %ret, 0;\nret;\n\
+$lost:\nadd.u64 %t, %d, {{D_LOST}};\natom.add.u64 %ok, [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
+$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
+    ))
+    .replace("{D_DATA_LEN}", &desc::DATA_LEN.to_string())
+}
+
+/// Writes the three u32 values %x, %y, %z through the pointers %a1-%a3 (checked; a bad one is
+/// skipped), as bpftime's GPU id helpers do.
+fn write_xyz(read: &str) -> String {
+    let mut s = format!(".reg .b64 %ok, %v;\n.reg .b32 %x, %y, %z;\n.reg .pred %p;\n{read}");
+    for (i, r) in ["%x", "%y", "%z"].iter().enumerate() {
+        let a = format!("%a{}", i + 1);
+        s.push_str(&format!(
+            "call.uni (%ok), bpf_range_ok, (%st, {a}, 4, 1);\nsetp.ne.u64 %p, %ok, 0;\n@%p st.u8 [{a}], {r};\nshr.b32 {r}, {r}, 8;\n@%p st.u8 [{a}+1], {r};\nshr.b32 {r}, {r}, 8;\n@%p st.u8 [{a}+2], {r};\nshr.b32 {r}, {r}, 8;\n@%p st.u8 [{a}+3], {r};\n"
+        ));
+    }
+    s.push_str("mov.b64 %ret, 0;\nret;");
+    s
+}
+
+fn special(name: &str) -> String {
+    format!(".reg .b32 %w;\nmov.u32 %w, {name};\ncvt.u64.u32 %ret, %w;\nret;")
+}
+
+/// `bpf_loop(n, callback, ctx, flags)`: calls the callback (a function of the program, by its
+/// first slot) with (i, ctx) until it returns 1 or n calls; each call charges the function's
+/// length to the loop budget, as on the CPU. Dispatches over the program's callbacks.
+fn bpf_loop(prog: &Program) -> String {
+    let mut s = String::from(".reg .b64 %i, %r, %fp, %bud, %cost;\n.reg .b32 %w;\n.reg .pred %p;\n");
+    s.push_str("setp.ne.u64 %p, %a4, 0;\n@%p bra $einval;\nsetp.gt.u64 %p, %a1, 8388608;\n@%p bra $e2big;\n");
+    s.push_str(&format!("ld.u32 %w, [%st+{}];\nsetp.ne.u32 %p, %w, 0;\n@%p bra $nested;\n", off::IN_CALLBACK));
+    s.push_str("mov.b64 %i, 0;\n$loop:\nsetp.ge.u64 %p, %i, %a1;\n@%p bra $done;\n");
+    let callbacks: Vec<(usize, usize, usize)> = prog.functions().iter().enumerate().filter(|(_, f)| f.callback).map(|(i, f)| (i, f.start, f.len())).collect();
+    for (i, start, len) in &callbacks {
+        let frames = prog.function_depth(*i).clamp(1, bpftime_vm::exec::MAX_CALL_DEPTH);
+        s.push_str(&format!("setp.ne.u64 %p, %a2, {start};\n@%p bra $not{i};\nmov.b64 %cost, {len};\n"));
+        // Callbacks run on the bottom frames of the stack, as on the CPU.
+        s.push_str(&format!("ld.u64 %fp, [%st+{}];\nadd.u64 %fp, %fp, {};\n", off::STACK_LO, frames * bpftime_vm::exec::FRAME_SIZE));
+        s.push_str(&format!(
+            "ld.u64 %bud, [%st+{b}];\nsetp.lt.u64 %p, %bud, %cost;\n@%p bra $budget;\nsub.u64 %bud, %bud, %cost;\nst.u64 [%st+{b}], %bud;\n",
+            b = off::BUDGET
+        ));
+        s.push_str(&format!(
+            "st.u32 [%st+{ic}], 1;\ncall.uni (%r), {}, (%st, %fp, %i, %a3, 0, 0, 0);\nst.u32 [%st+{ic}], 0;\nbra $called;\n$not{i}:\n",
+            function_name(*i),
+            ic = off::IN_CALLBACK
+        ));
+    }
+    s.push_str(&format!(
+        "st.u32 [%st+{}], {STATUS_FAULT};\nst.u32 [%st+{}], -1;\nst.u32 [%st+{}], {FAULT_BAD_CALLBACK};\nst.u64 [%st+{}], %a2;\nmov.b64 %ret, 0;\nret;\n",
+        off::STATUS,
+        off::FAULT_INSN,
+        off::FAULT_KIND,
+        off::FAULT_ARG
+    ));
+    s.push_str(&format!(
+        "$called:\nld.u32 %w, [%st+{}];\nsetp.ne.u32 %p, %w, 0;\n@%p bra $stop;\nadd.u64 %i, %i, 1;\nsetp.eq.u64 %p, %r, 1;\n@%p bra $done;\nbra $loop;\n",
+        off::STATUS
+    ));
+    s.push_str("$done:\nmov.b64 %ret, %i;\nret;\n$stop:\nmov.b64 %ret, 0;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$e2big:\nmov.b64 %ret, -7;\nret;\n");
+    s.push_str(&format!(
+        "$budget:\nst.u32 [%st+{}], {STATUS_FAULT};\nst.u32 [%st+{}], -1;\nst.u32 [%st+{}], {};\nmov.b64 %ret, 0;\nret;\n",
+        off::STATUS,
+        off::FAULT_INSN,
+        off::FAULT_KIND,
+        crate::state::FAULT_LOOP_BUDGET
+    ));
+    s.push_str(&format!(
+        "$nested:\nst.u32 [%st+{}], {STATUS_FAULT};\nst.u32 [%st+{}], -1;\nst.u32 [%st+{}], {FAULT_NESTED_CALLBACK};\nst.u64 [%st+{}], %a2;\nmov.b64 %ret, 0;\nret;",
+        off::STATUS,
+        off::FAULT_INSN,
+        off::FAULT_KIND,
+        off::FAULT_ARG
+    ));
+    s
+}
+
+/// The helpers GPU programs get.
+pub fn standard() -> HelperSet {
+    let timer = ".reg .b64 %t;\nmov.u64 %t, %globaltimer;\nmov.b64 %ret, %t;\nret;";
+    HelperSet::new()
+        .with(GpuHelper::ptx(1, "bpf_map_lookup_elem", map_lookup()))
+        .with(GpuHelper::ptx(2, "bpf_map_update_elem", map_update()))
+        .with(GpuHelper::ptx(3, "bpf_map_delete_elem", map_delete()))
+        .with(GpuHelper::ptx(5, "bpf_ktime_get_ns", timer))
+        .with(GpuHelper::ptx(8, "bpf_get_smp_processor_id", special("%smid")))
+        .with(GpuHelper::ptx(14, "bpf_get_current_pid_tgid", format!("ld.u64 %ret, [%st+{}];\nret;", off::PID_TGID)))
+        .with(GpuHelper::ptx(
+            25,
+            "bpf_perf_event_output",
+            ring_output("%a4", "%a5", "%sm")
+                .replace(".reg .pred %p;\n", ".reg .pred %p;\n.reg .b64 %sm;\n.reg .b32 %smw;\nmov.u32 %smw, %smid;\ncvt.u64.u32 %sm, %smw;\n"),
+        ))
+        .with(GpuHelper::ptx(125, "bpf_ktime_get_boot_ns", timer))
+        .with(GpuHelper::ptx(130, "bpf_ringbuf_output", ring_output("%a2", "%a3", "0")))
+        .with(GpuHelper::per_program(181, "bpf_loop", bpf_loop))
+        .with(GpuHelper::ptx(502, "bpftime_get_globaltimer", timer))
+        .with(GpuHelper::ptx(503, "bpftime_get_block_idx", write_xyz("mov.u32 %x, %ctaid.x;\nmov.u32 %y, %ctaid.y;\nmov.u32 %z, %ctaid.z;\n")))
+        .with(GpuHelper::ptx(504, "bpftime_get_block_dim", write_xyz("mov.u32 %x, %ntid.x;\nmov.u32 %y, %ntid.y;\nmov.u32 %z, %ntid.z;\n")))
+        .with(GpuHelper::ptx(505, "bpftime_get_thread_idx", write_xyz("mov.u32 %x, %tid.x;\nmov.u32 %y, %tid.y;\nmov.u32 %z, %tid.z;\n")))
+        .with(GpuHelper::ptx(506, "bpftime_membar", "membar.gl;\nmov.b64 %ret, 0;\nret;"))
+        .with(GpuHelper::ptx(
+            507,
+            "bpftime_exit",
+            format!("st.u32 [%st+{}], {STATUS_STOPPED};\nst.u64 [%st+{}], 0;\nmov.b64 %ret, 0;\nret;", off::STATUS, off::STOP_VALUE),
+        ))
+        .with(GpuHelper::ptx(508, "bpftime_get_grid_dim", write_xyz("mov.u32 %x, %nctaid.x;\nmov.u32 %y, %nctaid.y;\nmov.u32 %z, %nctaid.z;\n")))
+        .with(GpuHelper::ptx(509, "bpftime_get_sm_id", special("%smid")))
+        .with(GpuHelper::ptx(510, "bpftime_get_warp_id", special("%warpid")))
+        .with(GpuHelper::ptx(511, "bpftime_get_lane_id", special("%laneid")))
+        .with_support(support())
+}
+
+/// `FAULT_HELPER`, for helpers that fail a run (kept for callers building their own).
+pub const HELPER_FAULT_KIND: u32 = FAULT_HELPER;

@@ -1,0 +1,94 @@
+//! A program of a clang-built object prepared for the GPU: its maps placed in a device arena,
+//! its map references turned into arena slots, verified against the GPU helpers and
+//! translated to PTX (`bpftime-gpu-ptx`). What loads and launches it (the CUDA runner, the
+//! interposition) sits above.
+
+use bpftime_gpu_ptx::maps::{ArenaLayout, GpuMapSpec};
+use bpftime_gpu_ptx::{std_helpers, translate, LddwMaps, Target, MAP_TAG};
+use bpftime_object::btf::Btf;
+use bpftime_object::Object;
+use bpftime_vm::insn::LddwKind;
+use bpftime_vm::{verify, LddwResolver, Program};
+use std::sync::Arc;
+
+/// A program ready for the GPU.
+#[derive(Clone, Debug)]
+pub struct GpuProgram {
+    /// Function name.
+    pub name: String,
+    /// Section.
+    pub section: String,
+    /// The verified program.
+    pub program: Arc<Program>,
+    /// The PTX module.
+    pub ptx: String,
+    /// Where its maps live in the arena (slot order).
+    pub layout: ArenaLayout,
+    /// The arena's initial contents (descriptors, global data).
+    pub arena: Vec<u8>,
+}
+
+/// Map references as the GPU verifier sees them: tagged slots (the translator rewrites the
+/// `lddw`s from the raw instructions; these values only have to be constants).
+struct SlotResolver;
+
+impl LddwResolver for SlotResolver {
+    fn resolve(&self, kind: LddwKind, lo: i32, _hi: i32) -> Result<u64, String> {
+        match kind {
+            LddwKind::MapFd | LddwKind::MapValue => Ok(MAP_TAG | lo as u32 as u64),
+            _ => Err(format!("{kind:?} references are not supported on the GPU")),
+        }
+    }
+}
+
+/// Prepares program `name` (or the only one) of `obj` for a GPU with `nsm` SMs.
+pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -> Result<GpuProgram, String> {
+    let mut obj = obj.clone();
+    if obj.needs_core() {
+        let raw = std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| format!("CO-RE needs the kernel's BTF: {e}"))?;
+        let btf = Btf::parse(&raw).map_err(|e| e.to_string())?;
+        obj.apply_core(&btf).map_err(|e| e.to_string())?;
+    }
+    let p = obj.program(name).map_err(|e| e.to_string())?.clone();
+    // Slots for the maps this program uses, in order of first use.
+    let mut slot_of_map: Vec<usize> = vec![];
+    for r in &p.data_relocs {
+        if !slot_of_map.contains(&r.map) {
+            slot_of_map.push(r.map);
+        }
+    }
+    let specs: Vec<GpuMapSpec> = slot_of_map
+        .iter()
+        .map(|&i| {
+            let d = &obj.maps[i];
+            GpuMapSpec { name: d.name.clone(), map_type: d.map_type, key_size: d.key_size, value_size: d.value_size, max_entries: d.max_entries }
+        })
+        .collect();
+    let layout = ArenaLayout::new(&specs, nsm).map_err(|e| format!("{}: {e}", p.name))?;
+    let mut raw = p.insns.clone();
+    for r in &p.data_relocs {
+        let slot = slot_of_map.iter().position(|&m| m == r.map).expect("every reloc's map has a slot") as i32;
+        raw[r.insn].imm = slot;
+        match r.value_offset {
+            None => {
+                raw[r.insn].src = LddwKind::MapFd.src();
+                raw[r.insn + 1].imm = 0;
+            }
+            Some(off) => {
+                raw[r.insn].src = LddwKind::MapValue.src();
+                raw[r.insn + 1].imm = off as i32;
+            }
+        }
+    }
+    let helpers = std_helpers::standard();
+    let program = Arc::new(verify(&raw, Arc::new(helpers.verifier_table()), &SlotResolver).map_err(|e| format!("{}: verifier: {e}", p.name))?);
+    let maps = LddwMaps::from_raw(&raw, |slot| Some(slot)).map_err(|e| format!("{}: {e}", p.name))?;
+    let ptx = translate(&program, &helpers, &maps, target).map_err(|e| format!("{}: {e}", p.name))?;
+    let mut arena = layout.image();
+    for (slot, &m) in slot_of_map.iter().enumerate() {
+        if let Some(init) = &obj.maps[m].initial {
+            layout.set_array_value(&mut arena, slot, 0, init).map_err(|e| format!("{}: {e}", p.name))?;
+        }
+    }
+    Ok(GpuProgram { name: p.name.clone(), section: p.section.clone(), program, ptx, layout, arena })
+}
