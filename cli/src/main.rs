@@ -1,10 +1,12 @@
 //! `bpftime`: run and inspect eBPF programs, and manage the shared-memory region.
 
 mod dump;
+mod gpu_run;
 mod run;
 mod supervise;
 
 use bpftime_cli::load_program_file;
+use bpftime_gpu_ptx::Target;
 use bpftime_maps::Map;
 use bpftime_object::Object;
 use bpftime_runtime::input::read_program_file;
@@ -23,6 +25,19 @@ use std::sync::Arc;
 /// The default loop budget of `vm run`: generous (seconds of work), since a run there is a
 /// deliberate computation that the user can interrupt, not a probe in someone's application.
 const VM_RUN_BUDGET: u64 = 1 << 34;
+
+/// Where `vm run` runs a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum VmEngine {
+    /// The Cranelift JIT.
+    Jit,
+    /// The interpreter.
+    Interp,
+    /// The CUDA device (one thread per run, `--threads N`).
+    Gpu,
+    /// The PTX the GPU would run, on the PTX interpreter.
+    Ptx,
+}
 
 /// A userspace eBPF runtime.
 #[derive(Parser)]
@@ -118,9 +133,16 @@ enum VmCommand {
         /// Input memory as hex bytes (r1 points at it, r2 is its length).
         #[arg(long)]
         mem: Option<String>,
-        /// Execution engine.
+        /// Execution engine: jit, interp, gpu (the CUDA device), or ptx (the same PTX on the
+        /// PTX interpreter, no GPU needed).
         #[arg(long, default_value = "jit")]
-        engine: EngineKind,
+        engine: VmEngine,
+        /// GPU engines: threads to run the program on (each with its own copy of --mem).
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+        /// GPU engines: the PTX target (default: the device's, or sm_75).
+        #[arg(long)]
+        sm: Option<String>,
         /// Print every map after the run.
         #[arg(long)]
         dump_maps: bool,
@@ -131,6 +153,17 @@ enum VmCommand {
         /// length, a bpf_loop callback its function's) before the run is stopped.
         #[arg(long, default_value_t = VM_RUN_BUDGET)]
         budget: u64,
+    },
+    /// Print the PTX a program becomes on the GPU.
+    Ptx {
+        /// Raw bytecode, or a clang-built eBPF object.
+        file: PathBuf,
+        /// Program of the object (function or section name).
+        #[arg(long)]
+        section: Option<String>,
+        /// Target (sm_75 .. sm_120).
+        #[arg(long, default_value = "sm_75")]
+        sm: String,
     },
     /// Print a program in llvm-objdump syntax.
     Disasm {
@@ -302,6 +335,56 @@ fn vm_run(a: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `vm run --engine gpu|ptx`.
+#[allow(clippy::too_many_arguments)]
+fn vm_run_gpu(
+    file: &Path,
+    section: Option<&str>,
+    mem: Option<String>,
+    simulate: bool,
+    threads: u32,
+    sm: Option<String>,
+    dump_maps: bool,
+    budget: u64,
+) -> Result<i32, String> {
+    let mem = match mem {
+        Some(h) => parse_hex_bytes(&h).map_err(|e| format!("--mem: {e}"))?,
+        None => Vec::new(),
+    };
+    let target = sm.as_deref().map(Target::parse).transpose()?;
+    let r = gpu_run::run(file, section, target, &mem, threads, budget, simulate)?;
+    let first = r.outcomes.first().cloned().unwrap_or(Ok(0));
+    if threads > 1 {
+        let mut kinds: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
+        for o in &r.outcomes {
+            *kinds
+                .entry(match o {
+                    Ok(v) => format!("r0 = {v:#x}"),
+                    Err(e) => e.to_string(),
+                })
+                .or_default() += 1;
+        }
+        let time = r.micros.map(|us| format!(" in {us:.1} us")).unwrap_or_default();
+        eprintln!("{threads} threads on {}{time}", r.device);
+        for (k, n) in kinds {
+            eprintln!("  {n} x {k}");
+        }
+    }
+    match first {
+        Ok(r0) => println!("r0 = {r0:#x} ({})", r0 as i64),
+        Err(e) => {
+            let hint = if e.fault == Fault::LoopBudget { format!("; raise the budget with --budget N (now {budget})") } else { String::new() };
+            return Err(format!("{}: {e}{hint}", file.display()));
+        }
+    }
+    if dump_maps {
+        for l in r.maps {
+            println!("{l}");
+        }
+    }
+    Ok(0)
+}
+
 /// Writes the links of an object's uprobe programs (see `links::store_uprobes`), saying which
 /// programs are not attached and why.
 fn store_links(region: &ShmRegion, programs: &[(String, String, u32)]) -> Result<Vec<UprobeLink>, String> {
@@ -365,8 +448,19 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
         Command::Run { file, json, output, engine, budget, shm_size, command } => {
             run::run(run::RunRequest { file, json, output, engine, budget, shm_size: parse_size(&shm_size)?, agent: agent_path()?, command })
         }
-        Command::Vm { command: VmCommand::Run { file, section, mem, engine, dump_maps, json, budget } } => {
-            vm_run(RunArgs { file: &file, section: section.as_deref(), mem, engine, dump_maps, json, budget }).map(|()| 0)
+        Command::Vm { command: VmCommand::Run { file, section, mem, engine, threads, sm, dump_maps, json, budget } } => {
+            let cpu = match engine {
+                VmEngine::Jit => EngineKind::Jit,
+                VmEngine::Interp => EngineKind::Interp,
+                VmEngine::Gpu | VmEngine::Ptx => return vm_run_gpu(&file, section.as_deref(), mem, engine == VmEngine::Ptx, threads, sm, dump_maps, budget),
+            };
+            vm_run(RunArgs { file: &file, section: section.as_deref(), mem, engine: cpu, dump_maps, json, budget }).map(|()| 0)
+        }
+        Command::Vm { command: VmCommand::Ptx { file, section, sm } } => {
+            let target = Target::parse(&sm)?;
+            let g = gpu_run::prepare(&file, section.as_deref(), target, 1)?;
+            print!("{}", g.ptx);
+            Ok(0)
         }
         Command::Vm { command: VmCommand::Disasm { file, section } } => {
             let loaded = load_program_file(&file, section.as_deref())?;

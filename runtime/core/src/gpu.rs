@@ -82,7 +82,7 @@ pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -
     }
     let helpers = std_helpers::standard();
     let program = Arc::new(verify(&raw, Arc::new(helpers.verifier_table()), &SlotResolver).map_err(|e| format!("{}: verifier: {e}", p.name))?);
-    let maps = LddwMaps::from_raw(&raw, |slot| Some(slot)).map_err(|e| format!("{}: {e}", p.name))?;
+    let maps = LddwMaps::from_raw(&raw, Some).map_err(|e| format!("{}: {e}", p.name))?;
     let ptx = translate(&program, &helpers, &maps, target).map_err(|e| format!("{}: {e}", p.name))?;
     let mut arena = layout.image();
     for (slot, &m) in slot_of_map.iter().enumerate() {
@@ -91,4 +91,56 @@ pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -
         }
     }
     Ok(GpuProgram { name: p.name.clone(), section: p.section.clone(), program, ptx, layout, arena })
+}
+
+/// Prepares raw bytecode (no maps) for the GPU.
+pub fn gpu_program_from_raw(raw: &[bpftime_vm::RawInsn], target: Target) -> Result<GpuProgram, String> {
+    let helpers = std_helpers::standard();
+    let program = Arc::new(verify(raw, Arc::new(helpers.verifier_table()), &bpftime_vm::NoMaps).map_err(|e| format!("verifier: {e}"))?);
+    let ptx = translate(&program, &helpers, &LddwMaps::default(), target).map_err(|e| e.to_string())?;
+    let layout = ArenaLayout::new(&[], 1)?;
+    let arena = layout.image();
+    Ok(GpuProgram { name: "raw".into(), section: String::new(), program, ptx, layout, arena })
+}
+
+/// The maps of a GPU run read back from its arena, for printing: (name, type, entries as
+/// (key, per-slot values)) and ring records as (source, bytes).
+pub fn describe_arena(layout: &ArenaLayout, arena: &[u8]) -> Vec<String> {
+    use bpftime_gpu_ptx::maps::GpuMapKind;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ");
+    let show = |b: &[u8]| match b.len() {
+        4 => u32::from_le_bytes(b.try_into().expect("4")).to_string(),
+        8 => u64::from_le_bytes(b.try_into().expect("8")).to_string(),
+        _ => hex(b),
+    };
+    let mut out = vec![];
+    for (slot, m) in layout.maps.iter().enumerate() {
+        out.push(format!(
+            "map `{}` (GPU, type {}, key {} B, value {} B, max_entries {}, {} slot(s))",
+            m.spec.name, m.spec.map_type, m.spec.key_size, m.spec.value_size, m.spec.max_entries, m.slots
+        ));
+        match m.kind {
+            GpuMapKind::Ring => {
+                let (records, lost) = layout.records(arena, slot);
+                for (src, r) in &records {
+                    out.push(format!("  record ({} bytes, source {src}): {}", r.len(), hex(r)));
+                }
+                out.push(format!("  {} records, {lost} lost", records.len()));
+            }
+            _ => {
+                let entries = layout.entries(arena, slot);
+                let mut zero = 0;
+                for (k, vs) in &entries {
+                    if vs.iter().all(|v| v.iter().all(|&b| b == 0)) {
+                        zero += 1;
+                        continue;
+                    }
+                    let vals: Vec<String> = vs.iter().map(|v| show(v)).collect();
+                    out.push(format!("  {} => {}", show(k), vals.join(", ")));
+                }
+                out.push(format!("  ({} entries, {zero} all-zero not shown)", entries.len()));
+            }
+        }
+    }
+    out
 }
