@@ -381,3 +381,36 @@ fn a_region_made_by_another_user_is_refused_everywhere() {
     assert!(text(&out.stderr).contains("permission denied"), "{}", text(&out.stderr));
     assert!(bpftime_shm(&mine, &["shm", "remove"]).status.success());
 }
+
+#[test]
+fn vm_ptx_and_the_gpu_engines() {
+    let obj = build_example("gpu_maps");
+    let obj = obj.to_str().unwrap();
+    let mem = "07 00 00 00 00 00 00 00";
+    let jit = bpftime(&["vm", "run", obj, "--mem", mem]);
+    let ptx = bpftime(&["vm", "run", "--engine", "ptx", obj, "--mem", mem, "--dump-maps"]);
+    assert!(ptx.status.success(), "{}", text(&ptx.stderr));
+    let out = text(&ptx.stdout);
+    assert!(out.starts_with(&text(&jit.stdout)), "same r0 as the JIT:\n{out}");
+    assert!(out.contains("map `counts` (GPU, type 2") && out.contains("  15 => 10021702"), "{out}");
+    assert!(out.contains("2 records, 0 lost"), "{out}");
+    // Many threads share the maps.
+    let many = bpftime(&["vm", "run", "--engine", "ptx", "--threads", "32", obj, "--mem", mem, "--dump-maps"]);
+    assert!(text(&many.stdout).contains("  0 => 224\n"), "32 threads x 7: {}", text(&many.stdout));
+    assert!(text(&many.stderr).contains("32 x r0 = 0x2d58"), "{}", text(&many.stderr));
+    // The PTX itself, for another target.
+    let p = bpftime(&["vm", "ptx", obj, "--sm", "sm_90"]);
+    assert!(text(&p.stdout).contains(".target sm_90") && text(&p.stdout).contains(".visible .entry bpftime_run("), "{}", text(&p.stdout));
+    // A helper the GPU lacks is refused with the instruction.
+    let cpu_only = build_example("read_str");
+    let e = bpftime(&["vm", "ptx", cpu_only.to_str().unwrap()]);
+    assert_eq!(e.status.code(), Some(1));
+    assert!(text(&e.stderr).contains("is not available on the GPU"), "{}", text(&e.stderr));
+    // The device: runs where there is one, says why not elsewhere.
+    let gpu = bpftime(&["vm", "run", "--engine", "gpu", obj, "--mem", mem]);
+    if gpu.status.success() {
+        assert_eq!(gpu.stdout, jit.stdout);
+    } else {
+        assert!(text(&gpu.stderr).contains("no NVIDIA driver") || text(&gpu.stderr).contains("CUDA"), "{}", text(&gpu.stderr));
+    }
+}

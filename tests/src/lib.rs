@@ -10,7 +10,12 @@ pub mod progen;
 use std::path::PathBuf;
 
 /// Root of the repository.
+/// `$BPFTIME_REPO_ROOT` overrides it, for test binaries built on one machine and run on
+/// another (`scripts/gpu-check.sh`).
 pub fn repo_root() -> PathBuf {
+    if let Some(r) = std::env::var_os("BPFTIME_REPO_ROOT") {
+        return PathBuf::from(r);
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 

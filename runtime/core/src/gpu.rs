@@ -41,6 +41,18 @@ impl LddwResolver for SlotResolver {
     }
 }
 
+/// Every helper the verifier should know: the kernel's (so that one the GPU lacks is reported
+/// by the translator, by name, at its instruction) and the GPU's own ids.
+fn verifier_table(gpu: &bpftime_gpu_ptx::HelperSet) -> Arc<bpftime_vm::HelperTable> {
+    let mut t = crate::helpers::kernel_helpers();
+    for (id, h) in gpu.verifier_table().iter() {
+        if t.get(id).is_none() {
+            t.register(id, h.name, h.func);
+        }
+    }
+    Arc::new(t)
+}
+
 /// Prepares program `name` (or the only one) of `obj` for a GPU with `nsm` SMs.
 pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -> Result<GpuProgram, String> {
     let mut obj = obj.clone();
@@ -81,7 +93,7 @@ pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -
         }
     }
     let helpers = std_helpers::standard();
-    let program = Arc::new(verify(&raw, Arc::new(helpers.verifier_table()), &SlotResolver).map_err(|e| format!("{}: verifier: {e}", p.name))?);
+    let program = Arc::new(verify(&raw, verifier_table(&helpers), &SlotResolver).map_err(|e| format!("{}: verifier: {e}", p.name))?);
     let maps = LddwMaps::from_raw(&raw, Some).map_err(|e| format!("{}: {e}", p.name))?;
     let ptx = translate(&program, &helpers, &maps, target).map_err(|e| format!("{}: {e}", p.name))?;
     let mut arena = layout.image();
@@ -96,7 +108,7 @@ pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -
 /// Prepares raw bytecode (no maps) for the GPU.
 pub fn gpu_program_from_raw(raw: &[bpftime_vm::RawInsn], target: Target) -> Result<GpuProgram, String> {
     let helpers = std_helpers::standard();
-    let program = Arc::new(verify(raw, Arc::new(helpers.verifier_table()), &bpftime_vm::NoMaps).map_err(|e| format!("verifier: {e}"))?);
+    let program = Arc::new(verify(raw, verifier_table(&helpers), &bpftime_vm::NoMaps).map_err(|e| format!("verifier: {e}"))?);
     let ptx = translate(&program, &helpers, &LddwMaps::default(), target).map_err(|e| e.to_string())?;
     let layout = ArenaLayout::new(&[], 1)?;
     let arena = layout.image();

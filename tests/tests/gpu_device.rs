@@ -1,0 +1,157 @@
+//! The GPU is the final word: the same checks as `gpu_ptx.rs`, on a real device. Skipped, with
+//! the reason printed, where there is no GPU (`scripts/gpu-check.sh` runs them where there is).
+
+use bpftime_cuda::{Device, GpuRunResult};
+use bpftime_gpu_ptx::{translate, HelperSet, LddwMaps, Target};
+use bpftime_tests::conformance_vectors;
+use bpftime_vm::exec::{run, Context, RunOptions, DEFAULT_LOOP_BUDGET};
+use bpftime_vm::{conformance, verify_bytecode, Fault, Interpreter, NoMaps, RunError};
+use std::sync::Arc;
+
+fn device() -> Option<(Device, Target)> {
+    match Device::open(0).and_then(|d| d.info().map(|i| (d, i))) {
+        Ok((d, info)) => {
+            println!("device: {} (sm_{}, {} SMs)", info.name, info.sm, info.sms);
+            Some((d, Target { sm: info.sm.clamp(75, 120) }))
+        }
+        Err(e) => {
+            println!("skipping: no GPU ({e})");
+            None
+        }
+    }
+}
+
+fn shape(r: &Result<u64, RunError>) -> String {
+    match r {
+        Ok(v) => format!("ok {v:#x}"),
+        Err(e) => match e.fault {
+            Fault::OutOfBounds { size, write, .. } => format!("insn {}: out of bounds {size} {write}", e.insn),
+            Fault::Misaligned { size, .. } => format!("insn {}: misaligned {size}", e.insn),
+            f => format!("insn {}: {f:?}", e.insn),
+        },
+    }
+}
+
+fn on_device(dev: &Device, ptx: &str, mem: &[u8], threads: u32, budget: u64) -> GpuRunResult {
+    bpftime_cuda::run(dev, ptx, &[], mem, threads, budget).unwrap_or_else(|e| panic!("{e}\n{ptx}"))
+}
+
+#[test]
+fn conformance_vectors_on_the_device() {
+    let Some((dev, target)) = device() else { return };
+    let Some(vectors) = conformance_vectors() else {
+        println!("skipping: no conformance vectors (set BPFTIME_CONFORMANCE_DIR)");
+        return;
+    };
+    let mut failures = vec![];
+    for v in &vectors {
+        let Ok(prog) = verify_bytecode(&v.program, Arc::new(conformance::helper_table()), &NoMaps) else { continue };
+        let prog = Arc::new(prog);
+        let mut mem = v.mem.clone();
+        let ctx = if mem.is_empty() { Context::None } else { Context::Mem(&mut mem) };
+        let want = run(&Interpreter::new(prog.clone()), ctx, &RunOptions::default());
+        let ptx = translate(&prog, &HelperSet::conformance(), &LddwMaps::default(), target).unwrap();
+        let got = on_device(&dev, &ptx, &v.mem, 1, DEFAULT_LOOP_BUDGET);
+        if shape(&got.outcomes[0]) != shape(&want) {
+            failures.push(format!("{}: device {}, interpreter {}", v.name, shape(&got.outcomes[0]), shape(&want)));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), vectors.len(), failures.join("\n"));
+    println!("all {} vectors agree on the device", vectors.len());
+}
+
+#[test]
+fn random_programs_on_the_device() {
+    use bpftime_tests::datatest::test_helpers;
+    use bpftime_tests::gpu::test_helper_set;
+    use bpftime_tests::progen::program;
+    use bpftime_vm::insn::to_bytecode;
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+    let Some((dev, target)) = device() else { return };
+    let mut runner = TestRunner::deterministic();
+    let strategy = program();
+    let (mut compared, mut failures) = (0, vec![]);
+    for i in 0..1000 {
+        let g = strategy.new_tree(&mut runner).expect("value").current();
+        let prog = Arc::new(verify_bytecode(&to_bytecode(&g.bytecode()), Arc::new(test_helpers()), &NoMaps).expect("verifies"));
+        let cpu = |mem0: &[u8]| {
+            let mut mem = mem0.to_vec();
+            let r = run(&Interpreter::new(prog.clone()), Context::Mem(&mut mem), &RunOptions { budget: 500, ..RunOptions::default() });
+            (shape(&r), mem)
+        };
+        // Only programs whose outcome does not depend on addresses (two buffers agree).
+        let (first, second) = (cpu(&g.mem), cpu(&g.mem.iter().copied().chain([0; 64]).collect::<Vec<_>>()[..g.mem.len()]));
+        if first != second {
+            continue;
+        }
+        compared += 1;
+        let ptx = translate(&prog, &test_helper_set(), &LddwMaps::default(), target).unwrap();
+        let got = on_device(&dev, &ptx, &g.mem, 1, 500);
+        if shape(&got.outcomes[0]) != first.0 {
+            failures.push(format!("program {i}: device {}, interpreter {}", shape(&got.outcomes[0]), first.0));
+        }
+    }
+    assert!(failures.is_empty(), "{} differ:\n{}", failures.len(), failures.join("\n"));
+    println!("{compared} random programs agree on the device");
+}
+
+#[test]
+fn maps_on_the_device_with_many_threads() {
+    use bpftime_object::Object;
+    let Some((dev, target)) = device() else { return };
+    let obj = Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_maps")).unwrap()).unwrap();
+    let info = dev.info().unwrap();
+    let g = bpftime_runtime::gpu::gpu_program(&obj, None, target, info.sms).unwrap();
+    let threads = 1 << 14;
+    let n = 7u64;
+    let r = bpftime_cuda::run(&dev, &g.ptx, &g.arena, &n.to_le_bytes(), threads, DEFAULT_LOOP_BUDGET).unwrap();
+    assert!(r.outcomes.iter().all(|o| o.is_ok()), "every thread ran: {:?}", r.outcomes.iter().find(|o| o.is_err()));
+    let counts = g.layout.entries(&r.arena, 0);
+    for (i, (_, v)) in counts.iter().enumerate().take(15) {
+        let got = u64::from_le_bytes(v[0][..8].try_into().unwrap());
+        assert_eq!(got, threads as u64 * (i as u64 + n), "counts[{i}]: every thread's atomic add");
+    }
+    let (records, lost) = g.layout.records(&r.arena, g.layout.maps.iter().position(|m| m.spec.name == "events").unwrap());
+    assert_eq!(records.len() as u64 + lost, 2 * threads as u64, "every record arrived or was counted lost");
+    println!("{threads} threads in {:.1} us", r.micros);
+}
+
+/// The GPU benchmark table (`BPFTIME_GPU_BENCH=1`, run by `scripts/gpu-check.sh`): kernel time
+/// per thread of each program of `gpu_bench.bpf.c` at 2^18 and 2^24 threads, best of 5, next to
+/// a floor: the same kernel with the program replaced by hand-written PTX returning at once.
+#[test]
+#[ignore]
+fn gpu_benchmarks() {
+    use bpftime_object::Object;
+    if std::env::var_os("BPFTIME_GPU_BENCH").is_none() {
+        println!("skipping: set BPFTIME_GPU_BENCH=1");
+        return;
+    }
+    let Some((dev, target)) = device() else { return };
+    let info = dev.info().unwrap();
+    let obj = Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_bench")).unwrap()).unwrap();
+    println!("| program | threads | kernel time | ns/thread over the floor |");
+    println!("| --- | ---: | ---: | ---: |");
+    for threads in [1u32 << 18, 1 << 24] {
+        let mut floor = f64::MAX;
+        for name in ["empty", "array_update", "hash_lookup", "counter_add", "ringbuf"] {
+            let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), target, info.sms).unwrap();
+            let ptx = if name == "empty" {
+                // The floor: bpf_f0 returns 0 without the translated prologue.
+                let start = g.ptx.find(".func (.reg .b64 %ret) bpf_f0(").and_then(|i| g.ptx[i..].find('{').map(|j| i + j)).unwrap();
+                let end = start + g.ptx[start..].find("\n}\n").unwrap() + 3;
+                format!("{}{{\nmov.b64 %ret, 0;\nret;\n}}\n{}", &g.ptx[..start], &g.ptx[end..])
+            } else {
+                g.ptx.clone()
+            };
+            let best = |ptx: &str| (0..5).map(|_| bpftime_cuda::run(&dev, ptx, &g.arena, &[], threads, 1 << 20).unwrap().micros).fold(f64::MAX, f64::min);
+            if name == "empty" {
+                floor = best(&ptx);
+                println!("| floor (no program) | {threads} | {floor:.1} us | |");
+            }
+            let t = best(&g.ptx);
+            println!("| {name} | {threads} | {t:.1} us | {:.2} |", (t - floor) * 1000.0 / threads as f64);
+        }
+    }
+}
