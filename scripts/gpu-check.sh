@@ -38,6 +38,7 @@ fi
 [ -d "$out/bin" ] || { echo "gpu-check: $out is missing: run bash scripts/gpu-check.sh --build first (where Rust is)"; exit 2; }
 # The test binaries look for the repository and the objects here.
 export BPFTIME_REPO_ROOT="$PWD"
+export PATH="$PATH:/usr/local/cuda/bin"
 mkdir -p target/bpf-examples && cp -n "$out"/bpf-examples/*.bpf.o target/bpf-examples/ 2>/dev/null || true
 touch target/bpf-examples/*.bpf.o 2>/dev/null || true
 [ -f "$out/data/vectors.jsonl" ] && export BPFTIME_CONFORMANCE_DIR="$PWD/$out/data"

@@ -53,17 +53,6 @@ fn conformance_vectors_on_the_ptx_interpreter() {
 }
 
 #[test]
-#[ignore]
-fn dump_one_vector_ptx() {
-    let vectors = conformance_vectors().unwrap();
-    let v = vectors.iter().find(|v| v.name.contains(&std::env::var("VEC").unwrap_or("div".into()))).unwrap();
-    let helpers = Arc::new(conformance::helper_table());
-    let prog = verify_bytecode(&v.program, helpers, &NoMaps).unwrap();
-    let ptx = bpftime_gpu_ptx::translate(&prog, &HelperSet::conformance(), &Default::default(), Default::default()).unwrap();
-    std::fs::write("/tmp/vec.ptx", ptx).unwrap();
-}
-
-#[test]
 fn data_driven_cases_on_the_ptx_interpreter() {
     use bpftime_tests::datatest::{load_cases, test_helpers};
     use bpftime_tests::gpu::test_helper_set;
@@ -137,23 +126,6 @@ fn random_programs_agree_with_the_interpreter() {
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
     println!("{n} random programs agree");
-}
-
-/// By hand: `ASM=file cargo test -p bpftime-tests --test gpu_ptx debug_asm -- --ignored`.
-#[test]
-#[ignore]
-fn debug_asm() {
-    use bpftime_tests::datatest::test_helpers;
-    let src = std::fs::read_to_string(std::env::var("ASM").unwrap()).unwrap();
-    let code = bpftime_vm::asm::assemble(&src).unwrap();
-    let prog = Arc::new(bpftime_vm::verify(&code, Arc::new(test_helpers()), &NoMaps).unwrap());
-    let mem = vec![0u8; 64];
-    let mut m2 = mem.clone();
-    let want = run(&Interpreter::new(prog.clone()), Context::Mem(&mut m2), &RunOptions { budget: 500, ..RunOptions::default() });
-    let ptx = bpftime_gpu_ptx::translate(&prog, &bpftime_tests::gpu::test_helper_set(), &Default::default(), Default::default()).unwrap();
-    std::fs::write("/tmp/debug.ptx", &ptx).unwrap();
-    let got = run_on_ptx_interpreter(&prog, &bpftime_tests::gpu::test_helper_set(), &mem, 500).unwrap();
-    println!("interp {want:?}\nptx {:?}", got.result);
 }
 
 /// ptxas accepts the PTX of every conformance vector and data-driven case for sm_75, sm_80 and
