@@ -493,9 +493,9 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             Ok(0)
         }
         Command::Load { file } => {
-            let region = open_region(shm)?;
             let bytes = read_program_file(&file).map_err(|e| e.to_string())?;
             let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            let region = open_region(shm)?;
             let rt = Runtime::new(region.clone(), EngineKind::Jit);
             let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
             for m in &loaded.maps {

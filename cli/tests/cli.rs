@@ -414,3 +414,30 @@ fn vm_ptx_and_the_gpu_engines() {
         assert!(text(&gpu.stderr).contains("no NVIDIA driver") || text(&gpu.stderr).contains("CUDA"), "{}", text(&gpu.stderr));
     }
 }
+
+#[test]
+fn endless_and_blocking_inputs_are_refused_at_once() {
+    let dir = std::env::temp_dir().join(format!("bpftime-cli-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("prog.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let start = std::time::Instant::now();
+    for args in [vec!["vm", "run", "/dev/zero"], vec!["run", "/dev/zero", "--", "true"], vec!["vm", "run", fifo.to_str().unwrap()], vec!["load", "/dev/zero"]] {
+        let out = bpftime(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(text(&out.stderr).contains("not a regular file"), "{args:?}: {}", text(&out.stderr));
+    }
+    // The agent: the application runs on, without probes, and is not blocked by the FIFO.
+    let agent = std::path::Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime.so");
+    for path in ["/dev/zero", fifo.to_str().unwrap()] {
+        let out =
+            Command::new(calls_target()).arg("3").env("LD_PRELOAD", &agent).env("BPFTIME_PROGRAM", path).env("BPFTIME_SHM", "bpftime-none").output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(text(&out.stdout), "sum 9 fact 3628800 tiny 0\n");
+        assert!(text(&out.stderr).contains("not a regular file"), "{}", text(&out.stderr));
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(20), "refusals are immediate: {:?}", start.elapsed());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
