@@ -191,6 +191,16 @@ impl KernelObject {
     }
 }
 
+impl KernelObject {
+    /// Detaches every uprobe attached so far (closes their perf events).
+    pub fn detach_all(&mut self) {
+        for fd in self.events.drain(..) {
+            // SAFETY: closing a perf event this object opened and owns.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 impl Drop for KernelObject {
     fn drop(&mut self) {
         for fd in self.events.iter().chain(self.progs.iter().map(|p| &p.1)).chain(self.maps.iter().map(|m| &m.1)) {
