@@ -36,6 +36,10 @@ pub struct Report {
     pub device: String,
     /// Kernel time, when measured on a device.
     pub micros: Option<f64>,
+    /// Where the maps were, and the arena afterwards (for copying them to host maps).
+    pub layout: Option<bpftime_gpu_ptx::maps::ArenaLayout>,
+    /// The arena after the run.
+    pub arena: Option<Vec<u8>>,
 }
 
 /// Runs on the GPU (`simulate` false) or on the PTX interpreter.
@@ -72,6 +76,8 @@ pub fn run(file: &Path, section: Option<&str>, sm: Option<Target>, mem: &[u8], t
             maps: describe_arena(&g.layout, &image),
             device: format!("PTX interpreter (sm_{}, {SIMULATED_SMS} simulated SMs)", target.sm),
             micros: None,
+            layout: Some(g.layout.clone()),
+            arena: Some(image),
         });
     }
     let dev = bpftime_cuda::Device::open(0).map_err(|e| format!("--engine gpu: {e}; `--engine ptx` runs the same PTX on the PTX interpreter"))?;
@@ -84,5 +90,7 @@ pub fn run(file: &Path, section: Option<&str>, sm: Option<Target>, mem: &[u8], t
         maps: describe_arena(&g.layout, &r.arena),
         device: format!("{} (sm_{}, {} SMs)", info.name, info.sm, info.sms),
         micros: Some(r.micros),
+        layout: Some(g.layout.clone()),
+        arena: Some(r.arena),
     })
 }

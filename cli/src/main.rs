@@ -378,11 +378,39 @@ fn vm_run_gpu(
         }
     }
     if dump_maps {
-        for l in r.maps {
-            println!("{l}");
+        // The GPU's maps, copied into an object's host maps where they can be (the same dump
+        // as the CPU engines print), read straight from the arena otherwise.
+        match copied_back(file, section, &r) {
+            Some(maps) => print_maps(&maps, false),
+            None => {
+                for l in &r.maps {
+                    println!("{l}");
+                }
+            }
         }
     }
     Ok(0)
+}
+
+/// The object's maps in a fresh region, filled from a GPU run's arena; None for raw bytecode or
+/// maps that cannot be copied (per-SM ones).
+fn copied_back(file: &Path, section: Option<&str>, r: &gpu_run::Report) -> Option<Vec<Map>> {
+    let bytes = read_program_file(file).ok()?;
+    if !Object::is_elf(&bytes) {
+        return None;
+    }
+    let obj = Object::parse(&bytes).ok()?;
+    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(DEFAULT_SIZE).ok()?), EngineKind::Interp);
+    let loaded = rt.load_object(&obj).ok()?;
+    let (layout, arena) = (r.layout.as_ref()?, r.arena.as_ref()?);
+    let mut maps = vec![];
+    for (slot, placed) in layout.maps.iter().enumerate() {
+        let host = loaded.maps.iter().find(|m| m.name() == placed.spec.name)?;
+        bpftime_runtime::gpu::write_back(layout, arena, slot, host).ok()?;
+        maps.push(host.clone());
+    }
+    let _ = section;
+    Some(maps)
 }
 
 /// Writes the links of an object's uprobe programs (see `links::store_uprobes`), saying which

@@ -441,3 +441,16 @@ fn endless_and_blocking_inputs_are_refused_at_once() {
     assert!(start.elapsed() < std::time::Duration::from_secs(20), "refusals are immediate: {:?}", start.elapsed());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bpftime_gpu_map_types_load_on_both_sides() {
+    let obj = build_example("gpu_map_types");
+    let obj = obj.to_str().unwrap();
+    let cpu = bpftime(&["vm", "run", obj, "--dump-maps"]);
+    assert!(cpu.status.success(), "{}", text(&cpu.stderr));
+    let gpu = bpftime(&["vm", "run", "--engine", "ptx", obj, "--dump-maps"]);
+    assert!(gpu.status.success(), "{}", text(&gpu.stderr));
+    // The GPU's maps are copied back into the same host maps: the same dump.
+    assert_eq!(text(&gpu.stdout), text(&cpu.stdout));
+    assert!(text(&cpu.stdout).contains("`gpu_array`: array") && text(&cpu.stdout).contains("  1 => 5\n"), "{}", text(&cpu.stdout));
+}

@@ -108,6 +108,20 @@ pub fn kind_of(map_type: u32) -> Option<(GpuMapKind, bool)> {
     })
 }
 
+/// The kernel map type that holds a bpftime GPU map type on the host (in the shared region,
+/// where the CPU side and `bpftime map dump` see it): 1501 GPU hash and 1513 -> HASH, 1502
+/// per-thread array -> PERCPU_ARRAY, 1503 / 1504 / 1512 arrays -> ARRAY, 1527 GPU ring ->
+/// RINGBUF. None for other types.
+pub fn host_equivalent(map_type: u32) -> Option<u32> {
+    Some(match map_type {
+        1501 | 1513 => 1,
+        1502 => 6,
+        1503 | 1504 | 1512 => 2,
+        1527 => 27,
+        _ => return None,
+    })
+}
+
 /// Bytes of a perf buffer's device ring (it has no size of its own).
 pub const PERF_RING_BYTES: u64 = 1 << 20;
 

@@ -156,3 +156,34 @@ pub fn describe_arena(layout: &ArenaLayout, arena: &[u8]) -> Vec<String> {
     }
     out
 }
+
+/// Copies the GPU's copy of a map (slot `slot` of `layout`, read from `arena`) into the map of
+/// the shared region, where the CPU side, `bpftime map dump` and readers see it: array values,
+/// hash entries (added or updated; none removed), ring records (appended to the host ring).
+/// Per-SM maps are not copied (the host has per-CPU slots, not per-SM ones): the error says so.
+pub fn write_back(layout: &ArenaLayout, arena: &[u8], slot: usize, map: &bpftime_maps::Map) -> Result<(), String> {
+    use bpftime_gpu_ptx::maps::GpuMapKind;
+    let m = layout.maps.get(slot).ok_or("no such GPU map")?;
+    if m.slots > 1 {
+        return Err(format!("map `{}` has one value per SM on the GPU; it is not copied to the host", m.spec.name));
+    }
+    match m.kind {
+        GpuMapKind::Array | GpuMapKind::Hash => {
+            for (k, vs) in layout.entries(arena, slot) {
+                map.update(&k, &vs[0], 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
+            }
+        }
+        GpuMapKind::Ring => {
+            let (records, _) = layout.records(arena, slot);
+            for (cpu, r) in records {
+                let written = if map.map_type() == bpftime_maps::MapType::PerfEventArray {
+                    map.perf_output(cpu % map.ncpus().max(1), &r)
+                } else {
+                    map.ringbuf_output(&r)
+                };
+                written.map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -222,7 +222,9 @@ impl LddwResolver for IdResolver<'_> {
 }
 
 fn map_spec(def: &MapDef, inner_id: u32) -> Result<MapSpec, LoadError> {
-    let map_type = MapType::from_u32(def.map_type).ok_or_else(|| LoadError::MapType { name: def.name.clone(), map_type: def.map_type })?;
+    let map_type = MapType::from_u32(def.map_type)
+        .or_else(|| MapType::from_u32(bpftime_gpu_ptx::maps::host_equivalent(def.map_type)?))
+        .ok_or_else(|| LoadError::MapType { name: def.name.clone(), map_type: def.map_type })?;
     Ok(MapSpec {
         map_type,
         key_size: def.key_size,

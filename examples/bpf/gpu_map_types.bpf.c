@@ -1,0 +1,39 @@
+// bpftime's GPU map type ids (1501 GPU hash, 1503 GPU array, 1527 GPU ring buffer), as
+// bpftime's GPU examples declare them: they load on the CPU side (as HASH, ARRAY, RINGBUF) and
+// live in device memory on the GPU.
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct {
+    __uint(type, 1503);
+    __uint(max_entries, 4);
+    __type(key, __u32);
+    __type(value, __u64);
+} gpu_array SEC(".maps");
+
+struct {
+    __uint(type, 1501);
+    __uint(max_entries, 8);
+    __type(key, __u32);
+    __type(value, __u64);
+} gpu_hash SEC(".maps");
+
+struct {
+    __uint(type, 1527);
+    __uint(max_entries, 4096);
+} gpu_ring SEC(".maps");
+
+SEC("gpu/types")
+int types(__u64 *ctx)
+{
+    __u32 k = 1;
+    __u64 *v = bpf_map_lookup_elem(&gpu_array, &k);
+    if (v)
+        __sync_fetch_and_add(v, 5);
+    __u64 val = 42;
+    bpf_map_update_elem(&gpu_hash, &k, &val, BPF_ANY);
+    bpf_ringbuf_output(&gpu_ring, &val, sizeof(val), 0);
+    return 3;
+}
+
+char LICENSE[] SEC("license") = "GPL";
