@@ -43,9 +43,20 @@ pub struct Report {
 }
 
 /// Runs on the GPU (`simulate` false) or on the PTX interpreter.
-pub fn run(file: &Path, section: Option<&str>, sm: Option<Target>, mem: &[u8], threads: u32, budget: u64, simulate: bool) -> Result<Report, String> {
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    file: &Path,
+    section: Option<&str>,
+    sm: Option<Target>,
+    shard: bool,
+    mem: &[u8],
+    threads: u32,
+    budget: u64,
+    simulate: bool,
+) -> Result<Report, String> {
+    let sm = sm.map(|t| Target { shard_atomic_adds: shard, ..t });
     if simulate {
-        let target = sm.unwrap_or_default();
+        let target = sm.unwrap_or(Target { shard_atomic_adds: shard, ..Target::default() });
         let g = prepare(file, section, target, SIMULATED_SMS)?;
         let mut m = Machine::new(Module::parse(&g.ptx).map_err(|e| e.to_string())?);
         let arena = m.memory.alloc(g.layout.size);
@@ -60,7 +71,7 @@ pub fn run(file: &Path, section: Option<&str>, sm: Option<Target>, mem: &[u8], t
         let out = m.memory.alloc(RUN_OUT_STRIDE * total);
         m.launch(
             RUN_KERNEL,
-            &[ctx, mem.len() as u64, arena, g.layout.size, budget, std::process::id() as u64 * 0x1_0000_0001, out],
+            &[ctx, mem.len() as u64, arena, g.layout.size, budget, std::process::id() as u64 * 0x1_0000_0001, out, threads.max(1) as u64],
             Launch { blocks, threads: per_block, sms: SIMULATED_SMS },
         )
         .map_err(|e| format!("PTX interpreter: {e}"))?;
@@ -70,7 +81,8 @@ pub fn run(file: &Path, section: Option<&str>, sm: Option<Target>, mem: &[u8], t
             .take(threads.max(1) as usize)
             .map(|c| state::outcome(&c[8..], u64::from_le_bytes(c[..8].try_into().expect("8 bytes"))))
             .collect();
-        let image = m.memory.read(arena, g.layout.size).map_err(|e| e.to_string())?;
+        let mut image = m.memory.read(arena, g.layout.size).map_err(|e| e.to_string())?;
+        g.layout.fold_shards(&mut image);
         return Ok(Report {
             outcomes,
             maps: describe_arena(&g.layout, &image),
@@ -82,9 +94,10 @@ pub fn run(file: &Path, section: Option<&str>, sm: Option<Target>, mem: &[u8], t
     }
     let dev = bpftime_cuda::Device::open(0).map_err(|e| format!("--engine gpu: {e}; `--engine ptx` runs the same PTX on the PTX interpreter"))?;
     let info = dev.info().map_err(|e| e.to_string())?;
-    let target = sm.unwrap_or(Target { sm: info.sm.clamp(75, 120) });
+    let target = sm.unwrap_or(Target { shard_atomic_adds: shard, ..Target::sm(info.sm.clamp(75, 120)) });
     let g = prepare(file, section, target, info.sms)?;
-    let r = bpftime_cuda::run(&dev, &g.ptx, &g.arena, mem, threads, budget).map_err(|e| e.to_string())?;
+    let mut r = bpftime_cuda::run(&dev, &g.ptx, &g.arena, mem, threads, budget).map_err(|e| e.to_string())?;
+    g.layout.fold_shards(&mut r.arena);
     Ok(Report {
         outcomes: r.outcomes,
         maps: describe_arena(&g.layout, &r.arena),

@@ -143,6 +143,10 @@ enum VmCommand {
         /// GPU engines: the PTX target (default: the device's, or sm_75).
         #[arg(long)]
         sm: Option<String>,
+        /// GPU engines: 64-bit atomic adds into arrays go to per-SM shards summed after the
+        /// run (a hot counter stops serialising the GPU; the program does not see its own adds).
+        #[arg(long)]
+        shard_adds: bool,
         /// Print every map after the run.
         #[arg(long)]
         dump_maps: bool,
@@ -164,6 +168,9 @@ enum VmCommand {
         /// Target (sm_75 .. sm_120).
         #[arg(long, default_value = "sm_75")]
         sm: String,
+        /// Shard 64-bit atomic adds into arrays per SM (see `vm run --shard-adds`).
+        #[arg(long)]
+        shard_adds: bool,
     },
     /// Print a program in llvm-objdump syntax.
     Disasm {
@@ -335,24 +342,23 @@ fn vm_run(a: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// `vm run --engine gpu|ptx`.
-#[allow(clippy::too_many_arguments)]
-fn vm_run_gpu(
-    file: &Path,
-    section: Option<&str>,
-    mem: Option<String>,
+/// The GPU options of `vm run`.
+struct GpuArgs {
     simulate: bool,
     threads: u32,
     sm: Option<String>,
-    dump_maps: bool,
-    budget: u64,
-) -> Result<i32, String> {
+    shard_adds: bool,
+}
+
+/// `vm run --engine gpu|ptx`.
+fn vm_run_gpu(file: &Path, section: Option<&str>, mem: Option<String>, gpu: GpuArgs, dump_maps: bool, budget: u64) -> Result<i32, String> {
+    let GpuArgs { simulate, threads, sm, shard_adds } = gpu;
     let mem = match mem {
         Some(h) => parse_hex_bytes(&h).map_err(|e| format!("--mem: {e}"))?,
         None => Vec::new(),
     };
     let target = sm.as_deref().map(Target::parse).transpose()?;
-    let r = gpu_run::run(file, section, target, &mem, threads, budget, simulate)?;
+    let r = gpu_run::run(file, section, target, shard_adds, &mem, threads, budget, simulate)?;
     let first = r.outcomes.first().cloned().unwrap_or(Ok(0));
     if threads > 1 {
         let mut kinds: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
@@ -476,16 +482,19 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
         Command::Run { file, json, output, engine, budget, shm_size, command } => {
             run::run(run::RunRequest { file, json, output, engine, budget, shm_size: parse_size(&shm_size)?, agent: agent_path()?, command })
         }
-        Command::Vm { command: VmCommand::Run { file, section, mem, engine, threads, sm, dump_maps, json, budget } } => {
+        Command::Vm { command: VmCommand::Run { file, section, mem, engine, threads, sm, shard_adds, dump_maps, json, budget } } => {
             let cpu = match engine {
                 VmEngine::Jit => EngineKind::Jit,
                 VmEngine::Interp => EngineKind::Interp,
-                VmEngine::Gpu | VmEngine::Ptx => return vm_run_gpu(&file, section.as_deref(), mem, engine == VmEngine::Ptx, threads, sm, dump_maps, budget),
+                VmEngine::Gpu | VmEngine::Ptx => {
+                    let gpu = GpuArgs { simulate: engine == VmEngine::Ptx, threads, sm, shard_adds };
+                    return vm_run_gpu(&file, section.as_deref(), mem, gpu, dump_maps, budget);
+                }
             };
             vm_run(RunArgs { file: &file, section: section.as_deref(), mem, engine: cpu, dump_maps, json, budget }).map(|()| 0)
         }
-        Command::Vm { command: VmCommand::Ptx { file, section, sm } } => {
-            let target = Target::parse(&sm)?;
+        Command::Vm { command: VmCommand::Ptx { file, section, sm, shard_adds } } => {
+            let target = Target { shard_atomic_adds: shard_adds, ..Target::parse(&sm)? };
             let g = gpu_run::prepare(&file, section.as_deref(), target, 1)?;
             print!("{}", g.ptx);
             Ok(0)

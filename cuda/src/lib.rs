@@ -123,8 +123,9 @@ pub fn run(dev: &Device, ptx: &str, arena: &[u8], ctx: &[u8], threads: u32, budg
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (per_block, 1, 1), shared_mem_bytes: 0 };
         let start = std::time::Instant::now();
         let mut b = stream.launch_builder(&f);
-        b.arg(&d_ctx).arg(&ctx_len).arg(&d_arena).arg(&arena_len).arg(&budget).arg(&pid).arg(&d_out);
-        // SAFETY: the kernel's parameters are exactly these seven u64s (translate.rs), the
+        let n = threads as u64;
+        b.arg(&d_ctx).arg(&ctx_len).arg(&d_arena).arg(&arena_len).arg(&budget).arg(&pid).arg(&d_out).arg(&n);
+        // SAFETY: the kernel's parameters are exactly these eight u64s (translate.rs), the
         // buffers are as large as it indexes (per-thread context copies and output slots).
         unsafe { b.launch(cfg) }.map_err(driver)?;
         stream.synchronize().map_err(driver)?;

@@ -20,6 +20,12 @@ pub mod header {
     pub const NMAPS: u64 = 8;
     /// u32: number of per-SM slots per-CPU maps have.
     pub const NSM: u64 = 12;
+    /// u64: arena offset of the shard zone (the shared arrays).
+    pub const ZONE_OFF: u64 = 16;
+    /// u64: its length.
+    pub const ZONE_LEN: u64 = 24;
+    /// u64: arena offset of the per-SM shards of the zone.
+    pub const SHARDS_OFF: u64 = 32;
 }
 
 /// First word of an arena.
@@ -155,6 +161,12 @@ pub struct ArenaLayout {
     pub maps: Vec<PlacedMap>,
     /// Total bytes.
     pub size: u64,
+    /// Where the shared (not per-SM) arrays lie: the zone whose 64-bit atomic adds are sharded.
+    pub zone_off: u64,
+    /// Its length.
+    pub zone_len: u64,
+    /// Where the per-SM copies of the zone start (SM `k` at `shards_off + k * zone_len`).
+    pub shards_off: u64,
 }
 
 fn round8(n: u64) -> u64 {
@@ -165,7 +177,6 @@ impl ArenaLayout {
     /// Places `maps` (slot = index) for a device with `nsm` SMs.
     pub fn new(maps: &[GpuMapSpec], nsm: u32) -> Result<ArenaLayout, String> {
         let nsm = nsm.max(1);
-        let mut at = round8(HEADER_SIZE + DESC_SIZE * maps.len() as u64).div_ceil(64) * 64;
         let mut placed = vec![];
         for m in maps {
             let (kind, per_sm) = kind_of(m.map_type).ok_or_else(|| format!("map `{}`: type {} cannot live on the GPU", m.name, m.map_type))?;
@@ -183,10 +194,47 @@ impl ArenaLayout {
             if data_len > 1 << 34 {
                 return Err(format!("map `{}` needs {data_len} bytes on the GPU", m.name));
             }
-            placed.push(PlacedMap { spec: m.clone(), kind, data_off: at, data_len, slots, stride, capacity, entry_size });
-            at = (at + data_len).div_ceil(64) * 64;
+            placed.push(PlacedMap { spec: m.clone(), kind, data_off: 0, data_len, slots, stride, capacity, entry_size });
         }
-        Ok(ArenaLayout { nsm, maps: placed, size: at.max(HEADER_SIZE) })
+        // Storage: the shared arrays first, one after the other (the shard zone), then the rest.
+        let mut at = round8(HEADER_SIZE + DESC_SIZE * maps.len() as u64).div_ceil(64) * 64;
+        let zone_off = at;
+        let shardable = |m: &PlacedMap| m.kind == GpuMapKind::Array && m.slots == 1;
+        for m in placed.iter_mut().filter(|m| shardable(m)) {
+            m.data_off = at;
+            at = (at + m.data_len).div_ceil(64) * 64;
+        }
+        let zone_len = at - zone_off;
+        for m in placed.iter_mut().filter(|m| !shardable(m)) {
+            m.data_off = at;
+            at = (at + m.data_len).div_ceil(64) * 64;
+        }
+        // One copy of the zone per SM: 64-bit atomic adds into shared arrays land there.
+        let shards_off = at;
+        at += zone_len * nsm as u64;
+        if at > 1 << 36 {
+            return Err(format!("the maps need {at} bytes on the GPU"));
+        }
+        Ok(ArenaLayout { nsm, maps: placed, size: at.max(HEADER_SIZE), zone_off, zone_len, shards_off })
+    }
+
+    /// Adds each SM's shard of the shared arrays into the arrays and clears the shards (after a
+    /// launch, before anything reads the maps).
+    pub fn fold_shards(&self, arena: &mut [u8]) {
+        let word = |a: &[u8], o: u64| u64::from_le_bytes(a[o as usize..o as usize + 8].try_into().expect("8 bytes"));
+        for w in (0..self.zone_len).step_by(8) {
+            let mut sum = 0u64;
+            for k in 0..self.nsm as u64 {
+                let o = self.shards_off + k * self.zone_len + w;
+                sum = sum.wrapping_add(word(arena, o));
+                arena[o as usize..o as usize + 8].fill(0);
+            }
+            if sum != 0 {
+                let o = self.zone_off + w;
+                let v = word(arena, o).wrapping_add(sum);
+                arena[o as usize..o as usize + 8].copy_from_slice(&v.to_le_bytes());
+            }
+        }
     }
 
     /// A fresh arena: header, descriptors, zeroed storage.
@@ -197,6 +245,9 @@ impl ArenaLayout {
         put64(&mut a, header::MAGIC, ARENA_MAGIC);
         put32(&mut a, header::NMAPS, self.maps.len() as u32);
         put32(&mut a, header::NSM, self.nsm);
+        put64(&mut a, header::ZONE_OFF, self.zone_off);
+        put64(&mut a, header::ZONE_LEN, self.zone_len);
+        put64(&mut a, header::SHARDS_OFF, self.shards_off);
         for (i, m) in self.maps.iter().enumerate() {
             let d = descriptor_offset(i as u32);
             put32(&mut a, d + desc::TYPE, m.spec.map_type);

@@ -21,16 +21,30 @@ use bpftime_vm::Program;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 
-/// Where the translated code runs.
+/// Where the translated code runs, and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
     /// Compute capability, e.g. 75 for `sm_75`.
     pub sm: u32,
+    /// Send 64-bit atomic adds whose old value is not used, into shared arrays, to per-SM
+    /// shards summed into the arrays after the launch ([`crate::maps::ArenaLayout::fold_shards`]).
+    /// A hot counter then costs about what an uninstrumented kernel does instead of serialising
+    /// the GPU on one address (7x, cuda-facts.md), but within a launch a program that reads or
+    /// overwrites the value it adds to does not see its adds: off unless asked for
+    /// (`--shard-adds`; GPU probes, whose counters are written only, turn it on).
+    pub shard_atomic_adds: bool,
 }
 
 impl Default for Target {
     fn default() -> Self {
-        Target { sm: 75 }
+        Target { sm: 75, shard_atomic_adds: false }
+    }
+}
+
+impl Target {
+    /// `sm_N` without sharding.
+    pub fn sm(sm: u32) -> Target {
+        Target { sm, shard_atomic_adds: false }
     }
 }
 
@@ -39,7 +53,7 @@ impl Target {
     pub fn parse(s: &str) -> Result<Target, String> {
         let n = s.trim().trim_start_matches("sm_").trim_start_matches("compute_");
         match n.parse::<u32>() {
-            Ok(sm) if (75..=120).contains(&sm) => Ok(Target { sm }),
+            Ok(sm) if (75..=120).contains(&sm) => Ok(Target::sm(sm)),
             _ => Err(format!("unknown GPU target `{s}` (expected sm_75 .. sm_120)")),
         }
     }
@@ -175,7 +189,7 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
         let _ = writeln!(out, "{proto}");
     }
     out.push('\n');
-    let ctx = Ctx { prog, helpers, maps, used: &used };
+    let ctx = Ctx { prog, helpers, maps, used: &used, shard: target.shard_atomic_adds };
     for i in 0..prog.functions().len() {
         FunctionWriter::new(&ctx, i).write(&mut out);
     }
@@ -193,13 +207,13 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
 }
 
 /// The kernel that runs the program once per thread: `bpftime_run(ctx, ctx_len, arena,
-/// arena_len, budget, pid_tgid, out)`; thread `i` gets its own copy of the context at
+/// arena_len, budget, pid_tgid, out, threads)` (threads past `threads` return at once); thread `i` gets its own copy of the context at
 /// `ctx + i * ctx_len` and writes `r0` then its 128-byte state block at `out + i * 136`.
 /// Its local memory is the state block, then the stack (the PTX interpreter relies on that
 /// order to put the stack where a CPU run had it).
 fn write_run_kernel(out: &mut String) {
     let s = format!(
-        r#".visible .entry {RUN_KERNEL}(.param .u64 p_ctx, .param .u64 p_ctx_len, .param .u64 p_arena, .param .u64 p_arena_len, .param .u64 p_budget, .param .u64 p_pid_tgid, .param .u64 p_out)
+        r#".visible .entry {RUN_KERNEL}(.param .u64 p_ctx, .param .u64 p_ctx_len, .param .u64 p_arena, .param .u64 p_arena_len, .param .u64 p_budget, .param .u64 p_pid_tgid, .param .u64 p_out, .param .u64 p_threads)
 {{
 .reg .pred %p_k;
 .local .align 16 .b8 state[{state}];
@@ -211,6 +225,9 @@ mov.u32 %kw1, %ctaid.x;
 mov.u32 %kw2, %tid.x;
 mad.lo.u32 %kw3, %kw1, %kw0, %kw2;
 cvt.u64.u32 %k15, %kw3;
+ld.param.u64 %k14, [p_threads];
+setp.ge.u64 %p_k, %k15, %k14;
+@%p_k ret;
 mov.u64 %k0, stack;
 cvta.local.u64 %k0, %k0;
 mov.u64 %k1, state;
@@ -274,6 +291,7 @@ ret;
 pub const RUN_OUT_STRIDE: u64 = 8 + state::STATE_SIZE as u64;
 
 struct Ctx<'a> {
+    shard: bool,
     prog: &'a Program,
     helpers: &'a HelperSet,
     maps: &'a LddwMaps,
@@ -291,6 +309,8 @@ struct FunctionWriter<'a> {
     tail: String,
     labels: BTreeSet<usize>,
     next_label: usize,
+    /// Whether a sharded atomic add was emitted (the prologue then loads the zone).
+    shards_used: bool,
 }
 
 fn reg(r: Reg) -> String {
@@ -300,7 +320,17 @@ fn reg(r: Reg) -> String {
 impl<'a> FunctionWriter<'a> {
     fn new(ctx: &'a Ctx<'a>, index: usize) -> Self {
         let f = ctx.prog.functions()[index];
-        FunctionWriter { ctx, index, start: f.start, end: f.end, body: String::new(), tail: String::new(), labels: BTreeSet::new(), next_label: 0 }
+        FunctionWriter {
+            ctx,
+            index,
+            start: f.start,
+            end: f.end,
+            body: String::new(),
+            tail: String::new(),
+            labels: BTreeSet::new(),
+            next_label: 0,
+            shards_used: false,
+        }
     }
 
     fn line(&mut self, s: impl AsRef<str>) {
@@ -338,7 +368,7 @@ impl<'a> FunctionWriter<'a> {
         );
         out.push_str("{\n");
         out.push_str(".reg .b64 %r<11>;\n.reg .b64 %t<8>;\n.reg .b32 %w<4>;\n.reg .pred %p<3>;\n");
-        out.push_str(".reg .b64 %ctxlo, %ctxlen, %ctxwlen, %arlo, %arlen, %stlo;\n");
+        out.push_str(".reg .b64 %ctxlo, %ctxlen, %ctxwlen, %arlo, %arlen, %stlo, %zlo, %zlen, %shlo;\n");
         out.push_str("mov.b64 %r0, 0;\nmov.b64 %r1, %a1;\nmov.b64 %r2, %a2;\nmov.b64 %r3, %a3;\nmov.b64 %r4, %a4;\nmov.b64 %r5, %a5;\n");
         out.push_str("mov.b64 %r6, 0;\nmov.b64 %r7, 0;\nmov.b64 %r8, 0;\nmov.b64 %r9, 0;\nmov.b64 %r10, %fp;\n");
         let _ = writeln!(out, "ld.u64 %stlo, [%st+{}];", off::STACK_LO);
@@ -347,6 +377,14 @@ impl<'a> FunctionWriter<'a> {
         let _ = writeln!(out, "ld.u64 %ctxwlen, [%st+{}];", off::CTX_WLEN);
         let _ = writeln!(out, "ld.u64 %arlo, [%st+{}];", off::ARENA_LO);
         let _ = writeln!(out, "ld.u64 %arlen, [%st+{}];", off::ARENA_LEN);
+        if self.shards_used {
+            // The shard zone of the arena (none without an arena).
+            out.push_str("mov.b64 %zlo, 0;\nmov.b64 %zlen, 0;\nmov.b64 %shlo, 0;\nsetp.ne.u64 %p0, %arlo, 0;\n");
+            let _ = writeln!(out, "@%p0 ld.u64 %zlo, [%arlo+{}];", crate::maps::header::ZONE_OFF);
+            let _ = writeln!(out, "@%p0 ld.u64 %zlen, [%arlo+{}];", crate::maps::header::ZONE_LEN);
+            let _ = writeln!(out, "@%p0 ld.u64 %shlo, [%arlo+{}];", crate::maps::header::SHARDS_OFF);
+            out.push_str("add.u64 %zlo, %zlo, %arlo;\nadd.u64 %shlo, %shlo, %arlo;\n");
+        }
         out.push_str(&self.body);
         out.push_str(&self.tail);
         out.push_str("$abort:\nmov.b64 %ret, 0;\nret;\n}\n\n");
@@ -820,6 +858,24 @@ impl<'a> FunctionWriter<'a> {
         self.line("sub.u64 %t6, %t5, %stlo;");
         self.line(format!("setp.lt.u64 %p1, %t6, {};", state::STACK_SIZE));
         self.line(format!("@%p1 bra {local};"));
+        if self.ctx.shard && wide && op == AtomicOp::Add && !fetch {
+            // A 64-bit add whose old value nobody reads, into a shared array: to this SM's shard
+            // of it (summed into the array after the launch), so that a hot counter does not
+            // serialise the GPU on one address.
+            self.shards_used = true;
+            let shard = self.fresh("shard");
+            self.line("sub.u64 %t6, %t5, %zlo;");
+            self.line("setp.lt.u64 %p1, %t6, %zlen;");
+            self.line(format!("@%p1 bra {shard};"));
+            self.tail_line(format!("{shard}:"));
+            self.tail_line("mov.u32 %w2, %smid;");
+            self.tail_line("cvt.u64.u32 %t4, %w2;");
+            self.tail_line("mul.lo.u64 %t4, %t4, %zlen;");
+            self.tail_line("add.u64 %t6, %t6, %t4;");
+            self.tail_line("add.u64 %t6, %t6, %shlo;");
+            self.tail_line(format!("red.add.u64 [%t6], {s};"));
+            self.tail_line(format!("bra {join};"));
+        }
         let (bits, val, exp) = if wide { ("b64", s.clone(), "%r0".to_string()) } else { ("b32", "%w1".to_string(), "%w2".to_string()) };
         if !wide {
             self.line(format!("cvt.u32.u64 %w1, {s};"));

@@ -12,7 +12,7 @@ fn device() -> Option<(Device, Target)> {
     match Device::open(0).and_then(|d| d.info().map(|i| (d, i))) {
         Ok((d, info)) => {
             println!("device: {} (sm_{}, {} SMs)", info.name, info.sm, info.sms);
-            Some((d, Target { sm: info.sm.clamp(75, 120) }))
+            Some((d, Target::sm(info.sm.clamp(75, 120))))
         }
         Err(e) => {
             println!("skipping: no GPU ({e})");
@@ -105,7 +105,8 @@ fn maps_on_the_device_with_many_threads() {
     let g = bpftime_runtime::gpu::gpu_program(&obj, None, target, info.sms).unwrap();
     let threads = 1 << 14;
     let n = 7u64;
-    let r = bpftime_cuda::run(&dev, &g.ptx, &g.arena, &n.to_le_bytes(), threads, DEFAULT_LOOP_BUDGET).unwrap();
+    let mut r = bpftime_cuda::run(&dev, &g.ptx, &g.arena, &n.to_le_bytes(), threads, DEFAULT_LOOP_BUDGET).unwrap();
+    g.layout.fold_shards(&mut r.arena);
     assert!(r.outcomes.iter().all(|o| o.is_ok()), "every thread ran: {:?}", r.outcomes.iter().find(|o| o.is_err()));
     let counts = g.layout.entries(&r.arena, 0);
     for (i, (_, v)) in counts.iter().enumerate().take(15) {

@@ -157,7 +157,7 @@ fn ptxas_accepts_every_translated_program() {
         let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example(&name)).unwrap()).unwrap();
         for p in &obj.programs {
             for sm in [75, 80, 90] {
-                match bpftime_runtime::gpu::gpu_program(&obj, Some(&p.name), Target { sm }, 4) {
+                match bpftime_runtime::gpu::gpu_program(&obj, Some(&p.name), Target::sm(sm), 4) {
                     Ok(g) => example_jobs.push((format!("{name}/{}", p.name), g.ptx, sm)),
                     Err(e) => {
                         assert!(e.contains("insn ") || e.contains("cannot live on the GPU"), "{name}/{}: unclear refusal: {e}", p.name);
@@ -172,7 +172,7 @@ fn ptxas_accepts_every_translated_program() {
     let jobs: Vec<(String, String, u32)> = modules
         .iter()
         .flat_map(|(name, p, h)| {
-            [75, 80, 90].into_iter().map(move |sm| (name.clone(), translate(p, h, &Default::default(), Target { sm }).expect("translates"), sm))
+            [75, 80, 90].into_iter().map(move |sm| (name.clone(), translate(p, h, &Default::default(), Target::sm(sm)).expect("translates"), sm))
         })
         .chain(example_jobs)
         .collect();
@@ -240,11 +240,12 @@ fn maps_and_helpers_agree_with_the_cpu() {
     let ctx = m.memory.alloc(8);
     m.memory.write(ctx, &n.to_le_bytes()).unwrap();
     let out = m.memory.alloc(RUN_OUT_STRIDE);
-    m.launch(RUN_KERNEL, &[ctx, 8, arena, gpu.layout.size, DEFAULT_LOOP_BUDGET, 0, out], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
+    m.launch(RUN_KERNEL, &[ctx, 8, arena, gpu.layout.size, DEFAULT_LOOP_BUDGET, 0, out, 1], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
     let raw = m.memory.read(out, RUN_OUT_STRIDE).unwrap();
     let gpu_r0 = state::outcome(&raw[8..], u64::from_le_bytes(raw[..8].try_into().unwrap())).expect("runs on the GPU");
     assert_eq!(gpu_r0, cpu_r0, "r0");
-    let image = m.memory.read(arena, gpu.layout.size).unwrap();
+    let mut image = m.memory.read(arena, gpu.layout.size).unwrap();
+    gpu.layout.fold_shards(&mut image);
     let slot = |name: &str| gpu.layout.maps.iter().position(|p| p.spec.name == name).unwrap();
     let gpu_counts: Vec<Vec<u8>> = gpu.layout.entries(&image, slot("counts")).into_iter().map(|(_, v)| v[0].clone()).collect();
     assert_eq!(gpu_counts, cpu_counts, "counts");
@@ -257,4 +258,30 @@ fn maps_and_helpers_agree_with_the_cpu() {
     let per_sm: u64 = gpu.layout.entries(&image, slot("per_cpu"))[0].1.iter().map(|v| u64::from_le_bytes(v[..8].try_into().unwrap())).sum();
     assert_eq!(per_sm, 1, "one per-SM slot incremented");
     println!("r0 = {cpu_r0} on both; counts[15] = {}", u64::from_le_bytes(cpu_counts[15][..8].try_into().unwrap()));
+}
+
+/// `shard_atomic_adds`: a hot counter's adds land in per-SM shards (the array itself untouched
+/// during the launch), and folding them gives the exact total.
+#[test]
+fn sharded_counter_adds_fold_to_the_exact_total() {
+    use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
+    use bpftime_gpu_ptx::{Target, RUN_KERNEL, RUN_OUT_STRIDE};
+    let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_bench")).unwrap()).unwrap();
+    let target = Target { shard_atomic_adds: true, ..Target::default() };
+    let g = bpftime_runtime::gpu::gpu_program(&obj, Some("counter_add"), target, 4).unwrap();
+    assert!(g.ptx.contains("red.add.u64"), "the add is sharded");
+    let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
+    let arena = m.memory.alloc(g.layout.size);
+    m.memory.write(arena, &g.arena).unwrap();
+    let (blocks, threads) = (3u32, 64u32);
+    let out = m.memory.alloc(RUN_OUT_STRIDE * (blocks * threads) as u64);
+    let ctx = m.memory.alloc(1);
+    m.launch(RUN_KERNEL, &[ctx, 0, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, out, (blocks * threads) as u64], Launch { blocks, threads, sms: 4 }).unwrap();
+    let mut image = m.memory.read(arena, g.layout.size).unwrap();
+    let counter = |image: &[u8]| u64::from_le_bytes(g.layout.entries(image, 0)[0].1[0][..8].try_into().unwrap());
+    assert_eq!(counter(&image), 0, "the shared counter itself is not touched during the launch");
+    g.layout.fold_shards(&mut image);
+    assert_eq!(counter(&image), (blocks * threads) as u64, "every thread's add, after the fold");
+    g.layout.fold_shards(&mut image);
+    assert_eq!(counter(&image), (blocks * threads) as u64, "folding twice adds nothing");
 }
