@@ -136,8 +136,9 @@ fn gpu_benchmarks() {
     println!("| --- | ---: | ---: | ---: |");
     for threads in [1u32 << 18, 1 << 24] {
         let mut floor = f64::MAX;
-        for name in ["empty", "array_update", "hash_lookup", "counter_add", "ringbuf"] {
-            let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), target, info.sms).unwrap();
+        for (name, shard) in [("empty", false), ("array_update", false), ("hash_lookup", false), ("counter_add", false), ("counter_add", true), ("ringbuf", false)] {
+            let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), Target { shard_atomic_adds: shard, ..target }, info.sms).unwrap();
+            let label = if shard { format!("{name} (per-SM shards)") } else { name.to_string() };
             let ptx = if name == "empty" {
                 // The floor: bpf_f0 returns 0 without the translated prologue.
                 let start = g.ptx.find(".func (.reg .b64 %ret) bpf_f0(").and_then(|i| g.ptx[i..].find('{').map(|j| i + j)).unwrap();
@@ -152,7 +153,7 @@ fn gpu_benchmarks() {
                 println!("| floor (no program) | {threads} | {floor:.1} us | |");
             }
             let t = best(&g.ptx);
-            println!("| {name} | {threads} | {t:.1} us | {:.2} |", (t - floor) * 1000.0 / threads as f64);
+            println!("| {label} | {threads} | {t:.1} us | {:.2} |", (t - floor) * 1000.0 / threads as f64);
         }
     }
 }
