@@ -78,9 +78,7 @@ fn bench_compile(c: &mut Criterion) {
         }
         // The GPU backend: eBPF to PTX text (ptxas or the driver compiles it afterwards).
         let gpu_helpers = bpftime_gpu_ptx::HelperSet::new();
-        g.bench_function("bpftime_to_ptx", |b| {
-            b.iter(|| bpftime_gpu_ptx::translate(&prog, &gpu_helpers, &Default::default(), Default::default()).unwrap())
-        });
+        g.bench_function("bpftime_to_ptx", |b| b.iter(|| bpftime_gpu_ptx::translate(&prog, &gpu_helpers, &Default::default(), Default::default()).unwrap()));
         if len <= 150 {
             g.bench_function("rbpf_jit", |b| {
                 b.iter(|| {

@@ -136,7 +136,9 @@ fn gpu_benchmarks() {
     println!("| --- | ---: | ---: | ---: |");
     for threads in [1u32 << 18, 1 << 24] {
         let mut floor = f64::MAX;
-        for (name, shard) in [("empty", false), ("array_update", false), ("hash_lookup", false), ("counter_add", false), ("counter_add", true), ("ringbuf", false)] {
+        for (name, shard) in
+            [("empty", false), ("array_update", false), ("hash_lookup", false), ("counter_add", false), ("counter_add", true), ("ringbuf", false)]
+        {
             let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), Target { shard_atomic_adds: shard, ..target }, info.sms).unwrap();
             let label = if shard { format!("{name} (per-SM shards)") } else { name.to_string() };
             let ptx = if name == "empty" {
