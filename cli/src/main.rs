@@ -1,5 +1,6 @@
 //! `bpftime`: run and inspect eBPF programs, and manage the shared-memory region.
 
+mod cuda_inspect;
 mod dump;
 mod gpu_run;
 mod run;
@@ -113,6 +114,11 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// CUDA binaries: the device code they embed.
+    Cuda {
+        #[command(subcommand)]
+        command: CudaCommand,
+    },
     /// Print bpf_trace_printk output as it arrives.
     Trace {
         /// Print what is there and exit instead of following.
@@ -179,6 +185,17 @@ enum VmCommand {
         /// Program of the object (function or section name).
         #[arg(long)]
         section: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CudaCommand {
+    /// List the fatbins, their entries and kernels, and which kernels can be instrumented.
+    Inspect {
+        /// An executable, library or object built by nvcc.
+        binary: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -503,6 +520,10 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             let loaded = load_program_file(&file, section.as_deref())?;
             let insns = decode(&loaded.insns).map_err(|e| format!("{}: {e}", loaded.origin))?;
             print!("{}", disasm::disassemble(&insns));
+            Ok(0)
+        }
+        Command::Cuda { command: CudaCommand::Inspect { binary, json } } => {
+            print!("{}", cuda_inspect::inspect(&binary, json)?);
             Ok(0)
         }
         Command::Shm { command: ShmCommand::Create { size, group } } => {

@@ -454,3 +454,53 @@ fn bpftime_gpu_map_types_load_on_both_sides() {
     assert_eq!(text(&gpu.stdout), text(&cpu.stdout));
     assert!(text(&cpu.stdout).contains("`gpu_array`: array") && text(&cpu.stdout).contains("  1 => 5\n"), "{}", text(&cpu.stdout));
 }
+
+/// Compiles `examples/cuda/NAME.cu` with nvcc (the pip wheel's) into an object with `flags`.
+fn nvcc_object(name: &str, flags: &[&str], tag: &str) -> Option<std::path::PathBuf> {
+    let nvcc = match bpftime_tests::cuda_tools::tool("nvcc") {
+        Some(n) => n,
+        None if std::env::var_os("BPFTIME_REQUIRE_CUDA_TOOLS").is_some() => panic!("nvcc not found (bash scripts/setup.sh installs it)"),
+        None => {
+            println!("skipping: nvcc not found");
+            return None;
+        }
+    };
+    let dir = bpftime_tests::repo_root().join("target/cuda-examples");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("{name}-{tag}.o"));
+    let src = bpftime_tests::repo_root().join(format!("examples/cuda/{name}.cu"));
+    // nvcc finds its own tools (cudafe++, ptxas, fatbinary) beside it.
+    let bin = nvcc.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let o = Command::new(&nvcc).args(flags).arg("-c").arg(&src).arg("-o").arg(&out).env("PATH", path).output().unwrap();
+    assert!(o.status.success(), "nvcc failed: {}", text(&o.stderr));
+    Some(out)
+}
+
+#[test]
+fn cuda_inspect_reads_nvcc_output() {
+    // The default build: sm_75 SASS and compute_75 PTX, zstd-compressed.
+    let Some(default) = nvcc_object("vector_add", &[], "default") else { return };
+    let out = bpftime(&["cuda", "inspect", default.to_str().unwrap()]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(s.contains("ptx sm_75") && s.contains("compression zstd"), "{s}");
+    assert!(
+        s.contains("kernel _Z10vector_addPKfS0_Pfi (vector_add(float const*, float const*, float*, int)), params [8, 8, 8, 4] bytes: can be instrumented"),
+        "{s}"
+    );
+    // Uncompressed, and JSON.
+    let plain = nvcc_object("vector_add", &["--no-compress"], "plain").unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&bpftime(&["cuda", "inspect", "--json", plain.to_str().unwrap()]).stdout).unwrap();
+    let entries = j["fatbins"][0]["entries"].as_array().unwrap();
+    assert!(entries.iter().any(|e| e["kind"] == "ptx" && e["compression"] == "none"), "{j}");
+    assert_eq!(j["fatbins"][0]["kernels"][0]["instrumentable"], true);
+    // SASS only: said so, and it runs untouched.
+    let sass = nvcc_object("vector_add", &["-gencode", "arch=compute_75,code=sm_75"], "sass").unwrap();
+    let s = text(&bpftime(&["cuda", "inspect", sass.to_str().unwrap()]).stdout);
+    assert!(s.contains("SASS only, runs untouched") && !s.contains("can be instrumented"), "{s}");
+    // Not a CUDA binary.
+    let none = bpftime(&["cuda", "inspect", env!("CARGO_BIN_EXE_bpftime")]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(text(&none.stderr).contains("no CUDA fatbin"), "{}", text(&none.stderr));
+}

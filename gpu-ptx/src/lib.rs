@@ -8,9 +8,12 @@
 //! still run what we emit; [`state`] is the ABI of the per-thread run state, [`maps`] the
 //! layout of maps in device memory.
 //!
+//! [`fatbin`] reads the device code CUDA applications embed.
+//!
 //! What it is not: it loads nothing onto a GPU and knows nothing of CUDA applications (the
 //! CUDA driver access and the interposition sit above it). Depends on `bpftime-vm` only.
 
+pub mod fatbin;
 pub mod helpers;
 pub mod interp;
 pub mod maps;

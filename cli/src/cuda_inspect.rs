@@ -1,0 +1,101 @@
+//! `bpftime cuda inspect BINARY`: the fatbins a CUDA binary embeds, their entries and kernels,
+//! and which kernels can be instrumented (those with PTX).
+
+use bpftime_gpu_ptx::fatbin::{find_all, ptx_kernels, EntryKind};
+use serde_json::json;
+use std::path::Path;
+
+fn demangle(name: &str) -> Option<String> {
+    cpp_demangle::Symbol::new(name).ok()?.demangle().ok()
+}
+
+/// The report, as text or JSON.
+pub fn inspect(path: &Path, as_json: bool) -> Result<String, String> {
+    let bytes = bpftime_runtime::input::read_regular_file(path, 2 << 30).map_err(|e| e.to_string())?;
+    let found = find_all(&bytes);
+    if found.is_empty() {
+        return Err(format!("{}: no CUDA fatbin in it (not built by nvcc, or device code in another file)", path.display()));
+    }
+    let mut fatbins = vec![];
+    let mut text = String::new();
+    for f in found {
+        let f = match f {
+            Ok(f) => f,
+            Err(e) => {
+                text.push_str(&format!("{e}\n"));
+                fatbins.push(json!({ "error": e.to_string() }));
+                continue;
+            }
+        };
+        let data = &bytes[f.offset..f.offset + f.len];
+        text.push_str(&format!("fatbin at {:#x} ({} bytes, {} entries)\n", f.offset, f.len, f.entries.len()));
+        let mut entries = vec![];
+        let mut with_ptx: Vec<(String, Vec<u32>)> = vec![];
+        let mut sass_only: Vec<String> = vec![];
+        for e in &f.entries {
+            let kind = match e.kind {
+                EntryKind::Ptx => "ptx".to_string(),
+                EntryKind::Elf => "elf".to_string(),
+                EntryKind::Other(k) => format!("kind {k}"),
+            };
+            let contents = e.contents(data);
+            let (size, kernels) = match &contents {
+                Ok(c) if e.kind == EntryKind::Ptx => (c.len(), ptx_kernels(&String::from_utf8_lossy(c))),
+                Ok(c) => (c.len(), vec![]),
+                Err(_) => (0, vec![]),
+            };
+            text.push_str(&format!(
+                "  {kind} sm_{} version {}.{} compression {} ({} bytes stored, {size} bytes){}\n",
+                e.arch,
+                e.version.0,
+                e.version.1,
+                e.compression.name(),
+                e.payload.len(),
+                contents.as_ref().err().map(|err| format!(": cannot read: {err}")).unwrap_or_default()
+            ));
+            for k in &kernels {
+                if !with_ptx.iter().any(|(n, _)| n == &k.name) {
+                    with_ptx.push((k.name.clone(), k.params.clone()));
+                }
+            }
+            if e.kind == EntryKind::Elf {
+                if let Ok(c) = &contents {
+                    for name in elf_kernels(c) {
+                        sass_only.push(name);
+                    }
+                }
+            }
+            entries.push(json!({
+                "kind": kind, "arch": e.arch, "version": format!("{}.{}", e.version.0, e.version.1),
+                "compression": e.compression.name(), "stored_bytes": e.payload.len(), "bytes": size,
+                "kernels": kernels.iter().map(|k| k.name.clone()).collect::<Vec<_>>(),
+            }));
+        }
+        sass_only.retain(|n| !with_ptx.iter().any(|(p, _)| p == n));
+        sass_only.dedup();
+        let mut kernels = vec![];
+        for (name, params) in &with_ptx {
+            let pretty = demangle(name).unwrap_or_else(|| name.clone());
+            text.push_str(&format!("  kernel {name} ({pretty}), params {params:?} bytes: can be instrumented (PTX)\n"));
+            kernels.push(json!({ "name": name, "demangled": pretty, "param_sizes": params, "instrumentable": true }));
+        }
+        for name in &sass_only {
+            let pretty = demangle(name).unwrap_or_else(|| name.clone());
+            text.push_str(&format!("  kernel {name} ({pretty}): SASS only, runs untouched\n"));
+            kernels.push(json!({ "name": name, "demangled": pretty, "instrumentable": false }));
+        }
+        fatbins.push(json!({ "offset": f.offset, "bytes": f.len, "entries": entries, "kernels": kernels }));
+    }
+    if as_json {
+        Ok(serde_json::to_string_pretty(&json!({ "file": path.display().to_string(), "fatbins": fatbins })).expect("JSON values serialise") + "\n")
+    } else {
+        Ok(text)
+    }
+}
+
+/// Kernel names of a cubin: its `.text.NAME` sections.
+fn elf_kernels(cubin: &[u8]) -> Vec<String> {
+    use object::{Object as _, ObjectSection};
+    let Ok(f) = object::File::parse(cubin) else { return vec![] };
+    f.sections().filter_map(|s| s.name().ok()?.strip_prefix(".text.").map(str::to_string)).collect()
+}
