@@ -99,3 +99,61 @@ fn elf_kernels(cubin: &[u8]) -> Vec<String> {
     let Ok(f) = object::File::parse(cubin) else { return vec![] };
     f.sections().filter_map(|s| s.name().ok()?.strip_prefix(".text.").map(str::to_string)).collect()
 }
+
+/// `bpftime cuda patch OBJ BINARY -o DIR`: writes the PTX of every PTX entry of BINARY's
+/// fatbins with OBJ's `kprobe/KERNEL` and `kretprobe/KERNEL` programs spliced in; returns the
+/// report.
+pub fn patch(obj_path: &Path, binary: &Path, dir: &Path) -> Result<String, String> {
+    use bpftime_gpu_ptx::patch::{patch, Probe};
+    use bpftime_gpu_ptx::Target;
+    use bpftime_object::{Object, ProgramKind};
+    let obj =
+        Object::parse(&bpftime_runtime::input::read_program_file(obj_path).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", obj_path.display()))?;
+    let probes_of: Vec<(String, String, bool)> = obj
+        .programs
+        .iter()
+        .filter_map(|p| match ProgramKind::from_section(&p.section) {
+            ProgramKind::Kprobe { retprobe, function } if !function.is_empty() => Some((p.name.clone(), function, retprobe)),
+            _ => None,
+        })
+        .collect();
+    if probes_of.is_empty() {
+        return Err(format!("{}: no kprobe/KERNEL or kretprobe/KERNEL programs", obj_path.display()));
+    }
+    let bytes = bpftime_runtime::input::read_regular_file(binary, 2 << 30).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut report = String::new();
+    let mut wrote = 0;
+    for (fi, f) in find_all(&bytes).into_iter().enumerate() {
+        let f = f.map_err(|e| e.to_string())?;
+        let data = &bytes[f.offset..f.offset + f.len];
+        for (ei, e) in f.entries.iter().enumerate().filter(|(_, e)| e.kind == EntryKind::Ptx) {
+            let ptx = String::from_utf8_lossy(&e.contents(data).map_err(|err| format!("fatbin {fi} entry {ei}: {err}"))?).to_string();
+            let target = Target { shard_atomic_adds: true, ..Target::sm(e.arch.clamp(75, 120)) };
+            let mut probes = vec![];
+            for (name, kernel, exit) in &probes_of {
+                let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), target, 1).map_err(|err| format!("{}: {err}", obj_path.display()))?;
+                probes.push(Probe { name: name.clone(), kernel: kernel.clone(), exit: *exit, ptx: g.ptx });
+            }
+            let patched = patch(&ptx, &probes, &demangle)?;
+            let out = dir.join(format!("fatbin{fi}-entry{ei}-sm_{}.ptx", e.arch));
+            std::fs::write(&out, &patched.ptx).map_err(|err| format!("{}: {err}", out.display()))?;
+            wrote += 1;
+            report.push_str(&format!("{}:\n", out.display()));
+            for (kernel, probe, exit) in &patched.spliced {
+                report.push_str(&format!(
+                    "  {} probe `{probe}` in {kernel} ({})\n",
+                    if *exit { "exit" } else { "entry" },
+                    demangle(kernel).unwrap_or_default()
+                ));
+            }
+            for p in &patched.unmatched {
+                report.push_str(&format!("  `{p}`: no such kernel in this module\n"));
+            }
+        }
+    }
+    if wrote == 0 {
+        return Err(format!("{}: no PTX in its fatbins: its kernels run untouched (rebuild with PTX, e.g. the default nvcc flags)", binary.display()));
+    }
+    Ok(report)
+}

@@ -190,6 +190,17 @@ enum VmCommand {
 
 #[derive(Subcommand)]
 enum CudaCommand {
+    /// Write the PTX of every module of BINARY with OBJ's kprobe/KERNEL (entry) and
+    /// kretprobe/KERNEL (exit) programs spliced into its kernels.
+    Patch {
+        /// The eBPF object with the GPU probes.
+        object: PathBuf,
+        /// The CUDA executable, library or object.
+        binary: PathBuf,
+        /// Where to write the patched PTX.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// List the fatbins, their entries and kernels, and which kernels can be instrumented.
     Inspect {
         /// An executable, library or object built by nvcc.
@@ -520,6 +531,10 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             let loaded = load_program_file(&file, section.as_deref())?;
             let insns = decode(&loaded.insns).map_err(|e| format!("{}: {e}", loaded.origin))?;
             print!("{}", disasm::disassemble(&insns));
+            Ok(0)
+        }
+        Command::Cuda { command: CudaCommand::Patch { object, binary, output } } => {
+            print!("{}", cuda_inspect::patch(&object, &binary, &output)?);
             Ok(0)
         }
         Command::Cuda { command: CudaCommand::Inspect { binary, json } } => {

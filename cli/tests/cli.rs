@@ -504,3 +504,33 @@ fn cuda_inspect_reads_nvcc_output() {
     assert_eq!(none.status.code(), Some(1));
     assert!(text(&none.stderr).contains("no CUDA fatbin"), "{}", text(&none.stderr));
 }
+
+#[test]
+fn cuda_patch_splices_probes_that_ptxas_accepts() {
+    let Some(app) = nvcc_object("vector_add", &[], "default") else { return };
+    let probes = build_example("cuda_probes");
+    let dir = bpftime_tests::repo_root().join("target/cuda-patch-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = bpftime(&["cuda", "patch", probes.to_str().unwrap(), app.to_str().unwrap(), "-o", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("entry probe `on_entry` in _Z10vector_addPKfS0_Pfi"), "{s}");
+    assert!(s.contains("exit probe `on_exit` in _Z10vector_addPKfS0_Pfi"), "by the bare name: {s}");
+    let patched: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(patched.len(), 1);
+    let ptx = std::fs::read_to_string(&patched[0]).unwrap();
+    assert!(ptx.contains(".visible .global .align 8 .u64 bpftime_arena[3];") && ptx.contains("call.uni (%bpt6), bpftime_p0_f0"), "spliced");
+    // The kernel's own code is all still there.
+    for l in ["add.f32", "st.global.f32", "ld.param.u32"] {
+        assert!(ptx.contains(l), "{l} kept");
+    }
+    let Some(ptxas) = bpftime_tests::cuda_tools::ptxas_or_skip("the patched module") else { return };
+    let o = Command::new(&ptxas).args(["-v", "-arch=sm_75"]).arg(&patched[0]).arg("-o").arg(dir.join("p.cubin")).output().unwrap();
+    assert!(o.status.success(), "ptxas refused the patched module: {}", text(&o.stderr));
+    println!("patched vector_add: {}", text(&o.stderr).lines().find(|l| l.contains("registers")).unwrap_or(""));
+    // A binary without PTX cannot be instrumented, and says so.
+    let sass = nvcc_object("vector_add", &["-gencode", "arch=compute_75,code=sm_75"], "sass").unwrap();
+    let out = bpftime(&["cuda", "patch", probes.to_str().unwrap(), sass.to_str().unwrap(), "-o", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no PTX in its fatbins: its kernels run untouched"), "{}", text(&out.stderr));
+}

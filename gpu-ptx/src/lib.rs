@@ -17,6 +17,7 @@ pub mod fatbin;
 pub mod helpers;
 pub mod interp;
 pub mod maps;
+pub mod patch;
 pub mod state;
 pub mod std_helpers;
 pub mod translate;
