@@ -133,7 +133,8 @@ pub fn patch(obj_path: &Path, binary: &Path, dir: &Path) -> Result<String, Strin
             let mut probes = vec![];
             for (name, kernel, exit) in &probes_of {
                 let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), target, 1).map_err(|err| format!("{}: {err}", obj_path.display()))?;
-                probes.push(Probe { name: name.clone(), kernel: kernel.clone(), exit: *exit, ptx: g.ptx });
+                let stack = bpftime_gpu_ptx::patch::stack_bytes(&g.program);
+                probes.push(Probe { name: name.clone(), kernel: kernel.clone(), exit: *exit, ptx: g.ptx, stack });
             }
             let patched = patch(&ptx, &probes, &demangle)?;
             let out = dir.join(format!("fatbin{fi}-entry{ei}-sm_{}.ptx", e.arch));

@@ -8,7 +8,7 @@
 //! thread's ids. Maps are reached through the module global `bpftime_arena` (arena address,
 //! length, pid_tgid), which the host sets after loading the module.
 
-use crate::state::{off, STACK_SIZE, STATE_SIZE};
+use crate::state::{off, STATE_SIZE};
 
 /// The module global the host fills: `[arena address, arena length, pid_tgid]`.
 pub const ARENA_GLOBAL: &str = "bpftime_arena";
@@ -28,6 +28,16 @@ pub struct Probe {
     pub exit: bool,
     /// Its module as `translate` made it.
     pub ptx: String,
+    /// Bytes of stack it needs ([`stack_bytes`]).
+    pub stack: u32,
+}
+
+/// Bytes of stack a program needs: its deepest call chain, plus the deepest chain of its
+/// callbacks (which run on the bottom frames), 512 bytes a frame, at most 8 frames.
+pub fn stack_bytes(prog: &bpftime_vm::Program) -> u32 {
+    let main = prog.function_depth(0);
+    let callbacks = (0..prog.functions().len()).filter(|&i| prog.functions()[i].callback).map(|i| prog.function_depth(i)).max().unwrap_or(0);
+    ((main + callbacks).clamp(1, bpftime_vm::exec::MAX_CALL_DEPTH) * bpftime_vm::exec::FRAME_SIZE) as u32
 }
 
 /// What patching did.
@@ -128,7 +138,7 @@ fn probe_functions(p: &Probe, n: usize) -> String {
 }
 
 /// The call of probe `n` (site `site`) in kernel `k`.
-fn call_block(k: &Kernel, n: usize, site: usize) -> String {
+fn call_block(k: &Kernel, n: usize, site: usize, stack: u32) -> String {
     let ctx = ctx_layout(k.params.len());
     let mut s = String::new();
     let mut l = |x: String| {
@@ -137,7 +147,7 @@ fn call_block(k: &Kernel, n: usize, site: usize) -> String {
     };
     l("{".into());
     l(format!(".local .align 16 .b8 bpftime_st{site}[{STATE_SIZE}];"));
-    l(format!(".local .align 16 .b8 bpftime_stk{site}[{STACK_SIZE}];"));
+    l(format!(".local .align 16 .b8 bpftime_stk{site}[{stack}];"));
     l(format!(".local .align 16 .b8 bpftime_ctx{site}[{ctx}];"));
     l(".reg .b64 %bpt<8>;".into());
     l(".reg .b32 %bpw<2>;".into());
@@ -149,6 +159,7 @@ fn call_block(k: &Kernel, n: usize, site: usize) -> String {
     l(format!("st.u32 [%bpt0+{}], 0;", off::IN_CALLBACK));
     l(format!("st.u64 [%bpt0+{}], {PROBE_BUDGET};", off::BUDGET));
     l(format!("st.u64 [%bpt0+{}], %bpt1;", off::STACK_LO));
+    l(format!("st.u64 [%bpt0+{}], {stack};", off::STACK_LEN));
     l(format!("st.u64 [%bpt0+{}], %bpt2;", off::CTX_LO));
     l(format!("st.u64 [%bpt0+{}], {ctx};", off::CTX_LEN));
     l(format!("st.u64 [%bpt0+{}], 0;", off::CTX_WLEN));
@@ -172,7 +183,7 @@ fn call_block(k: &Kernel, n: usize, site: usize) -> String {
         l(format!("mov.u32 %bpw0, {id};"));
         l(format!("st.u32 [%bpt2+{}], %bpw0;", 8 * k.params.len() + 4 * i));
     }
-    l(format!("add.u64 %bpt5, %bpt1, {STACK_SIZE};"));
+    l(format!("add.u64 %bpt5, %bpt1, {stack};"));
     l(format!("call.uni (%bpt6), bpftime_p{n}_f0, (%bpt0, %bpt5, %bpt2, {ctx}, 0, 0, 0);"));
     l("}".into());
     s
@@ -217,7 +228,7 @@ pub fn patch(app: &str, probes: &[Probe], demangle: &dyn Fn(&str) -> Option<Stri
                     text.push_str(&format!("{neg} bra {skip};\n"));
                 }
                 for pi in exits {
-                    text.push_str(&call_block(&ks[ki], pi, site));
+                    text.push_str(&call_block(&ks[ki], pi, site, probes[pi].stack));
                     site += 1;
                 }
                 text.push_str(line);
@@ -240,7 +251,7 @@ pub fn patch(app: &str, probes: &[Probe], demangle: &dyn Fn(&str) -> Option<Stri
         // Entry probes right after the body's `{`.
         if let Some((ki, _)) = ks.iter().enumerate().find(|(_, k)| k.open == li) {
             for &(_, pi) in sites.iter().filter(|s| s.0 == ki && !probes[s.1].exit) {
-                text.push_str(&call_block(&ks[ki], pi, site));
+                text.push_str(&call_block(&ks[ki], pi, site, probes[pi].stack));
                 site += 1;
             }
         }

@@ -37,11 +37,14 @@ pub mod off {
     pub const IN_CALLBACK: u32 = 96;
     /// u32: the second word of the fault's argument (helper faults: the helper id).
     pub const FAULT_ARG2: u32 = 100;
+    /// u64: bytes of stack from `STACK_LO` (4 KiB in the run kernel; what the program needs in
+    /// a probe, see `Program` frames).
+    pub const STACK_LEN: u32 = 104;
 }
 
 /// Size of the state block.
 pub const STATE_SIZE: u32 = 128;
-/// Bytes of stack a run gets (8 frames of 512 bytes, as on the CPU).
+/// Bytes of stack a run gets in the run kernel (8 frames of 512 bytes, as on the CPU).
 pub const STACK_SIZE: u32 = 4096;
 
 /// The run goes on.

@@ -9,7 +9,7 @@
 
 use crate::helpers::{GpuHelper, HelperSet};
 use crate::maps::{desc, header, HASH_BUSY, HASH_FULL};
-use crate::state::{off, FAULT_BAD_CALLBACK, FAULT_HELPER, FAULT_NESTED_CALLBACK, STACK_SIZE, STATUS_FAULT, STATUS_STOPPED};
+use crate::state::{off, FAULT_BAD_CALLBACK, FAULT_HELPER, FAULT_NESTED_CALLBACK, STATUS_FAULT, STATUS_STOPPED};
 use crate::translate::{function_name, MAP_TAG};
 use bpftime_vm::Program;
 
@@ -17,7 +17,7 @@ use bpftime_vm::Program;
 fn fill(template: &str) -> String {
     let pairs: [(&str, String); 26] = [
         ("{STACK_LO}", off::STACK_LO.to_string()),
-        ("{STACK_SIZE}", STACK_SIZE.to_string()),
+        ("{STACK_LEN}", off::STACK_LEN.to_string()),
         ("{CTX_LO}", off::CTX_LO.to_string()),
         ("{CTX_LEN}", off::CTX_LEN.to_string()),
         ("{CTX_WLEN}", off::CTX_WLEN.to_string()),
@@ -82,7 +82,7 @@ mov.b64 %ok, 1;
 setp.eq.u64 %p, %len, 0;
 @%p ret;
 ld.u64 %lo, [%st+{STACK_LO}];
-mov.b64 %n, {STACK_SIZE};
+ld.u64 %n, [%st+{STACK_LEN}];
 sub.u64 %x, %addr, %lo;
 setp.lt.u64 %p, %x, %n;
 setp.le.and.u64 %p, %len, %n, %p;

@@ -243,6 +243,8 @@ st.u32 [%k1+{in_cb}], 0;
 ld.param.u64 %k4, [p_budget];
 st.u64 [%k1+{budget}], %k4;
 st.u64 [%k1+{stack_lo}], %k0;
+mov.u64 %k4, {stack};
+st.u64 [%k1+{stack_len}], %k4;
 st.u64 [%k1+{ctx_lo}], %k2;
 st.u64 [%k1+{ctx_len}], %k3;
 st.u64 [%k1+{ctx_wlen}], %k3;
@@ -276,6 +278,7 @@ ret;
         in_cb = off::IN_CALLBACK,
         budget = off::BUDGET,
         stack_lo = off::STACK_LO,
+        stack_len = off::STACK_LEN,
         ctx_lo = off::CTX_LO,
         ctx_len = off::CTX_LEN,
         ctx_wlen = off::CTX_WLEN,
@@ -368,10 +371,11 @@ impl<'a> FunctionWriter<'a> {
         );
         out.push_str("{\n");
         out.push_str(".reg .b64 %r<11>;\n.reg .b64 %t<8>;\n.reg .b32 %w<4>;\n.reg .pred %p<3>;\n");
-        out.push_str(".reg .b64 %ctxlo, %ctxlen, %ctxwlen, %arlo, %arlen, %stlo, %zlo, %zlen, %shlo;\n");
+        out.push_str(".reg .b64 %ctxlo, %ctxlen, %ctxwlen, %arlo, %arlen, %stlo, %stlen, %zlo, %zlen, %shlo;\n");
         out.push_str("mov.b64 %r0, 0;\nmov.b64 %r1, %a1;\nmov.b64 %r2, %a2;\nmov.b64 %r3, %a3;\nmov.b64 %r4, %a4;\nmov.b64 %r5, %a5;\n");
         out.push_str("mov.b64 %r6, 0;\nmov.b64 %r7, 0;\nmov.b64 %r8, 0;\nmov.b64 %r9, 0;\nmov.b64 %r10, %fp;\n");
         let _ = writeln!(out, "ld.u64 %stlo, [%st+{}];", off::STACK_LO);
+        let _ = writeln!(out, "ld.u64 %stlen, [%st+{}];", off::STACK_LEN);
         let _ = writeln!(out, "ld.u64 %ctxlo, [%st+{}];", off::CTX_LO);
         let _ = writeln!(out, "ld.u64 %ctxlen, [%st+{}];", off::CTX_LEN);
         let _ = writeln!(out, "ld.u64 %ctxwlen, [%st+{}];", off::CTX_WLEN);
@@ -436,7 +440,7 @@ impl<'a> FunctionWriter<'a> {
         }
         let n = size.bytes() as u64;
         let ok = self.fresh("ok");
-        self.in_region("%stlo", &state::STACK_SIZE.to_string(), n, &ok);
+        self.in_region("%stlo", "%stlen", n, &ok);
         self.in_region("%ctxlo", if write { "%ctxwlen" } else { "%ctxlen" }, n, &ok);
         self.in_region("%arlo", "%arlen", n, &ok);
         let size_word = n as u32 | if write { 0x100 } else { 0 };
@@ -856,7 +860,7 @@ impl<'a> FunctionWriter<'a> {
         let local = self.fresh("atomic_local");
         let join = self.fresh("atomic_done");
         self.line("sub.u64 %t6, %t5, %stlo;");
-        self.line(format!("setp.lt.u64 %p1, %t6, {};", state::STACK_SIZE));
+        self.line("setp.lt.u64 %p1, %t6, %stlen;");
         self.line(format!("@%p1 bra {local};"));
         if self.ctx.shard && wide && op == AtomicOp::Add && !fetch {
             // A 64-bit add whose old value nobody reads, into a shared array: to this SM's shard
