@@ -323,14 +323,30 @@ fn start_reports_a_missing_agent_or_command_clearly() {
 }
 
 /// Runs `bpftime ARGS` as user `nobody` (setpriv), with BPFTIME_SHM=shm.
-fn bpftime_as_nobody(shm: &str, args: &[&str]) -> Output {
+fn bpftime_as_nobody(kit: &std::path::Path, shm: &str, args: &[&str]) -> Output {
     Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_bpftime"))
+        .arg(kit.join("bpftime"))
         .args(args)
         .env("BPFTIME_SHM", shm)
         .output()
         .expect("run setpriv")
+}
+
+/// Copies of the CLI, the agent and `files` in a folder user `nobody` can reach (the build
+/// folder may be under a private home).
+fn nobody_kit(files: &[&std::path::Path]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("bpftime-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cli = std::path::Path::new(env!("CARGO_BIN_EXE_bpftime"));
+    for f in [cli, &cli.with_file_name("libbpftime.so")].into_iter().chain(files.iter().copied()) {
+        let to = dir.join(f.file_name().unwrap());
+        std::fs::copy(f, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
 }
 
 #[test]
@@ -340,17 +356,18 @@ fn a_region_made_by_another_user_is_refused_everywhere() {
         println!("skipping: needs root and setpriv to act as user nobody");
         return;
     }
-    let victim = bpftime_tests::clang::build_target("victim", false);
+    let kit = nobody_kit(&[&bpftime_tests::clang::build_target("victim", false), &build_example("overwrite")]);
+    let victim = kit.join("victim");
     let victim = victim.to_str().unwrap();
-    let obj = build_example("overwrite");
+    let obj = kit.join("overwrite.bpf.o");
     // The attack works where it is allowed: in the attacker's own region, run by the attacker.
     let shm = format!("bpftime-cli-foreign-{}", std::process::id());
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
-    let made = bpftime_as_nobody(&shm, &["shm", "create", "--size", "8M"]);
+    let made = bpftime_as_nobody(&kit, &shm, &["shm", "create", "--size", "8M"]);
     assert!(made.status.success(), "{}", text(&made.stderr));
-    let loaded = bpftime_as_nobody(&shm, &["load", obj.to_str().unwrap()]);
+    let loaded = bpftime_as_nobody(&kit, &shm, &["load", obj.to_str().unwrap()]);
     assert!(loaded.status.success(), "{}", text(&loaded.stderr));
-    let own = bpftime_as_nobody(&shm, &["start", "--", victim]);
+    let own = bpftime_as_nobody(&kit, &shm, &["start", "--", victim]);
     assert_eq!(text(&own.stdout), "pwned\n", "{}", text(&own.stderr));
     // Root does not use it: not `start`, not a preloaded agent, not the inspection commands.
     let start = bpftime_shm(&shm, &["start", "--", victim]);
@@ -376,10 +393,11 @@ fn a_region_made_by_another_user_is_refused_everywhere() {
     let mine = format!("bpftime-cli-mine-{}", std::process::id());
     let _ = bpftime_shm(&mine, &["shm", "remove"]);
     assert!(bpftime_shm(&mine, &["shm", "create", "--size", "8M"]).status.success());
-    let out = bpftime_as_nobody(&mine, &["map", "list"]);
+    let out = bpftime_as_nobody(&kit, &mine, &["map", "list"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("permission denied"), "{}", text(&out.stderr));
     assert!(bpftime_shm(&mine, &["shm", "remove"]).status.success());
+    std::fs::remove_dir_all(&kit).unwrap();
 }
 
 #[test]
