@@ -440,9 +440,13 @@ impl<'a> FunctionWriter<'a> {
         }
         let n = size.bytes() as u64;
         let ok = self.fresh("ok");
-        self.in_region("%stlo", "%stlen", n, &ok);
-        self.in_region("%ctxlo", if write { "%ctxwlen" } else { "%ctxlen" }, n, &ok);
-        self.in_region("%arlo", "%arlen", n, &ok);
+        // The bounds are read from the state at each check rather than held in registers for
+        // the whole function: registers are what a probe spliced into a kernel costs it.
+        for (lo, len) in [(off::STACK_LO, off::STACK_LEN), (off::CTX_LO, if write { off::CTX_WLEN } else { off::CTX_LEN }), (off::ARENA_LO, off::ARENA_LEN)] {
+            self.line(format!("ld.u64 %t3, [%st+{lo}];"));
+            self.line(format!("ld.u64 %t4, [%st+{len}];"));
+            self.in_region("%t3", "%t4", n, &ok);
+        }
         let size_word = n as u32 | if write { 0x100 } else { 0 };
         let fault = self.fault_block(pc, state::FAULT_OUT_OF_BOUNDS, "%t5", size_word);
         self.line(format!("bra {fault};"));
