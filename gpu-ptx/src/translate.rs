@@ -635,37 +635,9 @@ impl<'a> FunctionWriter<'a> {
                 self.line(format!("{instr} {d}, {d}, %w0;"));
             }
             AluOp::Div | AluOp::Mod | AluOp::SDiv | AluOp::SMod => {
-                // %t7 = divisor, never 0 (1 in its place; the result is fixed up below).
+                // An immediate divisor goes to a register first (setp takes no two immediates).
                 self.line(format!("mov.b64 %t7, {s};"));
-                self.line("setp.eq.u64 %p1, %t7, 0;");
-                self.line("selp.b64 %t6, 1, %t7, %p1;");
-                let signed = matches!(op, AluOp::SDiv | AluOp::SMod);
-                if signed {
-                    // INT_MIN / -1 wraps: divide by 1 and negate instead (neg wraps).
-                    self.line("setp.eq.s64 %p2, %t7, -1;");
-                    self.line("selp.b64 %t6, 1, %t6, %p2;");
-                }
-                let (ins, ty) = match op {
-                    AluOp::Div => ("div", "u64"),
-                    AluOp::Mod => ("rem", "u64"),
-                    AluOp::SDiv => ("div", "s64"),
-                    _ => ("rem", "s64"),
-                };
-                self.line(format!("{ins}.{ty} %t5, {d}, %t6;"));
-                if signed {
-                    if op == AluOp::SDiv {
-                        self.line("neg.s64 %t4, %t5;");
-                        self.line("selp.b64 %t5, %t4, %t5, %p2;");
-                    } else {
-                        self.line("selp.b64 %t5, 0, %t5, %p2;");
-                    }
-                }
-                // By zero: division gives 0, modulo keeps the dividend.
-                if matches!(op, AluOp::Div | AluOp::SDiv) {
-                    self.line(format!("selp.b64 {d}, 0, %t5, %p1;"));
-                } else {
-                    self.line(format!("selp.b64 {d}, {d}, %t5, %p1;"));
-                }
+                self.division(op, 64, &d, "%t7", ["%t6", "%t5", "%t4"]);
             }
         }
     }
@@ -699,37 +671,43 @@ impl<'a> FunctionWriter<'a> {
                 self.line("and.b32 %w1, %w1, 31;");
                 self.line("shr.s32 %w0, %w0, %w1;");
             }
-            AluOp::Div | AluOp::Mod | AluOp::SDiv | AluOp::SMod => {
-                self.line("setp.eq.u32 %p1, %w1, 0;");
-                self.line("selp.b32 %w2, 1, %w1, %p1;");
-                let signed = matches!(op, AluOp::SDiv | AluOp::SMod);
-                if signed {
-                    self.line("setp.eq.s32 %p2, %w1, -1;");
-                    self.line("selp.b32 %w2, 1, %w2, %p2;");
-                }
-                let (ins, ty) = match op {
-                    AluOp::Div => ("div", "u32"),
-                    AluOp::Mod => ("rem", "u32"),
-                    AluOp::SDiv => ("div", "s32"),
-                    _ => ("rem", "s32"),
-                };
-                self.line(format!("{ins}.{ty} %w3, %w0, %w2;"));
-                if signed {
-                    if op == AluOp::SDiv {
-                        self.line("neg.s32 %w2, %w3;");
-                        self.line("selp.b32 %w3, %w2, %w3, %p2;");
-                    } else {
-                        self.line("selp.b32 %w3, 0, %w3, %p2;");
-                    }
-                }
-                if matches!(op, AluOp::Div | AluOp::SDiv) {
-                    self.line("selp.b32 %w0, 0, %w3, %p1;");
-                } else {
-                    self.line("selp.b32 %w0, %w0, %w3, %p1;");
-                }
-            }
+            AluOp::Div | AluOp::Mod | AluOp::SDiv | AluOp::SMod => self.division(op, 32, "%w0", "%w1", ["%w2", "%w3", "%w2"]),
         }
         self.line(format!("cvt.u64.u32 {d}, %w0;"));
+    }
+
+    /// `x = x op divisor` for a division or modulo of `bits` bits, with the interpreter's rules:
+    /// by zero, division gives 0 and modulo keeps the dividend; `INT_MIN / -1` wraps (PTX leaves
+    /// both undefined, so neither reaches a `div`). `t`: scratch registers of the width for the
+    /// non-zero divisor, the quotient and its negation (the last may reuse the first).
+    fn division(&mut self, op: AluOp, bits: u32, x: &str, divisor: &str, t: [&str; 3]) {
+        let [nz, q, neg] = t;
+        let signed = matches!(op, AluOp::SDiv | AluOp::SMod);
+        self.line(format!("setp.eq.u{bits} %p1, {divisor}, 0;"));
+        self.line(format!("selp.b{bits} {nz}, 1, {divisor}, %p1;"));
+        if signed {
+            // INT_MIN / -1: divide by 1 and negate instead (neg wraps).
+            self.line(format!("setp.eq.s{bits} %p2, {divisor}, -1;"));
+            self.line(format!("selp.b{bits} {nz}, 1, {nz}, %p2;"));
+        }
+        let (ins, ty) = match op {
+            AluOp::Div => ("div", 'u'),
+            AluOp::Mod => ("rem", 'u'),
+            AluOp::SDiv => ("div", 's'),
+            _ => ("rem", 's'),
+        };
+        self.line(format!("{ins}.{ty}{bits} {q}, {x}, {nz};"));
+        if op == AluOp::SDiv {
+            self.line(format!("neg.s{bits} {neg}, {q};"));
+            self.line(format!("selp.b{bits} {q}, {neg}, {q}, %p2;"));
+        } else if op == AluOp::SMod {
+            self.line(format!("selp.b{bits} {q}, 0, {q}, %p2;"));
+        }
+        if matches!(op, AluOp::Div | AluOp::SDiv) {
+            self.line(format!("selp.b{bits} {x}, 0, {q}, %p1;"));
+        } else {
+            self.line(format!("selp.b{bits} {x}, {x}, {q}, %p1;"));
+        }
     }
 
     fn endian(&mut self, order: ByteOrder, bits: u32, dst: Reg) {
