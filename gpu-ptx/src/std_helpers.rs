@@ -9,53 +9,50 @@
 
 use crate::helpers::{GpuHelper, HelperSet};
 use crate::maps::{desc, header, HASH_BUSY, HASH_FULL};
-use crate::state::{off, FAULT_BAD_CALLBACK, FAULT_HELPER, FAULT_NESTED_CALLBACK, STATUS_FAULT, STATUS_STOPPED};
+use crate::state::{off, FAULT_BAD_CALLBACK, FAULT_NESTED_CALLBACK, STATUS_FAULT, STATUS_STOPPED};
 use crate::translate::{function_name, MAP_TAG};
 use bpftime_vm::Program;
 
 /// Replaces `{NAME}` tokens with the layout constants.
 fn fill(template: &str) -> String {
-    let pairs: [(&str, String); 26] = [
-        ("{STACK_LO}", off::STACK_LO.to_string()),
-        ("{STACK_LEN}", off::STACK_LEN.to_string()),
-        ("{CTX_LO}", off::CTX_LO.to_string()),
-        ("{CTX_LEN}", off::CTX_LEN.to_string()),
-        ("{CTX_WLEN}", off::CTX_WLEN.to_string()),
-        ("{ARENA_LO}", off::ARENA_LO.to_string()),
-        ("{ARENA_LEN}", off::ARENA_LEN.to_string()),
-        ("{STATUS}", off::STATUS.to_string()),
-        ("{STOP_VALUE}", off::STOP_VALUE.to_string()),
-        ("{PID_TGID}", off::PID_TGID.to_string()),
-        ("{FAULT_INSN}", off::FAULT_INSN.to_string()),
-        ("{FAULT_KIND}", off::FAULT_KIND.to_string()),
-        ("{FAULT_ARG}", off::FAULT_ARG.to_string()),
-        ("{FAULT_ARG2}", off::FAULT_ARG2.to_string()),
-        ("{IN_CALLBACK}", off::IN_CALLBACK.to_string()),
-        ("{MAP_TAG_HI}", (MAP_TAG >> 48).to_string()),
-        ("{NMAPS}", header::NMAPS.to_string()),
-        ("{D_TYPE}", desc::TYPE.to_string()),
-        ("{D_KEY}", desc::KEY_SIZE.to_string()),
-        ("{D_VALUE}", desc::VALUE_SIZE.to_string()),
-        ("{D_MAX}", desc::MAX_ENTRIES.to_string()),
-        ("{D_DATA}", desc::DATA_OFF.to_string()),
-        ("{D_SLOTS}", desc::SLOTS.to_string()),
-        ("{D_STRIDE}", desc::STRIDE.to_string()),
-        ("{D_COUNT}", desc::COUNT.to_string()),
-        ("{D_LOST}", desc::LOST.to_string()),
+    let constants: [(&str, u64); 35] = [
+        ("{STACK_LO}", off::STACK_LO as u64),
+        ("{STACK_LEN}", off::STACK_LEN as u64),
+        ("{CTX_LO}", off::CTX_LO as u64),
+        ("{CTX_LEN}", off::CTX_LEN as u64),
+        ("{CTX_WLEN}", off::CTX_WLEN as u64),
+        ("{ARENA_LO}", off::ARENA_LO as u64),
+        ("{ARENA_LEN}", off::ARENA_LEN as u64),
+        ("{STATUS}", off::STATUS as u64),
+        ("{STOP_VALUE}", off::STOP_VALUE as u64),
+        ("{PID_TGID}", off::PID_TGID as u64),
+        ("{FAULT_INSN}", off::FAULT_INSN as u64),
+        ("{FAULT_KIND}", off::FAULT_KIND as u64),
+        ("{FAULT_ARG}", off::FAULT_ARG as u64),
+        ("{FAULT_ARG2}", off::FAULT_ARG2 as u64),
+        ("{IN_CALLBACK}", off::IN_CALLBACK as u64),
+        ("{MAP_TAG_HI}", MAP_TAG >> 48),
+        ("{NMAPS}", header::NMAPS),
+        ("{D_TYPE}", desc::TYPE),
+        ("{D_KEY}", desc::KEY_SIZE),
+        ("{D_VALUE}", desc::VALUE_SIZE),
+        ("{D_MAX}", desc::MAX_ENTRIES),
+        ("{D_DATA}", desc::DATA_OFF),
+        ("{D_DATA_LEN}", desc::DATA_LEN),
+        ("{D_SLOTS}", desc::SLOTS),
+        ("{D_STRIDE}", desc::STRIDE),
+        ("{D_COUNT}", desc::COUNT),
+        ("{D_LOST}", desc::LOST),
+        ("{D_CAP}", desc::CAPACITY),
+        ("{D_ENTRY}", desc::ENTRY_SIZE),
+        ("{D_KOFF}", desc::KEY_OFF),
+        ("{D_HEAD}", desc::HEAD),
+        ("{HASH_BUSY}", HASH_BUSY as u64),
+        ("{HASH_FULL}", HASH_FULL as u64),
+        ("{STATUS_FAULT}", STATUS_FAULT as u64),
+        ("{STATUS_STOPPED}", STATUS_STOPPED as u64),
     ];
-    let mut s = template.to_string();
-    for (k, v) in pairs {
-        s = s.replace(k, &v);
-    }
-    s.replace("{HASH_BUSY}", &HASH_BUSY.to_string())
-        .replace("{HASH_FULL}", &HASH_FULL.to_string())
-        .replace("{D_CAP}", &desc::CAPACITY.to_string())
-        .replace("{D_ENTRY}", &desc::ENTRY_SIZE.to_string())
-        .replace("{D_KOFF}", &desc::KEY_OFF.to_string())
-        .replace("{D_HEAD}", &desc::HEAD.to_string())
-        .replace("{STATUS_FAULT}", &STATUS_FAULT.to_string())
-        .replace("{STATUS_STOPPED}", &STATUS_STOPPED.to_string())
-        .replace("{FAULT_HELPER}", &FAULT_HELPER.to_string())
+    constants.iter().fold(template.to_string(), |s, (k, v)| s.replace(k, &v.to_string()))
 }
 
 /// Support functions: (prototype, definition).
@@ -391,7 +388,6 @@ add.u64 %pos, %pos, %data;\nshl.b64 %hdr, {source}, 32;\nor.b64 %hdr, %hdr, {len
 $lost:\nadd.u64 %t, %d, {{D_LOST}};\natom.add.u64 %ok, [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
 $einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
     ))
-    .replace("{D_DATA_LEN}", &desc::DATA_LEN.to_string())
 }
 
 /// Writes the three u32 values %x, %y, %z through the pointers %a1-%a3 (checked; a bad one is
@@ -500,6 +496,3 @@ pub fn standard() -> HelperSet {
         .with(GpuHelper::ptx(511, "bpftime_get_lane_id", special("%laneid")))
         .with_support(support())
 }
-
-/// `FAULT_HELPER`, for helpers that fail a run (kept for callers building their own).
-pub const HELPER_FAULT_KIND: u32 = FAULT_HELPER;
