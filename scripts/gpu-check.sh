@@ -52,7 +52,7 @@ for t in gpu_device gpu_ptx; do
     if grep -q "test result: ok" "$out/$t.log"; then summary+=("$t: passed"); else summary+=("$t: FAILED"); status=1; fi
 done
 echo "== GPU benchmarks"
-BPFTIME_GPU_BENCH=1 "$out/bin/gpu_device" --ignored --test-threads 1 --nocapture gpu_benchmarks 2>&1 | tee "$out/bench.log" | grep -vE "^running|^$"
+BPFTIME_GPU_BENCH=1 "$out/bin/gpu_device" --exact --test-threads 1 --nocapture gpu_benchmarks 2>&1 | tee "$out/bench.log" | grep -vE "^running|^$"
 grep -q "test result: ok" "$out/bench.log" && summary+=("benchmarks: ran") || { summary+=("benchmarks: FAILED"); status=1; }
 echo "== summary"
 printf '%s\n' "${summary[@]}"
