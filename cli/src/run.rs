@@ -62,6 +62,8 @@ struct Events {
     maps: Vec<Map>,
     btf: Option<Btf>,
     json: bool,
+    /// The BTF type of records of each size, looked up once (a lookup scans every type).
+    record_types: std::cell::RefCell<std::collections::HashMap<usize, Option<u32>>>,
 }
 
 impl Events {
@@ -86,7 +88,10 @@ impl Events {
     }
 
     fn format(&self, m: &Map, cpu: Option<u32>, data: &[u8]) -> String {
-        let decoded = self.btf.as_ref().and_then(|b| b.record_type(data.len()).map(|id| b.format_value(id, data)));
+        let decoded = self.btf.as_ref().and_then(|b| {
+            let id = *self.record_types.borrow_mut().entry(data.len()).or_insert_with(|| b.record_type(data.len()));
+            id.map(|id| b.format_value(id, data))
+        });
         let hex: String = data.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
         if self.json {
             let mut o = json!({ "event": { "map": m.name(), "size": data.len(), "hex": hex } });
@@ -175,6 +180,7 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
         maps: loaded.maps.iter().filter(|m| matches!(m.map_type(), MapType::Ringbuf | MapType::PerfEventArray)).cloned().collect(),
         btf: obj.btf.clone(),
         json: req.json,
+        record_types: Default::default(),
     };
     let mut trace_pos = 0;
     let mut follow_trace = |sink: &mut Sink| {
