@@ -82,19 +82,12 @@ and.b64 %y, %a5, 15;
 shl.b64 %y, %y, 16;
 or.b64 %ret, %x, %y;
 ret;";
-    // The range must lie in one region a program may read (stack, context, arena), as
-    // `RunState::slice` checks on the CPU.
-    let region = |lo: String, len: String, n: u32| {
-        format!(
-            "{lo}\n{len}\nsub.u64 %x, %a1, %lo;\nsetp.lt.u64 %p, %x, %len;\nsetp.le.and.u64 %p, %a2, %len, %p;\nadd.u64 %e, %x, %a2;\nsetp.le.and.u64 %p, %e, %len, %p;\n@%p bra $ok;\n// region {n}\n"
-        )
-    };
-    let sum = format!(
-        ".reg .b64 %lo, %len, %x, %e, %sum, %b;\n.reg .b32 %w;\n.reg .pred %p;\nsetp.eq.u64 %p, %a2, 0;\n@%p bra $zero;\n{}{}{}mov.b64 %ret, -14;\nret;\n$ok:\nmov.b64 %sum, 0;\nmov.b64 %x, 0;\n$loop:\nadd.u64 %b, %a1, %x;\nld.u8 %w, [%b];\ncvt.u64.u32 %b, %w;\nadd.u64 %sum, %sum, %b;\nadd.u64 %x, %x, 1;\nsetp.lt.u64 %p, %x, %a2;\n@%p bra $loop;\nmov.b64 %ret, %sum;\nret;\n$zero:\nmov.b64 %ret, 0;\nret;",
-        region(format!("ld.u64 %lo, [%st+{}];", off::STACK_LO), format!("mov.b64 %len, {};", bpftime_gpu_ptx::state::STACK_SIZE), 0),
-        region(format!("ld.u64 %lo, [%st+{}];", off::CTX_LO), format!("ld.u64 %len, [%st+{}];", off::CTX_LEN), 1),
-        region(format!("ld.u64 %lo, [%st+{}];", off::ARENA_LO), format!("ld.u64 %len, [%st+{}];", off::ARENA_LEN), 2),
-    );
+    // The range must lie in one region a program may read, as `RunState::slice` checks on the
+    // CPU: the GPU helpers' own range check.
+    let sum = ".reg .b64 %ok, %x, %sum, %b;\n.reg .b32 %w;\n.reg .pred %p;\n\
+call.uni (%ok), bpf_range_ok, (%st, %a1, %a2, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n\
+mov.b64 %sum, 0;\nmov.b64 %x, 0;\n$loop:\nsetp.ge.u64 %p, %x, %a2;\n@%p bra $done;\nadd.u64 %b, %a1, %x;\nld.u8 %w, [%b];\n\
+cvt.u64.u32 %b, %w;\nadd.u64 %sum, %sum, %b;\nadd.u64 %x, %x, 1;\nbra $loop;\n$done:\nmov.b64 %ret, %sum;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;";
     let fails = format!(
         "st.u32 [%st+{}], {};\nst.u32 [%st+{}], -1;\nst.u32 [%st+{}], {};\nst.u64 [%st+{}], -22;\nst.u32 [%st+{}], 3;\nmov.b64 %ret, 0;\nret;",
         off::STATUS,
@@ -105,5 +98,9 @@ ret;";
         off::FAULT_ARG,
         off::FAULT_ARG2
     );
-    HelperSet::conformance().with(GpuHelper::ptx(1, "pack_args", pack)).with(GpuHelper::ptx(2, "sum_bytes", sum)).with(GpuHelper::ptx(3, "always_fails", fails))
+    HelperSet::conformance()
+        .with(GpuHelper::ptx(1, "pack_args", pack))
+        .with(GpuHelper::ptx(2, "sum_bytes", sum))
+        .with(GpuHelper::ptx(3, "always_fails", fails))
+        .with_support(bpftime_gpu_ptx::std_helpers::support())
 }
