@@ -207,8 +207,9 @@ pub(crate) fn start() {
         }
         None => links::list(runtime.region()),
     };
+    crate::cuda::start(runtime.region(), &found);
     let mut items = vec![];
-    for l in found {
+    for l in found.into_iter().filter(|l| l.kind == links::LinkKind::Uprobe) {
         match runtime.program(l.prog) {
             Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie }),
             Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),

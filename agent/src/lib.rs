@@ -14,6 +14,7 @@
 //! Thin glue: hooks come from `bpftime-attach`, programs from `bpftime-runtime`.
 
 mod alloc;
+mod cuda;
 mod glue;
 
 /// Everything the agent allocates comes from its own mappings, never from libc (see `alloc`).

@@ -1,13 +1,9 @@
 //! `bpftime cuda inspect BINARY`: the fatbins a CUDA binary embeds, their entries and kernels,
 //! and which kernels can be instrumented (those with PTX).
 
-use bpftime_gpu_ptx::fatbin::{find_all, ptx_kernels, EntryKind};
+use bpftime_gpu_ptx::fatbin::{demangle, find_all, ptx_kernels, EntryKind};
 use serde_json::json;
 use std::path::Path;
-
-fn demangle(name: &str) -> Option<String> {
-    cpp_demangle::Symbol::new(name).ok()?.demangle().ok()
-}
 
 /// The report, as text or JSON.
 pub fn inspect(path: &Path, as_json: bool) -> Result<String, String> {
@@ -104,20 +100,23 @@ fn elf_kernels(cubin: &[u8]) -> Vec<String> {
 /// fatbins with OBJ's `kprobe/KERNEL` and `kretprobe/KERNEL` programs spliced in; returns the
 /// report.
 pub fn patch(obj_path: &Path, binary: &Path, dir: &Path) -> Result<String, String> {
-    use bpftime_gpu_ptx::patch::{patch, Probe};
+    use bpftime_gpu_ptx::patch::patch;
     use bpftime_gpu_ptx::Target;
-    use bpftime_object::{Object, ProgramKind};
+    use bpftime_object::Object;
+    use bpftime_runtime::gpu::GpuProbes;
     let obj =
         Object::parse(&bpftime_runtime::input::read_program_file(obj_path).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", obj_path.display()))?;
-    let probes_of: Vec<(String, String, bool)> = obj
-        .programs
-        .iter()
-        .filter_map(|p| match ProgramKind::from_section(&p.section) {
-            ProgramKind::Kprobe { retprobe, function } if !function.is_empty() => Some((p.name.clone(), function, retprobe)),
-            _ => None,
-        })
-        .collect();
-    if probes_of.is_empty() {
+    // Loaded as `bpftime run` would (into private memory), so the probes and their shared
+    // arena are exactly what the agent splices.
+    let region = std::sync::Arc::new(bpftime_shm::ShmRegion::anonymous(64 << 20).map_err(|e| e.to_string())?);
+    let rt = bpftime_runtime::Runtime::new(region.clone(), bpftime_runtime::EngineKind::Interp);
+    let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", obj_path.display()))?;
+    let stored = bpftime_runtime::links::store_uprobes(&region, &loaded.programs).map_err(|e| e.to_string())?;
+    let (probes, failed) = GpuProbes::prepare(&region, &stored.links);
+    if let Some((_, name, why)) = failed.first() {
+        return Err(format!("{}: `{name}`: {why}", obj_path.display()));
+    }
+    if probes.probes.is_empty() {
         return Err(format!("{}: no kprobe/KERNEL or kretprobe/KERNEL programs", obj_path.display()));
     }
     let bytes = bpftime_runtime::input::read_regular_file(binary, 2 << 30).map_err(|e| e.to_string())?;
@@ -130,13 +129,8 @@ pub fn patch(obj_path: &Path, binary: &Path, dir: &Path) -> Result<String, Strin
         for (ei, e) in f.entries.iter().enumerate().filter(|(_, e)| e.kind == EntryKind::Ptx) {
             let ptx = String::from_utf8_lossy(&e.contents(data).map_err(|err| format!("fatbin {fi} entry {ei}: {err}"))?).to_string();
             let target = Target { shard_atomic_adds: true, ..Target::sm(e.arch.clamp(75, 120)) };
-            let mut probes = vec![];
-            for (name, kernel, exit) in &probes_of {
-                let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), target, 1).map_err(|err| format!("{}: {err}", obj_path.display()))?;
-                let stack = bpftime_gpu_ptx::patch::stack_bytes(&g.program);
-                probes.push(Probe { name: name.clone(), kernel: kernel.clone(), exit: *exit, ptx: g.ptx, stack });
-            }
-            let patched = patch(&ptx, &probes, &demangle)?;
+            let probes = probes.translate(target).map_err(|err| format!("{}: {err}", obj_path.display()))?;
+            let patched = patch(&ptx, &probes)?;
             let out = dir.join(format!("fatbin{fi}-entry{ei}-sm_{}.ptx", e.arch));
             std::fs::write(&out, &patched.ptx).map_err(|err| format!("{}: {err}", out.display()))?;
             wrote += 1;

@@ -427,7 +427,7 @@ fn vm_run_gpu(file: &Path, section: Option<&str>, mem: Option<String>, gpu: GpuA
 }
 
 /// The object's maps in a fresh region, filled from a GPU run's arena; None for raw bytecode or
-/// maps that cannot be copied (per-SM ones).
+/// maps that cannot be copied.
 fn copied_back(file: &Path, section: Option<&str>, r: &gpu_run::Report) -> Option<Vec<Map>> {
     let bytes = read_program_file(file).ok()?;
     if !Object::is_elf(&bytes) {

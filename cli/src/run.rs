@@ -115,9 +115,12 @@ impl Events {
 }
 
 /// Why a link never attached, from its state.
-fn never_attached_reason(state: LinkState, command: &str) -> Option<String> {
-    match state {
+fn never_attached_reason(link: &links::UprobeLink, command: &str) -> Option<String> {
+    match link.state {
         LinkState::Attached | LinkState::Failed => None,
+        LinkState::Waiting if link.kind == links::LinkKind::CudaKernel => {
+            Some(format!("`{command}` loaded no CUDA module with PTX for a kernel named `{}` (kernel kprobes run in the kernel, not here)", link.target))
+        }
         LinkState::Waiting => Some(format!("its binary was never loaded by `{command}`")),
         LinkState::Stored => {
             Some(format!("the agent never started in `{command}` (a statically linked program, or one that drops LD_PRELOAD, cannot be traced this way)"))
@@ -164,7 +167,7 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
         eprintln!("bpftime: {shown}: {s}");
     }
     if stored.links.is_empty() {
-        return Err(format!("{shown}: no uprobe or uretprobe sections to attach"));
+        return Err(format!("{shown}: no uprobe, uretprobe or CUDA kernel (kprobe/KERNEL) sections to attach"));
     }
 
     let mut cmd = crate::agent_command(&req.agent, &req.command);
@@ -207,7 +210,7 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
 
     let command = req.command.join(" ");
     let not_attached: Vec<(links::UprobeLink, String)> =
-        links::list(&region).into_iter().filter_map(|l| never_attached_reason(l.state, &command).map(|r| (l, r))).collect();
+        links::list(&region).into_iter().filter_map(|l| never_attached_reason(&l, &command).map(|r| (l, r))).collect();
     let maps: Vec<Map> = loaded.maps.iter().filter(|m| !m.name().starts_with(".rodata")).cloned().collect();
     let lost: Vec<(String, u64)> = events.maps.iter().filter(|m| m.lost() > 0).map(|m| (m.name().to_string(), m.lost())).collect();
     if req.json {

@@ -205,6 +205,12 @@ impl FatbinEntry {
     }
 }
 
+/// The C++ name of a mangled kernel name (`_Z10vector_addPKfS0_Pfi` -> `vector_add(float
+/// const*, float const*, float*, int)`); None for a name that is not mangled.
+pub fn demangle(name: &str) -> Option<String> {
+    cpp_demangle::Symbol::new(name).ok()?.demangle().ok()
+}
+
 /// A kernel (`.entry`) of a PTX module.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PtxKernel {

@@ -53,6 +53,8 @@ enum Ty {
     B16,
     B32,
     B64,
+    F32,
+    F64,
     Pred,
 }
 
@@ -71,6 +73,8 @@ impl Ty {
             "b16" => Ty::B16,
             "b32" => Ty::B32,
             "b64" => Ty::B64,
+            "f32" => Ty::F32,
+            "f64" => Ty::F64,
             "pred" => Ty::Pred,
             _ => return None,
         })
@@ -80,8 +84,8 @@ impl Ty {
         match self {
             Ty::U8 | Ty::S8 | Ty::B8 => 8,
             Ty::U16 | Ty::S16 | Ty::B16 => 16,
-            Ty::U32 | Ty::S32 | Ty::B32 => 32,
-            Ty::U64 | Ty::S64 | Ty::B64 => 64,
+            Ty::U32 | Ty::S32 | Ty::B32 | Ty::F32 => 32,
+            Ty::U64 | Ty::S64 | Ty::B64 | Ty::F64 => 64,
             Ty::Pred => 1,
         }
     }
@@ -146,6 +150,8 @@ enum BinOp {
     Add,
     Sub,
     MulLo,
+    /// `mul.wide`: the full product, twice the source width.
+    MulWide,
     Div,
     Rem,
     And,
@@ -218,6 +224,8 @@ struct Function {
     params: Vec<u16>,
     /// Kernel parameters (`.entry` only), in order.
     kernel_params: Vec<String>,
+    /// Bytes of each kernel parameter.
+    kernel_param_sizes: Vec<u32>,
     ret: Option<u16>,
     nregs: usize,
     instrs: Vec<Instr>,
@@ -465,6 +473,10 @@ impl Module {
             }
             if entry {
                 p.f.kernel_params.push(name);
+                let array = param.split_once('[').and_then(|(_, n)| n.trim_end_matches(']').trim().parse::<u32>().ok());
+                let ty = param.split_whitespace().filter_map(|t| t.strip_prefix('.')).filter_map(Ty::parse).next_back();
+                let size = array.unwrap_or_else(|| ty.map_or(8, |t| t.bits().div_ceil(8)));
+                p.f.kernel_param_sizes.push(size);
             } else {
                 let r = p.reg(&name);
                 p.f.params.push(r);
@@ -550,6 +562,11 @@ impl Module {
                     Op::Mov { ty, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
                 }
             }
+            // Generic and global addresses are the same here.
+            "cvta" if parts[1..] == ["to", "global", "u64"] => {
+                need(2)?;
+                Op::Mov { ty: Ty::U64, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
+            }
             "cvta" if parts.get(1) == Some(&"local") => {
                 need(2)?;
                 Op::CvtaLocal { d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
@@ -590,9 +607,10 @@ impl Module {
                 };
                 Op::Bin { op, ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])? }
             }
-            "mul" if parts.get(1) == Some(&"lo") => {
+            "mul" if matches!(parts.get(1), Some(&"lo") | Some(&"wide") | Some(&"f32") | Some(&"f64") | Some(&"rn")) => {
                 need(3)?;
-                Op::Bin { op: BinOp::MulLo, ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])? }
+                let op = if parts[1] == "wide" { BinOp::MulWide } else { BinOp::MulLo };
+                Op::Bin { op, ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])? }
             }
             "mad" if parts.get(1) == Some(&"lo") => {
                 need(4)?;
@@ -702,6 +720,11 @@ impl Module {
         Ok(Instr { guard, op })
     }
 
+    /// Bytes of each parameter of kernel `name` (None if there is no such kernel).
+    pub fn kernel_param_sizes(&self, name: &str) -> Option<Vec<u32>> {
+        self.functions.get(name).filter(|f| !f.kernel_params.is_empty() || f.params.is_empty()).map(|f| f.kernel_param_sizes.clone())
+    }
+
     /// Names of the functions and kernels.
     pub fn function_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.functions.keys().cloned().collect();
@@ -781,7 +804,7 @@ impl Memory {
     }
 
     fn load(&self, addr: u64, len: u64, func: &str) -> Result<u64, InterpError> {
-        if addr % len != 0 {
+        if !addr.is_multiple_of(len) {
             return Err(InterpError::Misaligned { addr, len, func: func.into() });
         }
         let s = self.segment(addr, len).ok_or_else(|| InterpError::IllegalAddress { addr, len, func: func.into() })?;
@@ -792,7 +815,7 @@ impl Memory {
     }
 
     fn store(&mut self, addr: u64, len: u64, v: u64, func: &str) -> Result<(), InterpError> {
-        if addr % len != 0 {
+        if !addr.is_multiple_of(len) {
             return Err(InterpError::Misaligned { addr, len, func: func.into() });
         }
         let s = self.slice_mut(addr, len, func)?;
@@ -847,6 +870,17 @@ impl Machine {
             globals.insert(name.clone(), memory.alloc(*size));
         }
         Machine { module, memory, globals, step_limit: 50_000_000, local_base: LOCAL_BASE, clock: 1_000_000 }
+    }
+
+    /// A machine for `module` whose globals are allocated in `memory` (device memory shared by
+    /// several modules, as in one CUDA context). Swap that memory into [`Machine::memory`] for a
+    /// launch and back after it.
+    pub fn new_in(module: Module, memory: &mut Memory) -> Machine {
+        let mut globals = HashMap::new();
+        for (name, size) in &module.globals {
+            globals.insert(name.clone(), memory.alloc(*size));
+        }
+        Machine { module, memory: Memory::default(), globals, step_limit: 50_000_000, local_base: LOCAL_BASE, clock: 1_000_000 }
     }
 
     /// The device address of a module global.
@@ -1108,7 +1142,33 @@ fn compare(cmp: Cmp, x: impl Into<i128>, y: impl Into<i128>) -> bool {
     }
 }
 
+/// Floating-point arithmetic (`add.f32`, `mul.rn.f64`, ...), round to nearest.
+fn float_bin(op: BinOp, ty: Ty, x: u64, y: u64) -> Result<u64, String> {
+    macro_rules! arith {
+        ($t:ty, $from:expr, $to:expr) => {{
+            let (a, b): ($t, $t) = ($from(x), $from(y));
+            let r = match op {
+                BinOp::Add => a + b,
+                BinOp::Sub => a - b,
+                BinOp::MulLo => a * b,
+                BinOp::Div => a / b,
+                BinOp::Min => a.min(b),
+                BinOp::Max => a.max(b),
+                _ => return Err(format!("{op:?} is not a floating-point operation")),
+            };
+            $to(r)
+        }};
+    }
+    Ok(match ty {
+        Ty::F32 => arith!(f32, |v: u64| f32::from_bits(v as u32), |r: f32| r.to_bits() as u64),
+        _ => arith!(f64, f64::from_bits, f64::to_bits),
+    })
+}
+
 fn bin(op: BinOp, ty: Ty, x: u64, y: u64) -> Result<u64, String> {
+    if matches!(ty, Ty::F32 | Ty::F64) {
+        return float_bin(op, ty, x, y);
+    }
     let bits = ty.bits();
     let (sx, sy) = (ty.extend(x), ty.extend(y));
     let (ux, uy) = (ty.mask(x), ty.mask(y));
@@ -1116,6 +1176,11 @@ fn bin(op: BinOp, ty: Ty, x: u64, y: u64) -> Result<u64, String> {
         BinOp::Add => x.wrapping_add(y),
         BinOp::Sub => x.wrapping_sub(y),
         BinOp::MulLo => x.wrapping_mul(y),
+        BinOp::MulWide => {
+            let r = if ty.signed() { (sx as i128 * sy as i128) as u64 } else { ux.wrapping_mul(uy) };
+            // Twice the source width: no masking to `ty` below.
+            return Ok(if bits >= 32 { r } else { r & ((1u64 << (2 * bits)) - 1) });
+        }
         BinOp::And => x & y,
         BinOp::Or => x | y,
         BinOp::Xor => x ^ y,

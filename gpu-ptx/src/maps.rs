@@ -264,6 +264,12 @@ impl ArenaLayout {
         a
     }
 
+    /// Arena offsets of the 16-byte cursor (records lost, then head) of each ring map: zeroed
+    /// on the device once its records have been read back, so the next launch starts empty.
+    pub fn ring_cursors(&self) -> Vec<u64> {
+        (0..self.maps.len()).filter(|&i| self.maps[i].kind == GpuMapKind::Ring).map(|i| descriptor_offset(i as u32) + desc::LOST).collect()
+    }
+
     /// Sets value `index` of array map `slot` (every SM slot) in an arena image.
     pub fn set_array_value(&self, arena: &mut [u8], slot: usize, index: u32, value: &[u8]) -> Result<(), String> {
         let m = self.maps.get(slot).ok_or("no such map")?;

@@ -117,11 +117,11 @@ fn kernels(lines: &[&str]) -> Vec<Kernel> {
 }
 
 /// Whether `probe_kernel` names `kernel` (mangled, demangled, or the bare name).
-fn matches(kernel: &str, probe_kernel: &str, demangle: &dyn Fn(&str) -> Option<String>) -> bool {
+fn matches(kernel: &str, probe_kernel: &str) -> bool {
     if kernel == probe_kernel {
         return true;
     }
-    let Some(d) = demangle(kernel) else { return false };
+    let Some(d) = crate::fatbin::demangle(kernel) else { return false };
     d == probe_kernel || d.split('(').next().is_some_and(|bare| bare == probe_kernel || bare.rsplit("::").next() == Some(probe_kernel))
 }
 
@@ -190,14 +190,14 @@ fn call_block(k: &Kernel, n: usize, site: usize, stack: u32) -> String {
 }
 
 /// Splices `probes` into the application's PTX module `app`.
-pub fn patch(app: &str, probes: &[Probe], demangle: &dyn Fn(&str) -> Option<String>) -> Result<Patched, String> {
+pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
     let lines: Vec<&str> = app.lines().collect();
     let ks = kernels(&lines);
     let mut out = Patched::default();
     // Which probes go where: (kernel index, probe index).
     let mut sites: Vec<(usize, usize)> = vec![];
     for (pi, p) in probes.iter().enumerate() {
-        let hits: Vec<usize> = ks.iter().enumerate().filter(|(_, k)| matches(&k.name, &p.kernel, demangle)).map(|(i, _)| i).collect();
+        let hits: Vec<usize> = ks.iter().enumerate().filter(|(_, k)| matches(&k.name, &p.kernel)).map(|(i, _)| i).collect();
         if hits.is_empty() {
             out.unmatched.push(p.name.clone());
         }

@@ -160,12 +160,33 @@ pub fn describe_arena(layout: &ArenaLayout, arena: &[u8]) -> Vec<String> {
 /// Copies the GPU's copy of a map (slot `slot` of `layout`, read from `arena`) into the map of
 /// the shared region, where the CPU side, `bpftime map dump` and readers see it: array values,
 /// hash entries (added or updated; none removed), ring records (appended to the host ring).
-/// Per-SM maps are not copied (the host has per-CPU slots, not per-SM ones): the error says so.
+/// Per-SM values are added into the per-CPU slots (SM k into CPU k mod ncpus).
 pub fn write_back(layout: &ArenaLayout, arena: &[u8], slot: usize, map: &bpftime_maps::Map) -> Result<(), String> {
     use bpftime_gpu_ptx::maps::GpuMapKind;
     let m = layout.maps.get(slot).ok_or("no such GPU map")?;
     if m.slots > 1 {
-        return Err(format!("map `{}` has one value per SM on the GPU; it is not copied to the host", m.spec.name));
+        // One value per SM on the GPU, one per CPU on the host: SM k's value is added, 8 bytes
+        // at a time, into CPU k mod ncpus's (per-CPU maps on the GPU hold counters and
+        // histograms; the total over CPUs is the total over SMs).
+        let ncpus = map.ncpus().max(1) as usize;
+        let stride = map.syscall_value_size() / ncpus;
+        for (k, vs) in layout.entries(arena, slot) {
+            let mut buf = vec![0u8; stride * ncpus];
+            for (sm, v) in vs.iter().enumerate() {
+                let at = (sm % ncpus) * stride;
+                for (w, chunk) in v.chunks(8).enumerate() {
+                    let o = at + w * 8;
+                    let mut old = [0u8; 8];
+                    old[..chunk.len()].copy_from_slice(&buf[o..o + chunk.len()]);
+                    let mut add = [0u8; 8];
+                    add[..chunk.len()].copy_from_slice(chunk);
+                    let sum = u64::from_le_bytes(old).wrapping_add(u64::from_le_bytes(add)).to_le_bytes();
+                    buf[o..o + chunk.len()].copy_from_slice(&sum[..chunk.len()]);
+                }
+            }
+            map.update(&k, &buf, 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
+        }
+        return Ok(());
     }
     match m.kind {
         GpuMapKind::Array | GpuMapKind::Hash => {
@@ -186,4 +207,139 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], slot: usize, map: &bpftime
         }
     }
     Ok(())
+}
+
+/// One CUDA kernel probe of the region (a `kprobe/KERNEL` or `kretprobe/KERNEL` link), verified
+/// for the GPU.
+#[derive(Clone, Debug)]
+pub struct GpuProbe {
+    /// Its link (raised as it gets spliced).
+    pub link: u32,
+    /// Program name.
+    pub name: String,
+    /// The kernel it probes: mangled, demangled or bare.
+    pub kernel: String,
+    /// At the kernel's returns rather than its entry.
+    pub exit: bool,
+    /// The verified program (maps by region id in its `lddw`s).
+    pub program: Arc<Program>,
+    raw: Vec<bpftime_vm::RawInsn>,
+}
+
+/// The CUDA kernel probes of a region with the maps they use: every probe of one process
+/// shares one device arena (slot `i` holds region map `map_ids[i]`), so an entry and an exit
+/// probe see the same maps.
+#[derive(Clone, Debug, Default)]
+pub struct GpuProbes {
+    /// The probes.
+    pub probes: Vec<GpuProbe>,
+    /// Region map id of each arena slot.
+    pub map_ids: Vec<u32>,
+    specs: Vec<GpuMapSpec>,
+}
+
+impl GpuProbes {
+    /// Prepares the CUDA kernel links among `links` (others are ignored). A probe that cannot
+    /// run on the GPU is returned with the reason instead: (link id, program name, why).
+    pub fn prepare(region: &Arc<bpftime_shm::ShmRegion>, links: &[crate::links::UprobeLink]) -> (GpuProbes, Vec<(u32, String, String)>) {
+        let mut out = GpuProbes::default();
+        let mut failed = vec![];
+        let table = verifier_helpers();
+        for l in links.iter().filter(|l| l.kind == crate::links::LinkKind::CudaKernel) {
+            let r = out.add(region, l, &table);
+            if let Err(e) = r {
+                failed.push((l.id, l.name.clone(), e));
+            }
+        }
+        (out, failed)
+    }
+
+    fn add(&mut self, region: &Arc<bpftime_shm::ShmRegion>, l: &crate::links::UprobeLink, table: &Arc<bpftime_vm::HelperTable>) -> Result<(), String> {
+        let stored = crate::progs::load(region, l.prog).ok_or_else(|| format!("program {} is not in the region", l.prog))?;
+        // Every map it names gets a slot (shared with the probes before it).
+        let mut pc = 0;
+        while pc < stored.insns.len() {
+            let r = stored.insns[pc];
+            if r.opc == 0x18 {
+                if (r.src == 1 || r.src == 2) && !self.map_ids.contains(&(r.imm as u32)) {
+                    let map = bpftime_maps::Map::open(region, r.imm as u32).map_err(|e| format!("insn {pc}: map {}: {e}", r.imm))?;
+                    let s = map.spec();
+                    self.specs.push(GpuMapSpec {
+                        name: map.name().to_string(),
+                        map_type: s.map_type as u32,
+                        key_size: s.key_size,
+                        value_size: s.value_size,
+                        max_entries: s.max_entries,
+                    });
+                    self.map_ids.push(r.imm as u32);
+                }
+                pc += 1;
+            }
+            pc += 1;
+        }
+        ArenaLayout::new(&self.specs, 1).map_err(|e| format!("{}: {e}", stored.name))?;
+        let program = Arc::new(verify(&stored.insns, table.clone(), &SlotResolver).map_err(|e| format!("verifier: {e}"))?);
+        self.probes.push(GpuProbe { link: l.id, name: stored.name, kernel: l.target.clone(), exit: l.retprobe, program, raw: stored.insns });
+        Ok(())
+    }
+
+    /// The probes translated for `target`, ready to splice (`bpftime_gpu_ptx::patch`).
+    pub fn translate(&self, target: Target) -> Result<Vec<bpftime_gpu_ptx::patch::Probe>, String> {
+        let helpers = std_helpers::standard();
+        self.probes
+            .iter()
+            .map(|p| {
+                let maps =
+                    LddwMaps::from_raw(&p.raw, |id| self.map_ids.iter().position(|&m| m == id).map(|s| s as u32)).map_err(|e| format!("{}: {e}", p.name))?;
+                let ptx = translate(&p.program, &helpers, &maps, target).map_err(|e| format!("{}: {e}", p.name))?;
+                let stack = bpftime_gpu_ptx::patch::stack_bytes(&p.program);
+                Ok(bpftime_gpu_ptx::patch::Probe { name: p.name.clone(), kernel: p.kernel.clone(), exit: p.exit, ptx, stack })
+            })
+            .collect()
+    }
+
+    /// Where the maps live on a device with `nsm` SMs.
+    pub fn layout(&self, nsm: u32) -> Result<ArenaLayout, String> {
+        ArenaLayout::new(&self.specs, nsm)
+    }
+
+    /// A fresh arena for `layout` holding the region maps' current array values (global data,
+    /// values set from the host before the first launch).
+    pub fn arena_image(&self, layout: &ArenaLayout, region: &Arc<bpftime_shm::ShmRegion>) -> Vec<u8> {
+        let mut arena = layout.image();
+        for (slot, &id) in self.map_ids.iter().enumerate() {
+            let Ok(map) = bpftime_maps::Map::open(region, id) else { continue };
+            if map.map_type() != bpftime_maps::MapType::Array {
+                continue;
+            }
+            let mut value = vec![0u8; map.spec().value_size as usize];
+            for i in 0..map.spec().max_entries {
+                if map.lookup(&i.to_le_bytes(), &mut value).is_ok() && value.iter().any(|&b| b != 0) {
+                    let _ = layout.set_array_value(&mut arena, slot, i, &value);
+                }
+            }
+        }
+        arena
+    }
+
+    /// Copies a device arena (as read back after a launch; its shards are folded here) into the
+    /// region's maps. Returns what could not be copied, one line per map.
+    pub fn write_back(&self, layout: &ArenaLayout, arena: &mut [u8], region: &Arc<bpftime_shm::ShmRegion>) -> Vec<String> {
+        layout.fold_shards(arena);
+        let mut errors = vec![];
+        for (slot, &id) in self.map_ids.iter().enumerate() {
+            let r = bpftime_maps::Map::open(region, id).map_err(|e| e.to_string()).and_then(|map| write_back(layout, arena, slot, &map));
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+}
+
+/// The helper table GPU programs are verified against: the kernel's helpers (so one the GPU
+/// lacks is reported by the translator, by name, at its instruction) and the GPU's own ids.
+pub fn verifier_helpers() -> Arc<bpftime_vm::HelperTable> {
+    static TABLE: std::sync::OnceLock<Arc<bpftime_vm::HelperTable>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| verifier_table(&std_helpers::standard())).clone()
 }

@@ -199,7 +199,7 @@ extern "C" fn trace_printk(fmt: u64, size: u64, a1: u64, a2: u64, a3: u64, state
 }
 
 fn args_of(state: &RunState, data: u64, len: u64) -> Option<Vec<u64>> {
-    if len % 8 != 0 || len > 8 * 12 {
+    if !len.is_multiple_of(8) || len > 8 * 12 {
         return None;
     }
     let b = state.slice(data, len)?;

@@ -18,7 +18,8 @@ struct LinkDesc {
     target: [u8; TARGET_LEN],
     /// A [`LinkState`], only ever raised (atomically, in place).
     state: u32,
-    reserved: u32,
+    /// A [`LinkKind`].
+    kind: u32,
 }
 
 /// How far a link got, over every process that saw it: agents raise it, `bpftime run` reads
@@ -47,6 +48,17 @@ impl LinkState {
     }
 }
 
+/// Where a link attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum LinkKind {
+    /// A function of a binary (`BINARY:FUNCTION[+OFFSET]`), entry or return.
+    Uprobe = 0,
+    /// A CUDA kernel by name (mangled, demangled or bare): the program is spliced into the
+    /// kernel's PTX at its entry or at its returns (`kprobe/KERNEL`, `kretprobe/KERNEL`).
+    CudaKernel = 1,
+}
+
 // SAFETY: integers and a byte array, sizes multiples of 8: no padding, any bit pattern valid.
 unsafe impl Plain for LinkDesc {}
 
@@ -67,11 +79,17 @@ pub struct UprobeLink {
     pub cookie: u64,
     /// How far it got.
     pub state: LinkState,
+    /// Where it attaches.
+    pub kind: LinkKind,
 }
 
 /// Stores a link; returns its id.
 pub fn store(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64) -> Result<u32, ShmError> {
-    let mut desc = LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN], state: 0, reserved: 0 };
+    store_kind(region, name, prog, target, retprobe, cookie, LinkKind::Uprobe)
+}
+
+fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, kind: LinkKind) -> Result<u32, ShmError> {
+    let mut desc = LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN], state: 0, kind: kind as u32 };
     desc::fill(&mut desc.target, target);
     desc::store(region, ObjectKind::Link, name, &desc)
 }
@@ -115,7 +133,7 @@ pub struct StoredUprobes {
 fn unsupported(kind: &ProgramKind) -> String {
     match kind {
         ProgramKind::Uprobe { .. } => "its section names no BINARY:FUNCTION (write `uprobe/BINARY:FUNCTION`)".into(),
-        ProgramKind::Kprobe { .. } => "kprobes run in the kernel; bpftime runs user-space probes".into(),
+        ProgramKind::Kprobe { .. } => "its section names no kernel (write `kprobe/KERNEL` for a CUDA kernel; kernel kprobes run in the kernel)".into(),
         ProgramKind::Tracepoint { category, name } => format!("tracepoint `{category}/{name}`: tracepoint programs are not supported yet"),
         ProgramKind::RawTracepoint { name } => format!("raw tracepoint `{name}`: raw tracepoint programs are not supported yet"),
         ProgramKind::SocketFilter => "socket filters are not supported".into(),
@@ -125,14 +143,29 @@ fn unsupported(kind: &ProgramKind) -> String {
 
 /// Writes a link for each uprobe/uretprobe program (`(name, section, program id)`, as
 /// [`crate::LoadedObject::programs`] lists them) whose section names where to attach in the
-/// libbpf spelling (`uprobe/BINARY:FUNCTION[+OFFSET]`, `uretprobe/...`); every other program is
-/// listed in [`StoredUprobes::skipped`] with the reason.
+/// libbpf spelling (`uprobe/BINARY:FUNCTION[+OFFSET]`, `uretprobe/...`), and a CUDA kernel
+/// link for each `kprobe/KERNEL` / `kretprobe/KERNEL` program (bpftime's spelling for probes in
+/// GPU kernels); every other program is listed in [`StoredUprobes::skipped`] with the reason.
 pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> Result<StoredUprobes, ShmError> {
     let mut out = StoredUprobes::default();
     for (name, section, prog) in programs {
         let kind = ProgramKind::from_section(section);
         let target = match &kind {
             ProgramKind::Uprobe { target, .. } if target.contains(':') => target.clone(),
+            ProgramKind::Kprobe { retprobe, function } if !function.is_empty() => {
+                let id = store_kind(region, name, *prog, function, *retprobe, 0, LinkKind::CudaKernel)?;
+                out.links.push(UprobeLink {
+                    id,
+                    name: name.clone(),
+                    prog: *prog,
+                    target: function.clone(),
+                    retprobe: *retprobe,
+                    cookie: 0,
+                    state: LinkState::Stored,
+                    kind: LinkKind::CudaKernel,
+                });
+                continue;
+            }
             _ => {
                 out.skipped.push(Skipped { name: name.clone(), section: section.clone(), reason: unsupported(&kind) });
                 continue;
@@ -140,12 +173,12 @@ pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> 
         };
         let retprobe = matches!(kind, ProgramKind::Uprobe { retprobe: true, .. });
         let id = store(region, name, *prog, &target, retprobe, 0)?;
-        out.links.push(UprobeLink { id, name: name.clone(), prog: *prog, target, retprobe, cookie: 0, state: LinkState::Stored });
+        out.links.push(UprobeLink { id, name: name.clone(), prog: *prog, target, retprobe, cookie: 0, state: LinkState::Stored, kind: LinkKind::Uprobe });
     }
     Ok(out)
 }
 
-/// Every uprobe link in the region.
+/// Every link in the region (uprobes and CUDA kernel probes).
 pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
     region
         .objects()
@@ -164,6 +197,7 @@ pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
                 retprobe: d.retprobe != 0,
                 cookie: d.cookie,
                 state: LinkState::from_u32(d.state),
+                kind: if d.kind == LinkKind::CudaKernel as u32 { LinkKind::CudaKernel } else { LinkKind::Uprobe },
             })
         })
         .collect()

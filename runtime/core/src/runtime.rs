@@ -9,7 +9,7 @@ use crate::progs::{self, StoredProgram};
 use bpftime_jit::JitProgram;
 use bpftime_maps::{Map, MapError, MapSpec, MapType};
 use bpftime_object::btf::Btf;
-use bpftime_object::{MapDef, Object, ObjectError};
+use bpftime_object::{MapDef, Object, ObjectError, ProgramKind};
 use bpftime_shm::{ShmError, ShmRegion};
 use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, Runner, SharedEngine, DEFAULT_LOOP_BUDGET, PROBE_LOOP_BUDGET};
 use bpftime_vm::insn::LddwKind;
@@ -296,7 +296,12 @@ impl Runtime {
                 insns[r.insn].imm = 0;
                 insns[r.insn + 1].imm = 0;
             }
-            verify(&insns, self.helpers.clone(), &bpftime_vm::NoMaps).map_err(|e| self.verify_error(&p.name, e))?;
+            // Probes of CUDA kernels (`kprobe/KERNEL`) run on the GPU, with the GPU's helpers.
+            let helpers = match ProgramKind::from_section(&p.section) {
+                ProgramKind::Kprobe { .. } => crate::gpu::verifier_helpers(),
+                _ => self.helpers.clone(),
+            };
+            verify(&insns, helpers, &bpftime_vm::NoMaps).map_err(|e| self.verify_error(&p.name, e))?;
         }
         let mut maps = Vec::with_capacity(obj.maps.len());
         for def in &obj.maps {

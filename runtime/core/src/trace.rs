@@ -94,7 +94,7 @@ impl<'a> TracePipe<'a> {
                 from += TRACE_RING_SIZE - from % TRACE_RING_SIZE;
                 continue;
             }
-            if len as usize > MAX_LINE || from % 8 != 0 {
+            if len as usize > MAX_LINE || !from.is_multiple_of(8) {
                 // Not a record the writer makes: the ring was scribbled on.
                 from = head;
                 break;

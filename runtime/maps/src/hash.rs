@@ -106,7 +106,7 @@ impl<'a> View<'a> {
     /// into the middle of an element can only come from a scribbled region; it stays in
     /// bounds, which is what memory safety needs, and is cheaper than a division here.)
     fn valid(&self, e: u64) -> bool {
-        e >= self.l.data && e.checked_add(self.l.elem_size).is_some_and(|end| end <= self.l.data + self.l.data_len) && e % 8 == 0
+        e >= self.l.data && e.checked_add(self.l.elem_size).is_some_and(|end| end <= self.l.data + self.l.data_len) && e.is_multiple_of(8)
     }
 
     fn next(&self, e: u64) -> &AtomicU64 {

@@ -303,7 +303,7 @@ fn validate(spec: &MapSpec) -> Result<(), MapError> {
             }
         }
         StackTrace => {
-            if s.key_size != 4 || s.value_size < 8 || s.value_size % 8 != 0 {
+            if s.key_size != 4 || s.value_size < 8 || !s.value_size.is_multiple_of(8) {
                 return Err(invalid("stack_trace needs key_size 4 and a value size that is a multiple of 8"));
             }
         }
@@ -331,7 +331,7 @@ fn validate(spec: &MapSpec) -> Result<(), MapError> {
             if s.value_size != 0 {
                 return Err(invalid("ringbuf needs value_size 0"));
             }
-            if !s.max_entries.is_power_of_two() || s.max_entries % 4096 != 0 {
+            if !s.max_entries.is_power_of_two() || !s.max_entries.is_multiple_of(4096) {
                 return Err(invalid("ringbuf size must be a power of two and a multiple of the page size"));
             }
         }
@@ -454,7 +454,7 @@ impl Map {
     fn open_at(region: &Arc<ShmRegion>, id: u32, name: &str, desc: u64) -> Result<Map, MapError> {
         let corrupt = || MapError::Corrupt(id);
         let p = region.ptr(desc, std::mem::size_of::<MapDesc>() as u64).ok_or_else(corrupt)?;
-        if desc % 8 != 0 {
+        if !desc.is_multiple_of(8) {
             return Err(corrupt());
         }
         let d = p as *const MapDesc;

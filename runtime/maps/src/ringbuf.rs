@@ -40,7 +40,7 @@ pub(crate) fn sizes(spec: &MapSpec) -> Option<Layout> {
 /// Whether a layout read from the region has the ring's shape: positions page-aligned, the data
 /// right after them.
 pub(crate) fn shape_ok(l: &Layout) -> bool {
-    l.aux % PAGE == 0 && l.data == l.aux + 2 * PAGE && l.data_len.is_power_of_two()
+    l.aux.is_multiple_of(PAGE) && l.data == l.aux + 2 * PAGE && l.data_len.is_power_of_two()
 }
 
 pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec) -> Result<Layout, ShmError> {

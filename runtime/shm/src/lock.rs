@@ -93,7 +93,7 @@ impl ShmLock {
                 continue;
             }
             spins = spins.wrapping_add(1);
-            if spins % 4096 == 0 {
+            if spins.is_multiple_of(4096) {
                 // A holder that is dead, or that held the lock without anyone else getting it
                 // for longer than any critical section takes (a stopped process, or a lock word
                 // scribbled on: the region is writable by programs), is taken over.

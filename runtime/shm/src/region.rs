@@ -455,7 +455,7 @@ impl ShmRegion {
 
     /// An atomic u64 at `off` (8-aligned, inside the region).
     pub fn atomic_u64(&self, off: u64) -> Option<&AtomicU64> {
-        if off % 8 != 0 {
+        if !off.is_multiple_of(8) {
             return None;
         }
         let p = self.ptr(off, 8)?;
@@ -466,7 +466,7 @@ impl ShmRegion {
 
     /// An atomic u32 at `off` (4-aligned, inside the region).
     pub fn atomic_u32(&self, off: u64) -> Option<&AtomicU32> {
-        if off % 4 != 0 {
+        if !off.is_multiple_of(4) {
             return None;
         }
         let p = self.ptr(off, 4)?;
@@ -476,7 +476,7 @@ impl ShmRegion {
 
     /// A lock at `off` (8-aligned, inside the region).
     pub fn lock_at(&self, off: u64) -> Option<&ShmLock> {
-        if off % 8 != 0 {
+        if !off.is_multiple_of(8) {
             return None;
         }
         let p = self.ptr(off, std::mem::size_of::<ShmLock>() as u64)?;
@@ -578,7 +578,7 @@ impl ShmRegion {
     /// Whether `[off, off + block)` can be a block: 16-aligned, after the object table, inside
     /// the region. Offsets read from the region's free lists are checked with this before use.
     fn block_fits(&self, off: u64, block: u64) -> bool {
-        off >= DATA_START && off % 16 == 0 && off.checked_add(block).is_some_and(|end| end <= self.size())
+        off >= DATA_START && off.is_multiple_of(16) && off.checked_add(block).is_some_and(|end| end <= self.size())
     }
 
     /// Bumps the never-used frontier; the block's payload is aligned to `align`.

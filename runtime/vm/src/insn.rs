@@ -100,7 +100,7 @@ impl fmt::Debug for RawInsn {
 
 /// Splits bytecode into slots. The length must be a multiple of 8.
 pub fn parse_bytecode(bytes: &[u8]) -> Result<Vec<RawInsn>, DecodeError> {
-    if bytes.len() % INSN_SIZE != 0 {
+    if !bytes.len().is_multiple_of(INSN_SIZE) {
         return Err(DecodeError { insn: bytes.len() / INSN_SIZE, kind: DecodeErrorKind::Truncated { len: bytes.len() } });
     }
     Ok(bytes.chunks_exact(INSN_SIZE).map(|c| RawInsn::from_bytes(c.try_into().expect("chunk of 8"))).collect())

@@ -1,0 +1,341 @@
+//! The part of the CUDA driver API the agent calls itself, through the application's own
+//! `libcuda` (the real `cuGetProcAddress` the application was handed): no second copy of the
+//! driver, no CUDA toolkit at build time.
+//!
+//! Every function here wraps one driver call; the safety contract of each is the driver's, as
+//! documented at <https://docs.nvidia.com/cuda/cuda-driver-api/>.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// `CUresult`.
+pub type CuResult = c_int;
+/// `CUDA_SUCCESS`.
+pub const SUCCESS: CuResult = 0;
+/// `CUdeviceptr`.
+pub type DevPtr = u64;
+/// Any driver handle (`CUmodule`, `CUfunction`, `CUstream`, ...).
+pub type Handle = *mut c_void;
+/// `CU_STREAM_PER_THREAD`: what stream 0 means to a `_ptsz` entry point.
+pub const STREAM_PER_THREAD: usize = 2;
+
+/// `cuGetProcAddress` as CUDA 11.3 defined it (`cuGetProcAddress` in libcuda).
+pub type GetProcAddressV1 = unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64) -> CuResult;
+/// `cuGetProcAddress_v2` (CUDA 12.0), with the symbol status out-parameter.
+pub type GetProcAddressV2 = unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int) -> CuResult;
+
+/// The real `cuGetProcAddress` entry points, as the application got them from `dlsym`.
+pub static REAL_GET_PROC_V1: AtomicUsize = AtomicUsize::new(0);
+/// See [`REAL_GET_PROC_V1`].
+pub static REAL_GET_PROC_V2: AtomicUsize = AtomicUsize::new(0);
+
+/// The driver version the agent asks entry points for (the `_v2` ABIs of CUDA 12).
+const ABI_VERSION: c_int = 12000;
+
+type FnMemAlloc = unsafe extern "C" fn(*mut DevPtr, usize) -> CuResult;
+type FnMemcpyHtoD = unsafe extern "C" fn(DevPtr, *const c_void, usize) -> CuResult;
+type FnMemcpyDtoHAsync = unsafe extern "C" fn(*mut c_void, DevPtr, usize, Handle) -> CuResult;
+type FnMemsetD8Async = unsafe extern "C" fn(DevPtr, u8, usize, Handle) -> CuResult;
+type FnMemAllocHost = unsafe extern "C" fn(*mut *mut c_void, usize) -> CuResult;
+type FnHostFn = unsafe extern "C" fn(*mut c_void);
+type FnLaunchHostFunc = unsafe extern "C" fn(Handle, FnHostFn, *mut c_void) -> CuResult;
+type FnModuleGetGlobal = unsafe extern "C" fn(*mut DevPtr, *mut usize, Handle, *const c_char) -> CuResult;
+type FnFuncGetModule = unsafe extern "C" fn(*mut Handle, Handle) -> CuResult;
+type FnKernelGetFunction = unsafe extern "C" fn(*mut Handle, Handle) -> CuResult;
+type FnCtxGetCurrent = unsafe extern "C" fn(*mut Handle) -> CuResult;
+type FnCtxGetDevice = unsafe extern "C" fn(*mut c_int) -> CuResult;
+type FnDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> CuResult;
+type FnDeviceGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> CuResult;
+type FnGetErrorName = unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult;
+
+/// The entry points the agent uses.
+pub struct Driver {
+    mem_alloc: FnMemAlloc,
+    memcpy_htod: FnMemcpyHtoD,
+    memcpy_dtoh_async: FnMemcpyDtoHAsync,
+    memset_d8_async: FnMemsetD8Async,
+    mem_alloc_host: FnMemAllocHost,
+    launch_host_func: FnLaunchHostFunc,
+    module_get_global: FnModuleGetGlobal,
+    func_get_module: FnFuncGetModule,
+    kernel_get_function: Option<FnKernelGetFunction>,
+    ctx_get_current: FnCtxGetCurrent,
+    ctx_get_device: FnCtxGetDevice,
+    device_get: FnDeviceGet,
+    device_get_attribute: FnDeviceGetAttribute,
+    get_error_name: Option<FnGetErrorName>,
+}
+
+/// Asks the real `cuGetProcAddress` for `name`.
+fn lookup(name: &CStr) -> Option<usize> {
+    let mut p: *mut c_void = std::ptr::null_mut();
+    let v2 = REAL_GET_PROC_V2.load(Ordering::Acquire);
+    let v1 = REAL_GET_PROC_V1.load(Ordering::Acquire);
+    let r = if v2 != 0 {
+        let mut status = 0;
+        // SAFETY: `v2` is the driver's cuGetProcAddress_v2 (captured from dlsym/cuGetProcAddress
+        // for that name); the name is NUL-terminated and `p`/`status` are valid out-pointers.
+        unsafe { std::mem::transmute::<usize, GetProcAddressV2>(v2)(name.as_ptr(), &mut p, ABI_VERSION, 0, &mut status) }
+    } else if v1 != 0 {
+        // SAFETY: as above, for the CUDA 11.3 signature.
+        unsafe { std::mem::transmute::<usize, GetProcAddressV1>(v1)(name.as_ptr(), &mut p, ABI_VERSION, 0) }
+    } else {
+        return None;
+    };
+    (r == SUCCESS && !p.is_null()).then_some(p as usize)
+}
+
+macro_rules! entry {
+    ($name:literal as $t:ty) => {{
+        let p = lookup($name)?;
+        // SAFETY: the driver returned this entry point for this name at the CUDA 12 ABI, whose
+        // signature is the type it is converted to (checked against cuda.h).
+        unsafe { std::mem::transmute::<usize, $t>(p) }
+    }};
+}
+
+impl Driver {
+    /// The entry points, once the application has fetched `cuGetProcAddress`; None before, or
+    /// when the driver lacks one of them.
+    pub fn get() -> Option<&'static Driver> {
+        static DRIVER: OnceLock<Option<Driver>> = OnceLock::new();
+        if REAL_GET_PROC_V1.load(Ordering::Acquire) == 0 && REAL_GET_PROC_V2.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        DRIVER.get_or_init(Driver::load).as_ref()
+    }
+
+    fn load() -> Option<Driver> {
+        Some(Driver {
+            mem_alloc: entry!(c"cuMemAlloc" as FnMemAlloc),
+            memcpy_htod: entry!(c"cuMemcpyHtoD" as FnMemcpyHtoD),
+            memcpy_dtoh_async: entry!(c"cuMemcpyDtoHAsync" as FnMemcpyDtoHAsync),
+            memset_d8_async: entry!(c"cuMemsetD8Async" as FnMemsetD8Async),
+            mem_alloc_host: entry!(c"cuMemAllocHost" as FnMemAllocHost),
+            launch_host_func: entry!(c"cuLaunchHostFunc" as FnLaunchHostFunc),
+            module_get_global: entry!(c"cuModuleGetGlobal" as FnModuleGetGlobal),
+            func_get_module: entry!(c"cuFuncGetModule" as FnFuncGetModule),
+            kernel_get_function: lookup(c"cuKernelGetFunction").map(|p| {
+                // SAFETY: as in `entry!`.
+                unsafe { std::mem::transmute::<usize, FnKernelGetFunction>(p) }
+            }),
+            ctx_get_current: entry!(c"cuCtxGetCurrent" as FnCtxGetCurrent),
+            ctx_get_device: entry!(c"cuCtxGetDevice" as FnCtxGetDevice),
+            device_get: entry!(c"cuDeviceGet" as FnDeviceGet),
+            device_get_attribute: entry!(c"cuDeviceGetAttribute" as FnDeviceGetAttribute),
+            get_error_name: lookup(c"cuGetErrorName").map(|p| {
+                // SAFETY: as in `entry!`.
+                unsafe { std::mem::transmute::<usize, FnGetErrorName>(p) }
+            }),
+        })
+    }
+
+    /// The driver's name for an error code (`CUDA_ERROR_INVALID_PTX`), or the number.
+    pub fn error_name(&self, r: CuResult) -> String {
+        let mut s: *const c_char = std::ptr::null();
+        if let Some(f) = self.get_error_name {
+            // SAFETY: cuGetErrorName writes a pointer to a static string or fails.
+            if unsafe { f(r, &mut s) } == SUCCESS && !s.is_null() {
+                // SAFETY: the driver returned a NUL-terminated static string.
+                return unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned();
+            }
+        }
+        format!("CUDA error {r}")
+    }
+
+    fn check(&self, r: CuResult, what: &str) -> Result<(), String> {
+        if r == SUCCESS {
+            Ok(())
+        } else {
+            Err(format!("{what}: {}", self.error_name(r)))
+        }
+    }
+
+    /// `cuMemAlloc`: `len` bytes of device memory in the current context.
+    pub fn mem_alloc(&self, len: usize) -> Result<DevPtr, String> {
+        let mut p = 0;
+        // SAFETY: `p` is a valid out-pointer.
+        self.check(unsafe { (self.mem_alloc)(&mut p, len) }, "cuMemAlloc")?;
+        Ok(p)
+    }
+
+    /// `cuMemcpyHtoD`: synchronous copy of `data` to device address `dst`.
+    pub fn memcpy_htod(&self, dst: DevPtr, data: &[u8]) -> Result<(), String> {
+        // SAFETY: `data` is readable for its length; `dst` came from the driver.
+        self.check(unsafe { (self.memcpy_htod)(dst, data.as_ptr().cast(), data.len()) }, "cuMemcpyHtoD")
+    }
+
+    /// `cuMemcpyDtoHAsync` into pinned memory, ordered on `stream`.
+    ///
+    /// # Safety
+    /// `dst` must be pinned host memory of at least `len` bytes that stays valid until the
+    /// copy has run on the stream.
+    pub unsafe fn memcpy_dtoh_async(&self, dst: *mut u8, src: DevPtr, len: usize, stream: Handle) -> Result<(), String> {
+        // SAFETY: the caller keeps `dst` valid; `src` came from the driver.
+        self.check(unsafe { (self.memcpy_dtoh_async)(dst.cast(), src, len, stream) }, "cuMemcpyDtoHAsync")
+    }
+
+    /// `cuMemsetD8Async`: zeroes `len` bytes at `dst`, ordered on `stream`.
+    pub fn memset_async(&self, dst: DevPtr, len: usize, stream: Handle) -> Result<(), String> {
+        // SAFETY: device memory from the driver; nothing on the host is touched.
+        self.check(unsafe { (self.memset_d8_async)(dst, 0, len, stream) }, "cuMemsetD8Async")
+    }
+
+    /// `cuMemAllocHost`: `len` bytes of pinned host memory (never freed: buffers are reused).
+    pub fn mem_alloc_host(&self, len: usize) -> Result<*mut u8, String> {
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `p` is a valid out-pointer.
+        self.check(unsafe { (self.mem_alloc_host)(&mut p, len) }, "cuMemAllocHost")?;
+        Ok(p.cast())
+    }
+
+    /// `cuLaunchHostFunc`: runs `f(data)` on a driver thread once the stream gets there.
+    ///
+    /// # Safety
+    /// `f` must be safe to call with `data` from another thread, once, and must not call CUDA.
+    pub unsafe fn launch_host_func(&self, stream: Handle, f: FnHostFn, data: *mut c_void) -> Result<(), String> {
+        // SAFETY: the caller's contract.
+        self.check(unsafe { (self.launch_host_func)(stream, f, data) }, "cuLaunchHostFunc")
+    }
+
+    /// `cuModuleGetGlobal`: address and size of module global `name`.
+    pub fn module_global(&self, module: Handle, name: &CStr) -> Option<(DevPtr, usize)> {
+        let (mut p, mut n) = (0, 0);
+        // SAFETY: valid out-pointers, a NUL-terminated name, a module handle from the driver.
+        (unsafe { (self.module_get_global)(&mut p, &mut n, module, name.as_ptr()) } == SUCCESS).then_some((p, n))
+    }
+
+    /// The module a launched function (or a `CUkernel` passed as one, CUDA 12) belongs to.
+    pub fn module_of(&self, f: Handle) -> Option<Handle> {
+        let mut m: Handle = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; the driver checks the handle.
+        if unsafe { (self.func_get_module)(&mut m, f) } == SUCCESS && !m.is_null() {
+            return Some(m);
+        }
+        let get = self.kernel_get_function?;
+        let mut func: Handle = std::ptr::null_mut();
+        // SAFETY: as above; a handle that is no CUkernel is refused by the driver.
+        if unsafe { get(&mut func, f) } != SUCCESS || func.is_null() {
+            return None;
+        }
+        // SAFETY: as above.
+        (unsafe { (self.func_get_module)(&mut m, func) } == SUCCESS && !m.is_null()).then_some(m)
+    }
+
+    /// The current context, if any.
+    pub fn current_context(&self) -> Option<Handle> {
+        let mut c: Handle = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        (unsafe { (self.ctx_get_current)(&mut c) } == SUCCESS && !c.is_null()).then_some(c)
+    }
+
+    /// The device of the current context, else device 0.
+    pub fn device(&self) -> c_int {
+        let mut d = 0;
+        // SAFETY: valid out-pointers.
+        if unsafe { (self.ctx_get_device)(&mut d) } == SUCCESS {
+            return d;
+        }
+        let mut d0 = 0;
+        // SAFETY: valid out-pointer.
+        if unsafe { (self.device_get)(&mut d0, 0) } == SUCCESS {
+            d0
+        } else {
+            0
+        }
+    }
+
+    /// `cuDeviceGetAttribute`.
+    pub fn attribute(&self, device: c_int, attr: c_int) -> Option<c_int> {
+        let mut v = 0;
+        // SAFETY: valid out-pointer.
+        (unsafe { (self.device_get_attribute)(&mut v, attr, device) } == SUCCESS).then_some(v)
+    }
+
+    /// Compute capability of `device` as `major * 10 + minor` (75 for sm_75).
+    pub fn compute_capability(&self, device: c_int) -> Option<u32> {
+        let major = self.attribute(device, 75)?;
+        let minor = self.attribute(device, 76)?;
+        Some((major * 10 + minor) as u32)
+    }
+
+    /// Streaming multiprocessors of `device`.
+    pub fn sm_count(&self, device: c_int) -> Option<u32> {
+        self.attribute(device, 16).map(|n| n.max(1) as u32)
+    }
+}
+
+/// `cuModuleLoadData`.
+pub type FnModuleLoadData = unsafe extern "C" fn(*mut Handle, *const c_void) -> CuResult;
+
+/// The driver's own `cuModuleLoadData`.
+pub fn module_load_data() -> Option<FnModuleLoadData> {
+    // SAFETY: as in `entry!`.
+    lookup(c"cuModuleLoadData").map(|p| unsafe { std::mem::transmute::<usize, FnModuleLoadData>(p) })
+}
+
+/// `c_uint`, for the launch entry points' dimensions.
+pub type Dim = c_uint;
+
+/// `__cudaFatBinaryWrapper` magic: what the CUDA runtime passes to the load calls.
+const WRAPPER_MAGIC: u32 = 0x466243b1;
+/// Fatbin header magic.
+const FATBIN_MAGIC: u32 = 0xBA55ED50;
+
+/// What a module or library load was handed.
+pub enum Image<'a> {
+    /// A fat binary (directly or behind the runtime's wrapper).
+    Fatbin(&'a [u8]),
+    /// PTX text.
+    Ptx(&'a str),
+    /// A cubin (machine code only).
+    Cubin,
+    /// Nothing we recognise.
+    Unknown,
+}
+
+/// Reads the image a load call received.
+///
+/// # Safety
+/// `image` must be what `cuModuleLoadData`/`cuLibraryLoadData` accept: a
+/// `__cudaFatBinaryWrapper`, a fatbin, a cubin ELF or a NUL-terminated PTX text, readable for
+/// the length its own header gives.
+pub unsafe fn read_image<'a>(image: *const c_void) -> Image<'a> {
+    if image.is_null() {
+        return Image::Unknown;
+    }
+    // SAFETY: every accepted image starts with at least 4 readable bytes.
+    let magic = unsafe { std::ptr::read_unaligned(image.cast::<u32>()) };
+    let fatbin = if magic == WRAPPER_MAGIC {
+        // SAFETY: the wrapper is { int magic; int version; const void *data; void *unused }.
+        unsafe { std::ptr::read_unaligned(image.cast::<u8>().add(8).cast::<*const u8>()) }
+    } else if magic == FATBIN_MAGIC {
+        image.cast::<u8>()
+    } else if magic == u32::from_le_bytes(*b"\x7fELF") {
+        return Image::Cubin;
+    } else {
+        // SAFETY: anything else a load accepts is NUL-terminated PTX text.
+        return match unsafe { CStr::from_ptr(image.cast()) }.to_str() {
+            Ok(s) if s.contains(".entry") || s.contains(".version") => Image::Ptx(s),
+            _ => Image::Unknown,
+        };
+    };
+    if fatbin.is_null() {
+        return Image::Unknown;
+    }
+    // SAFETY: a fatbin starts with its 16-byte header: magic, version, header size, body size.
+    let (m, header, body) = unsafe {
+        (
+            std::ptr::read_unaligned(fatbin.cast::<u32>()),
+            std::ptr::read_unaligned(fatbin.add(6).cast::<u16>()),
+            std::ptr::read_unaligned(fatbin.add(8).cast::<u64>()),
+        )
+    };
+    let len = header as u64 + body;
+    if m != FATBIN_MAGIC || len > 1 << 31 {
+        return Image::Unknown;
+    }
+    // SAFETY: the fatbin is readable for the length its header gives (the driver reads it too).
+    Image::Fatbin(unsafe { std::slice::from_raw_parts(fatbin, len as usize) })
+}

@@ -1,0 +1,397 @@
+//! The C entry points that put the agent between a CUDA application and its driver:
+//! `dlsym` (how the CUDA runtime finds `cuGetProcAddress`), the `cuGetProcAddress` wrappers
+//! (how it finds everything else), and wrappers of the module loads and kernel launches.
+//!
+//! An entry point can be handed out for one name in several variants (`cuLaunchKernel` at the
+//! legacy and the per-thread default stream, say), so each wrapped function has a few *slots*:
+//! wrapper `f::<S>` calls the real function stored in slot `S`. Nothing here panics across the
+//! C boundary: the work is done in `super`, under `catch_unwind`.
+
+use super::driver::{CuResult, Dim, GetProcAddressV1, GetProcAddressV2, Handle, REAL_GET_PROC_V1, REAL_GET_PROC_V2, STREAM_PER_THREAD, SUCCESS};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Variants of one entry point the agent can wrap at once.
+const SLOTS: usize = 4;
+
+/// The real functions behind one wrapped entry point.
+struct Slots {
+    real: [AtomicUsize; SLOTS],
+    /// Whether the variant in the slot reads stream 0 as the per-thread default stream.
+    per_thread: [AtomicBool; SLOTS],
+}
+
+impl Slots {
+    const fn new() -> Slots {
+        Slots {
+            real: [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)],
+            per_thread: [AtomicBool::new(false), AtomicBool::new(false), AtomicBool::new(false), AtomicBool::new(false)],
+        }
+    }
+
+    /// The slot holding `real` (taking a free one); None when all are taken by others.
+    fn slot_of(&self, real: usize, per_thread: bool) -> Option<usize> {
+        for (i, r) in self.real.iter().enumerate() {
+            match r.compare_exchange(0, real, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.per_thread[i].store(per_thread, Ordering::Release);
+                    return Some(i);
+                }
+                Err(cur) if cur == real => return Some(i),
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    fn real(&self, slot: usize) -> usize {
+        self.real[slot].load(Ordering::Acquire)
+    }
+
+    /// The stream a launch in `slot` really went to (stream 0 of a per-thread variant is
+    /// the per-thread stream).
+    fn stream(&self, slot: usize, stream: Handle) -> Handle {
+        if stream.is_null() && self.per_thread[slot].load(Ordering::Acquire) {
+            STREAM_PER_THREAD as Handle
+        } else {
+            stream
+        }
+    }
+}
+
+static LAUNCH_KERNEL: Slots = Slots::new();
+static LAUNCH_KERNEL_EX: Slots = Slots::new();
+static LAUNCH_COOPERATIVE: Slots = Slots::new();
+static GRAPH_LAUNCH: Slots = Slots::new();
+static MODULE_LOAD_DATA: Slots = Slots::new();
+static MODULE_LOAD_DATA_EX: Slots = Slots::new();
+static MODULE_LOAD_FAT_BINARY: Slots = Slots::new();
+static LIBRARY_LOAD_DATA: Slots = Slots::new();
+
+type FnLaunchKernel = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void, *mut *mut c_void) -> CuResult;
+type FnLaunchCooperative = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void) -> CuResult;
+type FnLaunchKernelEx = unsafe extern "C" fn(*const LaunchConfig, Handle, *mut *mut c_void, *mut *mut c_void) -> CuResult;
+type FnGraphLaunch = unsafe extern "C" fn(Handle, Handle) -> CuResult;
+type FnModuleLoadData = unsafe extern "C" fn(*mut Handle, *const c_void) -> CuResult;
+type FnModuleLoadDataEx = unsafe extern "C" fn(*mut Handle, *const c_void, c_uint, *mut c_int, *mut *mut c_void) -> CuResult;
+type FnLibraryLoadData =
+    unsafe extern "C" fn(*mut Handle, *const c_void, *mut c_int, *mut *mut c_void, c_uint, *mut c_int, *mut *mut c_void, c_uint) -> CuResult;
+
+/// `CUlaunchConfig` (cuda.h), as far as the stream.
+#[repr(C)]
+pub struct LaunchConfig {
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared_mem: c_uint,
+    stream: Handle,
+}
+
+/// The wrapper of `name` for the real entry point `real`, or None when the agent leaves it
+/// alone. `per_thread`: the variant reads stream 0 as the per-thread stream.
+fn wrapper_of(name: &[u8], real: usize, per_thread: bool) -> Option<usize> {
+    let base = name.strip_suffix(b"_ptsz").unwrap_or(name);
+    let per_thread = per_thread || base.len() != name.len();
+    macro_rules! pick {
+        ($slots:expr, $f:ident) => {{
+            let s = $slots.slot_of(real, per_thread)?;
+            let w: [usize; SLOTS] =
+                [$f::<0> as *const () as usize, $f::<1> as *const () as usize, $f::<2> as *const () as usize, $f::<3> as *const () as usize];
+            Some(w[s])
+        }};
+    }
+    match base {
+        b"cuLaunchKernel" => pick!(LAUNCH_KERNEL, launch_kernel),
+        b"cuLaunchKernelEx" => pick!(LAUNCH_KERNEL_EX, launch_kernel_ex),
+        b"cuLaunchCooperativeKernel" => pick!(LAUNCH_COOPERATIVE, launch_cooperative),
+        b"cuGraphLaunch" => pick!(GRAPH_LAUNCH, graph_launch),
+        b"cuModuleLoadData" => pick!(MODULE_LOAD_DATA, module_load_data),
+        b"cuModuleLoadDataEx" => pick!(MODULE_LOAD_DATA_EX, module_load_data_ex),
+        b"cuModuleLoadFatBinary" => pick!(MODULE_LOAD_FAT_BINARY, module_load_fat_binary),
+        b"cuLibraryLoadData" => pick!(LIBRARY_LOAD_DATA, library_load_data),
+        _ => None,
+    }
+}
+
+/// What the application gets for driver symbol `name` (from `dlsym` or `cuGetProcAddress` at
+/// `version` with `flags`): our wrapper, or `real` itself.
+fn symbol(name: &CStr, real: usize, version: Option<c_int>, flags: u64) -> usize {
+    let name = name.to_bytes();
+    if !name.starts_with(b"cu") {
+        return real;
+    }
+    // cuGetProcAddress itself: remember the real one, hand out ours (also when asked for it by
+    // name through itself: `cuGetProcAddress("cuGetProcAddress")`).
+    let v2 = match (name, version) {
+        (b"cuGetProcAddress_v2", _) => Some(true),
+        (b"cuGetProcAddress", Some(v)) => Some(v >= 12000),
+        (b"cuGetProcAddress", None) => Some(false),
+        _ => None,
+    };
+    if let Some(v2) = v2 {
+        if v2 {
+            REAL_GET_PROC_V2.store(real, Ordering::Release);
+        } else {
+            REAL_GET_PROC_V1.store(real, Ordering::Release);
+        }
+        if !super::active() {
+            return real;
+        }
+        return if v2 { get_proc_address_v2 as *const () as usize } else { get_proc_address_v1 as *const () as usize };
+    }
+    if !super::active() {
+        return real;
+    }
+    // CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM
+    wrapper_of(name, real, flags & 2 != 0).unwrap_or(real)
+}
+
+unsafe extern "C" fn get_proc_address_v1(name: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) -> CuResult {
+    let real = REAL_GET_PROC_V1.load(Ordering::Acquire);
+    // SAFETY: this wrapper is only handed out after the real v1 entry point was stored; the
+    // arguments are the caller's, passed on unchanged.
+    let r = unsafe { std::mem::transmute::<usize, GetProcAddressV1>(real)(name, pfn, version, flags) };
+    // SAFETY: on success the driver wrote a function pointer through `pfn`; `name` is the
+    // caller's NUL-terminated symbol name.
+    unsafe { rewrite(r, name, pfn, version, flags) };
+    r
+}
+
+unsafe extern "C" fn get_proc_address_v2(name: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64, status: *mut c_int) -> CuResult {
+    let real = REAL_GET_PROC_V2.load(Ordering::Acquire);
+    // SAFETY: as in `get_proc_address_v1`, for the v2 signature.
+    let r = unsafe { std::mem::transmute::<usize, GetProcAddressV2>(real)(name, pfn, version, flags, status) };
+    // SAFETY: as in `get_proc_address_v1`.
+    unsafe { rewrite(r, name, pfn, version, flags) };
+    r
+}
+
+/// Replaces the entry point a successful `cuGetProcAddress` returned by our wrapper.
+///
+/// # Safety
+/// `name` must be NUL-terminated and `pfn` writable when `r` is success.
+unsafe fn rewrite(r: CuResult, name: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) {
+    if r != SUCCESS || name.is_null() || pfn.is_null() {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let (name, real) = unsafe { (CStr::from_ptr(name), *pfn as usize) };
+    if real == 0 {
+        return;
+    }
+    let new = std::panic::catch_unwind(|| symbol(name, real, Some(version), flags)).unwrap_or(real);
+    // SAFETY: the caller's contract.
+    unsafe { *pfn = new as *mut c_void };
+}
+
+// ---- dlsym ----
+
+/// The next `dlsym` (glibc's), found at the first call.
+static REAL_DLSYM: AtomicUsize = AtomicUsize::new(0);
+
+type FnDlsym = unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void;
+
+extern "C" fn resolve_real_dlsym() -> usize {
+    for version in [c"GLIBC_2.34", c"GLIBC_2.2.5"] {
+        // SAFETY: dlvsym(3) with RTLD_NEXT and NUL-terminated strings; dlvsym is not ours.
+        let p = unsafe { libc::dlvsym(libc::RTLD_NEXT, c"dlsym".as_ptr(), version.as_ptr()) };
+        if !p.is_null() {
+            REAL_DLSYM.store(p as usize, Ordering::Release);
+            return p as usize;
+        }
+    }
+    0
+}
+
+/// `dlsym` for every handle but `RTLD_NEXT`: the real lookup, then driver symbols wrapped.
+unsafe extern "C" fn dlsym_with_handle(handle: *mut c_void, name: *const c_char) -> *mut c_void {
+    let real = REAL_DLSYM.load(Ordering::Acquire);
+    // SAFETY: `real` is glibc's dlsym (non-zero: checked by the entry code); the arguments are
+    // the caller's.
+    let p = unsafe { std::mem::transmute::<usize, FnDlsym>(real)(handle, name) };
+    if p.is_null() || name.is_null() {
+        return p;
+    }
+    // SAFETY: dlsym found a symbol by this name, so it is a NUL-terminated string.
+    let name = unsafe { CStr::from_ptr(name) };
+    std::panic::catch_unwind(|| symbol(name, p as usize, None, 0)).unwrap_or(p as usize) as *mut c_void
+}
+
+/// `dlsym`, interposed. `RTLD_NEXT` lookups jump straight to glibc's, so that it still sees
+/// the caller's return address (which decides what "next" is); other lookups go through
+/// [`dlsym_with_handle`].
+///
+/// # Safety
+/// Same contract as dlsym(3).
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_void {
+    core::arch::naked_asm!(
+        "mov rax, qword ptr [rip + {real}]",
+        "test rax, rax",
+        "jnz 2f",
+        "push rdi",
+        "push rsi",
+        "sub rsp, 8",
+        "call {resolve}",
+        "add rsp, 8",
+        "pop rsi",
+        "pop rdi",
+        "test rax, rax",
+        "jnz 2f",
+        "ret",
+        "2:",
+        "cmp rdi, -1",
+        "jne {with_handle}",
+        "jmp rax",
+        real = sym REAL_DLSYM,
+        resolve = sym resolve_real_dlsym,
+        with_handle = sym dlsym_with_handle,
+    )
+}
+
+// ---- loads ----
+
+/// Calls `load` with the patched image when the agent has one for `image`, falling back to
+/// the original (and saying why once) when the driver refuses it.
+fn load_with(image: *const c_void, load: impl Fn(*const c_void) -> CuResult) -> CuResult {
+    let Some(patched) = super::replacement(image) else { return load(image) };
+    let r = load(patched.as_ptr());
+    if r == SUCCESS {
+        super::loaded_patched(&patched);
+        return r;
+    }
+    super::refused(&patched, r);
+    load(image)
+}
+
+unsafe extern "C" fn module_load_data<const S: usize>(module: *mut Handle, image: *const c_void) -> CuResult {
+    let real = MODULE_LOAD_DATA.real(S);
+    // SAFETY: the driver's own entry point for this slot, called with the caller's arguments
+    // (the image replaced by a NUL-terminated PTX text, which the call accepts).
+    let load = |img| unsafe { std::mem::transmute::<usize, FnModuleLoadData>(real)(module, img) };
+    load_with(image, load)
+}
+
+unsafe extern "C" fn module_load_fat_binary<const S: usize>(module: *mut Handle, image: *const c_void) -> CuResult {
+    let real = MODULE_LOAD_FAT_BINARY.real(S);
+    let patched = super::replacement(image);
+    if let Some(p) = patched {
+        // A PTX text is no fat binary: it goes to cuModuleLoadData, which the driver has too.
+        if let Some(load) = super::driver::module_load_data() {
+            // SAFETY: the driver's cuModuleLoadData with a NUL-terminated PTX text.
+            let r = unsafe { load(module, p.as_ptr()) };
+            if r == SUCCESS {
+                super::loaded_patched(&p);
+                return r;
+            }
+            super::refused(&p, r);
+        }
+    }
+    // SAFETY: the driver's own entry point with the caller's arguments.
+    unsafe { std::mem::transmute::<usize, FnModuleLoadData>(real)(module, image) }
+}
+
+unsafe extern "C" fn module_load_data_ex<const S: usize>(
+    module: *mut Handle,
+    image: *const c_void,
+    n: c_uint,
+    options: *mut c_int,
+    values: *mut *mut c_void,
+) -> CuResult {
+    let real = MODULE_LOAD_DATA_EX.real(S);
+    // SAFETY: as in `module_load_data`.
+    let load = |img| unsafe { std::mem::transmute::<usize, FnModuleLoadDataEx>(real)(module, img, n, options, values) };
+    load_with(image, load)
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn library_load_data<const S: usize>(
+    library: *mut Handle,
+    code: *const c_void,
+    jit_options: *mut c_int,
+    jit_values: *mut *mut c_void,
+    n_jit: c_uint,
+    lib_options: *mut c_int,
+    lib_values: *mut *mut c_void,
+    n_lib: c_uint,
+) -> CuResult {
+    let real = LIBRARY_LOAD_DATA.real(S);
+    // SAFETY: as in `module_load_data`.
+    let load =
+        |img| unsafe { std::mem::transmute::<usize, FnLibraryLoadData>(real)(library, img, jit_options, jit_values, n_jit, lib_options, lib_values, n_lib) };
+    // A library's modules are found per context at launch time (`cuFuncGetModule`).
+    load_with(code, load)
+}
+
+// ---- launches ----
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn launch_kernel<const S: usize>(
+    f: Handle,
+    gx: Dim,
+    gy: Dim,
+    gz: Dim,
+    bx: Dim,
+    by: Dim,
+    bz: Dim,
+    shared: Dim,
+    stream: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CuResult {
+    let arena = super::arena_for_launch(f);
+    let real = LAUNCH_KERNEL.real(S);
+    // SAFETY: the driver's own entry point for this slot with the caller's arguments.
+    let r = unsafe { std::mem::transmute::<usize, FnLaunchKernel>(real)(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) };
+    if r == SUCCESS {
+        super::after_launch(arena, LAUNCH_KERNEL.stream(S, stream));
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn launch_cooperative<const S: usize>(
+    f: Handle,
+    gx: Dim,
+    gy: Dim,
+    gz: Dim,
+    bx: Dim,
+    by: Dim,
+    bz: Dim,
+    shared: Dim,
+    stream: Handle,
+    params: *mut *mut c_void,
+) -> CuResult {
+    let arena = super::arena_for_launch(f);
+    let real = LAUNCH_COOPERATIVE.real(S);
+    // SAFETY: as in `launch_kernel`.
+    let r = unsafe { std::mem::transmute::<usize, FnLaunchCooperative>(real)(f, gx, gy, gz, bx, by, bz, shared, stream, params) };
+    if r == SUCCESS {
+        super::after_launch(arena, LAUNCH_COOPERATIVE.stream(S, stream));
+    }
+    r
+}
+
+unsafe extern "C" fn launch_kernel_ex<const S: usize>(config: *const LaunchConfig, f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> CuResult {
+    let arena = super::arena_for_launch(f);
+    let real = LAUNCH_KERNEL_EX.real(S);
+    // SAFETY: as in `launch_kernel`.
+    let r = unsafe { std::mem::transmute::<usize, FnLaunchKernelEx>(real)(config, f, params, extra) };
+    if r == SUCCESS && !config.is_null() {
+        // SAFETY: the driver accepted the configuration, so it is a readable CUlaunchConfig.
+        let stream = unsafe { (*config).stream };
+        super::after_launch(arena, LAUNCH_KERNEL_EX.stream(S, stream));
+    }
+    r
+}
+
+unsafe extern "C" fn graph_launch<const S: usize>(graph: Handle, stream: Handle) -> CuResult {
+    let real = GRAPH_LAUNCH.real(S);
+    // SAFETY: as in `launch_kernel`.
+    let r = unsafe { std::mem::transmute::<usize, FnGraphLaunch>(real)(graph, stream) };
+    if r == SUCCESS {
+        // A graph may hold instrumented kernels: write back this context's maps after it.
+        super::after_launch(super::context_arena_if_any(), GRAPH_LAUNCH.stream(S, stream));
+    }
+    r
+}

@@ -1,0 +1,352 @@
+//! CUDA kernel probes: `kprobe/KERNEL` and `kretprobe/KERNEL` programs run inside the
+//! application's own kernels.
+//!
+//! ```text
+//! app (static or shared cudart) --dlopen libcuda, dlsym cuGetProcAddress--> our wrapper
+//!   cuLibraryLoadData / cuModuleLoadData(Ex) / cuModuleLoadFatBinary(image):
+//!     the image's PTX (best entry for the device) with the probes spliced in, as PTX text,
+//!     to the real call; refused or nothing to splice: the original image, said once
+//!   cuLaunchKernel(Ex) / cooperative / graph launch of a function of a patched module:
+//!     first time in a context: device arena (maps) allocated and initialised from the region,
+//!     the module's `bpftime_arena` global set; after the launch, on its stream: arena copied
+//!     to pinned memory, ring cursors cleared, a host function writes the maps back to the region
+//! ```
+
+mod driver;
+mod hooks;
+
+use bpftime_gpu_ptx::fatbin::{self, EntryKind};
+use bpftime_gpu_ptx::maps::ArenaLayout;
+use bpftime_gpu_ptx::patch::{self, Probe};
+use bpftime_gpu_ptx::Target;
+use bpftime_runtime::gpu::GpuProbes;
+use bpftime_runtime::links::{self, LinkState, UprobeLink};
+use bpftime_shm::ShmRegion;
+use driver::{DevPtr, Driver, Handle, Image};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{c_void, CStr, CString};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// A device arena: the maps of every probe, in one context.
+pub(crate) struct Arena {
+    dev: DevPtr,
+    len: usize,
+    layout: ArenaLayout,
+    /// Pinned buffers for the copies back, free for reuse (addresses).
+    staging: Mutex<Vec<usize>>,
+}
+
+/// The probes of this process and what the agent did with them.
+struct Gpu {
+    region: Arc<ShmRegion>,
+    probes: GpuProbes,
+    /// Translations per target architecture.
+    translated: Mutex<HashMap<u32, Result<Vec<Probe>, String>>>,
+    /// Patched images handed to the driver (never freed: a library may read its image later).
+    images: Mutex<Vec<&'static CStr>>,
+    /// Modules seen at launch: their arena when they carry probes.
+    modules: Mutex<HashMap<usize, Option<Arc<Arena>>>>,
+    /// Arenas by context.
+    arenas: Mutex<HashMap<usize, Arc<Arena>>>,
+    /// Messages said already.
+    said: Mutex<HashSet<String>>,
+}
+
+static GPU: OnceLock<Gpu> = OnceLock::new();
+
+fn verbose() -> bool {
+    std::env::var_os("BPFTIME_VERBOSE").is_some()
+}
+
+/// Whether this process has CUDA kernel probes (the wrappers are handed out only then).
+fn active() -> bool {
+    GPU.get().is_some()
+}
+
+/// Takes the CUDA kernel links among `links`; their programs are verified for the GPU now and
+/// spliced into kernels as the application loads its modules.
+pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink]) {
+    let (probes, failed) = GpuProbes::prepare(region, all);
+    for (link, name, why) in failed {
+        links::raise_state(region, link, LinkState::Failed);
+        eprintln!("bpftime: cannot use `{name}` in CUDA kernels: {why}");
+    }
+    if probes.probes.is_empty() {
+        return;
+    }
+    for p in &probes.probes {
+        links::raise_state(region, p.link, LinkState::Waiting);
+        if verbose() {
+            eprintln!("bpftime: `{}` waits for a CUDA kernel named {}", p.name, p.kernel);
+        }
+    }
+    let _ = GPU.set(Gpu {
+        region: region.clone(),
+        probes,
+        translated: Mutex::default(),
+        images: Mutex::default(),
+        modules: Mutex::default(),
+        arenas: Mutex::default(),
+        said: Mutex::default(),
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs agent work from a driver entry point: probes silenced, panics contained.
+fn guarded<R>(f: impl FnOnce() -> Option<R>) -> Option<R> {
+    bpftime_attach::without_probes(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok().flatten())
+}
+
+impl Gpu {
+    /// Says `msg` once.
+    fn say_once(&self, msg: String) {
+        if lock(&self.said).insert(msg.clone()) {
+            eprintln!("bpftime: {msg}");
+        }
+    }
+
+    fn translated(&self, sm: u32) -> Result<Vec<Probe>, String> {
+        lock(&self.translated).entry(sm).or_insert_with(|| self.probes.translate(Target { sm, shard_atomic_adds: true })).clone()
+    }
+
+    /// The patched PTX for an image, or None to load it as it is.
+    fn patch_image(&self, drv: Option<&Driver>, image: Image<'_>) -> Option<PatchedImage> {
+        let (ptx, arch) = match image {
+            Image::Ptx(p) => (p.to_string(), ptx_target(p).unwrap_or(75)),
+            Image::Fatbin(bytes) => {
+                let fb = match fatbin::parse(bytes, 0) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.say_once(format!("a CUDA module's fatbin cannot be read ({e}); it runs without probes"));
+                        return None;
+                    }
+                };
+                let cc = drv.and_then(|d| d.compute_capability(d.device())).unwrap_or(u32::MAX);
+                // The PTX the driver would JIT for this device: the newest one it can run.
+                let best = fb.entries.iter().filter(|e| e.kind == EntryKind::Ptx && e.arch <= cc).max_by_key(|e| e.arch);
+                let Some(e) = best else {
+                    let kernels: Vec<String> = fb.entries.iter().filter(|e| e.kind == EntryKind::Elf).map(|e| format!("sm_{}", e.arch)).collect();
+                    self.say_once(format!("a CUDA module has no PTX for this GPU (only SASS: {}); its kernels run without probes", kernels.join(", ")));
+                    return None;
+                };
+                match e.contents(bytes) {
+                    Ok(c) => (String::from_utf8_lossy(&c).into_owned(), e.arch),
+                    Err(err) => {
+                        self.say_once(format!("a CUDA module's PTX cannot be read ({err}); it runs without probes"));
+                        return None;
+                    }
+                }
+            }
+            Image::Cubin => {
+                self.say_once("a CUDA module was loaded as a cubin (SASS only); its kernels run without probes".into());
+                return None;
+            }
+            Image::Unknown => return None,
+        };
+        let probes = match self.translated(arch.clamp(75, 120)) {
+            Ok(p) => p,
+            Err(e) => {
+                self.say_once(format!("CUDA probes cannot be translated: {e}"));
+                return None;
+            }
+        };
+        let patched = match patch::patch(&ptx, &probes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.say_once(format!("a CUDA module cannot be patched ({e}); it runs without probes"));
+                return None;
+            }
+        };
+        if patched.spliced.is_empty() {
+            return None;
+        }
+        if verbose() {
+            for (kernel, probe, exit) in &patched.spliced {
+                eprintln!("bpftime: `{probe}` spliced at the {} of CUDA kernel {kernel}", if *exit { "returns" } else { "entry" });
+            }
+        }
+        let text = CString::new(patched.ptx).ok()?;
+        let leaked: &'static CStr = Box::leak(text.into_boxed_c_str());
+        lock(&self.images).push(leaked);
+        Some(PatchedImage { text: leaked, probes: patched.spliced.into_iter().map(|s| s.1).collect() })
+    }
+
+    /// The arena of the current context, made on first use.
+    fn context_arena(&self, drv: &Driver) -> Result<Arc<Arena>, String> {
+        let ctx = drv.current_context().ok_or("no current CUDA context")? as usize;
+        let mut arenas = lock(&self.arenas);
+        if let Some(a) = arenas.get(&ctx) {
+            return Ok(a.clone());
+        }
+        let nsm = drv.sm_count(drv.device()).unwrap_or(1);
+        let layout = self.probes.layout(nsm)?;
+        let image = self.probes.arena_image(&layout, &self.region);
+        let dev = drv.mem_alloc(image.len())?;
+        drv.memcpy_htod(dev, &image)?;
+        if verbose() {
+            eprintln!("bpftime: CUDA maps: {} bytes of device memory ({} maps, {nsm} SMs)", image.len(), layout.maps.len());
+        }
+        let a = Arc::new(Arena { dev, len: image.len(), layout, staging: Mutex::default() });
+        arenas.insert(ctx, a.clone());
+        Ok(a)
+    }
+
+    /// The arena of `module` when it carries probes (it has our `bpftime_arena` global), with
+    /// that global set.
+    fn module_arena(&self, drv: &Driver, module: Handle) -> Option<Arc<Arena>> {
+        if let Some(known) = lock(&self.modules).get(&(module as usize)) {
+            return known.clone();
+        }
+        let found = drv.module_global(module, &CString::new(patch::ARENA_GLOBAL).ok()?).and_then(|(global, size)| {
+            if size < 24 {
+                return None;
+            }
+            let arena = self.context_arena(drv).map_err(|e| self.say_once(format!("CUDA probes are off: {e}"))).ok()?;
+            let pid = std::process::id() as u64;
+            let words = [arena.dev, arena.len as u64, (pid << 32) | pid];
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            drv.memcpy_htod(global, &bytes).map_err(|e| self.say_once(format!("CUDA probes are off: {e}"))).ok()?;
+            Some(arena)
+        });
+        lock(&self.modules).insert(module as usize, found.clone());
+        found
+    }
+
+    /// Queues, on `stream` after a launch: the arena copied to pinned memory, the ring
+    /// cursors cleared, and a host function writing the maps back.
+    fn queue_write_back(&self, drv: &Driver, arena: &Arc<Arena>, stream: Handle) -> Result<(), String> {
+        let buf = match lock(&arena.staging).pop() {
+            Some(b) => b as *mut u8,
+            None => drv.mem_alloc_host(arena.len)?,
+        };
+        // SAFETY: `buf` is a pinned buffer of `arena.len` bytes owned by this write-back until
+        // its host function returns it to the pool.
+        unsafe { drv.memcpy_dtoh_async(buf, arena.dev, arena.len, stream) }.inspect_err(|_| lock(&arena.staging).push(buf as usize))?;
+        for off in arena.layout.ring_cursors() {
+            drv.memset_async(arena.dev + off, 16, stream)?;
+        }
+        let job = Box::into_raw(Box::new(WriteBack { arena: arena.clone(), buf: buf as usize }));
+        // SAFETY: `write_back` takes the box back exactly once and calls no CUDA function.
+        let r = unsafe { drv.launch_host_func(stream, write_back, job.cast()) };
+        if r.is_err() {
+            // SAFETY: the driver did not take the job: it is still ours.
+            drop(unsafe { Box::from_raw(job) });
+        }
+        r
+    }
+}
+
+/// A patched image to load, and the probes spliced into it.
+pub(crate) struct PatchedImage {
+    text: &'static CStr,
+    probes: Vec<String>,
+}
+
+impl PatchedImage {
+    /// The NUL-terminated PTX text.
+    fn as_ptr(&self) -> *const c_void {
+        self.text.as_ptr().cast()
+    }
+}
+
+/// A copy back in flight.
+struct WriteBack {
+    arena: Arc<Arena>,
+    buf: usize,
+}
+
+/// Host function run by the driver once a launch and its copy back are done.
+extern "C" fn write_back(data: *mut c_void) {
+    // SAFETY: `data` is the box leaked in `queue_write_back`, handed to this one call.
+    let job = unsafe { Box::from_raw(data.cast::<WriteBack>()) };
+    guarded(|| {
+        let gpu = GPU.get()?;
+        // SAFETY: the copy into the buffer completed before the stream reached this function,
+        // and no one else uses the buffer until it is back in the pool.
+        let mut arena = unsafe { std::slice::from_raw_parts(job.buf as *const u8, job.arena.len) }.to_vec();
+        for e in gpu.probes.write_back(&job.arena.layout, &mut arena, &gpu.region) {
+            gpu.say_once(format!("CUDA maps: {e}"));
+        }
+        Some(())
+    });
+    lock(&job.arena.staging).push(job.buf);
+}
+
+/// The `.target sm_NN` of a PTX text.
+fn ptx_target(ptx: &str) -> Option<u32> {
+    let line = ptx.lines().find(|l| l.trim_start().starts_with(".target"))?;
+    let t = line.split_whitespace().nth(1)?.trim_end_matches(',');
+    t.strip_prefix("sm_")?.trim_end_matches(|c: char| c.is_ascii_alphabetic()).parse().ok()
+}
+
+/// The patched text to load instead of `image`, if any probe goes into it.
+fn replacement(image: *const c_void) -> Option<PatchedImage> {
+    let gpu = GPU.get()?;
+    // SAFETY: `image` was given to a load call, which requires one of the forms `read_image`
+    // accepts.
+    let image = unsafe { driver::read_image(image) };
+    guarded(|| gpu.patch_image(Driver::get(), image))
+}
+
+/// A patched image loaded: its probes are attached.
+fn loaded_patched(image: &PatchedImage) {
+    guarded(|| {
+        let gpu = GPU.get()?;
+        for p in gpu.probes.probes.iter().filter(|p| image.probes.contains(&p.name)) {
+            links::raise_state(&gpu.region, p.link, LinkState::Attached);
+        }
+        Some(())
+    });
+}
+
+/// The driver refused a patched image (the original is loaded instead).
+fn refused(image: &PatchedImage, r: driver::CuResult) {
+    guarded(|| {
+        let gpu = GPU.get()?;
+        for p in gpu.probes.probes.iter().filter(|p| image.probes.contains(&p.name)) {
+            links::raise_state(&gpu.region, p.link, LinkState::Failed);
+        }
+        let name = Driver::get().map(|d| d.error_name(r)).unwrap_or_else(|| format!("CUDA error {r}"));
+        gpu.say_once(format!("the driver refused a CUDA module with probes ({name}); it runs without them"));
+        Some(())
+    });
+}
+
+/// Before a launch of `f`: its module's arena when the module carries probes.
+fn arena_for_launch(f: Handle) -> Option<Arc<Arena>> {
+    let gpu = GPU.get()?;
+    if lock(&gpu.images).is_empty() {
+        return None;
+    }
+    guarded(|| {
+        let drv = Driver::get()?;
+        let module = drv.module_of(f)?;
+        gpu.module_arena(drv, module)
+    })
+}
+
+/// The current context's arena, when it has one (for graph launches).
+fn context_arena_if_any() -> Option<Arc<Arena>> {
+    let gpu = GPU.get()?;
+    guarded(|| {
+        let drv = Driver::get()?;
+        let ctx = drv.current_context()? as usize;
+        lock(&gpu.arenas).get(&ctx).cloned()
+    })
+}
+
+/// After a successful launch that used `arena`: its maps are written back, in stream order.
+fn after_launch(arena: Option<Arc<Arena>>, stream: Handle) {
+    let Some(arena) = arena else { return };
+    guarded(|| {
+        let gpu = GPU.get()?;
+        let drv = Driver::get()?;
+        if let Err(e) = gpu.queue_write_back(drv, &arena, stream) {
+            gpu.say_once(format!("CUDA maps are not copied back: {e}"));
+        }
+        Some(())
+    });
+}

@@ -1,0 +1,354 @@
+//! A stand-in `libcuda.so.1` for machines without a GPU (a test double, in the spirit of
+//! aya's fake syscall layer): the driver API as the CUDA runtime reaches it (`dlsym` of
+//! `cuGetProcAddress_v2`, everything else through it), with modules run by
+//! `bpftime_gpu_ptx::interp`. One device (sm_75, 4 SMs), one context, streams that run
+//! everything at once. Kernels are one-dimensional.
+//!
+//! What it was given is left for the test to read when `BPFTIME_FAKE_CUDA_DIR` names a
+//! directory: every loaded PTX text (`module-N.ptx`) and a `log` of loads and launches.
+//! `BPFTIME_FAKE_CUDA_REJECT=TEXT` makes it refuse PTX containing TEXT (as a driver refuses
+//! PTX its JIT cannot compile), to test fallbacks.
+
+use bpftime_gpu_ptx::fatbin::{self, EntryKind};
+use bpftime_gpu_ptx::interp::{Launch, Machine, Memory, Module};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::io::Write;
+use std::sync::Mutex;
+
+type CuResult = c_int;
+type Handle = *mut c_void;
+
+const SUCCESS: CuResult = 0;
+const INVALID_VALUE: CuResult = 1;
+const INVALID_IMAGE: CuResult = 200;
+const NO_BINARY_FOR_GPU: CuResult = 209;
+const INVALID_PTX: CuResult = 218;
+const INVALID_HANDLE: CuResult = 400;
+const NOT_FOUND: CuResult = 500;
+const LAUNCH_FAILED: CuResult = 719;
+const NOT_SUPPORTED: CuResult = 801;
+
+/// The compute capability this device reports.
+const ARCH: u32 = 75;
+/// Its SMs.
+const SMS: u32 = 4;
+
+struct LoadedModule {
+    machine: Machine,
+    module: Module,
+}
+
+#[derive(Default)]
+struct Fake {
+    memory: Memory,
+    modules: Vec<LoadedModule>,
+    /// (module index, kernel name); a function's handle is its index + 1.
+    functions: Vec<(usize, String)>,
+    context: bool,
+}
+
+static FAKE: Mutex<Option<Fake>> = Mutex::new(None);
+
+fn with<R>(f: impl FnOnce(&mut Fake) -> R) -> R {
+    let mut g = FAKE.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(Fake::default))
+}
+
+fn log(line: &str) {
+    let Some(dir) = std::env::var_os("BPFTIME_FAKE_CUDA_DIR") else { return };
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(std::path::Path::new(&dir).join("log")) {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// The PTX of an image: PTX text, or the newest PTX entry this device can run of a fatbin
+/// (directly or behind a `__cudaFatBinaryWrapper`).
+///
+/// # Safety
+/// `image` must be one of those forms, readable for the length its header gives.
+unsafe fn image_ptx(image: *const c_void) -> Result<String, CuResult> {
+    if image.is_null() {
+        return Err(INVALID_VALUE);
+    }
+    // SAFETY: every image starts with 4 readable bytes.
+    let magic = unsafe { std::ptr::read_unaligned(image.cast::<u32>()) };
+    let fb = match magic {
+        // SAFETY: { int magic; int version; const void *data; ... }
+        0x466243b1 => unsafe { std::ptr::read_unaligned(image.cast::<u8>().add(8).cast::<*const u8>()) },
+        0xBA55ED50 => image.cast::<u8>(),
+        0x464c457f => return Err(NO_BINARY_FOR_GPU),
+        // SAFETY: otherwise a NUL-terminated PTX text.
+        _ => return unsafe { CStr::from_ptr(image.cast()) }.to_str().map(str::to_string).map_err(|_| INVALID_IMAGE),
+    };
+    // SAFETY: the fatbin header: u32 magic, u16 version, u16 header size, u64 body size.
+    let (header, body) = unsafe { (std::ptr::read_unaligned(fb.add(6).cast::<u16>()), std::ptr::read_unaligned(fb.add(8).cast::<u64>())) };
+    // SAFETY: the fatbin is readable for the length its header gives.
+    let bytes = unsafe { std::slice::from_raw_parts(fb, header as usize + body as usize) };
+    let f = fatbin::parse(bytes, 0).map_err(|_| INVALID_IMAGE)?;
+    let e = f.entries.iter().filter(|e| e.kind == EntryKind::Ptx && e.arch <= ARCH).max_by_key(|e| e.arch).ok_or(NO_BINARY_FOR_GPU)?;
+    let text = e.contents(bytes).map_err(|_| INVALID_IMAGE)?;
+    String::from_utf8(text).map_err(|_| INVALID_IMAGE)
+}
+
+/// Loads an image; returns the module handle.
+///
+/// # Safety
+/// As [`image_ptx`].
+unsafe fn load(image: *const c_void) -> Result<Handle, CuResult> {
+    // SAFETY: the caller's contract.
+    let ptx = unsafe { image_ptx(image) }?;
+    if let Ok(bad) = std::env::var("BPFTIME_FAKE_CUDA_REJECT") {
+        if !bad.is_empty() && ptx.contains(&bad) {
+            log("load refused");
+            return Err(INVALID_PTX);
+        }
+    }
+    let module = Module::parse(&ptx).map_err(|e| {
+        log(&format!("load failed: {e}"));
+        INVALID_PTX
+    })?;
+    with(|f| {
+        let n = f.modules.len();
+        if let Some(dir) = std::env::var_os("BPFTIME_FAKE_CUDA_DIR") {
+            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("module-{n}.ptx")), &ptx);
+        }
+        log(&format!("load module {n}: {}", module.function_names().join(" ")));
+        let machine = Machine::new_in(module.clone(), &mut f.memory);
+        f.modules.push(LoadedModule { machine, module });
+        Ok((n + 1) as Handle)
+    })
+}
+
+fn module_index(f: &Fake, m: Handle) -> Result<usize, CuResult> {
+    let i = (m as usize).wrapping_sub(1);
+    if i < f.modules.len() {
+        Ok(i)
+    } else {
+        Err(INVALID_HANDLE)
+    }
+}
+
+fn function(f: &mut Fake, m: Handle, name: *const c_char) -> Result<Handle, CuResult> {
+    let mi = module_index(f, m)?;
+    // SAFETY: the API takes a NUL-terminated name.
+    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+    f.modules[mi].module.kernel_param_sizes(&name).ok_or(NOT_FOUND)?;
+    if let Some(i) = f.functions.iter().position(|(m2, n)| *m2 == mi && *n == name) {
+        return Ok((i + 1) as Handle);
+    }
+    f.functions.push((mi, name));
+    Ok(f.functions.len() as Handle)
+}
+
+fn result(r: Result<(), CuResult>) -> CuResult {
+    r.err().unwrap_or(SUCCESS)
+}
+
+/// Writes `v` through an out-pointer.
+///
+/// # Safety
+/// `p` must be null or writable.
+unsafe fn put<T>(p: *mut T, v: T) -> CuResult {
+    if p.is_null() {
+        return INVALID_VALUE;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { p.write(v) };
+    SUCCESS
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(func: Handle, grid: [c_uint; 3], block: [c_uint; 3], params: *mut *mut c_void) -> CuResult {
+    if grid[1] != 1 || grid[2] != 1 || block[1] != 1 || block[2] != 1 {
+        return NOT_SUPPORTED;
+    }
+    with(|f| {
+        let Some((mi, name)) = f.functions.get((func as usize).wrapping_sub(1)).cloned() else { return INVALID_HANDLE };
+        let sizes = f.modules[mi].module.kernel_param_sizes(&name).unwrap_or_default();
+        let mut args = vec![];
+        for (i, &size) in sizes.iter().enumerate() {
+            if size > 8 || params.is_null() {
+                return NOT_SUPPORTED;
+            }
+            let mut v = [0u8; 8];
+            // SAFETY: cuLaunchKernel's kernelParams: one pointer per parameter to its value.
+            unsafe { std::ptr::copy_nonoverlapping((*params.add(i)).cast::<u8>(), v.as_mut_ptr(), size as usize) };
+            args.push(u64::from_le_bytes(v));
+        }
+        log(&format!("launch {name} blocks {} threads {}", grid[0], block[0]));
+        let m = &mut f.modules[mi].machine;
+        m.memory = std::mem::take(&mut f.memory);
+        let r = m.launch(&name, &args, Launch { blocks: grid[0], threads: block[0], sms: SMS });
+        f.memory = std::mem::take(&mut m.memory);
+        match r {
+            Ok(()) => SUCCESS,
+            Err(e) => {
+                log(&format!("launch failed: {e}"));
+                LAUNCH_FAILED
+            }
+        }
+    })
+}
+
+macro_rules! api {
+    ($(fn $name:ident($($a:ident: $t:ty),*) $body:block)*) => {
+        $(
+            #[allow(clippy::too_many_arguments, non_snake_case)]
+            unsafe extern "C" fn $name($($a: $t),*) -> CuResult {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| $body)).unwrap_or(LAUNCH_FAILED)
+            }
+        )*
+        /// The entry point for a driver symbol.
+        fn entry(name: &[u8]) -> Option<usize> {
+            $(
+                if name == stringify!($name).as_bytes() {
+                    return Some($name as *const () as usize);
+                }
+            )*
+            None
+        }
+    };
+}
+
+type HostFn = unsafe extern "C" fn(*mut c_void);
+
+/// `CUlaunchConfig` as far as the stream.
+#[repr(C)]
+struct LaunchConfig {
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared: c_uint,
+    stream: Handle,
+}
+
+// SAFETY (every body below): the pointers are the driver API's out-parameters and buffers,
+// which the caller must make valid (cuda.h); `put` checks for null.
+api! {
+    fn cuInit(_flags: c_uint) { SUCCESS }
+    fn cuDriverGetVersion(v: *mut c_int) { unsafe { put(v, 13000) } }
+    fn cuDeviceGet(d: *mut c_int, ordinal: c_int) { if ordinal != 0 { INVALID_VALUE } else { unsafe { put(d, 0) } } }
+    fn cuDeviceGetCount(n: *mut c_int) { unsafe { put(n, 1) } }
+    fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, _dev: c_int) {
+        let value = match attr { 16 => SMS as c_int, 75 => (ARCH / 10) as c_int, 76 => (ARCH % 10) as c_int, _ => 0 };
+        unsafe { put(v, value) }
+    }
+    fn cuDevicePrimaryCtxRetain(c: *mut Handle, _dev: c_int) { with(|f| f.context = true); unsafe { put(c, 1 as Handle) } }
+    fn cuDevicePrimaryCtxRelease(_dev: c_int) { SUCCESS }
+    fn cuCtxSetCurrent(c: Handle) { with(|f| f.context = !c.is_null()); SUCCESS }
+    fn cuCtxGetCurrent(c: *mut Handle) { let cur = with(|f| f.context); unsafe { put(c, if cur { 1 as Handle } else { std::ptr::null_mut() }) } }
+    fn cuCtxGetDevice(d: *mut c_int) { unsafe { put(d, 0) } }
+    fn cuCtxSynchronize() { SUCCESS }
+    fn cuStreamCreate(s: *mut Handle, _flags: c_uint) { unsafe { put(s, 0x10 as Handle) } }
+    fn cuStreamSynchronize(_s: Handle) { SUCCESS }
+    fn cuMemAlloc(p: *mut u64, n: usize) { let a = with(|f| f.memory.alloc(n as u64)); unsafe { put(p, a) } }
+    fn cuMemFree(_p: u64) { SUCCESS }
+    fn cuMemAllocHost(p: *mut *mut c_void, n: usize) {
+        // SAFETY: malloc(3); freed by cuMemFreeHost.
+        let a = unsafe { libc::malloc(n.max(1)) };
+        if a.is_null() { 2 } else { unsafe { put(p, a) } }
+    }
+    fn cuMemFreeHost(p: *mut c_void) { unsafe { libc::free(p) }; SUCCESS }
+    fn cuMemcpyHtoD(dst: u64, src: *const c_void, n: usize) {
+        let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), n) }.to_vec();
+        result(with(|f| f.memory.write(dst, &data)).map_err(|_| INVALID_VALUE))
+    }
+    fn cuMemcpyDtoH(dst: *mut c_void, src: u64, n: usize) {
+        match with(|f| f.memory.read(src, n as u64)) {
+            Ok(b) => { unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), dst.cast::<u8>(), n) }; SUCCESS }
+            Err(_) => INVALID_VALUE,
+        }
+    }
+    fn cuMemcpyDtoHAsync(dst: *mut c_void, src: u64, n: usize, _s: Handle) { unsafe { cuMemcpyDtoH(dst, src, n) } }
+    fn cuMemsetD8Async(dst: u64, v: u8, n: usize, _s: Handle) { result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
+    fn cuLaunchHostFunc(_s: Handle, f: HostFn, data: *mut c_void) { unsafe { f(data) }; SUCCESS }
+    fn cuModuleLoadData(m: *mut Handle, image: *const c_void) {
+        match unsafe { load(image) } { Ok(h) => unsafe { put(m, h) }, Err(e) => e }
+    }
+    fn cuModuleLoadDataEx(m: *mut Handle, image: *const c_void, _n: c_uint, _o: *mut c_int, _v: *mut *mut c_void) { unsafe { cuModuleLoadData(m, image) } }
+    fn cuModuleLoadFatBinary(m: *mut Handle, image: *const c_void) { unsafe { cuModuleLoadData(m, image) } }
+    fn cuLibraryLoadData(l: *mut Handle, code: *const c_void, _jo: *mut c_int, _jv: *mut *mut c_void, _jn: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _ln: c_uint) {
+        unsafe { cuModuleLoadData(l, code) }
+    }
+    fn cuModuleGetFunction(out: *mut Handle, m: Handle, name: *const c_char) {
+        match with(|f| function(f, m, name)) { Ok(h) => unsafe { put(out, h) }, Err(e) => e }
+    }
+    fn cuLibraryGetKernel(out: *mut Handle, l: Handle, name: *const c_char) { unsafe { cuModuleGetFunction(out, l, name) } }
+    fn cuKernelGetFunction(out: *mut Handle, k: Handle) { unsafe { put(out, k) } }
+    fn cuLibraryGetModule(out: *mut Handle, l: Handle) { unsafe { put(out, l) } }
+    fn cuFuncGetModule(out: *mut Handle, func: Handle) {
+        match with(|f| f.functions.get((func as usize).wrapping_sub(1)).map(|x| x.0)) {
+            Some(mi) => unsafe { put(out, (mi + 1) as Handle) },
+            None => INVALID_HANDLE,
+        }
+    }
+    fn cuModuleGetGlobal(p: *mut u64, n: *mut usize, m: Handle, name: *const c_char) {
+        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+        let found = with(|f| module_index(f, m).ok().and_then(|i| f.modules[i].machine.global(&name)));
+        match found {
+            Some(a) => { unsafe { put(p, a) }; if !n.is_null() { unsafe { put(n, 24) }; } SUCCESS }
+            None => NOT_FOUND,
+        }
+    }
+    fn cuLibraryGetGlobal(p: *mut u64, n: *mut usize, l: Handle, name: *const c_char) { unsafe { cuModuleGetGlobal(p, n, l, name) } }
+    fn cuLaunchKernel(func: Handle, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, _shared: c_uint, _s: Handle, params: *mut *mut c_void, _extra: *mut *mut c_void) {
+        launch(func, [gx, gy, gz], [bx, by, bz], params)
+    }
+    fn cuLaunchKernelEx(config: *const LaunchConfig, func: Handle, params: *mut *mut c_void, _extra: *mut *mut c_void) {
+        if config.is_null() { return INVALID_VALUE; }
+        let c = unsafe { &*config };
+        let _ = c.stream;
+        launch(func, c.grid, c.block, params)
+    }
+    fn cuGetErrorName(r: CuResult, s: *mut *const c_char) {
+        let name: &'static CStr = match r { 0 => c"CUDA_SUCCESS", 218 => c"CUDA_ERROR_INVALID_PTX", 209 => c"CUDA_ERROR_NO_BINARY_FOR_GPU", 719 => c"CUDA_ERROR_LAUNCH_FAILED", _ => c"CUDA_ERROR_UNKNOWN" };
+        unsafe { put(s, name.as_ptr()) }
+    }
+}
+
+/// Looks a driver symbol up, with or without the `_v2` / `_ptsz` suffixes of the real ABI.
+fn lookup(name: &CStr) -> Option<usize> {
+    let n = name.to_bytes();
+    let base = n.strip_suffix(b"_ptsz").unwrap_or(n);
+    let base = base.strip_suffix(b"_v2").unwrap_or(base);
+    if base == b"cuGetProcAddress" {
+        return Some(if n.ends_with(b"_v2") { cuGetProcAddress_v2 as *const () as usize } else { cuGetProcAddress as *const () as usize });
+    }
+    entry(base)
+}
+
+/// `cuGetProcAddress` (CUDA 11.3 signature).
+///
+/// # Safety
+/// `name` NUL-terminated, `pfn` writable.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn cuGetProcAddress(name: *const c_char, pfn: *mut *mut c_void, _version: c_int, _flags: u64) -> CuResult {
+    if name.is_null() || pfn.is_null() {
+        return INVALID_VALUE;
+    }
+    // SAFETY: the caller's contract.
+    let found = lookup(unsafe { CStr::from_ptr(name) });
+    // SAFETY: the caller's contract.
+    unsafe { *pfn = found.unwrap_or(0) as *mut c_void };
+    if found.is_some() {
+        SUCCESS
+    } else {
+        NOT_FOUND
+    }
+}
+
+/// `cuGetProcAddress_v2` (CUDA 12.0).
+///
+/// # Safety
+/// As [`cuGetProcAddress`]; `status` null or writable.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn cuGetProcAddress_v2(name: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64, status: *mut c_int) -> CuResult {
+    // SAFETY: the caller's contract.
+    let r = unsafe { cuGetProcAddress(name, pfn, version, flags) };
+    if !status.is_null() {
+        // SAFETY: the caller's contract. CU_GET_PROC_ADDRESS_SUCCESS = 0, SYMBOL_NOT_FOUND = 1.
+        unsafe { *status = if r == SUCCESS { 0 } else { 1 } };
+    }
+    r
+}
