@@ -410,8 +410,10 @@ fn vm_ptx_and_the_gpu_engines() {
     assert!(ptx.status.success(), "{}", text(&ptx.stderr));
     let out = text(&ptx.stdout);
     assert!(out.starts_with(&text(&jit.stdout)), "same r0 as the JIT:\n{out}");
-    assert!(out.contains("map `counts` (GPU, type 2") && out.contains("  15 => 10021702"), "{out}");
-    assert!(out.contains("2 records, 0 lost"), "{out}");
+    // Copied back into the object's host maps, dumped as the CPU engines dump them.
+    assert!(out.contains("map 1 `counts`: array") && out.contains("  15 => 10021702"), "{out}");
+    assert!(out.contains("`per_cpu`: percpu_array") && out.contains("(sum 1)"), "per-SM values in CPU slots: {out}");
+    assert!(out.contains("40 bytes waiting, producer at 40, consumer at 0, 0 lost"), "two ring records: {out}");
     // Many threads share the maps.
     let many = bpftime(&["vm", "run", "--engine", "ptx", "--threads", "32", obj, "--mem", mem, "--dump-maps"]);
     assert!(text(&many.stdout).contains("  0 => 224\n"), "32 threads x 7: {}", text(&many.stdout));

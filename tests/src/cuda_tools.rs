@@ -1,4 +1,4 @@
-//! The CUDA toolchain pieces the tests use without a GPU: `ptxas` (and later `nvcc`) from the
+//! The CUDA toolchain pieces the tests use without a GPU: `ptxas` and `nvcc` from the
 //! pip wheel `nvidia-cuda-nvcc`, which `scripts/setup.sh` installs into /opt/bpftime-cuda.
 
 use std::path::PathBuf;
@@ -23,13 +23,19 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 /// `ptxas`, or why there is none. With `BPFTIME_REQUIRE_CUDA_TOOLS=1` (the README's test
 /// command sets it) a missing tool is a failure, not a skip.
 pub fn ptxas_or_skip(what: &str) -> Option<PathBuf> {
-    match tool("ptxas") {
+    tool_or_skip("ptxas", what)
+}
+
+/// CUDA tool `name` (`nvcc`, `ptxas`), or why there is none: a skip with a printed reason, or a
+/// failure with `BPFTIME_REQUIRE_CUDA_TOOLS=1`.
+pub fn tool_or_skip(name: &str, what: &str) -> Option<PathBuf> {
+    match tool(name) {
         Some(p) => Some(p),
         None if std::env::var_os("BPFTIME_REQUIRE_CUDA_TOOLS").is_some() => {
-            panic!("{what}: ptxas not found (install the pip wheel nvidia-cuda-nvcc: bash scripts/setup.sh)")
+            panic!("{what}: {name} not found (install the pip wheel nvidia-cuda-nvcc: bash scripts/setup.sh)")
         }
         None => {
-            println!("skipping {what}: ptxas not found (bash scripts/setup.sh installs it)");
+            println!("skipping {what}: {name} not found (bash scripts/setup.sh installs it)");
             None
         }
     }

@@ -47,6 +47,7 @@ type FnCtxGetCurrent = unsafe extern "C" fn(*mut Handle) -> CuResult;
 type FnCtxGetDevice = unsafe extern "C" fn(*mut c_int) -> CuResult;
 type FnDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> CuResult;
 type FnDeviceGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> CuResult;
+type FnStreamIsCapturing = unsafe extern "C" fn(Handle, *mut c_int) -> CuResult;
 type FnGetErrorName = unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult;
 
 /// The entry points the agent uses.
@@ -65,6 +66,7 @@ pub struct Driver {
     device_get: FnDeviceGet,
     device_get_attribute: FnDeviceGetAttribute,
     get_error_name: Option<FnGetErrorName>,
+    stream_is_capturing: Option<FnStreamIsCapturing>,
 }
 
 /// Asks the real `cuGetProcAddress` for `name`.
@@ -127,6 +129,10 @@ impl Driver {
             get_error_name: lookup(c"cuGetErrorName").map(|p| {
                 // SAFETY: as in `entry!`.
                 unsafe { std::mem::transmute::<usize, FnGetErrorName>(p) }
+            }),
+            stream_is_capturing: lookup(c"cuStreamIsCapturing").map(|p| {
+                // SAFETY: as in `entry!`.
+                unsafe { std::mem::transmute::<usize, FnStreamIsCapturing>(p) }
             }),
         })
     }
@@ -221,6 +227,15 @@ impl Driver {
         }
         // SAFETY: as above.
         (unsafe { (self.func_get_module)(&mut m, func) } == SUCCESS && !m.is_null()).then_some(m)
+    }
+
+    /// Whether `stream` is being captured into a graph (then nothing may be allocated or
+    /// queued on it by us: the graph would replay it).
+    pub fn capturing(&self, stream: Handle) -> bool {
+        let Some(f) = self.stream_is_capturing else { return false };
+        let mut status = 0;
+        // SAFETY: valid out-pointer; the driver checks the stream handle.
+        (unsafe { f(stream, &mut status) }) == SUCCESS && status != 0
     }
 
     /// The current context, if any.

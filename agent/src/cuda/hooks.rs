@@ -339,7 +339,7 @@ unsafe extern "C" fn launch_kernel<const S: usize>(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CuResult {
-    let arena = super::arena_for_launch(f);
+    let arena = super::arena_for_launch(f, LAUNCH_KERNEL.stream(S, stream));
     let real = LAUNCH_KERNEL.real(S);
     // SAFETY: the driver's own entry point for this slot with the caller's arguments.
     let r = unsafe { std::mem::transmute::<usize, FnLaunchKernel>(real)(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) };
@@ -362,7 +362,7 @@ unsafe extern "C" fn launch_cooperative<const S: usize>(
     stream: Handle,
     params: *mut *mut c_void,
 ) -> CuResult {
-    let arena = super::arena_for_launch(f);
+    let arena = super::arena_for_launch(f, LAUNCH_COOPERATIVE.stream(S, stream));
     let real = LAUNCH_COOPERATIVE.real(S);
     // SAFETY: as in `launch_kernel`.
     let r = unsafe { std::mem::transmute::<usize, FnLaunchCooperative>(real)(f, gx, gy, gz, bx, by, bz, shared, stream, params) };
@@ -373,13 +373,13 @@ unsafe extern "C" fn launch_cooperative<const S: usize>(
 }
 
 unsafe extern "C" fn launch_kernel_ex<const S: usize>(config: *const LaunchConfig, f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> CuResult {
-    let arena = super::arena_for_launch(f);
+    // SAFETY: a non-null configuration is a readable CUlaunchConfig (the driver reads it too).
+    let stream = if config.is_null() { std::ptr::null_mut() } else { unsafe { (*config).stream } };
+    let arena = super::arena_for_launch(f, LAUNCH_KERNEL_EX.stream(S, stream));
     let real = LAUNCH_KERNEL_EX.real(S);
     // SAFETY: as in `launch_kernel`.
     let r = unsafe { std::mem::transmute::<usize, FnLaunchKernelEx>(real)(config, f, params, extra) };
-    if r == SUCCESS && !config.is_null() {
-        // SAFETY: the driver accepted the configuration, so it is a readable CUlaunchConfig.
-        let stream = unsafe { (*config).stream };
+    if r == SUCCESS {
         super::after_launch(arena, LAUNCH_KERNEL_EX.stream(S, stream));
     }
     r

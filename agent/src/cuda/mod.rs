@@ -315,14 +315,18 @@ fn refused(image: &PatchedImage, r: driver::CuResult) {
     });
 }
 
-/// Before a launch of `f`: its module's arena when the module carries probes.
-fn arena_for_launch(f: Handle) -> Option<Arc<Arena>> {
+/// Before a launch of `f` on `stream`: its module's arena when the module carries probes.
+/// While the stream is captured into a graph nothing is set up (that would allocate).
+fn arena_for_launch(f: Handle, stream: Handle) -> Option<Arc<Arena>> {
     let gpu = GPU.get()?;
     if lock(&gpu.images).is_empty() {
         return None;
     }
     guarded(|| {
         let drv = Driver::get()?;
+        if drv.capturing(stream) {
+            return None;
+        }
         let module = drv.module_of(f)?;
         gpu.module_arena(drv, module)
     })
@@ -339,11 +343,15 @@ fn context_arena_if_any() -> Option<Arc<Arena>> {
 }
 
 /// After a successful launch that used `arena`: its maps are written back, in stream order.
+/// Not for a launch captured into a graph: the graph's launches are written back instead.
 fn after_launch(arena: Option<Arc<Arena>>, stream: Handle) {
     let Some(arena) = arena else { return };
     guarded(|| {
         let gpu = GPU.get()?;
         let drv = Driver::get()?;
+        if drv.capturing(stream) {
+            return None;
+        }
         if let Err(e) = gpu.queue_write_back(drv, &arena, stream) {
             gpu.say_once(format!("CUDA maps are not copied back: {e}"));
         }

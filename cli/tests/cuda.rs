@@ -1,0 +1,187 @@
+//! CUDA kernel probes end to end without a GPU: `bpftime run probe.o -- app`, where the app is
+//! nvcc-built device code driven through the driver API exactly as the CUDA runtime drives it,
+//! and `libcuda.so.1` is the test double in `tests/fake-cuda` (it runs the PTX it is given on the
+//! PTX interpreter). The agent's interposition, patching, fallbacks and map write-back are the
+//! real ones; the GPU itself is what `scripts/gpu-check.sh` adds where there is one.
+
+use bpftime_tests::clang::build_example;
+use bpftime_tests::cuda_tools::tool_or_skip;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const ELEMENTS: u32 = 1000;
+const LAUNCHES: u32 = 3;
+/// Threads per launch: blocks of 256 covering the elements.
+const THREADS: u64 = (ELEMENTS as u64).div_ceil(256) * 256;
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_bpftime")).parent().unwrap().to_path_buf()
+}
+
+/// A scratch directory with the fake driver installed as `libcuda.so.1`, and the driver-API
+/// vector add built against a fatbin made with `nvcc_flags`. None (skipped) without nvcc.
+fn setup(tag: &str, nvcc_flags: &[&str]) -> Option<PathBuf> {
+    let nvcc = tool_or_skip("nvcc", "CUDA probe tests")?;
+    let dir = std::env::temp_dir().join(format!("bpftime-cuda-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let fake = bin_dir().join("libbpftime_fake_cuda.so");
+    assert!(fake.exists(), "{} is missing: build the workspace (cargo build)", fake.display());
+    std::fs::copy(&fake, dir.join("libcuda.so.1")).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let fatbin = dir.join("vector_add.fatbin");
+    let out = Command::new(&nvcc).arg("--fatbin").args(nvcc_flags).arg("-o").arg(&fatbin).arg(root.join("examples/cuda/vector_add.cu")).output().unwrap();
+    assert!(out.status.success(), "nvcc: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("cc")
+        .args(["-O2", &format!("-DFATBIN=\"{}\"", fatbin.display())])
+        .arg(root.join("examples/cuda/driver_vector_add.c"))
+        .args(["-ldl", "-o"])
+        .arg(dir.join("app"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    Some(dir)
+}
+
+fn app_args() -> [String; 2] {
+    [ELEMENTS.to_string(), LAUNCHES.to_string()]
+}
+
+/// The app on its own (the fake driver, no agent).
+fn plain(dir: &Path) -> Output {
+    Command::new(dir.join("app")).args(app_args()).env("LD_LIBRARY_PATH", dir).output().unwrap()
+}
+
+/// The app under `bpftime run OBJ`, with extra environment.
+fn traced(dir: &Path, obj: &Path, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bpftime"));
+    c.arg("run").arg(obj).arg("--").arg(dir.join("app")).args(app_args()).env("LD_LIBRARY_PATH", dir).env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The value printed for key `key` of map `name` in `bpftime run`'s dump.
+fn dumped(out: &str, name: &str, key: &str) -> Option<String> {
+    let start = out.find(&format!("`{name}`"))?;
+    let rest = &out[start..];
+    let end = rest[1..].find("\nmap ").map_or(rest.len(), |e| e + 1);
+    rest[..end].lines().find_map(|l| l.trim().strip_prefix(&format!("{key} => ")).map(str::to_string))
+}
+
+#[test]
+fn probes_run_in_the_kernels_of_an_unmodified_cuda_app() {
+    let Some(dir) = setup("counts", &[]) else { return };
+    let base = plain(&dir);
+    assert!(base.status.success(), "{}", text(&base.stderr));
+    let out = traced(&dir, &build_example("cuda_probes"), &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    // The app's own output is byte-identical.
+    assert_eq!(stdout, text(&base.stdout));
+    assert!(!stderr.contains("never attached"), "{stderr}");
+    let total = (THREADS * LAUNCHES as u64).to_string();
+    assert_eq!(dumped(&stderr, "calls", "0").as_deref(), Some(total.as_str()), "entries: one per thread per launch\n{stderr}");
+    assert_eq!(dumped(&stderr, "calls", "1").as_deref(), Some(total.as_str()), "exits: one per thread per launch\n{stderr}");
+    let per_sm = dumped(&stderr, "exits_per_sm", "0").unwrap_or_default();
+    assert!(per_sm.ends_with(&format!("(sum {total})")), "per-SM exits add up: {per_sm}\n{stderr}");
+    assert!(dumped(&stderr, "last_exit_ns", "0").is_some_and(|v| v != "0"), "{stderr}");
+    // What the driver was given: one module, the app's kernel with the probes spliced in.
+    let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
+    assert_eq!(log.matches("load module").count(), 1, "{log}");
+    let ptx = std::fs::read_to_string(dir.join("log/module-0.ptx")).unwrap();
+    assert!(ptx.contains(".visible .entry _Z10vector_addPKfS0_Pfi") && ptx.contains("bpftime_arena"), "{ptx}");
+    assert_eq!(ptx.matches("call.uni (%bpt6), bpftime_p").count(), 2, "one entry and one exit call");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gpu_ring_buffer_records_reach_the_host_reader() {
+    let Some(dir) = setup("ring", &[]) else { return };
+    let out = traced(&dir, &build_example("cuda_events"), &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // One record per block per launch: block, threads, the kernel's `n` parameter, clock.
+    let records: Vec<Vec<u8>> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("ringbuf `events`: 24 bytes: "))
+        .map(|hex| hex.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect())
+        .collect();
+    assert_eq!(records.len() as u64, THREADS / 256 * LAUNCHES as u64, "{stderr}");
+    let word = |r: &[u8], at: usize| u32::from_le_bytes(r[at..at + 4].try_into().unwrap());
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(word(r, 0) as u64, i as u64 % (THREADS / 256), "block of record {i}\n{stderr}");
+        assert_eq!((word(r, 4), word(r, 8)), (256, ELEMENTS), "threads and n of record {i}\n{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_refused_module_falls_back_to_the_original_and_says_why_once() {
+    let Some(dir) = setup("refused", &[]) else { return };
+    let base = plain(&dir);
+    let out = traced(&dir, &build_example("cuda_probes"), &[("BPFTIME_FAKE_CUDA_REJECT", "bpftime_arena")]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(text(&out.stdout), text(&base.stdout));
+    assert_eq!(stderr.matches("the driver refused a CUDA module with probes (CUDA_ERROR_INVALID_PTX)").count(), 1, "{stderr}");
+    assert_eq!(dumped(&stderr, "calls", "0"), None, "no probe ran\n{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sass_only_modules_run_untouched_and_the_agent_says_so() {
+    // Machine code for sm_75 only: nothing to patch (the fake driver cannot run SASS either, so
+    // the app fails the same way with and without the agent).
+    let Some(dir) = setup("sass", &["-gencode", "arch=compute_75,code=sm_75"]) else { return };
+    let base = plain(&dir);
+    let out = traced(&dir, &build_example("cuda_probes"), &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), base.status.code(), "{stderr}");
+    assert_eq!(text(&out.stdout), text(&base.stdout));
+    assert!(stderr.contains("has no PTX for this GPU (only SASS: sm_75); its kernels run without probes"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_cuda_probes_the_driver_sees_the_original_image() {
+    let Some(dir) = setup("untouched", &[]) else { return };
+    let out = traced(&dir, &build_example("uprobe_calls"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ptx = std::fs::read_to_string(dir.join("log/module-0.ptx")).unwrap();
+    assert!(!ptx.contains("bpftime"), "nothing spliced");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent interposes `dlsym`; a library preloaded after it that finds the next `puts` with
+/// `dlsym(RTLD_NEXT, ...)` must still get libc's (glibc decides "next" from the caller).
+#[test]
+fn dlsym_rtld_next_still_means_next_after_the_caller() {
+    let dir = std::env::temp_dir().join(format!("bpftime-dlsym-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("shim.c");
+    std::fs::write(
+        &src,
+        "#define _GNU_SOURCE\n#include <dlfcn.h>\n#include <stdio.h>\n\
+         int puts(const char *s) { int (*next)(const char *) = dlsym(RTLD_NEXT, \"puts\"); fputs(\"shim: \", stdout); return next(s); }\n",
+    )
+    .unwrap();
+    let shim = dir.join("libshim.so");
+    let out = Command::new("cc").args(["-shared", "-fPIC", "-O2", "-o"]).arg(&shim).arg(&src).arg("-ldl").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let main = dir.join("main.c");
+    std::fs::write(&main, "#include <stdio.h>\nint main(void) { puts(\"hello\"); return 0; }\n").unwrap();
+    let out = Command::new("cc").args(["-O2", "-o"]).arg(dir.join("hello")).arg(&main).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let agent = bin_dir().join("libbpftime.so");
+    let preload = format!("{} {}", agent.display(), shim.display());
+    let out = Command::new(dir.join("hello")).env("LD_PRELOAD", preload).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "shim: hello\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
