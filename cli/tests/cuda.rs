@@ -185,3 +185,80 @@ fn dlsym_rtld_next_still_means_next_after_the_caller() {
     assert_eq!(text(&out.stdout), "shim: hello\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The sum of the non-zero values `bpftime run` printed for map `name`.
+fn dumped_sum(out: &str, name: &str) -> u64 {
+    let Some(start) = out.find(&format!("`{name}`")) else { return 0 };
+    let rest = &out[start..];
+    let end = rest[1..].find("\nmap ").map_or(rest.len(), |e| e + 1);
+    rest[..end].lines().filter_map(|l| l.split_once(" => ")).filter_map(|(_, v)| v.trim().parse::<u64>().ok()).sum()
+}
+
+#[test]
+fn launch_counts_block_durations_and_sm_histograms() {
+    let Some(dir) = setup("timing", &[]) else { return };
+    let blocks = THREADS / 256 * LAUNCHES as u64;
+    let out = traced(&dir, &build_example("cuda_launches"), &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(dumped(&stderr, "launches", "0").as_deref(), Some(LAUNCHES.to_string().as_str()), "vector_add launches\n{stderr}");
+    // Probes on kernels this app does not have are reported, not attached.
+    assert!(stderr.contains("`gemm_launch` was never attached to gemm"), "{stderr}");
+    let out = traced(&dir, &build_example("cuda_timing"), &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(dumped_sum(&stderr, "duration_log2"), blocks, "one duration per block per launch\n{stderr}");
+    assert_eq!(dumped_sum(&stderr, "blocks_per_sm"), blocks, "every block on some SM\n{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every probe example spliced into every CUDA example that has its kernels; ptxas accepts the
+/// result for the oldest and newest targets we support.
+#[test]
+fn every_probe_example_patches_every_cuda_example() {
+    let Some(nvcc) = tool_or_skip("nvcc", "patching the CUDA examples") else { return };
+    let Some(ptxas) = tool_or_skip("ptxas", "patching the CUDA examples") else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = std::env::temp_dir().join(format!("bpftime-cuda-examples-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // (example, probe object, probes expected in it)
+    let expected = [
+        ("vector_add", "cuda_probes", 2),
+        ("vector_add", "cuda_events", 1),
+        ("vector_add", "cuda_timing", 2),
+        ("vector_add", "cuda_launches", 1),
+        ("gemm", "cuda_launches", 1),
+        ("reduce", "cuda_launches", 2),
+        ("streams", "cuda_launches", 1),
+        ("graph", "cuda_launches", 1),
+        ("gemm", "cuda_probes", 0),
+    ];
+    for (example, probe, n) in expected {
+        let fatbin = dir.join(format!("{example}.fatbin"));
+        if !fatbin.exists() {
+            let out = Command::new(&nvcc).arg("--fatbin").arg("-o").arg(&fatbin).arg(root.join(format!("examples/cuda/{example}.cu"))).output().unwrap();
+            assert!(out.status.success(), "nvcc {example}: {}", text(&out.stderr));
+        }
+        let out_dir = dir.join(format!("{example}-{probe}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_bpftime"))
+            .args(["cuda", "patch"])
+            .arg(build_example(probe))
+            .arg(&fatbin)
+            .arg("-o")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let report = text(&out.stdout);
+        assert!(out.status.success(), "{example} + {probe}: {}", text(&out.stderr));
+        assert_eq!(report.matches(" probe `").count(), n, "{example} + {probe}:\n{report}");
+        for e in std::fs::read_dir(&out_dir).unwrap() {
+            let ptx = e.unwrap().path();
+            for sm in ["sm_75", "sm_90"] {
+                let o = Command::new(&ptxas).arg(format!("-arch={sm}")).arg(&ptx).arg("-o").arg(dir.join("out.cubin")).output().unwrap();
+                assert!(o.status.success(), "ptxas {sm} refused {example} + {probe}: {}", text(&o.stderr));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

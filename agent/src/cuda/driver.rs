@@ -47,6 +47,7 @@ type FnCtxGetCurrent = unsafe extern "C" fn(*mut Handle) -> CuResult;
 type FnCtxGetDevice = unsafe extern "C" fn(*mut c_int) -> CuResult;
 type FnDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> CuResult;
 type FnDeviceGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> CuResult;
+type FnLibraryGetModule = unsafe extern "C" fn(*mut Handle, Handle) -> CuResult;
 type FnStreamIsCapturing = unsafe extern "C" fn(Handle, *mut c_int) -> CuResult;
 type FnGetErrorName = unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult;
 
@@ -67,6 +68,7 @@ pub struct Driver {
     device_get_attribute: FnDeviceGetAttribute,
     get_error_name: Option<FnGetErrorName>,
     stream_is_capturing: Option<FnStreamIsCapturing>,
+    library_get_module: Option<FnLibraryGetModule>,
 }
 
 /// Asks the real `cuGetProcAddress` for `name`.
@@ -129,6 +131,10 @@ impl Driver {
             get_error_name: lookup(c"cuGetErrorName").map(|p| {
                 // SAFETY: as in `entry!`.
                 unsafe { std::mem::transmute::<usize, FnGetErrorName>(p) }
+            }),
+            library_get_module: lookup(c"cuLibraryGetModule").map(|p| {
+                // SAFETY: as in `entry!`.
+                unsafe { std::mem::transmute::<usize, FnLibraryGetModule>(p) }
             }),
             stream_is_capturing: lookup(c"cuStreamIsCapturing").map(|p| {
                 // SAFETY: as in `entry!`.
@@ -236,6 +242,14 @@ impl Driver {
         let mut status = 0;
         // SAFETY: valid out-pointer; the driver checks the stream handle.
         (unsafe { f(stream, &mut status) }) == SUCCESS && status != 0
+    }
+
+    /// The module of `library` in the current context (CUDA 12).
+    pub fn library_module(&self, library: Handle) -> Option<Handle> {
+        let f = self.library_get_module?;
+        let mut m: Handle = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; the driver checks the handle.
+        (unsafe { f(&mut m, library) } == SUCCESS && !m.is_null()).then_some(m)
     }
 
     /// The current context, if any.

@@ -253,11 +253,11 @@ pub unsafe extern "C" fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut
 
 /// Calls `load` with the patched image when the agent has one for `image`, falling back to
 /// the original (and saying why once) when the driver refuses it.
-fn load_with(image: *const c_void, load: impl Fn(*const c_void) -> CuResult) -> CuResult {
+fn load_with(image: *const c_void, load: impl Fn(*const c_void) -> CuResult, loaded: impl Fn() -> super::Loaded) -> CuResult {
     let Some(patched) = super::replacement(image) else { return load(image) };
     let r = load(patched.as_ptr());
     if r == SUCCESS {
-        super::loaded_patched(&patched);
+        super::loaded_patched(&patched, loaded());
         return r;
     }
     super::refused(&patched, r);
@@ -269,7 +269,8 @@ unsafe extern "C" fn module_load_data<const S: usize>(module: *mut Handle, image
     // SAFETY: the driver's own entry point for this slot, called with the caller's arguments
     // (the image replaced by a NUL-terminated PTX text, which the call accepts).
     let load = |img| unsafe { std::mem::transmute::<usize, FnModuleLoadData>(real)(module, img) };
-    load_with(image, load)
+    // SAFETY: read after a successful load, which wrote the handle.
+    load_with(image, load, || super::Loaded::Module(unsafe { *module }))
 }
 
 unsafe extern "C" fn module_load_fat_binary<const S: usize>(module: *mut Handle, image: *const c_void) -> CuResult {
@@ -281,7 +282,8 @@ unsafe extern "C" fn module_load_fat_binary<const S: usize>(module: *mut Handle,
             // SAFETY: the driver's cuModuleLoadData with a NUL-terminated PTX text.
             let r = unsafe { load(module, p.as_ptr()) };
             if r == SUCCESS {
-                super::loaded_patched(&p);
+                // SAFETY: written by the successful load.
+                super::loaded_patched(&p, super::Loaded::Module(unsafe { *module }));
                 return r;
             }
             super::refused(&p, r);
@@ -301,7 +303,8 @@ unsafe extern "C" fn module_load_data_ex<const S: usize>(
     let real = MODULE_LOAD_DATA_EX.real(S);
     // SAFETY: as in `module_load_data`.
     let load = |img| unsafe { std::mem::transmute::<usize, FnModuleLoadDataEx>(real)(module, img, n, options, values) };
-    load_with(image, load)
+    // SAFETY: read after a successful load, which wrote the handle.
+    load_with(image, load, || super::Loaded::Module(unsafe { *module }))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -319,8 +322,8 @@ unsafe extern "C" fn library_load_data<const S: usize>(
     // SAFETY: as in `module_load_data`.
     let load =
         |img| unsafe { std::mem::transmute::<usize, FnLibraryLoadData>(real)(library, img, jit_options, jit_values, n_jit, lib_options, lib_values, n_lib) };
-    // A library's modules are found per context at launch time (`cuFuncGetModule`).
-    load_with(code, load)
+    // SAFETY: read after a successful load, which wrote the handle.
+    load_with(code, load, || super::Loaded::Library(unsafe { *library }))
 }
 
 // ---- launches ----
@@ -386,12 +389,13 @@ unsafe extern "C" fn launch_kernel_ex<const S: usize>(config: *const LaunchConfi
 }
 
 unsafe extern "C" fn graph_launch<const S: usize>(graph: Handle, stream: Handle) -> CuResult {
+    // A graph may hold instrumented kernels: set them up, write this context's maps back after.
+    let arena = super::arena_for_graph(GRAPH_LAUNCH.stream(S, stream));
     let real = GRAPH_LAUNCH.real(S);
     // SAFETY: as in `launch_kernel`.
     let r = unsafe { std::mem::transmute::<usize, FnGraphLaunch>(real)(graph, stream) };
     if r == SUCCESS {
-        // A graph may hold instrumented kernels: write back this context's maps after it.
-        super::after_launch(super::context_arena_if_any(), GRAPH_LAUNCH.stream(S, stream));
+        super::after_launch(arena, GRAPH_LAUNCH.stream(S, stream));
     }
     r
 }

@@ -48,6 +48,8 @@ struct Gpu {
     modules: Mutex<HashMap<usize, Option<Arc<Arena>>>>,
     /// Arenas by context.
     arenas: Mutex<HashMap<usize, Arc<Arena>>>,
+    /// Patched images loaded: (module or library handle, whether a library).
+    loaded: Mutex<Vec<(usize, bool)>>,
     /// Messages said already.
     said: Mutex<HashSet<String>>,
 }
@@ -87,6 +89,7 @@ pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink]) {
         images: Mutex::default(),
         modules: Mutex::default(),
         arenas: Mutex::default(),
+        loaded: Mutex::default(),
         said: Mutex::default(),
     });
 }
@@ -291,10 +294,22 @@ fn replacement(image: *const c_void) -> Option<PatchedImage> {
     guarded(|| gpu.patch_image(Driver::get(), image))
 }
 
+/// What a load call made.
+pub(crate) enum Loaded {
+    /// `cuModuleLoad*`: a module of the current context.
+    Module(Handle),
+    /// `cuLibraryLoadData`: a library, with a module per context.
+    Library(Handle),
+}
+
 /// A patched image loaded: its probes are attached.
-fn loaded_patched(image: &PatchedImage) {
+fn loaded_patched(image: &PatchedImage, handle: Loaded) {
     guarded(|| {
         let gpu = GPU.get()?;
+        lock(&gpu.loaded).push(match handle {
+            Loaded::Module(h) => (h as usize, false),
+            Loaded::Library(h) => (h as usize, true),
+        });
         for p in gpu.probes.probes.iter().filter(|p| image.probes.contains(&p.name)) {
             links::raise_state(&gpu.region, p.link, LinkState::Attached);
         }
@@ -332,13 +347,25 @@ fn arena_for_launch(f: Handle, stream: Handle) -> Option<Arc<Arena>> {
     })
 }
 
-/// The current context's arena, when it has one (for graph launches).
-fn context_arena_if_any() -> Option<Arc<Arena>> {
+/// Before a graph launch on `stream`: every patched module of the current context set up (its
+/// kernels may have been captured without ever being launched directly), and the context's
+/// arena to write back after it.
+fn arena_for_graph(stream: Handle) -> Option<Arc<Arena>> {
     let gpu = GPU.get()?;
     guarded(|| {
         let drv = Driver::get()?;
-        let ctx = drv.current_context()? as usize;
-        lock(&gpu.arenas).get(&ctx).cloned()
+        if drv.capturing(stream) {
+            return None;
+        }
+        let loaded = lock(&gpu.loaded).clone();
+        let mut arena = None;
+        for (h, library) in loaded {
+            let module = if library { drv.library_module(h as Handle) } else { Some(h as Handle) };
+            if let Some(a) = module.and_then(|m| gpu.module_arena(drv, m)) {
+                arena = Some(a);
+            }
+        }
+        arena
     })
 }
 
