@@ -110,6 +110,9 @@ enum Command {
         /// Size of the region holding the maps (suffixes K, M, G).
         #[arg(long, default_value = "64M")]
         shm_size: String,
+        /// Attach only this program (function or section name; repeatable). Default: all.
+        #[arg(long = "program")]
+        programs: Vec<String>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -507,8 +510,8 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             let status = cmd.status().map_err(|e| format!("{}: {e}", command[0]))?;
             Ok(exit_code(status))
         }
-        Command::Run { file, json, output, engine, budget, shm_size, command } => {
-            run::run(run::RunRequest { file, json, output, engine, budget, shm_size: parse_size(&shm_size)?, agent: agent_path()?, command })
+        Command::Run { file, json, output, engine, budget, shm_size, programs, command } => {
+            run::run(run::RunRequest { file, json, output, engine, budget, shm_size: parse_size(&shm_size)?, programs, agent: agent_path()?, command })
         }
         Command::Vm { command: VmCommand::Run { file, section, mem, engine, threads, sm, shard_adds, dump_maps, json, budget } } => {
             let cpu = match engine {

@@ -36,6 +36,8 @@ pub struct RunRequest {
     pub budget: Option<u64>,
     /// Region size.
     pub shm_size: u64,
+    /// Programs to attach (function or section names); empty: all.
+    pub programs: Vec<String>,
     /// The agent library.
     pub agent: PathBuf,
     /// The command.
@@ -162,7 +164,16 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
     let region = Arc::new(ShmRegion::create(&name, req.shm_size).map_err(|e| e.to_string())?);
     let rt = Runtime::new(region.clone(), req.engine);
     let loaded = rt.load_object(&obj).map_err(|e| format!("{shown}: {e}"))?;
-    let stored = links::store_uprobes(&region, &loaded.programs).map_err(|e| e.to_string())?;
+    let chosen: Vec<(String, String, u32)> = loaded
+        .programs
+        .iter()
+        .filter(|(name, section, _)| req.programs.is_empty() || req.programs.iter().any(|p| p == name || p == section))
+        .cloned()
+        .collect();
+    if let Some(missing) = req.programs.iter().find(|p| !loaded.programs.iter().any(|(name, section, _)| *p == name || *p == section)) {
+        return Err(format!("{shown}: no program named `{missing}`"));
+    }
+    let stored = links::store_uprobes(&region, &chosen).map_err(|e| e.to_string())?;
     for s in &stored.skipped {
         eprintln!("bpftime: {shown}: {s}");
     }

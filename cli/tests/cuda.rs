@@ -262,3 +262,21 @@ fn every_probe_example_patches_every_cuda_example() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With a copy back queued after every launch (stream-ordered, on the driver's thread) as well
+/// as at the app's synchronisation, counts stay exact and no ring record is seen twice.
+#[test]
+fn copies_after_every_launch_keep_counts_exact_and_records_single() {
+    let Some(dir) = setup("every-launch", &[]) else { return };
+    let every = [("BPFTIME_CUDA_COPY_MS", "0")];
+    let out = traced(&dir, &build_example("cuda_probes"), &every);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let total = (THREADS * LAUNCHES as u64).to_string();
+    assert_eq!(dumped(&stderr, "calls", "0").as_deref(), Some(total.as_str()), "{stderr}");
+    assert_eq!(dumped(&stderr, "calls", "1").as_deref(), Some(total.as_str()), "{stderr}");
+    let out = traced(&dir, &build_example("cuda_events"), &every);
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("ringbuf `events`: 24 bytes:").count() as u64, THREADS / 256 * LAUNCHES as u64, "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

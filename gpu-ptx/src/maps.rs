@@ -128,6 +128,12 @@ pub fn host_equivalent(map_type: u32) -> Option<u32> {
     })
 }
 
+/// Largest shared array whose 64-bit adds are sharded per SM (bigger ones, like per-thread
+/// slots, take plain atomics: their addresses are spread already).
+pub const SHARD_MAP_MAX: u64 = 64 << 10;
+/// Most bytes of shared arrays sharded in all (each SM has a copy).
+pub const SHARD_ZONE_MAX: u64 = 256 << 10;
+
 /// Bytes of a perf buffer's device ring (it has no size of its own).
 pub const PERF_RING_BYTES: u64 = 1 << 20;
 
@@ -196,18 +202,24 @@ impl ArenaLayout {
             }
             placed.push(PlacedMap { spec: m.clone(), kind, data_off: 0, data_len, slots, stride, capacity, entry_size });
         }
-        // Storage: the shared arrays first, one after the other (the shard zone), then the rest.
+        // Storage: the small shared arrays first, one after the other (the shard zone, copied
+        // once per SM, so it stays small: counters and histograms), then the rest.
         let mut at = round8(HEADER_SIZE + DESC_SIZE * maps.len() as u64).div_ceil(64) * 64;
         let zone_off = at;
-        let shardable = |m: &PlacedMap| m.kind == GpuMapKind::Array && m.slots == 1;
-        for m in placed.iter_mut().filter(|m| shardable(m)) {
-            m.data_off = at;
-            at = (at + m.data_len).div_ceil(64) * 64;
+        let mut in_zone = vec![false; placed.len()];
+        for (i, m) in placed.iter_mut().enumerate() {
+            if m.kind == GpuMapKind::Array && m.slots == 1 && m.data_len <= SHARD_MAP_MAX && at + m.data_len - zone_off <= SHARD_ZONE_MAX {
+                in_zone[i] = true;
+                m.data_off = at;
+                at = (at + m.data_len).div_ceil(64) * 64;
+            }
         }
         let zone_len = at - zone_off;
-        for m in placed.iter_mut().filter(|m| !shardable(m)) {
-            m.data_off = at;
-            at = (at + m.data_len).div_ceil(64) * 64;
+        for (i, m) in placed.iter_mut().enumerate() {
+            if !in_zone[i] {
+                m.data_off = at;
+                at = (at + m.data_len).div_ceil(64) * 64;
+            }
         }
         // One copy of the zone per SM: 64-bit atomic adds into shared arrays land there.
         let shards_off = at;

@@ -36,6 +36,8 @@ const ABI_VERSION: c_int = 12000;
 type FnMemAlloc = unsafe extern "C" fn(*mut DevPtr, usize) -> CuResult;
 type FnMemcpyHtoD = unsafe extern "C" fn(DevPtr, *const c_void, usize) -> CuResult;
 type FnMemcpyDtoHAsync = unsafe extern "C" fn(*mut c_void, DevPtr, usize, Handle) -> CuResult;
+type FnMemcpyDtoH = unsafe extern "C" fn(*mut c_void, DevPtr, usize) -> CuResult;
+type FnMemsetD8 = unsafe extern "C" fn(DevPtr, u8, usize) -> CuResult;
 type FnMemsetD8Async = unsafe extern "C" fn(DevPtr, u8, usize, Handle) -> CuResult;
 type FnMemAllocHost = unsafe extern "C" fn(*mut *mut c_void, usize) -> CuResult;
 type FnHostFn = unsafe extern "C" fn(*mut c_void);
@@ -57,6 +59,8 @@ pub struct Driver {
     memcpy_htod: FnMemcpyHtoD,
     memcpy_dtoh_async: FnMemcpyDtoHAsync,
     memset_d8_async: FnMemsetD8Async,
+    memcpy_dtoh: FnMemcpyDtoH,
+    memset_d8: FnMemsetD8,
     mem_alloc_host: FnMemAllocHost,
     launch_host_func: FnLaunchHostFunc,
     module_get_global: FnModuleGetGlobal,
@@ -92,7 +96,7 @@ fn lookup(name: &CStr) -> Option<usize> {
 
 macro_rules! entry {
     ($name:literal as $t:ty) => {{
-        let p = lookup($name)?;
+        let p = lookup($name).ok_or_else(|| format!("the driver has no {}", $name.to_string_lossy()))?;
         // SAFETY: the driver returned this entry point for this name at the CUDA 12 ABI, whose
         // signature is the type it is converted to (checked against cuda.h).
         unsafe { std::mem::transmute::<usize, $t>(p) }
@@ -101,21 +105,23 @@ macro_rules! entry {
 
 impl Driver {
     /// The entry points, once the application has fetched `cuGetProcAddress`; None before, or
-    /// when the driver lacks one of them.
+    /// when the driver lacks one of them (said once).
     pub fn get() -> Option<&'static Driver> {
         static DRIVER: OnceLock<Option<Driver>> = OnceLock::new();
         if REAL_GET_PROC_V1.load(Ordering::Acquire) == 0 && REAL_GET_PROC_V2.load(Ordering::Acquire) == 0 {
             return None;
         }
-        DRIVER.get_or_init(Driver::load).as_ref()
+        DRIVER.get_or_init(|| Driver::load().map_err(|e| eprintln!("bpftime: CUDA probes are off: {e}")).ok()).as_ref()
     }
 
-    fn load() -> Option<Driver> {
-        Some(Driver {
+    fn load() -> Result<Driver, String> {
+        Ok(Driver {
             mem_alloc: entry!(c"cuMemAlloc" as FnMemAlloc),
             memcpy_htod: entry!(c"cuMemcpyHtoD" as FnMemcpyHtoD),
             memcpy_dtoh_async: entry!(c"cuMemcpyDtoHAsync" as FnMemcpyDtoHAsync),
             memset_d8_async: entry!(c"cuMemsetD8Async" as FnMemsetD8Async),
+            memcpy_dtoh: entry!(c"cuMemcpyDtoH" as FnMemcpyDtoH),
+            memset_d8: entry!(c"cuMemsetD8" as FnMemsetD8),
             mem_alloc_host: entry!(c"cuMemAllocHost" as FnMemAllocHost),
             launch_host_func: entry!(c"cuLaunchHostFunc" as FnLaunchHostFunc),
             module_get_global: entry!(c"cuModuleGetGlobal" as FnModuleGetGlobal),
@@ -186,6 +192,18 @@ impl Driver {
     pub unsafe fn memcpy_dtoh_async(&self, dst: *mut u8, src: DevPtr, len: usize, stream: Handle) -> Result<(), String> {
         // SAFETY: the caller keeps `dst` valid; `src` came from the driver.
         self.check(unsafe { (self.memcpy_dtoh_async)(dst.cast(), src, len, stream) }, "cuMemcpyDtoHAsync")
+    }
+
+    /// `cuMemcpyDtoH`: synchronous copy of `out.len()` bytes from device address `src`.
+    pub fn memcpy_dtoh(&self, out: &mut [u8], src: DevPtr) -> Result<(), String> {
+        // SAFETY: `out` is writable for its length; `src` came from the driver.
+        self.check(unsafe { (self.memcpy_dtoh)(out.as_mut_ptr().cast(), src, out.len()) }, "cuMemcpyDtoH")
+    }
+
+    /// `cuMemsetD8`: zeroes `len` bytes at `dst`, synchronously.
+    pub fn memset(&self, dst: DevPtr, len: usize) -> Result<(), String> {
+        // SAFETY: device memory from the driver; nothing on the host is touched.
+        self.check(unsafe { (self.memset_d8)(dst, 0, len) }, "cuMemsetD8")
     }
 
     /// `cuMemsetD8Async`: zeroes `len` bytes at `dst`, ordered on `stream`.

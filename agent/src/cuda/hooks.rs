@@ -67,6 +67,11 @@ static MODULE_LOAD_DATA: Slots = Slots::new();
 static MODULE_LOAD_DATA_EX: Slots = Slots::new();
 static MODULE_LOAD_FAT_BINARY: Slots = Slots::new();
 static LIBRARY_LOAD_DATA: Slots = Slots::new();
+static CTX_SYNCHRONIZE: Slots = Slots::new();
+static STREAM_SYNCHRONIZE: Slots = Slots::new();
+static EVENT_SYNCHRONIZE: Slots = Slots::new();
+static MEMCPY_DTOH: Slots = Slots::new();
+static MEMCPY: Slots = Slots::new();
 
 type FnLaunchKernel = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void, *mut *mut c_void) -> CuResult;
 type FnLaunchCooperative = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void) -> CuResult;
@@ -108,6 +113,11 @@ fn wrapper_of(name: &[u8], real: usize, per_thread: bool) -> Option<usize> {
         b"cuModuleLoadDataEx" => pick!(MODULE_LOAD_DATA_EX, module_load_data_ex),
         b"cuModuleLoadFatBinary" => pick!(MODULE_LOAD_FAT_BINARY, module_load_fat_binary),
         b"cuLibraryLoadData" => pick!(LIBRARY_LOAD_DATA, library_load_data),
+        b"cuCtxSynchronize" => pick!(CTX_SYNCHRONIZE, ctx_synchronize),
+        b"cuStreamSynchronize" => pick!(STREAM_SYNCHRONIZE, stream_synchronize),
+        b"cuEventSynchronize" => pick!(EVENT_SYNCHRONIZE, event_synchronize),
+        b"cuMemcpyDtoH" | b"cuMemcpyDtoH_v2" => pick!(MEMCPY_DTOH, memcpy_dtoh),
+        b"cuMemcpy" => pick!(MEMCPY, memcpy),
         _ => None,
     }
 }
@@ -397,5 +407,42 @@ unsafe extern "C" fn graph_launch<const S: usize>(graph: Handle, stream: Handle)
     if r == SUCCESS {
         super::after_launch(arena, GRAPH_LAUNCH.stream(S, stream));
     }
+    r
+}
+
+// ---- synchronisation points: the application reads its results, we copy the maps back ----
+
+unsafe extern "C" fn ctx_synchronize<const S: usize>() -> CuResult {
+    // SAFETY: the driver's own entry point for this slot.
+    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn() -> CuResult>(CTX_SYNCHRONIZE.real(S))() };
+    super::sync_point();
+    r
+}
+
+unsafe extern "C" fn stream_synchronize<const S: usize>(stream: Handle) -> CuResult {
+    // SAFETY: as in `ctx_synchronize`, with the caller's argument.
+    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(Handle) -> CuResult>(STREAM_SYNCHRONIZE.real(S))(stream) };
+    super::sync_point();
+    r
+}
+
+unsafe extern "C" fn event_synchronize<const S: usize>(event: Handle) -> CuResult {
+    // SAFETY: as in `stream_synchronize`.
+    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(Handle) -> CuResult>(EVENT_SYNCHRONIZE.real(S))(event) };
+    super::sync_point();
+    r
+}
+
+unsafe extern "C" fn memcpy_dtoh<const S: usize>(dst: *mut c_void, src: u64, n: usize) -> CuResult {
+    // SAFETY: as in `stream_synchronize`.
+    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, u64, usize) -> CuResult>(MEMCPY_DTOH.real(S))(dst, src, n) };
+    super::sync_point();
+    r
+}
+
+unsafe extern "C" fn memcpy<const S: usize>(dst: u64, src: u64, n: usize) -> CuResult {
+    // SAFETY: as in `stream_synchronize`.
+    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(u64, u64, usize) -> CuResult>(MEMCPY.real(S))(dst, src, n) };
+    super::sync_point();
     r
 }

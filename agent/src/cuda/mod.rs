@@ -8,8 +8,11 @@
 //!     to the real call; refused or nothing to splice: the original image, said once
 //!   cuLaunchKernel(Ex) / cooperative / graph launch of a function of a patched module:
 //!     first time in a context: device arena (maps) allocated and initialised from the region,
-//!     the module's `bpftime_arena` global set; after the launch, on its stream: arena copied
-//!     to pinned memory, ring cursors cleared, a host function writes the maps back to the region
+//!     the module's `bpftime_arena` global set; after a launch, at most every 50 ms, on its
+//!     stream: arena copied to pinned memory, ring cursors cleared, a host function writes the
+//!     maps back to the region
+//!   cuCtxSynchronize / cuStreamSynchronize / cuEventSynchronize / cuMemcpyDtoH / cuMemcpy:
+//!     after the real call, maps with launches not yet copied back are copied back (synchronously)
 //! ```
 
 mod driver;
@@ -25,7 +28,9 @@ use bpftime_shm::ShmRegion;
 use driver::{DevPtr, Driver, Handle, Image};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_void, CStr, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// A device arena: the maps of every probe, in one context.
 pub(crate) struct Arena {
@@ -34,6 +39,17 @@ pub(crate) struct Arena {
     layout: ArenaLayout,
     /// Pinned buffers for the copies back, free for reuse (addresses).
     staging: Mutex<Vec<usize>>,
+    /// Launches since the maps were last copied back.
+    dirty: AtomicU64,
+    /// When they were last copied back (or the arena made).
+    last_copy: Mutex<Instant>,
+}
+
+/// How often, at most, launches queue a copy back of the maps (`BPFTIME_CUDA_COPY_MS`,
+/// default 50 ms); the application's synchronisations copy back whatever is left.
+fn copy_interval() -> Duration {
+    static MS: OnceLock<u64> = OnceLock::new();
+    Duration::from_millis(*MS.get_or_init(|| std::env::var("BPFTIME_CUDA_COPY_MS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(50)))
 }
 
 /// The probes of this process and what the agent did with them.
@@ -192,7 +208,7 @@ impl Gpu {
         if verbose() {
             eprintln!("bpftime: CUDA maps: {} bytes of device memory ({} maps, {nsm} SMs)", image.len(), layout.maps.len());
         }
-        let a = Arc::new(Arena { dev, len: image.len(), layout, staging: Mutex::default() });
+        let a = Arc::new(Arena { dev, len: image.len(), layout, staging: Mutex::default(), dirty: AtomicU64::new(0), last_copy: Mutex::new(Instant::now()) });
         arenas.insert(ctx, a.clone());
         Ok(a)
     }
@@ -379,8 +395,42 @@ fn after_launch(arena: Option<Arc<Arena>>, stream: Handle) {
         if drv.capturing(stream) {
             return None;
         }
+        arena.dirty.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut last = lock(&arena.last_copy);
+            if last.elapsed() < copy_interval() {
+                return None;
+            }
+            *last = Instant::now();
+        }
+        arena.dirty.store(0, Ordering::Relaxed);
         if let Err(e) = gpu.queue_write_back(drv, &arena, stream) {
             gpu.say_once(format!("CUDA maps are not copied back: {e}"));
+        }
+        Some(())
+    });
+}
+
+/// After the application synchronised (its results are final): the maps of every arena with
+/// launches not copied back yet are copied back now, synchronously.
+fn sync_point() {
+    let Some(gpu) = GPU.get() else { return };
+    guarded(|| {
+        let drv = Driver::get()?;
+        let arenas: Vec<Arc<Arena>> = lock(&gpu.arenas).values().filter(|a| a.dirty.load(Ordering::Relaxed) > 0).cloned().collect();
+        for a in arenas {
+            a.dirty.store(0, Ordering::Relaxed);
+            *lock(&a.last_copy) = Instant::now();
+            let mut copy = vec![0u8; a.len];
+            let r = drv.memcpy_dtoh(&mut copy, a.dev).and_then(|()| a.layout.ring_cursors().into_iter().try_for_each(|off| drv.memset(a.dev + off, 16)));
+            match r {
+                Ok(()) => {
+                    for e in gpu.probes.write_back(&a.layout, &mut copy, &gpu.region) {
+                        gpu.say_once(format!("CUDA maps: {e}"));
+                    }
+                }
+                Err(e) => gpu.say_once(format!("CUDA maps are not copied back: {e}")),
+            }
         }
         Some(())
     });

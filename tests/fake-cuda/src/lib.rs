@@ -259,6 +259,7 @@ api! {
         }
     }
     fn cuMemcpyDtoHAsync(dst: *mut c_void, src: u64, n: usize, _s: Handle) { unsafe { cuMemcpyDtoH(dst, src, n) } }
+    fn cuMemsetD8(dst: u64, v: u8, n: usize) { result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
     fn cuMemsetD8Async(dst: u64, v: u8, n: usize, _s: Handle) { result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
     fn cuLaunchHostFunc(_s: Handle, f: HostFn, data: *mut c_void) { unsafe { f(data) }; SUCCESS }
     fn cuModuleLoadData(m: *mut Handle, image: *const c_void) {
