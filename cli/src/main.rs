@@ -443,7 +443,7 @@ fn copied_back(file: &Path, section: Option<&str>, r: &gpu_run::Report) -> Optio
     let mut maps = vec![];
     for (slot, placed) in layout.maps.iter().enumerate() {
         let host = loaded.maps.iter().find(|m| m.name() == placed.spec.name)?;
-        bpftime_runtime::gpu::write_back(layout, arena, slot, host).ok()?;
+        bpftime_runtime::gpu::write_back(layout, arena, None, slot, host).ok()?;
         maps.push(host.clone());
     }
     let _ = section;

@@ -299,6 +299,13 @@ impl ArenaLayout {
     /// The entries of map `slot` in an arena image: (key, one value per slot). Arrays list
     /// every index; hashes their live entries in table order.
     pub fn entries(&self, arena: &[u8], slot: usize) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
+        self.entries_where(arena, slot, &|_| true)
+    }
+
+    /// The entries of map `slot` whose bytes in the arena (the byte range of all their value
+    /// slots, or of the whole hash slot) `keep` says to read: what changed since a previous
+    /// copy, say.
+    pub fn entries_where(&self, arena: &[u8], slot: usize, keep: &dyn Fn(std::ops::Range<usize>) -> bool) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
         let Some(m) = self.maps.get(slot) else { return vec![] };
         let vs = m.spec.value_size as usize;
         let values = |base: u64| -> Vec<Vec<u8>> {
@@ -311,11 +318,21 @@ impl ArenaLayout {
         };
         match m.kind {
             GpuMapKind::Array => {
-                (0..m.spec.max_entries).map(|i| (i.to_le_bytes().to_vec(), values(m.data_off + i as u64 * m.slots as u64 * m.stride as u64))).collect()
+                let bytes = m.slots as u64 * m.stride as u64;
+                (0..m.spec.max_entries)
+                    .filter(|&i| {
+                        let at = (m.data_off + i as u64 * bytes) as usize;
+                        keep(at..at + bytes as usize)
+                    })
+                    .map(|i| (i.to_le_bytes().to_vec(), values(m.data_off + i as u64 * bytes)))
+                    .collect()
             }
             GpuMapKind::Hash => (0..m.capacity as u64)
                 .filter_map(|i| {
                     let e = m.data_off + i * m.entry_size as u64;
+                    if !keep(e as usize..(e + m.entry_size as u64) as usize) {
+                        return None;
+                    }
                     let state = u32::from_le_bytes(arena.get(e as usize..e as usize + 4)?.try_into().ok()?);
                     if state != HASH_FULL {
                         return None;

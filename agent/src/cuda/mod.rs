@@ -43,6 +43,19 @@ pub(crate) struct Arena {
     dirty: AtomicU64,
     /// When they were last copied back (or the arena made).
     last_copy: Mutex<Instant>,
+    /// What was last written back (folded), so that only changed entries are written again.
+    written: Mutex<Vec<u8>>,
+}
+
+impl Arena {
+    /// Writes a copy of this arena back into the region's maps (what changed since the last).
+    fn write_back(&self, gpu: &Gpu, copy: &mut [u8]) {
+        let mut written = lock(&self.written);
+        for e in gpu.probes.write_back(&self.layout, copy, Some(&written), &gpu.region) {
+            gpu.say_once(format!("CUDA maps: {e}"));
+        }
+        written.copy_from_slice(copy);
+    }
 }
 
 /// How often, at most, launches queue a copy back of the maps (`BPFTIME_CUDA_COPY_MS`,
@@ -208,7 +221,15 @@ impl Gpu {
         if verbose() {
             eprintln!("bpftime: CUDA maps: {} bytes of device memory ({} maps, {nsm} SMs)", image.len(), layout.maps.len());
         }
-        let a = Arc::new(Arena { dev, len: image.len(), layout, staging: Mutex::default(), dirty: AtomicU64::new(0), last_copy: Mutex::new(Instant::now()) });
+        let a = Arc::new(Arena {
+            dev,
+            len: image.len(),
+            layout,
+            staging: Mutex::default(),
+            dirty: AtomicU64::new(0),
+            last_copy: Mutex::new(Instant::now()),
+            written: Mutex::new(image.clone()),
+        });
         arenas.insert(ctx, a.clone());
         Ok(a)
     }
@@ -286,9 +307,7 @@ extern "C" fn write_back(data: *mut c_void) {
         // SAFETY: the copy into the buffer completed before the stream reached this function,
         // and no one else uses the buffer until it is back in the pool.
         let mut arena = unsafe { std::slice::from_raw_parts(job.buf as *const u8, job.arena.len) }.to_vec();
-        for e in gpu.probes.write_back(&job.arena.layout, &mut arena, &gpu.region) {
-            gpu.say_once(format!("CUDA maps: {e}"));
-        }
+        job.arena.write_back(gpu, &mut arena);
         Some(())
     });
     lock(&job.arena.staging).push(job.buf);
@@ -424,11 +443,7 @@ fn sync_point() {
             let mut copy = vec![0u8; a.len];
             let r = drv.memcpy_dtoh(&mut copy, a.dev).and_then(|()| a.layout.ring_cursors().into_iter().try_for_each(|off| drv.memset(a.dev + off, 16)));
             match r {
-                Ok(()) => {
-                    for e in gpu.probes.write_back(&a.layout, &mut copy, &gpu.region) {
-                        gpu.say_once(format!("CUDA maps: {e}"));
-                    }
-                }
+                Ok(()) => a.write_back(gpu, &mut copy),
                 Err(e) => gpu.say_once(format!("CUDA maps are not copied back: {e}")),
             }
         }

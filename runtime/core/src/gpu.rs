@@ -160,17 +160,19 @@ pub fn describe_arena(layout: &ArenaLayout, arena: &[u8]) -> Vec<String> {
 /// Copies the GPU's copy of a map (slot `slot` of `layout`, read from `arena`) into the map of
 /// the shared region, where the CPU side, `bpftime map dump` and readers see it: array values,
 /// hash entries (added or updated; none removed), ring records (appended to the host ring).
-/// Per-SM values are added into the per-CPU slots (SM k into CPU k mod ncpus).
-pub fn write_back(layout: &ArenaLayout, arena: &[u8], slot: usize, map: &bpftime_maps::Map) -> Result<(), String> {
+/// Per-SM values are added into the per-CPU slots (SM k into CPU k mod ncpus). With `prev`, a
+/// previous copy of the arena (shards folded), only entries whose bytes changed are written.
+pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot: usize, map: &bpftime_maps::Map) -> Result<(), String> {
     use bpftime_gpu_ptx::maps::GpuMapKind;
     let m = layout.maps.get(slot).ok_or("no such GPU map")?;
+    let changed = |r: std::ops::Range<usize>| prev.is_none_or(|p| p.get(r.clone()) != arena.get(r));
     if m.slots > 1 {
         // One value per SM on the GPU, one per CPU on the host: SM k's value is added, 8 bytes
         // at a time, into CPU k mod ncpus's (per-CPU maps on the GPU hold counters and
         // histograms; the total over CPUs is the total over SMs).
         let ncpus = map.ncpus().max(1) as usize;
         let stride = map.syscall_value_size() / ncpus;
-        for (k, vs) in layout.entries(arena, slot) {
+        for (k, vs) in layout.entries_where(arena, slot, &changed) {
             let mut buf = vec![0u8; stride * ncpus];
             for (sm, v) in vs.iter().enumerate() {
                 let at = (sm % ncpus) * stride;
@@ -190,7 +192,7 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], slot: usize, map: &bpftime
     }
     match m.kind {
         GpuMapKind::Array | GpuMapKind::Hash => {
-            for (k, vs) in layout.entries(arena, slot) {
+            for (k, vs) in layout.entries_where(arena, slot, &changed) {
                 map.update(&k, &vs[0], 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
             }
         }
@@ -323,12 +325,13 @@ impl GpuProbes {
     }
 
     /// Copies a device arena (as read back after a launch; its shards are folded here) into the
-    /// region's maps. Returns what could not be copied, one line per map.
-    pub fn write_back(&self, layout: &ArenaLayout, arena: &mut [u8], region: &Arc<bpftime_shm::ShmRegion>) -> Vec<String> {
+    /// region's maps, entries that changed since `prev` (the previous copy, folded, or the
+    /// image the arena started from) only. Returns what could not be copied, one line per map.
+    pub fn write_back(&self, layout: &ArenaLayout, arena: &mut [u8], prev: Option<&[u8]>, region: &Arc<bpftime_shm::ShmRegion>) -> Vec<String> {
         layout.fold_shards(arena);
         let mut errors = vec![];
         for (slot, &id) in self.map_ids.iter().enumerate() {
-            let r = bpftime_maps::Map::open(region, id).map_err(|e| e.to_string()).and_then(|map| write_back(layout, arena, slot, &map));
+            let r = bpftime_maps::Map::open(region, id).map_err(|e| e.to_string()).and_then(|map| write_back(layout, arena, prev, slot, &map));
             if let Err(e) = r {
                 errors.push(e);
             }
