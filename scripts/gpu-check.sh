@@ -16,7 +16,7 @@ if [ "${1:-}" = "--build" ]; then
     set -e
     source scripts/setup.sh
     rm -rf "$out" && mkdir -p "$out/bin" "$out/data"
-    cargo build --release -p bpftime-cli
+    cargo build --release -p bpftime-cli -p bpftime-agent
     # The test binaries (cargo prints their paths as JSON); examples are built by a first run.
     cargo test --release -p bpftime-tests --test gpu_device --test gpu_ptx --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys
@@ -26,9 +26,16 @@ for l in sys.stdin:
         print(m["target"]["name"], m["executable"])' \
         | while read -r name exe; do cp "$exe" "$out/bin/$name"; done
     cargo test --release -p bpftime-tests --test gpu_device >/dev/null
-    cp target/release/bpftime "$out/bin/"
+    cp target/release/bpftime target/release/libbpftime.so "$out/bin/"
     strip "$out"/bin/* || true
-    mkdir -p "$out/bpf-examples" && cp target/bpf-examples/*.bpf.o "$out/bpf-examples/"
+    # Every example object (the GPU machine has no clang), built as the tests build them.
+    mkdir -p target/bpf-examples "$out/bpf-examples"
+    for src in examples/bpf/*.bpf.c; do
+        obj="target/bpf-examples/$(basename "$src" .c).o"
+        [ "$obj" -nt "$src" ] || clang-14 -target bpf -mcpu=v3 -O2 -g -D__TARGET_ARCH_x86 -c -I examples/bpf \
+            -I/usr/include/x86_64-linux-gnu "$src" -o "$obj"
+    done
+    cp target/bpf-examples/*.bpf.o "$out/bpf-examples/"
     [ -f ../shared/conformance/vectors.jsonl ] && cp ../shared/conformance/vectors.jsonl "$out/data/"
     du -sh "$out"
     echo "built $out: carry it to the GPU machine and run bash scripts/gpu-check.sh there"
@@ -54,6 +61,86 @@ done
 echo "== GPU benchmarks"
 BPFTIME_GPU_BENCH=1 "$out/bin/gpu_device" --exact --test-threads 1 --nocapture gpu_benchmarks 2>&1 | tee "$out/bench.log" | grep -vE "^running|^$"
 grep -q "test result: ok" "$out/bench.log" && summary+=("benchmarks: ran") || { summary+=("benchmarks: FAILED"); status=1; }
+echo "== CUDA probes in applications built here by nvcc, run under bpftime run"
+cuda="$out/cuda"
+rm -rf "$cuda" && mkdir -p "$cuda"
+bpf=target/bpf-examples
+cli="$out/bin/bpftime"
+NVCC="${NVCC:-nvcc}"
+for ex in vector_add gemm reduce streams graph vector_add_bench; do
+    "$NVCC" -O2 -o "$cuda/$ex" "examples/cuda/$ex.cu" || summary+=("nvcc $ex: FAILED")
+done
+"$NVCC" --fatbin -o "$cuda/vector_add.fatbin" examples/cuda/vector_add.cu &&
+    cc -O2 -DFATBIN="\"$PWD/$cuda/vector_add.fatbin\"" examples/cuda/driver_vector_add.c -ldl -o "$cuda/driver_vector_add" ||
+    summary+=("driver_vector_add build: FAILED")
+
+# map_value FILE MAP KEY: the value bpftime run printed for KEY of MAP.
+map_value() {
+    awk -v m="\`$2\`" -v k="  $3 => " 'index($0, "map ") == 1 { inmap = index($0, m) > 0 } inmap && index($0, k) == 1 { print substr($0, length(k) + 1); exit }' "$1"
+}
+# map_sum FILE MAP: the sum of MAP's printed values.
+map_sum() {
+    awk -v m="\`$2\`" 'index($0, "map ") == 1 { inmap = index($0, m) > 0; next } inmap && / => [0-9]+$/ { s += $NF } END { print s + 0 }' "$1"
+}
+# traced NAME OBJECT "APP ARGS" [bpftime run options]: the app alone and under bpftime run;
+# its output must not change. Leaves bpftime's report in $cuda/NAME.report.
+traced() {
+    local name=$1 obj=$2 app=$3; shift 3
+    "$cuda"/$app > "$cuda/$name.plain" 2>&1
+    BPFTIME_VERBOSE=1 "$cli" run --shm-size 1G "$@" "$bpf/$obj.bpf.o" -- "$cuda"/$app > "$cuda/$name.traced" 2> "$cuda/$name.report"
+    if ! cmp -s "$cuda/$name.plain" "$cuda/$name.traced"; then
+        echo "$name: the application's output changed under bpftime:"; diff "$cuda/$name.plain" "$cuda/$name.traced" | head -5
+        return 1
+    fi
+    grep -E "patched in|refused|no PTX|never attached|CUDA probes are off|failed" "$cuda/$name.report" | head -5
+}
+# expect NAME WHAT GOT WANT
+expect() {
+    if [ "$3" = "$4" ]; then summary+=("cuda $1: $2 = $3 (exact)"); else summary+=("cuda $1: $2 = '$3', expected '$4': FAILED"); status=1; fi
+}
+if traced vector_add cuda_probes "vector_add 1048576"; then
+    expect vector_add "entries" "$(map_value "$cuda/vector_add.report" calls 0)" 1048576
+    expect vector_add "exits" "$(map_value "$cuda/vector_add.report" calls 1)" 1048576
+else summary+=("cuda vector_add: FAILED"); status=1; fi
+if traced driver_api cuda_probes "driver_vector_add 1048576 3"; then
+    expect driver_api "entries" "$(map_value "$cuda/driver_api.report" calls 0)" 3145728
+else summary+=("cuda driver_api: FAILED"); status=1; fi
+if traced gemm cuda_launches "gemm 512"; then
+    expect gemm "launches" "$(map_value "$cuda/gemm.report" launches 1)" 1
+else summary+=("cuda gemm: FAILED"); status=1; fi
+if traced reduce cuda_launches "reduce 1048576"; then
+    expect reduce "partial_sums launches" "$(map_value "$cuda/reduce.report" launches 2)" 1
+    expect reduce "final_sum launches" "$(map_value "$cuda/reduce.report" launches 3)" 1
+else summary+=("cuda reduce: FAILED"); status=1; fi
+if traced streams cuda_launches "streams 1048576"; then
+    expect streams "scale launches" "$(map_value "$cuda/streams.report" launches 4)" 2
+else summary+=("cuda streams: FAILED"); status=1; fi
+if traced graph cuda_launches "graph 65536 5"; then
+    expect graph "increment launches in graphs" "$(map_value "$cuda/graph.report" launches 5)" 15
+else summary+=("cuda graph: FAILED"); status=1; fi
+if traced events cuda_events "vector_add 1048576"; then
+    expect events "ring records" "$(grep -c 'ringbuf `events`' "$cuda/events.report")" 4096
+else summary+=("cuda events: FAILED"); status=1; fi
+if traced timing cuda_timing "vector_add 1048576"; then
+    expect timing "block durations" "$(map_sum "$cuda/timing.report" duration_log2)" 4096
+    expect timing "blocks on SMs" "$(map_sum "$cuda/timing.report" blocks_per_sm)" 4096
+else summary+=("cuda timing: FAILED"); status=1; fi
+
+echo "== CUDA probe benchmarks: vector add, us per launch (mean of 50), ratio to no agent"
+bench() { grep -o '[0-9.]* us per launch' | cut -d' ' -f1; }
+for n in 262144 16777216; do
+    base=$("$cuda/vector_add_bench" $n 50 | bench)
+    echo "$n threads: no agent $base us"
+    for row in "none" "empty_entry empty_exit" "thread_count" "shared_count" "timer_entry timer_exit" "ring_event"; do
+        args=(); for p in $row; do args+=(--program "$p"); done
+        t=$("$cli" run --shm-size 1G "${args[@]}" "$bpf/cuda_bench.bpf.o" -- "$cuda/vector_add_bench" $n 50 2>/dev/null | bench)
+        ratio=$(awk -v a="$t" -v b="$base" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else print "?" }')
+        printf '  %-24s %10s us  %6sx\n' "${row// /+}" "$t" "$ratio"
+        summary+=("bench $n ${row// /+}: $t us (${ratio}x)")
+    done
+done
+grep -h "patched in" "$cuda"/vector_add.report | head -1 | sed 's/^/one-time cost: /'
+
 echo "== summary"
 printf '%s\n' "${summary[@]}"
 exit $status

@@ -264,10 +264,13 @@ pub unsafe extern "C" fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut
 /// Calls `load` with the patched image when the agent has one for `image`, falling back to
 /// the original (and saying why once) when the driver refuses it.
 fn load_with(image: *const c_void, load: impl Fn(*const c_void) -> CuResult, loaded: impl Fn() -> super::Loaded) -> CuResult {
+    let started = std::time::Instant::now();
     let Some(patched) = super::replacement(image) else { return load(image) };
+    let patching = started.elapsed();
     let r = load(patched.as_ptr());
     if r == SUCCESS {
         super::loaded_patched(&patched, loaded());
+        super::report_load_time(patching, started.elapsed() - patching);
         return r;
     }
     super::refused(&patched, r);

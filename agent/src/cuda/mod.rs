@@ -352,6 +352,13 @@ fn loaded_patched(image: &PatchedImage, handle: Loaded) {
     });
 }
 
+/// With `BPFTIME_VERBOSE`: what patching a module and loading it cost.
+fn report_load_time(patching: Duration, loading: Duration) {
+    if verbose() {
+        eprintln!("bpftime: CUDA module patched in {:.2} ms, loaded by the driver in {:.2} ms", patching.as_secs_f64() * 1e3, loading.as_secs_f64() * 1e3);
+    }
+}
+
 /// The driver refused a patched image (the original is loaded instead).
 fn refused(image: &PatchedImage, r: driver::CuResult) {
     guarded(|| {
