@@ -280,3 +280,125 @@ fn copies_after_every_launch_keep_counts_exact_and_records_single() {
     assert_eq!(stderr.matches("ringbuf `events`: 24 bytes:").count() as u64, THREADS / 256 * LAUNCHES as u64, "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A small deterministic generator for the mutations below.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Fatbins and PTX as nvcc makes them, mutated thousands of ways (bytes flipped, sizes and
+/// offsets set to extremes, truncated; PTX lines dropped, cut, doubled): the readers and the
+/// patcher return a result or an error with words in it, never a panic or a hang.
+#[test]
+fn malformed_fatbins_and_ptx_are_errors_not_panics() {
+    use bpftime_gpu_ptx::fatbin::{parse, ptx_kernels, EntryKind};
+    use bpftime_gpu_ptx::patch::{patch, stack_bytes, Probe};
+    let Some(nvcc) = tool_or_skip("nvcc", "fuzzing the fatbin reader") else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = std::env::temp_dir().join(format!("bpftime-cuda-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut fatbins = vec![];
+    for (tag, flags) in [("zstd", &[][..]), ("plain", &["--no-compress"][..])] {
+        let out = dir.join(format!("{tag}.fatbin"));
+        let o = Command::new(&nvcc).arg("--fatbin").args(flags).arg("-o").arg(&out).arg(root.join("examples/cuda/vector_add.cu")).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        fatbins.push(std::fs::read(&out).unwrap());
+    }
+    let obj = bpftime_object::Object::parse(&std::fs::read(build_example("cuda_probes")).unwrap()).unwrap();
+    let probes: Vec<Probe> = ["on_entry", "on_exit"]
+        .iter()
+        .map(|name| {
+            let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), bpftime_gpu_ptx::Target::sm(75), 1).unwrap();
+            let (kernel, exit) = if *name == "on_entry" { ("_Z10vector_addPKfS0_Pfi", false) } else { ("vector_add", true) };
+            Probe { name: name.to_string(), kernel: kernel.into(), exit, stack: stack_bytes(&g.program), ptx: g.ptx }
+        })
+        .collect();
+    let clean = parse(&fatbins[1], 0).unwrap();
+    let ptx = String::from_utf8(clean.entries.iter().find(|e| e.kind == EntryKind::Ptx).unwrap().contents(&fatbins[1]).unwrap()).unwrap();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut parsed, mut refused) = (0, 0);
+    for i in 0..3000 {
+        let mut m = fatbins[i % 2].clone();
+        match rng.below(4) {
+            0 => {
+                for _ in 0..1 + rng.below(8) {
+                    let at = rng.below(m.len());
+                    m[at] ^= 1 << rng.below(8);
+                }
+            }
+            1 => {
+                // A header or entry-header field set to an extreme.
+                let at = rng.below(m.len().min(256)) & !3;
+                let v = [0u64, 1, u32::MAX as u64, u64::MAX, rng.next()][rng.below(5)];
+                let n = [2, 4, 8][rng.below(3)].min(m.len() - at);
+                m[at..at + n].copy_from_slice(&v.to_le_bytes()[..n]);
+            }
+            2 => m.truncate(rng.below(m.len())),
+            _ => {
+                let at = rng.below(m.len());
+                m.splice(at..at, (0..rng.below(64)).map(|_| rng.next() as u8));
+            }
+        }
+        match parse(&m, 0) {
+            Ok(f) => {
+                parsed += 1;
+                for e in &f.entries {
+                    match e.contents(&m) {
+                        Ok(c) => {
+                            let t = String::from_utf8_lossy(&c);
+                            let _ = ptx_kernels(&t);
+                            if let Err(err) = patch(&t, &probes) {
+                                assert!(!err.is_empty());
+                            }
+                        }
+                        Err(err) => assert!(!err.is_empty()),
+                    }
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    let lines: Vec<&str> = ptx.lines().collect();
+    for _ in 0..2000 {
+        let mut l = lines.clone();
+        match rng.below(4) {
+            0 => {
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(l.len());
+                    l.remove(at);
+                }
+            }
+            1 => l.truncate(rng.below(l.len())),
+            2 => {
+                let at = rng.below(l.len());
+                let dup = l[rng.below(l.len())];
+                l.insert(at, dup);
+            }
+            _ => {
+                let at = rng.below(l.len());
+                l.insert(at, ["{", "}", "ret;", ".visible .entry x(", "@%p1 ret;", ")"][rng.below(6)]);
+            }
+        }
+        let t = l.join("\n");
+        let _ = ptx_kernels(&t);
+        if let Err(err) = patch(&t, &probes) {
+            assert!(!err.is_empty());
+        }
+    }
+    println!("fatbin mutations: {parsed} parsed, {refused} refused with a reason; 2000 PTX mutations patched or refused");
+    let _ = std::fs::remove_dir_all(&dir);
+}
