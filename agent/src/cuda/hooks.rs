@@ -11,6 +11,9 @@ use super::driver::{CuResult, Dim, GetProcAddressV1, GetProcAddressV2, Handle, R
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// The newest driver ABI whose signatures the wrappers follow (CUDA 13.x).
+const NEWEST_KNOWN_ABI: c_int = 13090;
+
 /// Variants of one entry point the agent can wrap at once.
 const SLOTS: usize = 4;
 
@@ -149,6 +152,12 @@ fn symbol(name: &CStr, real: usize, version: Option<c_int>, flags: u64) -> usize
         return if v2 { get_proc_address_v2 as *const () as usize } else { get_proc_address_v1 as *const () as usize };
     }
     if !super::active() {
+        return real;
+    }
+    // An entry point asked for at a version newer than the ABIs we know may have another
+    // signature: left alone (and said once).
+    if version.is_some_and(|v| v > NEWEST_KNOWN_ABI) {
+        super::newer_abi(name, version.unwrap_or(0));
         return real;
     }
     // CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM
@@ -415,9 +424,12 @@ unsafe extern "C" fn graph_launch<const S: usize>(graph: Handle, stream: Handle)
 
 // ---- synchronisation points: the application reads its results, we copy the maps back ----
 
-unsafe extern "C" fn ctx_synchronize<const S: usize>() -> CuResult {
-    // SAFETY: the driver's own entry point for this slot.
-    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn() -> CuResult>(CTX_SYNCHRONIZE.real(S))() };
+/// `cuCtxSynchronize` (no argument) and, from CUDA 13, `cuCtxSynchronize_v2(CUcontext)`: the
+/// argument is passed on either way (a function without parameters ignores it in the System V
+/// ABI).
+unsafe extern "C" fn ctx_synchronize<const S: usize>(ctx: Handle) -> CuResult {
+    // SAFETY: the driver's own entry point for this slot, with the caller's (possible) argument.
+    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(Handle) -> CuResult>(CTX_SYNCHRONIZE.real(S))(ctx) };
     super::sync_point();
     r
 }

@@ -352,6 +352,16 @@ fn loaded_patched(image: &PatchedImage, handle: Loaded) {
     });
 }
 
+/// A driver entry point we wrap was asked for at an ABI newer than we know.
+fn newer_abi(name: &[u8], version: std::ffi::c_int) {
+    guarded(|| {
+        let gpu = GPU.get()?;
+        let name = String::from_utf8_lossy(name);
+        gpu.say_once(format!("{name} was asked for at CUDA ABI {version}, newer than bpftime knows; it is not watched (CUDA probes may miss what it does)"));
+        Some(())
+    });
+}
+
 /// With `BPFTIME_VERBOSE`: what patching a module and loading it cost.
 fn report_load_time(patching: Duration, loading: Duration) {
     if verbose() {

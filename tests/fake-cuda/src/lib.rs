@@ -225,7 +225,6 @@ struct LaunchConfig {
 // which the caller must make valid (cuda.h); `put` checks for null.
 api! {
     fn cuInit(_flags: c_uint) { SUCCESS }
-    fn cuDriverGetVersion(v: *mut c_int) { unsafe { put(v, 13000) } }
     fn cuDeviceGet(d: *mut c_int, ordinal: c_int) { if ordinal != 0 { INVALID_VALUE } else { unsafe { put(d, 0) } } }
     fn cuDeviceGetCount(n: *mut c_int) { unsafe { put(n, 1) } }
     fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, _dev: c_int) {
@@ -311,6 +310,9 @@ fn lookup(name: &CStr) -> Option<usize> {
     let n = name.to_bytes();
     let base = n.strip_suffix(b"_ptsz").unwrap_or(n);
     let base = base.strip_suffix(b"_v2").unwrap_or(base);
+    if base == b"cuDriverGetVersion" {
+        return Some(cuDriverGetVersion as *const () as usize);
+    }
     if base == b"cuGetProcAddress" {
         return Some(if n.ends_with(b"_v2") { cuGetProcAddress_v2 as *const () as usize } else { cuGetProcAddress as *const () as usize });
     }
@@ -328,7 +330,11 @@ pub unsafe extern "C" fn cuGetProcAddress(name: *const c_char, pfn: *mut *mut c_
         return INVALID_VALUE;
     }
     // SAFETY: the caller's contract.
-    let found = lookup(unsafe { CStr::from_ptr(name) });
+    let name = unsafe { CStr::from_ptr(name) };
+    let found = lookup(name);
+    if std::env::var_os("BPFTIME_FAKE_CUDA_LOG_PROCS").is_some() {
+        log(&format!("proc {} {_version} {_flags}{}", name.to_string_lossy(), if found.is_some() { "" } else { " (missing)" }));
+    }
     // SAFETY: the caller's contract.
     unsafe { *pfn = found.unwrap_or(0) as *mut c_void };
     if found.is_some() {
@@ -336,6 +342,17 @@ pub unsafe extern "C" fn cuGetProcAddress(name: *const c_char, pfn: *mut *mut c_
     } else {
         NOT_FOUND
     }
+}
+
+/// `cuDriverGetVersion`, which the CUDA runtime looks up with `dlsym` before anything else.
+///
+/// # Safety
+/// `v` writable.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn cuDriverGetVersion(v: *mut c_int) -> CuResult {
+    // SAFETY: the caller's contract.
+    unsafe { put(v, 13000) }
 }
 
 /// `cuGetProcAddress_v2` (CUDA 12.0).
