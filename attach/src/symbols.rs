@@ -84,6 +84,17 @@ fn address_of_file_offset(path: &str, maps: &[Mapping], file_off: u64) -> Option
     maps.iter().filter(|m| m.path == path).find(|m| file_off >= m.offset && file_off < m.offset + (m.end - m.start)).map(|m| m.start + (file_off - m.offset))
 }
 
+/// The size of the function whose first byte lies at file offset `off`, if one does.
+fn function_at_file_offset(file: &object::File<'_>, off: u64) -> Option<u64> {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    let seg = file.segments().find(|s| {
+        let (o, n) = s.file_range();
+        off >= o && off < o + n
+    })?;
+    let vaddr = off - seg.file_range().0 + seg.address();
+    file.symbols().chain(file.dynamic_symbols()).find(|s| s.kind() == object::SymbolKind::Text && s.address() == vaddr && s.size() > 0).map(|s| s.size())
+}
+
 /// A resolved probe point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
@@ -105,7 +116,10 @@ pub fn resolve(t: &Target) -> Result<Resolved, ResolveError> {
     let file = object::File::parse(&*data).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
     let Some(func) = &t.function else {
         let addr = address_of_file_offset(&path, &maps, t.offset).ok_or(ResolveError::Unmapped { path: path.clone(), offset: t.offset })?;
-        return Ok(Resolved { addr, path, function_size: 0, at_entry: false });
+        // A raw offset (what the kernel's uprobe interface and libbpf give) that is a function's
+        // first byte is a function entry, with that function's size.
+        let function_size = function_at_file_offset(&file, t.offset).unwrap_or(0);
+        return Ok(Resolved { addr, path, function_size, at_entry: function_size > 0 });
     };
     let sym = file
         .symbols()

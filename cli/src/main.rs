@@ -65,8 +65,12 @@ enum Command {
     },
     /// Load an object's maps and programs into the shared-memory region.
     Load {
-        /// A clang-built eBPF object.
-        file: PathBuf,
+        /// A clang-built eBPF object (or, with `-- LOADER ARGS...`, nothing).
+        file: Option<PathBuf>,
+        /// An unmodified loader (a libbpf tool) run with the syscall server preloaded: its maps,
+        /// programs and links go into the region (created when missing) instead of the kernel.
+        #[arg(last = true)]
+        loader: Vec<String>,
     },
     /// Maps in the shared-memory region.
     Map {
@@ -568,7 +572,26 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             println!("removed region `{shm}`");
             Ok(0)
         }
-        Command::Load { file } => {
+        Command::Load { file: None, loader } if !loader.is_empty() => {
+            // The region must exist before the loader and be ours (the server would refuse it).
+            match ShmRegion::open(shm) {
+                Ok(_) => {}
+                Err(bpftime_shm::ShmError::Missing(_)) => {
+                    ShmRegion::create(shm, DEFAULT_SIZE).map_err(|e| e.to_string())?;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+            let server = agent_path()?.with_file_name("libbpftime_syscall_server.so");
+            if !server.exists() {
+                return Err(format!("the syscall server {} is missing (build the workspace)", server.display()));
+            }
+            let mut cmd = agent_command(&server, &loader);
+            cmd.env("BPFTIME_SHM", shm);
+            let status = cmd.status().map_err(|e| format!("{}: {e}", loader[0]))?;
+            Ok(exit_code(status))
+        }
+        Command::Load { file, .. } => {
+            let file = file.ok_or("bpftime load: give an object (bpftime load OBJ) or a loader (bpftime load -- LOADER ARGS)")?;
             let bytes = read_program_file(&file).map_err(|e| e.to_string())?;
             let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
             let region = open_region(shm)?;

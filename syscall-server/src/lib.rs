@@ -1,4 +1,227 @@
-//! # libbpftime_syscall_server.so (planned)
+//! # libbpftime_syscall_server.so: eBPF loaders load into userspace
 //!
-//! Will answer the bpf()/perf_event_open/ioctl/mmap calls of an unmodified libbpf loader and
-//! keep maps, programs and links in shared memory. Empty until its issue is taken.
+//! Preloaded into an unmodified loader (a libbpf tool, `bpftime load -- LOADER`), it answers
+//! the loader's `bpf()` calls, its `perf_event_open` of uprobes and their ioctls from the
+//! shared region instead of the kernel: maps, programs and links are made there, where the
+//! agent in a traced process (`bpftime start`) finds and runs them. Map fds can be `mmap`ed
+//! (global data of skeletons, ring buffers as libbpf's consumer reads them) and polled.
+//!
+//! Interposed: `syscall` (for `__NR_bpf` and `__NR_perf_event_open`), `ioctl`, `close`, `dup`,
+//! `dup2`, `dup3`, `mmap`, `mmap64`. Everything else, and every call on fds that are not ours,
+//! goes to the kernel unchanged (as raw system calls, with glibc's errno convention).
+
+mod attr;
+mod raw;
+mod server;
+mod user;
+
+use server::Server;
+use std::ffi::{c_int, c_long, c_ulong, c_void};
+use std::sync::OnceLock;
+
+static SERVER: OnceLock<Option<Server>> = OnceLock::new();
+
+/// The server, made on first use: the region named by `BPFTIME_SHM` (default `bpftime`),
+/// created when it does not exist.
+fn server() -> Option<&'static Server> {
+    SERVER
+        .get_or_init(|| {
+            let name = bpftime_shm::default_name();
+            let size = std::env::var("BPFTIME_SHM_SIZE").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(64 << 20);
+            match bpftime_shm::ShmRegion::open_or_create(&name, size) {
+                Ok(r) => {
+                    let s = Server::new(std::sync::Arc::new(r));
+                    std::thread::Builder::new().name("bpftime-rings".into()).spawn(watch_rings).ok();
+                    Some(s)
+                }
+                Err(e) => {
+                    eprintln!("bpftime: the syscall server cannot use its region: {e}; bpf() calls fail with ENOSYS");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Runs `f` without letting a panic cross into C: a panic is `EFAULT`.
+fn guarded(f: impl FnOnce() -> Result<i64, i32>) -> Result<i64, i32> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(Err(libc::EFAULT))
+}
+
+/// Keeps each ring buffer map fd readable (for `epoll`) exactly while it holds records.
+fn watch_rings() {
+    let mut signaled: std::collections::HashSet<i32> = Default::default();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let Some(s) = SERVER.get().and_then(Option::as_ref) else { continue };
+        for (fd, at) in s.ring_fds() {
+            let pos = |o: u64| s.region().atomic_u64(o).map(|a| a.load(std::sync::atomic::Ordering::Acquire)).unwrap_or(0);
+            let ready = pos(at + 4096) > pos(at);
+            if ready && signaled.insert(fd) {
+                raw::eventfd_signal(fd, true);
+            } else if !ready && signaled.remove(&fd) {
+                raw::eventfd_signal(fd, false);
+            }
+        }
+    }
+}
+
+fn bpf(cmd: u32, attr_addr: u64, size: u32) -> Result<i64, i32> {
+    let s = server().ok_or(libc::ENOSYS)?;
+    guarded(|| {
+        let size = (size as usize).min(4096);
+        let mut a = attr::Attr::from_bytes(user::read(attr_addr, size)?);
+        let before = a.0.clone();
+        let r = s.bpf(cmd, &mut a);
+        if a.0[..size] != before[..size] {
+            user::write(attr_addr, &a.0[..size])?;
+        }
+        r
+    })
+}
+
+/// `perf_event_open`: a uprobe event is ours (None: the kernel's).
+fn perf_event_open(attr_addr: u64, pid: i32) -> Option<Result<i64, i32>> {
+    let s = server()?;
+    let r = std::panic::catch_unwind(|| {
+        let size = match user::read(attr_addr + 4, 4) {
+            Ok(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]).clamp(64, 512),
+            Err(e) => return Some(Err(e)),
+        };
+        match user::read(attr_addr, size as usize) {
+            Ok(bytes) => s.perf_event_open(&attr::Attr::from_bytes(bytes), pid),
+            Err(e) => Some(Err(e)),
+        }
+    });
+    r.unwrap_or(Some(Err(libc::EFAULT)))
+}
+
+/// `syscall(2)`: `__NR_bpf` and `__NR_perf_event_open` answered here, the rest passed on.
+///
+/// # Safety
+/// Same contract as syscall(2) (variadic there; on x86-64 the extra arguments are in the same
+/// registers as these fixed ones).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long {
+    let r = match n {
+        libc::SYS_bpf => bpf(a1 as u32, a2 as u64, a3 as u32),
+        libc::SYS_perf_event_open => match perf_event_open(a1 as u64, a2 as i32) {
+            Some(r) => r,
+            None => raw::result(raw::syscall6(n, [a1, a2, a3, a4, a5, a6])),
+        },
+        _ => raw::result(raw::syscall6(n, [a1, a2, a3, a4, a5, a6])),
+    };
+    raw::to_c(r)
+}
+
+/// `ioctl(2)`: the perf ioctls on our uprobe events answered here.
+///
+/// # Safety
+/// Same contract as ioctl(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
+    if let Some(s) = SERVER.get().and_then(Option::as_ref) {
+        if let Some(r) = std::panic::catch_unwind(|| s.perf_ioctl(fd, request, arg)).unwrap_or(Some(Err(libc::EFAULT))) {
+            return raw::to_c(r) as c_int;
+        }
+    }
+    raw::to_c(raw::result(raw::syscall6(libc::SYS_ioctl, [fd as c_long, request as c_long, arg as c_long, 0, 0, 0]))) as c_int
+}
+
+/// `close(2)`: our table forgets the fd (a link's last fd detaches it).
+///
+/// # Safety
+/// Same contract as close(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if let Some(s) = SERVER.get().and_then(Option::as_ref) {
+        let _ = std::panic::catch_unwind(|| s.closed(fd));
+    }
+    raw::to_c(raw::result(raw::syscall6(libc::SYS_close, [fd as c_long, 0, 0, 0, 0, 0]))) as c_int
+}
+
+fn duplicated(old: c_int, r: Result<i64, i32>) -> c_int {
+    if let (Ok(new), Some(s)) = (r, SERVER.get().and_then(Option::as_ref)) {
+        let _ = std::panic::catch_unwind(|| {
+            s.closed(new as i32);
+            s.duplicated(old, new as i32)
+        });
+    }
+    raw::to_c(r) as c_int
+}
+
+/// `dup(2)`.
+///
+/// # Safety
+/// Same contract as dup(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    duplicated(fd, raw::result(raw::syscall6(libc::SYS_dup, [fd as c_long, 0, 0, 0, 0, 0])))
+}
+
+/// `dup2(2)`.
+///
+/// # Safety
+/// Same contract as dup2(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
+    duplicated(fd, raw::result(raw::syscall6(libc::SYS_dup2, [fd as c_long, new as c_long, 0, 0, 0, 0])))
+}
+
+/// `dup3(2)`.
+///
+/// # Safety
+/// Same contract as dup3(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
+    duplicated(fd, raw::result(raw::syscall6(libc::SYS_dup3, [fd as c_long, new as c_long, flags as c_long, 0, 0, 0])))
+}
+
+/// `mmap(2)`: a map fd of ours maps the map's pages of the region.
+///
+/// # Safety
+/// Same contract as mmap(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void {
+    if fd >= 0 {
+        if let Some(s) = SERVER.get().and_then(Option::as_ref) {
+            if let Some(r) = std::panic::catch_unwind(|| s.mmap_source(fd, off as u64, len as u64)).ok().flatten() {
+                return match r.and_then(|(src, n)| raw::map_region_pages(s.region().base(), src, n, addr, len, prot, flags)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        raw::set_errno(e);
+                        libc::MAP_FAILED
+                    }
+                };
+            }
+        }
+    }
+    match raw::result(raw::syscall6(libc::SYS_mmap, [addr as c_long, len as c_long, prot as c_long, flags as c_long, fd as c_long, off as c_long])) {
+        Ok(p) => p as *mut c_void,
+        Err(e) => {
+            raw::set_errno(e);
+            libc::MAP_FAILED
+        }
+    }
+}
+
+/// `mmap64`: the same call on x86-64.
+///
+/// # Safety
+/// Same contract as mmap(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void {
+    // SAFETY: the caller's contract.
+    unsafe { mmap(addr, len, prot, flags, fd, off) }
+}
+
+/// At unload (process exit): links this loader still holds are detached.
+extern "C" fn at_exit() {
+    if let Some(s) = SERVER.get().and_then(Option::as_ref) {
+        let _ = std::panic::catch_unwind(|| s.exiting());
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static FINI: extern "C" fn() = at_exit;

@@ -94,6 +94,14 @@ fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe:
     desc::store(region, ObjectKind::Link, name, &desc)
 }
 
+/// Removes link `id` (a detached link: the loader that made it closed it or exited). Its
+/// descriptor is not freed: an agent may be reading it.
+pub fn remove(region: &ShmRegion, id: u32) {
+    if region.object(id).is_some_and(|o| o.kind == ObjectKind::Link) {
+        region.remove_object(id);
+    }
+}
+
 /// Raises link `id`'s state to `state` (a lower state is left as it is).
 pub fn raise_state(region: &ShmRegion, id: u32, state: LinkState) {
     let Some(o) = region.object(id).filter(|o| o.kind == ObjectKind::Link) else { return };

@@ -182,6 +182,10 @@ pub enum MapError {
     Corrupt(u32),
 }
 
+/// `BPF_F_MMAPABLE`: an array whose values a process may `mmap`.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+const PAGE: u64 = 4096;
+
 const DESC_MAGIC: u64 = 0x6270_665f_6d61_7031; // "bpf_map1"
 
 /// The descriptor of a map in the region. Fields other than the atomics and the lock are
@@ -428,6 +432,9 @@ impl Map {
         let cpus = ncpus as u64;
         let sizes = Self::storage_sizes(spec, ncpus).ok_or_else(|| invalid("map too large"))?;
         let layout = match spec.map_type {
+            // BPF_F_MMAPABLE: whole pages, so that a loader can map the values (libbpf's
+            // skeletons map global data this way).
+            Array if spec.flags & BPF_F_MMAPABLE != 0 => Layout { data: region.alloc_pages(sizes.data_len.max(1).div_ceil(PAGE) * PAGE)?, ..sizes },
             Array | PercpuArray | ProgArray | ArrayOfMaps | Queue | Stack => Layout { data: region.alloc(sizes.data_len)?, ..sizes },
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::alloc(region, spec, cpus)?,
             LpmTrie => lpm::alloc(region, spec)?,
@@ -582,6 +589,18 @@ impl Map {
     /// Spec inner maps of a map-in-map must match.
     pub fn inner_spec(&self) -> Option<&MapSpec> {
         self.inner_spec.as_ref()
+    }
+
+    /// What `mmap` of this map's fd maps, as the kernel lays it out: (region offset, bytes).
+    /// Arrays made with `BPF_F_MMAPABLE`: the values (whole pages); ring buffers: the consumer
+    /// page, the producer page and the data. None for other maps.
+    pub fn mmap_area(&self) -> Option<(u64, u64)> {
+        let l = &self.layout;
+        match self.spec.map_type {
+            MapType::Array if self.spec.flags & BPF_F_MMAPABLE != 0 && l.data.is_multiple_of(PAGE) => Some((l.data, l.data_len.max(1).div_ceil(PAGE) * PAGE)),
+            MapType::Ringbuf => Some((l.aux, l.aux_len + l.data_len)),
+            _ => None,
+        }
     }
 
     pub(crate) fn layout(&self) -> &Layout {

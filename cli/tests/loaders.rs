@@ -1,0 +1,104 @@
+//! Unmodified libbpf loaders under the syscall server (`bpftime load -- LOADER`), their targets
+//! under the agent (`bpftime start`), compared with the same loader on the kernel: we match
+//! the kernel, not ourselves.
+
+use bpftime_tests::clang::{build_example, build_target};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `examples/loaders/NAME.c` built against the system's libbpf.
+fn build_loader(name: &str) -> PathBuf {
+    let root = bpftime_tests::repo_root();
+    let dir = root.join("target/loaders");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    let o = Command::new("cc").args(["-O2", "-g"]).arg(root.join(format!("examples/loaders/{name}.c"))).arg("-o").arg(&out).arg("-lbpf").output().unwrap();
+    assert!(o.status.success(), "cc {name} (libbpf-dev is needed: bash scripts/setup.sh): {}", text(&o.stderr));
+    out
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `loader` (a command line), waits for its "attached" line, runs `target`, tells the
+/// loader to go on and returns its output (after the "attached" line).
+fn session(mut loader: Command, target: &mut Command) -> (String, String) {
+    let mut child = loader.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    if !first.starts_with("attached") {
+        let o = child.wait_with_output().unwrap();
+        panic!("the loader did not attach: {first}{}", text(&o.stderr));
+    }
+    let t = target.output().unwrap();
+    assert!(t.status.success(), "target: {}", text(&t.stderr));
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "loader: {rest}{}", text(&o.stderr));
+    (first + &rest, text(&t.stdout))
+}
+
+fn bpftime(shm: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bpftime"));
+    c.args(["--shm", shm]);
+    c
+}
+
+#[test]
+fn a_libbpf_loader_counts_what_the_kernel_counts() {
+    let loader = build_loader("count_calls");
+    let obj = build_example("loader_calls");
+    let calls = build_target("calls", false);
+    let iters = "5000";
+    let shm = format!("bpftime-loader-test-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls);
+    let mut target = bpftime(&shm);
+    target.args(["start", "--"]).arg(&calls).arg(iters);
+    let (theirs_out, target_out) = session(ours, &mut target);
+    assert!(theirs_out.contains(&format!("stats[0] = {iters}\n")), "every add() counted:\n{theirs_out}");
+    // The loader's exit detached its links and dropped its programs; the maps stay readable.
+    let progs = bpftime(&shm).args(["prog", "list"]).output().unwrap();
+    assert_eq!(text(&progs.stdout), "", "nothing left attached");
+    let maps = bpftime(&shm).args(["map", "dump", "stats"]).output().unwrap();
+    assert!(text(&maps.stdout).contains(&format!("0 => {iters}")), "{}", text(&maps.stdout));
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if !is_root() {
+        println!("skipping the kernel comparison: it needs root");
+        return;
+    }
+    let mut kernel = Command::new(&loader);
+    kernel.arg(&obj).arg(&calls);
+    let (kernel_out, kernel_target) = session(kernel, Command::new(&calls).arg(iters));
+    assert_eq!(theirs_out, kernel_out, "the same loader on the kernel");
+    assert_eq!(target_out, kernel_target, "the target's own output");
+}
+
+/// A loader whose program our verifier refuses fails as it would on the kernel (its own error
+/// path, our reason in libbpf's log), and nothing is left behind.
+#[test]
+fn a_refused_program_fails_the_loader_with_the_reason() {
+    let loader = build_loader("count_calls");
+    let shm = format!("bpftime-loader-refused-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let obj = build_example("loader_refused");
+    let out = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(Path::new("/bin/true")).stdin(Stdio::null()).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot load"), "the loader's own error path: {stderr}");
+    assert!(stderr.contains("helper 109 (bpf_send_signal) is not supported by bpftime"), "our reason in libbpf's log: {stderr}");
+    let progs = bpftime(&shm).args(["prog", "list"]).output().unwrap();
+    assert_eq!(text(&progs.stdout), "", "nothing left behind");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+}

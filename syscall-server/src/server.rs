@@ -1,0 +1,504 @@
+//! The bpf() commands, `perf_event_open` for uprobes and the perf ioctls, answered from the
+//! shared region instead of the kernel. Pure logic over the region and a table of the fds we
+//! handed out; the C entry points in `lib.rs` call it (and tests call it directly, as aya's
+//! fake syscall layer is called).
+//!
+//! Every fd handed out is a real, unique kernel fd (an eventfd: pollable, so a ring buffer
+//! consumer can `epoll` it), so `close`, `dup`, `epoll` and `fork` behave.
+
+use crate::attr::{self, Attr};
+use crate::user;
+use bpftime_maps::{Map, MapSpec, MapType};
+use bpftime_runtime::{links, progs, EngineKind, Runtime};
+use bpftime_shm::{ObjectKind, ShmRegion};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// An errno value.
+pub type Errno = i32;
+
+/// A uprobe perf event opened through us.
+#[derive(Clone, Debug)]
+pub struct UprobeEvent {
+    /// The binary (`config1`).
+    pub path: String,
+    /// File offset (`config2`).
+    pub offset: u64,
+    /// A return probe (the PMU's retprobe bit).
+    pub retprobe: bool,
+    /// USDT semaphore offset (`config` bits 32-63).
+    pub ref_ctr_offset: u64,
+    /// The process it is for (-1: every process).
+    pub pid: i32,
+    /// The link made when a program was attached to it.
+    pub link: Option<u32>,
+}
+
+/// What one of our fds stands for.
+#[derive(Clone, Debug)]
+pub enum Handle {
+    /// A map (region object id).
+    Map(u32),
+    /// A program (region object id).
+    Prog(u32),
+    /// BTF (index into our BTF list).
+    Btf(usize),
+    /// A link (region object id).
+    Link(u32),
+    /// A uprobe perf event.
+    Uprobe(UprobeEvent),
+}
+
+/// The server of one loader process.
+pub struct Server {
+    region: Arc<ShmRegion>,
+    runtime: Runtime,
+    fds: Mutex<HashMap<i32, Handle>>,
+    frozen: Mutex<HashSet<u32>>,
+    btfs: Mutex<Vec<Vec<u8>>>,
+    /// Programs this process loaded (removed when nothing holds them).
+    loaded: Mutex<HashSet<u32>>,
+    /// The kernel's uprobe PMU type (`/sys/bus/event_source/devices/uprobe/type`).
+    uprobe_type: Option<u32>,
+    /// Its retprobe bit in `config`.
+    retprobe_bit: u32,
+}
+
+fn read_sysfs_u32(path: &str, prefix: &str) -> Option<u32> {
+    let s = std::fs::read_to_string(path).ok()?;
+    s.trim().strip_prefix(prefix)?.trim().parse().ok()
+}
+
+/// A new fd of ours: an eventfd.
+fn new_fd() -> Result<i32, Errno> {
+    // SAFETY: eventfd(2) with valid flags; no pointers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EMFILE))
+    } else {
+        Ok(fd)
+    }
+}
+
+impl Server {
+    /// A server keeping its objects in `region`.
+    pub fn new(region: Arc<ShmRegion>) -> Server {
+        let runtime = Runtime::new(region.clone(), EngineKind::Interp);
+        Server {
+            region,
+            runtime,
+            fds: Mutex::default(),
+            frozen: Mutex::default(),
+            btfs: Mutex::default(),
+            loaded: Mutex::default(),
+            uprobe_type: read_sysfs_u32("/sys/bus/event_source/devices/uprobe/type", ""),
+            retprobe_bit: read_sysfs_u32("/sys/bus/event_source/devices/uprobe/format/retprobe", "config:").unwrap_or(0),
+        }
+    }
+
+    /// The region.
+    pub fn region(&self) -> &Arc<ShmRegion> {
+        &self.region
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What fd `fd` is, if it is ours.
+    pub fn handle(&self, fd: i32) -> Option<Handle> {
+        Self::lock(&self.fds).get(&fd).cloned()
+    }
+
+    fn install(&self, h: Handle) -> Result<i64, Errno> {
+        let fd = new_fd()?;
+        Self::lock(&self.fds).insert(fd, h);
+        Ok(fd as i64)
+    }
+
+    /// `dup`: `new` stands for what `old` does.
+    pub fn duplicated(&self, old: i32, new: i32) {
+        let mut fds = Self::lock(&self.fds);
+        if let Some(h) = fds.get(&old).cloned() {
+            fds.insert(new, h);
+        }
+    }
+
+    /// `close(fd)`: a link whose last fd closes is detached, as in the kernel.
+    pub fn closed(&self, fd: i32) {
+        let h = Self::lock(&self.fds).remove(&fd);
+        let link = match h {
+            Some(Handle::Link(id)) => Some(id),
+            Some(Handle::Uprobe(UprobeEvent { link: Some(id), .. })) => Some(id),
+            _ => None,
+        };
+        if let Some(id) = link {
+            let still_open = Self::lock(&self.fds)
+                .values()
+                .any(|h| matches!(h, Handle::Link(l) if *l == id) || matches!(h, Handle::Uprobe(UprobeEvent { link: Some(l), .. }) if *l == id));
+            if !still_open {
+                links::remove(&self.region, id);
+            }
+        }
+        // A program of ours that no fd and no link holds is gone, as in the kernel (libbpf's
+        // feature probes load many).
+        if matches!(h, Some(Handle::Prog(_) | Handle::Link(_) | Handle::Uprobe(_))) {
+            let linked: HashSet<u32> = links::list(&self.region).iter().map(|l| l.prog).collect();
+            let held: HashSet<u32> = Self::lock(&self.fds).values().filter_map(|h| if let Handle::Prog(p) = h { Some(*p) } else { None }).collect();
+            Self::lock(&self.loaded).retain(|id| {
+                let keep = held.contains(id) || linked.contains(id);
+                if !keep {
+                    self.region.remove_object(*id);
+                }
+                keep
+            });
+        }
+    }
+
+    /// At exit: every link this process still holds is detached (the kernel does this when the
+    /// process's fds close).
+    pub fn exiting(&self) {
+        // Links first, so that the programs they held can go too.
+        let mut fds: Vec<(bool, i32)> = Self::lock(&self.fds).iter().map(|(fd, h)| (!matches!(h, Handle::Link(_) | Handle::Uprobe(_)), *fd)).collect();
+        fds.sort();
+        for (_, fd) in fds {
+            self.closed(fd);
+        }
+    }
+
+    fn map(&self, fd: u32) -> Result<Map, Errno> {
+        match self.handle(fd as i32) {
+            Some(Handle::Map(id)) => Map::open(&self.region, id).map_err(|_| libc::EBADF),
+            _ => Err(libc::EBADF),
+        }
+    }
+
+    fn prog_id(&self, fd: u32) -> Result<u32, Errno> {
+        match self.handle(fd as i32) {
+            Some(Handle::Prog(id)) => Ok(id),
+            _ => Err(libc::EBADF),
+        }
+    }
+
+    /// `bpf(cmd, attr, size)`: the result, or an errno. `attr` holds the caller's bytes
+    /// (zero-padded); fields the kernel writes back are written into it.
+    pub fn bpf(&self, cmd: u32, a: &mut Attr) -> Result<i64, Errno> {
+        match cmd {
+            attr::MAP_CREATE => self.map_create(a),
+            attr::MAP_LOOKUP_ELEM => self.map_lookup(a, false),
+            attr::MAP_UPDATE_ELEM => self.map_update(a),
+            attr::MAP_DELETE_ELEM => {
+                let map = self.map(a.u32(0))?;
+                let key = user::read(a.u64(8), map.spec().key_size as usize)?;
+                map.delete(&key).map(|()| 0).map_err(|e| e.0)
+            }
+            attr::MAP_GET_NEXT_KEY => {
+                let map = self.map(a.u32(0))?;
+                let ks = map.spec().key_size as usize;
+                let key = if a.u64(8) == 0 { None } else { Some(user::read(a.u64(8), ks)?) };
+                let mut next = vec![0u8; ks];
+                map.next_key(key.as_deref(), &mut next).map_err(|e| e.0)?;
+                user::write(a.u64(16), &next)?;
+                Ok(0)
+            }
+            attr::MAP_LOOKUP_AND_DELETE_ELEM => self.map_lookup(a, true),
+            attr::MAP_FREEZE => {
+                let map = self.map(a.u32(0))?;
+                Self::lock(&self.frozen).insert(map.id());
+                Ok(0)
+            }
+            attr::PROG_LOAD => self.prog_load(a),
+            attr::BTF_LOAD => self.btf_load(a),
+            attr::OBJ_GET_INFO_BY_FD => self.info(a),
+            attr::LINK_CREATE => self.link_create(a),
+            attr::LINK_DETACH => match self.handle(a.u32(0) as i32) {
+                Some(Handle::Link(id)) => {
+                    links::remove(&self.region, id);
+                    Ok(0)
+                }
+                _ => Err(libc::EBADF),
+            },
+            attr::MAP_GET_FD_BY_ID => self.fd_by_id(a.u32(0), ObjectKind::Map),
+            attr::PROG_GET_FD_BY_ID => self.fd_by_id(a.u32(0), ObjectKind::Program),
+            attr::LINK_GET_FD_BY_ID => self.fd_by_id(a.u32(0), ObjectKind::Link),
+            attr::MAP_GET_NEXT_ID => self.next_id(a, ObjectKind::Map),
+            attr::PROG_GET_NEXT_ID => self.next_id(a, ObjectKind::Program),
+            attr::LINK_GET_NEXT_ID => self.next_id(a, ObjectKind::Link),
+            // What a kernel without the feature answers, so loaders take their fallbacks.
+            _ => Err(libc::EINVAL),
+        }
+    }
+
+    fn map_create(&self, a: &Attr) -> Result<i64, Errno> {
+        let map_type = MapType::from_u32(a.u32(0)).ok_or(libc::EINVAL)?;
+        let inner_map_id = match a.u32(20) {
+            0 => 0,
+            fd => self.map(fd)?.id(),
+        };
+        let spec = MapSpec { map_type, key_size: a.u32(4), value_size: a.u32(8), max_entries: a.u32(12), flags: a.u32(16), map_extra: a.u64(64), inner_map_id };
+        let name = a.name(28);
+        let map = Map::create(&self.region, &name, &spec).map_err(|e| match e {
+            bpftime_maps::MapError::Shm(_) => libc::ENOMEM,
+            _ => libc::EINVAL,
+        })?;
+        self.install(Handle::Map(map.id()))
+    }
+
+    /// A value as the kernel's syscall side sees it: prog arrays and map-in-maps hold fds.
+    fn value_in(&self, map: &Map, mut value: Vec<u8>) -> Result<Vec<u8>, Errno> {
+        let id = match map.map_type() {
+            MapType::ProgArray => Some(self.prog_id(u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?))?),
+            MapType::ArrayOfMaps | MapType::HashOfMaps => Some(self.map(u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?))?.id()),
+            _ => None,
+        };
+        if let Some(id) = id {
+            value[..4].copy_from_slice(&id.to_le_bytes());
+        }
+        Ok(value)
+    }
+
+    fn map_update(&self, a: &Attr) -> Result<i64, Errno> {
+        let map = self.map(a.u32(0))?;
+        if Self::lock(&self.frozen).contains(&map.id()) {
+            return Err(libc::EPERM);
+        }
+        let key = user::read(a.u64(8), map.spec().key_size as usize)?;
+        let value = self.value_in(&map, user::read(a.u64(16), map.syscall_value_size())?)?;
+        let flags = a.u64(24);
+        let r = if matches!(map.map_type(), MapType::Queue | MapType::Stack) { map.push(&value, flags) } else { map.update(&key, &value, flags) };
+        r.map(|()| 0).map_err(|e| e.0)
+    }
+
+    fn map_lookup(&self, a: &Attr, delete: bool) -> Result<i64, Errno> {
+        let map = self.map(a.u32(0))?;
+        let mut value = vec![0u8; map.syscall_value_size()];
+        if matches!(map.map_type(), MapType::Queue | MapType::Stack) {
+            if delete { map.pop(&mut value) } else { map.peek(&mut value) }.map_err(|e| e.0)?;
+        } else {
+            let key = user::read(a.u64(8), map.spec().key_size as usize)?;
+            if delete { map.lookup_and_delete(&key, &mut value) } else { map.lookup(&key, &mut value) }.map_err(|e| e.0)?;
+        }
+        user::write(a.u64(16), &value)?;
+        Ok(0)
+    }
+
+    fn prog_load(&self, a: &mut Attr) -> Result<i64, Errno> {
+        let n = a.u32(4) as usize;
+        if n == 0 || n > 1_000_000 {
+            return Err(libc::EINVAL);
+        }
+        let code = user::read(a.u64(8), n * 8)?;
+        let mut insns = bpftime_vm::insn::parse_bytecode(&code).map_err(|_| libc::EINVAL)?;
+        let license = if a.u64(16) == 0 { String::new() } else { user::read_cstr(a.u64(16), 128)? };
+        let name = a.name(48);
+        let fd_array = a.u64(120);
+        // Map fds (and fd_array indices) in `lddw` become region map ids.
+        let mut pc = 0;
+        while pc < insns.len() {
+            if insns[pc].opc == 0x18 {
+                let fd = match insns[pc].src {
+                    1 | 2 => Some(insns[pc].imm as u32),
+                    5 | 6 => {
+                        let at = fd_array.checked_add(insns[pc].imm as u32 as u64 * 4).ok_or(libc::EFAULT)?;
+                        Some(u32::from_le_bytes(user::read(at, 4)?.try_into().map_err(|_| libc::EFAULT)?))
+                    }
+                    _ => None,
+                };
+                if let Some(fd) = fd {
+                    let id = self.map(fd)?.id();
+                    insns[pc].imm = id as i32;
+                    insns[pc].src = if insns[pc].src == 5 || insns[pc].src == 1 { 1 } else { 2 };
+                }
+                pc += 1;
+            }
+            pc += 1;
+        }
+        let section = attr::section_of(a.u32(0), a.u32(68));
+        let id = progs::store(&self.region, &name, section, &license, &insns).map_err(|_| libc::ENOMEM)?;
+        // The verifier, with the region's maps, as the agent will run it.
+        if let Err(e) = self.runtime.program(id) {
+            self.region.remove_object(id);
+            let msg = format!("bpftime: {e}\n");
+            let (log, size) = (a.u64(32), a.u32(28) as usize);
+            if log != 0 && size > 0 {
+                let mut bytes = msg.as_bytes()[..msg.len().min(size - 1)].to_vec();
+                bytes.push(0);
+                let _ = user::write(log, &bytes);
+            }
+            a.set_u32(140, msg.len() as u32 + 1);
+            return Err(libc::EACCES);
+        }
+        Self::lock(&self.loaded).insert(id);
+        self.install(Handle::Prog(id))
+    }
+
+    fn btf_load(&self, a: &Attr) -> Result<i64, Errno> {
+        let size = a.u32(16) as usize;
+        if !(24..=64 << 20).contains(&size) {
+            return Err(libc::EINVAL);
+        }
+        let btf = user::read(a.u64(0), size)?;
+        if btf[..2] != [0x9f, 0xeb] {
+            return Err(libc::EINVAL);
+        }
+        let mut btfs = Self::lock(&self.btfs);
+        btfs.push(btf);
+        let i = btfs.len() - 1;
+        drop(btfs);
+        self.install(Handle::Btf(i))
+    }
+
+    fn info(&self, a: &mut Attr) -> Result<i64, Errno> {
+        let (fd, len, out) = (a.u32(0), a.u32(4) as usize, a.u64(8));
+        let mut info = vec![0u8; 256];
+        let put32 = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let used = match self.handle(fd as i32).ok_or(libc::EBADF)? {
+            Handle::Map(id) => {
+                // struct bpf_map_info
+                let map = Map::open(&self.region, id).map_err(|_| libc::EBADF)?;
+                let s = map.spec();
+                for (at, v) in [(0, s.map_type as u32), (4, id), (8, s.key_size), (12, s.value_size), (16, s.max_entries), (20, s.flags)] {
+                    put32(&mut info, at, v);
+                }
+                let n = map.name().len().min(15);
+                info[24..24 + n].copy_from_slice(&map.name().as_bytes()[..n]);
+                88
+            }
+            Handle::Prog(id) => {
+                // struct bpf_prog_info: type, id, tag, ..., name at 64
+                let p = progs::load(&self.region, id).ok_or(libc::EBADF)?;
+                put32(&mut info, 0, attr::prog_type_of(&p.section));
+                put32(&mut info, 4, id);
+                put32(&mut info, 20, (p.insns.len() * 8) as u32);
+                let n = p.name.len().min(15);
+                info[64..64 + n].copy_from_slice(&p.name.as_bytes()[..n]);
+                232
+            }
+            Handle::Link(id) => {
+                // struct bpf_link_info: type (BPF_LINK_TYPE_PERF_EVENT = 7), id, prog_id
+                let prog = links::list(&self.region).into_iter().find(|l| l.id == id).map(|l| l.prog).unwrap_or(0);
+                put32(&mut info, 0, 7);
+                put32(&mut info, 4, id);
+                put32(&mut info, 8, prog);
+                48
+            }
+            Handle::Btf(i) => {
+                // struct bpf_btf_info: btf, btf_size, id
+                let size = Self::lock(&self.btfs).get(i).map_or(0, |b| b.len());
+                put32(&mut info, 8, size as u32);
+                put32(&mut info, 12, i as u32 + 1);
+                32
+            }
+            Handle::Uprobe(_) => return Err(libc::EINVAL),
+        };
+        let n = len.min(used);
+        user::write(out, &info[..n])?;
+        a.set_u32(4, n as u32);
+        Ok(0)
+    }
+
+    fn link_create(&self, a: &Attr) -> Result<i64, Errno> {
+        let (prog_fd, target_fd, attach_type) = (a.u32(0), a.u32(4) as i32, a.u32(8));
+        if attach_type != attr::BPF_PERF_EVENT {
+            return Err(libc::EINVAL);
+        }
+        let prog = self.prog_id(prog_fd)?;
+        let cookie = a.u64(16);
+        let id = self.attach(target_fd, prog, cookie)?;
+        self.install(Handle::Link(id))
+    }
+
+    /// Attaches program `prog` to our uprobe event `fd`: a link in the region.
+    fn attach(&self, fd: i32, prog: u32, cookie: u64) -> Result<u32, Errno> {
+        let mut fds = Self::lock(&self.fds);
+        let Some(Handle::Uprobe(ev)) = fds.get_mut(&fd) else { return Err(libc::EBADF) };
+        if ev.link.is_some() {
+            return Err(libc::EEXIST);
+        }
+        let name = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
+        let target = format!("{}:{:#x}", ev.path, ev.offset);
+        if std::env::var_os("BPFTIME_VERBOSE").is_some() {
+            // Not applied yet: a pid filter and USDT semaphores (every traced process attaches).
+            eprintln!(
+                "bpftime: link `{name}` on {target}{} (pid {}, semaphore offset {:#x})",
+                if ev.retprobe { " (return)" } else { "" },
+                ev.pid,
+                ev.ref_ctr_offset
+            );
+        }
+        let id = links::store(&self.region, &name, prog, &target, ev.retprobe, cookie).map_err(|_| libc::ENOMEM)?;
+        ev.link = Some(id);
+        Ok(id)
+    }
+
+    fn fd_by_id(&self, id: u32, kind: ObjectKind) -> Result<i64, Errno> {
+        let o = self.region.object(id).filter(|o| o.kind == kind).ok_or(libc::ENOENT)?;
+        self.install(match kind {
+            ObjectKind::Map => Handle::Map(o.id),
+            ObjectKind::Program => Handle::Prog(o.id),
+            _ => Handle::Link(o.id),
+        })
+    }
+
+    fn next_id(&self, a: &mut Attr, kind: ObjectKind) -> Result<i64, Errno> {
+        let start = a.u32(0);
+        let next = self.region.objects().into_iter().filter(|o| o.kind == kind && o.id > start).map(|o| o.id).min().ok_or(libc::ENOENT)?;
+        a.set_u32(4, next);
+        Ok(0)
+    }
+
+    /// `perf_event_open` of a uprobe of the kernel's uprobe PMU: ours; None for any other
+    /// event (it goes to the kernel).
+    pub fn perf_event_open(&self, a: &Attr, pid: i32) -> Option<Result<i64, Errno>> {
+        if self.uprobe_type != Some(a.u32(0)) {
+            return None;
+        }
+        let config = a.u64(8);
+        let ev = user::read_cstr(a.u64(56), 4096).map(|path| UprobeEvent {
+            path,
+            offset: a.u64(64),
+            retprobe: config & (1 << self.retprobe_bit) != 0,
+            ref_ctr_offset: config >> 32,
+            pid,
+            link: None,
+        });
+        Some(ev.and_then(|ev| self.install(Handle::Uprobe(ev))))
+    }
+
+    /// `ioctl` on one of our perf event fds: None when `fd` is not one.
+    pub fn perf_ioctl(&self, fd: i32, request: u64, arg: u64) -> Option<Result<i64, Errno>> {
+        if !matches!(self.handle(fd), Some(Handle::Uprobe(_))) {
+            return None;
+        }
+        Some(match request {
+            attr::PERF_EVENT_IOC_SET_BPF => self.prog_id(arg as u32).and_then(|prog| self.attach(fd, prog, 0)).map(|_| 0),
+            _ => Ok(0),
+        })
+    }
+
+    /// `mmap` of one of our map fds: (region offset, bytes available) of what to map, or None
+    /// when `fd` is not ours.
+    pub fn mmap_source(&self, fd: i32, offset: u64, len: u64) -> Option<Result<(u64, u64), Errno>> {
+        let Some(Handle::Map(id)) = self.handle(fd) else { return None };
+        Some((|| {
+            let map = Map::open(&self.region, id).map_err(|_| libc::EBADF)?;
+            let (start, size) = map.mmap_area().ok_or(libc::EINVAL)?;
+            if offset >= size || !offset.is_multiple_of(4096) {
+                return Err(libc::EINVAL);
+            }
+            Ok((start + offset, (size - offset).min(len)))
+        })())
+    }
+
+    /// Our ring buffer maps: (fd, region offset of the consumer page), for the readiness
+    /// watcher.
+    pub fn ring_fds(&self) -> Vec<(i32, u64)> {
+        let fds: Vec<(i32, u32)> = Self::lock(&self.fds).iter().filter_map(|(fd, h)| if let Handle::Map(id) = h { Some((*fd, *id)) } else { None }).collect();
+        fds.into_iter()
+            .filter_map(|(fd, id)| {
+                let map = Map::open(&self.region, id).ok()?;
+                (map.map_type() == MapType::Ringbuf).then(|| map.mmap_area().map(|(start, _)| (fd, start))).flatten()
+            })
+            .collect()
+    }
+}
