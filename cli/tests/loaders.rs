@@ -102,3 +102,29 @@ fn a_refused_program_fails_the_loader_with_the_reason() {
     assert_eq!(text(&progs.stdout), "", "nothing left behind");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
 }
+
+/// libbpf's ring buffer consumer (mmap of the ring, epoll on the map fd) reading strings a
+/// uretprobe sent, as bashreadline does: the same lines as from the kernel.
+#[test]
+fn a_libbpf_ring_buffer_consumer_gets_what_the_kernel_sends() {
+    let loader = build_loader("ring_lines");
+    let obj = build_example("loader_lines");
+    let lines = build_target("lines", false);
+    let shm = format!("bpftime-loader-ring-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&lines).arg("20");
+    let mut target = bpftime(&shm);
+    target.args(["start", "--"]).arg(&lines).arg("20");
+    let (ours_out, _) = session(ours, &mut target);
+    assert!(ours_out.contains("line 19\n") && ours_out.ends_with("20 lines\n"), "{ours_out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if !is_root() {
+        println!("skipping the kernel comparison: it needs root");
+        return;
+    }
+    let mut kernel = Command::new(&loader);
+    kernel.arg(&obj).arg(&lines).arg("20");
+    let (kernel_out, _) = session(kernel, Command::new(&lines).arg("20"));
+    assert_eq!(ours_out, kernel_out, "the same loader on the kernel");
+}
