@@ -1,6 +1,6 @@
 //! What the agent does: find programs, attach them, run them on probe hits.
 
-use bpftime_attach::{attach, resolve, AttachError, ProbeHandler, ProbeKind, PtRegs, ResolveError, SiteInfo, Target};
+use bpftime_attach::{attach, detach, resolve, AttachError, ProbeHandler, ProbeId, ProbeKind, PtRegs, ResolveError, SiteInfo, Target};
 use bpftime_object::Object;
 use bpftime_runtime::links::{self, LinkState};
 use bpftime_runtime::{EngineKind, LoadedProgram, ProbeProgram, Runtime};
@@ -26,6 +26,8 @@ pub struct Agent {
     /// Whether this process loaded its own program (`BPFTIME_PROGRAM`): with no `bpftime run`
     /// watching, the agent itself says at exit what never got attached.
     standalone: bool,
+    /// Links seen, with the probes attached for each (detached when the link goes away).
+    links: Mutex<std::collections::HashMap<u32, Vec<ProbeId>>>,
 }
 
 static AGENT: OnceLock<Agent> = OnceLock::new();
@@ -81,7 +83,7 @@ enum Failure {
     Failed(String),
 }
 
-fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<(), Failure> {
+fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure> {
     let target = Target::parse(&p.target).map_err(|e| Failure::Failed(e.to_string()))?;
     let r = resolve(&target).map_err(|e| match e {
         // A path (not a library name) that names no file will never be mapped: say so now.
@@ -93,12 +95,12 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<(), Failure> {
     })?;
     let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr));
     let kind = if p.retprobe { ProbeKind::Return } else { ProbeKind::Entry };
-    attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry }, kind, handler)
+    let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
         eprintln!("bpftime: attached {} `{}` to {} ({:#x})", if p.retprobe { "uretprobe" } else { "uprobe" }, p.prog.name, p.target, r.addr);
     }
-    Ok(())
+    Ok(id)
 }
 
 impl Agent {
@@ -108,7 +110,10 @@ impl Agent {
         let region = self.runtime.region();
         for p in items {
             match attach_one(self.runtime, &p) {
-                Ok(()) => links::raise_state(region, p.link, LinkState::Attached),
+                Ok(id) => {
+                    links::raise_state(region, p.link, LinkState::Attached);
+                    self.links.lock().unwrap_or_else(|e| e.into_inner()).entry(p.link).or_default().push(id);
+                }
                 Err(Failure::NotMapped) => {
                     links::raise_state(region, p.link, LinkState::Waiting);
                     if verbose() {
@@ -209,13 +214,30 @@ pub(crate) fn start() {
     };
     crate::cuda::start(runtime.region(), &found);
     let mut items = vec![];
-    for l in found.into_iter().filter(|l| l.kind == links::LinkKind::Uprobe) {
+    for l in found.iter().filter(|l| l.kind == links::LinkKind::Uprobe).cloned() {
         match runtime.program(l.prog) {
             Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie }),
             Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
         }
     }
-    let agent = AGENT.get_or_init(|| Agent { runtime, pending: Mutex::new(vec![]), standalone });
+    let seen = found.iter().map(|l| (l.id, vec![])).collect();
+    let agent = AGENT.get_or_init(|| Agent { runtime, pending: Mutex::new(vec![]), standalone, links: Mutex::new(seen) });
+    // Loaders may attach (and detach) while this process runs: a thread follows the link
+    // table when there was nothing to attach yet (the target started before its loader), or
+    // when asked (`BPFTIME_LINK_POLL_MS`). Otherwise no thread is added to the application (a
+    // thread changes what libc does: two more free() calls in a two-thread program).
+    let follow = std::env::var_os("BPFTIME_LINK_POLL_MS").is_some() || !found.iter().any(|l| l.kind == links::LinkKind::Uprobe);
+    if !standalone && follow {
+        // Started, and running, before any probe is attached.
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new().name("bpftime-links".into()).spawn(move || {
+            let _ = started.send(());
+            bpftime_attach::without_probes(watch_links)
+        });
+        if spawned.is_ok() {
+            let _ = running.recv();
+        }
+    }
     agent.attach_all(items);
     if agent.standalone {
         // SAFETY: registers a plain extern "C" function to run at exit (atexit(3)).
@@ -235,4 +257,62 @@ extern "C" fn report_unattached_at_exit() {
             }
         });
     });
+}
+
+/// How often the agent looks for links made or removed after it started
+/// (`BPFTIME_LINK_POLL_MS`, default 100).
+fn link_poll_interval() -> std::time::Duration {
+    let ms = std::env::var("BPFTIME_LINK_POLL_MS").ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(100);
+    std::time::Duration::from_millis(ms.max(1))
+}
+
+/// Follows the region's link table: new uprobe links are attached, probes of removed links
+/// detached (a loader that exits detaches its links, as in the kernel).
+fn watch_links() {
+    let Some(agent) = AGENT.get() else { return };
+    let interval = link_poll_interval();
+    loop {
+        std::thread::sleep(interval);
+        let _ = std::panic::catch_unwind(|| agent.refresh_links());
+    }
+}
+
+impl Agent {
+    fn refresh_links(&self) {
+        let now = links::list(self.runtime.region());
+        let mut fresh = vec![];
+        let mut gone = vec![];
+        {
+            let mut seen = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            for l in &now {
+                if !seen.contains_key(&l.id) {
+                    seen.insert(l.id, vec![]);
+                    if l.kind == links::LinkKind::Uprobe {
+                        fresh.push(l.clone());
+                    }
+                }
+            }
+            seen.retain(|id, probes| {
+                let alive = now.iter().any(|l| l.id == *id);
+                if !alive {
+                    gone.append(probes);
+                }
+                alive
+            });
+        }
+        for id in gone {
+            let _ = detach(id);
+        }
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| now.iter().any(|l| l.id == p.link));
+        let mut items = vec![];
+        for l in fresh {
+            match self.runtime.program(l.prog) {
+                Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie }),
+                Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
+            }
+        }
+        if !items.is_empty() {
+            self.attach_all(items);
+        }
+    }
 }

@@ -128,3 +128,32 @@ fn a_libbpf_ring_buffer_consumer_gets_what_the_kernel_sends() {
     let (kernel_out, _) = session(kernel, Command::new(&lines).arg("20"));
     assert_eq!(ours_out, kernel_out, "the same loader on the kernel");
 }
+
+/// The loader started after the target: the agent, which found nothing to attach at start,
+/// follows the link table and attaches what the loader makes while the target runs.
+#[test]
+fn a_loader_started_after_the_target_is_picked_up() {
+    let loader = build_loader("count_calls");
+    let obj = build_example("loader_calls");
+    let calls = build_target("calls", false);
+    let shm = format!("bpftime-loader-late-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut target = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut l = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(l.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("attached"), "{first}");
+    // The agent looks every 100 ms.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    target.stdin.take().unwrap().write_all(b"x").unwrap();
+    assert!(target.wait().unwrap().success());
+    l.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(l.wait().unwrap().success());
+    assert!(rest.contains("stats[0] = 8000\n"), "two threads x 4000 add() calls:\n{rest}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+}

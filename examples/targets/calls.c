@@ -1,9 +1,12 @@
 // A target for uprobe tests: calls add(i, 2*i) ITERS times on THREADS threads, then prints
 // the sum of the results (so a wrong return value under a probe would show).
-// Usage: calls ITERS [THREADS]
+// Usage: calls ITERS [THREADS [wait]]   (with `wait`, reads one byte from stdin first, so that
+// a loader can attach to the running process)
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 volatile long last_sum;
 
@@ -50,6 +53,11 @@ int main(int argc, char **argv)
     long sums[64] = {0};
     if (threads > 64)
         threads = 64;
+    if (argc > 3 && strcmp(argv[3], "wait") == 0) {
+        char c;
+        if (read(0, &c, 1) < 0)
+            return 1;
+    }
     for (int i = 0; i < threads; i++)
         pthread_create(&t[i], NULL, worker, &sums[i]);
     long total = 0;

@@ -249,6 +249,12 @@ impl Server {
         let id = match map.map_type() {
             MapType::ProgArray => Some(self.prog_id(u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?))?),
             MapType::ArrayOfMaps | MapType::HashOfMaps => Some(self.map(u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?))?.id()),
+            // A cgroup fd: the cgroup's id (its cgroupfs inode; the low 32 bits, the value's size).
+            MapType::CgroupArray => {
+                use std::os::unix::fs::MetadataExt;
+                let fd = u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?);
+                Some(std::fs::metadata(format!("/proc/self/fd/{fd}")).map_err(|_| libc::EBADF)?.ino() as u32)
+            }
             _ => None,
         };
         if let Some(id) = id {

@@ -22,6 +22,46 @@ fn host(state: &RunState) -> Option<&HelperContext<'_>> {
     unsafe { (state.host as *const HelperContext).as_ref() }
 }
 
+/// The cgroup v2 directories of the current thread, itself first, then its ancestors, as
+/// (path under /sys/fs/cgroup, inode: the cgroup id).
+fn current_cgroups() -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(text) = std::fs::read_to_string("/proc/thread-self/cgroup") else { return vec![] };
+    let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else { return vec![] };
+    let mut dir = std::path::PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let mut out = vec![];
+    loop {
+        if let Ok(m) = std::fs::metadata(&dir) {
+            out.push(m.ino());
+        }
+        if dir.as_os_str() == "/sys/fs/cgroup" || !dir.pop() {
+            break;
+        }
+    }
+    out
+}
+
+/// `bpf_get_current_cgroup_id`: the id (cgroupfs inode) of the current thread's cgroup v2.
+extern "C" fn get_current_cgroup_id(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    current_cgroups().first().copied().unwrap_or(0)
+}
+
+/// `bpf_current_task_under_cgroup(map, index)`: 1 when the current thread's cgroup is the one
+/// at `index` of the CGROUP_ARRAY or below it, else 0. The array holds the low 32 bits of
+/// cgroup ids (the syscall server stores them for the cgroup fds a loader writes).
+extern "C" fn current_task_under_cgroup(m: u64, index: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    let Ok(m) = map(m) else { return err(Errno::EINVAL) };
+    if m.map_type() != MapType::CgroupArray {
+        return err(Errno::EINVAL);
+    }
+    let mut v = [0u8; 4];
+    if m.lookup(&(index as u32).to_le_bytes(), &mut v).is_err() {
+        return err(Errno::E2BIG);
+    }
+    let want = u32::from_le_bytes(v);
+    current_cgroups().iter().any(|&id| id as u32 == want && want != 0) as u64
+}
+
 /// The map behind a map reference, or an error result.
 fn map(r: u64) -> Result<&'static Map, u64> {
     map_of(r).ok_or(err(Errno::EINVAL))
@@ -482,6 +522,8 @@ pub fn kernel_helpers() -> HelperTable {
         .register(25, "bpf_perf_event_output", perf_event_output)
         .register(27, "bpf_get_stackid", get_stackid)
         .register(36, "bpf_probe_write_user", probe_write_user)
+        .register(37, "bpf_current_task_under_cgroup", current_task_under_cgroup)
+        .register(80, "bpf_get_current_cgroup_id", get_current_cgroup_id)
         .register(45, "bpf_probe_read_str", probe_read_str)
         .register(67, "bpf_get_stack", get_stack)
         .register(87, "bpf_map_push_elem", map_push_elem)

@@ -68,6 +68,8 @@ pub enum MapType {
     PercpuHash = 5,
     PercpuArray = 6,
     StackTrace = 7,
+    /// Cgroups by index (`bpf_current_task_under_cgroup`); values as the loader wrote them.
+    CgroupArray = 8,
     LruHash = 9,
     LruPercpuHash = 10,
     LpmTrie = 11,
@@ -91,6 +93,7 @@ impl MapType {
             5 => PercpuHash,
             6 => PercpuArray,
             7 => StackTrace,
+            8 => CgroupArray,
             9 => LruHash,
             10 => LruPercpuHash,
             11 => LpmTrie,
@@ -115,6 +118,7 @@ impl MapType {
             PercpuHash => "percpu_hash",
             PercpuArray => "percpu_array",
             StackTrace => "stack_trace",
+            CgroupArray => "cgroup_array",
             LruHash => "lru_hash",
             LruPercpuHash => "lru_percpu_hash",
             LpmTrie => "lpm_trie",
@@ -137,7 +141,7 @@ impl MapType {
     }
 
     fn is_array_like(self) -> bool {
-        matches!(self, MapType::Array | MapType::PercpuArray | MapType::ProgArray | MapType::ArrayOfMaps)
+        matches!(self, MapType::Array | MapType::PercpuArray | MapType::ProgArray | MapType::ArrayOfMaps | MapType::CgroupArray)
     }
 }
 
@@ -296,7 +300,7 @@ fn validate(spec: &MapSpec) -> Result<(), MapError> {
         return Err(invalid("max_entries must be positive"));
     }
     match s.map_type {
-        Array | PercpuArray | ProgArray | ArrayOfMaps | PerfEventArray => {
+        Array | PercpuArray | ProgArray | ArrayOfMaps | PerfEventArray | CgroupArray => {
             if s.key_size != 4 {
                 return Err(invalid(format!("{} needs key_size 4, got {}", s.map_type.name(), s.key_size)));
             }
@@ -326,7 +330,7 @@ fn validate(spec: &MapSpec) -> Result<(), MapError> {
         }
     }
     match s.map_type {
-        ProgArray | ArrayOfMaps | HashOfMaps | PerfEventArray => {
+        ProgArray | ArrayOfMaps | HashOfMaps | PerfEventArray | CgroupArray => {
             if s.value_size != 4 {
                 return Err(invalid(format!("{} needs value_size 4", s.map_type.name())));
             }
@@ -413,7 +417,7 @@ impl Map {
         let n = spec.max_entries as u64;
         let cpus = ncpus as u64;
         match spec.map_type {
-            Array | PercpuArray | ProgArray | ArrayOfMaps => {
+            Array | PercpuArray | ProgArray | ArrayOfMaps | CgroupArray => {
                 let stride = value.checked_mul(if spec.map_type.is_percpu() { cpus } else { 1 })?;
                 Some(Layout { data_len: stride.checked_mul(n)?, elem_size: stride, ..Layout::default() })
             }
@@ -435,7 +439,7 @@ impl Map {
             // BPF_F_MMAPABLE: whole pages, so that a loader can map the values (libbpf's
             // skeletons map global data this way).
             Array if spec.flags & BPF_F_MMAPABLE != 0 => Layout { data: region.alloc_pages(sizes.data_len.max(1).div_ceil(PAGE) * PAGE)?, ..sizes },
-            Array | PercpuArray | ProgArray | ArrayOfMaps | Queue | Stack => Layout { data: region.alloc(sizes.data_len)?, ..sizes },
+            Array | PercpuArray | ProgArray | ArrayOfMaps | CgroupArray | Queue | Stack => Layout { data: region.alloc(sizes.data_len)?, ..sizes },
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::alloc(region, spec, cpus)?,
             LpmTrie => lpm::alloc(region, spec)?,
             BloomFilter => bloom::alloc(region, spec)?,
@@ -672,7 +676,7 @@ impl Map {
         self.check_key(key)?;
         self.check_value(value)?;
         match self.spec.map_type {
-            Array | PercpuArray | ProgArray | ArrayOfMaps => array::lookup(self, key, value),
+            Array | PercpuArray | ProgArray | ArrayOfMaps | CgroupArray => array::lookup(self, key, value),
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::lookup(self, key, value),
             LpmTrie => lpm::lookup(self, key, value),
             StackTrace => stack_trace::lookup(self, key, value),
@@ -699,7 +703,7 @@ impl Map {
         self.check_key(key)?;
         self.check_value(value)?;
         match self.spec.map_type {
-            Array | PercpuArray => array::update(self, key, value, flags),
+            Array | PercpuArray | CgroupArray => array::update(self, key, value, flags),
             ProgArray | ArrayOfMaps | PerfEventArray => array::update_id(self, key, value, flags),
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::update(self, key, value, flags),
             LpmTrie => lpm::update(self, key, value, flags),
@@ -719,6 +723,7 @@ impl Map {
         self.check_key(key)?;
         match self.spec.map_type {
             Array | PercpuArray => Err(Errno::EINVAL),
+            CgroupArray => array::update(self, key, &[0; 4], BPF_ANY),
             ProgArray | ArrayOfMaps | PerfEventArray => array::delete_id(self, key),
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::delete(self, key),
             LpmTrie => lpm::delete(self, key),
@@ -744,7 +749,7 @@ impl Map {
             return Err(Errno::EINVAL);
         }
         match self.spec.map_type {
-            Array | PercpuArray | ProgArray | ArrayOfMaps | PerfEventArray => array::next_key(self, key, next),
+            Array | PercpuArray | ProgArray | ArrayOfMaps | PerfEventArray | CgroupArray => array::next_key(self, key, next),
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::next_key(self, key, next),
             LpmTrie => lpm::next_key(self, key, next),
             StackTrace => stack_trace::next_key(self, key, next),
@@ -797,7 +802,7 @@ impl Map {
             return Some((self.data_addr + idx as u64 * self.layout.elem_size) as *mut u8);
         }
         match self.spec.map_type {
-            Array | PercpuArray | ProgArray | ArrayOfMaps => array::lookup_ptr(self, key),
+            Array | PercpuArray | ProgArray | ArrayOfMaps | CgroupArray => array::lookup_ptr(self, key),
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::lookup_ptr(self, key),
             LpmTrie => lpm::lookup_ptr(self, key),
             StackTrace => stack_trace::lookup_ptr(self, key),
