@@ -285,8 +285,8 @@ impl Agent {
         {
             let mut seen = self.links.lock().unwrap_or_else(|e| e.into_inner());
             for l in &now {
-                if !seen.contains_key(&l.id) {
-                    seen.insert(l.id, vec![]);
+                if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(l.id) {
+                    e.insert(vec![]);
                     if l.kind == links::LinkKind::Uprobe {
                         fresh.push(l.clone());
                     }
