@@ -4,7 +4,8 @@
 set -euo pipefail
 
 need_pkgs=()
-for p in clang-14 llvm-14 libbpf-dev gcc make pkg-config; do
+# libbpf-tools, bpftrace and bpftool: real tools the syscall server is tested with.
+for p in clang-14 llvm-14 libbpf-dev gcc make pkg-config libbpf-tools bpftrace bpftool; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

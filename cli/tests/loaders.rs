@@ -157,3 +157,53 @@ fn a_loader_started_after_the_target_is_picked_up() {
     assert!(rest.contains("stats[0] = 8000\n"), "two threads x 4000 add() calls:\n{rest}");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
 }
+
+/// The sum of the counts of a libbpf-tools histogram (`  2048 -> 4095  : 4928  |***|`).
+fn histogram_total(out: &str) -> u64 {
+    out.lines().filter(|l| l.contains("->")).filter_map(|l| l.split(':').nth(1)?.split('|').next()?.trim().parse::<u64>().ok()).sum()
+}
+
+/// Runs `tool` (its output to a file), waits for it to attach, runs `target`, waits for the
+/// tool to finish; returns the tool's output.
+fn tool_session(mut tool: Command, target: &mut Command, out: &Path) -> String {
+    let f = std::fs::File::create(out).unwrap();
+    let mut t = tool.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+    // Its "Tracing" line sits in stdio's buffer (a file): give it time to attach instead.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let o = target.output().unwrap();
+    assert!(o.status.success(), "target: {}", text(&o.stderr));
+    t.wait().unwrap();
+    std::fs::read_to_string(out).unwrap()
+}
+
+/// Debian's libbpf-tools `funclatency` (an unmodified binary with a libbpf skeleton: global
+/// data through mmap, a cgroup map, uprobe + uretprobe by `PROGRAM:FUNCTION`) counts every call
+/// of the target's add(), as it does on the kernel.
+#[test]
+fn libbpf_tools_funclatency_counts_what_the_kernel_counts() {
+    let tool = Path::new("/usr/sbin/funclatency");
+    if !tool.exists() {
+        assert!(std::env::var_os("BPFTIME_REQUIRE_CUDA_TOOLS").is_none(), "libbpf-tools is missing (bash scripts/setup.sh installs it)");
+        println!("skipping: libbpf-tools is not installed");
+        return;
+    }
+    let calls = build_target("calls", false);
+    let func = format!("{}:add", calls.display());
+    let dir = std::env::temp_dir().join(format!("bpftime-funclatency-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-funclatency-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(tool).args(["-d", "4"]).arg(&func);
+    let out = tool_session(ours, bpftime(&shm).args(["start", "--"]).arg(&calls).args(["5000", "1"]), &dir.join("ours"));
+    assert_eq!(histogram_total(&out), 5000, "every add() call timed:\n{out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if is_root() {
+        let mut kernel = Command::new(tool);
+        kernel.args(["-d", "4"]).arg(&func);
+        let out = tool_session(kernel, Command::new(&calls).args(["5000", "1"]), &dir.join("kernel"));
+        assert_eq!(histogram_total(&out), 5000, "the kernel too:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
