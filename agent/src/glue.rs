@@ -210,7 +210,10 @@ pub(crate) fn start() {
                 Err(e) => return eprintln!("bpftime: {shown}: {e}"),
             }
         }
-        None => links::list(runtime.region()),
+        None => {
+            links::remove_orphans(runtime.region());
+            links::list(runtime.region())
+        }
     };
     crate::cuda::start(runtime.region(), &found);
     let mut items = vec![];
@@ -279,6 +282,7 @@ fn watch_links() {
 
 impl Agent {
     fn refresh_links(&self) {
+        links::remove_orphans(self.runtime.region());
         let now = links::list(self.runtime.region());
         let mut fresh = vec![];
         let mut gone = vec![];

@@ -107,10 +107,21 @@ fn a_refused_program_fails_the_loader_with_the_reason() {
 /// uretprobe sent, as bashreadline does: the same lines as from the kernel.
 #[test]
 fn a_libbpf_ring_buffer_consumer_gets_what_the_kernel_sends() {
+    lines_through("loader_lines");
+}
+
+/// The same through a perf buffer (a perf event per CPU, mmapped before it is put in the
+/// PERF_EVENT_ARRAY).
+#[test]
+fn a_libbpf_perf_buffer_consumer_gets_what_the_kernel_sends() {
+    lines_through("loader_lines_perf");
+}
+
+fn lines_through(example: &str) {
     let loader = build_loader("ring_lines");
-    let obj = build_example("loader_lines");
+    let obj = build_example(example);
     let lines = build_target("lines", false);
-    let shm = format!("bpftime-loader-ring-{}", std::process::id());
+    let shm = format!("bpftime-loader-{example}-{}", std::process::id());
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&lines).arg("20");
@@ -206,4 +217,30 @@ fn libbpf_tools_funclatency_counts_what_the_kernel_counts() {
         assert_eq!(histogram_total(&out), 5000, "the kernel too:\n{out}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A loader killed before it could detach (SIGKILL: no exit code runs) leaves no probes behind:
+/// its links name it as their owner, and a process that is gone holds no links.
+#[test]
+fn a_killed_loader_leaves_nothing_attached() {
+    let loader = build_loader("count_calls");
+    let obj = build_example("loader_calls");
+    let calls = build_target("calls", false);
+    let shm = format!("bpftime-loader-killed-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let mut l = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(l.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("attached"), "{first}");
+    // The loader is the child of `bpftime load`: kill it, not bpftime.
+    let pid = std::fs::read_to_string(format!("/proc/{}/task/{}/children", l.id(), l.id())).unwrap();
+    let pid: i32 = pid.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) on our own grandchild.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    l.wait().unwrap();
+    let out = bpftime(&shm).args(["start", "--"]).arg(&calls).arg("1000").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let maps = bpftime(&shm).args(["map", "dump", "stats"]).output().unwrap();
+    assert!(!text(&maps.stdout).contains("0 => 1000"), "nothing counted:\n{}", text(&maps.stdout));
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
 }

@@ -1,7 +1,9 @@
-// A libbpf ring buffer consumer as people write them: loads an object, attaches its
+// A libbpf event consumer as people write them: loads an object, attaches its
 // `uretprobe/FUNC` program to FUNC of BINARY, says "attached", waits for a line on stdin, then
-// polls the `lines` ring buffer (ring_buffer__new / ring_buffer__poll: mmap of the ring, epoll
-// on the map fd) until COUNT records arrived and prints them.
+// polls the `lines` map until COUNT records arrived and prints them. A RINGBUF map is read
+// with ring_buffer__new / ring_buffer__poll (mmap of the ring, epoll on the map fd), a
+// PERF_EVENT_ARRAY with perf_buffer__new / perf_buffer__poll (a perf event per CPU, each
+// mmapped and put in the map).
 // Build: cc -O2 ring_lines.c -lbpf -o ring_lines
 // Usage: ring_lines OBJ BINARY COUNT
 #include <bpf/bpf.h>
@@ -25,6 +27,11 @@ static int on_line(void *ctx, void *data, size_t size)
     return 0;
 }
 
+static void on_sample(void *ctx, int cpu, void *data, __u32 size)
+{
+    on_line(ctx, data, size);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -45,9 +52,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot attach to %s:%s\n", argv[2], func);
         return 1;
     }
-    struct ring_buffer *rb = ring_buffer__new(bpf_object__find_map_fd_by_name(obj, "lines"), on_line, NULL, NULL);
-    if (!rb) {
-        fprintf(stderr, "cannot open the ring buffer\n");
+    struct bpf_map *map = bpf_object__find_map_by_name(obj, "lines");
+    struct ring_buffer *rb = NULL;
+    struct perf_buffer *pb = NULL;
+    if (bpf_map__type(map) == BPF_MAP_TYPE_RINGBUF)
+        rb = ring_buffer__new(bpf_map__fd(map), on_line, NULL, NULL);
+    else
+        pb = perf_buffer__new(bpf_map__fd(map), 16, on_sample, NULL, NULL, NULL);
+    if (!rb && !pb) {
+        fprintf(stderr, "cannot open the event buffer\n");
         return 1;
     }
     printf("attached\n");
@@ -56,10 +69,11 @@ int main(int argc, char **argv)
     if (!fgets(go, sizeof go, stdin))
         go[0] = 0;
     for (int tries = 0; seen < want && tries < 100; tries++)
-        if (ring_buffer__poll(rb, 100) < 0)
+        if ((rb ? ring_buffer__poll(rb, 100) : perf_buffer__poll(pb, 100)) < 0)
             break;
     printf("%d lines\n", seen);
     ring_buffer__free(rb);
+    perf_buffer__free(pb);
     bpf_link__destroy(link);
     bpf_object__close(obj);
     return seen == want ? 0 : 1;

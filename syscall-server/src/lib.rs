@@ -54,9 +54,9 @@ fn watch_rings() {
     loop {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let Some(s) = SERVER.get().and_then(Option::as_ref) else { continue };
-        for (fd, at) in s.ring_fds() {
+        for (fd, consumer, producer) in s.ring_fds() {
             let pos = |o: u64| s.region().atomic_u64(o).map(|a| a.load(std::sync::atomic::Ordering::Acquire)).unwrap_or(0);
-            let ready = pos(at + 4096) > pos(at);
+            let ready = pos(producer) != pos(consumer);
             if ready && signaled.insert(fd) {
                 raw::eventfd_signal(fd, true);
             } else if !ready && signaled.remove(&fd) {
@@ -186,6 +186,24 @@ pub unsafe extern "C" fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags:
     if fd >= 0 {
         if let Some(s) = SERVER.get().and_then(Option::as_ref) {
             if let Some(r) = std::panic::catch_unwind(|| s.mmap_source(fd, off as u64, len as u64)).ok().flatten() {
+                if r == Ok((u64::MAX, len as u64)) {
+                    // A perf event not in a map yet: zeroed pages, the ring moved in later.
+                    let anon = (flags & !(libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE)) | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+                    let r = raw::result(raw::syscall6(
+                        libc::SYS_mmap,
+                        [addr as c_long, len as c_long, (libc::PROT_READ | libc::PROT_WRITE) as c_long, anon as c_long, -1, 0],
+                    ));
+                    if let Ok(p) = r {
+                        s.perf_mapped(fd, p as u64, len as u64);
+                    }
+                    return match r {
+                        Ok(p) => p as *mut c_void,
+                        Err(e) => {
+                            raw::set_errno(e);
+                            libc::MAP_FAILED
+                        }
+                    };
+                }
                 return match r.and_then(|(src, n)| raw::map_region_pages(s.region().base(), src, n, addr, len, prot, flags)) {
                     Ok(p) => p,
                     Err(e) => {

@@ -47,6 +47,18 @@ pub enum Handle {
     Link(u32),
     /// A uprobe perf event.
     Uprobe(UprobeEvent),
+    /// A `PERF_COUNT_SW_BPF_OUTPUT` event (a perf buffer's ring for one CPU).
+    PerfOutput(PerfOutput),
+}
+
+/// A perf buffer's event: libbpf maps it first and puts it in the PERF_EVENT_ARRAY after, so
+/// its mapping is zeroes until then and the ring's pages are moved in when it is put there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PerfOutput {
+    /// The PERF_EVENT_ARRAY slot it was put in: (map id, index).
+    pub bound: Option<(u32, u32)>,
+    /// Where the consumer mapped it: (address, length).
+    pub mapped: Option<(u64, u64)>,
 }
 
 /// The server of one loader process.
@@ -83,6 +95,8 @@ fn new_fd() -> Result<i32, Errno> {
 impl Server {
     /// A server keeping its objects in `region`.
     pub fn new(region: Arc<ShmRegion>) -> Server {
+        // Links of loaders that were killed before they could detach.
+        links::remove_orphans(&region);
         let runtime = Runtime::new(region.clone(), EngineKind::Interp);
         Server {
             region,
@@ -245,10 +259,43 @@ impl Server {
     }
 
     /// A value as the kernel's syscall side sees it: prog arrays and map-in-maps hold fds.
-    fn value_in(&self, map: &Map, mut value: Vec<u8>) -> Result<Vec<u8>, Errno> {
+    fn value_in(&self, map: &Map, key: &[u8], mut value: Vec<u8>) -> Result<Vec<u8>, Errno> {
         let id = match map.map_type() {
             MapType::ProgArray => Some(self.prog_id(u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?))?),
             MapType::ArrayOfMaps | MapType::HashOfMaps => Some(self.map(u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?))?.id()),
+            // A perf buffer's event: bound to this slot, whose ring it then maps.
+            MapType::PerfEventArray => {
+                let fd = u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?) as i32;
+                let index = u32::from_le_bytes(key.get(..4).ok_or(libc::EINVAL)?.try_into().map_err(|_| libc::EINVAL)?);
+                let mapped = match Self::lock(&self.fds).get_mut(&fd) {
+                    Some(Handle::PerfOutput(p)) => {
+                        p.bound = Some((map.id(), index));
+                        p.mapped
+                    }
+                    _ => return Err(libc::EBADF),
+                };
+                if let Some((addr, len)) = mapped {
+                    let (start, size) = map.perf_ring_area(index).ok_or(libc::E2BIG)?;
+                    if len != size {
+                        eprintln!(
+                            "bpftime: a perf buffer of {} pages per CPU was asked for; bpftime's have {} (use that many)",
+                            len / 4096 - 1,
+                            size / 4096 - 1
+                        );
+                        return Err(libc::EINVAL);
+                    }
+                    crate::raw::map_region_pages(
+                        self.region.base(),
+                        start,
+                        size,
+                        addr as *mut libc::c_void,
+                        len as usize,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_FIXED,
+                    )?;
+                }
+                Some(fd as u32)
+            }
             // A cgroup fd: the cgroup's id (its cgroupfs inode; the low 32 bits, the value's size).
             MapType::CgroupArray => {
                 use std::os::unix::fs::MetadataExt;
@@ -269,7 +316,7 @@ impl Server {
             return Err(libc::EPERM);
         }
         let key = user::read(a.u64(8), map.spec().key_size as usize)?;
-        let value = self.value_in(&map, user::read(a.u64(16), map.syscall_value_size())?)?;
+        let value = self.value_in(&map, &key, user::read(a.u64(16), map.syscall_value_size())?)?;
         let flags = a.u64(24);
         let r = if matches!(map.map_type(), MapType::Queue | MapType::Stack) { map.push(&value, flags) } else { map.update(&key, &value, flags) };
         r.map(|()| 0).map_err(|e| e.0)
@@ -395,7 +442,7 @@ impl Server {
                 put32(&mut info, 12, i as u32 + 1);
                 32
             }
-            Handle::Uprobe(_) => return Err(libc::EINVAL),
+            Handle::Uprobe(_) | Handle::PerfOutput(_) => return Err(libc::EINVAL),
         };
         let n = len.min(used);
         user::write(out, &info[..n])?;
@@ -432,7 +479,7 @@ impl Server {
                 ev.ref_ctr_offset
             );
         }
-        let id = links::store(&self.region, &name, prog, &target, ev.retprobe, cookie).map_err(|_| libc::ENOMEM)?;
+        let id = links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, std::process::id()).map_err(|_| libc::ENOMEM)?;
         ev.link = Some(id);
         Ok(id)
     }
@@ -456,6 +503,10 @@ impl Server {
     /// `perf_event_open` of a uprobe of the kernel's uprobe PMU: ours; None for any other
     /// event (it goes to the kernel).
     pub fn perf_event_open(&self, a: &Attr, pid: i32) -> Option<Result<i64, Errno>> {
+        // PERF_TYPE_SOFTWARE / PERF_COUNT_SW_BPF_OUTPUT: a perf buffer's ring.
+        if a.u32(0) == 1 && a.u64(8) == 10 {
+            return Some(self.install(Handle::PerfOutput(PerfOutput::default())));
+        }
         if self.uprobe_type != Some(a.u32(0)) {
             return None;
         }
@@ -473,8 +524,11 @@ impl Server {
 
     /// `ioctl` on one of our perf event fds: None when `fd` is not one.
     pub fn perf_ioctl(&self, fd: i32, request: u64, arg: u64) -> Option<Result<i64, Errno>> {
-        if !matches!(self.handle(fd), Some(Handle::Uprobe(_))) {
-            return None;
+        match self.handle(fd) {
+            Some(Handle::Uprobe(_)) => {}
+            // Enable, disable: the ring is always on.
+            Some(Handle::PerfOutput(_)) => return Some(Ok(0)),
+            _ => return None,
         }
         Some(match request {
             attr::PERF_EVENT_IOC_SET_BPF => self.prog_id(arg as u32).and_then(|prog| self.attach(fd, prog, 0)).map(|_| 0),
@@ -485,10 +539,31 @@ impl Server {
     /// `mmap` of one of our map fds: (region offset, bytes available) of what to map, or None
     /// when `fd` is not ours.
     pub fn mmap_source(&self, fd: i32, offset: u64, len: u64) -> Option<Result<(u64, u64), Errno>> {
-        let Some(Handle::Map(id)) = self.handle(fd) else { return None };
+        let (id, perf_slot) = match self.handle(fd) {
+            Some(Handle::Map(id)) => (id, None),
+            Some(Handle::PerfOutput(PerfOutput { bound: Some((id, slot)), .. })) => (id, Some(slot)),
+            // Not in a PERF_EVENT_ARRAY yet: zeroes for now (see `PerfOutput`).
+            Some(Handle::PerfOutput(PerfOutput { bound: None, .. })) => return Some(Ok((u64::MAX, len))),
+            _ => return None,
+        };
         Some((|| {
             let map = Map::open(&self.region, id).map_err(|_| libc::EBADF)?;
-            let (start, size) = map.mmap_area().ok_or(libc::EINVAL)?;
+            let (start, size) = match perf_slot {
+                // The consumer's ring must be ours: its size is what it wraps at.
+                Some(slot) => {
+                    let area = map.perf_ring_area(slot).ok_or(libc::EINVAL)?;
+                    if len != area.1 {
+                        eprintln!(
+                            "bpftime: a perf buffer of {} pages per CPU was asked for; bpftime's have {} (use that many)",
+                            len / 4096 - 1,
+                            area.1 / 4096 - 1
+                        );
+                        return Err(libc::EINVAL);
+                    }
+                    area
+                }
+                None => map.mmap_area().ok_or(libc::EINVAL)?,
+            };
             if offset >= size || !offset.is_multiple_of(4096) {
                 return Err(libc::EINVAL);
             }
@@ -496,14 +571,30 @@ impl Server {
         })())
     }
 
-    /// Our ring buffer maps: (fd, region offset of the consumer page), for the readiness
-    /// watcher.
-    pub fn ring_fds(&self) -> Vec<(i32, u64)> {
-        let fds: Vec<(i32, u32)> = Self::lock(&self.fds).iter().filter_map(|(fd, h)| if let Handle::Map(id) = h { Some((*fd, *id)) } else { None }).collect();
+    /// Records where the consumer mapped perf event `fd` (not yet in a PERF_EVENT_ARRAY).
+    pub fn perf_mapped(&self, fd: i32, addr: u64, len: u64) {
+        if let Some(Handle::PerfOutput(p)) = Self::lock(&self.fds).get_mut(&fd) {
+            p.mapped = Some((addr, len));
+        }
+    }
+
+    /// Our ring buffer maps and perf buffer rings, for the readiness watcher: (fd, region
+    /// offset of the position a consumer reads from, of the one a producer writes).
+    pub fn ring_fds(&self) -> Vec<(i32, u64, u64)> {
+        let fds: Vec<(i32, Handle)> = Self::lock(&self.fds).iter().map(|(fd, h)| (*fd, h.clone())).collect();
         fds.into_iter()
-            .filter_map(|(fd, id)| {
-                let map = Map::open(&self.region, id).ok()?;
-                (map.map_type() == MapType::Ringbuf).then(|| map.mmap_area().map(|(start, _)| (fd, start))).flatten()
+            .filter_map(|(fd, h)| match h {
+                Handle::Map(id) => {
+                    let map = Map::open(&self.region, id).ok()?;
+                    let (start, _) = map.mmap_area().filter(|_| map.map_type() == MapType::Ringbuf)?;
+                    Some((fd, start, start + 4096))
+                }
+                // perf_event_mmap_page: data_head at 1024, data_tail at 1032.
+                Handle::PerfOutput(PerfOutput { bound: Some((id, slot)), .. }) => {
+                    let (start, _) = Map::open(&self.region, id).ok()?.perf_ring_area(slot)?;
+                    Some((fd, start + 1032, start + 1024))
+                }
+                _ => None,
             })
             .collect()
     }

@@ -20,6 +20,10 @@ struct LinkDesc {
     state: u32,
     /// A [`LinkKind`].
     kind: u32,
+    /// The process whose fd holds the link (a loader under the syscall server), 0 for none:
+    /// when it is gone, so is the link (the kernel detaches a link when its last fd closes).
+    owner: u32,
+    reserved: u32,
 }
 
 /// How far a link got, over every process that saw it: agents raise it, `bpftime run` reads
@@ -89,9 +93,47 @@ pub fn store(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: 
 }
 
 fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, kind: LinkKind) -> Result<u32, ShmError> {
-    let mut desc = LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN], state: 0, kind: kind as u32 };
+    let mut desc =
+        LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN], state: 0, kind: kind as u32, owner: 0, reserved: 0 };
     desc::fill(&mut desc.target, target);
     desc::store(region, ObjectKind::Link, name, &desc)
+}
+
+/// Stores a uprobe link held by process `owner` (a loader's fd): it goes when that process
+/// does (see [`remove_orphans`]).
+pub fn store_owned(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, owner: u32) -> Result<u32, ShmError> {
+    let mut desc = LinkDesc {
+        magic: LINK_MAGIC,
+        prog,
+        retprobe: retprobe as u32,
+        cookie,
+        target: [0; TARGET_LEN],
+        state: 0,
+        kind: LinkKind::Uprobe as u32,
+        owner,
+        reserved: 0,
+    };
+    desc::fill(&mut desc.target, target);
+    desc::store(region, ObjectKind::Link, name, &desc)
+}
+
+/// Removes the links whose owner process is gone (killed before it could close them).
+/// Returns how many.
+pub fn remove_orphans(region: &ShmRegion) -> usize {
+    let mut n = 0;
+    for o in region.objects().into_iter().filter(|o| o.kind == ObjectKind::Link) {
+        let Some(d) = desc::load::<LinkDesc>(region, o.data) else { continue };
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        if d.magic == LINK_MAGIC
+            && d.owner != 0
+            && unsafe { libc::kill(d.owner as i32, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        {
+            region.remove_object(o.id);
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Removes link `id` (a detached link: the loader that made it closed it or exited). Its

@@ -607,6 +607,14 @@ impl Map {
         }
     }
 
+    /// What `mmap` of the perf event bound to slot `cpu` of a PERF_EVENT_ARRAY maps: the
+    /// ring's header page (`data_head`/`data_tail` where `perf_event_mmap_page` has them) and
+    /// its data pages, as (region offset, bytes).
+    pub fn perf_ring_area(&self, cpu: u32) -> Option<(u64, u64)> {
+        (self.spec.map_type == MapType::PerfEventArray && cpu < self.ncpus)
+            .then(|| (self.layout.data + cpu as u64 * self.layout.elem_size, self.layout.elem_size))
+    }
+
     pub(crate) fn layout(&self) -> &Layout {
         &self.layout
     }
