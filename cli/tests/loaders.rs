@@ -244,3 +244,89 @@ fn a_killed_loader_leaves_nothing_attached() {
     assert!(!text(&maps.stdout).contains("0 => 1000"), "nothing counted:\n{}", text(&maps.stdout));
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
 }
+
+/// The first child of process `pid` (the loader `bpftime load` runs).
+fn child_of(pid: u32) -> i32 {
+    for _ in 0..100 {
+        if let Some(c) =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok().and_then(|s| s.split_whitespace().next().and_then(|c| c.parse().ok()))
+        {
+            return c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("no child of {pid}");
+}
+
+/// bpftrace's output without the lines that depend on the machine (memlock, tracefs).
+fn bpftrace_result(out: &str) -> String {
+    out.lines().filter(|l| !l.contains("RLIMIT_MEMLOCK") && !l.contains("uprobe_events") && !l.contains("failed to detach")).collect::<Vec<_>>().join("\n")
+}
+
+/// Runs a bpftrace one-liner (`tool`: bpftrace itself or `bpftime load -- bpftrace`, `loader`:
+/// whether it is the latter), the target under `target`, then SIGINT; returns the output.
+fn bpftrace_session(mut tool: Command, loader: bool, target: &mut Command, out: &Path) -> String {
+    let f = std::fs::File::create(out).unwrap();
+    let t = tool.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+    let bpftrace = if loader { child_of(t.id()) } else { t.id() as i32 };
+    // bpftrace compiles with LLVM before it attaches.
+    for _ in 0..200 {
+        if std::fs::read_to_string(out).is_ok_and(|s| s.contains("Attaching")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let o = target.output().unwrap();
+    assert!(o.status.success(), "target: {}", text(&o.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on a process we started.
+    unsafe { libc::kill(bpftrace, libc::SIGINT) };
+    let mut t = t;
+    t.wait().unwrap();
+    std::fs::read_to_string(out).unwrap()
+}
+
+/// bpftrace (unmodified, from apt) one-liners with uprobe and uretprobe: count, hist(arg0),
+/// hist(retval) and printf through its perf buffer print what they print on the kernel.
+#[test]
+fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
+    let Ok(bpftrace) = which("bpftrace") else {
+        assert!(std::env::var_os("BPFTIME_REQUIRE_CUDA_TOOLS").is_none(), "bpftrace is missing (bash scripts/setup.sh installs it)");
+        println!("skipping: bpftrace is not installed");
+        return;
+    };
+    let calls = build_target("calls", false);
+    let c = calls.display();
+    let script =
+        format!("uprobe:{c}:add {{ @calls = count(); @args = hist(arg0); }} uretprobe:{c}:add {{ @rets = hist(retval); printf(\"ret %d\\n\", retval); }}");
+    let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-bpftrace-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
+    let out = bpftrace_session(ours, true, bpftime(&shm).args(["start", "--"]).arg(&calls).arg("200"), &dir.join("ours"));
+    let ours = bpftrace_result(&out);
+    assert!(ours.contains("@calls: 200"), "{out}");
+    assert_eq!(ours.matches("ret ").count(), 200, "{out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if is_root() {
+        let mut kernel = Command::new(&bpftrace);
+        kernel.args(["-e", &script]);
+        let out = bpftrace_session(kernel, false, Command::new(&calls).arg("200"), &dir.join("kernel"));
+        assert_eq!(ours, bpftrace_result(&out), "the same one-liners on the kernel");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn which(tool: &str) -> Result<PathBuf, ()> {
+    let o = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map_err(|_| ())?;
+    let p = text(&o.stdout).trim().to_string();
+    if o.status.success() && !p.is_empty() {
+        Ok(PathBuf::from(p))
+    } else {
+        Err(())
+    }
+}

@@ -276,14 +276,7 @@ impl Server {
                 };
                 if let Some((addr, len)) = mapped {
                     let (start, size) = map.perf_ring_area(index).ok_or(libc::E2BIG)?;
-                    if len != size {
-                        eprintln!(
-                            "bpftime: a perf buffer of {} pages per CPU was asked for; bpftime's have {} (use that many)",
-                            len / 4096 - 1,
-                            size / 4096 - 1
-                        );
-                        return Err(libc::EINVAL);
-                    }
+                    Self::size_perf_ring(map, index, len)?;
                     crate::raw::map_region_pages(
                         self.region.base(),
                         start,
@@ -552,14 +545,7 @@ impl Server {
                 // The consumer's ring must be ours: its size is what it wraps at.
                 Some(slot) => {
                     let area = map.perf_ring_area(slot).ok_or(libc::EINVAL)?;
-                    if len != area.1 {
-                        eprintln!(
-                            "bpftime: a perf buffer of {} pages per CPU was asked for; bpftime's have {} (use that many)",
-                            len / 4096 - 1,
-                            area.1 / 4096 - 1
-                        );
-                        return Err(libc::EINVAL);
-                    }
+                    Self::size_perf_ring(&map, slot, len)?;
                     area
                 }
                 None => map.mmap_area().ok_or(libc::EINVAL)?,
@@ -569,6 +555,20 @@ impl Server {
             }
             Ok((start + offset, (size - offset).min(len)))
         })())
+    }
+
+    /// A consumer maps `len` bytes of a perf ring: a header page and a power of two of data
+    /// pages, which the ring takes as its size.
+    fn size_perf_ring(map: &Map, slot: u32, len: u64) -> Result<(), Errno> {
+        let data = len.checked_sub(4096).ok_or(libc::EINVAL)?;
+        map.set_perf_ring_size(slot, data).map_err(|_| {
+            eprintln!(
+                "bpftime: a perf buffer of {} pages per CPU was asked for; bpftime's take a power of two up to {}",
+                data / 4096,
+                bpftime_maps::MAX_RING_PAGES
+            );
+            libc::EINVAL
+        })
     }
 
     /// Records where the consumer mapped perf event `fd` (not yet in a PERF_EVENT_ARRAY).

@@ -28,7 +28,7 @@ mod ringbuf;
 mod stack_trace;
 
 pub use errno::Errno;
-pub use perf::PerfRecord;
+pub use perf::{PerfRecord, MAX_RING_PAGES};
 pub use ringbuf::{RingbufRecord, RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ};
 
 use bpftime_shm::{ObjectKind, ShmError, ShmLock, ShmRegion};
@@ -613,6 +613,15 @@ impl Map {
     pub fn perf_ring_area(&self, cpu: u32) -> Option<(u64, u64)> {
         (self.spec.map_type == MapType::PerfEventArray && cpu < self.ncpus)
             .then(|| (self.layout.data + cpu as u64 * self.layout.elem_size, self.layout.elem_size))
+    }
+
+    /// Sets the data size of the perf ring of slot `cpu` (a consumer mapping it chooses it, as
+    /// with the kernel): a power of two from one page to [`MAX_RING_PAGES`] pages.
+    pub fn set_perf_ring_size(&self, cpu: u32, bytes: u64) -> Result<(), Errno> {
+        if self.spec.map_type != MapType::PerfEventArray {
+            return Err(Errno::EINVAL);
+        }
+        perf::set_ring_size(self, cpu, bytes)
     }
 
     pub(crate) fn layout(&self) -> &Layout {

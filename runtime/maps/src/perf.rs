@@ -1,15 +1,23 @@
 //! PERF_EVENT_ARRAY: one perf ring per CPU, records in the kernel's `PERF_RECORD_SAMPLE`
 //! format (`struct perf_event_header`, then a u32 size and the raw bytes, padded to 8).
-//! Each ring has a header page with `data_head` and `data_tail` where `perf_event_mmap_page`
-//! keeps them (offsets 1024 and 1032), followed by its data pages.
+//! Each ring has a header page with `data_head`, `data_tail` and `data_size` where
+//! `perf_event_mmap_page` keeps them (offsets 1024, 1032, 1048), followed by its data pages.
+//! A consumer that maps a ring chooses its size, as with the kernel (`perf_buffer__new`'s page
+//! count, a power of two up to [`MAX_RING_PAGES`]): `set_ring_size` writes it into `data_size`
+//! and the producer wraps there; 16 pages until then.
 
 use crate::{Errno, Layout, Map, MapSpec};
 use bpftime_shm::{ShmError, ShmRegion};
 use std::sync::atomic::Ordering;
 
 const PAGE: u64 = 4096;
-/// Data bytes per CPU ring.
-const RING: u64 = 16 * PAGE;
+/// Most data pages a CPU's ring can have (bpftrace asks for 64).
+pub const MAX_RING_PAGES: u64 = 64;
+/// Data bytes reserved per CPU ring.
+const RING_MAX: u64 = MAX_RING_PAGES * PAGE;
+/// Data bytes of a ring whose consumer did not say (16 pages, libbpf-tools' usual).
+const RING_DEFAULT: u64 = 16 * PAGE;
+const DATA_SIZE: u64 = 1048;
 const PERF_RECORD_SAMPLE: u32 = 9;
 const HEAD: u64 = 1024;
 const TAIL: u64 = 1032;
@@ -25,7 +33,7 @@ pub struct PerfRecord<'a> {
 
 /// The layout's sizes (offsets 0): a page of counters and a ring per CPU.
 pub(crate) fn sizes(cpus: u64) -> Option<Layout> {
-    let per = PAGE + RING;
+    let per = PAGE + RING_MAX;
     Some(Layout { data_len: per.checked_mul(cpus)?, elem_size: per, ..Layout::default() })
 }
 
@@ -38,10 +46,36 @@ fn ring_base(map: &Map, cpu: u32) -> u64 {
     map.layout().data + cpu as u64 * map.layout().elem_size
 }
 
+/// The data size of the ring at `base`: what its consumer chose, else the default.
+fn ring_size(map: &Map, base: u64) -> u64 {
+    let n = map.region().atomic_u64(base + DATA_SIZE).map_or(0, |a| a.load(Ordering::Acquire));
+    if n.is_power_of_two() && (PAGE..=RING_MAX).contains(&n) {
+        n
+    } else {
+        RING_DEFAULT
+    }
+}
+
+/// Sets the data size of ring `cpu` (a power of two, one page to [`MAX_RING_PAGES`]), as a
+/// consumer mapping it does; positions restart at 0.
+pub fn set_ring_size(map: &Map, cpu: u32, bytes: u64) -> Result<(), Errno> {
+    if cpu >= map.ncpus() || !bytes.is_power_of_two() || !(PAGE..=RING_MAX).contains(&bytes) {
+        return Err(Errno::EINVAL);
+    }
+    let base = ring_base(map, cpu);
+    let r = map.region();
+    let _g = map.write_lock();
+    for (off, v) in [(HEAD, 0), (TAIL, 0), (DATA_SIZE, bytes)] {
+        r.atomic_u64(base + off).ok_or(Errno::EFAULT)?.store(v, Ordering::Release);
+    }
+    Ok(())
+}
+
 fn write_wrapped(map: &Map, base: u64, pos: u64, bytes: &[u8]) {
     let r = map.region();
-    let start = pos % RING;
-    let first = (RING - start).min(bytes.len() as u64) as usize;
+    let ring = ring_size(map, base);
+    let start = pos % ring;
+    let first = (ring - start).min(bytes.len() as u64) as usize;
     r.write(base + PAGE + start, &bytes[..first]);
     if first < bytes.len() {
         r.write(base + PAGE, &bytes[first..]);
@@ -50,8 +84,9 @@ fn write_wrapped(map: &Map, base: u64, pos: u64, bytes: &[u8]) {
 
 fn read_wrapped(map: &Map, base: u64, pos: u64, out: &mut [u8]) {
     let r = map.region();
-    let start = pos % RING;
-    let first = (RING - start).min(out.len() as u64) as usize;
+    let ring = ring_size(map, base);
+    let start = pos % ring;
+    let first = (ring - start).min(out.len() as u64) as usize;
     r.read(base + PAGE + start, &mut out[..first]);
     if first < out.len() {
         r.read(base + PAGE, &mut out[first..]);
@@ -63,15 +98,16 @@ pub(crate) fn output(map: &Map, cpu: u32, data: &[u8]) -> Result<(), Errno> {
         return Err(Errno::E2BIG);
     }
     let size = (8 + 4 + data.len() as u64).div_ceil(8) * 8;
-    if size > u16::MAX as u64 || size > RING {
+    let base = ring_base(map, cpu);
+    let ring = ring_size(map, base);
+    if size > u16::MAX as u64 || size > ring {
         return Err(Errno::E2BIG);
     }
-    let base = ring_base(map, cpu);
     let r = map.region();
     let (head, tail) = (r.atomic_u64(base + HEAD).ok_or(Errno::EFAULT)?, r.atomic_u64(base + TAIL).ok_or(Errno::EFAULT)?);
     let _g = map.write_lock();
     let h = head.load(Ordering::Relaxed);
-    if h.wrapping_add(size).wrapping_sub(tail.load(Ordering::Acquire)) > RING {
+    if h.wrapping_add(size).wrapping_sub(tail.load(Ordering::Acquire)) > ring {
         map.desc().lost.fetch_add(1, Ordering::Relaxed);
         return Err(Errno::ENOSPC);
     }
@@ -79,7 +115,9 @@ pub(crate) fn output(map: &Map, cpu: u32, data: &[u8]) -> Result<(), Errno> {
     rec.extend_from_slice(&PERF_RECORD_SAMPLE.to_le_bytes());
     rec.extend_from_slice(&0u16.to_le_bytes());
     rec.extend_from_slice(&(size as u16).to_le_bytes());
-    rec.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    // The raw size counts the padding, as the kernel's does (`u32 size` + data fill whole
+    // 8-byte words; bcc's reader checks it).
+    rec.extend_from_slice(&((size - 12) as u32).to_le_bytes());
     rec.extend_from_slice(data);
     rec.resize(size as usize, 0);
     write_wrapped(map, base, h, &rec);
@@ -95,7 +133,7 @@ pub(crate) fn consume(map: &Map, f: &mut dyn FnMut(PerfRecord<'_>)) -> usize {
         let (Some(head), Some(tail)) = (r.atomic_u64(base + HEAD), r.atomic_u64(base + TAIL)) else { continue };
         let mut t = tail.load(Ordering::Relaxed);
         let h = head.load(Ordering::Acquire);
-        if h.wrapping_sub(t) > RING {
+        if h.wrapping_sub(t) > ring_size(map, base) {
             // Positions no writer makes (a scribble): skip to the head.
             t = h;
         }
