@@ -199,7 +199,12 @@ pub(crate) fn start() {
                 .map_err(|e| e.to_string())
                 .and_then(|b| Object::parse(&b).map_err(|e| e.to_string()))
                 .and_then(|obj| runtime.load_object(&obj).map_err(|e| e.to_string()))
-                .and_then(|loaded| links::store_uprobes(runtime.region(), &loaded.programs).map_err(|e| e.to_string()));
+                .and_then(|loaded| {
+                    for (name, section, why) in &loaded.refused {
+                        eprintln!("bpftime: {shown}: `{name}` (section `{section}`) is not loaded: {why}");
+                    }
+                    links::store_uprobes(runtime.region(), &loaded.programs).map_err(|e| e.to_string())
+                });
             match stored {
                 Ok(stored) => {
                     for skipped in stored.skipped {

@@ -597,6 +597,9 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             let region = open_region(shm)?;
             let rt = Runtime::new(region.clone(), EngineKind::Jit);
             let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
+            for (name, section, why) in &loaded.refused {
+                eprintln!("bpftime: {}: `{name}` (section `{section}`) is not loaded: {why}", file.display());
+            }
             for m in &loaded.maps {
                 println!("map {} `{}` ({})", m.id(), m.name(), m.map_type().name());
             }

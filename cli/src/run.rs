@@ -90,9 +90,14 @@ impl Events {
     }
 
     fn format(&self, m: &Map, cpu: Option<u32>, data: &[u8]) -> String {
+        // A perf sample's raw size counts the padding to 8-byte words (as the kernel's does):
+        // its type may be up to 7 bytes shorter.
+        let lengths = if cpu.is_some() { data.len().saturating_sub(7)..=data.len() } else { data.len()..=data.len() };
         let decoded = self.btf.as_ref().and_then(|b| {
-            let id = *self.record_types.borrow_mut().entry(data.len()).or_insert_with(|| b.record_type(data.len()));
-            id.map(|id| b.format_value(id, data))
+            lengths.rev().find_map(|len| {
+                let id = *self.record_types.borrow_mut().entry(len).or_insert_with(|| b.record_type(len));
+                id.map(|id| b.format_value(id, &data[..len]))
+            })
         });
         let hex: String = data.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
         if self.json {
@@ -164,6 +169,9 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
     let region = Arc::new(ShmRegion::create(&name, req.shm_size).map_err(|e| e.to_string())?);
     let rt = Runtime::new(region.clone(), req.engine);
     let loaded = rt.load_object(&obj).map_err(|e| format!("{shown}: {e}"))?;
+    for (name, section, why) in &loaded.refused {
+        eprintln!("bpftime: {shown}: `{name}` (section `{section}`) is not loaded: {why}");
+    }
     let chosen: Vec<(String, String, u32)> = loaded
         .programs
         .iter()

@@ -126,7 +126,12 @@ fn ringbuf_and_perf_events() {
         let copies: Vec<u64> = records.iter().filter(|r| r.len() == 8).map(|r| u64::from_le_bytes(r[..8].try_into().unwrap())).collect();
         assert_eq!(copies, vec![0, 10, 20, 30, 40, 50]);
         let mut perf = vec![];
-        map(&l, "perf").perf_consume(&mut |r| perf.push(u64::from_le_bytes(r.data.try_into().unwrap())));
+        // The raw size counts the padding to whole 8-byte words, as the kernel's does: 8 bytes
+        // of data come with 4 of padding.
+        map(&l, "perf").perf_consume(&mut |r| {
+            assert_eq!(r.data.len(), 12);
+            perf.push(u64::from_le_bytes(r.data[..8].try_into().unwrap()))
+        });
         perf.sort();
         assert_eq!(perf, vec![0, 10, 20, 30, 40, 50]);
         // Consumed: the ring is empty again.
@@ -190,13 +195,33 @@ fn bad_objects_lose_nothing() {
     assert!(rt.region().objects().is_empty(), "nothing was created");
     // A map type the runtime does not know.
     let mut obj = Object::parse(&std::fs::read(build_example("maps_globals")).unwrap()).unwrap();
-    obj.maps[0].map_type = 8; // BPF_MAP_TYPE_CGROUP_ARRAY
+    obj.maps[0].map_type = 15; // BPF_MAP_TYPE_SOCKMAP
     let e = rt.load_object(&obj).unwrap_err().to_string();
-    assert!(e.contains("unknown map type 8"), "{e}");
+    assert!(e.contains("unknown map type 15"), "{e}");
     // A region too small for the maps: a clear error naming the map.
     let small = Runtime::new(Arc::new(ShmRegion::anonymous(1 << 20).unwrap()), EngineKind::Jit);
     let mut obj = Object::parse(&std::fs::read(build_example("maps_globals")).unwrap()).unwrap();
     obj.maps[0].max_entries = 1 << 20;
     let e = small.load_object(&obj).unwrap_err().to_string();
     assert!(e.contains("map `counts`") && e.contains("is full"), "{e}");
+}
+
+/// A program the verifier refuses fails alone, with its reason; the object's other programs
+/// and maps load (libbpf loads programs one by one too). Only when every program is refused
+/// does the whole object fail.
+#[test]
+fn a_refused_program_fails_alone() {
+    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Jit);
+    let mut obj = Object::parse(&std::fs::read(build_example("uprobe_calls")).unwrap()).unwrap();
+    assert!(obj.programs.len() > 1);
+    let p = &mut obj.programs[0];
+    let call = p.insns.iter().position(|i| i.opc == 0x85 && i.src == 0).unwrap();
+    p.insns[call].imm = 52; // bpf_sk_redirect_map
+    let refused_name = p.name.clone();
+    let loaded = rt.load_object(&obj).unwrap();
+    assert_eq!(loaded.refused.len(), 1);
+    assert_eq!(loaded.refused[0].0, refused_name);
+    assert!(loaded.refused[0].2.contains("helper 52 (bpf_sk_redirect_map) is not supported"), "{:?}", loaded.refused);
+    assert_eq!(loaded.programs.len(), obj.programs.len() - 1, "the others are loaded");
+    assert!(!loaded.programs.iter().any(|p| p.0 == refused_name));
 }

@@ -84,6 +84,9 @@ pub struct LoadedObject {
     pub maps: Vec<Map>,
     /// Programs: (function name, section, object id).
     pub programs: Vec<(String, String, u32)>,
+    /// Programs the verifier refused, each alone (the others are loaded, as libbpf loads
+    /// them one by one): (function name, section, why).
+    pub refused: Vec<(String, String, String)>,
 }
 
 /// A program ready to run in this process.
@@ -288,7 +291,9 @@ impl Runtime {
             obj.apply_core(&btf)?;
         }
         // Verify against placeholder map references first: nothing is created for a program
-        // the verifier rejects.
+        // the verifier rejects, and nothing at all when it rejects every program.
+        let mut refused = vec![];
+        let mut first_error = None;
         for p in &obj.programs {
             let mut insns = p.insns.clone();
             for r in &p.data_relocs {
@@ -301,14 +306,23 @@ impl Runtime {
                 ProgramKind::Kprobe { .. } => crate::gpu::verifier_helpers(),
                 _ => self.helpers.clone(),
             };
-            verify(&insns, helpers, &bpftime_vm::NoMaps).map_err(|e| self.verify_error(&p.name, e))?;
+            if let Err(e) = verify(&insns, helpers, &bpftime_vm::NoMaps) {
+                let e = self.verify_error(&p.name, e);
+                refused.push((p.name.clone(), p.section.clone(), e.to_string()));
+                first_error.get_or_insert(e);
+            }
+        }
+        if refused.len() == obj.programs.len() {
+            if let Some(e) = first_error {
+                return Err(e);
+            }
         }
         let mut maps = Vec::with_capacity(obj.maps.len());
         for def in &obj.maps {
             maps.push(self.create_map(def)?);
         }
         let mut programs = Vec::with_capacity(obj.programs.len());
-        for p in &obj.programs {
+        for p in obj.programs.iter().filter(|p| !refused.iter().any(|r| r.0 == p.name)) {
             let mut insns = p.insns.clone();
             for r in &p.data_relocs {
                 let id = maps[r.map].id() as i32;
@@ -342,7 +356,7 @@ impl Runtime {
                     .map_err(|e| LoadError::Map { name: def.name.clone(), source: MapError::Invalid(format!("initial value `{sym}`: {e}")) })?;
             }
         }
-        Ok(LoadedObject { maps, programs })
+        Ok(LoadedObject { maps, programs, refused })
     }
 
     fn create_map(&self, def: &MapDef) -> Result<Map, LoadError> {
