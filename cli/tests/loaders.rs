@@ -7,6 +7,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// One test at a time: the kernel's uprobes (the comparisons) see every process running the
+/// shared target binaries, and so would count another test's calls.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -56,6 +64,7 @@ fn bpftime(shm: &str) -> Command {
 
 #[test]
 fn a_libbpf_loader_counts_what_the_kernel_counts() {
+    let _serial = serial();
     let loader = build_loader("count_calls");
     let obj = build_example("loader_calls");
     let calls = build_target("calls", false);
@@ -89,6 +98,7 @@ fn a_libbpf_loader_counts_what_the_kernel_counts() {
 /// path, our reason in libbpf's log), and nothing is left behind.
 #[test]
 fn a_refused_program_fails_the_loader_with_the_reason() {
+    let _serial = serial();
     let loader = build_loader("count_calls");
     let shm = format!("bpftime-loader-refused-{}", std::process::id());
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
@@ -107,6 +117,7 @@ fn a_refused_program_fails_the_loader_with_the_reason() {
 /// uretprobe sent, as bashreadline does: the same lines as from the kernel.
 #[test]
 fn a_libbpf_ring_buffer_consumer_gets_what_the_kernel_sends() {
+    let _serial = serial();
     lines_through("loader_lines");
 }
 
@@ -114,6 +125,7 @@ fn a_libbpf_ring_buffer_consumer_gets_what_the_kernel_sends() {
 /// PERF_EVENT_ARRAY).
 #[test]
 fn a_libbpf_perf_buffer_consumer_gets_what_the_kernel_sends() {
+    let _serial = serial();
     lines_through("loader_lines_perf");
 }
 
@@ -144,6 +156,7 @@ fn lines_through(example: &str) {
 /// follows the link table and attaches what the loader makes while the target runs.
 #[test]
 fn a_loader_started_after_the_target_is_picked_up() {
+    let _serial = serial();
     let loader = build_loader("count_calls");
     let obj = build_example("loader_calls");
     let calls = build_target("calls", false);
@@ -192,6 +205,7 @@ fn tool_session(mut tool: Command, target: &mut Command, out: &Path) -> String {
 /// of the target's add(), as it does on the kernel.
 #[test]
 fn libbpf_tools_funclatency_counts_what_the_kernel_counts() {
+    let _serial = serial();
     let tool = Path::new("/usr/sbin/funclatency");
     if !tool.exists() {
         assert!(std::env::var_os("BPFTIME_REQUIRE_CUDA_TOOLS").is_none(), "libbpf-tools is missing (bash scripts/setup.sh installs it)");
@@ -223,6 +237,7 @@ fn libbpf_tools_funclatency_counts_what_the_kernel_counts() {
 /// its links name it as their owner, and a process that is gone holds no links.
 #[test]
 fn a_killed_loader_leaves_nothing_attached() {
+    let _serial = serial();
     let loader = build_loader("count_calls");
     let obj = build_example("loader_calls");
     let calls = build_target("calls", false);
@@ -291,6 +306,7 @@ fn bpftrace_session(mut tool: Command, loader: bool, target: &mut Command, out: 
 /// hist(retval) and printf through its perf buffer print what they print on the kernel.
 #[test]
 fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
+    let _serial = serial();
     let Ok(bpftrace) = which("bpftrace") else {
         assert!(std::env::var_os("BPFTIME_REQUIRE_CUDA_TOOLS").is_none(), "bpftrace is missing (bash scripts/setup.sh installs it)");
         println!("skipping: bpftrace is not installed");
