@@ -117,6 +117,17 @@ enum Command {
         /// Attach only this program (function or section name; repeatable). Default: all.
         #[arg(long = "program")]
         programs: Vec<String>,
+        /// Attach program PROG (function or section name) to BINARY:FUNCTION[+OFFSET], for
+        /// sections that name no target (`SEC("uprobe")`) or name another one; repeatable.
+        #[arg(long = "attach", value_name = "PROG=TARGET")]
+        attach: Vec<String>,
+        /// Set a global variable before loading (`const volatile` settings, as a skeleton's
+        /// user does): an integer, or a string for a char array; repeatable.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Set a map's max_entries before loading; repeatable.
+        #[arg(long = "map-size", value_name = "NAME=N")]
+        map_size: Vec<String>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -514,9 +525,20 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             let status = cmd.status().map_err(|e| format!("{}: {e}", command[0]))?;
             Ok(exit_code(status))
         }
-        Command::Run { file, json, output, engine, budget, shm_size, programs, command } => {
-            run::run(run::RunRequest { file, json, output, engine, budget, shm_size: parse_size(&shm_size)?, programs, agent: agent_path()?, command })
-        }
+        Command::Run { file, json, output, engine, budget, shm_size, programs, attach, set, map_size, command } => run::run(run::RunRequest {
+            file,
+            json,
+            output,
+            engine,
+            budget,
+            shm_size: parse_size(&shm_size)?,
+            programs,
+            attach,
+            set,
+            map_size,
+            agent: agent_path()?,
+            command,
+        }),
         Command::Vm { command: VmCommand::Run { file, section, mem, engine, threads, sm, shard_adds, dump_maps, json, budget } } => {
             let cpu = match engine {
                 VmEngine::Jit => EngineKind::Jit,

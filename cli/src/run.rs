@@ -38,6 +38,12 @@ pub struct RunRequest {
     pub shm_size: u64,
     /// Programs to attach (function or section names); empty: all.
     pub programs: Vec<String>,
+    /// `PROG=BINARY:FUNCTION[+OFFSET]`: where programs whose section names no target attach.
+    pub attach: Vec<String>,
+    /// `NAME=VALUE`: globals set before loading.
+    pub set: Vec<String>,
+    /// `NAME=N`: map sizes set before loading.
+    pub map_size: Vec<String>,
     /// The agent library.
     pub agent: PathBuf,
     /// The command.
@@ -156,7 +162,24 @@ fn remove_stale_regions() {
 pub fn run(req: RunRequest) -> Result<i32, String> {
     let bytes = read_program_file(&req.file).map_err(|e| e.to_string())?;
     let shown = req.file.display().to_string();
-    let obj = Object::parse(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+    let mut obj = Object::parse(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+    for spec in &req.map_size {
+        let (name, n) = spec.split_once('=').ok_or_else(|| format!("--map-size {spec}: write NAME=N"))?;
+        let n: u32 = n.trim().parse().map_err(|_| format!("--map-size {spec}: `{n}` is not a number"))?;
+        obj.set_map_size(name.trim(), n).map_err(|e| format!("--map-size {spec}: {e}"))?;
+    }
+    for spec in &req.set {
+        let (name, value) = spec.split_once('=').ok_or_else(|| format!("--set {spec}: write NAME=VALUE"))?;
+        obj.set_global(name.trim(), value).map_err(|e| format!("--set {spec}: {e}"))?;
+    }
+    let mut attach = vec![];
+    for spec in &req.attach {
+        let (prog, target) = spec.split_once('=').ok_or_else(|| format!("--attach {spec}: write PROG=BINARY:FUNCTION"))?;
+        if !target.contains(':') {
+            return Err(format!("--attach {spec}: the target is BINARY:FUNCTION[+OFFSET]"));
+        }
+        attach.push((prog.trim().to_string(), target.trim().to_string()));
+    }
     let out: Box<dyn Write> = match &req.output {
         Some(p) => Box::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => Box::new(std::io::stderr()),
@@ -181,7 +204,26 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
     if let Some(missing) = req.programs.iter().find(|p| !loaded.programs.iter().any(|(name, section, _)| *p == name || *p == section)) {
         return Err(format!("{shown}: no program named `{missing}`"));
     }
-    let stored = links::store_uprobes(&region, &chosen).map_err(|e| e.to_string())?;
+    // Programs attached where --attach says are not the section's to place.
+    let (placed, by_section): (Vec<_>, Vec<_>) = chosen.into_iter().partition(|(name, section, _)| attach.iter().any(|(p, _)| p == name || p == section));
+    let mut stored = links::store_uprobes(&region, &by_section).map_err(|e| e.to_string())?;
+    for (prog, target) in &attach {
+        let Some((name, section, id)) = placed.iter().find(|(name, section, _)| prog == name || prog == section) else {
+            return Err(format!("{shown}: --attach {prog}=...: no program named `{prog}`"));
+        };
+        let retprobe = section.starts_with("uretprobe") || section.starts_with("kretprobe");
+        let link = links::store(&region, name, *id, target, retprobe, 0).map_err(|e| e.to_string())?;
+        stored.links.push(links::UprobeLink {
+            id: link,
+            name: name.clone(),
+            prog: *id,
+            target: target.clone(),
+            retprobe,
+            cookie: 0,
+            state: links::LinkState::Stored,
+            kind: links::LinkKind::Uprobe,
+        });
+    }
     for s in &stored.skipped {
         eprintln!("bpftime: {shown}: {s}");
     }

@@ -554,3 +554,24 @@ fn cuda_patch_splices_probes_that_ptxas_accepts() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no PTX in its fatbins: its kernels run untouched"), "{}", text(&out.stderr));
 }
+
+/// What libbpf tools set at load time: where a bare `SEC("uprobe")` program attaches
+/// (`--attach`), a `const volatile` setting (`--set`) and a map's size (`--map-size`).
+#[test]
+fn run_attach_set_and_map_size_configure_an_object() {
+    let obj = build_example("configurable");
+    let calls = bpftime_tests::clang::build_target("calls", false);
+    let target = format!("on_add={}:add", calls.display());
+    let args = ["run", "--attach", &target, "--set", "min_arg=100", "--map-size", "seen=1000", obj.to_str().unwrap(), "--", calls.to_str().unwrap(), "500"];
+    let out = bpftime(&args);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("`hits`") && stderr.contains("  0 => 400\n"), "add() calls with a >= 100 of 500: {stderr}");
+    assert!(stderr.contains("max_entries 1000") && stderr.contains("(400 entries)"), "every such argument kept: {stderr}");
+    // Without --attach it says how to attach it; a bad setting is a clear error.
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", "true"]);
+    assert!(text(&out.stderr).contains("bpftime run --attach PROG=BINARY:FUNCTION"), "{}", text(&out.stderr));
+    let out = bpftime(&["run", "--set", "nope=1", "--attach", &target, obj.to_str().unwrap(), "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--set nope=1: global `nope`: no such global variable"), "{}", text(&out.stderr));
+}

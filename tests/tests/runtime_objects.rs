@@ -225,3 +225,20 @@ fn a_refused_program_fails_alone() {
     assert_eq!(loaded.programs.len(), obj.programs.len() - 1, "the others are loaded");
     assert!(!loaded.programs.iter().any(|p| p.0 == refused_name));
 }
+
+/// Globals set before loading land at their symbols' offsets (clang leaves 0 in the BTF's
+/// DATASEC; the symbol table has the truth, as libbpf knows).
+#[test]
+fn globals_are_set_at_their_offsets() {
+    let mut obj = Object::parse(&std::fs::read(build_example("maps_globals")).unwrap()).unwrap();
+    obj.set_global("scale", "5").unwrap();
+    obj.set_global("last_key", "0x10").unwrap();
+    obj.set_global("greeting", "hey").unwrap();
+    let data = |name: &str| obj.maps.iter().find(|m| m.name == name).unwrap().initial.clone().unwrap();
+    assert_eq!(&data(".rodata")[..8], &5u64.to_le_bytes());
+    assert_eq!(&data(".data")[..8], &16u64.to_le_bytes());
+    assert_eq!(&data(".data")[8..14], b"hey\0\0\0", "greeting is 8 bytes into .data");
+    assert!(obj.set_global("greeting", "far too long").is_err());
+    assert!(obj.set_global("scale", "x").unwrap_err().to_string().contains("not an integer"));
+    assert!(obj.set_global("nope", "1").unwrap_err().to_string().contains("no such global variable"));
+}

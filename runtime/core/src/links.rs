@@ -182,7 +182,9 @@ pub struct StoredUprobes {
 /// Why a program of this kind cannot be attached by the agent (yet).
 fn unsupported(kind: &ProgramKind) -> String {
     match kind {
-        ProgramKind::Uprobe { .. } => "its section names no BINARY:FUNCTION (write `uprobe/BINARY:FUNCTION`)".into(),
+        ProgramKind::Uprobe { .. } => {
+            "its section names no BINARY:FUNCTION (write `uprobe/BINARY:FUNCTION`, or give `bpftime run --attach PROG=BINARY:FUNCTION`)".into()
+        }
         ProgramKind::Kprobe { .. } => "its section names no kernel (write `kprobe/KERNEL` for a CUDA kernel; kernel kprobes run in the kernel)".into(),
         ProgramKind::Tracepoint { category, name } => format!("tracepoint `{category}/{name}`: tracepoint programs are not supported yet"),
         ProgramKind::RawTracepoint { name } => format!("raw tracepoint `{name}`: raw tracepoint programs are not supported yet"),

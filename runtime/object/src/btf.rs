@@ -244,6 +244,29 @@ impl Btf {
         string_at(&self.strings, off).ok()
     }
 
+    /// Sets the byte offsets of the variables of DATASEC `section` (clang leaves them 0; libbpf
+    /// takes them from the ELF symbols, as the caller does with `offset_of`).
+    pub fn fix_datasec_offsets(&mut self, section: &str, offset_of: impl Fn(&str) -> Option<u64>) {
+        let ids: Vec<u32> = self.find(Kind::Datasec, section).to_vec();
+        for id in ids {
+            let idx = id as usize;
+            let members = self.types.get(idx).map(|t| t.members.clone()).unwrap_or_default();
+            let fixed: Vec<Member> = members
+                .into_iter()
+                .map(|mut m| {
+                    let name = self.get(m.type_id).map(|v| v.name.clone()).unwrap_or_default();
+                    if let Some(off) = offset_of(&name) {
+                        m.offset = off as u32;
+                    }
+                    m
+                })
+                .collect();
+            if let Some(t) = self.types.get_mut(idx) {
+                t.members = fixed;
+            }
+        }
+    }
+
     /// Every type with its id (id 0 is `void`).
     pub fn types(&self) -> impl Iterator<Item = (u32, &Type)> {
         self.types.iter().enumerate().map(|(i, t)| (i as u32, t))

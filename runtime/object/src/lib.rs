@@ -40,6 +40,8 @@ pub enum ObjectError {
     Reloc { program: String, insn: usize, msg: String },
     #[error("map `{map}`: {msg}")]
     Map { map: String, msg: String },
+    #[error("global `{name}`: {msg}")]
+    Global { name: String, msg: String },
     #[error("no program named `{0}` (programs: {1})")]
     NoSuchProgram(String, String),
     #[error("the object has no programs")]
@@ -172,6 +174,64 @@ pub struct Object {
 }
 
 impl Object {
+    /// Sets global variable `name` (a `const volatile` setting in `.rodata`, or a `.data` /
+    /// `.bss` variable) to `value` before loading, as a libbpf skeleton's user does with
+    /// `skel->rodata->name = value`: an integer (decimal, `0x` hex, negative) for integer
+    /// variables, a string for `char` arrays. Found by name in the BTF of the data sections.
+    pub fn set_global(&mut self, name: &str, value: &str) -> Result<(), ObjectError> {
+        let bad = |msg: String| ObjectError::Global { name: name.to_string(), msg };
+        let btf = self.btf.as_ref().ok_or_else(|| bad("the object has no BTF to find globals in".into()))?;
+        let (section, offset, size, is_int) = btf
+            .types()
+            .filter(|(_, t)| t.kind == btf::Kind::Datasec)
+            .find_map(|(_, sec)| {
+                sec.members.iter().find_map(|m| {
+                    let var = btf.get(m.type_id).ok()?;
+                    if var.name != name {
+                        return None;
+                    }
+                    let target = btf.skip_mods(var.size_or_type).ok()?;
+                    let is_int = btf.get(target).is_ok_and(|t| matches!(t.kind, btf::Kind::Int | btf::Kind::Enum | btf::Kind::Enum64));
+                    Some((sec.name.clone(), m.offset as usize, m.size as usize, is_int))
+                })
+            })
+            .ok_or_else(|| bad("no such global variable".into()))?;
+        let bytes = if is_int {
+            let v = value.trim();
+            let parsed = match v.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => v.parse::<u64>().ok().or_else(|| v.parse::<i64>().ok().map(|i| i as u64)),
+            };
+            let n = parsed.ok_or_else(|| bad(format!("`{value}` is not an integer")))?;
+            if size < 8 && n >> (8 * size) != 0 && (n as i64) >> (8 * size - 1) != -1 {
+                return Err(bad(format!("{value} does not fit in {size} bytes")));
+            }
+            n.to_le_bytes()[..size.min(8)].to_vec()
+        } else {
+            if value.len() >= size {
+                return Err(bad(format!("`{value}` does not fit in {size} bytes with its NUL")));
+            }
+            let mut b = value.as_bytes().to_vec();
+            b.resize(size, 0);
+            b
+        };
+        let map = self.maps.iter_mut().find(|m| m.name == section).ok_or_else(|| bad(format!("its section `{section}` is not in the object")))?;
+        let initial = map.initial.get_or_insert_with(|| vec![0; map.value_size as usize]);
+        let slot = initial.get_mut(offset..offset + bytes.len()).ok_or_else(|| bad("outside its section".into()))?;
+        slot.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Sets map `name`'s capacity before loading (`bpf_map__set_max_entries`).
+    pub fn set_map_size(&mut self, name: &str, max_entries: u32) -> Result<(), ObjectError> {
+        let map = self.maps.iter_mut().find(|m| m.name == name).ok_or_else(|| ObjectError::Map { map: name.to_string(), msg: "no such map".into() })?;
+        if map.origin == MapOrigin::GlobalData || max_entries == 0 {
+            return Err(ObjectError::Map { map: name.to_string(), msg: "its size cannot be set".into() });
+        }
+        map.max_entries = max_entries;
+        Ok(())
+    }
+
     /// Whether `bytes` start like an ELF file.
     pub fn is_elf(bytes: &[u8]) -> bool {
         bytes.starts_with(b"\x7fELF")
@@ -189,10 +249,25 @@ impl Object {
             }
             _ => return Err(ObjectError::Elf("not a 64-bit little-endian ELF".into())),
         }
-        let btf = match file.section_by_name(".BTF") {
+        let mut btf = match file.section_by_name(".BTF") {
             Some(s) => Some(Btf::parse(s.data().map_err(|e| ObjectError::Elf(e.to_string()))?)?),
             None => None,
         };
+        // Global variables' offsets in their data sections, from the symbol table (clang
+        // leaves them 0 in the BTF).
+        if let Some(b) = btf.as_mut() {
+            use object::{ObjectSection, ObjectSymbol};
+            for s in file.sections() {
+                let name = s.name().unwrap_or("").to_string();
+                if !is_global_data(&name) {
+                    continue;
+                }
+                let index = s.index();
+                b.fix_datasec_offsets(&name, |var| {
+                    file.symbols().find(|sym| sym.section_index() == Some(index) && sym.name().ok() == Some(var)).map(|sym| sym.address())
+                });
+            }
+        }
         let mut parser = Parser::new(&file, btf.as_ref())?;
         let maps = parser.maps()?;
         let mut obj = Object { maps, btf: btf.clone(), ..Object::default() };
