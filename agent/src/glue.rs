@@ -145,6 +145,12 @@ pub fn attach_pending() {
     }
 }
 
+/// Whether a link is for this process (a link made for one pid attaches only there, as a
+/// kernel uprobe opened for that pid does).
+fn for_this_process(l: &links::UprobeLink) -> bool {
+    l.pid == 0 || l.pid == std::process::id()
+}
+
 /// `BPFTIME_BUDGET`: the loop budget of one probe hit, when set (a bad value is reported and
 /// the default kept).
 fn probe_budget() -> Option<u64> {
@@ -222,7 +228,7 @@ pub(crate) fn start() {
     };
     crate::cuda::start(runtime.region(), &found);
     let mut items = vec![];
-    for l in found.iter().filter(|l| l.kind == links::LinkKind::Uprobe).cloned() {
+    for l in found.iter().filter(|l| l.kind == links::LinkKind::Uprobe && for_this_process(l)).cloned() {
         match runtime.program(l.prog) {
             Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie }),
             Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
@@ -296,7 +302,7 @@ impl Agent {
             for l in &now {
                 if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(l.id) {
                     e.insert(vec![]);
-                    if l.kind == links::LinkKind::Uprobe {
+                    if l.kind == links::LinkKind::Uprobe && for_this_process(l) {
                         fresh.push(l.clone());
                     }
                 }

@@ -222,6 +222,7 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
             cookie: 0,
             state: links::LinkState::Stored,
             kind: links::LinkKind::Uprobe,
+            pid: 0,
         });
     }
     for s in &stored.skipped {

@@ -346,3 +346,53 @@ fn which(tool: &str) -> Result<PathBuf, ()> {
         Err(())
     }
 }
+
+/// `funclatency -p PID :FUNCTION`: a uprobe opened for one process attaches there only, as in
+/// the kernel; another process running the same binary is not counted.
+#[test]
+fn a_uprobe_for_one_pid_counts_that_process_only() {
+    let _serial = serial();
+    let tool = Path::new("/usr/sbin/funclatency");
+    if !tool.exists() {
+        assert!(std::env::var_os("BPFTIME_REQUIRE_CUDA_TOOLS").is_none(), "libbpf-tools is missing (bash scripts/setup.sh installs it)");
+        println!("skipping: libbpf-tools is not installed");
+        return;
+    }
+    let calls = build_target("calls", false);
+    let shm = format!("bpftime-pid-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let agent = Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime.so");
+    let spawn = |n: &str| {
+        Command::new(&calls)
+            .args([n, "1", "wait"])
+            .env("LD_PRELOAD", &agent)
+            .env("BPFTIME_SHM", &shm)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (spawn("3000"), spawn("2000"));
+    let out = std::env::temp_dir().join(format!("bpftime-pid-{}.out", std::process::id()));
+    let f = std::fs::File::create(&out).unwrap();
+    let mut t = bpftime(&shm)
+        .args(["load", "--"])
+        .arg(tool)
+        .args(["-d", "3", "-p", &a.id().to_string(), ":add"])
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    // The tool attaches, then the agents' link watchers (100 ms) see the links.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for c in [&mut a, &mut b] {
+        c.stdin.take().unwrap().write_all(b"x").unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+    t.wait().unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(histogram_total(&text), 3000, "only the first process's add() calls:\n{text}");
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+}

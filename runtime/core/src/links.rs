@@ -23,7 +23,8 @@ struct LinkDesc {
     /// The process whose fd holds the link (a loader under the syscall server), 0 for none:
     /// when it is gone, so is the link (the kernel detaches a link when its last fd closes).
     owner: u32,
-    reserved: u32,
+    /// The only process it attaches in (`perf_event_open`'s pid), 0 for every process.
+    pid: u32,
 }
 
 /// How far a link got, over every process that saw it: agents raise it, `bpftime run` reads
@@ -85,6 +86,8 @@ pub struct UprobeLink {
     pub state: LinkState,
     /// Where it attaches.
     pub kind: LinkKind,
+    /// The only process it attaches in, 0 for every process.
+    pub pid: u32,
 }
 
 /// Stores a link; returns its id.
@@ -94,25 +97,17 @@ pub fn store(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: 
 
 fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, kind: LinkKind) -> Result<u32, ShmError> {
     let mut desc =
-        LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN], state: 0, kind: kind as u32, owner: 0, reserved: 0 };
+        LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN], state: 0, kind: kind as u32, owner: 0, pid: 0 };
     desc::fill(&mut desc.target, target);
     desc::store(region, ObjectKind::Link, name, &desc)
 }
 
 /// Stores a uprobe link held by process `owner` (a loader's fd): it goes when that process
-/// does (see [`remove_orphans`]).
-pub fn store_owned(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, owner: u32) -> Result<u32, ShmError> {
-    let mut desc = LinkDesc {
-        magic: LINK_MAGIC,
-        prog,
-        retprobe: retprobe as u32,
-        cookie,
-        target: [0; TARGET_LEN],
-        state: 0,
-        kind: LinkKind::Uprobe as u32,
-        owner,
-        reserved: 0,
-    };
+/// does (see [`remove_orphans`]). With `pid` non-zero it attaches in that process only.
+#[allow(clippy::too_many_arguments)]
+pub fn store_owned(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, owner: u32, pid: u32) -> Result<u32, ShmError> {
+    let mut desc =
+        LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN], state: 0, kind: LinkKind::Uprobe as u32, owner, pid };
     desc::fill(&mut desc.target, target);
     desc::store(region, ObjectKind::Link, name, &desc)
 }
@@ -215,6 +210,7 @@ pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> 
                     cookie: 0,
                     state: LinkState::Stored,
                     kind: LinkKind::CudaKernel,
+                    pid: 0,
                 });
                 continue;
             }
@@ -225,7 +221,17 @@ pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> 
         };
         let retprobe = matches!(kind, ProgramKind::Uprobe { retprobe: true, .. });
         let id = store(region, name, *prog, &target, retprobe, 0)?;
-        out.links.push(UprobeLink { id, name: name.clone(), prog: *prog, target, retprobe, cookie: 0, state: LinkState::Stored, kind: LinkKind::Uprobe });
+        out.links.push(UprobeLink {
+            id,
+            name: name.clone(),
+            prog: *prog,
+            target,
+            retprobe,
+            cookie: 0,
+            state: LinkState::Stored,
+            kind: LinkKind::Uprobe,
+            pid: 0,
+        });
     }
     Ok(out)
 }
@@ -250,6 +256,7 @@ pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
                 cookie: d.cookie,
                 state: LinkState::from_u32(d.state),
                 kind: if d.kind == LinkKind::CudaKernel as u32 { LinkKind::CudaKernel } else { LinkKind::Uprobe },
+                pid: d.pid,
             })
         })
         .collect()
