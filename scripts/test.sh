@@ -12,6 +12,8 @@ else
 fi
 # The GPU backend's tests need ptxas (installed by setup): fail rather than skip without it.
 export BPFTIME_REQUIRE_CUDA_TOOLS=1
+# The tools the syscall server is tested with (libbpf-tools, bpftrace): setup installs them.
+export BPFTIME_REQUIRE_TOOLS=1
 # Style and lints first: cheap, and they fail fast.
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

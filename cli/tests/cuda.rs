@@ -281,20 +281,9 @@ fn copies_after_every_launch_keep_counts_exact_and_records_single() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A small deterministic generator for the mutations below.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
+/// A value in `0..n` from `rng`.
+fn below(rng: &mut bpftime_tests::rng::Rng, n: usize) -> usize {
+    rng.below(n as u64) as usize
 }
 
 /// Fatbins and PTX as nvcc makes them, mutated thousands of ways (bytes flipped, sizes and
@@ -326,28 +315,28 @@ fn malformed_fatbins_and_ptx_are_errors_not_panics() {
         .collect();
     let clean = parse(&fatbins[1], 0).unwrap();
     let ptx = String::from_utf8(clean.entries.iter().find(|e| e.kind == EntryKind::Ptx).unwrap().contents(&fatbins[1]).unwrap()).unwrap();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = bpftime_tests::rng::Rng(0x9e37_79b9_7f4a_7c15);
     let (mut parsed, mut refused) = (0, 0);
     for i in 0..3000 {
         let mut m = fatbins[i % 2].clone();
-        match rng.below(4) {
+        match below(&mut rng, 4) {
             0 => {
-                for _ in 0..1 + rng.below(8) {
-                    let at = rng.below(m.len());
-                    m[at] ^= 1 << rng.below(8);
+                for _ in 0..1 + below(&mut rng, 8) {
+                    let at = below(&mut rng, m.len());
+                    m[at] ^= 1 << below(&mut rng, 8);
                 }
             }
             1 => {
                 // A header or entry-header field set to an extreme.
-                let at = rng.below(m.len().min(256)) & !3;
-                let v = [0u64, 1, u32::MAX as u64, u64::MAX, rng.next()][rng.below(5)];
-                let n = [2, 4, 8][rng.below(3)].min(m.len() - at);
+                let at = below(&mut rng, m.len().min(256)) & !3;
+                let v = [0u64, 1, u32::MAX as u64, u64::MAX, rng.next_u64()][below(&mut rng, 5)];
+                let n = [2, 4, 8][below(&mut rng, 3)].min(m.len() - at);
                 m[at..at + n].copy_from_slice(&v.to_le_bytes()[..n]);
             }
-            2 => m.truncate(rng.below(m.len())),
+            2 => m.truncate(below(&mut rng, m.len())),
             _ => {
-                let at = rng.below(m.len());
-                m.splice(at..at, (0..rng.below(64)).map(|_| rng.next() as u8));
+                let at = below(&mut rng, m.len());
+                m.splice(at..at, (0..below(&mut rng, 64)).map(|_| rng.next_u64() as u8));
             }
         }
         match parse(&m, 0) {
@@ -375,22 +364,22 @@ fn malformed_fatbins_and_ptx_are_errors_not_panics() {
     let lines: Vec<&str> = ptx.lines().collect();
     for _ in 0..2000 {
         let mut l = lines.clone();
-        match rng.below(4) {
+        match below(&mut rng, 4) {
             0 => {
-                for _ in 0..1 + rng.below(4) {
-                    let at = rng.below(l.len());
+                for _ in 0..1 + below(&mut rng, 4) {
+                    let at = below(&mut rng, l.len());
                     l.remove(at);
                 }
             }
-            1 => l.truncate(rng.below(l.len())),
+            1 => l.truncate(below(&mut rng, l.len())),
             2 => {
-                let at = rng.below(l.len());
-                let dup = l[rng.below(l.len())];
+                let at = below(&mut rng, l.len());
+                let dup = l[below(&mut rng, l.len())];
                 l.insert(at, dup);
             }
             _ => {
-                let at = rng.below(l.len());
-                l.insert(at, ["{", "}", "ret;", ".visible .entry x(", "@%p1 ret;", ")"][rng.below(6)]);
+                let at = below(&mut rng, l.len());
+                l.insert(at, ["{", "}", "ret;", ".visible .entry x(", "@%p1 ret;", ")"][below(&mut rng, 6)]);
             }
         }
         let t = l.join("\n");

@@ -30,6 +30,18 @@ fn build_loader(name: &str) -> PathBuf {
     out
 }
 
+/// A tool from apt, or why it is missing: a skip with the reason, or a failure under the
+/// README's test command (`BPFTIME_REQUIRE_TOOLS=1`; setup installs them).
+fn installed_or_skip(path: &str, package: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(path);
+    if !path.is_empty() && p.exists() {
+        return Some(p);
+    }
+    assert!(std::env::var_os("BPFTIME_REQUIRE_TOOLS").is_none(), "{package} is missing (bash scripts/setup.sh installs it)");
+    println!("skipping: {package} is not installed");
+    None
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid(2) cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -206,12 +218,7 @@ fn tool_session(mut tool: Command, target: &mut Command, out: &Path) -> String {
 #[test]
 fn libbpf_tools_funclatency_counts_what_the_kernel_counts() {
     let _serial = serial();
-    let tool = Path::new("/usr/sbin/funclatency");
-    if !tool.exists() {
-        assert!(std::env::var_os("BPFTIME_REQUIRE_CUDA_TOOLS").is_none(), "libbpf-tools is missing (bash scripts/setup.sh installs it)");
-        println!("skipping: libbpf-tools is not installed");
-        return;
-    }
+    let Some(tool) = installed_or_skip("/usr/sbin/funclatency", "libbpf-tools") else { return };
     let calls = build_target("calls", false);
     let func = format!("{}:add", calls.display());
     let dir = std::env::temp_dir().join(format!("bpftime-funclatency-{}", std::process::id()));
@@ -220,12 +227,12 @@ fn libbpf_tools_funclatency_counts_what_the_kernel_counts() {
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
-    ours.args(["load", "--"]).arg(tool).args(["-d", "4"]).arg(&func);
+    ours.args(["load", "--"]).arg(&tool).args(["-d", "4"]).arg(&func);
     let out = tool_session(ours, bpftime(&shm).args(["start", "--"]).arg(&calls).args(["5000", "1"]), &dir.join("ours"));
     assert_eq!(histogram_total(&out), 5000, "every add() call timed:\n{out}");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     if is_root() {
-        let mut kernel = Command::new(tool);
+        let mut kernel = Command::new(&tool);
         kernel.args(["-d", "4"]).arg(&func);
         let out = tool_session(kernel, Command::new(&calls).args(["5000", "1"]), &dir.join("kernel"));
         assert_eq!(histogram_total(&out), 5000, "the kernel too:\n{out}");
@@ -307,11 +314,7 @@ fn bpftrace_session(mut tool: Command, loader: bool, target: &mut Command, out: 
 #[test]
 fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     let _serial = serial();
-    let Ok(bpftrace) = which("bpftrace") else {
-        assert!(std::env::var_os("BPFTIME_REQUIRE_CUDA_TOOLS").is_none(), "bpftrace is missing (bash scripts/setup.sh installs it)");
-        println!("skipping: bpftrace is not installed");
-        return;
-    };
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
     let calls = build_target("calls", false);
     let c = calls.display();
     let script =
@@ -352,12 +355,7 @@ fn which(tool: &str) -> Result<PathBuf, ()> {
 #[test]
 fn a_uprobe_for_one_pid_counts_that_process_only() {
     let _serial = serial();
-    let tool = Path::new("/usr/sbin/funclatency");
-    if !tool.exists() {
-        assert!(std::env::var_os("BPFTIME_REQUIRE_CUDA_TOOLS").is_none(), "libbpf-tools is missing (bash scripts/setup.sh installs it)");
-        println!("skipping: libbpf-tools is not installed");
-        return;
-    }
+    let Some(tool) = installed_or_skip("/usr/sbin/funclatency", "libbpf-tools") else { return };
     let calls = build_target("calls", false);
     let shm = format!("bpftime-pid-{}", std::process::id());
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
@@ -378,7 +376,7 @@ fn a_uprobe_for_one_pid_counts_that_process_only() {
     let f = std::fs::File::create(&out).unwrap();
     let mut t = bpftime(&shm)
         .args(["load", "--"])
-        .arg(tool)
+        .arg(&tool)
         .args(["-d", "3", "-p", &a.id().to_string(), ":add"])
         .stdout(f.try_clone().unwrap())
         .stderr(f)

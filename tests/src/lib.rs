@@ -6,6 +6,7 @@ pub mod datatest;
 pub mod gpu;
 pub mod kernel;
 pub mod progen;
+pub mod rng;
 
 use std::path::PathBuf;
 

@@ -19,20 +19,7 @@ use std::sync::Arc;
 const SIZE: u64 = 2 << 20;
 const EXAMPLES: [&str; 5] = ["uprobe_calls", "map_in_map", "ringbuf_events", "maps_globals", "tail_calls"];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use bpftime_tests::rng::Rng;
 
 /// Fills `region` with maps, programs, links and trace lines.
 fn populate(region: &Arc<ShmRegion>) {
@@ -99,7 +86,7 @@ fn scribble(region: &ShmRegion, targets: &[(u64, u64)], rng: &mut Rng, n: usize)
             old ^ 1 << rng.below(64),
             old.wrapping_add(8),
             old.wrapping_sub(8),
-            rng.next(),
+            rng.next_u64(),
         ];
         let v = values[rng.below(values.len() as u64) as usize];
         if rng.below(2) == 0 {
