@@ -77,14 +77,36 @@ fn bpftime(shm: &str) -> Command {
 #[test]
 fn a_libbpf_loader_counts_what_the_kernel_counts() {
     let _serial = serial();
-    let loader = build_loader("count_calls");
+    counts_like_the_kernel(&build_loader("count_calls"), "libbpf");
+}
+
+/// The same loader written with aya (0.13.1, examples/aya-loader), unmodified.
+#[test]
+fn an_aya_loader_counts_what_the_kernel_counts() {
+    let _serial = serial();
+    let root = bpftime_tests::repo_root();
+    let target_dir = root.join("target/aya-loader");
+    let o = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(root.join("examples/aya-loader/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "building the aya loader: {}", text(&o.stderr));
+    counts_like_the_kernel(&target_dir.join("debug/count-calls-aya"), "aya");
+}
+
+/// `loader` (count_calls's interface) under the server and the target under the agent print
+/// what the loader prints on the kernel.
+fn counts_like_the_kernel(loader: &Path, tag: &str) {
     let obj = build_example("loader_calls");
     let calls = build_target("calls", false);
     let iters = "5000";
-    let shm = format!("bpftime-loader-test-{}", std::process::id());
+    let shm = format!("bpftime-loader-{tag}-{}", std::process::id());
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     let mut ours = bpftime(&shm);
-    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls);
+    ours.args(["load", "--"]).arg(loader).arg(&obj).arg(&calls);
     let mut target = bpftime(&shm);
     target.args(["start", "--"]).arg(&calls).arg(iters);
     let (theirs_out, target_out) = session(ours, &mut target);
@@ -99,7 +121,7 @@ fn a_libbpf_loader_counts_what_the_kernel_counts() {
         println!("skipping the kernel comparison: it needs root");
         return;
     }
-    let mut kernel = Command::new(&loader);
+    let mut kernel = Command::new(loader);
     kernel.arg(&obj).arg(&calls);
     let (kernel_out, kernel_target) = session(kernel, Command::new(&calls).arg(iters));
     assert_eq!(theirs_out, kernel_out, "the same loader on the kernel");
