@@ -391,3 +391,19 @@ fn malformed_fatbins_and_ptx_are_errors_not_panics() {
     println!("fatbin mutations: {parsed} parsed, {refused} refused with a reason; 2000 PTX mutations patched or refused");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// CPU and GPU probes of one object share maps: a uprobe stamps each launch on the CPU, the
+/// kernel's entry probe reads that stamp on the GPU. Launch L must see stamp L + 1.
+#[test]
+fn cpu_and_gpu_probes_share_maps() {
+    let Some(dir) = setup("shared", &[]) else { return };
+    let out = traced(&dir, &build_example("cuda_launch_stamp"), &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for stamp in 1..=LAUNCHES {
+        assert_eq!(dumped(&stderr, "seen", &stamp.to_string()).as_deref(), Some("1"), "launch {stamp} saw its stamp\n{stderr}");
+    }
+    assert_eq!(dumped(&stderr, "seen", "0"), None, "no launch ran before its stamp\n{stderr}");
+    assert_eq!(dumped(&stderr, "launch_stamp", "0").as_deref(), Some(LAUNCHES.to_string().as_str()), "the host's value stays\n{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

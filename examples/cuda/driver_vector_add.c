@@ -38,6 +38,13 @@ typedef struct {
 
 static GetProc get_proc;
 
+// Called before each launch (a place for a CPU uprobe: examples/bpf/cuda_launch_stamp.bpf.c).
+volatile int last_launch;
+__attribute__((noinline)) void launch_marker(int launch)
+{
+    last_launch = launch;
+}
+
 static void *need(const char *name, uint64_t flags)
 {
     void *p = 0;
@@ -116,6 +123,7 @@ int main(int argc, char **argv)
     void *params[] = { &da, &db, &dc, &n };
     unsigned blocks = (n + 255) / 256;
     for (int l = 0; l < launches; l++) {
+        launch_marker(l);
         if (l % 3 == 0)
             CHECK(launch(func, blocks, 1, 1, 256, 1, 1, 0, 0, params, 0));
         else if (l % 3 == 1)

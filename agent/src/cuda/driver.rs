@@ -37,6 +37,7 @@ type FnMemAlloc = unsafe extern "C" fn(*mut DevPtr, usize) -> CuResult;
 type FnMemcpyHtoD = unsafe extern "C" fn(DevPtr, *const c_void, usize) -> CuResult;
 type FnMemcpyDtoHAsync = unsafe extern "C" fn(*mut c_void, DevPtr, usize, Handle) -> CuResult;
 type FnMemcpyDtoH = unsafe extern "C" fn(*mut c_void, DevPtr, usize) -> CuResult;
+type FnMemcpyHtoDAsync = unsafe extern "C" fn(DevPtr, *const c_void, usize, Handle) -> CuResult;
 type FnMemsetD8 = unsafe extern "C" fn(DevPtr, u8, usize) -> CuResult;
 type FnMemsetD8Async = unsafe extern "C" fn(DevPtr, u8, usize, Handle) -> CuResult;
 type FnMemAllocHost = unsafe extern "C" fn(*mut *mut c_void, usize) -> CuResult;
@@ -60,6 +61,7 @@ pub struct Driver {
     memcpy_dtoh_async: FnMemcpyDtoHAsync,
     memset_d8_async: FnMemsetD8Async,
     memcpy_dtoh: FnMemcpyDtoH,
+    memcpy_htod_async: FnMemcpyHtoDAsync,
     memset_d8: FnMemsetD8,
     mem_alloc_host: FnMemAllocHost,
     launch_host_func: FnLaunchHostFunc,
@@ -121,6 +123,7 @@ impl Driver {
             memcpy_dtoh_async: entry!(c"cuMemcpyDtoHAsync" as FnMemcpyDtoHAsync),
             memset_d8_async: entry!(c"cuMemsetD8Async" as FnMemsetD8Async),
             memcpy_dtoh: entry!(c"cuMemcpyDtoH" as FnMemcpyDtoH),
+            memcpy_htod_async: entry!(c"cuMemcpyHtoDAsync" as FnMemcpyHtoDAsync),
             memset_d8: entry!(c"cuMemsetD8" as FnMemsetD8),
             mem_alloc_host: entry!(c"cuMemAllocHost" as FnMemAllocHost),
             launch_host_func: entry!(c"cuLaunchHostFunc" as FnLaunchHostFunc),
@@ -198,6 +201,13 @@ impl Driver {
     pub fn memcpy_dtoh(&self, out: &mut [u8], src: DevPtr) -> Result<(), String> {
         // SAFETY: `out` is writable for its length; `src` came from the driver.
         self.check(unsafe { (self.memcpy_dtoh)(out.as_mut_ptr().cast(), src, out.len()) }, "cuMemcpyDtoH")
+    }
+
+    /// `cuMemcpyHtoDAsync` from pageable memory, ordered on `stream` (the driver has taken the
+    /// bytes when it returns).
+    pub fn memcpy_htod_async(&self, dst: DevPtr, data: &[u8], stream: Handle) -> Result<(), String> {
+        // SAFETY: `data` is readable for its length; pageable sources are staged before return.
+        self.check(unsafe { (self.memcpy_htod_async)(dst, data.as_ptr().cast(), data.len(), stream) }, "cuMemcpyHtoDAsync")
     }
 
     /// `cuMemsetD8`: zeroes `len` bytes at `dst`, synchronously.

@@ -255,6 +255,19 @@ impl Gpu {
         found
     }
 
+    /// Copies the host-owned maps (those CPU programs use too) to the device, on `stream`
+    /// before the launch, so the kernel's probes see what the CPU side wrote.
+    fn push_host_values(&self, drv: &Driver, arena: &Arena, stream: Handle) {
+        if !self.probes.host_owned.contains(&true) {
+            return;
+        }
+        for (off, bytes) in self.probes.host_values(&arena.layout, &self.region) {
+            if let Err(e) = drv.memcpy_htod_async(arena.dev + off, &bytes, stream) {
+                self.say_once(format!("CUDA maps shared with CPU probes are not copied to the GPU: {e}"));
+            }
+        }
+    }
+
     /// Queues, on `stream` after a launch: the arena copied to pinned memory, the ring
     /// cursors cleared, and a host function writing the maps back.
     fn queue_write_back(&self, drv: &Driver, arena: &Arc<Arena>, stream: Handle) -> Result<(), String> {
@@ -395,7 +408,9 @@ fn arena_for_launch(f: Handle, stream: Handle) -> Option<Arc<Arena>> {
             return None;
         }
         let module = drv.module_of(f)?;
-        gpu.module_arena(drv, module)
+        let arena = gpu.module_arena(drv, module)?;
+        gpu.push_host_values(drv, &arena, stream);
+        Some(arena)
     })
 }
 
@@ -416,6 +431,9 @@ fn arena_for_graph(stream: Handle) -> Option<Arc<Arena>> {
             if let Some(a) = module.and_then(|m| gpu.module_arena(drv, m)) {
                 arena = Some(a);
             }
+        }
+        if let Some(a) = &arena {
+            gpu.push_host_values(drv, a, stream);
         }
         arena
     })

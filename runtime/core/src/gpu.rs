@@ -238,6 +238,30 @@ pub struct GpuProbes {
     /// Region map id of each arena slot.
     pub map_ids: Vec<u32>,
     specs: Vec<GpuMapSpec>,
+    /// Slots whose map CPU programs (uprobes) also use: the host owns them. Arrays among them
+    /// are copied to the device before each launch and never written back (a launch-latency
+    /// tool: the CPU stamps the launch, the GPU reads the stamp).
+    pub host_owned: Vec<bool>,
+}
+
+/// Region map ids the programs of uprobe links use.
+fn maps_of_cpu_programs(region: &Arc<bpftime_shm::ShmRegion>, links: &[crate::links::UprobeLink]) -> std::collections::HashSet<u32> {
+    let mut ids = std::collections::HashSet::new();
+    for l in links.iter().filter(|l| l.kind == crate::links::LinkKind::Uprobe) {
+        let Some(p) = crate::progs::load(region, l.prog) else { continue };
+        let mut pc = 0;
+        while pc < p.insns.len() {
+            let r = p.insns[pc];
+            if r.opc == 0x18 {
+                if r.src == 1 || r.src == 2 {
+                    ids.insert(r.imm as u32);
+                }
+                pc += 1;
+            }
+            pc += 1;
+        }
+    }
+    ids
 }
 
 impl GpuProbes {
@@ -253,6 +277,8 @@ impl GpuProbes {
                 failed.push((l.id, l.name.clone(), e));
             }
         }
+        let cpu = maps_of_cpu_programs(region, links);
+        out.host_owned = out.map_ids.iter().map(|id| cpu.contains(id)).collect();
         (out, failed)
     }
 
@@ -324,6 +350,32 @@ impl GpuProbes {
         arena
     }
 
+    /// The host-owned arrays' current values, as they lie in the arena: (arena offset, bytes).
+    /// Copied to the device before each launch.
+    pub fn host_values(&self, layout: &ArenaLayout, region: &Arc<bpftime_shm::ShmRegion>) -> Vec<(u64, Vec<u8>)> {
+        let mut out = vec![];
+        for (slot, &id) in self.map_ids.iter().enumerate() {
+            let (Some(true), Some(m)) = (self.host_owned.get(slot), layout.maps.get(slot)) else { continue };
+            let Ok(map) = bpftime_maps::Map::open(region, id) else { continue };
+            if map.map_type() != bpftime_maps::MapType::Array || m.slots != 1 {
+                continue;
+            }
+            let vs = map.spec().value_size as usize;
+            let mut bytes = vec![0u8; m.data_len as usize];
+            let mut value = vec![0u8; vs];
+            for i in 0..map.spec().max_entries {
+                if map.lookup(&i.to_le_bytes(), &mut value).is_ok() {
+                    let at = i as usize * m.stride as usize;
+                    if let Some(dst) = bytes.get_mut(at..at + vs) {
+                        dst.copy_from_slice(&value);
+                    }
+                }
+            }
+            out.push((m.data_off, bytes));
+        }
+        out
+    }
+
     /// Copies a device arena (as read back after a launch; its shards are folded here) into the
     /// region's maps, entries that changed since `prev` (the previous copy, folded, or the
     /// image the arena started from) only. Returns what could not be copied, one line per map.
@@ -331,6 +383,9 @@ impl GpuProbes {
         layout.fold_shards(arena);
         let mut errors = vec![];
         for (slot, &id) in self.map_ids.iter().enumerate() {
+            if self.host_owned.get(slot) == Some(&true) {
+                continue;
+            }
             let r = bpftime_maps::Map::open(region, id).map_err(|e| e.to_string()).and_then(|map| write_back(layout, arena, prev, slot, &map));
             if let Err(e) = r {
                 errors.push(e);

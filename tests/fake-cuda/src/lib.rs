@@ -251,6 +251,7 @@ api! {
         let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), n) }.to_vec();
         result(with(|f| f.memory.write(dst, &data)).map_err(|_| INVALID_VALUE))
     }
+    fn cuMemcpyHtoDAsync(dst: u64, src: *const c_void, n: usize, _s: Handle) { unsafe { cuMemcpyHtoD(dst, src, n) } }
     fn cuMemcpyDtoH(dst: *mut c_void, src: u64, n: usize) {
         match with(|f| f.memory.read(src, n as u64)) {
             Ok(b) => { unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), dst.cast::<u8>(), n) }; SUCCESS }
