@@ -112,6 +112,9 @@ else summary+=("cuda vector_add: FAILED"); status=1; fi
 if traced driver_api cuda_probes "driver_vector_add 1048576 3"; then
     expect driver_api "entries" "$(map_value "$cuda/driver_api.report" calls 0)" 3145728
 else summary+=("cuda driver_api: FAILED"); status=1; fi
+if traced stamp cuda_launch_stamp "driver_vector_add 1048576 3"; then
+    for l in 1 2 3; do expect stamp "launch $l saw the CPU's stamp" "$(map_value "$cuda/stamp.report" seen $l)" 1; done
+else summary+=("cuda stamp: FAILED"); status=1; fi
 if traced gemm cuda_launches "gemm 512" --program gemm_launch; then
     expect gemm "launches" "$(map_value "$cuda/gemm.report" launches 1)" 1
 else summary+=("cuda gemm: FAILED"); status=1; fi
