@@ -2,7 +2,7 @@
 //! under the agent (`bpftime start`), compared with the same loader on the kernel: we match
 //! the kernel, not ourselves.
 
-use bpftime_tests::clang::{build_example, build_target};
+use bpftime_tests::clang::{build_example, build_loader, build_target};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,17 +17,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// `examples/loaders/NAME.c` built against the system's libbpf.
-fn build_loader(name: &str) -> PathBuf {
-    let root = bpftime_tests::repo_root();
-    let dir = root.join("target/loaders");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(name);
-    let o = Command::new("cc").args(["-O2", "-g"]).arg(root.join(format!("examples/loaders/{name}.c"))).arg("-o").arg(&out).arg("-lbpf").output().unwrap();
-    assert!(o.status.success(), "cc {name} (libbpf-dev is needed: bash scripts/setup.sh): {}", text(&o.stderr));
-    out
 }
 
 /// A tool from apt, or why it is missing: a skip with the reason, or a failure under the

@@ -94,3 +94,30 @@ pub fn build_target(name: &str, shared: bool) -> PathBuf {
     std::fs::rename(&tmp, &out).expect("move binary into place");
     out
 }
+
+/// Compiles `examples/loaders/<name>.c` against the system's libbpf (cached under
+/// target/loaders) and returns the executable's path. Panics with cc's message when it fails.
+pub fn build_loader(name: &str) -> PathBuf {
+    let root = crate::repo_root();
+    let src = root.join("examples/loaders").join(format!("{name}.c"));
+    let dir = root.join("target/loaders");
+    std::fs::create_dir_all(&dir).expect("create target/loaders");
+    let out = dir.join(name);
+    if is_fresh(&out, &src) {
+        return out;
+    }
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
+    let o = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-O2", "-g"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&tmp)
+        .arg("-lbpf")
+        .output()
+        .expect("run cc");
+    assert!(o.status.success(), "cc {name} (libbpf-dev is needed: bash scripts/setup.sh):\n{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::rename(&tmp, &out).expect("move the loader into place");
+    out
+}
