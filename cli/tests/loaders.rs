@@ -296,20 +296,23 @@ fn bpftrace_result(out: &str) -> String {
     out.lines().filter(|l| !l.contains("RLIMIT_MEMLOCK") && !l.contains("uprobe_events") && !l.contains("failed to detach")).collect::<Vec<_>>().join("\n")
 }
 
-/// Runs a bpftrace one-liner (`tool`: bpftrace itself or `bpftime load -- bpftrace`, `loader`:
-/// whether it is the latter), the target under `target`, then SIGINT; returns the output.
-fn bpftrace_session(mut tool: Command, loader: bool, target: &mut Command, out: &Path) -> String {
+/// Runs a tool that prints its results when interrupted (`tool`: the tool itself or `bpftime
+/// load -- TOOL`, `loader`: whether it is the latter), the target under `target`, then SIGINT
+/// to the tool; returns its output.
+fn interrupted_session(mut tool: Command, loader: bool, target: &mut Command, out: &Path) -> String {
     let f = std::fs::File::create(out).unwrap();
     let t = tool.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
     let bpftrace = if loader { child_of(t.id()) } else { t.id() as i32 };
-    // bpftrace compiles with LLVM before it attaches.
+    // bpftrace compiles with LLVM before it attaches, and says so; other tools buffer what they
+    // print, so they get a fixed time.
+    let says_attaching = tool.get_program().to_string_lossy().ends_with("bpftrace") || tool.get_args().any(|a| a.to_string_lossy().ends_with("bpftrace"));
     for _ in 0..200 {
-        if std::fs::read_to_string(out).is_ok_and(|s| s.contains("Attaching")) {
+        if !says_attaching || std::fs::read_to_string(out).is_ok_and(|s| s.contains("Attaching")) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let o = target.output().unwrap();
     assert!(o.status.success(), "target: {}", text(&o.stderr));
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -337,7 +340,7 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
-    let out = bpftrace_session(ours, true, bpftime(&shm).args(["start", "--"]).arg(&calls).arg("200"), &dir.join("ours"));
+    let out = interrupted_session(ours, true, bpftime(&shm).args(["start", "--"]).arg(&calls).arg("200"), &dir.join("ours"));
     let ours = bpftrace_result(&out);
     assert!(ours.contains("@calls: 200"), "{out}");
     assert_eq!(ours.matches("ret ").count(), 200, "{out}");
@@ -345,7 +348,7 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     if is_root() {
         let mut kernel = Command::new(&bpftrace);
         kernel.args(["-e", &script]);
-        let out = bpftrace_session(kernel, false, Command::new(&calls).arg("200"), &dir.join("kernel"));
+        let out = interrupted_session(kernel, false, Command::new(&calls).arg("200"), &dir.join("kernel"));
         assert_eq!(ours, bpftrace_result(&out), "the same one-liners on the kernel");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -404,4 +407,46 @@ fn a_uprobe_for_one_pid_counts_that_process_only() {
     assert_eq!(histogram_total(&text), 3000, "only the first process's add() calls:\n{text}");
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+}
+
+/// Debian's libbpf-tools `bashreadline` (uretprobe on bash's readline, a perf buffer) prints the
+/// command lines an interactive bash reads, as it does on the kernel.
+#[test]
+fn libbpf_tools_bashreadline_prints_what_the_kernel_prints() {
+    let _serial = serial();
+    let Some(tool) = installed_or_skip("/usr/sbin/bashreadline", "libbpf-tools") else { return };
+    // An interactive bash (readline needs a terminal: `script` gives it one).
+    let bash = |agent: Option<(&Path, &str)>| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg("printf 'echo hello\\necho world\\nexit\\n' | script -qfc 'bash --norc -i' /dev/null > /dev/null 2>&1");
+        if let Some((agent, shm)) = agent {
+            c.env("LD_PRELOAD", agent).env("BPFTIME_SHM", shm);
+        }
+        c
+    };
+    // TIME and PID columns differ between runs: the commands are what must match.
+    let commands = |out: &str| -> Vec<String> {
+        out.lines()
+            .skip_while(|l| !l.starts_with("TIME"))
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(2).map(|_| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" ")))
+            .collect()
+    };
+    let dir = std::env::temp_dir().join(format!("bpftime-bashreadline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-bashreadline-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let agent = Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime.so");
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&tool);
+    let out = interrupted_session(ours, true, &mut bash(Some((&agent, &shm))), &dir.join("ours"));
+    let ours = commands(&out);
+    assert_eq!(ours, ["echo hello", "echo world", "exit"], "{out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if is_root() {
+        let out = interrupted_session(Command::new(&tool), false, &mut bash(None), &dir.join("kernel"));
+        assert_eq!(ours, commands(&out), "the kernel's:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
