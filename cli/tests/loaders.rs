@@ -450,3 +450,30 @@ fn libbpf_tools_bashreadline_prints_what_the_kernel_prints() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Debian's libbpf-tools `gethostlatency` (uprobes and uretprobes on libc's getaddrinfo and
+/// friends, a perf buffer) sees each resolution of a target, as on the kernel.
+#[test]
+fn libbpf_tools_gethostlatency_sees_what_the_kernel_sees() {
+    let _serial = serial();
+    let Some(tool) = installed_or_skip("/usr/sbin/gethostlatency", "libbpf-tools") else { return };
+    let resolve = build_target("resolve", false);
+    // One line per call: TIME PID COMM LATms HOST; the COMM column is the target's name.
+    let calls = |out: &str| out.lines().filter(|l| l.split_whitespace().nth(2) == Some("resolve")).count();
+    let dir = std::env::temp_dir().join(format!("bpftime-gethostlatency-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-gethostlatency-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&tool);
+    let out = interrupted_session(ours, true, bpftime(&shm).args(["start", "--"]).arg(&resolve).arg("3"), &dir.join("ours"));
+    assert_eq!(calls(&out), 3, "{out}");
+    assert_eq!(out.matches("localhost").count(), 3, "the host names read in the target: {out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if is_root() {
+        let out = interrupted_session(Command::new(&tool), false, Command::new(&resolve).arg("3"), &dir.join("kernel"));
+        assert_eq!(calls(&out), 3, "the kernel's:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
