@@ -95,7 +95,7 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
     })?;
     let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr));
     let kind = if p.retprobe { ProbeKind::Return } else { ProbeKind::Entry };
-    let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry }, kind, handler)
+    let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry, padding: r.padding }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
         eprintln!("bpftime: attached {} `{}` to {} ({:#x})", if p.retprobe { "uretprobe" } else { "uprobe" }, p.prog.name, p.target, r.addr);

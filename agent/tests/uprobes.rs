@@ -107,15 +107,17 @@ fn probes_a_library_loaded_later_with_dlopen() {
     assert_eq!(value(&s.maps[0], 1), n * (n - 1) / 2, "sum of first arguments");
 }
 
+/// A function shorter than a jump (`xor eax, eax; ret`) is attached as the kernel attaches it:
+/// the jump spills into the alignment padding after it; entry and return probes both fire and
+/// the function's result is unchanged.
 #[test]
-fn unrelocatable_prologue_is_a_clear_error_and_the_app_runs() {
+fn tiny_functions_attach_through_their_padding() {
     let s = session("tiny", "uprobe_tiny", EngineKind::Jit);
     let out = run_traced(&s, Command::new(build_target("calls", false)).arg("10"), "jit");
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "sum 135 fact 3628800 tiny 0");
-    let err = text(&out.stderr);
-    assert!(err.starts_with("bpftime: cannot attach `on_tiny` to /proc/self/exe:tiny: cannot patch"), "{err}");
-    assert!(err.contains("before the 5 bytes a jump needs"), "{err}");
+    assert!(!text(&out.stderr).contains("cannot attach"), "{}", text(&out.stderr));
+    assert_eq!((value(&s.maps[0], 0), value(&s.maps[0], 1), value(&s.maps[0], 2)), (1, 1, 100), "one entry, one return, result 0");
 }
 
 #[test]

@@ -378,7 +378,10 @@ fn return_stub() -> u64 {
 }
 
 /// The instructions covering the first `PATCH_LEN` bytes at `addr`, checked for relocation.
-fn decode_prologue(addr: u64, function_size: u64) -> Result<Vec<Instruction>, AttachError> {
+/// A whole function shorter than a jump is covered too when the padding after it makes room:
+/// its last instruction (a return or a jump) is relocated, and the jump spills into padding.
+fn decode_prologue(addr: u64, info: SiteInfo) -> Result<Vec<Instruction>, AttachError> {
+    let function_size = info.function_size;
     let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
     let bytes = patch::read_code(addr, 32).map_err(|e| unpatchable(format!("cannot read the code: {e}")))?;
     let mut dec = Decoder::with_ip(64, &bytes, addr, DecoderOptions::NONE);
@@ -388,6 +391,14 @@ fn decode_prologue(addr: u64, function_size: u64) -> Result<Vec<Instruction>, At
         let i = dec.decode();
         if i.is_invalid() {
             return Err(unpatchable(format!("invalid instruction at {:#x}", i.ip())));
+        }
+        let ends_function = info.at_entry && function_size > 0 && (len + i.len()) as u64 == function_size;
+        if ends_function
+            && function_size + info.padding >= PATCH_LEN as u64
+            && matches!(i.flow_control(), FlowControl::Return | FlowControl::UnconditionalBranch)
+        {
+            instrs.push(i);
+            return Ok(instrs);
         }
         match i.flow_control() {
             FlowControl::Return | FlowControl::Interrupt | FlowControl::Exception => {
@@ -429,8 +440,9 @@ fn next_id() -> ProbeId {
 }
 
 /// Builds the stub and trampoline of a new site (not yet installed).
-fn build_site(addr: u64, function_size: u64, at_entry: bool) -> Result<&'static Site, AttachError> {
-    let instrs = decode_prologue(addr, function_size)?;
+fn build_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachError> {
+    let at_entry = info.at_entry;
+    let instrs = decode_prologue(addr, info)?;
     let page = patch::alloc_near(addr, PAGE).ok_or(AttachError::NoNearMemory(addr))?;
     let tramp = page + TRAMPOLINE_AT;
     let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
@@ -495,6 +507,9 @@ pub struct SiteInfo {
     pub function_size: u64,
     /// Whether `addr` is the function's first byte (required for return probes).
     pub at_entry: bool,
+    /// Bytes after the function's end that are alignment padding nobody executes (0 if
+    /// unknown): a function shorter than a jump may spill its patch into them.
+    pub padding: u64,
 }
 
 /// Attaches `handler` to `addr`: patches the code on the first probe of a site.
@@ -510,7 +525,7 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     let site = match map.get(&addr) {
         Some(s) => *s,
         None => {
-            let s = build_site(addr, info.function_size, info.at_entry)?;
+            let s = build_site(addr, info)?;
             map.insert(addr, s);
             s
         }

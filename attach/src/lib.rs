@@ -60,7 +60,7 @@ mod tests {
         let want = bpftime_attach_test_target(3, 4);
         let entry = Arc::new(Count::default());
         let ret = Arc::new(Count::default());
-        let info = SiteInfo { function_size: 0, at_entry: true };
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
         let e = attach(addr, info, ProbeKind::Entry, entry.clone()).unwrap();
         let r = attach(addr, info, ProbeKind::Return, ret.clone()).unwrap();
         assert_eq!(std::hint::black_box(bpftime_attach_test_target)(3, 4), want);
@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn several_handlers_on_one_function_each_fire_and_detach_alone() {
         let addr = bpftime_attach_multi_target as *const () as u64;
-        let info = SiteInfo { function_size: 0, at_entry: true };
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
         let hs: Vec<Arc<Count>> = (0..3).map(|_| Arc::new(Count::default())).collect();
         let ids: Vec<ProbeId> = hs.iter().map(|h| attach(addr, info, ProbeKind::Entry, h.clone()).unwrap()).collect();
         let r = Arc::new(Count::default());
@@ -141,7 +141,7 @@ mod tests {
         let want = call();
         assert_eq!(want, 204.0);
         let h = Arc::new(Clobber(AtomicU64::new(0)));
-        let info = SiteInfo { function_size: 0, at_entry: true };
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
         let e = attach(addr, info, ProbeKind::Entry, h.clone()).unwrap();
         let r = attach(addr, info, ProbeKind::Return, h.clone()).unwrap();
         assert_eq!(call(), want, "xmm0-7 (arguments) and xmm0 (result) kept");
@@ -180,7 +180,7 @@ mod tests {
         assert_eq!((call(3), call(9)), (7, 18));
         let h = Arc::new(Clobber(AtomicU64::new(0)));
         let point = bpftime_attach_mid_point as *const () as u64;
-        let id = attach(point, SiteInfo { function_size: 0, at_entry: false }, ProbeKind::Entry, h.clone()).unwrap();
+        let id = attach(point, SiteInfo { function_size: 0, at_entry: false, padding: 0 }, ProbeKind::Entry, h.clone()).unwrap();
         assert_eq!((call(3), call(9)), (7, 18));
         assert_eq!(h.0.load(Ordering::Relaxed), 2);
         detach(id).unwrap();
@@ -227,7 +227,7 @@ mod stress {
             .collect();
         let hits = Arc::new(Hits(AtomicU64::new(0)));
         for _ in 0..100 {
-            let id = attach(addr, SiteInfo { function_size: 0, at_entry: true }, ProbeKind::Entry, hits.clone()).unwrap();
+            let id = attach(addr, SiteInfo { function_size: 0, at_entry: true, padding: 0 }, ProbeKind::Entry, hits.clone()).unwrap();
             std::thread::sleep(std::time::Duration::from_micros(500));
             detach(id).unwrap();
         }

@@ -84,6 +84,43 @@ fn address_of_file_offset(path: &str, maps: &[Mapping], file_off: u64) -> Option
     maps.iter().filter(|m| m.path == path).find(|m| file_off >= m.offset && file_off < m.offset + (m.end - m.start)).map(|m| m.start + (file_off - m.offset))
 }
 
+/// Bytes of alignment padding at file offset `off` (right after a function): int3 and nop
+/// instructions, at most 16 (what compilers align functions to) and at most `limit` (up to the
+/// next symbol). A probe on a function shorter than its jump may overwrite them: nothing
+/// executes or jumps into padding.
+fn padding_after(data: &[u8], off: u64, limit: u64) -> u64 {
+    use iced_x86::{Code, Decoder, DecoderOptions};
+    let end = (off as usize).saturating_add(limit.min(16) as usize).min(data.len());
+    let Some(bytes) = data.get(off as usize..end) else { return 0 };
+    let mut dec = Decoder::new(64, bytes, DecoderOptions::NONE);
+    let mut n = 0;
+    while dec.can_decode() {
+        let i = dec.decode();
+        let filler = i.code() == Code::Int3 || i.mnemonic() == iced_x86::Mnemonic::Nop;
+        if i.is_invalid() || !filler {
+            break;
+        }
+        n += i.len() as u64;
+    }
+    n
+}
+
+/// Bytes from the end of the function at file offset `off` (of `size` bytes) to the next
+/// symbol or the end of its segment: what padding may be.
+fn room_after(file: &object::File<'_>, off: u64, size: u64) -> u64 {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    let Some(seg) = file.segments().find(|s| {
+        let (o, n) = s.file_range();
+        off >= o && off < o + n
+    }) else {
+        return 0;
+    };
+    let vaddr = off - seg.file_range().0 + seg.address();
+    let end = vaddr + size;
+    let seg_end = seg.address() + seg.file_range().1;
+    file.symbols().chain(file.dynamic_symbols()).map(|s| s.address()).filter(|&a| a >= end).min().unwrap_or(seg_end).min(seg_end) - end
+}
+
 /// The size of the function whose first byte lies at file offset `off`, if one does.
 fn function_at_file_offset(file: &object::File<'_>, off: u64) -> Option<u64> {
     use object::{Object, ObjectSegment, ObjectSymbol};
@@ -106,6 +143,8 @@ pub struct Resolved {
     pub function_size: u64,
     /// Whether the address is the function's first byte.
     pub at_entry: bool,
+    /// Alignment padding (int3 or nops) after the function, before the next symbol.
+    pub padding: u64,
 }
 
 /// Resolves a target to an address in this process.
@@ -119,7 +158,8 @@ pub fn resolve(t: &Target) -> Result<Resolved, ResolveError> {
         // A raw offset (what the kernel's uprobe interface and libbpf give) that is a function's
         // first byte is a function entry, with that function's size.
         let function_size = function_at_file_offset(&file, t.offset).unwrap_or(0);
-        return Ok(Resolved { addr, path, function_size, at_entry: function_size > 0 });
+        let padding = if function_size > 0 { padding_after(&data, t.offset + function_size, room_after(&file, t.offset, function_size)) } else { 0 };
+        return Ok(Resolved { addr, path, function_size, at_entry: function_size > 0, padding });
     };
     let sym = file
         .symbols()
@@ -136,7 +176,8 @@ pub fn resolve(t: &Target) -> Result<Resolved, ResolveError> {
     let (seg_off, _) = seg.file_range();
     let file_off = vaddr - seg.address() + seg_off + t.offset;
     let addr = address_of_file_offset(&path, &maps, file_off).ok_or(ResolveError::Unmapped { path: path.clone(), offset: file_off })?;
-    Ok(Resolved { addr, path, function_size: sym.size(), at_entry: t.offset == 0 })
+    let padding = if t.offset == 0 && sym.size() > 0 { padding_after(&data, file_off + sym.size(), room_after(&file, file_off, sym.size())) } else { 0 };
+    Ok(Resolved { addr, path, function_size: sym.size(), at_entry: t.offset == 0, padding })
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
     let loaded = rt.load_object(&obj).expect("loads");
     let prog = |name: &str| rt.program(loaded.programs.iter().find(|p| p.0 == name).expect("program").2).expect("compiles");
     let addr = bpftime_bench_target as *const () as u64;
-    let info = SiteInfo { function_size: 0, at_entry: true };
+    let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
 
     let mut g = c.benchmark_group("uprobe_per_call");
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));

@@ -17,7 +17,7 @@ __attribute__((noinline)) long add(long a, long b)
     return s;
 }
 
-// Too short for a 5-byte jump (`xor eax, eax; ret`): probes on it must be refused.
+// Too short for a 5-byte jump (`xor eax, eax; ret`): probes on it use the padding after it.
 __attribute__((noinline)) int tiny(void)
 {
     __asm__ volatile("" ::: "memory");
