@@ -98,7 +98,10 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
     let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry, padding: r.padding }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
-        eprintln!("bpftime: attached {} `{}` to {} ({:#x})", if p.retprobe { "uretprobe" } else { "uprobe" }, p.prog.name, p.target, r.addr);
+        // The method: a jump over the first instructions, or (a function shorter than the
+        // jump) a jump that spills into the padding after the function.
+        let method = if r.at_entry && r.function_size > 0 && r.function_size < 5 { "a jump into the padding after it" } else { "a jump" };
+        eprintln!("bpftime: attached {} `{}` to {} ({:#x}) with {method}", if p.retprobe { "uretprobe" } else { "uprobe" }, p.prog.name, p.target, r.addr);
     }
     Ok(id)
 }
