@@ -171,8 +171,17 @@ fn engine() -> EngineKind {
     std::env::var("BPFTIME_ENGINE").ok().and_then(|n| n.parse().ok()).unwrap_or(EngineKind::Jit)
 }
 
+/// Everything a probe hit would otherwise initialise lazily, done before any probe exists: a
+/// child forked while another thread was in the middle of such an initialisation would wait
+/// for it forever.
+fn initialise_what_hits_use() {
+    bpftime_maps::possible_cpus();
+    bpftime_shm::lock::prepare();
+}
+
 /// Loads the standalone object, or reads the region's links, and attaches.
 pub(crate) fn start() {
+    initialise_what_hits_use();
     let name = default_name();
     let program = std::env::var_os("BPFTIME_PROGRAM");
     let region = match ShmRegion::open(&name) {

@@ -44,6 +44,13 @@ impl Drop for ShmGuard<'_> {
     }
 }
 
+/// Does now what the first lock would do lazily (caching the pid, registering its fork
+/// handler), so that a child forked while another thread takes its first lock does not inherit
+/// that work half done.
+pub fn prepare() {
+    my_pid();
+}
+
 /// This process's pid, cached: `getpid` is a system call (glibc no longer caches it), and a
 /// lock must cost nanoseconds. A fork handler clears the cache in the child.
 fn my_pid() -> u32 {
