@@ -477,3 +477,32 @@ fn libbpf_tools_gethostlatency_sees_what_the_kernel_sees() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// bpftool (unmodified, from apt) under the syscall server walks the region as it walks the
+/// kernel: `prog show` lists our programs, `map show` our maps, `map dump` their values.
+#[test]
+fn bpftool_shows_and_dumps_the_region() {
+    let _serial = serial();
+    let Some(bpftool) = installed_or_skip("/usr/sbin/bpftool", "bpftool") else { return };
+    let shm = format!("bpftime-bpftool-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    assert!(bpftime(&shm).arg("load").arg(build_example("uprobe_calls")).output().unwrap().status.success());
+    let calls = build_target("calls", false);
+    assert!(bpftime(&shm).args(["start", "--"]).arg(&calls).arg("7").output().unwrap().status.success());
+    let tool = |args: &[&str]| {
+        let o = bpftime(&shm).args(["load", "--"]).arg(&bpftool).args(args).output().unwrap();
+        assert!(o.status.success(), "bpftool {args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let progs = tool(&["prog", "show"]);
+    for name in ["on_add", "on_add_return", "on_fact", "on_fact_return"] {
+        assert!(progs.contains(&format!("name {name} ")), "{progs}");
+    }
+    assert!(tool(&["map", "show"]).contains("array  name stats  flags 0x0"));
+    // stats[0]: add() calls.
+    let dump = tool(&["map", "dump", "name", "stats"]);
+    assert!(dump.contains("key: 00 00 00 00  value: 07 00 00 00 00 00 00 00"), "{dump}");
+    assert!(dump.contains("Found 8 elements"), "{dump}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+}
