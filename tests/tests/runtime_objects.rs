@@ -242,3 +242,16 @@ fn globals_are_set_at_their_offsets() {
     assert!(obj.set_global("scale", "x").unwrap_err().to_string().contains("not an integer"));
     assert!(obj.set_global("nope", "1").unwrap_err().to_string().contains("no such global variable"));
 }
+
+/// `__kconfig` externs (libbpf's usdt.bpf.h declares `LINUX_HAS_BPF_COOKIE`) get a read-only
+/// `.kconfig` array with the values libbpf would give them; the program's loads point into it.
+#[test]
+fn kconfig_externs_are_resolved() {
+    let obj = Object::parse(&std::fs::read(build_example("loader_usdt")).unwrap()).unwrap();
+    let (i, kconfig) = obj.maps.iter().enumerate().find(|(_, m)| m.name == ".kconfig").expect("a .kconfig map");
+    assert_eq!(kconfig.initial.as_deref().map(|b| b[0]), Some(1), "LINUX_HAS_BPF_COOKIE: bpftime has attach cookies");
+    assert!(obj.programs[0].data_relocs.iter().any(|r| r.map == i && r.value_offset == Some(0)), "the program reads it");
+    // And the object loads (the verifier sees an ordinary read-only value).
+    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Interp);
+    assert!(rt.load_object(&obj).unwrap().refused.is_empty());
+}

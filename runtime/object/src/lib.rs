@@ -332,6 +332,35 @@ struct Parser<'d, 'f> {
     btf: Option<&'f Btf>,
     sections: HashMap<SectionIndex, CodeSection>,
     text: Option<SectionIndex>,
+    /// `__kconfig` externs: name -> offset in the `.kconfig` map.
+    kconfig: HashMap<String, u64>,
+}
+
+/// The value libbpf gives a `__kconfig` extern on this machine: the `LINUX_*` facts it
+/// computes, `CONFIG_*` from the running kernel's config file (y = 1, m = 2, a number as
+/// itself), 0 otherwise (as for a weak extern the kernel lacks).
+fn kconfig_value(name: &str) -> u64 {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    match name {
+        // The features bpftime provides to programs.
+        "LINUX_HAS_BPF_COOKIE" | "LINUX_HAS_SYSCALL_WRAPPER" => 1,
+        "LINUX_KERNEL_VERSION" => {
+            let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse::<u64>().unwrap_or(0));
+            let (a, b, c) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            (a << 16) + (b << 8) + c.min(255)
+        }
+        _ if name.starts_with("CONFIG_") => {
+            let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
+            let line = config.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix('=')));
+            match line {
+                Some("y") => 1,
+                Some("m") => 2,
+                Some(v) => v.parse::<u64>().or_else(|_| u64::from_str_radix(v.trim_start_matches("0x"), 16)).unwrap_or(0),
+                None => 0,
+            }
+        }
+        _ => 0,
+    }
 }
 
 fn section_err(section: &str, msg: impl ToString) -> ObjectError {
@@ -390,7 +419,7 @@ impl<'d, 'f> Parser<'d, 'f> {
             }
             sections.insert(s.index(), CodeSection { name, insns, relocs, core: vec![] });
         }
-        let mut p = Parser { file, btf, sections, text };
+        let mut p = Parser { file, btf, sections, text, kconfig: HashMap::new() };
         p.read_core_relocs()?;
         Ok(p)
     }
@@ -527,6 +556,37 @@ impl<'d, 'f> Parser<'d, 'f> {
                 origin: MapOrigin::GlobalData,
             });
         }
+        // `__kconfig` externs: one read-only `.kconfig` array holding their values, laid out as
+        // libbpf lays it out (each aligned to its size, in declaration order).
+        if let Some(btf) = self.btf {
+            let mut bytes = vec![];
+            for id in btf.find(Kind::Datasec, ".kconfig").to_vec() {
+                for m in btf.get(id)?.members.clone() {
+                    let name = btf.get(m.type_id)?.name.clone();
+                    let size = m.size.clamp(1, 8) as usize;
+                    let at = bytes.len().div_ceil(size) * size;
+                    bytes.resize(at + size, 0);
+                    bytes[at..at + size].copy_from_slice(&kconfig_value(&name).to_le_bytes()[..size]);
+                    self.kconfig.insert(name, at as u64);
+                }
+            }
+            if !bytes.is_empty() {
+                bytes.resize(bytes.len().div_ceil(8) * 8, 0);
+                maps.push(MapDef {
+                    name: ".kconfig".into(),
+                    map_type: 2,
+                    key_size: 4,
+                    value_size: bytes.len() as u32,
+                    max_entries: 1,
+                    flags: 1 << 7,
+                    map_extra: 0,
+                    inner: None,
+                    initial: Some(bytes),
+                    init_values: vec![],
+                    origin: MapOrigin::GlobalData,
+                });
+            }
+        }
         Ok(maps)
     }
 
@@ -633,8 +693,11 @@ impl<'d, 'f> Parser<'d, 'f> {
                             let base = if r.symbol_is_section { 0 } else { r.symbol_value };
                             let off = base + insns[at].imm as u32 as u64;
                             data_relocs.push(DataReloc { insn: at, map: m, value_offset: Some(off) });
+                        } else if let (None, Some(&off)) = (r.symbol_section, self.kconfig.get(&r.symbol)) {
+                            let m = maps.iter().position(|m| m.name == ".kconfig").ok_or_else(|| rerr("no .kconfig map".into()))?;
+                            data_relocs.push(DataReloc { insn: at, map: m, value_offset: Some(off + insns[at].imm as u32 as u64) });
                         } else if r.symbol_section.is_none() {
-                            return Err(rerr(format!("`{}` is an extern symbol; externs (kconfig, ksyms) are not supported", r.symbol)));
+                            return Err(rerr(format!("`{}` is an extern symbol; externs other than __kconfig (ksyms) are not supported", r.symbol)));
                         } else {
                             return Err(rerr(format!("reference to `{}` in unsupported section `{sec_name}`", r.symbol)));
                         }
