@@ -17,6 +17,8 @@ struct Pending {
     target: String,
     retprobe: bool,
     cookie: u64,
+    /// File offset of a USDT semaphore counting this probe (0: none).
+    ref_ctr: u64,
 }
 
 /// The agent's state in this process.
@@ -28,6 +30,8 @@ pub struct Agent {
     standalone: bool,
     /// Links seen, with the probes attached for each (detached when the link goes away).
     links: Mutex<std::collections::HashMap<u32, Vec<ProbeId>>>,
+    /// USDT semaphores raised for links: (binary, file offset), lowered when the link goes.
+    semaphores: Mutex<std::collections::HashMap<u32, (String, u64)>>,
 }
 
 static AGENT: OnceLock<Agent> = OnceLock::new();
@@ -116,6 +120,18 @@ impl Agent {
                 Ok(id) => {
                     links::raise_state(region, p.link, LinkState::Attached);
                     self.links.lock().unwrap_or_else(|e| e.into_inner()).entry(p.link).or_default().push(id);
+                    // A USDT probe with a semaphore: the application does the probe's work
+                    // only while the semaphore counts an attached probe.
+                    if p.ref_ctr != 0 {
+                        if let Ok(t) = Target::parse(&p.target) {
+                            match bpftime_attach::add_to_semaphore(&t.binary, p.ref_ctr, 1) {
+                                Ok(()) => {
+                                    self.semaphores.lock().unwrap_or_else(|e| e.into_inner()).insert(p.link, (t.binary, p.ref_ctr));
+                                }
+                                Err(e) => eprintln!("bpftime: `{}`: its USDT semaphore: {e}", p.prog.name),
+                            }
+                        }
+                    }
                 }
                 Err(Failure::NotMapped) => {
                     links::raise_state(region, p.link, LinkState::Waiting);
@@ -242,12 +258,12 @@ pub(crate) fn start() {
     let mut items = vec![];
     for l in found.iter().filter(|l| l.kind == links::LinkKind::Uprobe && for_this_process(l)).cloned() {
         match runtime.program(l.prog) {
-            Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie }),
+            Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie, ref_ctr: l.ref_ctr }),
             Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
         }
     }
     let seen = found.iter().map(|l| (l.id, vec![])).collect();
-    let agent = AGENT.get_or_init(|| Agent { runtime, pending: Mutex::new(vec![]), standalone, links: Mutex::new(seen) });
+    let agent = AGENT.get_or_init(|| Agent { runtime, pending: Mutex::new(vec![]), standalone, links: Mutex::new(seen), semaphores: Mutex::default() });
     // Loaders may attach (and detach) while this process runs: a thread follows the link
     // table when there was nothing to attach yet (the target started before its loader), or
     // when asked (`BPFTIME_LINK_POLL_MS`). Otherwise no thread is added to the application (a
@@ -330,11 +346,19 @@ impl Agent {
         for id in gone {
             let _ = detach(id);
         }
+        let lowered: Vec<(String, u64)> = {
+            let mut sems = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
+            let dead: Vec<u32> = sems.keys().copied().filter(|id| !now.iter().any(|l| l.id == *id)).collect();
+            dead.iter().filter_map(|id| sems.remove(id)).collect()
+        };
+        for (binary, off) in lowered {
+            let _ = bpftime_attach::add_to_semaphore(&binary, off, -1);
+        }
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| now.iter().any(|l| l.id == p.link));
         let mut items = vec![];
         for l in fresh {
             match self.runtime.program(l.prog) {
-                Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie }),
+                Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie, ref_ctr: l.ref_ctr }),
                 Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
             }
         }

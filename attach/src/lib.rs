@@ -22,7 +22,7 @@ pub mod symbols;
 pub use hook::{attach, detach, in_probe, without_probes, AttachError, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED};
 pub use patch::{MOVED_THREADS, TRAPS_REDIRECTED};
 pub use regs::PtRegs;
-pub use symbols::{resolve, ResolveError, Resolved, Target};
+pub use symbols::{add_to_semaphore, resolve, ResolveError, Resolved, Target};
 
 #[cfg(test)]
 mod tests {

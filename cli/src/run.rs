@@ -223,6 +223,7 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
             state: links::LinkState::Stored,
             kind: links::LinkKind::Uprobe,
             pid: 0,
+            ref_ctr: 0,
         });
     }
     for s in &stored.skipped {

@@ -509,24 +509,30 @@ fn bpftool_shows_and_dumps_the_region() {
 
 /// libbpf's USDT support, unmodified (`bpf_program__attach_usdt`: ELF notes, its spec maps,
 /// `BPF_USDT` argument decoding, attach cookies, a uprobe in the middle of a function): the
-/// same counts and argument sums as on the kernel.
+/// same counts and argument sums as on the kernel, for a probe that always fires and for one
+/// the application guards with its semaphore (raised while a probe is attached).
 #[test]
 fn a_libbpf_usdt_loader_counts_what_the_kernel_counts() {
     let _serial = serial();
     let loader = build_loader("usdt_count");
     let obj = build_example("loader_usdt");
     let usdt = build_target("usdt", false);
-    let shm = format!("bpftime-usdt-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
-    let mut ours = bpftime(&shm);
-    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&usdt).args(["bpftime", "tick"]);
-    let (ours_out, _) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&usdt).arg("300"));
-    assert!(ours_out.contains("stats[0] = 300\n") && ours_out.contains("stats[1] = 44850\n") && ours_out.contains("stats[2] = 89700\n"), "{ours_out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
-    if is_root() {
-        let mut kernel = Command::new(&loader);
-        kernel.arg(&obj).arg(&usdt).args(["bpftime", "tick"]);
-        let (kernel_out, _) = session(kernel, Command::new(&usdt).arg("300"));
-        assert_eq!(ours_out, kernel_out, "the same loader on the kernel");
+    for probe in ["tick", "guarded"] {
+        let shm = format!("bpftime-usdt-{probe}-{}", std::process::id());
+        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        let mut ours = bpftime(&shm);
+        ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&usdt).args(["bpftime", probe]);
+        let (ours_out, _) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&usdt).arg("300"));
+        assert!(
+            ours_out.contains("stats[0] = 300\n") && ours_out.contains("stats[1] = 44850\n") && ours_out.contains("stats[2] = 89700\n"),
+            "{probe}: {ours_out}"
+        );
+        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        if is_root() {
+            let mut kernel = Command::new(&loader);
+            kernel.arg(&obj).arg(&usdt).args(["bpftime", probe]);
+            let (kernel_out, _) = session(kernel, Command::new(&usdt).arg("300"));
+            assert_eq!(ours_out, kernel_out, "{probe}: the same loader on the kernel");
+        }
     }
 }

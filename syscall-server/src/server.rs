@@ -464,7 +464,6 @@ impl Server {
         let name = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
         let target = format!("{}:{:#x}", ev.path, ev.offset);
         if std::env::var_os("BPFTIME_VERBOSE").is_some() {
-            // Not applied yet: USDT semaphores.
             eprintln!(
                 "bpftime: link `{name}` on {target}{} (pid {}, semaphore offset {:#x})",
                 if ev.retprobe { " (return)" } else { "" },
@@ -473,7 +472,8 @@ impl Server {
             );
         }
         let pid = if ev.pid > 0 { ev.pid as u32 } else { 0 };
-        let id = links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, std::process::id(), pid).map_err(|_| libc::ENOMEM)?;
+        let id = links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, std::process::id(), pid, ev.ref_ctr_offset)
+            .map_err(|_| libc::ENOMEM)?;
         ev.link = Some(id);
         Ok(id)
     }

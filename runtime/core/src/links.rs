@@ -25,6 +25,8 @@ struct LinkDesc {
     owner: u32,
     /// The only process it attaches in (`perf_event_open`'s pid), 0 for every process.
     pid: u32,
+    /// File offset of the USDT semaphore to count this probe in, 0 for none.
+    ref_ctr: u64,
 }
 
 /// How far a link got, over every process that saw it: agents raise it, `bpftime run` reads
@@ -88,6 +90,8 @@ pub struct UprobeLink {
     pub kind: LinkKind,
     /// The only process it attaches in, 0 for every process.
     pub pid: u32,
+    /// File offset of its USDT semaphore in the target binary, 0 for none.
+    pub ref_ctr: u64,
 }
 
 /// Stores a link; returns its id.
@@ -96,18 +100,49 @@ pub fn store(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: 
 }
 
 fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, kind: LinkKind) -> Result<u32, ShmError> {
-    let mut desc =
-        LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN], state: 0, kind: kind as u32, owner: 0, pid: 0 };
+    let mut desc = LinkDesc {
+        magic: LINK_MAGIC,
+        prog,
+        retprobe: retprobe as u32,
+        cookie,
+        target: [0; TARGET_LEN],
+        state: 0,
+        kind: kind as u32,
+        owner: 0,
+        pid: 0,
+        ref_ctr: 0,
+    };
     desc::fill(&mut desc.target, target);
     desc::store(region, ObjectKind::Link, name, &desc)
 }
 
 /// Stores a uprobe link held by process `owner` (a loader's fd): it goes when that process
-/// does (see [`remove_orphans`]). With `pid` non-zero it attaches in that process only.
+/// does (see [`remove_orphans`]). With `pid` non-zero it attaches in that process only; with
+/// `ref_ctr` non-zero, the USDT semaphore at that file offset of the target binary counts it.
 #[allow(clippy::too_many_arguments)]
-pub fn store_owned(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, owner: u32, pid: u32) -> Result<u32, ShmError> {
-    let mut desc =
-        LinkDesc { magic: LINK_MAGIC, prog, retprobe: retprobe as u32, cookie, target: [0; TARGET_LEN], state: 0, kind: LinkKind::Uprobe as u32, owner, pid };
+pub fn store_owned(
+    region: &ShmRegion,
+    name: &str,
+    prog: u32,
+    target: &str,
+    retprobe: bool,
+    cookie: u64,
+    owner: u32,
+    pid: u32,
+    ref_ctr: u64,
+) -> Result<u32, ShmError> {
+    let mut desc = LinkDesc {
+        magic: LINK_MAGIC,
+        prog,
+        retprobe: retprobe as u32,
+        cookie,
+        target: [0; TARGET_LEN],
+        state: 0,
+        kind: LinkKind::Uprobe as u32,
+        owner,
+        pid,
+        ref_ctr,
+    };
     desc::fill(&mut desc.target, target);
     desc::store(region, ObjectKind::Link, name, &desc)
 }
@@ -211,6 +246,7 @@ pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> 
                     state: LinkState::Stored,
                     kind: LinkKind::CudaKernel,
                     pid: 0,
+                    ref_ctr: 0,
                 });
                 continue;
             }
@@ -231,6 +267,7 @@ pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> 
             state: LinkState::Stored,
             kind: LinkKind::Uprobe,
             pid: 0,
+            ref_ctr: 0,
         });
     }
     Ok(out)
@@ -257,6 +294,7 @@ pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
                 state: LinkState::from_u32(d.state),
                 kind: if d.kind == LinkKind::CudaKernel as u32 { LinkKind::CudaKernel } else { LinkKind::Uprobe },
                 pid: d.pid,
+                ref_ctr: d.ref_ctr,
             })
         })
         .collect()
