@@ -180,6 +180,29 @@ pub fn resolve(t: &Target) -> Result<Resolved, ResolveError> {
     Ok(Resolved { addr, path, function_size: sym.size(), at_entry: t.offset == 0, padding })
 }
 
+/// Adds `delta` to the USDT semaphore (a u16 counting attached probes, which the application
+/// tests before doing a probe's work) at file offset `offset` of `binary` in this process, as
+/// the kernel does for a uprobe opened with a `ref_ctr_offset`. Only in a writable mapping of
+/// the binary's data.
+pub fn add_to_semaphore(binary: &str, offset: u64, delta: i16) -> Result<(), ResolveError> {
+    let maps = mappings();
+    let path = find_binary(binary, &maps).ok_or_else(|| ResolveError::NotMapped(binary.to_string()))?;
+    let m = maps
+        .iter()
+        .find(|m| m.path == path && m.perms.starts_with("rw") && offset >= m.offset && offset + 2 <= m.offset + (m.end - m.start))
+        .ok_or(ResolveError::Unmapped { path: path.clone(), offset })?;
+    let addr = m.start + (offset - m.offset);
+    if !addr.is_multiple_of(2) {
+        return Err(ResolveError::Unmapped { path, offset });
+    }
+    // SAFETY: `addr` is 2-aligned and inside a private writable mapping of the binary's data,
+    // where its USDT semaphore lives; the application only reads it, and every writer (us, for
+    // each probe) adds atomically.
+    let sem = unsafe { std::sync::atomic::AtomicU16::from_ptr(addr as *mut u16) };
+    sem.fetch_add(delta as u16, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,27 +229,4 @@ mod tests {
         assert!(e.to_string().contains("no function `no_such_function_here`"), "{e}");
         assert!(matches!(resolve(&Target::parse("libnotloaded.so:f").unwrap()), Err(ResolveError::NotMapped(_))));
     }
-}
-
-/// Adds `delta` to the USDT semaphore (a u16 counting attached probes, which the application
-/// tests before doing a probe's work) at file offset `offset` of `binary` in this process, as
-/// the kernel does for a uprobe opened with a `ref_ctr_offset`. Only in a writable mapping of
-/// the binary's data.
-pub fn add_to_semaphore(binary: &str, offset: u64, delta: i16) -> Result<(), ResolveError> {
-    let maps = mappings();
-    let path = find_binary(binary, &maps).ok_or_else(|| ResolveError::NotMapped(binary.to_string()))?;
-    let m = maps
-        .iter()
-        .find(|m| m.path == path && m.perms.starts_with("rw") && offset >= m.offset && offset + 2 <= m.offset + (m.end - m.start))
-        .ok_or(ResolveError::Unmapped { path: path.clone(), offset })?;
-    let addr = m.start + (offset - m.offset);
-    if !addr.is_multiple_of(2) {
-        return Err(ResolveError::Unmapped { path, offset });
-    }
-    // SAFETY: `addr` is 2-aligned and inside a private writable mapping of the binary's data,
-    // where its USDT semaphore lives; the application only reads it, and every writer (us, for
-    // each probe) adds atomically.
-    let sem = unsafe { std::sync::atomic::AtomicU16::from_ptr(addr as *mut u16) };
-    sem.fetch_add(delta as u16, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
 }
