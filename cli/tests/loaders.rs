@@ -536,3 +536,43 @@ fn a_libbpf_usdt_loader_counts_what_the_kernel_counts() {
         }
     }
 }
+
+/// A skeleton-based libbpf loader (`bpftool gen skeleton`): a `const volatile` setting written
+/// through `skel->rodata` before loading, global data mapped by the skeleton, a per-pid hash
+/// map walked with get-next-key. The target's malloc() count is the kernel's.
+#[test]
+fn a_skeleton_loader_counts_what_the_kernel_counts() {
+    let _serial = serial();
+    let Some(bpftool) = installed_or_skip("/usr/sbin/bpftool", "bpftool") else { return };
+    let obj = build_example("malloc_per_pid");
+    let dir = bpftime_tests::repo_root().join("target/loaders");
+    std::fs::create_dir_all(&dir).unwrap();
+    let skel = Command::new(&bpftool).args(["gen", "skeleton"]).arg(&obj).output().unwrap();
+    assert!(skel.status.success(), "bpftool gen skeleton: {}", text(&skel.stderr));
+    std::fs::write(dir.join("malloc_per_pid.skel.h"), &skel.stdout).unwrap();
+    let loader = dir.join("malloc_per_pid");
+    let o = Command::new("cc")
+        .args(["-O2", "-I"])
+        .arg(&dir)
+        .arg(bpftime_tests::repo_root().join("examples/loaders/malloc_per_pid.c"))
+        .arg("-o")
+        .arg(&loader)
+        .arg("-lbpf")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cc: {}", text(&o.stderr));
+    let workload = build_target("malloc_workload", false);
+    let shm = format!("bpftime-skeleton-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg("malloc_workl");
+    let (ours_out, _) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&workload).arg("2000"));
+    assert!(ours_out.starts_with("attached 1\n1 processes\nmalloc calls: "), "{ours_out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if is_root() {
+        let mut kernel = Command::new(&loader);
+        kernel.arg("malloc_workl");
+        let (kernel_out, _) = session(kernel, Command::new(&workload).arg("2000"));
+        assert_eq!(ours_out, kernel_out, "the same loader on the kernel");
+    }
+}
