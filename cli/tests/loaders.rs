@@ -210,13 +210,30 @@ fn histogram_total(out: &str) -> u64 {
     out.lines().filter(|l| l.contains("->")).filter_map(|l| l.split(':').nth(1)?.split('|').next()?.trim().parse::<u64>().ok()).sum()
 }
 
-/// Runs `tool` (its output to a file), waits for it to attach, runs `target`, waits for the
-/// tool to finish; returns the tool's output.
-fn tool_session(mut tool: Command, target: &mut Command, out: &Path) -> String {
+/// Waits until a tool attached: under the server, until region `shm` holds a link; on the
+/// kernel (nothing to see: the tool's "Tracing" line sits in its stdio buffer), a while.
+fn wait_attached(shm: Option<&str>) {
+    let Some(shm) = shm else {
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        return;
+    };
+    for _ in 0..500 {
+        let linked = bpftime_shm::ShmRegion::open(shm).is_ok_and(|r| !bpftime_runtime::links::list(&r).is_empty());
+        if linked {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A tool may open its perf buffers after attaching.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
+/// Runs `tool` (its output to a file), waits for it to attach (see [`wait_attached`]), runs
+/// `target`, waits for the tool to finish; returns the tool's output.
+fn tool_session(mut tool: Command, shm: Option<&str>, target: &mut Command, out: &Path) -> String {
     let f = std::fs::File::create(out).unwrap();
     let mut t = tool.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
-    // Its "Tracing" line sits in stdio's buffer (a file): give it time to attach instead.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_attached(shm);
     let o = target.output().unwrap();
     assert!(o.status.success(), "target: {}", text(&o.stderr));
     t.wait().unwrap();
@@ -239,13 +256,13 @@ fn libbpf_tools_funclatency_counts_what_the_kernel_counts() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool).args(["-d", "4"]).arg(&func);
-    let out = tool_session(ours, bpftime(&shm).args(["start", "--"]).arg(&calls).args(["5000", "1"]), &dir.join("ours"));
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).args(["5000", "1"]), &dir.join("ours"));
     assert_eq!(histogram_total(&out), 5000, "every add() call timed:\n{out}");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     if is_root() {
         let mut kernel = Command::new(&tool);
         kernel.args(["-d", "4"]).arg(&func);
-        let out = tool_session(kernel, Command::new(&calls).args(["5000", "1"]), &dir.join("kernel"));
+        let out = tool_session(kernel, None, Command::new(&calls).args(["5000", "1"]), &dir.join("kernel"));
         assert_eq!(histogram_total(&out), 5000, "the kernel too:\n{out}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -299,20 +316,22 @@ fn bpftrace_result(out: &str) -> String {
 /// Runs a tool that prints its results when interrupted (`tool`: the tool itself or `bpftime
 /// load -- TOOL`, `loader`: whether it is the latter), the target under `target`, then SIGINT
 /// to the tool; returns its output.
-fn interrupted_session(mut tool: Command, loader: bool, target: &mut Command, out: &Path) -> String {
+fn interrupted_session(mut tool: Command, shm: Option<&str>, target: &mut Command, out: &Path) -> String {
+    let loader = shm.is_some();
     let f = std::fs::File::create(out).unwrap();
     let t = tool.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
     let bpftrace = if loader { child_of(t.id()) } else { t.id() as i32 };
     // bpftrace compiles with LLVM before it attaches, and says so; other tools buffer what they
     // print, so they get a fixed time.
+    // bpftrace compiles with LLVM before it attaches, and says so.
     let says_attaching = tool.get_program().to_string_lossy().ends_with("bpftrace") || tool.get_args().any(|a| a.to_string_lossy().ends_with("bpftrace"));
-    for _ in 0..200 {
+    for _ in 0..400 {
         if !says_attaching || std::fs::read_to_string(out).is_ok_and(|s| s.contains("Attaching")) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_attached(shm);
     let o = target.output().unwrap();
     assert!(o.status.success(), "target: {}", text(&o.stderr));
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -340,7 +359,7 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
-    let out = interrupted_session(ours, true, bpftime(&shm).args(["start", "--"]).arg(&calls).arg("200"), &dir.join("ours"));
+    let out = interrupted_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).arg("200"), &dir.join("ours"));
     let ours = bpftrace_result(&out);
     assert!(ours.contains("@calls: 200"), "{out}");
     assert_eq!(ours.matches("ret ").count(), 200, "{out}");
@@ -348,7 +367,7 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     if is_root() {
         let mut kernel = Command::new(&bpftrace);
         kernel.args(["-e", &script]);
-        let out = interrupted_session(kernel, false, Command::new(&calls).arg("200"), &dir.join("kernel"));
+        let out = interrupted_session(kernel, None, Command::new(&calls).arg("200"), &dir.join("kernel"));
         assert_eq!(ours, bpftrace_result(&out), "the same one-liners on the kernel");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -391,13 +410,13 @@ fn a_uprobe_for_one_pid_counts_that_process_only() {
     let mut t = bpftime(&shm)
         .args(["load", "--"])
         .arg(&tool)
-        .args(["-d", "3", "-p", &a.id().to_string(), ":add"])
+        .args(["-d", "4", "-p", &a.id().to_string(), ":add"])
         .stdout(f.try_clone().unwrap())
         .stderr(f)
         .spawn()
         .unwrap();
     // The tool attaches, then the agents' link watchers (100 ms) see the links.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_attached(Some(&shm));
     for c in [&mut a, &mut b] {
         c.stdin.take().unwrap().write_all(b"x").unwrap();
         assert!(c.wait().unwrap().success());
@@ -440,12 +459,12 @@ fn libbpf_tools_bashreadline_prints_what_the_kernel_prints() {
     let agent = Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime.so");
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool);
-    let out = interrupted_session(ours, true, &mut bash(Some((&agent, &shm))), &dir.join("ours"));
+    let out = interrupted_session(ours, Some(&shm), &mut bash(Some((&agent, &shm))), &dir.join("ours"));
     let ours = commands(&out);
     assert_eq!(ours, ["echo hello", "echo world", "exit"], "{out}");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     if is_root() {
-        let out = interrupted_session(Command::new(&tool), false, &mut bash(None), &dir.join("kernel"));
+        let out = interrupted_session(Command::new(&tool), None, &mut bash(None), &dir.join("kernel"));
         assert_eq!(ours, commands(&out), "the kernel's:\n{out}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -467,12 +486,12 @@ fn libbpf_tools_gethostlatency_sees_what_the_kernel_sees() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool);
-    let out = interrupted_session(ours, true, bpftime(&shm).args(["start", "--"]).arg(&resolve).arg("3"), &dir.join("ours"));
+    let out = interrupted_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&resolve).arg("3"), &dir.join("ours"));
     assert_eq!(calls(&out), 3, "{out}");
     assert_eq!(out.matches("localhost").count(), 3, "the host names read in the target: {out}");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     if is_root() {
-        let out = interrupted_session(Command::new(&tool), false, Command::new(&resolve).arg("3"), &dir.join("kernel"));
+        let out = interrupted_session(Command::new(&tool), None, Command::new(&resolve).arg("3"), &dir.join("kernel"));
         assert_eq!(calls(&out), 3, "the kernel's:\n{out}");
     }
     let _ = std::fs::remove_dir_all(&dir);
