@@ -82,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         command: ProgCommand,
     },
+    /// Links in the shared-memory region: which program attaches where, and how far it got.
+    Link {
+        #[command(subcommand)]
+        command: LinkCommand,
+    },
     /// Run a command with the agent preloaded (probes from --program, or from the region's links).
     Start {
         /// An eBPF object whose uprobe sections the agent attaches itself.
@@ -263,6 +268,15 @@ enum MapCommand {
 #[derive(Subcommand)]
 enum ProgCommand {
     /// List the programs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// List the links.
     List {
         #[arg(long)]
         json: bool,
@@ -671,6 +685,33 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             } else {
                 for p in &list {
                     println!("prog {} `{}` ({}), {} insns, license {}", p.id, p.name, p.section, p.insns.len(), p.license);
+                }
+            }
+            Ok(0)
+        }
+        Command::Link { command: LinkCommand::List { json } } => {
+            let region = open_region(shm)?;
+            let list = links::list(&region);
+            let kind = |l: &UprobeLink| match (l.kind, l.retprobe) {
+                (links::LinkKind::CudaKernel, false) => "cuda kernel entry",
+                (links::LinkKind::CudaKernel, true) => "cuda kernel exit",
+                (_, false) => "uprobe",
+                (_, true) => "uretprobe",
+            };
+            if json {
+                let all: Vec<_> = list
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({"id": l.id, "program": l.prog, "name": l.name, "kind": kind(l), "target": l.target, "state": format!("{:?}", l.state),
+                            "pid": l.pid, "cookie": l.cookie, "semaphore": l.ref_ctr})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&all).expect("JSON values serialise"));
+            } else {
+                for l in &list {
+                    let pid = if l.pid != 0 { format!(", pid {}", l.pid) } else { String::new() };
+                    let sem = if l.ref_ctr != 0 { format!(", semaphore at {:#x}", l.ref_ctr) } else { String::new() };
+                    println!("link {} `{}` (prog {}): {} {} ({:?}{pid}{sem})", l.id, l.name, l.prog, kind(l), l.target, l.state);
                 }
             }
             Ok(0)

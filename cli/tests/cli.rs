@@ -293,6 +293,10 @@ fn load_writes_links_that_start_attaches() {
     let dump = bpftime_shm(&shm, &["map", "dump", "stats", "--json"]);
     let stats: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
     assert_eq!(json_value(&stats, 0), 2000);
+    // The links say where they attached and how far they got.
+    let links = text(&bpftime_shm(&shm, &["link", "list"]).stdout);
+    assert!(links.contains("`on_add` (prog ") && links.contains("uprobe /proc/self/exe:add (Attached)"), "{links}");
+    assert!(links.contains("uretprobe /proc/self/exe:fact (Attached)"), "{links}");
     assert!(bpftime_shm(&shm, &["shm", "remove"]).status.success());
 }
 
