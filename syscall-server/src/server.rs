@@ -472,8 +472,8 @@ impl Server {
             );
         }
         let pid = if ev.pid > 0 { ev.pid as u32 } else { 0 };
-        let id = links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, std::process::id(), pid, ev.ref_ctr_offset)
-            .map_err(|_| libc::ENOMEM)?;
+        let scope = links::LinkScope { owner: std::process::id(), pid, ref_ctr: ev.ref_ctr_offset };
+        let id = links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, scope).map_err(|_| libc::ENOMEM)?;
         ev.link = Some(id);
         Ok(id)
     }

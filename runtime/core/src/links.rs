@@ -96,10 +96,23 @@ pub struct UprobeLink {
 
 /// Stores a link; returns its id.
 pub fn store(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64) -> Result<u32, ShmError> {
-    store_kind(region, name, prog, target, retprobe, cookie, LinkKind::Uprobe)
+    store_kind(region, name, prog, target, retprobe, cookie, LinkKind::Uprobe, LinkScope::default())
 }
 
-fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, kind: LinkKind) -> Result<u32, ShmError> {
+/// Who holds a link and where it applies (all 0: nobody, every process, no semaphore).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkScope {
+    /// The process whose fd holds it (a loader under the syscall server): it goes when that
+    /// process does (see [`remove_orphans`]).
+    pub owner: u32,
+    /// The only process it attaches in.
+    pub pid: u32,
+    /// File offset of the USDT semaphore in the target binary that counts it.
+    pub ref_ctr: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, kind: LinkKind, scope: LinkScope) -> Result<u32, ShmError> {
     let mut desc = LinkDesc {
         magic: LINK_MAGIC,
         prog,
@@ -108,43 +121,17 @@ fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe:
         target: [0; TARGET_LEN],
         state: 0,
         kind: kind as u32,
-        owner: 0,
-        pid: 0,
-        ref_ctr: 0,
+        owner: scope.owner,
+        pid: scope.pid,
+        ref_ctr: scope.ref_ctr,
     };
     desc::fill(&mut desc.target, target);
     desc::store(region, ObjectKind::Link, name, &desc)
 }
 
-/// Stores a uprobe link held by process `owner` (a loader's fd): it goes when that process
-/// does (see [`remove_orphans`]). With `pid` non-zero it attaches in that process only; with
-/// `ref_ctr` non-zero, the USDT semaphore at that file offset of the target binary counts it.
-#[allow(clippy::too_many_arguments)]
-pub fn store_owned(
-    region: &ShmRegion,
-    name: &str,
-    prog: u32,
-    target: &str,
-    retprobe: bool,
-    cookie: u64,
-    owner: u32,
-    pid: u32,
-    ref_ctr: u64,
-) -> Result<u32, ShmError> {
-    let mut desc = LinkDesc {
-        magic: LINK_MAGIC,
-        prog,
-        retprobe: retprobe as u32,
-        cookie,
-        target: [0; TARGET_LEN],
-        state: 0,
-        kind: LinkKind::Uprobe as u32,
-        owner,
-        pid,
-        ref_ctr,
-    };
-    desc::fill(&mut desc.target, target);
-    desc::store(region, ObjectKind::Link, name, &desc)
+/// Stores a uprobe link with an owner, a pid and a semaphore (see [`LinkScope`]).
+pub fn store_owned(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, scope: LinkScope) -> Result<u32, ShmError> {
+    store_kind(region, name, prog, target, retprobe, cookie, LinkKind::Uprobe, scope)
 }
 
 /// Removes the links whose owner process is gone (killed before it could close them).
@@ -235,7 +222,7 @@ pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> 
         let target = match &kind {
             ProgramKind::Uprobe { target, .. } if target.contains(':') => target.clone(),
             ProgramKind::Kprobe { retprobe, function } if !function.is_empty() => {
-                let id = store_kind(region, name, *prog, function, *retprobe, 0, LinkKind::CudaKernel)?;
+                let id = store_kind(region, name, *prog, function, *retprobe, 0, LinkKind::CudaKernel, LinkScope::default())?;
                 out.links.push(UprobeLink {
                     id,
                     name: name.clone(),
