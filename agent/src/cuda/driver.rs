@@ -96,13 +96,22 @@ fn lookup(name: &CStr) -> Option<usize> {
     (r == SUCCESS && !p.is_null()).then_some(p as usize)
 }
 
+/// An entry point the driver may lack (older drivers): `Option<$t>`.
+macro_rules! optional_entry {
+    ($name:literal as $t:ty) => {
+        lookup($name).map(|p| {
+            // SAFETY: the driver returned this entry point for this name at the CUDA 12 ABI,
+            // whose signature is the type it is converted to (checked against cuda.h).
+            unsafe { std::mem::transmute::<usize, $t>(p) }
+        })
+    };
+}
+
+/// An entry point the agent cannot do without: an error naming it when missing.
 macro_rules! entry {
-    ($name:literal as $t:ty) => {{
-        let p = lookup($name).ok_or_else(|| format!("the driver has no {}", $name.to_string_lossy()))?;
-        // SAFETY: the driver returned this entry point for this name at the CUDA 12 ABI, whose
-        // signature is the type it is converted to (checked against cuda.h).
-        unsafe { std::mem::transmute::<usize, $t>(p) }
-    }};
+    ($name:literal as $t:ty) => {
+        optional_entry!($name as $t).ok_or_else(|| format!("the driver has no {}", $name.to_string_lossy()))?
+    };
 }
 
 impl Driver {
@@ -129,26 +138,14 @@ impl Driver {
             launch_host_func: entry!(c"cuLaunchHostFunc" as FnLaunchHostFunc),
             module_get_global: entry!(c"cuModuleGetGlobal" as FnModuleGetGlobal),
             func_get_module: entry!(c"cuFuncGetModule" as FnFuncGetModule),
-            kernel_get_function: lookup(c"cuKernelGetFunction").map(|p| {
-                // SAFETY: as in `entry!`.
-                unsafe { std::mem::transmute::<usize, FnKernelGetFunction>(p) }
-            }),
+            kernel_get_function: optional_entry!(c"cuKernelGetFunction" as FnKernelGetFunction),
             ctx_get_current: entry!(c"cuCtxGetCurrent" as FnCtxGetCurrent),
             ctx_get_device: entry!(c"cuCtxGetDevice" as FnCtxGetDevice),
             device_get: entry!(c"cuDeviceGet" as FnDeviceGet),
             device_get_attribute: entry!(c"cuDeviceGetAttribute" as FnDeviceGetAttribute),
-            get_error_name: lookup(c"cuGetErrorName").map(|p| {
-                // SAFETY: as in `entry!`.
-                unsafe { std::mem::transmute::<usize, FnGetErrorName>(p) }
-            }),
-            library_get_module: lookup(c"cuLibraryGetModule").map(|p| {
-                // SAFETY: as in `entry!`.
-                unsafe { std::mem::transmute::<usize, FnLibraryGetModule>(p) }
-            }),
-            stream_is_capturing: lookup(c"cuStreamIsCapturing").map(|p| {
-                // SAFETY: as in `entry!`.
-                unsafe { std::mem::transmute::<usize, FnStreamIsCapturing>(p) }
-            }),
+            get_error_name: optional_entry!(c"cuGetErrorName" as FnGetErrorName),
+            library_get_module: optional_entry!(c"cuLibraryGetModule" as FnLibraryGetModule),
+            stream_is_capturing: optional_entry!(c"cuStreamIsCapturing" as FnStreamIsCapturing),
         })
     }
 
@@ -328,8 +325,7 @@ pub type FnModuleLoadData = unsafe extern "C" fn(*mut Handle, *const c_void) -> 
 
 /// The driver's own `cuModuleLoadData`.
 pub fn module_load_data() -> Option<FnModuleLoadData> {
-    // SAFETY: as in `entry!`.
-    lookup(c"cuModuleLoadData").map(|p| unsafe { std::mem::transmute::<usize, FnModuleLoadData>(p) })
+    optional_entry!(c"cuModuleLoadData" as FnModuleLoadData)
 }
 
 /// `c_uint`, for the launch entry points' dimensions.
