@@ -579,3 +579,18 @@ fn run_attach_set_and_map_size_configure_an_object() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--set nope=1: global `nope`: no such global variable"), "{}", text(&out.stderr));
 }
+
+/// Fork while another thread is inside probes: every child (forked 100 times) finishes, keeps
+/// the probes, and its add() call is counted with the parent's (the maps are shared memory).
+#[test]
+fn forked_children_keep_their_probes_and_never_hang() {
+    let obj = build_example("uprobe_forks");
+    let forks = bpftime_tests::clang::build_target("forks", false);
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", forks.to_str().unwrap(), "20000", "100"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("0 of 100 children failed"), "{stdout}");
+    // The parent's thread's 20000 calls and one per child.
+    assert!(stderr.contains("`calls`") && stderr.contains("  0 => 20100\n"), "{stderr}");
+    assert!(stderr.contains("(sum 20100)"), "the per-CPU count too: {stderr}");
+}
