@@ -595,3 +595,28 @@ fn a_skeleton_loader_counts_what_the_kernel_counts() {
         assert_eq!(ours_out, kernel_out, "the same loader on the kernel");
     }
 }
+
+/// A function-latency histogram loader (uprobe + uretprobe, per-thread start times, log2
+/// buckets): every call lands in a bucket, as on the kernel (the buckets themselves differ:
+/// the kernel's probes take microseconds).
+#[test]
+fn a_latency_histogram_loader_times_every_call_like_the_kernel() {
+    let _serial = serial();
+    let loader = build_loader("func_latency");
+    let obj = build_example("loader_latency");
+    let calls = build_target("calls", false);
+    let total = |out: &str| out.lines().find_map(|l| l.strip_prefix("total ")).map(str::to_string);
+    let shm = format!("bpftime-latency-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls).arg("add");
+    let (ours_out, _) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&calls).args(["3000", "2"]));
+    assert_eq!(total(&ours_out).as_deref(), Some("6000"), "two threads x 3000 add() calls:\n{ours_out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if is_root() {
+        let mut kernel = Command::new(&loader);
+        kernel.arg(&obj).arg(&calls).arg("add");
+        let (kernel_out, _) = session(kernel, Command::new(&calls).args(["3000", "2"]));
+        assert_eq!(total(&kernel_out).as_deref(), Some("6000"), "the kernel:\n{kernel_out}");
+    }
+}
