@@ -248,17 +248,8 @@ pub struct GpuProbes {
 fn maps_of_cpu_programs(region: &Arc<bpftime_shm::ShmRegion>, links: &[crate::links::UprobeLink]) -> std::collections::HashSet<u32> {
     let mut ids = std::collections::HashSet::new();
     for l in links.iter().filter(|l| l.kind == crate::links::LinkKind::Uprobe) {
-        let Some(p) = crate::progs::load(region, l.prog) else { continue };
-        let mut pc = 0;
-        while pc < p.insns.len() {
-            let r = p.insns[pc];
-            if r.opc == 0x18 {
-                if r.src == 1 || r.src == 2 {
-                    ids.insert(r.imm as u32);
-                }
-                pc += 1;
-            }
-            pc += 1;
+        if let Some(p) = crate::progs::load(region, l.prog) {
+            ids.extend(p.map_refs().into_iter().map(|(_, id)| id));
         }
     }
     ids
@@ -285,25 +276,20 @@ impl GpuProbes {
     fn add(&mut self, region: &Arc<bpftime_shm::ShmRegion>, l: &crate::links::UprobeLink, table: &Arc<bpftime_vm::HelperTable>) -> Result<(), String> {
         let stored = crate::progs::load(region, l.prog).ok_or_else(|| format!("program {} is not in the region", l.prog))?;
         // Every map it names gets a slot (shared with the probes before it).
-        let mut pc = 0;
-        while pc < stored.insns.len() {
-            let r = stored.insns[pc];
-            if r.opc == 0x18 {
-                if (r.src == 1 || r.src == 2) && !self.map_ids.contains(&(r.imm as u32)) {
-                    let map = bpftime_maps::Map::open(region, r.imm as u32).map_err(|e| format!("insn {pc}: map {}: {e}", r.imm))?;
-                    let s = map.spec();
-                    self.specs.push(GpuMapSpec {
-                        name: map.name().to_string(),
-                        map_type: s.map_type as u32,
-                        key_size: s.key_size,
-                        value_size: s.value_size,
-                        max_entries: s.max_entries,
-                    });
-                    self.map_ids.push(r.imm as u32);
-                }
-                pc += 1;
+        for (pc, id) in stored.map_refs() {
+            if self.map_ids.contains(&id) {
+                continue;
             }
-            pc += 1;
+            let map = bpftime_maps::Map::open(region, id).map_err(|e| format!("insn {pc}: map {id}: {e}"))?;
+            let s = map.spec();
+            self.specs.push(GpuMapSpec {
+                name: map.name().to_string(),
+                map_type: s.map_type as u32,
+                key_size: s.key_size,
+                value_size: s.value_size,
+                max_entries: s.max_entries,
+            });
+            self.map_ids.push(id);
         }
         ArenaLayout::new(&self.specs, 1).map_err(|e| format!("{}: {e}", stored.name))?;
         let program = Arc::new(verify(&stored.insns, table.clone(), &SlotResolver).map_err(|e| format!("verifier: {e}"))?);

@@ -34,6 +34,25 @@ pub struct StoredProgram {
     pub insns: Vec<RawInsn>,
 }
 
+impl StoredProgram {
+    /// The maps its `lddw`s name: (instruction index, map id), in program order.
+    pub fn map_refs(&self) -> Vec<(usize, u32)> {
+        let mut out = vec![];
+        let mut pc = 0;
+        while pc < self.insns.len() {
+            let r = self.insns[pc];
+            if r.opc == 0x18 {
+                if r.src == 1 || r.src == 2 {
+                    out.push((pc, r.imm as u32));
+                }
+                pc += 1;
+            }
+            pc += 1;
+        }
+        out
+    }
+}
+
 // SAFETY: integers and byte arrays, 8-byte aligned sizes: no padding, any bit pattern valid.
 unsafe impl Plain for ProgDesc {}
 
