@@ -28,7 +28,7 @@ use bpftime_shm::ShmRegion;
 use driver::{DevPtr, Driver, Handle, Image};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_void, CStr, CString};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -71,8 +71,9 @@ struct Gpu {
     probes: GpuProbes,
     /// Translations per target architecture.
     translated: Mutex<HashMap<u32, Result<Vec<Probe>, String>>>,
-    /// Patched images handed to the driver (never freed: a library may read its image later).
-    images: Mutex<Vec<&'static CStr>>,
+    /// Whether any patched image was handed to the driver (until then launches are not looked
+    /// at). The images themselves are leaked: a library may read its image later.
+    patched: AtomicBool,
     /// Modules seen at launch: their arena when they carry probes.
     modules: Mutex<HashMap<usize, Option<Arc<Arena>>>>,
     /// Arenas by context.
@@ -115,7 +116,7 @@ pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink]) {
         region: region.clone(),
         probes,
         translated: Mutex::default(),
-        images: Mutex::default(),
+        patched: AtomicBool::new(false),
         modules: Mutex::default(),
         arenas: Mutex::default(),
         loaded: Mutex::default(),
@@ -202,7 +203,7 @@ impl Gpu {
         }
         let text = CString::new(patched.ptx).ok()?;
         let leaked: &'static CStr = Box::leak(text.into_boxed_c_str());
-        lock(&self.images).push(leaked);
+        self.patched.store(true, Ordering::Release);
         Some(PatchedImage { text: leaked, probes: patched.spliced.into_iter().map(|s| s.1).collect() })
     }
 
@@ -399,7 +400,7 @@ fn refused(image: &PatchedImage, r: driver::CuResult) {
 /// While the stream is captured into a graph nothing is set up (that would allocate).
 fn arena_for_launch(f: Handle, stream: Handle) -> Option<Arc<Arena>> {
     let gpu = GPU.get()?;
-    if lock(&gpu.images).is_empty() {
+    if !gpu.patched.load(Ordering::Acquire) {
         return None;
     }
     guarded(|| {
@@ -440,15 +441,13 @@ fn arena_for_graph(stream: Handle) -> Option<Arc<Arena>> {
 }
 
 /// After a successful launch that used `arena`: its maps are written back, in stream order.
-/// Not for a launch captured into a graph: the graph's launches are written back instead.
+/// `arena` is None for a launch captured into a graph (see `arena_for_launch`): the graph's
+/// launches are written back instead.
 fn after_launch(arena: Option<Arc<Arena>>, stream: Handle) {
     let Some(arena) = arena else { return };
     guarded(|| {
         let gpu = GPU.get()?;
         let drv = Driver::get()?;
-        if drv.capturing(stream) {
-            return None;
-        }
         arena.dirty.fetch_add(1, Ordering::Relaxed);
         {
             let mut last = lock(&arena.last_copy);
