@@ -424,40 +424,29 @@ unsafe extern "C" fn graph_launch<const S: usize>(graph: Handle, stream: Handle)
 
 // ---- synchronisation points: the application reads its results, we copy the maps back ----
 
-/// `cuCtxSynchronize` (no argument) and, from CUDA 13, `cuCtxSynchronize_v2(CUcontext)`: the
-/// argument is passed on either way (a function without parameters ignores it in the System V
-/// ABI).
-unsafe extern "C" fn ctx_synchronize<const S: usize>(ctx: Handle) -> CuResult {
-    // SAFETY: the driver's own entry point for this slot, with the caller's (possible) argument.
-    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(Handle) -> CuResult>(CTX_SYNCHRONIZE.real(S))(ctx) };
-    super::sync_point();
-    r
+/// A wrapper that calls the real entry point of its slot, then copies back the maps of launches
+/// not copied back yet.
+macro_rules! sync_point_wrapper {
+    ($(#[$doc:meta])* $name:ident, $slots:ident, ($($arg:ident: $t:ty),*)) => {
+        $(#[$doc])*
+        unsafe extern "C" fn $name<const S: usize>($($arg: $t),*) -> CuResult {
+            // SAFETY: the driver's own entry point for this slot, with the caller's arguments.
+            let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn($($t),*) -> CuResult>($slots.real(S))($($arg),*) };
+            super::sync_point();
+            r
+        }
+    };
 }
 
-unsafe extern "C" fn stream_synchronize<const S: usize>(stream: Handle) -> CuResult {
-    // SAFETY: as in `ctx_synchronize`, with the caller's argument.
-    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(Handle) -> CuResult>(STREAM_SYNCHRONIZE.real(S))(stream) };
-    super::sync_point();
-    r
-}
-
-unsafe extern "C" fn event_synchronize<const S: usize>(event: Handle) -> CuResult {
-    // SAFETY: as in `stream_synchronize`.
-    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(Handle) -> CuResult>(EVENT_SYNCHRONIZE.real(S))(event) };
-    super::sync_point();
-    r
-}
-
-unsafe extern "C" fn memcpy_dtoh<const S: usize>(dst: *mut c_void, src: u64, n: usize) -> CuResult {
-    // SAFETY: as in `stream_synchronize`.
-    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, u64, usize) -> CuResult>(MEMCPY_DTOH.real(S))(dst, src, n) };
-    super::sync_point();
-    r
-}
-
-unsafe extern "C" fn memcpy<const S: usize>(dst: u64, src: u64, n: usize) -> CuResult {
-    // SAFETY: as in `stream_synchronize`.
-    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(u64, u64, usize) -> CuResult>(MEMCPY.real(S))(dst, src, n) };
-    super::sync_point();
-    r
-}
+sync_point_wrapper!(
+    /// `cuCtxSynchronize` (no argument) and, from CUDA 13, `cuCtxSynchronize_v2(CUcontext)`:
+    /// the argument is passed on either way (a function without parameters ignores it in the
+    /// System V ABI).
+    ctx_synchronize,
+    CTX_SYNCHRONIZE,
+    (ctx: Handle)
+);
+sync_point_wrapper!(stream_synchronize, STREAM_SYNCHRONIZE, (stream: Handle));
+sync_point_wrapper!(event_synchronize, EVENT_SYNCHRONIZE, (event: Handle));
+sync_point_wrapper!(memcpy_dtoh, MEMCPY_DTOH, (dst: *mut c_void, src: u64, n: usize));
+sync_point_wrapper!(memcpy, MEMCPY, (dst: u64, src: u64, n: usize));
