@@ -228,18 +228,6 @@ fn wait_attached(shm: Option<&str>) {
     std::thread::sleep(std::time::Duration::from_millis(300));
 }
 
-/// Runs `tool` (its output to a file), waits for it to attach (see [`wait_attached`]), runs
-/// `target`, waits for the tool to finish; returns the tool's output.
-fn tool_session(mut tool: Command, shm: Option<&str>, target: &mut Command, out: &Path) -> String {
-    let f = std::fs::File::create(out).unwrap();
-    let mut t = tool.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
-    wait_attached(shm);
-    let o = target.output().unwrap();
-    assert!(o.status.success(), "target: {}", text(&o.stderr));
-    t.wait().unwrap();
-    std::fs::read_to_string(out).unwrap()
-}
-
 /// Debian's libbpf-tools `funclatency` (an unmodified binary with a libbpf skeleton: global
 /// data through mmap, a cgroup map, uprobe + uretprobe by `PROGRAM:FUNCTION`) counts every call
 /// of the target's add(), as it does on the kernel.
@@ -256,13 +244,13 @@ fn libbpf_tools_funclatency_counts_what_the_kernel_counts() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool).args(["-d", "4"]).arg(&func);
-    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).args(["5000", "1"]), &dir.join("ours"));
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).args(["5000", "1"]), &dir.join("ours"), false);
     assert_eq!(histogram_total(&out), 5000, "every add() call timed:\n{out}");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     if is_root() {
         let mut kernel = Command::new(&tool);
         kernel.args(["-d", "4"]).arg(&func);
-        let out = tool_session(kernel, None, Command::new(&calls).args(["5000", "1"]), &dir.join("kernel"));
+        let out = tool_session(kernel, None, Command::new(&calls).args(["5000", "1"]), &dir.join("kernel"), false);
         assert_eq!(histogram_total(&out), 5000, "the kernel too:\n{out}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -313,17 +301,13 @@ fn bpftrace_result(out: &str) -> String {
     out.lines().filter(|l| !l.contains("RLIMIT_MEMLOCK") && !l.contains("uprobe_events") && !l.contains("failed to detach")).collect::<Vec<_>>().join("\n")
 }
 
-/// Runs a tool that prints its results when interrupted (`tool`: the tool itself or `bpftime
-/// load -- TOOL`, `loader`: whether it is the latter), the target under `target`, then SIGINT
-/// to the tool; returns its output.
-fn interrupted_session(mut tool: Command, shm: Option<&str>, target: &mut Command, out: &Path) -> String {
-    let loader = shm.is_some();
+/// Runs `tool` (the tool itself, or `bpftime load -- TOOL` when `shm` names the region) with
+/// its output to `out`, waits for it to attach (see [`wait_attached`]; bpftrace, which compiles
+/// with LLVM first, says "Attaching"), runs `target`, then waits for the tool to end: by itself
+/// (`interrupt` false: it traces for a set time) or on SIGINT, when tools print their results.
+fn tool_session(mut tool: Command, shm: Option<&str>, target: &mut Command, out: &Path, interrupt: bool) -> String {
     let f = std::fs::File::create(out).unwrap();
-    let t = tool.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
-    let bpftrace = if loader { child_of(t.id()) } else { t.id() as i32 };
-    // bpftrace compiles with LLVM before it attaches, and says so; other tools buffer what they
-    // print, so they get a fixed time.
-    // bpftrace compiles with LLVM before it attaches, and says so.
+    let mut t = tool.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
     let says_attaching = tool.get_program().to_string_lossy().ends_with("bpftrace") || tool.get_args().any(|a| a.to_string_lossy().ends_with("bpftrace"));
     for _ in 0..400 {
         if !says_attaching || std::fs::read_to_string(out).is_ok_and(|s| s.contains("Attaching")) {
@@ -334,10 +318,12 @@ fn interrupted_session(mut tool: Command, shm: Option<&str>, target: &mut Comman
     wait_attached(shm);
     let o = target.output().unwrap();
     assert!(o.status.success(), "target: {}", text(&o.stderr));
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    // SAFETY: kill(2) on a process we started.
-    unsafe { libc::kill(bpftrace, libc::SIGINT) };
-    let mut t = t;
+    if interrupt {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let pid = if shm.is_some() { child_of(t.id()) } else { t.id() as i32 };
+        // SAFETY: kill(2) on a process we started.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+    }
     t.wait().unwrap();
     std::fs::read_to_string(out).unwrap()
 }
@@ -359,7 +345,7 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
-    let out = interrupted_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).arg("200"), &dir.join("ours"));
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).arg("200"), &dir.join("ours"), true);
     let ours = bpftrace_result(&out);
     assert!(ours.contains("@calls: 200"), "{out}");
     assert_eq!(ours.matches("ret ").count(), 200, "{out}");
@@ -367,7 +353,7 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     if is_root() {
         let mut kernel = Command::new(&bpftrace);
         kernel.args(["-e", &script]);
-        let out = interrupted_session(kernel, None, Command::new(&calls).arg("200"), &dir.join("kernel"));
+        let out = tool_session(kernel, None, Command::new(&calls).arg("200"), &dir.join("kernel"), true);
         assert_eq!(ours, bpftrace_result(&out), "the same one-liners on the kernel");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -459,12 +445,12 @@ fn libbpf_tools_bashreadline_prints_what_the_kernel_prints() {
     let agent = Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime.so");
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool);
-    let out = interrupted_session(ours, Some(&shm), &mut bash(Some((&agent, &shm))), &dir.join("ours"));
+    let out = tool_session(ours, Some(&shm), &mut bash(Some((&agent, &shm))), &dir.join("ours"), true);
     let ours = commands(&out);
     assert_eq!(ours, ["echo hello", "echo world", "exit"], "{out}");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     if is_root() {
-        let out = interrupted_session(Command::new(&tool), None, &mut bash(None), &dir.join("kernel"));
+        let out = tool_session(Command::new(&tool), None, &mut bash(None), &dir.join("kernel"), true);
         assert_eq!(ours, commands(&out), "the kernel's:\n{out}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -486,12 +472,12 @@ fn libbpf_tools_gethostlatency_sees_what_the_kernel_sees() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool);
-    let out = interrupted_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&resolve).arg("3"), &dir.join("ours"));
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&resolve).arg("3"), &dir.join("ours"), true);
     assert_eq!(calls(&out), 3, "{out}");
     assert_eq!(out.matches("localhost").count(), 3, "the host names read in the target: {out}");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     if is_root() {
-        let out = interrupted_session(Command::new(&tool), None, Command::new(&resolve).arg("3"), &dir.join("kernel"));
+        let out = tool_session(Command::new(&tool), None, Command::new(&resolve).arg("3"), &dir.join("kernel"), true);
         assert_eq!(calls(&out), 3, "the kernel's:\n{out}");
     }
     let _ = std::fs::remove_dir_all(&dir);
