@@ -54,12 +54,19 @@ impl ProgramProbe {
     }
 }
 
+// Every nesting level the hook engine runs handlers at has a run context of its own.
+const _: () = assert!(bpftime_attach::NEST_LEVELS <= bpftime_runtime::PROBE_LEVELS);
+
 impl ProbeHandler for ProgramProbe {
-    fn on_hit(&self, regs: &PtRegs) {
-        let r = self.runtime.run_probe(&self.probe, regs.as_bytes());
+    fn on_hit(&self, regs: &PtRegs, level: usize) {
+        let r = self.runtime.run_probe(&self.probe, regs.as_bytes(), level);
         if let Err(e) = r {
             self.report(e);
         }
+    }
+
+    fn on_miss(&self) {
+        self.runtime.count_miss(self.probe.program.id);
     }
 }
 
@@ -102,9 +109,7 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
     let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry, padding: r.padding }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
-        // The method: a jump over the first instructions, or (a function shorter than the
-        // jump) a jump that spills into the padding after the function.
-        let method = if r.at_entry && r.function_size > 0 && r.function_size < 5 { "a jump into the padding after it" } else { "a jump" };
+        let method = bpftime_attach::site_method(r.addr).map_or("?".to_string(), |m| m.to_string());
         eprintln!("bpftime: attached {} `{}` to {} ({:#x}) with {method}", if p.retprobe { "uretprobe" } else { "uprobe" }, p.prog.name, p.target, r.addr);
     }
     Ok(id)

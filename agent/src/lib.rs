@@ -74,3 +74,24 @@ pub unsafe extern "C" fn dlopen(filename: *const libc::c_char, flags: libc::c_in
     }
     handle
 }
+
+/// `sigaction`, wrapped: the application's handlers run behind the hook engine's wrapper, so
+/// that probes hit inside them run at their own nesting level (see `bpftime_attach::signals`).
+///
+/// # Safety
+/// Same contract as sigaction(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> libc::c_int {
+    // SAFETY: the caller's arguments, forwarded under the same contract.
+    unsafe { bpftime_attach::signals::sigaction(sig, act, old) }
+}
+
+/// `signal`, wrapped like [`sigaction`].
+///
+/// # Safety
+/// Same contract as signal(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn signal(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: the caller's arguments, forwarded under the same contract.
+    unsafe { bpftime_attach::signals::signal(sig, handler) }
+}

@@ -163,3 +163,55 @@ fn runaway_probes_end_quickly_and_the_application_runs_on() {
         assert!(took < std::time::Duration::from_secs(10), "{engine}: 300 runaway hits took {took:?}");
     }
 }
+
+/// Functions of 1 to 4 bytes with no padding after them (no jump fits) are probed with int3
+/// traps, as the kernel probes everything: entries, returns (also through a 2-byte tail jump
+/// into another probed function) and a probe on a 1-byte instruction mid-function, on both
+/// engines, with exact counts and unchanged results.
+#[test]
+fn functions_too_short_for_a_jump_are_probed_with_int3_traps() {
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        let s = session(&format!("traps-{engine}"), "uprobe_traps", kind);
+        let n = 2000u64;
+        let out = run_traced(&s, Command::new(build_target("tiny", false)).arg(n.to_string()).env("BPFTIME_VERBOSE", "1"), engine);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        // sum(i + 1) and sum(i + 2) for i < n
+        let (jmp2, add4) = (n * (n - 1) / 2 + n, n * (n - 1) / 2 + 2 * n);
+        assert_eq!(text(&out.stdout).trim(), format!("ret1 {n} jmp2 {jmp2} zero3 0 add4 {add4}"));
+        assert_eq!(err.matches("with an int3 trap").count(), 8, "{engine}: every probe is a trap:\n{err}");
+        let v: Vec<u64> = (0..10).map(|k| value(&s.maps[0], k)).collect();
+        // t_jmp2 jumps into t_add4: its probes fire for both calls, as the kernel's do.
+        assert_eq!(v, [n, n, jmp2, jmp2, n, n, 2 * n, 2 * n, jmp2 + add4, jmp2 + add4], "{engine}: counts and sums");
+    }
+}
+
+/// Probe hits from a signal handler that lands inside a probe handler or a uretprobe's return
+/// path run at the next nesting level: no crash, no lost hit (or a miss counted where bpftool
+/// shows `recursion_misses`), with the handler on the thread's stack (installed by signal())
+/// or on an alternate signal stack (sigaction with SA_ONSTACK).
+#[test]
+fn probes_hit_from_signal_handlers_run_nested_and_never_crash() {
+    let runs = |engine: &str| if engine == "jit" { 40 } else { 6 };
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        for run in 0..runs(engine) {
+            let mode = if run % 2 == 0 { "stack" } else { "altstack" };
+            let s = session(&format!("signals-{engine}"), "uprobe_signals", kind);
+            let out = run_traced(&s, Command::new(build_target("signals", false)).args(["5000", mode]), engine);
+            let err = text(&out.stderr);
+            assert!(out.status.success(), "{engine} run {run} ({mode}): {:?}\n{err}", out.status);
+            let stdout = text(&out.stdout);
+            let words: Vec<&str> = stdout.split_whitespace().collect();
+            let (calls, sum): (u64, u64) = (words[1].parse().unwrap(), words[3].parse().unwrap());
+            assert!(calls > 5000, "{engine}: the handler ran (signals sent while add() was probed)");
+            let region = ShmRegion::open(&s.name).unwrap();
+            let misses: Vec<u64> = bpftime_runtime::progs::list(&region).iter().map(|p| p.recursion_misses).collect();
+            let v: Vec<u64> = (0..4).map(|k| value(&s.maps[0], k)).collect();
+            assert_eq!(v[0] + misses[0], calls, "{engine} run {run} ({mode}): entries {v:?} + misses {misses:?} = calls");
+            assert_eq!(v[2] + misses[1], calls, "{engine} run {run} ({mode}): returns {v:?} + misses {misses:?} = calls");
+            if misses == [0, 0] {
+                assert_eq!((v[1], v[3]), (sum, sum), "{engine} run {run} ({mode}): arguments and results");
+            }
+        }
+    }
+}

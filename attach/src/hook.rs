@@ -22,7 +22,7 @@ use iced_x86::{BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowC
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::mem::offset_of;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Length of the jump written over a site.
@@ -34,8 +34,19 @@ const TRAMPOLINE_AT: u64 = 2048;
 /// Called when a probe fires.
 pub trait ProbeHandler: Send + Sync {
     /// The probed thread's registers (at entry: arguments; at return: `ax` is the result).
-    fn on_hit(&self, regs: &PtRegs);
+    /// `level` is 0 for a hit in the thread's normal flow and n for a hit in a signal handler
+    /// that interrupted n running handlers (below [`NEST_LEVELS`]): state a handler keeps per
+    /// thread must be kept per level, as the kernel keeps per-CPU state per nesting level.
+    fn on_hit(&self, regs: &PtRegs, level: usize);
+    /// A hit that could not run: nesting deeper than [`NEST_LEVELS`], a signal that landed
+    /// in the agent's own work, a return whose entry could not be recorded (the kernel's
+    /// `recursion_misses`).
+    fn on_miss(&self) {}
 }
+
+/// How many handlers may run at once on one thread: the normal flow plus signal handlers
+/// nested in it. Deeper hits are misses.
+pub const NEST_LEVELS: usize = 4;
 
 /// Entry probe (uprobe) or return probe (uretprobe).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,12 +83,48 @@ type HandlerList = Vec<(ProbeId, Arc<dyn ProbeHandler>)>;
 pub struct Site {
     addr: u64,
     at_entry: bool,
+    /// How the site is patched.
+    method: Method,
     original: [u8; PATCH_LEN],
+    /// The bytes written over the site (the first `method.len()`).
     jump: [u8; PATCH_LEN],
     slot: usize,
     entry: AtomicPtr<HandlerList>,
     ret: AtomicPtr<HandlerList>,
     installed: AtomicBool,
+}
+
+/// How a site sends threads to its handlers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// A 5-byte jump to the site's stub (nanoseconds).
+    Jump,
+    /// A 5-byte jump spilling into the alignment padding after a function shorter than it.
+    JumpIntoPadding,
+    /// An `int3`, where no jump fits: the SIGTRAP handler runs the handlers and resumes
+    /// through the relocated instruction (microseconds, like a kernel uprobe).
+    Trap,
+}
+
+impl Method {
+    /// Bytes written over the code.
+    fn len(self) -> usize {
+        if self == Method::Trap {
+            1
+        } else {
+            PATCH_LEN
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Jump => "a jump",
+            Method::JumpIntoPadding => "a jump into the padding after it",
+            Method::Trap => "an int3 trap (no room for a jump)",
+        })
+    }
 }
 
 fn empty_list() -> *mut HandlerList {
@@ -89,9 +136,65 @@ fn list(p: &AtomicPtr<HandlerList>) -> &'static HandlerList {
     unsafe { &*p.load(Ordering::Acquire) }
 }
 
+/// What a thread is doing, as far as probes are concerned.
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadState {
+    /// The current flow (the thread's own, or a signal handler's) is running our code: a hit
+    /// here is a call made by a handler or by the agent, which programs must not see.
+    busy: bool,
+    /// The agent's own work is in progress somewhere on this thread (maybe interrupted by a
+    /// signal): what it holds (allocator, patch locks) must not be needed by a hit.
+    agent: bool,
+    /// Handlers running on this thread, in all its flows together.
+    depth: u8,
+    /// The thread's first hit has run (with signals deferred: handlers set up per-thread
+    /// state then, which a nested flow must not find half made).
+    warm: bool,
+}
+
 thread_local! {
-    static IN_PROBE: Cell<bool> = const { Cell::new(false) };
+    static STATE: Cell<ThreadState> = const { Cell::new(ThreadState { busy: false, agent: false, depth: 0, warm: false }) };
     static SHADOW: Cell<*mut ShadowStack> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// What a hit may do.
+enum Admission {
+    /// Run the handlers at this level; restore the state after.
+    Run(usize, ThreadState),
+    /// A call made by our own code: not a hit at all.
+    Ignore,
+    /// A hit that cannot run now.
+    Miss,
+}
+
+#[inline(always)]
+fn admit() -> Admission {
+    STATE.with(|cell| {
+        let st = cell.get();
+        if st.busy {
+            Admission::Ignore
+        } else if st.agent || st.depth as usize >= NEST_LEVELS {
+            Admission::Miss
+        } else {
+            cell.set(ThreadState { busy: true, depth: st.depth + 1, ..st });
+            Admission::Run(st.depth as usize, st)
+        }
+    })
+}
+
+/// Restores the state a flow found on entering (a thread once warm stays warm).
+#[inline(always)]
+fn leave(st: ThreadState) {
+    STATE.with(|cell| cell.set(ThreadState { warm: st.warm || cell.get().warm, ..st }));
+}
+
+#[cold]
+#[inline(never)]
+fn miss_all(handlers: &HandlerList) {
+    MISSED.fetch_add(1, Ordering::Relaxed);
+    for (_, h) in handlers {
+        h.on_miss();
+    }
 }
 
 const SHADOW_DEPTH: usize = 4096;
@@ -103,16 +206,21 @@ struct ShadowStack {
     frames: [(u64, *const Site, u64); SHADOW_DEPTH],
 }
 
-/// Probes that could not fire (shadow stack full or corrupt), for diagnostics.
+/// Hits that could not run (see [`ProbeHandler::on_miss`]), for diagnostics.
 pub static MISSED: AtomicU64 = AtomicU64::new(0);
 
-fn shadow() -> *mut ShadowStack {
+/// This thread's shadow stack, made at its first return probe in the normal flow (a signal
+/// handler nested in a handler does not allocate: the allocator may be held below it).
+fn shadow(level: usize) -> *mut ShadowStack {
     SHADOW.with(|s| {
         let mut p = s.get();
-        if p.is_null() {
+        if p.is_null() && level == 0 {
             // One per thread, kept for the life of the process (threads that probe are few).
-            let fresh: Box<ShadowStack> = Box::new(ShadowStack { len: 0, frames: [(0, std::ptr::null(), 0); SHADOW_DEPTH] });
-            p = Box::into_raw(fresh);
+            // Allocated zeroed in place: built on the stack first (as `Box::new` may), its
+            // 96 KiB would overflow a signal handler's alternate stack.
+            // SAFETY: the layout has a non-zero size; all-zero bytes are an empty stack (a
+            // zero length and null/zero frames).
+            p = unsafe { std::alloc::alloc_zeroed(std::alloc::Layout::new::<ShadowStack>()) } as *mut ShadowStack;
             s.set(p);
         }
         p
@@ -122,69 +230,125 @@ fn shadow() -> *mut ShadowStack {
 /// Runs several handlers (kept out of line: the common single-handler hit then needs fewer
 /// saved registers).
 #[inline(never)]
-fn run_all(handlers: &[(ProbeId, Arc<dyn ProbeHandler>)], regs: &PtRegs) {
+fn run_all(handlers: &[(ProbeId, Arc<dyn ProbeHandler>)], regs: &PtRegs, level: usize) {
     for (_, h) in handlers {
-        h.on_hit(regs);
+        h.on_hit(regs, level);
     }
+}
+
+#[inline(always)]
+fn run_list(handlers: &HandlerList, regs: &PtRegs, level: usize) {
+    match handlers.as_slice() {
+        [] => {}
+        [(_, h)] => h.on_hit(regs, level),
+        many => run_all(many, regs, level),
+    }
+}
+
+/// Runs a site's entry handlers and, for a function entry with return probes, replaces the
+/// return address at `regs.sp` by the return stub. Shared by the jump stubs and int3 traps.
+#[inline(always)]
+fn on_entry(site: &Site, regs: &PtRegs) {
+    let wants_return = site.at_entry && !list(&site.ret).is_empty();
+    match admit() {
+        Admission::Ignore => {}
+        Admission::Miss => {
+            miss_all(list(&site.entry));
+            if wants_return {
+                miss_all(list(&site.ret));
+            }
+        }
+        Admission::Run(level, before) => {
+            let run = || {
+                run_list(list(&site.entry), regs, level);
+                if wants_return && !push_return(site, regs.sp, level) {
+                    miss_all(list(&site.ret));
+                }
+            };
+            if before.warm {
+                run();
+                leave(before);
+            } else {
+                // The thread's first hit: its handlers and the shadow stack set up per-thread
+                // state, which a signal handler probing meanwhile must not find half made.
+                crate::signals::with_signals_deferred(run);
+                leave(ThreadState { warm: true, ..before });
+            }
+        }
+    }
+}
+
+/// Records the return address at `entry_sp` (a function's first instruction) on the shadow stack and
+/// replaces it with the return stub. Safe against a signal handler that probes on the same
+/// thread at any point: the slot is claimed before it is filled, and the return address is
+/// replaced only once the record is complete.
+fn push_return(site: &Site, entry_sp: u64, level: usize) -> bool {
+    let s = shadow(level);
+    if s.is_null() {
+        return false;
+    }
+    // SAFETY: the shadow stack belongs to this thread; nested flows (signal handlers) only use
+    // the slots above `len`, which they restore before returning to us.
+    unsafe {
+        let i = (*s).len;
+        if i >= SHADOW_DEPTH {
+            return false;
+        }
+        let slot = entry_sp as *mut u64;
+        // At a function's first instruction [sp] is its return address, on this thread's stack.
+        let real = slot.read();
+        (*s).len = i + 1;
+        compiler_fence(Ordering::SeqCst);
+        (*s).frames[i] = (real, site as *const Site, entry_sp);
+        compiler_fence(Ordering::SeqCst);
+        // The return stub will send the function back to `real`.
+        slot.write(return_stub());
+    }
+    true
 }
 
 /// Called by a site's entry stub.
 extern "C" fn entry_dispatch(site: &Site, regs: &PtRegs) {
-    if IN_PROBE.with(|f| f.replace(true)) {
-        return;
-    }
-    match list(&site.entry).as_slice() {
-        [] => {}
-        [(_, h)] => h.on_hit(regs),
-        many => run_all(many, regs),
-    }
-    if site.at_entry && !list(&site.ret).is_empty() {
-        // SAFETY: the shadow stack belongs to this thread.
-        let s = unsafe { &mut *shadow() };
-        if s.len < SHADOW_DEPTH {
-            let slot = regs.sp as *mut u64;
-            // SAFETY: at a function's first instruction [sp] is its return address, on this
-            // thread's own stack.
-            let real = unsafe { slot.read() };
-            s.frames[s.len] = (real, site as *const Site, regs.sp);
-            s.len += 1;
-            // SAFETY: as above; the return stub will send the function back to `real`.
-            unsafe { slot.write(return_stub()) };
-        } else {
-            MISSED.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    IN_PROBE.with(|f| f.set(false));
+    on_entry(site, regs);
 }
 
 /// Called by the return stub; leaves the real return address in `regs.ip`.
 extern "C" fn return_dispatch(regs: &mut PtRegs) {
-    // SAFETY: the shadow stack belongs to this thread, which made the entry.
-    let s = unsafe { &mut *shadow() };
     let entry_sp = regs.sp - 8;
-    // Frames left behind by longjmp lie below this one: drop them.
-    while s.len > 0 && s.frames[s.len - 1].2 < entry_sp {
-        s.len -= 1;
-        MISSED.fetch_add(1, Ordering::Relaxed);
-    }
-    if s.len == 0 || s.frames[s.len - 1].2 != entry_sp {
-        // No record of this frame: we cannot know where to return. This only happens if the
-        // stack was switched under us; there is no safe way on.
-        eprintln!("bpftime: uretprobe return without a matching entry (sp {:#x}); aborting", regs.sp);
-        std::process::abort();
-    }
-    s.len -= 1;
-    let (real, site, _) = s.frames[s.len];
-    regs.ip = real;
-    if !IN_PROBE.with(|f| f.replace(true)) {
-        // SAFETY: sites are leaked and never freed.
-        let site = unsafe { &*site };
-        match list(&site.ret).as_slice() {
-            [] => {}
-            [(_, h)] => h.on_hit(regs),
-            many => run_all(many, regs),
+    let s = SHADOW.with(|s| s.get());
+    // SAFETY: the shadow stack belongs to this thread, which made the entry; a signal handler
+    // nested in this function only pushes and pops above `len`.
+    let (real, site) = unsafe {
+        let len = if s.is_null() { 0 } else { (*s).len };
+        // Our frame is the newest with this stack pointer; frames above it were left behind by
+        // a longjmp (their functions never return): they are dropped, as misses.
+        let mut k = len;
+        while k > 0 && (*s).frames[k - 1].2 != entry_sp {
+            k -= 1;
         }
-        IN_PROBE.with(|f| f.set(false));
+        if k == 0 {
+            // No record of this frame: we cannot know where to return. This only happens if
+            // the stack was switched under us; there is no safe way on.
+            eprintln!("bpftime: uretprobe return without a matching entry (sp {:#x}); aborting", regs.sp);
+            std::process::abort();
+        }
+        let (real, site, _) = (*s).frames[k - 1];
+        for j in k..len {
+            // SAFETY: sites are leaked and never freed.
+            miss_all(list(&(*(*s).frames[j].1).ret));
+        }
+        compiler_fence(Ordering::SeqCst);
+        (*s).len = k - 1;
+        (real, &*site)
+    };
+    regs.ip = real;
+    match admit() {
+        Admission::Ignore => {}
+        Admission::Miss => miss_all(list(&site.ret)),
+        Admission::Run(level, before) => {
+            run_list(list(&site.ret), regs, level);
+            leave(before);
+        }
     }
 }
 
@@ -439,10 +603,91 @@ fn next_id() -> ProbeId {
     ProbeId(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Builds the stub and trampoline of a new site (not yet installed).
+/// Builds a new site (not yet installed): a jump where one fits, else an int3.
 fn build_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachError> {
+    match decode_prologue(addr, info) {
+        Ok(instrs) => build_jump_site(addr, info, instrs),
+        Err(AttachError::Unpatchable { reason, .. }) if !reason.starts_with("invalid instruction") && !reason.starts_with("cannot read") => {
+            build_trap_site(addr, info).map_err(|e| match e {
+                AttachError::Unpatchable { reason: r2, .. } => AttachError::Unpatchable { addr, reason: format!("{reason}; and as an int3: {r2}") },
+                e => e,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A site kept as an `int3` over the first byte of its instruction; the trampoline holds that
+/// instruction, relocated, and a jump back after it.
+fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachError> {
+    let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
+    let bytes = patch::read_code(addr, 16).map_err(|e| unpatchable(format!("cannot read the code: {e}")))?;
+    let first = Decoder::with_ip(64, &bytes, addr, DecoderOptions::NONE).decode();
+    if first.is_invalid() {
+        return Err(unpatchable(format!("invalid instruction at {addr:#x}")));
+    }
+    let page = patch::alloc_near(addr, PAGE).ok_or(AttachError::NoNearMemory(addr))?;
+    let enc = BlockEncoder::encode(64, InstructionBlock::new(&[first], page), BlockEncoderOptions::NONE)
+        .map_err(|e| unpatchable(format!("cannot relocate the instruction: {e}")))?;
+    let mut code = enc.code_buffer;
+    let back = i32::try_from((addr + first.len() as u64).wrapping_sub(page + code.len() as u64 + 5) as i64).map_err(|_| AttachError::NoNearMemory(addr))?;
+    code.push(0xe9);
+    code.extend_from_slice(&back.to_le_bytes());
+    // SAFETY: `page` is a fresh read-write mapping of PAGE bytes; the code is a few dozen.
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page as *mut u8, code.len()) };
+    patch::make_executable(page, PAGE).map_err(|e| AttachError::Io { addr, source: e })?;
+    let mut original = [0u8; PATCH_LEN];
+    original.copy_from_slice(&bytes[..PATCH_LEN]);
+    let mut site = Box::new(Site {
+        addr,
+        at_entry: info.at_entry,
+        method: Method::Trap,
+        original,
+        jump: [0xcc, 0, 0, 0, 0],
+        slot: 0,
+        entry: AtomicPtr::new(empty_list()),
+        ret: AtomicPtr::new(empty_list()),
+        installed: AtomicBool::new(false),
+    });
+    site.slot = patch::register_site(addr, 1, page, &[], &*site as *const Site as u64).ok_or(AttachError::TooManySites)?;
+    Ok(Box::leak(site))
+}
+
+/// Runs an int3 site's handlers for a thread that trapped on it (from the SIGTRAP handler,
+/// in the trapped thread's flow); `gregs` are its registers, written back on return.
+pub(crate) fn trap_hit(site: u64, gregs: &mut [i64; 23]) {
+    // SAFETY: the address of a leaked `Site`, registered by `build_trap_site`.
+    let site = unsafe { &*(site as *const Site) };
+    let g = |r: libc::c_int| gregs[r as usize] as u64;
+    let regs = PtRegs {
+        r15: g(libc::REG_R15),
+        r14: g(libc::REG_R14),
+        r13: g(libc::REG_R13),
+        r12: g(libc::REG_R12),
+        bp: g(libc::REG_RBP),
+        bx: g(libc::REG_RBX),
+        r11: g(libc::REG_R11),
+        r10: g(libc::REG_R10),
+        r9: g(libc::REG_R9),
+        r8: g(libc::REG_R8),
+        ax: g(libc::REG_RAX),
+        cx: g(libc::REG_RCX),
+        dx: g(libc::REG_RDX),
+        si: g(libc::REG_RSI),
+        di: g(libc::REG_RDI),
+        orig_ax: u64::MAX,
+        ip: site.addr,
+        cs: 0x33,
+        flags: g(libc::REG_EFL),
+        sp: g(libc::REG_RSP),
+        ss: 0x2b,
+    };
+    on_entry(site, &regs);
+}
+
+/// Builds the stub and trampoline of a jump site.
+fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Result<&'static Site, AttachError> {
     let at_entry = info.at_entry;
-    let instrs = decode_prologue(addr, info)?;
     let page = patch::alloc_near(addr, PAGE).ok_or(AttachError::NoNearMemory(addr))?;
     let tramp = page + TRAMPOLINE_AT;
     let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
@@ -458,9 +703,11 @@ fn build_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachError> {
     tcode.extend_from_slice(&back.to_le_bytes());
     let original: [u8; PATCH_LEN] = patch::read_code(addr, PATCH_LEN).map_err(|e| unpatchable(e.to_string()))?.try_into().expect("5 bytes");
     // Boxed now so the stub can be given its final address; leaked once complete.
+    let covered_all = info.function_size > 0 && covered >= info.function_size;
     let mut site = Box::new(Site {
         addr,
         at_entry,
+        method: if covered_all && at_entry { Method::JumpIntoPadding } else { Method::Jump },
         original,
         jump: [0; PATCH_LEN],
         slot: 0,
@@ -488,7 +735,7 @@ fn build_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachError> {
         }
         off += i.len() as u32;
     }
-    let slot = patch::register_site(addr, PATCH_LEN as u32, tramp, &map).ok_or(AttachError::TooManySites)?;
+    let slot = patch::register_site(addr, PATCH_LEN as u32, tramp, &map, 0).ok_or(AttachError::TooManySites)?;
     let rel = page.wrapping_sub(addr + PATCH_LEN as u64) as i64;
     if rel < i32::MIN as i64 || rel > i32::MAX as i64 {
         return Err(AttachError::NoNearMemory(addr));
@@ -536,10 +783,15 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     new.push((id, handler));
     slot.store(Box::leak(Box::new(new)), Ordering::Release);
     if !site.installed.load(Ordering::Acquire) {
-        patch::install(site.slot, addr, &site.jump).map_err(|e| AttachError::Io { addr, source: e })?;
+        patch::install(site.slot, addr, &site.jump[..site.method.len()]).map_err(|e| AttachError::Io { addr, source: e })?;
         site.installed.store(true, Ordering::Release);
     }
     Ok(id)
+}
+
+/// How the site at `addr` is patched, once a probe is attached there.
+pub fn site_method(addr: u64) -> Option<Method> {
+    sites().lock().unwrap_or_else(|e| e.into_inner()).get(&addr).map(|s| s.method)
 }
 
 /// Detaches a handler; restores the original bytes when it was the site's last.
@@ -553,7 +805,7 @@ pub fn detach(id: ProbeId) -> Result<(), AttachError> {
                 let new: HandlerList = cur.iter().filter(|(i, _)| *i != id).cloned().collect();
                 slot.store(Box::leak(Box::new(new)), Ordering::Release);
                 if list(&site.entry).is_empty() && list(&site.ret).is_empty() && site.installed.load(Ordering::Acquire) {
-                    patch::install(site.slot, site.addr, &site.original).map_err(|e| AttachError::Io { addr: site.addr, source: e })?;
+                    patch::install(site.slot, site.addr, &site.original[..site.method.len()]).map_err(|e| AttachError::Io { addr: site.addr, source: e })?;
                     site.installed.store(false, Ordering::Release);
                 }
                 return Ok(());
@@ -563,16 +815,27 @@ pub fn detach(id: ProbeId) -> Result<(), AttachError> {
     Err(AttachError::NoSuchProbe(id.0))
 }
 
-/// Whether this thread is inside a probe handler.
+/// Whether this thread's current flow is running a probe handler or the agent's own work.
 pub fn in_probe() -> bool {
-    IN_PROBE.with(|f| f.get())
+    STATE.with(|s| s.get().busy)
 }
 
 /// Runs `f` with probes silenced on this thread (the agent's own work must not show up in the
-/// programs' counts, e.g. its allocations when malloc is probed).
+/// programs' counts, e.g. its allocations when malloc is probed); a signal handler that
+/// interrupts it has its hits counted as misses (what `f` holds may be what they need).
 pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
-    let was = IN_PROBE.with(|p| p.replace(true));
+    let before = STATE.with(|s| s.replace(ThreadState { busy: true, agent: true, ..s.get() }));
     let r = f();
-    IN_PROBE.with(|p| p.set(was));
+    leave(before);
+    r
+}
+
+/// Runs an application's signal handler as a flow of its own: probes it hits run at the next
+/// nesting level (or count as misses), instead of being taken for calls made by the handler it
+/// interrupted. Called by the agent's wrapper around every handler the application installs.
+pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
+    let before = STATE.with(|s| s.replace(ThreadState { busy: false, ..s.get() }));
+    let r = f();
+    leave(before);
     r
 }

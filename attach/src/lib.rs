@@ -17,9 +17,13 @@ pub mod hook;
 mod patch;
 pub mod procmaps;
 pub mod regs;
+pub mod signals;
 pub mod symbols;
 
-pub use hook::{attach, detach, in_probe, without_probes, AttachError, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED};
+pub use hook::{
+    attach, detach, in_probe, in_signal_handler, site_method, without_probes, AttachError, Method, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED,
+    NEST_LEVELS,
+};
 pub use patch::{MOVED_THREADS, TRAPS_REDIRECTED};
 pub use regs::PtRegs;
 pub use symbols::{add_to_semaphore, resolve, ResolveError, Resolved, Target};
@@ -46,7 +50,7 @@ mod tests {
     struct Count(AtomicU64, AtomicU64, AtomicU64, AtomicU64);
 
     impl ProbeHandler for Count {
-        fn on_hit(&self, regs: &PtRegs) {
+        fn on_hit(&self, regs: &PtRegs, _level: usize) {
             self.0.fetch_add(1, Ordering::Relaxed);
             self.1.store(regs.di, Ordering::Relaxed);
             self.2.store(regs.si, Ordering::Relaxed);
@@ -113,7 +117,7 @@ mod tests {
     struct Clobber(AtomicU64);
 
     impl ProbeHandler for Clobber {
-        fn on_hit(&self, _: &PtRegs) {
+        fn on_hit(&self, _: &PtRegs, _: usize) {
             self.0.fetch_add(1, Ordering::Relaxed);
             // SAFETY: only overwrites registers declared as clobbered (and the flags).
             unsafe {
@@ -202,7 +206,7 @@ mod stress {
 
     struct Hits(AtomicU64);
     impl ProbeHandler for Hits {
-        fn on_hit(&self, _: &PtRegs) {
+        fn on_hit(&self, _: &PtRegs, _: usize) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -9,6 +9,8 @@
 //! with a real-time signal of its own (`SIGRTMAX - 5`): a second SIGTRAP could be merged with a
 //! pending int3 trap, and the two cases need different answers.
 //!
+//! The same SIGTRAP handler runs the probes kept as an `int3` (where no jump fits).
+//!
 //! Everything the signal handler reads is a fixed table of atomics: no locks, no allocation.
 
 use std::fs::OpenOptions;
@@ -33,6 +35,9 @@ pub(crate) struct SiteSlot {
     /// (original offset << 32 | trampoline offset) of each relocated instruction.
     map: [AtomicU64; MAX_RELOCATED],
     nmap: AtomicU32,
+    /// For a probe kept as an `int3` (no room for a jump): the hook engine's site, whose
+    /// handlers the trap runs (0 = a jump site, whose int3 is only there while it changes).
+    trap_site: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -42,6 +47,7 @@ const EMPTY_SLOT: SiteSlot = SiteSlot {
     trampoline: AtomicU64::new(0),
     map: [const { AtomicU64::new(0) }; MAX_RELOCATED],
     nmap: AtomicU32::new(0),
+    trap_site: AtomicU64::new(0),
 };
 
 static SLOTS: [SiteSlot; MAX_SITES] = [EMPTY_SLOT; MAX_SITES];
@@ -51,7 +57,6 @@ static FIXUP_ACKS: AtomicU32 = AtomicU32::new(0);
 /// The site whose bytes are being replaced (index + 1; 0 = none).
 static FIXUP_SITE: AtomicU32 = AtomicU32::new(0);
 static HANDLER: Once = Once::new();
-static mut PREVIOUS: Option<libc::sigaction> = None;
 static SYNC_CORE: AtomicBool = AtomicBool::new(false);
 /// Threads moved out of bytes being patched into the trampoline (diagnostics).
 pub static MOVED_THREADS: AtomicU32 = AtomicU32::new(0);
@@ -60,8 +65,9 @@ pub static TRAPS_REDIRECTED: AtomicU32 = AtomicU32::new(0);
 /// One code change at a time in the whole process.
 pub(crate) static PATCH_LOCK: Mutex<()> = Mutex::new(());
 
-/// Registers a site for the signal handler; returns its slot.
-pub(crate) fn register_site(addr: u64, len: u32, trampoline: u64, map: &[(u32, u32)]) -> Option<usize> {
+/// Registers a site for the signal handler; returns its slot. `trap_site` is the hook
+/// engine's site for a probe kept as an int3, else 0.
+pub(crate) fn register_site(addr: u64, len: u32, trampoline: u64, map: &[(u32, u32)], trap_site: u64) -> Option<usize> {
     install_handler();
     let i = NSLOTS.load(Ordering::Relaxed) as usize;
     if i >= MAX_SITES || map.len() > MAX_RELOCATED {
@@ -74,6 +80,7 @@ pub(crate) fn register_site(addr: u64, len: u32, trampoline: u64, map: &[(u32, u
     s.nmap.store(map.len() as u32, Ordering::Relaxed);
     s.len.store(len, Ordering::Relaxed);
     s.trampoline.store(trampoline, Ordering::Relaxed);
+    s.trap_site.store(trap_site, Ordering::Relaxed);
     s.addr.store(addr, Ordering::Release);
     NSLOTS.store(i as u32 + 1, Ordering::Release);
     Some(i)
@@ -121,32 +128,20 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
     let uc = unsafe { &mut *(ctx as *mut libc::ucontext_t) };
     let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
     if let Some(s) = rip.checked_sub(1).and_then(slot_at) {
-        // Hit our int3 while the site's bytes change: run the original instructions.
+        let site = s.trap_site.load(Ordering::Relaxed);
+        if site != 0 {
+            // A probe kept as an int3: its handlers run here, in the trapped thread's flow.
+            crate::hook::trap_hit(site, &mut uc.uc_mcontext.gregs);
+        } else {
+            // Hit our int3 while the site's bytes change.
+            TRAPS_REDIRECTED.fetch_add(1, Ordering::Relaxed);
+        }
+        // Either way, on with the original instructions.
         uc.uc_mcontext.gregs[libc::REG_RIP as usize] = s.trampoline.load(Ordering::Relaxed) as i64;
-        TRAPS_REDIRECTED.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    // Not ours: hand it to whoever handled SIGTRAP before us.
-    // SAFETY: PREVIOUS is written once, before the handler is installed.
-    let prev = unsafe { (*std::ptr::addr_of!(PREVIOUS)).as_ref() };
-    match prev {
-        Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
-            if p.sa_flags & libc::SA_SIGINFO != 0 {
-                // SAFETY: the previous handler was installed as an SA_SIGINFO handler.
-                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(p.sa_sigaction) };
-                f(sig, info, ctx);
-            } else {
-                // SAFETY: a plain handler takes the signal number.
-                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(p.sa_sigaction) };
-                f(sig);
-            }
-        }
-        _ => {
-            // Default action: restore it and let the trap happen again.
-            // SAFETY: resetting a signal disposition is async-signal-safe (signal(2)).
-            unsafe { libc::signal(libc::SIGTRAP, libc::SIG_DFL) };
-        }
-    }
+    // Not ours: the application's.
+    crate::signals::forward_sigtrap(sig, info, ctx);
 }
 
 fn install_handler() {
@@ -157,13 +152,16 @@ fn install_handler() {
             let mut old: libc::sigaction = std::mem::zeroed();
             let mut act: libc::sigaction = std::mem::zeroed();
             act.sa_sigaction = on_sigtrap as *const () as usize;
-            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            // NODEFER: a handler may run into another int3 probe (it is then ignored).
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_NODEFER;
             libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(libc::SIGTRAP, std::ptr::null(), &mut old);
-            *std::ptr::addr_of_mut!(PREVIOUS) = Some(old);
-            libc::sigaction(libc::SIGTRAP, &act, std::ptr::null_mut());
+            let sigaction = crate::signals::real_sigaction();
+            sigaction(libc::SIGTRAP, std::ptr::null(), &mut old);
+            crate::signals::own_sigtrap(&old);
+            sigaction(libc::SIGTRAP, &act, std::ptr::null_mut());
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
             act.sa_sigaction = on_fixup as *const () as usize;
-            libc::sigaction(fixup_signal(), &act, std::ptr::null_mut());
+            sigaction(fixup_signal(), &act, std::ptr::null_mut());
             // Core-serialising barriers for cross-modifying code (membarrier(2)).
             const REGISTER_SYNC_CORE: libc::c_int = 1 << 6;
             if libc::syscall(libc::SYS_membarrier, REGISTER_SYNC_CORE, 0) == 0 {

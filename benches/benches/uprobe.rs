@@ -25,7 +25,7 @@ const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/uprobe_bench.bpf
 struct NoProgram;
 
 impl ProbeHandler for NoProgram {
-    fn on_hit(&self, regs: &PtRegs) {
+    fn on_hit(&self, regs: &PtRegs, _level: usize) {
         black_box(regs);
     }
 }

@@ -679,12 +679,16 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             if json {
                 let all: Vec<_> = list
                     .iter()
-                    .map(|p| serde_json::json!({"id": p.id, "name": p.name, "section": p.section, "insns": p.insns.len(), "license": p.license}))
+                    .map(|p| {
+                        serde_json::json!({"id": p.id, "name": p.name, "section": p.section, "insns": p.insns.len(), "license": p.license,
+                            "recursion_misses": p.recursion_misses})
+                    })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&all).expect("JSON values serialise"));
             } else {
                 for p in &list {
-                    println!("prog {} `{}` ({}), {} insns, license {}", p.id, p.name, p.section, p.insns.len(), p.license);
+                    let misses = if p.recursion_misses != 0 { format!(", {} recursion_misses", p.recursion_misses) } else { String::new() };
+                    println!("prog {} `{}` ({}), {} insns, license {}{misses}", p.id, p.name, p.section, p.insns.len(), p.license);
                 }
             }
             Ok(0)

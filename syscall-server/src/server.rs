@@ -418,6 +418,8 @@ impl Server {
                 put32(&mut info, 20, (p.insns.len() * 8) as u32);
                 let n = p.name.len().min(15);
                 info[64..64 + n].copy_from_slice(&p.name.as_bytes()[..n]);
+                // recursion_misses, as bpftool prints them
+                info[208..216].copy_from_slice(&p.recursion_misses.to_le_bytes());
                 232
             }
             Handle::Link(id) => {

@@ -17,6 +17,9 @@ struct ProgDesc {
     insns: u64,
     section: [u8; TEXT_LEN],
     license: [u8; 32],
+    /// Hits that could not run the program (bpftool's `recursion_misses`), counted atomically
+    /// by every process that runs it.
+    recursion_misses: u64,
 }
 
 /// A program as stored in the region.
@@ -32,6 +35,9 @@ pub struct StoredProgram {
     pub license: String,
     /// Bytecode, maps referred to by id.
     pub insns: Vec<RawInsn>,
+    /// Hits that could not run it: nested deeper than the nesting levels allow, or in a
+    /// signal handler that interrupted work it would need (the kernel's `recursion_misses`).
+    pub recursion_misses: u64,
 }
 
 impl StoredProgram {
@@ -61,7 +67,7 @@ pub fn store(region: &ShmRegion, name: &str, section: &str, license: &str, insns
     let code = to_bytecode(insns);
     let code_off = region.alloc(code.len() as u64)?;
     region.write(code_off, &code);
-    let mut desc = ProgDesc { magic: PROG_MAGIC, ninsns: insns.len() as u64, insns: code_off, section: [0; TEXT_LEN], license: [0; 32] };
+    let mut desc = ProgDesc { magic: PROG_MAGIC, ninsns: insns.len() as u64, insns: code_off, section: [0; TEXT_LEN], license: [0; 32], recursion_misses: 0 };
     desc::fill(&mut desc.section, section);
     desc::fill(&mut desc.license, license);
     desc::store(region, ObjectKind::Program, name, &desc)
@@ -78,7 +84,22 @@ pub fn load(region: &ShmRegion, id: u32) -> Option<StoredProgram> {
     if !region.read(desc.insns, &mut code) {
         return None;
     }
-    Some(StoredProgram { id, name: obj.name, section: desc::text(&desc.section), license: desc::text(&desc.license), insns: parse_bytecode(&code).ok()? })
+    Some(StoredProgram {
+        id,
+        name: obj.name,
+        section: desc::text(&desc.section),
+        license: desc::text(&desc.license),
+        insns: parse_bytecode(&code).ok()?,
+        recursion_misses: desc.recursion_misses,
+    })
+}
+
+/// Counts a hit that could not run program `id`.
+pub fn count_miss(region: &ShmRegion, id: u32) {
+    let Some(obj) = region.object(id).filter(|o| o.kind == ObjectKind::Program) else { return };
+    if let Some(c) = region.atomic_u64(obj.data + std::mem::offset_of!(ProgDesc, recursion_misses) as u64) {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Every program in the region.

@@ -14,7 +14,7 @@ use bpftime_shm::{ShmError, ShmRegion};
 use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, Runner, SharedEngine, DEFAULT_LOOP_BUDGET, PROBE_LOOP_BUDGET};
 use bpftime_vm::insn::LddwKind;
 use bpftime_vm::{verify, Interpreter, LddwResolver, Program, VerifyError, VerifyErrorKind};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -140,11 +140,19 @@ pub struct ProbeProgram {
     pub func_ip: u64,
 }
 
-/// A thread's context for probe hits: a reusable runner and helper context.
+/// How many probe runs may be in progress at once on one thread: its normal flow plus signal
+/// handlers nested in it, each with a run context of its own (as the kernel keeps per-CPU run
+/// state per nesting level).
+pub const PROBE_LEVELS: usize = 4;
+
+/// A thread's context for probe hits at one nesting level: a reusable runner and helper
+/// context.
 struct ProbeThread {
     runner: Runner,
     /// Boxed so its address, given to helpers, stays put.
     host: Box<HelperContext<'static>>,
+    /// A run is in progress at this level.
+    busy: bool,
 }
 
 impl ProbeThread {
@@ -158,29 +166,36 @@ impl ProbeThread {
         if host.func_ip != probe.func_ip {
             host.func_ip = probe.func_ip;
         }
-        self.runner.run_read_only(probe.program.engine(), regs, host as *mut HelperContext as *mut c_void)
+        self.busy = true;
+        let r = self.runner.run_read_only(probe.program.engine(), regs, host as *mut HelperContext as *mut c_void);
+        self.busy = false;
+        r
     }
 }
 
-thread_local! {
-    /// This thread's probe context, made on its first hit and freed at thread exit by
-    /// `PROBE_THREAD_EXIT`: a pthread key, not a TLS destructor, so that the traced
-    /// application sees no libc call of ours (see `bpftime_vm::thread_exit`). The RefCell
-    /// keeps a nested run on the same thread off it.
-    static PROBE_THREAD: RefCell<*mut ProbeThread> = const { RefCell::new(std::ptr::null_mut()) };
+/// A thread's probe contexts, one per nesting level.
+struct ProbeThreads {
+    levels: [ProbeThread; PROBE_LEVELS],
 }
 
-unsafe extern "C" fn free_probe_thread(t: *mut c_void) {
-    let _ = PROBE_THREAD.try_with(|cell| {
-        if let Ok(mut p) = cell.try_borrow_mut() {
-            *p = std::ptr::null_mut();
+thread_local! {
+    /// This thread's probe contexts, made on its first hit in its normal flow and freed at
+    /// thread exit by `PROBE_THREAD_EXIT`: a pthread key, not a TLS destructor, so that the
+    /// traced application sees no libc call of ours (see `bpftime_vm::thread_exit`).
+    static PROBE_THREADS: Cell<*mut ProbeThreads> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+unsafe extern "C" fn free_probe_threads(t: *mut c_void) {
+    let _ = PROBE_THREADS.try_with(|cell| {
+        if cell.get() == t as *mut ProbeThreads {
+            cell.set(std::ptr::null_mut());
         }
     });
     // SAFETY: the pointer this thread registered (Box::into_raw), freed only here.
-    drop(unsafe { Box::from_raw(t as *mut ProbeThread) });
+    drop(unsafe { Box::from_raw(t as *mut ProbeThreads) });
 }
 
-static PROBE_THREAD_EXIT: bpftime_vm::thread_exit::ThreadExitKey = bpftime_vm::thread_exit::ThreadExitKey::new(free_probe_thread);
+static PROBE_THREAD_EXIT: bpftime_vm::thread_exit::ThreadExitKey = bpftime_vm::thread_exit::ThreadExitKey::new(free_probe_threads);
 
 /// The per-process runtime over one region.
 pub struct Runtime {
@@ -415,47 +430,61 @@ impl Runtime {
     }
 
     /// Runs `prog` on a read-only `struct pt_regs` (a probe hit) with this thread's reusable
-    /// run context, set up on the thread's first hit. A nested run on the same thread (a
-    /// program run from a helper, or during thread teardown) takes the general path.
+    /// run context for nesting `level` (0: the thread's normal flow; n: a signal handler that
+    /// interrupted n runs), set up on the thread's first hit. A hit that cannot run safely (no
+    /// context yet in a nested flow, or a region lock held by the flow it interrupted) is
+    /// counted as a miss of the program and returns 0.
     #[inline]
-    pub fn run_probe(&'static self, probe: &ProbeProgram, regs: &[u8]) -> Result<u64, RunError> {
-        let fast = PROBE_THREAD.try_with(|cell| {
-            let slot = cell.try_borrow_mut().ok()?;
-            // SAFETY: the context belongs to this thread; the borrow keeps others off it.
-            let t = unsafe { slot.as_mut() }.filter(|t| std::ptr::eq(t.host.runtime, self))?;
-            Some(t.run(probe, regs))
-        });
-        match fast {
-            Ok(Some(r)) => r,
-            _ => self.run_probe_slow(probe, regs),
+    pub fn run_probe(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<u64, RunError> {
+        let threads = PROBE_THREADS.try_with(|c| c.get()).unwrap_or(std::ptr::null_mut());
+        if !threads.is_null() && level < PROBE_LEVELS && (level == 0 || !bpftime_shm::lock::held_by_this_thread()) {
+            // SAFETY: this thread's contexts; only this level's element is borrowed (runs at
+            // other levels of this thread may be in progress below us, on their own elements).
+            let t = unsafe { &mut *(std::ptr::addr_of_mut!((*threads).levels) as *mut ProbeThread).add(level) };
+            if !t.busy && std::ptr::eq(t.host.runtime, self) {
+                return t.run(probe, regs);
+            }
         }
+        self.run_probe_slow(probe, regs, level)
     }
 
-    /// `run_probe` on a thread's first hit (it makes the thread's context), when nested, or
-    /// during thread teardown.
+    /// `run_probe` on a thread's first hit (it makes the thread's contexts), in a flow that
+    /// cannot run, or during thread teardown.
     #[cold]
     #[inline(never)]
-    fn run_probe_slow(&'static self, probe: &ProbeProgram, regs: &[u8]) -> Result<u64, RunError> {
-        let made = PROBE_THREAD.try_with(|cell| {
-            let mut slot = cell.try_borrow_mut().ok()?;
-            let fresh = Box::into_raw(Box::new(ProbeThread {
-                runner: Runner::new(&self.regions, self.probe_budget),
-                host: Box::new(HelperContext { runtime: self, cookie: probe.cookie, func_ip: probe.func_ip, pt_regs: true, tail_calls: Cell::new(0) }),
+    fn run_probe_slow(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<u64, RunError> {
+        if level > 0 {
+            // Nested in a run of this thread: no allocation, no waiting for what it holds.
+            self.count_miss(probe.program.id);
+            return Ok(0);
+        }
+        let made = PROBE_THREADS.try_with(|cell| {
+            let old = cell.get();
+            // SAFETY: this thread's contexts, none running (we are at level 0).
+            if !old.is_null() && unsafe { (*old).levels.iter().any(|t| t.busy) } {
+                return None;
+            }
+            let fresh = Box::into_raw(Box::new(ProbeThreads {
+                levels: std::array::from_fn(|_| ProbeThread {
+                    runner: Runner::new(&self.regions, self.probe_budget),
+                    host: Box::new(HelperContext { runtime: self, cookie: probe.cookie, func_ip: probe.func_ip, pt_regs: true, tail_calls: Cell::new(0) }),
+                    busy: false,
+                }),
             }));
-            // SAFETY: a fresh context, freed only by `free_probe_thread` at this thread's exit.
+            // SAFETY: fresh contexts, freed only by `free_probe_threads` at this thread's exit.
             if !unsafe { PROBE_THREAD_EXIT.register(fresh as *mut c_void) } {
                 // SAFETY: just made, not shared.
                 drop(unsafe { Box::from_raw(fresh) });
                 return None;
             }
-            if !slot.is_null() {
-                // A context for another runtime (tests make several): replaced.
-                // SAFETY: this thread's previous context, no longer registered or borrowed.
-                drop(unsafe { Box::from_raw(*slot) });
+            if !old.is_null() {
+                // Contexts for another runtime (tests make several): replaced.
+                // SAFETY: this thread's previous contexts, no longer registered or running.
+                drop(unsafe { Box::from_raw(old) });
             }
-            *slot = fresh;
+            cell.set(fresh);
             // SAFETY: just made, owned by this thread.
-            Some(unsafe { &mut *fresh }.run(probe, regs))
+            Some(unsafe { &mut (*fresh).levels[0] }.run(probe, regs))
         });
         match made {
             Ok(Some(r)) => r,
@@ -465,6 +494,11 @@ impl Runtime {
                 run(probe.program.engine().as_ref(), Context::ReadOnly(regs), &opts)
             }
         }
+    }
+
+    /// Counts a hit that could not run program `id` (shown by `bpftime prog list`).
+    pub fn count_miss(&self, id: u32) {
+        progs::count_miss(&self.region, id);
     }
 
     /// Runs a program on a context given as a region with `budget` (for tail calls).

@@ -41,7 +41,19 @@ impl ShmGuard<'_> {
 impl Drop for ShmGuard<'_> {
     fn drop(&mut self) {
         self.lock.owner.store(0, Ordering::Release);
+        HELD.with(|h| h.set(h.get() - 1));
     }
+}
+
+thread_local! {
+    /// Locks this thread holds: a signal handler nested in a holder must not wait for a lock
+    /// (it would wait for itself).
+    static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread holds a region lock (in any of its flows, signal handlers included).
+pub fn held_by_this_thread() -> bool {
+    HELD.with(|h| h.get() != 0)
 }
 
 /// Does now what the first lock would do lazily (caching the pid, registering its fork
@@ -95,6 +107,7 @@ impl ShmLock {
             if cur == 0 {
                 if self.owner.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     self.count_acquisition();
+                    HELD.with(|h| h.set(h.get() + 1));
                     return ShmGuard { lock: self, recovered: false };
                 }
                 continue;
@@ -115,6 +128,7 @@ impl ShmLock {
                 if (cur != me && !alive(cur)) || stuck {
                     if self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                         self.count_acquisition();
+                        HELD.with(|h| h.set(h.get() + 1));
                         return ShmGuard { lock: self, recovered: true };
                     }
                     continue;

@@ -1,0 +1,190 @@
+//! The application's signal handlers, seen by the hook engine.
+//!
+//! A probe hit inside a signal handler that interrupted a probe handler must run at the next
+//! nesting level, while a call made by the probe handler itself must not be seen at all; the
+//! engine tells the two apart by wrapping every handler the application installs
+//! ([`sigaction`], [`signal`], exported by the agent under those names): the wrapper marks
+//! the start of a new flow ([`crate::hook::in_signal_handler`]) and calls the application's
+//! handler with the same arguments. What the application reads back is what it installed.
+//!
+//! `SIGTRAP` is the engine's own (int3 probes, code being patched): while our handler is
+//! installed, the application's `SIGTRAP` action is kept here and our handler passes it the
+//! traps that are not ours.
+//!
+//! Everything a signal handler reads here is an atomic: no locks, no allocation.
+
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// Signals are numbered 1 to 64 on Linux.
+const NSIG: usize = 65;
+
+/// The application's handler for each signal whose kernel handler is our wrapper.
+static APP_HANDLERS: [AtomicUsize; NSIG] = [const { AtomicUsize::new(0) }; NSIG];
+
+/// The application's `SIGTRAP` action (handler and flags) while ours is installed.
+static APP_TRAP_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static APP_TRAP_FLAGS: AtomicI32 = AtomicI32::new(0);
+/// Set once our `SIGTRAP` handler is installed.
+static TRAP_OWNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+type SigactionFn = unsafe extern "C" fn(libc::c_int, *const libc::sigaction, *mut libc::sigaction) -> libc::c_int;
+type InfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// libc's `sigaction`, past the agent's (dlsym(3) with `RTLD_NEXT`).
+pub(crate) fn real_sigaction() -> SigactionFn {
+    static REAL: OnceLock<usize> = OnceLock::new();
+    let f = *REAL.get_or_init(|| {
+        // SAFETY: a NUL-terminated name; RTLD_NEXT looks past the object making the call.
+        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaction".as_ptr()) } as usize;
+        if p == 0 {
+            libc::sigaction as *const () as usize
+        } else {
+            p
+        }
+    });
+    // SAFETY: the address of a function with sigaction(2)'s signature.
+    unsafe { std::mem::transmute::<usize, SigactionFn>(f) }
+}
+
+/// Whether a handler value names a function (not `SIG_DFL`, `SIG_IGN` or `SIG_ERR`).
+fn is_function(h: usize) -> bool {
+    h != libc::SIG_DFL && h != libc::SIG_IGN && h != libc::SIG_ERR
+}
+
+/// The kernel's handler for every signal the application handles.
+extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let h = APP_HANDLERS.get(sig as usize).map_or(0, |a| a.load(Ordering::Acquire));
+    if is_function(h) {
+        // SAFETY: the application installed `h` for this signal. On x86-64 the kernel passes
+        // (sig, info, context) to every handler, so a one-argument handler takes them too.
+        let f: InfoHandler = unsafe { std::mem::transmute::<usize, InfoHandler>(h) };
+        crate::hook::in_signal_handler(|| f(sig, info, ctx));
+    }
+}
+
+/// Records our `SIGTRAP` handler's installation; `previous` is what was installed before it.
+pub(crate) fn own_sigtrap(previous: &libc::sigaction) {
+    let mut h = previous.sa_sigaction;
+    if h == wrapper as *const () as usize {
+        h = APP_HANDLERS[libc::SIGTRAP as usize].load(Ordering::Acquire);
+    }
+    APP_TRAP_HANDLER.store(h, Ordering::Release);
+    APP_TRAP_FLAGS.store(previous.sa_flags, Ordering::Release);
+    TRAP_OWNED.store(true, Ordering::Release);
+}
+
+/// Passes a `SIGTRAP` that is not ours to the application's action.
+pub(crate) fn forward_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let h = APP_TRAP_HANDLER.load(Ordering::Acquire);
+    if is_function(h) {
+        // SAFETY: the application's handler for SIGTRAP; see `wrapper` for the arguments.
+        let f: InfoHandler = unsafe { std::mem::transmute::<usize, InfoHandler>(h) };
+        crate::hook::in_signal_handler(|| f(sig, info, ctx));
+    } else if h == libc::SIG_DFL {
+        // The default action: restore it and let the trap happen again (it kills the process,
+        // as without us).
+        // SAFETY: a zeroed sigaction with SIG_DFL is valid (sigaction(2)); async-signal-safe.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = libc::SIG_DFL;
+            real_sigaction()(libc::SIGTRAP, &act, std::ptr::null_mut());
+        }
+    }
+}
+
+/// `sigaction(2)` as the application sees it: its handlers are installed behind [`wrapper`],
+/// and what it reads back is what it installed.
+///
+/// # Safety
+/// Same contract as sigaction(2): `act` and `old` are null or valid.
+pub unsafe fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> libc::c_int {
+    let real = real_sigaction();
+    let Some(app) = usize::try_from(sig).ok().filter(|&s| s > 0 && s < NSIG).map(|s| &APP_HANDLERS[s]) else {
+        // SAFETY: forwarded unchanged (an invalid signal: the kernel says EINVAL).
+        return unsafe { real(sig, act, old) };
+    };
+    if sig == libc::SIGTRAP && TRAP_OWNED.load(Ordering::Acquire) {
+        if !old.is_null() {
+            // SAFETY: the caller's buffer; filled from the kernel's view, then our record.
+            unsafe {
+                real(sig, std::ptr::null(), old);
+                (*old).sa_sigaction = APP_TRAP_HANDLER.load(Ordering::Acquire);
+                (*old).sa_flags = APP_TRAP_FLAGS.load(Ordering::Acquire);
+            }
+        }
+        if !act.is_null() {
+            // SAFETY: the caller's valid action.
+            let a = unsafe { &*act };
+            APP_TRAP_FLAGS.store(a.sa_flags, Ordering::Release);
+            APP_TRAP_HANDLER.store(a.sa_sigaction, Ordering::Release);
+        }
+        return 0;
+    }
+    let before = app.load(Ordering::Acquire);
+    let mut wrapped;
+    let mut act = act;
+    // SAFETY: `act` is null or valid (the caller's contract).
+    if let Some(a) = unsafe { act.as_ref() } {
+        if is_function(a.sa_sigaction) {
+            app.store(a.sa_sigaction, Ordering::Release);
+            wrapped = *a;
+            wrapped.sa_sigaction = wrapper as *const () as usize;
+            act = &mut wrapped;
+        }
+    }
+    // SAFETY: the caller's pointers, or our copy of its action.
+    let r = unsafe { real(sig, act, old) };
+    if r == 0 {
+        // SAFETY: `old` is null or valid, filled by the call above.
+        if let Some(o) = unsafe { old.as_mut() } {
+            if o.sa_sigaction == wrapper as *const () as usize {
+                o.sa_sigaction = before;
+            }
+        }
+    }
+    r
+}
+
+/// `signal(2)` with glibc's (BSD) semantics, through [`sigaction`].
+///
+/// # Safety
+/// Same contract as signal(2).
+pub unsafe fn signal(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: a zeroed sigaction is valid; the mask is filled by sigemptyset/sigaddset.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: as above.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to our own locals.
+    unsafe {
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaddset(&mut act.sa_mask, sig);
+        if sigaction(sig, &act, &mut old) != 0 {
+            return libc::SIG_ERR;
+        }
+    }
+    old.sa_sigaction
+}
+
+/// Runs `f` with the asynchronous signals blocked on this thread (faults and traps still
+/// arrive); signals that come meanwhile are delivered when it returns.
+pub(crate) fn with_signals_deferred<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: sigset_t values filled by sigfillset/sigdelset, then pthread_sigmask(3) on this
+    // thread with valid pointers; the old mask is restored.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        for sync in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP] {
+            libc::sigdelset(&mut all, sync);
+        }
+        let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0;
+        let r = f();
+        if blocked {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+        r
+    }
+}

@@ -1,0 +1,76 @@
+// A target for probes hit from signal handlers: the main thread calls add() ITERS times while
+// another thread sends it SIGUSR1 as fast as it can; the handler calls add() too, so signals
+// land inside probe handlers and inside uretprobes' return paths.
+// Usage: signals ITERS [altstack]   (prints "calls N sum S": every add() call and the sum of
+// their results; with `altstack` the handler is installed with sigaction on an alternate
+// signal stack, else with signal())
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+volatile long last_sum;
+
+__attribute__((noinline)) long add(long a, long b)
+{
+    long s = a + b;
+    last_sum = s;
+    return s;
+}
+
+static volatile long handler_calls, handler_sum;
+static volatile int done;
+static pthread_t main_thread;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    handler_sum += add(handler_calls, 7);
+    handler_calls++;
+}
+
+static void *pester(void *arg)
+{
+    (void)arg;
+    while (!done) {
+        pthread_kill(main_thread, SIGUSR1);
+        for (volatile int k = 0; k < 300; k++)
+            ;
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    long iters = argc > 1 ? atol(argv[1]) : 100000;
+    int alt = argc > 2 && strcmp(argv[2], "altstack") == 0;
+    if (alt) {
+        stack_t ss = {.ss_sp = malloc(1 << 16), .ss_size = 1 << 16};
+        sigaltstack(&ss, NULL);
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_usr1;
+        sa.sa_flags = SA_RESTART | SA_ONSTACK;
+        sigaction(SIGUSR1, &sa, NULL);
+    } else {
+        signal(SIGUSR1, on_usr1);
+    }
+    main_thread = pthread_self();
+    pthread_t t;
+    pthread_create(&t, NULL, pester, NULL);
+    long sum = 0;
+    for (long i = 0; i < iters; i++)
+        sum += add(i, 1);
+    done = 1;
+    pthread_join(t, NULL);
+    // What the application reads back is the handler it installed.
+    struct sigaction now;
+    sigaction(SIGUSR1, NULL, &now);
+    if (now.sa_handler != on_usr1) {
+        printf("sigaction reports another handler\n");
+        return 1;
+    }
+    printf("calls %ld sum %ld\n", iters + handler_calls, sum + handler_sum);
+    return 0;
+}
