@@ -16,6 +16,8 @@ struct Pending {
     prog: Arc<LoadedProgram>,
     target: String,
     retprobe: bool,
+    /// `ureplace`: the program replaces the function.
+    replace: bool,
     cookie: u64,
     /// File offset of a USDT semaphore counting this probe (0: none).
     ref_ctr: u64,
@@ -45,12 +47,26 @@ pub struct ProgramProbe {
     runtime: &'static Runtime,
     probe: ProbeProgram,
     reported: AtomicBool,
+    /// What the program may do to the probed function.
+    effect: Effect,
+}
+
+/// What a program may do to the function it probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Only observe (return probes, probes inside a function): `bpf_override_return` is
+    /// ignored, and said once.
+    Observe,
+    /// An entry probe: `bpf_override_return(ctx, rc)` makes the function return `rc` unrun.
+    MayOverride,
+    /// `ureplace`: the program replaces the function; its result is the function's.
+    Replace,
 }
 
 impl ProgramProbe {
     /// A handler running `prog` with the given attach cookie and function address.
-    pub fn new(runtime: &'static Runtime, prog: Arc<LoadedProgram>, cookie: u64, func_ip: u64) -> Self {
-        ProgramProbe { runtime, probe: ProbeProgram { program: prog, cookie, func_ip }, reported: AtomicBool::new(false) }
+    pub fn new(runtime: &'static Runtime, prog: Arc<LoadedProgram>, cookie: u64, func_ip: u64, effect: Effect) -> Self {
+        ProgramProbe { runtime, probe: ProbeProgram { program: prog, cookie, func_ip }, reported: AtomicBool::new(false), effect }
     }
 }
 
@@ -58,10 +74,17 @@ impl ProgramProbe {
 const _: () = assert!(bpftime_attach::NEST_LEVELS <= bpftime_runtime::PROBE_LEVELS);
 
 impl ProbeHandler for ProgramProbe {
-    fn on_hit(&self, regs: &PtRegs, level: usize) {
-        let r = self.runtime.run_probe(&self.probe, regs.as_bytes(), level);
-        if let Err(e) = r {
-            self.report(e);
+    fn on_hit(&self, regs: &PtRegs, level: usize) -> Option<u64> {
+        match self.runtime.run_probe(&self.probe, regs.as_bytes(), level) {
+            Ok(run) => match self.effect {
+                Effect::Replace => Some(run.r0),
+                Effect::MayOverride => run.override_return,
+                Effect::Observe => run.override_return.filter(|_| self.refuse_override()),
+            },
+            Err(e) => {
+                self.report(e);
+                None
+            }
         }
     }
 
@@ -71,6 +94,19 @@ impl ProbeHandler for ProgramProbe {
 }
 
 impl ProgramProbe {
+    /// Says once that an override asked for where it cannot be honoured was ignored.
+    #[cold]
+    #[inline(never)]
+    fn refuse_override(&self) -> bool {
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "bpftime: program `{}` called bpf_override_return in a probe that is not on a function's entry; ignored (reported once)",
+                self.probe.program.name
+            );
+        }
+        false
+    }
+
     /// Reports the first failure of each probe; the application never stops for it.
     #[cold]
     #[inline(never)]
@@ -104,8 +140,14 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
         ResolveError::NotMapped(_) => Failure::NotMapped,
         e => Failure::Failed(e.to_string()),
     })?;
-    let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr));
     let kind = if p.retprobe { ProbeKind::Return } else { ProbeKind::Entry };
+    let effect = match (kind, r.at_entry, p.replace) {
+        (ProbeKind::Entry, true, true) => Effect::Replace,
+        (ProbeKind::Entry, false, true) => return Err(Failure::Failed("ureplace needs a function's first byte".into())),
+        (ProbeKind::Entry, true, false) => Effect::MayOverride,
+        _ => Effect::Observe,
+    };
+    let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr, effect));
     let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry, padding: r.padding }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
@@ -263,7 +305,9 @@ pub(crate) fn start() {
     let mut items = vec![];
     for l in found.iter().filter(|l| l.kind == links::LinkKind::Uprobe && for_this_process(l)).cloned() {
         match runtime.program(l.prog) {
-            Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie, ref_ctr: l.ref_ctr }),
+            Ok(prog) => {
+                items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, replace: l.replace, cookie: l.cookie, ref_ctr: l.ref_ctr })
+            }
             Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
         }
     }
@@ -363,7 +407,9 @@ impl Agent {
         let mut items = vec![];
         for l in fresh {
             match self.runtime.program(l.prog) {
-                Ok(prog) => items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, cookie: l.cookie, ref_ctr: l.ref_ctr }),
+                Ok(prog) => {
+                    items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, replace: l.replace, cookie: l.cookie, ref_ctr: l.ref_ctr })
+                }
                 Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
             }
         }

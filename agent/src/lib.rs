@@ -33,7 +33,7 @@ fn protect_allocator_across_fork() {
     unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(after)) };
 }
 
-pub use glue::{attach_pending, Agent, ProgramProbe};
+pub use glue::{attach_pending, Agent, Effect, ProgramProbe};
 
 /// Runs at load time (an `.init_array` entry).
 extern "C" fn bpftime_agent_init() {

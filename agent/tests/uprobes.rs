@@ -215,3 +215,27 @@ fn probes_hit_from_signal_handlers_run_nested_and_never_crash() {
         }
     }
 }
+
+/// `bpf_override_return` at a function's entry returns the given value without running the
+/// function (its return probe sees that value), `ureplace` makes the program the function,
+/// and an int3 probe overrides too; the target's output shows it, on both engines.
+#[test]
+fn override_return_and_ureplace_change_what_the_function_returns() {
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        let s = session(&format!("override-{engine}"), "uprobe_override", kind);
+        let n = 1000u64;
+        let out = run_traced(&s, Command::new(build_target("override", false)).arg(n.to_string()), engine);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // Every password accepted; compute(i) = i + 1000 instead of 3i.
+        assert_eq!(text(&out.stdout).trim(), format!("accepted {n} sum {}", n * (n - 1) / 2 + 1000 * n), "{engine}");
+        let v: Vec<u64> = (0..4).map(|k| value(&s.maps[0], k)).collect();
+        assert_eq!(v, [n, n, n, n], "{engine}: entries, returns, returns seeing 0, replaced calls");
+        // Without the agent the target refuses half the passwords and computes 3i.
+        let plain = Command::new(build_target("override", false)).arg(n.to_string()).output().unwrap();
+        assert_eq!(text(&plain.stdout).trim(), format!("accepted {} sum {}", n / 2, 3 * n * (n - 1) / 2));
+        // The same object on the tiny target: t_zero3 (an int3 probe) returns 7.
+        let out = run_traced(&s, Command::new(build_target("tiny", false)).arg("10"), engine);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "ret1 10 jmp2 55 zero3 70 add4 65", "{engine}");
+    }
+}

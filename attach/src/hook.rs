@@ -37,7 +37,10 @@ pub trait ProbeHandler: Send + Sync {
     /// `level` is 0 for a hit in the thread's normal flow and n for a hit in a signal handler
     /// that interrupted n running handlers (below [`NEST_LEVELS`]): state a handler keeps per
     /// thread must be kept per level, as the kernel keeps per-CPU state per nesting level.
-    fn on_hit(&self, regs: &PtRegs, level: usize);
+    ///
+    /// Returning `Some(rc)` asks for the function to return `rc` at once without running
+    /// (`bpf_override_return`); honoured at a function's entry, ignored elsewhere.
+    fn on_hit(&self, regs: &PtRegs, level: usize) -> Option<u64>;
     /// A hit that could not run: nesting deeper than [`NEST_LEVELS`], a signal that landed
     /// in the agent's own work, a return whose entry could not be recorded (the kernel's
     /// `recursion_misses`).
@@ -230,16 +233,19 @@ fn shadow(level: usize) -> *mut ShadowStack {
 /// Runs several handlers (kept out of line: the common single-handler hit then needs fewer
 /// saved registers).
 #[inline(never)]
-fn run_all(handlers: &[(ProbeId, Arc<dyn ProbeHandler>)], regs: &PtRegs, level: usize) {
+fn run_all(handlers: &[(ProbeId, Arc<dyn ProbeHandler>)], regs: &PtRegs, level: usize) -> Option<u64> {
+    let mut asked = None;
     for (_, h) in handlers {
-        h.on_hit(regs, level);
+        asked = h.on_hit(regs, level).or(asked);
     }
+    asked
 }
 
+/// Runs handlers; the last override asked for, if any.
 #[inline(always)]
-fn run_list(handlers: &HandlerList, regs: &PtRegs, level: usize) {
+fn run_list(handlers: &HandlerList, regs: &PtRegs, level: usize) -> Option<u64> {
     match handlers.as_slice() {
-        [] => {}
+        [] => None,
         [(_, h)] => h.on_hit(regs, level),
         many => run_all(many, regs, level),
     }
@@ -247,33 +253,40 @@ fn run_list(handlers: &HandlerList, regs: &PtRegs, level: usize) {
 
 /// Runs a site's entry handlers and, for a function entry with return probes, replaces the
 /// return address at `regs.sp` by the return stub. Shared by the jump stubs and int3 traps.
+/// Returns the value a handler asked the function to return without running (only at a
+/// function's entry).
 #[inline(always)]
-fn on_entry(site: &Site, regs: &PtRegs) {
+fn on_entry(site: &Site, regs: &PtRegs) -> Option<u64> {
     let wants_return = site.at_entry && !list(&site.ret).is_empty();
     match admit() {
-        Admission::Ignore => {}
+        Admission::Ignore => None,
         Admission::Miss => {
             miss_all(list(&site.entry));
             if wants_return {
                 miss_all(list(&site.ret));
             }
+            None
         }
         Admission::Run(level, before) => {
             let run = || {
-                run_list(list(&site.entry), regs, level);
+                let asked = run_list(list(&site.entry), regs, level);
                 if wants_return && !push_return(site, regs.sp, level) {
                     miss_all(list(&site.ret));
                 }
+                asked
             };
-            if before.warm {
-                run();
+            let asked = if before.warm {
+                let asked = run();
                 leave(before);
+                asked
             } else {
                 // The thread's first hit: its handlers and the shadow stack set up per-thread
                 // state, which a signal handler probing meanwhile must not find half made.
-                crate::signals::with_signals_deferred(run);
+                let asked = crate::signals::with_signals_deferred(run);
                 leave(ThreadState { warm: true, ..before });
-            }
+                asked
+            };
+            asked.filter(|_| site.at_entry)
         }
     }
 }
@@ -307,9 +320,16 @@ fn push_return(site: &Site, entry_sp: u64, level: usize) -> bool {
     true
 }
 
-/// Called by a site's entry stub.
-extern "C" fn entry_dispatch(site: &Site, regs: &PtRegs) {
-    on_entry(site, regs);
+/// Called by a site's entry stub. Non-zero: a handler overrode the function's result (now in
+/// `regs.ax`): the stub returns to the caller instead of running the function.
+extern "C" fn entry_dispatch(site: &Site, regs: &mut PtRegs) -> u64 {
+    match on_entry(site, regs) {
+        Some(rc) => {
+            regs.ax = rc;
+            1
+        }
+        None => 0,
+    }
 }
 
 /// Called by the return stub; leaves the real return address in `regs.ip`.
@@ -346,7 +366,8 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
         Admission::Ignore => {}
         Admission::Miss => miss_all(list(&site.ret)),
         Admission::Run(level, before) => {
-            run_list(list(&site.ret), regs, level);
+            // An override asked for at a return means nothing: the function has run.
+            let _ = run_list(list(&site.ret), regs, level);
             leave(before);
         }
     }
@@ -480,6 +501,10 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
     }
     a.mov(rax, f)?;
     a.call(rax)?;
+    if point == PointKind::FunctionEntry {
+        // The dispatcher's answer (return at once?), in the flags: nothing below changes them.
+        a.test(rax, rax)?;
+    }
     if point == PointKind::MidFunction {
         a.fxrstor64(ptr(rsp))?;
     } else {
@@ -510,6 +535,13 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
 fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: PointKind) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
     emit_probe_call(&mut a, point, Some(probe_addr), Some(site), entry_dispatch as *const () as u64)?;
+    if point == PointKind::FunctionEntry {
+        // Overridden: back to the caller with ax as the result, the function not run.
+        let mut run_function = a.create_label();
+        a.je(run_function)?;
+        a.ret()?;
+        a.set_label(&mut run_function)?;
+    }
     a.jmp(trampoline)?; // same page: a direct jump
     a.assemble(at)
 }
@@ -654,8 +686,9 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
 }
 
 /// Runs an int3 site's handlers for a thread that trapped on it (from the SIGTRAP handler,
-/// in the trapped thread's flow); `gregs` are its registers, written back on return.
-pub(crate) fn trap_hit(site: u64, gregs: &mut [i64; 23]) {
+/// in the trapped thread's flow); `gregs` are its registers, written back on return. True when
+/// a handler overrode the function's result: `gregs` then return to the caller.
+pub(crate) fn trap_hit(site: u64, gregs: &mut [i64; 23]) -> bool {
     // SAFETY: the address of a leaked `Site`, registered by `build_trap_site`.
     let site = unsafe { &*(site as *const Site) };
     let g = |r: libc::c_int| gregs[r as usize] as u64;
@@ -682,7 +715,18 @@ pub(crate) fn trap_hit(site: u64, gregs: &mut [i64; 23]) {
         sp: g(libc::REG_RSP),
         ss: 0x2b,
     };
-    on_entry(site, &regs);
+    if let Some(rc) = on_entry(site, &regs) {
+        // Return at once: pop the return address (perhaps our return stub's) into rip.
+        let stack = gregs[libc::REG_RSP as usize] as u64;
+        // SAFETY: at a function's first instruction [rsp] is its return address, on the
+        // trapped thread's stack.
+        let ret = unsafe { (stack as *const u64).read() };
+        gregs[libc::REG_RAX as usize] = rc as i64;
+        gregs[libc::REG_RSP as usize] = (stack + 8) as i64;
+        gregs[libc::REG_RIP as usize] = ret as i64;
+        return true;
+    }
+    false
 }
 
 /// Builds the stub and trampoline of a jump site.

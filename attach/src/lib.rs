@@ -50,11 +50,12 @@ mod tests {
     struct Count(AtomicU64, AtomicU64, AtomicU64, AtomicU64);
 
     impl ProbeHandler for Count {
-        fn on_hit(&self, regs: &PtRegs, _level: usize) {
+        fn on_hit(&self, regs: &PtRegs, _level: usize) -> Option<u64> {
             self.0.fetch_add(1, Ordering::Relaxed);
             self.1.store(regs.di, Ordering::Relaxed);
             self.2.store(regs.si, Ordering::Relaxed);
             self.3.store(regs.ax, Ordering::Relaxed);
+            None
         }
     }
 
@@ -117,7 +118,7 @@ mod tests {
     struct Clobber(AtomicU64);
 
     impl ProbeHandler for Clobber {
-        fn on_hit(&self, _: &PtRegs, _: usize) {
+        fn on_hit(&self, _: &PtRegs, _: usize) -> Option<u64> {
             self.0.fetch_add(1, Ordering::Relaxed);
             // SAFETY: only overwrites registers declared as clobbered (and the flags).
             unsafe {
@@ -129,6 +130,7 @@ mod tests {
                     out("xmm5") _, out("xmm6") _, out("xmm7") _, out("xmm8") _,
                 );
             }
+            None
         }
     }
 
@@ -206,8 +208,9 @@ mod stress {
 
     struct Hits(AtomicU64);
     impl ProbeHandler for Hits {
-        fn on_hit(&self, _: &PtRegs, _: usize) {
+        fn on_hit(&self, _: &PtRegs, _: usize) -> Option<u64> {
             self.0.fetch_add(1, Ordering::Relaxed);
+            None
         }
     }
 

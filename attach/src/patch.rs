@@ -131,7 +131,9 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
         let site = s.trap_site.load(Ordering::Relaxed);
         if site != 0 {
             // A probe kept as an int3: its handlers run here, in the trapped thread's flow.
-            crate::hook::trap_hit(site, &mut uc.uc_mcontext.gregs);
+            if crate::hook::trap_hit(site, &mut uc.uc_mcontext.gregs) {
+                return; // overridden: the thread returns to its caller
+            }
         } else {
             // Hit our int3 while the site's bytes change.
             TRAPS_REDIRECTED.fetch_add(1, Ordering::Relaxed);

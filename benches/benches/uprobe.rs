@@ -2,7 +2,7 @@
 //! program that updates an array map), with our uretprobe, and with the kernel's uprobe running
 //! the same clang-built programs (raw bpf() + perf_event_open, as root).
 
-use bpftime::ProgramProbe;
+use bpftime::{Effect, ProgramProbe};
 use bpftime_attach::{attach, detach, ProbeHandler, ProbeKind, PtRegs, SiteInfo};
 use bpftime_object::Object;
 use bpftime_runtime::{EngineKind, Runtime};
@@ -25,8 +25,9 @@ const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/uprobe_bench.bpf
 struct NoProgram;
 
 impl ProbeHandler for NoProgram {
-    fn on_hit(&self, regs: &PtRegs, _level: usize) {
+    fn on_hit(&self, regs: &PtRegs, _level: usize) -> Option<u64> {
         black_box(regs);
+        None
     }
 }
 
@@ -46,7 +47,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("bpftime_hook_only", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
     detach(id).expect("detach");
     for (name, kind) in [("empty", ProbeKind::Entry), ("array_update", ProbeKind::Entry), ("empty_ret", ProbeKind::Return)] {
-        let id = attach(addr, info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, addr))).expect("attach");
+        let id = attach(addr, info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, addr, Effect::Observe))).expect("attach");
         let label = if kind == ProbeKind::Return { format!("bpftime_uretprobe_{name}") } else { format!("bpftime_uprobe_{name}") };
         g.bench_function(label, |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
         detach(id).expect("detach");

@@ -212,13 +212,16 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
             return Err(format!("{shown}: --attach {prog}=...: no program named `{prog}`"));
         };
         let retprobe = section.starts_with("uretprobe") || section.starts_with("kretprobe");
-        let link = links::store(&region, name, *id, target, retprobe, 0).map_err(|e| e.to_string())?;
+        let replace = section.starts_with("ureplace");
+        let scope = links::LinkScope { replace, ..Default::default() };
+        let link = links::store_owned(&region, name, *id, target, retprobe, 0, scope).map_err(|e| e.to_string())?;
         stored.links.push(links::UprobeLink {
             id: link,
             name: name.clone(),
             prog: *id,
             target: target.clone(),
             retprobe,
+            replace,
             cookie: 0,
             state: links::LinkState::Stored,
             kind: links::LinkKind::Uprobe,
@@ -230,7 +233,7 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
         eprintln!("bpftime: {shown}: {s}");
     }
     if stored.links.is_empty() {
-        return Err(format!("{shown}: no uprobe, uretprobe or CUDA kernel (kprobe/KERNEL) sections to attach"));
+        return Err(format!("{shown}: no uprobe, uretprobe, ureplace or CUDA kernel (kprobe/KERNEL) sections to attach"));
     }
 
     let mut cmd = crate::agent_command(&req.agent, &req.command);

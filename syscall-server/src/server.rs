@@ -474,7 +474,7 @@ impl Server {
             );
         }
         let pid = if ev.pid > 0 { ev.pid as u32 } else { 0 };
-        let scope = links::LinkScope { owner: std::process::id(), pid, ref_ctr: ev.ref_ctr_offset };
+        let scope = links::LinkScope { owner: std::process::id(), pid, ref_ctr: ev.ref_ctr_offset, replace: false };
         let id = links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, scope).map_err(|_| libc::ENOMEM)?;
         ev.link = Some(id);
         Ok(id)

@@ -340,10 +340,14 @@ extern "C" fn tail_call(_ctx: u64, prog_array: u64, index: u64, _: u64, _: u64, 
         return err(Errno::E2BIG);
     }
     let Ok(target) = h.runtime.program(id) else { return err(Errno::ENOENT) };
-    let nested = HelperContext { runtime: h.runtime, cookie: h.cookie, func_ip: h.func_ip, pt_regs: h.pt_regs, tail_calls: Cell::new(h.tail_calls.get() + 1) };
+    let nested = HelperContext::new(h.runtime, h.cookie, h.func_ip, h.pt_regs);
+    nested.tail_calls.set(h.tail_calls.get() + 1);
+    nested.override_return.set(h.override_return.get());
     let ctx = state.context_region();
     // The chain shares one budget: the callee gets what this run has left.
-    match h.runtime.run_region(&target, ctx, &nested, state.budget) {
+    let r = h.runtime.run_region(&target, ctx, &nested, state.budget);
+    h.override_return.set(nested.override_return.get());
+    match r {
         Ok(r0) => {
             // A tail call does not return: the chain's last program gives the result.
             state.stop(r0);
@@ -478,6 +482,18 @@ extern "C" fn get_func_ip(_: u64, _: u64, _: u64, _: u64, _: u64, state: &mut Ru
     host(state).map(|h| h.func_ip).unwrap_or(0)
 }
 
+/// `bpf_override_return(regs, rc)`: the probed function returns `rc` without running (honoured
+/// at a function's entry; the agent says where it is not).
+extern "C" fn override_return(_regs: u64, rc: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    match host(state) {
+        Some(h) if h.pt_regs => {
+            h.override_return.set(Some(rc));
+            0
+        }
+        _ => err(Errno::EINVAL),
+    }
+}
+
 extern "C" fn get_attach_cookie(_: u64, _: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
     host(state).map(|h| h.cookie).unwrap_or(0)
 }
@@ -525,6 +541,7 @@ pub fn kernel_helpers() -> HelperTable {
         .register(37, "bpf_current_task_under_cgroup", current_task_under_cgroup)
         .register(80, "bpf_get_current_cgroup_id", get_current_cgroup_id)
         .register(45, "bpf_probe_read_str", probe_read_str)
+        .register(58, "bpf_override_return", override_return)
         .register(67, "bpf_get_stack", get_stack)
         .register(87, "bpf_map_push_elem", map_push_elem)
         .register(88, "bpf_map_pop_elem", map_pop_elem)

@@ -25,4 +25,4 @@ pub mod trace;
 mod user_mem;
 
 pub use handles::{map_of, map_ref, MAP_REF_TAG};
-pub use runtime::{EngineKind, HelperContext, LoadError, LoadedObject, LoadedProgram, ProbeProgram, Runtime, PROBE_LEVELS};
+pub use runtime::{EngineKind, HelperContext, LoadError, LoadedObject, LoadedProgram, ProbeProgram, ProbeRun, Runtime, PROBE_LEVELS};

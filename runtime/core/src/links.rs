@@ -82,6 +82,9 @@ pub struct UprobeLink {
     pub target: String,
     /// uretprobe rather than uprobe.
     pub retprobe: bool,
+    /// An entry probe whose program replaces the function (`ureplace/...`): the program's
+    /// result is returned, the function not run.
+    pub replace: bool,
     /// `bpf_get_attach_cookie`.
     pub cookie: u64,
     /// How far it got.
@@ -109,14 +112,19 @@ pub struct LinkScope {
     pub pid: u32,
     /// File offset of the USDT semaphore in the target binary that counts it.
     pub ref_ctr: u64,
+    /// The program replaces the function (see [`UprobeLink::replace`]).
+    pub replace: bool,
 }
+
+/// `LinkDesc::retprobe` of a replacing link (0: entry, 1: return).
+const REPLACE: u32 = 2;
 
 #[allow(clippy::too_many_arguments)]
 fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, kind: LinkKind, scope: LinkScope) -> Result<u32, ShmError> {
     let mut desc = LinkDesc {
         magic: LINK_MAGIC,
         prog,
-        retprobe: retprobe as u32,
+        retprobe: if scope.replace { REPLACE } else { retprobe as u32 },
         cookie,
         target: [0; TARGET_LEN],
         state: 0,
@@ -229,6 +237,7 @@ pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> 
                     prog: *prog,
                     target: function.clone(),
                     retprobe: *retprobe,
+                    replace: false,
                     cookie: 0,
                     state: LinkState::Stored,
                     kind: LinkKind::CudaKernel,
@@ -243,13 +252,15 @@ pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> 
             }
         };
         let retprobe = matches!(kind, ProgramKind::Uprobe { retprobe: true, .. });
-        let id = store(region, name, *prog, &target, retprobe, 0)?;
+        let replace = matches!(kind, ProgramKind::Uprobe { replace: true, .. });
+        let id = store_kind(region, name, *prog, &target, retprobe, 0, LinkKind::Uprobe, LinkScope { replace, ..LinkScope::default() })?;
         out.links.push(UprobeLink {
             id,
             name: name.clone(),
             prog: *prog,
             target,
             retprobe,
+            replace,
             cookie: 0,
             state: LinkState::Stored,
             kind: LinkKind::Uprobe,
@@ -276,7 +287,8 @@ pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
                 name: o.name,
                 prog: d.prog,
                 target: desc::text(&d.target),
-                retprobe: d.retprobe != 0,
+                retprobe: d.retprobe == 1,
+                replace: d.retprobe == REPLACE,
                 cookie: d.cookie,
                 state: LinkState::from_u32(d.state),
                 kind: if d.kind == LinkKind::CudaKernel as u32 { LinkKind::CudaKernel } else { LinkKind::Uprobe },

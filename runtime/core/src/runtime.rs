@@ -127,6 +127,24 @@ pub struct HelperContext<'a> {
     pub pt_regs: bool,
     /// Tail calls taken so far in this chain.
     pub tail_calls: Cell<u32>,
+    /// The value `bpf_override_return` asked the probed function to return without running.
+    pub override_return: Cell<Option<u64>>,
+}
+
+impl<'a> HelperContext<'a> {
+    /// A context for a run of `runtime`'s programs.
+    pub fn new(runtime: &'a Runtime, cookie: u64, func_ip: u64, pt_regs: bool) -> Self {
+        HelperContext { runtime, cookie, func_ip, pt_regs, tail_calls: Cell::new(0), override_return: Cell::new(None) }
+    }
+}
+
+/// What a probe's program asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeRun {
+    /// The program's result.
+    pub r0: u64,
+    /// `bpf_override_return(ctx, rc)`: return `rc` from the probed function without running it.
+    pub override_return: Option<u64>,
 }
 
 /// A program attached to a probe point: what a hit needs to run it.
@@ -157,7 +175,7 @@ struct ProbeThread {
 
 impl ProbeThread {
     #[inline]
-    fn run(&mut self, probe: &ProbeProgram, regs: &[u8]) -> Result<u64, RunError> {
+    fn run(&mut self, probe: &ProbeProgram, regs: &[u8]) -> Result<ProbeRun, RunError> {
         // Only what changed is written (see `Runner::run_read_only`).
         let host = &mut *self.host;
         if host.cookie != probe.cookie {
@@ -169,7 +187,7 @@ impl ProbeThread {
         self.busy = true;
         let r = self.runner.run_read_only(probe.program.engine(), regs, host as *mut HelperContext as *mut c_void);
         self.busy = false;
-        r
+        Ok(ProbeRun { r0: r?, override_return: host.override_return.take() })
     }
 }
 
@@ -424,7 +442,7 @@ impl Runtime {
 
     /// Runs a program on `ctx` with the given helper context values.
     pub fn run(&self, prog: &LoadedProgram, ctx: Context<'_>, cookie: u64, func_ip: u64, pt_regs: bool) -> Result<u64, RunError> {
-        let host = HelperContext { runtime: self, cookie, func_ip, pt_regs, tail_calls: Cell::new(0) };
+        let host = HelperContext::new(self, cookie, func_ip, pt_regs);
         let opts = RunOptions { regions: &self.regions, budget: self.budget, host: &host as *const HelperContext as *mut _ };
         run(prog.engine().as_ref(), ctx, &opts)
     }
@@ -435,7 +453,7 @@ impl Runtime {
     /// context yet in a nested flow, or a region lock held by the flow it interrupted) is
     /// counted as a miss of the program and returns 0.
     #[inline]
-    pub fn run_probe(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<u64, RunError> {
+    pub fn run_probe(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<ProbeRun, RunError> {
         let threads = PROBE_THREADS.try_with(|c| c.get()).unwrap_or(std::ptr::null_mut());
         if !threads.is_null() && level < PROBE_LEVELS && (level == 0 || !bpftime_shm::lock::held_by_this_thread()) {
             // SAFETY: this thread's contexts; only this level's element is borrowed (runs at
@@ -452,11 +470,11 @@ impl Runtime {
     /// cannot run, or during thread teardown.
     #[cold]
     #[inline(never)]
-    fn run_probe_slow(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<u64, RunError> {
+    fn run_probe_slow(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<ProbeRun, RunError> {
         if level > 0 {
             // Nested in a run of this thread: no allocation, no waiting for what it holds.
             self.count_miss(probe.program.id);
-            return Ok(0);
+            return Ok(ProbeRun { r0: 0, override_return: None });
         }
         let made = PROBE_THREADS.try_with(|cell| {
             let old = cell.get();
@@ -467,7 +485,7 @@ impl Runtime {
             let fresh = Box::into_raw(Box::new(ProbeThreads {
                 levels: std::array::from_fn(|_| ProbeThread {
                     runner: Runner::new(&self.regions, self.probe_budget),
-                    host: Box::new(HelperContext { runtime: self, cookie: probe.cookie, func_ip: probe.func_ip, pt_regs: true, tail_calls: Cell::new(0) }),
+                    host: Box::new(HelperContext::new(self, probe.cookie, probe.func_ip, true)),
                     busy: false,
                 }),
             }));
@@ -489,9 +507,10 @@ impl Runtime {
         match made {
             Ok(Some(r)) => r,
             _ => {
-                let host = HelperContext { runtime: self, cookie: probe.cookie, func_ip: probe.func_ip, pt_regs: true, tail_calls: Cell::new(0) };
+                let host = HelperContext::new(self, probe.cookie, probe.func_ip, true);
                 let opts = RunOptions { regions: &self.regions, budget: self.probe_budget, host: &host as *const HelperContext as *mut _ };
-                run(probe.program.engine().as_ref(), Context::ReadOnly(regs), &opts)
+                let r0 = run(probe.program.engine().as_ref(), Context::ReadOnly(regs), &opts)?;
+                Ok(ProbeRun { r0, override_return: host.override_return.get() })
             }
         }
     }

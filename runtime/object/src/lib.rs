@@ -106,8 +106,9 @@ pub struct DataReloc {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProgramKind {
     /// `uprobe/BINARY:FUNC[+OFF]` or `uretprobe/...` (`.s` sleepable variants too); `target`
-    /// is the part after the slash, possibly empty.
-    Uprobe { retprobe: bool, target: String },
+    /// is the part after the slash, possibly empty. `ureplace/BINARY:FUNC` (bpftime's) is an
+    /// entry probe whose program replaces the function: its result is the function's.
+    Uprobe { retprobe: bool, target: String, replace: bool },
     /// `kprobe/FUNC` or `kretprobe/FUNC`.
     Kprobe { retprobe: bool, function: String },
     /// `tracepoint/CATEGORY/NAME` or `tp/CATEGORY/NAME`.
@@ -128,8 +129,9 @@ impl ProgramKind {
             None => (section, ""),
         };
         match head {
-            "uprobe" | "uprobe.s" | "uprobe.multi" => ProgramKind::Uprobe { retprobe: false, target: rest.to_string() },
-            "uretprobe" | "uretprobe.s" | "uretprobe.multi" => ProgramKind::Uprobe { retprobe: true, target: rest.to_string() },
+            "uprobe" | "uprobe.s" | "uprobe.multi" => ProgramKind::Uprobe { retprobe: false, target: rest.to_string(), replace: false },
+            "uretprobe" | "uretprobe.s" | "uretprobe.multi" => ProgramKind::Uprobe { retprobe: true, target: rest.to_string(), replace: false },
+            "ureplace" => ProgramKind::Uprobe { retprobe: false, target: rest.to_string(), replace: true },
             "kprobe" | "ksyscall" => ProgramKind::Kprobe { retprobe: false, function: rest.to_string() },
             "kretprobe" | "kretsyscall" => ProgramKind::Kprobe { retprobe: true, function: rest.to_string() },
             "tracepoint" | "tp" => {
