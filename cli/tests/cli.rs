@@ -594,3 +594,19 @@ fn forked_children_keep_their_probes_and_never_hang() {
     assert!(stderr.contains("`calls`") && stderr.contains("  0 => 20100\n"), "{stderr}");
     assert!(stderr.contains("(sum 20100)"), "the per-CPU count too: {stderr}");
 }
+
+/// exec drops the old image's probes (another thread is inside them when it happens) and the
+/// new image, preloaded again through the inherited environment, is attached afresh: three
+/// execs, four images, every main-thread call seen at entry and return.
+#[test]
+fn exec_attaches_the_new_image_afresh() {
+    let obj = build_example("uprobe_signals");
+    let execs = bpftime_tests::clang::build_target("execs", false);
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", execs.to_str().unwrap(), "1000", "3"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), "sum 500500", "the last image's own calls");
+    // add(i, 1) for i < 1000 in each of 4 images; the other thread adds add(0, 0) calls.
+    let sum = 4 * 500500;
+    assert!(stderr.contains(&format!("  1 => {sum}\n")) && stderr.contains(&format!("  3 => {sum}\n")), "arguments and results: {stderr}");
+}

@@ -1,5 +1,5 @@
-// Entry and return probes on add() in the signals target: counts both and sums the arguments
-// and the results (equal when every call is seen at both ends).
+// Entry and return probes on add() (the signals and execs targets): counts both and sums the
+// arguments and the results (equal when every call is seen at both ends).
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
