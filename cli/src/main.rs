@@ -481,7 +481,7 @@ fn copied_back(file: &Path, section: Option<&str>, r: &gpu_run::Report) -> Optio
 
 /// Writes the links of an object's uprobe programs (see `links::store_uprobes`), saying which
 /// programs are not attached and why.
-fn store_links(region: &ShmRegion, programs: &[(String, String, u32)]) -> Result<Vec<UprobeLink>, String> {
+fn store_links(region: &std::sync::Arc<ShmRegion>, programs: &[(String, String, u32)]) -> Result<Vec<UprobeLink>, String> {
     let stored = links::store_uprobes(region, programs).map_err(|e| e.to_string())?;
     for s in &stored.skipped {
         eprintln!("bpftime: {s}");

@@ -158,6 +158,14 @@ fn remove_stale_regions() {
     }
 }
 
+/// Where `command` is found, as a shell would find it (through `PATH` when it has no slash).
+fn command_path(command: &str) -> Option<std::path::PathBuf> {
+    if command.contains('/') {
+        return std::fs::canonicalize(command).ok();
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(command)).find(|p| p.is_file()).and_then(|p| std::fs::canonicalize(p).ok())
+}
+
 /// Runs the request; returns the command's exit status (128 + signal if a signal ended it).
 pub fn run(req: RunRequest) -> Result<i32, String> {
     let bytes = read_program_file(&req.file).map_err(|e| e.to_string())?;
@@ -206,11 +214,20 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
     }
     // Programs attached where --attach says are not the section's to place.
     let (placed, by_section): (Vec<_>, Vec<_>) = chosen.into_iter().partition(|(name, section, _)| attach.iter().any(|(p, _)| p == name || p == section));
-    let mut stored = links::store_uprobes(&region, &by_section).map_err(|e| e.to_string())?;
+    // `/proc/self/exe` in a section is the command's executable.
+    let exe = command_path(&req.command[0]);
+    let mut stored = links::store_uprobes_for(&region, &by_section, exe.as_deref()).map_err(|e| e.to_string())?;
     for (prog, target) in &attach {
         let Some((name, section, id)) = placed.iter().find(|(name, section, _)| prog == name || prog == section) else {
             return Err(format!("{shown}: --attach {prog}=...: no program named `{prog}`"));
         };
+        if section.starts_with("usdt") {
+            // A USDT program placed by --attach PROG=BINARY:PROVIDER:NAME: one link per site.
+            let placed = links::store_uprobes_for(&region, &[(name.clone(), format!("usdt/{target}"), *id)], exe.as_deref()).map_err(|e| e.to_string())?;
+            stored.links.extend(placed.links);
+            stored.skipped.extend(placed.skipped);
+            continue;
+        }
         let retprobe = section.starts_with("uretprobe") || section.starts_with("kretprobe");
         let replace = section.starts_with("ureplace");
         let scope = links::LinkScope { replace, ..Default::default() };

@@ -610,3 +610,32 @@ fn exec_attaches_the_new_image_afresh() {
     let sum = 4 * 500500;
     assert!(stderr.contains(&format!("  1 => {sum}\n")) && stderr.contains(&format!("  3 => {sum}\n")), "arguments and results: {stderr}");
 }
+
+/// `SEC("usdt/BINARY:PROVIDER:NAME")` programs written with libbpf's usdt.bpf.h run under
+/// `bpftime run` with no loader of their own: bpftime reads the probes' notes and fills the
+/// spec maps as libbpf would. The usdt target's tick probe (no semaphore check) and guarded
+/// probe (fires only while its semaphore is raised, which attaching does), then a USDT probe
+/// in a library loaded later with dlopen (placed with --attach).
+#[test]
+fn usdt_programs_run_under_bpftime_run() {
+    let obj = build_example("usdt_args");
+    let usdt = bpftime_tests::clang::build_target("usdt", false);
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", usdt.to_str().unwrap(), "1000"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), "1000 ticks, sum 499500");
+    let (n, sum) = (1000, 499500);
+    for (k, v) in [(0, n), (1, sum), (2, 2 * sum), (3, n), (4, 3 * sum), (5, n)] {
+        assert!(stderr.contains(&format!("  {k} => {v}\n")), "usdt_stats[{k}] = {v}: {stderr}");
+    }
+    let obj = build_example("usdt_plugin");
+    let lib = bpftime_tests::clang::build_target("plugin", true);
+    let host = bpftime_tests::clang::build_target("dlopen_host", false);
+    let place = format!("on_mul={}:plugin:mul", lib.display());
+    let out = bpftime(&["run", "--attach", &place, obj.to_str().unwrap(), "--", host.to_str().unwrap(), lib.to_str().unwrap(), "500"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for (k, v) in [(0, 500), (1, 499 * 500 / 2), (2, 1500)] {
+        assert!(stderr.contains(&format!("  {k} => {v}\n")), "mul_stats[{k}] = {v}: {stderr}");
+    }
+}

@@ -1,6 +1,10 @@
-// A shared library loaded with dlopen by dlopen_host.c, for probes on late-loaded code.
+// A shared library loaded with dlopen by dlopen_host.c, for probes on late-loaded code: a
+// function and a USDT probe (plugin:mul, its two arguments) in it.
+#include <sys/sdt.h>
+
 __attribute__((noinline)) int plugin_mul(int a, int b)
 {
+    DTRACE_PROBE2(plugin, mul, a, b);
     __asm__ volatile("" ::: "memory");
     return a * b;
 }

@@ -22,6 +22,7 @@ pub mod links;
 pub mod progs;
 mod runtime;
 pub mod trace;
+pub mod usdt;
 mod user_mem;
 
 pub use handles::{map_of, map_ref, MAP_REF_TAG};

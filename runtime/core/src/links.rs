@@ -2,8 +2,12 @@
 //! a traced process reads them and attaches what they name.
 
 use crate::desc::{self, Plain};
+use crate::usdt;
+use bpftime_maps::Map;
 use bpftime_object::ProgramKind;
 use bpftime_shm::{ObjectKind, ShmError, ShmRegion};
+use std::path::Path;
+use std::sync::Arc;
 
 const LINK_MAGIC: u64 = 0x6270_665f_6c69_6e6b; // "bpf_link"
 const TARGET_LEN: usize = 512;
@@ -213,6 +217,7 @@ fn unsupported(kind: &ProgramKind) -> String {
         ProgramKind::Kprobe { .. } => "its section names no kernel (write `kprobe/KERNEL` for a CUDA kernel; kernel kprobes run in the kernel)".into(),
         ProgramKind::Tracepoint { category, name } => format!("tracepoint `{category}/{name}`: tracepoint programs are not supported yet"),
         ProgramKind::RawTracepoint { name } => format!("raw tracepoint `{name}`: raw tracepoint programs are not supported yet"),
+        ProgramKind::Usdt { .. } => "its section names no BINARY:PROVIDER:NAME (write `usdt/BINARY:PROVIDER:NAME`)".into(),
         ProgramKind::SocketFilter => "socket filters are not supported".into(),
         ProgramKind::Other(_) => "bpftime does not know where programs of this section attach".into(),
     }
@@ -223,11 +228,26 @@ fn unsupported(kind: &ProgramKind) -> String {
 /// libbpf spelling (`uprobe/BINARY:FUNCTION[+OFFSET]`, `uretprobe/...`), and a CUDA kernel
 /// link for each `kprobe/KERNEL` / `kretprobe/KERNEL` program (bpftime's spelling for probes in
 /// GPU kernels); every other program is listed in [`StoredUprobes::skipped`] with the reason.
-pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> Result<StoredUprobes, ShmError> {
+pub fn store_uprobes(region: &Arc<ShmRegion>, programs: &[(String, String, u32)]) -> Result<StoredUprobes, ShmError> {
+    store_uprobes_for(region, programs, None)
+}
+
+/// [`store_uprobes`], with `/proc/self/exe` in a section meaning `exe` (the command a
+/// `bpftime run` starts) rather than the calling process's own executable. USDT programs
+/// (`usdt/BINARY:PROVIDER:NAME`) get a link per probe site, as libbpf's loader makes them
+/// (see [`crate::usdt`]).
+pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u32)], exe: Option<&Path>) -> Result<StoredUprobes, ShmError> {
     let mut out = StoredUprobes::default();
     for (name, section, prog) in programs {
         let kind = ProgramKind::from_section(section);
         let target = match &kind {
+            ProgramKind::Usdt { binary, provider, name: probe } if !probe.is_empty() => {
+                match store_usdt(region, name, *prog, &binary_path(binary, exe), provider, probe) {
+                    Ok(links) => out.links.extend(links),
+                    Err(reason) => out.skipped.push(Skipped { name: name.clone(), section: section.clone(), reason }),
+                }
+                continue;
+            }
             ProgramKind::Uprobe { target, .. } if target.contains(':') => target.clone(),
             ProgramKind::Kprobe { retprobe, function } if !function.is_empty() => {
                 let id = store_kind(region, name, *prog, function, *retprobe, 0, LinkKind::CudaKernel, LinkScope::default())?;
@@ -269,6 +289,71 @@ pub fn store_uprobes(region: &ShmRegion, programs: &[(String, String, u32)]) -> 
         });
     }
     Ok(out)
+}
+
+/// The file a section's BINARY names: `/proc/self/exe` as `exe` says, a bare library name
+/// searched where the dynamic linker looks, a path as it is.
+fn binary_path(binary: &str, exe: Option<&Path>) -> String {
+    if binary == "/proc/self/exe" {
+        let own = || std::fs::read_link("/proc/self/exe").ok();
+        return exe.map(Path::to_path_buf).or_else(own).map_or(binary.to_string(), |p| p.to_string_lossy().into_owned());
+    }
+    if binary.contains('/') {
+        return binary.to_string();
+    }
+    ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib"]
+        .iter()
+        .map(|d| Path::new(d).join(binary))
+        .find(|p| p.exists())
+        .map_or(binary.to_string(), |p| p.to_string_lossy().into_owned())
+}
+
+/// Links program `prog` (named `name`) to every site of USDT probe `provider:probe` in
+/// `binary`, each with its argument spec written into the program's `__bpf_usdt_specs` map
+/// and the spec id as the link's cookie; the probe's semaphore is raised while attached.
+fn store_usdt(region: &Arc<ShmRegion>, name: &str, prog: u32, binary: &str, provider: &str, probe: &str) -> Result<Vec<UprobeLink>, String> {
+    let sites: Vec<usdt::UsdtProbe> = usdt::probes_in(binary)?.into_iter().filter(|p| p.provider == provider && p.name == probe).collect();
+    if sites.is_empty() {
+        return Err(format!("{binary} has no USDT probe {provider}:{probe}"));
+    }
+    let stored = crate::progs::load(region, prog).ok_or("the program is not in the region")?;
+    let specs = stored
+        .map_refs()
+        .into_iter()
+        .filter_map(|(_, id)| Map::open(region, id).ok())
+        .find(|m| m.name() == "__bpf_usdt_specs")
+        .ok_or("the program uses no __bpf_usdt_specs map (build it with libbpf's usdt.bpf.h)")?;
+    let (value_size, slots) = (specs.spec().value_size as usize, specs.spec().max_entries);
+    if value_size != usdt::SPEC_SIZE {
+        return Err(format!("__bpf_usdt_specs holds {value_size}-byte values, not libbpf's {}-byte specs", usdt::SPEC_SIZE));
+    }
+    let mut value = vec![0u8; value_size];
+    let first_free = (0..slots).rev().find(|k| specs.lookup(&k.to_le_bytes(), &mut value).is_ok() && usdt::slot_used(&value)).map_or(0, |k| k + 1);
+    let mut links = vec![];
+    for (next, site) in (first_free..).zip(sites) {
+        let spec = usdt::encode_spec(&site.args, 0).map_err(|e| format!("{provider}:{probe} at {:#x}: {e}", site.offset))?;
+        if next >= slots {
+            return Err(format!("more USDT sites than the {slots} specs __bpf_usdt_specs holds"));
+        }
+        specs.update(&next.to_le_bytes(), &spec, 0).map_err(|e| format!("writing the USDT spec: {e}"))?;
+        let target = format!("{binary}:{:#x}", site.offset);
+        let scope = LinkScope { ref_ctr: site.semaphore, ..LinkScope::default() };
+        let id = store_owned(region, name, prog, &target, false, next as u64, scope).map_err(|e| e.to_string())?;
+        links.push(UprobeLink {
+            id,
+            name: name.to_string(),
+            prog,
+            target,
+            retprobe: false,
+            replace: false,
+            cookie: next as u64,
+            state: LinkState::Stored,
+            kind: LinkKind::Uprobe,
+            pid: 0,
+            ref_ctr: site.semaphore,
+        });
+    }
+    Ok(links)
 }
 
 /// Every link in the region (uprobes and CUDA kernel probes).

@@ -111,6 +111,9 @@ pub enum ProgramKind {
     Uprobe { retprobe: bool, target: String, replace: bool },
     /// `kprobe/FUNC` or `kretprobe/FUNC`.
     Kprobe { retprobe: bool, function: String },
+    /// `usdt/BINARY:PROVIDER:NAME` (libbpf's `usdt.bpf.h` programs); all three empty for a bare
+    /// `usdt` section (the loader says where).
+    Usdt { binary: String, provider: String, name: String },
     /// `tracepoint/CATEGORY/NAME` or `tp/CATEGORY/NAME`.
     Tracepoint { category: String, name: String },
     /// `raw_tracepoint/NAME` or `raw_tp/NAME`.
@@ -139,6 +142,11 @@ impl ProgramKind {
                 ProgramKind::Tracepoint { category: c.to_string(), name: n.to_string() }
             }
             "raw_tracepoint" | "raw_tp" => ProgramKind::RawTracepoint { name: rest.to_string() },
+            "usdt" => {
+                let mut parts = rest.rsplitn(3, ':');
+                let (name, provider, binary) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                ProgramKind::Usdt { binary: binary.to_string(), provider: provider.to_string(), name: name.to_string() }
+            }
             "socket" => ProgramKind::SocketFilter,
             _ => ProgramKind::Other(section.to_string()),
         }
