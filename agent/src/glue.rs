@@ -243,9 +243,44 @@ fn initialise_what_hits_use() {
 }
 
 /// Loads the standalone object, or reads the region's links, and attaches.
+/// Whether the agent was preloaded or configured (`LD_PRELOAD` names it, or `BPFTIME_SHM` /
+/// `BPFTIME_PROGRAM` is set). Otherwise it was loaded into a running process by
+/// `bpftime attach`, which then calls `bpftime_agent_attach` with the region to use.
+pub(crate) fn configured() -> bool {
+    if std::env::var_os("BPFTIME_SHM").is_some() || std::env::var_os("BPFTIME_PROGRAM").is_some() {
+        return true;
+    }
+    let Some(preload) = std::env::var_os("LD_PRELOAD") else { return false };
+    let mut info: libc::Dl_info = empty_dl_info();
+    // SAFETY: dladdr(3) with the address of one of our functions and a valid out pointer.
+    if unsafe { libc::dladdr(configured as *const libc::c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return true;
+    }
+    // SAFETY: dladdr set dli_fname to a NUL-terminated path that lives as long as the library.
+    let ours = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned();
+    let name = std::path::Path::new(&ours).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(ours.clone());
+    preload.to_string_lossy().split([':', ' ']).any(|p| p == ours || std::path::Path::new(p).file_name().is_some_and(|f| f.to_string_lossy() == name))
+}
+
+/// An empty `Dl_info` for dladdr to fill.
+fn empty_dl_info() -> libc::Dl_info {
+    libc::Dl_info { dli_fname: std::ptr::null(), dli_fbase: std::ptr::null_mut(), dli_sname: std::ptr::null(), dli_saddr: std::ptr::null_mut() }
+}
+
+/// Whether the agent has started in this process.
+pub(crate) fn running() -> bool {
+    AGENT.get().is_some()
+}
+
+/// Starts with the region named by `BPFTIME_SHM` (or the default one).
 pub(crate) fn start() {
+    start_in(default_name(), false);
+}
+
+/// Starts with region `name`; `follow`: watch the link table even when there is something to
+/// attach now (a process attached by `bpftime attach` is detached through it).
+pub(crate) fn start_in(name: String, follow: bool) {
     initialise_what_hits_use();
-    let name = default_name();
     let program = std::env::var_os("BPFTIME_PROGRAM");
     let region = match ShmRegion::open(&name) {
         Ok(r) => Arc::new(r),
@@ -317,7 +352,7 @@ pub(crate) fn start() {
     // table when there was nothing to attach yet (the target started before its loader), or
     // when asked (`BPFTIME_LINK_POLL_MS`). Otherwise no thread is added to the application (a
     // thread changes what libc does: two more free() calls in a two-thread program).
-    let follow = std::env::var_os("BPFTIME_LINK_POLL_MS").is_some() || !found.iter().any(|l| l.kind == links::LinkKind::Uprobe);
+    let follow = follow || std::env::var_os("BPFTIME_LINK_POLL_MS").is_some() || !found.iter().any(|l| l.kind == links::LinkKind::Uprobe);
     if !standalone && follow {
         // Started, and running, before any probe is attached.
         let (started, running) = std::sync::mpsc::channel::<()>();

@@ -38,7 +38,7 @@ pub use glue::{attach_pending, Agent, Effect, ProgramProbe};
 /// Runs at load time (an `.init_array` entry).
 extern "C" fn bpftime_agent_init() {
     protect_allocator_across_fork();
-    if std::env::var_os("BPFTIME_DISABLE").is_some() {
+    if std::env::var_os("BPFTIME_DISABLE").is_some() || !glue::configured() {
         return;
     }
     if bpftime_attach::without_probes(|| std::panic::catch_unwind(glue::start)).is_err() {
@@ -49,6 +49,29 @@ extern "C" fn bpftime_agent_init() {
 #[used]
 #[unsafe(link_section = ".init_array")]
 static INIT: extern "C" fn() = bpftime_agent_init;
+
+/// Starts the agent in a process it was loaded into while running (`bpftime attach` calls it
+/// through ptrace after `dlopen`), with region `shm`: what the region's links name for this
+/// process is attached, and the link table is followed (links removed are detached). Returns
+/// 0, 1 if the agent was already running here, -1 on failure (said on stderr).
+///
+/// # Safety
+/// `shm` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bpftime_agent_attach(shm: *const libc::c_char) -> libc::c_int {
+    if shm.is_null() {
+        return -1;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(shm) }.to_string_lossy().into_owned();
+    if glue::running() {
+        return 1;
+    }
+    match bpftime_attach::without_probes(|| std::panic::catch_unwind(|| glue::start_in(name, true))) {
+        Ok(()) if glue::running() => 0,
+        _ => -1,
+    }
+}
 
 /// `dlopen`, wrapped: after the real one loads a library, pending probes on it are attached.
 ///

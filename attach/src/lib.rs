@@ -26,7 +26,7 @@ pub use hook::{
 };
 pub use patch::{MOVED_THREADS, TRAPS_REDIRECTED};
 pub use regs::PtRegs;
-pub use symbols::{add_to_semaphore, resolve, ResolveError, Resolved, Target};
+pub use symbols::{add_to_semaphore, resolve, resolve_in_process, ResolveError, Resolved, Target};
 
 #[cfg(test)]
 mod tests {

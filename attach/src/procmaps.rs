@@ -17,8 +17,16 @@ pub struct Mapping {
 
 /// Parses the maps of this process.
 pub fn mappings() -> Vec<Mapping> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    text.lines().filter_map(parse_line).collect()
+    read("/proc/self/maps")
+}
+
+/// Parses the maps of process `pid` (ptrace access mode is needed to read them).
+pub fn mappings_of_process(pid: u32) -> Vec<Mapping> {
+    read(&format!("/proc/{pid}/maps"))
+}
+
+fn read(path: &str) -> Vec<Mapping> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(parse_line).collect()
 }
 
 fn parse_line(line: &str) -> Option<Mapping> {

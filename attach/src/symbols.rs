@@ -61,7 +61,12 @@ impl Target {
 
 /// The mapped file `binary` names: `/proc/self/exe`, a path, or a library's file name.
 fn find_binary(binary: &str, maps: &[Mapping]) -> Option<String> {
-    let wanted = if binary == "/proc/self/exe" { std::fs::read_link("/proc/self/exe").ok()?.to_string_lossy().to_string() } else { binary.to_string() };
+    find_binary_of(binary, maps, "/proc/self/exe")
+}
+
+/// [`find_binary`] in a process whose executable is linked from `exe` (`/proc/PID/exe`).
+fn find_binary_of(binary: &str, maps: &[Mapping], exe: &str) -> Option<String> {
+    let wanted = if binary == "/proc/self/exe" { std::fs::read_link(exe).ok()?.to_string_lossy().to_string() } else { binary.to_string() };
     let canon = std::fs::canonicalize(&wanted).ok().map(|p| p.to_string_lossy().to_string());
     let base = Path::new(&wanted).file_name()?.to_string_lossy().to_string();
     maps.iter()
@@ -149,8 +154,17 @@ pub struct Resolved {
 
 /// Resolves a target to an address in this process.
 pub fn resolve(t: &Target) -> Result<Resolved, ResolveError> {
-    let maps = mappings();
-    let path = find_binary(&t.binary, &maps).ok_or_else(|| ResolveError::NotMapped(t.binary.clone()))?;
+    resolve_in(t, &mappings(), "/proc/self/exe")
+}
+
+/// Resolves a target to an address in process `pid` (`/proc/self/exe` meaning its executable).
+pub fn resolve_in_process(pid: u32, t: &Target) -> Result<Resolved, ResolveError> {
+    resolve_in(t, &crate::procmaps::mappings_of_process(pid), &format!("/proc/{pid}/exe"))
+}
+
+fn resolve_in(t: &Target, maps: &[Mapping], exe: &str) -> Result<Resolved, ResolveError> {
+    let maps = maps.to_vec();
+    let path = find_binary_of(&t.binary, &maps, exe).ok_or_else(|| ResolveError::NotMapped(t.binary.clone()))?;
     let data = std::fs::read(&path).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
     let file = object::File::parse(&*data).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
     let Some(func) = &t.function else {

@@ -1,8 +1,10 @@
 //! `bpftime`: run and inspect eBPF programs, and manage the shared-memory region.
 
+mod attach_pid;
 mod cuda_inspect;
 mod dump;
 mod gpu_run;
+mod inject;
 mod run;
 mod supervise;
 
@@ -98,6 +100,23 @@ enum Command {
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Attach probes to a running process started without the agent: the agent is loaded
+    /// into it (ptrace, then dlopen in the process) and attaches the region's links for it.
+    Attach {
+        /// The process.
+        pid: u32,
+        /// An eBPF object to load into the region first, its links for this process only.
+        #[arg(long)]
+        program: Option<PathBuf>,
+        /// Execution engine in the process.
+        #[arg(long, default_value = "jit")]
+        engine: EngineKind,
+    },
+    /// Remove what `bpftime attach --program` attached to a process; it runs on untouched.
+    Detach {
+        /// The process.
+        pid: u32,
     },
     /// Load an object into a fresh region, run a command with its uprobes attached, then print
     /// the object's maps.
@@ -539,6 +558,8 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             let status = cmd.status().map_err(|e| format!("{}: {e}", command[0]))?;
             Ok(exit_code(status))
         }
+        Command::Attach { pid, program, engine } => attach_pid::attach(pid, program.as_deref(), engine, shm, &agent_path()?),
+        Command::Detach { pid } => attach_pid::detach(pid, shm),
         Command::Run { file, json, output, engine, budget, shm_size, programs, attach, set, map_size, command } => run::run(run::RunRequest {
             file,
             json,

@@ -216,14 +216,14 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
     let (placed, by_section): (Vec<_>, Vec<_>) = chosen.into_iter().partition(|(name, section, _)| attach.iter().any(|(p, _)| p == name || p == section));
     // `/proc/self/exe` in a section is the command's executable.
     let exe = command_path(&req.command[0]);
-    let mut stored = links::store_uprobes_for(&region, &by_section, exe.as_deref()).map_err(|e| e.to_string())?;
+    let mut stored = links::store_uprobes_for(&region, &by_section, exe.as_deref(), 0).map_err(|e| e.to_string())?;
     for (prog, target) in &attach {
         let Some((name, section, id)) = placed.iter().find(|(name, section, _)| prog == name || prog == section) else {
             return Err(format!("{shown}: --attach {prog}=...: no program named `{prog}`"));
         };
         if section.starts_with("usdt") {
             // A USDT program placed by --attach PROG=BINARY:PROVIDER:NAME: one link per site.
-            let placed = links::store_uprobes_for(&region, &[(name.clone(), format!("usdt/{target}"), *id)], exe.as_deref()).map_err(|e| e.to_string())?;
+            let placed = links::store_uprobes_for(&region, &[(name.clone(), format!("usdt/{target}"), *id)], exe.as_deref(), 0).map_err(|e| e.to_string())?;
             stored.links.extend(placed.links);
             stored.skipped.extend(placed.skipped);
             continue;

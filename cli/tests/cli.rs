@@ -639,3 +639,43 @@ fn usdt_programs_run_under_bpftime_run() {
         assert!(stderr.contains(&format!("  {k} => {v}\n")), "mul_stats[{k}] = {v}: {stderr}");
     }
 }
+
+/// `bpftime attach PID` loads the agent into a process started without it (blocked in a read
+/// while another thread calls the probed function), the probes count exactly while attached,
+/// `bpftime detach PID` removes them, and the process runs on with its own code and exits 0.
+#[test]
+fn attach_to_a_running_process_and_detach() {
+    use std::io::{BufRead, BufReader};
+    let obj = build_example("uprobe_signals");
+    let shm = format!("bpftime-attach-test-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    let mut target = Command::new(bpftime_tests::clang::build_target("attachable", false)).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = target.id().to_string();
+    let mut input = target.stdin.take().unwrap();
+    let mut output = BufReader::new(target.stdout.take().unwrap()).lines();
+    assert_eq!(output.next().unwrap().unwrap(), "ready");
+    let mut run = |n: u64| {
+        writeln!(input, "run {n}").unwrap();
+        output.next().unwrap().unwrap()
+    };
+    assert_eq!(run(100), "done 5050", "before attaching");
+    let out = bpftime_shm(&shm, &["attach", &pid, "--program", obj.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("`on_add` on /proc/self/exe:add: Attached"), "{}", text(&out.stderr));
+    let sums = || {
+        let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
+        let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+        (at(1), at(3))
+    };
+    assert_eq!(sums(), (0, 0), "the other thread's add(0, 0) calls add nothing");
+    assert_eq!(run(1000), "done 500500");
+    assert_eq!(sums(), (500500, 500500), "arguments and results of the calls while attached");
+    let out = bpftime_shm(&shm, &["detach", &pid]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(run(500), "done 125250");
+    assert_eq!(sums(), (500500, 500500), "nothing counted after detach");
+    drop(input);
+    assert!(target.wait().unwrap().success());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+}

@@ -229,20 +229,21 @@ fn unsupported(kind: &ProgramKind) -> String {
 /// link for each `kprobe/KERNEL` / `kretprobe/KERNEL` program (bpftime's spelling for probes in
 /// GPU kernels); every other program is listed in [`StoredUprobes::skipped`] with the reason.
 pub fn store_uprobes(region: &Arc<ShmRegion>, programs: &[(String, String, u32)]) -> Result<StoredUprobes, ShmError> {
-    store_uprobes_for(region, programs, None)
+    store_uprobes_for(region, programs, None, 0)
 }
 
 /// [`store_uprobes`], with `/proc/self/exe` in a section meaning `exe` (the command a
 /// `bpftime run` starts) rather than the calling process's own executable. USDT programs
 /// (`usdt/BINARY:PROVIDER:NAME`) get a link per probe site, as libbpf's loader makes them
-/// (see [`crate::usdt`]).
-pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u32)], exe: Option<&Path>) -> Result<StoredUprobes, ShmError> {
+/// (see [`crate::usdt`]). `pid`: the only process the links attach in (0: every process).
+pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u32)], exe: Option<&Path>, pid: u32) -> Result<StoredUprobes, ShmError> {
+    let scope = LinkScope { pid, ..LinkScope::default() };
     let mut out = StoredUprobes::default();
     for (name, section, prog) in programs {
         let kind = ProgramKind::from_section(section);
         let target = match &kind {
             ProgramKind::Usdt { binary, provider, name: probe } if !probe.is_empty() => {
-                match store_usdt(region, name, *prog, &binary_path(binary, exe), provider, probe) {
+                match store_usdt(region, name, *prog, &binary_path(binary, exe), provider, probe, scope) {
                     Ok(links) => out.links.extend(links),
                     Err(reason) => out.skipped.push(Skipped { name: name.clone(), section: section.clone(), reason }),
                 }
@@ -250,7 +251,7 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
             }
             ProgramKind::Uprobe { target, .. } if target.contains(':') => target.clone(),
             ProgramKind::Kprobe { retprobe, function } if !function.is_empty() => {
-                let id = store_kind(region, name, *prog, function, *retprobe, 0, LinkKind::CudaKernel, LinkScope::default())?;
+                let id = store_kind(region, name, *prog, function, *retprobe, 0, LinkKind::CudaKernel, scope)?;
                 out.links.push(UprobeLink {
                     id,
                     name: name.clone(),
@@ -261,7 +262,7 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
                     cookie: 0,
                     state: LinkState::Stored,
                     kind: LinkKind::CudaKernel,
-                    pid: 0,
+                    pid,
                     ref_ctr: 0,
                 });
                 continue;
@@ -273,7 +274,7 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
         };
         let retprobe = matches!(kind, ProgramKind::Uprobe { retprobe: true, .. });
         let replace = matches!(kind, ProgramKind::Uprobe { replace: true, .. });
-        let id = store_kind(region, name, *prog, &target, retprobe, 0, LinkKind::Uprobe, LinkScope { replace, ..LinkScope::default() })?;
+        let id = store_kind(region, name, *prog, &target, retprobe, 0, LinkKind::Uprobe, LinkScope { replace, ..scope })?;
         out.links.push(UprobeLink {
             id,
             name: name.clone(),
@@ -284,7 +285,7 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
             cookie: 0,
             state: LinkState::Stored,
             kind: LinkKind::Uprobe,
-            pid: 0,
+            pid,
             ref_ctr: 0,
         });
     }
@@ -311,7 +312,7 @@ fn binary_path(binary: &str, exe: Option<&Path>) -> String {
 /// Links program `prog` (named `name`) to every site of USDT probe `provider:probe` in
 /// `binary`, each with its argument spec written into the program's `__bpf_usdt_specs` map
 /// and the spec id as the link's cookie; the probe's semaphore is raised while attached.
-fn store_usdt(region: &Arc<ShmRegion>, name: &str, prog: u32, binary: &str, provider: &str, probe: &str) -> Result<Vec<UprobeLink>, String> {
+fn store_usdt(region: &Arc<ShmRegion>, name: &str, prog: u32, binary: &str, provider: &str, probe: &str, scope: LinkScope) -> Result<Vec<UprobeLink>, String> {
     let sites: Vec<usdt::UsdtProbe> = usdt::probes_in(binary)?.into_iter().filter(|p| p.provider == provider && p.name == probe).collect();
     if sites.is_empty() {
         return Err(format!("{binary} has no USDT probe {provider}:{probe}"));
@@ -337,8 +338,7 @@ fn store_usdt(region: &Arc<ShmRegion>, name: &str, prog: u32, binary: &str, prov
         }
         specs.update(&next.to_le_bytes(), &spec, 0).map_err(|e| format!("writing the USDT spec: {e}"))?;
         let target = format!("{binary}:{:#x}", site.offset);
-        let scope = LinkScope { ref_ctr: site.semaphore, ..LinkScope::default() };
-        let id = store_owned(region, name, prog, &target, false, next as u64, scope).map_err(|e| e.to_string())?;
+        let id = store_owned(region, name, prog, &target, false, next as u64, LinkScope { ref_ctr: site.semaphore, ..scope }).map_err(|e| e.to_string())?;
         links.push(UprobeLink {
             id,
             name: name.to_string(),
@@ -349,7 +349,7 @@ fn store_usdt(region: &Arc<ShmRegion>, name: &str, prog: u32, binary: &str, prov
             cookie: next as u64,
             state: LinkState::Stored,
             kind: LinkKind::Uprobe,
-            pid: 0,
+            pid: scope.pid,
             ref_ctr: site.semaphore,
         });
     }
