@@ -400,6 +400,60 @@ impl PointKind {
     }
 }
 
+/// The vector state the stubs preserve, as this CPU and OS have it.
+#[derive(Clone, Copy, Debug)]
+struct VectorState {
+    /// Bytes of a vector argument register: 16 (SSE), 32 (AVX) or 64 (AVX-512).
+    width: i32,
+    /// Size of the XSAVE area for everything XCR0 enables (None: no XSAVE, use FXSAVE).
+    xsave_size: Option<u32>,
+}
+
+impl VectorState {
+    fn get() -> VectorState {
+        static STATE: OnceLock<VectorState> = OnceLock::new();
+        *STATE.get_or_init(|| {
+            // std's detection checks that the OS enables the state (XCR0), not only the CPU.
+            let width = if std::arch::is_x86_feature_detected!("avx512f") {
+                64
+            } else if std::arch::is_x86_feature_detected!("avx") {
+                32
+            } else {
+                16
+            };
+            let xsave_size = std::arch::is_x86_feature_detected!("xsave").then(|| {
+                // CPUID leaf 0xD, sub-leaf 0: ebx is the XSAVE area size for XCR0's features.
+                let size = std::arch::x86_64::__cpuid_count(0xd, 0).ebx;
+                // Room to align the area to 64 bytes.
+                size + 64
+            });
+            VectorState { width, xsave_size }
+        })
+    }
+
+    const XMM: [AsmRegisterXmm; 8] = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7];
+    const YMM: [AsmRegisterYmm; 8] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7];
+    const ZMM: [AsmRegisterZmm; 8] = [zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7];
+
+    /// Stores vector argument register `i` at `at`, at full width.
+    fn store(&self, a: &mut CodeAssembler, i: usize, at: AsmMemoryOperand) -> Result<(), IcedError> {
+        match self.width {
+            64 => a.vmovdqu64(zmmword_ptr(at), Self::ZMM[i]),
+            32 => a.vmovdqu(ymmword_ptr(at), Self::YMM[i]),
+            _ => a.movups(xmmword_ptr(at), Self::XMM[i]),
+        }
+    }
+
+    /// Loads vector argument register `i` from `at`, at full width.
+    fn load(&self, a: &mut CodeAssembler, i: usize, at: AsmMemoryOperand) -> Result<(), IcedError> {
+        match self.width {
+            64 => a.vmovdqu64(Self::ZMM[i], zmmword_ptr(at)),
+            32 => a.vmovdqu(Self::YMM[i], ymmword_ptr(at)),
+            _ => a.movups(Self::XMM[i], xmmword_ptr(at)),
+        }
+    }
+}
+
 /// Offsets of [`PtRegs`] fields, as the stubs address them.
 mod pt {
     use crate::regs::PtRegs;
@@ -445,8 +499,10 @@ fn callee_saved(r: AsmRegister64) -> bool {
 ///
 /// The frame is made with plain moves rather than pushes (fewer stack-engine syncs), and only
 /// registers the call can change are reloaded: callee-saved ones are preserved by `f` itself
-/// (bx is reloaded because the stub uses it). Vector registers are saved as 128-bit values, as
-/// other inline-hook engines do: upper halves of ymm/zmm registers are not preserved.
+/// (bx is reloaded because the stub uses it). Vector argument and result registers are saved
+/// at the full width the OS enables (xmm, ymm or zmm: `__m256`/`__m512` arguments survive); mid-
+/// function, everything is saved with `xsave` (ymm/zmm upper halves, AVX-512 masks and upper
+/// registers included).
 fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg0: Option<u64>, f: u64) -> Result<(), IcedError> {
     let red_zone = point.red_zone();
     // The frame: pt_regs, below the red zone where it is live.
@@ -476,20 +532,34 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
     }
     a.mov(rbx, rsp)?;
     a.and(rsp, -16)?;
-    let xmms = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7];
-    let xmms = match point {
-        PointKind::FunctionEntry => &xmms[..],
-        PointKind::Return => &xmms[..2],
-        PointKind::MidFunction => &[],
+    let vector = VectorState::get();
+    let args = match point {
+        PointKind::FunctionEntry => 8,
+        PointKind::Return => 2,
+        PointKind::MidFunction => 0,
     };
     if point == PointKind::MidFunction {
-        a.sub(rsp, 512)?;
-        a.fxsave64(ptr(rsp))?;
+        if let Some(size) = vector.xsave_size {
+            // Everything the OS enables (XCR0), in XSAVE's standard form: a 64-byte aligned
+            // area whose header must start zeroed; the mask (edx:eax, all ones) is the whole
+            // of XCR0. ax and dx are already in the pt_regs.
+            a.sub(rsp, size as i32)?;
+            a.and(rsp, -64)?;
+            for k in 0..8 {
+                a.mov(qword_ptr(rsp + (512 + 8 * k)), 0i32)?;
+            }
+            a.mov(eax, -1i32)?;
+            a.mov(edx, -1i32)?;
+            a.xsave64(ptr(rsp))?;
+        } else {
+            a.sub(rsp, 512)?;
+            a.fxsave64(ptr(rsp))?;
+        }
         a.cld()?;
     } else {
-        a.sub(rsp, 16 * xmms.len() as i32)?;
-        for (i, x) in xmms.iter().enumerate() {
-            a.movups(xmmword_ptr(rsp + 16 * i as i32), *x)?;
+        a.sub(rsp, vector.width * args)?;
+        for i in 0..args {
+            vector.store(a, i as usize, rsp + vector.width * i)?;
         }
     }
     match arg0 {
@@ -506,10 +576,16 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
         a.test(rax, rax)?;
     }
     if point == PointKind::MidFunction {
-        a.fxrstor64(ptr(rsp))?;
+        if vector.xsave_size.is_some() {
+            a.mov(eax, -1i32)?;
+            a.mov(edx, -1i32)?;
+            a.xrstor64(ptr(rsp))?;
+        } else {
+            a.fxrstor64(ptr(rsp))?;
+        }
     } else {
-        for (i, x) in xmms.iter().enumerate() {
-            a.movups(*x, xmmword_ptr(rsp + 16 * i as i32))?;
+        for i in 0..args {
+            vector.load(a, i as usize, rsp + vector.width * i)?;
         }
     }
     a.mov(rsp, rbx)?;

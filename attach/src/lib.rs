@@ -194,6 +194,128 @@ mod tests {
 }
 
 #[cfg(test)]
+mod wide_vectors {
+    //! ymm upper halves at an entry (`__m256` arguments) and mid-function: handlers that run
+    //! AVX code (and `vzeroupper`, as glibc's string functions end with) must not change them.
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    std::arch::global_asm!(
+        // ymm0 + ymm1 as 8 floats, after 8 bytes of nops (room for the jump).
+        ".globl bpftime_attach_ymm_target",
+        "bpftime_attach_ymm_target:",
+        "nop dword ptr [rax]",
+        "nop dword ptr [rax]",
+        "vaddps ymm0, ymm0, ymm1",
+        "ret",
+        // rdi: a, b, out (32 bytes each); calls the target with ymm0 = a, ymm1 = b.
+        ".globl bpftime_attach_ymm_call",
+        "bpftime_attach_ymm_call:",
+        "vmovdqu ymm0, [rdi]",
+        "vmovdqu ymm1, [rdi + 32]",
+        "push rdi",
+        "call bpftime_attach_ymm_target",
+        "pop rdi",
+        "vmovdqu [rdi + 64], ymm0",
+        "vzeroupper",
+        "ret",
+        // rdi: in, rsi: out (32 bytes each); ymm8 is live across the probe point.
+        ".globl bpftime_attach_mid_ymm_target",
+        "bpftime_attach_mid_ymm_target:",
+        "vmovdqu ymm8, [rdi]",
+        ".globl bpftime_attach_mid_ymm_point",
+        "bpftime_attach_mid_ymm_point:",
+        "vmovdqu [rsi], ymm8",
+        "vzeroupper",
+        "ret",
+    );
+
+    extern "C" {
+        fn bpftime_attach_ymm_target();
+        fn bpftime_attach_ymm_call(buf: *mut [f32; 24]);
+        fn bpftime_attach_mid_ymm_target(input: *const [u64; 4], out: *mut [u64; 4]);
+        fn bpftime_attach_mid_ymm_point();
+    }
+
+    /// Sets ymm0-ymm8 to all-ones, then clears every upper half (`vzeroupper`).
+    struct AvxClobber(AtomicU64);
+
+    impl ProbeHandler for AvxClobber {
+        fn on_hit(&self, _: &PtRegs, _: usize) -> Option<u64> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: AVX is present (checked by the tests); only clobbered registers change.
+            unsafe {
+                std::arch::asm!(
+                    "vpcmpeqd ymm0, ymm0, ymm0", "vpcmpeqd ymm1, ymm1, ymm1", "vpcmpeqd ymm2, ymm2, ymm2",
+                    "vpcmpeqd ymm3, ymm3, ymm3", "vpcmpeqd ymm8, ymm8, ymm8", "vzeroupper",
+                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm8") _,
+                    options(nostack),
+                );
+            }
+            None
+        }
+    }
+
+    fn avx() -> bool {
+        let ok = std::arch::is_x86_feature_detected!("avx");
+        if !ok {
+            eprintln!("skipped: no AVX on this machine");
+        }
+        ok
+    }
+
+    #[test]
+    fn m256_arguments_and_results_survive_an_entry_probe() {
+        if !avx() {
+            return;
+        }
+        let call = || {
+            let mut buf = [0f32; 24];
+            for i in 0..8 {
+                buf[i] = i as f32;
+                buf[8 + i] = 100.0 * i as f32;
+            }
+            // SAFETY: the assembly above reads 64 bytes and writes 32 after them.
+            unsafe { bpftime_attach_ymm_call(&mut buf) };
+            buf[16..24].to_vec()
+        };
+        let want: Vec<f32> = (0..8).map(|i| 101.0 * i as f32).collect();
+        assert_eq!(call(), want);
+        let h = Arc::new(AvxClobber(AtomicU64::new(0)));
+        let addr = bpftime_attach_ymm_target as *const () as u64;
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
+        let e = attach(addr, info, ProbeKind::Entry, h.clone()).unwrap();
+        let r = attach(addr, info, ProbeKind::Return, h.clone()).unwrap();
+        assert_eq!(call(), want, "all 8 lanes of ymm0 and ymm1 at entry, and of ymm0 at return");
+        assert_eq!(h.0.load(Ordering::Relaxed), 2);
+        detach(e).unwrap();
+        detach(r).unwrap();
+    }
+
+    #[test]
+    fn a_mid_function_probe_keeps_ymm_upper_halves() {
+        if !avx() {
+            return;
+        }
+        let input = [1u64, 2, 3, 4];
+        let call = || {
+            let mut out = [0u64; 4];
+            // SAFETY: the assembly above reads 32 bytes at `input` and writes 32 at `out`.
+            unsafe { bpftime_attach_mid_ymm_target(&input, &mut out) };
+            out
+        };
+        assert_eq!(call(), input);
+        let h = Arc::new(AvxClobber(AtomicU64::new(0)));
+        let point = bpftime_attach_mid_ymm_point as *const () as u64;
+        let id = attach(point, SiteInfo { function_size: 0, at_entry: false, padding: 0 }, ProbeKind::Entry, h.clone()).unwrap();
+        assert_eq!(call(), input, "ymm8's upper half is live across the probe");
+        assert_eq!(h.0.load(Ordering::Relaxed), 1);
+        detach(id).unwrap();
+    }
+}
+
+#[cfg(test)]
 mod stress {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
