@@ -213,7 +213,7 @@ pub fn attach_pending() {
 
 /// Whether a link is for this process (a link made for one pid attaches only there, as a
 /// kernel uprobe opened for that pid does).
-fn for_this_process(l: &links::UprobeLink) -> bool {
+pub(crate) fn for_this_process(l: &links::UprobeLink) -> bool {
     l.pid == 0 || l.pid == std::process::id()
 }
 
@@ -337,6 +337,7 @@ pub(crate) fn start_in(name: String, follow: bool) {
         }
     };
     crate::cuda::start(runtime.region(), &found);
+    crate::syscalls::update(runtime, &found);
     let mut items = vec![];
     for l in found.iter().filter(|l| l.kind == links::LinkKind::Uprobe && for_this_process(l)).cloned() {
         match runtime.program(l.prog) {
@@ -429,6 +430,9 @@ impl Agent {
         }
         for id in gone {
             let _ = detach(id);
+        }
+        if now.iter().any(|l| l.kind == links::LinkKind::Syscall) || bpftime_attach::syscalls::active() {
+            crate::syscalls::update(self.runtime, &now);
         }
         let lowered: Vec<(String, u64)> = {
             let mut sems = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());

@@ -16,6 +16,7 @@
 mod alloc;
 mod cuda;
 mod glue;
+mod syscalls;
 
 /// Everything the agent allocates comes from its own mappings, never from libc (see `alloc`).
 #[global_allocator]
@@ -117,4 +118,51 @@ pub unsafe extern "C" fn sigaction(sig: libc::c_int, act: *const libc::sigaction
 pub unsafe extern "C" fn signal(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
     // SAFETY: the caller's arguments, forwarded under the same contract.
     unsafe { bpftime_attach::signals::signal(sig, handler) }
+}
+
+/// `pthread_create`, wrapped: while system calls are intercepted, the new thread turns
+/// interception on for itself before running its start routine (it is not inherited).
+///
+/// # Safety
+/// Same contract as pthread_create(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pthread_create(
+    thread: *mut libc::pthread_t,
+    attr: *const libc::pthread_attr_t,
+    start: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
+    arg: *mut libc::c_void,
+) -> libc::c_int {
+    type CreateFn = unsafe extern "C" fn(
+        *mut libc::pthread_t,
+        *const libc::pthread_attr_t,
+        extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
+        *mut libc::c_void,
+    ) -> libc::c_int;
+    static REAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name (dlsym(3)).
+    let real = *REAL.get_or_init(|| unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) as usize });
+    if real == 0 {
+        return libc::EAGAIN;
+    }
+    // SAFETY: the next pthread_create in the lookup order, which has this signature.
+    let real: CreateFn = unsafe { std::mem::transmute::<usize, CreateFn>(real) };
+    // The agent's own threads (made while it works) are left alone.
+    if !bpftime_attach::syscalls::active() || bpftime_attach::in_probe() {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real(thread, attr, start, arg) };
+    }
+    extern "C" fn begin(boxed: *mut libc::c_void) -> *mut libc::c_void {
+        // SAFETY: the box made below, handed to exactly this thread.
+        let (start, arg) = *unsafe { Box::from_raw(boxed as *mut (extern "C" fn(*mut libc::c_void) -> *mut libc::c_void, usize)) };
+        let _ = bpftime_attach::syscalls::enable();
+        start(arg as *mut libc::c_void)
+    }
+    let boxed = Box::into_raw(Box::new((start, arg as usize))) as *mut libc::c_void;
+    // SAFETY: the caller's thread and attributes, our start routine and its boxed argument.
+    let r = unsafe { real(thread, attr, begin, boxed) };
+    if r != 0 {
+        // SAFETY: not handed to any thread: the creation failed.
+        drop(unsafe { Box::from_raw(boxed as *mut (extern "C" fn(*mut libc::c_void) -> *mut libc::c_void, usize)) });
+    }
+    r
 }

@@ -141,7 +141,7 @@ fn list(p: &AtomicPtr<HandlerList>) -> &'static HandlerList {
 
 /// What a thread is doing, as far as probes are concerned.
 #[derive(Clone, Copy, Debug, Default)]
-struct ThreadState {
+pub(crate) struct ThreadState {
     /// The current flow (the thread's own, or a signal handler's) is running our code: a hit
     /// here is a call made by a handler or by the agent, which programs must not see.
     busy: bool,
@@ -158,10 +158,26 @@ struct ThreadState {
 thread_local! {
     static STATE: Cell<ThreadState> = const { Cell::new(ThreadState { busy: false, agent: false, depth: 0, warm: false }) };
     static SHADOW: Cell<*mut ShadowStack> = const { Cell::new(std::ptr::null_mut()) };
+    /// The thread's Syscall User Dispatch selector (see `syscalls`): ALLOW (0) while it runs
+    /// our code (`busy`), BLOCK (1) otherwise. The kernel reads it only on threads where
+    /// dispatch is on.
+    static SELECTOR: Cell<u8> = const { Cell::new(1) };
+}
+
+/// Sets this thread's state, and its syscall selector with it.
+#[inline(always)]
+fn set_state(cell: &Cell<ThreadState>, st: ThreadState) {
+    cell.set(st);
+    SELECTOR.with(|s| s.set(if st.busy { 0 } else { 1 }));
+}
+
+/// The address of this thread's syscall selector byte (stable for the thread's life).
+pub(crate) fn selector() -> *mut u8 {
+    SELECTOR.with(|s| s.as_ptr())
 }
 
 /// What a hit may do.
-enum Admission {
+pub(crate) enum Admission {
     /// Run the handlers at this level; restore the state after.
     Run(usize, ThreadState),
     /// A call made by our own code: not a hit at all.
@@ -170,8 +186,9 @@ enum Admission {
     Miss,
 }
 
+/// Whether a hit on this thread may run its handlers now; `Run` marks the thread busy.
 #[inline(always)]
-fn admit() -> Admission {
+pub(crate) fn admit() -> Admission {
     STATE.with(|cell| {
         let st = cell.get();
         if st.busy {
@@ -179,7 +196,7 @@ fn admit() -> Admission {
         } else if st.agent || st.depth as usize >= NEST_LEVELS {
             Admission::Miss
         } else {
-            cell.set(ThreadState { busy: true, depth: st.depth + 1, ..st });
+            set_state(cell, ThreadState { busy: true, depth: st.depth + 1, ..st });
             Admission::Run(st.depth as usize, st)
         }
     })
@@ -187,8 +204,8 @@ fn admit() -> Admission {
 
 /// Restores the state a flow found on entering (a thread once warm stays warm).
 #[inline(always)]
-fn leave(st: ThreadState) {
-    STATE.with(|cell| cell.set(ThreadState { warm: st.warm || cell.get().warm, ..st }));
+pub(crate) fn leave(st: ThreadState) {
+    STATE.with(|cell| set_state(cell, ThreadState { warm: st.warm || cell.get().warm, ..st }));
 }
 
 #[cold]
@@ -944,7 +961,11 @@ pub fn in_probe() -> bool {
 /// programs' counts, e.g. its allocations when malloc is probed); a signal handler that
 /// interrupts it has its hits counted as misses (what `f` holds may be what they need).
 pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
-    let before = STATE.with(|s| s.replace(ThreadState { busy: true, agent: true, ..s.get() }));
+    let before = STATE.with(|s| {
+        let before = s.get();
+        set_state(s, ThreadState { busy: true, agent: true, ..before });
+        before
+    });
     let r = f();
     leave(before);
     r
@@ -954,7 +975,11 @@ pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
 /// nesting level (or count as misses), instead of being taken for calls made by the handler it
 /// interrupted. Called by the agent's wrapper around every handler the application installs.
 pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
-    let before = STATE.with(|s| s.replace(ThreadState { busy: false, ..s.get() }));
+    let before = STATE.with(|s| {
+        let before = s.get();
+        set_state(s, ThreadState { busy: false, ..before });
+        before
+    });
     let r = f();
     leave(before);
     r

@@ -19,6 +19,7 @@ pub mod procmaps;
 pub mod regs;
 pub mod signals;
 pub mod symbols;
+pub mod syscalls;
 
 pub use hook::{
     attach, detach, in_probe, in_signal_handler, site_method, without_probes, AttachError, Method, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED,

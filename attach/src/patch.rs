@@ -143,7 +143,7 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
         return;
     }
     // Not ours: the application's.
-    crate::signals::forward_sigtrap(sig, info, ctx);
+    crate::signals::forward(sig, info, ctx);
 }
 
 fn install_handler() {
@@ -159,7 +159,7 @@ fn install_handler() {
             libc::sigemptyset(&mut act.sa_mask);
             let sigaction = crate::signals::real_sigaction();
             sigaction(libc::SIGTRAP, std::ptr::null(), &mut old);
-            crate::signals::own_sigtrap(&old);
+            crate::signals::own_signal(libc::SIGTRAP, old.sa_sigaction, old.sa_flags);
             sigaction(libc::SIGTRAP, &act, std::ptr::null_mut());
             act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
             act.sa_sigaction = on_fixup as *const () as usize;

@@ -7,13 +7,13 @@
 //! the start of a new flow ([`crate::hook::in_signal_handler`]) and calls the application's
 //! handler with the same arguments. What the application reads back is what it installed.
 //!
-//! `SIGTRAP` is the engine's own (int3 probes, code being patched): while our handler is
-//! installed, the application's `SIGTRAP` action is kept here and our handler passes it the
-//! traps that are not ours.
+//! `SIGTRAP` (int3 probes, code being patched) and `SIGSYS` (system call interception) are the
+//! engine's own while its handlers are installed: the application's action for them is kept
+//! here and our handlers pass it the signals that are not ours.
 //!
 //! Everything a signal handler reads here is an atomic: no locks, no allocation.
 
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Signals are numbered 1 to 64 on Linux.
@@ -22,11 +22,11 @@ const NSIG: usize = 65;
 /// The application's handler for each signal whose kernel handler is our wrapper.
 static APP_HANDLERS: [AtomicUsize; NSIG] = [const { AtomicUsize::new(0) }; NSIG];
 
-/// The application's `SIGTRAP` action (handler and flags) while ours is installed.
-static APP_TRAP_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
-static APP_TRAP_FLAGS: AtomicI32 = AtomicI32::new(0);
-/// Set once our `SIGTRAP` handler is installed.
-static TRAP_OWNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The application's flags for each signal whose kernel handler is ours (an owned signal).
+static APP_FLAGS: [AtomicI32; NSIG] = [const { AtomicI32::new(0) }; NSIG];
+/// Signals whose kernel handler is the hook engine's own (SIGTRAP, SIGSYS): the application's
+/// action for them is only recorded here, and ours passes it what is not ours.
+static OWNED: [AtomicBool; NSIG] = [const { AtomicBool::new(false) }; NSIG];
 
 type SigactionFn = unsafe extern "C" fn(libc::c_int, *const libc::sigaction, *mut libc::sigaction) -> libc::c_int;
 type InfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
@@ -63,32 +63,35 @@ extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     }
 }
 
-/// Records our `SIGTRAP` handler's installation; `previous` is what was installed before it.
-pub(crate) fn own_sigtrap(previous: &libc::sigaction) {
-    let mut h = previous.sa_sigaction;
-    if h == wrapper as *const () as usize {
-        h = APP_HANDLERS[libc::SIGTRAP as usize].load(Ordering::Acquire);
+/// Records that our handler now owns `sig`; `previous_handler` and `previous_flags` are the
+/// action installed before ours (the application's, unless it was our wrapper).
+pub(crate) fn own_signal(sig: libc::c_int, previous_handler: usize, previous_flags: libc::c_int) {
+    let Some(i) = usize::try_from(sig).ok().filter(|&s| s > 0 && s < NSIG) else { return };
+    if previous_handler != wrapper as *const () as usize {
+        APP_HANDLERS[i].store(previous_handler, Ordering::Release);
     }
-    APP_TRAP_HANDLER.store(h, Ordering::Release);
-    APP_TRAP_FLAGS.store(previous.sa_flags, Ordering::Release);
-    TRAP_OWNED.store(true, Ordering::Release);
+    APP_FLAGS[i].store(previous_flags, Ordering::Release);
+    OWNED[i].store(true, Ordering::Release);
 }
 
-/// Passes a `SIGTRAP` that is not ours to the application's action.
-pub(crate) fn forward_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    let h = APP_TRAP_HANDLER.load(Ordering::Acquire);
+/// Passes an owned signal that is not ours to the application's action: its handler, or the
+/// default action (restored, and the signal raised again for the ones that are not traps).
+pub(crate) fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let h = APP_HANDLERS.get(sig as usize).map_or(libc::SIG_DFL, |a| a.load(Ordering::Acquire));
     if is_function(h) {
-        // SAFETY: the application's handler for SIGTRAP; see `wrapper` for the arguments.
+        // SAFETY: the application's handler for this signal; see `wrapper` for the arguments.
         let f: InfoHandler = unsafe { std::mem::transmute::<usize, InfoHandler>(h) };
         crate::hook::in_signal_handler(|| f(sig, info, ctx));
     } else if h == libc::SIG_DFL {
-        // The default action: restore it and let the trap happen again (it kills the process,
-        // as without us).
         // SAFETY: a zeroed sigaction with SIG_DFL is valid (sigaction(2)); async-signal-safe.
         unsafe {
             let mut act: libc::sigaction = std::mem::zeroed();
             act.sa_sigaction = libc::SIG_DFL;
-            real_sigaction()(libc::SIGTRAP, &act, std::ptr::null_mut());
+            real_sigaction()(sig, &act, std::ptr::null_mut());
+            // A trap happens again when the thread goes on; anything else is sent again.
+            if sig != libc::SIGTRAP {
+                libc::raise(sig);
+            }
         }
     }
 }
@@ -104,20 +107,21 @@ pub unsafe fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut
         // SAFETY: forwarded unchanged (an invalid signal: the kernel says EINVAL).
         return unsafe { real(sig, act, old) };
     };
-    if sig == libc::SIGTRAP && TRAP_OWNED.load(Ordering::Acquire) {
+    let i = sig as usize;
+    if OWNED[i].load(Ordering::Acquire) {
         if !old.is_null() {
             // SAFETY: the caller's buffer; filled from the kernel's view, then our record.
             unsafe {
                 real(sig, std::ptr::null(), old);
-                (*old).sa_sigaction = APP_TRAP_HANDLER.load(Ordering::Acquire);
-                (*old).sa_flags = APP_TRAP_FLAGS.load(Ordering::Acquire);
+                (*old).sa_sigaction = app.load(Ordering::Acquire);
+                (*old).sa_flags = APP_FLAGS[i].load(Ordering::Acquire);
             }
         }
         if !act.is_null() {
             // SAFETY: the caller's valid action.
             let a = unsafe { &*act };
-            APP_TRAP_FLAGS.store(a.sa_flags, Ordering::Release);
-            APP_TRAP_HANDLER.store(a.sa_sigaction, Ordering::Release);
+            APP_FLAGS[i].store(a.sa_flags, Ordering::Release);
+            app.store(a.sa_sigaction, Ordering::Release);
         }
         return 0;
     }

@@ -720,6 +720,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             let kind = |l: &UprobeLink| match (l.kind, l.retprobe) {
                 (links::LinkKind::CudaKernel, false) => "cuda kernel entry",
                 (links::LinkKind::CudaKernel, true) => "cuda kernel exit",
+                (links::LinkKind::Syscall, _) => "syscall",
                 (_, false) => "uprobe",
                 (_, true) => "uretprobe",
             };

@@ -250,7 +250,7 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
         eprintln!("bpftime: {shown}: {s}");
     }
     if stored.links.is_empty() {
-        return Err(format!("{shown}: no uprobe, uretprobe, ureplace or CUDA kernel (kprobe/KERNEL) sections to attach"));
+        return Err(format!("{shown}: no uprobe, uretprobe, ureplace, usdt, system call tracepoint or CUDA kernel (kprobe/KERNEL) sections to attach"));
     }
 
     let mut cmd = crate::agent_command(&req.agent, &req.command);

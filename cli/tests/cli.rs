@@ -679,3 +679,56 @@ fn attach_to_a_running_process_and_detach() {
     assert!(target.wait().unwrap().success());
     let _ = bpftime_shm(&shm, &["shm", "remove"]);
 }
+
+/// Counts the kernel's syscalls:sys_enter_openat / sys_exit_openat events on marker files for
+/// `cmd`, with bpftrace (as root, tracefs mounted if it is not); None where that cannot run.
+fn kernel_marker_opens(cmd: &str) -> Option<(u64, u64)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("bpftrace").arg("--version").output().is_err() {
+        eprintln!("skipped the kernel comparison: needs root and bpftrace");
+        return None;
+    }
+    if !std::path::Path::new("/sys/kernel/tracing/events/syscalls").exists() {
+        let _ = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+    }
+    let script = r#"tracepoint:syscalls:sys_enter_openat /strncmp(str(args->filename), "/tmp/bpftime-open-marker", 24) == 0/ { @enter = count(); @open[tid] = 1; }
+tracepoint:syscalls:sys_exit_openat /@open[tid] == 1/ { if (args->ret >= 0) { @ok = count(); } delete(@open[tid]); }"#;
+    let out = Command::new("bpftrace").args(["-e", script, "-c", cmd]).output().ok()?;
+    let text = text(&out.stdout);
+    let get = |name: &str| text.lines().find_map(|l| l.strip_prefix(&format!("@{name}: ")).and_then(|v| v.trim().parse().ok()));
+    Some((get("enter")?, get("ok")?))
+}
+
+/// System call tracepoints in userspace: opensnoop-like programs see every openat of the
+/// target, through libc, syscall(3) and an inline `syscall`, in a second thread and in a
+/// forked child, with the file name and result; a read interrupted by a signal returns EINTR
+/// or is restarted as without tracing; the counts equal the kernel's for the same target.
+#[test]
+fn syscall_tracepoints_see_every_call_like_the_kernel() {
+    let obj = build_example("opensnoop");
+    let opens = bpftime_tests::clang::build_target("opens", false);
+    let n = 20u64;
+    let cmd = format!("{} {n}", opens.display());
+    // The 9 n opens and the one that creates the marker file.
+    let marker_opens = 9 * n + 1;
+    for engine in ["jit", "interp"] {
+        let out = bpftime(&["run", "--engine", engine, obj.to_str().unwrap(), "--", opens.to_str().unwrap(), &n.to_string()]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{engine}: {stdout}{stderr}");
+        assert_eq!(stdout.trim(), format!("opened {} interrupted EINTR restarted 1", 9 * n), "{engine}");
+        let counts = format!("  0 => {marker_opens}\n  1 => {marker_opens}\n");
+        assert!(stderr.contains(&counts), "{engine}: marker opens at entry and successes at exit: {stderr}");
+        let records =
+            stderr.lines().filter(|l| l.starts_with("ringbuf `opens`") && l.contains("name: \"/tmp/bpftime-open-marker-") && !l.contains("ret: -")).count();
+        assert_eq!(records as u64, marker_opens, "{engine}: one record per marker open, with its result");
+    }
+    if let Some((enter, ok)) = kernel_marker_opens(&cmd) {
+        assert_eq!((enter, ok), (marker_opens, marker_opens), "the kernel's tracepoints on the same target");
+    }
+    // syscount-like raw sys_enter/sys_exit programs: every openat counted.
+    let obj = build_example("syscount");
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", opens.to_str().unwrap(), &n.to_string()]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("  257 => {marker_opens}\n")), "openat calls by number: {stderr}");
+}

@@ -21,6 +21,8 @@ pub mod input;
 pub mod links;
 pub mod progs;
 mod runtime;
+pub mod syscall_events;
+pub mod syscall_table;
 pub mod trace;
 pub mod usdt;
 mod user_mem;

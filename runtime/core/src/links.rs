@@ -68,6 +68,10 @@ pub enum LinkKind {
     /// A CUDA kernel by name (mangled, demangled or bare): the program is spliced into the
     /// kernel's PTX at its entry or at its returns (`kprobe/KERNEL`, `kretprobe/KERNEL`).
     CudaKernel = 1,
+    /// A system call event (`syscalls/sys_enter_NAME`, `raw/sys_exit`: see
+    /// [`crate::syscall_events::SyscallEvent`]), for `tracepoint/syscalls/...` and
+    /// `raw_tracepoint/sys_enter|sys_exit` programs.
+    Syscall = 2,
 }
 
 // SAFETY: integers and a byte array, sizes multiples of 8: no padding, any bit pattern valid.
@@ -215,8 +219,10 @@ fn unsupported(kind: &ProgramKind) -> String {
             "its section names no BINARY:FUNCTION (write `uprobe/BINARY:FUNCTION`, or give `bpftime run --attach PROG=BINARY:FUNCTION`)".into()
         }
         ProgramKind::Kprobe { .. } => "its section names no kernel (write `kprobe/KERNEL` for a CUDA kernel; kernel kprobes run in the kernel)".into(),
-        ProgramKind::Tracepoint { category, name } => format!("tracepoint `{category}/{name}`: tracepoint programs are not supported yet"),
-        ProgramKind::RawTracepoint { name } => format!("raw tracepoint `{name}`: raw tracepoint programs are not supported yet"),
+        ProgramKind::Tracepoint { category, name } => {
+            format!("tracepoint `{category}/{name}` is a kernel event: only `syscalls/` tracepoints run in userspace")
+        }
+        ProgramKind::RawTracepoint { name } => format!("raw tracepoint `{name}` is a kernel event: only `sys_enter` and `sys_exit` run in userspace"),
         ProgramKind::Usdt { .. } => "its section names no BINARY:PROVIDER:NAME (write `usdt/BINARY:PROVIDER:NAME`)".into(),
         ProgramKind::SocketFilter => "socket filters are not supported".into(),
         ProgramKind::Other(_) => "bpftime does not know where programs of this section attach".into(),
@@ -241,6 +247,28 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
     let mut out = StoredUprobes::default();
     for (name, section, prog) in programs {
         let kind = ProgramKind::from_section(section);
+        if let Some(event) = crate::syscall_events::SyscallEvent::target_of(&kind) {
+            match event {
+                Ok(target) => {
+                    let id = store_kind(region, name, *prog, &target, false, 0, LinkKind::Syscall, scope)?;
+                    out.links.push(UprobeLink {
+                        id,
+                        name: name.clone(),
+                        prog: *prog,
+                        target,
+                        retprobe: false,
+                        replace: false,
+                        cookie: 0,
+                        state: LinkState::Stored,
+                        kind: LinkKind::Syscall,
+                        pid,
+                        ref_ctr: 0,
+                    });
+                }
+                Err(reason) => out.skipped.push(Skipped { name: name.clone(), section: section.clone(), reason }),
+            }
+            continue;
+        }
         let target = match &kind {
             ProgramKind::Usdt { binary, provider, name: probe } if !probe.is_empty() => {
                 match store_usdt(region, name, *prog, &binary_path(binary, exe), provider, probe, scope) {
@@ -376,7 +404,11 @@ pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
                 replace: d.retprobe == REPLACE,
                 cookie: d.cookie,
                 state: LinkState::from_u32(d.state),
-                kind: if d.kind == LinkKind::CudaKernel as u32 { LinkKind::CudaKernel } else { LinkKind::Uprobe },
+                kind: match d.kind {
+                    1 => LinkKind::CudaKernel,
+                    2 => LinkKind::Syscall,
+                    _ => LinkKind::Uprobe,
+                },
                 pid: d.pid,
                 ref_ctr: d.ref_ctr,
             })

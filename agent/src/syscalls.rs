@@ -1,0 +1,160 @@
+//! System call programs (`tracepoint/syscalls/sys_enter_NAME`, `sys_exit_NAME`,
+//! `raw_tracepoint/sys_enter|sys_exit`): the tables the hook engine's SIGSYS path runs, made
+//! from the region's syscall links. Interception starts only when a process has such a link:
+//! one without them pays nothing.
+
+use bpftime_attach::syscalls::{self as interception, SyscallHandler};
+use bpftime_attach::PtRegs;
+use bpftime_runtime::links::{self, LinkKind, LinkState, UprobeLink};
+use bpftime_runtime::syscall_events::{enter_record, event_id, exit_record, raw_record, SyscallEvent};
+use bpftime_runtime::{ProbeProgram, Runtime};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// A program on a system call event, with the event's `common_type`.
+struct Entry {
+    probe: ProbeProgram,
+    id: u16,
+}
+
+/// The programs of every event, swapped whole when links come or go (old tables are leaked: a
+/// thread may still be running one).
+#[derive(Default)]
+struct Tables {
+    enter: Vec<Vec<Entry>>,
+    exit: Vec<Vec<Entry>>,
+    raw_enter: Vec<Entry>,
+    raw_exit: Vec<Entry>,
+}
+
+/// The agent's handler of system calls.
+struct Programs {
+    runtime: &'static Runtime,
+    tables: AtomicPtr<Tables>,
+}
+
+fn tid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+impl Programs {
+    fn tables(&self) -> &Tables {
+        // SAFETY: tables are leaked boxes, never freed, only replaced.
+        unsafe { &*self.tables.load(Ordering::Acquire) }
+    }
+
+    fn run<R: AsRef<[u8]>>(&self, entries: &[Entry], record: impl Fn(&Entry) -> R, level: usize) {
+        for e in entries {
+            if let Err(err) = self.runtime.run_probe(&e.probe, record(e).as_ref(), level) {
+                report(&e.probe, err);
+            }
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn report(p: &ProbeProgram, e: bpftime_vm::exec::RunError) {
+    static SAID: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !said.contains(&p.program.id) {
+        said.push(p.program.id);
+        eprintln!("bpftime: program `{}` failed: {e} (reported once)", p.program.name);
+    }
+}
+
+impl SyscallHandler for Programs {
+    fn on_enter(&self, regs: &PtRegs, level: usize) {
+        let t = self.tables();
+        let nr = regs.orig_ax;
+        if let Some(list) = t.enter.get(nr as usize).filter(|l| !l.is_empty()) {
+            let (tid, args) = (tid(), [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]);
+            self.run(list, |e| enter_record(e.id, tid, nr as u32, args), level);
+        }
+        if !t.raw_enter.is_empty() {
+            // The kernel's pt_regs at sys_enter hold -ENOSYS in ax.
+            let regs = PtRegs { ax: -(libc::ENOSYS as i64) as u64, ..*regs };
+            self.run(&t.raw_enter, |_| raw_record(&regs as *const PtRegs as u64, nr), level);
+        }
+    }
+
+    fn on_exit(&self, regs: &PtRegs, level: usize) {
+        let t = self.tables();
+        let nr = regs.orig_ax;
+        if let Some(list) = t.exit.get(nr as usize).filter(|l| !l.is_empty()) {
+            let tid = tid();
+            self.run(list, |e| exit_record(e.id, tid, nr as u32, regs.ax as i64), level);
+        }
+        if !t.raw_exit.is_empty() {
+            self.run(&t.raw_exit, |_| raw_record(regs as *const PtRegs as u64, regs.ax), level);
+        }
+    }
+
+    fn on_miss(&self, nr: u64) {
+        let t = self.tables();
+        let lists = [t.enter.get(nr as usize), t.exit.get(nr as usize), Some(&t.raw_enter), Some(&t.raw_exit)];
+        for e in lists.into_iter().flatten().flatten() {
+            self.runtime.count_miss(e.probe.program.id);
+        }
+    }
+}
+
+static PROGRAMS: OnceLock<Arc<Programs>> = OnceLock::new();
+
+/// Builds the tables from the syscall links for this process (`links`), starts interception
+/// the first time there is any, and raises the links' states.
+pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
+    let mine: Vec<&UprobeLink> = all.iter().filter(|l| l.kind == LinkKind::Syscall && crate::glue::for_this_process(l)).collect();
+    if mine.is_empty() && PROGRAMS.get().is_none() {
+        return;
+    }
+    let mut t = Tables { enter: (0..512).map(|_| vec![]).collect(), exit: (0..512).map(|_| vec![]).collect(), ..Tables::default() };
+    let mut attached = vec![];
+    for l in mine {
+        let prog = match runtime.program(l.prog) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name);
+                continue;
+            }
+        };
+        let probe = ProbeProgram { program: prog, cookie: l.cookie, func_ip: 0 };
+        match SyscallEvent::parse(&l.target) {
+            Ok(SyscallEvent::Enter(nr)) => t.enter[nr as usize].push(Entry { probe, id: event_id(l.target.trim_start_matches("syscalls/")) }),
+            Ok(SyscallEvent::Exit(nr)) => t.exit[nr as usize].push(Entry { probe, id: event_id(l.target.trim_start_matches("syscalls/")) }),
+            Ok(SyscallEvent::RawEnter) => t.raw_enter.push(Entry { probe, id: 0 }),
+            Ok(SyscallEvent::RawExit) => t.raw_exit.push(Entry { probe, id: 0 }),
+            Err(e) => {
+                links::raise_state(runtime.region(), l.id, LinkState::Failed);
+                eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name);
+                continue;
+            }
+        }
+        attached.push(l.id);
+    }
+    let fresh = Box::into_raw(Box::new(t));
+    let programs = match PROGRAMS.get() {
+        Some(p) => {
+            p.tables.store(fresh, Ordering::Release);
+            p.clone()
+        }
+        None => {
+            let p = Arc::new(Programs { runtime, tables: AtomicPtr::new(fresh) });
+            let _ = PROGRAMS.set(p.clone());
+            if let Err(e) = interception::start(p.clone()) {
+                eprintln!("bpftime: system call programs cannot run here: {e}");
+                for id in attached {
+                    links::raise_state(runtime.region(), id, LinkState::Failed);
+                }
+                return;
+            }
+            interception::enable_everywhere();
+            p
+        }
+    };
+    drop(programs);
+    for id in attached {
+        links::raise_state(runtime.region(), id, LinkState::Attached);
+    }
+}

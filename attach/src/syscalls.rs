@@ -1,0 +1,394 @@
+//! The system calls of this process, seen in userspace before and after they run.
+//!
+//! Syscall User Dispatch (prctl(2) `PR_SET_SYSCALL_USER_DISPATCH`, Linux 5.11+) makes the
+//! kernel turn every system call a thread makes from outside one allowed address range into a
+//! SIGSYS, while the thread's selector byte says BLOCK. The selector follows the hook engine's
+//! thread state (`hook::SELECTOR`): ALLOW while the thread runs our code, BLOCK otherwise, so
+//! the agent's own calls go straight to the kernel. Whatever `syscall` instruction the
+//! application runs (libc's wrappers, `syscall(3)`, inline assembly, code generated at run time
+//! or in a library loaded later) therefore reaches our SIGSYS handler, which runs the enter
+//! handlers, makes the call itself and runs the exit handlers with its result in `ax`.
+//!
+//! Calls that cannot be made from inside a signal handler (`rt_sigreturn`, `clone`, `clone3`,
+//! `fork`, `vfork`, `execve`, `execveat`, `exit`, `exit_group`) are made in place instead:
+//! the thread resumes at a per-site gadget in the allowed range (`syscall`, then a jump back
+//! after the original instruction) with its registers as they were; their exit handlers do not
+//! run. Our SIGSYS handler returns through a restorer in the allowed range.
+//!
+//! Dispatch is per thread and is not inherited by new threads or processes: [`enable`] turns
+//! it on for the calling thread (the agent calls it at start, in every thread the application
+//! creates with `pthread_create`, and in the child after `fork`). An `execve` ends it with the
+//! image.
+//!
+//! Unsafe code: the raw system call, prctl(2) and rt_sigaction(2), and writing the gadget page.
+
+use crate::hook::{self, Admission};
+use crate::regs::PtRegs;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Called around the system calls of the process.
+pub trait SyscallHandler: Send + Sync {
+    /// Before call `regs.orig_ax` runs, its arguments in `di`, `si`, `dx`, `r10`, `r8`, `r9`
+    /// (`ip` is the address after the `syscall` instruction). `level` as for probes.
+    fn on_enter(&self, regs: &PtRegs, level: usize);
+    /// After it ran: `ax` is the result (a negative errno on failure).
+    fn on_exit(&self, regs: &PtRegs, level: usize);
+    /// A call whose handlers could not run (nested too deep, or in the agent's own work).
+    fn on_miss(&self, _nr: u64) {}
+}
+
+const PR_SET_SYSCALL_USER_DISPATCH: libc::c_int = 59;
+const PR_SYS_DISPATCH_ON: libc::c_ulong = 1;
+/// `si_code` of a SIGSYS sent by Syscall User Dispatch.
+const SYS_USER_DISPATCH: libc::c_int = 2;
+/// Size of the allowed range: the restorer, then gadget slots.
+const ALLOWED_LEN: usize = 64 * 1024;
+/// Bytes of one gadget: `syscall` (2), `jmp [rip+0]` (6), the return address (8).
+const GADGET_LEN: usize = 16;
+const FIRST_GADGET: usize = 64;
+const GADGETS: usize = (ALLOWED_LEN - FIRST_GADGET) / GADGET_LEN;
+
+static HANDLER: OnceLock<Arc<dyn SyscallHandler>> = OnceLock::new();
+/// The allowed range (0 until [`start`]).
+static ALLOWED: AtomicUsize = AtomicUsize::new(0);
+/// Return address of each gadget made so far (0 = free).
+static GADGET_RETURNS: [AtomicU64; GADGETS] = [const { AtomicU64::new(0) }; GADGETS];
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// System calls handled (diagnostics).
+pub static CALLS_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Whether system calls are being intercepted in this process.
+pub fn active() -> bool {
+    ACTIVE.load(Ordering::Acquire)
+}
+
+/// Calls made in place (see the module documentation).
+fn in_place(nr: u64) -> bool {
+    const IN_PLACE: [i64; 9] = [
+        libc::SYS_rt_sigreturn,
+        libc::SYS_clone,
+        libc::SYS_clone3,
+        libc::SYS_fork,
+        libc::SYS_vfork,
+        libc::SYS_execve,
+        libc::SYS_execveat,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+    ];
+    IN_PLACE.contains(&(nr as i64))
+}
+
+/// Makes system call `nr` with six arguments.
+///
+/// # Safety
+/// The call must be one that may be made from here (not one of [`in_place`]'s), with
+/// arguments valid for it, as the application gave them.
+unsafe fn raw_syscall(nr: u64, a: [u64; 6]) -> u64 {
+    let ret: u64;
+    // SAFETY: the caller's contract; `syscall` clobbers rcx and r11 only.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr => ret,
+            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2], in("r10") a[3], in("r8") a[4], in("r9") a[5],
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Writes bytes into the allowed range (mapped read-execute).
+fn write_allowed(off: usize, bytes: &[u8]) -> bool {
+    let base = ALLOWED.load(Ordering::Acquire);
+    base != 0 && crate::patch::write_code((base + off) as u64, bytes).is_ok()
+}
+
+/// The gadget that makes a call in place and goes on at `ret` (made on first use).
+fn gadget(ret: u64) -> Option<u64> {
+    let base = ALLOWED.load(Ordering::Acquire) as u64;
+    for (i, slot) in GADGET_RETURNS.iter().enumerate() {
+        let at = base + (FIRST_GADGET + i * GADGET_LEN) as u64;
+        match slot.compare_exchange(0, ret, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                let mut code = [0u8; GADGET_LEN];
+                code[..2].copy_from_slice(&[0x0f, 0x05]); // syscall
+                code[2..8].copy_from_slice(&[0xff, 0x25, 0, 0, 0, 0]); // jmp [rip+0]
+                code[8..].copy_from_slice(&ret.to_le_bytes());
+                return write_allowed(FIRST_GADGET + i * GADGET_LEN, &code).then_some(at);
+            }
+            Err(r) if r == ret => return Some(at),
+            Err(_) => {}
+        }
+    }
+    None
+}
+
+/// The registers of a call, in `pt_regs` form, from the signal context.
+fn regs_of(g: &[i64; 23]) -> PtRegs {
+    let r = |i: libc::c_int| g[i as usize] as u64;
+    PtRegs {
+        r15: r(libc::REG_R15),
+        r14: r(libc::REG_R14),
+        r13: r(libc::REG_R13),
+        r12: r(libc::REG_R12),
+        bp: r(libc::REG_RBP),
+        bx: r(libc::REG_RBX),
+        r11: r(libc::REG_R11),
+        r10: r(libc::REG_R10),
+        r9: r(libc::REG_R9),
+        r8: r(libc::REG_R8),
+        ax: r(libc::REG_RAX),
+        cx: r(libc::REG_RCX),
+        dx: r(libc::REG_RDX),
+        si: r(libc::REG_RSI),
+        di: r(libc::REG_RDI),
+        orig_ax: r(libc::REG_RAX),
+        ip: r(libc::REG_RIP),
+        cs: 0x33,
+        flags: r(libc::REG_EFL),
+        sp: r(libc::REG_RSP),
+        ss: 0x2b,
+    }
+}
+
+/// Makes the call of a SIGSYS: here, or in place through a gadget. False if neither was
+/// possible (no gadget left: the call fails with ENOSYS, said once).
+fn perform(g: &mut [i64; 23]) -> bool {
+    let regs = regs_of(g);
+    let nr = regs.orig_ax;
+    if in_place(nr) {
+        return match gadget(regs.ip) {
+            Some(at) => {
+                g[libc::REG_RIP as usize] = at as i64;
+                true
+            }
+            None => {
+                static SAID: AtomicBool = AtomicBool::new(false);
+                if !SAID.swap(true, Ordering::Relaxed) {
+                    eprintln!("bpftime: no room left for in-place system call gadgets");
+                }
+                g[libc::REG_RAX as usize] = -(libc::ENOSYS as i64);
+                false
+            }
+        };
+    }
+    // SAFETY: the application's own call, with its own arguments, from a SIGSYS handler whose
+    // selector allows it; it is not one that must run in place.
+    let ret = unsafe { raw_syscall(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]) };
+    g[libc::REG_RAX as usize] = ret as i64;
+    // What the `syscall` instruction leaves in rcx and r11.
+    g[libc::REG_RCX as usize] = g[libc::REG_RIP as usize];
+    g[libc::REG_R11 as usize] = g[libc::REG_EFL as usize];
+    true
+}
+
+extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // Our own calls from here on go to the kernel.
+    let selector = hook::selector();
+    // SAFETY: this thread's selector byte.
+    let was = unsafe { selector.replace(0) };
+    // SAFETY: the kernel passes valid siginfo and ucontext to an SA_SIGINFO handler.
+    let (code, uc) = unsafe { ((*info).si_code, &mut *(ctx as *mut libc::ucontext_t)) };
+    if code != SYS_USER_DISPATCH {
+        // A seccomp SIGSYS, or one sent by someone: the application's.
+        // SAFETY: restoring the byte we saved.
+        unsafe { selector.write(was) };
+        crate::signals::forward(sig, info, ctx);
+        return;
+    }
+    let g = &mut uc.uc_mcontext.gregs;
+    CALLS_SEEN.fetch_add(1, Ordering::Relaxed);
+    let handler = HANDLER.get();
+    match (hook::admit(), handler) {
+        (Admission::Run(level, before), Some(h)) => {
+            let mut regs = regs_of(g);
+            h.on_enter(&regs, level);
+            if perform(g) && !in_place(regs.orig_ax) {
+                regs.ax = g[libc::REG_RAX as usize] as u64;
+                h.on_exit(&regs, level);
+            }
+            hook::leave(before);
+        }
+        (Admission::Miss, Some(h)) => {
+            h.on_miss(g[libc::REG_RAX as usize] as u64);
+            perform(g);
+        }
+        _ => {
+            perform(g);
+        }
+    }
+    // SAFETY: back to what the interrupted flow had (BLOCK for application code); the return
+    // goes through our restorer, in the allowed range.
+    unsafe { selector.write(was) };
+}
+
+/// Turns dispatch on for the calling thread (after [`start`]).
+pub fn enable() -> Result<(), std::io::Error> {
+    let base = ALLOWED.load(Ordering::Acquire);
+    if base == 0 {
+        return Err(std::io::Error::other("system call interception is not started"));
+    }
+    // SAFETY: prctl(2) with the allowed range we mapped and this thread's selector byte, which
+    // lives as long as the thread.
+    let r = unsafe { libc::prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, base as libc::c_ulong, ALLOWED_LEN as libc::c_ulong, hook::selector()) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The signal that asks a thread to turn dispatch on for itself.
+fn enable_signal() -> libc::c_int {
+    libc::SIGRTMAX() - 6
+}
+
+static ENABLE_ACKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_enable(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let _ = enable();
+    ENABLE_ACKS.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Turns dispatch on in every other thread of the process too (threads that existed before
+/// [`start`]: each is sent a signal whose handler turns it on for itself). Waits up to a second
+/// for them to answer.
+pub fn enable_everywhere() {
+    // SAFETY: a zeroed sigaction is valid; we fill the handler and flags (sigaction(2)).
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_enable as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        crate::signals::real_sigaction()(enable_signal(), &act, std::ptr::null_mut());
+    }
+    // SAFETY: gettid and getpid have no preconditions.
+    let (me, pid) = unsafe { (libc::gettid(), libc::getpid()) };
+    let tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me).collect())
+        .unwrap_or_default();
+    ENABLE_ACKS.store(0, Ordering::Release);
+    let mut sent = 0;
+    for tid in tids {
+        // SAFETY: tgkill to a thread of our own process (tgkill(2)); ESRCH (gone) is fine.
+        if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, enable_signal()) } == 0 {
+            sent += 1;
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while ENABLE_ACKS.load(Ordering::Acquire) < sent && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
+
+/// Turns dispatch off for the calling thread.
+pub fn disable() {
+    // SAFETY: prctl(2) PR_SYS_DISPATCH_OFF takes no pointers.
+    unsafe { libc::prctl(PR_SET_SYSCALL_USER_DISPATCH, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+}
+
+/// Starts intercepting the system calls of this process with `handler`: maps the allowed
+/// range, installs the SIGSYS handler and turns dispatch on for the calling thread.
+pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
+    if HANDLER.set(handler).is_err() {
+        return Err("system call interception is already started".into());
+    }
+    // SAFETY: a fresh anonymous mapping (mmap(2)).
+    let page = unsafe { libc::mmap(std::ptr::null_mut(), ALLOWED_LEN, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    if page == libc::MAP_FAILED {
+        return Err(format!("mapping the allowed range: {}", std::io::Error::last_os_error()));
+    }
+    // The restorer: rt_sigreturn (mov eax, 15; syscall).
+    let restorer = [0xb8, 15, 0, 0, 0, 0x0f, 0x05];
+    // SAFETY: the fresh mapping is ALLOWED_LEN bytes, read-write.
+    unsafe { std::ptr::copy_nonoverlapping(restorer.as_ptr(), page as *mut u8, restorer.len()) };
+    // SAFETY: our mapping (mprotect(2)).
+    if unsafe { libc::mprotect(page, ALLOWED_LEN, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
+        return Err(format!("protecting the allowed range: {}", std::io::Error::last_os_error()));
+    }
+    ALLOWED.store(page as usize, Ordering::Release);
+    // rt_sigaction(2) directly, to give our own restorer (libc would give its own, outside the
+    // allowed range: its rt_sigreturn would be dispatched too). NODEFER: an application signal
+    // handler nested in ours returns through a SIGSYS of its own.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    const SA_RESTORER: u64 = 0x0400_0000;
+    let act = KernelSigaction {
+        handler: on_sigsys as *const () as usize,
+        flags: (libc::SA_SIGINFO | libc::SA_NODEFER) as u64 | SA_RESTORER,
+        restorer: page as usize,
+        mask: 0,
+    };
+    let mut old = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+    // SAFETY: the kernel's struct sigaction layout on x86-64, valid pointers, 8-byte mask.
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, libc::SIGSYS, &act as *const KernelSigaction, &mut old as *mut KernelSigaction, 8) };
+    if r != 0 {
+        return Err(format!("installing the SIGSYS handler: {}", std::io::Error::last_os_error()));
+    }
+    crate::signals::own_signal(libc::SIGSYS, old.handler, old.flags as libc::c_int);
+    enable().map_err(|e| format!("Syscall User Dispatch (Linux 5.11+): {e}"))?;
+    // A child made by fork(2) starts without dispatch: its forking thread turns it on again.
+    extern "C" fn after_fork_in_child() {
+        let _ = enable();
+    }
+    // SAFETY: registers a child-side fork handler that only makes a prctl(2) call.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    ACTIVE.store(true, Ordering::Release);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records (nr, first argument) at entry and (nr, result) at exit.
+    #[derive(Default)]
+    struct Record(Mutex<Vec<(&'static str, u64, u64)>>);
+
+    impl SyscallHandler for Record {
+        fn on_enter(&self, regs: &PtRegs, _: usize) {
+            self.0.lock().unwrap().push(("enter", regs.orig_ax, regs.di));
+        }
+        fn on_exit(&self, regs: &PtRegs, _: usize) {
+            self.0.lock().unwrap().push(("exit", regs.orig_ax, regs.ax));
+        }
+    }
+
+    #[test]
+    fn every_system_call_of_the_thread_is_seen_with_its_result() {
+        let rec = Arc::new(Record::default());
+        if let Err(e) = start(rec.clone()) {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        // Through libc, through syscall(3) and through an inline `syscall` instruction.
+        let pid = std::process::id() as u64;
+        // SAFETY: getpid and getppid take no arguments.
+        let (a, b) = unsafe { (libc::getpid() as u64, libc::syscall(libc::SYS_getppid) as u64) };
+        let c: u64;
+        // SAFETY: getpid (39) has no arguments; syscall clobbers rcx and r11.
+        unsafe { std::arch::asm!("syscall", inlateout("rax") 39u64 => c, lateout("rcx") _, lateout("r11") _, options(nostack)) };
+        // A failing call keeps its errno.
+        // SAFETY: close(2) on a descriptor that is not open.
+        let bad = unsafe { libc::close(987_654) };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        disable();
+        assert_eq!((a, c), (pid, pid));
+        assert_eq!(bad, -1);
+        assert_eq!(errno, Some(libc::EBADF));
+        let seen = rec.0.lock().unwrap().clone();
+        let getpid = libc::SYS_getpid as u64;
+        // std::process::id, libc's getpid and the inline one.
+        assert_eq!(seen.iter().filter(|e| *e == &("exit", getpid, pid)).count(), 3, "{seen:?}");
+        assert!(seen.contains(&("exit", libc::SYS_getppid as u64, b)), "{seen:?}");
+        assert!(seen.contains(&("enter", libc::SYS_close as u64, 987_654)), "{seen:?}");
+        assert!(seen.contains(&("exit", libc::SYS_close as u64, -(libc::EBADF as i64) as u64)), "{seen:?}");
+    }
+}
