@@ -35,7 +35,7 @@ fn main() {
     }
     native.compile("workloads_native");
     // Map-operation programs (eBPF only).
-    for name in ["map_ops", "uprobe_bench"] {
+    for name in ["map_ops", "uprobe_bench", "syscall_bench"] {
         let src = format!("bpf/{name}.bpf.c");
         println!("cargo:rerun-if-changed={src}");
         let status = Command::new(&clang)

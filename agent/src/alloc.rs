@@ -60,6 +60,22 @@ impl Class {
     }
 }
 
+thread_local! {
+    /// This thread holds every lock (between `fork`'s prepare and after handlers): its own
+    /// allocations then need none (other threads wait), e.g. while the agent intercepts the
+    /// `fork` system call itself.
+    static HOLDS_ALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Takes a class lock unless this thread holds them all.
+fn lock(c: &Class) -> bool {
+    if HOLDS_ALL.with(|h| h.get()) {
+        return false;
+    }
+    c.lock.lock();
+    true
+}
+
 /// The allocator; `#[global_allocator]` in `lib.rs`.
 pub struct AgentAlloc {
     classes: [Class; CLASSES],
@@ -76,10 +92,12 @@ impl AgentAlloc {
         for c in &self.classes {
             c.lock.lock();
         }
+        HOLDS_ALL.with(|h| h.set(true));
     }
 
     /// Releases what [`AgentAlloc::lock_all`] took (after `fork`, in parent and child).
     pub fn unlock_all(&self) {
+        HOLDS_ALL.with(|h| h.set(false));
         for c in &self.classes {
             c.lock.unlock();
         }
@@ -124,7 +142,7 @@ unsafe impl GlobalAlloc for AgentAlloc {
         let Some(ci) = class_of(&layout) else { return map(large_len(&layout)) };
         let size = 1usize << (ci as u32 + MIN_SHIFT);
         let c = &self.classes[ci];
-        c.lock.lock();
+        let locked = lock(c);
         let head = c.free.load(Ordering::Relaxed);
         let block = if !head.is_null() {
             // SAFETY: a free block's first word holds the next free block (written by dealloc).
@@ -135,7 +153,9 @@ unsafe impl GlobalAlloc for AgentAlloc {
             if next.is_null() || next == c.end.load(Ordering::Relaxed) {
                 next = map(CHUNK);
                 if next.is_null() {
-                    c.lock.unlock();
+                    if locked {
+                        c.lock.unlock();
+                    }
                     return null_mut();
                 }
                 // SAFETY: the chunk is CHUNK bytes long.
@@ -145,7 +165,9 @@ unsafe impl GlobalAlloc for AgentAlloc {
             c.next.store(unsafe { next.add(size) }, Ordering::Relaxed);
             next
         };
-        c.lock.unlock();
+        if locked {
+            c.lock.unlock();
+        }
         block
     }
 
@@ -156,12 +178,14 @@ unsafe impl GlobalAlloc for AgentAlloc {
             return;
         };
         let c = &self.classes[ci];
-        c.lock.lock();
+        let locked = lock(c);
         // SAFETY: the block is ours, at least 16 bytes and 8-aligned; it is free from now on, so
         // its first word can hold the list link.
         unsafe { *(ptr as *mut *mut u8) = c.free.load(Ordering::Relaxed) };
         c.free.store(ptr, Ordering::Relaxed);
-        c.lock.unlock();
+        if locked {
+            c.lock.unlock();
+        }
     }
 }
 

@@ -24,11 +24,13 @@ static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc::new();
 
 /// Keeps the allocator's locks consistent across `fork` (registered at load time).
 fn protect_allocator_across_fork() {
+    // Run as the agent's own work: their waits (sched_yield) are not the application's
+    // system calls.
     extern "C" fn prepare() {
-        ALLOC.lock_all();
+        bpftime_attach::without_probes(|| ALLOC.lock_all());
     }
     extern "C" fn after() {
-        ALLOC.unlock_all();
+        bpftime_attach::without_probes(|| ALLOC.unlock_all());
     }
     // SAFETY: the handlers only take and release spin locks (pthread_atfork(3)).
     unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(after)) };

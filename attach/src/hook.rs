@@ -424,6 +424,8 @@ struct VectorState {
     width: i32,
     /// Size of the XSAVE area for everything XCR0 enables (None: no XSAVE, use FXSAVE).
     xsave_size: Option<u32>,
+    /// XSAVEC is there (compacted form, initial-state components skipped).
+    compacted: bool,
 }
 
 impl VectorState {
@@ -444,13 +446,66 @@ impl VectorState {
                 // Room to align the area to 64 bytes.
                 size + 64
             });
-            VectorState { width, xsave_size }
+            // CPUID leaf 0xD, sub-leaf 1: eax bit 1 is XSAVEC.
+            let compacted = xsave_size.is_some() && std::arch::x86_64::__cpuid_count(0xd, 1).eax & 2 != 0;
+            VectorState { width, xsave_size, compacted }
         })
     }
 
     const XMM: [AsmRegisterXmm; 8] = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7];
     const YMM: [AsmRegisterYmm; 8] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7];
     const ZMM: [AsmRegisterZmm; 8] = [zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7];
+
+    /// Every vector register (16 ymm, or 32 zmm and 8 masks with AVX-512).
+    const YMM_ALL: [AsmRegisterYmm; 16] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+    const ZMM_ALL: [AsmRegisterZmm; 32] = [
+        zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22,
+        zmm23, zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
+    ];
+    const MASKS: [AsmRegisterK; 8] = [k0, k1, k2, k3, k4, k5, k6, k7];
+
+    /// Bytes [`VectorState::save_all`] needs below rsp, alignment included.
+    fn explicit_area(&self) -> i32 {
+        if self.width == 64 {
+            32 * 64 + 8 * 8 + 64
+        } else {
+            16 * 32 + 64
+        }
+    }
+
+    /// Saves every vector register (and mask) at [rsp] (64-byte aligned).
+    fn save_all(&self, a: &mut CodeAssembler) -> Result<(), IcedError> {
+        if self.width == 64 {
+            for (i, z) in Self::ZMM_ALL.iter().enumerate() {
+                a.vmovdqa64(zmmword_ptr(rsp + 64 * i as i32), *z)?;
+            }
+            for (i, k) in Self::MASKS.iter().enumerate() {
+                a.kmovq(qword_ptr(rsp + (32 * 64 + 8 * i as i32)), *k)?;
+            }
+        } else {
+            for (i, y) in Self::YMM_ALL.iter().enumerate() {
+                a.vmovdqa(ymmword_ptr(rsp + 32 * i as i32), *y)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores what [`VectorState::save_all`] saved.
+    fn restore_all(&self, a: &mut CodeAssembler) -> Result<(), IcedError> {
+        if self.width == 64 {
+            for (i, z) in Self::ZMM_ALL.iter().enumerate() {
+                a.vmovdqa64(*z, zmmword_ptr(rsp + 64 * i as i32))?;
+            }
+            for (i, k) in Self::MASKS.iter().enumerate() {
+                a.kmovq(*k, qword_ptr(rsp + (32 * 64 + 8 * i as i32)))?;
+            }
+        } else {
+            for (i, y) in Self::YMM_ALL.iter().enumerate() {
+                a.vmovdqa(*y, ymmword_ptr(rsp + 32 * i as i32))?;
+            }
+        }
+        Ok(())
+    }
 
     /// Stores vector argument register `i` at `at`, at full width.
     fn store(&self, a: &mut CodeAssembler, i: usize, at: AsmMemoryOperand) -> Result<(), IcedError> {
@@ -555,7 +610,17 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
         PointKind::Return => 2,
         PointKind::MidFunction => 0,
     };
+    let mut saved = a.create_label();
     if point == PointKind::MidFunction {
+        if vector.width >= 32 {
+            // Every vector register, at full width, and the AVX-512 masks: all the extended
+            // state our code (Rust, the JIT, libc's string functions) can change. Explicit moves
+            // cost a fraction of xsave/xrstor.
+            a.sub(rsp, vector.explicit_area())?;
+            a.and(rsp, -64)?;
+            vector.save_all(a)?;
+            a.jmp(saved)?;
+        }
         if let Some(size) = vector.xsave_size {
             // Everything the OS enables (XCR0), in XSAVE's standard form: a 64-byte aligned
             // area whose header must start zeroed; the mask (edx:eax, all ones) is the whole
@@ -567,10 +632,19 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
             }
             a.mov(eax, -1i32)?;
             a.mov(edx, -1i32)?;
-            a.xsave64(ptr(rsp))?;
+            if vector.compacted {
+                // Components in their initial state (upper halves after vzeroupper, unused
+                // AVX-512 registers) are not written: cheaper.
+                a.xsavec64(ptr(rsp))?;
+            } else {
+                a.xsave64(ptr(rsp))?;
+            }
         } else {
             a.sub(rsp, 512)?;
             a.fxsave64(ptr(rsp))?;
+        }
+        if vector.width >= 32 {
+            a.set_label(&mut saved)?;
         }
         a.cld()?;
     } else {
@@ -593,12 +667,20 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
         a.test(rax, rax)?;
     }
     if point == PointKind::MidFunction {
+        let mut restored = a.create_label();
+        if vector.width >= 32 {
+            vector.restore_all(a)?;
+            a.jmp(restored)?;
+        }
         if vector.xsave_size.is_some() {
             a.mov(eax, -1i32)?;
             a.mov(edx, -1i32)?;
             a.xrstor64(ptr(rsp))?;
         } else {
             a.fxrstor64(ptr(rsp))?;
+        }
+        if vector.width >= 32 {
+            a.set_label(&mut restored)?;
         }
     } else {
         for i in 0..args {
@@ -882,6 +964,28 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
     site.jump = jump;
     site.slot = slot;
     Ok(Box::leak(site))
+}
+
+/// A stub for a system call site (see `syscalls`): within 2 GiB of `near`, it saves the whole
+/// register state as a mid-function probe does, calls `dispatch(context, &mut pt_regs)`,
+/// restores the registers (the dispatcher's `ax`, `cx`, `r11` included) and jumps to `r11`,
+/// where the dispatcher says the thread goes on. Returns the stub's address.
+pub(crate) fn syscall_stub(near: u64, context: u64, dispatch: u64) -> Result<u64, AttachError> {
+    let page = patch::alloc_near(near, PAGE).ok_or(AttachError::NoNearMemory(near))?;
+    let code = (|| -> Result<Vec<u8>, IcedError> {
+        let mut a = CodeAssembler::new(64)?;
+        emit_probe_call(&mut a, PointKind::MidFunction, None, Some(context), dispatch)?;
+        a.jmp(r11)?;
+        a.assemble(page)
+    })()
+    .map_err(|e| AttachError::Unpatchable { addr: near, reason: format!("assembling the system call stub: {e}") })?;
+    if code.len() > PAGE {
+        return Err(AttachError::Unpatchable { addr: near, reason: "stub too large".into() });
+    }
+    // SAFETY: `page` is a fresh read-write mapping of PAGE bytes; the code fits (checked).
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page as *mut u8, code.len()) };
+    patch::make_executable(page, PAGE).map_err(|e| AttachError::Io { addr: near, source: e })?;
+    Ok(page)
 }
 
 /// Information about the place to probe.

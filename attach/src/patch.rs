@@ -227,6 +227,20 @@ pub(crate) fn fix_up_threads(slot: usize) {
     FIXUP_SITE.store(0, Ordering::Release);
 }
 
+/// Installs a 2-byte `new` over an instruction of at least 2 bytes that no thread can be
+/// stopped inside (a `syscall`: a thread in it is stopped after it): int3 on the first byte
+/// (a thread meeting it goes to the site's trampoline), the second byte, then the first; no
+/// thread is signalled.
+pub(crate) fn install_short(addr: u64, new: [u8; 2]) -> std::io::Result<()> {
+    write_code(addr, &[0xcc])?;
+    sync_cores();
+    write_code(addr + 1, &new[1..])?;
+    sync_cores();
+    write_code(addr, &new[..1])?;
+    sync_cores();
+    Ok(())
+}
+
 /// Installs `new` (whose first byte ends the change) over the site's bytes.
 pub(crate) fn install(slot: usize, addr: u64, new: &[u8]) -> std::io::Result<()> {
     write_code(addr, &[0xcc])?;

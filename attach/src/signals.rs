@@ -130,12 +130,18 @@ pub unsafe fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut
     let mut act = act;
     // SAFETY: `act` is null or valid (the caller's contract).
     if let Some(a) = unsafe { act.as_ref() } {
+        wrapped = *a;
         if is_function(a.sa_sigaction) {
             app.store(a.sa_sigaction, Ordering::Release);
-            wrapped = *a;
             wrapped.sa_sigaction = wrapper as *const () as usize;
-            act = &mut wrapped;
         }
+        // While system calls are intercepted, SIGSYS is never blocked (a call made in a
+        // handler with it blocked would kill the process).
+        if crate::syscalls::active() {
+            // SAFETY: a valid sigset in our copy.
+            unsafe { libc::sigdelset(&mut wrapped.sa_mask, libc::SIGSYS) };
+        }
+        act = &mut wrapped;
     }
     // SAFETY: the caller's pointers, or our copy of its action.
     let r = unsafe { real(sig, act, old) };

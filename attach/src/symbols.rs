@@ -137,6 +137,43 @@ fn function_at_file_offset(file: &object::File<'_>, off: u64) -> Option<u64> {
     file.symbols().chain(file.dynamic_symbols()).find(|s| s.kind() == object::SymbolKind::Text && s.address() == vaddr && s.size() > 0).map(|s| s.size())
 }
 
+/// Alignment padding (int3/nop filler after a function, before the next symbol) of at least
+/// `len` bytes whose start lies within `[lo, hi]`, in the file mapped at `addr` in this
+/// process: runtime addresses of the padding's start and end. Nothing executes there, so it may
+/// hold code of ours. `skip` says which runtime addresses are already taken.
+pub(crate) fn padding_near(addr: u64, lo: u64, hi: u64, len: u64, taken: impl Fn(u64) -> bool) -> Option<u64> {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    let maps = mappings();
+    let m = maps.iter().find(|m| m.start <= addr && addr < m.end && !m.path.is_empty())?;
+    let data = std::fs::read(&m.path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    // Runtime address of file offset `off` (in the mapping's file).
+    let runtime = |off: u64| address_of_file_offset(&m.path, &maps, off);
+    let mut best: Option<u64> = None;
+    for sym in file.symbols().chain(file.dynamic_symbols()).filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0) {
+        let end_vaddr = sym.address() + sym.size();
+        let Some(seg) = file.segments().find(|s| end_vaddr >= s.address() && end_vaddr < s.address() + s.file_range().1) else { continue };
+        let end_off = end_vaddr - seg.address() + seg.file_range().0;
+        let Some(end) = runtime(end_off) else { continue };
+        if end + len < lo || end > hi {
+            continue;
+        }
+        let pad = padding_after(&data, end_off, room_after(&file, end_off - sym.size(), sym.size()));
+        // Whole `len`-byte slots of the padding, the first free one within reach.
+        let mut at = end;
+        while at + len <= end + pad {
+            if at >= lo && at <= hi && !taken(at) {
+                if best.is_none_or(|b| at.abs_diff(addr) < b.abs_diff(addr)) {
+                    best = Some(at);
+                }
+                break;
+            }
+            at += len;
+        }
+    }
+    best
+}
+
 /// A resolved probe point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {

@@ -27,7 +27,9 @@ use crate::regs::PtRegs;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// Called around the system calls of the process.
+/// Called around the system calls of the process, from a signal handler or a call site's stub:
+/// a handler must not use libc's allocator or locks (the call it sees may come from inside
+/// them; the agent allocates from its own mappings).
 pub trait SyscallHandler: Send + Sync {
     /// Before call `regs.orig_ax` runs, its arguments in `di`, `si`, `dx`, `r10`, `r8`, `r9`
     /// (`ip` is the address after the `syscall` instruction). `level` as for probes.
@@ -55,8 +57,6 @@ static ALLOWED: AtomicUsize = AtomicUsize::new(0);
 /// Return address of each gadget made so far (0 = free).
 static GADGET_RETURNS: [AtomicU64; GADGETS] = [const { AtomicU64::new(0) }; GADGETS];
 static ACTIVE: AtomicBool = AtomicBool::new(false);
-/// System calls handled (diagnostics).
-pub static CALLS_SEEN: AtomicU64 = AtomicU64::new(0);
 
 /// Whether system calls are being intercepted in this process.
 pub fn active() -> bool {
@@ -153,9 +153,55 @@ fn regs_of(g: &[i64; 23]) -> PtRegs {
     }
 }
 
+/// SIGSYS's bit in a signal mask: never blocked while calls are intercepted (a call made with
+/// it blocked would kill the process).
+const SIGSYS_BIT: u64 = 1 << (libc::SIGSYS - 1);
+/// Bits no mask may hold.
+const UNBLOCKABLE: u64 = SIGSYS_BIT | 1 << (libc::SIGKILL - 1) | 1 << (libc::SIGSTOP - 1);
+
+/// `rt_sigprocmask(how, set, oldset, size)` on `mask` (the mask the thread will run with).
+fn emulate_sigprocmask(mask: &mut u64, a: [u64; 4]) -> u64 {
+    let einval = -(libc::EINVAL as i64) as u64;
+    if a[3] != 8 {
+        return einval;
+    }
+    let (set, old) = (a[1] as *const u64, a[2] as *mut u64);
+    let new = if set.is_null() {
+        None
+    } else {
+        // SAFETY: the application's pointer to a sigset (as the kernel, a bad one faults).
+        Some(unsafe { set.read_unaligned() })
+    };
+    let next = match (a[0] as i32, new) {
+        (_, None) => *mask,
+        (libc::SIG_BLOCK, Some(n)) => *mask | n,
+        (libc::SIG_UNBLOCK, Some(n)) => *mask & !n,
+        (libc::SIG_SETMASK, Some(n)) => n,
+        _ => return einval,
+    };
+    if !old.is_null() {
+        // SAFETY: the application's pointer to a sigset.
+        unsafe { old.write_unaligned(*mask) };
+    }
+    *mask = next & !UNBLOCKABLE;
+    0
+}
+
+/// The arguments of a call made from a site's stub, with SIGSYS taken out of a mask being
+/// installed (`rt_sigprocmask` reads the set through `copy`).
+fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64) -> [u64; 6] {
+    if nr == libc::SYS_rt_sigprocmask as u64 && a[1] != 0 && (a[0] as i32 == libc::SIG_BLOCK || a[0] as i32 == libc::SIG_SETMASK) {
+        // SAFETY: the application's pointer to a sigset, read as the kernel would.
+        *copy = unsafe { (a[1] as *const u64).read_unaligned() } & !SIGSYS_BIT;
+        a[1] = copy as *mut u64 as u64;
+    }
+    a
+}
+
 /// Makes the call of a SIGSYS: here, or in place through a gadget. False if neither was
 /// possible (no gadget left: the call fails with ENOSYS, said once).
-fn perform(g: &mut [i64; 23]) -> bool {
+/// `mask` is the signal mask the thread returns to (an `rt_sigprocmask` changes it).
+fn perform(g: &mut [i64; 23], mask: &mut u64) -> bool {
     let regs = regs_of(g);
     let nr = regs.orig_ax;
     if in_place(nr) {
@@ -174,9 +220,15 @@ fn perform(g: &mut [i64; 23]) -> bool {
             }
         };
     }
-    // SAFETY: the application's own call, with its own arguments, from a SIGSYS handler whose
-    // selector allows it; it is not one that must run in place.
-    let ret = unsafe { raw_syscall(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]) };
+    let ret = if nr == libc::SYS_rt_sigprocmask as u64 {
+        // The mask a handler sets is undone by its return: the one the thread returns to is
+        // in the signal context.
+        emulate_sigprocmask(mask, [regs.di, regs.si, regs.dx, regs.r10])
+    } else {
+        // SAFETY: the application's own call, with its own arguments, from a SIGSYS handler
+        // whose selector allows it; it is not one that must run in place.
+        unsafe { raw_syscall(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]) }
+    };
     g[libc::REG_RAX as usize] = ret as i64;
     // What the `syscall` instruction leaves in rcx and r11.
     g[libc::REG_RCX as usize] = g[libc::REG_RIP as usize];
@@ -198,14 +250,17 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         crate::signals::forward(sig, info, ctx);
         return;
     }
+    // SAFETY: sigset_t starts with the 64 signals' bits on x86-64.
+    let uc_mask = unsafe { &mut *(&mut uc.uc_sigmask as *mut libc::sigset_t as *mut u64) };
     let g = &mut uc.uc_mcontext.gregs;
-    CALLS_SEEN.fetch_add(1, Ordering::Relaxed);
+    // The `syscall` instruction: the thread stopped after it.
+    let site = (g[libc::REG_RIP as usize] as u64).wrapping_sub(2);
     let handler = HANDLER.get();
     match (hook::admit(), handler) {
         (Admission::Run(level, before), Some(h)) => {
             let mut regs = regs_of(g);
             h.on_enter(&regs, level);
-            if perform(g) && !in_place(regs.orig_ax) {
+            if perform(g, uc_mask) && !in_place(regs.orig_ax) {
                 regs.ax = g[libc::REG_RAX as usize] as u64;
                 h.on_exit(&regs, level);
             }
@@ -213,14 +268,128 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         }
         (Admission::Miss, Some(h)) => {
             h.on_miss(g[libc::REG_RAX as usize] as u64);
-            perform(g);
+            perform(g, uc_mask);
         }
         _ => {
-            perform(g);
+            perform(g, uc_mask);
         }
     }
+    // The next call from here takes a jump instead of a signal, where one can be put in (our
+    // own work: its calls are not the application's).
+    hook::without_probes(|| rewrite_once(site));
     // SAFETY: back to what the interrupted flow had (BLOCK for application code); the return
     // goes through our restorer, in the allowed range.
+    unsafe { selector.write(was) };
+}
+
+/// A `syscall` instruction rewritten into `jmp rel8` to alignment padding nearby, which holds
+/// a `jmp rel32` to the site's stub (see `hook::syscall_stub`): two bytes, so that a thread
+/// stopped in the call (after the instruction) or restarting it (at it) finds the code as it
+/// expects. The stub calls [`site_dispatch`].
+struct CallSite {
+    /// Address of the `syscall` instruction.
+    addr: u64,
+}
+
+/// Sites tried so far (None: could not be rewritten; calls there keep arriving as signals),
+/// and the padding slots taken.
+struct Rewrites {
+    sites: std::collections::HashMap<u64, Option<&'static CallSite>>,
+    pads: Vec<u64>,
+}
+
+static REWRITES: std::sync::Mutex<Option<Rewrites>> = std::sync::Mutex::new(None);
+/// Sites rewritten (diagnostics).
+pub static SITES_REWRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// Rewrites the call site at `site` unless it was tried before (or another thread is busy
+/// rewriting: this call then stays a signal).
+fn rewrite_once(site: u64) {
+    let Ok(mut guard) = REWRITES.try_lock() else { return };
+    let r = guard.get_or_insert_with(|| Rewrites { sites: Default::default(), pads: vec![] });
+    if r.sites.contains_key(&site) {
+        return;
+    }
+    let done = rewrite(site, &mut r.pads);
+    if done.is_some() {
+        SITES_REWRITTEN.fetch_add(1, Ordering::Relaxed);
+    }
+    r.sites.insert(site, done);
+}
+
+fn rewrite(site: u64, pads: &mut Vec<u64>) -> Option<&'static CallSite> {
+    if crate::patch::read_code(site, 2).ok()? != [0x0f, 0x05] {
+        return None;
+    }
+    // `jmp rel8` reaches [site + 2 - 128, site + 2 + 127].
+    let (lo, hi) = (site + 2 - 128, site + 2 + 127);
+    let pad = crate::symbols::padding_near(site, lo, hi, 5, |a| pads.contains(&a))?;
+    let ctx: &'static CallSite = Box::leak(Box::new(CallSite { addr: site }));
+    let stub = hook::syscall_stub(pad, ctx as *const CallSite as u64, site_dispatch as *const () as u64).ok()?;
+    let rel = i32::try_from(stub as i64 - (pad + 5) as i64).ok()?;
+    let mut jump = [0xe9, 0, 0, 0, 0];
+    jump[1..].copy_from_slice(&rel.to_le_bytes());
+    let _patching = crate::patch::PATCH_LOCK.try_lock().ok()?;
+    // Padding runs nothing: the jump can be written as it is.
+    crate::patch::write_code(pad, &jump).ok()?;
+    pads.push(pad);
+    // A thread meeting the transient int3 at the site goes on at the pad (then the stub).
+    crate::patch::register_site(site, 2, pad, &[], 0)?;
+    let rel8 = (pad as i64 - (site + 2) as i64) as i8;
+    crate::patch::install_short(site, [0xeb, rel8 as u8]).ok()?;
+    Some(ctx)
+}
+
+/// Called by a rewritten site's stub with the thread's registers at the `syscall` instruction
+/// (`ax` the call number): runs the handlers and the call as the SIGSYS path does, and leaves
+/// in `r11` where the thread goes on (after the instruction, or a gadget for calls made in
+/// place).
+extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
+    let after = site.addr + 2;
+    let selector = hook::selector();
+    // SAFETY: this thread's selector byte.
+    let was = unsafe { selector.replace(0) };
+    let nr = regs.ax;
+    regs.orig_ax = nr;
+    regs.ip = after;
+    let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
+    let call = |regs: &mut PtRegs| {
+        if in_place(nr) {
+            match gadget(after) {
+                Some(g) => regs.r11 = g,
+                None => {
+                    regs.ax = -(libc::ENOSYS as i64) as u64;
+                    regs.r11 = after;
+                }
+            }
+            return false;
+        }
+        let mut copy = 0u64;
+        let args = keep_sigsys_open(nr, args, &mut copy);
+        // SAFETY: the application's own call and arguments, made with the selector at ALLOW;
+        // not one that must run in place.
+        regs.ax = unsafe { raw_syscall(nr, args) };
+        regs.cx = after;
+        regs.r11 = after;
+        true
+    };
+    match (hook::admit(), HANDLER.get()) {
+        (Admission::Run(level, before), Some(h)) => {
+            h.on_enter(regs, level);
+            if call(regs) {
+                h.on_exit(regs, level);
+            }
+            hook::leave(before);
+        }
+        (Admission::Miss, Some(h)) => {
+            h.on_miss(nr);
+            call(regs);
+        }
+        _ => {
+            call(regs);
+        }
+    }
+    // SAFETY: back to what the application had.
     unsafe { selector.write(was) };
 }
 
@@ -341,54 +510,4 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     ACTIVE.store(true, Ordering::Release);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Mutex;
-
-    /// Records (nr, first argument) at entry and (nr, result) at exit.
-    #[derive(Default)]
-    struct Record(Mutex<Vec<(&'static str, u64, u64)>>);
-
-    impl SyscallHandler for Record {
-        fn on_enter(&self, regs: &PtRegs, _: usize) {
-            self.0.lock().unwrap().push(("enter", regs.orig_ax, regs.di));
-        }
-        fn on_exit(&self, regs: &PtRegs, _: usize) {
-            self.0.lock().unwrap().push(("exit", regs.orig_ax, regs.ax));
-        }
-    }
-
-    #[test]
-    fn every_system_call_of_the_thread_is_seen_with_its_result() {
-        let rec = Arc::new(Record::default());
-        if let Err(e) = start(rec.clone()) {
-            eprintln!("skipped: {e}");
-            return;
-        }
-        // Through libc, through syscall(3) and through an inline `syscall` instruction.
-        let pid = std::process::id() as u64;
-        // SAFETY: getpid and getppid take no arguments.
-        let (a, b) = unsafe { (libc::getpid() as u64, libc::syscall(libc::SYS_getppid) as u64) };
-        let c: u64;
-        // SAFETY: getpid (39) has no arguments; syscall clobbers rcx and r11.
-        unsafe { std::arch::asm!("syscall", inlateout("rax") 39u64 => c, lateout("rcx") _, lateout("r11") _, options(nostack)) };
-        // A failing call keeps its errno.
-        // SAFETY: close(2) on a descriptor that is not open.
-        let bad = unsafe { libc::close(987_654) };
-        let errno = std::io::Error::last_os_error().raw_os_error();
-        disable();
-        assert_eq!((a, c), (pid, pid));
-        assert_eq!(bad, -1);
-        assert_eq!(errno, Some(libc::EBADF));
-        let seen = rec.0.lock().unwrap().clone();
-        let getpid = libc::SYS_getpid as u64;
-        // std::process::id, libc's getpid and the inline one.
-        assert_eq!(seen.iter().filter(|e| *e == &("exit", getpid, pid)).count(), 3, "{seen:?}");
-        assert!(seen.contains(&("exit", libc::SYS_getppid as u64, b)), "{seen:?}");
-        assert!(seen.contains(&("enter", libc::SYS_close as u64, 987_654)), "{seen:?}");
-        assert!(seen.contains(&("exit", libc::SYS_close as u64, -(libc::EBADF as i64) as u64)), "{seen:?}");
-    }
 }

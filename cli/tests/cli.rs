@@ -252,7 +252,10 @@ fn run_says_what_is_not_attached_and_why() {
     let obj = build_example("add_events");
     let out = bpftime(&["run", obj.to_str().unwrap(), "--", &calls_target(), "1"]);
     let err = text(&out.stderr);
-    assert!(err.contains("`on_openat` (section `tracepoint/syscalls/sys_enter_openat`) is not attached: tracepoint"), "{err}");
+    assert!(
+        err.contains("`on_sched_switch` (section `tracepoint/sched/sched_switch`) is not attached: tracepoint `sched/sched_switch` is a kernel event"),
+        "{err}"
+    );
     assert!(err.contains("cannot attach `on_missing_binary` to /no/such/binary:f: /no/such/binary: no such file"), "{err}");
     assert!(err.contains("`on_unloaded_library` was never attached to libnotloaded.so:f: its binary was never loaded"), "{err}");
     // A statically linked program cannot be preloaded: nothing attaches, and we say so.

@@ -42,8 +42,8 @@ int BPF_KPROBE(on_add, long a, long b)
     return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_openat")
-int on_openat(void *ctx)
+SEC("tracepoint/sched/sched_switch")
+int on_sched_switch(void *ctx)
 {
     return 0;
 }

@@ -35,6 +35,8 @@ const BPF_MAP_UPDATE_ELEM: i64 = 2;
 const BPF_MAP_GET_NEXT_KEY: i64 = 4;
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
+const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+const BPF_RAW_TRACEPOINT_OPEN: i64 = 17;
 
 fn last_error() -> String {
     std::io::Error::last_os_error().to_string()
@@ -70,9 +72,13 @@ impl KernelObject {
         }
         let license = std::ffi::CString::new(obj.license.clone().unwrap_or_else(|| "GPL".into())).map_err(|e| e.to_string())?;
         for p in &obj.programs {
-            if !p.section.starts_with("uprobe") && !p.section.starts_with("uretprobe") {
+            let prog_type = if p.section.starts_with("uprobe") || p.section.starts_with("uretprobe") {
+                BPF_PROG_TYPE_KPROBE
+            } else if p.section.starts_with("raw_tracepoint/") || p.section.starts_with("raw_tp/") {
+                BPF_PROG_TYPE_RAW_TRACEPOINT
+            } else {
                 continue;
-            }
+            };
             let mut insns = p.insns.clone();
             for r in &p.data_relocs {
                 let fd = k.maps[r.map].1;
@@ -91,7 +97,7 @@ impl KernelObject {
             let code = bpftime_vm::insn::to_bytecode(&insns);
             let mut log = vec![0u8; 1 << 20];
             let mut a = [0u8; 128];
-            put32(&mut a, 0, BPF_PROG_TYPE_KPROBE);
+            put32(&mut a, 0, prog_type);
             put32(&mut a, 4, insns.len() as u32);
             put64(&mut a, 8, code.as_ptr() as u64);
             put64(&mut a, 16, license.as_ptr() as u64);
@@ -192,7 +198,23 @@ impl KernelObject {
 }
 
 impl KernelObject {
-    /// Detaches every uprobe attached so far (closes their perf events).
+    /// Attaches raw tracepoint program `prog` to kernel tracepoint `name` (`sys_enter`, ...).
+    pub fn attach_raw_tracepoint(&mut self, prog: &str, name: &str) -> Result<(), String> {
+        let prog_fd = self.progs.iter().find(|p| p.0 == prog).map(|p| p.1).ok_or_else(|| format!("no program `{prog}`"))?;
+        let name = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+        // union bpf_attr for BPF_RAW_TRACEPOINT_OPEN: name (u64) at 0, prog_fd at 8.
+        let mut a = [0u8; 128];
+        put64(&mut a, 0, name.as_ptr() as u64);
+        put32(&mut a, 8, prog_fd as u32);
+        let fd = sys_bpf(BPF_RAW_TRACEPOINT_OPEN, &mut a);
+        if fd < 0 {
+            return Err(format!("BPF_RAW_TRACEPOINT_OPEN: {}", last_error()));
+        }
+        self.events.push(fd as i32);
+        Ok(())
+    }
+
+    /// Detaches every uprobe and tracepoint attached so far (closes their events).
     pub fn detach_all(&mut self) {
         for fd in self.events.drain(..) {
             // SAFETY: closing a perf event this object opened and owns.
