@@ -606,3 +606,42 @@ fn a_latency_histogram_loader_times_every_call_like_the_kernel() {
         assert_eq!(total(&kernel_out).as_deref(), Some("6000"), "the kernel:\n{kernel_out}");
     }
 }
+
+/// Debian's libbpf-tools `opensnoop` (unmodified: `tracepoint/syscalls/sys_enter_openat` and
+/// `sys_exit_openat`, CO-RE against the kernel's BTF, a perf buffer) attached through the
+/// syscall server: the traced process's opens of its marker file are printed with their file
+/// descriptors, as many as the kernel's tracepoints print (libc, syscall(3), inline `syscall`,
+/// a thread, a forked child). Needs tracefs (mounted here when it is not): libbpf reads the
+/// events' ids there.
+#[test]
+fn libbpf_tools_opensnoop_sees_every_open_like_the_kernel() {
+    let _serial = serial();
+    let Some(tool) = installed_or_skip("/usr/sbin/opensnoop", "libbpf-tools") else { return };
+    if !Path::new("/sys/kernel/tracing/events/syscalls").exists() {
+        let _ = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+    }
+    if !Path::new("/sys/kernel/tracing/events/syscalls").exists() {
+        eprintln!("skipped: no tracefs with system call events (libbpf reads tracepoint ids there)");
+        return;
+    }
+    let opens = build_target("opens", false);
+    let marker_lines = |out: &str| out.lines().filter(|l| l.contains("/tmp/bpftime-open-marker-") && l.split_whitespace().nth(3) == Some("0")).count();
+    let dir = std::env::temp_dir().join(format!("bpftime-opensnoop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-opensnoop-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&tool).args(["-d", "5"]);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&opens).arg("10"), &dir.join("ours"), false);
+    // 90 opens and the one that creates the marker, all succeeding.
+    assert_eq!(marker_lines(&out), 91, "{out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if is_root() {
+        let mut kernel = Command::new(&tool);
+        kernel.args(["-d", "5"]);
+        let out = tool_session(kernel, None, Command::new(&opens).arg("10"), &dir.join("kernel"), false);
+        assert_eq!(marker_lines(&out), 91, "the kernel's:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

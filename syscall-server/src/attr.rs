@@ -32,6 +32,7 @@ pub const MAP_LOOKUP_AND_DELETE_ELEM: u32 = 21;
 pub const MAP_FREEZE: u32 = 22;
 /// `BPF_LINK_CREATE`.
 pub const LINK_CREATE: u32 = 28;
+pub const RAW_TRACEPOINT_OPEN: u32 = 17;
 /// `BPF_LINK_GET_FD_BY_ID`.
 pub const LINK_GET_FD_BY_ID: u32 = 30;
 /// `BPF_LINK_GET_NEXT_ID`.

@@ -32,6 +32,9 @@ pub struct UprobeEvent {
     pub pid: i32,
     /// The link made when a program was attached to it.
     pub link: Option<u32>,
+    /// A system call tracepoint (`syscalls/sys_enter_NAME`) rather than a uprobe: the event
+    /// the link names.
+    pub syscall: Option<String>,
 }
 
 /// What one of our fds stands for.
@@ -79,6 +82,17 @@ pub struct Server {
 fn read_sysfs_u32(path: &str, prefix: &str) -> Option<u32> {
     let s = std::fs::read_to_string(path).ok()?;
     s.trim().strip_prefix(prefix)?.trim().parse().ok()
+}
+
+/// The system call event (`syscalls/sys_enter_openat`) whose tracefs id is `id`, if it is one.
+fn syscall_event_of_id(id: u64) -> Option<String> {
+    ["/sys/kernel/tracing/events/syscalls", "/sys/kernel/debug/tracing/events/syscalls"].iter().find_map(|dir| {
+        std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let this: u64 = std::fs::read_to_string(e.path().join("id")).ok()?.trim().parse().ok()?;
+            (this == id).then(|| format!("syscalls/{name}"))
+        })
+    })
 }
 
 /// A new fd of ours: an eventfd.
@@ -225,6 +239,17 @@ impl Server {
             attr::BTF_LOAD => self.btf_load(a),
             attr::OBJ_GET_INFO_BY_FD => self.info(a),
             attr::LINK_CREATE => self.link_create(a),
+            attr::RAW_TRACEPOINT_OPEN => {
+                // sys_enter / sys_exit run in userspace; other raw tracepoints are the kernel's.
+                let name = user::read_cstr(a.u64(0), 64)?;
+                let event = format!("raw/{name}");
+                bpftime_runtime::syscall_events::SyscallEvent::parse(&event).map_err(|_| libc::ENOENT)?;
+                let prog = self.prog_id(a.u32(8))?;
+                let pname = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
+                let scope = links::LinkScope { owner: std::process::id(), ..Default::default() };
+                let id = links::store_syscall(&self.region, &pname, prog, &event, scope).map_err(|_| libc::ENOMEM)?;
+                self.install(Handle::Link(id))
+            }
             attr::LINK_DETACH => match self.handle(a.u32(0) as i32) {
                 Some(Handle::Link(id)) => {
                     links::remove(&self.region, id);
@@ -464,6 +489,13 @@ impl Server {
             return Err(libc::EEXIST);
         }
         let name = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
+        let pid = if ev.pid > 0 { ev.pid as u32 } else { 0 };
+        if let Some(event) = &ev.syscall {
+            let scope = links::LinkScope { owner: std::process::id(), pid, ..Default::default() };
+            let id = links::store_syscall(&self.region, &name, prog, event, scope).map_err(|_| libc::ENOMEM)?;
+            ev.link = Some(id);
+            return Ok(id);
+        }
         let target = format!("{}:{:#x}", ev.path, ev.offset);
         if std::env::var_os("BPFTIME_VERBOSE").is_some() {
             eprintln!(
@@ -473,7 +505,6 @@ impl Server {
                 ev.ref_ctr_offset
             );
         }
-        let pid = if ev.pid > 0 { ev.pid as u32 } else { 0 };
         let scope = links::LinkScope { owner: std::process::id(), pid, ref_ctr: ev.ref_ctr_offset, replace: false };
         let id = links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, scope).map_err(|_| libc::ENOMEM)?;
         ev.link = Some(id);
@@ -503,6 +534,12 @@ impl Server {
         if a.u32(0) == 1 && a.u64(8) == 10 {
             return Some(self.install(Handle::PerfOutput(PerfOutput::default())));
         }
+        // PERF_TYPE_TRACEPOINT on a system call event: run in userspace by the agent.
+        if a.u32(0) == 2 {
+            let event = syscall_event_of_id(a.u64(8))?;
+            let ev = UprobeEvent { path: String::new(), offset: 0, retprobe: false, ref_ctr_offset: 0, pid, link: None, syscall: Some(event) };
+            return Some(self.install(Handle::Uprobe(ev)));
+        }
         if self.uprobe_type != Some(a.u32(0)) {
             return None;
         }
@@ -514,6 +551,7 @@ impl Server {
             ref_ctr_offset: config >> 32,
             pid,
             link: None,
+            syscall: None,
         });
         Some(ev.and_then(|ev| self.install(Handle::Uprobe(ev))))
     }

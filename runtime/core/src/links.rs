@@ -145,6 +145,12 @@ fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe:
     desc::store(region, ObjectKind::Link, name, &desc)
 }
 
+/// Stores a system call link (`event` as [`crate::syscall_events::SyscallEvent::parse`] reads
+/// it) with an owner and a pid.
+pub fn store_syscall(region: &ShmRegion, name: &str, prog: u32, event: &str, scope: LinkScope) -> Result<u32, ShmError> {
+    store_kind(region, name, prog, event, false, 0, LinkKind::Syscall, scope)
+}
+
 /// Stores a uprobe link with an owner, a pid and a semaphore (see [`LinkScope`]).
 pub fn store_owned(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, scope: LinkScope) -> Result<u32, ShmError> {
     store_kind(region, name, prog, target, retprobe, cookie, LinkKind::Uprobe, scope)
