@@ -46,7 +46,11 @@ extern "C" fn bpftime_agent_init() {
     }
     if bpftime_attach::without_probes(|| std::panic::catch_unwind(glue::start)).is_err() {
         eprintln!("bpftime: the agent failed to start; the application runs without probes");
+        return;
     }
+    // Loaded with the image, right after the execve that started it: that call returns here
+    // (its exit programs run now, as the kernel runs them in the new image).
+    let _ = std::panic::catch_unwind(syscalls::execve_returned);
 }
 
 #[used]

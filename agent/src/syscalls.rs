@@ -25,6 +25,9 @@ struct Tables {
     exit: Vec<Vec<Entry>>,
     raw_enter: Vec<Entry>,
     raw_exit: Vec<Entry>,
+    /// `raw_syscalls` tracepoints: every call, with its record.
+    any_enter: Vec<Entry>,
+    any_exit: Vec<Entry>,
 }
 
 /// The agent's handler of system calls.
@@ -68,9 +71,14 @@ impl SyscallHandler for Programs {
     fn on_enter(&self, regs: &PtRegs, level: usize) {
         let t = self.tables();
         let nr = regs.orig_ax;
+        let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
         if let Some(list) = t.enter.get(nr as usize).filter(|l| !l.is_empty()) {
-            let (tid, args) = (tid(), [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]);
+            let tid = tid();
             self.run(list, |e| enter_record(e.id, tid, nr as u32, args), level);
+        }
+        if !t.any_enter.is_empty() {
+            let tid = tid();
+            self.run(&t.any_enter, |e| enter_record(e.id, tid, nr as u32, args), level);
         }
         if !t.raw_enter.is_empty() {
             // The kernel's pt_regs at sys_enter hold -ENOSYS in ax.
@@ -86,6 +94,10 @@ impl SyscallHandler for Programs {
             let tid = tid();
             self.run(list, |e| exit_record(e.id, tid, nr as u32, regs.ax as i64), level);
         }
+        if !t.any_exit.is_empty() {
+            let tid = tid();
+            self.run(&t.any_exit, |e| exit_record(e.id, tid, nr as u32, regs.ax as i64), level);
+        }
         if !t.raw_exit.is_empty() {
             self.run(&t.raw_exit, |_| raw_record(regs as *const PtRegs as u64, regs.ax), level);
         }
@@ -93,7 +105,7 @@ impl SyscallHandler for Programs {
 
     fn on_miss(&self, nr: u64) {
         let t = self.tables();
-        let lists = [t.enter.get(nr as usize), t.exit.get(nr as usize), Some(&t.raw_enter), Some(&t.raw_exit)];
+        let lists = [t.enter.get(nr as usize), t.exit.get(nr as usize), Some(&t.raw_enter), Some(&t.raw_exit), Some(&t.any_enter), Some(&t.any_exit)];
         for e in lists.into_iter().flatten().flatten() {
             self.runtime.count_miss(e.probe.program.id);
         }
@@ -121,10 +133,12 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
         };
         let probe = ProbeProgram { program: prog, cookie: l.cookie, func_ip: 0 };
         match SyscallEvent::parse(&l.target) {
-            Ok(SyscallEvent::Enter(nr)) => t.enter[nr as usize].push(Entry { probe, id: event_id(l.target.trim_start_matches("syscalls/")) }),
-            Ok(SyscallEvent::Exit(nr)) => t.exit[nr as usize].push(Entry { probe, id: event_id(l.target.trim_start_matches("syscalls/")) }),
+            Ok(SyscallEvent::Enter(nr)) => t.enter[nr as usize].push(Entry { probe, id: event_id(&l.target) }),
+            Ok(SyscallEvent::Exit(nr)) => t.exit[nr as usize].push(Entry { probe, id: event_id(&l.target) }),
             Ok(SyscallEvent::RawEnter) => t.raw_enter.push(Entry { probe, id: 0 }),
             Ok(SyscallEvent::RawExit) => t.raw_exit.push(Entry { probe, id: 0 }),
+            Ok(SyscallEvent::AnyEnter) => t.any_enter.push(Entry { probe, id: event_id(&l.target) }),
+            Ok(SyscallEvent::AnyExit) => t.any_exit.push(Entry { probe, id: event_id(&l.target) }),
             Err(e) => {
                 links::raise_state(runtime.region(), l.id, LinkState::Failed);
                 eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name);
@@ -157,4 +171,12 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
     for id in attached {
         links::raise_state(runtime.region(), id, LinkState::Attached);
     }
+}
+
+/// Runs the exit programs of a successful `execve` (result 0) in this new image: the kernel runs
+/// `sys_exit_execve` there, after the old image is gone (where the call was made in place).
+pub fn execve_returned() {
+    let Some(p) = PROGRAMS.get() else { return };
+    let regs = PtRegs { orig_ax: libc::SYS_execve as u64, ax: 0, ..PtRegs::default() };
+    bpftime_attach::run_as_hit(|level| p.on_exit(&regs, level));
 }

@@ -1056,6 +1056,15 @@ pub fn detach(id: ProbeId) -> Result<(), AttachError> {
     Err(AttachError::NoSuchProbe(id.0))
 }
 
+/// Runs `f` as a hit would run its handlers (with the nesting level), unless this thread's
+/// state says a hit cannot run now.
+pub fn run_as_hit(f: impl FnOnce(usize)) {
+    if let Admission::Run(level, before) = admit() {
+        f(level);
+        leave(before);
+    }
+}
+
 /// Whether this thread's current flow is running a probe handler or the agent's own work.
 pub fn in_probe() -> bool {
     STATE.with(|s| s.get().busy)

@@ -612,6 +612,13 @@ fn exec_attaches_the_new_image_afresh() {
     // add(i, 1) for i < 1000 in each of 4 images; the other thread adds add(0, 0) calls.
     let sum = 4 * 500500;
     assert!(stderr.contains(&format!("  1 => {sum}\n")) && stderr.contains(&format!("  3 => {sum}\n")), "arguments and results: {stderr}");
+    // execve's tracepoints: entered 3 times; its exit runs in each new image, the first one
+    // (started by bpftime) included, as the kernel's sys_exit_execve does.
+    let obj = build_example("exec_events");
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", execs.to_str().unwrap(), "10", "3"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("  0 => 3\n  1 => 4\n"), "execve entries and exits: {stderr}");
 }
 
 /// `SEC("usdt/BINARY:PROVIDER:NAME")` programs written with libbpf's usdt.bpf.h run under

@@ -645,3 +645,46 @@ fn libbpf_tools_opensnoop_sees_every_open_like_the_kernel() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// bpftrace (unmodified) on system call tracepoints, `syscalls:sys_enter_openat` and
+/// `raw_syscalls:sys_exit` (every call, filtered by number), counts the target's opens as it
+/// does on the kernel.
+#[test]
+fn bpftrace_syscall_tracepoints_count_like_the_kernel() {
+    let _serial = serial();
+    let Ok(bpftrace) = which("bpftrace") else {
+        eprintln!("skipped: no bpftrace");
+        return;
+    };
+    if !Path::new("/sys/kernel/tracing/events/syscalls").exists() {
+        let _ = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+    }
+    if !Path::new("/sys/kernel/tracing/events/raw_syscalls").exists() {
+        eprintln!("skipped: no tracefs with system call events");
+        return;
+    }
+    let opens = build_target("opens", false);
+    let script = r#"tracepoint:syscalls:sys_enter_openat /comm == "opens"/ { @enter = count(); } tracepoint:raw_syscalls:sys_exit /comm == "opens" && args->id == 257/ { @exits = count(); }"#;
+    let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-sys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-bpftrace-sys-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&bpftrace).args(["-e", script]);
+    let out = bpftrace_result(&tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&opens).arg("10"), &dir.join("ours"), true));
+    // The marker's 91 opens, and the others the process makes after the agent starts.
+    let count = |out: &str, name: &str| out.lines().find_map(|l| l.strip_prefix(&format!("@{name}: "))?.trim().parse::<u64>().ok());
+    let (enter, exits) = (count(&out, "enter").unwrap_or(0), count(&out, "exits").unwrap_or(0));
+    assert!(enter >= 91 && enter == exits, "{out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if is_root() {
+        let mut kernel = Command::new(&bpftrace);
+        kernel.args(["-e", script]);
+        let out = bpftrace_result(&tool_session(kernel, None, Command::new(&opens).arg("10"), &dir.join("kernel"), true));
+        // The kernel also sees the opens ld.so makes before any agent could start.
+        let k = count(&out, "enter").unwrap_or(0);
+        assert!(k >= enter && k == count(&out, "exits").unwrap_or(0), "the kernel's:\n{out}\nours: {enter}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

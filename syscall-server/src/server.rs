@@ -86,13 +86,15 @@ fn read_sysfs_u32(path: &str, prefix: &str) -> Option<u32> {
 
 /// The system call event (`syscalls/sys_enter_openat`) whose tracefs id is `id`, if it is one.
 fn syscall_event_of_id(id: u64) -> Option<String> {
-    ["/sys/kernel/tracing/events/syscalls", "/sys/kernel/debug/tracing/events/syscalls"].iter().find_map(|dir| {
-        std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).find_map(|e| {
+    const ROOTS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
+    let found = ROOTS.into_iter().flat_map(|r| ["syscalls", "raw_syscalls"].map(|c| (r, c))).find_map(|(root, category)| {
+        std::fs::read_dir(format!("{root}/{category}")).ok()?.filter_map(|e| e.ok()).find_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let this: u64 = std::fs::read_to_string(e.path().join("id")).ok()?.trim().parse().ok()?;
-            (this == id).then(|| format!("syscalls/{name}"))
+            (this == id).then(|| format!("{category}/{name}"))
         })
-    })
+    });
+    found
 }
 
 /// A new fd of ours: an eventfd.

@@ -17,6 +17,11 @@ pub enum SyscallEvent {
     RawEnter,
     /// `raw_tracepoint/sys_exit`: after every call.
     RawExit,
+    /// `tracepoint/raw_syscalls/sys_enter`: before every call, a `sys_enter` record (the
+    /// call number at 8, the arguments at 16).
+    AnyEnter,
+    /// `tracepoint/raw_syscalls/sys_exit`: after every call, a `sys_exit` record.
+    AnyExit,
 }
 
 impl SyscallEvent {
@@ -25,6 +30,8 @@ impl SyscallEvent {
         match target {
             "raw/sys_enter" => return Ok(SyscallEvent::RawEnter),
             "raw/sys_exit" => return Ok(SyscallEvent::RawExit),
+            "raw_syscalls/sys_enter" => return Ok(SyscallEvent::AnyEnter),
+            "raw_syscalls/sys_exit" => return Ok(SyscallEvent::AnyExit),
             _ => {}
         }
         let name = target.strip_prefix("syscalls/").ok_or_else(|| format!("`{target}` is not a system call event"))?;
@@ -41,7 +48,7 @@ impl SyscallEvent {
     pub fn target_of(kind: &bpftime_object::ProgramKind) -> Option<Result<String, String>> {
         use bpftime_object::ProgramKind;
         let target = match kind {
-            ProgramKind::Tracepoint { category, name } if category == "syscalls" => format!("syscalls/{name}"),
+            ProgramKind::Tracepoint { category, name } if category == "syscalls" || category == "raw_syscalls" => format!("{category}/{name}"),
             ProgramKind::RawTracepoint { name } if name == "sys_enter" || name == "sys_exit" => format!("raw/{name}"),
             _ => return None,
         };
@@ -49,11 +56,12 @@ impl SyscallEvent {
     }
 }
 
-/// The `common_type` of an event: its id under tracefs when mounted, else 0.
-pub fn event_id(name: &str) -> u16 {
+/// The `common_type` of an event (`syscalls/sys_enter_openat`): its id under tracefs when
+/// mounted, else 0.
+pub fn event_id(event: &str) -> u16 {
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
-        .find_map(|root| std::fs::read_to_string(format!("{root}/events/syscalls/{name}/id")).ok())
+        .find_map(|root| std::fs::read_to_string(format!("{root}/events/{event}/id")).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -105,6 +113,7 @@ mod tests {
         assert_eq!(SyscallEvent::parse("syscalls/sys_enter_openat"), Ok(SyscallEvent::Enter(257)));
         assert_eq!(SyscallEvent::parse("syscalls/sys_exit_getpid"), Ok(SyscallEvent::Exit(39)));
         assert_eq!(SyscallEvent::parse("raw/sys_exit"), Ok(SyscallEvent::RawExit));
+        assert_eq!(SyscallEvent::parse("raw_syscalls/sys_enter"), Ok(SyscallEvent::AnyEnter));
         assert!(SyscallEvent::parse("syscalls/sys_enter_nope").unwrap_err().contains("not an x86-64 system call"));
         let r = enter_record(7, 42, 257, [1, 2, 3, 4, 5, 6]);
         assert_eq!((&r[0..2], &r[4..8], &r[8..12]), (&7u16.to_le_bytes()[..], &42u32.to_le_bytes()[..], &257u32.to_le_bytes()[..]));

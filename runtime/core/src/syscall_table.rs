@@ -367,8 +367,12 @@ pub const SYSCALLS: &[(u32, &str)] = &[
     (450, "set_mempolicy_home_node"),
 ];
 
-/// The number of system call `name` on x86-64.
+/// Tracepoint names that differ from the uapi ones (the kernel's `sys_newstat` and friends).
+const TRACEPOINT_NAMES: [(&str, &str); 4] = [("newstat", "stat"), ("newlstat", "lstat"), ("newfstat", "fstat"), ("newuname", "uname")];
+
+/// The number of system call `name` on x86-64 (uapi or tracepoint spelling).
 pub fn number(name: &str) -> Option<u32> {
+    let name = TRACEPOINT_NAMES.iter().find(|(tp, _)| *tp == name).map_or(name, |(_, uapi)| uapi);
     SYSCALLS.iter().find(|(_, n)| *n == name).map(|(nr, _)| *nr)
 }
 
@@ -385,5 +389,6 @@ mod tests {
         assert_eq!(super::number("getpid"), Some(39));
         assert_eq!(super::name(0), Some("read"));
         assert_eq!(super::number("no_such_call"), None);
+        assert_eq!(super::number("newstat"), Some(4));
     }
 }
