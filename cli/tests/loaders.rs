@@ -321,8 +321,21 @@ fn tool_session(mut tool: Command, shm: Option<&str>, target: &mut Command, out:
     if interrupt {
         std::thread::sleep(std::time::Duration::from_millis(500));
         let pid = if shm.is_some() { child_of(t.id()) } else { t.id() as i32 };
-        // SAFETY: kill(2) on a process we started.
-        unsafe { libc::kill(pid, libc::SIGINT) };
+        // A tool may miss a SIGINT (bpftrace, now and then, on the kernel too): it is sent
+        // again every two seconds until the tool ends.
+        for _ in 0..30 {
+            // SAFETY: kill(2) on a process we started.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+            for _ in 0..40 {
+                if t.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            if t.try_wait().unwrap().is_some() {
+                break;
+            }
+        }
     }
     t.wait().unwrap();
     std::fs::read_to_string(out).unwrap()
