@@ -706,3 +706,53 @@ fn bpftrace_syscall_tracepoints_count_like_the_kernel() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Debian's libbpf-tools `execsnoop` and `syscount` (unmodified; `bpf_get_current_task` read
+/// through CO-RE for the parent's pid, `raw_syscalls` tracepoints) through the syscall server:
+/// execsnoop prints each of the target's three self-execs with its arguments and result, as on
+/// the kernel (`sys_exit_execve` runs in the new image); syscount counts its 91 openat calls.
+#[test]
+fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
+    let _serial = serial();
+    let Some(execsnoop) = installed_or_skip("/usr/sbin/execsnoop", "libbpf-tools") else { return };
+    let Some(syscount) = installed_or_skip("/usr/sbin/syscount", "libbpf-tools") else { return };
+    if !tracefs_mounted() {
+        return;
+    }
+    let execs = build_target("execs", false);
+    let opens = build_target("opens", false);
+    // The self-execs' lines: COMM, RET and ARGS (pids differ between runs).
+    let self_execs = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains("/proc/self/exe"))
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {} {}", w[0], w[3], w[4..].join(" "))
+            })
+            .collect()
+    };
+    let dir = std::env::temp_dir().join(format!("bpftime-execsnoop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-execsnoop-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    // execsnoop's event map is large: a bigger region.
+    assert!(bpftime(&shm).args(["shm", "create", "--size", "512M"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&execsnoop);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&execs).args(["100", "3"]), &dir.join("ours"), true);
+    let ours = self_execs(&out);
+    assert_eq!(ours, ["exe 0 /proc/self/exe 100 2", "exe 0 /proc/self/exe 100 1", "exe 0 /proc/self/exe 100 0"], "{out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if is_root() {
+        let out = tool_session(Command::new(&execsnoop), None, Command::new(&execs).args(["100", "3"]), &dir.join("kernel"), true);
+        assert_eq!(ours, self_execs(&out), "the kernel's:\n{out}");
+    }
+    assert!(bpftime(&shm).args(["shm", "create", "--size", "256M"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&syscount).args(["-d", "5"]);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&opens).arg("10"), &dir.join("syscount"), false);
+    let openat = out.lines().find_map(|l| l.strip_prefix("openat")?.trim().parse::<u64>().ok());
+    assert_eq!(openat, Some(91), "{out}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -350,6 +350,11 @@ extern "C" fn get_current_pid_tgid(_: u64, _: u64, _: u64, _: u64, _: u64, _: &m
     (pid() as u64) << 32 | tid() as u64
 }
 
+/// `bpf_get_current_task`: a stand-in `task_struct` (see [`crate::task`]).
+extern "C" fn get_current_task(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    crate::task::current_task(pid(), tid(), comm().as_bytes())
+}
+
 extern "C" fn get_current_uid_gid(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
     // SAFETY: getuid and getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -583,6 +588,7 @@ pub fn kernel_helpers() -> HelperTable {
         .register(37, "bpf_current_task_under_cgroup", current_task_under_cgroup)
         .register(80, "bpf_get_current_cgroup_id", get_current_cgroup_id)
         .register(45, "bpf_probe_read_str", probe_read_str)
+        .register(35, "bpf_get_current_task", get_current_task)
         .register(58, "bpf_override_return", override_return)
         .register(67, "bpf_get_stack", get_stack)
         .register(87, "bpf_map_push_elem", map_push_elem)

@@ -23,6 +23,7 @@ pub mod progs;
 mod runtime;
 pub mod syscall_events;
 pub mod syscall_table;
+mod task;
 pub mod trace;
 pub mod usdt;
 mod user_mem;
