@@ -8,13 +8,15 @@ use bpftime_attach::PtRegs;
 use bpftime_runtime::links::{self, LinkKind, LinkState, UprobeLink};
 use bpftime_runtime::syscall_events::{enter_record, event_id, exit_record, raw_record, SyscallEvent};
 use bpftime_runtime::{ProbeProgram, Runtime};
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// A program on a system call event, with the event's `common_type`.
 struct Entry {
     probe: ProbeProgram,
     id: u16,
+    /// Its first failure was said (no lock: this runs in signal handlers).
+    reported: AtomicBool,
 }
 
 /// The programs of every event, swapped whole when links come or go (old tables are leaked: a
@@ -36,10 +38,7 @@ struct Programs {
     tables: AtomicPtr<Tables>,
 }
 
-fn tid() -> u32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() as u32 }
-}
+use bpftime_shm::ids::thread_id as tid;
 
 impl Programs {
     fn tables(&self) -> &Tables {
@@ -50,7 +49,7 @@ impl Programs {
     fn run<R: AsRef<[u8]>>(&self, entries: &[Entry], record: impl Fn(&Entry) -> R, level: usize) {
         for e in entries {
             if let Err(err) = self.runtime.run_probe(&e.probe, record(e).as_ref(), level) {
-                report(&e.probe, err);
+                report(e, err);
             }
         }
     }
@@ -58,12 +57,9 @@ impl Programs {
 
 #[cold]
 #[inline(never)]
-fn report(p: &ProbeProgram, e: bpftime_vm::exec::RunError) {
-    static SAID: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
-    if !said.contains(&p.program.id) {
-        said.push(p.program.id);
-        eprintln!("bpftime: program `{}` failed: {e} (reported once)", p.program.name);
+fn report(e: &Entry, err: bpftime_vm::exec::RunError) {
+    if !e.reported.swap(true, Ordering::Relaxed) {
+        eprintln!("bpftime: program `{}` failed: {err} (reported once)", e.probe.program.name);
     }
 }
 
@@ -132,13 +128,14 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
             }
         };
         let probe = ProbeProgram { program: prog, cookie: l.cookie, func_ip: 0 };
+        let entry = |id| Entry { probe, id, reported: AtomicBool::new(false) };
         match SyscallEvent::parse(&l.target) {
-            Ok(SyscallEvent::Enter(nr)) => t.enter[nr as usize].push(Entry { probe, id: event_id(&l.target) }),
-            Ok(SyscallEvent::Exit(nr)) => t.exit[nr as usize].push(Entry { probe, id: event_id(&l.target) }),
-            Ok(SyscallEvent::RawEnter) => t.raw_enter.push(Entry { probe, id: 0 }),
-            Ok(SyscallEvent::RawExit) => t.raw_exit.push(Entry { probe, id: 0 }),
-            Ok(SyscallEvent::AnyEnter) => t.any_enter.push(Entry { probe, id: event_id(&l.target) }),
-            Ok(SyscallEvent::AnyExit) => t.any_exit.push(Entry { probe, id: event_id(&l.target) }),
+            Ok(SyscallEvent::Enter(nr)) => t.enter[nr as usize].push(entry(event_id(&l.target))),
+            Ok(SyscallEvent::Exit(nr)) => t.exit[nr as usize].push(entry(event_id(&l.target))),
+            Ok(SyscallEvent::RawEnter) => t.raw_enter.push(entry(0)),
+            Ok(SyscallEvent::RawExit) => t.raw_exit.push(entry(0)),
+            Ok(SyscallEvent::AnyEnter) => t.any_enter.push(entry(event_id(&l.target))),
+            Ok(SyscallEvent::AnyExit) => t.any_exit.push(entry(event_id(&l.target))),
             Err(e) => {
                 links::raise_state(runtime.region(), l.id, LinkState::Failed);
                 eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name);

@@ -422,10 +422,6 @@ impl PointKind {
 struct VectorState {
     /// Bytes of a vector argument register: 16 (SSE), 32 (AVX) or 64 (AVX-512).
     width: i32,
-    /// Size of the XSAVE area for everything XCR0 enables (None: no XSAVE, use FXSAVE).
-    xsave_size: Option<u32>,
-    /// XSAVEC is there (compacted form, initial-state components skipped).
-    compacted: bool,
 }
 
 impl VectorState {
@@ -440,15 +436,7 @@ impl VectorState {
             } else {
                 16
             };
-            let xsave_size = std::arch::is_x86_feature_detected!("xsave").then(|| {
-                // CPUID leaf 0xD, sub-leaf 0: ebx is the XSAVE area size for XCR0's features.
-                let size = std::arch::x86_64::__cpuid_count(0xd, 0).ebx;
-                // Room to align the area to 64 bytes.
-                size + 64
-            });
-            // CPUID leaf 0xD, sub-leaf 1: eax bit 1 is XSAVEC.
-            let compacted = xsave_size.is_some() && std::arch::x86_64::__cpuid_count(0xd, 1).eax & 2 != 0;
-            VectorState { width, xsave_size, compacted }
+            VectorState { width }
         })
     }
 
@@ -573,8 +561,7 @@ fn callee_saved(r: AsmRegister64) -> bool {
 /// registers the call can change are reloaded: callee-saved ones are preserved by `f` itself
 /// (bx is reloaded because the stub uses it). Vector argument and result registers are saved
 /// at the full width the OS enables (xmm, ymm or zmm: `__m256`/`__m512` arguments survive); mid-
-/// function, everything is saved with `xsave` (ymm/zmm upper halves, AVX-512 masks and upper
-/// registers included).
+/// function, every vector register at full width and the AVX-512 masks (fxsave without AVX).
 fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg0: Option<u64>, f: u64) -> Result<(), IcedError> {
     let red_zone = point.red_zone();
     // The frame: pt_regs, below the red zone where it is live.
@@ -610,7 +597,6 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
         PointKind::Return => 2,
         PointKind::MidFunction => 0,
     };
-    let mut saved = a.create_label();
     if point == PointKind::MidFunction {
         if vector.width >= 32 {
             // Every vector register, at full width, and the AVX-512 masks: all the extended
@@ -619,32 +605,10 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
             a.sub(rsp, vector.explicit_area())?;
             a.and(rsp, -64)?;
             vector.save_all(a)?;
-            a.jmp(saved)?;
-        }
-        if let Some(size) = vector.xsave_size {
-            // Everything the OS enables (XCR0), in XSAVE's standard form: a 64-byte aligned
-            // area whose header must start zeroed; the mask (edx:eax, all ones) is the whole
-            // of XCR0. ax and dx are already in the pt_regs.
-            a.sub(rsp, size as i32)?;
-            a.and(rsp, -64)?;
-            for k in 0..8 {
-                a.mov(qword_ptr(rsp + (512 + 8 * k)), 0i32)?;
-            }
-            a.mov(eax, -1i32)?;
-            a.mov(edx, -1i32)?;
-            if vector.compacted {
-                // Components in their initial state (upper halves after vzeroupper, unused
-                // AVX-512 registers) are not written: cheaper.
-                a.xsavec64(ptr(rsp))?;
-            } else {
-                a.xsave64(ptr(rsp))?;
-            }
         } else {
+            // No AVX: the SSE state is all there is.
             a.sub(rsp, 512)?;
             a.fxsave64(ptr(rsp))?;
-        }
-        if vector.width >= 32 {
-            a.set_label(&mut saved)?;
         }
         a.cld()?;
     } else {
@@ -667,20 +631,10 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
         a.test(rax, rax)?;
     }
     if point == PointKind::MidFunction {
-        let mut restored = a.create_label();
         if vector.width >= 32 {
             vector.restore_all(a)?;
-            a.jmp(restored)?;
-        }
-        if vector.xsave_size.is_some() {
-            a.mov(eax, -1i32)?;
-            a.mov(edx, -1i32)?;
-            a.xrstor64(ptr(rsp))?;
         } else {
             a.fxrstor64(ptr(rsp))?;
-        }
-        if vector.width >= 32 {
-            a.set_label(&mut restored)?;
         }
     } else {
         for i in 0..args {
@@ -866,30 +820,8 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
 pub(crate) fn trap_hit(site: u64, gregs: &mut [i64; 23]) -> bool {
     // SAFETY: the address of a leaked `Site`, registered by `build_trap_site`.
     let site = unsafe { &*(site as *const Site) };
-    let g = |r: libc::c_int| gregs[r as usize] as u64;
-    let regs = PtRegs {
-        r15: g(libc::REG_R15),
-        r14: g(libc::REG_R14),
-        r13: g(libc::REG_R13),
-        r12: g(libc::REG_R12),
-        bp: g(libc::REG_RBP),
-        bx: g(libc::REG_RBX),
-        r11: g(libc::REG_R11),
-        r10: g(libc::REG_R10),
-        r9: g(libc::REG_R9),
-        r8: g(libc::REG_R8),
-        ax: g(libc::REG_RAX),
-        cx: g(libc::REG_RCX),
-        dx: g(libc::REG_RDX),
-        si: g(libc::REG_RSI),
-        di: g(libc::REG_RDI),
-        orig_ax: u64::MAX,
-        ip: site.addr,
-        cs: 0x33,
-        flags: g(libc::REG_EFL),
-        sp: g(libc::REG_RSP),
-        ss: 0x2b,
-    };
+    // A function entry's pt_regs: ip is the probe address, orig_ax not a system call.
+    let regs = PtRegs { orig_ax: u64::MAX, ip: site.addr, ..PtRegs::from_gregs(gregs) };
     if let Some(rc) = on_entry(site, &regs) {
         // Return at once: pop the return address (perhaps our return stub's) into rip.
         let stack = gregs[libc::REG_RSP as usize] as u64;

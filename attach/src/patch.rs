@@ -205,26 +205,32 @@ fn gettid() -> i32 {
 /// one) to the matching instruction of the trampoline. Threads that do not answer within a
 /// second (signal blocked) are left alone.
 pub(crate) fn fix_up_threads(slot: usize) {
+    FIXUP_SITE.store(slot as u32 + 1, Ordering::Release);
+    signal_other_threads(fixup_signal(), &FIXUP_ACKS);
+    FIXUP_SITE.store(0, Ordering::Release);
+}
+
+/// Sends `sig` to every other thread of the process and waits (up to a second: a thread may
+/// block the signal) until as many have counted themselves in `acks` (reset first).
+pub(crate) fn signal_other_threads(sig: libc::c_int, acks: &AtomicU32) {
     let me = gettid();
     let tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
         .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me).collect())
         .unwrap_or_default();
-    FIXUP_ACKS.store(0, Ordering::Release);
-    FIXUP_SITE.store(slot as u32 + 1, Ordering::Release);
+    acks.store(0, Ordering::Release);
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let mut sent = 0;
     for tid in tids {
         // SAFETY: tgkill to a thread of our own process (tgkill(2)); ESRCH (thread gone) is fine.
-        if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, fixup_signal()) } == 0 {
+        if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) } == 0 {
             sent += 1;
         }
     }
     let deadline = Instant::now() + Duration::from_secs(1);
-    while FIXUP_ACKS.load(Ordering::Acquire) < sent && Instant::now() < deadline {
+    while acks.load(Ordering::Acquire) < sent && Instant::now() < deadline {
         std::thread::sleep(Duration::from_micros(50));
     }
-    FIXUP_SITE.store(0, Ordering::Release);
 }
 
 /// Installs a 2-byte `new` over an instruction of at least 2 bytes that no thread can be

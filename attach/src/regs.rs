@@ -29,6 +29,35 @@ pub struct PtRegs {
 }
 
 impl PtRegs {
+    /// The registers of a signal context (`uc_mcontext.gregs`), with `orig_ax` = `ax` and
+    /// `ip` as the context has them.
+    pub fn from_gregs(g: &[i64; 23]) -> PtRegs {
+        let r = |i: libc::c_int| g[i as usize] as u64;
+        PtRegs {
+            r15: r(libc::REG_R15),
+            r14: r(libc::REG_R14),
+            r13: r(libc::REG_R13),
+            r12: r(libc::REG_R12),
+            bp: r(libc::REG_RBP),
+            bx: r(libc::REG_RBX),
+            r11: r(libc::REG_R11),
+            r10: r(libc::REG_R10),
+            r9: r(libc::REG_R9),
+            r8: r(libc::REG_R8),
+            ax: r(libc::REG_RAX),
+            cx: r(libc::REG_RCX),
+            dx: r(libc::REG_RDX),
+            si: r(libc::REG_RSI),
+            di: r(libc::REG_RDI),
+            orig_ax: r(libc::REG_RAX),
+            ip: r(libc::REG_RIP),
+            cs: 0x33,
+            flags: r(libc::REG_EFL),
+            sp: r(libc::REG_RSP),
+            ss: 0x2b,
+        }
+    }
+
     /// The struct as bytes (the context a program receives).
     pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: PtRegs is repr(C), 21 u64s, no padding.

@@ -125,34 +125,6 @@ fn gadget(ret: u64) -> Option<u64> {
     None
 }
 
-/// The registers of a call, in `pt_regs` form, from the signal context.
-fn regs_of(g: &[i64; 23]) -> PtRegs {
-    let r = |i: libc::c_int| g[i as usize] as u64;
-    PtRegs {
-        r15: r(libc::REG_R15),
-        r14: r(libc::REG_R14),
-        r13: r(libc::REG_R13),
-        r12: r(libc::REG_R12),
-        bp: r(libc::REG_RBP),
-        bx: r(libc::REG_RBX),
-        r11: r(libc::REG_R11),
-        r10: r(libc::REG_R10),
-        r9: r(libc::REG_R9),
-        r8: r(libc::REG_R8),
-        ax: r(libc::REG_RAX),
-        cx: r(libc::REG_RCX),
-        dx: r(libc::REG_RDX),
-        si: r(libc::REG_RSI),
-        di: r(libc::REG_RDI),
-        orig_ax: r(libc::REG_RAX),
-        ip: r(libc::REG_RIP),
-        cs: 0x33,
-        flags: r(libc::REG_EFL),
-        sp: r(libc::REG_RSP),
-        ss: 0x2b,
-    }
-}
-
 /// SIGSYS's bit in a signal mask: never blocked while calls are intercepted (a call made with
 /// it blocked would kill the process).
 const SIGSYS_BIT: u64 = 1 << (libc::SIGSYS - 1);
@@ -202,7 +174,7 @@ fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64) -> [u64; 6] {
 /// possible (no gadget left: the call fails with ENOSYS, said once).
 /// `mask` is the signal mask the thread returns to (an `rt_sigprocmask` changes it).
 fn perform(g: &mut [i64; 23], mask: &mut u64) -> bool {
-    let regs = regs_of(g);
+    let regs = PtRegs::from_gregs(g);
     let nr = regs.orig_ax;
     if in_place(nr) {
         return match gadget(regs.ip) {
@@ -255,25 +227,12 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     let g = &mut uc.uc_mcontext.gregs;
     // The `syscall` instruction: the thread stopped after it.
     let site = (g[libc::REG_RIP as usize] as u64).wrapping_sub(2);
-    let handler = HANDLER.get();
-    match (hook::admit(), handler) {
-        (Admission::Run(level, before), Some(h)) => {
-            let mut regs = regs_of(g);
-            h.on_enter(&regs, level);
-            if perform(g, uc_mask) && !in_place(regs.orig_ax) {
-                regs.ax = g[libc::REG_RAX as usize] as u64;
-                h.on_exit(&regs, level);
-            }
-            hook::leave(before);
-        }
-        (Admission::Miss, Some(h)) => {
-            h.on_miss(g[libc::REG_RAX as usize] as u64);
-            perform(g, uc_mask);
-        }
-        _ => {
-            perform(g, uc_mask);
-        }
-    }
+    let mut regs = PtRegs::from_gregs(g);
+    around_call(&mut regs, |regs| {
+        let ran_here = perform(g, uc_mask) && !in_place(regs.orig_ax);
+        regs.ax = g[libc::REG_RAX as usize] as u64;
+        ran_here
+    });
     // The next call from here takes a jump instead of a signal, where one can be put in (our
     // own work: its calls are not the application's).
     hook::without_probes(|| rewrite_once(site));
@@ -373,6 +332,14 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
         regs.r11 = after;
         true
     };
+    around_call(regs, call);
+    // SAFETY: back to what the application had.
+    unsafe { selector.write(was) };
+}
+
+/// Makes a call (`call`: true when it ran here and has a result in `regs.ax`) between the
+/// handlers' enter and exit, when this thread may run them; the call happens either way.
+fn around_call(regs: &mut PtRegs, call: impl FnOnce(&mut PtRegs) -> bool) {
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
             h.on_enter(regs, level);
@@ -382,15 +349,13 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
             hook::leave(before);
         }
         (Admission::Miss, Some(h)) => {
-            h.on_miss(nr);
+            h.on_miss(regs.orig_ax);
             call(regs);
         }
         _ => {
             call(regs);
         }
     }
-    // SAFETY: back to what the application had.
-    unsafe { selector.write(was) };
 }
 
 /// Turns dispatch on for the calling thread (after [`start`]).
@@ -413,7 +378,7 @@ fn enable_signal() -> libc::c_int {
     libc::SIGRTMAX() - 6
 }
 
-static ENABLE_ACKS: AtomicU64 = AtomicU64::new(0);
+static ENABLE_ACKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 extern "C" fn on_enable(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let _ = enable();
@@ -432,23 +397,7 @@ pub fn enable_everywhere() {
         libc::sigemptyset(&mut act.sa_mask);
         crate::signals::real_sigaction()(enable_signal(), &act, std::ptr::null_mut());
     }
-    // SAFETY: gettid and getpid have no preconditions.
-    let (me, pid) = unsafe { (libc::gettid(), libc::getpid()) };
-    let tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me).collect())
-        .unwrap_or_default();
-    ENABLE_ACKS.store(0, Ordering::Release);
-    let mut sent = 0;
-    for tid in tids {
-        // SAFETY: tgkill to a thread of our own process (tgkill(2)); ESRCH (gone) is fine.
-        if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, enable_signal()) } == 0 {
-            sent += 1;
-        }
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    while ENABLE_ACKS.load(Ordering::Acquire) < sent && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_micros(100));
-    }
+    crate::patch::signal_other_threads(enable_signal(), &ENABLE_ACKS);
 }
 
 /// Turns dispatch off for the calling thread.

@@ -698,8 +698,8 @@ fn kernel_marker_opens(cmd: &str) -> Option<(u64, u64)> {
         eprintln!("skipped the kernel comparison: needs root and bpftrace");
         return None;
     }
-    if !std::path::Path::new("/sys/kernel/tracing/events/syscalls").exists() {
-        let _ = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+    if !bpftime_tests::kernel::tracefs_mounted() {
+        return None;
     }
     let script = r#"tracepoint:syscalls:sys_enter_openat /strncmp(str(args->filename), "/tmp/bpftime-open-marker", 24) == 0/ { @enter = count(); @open[tid] = 1; }
 tracepoint:syscalls:sys_exit_openat /@open[tid] == 1/ { if (args->ret >= 0) { @ok = count(); } delete(@open[tid]); }"#;

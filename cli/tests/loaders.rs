@@ -620,19 +620,6 @@ fn a_latency_histogram_loader_times_every_call_like_the_kernel() {
     }
 }
 
-/// Whether tracefs with the system call events is mounted (mounting it when it is not, as
-/// root can); loaders read tracepoint ids there. Says why when it is not.
-fn tracefs_mounted() -> bool {
-    if !Path::new("/sys/kernel/tracing/events/syscalls").exists() {
-        let _ = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
-    }
-    let ok = Path::new("/sys/kernel/tracing/events/raw_syscalls").exists();
-    if !ok {
-        eprintln!("skipped: no tracefs with system call events (loaders read tracepoint ids there)");
-    }
-    ok
-}
-
 /// Debian's libbpf-tools `opensnoop` (unmodified: `tracepoint/syscalls/sys_enter_openat` and
 /// `sys_exit_openat`, CO-RE against the kernel's BTF, a perf buffer) attached through the
 /// syscall server: the traced process's opens of its marker file are printed with their file
@@ -643,7 +630,7 @@ fn tracefs_mounted() -> bool {
 fn libbpf_tools_opensnoop_sees_every_open_like_the_kernel() {
     let _serial = serial();
     let Some(tool) = installed_or_skip("/usr/sbin/opensnoop", "libbpf-tools") else { return };
-    if !tracefs_mounted() {
+    if !bpftime_tests::kernel::tracefs_mounted() {
         return;
     }
     let opens = build_target("opens", false);
@@ -678,7 +665,7 @@ fn bpftrace_syscall_tracepoints_count_like_the_kernel() {
         eprintln!("skipped: no bpftrace");
         return;
     };
-    if !tracefs_mounted() {
+    if !bpftime_tests::kernel::tracefs_mounted() {
         return;
     }
     let opens = build_target("opens", false);
@@ -716,7 +703,7 @@ fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
     let _serial = serial();
     let Some(execsnoop) = installed_or_skip("/usr/sbin/execsnoop", "libbpf-tools") else { return };
     let Some(syscount) = installed_or_skip("/usr/sbin/syscount", "libbpf-tools") else { return };
-    if !tracefs_mounted() {
+    if !bpftime_tests::kernel::tracefs_mounted() {
         return;
     }
     let execs = build_target("execs", false);

@@ -263,3 +263,16 @@ pub fn mapped_library(pid: u32, prefix: &str) -> Option<std::path::PathBuf> {
         .find(|p| Path::new(p).file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
         .map(Into::into)
 }
+
+/// Whether tracefs with the system call events is mounted (mounting it when it is not, as
+/// root can); loaders read tracepoint ids there. Says why when it is not.
+pub fn tracefs_mounted() -> bool {
+    if !Path::new("/sys/kernel/tracing/events/syscalls").exists() {
+        let _ = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+    }
+    let ok = Path::new("/sys/kernel/tracing/events/raw_syscalls").exists();
+    if !ok {
+        eprintln!("skipped: no tracefs with system call events (loaders read tracepoint ids there)");
+    }
+    ok
+}

@@ -209,52 +209,7 @@ fn comm() -> String {
     String::from_utf8_lossy(&buf[..end]).to_string()
 }
 
-static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-thread_local! {
-    /// This thread's id, once asked (a system call saved on every later ask).
-    static TID: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Forgets the cached ids in a child made by fork(2) (its one thread is the forking one).
-fn forget_ids_after_fork() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    extern "C" fn in_child() {
-        PID.store(0, std::sync::atomic::Ordering::Relaxed);
-        let _ = TID.try_with(|t| t.set(0));
-    }
-    // SAFETY: registers a child-side handler that only stores to an atomic and a TLS cell
-    // (pthread_atfork(3)).
-    ONCE.call_once(|| unsafe {
-        libc::pthread_atfork(None, None, Some(in_child));
-    });
-}
-
-/// This process's id, cached.
-fn pid() -> u32 {
-    let p = PID.load(std::sync::atomic::Ordering::Relaxed);
-    if p != 0 {
-        return p;
-    }
-    forget_ids_after_fork();
-    let p = std::process::id();
-    PID.store(p, std::sync::atomic::Ordering::Relaxed);
-    p
-}
-
-/// This thread's id, cached per thread.
-fn tid() -> u32 {
-    TID.try_with(|t| {
-        if t.get() == 0 {
-            forget_ids_after_fork();
-            // SAFETY: gettid has no preconditions.
-            t.set(unsafe { libc::gettid() as u32 });
-        }
-        t.get()
-    })
-    // SAFETY: gettid has no preconditions.
-    .unwrap_or_else(|_| unsafe { libc::gettid() as u32 })
-}
+use bpftime_shm::ids::{process_id as pid, thread_id as tid};
 
 fn emit_trace(state: &RunState, msg: &[u8]) -> u64 {
     let now = clock(libc::CLOCK_MONOTONIC);

@@ -11,6 +11,7 @@
 //! Unsafe code is confined to this crate's raw access to the mapping; every offset is
 //! bounds-checked, because any process (and any eBPF program) can write into the region.
 
+pub mod ids;
 pub mod lock;
 pub mod region;
 pub mod text;

@@ -60,29 +60,7 @@ pub fn held_by_this_thread() -> bool {
 /// handler), so that a child forked while another thread takes its first lock does not inherit
 /// that work half done.
 pub fn prepare() {
-    my_pid();
-}
-
-/// This process's pid, cached: `getpid` is a system call (glibc no longer caches it), and a
-/// lock must cost nanoseconds. A fork handler clears the cache in the child.
-fn my_pid() -> u32 {
-    static PID: AtomicU32 = AtomicU32::new(0);
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    extern "C" fn forget_pid() {
-        PID.store(0, Ordering::Relaxed);
-    }
-    let p = PID.load(Ordering::Relaxed);
-    if p != 0 {
-        return p;
-    }
-    ONCE.call_once(|| {
-        // SAFETY: registers a child-side fork handler that only stores to an atomic
-        // (pthread_atfork(3)); it is async-signal-safe.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
-    });
-    let p = std::process::id();
-    PID.store(p, Ordering::Relaxed);
-    p
+    crate::ids::process_id();
 }
 
 /// Whether a process with this pid exists.
@@ -98,7 +76,7 @@ fn alive(pid: u32) -> bool {
 impl ShmLock {
     /// Takes the lock, spinning (then yielding) while another process or thread holds it.
     pub fn lock(&self) -> ShmGuard<'_> {
-        let me = my_pid();
+        let me = crate::ids::process_id();
         let mut spins: u32 = 0;
         // (holder, acquisition count, when first seen) while we wait.
         let mut watching: Option<(u32, u32, std::time::Instant)> = None;

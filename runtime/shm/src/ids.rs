@@ -1,0 +1,51 @@
+//! The process and thread ids, cached: `getpid` and `gettid` are system calls (glibc caches
+//! neither), and locks and helpers need them in nanoseconds. A fork handler clears both caches
+//! in the child (whose one thread is the forking one).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static PID: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    static TID: Cell<u32> = const { Cell::new(0) };
+}
+
+fn forget_after_fork() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn in_child() {
+        PID.store(0, Ordering::Relaxed);
+        let _ = TID.try_with(|t| t.set(0));
+    }
+    // SAFETY: registers a child-side fork handler that only stores to an atomic and a TLS cell
+    // (pthread_atfork(3)); it is async-signal-safe.
+    ONCE.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(in_child));
+    });
+}
+
+/// This process's id.
+pub fn process_id() -> u32 {
+    let p = PID.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    forget_after_fork();
+    let p = std::process::id();
+    PID.store(p, Ordering::Relaxed);
+    p
+}
+
+/// This thread's id.
+pub fn thread_id() -> u32 {
+    TID.try_with(|t| {
+        if t.get() == 0 {
+            forget_after_fork();
+            // SAFETY: gettid has no preconditions.
+            t.set(unsafe { libc::gettid() as u32 });
+        }
+        t.get()
+    })
+    // SAFETY: gettid has no preconditions.
+    .unwrap_or_else(|_| unsafe { libc::gettid() as u32 })
+}
