@@ -432,10 +432,11 @@ impl<'a> FunctionWriter<'a> {
         self.line(format!("@%p1 bra {ok};"));
     }
 
-    /// Checks the access at `%t5` (unless the verifier proved it) and faults when no region
-    /// holds it.
+    /// Checks the access at `%t5` (unless the verifier proved it in the stack frame: its
+    /// context and memory proofs assume the host's layout) and faults when no region holds it.
     fn check_access(&mut self, pc: usize, size: MemSize, write: bool) {
-        if self.ctx.prog.access_is_static(pc) {
+        let access = self.ctx.prog.access(pc);
+        if access.proven && access.target == bpftime_vm::analysis::Target::Stack {
             return;
         }
         let n = size.bytes() as u64;

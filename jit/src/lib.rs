@@ -147,6 +147,7 @@ impl JitProgram {
                         s.returns.clear();
                         s
                     }),
+                    fallback: b.import_signature(signature(cc, 5)),
                 };
                 let mut refs = std::collections::HashMap::new();
                 let mut func_refs =

@@ -4,6 +4,7 @@
 
 use bpftime_vm::exec::{Fault, RunState};
 use bpftime_vm::insn::MemSize;
+use bpftime_vm::Program;
 
 /// `jit_raise` `what`: the loop budget is spent.
 pub(crate) const RAISE_LOOP_BUDGET: u64 = 1;
@@ -13,6 +14,15 @@ pub(crate) const RAISE_MISALIGNED: u64 = 2;
 pub(crate) const RAISE_UNKNOWN_HELPER: u64 = 3;
 /// `jit_raise` `what`: a helper stopped the run; record where if it faulted.
 pub(crate) const RAISE_LOCATE: u64 = 4;
+
+/// Runs the program in the interpreter, which checks every access of a run whose context
+/// does not meet the needs of the proven ones (see `FnTranslator::context_guard`).
+pub(crate) extern "C" fn jit_fallback(program: *const Program, state: &mut RunState, r1: u64, r2: u64, frame_pointer: u64) -> u64 {
+    // SAFETY: the JIT code passes the program it was compiled from, which its `JitProgram`
+    // keeps alive (an `Arc`) as long as the code exists.
+    let program = unsafe { &*program };
+    bpftime_vm::interp::interpret(program, r1, r2, frame_pointer, state)
+}
 
 /// Checks an access that missed both inline regions; records the fault in `state` when it is
 /// not allowed (the JIT code then finds a non-zero status).

@@ -10,6 +10,7 @@
 //! `RunState` tells the caller what happened.
 
 use crate::runtime_calls::{self, RAISE_LOCATE, RAISE_LOOP_BUDGET, RAISE_MISALIGNED, RAISE_UNKNOWN_HELPER};
+use bpftime_vm::analysis::Target;
 use bpftime_vm::exec::{back_edge_cost, size_index, state_offsets as so, FRAME_SIZE};
 use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
 use bpftime_vm::program::Function as EbpfFunction;
@@ -30,6 +31,8 @@ pub(crate) struct Sigs {
     pub check: SigRef,
     /// `(state, pc, what, arg)`: record a fault.
     pub raise: SigRef,
+    /// `(program, state, r1, r2, fp) -> r0`: run the program with every check.
+    pub fallback: SigRef,
 }
 
 pub(crate) struct FnTranslator<'a, 'b> {
@@ -50,17 +53,6 @@ pub(crate) struct FnTranslator<'a, 'b> {
     preds_left: Vec<u32>,
     to_seal: Vec<Block>,
     abort: Block,
-    /// Where each register's value (probably) points: decides which region an access is
-    /// checked against first. A heuristic only; every region is always checked.
-    provenance: [Provenance; 10],
-}
-
-/// Where a register's value probably points (see `track_provenance`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Provenance {
-    Unknown,
-    Stack,
-    HelperResult,
 }
 
 fn mem_flags() -> MemFlagsData {
@@ -117,7 +109,6 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             preds_left: vec![0; len],
             to_seal: Vec::new(),
             abort,
-            provenance: [Provenance::Unknown; 10],
         }
     }
 
@@ -234,6 +225,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             }
             pc = next;
         }
+        self.context_guard();
         let entry = self.b.current_block().expect("entry block");
         self.b.seal_block(entry);
         let first = self.edge_to(start);
@@ -264,28 +256,46 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.b
     }
 
-    /// Tracks where registers point: the stack (r10 plus or minus constants), or memory a
-    /// helper returned (map values), through moves and constant offsets.
-    fn track_provenance(&mut self, insn: Insn) {
-        let Some(dst) = insn.written_reg() else { return };
-        if dst == Reg::FP {
+    /// In the entry function of a program with proven context accesses: a run whose context
+    /// does not meet their needs (too short, read-only, or not in r1) runs in the
+    /// interpreter with every check instead.
+    fn context_guard(&mut self) {
+        let needs = self.prog.context_needs();
+        if self.func.start != 0 || needs.len == 0 {
             return;
         }
-        let of = |s: Reg, p: &[Provenance; 10]| if s == Reg::FP { Provenance::Stack } else { p[s.index()] };
-        let prov = match insn {
-            Insn::Call(CallTarget::Helper(_)) | Insn::CallReg(_) => Provenance::HelperResult,
-            Insn::Alu { width: Width::W64, op: AluOp::Mov, src: Operand::Reg(s), .. } => of(s, &self.provenance),
-            Insn::Alu { width: Width::W64, op: AluOp::Add | AluOp::Sub, src: Operand::Imm(_), dst, .. } => self.provenance[dst.index()],
-            _ => Provenance::Unknown,
-        };
-        self.provenance[dst.index()] = prov;
+        let flags = fixed_state_flags();
+        let r1 = self.reg(Reg::new(1).expect("r1"));
+        let start = self.b.ins().load(I64, flags, self.state, so::CTX_START);
+        let len = self.b.ins().load(I64, flags, self.state, so::CTX_LEN);
+        let elsewhere = self.b.ins().icmp(IntCC::NotEqual, r1, start);
+        let short = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, len, needs.len as i64);
+        let mut unmet = self.b.ins().bor(elsewhere, short);
+        if needs.writable {
+            let writable = self.b.ins().uload8(I32, flags, self.state, so::CTX_WRITABLE);
+            let read_only = self.b.ins().icmp_imm_s(IntCC::Equal, writable, 0);
+            unmet = self.b.ins().bor(unmet, read_only);
+        }
+        let slow = self.b.create_block();
+        self.b.set_cold_block(slow);
+        let cont = self.b.create_block();
+        self.b.ins().brif(unmet, slow, &[], cont, &[]);
+        let entry = self.b.current_block().expect("entry block");
+        self.b.seal_block(entry);
+        self.b.seal_block(slow);
+        self.b.switch_to_block(slow);
+        let f = self.iconst(runtime_calls::jit_fallback as *const () as usize as i64);
+        let prog = self.iconst(self.prog as *const Program as usize as i64);
+        let r2 = self.reg(Reg::new(2).expect("r2"));
+        let call = self.b.ins().call_indirect(self.sigs.fallback, f, &[prog, self.state, r1, r2, self.fp]);
+        let r0 = self.b.inst_results(call)[0];
+        self.b.ins().return_(&[r0]);
+        self.b.switch_to_block(cont);
     }
 
     /// Emits one instruction; returns whether it ended its block.
     fn insn(&mut self, pc: usize, insn: Insn) -> bool {
-        let ended = self.emit(pc, insn);
-        self.track_provenance(insn);
-        ended
+        self.emit(pc, insn)
     }
 
     fn emit(&mut self, pc: usize, insn: Insn) -> bool {
@@ -537,17 +547,18 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     fn checked_addr(&mut self, pc: usize, base_reg: Reg, off: i16, size: MemSize, write: bool) -> Value {
         let base = self.reg(base_reg);
         let addr = if off != 0 { self.b.ins().iadd_imm_s(base, off as i64) } else { base };
-        if self.prog.access_is_static(pc) {
+        let access = self.prog.access(pc);
+        if access.proven {
             return addr;
         }
         let ok = self.b.create_block();
         let slow = self.b.create_block();
         self.b.set_cold_block(slow);
-        let order = match self.provenance[base_reg.index().min(9)] {
-            _ if base_reg == Reg::FP => [0, 1, 2],
-            Provenance::Stack => [0, 1, 2],
-            Provenance::HelperResult => [2, 0, 1],
-            Provenance::Unknown => [1, 2, 0],
+        // The region the verifier found the pointer comes from goes first.
+        let order = match access.target {
+            Target::Stack => [0, 1, 2],
+            Target::Memory => [2, 0, 1],
+            Target::Context | Target::Unknown => [1, 2, 0],
         };
         let table = if write { so::FAST_STORE } else { so::FAST_LOAD };
         for (i, region) in order.into_iter().enumerate() {

@@ -31,6 +31,16 @@ pub enum Item {
         reg: Reg,
         id: i32,
     },
+    /// An access through `base + idx` with `idx` bounded first (the verifier's range analysis
+    /// proves some of these in bounds): `idx &= bound` or `if idx > bound` skip it, then
+    /// `idx += base` and the access at `idx + off`.
+    Indexed {
+        idx: Reg,
+        base: Reg,
+        bound: i32,
+        masked: bool,
+        access: Insn,
+    },
 }
 
 fn reg(n: u8) -> Reg {
@@ -169,9 +179,37 @@ fn memory() -> impl Strategy<Value = Insn> {
     prop_oneof![3 => load, 3 => store, 2 => atomic]
 }
 
+/// An indexed access: the context (64 bytes) with offsets that sometimes stray out of it,
+/// or the zeroed 80 bytes below r10, never left (the stack beyond holds what earlier runs
+/// left there, which differs between engines).
+fn indexed() -> impl Strategy<Value = Item> {
+    let ctx = (prop_oneof![Just(15), Just(31), Just(56), Just(63), Just(127)], -8i16..48);
+    let stack = (prop_oneof![Just(15), Just(31), Just(63)], Just(-80i16));
+    (
+        prop_oneof![3 => ctx.prop_map(|(b, o)| (reg(9), b, o)), 1 => stack.prop_map(|(b, o)| (Reg::FP, b, o))],
+        data_reg(),
+        mem_size(),
+        0u8..3,
+        any::<bool>(),
+        data_reg(),
+    )
+        .prop_map(|((base, bound, off), idx, size, kind, masked, dst)| {
+            // Stack accesses stay inside the zeroed area: `bound + off + size <= 0`.
+            let off = if base == Reg::FP { off.max(-80) } else { off };
+            let off = if base == Reg::FP && bound as i16 + off + size.bytes() as i16 > 0 { -(bound as i16) - size.bytes() as i16 } else { off };
+            let access = match kind {
+                0 => Insn::Load { size, signed: false, dst, base: idx, off },
+                1 => Insn::Store { size, base: idx, off, src: Operand::Reg(dst) },
+                _ => Insn::Atomic { size: MemSize::DW, op: AtomicOp::Add, fetch: false, base: idx, off: off & !7, src: dst },
+            };
+            Item::Indexed { idx, base, bound, masked, access }
+        })
+}
+
 fn item(with_callee: bool) -> impl Strategy<Value = Item> {
     let call_weight = if with_callee { 1 } else { 0 };
     prop_oneof![
+        3 => indexed(),
         20 => alu().prop_map(Item::Plain),
         8 => memory().prop_map(Item::Plain),
         5 => (proptest::option::weighted(0.8, cond()), 0usize..6).prop_map(|(cond, skip)| Item::JumpFwd { cond, skip }),
@@ -213,13 +251,18 @@ pub fn program() -> impl Strategy<Value = GenProgram> {
 }
 
 fn uses_fp(i: &Item) -> bool {
-    matches!(i, Item::Plain(Insn::Load { base: Reg::FP, .. } | Insn::Store { base: Reg::FP, .. } | Insn::Atomic { base: Reg::FP, .. }))
+    matches!(
+        i,
+        Item::Plain(Insn::Load { base: Reg::FP, .. } | Insn::Store { base: Reg::FP, .. } | Insn::Atomic { base: Reg::FP, .. })
+            | Item::Indexed { base: Reg::FP, .. }
+    )
 }
 
 fn item_slots(it: &Item) -> usize {
     match it {
         Item::Plain(i) => slots(i),
         Item::CallX { .. } => 2,
+        Item::Indexed { .. } => 3,
         _ => 1,
     }
 }
@@ -259,6 +302,15 @@ fn lower(items: &[Item], base: usize, callee_slot: usize, out: &mut Vec<Insn>) {
             Item::CallX { reg, id } => {
                 out.push(Insn::Alu { width: Width::W64, op: AluOp::Mov, dst: *reg, src: Operand::Imm(*id) });
                 Insn::CallReg(*reg)
+            }
+            Item::Indexed { idx, base, bound, masked, access } => {
+                out.push(if *masked {
+                    Insn::Alu { width: Width::W64, op: AluOp::And, dst: *idx, src: Operand::Imm(*bound) }
+                } else {
+                    Insn::Jump { width: Width::W64, cond: JmpCond::Gt, dst: *idx, src: Operand::Imm(*bound), off: 2 }
+                });
+                out.push(Insn::Alu { width: Width::W64, op: AluOp::Add, dst: *idx, src: Operand::Reg(*base) });
+                *access
             }
         };
         out.push(insn);

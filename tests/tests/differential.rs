@@ -1,12 +1,15 @@
 //! Differential testing: the JIT must agree with the interpreter (the reference) on r0, on
-//! memory, and on errors (same instruction, same fault) for thousands of random programs.
+//! memory, and on errors (same instruction, same fault) for thousands of random programs; and
+//! the verifier's proofs must be right: both engines without the proven accesses' checks must
+//! agree with the interpreter keeping every check, and no access the latter finds out of
+//! bounds may be one the verifier proved.
 
 use bpftime_jit::JitProgram;
 use bpftime_tests::datatest::test_helpers;
 use bpftime_tests::progen::{program, GenProgram};
 use bpftime_vm::exec::{run, Context, Engine, RunError, RunOptions};
 use bpftime_vm::insn::to_bytecode;
-use bpftime_vm::{verify_bytecode, Interpreter, NoMaps};
+use bpftime_vm::{verify_bytecode, verify_with, Checks, Interpreter, NoMaps, Region};
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -24,16 +27,50 @@ fn check(g: &GenProgram) -> Result<(), TestCaseError> {
         // which cannot call) never; any other rejection is a generator bug.
         Err(e) => return Err(TestCaseError::fail(format!("generated program rejected: {e}"))),
     };
+    let checked = Arc::new(verify_with(&g.bytecode(), Arc::new(test_helpers()), &NoMaps, Checks::All).expect("verifies"));
     let interp = Interpreter::new(prog.clone());
-    let jit = JitProgram::compile(prog).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    // One buffer for both runs, so that pointers (and fault addresses) are the same.
+    let jit = JitProgram::compile(prog.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    // One buffer for every run, so that pointers (and fault addresses) are the same.
     let mut mem = vec![0u8; g.mem.len()];
-    let want = run_on(&interp, &mut mem, &g.mem);
+    let want = run_on(&Interpreter::new(checked), &mut mem, &g.mem);
     let want_mem = mem.clone();
-    let got = run_on(&jit, &mut mem, &g.mem);
-    prop_assert_eq!(got, want, "r0 or error differ");
-    prop_assert_eq!(mem, want_mem, "memory differs");
+    if let Err(e @ RunError { fault: bpftime_vm::Fault::OutOfBounds { .. }, .. }) = &want {
+        let proofs_apply = prog.context_needs().met(mem.as_ptr() as u64, &Region::of_mut(&mut mem));
+        prop_assert!(!(proofs_apply && prog.access(e.insn).proven), "insn {} was proven in bounds, but: {e}", e.insn);
+    }
+    for (engine, name) in [(&interp as &dyn Engine, "interpreter"), (&jit, "JIT")] {
+        let got = run_on(engine, &mut mem, &g.mem);
+        prop_assert_eq!(&got, &want, "{}: r0 or error differ", name);
+        prop_assert_eq!(&mem, &want_mem, "{}: memory differs", name);
+    }
     Ok(())
+}
+
+/// The proofs must be put to the test: many generated programs need a proof of a computed
+/// access, with a context that meets their needs.
+#[test]
+fn generated_programs_exercise_proofs() {
+    use bpftime_vm::insn::Insn;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = program();
+    let (mut with_proofs, mut computed) = (0, 0);
+    for _ in 0..1000 {
+        let g = strategy.new_tree(&mut runner).expect("value").current();
+        let prog = verify_bytecode(&to_bytecode(&g.bytecode()), Arc::new(test_helpers()), &NoMaps).expect("verifies");
+        if prog.context_needs().len > g.mem.len() as u64 {
+            continue;
+        }
+        let n = (0..prog.len())
+            .filter(|&pc| prog.access(pc).proven)
+            .filter(|&pc| matches!(prog.insns()[pc], Insn::Load { base, .. } | Insn::Store { base, .. } | Insn::Atomic { base, .. } if base.index() < 8))
+            .count();
+        with_proofs += (n > 0) as usize;
+        computed += n;
+    }
+    println!("{with_proofs} of 1000 programs run with proofs of {computed} computed accesses");
+    assert!(with_proofs >= 150, "only {with_proofs} programs exercise proofs of computed accesses");
 }
 
 proptest! {

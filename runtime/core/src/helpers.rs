@@ -8,7 +8,7 @@ use crate::handles::map_of;
 use crate::runtime::HelperContext;
 use crate::user_mem;
 use bpftime_maps::{current_cpu, Errno, Map, MapType};
-use bpftime_vm::exec::{Fault, HelperTable, RunState};
+use bpftime_vm::exec::{Fault, HelperEffects, HelperReturn, HelperTable, RunState};
 use std::cell::Cell;
 
 fn err(e: Errno) -> u64 {
@@ -566,5 +566,14 @@ pub fn kernel_helpers() -> HelperTable {
         .register(177, "bpf_trace_vprintk", trace_vprintk)
         .register(181, "bpf_loop", bpf_loop)
         .register(182, "bpf_strncmp", strncmp);
+    // What the verifier's range analysis may rely on (see `HelperEffects`): these only read
+    // through their pointer arguments, and the map lookup and the ring-buffer reservation
+    // return whole values and records.
+    let reads_only = HelperEffects { leaves_stack: true, ..Default::default() };
+    for id in [2, 3, 5, 6, 7, 8, 14, 15, 25, 35, 37, 58, 80, 87, 125, 130, 132, 133, 134, 160, 173, 174, 182] {
+        t.set_effects(id, reads_only);
+    }
+    t.set_effects(1, HelperEffects { returns: HelperReturn::MapValueOrNull, leaves_stack: true });
+    t.set_effects(131, HelperEffects { returns: HelperReturn::MemOrNull { size_arg: 2 }, leaves_stack: true });
     t
 }

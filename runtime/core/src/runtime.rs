@@ -11,6 +11,7 @@ use bpftime_maps::{Map, MapError, MapSpec, MapType};
 use bpftime_object::btf::Btf;
 use bpftime_object::{MapDef, Object, ObjectError, ProgramKind};
 use bpftime_shm::{ShmError, ShmRegion};
+use bpftime_vm::analysis::Pointee;
 use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, Runner, SharedEngine, DEFAULT_LOOP_BUDGET, PROBE_LOOP_BUDGET};
 use bpftime_vm::insn::LddwKind;
 use bpftime_vm::{verify, Interpreter, LddwResolver, Program, VerifyError, VerifyErrorKind};
@@ -253,6 +254,21 @@ impl LddwResolver for IdResolver<'_> {
                 Ok(p as u64 + off)
             }
             other => Err(format!("{other:?} references are not supported")),
+        }
+    }
+
+    fn pointee(&self, kind: LddwKind, lo: i32, hi: i32) -> Option<Pointee> {
+        let map = Map::open(self.region, lo as u32).ok()?;
+        let value_size = map.spec().value_size;
+        match kind {
+            // Maps whose lookups return a pointer to one whole value.
+            LddwKind::MapFd => matches!(
+                map.map_type(),
+                MapType::Array | MapType::Hash | MapType::PercpuArray | MapType::PercpuHash | MapType::LruHash | MapType::LruPercpuHash
+            )
+            .then_some(Pointee::Map { value_size }),
+            LddwKind::MapValue => Some(Pointee::Value { size: value_size, offset: hi as u32 }),
+            _ => None,
         }
     }
 }

@@ -52,6 +52,35 @@ pub struct Helper {
     pub name: &'static str,
     /// The function.
     pub func: HelperFn,
+    /// What the verifier may assume about it (nothing, unless its registrant says so).
+    pub effects: HelperEffects,
+}
+
+/// What a helper's result is, for the verifier's range analysis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HelperReturn {
+    /// A number, or a pointer the analysis does not track.
+    #[default]
+    Scalar,
+    /// Null or a pointer to a whole value of the map passed in r1 (`bpf_map_lookup_elem`).
+    MapValueOrNull,
+    /// Null or a pointer to as many bytes as argument register `size_arg` holds (a constant),
+    /// such as `bpf_ringbuf_reserve`'s record.
+    MemOrNull {
+        /// The argument register (1-5) that holds the size.
+        size_arg: u8,
+    },
+}
+
+/// What the verifier may assume about a helper. The defaults assume nothing: a helper may
+/// write anywhere its arguments point, the stack included, and returns an untracked value.
+/// A runtime that declares more must make it true of its function: proofs rest on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HelperEffects {
+    /// What it returns.
+    pub returns: HelperReturn,
+    /// It never writes the program's stack (it only reads what its arguments point to).
+    pub leaves_stack: bool,
 }
 
 /// Helpers by id. Ids follow the kernel's `enum bpf_func_id` where the helper is a kernel one.
@@ -74,8 +103,17 @@ impl HelperTable {
             self.entries.resize(i + 1, None);
             self.fns.resize(i + 1, None);
         }
-        self.entries[i] = Some(Helper { name, func });
+        self.entries[i] = Some(Helper { name, func, effects: HelperEffects::default() });
         self.fns[i] = Some(func);
+        self
+    }
+
+    /// Declares what the verifier may assume about the registered helper `id` (see
+    /// [`HelperEffects`]); does nothing if there is none.
+    pub fn set_effects(&mut self, id: u32, effects: HelperEffects) -> &mut Self {
+        if let Some(Some(h)) = self.entries.get_mut(id as usize) {
+            h.effects = effects;
+        }
         self
     }
 
@@ -267,6 +305,12 @@ pub mod state_offsets {
     pub const HELPERS: i32 = std::mem::offset_of!(RunState, helpers) as i32;
     /// `nhelpers`: its length.
     pub const NHELPERS: i32 = std::mem::offset_of!(RunState, nhelpers) as i32;
+    /// `ctx.start`: the context region's first address.
+    pub const CTX_START: i32 = (std::mem::offset_of!(RunState, ctx) + std::mem::offset_of!(Region, start)) as i32;
+    /// `ctx.len`.
+    pub const CTX_LEN: i32 = (std::mem::offset_of!(RunState, ctx) + std::mem::offset_of!(Region, len)) as i32;
+    /// `ctx.writable` (one byte).
+    pub const CTX_WRITABLE: i32 = (std::mem::offset_of!(RunState, ctx) + std::mem::offset_of!(Region, writable)) as i32;
 }
 
 /// Extra inputs of a run.

@@ -146,9 +146,11 @@ pub fn interpret_at(program: &Program, start: usize, args: [u64; 5], frame_point
     let mut depth = 0usize;
     let mut pc = start;
 
+    // The proofs of context accesses hold only for a context that meets their needs.
+    let proofs = program.context_needs().met(args[0], &state.context_region());
     macro_rules! check {
         ($addr:expr, $size:expr, $write:expr) => {
-            if !program.access_is_static(pc) && !state.access_ok($addr, $size, $write) {
+            if !(proofs && program.access(pc).proven) && !state.access_ok($addr, $size, $write) {
                 let fault = Fault::OutOfBounds { addr: $addr, size: $size.bytes() as u8, write: $write };
                 state.fault(pc, fault);
                 return 0;

@@ -22,6 +22,7 @@
 //! assert_eq!(run(&interp, Context::None, &RunOptions::default()), Ok(2));
 //! ```
 
+pub mod analysis;
 pub mod asm;
 pub mod conformance;
 pub mod disasm;
@@ -29,6 +30,7 @@ pub mod exec;
 pub mod insn;
 pub mod interp;
 pub mod program;
+pub mod range;
 pub mod semantics;
 pub mod thread_exit;
 pub mod verifier;
@@ -37,4 +39,4 @@ pub use exec::{Context, Engine, Fault, HelperFn, HelperTable, Region, RunError, 
 pub use insn::{Insn, RawInsn, Reg};
 pub use interp::Interpreter;
 pub use program::{Function, Program};
-pub use verifier::{verify, verify_bytecode, LddwResolver, NoMaps, VerifyError, VerifyErrorKind};
+pub use verifier::{verify, verify_bytecode, verify_with, Checks, LddwResolver, NoMaps, VerifyError, VerifyErrorKind};

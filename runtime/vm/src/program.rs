@@ -1,5 +1,6 @@
 //! A verified program: decoded instructions split into functions, ready for either engine.
 
+use crate::analysis::{Access, ContextNeeds};
 use crate::exec::HelperTable;
 use crate::insn::Insn;
 use std::sync::Arc;
@@ -33,13 +34,21 @@ pub struct Program {
     insns: Vec<Insn>,
     functions: Vec<Function>,
     depths: Vec<usize>,
-    static_access: Vec<bool>,
+    access: Vec<Access>,
+    ctx_needs: ContextNeeds,
     helpers: Arc<HelperTable>,
 }
 
 impl Program {
-    pub(crate) fn new(insns: Vec<Insn>, functions: Vec<Function>, depths: Vec<usize>, static_access: Vec<bool>, helpers: Arc<HelperTable>) -> Self {
-        Program { insns, functions, depths, static_access, helpers }
+    pub(crate) fn new(
+        insns: Vec<Insn>,
+        functions: Vec<Function>,
+        depths: Vec<usize>,
+        access: Vec<Access>,
+        ctx_needs: ContextNeeds,
+        helpers: Arc<HelperTable>,
+    ) -> Self {
+        Program { insns, functions, depths, access, ctx_needs, helpers }
     }
 
     /// Frames the deepest call chain starting at function `index` needs (1 for a leaf).
@@ -70,9 +79,25 @@ impl Program {
         Some((f, state.callback_frame_pointer(self.depths[f])))
     }
 
-    /// Whether the memory access at `pc` was proven in bounds by the verifier (r10-based).
-    pub fn access_is_static(&self, pc: usize) -> bool {
-        self.static_access[pc]
+    /// What the verifier established about the load, store or atomic at `pc`: whether it is
+    /// in bounds on every run (for context accesses, every run that meets
+    /// [`Program::context_needs`]) and which region it likely touches.
+    pub fn access(&self, pc: usize) -> Access {
+        self.access[pc]
+    }
+
+    /// What a run's context must be for the proofs of context accesses to hold; the engines
+    /// check every access of a run that does not meet it.
+    pub fn context_needs(&self) -> ContextNeeds {
+        self.ctx_needs
+    }
+
+    /// Number of memory accesses proven in bounds, and of all memory accesses.
+    pub fn proof_counts(&self) -> (usize, usize) {
+        let mem = |i: &Insn| matches!(i, Insn::Load { .. } | Insn::Store { .. } | Insn::Atomic { .. });
+        let all = self.insns.iter().filter(|i| mem(i)).count();
+        let proven = self.insns.iter().zip(&self.access).filter(|(i, a)| mem(i) && a.proven).count();
+        (proven, all)
     }
 
     /// The helpers the program was verified against.

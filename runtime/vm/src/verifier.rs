@@ -4,14 +4,16 @@
 //! jumps out of range, into the middle of an `lddw` or out of their function, code that falls
 //! off the end of a function, calls to unknown helpers, kfuncs, bad local-call targets, stack
 //! accesses through r10 outside the 512-byte frame, recursion and call chains deeper than
-//! [`MAX_CALL_DEPTH`]. Accesses it cannot prove safe (anything not based directly on r10) are
-//! left to the engines, which check them at run time.
+//! [`MAX_CALL_DEPTH`]. Then its range analysis ([`crate::analysis`]) proves what accesses it
+//! can in bounds; the engines check the others at run time ([`Checks::All`] keeps every check).
 //!
 //! It does not prove termination: the engines bound backward jumps with a budget instead.
 
+use crate::analysis::{self, Access, Pointee};
 use crate::exec::{HelperTable, FRAME_SIZE, MAX_CALL_DEPTH};
 use crate::insn::{decode, parse_bytecode, CallTarget, DecodeErrorKind, Insn, LddwKind, RawInsn, Reg};
 use crate::program::{Function, Program};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Largest program accepted, in slots (the kernel's limit for privileged programs).
@@ -66,6 +68,22 @@ pub struct VerifyError {
 pub trait LddwResolver {
     /// The 64-bit value for an `lddw` of `kind` with immediates `lo` and `hi`.
     fn resolve(&self, kind: LddwKind, lo: i32, hi: i32) -> Result<u64, String>;
+
+    /// What the resolved value points to, for the range analysis: a map whose lookups return
+    /// whole values, or a map value. None (the default) proves nothing about its uses.
+    fn pointee(&self, _kind: LddwKind, _lo: i32, _hi: i32) -> Option<Pointee> {
+        None
+    }
+}
+
+/// Which memory checks the engines keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Checks {
+    /// Only those of accesses the range analysis could not prove in bounds.
+    #[default]
+    Unproven,
+    /// Every one (for comparison, and for distrust).
+    All,
 }
 
 /// A resolver for programs without maps: every pseudo form is an error.
@@ -87,8 +105,14 @@ pub fn verify_bytecode(bytes: &[u8], helpers: Arc<HelperTable>, resolver: &dyn L
     verify(&raw, helpers, resolver)
 }
 
-/// Verifies a program given as slots.
+/// Verifies a program given as slots, keeping only the run-time checks of accesses it
+/// cannot prove in bounds.
 pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwResolver) -> Result<Program, VerifyError> {
+    verify_with(raw, helpers, resolver, Checks::Unproven)
+}
+
+/// Verifies a program given as slots, keeping the run-time checks `checks` says.
+pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwResolver, checks: Checks) -> Result<Program, VerifyError> {
     if raw.is_empty() {
         return Err(err(0, VerifyErrorKind::Empty));
     }
@@ -102,6 +126,7 @@ pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRes
     // Resolve pseudo lddw forms and find function starts.
     let mut starts = vec![0usize];
     let mut callbacks = vec![];
+    let mut pointees = HashMap::new();
     for pc in 0..n {
         match insns[pc] {
             Insn::Lddw { dst, kind: LddwKind::Func, lo, .. } => {
@@ -115,6 +140,9 @@ pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRes
             }
             Insn::Lddw { dst, kind, lo, hi } if kind != LddwKind::Imm64 => {
                 let v = resolver.resolve(kind, lo, hi).map_err(|msg| err(pc, VerifyErrorKind::Unresolved { kind, msg }))?;
+                if let Some(p) = resolver.pointee(kind, lo, hi) {
+                    pointees.insert(pc, p);
+                }
                 insns[pc] = Insn::Lddw { dst, kind: LddwKind::Imm64, lo: v as u32 as i32, hi: (v >> 32) as u32 as i32 };
             }
             Insn::Call(CallTarget::Local(off)) => {
@@ -135,10 +163,9 @@ pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRes
         .map(|(i, &start)| Function { start, end: starts.get(i + 1).copied().unwrap_or(n), callback: callbacks.contains(&start) })
         .collect();
 
-    let mut static_access = vec![false; n];
     for f in &functions {
         for pc in f.start..f.end {
-            check_insn(&insns, pc, f, &helpers, &mut static_access)?;
+            check_insn(&insns, pc, f, &helpers)?;
         }
         let last = f.end - 1;
         if !matches!(insns[last], Insn::Exit | Insn::Ja { .. }) {
@@ -146,10 +173,15 @@ pub fn verify(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRes
         }
     }
     let depths = check_call_graph(&insns, &functions)?;
-    Ok(Program::new(insns, functions, depths, static_access, helpers))
+    let mut proofs = analysis::analyze(&insns, &functions, &helpers, &pointees);
+    if checks == Checks::All {
+        proofs.access.iter_mut().for_each(|a| *a = Access { proven: false, ..*a });
+        proofs.ctx = Default::default();
+    }
+    Ok(Program::new(insns, functions, depths, proofs.access, proofs.ctx, helpers))
 }
 
-fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable, static_access: &mut [bool]) -> Result<(), VerifyError> {
+fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable) -> Result<(), VerifyError> {
     let insn = insns[pc];
     if insn.written_reg() == Some(Reg::FP) {
         return Err(err(pc, VerifyErrorKind::WriteToFramePointer));
@@ -175,7 +207,6 @@ fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable, st
         if (off as i64) < -(FRAME_SIZE as i64) || off as i64 + size as i64 > 0 {
             return Err(err(pc, VerifyErrorKind::StackOutOfBounds { off, size }));
         }
-        static_access[pc] = true;
     }
     match insn {
         Insn::Call(CallTarget::Helper(id)) if helpers.get(id).is_none() => Err(err(pc, VerifyErrorKind::UnknownHelper(id))),

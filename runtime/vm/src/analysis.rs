@@ -1,0 +1,624 @@
+//! The load-time range analysis: which memory accesses are in bounds on every run.
+//!
+//! An abstract interpretation of each function over its control-flow graph. Every register
+//! (and every 8-byte stack slot a register is spilled to) holds an abstract [`Val`]: what it
+//! points into (the stack frame, the context, memory of known size that a helper or an `lddw`
+//! produced, a map reference) and a signed [`Range`] of its offset there, or, for a plain
+//! number, of its value. States are joined where control flow merges and widened at the
+//! targets of backward jumps, so loops reach a fixpoint. Conditional jumps refine ranges on
+//! each edge (`if i < 1024`), and null checks turn "memory or null" into memory, for every
+//! copy of the pointer.
+//!
+//! The result, per load, store and atomic: proven in bounds or not, and which region it most
+//! likely touches (the JIT orders its run-time checks by that). Context proofs hold only for
+//! runs whose context is at least [`ContextNeeds::len`] bytes (writable if
+//! [`ContextNeeds::writable`]) and whose r1 is its start: the engines check that once per run
+//! and otherwise check every access.
+//!
+//! Soundness over precision: anything the analysis does not model (values loaded from memory,
+//! pointer arithmetic other than adding a number, helpers that may write the stack) becomes
+//! "unknown", whose accesses keep their run-time check.
+
+use crate::exec::{HelperReturn, HelperTable, FRAME_SIZE};
+use crate::insn::{AluOp, AtomicOp, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
+use crate::program::Function;
+use crate::range::Range;
+use std::collections::{BTreeSet, HashMap};
+
+/// Context accesses are proven only below this offset: a program reaching further keeps its
+/// checks rather than demanding a huge context of every run.
+pub const CTX_PROOF_LIMIT: i64 = 1 << 16;
+
+/// What an `lddw` that names a map gives the program, as far as the analysis is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pointee {
+    /// A map reference whose lookups return values of `value_size` bytes (maps whose lookup
+    /// returns something else, such as an inner map, are not described).
+    Map {
+        /// Bytes of one value.
+        value_size: u32,
+    },
+    /// The address of byte `offset` of a `size`-byte map value (`.data`, `.bss`, `.rodata`).
+    Value {
+        /// Bytes of the value.
+        size: u32,
+        /// Offset of the address inside it.
+        offset: u32,
+    },
+}
+
+/// The region an access goes to, as far as the verifier knows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Target {
+    /// The current function's stack frame.
+    Stack,
+    /// The context the program was given in r1.
+    Context,
+    /// Memory a helper or an `lddw` returned: a map value, a ring-buffer record.
+    Memory,
+    /// Anything.
+    #[default]
+    Unknown,
+}
+
+/// What the verifier established about one load, store or atomic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// The region it most likely touches.
+    pub target: Target,
+    /// Whether it is in bounds on every run (subject to [`ContextNeeds`] for the context).
+    pub proven: bool,
+}
+
+/// What a run's context must be for the context proofs to hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextNeeds {
+    /// Bytes the proven accesses reach (0 if none).
+    pub len: u64,
+    /// Whether a proven access writes it.
+    pub writable: bool,
+}
+
+impl ContextNeeds {
+    /// Whether a run whose r1 is `r1` and whose context region is `ctx` meets them.
+    #[inline]
+    pub fn met(&self, r1: u64, ctx: &crate::exec::Region) -> bool {
+        self.len == 0 || (r1 == ctx.start && ctx.len >= self.len && (ctx.writable || !self.writable))
+    }
+}
+
+/// What a register or stack slot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Base {
+    /// A number (or a pointer of unknown kind); `off` is its value.
+    Scalar,
+    /// The current frame's r10 plus `off`.
+    Stack,
+    /// The context plus `off`.
+    Ctx,
+    /// `size` bytes of memory plus `off`.
+    Mem { size: u32 },
+    /// As `Mem` at offset 0, or null. Every value with one `id` is the same pointer.
+    MemOrNull { size: u32, id: u32 },
+    /// A map reference.
+    Map { value_size: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Val {
+    base: Base,
+    off: Range,
+}
+
+impl Val {
+    const TOP: Val = Val { base: Base::Scalar, off: Range::TOP };
+
+    fn scalar(off: Range) -> Val {
+        Val { base: Base::Scalar, off }
+    }
+
+    fn join(self, o: Val) -> Val {
+        if self.base == o.base {
+            Val { base: self.base, off: self.off.join(o.off) }
+        } else {
+            Val::TOP
+        }
+    }
+
+    fn widen(old: Val, new: Val) -> Val {
+        if old.base == new.base {
+            Val { base: old.base, off: Range::widen(old.off, new.off) }
+        } else {
+            Val::TOP
+        }
+    }
+
+    fn as_scalar(self) -> Option<Range> {
+        (self.base == Base::Scalar).then_some(self.off)
+    }
+}
+
+/// Abstract state at one program point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct State {
+    /// r0-r10.
+    regs: [Val; 11],
+    /// Spilled 64-bit values by frame offset (a multiple of 8 in `-512..0`), sorted; a slot
+    /// not listed holds an unknown number.
+    slots: Vec<(i64, Val)>,
+}
+
+impl State {
+    fn entry(has_ctx: bool) -> State {
+        let mut regs = [Val::TOP; 11];
+        regs[10] = Val { base: Base::Stack, off: Range::exact(0) };
+        if has_ctx {
+            regs[1] = Val { base: Base::Ctx, off: Range::exact(0) };
+        }
+        State { regs, slots: Vec::new() }
+    }
+
+    fn merge(&self, o: &State, widen: bool) -> State {
+        let mut regs = self.regs;
+        for (r, o) in regs.iter_mut().zip(o.regs) {
+            *r = if widen { Val::widen(*r, r.join(o)) } else { r.join(o) };
+        }
+        let slots = self
+            .slots
+            .iter()
+            .filter_map(|&(k, v)| {
+                let (_, w) = o.slots.iter().find(|(j, _)| *j == k)?;
+                let m = if widen { Val::widen(v, v.join(*w)) } else { v.join(*w) };
+                (m != Val::TOP).then_some((k, m))
+            })
+            .collect();
+        State { regs, slots }
+    }
+
+    fn slot(&self, k: i64) -> Val {
+        self.slots.iter().find(|(j, _)| *j == k).map_or(Val::TOP, |(_, v)| *v)
+    }
+
+    /// Forgets the slots overlapping bytes `lo..hi` of the frame.
+    fn clobber(&mut self, lo: i128, hi: i128) {
+        self.slots.retain(|&(k, _)| (k as i128 + 8) <= lo || k as i128 >= hi);
+    }
+
+    fn set_slot(&mut self, k: i64, v: Val) {
+        self.clobber(k as i128, k as i128 + 8);
+        if v != Val::TOP {
+            let at = self.slots.partition_point(|(j, _)| *j < k);
+            self.slots.insert(at, (k, v));
+        }
+    }
+
+    /// Applies `f` to every register and slot value.
+    fn map_vals(&mut self, f: impl Fn(Val) -> Val) {
+        for r in self.regs.iter_mut() {
+            *r = f(*r);
+        }
+        for (_, v) in self.slots.iter_mut() {
+            *v = f(*v);
+        }
+        self.slots.retain(|(_, v)| *v != Val::TOP);
+    }
+}
+
+/// The analysis of a whole program.
+pub(crate) struct Analysis {
+    pub access: Vec<Access>,
+    pub ctx: ContextNeeds,
+}
+
+/// Analyses every function of a program whose control flow the verifier has checked.
+/// `pointees` describes the `lddw`s (by slot) that name maps.
+pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTable, pointees: &HashMap<usize, Pointee>) -> Analysis {
+    // The entry function gets the context in r1, unless something else can call it.
+    let entry_called = insns.iter().enumerate().any(|(pc, i)| matches!(*i, Insn::Call(CallTarget::Local(off)) if pc as i64 + 1 + off as i64 == 0));
+    let mut a = Analyzer { insns, helpers, pointees, access: vec![Access::default(); insns.len()], ctx_end: vec![0; insns.len()] };
+    for f in functions {
+        let has_ctx = f.start == 0 && !f.callback && !entry_called;
+        if !a.function(f, has_ctx) {
+            // Too costly to analyse: keep every check in it.
+            for pc in f.start..f.end {
+                a.access[pc] = Access::default();
+                a.ctx_end[pc] = 0;
+            }
+        }
+    }
+    let mut ctx = ContextNeeds::default();
+    for (pc, &end) in a.ctx_end.iter().enumerate() {
+        if end > 0 && a.access[pc].proven {
+            ctx.len = ctx.len.max(end as u64);
+            ctx.writable |= matches!(insns[pc], Insn::Store { .. } | Insn::Atomic { .. });
+        }
+    }
+    Analysis { access: a.access, ctx }
+}
+
+struct Analyzer<'a> {
+    insns: &'a [Insn],
+    helpers: &'a HelperTable,
+    pointees: &'a HashMap<usize, Pointee>,
+    access: Vec<Access>,
+    /// For proven context accesses: the end offset they reach.
+    ctx_end: Vec<u32>,
+}
+
+/// Where control goes after one instruction.
+enum Next {
+    /// The next slot(s), in the same state.
+    Fall(usize),
+    /// A jump: the target with its state, and the fall-through with its state (None where
+    /// the edge cannot be taken).
+    Branch {
+        target: usize,
+        taken: Option<Box<State>>,
+        fall: Option<Box<State>>,
+    },
+    /// An unconditional jump.
+    Jump(usize),
+    Exit,
+}
+
+impl Analyzer<'_> {
+    /// Runs one function to a fixpoint; false if it needed too many steps.
+    fn function(&mut self, f: &Function, has_ctx: bool) -> bool {
+        let insns = self.insns;
+        let mut leaders = BTreeSet::new();
+        let mut loop_heads = BTreeSet::new();
+        for (pc, insn) in insns.iter().enumerate().take(f.end).skip(f.start) {
+            if let Some(t) = insn.jump_target(pc) {
+                leaders.insert(t as usize);
+                if t as usize <= pc {
+                    loop_heads.insert(t as usize);
+                }
+                leaders.insert(pc + 1);
+            }
+        }
+        let mut states: HashMap<usize, (State, u32)> = HashMap::new();
+        states.insert(f.start, (State::entry(has_ctx), 0));
+        let mut work = BTreeSet::from([f.start]);
+        // Each block is revisited only when its entry state grows, and widening bounds that.
+        let mut fuel = 64 * (f.end - f.start) + 10_000;
+        while let Some(start) = work.pop_first() {
+            let mut s = states[&start].0.clone();
+            let mut pc = start;
+            loop {
+                if fuel == 0 {
+                    return false;
+                }
+                fuel -= 1;
+                let mut flow = |pc: usize, s: State| flow_into(pc, s, &mut states, &mut work, loop_heads.contains(&pc));
+                match self.step(pc, &mut s) {
+                    Next::Fall(next) => {
+                        if leaders.contains(&next) {
+                            flow(next, s);
+                            break;
+                        }
+                        pc = next;
+                    }
+                    Next::Jump(t) => {
+                        flow(t, s);
+                        break;
+                    }
+                    Next::Branch { target, taken, fall } => {
+                        if let Some(t) = taken {
+                            flow(target, *t);
+                        }
+                        if let Some(n) = fall {
+                            flow(pc + 1, *n);
+                        }
+                        break;
+                    }
+                    Next::Exit => break,
+                }
+            }
+        }
+        true
+    }
+
+    fn step(&mut self, pc: usize, s: &mut State) -> Next {
+        let insn = self.insns[pc];
+        match insn {
+            Insn::Alu { width, op, dst, src } => {
+                let a = s.regs[dst.index()];
+                let b = match src {
+                    Operand::Reg(r) => s.regs[r.index()],
+                    Operand::Imm(i) => Val::scalar(Range::of_imm(width, i)),
+                };
+                s.regs[dst.index()] = alu(width, op, a, b);
+            }
+            Insn::Neg { width, dst } => {
+                let a = s.regs[dst.index()];
+                let zero = Val::scalar(Range::exact(0));
+                s.regs[dst.index()] = alu(width, AluOp::Sub, zero, Val::scalar(a.as_scalar().unwrap_or(Range::TOP)));
+            }
+            Insn::Endian { bits, dst, .. } => {
+                let keep = bits == 64 && matches!(insn, Insn::Endian { order: crate::insn::ByteOrder::ToLe, .. });
+                let v = s.regs[dst.index()];
+                s.regs[dst.index()] = match v.as_scalar() {
+                    Some(_) if keep => v,
+                    _ if bits < 64 => Val::scalar(Range::new(0, (1i64 << bits) - 1)),
+                    _ => Val::TOP,
+                };
+            }
+            Insn::Lddw { dst, kind, lo, hi } => {
+                s.regs[dst.index()] = match (kind, self.pointees.get(&pc)) {
+                    (_, Some(&Pointee::Map { value_size })) => Val { base: Base::Map { value_size }, off: Range::exact(0) },
+                    (_, Some(&Pointee::Value { size, offset })) => Val { base: Base::Mem { size }, off: Range::exact(offset as i64) },
+                    (LddwKind::Func, None) => Val::scalar(Range::exact(pc as i64 + 1 + lo as i64)),
+                    (_, None) => Val::scalar(Range::exact(((lo as u32 as u64) | ((hi as u32 as u64) << 32)) as i64)),
+                };
+                return Next::Fall(pc + 2);
+            }
+            Insn::LddwHigh => return Next::Fall(pc + 1),
+            Insn::Load { size, signed, dst, base, off } => {
+                let b = s.regs[base.index()];
+                self.record(pc, b, off, size, false, s);
+                s.regs[dst.index()] = match (b.base, b.off.singleton()) {
+                    (Base::Stack, Some(o)) if size == MemSize::DW && (o + off as i64) % 8 == 0 => s.slot(o + off as i64),
+                    _ => Val::scalar(Range::loaded(size.bytes(), signed)),
+                };
+            }
+            Insn::Store { size, base, off, src } => {
+                let b = s.regs[base.index()];
+                self.record(pc, b, off, size, true, s);
+                if let (Base::Stack, Some(o)) = (b.base, b.off.singleton()) {
+                    let k = o + off as i64;
+                    if size == MemSize::DW && k % 8 == 0 && (-(FRAME_SIZE as i64)..0).contains(&k) {
+                        let v = match src {
+                            Operand::Reg(r) => s.regs[r.index()],
+                            Operand::Imm(i) => Val::scalar(Range::exact(i as i64)),
+                        };
+                        s.set_slot(k, v);
+                    }
+                }
+            }
+            Insn::Atomic { size, op, fetch, base, off, src } => {
+                let b = s.regs[base.index()];
+                self.record(pc, b, off, size, true, s);
+                let old = Val::scalar(if size == MemSize::W { Range::U32 } else { Range::TOP });
+                if op == AtomicOp::CmpXchg {
+                    s.regs[0] = old;
+                } else if fetch || op == AtomicOp::Xchg {
+                    s.regs[src.index()] = old;
+                }
+            }
+            Insn::Ja { .. } => return Next::Jump(insn.jump_target(pc).expect("a jump") as usize),
+            Insn::Jump { width, cond, dst, src, .. } => {
+                let target = insn.jump_target(pc).expect("a jump") as usize;
+                let (taken, fall) = branch(s, width, cond, dst, src);
+                return Next::Branch { target, taken: taken.map(Box::new), fall: fall.map(Box::new) };
+            }
+            Insn::Call(CallTarget::Helper(id)) => {
+                let effects = self.helpers.get(id).map(|h| h.effects).unwrap_or_default();
+                let r0 = match effects.returns {
+                    HelperReturn::Scalar => Val::TOP,
+                    HelperReturn::MapValueOrNull => match s.regs[1].base {
+                        Base::Map { value_size } => Val { base: Base::MemOrNull { size: value_size, id: pc as u32 }, off: Range::exact(0) },
+                        _ => Val::TOP,
+                    },
+                    HelperReturn::MemOrNull { size_arg } => match s.regs[size_arg as usize].as_scalar().and_then(Range::singleton) {
+                        Some(n) if (0..=u32::MAX as i64).contains(&n) => Val { base: Base::MemOrNull { size: n as u32, id: pc as u32 }, off: Range::exact(0) },
+                        _ => Val::TOP,
+                    },
+                };
+                // Older copies of this call's result are different pointers from now on.
+                s.map_vals(|v| if matches!(v.base, Base::MemOrNull { id, .. } if id == pc as u32) { Val::TOP } else { v });
+                if !effects.leaves_stack {
+                    s.slots.clear();
+                }
+                s.regs[0] = r0;
+                s.regs[1..6].fill(Val::TOP);
+            }
+            Insn::Call(_) | Insn::CallReg(_) => {
+                s.slots.clear();
+                s.regs[0..6].fill(Val::TOP);
+            }
+            Insn::Exit => return Next::Exit,
+        }
+        Next::Fall(pc + 1)
+    }
+
+    /// Decides whether the access at `pc` through `base + off` is proven, and forgets the
+    /// stack slots a store may overwrite.
+    fn record(&mut self, pc: usize, base: Val, off: i16, size: MemSize, write: bool, s: &mut State) {
+        let (lo, hi) = (base.off.lo as i128 + off as i128, base.off.hi as i128 + off as i128 + size.bytes() as i128);
+        let (target, proven) = match base.base {
+            Base::Stack => (Target::Stack, lo >= -(FRAME_SIZE as i128) && hi <= 0),
+            Base::Ctx => (Target::Context, lo >= 0 && hi <= CTX_PROOF_LIMIT as i128),
+            Base::Mem { size } => (Target::Memory, lo >= 0 && hi <= size as i128),
+            Base::MemOrNull { .. } | Base::Map { .. } => (Target::Memory, false),
+            Base::Scalar => (Target::Unknown, false),
+        };
+        // The last visit of a block has its final state: it decides.
+        self.access[pc] = Access { target, proven };
+        self.ctx_end[pc] = if base.base == Base::Ctx && proven { hi as u32 } else { 0 };
+        if write {
+            match base.base {
+                // Only the bytes it can reach (an unproven store may leave the frame, but
+                // then it cannot touch this frame's slots either).
+                Base::Stack => s.clobber(lo, hi),
+                // A proven store stays in its own region, away from the stack.
+                _ if proven => {}
+                _ => s.slots.clear(),
+            }
+        }
+    }
+}
+
+/// Merges `s` into the state at leader `pc` (widening at a loop head seen twice already) and
+/// queues the leader if its state grew.
+fn flow_into(pc: usize, s: State, states: &mut HashMap<usize, (State, u32)>, work: &mut BTreeSet<usize>, loop_head: bool) {
+    match states.get_mut(&pc) {
+        None => {
+            states.insert(pc, (s, 1));
+            work.insert(pc);
+        }
+        Some((old, visits)) => {
+            *visits += 1;
+            let merged = old.merge(&s, loop_head && *visits > 2);
+            if merged != *old {
+                *old = merged;
+                work.insert(pc);
+            }
+        }
+    }
+}
+
+/// The abstract result of an ALU instruction.
+fn alu(width: Width, op: AluOp, a: Val, b: Val) -> Val {
+    if width == Width::W32 {
+        // 32-bit arithmetic on a pointer yields a number like any other.
+        let (x, y) = (a.as_scalar().unwrap_or(Range::TOP), b.as_scalar().unwrap_or(Range::TOP));
+        return Val::scalar(Range::alu32(op, x, y));
+    }
+    match (op, a.base, b.base) {
+        (AluOp::Mov, _, _) => b,
+        (_, Base::Scalar, Base::Scalar) => Val::scalar(Range::alu64(op, a.off, b.off)),
+        // Pointer plus or minus a number: same region, moved offset.
+        (AluOp::Add, pa, Base::Scalar) if movable(pa) => Val { base: pa, off: a.off.plus(b.off) },
+        (AluOp::Add, Base::Scalar, pb) if movable(pb) => Val { base: pb, off: b.off.plus(a.off) },
+        (AluOp::Sub, pa, Base::Scalar) if movable(pa) => Val { base: pa, off: a.off.minus(b.off) },
+        _ => Val::TOP,
+    }
+}
+
+/// Whether arithmetic keeps a pointer's kind (not for maybe-null pointers and map
+/// references, whose checks the kernel also demands first).
+fn movable(b: Base) -> bool {
+    matches!(b, Base::Stack | Base::Ctx | Base::Mem { .. })
+}
+
+fn negate(c: JmpCond) -> Option<JmpCond> {
+    use JmpCond::*;
+    Some(match c {
+        Eq => Ne,
+        Ne => Eq,
+        Gt => Le,
+        Le => Gt,
+        Ge => Lt,
+        Lt => Ge,
+        Sgt => Sle,
+        Sle => Sgt,
+        Sge => Slt,
+        Slt => Sge,
+        Set => return None,
+    })
+}
+
+/// The states on the taken and the fall-through edge of a conditional jump (None: the edge
+/// is never taken).
+fn branch(s: &State, width: Width, cond: JmpCond, dst: Reg, src: Operand) -> (Option<State>, Option<State>) {
+    let x = s.regs[dst.index()];
+    // A null check on a maybe-null pointer: every copy of it learns the answer.
+    if let (Base::MemOrNull { size, id }, Width::W64, Operand::Imm(0), JmpCond::Eq | JmpCond::Ne) = (x.base, width, src, cond) {
+        let resolve = |nonnull: bool| {
+            let mut t = s.clone();
+            t.map_vals(|v| match v.base {
+                Base::MemOrNull { id: i, .. } if i == id => {
+                    if nonnull {
+                        Val { base: Base::Mem { size }, off: v.off }
+                    } else {
+                        Val::scalar(Range::exact(0))
+                    }
+                }
+                _ => v,
+            });
+            t
+        };
+        let eq = cond == JmpCond::Eq;
+        return (Some(resolve(!eq)), Some(resolve(eq)));
+    }
+    let y = match src {
+        Operand::Reg(r) => s.regs[r.index()],
+        Operand::Imm(i) => Val::scalar(Range::exact(match width {
+            Width::W64 => i as i64,
+            Width::W32 => i as i64, // must be non-negative (checked below), so as u32 or i32 alike
+        })),
+    };
+    let (Some(xr), Some(yr)) = (x.as_scalar(), y.as_scalar()) else { return (Some(s.clone()), Some(s.clone())) };
+    // A 32-bit comparison means the same as a 64-bit one when both values are zero-extended
+    // 32-bit values, and for a signed one also non-negative as 32-bit values.
+    let limit = if matches!(cond, JmpCond::Sgt | JmpCond::Sge | JmpCond::Slt | JmpCond::Sle) { i32::MAX as i64 } else { u32::MAX as i64 };
+    let fits = |r: Range| r.lo >= 0 && r.hi <= limit;
+    if width == Width::W32 && !(fits(xr) && fits(yr)) {
+        return (Some(s.clone()), Some(s.clone()));
+    }
+    let edge = |c: Option<JmpCond>| -> Option<State> {
+        let Some(c) = c else { return Some(s.clone()) };
+        let (nx, ny) = refine(c, xr, yr)?;
+        let mut t = s.clone();
+        t.regs[dst.index()] = Val::scalar(nx);
+        if let Operand::Reg(r) = src {
+            t.regs[r.index()] = Val::scalar(ny);
+            if r == dst {
+                // `if rX op rX`: both refinements apply to one register.
+                t.regs[r.index()] = Val::scalar(nx.meet(ny)?);
+            }
+        }
+        Some(t)
+    };
+    let taken_cond = if cond == JmpCond::Set { None } else { Some(cond) };
+    (edge(taken_cond), edge(negate(cond)))
+}
+
+/// Narrows `x` and `y` given that `x cond y` holds; None if it cannot.
+fn refine(cond: JmpCond, x: Range, y: Range) -> Option<(Range, Range)> {
+    use JmpCond::*;
+    let below = |hi: i64| hi.checked_sub(1).map(|h| Range::new(i64::MIN, h));
+    let above = |lo: i64| lo.checked_add(1).map(|l| Range::new(l, i64::MAX));
+    match cond {
+        Eq => {
+            let m = x.meet(y)?;
+            Some((m, m))
+        }
+        Ne => {
+            let trim = |a: Range, b: Range| -> Option<Range> {
+                match b.singleton() {
+                    Some(c) if a.singleton() == Some(c) => None,
+                    Some(c) if a.lo == c => Some(Range::new(c + 1, a.hi)),
+                    Some(c) if a.hi == c => Some(Range::new(a.lo, c - 1)),
+                    _ => Some(a),
+                }
+            };
+            Some((trim(x, y)?, trim(y, x)?))
+        }
+        Slt => {
+            let nx = x.meet(below(y.hi)?)?;
+            let ny = y.meet(above(nx.lo)?)?;
+            Some((nx, ny))
+        }
+        Sle => {
+            let nx = x.meet(Range::new(i64::MIN, y.hi))?;
+            let ny = y.meet(Range::new(nx.lo, i64::MAX))?;
+            Some((nx, ny))
+        }
+        Sgt => refine(Slt, y, x).map(|(a, b)| (b, a)),
+        Sge => refine(Sle, y, x).map(|(a, b)| (b, a)),
+        // Unsigned: only when `y` cannot be negative (a huge unsigned value); then `x` below
+        // it is non-negative too, and the signed reasoning applies.
+        Lt if y.nonneg() => {
+            let nx = x.meet(Range::new(0, y.hi.checked_sub(1)?.max(0)))?;
+            if y.hi == 0 {
+                return None;
+            }
+            let ny = y.meet(above(nx.lo)?)?;
+            Some((nx, ny))
+        }
+        Le if y.nonneg() => {
+            let nx = x.meet(Range::new(0, y.hi))?;
+            let ny = y.meet(Range::new(nx.lo, i64::MAX))?;
+            Some((nx, ny))
+        }
+        Gt if x.nonneg() => refine(Lt, y, x).map(|(a, b)| (b, a)),
+        Ge if x.nonneg() => refine(Le, y, x).map(|(a, b)| (b, a)),
+        // `x > y` with `x` possibly negative: nothing to learn about either... except that
+        // `y` is then below the unsigned maximum, which ranges cannot say.
+        _ => Some((x, y)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,294 @@
+//! Which accesses the analysis proves, on small hand-written programs: each case names an
+//! access it must prove and, as important, accesses it must leave checked.
+
+use super::*;
+use crate::asm::assemble;
+use crate::exec::{HelperEffects, RunState};
+use crate::verifier::{verify, LddwResolver};
+use std::sync::Arc;
+
+extern "C" fn nop(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    0
+}
+
+/// Map 1: values of 16 bytes; map 2: a 64-byte `.data`-style value.
+struct Maps;
+
+impl LddwResolver for Maps {
+    fn resolve(&self, _kind: LddwKind, lo: i32, _hi: i32) -> Result<u64, String> {
+        Ok(0x1000 * lo as u64)
+    }
+
+    fn pointee(&self, kind: LddwKind, lo: i32, hi: i32) -> Option<Pointee> {
+        match (kind, lo) {
+            (LddwKind::MapFd, 1) => Some(Pointee::Map { value_size: 16 }),
+            (LddwKind::MapValue, 2) => Some(Pointee::Value { size: 64, offset: hi as u32 }),
+            _ => None,
+        }
+    }
+}
+
+fn helpers() -> Arc<HelperTable> {
+    let mut t = HelperTable::new();
+    t.register(1, "map_lookup_elem", nop).set_effects(1, HelperEffects { returns: HelperReturn::MapValueOrNull, leaves_stack: true });
+    t.register(4, "probe_read", nop);
+    t.register(5, "ktime_get_ns", nop).set_effects(5, HelperEffects { leaves_stack: true, ..Default::default() });
+    t.register(131, "ringbuf_reserve", nop).set_effects(131, HelperEffects { returns: HelperReturn::MemOrNull { size_arg: 2 }, leaves_stack: true });
+    Arc::new(t)
+}
+
+/// The proof of every memory access, by slot, and the context needs.
+fn proofs(src: &str) -> (Vec<(usize, bool)>, ContextNeeds) {
+    let prog = verify(&assemble(src).unwrap(), helpers(), &Maps).unwrap();
+    let list = prog
+        .insns()
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| matches!(i, Insn::Load { .. } | Insn::Store { .. } | Insn::Atomic { .. }))
+        .map(|(pc, _)| (pc, prog.access(pc).proven))
+        .collect();
+    (list, prog.context_needs())
+}
+
+fn proven(src: &str) -> Vec<bool> {
+    proofs(src).0.into_iter().map(|(_, p)| p).collect()
+}
+
+#[test]
+fn stack_through_a_computed_offset_is_proven_within_the_frame() {
+    let src = "
+        r2 = *(u8 *)(r1 + 0)      # ctx, 1 byte
+        r2 &= 63
+        r3 = r10
+        r3 += -64
+        r3 += r2                  # r10 - 64 + [0, 63]
+        *(u8 *)(r3 + 0) = 1       # in the frame
+        r4 = *(u8 *)(r1 + 1)
+        r3 += r4                  # up to r10 - 1 + 255: past the frame
+        *(u8 *)(r3 + 0) = 1
+        r0 = 0
+        exit";
+    assert_eq!(proven(src), [true, true, true, false]);
+}
+
+#[test]
+fn a_bounded_loop_index_is_proven_after_widening_and_its_check() {
+    // The shape clang gives `for (i = 0; i < n && i < 1024; i++) s += in->a[i]`.
+    let src = "
+        r0 = 0
+        r2 = *(u64 *)(r1 + 0)
+        r3 = 0
+    loop:
+        if r3 >= r2 goto out
+        if r3 > 1023 goto out
+        r4 = r1
+        r4 += r3
+        r5 = *(u8 *)(r4 + 8)
+        r0 += r5
+        r3 += 1
+        goto loop
+    out:
+        exit";
+    let (p, ctx) = proofs(src);
+    assert_eq!(p.iter().map(|x| x.1).collect::<Vec<_>>(), [true, true]);
+    assert_eq!(ctx, ContextNeeds { len: 8 + 1024, writable: false });
+}
+
+#[test]
+fn without_the_bound_the_loop_access_stays_checked() {
+    let src = "
+        r0 = 0
+        r2 = *(u64 *)(r1 + 0)
+        r3 = 0
+    loop:
+        if r3 >= r2 goto out
+        r4 = r1
+        r4 += r3
+        r5 = *(u8 *)(r4 + 8)
+        r3 += 1
+        goto loop
+    out:
+        exit";
+    assert_eq!(proven(src), [true, false]);
+}
+
+#[test]
+fn map_values_are_proven_after_the_null_check_and_within_the_value() {
+    let src = "
+        *(u32 *)(r10 - 4) = 0
+        r2 = r10
+        r2 += -4
+        r1 = map_fd(1) ll
+        call 1
+        r6 = r0                   # a copy made before the check
+        r1 = *(u64 *)(r0 + 0)     # maybe null: checked
+        if r0 == 0 goto out
+        r1 = *(u64 *)(r6 + 8)     # the copy learnt it too
+        r1 = *(u64 *)(r0 + 9)     # 9..17 of 16 bytes: checked
+        lock *(u64 *)(r0 + 8) += r1
+    out:
+        r0 = 0
+        exit";
+    assert_eq!(proven(src), [true, false, true, false, true]);
+}
+
+#[test]
+fn an_older_result_of_the_same_call_is_not_refined_by_a_newer_check() {
+    let src = "
+        r6 = 0
+        r7 = 0
+    again:
+        *(u32 *)(r10 - 4) = 0
+        r2 = r10
+        r2 += -4
+        r1 = map_fd(1) ll
+        call 1
+        if r7 != 0 goto use       # second round: r6 holds the first round's pointer
+        r6 = r0
+        r7 = 1
+        goto again
+    use:
+        if r0 == 0 goto out
+        r1 = *(u64 *)(r6 + 0)     # r6 may be null: the first lookup was never checked
+    out:
+        r0 = 0
+        exit";
+    assert_eq!(proven(src), [true, false]);
+}
+
+#[test]
+fn spilled_pointers_survive_stack_neutral_helpers_only() {
+    let src = "
+        r1 = map_value(2) + 8 ll  # byte 8 of a 64-byte value
+        *(u64 *)(r10 - 16) = r1
+        call 5                    # ktime: leaves the stack alone
+        r1 = *(u64 *)(r10 - 16)
+        r2 = *(u64 *)(r1 + 48)    # 56..64: proven
+        *(u64 *)(r10 - 16) = r1
+        r1 = r10
+        r1 += -16
+        r2 = 8
+        r3 = 0
+        call 4                    # probe_read into the slot: may overwrite it
+        r1 = *(u64 *)(r10 - 16)
+        r2 = *(u64 *)(r1 + 0)     # unknown now
+        r0 = 0
+        exit";
+    assert_eq!(proven(src), [true, true, true, true, true, false]);
+}
+
+#[test]
+fn a_partial_overwrite_forgets_the_spilled_pointer() {
+    let src = "
+        r1 = map_value(2) ll
+        *(u64 *)(r10 - 8) = r1
+        *(u8 *)(r10 - 5) = 7
+        r1 = *(u64 *)(r10 - 8)
+        r2 = *(u64 *)(r1 + 0)
+        r0 = 0
+        exit";
+    assert_eq!(proven(src), [true, true, true, false]);
+}
+
+#[test]
+fn ring_buffer_records_are_sized_by_the_constant_argument() {
+    let src = "
+        r1 = map_fd(3) ll
+        r2 = 24
+        r3 = 0
+        call 131
+        if r0 == 0 goto out
+        *(u64 *)(r0 + 16) = 1     # 16..24 of 24
+        *(u64 *)(r0 + 17) = 1     # past it
+    out:
+        r0 = 0
+        exit";
+    assert_eq!(proven(src), [true, false]);
+}
+
+#[test]
+fn wrapping_arithmetic_proves_nothing() {
+    let src = "
+        r2 = *(u32 *)(r1 + 0)
+        w2 -= 1                   # 0 - 1 wraps to 0xffffffff in 32 bits
+        r3 = r10
+        r3 += -512
+        r3 += r2
+        r0 = *(u8 *)(r3 + 0)
+        r4 = *(u64 *)(r1 + 0)
+        r4 >>= 60                 # 0..15
+        r4 -= 16                  # -16..-1
+        r5 = r10
+        r5 += r4
+        r0 = *(u8 *)(r5 + 0)      # r10-16..r10-1: proven
+        r4 *= r4                  # 1..256, signed products of negatives: not tracked
+        r5 = r10
+        r5 += -512
+        r5 += r4
+        r0 = *(u8 *)(r5 + 0)
+        exit";
+    assert_eq!(proven(src), [true, false, true, true, false]);
+}
+
+#[test]
+fn signed_and_unsigned_comparisons_refine_differently() {
+    let src = "
+        r2 = *(u64 *)(r1 + 0)
+        if r2 s> 100 goto out     # signed: r2 may still be very negative
+        r3 = r10
+        r3 += -200
+        r3 += r2
+        r0 = *(u8 *)(r3 + 0)
+        if r2 > 100 goto out      # unsigned: now 0..100
+        r3 = r10
+        r3 += -200
+        r3 += r2
+        r0 = *(u8 *)(r3 + 0)
+    out:
+        r0 = 0
+        exit";
+    assert_eq!(proven(src), [true, false, true]);
+}
+
+#[test]
+fn thirty_two_bit_comparisons_refine_only_small_values() {
+    let src = "
+        r2 = *(u64 *)(r1 + 0)
+        if w2 > 10 goto out       # the upper half is unknown: nothing learnt
+        r3 = r10
+        r3 += -64
+        r3 += r2
+        r0 = *(u8 *)(r3 + 0)
+        w2 = w2                   # now a 32-bit value
+        if w2 > 10 goto out
+        r3 = r10
+        r3 += -64
+        r3 += r2
+        r0 = *(u8 *)(r3 + 0)
+        r2 = *(u32 *)(r1 + 0)
+        r2 += -1                  # -1..u32::MAX - 1
+        if w2 s> 10 goto out      # signed 32-bit: -1 reads as 0xffffffff in 64 bits
+        r3 = r10
+        r3 += -64
+        r3 += r2
+        r0 = *(u8 *)(r3 + 0)
+    out:
+        r0 = 0
+        exit";
+    assert_eq!(proven(src), [true, false, true, true, false]);
+}
+
+#[test]
+fn context_needs_cover_reads_and_writes_and_callees_get_no_context() {
+    let src = "
+        r0 = *(u32 *)(r1 + 12)
+        *(u8 *)(r1 + 20) = 1
+        call sub
+        exit
+    sub:
+        r0 = *(u64 *)(r1 + 0)     # r1 is whatever the caller passed
+        exit";
+    let (p, ctx) = proofs(src);
+    assert_eq!(p.iter().map(|x| x.1).collect::<Vec<_>>(), [true, true, false]);
+    assert_eq!(ctx, ContextNeeds { len: 21, writable: true });
+}
