@@ -230,6 +230,18 @@ fn probe_budget() -> Option<u64> {
     }
 }
 
+/// `BPFTIME_CHECKS=all`: keep every run-time memory check (see `Checks`).
+fn checks() -> bpftime_vm::Checks {
+    match std::env::var("BPFTIME_CHECKS").map(|v| v.parse()) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            eprintln!("bpftime: BPFTIME_CHECKS={e}; keeping the checks of unproven accesses only");
+            bpftime_vm::Checks::Unproven
+        }
+        Err(_) => bpftime_vm::Checks::Unproven,
+    }
+}
+
 fn engine() -> EngineKind {
     std::env::var("BPFTIME_ENGINE").ok().and_then(|n| n.parse().ok()).unwrap_or(EngineKind::Jit)
 }
@@ -303,6 +315,7 @@ pub(crate) fn start_in(name: String, follow: bool) {
         }
     };
     let mut runtime = Runtime::new(region, engine());
+    runtime.set_checks(checks());
     if let Some(budget) = probe_budget() {
         runtime.set_probe_budget(budget);
     }

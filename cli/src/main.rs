@@ -20,6 +20,7 @@ use bpftime_vm::conformance::parse_hex_bytes;
 use bpftime_vm::disasm;
 use bpftime_vm::exec::{Context, Fault};
 use bpftime_vm::insn::decode;
+use bpftime_vm::Checks;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -132,6 +133,10 @@ enum Command {
         /// Execution engine in the traced process.
         #[arg(long, default_value = "jit")]
         engine: EngineKind,
+        /// Memory checks kept at run time: `unproven` (those the verifier could not prove in
+        /// bounds) or `all`.
+        #[arg(long, default_value = "unproven")]
+        checks: Checks,
         /// Loop budget of one probe hit (default: about a millisecond of work).
         #[arg(long)]
         budget: Option<u64>,
@@ -198,6 +203,9 @@ enum VmCommand {
         /// Print every map after the run.
         #[arg(long)]
         dump_maps: bool,
+        /// CPU engines: memory checks kept at run time, `unproven` or `all`.
+        #[arg(long, default_value = "unproven")]
+        checks: Checks,
         /// With --dump-maps: print JSON.
         #[arg(long)]
         json: bool,
@@ -371,17 +379,19 @@ struct RunArgs<'a> {
     section: Option<&'a str>,
     mem: Option<String>,
     engine: EngineKind,
+    checks: Checks,
     dump_maps: bool,
     json: bool,
     budget: u64,
 }
 
 fn vm_run(a: RunArgs) -> Result<(), String> {
-    let RunArgs { file, section, mem, engine, dump_maps, json, budget } = a;
+    let RunArgs { file, section, mem, engine, checks, dump_maps, json, budget } = a;
     let bytes = read_program_file(file).map_err(|e| e.to_string())?;
     let region = Arc::new(ShmRegion::anonymous(DEFAULT_SIZE).map_err(|e| e.to_string())?);
     let mut rt = Runtime::new(region, engine);
     rt.set_loop_budget(budget);
+    rt.set_checks(checks);
     let (id, origin, maps) = if Object::is_elf(&bytes) {
         let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         let p = obj.program(section).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -560,11 +570,12 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
         }
         Command::Attach { pid, program, engine } => attach_pid::attach(pid, program.as_deref(), engine, shm, &agent_path()?),
         Command::Detach { pid } => attach_pid::detach(pid, shm),
-        Command::Run { file, json, output, engine, budget, shm_size, programs, attach, set, map_size, command } => run::run(run::RunRequest {
+        Command::Run { file, json, output, engine, checks, budget, shm_size, programs, attach, set, map_size, command } => run::run(run::RunRequest {
             file,
             json,
             output,
             engine,
+            checks,
             budget,
             shm_size: parse_size(&shm_size)?,
             programs,
@@ -574,7 +585,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             agent: agent_path()?,
             command,
         }),
-        Command::Vm { command: VmCommand::Run { file, section, mem, engine, threads, sm, shard_adds, dump_maps, json, budget } } => {
+        Command::Vm { command: VmCommand::Run { file, section, mem, engine, threads, sm, shard_adds, dump_maps, checks, json, budget } } => {
             let cpu = match engine {
                 VmEngine::Jit => EngineKind::Jit,
                 VmEngine::Interp => EngineKind::Interp,
@@ -583,7 +594,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
                     return vm_run_gpu(&file, section.as_deref(), mem, gpu, dump_maps, budget);
                 }
             };
-            vm_run(RunArgs { file: &file, section: section.as_deref(), mem, engine: cpu, dump_maps, json, budget }).map(|()| 0)
+            vm_run(RunArgs { file: &file, section: section.as_deref(), mem, engine: cpu, checks, dump_maps, json, budget }).map(|()| 0)
         }
         Command::Vm { command: VmCommand::Ptx { file, section, sm, shard_adds } } => {
             let target = Target { shard_atomic_adds: shard_adds, ..Target::parse(&sm)? };

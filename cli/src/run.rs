@@ -32,6 +32,8 @@ pub struct RunRequest {
     pub output: Option<PathBuf>,
     /// Engine in the traced process.
     pub engine: EngineKind,
+    /// Run-time memory checks kept in the traced process.
+    pub checks: bpftime_vm::Checks,
     /// Loop budget of one probe hit, if not the default.
     pub budget: Option<u64>,
     /// Region size.
@@ -255,6 +257,9 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
 
     let mut cmd = crate::agent_command(&req.agent, &req.command);
     cmd.env("BPFTIME_SHM", &name).env("BPFTIME_ENGINE", req.engine.name());
+    if req.checks == bpftime_vm::Checks::All {
+        cmd.env("BPFTIME_CHECKS", "all");
+    }
     if let Some(b) = req.budget {
         cmd.env("BPFTIME_BUDGET", b.to_string());
     }

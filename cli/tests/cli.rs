@@ -23,6 +23,31 @@ fn vm_run_prints_r0_from_an_object_on_both_engines() {
     assert!(jit.status.success(), "{}", text(&jit.stderr));
     assert!(text(&jit.stdout).starts_with("r0 = 0x"), "{}", text(&jit.stdout));
     assert_eq!(jit.stdout, interp.stdout);
+    // Keeping every run-time check changes nothing a correct program computes.
+    for engine in ["jit", "interp"] {
+        let all = bpftime(&["vm", "run", obj, "--mem", mem, "--engine", engine, "--checks", "all"]);
+        assert_eq!(all.stdout, jit.stdout, "{engine}: {}", text(&all.stderr));
+    }
+}
+
+#[test]
+fn a_context_shorter_than_the_proofs_need_is_checked_access_by_access() {
+    // `r0 = *(u8 *)(r1 + 15); exit`: proven for a context of 16 bytes or more.
+    let dir = std::env::temp_dir().join(format!("bpftime-cli-ctx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("ctx15.bin");
+    std::fs::write(&f, [0x71, 0x10, 0x0f, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    let f = f.to_str().unwrap();
+    let long = "00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 2a";
+    for engine in ["jit", "interp"] {
+        for checks in ["unproven", "all"] {
+            let out = bpftime(&["vm", "run", f, "--mem", long, "--engine", engine, "--checks", checks]);
+            assert_eq!(text(&out.stdout).lines().next(), Some("r0 = 0x2a (42)"), "{engine} {checks}: {}", text(&out.stderr));
+            let out = bpftime(&["vm", "run", f, "--mem", "01 02 03 04 05 06 07 08", "--engine", engine, "--checks", checks]);
+            assert_eq!(out.status.code(), Some(1), "{engine} {checks}");
+            assert!(text(&out.stderr).contains("insn 0: out-of-bounds load of 1 bytes"), "{engine} {checks}: {}", text(&out.stderr));
+        }
+    }
 }
 
 #[test]

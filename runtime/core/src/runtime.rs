@@ -14,7 +14,7 @@ use bpftime_shm::{ShmError, ShmRegion};
 use bpftime_vm::analysis::Pointee;
 use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, Runner, SharedEngine, DEFAULT_LOOP_BUDGET, PROBE_LOOP_BUDGET};
 use bpftime_vm::insn::LddwKind;
-use bpftime_vm::{verify, Interpreter, LddwResolver, Program, VerifyError, VerifyErrorKind};
+use bpftime_vm::{verify, verify_with, Checks, Interpreter, LddwResolver, Program, VerifyError, VerifyErrorKind};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -224,6 +224,7 @@ pub struct Runtime {
     regions: [Region; 1],
     budget: u64,
     probe_budget: u64,
+    checks: Checks,
     programs: Mutex<HashMap<u32, Arc<LoadedProgram>>>,
 }
 
@@ -299,6 +300,7 @@ impl Runtime {
             regions,
             budget: DEFAULT_LOOP_BUDGET,
             probe_budget: PROBE_LOOP_BUDGET,
+            checks: Checks::default(),
             programs: Mutex::new(HashMap::new()),
         }
     }
@@ -307,6 +309,12 @@ impl Runtime {
     /// for the unit).
     pub fn set_loop_budget(&mut self, budget: u64) {
         self.budget = budget;
+    }
+
+    /// Keeps the run-time checks of every memory access (`Checks::All`) rather than only of
+    /// those the verifier could not prove, for programs loaded from now on.
+    pub fn set_checks(&mut self, checks: Checks) {
+        self.checks = checks;
     }
 
     /// Sets the loop budget of one probe hit (default [`PROBE_LOOP_BUDGET`]).
@@ -451,7 +459,7 @@ impl Runtime {
 
     fn prepare(&self, stored: StoredProgram) -> Result<LoadedProgram, LoadError> {
         let resolver = IdResolver { region: &self.region };
-        let program = Arc::new(verify(&stored.insns, self.helpers.clone(), &resolver).map_err(|e| self.verify_error(&stored.name, e))?);
+        let program = Arc::new(verify_with(&stored.insns, self.helpers.clone(), &resolver, self.checks).map_err(|e| self.verify_error(&stored.name, e))?);
         let engine = self.engine.build(program.clone()).map_err(|error| LoadError::Jit { program: stored.name.clone(), error })?;
         Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, engine })
     }

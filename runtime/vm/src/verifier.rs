@@ -86,6 +86,19 @@ pub enum Checks {
     All,
 }
 
+impl std::str::FromStr for Checks {
+    type Err = String;
+
+    /// `unproven` or `all` (as `--checks` and `BPFTIME_CHECKS` spell them).
+    fn from_str(s: &str) -> Result<Checks, String> {
+        match s {
+            "unproven" => Ok(Checks::Unproven),
+            "all" => Ok(Checks::All),
+            other => Err(format!("`{other}`: expected `unproven` or `all`")),
+        }
+    }
+}
+
 /// A resolver for programs without maps: every pseudo form is an error.
 pub struct NoMaps;
 
