@@ -10,7 +10,7 @@
 //! `RunState` tells the caller what happened.
 
 use crate::runtime_calls::{self, RAISE_LOCATE, RAISE_LOOP_BUDGET, RAISE_MISALIGNED, RAISE_UNKNOWN_HELPER};
-use bpftime_vm::analysis::Target;
+use bpftime_vm::analysis::{ArrayLayout, Target};
 use bpftime_vm::exec::{back_edge_cost, size_index, state_offsets as so, FRAME_SIZE};
 use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
 use bpftime_vm::program::Function as EbpfFunction;
@@ -381,6 +381,10 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 self.b.ins().brif(c, taken, &[], fallthrough, &[]);
                 return true;
             }
+            Insn::Call(CallTarget::Helper(_)) if self.prog.inline_lookup(pc).is_some() => {
+                let layout = self.prog.inline_lookup(pc).expect("checked");
+                self.inline_array_lookup(layout);
+            }
             Insn::Call(CallTarget::Helper(id)) => {
                 let f = self.prog.helpers().get(id).expect("verified helper").func as usize as i64;
                 let callee = self.iconst(f);
@@ -513,6 +517,19 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.set(Reg::R0, r0);
         self.reload_budget();
         self.abort_if_stopped(Some(pc));
+    }
+
+    /// `r0 = bpf_map_lookup_elem(array, r2)` without a call: the key is a proven-readable
+    /// `u32`, the value's address is `values + key * stride` below `max_entries`, else null.
+    fn inline_array_lookup(&mut self, layout: ArrayLayout) {
+        let key_ptr = self.reg(Reg::new(2).expect("r2"));
+        let key = self.b.ins().uload32(mem_flags(), key_ptr, 0);
+        let inside = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, key, layout.max_entries as i64);
+        let offset = self.b.ins().imul_imm_s(key, layout.stride as i64);
+        let addr = self.b.ins().iadd_imm_s(offset, layout.values as i64);
+        let null = self.iconst(0);
+        let r0 = self.b.ins().select(inside, addr, null);
+        self.set(Reg::R0, r0);
     }
 
     /// `callx`: the helper function for the id in a register, or a fault.

@@ -11,7 +11,7 @@ use bpftime_maps::{Map, MapError, MapSpec, MapType};
 use bpftime_object::btf::Btf;
 use bpftime_object::{MapDef, Object, ObjectError, ProgramKind};
 use bpftime_shm::{ShmError, ShmRegion};
-use bpftime_vm::analysis::Pointee;
+use bpftime_vm::analysis::{ArrayLayout, Pointee};
 use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, Runner, SharedEngine, DEFAULT_LOOP_BUDGET, PROBE_LOOP_BUDGET};
 use bpftime_vm::insn::LddwKind;
 use bpftime_vm::{verify, verify_with, Checks, Interpreter, LddwResolver, Program, VerifyError, VerifyErrorKind};
@@ -267,7 +267,10 @@ impl LddwResolver for IdResolver<'_> {
                 map.map_type(),
                 MapType::Array | MapType::Hash | MapType::PercpuArray | MapType::PercpuHash | MapType::LruHash | MapType::LruPercpuHash
             )
-            .then_some(Pointee::Map { value_size }),
+            .then(|| {
+                let array = map.array_values().map(|(values, stride)| ArrayLayout { values, stride, max_entries: map.spec().max_entries });
+                Pointee::Map { value_size, array }
+            }),
             LddwKind::MapValue => Some(Pointee::Value { size: value_size, offset: hi as u32 }),
             _ => None,
         }

@@ -805,6 +805,13 @@ impl Map {
 
     // ---- program side -------------------------------------------------------------------
 
+    /// For an array map: the address of its first value and the distance between values
+    /// (value `i` is at `first + i * stride` for `i < max_entries`: what `lookup_ptr`
+    /// returns), for callers that inline lookups.
+    pub fn array_values(&self) -> Option<(u64, u64)> {
+        (self.spec.map_type == MapType::Array).then_some((self.data_addr, self.layout.elem_size))
+    }
+
     /// `bpf_map_lookup_elem` from a program: the address of the value (this CPU's slot for
     /// per-CPU maps; the inner map's reference for map-in-map is resolved by the runtime).
     #[inline]

@@ -37,6 +37,8 @@ pub enum Pointee {
     Map {
         /// Bytes of one value.
         value_size: u32,
+        /// For an array map: where its values are, so that lookups can be inlined.
+        array: Option<ArrayLayout>,
     },
     /// The address of byte `offset` of a `size`-byte map value (`.data`, `.bss`, `.rodata`).
     Value {
@@ -45,6 +47,20 @@ pub enum Pointee {
         /// Offset of the address inside it.
         offset: u32,
     },
+}
+
+/// Where an array map's values are: a lookup of key `k` (a `u32` the key pointer points to)
+/// returns `values + k * stride` when `k < max_entries`, and null otherwise. A resolver that
+/// describes a map with one promises exactly that of its lookup helper, for the life of the
+/// program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArrayLayout {
+    /// Address of value 0.
+    pub values: u64,
+    /// Bytes from one value to the next.
+    pub stride: u64,
+    /// Number of values.
+    pub max_entries: u32,
 }
 
 /// The region an access goes to, as far as the verifier knows.
@@ -100,8 +116,8 @@ enum Base {
     Mem { size: u32 },
     /// As `Mem` at offset 0, or null. Every value with one `id` is the same pointer.
     MemOrNull { size: u32, id: u32 },
-    /// A map reference.
-    Map { value_size: u32 },
+    /// The map whose reference (the `lddw`'s resolved value) is `handle`.
+    Map { value_size: u32, handle: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +224,9 @@ impl State {
 pub(crate) struct Analysis {
     pub access: Vec<Access>,
     pub ctx: ContextNeeds,
+    /// Map lookups (by slot) an engine may inline: the map is an array known at load time and
+    /// the key's 4 bytes are proven readable.
+    pub inline_lookups: HashMap<usize, ArrayLayout>,
 }
 
 /// Analyses every function of a program whose control flow the verifier has checked.
@@ -215,7 +234,8 @@ pub(crate) struct Analysis {
 pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTable, pointees: &HashMap<usize, Pointee>) -> Analysis {
     // The entry function gets the context in r1, unless something else can call it.
     let entry_called = insns.iter().enumerate().any(|(pc, i)| matches!(*i, Insn::Call(CallTarget::Local(off)) if pc as i64 + 1 + off as i64 == 0));
-    let mut a = Analyzer { insns, helpers, pointees, access: vec![Access::default(); insns.len()], ctx_end: vec![0; insns.len()] };
+    let mut a =
+        Analyzer { insns, helpers, pointees, access: vec![Access::default(); insns.len()], ctx_end: vec![0; insns.len()], inline_lookups: HashMap::new() };
     for f in functions {
         let has_ctx = f.start == 0 && !f.callback && !entry_called;
         if !a.function(f, has_ctx) {
@@ -223,6 +243,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
             for pc in f.start..f.end {
                 a.access[pc] = Access::default();
                 a.ctx_end[pc] = 0;
+                a.inline_lookups.remove(&pc);
             }
         }
     }
@@ -233,7 +254,8 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
             ctx.writable |= matches!(insns[pc], Insn::Store { .. } | Insn::Atomic { .. });
         }
     }
-    Analysis { access: a.access, ctx }
+    let inline_lookups = a.inline_lookups.into_iter().filter_map(|(pc, l)| Some((pc, l?))).collect();
+    Analysis { access: a.access, ctx, inline_lookups }
 }
 
 struct Analyzer<'a> {
@@ -243,6 +265,8 @@ struct Analyzer<'a> {
     access: Vec<Access>,
     /// For proven context accesses: the end offset they reach.
     ctx_end: Vec<u32>,
+    /// Map lookups by slot, at their last visit: inlinable (Some) or not.
+    inline_lookups: HashMap<usize, Option<ArrayLayout>>,
 }
 
 /// Where control goes after one instruction.
@@ -345,7 +369,10 @@ impl Analyzer<'_> {
             }
             Insn::Lddw { dst, kind, lo, hi } => {
                 s.regs[dst.index()] = match (kind, self.pointees.get(&pc)) {
-                    (_, Some(&Pointee::Map { value_size })) => Val { base: Base::Map { value_size }, off: Range::exact(0) },
+                    (_, Some(&Pointee::Map { value_size, .. })) => {
+                        let handle = (lo as u32 as u64) | ((hi as u32 as u64) << 32);
+                        Val { base: Base::Map { value_size, handle }, off: Range::exact(0) }
+                    }
                     (_, Some(&Pointee::Value { size, offset })) => Val { base: Base::Mem { size }, off: Range::exact(offset as i64) },
                     (LddwKind::Func, None) => Val::scalar(Range::exact(pc as i64 + 1 + lo as i64)),
                     (_, None) => Val::scalar(Range::exact(((lo as u32 as u64) | ((hi as u32 as u64) << 32)) as i64)),
@@ -395,10 +422,13 @@ impl Analyzer<'_> {
                 let effects = self.helpers.get(id).map(|h| h.effects).unwrap_or_default();
                 let r0 = match effects.returns {
                     HelperReturn::Scalar => Val::TOP,
-                    HelperReturn::MapValueOrNull => match s.regs[1].base {
-                        Base::Map { value_size } => Val { base: Base::MemOrNull { size: value_size, id: pc as u32 }, off: Range::exact(0) },
-                        _ => Val::TOP,
-                    },
+                    HelperReturn::MapValueOrNull => {
+                        self.inline_lookups.insert(pc, self.inlinable_lookup(s));
+                        match s.regs[1].base {
+                            Base::Map { value_size, .. } => Val { base: Base::MemOrNull { size: value_size, id: pc as u32 }, off: Range::exact(0) },
+                            _ => Val::TOP,
+                        }
+                    }
                     HelperReturn::MemOrNull { size_arg } => match s.regs[size_arg as usize].as_scalar().and_then(Range::singleton) {
                         Some(n) if (0..=u32::MAX as i64).contains(&n) => Val { base: Base::MemOrNull { size: n as u32, id: pc as u32 }, off: Range::exact(0) },
                         _ => Val::TOP,
@@ -419,6 +449,24 @@ impl Analyzer<'_> {
             Insn::Exit => return Next::Exit,
         }
         Next::Fall(pc + 1)
+    }
+
+    /// The array layout of a lookup in state `s` whose map is one array known at load time
+    /// and whose key pointer (r2) is proven to have 4 readable bytes.
+    fn inlinable_lookup(&self, s: &State) -> Option<ArrayLayout> {
+        let Base::Map { handle, .. } = s.regs[1].base else { return None };
+        let layout = self.pointees.iter().find_map(|(&pc, p)| match (p, self.insns[pc]) {
+            (Pointee::Map { array: Some(l), .. }, Insn::Lddw { lo, hi, .. }) if (lo as u32 as u64) | ((hi as u32 as u64) << 32) == handle => Some(*l),
+            _ => None,
+        })?;
+        let key = s.regs[2];
+        let (lo, hi) = (key.off.lo as i128, key.off.hi as i128 + 4);
+        let readable = match key.base {
+            Base::Stack => lo >= -(FRAME_SIZE as i128) && hi <= 0,
+            Base::Mem { size } => lo >= 0 && hi <= size as i128,
+            _ => false,
+        };
+        readable.then_some(layout)
     }
 
     /// Decides whether the access at `pc` through `base + off` is proven, and forgets the

@@ -1,8 +1,9 @@
 //! A verified program: decoded instructions split into functions, ready for either engine.
 
-use crate::analysis::{Access, ContextNeeds};
+use crate::analysis::{Access, Analysis, ArrayLayout, ContextNeeds};
 use crate::exec::HelperTable;
 use crate::insn::Insn;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A function of a program: the entry (index 0) or a bpf-to-bpf callee, slots `[start, end)`.
@@ -36,19 +37,20 @@ pub struct Program {
     depths: Vec<usize>,
     access: Vec<Access>,
     ctx_needs: ContextNeeds,
+    inline_lookups: HashMap<usize, ArrayLayout>,
     helpers: Arc<HelperTable>,
 }
 
 impl Program {
-    pub(crate) fn new(
-        insns: Vec<Insn>,
-        functions: Vec<Function>,
-        depths: Vec<usize>,
-        access: Vec<Access>,
-        ctx_needs: ContextNeeds,
-        helpers: Arc<HelperTable>,
-    ) -> Self {
-        Program { insns, functions, depths, access, ctx_needs, helpers }
+    pub(crate) fn new(insns: Vec<Insn>, functions: Vec<Function>, depths: Vec<usize>, proofs: Analysis, helpers: Arc<HelperTable>) -> Self {
+        let Analysis { access, ctx: ctx_needs, inline_lookups } = proofs;
+        Program { insns, functions, depths, access, ctx_needs, inline_lookups, helpers }
+    }
+
+    /// For the map lookup call at `pc`: the array it looks up, when an engine may compute the
+    /// value's address itself (the key's 4 bytes proven readable; see [`ArrayLayout`]).
+    pub fn inline_lookup(&self, pc: usize) -> Option<ArrayLayout> {
+        self.inline_lookups.get(&pc).copied()
     }
 
     /// Frames the deepest call chain starting at function `index` needs (1 for a leaf).

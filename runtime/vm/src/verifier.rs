@@ -190,8 +190,9 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
     if checks == Checks::All {
         proofs.access.iter_mut().for_each(|a| *a = Access { proven: false, ..*a });
         proofs.ctx = Default::default();
+        proofs.inline_lookups.clear();
     }
-    Ok(Program::new(insns, functions, depths, proofs.access, proofs.ctx, helpers))
+    Ok(Program::new(insns, functions, depths, proofs, helpers))
 }
 
 fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable) -> Result<(), VerifyError> {

@@ -21,7 +21,7 @@ impl LddwResolver for Maps {
 
     fn pointee(&self, kind: LddwKind, lo: i32, hi: i32) -> Option<Pointee> {
         match (kind, lo) {
-            (LddwKind::MapFd, 1) => Some(Pointee::Map { value_size: 16 }),
+            (LddwKind::MapFd, 1) => Some(Pointee::Map { value_size: 16, array: None }),
             (LddwKind::MapValue, 2) => Some(Pointee::Value { size: 64, offset: hi as u32 }),
             _ => None,
         }
@@ -291,4 +291,37 @@ fn context_needs_cover_reads_and_writes_and_callees_get_no_context() {
     let (p, ctx) = proofs(src);
     assert_eq!(p.iter().map(|x| x.1).collect::<Vec<_>>(), [true, true, false]);
     assert_eq!(ctx, ContextNeeds { len: 21, writable: true });
+}
+
+#[test]
+fn array_lookups_with_a_proven_key_are_inlinable() {
+    struct Array;
+    impl LddwResolver for Array {
+        fn resolve(&self, _kind: LddwKind, lo: i32, _hi: i32) -> Result<u64, String> {
+            Ok(0x1000 * lo as u64)
+        }
+        fn pointee(&self, _kind: LddwKind, lo: i32, _hi: i32) -> Option<Pointee> {
+            let array = (lo == 1).then_some(ArrayLayout { values: 0x5000, stride: 8, max_entries: 4 });
+            Some(Pointee::Map { value_size: 8, array })
+        }
+    }
+    let src = "
+        *(u32 *)(r10 - 4) = 2
+        r2 = r10
+        r2 += -4
+        r1 = map_fd(1) ll
+        call 1                    # 0: inlinable
+        r2 = r10
+        r2 += -2                  # 2 bytes left in the frame: the key read is not proven
+        r1 = map_fd(1) ll
+        call 1
+        r2 = r10
+        r2 += -4
+        r1 = map_fd(2) ll         # a map with no layout
+        call 1
+        r0 = 0
+        exit";
+    let prog = verify(&assemble(src).unwrap(), helpers(), &Array).unwrap();
+    let calls: Vec<_> = (0..prog.len()).filter(|&pc| matches!(prog.insns()[pc], Insn::Call(_))).map(|pc| prog.inline_lookup(pc).is_some()).collect();
+    assert_eq!(calls, [true, false, false]);
 }
