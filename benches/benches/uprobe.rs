@@ -52,6 +52,12 @@ fn bench(c: &mut Criterion) {
         g.bench_function(label, |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
         detach(id).expect("detach");
     }
+    // An entry and a return probe on one function, each doing three array updates.
+    let entry = attach(addr, info, ProbeKind::Entry, Arc::new(ProgramProbe::new(rt, prog("pair_entry"), 0, addr, Effect::Observe))).expect("attach");
+    let ret = attach(addr, info, ProbeKind::Return, Arc::new(ProgramProbe::new(rt, prog("pair_return"), 0, addr, Effect::Observe))).expect("attach");
+    g.bench_function("bpftime_pair_3_updates_each", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
+    detach(ret).expect("detach");
+    detach(entry).expect("detach");
     // The kernel's uprobe on the same function, running the same programs.
     let exe = std::fs::read_link("/proc/self/exe").expect("exe");
     match bpftime_tests::kernel::KernelObject::load(&obj) {
@@ -66,6 +72,14 @@ fn bench(c: &mut Criterion) {
                 }
                 k.detach_all();
             }
+            let both = k.attach_uprobe("pair_entry", &exe, "bpftime_bench_target", false).and_then(|()| k.attach_uprobe("pair_return", &exe, "bpftime_bench_target", true));
+            match both {
+                Ok(()) => {
+                    g.bench_function("kernel_pair_3_updates_each", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
+                }
+                Err(e) => println!("skip the kernel pair: {e}"),
+            };
+            k.detach_all();
         }
         Err(e) => println!("skip kernel uprobes: {e} (needs root and a kernel with uprobes)"),
     }

@@ -31,4 +31,36 @@ int empty_ret(void *ctx)
     return 0;
 }
 
+/* A uprobe + uretprobe pair, each doing three array lookups with atomic adds. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 3);
+    __type(key, __u32);
+    __type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void add_three(void)
+{
+    for (__u32 i = 0; i < 3; i++) {
+        __u32 k = i;
+        __u64 *v = bpf_map_lookup_elem(&counters, &k);
+        if (v)
+            __sync_fetch_and_add(v, 1);
+    }
+}
+
+SEC("uprobe/pair_entry")
+int pair_entry(void *ctx)
+{
+    add_three();
+    return 0;
+}
+
+SEC("uretprobe/pair_return")
+int pair_return(void *ctx)
+{
+    add_three();
+    return 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";
