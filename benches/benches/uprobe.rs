@@ -72,7 +72,9 @@ fn bench(c: &mut Criterion) {
                 }
                 k.detach_all();
             }
-            let both = k.attach_uprobe("pair_entry", &exe, "bpftime_bench_target", false).and_then(|()| k.attach_uprobe("pair_return", &exe, "bpftime_bench_target", true));
+            let both = k
+                .attach_uprobe("pair_entry", &exe, "bpftime_bench_target", false)
+                .and_then(|()| k.attach_uprobe("pair_return", &exe, "bpftime_bench_target", true));
             match both {
                 Ok(()) => {
                     g.bench_function("kernel_pair_3_updates_each", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));

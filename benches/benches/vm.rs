@@ -2,12 +2,12 @@
 //! code) on our JIT and interpreter, on rbpf's JIT and interpreter, and natively; plus the time
 //! to verify and JIT-compile a 1,000-instruction program.
 
-use bpftime_benches::{as_bytes, synthetic_program, workloads};
+use bpftime_benches::{as_bytes, synthetic_alu_program, synthetic_program, workloads};
 use bpftime_jit::{JitOptions, JitProgram};
 use bpftime_object::Object;
 use bpftime_vm::exec::{run, Context, Engine, HelperTable, RunOptions};
 use bpftime_vm::insn::{encode, to_bytecode};
-use bpftime_vm::{verify, Interpreter, NoMaps};
+use bpftime_vm::{verify, verify_with, Checks, Interpreter, NoMaps};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -76,6 +76,13 @@ fn bench_compile(c: &mut Criterion) {
                 b.iter(|| JitProgram::compile_with(prog.clone(), JitOptions { optimize }).unwrap())
             });
         }
+        // Where compile time goes: the same program keeping every memory check, and Cranelift's
+        // floor, a program as long made of ALU instructions only (no checks, one block).
+        let all_checks = Arc::new(verify_with(&code, helpers.clone(), &NoMaps, Checks::All).expect("verifies"));
+        g.bench_function("bpftime_jit_speed_all_checks", |b| b.iter(|| JitProgram::compile(all_checks.clone()).unwrap()));
+        let alu_only = encode(&synthetic_alu_program(len));
+        let alu_only = Arc::new(verify(&alu_only, helpers.clone(), &NoMaps).expect("verifies"));
+        g.bench_function("cranelift_floor_alu_only", |b| b.iter(|| JitProgram::compile(alu_only.clone()).unwrap()));
         // The GPU backend: eBPF to PTX text (ptxas or the driver compiles it afterwards).
         let gpu_helpers = bpftime_gpu_ptx::HelperSet::new();
         g.bench_function("bpftime_to_ptx", |b| b.iter(|| bpftime_gpu_ptx::translate(&prog, &gpu_helpers, &Default::default(), Default::default()).unwrap()));

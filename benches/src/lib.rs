@@ -98,6 +98,24 @@ pub fn as_bytes(words: &mut [u64]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, words.len() * 8) }
 }
 
+/// A program of `len` slots of 64-bit and 32-bit ALU instructions only: what Cranelift needs
+/// for straight-line code, with nothing of ours (checks, branches) around it.
+pub fn synthetic_alu_program(len: usize) -> Vec<Insn> {
+    let mut seed = 0x0bad_cafe_f00d_1234u64;
+    let reg = |n: u64| Reg::new((n % 8) as u8 + 1).expect("r1-r8");
+    let ops = [AluOp::Add, AluOp::Sub, AluOp::Mul, AluOp::Xor, AluOp::Or, AluOp::And, AluOp::Lsh, AluOp::Rsh, AluOp::Mov];
+    let mut out: Vec<Insn> = (0..len - 2)
+        .map(|_| {
+            let r = xorshift(&mut seed);
+            let src = if r & (1 << 40) != 0 { Operand::Reg(reg(r >> 16)) } else { Operand::Imm((r >> 32) as i32 % 64) };
+            Insn::Alu { width: if r & (1 << 41) != 0 { Width::W32 } else { Width::W64 }, op: ops[(r >> 24) as usize % ops.len()], dst: reg(r >> 8), src }
+        })
+        .collect();
+    out.push(Insn::Alu { width: Width::W64, op: AluOp::Mov, dst: Reg::R0, src: Operand::Reg(Reg::R1) });
+    out.push(Insn::Exit);
+    out
+}
+
 /// A deterministic 1,000-instruction program shaped like compiled code: ALU on several
 /// registers, stack and context traffic, and forward branches.
 pub fn synthetic_program(len: usize) -> Vec<Insn> {

@@ -3,9 +3,10 @@
 //! Every eBPF function (the entry and each bpf-to-bpf callee) becomes a Cranelift function
 //! `(state, fp, r1, r2, r3, r4, r5) -> r0`. r0-r9 are Cranelift variables, r10 is the `fp`
 //! parameter; a callee gets `fp - 512`, so frames are disjoint 512-byte slices of the run's
-//! stack. Memory accesses not proven by the verifier are checked inline against the three
-//! fast regions of [`RunState`] (stack, context, the first extra region: for a runtime, the
-//! shared region holding map values) and then out of line against the rest.
+//! stack. Memory accesses the verifier proved in bounds are not checked; the others are checked
+//! inline against the fast region the verifier says the pointer comes from (all three fast
+//! regions of [`RunState`] when it does not know: stack, context, the first extra region, which
+//! for a runtime is the shared region holding map values) and then out of line against all.
 //! Faults and helper-requested stops make every function return at once; the status in
 //! `RunState` tells the caller what happened.
 
@@ -558,9 +559,10 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
 
     /// The address `base + off`, checked unless the verifier proved it in bounds.
     ///
-    /// Inline: `addr - start <= last` against the stack, the context and the first extra
-    /// region, the likeliest first. Out of line: the runtime checks the other regions; it is called without
-    /// clobbering any register (see `runtime_calls`), and records a fault in `RunState`.
+    /// Inline: `addr - start <= last` against the region the verifier says the pointer comes
+    /// from, or against the context, the first extra region and the stack when it does not
+    /// know. Out of line: the runtime checks every region; it is called without clobbering
+    /// any register (see `runtime_calls`), and records a fault in `RunState`.
     fn checked_addr(&mut self, pc: usize, base_reg: Reg, off: i16, size: MemSize, write: bool) -> Value {
         let base = self.reg(base_reg);
         let addr = if off != 0 { self.b.ins().iadd_imm_s(base, off as i64) } else { base };
@@ -571,14 +573,16 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let ok = self.b.create_block();
         let slow = self.b.create_block();
         self.b.set_cold_block(slow);
-        // The region the verifier found the pointer comes from goes first.
-        let order = match access.target {
-            Target::Stack => [0, 1, 2],
-            Target::Memory => [2, 0, 1],
-            Target::Context | Target::Unknown => [1, 2, 0],
+        // Where the verifier knows which region the pointer comes from, only that one is
+        // checked inline (the slow path checks them all); otherwise all three, the context first.
+        let order: &[i32] = match access.target {
+            Target::Stack => &[0],
+            Target::Context => &[1],
+            Target::Memory => &[2],
+            Target::Unknown => &[1, 2, 0],
         };
         let table = if write { so::FAST_STORE } else { so::FAST_LOAD };
-        for (i, region) in order.into_iter().enumerate() {
+        for (i, &region) in order.iter().enumerate() {
             // Bounds are loaded at each check (x86 folds them into the sub and cmp): they cost
             // no registers in loops. The likeliest region comes first, so the usual cost is
             // one sub, one cmp and one predicted branch.
