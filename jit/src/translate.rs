@@ -62,9 +62,10 @@ fn mem_flags() -> MemFlagsData {
 }
 
 fn fixed_state_flags() -> MemFlagsData {
-    // Fields of RunState that no one changes during a run (region bounds, helper table).
-    // Not `can_move`: hoisted out of loops they would take registers for the whole function.
-    MemFlagsData::trusted().with_readonly()
+    // Fields of RunState that no one changes during a run (region bounds, helper table):
+    // Cranelift may hoist them out of loops (measured: log2 3.07 -> 2.51 us, memcpy of 1 MiB
+    // 140 -> 118 us, where every access is checked).
+    MemFlagsData::trusted().with_readonly().with_can_move()
 }
 
 fn int_type(size: MemSize) -> Type {
