@@ -117,10 +117,42 @@ pub extern "C" fn always_fails(_: u64, _: u64, _: u64, _: u64, _: u64, state: &m
     0
 }
 
+/// Test helper 6, a map lookup as the verifier sees one (its result is null or a whole 16-byte
+/// value of the map in r1): for the `u32` key at r2 below 4, the first 16 bytes of the
+/// 64-byte context for an even key and the last 16 for an odd one (so that an access a wrong
+/// proof lets past either end of a value leaves the context and faults), else null (also
+/// when the key cannot be read).
+pub extern "C" fn lookup_in_context(_map: u64, key: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let ctx = state.context_region();
+    match state.slice(key, 4).map(|k| u32::from_le_bytes(k.try_into().expect("4 bytes"))) {
+        Some(k) if k < 4 && ctx.len == 64 => ctx.start + if k % 2 == 0 { 0 } else { 48 },
+        _ => 0,
+    }
+}
+
+/// The map `lddw map_fd(1)` names in generated programs: the verifier learns that lookups in
+/// it return 16-byte values (helper 6 returns them inside the context).
+pub struct TestMaps;
+
+impl bpftime_vm::LddwResolver for TestMaps {
+    fn resolve(&self, kind: bpftime_vm::insn::LddwKind, lo: i32, _hi: i32) -> Result<u64, String> {
+        match (kind, lo) {
+            (bpftime_vm::insn::LddwKind::MapFd, 1) => Ok(0x6d61_7031),
+            _ => Err("only map_fd(1) exists".into()),
+        }
+    }
+
+    fn pointee(&self, _kind: bpftime_vm::insn::LddwKind, _lo: i32, _hi: i32) -> Option<bpftime_vm::analysis::Pointee> {
+        Some(bpftime_vm::analysis::Pointee::Map { value_size: 16, array: None })
+    }
+}
+
 /// The helpers data-driven tests and differential tests may call: 1 pack_args, 2 sum_bytes,
-/// 3 always_fails, 5 the conformance suite's unwind.
+/// 3 always_fails, 5 the conformance suite's unwind, 6 lookup_in_context.
 pub fn test_helpers() -> HelperTable {
     let mut t = HelperTable::new();
     t.register(1, "pack_args", pack_args).register(2, "sum_bytes", sum_bytes).register(3, "always_fails", always_fails).register(5, "unwind", unwind);
+    t.register(6, "lookup_in_context", lookup_in_context);
+    t.set_effects(6, bpftime_vm::exec::HelperEffects { returns: bpftime_vm::exec::HelperReturn::MapValueOrNull, leaves_stack: true });
     t
 }

@@ -41,6 +41,15 @@ pub enum Item {
         masked: bool,
         access: Insn,
     },
+    /// A map lookup (helper 6: a 16-byte value inside the context, or null) with the `u32`
+    /// key from `key` stored at r10-4, then, unless null, an access at `r0 + (idx & mask) + off`
+    /// (the verifier proves some of these within the value).
+    Lookup {
+        key: Operand,
+        idx: Reg,
+        mask: i32,
+        access: Insn,
+    },
 }
 
 fn reg(n: u8) -> Reg {
@@ -206,10 +215,26 @@ fn indexed() -> impl Strategy<Value = Item> {
         })
 }
 
+/// A lookup and an access into the value it returns.
+fn lookup() -> impl Strategy<Value = Item> {
+    let key = prop_oneof![3 => (0i32..6).prop_map(Operand::Imm), 1 => data_reg().prop_map(Operand::Reg)];
+    (key, data_reg(), prop_oneof![Just(0), Just(7), Just(8), Just(15)], -4i16..20, mem_size(), 0u8..3, data_reg()).prop_map(
+        |(key, idx, mask, off, size, kind, other)| {
+            let access = match kind {
+                0 => Insn::Load { size, signed: false, dst: other, base: Reg::R0, off },
+                1 => Insn::Store { size, base: Reg::R0, off, src: Operand::Reg(other) },
+                _ => Insn::Atomic { size: MemSize::DW, op: AtomicOp::Add, fetch: false, base: Reg::R0, off: off & !7, src: other },
+            };
+            Item::Lookup { key, idx, mask, access }
+        },
+    )
+}
+
 fn item(with_callee: bool) -> impl Strategy<Value = Item> {
     let call_weight = if with_callee { 1 } else { 0 };
     prop_oneof![
         3 => indexed(),
+        2 => lookup(),
         20 => alu().prop_map(Item::Plain),
         8 => memory().prop_map(Item::Plain),
         5 => (proptest::option::weighted(0.8, cond()), 0usize..6).prop_map(|(cond, skip)| Item::JumpFwd { cond, skip }),
@@ -255,6 +280,7 @@ fn uses_fp(i: &Item) -> bool {
         i,
         Item::Plain(Insn::Load { base: Reg::FP, .. } | Insn::Store { base: Reg::FP, .. } | Insn::Atomic { base: Reg::FP, .. })
             | Item::Indexed { base: Reg::FP, .. }
+            | Item::Lookup { .. }
     )
 }
 
@@ -263,6 +289,7 @@ fn item_slots(it: &Item) -> usize {
         Item::Plain(i) => slots(i),
         Item::CallX { .. } => 2,
         Item::Indexed { .. } => 3,
+        Item::Lookup { .. } => 10,
         _ => 1,
     }
 }
@@ -310,6 +337,20 @@ fn lower(items: &[Item], base: usize, callee_slot: usize, out: &mut Vec<Insn>) {
                     Insn::Jump { width: Width::W64, cond: JmpCond::Gt, dst: *idx, src: Operand::Imm(*bound), off: 2 }
                 });
                 out.push(Insn::Alu { width: Width::W64, op: AluOp::Add, dst: *idx, src: Operand::Reg(*base) });
+                *access
+            }
+            Item::Lookup { key, idx, mask, access } => {
+                let r = |n| reg(n);
+                out.push(Insn::Store { size: MemSize::W, base: Reg::FP, off: -4, src: *key });
+                out.push(Insn::Alu { width: Width::W64, op: AluOp::Mov, dst: r(2), src: Operand::Reg(Reg::FP) });
+                out.push(Insn::Alu { width: Width::W64, op: AluOp::Add, dst: r(2), src: Operand::Imm(-4) });
+                out.push(Insn::Lddw { dst: r(1), kind: LddwKind::MapFd, lo: 1, hi: 0 });
+                out.push(Insn::LddwHigh);
+                out.push(Insn::Call(CallTarget::Helper(6)));
+                out.push(Insn::Jump { width: Width::W64, cond: JmpCond::Eq, dst: Reg::R0, src: Operand::Imm(0), off: 3 });
+                out.push(Insn::Alu { width: Width::W64, op: AluOp::And, dst: *idx, src: Operand::Imm(*mask) });
+                // idx may be r0 itself: then the pointer is masked, and no longer one.
+                out.push(Insn::Alu { width: Width::W64, op: AluOp::Add, dst: Reg::R0, src: Operand::Reg(*idx) });
                 *access
             }
         };

@@ -5,7 +5,7 @@
 //! bounds may be one the verifier proved.
 
 use bpftime_jit::JitProgram;
-use bpftime_tests::datatest::test_helpers;
+use bpftime_tests::datatest::{test_helpers, TestMaps};
 use bpftime_tests::progen::{program, GenProgram};
 use bpftime_vm::exec::{run, Context, Engine, RunError, RunOptions};
 use bpftime_vm::insn::to_bytecode;
@@ -21,13 +21,13 @@ fn run_on(engine: &dyn Engine, mem: &mut [u8], initial: &[u8]) -> Result<u64, Ru
 
 fn check(g: &GenProgram) -> Result<(), TestCaseError> {
     let code = to_bytecode(&g.bytecode());
-    let prog = match verify_bytecode(&code, Arc::new(test_helpers()), &NoMaps) {
+    let prog = match verify_bytecode(&code, Arc::new(test_helpers()), &TestMaps) {
         Ok(p) => Arc::new(p),
         // The generator can produce a local call chain that recurses (main calls the callee,
         // which cannot call) never; any other rejection is a generator bug.
         Err(e) => return Err(TestCaseError::fail(format!("generated program rejected: {e}"))),
     };
-    let checked = Arc::new(verify_with(&g.bytecode(), Arc::new(test_helpers()), &NoMaps, Checks::All).expect("verifies"));
+    let checked = Arc::new(verify_with(&g.bytecode(), Arc::new(test_helpers()), &TestMaps, Checks::All).expect("verifies"));
     let interp = Interpreter::new(prog.clone());
     let jit = JitProgram::compile(prog.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
     // One buffer for every run, so that pointers (and fault addresses) are the same.
@@ -55,10 +55,10 @@ fn generated_programs_exercise_proofs() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let strategy = program();
-    let (mut with_proofs, mut computed) = (0, 0);
+    let (mut with_proofs, mut computed, mut in_values) = (0, 0, 0);
     for _ in 0..1000 {
         let g = strategy.new_tree(&mut runner).expect("value").current();
-        let prog = verify_bytecode(&to_bytecode(&g.bytecode()), Arc::new(test_helpers()), &NoMaps).expect("verifies");
+        let prog = verify_bytecode(&to_bytecode(&g.bytecode()), Arc::new(test_helpers()), &TestMaps).expect("verifies");
         if prog.context_needs().len > g.mem.len() as u64 {
             continue;
         }
@@ -68,9 +68,12 @@ fn generated_programs_exercise_proofs() {
             .count();
         with_proofs += (n > 0) as usize;
         computed += n;
+        // Accesses into a looked-up value, proven after the null check.
+        in_values += (0..prog.len()).filter(|&pc| prog.access(pc).proven && prog.access(pc).target == bpftime_vm::analysis::Target::Memory).count();
     }
-    println!("{with_proofs} of 1000 programs run with proofs of {computed} computed accesses");
+    println!("{with_proofs} of 1000 programs run with proofs of {computed} computed accesses, {in_values} in map values");
     assert!(with_proofs >= 150, "only {with_proofs} programs exercise proofs of computed accesses");
+    assert!(in_values >= 60, "only {in_values} proven accesses into map values");
 }
 
 proptest! {
@@ -95,7 +98,7 @@ fn generated_programs_cover_every_outcome() {
     for _ in 0..1500 {
         let g = strategy.new_tree(&mut runner).expect("value").current();
         let code = to_bytecode(&g.bytecode());
-        let prog = Arc::new(verify_bytecode(&code, Arc::new(test_helpers()), &NoMaps).expect("verifies"));
+        let prog = Arc::new(verify_bytecode(&code, Arc::new(test_helpers()), &TestMaps).expect("verifies"));
         let mut mem = g.mem.clone();
         let kind = match run_on(&Interpreter::new(prog), &mut mem, &g.mem) {
             Ok(_) => "ok",
