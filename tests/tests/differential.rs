@@ -9,7 +9,7 @@ use bpftime_tests::datatest::{test_helpers, TestMaps};
 use bpftime_tests::progen::{program, GenProgram};
 use bpftime_vm::exec::{run, Context, Engine, RunError, RunOptions};
 use bpftime_vm::insn::to_bytecode;
-use bpftime_vm::{verify_bytecode, verify_with, Checks, Interpreter, NoMaps, Region};
+use bpftime_vm::{verify_bytecode, verify_with, Checks, Interpreter, Region};
 use proptest::prelude::*;
 use std::sync::Arc;
 
