@@ -235,6 +235,10 @@ enum VmCommand {
         /// Program of the object (function or section name).
         #[arg(long)]
         section: Option<String>,
+        /// Verify it (maps created as for `vm run`) and mark each memory access proven in
+        /// bounds or checked at run time.
+        #[arg(long)]
+        proofs: bool,
     },
 }
 
@@ -385,14 +389,11 @@ struct RunArgs<'a> {
     budget: u64,
 }
 
-fn vm_run(a: RunArgs) -> Result<(), String> {
-    let RunArgs { file, section, mem, engine, checks, dump_maps, json, budget } = a;
+/// Loads the program of `file` (an object, with its maps, or raw bytecode) into `rt`'s region:
+/// its id, a name to show, and the object's maps.
+fn load_for_vm(rt: &Runtime, file: &Path, section: Option<&str>) -> Result<(u32, String, Vec<Map>), String> {
     let bytes = read_program_file(file).map_err(|e| e.to_string())?;
-    let region = Arc::new(ShmRegion::anonymous(DEFAULT_SIZE).map_err(|e| e.to_string())?);
-    let mut rt = Runtime::new(region, engine);
-    rt.set_loop_budget(budget);
-    rt.set_checks(checks);
-    let (id, origin, maps) = if Object::is_elf(&bytes) {
+    Ok(if Object::is_elf(&bytes) {
         let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         let p = obj.program(section).map_err(|e| format!("{}: {e}", file.display()))?;
         let (name, sec) = (p.name.clone(), p.section.clone());
@@ -403,7 +404,16 @@ fn vm_run(a: RunArgs) -> Result<(), String> {
         let loaded = load_program_file(file, section)?;
         let id = progs::store(rt.region(), "raw", "vm", "", &loaded.insns).map_err(|e| e.to_string())?;
         (id, loaded.origin, vec![])
-    };
+    })
+}
+
+fn vm_run(a: RunArgs) -> Result<(), String> {
+    let RunArgs { file, section, mem, engine, checks, dump_maps, json, budget } = a;
+    let region = Arc::new(ShmRegion::anonymous(DEFAULT_SIZE).map_err(|e| e.to_string())?);
+    let mut rt = Runtime::new(region, engine);
+    rt.set_loop_budget(budget);
+    rt.set_checks(checks);
+    let (id, origin, maps) = load_for_vm(&rt, file, section)?;
     let prog = rt.program(id).map_err(|e| e.to_string())?;
     let mut mem = match mem {
         Some(h) => parse_hex_bytes(&h).map_err(|e| format!("--mem: {e}"))?,
@@ -602,7 +612,15 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             print!("{}", g.ptx);
             Ok(0)
         }
-        Command::Vm { command: VmCommand::Disasm { file, section } } => {
+        Command::Vm { command: VmCommand::Disasm { file, section, proofs: true } } => {
+            let region = Arc::new(ShmRegion::anonymous(DEFAULT_SIZE).map_err(|e| e.to_string())?);
+            let rt = Runtime::new(region, EngineKind::Interp);
+            let (id, _, _) = load_for_vm(&rt, &file, section.as_deref())?;
+            let prog = rt.program(id).map_err(|e| e.to_string())?;
+            print!("{}", disasm::disassemble_with_proofs(&prog.program));
+            Ok(0)
+        }
+        Command::Vm { command: VmCommand::Disasm { file, section, proofs: false } } => {
             let loaded = load_program_file(&file, section.as_deref())?;
             let insns = decode(&loaded.insns).map_err(|e| format!("{}: {e}", loaded.origin))?;
             print!("{}", disasm::disassemble(&insns));

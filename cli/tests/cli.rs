@@ -60,6 +60,21 @@ fn vm_disasm_prints_llvm_syntax() {
     assert!(s.contains("lock *(u64 *)"), "{s}");
 }
 
+/// `vm disasm --proofs` marks each access as the verifier left it: a clang-built opensnoop-like
+/// program's context reads, stack stores and ring-buffer record writes are all proven.
+#[test]
+fn vm_disasm_shows_what_the_verifier_proved() {
+    let obj = build_example("opensnoop");
+    let out = bpftime(&["vm", "disasm", "--proofs", obj.to_str().unwrap(), "--section", "tracepoint/syscalls/sys_enter_openat"]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(s.contains("; proven (context)") && s.contains("; proven (stack)"), "{s}");
+    let summary = s.lines().last().unwrap();
+    let (proven, all) = summary.trim_start_matches("; ").split_once(" memory accesses").unwrap().0.split_once(" of ").unwrap();
+    assert_eq!(proven, all, "{summary}");
+    assert!(summary.contains("the context proofs need"), "{summary}");
+}
+
 #[test]
 fn errors_are_one_clear_line_and_exit_1() {
     let dir = std::env::temp_dir().join(format!("bpftime-cli-test-{}", std::process::id()));

@@ -217,6 +217,44 @@ pub fn disassemble(insns: &[Insn]) -> String {
     out
 }
 
+/// The disassembly of a verified program, each load, store and atomic annotated with what the
+/// verifier proved (`proven` or `checked`, and the region), inlined map lookups marked, and a
+/// closing summary.
+pub fn disassemble_with_proofs(prog: &crate::Program) -> String {
+    use crate::analysis::Target;
+    let mut out = String::new();
+    let (mut proven, mut all) = (0, 0);
+    for (pc, insn) in prog.insns().iter().enumerate() {
+        if matches!(insn, Insn::LddwHigh) {
+            continue;
+        }
+        let note = match insn {
+            Insn::Load { .. } | Insn::Store { .. } | Insn::Atomic { .. } => {
+                let a = prog.access(pc);
+                all += 1;
+                proven += a.proven as usize;
+                let region = match a.target {
+                    Target::Stack => "stack",
+                    Target::Context => "context",
+                    Target::Memory => "memory",
+                    Target::Unknown => "unknown",
+                };
+                format!("\t; {} ({region})", if a.proven { "proven" } else { "checked" })
+            }
+            Insn::Call(_) if prog.inline_lookup(pc).is_some() => "\t; inlined array lookup".to_string(),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "{pc:>6}:\t{}{note}", Disasm(insn));
+    }
+    let needs = prog.context_needs();
+    let _ = write!(out, "; {proven} of {all} memory accesses proven in bounds");
+    if needs.len > 0 {
+        let _ = write!(out, "; the context proofs need {} bytes{}", needs.len, if needs.writable { ", writable" } else { "" });
+    }
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
