@@ -12,8 +12,12 @@
 //! Calls that cannot be made from inside a signal handler (`rt_sigreturn`, `clone`, `clone3`,
 //! `fork`, `vfork`, `execve`, `execveat`, `exit`, `exit_group`) are made in place instead:
 //! the thread resumes at a per-site gadget in the allowed range (`syscall`, then a jump back
-//! after the original instruction) with its registers as they were; their exit handlers do not
-//! run. Our SIGSYS handler returns through a restorer in the allowed range.
+//! after the original instruction) with its registers as they were. For `clone`, `clone3`,
+//! `fork`, `vfork` and the `execve`s, the gadget sends the caller (not a new child, which goes
+//! straight back) through a stub that runs the exit handlers first, with the result: the new
+//! child's id, or the error of a call that failed. A child's own return from the call (0) is
+//! not seen, nor the end of `exit`, `exit_group` and `rt_sigreturn`. Our SIGSYS handler returns
+//! through a restorer in the allowed range.
 //!
 //! Dispatch is per thread and is not inherited by new threads or processes: [`enable`] turns
 //! it on for the calling thread (the agent calls it at start, in every thread the application
@@ -46,15 +50,15 @@ const PR_SYS_DISPATCH_ON: libc::c_ulong = 1;
 const SYS_USER_DISPATCH: libc::c_int = 2;
 /// Size of the allowed range: the restorer, then gadget slots.
 const ALLOWED_LEN: usize = 64 * 1024;
-/// Bytes of one gadget: `syscall` (2), `jmp [rip+0]` (6), the return address (8).
-const GADGET_LEN: usize = 16;
+/// Bytes of one gadget slot (see [`gadget`]).
+const GADGET_LEN: usize = 48;
 const FIRST_GADGET: usize = 64;
 const GADGETS: usize = (ALLOWED_LEN - FIRST_GADGET) / GADGET_LEN;
 
 static HANDLER: OnceLock<Arc<dyn SyscallHandler>> = OnceLock::new();
 /// The allowed range (0 until [`start`]).
 static ALLOWED: AtomicUsize = AtomicUsize::new(0);
-/// Return address of each gadget made so far (0 = free).
+/// What each gadget made so far is for (see [`gadget_key`]; 0 = free, `u64::MAX` = being made).
 static GADGET_RETURNS: [AtomicU64; GADGETS] = [const { AtomicU64::new(0) }; GADGETS];
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
@@ -105,24 +109,98 @@ fn write_allowed(off: usize, bytes: &[u8]) -> bool {
     base != 0 && crate::patch::write_code((base + off) as u64, bytes).is_ok()
 }
 
-/// The gadget that makes a call in place and goes on at `ret` (made on first use).
-fn gadget(ret: u64) -> Option<u64> {
+/// Calls made in place whose caller sees exit handlers run (see the module documentation).
+fn reports_exit(nr: u64) -> bool {
+    [libc::SYS_clone, libc::SYS_clone3, libc::SYS_fork, libc::SYS_vfork, libc::SYS_execve, libc::SYS_execveat].contains(&(nr as i64))
+}
+
+/// What identifies a gadget: where it goes on, and for calls whose exit is reported, which
+/// call (addresses use the low 47 bits).
+fn gadget_key(ret: u64, nr: u64) -> u64 {
+    if reports_exit(nr) {
+        ret | (nr + 1) << 48
+    } else {
+        ret
+    }
+}
+
+/// A call made in place whose exit handlers run in the caller: what [`in_place_exit`] needs.
+struct InPlaceCall {
+    nr: u64,
+    /// Where the caller goes on (after the original `syscall` instruction).
+    ret: u64,
+}
+
+/// The gadget that makes call `nr` in place and goes on at `ret` (made on first use):
+///
+/// ```text
+///  0: syscall
+///  2: test rax, rax          (calls whose exit is reported)
+///  5: jz 13                  the new child goes straight on
+///  7: jmp [rip + 6]          the caller, through the exit stub
+/// 13: jmp [rip + 8] / jmp [rip + 0]
+/// 19: exit stub address, 27: ret  /  the simple form: 0 syscall, 2 jmp [rip + 0], 8 ret
+/// ```
+fn gadget(ret: u64, nr: u64) -> Option<u64> {
     let base = ALLOWED.load(Ordering::Acquire) as u64;
+    let key = gadget_key(ret, nr);
     for (i, slot) in GADGET_RETURNS.iter().enumerate() {
         let at = base + (FIRST_GADGET + i * GADGET_LEN) as u64;
-        match slot.compare_exchange(0, ret, Ordering::AcqRel, Ordering::Acquire) {
+        match slot.compare_exchange(0, u64::MAX, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
-                let mut code = [0u8; GADGET_LEN];
-                code[..2].copy_from_slice(&[0x0f, 0x05]); // syscall
-                code[2..8].copy_from_slice(&[0xff, 0x25, 0, 0, 0, 0]); // jmp [rip+0]
-                code[8..].copy_from_slice(&ret.to_le_bytes());
-                return write_allowed(FIRST_GADGET + i * GADGET_LEN, &code).then_some(at);
+                let mut code = Vec::with_capacity(GADGET_LEN);
+                code.extend_from_slice(&[0x0f, 0x05]); // syscall
+                if reports_exit(nr) {
+                    let ctx: &'static InPlaceCall = Box::leak(Box::new(InPlaceCall { nr, ret }));
+                    let stub = hook::syscall_stub(at, ctx as *const InPlaceCall as u64, in_place_exit as *const () as u64).ok();
+                    let Some(stub) = stub else {
+                        slot.store(0, Ordering::Release);
+                        return None;
+                    };
+                    code.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
+                    code.extend_from_slice(&[0x74, 0x06]); // jz 13
+                    code.extend_from_slice(&[0xff, 0x25, 6, 0, 0, 0]); // jmp [19]
+                    code.extend_from_slice(&[0xff, 0x25, 8, 0, 0, 0]); // jmp [27]
+                    code.extend_from_slice(&stub.to_le_bytes());
+                } else {
+                    code.extend_from_slice(&[0xff, 0x25, 0, 0, 0, 0]); // jmp [8]
+                }
+                code.extend_from_slice(&ret.to_le_bytes());
+                let written = write_allowed(FIRST_GADGET + i * GADGET_LEN, &code);
+                // Published once its code is there; a failed slot stays taken.
+                if written {
+                    slot.store(key, Ordering::Release);
+                }
+                return written.then_some(at);
             }
-            Err(r) if r == ret => return Some(at),
+            Err(k) if k == key => return Some(at),
             Err(_) => {}
         }
     }
     None
+}
+
+/// Called by a gadget's exit stub in the caller of a call made in place, with its registers
+/// after the call (`ax` the result): runs the exit handlers, then goes on after the original
+/// instruction with `cx` as the instruction leaves it.
+extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
+    let selector = hook::selector();
+    // SAFETY: this thread's selector byte.
+    let was = unsafe { selector.replace(0) };
+    regs.orig_ax = call.nr;
+    regs.ip = call.ret;
+    match (hook::admit(), HANDLER.get()) {
+        (Admission::Run(level, before), Some(h)) => {
+            h.on_exit(regs, level);
+            hook::leave(before);
+        }
+        (Admission::Miss, Some(h)) => h.on_miss(call.nr),
+        _ => {}
+    }
+    regs.cx = call.ret;
+    regs.r11 = call.ret;
+    // SAFETY: back to what the application had.
+    unsafe { selector.write(was) };
 }
 
 /// SIGSYS's bit in a signal mask: never blocked while calls are intercepted (a call made with
@@ -177,7 +255,7 @@ fn perform(g: &mut [i64; 23], mask: &mut u64) -> bool {
     let regs = PtRegs::from_gregs(g);
     let nr = regs.orig_ax;
     if in_place(nr) {
-        return match gadget(regs.ip) {
+        return match gadget(regs.ip, nr) {
             Some(at) => {
                 g[libc::REG_RIP as usize] = at as i64;
                 true
@@ -314,7 +392,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
     let call = |regs: &mut PtRegs| {
         if in_place(nr) {
-            match gadget(after) {
+            match gadget(after, nr) {
                 Some(g) => regs.r11 = g,
                 None => {
                     regs.ax = -(libc::ENOSYS as i64) as u64;

@@ -782,3 +782,24 @@ fn syscall_tracepoints_see_every_call_like_the_kernel() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("  257 => {marker_opens}\n")), "openat calls by number: {stderr}");
 }
+
+/// vfork, posix_spawn (clone3) and a failing execve under system call interception: the
+/// children run and exec as without it, and the callers' returns from the calls made in place
+/// reach sys_exit programs (the kernel counts the same 5 + 5 in the parent, and also each
+/// child's own return, which we do not see; wait4 is counted as the kernel counts it).
+#[test]
+fn vfork_spawn_and_failed_execve_keep_their_semantics_and_report_their_exits() {
+    let obj = build_example("syscount");
+    let spawns = bpftime_tests::clang::build_target("spawns", false);
+    for engine in ["jit", "interp"] {
+        let out = bpftime(&["run", "--engine", engine, obj.to_str().unwrap(), "--", spawns.to_str().unwrap(), "5"]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{engine}: {stdout}{stderr}");
+        assert_eq!(stdout.trim(), "10 of 10 children ok, execve failed: No such file or directory", "{engine}");
+        let count = |nr: u32| stderr.lines().find_map(|l| l.strip_prefix(&format!("  {nr} => "))).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        assert_eq!(count(58), 5, "{engine}: vfork returns in the parent: {stderr}");
+        assert_eq!(count(56) + count(435), 5, "{engine}: posix_spawn's clone returns in the parent: {stderr}");
+        assert_eq!(count(59), 1, "{engine}: the failed execve's return: {stderr}");
+        assert_eq!(count(61), 10, "{engine}: wait4: {stderr}");
+    }
+}
