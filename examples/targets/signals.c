@@ -1,7 +1,8 @@
 // A target for probes hit from signal handlers: the main thread calls add() ITERS times while
 // another thread sends it SIGUSR1 as fast as it can; the handler calls add() too, so signals
 // land inside probe handlers and inside uretprobes' return paths.
-// Usage: signals ITERS [altstack]   (prints "calls N sum S": every add() call and the sum of
+// Usage: signals ITERS [altstack]   (prints "calls N sum S": every add() call (at least ITERS
+// from the main loop, more until the handler has run 10 times) and the sum of
 // their results; with `altstack` the handler is installed with sigaction on an alternate
 // signal stack, else with signal())
 #include <pthread.h>
@@ -59,8 +60,10 @@ int main(int argc, char **argv)
     main_thread = pthread_self();
     pthread_t t;
     pthread_create(&t, NULL, pester, NULL);
-    long sum = 0;
-    for (long i = 0; i < iters; i++)
+    long sum = 0, i;
+    // Past ITERS until the handler has run a few times: on a busy machine the other thread
+    // may not have started before fast probes are done.
+    for (i = 0; i < iters || handler_calls < 10; i++)
         sum += add(i, 1);
     done = 1;
     pthread_join(t, NULL);
@@ -71,6 +74,6 @@ int main(int argc, char **argv)
         printf("sigaction reports another handler\n");
         return 1;
     }
-    printf("calls %ld sum %ld\n", iters + handler_calls, sum + handler_sum);
+    printf("calls %ld sum %ld\n", i + handler_calls, sum + handler_sum);
     return 0;
 }
