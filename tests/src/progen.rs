@@ -230,11 +230,11 @@ fn lookup() -> impl Strategy<Value = Item> {
     )
 }
 
-fn item(with_callee: bool) -> impl Strategy<Value = Item> {
+fn item(with_callee: bool, with_lookups: bool) -> impl Strategy<Value = Item> {
     let call_weight = if with_callee { 1 } else { 0 };
     prop_oneof![
         3 => indexed(),
-        2 => lookup(),
+        if with_lookups { 2 } else { 0 } => lookup(),
         20 => alu().prop_map(Item::Plain),
         8 => memory().prop_map(Item::Plain),
         5 => (proptest::option::weighted(0.8, cond()), 0usize..6).prop_map(|(cond, skip)| Item::JumpFwd { cond, skip }),
@@ -256,18 +256,28 @@ pub struct GenProgram {
     pub mem: Vec<u8>,
 }
 
-/// Random programs with their 64-byte context.
+/// Random programs with their 64-byte context; they call helpers 1, 2, 3, 5 and 6 (a map
+/// lookup through `lddw map_fd(1)`: verify them with `datatest::TestMaps`).
 pub fn program() -> impl Strategy<Value = GenProgram> {
-    any::<bool>().prop_flat_map(|with_callee| {
+    programs(true)
+}
+
+/// As [`program`], without map lookups (for engines that have no helper 6).
+pub fn program_without_lookups() -> impl Strategy<Value = GenProgram> {
+    programs(false)
+}
+
+fn programs(with_lookups: bool) -> impl Strategy<Value = GenProgram> {
+    any::<bool>().prop_flat_map(move |with_callee| {
         let callee = if with_callee {
             // The callee must not touch the stack through r10 (its frame is not zeroed).
-            proptest::collection::vec(item(false).prop_filter("no r10 access in callee", |i| !uses_fp(i)), 1..12).prop_map(Some).boxed()
+            proptest::collection::vec(item(false, with_lookups).prop_filter("no r10 access in callee", |i| !uses_fp(i)), 1..12).prop_map(Some).boxed()
         } else {
             Just(None).boxed()
         };
         (
             proptest::collection::vec(interesting_u64(), 8),
-            proptest::collection::vec(item(with_callee), 1..40),
+            proptest::collection::vec(item(with_callee, with_lookups), 1..40),
             callee,
             proptest::collection::vec(any::<u8>(), 64),
         )

@@ -64,7 +64,7 @@ fn conformance_vectors_on_the_device() {
 fn random_programs_on_the_device() {
     use bpftime_tests::datatest::test_helpers;
     use bpftime_tests::gpu::test_helper_set;
-    use bpftime_tests::progen::program;
+    use bpftime_tests::progen::program_without_lookups as program;
     use bpftime_vm::insn::to_bytecode;
     use proptest::strategy::{Strategy, ValueTree};
     use proptest::test_runner::TestRunner;

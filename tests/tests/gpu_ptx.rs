@@ -86,7 +86,7 @@ fn data_driven_cases_on_the_ptx_interpreter() {
 fn random_programs_agree_with_the_interpreter() {
     use bpftime_tests::datatest::test_helpers;
     use bpftime_tests::gpu::{cpu_stack_bottom, run_on_ptx_interpreter_at, test_helper_set, Placement};
-    use bpftime_tests::progen::program;
+    use bpftime_tests::progen::program_without_lookups as program;
     use bpftime_vm::insn::to_bytecode;
     use proptest::strategy::{Strategy, ValueTree};
     use proptest::test_runner::TestRunner;
