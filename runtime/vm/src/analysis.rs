@@ -141,9 +141,9 @@ impl Val {
         }
     }
 
-    fn widen(old: Val, new: Val) -> Val {
+    fn widen(old: Val, new: Val, thresholds: &[i64]) -> Val {
         if old.base == new.base {
-            Val { base: old.base, off: Range::widen(old.off, new.off) }
+            Val { base: old.base, off: Range::widen(old.off, new.off, thresholds) }
         } else {
             Val::TOP
         }
@@ -174,17 +174,24 @@ impl State {
         State { regs, slots: Vec::new() }
     }
 
-    fn merge(&self, o: &State, widen: bool) -> State {
+    /// The join of two states, widened against `self` with `widen`'s thresholds if given.
+    fn merge(&self, o: &State, widen: Option<&[i64]>) -> State {
         let mut regs = self.regs;
         for (r, o) in regs.iter_mut().zip(o.regs) {
-            *r = if widen { Val::widen(*r, r.join(o)) } else { r.join(o) };
+            *r = match widen {
+                Some(t) => Val::widen(*r, r.join(o), t),
+                None => r.join(o),
+            };
         }
         let slots = self
             .slots
             .iter()
             .filter_map(|&(k, v)| {
                 let (_, w) = o.slots.iter().find(|(j, _)| *j == k)?;
-                let m = if widen { Val::widen(v, v.join(*w)) } else { v.join(*w) };
+                let m = match widen {
+                    Some(t) => Val::widen(v, v.join(*w), t),
+                    None => v.join(*w),
+                };
                 (m != Val::TOP).then_some((k, m))
             })
             .collect();
@@ -300,6 +307,17 @@ impl Analyzer<'_> {
                 leaders.insert(pc + 1);
             }
         }
+        // Widening thresholds: the constants the function compares with, and their neighbours.
+        let mut thresholds: Vec<i64> = (f.start..f.end)
+            .filter_map(|pc| match insns[pc] {
+                Insn::Jump { width: Width::W64, src: Operand::Imm(i), .. } => Some(i as i64),
+                Insn::Jump { width: Width::W32, src: Operand::Imm(i), .. } if i >= 0 => Some(i as i64),
+                _ => None,
+            })
+            .flat_map(|c| [c.saturating_sub(1), c, c.saturating_add(1)])
+            .collect();
+        thresholds.sort_unstable();
+        thresholds.dedup();
         let mut states: HashMap<usize, (State, u32)> = HashMap::new();
         states.insert(f.start, (State::entry(has_ctx), 0));
         let mut work = BTreeSet::from([f.start]);
@@ -313,7 +331,10 @@ impl Analyzer<'_> {
                     return false;
                 }
                 fuel -= 1;
-                let mut flow = |pc: usize, s: State| flow_into(pc, s, &mut states, &mut work, loop_heads.contains(&pc));
+                let mut flow = |pc: usize, s: State| {
+                    let widen = loop_heads.contains(&pc).then_some(thresholds.as_slice());
+                    flow_into(pc, s, &mut states, &mut work, widen)
+                };
                 match self.step(pc, &mut s) {
                     Next::Fall(next) => {
                         if leaders.contains(&next) {
@@ -496,9 +517,9 @@ impl Analyzer<'_> {
     }
 }
 
-/// Merges `s` into the state at leader `pc` (widening at a loop head seen twice already) and
-/// queues the leader if its state grew.
-fn flow_into(pc: usize, s: State, states: &mut HashMap<usize, (State, u32)>, work: &mut BTreeSet<usize>, loop_head: bool) {
+/// Merges `s` into the state at leader `pc` (widening with `widen`'s thresholds at a loop head
+/// seen twice already) and queues the leader if its state grew.
+fn flow_into(pc: usize, s: State, states: &mut HashMap<usize, (State, u32)>, work: &mut BTreeSet<usize>, widen: Option<&[i64]>) {
     match states.get_mut(&pc) {
         None => {
             states.insert(pc, (s, 1));
@@ -506,7 +527,7 @@ fn flow_into(pc: usize, s: State, states: &mut HashMap<usize, (State, u32)>, wor
         }
         Some((old, visits)) => {
             *visits += 1;
-            let merged = old.merge(&s, loop_head && *visits > 2);
+            let merged = old.merge(&s, widen.filter(|_| *visits > 2));
             if merged != *old {
                 *old = merged;
                 work.insert(pc);

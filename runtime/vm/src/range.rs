@@ -70,10 +70,23 @@ impl Range {
         (lo <= hi).then_some(Range { lo, hi })
     }
 
-    /// `self` widened against the earlier `old`: a bound that grew jumps to the extreme, so
-    /// that loops reach a fixpoint in a few rounds.
-    pub fn widen(old: Range, new: Range) -> Range {
-        Range { lo: if new.lo < old.lo { i64::MIN } else { old.lo }, hi: if new.hi > old.hi { i64::MAX } else { old.hi } }
+    /// `new` (which holds `old`) widened against the earlier `old`: a bound that grew jumps to
+    /// the nearest of `thresholds` (sorted) beyond it, or to the extreme, so that loops reach a
+    /// fixpoint in a few rounds (at most one per threshold) and a loop bounded by a constant the
+    /// program compares with keeps that bound.
+    pub fn widen(old: Range, new: Range, thresholds: &[i64]) -> Range {
+        let lo = if new.lo < old.lo {
+            let i = thresholds.partition_point(|&t| t <= new.lo);
+            if i > 0 {
+                thresholds[i - 1]
+            } else {
+                i64::MIN
+            }
+        } else {
+            old.lo
+        };
+        let hi = if new.hi > old.hi { thresholds.get(thresholds.partition_point(|&t| t < new.hi)).copied().unwrap_or(i64::MAX) } else { old.hi };
+        Range { lo, hi }
     }
 
     /// `self + o` (64-bit, wrapping: the full range if it could wrap).
@@ -272,9 +285,15 @@ mod tests {
     }
 
     #[test]
-    fn widening_jumps_grown_bounds_to_the_extremes() {
-        assert_eq!(Range::widen(Range::new(0, 0), Range::new(0, 1)), Range::new(0, i64::MAX));
-        assert_eq!(Range::widen(Range::new(0, 5), Range::new(-1, 5)), Range::new(i64::MIN, 5));
-        assert_eq!(Range::widen(Range::new(0, 5), Range::new(1, 4)), Range::new(0, 5));
+    fn widening_jumps_grown_bounds_to_thresholds_then_the_extremes() {
+        assert_eq!(Range::widen(Range::new(0, 0), Range::new(0, 1), &[]), Range::new(0, i64::MAX));
+        assert_eq!(Range::widen(Range::new(0, 5), Range::new(-1, 5), &[]), Range::new(i64::MIN, 5));
+        assert_eq!(Range::widen(Range::new(0, 5), Range::new(1, 4), &[]), Range::new(0, 5));
+        let t = [-8, 0, 15, 16, 17];
+        assert_eq!(Range::widen(Range::new(0, 0), Range::new(0, 1), &t), Range::new(0, 15));
+        assert_eq!(Range::widen(Range::new(0, 15), Range::new(0, 16), &t), Range::new(0, 16));
+        assert_eq!(Range::widen(Range::new(0, 17), Range::new(0, 18), &t), Range::new(0, i64::MAX));
+        assert_eq!(Range::widen(Range::new(0, 5), Range::new(-1, 5), &t), Range::new(-8, 5));
+        assert_eq!(Range::widen(Range::new(-8, 5), Range::new(-9, 5), &t), Range::new(i64::MIN, 5));
     }
 }

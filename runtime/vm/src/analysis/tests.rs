@@ -325,3 +325,26 @@ fn array_lookups_with_a_proven_key_are_inlinable() {
     let calls: Vec<_> = (0..prog.len()).filter(|&pc| matches!(prog.insns()[pc], Insn::Call(_))).map(|pc| prog.inline_lookup(pc).is_some()).collect();
     assert_eq!(calls, [true, false, false]);
 }
+
+#[test]
+fn a_loop_ended_by_an_equality_keeps_its_bound_through_widening_thresholds() {
+    // `for (i = 0; i != 16; i++) buf[i]`: widening stops at the constant compared with.
+    let src = "
+        r1 = 0
+    loop:
+        if r1 == 16 goto out
+        r2 = r10
+        r2 += -16
+        r2 += r1
+        r3 = *(u8 *)(r2 + 0)
+        r1 += 1
+        goto loop
+    out:
+        r2 = r10
+        r2 += -16
+        r2 += r1                  # r1 is 16 here: one past the buffer
+        r3 = *(u8 *)(r2 + 0)
+        r0 = 0
+        exit";
+    assert_eq!(proven(src), [true, false]);
+}
