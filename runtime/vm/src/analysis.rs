@@ -152,6 +152,15 @@ impl Val {
     fn as_scalar(self) -> Option<Range> {
         (self.base == Base::Scalar).then_some(self.off)
     }
+
+    /// The value as a callee sees it: a stack pointer is relative to the callee's frame
+    /// pointer, one frame (512 bytes) below the caller's.
+    fn up_one_frame(self) -> Val {
+        match self.base {
+            Base::Stack => Val { base: Base::Stack, off: self.off.plus(Range::exact(FRAME_SIZE as i64)) },
+            _ => self,
+        }
+    }
 }
 
 /// Abstract state at one program point.
@@ -165,12 +174,11 @@ struct State {
 }
 
 impl State {
-    fn entry(has_ctx: bool) -> State {
+    /// A function's first instruction with r1-r5 = `args`.
+    fn entry(args: [Val; 5]) -> State {
         let mut regs = [Val::TOP; 11];
+        regs[1..6].copy_from_slice(&args);
         regs[10] = Val { base: Base::Stack, off: Range::exact(0) };
-        if has_ctx {
-            regs[1] = Val { base: Base::Ctx, off: Range::exact(0) };
-        }
         State { regs, slots: Vec::new() }
     }
 
@@ -239,14 +247,89 @@ pub(crate) struct Analysis {
 /// Analyses every function of a program whose control flow the verifier has checked.
 /// `pointees` describes the `lddw`s (by slot) that name maps.
 pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTable, pointees: &HashMap<usize, Pointee>) -> Analysis {
-    // The entry function gets the context in r1, unless something else can call it.
-    let entry_called = insns.iter().enumerate().any(|(pc, i)| matches!(*i, Insn::Call(CallTarget::Local(off)) if pc as i64 + 1 + off as i64 == 0));
-    let mut a =
-        Analyzer { insns, helpers, pointees, access: vec![Access::default(); insns.len()], ctx_end: vec![0; insns.len()], inline_lookups: HashMap::new() };
-    for f in functions {
-        let has_ctx = f.start == 0 && !f.callback && !entry_called;
-        if !a.function(f, has_ctx) {
+    let index_of = |pc: usize| functions.binary_search_by(|f| f.start.cmp(&pc)).ok();
+    // Local calls: (call site, caller, callee). The verifier rejected recursion: the call graph
+    // is acyclic, and callers are analysed before their callees.
+    let calls: Vec<(usize, usize, usize)> = functions
+        .iter()
+        .enumerate()
+        .flat_map(|(fi, f)| {
+            (f.start..f.end).filter_map(move |pc| match insns[pc] {
+                Insn::Call(CallTarget::Local(off)) => Some((pc, fi, (pc as i64 + 1 + off as i64) as usize)),
+                _ => None,
+            })
+        })
+        .filter_map(|(pc, caller, target)| Some((pc, caller, index_of(target)?)))
+        .collect();
+    let mut waiting: Vec<usize> = vec![0; functions.len()];
+    for &(_, _, callee) in &calls {
+        waiting[callee] += 1;
+    }
+    let mut order: Vec<usize> = (0..functions.len()).filter(|&f| waiting[f] == 0).collect();
+    let mut next = 0;
+    while next < order.len() {
+        let f = order[next];
+        next += 1;
+        for &(_, caller, callee) in &calls {
+            if caller == f {
+                waiting[callee] -= 1;
+                if waiting[callee] == 0 {
+                    order.push(callee);
+                }
+            }
+        }
+    }
+    let mut a = Analyzer {
+        insns,
+        helpers,
+        pointees,
+        access: vec![Access::default(); insns.len()],
+        ctx_end: vec![0; insns.len()],
+        inline_lookups: HashMap::new(),
+        call_args: HashMap::new(),
+        frames_above: 0,
+    };
+    // Per function: whether its analysis completed, and how many frames are above its own on
+    // every path to it (the frames a stack pointer it was given may point into).
+    let mut complete = vec![false; functions.len()];
+    let mut above = vec![0usize; functions.len()];
+    for &fi in &order {
+        let f = &functions[fi];
+        let sites: Vec<&(usize, usize, usize)> = calls.iter().filter(|c| c.2 == fi).collect();
+        // The entry gets the context in r1 (unless a callback calls it too); a callback
+        // (helpers call it) or a function whose callers were not all analysed gets unknown
+        // arguments; any other the join of what its callers pass, their stack pointers one
+        // frame further up.
+        let args = if f.callback || (fi == 0 && !sites.is_empty()) {
+            [Val::TOP; 5]
+        } else if fi == 0 {
+            let mut args = [Val::TOP; 5];
+            args[0] = Val { base: Base::Ctx, off: Range::exact(0) };
+            args
+        } else if sites.is_empty() || sites.iter().any(|c| !complete[c.1]) {
+            [Val::TOP; 5]
+        } else {
+            above[fi] = sites.iter().map(|c| above[c.1] + 1).min().expect("has callers");
+            let passed = |c: &(usize, usize, usize)| a.call_args.get(&c.0).copied().unwrap_or([Val::TOP; 5]).map(|v| v.up_one_frame());
+            sites[1..].iter().fold(passed(sites[0]), |acc, c| {
+                let p = passed(c);
+                std::array::from_fn(|i| acc[i].join(p[i]))
+            })
+        };
+        a.frames_above = if f.callback { 0 } else { above[fi] };
+        complete[fi] = a.function(f, args);
+        if !complete[fi] {
             // Too costly to analyse: keep every check in it.
+            for pc in f.start..f.end {
+                a.access[pc] = Access::default();
+                a.ctx_end[pc] = 0;
+                a.inline_lookups.remove(&pc);
+            }
+        }
+    }
+    for (fi, f) in functions.iter().enumerate() {
+        if !order.contains(&fi) {
+            // Not reached by the order (cannot happen for a verified program): nothing proven.
             for pc in f.start..f.end {
                 a.access[pc] = Access::default();
                 a.ctx_end[pc] = 0;
@@ -274,6 +357,10 @@ struct Analyzer<'a> {
     ctx_end: Vec<u32>,
     /// Map lookups by slot, at their last visit: inlinable (Some) or not.
     inline_lookups: HashMap<usize, Option<ArrayLayout>>,
+    /// r1-r5 at each local call site, at its last visit.
+    call_args: HashMap<usize, [Val; 5]>,
+    /// Frames above the current function's on every path to it.
+    frames_above: usize,
 }
 
 /// Where control goes after one instruction.
@@ -294,7 +381,7 @@ enum Next {
 
 impl Analyzer<'_> {
     /// Runs one function to a fixpoint; false if it needed too many steps.
-    fn function(&mut self, f: &Function, has_ctx: bool) -> bool {
+    fn function(&mut self, f: &Function, args: [Val; 5]) -> bool {
         let insns = self.insns;
         let mut leaders = BTreeSet::new();
         let mut loop_heads = BTreeSet::new();
@@ -319,7 +406,7 @@ impl Analyzer<'_> {
         thresholds.sort_unstable();
         thresholds.dedup();
         let mut states: HashMap<usize, (State, u32)> = HashMap::new();
-        states.insert(f.start, (State::entry(has_ctx), 0));
+        states.insert(f.start, (State::entry(args), 0));
         let mut work = BTreeSet::from([f.start]);
         // Each block is revisited only when its entry state grows, and widening bounds that.
         let mut fuel = 64 * (f.end - f.start) + 10_000;
@@ -464,6 +551,10 @@ impl Analyzer<'_> {
                 s.regs[1..6].fill(Val::TOP);
             }
             Insn::Call(_) | Insn::CallReg(_) => {
+                if matches!(insn, Insn::Call(CallTarget::Local(_))) {
+                    let args: [Val; 5] = std::array::from_fn(|i| s.regs[1 + i]);
+                    self.call_args.insert(pc, args);
+                }
                 s.slots.clear();
                 s.regs[0..6].fill(Val::TOP);
             }
@@ -495,7 +586,8 @@ impl Analyzer<'_> {
     fn record(&mut self, pc: usize, base: Val, off: i16, size: MemSize, write: bool, s: &mut State) {
         let (lo, hi) = (base.off.lo as i128 + off as i128, base.off.hi as i128 + off as i128 + size.bytes() as i128);
         let (target, proven) = match base.base {
-            Base::Stack => (Target::Stack, lo >= -(FRAME_SIZE as i128) && hi <= 0),
+            // This function's frame and those of the functions above it on every path here.
+            Base::Stack => (Target::Stack, lo >= -(FRAME_SIZE as i128) && hi <= (FRAME_SIZE * self.frames_above) as i128),
             Base::Ctx => (Target::Context, lo >= 0 && hi <= CTX_PROOF_LIMIT as i128),
             Base::Mem { size } => (Target::Memory, lo >= 0 && hi <= size as i128),
             Base::MemOrNull { .. } | Base::Map { .. } => (Target::Memory, false),

@@ -279,18 +279,53 @@ fn thirty_two_bit_comparisons_refine_only_small_values() {
 }
 
 #[test]
-fn context_needs_cover_reads_and_writes_and_callees_get_no_context() {
+fn context_needs_cover_reads_and_writes_and_callees_get_what_their_callers_pass() {
     let src = "
         r0 = *(u32 *)(r1 + 12)
         *(u8 *)(r1 + 20) = 1
+        r6 = r1
+        call sub                  # r1: the context
+        r1 = r10
+        r1 += -16
+        call sub                  # r1: this frame's r10 - 16
+        r1 = r6
+        r1 += 64
+        call other                # r1: the context + 64
+        exit
+    sub:
+        r0 = *(u64 *)(r1 + 0)     # the context on one call, the stack on the other: unknown
+        r2 = r1
+        call leaf
+        exit
+    other:
+        r0 = *(u64 *)(r1 + 0)     # bytes 64..72 of the context
+        r0 = *(u64 *)(r1 + 8)     # the context must then be 80 bytes long
+        exit
+    leaf:
+        r0 = *(u64 *)(r2 + 0)     # unknown, as in sub
+        r3 = r10
+        r3 += 1024                # two frames up (sub's, main's) on every path here
+        r0 = *(u64 *)(r3 - 8)     # the last word of main's frame
+        r0 = *(u64 *)(r3 + 0)     # past the top of the stack
+        exit";
+    let (p, ctx) = proofs(src);
+    assert_eq!(p.iter().map(|x| x.1).collect::<Vec<_>>(), [true, true, false, true, true, false, true, false]);
+    assert_eq!(ctx, ContextNeeds { len: 80, writable: true });
+}
+
+#[test]
+fn a_stack_pointer_passed_down_stays_one_frame_up() {
+    let src = "
+        *(u64 *)(r10 - 8) = 0
+        r1 = r10
+        r1 += -8
         call sub
         exit
     sub:
-        r0 = *(u64 *)(r1 + 0)     # r1 is whatever the caller passed
+        r0 = *(u64 *)(r1 + 0)     # the caller's r10 - 8: proven
+        r0 = *(u64 *)(r1 + 8)     # the caller's r10 + 0: past its frame (the top of the stack)
         exit";
-    let (p, ctx) = proofs(src);
-    assert_eq!(p.iter().map(|x| x.1).collect::<Vec<_>>(), [true, true, false]);
-    assert_eq!(ctx, ContextNeeds { len: 21, writable: true });
+    assert_eq!(proven(src), [true, true, false]);
 }
 
 #[test]
