@@ -398,9 +398,13 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 self.inline_array_lookup(layout);
             }
             Insn::Call(CallTarget::Helper(id)) => {
-                let f = self.prog.helpers().get(id).expect("verified helper").func as usize as i64;
-                let callee = self.iconst(f);
-                self.call_helper(pc, callee);
+                let helper = self.prog.helpers().get(id).expect("verified helper");
+                let callee = self.iconst(helper.func as usize as i64);
+                if helper.effects.never_stops {
+                    self.call_plain_helper(callee);
+                } else {
+                    self.call_helper(pc, callee);
+                }
             }
             Insn::CallReg(r) => {
                 let id = self.reg(r);
@@ -529,6 +533,19 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.set(Reg::R0, r0);
         self.reload_budget();
         self.abort_if_stopped(Some(pc));
+    }
+
+    /// A call of a helper that never stops the run: no budget to hand over, no status to look
+    /// at afterwards.
+    fn call_plain_helper(&mut self, callee: Value) {
+        let mut args = Vec::with_capacity(6);
+        for r in 1..=5 {
+            args.push(self.reg(Reg::new(r).expect("r1-r5")));
+        }
+        args.push(self.state);
+        let call = self.b.ins().call_indirect(self.sigs.helper, callee, &args);
+        let r0 = self.b.inst_results(call)[0];
+        self.set(Reg::R0, r0);
     }
 
     /// `r0 = bpf_map_lookup_elem(array, r2)` without a call: the key is a proven-readable

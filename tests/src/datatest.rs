@@ -153,6 +153,11 @@ pub fn test_helpers() -> HelperTable {
     let mut t = HelperTable::new();
     t.register(1, "pack_args", pack_args).register(2, "sum_bytes", sum_bytes).register(3, "always_fails", always_fails).register(5, "unwind", unwind);
     t.register(6, "lookup_in_context", lookup_in_context);
-    t.set_effects(6, bpftime_vm::exec::HelperEffects { returns: bpftime_vm::exec::HelperReturn::MapValueOrNull, leaves_stack: true });
+    // Those that never stop the run say so (the JIT calls them without looking at the status
+    // afterwards); always_fails and unwind stop it.
+    for id in [1, 2] {
+        t.set_effects(id, bpftime_vm::exec::HelperEffects { never_stops: true, ..Default::default() });
+    }
+    t.set_effects(6, bpftime_vm::exec::HelperEffects { returns: bpftime_vm::exec::HelperReturn::MapValueOrNull, leaves_stack: true, never_stops: true });
     t
 }

@@ -156,7 +156,9 @@ fn inlined_array_lookups_agree_with_the_helper() {
         }
     }
     let mut helpers = HelperTable::new();
-    helpers.register(1, "map_lookup_elem", lookup).set_effects(1, HelperEffects { returns: HelperReturn::MapValueOrNull, leaves_stack: true });
+    helpers
+        .register(1, "map_lookup_elem", lookup)
+        .set_effects(1, HelperEffects { returns: HelperReturn::MapValueOrNull, leaves_stack: true, never_stops: false });
     let helpers = Arc::new(helpers);
     // r0 = lookup(key from the context) - values, or u64::MAX for null.
     let src = "

@@ -569,11 +569,19 @@ pub fn kernel_helpers() -> HelperTable {
     // What the verifier's range analysis may rely on (see `HelperEffects`): these only read
     // through their pointer arguments, and the map lookup and the ring-buffer reservation
     // return whole values and records.
-    let reads_only = HelperEffects { leaves_stack: true, ..Default::default() };
-    for id in [2, 3, 5, 6, 7, 8, 14, 15, 25, 35, 37, 58, 80, 87, 125, 130, 132, 133, 134, 160, 173, 174, 182] {
-        t.set_effects(id, reads_only);
+    // Every helper but these never stops the run: tail calls stop it, bpf_loop runs callbacks
+    // and charges the budget, a bad ring-buffer record faults it.
+    let stops = |id: u32| [12, 132, 133, 181].contains(&id);
+    let reads_only = [2, 3, 5, 6, 7, 8, 14, 15, 25, 35, 37, 58, 80, 87, 125, 130, 132, 133, 134, 160, 173, 174, 182];
+    let ids: Vec<u32> = t.iter().map(|(id, _)| id).collect();
+    for id in ids {
+        let returns = match id {
+            1 => HelperReturn::MapValueOrNull,
+            131 => HelperReturn::MemOrNull { size_arg: 2 },
+            _ => HelperReturn::Scalar,
+        };
+        let leaves_stack = reads_only.contains(&id) || id == 1 || id == 131;
+        t.set_effects(id, HelperEffects { returns, leaves_stack, never_stops: !stops(id) });
     }
-    t.set_effects(1, HelperEffects { returns: HelperReturn::MapValueOrNull, leaves_stack: true });
-    t.set_effects(131, HelperEffects { returns: HelperReturn::MemOrNull { size_arg: 2 }, leaves_stack: true });
     t
 }

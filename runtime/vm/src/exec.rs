@@ -81,6 +81,10 @@ pub struct HelperEffects {
     pub returns: HelperReturn,
     /// It never writes the program's stack (it only reads what its arguments point to).
     pub leaves_stack: bool,
+    /// It never stops or faults the run and spends none of its loop budget (no
+    /// [`RunState::stop`], [`RunState::helper_fault`], [`RunState::charge`] or callback):
+    /// compiled code need not look at the run's status after calling it.
+    pub never_stops: bool,
 }
 
 /// Helpers by id. Ids follow the kernel's `enum bpf_func_id` where the helper is a kernel one.

@@ -30,10 +30,11 @@ impl LddwResolver for Maps {
 
 fn helpers() -> Arc<HelperTable> {
     let mut t = HelperTable::new();
-    t.register(1, "map_lookup_elem", nop).set_effects(1, HelperEffects { returns: HelperReturn::MapValueOrNull, leaves_stack: true });
+    t.register(1, "map_lookup_elem", nop).set_effects(1, HelperEffects { returns: HelperReturn::MapValueOrNull, leaves_stack: true, never_stops: false });
     t.register(4, "probe_read", nop);
     t.register(5, "ktime_get_ns", nop).set_effects(5, HelperEffects { leaves_stack: true, ..Default::default() });
-    t.register(131, "ringbuf_reserve", nop).set_effects(131, HelperEffects { returns: HelperReturn::MemOrNull { size_arg: 2 }, leaves_stack: true });
+    t.register(131, "ringbuf_reserve", nop)
+        .set_effects(131, HelperEffects { returns: HelperReturn::MemOrNull { size_arg: 2 }, leaves_stack: true, never_stops: false });
     Arc::new(t)
 }
 
