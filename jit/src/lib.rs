@@ -148,6 +148,7 @@ impl JitProgram {
                         s
                     }),
                     fallback: b.import_signature(signature(cc, 5)),
+                    cpu: b.import_signature(signature(cc, 0)),
                 };
                 let mut refs = std::collections::HashMap::new();
                 let mut func_refs =

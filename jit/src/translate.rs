@@ -34,6 +34,8 @@ pub(crate) struct Sigs {
     pub raise: SigRef,
     /// `(program, state, r1, r2, fp) -> r0`: run the program with every check.
     pub fallback: SigRef,
+    /// `() -> cpu`: the calling thread's CPU (inlined per-CPU array lookups).
+    pub cpu: SigRef,
 }
 
 pub(crate) struct FnTranslator<'a, 'b> {
@@ -548,14 +550,23 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.set(Reg::R0, r0);
     }
 
-    /// `r0 = bpf_map_lookup_elem(array, r2)` without a call: the key is a proven-readable
-    /// `u32`, the value's address is `values + key * stride` below `max_entries`, else null.
+    /// `r0 = bpf_map_lookup_elem(array, r2)` without the helper: the key is a proven-readable
+    /// `u32`, the value's address is `values + key * stride` (plus this CPU's copy's offset for
+    /// a per-CPU array) below `max_entries`, else null.
     fn inline_array_lookup(&mut self, layout: ArrayLayout) {
         let key_ptr = self.reg(Reg::new(2).expect("r2"));
         let key = self.b.ins().uload32(mem_flags(), key_ptr, 0);
         let inside = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, key, layout.max_entries as i64);
         let offset = self.b.ins().imul_imm_s(key, layout.stride as i64);
-        let addr = self.b.ins().iadd_imm_s(offset, layout.values as i64);
+        let mut addr = self.b.ins().iadd_imm_s(offset, layout.values as i64);
+        if layout.cpu != 0 {
+            // A per-CPU array: this CPU's copy.
+            let f = self.iconst(layout.cpu as i64);
+            let call = self.b.ins().call_indirect(self.sigs.cpu, f, &[]);
+            let cpu = self.b.inst_results(call)[0];
+            let cpu_offset = self.b.ins().imul_imm_s(cpu, layout.cpu_stride as i64);
+            addr = self.b.ins().iadd(addr, cpu_offset);
+        }
         let null = self.iconst(0);
         let r0 = self.b.ins().select(inside, addr, null);
         self.set(Reg::R0, r0);

@@ -121,7 +121,8 @@ fn generated_programs_cover_every_outcome() {
 
 /// Inlined array lookups: the JIT computes the value's address itself where the verifier
 /// allows it, and must return exactly what the lookup helper (which the interpreter calls)
-/// returns, for keys inside and outside the array.
+/// returns, for keys inside and outside the array, for a plain array (map 1) and a per-CPU one
+/// (map 2: two CPUs' copies side by side, this thread's CPU being 1).
 #[test]
 fn inlined_array_lookups_agree_with_the_helper() {
     use bpftime_vm::analysis::{ArrayLayout, Pointee};
@@ -131,13 +132,19 @@ fn inlined_array_lookups_agree_with_the_helper() {
 
     const ENTRIES: u32 = 5;
     const STRIDE: u64 = 16;
+    const PLAIN: u64 = 0x77;
+    const PER_CPU: u64 = 0x78;
     static VALUES: [u8; (ENTRIES as usize) * STRIDE as usize] = [0; (ENTRIES as usize) * STRIDE as usize];
-    extern "C" fn lookup(_map: u64, key: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    extern "C" fn cpu() -> u64 {
+        1
+    }
+    extern "C" fn lookup(map: u64, key: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+        let this_cpu = if map == PER_CPU { cpu() * 8 } else { 0 };
         match state.slice(key, 4) {
             Some(k) => {
                 let k = u32::from_le_bytes(k.try_into().unwrap());
                 if k < ENTRIES {
-                    VALUES.as_ptr() as u64 + k as u64 * STRIDE
+                    VALUES.as_ptr() as u64 + k as u64 * STRIDE + this_cpu
                 } else {
                     0
                 }
@@ -147,44 +154,50 @@ fn inlined_array_lookups_agree_with_the_helper() {
     }
     struct Resolver;
     impl LddwResolver for Resolver {
-        fn resolve(&self, _kind: LddwKind, _lo: i32, _hi: i32) -> Result<u64, String> {
-            Ok(0x77)
+        fn resolve(&self, _kind: LddwKind, lo: i32, _hi: i32) -> Result<u64, String> {
+            Ok(if lo == 1 { PLAIN } else { PER_CPU })
         }
-        fn pointee(&self, _kind: LddwKind, _lo: i32, _hi: i32) -> Option<Pointee> {
-            let array = ArrayLayout { values: VALUES.as_ptr() as u64, stride: STRIDE, max_entries: ENTRIES };
-            Some(Pointee::Map { value_size: STRIDE as u32, array: Some(array) })
+        fn pointee(&self, _kind: LddwKind, lo: i32, _hi: i32) -> Option<Pointee> {
+            let (cpu, cpu_stride) = if lo == 1 { (0, 0) } else { (cpu as *const () as u64, 8) };
+            let array = ArrayLayout { values: VALUES.as_ptr() as u64, stride: STRIDE, max_entries: ENTRIES, cpu, cpu_stride };
+            Some(Pointee::Map { value_size: 8, array: Some(array) })
         }
     }
     let mut helpers = HelperTable::new();
     helpers
         .register(1, "map_lookup_elem", lookup)
-        .set_effects(1, HelperEffects { returns: HelperReturn::MapValueOrNull, leaves_stack: true, never_stops: false });
+        .set_effects(1, HelperEffects { returns: HelperReturn::MapValueOrNull, leaves_stack: true, never_stops: true });
     let helpers = Arc::new(helpers);
-    // r0 = lookup(key from the context) - values, or u64::MAX for null.
-    let src = "
-        r6 = *(u32 *)(r1 + 0)
-        *(u32 *)(r10 - 4) = r6
-        r2 = r10
-        r2 += -4
-        r1 = map_fd(1) ll
-        call 1
-        if r0 == 0 goto null
-        r0 -= r9
-        exit
-    null:
-        r0 = -1
-        exit";
-    let code = bpftime_vm::asm::assemble(&format!("r9 = {} ll\n{src}", VALUES.as_ptr() as u64)).unwrap();
-    let prog = Arc::new(bpftime_vm::verify(&code, helpers, &Resolver).unwrap());
-    let call = (0..prog.len()).find(|&pc| matches!(prog.insns()[pc], bpftime_vm::Insn::Call(_))).unwrap();
-    assert!(prog.inline_lookup(call).is_some(), "the lookup should be inlined");
-    let jit = JitProgram::compile(prog.clone()).unwrap();
-    let interp = Interpreter::new(prog);
-    for key in [0u32, 1, 4, 5, 6, u32::MAX] {
-        let want = if key < ENTRIES { key as u64 * STRIDE } else { u64::MAX };
-        for engine in [&jit as &dyn Engine, &interp] {
-            let mut mem = key.to_le_bytes();
-            assert_eq!(run(engine, Context::Mem(&mut mem), &RunOptions::default()), Ok(want), "key {key}");
+    for (map, cpu_offset) in [(1, 0), (2, 8)] {
+        // r0 = lookup(key from the context) - values, or u64::MAX for null.
+        let src = format!(
+            "r9 = {} ll
+            r6 = *(u32 *)(r1 + 0)
+            *(u32 *)(r10 - 4) = r6
+            r2 = r10
+            r2 += -4
+            r1 = map_fd({map}) ll
+            call 1
+            if r0 == 0 goto null
+            r0 -= r9
+            exit
+        null:
+            r0 = -1
+            exit",
+            VALUES.as_ptr() as u64
+        );
+        let code = bpftime_vm::asm::assemble(&src).unwrap();
+        let prog = Arc::new(bpftime_vm::verify(&code, helpers.clone(), &Resolver).unwrap());
+        let call = (0..prog.len()).find(|&pc| matches!(prog.insns()[pc], bpftime_vm::Insn::Call(_))).unwrap();
+        assert!(prog.inline_lookup(call).is_some(), "map {map}: the lookup should be inlined");
+        let jit = JitProgram::compile(prog.clone()).unwrap();
+        let interp = Interpreter::new(prog);
+        for key in [0u32, 1, 4, 5, 6, u32::MAX] {
+            let want = if key < ENTRIES { key as u64 * STRIDE + cpu_offset } else { u64::MAX };
+            for engine in [&jit as &dyn Engine, &interp] {
+                let mut mem = key.to_le_bytes();
+                assert_eq!(run(engine, Context::Mem(&mut mem), &RunOptions::default()), Ok(want), "map {map}, key {key}");
+            }
         }
     }
 }

@@ -234,6 +234,11 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// The CPU a per-CPU map's lookup uses for the calling thread (for inlined lookups).
+extern "C" fn this_cpu() -> u64 {
+    bpftime_maps::current_cpu() as u64
+}
+
 /// Resolves `lddw` map references (by object id) to this process's map references and value
 /// addresses.
 struct IdResolver<'a> {
@@ -268,7 +273,13 @@ impl LddwResolver for IdResolver<'_> {
                 MapType::Array | MapType::Hash | MapType::PercpuArray | MapType::PercpuHash | MapType::LruHash | MapType::LruPercpuHash
             )
             .then(|| {
-                let array = map.array_values().map(|(values, stride)| ArrayLayout { values, stride, max_entries: map.spec().max_entries });
+                let array = map.array_values().map(|(values, stride, cpu_stride)| ArrayLayout {
+                    values,
+                    stride,
+                    max_entries: map.spec().max_entries,
+                    cpu: if cpu_stride == 0 { 0 } else { this_cpu as *const () as u64 },
+                    cpu_stride,
+                });
                 Pointee::Map { value_size, array }
             }),
             LddwKind::MapValue => Some(Pointee::Value { size: value_size, offset: hi as u32 }),

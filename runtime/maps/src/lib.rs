@@ -805,11 +805,16 @@ impl Map {
 
     // ---- program side -------------------------------------------------------------------
 
-    /// For an array map: the address of its first value and the distance between values
-    /// (value `i` is at `first + i * stride` for `i < max_entries`: what `lookup_ptr`
-    /// returns), for callers that inline lookups.
-    pub fn array_values(&self) -> Option<(u64, u64)> {
-        (self.spec.map_type == MapType::Array).then_some((self.data_addr, self.layout.elem_size))
+    /// For an array or per-CPU array map: the address of its first value, the distance
+    /// between values and between CPUs' copies (0 for a plain array): value `i` is at
+    /// `first + i * stride + current_cpu() * cpu_stride` for `i < max_entries`, what
+    /// `lookup_ptr` returns; for callers that inline lookups.
+    pub fn array_values(&self) -> Option<(u64, u64, u64)> {
+        match self.spec.map_type {
+            MapType::Array => Some((self.data_addr, self.layout.elem_size, 0)),
+            MapType::PercpuArray => Some((self.data_addr, self.layout.elem_size, round8(self.spec.value_size as u64))),
+            _ => None,
+        }
     }
 
     /// `bpf_map_lookup_elem` from a program: the address of the value (this CPU's slot for

@@ -50,9 +50,9 @@ pub enum Pointee {
 }
 
 /// Where an array map's values are: a lookup of key `k` (a `u32` the key pointer points to)
-/// returns `values + k * stride` when `k < max_entries`, and null otherwise. A resolver that
-/// describes a map with one promises exactly that of its lookup helper, for the life of the
-/// program.
+/// returns `values + k * stride` (plus `cpu() * cpu_stride` for a per-CPU array) when
+/// `k < max_entries`, and null otherwise. A resolver that describes a map with one promises
+/// exactly that of its lookup helper, for the life of the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArrayLayout {
     /// Address of value 0.
@@ -61,6 +61,11 @@ pub struct ArrayLayout {
     pub stride: u64,
     /// Number of values.
     pub max_entries: u32,
+    /// Per-CPU arrays: the address of an `extern "C" fn() -> u64` giving the calling thread's
+    /// CPU, as the lookup helper picks it; 0 for a plain array.
+    pub cpu: u64,
+    /// Per-CPU arrays: bytes from one CPU's copy of a value to the next.
+    pub cpu_stride: u64,
 }
 
 /// The region an access goes to, as far as the verifier knows.

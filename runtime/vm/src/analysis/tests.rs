@@ -337,7 +337,7 @@ fn array_lookups_with_a_proven_key_are_inlinable() {
             Ok(0x1000 * lo as u64)
         }
         fn pointee(&self, _kind: LddwKind, lo: i32, _hi: i32) -> Option<Pointee> {
-            let array = (lo == 1).then_some(ArrayLayout { values: 0x5000, stride: 8, max_entries: 4 });
+            let array = (lo == 1).then_some(ArrayLayout { values: 0x5000, stride: 8, max_entries: 4, cpu: 0, cpu_stride: 0 });
             Some(Pointee::Map { value_size: 8, array })
         }
     }
