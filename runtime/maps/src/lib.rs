@@ -256,10 +256,13 @@ pub fn possible_cpus() -> u32 {
 pub fn current_cpu() -> u32 {
     // SAFETY: sched_getcpu has no preconditions (sched_getcpu(3)).
     let c = unsafe { libc::sched_getcpu() };
-    if c < 0 {
-        0
-    } else {
-        c as u32 % possible_cpus()
+    let n = possible_cpus();
+    match c {
+        c if c < 0 => 0,
+        c if (c as u32) < n => c as u32,
+        // Not expected (the kernel numbers CPUs below the possible count); no division on
+        // the usual path.
+        c => c as u32 % n,
     }
 }
 
