@@ -372,6 +372,34 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// bpftrace's `interval` probes (a CPU-clock perf event with a program attached): the server
+/// runs the program in the loader's process on a timer, and the script prints and exits as on
+/// the kernel.
+#[test]
+fn bpftrace_interval_probes_tick_like_the_kernel() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    let script = "interval:ms:50 { @ticks++; if (@ticks == 5) { printf(\"ticks %d\\n\", @ticks); exit(); } }";
+    let shm = format!("bpftime-interval-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+        bpftrace_result(&(text(&out.stdout) + &text(&out.stderr)))
+    };
+    let started = std::time::Instant::now();
+    let ours =
+        run(Command::new("timeout").arg("60").arg(env!("CARGO_BIN_EXE_bpftime")).args(["--shm", &shm, "load", "--"]).arg(&bpftrace).args(["-e", script]));
+    assert!(ours.contains("ticks 5") && ours.contains("@ticks: 5"), "{ours}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250), "five 50 ms periods");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    if is_root() {
+        let kernel = run(Command::new("timeout").arg("60").arg(&bpftrace).args(["-e", script]));
+        assert_eq!(ours, kernel, "the same script on the kernel");
+    }
+}
+
 fn which(tool: &str) -> Result<PathBuf, ()> {
     let o = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map_err(|_| ())?;
     let p = text(&o.stdout).trim().to_string();

@@ -42,6 +42,10 @@ pub const LINK_DETACH: u32 = 34;
 
 /// `BPF_PERF_EVENT`: the attach type of a link to a perf event.
 pub const BPF_PERF_EVENT: u32 = 41;
+/// `PERF_EVENT_IOC_ENABLE`: `_IO('$', 0)`.
+pub const PERF_EVENT_IOC_ENABLE: u64 = 0x2400;
+/// `PERF_EVENT_IOC_DISABLE`: `_IO('$', 1)`.
+pub const PERF_EVENT_IOC_DISABLE: u64 = 0x2401;
 /// `PERF_EVENT_IOC_SET_BPF`: `_IOW('$', 8, __u32)`.
 pub const PERF_EVENT_IOC_SET_BPF: u64 = 0x4004_2408;
 

@@ -52,6 +52,60 @@ pub enum Handle {
     Uprobe(UprobeEvent),
     /// A `PERF_COUNT_SW_BPF_OUTPUT` event (a perf buffer's ring for one CPU).
     PerfOutput(PerfOutput),
+    /// A `PERF_COUNT_SW_CPU_CLOCK` event (bpftrace's `interval` and `profile` probes).
+    Timer(TimerEvent),
+}
+
+/// A CPU-clock perf event: the program attached to it runs in this (the loader's) process,
+/// on a thread of ours, once per period, with a `bpf_perf_event_data` of zeroed registers
+/// (the kernel runs it in whatever the timer interrupts; a loader is never traced by its own
+/// programs, so nothing of its own is shown either).
+#[derive(Clone, Debug)]
+pub struct TimerEvent {
+    /// Nanoseconds between runs.
+    pub period_ns: u64,
+    shared: Arc<TimerShared>,
+}
+
+#[derive(Debug, Default)]
+struct TimerShared {
+    /// The attached program's id (0: none yet).
+    prog: std::sync::atomic::AtomicU32,
+    enabled: std::sync::atomic::AtomicBool,
+    /// Set when the event's last fd closes: the thread ends.
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// Size of `struct bpf_perf_event_data`: `pt_regs`, `sample_period`, `addr`.
+const PERF_EVENT_DATA_SIZE: usize = 168 + 8 + 8;
+
+/// Runs `shared`'s program every `period_ns` until the event closes.
+fn run_timer(region: Arc<ShmRegion>, period_ns: u64, shared: Arc<TimerShared>) {
+    use std::sync::atomic::Ordering::Acquire;
+    let runtime = Runtime::new(region, EngineKind::Jit);
+    let period = std::time::Duration::from_nanos(period_ns.max(10_000));
+    let mut ctx = [0u8; PERF_EVENT_DATA_SIZE];
+    ctx[168..176].copy_from_slice(&period_ns.to_le_bytes());
+    let mut next = std::time::Instant::now() + period;
+    let mut reported = false;
+    while !shared.stopped.load(Acquire) {
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+        next += period;
+        let id = shared.prog.load(Acquire);
+        if id == 0 || !shared.enabled.load(Acquire) {
+            continue;
+        }
+        let result = runtime
+            .program(id)
+            .map_err(|e| e.to_string())
+            .and_then(|p| runtime.run(&p, bpftime_vm::exec::Context::ReadOnly(&ctx), 0, 0, false).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            if !reported {
+                eprintln!("bpftime: timer program {id}: {e} (reported once)");
+                reported = true;
+            }
+        }
+    }
 }
 
 /// A perf buffer's event: libbpf maps it first and puts it in the PERF_EVENT_ARRAY after, so
@@ -157,6 +211,12 @@ impl Server {
     /// `close(fd)`: a link whose last fd closes is detached, as in the kernel.
     pub fn closed(&self, fd: i32) {
         let h = Self::lock(&self.fds).remove(&fd);
+        if let Some(Handle::Timer(t)) = &h {
+            let still_open = Self::lock(&self.fds).values().any(|o| matches!(o, Handle::Timer(u) if Arc::ptr_eq(&u.shared, &t.shared)));
+            if !still_open {
+                t.shared.stopped.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
         let link = match h {
             Some(Handle::Link(id)) => Some(id),
             Some(Handle::Uprobe(UprobeEvent { link: Some(id), .. })) => Some(id),
@@ -464,7 +524,7 @@ impl Server {
                 put32(&mut info, 12, i as u32 + 1);
                 32
             }
-            Handle::Uprobe(_) | Handle::PerfOutput(_) => return Err(libc::EINVAL),
+            Handle::Uprobe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => return Err(libc::EINVAL),
         };
         let n = len.min(used);
         user::write(out, &info[..n])?;
@@ -536,6 +596,18 @@ impl Server {
         if a.u32(0) == 1 && a.u64(8) == 10 {
             return Some(self.install(Handle::PerfOutput(PerfOutput::default())));
         }
+        // PERF_TYPE_SOFTWARE / PERF_COUNT_SW_CPU_CLOCK: a timer (sample_period, or sample_freq
+        // when the `freq` flag is set).
+        if a.u32(0) == 1 && a.u64(8) == 0 {
+            let (flags, sample) = (a.u64(40), a.u64(16));
+            let period_ns = if flags & (1 << 10) != 0 { 1_000_000_000 / sample.max(1) } else { sample };
+            if period_ns == 0 {
+                return Some(Err(libc::EINVAL));
+            }
+            let shared = Arc::new(TimerShared::default());
+            shared.enabled.store(flags & 1 == 0, std::sync::atomic::Ordering::Release);
+            return Some(self.install(Handle::Timer(TimerEvent { period_ns, shared })));
+        }
         // PERF_TYPE_TRACEPOINT on a system call event: run in userspace by the agent.
         if a.u32(0) == 2 {
             let event = syscall_event_of_id(a.u64(8))?;
@@ -564,12 +636,36 @@ impl Server {
             Some(Handle::Uprobe(_)) => {}
             // Enable, disable: the ring is always on.
             Some(Handle::PerfOutput(_)) => return Some(Ok(0)),
+            Some(Handle::Timer(t)) => return Some(self.timer_ioctl(&t, request, arg)),
             _ => return None,
         }
         Some(match request {
             attr::PERF_EVENT_IOC_SET_BPF => self.prog_id(arg as u32).and_then(|prog| self.attach(fd, prog, 0)).map(|_| 0),
             _ => Ok(0),
         })
+    }
+
+    fn timer_ioctl(&self, t: &TimerEvent, request: u64, arg: u64) -> Result<i64, Errno> {
+        use std::sync::atomic::Ordering::{AcqRel, Release};
+        match request {
+            attr::PERF_EVENT_IOC_SET_BPF => {
+                let prog = self.prog_id(arg as u32)?;
+                if t.shared.prog.swap(prog, AcqRel) == 0 {
+                    let (region, period, shared) = (self.region.clone(), t.period_ns, t.shared.clone());
+                    std::thread::Builder::new().name("bpftime-timer".into()).spawn(move || run_timer(region, period, shared)).map_err(|_| libc::EAGAIN)?;
+                }
+                Ok(0)
+            }
+            attr::PERF_EVENT_IOC_ENABLE => {
+                t.shared.enabled.store(true, Release);
+                Ok(0)
+            }
+            attr::PERF_EVENT_IOC_DISABLE => {
+                t.shared.enabled.store(false, Release);
+                Ok(0)
+            }
+            _ => Ok(0),
+        }
     }
 
     /// `mmap` of one of our map fds: (region offset, bytes available) of what to map, or None
