@@ -496,16 +496,15 @@ impl Analyzer<'_> {
             Insn::Load { size, signed, dst, base, off } => {
                 let b = s.regs[base.index()];
                 self.record(pc, b, off, size, false, s);
-                s.regs[dst.index()] = match (b.base, b.off.singleton()) {
-                    (Base::Stack, Some(o)) if size == MemSize::DW && (o + off as i64) % 8 == 0 => s.slot(o + off as i64),
+                s.regs[dst.index()] = match (b.base, b.off.singleton().and_then(|o| o.checked_add(off as i64))) {
+                    (Base::Stack, Some(k)) if size == MemSize::DW && k % 8 == 0 => s.slot(k),
                     _ => Val::scalar(Range::loaded(size.bytes(), signed)),
                 };
             }
             Insn::Store { size, base, off, src } => {
                 let b = s.regs[base.index()];
                 self.record(pc, b, off, size, true, s);
-                if let (Base::Stack, Some(o)) = (b.base, b.off.singleton()) {
-                    let k = o + off as i64;
+                if let (Base::Stack, Some(k)) = (b.base, b.off.singleton().and_then(|o| o.checked_add(off as i64))) {
                     if size == MemSize::DW && k % 8 == 0 && (-(FRAME_SIZE as i64)..0).contains(&k) {
                         let v = match src {
                             Operand::Reg(r) => s.regs[r.index()],
@@ -542,10 +541,15 @@ impl Analyzer<'_> {
                             _ => Val::TOP,
                         }
                     }
-                    HelperReturn::MemOrNull { size_arg } => match s.regs[size_arg as usize].as_scalar().and_then(Range::singleton) {
-                        Some(n) if (0..=u32::MAX as i64).contains(&n) => Val { base: Base::MemOrNull { size: n as u32, id: pc as u32 }, off: Range::exact(0) },
-                        _ => Val::TOP,
-                    },
+                    HelperReturn::MemOrNull { size_arg } if (1..=5).contains(&size_arg) => {
+                        match s.regs[size_arg as usize].as_scalar().and_then(Range::singleton) {
+                            Some(n) if (0..=u32::MAX as i64).contains(&n) => {
+                                Val { base: Base::MemOrNull { size: n as u32, id: pc as u32 }, off: Range::exact(0) }
+                            }
+                            _ => Val::TOP,
+                        }
+                    }
+                    HelperReturn::MemOrNull { .. } => Val::TOP,
                 };
                 // Older copies of this call's result are different pointers from now on.
                 s.map_vals(|v| if matches!(v.base, Base::MemOrNull { id, .. } if id == pc as u32) { Val::TOP } else { v });

@@ -67,7 +67,7 @@ pub enum HelperReturn {
     /// Null or a pointer to as many bytes as argument register `size_arg` holds (a constant),
     /// such as `bpf_ringbuf_reserve`'s record.
     MemOrNull {
-        /// The argument register (1-5) that holds the size.
+        /// The argument register (1-5) that holds the size (any other proves nothing).
         size_arg: u8,
     },
 }
@@ -79,7 +79,8 @@ pub enum HelperReturn {
 pub struct HelperEffects {
     /// What it returns.
     pub returns: HelperReturn,
-    /// It never writes the program's stack (it only reads what its arguments point to).
+    /// It never writes the program's stack: it only reads what its arguments point to, and
+    /// runs no callback of the program (which could write there through a pointer argument).
     pub leaves_stack: bool,
     /// It never stops or faults the run and spends none of its loop budget (no
     /// [`RunState::stop`], [`RunState::helper_fault`], [`RunState::charge`] or callback):

@@ -289,6 +289,7 @@ pub fn interpret_at(program: &Program, start: usize, args: [u64; 5], frame_point
                 continue;
             }
         }
-        pc += 1;
+        // A jump to slot 0 left pc at -1 (wrapping): this brings it there.
+        pc = pc.wrapping_add(1);
     }
 }

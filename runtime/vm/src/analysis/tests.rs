@@ -384,3 +384,17 @@ fn a_loop_ended_by_an_equality_keeps_its_bound_through_widening_thresholds() {
         exit";
     assert_eq!(proven(src), [true, false]);
 }
+
+#[test]
+fn stack_offsets_that_overflow_prove_nothing_and_do_not_panic() {
+    let src = "
+        r1 = r10
+        r2 = 0x7fffffffffffffff ll
+        r1 += r2
+        r3 = 0
+        *(u64 *)(r1 + 8) = r3
+        r3 = *(u64 *)(r1 + 8)
+        r0 = 0
+        exit";
+    assert_eq!(proven(src), [false, false]);
+}
