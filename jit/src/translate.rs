@@ -256,7 +256,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 }
                 self.b.switch_to_block(block);
             }
-            terminated = self.insn(pc, insns[pc]);
+            terminated = self.emit(pc, insns[pc]);
             self.flush_seals();
             pc += if matches!(insns[pc], Insn::Lddw { .. }) { 2 } else { 1 };
         }
@@ -308,10 +308,6 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     }
 
     /// Emits one instruction; returns whether it ended its block.
-    fn insn(&mut self, pc: usize, insn: Insn) -> bool {
-        self.emit(pc, insn)
-    }
-
     fn emit(&mut self, pc: usize, insn: Insn) -> bool {
         match insn {
             Insn::Alu { width, op, dst, src } => self.alu(width, op, dst, src),
@@ -395,19 +391,18 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 self.b.ins().brif(c, taken, &[], fallthrough, &[]);
                 return true;
             }
-            Insn::Call(CallTarget::Helper(_)) if self.prog.inline_lookup(pc).is_some() => {
-                let layout = self.prog.inline_lookup(pc).expect("checked");
-                self.inline_array_lookup(layout);
-            }
-            Insn::Call(CallTarget::Helper(id)) => {
-                let helper = self.prog.helpers().get(id).expect("verified helper");
-                let callee = self.iconst(helper.func as usize as i64);
-                if helper.effects.never_stops {
-                    self.call_plain_helper(callee);
-                } else {
-                    self.call_helper(pc, callee);
+            Insn::Call(CallTarget::Helper(id)) => match self.prog.inline_lookup(pc) {
+                Some(layout) => self.inline_array_lookup(layout),
+                None => {
+                    let helper = self.prog.helpers().get(id).expect("verified helper");
+                    let callee = self.iconst(helper.func as usize as i64);
+                    if helper.effects.never_stops {
+                        self.call_helper_raw(callee);
+                    } else {
+                        self.call_helper(pc, callee);
+                    }
                 }
-            }
+            },
             Insn::CallReg(r) => {
                 let id = self.reg(r);
                 let callee = self.lookup_helper(pc, id);
@@ -523,23 +518,17 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.b.switch_to_block(cont);
     }
 
+    /// A helper call that may stop the run: the budget goes with it, the status is checked after.
     fn call_helper(&mut self, pc: usize, callee: Value) {
-        let mut args = Vec::with_capacity(6);
-        for r in 1..=5 {
-            args.push(self.reg(Reg::new(r).expect("r1-r5")));
-        }
-        args.push(self.state);
         self.save_budget();
-        let call = self.b.ins().call_indirect(self.sigs.helper, callee, &args);
-        let r0 = self.b.inst_results(call)[0];
-        self.set(Reg::R0, r0);
+        self.call_helper_raw(callee);
         self.reload_budget();
         self.abort_if_stopped(Some(pc));
     }
 
-    /// A call of a helper that never stops the run: no budget to hand over, no status to look
-    /// at afterwards.
-    fn call_plain_helper(&mut self, callee: Value) {
+    /// `r0 = callee(r1..r5, state)`; alone, the call of a helper that never stops the run (no
+    /// budget to hand over, no status to look at afterwards).
+    fn call_helper_raw(&mut self, callee: Value) {
         let mut args = Vec::with_capacity(6);
         for r in 1..=5 {
             args.push(self.reg(Reg::new(r).expect("r1-r5")));
