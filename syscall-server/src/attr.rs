@@ -30,8 +30,17 @@ pub const BTF_LOAD: u32 = 18;
 pub const MAP_LOOKUP_AND_DELETE_ELEM: u32 = 21;
 /// `BPF_MAP_FREEZE`.
 pub const MAP_FREEZE: u32 = 22;
+/// `BPF_MAP_LOOKUP_BATCH`.
+pub const MAP_LOOKUP_BATCH: u32 = 24;
+/// `BPF_MAP_LOOKUP_AND_DELETE_BATCH`.
+pub const MAP_LOOKUP_AND_DELETE_BATCH: u32 = 25;
+/// `BPF_MAP_UPDATE_BATCH`.
+pub const MAP_UPDATE_BATCH: u32 = 26;
+/// `BPF_MAP_DELETE_BATCH`.
+pub const MAP_DELETE_BATCH: u32 = 27;
 /// `BPF_LINK_CREATE`.
 pub const LINK_CREATE: u32 = 28;
+/// `BPF_RAW_TRACEPOINT_OPEN`.
 pub const RAW_TRACEPOINT_OPEN: u32 = 17;
 /// `BPF_LINK_GET_FD_BY_ID`.
 pub const LINK_GET_FD_BY_ID: u32 = 30;
@@ -39,6 +48,9 @@ pub const LINK_GET_FD_BY_ID: u32 = 30;
 pub const LINK_GET_NEXT_ID: u32 = 31;
 /// `BPF_LINK_DETACH`.
 pub const LINK_DETACH: u32 = 34;
+
+/// `BPF_F_LOCK`: the only flag batch operations take per element.
+pub const BPF_F_LOCK: u64 = 4;
 
 /// `BPF_PERF_EVENT`: the attach type of a link to a perf event.
 pub const BPF_PERF_EVENT: u32 = 41;

@@ -292,6 +292,9 @@ impl Server {
                 Ok(0)
             }
             attr::MAP_LOOKUP_AND_DELETE_ELEM => self.map_lookup(a, true),
+            attr::MAP_LOOKUP_BATCH => self.map_lookup_batch(a, false),
+            attr::MAP_LOOKUP_AND_DELETE_BATCH => self.map_lookup_batch(a, true),
+            attr::MAP_UPDATE_BATCH | attr::MAP_DELETE_BATCH => self.map_change_batch(cmd, a),
             attr::MAP_FREEZE => {
                 let map = self.map(a.u32(0))?;
                 Self::lock(&self.frozen).insert(map.id());
@@ -413,6 +416,92 @@ impl Server {
         }
         user::write(a.u64(16), &value)?;
         Ok(0)
+    }
+
+    /// The map of a batch command (`attr.batch`: in_batch 0, out_batch 8, keys 16, values 24,
+    /// count 32, map_fd 36, elem_flags 40, flags 48), its flags checked as the kernel does.
+    fn batch_map(&self, a: &Attr) -> Result<Map, Errno> {
+        let map = self.map(a.u32(36))?;
+        if a.u64(40) & !attr::BPF_F_LOCK != 0 || a.u64(48) != 0 {
+            return Err(libc::EINVAL);
+        }
+        Ok(map)
+    }
+
+    /// `BPF_MAP_LOOKUP_BATCH` / `BPF_MAP_LOOKUP_AND_DELETE_BATCH`: up to `count` entries from
+    /// the position `in_batch` names (NULL: the start), the position to go on from in
+    /// `out_batch` (a u32, as the kernel's hash maps write), `count` set to what was copied;
+    /// `ENOENT` (with the entries copied) once the walk reaches the end.
+    fn map_lookup_batch(&self, a: &mut Attr, delete: bool) -> Result<i64, Errno> {
+        let map = self.batch_map(a)?;
+        if delete && Self::lock(&self.frozen).contains(&map.id()) {
+            return Err(libc::EPERM);
+        }
+        let room = a.u32(32) as usize;
+        if room == 0 {
+            return Ok(0);
+        }
+        let cursor = match a.u64(0) {
+            0 => 0,
+            at => u32::from_le_bytes(user::read(at, 4)?.try_into().map_err(|_| libc::EFAULT)?),
+        };
+        let (ks, vs) = (map.spec().key_size as usize, map.syscall_value_size());
+        let mut copied = 0u32;
+        let walk = map.batch_keys(cursor, room);
+        let end = match walk {
+            Ok((keys, next)) => {
+                let (mut kout, mut vout) = (Vec::with_capacity(keys.len() * ks), Vec::with_capacity(keys.len() * vs));
+                let mut value = vec![0u8; vs];
+                for key in keys {
+                    // An element deleted since the walk saw it is left out.
+                    let found = if delete { map.lookup_and_delete(&key, &mut value) } else { map.lookup(&key, &mut value) };
+                    if found.is_ok() {
+                        kout.extend_from_slice(&key);
+                        vout.extend_from_slice(&value);
+                        copied += 1;
+                    }
+                }
+                user::write(a.u64(16), &kout)?;
+                user::write(a.u64(24), &vout)?;
+                user::write(a.u64(8), &next.unwrap_or(u32::MAX).to_le_bytes())?;
+                next
+            }
+            Err(e) if e.0 == libc::ENOENT => None,
+            Err(e) => return Err(e.0),
+        };
+        a.set_u32(32, copied);
+        match end {
+            Some(_) => Ok(0),
+            None => Err(libc::ENOENT),
+        }
+    }
+
+    /// `BPF_MAP_UPDATE_BATCH` / `BPF_MAP_DELETE_BATCH`: element by element, stopping at the
+    /// first failure; `count` says how many were done (the kernel's generic batch).
+    fn map_change_batch(&self, cmd: u32, a: &mut Attr) -> Result<i64, Errno> {
+        let map = self.batch_map(a)?;
+        if Self::lock(&self.frozen).contains(&map.id()) {
+            return Err(libc::EPERM);
+        }
+        let (ks, vs) = (map.spec().key_size as u64, map.syscall_value_size() as u64);
+        let count = a.u32(32);
+        let mut done = 0u32;
+        let result = (|| {
+            for i in 0..count as u64 {
+                let key = user::read(a.u64(16).checked_add(i * ks).ok_or(libc::EFAULT)?, ks as usize)?;
+                if cmd == attr::MAP_DELETE_BATCH {
+                    map.delete(&key).map_err(|e| e.0)?;
+                } else {
+                    let value = user::read(a.u64(24).checked_add(i * vs).ok_or(libc::EFAULT)?, vs as usize)?;
+                    let value = self.value_in(&map, &key, value)?;
+                    map.update(&key, &value, a.u64(40)).map_err(|e| e.0)?;
+                }
+                done += 1;
+            }
+            Ok(0)
+        })();
+        a.set_u32(32, done);
+        result
     }
 
     fn prog_load(&self, a: &mut Attr) -> Result<i64, Errno> {

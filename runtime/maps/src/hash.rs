@@ -474,6 +474,28 @@ fn first_live(v: &View, mut cur: u64) -> Option<u64> {
     None
 }
 
+/// Number of buckets (the positions of a batch walk).
+pub(crate) fn bucket_count(map: &Map) -> u64 {
+    View::new(map).nbuckets
+}
+
+/// The keys of the live elements in bucket `b`, in chain order.
+pub(crate) fn bucket_keys(map: &Map, b: u64) -> Vec<Vec<u8>> {
+    let v = View::new(map);
+    let mut keys = Vec::new();
+    let mut cur = first_live(&v, v.bucket(b).load(Ordering::Acquire));
+    while let Some(e) = cur {
+        if keys.len() as u64 > v.pool {
+            break;
+        }
+        let mut key = vec![0u8; map.spec().key_size as usize];
+        map.region().read(e + key_off(map), &mut key);
+        keys.push(key);
+        cur = first_live(&v, v.next(e).load(Ordering::Acquire));
+    }
+    keys
+}
+
 pub(crate) fn next_key(map: &Map, key: Option<&[u8]>, next: &mut [u8]) -> Result<(), Errno> {
     let v = View::new(map);
     let mut start_bucket = 0;

@@ -806,6 +806,51 @@ impl Map {
         keys
     }
 
+    /// The keys one `BPF_MAP_LOOKUP_BATCH` (or `..._AND_DELETE_BATCH`) call returns: from
+    /// position `cursor` (0 = the start; then what the previous call returned), at most `room`
+    /// of them, and the position to resume from (`None`: the walk reached the end). Hash maps
+    /// return whole buckets, as the kernel's do (`ENOSPC` when the first bucket alone holds
+    /// more than `room`); arrays return indices. Other map types have no batch operations
+    /// (`ENOTSUPP`, as in the kernel).
+    pub fn batch_keys(&self, cursor: u32, room: usize) -> Result<(Vec<Vec<u8>>, Option<u32>), Errno> {
+        use MapType::*;
+        match self.spec.map_type {
+            Array | PercpuArray => {
+                let max = self.spec.max_entries;
+                if cursor >= max {
+                    return Err(Errno::ENOENT);
+                }
+                // As the kernel's generic walk: the end is reported by the call that finds
+                // no next key, so a batch that fills `room` exactly never reports it.
+                let want = cursor as u64 + room as u64;
+                let end = want.min(max as u64) as u32;
+                let keys = (cursor..end).map(|i| i.to_le_bytes().to_vec()).collect();
+                Ok((keys, (want <= max as u64).then_some(end)))
+            }
+            Hash | PercpuHash | LruHash | LruPercpuHash => {
+                let buckets = hash::bucket_count(self);
+                if cursor as u64 >= buckets {
+                    return Err(Errno::ENOENT);
+                }
+                let mut keys = Vec::new();
+                let mut b = cursor as u64;
+                while b < buckets {
+                    let more = hash::bucket_keys(self, b);
+                    if keys.len() + more.len() > room {
+                        if keys.is_empty() {
+                            return Err(Errno::ENOSPC);
+                        }
+                        break;
+                    }
+                    keys.extend(more);
+                    b += 1;
+                }
+                Ok((keys, (b < buckets).then_some(b as u32)))
+            }
+            _ => Err(Errno::ENOTSUPP),
+        }
+    }
+
     // ---- program side -------------------------------------------------------------------
 
     /// For an array or per-CPU array map: the address of its first value, the distance

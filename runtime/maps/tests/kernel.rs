@@ -596,3 +596,122 @@ fn creation_errors_match_kernel() {
         assert_eq!(k.is_err(), o.is_err(), "{spec:?}: kernel {k:?}, ours {o:?}");
     }
 }
+
+// ---- batch walks ---------------------------------------------------------------------------
+
+const BPF_MAP_LOOKUP_BATCH: i64 = 24;
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: i64 = 25;
+
+/// One batch call's result: the errno (0 for success), the (key, value) pairs copied.
+type Batch = (i32, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// Walks a kernel map with `BPF_MAP_LOOKUP(_AND_DELETE)_BATCH`, `room` entries per call.
+fn kernel_batches(map: &KernelMap, ks: usize, vs: usize, room: u32, delete: bool) -> Vec<Batch> {
+    let mut out = vec![];
+    let (mut token, mut next) = ([0u8; 8], [0u8; 8]);
+    for call in 0..1000 {
+        let (mut keys, mut values) = (vec![0u8; ks * room as usize], vec![0u8; vs * room as usize]);
+        let mut a = [0u8; 128];
+        put64(&mut a, 0, if call == 0 { 0 } else { token.as_mut_ptr() as u64 });
+        put64(&mut a, 8, next.as_mut_ptr() as u64);
+        put64(&mut a, 16, keys.as_mut_ptr() as u64);
+        put64(&mut a, 24, values.as_mut_ptr() as u64);
+        put32(&mut a, 32, room);
+        put32(&mut a, 36, map.fd as u32);
+        let r = sys_bpf(if delete { BPF_MAP_LOOKUP_AND_DELETE_BATCH } else { BPF_MAP_LOOKUP_BATCH }, &mut a);
+        // `count` is written back on success and at the end (ENOENT) only.
+        let n = if matches!(r, Ok(_) | Err(Errno::ENOENT)) { u32::from_le_bytes(a[32..36].try_into().unwrap()) as usize } else { 0 };
+        let pairs = (0..n).map(|i| (keys[i * ks..(i + 1) * ks].to_vec(), values[i * vs..(i + 1) * vs].to_vec())).collect();
+        out.push((r.err().map_or(0, |e| e.0), pairs));
+        if r.is_err() {
+            return out;
+        }
+        token = next;
+    }
+    panic!("the kernel's batch walk did not end");
+}
+
+/// The same walk over ours, as the syscall server does it: `Map::batch_keys`, then each
+/// key's value.
+fn our_batches(map: &Map, room: u32, delete: bool) -> Vec<Batch> {
+    let mut out = vec![];
+    let mut cursor = 0;
+    for _ in 0..1000 {
+        let (keys, next) = match map.batch_keys(cursor, room as usize) {
+            Ok(walk) => walk,
+            Err(e) => {
+                out.push((e.0, vec![]));
+                return out;
+            }
+        };
+        let mut pairs = vec![];
+        for key in keys {
+            let mut value = vec![0u8; map.syscall_value_size()];
+            let found = if delete { map.lookup_and_delete(&key, &mut value) } else { map.lookup(&key, &mut value) };
+            if found.is_ok() {
+                pairs.push((key, value));
+            }
+        }
+        match next {
+            Some(n) => {
+                out.push((0, pairs));
+                cursor = n;
+            }
+            None => {
+                out.push((libc::ENOENT, pairs));
+                return out;
+            }
+        }
+    }
+    panic!("our batch walk did not end");
+}
+
+/// Batch walks return what the kernel's return: arrays call by call (counts and the ENOENT of
+/// the call that finds no next key), hash maps the same entries with ENOENT at the end and no
+/// call over `room` (bucket boundaries differ), `lookup_and_delete` empties the map.
+#[test]
+fn batch_walks_match_kernel() {
+    if !have_bpf() {
+        return;
+    }
+    for (t, max, room) in [(MapType::Array, 14, 7), (MapType::Array, 20, 7), (MapType::PercpuArray, 9, 4)] {
+        let spec = MapSpec::new(t, 4, 8, max);
+        let kernel = kernel_create(&spec, 0).unwrap();
+        let ours = Map::create(&region(), "batch_array", &spec).unwrap();
+        let vs = ours.syscall_value_size();
+        for i in 0..max {
+            let v: Vec<u8> = (0..vs / 8).flat_map(|c| (i as u64 * 100 + c as u64).to_le_bytes()).collect();
+            kernel.update(&k32(i), &v, BPF_ANY).unwrap();
+            ours.update(&k32(i), &v, BPF_ANY).unwrap();
+        }
+        assert_eq!(our_batches(&ours, room, false), kernel_batches(&kernel, 4, vs, room, false), "{t:?} max {max} room {room}");
+    }
+    for t in [MapType::Hash, MapType::PercpuHash] {
+        let spec = MapSpec::new(t, 4, 8, 64);
+        let kernel = kernel_create(&spec, 0).unwrap();
+        let ours = Map::create(&region(), "batch_hash", &spec).unwrap();
+        let vs = ours.syscall_value_size();
+        for i in 0..50u32 {
+            let v: Vec<u8> = (0..vs / 8).flat_map(|c| (i as u64 * 7 + c as u64).to_le_bytes()).collect();
+            kernel.update(&k32(i * 13), &v, BPF_ANY).unwrap();
+            ours.update(&k32(i * 13), &v, BPF_ANY).unwrap();
+        }
+        for delete in [false, true] {
+            let (k, o) = (kernel_batches(&kernel, 4, vs, 8, delete), our_batches(&ours, 8, delete));
+            for walk in [&k, &o] {
+                assert_eq!(walk.last().unwrap().0, libc::ENOENT, "{t:?}: the walk ends with ENOENT");
+                assert!(walk[..walk.len() - 1].iter().all(|(e, p)| *e == 0 && p.len() <= 8), "{t:?}: {walk:?}");
+            }
+            let set = |w: &[Batch]| w.iter().flat_map(|(_, p)| p.clone()).collect::<BTreeSet<_>>();
+            assert_eq!(set(&o), set(&k), "{t:?} delete {delete}");
+            assert_eq!(set(&o).len(), 50);
+        }
+        assert_eq!(ours.len(), 0, "lookup_and_delete batches empty the map");
+        assert_eq!(our_batches(&ours, 8, false), kernel_batches(&kernel, 4, vs, 8, false), "an empty map");
+    }
+    // No batch operations on other map types, as in the kernel (ENOTSUPP).
+    let spec = MapSpec::new(MapType::Queue, 0, 8, 4);
+    let ours = Map::create(&region(), "batch_queue", &spec).unwrap();
+    let kernel = kernel_create(&spec, 0).unwrap();
+    assert_eq!(our_batches(&ours, 4, false), kernel_batches(&kernel, 0, 8, 4, false));
+}
