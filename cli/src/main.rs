@@ -746,6 +746,8 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
         Command::Link { command: LinkCommand::List { json } } => {
             let region = open_region(shm)?;
             let list = links::list(&region);
+            let pins = bpftime_runtime::pins::list(&region);
+            let pinned = |id: u32| pins.iter().filter(|p| p.target == id).map(|p| p.path.clone()).collect::<Vec<_>>();
             let kind = |l: &UprobeLink| match (l.kind, l.retprobe) {
                 (links::LinkKind::CudaKernel, false) => "cuda kernel entry",
                 (links::LinkKind::CudaKernel, true) => "cuda kernel exit",
@@ -758,7 +760,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
                     .iter()
                     .map(|l| {
                         serde_json::json!({"id": l.id, "program": l.prog, "name": l.name, "kind": kind(l), "target": l.target, "state": format!("{:?}", l.state),
-                            "pid": l.pid, "cookie": l.cookie, "semaphore": l.ref_ctr})
+                            "pid": l.pid, "cookie": l.cookie, "semaphore": l.ref_ctr, "pinned": pinned(l.id)})
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&all).expect("JSON values serialise"));
@@ -766,7 +768,8 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
                 for l in &list {
                     let pid = if l.pid != 0 { format!(", pid {}", l.pid) } else { String::new() };
                     let sem = if l.ref_ctr != 0 { format!(", semaphore at {:#x}", l.ref_ctr) } else { String::new() };
-                    println!("link {} `{}` (prog {}): {} {} ({:?}{pid}{sem})", l.id, l.name, l.prog, kind(l), l.target, l.state);
+                    let pins: String = pinned(l.id).iter().map(|p| format!(", pinned at {p}")).collect();
+                    println!("link {} `{}` (prog {}): {} {} ({:?}{pid}{sem}{pins})", l.id, l.name, l.prog, kind(l), l.target, l.state);
                 }
             }
             Ok(0)

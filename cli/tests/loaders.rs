@@ -117,6 +117,91 @@ fn counts_like_the_kernel(loader: &Path, tag: &str) {
     assert_eq!(target_out, kernel_target, "the target's own output");
 }
 
+/// Pinned links outlive their loader, as on the kernel: a libbpf loader attaches and pins its
+/// links and map, then exits; a target started afterwards is counted; another process opens
+/// the pinned map (the loader again, and bpftool); unpinning the links (libbpf's
+/// `bpf_link__unpin`) detaches them. Every printed count equals the kernel's.
+#[test]
+fn pinned_links_outlive_their_loader_like_the_kernel() {
+    let _serial = serial();
+    if !is_root() || !bpftime_tests::kernel::bpffs_mounted() {
+        println!("skipping: pins need root and a bpffs");
+        return;
+    }
+    let loader = build_loader("pin_calls");
+    let obj = build_example("loader_calls");
+    let calls = build_target("calls", false);
+    let run = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{c:?}: {}{}", text(&o.stdout), text(&o.stderr));
+        text(&o.stdout)
+    };
+    // `preload`: the same command under the server (region `shm`) or as it is (the kernel).
+    let sequence = |shm: Option<&str>, dir: &str| -> Vec<String> {
+        let cmd = |args: &[&std::ffi::OsStr]| {
+            let mut c = match shm {
+                Some(shm) => {
+                    let mut c = bpftime(shm);
+                    c.args(["load", "--"]).arg(args[0]);
+                    c
+                }
+                None => Command::new(args[0]),
+            };
+            c.args(&args[1..]);
+            c
+        };
+        let target = |n: &str| match shm {
+            Some(shm) => {
+                let mut c = bpftime(shm);
+                c.args(["start", "--"]).arg(&calls).arg(n);
+                c
+            }
+            None => {
+                let mut c = Command::new(&calls);
+                c.arg(n);
+                c
+            }
+        };
+        let mut out = vec![run(&mut cmd(&[loader.as_os_str(), "pin".as_ref(), obj.as_os_str(), calls.as_os_str(), dir.as_ref()]))];
+        run(&mut target("300"));
+        if let Some(shm) = shm {
+            let list = run(bpftime(shm).args(["link", "list"]));
+            assert_eq!(list.matches(&format!(", pinned at {dir}/")).count(), 3, "{list}");
+        }
+        out.push(run(&mut cmd(&[loader.as_os_str(), "dump".as_ref(), dir.as_ref()])));
+        out.push(run(&mut cmd(&[loader.as_os_str(), "unpin".as_ref(), obj.as_os_str(), dir.as_ref()])));
+        run(&mut target("200"));
+        out.push(run(&mut cmd(&[loader.as_os_str(), "dump".as_ref(), dir.as_ref(), "unpin".as_ref()])));
+        let _ = std::fs::remove_dir(dir);
+        out
+    };
+    let shm = format!("bpftime-pins-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let dir = format!("/sys/fs/bpf/bpftime-pins-{}", std::process::id());
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let ours = sequence(Some(&shm), &dir);
+    assert!(ours[1].contains("stats[0] = 300\n"), "counted while pinned, after the loader exited: {ours:?}");
+    assert!(ours[3].contains("stats[0] = 300\n"), "nothing counted after unpinning: {ours:?}");
+    let progs = bpftime(&shm).args(["link", "list"]).output().unwrap();
+    assert_eq!(text(&progs.stdout).lines().count(), 0, "no link left: {}", text(&progs.stdout));
+    // bpftool (unmodified) opens a pin of ours.
+    if let Ok(bpftool) = which("bpftool") {
+        run(bpftime(&shm).args(["load", "--"]).arg(&loader).args(["pin"]).arg(&obj).arg(&calls).arg(&dir));
+        let shown = run(&mut {
+            let mut c = bpftime(&shm);
+            c.args(["load", "--"]).arg(&bpftool).args(["map", "show", "pinned"]).arg(format!("{dir}/stats"));
+            c
+        });
+        assert!(shown.contains("name stats") && shown.contains("max_entries 3"), "{shown}");
+        run(bpftime(&shm).args(["load", "--"]).arg(&loader).arg("unpin").arg(&obj).arg(&dir));
+        run(bpftime(&shm).args(["load", "--"]).arg(&loader).arg("dump").arg(&dir).arg("unpin"));
+        let _ = std::fs::remove_dir(&dir);
+    }
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let kernel = sequence(None, &format!("{dir}-kernel"));
+    assert_eq!(ours, kernel, "the same sequence on the kernel");
+}
+
 /// A loader whose program our verifier refuses fails as it would on the kernel (its own error
 /// path, our reason in libbpf's log), and nothing is left behind.
 #[test]

@@ -14,6 +14,12 @@ pub const MAP_DELETE_ELEM: u32 = 3;
 pub const MAP_GET_NEXT_KEY: u32 = 4;
 /// `BPF_PROG_LOAD`.
 pub const PROG_LOAD: u32 = 5;
+/// `BPF_OBJ_PIN`.
+pub const OBJ_PIN: u32 = 6;
+/// `BPF_OBJ_GET`.
+pub const OBJ_GET: u32 = 7;
+/// `BPF_F_PATH_FD`: `attr.path_fd` is the directory a relative pin path starts from.
+pub const BPF_F_PATH_FD: u32 = 1 << 14;
 /// `BPF_PROG_GET_NEXT_ID`.
 pub const PROG_GET_NEXT_ID: u32 = 11;
 /// `BPF_MAP_GET_NEXT_ID`.

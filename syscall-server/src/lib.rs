@@ -7,7 +7,8 @@
 //! (global data of skeletons, ring buffers as libbpf's consumer reads them) and polled.
 //!
 //! Interposed: `syscall` (for `__NR_bpf` and `__NR_perf_event_open`), `ioctl`, `close`, `dup`,
-//! `dup2`, `dup3`, `mmap`, `mmap64`. Everything else, and every call on fds that are not ours,
+//! `dup2`, `dup3`, `mmap`, `mmap64`, `unlink`/`unlinkat` (for pinned paths) and `readlink`/`readlinkat` (for
+//! `/proc/self/fd/N` of our fds). Everything else, and every call on fds that are not ours,
 //! goes to the kernel unchanged (as raw system calls, with glibc's errno convention).
 
 mod attr;
@@ -16,7 +17,7 @@ mod server;
 mod user;
 
 use server::Server;
-use std::ffi::{c_int, c_long, c_ulong, c_void};
+use std::ffi::{c_char, c_int, c_long, c_ulong, c_void};
 use std::sync::OnceLock;
 
 static SERVER: OnceLock<Option<Server>> = OnceLock::new();
@@ -233,7 +234,98 @@ pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: usize, prot: c_int, flag
     unsafe { mmap(addr, len, prot, flags, fd, off) }
 }
 
-/// At unload (process exit): links this loader still holds are detached.
+/// The pin at `path` (a C string) removed, if it is one of ours.
+fn unlink_pin(dirfd: c_int, path: *const c_char) -> Option<c_int> {
+    let s = SERVER.get().and_then(Option::as_ref)?;
+    let r = std::panic::catch_unwind(|| {
+        let p = user::read_cstr(path as u64, 4096).ok()?;
+        let full = if p.starts_with('/') || dirfd == libc::AT_FDCWD {
+            std::path::PathBuf::from(p)
+        } else {
+            std::fs::read_link(format!("/proc/self/fd/{dirfd}")).ok()?.join(p)
+        };
+        s.unlinked(full.to_str()?)
+    });
+    r.ok().flatten().map(|r| raw::to_c(r) as c_int)
+}
+
+/// `unlink(2)`: a pinned path of ours is unpinned (libbpf's `bpf_map__unpin`,
+/// `bpf_link__unpin`); anything else is the kernel's.
+///
+/// # Safety
+/// Same contract as unlink(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn unlink(path: *const c_char) -> c_int {
+    if let Some(r) = unlink_pin(libc::AT_FDCWD, path) {
+        return r;
+    }
+    raw::to_c(raw::result(raw::syscall6(libc::SYS_unlink, [path as c_long, 0, 0, 0, 0, 0]))) as c_int
+}
+
+/// `unlinkat(2)`: as [`unlink`], relative to `dirfd`.
+///
+/// # Safety
+/// Same contract as unlinkat(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn unlinkat(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    if flags & libc::AT_REMOVEDIR == 0 {
+        if let Some(r) = unlink_pin(dirfd, path) {
+            return r;
+        }
+    }
+    raw::to_c(raw::result(raw::syscall6(libc::SYS_unlinkat, [dirfd as c_long, path as c_long, flags as c_long, 0, 0, 0]))) as c_int
+}
+
+/// What `readlink` of `path` (a C string) shows when it names an fd of ours in `/proc`.
+fn fd_link(dirfd: c_int, path: *const c_char) -> Option<&'static str> {
+    let s = SERVER.get().and_then(Option::as_ref)?;
+    std::panic::catch_unwind(|| {
+        let p = user::read_cstr(path as u64, 256).ok()?;
+        if !p.starts_with('/') && dirfd != libc::AT_FDCWD {
+            return None;
+        }
+        let rest = p.strip_prefix("/proc/self/fd/").or_else(|| p.strip_prefix(&format!("/proc/{}/fd/", std::process::id())))?;
+        s.fd_link_text(rest.parse().ok()?)
+    })
+    .ok()
+    .flatten()
+}
+
+/// Copies `text` into the caller's buffer as readlink(2) does (no NUL, truncated).
+fn readlink_answer(text: &str, buf: *mut c_char, size: usize) -> isize {
+    let n = text.len().min(size);
+    match user::write(buf as u64, &text.as_bytes()[..n]) {
+        Ok(()) => n as isize,
+        Err(e) => raw::to_c(Err(e)) as isize,
+    }
+}
+
+/// `readlink(2)`: `/proc/self/fd/N` of an fd of ours reads as the kernel's bpf object files do
+/// (`anon_inode:bpf-map`...), which bpftool checks before using a pinned object.
+///
+/// # Safety
+/// Same contract as readlink(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readlink(path: *const c_char, buf: *mut c_char, size: usize) -> isize {
+    if let Some(text) = fd_link(libc::AT_FDCWD, path) {
+        return readlink_answer(text, buf, size);
+    }
+    raw::to_c(raw::result(raw::syscall6(libc::SYS_readlink, [path as c_long, buf as c_long, size as c_long, 0, 0, 0]))) as isize
+}
+
+/// `readlinkat(2)`: as [`readlink`].
+///
+/// # Safety
+/// Same contract as readlinkat(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut c_char, size: usize) -> isize {
+    if let Some(text) = fd_link(dirfd, path) {
+        return readlink_answer(text, buf, size);
+    }
+    raw::to_c(raw::result(raw::syscall6(libc::SYS_readlinkat, [dirfd as c_long, path as c_long, buf as c_long, size as c_long, 0, 0]))) as isize
+}
+
+/// At unload (process exit)/// At unload (process exit)/// At unload (process exit): links this loader still holds are detached.
 extern "C" fn at_exit() {
     if let Some(s) = SERVER.get().and_then(Option::as_ref) {
         let _ = std::panic::catch_unwind(|| s.exiting());

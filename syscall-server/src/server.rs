@@ -9,7 +9,7 @@
 use crate::attr::{self, Attr};
 use crate::user;
 use bpftime_maps::{Map, MapSpec, MapType};
-use bpftime_runtime::{links, progs, EngineKind, Runtime};
+use bpftime_runtime::{links, pins, progs, EngineKind, Runtime};
 use bpftime_shm::{ObjectKind, ShmRegion};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -151,7 +151,45 @@ fn syscall_event_of_id(id: u64) -> Option<String> {
     found
 }
 
-/// A new fd of ours: an eventfd.
+/// The absolute path a pin command names (`attr`: pathname 0, bpf_fd 8, file_flags 12,
+/// path_fd 16): relative to `path_fd` with `BPF_F_PATH_FD`, else to the working directory.
+fn pin_path(a: &Attr) -> Result<String, Errno> {
+    let raw = user::read_cstr(a.u64(0), 4096)?;
+    if raw.is_empty() {
+        return Err(libc::ENOENT);
+    }
+    let path = std::path::Path::new(&raw);
+    if path.is_relative() && a.u32(12) & attr::BPF_F_PATH_FD != 0 {
+        let dir = std::fs::read_link(format!("/proc/self/fd/{}", a.u32(16) as i32)).map_err(|_| libc::EBADF)?;
+        return absolute(&dir.join(path));
+    }
+    absolute(path)
+}
+
+/// `path` made absolute with its directory resolved (symbolic links, `.` and `..`), so that
+/// every spelling of one place names one pin.
+fn absolute(path: &std::path::Path) -> Result<String, Errno> {
+    let name = path.file_name().ok_or(libc::ENOENT)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let dir = std::fs::canonicalize(dir).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOENT))?;
+    Ok(dir.join(name).to_string_lossy().into_owned())
+}
+
+/// Whether `dir` is on a bpffs (`statfs` type `BPF_FS_MAGIC`), where the kernel allows pins.
+fn on_bpffs(dir: &std::path::Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: statfs(2) with a NUL-terminated path and a buffer of the right type.
+    let r = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    // SAFETY: on success the kernel filled the struct (and it started zeroed).
+    r == 0 && unsafe { st.assume_init() }.f_type == BPF_FS_MAGIC
+}
+
+/// A new fd of ours: an eventfd./// A new fd of ours: an eventfd.
 fn new_fd() -> Result<i32, Errno> {
     // SAFETY: eventfd(2) with valid flags; no pointers.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -200,6 +238,18 @@ impl Server {
         Ok(fd as i64)
     }
 
+    /// What `readlink("/proc/self/fd/FD")` shows for fd `fd` of ours, as the kernel names its
+    /// objects' files (tools tell maps from programs by it).
+    pub fn fd_link_text(&self, fd: i32) -> Option<&'static str> {
+        Some(match self.handle(fd)? {
+            Handle::Map(_) => "anon_inode:bpf-map",
+            Handle::Prog(_) => "anon_inode:bpf-prog",
+            Handle::Link(_) => "anon_inode:bpf_link",
+            Handle::Btf(_) => "anon_inode:btf",
+            Handle::Uprobe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => "anon_inode:[perf_event]",
+        })
+    }
+
     /// `dup`: `new` stands for what `old` does.
     pub fn duplicated(&self, old: i32, new: i32) {
         let mut fds = Self::lock(&self.fds);
@@ -226,7 +276,7 @@ impl Server {
             let still_open = Self::lock(&self.fds)
                 .values()
                 .any(|h| matches!(h, Handle::Link(l) if *l == id) || matches!(h, Handle::Uprobe(UprobeEvent { link: Some(l), .. }) if *l == id));
-            if !still_open {
+            if !still_open && !pins::is_pinned(&self.region, id) {
                 links::remove(&self.region, id);
             }
         }
@@ -236,7 +286,7 @@ impl Server {
             let linked: HashSet<u32> = links::list(&self.region).iter().map(|l| l.prog).collect();
             let held: HashSet<u32> = Self::lock(&self.fds).values().filter_map(|h| if let Handle::Prog(p) = h { Some(*p) } else { None }).collect();
             Self::lock(&self.loaded).retain(|id| {
-                let keep = held.contains(id) || linked.contains(id);
+                let keep = held.contains(id) || linked.contains(id) || pins::is_pinned(&self.region, *id);
                 if !keep {
                     self.region.remove_object(*id);
                 }
@@ -299,6 +349,13 @@ impl Server {
                 let map = self.map(a.u32(0))?;
                 Self::lock(&self.frozen).insert(map.id());
                 Ok(0)
+            }
+            attr::OBJ_PIN => self.obj_pin(a),
+            attr::OBJ_GET => {
+                let path = pin_path(a)?;
+                let id = pins::get(&self.region, &path).ok_or(libc::ENOENT)?;
+                let kind = self.region.object(id).ok_or(libc::ENOENT)?.kind;
+                self.fd_by_id(id, kind)
             }
             attr::PROG_LOAD => self.prog_load(a),
             attr::BTF_LOAD => self.btf_load(a),
@@ -660,6 +717,49 @@ impl Server {
         let id = links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, scope).map_err(|_| libc::ENOMEM)?;
         ev.link = Some(id);
         Ok(id)
+    }
+
+    /// `BPF_OBJ_PIN`: the map, program or link of `bpf_fd` gets a path on a bpffs (whose
+    /// directory must exist, as the kernel requires); a pinned link stays attached after its
+    /// last fd closes.
+    fn obj_pin(&self, a: &Attr) -> Result<i64, Errno> {
+        let id = match self.handle(a.u32(8) as i32).ok_or(libc::EBADF)? {
+            Handle::Map(id) | Handle::Prog(id) | Handle::Link(id) => id,
+            _ => return Err(libc::EINVAL),
+        };
+        let path = pin_path(a)?;
+        let dir = std::path::Path::new(&path).parent().ok_or(libc::ENOENT)?;
+        if !on_bpffs(dir) {
+            return Err(libc::EPERM);
+        }
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return Err(libc::EEXIST);
+        }
+        pins::pin(&self.region, &path, id).map_err(|e| match e {
+            pins::PinError::Exists(_) => libc::EEXIST,
+            pins::PinError::TooLong => libc::ENAMETOOLONG,
+            pins::PinError::Shm(_) => libc::ENOMEM,
+        })?;
+        if self.region.object(id).is_some_and(|o| o.kind == ObjectKind::Link) {
+            links::set_owner(&self.region, id, 0);
+        }
+        Ok(0)
+    }
+
+    /// `unlink` of a pinned path: the pin goes (None: not a pin of ours, the kernel's
+    /// unlink). A link nobody holds any more is detached, as the kernel detaches it.
+    pub fn unlinked(&self, path: &str) -> Option<Result<i64, Errno>> {
+        let path = absolute(std::path::Path::new(path)).ok()?;
+        let id = pins::unpin(&self.region, &path)?;
+        if self.region.object(id).is_some_and(|o| o.kind == ObjectKind::Link) && !pins::is_pinned(&self.region, id) {
+            let held = Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Link(l) if *l == id));
+            if held {
+                links::set_owner(&self.region, id, std::process::id());
+            } else {
+                links::remove(&self.region, id);
+            }
+        }
+        Some(Ok(0))
     }
 
     fn fd_by_id(&self, id: u32, kind: ObjectKind) -> Result<i64, Errno> {

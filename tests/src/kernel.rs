@@ -276,3 +276,19 @@ pub fn tracefs_mounted() -> bool {
     }
     ok
 }
+
+/// Whether a bpffs is mounted at /sys/fs/bpf (mounting it when it is not, as root can); pins
+/// live there. Says why when it is not.
+pub fn bpffs_mounted() -> bool {
+    let is_bpffs = || {
+        std::process::Command::new("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "bpf_fs")
+    };
+    if !is_bpffs() {
+        let _ = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status();
+    }
+    let ok = is_bpffs();
+    if !ok {
+        eprintln!("skipped: no bpffs at /sys/fs/bpf (pins live there)");
+    }
+    ok
+}

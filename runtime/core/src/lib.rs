@@ -19,6 +19,7 @@ pub mod helper_names;
 pub mod helpers;
 pub mod input;
 pub mod links;
+pub mod pins;
 pub mod progs;
 mod runtime;
 pub mod syscall_events;

@@ -183,6 +183,16 @@ pub fn remove(region: &ShmRegion, id: u32) {
     }
 }
 
+/// Makes process `owner` the holder of link `id` (0: nobody, the link stays until removed:
+/// a pinned link).
+pub fn set_owner(region: &ShmRegion, id: u32, owner: u32) {
+    let Some(o) = region.object(id).filter(|o| o.kind == ObjectKind::Link) else { return };
+    let off = o.data.checked_add(std::mem::offset_of!(LinkDesc, owner) as u64);
+    if let Some(word) = off.and_then(|off| region.atomic_u32(off)) {
+        word.store(owner, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Raises link `id`'s state to `state` (a lower state is left as it is).
 pub fn raise_state(region: &ShmRegion, id: u32, state: LinkState) {
     let Some(o) = region.object(id).filter(|o| o.kind == ObjectKind::Link) else { return };

@@ -73,6 +73,8 @@ pub enum ObjectKind {
     Program = 2,
     /// A link (a program attached somewhere).
     Link = 3,
+    /// A pinned path naming another object (`BPF_OBJ_PIN`).
+    Pin = 4,
 }
 
 impl ObjectKind {
@@ -81,6 +83,7 @@ impl ObjectKind {
             1 => ObjectKind::Map,
             2 => ObjectKind::Program,
             3 => ObjectKind::Link,
+            4 => ObjectKind::Pin,
             _ => return None,
         })
     }
