@@ -74,6 +74,10 @@ enum Command {
         /// programs and links go into the region (created when missing) instead of the kernel.
         #[arg(last = true)]
         loader: Vec<String>,
+        /// With a loader: program types that cannot run in userspace (kprobes, kernel
+        /// tracepoints, XDP, fentry...) go to the kernel as they are, with the maps they use.
+        #[arg(long)]
+        kernel_passthrough: bool,
     },
     /// Maps in the shared-memory region.
     Map {
@@ -658,7 +662,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             println!("removed region `{shm}`");
             Ok(0)
         }
-        Command::Load { file: None, loader } if !loader.is_empty() => {
+        Command::Load { file: None, loader, kernel_passthrough } if !loader.is_empty() => {
             // The region must exist before the loader and be ours (the server would refuse it).
             match ShmRegion::open(shm) {
                 Ok(_) => {}
@@ -673,6 +677,9 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             }
             let mut cmd = agent_command(&server, &loader);
             cmd.env("BPFTIME_SHM", shm);
+            if kernel_passthrough {
+                cmd.env("BPFTIME_KERNEL_PASSTHROUGH", "1");
+            }
             let status = cmd.status().map_err(|e| format!("{}: {e}", loader[0]))?;
             Ok(exit_code(status))
         }

@@ -457,6 +457,55 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--kernel-passthrough`: a bpftrace script mixing a kernel tracepoint (which only the kernel
+/// can run) with a uprobe starts, the tracepoint runs in the kernel and the uprobe in the
+/// target, and it prints what it prints on the kernel. Without the switch the same script fails
+/// as bpftrace fails where a probe cannot attach, and nothing is left behind.
+#[test]
+fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    if !is_root() || !bpftime_tests::kernel::tracefs_mounted() {
+        println!("skipping: kernel tracepoints need root and tracefs");
+        return;
+    }
+    let calls = build_target("calls", false);
+    let script =
+        format!("tracepoint:sched:sched_process_exit /comm == \"calls\"/ {{ @exits = count(); }} uprobe:{}:add {{ @adds = count(); }}", calls.display());
+    let dir = std::env::temp_dir().join(format!("bpftime-passthrough-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-passthrough-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--kernel-passthrough", "--"]).arg(&bpftrace).args(["-e", &script]);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).arg("200"), &dir.join("ours"), true);
+    let ours = bpftrace_result(&out);
+    assert!(ours.contains("@adds: 200"), "{out}");
+    assert!(ours.contains("@exits: "), "{out}");
+    let mut kernel = Command::new(&bpftrace);
+    kernel.args(["-e", &script]);
+    let out = tool_session(kernel, None, Command::new(&calls).arg("200"), &dir.join("kernel"), true);
+    assert_eq!(ours, bpftrace_result(&out), "the same script on the kernel");
+    // Without the switch: bpftrace's own error for a probe that cannot attach.
+    let o = bpftime(&shm).args(["load", "--"]).arg(&bpftrace).args(["-e", &script]).output().unwrap();
+    assert!(!o.status.success() && text(&o.stderr).contains("ERROR"), "{}{}", text(&o.stdout), text(&o.stderr));
+    let links = bpftime(&shm).args(["link", "list"]).output().unwrap();
+    assert_eq!(text(&links.stdout), "", "nothing left attached");
+    // Debian's libbpf-tools runqlat (scheduler tracepoints through BTF, kernel-only program
+    // types, maps in .bss): prints its histogram as on the kernel; refused without the switch.
+    if let Some(runqlat) = installed_or_skip("/usr/sbin/runqlat", "libbpf-tools") {
+        let o = bpftime(&shm).args(["load", "--kernel-passthrough", "--"]).arg(&runqlat).args(["1", "1"]).output().unwrap();
+        assert!(o.status.success() && text(&o.stdout).contains("usecs") && text(&o.stdout).contains("|*"), "{}{}", text(&o.stdout), text(&o.stderr));
+        let k = Command::new(&runqlat).args(["1", "1"]).output().unwrap();
+        assert!(k.status.success() && text(&k.stdout).contains("usecs"), "on the kernel: {}", text(&k.stderr));
+        let o = bpftime(&shm).args(["load", "--"]).arg(&runqlat).args(["1", "1"]).output().unwrap();
+        assert!(!o.status.success() && text(&o.stderr).contains("failed to load"), "{}", text(&o.stderr));
+    }
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// bpftrace's `interval` probes (a CPU-clock perf event with a program attached): the server
 /// runs the program in the loader's process on a timer, and the script prints and exits as on
 /// the kernel.

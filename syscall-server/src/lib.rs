@@ -12,6 +12,7 @@
 //! goes to the kernel unchanged (as raw system calls, with glibc's errno convention).
 
 mod attr;
+mod kernel;
 mod raw;
 mod server;
 mod user;
@@ -122,7 +123,9 @@ pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
     if let Some(s) = SERVER.get().and_then(Option::as_ref) {
-        if let Some(r) = std::panic::catch_unwind(|| s.perf_ioctl(fd, request, arg)).unwrap_or(Some(Err(libc::EFAULT))) {
+        if let Some(r) =
+            std::panic::catch_unwind(|| s.perf_ioctl(fd, request, arg).or_else(|| s.kernel_set_bpf(fd, request, arg))).unwrap_or(Some(Err(libc::EFAULT)))
+        {
             return raw::to_c(r) as c_int;
         }
     }

@@ -122,8 +122,10 @@ pub struct PerfOutput {
 pub struct Server {
     region: Arc<ShmRegion>,
     runtime: Runtime,
-    fds: Mutex<HashMap<i32, Handle>>,
-    frozen: Mutex<HashSet<u32>>,
+    pub(crate) fds: Mutex<HashMap<i32, Handle>>,
+    pub(crate) frozen: Mutex<HashSet<u32>>,
+    /// `--kernel-passthrough`: what we cannot run goes to the kernel (see [`crate::kernel`]).
+    pub(crate) kernel: Option<crate::kernel::Passthrough>,
     btfs: Mutex<Vec<Vec<u8>>>,
     /// Programs this process loaded (removed when nothing holds them).
     loaded: Mutex<HashSet<u32>>,
@@ -211,6 +213,7 @@ impl Server {
             runtime,
             fds: Mutex::default(),
             frozen: Mutex::default(),
+            kernel: std::env::var_os("BPFTIME_KERNEL_PASSTHROUGH").filter(|v| v != "0").map(|_| Default::default()),
             btfs: Mutex::default(),
             loaded: Mutex::default(),
             uprobe_type: read_sysfs_u32("/sys/bus/event_source/devices/uprobe/type", ""),
@@ -223,7 +226,7 @@ impl Server {
         &self.region
     }
 
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -306,14 +309,14 @@ impl Server {
         }
     }
 
-    fn map(&self, fd: u32) -> Result<Map, Errno> {
+    pub(crate) fn map(&self, fd: u32) -> Result<Map, Errno> {
         match self.handle(fd as i32) {
             Some(Handle::Map(id)) => Map::open(&self.region, id).map_err(|_| libc::EBADF),
             _ => Err(libc::EBADF),
         }
     }
 
-    fn prog_id(&self, fd: u32) -> Result<u32, Errno> {
+    pub(crate) fn prog_id(&self, fd: u32) -> Result<u32, Errno> {
         match self.handle(fd as i32) {
             Some(Handle::Prog(id)) => Ok(id),
             _ => Err(libc::EBADF),
@@ -323,6 +326,9 @@ impl Server {
     /// `bpf(cmd, attr, size)`: the result, or an errno. `attr` holds the caller's bytes
     /// (zero-padded); fields the kernel writes back are written into it.
     pub fn bpf(&self, cmd: u32, a: &mut Attr) -> Result<i64, Errno> {
+        if self.for_kernel(cmd, a) {
+            return crate::kernel::bpf(cmd, &mut a.0);
+        }
         match cmd {
             attr::MAP_CREATE => self.map_create(a),
             attr::MAP_LOOKUP_ELEM => self.map_lookup(a, false),
@@ -353,7 +359,13 @@ impl Server {
             attr::OBJ_PIN => self.obj_pin(a),
             attr::OBJ_GET => {
                 let path = pin_path(a)?;
-                let id = pins::get(&self.region, &path).ok_or(libc::ENOENT)?;
+                let Some(id) = pins::get(&self.region, &path) else {
+                    // A kernel object's pin (passthrough), or nothing.
+                    return match &self.kernel {
+                        Some(_) => crate::kernel::bpf(attr::OBJ_GET, &mut a.0),
+                        None => Err(libc::ENOENT),
+                    };
+                };
                 let kind = self.region.object(id).ok_or(libc::ENOENT)?.kind;
                 self.fd_by_id(id, kind)
             }
@@ -365,8 +377,13 @@ impl Server {
                 // sys_enter / sys_exit run in userspace; other raw tracepoints are the kernel's.
                 let name = user::read_cstr(a.u64(0), 64)?;
                 let event = format!("raw/{name}");
-                bpftime_runtime::syscall_events::SyscallEvent::parse(&event).map_err(|_| libc::ENOENT)?;
                 let prog = self.prog_id(a.u32(8))?;
+                if bpftime_runtime::syscall_events::SyscallEvent::parse(&event).is_err() {
+                    return match &self.kernel {
+                        Some(_) => self.kernel_attach(attr::RAW_TRACEPOINT_OPEN, a, prog, 8),
+                        None => Err(libc::ENOENT),
+                    };
+                }
                 let pname = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
                 let scope = links::LinkScope { owner: std::process::id(), ..Default::default() };
                 let id = links::store_syscall(&self.region, &pname, prog, &event, scope).map_err(|_| libc::ENOMEM)?;
@@ -391,7 +408,13 @@ impl Server {
     }
 
     fn map_create(&self, a: &Attr) -> Result<i64, Errno> {
-        let map_type = MapType::from_u32(a.u32(0)).ok_or(libc::EINVAL)?;
+        let Some(map_type) = MapType::from_u32(a.u32(0)) else {
+            return match &self.kernel {
+                // A map type only the kernel has (devmap, sockmap...): the kernel's.
+                Some(_) => crate::kernel::bpf(attr::MAP_CREATE, &mut a.0.clone()),
+                None => Err(libc::EINVAL),
+            };
+        };
         let inner_map_id = match a.u32(20) {
             0 => 0,
             fd => self.map(fd)?.id(),
@@ -402,6 +425,9 @@ impl Server {
             bpftime_maps::MapError::Shm(_) => libc::ENOMEM,
             _ => libc::EINVAL,
         })?;
+        if let Some(k) = &self.kernel {
+            Self::lock(&k.map_attrs).insert(map.id(), a.0.clone());
+        }
         self.install(Handle::Map(map.id()))
     }
 
@@ -566,6 +592,9 @@ impl Server {
         if n == 0 || n > 1_000_000 {
             return Err(libc::EINVAL);
         }
+        if self.load_in_kernel(a) {
+            return self.kernel_prog_load(a);
+        }
         let code = user::read(a.u64(8), n * 8)?;
         let mut insns = bpftime_vm::insn::parse_bytecode(&code).map_err(|_| libc::EINVAL)?;
         let license = if a.u64(16) == 0 { String::new() } else { user::read_cstr(a.u64(16), 128)? };
@@ -584,7 +613,12 @@ impl Server {
                     _ => None,
                 };
                 if let Some(fd) = fd {
-                    let id = self.map(fd)?.id();
+                    let id = match self.map(fd) {
+                        Ok(map) => map.id(),
+                        // A kernel map (passthrough): the program is the kernel's.
+                        Err(_) if self.kernel.is_some() => return self.kernel_prog_load(a),
+                        Err(e) => return Err(e),
+                    };
                     insns[pc].imm = id as i32;
                     insns[pc].src = if insns[pc].src == 5 || insns[pc].src == 1 { 1 } else { 2 };
                 }
@@ -597,6 +631,10 @@ impl Server {
         // The verifier, with the region's maps, as the agent will run it.
         if let Err(e) = self.runtime.program(id) {
             self.region.remove_object(id);
+            if self.kernel.is_some() {
+                // Ours refused it; the kernel's verifier may take it (for kernel events).
+                return self.kernel_prog_load(a);
+            }
             let msg = format!("bpftime: {e}\n");
             let (log, size) = (a.u64(32), a.u32(28) as usize);
             if log != 0 && size > 0 {
@@ -608,6 +646,9 @@ impl Server {
             return Err(libc::EACCES);
         }
         Self::lock(&self.loaded).insert(id);
+        if let Some(k) = &self.kernel {
+            Self::lock(&k.deferred).insert(id, crate::kernel::Deferred { attr: a.0.clone(), insns, license });
+        }
         self.install(Handle::Prog(id))
     }
 
@@ -681,9 +722,16 @@ impl Server {
     fn link_create(&self, a: &Attr) -> Result<i64, Errno> {
         let (prog_fd, target_fd, attach_type) = (a.u32(0), a.u32(4) as i32, a.u32(8));
         if attach_type != attr::BPF_PERF_EVENT {
-            return Err(libc::EINVAL);
+            return match &self.kernel {
+                Some(_) => self.kernel_attach(attr::LINK_CREATE, a, self.prog_id(prog_fd)?, 0),
+                None => Err(libc::EINVAL),
+            };
         }
         let prog = self.prog_id(prog_fd)?;
+        if self.kernel.is_some() && self.handle(target_fd).is_none() {
+            // A kernel event (kprobe, tracepoint): the program runs there.
+            return self.kernel_attach(attr::LINK_CREATE, a, prog, 0);
+        }
         let cookie = a.u64(16);
         let id = self.attach(target_fd, prog, cookie)?;
         self.install(Handle::Link(id))
