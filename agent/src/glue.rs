@@ -151,7 +151,13 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
     let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry, padding: r.padding }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
-        let method = bpftime_attach::site_method(r.addr).map_or("?".to_string(), |m| m.to_string());
+        let mut method = bpftime_attach::site_method(r.addr).map_or("?".to_string(), |m| m.to_string());
+        if p.retprobe {
+            method = match bpftime_attach::patched_returns(r.addr) {
+                0 => format!("{method} (the return address replaced)"),
+                n => format!("{n} patched ret(s)"),
+            };
+        }
         eprintln!("bpftime: attached {} `{}` to {} ({:#x}) with {method}", if p.retprobe { "uretprobe" } else { "uprobe" }, p.prog.name, p.target, r.addr);
     }
     Ok(id)

@@ -8,7 +8,10 @@
 //! relocated by iced-x86 (RIP-relative operands and branches fixed), then a jump back after
 //! them.
 //!
-//! Return probes replace the return address at function entry with the global *return stub*
+//! Return probes patch the function's `ret`s where its whole body can be decoded (no indirect
+//! jumps, no tail calls, room for a jump at every `ret`): a jump over the instructions ending
+//! with each `ret` leads to a stub that runs them, calls [`return_site_dispatch`] and returns.
+//! Elsewhere they replace the return address at function entry with the global *return stub*
 //! and remember the real one on a per-thread shadow stack; the return stub saves registers
 //! (the return value is `ax`), calls [`return_dispatch`], and jumps to the real address.
 //!
@@ -94,6 +97,22 @@ pub struct Site {
     slot: usize,
     entry: AtomicPtr<HandlerList>,
     ret: AtomicPtr<HandlerList>,
+    installed: AtomicBool,
+    /// A function entry's return sites, patched to run its return probes (decided at its first
+    /// return probe; empty: the function's body cannot be patched at its returns, and return
+    /// probes replace the return address at entry instead).
+    returns: OnceLock<Vec<&'static ReturnSite>>,
+}
+
+/// A `ret` of a probed function, patched: a 5-byte jump over the instructions that end with
+/// it (or into the padding after it) to a stub that runs them, then the function's return
+/// probes, then the `ret`. No return address is replaced, so the CPU's return predictor stays
+/// right.
+pub struct ReturnSite {
+    addr: u64,
+    original: [u8; PATCH_LEN],
+    jump: [u8; PATCH_LEN],
+    slot: usize,
     installed: AtomicBool,
 }
 
@@ -274,7 +293,7 @@ fn run_list(handlers: &HandlerList, regs: &PtRegs, level: usize) -> Option<u64> 
 /// function's entry).
 #[inline(always)]
 fn on_entry(site: &Site, regs: &PtRegs) -> Option<u64> {
-    let wants_return = site.at_entry && !list(&site.ret).is_empty();
+    let wants_return = site.at_entry && !list(&site.ret).is_empty() && !site.returns_patched();
     match admit() {
         Admission::Ignore => None,
         Admission::Miss => {
@@ -343,6 +362,7 @@ extern "C" fn entry_dispatch(site: &Site, regs: &mut PtRegs) -> u64 {
     match on_entry(site, regs) {
         Some(rc) => {
             regs.ax = rc;
+            returned_at_entry(site, regs);
             1
         }
         None => 0,
@@ -390,7 +410,188 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
     }
 }
 
-/// What the code at a probe point may still need, which decides what a stub must preserve
+/// A function made to return at its entry (`bpf_override_return`): its patched `ret`s will not
+/// run, so its return probes run here, as they would at the return (`regs.ax` the value).
+fn returned_at_entry(site: &Site, regs: &PtRegs) {
+    if site.returns_patched() && !list(&site.ret).is_empty() {
+        // At a function's first instruction, as at its `ret`, [sp] is the return address.
+        return_site_dispatch(site, &mut regs.clone());
+    }
+}
+
+/// Called by a return site's stub at the function's `ret`: the registers as the function
+/// returns (`ip` the return address, `sp` past it, as the kernel's uretprobes show them).
+extern "C" fn return_site_dispatch(site: &Site, regs: &mut PtRegs) {
+    // SAFETY: at a `ret`, [sp] is the return address, on this thread's stack.
+    regs.ip = unsafe { (regs.sp as *const u64).read() };
+    regs.sp += 8;
+    match admit() {
+        Admission::Ignore => {}
+        Admission::Miss => miss_all(list(&site.ret)),
+        Admission::Run(level, before) => {
+            let _ = run_list(list(&site.ret), regs, level);
+            leave(before);
+        }
+    }
+}
+
+impl Site {
+    /// Whether the function's returns are patched (return probes run there, not through the
+    /// replaced return address).
+    fn returns_patched(&self) -> bool {
+        self.returns.get().is_some_and(|r| !r.is_empty())
+    }
+}
+
+/// The instructions to cover at each `ret` of the function of `site` (`size` bytes, then
+/// `padding` bytes nobody executes), or None when its returns cannot all be patched safely:
+/// an indirect jump or a jump leaving the function (a tail call returns from elsewhere), a call
+/// into its middle, or a `ret` with no room for a jump (straight-line instructions before it,
+/// none of them a branch target but the first, after the entry's 5 bytes; or the padding
+/// after it, when it is the last instruction).
+fn plan_returns(site: &Site, size: u64, padding: u64) -> Option<Vec<Vec<Instruction>>> {
+    let addr = site.addr;
+    if size == 0 || size > 1 << 20 {
+        return None;
+    }
+    let end = addr + size;
+    let mut body = patch::read_code(addr, size as usize).ok()?;
+    // The function's own bytes, not the entry probe's jump that may be there.
+    let n = site.method.len().min(body.len());
+    body[..n].copy_from_slice(&site.original[..n]);
+    let mut dec = Decoder::with_ip(64, &body, addr, DecoderOptions::NONE);
+    let mut instrs = vec![];
+    let mut targets = std::collections::HashSet::new();
+    while dec.can_decode() {
+        let i = dec.decode();
+        if i.is_invalid() {
+            return None;
+        }
+        match i.flow_control() {
+            FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch => {
+                let t = i.near_branch_target();
+                if t < addr || t >= end {
+                    return None;
+                }
+                targets.insert(t);
+            }
+            FlowControl::Call => {
+                let t = i.near_branch_target();
+                if t > addr && t < end {
+                    return None;
+                }
+            }
+            FlowControl::IndirectBranch | FlowControl::XbeginXabortXend => return None,
+            _ => {}
+        }
+        instrs.push(i);
+    }
+    let mut windows = vec![];
+    for (k, r) in instrs.iter().enumerate() {
+        if r.flow_control() != FlowControl::Return {
+            continue;
+        }
+        if r.ip() + r.len() as u64 == end && r.len() as u64 + padding >= PATCH_LEN as u64 && r.ip() >= addr + PATCH_LEN as u64 {
+            windows.push(vec![*r]);
+            continue;
+        }
+        let (mut start, mut len) = (k, r.len());
+        while len < PATCH_LEN {
+            if start == 0 || targets.contains(&instrs[start].ip()) || instrs[start - 1].flow_control() != FlowControl::Next {
+                return None;
+            }
+            start -= 1;
+            len += instrs[start].len();
+        }
+        if instrs[start].ip() < addr + PATCH_LEN as u64 {
+            return None;
+        }
+        windows.push(instrs[start..=k].to_vec());
+    }
+    (!windows.is_empty()).then_some(windows)
+}
+
+/// Builds (not installs) the patch of one return window of `func`.
+fn build_return_site(func: &'static Site, window: &[Instruction]) -> Result<&'static ReturnSite, AttachError> {
+    let addr = window[0].ip();
+    let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
+    let page = patch::alloc_near(addr, PAGE).ok_or(AttachError::NoNearMemory(addr))?;
+    let (ret, before) = window.split_last().expect("a window ends with its ret");
+    let assembled = (|| -> Result<(Vec<u8>, Vec<u64>), IcedError> {
+        let mut a = CodeAssembler::new(64)?;
+        let mut labels = vec![];
+        for i in before {
+            let mut l = a.create_label();
+            a.set_label(&mut l)?;
+            a.add_instruction(*i)?;
+            labels.push(l);
+        }
+        let mut probe = a.create_label();
+        a.set_label(&mut probe)?;
+        emit_probe_call(&mut a, PointKind::Return, None, Some(func as *const Site as u64), return_site_dispatch as *const () as u64)?;
+        a.add_instruction(*ret)?;
+        labels.push(probe);
+        let r = a.assemble_options(page, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+        let at = labels.iter().map(|l| r.label_ip(l)).collect::<Result<Vec<_>, _>>()?;
+        Ok((r.inner.code_buffer, at))
+    })()
+    .map_err(|e| unpatchable(format!("assembling the return stub: {e}")))?;
+    let (code, at) = assembled;
+    if code.len() > PAGE {
+        return Err(unpatchable("return stub too large".into()));
+    }
+    // SAFETY: `page` is a fresh read-write mapping of PAGE bytes; the code fits (checked).
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page as *mut u8, code.len()) };
+    patch::make_executable(page, PAGE).map_err(|e| AttachError::Io { addr, source: e })?;
+    // Threads stopped inside the patched bytes go on at the same instruction in the stub (one
+    // stopped at the `ret` runs the probes first).
+    let mut map = vec![];
+    for (i, new) in window.iter().zip(&at) {
+        let off = i.ip() - addr;
+        if off > 0 && off < PATCH_LEN as u64 {
+            map.push((off as u32, (new - page) as u32));
+        }
+    }
+    let slot = patch::register_site(addr, PATCH_LEN as u32, page, &map, 0).ok_or(AttachError::TooManySites)?;
+    let rel = i32::try_from(page.wrapping_sub(addr + PATCH_LEN as u64) as i64).map_err(|_| AttachError::NoNearMemory(addr))?;
+    let mut jump = [0xe9, 0, 0, 0, 0];
+    jump[1..].copy_from_slice(&rel.to_le_bytes());
+    let original: [u8; PATCH_LEN] = patch::read_code(addr, PATCH_LEN).map_err(|e| unpatchable(e.to_string()))?.try_into().expect("5 bytes");
+    Ok(Box::leak(Box::new(ReturnSite { addr, original, jump, slot, installed: AtomicBool::new(false) })))
+}
+
+/// The return sites of function site `site`, planned and built at its first return probe.
+fn return_sites(site: &'static Site, info: SiteInfo) -> &'static [&'static ReturnSite] {
+    site.returns.get_or_init(|| {
+        if !site.at_entry {
+            return vec![];
+        }
+        let Some(windows) = plan_returns(site, info.function_size, info.padding) else { return vec![] };
+        windows.iter().map(|w| build_return_site(site, w)).collect::<Result<Vec<_>, _>>().unwrap_or_default()
+    })
+}
+
+/// Installs or removes the patches of `site` (and of its return sites) as its handlers need.
+fn sync_patches(site: &'static Site) -> Result<(), AttachError> {
+    let returns = site.returns.get().map(Vec::as_slice).unwrap_or(&[]);
+    let want_returns = !list(&site.ret).is_empty();
+    let want_entry = !list(&site.entry).is_empty() || (want_returns && returns.is_empty());
+    for r in returns {
+        if r.installed.load(Ordering::Acquire) != want_returns {
+            let bytes = if want_returns { &r.jump } else { &r.original };
+            patch::install(r.slot, r.addr, bytes).map_err(|e| AttachError::Io { addr: r.addr, source: e })?;
+            r.installed.store(want_returns, Ordering::Release);
+        }
+    }
+    if site.installed.load(Ordering::Acquire) != want_entry {
+        let bytes = if want_entry { &site.jump[..site.method.len()] } else { &site.original[..site.method.len()] };
+        patch::install(site.slot, site.addr, bytes).map_err(|e| AttachError::Io { addr: site.addr, source: e })?;
+        site.installed.store(want_entry, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// What the code at a probe point may still need, which decides what a stub must preserve/// What the code at a probe point may still need, which decides what a stub must preserve
 /// besides the general registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PointKind {
@@ -809,6 +1010,7 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
         entry: AtomicPtr::new(empty_list()),
         ret: AtomicPtr::new(empty_list()),
         installed: AtomicBool::new(false),
+        returns: OnceLock::new(),
     });
     site.slot = patch::register_site(addr, 1, page, &[], &*site as *const Site as u64).ok_or(AttachError::TooManySites)?;
     Ok(Box::leak(site))
@@ -823,6 +1025,7 @@ pub(crate) fn trap_hit(site: u64, gregs: &mut [i64; 23]) -> bool {
     // A function entry's pt_regs: ip is the probe address, orig_ax not a system call.
     let regs = PtRegs { orig_ax: u64::MAX, ip: site.addr, ..PtRegs::from_gregs(gregs) };
     if let Some(rc) = on_entry(site, &regs) {
+        returned_at_entry(site, &PtRegs { ax: rc, ..regs });
         // Return at once: pop the return address (perhaps our return stub's) into rip.
         let stack = gregs[libc::REG_RSP as usize] as u64;
         // SAFETY: at a function's first instruction [rsp] is its return address, on the
@@ -865,6 +1068,7 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
         entry: AtomicPtr::new(empty_list()),
         ret: AtomicPtr::new(empty_list()),
         installed: AtomicBool::new(false),
+        returns: OnceLock::new(),
     });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
     let stub = entry_stub(&*site as *const Site as u64, addr, tramp, page, point).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
@@ -950,16 +1154,22 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
             s
         }
     };
+    if kind == ProbeKind::Return {
+        return_sites(site, info);
+    }
     let id = next_id();
     let slot = if kind == ProbeKind::Entry { &site.entry } else { &site.ret };
     let mut new = list(slot).clone();
     new.push((id, handler));
     slot.store(Box::leak(Box::new(new)), Ordering::Release);
-    if !site.installed.load(Ordering::Acquire) {
-        patch::install(site.slot, addr, &site.jump[..site.method.len()]).map_err(|e| AttachError::Io { addr, source: e })?;
-        site.installed.store(true, Ordering::Release);
-    }
+    sync_patches(site)?;
     Ok(id)
+}
+
+/// How many `ret`s of the function at `addr` are patched for its return probes (0: its return
+/// probes replace the return address at entry).
+pub fn patched_returns(addr: u64) -> usize {
+    sites().lock().unwrap_or_else(|e| e.into_inner()).get(&addr).and_then(|s| s.returns.get()).map_or(0, Vec::len)
 }
 
 /// How the site at `addr` is patched, once a probe is attached there.
@@ -977,11 +1187,7 @@ pub fn detach(id: ProbeId) -> Result<(), AttachError> {
             if cur.iter().any(|(i, _)| *i == id) {
                 let new: HandlerList = cur.iter().filter(|(i, _)| *i != id).cloned().collect();
                 slot.store(Box::leak(Box::new(new)), Ordering::Release);
-                if list(&site.entry).is_empty() && list(&site.ret).is_empty() && site.installed.load(Ordering::Acquire) {
-                    patch::install(site.slot, site.addr, &site.original[..site.method.len()]).map_err(|e| AttachError::Io { addr: site.addr, source: e })?;
-                    site.installed.store(false, Ordering::Release);
-                }
-                return Ok(());
+                return sync_patches(site);
             }
         }
     }

@@ -37,7 +37,11 @@ fn bench(c: &mut Criterion) {
     let loaded = rt.load_object(&obj).expect("loads");
     let prog = |name: &str| rt.program(loaded.programs.iter().find(|p| p.0 == name).expect("program").2).expect("compiles");
     let addr = bpftime_bench_target as *const () as u64;
-    let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
+    // The function's size and padding from the symbol table, as the agent resolves them (return
+    // probes patch its `ret`s when they can).
+    let info = bpftime_attach::resolve(&bpftime_attach::Target::parse("/proc/self/exe:bpftime_bench_target").expect("target"))
+        .map(|r| SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding })
+        .unwrap_or(SiteInfo { function_size: 0, at_entry: true, padding: 0 });
 
     let mut g = c.benchmark_group("uprobe_per_call");
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
@@ -55,6 +59,7 @@ fn bench(c: &mut Criterion) {
     // An entry and a return probe on one function, each doing three array updates.
     let entry = attach(addr, info, ProbeKind::Entry, Arc::new(ProgramProbe::new(rt, prog("pair_entry"), 0, addr, Effect::Observe))).expect("attach");
     let ret = attach(addr, info, ProbeKind::Return, Arc::new(ProgramProbe::new(rt, prog("pair_return"), 0, addr, Effect::Observe))).expect("attach");
+    println!("return probes: {} patched ret(s)", bpftime_attach::patched_returns(addr));
     g.bench_function("bpftime_pair_3_updates_each", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
     detach(ret).expect("detach");
     detach(entry).expect("detach");
