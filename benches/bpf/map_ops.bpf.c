@@ -1,11 +1,14 @@
 // Map operations in a loop, for per-operation costs measured from inside a JIT-compiled
-// program. Each program does `in->n` operations on keys that cycle through 64 values.
+// program. Each program does `in->n` operations on keys that cycle through 64 values (from
+// `in->base` for hash maps).
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
 struct input {
     __u64 n;
     __u64 sum;
+    /* First key of the hash programs (threads of the 2-thread runs use their own keys). */
+    __u64 base;
 };
 
 struct key64 {
@@ -65,7 +68,7 @@ int hash_lookup_u32(struct input *in)
 {
     __u64 sum = 0;
     for (__u64 i = 0; i < in->n; i++) {
-        __u32 k = i & 63;
+        __u32 k = in->base + (i & 63);
         __u64 *v = bpf_map_lookup_elem(&h32, &k);
         if (v)
             sum += *v;
@@ -78,7 +81,7 @@ SEC("bench/hash_update_u32")
 int hash_update_u32(struct input *in)
 {
     for (__u64 i = 0; i < in->n; i++) {
-        __u32 k = i & 63;
+        __u32 k = in->base + (i & 63);
         bpf_map_update_elem(&h32, &k, &i, BPF_ANY);
     }
     return 0;
@@ -90,7 +93,7 @@ int hash_lookup_64b(struct input *in)
     __u64 sum = 0;
     struct key64 k = {};
     for (__u64 i = 0; i < in->n; i++) {
-        k.w[0] = i & 63;
+        k.w[0] = in->base + (i & 63);
         __u64 *v = bpf_map_lookup_elem(&h64, &k);
         if (v)
             sum += *v;
@@ -104,7 +107,7 @@ int hash_update_64b(struct input *in)
 {
     struct key64 k = {};
     for (__u64 i = 0; i < in->n; i++) {
-        k.w[0] = i & 63;
+        k.w[0] = in->base + (i & 63);
         bpf_map_update_elem(&h64, &k, &i, BPF_ANY);
     }
     return 0;
@@ -115,7 +118,7 @@ int percpu_hash_lookup(struct input *in)
 {
     __u64 sum = 0;
     for (__u64 i = 0; i < in->n; i++) {
-        __u32 k = i & 63;
+        __u32 k = in->base + (i & 63);
         __u64 *v = bpf_map_lookup_elem(&ph32, &k);
         if (v)
             sum += *v;
@@ -128,7 +131,7 @@ SEC("bench/percpu_hash_update")
 int percpu_hash_update(struct input *in)
 {
     for (__u64 i = 0; i < in->n; i++) {
-        __u32 k = i & 63;
+        __u32 k = in->base + (i & 63);
         bpf_map_update_elem(&ph32, &k, &i, BPF_ANY);
     }
     return 0;

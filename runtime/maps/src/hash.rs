@@ -3,23 +3,37 @@
 //! Like the kernel's preallocated hash map: a pool of `max_entries + 1` elements, a free list,
 //! and buckets of singly linked chains. Readers never lock. A chain ends in a "nulls" marker
 //! that names its bucket (`bucket << 1 | 1`); an element can be freed and reused while a reader
-//! walks it, and a reader that ends on another bucket's marker starts again. Writers hold the
-//! map lock. Replacing a value inserts a new element before unlinking the old one, so readers
-//! see either value whole (per-CPU maps update in place, as the kernel does).
+//! walks it, and a reader that ends on another bucket's marker starts again. Writers hold their
+//! bucket's lock only, as the kernel's htab does, so writers of different buckets never wait
+//! for each other. Replacing a value inserts a new element before unlinking the old one, so
+//! readers see either value whole (per-CPU maps update in place, as the kernel does).
+//!
+//! Free elements: each bucket keeps one spare (the element its last replacement or deletion
+//! freed, reused by its next one without touching shared memory), the rest sit on
+//! [`FREE_LISTS`] lists picked by CPU. Every change a writer makes is a single store that leaves
+//! the chains whole, so a writer that dies holding a lock leaves at most a duplicate key (the
+//! newer element first, which readers find) and elements lost to the pool; whoever takes its
+//! lock over rebuilds the map with every lock held ([`repair`]).
 //!
 //! LRU maps evict with the CLOCK algorithm: lookups set a reference bit, eviction sweeps the
 //! pool from a hand, clearing bits, and evicts the first element whose bit was clear.
 
 use crate::{check_update_flags, current_cpu, round8, Errno, Layout, Map, MapSpec, MapType, BPF_EXIST, BPF_NOEXIST};
-use bpftime_shm::{ShmError, ShmRegion};
+use bpftime_shm::{ShmError, ShmGuard, ShmLock, ShmRegion};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Element header: next (u64), hash (u32), flags (u32).
 const HDR: u64 = 16;
 const IN_USE: u32 = 1;
 const REFERENCED: u32 = 2;
-/// Terminator of the free list: a nulls marker that matches no bucket.
+/// Terminator of a free list: a nulls marker that matches no bucket.
 const FREE_END: u64 = u64::MAX;
+/// Free lists per map (picked by CPU, so that writers on different CPUs do not share one).
+const FREE_LISTS: u64 = 16;
+/// Bytes per free list: its lock and head, alone on a cache line.
+const FREE_LIST_SIZE: u64 = 64;
+/// Bytes per bucket lock: the lock and the bucket's spare element.
+const BUCKET_LOCK_SIZE: u64 = 16;
 
 fn nulls(bucket: u64) -> u64 {
     bucket << 1 | 1
@@ -62,19 +76,27 @@ fn value_off(map: &Map) -> u64 {
     HDR + round8(map.spec().key_size as u64)
 }
 
-/// The layout's sizes (offsets 0) for `spec`.
+/// Buckets of a map of `max_entries`.
+fn bucket_count_of(max_entries: u32) -> Option<u64> {
+    (max_entries as u64).checked_next_power_of_two()
+}
+
+/// The layout's sizes (offsets 0) for `spec`: `max_entries` elements plus one per free list
+/// and one more (replacements take a new element before they free the old one, as the
+/// kernel's per-CPU extra elements allow); buckets, bucket locks and free lists in `aux`.
 pub(crate) fn sizes(spec: &MapSpec, cpus: u64) -> Option<Layout> {
-    let nbuckets = (spec.max_entries as u64).checked_next_power_of_two()?;
+    let nbuckets = bucket_count_of(spec.max_entries)?;
     let values = round8(spec.value_size as u64).checked_mul(if spec.map_type.is_percpu() { cpus } else { 1 })?;
     let elem_size = HDR + round8(spec.key_size as u64) + values;
-    let pool = (spec.max_entries as u64 + 1).checked_mul(elem_size)?;
-    Some(Layout { data_len: pool, aux_len: nbuckets.checked_mul(8)?, elem_size, ..Layout::default() })
+    let pool = (spec.max_entries as u64 + FREE_LISTS + 1).checked_mul(elem_size)?;
+    let aux = nbuckets.checked_mul(8 + BUCKET_LOCK_SIZE)?.checked_add(FREE_LISTS * FREE_LIST_SIZE)?;
+    Some(Layout { data_len: pool, aux_len: aux, elem_size, ..Layout::default() })
 }
 
 pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec, cpus: u64) -> Result<Layout, ShmError> {
     let l = sizes(spec, cpus).ok_or(ShmError::TooSmall(0))?;
-    let (pool, elem_size, nbuckets) = (l.data_len, l.elem_size, l.aux_len / 8);
-    let aux = region.alloc(nbuckets * 8)?;
+    let (pool, elem_size, aux_len) = (l.data_len, l.elem_size, l.aux_len);
+    let aux = region.alloc(aux_len)?;
     let data = match region.alloc(pool) {
         Ok(d) => d,
         Err(e) => {
@@ -82,7 +104,7 @@ pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec, cpus: u64) -> Result<Lay
             return Err(e);
         }
     };
-    Ok(Layout { data, data_len: pool, aux, aux_len: nbuckets * 8, elem_size, elem_count: 0 })
+    Ok(Layout { data, data_len: pool, aux, aux_len, elem_size, elem_count: 0 })
 }
 
 struct View<'a> {
@@ -95,11 +117,50 @@ struct View<'a> {
 impl<'a> View<'a> {
     fn new(map: &'a Map) -> Self {
         let l = *map.layout();
-        View { map, l, nbuckets: l.aux_len / 8, pool: l.elem_count }
+        let nbuckets = bucket_count_of(map.spec().max_entries).expect("a validated spec");
+        View { map, l, nbuckets, pool: l.elem_count }
     }
 
     fn bucket(&self, b: u64) -> &AtomicU64 {
         self.map.region().atomic_u64(self.l.aux + 8 * b).expect("bucket inside the validated layout")
+    }
+
+    fn bucket_of(&self, h: u32) -> u64 {
+        h as u64 & (self.nbuckets - 1)
+    }
+
+    fn bucket_lock(&self, b: u64) -> &ShmLock {
+        self.map.region().lock_at(self.l.aux + 8 * self.nbuckets + BUCKET_LOCK_SIZE * b).expect("lock inside the validated layout")
+    }
+
+    /// Bucket `b`'s spare free element (0: none); changed under its lock.
+    fn spare(&self, b: u64) -> &AtomicU64 {
+        self.map.region().atomic_u64(self.l.aux + 8 * self.nbuckets + BUCKET_LOCK_SIZE * b + 8).expect("spare inside the validated layout")
+    }
+
+    fn free_list_at(&self, c: u64) -> u64 {
+        self.l.aux + (8 + BUCKET_LOCK_SIZE) * self.nbuckets + FREE_LIST_SIZE * c
+    }
+
+    fn free_lock(&self, c: u64) -> &ShmLock {
+        self.map.region().lock_at(self.free_list_at(c)).expect("lock inside the validated layout")
+    }
+
+    fn free_head(&self, c: u64) -> &AtomicU64 {
+        self.map.region().atomic_u64(self.free_list_at(c) + 8).expect("head inside the validated layout")
+    }
+
+    /// Takes bucket `b`'s lock. One taken over from a writer that died is not used as it is:
+    /// the map is rebuilt first ([`repair`]).
+    fn lock_bucket(&self, b: u64) -> ShmGuard<'_> {
+        loop {
+            let g = self.bucket_lock(b).lock();
+            if !g.recovered() {
+                return g;
+            }
+            drop(g);
+            repair(self.map);
+        }
     }
 
     /// Whether `e` may be used as an element: inside the pool and 8-aligned. (An offset
@@ -185,39 +246,82 @@ impl<'a> View<'a> {
         None
     }
 
-    /// Under the lock: the element holding `key` and the link that points at it.
+    /// Under the bucket's lock: the element holding `key` and the link that points at it.
     fn find_locked(&self, key: &[u8], h: u32) -> Option<(&AtomicU64, u64)> {
-        self.find_link(h as u64 & (self.nbuckets - 1), |cur| {
+        self.find_link(self.bucket_of(h), |cur| {
             self.hash(cur).load(Ordering::Relaxed) == h && self.flags(cur).load(Ordering::Relaxed) & IN_USE != 0 && self.key_eq(cur, key)
         })
     }
 
+    /// Under the lock of `e`'s bucket: takes `e` out of its chain.
     fn unlink(&self, e: u64) {
-        let b = self.hash(e).load(Ordering::Relaxed) as u64 & (self.nbuckets - 1);
+        let b = self.bucket_of(self.hash(e).load(Ordering::Relaxed));
         if let Some((link, _)) = self.find_link(b, |cur| cur == e) {
             link.store(self.next(e).load(Ordering::Relaxed), Ordering::Release);
         }
     }
 
-    fn pop_free(&self) -> Option<u64> {
-        let d = self.map.desc();
-        let e = d.free_head.load(Ordering::Relaxed);
+    /// Free list `c`'s first element, under its lock.
+    fn pop_list(&self, c: u64) -> Option<u64> {
+        let _g = self.free_lock(c).lock();
+        let head = self.free_head(c);
+        let e = head.load(Ordering::Relaxed);
         if !self.valid(e) {
             return None;
         }
-        d.free_head.store(self.next(e).load(Ordering::Relaxed), Ordering::Relaxed);
+        head.store(self.next(e).load(Ordering::Relaxed), Ordering::Relaxed);
         Some(e)
     }
 
-    fn push_free(&self, e: u64) {
-        let d = self.map.desc();
-        self.flags(e).store(0, Ordering::Release);
-        self.next(e).store(d.free_head.load(Ordering::Relaxed), Ordering::Release);
-        d.free_head.store(e, Ordering::Relaxed);
+    /// Puts `e` on free list `c`, under its lock.
+    fn push_list(&self, c: u64, e: u64) {
+        let _g = self.free_lock(c).lock();
+        let head = self.free_head(c);
+        self.next(e).store(head.load(Ordering::Relaxed), Ordering::Release);
+        head.store(e, Ordering::Relaxed);
     }
 
-    /// CLOCK eviction: frees one element; false if none could be found.
-    fn evict(&self) -> bool {
+    /// This CPU's free list.
+    fn my_list(&self) -> u64 {
+        current_cpu() as u64 & (FREE_LISTS - 1)
+    }
+
+    /// Under bucket `b`'s lock: a free element: the bucket's spare, else one from the free
+    /// lists (this CPU's first), else another bucket's spare (of a bucket not locked now).
+    fn take_free(&self, b: u64) -> Option<u64> {
+        let spare = self.spare(b).load(Ordering::Relaxed);
+        if spare != 0 && self.valid(spare) {
+            self.spare(b).store(0, Ordering::Relaxed);
+            return Some(spare);
+        }
+        let me = self.my_list();
+        if let Some(e) = (0..FREE_LISTS).find_map(|k| self.pop_list((me + k) & (FREE_LISTS - 1))) {
+            return Some(e);
+        }
+        (0..self.nbuckets).filter(|&o| o != b).find_map(|o| {
+            let _g = self.bucket_lock(o).try_lock()?;
+            let e = self.spare(o).load(Ordering::Relaxed);
+            (e != 0 && self.valid(e)).then(|| {
+                self.spare(o).store(0, Ordering::Relaxed);
+                e
+            })
+        })
+    }
+
+    /// Under bucket `b`'s lock: frees `e` (already unlinked): the bucket's spare when it has
+    /// none, else onto this CPU's free list.
+    fn release(&self, b: u64, e: u64) {
+        self.flags(e).store(0, Ordering::Release);
+        if self.spare(b).load(Ordering::Relaxed) == 0 {
+            self.spare(b).store(e, Ordering::Relaxed);
+        } else {
+            self.push_list(self.my_list(), e);
+        }
+    }
+
+    /// CLOCK eviction, under bucket `b`'s lock: unlinks one element (of bucket `b` or of a
+    /// bucket whose lock is free) and returns it; None if none could be found.
+    fn evict(&self, b: u64) -> Option<u64> {
         let d = self.map.desc();
         for _ in 0..2 * self.pool {
             let i = d.hand.fetch_add(1, Ordering::Relaxed) % self.pool;
@@ -230,12 +334,25 @@ impl<'a> View<'a> {
                 self.flags(e).fetch_and(!REFERENCED, Ordering::Relaxed);
                 continue;
             }
+            let home = self.bucket_of(self.hash(e).load(Ordering::Relaxed));
+            let _g = if home == b {
+                None
+            } else {
+                match self.bucket_lock(home).try_lock() {
+                    Some(g) => Some(g),
+                    None => continue,
+                }
+            };
+            // Still in use and in that bucket, now that its lock is held?
+            if self.flags(e).load(Ordering::Relaxed) & IN_USE == 0 || self.bucket_of(self.hash(e).load(Ordering::Relaxed)) != home {
+                continue;
+            }
             self.unlink(e);
-            self.push_free(e);
+            self.flags(e).store(0, Ordering::Release);
             d.count.fetch_sub(1, Ordering::Relaxed);
-            return true;
+            return Some(e);
         }
-        false
+        None
     }
 
     fn is_lru(&self) -> bool {
@@ -247,19 +364,27 @@ pub(crate) fn init(map: &Map) {
     let v = View::new(map);
     for b in 0..v.nbuckets {
         v.bucket(b).store(nulls(b), Ordering::Relaxed);
+        v.spare(b).store(0, Ordering::Relaxed);
     }
-    let d = map.desc();
-    d.free_head.store(FREE_END, Ordering::Relaxed);
+    for c in 0..FREE_LISTS {
+        v.free_head(c).store(FREE_END, Ordering::Relaxed);
+    }
     for i in (0..v.pool).rev() {
-        v.push_free(v.elem_at(i));
+        v.flags(v.elem_at(i)).store(0, Ordering::Relaxed);
+        v.push_list(i % FREE_LISTS, v.elem_at(i));
     }
-    d.count.store(0, Ordering::Relaxed);
+    map.desc().count.store(0, Ordering::Relaxed);
 }
 
-/// After a writer died holding the lock: unlink duplicates, rebuild the free list and count
-/// from what the buckets reach.
+/// After a writer died holding a lock: with the map's lock and then every bucket and free list
+/// lock held (others wait), unlink duplicates, and rebuild the free lists and the count from
+/// what the buckets reach.
 pub(crate) fn repair(map: &Map) {
     let v = View::new(map);
+    // Repairs one at a time: a repairer waits for this holding nothing.
+    let _whole = map.desc().lock.lock();
+    let _buckets: Vec<ShmGuard> = (0..v.nbuckets).map(|b| v.bucket_lock(b).lock()).collect();
+    let _lists: Vec<ShmGuard> = (0..FREE_LISTS).map(|c| v.free_lock(c).lock()).collect();
     let mut reached = vec![false; v.pool as usize];
     let mut count = 0;
     let ks = map.spec().key_size as usize;
@@ -288,15 +413,21 @@ pub(crate) fn repair(map: &Map) {
             count += 1;
             link = v.next(cur);
         }
+        v.spare(b).store(0, Ordering::Relaxed);
     }
-    let d = map.desc();
-    d.free_head.store(FREE_END, Ordering::Relaxed);
+    // The free lists are rebuilt by hand: their locks are held here.
+    for c in 0..FREE_LISTS {
+        v.free_head(c).store(FREE_END, Ordering::Relaxed);
+    }
     for i in (0..v.pool).rev() {
         if !reached[i as usize] {
-            v.push_free(v.elem_at(i));
+            let (e, head) = (v.elem_at(i), v.free_head(i % FREE_LISTS));
+            v.flags(e).store(0, Ordering::Release);
+            v.next(e).store(head.load(Ordering::Relaxed), Ordering::Release);
+            head.store(e, Ordering::Relaxed);
         }
     }
-    d.count.store(count, Ordering::Relaxed);
+    map.desc().count.store(count, Ordering::Relaxed);
 }
 
 fn copy_value_out(map: &Map, v: &View, e: u64, out: &mut [u8]) {
@@ -380,7 +511,8 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
     }
     let v = View::new(map);
     let h = hash_bytes(key, 0);
-    let _g = map.write_lock();
+    let b = v.bucket_of(h);
+    let _g = v.lock_bucket(b);
     let found = v.find_locked(key, h);
     let old = found.map(|(_, e)| e);
     if old.is_some() && flags == BPF_NOEXIST {
@@ -395,33 +527,44 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
         write_value(map, &v, e, &fill, false);
         return Ok(());
     }
-    if old.is_none() && d.count.load(Ordering::Relaxed) >= map.spec().max_entries as u64 && !(v.is_lru() && v.evict()) {
-        return Err(Errno::E2BIG);
+    // A new key is counted first, so that racing inserts never pass max_entries.
+    let mut evicted = None;
+    if old.is_none() && d.count.fetch_add(1, Ordering::Relaxed) >= map.spec().max_entries as u64 {
+        evicted = if v.is_lru() { v.evict(b) } else { None };
+        if evicted.is_none() {
+            d.count.fetch_sub(1, Ordering::Relaxed);
+            return Err(Errno::E2BIG);
+        }
     }
-    let e = match v.pop_free() {
+    let e = match evicted.or_else(|| v.take_free(b)).or_else(|| if v.is_lru() { v.evict(b) } else { None }) {
+        // Evicted to make room for its own replacement: the key stays, and so does its count.
+        Some(e) if old == Some(e) => {
+            d.count.fetch_add(1, Ordering::Relaxed);
+            e
+        }
         Some(e) => e,
-        None if v.is_lru() && v.evict() => v.pop_free().ok_or(Errno::E2BIG)?,
-        None => return Err(Errno::E2BIG),
+        None => {
+            if old.is_none() {
+                d.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            return Err(Errno::E2BIG);
+        }
     };
     v.hash(e).store(h, Ordering::Relaxed);
     map.region().write(e + key_off(map), key);
     write_value(map, &v, e, &fill, true);
     v.flags(e).store(IN_USE, Ordering::Release);
-    let b = h as u64 & (v.nbuckets - 1);
     let bucket = v.bucket(b);
+    // An eviction in this bucket may have changed the chain: the old element's link again.
+    let found = found.and_then(|(_, o)| v.find_link(b, |cur| cur == o));
     let head = bucket.load(Ordering::Relaxed);
     v.next(e).store(head, Ordering::Relaxed);
     bucket.store(e, Ordering::Release);
-    match found {
-        Some((link, o)) => {
-            // The old element's link: the new element's `next` if it was first in the chain.
-            let link = if std::ptr::eq(link, bucket) { v.next(e) } else { link };
-            link.store(v.next(o).load(Ordering::Relaxed), Ordering::Release);
-            v.push_free(o);
-        }
-        None => {
-            d.count.fetch_add(1, Ordering::Relaxed);
-        }
+    if let Some((link, o)) = found {
+        // The old element's link: the new element's `next` if it was first in the chain.
+        let link = if std::ptr::eq(link, bucket) { v.next(e) } else { link };
+        link.store(v.next(o).load(Ordering::Relaxed), Ordering::Release);
+        v.release(b, o);
     }
     Ok(())
 }
@@ -438,24 +581,25 @@ pub(crate) fn update_percpu_one(map: &Map, key: &[u8], value: &[u8], flags: u64)
 }
 
 pub(crate) fn delete(map: &Map, key: &[u8]) -> Result<(), Errno> {
-    let v = View::new(map);
-    let h = hash_bytes(key, 0);
-    let _g = map.write_lock();
-    let (link, e) = v.find_locked(key, h).ok_or(Errno::ENOENT)?;
-    link.store(v.next(e).load(Ordering::Relaxed), Ordering::Release);
-    v.push_free(e);
-    map.desc().count.fetch_sub(1, Ordering::Relaxed);
-    Ok(())
+    remove(map, key, None)
 }
 
 pub(crate) fn lookup_and_delete(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
+    remove(map, key, Some(value))
+}
+
+/// Deletes `key`, copying its value out first when asked.
+fn remove(map: &Map, key: &[u8], value: Option<&mut [u8]>) -> Result<(), Errno> {
     let v = View::new(map);
     let h = hash_bytes(key, 0);
-    let _g = map.write_lock();
+    let b = v.bucket_of(h);
+    let _g = v.lock_bucket(b);
     let (link, e) = v.find_locked(key, h).ok_or(Errno::ENOENT)?;
-    copy_value_out(map, &v, e, value);
+    if let Some(out) = value {
+        copy_value_out(map, &v, e, out);
+    }
     link.store(v.next(e).load(Ordering::Relaxed), Ordering::Release);
-    v.push_free(e);
+    v.release(b, e);
     map.desc().count.fetch_sub(1, Ordering::Relaxed);
     Ok(())
 }
@@ -524,9 +668,62 @@ mod tests {
     use crate::{Map, MapSpec, MapType};
     use std::sync::Arc;
 
-    /// A writer that died holding the lock, after taking an element off the free list and
-    /// after linking a replacement for key 1 without unlinking the old element: the next
-    /// writer takes the lock over, repairs the map, and the map is whole again.
+    /// Writers on several threads (inserts, replacements, deletions, LRU evictions, on
+    /// overlapping keys) leave a whole map: the count equals the keys reachable, no key twice,
+    /// never more than max_entries, and no element lost (the map fills to max_entries again).
+    #[test]
+    fn concurrent_writers_keep_the_map_whole() {
+        for t in [MapType::Hash, MapType::LruHash, MapType::PercpuHash] {
+            let region = Arc::new(bpftime_shm::ShmRegion::anonymous(8 << 20).unwrap());
+            let map = Arc::new(Map::create(&region, "h", &MapSpec::new(t, 4, 8, 64)).unwrap());
+            let vs = map.syscall_value_size();
+            std::thread::scope(|s| {
+                for w in 0..4u32 {
+                    let map = map.clone();
+                    s.spawn(move || {
+                        let mut x = w.wrapping_mul(2654435761).wrapping_add(1);
+                        for i in 0..20_000u32 {
+                            x ^= x << 13;
+                            x ^= x >> 17;
+                            x ^= x << 5;
+                            let key = (x % 96).to_le_bytes();
+                            match i % 4 {
+                                0 => {
+                                    let _ = map.delete(&key);
+                                }
+                                _ => {
+                                    let r = map.update(&key, &vec![w as u8; vs], 0);
+                                    assert!(matches!(r, Ok(()) | Err(Errno::E2BIG)), "{t:?}: {r:?}");
+                                }
+                            }
+                            assert!(map.len() <= 64 + 4, "{t:?}: count {}", map.len());
+                        }
+                    });
+                }
+            });
+            let keys = map.keys();
+            let mut unique = keys.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), keys.len(), "{t:?}: a key twice");
+            assert_eq!(map.len(), keys.len() as u64, "{t:?}: count vs reachable keys");
+            assert!(keys.len() <= 64, "{t:?}");
+            for k in &keys {
+                map.delete(k).unwrap();
+            }
+            for k in 0..64u32 {
+                map.update(&k.to_le_bytes(), &vec![1; vs], 0).unwrap_or_else(|e| panic!("{t:?}: element {k} lost: {e:?}"));
+            }
+            if t != MapType::LruHash {
+                assert_eq!(map.update(&64u32.to_le_bytes(), &vec![1; vs], 0), Err(Errno::E2BIG), "{t:?}");
+            }
+            assert_eq!(map.len(), 64);
+        }
+    }
+
+    /// A writer that died holding a bucket lock, after taking two elements off a free list and
+    /// linking a replacement for key 1 without unlinking the old element: the next writer of
+    /// that bucket takes the lock over, repairs the map, and the map is whole again.
     #[test]
     fn repair_after_a_writer_died_mid_update() {
         let region = Arc::new(bpftime_shm::ShmRegion::anonymous(1 << 20).unwrap());
@@ -534,8 +731,9 @@ mod tests {
         map.update(&1u32.to_le_bytes(), &10u64.to_le_bytes(), 0).unwrap();
         map.update(&2u32.to_le_bytes(), &20u64.to_le_bytes(), 0).unwrap();
         let v = View::new(&map);
-        let _leaked = v.pop_free().unwrap();
-        let dup = v.pop_free().unwrap();
+        let any = || (0..FREE_LISTS).find_map(|c| v.pop_list(c)).unwrap();
+        let _leaked = any();
+        let dup = any();
         let h = hash_bytes(&1u32.to_le_bytes(), 0);
         v.hash(dup).store(h, Ordering::Relaxed);
         map.region().write(dup + key_off(&map), &1u32.to_le_bytes());
@@ -544,7 +742,8 @@ mod tests {
         let bucket = v.bucket(h as u64 & (v.nbuckets - 1));
         v.next(dup).store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
         bucket.store(dup, Ordering::Release);
-        map.desc().lock.force_holder(0x3fff_fff0); // a pid that cannot exist
+        // It died holding the lock of key 3's bucket (a pid that cannot exist).
+        v.bucket_lock(v.bucket_of(hash_bytes(&3u32.to_le_bytes(), 0))).force_holder(0x3fff_fff0);
         map.update(&3u32.to_le_bytes(), &30u64.to_le_bytes(), 0).unwrap();
         let mut keys = map.keys();
         keys.sort();

@@ -637,13 +637,10 @@ impl Map {
         unsafe { &*(p as *const MapDesc) }
     }
 
-    /// Takes the map's writer lock; repairs the map first if the previous holder died.
+    /// Takes the map's writer lock (tries, queues, rings and stack traces: one writer at a
+    /// time; hash maps lock per bucket).
     pub(crate) fn write_lock(&self) -> bpftime_shm::ShmGuard<'_> {
-        let g = self.desc().lock.lock();
-        if g.recovered() && self.spec.map_type.is_hash_like() {
-            hash::repair(self);
-        }
-        g
+        self.desc().lock.lock()
     }
 
     /// Number of elements (hash-like, queue, stack, lpm maps); max_entries for arrays.

@@ -120,6 +120,17 @@ impl ShmLock {
         }
     }
 
+    /// Takes the lock if it is free now (never waits, never takes over from a holder).
+    pub fn try_lock(&self) -> Option<ShmGuard<'_>> {
+        let me = crate::ids::process_id();
+        if self.owner.load(Ordering::Relaxed) == 0 && self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            self.count_acquisition();
+            HELD.with(|h| h.set(h.get() + 1));
+            return Some(ShmGuard { lock: self, recovered: false });
+        }
+        None
+    }
+
     /// Counts an acquisition (we hold the lock: a plain load and store, no locked instruction).
     #[inline(always)]
     fn count_acquisition(&self) {
