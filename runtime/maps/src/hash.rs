@@ -1,15 +1,17 @@
 //! HASH, PERCPU_HASH, LRU_HASH, LRU_PERCPU_HASH and HASH_OF_MAPS.
 //!
-//! Like the kernel's preallocated hash map: a pool of `max_entries + 1` elements, a free list,
-//! and buckets of singly linked chains. Readers never lock. A chain ends in a "nulls" marker
+//! Like the kernel's preallocated hash map: a pool of elements (`max_entries`, one more per
+//! free list and one spare), free lists, and buckets of singly linked chains. Readers never lock. A chain ends in a "nulls" marker
 //! that names its bucket (`bucket << 1 | 1`); an element can be freed and reused while a reader
 //! walks it, and a reader that ends on another bucket's marker starts again. Writers hold their
-//! bucket's lock only, as the kernel's htab does, so writers of different buckets never wait
+//! bucket's lock only, as the kernel's htab does, so writers of different buckets do not wait
 //! for each other. Replacing a value inserts a new element before unlinking the old one, so
-//! readers see either value whole (per-CPU maps update in place, as the kernel does).
+//! readers see either value whole (per-CPU maps update in place, as the kernel does, and so do
+//! values of at most 8 bytes, with one atomic store).
 //!
-//! Free elements: each bucket keeps one spare (the element its last replacement or deletion
-//! freed, reused by its next one without touching shared memory), the rest sit on
+//! Buckets are guarded by lock stripes (one per bucket up to 1,024, each on its own cache
+//! line). Free elements: each stripe keeps one spare (the element its last replacement or
+//! deletion freed, reused by its next one without touching shared memory), the rest sit on
 //! [`FREE_LISTS`] lists picked by CPU. Every change a writer makes is a single store that leaves
 //! the chains whole, so a writer that dies holding a lock leaves at most a duplicate key (the
 //! newer element first, which readers find) and elements lost to the pool; whoever takes its
@@ -32,8 +34,11 @@ const FREE_END: u64 = u64::MAX;
 const FREE_LISTS: u64 = 16;
 /// Bytes per free list: its lock and head, alone on a cache line.
 const FREE_LIST_SIZE: u64 = 64;
-/// Bytes per bucket lock: the lock and the bucket's spare element.
-const BUCKET_LOCK_SIZE: u64 = 16;
+/// Bytes per lock stripe: a lock and a spare free element, alone on a cache line (writers of
+/// different stripes never share a line).
+const STRIPE_SIZE: u64 = 64;
+/// Most lock stripes per map: bucket `b` is guarded by stripe `b % stripes`.
+const MAX_STRIPES: u64 = 1024;
 
 fn nulls(bucket: u64) -> u64 {
     bucket << 1 | 1
@@ -89,7 +94,7 @@ pub(crate) fn sizes(spec: &MapSpec, cpus: u64) -> Option<Layout> {
     let values = round8(spec.value_size as u64).checked_mul(if spec.map_type.is_percpu() { cpus } else { 1 })?;
     let elem_size = HDR + round8(spec.key_size as u64) + values;
     let pool = (spec.max_entries as u64 + FREE_LISTS + 1).checked_mul(elem_size)?;
-    let aux = nbuckets.checked_mul(8 + BUCKET_LOCK_SIZE)?.checked_add(FREE_LISTS * FREE_LIST_SIZE)?;
+    let aux = nbuckets.checked_mul(8)?.checked_add(nbuckets.min(MAX_STRIPES) * STRIPE_SIZE)?.checked_add(FREE_LISTS * FREE_LIST_SIZE)?;
     Some(Layout { data_len: pool, aux_len: aux, elem_size, ..Layout::default() })
 }
 
@@ -129,17 +134,31 @@ impl<'a> View<'a> {
         h as u64 & (self.nbuckets - 1)
     }
 
-    fn bucket_lock(&self, b: u64) -> &ShmLock {
-        self.map.region().lock_at(self.l.aux + 8 * self.nbuckets + BUCKET_LOCK_SIZE * b).expect("lock inside the validated layout")
+    fn stripes(&self) -> u64 {
+        self.nbuckets.min(MAX_STRIPES)
     }
 
-    /// Bucket `b`'s spare free element (0: none); changed under its lock.
-    fn spare(&self, b: u64) -> &AtomicU64 {
-        self.map.region().atomic_u64(self.l.aux + 8 * self.nbuckets + BUCKET_LOCK_SIZE * b + 8).expect("spare inside the validated layout")
+    /// The stripe guarding bucket `b`.
+    fn stripe_of(&self, b: u64) -> u64 {
+        b & (self.stripes() - 1)
+    }
+
+    fn stripe_at(&self, s: u64) -> u64 {
+        self.l.aux + 8 * self.nbuckets + STRIPE_SIZE * s
+    }
+
+    /// Stripe `s`'s lock, which guards the chains of its buckets and its spare.
+    fn stripe_lock(&self, s: u64) -> &ShmLock {
+        self.map.region().lock_at(self.stripe_at(s)).expect("lock inside the validated layout")
+    }
+
+    /// Stripe `s`'s spare free element (0: none); changed under its lock.
+    fn spare(&self, s: u64) -> &AtomicU64 {
+        self.map.region().atomic_u64(self.stripe_at(s) + 8).expect("spare inside the validated layout")
     }
 
     fn free_list_at(&self, c: u64) -> u64 {
-        self.l.aux + (8 + BUCKET_LOCK_SIZE) * self.nbuckets + FREE_LIST_SIZE * c
+        self.stripe_at(self.stripes()) + FREE_LIST_SIZE * c
     }
 
     fn free_lock(&self, c: u64) -> &ShmLock {
@@ -150,11 +169,11 @@ impl<'a> View<'a> {
         self.map.region().atomic_u64(self.free_list_at(c) + 8).expect("head inside the validated layout")
     }
 
-    /// Takes bucket `b`'s lock. One taken over from a writer that died is not used as it is:
-    /// the map is rebuilt first ([`repair`]).
+    /// Takes the lock of bucket `b`'s stripe. One taken over from a writer that died is not
+    /// used as it is: the map is rebuilt first ([`repair`]).
     fn lock_bucket(&self, b: u64) -> ShmGuard<'_> {
         loop {
-            let g = self.bucket_lock(b).lock();
+            let g = self.stripe_lock(self.stripe_of(b)).lock();
             if !g.recovered() {
                 return g;
             }
@@ -281,25 +300,31 @@ impl<'a> View<'a> {
         head.store(e, Ordering::Relaxed);
     }
 
+    /// The free list element `i` of the pool starts on (a contiguous run per list).
+    fn list_of(&self, i: u64) -> u64 {
+        (i * FREE_LISTS / self.pool.max(1)).min(FREE_LISTS - 1)
+    }
+
     /// This CPU's free list.
     fn my_list(&self) -> u64 {
         current_cpu() as u64 & (FREE_LISTS - 1)
     }
 
-    /// Under bucket `b`'s lock: a free element: the bucket's spare, else one from the free
-    /// lists (this CPU's first), else another bucket's spare (of a bucket not locked now).
+    /// Under bucket `b`'s lock: a free element: its stripe's spare, else one from the free
+    /// lists (this CPU's first), else another stripe's spare (of a stripe not locked now).
     fn take_free(&self, b: u64) -> Option<u64> {
-        let spare = self.spare(b).load(Ordering::Relaxed);
+        let mine = self.stripe_of(b);
+        let spare = self.spare(mine).load(Ordering::Relaxed);
         if spare != 0 && self.valid(spare) {
-            self.spare(b).store(0, Ordering::Relaxed);
+            self.spare(mine).store(0, Ordering::Relaxed);
             return Some(spare);
         }
         let me = self.my_list();
         if let Some(e) = (0..FREE_LISTS).find_map(|k| self.pop_list((me + k) & (FREE_LISTS - 1))) {
             return Some(e);
         }
-        (0..self.nbuckets).filter(|&o| o != b).find_map(|o| {
-            let _g = self.bucket_lock(o).try_lock()?;
+        (0..self.stripes()).filter(|&o| o != mine).find_map(|o| {
+            let _g = self.stripe_lock(o).try_lock()?;
             let e = self.spare(o).load(Ordering::Relaxed);
             (e != 0 && self.valid(e)).then(|| {
                 self.spare(o).store(0, Ordering::Relaxed);
@@ -308,12 +333,13 @@ impl<'a> View<'a> {
         })
     }
 
-    /// Under bucket `b`'s lock: frees `e` (already unlinked): the bucket's spare when it has
+    /// Under bucket `b`'s lock: frees `e` (already unlinked): its stripe's spare when it has
     /// none, else onto this CPU's free list.
     fn release(&self, b: u64, e: u64) {
         self.flags(e).store(0, Ordering::Release);
-        if self.spare(b).load(Ordering::Relaxed) == 0 {
-            self.spare(b).store(e, Ordering::Relaxed);
+        let s = self.stripe_of(b);
+        if self.spare(s).load(Ordering::Relaxed) == 0 {
+            self.spare(s).store(e, Ordering::Relaxed);
         } else {
             self.push_list(self.my_list(), e);
         }
@@ -335,10 +361,10 @@ impl<'a> View<'a> {
                 continue;
             }
             let home = self.bucket_of(self.hash(e).load(Ordering::Relaxed));
-            let _g = if home == b {
+            let _g = if self.stripe_of(home) == self.stripe_of(b) {
                 None
             } else {
-                match self.bucket_lock(home).try_lock() {
+                match self.stripe_lock(self.stripe_of(home)).try_lock() {
                     Some(g) => Some(g),
                     None => continue,
                 }
@@ -364,14 +390,18 @@ pub(crate) fn init(map: &Map) {
     let v = View::new(map);
     for b in 0..v.nbuckets {
         v.bucket(b).store(nulls(b), Ordering::Relaxed);
-        v.spare(b).store(0, Ordering::Relaxed);
+    }
+    for s in 0..v.stripes() {
+        v.spare(s).store(0, Ordering::Relaxed);
     }
     for c in 0..FREE_LISTS {
         v.free_head(c).store(FREE_END, Ordering::Relaxed);
     }
+    // Each list a contiguous run of the pool, as the kernel's per-CPU free lists are: writers
+    // on different CPUs then write different cache lines.
     for i in (0..v.pool).rev() {
         v.flags(v.elem_at(i)).store(0, Ordering::Relaxed);
-        v.push_list(i % FREE_LISTS, v.elem_at(i));
+        v.push_list(v.list_of(i), v.elem_at(i));
     }
     map.desc().count.store(0, Ordering::Relaxed);
 }
@@ -383,7 +413,7 @@ pub(crate) fn repair(map: &Map) {
     let v = View::new(map);
     // Repairs one at a time: a repairer waits for this holding nothing.
     let _whole = map.desc().lock.lock();
-    let _buckets: Vec<ShmGuard> = (0..v.nbuckets).map(|b| v.bucket_lock(b).lock()).collect();
+    let _stripes: Vec<ShmGuard> = (0..v.stripes()).map(|s| v.stripe_lock(s).lock()).collect();
     let _lists: Vec<ShmGuard> = (0..FREE_LISTS).map(|c| v.free_lock(c).lock()).collect();
     let mut reached = vec![false; v.pool as usize];
     let mut count = 0;
@@ -413,7 +443,9 @@ pub(crate) fn repair(map: &Map) {
             count += 1;
             link = v.next(cur);
         }
-        v.spare(b).store(0, Ordering::Relaxed);
+    }
+    for s in 0..v.stripes() {
+        v.spare(s).store(0, Ordering::Relaxed);
     }
     // The free lists are rebuilt by hand: their locks are held here.
     for c in 0..FREE_LISTS {
@@ -421,7 +453,7 @@ pub(crate) fn repair(map: &Map) {
     }
     for i in (0..v.pool).rev() {
         if !reached[i as usize] {
-            let (e, head) = (v.elem_at(i), v.free_head(i % FREE_LISTS));
+            let (e, head) = (v.elem_at(i), v.free_head(v.list_of(i)));
             v.flags(e).store(0, Ordering::Release);
             v.next(e).store(head.load(Ordering::Relaxed), Ordering::Release);
             head.store(e, Ordering::Relaxed);
@@ -526,6 +558,18 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
         // Per-CPU maps update in place, as the kernel does.
         write_value(map, &v, e, &fill, false);
         return Ok(());
+    }
+    if let (Some(e), Fill::All(value)) = (old, &fill) {
+        if value.len() <= 8 {
+            // A value of at most 8 bytes is replaced in place by one atomic store (its slot is
+            // 8 aligned bytes): readers see the old value or the new one whole, as they would
+            // with a new element, and the chain, the bucket and the pool stay untouched.
+            let mut word = [0u8; 8];
+            word[..value.len()].copy_from_slice(value);
+            let slot = map.region().atomic_u64(v.value_ptr(e, 0)).expect("value slot inside the validated layout");
+            slot.store(u64::from_le_bytes(word), Ordering::Release);
+            return Ok(());
+        }
     }
     // A new key is counted first, so that racing inserts never pass max_entries.
     let mut evicted = None;
@@ -673,9 +717,9 @@ mod tests {
     /// never more than max_entries, and no element lost (the map fills to max_entries again).
     #[test]
     fn concurrent_writers_keep_the_map_whole() {
-        for t in [MapType::Hash, MapType::LruHash, MapType::PercpuHash] {
+        for (t, value_size) in [(MapType::Hash, 8), (MapType::Hash, 24), (MapType::LruHash, 8), (MapType::LruHash, 24), (MapType::PercpuHash, 8)] {
             let region = Arc::new(bpftime_shm::ShmRegion::anonymous(8 << 20).unwrap());
-            let map = Arc::new(Map::create(&region, "h", &MapSpec::new(t, 4, 8, 64)).unwrap());
+            let map = Arc::new(Map::create(&region, "h", &MapSpec::new(t, 4, value_size, 64)).unwrap());
             let vs = map.syscall_value_size();
             std::thread::scope(|s| {
                 for w in 0..4u32 {
@@ -743,7 +787,7 @@ mod tests {
         v.next(dup).store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
         bucket.store(dup, Ordering::Release);
         // It died holding the lock of key 3's bucket (a pid that cannot exist).
-        v.bucket_lock(v.bucket_of(hash_bytes(&3u32.to_le_bytes(), 0))).force_holder(0x3fff_fff0);
+        v.stripe_lock(v.stripe_of(v.bucket_of(hash_bytes(&3u32.to_le_bytes(), 0)))).force_holder(0x3fff_fff0);
         map.update(&3u32.to_le_bytes(), &30u64.to_le_bytes(), 0).unwrap();
         let mut keys = map.keys();
         keys.sort();

@@ -212,7 +212,6 @@ pub(crate) struct MapDesc {
     aux: u64,
     aux_len: u64,
     elem_size: u64,
-    pub free_head: AtomicU64,
     pub head: AtomicU64,
     pub tail: AtomicU64,
     pub hand: AtomicU64,
