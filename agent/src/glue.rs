@@ -248,6 +248,16 @@ fn checks() -> bpftime_vm::Checks {
     }
 }
 
+/// `BPFTIME_URETPROBE=stack`: return probes replace the return address at entry instead of
+/// patching the function's `ret`s (to compare the two).
+fn return_method_from_env() {
+    match std::env::var("BPFTIME_URETPROBE").as_deref() {
+        Ok("stack") => bpftime_attach::set_return_patching(false),
+        Ok("ret") | Err(_) => {}
+        Ok(other) => eprintln!("bpftime: BPFTIME_URETPROBE=`{other}` is not `ret` or `stack`; patching rets"),
+    }
+}
+
 fn engine() -> EngineKind {
     std::env::var("BPFTIME_ENGINE").ok().and_then(|n| n.parse().ok()).unwrap_or(EngineKind::Jit)
 }
@@ -322,6 +332,7 @@ pub(crate) fn start_in(name: String, follow: bool) {
     };
     let mut runtime = Runtime::new(region, engine());
     runtime.set_checks(checks());
+    return_method_from_env();
     if let Some(budget) = probe_budget() {
         runtime.set_probe_budget(budget);
     }

@@ -560,10 +560,20 @@ fn build_return_site(func: &'static Site, window: &[Instruction]) -> Result<&'st
     Ok(Box::leak(Box::new(ReturnSite { addr, original, jump, slot, installed: AtomicBool::new(false) })))
 }
 
+/// Whether return probes patch functions' `ret`s where they can (see [`set_return_patching`]).
+static PATCH_RETURNS: AtomicBool = AtomicBool::new(true);
+
+/// Return probes attached from now on patch the function's `ret`s where they can (`true`, the
+/// default) or always replace the return address at entry (`false`: to compare the two, and
+/// to test the shadow stack's path).
+pub fn set_return_patching(on: bool) {
+    PATCH_RETURNS.store(on, Ordering::Relaxed);
+}
+
 /// The return sites of function site `site`, planned and built at its first return probe.
 fn return_sites(site: &'static Site, info: SiteInfo) -> &'static [&'static ReturnSite] {
     site.returns.get_or_init(|| {
-        if !site.at_entry {
+        if !site.at_entry || !PATCH_RETURNS.load(Ordering::Relaxed) {
             return vec![];
         }
         let Some(windows) = plan_returns(site, info.function_size, info.padding) else { return vec![] };

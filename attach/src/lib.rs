@@ -22,8 +22,8 @@ pub mod symbols;
 pub mod syscalls;
 
 pub use hook::{
-    attach, detach, in_probe, in_signal_handler, patched_returns, run_as_hit, site_method, without_probes, AttachError, Method, ProbeHandler, ProbeId,
-    ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
+    attach, detach, in_probe, in_signal_handler, patched_returns, run_as_hit, set_return_patching, site_method, without_probes, AttachError, Method,
+    ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
 };
 pub use patch::{MOVED_THREADS, TRAPS_REDIRECTED};
 pub use regs::PtRegs;

@@ -624,7 +624,8 @@ fn run_attach_set_and_map_size_configure_an_object() {
 }
 
 /// Fork while another thread is inside probes: every child (forked 100 times) finishes, keeps
-/// the probes, and its add() call is counted with the parent's (the maps are shared memory).
+/// the probes, and its add() call is counted with the parent's (the maps are shared memory);
+/// then 100 runs of a smaller storm.
 #[test]
 fn forked_children_keep_their_probes_and_never_hang() {
     let obj = build_example("uprobe_forks");
@@ -636,6 +637,14 @@ fn forked_children_keep_their_probes_and_never_hang() {
     // The parent's thread's 20000 calls and one per child.
     assert!(stderr.contains("`calls`") && stderr.contains("  0 => 20100\n"), "{stderr}");
     assert!(stderr.contains("(sum 20100)"), "the per-CPU count too: {stderr}");
+    // A storm in a loop: 100 runs of 10 forks each while the thread is inside probes; none
+    // hangs (the target exits 1 when a child does not finish in time) or loses a count.
+    for run in 0..100 {
+        let out = bpftime(&["run", obj.to_str().unwrap(), "--", forks.to_str().unwrap(), "2000", "10"]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success() && stdout.contains("0 of 10 children failed"), "run {run}: {stdout}{stderr}");
+        assert!(stderr.contains("  0 => 2010\n"), "run {run}: {stderr}");
+    }
 }
 
 /// exec drops the old image's probes (another thread is inside them when it happens) and the

@@ -25,10 +25,13 @@ int on_add(void *ctx)
     if (n)
         *n += 1;
     __u64 one = 1, *c = bpf_map_lookup_elem(&calls, &k);
+    if (!c && bpf_map_update_elem(&calls, &k, &one, BPF_NOEXIST) == 0)
+        return 0;
+    /* Another process or thread inserted it first: count on its element. */
+    if (!c)
+        c = bpf_map_lookup_elem(&calls, &k);
     if (c)
         __sync_fetch_and_add(c, 1);
-    else
-        bpf_map_update_elem(&calls, &k, &one, BPF_NOEXIST);
     return 0;
 }
 
