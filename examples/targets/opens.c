@@ -1,10 +1,12 @@
 // A target for system call programs: opens a marker file N times each through libc's open(),
 // through syscall(SYS_openat, ...) and through an inline `syscall` instruction, from a second
-// thread N more times, and in a forked child N more times; then checks that a read
-// interrupted by a signal behaves as without tracing (EINTR without SA_RESTART, restarted with
-// it). Marker files are /tmp/bpftime-open-marker-PID.
+// thread N more times, in a forked child N more times, and N times through a library loaded
+// with dlopen (libopener.so, next to this program); then checks that a read interrupted by a
+// signal behaves as without tracing (EINTR without SA_RESTART, restarted with it). Marker files
+// are /tmp/bpftime-open-marker-PID.
 // Usage: opens N   (prints "opened OPENS interrupted EINTR restarted BYTES"; exits 1 on error)
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -42,6 +44,28 @@ static long open_all(void)
         close(a);
         close((int)b);
         close((int)c);
+    }
+    return ok;
+}
+
+// N opens through libopener.so's own `syscall` instruction; -1 if it cannot be loaded.
+static long open_through_library(void)
+{
+    char lib[4096];
+    ssize_t len = readlink("/proc/self/exe", lib, sizeof lib - 32);
+    if (len <= 0)
+        return -1;
+    lib[len] = 0;
+    strcpy(strrchr(lib, '/') + 1, "libopener.so");
+    void *h = dlopen(lib, RTLD_NOW);
+    long (*opener)(const char *) = h ? (long (*)(const char *))dlsym(h, "opener_openat") : NULL;
+    if (!opener)
+        return -1;
+    long ok = 0;
+    for (long i = 0; i < n; i++) {
+        long fd = opener(marker);
+        ok += fd >= 0;
+        close((int)fd);
     }
     return ok;
 }
@@ -107,9 +131,10 @@ int main(int argc, char **argv)
     waitpid(child, &status, 0);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
         opened += 3 * n;
+    opened += open_through_library();
     int interrupted = interrupted_read(0);
     int restarted = interrupted_read(1);
     unlink(marker);
     printf("opened %ld interrupted %s restarted %d\n", opened, interrupted == -EINTR ? "EINTR" : "other", restarted);
-    return opened == 9 * n && interrupted == -EINTR && restarted == 1 ? 0 : 1;
+    return opened == 10 * n && interrupted == -EINTR && restarted == 1 ? 0 : 1;
 }
