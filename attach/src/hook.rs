@@ -21,7 +21,7 @@
 use crate::patch::{self, PATCH_LOCK};
 use crate::regs::PtRegs;
 use iced_x86::code_asm::*;
-use iced_x86::{BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Instruction, InstructionBlock};
+use iced_x86::{BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Instruction, InstructionBlock, Mnemonic};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::mem::offset_of;
@@ -311,18 +311,7 @@ fn on_entry(site: &Site, regs: &PtRegs) -> Option<u64> {
                 }
                 asked
             };
-            let asked = if before.warm {
-                let asked = run();
-                leave(before);
-                asked
-            } else {
-                // The thread's first hit: its handlers and the shadow stack set up per-thread
-                // state, which a signal handler probing meanwhile must not find half made.
-                let asked = crate::signals::with_signals_deferred(run);
-                leave(ThreadState { warm: true, ..before });
-                asked
-            };
-            asked.filter(|_| site.at_entry)
+            run_admitted(before, run).filter(|_| site.at_entry)
         }
     }
 }
@@ -429,9 +418,26 @@ extern "C" fn return_site_dispatch(site: &Site, regs: &mut PtRegs) {
         Admission::Ignore => {}
         Admission::Miss => miss_all(list(&site.ret)),
         Admission::Run(level, before) => {
-            let _ = run_list(list(&site.ret), regs, level);
-            leave(before);
+            run_admitted(before, || {
+                let _ = run_list(list(&site.ret), regs, level);
+            });
         }
+    }
+}
+
+/// Runs an admitted hit's work and restores the thread's state. The thread's first hit runs
+/// with async signals deferred: its handlers set up per-thread state (the shadow stack too),
+/// which a signal handler probing meanwhile must not find half made.
+#[inline(always)]
+fn run_admitted<R>(before: ThreadState, run: impl FnOnce() -> R) -> R {
+    if before.warm {
+        let r = run();
+        leave(before);
+        r
+    } else {
+        let r = crate::signals::with_signals_deferred(run);
+        leave(ThreadState { warm: true, ..before });
+        r
     }
 }
 
@@ -486,12 +492,24 @@ fn plan_returns(site: &Site, size: u64, padding: u64) -> Option<Vec<Vec<Instruct
         }
         instrs.push(i);
     }
+    // Other probes' patches inside the body hide its instructions (and would overlap ours).
+    let entry_len = site.method.len() as u64;
+    if size <= entry_len + 1 || patch::overlaps(addr + entry_len, size - entry_len) {
+        return None;
+    }
     let mut windows = vec![];
     for (k, r) in instrs.iter().enumerate() {
         if r.flow_control() != FlowControl::Return {
             continue;
         }
-        if r.ip() + r.len() as u64 == end && r.len() as u64 + padding >= PATCH_LEN as u64 && r.ip() >= addr + PATCH_LEN as u64 {
+        // A near `ret` without an immediate is what compilers emit; the others (`ret imm16`,
+        // far returns) would need their own register view.
+        if r.mnemonic() != Mnemonic::Ret || r.op_count() != 0 {
+            return None;
+        }
+        let fits_padding = r.ip() + r.len() as u64 == end && r.len() as u64 + padding >= PATCH_LEN as u64 && r.ip() >= addr + PATCH_LEN as u64;
+        // The padding may already hold a rewritten system call site's jump.
+        if fits_padding && !patch::overlaps(r.ip(), PATCH_LEN as u64) && !crate::syscalls::overlaps_pads(r.ip(), PATCH_LEN as u64) {
             windows.push(vec![*r]);
             continue;
         }
@@ -577,7 +595,21 @@ fn return_sites(site: &'static Site, info: SiteInfo) -> &'static [&'static Retur
             return vec![];
         }
         let Some(windows) = plan_returns(site, info.function_size, info.padding) else { return vec![] };
-        windows.iter().map(|w| build_return_site(site, w)).collect::<Result<Vec<_>, _>>().unwrap_or_default()
+        let mut built = vec![];
+        for w in &windows {
+            match build_return_site(site, w) {
+                Ok(r) => built.push(r),
+                Err(_) => {
+                    // All or none: the function's other returns would go unseen. The windows
+                    // built so far were never installed; their slots are given back.
+                    for r in built {
+                        patch::release_site(r.slot);
+                    }
+                    return vec![];
+                }
+            }
+        }
+        built
     })
 }
 
@@ -606,11 +638,10 @@ fn sync_patches(site: &'static Site) -> Result<(), AttachError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PointKind {
     /// A function's first instruction. By the System V x86-64 ABI the flags are dead, the
-    /// direction flag is clear, the 128 bytes below `rsp` are free, and of the vector
-    /// registers only the argument registers xmm0-xmm7 are live.
+    /// direction flag is clear and the 128 bytes below `rsp` are free. Registers are kept all
+    /// the same: a caller built with `-fipa-ra` relies on those its callee does not touch.
     FunctionEntry,
-    /// Just after a `ret` (the return stub): as at entry, but only xmm0-xmm1 (the return value)
-    /// are live.
+    /// At a function's `ret` or just after it (the return stub): as at entry.
     Return,
     /// Anywhere else: everything is live, including the flags, the red zone and all vector
     /// registers.
@@ -650,10 +681,6 @@ impl VectorState {
             VectorState { width }
         })
     }
-
-    const XMM: [AsmRegisterXmm; 8] = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7];
-    const YMM: [AsmRegisterYmm; 8] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7];
-    const ZMM: [AsmRegisterZmm; 8] = [zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7];
 
     /// Every vector register (16 ymm, or 32 zmm and 8 masks with AVX-512).
     const YMM_ALL: [AsmRegisterYmm; 16] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
@@ -705,24 +732,6 @@ impl VectorState {
         }
         Ok(())
     }
-
-    /// Stores vector argument register `i` at `at`, at full width.
-    fn store(&self, a: &mut CodeAssembler, i: usize, at: AsmMemoryOperand) -> Result<(), IcedError> {
-        match self.width {
-            64 => a.vmovdqu64(zmmword_ptr(at), Self::ZMM[i]),
-            32 => a.vmovdqu(ymmword_ptr(at), Self::YMM[i]),
-            _ => a.movups(xmmword_ptr(at), Self::XMM[i]),
-        }
-    }
-
-    /// Loads vector argument register `i` from `at`, at full width.
-    fn load(&self, a: &mut CodeAssembler, i: usize, at: AsmMemoryOperand) -> Result<(), IcedError> {
-        match self.width {
-            64 => a.vmovdqu64(Self::ZMM[i], zmmword_ptr(at)),
-            32 => a.vmovdqu(Self::YMM[i], ymmword_ptr(at)),
-            _ => a.movups(Self::XMM[i], xmmword_ptr(at)),
-        }
-    }
 }
 
 /// Offsets of [`PtRegs`] fields, as the stubs address them.
@@ -765,14 +774,13 @@ fn callee_saved(r: AsmRegister64) -> bool {
 /// Emits a stub body: builds a kernel-layout `pt_regs` on the stack, saves the vector state
 /// that is live at `point`, calls `f(arg0, &pt_regs)` (`arg0` = None passes the `pt_regs` as
 /// the first argument instead), restores what the call may have changed and leaves rsp at the
-/// probe point's value. At a return, r11 then holds the `ip` the call left in the `pt_regs`:
-/// the real return address.
+/// probe point's value. At a return, the qword just below rsp then holds the `ip` the call left
+/// in the `pt_regs`: the real return address.
 ///
 /// The frame is made with plain moves rather than pushes (fewer stack-engine syncs), and only
 /// registers the call can change are reloaded: callee-saved ones are preserved by `f` itself
-/// (bx is reloaded because the stub uses it). Vector argument and result registers are saved
-/// at the full width the OS enables (xmm, ymm or zmm: `__m256`/`__m512` arguments survive); mid-
-/// function, every vector register at full width and the AVX-512 masks (fxsave without AVX).
+/// (bx is reloaded because the stub uses it). Every vector register is saved at the full width
+/// the OS enables (xmm, ymm or zmm), with the AVX-512 masks (fxsave without AVX).
 fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg0: Option<u64>, f: u64) -> Result<(), IcedError> {
     let red_zone = point.red_zone();
     // The frame: pt_regs, below the red zone where it is live.
@@ -803,30 +811,22 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
     a.mov(rbx, rsp)?;
     a.and(rsp, -16)?;
     let vector = VectorState::get();
-    let args = match point {
-        PointKind::FunctionEntry => 8,
-        PointKind::Return => 2,
-        PointKind::MidFunction => 0,
-    };
-    if point == PointKind::MidFunction {
-        if vector.width >= 32 {
-            // Every vector register, at full width, and the AVX-512 masks: all the extended
-            // state our code (Rust, the JIT, libc's string functions) can change. Explicit moves
-            // cost a fraction of xsave/xrstor.
-            a.sub(rsp, vector.explicit_area())?;
-            a.and(rsp, -64)?;
-            vector.save_all(a)?;
-        } else {
-            // No AVX: the SSE state is all there is.
-            a.sub(rsp, 512)?;
-            a.fxsave64(ptr(rsp))?;
-        }
-        a.cld()?;
+    // Every vector register at full width (and the AVX-512 masks), at every kind of point: the
+    // ABI lets a callee clobber all but nothing else, yet a caller compiled with GCC's
+    // inter-procedural register allocation (`-fipa-ra`, on at -O2) keeps values in whichever
+    // registers the callee it knows does not touch, across the call; a probe must leave them
+    // all, as the kernel's does. Explicit moves cost a fraction of xsave/xrstor.
+    if vector.width >= 32 {
+        a.sub(rsp, vector.explicit_area())?;
+        a.and(rsp, -64)?;
+        vector.save_all(a)?;
     } else {
-        a.sub(rsp, vector.width * args)?;
-        for i in 0..args {
-            vector.store(a, i as usize, rsp + vector.width * i)?;
-        }
+        // No AVX: the SSE state is all there is.
+        a.sub(rsp, 512)?;
+        a.fxsave64(ptr(rsp))?;
+    }
+    if point == PointKind::MidFunction {
+        a.cld()?;
     }
     match arg0 {
         Some(v) => {
@@ -841,26 +841,23 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
         // The dispatcher's answer (return at once?), in the flags: nothing below changes them.
         a.test(rax, rax)?;
     }
-    if point == PointKind::MidFunction {
-        if vector.width >= 32 {
-            vector.restore_all(a)?;
-        } else {
-            a.fxrstor64(ptr(rsp))?;
-        }
+    if vector.width >= 32 {
+        vector.restore_all(a)?;
     } else {
-        for i in 0..args {
-            vector.load(a, i as usize, rsp + vector.width * i)?;
-        }
+        a.fxrstor64(ptr(rsp))?;
     }
     a.mov(rsp, rbx)?;
+    if point == PointKind::Return {
+        // Where to go on, in the frame's last word (just below the final rsp, where signal
+        // frames never go: the kernel skips the 128-byte red zone), so that no register has to
+        // carry it (a caller may keep any register the callee does not touch live).
+        a.mov(rax, qword_ptr(rsp + pt::IP))?;
+        a.mov(qword_ptr(rsp + pt::SIZE - 8), rax)?;
+    }
     for (r, off) in GPRS {
         if !callee_saved(r) || r == rbx {
             a.mov(r, qword_ptr(rsp + off))?;
         }
-    }
-    if point == PointKind::Return {
-        // Where to go on: r11 is a scratch register no caller expects kept across a call.
-        a.mov(r11, qword_ptr(rsp + pt::IP))?;
     }
     if point == PointKind::MidFunction {
         a.lea(rsp, ptr(rsp + pt::FLAGS))?;
@@ -897,7 +894,7 @@ fn return_stub() -> u64 {
                 // An indirect jump rather than a `ret`: the return-stack predictor stays in
                 // step with the calls still to return.
                 emit_probe_call(&mut a, PointKind::Return, None, None, return_dispatch as *const () as u64)?;
-                a.jmp(r11)
+                a.jmp(qword_ptr(rsp - 8))
             })()
             .map_err(|e| e.to_string())?;
             let code = a.assemble(at).map_err(|e| e.to_string())?;
@@ -1159,6 +1156,9 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     let site = match map.get(&addr) {
         Some(s) => *s,
         None => {
+            if patch::overlaps(addr, PATCH_LEN as u64) || crate::syscalls::overlaps_pads(addr, PATCH_LEN as u64) {
+                return Err(AttachError::Unpatchable { addr, reason: "the bytes overlap code another probe or a rewritten system call patched".into() });
+            }
             let s = build_site(addr, info)?;
             map.insert(addr, s);
             s

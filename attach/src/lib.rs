@@ -365,4 +365,103 @@ mod stress {
         let calls: u64 = workers.into_iter().map(|w| w.join().expect("worker crashed")).sum();
         assert!(hits.0.load(Ordering::Relaxed) <= calls);
     }
+
+    // A leaf function in assembly: lea; imul; add; ret (13 bytes, then 3 bytes of int3 padding,
+    // too few for a jump there: its `ret` is patched over the `add` before it).
+    // Two copies: a site's way of running return probes is chosen once.
+    macro_rules! leaf {
+        ($name:literal) => {
+            std::arch::global_asm!(
+                concat!(".globl ", $name),
+                concat!(".type ", $name, ", @function"),
+                ".p2align 4",
+                concat!($name, ":"),
+                "lea rax, [rdi + rsi]",
+                "imul rax, rax, 3",
+                "add rax, 0x11",
+                "ret",
+                concat!(".size ", $name, ", . - ", $name),
+                ".p2align 4, 0xcc",
+            );
+        };
+    }
+    leaf!("bpftime_attach_leaf");
+    leaf!("bpftime_attach_leaf2");
+    unsafe extern "C" {
+        fn bpftime_attach_leaf(a: u64, b: u64) -> u64;
+        fn bpftime_attach_leaf2(a: u64, b: u64) -> u64;
+    }
+
+    /// Overwrites registers a caller built with `-fipa-ra` may keep live across a call to a
+    /// function that does not touch them.
+    struct ClobberHigh(AtomicU64);
+
+    impl ProbeHandler for ClobberHigh {
+        fn on_hit(&self, _: &PtRegs, _: usize) -> Option<u64> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: only overwrites registers declared as clobbered.
+            unsafe {
+                std::arch::asm!(
+                    "pcmpeqd xmm9, xmm9", "pcmpeqd xmm15, xmm15", "mov r10, -1", "mov r11, -1",
+                    out("xmm9") _, out("xmm15") _, out("r10") _, out("r11") _,
+                );
+            }
+            None
+        }
+    }
+
+    /// Calls the leaf with values in xmm9, xmm15, r10 and r11, which it does not touch; returns
+    /// the result and what those registers held after the call.
+    fn call_leaf(f: u64, a: u64, b: u64) -> (u64, f64, f64, u64, u64) {
+        let (r, x9, x15, r10, r11): (u64, f64, f64, u64, u64);
+        // SAFETY: calls an assembly function that reads rdi and rsi and writes rax only; the
+        // registers it may change by the ABI are declared clobbered, except those under test.
+        unsafe {
+            std::arch::asm!(
+                "call {f}",
+                f = in(reg) f,
+                inout("rdi") a => _, inout("rsi") b => _, out("rax") r,
+                inout("xmm9") 1.5f64 => x9, inout("xmm15") 2.5f64 => x15,
+                inout("r10") 10u64 => r10, inout("r11") 11u64 => r11,
+                out("rcx") _, out("rdx") _, out("r8") _, out("r9") _,
+                out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+            );
+        }
+        (r, x9, x15, r10, r11)
+    }
+
+    /// Entry and return probes (the `ret` patched, then the return address replaced) keep every
+    /// register a caller may rely on, as the kernel's do; a probe inside the patched `ret`'s
+    /// bytes is refused, and the function runs on.
+    #[test]
+    fn probes_keep_registers_an_ipa_ra_caller_relies_on() {
+        let want = ((3 + 4) * 3 + 0x11, 1.5, 2.5, 10, 11);
+        for (patch_rets, name, addr) in
+            [(true, "bpftime_attach_leaf", bpftime_attach_leaf as *const () as u64), (false, "bpftime_attach_leaf2", bpftime_attach_leaf2 as *const () as u64)]
+        {
+            let r = resolve(&Target::parse(&format!("/proc/self/exe:{name}")).unwrap()).unwrap();
+            assert_eq!((r.addr, r.function_size), (addr, 13));
+            let call_leaf = |a, b| call_leaf(addr, a, b);
+            assert_eq!(call_leaf(3, 4), want);
+            set_return_patching(patch_rets);
+            let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding };
+            let h = Arc::new(ClobberHigh(AtomicU64::new(0)));
+            let e = attach(addr, info, ProbeKind::Entry, h.clone()).unwrap();
+            let x = attach(addr, info, ProbeKind::Return, h.clone()).unwrap();
+            assert_eq!(patched_returns(addr), if patch_rets { 1 } else { 0 });
+            if patch_rets {
+                // The `add` before the `ret` is covered by the return's jump.
+                let inside = SiteInfo { function_size: 0, at_entry: false, padding: 0 };
+                assert!(matches!(attach(addr + 10, inside, ProbeKind::Entry, h.clone()), Err(AttachError::Unpatchable { .. })));
+            }
+            for i in 0..3 {
+                assert_eq!(call_leaf(3, 4), want, "patch_rets {patch_rets}, call {i}");
+            }
+            assert_eq!(h.0.load(Ordering::Relaxed), 6, "entries and returns");
+            detach(e).unwrap();
+            detach(x).unwrap();
+            set_return_patching(true);
+            assert_eq!(call_leaf(3, 4), want);
+        }
+    }
 }

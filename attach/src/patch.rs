@@ -86,6 +86,22 @@ pub(crate) fn register_site(addr: u64, len: u32, trampoline: u64, map: &[(u32, u
     Some(i)
 }
 
+/// Gives back the slot of a site that was never installed (its bytes were never changed).
+pub(crate) fn release_site(i: usize) {
+    if let Some(s) = SLOTS.get(i) {
+        s.addr.store(0, Ordering::Release);
+    }
+}
+
+/// Whether `[start, start + len)` overlaps bytes a registered site patches (or patched).
+pub(crate) fn overlaps(start: u64, len: u64) -> bool {
+    let n = NSLOTS.load(Ordering::Acquire) as usize;
+    SLOTS[..n].iter().any(|s| {
+        let a = s.addr.load(Ordering::Acquire);
+        a != 0 && a < start + len && start < a + s.len.load(Ordering::Relaxed) as u64
+    })
+}
+
 fn slot_at(addr: u64) -> Option<&'static SiteSlot> {
     let n = NSLOTS.load(Ordering::Acquire) as usize;
     SLOTS[..n].iter().find(|s| s.addr.load(Ordering::Acquire) == addr)

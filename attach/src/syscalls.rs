@@ -339,6 +339,16 @@ static REWRITES: std::sync::Mutex<Option<Rewrites>> = std::sync::Mutex::new(None
 /// Sites rewritten (diagnostics).
 pub static SITES_REWRITTEN: AtomicU64 = AtomicU64::new(0);
 
+/// Whether `[start, start + len)` overlaps padding a rewritten system call site jumps through
+/// (true also while another thread is rewriting: the caller then keeps away). Called with the
+/// patch lock held.
+pub(crate) fn overlaps_pads(start: u64, len: u64) -> bool {
+    match REWRITES.try_lock() {
+        Ok(g) => g.as_ref().is_some_and(|r| r.pads.iter().any(|&p| p < start + len && start < p + 5)),
+        Err(_) => true,
+    }
+}
+
 /// Rewrites the call site at `site` unless it was tried before (or another thread is busy
 /// rewriting: this call then stays a signal).
 fn rewrite_once(site: u64) {
@@ -358,15 +368,16 @@ fn rewrite(site: u64, pads: &mut Vec<u64>) -> Option<&'static CallSite> {
     if crate::patch::read_code(site, 2).ok()? != [0x0f, 0x05] {
         return None;
     }
+    // Probes are attached under the patch lock: the padding they use is known while it is held.
+    let _patching = crate::patch::PATCH_LOCK.try_lock().ok()?;
     // `jmp rel8` reaches [site + 2 - 128, site + 2 + 127].
     let (lo, hi) = (site + 2 - 128, site + 2 + 127);
-    let pad = crate::symbols::padding_near(site, lo, hi, 5, |a| pads.contains(&a))?;
+    let pad = crate::symbols::padding_near(site, lo, hi, 5, |a| pads.contains(&a) || crate::patch::overlaps(a, 5))?;
     let ctx: &'static CallSite = Box::leak(Box::new(CallSite { addr: site }));
     let stub = hook::syscall_stub(pad, ctx as *const CallSite as u64, site_dispatch as *const () as u64).ok()?;
     let rel = i32::try_from(stub as i64 - (pad + 5) as i64).ok()?;
     let mut jump = [0xe9, 0, 0, 0, 0];
     jump[1..].copy_from_slice(&rel.to_le_bytes());
-    let _patching = crate::patch::PATCH_LOCK.try_lock().ok()?;
     // Padding runs nothing: the jump can be written as it is.
     crate::patch::write_code(pad, &jump).ok()?;
     pads.push(pad);
