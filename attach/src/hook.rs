@@ -102,6 +102,8 @@ pub struct Site {
     /// return probe; empty: the function's body cannot be patched at its returns, and return
     /// probes replace the return address at entry instead).
     returns: OnceLock<Vec<&'static ReturnSite>>,
+    /// What its entry and return stubs keep.
+    kept: Kept,
 }
 
 /// A `ret` of a probed function, patched: a 5-byte jump over the instructions that end with
@@ -546,7 +548,7 @@ fn build_return_site(func: &'static Site, window: &[Instruction]) -> Result<&'st
         }
         let mut probe = a.create_label();
         a.set_label(&mut probe)?;
-        emit_probe_call(&mut a, PointKind::Return, None, Some(func as *const Site as u64), return_site_dispatch as *const () as u64)?;
+        emit_probe_call(&mut a, PointKind::Return, func.kept, None, Some(func as *const Site as u64), return_site_dispatch as *const () as u64)?;
         a.add_instruction(*ret)?;
         labels.push(probe);
         let r = a.assemble_options(page, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
@@ -659,6 +661,50 @@ impl PointKind {
     }
 }
 
+/// Which registers a stub at a function's entry or return keeps besides the general ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kept {
+    /// Every vector register and mask: callers may keep values in registers the function does
+    /// not touch (GCC's `-fipa-ra`), or we cannot tell.
+    All,
+    /// The ABI's vector argument (entry) or result (return) registers: the function calls code
+    /// its compiler could not see (an indirect call, a PLT stub), so its callers assume every
+    /// call-clobbered register is clobbered.
+    Abi,
+}
+
+/// What a stub at the entry or a return of the function at `addr` (`size` bytes, `first` its
+/// original first bytes) must keep (see [`Kept`]).
+fn kept_for(addr: u64, size: u64, first: &[u8]) -> Kept {
+    if size == 0 || size > 1 << 20 {
+        return Kept::All;
+    }
+    let Ok(mut body) = patch::read_code(addr, size as usize) else { return Kept::All };
+    let n = first.len().min(body.len());
+    body[..n].copy_from_slice(&first[..n]);
+    let mut dec = Decoder::with_ip(64, &body, addr, DecoderOptions::NONE);
+    while dec.can_decode() {
+        let i = dec.decode();
+        match i.flow_control() {
+            FlowControl::IndirectCall => return Kept::Abi,
+            FlowControl::Call if is_plt_stub(i.near_branch_target()) => return Kept::Abi,
+            _ => {}
+        }
+    }
+    Kept::All
+}
+
+/// Whether the code at `at` is a PLT stub: (`endbr64`, then) a jump through memory.
+fn is_plt_stub(at: u64) -> bool {
+    let Ok(bytes) = patch::read_code(at, 16) else { return false };
+    let mut dec = Decoder::with_ip(64, &bytes, at, DecoderOptions::NONE);
+    let mut i = dec.decode();
+    if i.mnemonic() == Mnemonic::Endbr64 {
+        i = dec.decode();
+    }
+    i.flow_control() == FlowControl::IndirectBranch && i.op0_kind() == iced_x86::OpKind::Memory
+}
+
 /// The vector state the stubs preserve, as this CPU and OS have it.
 #[derive(Clone, Copy, Debug)]
 struct VectorState {
@@ -683,6 +729,7 @@ impl VectorState {
     }
 
     /// Every vector register (16 ymm, or 32 zmm and 8 masks with AVX-512).
+    const XMM_ALL: [AsmRegisterXmm; 8] = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7];
     const YMM_ALL: [AsmRegisterYmm; 16] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
     const ZMM_ALL: [AsmRegisterZmm; 32] = [
         zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22,
@@ -711,6 +758,32 @@ impl VectorState {
         } else {
             for (i, y) in Self::YMM_ALL.iter().enumerate() {
                 a.vmovdqa(ymmword_ptr(rsp + 32 * i as i32), *y)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores vector registers 0..n at full width at rsp.
+    fn save_first(&self, a: &mut CodeAssembler, n: usize) -> Result<(), IcedError> {
+        for i in 0..n {
+            let at = rsp + self.width * i as i32;
+            match self.width {
+                64 => a.vmovdqu64(zmmword_ptr(at), Self::ZMM_ALL[i])?,
+                32 => a.vmovdqu(ymmword_ptr(at), Self::YMM_ALL[i])?,
+                _ => a.movups(xmmword_ptr(at), Self::XMM_ALL[i])?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads what [`VectorState::save_first`] stored.
+    fn restore_first(&self, a: &mut CodeAssembler, n: usize) -> Result<(), IcedError> {
+        for i in 0..n {
+            let at = rsp + self.width * i as i32;
+            match self.width {
+                64 => a.vmovdqu64(Self::ZMM_ALL[i], zmmword_ptr(at))?,
+                32 => a.vmovdqu(Self::YMM_ALL[i], ymmword_ptr(at))?,
+                _ => a.movups(Self::XMM_ALL[i], xmmword_ptr(at))?,
             }
         }
         Ok(())
@@ -781,7 +854,7 @@ fn callee_saved(r: AsmRegister64) -> bool {
 /// registers the call can change are reloaded: callee-saved ones are preserved by `f` itself
 /// (bx is reloaded because the stub uses it). Every vector register is saved at the full width
 /// the OS enables (xmm, ymm or zmm), with the AVX-512 masks (fxsave without AVX).
-fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg0: Option<u64>, f: u64) -> Result<(), IcedError> {
+fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, kept: Kept, ip: Option<u64>, arg0: Option<u64>, f: u64) -> Result<(), IcedError> {
     let red_zone = point.red_zone();
     // The frame: pt_regs, below the red zone where it is live.
     if point == PointKind::MidFunction {
@@ -811,12 +884,19 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
     a.mov(rbx, rsp)?;
     a.and(rsp, -16)?;
     let vector = VectorState::get();
-    // Every vector register at full width (and the AVX-512 masks), at every kind of point: the
-    // ABI lets a callee clobber all but nothing else, yet a caller compiled with GCC's
-    // inter-procedural register allocation (`-fipa-ra`, on at -O2) keeps values in whichever
-    // registers the callee it knows does not touch, across the call; a probe must leave them
-    // all, as the kernel's does. Explicit moves cost a fraction of xsave/xrstor.
-    if vector.width >= 32 {
+    // Only the ABI's argument (or result) registers where the function's callers can rely on
+    // nothing else (see `Kept`), at full width.
+    let abi_only = match (kept, point) {
+        (Kept::Abi, PointKind::FunctionEntry) => 8,
+        (Kept::Abi, PointKind::Return) => 2,
+        _ => 0,
+    };
+    // Else every vector register at full width (and the AVX-512 masks). Explicit moves cost a
+    // fraction of xsave/xrstor.
+    if abi_only > 0 {
+        a.sub(rsp, vector.width * abi_only)?;
+        vector.save_first(a, abi_only as usize)?;
+    } else if vector.width >= 32 {
         a.sub(rsp, vector.explicit_area())?;
         a.and(rsp, -64)?;
         vector.save_all(a)?;
@@ -841,7 +921,9 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
         // The dispatcher's answer (return at once?), in the flags: nothing below changes them.
         a.test(rax, rax)?;
     }
-    if vector.width >= 32 {
+    if abi_only > 0 {
+        vector.restore_first(a, abi_only as usize)?;
+    } else if vector.width >= 32 {
         vector.restore_all(a)?;
     } else {
         a.fxrstor64(ptr(rsp))?;
@@ -869,9 +951,9 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, ip: Option<u64>, arg
     Ok(())
 }
 
-fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: PointKind) -> Result<Vec<u8>, IcedError> {
+fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: PointKind, kept: Kept) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    emit_probe_call(&mut a, point, Some(probe_addr), Some(site), entry_dispatch as *const () as u64)?;
+    emit_probe_call(&mut a, point, kept, Some(probe_addr), Some(site), entry_dispatch as *const () as u64)?;
     if point == PointKind::FunctionEntry {
         // Overridden: back to the caller with ax as the result, the function not run.
         let mut run_function = a.create_label();
@@ -893,7 +975,8 @@ fn return_stub() -> u64 {
             (|| -> Result<(), IcedError> {
                 // An indirect jump rather than a `ret`: the return-stack predictor stays in
                 // step with the calls still to return.
-                emit_probe_call(&mut a, PointKind::Return, None, None, return_dispatch as *const () as u64)?;
+                // Shared by every function: all registers kept.
+                emit_probe_call(&mut a, PointKind::Return, Kept::All, None, None, return_dispatch as *const () as u64)?;
                 a.jmp(qword_ptr(rsp - 8))
             })()
             .map_err(|e| e.to_string())?;
@@ -1018,6 +1101,7 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
         ret: AtomicPtr::new(empty_list()),
         installed: AtomicBool::new(false),
         returns: OnceLock::new(),
+        kept: Kept::All,
     });
     site.slot = patch::register_site(addr, 1, page, &[], &*site as *const Site as u64).ok_or(AttachError::TooManySites)?;
     Ok(Box::leak(site))
@@ -1076,9 +1160,13 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
         ret: AtomicPtr::new(empty_list()),
         installed: AtomicBool::new(false),
         returns: OnceLock::new(),
+        kept: Kept::All,
     });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
-    let stub = entry_stub(&*site as *const Site as u64, addr, tramp, page, point).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
+    if at_entry {
+        site.kept = kept_for(addr, info.function_size, &original);
+    }
+    let stub = entry_stub(&*site as *const Site as u64, addr, tramp, page, point, site.kept).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
     if stub.len() > TRAMPOLINE_AT as usize || tcode.len() > PAGE - TRAMPOLINE_AT as usize {
         return Err(unpatchable("stub too large".into()));
     }
@@ -1117,7 +1205,7 @@ pub(crate) fn syscall_stub(near: u64, context: u64, dispatch: u64) -> Result<u64
     let page = patch::alloc_near(near, PAGE).ok_or(AttachError::NoNearMemory(near))?;
     let code = (|| -> Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(64)?;
-        emit_probe_call(&mut a, PointKind::MidFunction, None, Some(context), dispatch)?;
+        emit_probe_call(&mut a, PointKind::MidFunction, Kept::All, None, Some(context), dispatch)?;
         a.jmp(r11)?;
         a.assemble(page)
     })()
@@ -1244,4 +1332,36 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     leave(before);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls libc through its GOT (as Rust does): its callers cannot rely on call-clobbered
+    /// registers.
+    #[inline(never)]
+    #[no_mangle]
+    pub extern "C" fn bpftime_attach_calls_libc(x: u64) -> u64 {
+        // SAFETY: getpid has no preconditions.
+        unsafe { libc::getpid() as u64 + x }
+    }
+
+    unsafe extern "C" {
+        /// The assembly leaf of the crate's tests (lib.rs).
+        fn bpftime_attach_leaf(a: u64, b: u64) -> u64;
+    }
+
+    /// Stubs keep only the ABI's registers where the function calls code its compiler could
+    /// not see, and every register elsewhere.
+    #[test]
+    fn kept_registers_follow_what_callers_may_rely_on() {
+        let size = |name: &str| crate::resolve(&crate::Target::parse(&format!("/proc/self/exe:{name}")).unwrap()).unwrap().function_size;
+        let opaque = bpftime_attach_calls_libc as *const () as u64;
+        assert_eq!(kept_for(opaque, size("bpftime_attach_calls_libc"), &[]), Kept::Abi);
+        let leaf = bpftime_attach_leaf as *const () as u64;
+        assert_eq!(kept_for(leaf, size("bpftime_attach_leaf"), &[]), Kept::All);
+        assert_eq!(kept_for(opaque, 0, &[]), Kept::All, "size unknown");
+        assert_eq!(std::hint::black_box(bpftime_attach_calls_libc)(1), std::process::id() as u64 + 1);
+    }
 }

@@ -19,6 +19,22 @@ pub extern "C" fn bpftime_bench_target(a: u64, b: u64) -> u64 {
     black_box(a).wrapping_mul(3) ^ black_box(b)
 }
 
+/// What [`bpftime_bench_calls_out`] calls through a pointer.
+#[inline(never)]
+extern "C" fn bpftime_bench_callee(a: u64) -> u64 {
+    a.wrapping_mul(3)
+}
+
+/// A probed function that calls code its compiler cannot see (through a pointer, as calls into
+/// shared libraries go): its callers rely on no call-clobbered register, so the stubs keep only
+/// the ABI's vector registers.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn bpftime_bench_calls_out(a: u64, b: u64) -> u64 {
+    let f: extern "C" fn(u64) -> u64 = black_box(bpftime_bench_callee);
+    f(a) ^ black_box(b)
+}
+
 const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/uprobe_bench.bpf.o"));
 
 /// A handler that only looks at the registers.
@@ -54,6 +70,20 @@ fn bench(c: &mut Criterion) {
         let id = attach(addr, info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, addr, Effect::Observe))).expect("attach");
         let label = if kind == ProbeKind::Return { format!("bpftime_uretprobe_{name}") } else { format!("bpftime_uprobe_{name}") };
         g.bench_function(label, |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
+        detach(id).expect("detach");
+    }
+    // The same on a function whose callers rely only on what the ABI keeps.
+    let out = bpftime_bench_calls_out as *const () as u64;
+    let out_info = bpftime_attach::resolve(&bpftime_attach::Target::parse("/proc/self/exe:bpftime_bench_calls_out").expect("target"))
+        .map(|r| SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding })
+        .unwrap_or(SiteInfo { function_size: 0, at_entry: true, padding: 0 });
+    g.bench_function("calls_out_no_probe", |b| b.iter(|| black_box(bpftime_bench_calls_out)(black_box(1), 2)));
+    let id = attach(out, out_info, ProbeKind::Entry, Arc::new(NoProgram)).expect("attach");
+    g.bench_function("calls_out_bpftime_hook_only", |b| b.iter(|| black_box(bpftime_bench_calls_out)(black_box(1), 2)));
+    detach(id).expect("detach");
+    for (name, kind) in [("empty", ProbeKind::Entry), ("empty_ret", ProbeKind::Return)] {
+        let id = attach(out, out_info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, out, Effect::Observe))).expect("attach");
+        g.bench_function(format!("calls_out_bpftime_{name}"), |b| b.iter(|| black_box(bpftime_bench_calls_out)(black_box(1), 2)));
         detach(id).expect("detach");
     }
     // An entry and a return probe on one function, each doing three array updates.
