@@ -7,7 +7,7 @@
 //! bucket's lock only, as the kernel's htab does, so writers of different buckets do not wait
 //! for each other. Replacing a value inserts a new element before unlinking the old one, so
 //! readers see either value whole (per-CPU maps update in place, as the kernel does, and so do
-//! values of at most 8 bytes, with one atomic store).
+//! values of 4 or 8 bytes, with one atomic store).
 //!
 //! Buckets are guarded by lock stripes (one per bucket up to 1,024, each on its own cache
 //! line). Free elements: each stripe keeps one spare (the element its last replacement or
@@ -86,14 +86,16 @@ fn bucket_count_of(max_entries: u32) -> Option<u64> {
     (max_entries as u64).checked_next_power_of_two()
 }
 
-/// The layout's sizes (offsets 0) for `spec`: `max_entries` elements plus one per free list
-/// and one more (replacements take a new element before they free the old one, as the
-/// kernel's per-CPU extra elements allow); buckets, bucket locks and free lists in `aux`.
+/// The layout's sizes (offsets 0) for `spec`: `max_entries` elements plus one per stripe (its
+/// spare), one per free list and one more (replacements take a new element before they free
+/// the old one, as the kernel's per-CPU extra elements allow); buckets, stripes and free lists
+/// in `aux`.
 pub(crate) fn sizes(spec: &MapSpec, cpus: u64) -> Option<Layout> {
     let nbuckets = bucket_count_of(spec.max_entries)?;
     let values = round8(spec.value_size as u64).checked_mul(if spec.map_type.is_percpu() { cpus } else { 1 })?;
     let elem_size = HDR + round8(spec.key_size as u64) + values;
-    let pool = (spec.max_entries as u64 + FREE_LISTS + 1).checked_mul(elem_size)?;
+    // One spare per stripe on top, so that spares never starve the free lists.
+    let pool = (spec.max_entries as u64 + nbuckets.min(MAX_STRIPES) + FREE_LISTS + 1).checked_mul(elem_size)?;
     let aux = nbuckets.checked_mul(8)?.checked_add(nbuckets.min(MAX_STRIPES) * STRIPE_SIZE)?.checked_add(FREE_LISTS * FREE_LIST_SIZE)?;
     Some(Layout { data_len: pool, aux_len: aux, elem_size, ..Layout::default() })
 }
@@ -177,8 +179,39 @@ impl<'a> View<'a> {
             if !g.recovered() {
                 return g;
             }
+            // Before anyone else uses the stripe: a replacement the dead writer left half done
+            // is finished (the newer element kept), so a later delete removes the key for good.
+            self.dedupe_stripe(self.stripe_of(b));
             drop(g);
+            // Elements it held and the count it changed: rebuilt with every lock.
             repair(self.map);
+        }
+    }
+
+    /// Under stripe `s`'s lock: in each of its buckets, unlinks the older elements of a key
+    /// that appears twice (the first in the chain is the newest).
+    fn dedupe_stripe(&self, s: u64) {
+        let ks = self.map.spec().key_size as usize;
+        let mut b = s;
+        while b < self.nbuckets {
+            let mut seen: Vec<Vec<u8>> = Vec::new();
+            let mut link = self.bucket(b);
+            for _ in 0..=self.pool {
+                let cur = link.load(Ordering::Relaxed);
+                if cur & 1 != 0 || !self.valid(cur) {
+                    break;
+                }
+                let mut key = vec![0u8; ks];
+                self.map.region().read(cur + key_off(self.map), &mut key);
+                if self.flags(cur).load(Ordering::Relaxed) & IN_USE != 0 && seen.contains(&key) {
+                    link.store(self.next(cur).load(Ordering::Relaxed), Ordering::Release);
+                    self.flags(cur).store(0, Ordering::Release);
+                    continue;
+                }
+                seen.push(key);
+                link = self.next(cur);
+            }
+            b += self.stripes();
         }
     }
 
@@ -272,11 +305,15 @@ impl<'a> View<'a> {
         })
     }
 
-    /// Under the lock of `e`'s bucket: takes `e` out of its chain.
-    fn unlink(&self, e: u64) {
+    /// Under the lock of `e`'s bucket: takes `e` out of its chain; false if it is not there.
+    fn unlink(&self, e: u64) -> bool {
         let b = self.bucket_of(self.hash(e).load(Ordering::Relaxed));
-        if let Some((link, _)) = self.find_link(b, |cur| cur == e) {
-            link.store(self.next(e).load(Ordering::Relaxed), Ordering::Release);
+        match self.find_link(b, |cur| cur == e) {
+            Some((link, _)) => {
+                link.store(self.next(e).load(Ordering::Relaxed), Ordering::Release);
+                true
+            }
+            None => false,
         }
     }
 
@@ -320,7 +357,8 @@ impl<'a> View<'a> {
             return Some(spare);
         }
         let me = self.my_list();
-        if let Some(e) = (0..FREE_LISTS).find_map(|k| self.pop_list((me + k) & (FREE_LISTS - 1))) {
+        let nonempty = |c: u64| self.valid(self.free_head(c).load(Ordering::Relaxed));
+        if let Some(e) = (0..FREE_LISTS).map(|k| (me + k) & (FREE_LISTS - 1)).filter(|&c| nonempty(c)).find_map(|c| self.pop_list(c)) {
             return Some(e);
         }
         (0..self.stripes()).filter(|&o| o != mine).find_map(|o| {
@@ -352,7 +390,7 @@ impl<'a> View<'a> {
         for _ in 0..2 * self.pool {
             let i = d.hand.fetch_add(1, Ordering::Relaxed) % self.pool;
             let e = self.elem_at(i);
-            let f = self.flags(e).load(Ordering::Relaxed);
+            let f = self.flags(e).load(Ordering::Acquire);
             if f & IN_USE == 0 {
                 continue;
             }
@@ -369,11 +407,10 @@ impl<'a> View<'a> {
                     None => continue,
                 }
             };
-            // Still in use and in that bucket, now that its lock is held?
-            if self.flags(e).load(Ordering::Relaxed) & IN_USE == 0 || self.bucket_of(self.hash(e).load(Ordering::Relaxed)) != home {
+            // Still in use and in that bucket's chain, now that its lock is held?
+            if self.flags(e).load(Ordering::Acquire) & IN_USE == 0 || self.bucket_of(self.hash(e).load(Ordering::Relaxed)) != home || !self.unlink(e) {
                 continue;
             }
-            self.unlink(e);
             self.flags(e).store(0, Ordering::Release);
             d.count.fetch_sub(1, Ordering::Relaxed);
             return Some(e);
@@ -412,13 +449,22 @@ pub(crate) fn init(map: &Map) {
 pub(crate) fn repair(map: &Map) {
     let v = View::new(map);
     // Repairs one at a time: a repairer waits for this holding nothing.
-    let _whole = map.desc().lock.lock();
-    let _stripes: Vec<ShmGuard> = (0..v.stripes()).map(|s| v.stripe_lock(s).lock()).collect();
-    let _lists: Vec<ShmGuard> = (0..FREE_LISTS).map(|c| v.free_lock(c).lock()).collect();
+    let whole = map.desc().lock.lock();
+    let stripes: Vec<ShmGuard> = (0..v.stripes()).map(|s| v.stripe_lock(s).lock()).collect();
+    let lists: Vec<ShmGuard> = (0..FREE_LISTS).map(|c| v.free_lock(c).lock()).collect();
+    // A large map takes a while: the locks say their holder is alive, so that waiters do not
+    // take them over as stuck.
+    let beat = |i: u64| {
+        if i.is_multiple_of(4096) {
+            whole.touch();
+            stripes.iter().chain(&lists).for_each(ShmGuard::touch);
+        }
+    };
     let mut reached = vec![false; v.pool as usize];
     let mut count = 0;
     let ks = map.spec().key_size as usize;
     for b in 0..v.nbuckets {
+        beat(b);
         let mut link = v.bucket(b);
         let mut seen: Vec<Vec<u8>> = Vec::new();
         for _ in 0..=v.pool {
@@ -452,6 +498,7 @@ pub(crate) fn repair(map: &Map) {
         v.free_head(c).store(FREE_END, Ordering::Relaxed);
     }
     for i in (0..v.pool).rev() {
+        beat(i);
         if !reached[i as usize] {
             let (e, head) = (v.elem_at(i), v.free_head(v.list_of(i)));
             v.flags(e).store(0, Ordering::Release);
@@ -560,15 +607,22 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
         return Ok(());
     }
     if let (Some(e), Fill::All(value)) = (old, &fill) {
-        if value.len() <= 8 {
-            // A value of at most 8 bytes is replaced in place by one atomic store (its slot is
-            // 8 aligned bytes): readers see the old value or the new one whole, as they would
-            // with a new element, and the chain, the bucket and the pool stay untouched.
-            let mut word = [0u8; 8];
-            word[..value.len()].copy_from_slice(value);
-            let slot = map.region().atomic_u64(v.value_ptr(e, 0)).expect("value slot inside the validated layout");
-            slot.store(u64::from_le_bytes(word), Ordering::Release);
-            return Ok(());
+        // A value of 4 or 8 bytes is replaced in place by one atomic store (its slot is 8
+        // aligned bytes; readers load such values whole): readers see the old value or the new
+        // one, as they would with a new element, and the chain, bucket and pool stay untouched.
+        let at = v.value_ptr(e, 0);
+        match value.len() {
+            8 => {
+                let word = u64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
+                map.region().atomic_u64(at).expect("value slot inside the validated layout").store(word, Ordering::Release);
+                return Ok(());
+            }
+            4 => {
+                let word = u32::from_le_bytes(value[..4].try_into().expect("4 bytes"));
+                map.region().atomic_u32(at).expect("value slot inside the validated layout").store(word, Ordering::Release);
+                return Ok(());
+            }
+            _ => {}
         }
     }
     // A new key is counted first, so that racing inserts never pass max_entries.
@@ -762,6 +816,35 @@ mod tests {
                 assert_eq!(map.update(&64u32.to_le_bytes(), &vec![1; vs], 0), Err(Errno::E2BIG), "{t:?}");
             }
             assert_eq!(map.len(), 64);
+        }
+    }
+
+    /// Readers never see a value half replaced, whatever its size (one writer swapping two
+    /// uniform values, one reader checking that each read is uniform).
+    #[test]
+    fn readers_never_see_torn_values() {
+        for value_size in [3u32, 4, 6, 8, 12] {
+            let region = Arc::new(bpftime_shm::ShmRegion::anonymous(1 << 20).unwrap());
+            let map = Arc::new(Map::create(&region, "h", &MapSpec::new(MapType::Hash, 4, value_size, 8)).unwrap());
+            let key = 1u32.to_le_bytes();
+            map.update(&key, &vec![0; value_size as usize], 0).unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            std::thread::scope(|s| {
+                let (m, st) = (map.clone(), stop.clone());
+                s.spawn(move || {
+                    for i in 0..200_000u32 {
+                        let fill = if i % 2 == 0 { 0xff } else { 0 };
+                        m.update(&key, &vec![fill; value_size as usize], 0).unwrap();
+                    }
+                    st.store(true, Ordering::Relaxed);
+                });
+                let mut v = vec![0u8; value_size as usize];
+                while !stop.load(Ordering::Relaxed) {
+                    if map.lookup(&key, &mut v).is_ok() {
+                        assert!(v.iter().all(|&b| b == v[0]), "value_size {value_size}: torn read {v:?}");
+                    }
+                }
+            });
         }
     }
 

@@ -38,6 +38,14 @@ impl ShmGuard<'_> {
     }
 }
 
+impl ShmGuard<'_> {
+    /// Says the holder is alive and working (a long critical section, such as rebuilding a
+    /// large map): waiters then do not take the lock over as stuck.
+    pub fn touch(&self) {
+        self.lock.count_acquisition();
+    }
+}
+
 impl Drop for ShmGuard<'_> {
     fn drop(&mut self) {
         self.lock.owner.store(0, Ordering::Release);
@@ -83,11 +91,14 @@ impl ShmLock {
         loop {
             let cur = self.owner.load(Ordering::Relaxed);
             if cur == 0 {
+                // Counted as held before the lock word says so: a signal handler arriving just
+                // after the exchange must not wait for the lock its own thread holds.
+                HELD.with(|h| h.set(h.get() + 1));
                 if self.owner.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     self.count_acquisition();
-                    HELD.with(|h| h.set(h.get() + 1));
                     return ShmGuard { lock: self, recovered: false };
                 }
+                HELD.with(|h| h.set(h.get() - 1));
                 continue;
             }
             spins = spins.wrapping_add(1);
@@ -104,11 +115,12 @@ impl ShmLock {
                     }
                 };
                 if (cur != me && !alive(cur)) || stuck {
+                    HELD.with(|h| h.set(h.get() + 1));
                     if self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                         self.count_acquisition();
-                        HELD.with(|h| h.set(h.get() + 1));
                         return ShmGuard { lock: self, recovered: true };
                     }
+                    HELD.with(|h| h.set(h.get() - 1));
                     continue;
                 }
             }
@@ -123,11 +135,15 @@ impl ShmLock {
     /// Takes the lock if it is free now (never waits, never takes over from a holder).
     pub fn try_lock(&self) -> Option<ShmGuard<'_>> {
         let me = crate::ids::process_id();
-        if self.owner.load(Ordering::Relaxed) == 0 && self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if self.owner.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        HELD.with(|h| h.set(h.get() + 1));
+        if self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             self.count_acquisition();
-            HELD.with(|h| h.set(h.get() + 1));
             return Some(ShmGuard { lock: self, recovered: false });
         }
+        HELD.with(|h| h.set(h.get() - 1));
         None
     }
 
