@@ -676,7 +676,10 @@ enum Kept {
 /// What a stub at the entry or a return of the function at `addr` (`size` bytes, `first` its
 /// original first bytes) must keep (see [`Kept`]).
 fn kept_for(addr: u64, size: u64, first: &[u8]) -> Kept {
-    if size == 0 || size > 1 << 20 {
+    // Unknown size, or other patches inside the body (their bytes would decode as anything):
+    // keep everything.
+    let skip = first.len() as u64;
+    if size == 0 || size > 1 << 20 || size <= skip || patch::overlaps(addr + skip, size - skip) {
         return Kept::All;
     }
     let Ok(mut body) = patch::read_code(addr, size as usize) else { return Kept::All };
