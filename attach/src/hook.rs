@@ -463,10 +463,7 @@ fn plan_returns(site: &Site, size: u64, padding: u64) -> Option<Vec<Vec<Instruct
         return None;
     }
     let end = addr + size;
-    let mut body = patch::read_code(addr, size as usize).ok()?;
-    // The function's own bytes, not the entry probe's jump that may be there.
-    let n = site.method.len().min(body.len());
-    body[..n].copy_from_slice(&site.original[..n]);
+    let body = original_body(addr, size, &site.original[..site.method.len()])?;
     let mut dec = Decoder::with_ip(64, &body, addr, DecoderOptions::NONE);
     let mut instrs = vec![];
     let mut targets = std::collections::HashSet::new();
@@ -682,9 +679,7 @@ fn kept_for(addr: u64, size: u64, first: &[u8]) -> Kept {
     if size == 0 || size > 1 << 20 || size <= skip || patch::overlaps(addr + skip, size - skip) {
         return Kept::All;
     }
-    let Ok(mut body) = patch::read_code(addr, size as usize) else { return Kept::All };
-    let n = first.len().min(body.len());
-    body[..n].copy_from_slice(&first[..n]);
+    let Some(body) = original_body(addr, size, first) else { return Kept::All };
     let mut dec = Decoder::with_ip(64, &body, addr, DecoderOptions::NONE);
     while dec.can_decode() {
         let i = dec.decode();
@@ -695,6 +690,15 @@ fn kept_for(addr: u64, size: u64, first: &[u8]) -> Kept {
         }
     }
     Kept::All
+}
+
+/// The `size` bytes of the function at `addr`, its first ones being `first` (its own bytes,
+/// not the entry probe's jump that may be there now).
+fn original_body(addr: u64, size: u64, first: &[u8]) -> Option<Vec<u8>> {
+    let mut body = patch::read_code(addr, size as usize).ok()?;
+    let n = first.len().min(body.len());
+    body[..n].copy_from_slice(&first[..n]);
+    Some(body)
 }
 
 /// Whether the code at `at` is a PLT stub: (`endbr64`, then) a jump through memory.

@@ -17,7 +17,6 @@
 use crate::attr::{self, Attr};
 use crate::raw;
 use crate::server::{Errno, Handle, Server};
-use crate::user;
 use bpftime_maps::{Map, MapType};
 use std::collections::HashMap;
 use std::ffi::{c_long, CString};
@@ -118,29 +117,10 @@ impl Server {
     /// `PROG_LOAD` in the kernel, now: the loader's attributes, with every map of ours the
     /// program names moved to the kernel.
     pub(crate) fn kernel_prog_load(&self, a: &mut Attr) -> Result<i64, Errno> {
-        let n = a.u32(4) as usize;
-        let code = user::read(a.u64(8), n * 8)?;
-        let mut insns = bpftime_vm::insn::parse_bytecode(&code).map_err(|_| libc::EINVAL)?;
-        let fd_array = a.u64(120);
-        let mut pc = 0;
-        while pc < insns.len() {
-            if insns[pc].opc == 0x18 && matches!(insns[pc].src, 1 | 2 | 5 | 6) {
-                let fd = if matches!(insns[pc].src, 1 | 2) {
-                    insns[pc].imm as u32
-                } else {
-                    let at = fd_array.checked_add(insns[pc].imm as u32 as u64 * 4).ok_or(libc::EFAULT)?;
-                    u32::from_le_bytes(user::read(at, 4)?.try_into().map_err(|_| libc::EFAULT)?)
-                };
-                let kfd = match self.handle(fd as i32) {
-                    Some(Handle::Map(id)) => self.move_map(id)? as u32,
-                    _ => fd,
-                };
-                insns[pc].imm = kfd as i32;
-                insns[pc].src = if matches!(insns[pc].src, 1 | 5) { 1 } else { 2 };
-                pc += 1;
-            }
-            pc += 1;
-        }
+        let insns = crate::server::program_with_maps(a, |fd| match self.handle(fd as i32) {
+            Some(Handle::Map(id)) => self.move_map(id).map(|k| k as u32),
+            _ => Ok(fd),
+        })?;
         let code = serialise(&insns);
         let original = a.u64(8);
         a.0[8..16].copy_from_slice(&(code.as_ptr() as u64).to_le_bytes());
@@ -160,14 +140,10 @@ impl Server {
             let d = deferred.get(&id).ok_or(libc::EINVAL)?;
             (d.attr.clone(), d.insns.clone(), CString::new(d.license.clone()).unwrap_or_default())
         };
-        let mut pc = 0;
-        while pc < insns.len() {
-            if insns[pc].opc == 0x18 && matches!(insns[pc].src, 1 | 2) {
-                insns[pc].imm = self.move_map(insns[pc].imm as u32)?;
-                pc += 1;
-            }
-            pc += 1;
-        }
+        crate::server::rewrite_map_refs(&mut insns, |insn| match insn.src {
+            1 | 2 => self.move_map(insn.imm as u32).map(|k| Some(k as u32)),
+            _ => Ok(None),
+        })?;
         let code = serialise(&insns);
         a.resize(a.len().max(attr::ATTR_SIZE), 0);
         a[4..8].copy_from_slice(&(insns.len() as u32).to_le_bytes());

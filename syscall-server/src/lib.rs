@@ -242,12 +242,7 @@ fn unlink_pin(dirfd: c_int, path: *const c_char) -> Option<c_int> {
     let s = SERVER.get().and_then(Option::as_ref)?;
     let r = std::panic::catch_unwind(|| {
         let p = user::read_cstr(path as u64, 4096).ok()?;
-        let full = if p.starts_with('/') || dirfd == libc::AT_FDCWD {
-            std::path::PathBuf::from(p)
-        } else {
-            std::fs::read_link(format!("/proc/self/fd/{dirfd}")).ok()?.join(p)
-        };
-        s.unlinked(full.to_str()?)
+        s.unlinked(dirfd, &p)
     });
     r.ok().flatten().map(|r| raw::to_c(r) as c_int)
 }

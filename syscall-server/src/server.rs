@@ -160,9 +160,16 @@ fn pin_path(a: &Attr) -> Result<String, Errno> {
     if raw.is_empty() {
         return Err(libc::ENOENT);
     }
-    let path = std::path::Path::new(&raw);
-    if path.is_relative() && a.u32(12) & attr::BPF_F_PATH_FD != 0 {
-        let dir = std::fs::read_link(format!("/proc/self/fd/{}", a.u32(16) as i32)).map_err(|_| libc::EBADF)?;
+    let dirfd = if a.u32(12) & attr::BPF_F_PATH_FD != 0 { a.u32(16) as i32 } else { libc::AT_FDCWD };
+    path_at(dirfd, &raw)
+}
+
+/// The absolute form of `path` (see [`absolute`]), relative to directory fd `dirfd` when it is
+/// relative (`AT_FDCWD`: the working directory), as the `*at` calls read it.
+fn path_at(dirfd: i32, path: &str) -> Result<String, Errno> {
+    let path = std::path::Path::new(path);
+    if path.is_relative() && dirfd != libc::AT_FDCWD {
+        let dir = std::fs::read_link(format!("/proc/self/fd/{dirfd}")).map_err(|_| libc::EBADF)?;
         return absolute(&dir.join(path));
     }
     absolute(path)
@@ -191,7 +198,48 @@ fn on_bpffs(dir: &std::path::Path) -> bool {
     r == 0 && unsafe { st.assume_init() }.f_type == BPF_FS_MAGIC
 }
 
-/// A new fd of ours: an eventfd./// A new fd of ours: an eventfd.
+/// A `PROG_LOAD`'s instructions (`attr`: insn_cnt 4, insns 8, fd_array 120) with each map an
+/// `lddw` names (by fd, or by fd_array index) replaced by what `resolve` makes of its fd, as a
+/// plain map reference (`src` 1 for the map, 2 for its value).
+pub(crate) fn program_with_maps(a: &Attr, mut resolve: impl FnMut(u32) -> Result<u32, Errno>) -> Result<Vec<bpftime_vm::insn::RawInsn>, Errno> {
+    let code = user::read(a.u64(8), a.u32(4) as usize * 8)?;
+    let mut insns = bpftime_vm::insn::parse_bytecode(&code).map_err(|_| libc::EINVAL)?;
+    let fd_array = a.u64(120);
+    rewrite_map_refs(&mut insns, |insn| {
+        let fd = match insn.src {
+            1 | 2 => insn.imm as u32,
+            5 | 6 => {
+                let at = fd_array.checked_add(insn.imm as u32 as u64 * 4).ok_or(libc::EFAULT)?;
+                u32::from_le_bytes(user::read(at, 4)?.try_into().map_err(|_| libc::EFAULT)?)
+            }
+            _ => return Ok(None),
+        };
+        resolve(fd).map(Some)
+    })?;
+    Ok(insns)
+}
+
+/// Rewrites every map reference of an `lddw` to `to(insn)` (None: not a map reference), as
+/// `src` 1 (the map) or 2 (its value).
+pub(crate) fn rewrite_map_refs(
+    insns: &mut [bpftime_vm::insn::RawInsn],
+    mut to: impl FnMut(&bpftime_vm::insn::RawInsn) -> Result<Option<u32>, Errno>,
+) -> Result<(), Errno> {
+    let mut pc = 0;
+    while pc < insns.len() {
+        if insns[pc].opc == 0x18 {
+            if let Some(v) = to(&insns[pc])? {
+                insns[pc].imm = v as i32;
+                insns[pc].src = if matches!(insns[pc].src, 1 | 5) { 1 } else { 2 };
+            }
+            pc += 1;
+        }
+        pc += 1;
+    }
+    Ok(())
+}
+
+/// A new fd of ours: an eventfd./// A new fd of ours: an eventfd./// A new fd of ours: an eventfd.
 fn new_fd() -> Result<i32, Errno> {
     // SAFETY: eventfd(2) with valid flags; no pointers.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -595,37 +643,14 @@ impl Server {
         if self.load_in_kernel(a) {
             return self.kernel_prog_load(a);
         }
-        let code = user::read(a.u64(8), n * 8)?;
-        let mut insns = bpftime_vm::insn::parse_bytecode(&code).map_err(|_| libc::EINVAL)?;
         let license = if a.u64(16) == 0 { String::new() } else { user::read_cstr(a.u64(16), 128)? };
         let name = a.name(48);
-        let fd_array = a.u64(120);
         // Map fds (and fd_array indices) in `lddw` become region map ids.
-        let mut pc = 0;
-        while pc < insns.len() {
-            if insns[pc].opc == 0x18 {
-                let fd = match insns[pc].src {
-                    1 | 2 => Some(insns[pc].imm as u32),
-                    5 | 6 => {
-                        let at = fd_array.checked_add(insns[pc].imm as u32 as u64 * 4).ok_or(libc::EFAULT)?;
-                        Some(u32::from_le_bytes(user::read(at, 4)?.try_into().map_err(|_| libc::EFAULT)?))
-                    }
-                    _ => None,
-                };
-                if let Some(fd) = fd {
-                    let id = match self.map(fd) {
-                        Ok(map) => map.id(),
-                        // A kernel map (passthrough): the program is the kernel's.
-                        Err(_) if self.kernel.is_some() => return self.kernel_prog_load(a),
-                        Err(e) => return Err(e),
-                    };
-                    insns[pc].imm = id as i32;
-                    insns[pc].src = if insns[pc].src == 5 || insns[pc].src == 1 { 1 } else { 2 };
-                }
-                pc += 1;
-            }
-            pc += 1;
-        }
+        let insns = match program_with_maps(a, |fd| self.map(fd).map(|m| m.id())) {
+            // A kernel map (passthrough): the program is the kernel's.
+            Err(libc::EBADF) if self.kernel.is_some() => return self.kernel_prog_load(a),
+            r => r?,
+        };
         let section = attr::section_of(a.u32(0), a.u32(68));
         let id = progs::store(&self.region, &name, section, &license, &insns).map_err(|_| libc::ENOMEM)?;
         // The verifier, with the region's maps, as the agent will run it.
@@ -794,10 +819,10 @@ impl Server {
         Ok(0)
     }
 
-    /// `unlink` of a pinned path: the pin goes (None: not a pin of ours, the kernel's
+    /// `unlinkat(dirfd, path)` of a pinned path: the pin goes (None: not a pin of ours, the kernel's
     /// unlink). A link nobody holds any more is detached, as the kernel detaches it.
-    pub fn unlinked(&self, path: &str) -> Option<Result<i64, Errno>> {
-        let path = absolute(std::path::Path::new(path)).ok()?;
+    pub fn unlinked(&self, dirfd: i32, path: &str) -> Option<Result<i64, Errno>> {
+        let path = path_at(dirfd, path).ok()?;
         let id = pins::unpin(&self.region, &path)?;
         if self.region.object(id).is_some_and(|o| o.kind == ObjectKind::Link) && !pins::is_pinned(&self.region, id) {
             let held = Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Link(l) if *l == id));

@@ -653,8 +653,8 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
     write_value(map, &v, e, &fill, true);
     v.flags(e).store(IN_USE, Ordering::Release);
     let bucket = v.bucket(b);
-    // An eviction in this bucket may have changed the chain: the old element's link again.
-    let found = found.and_then(|(_, o)| v.find_link(b, |cur| cur == o));
+    // An eviction (LRU maps) may have changed this bucket's chain: the old element's link again.
+    let found = if v.is_lru() { found.and_then(|(_, o)| v.find_link(b, |cur| cur == o)) } else { found };
     let head = bucket.load(Ordering::Relaxed);
     v.next(e).store(head, Ordering::Relaxed);
     bucket.store(e, Ordering::Release);
