@@ -332,6 +332,11 @@ pub(crate) fn start_in(name: String, follow: bool) {
     };
     let mut runtime = Runtime::new(region, engine());
     runtime.set_checks(checks());
+    match runtime.use_code_cache_from_env() {
+        Ok(Some(dir)) if verbose() => eprintln!("bpftime: code cache {}", dir.display()),
+        Ok(_) => {}
+        Err(e) => eprintln!("bpftime: {e}; programs are compiled in this process"),
+    }
     return_method_from_env();
     if let Some(budget) = probe_budget() {
         runtime.set_probe_budget(budget);
@@ -372,6 +377,9 @@ pub(crate) fn start_in(name: String, follow: bool) {
     for l in found.iter().filter(|l| l.kind == links::LinkKind::Uprobe && for_this_process(l)).cloned() {
         match runtime.program(l.prog) {
             Ok(prog) => {
+                if let (true, Some(outcome)) = (verbose(), &prog.cached) {
+                    eprintln!("bpftime: `{}`: code cache: {outcome}", prog.name);
+                }
                 items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, replace: l.replace, cookie: l.cookie, ref_ctr: l.ref_ctr })
             }
             Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),

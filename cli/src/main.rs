@@ -688,7 +688,11 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             let bytes = read_program_file(&file).map_err(|e| e.to_string())?;
             let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
             let region = open_region(shm)?;
-            let rt = Runtime::new(region.clone(), EngineKind::Jit);
+            let mut rt = Runtime::new(region.clone(), EngineKind::Jit);
+            // Compiled here, once: the processes that attach these programs map the code.
+            if let Err(e) = rt.use_code_cache_from_env() {
+                eprintln!("bpftime: {e}");
+            }
             let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
             for (name, section, why) in &loaded.refused {
                 eprintln!("bpftime: {}: `{name}` (section `{section}`) is not loaded: {why}", file.display());

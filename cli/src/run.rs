@@ -152,10 +152,15 @@ fn remove_stale_regions() {
     let me = unsafe { libc::geteuid() };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(pid) = name.strip_prefix("bpftime-run-").and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let mine = e.metadata().is_ok_and(|m| m.uid() == me && m.file_type().is_file());
+        // A run's region, and the code cache beside it.
+        let (stem, cache) = match name.strip_suffix(".code") {
+            Some(stem) => (stem, true),
+            None => (name.as_str(), false),
+        };
+        let Some(pid) = stem.strip_prefix("bpftime-run-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let mine = e.metadata().is_ok_and(|m| m.uid() == me && if cache { m.is_dir() } else { m.file_type().is_file() });
         if mine && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(e.path());
+            let _ = if cache { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
         }
     }
 }
@@ -200,7 +205,10 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
     let name = format!("bpftime-run-{}", std::process::id());
     let guard = supervise::start(&bpftime_shm::path_of(&name))?;
     let region = Arc::new(ShmRegion::create(&name, req.shm_size).map_err(|e| e.to_string())?);
-    let rt = Runtime::new(region.clone(), req.engine);
+    let mut rt = Runtime::new(region.clone(), req.engine);
+    if let Err(e) = rt.use_code_cache_from_env() {
+        eprintln!("bpftime: {e}");
+    }
     let loaded = rt.load_object(&obj).map_err(|e| format!("{shown}: {e}"))?;
     for (name, section, why) in &loaded.refused {
         eprintln!("bpftime: {shown}: `{name}` (section `{section}`) is not loaded: {why}");

@@ -10,6 +10,7 @@
 //! SIGPIPE is ignored: a write to a reader that went away fails and is dropped.
 
 use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
@@ -45,6 +46,10 @@ impl Drop for RegionGuard {
     fn drop(&mut self) {
         // SAFETY: unlink(2) of a NUL-terminated path.
         unsafe { libc::unlink(self.path.as_ptr()) };
+        // The code cache beside the region (see `Runtime::use_code_cache_from_env`).
+        let mut cache = self.path.as_bytes().to_vec();
+        cache.extend_from_slice(b".code");
+        let _ = std::fs::remove_dir_all(std::ffi::OsStr::from_bytes(&cache));
     }
 }
 

@@ -20,20 +20,27 @@
 //! assert_eq!(run(&jit, Context::Mem(&mut mem), &RunOptions::default()), Ok(42));
 //! ```
 
+pub mod cache;
+mod imports;
+pub mod link;
+mod mapping;
 mod runtime_calls;
 mod translate;
+
+pub use imports::Import;
 
 use bpftime_vm::exec::{Engine, HelperFn, RunState};
 use bpftime_vm::Program;
 use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{AbiParam, Signature, UserFuncName};
-use cranelift_codegen::isa::CallConv;
+use cranelift_codegen::ir::{AbiParam, FuncRef, GlobalValue, InstBuilder, Signature, UserFuncName, Value};
+use cranelift_codegen::isa::{CallConv, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use std::collections::HashMap;
 use std::sync::Arc;
-use translate::{FnTranslator, Sigs};
+use translate::{FnTranslator, Linker, Sigs};
 
 /// Why a program could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +54,9 @@ pub enum JitError {
     /// Cranelift failed to compile or place a function.
     #[error("compiling function {function} (insn {start}): {message}")]
     Codegen { function: usize, start: usize, message: String },
+    /// Compiled code could not be linked or mapped (the code cache, `bpftime aot`).
+    #[error("loading compiled code: {0}")]
+    Load(String),
 }
 
 /// Compilation choices.
@@ -65,20 +75,29 @@ impl Default for JitOptions {
 /// The native entry point: `(state, fp, r1, r2, r3, r4, r5) -> r0`.
 type EntryFn = bpftime_vm::exec::NativeEntry;
 
+/// Where a [`JitProgram`]'s code lives.
+enum Code {
+    /// Compiled in this process.
+    Jit(Box<JITModule>),
+    /// Mapped from a code cache entry or an object (see [`link`]).
+    Mapped(#[allow(dead_code)] mapping::CodeMapping),
+}
+
 /// A program compiled to native code. Run it with [`bpftime_vm::exec::run`].
 pub struct JitProgram {
     program: Arc<Program>,
     entry: EntryFn,
-    module: Option<JITModule>,
+    code: Option<Code>,
     code_size: usize,
     entry_size: usize,
     /// Every function's entry, by function index (for callbacks).
     functions: Vec<EntryFn>,
 }
 
-// SAFETY: after `finalize_definitions` the module's code and data are immutable; the only
-// later use of the module is freeing it in `Drop`, which takes `&mut self`. The entry function
-// only reads the (immutable) program constants and the per-run state it is given.
+// SAFETY: after `finalize_definitions` (or once mapped read-only) the code and data are
+// immutable; the only later use of the module is freeing it in `Drop`, which takes `&mut self`.
+// The entry function only reads the (immutable) program constants and the per-run state it is
+// given.
 unsafe impl Send for JitProgram {}
 // SAFETY: see `Send`; concurrent runs share nothing but immutable code.
 unsafe impl Sync for JitProgram {}
@@ -89,18 +108,19 @@ impl std::fmt::Debug for JitProgram {
     }
 }
 
-fn make_module(opts: JitOptions) -> Result<JITModule, JitError> {
+/// The host's code generator. `pic`: code that reads every [`Import`] from a table beside it
+/// (position-independent, for other processes), rather than holding this process's values.
+fn host_isa(opts: JitOptions, pic: bool) -> Result<OwnedTargetIsa, JitError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| JitError::Settings(e.to_string()));
     set(&mut flags, "opt_level", if opts.optimize { "speed" } else { "none" })?;
     set(&mut flags, "enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" })?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
-    set(&mut flags, "is_pic", "false")?;
-    let isa = cranelift_native::builder()
+    set(&mut flags, "is_pic", if pic { "true" } else { "false" })?;
+    cranelift_native::builder()
         .map_err(|e| JitError::UnsupportedHost(e.to_string()))?
         .finish(settings::Flags::new(flags))
-        .map_err(|e| JitError::Settings(e.to_string()))?;
-    Ok(JITModule::new(JITBuilder::with_isa(isa, default_libcall_names())))
+        .map_err(|e| JitError::Settings(e.to_string()))
 }
 
 fn signature(call_conv: CallConv, params: usize) -> Signature {
@@ -108,6 +128,131 @@ fn signature(call_conv: CallConv, params: usize) -> Signature {
     sig.params.extend((0..params).map(|_| AbiParam::new(I64)));
     sig.returns.push(AbiParam::new(I64));
     sig
+}
+
+/// The symbol of function `index` of the program whose entry symbol is `prefix`.
+pub(crate) fn function_symbol(prefix: &str, index: usize) -> String {
+    if index == 0 {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.fn{index}")
+    }
+}
+
+/// Resolves calls and imports of one function being translated into module `M`.
+struct ModuleLinker<'m, M: Module> {
+    module: &'m mut M,
+    ids: &'m [FuncId],
+    program: &'m Program,
+    prefix: &'m str,
+    /// Imports are loads from the import table (else constants of this process).
+    pic: bool,
+    funcs: HashMap<usize, FuncRef>,
+    globals: HashMap<Import, GlobalValue>,
+}
+
+impl<M: Module> Linker for ModuleLinker<'_, M> {
+    fn function(&mut self, b: &mut FunctionBuilder, index: usize) -> FuncRef {
+        *self.funcs.entry(index).or_insert_with(|| self.module.declare_func_in_func(self.ids[index], b.func))
+    }
+
+    fn import(&mut self, b: &mut FunctionBuilder, import: Import) -> Value {
+        if !self.pic {
+            let v = import.value(self.program).expect("a verified program has every import it uses");
+            return b.ins().iconst(I64, v as i64);
+        }
+        let gv = match self.globals.get(&import) {
+            Some(&gv) => gv,
+            None => {
+                // Declared as data the code takes the address of: the table slot holds it.
+                let id = self.module.declare_data(&import.symbol(self.prefix), Linkage::Import, false, false).expect("import symbols are distinct");
+                let gv = self.module.declare_data_in_func(id, b.func);
+                self.globals.insert(import, gv);
+                gv
+            }
+        };
+        b.ins().symbol_value(I64, gv)
+    }
+}
+
+/// What [`define_program`] put into a module.
+struct Defined {
+    ids: Vec<FuncId>,
+    code_size: usize,
+    entry_size: usize,
+}
+
+/// Translates every function of `program` into `module`, the entry named `prefix`.
+fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, entry_linkage: Linkage, pic: bool) -> Result<Defined, JitError> {
+    let cc = module.isa().default_call_conv();
+    let func_sig = signature(cc, 7);
+    let cg_err = |function: usize, start: usize| move |e: &dyn std::fmt::Display| JitError::Codegen { function, start, message: e.to_string() };
+    let ids: Vec<FuncId> = (0..program.functions().len())
+        .map(|i| {
+            let linkage = if i == 0 { entry_linkage } else { Linkage::Local };
+            module.declare_function(&function_symbol(prefix, i), linkage, &func_sig).map_err(|e| cg_err(i, program.functions()[i].start)(&e))
+        })
+        .collect::<Result<_, _>>()?;
+
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    let mut code_size = 0;
+    let mut entry_size = 0;
+    for (i, &f) in program.functions().iter().enumerate() {
+        ctx.func.signature = func_sig.clone();
+        ctx.func.name = UserFuncName::user(0, i as u32);
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let sigs = Sigs {
+                helper: b.import_signature(signature(cc, 6)),
+                check: b.import_signature({
+                    let mut s = signature(runtime_calls::CHECK_ACCESS_CALL_CONV, 4);
+                    s.returns.clear();
+                    s
+                }),
+                raise: b.import_signature({
+                    let mut s = signature(cc, 4);
+                    s.returns.clear();
+                    s
+                }),
+                fallback: b.import_signature(signature(cc, 5)),
+                cpu: b.import_signature(signature(cc, 0)),
+            };
+            let mut linker = ModuleLinker { module: &mut *module, ids: &ids, program, prefix, pic, funcs: HashMap::new(), globals: HashMap::new() };
+            let b = FnTranslator::new(b, program, f, sigs, &mut linker).translate();
+            b.finalize(module.isa().frontend_config());
+        }
+        module.define_function(ids[i], &mut ctx).map_err(|e| cg_err(i, f.start)(&e))?;
+        let size = ctx.compiled_code().map(|c| c.code_buffer().len()).unwrap_or(0);
+        code_size += size;
+        if i == 0 {
+            entry_size = size;
+        }
+        module.clear_context(&mut ctx);
+    }
+    Ok(Defined { ids, code_size, entry_size })
+}
+
+/// Compiles programs into one relocatable object file (ELF on Linux) whose code reads every
+/// [`Import`] through the GOT: the format of `bpftime aot` and of the code cache. Each program's
+/// entry is the global symbol given with it (its other functions `NAME.fnN`, local); the
+/// imports are undefined symbols ([`Import::symbol`]).
+pub fn compile_object(programs: &[(&str, &Program)], opts: JitOptions) -> Result<Vec<u8>, JitError> {
+    let isa = host_isa(opts, true)?;
+    let builder = cranelift_object::ObjectBuilder::new(isa, "bpftime-aot", default_libcall_names()).map_err(|e| JitError::Settings(e.to_string()))?;
+    let mut module = cranelift_object::ObjectModule::new(builder);
+    for (name, program) in programs {
+        define_program(&mut module, program, name, Linkage::Export, true)?;
+    }
+    module.finish().emit().map_err(|e| JitError::Load(e.to_string()))
+}
+
+/// What identifies the code generator's output on this host: target triple, ISA features,
+/// options and this build of the compiler (a hash of its sources and the VM's).
+pub fn code_generator_id(opts: JitOptions) -> Result<String, JitError> {
+    let isa = host_isa(opts, true)?;
+    let flags: Vec<String> = isa.isa_flags().iter().map(|f| f.to_string()).collect();
+    Ok(format!("{} {} optimize={} build={}", isa.triple(), flags.join(","), opts.optimize, env!("BPFTIME_JIT_BUILD_ID")))
 }
 
 impl JitProgram {
@@ -118,64 +263,28 @@ impl JitProgram {
 
     /// Compiles a verified program.
     pub fn compile_with(program: Arc<Program>, opts: JitOptions) -> Result<JitProgram, JitError> {
-        let mut module = make_module(opts)?;
-        let cc = module.isa().default_call_conv();
-        let func_sig = signature(cc, 7);
-        let cg_err = |function: usize, start: usize| move |e: &dyn std::fmt::Display| JitError::Codegen { function, start, message: e.to_string() };
-        let ids: Vec<FuncId> = (0..program.functions().len())
-            .map(|i| module.declare_function(&format!("bpf_fn_{i}"), Linkage::Local, &func_sig).map_err(|e| cg_err(i, program.functions()[i].start)(&e)))
-            .collect::<Result<_, _>>()?;
-
-        let mut ctx = module.make_context();
-        let mut fctx = FunctionBuilderContext::new();
-        let mut code_size = 0;
-        let mut entry_size = 0;
-        for (i, &f) in program.functions().iter().enumerate() {
-            ctx.func.signature = func_sig.clone();
-            ctx.func.name = UserFuncName::user(0, i as u32);
-            {
-                let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-                let sigs = Sigs {
-                    helper: b.import_signature(signature(cc, 6)),
-                    check: b.import_signature({
-                        let mut s = signature(runtime_calls::CHECK_ACCESS_CALL_CONV, 4);
-                        s.returns.clear();
-                        s
-                    }),
-                    raise: b.import_signature({
-                        let mut s = signature(cc, 4);
-                        s.returns.clear();
-                        s
-                    }),
-                    fallback: b.import_signature(signature(cc, 5)),
-                    cpu: b.import_signature(signature(cc, 0)),
-                };
-                let mut refs = std::collections::HashMap::new();
-                let mut func_refs =
-                    |b: &mut FunctionBuilder, callee: usize| *refs.entry(callee).or_insert_with(|| module.declare_func_in_func(ids[callee], b.func));
-                let b = FnTranslator::new(b, &program, f, sigs, &mut func_refs).translate();
-                b.finalize(module.isa().frontend_config());
-            }
-            module.define_function(ids[i], &mut ctx).map_err(|e| cg_err(i, f.start)(&e))?;
-            let size = ctx.compiled_code().map(|c| c.code_buffer().len()).unwrap_or(0);
-            code_size += size;
-            if i == 0 {
-                entry_size = size;
-            }
-            module.clear_context(&mut ctx);
-        }
-        module.finalize_definitions().map_err(|e| cg_err(0, 0)(&e))?;
-        let functions: Vec<EntryFn> = ids
+        let mut module = JITModule::new(JITBuilder::with_isa(host_isa(opts, false)?, default_libcall_names()));
+        let defined = define_program(&mut module, &program, "bpf", Linkage::Local, false)?;
+        module.finalize_definitions().map_err(|e| JitError::Codegen { function: 0, start: 0, message: e.to_string() })?;
+        let functions: Vec<EntryFn> = defined
+            .ids
             .iter()
             .map(|&id| {
                 let ptr = module.get_finalized_function(id);
-                // SAFETY: every function was defined with `func_sig` (seven i64 parameters, one
-                // i64 result, the platform's C calling convention), which is exactly `EntryFn`.
+                // SAFETY: every function was defined with seven i64 parameters, one i64
+                // result and the platform's C calling convention, which is exactly `EntryFn`.
                 unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) }
             })
             .collect();
         let entry = functions[0];
-        Ok(JitProgram { program, entry, module: Some(module), code_size, entry_size, functions })
+        Ok(JitProgram { program, entry, code: Some(Code::Jit(Box::new(module))), code_size: defined.code_size, entry_size: defined.entry_size, functions })
+    }
+
+    /// Runs `program` with code linked by [`link`] and mapped by the caller: `functions` are
+    /// the entries of its functions in order, `mapping` owns the code.
+    pub(crate) fn from_mapping(program: Arc<Program>, mapping: mapping::CodeMapping, functions: Vec<EntryFn>, entry_size: usize) -> JitProgram {
+        let code_size = mapping.code_len();
+        JitProgram { program, entry: functions[0], code: Some(Code::Mapped(mapping)), code_size, entry_size, functions }
     }
 
     /// The verified program this was compiled from.
@@ -223,9 +332,10 @@ impl Engine for JitProgram {
 
 impl Drop for JitProgram {
     fn drop(&mut self) {
-        if let Some(module) = self.module.take() {
+        if let Some(Code::Jit(module)) = self.code.take() {
             // SAFETY: no run can be in progress: runs borrow `self`, and we have `&mut self`.
             unsafe { module.free_memory() };
         }
+        // A mapping is unmapped by its own `Drop`, after the same reasoning.
     }
 }

@@ -10,7 +10,8 @@
 //! Faults and helper-requested stops make every function return at once; the status in
 //! `RunState` tells the caller what happened.
 
-use crate::runtime_calls::{self, RAISE_LOCATE, RAISE_LOOP_BUDGET, RAISE_MISALIGNED, RAISE_UNKNOWN_HELPER};
+use crate::imports::Import;
+use crate::runtime_calls::{RAISE_LOCATE, RAISE_LOOP_BUDGET, RAISE_MISALIGNED, RAISE_UNKNOWN_HELPER};
 use bpftime_vm::analysis::{ArrayLayout, Target};
 use bpftime_vm::exec::{back_edge_cost, size_index, state_offsets as so, FRAME_SIZE};
 use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
@@ -21,8 +22,13 @@ use cranelift_codegen::ir::types::{I16, I32, I64, I8};
 use cranelift_codegen::ir::{AtomicRmwOp, Block, FuncRef, InstBuilder, MemFlagsData, SigRef, Type, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 
-/// Cranelift function references of the program's functions, by function index.
-pub(crate) type FuncRefs<'a> = &'a mut dyn FnMut(&mut FunctionBuilder, usize) -> FuncRef;
+/// What the translation needs from the module it compiles into.
+pub(crate) trait Linker {
+    /// A reference to the program's function `index`.
+    fn function(&mut self, b: &mut FunctionBuilder, index: usize) -> FuncRef;
+    /// The value of `import` (a constant, or a load from the code's import table).
+    fn import(&mut self, b: &mut FunctionBuilder, import: Import) -> Value;
+}
 
 /// Signatures imported into the function being built.
 pub(crate) struct Sigs {
@@ -43,7 +49,7 @@ pub(crate) struct FnTranslator<'a, 'b> {
     pub prog: &'a Program,
     pub func: EbpfFunction,
     pub sigs: Sigs,
-    pub func_refs: FuncRefs<'a>,
+    pub linker: &'a mut dyn Linker,
     regs: [Variable; 10],
     /// Backward jumps left; kept in a register, written back to `RunState` around calls.
     budget: Variable,
@@ -86,7 +92,7 @@ fn int_type(size: MemSize) -> Type {
 }
 
 impl<'a, 'b> FnTranslator<'a, 'b> {
-    pub fn new(mut b: FunctionBuilder<'b>, prog: &'a Program, func: EbpfFunction, sigs: Sigs, func_refs: FuncRefs<'a>) -> Self {
+    pub fn new(mut b: FunctionBuilder<'b>, prog: &'a Program, func: EbpfFunction, sigs: Sigs, linker: &'a mut dyn Linker) -> Self {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
@@ -112,7 +118,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             prog,
             func,
             sigs,
-            func_refs,
+            linker,
             regs,
             budget,
             fp,
@@ -145,6 +151,10 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
 
     fn iconst(&mut self, v: i64) -> Value {
         self.b.ins().iconst(I64, v)
+    }
+
+    fn import(&mut self, import: Import) -> Value {
+        self.linker.import(&mut self.b, import)
     }
 
     /// The operand as a value of the instruction's width.
@@ -298,8 +308,8 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.b.seal_block(entry);
         self.b.seal_block(slow);
         self.b.switch_to_block(slow);
-        let f = self.iconst(runtime_calls::jit_fallback as *const () as usize as i64);
-        let prog = self.iconst(self.prog as *const Program as usize as i64);
+        let f = self.import(Import::Fallback);
+        let prog = self.import(Import::Program);
         let r2 = self.reg(Reg::new(2).expect("r2"));
         let call = self.b.ins().call_indirect(self.sigs.fallback, f, &[prog, self.state, r1, r2, self.fp]);
         let r0 = self.b.inst_results(call)[0];
@@ -332,6 +342,10 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             }
             Insn::Lddw { dst, kind: LddwKind::Func, lo, .. } => {
                 let v = self.iconst(pc as i64 + 1 + lo as i64);
+                self.set(dst, v);
+            }
+            Insn::Lddw { dst, .. } if self.prog.is_resolved(pc) => {
+                let v = self.import(Import::MapRef(pc));
                 self.set(dst, v);
             }
             Insn::Lddw { dst, lo, hi, .. } => {
@@ -392,10 +406,10 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 return true;
             }
             Insn::Call(CallTarget::Helper(id)) => match self.prog.inline_lookup(pc) {
-                Some(layout) => self.inline_array_lookup(layout),
+                Some(layout) => self.inline_array_lookup(pc, layout),
                 None => {
                     let helper = self.prog.helpers().get(id).expect("verified helper");
-                    let callee = self.iconst(helper.func as usize as i64);
+                    let callee = self.import(Import::Helper(id));
                     if helper.effects.never_stops {
                         self.call_helper_raw(callee);
                     } else {
@@ -411,7 +425,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             Insn::Call(CallTarget::Local(off)) => {
                 let target = (pc as i64 + 1 + off as i64) as usize;
                 let index = self.prog.function_starting_at(target).expect("verified call target");
-                let func_ref = (self.func_refs)(&mut self.b, index);
+                let func_ref = self.linker.function(&mut self.b, index);
                 let fp = self.b.ins().iadd_imm_s(self.fp, -(FRAME_SIZE as i64));
                 let mut args = vec![self.state, fp];
                 for r in 1..=5 {
@@ -488,7 +502,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
 
     /// Calls the runtime to record a fault (or locate one), then leaves through `abort`.
     fn raise(&mut self, pc: usize, what: u64, arg: Option<Value>) {
-        let f = self.iconst(runtime_calls::jit_raise as *const () as usize as i64);
+        let f = self.import(Import::Raise);
         let pc_v = self.iconst(pc as i64);
         let what_v = self.iconst(what as i64);
         let arg = arg.unwrap_or_else(|| self.iconst(0));
@@ -542,15 +556,16 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     /// `r0 = bpf_map_lookup_elem(array, r2)` without the helper: the key is a proven-readable
     /// `u32`, the value's address is `values + key * stride` (plus this CPU's copy's offset for
     /// a per-CPU array) below `max_entries`, else null.
-    fn inline_array_lookup(&mut self, layout: ArrayLayout) {
+    fn inline_array_lookup(&mut self, pc: usize, layout: ArrayLayout) {
         let key_ptr = self.reg(Reg::new(2).expect("r2"));
         let key = self.b.ins().uload32(mem_flags(), key_ptr, 0);
         let inside = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, key, layout.max_entries as i64);
         let offset = self.b.ins().imul_imm_s(key, layout.stride as i64);
-        let mut addr = self.b.ins().iadd_imm_s(offset, layout.values as i64);
+        let values = self.import(Import::ArrayValues(pc));
+        let mut addr = self.b.ins().iadd(offset, values);
         if layout.cpu != 0 {
             // A per-CPU array: this CPU's copy.
-            let f = self.iconst(layout.cpu as i64);
+            let f = self.import(Import::ArrayCpu(pc));
             let call = self.b.ins().call_indirect(self.sigs.cpu, f, &[]);
             let cpu = self.b.inst_results(call)[0];
             let cpu_offset = self.b.ins().imul_imm_s(cpu, layout.cpu_stride as i64);
@@ -626,7 +641,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             self.b.seal_block(next);
             self.b.switch_to_block(next);
         }
-        let f = self.iconst(runtime_calls::CHECK_ACCESS as usize as i64);
+        let f = self.import(Import::CheckAccess);
         let size_write = self.iconst(size.bytes() as i64 | if write { 1 << 8 } else { 0 });
         let pc_v = self.iconst(pc as i64);
         self.b.ins().call_indirect(self.sigs.check, f, &[self.state, addr, size_write, pc_v]);

@@ -255,7 +255,17 @@ impl Server {
     pub fn new(region: Arc<ShmRegion>) -> Server {
         // Links of loaders that were killed before they could detach.
         links::remove_orphans(&region);
-        let runtime = Runtime::new(region.clone(), EngineKind::Interp);
+        // Programs are verified when loaded; with a code cache they are also compiled then,
+        // once, for every process that attaches them (else only verified: no one runs them here).
+        let mut runtime = Runtime::new(region.clone(), EngineKind::Jit);
+        match runtime.use_code_cache_from_env() {
+            Ok(Some(_)) => {}
+            Ok(None) => runtime = Runtime::new(region.clone(), EngineKind::Interp),
+            Err(e) => {
+                eprintln!("bpftime: {e}");
+                runtime = Runtime::new(region.clone(), EngineKind::Interp);
+            }
+        }
         Server {
             region,
             runtime,

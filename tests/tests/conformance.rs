@@ -43,3 +43,14 @@ fn conformance_interpreter() {
 fn conformance_jit() {
     check_all("jit", |p| Box::new(JitProgram::compile(p).expect("compiles")));
 }
+
+/// Code for other processes (the code cache, `bpftime aot`): compiled position-independent
+/// into an object file, linked by our linker, mapped and run.
+#[test]
+fn conformance_object_code() {
+    check_all("object", |p| {
+        let object = bpftime_jit::compile_object(&[("prog", &p)], Default::default()).expect("compiles");
+        let image = bpftime_jit::link::link(&object).expect("links");
+        Box::new(image.load(p, "prog").expect("loads"))
+    });
+}

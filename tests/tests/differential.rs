@@ -9,6 +9,7 @@ use bpftime_tests::datatest::{test_helpers, TestMaps};
 use bpftime_tests::progen::{program, GenProgram};
 use bpftime_vm::exec::{run, Context, Engine, RunError, RunOptions};
 use bpftime_vm::insn::to_bytecode;
+use bpftime_vm::record::restore;
 use bpftime_vm::{verify_bytecode, verify_with, Checks, Interpreter, Region};
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -30,6 +31,12 @@ fn check(g: &GenProgram) -> Result<(), TestCaseError> {
     let checked = Arc::new(verify_with(&g.bytecode(), Arc::new(test_helpers()), &TestMaps, Checks::All).expect("verifies"));
     let interp = Interpreter::new(prog.clone());
     let jit = JitProgram::compile(prog.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    // What the code cache does in another process: the verifier's record rebuilds the same
+    // program without analysis, and its position-independent code runs like the JIT's.
+    let restored = restore(&g.bytecode(), prog.helpers().clone(), &TestMaps, &prog.record()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert!(restored == *prog, "the record does not rebuild the verified program");
+    let object = bpftime_jit::compile_object(&[("prog", &prog)], Default::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mapped = bpftime_jit::link::link(&object).and_then(|i| i.load(Arc::new(restored), "prog")).map_err(|e| TestCaseError::fail(e.to_string()))?;
     // One buffer for every run, so that pointers (and fault addresses) are the same.
     let mut mem = vec![0u8; g.mem.len()];
     let want = run_on(&Interpreter::new(checked), &mut mem, &g.mem);
@@ -38,7 +45,7 @@ fn check(g: &GenProgram) -> Result<(), TestCaseError> {
         let proofs_apply = prog.context_needs().met(mem.as_ptr() as u64, &Region::of_mut(&mut mem));
         prop_assert!(!(proofs_apply && prog.access(e.insn).proven), "insn {} was proven in bounds, but: {e}", e.insn);
     }
-    for (engine, name) in [(&interp as &dyn Engine, "interpreter"), (&jit, "JIT")] {
+    for (engine, name) in [(&interp as &dyn Engine, "interpreter"), (&jit, "JIT"), (&mapped, "object code")] {
         let got = run_on(engine, &mut mem, &g.mem);
         prop_assert_eq!(&got, &want, "{}: r0 or error differ", name);
         prop_assert_eq!(&mem, &want_mem, "{}: memory differs", name);
@@ -191,10 +198,16 @@ fn inlined_array_lookups_agree_with_the_helper() {
         let call = (0..prog.len()).find(|&pc| matches!(prog.insns()[pc], bpftime_vm::Insn::Call(_))).unwrap();
         assert!(prog.inline_lookup(call).is_some(), "map {map}: the lookup should be inlined");
         let jit = JitProgram::compile(prog.clone()).unwrap();
+        // Position-independent code reads the array's address and the CPU function from its
+        // import table; the rebuilt program finds the same array through the record.
+        let restored = Arc::new(restore(&code, helpers.clone(), &Resolver, &prog.record()).unwrap());
+        assert!(*restored == *prog && restored.inline_lookup(call).is_some());
+        let object = bpftime_jit::compile_object(&[("prog", &prog)], Default::default()).unwrap();
+        let mapped = bpftime_jit::link::link(&object).unwrap().load(restored, "prog").unwrap();
         let interp = Interpreter::new(prog);
         for key in [0u32, 1, 4, 5, 6, u32::MAX] {
             let want = if key < ENTRIES { key as u64 * STRIDE + cpu_offset } else { u64::MAX };
-            for engine in [&jit as &dyn Engine, &interp] {
+            for engine in [&jit as &dyn Engine, &interp, &mapped] {
                 let mut mem = key.to_le_bytes();
                 assert_eq!(run(engine, Context::Mem(&mut mem), &RunOptions::default()), Ok(want), "map {map}, key {key}");
             }

@@ -6,6 +6,7 @@ use crate::handles::map_ref;
 use crate::helper_names::kernel_helper_name;
 use crate::helpers::kernel_helpers;
 use crate::progs::{self, StoredProgram};
+use bpftime_jit::cache::{CacheError, CodeCache, Outcome};
 use bpftime_jit::JitProgram;
 use bpftime_maps::{Map, MapError, MapSpec, MapType};
 use bpftime_object::btf::Btf;
@@ -100,6 +101,8 @@ pub struct LoadedProgram {
     pub section: String,
     /// The verified program.
     pub program: Arc<Program>,
+    /// Where its machine code came from, when the code cache was asked.
+    pub cached: Option<Outcome>,
     engine: SharedEngine,
 }
 
@@ -225,6 +228,7 @@ pub struct Runtime {
     budget: u64,
     probe_budget: u64,
     checks: Checks,
+    code_cache: Option<CodeCache>,
     programs: Mutex<HashMap<u32, Arc<LoadedProgram>>>,
 }
 
@@ -315,6 +319,7 @@ impl Runtime {
             budget: DEFAULT_LOOP_BUDGET,
             probe_budget: PROBE_LOOP_BUDGET,
             checks: Checks::default(),
+            code_cache: None,
             programs: Mutex::new(HashMap::new()),
         }
     }
@@ -329,6 +334,33 @@ impl Runtime {
     /// those the verifier could not prove, for programs loaded from now on.
     pub fn set_checks(&mut self, checks: Checks) {
         self.checks = checks;
+    }
+
+    /// Uses the code cache in `dir` for JIT-compiled programs from now on (see
+    /// [`bpftime_jit::cache`]): a program another process compiled for the same maps is mapped,
+    /// not verified and compiled again.
+    pub fn set_code_cache(&mut self, dir: &std::path::Path) -> Result<(), bpftime_jit::JitError> {
+        self.code_cache = Some(CodeCache::open(dir, Default::default())?);
+        Ok(())
+    }
+
+    /// Uses the code cache `BPFTIME_CODE_CACHE` names: unset, the directory beside a named
+    /// region (`/dev/shm/NAME.code`); `0` or `off`, none; else that directory. Returns the
+    /// directory in use, or why none is (nothing when the region is anonymous).
+    pub fn use_code_cache_from_env(&mut self) -> Result<Option<std::path::PathBuf>, String> {
+        let dir = match std::env::var_os("BPFTIME_CODE_CACHE") {
+            Some(v) if v == "0" || v == "off" => return Ok(None),
+            Some(v) if !v.is_empty() => std::path::PathBuf::from(v),
+            _ => match self.region.path() {
+                Some(p) => p.with_file_name(format!("{}.code", p.file_name().unwrap_or_default().to_string_lossy())),
+                None => return Ok(None),
+            },
+        };
+        if self.engine != EngineKind::Jit {
+            return Ok(None);
+        }
+        self.set_code_cache(&dir).map_err(|e| format!("code cache: {e}"))?;
+        Ok(Some(dir))
     }
 
     /// Sets the loop budget of one probe hit (default [`PROBE_LOOP_BUDGET`]).
@@ -414,6 +446,13 @@ impl Runtime {
             let id = progs::store(&self.region, &p.name, &p.section, &license, &insns)?;
             programs.push((p.name.clone(), p.section.clone(), id));
         }
+        // Compile once, at load: processes that attach these programs find their code cached.
+        // (GPU probes and programs that need another helper table simply do not compile here.)
+        if self.code_cache.is_some() {
+            for (_, _, id) in &programs {
+                let _ = self.program(*id);
+            }
+        }
         // Static initial values of prog arrays and map-in-maps.
         for (def, map) in obj.maps.iter().zip(&maps) {
             for (slot, sym) in &def.init_values {
@@ -473,9 +512,19 @@ impl Runtime {
 
     fn prepare(&self, stored: StoredProgram) -> Result<LoadedProgram, LoadError> {
         let resolver = IdResolver { region: &self.region };
+        let jit_error = |error| LoadError::Jit { program: stored.name.clone(), error };
+        if let (Some(cache), EngineKind::Jit) = (&self.code_cache, self.engine) {
+            let (jit, outcome) = cache.program(&stored.insns, &self.helpers, &resolver, self.checks).map_err(|e| match e {
+                CacheError::Verify(e) => self.verify_error(&stored.name, e),
+                CacheError::Jit(e) => jit_error(e),
+            })?;
+            let program = jit.program().clone();
+            let engine: SharedEngine = Arc::new(jit);
+            return Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, cached: Some(outcome), engine });
+        }
         let program = Arc::new(verify_with(&stored.insns, self.helpers.clone(), &resolver, self.checks).map_err(|e| self.verify_error(&stored.name, e))?);
-        let engine = self.engine.build(program.clone()).map_err(|error| LoadError::Jit { program: stored.name.clone(), error })?;
-        Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, engine })
+        let engine = self.engine.build(program.clone()).map_err(jit_error)?;
+        Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, cached: None, engine })
     }
 
     /// Runs a program on `ctx` with the given helper context values.

@@ -366,7 +366,7 @@ impl ShmRegion {
         Self::init(file, "(anonymous)", size, None)
     }
 
-    /// Removes the named region's file; processes that mapped it keep their mapping.
+    /// Removes the named region's file and the code cache beside it; processes that mapped it keep their mapping.
     pub fn remove(name: &str) -> Result<(), ShmError> {
         check_name(name)?;
         let path = path_of(name);
@@ -376,7 +376,10 @@ impl ShmRegion {
             } else {
                 ShmError::Io { path: path.display().to_string(), source: e }
             }
-        })
+        })?;
+        // The code cache beside it, if any (`NAME.code`).
+        let _ = std::fs::remove_dir_all(path_of(&format!("{name}.code")));
+        Ok(())
     }
 
     fn init(file: File, name: &str, size: u64, path: Option<PathBuf>) -> Result<ShmRegion, ShmError> {

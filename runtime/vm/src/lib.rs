@@ -31,6 +31,7 @@ pub mod insn;
 pub mod interp;
 pub mod program;
 pub mod range;
+pub mod record;
 pub mod semantics;
 pub mod thread_exit;
 pub mod verifier;

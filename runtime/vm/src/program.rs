@@ -1,6 +1,6 @@
 //! A verified program: decoded instructions split into functions, ready for either engine.
 
-use crate::analysis::{Access, Analysis, ArrayLayout, ContextNeeds};
+use crate::analysis::{Access, Analysis, ArrayLayout, ContextNeeds, Pointee};
 use crate::exec::HelperTable;
 use crate::insn::Insn;
 use std::collections::HashMap;
@@ -38,13 +38,62 @@ pub struct Program {
     access: Vec<Access>,
     ctx_needs: ContextNeeds,
     inline_lookups: HashMap<usize, ArrayLayout>,
+    /// What the map-naming `lddw`s (by slot) point to, as the resolver described them.
+    pointees: HashMap<usize, Pointee>,
+    /// Slots of the `lddw`s the resolver turned into constants (map references, value addresses).
+    resolved: Vec<usize>,
     helpers: Arc<HelperTable>,
 }
 
+/// Programs are equal when the engines would run them identically: same instructions (map
+/// references resolved alike), functions, proofs, inlined lookups, and the same helper table.
+impl PartialEq for Program {
+    fn eq(&self, other: &Program) -> bool {
+        self.insns == other.insns
+            && self.functions == other.functions
+            && self.depths == other.depths
+            && self.access == other.access
+            && self.ctx_needs == other.ctx_needs
+            && self.inline_lookups == other.inline_lookups
+            && self.pointees == other.pointees
+            && self.resolved == other.resolved
+            && Arc::ptr_eq(&self.helpers, &other.helpers)
+    }
+}
+
 impl Program {
-    pub(crate) fn new(insns: Vec<Insn>, functions: Vec<Function>, depths: Vec<usize>, proofs: Analysis, helpers: Arc<HelperTable>) -> Self {
+    pub(crate) fn new(
+        insns: Vec<Insn>,
+        functions: Vec<Function>,
+        depths: Vec<usize>,
+        proofs: Analysis,
+        pointees: HashMap<usize, Pointee>,
+        resolved: Vec<usize>,
+        helpers: Arc<HelperTable>,
+    ) -> Self {
         let Analysis { access, ctx: ctx_needs, inline_lookups } = proofs;
-        Program { insns, functions, depths, access, ctx_needs, inline_lookups, helpers }
+        Program { insns, functions, depths, access, ctx_needs, inline_lookups, pointees, resolved, helpers }
+    }
+
+    /// Whether the `lddw` at `slot` was resolved from a map reference: its constant is an
+    /// address or reference of this process, not part of the program.
+    pub fn is_resolved(&self, slot: usize) -> bool {
+        self.resolved.binary_search(&slot).is_ok()
+    }
+
+    /// Function depths, by function index.
+    pub(crate) fn depths(&self) -> &[usize] {
+        &self.depths
+    }
+
+    /// The inlined array lookups, by call slot.
+    pub(crate) fn inline_lookups(&self) -> &HashMap<usize, ArrayLayout> {
+        &self.inline_lookups
+    }
+
+    /// What the `lddw` at `slot` points to, if it names a map the resolver described.
+    pub fn pointee(&self, slot: usize) -> Option<Pointee> {
+        self.pointees.get(&slot).copied()
     }
 
     /// For the map lookup call at `pc`: the array it looks up, when an engine may compute the

@@ -140,6 +140,7 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
     let mut starts = vec![0usize];
     let mut callbacks = vec![];
     let mut pointees = HashMap::new();
+    let mut resolved = vec![];
     for pc in 0..n {
         match insns[pc] {
             Insn::Lddw { dst, kind: LddwKind::Func, lo, .. } => {
@@ -151,12 +152,11 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
                 starts.push(target as usize);
                 callbacks.push(target as usize);
             }
-            Insn::Lddw { dst, kind, lo, hi } if kind != LddwKind::Imm64 => {
-                let v = resolver.resolve(kind, lo, hi).map_err(|msg| err(pc, VerifyErrorKind::Unresolved { kind, msg }))?;
-                if let Some(p) = resolver.pointee(kind, lo, hi) {
+            Insn::Lddw { kind, .. } if kind != LddwKind::Imm64 => {
+                resolved.push(pc);
+                if let Some(p) = resolve_lddw(&mut insns, pc, resolver)? {
                     pointees.insert(pc, p);
                 }
-                insns[pc] = Insn::Lddw { dst, kind: LddwKind::Imm64, lo: v as u32 as i32, hi: (v >> 32) as u32 as i32 };
             }
             Insn::Call(CallTarget::Local(off)) => {
                 let target = pc as i64 + 1 + off as i64;
@@ -192,7 +192,16 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
         proofs.ctx = Default::default();
         proofs.inline_lookups.clear();
     }
-    Ok(Program::new(insns, functions, depths, proofs, helpers))
+    Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))
+}
+
+/// Replaces the map-naming `lddw` at `pc` by the constant `resolver` gives, and returns what
+/// the resolver says it points to.
+pub(crate) fn resolve_lddw(insns: &mut [Insn], pc: usize, resolver: &dyn LddwResolver) -> Result<Option<Pointee>, VerifyError> {
+    let Insn::Lddw { dst, kind, lo, hi } = insns[pc] else { return Ok(None) };
+    let v = resolver.resolve(kind, lo, hi).map_err(|msg| err(pc, VerifyErrorKind::Unresolved { kind, msg }))?;
+    insns[pc] = Insn::Lddw { dst, kind: LddwKind::Imm64, lo: v as u32 as i32, hi: (v >> 32) as u32 as i32 };
+    Ok(resolver.pointee(kind, lo, hi))
 }
 
 fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable) -> Result<(), VerifyError> {

@@ -1,0 +1,296 @@
+//! The code cache: machine code for a program is compiled once and mapped, read-only and
+//! executable, by every process that runs the same program on the same maps.
+//!
+//! An entry is a file named by a hash of its key: the code generator's identity (target, CPU
+//! features, options, this build; [`code_generator_id`](crate::code_generator_id)) and the
+//! verifier's inputs ([`bpftime_vm::record::inputs`]). It holds the code linked
+//! position-independently ([`link`](crate::link)), the key itself (compared byte for byte, so a
+//! hash collision only costs a compile) and the verification record, so a hit neither verifies
+//! nor compiles: it resolves the program's maps, maps the code and fills the import table.
+//!
+//! File layout: the code, page-aligned from offset 0 (it is mapped straight from the file),
+//! then a trailer (key, record, table symbols, function symbols), then a 16-byte footer (the
+//! trailer's offset and a magic). Entries are written to a temporary file and renamed, never
+//! changed afterwards.
+//!
+//! Trust: a hit runs the entry's code and believes its record, so only entries that nobody but
+//! this user (or root) could have written are used: the directory and the file must be owned by
+//! this user or root and writable by no one else. Anything else is compiled afresh.
+
+use crate::link::{link, Image};
+use crate::mapping::{page_size, CodeMapping};
+use crate::{code_generator_id, compile_object, JitError, JitOptions, JitProgram};
+use bpftime_vm::exec::HelperTable;
+use bpftime_vm::record::{self, helpers_fingerprint};
+use bpftime_vm::{verify_with, Checks, LddwResolver, RawInsn, VerifyError};
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const FOOTER_MAGIC: &[u8; 8] = b"BPFCODE1";
+/// The symbol programs are compiled under in cache entries.
+const PREFIX: &str = "bpf";
+
+/// Why a program could not be made runnable.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The verifier rejected it.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// It could not be compiled or its code loaded.
+    #[error(transparent)]
+    Jit(#[from] JitError),
+}
+
+/// How a program got its code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Mapped from an entry: neither verified nor compiled here.
+    Hit,
+    /// Verified and compiled here, and stored for the next process.
+    Stored,
+    /// Verified and compiled here, not stored (why).
+    NotStored(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Hit => write!(f, "hit (mapped; not verified or compiled here)"),
+            Outcome::Stored => write!(f, "miss (compiled and stored)"),
+            Outcome::NotStored(why) => write!(f, "miss (compiled, not stored: {why})"),
+        }
+    }
+}
+
+/// A code cache in one directory.
+pub struct CodeCache {
+    dir: PathBuf,
+    opts: JitOptions,
+    generator: String,
+    /// The last helper table seen, with its fingerprint (tables are few and long-lived).
+    helpers: Mutex<Option<(Arc<HelperTable>, Arc<Vec<u8>>)>>,
+}
+
+impl std::fmt::Debug for CodeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeCache").field("dir", &self.dir).finish()
+    }
+}
+
+/// Whether `meta` belongs to this user or root and no one else can write it.
+fn trusted(meta: &std::fs::Metadata) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    (meta.uid() == me || meta.uid() == 0) && meta.mode() & 0o022 == 0
+}
+
+fn io_err(e: impl std::fmt::Display) -> JitError {
+    JitError::Load(e.to_string())
+}
+
+/// A 128-bit hash of `bytes`, as 32 hex digits (a file name, not a proof: keys are compared).
+fn hex_hash(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for seed in [0x6270_6674_696d_6531u64, 0x636f_6465_6361_6368] {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        seed.hash(&mut h);
+        bytes.hash(&mut h);
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
+/// An entry's trailer, parsed.
+struct Trailer {
+    key: Vec<u8>,
+    record: Vec<u8>,
+    table_offset: usize,
+    image: Image,
+}
+
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn u64(&mut self) -> Option<u64> {
+        let (head, rest) = self.0.split_first_chunk::<8>()?;
+        self.0 = rest;
+        Some(u64::from_le_bytes(*head))
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+}
+
+fn encode_trailer(key: &[u8], record: &[u8], image: &Image) -> Vec<u8> {
+    let mut out = Vec::new();
+    put(&mut out, key);
+    put(&mut out, record);
+    out.extend_from_slice(&(image.code.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(image.table.len() as u64).to_le_bytes());
+    for name in &image.table {
+        put(&mut out, name.as_bytes());
+    }
+    let mut functions: Vec<_> = image.functions.iter().collect();
+    functions.sort();
+    out.extend_from_slice(&(functions.len() as u64).to_le_bytes());
+    for (name, &at) in functions {
+        put(&mut out, name.as_bytes());
+        out.extend_from_slice(&(at as u64).to_le_bytes());
+    }
+    out
+}
+
+fn decode_trailer(bytes: &[u8], table_offset: usize) -> Option<Trailer> {
+    let mut r = Reader(bytes);
+    let key = r.bytes()?.to_vec();
+    let record = r.bytes()?.to_vec();
+    let code_len = usize::try_from(r.u64()?).ok()?;
+    let table = (0..r.u64()?).map(|_| r.string()).collect::<Option<Vec<_>>>()?;
+    let mut functions = HashMap::new();
+    for _ in 0..r.u64()? {
+        let name = r.string()?;
+        let at = usize::try_from(r.u64()?).ok().filter(|&at| at < code_len)?;
+        functions.insert(name, at);
+    }
+    (code_len <= table_offset).then_some(Trailer { key, record, table_offset, image: Image { code: Vec::new(), table_offset, table, functions } })
+}
+
+impl CodeCache {
+    /// The cache in directory `dir`, made (mode 0755) if missing. Fails if it cannot be made
+    /// or is not trusted (owned by someone else, or writable by others).
+    pub fn open(dir: &Path, opts: JitOptions) -> Result<CodeCache, JitError> {
+        match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(format!("{}: {e}", dir.display()))),
+        }
+        let meta = std::fs::metadata(dir).map_err(|e| io_err(format!("{}: {e}", dir.display())))?;
+        if !meta.is_dir() || !trusted(&meta) {
+            return Err(io_err(format!("{}: not a directory owned by this user or root and writable only by its owner", dir.display())));
+        }
+        Ok(CodeCache { dir: dir.to_path_buf(), opts, generator: code_generator_id(opts)?, helpers: Mutex::new(None) })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn fingerprint(&self, helpers: &Arc<HelperTable>) -> Arc<Vec<u8>> {
+        let mut memo = self.helpers.lock().unwrap_or_else(|e| e.into_inner());
+        match &*memo {
+            Some((table, fp)) if Arc::ptr_eq(table, helpers) => fp.clone(),
+            _ => {
+                let fp = Arc::new(helpers_fingerprint(helpers));
+                *memo = Some((helpers.clone(), fp.clone()));
+                fp
+            }
+        }
+    }
+
+    /// The runnable program for bytecode `raw` (map references resolved by `resolver`): from
+    /// the cache when an entry for exactly these inputs exists, else verified, compiled and
+    /// stored. A rejected program gets the verifier's error, as [`verify_with`] gives it.
+    pub fn program(
+        &self,
+        raw: &[RawInsn],
+        helpers: &Arc<HelperTable>,
+        resolver: &dyn LddwResolver,
+        checks: Checks,
+    ) -> Result<(JitProgram, Outcome), CacheError> {
+        let fingerprint = self.fingerprint(helpers);
+        let Ok(inputs) = record::inputs(raw, &fingerprint, resolver, checks) else {
+            // The verifier says why, with its own words.
+            let program = verify_with(raw, helpers.clone(), resolver, checks)?;
+            return Ok((JitProgram::compile_with(Arc::new(program), self.opts)?, Outcome::NotStored("unresolved inputs".into())));
+        };
+        let mut key = Vec::with_capacity(self.generator.len() + 1 + inputs.len());
+        key.extend_from_slice(self.generator.as_bytes());
+        key.push(0);
+        key.extend_from_slice(&inputs);
+        let path = self.dir.join(hex_hash(&key));
+
+        let why_missed = match self.load(&path, &key, raw, helpers, resolver) {
+            Ok(jit) => return Ok((jit, Outcome::Hit)),
+            Err(e) => e,
+        };
+        let program = Arc::new(verify_with(raw, helpers.clone(), resolver, checks)?);
+        let object = compile_object(&[(PREFIX, &program)], self.opts)?;
+        let image = link(&object)?;
+        let outcome = match self.store(&path, &key, &program.record(), &image) {
+            Ok(()) => Outcome::Stored,
+            Err(e) => Outcome::NotStored(format!("{why_missed}; storing: {e}")),
+        };
+        Ok((image.load(program, PREFIX)?, outcome))
+    }
+
+    /// Maps the entry at `path` if it is trusted and made for exactly `key`.
+    fn load(&self, path: &Path, key: &[u8], raw: &[RawInsn], helpers: &Arc<HelperTable>, resolver: &dyn LddwResolver) -> Result<JitProgram, JitError> {
+        let mut file = File::open(path).map_err(io_err)?;
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.is_file() || !trusted(&meta) {
+            return Err(io_err(format!("{}: not trusted (owner or mode)", path.display())));
+        }
+        let len = meta.len();
+        let malformed = || io_err(format!("{}: malformed entry", path.display()));
+        let mut footer = [0u8; 16];
+        file.seek(SeekFrom::Start(len.checked_sub(16).ok_or_else(malformed)?)).map_err(io_err)?;
+        file.read_exact(&mut footer).map_err(io_err)?;
+        if &footer[8..] != FOOTER_MAGIC {
+            return Err(malformed());
+        }
+        let table_offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
+        let trailer_len = len.checked_sub(16 + table_offset).ok_or_else(malformed)?;
+        let mut bytes = vec![0u8; trailer_len as usize];
+        file.seek(SeekFrom::Start(table_offset)).map_err(io_err)?;
+        file.read_exact(&mut bytes).map_err(io_err)?;
+        let trailer = decode_trailer(&bytes, table_offset as usize).ok_or_else(malformed)?;
+        if trailer.key != key {
+            return Err(io_err("an entry for other inputs has the same name"));
+        }
+        let program = Arc::new(record::restore(raw, helpers.clone(), resolver, &trailer.record).map_err(io_err)?);
+        let values = trailer.image.table_values(&program, PREFIX)?;
+        let mapping = CodeMapping::from_file(&file, trailer.table_offset, &values).map_err(io_err)?;
+        trailer.image.finish(program, PREFIX, mapping)
+    }
+
+    /// Writes an entry (to a temporary file renamed into place: readers see all or nothing).
+    fn store(&self, path: &Path, key: &[u8], record: &[u8], image: &Image) -> io::Result<()> {
+        if !image.table_offset.is_multiple_of(page_size()) {
+            return Err(io::Error::other("code not page-aligned"));
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        let result = (|| {
+            let mut code = image.code.clone();
+            code.resize(image.table_offset, 0xcc);
+            file.write_all(&code)?;
+            file.write_all(&encode_trailer(key, record, image))?;
+            file.write_all(&(image.table_offset as u64).to_le_bytes())?;
+            file.write_all(FOOTER_MAGIC)?;
+            std::fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}

@@ -1,0 +1,149 @@
+//! A linker for the objects [`compile_object`](crate::compile_object) writes: their code is
+//! laid out once, with every relocation resolved relative to an import table placed right
+//! after it, so the result ([`Image`]) can be mapped at any address by any process, which then
+//! only fills the table.
+//!
+//! Handled: x86-64 ELF relocatable objects whose code reaches imports through the GOT
+//! (`R_X86_64_GOTPCREL`, `GOTPCRELX`, `REX_GOTPCRELX`) and its own functions PC-relatively
+//! (`R_X86_64_PC32`, `PLT32`), which is all Cranelift's object backend emits for our code.
+
+use crate::imports::Import;
+use crate::mapping::{page_size, CodeMapping};
+use crate::{function_symbol, EntryFn, JitError, JitProgram};
+use bpftime_vm::Program;
+use object::elf;
+use object::read::elf::ElfFile64;
+use object::{Object, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionKind, SymbolSection};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Linked code: position-independent, with its import table at `table_offset`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// The code, relocated.
+    pub code: Vec<u8>,
+    /// Where the import table starts (a multiple of the page size, at least `code.len()`).
+    pub table_offset: usize,
+    /// The symbol each table slot holds the address of, by slot.
+    pub table: Vec<String>,
+    /// The functions defined, by symbol: their offsets in `code`.
+    pub functions: HashMap<String, usize>,
+}
+
+fn load_err(msg: impl std::fmt::Display) -> JitError {
+    JitError::Load(msg.to_string())
+}
+
+/// Links an object written by [`compile_object`](crate::compile_object).
+pub fn link(object: &[u8]) -> Result<Image, JitError> {
+    let file = ElfFile64::<object::Endianness>::parse(object).map_err(load_err)?;
+    if file.architecture() != object::Architecture::X86_64 {
+        return Err(load_err(format!("cannot link {:?} code", file.architecture())));
+    }
+    // Lay out the code sections one after the other.
+    let mut code = Vec::new();
+    let mut section_at = HashMap::new();
+    for s in file.sections().filter(|s| s.kind() == SectionKind::Text && s.size() > 0) {
+        let align = (s.align() as usize).max(1);
+        code.resize(code.len().next_multiple_of(align), 0xcc);
+        section_at.insert(s.index(), code.len());
+        code.extend_from_slice(s.data().map_err(load_err)?);
+    }
+    let table_offset = code.len().max(1).next_multiple_of(page_size());
+    let mut functions = HashMap::new();
+    let mut table: Vec<String> = Vec::new();
+    let mut slots: HashMap<String, usize> = HashMap::new();
+    let mut symbol_at = HashMap::new();
+    for sym in file.symbols() {
+        let name = sym.name().map_err(load_err)?.to_string();
+        match sym.section() {
+            SymbolSection::Section(index) if section_at.contains_key(&index) => {
+                let at = section_at[&index] + sym.address() as usize;
+                symbol_at.insert(sym.index(), Ok(at));
+                if sym.kind() == object::SymbolKind::Text {
+                    functions.insert(name, at);
+                }
+            }
+            SymbolSection::Undefined => {
+                symbol_at.insert(sym.index(), Err(name));
+            }
+            _ => {}
+        }
+    }
+    for s in file.sections() {
+        let Some(&base) = section_at.get(&s.index()) else {
+            if s.relocations().next().is_some() && s.kind() != SectionKind::Metadata {
+                return Err(load_err(format!("relocations in section `{}`", s.name().unwrap_or("?"))));
+            }
+            continue;
+        };
+        for (offset, r) in s.relocations() {
+            let RelocationFlags::Elf { r_type } = r.flags() else { return Err(load_err("not an ELF relocation")) };
+            let RelocationTarget::Symbol(sym) = r.target() else { return Err(load_err("relocation against no symbol")) };
+            let place = base + offset as usize;
+            let value = match (r_type, symbol_at.get(&sym)) {
+                (elf::R_X86_64_GOTPCREL | elf::R_X86_64_GOTPCRELX | elf::R_X86_64_REX_GOTPCRELX, Some(Err(name))) => {
+                    let slot = *slots.entry(name.clone()).or_insert_with(|| {
+                        table.push(name.clone());
+                        table.len() - 1
+                    });
+                    (table_offset + slot * 8) as i64 + r.addend() - place as i64
+                }
+                (elf::R_X86_64_PC32 | elf::R_X86_64_PLT32, Some(Ok(at))) => *at as i64 + r.addend() - place as i64,
+                (kind, target) => return Err(load_err(format!("unsupported relocation {kind} at {place:#x} against {target:?}"))),
+            };
+            let value = i32::try_from(value).map_err(|_| load_err("relocation out of range"))?;
+            code.get_mut(place..place + 4).ok_or_else(|| load_err("relocation outside the code"))?.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+    Ok(Image { code, table_offset, table, functions })
+}
+
+impl Image {
+    /// This process's value of each table slot, for program `prefix` (`program`'s code).
+    /// Imports of other programs of the same object are left null (their code is not run).
+    pub(crate) fn table_values(&self, program: &Program, prefix: &str) -> Result<Vec<u64>, JitError> {
+        self.table
+            .iter()
+            .map(|name| match Import::parse(name, prefix) {
+                Some(import) => import.value(program).ok_or_else(|| load_err(format!("`{name}`: the program has no such value"))),
+                None if name.contains('.') => Ok(0),
+                None => Err(load_err(format!("unknown import `{name}`"))),
+            })
+            .collect()
+    }
+
+    /// The entries of `program`'s functions, compiled under `prefix`, in `mapping`.
+    pub(crate) fn entries(&self, program: &Program, prefix: &str, mapping: &CodeMapping) -> Result<Vec<EntryFn>, JitError> {
+        (0..program.functions().len())
+            .map(|i| {
+                let name = function_symbol(prefix, i);
+                let at = *self.functions.get(&name).ok_or_else(|| load_err(format!("the code has no function `{name}`")))?;
+                // SAFETY: `name` was compiled by `define_program` with the entry signature
+                // (seven i64 parameters, one i64 result, the C calling convention), and the
+                // mapping holds it, linked, at `at`.
+                Ok(unsafe { std::mem::transmute::<*const u8, EntryFn>(mapping.code_at(at)) })
+            })
+            .collect()
+    }
+
+    /// Size of the function at `prefix`'s entry (up to the next function), for inspection.
+    pub(crate) fn entry_size(&self, prefix: &str) -> usize {
+        let Some(&at) = self.functions.get(prefix) else { return 0 };
+        let next = self.functions.values().copied().filter(|&o| o > at).min().unwrap_or(self.code.len());
+        next - at
+    }
+
+    /// Maps a copy of this code into this process to run `program` (compiled under `prefix`;
+    /// an object's other programs stay unrun).
+    pub fn load(&self, program: Arc<Program>, prefix: &str) -> Result<JitProgram, JitError> {
+        let values = self.table_values(&program, prefix)?;
+        let mapping = CodeMapping::from_bytes(&self.code, self.table_offset, &values).map_err(load_err)?;
+        self.finish(program, prefix, mapping)
+    }
+
+    pub(crate) fn finish(&self, program: Arc<Program>, prefix: &str, mapping: CodeMapping) -> Result<JitProgram, JitError> {
+        let functions = self.entries(&program, prefix, &mapping)?;
+        Ok(JitProgram::from_mapping(program, mapping, functions, self.entry_size(prefix)))
+    }
+}

@@ -1,0 +1,202 @@
+//! Verification records: what the verifier established about a program, without any of this
+//! process's addresses, so that another process can rebuild the same [`Program`] without
+//! analysing it again (the code cache stores one beside each compiled program).
+//!
+//! [`inputs`] serialises everything the verifier's result depends on (the bytecode, the
+//! check mode, the helper table's ids and declared effects, and what each map-naming `lddw`
+//! points to, minus addresses); [`Program::record`] the result; [`restore`] rebuilds the
+//! program from a record made for the same inputs, resolving the maps for this process. A
+//! record is trusted as the verifier's word: keep records where only their owner can write,
+//! and restore one only for inputs that compare equal, byte for byte, to those it was made for.
+
+use crate::analysis::{Access, Analysis, ArrayLayout, ContextNeeds, Pointee, Target};
+use crate::exec::HelperTable;
+use crate::insn::{decode, to_bytecode, Insn, LddwKind, RawInsn};
+use crate::program::{Function, Program};
+use crate::verifier::{resolve_lddw, Checks, LddwResolver};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const RECORD_MAGIC: &[u8; 8] = b"BPFREC01";
+
+/// Why a record could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The bytecode does not decode, or a map reference does not resolve in this process.
+    #[error("insn {insn}: {message}")]
+    Program { insn: usize, message: String },
+    /// The record is not one this build writes, or does not fit the program.
+    #[error("malformed verification record: {0}")]
+    Malformed(&'static str),
+}
+
+/// The verifier's inputs for `raw`, as bytes that compare equal exactly when the verifier's
+/// result (up to addresses) must be the same. Fails where verification would fail to resolve.
+/// `helpers` is described by its [`helpers_fingerprint`].
+pub fn inputs(raw: &[RawInsn], helpers: &[u8], resolver: &dyn LddwResolver, checks: Checks) -> Result<Vec<u8>, RecordError> {
+    let mut out = Vec::with_capacity(raw.len() * 8 + helpers.len() + 64);
+    out.extend_from_slice(b"BPFIN01\0");
+    out.push(matches!(checks, Checks::All) as u8);
+    out.extend_from_slice(&(helpers.len() as u64).to_le_bytes());
+    out.extend_from_slice(helpers);
+    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    out.extend_from_slice(&to_bytecode(raw));
+    let insns = decode(raw).map_err(|e| RecordError::Program { insn: e.insn, message: e.kind.to_string() })?;
+    for (pc, insn) in insns.iter().enumerate() {
+        let Insn::Lddw { kind, lo, hi, .. } = *insn else { continue };
+        if matches!(kind, LddwKind::Imm64 | LddwKind::Func) {
+            continue;
+        }
+        resolver.resolve(kind, lo, hi).map_err(|message| RecordError::Program { insn: pc, message })?;
+        out.extend_from_slice(&(pc as u32).to_le_bytes());
+        match resolver.pointee(kind, lo, hi) {
+            None => out.push(0),
+            Some(Pointee::Map { value_size, array }) => {
+                out.push(1);
+                out.extend_from_slice(&value_size.to_le_bytes());
+                if let Some(a) = array {
+                    for v in [a.stride, a.max_entries as u64, a.cpu_stride, (a.cpu != 0) as u64] {
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+            Some(Pointee::Value { size, offset }) => {
+                out.push(2);
+                out.extend_from_slice(&size.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the verifier may rely on in a helper table: each helper's id, name and declared
+/// effects (not its address), as part of [`inputs`].
+pub fn helpers_fingerprint(helpers: &HelperTable) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (id, h) in helpers.iter() {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(format!("{}:{:?};", h.name, h.effects).as_bytes());
+    }
+    out
+}
+
+fn target_code(t: Target) -> u8 {
+    match t {
+        Target::Stack => 0,
+        Target::Context => 1,
+        Target::Memory => 2,
+        Target::Unknown => 3,
+    }
+}
+
+fn target_of(code: u8) -> Target {
+    match code {
+        0 => Target::Stack,
+        1 => Target::Context,
+        2 => Target::Memory,
+        _ => Target::Unknown,
+    }
+}
+
+impl Program {
+    /// What the verifier established about this program, without addresses (see the module
+    /// documentation); [`restore`] turns it back into a program.
+    pub fn record(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.len());
+        let mut put = |v: u64| out.extend_from_slice(&v.to_le_bytes());
+        put(u64::from_le_bytes(*RECORD_MAGIC));
+        put(self.len() as u64);
+        put(self.functions().len() as u64);
+        for (f, depth) in self.functions().iter().zip(self.depths()) {
+            put(f.start as u64);
+            put(f.end as u64);
+            put(f.callback as u64);
+            put(*depth as u64);
+        }
+        let ctx = self.context_needs();
+        put(ctx.len);
+        put(ctx.writable as u64);
+        let mut lookups: Vec<(usize, usize)> = self
+            .inline_lookups()
+            .iter()
+            .map(|(&pc, layout)| {
+                let slot = (0..self.len()).find(|&s| matches!(self.pointee(s), Some(Pointee::Map { array: Some(a), .. }) if a == *layout));
+                (pc, slot.expect("an inlined lookup's array comes from an lddw"))
+            })
+            .collect();
+        lookups.sort_unstable();
+        put(lookups.len() as u64);
+        for (pc, slot) in lookups {
+            put(pc as u64);
+            put(slot as u64);
+        }
+        out.extend((0..self.len()).map(|pc| {
+            let a = self.access(pc);
+            target_code(a.target) | (a.proven as u8) << 2
+        }));
+        out
+    }
+}
+
+/// Rebuilds the program a [`Program::record`] describes, for bytecode whose [`inputs`] equal
+/// those the record was made for, resolving its map references with `resolver`.
+pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwResolver, record: &[u8]) -> Result<Program, RecordError> {
+    let mut insns = decode(raw).map_err(|e| RecordError::Program { insn: e.insn, message: e.kind.to_string() })?;
+    let n = insns.len();
+    let mut words = record.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
+    let mut next = |what| words.next().ok_or(RecordError::Malformed(what));
+    if next("magic")?.to_le_bytes() != *RECORD_MAGIC {
+        return Err(RecordError::Malformed("magic"));
+    }
+    if next("length")? != n as u64 {
+        return Err(RecordError::Malformed("length"));
+    }
+    let nfuncs = next("functions")? as usize;
+    if nfuncs == 0 || nfuncs > n {
+        return Err(RecordError::Malformed("functions"));
+    }
+    let mut functions = Vec::with_capacity(nfuncs);
+    let mut depths = Vec::with_capacity(nfuncs);
+    for _ in 0..nfuncs {
+        let (start, end, callback, depth) = (next("start")? as usize, next("end")? as usize, next("callback")? != 0, next("depth")? as usize);
+        if start >= end || end > n || functions.last().is_some_and(|f: &Function| f.end != start) {
+            return Err(RecordError::Malformed("function bounds"));
+        }
+        functions.push(Function { start, end, callback });
+        depths.push(depth);
+    }
+    if functions[0].start != 0 || functions[nfuncs - 1].end != n {
+        return Err(RecordError::Malformed("function bounds"));
+    }
+    let ctx = ContextNeeds { len: next("context")?, writable: next("context")? != 0 };
+    let nlookups = next("lookups")? as usize;
+    let mut lookup_slots = Vec::with_capacity(nlookups.min(n));
+    for _ in 0..nlookups {
+        lookup_slots.push((next("lookup")? as usize, next("lookup")? as usize));
+    }
+    let header = 8 * (6 + 4 * nfuncs + 2 * nlookups);
+    let access_bytes = record.get(header..).filter(|a| a.len() == n).ok_or(RecordError::Malformed("access"))?;
+    let access = access_bytes.iter().map(|&b| Access { target: target_of(b & 3), proven: b & 4 != 0 }).collect();
+
+    let mut pointees = HashMap::new();
+    let mut resolved = vec![];
+    for pc in 0..n {
+        if matches!(insns[pc], Insn::Lddw { kind, .. } if !matches!(kind, LddwKind::Imm64 | LddwKind::Func)) {
+            resolved.push(pc);
+            let p = resolve_lddw(&mut insns, pc, resolver).map_err(|e| RecordError::Program { insn: e.insn, message: e.kind.to_string() })?;
+            if let Some(p) = p {
+                pointees.insert(pc, p);
+            }
+        }
+    }
+    let mut inline_lookups: HashMap<usize, ArrayLayout> = HashMap::new();
+    for (pc, slot) in lookup_slots {
+        match pointees.get(&slot) {
+            Some(Pointee::Map { array: Some(a), .. }) if pc < n => inline_lookups.insert(pc, *a),
+            _ => return Err(RecordError::Malformed("inlined lookup")),
+        };
+    }
+    let proofs = Analysis { access, ctx, inline_lookups };
+    Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))
+}
