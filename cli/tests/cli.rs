@@ -344,6 +344,37 @@ fn load_writes_links_that_start_attaches() {
 }
 
 #[test]
+fn programs_compile_once_at_load_and_every_process_maps_them() {
+    let shm = format!("bpftime-cli-cache-{}", std::process::id());
+    let cache = std::path::PathBuf::from(format!("/dev/shm/{shm}.code"));
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    assert!(bpftime_shm(&shm, &["shm", "create", "--size", "16M"]).status.success());
+    let obj = build_example("uprobe_calls");
+    assert!(bpftime_shm(&shm, &["load", obj.to_str().unwrap()]).status.success());
+    assert_eq!(std::fs::read_dir(&cache).expect("a code cache beside the region").count(), 4, "one entry per program, made at load");
+    let target = calls_target();
+    let start = |envs: &[(&str, &str)]| {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_bpftime")).args(["--shm", &shm, "start", "--", &target, "500", "2"]).envs(envs.iter().copied()).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).starts_with("sum 748500 "), "{}", text(&out.stdout));
+        text(&out.stderr)
+    };
+    for _ in 0..2 {
+        let log = start(&[("BPFTIME_VERBOSE", "1")]);
+        assert_eq!(log.matches("code cache: hit").count(), 4, "{log}");
+        assert!(!log.contains("miss"), "{log}");
+    }
+    let log = start(&[("BPFTIME_VERBOSE", "1"), ("BPFTIME_CODE_CACHE", "off")]);
+    assert!(!log.contains("code cache"), "{log}");
+    let dump = bpftime_shm(&shm, &["map", "dump", "stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("JSON");
+    assert_eq!(json_value(&stats, 0), 3000, "add() calls of three runs, cached code or not");
+    assert!(bpftime_shm(&shm, &["shm", "remove"]).status.success());
+    assert!(!cache.exists(), "removing the region removes its code cache");
+}
+
+#[test]
 fn start_with_a_program_loads_it_into_the_region() {
     let shm = format!("bpftime-cli-program-{}", std::process::id());
     let _ = bpftime_shm(&shm, &["shm", "remove"]);
