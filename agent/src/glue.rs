@@ -1,7 +1,6 @@
 //! What the agent does: find programs, attach them, run them on probe hits.
 
 use bpftime_attach::{attach, detach, resolve, AttachError, ProbeHandler, ProbeId, ProbeKind, PtRegs, ResolveError, SiteInfo, Target};
-use bpftime_object::Object;
 use bpftime_runtime::links::{self, LinkState};
 use bpftime_runtime::{EngineKind, LoadedProgram, ProbeProgram, Runtime};
 use bpftime_shm::{default_name, ShmError, ShmRegion};
@@ -348,11 +347,14 @@ pub(crate) fn start_in(name: String, follow: bool) {
             let shown = path.to_string_lossy().to_string();
             let stored = bpftime_runtime::input::read_program_file(std::path::Path::new(&path))
                 .map_err(|e| e.to_string())
-                .and_then(|b| Object::parse(&b).map_err(|e| e.to_string()))
-                .and_then(|obj| runtime.load_object(&obj).map_err(|e| e.to_string()))
+                .and_then(|b| bpftime_runtime::input::parse_object(&b))
+                .and_then(|(obj, aot)| runtime.load_object_with(&obj, aot.as_ref()).map_err(|e| e.to_string()))
                 .and_then(|loaded| {
                     for (name, section, why) in &loaded.refused {
                         eprintln!("bpftime: {shown}: `{name}` (section `{section}`) is not loaded: {why}");
+                    }
+                    for (name, why) in &loaded.aot_unused {
+                        eprintln!("bpftime: {shown}: `{name}`: ahead-of-time code not used ({why}); compiled here");
                     }
                     links::store_uprobes(runtime.region(), &loaded.programs).map_err(|e| e.to_string())
                 });

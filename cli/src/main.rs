@@ -165,6 +165,11 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Ahead-of-time compilation: machine code for hosts where nothing may be compiled at run time.
+    Aot {
+        #[command(subcommand)]
+        command: AotCommand,
+    },
     /// CUDA binaries: the device code they embed.
     Cuda {
         #[command(subcommand)]
@@ -243,6 +248,20 @@ enum VmCommand {
         /// bounds or checked at run time.
         #[arg(long)]
         proofs: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AotCommand {
+    /// Compile OBJ's programs into a relocatable object (x86-64 ELF) that `bpftime load`,
+    /// `bpftime run` and `BPFTIME_PROGRAM` accept in place of OBJ: its code is used where it
+    /// was compiled for the same build, CPU features and maps (else the program is compiled).
+    Compile {
+        /// The eBPF object.
+        object: PathBuf,
+        /// Where to write the compiled object.
+        #[arg(short, long)]
+        output: PathBuf,
     },
 }
 
@@ -630,6 +649,18 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             print!("{}", disasm::disassemble(&insns));
             Ok(0)
         }
+        Command::Aot { command: AotCommand::Compile { object, output } } => {
+            let bytes = read_program_file(&object).map_err(|e| e.to_string())?;
+            let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", object.display()))?;
+            let (compiled, left_out) = Runtime::aot_compile(&obj, &bytes).map_err(|e| format!("{}: {e}", object.display()))?;
+            for (name, why) in &left_out {
+                eprintln!("bpftime: {}: `{name}` is not compiled: {why}", object.display());
+            }
+            std::fs::write(&output, &compiled).map_err(|e| format!("{}: {e}", output.display()))?;
+            let count = obj.programs.len() - left_out.len();
+            println!("{}: {count} program(s), {} bytes", output.display(), compiled.len());
+            Ok(0)
+        }
         Command::Cuda { command: CudaCommand::Patch { object, binary, output } } => {
             print!("{}", cuda_inspect::patch(&object, &binary, &output)?);
             Ok(0)
@@ -686,16 +717,19 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
         Command::Load { file, .. } => {
             let file = file.ok_or("bpftime load: give an object (bpftime load OBJ) or a loader (bpftime load -- LOADER ARGS)")?;
             let bytes = read_program_file(&file).map_err(|e| e.to_string())?;
-            let obj = Object::parse(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            let (obj, aot) = bpftime_runtime::input::parse_object(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
             let region = open_region(shm)?;
             let mut rt = Runtime::new(region.clone(), EngineKind::Jit);
             // Compiled here, once: the processes that attach these programs map the code.
             if let Err(e) = rt.use_code_cache_from_env() {
                 eprintln!("bpftime: {e}");
             }
-            let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", file.display()))?;
+            let loaded = rt.load_object_with(&obj, aot.as_ref()).map_err(|e| format!("{}: {e}", file.display()))?;
             for (name, section, why) in &loaded.refused {
                 eprintln!("bpftime: {}: `{name}` (section `{section}`) is not loaded: {why}", file.display());
+            }
+            for (name, why) in &loaded.aot_unused {
+                eprintln!("bpftime: {}: `{name}`: ahead-of-time code not used ({why})", file.display());
             }
             for m in &loaded.maps {
                 println!("map {} `{}` ({})", m.id(), m.name(), m.map_type().name());

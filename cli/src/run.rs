@@ -10,7 +10,6 @@ use crate::dump;
 use crate::supervise;
 use bpftime_maps::{Map, MapType};
 use bpftime_object::btf::Btf;
-use bpftime_object::Object;
 use bpftime_runtime::input::read_program_file;
 use bpftime_runtime::links::{self, LinkState};
 use bpftime_runtime::trace::TracePipe;
@@ -177,7 +176,7 @@ fn command_path(command: &str) -> Option<std::path::PathBuf> {
 pub fn run(req: RunRequest) -> Result<i32, String> {
     let bytes = read_program_file(&req.file).map_err(|e| e.to_string())?;
     let shown = req.file.display().to_string();
-    let mut obj = Object::parse(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+    let (mut obj, aot) = bpftime_runtime::input::parse_object(&bytes).map_err(|e| format!("{shown}: {e}"))?;
     for spec in &req.map_size {
         let (name, n) = spec.split_once('=').ok_or_else(|| format!("--map-size {spec}: write NAME=N"))?;
         let n: u32 = n.trim().parse().map_err(|_| format!("--map-size {spec}: `{n}` is not a number"))?;
@@ -209,9 +208,12 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
     if let Err(e) = rt.use_code_cache_from_env() {
         eprintln!("bpftime: {e}");
     }
-    let loaded = rt.load_object(&obj).map_err(|e| format!("{shown}: {e}"))?;
+    let loaded = rt.load_object_with(&obj, aot.as_ref()).map_err(|e| format!("{shown}: {e}"))?;
     for (name, section, why) in &loaded.refused {
         eprintln!("bpftime: {shown}: `{name}` (section `{section}`) is not loaded: {why}");
+    }
+    for (name, why) in &loaded.aot_unused {
+        eprintln!("bpftime: {shown}: `{name}`: ahead-of-time code not used ({why})");
     }
     let chosen: Vec<(String, String, u32)> = loaded
         .programs

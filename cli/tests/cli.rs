@@ -375,6 +375,50 @@ fn programs_compile_once_at_load_and_every_process_maps_them() {
 }
 
 #[test]
+fn ahead_of_time_objects_run_without_compiling_where_they_match() {
+    let obj = build_example("uprobe_calls");
+    let aot = std::env::temp_dir().join(format!("bpftime-aot-{}.o", std::process::id()));
+    let out = bpftime(&["aot", "compile", obj.to_str().unwrap(), "-o", aot.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("4 program(s)"), "{}", text(&out.stdout));
+    // A relocatable x86-64 object whose programs are global functions.
+    let elf = std::fs::read(&aot).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([elf[16], elf[17]]), 1, "ET_REL");
+    let agent = std::path::Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime.so");
+    let traced = |checks: &str| {
+        let out = Command::new(calls_target())
+            .arg("100")
+            .env("LD_PRELOAD", &agent)
+            .env("BPFTIME_PROGRAM", &aot)
+            .env("BPFTIME_SHM", "bpftime-none")
+            .env("BPFTIME_VERBOSE", "1")
+            .env("BPFTIME_CHECKS", checks)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).starts_with("sum 14850 "), "{}", text(&out.stdout));
+        text(&out.stderr)
+    };
+    let log = traced("unproven");
+    assert_eq!(log.matches("code cache: ahead-of-time code").count(), 4, "{log}");
+    // Code compiled for other inputs (here: every check kept) is not used; the programs are
+    // compiled instead and still count right.
+    let log = traced("all");
+    assert_eq!(log.matches("ahead-of-time code not used").count(), 4, "{log}");
+    // `bpftime run` takes it too, and its command's processes map the code from the cache.
+    let out = Command::new(env!("CARGO_BIN_EXE_bpftime"))
+        .args(["run", aot.to_str().unwrap(), "--", &calls_target(), "100"])
+        .env("BPFTIME_VERBOSE", "1")
+        .output()
+        .unwrap();
+    let log = text(&out.stderr);
+    assert!(out.status.success() && log.contains("  0 => 100\n"), "{log}");
+    assert_eq!(log.matches("code cache: hit").count(), 4, "{log}");
+    std::fs::remove_file(&aot).unwrap();
+}
+
+#[test]
 fn start_with_a_program_loads_it_into_the_region() {
     let shm = format!("bpftime-cli-program-{}", std::process::id());
     let _ = bpftime_shm(&shm, &["shm", "remove"]);

@@ -55,6 +55,8 @@ pub enum Outcome {
     Stored,
     /// Verified and compiled here, not stored (why).
     NotStored(String),
+    /// Taken from an ahead-of-time object ([`aot`](crate::aot)): not compiled here.
+    Aot,
 }
 
 impl std::fmt::Display for Outcome {
@@ -63,17 +65,53 @@ impl std::fmt::Display for Outcome {
             Outcome::Hit => write!(f, "hit (mapped; not verified or compiled here)"),
             Outcome::Stored => write!(f, "miss (compiled and stored)"),
             Outcome::NotStored(why) => write!(f, "miss (compiled, not stored: {why})"),
+            Outcome::Aot => write!(f, "ahead-of-time code (not compiled here)"),
         }
+    }
+}
+
+/// Makes the keys code is cached under (and `bpftime aot` objects are checked against).
+pub struct Keys {
+    opts: JitOptions,
+    generator: String,
+    /// The last helper table seen, with its fingerprint (tables are few and long-lived).
+    helpers: Mutex<Option<(Arc<HelperTable>, Arc<Vec<u8>>)>>,
+}
+
+impl Keys {
+    /// Keys for code compiled with `opts` on this host, by this build.
+    pub fn new(opts: JitOptions) -> Result<Keys, JitError> {
+        Ok(Keys { opts, generator: code_generator_id(opts)?, helpers: Mutex::new(None) })
+    }
+
+    fn fingerprint(&self, helpers: &Arc<HelperTable>) -> Arc<Vec<u8>> {
+        let mut memo = self.helpers.lock().unwrap_or_else(|e| e.into_inner());
+        match &*memo {
+            Some((table, fp)) if Arc::ptr_eq(table, helpers) => fp.clone(),
+            _ => {
+                let fp = Arc::new(helpers_fingerprint(helpers));
+                *memo = Some((helpers.clone(), fp.clone()));
+                fp
+            }
+        }
+    }
+
+    /// The key of bytecode `raw`: the code generator's identity and the verifier's inputs.
+    /// Fails where the program's map references do not resolve.
+    pub fn key(&self, raw: &[RawInsn], helpers: &Arc<HelperTable>, resolver: &dyn LddwResolver, checks: Checks) -> Result<Vec<u8>, record::RecordError> {
+        let inputs = record::inputs(raw, &self.fingerprint(helpers), resolver, checks)?;
+        let mut key = Vec::with_capacity(self.generator.len() + 1 + inputs.len());
+        key.extend_from_slice(self.generator.as_bytes());
+        key.push(0);
+        key.extend_from_slice(&inputs);
+        Ok(key)
     }
 }
 
 /// A code cache in one directory.
 pub struct CodeCache {
     dir: PathBuf,
-    opts: JitOptions,
-    generator: String,
-    /// The last helper table seen, with its fingerprint (tables are few and long-lived).
-    helpers: Mutex<Option<(Arc<HelperTable>, Arc<Vec<u8>>)>>,
+    keys: Keys,
 }
 
 impl std::fmt::Debug for CodeCache {
@@ -109,6 +147,8 @@ fn hex_hash(bytes: &[u8]) -> String {
 struct Trailer {
     key: Vec<u8>,
     record: Vec<u8>,
+    /// The symbol the program's code was compiled under.
+    prefix: String,
     table_offset: usize,
     image: Image,
 }
@@ -139,10 +179,11 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn encode_trailer(key: &[u8], record: &[u8], image: &Image) -> Vec<u8> {
+fn encode_trailer(key: &[u8], record: &[u8], prefix: &str, image: &Image) -> Vec<u8> {
     let mut out = Vec::new();
     put(&mut out, key);
     put(&mut out, record);
+    put(&mut out, prefix.as_bytes());
     out.extend_from_slice(&(image.code.len() as u64).to_le_bytes());
     out.extend_from_slice(&(image.table.len() as u64).to_le_bytes());
     for name in &image.table {
@@ -162,6 +203,7 @@ fn decode_trailer(bytes: &[u8], table_offset: usize) -> Option<Trailer> {
     let mut r = Reader(bytes);
     let key = r.bytes()?.to_vec();
     let record = r.bytes()?.to_vec();
+    let prefix = r.string()?;
     let code_len = usize::try_from(r.u64()?).ok()?;
     let table = (0..r.u64()?).map(|_| r.string()).collect::<Option<Vec<_>>>()?;
     let mut functions = HashMap::new();
@@ -170,7 +212,7 @@ fn decode_trailer(bytes: &[u8], table_offset: usize) -> Option<Trailer> {
         let at = usize::try_from(r.u64()?).ok().filter(|&at| at < code_len)?;
         functions.insert(name, at);
     }
-    (code_len <= table_offset).then_some(Trailer { key, record, table_offset, image: Image { code: Vec::new(), table_offset, table, functions } })
+    (code_len <= table_offset).then_some(Trailer { key, record, prefix, table_offset, image: Image { code: Vec::new(), table_offset, table, functions } })
 }
 
 impl CodeCache {
@@ -186,7 +228,7 @@ impl CodeCache {
         if !meta.is_dir() || !trusted(&meta) {
             return Err(io_err(format!("{}: not a directory owned by this user or root and writable only by its owner", dir.display())));
         }
-        Ok(CodeCache { dir: dir.to_path_buf(), opts, generator: code_generator_id(opts)?, helpers: Mutex::new(None) })
+        Ok(CodeCache { dir: dir.to_path_buf(), keys: Keys::new(opts)? })
     }
 
     /// The directory.
@@ -194,16 +236,9 @@ impl CodeCache {
         &self.dir
     }
 
-    fn fingerprint(&self, helpers: &Arc<HelperTable>) -> Arc<Vec<u8>> {
-        let mut memo = self.helpers.lock().unwrap_or_else(|e| e.into_inner());
-        match &*memo {
-            Some((table, fp)) if Arc::ptr_eq(table, helpers) => fp.clone(),
-            _ => {
-                let fp = Arc::new(helpers_fingerprint(helpers));
-                *memo = Some((helpers.clone(), fp.clone()));
-                fp
-            }
-        }
+    /// The keys entries are stored under.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// The runnable program for bytecode `raw` (map references resolved by `resolver`): from
@@ -216,16 +251,11 @@ impl CodeCache {
         resolver: &dyn LddwResolver,
         checks: Checks,
     ) -> Result<(JitProgram, Outcome), CacheError> {
-        let fingerprint = self.fingerprint(helpers);
-        let Ok(inputs) = record::inputs(raw, &fingerprint, resolver, checks) else {
+        let Ok(key) = self.keys.key(raw, helpers, resolver, checks) else {
             // The verifier says why, with its own words.
             let program = verify_with(raw, helpers.clone(), resolver, checks)?;
-            return Ok((JitProgram::compile_with(Arc::new(program), self.opts)?, Outcome::NotStored("unresolved inputs".into())));
+            return Ok((JitProgram::compile_with(Arc::new(program), self.keys.opts)?, Outcome::NotStored("unresolved inputs".into())));
         };
-        let mut key = Vec::with_capacity(self.generator.len() + 1 + inputs.len());
-        key.extend_from_slice(self.generator.as_bytes());
-        key.push(0);
-        key.extend_from_slice(&inputs);
         let path = self.dir.join(hex_hash(&key));
 
         let why_missed = match self.load(&path, &key, raw, helpers, resolver) {
@@ -233,9 +263,9 @@ impl CodeCache {
             Err(e) => e,
         };
         let program = Arc::new(verify_with(raw, helpers.clone(), resolver, checks)?);
-        let object = compile_object(&[(PREFIX, &program)], self.opts)?;
+        let object = compile_object(&[(PREFIX, &program)], self.keys.opts)?;
         let image = link(&object)?;
-        let outcome = match self.store(&path, &key, &program.record(), &image) {
+        let outcome = match self.store(&path, &key, &program.record(), PREFIX, &image) {
             Ok(()) => Outcome::Stored,
             Err(e) => Outcome::NotStored(format!("{why_missed}; storing: {e}")),
         };
@@ -267,13 +297,19 @@ impl CodeCache {
             return Err(io_err("an entry for other inputs has the same name"));
         }
         let program = Arc::new(record::restore(raw, helpers.clone(), resolver, &trailer.record).map_err(io_err)?);
-        let values = trailer.image.table_values(&program, PREFIX)?;
+        let values = trailer.image.table_values(&program, &trailer.prefix)?;
         let mapping = CodeMapping::from_file(&file, trailer.table_offset, &values).map_err(io_err)?;
-        trailer.image.finish(program, PREFIX, mapping)
+        trailer.image.finish(program, &trailer.prefix, mapping)
+    }
+
+    /// Stores code compiled elsewhere (an [`aot`](crate::aot) object's): `image` holds the
+    /// program under symbol `prefix`, compiled for `key` with verification record `record`.
+    pub fn install(&self, key: &[u8], record: &[u8], prefix: &str, image: &Image) -> io::Result<()> {
+        self.store(&self.dir.join(hex_hash(key)), key, record, prefix, image)
     }
 
     /// Writes an entry (to a temporary file renamed into place: readers see all or nothing).
-    fn store(&self, path: &Path, key: &[u8], record: &[u8], image: &Image) -> io::Result<()> {
+    fn store(&self, path: &Path, key: &[u8], record: &[u8], prefix: &str, image: &Image) -> io::Result<()> {
         if !image.table_offset.is_multiple_of(page_size()) {
             return Err(io::Error::other("code not page-aligned"));
         }
@@ -283,7 +319,7 @@ impl CodeCache {
             let mut code = image.code.clone();
             code.resize(image.table_offset, 0xcc);
             file.write_all(&code)?;
-            file.write_all(&encode_trailer(key, record, image))?;
+            file.write_all(&encode_trailer(key, record, prefix, image))?;
             file.write_all(&(image.table_offset as u64).to_le_bytes())?;
             file.write_all(FOOTER_MAGIC)?;
             std::fs::rename(&tmp, path)

@@ -20,6 +20,7 @@
 //! assert_eq!(run(&jit, Context::Mem(&mut mem), &RunOptions::default()), Ok(42));
 //! ```
 
+pub mod aot;
 pub mod cache;
 mod imports;
 pub mod link;
@@ -238,11 +239,22 @@ fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, en
 /// entry is the global symbol given with it (its other functions `NAME.fnN`, local); the
 /// imports are undefined symbols ([`Import::symbol`]).
 pub fn compile_object(programs: &[(&str, &Program)], opts: JitOptions) -> Result<Vec<u8>, JitError> {
+    compile_object_with_data(programs, &[], opts)
+}
+
+/// [`compile_object`], plus read-only data objects (name, bytes), global.
+pub(crate) fn compile_object_with_data(programs: &[(&str, &Program)], data: &[(&str, &[u8])], opts: JitOptions) -> Result<Vec<u8>, JitError> {
     let isa = host_isa(opts, true)?;
     let builder = cranelift_object::ObjectBuilder::new(isa, "bpftime-aot", default_libcall_names()).map_err(|e| JitError::Settings(e.to_string()))?;
     let mut module = cranelift_object::ObjectModule::new(builder);
     for (name, program) in programs {
         define_program(&mut module, program, name, Linkage::Export, true)?;
+    }
+    for (name, bytes) in data {
+        let id = module.declare_data(name, Linkage::Export, false, false).map_err(|e| JitError::Load(e.to_string()))?;
+        let mut desc = cranelift_module::DataDescription::new();
+        desc.define(bytes.to_vec().into_boxed_slice());
+        module.define_data(id, &desc).map_err(|e| JitError::Load(e.to_string()))?;
     }
     module.finish().emit().map_err(|e| JitError::Load(e.to_string()))
 }

@@ -130,8 +130,10 @@ impl Image {
     /// Size of the function at `prefix`'s entry (up to the next function), for inspection.
     pub(crate) fn entry_size(&self, prefix: &str) -> usize {
         let Some(&at) = self.functions.get(prefix) else { return 0 };
-        let next = self.functions.values().copied().filter(|&o| o > at).min().unwrap_or(self.code.len());
-        next - at
+        // An image read back from the cache has no code bytes: its code ends at the table.
+        let end = if self.code.is_empty() { self.table_offset } else { self.code.len() };
+        let next = self.functions.values().copied().filter(|&o| o > at).min().unwrap_or(end);
+        next.saturating_sub(at)
     }
 
     /// Maps a copy of this code into this process to run `program` (compiled under `prefix`;

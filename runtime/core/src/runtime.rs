@@ -6,7 +6,8 @@ use crate::handles::map_ref;
 use crate::helper_names::kernel_helper_name;
 use crate::helpers::kernel_helpers;
 use crate::progs::{self, StoredProgram};
-use bpftime_jit::cache::{CacheError, CodeCache, Outcome};
+use bpftime_jit::aot::AotObject;
+use bpftime_jit::cache::{CacheError, CodeCache, Keys, Outcome};
 use bpftime_jit::JitProgram;
 use bpftime_maps::{Map, MapError, MapSpec, MapType};
 use bpftime_object::btf::Btf;
@@ -89,6 +90,9 @@ pub struct LoadedObject {
     /// Programs the verifier refused, each alone (the others are loaded, as libbpf loads
     /// them one by one): (function name, section, why).
     pub refused: Vec<(String, String, String)>,
+    /// Programs whose ahead-of-time code could not be used (they are compiled instead):
+    /// (function name, why).
+    pub aot_unused: Vec<(String, String)>,
 }
 
 /// A program ready to run in this process.
@@ -387,6 +391,13 @@ impl Runtime {
     /// region, with CO-RE relocations applied against the kernel's BTF when there are any.
     /// Every program is verified before anything is stored, so a bad program loses nothing.
     pub fn load_object(&self, obj: &Object) -> Result<LoadedObject, LoadError> {
+        self.load_object_with(obj, None)
+    }
+
+    /// [`Runtime::load_object`], with the programs' machine code taken from `aot` (compiled by
+    /// `bpftime aot compile` from the same object) where it was compiled for exactly what was
+    /// loaded, on this kind of machine, by this build; see [`Runtime::use_aot`].
+    pub fn load_object_with(&self, obj: &Object, aot: Option<&AotObject>) -> Result<LoadedObject, LoadError> {
         let mut obj = obj.clone();
         if obj.needs_core() {
             let raw = std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| LoadError::NoKernelBtf(e.to_string()))?;
@@ -446,6 +457,10 @@ impl Runtime {
             let id = progs::store(&self.region, &p.name, &p.section, &license, &insns)?;
             programs.push((p.name.clone(), p.section.clone(), id));
         }
+        let aot_unused = match aot {
+            Some(aot) => self.use_aot(aot, &programs),
+            None => vec![],
+        };
         // Compile once, at load: processes that attach these programs find their code cached.
         // (GPU probes and programs that need another helper table simply do not compile here.)
         if self.code_cache.is_some() {
@@ -466,7 +481,7 @@ impl Runtime {
                     .map_err(|e| LoadError::Map { name: def.name.clone(), source: MapError::Invalid(format!("initial value `{sym}`: {e}")) })?;
             }
         }
-        Ok(LoadedObject { maps, programs, refused })
+        Ok(LoadedObject { maps, programs, refused, aot_unused })
     }
 
     fn create_map(&self, def: &MapDef) -> Result<Map, LoadError> {
@@ -503,6 +518,75 @@ impl Runtime {
         let loaded = Arc::new(self.prepare(stored)?);
         self.programs.lock().unwrap_or_else(|e| e.into_inner()).insert(id, loaded.clone());
         Ok(loaded)
+    }
+
+    /// Takes the machine code of `programs` (name, section, id) from `aot` where its key (see
+    /// [`bpftime_jit::cache`]) equals the one computed here: the program is rebuilt from the
+    /// verification record in the object, not verified or compiled, and with a code cache the
+    /// code is stored there for other processes. Returns the programs it could not use, and why.
+    pub fn use_aot(&self, aot: &AotObject, programs: &[(String, String, u32)]) -> Vec<(String, String)> {
+        let fresh;
+        let keys = match &self.code_cache {
+            Some(cache) => cache.keys(),
+            None => match Keys::new(Default::default()) {
+                Ok(k) => {
+                    fresh = k;
+                    &fresh
+                }
+                Err(e) => return programs.iter().map(|p| (p.0.clone(), e.to_string())).collect(),
+            },
+        };
+        let resolver = IdResolver { region: &self.region };
+        let mut unused = vec![];
+        for (name, section, id) in programs {
+            let Some(entry) = aot.entry(name) else {
+                unused.push((name.clone(), "not in the ahead-of-time object".to_string()));
+                continue;
+            };
+            let Some(stored) = progs::load(&self.region, *id) else { continue };
+            let use_it = || -> Result<LoadedProgram, String> {
+                let key = keys.key(&stored.insns, &self.helpers, &resolver, self.checks).map_err(|e| e.to_string())?;
+                if key != entry.key || self.engine != EngineKind::Jit {
+                    return Err("it was compiled for another build, CPU, check mode or maps".into());
+                }
+                let program = Arc::new(bpftime_vm::record::restore(&stored.insns, self.helpers.clone(), &resolver, &entry.record).map_err(|e| e.to_string())?);
+                let jit = aot.load(entry, program.clone()).map_err(|e| e.to_string())?;
+                if let Some(cache) = &self.code_cache {
+                    let _ = cache.install(&key, &entry.record, &entry.name, &aot.image);
+                }
+                Ok(LoadedProgram { id: *id, name: name.clone(), section: section.clone(), program, cached: Some(Outcome::Aot), engine: Arc::new(jit) })
+            };
+            match use_it() {
+                Ok(p) => {
+                    self.programs.lock().unwrap_or_else(|e| e.into_inner()).insert(*id, Arc::new(p));
+                }
+                Err(why) => unused.push((name.clone(), why)),
+            }
+        }
+        unused
+    }
+
+    /// Compiles the CPU programs of `obj` ahead of time, into an object for
+    /// [`Runtime::load_object_with`] (`bpftime aot compile`); `bpf_object` are `obj`'s bytes,
+    /// carried along. Returns the object and the programs left out, with why.
+    pub fn aot_compile(obj: &Object, bpf_object: &[u8]) -> Result<(Vec<u8>, Vec<(String, String)>), LoadError> {
+        let rt = Runtime::new(Arc::new(ShmRegion::anonymous(64 << 20)?), EngineKind::Interp);
+        let loaded = rt.load_object(obj)?;
+        let keys = Keys::new(Default::default()).map_err(|error| LoadError::Jit { program: String::new(), error })?;
+        let resolver = IdResolver { region: &rt.region };
+        let (mut compiled, mut left_out) = (vec![], vec![]);
+        for (name, _, id) in &loaded.programs {
+            let stored = progs::load(&rt.region, *id).ok_or(LoadError::NoSuchProgram(*id))?;
+            match (rt.program(*id), keys.key(&stored.insns, &rt.helpers, &resolver, rt.checks)) {
+                (Ok(p), Ok(key)) => compiled.push((name.clone(), p.program.clone(), key, p.program.record())),
+                (Err(e), _) => left_out.push((name.clone(), e.to_string())),
+                (_, Err(e)) => left_out.push((name.clone(), e.to_string())),
+            }
+        }
+        left_out.extend(loaded.refused.into_iter().map(|(name, _, why)| (name, why)));
+        let parts: Vec<(&str, &Program, &[u8], &[u8])> = compiled.iter().map(|(n, p, k, r)| (n.as_str(), &**p, k.as_slice(), r.as_slice())).collect();
+        let object = bpftime_jit::aot::write(&parts, bpf_object, Default::default()).map_err(|error| LoadError::Jit { program: String::new(), error })?;
+        Ok((object, left_out))
     }
 
     /// Every program stored in the region.

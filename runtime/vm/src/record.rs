@@ -2,9 +2,9 @@
 //! process's addresses, so that another process can rebuild the same [`Program`] without
 //! analysing it again (the code cache stores one beside each compiled program).
 //!
-//! [`inputs`] serialises everything the verifier's result depends on (the bytecode, the
-//! check mode, the helper table's ids and declared effects, and what each map-naming `lddw`
-//! points to, minus addresses); [`Program::record`] the result; [`restore`] rebuilds the
+//! [`inputs`] serialises everything the verifier's result depends on (the bytecode with its
+//! maps numbered by first use, the check mode, the helper table's ids and declared effects,
+//! and what each map-naming `lddw` points to, minus addresses); [`Program::record`] the result; [`restore`] rebuilds the
 //! program from a record made for the same inputs, resolving the maps for this process. A
 //! record is trusted as the verifier's word: keep records where only their owner can write,
 //! and restore one only for inputs that compare equal, byte for byte, to those it was made for.
@@ -39,9 +39,21 @@ pub fn inputs(raw: &[RawInsn], helpers: &[u8], resolver: &dyn LddwResolver, chec
     out.push(matches!(checks, Checks::All) as u8);
     out.extend_from_slice(&(helpers.len() as u64).to_le_bytes());
     out.extend_from_slice(helpers);
-    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-    out.extend_from_slice(&to_bytecode(raw));
     let insns = decode(raw).map_err(|e| RecordError::Program { insn: e.insn, message: e.kind.to_string() })?;
+    // Map references by order of first use, not by the ids this store gave them: the result
+    // depends on what each map is (below), not on its number.
+    let mut canonical = raw.to_vec();
+    let mut ordinals: HashMap<i32, i32> = HashMap::new();
+    for (pc, insn) in insns.iter().enumerate() {
+        if let Insn::Lddw { kind, lo, .. } = *insn {
+            if !matches!(kind, LddwKind::Imm64 | LddwKind::Func) {
+                let next = ordinals.len() as i32;
+                canonical[pc].imm = *ordinals.entry(lo).or_insert(next);
+            }
+        }
+    }
+    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    out.extend_from_slice(&to_bytecode(&canonical));
     for (pc, insn) in insns.iter().enumerate() {
         let Insn::Lddw { kind, lo, hi, .. } = *insn else { continue };
         if matches!(kind, LddwKind::Imm64 | LddwKind::Func) {
