@@ -60,6 +60,15 @@ pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, InputError> {
     Ok(bytes)
 }
 
+/// An eBPF object, or an ahead-of-time object (`bpftime aot compile`) with the eBPF object it
+/// carries: `(object, Some(aot))`. Load it with [`Runtime::load_object_with`](crate::Runtime::load_object_with).
+pub fn parse_object(bytes: &[u8]) -> Result<(bpftime_object::Object, Option<bpftime_jit::aot::AotObject>), String> {
+    match bpftime_jit::aot::read(bytes).map_err(|e| e.to_string())? {
+        Some(aot) => Ok((bpftime_object::Object::parse(&aot.bpf_object).map_err(|e| format!("the eBPF object inside: {e}"))?, Some(aot))),
+        None => Ok((bpftime_object::Object::parse(bytes).map_err(|e| e.to_string())?, None)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,14 +92,5 @@ mod tests {
         assert!(matches!(read_regular_file(&big, 99), Err(InputError::TooLarge { .. })));
         assert_eq!(read_regular_file(&big, 100).unwrap().len(), 100);
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
-/// An eBPF object, or an ahead-of-time object (`bpftime aot compile`) with the eBPF object it
-/// carries: `(object, Some(aot))`. Load it with [`Runtime::load_object_with`](crate::Runtime::load_object_with).
-pub fn parse_object(bytes: &[u8]) -> Result<(bpftime_object::Object, Option<bpftime_jit::aot::AotObject>), String> {
-    match bpftime_jit::aot::read(bytes).map_err(|e| e.to_string())? {
-        Some(aot) => Ok((bpftime_object::Object::parse(&aot.bpf_object).map_err(|e| format!("the eBPF object inside: {e}"))?, Some(aot))),
-        None => Ok((bpftime_object::Object::parse(bytes).map_err(|e| e.to_string())?, None)),
     }
 }
