@@ -83,6 +83,25 @@ fn bench_compile(c: &mut Criterion) {
         let alu_only = encode(&synthetic_alu_program(len));
         let alu_only = Arc::new(verify(&alu_only, helpers.clone(), &NoMaps).expect("verifies"));
         g.bench_function("cranelift_floor_alu_only", |b| b.iter(|| JitProgram::compile(alu_only.clone()).unwrap()));
+        // The code cache: what a process pays for a program another process compiled (key,
+        // entry read, program rebuilt from the record, code mapped), and, once per process,
+        // opening the cache; against verifying and compiling it.
+        let dir = std::env::temp_dir().join(format!("bpftime-bench-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = bpftime_jit::cache::CodeCache::open(&dir, JitOptions::default()).expect("cache");
+        let checks = Checks::Unproven;
+        let (_, first) = cache.program(&code, &helpers, &NoMaps, checks).expect("compiles");
+        assert_eq!(first, bpftime_jit::cache::Outcome::Stored);
+        g.bench_function("code_cache_hit", |b| {
+            b.iter(|| {
+                let (jit, outcome) = cache.program(black_box(&code), &helpers, &NoMaps, checks).unwrap();
+                debug_assert_eq!(outcome, bpftime_jit::cache::Outcome::Hit);
+                jit
+            })
+        });
+        g.bench_function("code_cache_open", |b| b.iter(|| bpftime_jit::cache::CodeCache::open(&dir, JitOptions::default()).unwrap()));
+        g.bench_function("verify_and_jit", |b| b.iter(|| JitProgram::compile(Arc::new(verify(black_box(&code), helpers.clone(), &NoMaps).unwrap())).unwrap()));
+        let _ = std::fs::remove_dir_all(&dir);
         // The GPU backend: eBPF to PTX text (ptxas or the driver compiles it afterwards).
         let gpu_helpers = bpftime_gpu_ptx::HelperSet::new();
         g.bench_function("bpftime_to_ptx", |b| b.iter(|| bpftime_gpu_ptx::translate(&prog, &gpu_helpers, &Default::default(), Default::default()).unwrap()));
