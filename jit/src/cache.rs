@@ -224,7 +224,9 @@ impl CodeCache {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err(format!("{}: {e}", dir.display()))),
         }
-        let meta = std::fs::metadata(dir).map_err(|e| io_err(format!("{}: {e}", dir.display())))?;
+        // Not followed if a link: whoever made the link (in /dev/shm, anyone) chose where we
+        // would read code from and write files to.
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| io_err(format!("{}: {e}", dir.display())))?;
         if !meta.is_dir() || !trusted(&meta) {
             return Err(io_err(format!("{}: not a directory owned by this user or root and writable only by its owner", dir.display())));
         }

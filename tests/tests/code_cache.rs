@@ -116,6 +116,12 @@ fn entries_for_other_maps_tampered_or_untrusted_are_not_used() {
     let mut rt = Runtime::new(region.clone(), EngineKind::Jit);
     let err = rt.set_code_cache(&dir).unwrap_err().to_string();
     assert!(err.contains("writable only by its owner"), "{err}");
+    // And a symbolic link, even to a trusted directory: whoever made it chose where code is read.
+    let link = dir.with_extension("link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/usr/lib", &link).unwrap();
+    assert!(rt.set_code_cache(&link).is_err(), "a link is not followed");
+    std::fs::remove_file(&link).unwrap();
     // So is one owned by another user (root must never run code another user could write).
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     // SAFETY: geteuid(2) cannot fail.
