@@ -25,6 +25,8 @@ fn main() {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for input in &inputs {
         println!("cargo:rerun-if-changed={}", input.display());
+        // A missing input would leave code from another VM or Cranelift under the same id.
+        assert!(input.exists(), "{} is missing: the code cache's build id needs it", input.display());
         if input.is_dir() {
             hash_tree(input, &mut h);
         } else if let Ok(bytes) = std::fs::read(input) {

@@ -345,10 +345,15 @@ pub(crate) fn start_in(name: String, follow: bool) {
     let found = match program {
         Some(path) => {
             let shown = path.to_string_lossy().to_string();
-            let stored = bpftime_runtime::input::read_program_file(std::path::Path::new(&path))
-                .map_err(|e| e.to_string())
-                .and_then(|b| bpftime_runtime::input::parse_object(&b))
-                .and_then(|(obj, aot)| runtime.load_object_with(&obj, aot.as_ref()).map_err(|e| e.to_string()))
+            // `BPFTIME_AOT=1`: an ahead-of-time object's machine code may run (see `read_object_file`).
+            let native = std::env::var_os("BPFTIME_AOT").is_some_and(|v| v == "1");
+            let stored = bpftime_runtime::input::read_object_file(std::path::Path::new(&path), native)
+                .and_then(|f| {
+                    if let Some(note) = &f.note {
+                        eprintln!("bpftime: {note}");
+                    }
+                    runtime.load_object_with(&f.object, f.aot.as_ref()).map_err(|e| e.to_string())
+                })
                 .and_then(|loaded| {
                     for (name, section, why) in &loaded.refused {
                         eprintln!("bpftime: {shown}: `{name}` (section `{section}`) is not loaded: {why}");

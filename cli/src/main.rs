@@ -78,6 +78,11 @@ enum Command {
         /// tracepoints, XDP, fentry...) go to the kernel as they are, with the maps they use.
         #[arg(long)]
         kernel_passthrough: bool,
+        /// FILE is an ahead-of-time object (`bpftime aot compile`) whose machine code is to be
+        /// run (else only the eBPF object it carries is used). It must be owned by you or root
+        /// and writable by no one else.
+        #[arg(long)]
+        aot: bool,
     },
     /// Maps in the shared-memory region.
     Map {
@@ -161,6 +166,11 @@ enum Command {
         /// Set a map's max_entries before loading; repeatable.
         #[arg(long = "map-size", value_name = "NAME=N")]
         map_size: Vec<String>,
+        /// FILE is an ahead-of-time object (`bpftime aot compile`) whose machine code is to be
+        /// run (else only the eBPF object it carries is used). It must be owned by you or root
+        /// and writable by no one else.
+        #[arg(long)]
+        aot: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -603,7 +613,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
         }
         Command::Attach { pid, program, engine } => attach_pid::attach(pid, program.as_deref(), engine, shm, &agent_path()?),
         Command::Detach { pid } => attach_pid::detach(pid, shm),
-        Command::Run { file, json, output, engine, checks, budget, shm_size, programs, attach, set, map_size, command } => run::run(run::RunRequest {
+        Command::Run { file, json, output, engine, checks, budget, shm_size, programs, attach, set, map_size, aot, command } => run::run(run::RunRequest {
             file,
             json,
             output,
@@ -615,6 +625,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             attach,
             set,
             map_size,
+            aot,
             agent: agent_path()?,
             command,
         }),
@@ -693,7 +704,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             println!("removed region `{shm}`");
             Ok(0)
         }
-        Command::Load { file: None, loader, kernel_passthrough } if !loader.is_empty() => {
+        Command::Load { file: None, loader, kernel_passthrough, .. } if !loader.is_empty() => {
             // The region must exist before the loader and be ours (the server would refuse it).
             match ShmRegion::open(shm) {
                 Ok(_) => {}
@@ -714,10 +725,13 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             let status = cmd.status().map_err(|e| format!("{}: {e}", loader[0]))?;
             Ok(exit_code(status))
         }
-        Command::Load { file, .. } => {
+        Command::Load { file, aot, .. } => {
             let file = file.ok_or("bpftime load: give an object (bpftime load OBJ) or a loader (bpftime load -- LOADER ARGS)")?;
-            let bytes = read_program_file(&file).map_err(|e| e.to_string())?;
-            let (obj, aot) = bpftime_runtime::input::parse_object(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            let read = bpftime_runtime::input::read_object_file(&file, aot)?;
+            if let Some(note) = &read.note {
+                eprintln!("bpftime: {note}");
+            }
+            let (obj, aot) = (read.object, read.aot);
             let region = open_region(shm)?;
             let mut rt = Runtime::new(region.clone(), EngineKind::Jit);
             // Compiled here, once: the processes that attach these programs map the code.

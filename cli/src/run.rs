@@ -10,7 +10,6 @@ use crate::dump;
 use crate::supervise;
 use bpftime_maps::{Map, MapType};
 use bpftime_object::btf::Btf;
-use bpftime_runtime::input::read_program_file;
 use bpftime_runtime::links::{self, LinkState};
 use bpftime_runtime::trace::TracePipe;
 use bpftime_runtime::{EngineKind, Runtime};
@@ -45,6 +44,8 @@ pub struct RunRequest {
     pub set: Vec<String>,
     /// `NAME=N`: map sizes set before loading.
     pub map_size: Vec<String>,
+    /// Run an ahead-of-time object's machine code (`--aot`).
+    pub aot: bool,
     /// The agent library.
     pub agent: PathBuf,
     /// The command.
@@ -174,9 +175,12 @@ fn command_path(command: &str) -> Option<std::path::PathBuf> {
 
 /// Runs the request; returns the command's exit status (128 + signal if a signal ended it).
 pub fn run(req: RunRequest) -> Result<i32, String> {
-    let bytes = read_program_file(&req.file).map_err(|e| e.to_string())?;
     let shown = req.file.display().to_string();
-    let (mut obj, aot) = bpftime_runtime::input::parse_object(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+    let read = bpftime_runtime::input::read_object_file(&req.file, req.aot)?;
+    if let Some(note) = &read.note {
+        eprintln!("bpftime: {note}");
+    }
+    let (mut obj, aot) = (read.object, read.aot);
     for spec in &req.map_size {
         let (name, n) = spec.split_once('=').ok_or_else(|| format!("--map-size {spec}: write NAME=N"))?;
         let n: u32 = n.trim().parse().map_err(|_| format!("--map-size {spec}: `{n}` is not a number"))?;

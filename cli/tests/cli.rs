@@ -386,7 +386,7 @@ fn ahead_of_time_objects_run_without_compiling_where_they_match() {
     assert_eq!(&elf[..4], b"\x7fELF");
     assert_eq!(u16::from_le_bytes([elf[16], elf[17]]), 1, "ET_REL");
     let agent = std::path::Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime.so");
-    let traced = |checks: &str| {
+    let traced = |checks: &str, native: &str| {
         let out = Command::new(calls_target())
             .arg("100")
             .env("LD_PRELOAD", &agent)
@@ -394,21 +394,33 @@ fn ahead_of_time_objects_run_without_compiling_where_they_match() {
             .env("BPFTIME_SHM", "bpftime-none")
             .env("BPFTIME_VERBOSE", "1")
             .env("BPFTIME_CHECKS", checks)
+            .env("BPFTIME_AOT", native)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert!(text(&out.stdout).starts_with("sum 14850 "), "{}", text(&out.stdout));
         text(&out.stderr)
     };
-    let log = traced("unproven");
+    let log = traced("unproven", "1");
     assert_eq!(log.matches("code cache: ahead-of-time code").count(), 4, "{log}");
+    // Machine code runs only when asked for: else the eBPF object inside is verified and
+    // compiled like any.
+    let log = traced("unproven", "0");
+    assert!(log.contains("is an ahead-of-time object: its eBPF object is verified and compiled here"), "{log}");
+    assert!(!log.contains("code cache: ahead-of-time code"), "{log}");
     // Code compiled for other inputs (here: every check kept) is not used; the programs are
     // compiled instead and still count right.
-    let log = traced("all");
+    let log = traced("all", "1");
     assert_eq!(log.matches("ahead-of-time code not used").count(), 4, "{log}");
-    // `bpftime run` takes it too, and its command's processes map the code from the cache.
+    // Nor is code from a file others may write.
+    let mode = |m: u32| std::fs::set_permissions(&aot, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+    mode(0o666);
+    let out = bpftime(&["run", "--aot", aot.to_str().unwrap(), "--", &calls_target(), "100"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("machine code is run only from files owned by you or root"), "{}", text(&out.stderr));
+    mode(0o644);
+    // `bpftime run --aot` takes it too, and its command's processes map the code from the cache.
     let out = Command::new(env!("CARGO_BIN_EXE_bpftime"))
-        .args(["run", aot.to_str().unwrap(), "--", &calls_target(), "100"])
+        .args(["run", "--aot", aot.to_str().unwrap(), "--", &calls_target(), "100"])
         .env("BPFTIME_VERBOSE", "1")
         .output()
         .unwrap();

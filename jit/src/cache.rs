@@ -17,6 +17,7 @@
 //! this user (or root) could have written are used: the directory and the file must be owned by
 //! this user or root and writable by no one else. Anything else is compiled afresh.
 
+use crate::files::Dir;
 use crate::link::{link, Image};
 use crate::mapping::{page_size, CodeMapping};
 use crate::{code_generator_id, compile_object, JitError, JitOptions, JitProgram};
@@ -24,14 +25,15 @@ use bpftime_vm::exec::HelperTable;
 use bpftime_vm::record::{self, helpers_fingerprint};
 use bpftime_vm::{verify_with, Checks, LddwResolver, RawInsn, VerifyError};
 use std::collections::HashMap;
-use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const FOOTER_MAGIC: &[u8; 8] = b"BPFCODE1";
+/// The largest trailer read (keys hold the bytecode: 8 MiB is a million instructions).
+const MAX_TRAILER: u64 = 64 << 20;
 /// The symbol programs are compiled under in cache entries.
 const PREFIX: &str = "bpf";
 
@@ -111,6 +113,8 @@ impl Keys {
 /// A code cache in one directory.
 pub struct CodeCache {
     dir: PathBuf,
+    /// The directory, held open (see [`Dir`]).
+    handle: Dir,
     keys: Keys,
 }
 
@@ -217,20 +221,22 @@ fn decode_trailer(bytes: &[u8], table_offset: usize) -> Option<Trailer> {
 
 impl CodeCache {
     /// The cache in directory `dir`, made (mode 0755) if missing. Fails if it cannot be made
-    /// or is not trusted (owned by someone else, or writable by others).
+    /// or is not trusted (a link, owned by someone else, or writable by others).
     pub fn open(dir: &Path, opts: JitOptions) -> Result<CodeCache, JitError> {
         match std::fs::DirBuilder::new().mode(0o755).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err(format!("{}: {e}", dir.display()))),
         }
-        // Not followed if a link: whoever made the link (in /dev/shm, anyone) chose where we
-        // would read code from and write files to.
-        let meta = std::fs::symlink_metadata(dir).map_err(|e| io_err(format!("{}: {e}", dir.display())))?;
+        // Not followed if a link: whoever made the link (in /dev/shm, anyone) would choose
+        // where we read code from and write files to. Held open from now on.
+        let untrusted = || io_err(format!("{}: not a directory owned by this user or root and writable only by its owner", dir.display()));
+        let (handle, meta) =
+            Dir::open(dir).map_err(|e| if e.raw_os_error() == Some(libc::ELOOP) { untrusted() } else { io_err(format!("{}: {e}", dir.display())) })?;
         if !meta.is_dir() || !trusted(&meta) {
-            return Err(io_err(format!("{}: not a directory owned by this user or root and writable only by its owner", dir.display())));
+            return Err(untrusted());
         }
-        Ok(CodeCache { dir: dir.to_path_buf(), keys: Keys::new(opts)? })
+        Ok(CodeCache { dir: dir.to_path_buf(), handle, keys: Keys::new(opts)? })
     }
 
     /// The directory.
@@ -245,7 +251,8 @@ impl CodeCache {
 
     /// The runnable program for bytecode `raw` (map references resolved by `resolver`): from
     /// the cache when an entry for exactly these inputs exists, else verified, compiled and
-    /// stored. A rejected program gets the verifier's error, as [`verify_with`] gives it.
+    /// stored. A rejected program gets the verifier's error, as [`verify_with`] gives it; code
+    /// that cannot go through the cache is compiled in this process as the JIT does.
     pub fn program(
         &self,
         raw: &[RawInsn],
@@ -258,31 +265,32 @@ impl CodeCache {
             let program = verify_with(raw, helpers.clone(), resolver, checks)?;
             return Ok((JitProgram::compile_with(Arc::new(program), self.keys.opts)?, Outcome::NotStored("unresolved inputs".into())));
         };
-        let path = self.dir.join(hex_hash(&key));
-
-        let why_missed = match self.load(&path, &key, raw, helpers, resolver) {
+        let name = hex_hash(&key);
+        let why_missed = match self.load(&name, &key, raw, helpers, resolver) {
             Ok(jit) => return Ok((jit, Outcome::Hit)),
             Err(e) => e,
         };
         let program = Arc::new(verify_with(raw, helpers.clone(), resolver, checks)?);
-        let object = compile_object(&[(PREFIX, &program)], self.keys.opts)?;
-        let image = link(&object)?;
-        let outcome = match self.store(&path, &key, &program.record(), PREFIX, &image) {
-            Ok(()) => Outcome::Stored,
-            Err(e) => Outcome::NotStored(format!("{why_missed}; storing: {e}")),
-        };
-        Ok((image.load(program, PREFIX)?, outcome))
+        let cached = compile_object(&[(PREFIX, &program)], self.keys.opts).and_then(|object| link(&object)).and_then(|image| {
+            let stored = self.store(&name, &key, &program.record(), PREFIX, &image);
+            Ok((image.load(program.clone(), PREFIX)?, stored))
+        });
+        Ok(match cached {
+            Ok((jit, Ok(()))) => (jit, Outcome::Stored),
+            Ok((jit, Err(e))) => (jit, Outcome::NotStored(format!("{why_missed}; storing: {e}"))),
+            Err(e) => (JitProgram::compile_with(program, self.keys.opts)?, Outcome::NotStored(format!("{why_missed}; {e}"))),
+        })
     }
 
-    /// Maps the entry at `path` if it is trusted and made for exactly `key`.
-    fn load(&self, path: &Path, key: &[u8], raw: &[RawInsn], helpers: &Arc<HelperTable>, resolver: &dyn LddwResolver) -> Result<JitProgram, JitError> {
-        let mut file = File::open(path).map_err(io_err)?;
+    /// Maps entry `name` if it is trusted and made for exactly `key`.
+    fn load(&self, name: &str, key: &[u8], raw: &[RawInsn], helpers: &Arc<HelperTable>, resolver: &dyn LddwResolver) -> Result<JitProgram, JitError> {
+        let mut file = self.handle.open_entry(name).map_err(io_err)?;
         let meta = file.metadata().map_err(io_err)?;
         if !meta.is_file() || !trusted(&meta) {
-            return Err(io_err(format!("{}: not trusted (owner or mode)", path.display())));
+            return Err(io_err(format!("{name}: not trusted (owner or mode)")));
         }
         let len = meta.len();
-        let malformed = || io_err(format!("{}: malformed entry", path.display()));
+        let malformed = || io_err(format!("{name}: malformed entry"));
         let mut footer = [0u8; 16];
         file.seek(SeekFrom::Start(len.checked_sub(16).ok_or_else(malformed)?)).map_err(io_err)?;
         file.read_exact(&mut footer).map_err(io_err)?;
@@ -290,7 +298,7 @@ impl CodeCache {
             return Err(malformed());
         }
         let table_offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
-        let trailer_len = len.checked_sub(16 + table_offset).ok_or_else(malformed)?;
+        let trailer_len = table_offset.checked_add(16).and_then(|end| len.checked_sub(end)).filter(|&n| n <= MAX_TRAILER).ok_or_else(malformed)?;
         let mut bytes = vec![0u8; trailer_len as usize];
         file.seek(SeekFrom::Start(table_offset)).map_err(io_err)?;
         file.read_exact(&mut bytes).map_err(io_err)?;
@@ -300,23 +308,36 @@ impl CodeCache {
         }
         let program = Arc::new(record::restore(raw, helpers.clone(), resolver, &trailer.record).map_err(io_err)?);
         let values = trailer.image.table_values(&program, &trailer.prefix)?;
-        let mapping = CodeMapping::from_file(&file, trailer.table_offset, &values).map_err(io_err)?;
+        let mapping = match CodeMapping::from_file(&file, trailer.table_offset, &values) {
+            Ok(m) => m,
+            // A file system mounted noexec: copy the code instead (still neither verified
+            // nor compiled here).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+                let mut code = vec![0u8; trailer.table_offset];
+                file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+                file.read_exact(&mut code).map_err(io_err)?;
+                CodeMapping::from_bytes(&code, trailer.table_offset, &values).map_err(io_err)?
+            }
+            Err(e) => return Err(io_err(e)),
+        };
         trailer.image.finish(program, &trailer.prefix, mapping)
     }
 
     /// Stores code compiled elsewhere (an [`aot`](crate::aot) object's): `image` holds the
     /// program under symbol `prefix`, compiled for `key` with verification record `record`.
-    pub fn install(&self, key: &[u8], record: &[u8], prefix: &str, image: &Image) -> io::Result<()> {
-        self.store(&self.dir.join(hex_hash(key)), key, record, prefix, image)
+    pub fn install(&self, key: &[u8], record: &[u8], prefix: &str, image: &Image) -> Result<(), JitError> {
+        self.store(&hex_hash(key), key, record, prefix, image)
     }
 
-    /// Writes an entry (to a temporary file renamed into place: readers see all or nothing).
-    fn store(&self, path: &Path, key: &[u8], record: &[u8], prefix: &str, image: &Image) -> io::Result<()> {
+    /// Writes entry `name` (to a temporary file renamed into place: readers see all or
+    /// nothing, on disk too: the file is synced first).
+    fn store(&self, name: &str, key: &[u8], record: &[u8], prefix: &str, image: &Image) -> Result<(), JitError> {
         if !image.table_offset.is_multiple_of(page_size()) {
-            return Err(io::Error::other("code not page-aligned"));
+            return Err(io_err("code not page-aligned"));
         }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let tmp = format!(".{name}.{}.{nanos}", std::process::id());
+        let mut file = self.handle.create_new(&tmp, 0o644).map_err(io_err)?;
         let result = (|| {
             let mut code = image.code.clone();
             code.resize(image.table_offset, 0xcc);
@@ -324,11 +345,12 @@ impl CodeCache {
             file.write_all(&encode_trailer(key, record, prefix, image))?;
             file.write_all(&(image.table_offset as u64).to_le_bytes())?;
             file.write_all(FOOTER_MAGIC)?;
-            std::fs::rename(&tmp, path)
+            file.sync_all()?;
+            self.handle.rename(&tmp, name)
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = self.handle.remove(&tmp);
         }
-        result
+        result.map_err(io_err)
     }
 }

@@ -46,16 +46,20 @@ impl Import {
 
     /// The import a symbol of a program with `prefix` names, if it is one.
     pub fn parse(symbol: &str, prefix: &str) -> Option<Import> {
+        if let Some(rest) = symbol.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) {
+            return Self::parse_own(rest);
+        }
         match symbol {
             "bpftime_jit_fallback" => return Some(Import::Fallback),
             "bpftime_jit_raise" => return Some(Import::Raise),
             "bpftime_jit_check_access" => return Some(Import::CheckAccess),
             _ => {}
         }
-        if let Some(id) = symbol.strip_prefix("bpftime_helper_") {
-            return id.parse().ok().map(Import::Helper);
-        }
-        let rest = symbol.strip_prefix(prefix)?.strip_prefix('.')?;
+        symbol.strip_prefix("bpftime_helper_").and_then(|id| id.parse().ok()).map(Import::Helper)
+    }
+
+    /// A per-program import, named without its program's prefix.
+    fn parse_own(rest: &str) -> Option<Import> {
         if rest == "program" {
             return Some(Import::Program);
         }

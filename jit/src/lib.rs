@@ -22,6 +22,7 @@
 
 pub mod aot;
 pub mod cache;
+mod files;
 mod imports;
 pub mod link;
 mod mapping;

@@ -44,7 +44,7 @@ pub fn link(object: &[u8]) -> Result<Image, JitError> {
     let mut code = Vec::new();
     let mut section_at = HashMap::new();
     for s in file.sections().filter(|s| s.kind() == SectionKind::Text && s.size() > 0) {
-        let align = (s.align() as usize).max(1);
+        let align = usize::try_from(s.align()).ok().filter(|&a| a <= 4096).ok_or_else(|| load_err("code section aligned beyond a page"))?.max(1);
         code.resize(code.len().next_multiple_of(align), 0xcc);
         section_at.insert(s.index(), code.len());
         code.extend_from_slice(s.data().map_err(load_err)?);
@@ -58,7 +58,11 @@ pub fn link(object: &[u8]) -> Result<Image, JitError> {
         let name = sym.name().map_err(load_err)?.to_string();
         match sym.section() {
             SymbolSection::Section(index) if section_at.contains_key(&index) => {
-                let at = section_at[&index] + sym.address() as usize;
+                let at = usize::try_from(sym.address())
+                    .ok()
+                    .and_then(|a| section_at[&index].checked_add(a))
+                    .filter(|&at| at < code.len() || sym.kind() != object::SymbolKind::Text)
+                    .ok_or_else(|| load_err(format!("symbol `{name}` lies outside the code")))?;
                 symbol_at.insert(sym.index(), Ok(at));
                 if sym.kind() == object::SymbolKind::Text {
                     functions.insert(name, at);
@@ -80,7 +84,7 @@ pub fn link(object: &[u8]) -> Result<Image, JitError> {
         for (offset, r) in s.relocations() {
             let RelocationFlags::Elf { r_type } = r.flags() else { return Err(load_err("not an ELF relocation")) };
             let RelocationTarget::Symbol(sym) = r.target() else { return Err(load_err("relocation against no symbol")) };
-            let place = base + offset as usize;
+            let place = usize::try_from(offset).ok().and_then(|o| base.checked_add(o)).ok_or_else(|| load_err("relocation outside the code"))?;
             let value = match (r_type, symbol_at.get(&sym)) {
                 (elf::R_X86_64_GOTPCREL | elf::R_X86_64_GOTPCRELX | elf::R_X86_64_REX_GOTPCRELX, Some(Err(name))) => {
                     let slot = *slots.entry(name.clone()).or_insert_with(|| {
@@ -93,7 +97,7 @@ pub fn link(object: &[u8]) -> Result<Image, JitError> {
                 (kind, target) => return Err(load_err(format!("unsupported relocation {kind} at {place:#x} against {target:?}"))),
             };
             let value = i32::try_from(value).map_err(|_| load_err("relocation out of range"))?;
-            code.get_mut(place..place + 4).ok_or_else(|| load_err("relocation outside the code"))?.copy_from_slice(&value.to_le_bytes());
+            code.get_mut(place..place.saturating_add(4)).ok_or_else(|| load_err("relocation outside the code"))?.copy_from_slice(&value.to_le_bytes());
         }
     }
     Ok(Image { code, table_offset, table, functions })
@@ -107,7 +111,8 @@ impl Image {
             .iter()
             .map(|name| match Import::parse(name, prefix) {
                 Some(import) => import.value(program).ok_or_else(|| load_err(format!("`{name}`: the program has no such value"))),
-                None if name.contains('.') => Ok(0),
+                // Another program's import (its code is not run): null.
+                None if name.contains('.') && !name.starts_with(&format!("{prefix}.")) => Ok(0),
                 None => Err(load_err(format!("unknown import `{name}`"))),
             })
             .collect()
@@ -118,7 +123,8 @@ impl Image {
         (0..program.functions().len())
             .map(|i| {
                 let name = function_symbol(prefix, i);
-                let at = *self.functions.get(&name).ok_or_else(|| load_err(format!("the code has no function `{name}`")))?;
+                let at =
+                    *self.functions.get(&name).filter(|&&at| at < mapping.code_len()).ok_or_else(|| load_err(format!("the code has no function `{name}`")))?;
                 // SAFETY: `name` was compiled by `define_program` with the entry signature
                 // (seven i64 parameters, one i64 result, the C calling convention), and the
                 // mapping holds it, linked, at `at`.

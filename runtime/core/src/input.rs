@@ -29,9 +29,14 @@ pub fn read_program_file(path: &Path) -> Result<Vec<u8>, InputError> {
 /// and files longer than `max` bytes. Opening never blocks (`O_NONBLOCK`), and the type is
 /// checked on the opened file, so a path swapped between check and read cannot slip through.
 pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, InputError> {
+    read_file(path, max, 0).map(|(bytes, _)| bytes)
+}
+
+/// [`read_regular_file`] with extra open flags, and the file's metadata.
+fn read_file(path: &Path, max: u64, flags: libc::c_int) -> Result<(Vec<u8>, std::fs::Metadata), InputError> {
     let shown = || path.display().to_string();
     let io = |source| InputError::Io { path: shown(), source };
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path).map_err(io)?;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | flags).open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     let ft = meta.file_type();
     if !ft.is_file() {
@@ -57,16 +62,48 @@ pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, InputError> {
     if bytes.len() as u64 > max {
         return Err(InputError::TooLarge { path: shown(), max });
     }
-    Ok(bytes)
+    Ok((bytes, meta))
 }
 
-/// An eBPF object, or an ahead-of-time object (`bpftime aot compile`) with the eBPF object it
-/// carries: `(object, Some(aot))`. Load it with [`Runtime::load_object_with`](crate::Runtime::load_object_with).
-pub fn parse_object(bytes: &[u8]) -> Result<(bpftime_object::Object, Option<bpftime_jit::aot::AotObject>), String> {
-    match bpftime_jit::aot::read(bytes).map_err(|e| e.to_string())? {
-        Some(aot) => Ok((bpftime_object::Object::parse(&aot.bpf_object).map_err(|e| format!("the eBPF object inside: {e}"))?, Some(aot))),
-        None => Ok((bpftime_object::Object::parse(bytes).map_err(|e| e.to_string())?, None)),
+/// An object file as read by [`read_object_file`].
+pub struct ObjectFile {
+    /// The eBPF object.
+    pub object: bpftime_object::Object,
+    /// Its machine code, when the file is an ahead-of-time object whose code may be run.
+    pub aot: Option<bpftime_jit::aot::AotObject>,
+    /// What to tell the user: an ahead-of-time object whose code is not used, and why.
+    pub note: Option<String>,
+}
+
+/// Reads an eBPF object file, or an ahead-of-time object (`bpftime aot compile`). Machine code
+/// runs unverified in every traced process, so an ahead-of-time object's code is taken only
+/// when asked for (`native`: `--aot`, `BPFTIME_AOT=1`) and the file is trusted as code is: not
+/// a link, owned by this user or root, writable by no one else. Otherwise the eBPF object it
+/// carries is used (verified and compiled like any), and `note` says so. Load the result with
+/// [`Runtime::load_object_with`](crate::Runtime::load_object_with).
+pub fn read_object_file(path: &Path, native: bool) -> Result<ObjectFile, String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let (bytes, meta) = read_file(path, MAX_INPUT, if native { libc::O_NOFOLLOW } else { 0 }).map_err(|e| e.to_string())?;
+    let parse = |b: &[u8]| bpftime_object::Object::parse(b).map_err(|e| format!("{shown}: {e}"));
+    let Some(aot) = bpftime_jit::aot::read(&bytes).map_err(|e| format!("{shown}: {e}"))? else {
+        return Ok(ObjectFile { object: parse(&bytes)?, aot: None, note: None });
+    };
+    let object = parse(&aot.bpf_object)?;
+    if !native {
+        let note = format!("{shown} is an ahead-of-time object: its eBPF object is verified and compiled here (--aot or BPFTIME_AOT=1 runs its machine code)");
+        return Ok(ObjectFile { object, aot: None, note: Some(note) });
     }
+    // SAFETY: geteuid(2) cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if (meta.uid() != me && meta.uid() != 0) || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{shown}: machine code is run only from files owned by you or root that no one else may write (owner uid {}, mode {:04o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(ObjectFile { object, aot: Some(aot), note: None })
 }
 
 #[cfg(test)]

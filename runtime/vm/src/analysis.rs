@@ -250,8 +250,10 @@ pub(crate) struct Analysis {
 }
 
 /// Analyses every function of a program whose control flow the verifier has checked.
-/// `pointees` describes the `lddw`s (by slot) that name maps.
-pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTable, pointees: &HashMap<usize, Pointee>) -> Analysis {
+/// `pointees` describes the `lddw`s (by slot) that name maps; `resolved` lists (sorted) every
+/// `lddw` a resolver gave its constant: those without a pointee are unknown values, since
+/// their constants (map references, addresses) belong to one process, not to the program.
+pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTable, pointees: &HashMap<usize, Pointee>, resolved: &[usize]) -> Analysis {
     let index_of = |pc: usize| functions.binary_search_by(|f| f.start.cmp(&pc)).ok();
     // Local calls: (call site, caller, callee). The verifier rejected recursion: the call graph
     // is acyclic, and callers are analysed before their callees.
@@ -288,6 +290,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
         insns,
         helpers,
         pointees,
+        resolved,
         access: vec![Access::default(); insns.len()],
         ctx_end: vec![0; insns.len()],
         inline_lookups: HashMap::new(),
@@ -357,6 +360,7 @@ struct Analyzer<'a> {
     insns: &'a [Insn],
     helpers: &'a HelperTable,
     pointees: &'a HashMap<usize, Pointee>,
+    resolved: &'a [usize],
     access: Vec<Access>,
     /// For proven context accesses: the end offset they reach.
     ctx_end: Vec<u32>,
@@ -488,6 +492,7 @@ impl Analyzer<'_> {
                     }
                     (_, Some(&Pointee::Value { size, offset })) => Val { base: Base::Mem { size }, off: Range::exact(offset as i64) },
                     (LddwKind::Func, None) => Val::scalar(Range::exact(pc as i64 + 1 + lo as i64)),
+                    (_, None) if self.resolved.binary_search(&pc).is_ok() => Val::TOP,
                     (_, None) => Val::scalar(Range::exact(((lo as u32 as u64) | ((hi as u32 as u64) << 32)) as i64)),
                 };
                 return Next::Fall(pc + 2);

@@ -66,6 +66,7 @@ pub fn inputs(raw: &[RawInsn], helpers: &[u8], resolver: &dyn LddwResolver, chec
             Some(Pointee::Map { value_size, array }) => {
                 out.push(1);
                 out.extend_from_slice(&value_size.to_le_bytes());
+                out.push(array.is_some() as u8);
                 if let Some(a) = array {
                     for v in [a.stride, a.max_entries as u64, a.cpu_stride, (a.cpu != 0) as u64] {
                         out.extend_from_slice(&v.to_le_bytes());
@@ -211,4 +212,42 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
     }
     let proofs = Analysis { access, ctx, inline_lookups };
     Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::asm::assemble;
+
+    /// Resolves map 1 to `handle`, describing nothing (as for a ring buffer).
+    struct Handle(u64);
+
+    impl LddwResolver for Handle {
+        fn resolve(&self, _kind: LddwKind, _lo: i32, _hi: i32) -> Result<u64, String> {
+            Ok(self.0)
+        }
+    }
+
+    /// Equal inputs must mean equal proofs: a map reference's constant is this process's, so
+    /// no proof may rest on it (here, a stack store whose offset is computed from it is in
+    /// bounds for one handle only).
+    #[test]
+    fn proofs_do_not_rest_on_a_processs_map_references() {
+        let tag = 0xbf7f_0000_0000_0000u64;
+        let code = assemble(&format!("r1 = map_fd(1) ll\nr2 = {tag} ll\nr1 -= r2\nr1 <<= 3\nr3 = r10\nr3 += r1\n*(u64 *)(r3 - 8) = r1\nr0 = 0\nexit")).unwrap();
+        let store = 8;
+        let helpers = Arc::new(HelperTable::new());
+        let fp = helpers_fingerprint(&helpers);
+        let programs: Vec<Program> = [tag, tag | 3]
+            .into_iter()
+            .map(|h| {
+                let p = crate::verify(&code, helpers.clone(), &Handle(h)).unwrap();
+                assert!(matches!(p.insns()[store], Insn::Store { .. }));
+                p
+            })
+            .collect();
+        assert_eq!(inputs(&code, &fp, &Handle(tag), Checks::Unproven).unwrap(), inputs(&code, &fp, &Handle(tag | 3), Checks::Unproven).unwrap());
+        assert_eq!(programs[0].access(store), programs[1].access(store));
+        assert!(!programs[0].access(store).proven);
+    }
 }

@@ -186,7 +186,7 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
         }
     }
     let depths = check_call_graph(&insns, &functions)?;
-    let mut proofs = analysis::analyze(&insns, &functions, &helpers, &pointees);
+    let mut proofs = analysis::analyze(&insns, &functions, &helpers, &pointees, &resolved);
     if checks == Checks::All {
         proofs.access.iter_mut().for_each(|a| *a = Access { proven: false, ..*a });
         proofs.ctx = Default::default();

@@ -1,0 +1,83 @@
+//! The code cache's directory, held open: entries are opened, created, renamed and removed
+//! relative to it, so the directory checked when the cache was opened is the one used,
+//! whatever later happens to its path (removed and replaced by a link, say). Entries are never
+//! followed if they are links, and opening one never blocks (a FIFO).
+//!
+//! See openat(2) <https://man7.org/linux/man-pages/man2/openat.2.html>, renameat(2)
+//! <https://man7.org/linux/man-pages/man2/renameat.2.html> and unlinkat(2).
+
+use std::ffi::CString;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// An open directory.
+pub(crate) struct Dir {
+    dir: File,
+}
+
+fn c_name(name: &str) -> io::Result<CString> {
+    if name.contains('/') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "a name, not a path"));
+    }
+    CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
+}
+
+fn fd_result(fd: libc::c_int) -> io::Result<File> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a file descriptor just returned to us, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+impl Dir {
+    /// Opens the directory at `path` (not a link to one) and says what it is.
+    pub(crate) fn open(path: &Path) -> io::Result<(Dir, Metadata)> {
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+        // SAFETY: open(2) of a NUL-terminated path; the result is checked.
+        let dir = fd_result(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) })?;
+        let meta = dir.metadata()?;
+        Ok((Dir { dir }, meta))
+    }
+
+    /// Opens entry `name` for reading.
+    pub(crate) fn open_entry(&self, name: &str) -> io::Result<File> {
+        let c = c_name(name)?;
+        // SAFETY: openat(2) relative to our directory fd with a NUL-terminated name.
+        fd_result(unsafe { libc::openat(self.dir.as_raw_fd(), c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) })
+    }
+
+    /// Creates entry `name`, which must not exist, for writing, with `mode` (less the umask).
+    pub(crate) fn create_new(&self, name: &str, mode: libc::mode_t) -> io::Result<File> {
+        let c = c_name(name)?;
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: as above; O_CREAT takes the mode as the third argument.
+        fd_result(unsafe { libc::openat(self.dir.as_raw_fd(), c.as_ptr(), flags, mode as libc::c_uint) })
+    }
+
+    /// Renames entry `from` to `to`, replacing `to`.
+    pub(crate) fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (f, t) = (c_name(from)?, c_name(to)?);
+        let fd = self.dir.as_raw_fd();
+        // SAFETY: renameat(2) within our directory with NUL-terminated names.
+        if unsafe { libc::renameat(fd, f.as_ptr(), fd, t.as_ptr()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Removes entry `name`.
+    pub(crate) fn remove(&self, name: &str) -> io::Result<()> {
+        let c = c_name(name)?;
+        // SAFETY: unlinkat(2) within our directory with a NUL-terminated name.
+        if unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
