@@ -382,10 +382,11 @@ pub(crate) fn start_in(name: String, follow: bool) {
     crate::syscalls::update(runtime, &found);
     let mut items = vec![];
     for l in found.iter().filter(|l| l.kind == links::LinkKind::Uprobe && for_this_process(l)).cloned() {
+        let started = std::time::Instant::now();
         match runtime.program(l.prog) {
             Ok(prog) => {
                 if let (true, Some(outcome)) = (verbose(), &prog.cached) {
-                    eprintln!("bpftime: `{}`: code cache: {outcome}", prog.name);
+                    eprintln!("bpftime: `{}`: code cache: {outcome}, ready in {} us", prog.name, started.elapsed().as_micros());
                 }
                 items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, replace: l.replace, cookie: l.cookie, ref_ctr: l.ref_ctr })
             }
