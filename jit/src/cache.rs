@@ -32,6 +32,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const FOOTER_MAGIC: &[u8; 8] = b"BPFCODE1";
+/// Entries kept: past this many, or [`MAX_BYTES`] in all, the oldest are removed (the cache
+/// usually lives in memory, `/dev/shm`, and programs change).
+const MAX_ENTRIES: usize = 1024;
+/// Bytes of entries kept (see [`MAX_ENTRIES`]).
+const MAX_BYTES: u64 = 128 << 20;
+/// Age after which a temporary file is the leftover of a writer that died.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(60);
 /// The largest trailer read (keys hold the bytecode: 8 MiB is a million instructions).
 const MAX_TRAILER: u64 = 64 << 20;
 /// The symbol programs are compiled under in cache entries.
@@ -351,6 +358,35 @@ impl CodeCache {
         if result.is_err() {
             let _ = self.handle.remove(&tmp);
         }
-        result.map_err(io_err)
+        result.map_err(io_err)?;
+        self.prune();
+        Ok(())
+    }
+
+    /// Removes the oldest entries beyond [`MAX_ENTRIES`] or [`MAX_BYTES`], and temporary files
+    /// left by writers that died. A process that maps a removed entry keeps its mapping.
+    fn prune(&self) {
+        let Ok(all) = self.handle.entries() else { return };
+        let now = std::time::SystemTime::now();
+        let age = |m: &std::fs::Metadata| m.modified().ok().and_then(|t| now.duration_since(t).ok()).unwrap_or_default();
+        let mut entries = vec![];
+        for (name, meta) in all.into_iter().filter(|(_, m)| m.is_file()) {
+            if name.starts_with('.') {
+                if age(&meta) > STALE_TEMP {
+                    let _ = self.handle.remove(&name);
+                }
+            } else {
+                entries.push((age(&meta), meta.len(), name));
+            }
+        }
+        // Newest first: keep a prefix within both limits.
+        entries.sort();
+        let mut bytes = 0;
+        for (i, (_, len, name)) in entries.iter().enumerate() {
+            bytes += len;
+            if i >= MAX_ENTRIES || bytes > MAX_BYTES {
+                let _ = self.handle.remove(name);
+            }
+        }
     }
 }

@@ -70,6 +70,19 @@ impl Dir {
         }
     }
 
+    /// The entries (names and what they are, links not followed), through `/proc/self/fd`:
+    /// this directory, whatever its path has become.
+    pub(crate) fn entries(&self) -> io::Result<Vec<(String, Metadata)>> {
+        let mut out = vec![];
+        for e in std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))? {
+            let e = e?;
+            if let (Ok(name), Ok(meta)) = (e.file_name().into_string(), e.metadata()) {
+                out.push((name, meta));
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes entry `name`.
     pub(crate) fn remove(&self, name: &str) -> io::Result<()> {
         let c = c_name(name)?;

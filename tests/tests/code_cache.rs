@@ -133,3 +133,34 @@ fn entries_for_other_maps_tampered_or_untrusted_are_not_used() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The cache lives in memory (`/dev/shm`): it keeps at most 1,024 entries, dropping the oldest,
+/// and the programs it dropped are simply compiled again.
+#[test]
+fn the_cache_keeps_its_newest_entries_within_bounds() {
+    use bpftime_jit::cache::CodeCache;
+    use bpftime_vm::{Checks, HelperTable, NoMaps};
+    let dir = cache_dir("bounds");
+    let cache = CodeCache::open(&dir, Default::default()).unwrap();
+    let helpers = Arc::new(HelperTable::new());
+    let program = |i: u32| bpftime_vm::asm::assemble(&format!("r0 = {i}\nexit")).unwrap();
+    // A temporary file left by a writer that died long ago is removed too.
+    let stale = dir.join(".leftover.1.2");
+    std::fs::write(&stale, b"partial").unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
+    for i in 0..1030u32 {
+        let (_, outcome) = cache.program(&program(i), &helpers, &NoMaps, Checks::Unproven).unwrap();
+        assert_eq!(outcome, Outcome::Stored, "program {i}");
+    }
+    assert_eq!(entries(&dir).len(), 1024, "1,024 entries kept");
+    assert!(!stale.exists(), "a dead writer's temporary file is removed");
+    let (jit, newest) = cache.program(&program(1029), &helpers, &NoMaps, Checks::Unproven).unwrap();
+    assert_eq!(newest, Outcome::Hit);
+    assert_eq!(bpftime_vm::exec::run(&jit, Context::Mem(&mut []), &Default::default()), Ok(1029));
+    // The oldest were dropped: compiled again, right.
+    let (jit, oldest) = cache.program(&program(0), &helpers, &NoMaps, Checks::Unproven).unwrap();
+    assert_eq!(oldest, Outcome::Stored);
+    assert_eq!(bpftime_vm::exec::run(&jit, Context::Mem(&mut []), &Default::default()), Ok(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
