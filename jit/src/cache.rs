@@ -26,8 +26,8 @@ use bpftime_vm::record::{self, helpers_fingerprint};
 use bpftime_vm::{verify_with, Checks, LddwResolver, RawInsn, VerifyError};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +39,8 @@ const MAX_ENTRIES: usize = 1024;
 const MAX_BYTES: u64 = 128 << 20;
 /// Age after which a temporary file is the leftover of a writer that died.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(60);
+/// Bytes read at once from an entry's end (its trailer is usually smaller).
+const TAIL_READ: u64 = 64 << 10;
 /// The largest trailer read (keys hold the bytecode: 8 MiB is a million instructions).
 const MAX_TRAILER: u64 = 64 << 20;
 /// The symbol programs are compiled under in cache entries.
@@ -291,24 +293,30 @@ impl CodeCache {
 
     /// Maps entry `name` if it is trusted and made for exactly `key`.
     fn load(&self, name: &str, key: &[u8], raw: &[RawInsn], helpers: &Arc<HelperTable>, resolver: &dyn LddwResolver) -> Result<JitProgram, JitError> {
-        let mut file = self.handle.open_entry(name).map_err(io_err)?;
+        let file = self.handle.open_entry(name).map_err(io_err)?;
         let meta = file.metadata().map_err(io_err)?;
         if !meta.is_file() || !trusted(&meta) {
             return Err(io_err(format!("{name}: not trusted (owner or mode)")));
         }
         let len = meta.len();
         let malformed = || io_err(format!("{name}: malformed entry"));
-        let mut footer = [0u8; 16];
-        file.seek(SeekFrom::Start(len.checked_sub(16).ok_or_else(malformed)?)).map_err(io_err)?;
-        file.read_exact(&mut footer).map_err(io_err)?;
+        // One read of the file's end usually holds the footer and the whole trailer.
+        let tail_start = len.saturating_sub(TAIL_READ);
+        let mut tail = vec![0u8; (len - tail_start) as usize];
+        file.read_exact_at(&mut tail, tail_start).map_err(io_err)?;
+        let footer = tail.len().checked_sub(16).map(|at| &tail[at..]).ok_or_else(malformed)?;
         if &footer[8..] != FOOTER_MAGIC {
             return Err(malformed());
         }
         let table_offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
         let trailer_len = table_offset.checked_add(16).and_then(|end| len.checked_sub(end)).filter(|&n| n <= MAX_TRAILER).ok_or_else(malformed)?;
-        let mut bytes = vec![0u8; trailer_len as usize];
-        file.seek(SeekFrom::Start(table_offset)).map_err(io_err)?;
-        file.read_exact(&mut bytes).map_err(io_err)?;
+        let bytes = if table_offset >= tail_start {
+            tail[(table_offset - tail_start) as usize..tail.len() - 16].to_vec()
+        } else {
+            let mut bytes = vec![0u8; trailer_len as usize];
+            file.read_exact_at(&mut bytes, table_offset).map_err(io_err)?;
+            bytes
+        };
         let trailer = decode_trailer(&bytes, table_offset as usize).ok_or_else(malformed)?;
         if trailer.key != key {
             return Err(io_err("an entry for other inputs has the same name"));
@@ -321,8 +329,7 @@ impl CodeCache {
             // nor compiled here).
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
                 let mut code = vec![0u8; trailer.table_offset];
-                file.seek(SeekFrom::Start(0)).map_err(io_err)?;
-                file.read_exact(&mut code).map_err(io_err)?;
+                file.read_exact_at(&mut code, 0).map_err(io_err)?;
                 CodeMapping::from_bytes(&code, trailer.table_offset, &values).map_err(io_err)?
             }
             Err(e) => return Err(io_err(e)),

@@ -320,7 +320,7 @@ pub enum LddwKind {
 }
 
 impl LddwKind {
-    fn from_src(src: u8) -> Option<LddwKind> {
+    pub(crate) fn from_src(src: u8) -> Option<LddwKind> {
         Some(match src {
             0 => LddwKind::Imm64,
             1 => LddwKind::MapFd,

@@ -39,26 +39,31 @@ pub fn inputs(raw: &[RawInsn], helpers: &[u8], resolver: &dyn LddwResolver, chec
     out.push(matches!(checks, Checks::All) as u8);
     out.extend_from_slice(&(helpers.len() as u64).to_le_bytes());
     out.extend_from_slice(helpers);
-    let insns = decode(raw).map_err(|e| RecordError::Program { insn: e.insn, message: e.kind.to_string() })?;
+    // The map-naming `lddw`s, found without decoding (a hit must be cheap; the bytecode is
+    // decoded once, by `restore`, which rejects anything malformed).
+    let mut maps = vec![];
+    let mut pc = 0;
+    while pc < raw.len() {
+        if raw[pc].opc == 0x18 {
+            let kind = LddwKind::from_src(raw[pc].src).unwrap_or(LddwKind::Imm64);
+            if !matches!(kind, LddwKind::Imm64 | LddwKind::Func) {
+                maps.push((pc, kind, raw[pc].imm, raw.get(pc + 1).map_or(0, |h| h.imm)));
+            }
+            pc += 1;
+        }
+        pc += 1;
+    }
     // Map references by order of first use, not by the ids this store gave them: the result
     // depends on what each map is (below), not on its number.
     let mut canonical = raw.to_vec();
     let mut ordinals: HashMap<i32, i32> = HashMap::new();
-    for (pc, insn) in insns.iter().enumerate() {
-        if let Insn::Lddw { kind, lo, .. } = *insn {
-            if !matches!(kind, LddwKind::Imm64 | LddwKind::Func) {
-                let next = ordinals.len() as i32;
-                canonical[pc].imm = *ordinals.entry(lo).or_insert(next);
-            }
-        }
+    for &(pc, _, lo, _) in &maps {
+        let next = ordinals.len() as i32;
+        canonical[pc].imm = *ordinals.entry(lo).or_insert(next);
     }
     out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
     out.extend_from_slice(&to_bytecode(&canonical));
-    for (pc, insn) in insns.iter().enumerate() {
-        let Insn::Lddw { kind, lo, hi, .. } = *insn else { continue };
-        if matches!(kind, LddwKind::Imm64 | LddwKind::Func) {
-            continue;
-        }
+    for (pc, kind, lo, hi) in maps {
         resolver.resolve(kind, lo, hi).map_err(|message| RecordError::Program { insn: pc, message })?;
         out.extend_from_slice(&(pc as u32).to_le_bytes());
         match resolver.pointee(kind, lo, hi) {
