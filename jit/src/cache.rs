@@ -377,7 +377,11 @@ impl CodeCache {
         let now = std::time::SystemTime::now();
         let age = |m: &std::fs::Metadata| m.modified().ok().and_then(|t| now.duration_since(t).ok()).unwrap_or_default();
         let mut entries = vec![];
-        for (name, meta) in all.into_iter().filter(|(_, m)| m.is_file()) {
+        // Only files of ours: entries (32 hex digits) and temporary files (`.ENTRY.PID.NANOS`);
+        // whatever else a misconfigured directory holds is never touched.
+        let is_entry = |n: &str| n.len() == 32 && n.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let is_temp = |n: &str| n.strip_prefix('.').and_then(|r| r.split_once('.')).is_some_and(|(e, rest)| is_entry(e) && rest.split('.').count() == 2);
+        for (name, meta) in all.into_iter().filter(|(n, m)| m.is_file() && (is_entry(n) || is_temp(n))) {
             if name.starts_with('.') {
                 if age(&meta) > STALE_TEMP {
                     let _ = self.handle.remove(&name);

@@ -145,16 +145,21 @@ fn the_cache_keeps_its_newest_entries_within_bounds() {
     let helpers = Arc::new(HelperTable::new());
     let program = |i: u32| bpftime_vm::asm::assemble(&format!("r0 = {i}\nexit")).unwrap();
     // A temporary file left by a writer that died long ago is removed too.
-    let stale = dir.join(".leftover.1.2");
+    let stale = dir.join(".0123456789abcdef0123456789abcdef.1.2");
+    // Files not of the cache's making are left alone, however old.
+    let foreign = dir.join(".profile");
+    std::fs::write(&foreign, b"not ours").unwrap();
     std::fs::write(&stale, b"partial").unwrap();
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     std::fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
+    std::fs::File::options().write(true).open(&foreign).unwrap().set_modified(old).unwrap();
     for i in 0..1030u32 {
         let (_, outcome) = cache.program(&program(i), &helpers, &NoMaps, Checks::Unproven).unwrap();
         assert_eq!(outcome, Outcome::Stored, "program {i}");
     }
-    assert_eq!(entries(&dir).len(), 1024, "1,024 entries kept");
+    assert_eq!(entries(&dir).len(), 1025, "1,024 entries kept, and the foreign file");
     assert!(!stale.exists(), "a dead writer's temporary file is removed");
+    assert!(foreign.exists(), "a file the cache did not make is kept");
     let (jit, newest) = cache.program(&program(1029), &helpers, &NoMaps, Checks::Unproven).unwrap();
     assert_eq!(newest, Outcome::Hit);
     assert_eq!(bpftime_vm::exec::run(&jit, Context::Mem(&mut []), &Default::default()), Ok(1029));
