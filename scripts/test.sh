@@ -14,6 +14,8 @@ fi
 export BPFTIME_REQUIRE_CUDA_TOOLS=1
 # The tools the syscall server is tested with (libbpf-tools, bpftrace): setup installs them.
 export BPFTIME_REQUIRE_TOOLS=1
+# A clean clone gains nothing from incremental state; it only fills the disk (GBs).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Style and lints first: cheap, and they fail fast.
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
