@@ -2,8 +2,10 @@
 //! the program itself (for the interpreter fallback), map references and map value addresses.
 //!
 //! The JIT writes them into the code as constants. Code meant for other processes (the code
-//! cache, `bpftime aot`) reads each from a slot of a table beside it instead, named by the
-//! symbol [`Import::symbol`] gives; the loader fills the table with [`Import::value`].
+//! cache, `bpftime aot`) loads each from an 8-byte slot, a writable data object of its own
+//! named by [`Import::symbol`] that the code reaches PC-relatively; whoever places the code
+//! (our [`link`](crate::link), or the system linker for a C program) places the slots, and the
+//! loader fills each with [`Import::value`].
 
 use crate::runtime_calls;
 use bpftime_vm::Program;
@@ -30,13 +32,14 @@ pub enum Import {
 }
 
 impl Import {
-    /// The symbol naming it in an object file; per-program values carry `prefix`.
+    /// The symbol of its slot in an object file: every slot belongs to one program (named by
+    /// its entry symbol, `prefix`), so objects holding several programs keep them apart.
     pub fn symbol(self, prefix: &str) -> String {
         match self {
-            Import::Fallback => "bpftime_jit_fallback".into(),
-            Import::Raise => "bpftime_jit_raise".into(),
-            Import::CheckAccess => "bpftime_jit_check_access".into(),
-            Import::Helper(id) => format!("bpftime_helper_{id}"),
+            Import::Fallback => format!("{prefix}.fallback"),
+            Import::Raise => format!("{prefix}.raise"),
+            Import::CheckAccess => format!("{prefix}.check_access"),
+            Import::Helper(id) => format!("{prefix}.helper.{id}"),
             Import::Program => format!("{prefix}.program"),
             Import::MapRef(pc) => format!("{prefix}.map_ref.{pc}"),
             Import::ArrayValues(pc) => format!("{prefix}.array_values.{pc}"),
@@ -44,31 +47,22 @@ impl Import {
         }
     }
 
-    /// The import a symbol of a program with `prefix` names, if it is one.
+    /// The import a slot symbol of the program with `prefix` names, if it is one.
     pub fn parse(symbol: &str, prefix: &str) -> Option<Import> {
-        if let Some(rest) = symbol.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) {
-            return Self::parse_own(rest);
-        }
-        match symbol {
-            "bpftime_jit_fallback" => return Some(Import::Fallback),
-            "bpftime_jit_raise" => return Some(Import::Raise),
-            "bpftime_jit_check_access" => return Some(Import::CheckAccess),
+        let rest = symbol.strip_prefix(prefix)?.strip_prefix('.')?;
+        match rest {
+            "program" => return Some(Import::Program),
+            "fallback" => return Some(Import::Fallback),
+            "raise" => return Some(Import::Raise),
+            "check_access" => return Some(Import::CheckAccess),
             _ => {}
         }
-        symbol.strip_prefix("bpftime_helper_").and_then(|id| id.parse().ok()).map(Import::Helper)
-    }
-
-    /// A per-program import, named without its program's prefix.
-    fn parse_own(rest: &str) -> Option<Import> {
-        if rest == "program" {
-            return Some(Import::Program);
-        }
-        let (kind, pc) = rest.split_once('.')?;
-        let pc = pc.parse().ok()?;
+        let (kind, n) = rest.split_once('.')?;
         match kind {
-            "map_ref" => Some(Import::MapRef(pc)),
-            "array_values" => Some(Import::ArrayValues(pc)),
-            "array_cpu" => Some(Import::ArrayCpu(pc)),
+            "helper" => n.parse().ok().map(Import::Helper),
+            "map_ref" => n.parse().ok().map(Import::MapRef),
+            "array_values" => n.parse().ok().map(Import::ArrayValues),
+            "array_cpu" => n.parse().ok().map(Import::ArrayCpu),
             _ => None,
         }
     }

@@ -34,13 +34,13 @@ pub use imports::Import;
 use bpftime_vm::exec::{Engine, HelperFn, RunState};
 use bpftime_vm::Program;
 use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{AbiParam, FuncRef, GlobalValue, InstBuilder, Signature, UserFuncName, Value};
+use cranelift_codegen::ir::{AbiParam, FuncRef, GlobalValue, InstBuilder, MemFlagsData as MemFlags, Signature, UserFuncName, Value};
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
-use std::collections::HashMap;
+use cranelift_module::{default_libcall_names, DataDescription, DataId, FuncId, Linkage, Module};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use translate::{FnTranslator, Linker, Sigs};
 
@@ -147,10 +147,12 @@ struct ModuleLinker<'m, M: Module> {
     ids: &'m [FuncId],
     program: &'m Program,
     prefix: &'m str,
-    /// Imports are loads from the import table (else constants of this process).
+    /// Imports are loads from slots beside the code (else constants of this process).
     pic: bool,
     funcs: HashMap<usize, FuncRef>,
     globals: HashMap<Import, GlobalValue>,
+    /// The program's slots, declared so far (defined once all its functions are).
+    slots: &'m mut BTreeMap<Import, DataId>,
 }
 
 impl<M: Module> Linker for ModuleLinker<'_, M> {
@@ -166,20 +168,31 @@ impl<M: Module> Linker for ModuleLinker<'_, M> {
         let gv = match self.globals.get(&import) {
             Some(&gv) => gv,
             None => {
-                // Declared as data the code takes the address of: the table slot holds it.
-                let id = self.module.declare_data(&import.symbol(self.prefix), Linkage::Import, false, false).expect("import symbols are distinct");
+                let id = match self.slots.get(&import) {
+                    Some(&id) => id,
+                    None => {
+                        let id = self.module.declare_data(&import.symbol(self.prefix), Linkage::Local, true, false).expect("slot symbols are distinct");
+                        self.slots.insert(import, id);
+                        id
+                    }
+                };
                 let gv = self.module.declare_data_in_func(id, b.func);
                 self.globals.insert(import, gv);
                 gv
             }
         };
-        b.ins().symbol_value(I64, gv)
+        // The slot is filled before the code first runs and never changes after.
+        let slot = b.ins().symbol_value(I64, gv);
+        b.ins().load(I64, MemFlags::trusted().with_readonly(), slot, 0)
     }
 }
 
 /// What [`define_program`] put into a module.
-struct Defined {
-    ids: Vec<FuncId>,
+pub(crate) struct Defined {
+    /// The program's functions, entry first.
+    pub ids: Vec<FuncId>,
+    /// Import slots (position-independent code only), in [`Import`] order.
+    pub slots: Vec<(Import, DataId)>,
     code_size: usize,
     entry_size: usize,
 }
@@ -200,6 +213,7 @@ fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, en
     let mut fctx = FunctionBuilderContext::new();
     let mut code_size = 0;
     let mut entry_size = 0;
+    let mut slots = BTreeMap::new();
     for (i, &f) in program.functions().iter().enumerate() {
         ctx.func.signature = func_sig.clone();
         ctx.func.name = UserFuncName::user(0, i as u32);
@@ -220,7 +234,8 @@ fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, en
                 fallback: b.import_signature(signature(cc, 5)),
                 cpu: b.import_signature(signature(cc, 0)),
             };
-            let mut linker = ModuleLinker { module: &mut *module, ids: &ids, program, prefix, pic, funcs: HashMap::new(), globals: HashMap::new() };
+            let mut linker =
+                ModuleLinker { module: &mut *module, ids: &ids, program, prefix, pic, funcs: HashMap::new(), globals: HashMap::new(), slots: &mut slots };
             let b = FnTranslator::new(b, program, f, sigs, &mut linker).translate();
             b.finalize(module.isa().frontend_config());
         }
@@ -232,31 +247,35 @@ fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, en
         }
         module.clear_context(&mut ctx);
     }
-    Ok(Defined { ids, code_size, entry_size })
+    for &id in slots.values() {
+        let mut desc = DataDescription::new();
+        desc.define_zeroinit(8);
+        desc.set_align(8);
+        module.define_data(id, &desc).map_err(|e| cg_err(0, 0)(&e))?;
+    }
+    Ok(Defined { ids, slots: slots.into_iter().collect(), code_size, entry_size })
 }
 
-/// Compiles programs into one relocatable object file (ELF on Linux) whose code reads every
-/// [`Import`] through the GOT: the format of `bpftime aot` and of the code cache. Each program's
-/// entry is the global symbol given with it (its other functions `NAME.fnN`, local); the
-/// imports are undefined symbols ([`Import::symbol`]).
+/// Compiles programs into one relocatable object file (ELF on Linux) whose code loads every
+/// [`Import`] from a slot of its own: the format of `bpftime aot` and of the code cache. Each
+/// program's entry is the global symbol given with it (its other functions `NAME.fnN`, local);
+/// the slots are local, zero-filled data objects named by [`Import::symbol`].
 pub fn compile_object(programs: &[(&str, &Program)], opts: JitOptions) -> Result<Vec<u8>, JitError> {
-    compile_object_with_data(programs, &[], opts)
+    let (module, _) = object_module(programs, opts)?;
+    emit(module)
 }
 
-/// [`compile_object`], plus read-only data objects (name, bytes), global.
-pub(crate) fn compile_object_with_data(programs: &[(&str, &Program)], data: &[(&str, &[u8])], opts: JitOptions) -> Result<Vec<u8>, JitError> {
+/// An object module holding `programs`, and what each put into it (to be [`emit`]ted).
+pub(crate) fn object_module(programs: &[(&str, &Program)], opts: JitOptions) -> Result<(cranelift_object::ObjectModule, Vec<Defined>), JitError> {
     let isa = host_isa(opts, true)?;
     let builder = cranelift_object::ObjectBuilder::new(isa, "bpftime-aot", default_libcall_names()).map_err(|e| JitError::Settings(e.to_string()))?;
     let mut module = cranelift_object::ObjectModule::new(builder);
-    for (name, program) in programs {
-        define_program(&mut module, program, name, Linkage::Export, true)?;
-    }
-    for (name, bytes) in data {
-        let id = module.declare_data(name, Linkage::Export, false, false).map_err(|e| JitError::Load(e.to_string()))?;
-        let mut desc = cranelift_module::DataDescription::new();
-        desc.define(bytes.to_vec().into_boxed_slice());
-        module.define_data(id, &desc).map_err(|e| JitError::Load(e.to_string()))?;
-    }
+    let defined = programs.iter().map(|(name, program)| define_program(&mut module, program, name, Linkage::Export, true)).collect::<Result<_, _>>()?;
+    Ok((module, defined))
+}
+
+/// The object file of `module`.
+pub(crate) fn emit(module: cranelift_object::ObjectModule) -> Result<Vec<u8>, JitError> {
     module.finish().emit().map_err(|e| JitError::Load(e.to_string()))
 }
 
@@ -298,6 +317,11 @@ impl JitProgram {
     pub(crate) fn from_mapping(program: Arc<Program>, mapping: mapping::CodeMapping, functions: Vec<EntryFn>, entry_size: usize) -> JitProgram {
         let code_size = mapping.code_len();
         JitProgram { program, entry: functions[0], code: Some(Code::Mapped(mapping)), code_size, entry_size, functions }
+    }
+
+    /// Runs `program` with code placed by the system linker (see [`aot::AotEntry::bind`]).
+    pub(crate) fn from_linked(program: Arc<Program>, functions: Vec<EntryFn>) -> JitProgram {
+        JitProgram { program, entry: functions[0], code: None, code_size: 0, entry_size: 0, functions }
     }
 
     /// The verified program this was compiled from.

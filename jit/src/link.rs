@@ -3,9 +3,12 @@
 //! after it, so the result ([`Image`]) can be mapped at any address by any process, which then
 //! only fills the table.
 //!
-//! Handled: x86-64 ELF relocatable objects whose code reaches imports through the GOT
-//! (`R_X86_64_GOTPCREL`, `GOTPCRELX`, `REX_GOTPCRELX`) and its own functions PC-relatively
-//! (`R_X86_64_PC32`, `PLT32`), which is all Cranelift's object backend emits for our code.
+//! Handled: x86-64 ELF relocatable objects whose code reaches its own functions and its import
+//! slots (data objects, see [`Import`]) PC-relatively (`R_X86_64_PC32`, `PLT32`) or through the
+//! GOT (`GOTPCREL`, relaxed to a PC-relative `lea`), which is all Cranelift's object backend
+//! emits for our code. The slots are not copied: each becomes a
+//! word of the table, by name. Relocations in data sections (the AOT object's table of
+//! addresses for the system linker) concern nothing placed here and are left alone.
 
 use crate::imports::Import;
 use crate::mapping::{page_size, CodeMapping};
@@ -24,7 +27,7 @@ pub struct Image {
     pub code: Vec<u8>,
     /// Where the import table starts (a multiple of the page size, at least `code.len()`).
     pub table_offset: usize,
-    /// The symbol each table slot holds the address of, by slot.
+    /// The import slot symbol ([`Import::symbol`]) of each word of the table.
     pub table: Vec<String>,
     /// The functions defined, by symbol: their offsets in `code`.
     pub functions: HashMap<String, usize>,
@@ -52,51 +55,51 @@ pub fn link(object: &[u8]) -> Result<Image, JitError> {
     let table_offset = code.len().max(1).next_multiple_of(page_size());
     let mut functions = HashMap::new();
     let mut table: Vec<String> = Vec::new();
-    let mut slots: HashMap<String, usize> = HashMap::new();
     let mut symbol_at = HashMap::new();
     for sym in file.symbols() {
         let name = sym.name().map_err(load_err)?.to_string();
-        match sym.section() {
-            SymbolSection::Section(index) if section_at.contains_key(&index) => {
-                let at = usize::try_from(sym.address())
-                    .ok()
-                    .and_then(|a| section_at[&index].checked_add(a))
-                    .filter(|&at| at < code.len() || sym.kind() != object::SymbolKind::Text)
-                    .ok_or_else(|| load_err(format!("symbol `{name}` lies outside the code")))?;
-                symbol_at.insert(sym.index(), Ok(at));
-                if sym.kind() == object::SymbolKind::Text {
-                    functions.insert(name, at);
-                }
+        let SymbolSection::Section(index) = sym.section() else { continue };
+        if let Some(&base) = section_at.get(&index) {
+            let at = usize::try_from(sym.address())
+                .ok()
+                .and_then(|a| base.checked_add(a))
+                .filter(|&at| at < code.len() || sym.kind() != object::SymbolKind::Text)
+                .ok_or_else(|| load_err(format!("symbol `{name}` lies outside the code")))?;
+            symbol_at.insert(sym.index(), at);
+            if sym.kind() == object::SymbolKind::Text {
+                functions.insert(name, at);
             }
-            SymbolSection::Undefined => {
-                symbol_at.insert(sym.index(), Err(name));
-            }
-            _ => {}
+        } else if sym.kind() == object::SymbolKind::Data
+            && sym.size() == 8
+            && file.section_by_index(index).is_ok_and(|s| s.kind() == SectionKind::UninitializedData)
+        {
+            // An import slot: a word of the table.
+            symbol_at.insert(sym.index(), table_offset + table.len() * 8);
+            table.push(name);
         }
     }
     for s in file.sections() {
-        let Some(&base) = section_at.get(&s.index()) else {
-            if s.relocations().next().is_some() && s.kind() != SectionKind::Metadata {
-                return Err(load_err(format!("relocations in section `{}`", s.name().unwrap_or("?"))));
-            }
-            continue;
-        };
+        let Some(&base) = section_at.get(&s.index()) else { continue };
         for (offset, r) in s.relocations() {
             let RelocationFlags::Elf { r_type } = r.flags() else { return Err(load_err("not an ELF relocation")) };
             let RelocationTarget::Symbol(sym) = r.target() else { return Err(load_err("relocation against no symbol")) };
             let place = usize::try_from(offset).ok().and_then(|o| base.checked_add(o)).ok_or_else(|| load_err("relocation outside the code"))?;
             let value = match (r_type, symbol_at.get(&sym)) {
-                (elf::R_X86_64_GOTPCREL | elf::R_X86_64_GOTPCRELX | elf::R_X86_64_REX_GOTPCRELX, Some(Err(name))) => {
-                    let slot = *slots.entry(name.clone()).or_insert_with(|| {
-                        table.push(name.clone());
-                        table.len() - 1
-                    });
-                    (table_offset + slot * 8) as i64 + r.addend() - place as i64
+                (elf::R_X86_64_PC32 | elf::R_X86_64_PLT32, Some(&at)) => (at as i64).checked_add(r.addend()).and_then(|v| v.checked_sub(place as i64)),
+                // Cranelift takes a symbol's address through the GOT in position-independent
+                // code: `mov reg, [rip + GOT entry]`. The slot's address is a constant distance
+                // away, so the load becomes `lea reg, [rip + slot]` (the relaxation system
+                // linkers apply to `GOTPCRELX`), after checking those are the bytes.
+                (elf::R_X86_64_GOTPCREL | elf::R_X86_64_GOTPCRELX | elf::R_X86_64_REX_GOTPCRELX, Some(&at)) if at >= table_offset => {
+                    match place.checked_sub(3).and_then(|start| code.get_mut(start..place)) {
+                        Some([rex, opcode @ 0x8b, modrm]) if *rex & 0xf8 == 0x48 && *modrm & 0xc7 == 0x05 => *opcode = 0x8d,
+                        _ => return Err(load_err(format!("GOT relocation at {place:#x} is not on a 64-bit `mov` from memory"))),
+                    }
+                    (at as i64).checked_add(r.addend()).and_then(|v| v.checked_sub(place as i64))
                 }
-                (elf::R_X86_64_PC32 | elf::R_X86_64_PLT32, Some(Ok(at))) => *at as i64 + r.addend() - place as i64,
-                (kind, target) => return Err(load_err(format!("unsupported relocation {kind} at {place:#x} against {target:?}"))),
+                (kind, _) => return Err(load_err(format!("unsupported relocation {kind} at {place:#x}"))),
             };
-            let value = i32::try_from(value).map_err(|_| load_err("relocation out of range"))?;
+            let value = value.and_then(|v| i32::try_from(v).ok()).ok_or_else(|| load_err("relocation out of range"))?;
             code.get_mut(place..place.saturating_add(4)).ok_or_else(|| load_err("relocation outside the code"))?.copy_from_slice(&value.to_le_bytes());
         }
     }

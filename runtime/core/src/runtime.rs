@@ -6,7 +6,7 @@ use crate::handles::map_ref;
 use crate::helper_names::kernel_helper_name;
 use crate::helpers::kernel_helpers;
 use crate::progs::{self, StoredProgram};
-use bpftime_jit::aot::AotObject;
+use bpftime_jit::aot::{AotEntry, AotObject};
 use bpftime_jit::cache::{CacheError, CodeCache, Keys, Outcome};
 use bpftime_jit::JitProgram;
 use bpftime_maps::{Map, MapError, MapSpec, MapType};
@@ -525,6 +525,32 @@ impl Runtime {
     /// verification record in the object, not verified or compiled, and with a code cache the
     /// code is stored there for other processes. Returns the programs it could not use, and why.
     pub fn use_aot(&self, aot: &AotObject, programs: &[(String, String, u32)]) -> Vec<(String, String)> {
+        if self.engine != EngineKind::Jit {
+            return programs.iter().map(|p| (p.0.clone(), format!("the engine is {}", self.engine.name()))).collect();
+        }
+        self.bind_aot(&aot.entries, programs, |entry, program| aot.load(entry, program), Some(&aot.image))
+    }
+
+    /// [`Runtime::use_aot`] for code the system linker placed in this process (a C program
+    /// linked with an AOT object and `libbpftime_aot.a`): `bind` makes the engine of an entry's
+    /// program (see [`bpftime_jit::aot::AotEntry::bind`]). Programs whose code cannot be used
+    /// keep this runtime's engine (for such a program, the interpreter). Returns them, and why.
+    pub fn use_linked_aot(
+        &self,
+        entries: &[AotEntry],
+        programs: &[(String, String, u32)],
+        bind: impl FnMut(&AotEntry, Arc<Program>) -> Result<JitProgram, bpftime_jit::JitError>,
+    ) -> Vec<(String, String)> {
+        self.bind_aot(entries, programs, bind, None)
+    }
+
+    fn bind_aot(
+        &self,
+        entries: &[AotEntry],
+        programs: &[(String, String, u32)],
+        mut bind: impl FnMut(&AotEntry, Arc<Program>) -> Result<JitProgram, bpftime_jit::JitError>,
+        image: Option<&bpftime_jit::link::Image>,
+    ) -> Vec<(String, String)> {
         let fresh;
         let keys = match &self.code_cache {
             Some(cache) => cache.keys(),
@@ -539,20 +565,20 @@ impl Runtime {
         let resolver = IdResolver { region: &self.region };
         let mut unused = vec![];
         for (name, section, id) in programs {
-            let Some(entry) = aot.entry(name) else {
+            let Some(entry) = entries.iter().find(|e| &e.name == name) else {
                 unused.push((name.clone(), "not in the ahead-of-time object".to_string()));
                 continue;
             };
             let Some(stored) = progs::load(&self.region, *id) else { continue };
-            let use_it = || -> Result<LoadedProgram, String> {
+            let mut use_it = || -> Result<LoadedProgram, String> {
                 let key = keys.key(&stored.insns, &self.helpers, &resolver, self.checks).map_err(|e| e.to_string())?;
-                if key != entry.key || self.engine != EngineKind::Jit {
+                if key != entry.key {
                     return Err("it was compiled for another build, CPU, check mode or maps".into());
                 }
                 let program = Arc::new(bpftime_vm::record::restore(&stored.insns, self.helpers.clone(), &resolver, &entry.record).map_err(|e| e.to_string())?);
-                let jit = aot.load(entry, program.clone()).map_err(|e| e.to_string())?;
-                if let Some(cache) = &self.code_cache {
-                    let _ = cache.install(&key, &entry.record, &entry.name, &aot.image);
+                let jit = bind(entry, program.clone()).map_err(|e| e.to_string())?;
+                if let (Some(cache), Some(image)) = (&self.code_cache, image) {
+                    let _ = cache.install(&key, &entry.record, &entry.name, image);
                 }
                 Ok(LoadedProgram { id: *id, name: name.clone(), section: section.clone(), program, cached: Some(Outcome::Aot), engine: Arc::new(jit) })
             };
