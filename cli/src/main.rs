@@ -704,7 +704,12 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             println!("removed region `{shm}`");
             Ok(0)
         }
-        Command::Load { file: None, loader, kernel_passthrough, .. } if !loader.is_empty() => {
+        Command::Load { file: None, loader, kernel_passthrough, aot, .. } if !loader.is_empty() => {
+            if aot {
+                return Err(
+                    "bpftime load: --aot takes an ahead-of-time object (bpftime load --aot OBJ); a loader's programs are compiled when it loads them".into()
+                );
+            }
             // The region must exist before the loader and be ours (the server would refuse it).
             match ShmRegion::open(shm) {
                 Ok(_) => {}

@@ -418,6 +418,9 @@ fn ahead_of_time_objects_run_without_compiling_where_they_match() {
     let out = bpftime(&["run", "--aot", aot.to_str().unwrap(), "--", &calls_target(), "100"]);
     assert!(!out.status.success() && text(&out.stderr).contains("machine code is run only from files owned by you or root"), "{}", text(&out.stderr));
     mode(0o644);
+    // A loader compiles its own programs: --aot there is a mistake, said so.
+    let out = bpftime(&["load", "--aot", "--", "true"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("--aot takes an ahead-of-time object"), "{}", text(&out.stderr));
     // `bpftime run --aot` takes it too, and its command's processes map the code from the cache.
     let out = Command::new(env!("CARGO_BIN_EXE_bpftime"))
         .args(["run", "--aot", aot.to_str().unwrap(), "--", &calls_target(), "100"])
