@@ -222,7 +222,7 @@ fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, en
             let sigs = Sigs {
                 helper: b.import_signature(signature(cc, 6)),
                 check: b.import_signature({
-                    let mut s = signature(runtime_calls::CHECK_ACCESS_CALL_CONV, 4);
+                    let mut s = signature(runtime_calls::CHECK_ACCESS_CALL_CONV, 1);
                     s.returns.clear();
                     s
                 }),

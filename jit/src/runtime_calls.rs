@@ -24,11 +24,13 @@ pub(crate) extern "C" fn jit_fallback(program: *const Program, state: &mut RunSt
     bpftime_vm::interp::interpret(program, r1, r2, frame_pointer, state)
 }
 
-/// Checks an access that missed both inline regions; records the fault in `state` when it is
-/// not allowed (the JIT code then finds a non-zero status).
-pub(crate) extern "C" fn jit_check_access(state: &mut RunState, addr: u64, size_write: u64, pc: u64) {
-    let bytes = (size_write & 0xff) as u8;
-    let write = size_write >> 8 != 0;
+/// Checks the access `state.check_addr`/`check_what` describe (see [`RunState::check_what`]),
+/// which missed the inline regions; records the fault in `state` when it is not allowed (the JIT
+/// code then finds a non-zero status).
+pub(crate) extern "C" fn jit_check_access(state: &mut RunState) {
+    let (addr, what) = (state.check_addr, state.check_what);
+    let bytes = (what & 0xff) as u8;
+    let write = (what >> 8) & 1 != 0;
     let size = match bytes {
         1 => MemSize::B,
         2 => MemSize::H,
@@ -36,11 +38,11 @@ pub(crate) extern "C" fn jit_check_access(state: &mut RunState, addr: u64, size_
         _ => MemSize::DW,
     };
     if !state.access_ok(addr, size, write) {
-        state.fault(pc as usize, Fault::OutOfBounds { addr, size: bytes, write });
+        state.fault((what >> 16) as usize, Fault::OutOfBounds { addr, size: bytes, write });
     }
 }
 
-/// Calls [`jit_check_access`] with the System V arguments already in place, saving and
+/// Calls [`jit_check_access`] with its System V argument already in place, saving and
 /// restoring every register the System V ABI lets it clobber, so that JIT code can call it with
 /// Cranelift's `preserve_all` convention: a slow-path call then costs the hot path nothing
 /// (no spills around it).

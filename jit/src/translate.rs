@@ -34,7 +34,7 @@ pub(crate) trait Linker {
 pub(crate) struct Sigs {
     /// `(r1..r5, state) -> r0`: helpers.
     pub helper: SigRef,
-    /// `(state, addr, size | write << 8, pc)`: the slow memory check (`preserve_all`).
+    /// `(state)`: the slow memory check of `state.check_addr`/`check_what` (`preserve_all`).
     pub check: SigRef,
     /// `(state, pc, what, arg)`: record a fault.
     pub raise: SigRef,
@@ -641,10 +641,13 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             self.b.seal_block(next);
             self.b.switch_to_block(next);
         }
+        // The access goes to the check through the state: no argument registers are taken
+        // from the hot path.
+        let what = self.iconst(size.bytes() as i64 | if write { 1 << 8 } else { 0 } | (pc as i64) << 16);
+        self.b.ins().store(MemFlagsData::trusted(), addr, self.state, so::CHECK_ADDR);
+        self.b.ins().store(MemFlagsData::trusted(), what, self.state, so::CHECK_WHAT);
         let f = self.import(Import::CheckAccess);
-        let size_write = self.iconst(size.bytes() as i64 | if write { 1 << 8 } else { 0 });
-        let pc_v = self.iconst(pc as i64);
-        self.b.ins().call_indirect(self.sigs.check, f, &[self.state, addr, size_write, pc_v]);
+        self.b.ins().call_indirect(self.sigs.check, f, &[self.state]);
         let status = self.b.ins().load(I32, MemFlagsData::trusted(), self.state, so::STATUS);
         self.b.ins().brif(status, self.abort, &[], ok, &[]);
         self.b.seal_block(ok);

@@ -289,6 +289,12 @@ pub struct RunState {
     /// Opaque pointer for helpers: the runtime that registered them decides what it points to.
     pub host: *mut c_void,
     scratch: [u8; 8],
+    /// The access JIT code asks its out-of-line check about: the address, and
+    /// `size | write << 8 | pc << 16`. Passed here rather than in registers so that the hot
+    /// path around the check keeps its registers where they are.
+    pub check_addr: u64,
+    /// See `check_addr`.
+    pub check_what: u64,
 }
 
 /// Offsets of `RunState` fields the JIT reads and writes.
@@ -314,6 +320,10 @@ pub mod state_offsets {
     pub const CTX_START: i32 = (std::mem::offset_of!(RunState, ctx) + std::mem::offset_of!(Region, start)) as i32;
     /// `ctx.len`.
     pub const CTX_LEN: i32 = (std::mem::offset_of!(RunState, ctx) + std::mem::offset_of!(Region, len)) as i32;
+    /// `check_addr`.
+    pub const CHECK_ADDR: i32 = std::mem::offset_of!(RunState, check_addr) as i32;
+    /// `check_what`.
+    pub const CHECK_WHAT: i32 = std::mem::offset_of!(RunState, check_what) as i32;
     /// `ctx.writable` (one byte).
     pub const CTX_WRITABLE: i32 = (std::mem::offset_of!(RunState, ctx) + std::mem::offset_of!(Region, writable)) as i32;
 }
@@ -371,6 +381,8 @@ impl RunState {
             stack_base,
             host: opts.host,
             scratch: [0; 8],
+            check_addr: 0,
+            check_what: 0,
         }
     }
 
