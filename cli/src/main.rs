@@ -5,6 +5,7 @@ mod cuda_inspect;
 mod dump;
 mod gpu_run;
 mod inject;
+mod native;
 mod run;
 mod supervise;
 
@@ -258,6 +259,10 @@ enum VmCommand {
         /// bounds or checked at run time.
         #[arg(long)]
         proofs: bool,
+        /// Print the x86-64 machine code the JIT makes of it instead (each function, Intel
+        /// syntax).
+        #[arg(long, conflicts_with = "proofs")]
+        native: bool,
     },
 }
 
@@ -646,7 +651,16 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             print!("{}", g.ptx);
             Ok(0)
         }
-        Command::Vm { command: VmCommand::Disasm { file, section, proofs: true } } => {
+        Command::Vm { command: VmCommand::Disasm { file, section, native: true, .. } } => {
+            let region = Arc::new(ShmRegion::anonymous(DEFAULT_SIZE).map_err(|e| e.to_string())?);
+            let rt = Runtime::new(region, EngineKind::Interp);
+            let (id, _, _) = load_for_vm(&rt, &file, section.as_deref())?;
+            let prog = rt.program(id).map_err(|e| e.to_string())?;
+            let jit = bpftime_jit::JitProgram::compile(prog.program.clone()).map_err(|e| e.to_string())?;
+            print!("{}", native::disassemble(&jit));
+            Ok(0)
+        }
+        Command::Vm { command: VmCommand::Disasm { file, section, proofs: true, .. } } => {
             let region = Arc::new(ShmRegion::anonymous(DEFAULT_SIZE).map_err(|e| e.to_string())?);
             let rt = Runtime::new(region, EngineKind::Interp);
             let (id, _, _) = load_for_vm(&rt, &file, section.as_deref())?;
@@ -654,7 +668,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             print!("{}", disasm::disassemble_with_proofs(&prog.program));
             Ok(0)
         }
-        Command::Vm { command: VmCommand::Disasm { file, section, proofs: false } } => {
+        Command::Vm { command: VmCommand::Disasm { file, section, proofs: false, .. } } => {
             let loaded = load_program_file(&file, section.as_deref())?;
             let insns = decode(&loaded.insns).map_err(|e| format!("{}: {e}", loaded.origin))?;
             print!("{}", disasm::disassemble(&insns));

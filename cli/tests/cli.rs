@@ -48,6 +48,20 @@ fn a_context_shorter_than_the_proofs_need_is_checked_access_by_access() {
             assert!(text(&out.stderr).contains("insn 0: out-of-bounds load of 1 bytes"), "{engine} {checks}: {}", text(&out.stderr));
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn vm_disasm_native_prints_each_functions_machine_code() {
+    let obj = build_example("vm_functions");
+    let out = bpftime(&["vm", "disasm", "--native", obj.to_str().unwrap()]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The entry and at least one bpf-to-bpf callee, each a real function: a frame set up and
+    // a return.
+    assert!(s.starts_with("; function 0 (eBPF insn 0): "), "{s}");
+    assert!(s.contains("; function 1 (eBPF insn "), "{s}");
+    assert!(s.matches("push rbp").count() >= 2 && s.matches("ret").count() >= 2, "{s}");
 }
 
 #[test]

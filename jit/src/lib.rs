@@ -91,7 +91,8 @@ pub struct JitProgram {
     entry: EntryFn,
     code: Option<Code>,
     code_size: usize,
-    entry_size: usize,
+    /// Bytes of machine code of each function, where known (see [`JitProgram::machine_code`]).
+    sizes: Vec<usize>,
     /// Every function's entry, by function index (for callbacks).
     functions: Vec<EntryFn>,
 }
@@ -194,7 +195,8 @@ pub(crate) struct Defined {
     /// Import slots (position-independent code only), in [`Import`] order.
     pub slots: Vec<(Import, DataId)>,
     code_size: usize,
-    entry_size: usize,
+    /// Bytes of machine code of each function.
+    sizes: Vec<usize>,
 }
 
 /// Translates every function of `program` into `module`, the entry named `prefix`.
@@ -211,8 +213,7 @@ fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, en
 
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
-    let mut code_size = 0;
-    let mut entry_size = 0;
+    let mut sizes = vec![];
     let mut slots = BTreeMap::new();
     for (i, &f) in program.functions().iter().enumerate() {
         ctx.func.signature = func_sig.clone();
@@ -241,10 +242,7 @@ fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, en
         }
         module.define_function(ids[i], &mut ctx).map_err(|e| cg_err(i, f.start)(&e))?;
         let size = ctx.compiled_code().map(|c| c.code_buffer().len()).unwrap_or(0);
-        code_size += size;
-        if i == 0 {
-            entry_size = size;
-        }
+        sizes.push(size);
         module.clear_context(&mut ctx);
     }
     for &id in slots.values() {
@@ -253,7 +251,7 @@ fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, en
         desc.set_align(8);
         module.define_data(id, &desc).map_err(|e| cg_err(0, 0)(&e))?;
     }
-    Ok(Defined { ids, slots: slots.into_iter().collect(), code_size, entry_size })
+    Ok(Defined { ids, slots: slots.into_iter().collect(), code_size: sizes.iter().sum(), sizes })
 }
 
 /// Compiles programs into one relocatable object file (ELF on Linux) whose code loads every
@@ -309,19 +307,19 @@ impl JitProgram {
             })
             .collect();
         let entry = functions[0];
-        Ok(JitProgram { program, entry, code: Some(Code::Jit(Box::new(module))), code_size: defined.code_size, entry_size: defined.entry_size, functions })
+        Ok(JitProgram { program, entry, code: Some(Code::Jit(Box::new(module))), code_size: defined.code_size, sizes: defined.sizes, functions })
     }
 
     /// Runs `program` with code linked by [`link`] and mapped by the caller: `functions` are
     /// the entries of its functions in order, `mapping` owns the code.
     pub(crate) fn from_mapping(program: Arc<Program>, mapping: mapping::CodeMapping, functions: Vec<EntryFn>, entry_size: usize) -> JitProgram {
         let code_size = mapping.code_len();
-        JitProgram { program, entry: functions[0], code: Some(Code::Mapped(mapping)), code_size, entry_size, functions }
+        JitProgram { program, entry: functions[0], code: Some(Code::Mapped(mapping)), code_size, sizes: vec![entry_size], functions }
     }
 
     /// Runs `program` with code placed by the system linker (see [`aot::AotEntry::bind`]).
     pub(crate) fn from_linked(program: Arc<Program>, functions: Vec<EntryFn>) -> JitProgram {
-        JitProgram { program, entry: functions[0], code: None, code_size: 0, entry_size: 0, functions }
+        JitProgram { program, entry: functions[0], code: None, code_size: 0, sizes: vec![], functions }
     }
 
     /// The verified program this was compiled from.
@@ -334,9 +332,23 @@ impl JitProgram {
         self.code_size
     }
 
-    /// Address and length of the entry function's machine code (for inspection).
+    /// Address and length of the entry function's machine code (for inspection; length 0 for
+    /// code the system linker placed).
     pub fn entry_code(&self) -> (*const u8, usize) {
-        (self.entry as *const u8, self.entry_size)
+        (self.entry as *const u8, self.sizes.first().copied().unwrap_or(0))
+    }
+
+    /// The machine code of each function, entry first, as far as its size is known: every
+    /// function compiled in this process, the entry of code mapped from the cache or an
+    /// object, nothing of code the system linker placed (for inspection: `vm disasm --native`).
+    pub fn machine_code(&self) -> Vec<&[u8]> {
+        self.functions
+            .iter()
+            .zip(&self.sizes)
+            // SAFETY: `len` bytes of this function's code are mapped readable and executable
+            // for as long as `self` lives (its module or mapping is freed only on drop).
+            .map(|(&f, &len)| unsafe { std::slice::from_raw_parts(f as *const u8, len) })
+            .collect()
     }
 }
 
