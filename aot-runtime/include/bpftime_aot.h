@@ -8,7 +8,9 @@
  * verifier proved; this library creates the object's maps, checks each program's code was
  * compiled for exactly what it loaded (this build, this CPU, these maps) and runs it. A program
  * whose code does not match runs in the interpreter instead (bpftime_aot_native says why):
- * nothing is compiled at run time. One AOT object per C program. BPFTIME_CHECKS=all in the
+ * nothing is compiled at run time. One AOT object per C program; its compiled code serves one
+ * open handle at a time (a second handle opened meanwhile runs its programs in the
+ * interpreter). BPFTIME_CHECKS=all in the
  * environment keeps every run-time memory check, so no program runs its compiled code, which
  * checks only the accesses the verifier could not prove.
  *
@@ -43,9 +45,14 @@ int bpftime_aot_run(struct bpftime_aot *aot, const char *program, void *ctx, siz
 int bpftime_aot_native(struct bpftime_aot *aot, const char *program, char *why, size_t why_len);
 
 /* Copies the value of `key` in map `map` to `value`, as bpf_map_lookup_elem(2) from user space
- * does (per-CPU maps: one 8-byte-aligned value per possible CPU). -ENOENT: no such key or
- * map. */
+ * does (per-CPU maps: one 8-byte-aligned value per possible CPU; see
+ * bpftime_aot_map_value_size). `key` may be NULL for maps without keys (queues, stacks).
+ * -ENOENT: no such key or map. */
 int bpftime_aot_map_lookup(struct bpftime_aot *aot, const char *map, const void *key, void *value);
+
+/* Bytes a value of map `map` takes in bpftime_aot_map_lookup and _update (for per-CPU maps,
+ * one 8-byte-aligned value per possible CPU), or -ENOENT. */
+int64_t bpftime_aot_map_value_size(struct bpftime_aot *aot, const char *map);
 
 /* Stores `value` under `key` in map `map` (flags: BPF_ANY 0, BPF_NOEXIST 1, BPF_EXIST 2). */
 int bpftime_aot_map_update(struct bpftime_aot *aot, const char *map, const void *key, const void *value, uint64_t flags);

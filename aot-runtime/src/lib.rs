@@ -28,6 +28,8 @@ pub struct Aot {
     /// Programs running in the interpreter, and why.
     interpreted: HashMap<String, String>,
     maps: HashMap<String, Map>,
+    /// Held while this handle's programs run the linked code (released last, on close).
+    _claim: Option<linked::CodeClaim>,
 }
 
 impl Aot {
@@ -45,8 +47,12 @@ impl Aot {
         let loaded = runtime.load_object(&object).map_err(|e| e.to_string())?;
         let linked = linked::programs().map_err(|e| e.to_string())?;
         let entries: Vec<_> = linked.values().map(|l| l.entry.clone()).collect();
-        let mut interpreted: HashMap<String, String> =
-            runtime.use_linked_aot(&entries, &loaded.programs, |entry, program| linked[&entry.name].bind(program)).into_iter().collect();
+        // The linked code has one set of slots: one handle at a time runs it.
+        let claim = linked::CodeClaim::take();
+        let mut interpreted: HashMap<String, String> = match &claim {
+            Some(claim) => runtime.use_linked_aot(&entries, &loaded.programs, |entry, program| linked[&entry.name].bind(program, claim)).into_iter().collect(),
+            None => loaded.programs.iter().map(|p| (p.0.clone(), "another open handle runs the compiled code".to_string())).collect(),
+        };
         let mut programs = HashMap::new();
         for (name, _, id) in &loaded.programs {
             let program = runtime.program(*id).map_err(|e| e.to_string())?;
@@ -57,7 +63,7 @@ impl Aot {
             eprintln!("bpftime_aot: program `{name}` is not loaded: {why}");
         }
         let maps = loaded.maps.into_iter().map(|m| (m.name().to_string(), m)).collect();
-        Ok(Aot { runtime, programs, interpreted, maps })
+        Ok(Aot { runtime, programs, interpreted, maps, _claim: claim })
     }
 
     fn run(&self, program: &str, ctx: &mut [u8]) -> Result<u64, c_int> {
@@ -180,11 +186,17 @@ unsafe fn map_call<'a>(aot: *const Aot, map: *const c_char, key: *const u8, valu
     // SAFETY: per this function's contract.
     let (Some(aot), Some(name)) = (unsafe { aot.as_ref() }, unsafe { text(map) }) else { return Err(-libc::EINVAL) };
     let map = aot.map(name)?;
-    if key.is_null() || value_is_null {
+    let key_size = map.spec().key_size as usize;
+    // Queues, stacks and bloom filters have no key: NULL is fine there, as for bpf(2).
+    if (key.is_null() && key_size > 0) || value_is_null {
         return Err(-libc::EINVAL);
     }
-    // SAFETY: per the contract, the map's key size.
-    let key = unsafe { std::slice::from_raw_parts(key, map.spec().key_size as usize) };
+    let key: &[u8] = if key_size == 0 {
+        &[]
+    } else {
+        // SAFETY: per the contract, the map's key size.
+        unsafe { std::slice::from_raw_parts(key, key_size) }
+    };
     Ok((map, key, map.syscall_value_size()))
 }
 
@@ -222,6 +234,19 @@ pub unsafe extern "C" fn bpftime_aot_map_update(aot: *const Aot, map: *const c_c
         // SAFETY: per the contract, readable for the value size.
         let value = unsafe { std::slice::from_raw_parts(value, value_size) };
         map.update(key, value, flags).map_or_else(|e| -e.0, |()| 0)
+    })
+}
+
+/// See `bpftime_aot.h`.
+///
+/// # Safety
+/// `aot` is NULL or open; `map` a C string.
+#[no_mangle]
+pub unsafe extern "C" fn bpftime_aot_map_value_size(aot: *const Aot, map: *const c_char) -> i64 {
+    guard(-libc::EFAULT as i64, || {
+        // SAFETY: per this function's contract.
+        let (Some(aot), Some(name)) = (unsafe { aot.as_ref() }, unsafe { text(map) }) else { return -libc::EINVAL as i64 };
+        aot.map(name).map_or_else(|e| e as i64, |m| m.syscall_value_size() as i64)
     })
 }
 

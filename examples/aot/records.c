@@ -77,6 +77,30 @@ int main(int argc, char **argv)
     }
     uint64_t r0;
     printf("unknown: rc %d\n", bpftime_aot_run(aot, "nothing", buf, 0, &r0));
+    printf("value size of totals: %lld\n", (long long)bpftime_aot_map_value_size(aot, "totals"));
+
+    // A second handle has maps of its own; the compiled code serves the first, so the second
+    // runs its programs in the interpreter, until the first is closed.
+    struct bpftime_aot *second = bpftime_aot_open(NULL, err, sizeof err);
+    if (!second) {
+        fprintf(stderr, "open: %s\n", err);
+        return 1;
+    }
+    int native = bpftime_aot_native(second, "fnv1a", why, sizeof why);
+    printf("second handle: %s\n", native == 1 ? "native" : why);
+    for (int i = 0; i < 3; i++)
+        bpftime_aot_run(second, "fnv1a", buf, 10, &r0);
+    bpftime_aot_run(aot, "fnv1a", buf, 10, &r0);
+    uint32_t zero = 0;
+    uint64_t first_count = 0, second_count = 0;
+    bpftime_aot_map_lookup(aot, "totals", &zero, &first_count);
+    bpftime_aot_map_lookup(second, "totals", &zero, &second_count);
+    printf("records: first %llu, second %llu\n", (unsigned long long)first_count, (unsigned long long)second_count);
     bpftime_aot_close(aot);
+    bpftime_aot_close(second);
+    struct bpftime_aot *third = bpftime_aot_open(NULL, err, sizeof err);
+    native = third ? bpftime_aot_native(third, "fnv1a", why, sizeof why) : -1;
+    printf("after both closed: %s\n", native == 1 ? "native" : why);
+    bpftime_aot_close(third);
     return 0;
 }

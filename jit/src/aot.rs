@@ -2,7 +2,7 @@
 //! code of an eBPF object's programs, for machines (or processes) where nothing may be
 //! compiled at run time.
 //!
-//! Besides the code (one global function per program, named after it; see
+//! Besides the code (one local function per program, named after it; see
 //! [`compile_object`](crate::compile_object) for its import slots), it carries three read-only
 //! data objects:
 //! - `bpftime_aot_object`: the eBPF object itself (its maps are created from it as for any

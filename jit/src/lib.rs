@@ -256,8 +256,8 @@ fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, en
 
 /// Compiles programs into one relocatable object file (ELF on Linux) whose code loads every
 /// [`Import`] from a slot of its own: the format of `bpftime aot` and of the code cache. Each
-/// program's entry is the global symbol given with it (its other functions `NAME.fnN`, local);
-/// the slots are local, zero-filled data objects named by [`Import::symbol`].
+/// program's entry is the local symbol given with it (its other functions `NAME.fnN`); the
+/// slots are local, zero-filled data objects named by [`Import::symbol`].
 pub fn compile_object(programs: &[(&str, &Program)], opts: JitOptions) -> Result<Vec<u8>, JitError> {
     let (module, _) = object_module(programs, opts)?;
     emit(module)
@@ -268,7 +268,10 @@ pub(crate) fn object_module(programs: &[(&str, &Program)], opts: JitOptions) -> 
     let isa = host_isa(opts, true)?;
     let builder = cranelift_object::ObjectBuilder::new(isa, "bpftime-aot", default_libcall_names()).map_err(|e| JitError::Settings(e.to_string()))?;
     let mut module = cranelift_object::ObjectModule::new(builder);
-    let defined = programs.iter().map(|(name, program)| define_program(&mut module, program, name, Linkage::Export, true)).collect::<Result<_, _>>()?;
+    // Entries are local: nothing finds them by name (our linker reads local symbols too; a C
+    // program goes through the links table), so a program named `write` cannot take the place
+    // of libc's `write` in the program it is linked into.
+    let defined = programs.iter().map(|(name, program)| define_program(&mut module, program, name, Linkage::Local, true)).collect::<Result<_, _>>()?;
     Ok((module, defined))
 }
 

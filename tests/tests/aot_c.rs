@@ -83,6 +83,10 @@ fn aot_objects_link_into_c_programs_and_run_their_code() {
     let undefined: Vec<String> =
         file.symbols().filter(|s| s.is_undefined() && !s.name().unwrap_or("").is_empty()).map(|s| s.name().unwrap().to_string()).collect();
     assert!(undefined.is_empty(), "undefined symbols: {undefined:?}");
+    // Nor does it define global functions: a program named like a function of the C program
+    // or of libc (`write`) must not take its place.
+    let global: Vec<String> = file.symbols().filter(|s| s.is_global() && s.kind() == object::SymbolKind::Text).map(|s| s.name().unwrap().to_string()).collect();
+    assert!(global.is_empty(), "global functions: {global:?}");
     let aot_path = dir.join("records.aot.o");
     std::fs::write(&aot_path, &aot).unwrap();
     let exe = link_records(&dir, &aot_path);
@@ -90,6 +94,16 @@ fn aot_objects_link_into_c_programs_and_run_their_code() {
     let native = run(&exe, None);
     assert!(native.contains("fnv1a: native\n") && native.contains("read_at: native\n"), "{native}");
     assert_results(&native);
+    // One handle at a time runs the compiled code (its slots are the handle's); others have
+    // maps of their own and run in the interpreter; once closed, the code serves the next.
+    for line in [
+        "value size of totals: 8\n",
+        "second handle: another open handle runs the compiled code\n",
+        "records: first 1001, second 3\n",
+        "after both closed: native\n",
+    ] {
+        assert!(native.contains(line), "missing `{line}` in:\n{native}");
+    }
 
     // Compiled with the proven accesses unchecked: with every check asked for, that code is not
     // run, the interpreter is, with the same results.
