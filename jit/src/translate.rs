@@ -15,6 +15,7 @@ use crate::runtime_calls::{RAISE_LOCATE, RAISE_LOOP_BUDGET, RAISE_MISALIGNED, RA
 use bpftime_vm::analysis::{ArrayLayout, Target};
 use bpftime_vm::exec::{back_edge_cost, size_index, state_offsets as so, FRAME_SIZE};
 use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
+use bpftime_vm::loops::{counted_loops, CountedLoop};
 use bpftime_vm::program::Function as EbpfFunction;
 use bpftime_vm::Program;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -64,7 +65,33 @@ pub(crate) struct FnTranslator<'a, 'b> {
     abort: Block,
     /// Whether the region bounds of checks may be hoisted (see [`HOIST_BOUNDS_UP_TO`]).
     hoist_bounds: bool,
+    /// Counted loops, each also compiled as a copy that skips the budget check (see
+    /// [`Self::emit_fast_copy`]).
+    loops: Vec<Versioned>,
+    /// The loop whose fast copy is being emitted.
+    fast: Option<usize>,
+    /// The slot whose edge is being emitted (`None`: the function's entry).
+    src: Option<usize>,
+    /// Entries into counted loops, emitted at the end: (block, target slot, loop).
+    dispatches: Vec<(Block, usize, usize)>,
+    /// Back edges of fast copies, emitted at the end: (block, loop).
+    fast_back_edges: Vec<(Block, usize)>,
 }
+
+/// A counted loop and the leader blocks of its fast copy (by `pc - head`).
+struct Versioned {
+    counted: CountedLoop,
+    max_cost: u64,
+    fast_blocks: Vec<Option<Block>>,
+    /// Some entry can take the fast copy.
+    needed: bool,
+    /// The fast copy is emitted.
+    emitted: bool,
+}
+
+/// Longest loop (in slots) given a fast copy: longer bodies would double compile time for
+/// little gain.
+const VERSION_LOOPS_UP_TO: usize = 512;
 
 fn mem_flags() -> MemFlagsData {
     // Program memory: checked before every access, so it cannot trap.
@@ -129,6 +156,11 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             to_seal: Vec::new(),
             abort,
             hoist_bounds: checked <= HOIST_BOUNDS_UP_TO,
+            loops: Vec::new(),
+            fast: None,
+            src: None,
+            dispatches: Vec::new(),
+            fast_back_edges: Vec::new(),
         }
     }
 
@@ -186,6 +218,9 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     }
 
     fn block_at(&mut self, pc: usize) -> Block {
+        if let Some(l) = self.fast.filter(|&l| self.loops[l].counted.contains(pc)) {
+            return self.fast_block(l, pc);
+        }
         let i = pc - self.func.start;
         match self.blocks[i] {
             Some(b) => b,
@@ -205,6 +240,17 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     /// sealed (by [`Self::flush_seals`], once the branch is emitted), so that the SSA builder
     /// adds block parameters only where values really merge.
     fn edge_to(&mut self, pc: usize) -> Block {
+        if let Some(l) = self.fast.filter(|&l| self.loops[l].counted.contains(pc)) {
+            // Inside the fast copy (sealed at the end).
+            return self.fast_block(l, pc);
+        }
+        let src = self.src;
+        if let Some(l) = self.loops.iter().position(|v| v.counted.contains(pc) && !src.is_some_and(|s| v.counted.contains(s))) {
+            // Into a counted loop from outside: a block that picks the copy.
+            let dispatch = self.b.create_block();
+            self.dispatches.push((dispatch, pc, l));
+            return dispatch;
+        }
         let block = self.block_at(pc);
         let left = &mut self.preds_left[pc - self.func.start];
         *left -= 1;
@@ -212,6 +258,19 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             self.to_seal.push(block);
         }
         block
+    }
+
+    /// The block of leader `pc` in the fast copy of loop `l`.
+    fn fast_block(&mut self, l: usize, pc: usize) -> Block {
+        let i = pc - self.loops[l].counted.head;
+        match self.loops[l].fast_blocks[i] {
+            Some(b) => b,
+            None => {
+                let b = self.b.create_block();
+                self.loops[l].fast_blocks[i] = Some(b);
+                b
+            }
+        }
     }
 
     fn flush_seals(&mut self) {
@@ -249,35 +308,127 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             }
             pc = next;
         }
+        // Counted loops get a copy without the budget check; its exits are more edges into
+        // the blocks after the loop.
+        self.loops = counted_loops(insns, start, end)
+            .into_iter()
+            .filter(|c| c.back_edge - c.head < VERSION_LOOPS_UP_TO)
+            .filter_map(|counted| {
+                Some(Versioned {
+                    counted,
+                    max_cost: counted.max_cost()?,
+                    fast_blocks: vec![None; counted.back_edge - counted.head + 1],
+                    needed: false,
+                    emitted: false,
+                })
+            })
+            .collect();
+        for l in 0..self.loops.len() {
+            let CountedLoop { head, back_edge, .. } = self.loops[l].counted;
+            for (pc, insn) in insns.iter().enumerate().take(back_edge + 1).skip(head) {
+                if let Some(t) = insn.jump_target(pc).map(|t| t as usize).filter(|&t| t > back_edge) {
+                    self.preds_left[t - start] += 1;
+                }
+            }
+            if matches!(insns[back_edge], Insn::Jump { .. }) {
+                self.preds_left[back_edge + 1 - start] += 1;
+            }
+        }
         self.context_guard();
         let entry = self.b.current_block().expect("entry block");
         self.b.seal_block(entry);
         let first = self.edge_to(start);
         self.b.ins().jump(first, &[]);
         self.flush_seals();
-        let mut terminated = true;
-        let mut pc = start;
-        while pc < end {
-            if let Some(block) = self.blocks[pc - start] {
-                if !terminated {
-                    self.edge_to(pc);
-                    self.b.ins().jump(block, &[]);
-                    self.flush_seals();
-                }
-                self.b.switch_to_block(block);
+        self.emit_range(start, end);
+        // What is emitted last may add more of each other (a fast copy's exit into another
+        // counted loop): until none is left.
+        loop {
+            if let Some((charge, pc, target)) = self.back_edges.pop() {
+                self.emit_back_edge(charge, pc, target);
+            } else if let Some((block, pc, l)) = self.dispatches.pop() {
+                self.emit_dispatch(block, pc, l);
+            } else if let Some(l) = self.loops.iter().position(|v| v.needed && !v.emitted) {
+                self.emit_fast_copy(l);
+            } else if let Some((block, l)) = self.fast_back_edges.pop() {
+                self.emit_fast_back_edge(block, l);
+            } else {
+                break;
             }
-            terminated = self.emit(pc, insns[pc]);
-            self.flush_seals();
-            pc += if matches!(insns[pc], Insn::Lddw { .. }) { 2 } else { 1 };
-        }
-        for (charge, pc, target) in std::mem::take(&mut self.back_edges) {
-            self.emit_back_edge(charge, pc, target);
         }
         self.b.switch_to_block(self.abort);
         let zero = self.iconst(0);
         self.b.ins().return_(&[zero]);
         self.b.seal_all_blocks();
         self.b
+    }
+
+    /// Emits slots `from..to` in order, each leader starting its block (the fast copy's
+    /// while one is emitted). Returns whether the last instruction ended its block.
+    fn emit_range(&mut self, from: usize, to: usize) -> bool {
+        let insns = self.prog.insns();
+        let mut terminated = true;
+        let mut prev = None;
+        let mut pc = from;
+        while pc < to {
+            if self.blocks[pc - self.func.start].is_some() {
+                if !terminated {
+                    self.src = prev;
+                    let next = self.edge_to(pc);
+                    self.b.ins().jump(next, &[]);
+                    self.flush_seals();
+                }
+                let block = self.block_at(pc);
+                self.b.switch_to_block(block);
+            }
+            self.src = Some(pc);
+            terminated = self.emit(pc, insns[pc]);
+            self.flush_seals();
+            prev = Some(pc);
+            pc += if matches!(insns[pc], Insn::Lddw { .. }) { 2 } else { 1 };
+        }
+        terminated
+    }
+
+    /// The copy of counted loop `l` that subtracts its budget without checking it: entered
+    /// only with at least the loop's most possible cost left (see `bpftime_vm::loops`), where
+    /// the check could not fail. Its exits go to the blocks after the loop.
+    fn emit_fast_copy(&mut self, l: usize) {
+        self.loops[l].emitted = true;
+        let CountedLoop { head, back_edge, .. } = self.loops[l].counted;
+        self.fast = Some(l);
+        let terminated = self.emit_range(head, back_edge + 1);
+        debug_assert!(terminated, "a loop ends with its back edge");
+        self.fast = None;
+    }
+
+    /// An entry into counted loop `l` at `pc`: the fast copy when the budget covers the loop's
+    /// most possible cost, else the copy that checks.
+    fn emit_dispatch(&mut self, block: Block, pc: usize, l: usize) {
+        self.b.switch_to_block(block);
+        self.b.seal_block(block);
+        let budget = self.b.use_var(self.budget);
+        let enough = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, budget, self.loops[l].max_cost as i64);
+        let fast = self.fast_block(l, pc);
+        self.loops[l].needed = true;
+        // As if from inside the loop: its own block in the checking copy.
+        self.src = Some(pc);
+        let checking = self.edge_to(pc);
+        self.b.ins().brif(enough, fast, &[], checking, &[]);
+        self.flush_seals();
+    }
+
+    /// The back edge of loop `l`'s fast copy: pays without checking.
+    fn emit_fast_back_edge(&mut self, block: Block, l: usize) {
+        let CountedLoop { head, back_edge, .. } = self.loops[l].counted;
+        self.b.switch_to_block(block);
+        self.b.seal_block(block);
+        let cost = back_edge_cost(head as i64 - back_edge as i64 - 1) as i64;
+        let budget = self.b.use_var(self.budget);
+        let left = self.b.ins().iadd_imm_s(budget, -cost);
+        self.b.def_var(self.budget, left);
+        let target = self.fast_block(l, head);
+        self.b.ins().jump(target, &[]);
     }
 
     /// In the entry function of a program with proven context accesses: a run whose context
@@ -455,6 +606,12 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         if target > pc {
             return self.edge_to(target);
         }
+        if let Some(l) = self.fast {
+            // The only backward jump of a counted loop: its own back edge.
+            let pay = self.b.create_block();
+            self.fast_back_edges.push((pay, l));
+            return pay;
+        }
         let charge = self.b.create_block();
         self.back_edges.push((charge, pc, target));
         charge
@@ -462,6 +619,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
 
     /// Emits a back-edge block: take the loop's cost from the budget, or fault when it cannot pay.
     fn emit_back_edge(&mut self, charge: Block, pc: usize, target_pc: usize) {
+        self.src = Some(pc);
         let exhausted = self.b.create_block();
         let pay = self.b.create_block();
         self.b.set_cold_block(exhausted);

@@ -41,6 +41,17 @@ pub enum Item {
         masked: bool,
         access: Insn,
     },
+    /// A counted loop (see `bpftime_vm::loops`): `body` (which leaves `v` alone) and `v += step`,
+    /// repeated while `v < bound` (`<=` when `inclusive`), tested at the bottom, or at the top
+    /// as `if v > bound` (`>=`) leaving the loop.
+    Counted {
+        v: Reg,
+        step: i32,
+        bound: i32,
+        top_test: bool,
+        inclusive: bool,
+        body: Vec<Insn>,
+    },
     /// A map lookup (helper 6: a 16-byte value inside the context, or null) with the `u32`
     /// key from `key` stored at r10-4, then, unless null, an access at `r0 + (idx & mask) + off`
     /// (the verifier proves some of these within the value).
@@ -230,6 +241,21 @@ fn lookup() -> impl Strategy<Value = Item> {
     )
 }
 
+fn counted() -> impl Strategy<Value = Item> {
+    (
+        data_reg(),
+        1i32..5,
+        prop_oneof![4 => 0i32..40, 1 => interesting_imm()],
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec(prop_oneof![3 => alu(), 1 => memory()], 0..4),
+    )
+        .prop_map(|(v, step, bound, top_test, inclusive, body)| {
+            let body = body.into_iter().filter(|i| i.written_reg() != Some(v) && !matches!(i, Insn::Lddw { .. })).collect();
+            Item::Counted { v, step, bound, top_test, inclusive, body }
+        })
+}
+
 fn item(with_callee: bool, with_lookups: bool) -> impl Strategy<Value = Item> {
     let call_weight = if with_callee { 1 } else { 0 };
     prop_oneof![
@@ -239,6 +265,7 @@ fn item(with_callee: bool, with_lookups: bool) -> impl Strategy<Value = Item> {
         8 => memory().prop_map(Item::Plain),
         5 => (proptest::option::weighted(0.8, cond()), 0usize..6).prop_map(|(cond, skip)| Item::JumpFwd { cond, skip }),
         1 => (proptest::option::weighted(0.9, cond()), 1usize..6).prop_map(|(cond, back)| Item::JumpBack { cond, back }),
+        2 => counted(),
         1 => prop_oneof![Just(Item::Plain(Insn::Call(CallTarget::Helper(1)))), Just(Item::Plain(Insn::Call(CallTarget::Helper(2))))],
         1 => (data_reg(), prop_oneof![4 => Just(1), 4 => Just(2), 1 => Just(5), 1 => Just(0), 1 => Just(7)])
             .prop_map(|(reg, id)| Item::CallX { reg, id }),
@@ -300,6 +327,7 @@ fn item_slots(it: &Item) -> usize {
         Item::CallX { .. } => 2,
         Item::Indexed { .. } => 3,
         Item::Lookup { .. } => 10,
+        Item::Counted { body, top_test, .. } => body.len() + if *top_test { 3 } else { 2 },
         _ => 1,
     }
 }
@@ -334,6 +362,21 @@ fn lower(items: &[Item], base: usize, callee_slot: usize, out: &mut Vec<Insn>) {
             Item::JumpBack { cond, back } => {
                 let target = starts[k.saturating_sub(*back)] as i64;
                 jump(*cond, (target - pc - 1) as i32)
+            }
+            Item::Counted { v, step, bound, top_test, inclusive, body } => {
+                let n = body.len() as i32;
+                let step = Insn::Alu { width: Width::W64, op: AluOp::Add, dst: *v, src: Operand::Imm(*step) };
+                let test = |cond, off| Insn::Jump { width: Width::W64, cond, dst: *v, src: Operand::Imm(*bound), off };
+                if *top_test {
+                    out.push(test(if *inclusive { JmpCond::Ge } else { JmpCond::Gt }, (n + 2) as i16));
+                    out.extend_from_slice(body);
+                    out.push(step);
+                    Insn::Ja { off: -(n + 3), long: false }
+                } else {
+                    out.extend_from_slice(body);
+                    out.push(step);
+                    test(if *inclusive { JmpCond::Le } else { JmpCond::Lt }, -(n as i16 + 2))
+                }
             }
             Item::CallLocal => Insn::Call(CallTarget::Local((callee_slot as i64 - pc - 1) as i32)),
             Item::CallX { reg, id } => {

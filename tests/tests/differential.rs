@@ -214,3 +214,43 @@ fn inlined_array_lookups_agree_with_the_helper() {
         }
     }
 }
+
+/// Counted loops run a copy without the budget check when the budget covers their worst case
+/// (`bpftime_vm::loops`): at every budget, around and between the loops' worst cases, every
+/// engine must end exactly as the interpreter does, which charges every back edge.
+#[test]
+fn counted_loops_end_as_the_interpreter_at_every_budget() {
+    use bpftime_vm::asm::assemble;
+    use bpftime_vm::loops::counted_loops;
+    let programs = [
+        // Two loops in a row, tested at the bottom: 27 units each, 33 at worst.
+        "r0 = 0\nr1 = 0\nr0 += 3\nr1 += 1\nif r1 < 10 goto -3\nr2 = 0\nr0 += 5\nr2 += 2\nif r2 < 20 goto -3\nexit",
+        // Entered in its middle, tested at the top, reading the context (clang's shape).
+        "r0 = 0\nr3 = 0\nr2 = 60\ngoto +3\nif r3 > 40 goto +7\nr3 += 1\nif r3 >= r2 goto +5\nr4 = r1\nr4 += r3\nr4 = *(u8 *)(r4 + 0)\nr0 += r4\ngoto -8\nexit",
+    ];
+    for src in programs {
+        let code = assemble(src).unwrap();
+        let prog = Arc::new(verify_bytecode(&to_bytecode(&code), Arc::new(test_helpers()), &TestMaps).expect("verifies"));
+        assert!(!counted_loops(prog.insns(), 0, prog.len()).is_empty(), "{src}: no counted loop");
+        let interp = Interpreter::new(prog.clone());
+        let jit = JitProgram::compile(prog.clone()).unwrap();
+        let object = bpftime_jit::compile_object(&[("prog", &prog)], Default::default()).unwrap();
+        let mapped = bpftime_jit::link::link(&object).and_then(|i| i.load(prog.clone(), "prog")).unwrap();
+        let (mut ok, mut stopped) = (0, 0);
+        for budget in 0..400 {
+            let opts = RunOptions { budget, ..RunOptions::default() };
+            let mut mem: Vec<u8> = (0..64u8).collect();
+            let want = run(&interp, Context::Mem(&mut mem), &opts);
+            for (engine, name) in [(&jit as &dyn Engine, "JIT"), (&mapped, "object code")] {
+                let mut mem: Vec<u8> = (0..64u8).collect();
+                assert_eq!(run(engine, Context::Mem(&mut mem), &opts), want, "{src}: {name} at budget {budget}");
+            }
+            if want.is_ok() {
+                ok += 1;
+            } else {
+                stopped += 1;
+            }
+        }
+        assert!(ok > 0 && stopped > 0, "{src}: the budgets tried must both stop it and let it end");
+    }
+}

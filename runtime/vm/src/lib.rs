@@ -29,6 +29,7 @@ pub mod disasm;
 pub mod exec;
 pub mod insn;
 pub mod interp;
+pub mod loops;
 pub mod program;
 pub mod range;
 pub mod record;
