@@ -312,13 +312,16 @@ fn programs(with_lookups: bool) -> impl Strategy<Value = GenProgram> {
     })
 }
 
+/// Whether an item reads or writes the stack: a callee's frame is not zeroed, so a callee
+/// built from such items would read whatever the caller left there.
 fn uses_fp(i: &Item) -> bool {
-    matches!(
-        i,
-        Item::Plain(Insn::Load { base: Reg::FP, .. } | Insn::Store { base: Reg::FP, .. } | Insn::Atomic { base: Reg::FP, .. })
-            | Item::Indexed { base: Reg::FP, .. }
-            | Item::Lookup { .. }
-    )
+    let fp_access = |i: &Insn| matches!(i, Insn::Load { base: Reg::FP, .. } | Insn::Store { base: Reg::FP, .. } | Insn::Atomic { base: Reg::FP, .. });
+    match i {
+        Item::Plain(i) => fp_access(i),
+        Item::Counted { body, .. } => body.iter().any(fp_access),
+        Item::Indexed { base: Reg::FP, .. } | Item::Lookup { .. } => true,
+        _ => false,
+    }
 }
 
 fn item_slots(it: &Item) -> usize {
