@@ -15,8 +15,9 @@ use crate::runtime_calls::{RAISE_LOCATE, RAISE_LOOP_BUDGET, RAISE_MISALIGNED, RA
 use bpftime_vm::analysis::{ArrayLayout, Target};
 use bpftime_vm::exec::{back_edge_cost, size_index, state_offsets as so, FRAME_SIZE};
 use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
-use bpftime_vm::loops::{counted_loops, CountedLoop};
+use bpftime_vm::loops::counted_loops;
 use bpftime_vm::program::Function as EbpfFunction;
+use bpftime_vm::walks::{walked_loops, WalkedLoop, MAX_ENTRY_VALUE, MAX_ITERATIONS};
 use bpftime_vm::Program;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{I16, I32, I64, I8};
@@ -65,8 +66,8 @@ pub(crate) struct FnTranslator<'a, 'b> {
     abort: Block,
     /// Whether the region bounds of checks may be hoisted (see [`HOIST_BOUNDS_UP_TO`]).
     hoist_bounds: bool,
-    /// Counted loops, each also compiled as a copy that skips the budget check (see
-    /// [`Self::emit_fast_copy`]).
+    /// Counted and walked loops, each also compiled as a copy that skips the budget check and
+    /// the checks of its walks (see [`Self::emit_fast_copy`]).
     loops: Vec<Versioned>,
     /// The loop whose fast copy is being emitted.
     fast: Option<usize>,
@@ -74,19 +75,56 @@ pub(crate) struct FnTranslator<'a, 'b> {
     src: Option<usize>,
     /// Entries into counted loops, emitted at the end: (block, target slot, loop).
     dispatches: Vec<(Block, usize, usize)>,
-    /// Back edges of fast copies, emitted at the end: (block, loop).
-    fast_back_edges: Vec<(Block, usize)>,
+    /// Edges out of fast copies that settle the budget first, emitted at the end: (block,
+    /// source slot, target slot, loop).
+    settles: Vec<(Block, usize, usize, usize)>,
+    /// A walked loop's counter on entry, for fast copies that settle the budget on the way out.
+    entry_counter: Variable,
 }
 
-/// A counted loop and the leader blocks of its fast copy (by `pc - head`).
+/// A loop compiled twice: as written, and as a fast copy entered when what is known on entry
+/// shows that the checks the copy drops cannot fail.
 struct Versioned {
-    counted: CountedLoop,
-    max_cost: u64,
+    head: usize,
+    last: usize,
+    guard: Guard,
+    /// Accesses whose checks the fast copy drops.
+    unchecked: Vec<usize>,
+    /// The fast copy charges nothing per iteration and settles the budget where it leaves the
+    /// loop, from the counter (a walked loop with one latch whose counter is known at every
+    /// way out; see [`WalkedLoop::latches_taken`]).
+    settles_budget: bool,
+    /// Leader blocks of the fast copy, by `pc - head`.
     fast_blocks: Vec<Option<Block>>,
     /// Some entry can take the fast copy.
     needed: bool,
     /// The fast copy is emitted.
     emitted: bool,
+}
+
+/// What an entry into a versioned loop checks before it takes the fast copy.
+enum Guard {
+    /// A counted loop (`bpftime_vm::loops`), entered anywhere: the budget covers this most
+    /// possible cost.
+    Budget(u64),
+    /// A walked loop (`bpftime_vm::walks`), entered at its entry: its trip count is in range,
+    /// the budget covers every iteration and each unchecked walk fits in a region.
+    Walked(WalkedLoop),
+}
+
+impl Versioned {
+    fn contains(&self, pc: usize) -> bool {
+        (self.head..=self.last).contains(&pc)
+    }
+
+    /// Whether an edge from outside into `pc` picks between the copies (else it goes to the
+    /// checking copy: a walked loop's other entries lead out of it).
+    fn dispatches_at(&self, pc: usize) -> bool {
+        match &self.guard {
+            Guard::Budget(_) => true,
+            Guard::Walked(w) => pc == w.entry,
+        }
+    }
 }
 
 /// Longest loop (in slots) given a fast copy: longer bodies would double compile time for
@@ -132,6 +170,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             b.def_var(*var, v);
         }
         let budget = b.declare_var(I64);
+        let entry_counter = b.declare_var(I64);
         let left = b.ins().load(I64, MemFlagsData::trusted(), state, so::BUDGET);
         b.def_var(budget, left);
         let abort = b.create_block();
@@ -160,7 +199,8 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             fast: None,
             src: None,
             dispatches: Vec::new(),
-            fast_back_edges: Vec::new(),
+            settles: Vec::new(),
+            entry_counter,
         }
     }
 
@@ -218,7 +258,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     }
 
     fn block_at(&mut self, pc: usize) -> Block {
-        if let Some(l) = self.fast.filter(|&l| self.loops[l].counted.contains(pc)) {
+        if let Some(l) = self.fast.filter(|&l| self.loops[l].contains(pc)) {
             return self.fast_block(l, pc);
         }
         let i = pc - self.func.start;
@@ -240,13 +280,19 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     /// sealed (by [`Self::flush_seals`], once the branch is emitted), so that the SSA builder
     /// adds block parameters only where values really merge.
     fn edge_to(&mut self, pc: usize) -> Block {
-        if let Some(l) = self.fast.filter(|&l| self.loops[l].counted.contains(pc)) {
+        if let Some(l) = self.fast.filter(|&l| self.loops[l].contains(pc)) {
             // Inside the fast copy (sealed at the end).
             return self.fast_block(l, pc);
         }
+        if let Some(l) = self.fast.filter(|&l| self.loops[l].settles_budget) {
+            // Out of a fast copy that owes the budget its iterations.
+            let settle = self.b.create_block();
+            self.settles.push((settle, self.src.expect("an edge out of a loop has a source"), pc, l));
+            return settle;
+        }
         let src = self.src;
-        if let Some(l) = self.loops.iter().position(|v| v.counted.contains(pc) && !src.is_some_and(|s| v.counted.contains(s))) {
-            // Into a counted loop from outside: a block that picks the copy.
+        if let Some(l) = self.loops.iter().position(|v| v.contains(pc) && !src.is_some_and(|s| v.contains(s)) && v.dispatches_at(pc)) {
+            // Into a versioned loop from outside: a block that picks the copy.
             let dispatch = self.b.create_block();
             self.dispatches.push((dispatch, pc, l));
             return dispatch;
@@ -262,7 +308,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
 
     /// The block of leader `pc` in the fast copy of loop `l`.
     fn fast_block(&mut self, l: usize, pc: usize) -> Block {
-        let i = pc - self.loops[l].counted.head;
+        let i = pc - self.loops[l].head;
         match self.loops[l].fast_blocks[i] {
             Some(b) => b,
             None => {
@@ -308,23 +354,11 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             }
             pc = next;
         }
-        // Counted loops get a copy without the budget check; its exits are more edges into
-        // the blocks after the loop.
-        self.loops = counted_loops(insns, start, end)
-            .into_iter()
-            .filter(|c| c.back_edge - c.head < VERSION_LOOPS_UP_TO)
-            .filter_map(|counted| {
-                Some(Versioned {
-                    counted,
-                    max_cost: counted.max_cost()?,
-                    fast_blocks: vec![None; counted.back_edge - counted.head + 1],
-                    needed: false,
-                    emitted: false,
-                })
-            })
-            .collect();
+        // Counted and walked loops get a fast copy; its exits are more edges into the blocks
+        // after the loop.
+        self.loops = self.versioned_loops();
         for l in 0..self.loops.len() {
-            let CountedLoop { head, back_edge, .. } = self.loops[l].counted;
+            let (head, back_edge) = (self.loops[l].head, self.loops[l].last);
             for (pc, insn) in insns.iter().enumerate().take(back_edge + 1).skip(head) {
                 if let Some(t) = insn.jump_target(pc).map(|t| t as usize).filter(|&t| t > back_edge) {
                     self.preds_left[t - start] += 1;
@@ -348,10 +382,16 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 self.emit_back_edge(charge, pc, target);
             } else if let Some((block, pc, l)) = self.dispatches.pop() {
                 self.emit_dispatch(block, pc, l);
+            } else if let Some((block, src, target, l)) = self.settles.pop() {
+                self.b.switch_to_block(block);
+                self.b.seal_block(block);
+                self.settle_budget(l, src);
+                self.src = Some(src);
+                let next = self.edge_to(target);
+                self.b.ins().jump(next, &[]);
+                self.flush_seals();
             } else if let Some(l) = self.loops.iter().position(|v| v.needed && !v.emitted) {
                 self.emit_fast_copy(l);
-            } else if let Some((block, l)) = self.fast_back_edges.pop() {
-                self.emit_fast_back_edge(block, l);
             } else {
                 break;
             }
@@ -390,25 +430,96 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         terminated
     }
 
-    /// The copy of counted loop `l` that subtracts its budget without checking it: entered
-    /// only with at least the loop's most possible cost left (see `bpftime_vm::loops`), where
-    /// the check could not fail. Its exits go to the blocks after the loop.
+    /// The loops of this function given a fast copy: walked loops whose copy drops some
+    /// check, else counted loops, else walked loops (whose copy drops the budget check alone).
+    fn versioned_loops(&self) -> Vec<Versioned> {
+        let EbpfFunction { start, end, .. } = self.func;
+        let insns = self.prog.insns();
+        let short = |head: usize, last: usize| last - head < VERSION_LOOPS_UP_TO;
+        let counted: Vec<_> = counted_loops(insns, start, end).into_iter().filter(|c| short(c.head, c.back_edge)).collect();
+        let walked = if self.prog.walk_checks_on_entry() { walked_loops(insns, start, end) } else { vec![] };
+        let mut loops = vec![];
+        for w in walked.into_iter().filter(|w| short(w.head, w.last)) {
+            let unchecked: Vec<usize> = w.walks.iter().map(|a| a.pc).filter(|&pc| !self.prog.access(pc).proven).collect();
+            if unchecked.is_empty() && counted.iter().any(|c| c.head == w.head) {
+                continue;
+            }
+            let settles_budget = w.latches == 1
+                && (w.head..=w.last).all(|pc| {
+                    let insn = insns[pc];
+                    let leaves = matches!(insn, Insn::Exit)
+                        || insn.jump_target(pc).is_some_and(|t| !w.contains(t as usize))
+                        || (pc == w.last && matches!(insn, Insn::Jump { .. }));
+                    !leaves || w.counter_offsets[pc - w.head].is_some()
+                });
+            loops.push(Versioned {
+                head: w.head,
+                last: w.last,
+                guard: Guard::Walked(w),
+                unchecked,
+                settles_budget,
+                fast_blocks: vec![],
+                needed: false,
+                emitted: false,
+            });
+        }
+        for c in counted {
+            if loops.iter().any(|v| v.contains(c.head)) {
+                continue;
+            }
+            let Some(cost) = c.max_cost() else { continue };
+            loops.push(Versioned {
+                head: c.head,
+                last: c.back_edge,
+                guard: Guard::Budget(cost),
+                unchecked: vec![],
+                settles_budget: false,
+                fast_blocks: vec![],
+                needed: false,
+                emitted: false,
+            });
+        }
+        for v in &mut loops {
+            v.fast_blocks = vec![None; v.last - v.head + 1];
+        }
+        loops
+    }
+
+    /// The copy of versioned loop `l` that subtracts its budget without checking it and skips
+    /// the checks of its walks: entered only where its guard shows that they could not fail
+    /// (see `bpftime_vm::loops` and `bpftime_vm::walks`). Its exits go to the blocks after the
+    /// loop.
     fn emit_fast_copy(&mut self, l: usize) {
         self.loops[l].emitted = true;
-        let CountedLoop { head, back_edge, .. } = self.loops[l].counted;
+        let (head, last) = (self.loops[l].head, self.loops[l].last);
         self.fast = Some(l);
-        let terminated = self.emit_range(head, back_edge + 1);
+        let terminated = self.emit_range(head, last + 1);
         debug_assert!(terminated, "a loop ends with its back edge");
         self.fast = None;
     }
 
-    /// An entry into counted loop `l` at `pc`: the fast copy when the budget covers the loop's
-    /// most possible cost, else the copy that checks.
+    /// An entry into versioned loop `l` at `pc`: the fast copy when its guard holds, else the
+    /// copy that checks.
     fn emit_dispatch(&mut self, block: Block, pc: usize, l: usize) {
         self.b.switch_to_block(block);
         self.b.seal_block(block);
-        let budget = self.b.use_var(self.budget);
-        let enough = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, budget, self.loops[l].max_cost as i64);
+        let enough = match &self.loops[l].guard {
+            Guard::Budget(cost) => {
+                let cost = *cost as i64;
+                let budget = self.b.use_var(self.budget);
+                self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, budget, cost)
+            }
+            Guard::Walked(w) => {
+                let w = w.clone();
+                let unchecked = self.loops[l].unchecked.clone();
+                let ok = self.walked_guard(&w, &unchecked);
+                if self.loops[l].settles_budget {
+                    let v0 = self.reg(w.test.counter);
+                    self.b.def_var(self.entry_counter, v0);
+                }
+                ok
+            }
+        };
         let fast = self.fast_block(l, pc);
         self.loops[l].needed = true;
         // As if from inside the loop: its own block in the checking copy.
@@ -418,17 +529,140 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.flush_seals();
     }
 
-    /// The back edge of loop `l`'s fast copy: pays without checking.
-    fn emit_fast_back_edge(&mut self, block: Block, l: usize) {
-        let CountedLoop { head, back_edge, .. } = self.loops[l].counted;
-        self.b.switch_to_block(block);
-        self.b.seal_block(block);
-        let cost = back_edge_cost(head as i64 - back_edge as i64 - 1) as i64;
+    /// Whether walked loop `w`, entered with the registers' current values, may run its fast
+    /// copy: the count of iterations going on is in range, the budget covers every iteration
+    /// and each of the `unchecked` walks fits in one fast region. The same computation as
+    /// [`WalkedLoop::iterations_going_on`] and [`bpftime_vm::walks::Walk::within`], in IR.
+    fn walked_guard(&mut self, w: &WalkedLoop, unchecked: &[usize]) -> Value {
+        let t = w.test;
+        let v0 = self.reg(t.counter);
+        let n = self.entry_sum(t.bound);
+        let small_v = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThanOrEqual, v0, MAX_ENTRY_VALUE as i64);
+        let small_n = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThanOrEqual, n, MAX_ENTRY_VALUE as i64);
+        let mut ok = self.b.ins().band(small_v, small_n);
+        // Iteration 0 compares `first = v0 + offset` with `n` (plus one when inclusive).
+        let n = self.b.ins().iadd_imm_s(n, t.inclusive as i64);
+        let first = self.b.ins().iadd_imm_s(v0, t.offset);
+        let negative = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, first, 0);
+        let reached = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, first, n);
+        let none = self.b.ins().bor(negative, reached);
+        let left = self.b.ins().isub(n, first);
+        let going_on = if t.step == 1 {
+            left
+        } else {
+            let rounded = self.b.ins().iadd_imm_s(left, t.step as i64 - 1);
+            self.b.ins().udiv_imm_s(rounded, t.step as i64)
+        };
+        let zero = self.iconst(0);
+        let going_on = self.b.ins().select(none, zero, going_on);
+        let in_range = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, going_on, MAX_ITERATIONS as i64);
+        ok = self.b.ins().band(ok, in_range);
+        // The budget: every iteration may take a latch.
+        let iterations = self.b.ins().iadd_imm_s(going_on, 1);
+        let cost = self.b.ins().imul_imm_s(iterations, w.iteration_cost as i64);
+        let budget = self.b.use_var(self.budget);
+        let paid = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, budget, cost);
+        ok = self.b.ins().band(ok, paid);
+        for walk in w.walks.iter().filter(|a| unchecked.contains(&a.pc)) {
+            // `runs - 1` addresses after the first; none at all when an access after the
+            // test runs in no iteration.
+            let (more, never) = if walk.after_test {
+                let never = self.b.ins().icmp_imm_s(IntCC::Equal, going_on, 0);
+                (self.b.ins().iadd_imm_s(going_on, -1), Some(never))
+            } else {
+                (going_on, None)
+            };
+            let span = self.b.ins().imul_imm_s(more, walk.stride.unsigned_abs() as i64);
+            let first = self.entry_sum(walk.base);
+            let order: &[i32] = match self.prog.access(walk.pc).target {
+                Target::Stack => &[0],
+                Target::Context => &[1],
+                Target::Memory => &[2],
+                Target::Unknown => &[1, 2, 0],
+            };
+            let table = if walk.write { so::FAST_STORE } else { so::FAST_LOAD };
+            let mut fits = None;
+            for &region in order {
+                let region_off = table + region * so::FAST_REGION_SIZE;
+                let start = self.b.ins().load(I64, fixed_state_flags(), self.state, region_off);
+                let last = self.b.ins().load(I64, fixed_state_flags(), self.state, region_off + so::FAST_LAST + 8 * size_index(walk.size) as i32);
+                let rel = self.b.ins().isub(first, start);
+                let inside = if walk.stride >= 0 {
+                    // rel + span <= last, without wrapping.
+                    let room = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, span, last);
+                    let rest = self.b.ins().isub(last, span);
+                    let below = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, rel, rest);
+                    self.b.ins().band(room, below)
+                } else {
+                    // span <= rel <= last.
+                    let below = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, rel, last);
+                    let above = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, rel, span);
+                    self.b.ins().band(below, above)
+                };
+                fits = Some(match fits {
+                    None => inside,
+                    Some(f) => self.b.ins().bor(f, inside),
+                });
+            }
+            let mut fits = fits.expect("at least one region");
+            if let Some(never) = never {
+                fits = self.b.ins().bor(fits, never);
+            }
+            ok = self.b.ins().band(ok, fits);
+        }
+        ok
+    }
+
+    /// The value of `sum` for the registers' current values.
+    fn entry_sum(&mut self, sum: bpftime_vm::walks::EntrySum) -> Value {
+        let mut v = self.iconst(sum.constant);
+        for r in sum.regs.into_iter().flatten() {
+            let x = self.reg(r);
+            v = self.b.ins().iadd(v, x);
+        }
+        v
+    }
+
+    /// Where the fast copy of walked loop `l` leaves from slot `pc`: charges the budget for
+    /// every latch taken since the loop was entered (see [`WalkedLoop::latches_taken`]).
+    fn settle_budget(&mut self, l: usize, pc: usize) {
+        let Guard::Walked(w) = &self.loops[l].guard else { unreachable!("only walked loops settle") };
+        let d = w.counter_offsets[pc - w.head].expect("settling loops know their counter where they leave");
+        let (counter, step, cost, past_latch) = (w.test.counter, w.test.step, w.iteration_cost, w.past_latch(pc));
+        let v = self.reg(counter);
+        let v0 = self.b.use_var(self.entry_counter);
+        let delta = self.b.ins().isub(v, v0);
+        let budget = self.b.use_var(self.budget);
+        let cost = cost as i64;
+        let left = if step == 1 {
+            // `(delta - d + past) * cost`, multiplied out so that the optimiser does not fold
+            // the counter's last step into `delta` (which would keep the counter's previous
+            // value alive across the loop's branch).
+            let charge = self.b.ins().imul_imm_s(delta, cost);
+            let left = self.b.ins().isub(budget, charge);
+            self.b.ins().iadd_imm_s(left, (d - past_latch as i64).wrapping_mul(cost))
+        } else {
+            let delta = self.b.ins().iadd_imm_s(delta, d.wrapping_neg());
+            let done = self.b.ins().udiv_imm_s(delta, step as i64);
+            let taken = self.b.ins().iadd_imm_s(done, past_latch as i64);
+            let charge = self.b.ins().imul_imm_s(taken, cost);
+            self.b.ins().isub(budget, charge)
+        };
+        self.b.def_var(self.budget, left);
+    }
+
+    /// A latch (the backward jump at `pc` to `head`) of loop `l`'s fast copy: pays the budget
+    /// without checking it (the guard showed it covers the loop), or leaves it to be settled
+    /// on the way out; returns the fast copy's head.
+    fn pay_fast_latch(&mut self, l: usize, pc: usize, head: usize) -> Block {
+        if self.loops[l].settles_budget {
+            return self.fast_block(l, head);
+        }
+        let cost = back_edge_cost(head as i64 - pc as i64 - 1) as i64;
         let budget = self.b.use_var(self.budget);
         let left = self.b.ins().iadd_imm_s(budget, -cost);
         self.b.def_var(self.budget, left);
-        let target = self.fast_block(l, head);
-        self.b.ins().jump(target, &[]);
+        self.fast_block(l, head)
     }
 
     /// In the entry function of a program with proven context accesses: a run whose context
@@ -532,7 +766,10 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             Insn::Atomic { size, op, fetch, base, off, src } => self.atomic(pc, size, op, fetch, base, off, src),
             Insn::Ja { off, .. } => {
                 let target = (pc as i64 + 1 + off as i64) as usize;
-                let block = self.branch_target(pc, target);
+                let block = match self.fast.filter(|_| target <= pc) {
+                    Some(l) => self.pay_fast_latch(l, pc, target),
+                    None => self.branch_target(pc, target),
+                };
                 self.b.ins().jump(block, &[]);
                 return true;
             }
@@ -551,6 +788,27 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                     }
                 };
                 let target = (pc as i64 + 1 + off as i64) as usize;
+                if let Some(l) = self.fast.filter(|&l| target <= pc && self.loops[l].settles_budget) {
+                    let head = self.pay_fast_latch(l, pc, target);
+                    let fallthrough = self.edge_to(pc + 1);
+                    self.b.ins().brif(c, head, &[], fallthrough, &[]);
+                    return true;
+                }
+                if let Some(l) = self.fast.filter(|_| target <= pc) {
+                    // The loop goes on with the budget paid; the way out gets it back (added
+                    // again, so that only the paid budget is live across the branch).
+                    let head = self.pay_fast_latch(l, pc, target);
+                    let out = self.b.create_block();
+                    self.b.ins().brif(c, head, &[], out, &[]);
+                    self.b.seal_block(out);
+                    self.b.switch_to_block(out);
+                    let paid = self.b.use_var(self.budget);
+                    let before = self.b.ins().iadd_imm_s(paid, back_edge_cost(target as i64 - pc as i64 - 1) as i64);
+                    self.b.def_var(self.budget, before);
+                    let fallthrough = self.edge_to(pc + 1);
+                    self.b.ins().jump(fallthrough, &[]);
+                    return true;
+                }
                 let taken = self.branch_target(pc, target);
                 let fallthrough = self.edge_to(pc + 1);
                 self.b.ins().brif(c, taken, &[], fallthrough, &[]);
@@ -591,6 +849,9 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             }
             Insn::Call(CallTarget::Kfunc(_)) => unreachable!("verifier rejects kfuncs"),
             Insn::Exit => {
+                if let Some(l) = self.fast.filter(|&l| self.loops[l].settles_budget) {
+                    self.settle_budget(l, pc);
+                }
                 self.save_budget();
                 let r0 = self.reg(Reg::R0);
                 self.b.ins().return_(&[r0]);
@@ -605,12 +866,6 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     fn branch_target(&mut self, pc: usize, target: usize) -> Block {
         if target > pc {
             return self.edge_to(target);
-        }
-        if let Some(l) = self.fast {
-            // The only backward jump of a counted loop: its own back edge.
-            let pay = self.b.create_block();
-            self.fast_back_edges.push((pay, l));
-            return pay;
         }
         let charge = self.b.create_block();
         self.back_edges.push((charge, pc, target));
@@ -768,7 +1023,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let base = self.reg(base_reg);
         let addr = if off != 0 { self.b.ins().iadd_imm_s(base, off as i64) } else { base };
         let access = self.prog.access(pc);
-        if access.proven {
+        if access.proven || self.fast.is_some_and(|l| self.loops[l].unchecked.contains(&pc)) {
             return addr;
         }
         let ok = self.b.create_block();

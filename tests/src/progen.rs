@@ -52,6 +52,22 @@ pub enum Item {
         inclusive: bool,
         body: Vec<Insn>,
     },
+    /// A walked loop (see `bpftime_vm::walks`): `n &= mask` (unless `mask < 0`), `p = base +
+    /// start`, `v = 0`, then `access` (through `p`), `p += stride`, `v += 1` while `v < n`,
+    /// tested at the bottom, or at the top as `if v >= n` leaving the loop. The bound comes
+    /// from a random register, so walks often run out of their region (the context, or for
+    /// `base` r8 the stack, written only).
+    Walk {
+        p: Reg,
+        v: Reg,
+        n: Reg,
+        mask: i32,
+        base: Reg,
+        start: i16,
+        stride: i32,
+        top_test: bool,
+        access: Insn,
+    },
     /// A map lookup (helper 6: a 16-byte value inside the context, or null) with the `u32`
     /// key from `key` stored at r10-4, then, unless null, an access at `r0 + (idx & mask) + off`
     /// (the verifier proves some of these within the value).
@@ -256,6 +272,24 @@ fn counted() -> impl Strategy<Value = Item> {
         })
 }
 
+fn walk() -> impl Strategy<Value = Item> {
+    let regs = Just((0u8..8).collect::<Vec<_>>()).prop_shuffle().prop_map(|r| (reg(r[0]), reg(r[1]), reg(r[2]), reg(r[3])));
+    let stride = prop_oneof![Just(1), Just(2), Just(4), Just(8), Just(-1), Just(-4), Just(-8), Just(0)];
+    let mask = prop_oneof![Just(3), Just(7), Just(15), Just(63), Just(-1)];
+    (regs, mask, any::<bool>(), -8i16..64, stride, any::<bool>(), mem_size(), 0u8..3, -8i16..16).prop_map(
+        |((p, v, n, other), mask, on_stack, start, stride, top_test, size, kind, off)| {
+            let (base, start) = if on_stack { (reg(8), start - 16) } else { (reg(9), start) };
+            let access = match kind {
+                _ if on_stack => Insn::Store { size, base: p, off, src: Operand::Reg(other) },
+                0 => Insn::Load { size, signed: false, dst: other, base: p, off },
+                1 => Insn::Store { size, base: p, off, src: Operand::Reg(other) },
+                _ => Insn::Atomic { size: MemSize::DW, op: AtomicOp::Add, fetch: false, base: p, off: off & !7, src: other },
+            };
+            Item::Walk { p, v, n, mask, base, start, stride, top_test, access }
+        },
+    )
+}
+
 fn item(with_callee: bool, with_lookups: bool) -> impl Strategy<Value = Item> {
     let call_weight = if with_callee { 1 } else { 0 };
     prop_oneof![
@@ -265,7 +299,7 @@ fn item(with_callee: bool, with_lookups: bool) -> impl Strategy<Value = Item> {
         8 => memory().prop_map(Item::Plain),
         5 => (proptest::option::weighted(0.8, cond()), 0usize..6).prop_map(|(cond, skip)| Item::JumpFwd { cond, skip }),
         1 => (proptest::option::weighted(0.9, cond()), 1usize..6).prop_map(|(cond, back)| Item::JumpBack { cond, back }),
-        2 => counted(),
+        4 => prop_oneof![counted().boxed(), walk().boxed()],
         1 => prop_oneof![Just(Item::Plain(Insn::Call(CallTarget::Helper(1)))), Just(Item::Plain(Insn::Call(CallTarget::Helper(2))))],
         1 => (data_reg(), prop_oneof![4 => Just(1), 4 => Just(2), 1 => Just(5), 1 => Just(0), 1 => Just(7)])
             .prop_map(|(reg, id)| Item::CallX { reg, id }),
@@ -331,6 +365,7 @@ fn item_slots(it: &Item) -> usize {
         Item::Indexed { .. } => 3,
         Item::Lookup { .. } => 10,
         Item::Counted { body, top_test, .. } => body.len() + if *top_test { 3 } else { 2 },
+        Item::Walk { mask, top_test, .. } => 7 + (*mask >= 0) as usize + *top_test as usize,
         _ => 1,
     }
 }
@@ -379,6 +414,27 @@ fn lower(items: &[Item], base: usize, callee_slot: usize, out: &mut Vec<Insn>) {
                     out.extend_from_slice(body);
                     out.push(step);
                     test(if *inclusive { JmpCond::Le } else { JmpCond::Lt }, -(n as i16 + 2))
+                }
+            }
+            Item::Walk { p, v, n, mask, base, start, stride, top_test, access } => {
+                let alu = |op, dst, src| Insn::Alu { width: Width::W64, op, dst, src };
+                if *mask >= 0 {
+                    out.push(alu(AluOp::And, *n, Operand::Imm(*mask)));
+                }
+                out.push(alu(AluOp::Mov, *p, Operand::Reg(*base)));
+                out.push(alu(AluOp::Add, *p, Operand::Imm(*start as i32)));
+                out.push(alu(AluOp::Mov, *v, Operand::Imm(0)));
+                let test = |cond, off| Insn::Jump { width: Width::W64, cond, dst: *v, src: Operand::Reg(*n), off };
+                if *top_test {
+                    out.push(test(JmpCond::Ge, 4));
+                }
+                out.push(*access);
+                out.push(alu(AluOp::Add, *p, Operand::Imm(*stride)));
+                out.push(alu(AluOp::Add, *v, Operand::Imm(1)));
+                if *top_test {
+                    Insn::Ja { off: -5, long: false }
+                } else {
+                    test(JmpCond::Lt, -4)
                 }
             }
             Item::CallLocal => Insn::Call(CallTarget::Local((callee_slot as i64 - pc - 1) as i32)),

@@ -62,7 +62,7 @@ fn generated_programs_exercise_proofs() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let strategy = program();
-    let (mut with_proofs, mut computed, mut in_values) = (0, 0, 0);
+    let (mut with_proofs, mut computed, mut in_values, mut walks) = (0, 0, 0, 0);
     for _ in 0..1000 {
         let g = strategy.new_tree(&mut runner).expect("value").current();
         let prog = verify_bytecode(&to_bytecode(&g.bytecode()), Arc::new(test_helpers()), &TestMaps).expect("verifies");
@@ -75,10 +75,13 @@ fn generated_programs_exercise_proofs() {
             .count();
         with_proofs += (n > 0) as usize;
         computed += n;
+        // Walked loops whose walks are checked once on entry.
+        walks += bpftime_vm::walks::walked_loops(prog.insns(), 0, prog.len()).iter().any(|w| w.walks.iter().any(|a| !prog.access(a.pc).proven)) as usize;
         // Accesses into a looked-up value, proven after the null check.
         in_values += (0..prog.len()).filter(|&pc| prog.access(pc).proven && prog.access(pc).target == bpftime_vm::analysis::Target::Memory).count();
     }
-    println!("{with_proofs} of 1000 programs run with proofs of {computed} computed accesses, {in_values} in map values");
+    println!("{with_proofs} of 1000 programs run with proofs of {computed} computed accesses, {in_values} in map values; {walks} have walked loops");
+    assert!(walks >= 100, "only {walks} programs with walked loops");
     assert!(with_proofs >= 150, "only {with_proofs} programs exercise proofs of computed accesses");
     assert!(in_values >= 60, "only {in_values} proven accesses into map values");
 }
@@ -218,6 +221,69 @@ fn inlined_array_lookups_agree_with_the_helper() {
 /// Counted loops run a copy without the budget check when the budget covers their worst case
 /// (`bpftime_vm::loops`): at every budget, around and between the loops' worst cases, every
 /// engine must end exactly as the interpreter does, which charges every back edge.
+/// Walked loops (`bpftime_vm::walks`) check their walks once on entry and run a copy without
+/// those checks, settling the budget on the way out: at every bound (some exactly filling
+/// their region, some one element past it) and every budget, the JIT ends as the interpreter
+/// does, with the same result, memory, fault and instruction.
+#[test]
+fn walked_loops_end_as_the_interpreter_at_every_length_and_budget() {
+    use bpftime_vm::asm::assemble;
+    use bpftime_vm::walks::walked_loops;
+    let programs = [
+        // A copy (clang's shape, tested at the bottom): in bounds up to n = 28, then a loop
+        // that spends budget.
+        "r5 = *(u8 *)(r1 + 0)\nr2 = r1\nr2 += 8\nr3 = 0\nif r5 == 0 goto +5\nr4 = *(u8 *)(r2 + 0)\n*(u8 *)(r2 + 28) = r4\nr2 += 1\nr3 += 1\n\
+         if r3 < r5 goto -5\nr6 = 0\nr6 += 1\nif r6 < 10 goto -2\nr0 = *(u64 *)(r1 + 32)\nr0 += r3\nexit",
+        // Entered in its middle, two latches of different lengths, an `exit` inside: u32s up
+        // to n = 15.
+        "r0 = 0\nr2 = *(u8 *)(r1 + 0)\nif r2 == 0 goto +7\nr3 = 0\nr1 += 4\ngoto +5\nr0 += r7\nr1 += 4\nr3 += 1\nif r3 < r2 goto +1\nexit\n\
+         r7 = *(u32 *)(r1 + 0)\nif r7 > 0x20000000 goto -7\nr7 = 1\ngoto -9",
+        // Tested at the top, walking down, with a break on a value, then a loop that spends
+        // budget.
+        "r2 = *(u8 *)(r1 + 0)\nr4 = r1\nr4 += 60\nr3 = 0\nr0 = 0\nif r3 >= r2 goto +6\nr5 = *(u32 *)(r4 + 0)\nif r5 == 0x1b1a1918 goto +4\n\
+         r0 += r5\nr4 += -4\nr3 += 1\ngoto -7\nr6 = 0\nr6 += 1\nif r6 < 10 goto -2\nr0 += r3\nexit",
+        // Stores up the stack: in bounds up to n = 8.
+        "r2 = *(u8 *)(r1 + 0)\nr4 = r10\nr4 += -64\nr3 = 0\n*(u64 *)(r4 + 0) = r3\nr4 += 8\nr3 += 1\nif r3 < r2 goto -4\n\
+         r0 = *(u64 *)(r10 - 64)\nr0 += r3\nexit",
+    ];
+    for src in programs {
+        let code = assemble(src).unwrap();
+        let prog = Arc::new(verify_bytecode(&to_bytecode(&code), Arc::new(test_helpers()), &TestMaps).expect("verifies"));
+        let walked = walked_loops(prog.insns(), 0, prog.len());
+        assert!(walked.iter().any(|w| w.walks.iter().any(|a| !prog.access(a.pc).proven)), "{src}: no unproven walk");
+        let interp = Interpreter::new(prog.clone());
+        let jit = JitProgram::compile(prog.clone()).unwrap();
+        let object = bpftime_jit::compile_object(&[("prog", &prog)], Default::default()).unwrap();
+        let mapped = bpftime_jit::link::link(&object).and_then(|i| i.load(prog.clone(), "prog")).unwrap();
+        let mut outcomes = std::collections::HashSet::new();
+        let mut mem = vec![0u8; 64];
+        for n in 0..40u8 {
+            for budget in (0..300).step_by(3).chain([10_000]) {
+                let opts = RunOptions { budget, ..RunOptions::default() };
+                // One buffer for every run, so that fault addresses are the same.
+                let initial: Vec<u8> = std::iter::once(n).chain(1..64u8).collect();
+                mem.copy_from_slice(&initial);
+                let want = run(&interp, Context::Mem(&mut mem), &opts);
+                let want_mem = mem.clone();
+                for (engine, name) in [(&jit as &dyn Engine, "JIT"), (&mapped, "object code")] {
+                    mem.copy_from_slice(&initial);
+                    let got = run(engine, Context::Mem(&mut mem), &opts);
+                    assert_eq!(got, want, "{src}: {name} at n = {n}, budget {budget}");
+                    assert_eq!(mem, want_mem, "{src}: {name}'s memory at n = {n}, budget {budget}");
+                }
+                outcomes.insert(match &want {
+                    Ok(_) => "ok",
+                    Err(RunError { fault: bpftime_vm::Fault::OutOfBounds { .. }, .. }) => "out of bounds",
+                    Err(_) => "stopped",
+                });
+            }
+        }
+        // Every program but the one that breaks out first also runs out of its region.
+        let expected = if src.contains("0x1b1a1918") { 2 } else { 3 };
+        assert_eq!(outcomes.len(), expected, "{src}: {outcomes:?}");
+    }
+}
+
 #[test]
 fn counted_loops_end_as_the_interpreter_at_every_budget() {
     use bpftime_vm::asm::assemble;

@@ -247,6 +247,9 @@ pub(crate) struct Analysis {
     /// Map lookups (by slot) an engine may inline: the map is an array known at load time and
     /// the key's 4 bytes are proven readable.
     pub inline_lookups: HashMap<usize, ArrayLayout>,
+    /// Engines may check a walked loop's accesses once on entry (see [`crate::walks`]) rather
+    /// than on every iteration; false when every check is kept.
+    pub walk_checks_on_entry: bool,
 }
 
 /// Analyses every function of a program whose control flow the verifier has checked.
@@ -353,7 +356,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
         }
     }
     let inline_lookups = a.inline_lookups.into_iter().filter_map(|(pc, l)| Some((pc, l?))).collect();
-    Analysis { access: a.access, ctx, inline_lookups }
+    Analysis { access: a.access, ctx, inline_lookups, walk_checks_on_entry: true }
 }
 
 struct Analyzer<'a> {

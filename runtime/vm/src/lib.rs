@@ -36,6 +36,7 @@ pub mod record;
 pub mod semantics;
 pub mod thread_exit;
 pub mod verifier;
+pub mod walks;
 
 pub use exec::{Context, Engine, Fault, HelperFn, HelperTable, Region, RunError, RunOptions, RunState};
 pub use insn::{Insn, RawInsn, Reg};

@@ -38,6 +38,7 @@ pub struct Program {
     access: Vec<Access>,
     ctx_needs: ContextNeeds,
     inline_lookups: HashMap<usize, ArrayLayout>,
+    walk_checks_on_entry: bool,
     /// What the map-naming `lddw`s (by slot) point to, as the resolver described them.
     pointees: HashMap<usize, Pointee>,
     /// Slots of the `lddw`s the resolver turned into constants (map references, value addresses).
@@ -55,6 +56,7 @@ impl PartialEq for Program {
             && self.access == other.access
             && self.ctx_needs == other.ctx_needs
             && self.inline_lookups == other.inline_lookups
+            && self.walk_checks_on_entry == other.walk_checks_on_entry
             && self.pointees == other.pointees
             && self.resolved == other.resolved
             && Arc::ptr_eq(&self.helpers, &other.helpers)
@@ -71,8 +73,8 @@ impl Program {
         resolved: Vec<usize>,
         helpers: Arc<HelperTable>,
     ) -> Self {
-        let Analysis { access, ctx: ctx_needs, inline_lookups } = proofs;
-        Program { insns, functions, depths, access, ctx_needs, inline_lookups, pointees, resolved, helpers }
+        let Analysis { access, ctx: ctx_needs, inline_lookups, walk_checks_on_entry } = proofs;
+        Program { insns, functions, depths, access, ctx_needs, inline_lookups, walk_checks_on_entry, pointees, resolved, helpers }
     }
 
     /// Whether the `lddw` at `slot` was resolved from a map reference: its constant is an
@@ -135,6 +137,13 @@ impl Program {
     /// [`Program::context_needs`]) and which region it likely touches.
     pub fn access(&self, pc: usize) -> Access {
         self.access[pc]
+    }
+
+    /// Whether an engine may check the accesses of a walked loop (see [`crate::walks`]) once
+    /// when the loop is entered, instead of on every iteration; false when the program was
+    /// verified to keep every check.
+    pub fn walk_checks_on_entry(&self) -> bool {
+        self.walk_checks_on_entry
     }
 
     /// What a run's context must be for the proofs of context accesses to hold; the engines

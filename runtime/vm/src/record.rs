@@ -17,7 +17,7 @@ use crate::verifier::{resolve_lddw, Checks, LddwResolver};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-const RECORD_MAGIC: &[u8; 8] = b"BPFREC01";
+const RECORD_MAGIC: &[u8; 8] = b"BPFREC02";
 
 /// Why a record could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +135,7 @@ impl Program {
         let ctx = self.context_needs();
         put(ctx.len);
         put(ctx.writable as u64);
+        put(self.walk_checks_on_entry() as u64);
         let mut lookups: Vec<(usize, usize)> = self
             .inline_lookups()
             .iter()
@@ -188,12 +189,13 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
         return Err(RecordError::Malformed("function bounds"));
     }
     let ctx = ContextNeeds { len: next("context")?, writable: next("context")? != 0 };
+    let walk_checks_on_entry = next("walks")? != 0;
     let nlookups = next("lookups")? as usize;
     let mut lookup_slots = Vec::with_capacity(nlookups.min(n));
     for _ in 0..nlookups {
         lookup_slots.push((next("lookup")? as usize, next("lookup")? as usize));
     }
-    let header = 8 * (6 + 4 * nfuncs + 2 * nlookups);
+    let header = 8 * (7 + 4 * nfuncs + 2 * nlookups);
     let access_bytes = record.get(header..).filter(|a| a.len() == n).ok_or(RecordError::Malformed("access"))?;
     let access = access_bytes.iter().map(|&b| Access { target: target_of(b & 3), proven: b & 4 != 0 }).collect();
 
@@ -215,7 +217,7 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
             _ => return Err(RecordError::Malformed("inlined lookup")),
         };
     }
-    let proofs = Analysis { access, ctx, inline_lookups };
+    let proofs = Analysis { access, ctx, inline_lookups, walk_checks_on_entry };
     Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))
 }
 
