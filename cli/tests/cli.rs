@@ -89,6 +89,25 @@ fn vm_disasm_shows_what_the_verifier_proved() {
     assert!(summary.contains("the context proofs need"), "{summary}");
 }
 
+/// A loop bounded by its input (the kernel would refuse it) has its access checked once per
+/// entry into the loop: the sum is right when the input holds `n` values, and one value short
+/// both engines fault at the same instruction.
+#[test]
+fn a_walked_loop_is_checked_on_entry_and_faults_as_the_interpreter() {
+    let obj = build_example("vm_walk");
+    let obj = obj.to_str().unwrap();
+    let proofs = text(&bpftime(&["vm", "disasm", "--proofs", obj]).stdout);
+    assert!(proofs.contains("checked on loop entry (context)") && proofs.contains("1 checked once per entry into their loop"), "{proofs}");
+    let values = "01 00 00 00 02 00 00 00 03 00 00 00";
+    for engine in ["jit", "interp"] {
+        let fits = bpftime(&["vm", "run", obj, "--engine", engine, "--mem", &format!("03 00 00 00 00 00 00 00 {values}")]);
+        assert_eq!(text(&fits.stdout).lines().next(), Some("r0 = 0xe (14)"), "{engine}: {}", text(&fits.stderr));
+        let short = bpftime(&["vm", "run", obj, "--engine", engine, "--mem", &format!("04 00 00 00 00 00 00 00 {values}")]);
+        assert_eq!(short.status.code(), Some(1), "{engine}");
+        assert!(text(&short.stderr).contains("insn 7: out-of-bounds load of 4 bytes"), "{engine}: {}", text(&short.stderr));
+    }
+}
+
 #[test]
 fn errors_are_one_clear_line_and_exit_1() {
     let dir = std::env::temp_dir().join(format!("bpftime-cli-test-{}", std::process::id()));

@@ -439,7 +439,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let counted: Vec<_> = counted_loops(insns, start, end).into_iter().filter(|c| short(c.head, c.back_edge)).collect();
         let walked = if self.prog.walk_checks_on_entry() { walked_loops(insns, start, end) } else { vec![] };
         let mut loops = vec![];
-        for w in walked.into_iter().filter(|w| short(w.head, w.last)) {
+        for w in walked {
             let unchecked: Vec<usize> = w.walks.iter().map(|a| a.pc).filter(|&pc| !self.prog.access(pc).proven).collect();
             if unchecked.is_empty() && counted.iter().any(|c| c.head == w.head) {
                 continue;

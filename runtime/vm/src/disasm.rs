@@ -223,7 +223,13 @@ pub fn disassemble(insns: &[Insn]) -> String {
 pub fn disassemble_with_proofs(prog: &crate::Program) -> String {
     use crate::analysis::Target;
     let mut out = String::new();
-    let (mut proven, mut all) = (0, 0);
+    let (mut proven, mut all, mut on_entry) = (0, 0, 0);
+    // Accesses of walked loops, checked once per entry into their loop.
+    let walked: Vec<usize> = if prog.walk_checks_on_entry() {
+        prog.functions().iter().flat_map(|f| crate::walks::walked_loops(prog.insns(), f.start, f.end)).flat_map(|w| w.walks).map(|a| a.pc).collect()
+    } else {
+        vec![]
+    };
     for (pc, insn) in prog.insns().iter().enumerate() {
         if matches!(insn, Insn::LddwHigh) {
             continue;
@@ -239,7 +245,13 @@ pub fn disassemble_with_proofs(prog: &crate::Program) -> String {
                     Target::Memory => "memory",
                     Target::Unknown => "unknown",
                 };
-                format!("\t; {} ({region})", if a.proven { "proven" } else { "checked" })
+                on_entry += (!a.proven && walked.contains(&pc)) as usize;
+                let how = match (a.proven, walked.contains(&pc)) {
+                    (true, _) => "proven",
+                    (false, true) => "checked on loop entry",
+                    (false, false) => "checked",
+                };
+                format!("\t; {how} ({region})")
             }
             Insn::Call(_) if prog.inline_lookup(pc).is_some() => "\t; inlined array lookup".to_string(),
             _ => String::new(),
@@ -248,6 +260,9 @@ pub fn disassemble_with_proofs(prog: &crate::Program) -> String {
     }
     let needs = prog.context_needs();
     let _ = write!(out, "; {proven} of {all} memory accesses proven in bounds");
+    if on_entry > 0 {
+        let _ = write!(out, ", {on_entry} checked once per entry into their loop");
+    }
     if needs.len > 0 {
         let _ = write!(out, "; the context proofs need {} bytes{}", needs.len, if needs.writable { ", writable" } else { "" });
     }

@@ -44,6 +44,9 @@ const MAX_STEP: i64 = 1 << 31;
 pub const MAX_ENTRY_VALUE: u64 = 1 << 62;
 /// Counts of iterations going on at or above this are not used.
 pub const MAX_ITERATIONS: u64 = 1 << 31;
+/// Longest loop (in slots) considered: an engine compiles a walked loop twice, and longer
+/// bodies would double compile time for little gain.
+pub const MAX_LOOP_SLOTS: usize = 512;
 
 /// A sum of registers' values on the loop's entry and a constant (wrapping, as eBPF adds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,7 +235,11 @@ pub fn walked_loops(insns: &[Insn], start: usize, end: usize) -> Vec<WalkedLoop>
         }
     }
     candidates.sort_unstable();
-    candidates.into_iter().filter_map(|(head, last)| walked_loop(insns, &slots, start, head, last)).collect()
+    candidates
+        .into_iter()
+        .filter(|&(head, last)| last - head < MAX_LOOP_SLOTS)
+        .filter_map(|(head, last)| walked_loop(insns, &slots, start, head, last))
+        .collect()
 }
 
 /// Slot after `pc` (an `lddw` takes two).
