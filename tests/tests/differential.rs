@@ -242,6 +242,9 @@ fn walked_loops_end_as_the_interpreter_at_every_length_and_budget() {
         // budget.
         "r2 = *(u8 *)(r1 + 0)\nr4 = r1\nr4 += 60\nr3 = 0\nr0 = 0\nif r3 >= r2 goto +6\nr5 = *(u32 *)(r4 + 0)\nif r5 == 0x1b1a1918 goto +4\n\
          r0 += r5\nr4 += -4\nr3 += 1\ngoto -7\nr6 = 0\nr6 += 1\nif r6 < 10 goto -2\nr0 += r3\nexit",
+        // A store on the way out of the loop, in its last iteration: in bounds up to n = 55.
+        "r2 = *(u8 *)(r1 + 0)\nr4 = r1\nr4 += 8\nr3 = 0\nr0 = *(u8 *)(r4 + 0)\nr3 += 1\nif r3 < r2 goto +3\n*(u8 *)(r4 + 1) = r3\nr0 = r3\nexit\n\
+         r4 += 1\ngoto -8",
         // Stores up the stack: in bounds up to n = 8.
         "r2 = *(u8 *)(r1 + 0)\nr4 = r10\nr4 += -64\nr3 = 0\n*(u64 *)(r4 + 0) = r3\nr4 += 8\nr3 += 1\nif r3 < r2 goto -4\n\
          r0 = *(u64 *)(r10 - 64)\nr0 += r3\nexit",
@@ -257,7 +260,7 @@ fn walked_loops_end_as_the_interpreter_at_every_length_and_budget() {
         let mapped = bpftime_jit::link::link(&object).and_then(|i| i.load(prog.clone(), "prog")).unwrap();
         let mut outcomes = std::collections::HashSet::new();
         let mut mem = vec![0u8; 64];
-        for n in 0..40u8 {
+        for n in 0..64u8 {
             for budget in (0..300).step_by(3).chain([10_000]) {
                 let opts = RunOptions { budget, ..RunOptions::default() };
                 // One buffer for every run, so that fault addresses are the same.

@@ -29,7 +29,8 @@
 //! computed from the entry values ([`WalkedLoop::iterations_going_on`]), and at most `K + 1`
 //! iterations start. An access whose base register, where it runs, is a sum of at most two
 //! induction registers' arrival values and a constant goes to `base0 + k*stride` in iteration
-//! `k`: `K + 1` addresses if it lies before the test in iteration order, `K` after it.
+//! `k`: `K` addresses if it lies after the test on a way back to the entry (only iterations
+//! that go on run it), else `K + 1`.
 //! Arithmetic is bounded so that none of this wraps unnoticed: entry values of `v` and `N` up
 //! to 2^62, constants up to 2^40 and strides up to 2^31 in magnitude, `K` below 2^31.
 
@@ -115,7 +116,9 @@ pub struct Walk {
     pub size: MemSize,
     /// A store or atomic.
     pub write: bool,
-    /// Runs after the trip test: only in iterations that go on.
+    /// Runs after the trip test on the way back to the entry: only in iterations that go on.
+    /// (An access after the test on the way out of the loop may also run in the last
+    /// iteration, and counts as before it.)
     pub after_test: bool,
 }
 
@@ -455,7 +458,7 @@ fn walked_from(insns: &[Insn], slots: &[usize], head: usize, last: usize, entry:
         .into_iter()
         .filter_map(|(pc, p, base, off, size, write)| {
             let Value::Sum(base) = base else { return None };
-            Some(Walk { pc, base: base.plus_constant(off as i64)?, stride: stride_of(&base)?, size, write, after_test: p > test_position })
+            Some(Walk { pc, base: base.plus_constant(off as i64)?, stride: stride_of(&base)?, size, write, after_test: p > test_position && returns[p] })
         })
         .collect();
     let mut counter_offsets = vec![None; last - head + 1];
@@ -552,6 +555,14 @@ mod tests {
         let l2 = WalkedLoop { test: TripTest { offset: 0, ..l.test }, ..l.clone() };
         assert_eq!(l2.iterations_going_on(&above), Some(0));
         assert!(l.walks[0].within(&above, 0, 0, 0));
+    }
+
+    #[test]
+    fn an_access_on_the_way_out_counts_the_last_iteration() {
+        // The store after the test runs only when the loop is left, in the last iteration.
+        let l = &walked("r3 = 0\nr0 = *(u8 *)(r1 + 0)\nr3 += 1\nif r3 < r2 goto +2\n*(u8 *)(r1 + 1) = 0\nexit\nr1 += 1\ngoto -7")[0];
+        assert_eq!(l.walks.len(), 2);
+        assert!(l.walks.iter().all(|w| !w.after_test), "{:?}", l.walks);
     }
 
     #[test]
