@@ -17,7 +17,7 @@ use bpftime_vm::exec::{back_edge_cost, size_index, state_offsets as so, FRAME_SI
 use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
 use bpftime_vm::loops::counted_loops;
 use bpftime_vm::program::Function as EbpfFunction;
-use bpftime_vm::walks::{walked_loops, WalkedLoop, MAX_ENTRY_VALUE, MAX_ITERATIONS};
+use bpftime_vm::walks::{walked_loops, GoesOn, WalkedLoop, MAX_ENTRY_VALUE, MAX_ITERATIONS};
 use bpftime_vm::Program;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{I16, I32, I64, I8};
@@ -540,21 +540,63 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let small_v = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThanOrEqual, v0, MAX_ENTRY_VALUE as i64);
         let small_n = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThanOrEqual, n, MAX_ENTRY_VALUE as i64);
         let mut ok = self.b.ins().band(small_v, small_n);
-        // Iteration 0 compares `first = v0 + offset` with `n` (plus one when inclusive).
-        let n = self.b.ins().iadd_imm_s(n, t.inclusive as i64);
+        // Iteration 0 compares `first = v0 + offset` with `n`; with both entry values below
+        // 2^62, these are exact as signed 64-bit numbers (a negative `first` wrapped).
         let first = self.b.ins().iadd_imm_s(v0, t.offset);
-        let negative = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, first, 0);
-        let reached = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, first, n);
-        let none = self.b.ins().bor(negative, reached);
-        let left = self.b.ins().isub(n, first);
-        let going_on = if t.step == 1 {
-            left
-        } else {
-            let rounded = self.b.ins().iadd_imm_s(left, t.step as i64 - 1);
-            self.b.ins().udiv_imm_s(rounded, t.step as i64)
-        };
+        let c = t.step.unsigned_abs() as i64;
         let zero = self.iconst(0);
-        let going_on = self.b.ins().select(none, zero, going_on);
+        let first_negative = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, first, 0);
+        let ceil_div = |t: &mut Self, x: Value| {
+            if c == 1 {
+                x
+            } else {
+                let rounded = t.b.ins().iadd_imm_s(x, c - 1);
+                t.b.ins().udiv_imm_s(rounded, c)
+            }
+        };
+        let (going_on, bad) = match t.goes_on {
+            GoesOn::Below | GoesOn::AtMost => {
+                let n = self.b.ins().iadd_imm_s(n, (t.goes_on == GoesOn::AtMost) as i64);
+                let reached = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, first, n);
+                let none = self.b.ins().bor(first_negative, reached);
+                let left = self.b.ins().isub(n, first);
+                let k = ceil_div(self, left);
+                (self.b.ins().select(none, zero, k), None)
+            }
+            GoesOn::Above | GoesOn::AtLeast => {
+                // Going down: it must stop at or above zero, or it wraps and goes on.
+                let n = self.b.ins().iadd_imm_s(n, -((t.goes_on == GoesOn::AtLeast) as i64));
+                let n_negative = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, n, 0);
+                let none = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, first, n);
+                let over = self.b.ins().isub(first, n);
+                let k = ceil_div(self, over);
+                let k = self.b.ins().select(none, zero, k);
+                let down = self.b.ins().imul_imm_s(k, c);
+                let end = self.b.ins().isub(first, down);
+                let wraps = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, end, 0);
+                let bad = self.b.ins().bor(first_negative, n_negative);
+                (k, Some(self.b.ins().bor(bad, wraps)))
+            }
+            GoesOn::NotEqual => {
+                // It must meet the bound exactly, or it wraps and goes on.
+                let gap = if t.step > 0 { self.b.ins().isub(n, first) } else { self.b.ins().isub(first, n) };
+                let gap_negative = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, gap, 0);
+                let mut bad = self.b.ins().bor(first_negative, gap_negative);
+                let k = if c == 1 {
+                    gap
+                } else {
+                    let rem = self.b.ins().urem_imm_s(gap, c);
+                    let misses = self.b.ins().icmp_imm_s(IntCC::NotEqual, rem, 0);
+                    bad = self.b.ins().bor(bad, misses);
+                    self.b.ins().udiv_imm_s(gap, c)
+                };
+                (k, Some(bad))
+            }
+        };
+        if let Some(bad) = bad {
+            let good = self.b.ins().bxor_imm_s(bad, 1);
+            ok = self.b.ins().band(ok, good);
+        }
         let in_range = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, going_on, MAX_ITERATIONS as i64);
         ok = self.b.ins().band(ok, in_range);
         // The budget: every iteration may take a latch.
@@ -634,16 +676,17 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let delta = self.b.ins().isub(v, v0);
         let budget = self.b.use_var(self.budget);
         let cost = cost as i64;
-        let left = if step == 1 {
-            // `(delta - d + past) * cost`, multiplied out so that the optimiser does not fold
-            // the counter's last step into `delta` (which would keep the counter's previous
-            // value alive across the loop's branch).
-            let charge = self.b.ins().imul_imm_s(delta, cost);
+        let left = if step.abs() == 1 {
+            // `((delta - d) * step + past) * cost`, multiplied out so that the optimiser does
+            // not fold the counter's last step into `delta` (which would keep the counter's
+            // previous value alive across the loop's branch).
+            let charge = self.b.ins().imul_imm_s(delta, cost.wrapping_mul(step));
             let left = self.b.ins().isub(budget, charge);
-            self.b.ins().iadd_imm_s(left, (d - past_latch as i64).wrapping_mul(cost))
+            self.b.ins().iadd_imm_s(left, (d.wrapping_mul(step) - past_latch as i64).wrapping_mul(cost))
         } else {
-            let delta = self.b.ins().iadd_imm_s(delta, d.wrapping_neg());
-            let done = self.b.ins().udiv_imm_s(delta, step as i64);
+            let moved = self.b.ins().iadd_imm_s(delta, d.wrapping_neg());
+            let moved = if step > 0 { moved } else { self.b.ins().ineg(moved) };
+            let done = self.b.ins().udiv_imm_s(moved, step.abs());
             let taken = self.b.ins().iadd_imm_s(done, past_latch as i64);
             let charge = self.b.ins().imul_imm_s(taken, cost);
             self.b.ins().isub(budget, charge)

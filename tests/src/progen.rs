@@ -53,10 +53,11 @@ pub enum Item {
         body: Vec<Insn>,
     },
     /// A walked loop (see `bpftime_vm::walks`): `n &= mask` (unless `mask < 0`), `p = base +
-    /// start`, `v = 0`, then `access` (through `p`), `p += stride`, `v += 1` while `v < n`,
-    /// tested at the bottom, or at the top as `if v >= n` leaving the loop. The bound comes
-    /// from a random register, so walks often run out of their region (the context, or for
-    /// `base` r8 the stack, written only).
+    /// start`, then `access` (through `p`), `p += stride` and the counter's step while the
+    /// test holds, tested at the bottom, or at the top (its negation leaving the loop). Up:
+    /// `v = 0`, `v += 1` while `v COND n` (`<`, `<=`, `!=`); down: `v = n`, `v += -1` while
+    /// `v COND 0` (`>`, `>=`, `!=`). The bound comes from a random register, so walks often run
+    /// out of their region (the context, or for `base` r8 the stack, written only).
     Walk {
         p: Reg,
         v: Reg,
@@ -66,6 +67,8 @@ pub enum Item {
         start: i16,
         stride: i32,
         top_test: bool,
+        down: bool,
+        cond: JmpCond,
         access: Insn,
     },
     /// A map lookup (helper 6: a 16-byte value inside the context, or null) with the `u32`
@@ -276,8 +279,16 @@ fn walk() -> impl Strategy<Value = Item> {
     let regs = Just((0u8..8).collect::<Vec<_>>()).prop_shuffle().prop_map(|r| (reg(r[0]), reg(r[1]), reg(r[2]), reg(r[3])));
     let stride = prop_oneof![Just(1), Just(2), Just(4), Just(8), Just(-1), Just(-4), Just(-8), Just(0)];
     let mask = prop_oneof![Just(3), Just(7), Just(15), Just(63), Just(-1)];
-    (regs, mask, any::<bool>(), -8i16..64, stride, any::<bool>(), mem_size(), 0u8..3, -8i16..16).prop_map(
-        |((p, v, n, other), mask, on_stack, start, stride, top_test, size, kind, off)| {
+    let count = prop_oneof![
+        Just((false, JmpCond::Lt)),
+        Just((false, JmpCond::Le)),
+        Just((false, JmpCond::Ne)),
+        Just((true, JmpCond::Gt)),
+        Just((true, JmpCond::Ge)),
+        Just((true, JmpCond::Ne)),
+    ];
+    (regs, mask, any::<bool>(), -8i16..64, stride, any::<bool>(), count, mem_size(), 0u8..3, -8i16..16).prop_map(
+        |((p, v, n, other), mask, on_stack, start, stride, top_test, (down, cond), size, kind, off)| {
             let (base, start) = if on_stack { (reg(8), start - 16) } else { (reg(9), start) };
             let access = match kind {
                 _ if on_stack => Insn::Store { size, base: p, off, src: Operand::Reg(other) },
@@ -285,7 +296,7 @@ fn walk() -> impl Strategy<Value = Item> {
                 1 => Insn::Store { size, base: p, off, src: Operand::Reg(other) },
                 _ => Insn::Atomic { size: MemSize::DW, op: AtomicOp::Add, fetch: false, base: p, off: off & !7, src: other },
             };
-            Item::Walk { p, v, n, mask, base, start, stride, top_test, access }
+            Item::Walk { p, v, n, mask, base, start, stride, top_test, down, cond, access }
         },
     )
 }
@@ -416,25 +427,33 @@ fn lower(items: &[Item], base: usize, callee_slot: usize, out: &mut Vec<Insn>) {
                     test(if *inclusive { JmpCond::Le } else { JmpCond::Lt }, -(n as i16 + 2))
                 }
             }
-            Item::Walk { p, v, n, mask, base, start, stride, top_test, access } => {
+            Item::Walk { p, v, n, mask, base, start, stride, top_test, down, cond, access } => {
                 let alu = |op, dst, src| Insn::Alu { width: Width::W64, op, dst, src };
                 if *mask >= 0 {
                     out.push(alu(AluOp::And, *n, Operand::Imm(*mask)));
                 }
                 out.push(alu(AluOp::Mov, *p, Operand::Reg(*base)));
                 out.push(alu(AluOp::Add, *p, Operand::Imm(*start as i32)));
-                out.push(alu(AluOp::Mov, *v, Operand::Imm(0)));
-                let test = |cond, off| Insn::Jump { width: Width::W64, cond, dst: *v, src: Operand::Reg(*n), off };
+                let (first, bound, step) = if *down { (Operand::Reg(*n), Operand::Imm(0), -1) } else { (Operand::Imm(0), Operand::Reg(*n), 1) };
+                out.push(alu(AluOp::Mov, *v, first));
+                let test = |cond, off| Insn::Jump { width: Width::W64, cond, dst: *v, src: bound, off };
                 if *top_test {
-                    out.push(test(JmpCond::Ge, 4));
+                    let leave = match cond {
+                        JmpCond::Lt => JmpCond::Ge,
+                        JmpCond::Le => JmpCond::Gt,
+                        JmpCond::Gt => JmpCond::Le,
+                        JmpCond::Ge => JmpCond::Lt,
+                        _ => JmpCond::Eq,
+                    };
+                    out.push(test(leave, 4));
                 }
                 out.push(*access);
                 out.push(alu(AluOp::Add, *p, Operand::Imm(*stride)));
-                out.push(alu(AluOp::Add, *v, Operand::Imm(1)));
+                out.push(alu(AluOp::Add, *v, Operand::Imm(step)));
                 if *top_test {
                     Insn::Ja { off: -5, long: false }
                 } else {
-                    test(JmpCond::Lt, -4)
+                    test(*cond, -4)
                 }
             }
             Item::CallLocal => Insn::Call(CallTarget::Local((callee_slot as i64 - pc - 1) as i32)),

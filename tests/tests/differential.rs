@@ -87,7 +87,8 @@ fn generated_programs_exercise_proofs() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4000, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    // PROPTEST_CASES=N runs more (a longer fuzz).
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(4000), max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn jit_agrees_with_interpreter(g in program()) {
@@ -245,6 +246,18 @@ fn walked_loops_end_as_the_interpreter_at_every_length_and_budget() {
         // A store on the way out of the loop, in its last iteration: in bounds up to n = 55.
         "r2 = *(u8 *)(r1 + 0)\nr4 = r1\nr4 += 8\nr3 = 0\nr0 = *(u8 *)(r4 + 0)\nr3 += 1\nif r3 < r2 goto +3\n*(u8 *)(r4 + 1) = r3\nr0 = r3\nexit\n\
          r4 += 1\ngoto -8",
+        // Counting down to zero (clang's `for (i = n; i > 0; i--) v[i - 1]`): u64s up to n = 7.
+        "r2 = *(u8 *)(r1 + 0)\nr0 = 0\nif r2 == 0 goto +10\nr3 = r2\nr3 <<= 3\nr1 += r3\nr4 = *(u64 *)(r1 + 0)\nr0 ^= r4\nr0 += r2\n\
+         r1 += -8\nr2 += -1\nif r2 == 0 goto +1\ngoto -7\nr6 = 0\nr6 += 1\nif r6 < 10 goto -2\nexit",
+        // `while (left != 0)` by 8 bytes: u64s up to n = 7; without the shift, a bound that is
+        // not a multiple of 8 is never met (the loop runs until it faults).
+        "r2 = *(u8 *)(r1 + 0)\nr0 = 0\nif r2 == 0 goto +7\nr2 <<= 3\nr1 += 8\nr3 = *(u64 *)(r1 + 0)\nr0 += r3\nr1 += 8\nr2 += -8\n\
+         if r2 != 0 goto -5\nexit",
+        "r2 = *(u8 *)(r1 + 0)\nr0 = 0\nif r2 == 0 goto +6\nr1 += 8\nr3 = *(u64 *)(r1 + 0)\nr0 += r3\nr1 += 8\nr2 += -8\n\
+         if r2 != 0 goto -5\nexit",
+        // Down by 3 while above 1: from n - 3 = 2 mod 3 it steps past zero, wraps and runs on
+        // until it faults.
+        "r2 = *(u8 *)(r1 + 0)\nr0 = 0\nr1 += 8\nr3 = *(u8 *)(r1 + 0)\nr0 += r3\nr1 += 1\nr2 += -3\nif r2 > 1 goto -5\nr0 += r2\nexit",
         // Stores up the stack: in bounds up to n = 8.
         "r2 = *(u8 *)(r1 + 0)\nr4 = r10\nr4 += -64\nr3 = 0\n*(u64 *)(r4 + 0) = r3\nr4 += 8\nr3 += 1\nif r3 < r2 goto -4\n\
          r0 = *(u64 *)(r10 - 64)\nr0 += r3\nexit",

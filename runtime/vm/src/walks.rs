@@ -84,22 +84,88 @@ impl EntrySum {
 }
 
 /// How many iterations of a walked loop go on to the next: iteration `k` goes on only if
-/// `counter + offset + k*step < bound` (`<=` when `inclusive`), unsigned, with `counter` and
-/// `bound` taken on entry.
+/// `counter + offset + k*step` compares with `bound` as `goes_on` says (unsigned, 64-bit),
+/// with `counter` and `bound` taken on entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TripTest {
     /// Slot of the compare.
     pub pc: usize,
     /// The induction register compared.
     pub counter: Reg,
-    /// Its step per iteration (> 0).
-    pub step: u64,
+    /// Its step per iteration: positive for [`GoesOn::Below`] and [`GoesOn::AtMost`],
+    /// negative for [`GoesOn::Above`] and [`GoesOn::AtLeast`], either for
+    /// [`GoesOn::NotEqual`].
+    pub step: i64,
     /// What the compared value adds to the counter's entry value in iteration 0.
     pub offset: i64,
     /// What it is compared with (unchanged by the loop).
     pub bound: EntrySum,
-    /// `<=` rather than `<`.
-    pub inclusive: bool,
+    /// The relation under which an iteration goes on.
+    pub goes_on: GoesOn,
+}
+
+/// The compared value's relation to the bound under which an iteration goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoesOn {
+    /// `<`
+    Below,
+    /// `<=`
+    AtMost,
+    /// `>`
+    Above,
+    /// `>=`
+    AtLeast,
+    /// `!=`
+    NotEqual,
+}
+
+impl GoesOn {
+    /// The relation for a compare `a COND b` whose taken side goes on (`taken`) or whose
+    /// fall-through does, with the counter on the left (`counter_left`) or the right.
+    fn of(cond: JmpCond, taken: bool, counter_left: bool) -> Option<GoesOn> {
+        use JmpCond::*;
+        let cond = if taken {
+            cond
+        } else {
+            match cond {
+                Lt => Ge,
+                Le => Gt,
+                Gt => Le,
+                Ge => Lt,
+                Eq => Ne,
+                Ne => Eq,
+                _ => return None,
+            }
+        };
+        let cond = if counter_left {
+            cond
+        } else {
+            match cond {
+                Lt => Gt,
+                Le => Ge,
+                Gt => Lt,
+                Ge => Le,
+                other => other,
+            }
+        };
+        Some(match cond {
+            Lt => GoesOn::Below,
+            Le => GoesOn::AtMost,
+            Gt => GoesOn::Above,
+            Ge => GoesOn::AtLeast,
+            Ne => GoesOn::NotEqual,
+            _ => return None,
+        })
+    }
+
+    /// Whether a counter stepped by `step` ends such a loop by itself.
+    fn ends_with(self, step: i64) -> bool {
+        match self {
+            GoesOn::Below | GoesOn::AtMost => step > 0,
+            GoesOn::Above | GoesOn::AtLeast => step < 0,
+            GoesOn::NotEqual => step != 0,
+        }
+    }
 }
 
 /// A load, store or atomic of a walked loop whose address in iteration `k` is
@@ -189,10 +255,39 @@ impl WalkedLoop {
         if v0 > MAX_ENTRY_VALUE || n > MAX_ENTRY_VALUE {
             return None;
         }
-        let n = n + t.inclusive as u64;
-        let first = v0 as i64 + t.offset;
-        let k = if first < 0 || first as u64 >= n { 0 } else { (n - first as u64).div_ceil(t.step) };
-        (k < MAX_ITERATIONS).then_some(k)
+        // The compared value in iteration 0, without wrapping (a negative one wrapped).
+        let (first, n, c) = (v0 as i64 + t.offset, n as i64, t.step.abs());
+        let k = match t.goes_on {
+            GoesOn::Below | GoesOn::AtMost => {
+                let n = n + (t.goes_on == GoesOn::AtMost) as i64;
+                if first < 0 || first >= n {
+                    0
+                } else {
+                    (n - first + c - 1) / c
+                }
+            }
+            GoesOn::Above | GoesOn::AtLeast => {
+                // Going down: it must stop at or above zero, or it wraps and goes on.
+                let n = n - (t.goes_on == GoesOn::AtLeast) as i64;
+                if first < 0 || n < 0 {
+                    return None;
+                }
+                let k = if first <= n { 0 } else { (first - n + c - 1) / c };
+                if first - k * c < 0 {
+                    return None;
+                }
+                k
+            }
+            GoesOn::NotEqual => {
+                // It must meet the bound exactly, or it wraps and goes on.
+                let gap = if t.step > 0 { n - first } else { first - n };
+                if first < 0 || gap < 0 || gap % c != 0 {
+                    return None;
+                }
+                gap / c
+            }
+        };
+        (k < MAX_ITERATIONS as i64).then_some(k as u64)
     }
 
     /// The most loop budget the loop charges per entry when `going_on` iterations go on.
@@ -207,7 +302,8 @@ impl WalkedLoop {
     /// plus one where `pc` lies between the latch and the entry.
     pub fn latches_taken(&self, pc: usize, counter0: u64, counter: u64) -> Option<u64> {
         let d = self.counter_offsets[pc - self.head]?;
-        let done = counter.wrapping_sub(counter0).wrapping_sub(d as u64) / self.test.step;
+        let moved = counter.wrapping_sub(counter0).wrapping_sub(d as u64);
+        let done = if self.test.step > 0 { moved / self.test.step as u64 } else { moved.wrapping_neg() / self.test.step.unsigned_abs() };
         Some(done + self.past_latch(pc) as u64)
     }
 
@@ -433,25 +529,20 @@ fn walked_from(insns: &[Insn], slots: &[usize], head: usize, last: usize, entry:
             return None;
         }
         let [fall, taken] = [next_slot(insns, pc), target(pc)?].map(|t| t == entry || (inside(t) && returns[pos(t)]));
-        // Going on while `a < b` (or `<=`).
-        let (a, b, inclusive) = match (taken, fall, cond) {
-            (true, false, JmpCond::Lt) => (dst, src, false),
-            (true, false, JmpCond::Le) => (dst, src, true),
-            (true, false, JmpCond::Gt) => (src, dst, false),
-            (true, false, JmpCond::Ge) => (src, dst, true),
-            (false, true, JmpCond::Ge) => (dst, src, false),
-            (false, true, JmpCond::Gt) => (dst, src, true),
-            (false, true, JmpCond::Le) => (src, dst, false),
-            (false, true, JmpCond::Lt) => (src, dst, true),
-            _ => return None,
-        };
-        let (Value::Sum(a), Value::Sum(bound)) = (a, b) else { return None };
-        let [Some(counter), None] = a.regs else { return None };
-        let step = steps[counter.index()].filter(|&s| s > 0)?;
-        if stride_of(&bound)? != 0 {
+        if taken == fall {
             return None;
         }
-        Some((p, TripTest { pc, counter, step: step as u64, offset: a.constant, bound, inclusive }))
+        // The counter on either side, the bound (unchanged by the loop) on the other.
+        [(dst, src, true), (src, dst, false)].into_iter().find_map(|(a, b, counter_left)| {
+            let (Value::Sum(a), Value::Sum(bound)) = (a, b) else { return None };
+            let [Some(counter), None] = a.regs else { return None };
+            let step = steps[counter.index()]?;
+            let goes_on = GoesOn::of(cond, taken, counter_left).filter(|g| g.ends_with(step))?;
+            if stride_of(&bound)? != 0 {
+                return None;
+            }
+            Some((p, TripTest { pc, counter, step, offset: a.constant, bound, goes_on }))
+        })
     });
     let (test_position, test) = test?;
     let walks = accesses
@@ -497,7 +588,7 @@ mod tests {
         assert_eq!(found.len(), 1);
         let l = &found[0];
         assert_eq!((l.head, l.last, l.entry, l.iteration_cost), (8, 14, 8, 7));
-        assert_eq!(l.test, TripTest { pc: 14, counter: r(5), step: 1, offset: 1, bound: EntrySum::reg(r(3)), inclusive: false });
+        assert_eq!(l.test, TripTest { pc: 14, counter: r(5), step: 1, offset: 1, bound: EntrySum::reg(r(3)), goes_on: GoesOn::Below });
         assert_eq!(l.walks.len(), 2);
         assert_eq!(l.walks[0], Walk { pc: 10, base: EntrySum::reg(r(1)), stride: 8, size: MemSize::DW, write: false, after_test: false });
         assert_eq!(l.walks[1].base, EntrySum { regs: [Some(r(1)), Some(r(2))], constant: 0 });
@@ -522,7 +613,7 @@ mod tests {
         assert_eq!(found.len(), 1);
         let l = &found[0];
         assert_eq!((l.head, l.last, l.entry), (6, 14, 11));
-        assert_eq!(l.test, TripTest { pc: 9, counter: r(3), step: 1, offset: 1, bound: EntrySum::reg(r(2)), inclusive: false });
+        assert_eq!(l.test, TripTest { pc: 9, counter: r(3), step: 1, offset: 1, bound: EntrySum::reg(r(2)), goes_on: GoesOn::Below });
         assert_eq!(l.walks, vec![Walk { pc: 11, base: EntrySum::reg(r(1)), stride: 8, size: MemSize::DW, write: false, after_test: false }]);
         let entry = |reg: Reg| if reg.index() == 2 { 5 } else { 0 };
         assert_eq!(l.iterations_going_on(&entry), Some(4));
@@ -533,7 +624,7 @@ mod tests {
         // while (i <= n) { p[i] = 0; i += 2 } with `if i > n` leaving at the top.
         let found = walked("r3 = 0\nif r3 > r2 goto +4\n*(u32 *)(r1 - 4) = 0\nr1 += 8\nr3 += 2\ngoto -5\nexit");
         let l = &found[0];
-        assert_eq!(l.test, TripTest { pc: 1, counter: r(3), step: 2, offset: 0, bound: EntrySum::reg(r(2)), inclusive: true });
+        assert_eq!(l.test, TripTest { pc: 1, counter: r(3), step: 2, offset: 0, bound: EntrySum::reg(r(2)), goes_on: GoesOn::AtMost });
         assert_eq!(
             l.walks,
             vec![Walk { pc: 2, base: EntrySum { regs: [Some(r(1)), None], constant: -4 }, stride: 8, size: MemSize::W, write: true, after_test: true }]
@@ -555,6 +646,46 @@ mod tests {
         let l2 = WalkedLoop { test: TripTest { offset: 0, ..l.test }, ..l.clone() };
         assert_eq!(l2.iterations_going_on(&above), Some(0));
         assert!(l.walks[0].within(&above, 0, 0, 0));
+    }
+
+    #[test]
+    fn counters_going_down_or_to_an_exact_bound() {
+        // clang's `for (i = n; i > 0; i--) v[i - 1]`: down by one, leaving at `== 0`.
+        let l = &walked("r3 = r2\nr3 <<= 3\nr1 += r3\nr0 = *(u64 *)(r1 + 0)\nr1 += -8\nr2 += -1\nif r2 == 0 goto +1\ngoto -5\nexit")[0];
+        assert_eq!(
+            l.test,
+            TripTest { pc: 6, counter: r(2), step: -1, offset: -1, bound: EntrySum { regs: [None, None], constant: 0 }, goes_on: GoesOn::NotEqual }
+        );
+        assert_eq!(l.walks[0].stride, -8);
+        let n = |v: u64| move |reg: Reg| if reg.index() == 2 { v } else { 0 };
+        assert_eq!(l.iterations_going_on(&n(5)), Some(4));
+        // Entered at zero it would wrap and run (almost) for ever: no count.
+        assert_eq!(l.iterations_going_on(&n(0)), None);
+        // `while (p != end)` by 8 bytes: only a gap that is a multiple of the step ends.
+        let l = &walked("r2 <<= 3\nr0 = *(u64 *)(r1 + 0)\nr1 += 8\nr2 += -8\nif r2 != 0 goto -4\nexit")[0];
+        assert_eq!((l.test.step, l.test.goes_on), (-8, GoesOn::NotEqual));
+        assert_eq!(l.iterations_going_on(&n(24)), Some(2));
+        assert_eq!(l.iterations_going_on(&n(20)), None);
+        // `>` and `>=` going down: stopping below zero would wrap.
+        let l = &walked("r0 += 1\nr3 += -3\nif r3 > r2 goto -3\nexit")[0];
+        assert_eq!(l.test.goes_on, GoesOn::Above);
+        let at = |v3: u64, v2: u64| {
+            move |reg: Reg| match reg.index() {
+                3 => v3,
+                2 => v2,
+                _ => 0,
+            }
+        };
+        // 10 -> 7 -> 4 -> 1 (<= 2): iterations 0 and 1 go on after 7 and 4.
+        assert_eq!(l.iterations_going_on(&at(10, 2)), Some(2));
+        assert_eq!(l.iterations_going_on(&at(10, 0)), None);
+        assert_eq!(l.iterations_going_on(&at(4, 5)), Some(0));
+        // 2 - 3 wraps: the loop goes on.
+        assert_eq!(l.iterations_going_on(&at(2, 5)), None);
+        let l = &walked("r0 += 1\nr3 += -1\nif r3 >= r2 goto -3\nexit")[0];
+        assert_eq!(l.test.goes_on, GoesOn::AtLeast);
+        assert_eq!(l.iterations_going_on(&at(10, 4)), Some(6));
+        assert_eq!(l.iterations_going_on(&at(10, 0)), None);
     }
 
     #[test]
@@ -582,11 +713,12 @@ mod tests {
             "r3 = 0\nr3 += 1\nr2 += 1\nif r3 < r2 goto -3\nexit",
             // The counter is stepped only on some paths.
             "r3 = 0\nif r1 == 0 goto +1\nr3 += 1\nif r3 < r2 goto -3\nexit",
-            // Stepped down; a signed or 32-bit test; `!=`.
+            // Stepped down towards a `<` bound, up towards a `>`; a signed or 32-bit test; `==`.
             "r3 = 0\nr3 += -1\nif r3 < r2 goto -2\nexit",
+            "r3 = 0\nr3 += 1\nif r3 > r2 goto -2\nexit",
             "r3 = 0\nr3 += 1\nif r3 s< r2 goto -2\nexit",
             "r3 = 0\nr3 += 1\nif w3 < w2 goto -2\nexit",
-            "r3 = 0\nr3 += 1\nif r3 != r2 goto -2\nexit",
+            "r3 = 0\nr3 += 1\nif r3 == r2 goto -2\nexit",
             // The test jumped over on some paths.
             "r3 = 0\nif r1 == 0 goto +1\nif r3 >= r2 goto +2\nr3 += 1\ngoto -4\nexit",
             // A call inside; an inner loop; two entries.
