@@ -838,18 +838,15 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                     return true;
                 }
                 if let Some(l) = self.fast.filter(|_| target <= pc) {
-                    // The loop goes on with the budget paid; the way out gets it back (added
-                    // again, so that only the paid budget is live across the branch).
-                    let head = self.pay_fast_latch(l, pc, target);
-                    let out = self.b.create_block();
-                    self.b.ins().brif(c, head, &[], out, &[]);
-                    self.b.seal_block(out);
-                    self.b.switch_to_block(out);
-                    let paid = self.b.use_var(self.budget);
-                    let before = self.b.ins().iadd_imm_s(paid, back_edge_cost(target as i64 - pc as i64 - 1) as i64);
-                    self.b.def_var(self.budget, before);
+                    // The loop goes on through a block that pays the budget.
+                    let pay = self.b.create_block();
                     let fallthrough = self.edge_to(pc + 1);
-                    self.b.ins().jump(fallthrough, &[]);
+                    self.b.ins().brif(c, pay, &[], fallthrough, &[]);
+                    self.b.seal_block(pay);
+                    self.flush_seals();
+                    self.b.switch_to_block(pay);
+                    let head = self.pay_fast_latch(l, pc, target);
+                    self.b.ins().jump(head, &[]);
                     return true;
                 }
                 let taken = self.branch_target(pc, target);
