@@ -17,7 +17,7 @@ use bpftime_vm::exec::{back_edge_cost, size_index, state_offsets as so, FRAME_SI
 use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
 use bpftime_vm::loops::counted_loops;
 use bpftime_vm::program::Function as EbpfFunction;
-use bpftime_vm::walks::{walked_loops, GoesOn, WalkedLoop, MAX_ENTRY_VALUE, MAX_ITERATIONS};
+use bpftime_vm::walks::{walked_loops, GoesOn, WalkedLoop, MAX_ENTRY_VALUE, MAX_ITERATIONS, MAX_LOOP_SLOTS};
 use bpftime_vm::Program;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{I16, I32, I64, I8};
@@ -80,6 +80,8 @@ pub(crate) struct FnTranslator<'a, 'b> {
     settles: Vec<(Block, usize, usize, usize)>,
     /// A walked loop's counter on entry, for fast copies that settle the budget on the way out.
     entry_counter: Variable,
+    /// Latches of fast copies that pay the budget, emitted at the end: (block, loop, slot).
+    fast_latches: Vec<(Block, usize, usize)>,
 }
 
 /// A loop compiled twice: as written, and as a fast copy entered when what is known on entry
@@ -126,10 +128,6 @@ impl Versioned {
         }
     }
 }
-
-/// Longest loop (in slots) given a fast copy: longer bodies would double compile time for
-/// little gain.
-const VERSION_LOOPS_UP_TO: usize = 512;
 
 fn mem_flags() -> MemFlagsData {
     // Program memory: checked before every access, so it cannot trap.
@@ -201,6 +199,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             dispatches: Vec::new(),
             settles: Vec::new(),
             entry_counter,
+            fast_latches: Vec::new(),
         }
     }
 
@@ -392,6 +391,8 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 self.flush_seals();
             } else if let Some(l) = self.loops.iter().position(|v| v.needed && !v.emitted) {
                 self.emit_fast_copy(l);
+            } else if let Some((block, l, pc)) = self.fast_latches.pop() {
+                self.emit_fast_latch(block, l, pc);
             } else {
                 break;
             }
@@ -435,8 +436,8 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     fn versioned_loops(&self) -> Vec<Versioned> {
         let EbpfFunction { start, end, .. } = self.func;
         let insns = self.prog.insns();
-        let short = |head: usize, last: usize| last - head < VERSION_LOOPS_UP_TO;
-        let counted: Vec<_> = counted_loops(insns, start, end).into_iter().filter(|c| short(c.head, c.back_edge)).collect();
+        // Longer loops are not compiled twice (see `MAX_LOOP_SLOTS`).
+        let counted: Vec<_> = counted_loops(insns, start, end).into_iter().filter(|c| c.back_edge - c.head < MAX_LOOP_SLOTS).collect();
         let walked = if self.prog.walk_checks_on_entry() { walked_loops(insns, start, end) } else { vec![] };
         let mut loops = vec![];
         for w in walked {
@@ -616,12 +617,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             };
             let span = self.b.ins().imul_imm_s(more, walk.stride.unsigned_abs() as i64);
             let first = self.entry_sum(walk.base);
-            let order: &[i32] = match self.prog.access(walk.pc).target {
-                Target::Stack => &[0],
-                Target::Context => &[1],
-                Target::Memory => &[2],
-                Target::Unknown => &[1, 2, 0],
-            };
+            let order = fast_regions(self.prog.access(walk.pc).target);
             let table = if walk.write { so::FAST_STORE } else { so::FAST_LOAD };
             let mut fits = None;
             for &region in order {
@@ -694,18 +690,18 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.b.def_var(self.budget, left);
     }
 
-    /// A latch (the backward jump at `pc` to `head`) of loop `l`'s fast copy: pays the budget
-    /// without checking it (the guard showed it covers the loop), or leaves it to be settled
-    /// on the way out; returns the fast copy's head.
-    fn pay_fast_latch(&mut self, l: usize, pc: usize, head: usize) -> Block {
-        if self.loops[l].settles_budget {
-            return self.fast_block(l, head);
-        }
+    /// The pay block of a latch (the backward jump at `pc`) of loop `l`'s fast copy: pays the
+    /// budget without checking it (the guard showed it covers the loop) and goes on at the head.
+    fn emit_fast_latch(&mut self, block: Block, l: usize, pc: usize) {
+        let head = self.loops[l].head;
+        self.b.switch_to_block(block);
+        self.b.seal_block(block);
         let cost = back_edge_cost(head as i64 - pc as i64 - 1) as i64;
         let budget = self.b.use_var(self.budget);
         let left = self.b.ins().iadd_imm_s(budget, -cost);
         self.b.def_var(self.budget, left);
-        self.fast_block(l, head)
+        let target = self.fast_block(l, head);
+        self.b.ins().jump(target, &[]);
     }
 
     /// In the entry function of a program with proven context accesses: a run whose context
@@ -809,10 +805,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             Insn::Atomic { size, op, fetch, base, off, src } => self.atomic(pc, size, op, fetch, base, off, src),
             Insn::Ja { off, .. } => {
                 let target = (pc as i64 + 1 + off as i64) as usize;
-                let block = match self.fast.filter(|_| target <= pc) {
-                    Some(l) => self.pay_fast_latch(l, pc, target),
-                    None => self.branch_target(pc, target),
-                };
+                let block = self.branch_target(pc, target);
                 self.b.ins().jump(block, &[]);
                 return true;
             }
@@ -831,24 +824,6 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                     }
                 };
                 let target = (pc as i64 + 1 + off as i64) as usize;
-                if let Some(l) = self.fast.filter(|&l| target <= pc && self.loops[l].settles_budget) {
-                    let head = self.pay_fast_latch(l, pc, target);
-                    let fallthrough = self.edge_to(pc + 1);
-                    self.b.ins().brif(c, head, &[], fallthrough, &[]);
-                    return true;
-                }
-                if let Some(l) = self.fast.filter(|_| target <= pc) {
-                    // The loop goes on through a block that pays the budget.
-                    let pay = self.b.create_block();
-                    let fallthrough = self.edge_to(pc + 1);
-                    self.b.ins().brif(c, pay, &[], fallthrough, &[]);
-                    self.b.seal_block(pay);
-                    self.flush_seals();
-                    self.b.switch_to_block(pay);
-                    let head = self.pay_fast_latch(l, pc, target);
-                    self.b.ins().jump(head, &[]);
-                    return true;
-                }
                 let taken = self.branch_target(pc, target);
                 let fallthrough = self.edge_to(pc + 1);
                 self.b.ins().brif(c, taken, &[], fallthrough, &[]);
@@ -906,6 +881,16 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     fn branch_target(&mut self, pc: usize, target: usize) -> Block {
         if target > pc {
             return self.edge_to(target);
+        }
+        if let Some(l) = self.fast {
+            // A latch of a fast copy: straight to its head where the budget is settled on the
+            // way out, else through a block that pays without checking.
+            if self.loops[l].settles_budget {
+                return self.fast_block(l, target);
+            }
+            let pay = self.b.create_block();
+            self.fast_latches.push((pay, l, pc));
+            return pay;
         }
         let charge = self.b.create_block();
         self.back_edges.push((charge, pc, target));
@@ -1071,12 +1056,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.b.set_cold_block(slow);
         // Where the verifier knows which region the pointer comes from, only that one is
         // checked inline (the slow path checks them all); otherwise all three, the context first.
-        let order: &[i32] = match access.target {
-            Target::Stack => &[0],
-            Target::Context => &[1],
-            Target::Memory => &[2],
-            Target::Unknown => &[1, 2, 0],
-        };
+        let order = fast_regions(access.target);
         let table = if write { so::FAST_STORE } else { so::FAST_LOAD };
         for (i, &region) in order.iter().enumerate() {
             // Bounds are loaded at each check (x86 folds them into the sub and cmp): they cost
@@ -1264,6 +1244,17 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             let r = self.b.ins().select(is_neg_one, zero, r);
             self.b.ins().select(is_zero, a, r)
         }
+    }
+}
+
+/// The fast regions (indices in `RunState`'s tables) an access to `target` may touch, likeliest
+/// first: the one the verifier names, or all three, the context first.
+fn fast_regions(target: Target) -> &'static [i32] {
+    match target {
+        Target::Stack => &[0],
+        Target::Context => &[1],
+        Target::Memory => &[2],
+        Target::Unknown => &[1, 2, 0],
     }
 }
 
