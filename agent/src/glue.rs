@@ -157,7 +157,14 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
                 n => format!("{n} patched ret(s)"),
             };
         }
-        eprintln!("bpftime: attached {} `{}` to {} ({:#x}) with {method}", if p.retprobe { "uretprobe" } else { "uprobe" }, p.prog.name, p.target, r.addr);
+        let vectors = bpftime_attach::site_vectors(r.addr).unwrap_or_default();
+        eprintln!(
+            "bpftime: attached {} `{}` to {} ({:#x}) with {method}; vector registers kept: {vectors}",
+            if p.retprobe { "uretprobe" } else { "uprobe" },
+            p.prog.name,
+            p.target,
+            r.addr
+        );
     }
     Ok(id)
 }

@@ -120,6 +120,29 @@ fn tiny_functions_attach_through_their_padding() {
     assert_eq!((value(&s.maps[0], 0), value(&s.maps[0], 1), value(&s.maps[0], 2)), (1, 1, 100), "one entry, one return, result 0");
 }
 
+/// A caller keeps values in xmm3 and xmm12 across a call to a leaf of its own module (as
+/// `-fipa-ra` allows): entry and return probes whose programs copy through helpers keep them,
+/// and keep only what that program's code names besides the ABI's argument and result
+/// registers (`BPFTIME_VERBOSE` says which).
+#[test]
+fn probes_keep_the_vector_registers_the_module_names() {
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        let s = session(&format!("vectors-{engine}"), "uprobe_vectors", kind);
+        let n = 5000u64;
+        let out = run_traced(&s, Command::new(build_target("vectors", false)).arg(n.to_string()).env("BPFTIME_VERBOSE", "1"), engine);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // leaf(i, 2) = 3i + 2.
+        let sum = 3 * n * (n - 1) / 2 + 2 * n;
+        assert_eq!(text(&out.stdout).trim(), format!("sum {sum} kept {n}"), "{engine}");
+        assert_eq!((value(&s.maps[1], 0), value(&s.maps[1], 1)), (n, sum), "{engine}: calls and results");
+        let stderr = text(&out.stderr);
+        let line = stderr.lines().find(|l| l.contains("attached uprobe `on_leaf`")).unwrap_or_else(|| panic!("{stderr}"));
+        // The results (the leaf reads no vector argument) at full width; xmm12 (and whatever
+        // else gcc's code and the C runtime name) at 128 bits.
+        assert!(line.contains("vector registers kept: xmm0-1 (") && line.contains("xmm12 (128 bits) at entry"), "{line}");
+    }
+}
+
 #[test]
 fn standalone_program_mode() {
     // BPFTIME_PROGRAM: the agent loads the object itself; with BPFTIME_SHM naming an existing

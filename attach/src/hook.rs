@@ -20,6 +20,7 @@
 
 use crate::patch::{self, PATCH_LOCK};
 use crate::regs::PtRegs;
+use crate::vector_use::{self, VectorUse};
 use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Instruction, InstructionBlock, Mnemonic};
 use std::cell::Cell;
@@ -102,8 +103,10 @@ pub struct Site {
     /// return probe; empty: the function's body cannot be patched at its returns, and return
     /// probes replace the return address at entry instead).
     returns: OnceLock<Vec<&'static ReturnSite>>,
-    /// What its entry and return stubs keep.
-    kept: Kept,
+    /// What its body needs kept (at a function's entry; else [`BodyNeeds::UNKNOWN`]).
+    needs: BodyNeeds,
+    /// The vector registers its module names.
+    named: VectorUse,
 }
 
 /// A `ret` of a probed function, patched: a 5-byte jump over the instructions that end with
@@ -545,7 +548,14 @@ fn build_return_site(func: &'static Site, window: &[Instruction]) -> Result<&'st
         }
         let mut probe = a.create_label();
         a.set_label(&mut probe)?;
-        emit_probe_call(&mut a, PointKind::Return, func.kept, None, Some(func as *const Site as u64), return_site_dispatch as *const () as u64)?;
+        emit_probe_call(
+            &mut a,
+            PointKind::Return,
+            VectorSave::at(PointKind::Return, func.needs, func.named),
+            None,
+            Some(func as *const Site as u64),
+            return_site_dispatch as *const () as u64,
+        )?;
         a.add_instruction(*ret)?;
         labels.push(probe);
         let r = a.assemble_options(page, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
@@ -670,26 +680,53 @@ enum Kept {
     Abi,
 }
 
-/// What a stub at the entry or a return of the function at `addr` (`size` bytes, `first` its
-/// original first bytes) must keep (see [`Kept`]).
-fn kept_for(addr: u64, size: u64, first: &[u8]) -> Kept {
+/// What a function's body tells about the registers its probes must keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BodyNeeds {
+    /// What its callers rely on.
+    callers: Kept,
+    /// The ABI's vector argument registers (bit i: xmm i) whose values at entry may still be
+    /// read: by the body, by code it calls or jumps to, or, for xmm0-1, by its caller as
+    /// results (a function that names none returns what it was given).
+    arguments: u8,
+}
+
+impl BodyNeeds {
+    /// What is assumed of a body that cannot be decoded.
+    const UNKNOWN: BodyNeeds = BodyNeeds { callers: Kept::All, arguments: 0xff };
+}
+
+/// What the function at `addr` (`size` bytes, `first` its original first bytes) needs kept at
+/// its entry and returns.
+fn body_needs(addr: u64, size: u64, first: &[u8]) -> BodyNeeds {
     // Unknown size, or other patches inside the body (their bytes would decode as anything):
     // keep everything.
     let skip = first.len() as u64;
     if size == 0 || size > 1 << 20 || size <= skip || patch::overlaps(addr + skip, size - skip) {
-        return Kept::All;
+        return BodyNeeds::UNKNOWN;
     }
-    let Some(body) = original_body(addr, size, first) else { return Kept::All };
+    let Some(body) = original_body(addr, size, first) else { return BodyNeeds::UNKNOWN };
     let mut dec = Decoder::with_ip(64, &body, addr, DecoderOptions::NONE);
+    let mut callers = Kept::All;
+    // Whether control may leave the body other than by returning (arguments read elsewhere).
+    let mut leaves = false;
+    let mut named = VectorUse::NONE;
+    let mut info = iced_x86::InstructionInfoFactory::new();
+    let inside = |t: u64| t >= addr && t < addr + size;
     while dec.can_decode() {
         let i = dec.decode();
         match i.flow_control() {
-            FlowControl::IndirectCall => return Kept::Abi,
-            FlowControl::Call if is_plt_stub(i.near_branch_target()) => return Kept::Abi,
+            FlowControl::IndirectCall => (callers, leaves) = (Kept::Abi, true),
+            FlowControl::Call if is_plt_stub(i.near_branch_target()) => (callers, leaves) = (Kept::Abi, true),
+            FlowControl::Call | FlowControl::IndirectBranch | FlowControl::Exception | FlowControl::Interrupt => leaves = true,
+            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch if !inside(i.near_branch_target()) => leaves = true,
+            _ if i.is_invalid() => leaves = true,
             _ => {}
         }
+        named.add_instruction(&i, &mut info);
     }
-    Kept::All
+    let arguments = if leaves { 0xff } else { 0b11 | named.regs as u8 };
+    BodyNeeds { callers, arguments }
 }
 
 /// The `size` bytes of the function at `addr`, its first ones being `first` (its own bytes,
@@ -712,16 +749,16 @@ fn is_plt_stub(at: u64) -> bool {
     i.flow_control() == FlowControl::IndirectBranch && i.op0_kind() == iced_x86::OpKind::Memory
 }
 
-/// The vector state the stubs preserve, as this CPU and OS have it.
+/// The vector state this CPU and OS have.
 #[derive(Clone, Copy, Debug)]
-struct VectorState {
-    /// Bytes of a vector argument register: 16 (SSE), 32 (AVX) or 64 (AVX-512).
+struct Machine {
+    /// Bytes of a vector register: 16 (SSE), 32 (AVX) or 64 (AVX-512).
     width: i32,
 }
 
-impl VectorState {
-    fn get() -> VectorState {
-        static STATE: OnceLock<VectorState> = OnceLock::new();
+impl Machine {
+    fn get() -> Machine {
+        static STATE: OnceLock<Machine> = OnceLock::new();
         *STATE.get_or_init(|| {
             // std's detection checks that the OS enables the state (XCR0), not only the CPU.
             let width = if std::arch::is_x86_feature_detected!("avx512f") {
@@ -731,88 +768,168 @@ impl VectorState {
             } else {
                 16
             };
-            VectorState { width }
+            Machine { width }
         })
     }
 
-    /// Every vector register (16 ymm, or 32 zmm and 8 masks with AVX-512).
-    const XMM_ALL: [AsmRegisterXmm; 8] = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7];
-    const YMM_ALL: [AsmRegisterYmm; 16] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
-    const ZMM_ALL: [AsmRegisterZmm; 32] = [
-        zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22,
-        zmm23, zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
-    ];
-    const MASKS: [AsmRegisterK; 8] = [k0, k1, k2, k3, k4, k5, k6, k7];
-
-    /// Bytes [`VectorState::save_all`] needs below rsp, alignment included.
-    fn explicit_area(&self) -> i32 {
+    /// Vector registers: 32 with AVX-512, else 16.
+    fn registers(self) -> usize {
         if self.width == 64 {
-            32 * 64 + 8 * 8 + 64
+            32
         } else {
-            16 * 32 + 64
+            16
         }
-    }
-
-    /// Saves every vector register (and mask) at [rsp] (64-byte aligned).
-    fn save_all(&self, a: &mut CodeAssembler) -> Result<(), IcedError> {
-        if self.width == 64 {
-            for (i, z) in Self::ZMM_ALL.iter().enumerate() {
-                a.vmovdqa64(zmmword_ptr(rsp + 64 * i as i32), *z)?;
-            }
-            for (i, k) in Self::MASKS.iter().enumerate() {
-                a.kmovq(qword_ptr(rsp + (32 * 64 + 8 * i as i32)), *k)?;
-            }
-        } else {
-            for (i, y) in Self::YMM_ALL.iter().enumerate() {
-                a.vmovdqa(ymmword_ptr(rsp + 32 * i as i32), *y)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Stores vector registers 0..n at full width at rsp.
-    fn save_first(&self, a: &mut CodeAssembler, n: usize) -> Result<(), IcedError> {
-        for i in 0..n {
-            let at = rsp + self.width * i as i32;
-            match self.width {
-                64 => a.vmovdqu64(zmmword_ptr(at), Self::ZMM_ALL[i])?,
-                32 => a.vmovdqu(ymmword_ptr(at), Self::YMM_ALL[i])?,
-                _ => a.movups(xmmword_ptr(at), Self::XMM_ALL[i])?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Loads what [`VectorState::save_first`] stored.
-    fn restore_first(&self, a: &mut CodeAssembler, n: usize) -> Result<(), IcedError> {
-        for i in 0..n {
-            let at = rsp + self.width * i as i32;
-            match self.width {
-                64 => a.vmovdqu64(Self::ZMM_ALL[i], zmmword_ptr(at))?,
-                32 => a.vmovdqu(Self::YMM_ALL[i], ymmword_ptr(at))?,
-                _ => a.movups(Self::XMM_ALL[i], xmmword_ptr(at))?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Restores what [`VectorState::save_all`] saved.
-    fn restore_all(&self, a: &mut CodeAssembler) -> Result<(), IcedError> {
-        if self.width == 64 {
-            for (i, z) in Self::ZMM_ALL.iter().enumerate() {
-                a.vmovdqa64(*z, zmmword_ptr(rsp + 64 * i as i32))?;
-            }
-            for (i, k) in Self::MASKS.iter().enumerate() {
-                a.kmovq(*k, qword_ptr(rsp + (32 * 64 + 8 * i as i32)))?;
-            }
-        } else {
-            for (i, y) in Self::YMM_ALL.iter().enumerate() {
-                a.vmovdqa(*y, ymmword_ptr(rsp + 32 * i as i32))?;
-            }
-        }
-        Ok(())
     }
 }
+
+/// The vector registers a stub keeps, each at a width, and whether the AVX-512 masks too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VectorSave {
+    /// Bytes kept of each register (0: not kept).
+    widths: [i32; 32],
+    masks: bool,
+}
+
+impl VectorSave {
+    /// What a stub at `point` keeps, in a function whose body needs `needs` and whose module
+    /// names `named` (see `vector_use`): the ABI's argument registers that may still be read
+    /// at entry (the result registers at a return; all eight elsewhere) at the machine's full
+    /// width, since values pass through them between modules even where no instruction of
+    /// this one names them; and, where callers may rely on more than the ABI, every register
+    /// the module names, at the width it uses.
+    fn at(point: PointKind, needs: BodyNeeds, named: VectorUse) -> VectorSave {
+        let m = Machine::get();
+        let mut s = VectorSave { widths: [0; 32], masks: false };
+        if needs.callers == Kept::All {
+            for (i, w) in s.widths.iter_mut().enumerate().take(m.registers()) {
+                if named.regs & (1 << i) != 0 {
+                    // Registers 16-31 exist only with AVX-512, and only EVEX moves reach them.
+                    *w = if i >= 16 { 64 } else { named.width.clamp(16, m.width) };
+                }
+            }
+            s.masks = named.masks && m.width == 64;
+        }
+        let abi = match point {
+            PointKind::FunctionEntry => needs.arguments,
+            PointKind::Return => 0b11,
+            PointKind::MidFunction => 0xff,
+        };
+        for (i, w) in s.widths.iter_mut().enumerate().take(8) {
+            if abi & (1 << i) != 0 {
+                *w = m.width;
+            }
+        }
+        s
+    }
+
+    /// Every register at full width, and the masks.
+    fn everything() -> VectorSave {
+        VectorSave::at(PointKind::MidFunction, BodyNeeds::UNKNOWN, VectorUse::ALL)
+    }
+
+    /// The registers kept, widest first (so that each slot stays aligned to its width), with
+    /// their offsets from the 64-byte aligned save area; then the masks' offset and the size.
+    fn layout(&self) -> (Vec<(usize, i32, i32)>, i32, i32) {
+        let mut slots = vec![];
+        let mut at = 0;
+        for width in [64, 32, 16] {
+            for (i, &w) in self.widths.iter().enumerate() {
+                if w == width {
+                    slots.push((i, w, at));
+                    at += w;
+                }
+            }
+        }
+        let masks = at;
+        let size = if self.masks { at + 8 * 8 } else { at };
+        (slots, masks, size)
+    }
+
+    /// Reserves the save area below rsp (64-byte aligned) and stores the registers there.
+    fn save(&self, a: &mut CodeAssembler) -> Result<(), IcedError> {
+        let (slots, masks, size) = self.layout();
+        if size == 0 {
+            return Ok(());
+        }
+        a.sub(rsp, size)?;
+        a.and(rsp, -64)?;
+        let vex = Machine::get().width >= 32;
+        for (i, w, at) in slots {
+            match w {
+                64 => a.vmovdqa64(zmmword_ptr(rsp + at), ZMM[i])?,
+                32 => a.vmovdqa(ymmword_ptr(rsp + at), YMM[i])?,
+                _ if vex => a.vmovdqa(xmmword_ptr(rsp + at), XMM[i])?,
+                _ => a.movaps(xmmword_ptr(rsp + at), XMM[i])?,
+            }
+        }
+        if self.masks {
+            for (i, k) in MASKS.iter().enumerate() {
+                a.kmovq(qword_ptr(rsp + (masks + 8 * i as i32)), *k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads what [`VectorSave::save`] stored (rsp at the save area).
+    fn restore(&self, a: &mut CodeAssembler) -> Result<(), IcedError> {
+        let (slots, masks, _) = self.layout();
+        let vex = Machine::get().width >= 32;
+        for (i, w, at) in slots {
+            match w {
+                64 => a.vmovdqa64(ZMM[i], zmmword_ptr(rsp + at))?,
+                32 => a.vmovdqa(YMM[i], ymmword_ptr(rsp + at))?,
+                // A VEX load clears the bits above 128, which the module never reads (it names
+                // this register at 128 bits only).
+                _ if vex => a.vmovdqa(XMM[i], xmmword_ptr(rsp + at))?,
+                _ => a.movaps(XMM[i], xmmword_ptr(rsp + at))?,
+            }
+        }
+        if self.masks {
+            for (i, k) in MASKS.iter().enumerate() {
+                a.kmovq(*k, qword_ptr(rsp + (masks + 8 * i as i32)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// In words, for `BPFTIME_VERBOSE`: e.g. "xmm0-7 (512 bits) + xmm9, xmm12 (128 bits)".
+    fn describe(&self) -> String {
+        let mut parts = vec![];
+        for width in [64, 32, 16] {
+            let regs: Vec<usize> = (0..32).filter(|&i| self.widths[i] == width).collect();
+            if regs.is_empty() {
+                continue;
+            }
+            let mut runs: Vec<String> = vec![];
+            let mut k = 0;
+            while k < regs.len() {
+                let mut e = k;
+                while e + 1 < regs.len() && regs[e + 1] == regs[e] + 1 {
+                    e += 1;
+                }
+                runs.push(if e == k { format!("{}", regs[k]) } else { format!("{}-{}", regs[k], regs[e]) });
+                k = e + 1;
+            }
+            parts.push(format!("xmm{} ({} bits)", runs.join(", xmm"), width * 8));
+        }
+        if self.masks {
+            parts.push("k0-7".into());
+        }
+        if parts.is_empty() {
+            "no vector register".into()
+        } else {
+            parts.join(" + ")
+        }
+    }
+}
+
+const XMM: [AsmRegisterXmm; 16] = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
+const YMM: [AsmRegisterYmm; 16] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+const ZMM: [AsmRegisterZmm; 32] = [
+    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22,
+    zmm23, zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
+];
+const MASKS: [AsmRegisterK; 8] = [k0, k1, k2, k3, k4, k5, k6, k7];
 
 /// Offsets of [`PtRegs`] fields, as the stubs address them.
 mod pt {
@@ -859,9 +976,8 @@ fn callee_saved(r: AsmRegister64) -> bool {
 ///
 /// The frame is made with plain moves rather than pushes (fewer stack-engine syncs), and only
 /// registers the call can change are reloaded: callee-saved ones are preserved by `f` itself
-/// (bx is reloaded because the stub uses it). Every vector register is saved at the full width
-/// the OS enables (xmm, ymm or zmm), with the AVX-512 masks (fxsave without AVX).
-fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, kept: Kept, ip: Option<u64>, arg0: Option<u64>, f: u64) -> Result<(), IcedError> {
+/// (bx is reloaded because the stub uses it). The vector registers in `saved` are kept.
+fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, ip: Option<u64>, arg0: Option<u64>, f: u64) -> Result<(), IcedError> {
     let red_zone = point.red_zone();
     // The frame: pt_regs, below the red zone where it is live.
     if point == PointKind::MidFunction {
@@ -890,28 +1006,7 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, kept: Kept, ip: Opti
     }
     a.mov(rbx, rsp)?;
     a.and(rsp, -16)?;
-    let vector = VectorState::get();
-    // Only the ABI's argument (or result) registers where the function's callers can rely on
-    // nothing else (see `Kept`), at full width.
-    let abi_only = match (kept, point) {
-        (Kept::Abi, PointKind::FunctionEntry) => 8,
-        (Kept::Abi, PointKind::Return) => 2,
-        _ => 0,
-    };
-    // Else every vector register at full width (and the AVX-512 masks). Explicit moves cost a
-    // fraction of xsave/xrstor.
-    if abi_only > 0 {
-        a.sub(rsp, vector.width * abi_only)?;
-        vector.save_first(a, abi_only as usize)?;
-    } else if vector.width >= 32 {
-        a.sub(rsp, vector.explicit_area())?;
-        a.and(rsp, -64)?;
-        vector.save_all(a)?;
-    } else {
-        // No AVX: the SSE state is all there is.
-        a.sub(rsp, 512)?;
-        a.fxsave64(ptr(rsp))?;
-    }
+    saved.save(a)?;
     if point == PointKind::MidFunction {
         a.cld()?;
     }
@@ -928,13 +1023,7 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, kept: Kept, ip: Opti
         // The dispatcher's answer (return at once?), in the flags: nothing below changes them.
         a.test(rax, rax)?;
     }
-    if abi_only > 0 {
-        vector.restore_first(a, abi_only as usize)?;
-    } else if vector.width >= 32 {
-        vector.restore_all(a)?;
-    } else {
-        a.fxrstor64(ptr(rsp))?;
-    }
+    saved.restore(a)?;
     a.mov(rsp, rbx)?;
     if point == PointKind::Return {
         // Where to go on, in the frame's last word (just below the final rsp, where signal
@@ -958,9 +1047,9 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, kept: Kept, ip: Opti
     Ok(())
 }
 
-fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: PointKind, kept: Kept) -> Result<Vec<u8>, IcedError> {
+fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: PointKind, saved: VectorSave) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    emit_probe_call(&mut a, point, kept, Some(probe_addr), Some(site), entry_dispatch as *const () as u64)?;
+    emit_probe_call(&mut a, point, saved, Some(probe_addr), Some(site), entry_dispatch as *const () as u64)?;
     if point == PointKind::FunctionEntry {
         // Overridden: back to the caller with ax as the result, the function not run.
         let mut run_function = a.create_label();
@@ -983,7 +1072,7 @@ fn return_stub() -> u64 {
                 // An indirect jump rather than a `ret`: the return-stack predictor stays in
                 // step with the calls still to return.
                 // Shared by every function: all registers kept.
-                emit_probe_call(&mut a, PointKind::Return, Kept::All, None, None, return_dispatch as *const () as u64)?;
+                emit_probe_call(&mut a, PointKind::Return, VectorSave::everything(), None, None, return_dispatch as *const () as u64)?;
                 a.jmp(qword_ptr(rsp - 8))
             })()
             .map_err(|e| e.to_string())?;
@@ -1108,7 +1197,8 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
         ret: AtomicPtr::new(empty_list()),
         installed: AtomicBool::new(false),
         returns: OnceLock::new(),
-        kept: Kept::All,
+        needs: BodyNeeds::UNKNOWN,
+        named: VectorUse::ALL,
     });
     site.slot = patch::register_site(addr, 1, page, &[], &*site as *const Site as u64).ok_or(AttachError::TooManySites)?;
     Ok(Box::leak(site))
@@ -1167,13 +1257,15 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
         ret: AtomicPtr::new(empty_list()),
         installed: AtomicBool::new(false),
         returns: OnceLock::new(),
-        kept: Kept::All,
+        needs: BodyNeeds::UNKNOWN,
+        named: vector_use::of_module_at(addr),
     });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
     if at_entry {
-        site.kept = kept_for(addr, info.function_size, &original);
+        site.needs = body_needs(addr, info.function_size, &original);
     }
-    let stub = entry_stub(&*site as *const Site as u64, addr, tramp, page, point, site.kept).map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
+    let stub = entry_stub(&*site as *const Site as u64, addr, tramp, page, point, VectorSave::at(point, site.needs, site.named))
+        .map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
     if stub.len() > TRAMPOLINE_AT as usize || tcode.len() > PAGE - TRAMPOLINE_AT as usize {
         return Err(unpatchable("stub too large".into()));
     }
@@ -1212,7 +1304,7 @@ pub(crate) fn syscall_stub(near: u64, context: u64, dispatch: u64) -> Result<u64
     let page = patch::alloc_near(near, PAGE).ok_or(AttachError::NoNearMemory(near))?;
     let code = (|| -> Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(64)?;
-        emit_probe_call(&mut a, PointKind::MidFunction, Kept::All, None, Some(context), dispatch)?;
+        emit_probe_call(&mut a, PointKind::MidFunction, VectorSave::everything(), None, Some(context), dispatch)?;
         a.jmp(r11)?;
         a.assemble(page)
     })()
@@ -1280,6 +1372,26 @@ pub fn patched_returns(addr: u64) -> usize {
 /// How the site at `addr` is patched, once a probe is attached there.
 pub fn site_method(addr: u64) -> Option<Method> {
     sites().lock().unwrap_or_else(|e| e.into_inner()).get(&addr).map(|s| s.method)
+}
+
+/// The vector registers the stubs of the site at `addr` keep, in words (e.g. "xmm0-7 (512
+/// bits) + xmm9 (128 bits) at entry, ..."): at its entry and, for a function entry, at its
+/// patched returns.
+pub fn site_vectors(addr: u64) -> Option<String> {
+    let map = sites().lock().unwrap_or_else(|e| e.into_inner());
+    let s = map.get(&addr)?;
+    if s.method == Method::Trap {
+        return Some("all (the kernel saves them around the trap)".into());
+    }
+    if !s.at_entry {
+        return Some(VectorSave::at(PointKind::MidFunction, s.needs, s.named).describe());
+    }
+    let entry = VectorSave::at(PointKind::FunctionEntry, s.needs, s.named).describe();
+    Some(match s.returns.get() {
+        Some(r) if !r.is_empty() => format!("{entry} at entry, {} at returns", VectorSave::at(PointKind::Return, s.needs, s.named).describe()),
+        Some(_) => format!("{entry} at entry, all at returns (the return address replaced)"),
+        None => format!("{entry} at entry"),
+    })
 }
 
 /// Detaches a handler; restores the original bytes when it was the site's last.
@@ -1360,15 +1472,20 @@ mod tests {
     }
 
     /// Stubs keep only the ABI's registers where the function calls code its compiler could
-    /// not see, and every register elsewhere.
+    /// not see, and every register its module names elsewhere; at entry, only the argument
+    /// registers the body may read, and the results.
     #[test]
     fn kept_registers_follow_what_callers_may_rely_on() {
         let size = |name: &str| crate::resolve(&crate::Target::parse(&format!("/proc/self/exe:{name}")).unwrap()).unwrap().function_size;
         let opaque = bpftime_attach_calls_libc as *const () as u64;
-        assert_eq!(kept_for(opaque, size("bpftime_attach_calls_libc"), &[]), Kept::Abi);
+        assert_eq!(body_needs(opaque, size("bpftime_attach_calls_libc"), &[]), BodyNeeds { callers: Kept::Abi, arguments: 0xff });
         let leaf = bpftime_attach_leaf as *const () as u64;
-        assert_eq!(kept_for(leaf, size("bpftime_attach_leaf"), &[]), Kept::All);
-        assert_eq!(kept_for(opaque, 0, &[]), Kept::All, "size unknown");
+        // lea, imul, add, ret: no vector argument is read, xmm0-1 pass through as results.
+        assert_eq!(body_needs(leaf, size("bpftime_attach_leaf"), &[]), BodyNeeds { callers: Kept::All, arguments: 0b11 });
+        assert_eq!(body_needs(opaque, 0, &[]), BodyNeeds::UNKNOWN, "size unknown");
+        let float = crate::tests::bpftime_attach_float_target as *const () as u64;
+        let needs = body_needs(float, size("bpftime_attach_float_target"), &[]);
+        assert_eq!(needs.arguments, 0xff, "eight double arguments read");
         assert_eq!(std::hint::black_box(bpftime_attach_calls_libc)(1), std::process::id() as u64 + 1);
     }
 }

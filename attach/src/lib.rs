@@ -20,10 +20,11 @@ pub mod regs;
 pub mod signals;
 pub mod symbols;
 pub mod syscalls;
+mod vector_use;
 
 pub use hook::{
-    attach, detach, in_probe, in_signal_handler, patched_returns, run_as_hit, set_return_patching, site_method, without_probes, AttachError, Method,
-    ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
+    attach, detach, in_probe, in_signal_handler, patched_returns, run_as_hit, set_return_patching, site_method, site_vectors, without_probes, AttachError,
+    Method, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
 };
 pub use patch::{MOVED_THREADS, TRAPS_REDIRECTED};
 pub use regs::PtRegs;
@@ -239,6 +240,143 @@ mod wide_vectors {
         fn bpftime_attach_mid_ymm_point();
     }
 
+    // bpftime_attach_call_zmm(in, out, f): zmm0-7 from `in` (8 x 64 bytes), a call of `f`
+    // with r11 = bpftime_attach_store_zmm and r10 = `out`, then zmm0-7 to `out` (the same
+    // with ymm0-7 and 32-byte strides in the _ymm pair). A function that jumps on to r11
+    // has the registers stored as it had them, and returns to the caller through it.
+    std::arch::global_asm!(
+        ".globl bpftime_attach_call_zmm",
+        "bpftime_attach_call_zmm:",
+        "vmovdqu64 zmm0, [rdi]",
+        "vmovdqu64 zmm1, [rdi + 64]",
+        "vmovdqu64 zmm2, [rdi + 128]",
+        "vmovdqu64 zmm3, [rdi + 192]",
+        "vmovdqu64 zmm4, [rdi + 256]",
+        "vmovdqu64 zmm5, [rdi + 320]",
+        "vmovdqu64 zmm6, [rdi + 384]",
+        "vmovdqu64 zmm7, [rdi + 448]",
+        "mov r10, rsi",
+        "lea r11, [rip + bpftime_attach_store_zmm]",
+        "sub rsp, 8",
+        "call rdx",
+        "call bpftime_attach_store_zmm",
+        "add rsp, 8",
+        "vzeroupper",
+        "ret",
+        "bpftime_attach_store_zmm:",
+        "vmovdqu64 [r10], zmm0",
+        "vmovdqu64 [r10 + 64], zmm1",
+        "vmovdqu64 [r10 + 128], zmm2",
+        "vmovdqu64 [r10 + 192], zmm3",
+        "vmovdqu64 [r10 + 256], zmm4",
+        "vmovdqu64 [r10 + 320], zmm5",
+        "vmovdqu64 [r10 + 384], zmm6",
+        "vmovdqu64 [r10 + 448], zmm7",
+        "ret",
+        ".globl bpftime_attach_call_ymm",
+        "bpftime_attach_call_ymm:",
+        "vmovdqu ymm0, [rdi]",
+        "vmovdqu ymm1, [rdi + 32]",
+        "vmovdqu ymm2, [rdi + 64]",
+        "vmovdqu ymm3, [rdi + 96]",
+        "vmovdqu ymm4, [rdi + 128]",
+        "vmovdqu ymm5, [rdi + 160]",
+        "vmovdqu ymm6, [rdi + 192]",
+        "vmovdqu ymm7, [rdi + 224]",
+        "mov r10, rsi",
+        "lea r11, [rip + bpftime_attach_store_ymm]",
+        "sub rsp, 8",
+        "call rdx",
+        "call bpftime_attach_store_ymm",
+        "add rsp, 8",
+        "vzeroupper",
+        "ret",
+        "bpftime_attach_store_ymm:",
+        "vmovdqu [r10], ymm0",
+        "vmovdqu [r10 + 32], ymm1",
+        "vmovdqu [r10 + 64], ymm2",
+        "vmovdqu [r10 + 96], ymm3",
+        "vmovdqu [r10 + 128], ymm4",
+        "vmovdqu [r10 + 160], ymm5",
+        "vmovdqu [r10 + 192], ymm6",
+        "vmovdqu [r10 + 224], ymm7",
+        "ret",
+    );
+
+    extern "C" {
+        fn bpftime_attach_call_zmm(input: *const u8, out: *mut u8, f: u64);
+        fn bpftime_attach_call_ymm(input: *const u8, out: *mut u8, f: u64);
+    }
+
+    /// Functions in a module whose code names no vector register (assembled into a library of
+    /// their own) pass vectors through between callers and callees elsewhere: their probes
+    /// keep those registers at full width all the same. `pass` (nops and a `ret`) returns what
+    /// it was given in xmm0-1; `pass_on` (nops, then a jump to r11) hands all eight on.
+    #[test]
+    fn vectors_passed_through_a_module_that_names_none_survive_its_probes() {
+        if !avx() {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("bpftime-attach-pass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, so) = (dir.join("pass.s"), dir.join("libpass.so"));
+        let nops = "\tnopl (%rax)\n".repeat(4);
+        let asm = format!(
+            ".text\n.globl pass\n.type pass, @function\npass:\n{nops}\tret\n.size pass, . - pass\n\
+             .globl pass_on\n.type pass_on, @function\npass_on:\n{nops}\tjmp *%r11\n.size pass_on, . - pass_on\n"
+        );
+        std::fs::write(&src, asm).unwrap();
+        let cc = std::process::Command::new("cc").args(["-shared", "-nostdlib", "-o"]).arg(&so).arg(&src).output().expect("run cc");
+        assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+        let path = std::ffi::CString::new(so.to_str().unwrap()).unwrap();
+        // SAFETY: a library with no initialisers; the handle is never closed.
+        let lib = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
+        assert!(!lib.is_null());
+        let zmm = std::arch::is_x86_feature_detected!("avx512f");
+        let (bytes, bits) = if zmm { (8 * 64, 512) } else { (8 * 32, 256) };
+        let input: Vec<u8> = (0..512).map(|i| (i * 7 + 1) as u8).collect();
+        let call = |f: u64| {
+            let mut out = vec![0u8; 512];
+            // SAFETY: reads 512 bytes of `input`, writes 512 of `out`, calls `f` (one of the
+            // functions above: a `ret`, or a jump to the store routine).
+            unsafe {
+                if zmm {
+                    bpftime_attach_call_zmm(input.as_ptr(), out.as_mut_ptr(), f)
+                } else {
+                    bpftime_attach_call_ymm(input.as_ptr(), out.as_mut_ptr(), f)
+                }
+            }
+            out[..bytes].to_vec()
+        };
+        let h = Arc::new(AvxClobber(AtomicU64::new(0)));
+        let mut hits = 0;
+        for (name, results) in [("pass", bytes / 4), ("pass_on", bytes)] {
+            let r = resolve(&Target::parse(&format!("{}:{name}", so.display())).unwrap()).unwrap();
+            let f = r.addr;
+            assert_eq!(call(f), input[..bytes], "{name}");
+            let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding };
+            // At entry: the arguments that may be read later (all eight where the function
+            // jumps on; where it only returns, those it returns).
+            let e = attach(f, info, ProbeKind::Entry, h.clone()).unwrap();
+            let regs = if name == "pass" { "0-1" } else { "0-7" };
+            assert_eq!(site_vectors(f).unwrap(), format!("xmm{regs} ({bits} bits) at entry"));
+            assert_eq!(call(f)[..results], input[..results], "{name}: arguments at entry, at full width");
+            detach(e).unwrap();
+            hits += 1;
+            if name == "pass" {
+                // At its return: the results.
+                let x = attach(f, info, ProbeKind::Return, h.clone()).unwrap();
+                assert_eq!(patched_returns(f), 1);
+                assert_eq!(site_vectors(f).unwrap(), format!("xmm0-1 ({bits} bits) at entry, xmm0-1 ({bits} bits) at returns"));
+                assert_eq!(call(f)[..results], input[..results], "results at the return, at full width");
+                detach(x).unwrap();
+                hits += 1;
+            }
+        }
+        assert_eq!(h.0.load(Ordering::Relaxed), hits);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Sets ymm0-ymm8 to all-ones, then clears every upper half (`vzeroupper`).
     struct AvxClobber(AtomicU64);
 
@@ -249,8 +387,10 @@ mod wide_vectors {
             unsafe {
                 std::arch::asm!(
                     "vpcmpeqd ymm0, ymm0, ymm0", "vpcmpeqd ymm1, ymm1, ymm1", "vpcmpeqd ymm2, ymm2, ymm2",
-                    "vpcmpeqd ymm3, ymm3, ymm3", "vpcmpeqd ymm8, ymm8, ymm8", "vzeroupper",
-                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm8") _,
+                    "vpcmpeqd ymm3, ymm3, ymm3", "vpcmpeqd ymm4, ymm4, ymm4", "vpcmpeqd ymm5, ymm5, ymm5",
+                    "vpcmpeqd ymm6, ymm6, ymm6", "vpcmpeqd ymm7, ymm7, ymm7", "vpcmpeqd ymm8, ymm8, ymm8", "vzeroupper",
+                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _,
+                    out("xmm5") _, out("xmm6") _, out("xmm7") _, out("xmm8") _,
                     options(nostack),
                 );
             }

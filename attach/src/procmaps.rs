@@ -11,6 +11,10 @@ pub struct Mapping {
     pub perms: String,
     /// Offset in the file of `start`.
     pub offset: u64,
+    /// The file's device, as `major:minor` in hex (`00:00` for anonymous memory).
+    pub dev: String,
+    /// The file's inode (0 for anonymous memory).
+    pub inode: u64,
     /// Path of the file (empty for anonymous memory).
     pub path: String,
 }
@@ -32,8 +36,8 @@ fn read(path: &str) -> Vec<Mapping> {
 fn parse_line(line: &str) -> Option<Mapping> {
     let mut f = line.split_whitespace();
     let (range, perms, offset) = (f.next()?, f.next()?, f.next()?);
-    let _dev = f.next()?;
-    let _inode = f.next()?;
+    let dev = f.next()?.to_string();
+    let inode = f.next()?.parse().ok()?;
     let path = f.collect::<Vec<_>>().join(" ");
     let (s, e) = range.split_once('-')?;
     Some(Mapping {
@@ -41,6 +45,8 @@ fn parse_line(line: &str) -> Option<Mapping> {
         end: u64::from_str_radix(e, 16).ok()?,
         perms: perms.to_string(),
         offset: u64::from_str_radix(offset, 16).ok()?,
+        dev,
+        inode,
         path,
     })
 }
@@ -59,6 +65,7 @@ mod tests {
         let m = parse_line("7f0000001000-7f0000002000 r-xp 00001000 fd:01 1234   /usr/lib/libc.so.6").unwrap();
         assert_eq!((m.start, m.end, m.offset), (0x7f00_0000_1000, 0x7f00_0000_2000, 0x1000));
         assert_eq!(m.path, "/usr/lib/libc.so.6");
+        assert_eq!((m.dev.as_str(), m.inode), ("fd:01", 1234));
         assert!(parse_line("garbage").is_none());
         assert!(!mappings().is_empty());
     }

@@ -64,6 +64,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("no_probe", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
     // The hook alone: stub, register save and dispatch, with a handler that runs no program.
     let id = attach(addr, info, ProbeKind::Entry, Arc::new(NoProgram)).expect("attach");
+    println!("bpftime_bench_target: vector registers kept: {}", bpftime_attach::site_vectors(addr).unwrap_or_default());
     g.bench_function("bpftime_hook_only", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
     detach(id).expect("detach");
     for (name, kind) in [("empty", ProbeKind::Entry), ("array_update", ProbeKind::Entry), ("empty_ret", ProbeKind::Return)] {
