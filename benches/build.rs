@@ -45,4 +45,9 @@ fn main() {
             .expect("run clang");
         assert!(status.success(), "clang failed on {src}");
     }
+    // A leaf in a C shared library, as gcc -O2 builds it (probed by the uprobe benchmark).
+    println!("cargo:rerun-if-changed=targets/leaf.c");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(cc).args(["-O2", "-shared", "-fPIC", "targets/leaf.c", "-o"]).arg(out.join("libbench_leaf.so")).status().expect("run cc");
+    assert!(status.success(), "cc failed on targets/leaf.c");
 }

@@ -26,7 +26,7 @@ use iced_x86::{BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowC
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::mem::offset_of;
-use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Length of the jump written over a site.
@@ -98,7 +98,15 @@ pub struct Site {
     slot: usize,
     entry: AtomicPtr<HandlerList>,
     ret: AtomicPtr<HandlerList>,
-    installed: AtomicBool,
+    /// What is written over the site now (see [`Installed`]).
+    installed: AtomicU8,
+    /// Where the trampoline runs the function's `ret` itself (see [`trampoline_ret`]): the
+    /// original `ret`'s address and that of the 5-byte nop before the trampoline's copy, which
+    /// becomes the jump of the return site there.
+    trampoline_ret: Option<(u64, u64)>,
+    /// A jump from the site straight to its trampoline: installed when only return probes
+    /// need the function to run its trampoline.
+    to_trampoline: [u8; PATCH_LEN],
     /// A function entry's return sites, patched to run its return probes (decided at its first
     /// return probe; empty: the function's body cannot be patched at its returns, and return
     /// probes replace the return address at entry instead).
@@ -107,6 +115,18 @@ pub struct Site {
     needs: BodyNeeds,
     /// The vector registers its module names.
     named: VectorUse,
+}
+
+/// What is written over a site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Installed {
+    /// Its own bytes.
+    Original = 0,
+    /// The jump to its stub (or the `int3`).
+    Stub = 1,
+    /// A jump to its trampoline, whose `ret` runs the return probes.
+    Trampoline = 2,
 }
 
 /// A `ret` of a probed function, patched: a 5-byte jump over the instructions that end with
@@ -496,13 +516,23 @@ fn plan_returns(site: &Site, size: u64, padding: u64) -> Option<Vec<Vec<Instruct
     }
     // Other probes' patches inside the body hide its instructions (and would overlap ours).
     let entry_len = site.method.len() as u64;
-    if size <= entry_len + 1 || patch::overlaps(addr + entry_len, size - entry_len) {
-        return None;
-    }
+    let body_free = size > entry_len + 1 && !patch::overlaps(addr + entry_len, size - entry_len);
     let mut windows = vec![];
     for (k, r) in instrs.iter().enumerate() {
         if r.flow_control() != FlowControl::Return {
             continue;
+        }
+        if let Some((ret, nop)) = site.trampoline_ret.filter(|t| t.0 == r.ip()) {
+            // The trampoline runs this `ret`: its window is the nop and the copy there.
+            let code = patch::read_code(nop, PATCH_LEN + 1).ok()?;
+            let mut dec = Decoder::with_ip(64, &code, nop, DecoderOptions::NONE);
+            let window = vec![dec.decode(), dec.decode()];
+            debug_assert!(window[1].mnemonic() == Mnemonic::Ret, "{ret:#x}: the trampoline ends with its ret");
+            windows.push(window);
+            continue;
+        }
+        if !body_free {
+            return None;
         }
         // A near `ret` without an immediate is what compilers emit; the others (`ret imm16`,
         // far returns) would need their own register view.
@@ -626,7 +656,6 @@ fn return_sites(site: &'static Site, info: SiteInfo) -> &'static [&'static Retur
 fn sync_patches(site: &'static Site) -> Result<(), AttachError> {
     let returns = site.returns.get().map(Vec::as_slice).unwrap_or(&[]);
     let want_returns = !list(&site.ret).is_empty();
-    let want_entry = !list(&site.entry).is_empty() || (want_returns && returns.is_empty());
     for r in returns {
         if r.installed.load(Ordering::Acquire) != want_returns {
             let bytes = if want_returns { &r.jump } else { &r.original };
@@ -634,15 +663,27 @@ fn sync_patches(site: &'static Site) -> Result<(), AttachError> {
             r.installed.store(want_returns, Ordering::Release);
         }
     }
-    if site.installed.load(Ordering::Acquire) != want_entry {
-        let bytes = if want_entry { &site.jump[..site.method.len()] } else { &site.original[..site.method.len()] };
+    let want = if !list(&site.entry).is_empty() || (want_returns && returns.is_empty()) {
+        Installed::Stub
+    } else if want_returns && site.trampoline_ret.is_some() {
+        // The return site is in the trampoline: calls must go through it.
+        Installed::Trampoline
+    } else {
+        Installed::Original
+    };
+    if site.installed.load(Ordering::Acquire) != want as u8 {
+        let bytes = match want {
+            Installed::Stub => &site.jump[..site.method.len()],
+            Installed::Trampoline => &site.to_trampoline[..],
+            Installed::Original => &site.original[..site.method.len()],
+        };
         patch::install(site.slot, site.addr, bytes).map_err(|e| AttachError::Io { addr: site.addr, source: e })?;
-        site.installed.store(want_entry, Ordering::Release);
+        site.installed.store(want as u8, Ordering::Release);
     }
     Ok(())
 }
 
-/// What the code at a probe point may still need, which decides what a stub must preserve/// What the code at a probe point may still need, which decides what a stub must preserve
+/// What the code at a probe point may still need, which decides what a stub must preserve
 /// besides the general registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PointKind {
@@ -1195,7 +1236,9 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
         slot: 0,
         entry: AtomicPtr::new(empty_list()),
         ret: AtomicPtr::new(empty_list()),
-        installed: AtomicBool::new(false),
+        installed: AtomicU8::new(Installed::Original as u8),
+        trampoline_ret: None,
+        to_trampoline: [0; PATCH_LEN],
         returns: OnceLock::new(),
         needs: BodyNeeds::UNKNOWN,
         named: VectorUse::ALL,
@@ -1227,22 +1270,76 @@ pub(crate) fn trap_hit(site: u64, gregs: &mut [i64; 23]) -> bool {
     false
 }
 
+/// The address of the `ret` a function entry's trampoline can run itself, if there is one:
+/// the relocated instructions `instrs` run straight on (no branch) to a plain `ret`, either the
+/// last of them (a function shorter than a jump) or the next instruction, which then only the
+/// trampoline reaches (no branch in the body targets it, and the body has no indirect jump).
+/// Return probes then run in the trampoline, before that `ret`: tiny functions, whose `ret`s
+/// leave no room for a jump of their own, need no return address replaced.
+fn trampoline_ret(addr: u64, info: SiteInfo, instrs: &[Instruction]) -> Option<u64> {
+    let plain_ret = |i: &Instruction| i.mnemonic() == Mnemonic::Ret && i.op_count() == 0;
+    let (last, before) = instrs.split_last()?;
+    if before.iter().any(|i| i.flow_control() != FlowControl::Next) {
+        return None;
+    }
+    if plain_ret(last) {
+        return Some(last.ip());
+    }
+    let size = info.function_size;
+    let covered: u64 = instrs.iter().map(|i| i.len() as u64).sum();
+    if last.flow_control() != FlowControl::Next || size <= covered || size > 1 << 20 || patch::overlaps(addr, size) {
+        return None;
+    }
+    let body = patch::read_code(addr, size as usize).ok()?;
+    let mut dec = Decoder::with_ip(64, &body, addr, DecoderOptions::NONE);
+    let mut ret = None;
+    while dec.can_decode() {
+        let i = dec.decode();
+        match i.flow_control() {
+            FlowControl::IndirectBranch | FlowControl::XbeginXabortXend => return None,
+            FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch if i.near_branch_target() == addr + covered => return None,
+            _ if i.is_invalid() => return None,
+            _ => {}
+        }
+        if i.ip() == addr + covered && plain_ret(&i) {
+            ret = Some(i.ip());
+        }
+    }
+    ret
+}
+
 /// Builds the stub and trampoline of a jump site.
 fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Result<&'static Site, AttachError> {
     let at_entry = info.at_entry;
     let page = patch::alloc_near(addr, PAGE).ok_or(AttachError::NoNearMemory(addr))?;
     let tramp = page + TRAMPOLINE_AT;
     let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
-    let block = InstructionBlock::new(&instrs, tramp);
+    let covered: u64 = instrs.iter().map(|i| i.len() as u64).sum();
+    // Where the function's `ret` follows the relocated instructions, the trampoline runs it
+    // too, after a 5-byte nop that return probes turn into a jump (no jump back).
+    let ret_here = if at_entry { trampoline_ret(addr, info, &instrs) } else { None };
+    let relocated = match ret_here {
+        Some(ret) if instrs.last().is_some_and(|i| i.ip() == ret) => &instrs[..instrs.len() - 1],
+        _ => &instrs[..],
+    };
+    let block = InstructionBlock::new(relocated, tramp);
     let enc = BlockEncoder::encode(64, block, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
         .map_err(|e| unpatchable(format!("cannot relocate the first instructions: {e}")))?;
-    let covered: u64 = instrs.iter().map(|i| i.len() as u64).sum();
     let mut tcode = enc.code_buffer.clone();
-    // jmp rel32 back after the covered bytes (the page is within 2 GiB of the site).
-    let back = (addr + covered).wrapping_sub(tramp + tcode.len() as u64 + 5) as i64;
-    let back = i32::try_from(back).map_err(|_| AttachError::NoNearMemory(addr))?;
-    tcode.push(0xe9);
-    tcode.extend_from_slice(&back.to_le_bytes());
+    let mut offsets = enc.new_instruction_offsets.clone();
+    let nop_at = tramp + tcode.len() as u64;
+    if ret_here.is_some() {
+        if relocated.len() < instrs.len() {
+            offsets.push(tcode.len() as u32); // the relocated `ret`: at the nop before its copy
+        }
+        tcode.extend_from_slice(&[0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3]);
+    } else {
+        // jmp rel32 back after the covered bytes (the page is within 2 GiB of the site).
+        let back = (addr + covered).wrapping_sub(tramp + tcode.len() as u64 + 5) as i64;
+        let back = i32::try_from(back).map_err(|_| AttachError::NoNearMemory(addr))?;
+        tcode.push(0xe9);
+        tcode.extend_from_slice(&back.to_le_bytes());
+    }
     let original: [u8; PATCH_LEN] = patch::read_code(addr, PATCH_LEN).map_err(|e| unpatchable(e.to_string()))?.try_into().expect("5 bytes");
     // Boxed now so the stub can be given its final address; leaked once complete.
     let covered_all = info.function_size > 0 && covered >= info.function_size;
@@ -1255,7 +1352,9 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
         slot: 0,
         entry: AtomicPtr::new(empty_list()),
         ret: AtomicPtr::new(empty_list()),
-        installed: AtomicBool::new(false),
+        installed: AtomicU8::new(Installed::Original as u8),
+        trampoline_ret: ret_here.map(|ret| (ret, nop_at)),
+        to_trampoline: [0; PATCH_LEN],
         returns: OnceLock::new(),
         needs: BodyNeeds::UNKNOWN,
         named: vector_use::of_module_at(addr),
@@ -1279,8 +1378,8 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
     let mut map = vec![];
     let mut off = 0u32;
     for (k, i) in instrs.iter().enumerate() {
-        if off > 0 && (off as usize) < PATCH_LEN && enc.new_instruction_offsets[k] != u32::MAX {
-            map.push((off, enc.new_instruction_offsets[k]));
+        if off > 0 && (off as usize) < PATCH_LEN && offsets[k] != u32::MAX {
+            map.push((off, offsets[k]));
         }
         off += i.len() as u32;
     }
@@ -1292,6 +1391,9 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
     let mut jump = [0xe9, 0, 0, 0, 0];
     jump[1..].copy_from_slice(&(rel as i32).to_le_bytes());
     site.jump = jump;
+    let rel = i32::try_from(tramp.wrapping_sub(addr + PATCH_LEN as u64) as i64).map_err(|_| AttachError::NoNearMemory(addr))?;
+    site.to_trampoline[0] = 0xe9;
+    site.to_trampoline[1..].copy_from_slice(&rel.to_le_bytes());
     site.slot = slot;
     Ok(Box::leak(site))
 }

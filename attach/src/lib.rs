@@ -3,8 +3,10 @@
 //! What it is: an inline-hook engine built on iced-x86 ([`hook`]): it patches a function (or an
 //! offset inside it) with a jump to a per-probe stub that hands a kernel-layout [`PtRegs`] to
 //! [`ProbeHandler`]s, relocates the overwritten instructions, and patches safely while other
-//! threads run the code ([`patch`]). Return probes use return-address replacement with a
-//! per-thread shadow stack. [`symbols`] resolves `BINARY:FUNCTION[+OFFSET]` targets in the
+//! threads run the code ([`patch`]). Return probes patch the function's `ret`s where its body
+//! allows (or run in the entry's trampoline for functions shorter than that), else replace the
+//! return address, with a per-thread shadow stack. Stubs keep the vector registers the probed
+//! module's code names (`vector_use`) and the ABI's. [`symbols`] resolves `BINARY:FUNCTION[+OFFSET]` targets in the
 //! executable and shared libraries from `/proc/self/maps` and ELF symbol tables.
 //!
 //! What it is not: it knows nothing of eBPF; the agent connects handlers to programs.
@@ -113,6 +115,73 @@ mod tests {
         }
         call(7);
         assert_eq!(hs[0].0.load(Ordering::Relaxed), 2);
+    }
+
+    // Two functions whose `ret` has no room for a jump of its own: `zero` (xor eax, eax; ret,
+    // then int3 padding: the entry's jump spills into it) and `short` (3a ^ b in seven bytes,
+    // then its ret, then the next function at once).
+    std::arch::global_asm!(
+        ".globl bpftime_attach_zero",
+        ".type bpftime_attach_zero, @function",
+        ".p2align 4",
+        "bpftime_attach_zero:",
+        "xor eax, eax",
+        "ret",
+        ".size bpftime_attach_zero, . - bpftime_attach_zero",
+        ".p2align 4, 0xcc",
+        ".globl bpftime_attach_short",
+        ".type bpftime_attach_short, @function",
+        "bpftime_attach_short:",
+        "lea rax, [rdi + rdi * 2]",
+        "xor rax, rsi",
+        "ret",
+        ".size bpftime_attach_short, . - bpftime_attach_short",
+        ".globl bpftime_attach_short_next",
+        ".type bpftime_attach_short_next, @function",
+        "bpftime_attach_short_next:",
+        "ret",
+        ".size bpftime_attach_short_next, . - bpftime_attach_short_next",
+    );
+
+    unsafe extern "C" {
+        fn bpftime_attach_zero(a: u64, b: u64) -> u64;
+        fn bpftime_attach_short(a: u64, b: u64) -> u64;
+    }
+
+    /// Where a function's `ret` follows the instructions its entry's jump covers, the
+    /// trampoline runs that `ret` and the return probes before it: no return address is
+    /// replaced, alone (the entry jumps straight to the trampoline) or with an entry probe.
+    #[test]
+    fn tiny_functions_run_their_return_probes_in_the_trampoline() {
+        let cases: [(&str, unsafe extern "C" fn(u64, u64) -> u64, fn(u64, u64) -> u64); 2] =
+            [("bpftime_attach_zero", bpftime_attach_zero, |_, _| 0), ("bpftime_attach_short", bpftime_attach_short, |a, b| (a * 3) ^ b)];
+        for (name, f, want) in cases {
+            let addr = f as *const () as u64;
+            let r = resolve(&Target::parse(&format!("/proc/self/exe:{name}")).unwrap()).unwrap();
+            assert_eq!(r.addr, addr);
+            let original = patch::read_code(addr, 8).unwrap();
+            // SAFETY: both assembly functions take two integers and return one.
+            let call = |a: u64| unsafe { std::hint::black_box(f)(a, 5) };
+            let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding };
+            let rets = Arc::new(Count::default());
+            let x = attach(addr, info, ProbeKind::Return, rets.clone()).unwrap();
+            assert_eq!(patched_returns(addr), 1, "{name}");
+            for a in 0..10 {
+                assert_eq!(call(a), want(a, 5), "{name}");
+            }
+            assert_eq!((rets.0.load(Ordering::Relaxed), rets.3.load(Ordering::Relaxed)), (10, want(9, 5)), "{name}: returns, last result");
+            let entries = Arc::new(Count::default());
+            let e = attach(addr, info, ProbeKind::Entry, entries.clone()).unwrap();
+            assert_eq!(call(20), want(20, 5));
+            assert_eq!((entries.0.load(Ordering::Relaxed), entries.1.load(Ordering::Relaxed)), (1, 20), "{name}: entry, first argument");
+            detach(e).unwrap();
+            assert_eq!(call(30), want(30, 5));
+            assert_eq!((entries.0.load(Ordering::Relaxed), rets.0.load(Ordering::Relaxed)), (1, 12), "{name}");
+            detach(x).unwrap();
+            assert_eq!(patch::read_code(addr, 8).unwrap(), original, "{name}: its own bytes again");
+            assert_eq!(call(40), want(40, 5));
+            assert_eq!(rets.0.load(Ordering::Relaxed), 12);
+        }
     }
 
     /// Sets every vector register it can name to all-ones and changes the flags, as a handler

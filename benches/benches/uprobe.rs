@@ -94,7 +94,39 @@ fn bench(c: &mut Criterion) {
     g.bench_function("bpftime_pair_3_updates_each", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
     detach(ret).expect("detach");
     detach(entry).expect("detach");
-    // The kernel's uprobe on the same function, running the same programs.
+    // A leaf in a gcc-built C library (integer code: its probes keep few vector registers).
+    let lib_path = concat!(env!("OUT_DIR"), "/libbench_leaf.so");
+    let lib_name = std::ffi::CString::new(lib_path).expect("path");
+    // SAFETY: a plain C library; the handle is never closed.
+    let lib = unsafe { libc::dlopen(lib_name.as_ptr(), libc::RTLD_NOW) };
+    assert!(!lib.is_null(), "dlopen {lib_path}");
+    let leaf = bpftime_attach::resolve(&bpftime_attach::Target::parse(&format!("{lib_path}:bench_leaf")).expect("target")).expect("resolve bench_leaf");
+    let leaf_info = SiteInfo { function_size: leaf.function_size, at_entry: true, padding: leaf.padding };
+    // SAFETY: bench_leaf is `long bench_leaf(long, long)`.
+    let leaf_fn: extern "C" fn(u64, u64) -> u64 = unsafe { std::mem::transmute(leaf.addr as usize) };
+    let call_leaf = || black_box(leaf_fn)(black_box(1), 2);
+    g.bench_function("c_leaf_no_probe", |b| b.iter(call_leaf));
+    let id = attach(leaf.addr, leaf_info, ProbeKind::Entry, Arc::new(NoProgram)).expect("attach");
+    g.bench_function("c_leaf_bpftime_hook_only", |b| b.iter(call_leaf));
+    detach(id).expect("detach");
+    for (name, kind) in [("empty", ProbeKind::Entry), ("empty_ret", ProbeKind::Return)] {
+        let id = attach(leaf.addr, leaf_info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, leaf.addr, Effect::Observe))).expect("attach");
+        g.bench_function(format!("c_leaf_bpftime_{name}"), |b| b.iter(call_leaf));
+        detach(id).expect("detach");
+    }
+    let entry =
+        attach(leaf.addr, leaf_info, ProbeKind::Entry, Arc::new(ProgramProbe::new(rt, prog("pair_entry"), 0, leaf.addr, Effect::Observe))).expect("attach");
+    let ret =
+        attach(leaf.addr, leaf_info, ProbeKind::Return, Arc::new(ProgramProbe::new(rt, prog("pair_return"), 0, leaf.addr, Effect::Observe))).expect("attach");
+    println!(
+        "bench_leaf: {} patched ret(s); vector registers kept: {}",
+        bpftime_attach::patched_returns(leaf.addr),
+        bpftime_attach::site_vectors(leaf.addr).unwrap_or_default()
+    );
+    g.bench_function("c_leaf_bpftime_pair_3_updates_each", |b| b.iter(call_leaf));
+    detach(ret).expect("detach");
+    detach(entry).expect("detach");
+    // The kernel's uprobe on the same functions, running the same programs.
     let exe = std::fs::read_link("/proc/self/exe").expect("exe");
     match bpftime_tests::kernel::KernelObject::load(&obj) {
         Ok(mut k) => {
@@ -118,6 +150,22 @@ fn bench(c: &mut Criterion) {
                 Err(e) => println!("skip the kernel pair: {e}"),
             };
             k.detach_all();
+            for (name, ret) in [("empty", false), ("pair", false)] {
+                let r = if name == "pair" {
+                    k.attach_uprobe("pair_entry", std::path::Path::new(lib_path), "bench_leaf", false)
+                        .and_then(|()| k.attach_uprobe("pair_return", std::path::Path::new(lib_path), "bench_leaf", true))
+                } else {
+                    k.attach_uprobe(name, std::path::Path::new(lib_path), "bench_leaf", ret)
+                };
+                match r {
+                    Ok(()) => {
+                        let label = if name == "pair" { "c_leaf_kernel_pair_3_updates_each".to_string() } else { format!("c_leaf_kernel_uprobe_{name}") };
+                        g.bench_function(label, |b| b.iter(call_leaf));
+                    }
+                    Err(e) => println!("skip kernel uprobe on bench_leaf `{name}`: {e}"),
+                }
+                k.detach_all();
+            }
         }
         Err(e) => println!("skip kernel uprobes: {e} (needs root and a kernel with uprobes)"),
     }
