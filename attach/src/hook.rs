@@ -18,9 +18,9 @@
 //! Handlers are lists swapped atomically (old lists are leaked, never freed, so a thread still
 //! walking one is safe). A per-thread flag keeps probes from firing inside probe handlers.
 
+use crate::module_code::{self, ModuleCode, VectorUse};
 use crate::patch::{self, PATCH_LOCK};
 use crate::regs::PtRegs;
-use crate::vector_use::{self, VectorUse};
 use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Instruction, InstructionBlock, Mnemonic};
 use std::cell::Cell;
@@ -113,7 +113,9 @@ pub struct Site {
     returns: OnceLock<Vec<&'static ReturnSite>>,
     /// What its body needs kept (at a function's entry; else [`BodyNeeds::UNKNOWN`]).
     needs: BodyNeeds,
-    /// The vector registers its module names.
+    /// Its module's code, if it could be read (see `module_code`).
+    module: Option<ModuleCode>,
+    /// The vector registers its module names ([`VectorUse::ALL`] if unknown).
     named: VectorUse,
 }
 
@@ -485,6 +487,8 @@ fn plan_returns(site: &Site, size: u64, padding: u64) -> Option<Vec<Vec<Instruct
     if size == 0 || size > 1 << 20 {
         return None;
     }
+    // Jumps from outside the function (a `.cold` part) must not land inside a window.
+    let module = site.module.as_ref()?;
     let end = addr + size;
     let body = original_body(addr, size, &site.original[..site.method.len()])?;
     let mut dec = Decoder::with_ip(64, &body, addr, DecoderOptions::NONE);
@@ -541,7 +545,11 @@ fn plan_returns(site: &Site, size: u64, padding: u64) -> Option<Vec<Vec<Instruct
         }
         let fits_padding = r.ip() + r.len() as u64 == end && r.len() as u64 + padding >= PATCH_LEN as u64 && r.ip() >= addr + PATCH_LEN as u64;
         // The padding may already hold a rewritten system call site's jump.
-        if fits_padding && !patch::overlaps(r.ip(), PATCH_LEN as u64) && !crate::syscalls::overlaps_pads(r.ip(), PATCH_LEN as u64) {
+        if fits_padding
+            && !patch::overlaps(r.ip(), PATCH_LEN as u64)
+            && !crate::syscalls::overlaps_pads(r.ip(), PATCH_LEN as u64)
+            && !module.jumped_into_from_outside(r.ip() + 1, r.ip() + PATCH_LEN as u64)
+        {
             windows.push(vec![*r]);
             continue;
         }
@@ -553,7 +561,7 @@ fn plan_returns(site: &Site, size: u64, padding: u64) -> Option<Vec<Vec<Instruct
             start -= 1;
             len += instrs[start].len();
         }
-        if instrs[start].ip() < addr + PATCH_LEN as u64 {
+        if instrs[start].ip() < addr + PATCH_LEN as u64 || module.jumped_into_from_outside(instrs[start].ip() + 1, r.ip() + 1) {
             return None;
         }
         windows.push(instrs[start..=k].to_vec());
@@ -754,9 +762,13 @@ fn body_needs(addr: u64, size: u64, first: &[u8]) -> BodyNeeds {
     let mut named = VectorUse::NONE;
     let mut info = iced_x86::InstructionInfoFactory::new();
     let inside = |t: u64| t >= addr && t < addr + size;
+    let mut previous = Instruction::default();
     while dec.can_decode() {
         let i = dec.decode();
         match i.flow_control() {
+            // A TLS descriptor call (`lea rax, [rip + x@TLSDESC]; call [rax]`): its callee
+            // keeps every register but rax, and GCC's callers know it.
+            FlowControl::IndirectCall if is_tls_descriptor_call(&previous, &i) => leaves = true,
             FlowControl::IndirectCall => (callers, leaves) = (Kept::Abi, true),
             FlowControl::Call if is_plt_stub(i.near_branch_target()) => (callers, leaves) = (Kept::Abi, true),
             FlowControl::Call | FlowControl::IndirectBranch | FlowControl::Exception | FlowControl::Interrupt => leaves = true,
@@ -765,9 +777,23 @@ fn body_needs(addr: u64, size: u64, first: &[u8]) -> BodyNeeds {
             _ => {}
         }
         named.add_instruction(&i, &mut info);
+        previous = i;
     }
     let arguments = if leaves { 0xff } else { 0b11 | named.regs as u8 };
     BodyNeeds { callers, arguments }
+}
+
+/// Whether `call` (after `previous`) is a TLS descriptor call: `lea rax, [rip + d]` then
+/// `call qword ptr [rax]`.
+fn is_tls_descriptor_call(previous: &Instruction, call: &Instruction) -> bool {
+    use iced_x86::{OpKind, Register};
+    previous.mnemonic() == Mnemonic::Lea
+        && previous.op0_register() == Register::RAX
+        && previous.is_ip_rel_memory_operand()
+        && call.op0_kind() == OpKind::Memory
+        && call.memory_base() == Register::RAX
+        && call.memory_index() == Register::None
+        && call.memory_displacement64() == 0
 }
 
 /// The `size` bytes of the function at `addr`, its first ones being `first` (its own bytes,
@@ -795,6 +821,10 @@ fn is_plt_stub(at: u64) -> bool {
 struct Machine {
     /// Bytes of a vector register: 16 (SSE), 32 (AVX) or 64 (AVX-512).
     width: i32,
+    /// Mask registers are 64 bits wide (AVX512BW; else 16).
+    wide_masks: bool,
+    /// `BPFTIME_VECTORS=all`: every stub keeps every register (see `module_code`).
+    keep_all: bool,
 }
 
 impl Machine {
@@ -809,7 +839,8 @@ impl Machine {
             } else {
                 16
             };
-            Machine { width }
+            let wide_masks = std::arch::is_x86_feature_detected!("avx512bw");
+            Machine { width, wide_masks, keep_all: std::env::var("BPFTIME_VECTORS").is_ok_and(|v| v == "all") }
         })
     }
 
@@ -833,19 +864,23 @@ struct VectorSave {
 
 impl VectorSave {
     /// What a stub at `point` keeps, in a function whose body needs `needs` and whose module
-    /// names `named` (see `vector_use`): the ABI's argument registers that may still be read
-    /// at entry (the result registers at a return; all eight elsewhere) at the machine's full
-    /// width, since values pass through them between modules even where no instruction of
-    /// this one names them; and, where callers may rely on more than the ABI, every register
-    /// the module names, at the width it uses.
+    /// names `named` (see `module_code`): the low 128 bits of xmm0-15; the ABI's argument
+    /// registers that may still be read at entry (the result registers at a return; all eight
+    /// elsewhere) at the machine's full width, since values pass through them between modules
+    /// even where no instruction of this one names them; and, where callers may rely on more
+    /// than the ABI, every register the module names, at the width it uses.
     fn at(point: PointKind, needs: BodyNeeds, named: VectorUse) -> VectorSave {
         let m = Machine::get();
-        let mut s = VectorSave { widths: [0; 32], masks: false };
+        let (needs, named) = if m.keep_all { (BodyNeeds::UNKNOWN, VectorUse::ALL) } else { (needs, named) };
+        // The low halves of xmm0-15 always: other conventions than the System V ABI's keep
+        // some of them (Win64's xmm6-15, Go's xmm0-15).
+        let mut s = VectorSave { widths: [16; 32], masks: false };
+        s.widths[16..].fill(0);
         if needs.callers == Kept::All {
             for (i, w) in s.widths.iter_mut().enumerate().take(m.registers()) {
                 if named.regs & (1 << i) != 0 {
                     // Registers 16-31 exist only with AVX-512, and only EVEX moves reach them.
-                    *w = if i >= 16 { 64 } else { named.width.clamp(16, m.width) };
+                    *w = if i >= 16 { 64 } else { named.width.clamp(16, m.width).max(*w) };
                 }
             }
             s.masks = named.masks && m.width == 64;
@@ -905,7 +940,11 @@ impl VectorSave {
         }
         if self.masks {
             for (i, k) in MASKS.iter().enumerate() {
-                a.kmovq(qword_ptr(rsp + (masks + 8 * i as i32)), *k)?;
+                if Machine::get().wide_masks {
+                    a.kmovq(qword_ptr(rsp + (masks + 8 * i as i32)), *k)?;
+                } else {
+                    a.kmovw(word_ptr(rsp + (masks + 8 * i as i32)), *k)?;
+                }
             }
         }
         Ok(())
@@ -927,7 +966,11 @@ impl VectorSave {
         }
         if self.masks {
             for (i, k) in MASKS.iter().enumerate() {
-                a.kmovq(*k, qword_ptr(rsp + (masks + 8 * i as i32)))?;
+                if Machine::get().wide_masks {
+                    a.kmovq(*k, qword_ptr(rsp + (masks + 8 * i as i32)))?;
+                } else {
+                    a.kmovw(*k, word_ptr(rsp + (masks + 8 * i as i32)))?;
+                }
             }
         }
         Ok(())
@@ -1150,8 +1193,9 @@ fn decode_prologue(addr: u64, info: SiteInfo) -> Result<Vec<Instruction>, Attach
             && function_size + info.padding >= PATCH_LEN as u64
             && matches!(i.flow_control(), FlowControl::Return | FlowControl::UnconditionalBranch)
         {
+            len += i.len();
             instrs.push(i);
-            return Ok(instrs);
+            break;
         }
         match i.flow_control() {
             FlowControl::Return | FlowControl::Interrupt | FlowControl::Exception => {
@@ -1165,7 +1209,13 @@ fn decode_prologue(addr: u64, info: SiteInfo) -> Result<Vec<Instruction>, Attach
     if function_size != 0 && function_size < len as u64 {
         return Err(unpatchable(format!("the function is {function_size} bytes, shorter than the {len} bytes to patch")));
     }
-    // A branch into the middle of the patched bytes would land in our jump.
+    // A branch into the middle of the patched bytes would land in our jump: from elsewhere in
+    // the module (a `.cold` part),
+    let patched = len.max(PATCH_LEN) as u64;
+    if module_code::module_at(addr).is_some_and(|m| m.jumped_into_from_outside(addr + 1, addr + patched)) {
+        return Err(unpatchable(format!("a jump from outside the function lands inside the {patched} bytes the probe overwrites")));
+    }
+    // or from the function itself.
     if function_size > 0 {
         let body = patch::read_code(addr, function_size as usize).map_err(|e| unpatchable(e.to_string()))?;
         let mut dec = Decoder::with_ip(64, &body, addr, DecoderOptions::NONE);
@@ -1173,7 +1223,7 @@ fn decode_prologue(addr: u64, info: SiteInfo) -> Result<Vec<Instruction>, Attach
             let i = dec.decode();
             if matches!(i.flow_control(), FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch) {
                 let t = i.near_branch_target();
-                if t > addr && t < addr + len as u64 {
+                if t > addr && t < addr + patched {
                     return Err(unpatchable(format!("the branch at {:#x} jumps into the bytes the probe overwrites ({t:#x})", i.ip())));
                 }
             }
@@ -1241,6 +1291,7 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
         to_trampoline: [0; PATCH_LEN],
         returns: OnceLock::new(),
         needs: BodyNeeds::UNKNOWN,
+        module: None,
         named: VectorUse::ALL,
     });
     site.slot = patch::register_site(addr, 1, page, &[], &*site as *const Site as u64).ok_or(AttachError::TooManySites)?;
@@ -1276,9 +1327,11 @@ pub(crate) fn trap_hit(site: u64, gregs: &mut [i64; 23]) -> bool {
 /// trampoline reaches (no branch in the body targets it, and the body has no indirect jump).
 /// Return probes then run in the trampoline, before that `ret`: tiny functions, whose `ret`s
 /// leave no room for a jump of their own, need no return address replaced.
-fn trampoline_ret(addr: u64, info: SiteInfo, instrs: &[Instruction]) -> Option<u64> {
+fn trampoline_ret(addr: u64, info: SiteInfo, instrs: &[Instruction], module: Option<&ModuleCode>) -> Option<u64> {
     let plain_ret = |i: &Instruction| i.mnemonic() == Mnemonic::Ret && i.op_count() == 0;
     let (last, before) = instrs.split_last()?;
+    // Nothing outside the function may jump to that `ret` (it would run the original one).
+    let module = module?;
     if before.iter().any(|i| i.flow_control() != FlowControl::Next) {
         return None;
     }
@@ -1287,7 +1340,12 @@ fn trampoline_ret(addr: u64, info: SiteInfo, instrs: &[Instruction]) -> Option<u
     }
     let size = info.function_size;
     let covered: u64 = instrs.iter().map(|i| i.len() as u64).sum();
-    if last.flow_control() != FlowControl::Next || size <= covered || size > 1 << 20 || patch::overlaps(addr, size) {
+    if last.flow_control() != FlowControl::Next
+        || size <= covered
+        || size > 1 << 20
+        || patch::overlaps(addr, size)
+        || module.jumped_into_from_outside(addr + covered, addr + covered + 1)
+    {
         return None;
     }
     let body = patch::read_code(addr, size as usize).ok()?;
@@ -1317,7 +1375,8 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
     let covered: u64 = instrs.iter().map(|i| i.len() as u64).sum();
     // Where the function's `ret` follows the relocated instructions, the trampoline runs it
     // too, after a 5-byte nop that return probes turn into a jump (no jump back).
-    let ret_here = if at_entry { trampoline_ret(addr, info, &instrs) } else { None };
+    let module = module_code::module_at(addr);
+    let ret_here = if at_entry { trampoline_ret(addr, info, &instrs, module.as_ref()) } else { None };
     let relocated = match ret_here {
         Some(ret) if instrs.last().is_some_and(|i| i.ip() == ret) => &instrs[..instrs.len() - 1],
         _ => &instrs[..],
@@ -1357,7 +1416,8 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
         to_trampoline: [0; PATCH_LEN],
         returns: OnceLock::new(),
         needs: BodyNeeds::UNKNOWN,
-        named: vector_use::of_module_at(addr),
+        named: module.as_ref().map_or(VectorUse::ALL, ModuleCode::vectors),
+        module,
     });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
     if at_entry {

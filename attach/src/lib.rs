@@ -6,8 +6,9 @@
 //! threads run the code ([`patch`]). Return probes patch the function's `ret`s where its body
 //! allows (or run in the entry's trampoline for functions shorter than that), else replace the
 //! return address, with a per-thread shadow stack. Stubs keep the vector registers the probed
-//! module's code names (`vector_use`) and the ABI's. [`symbols`] resolves `BINARY:FUNCTION[+OFFSET]` targets in the
-//! executable and shared libraries from `/proc/self/maps` and ELF symbol tables.
+//! module's code names (`module_code`) and the calling conventions'. [`symbols`] resolves
+//! `BINARY:FUNCTION[+OFFSET]` targets in the executable and shared libraries from
+//! `/proc/self/maps` and ELF symbol tables.
 //!
 //! What it is not: it knows nothing of eBPF; the agent connects handlers to programs.
 //!
@@ -16,13 +17,13 @@
 //! page) and `PtRegs::as_bytes`.
 
 pub mod hook;
+mod module_code;
 mod patch;
 pub mod procmaps;
 pub mod regs;
 pub mod signals;
 pub mod symbols;
 pub mod syscalls;
-mod vector_use;
 
 pub use hook::{
     attach, detach, in_probe, in_signal_handler, patched_returns, run_as_hit, set_return_patching, site_method, site_vectors, without_probes, AttachError,
@@ -184,9 +185,9 @@ mod tests {
         }
     }
 
-    /// Sets every vector register it can name to all-ones and changes the flags, as a handler
-    /// calling vectorised library code would.
-    struct Clobber(AtomicU64);
+    /// Sets xmm0-8 and xmm12 to all-ones (and ymm12's upper half, with AVX) and changes the
+    /// flags, as a handler calling vectorised library code could.
+    pub(crate) struct Clobber(pub(crate) AtomicU64);
 
     impl ProbeHandler for Clobber {
         fn on_hit(&self, _: &PtRegs, _: usize) -> Option<u64> {
@@ -196,10 +197,14 @@ mod tests {
                 std::arch::asm!(
                     "pcmpeqd xmm0, xmm0", "pcmpeqd xmm1, xmm1", "pcmpeqd xmm2, xmm2", "pcmpeqd xmm3, xmm3",
                     "pcmpeqd xmm4, xmm4", "pcmpeqd xmm5, xmm5", "pcmpeqd xmm6, xmm6", "pcmpeqd xmm7, xmm7",
-                    "pcmpeqd xmm8, xmm8", "cmp rsp, 0",
+                    "pcmpeqd xmm8, xmm8", "pcmpeqd xmm12, xmm12", "cmp rsp, 0",
                     out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _,
-                    out("xmm5") _, out("xmm6") _, out("xmm7") _, out("xmm8") _,
+                    out("xmm5") _, out("xmm6") _, out("xmm7") _, out("xmm8") _, out("xmm12") _,
                 );
+            }
+            if std::arch::is_x86_feature_detected!("avx") {
+                // SAFETY: AVX is present; only ymm12 changes.
+                unsafe { std::arch::asm!("vpcmpeqd ymm12, ymm12, ymm12", out("xmm12") _, options(nostack)) };
             }
             None
         }
@@ -427,8 +432,9 @@ mod wide_vectors {
             // At entry: the arguments that may be read later (all eight where the function
             // jumps on; where it only returns, those it returns).
             let e = attach(f, info, ProbeKind::Entry, h.clone()).unwrap();
-            let regs = if name == "pass" { "0-1" } else { "0-7" };
-            assert_eq!(site_vectors(f).unwrap(), format!("xmm{regs} ({bits} bits) at entry"));
+            // (The low halves of xmm0-15 are always kept.)
+            let regs = if name == "pass" { "0-1 ({bits} bits) + xmm2-15" } else { "0-7 ({bits} bits) + xmm8-15" }.replace("{bits}", &bits.to_string());
+            assert_eq!(site_vectors(f).unwrap(), format!("xmm{regs} (128 bits) at entry"));
             assert_eq!(call(f)[..results], input[..results], "{name}: arguments at entry, at full width");
             detach(e).unwrap();
             hits += 1;
@@ -436,7 +442,8 @@ mod wide_vectors {
                 // At its return: the results.
                 let x = attach(f, info, ProbeKind::Return, h.clone()).unwrap();
                 assert_eq!(patched_returns(f), 1);
-                assert_eq!(site_vectors(f).unwrap(), format!("xmm0-1 ({bits} bits) at entry, xmm0-1 ({bits} bits) at returns"));
+                let only_results = format!("xmm0-1 ({bits} bits) + xmm2-15 (128 bits)");
+                assert_eq!(site_vectors(f).unwrap(), format!("{only_results} at entry, {only_results} at returns"));
                 assert_eq!(call(f)[..results], input[..results], "results at the return, at full width");
                 detach(x).unwrap();
                 hits += 1;
@@ -672,5 +679,184 @@ mod stress {
             set_return_patching(true);
             assert_eq!(call_leaf(3, 4), want);
         }
+    }
+}
+
+#[cfg(test)]
+mod modules {
+    //! Probes in libraries built for the test: conventions other than the System V ABI's, TLS
+    //! descriptor calls, a file rewritten in place, jumps from a `.cold` part into a function.
+    use super::*;
+    use crate::tests::Clobber;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bpftime-attach-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Builds `lib<name>.so` from `src` (a `.c` or `.s` file) with cc and `flags`.
+    fn build(dir: &Path, name: &str, ext: &str, src: &str, flags: &[&str]) -> PathBuf {
+        let (s, so) = (dir.join(format!("{name}.{ext}")), dir.join(format!("lib{name}.so")));
+        std::fs::write(&s, src).unwrap();
+        let out = std::process::Command::new("cc").args(flags).arg("-o").arg(&so).arg(&s).output().expect("run cc");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        so
+    }
+
+    fn open(so: &Path) -> *mut libc::c_void {
+        let p = std::ffi::CString::new(so.to_str().unwrap()).unwrap();
+        // SAFETY: a library built above (no initialisers that matter); closed by the tests
+        // that need it closed.
+        let h = unsafe { libc::dlopen(p.as_ptr(), libc::RTLD_NOW) };
+        assert!(!h.is_null());
+        h
+    }
+
+    fn site(so: &Path, func: &str) -> (u64, SiteInfo) {
+        let r = resolve(&Target::parse(&format!("{}:{func}", so.display())).unwrap()).unwrap();
+        (r.addr, SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding })
+    }
+
+    /// A Win64 (`ms_abi`) function keeps xmm6-15 for its callers: a library whose code names
+    /// none of them still has them kept by its probes.
+    #[test]
+    fn win64_callee_saved_registers_survive_an_entry_probe() {
+        let d = dir("ms-abi");
+        let so = build(&d, "ms", "c", "__attribute__((ms_abi)) long g(long x) { return 3 * x + 1; }\n", &["-O2", "-fPIC", "-shared", "-nostdlib"]);
+        open(&so);
+        let (g, info) = site(&so, "g");
+        let call = || {
+            let (r, x6, x7): (u64, f64, f64);
+            // SAFETY: a Win64 call (argument in rcx, 32 bytes of shadow space) to `g`, which
+            // changes only what the Win64 convention lets it (declared clobbered).
+            unsafe {
+                std::arch::asm!(
+                    "sub rsp, 40", "call {g}", "add rsp, 40",
+                    g = in(reg) g, inout("rcx") 5u64 => _, out("rax") r,
+                    inout("xmm6") 1.5f64 => x6, inout("xmm7") 2.5f64 => x7,
+                    out("rdx") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _, out("xmm5") _,
+                );
+            }
+            (r, x6, x7)
+        };
+        assert_eq!(call(), (16, 1.5, 2.5));
+        let h = Arc::new(Clobber(AtomicU64::new(0)));
+        let e = attach(g, info, ProbeKind::Entry, h.clone()).unwrap();
+        assert_eq!(call(), (16, 1.5, 2.5), "xmm6 and xmm7 across a probed Win64 function");
+        assert_eq!(h.0.load(Ordering::Relaxed), 1);
+        detach(e).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A TLS descriptor call (`-mtls-dialect=gnu2`) is not a call its compiler could not see:
+    /// GCC's callers of the function keep vector values across it all the same.
+    #[test]
+    fn a_tls_descriptor_call_leaves_callers_relying_on_their_registers() {
+        let d = dir("tlsdesc");
+        let src = "__thread int tv = 7;\n\
+            static __attribute__((noinline)) int f(int a) { return tv + a; }\n\
+            double g(double x, double z, int n) { double acc = 0; for (int i = 0; i < n; i++) { double y = x * i + z; acc += y * f(i) + y; } return acc; }\n";
+        let so = build(&d, "tls", "c", src, &["-O2", "-fPIC", "-shared", "-mtls-dialect=gnu2"]);
+        let lib = open(&so);
+        // SAFETY: `g` is `double g(double, double, int)`.
+        let g: extern "C" fn(f64, f64, i32) -> f64 = unsafe { std::mem::transmute(libc::dlsym(lib, c"g".as_ptr())) };
+        let want = g(1.25, 0.5, 10);
+        let (f, info) = site(&so, "f");
+        let h = Arc::new(Clobber(AtomicU64::new(0)));
+        let e = attach(f, info, ProbeKind::Entry, h.clone()).unwrap();
+        let x = attach(f, info, ProbeKind::Return, h.clone()).unwrap();
+        assert_eq!(g(1.25, 0.5, 10), want, "g's registers across probes on f");
+        assert_eq!(h.0.load(Ordering::Relaxed), 20);
+        detach(e).unwrap();
+        detach(x).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A library rewritten in place (same inode) and loaded again is scanned again: its new
+    /// code keeps ymm12 across a call to a probed leaf.
+    #[test]
+    fn a_file_rewritten_in_place_is_scanned_again() {
+        if !std::arch::is_x86_feature_detected!("avx") {
+            eprintln!("skipped: no AVX on this machine");
+            return;
+        }
+        let d = dir("rewrite");
+        let leaf = ".p2align 4\n.globl leaf\n.type leaf,@function\nleaf:\nlea (%rdi,%rdi,2),%rax\nadd %rsi,%rax\nadd $0x11,%rax\nret\n.size leaf,.-leaf\n";
+        let a = build(&d, "a", "s", &format!(".text\n{leaf}"), &["-shared", "-nostdlib"]);
+        // keep(a, b, in, out): ymm12 = 32 bytes at `in` across leaf(a, b), then stored at `out`.
+        let keep = ".text\n.globl keep\n.type keep,@function\nkeep:\nvmovdqu (%rdx),%ymm12\npush %rcx\ncall leaf\npop %rcx\nvmovdqu %ymm12,(%rcx)\nvzeroupper\nret\n.size keep,.-keep\n";
+        let b = build(&d, "b", "s", &format!("{keep}{leaf}"), &["-shared", "-nostdlib"]);
+        let lib = d.join("libv.so");
+        std::fs::copy(&a, &lib).unwrap();
+        let h = open(&lib);
+        let (addr, info) = site(&lib, "leaf");
+        let probe = attach(addr, info, ProbeKind::Entry, Arc::new(Clobber(AtomicU64::new(0)))).unwrap();
+        assert!(!site_vectors(addr).unwrap().contains("256 bits"), "{}", site_vectors(addr).unwrap());
+        detach(probe).unwrap();
+        // SAFETY: closes the handle opened above; nothing of the library is used after.
+        unsafe { libc::dlclose(h) };
+        std::fs::write(&lib, std::fs::read(&b).unwrap()).unwrap();
+        let h = open(&lib);
+        // SAFETY: `keep` is `long keep(long, long, const u8 *in, u8 *out)`.
+        let keep: extern "C" fn(u64, u64, *const u8, *mut u8) -> u64 = unsafe { std::mem::transmute(libc::dlsym(h, c"keep".as_ptr())) };
+        let (addr, info) = site(&lib, "leaf");
+        let clobber = Arc::new(Clobber(AtomicU64::new(0)));
+        let probe = attach(addr, info, ProbeKind::Entry, clobber.clone()).unwrap();
+        // (Its `vzeroupper` names ymm0-15 too: the module's width is one for all it names.)
+        assert!(site_vectors(addr).unwrap().contains("xmm2-15 (256 bits)"), "{}", site_vectors(addr).unwrap());
+        let input: Vec<u8> = (1..=32).collect();
+        let mut out = [0u8; 32];
+        assert_eq!(keep(3, 4, input.as_ptr(), out.as_mut_ptr()), 3 * 3 + 4 + 0x11);
+        assert_eq!(out[..], input[..], "ymm12 across the probed leaf");
+        assert_eq!(clobber.0.load(Ordering::Relaxed), 1);
+        detach(probe).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A `.cold` part jumping into a function (GCC's hot/cold splitting does): a jump there
+    /// must never land in a patch's middle. The entry probe becomes an int3 where the jump
+    /// lands inside its five bytes; return probes replace the return address where it lands
+    /// inside a `ret`'s window.
+    #[test]
+    fn jumps_from_a_cold_part_never_land_inside_a_patch() {
+        let d = dir("cold");
+        // f(x) = x + 3, f(0) = 103: f.cold jumps back to f's second instruction, inside the
+        // entry's five bytes. g(x) = x + 5, g(0) = 201: g.cold jumps back to the `inc` inside
+        // the window of g's `ret` (lea, inc, ret).
+        let src = ".text\n\
+            .globl f\n.type f,@function\n.p2align 4\nf:\n\
+            test %rdi,%rdi\n.Lback:\nlea 1(%rdi),%rax\nje f.cold\nlea 2(%rax),%rax\nret\n.size f,.-f\n\
+            .globl g\n.type g,@function\n.p2align 4\ng:\n\
+            test %rdi,%rdi\nje g.cold\nlea 1(%rdi),%rax\nlea 3(%rax),%rax\n.Lgback:\ninc %rax\nret\n.size g,.-g\n\
+            .type f.cold,@function\n.p2align 4\nf.cold:\nmov $100,%rdi\ntest %rdi,%rdi\njmp .Lback\n.size f.cold,.-f.cold\n\
+            .type g.cold,@function\ng.cold:\nmov $200,%rax\njmp .Lgback\n.size g.cold,.-g.cold\n";
+        let so = build(&d, "cold", "s", src, &["-shared", "-nostdlib"]);
+        let lib = open(&so);
+        // SAFETY: both are `long (long)` in the assembly above.
+        let sym = |n: &std::ffi::CStr| -> extern "C" fn(u64) -> u64 { unsafe { std::mem::transmute(libc::dlsym(lib, n.as_ptr())) } };
+        let (f, g) = (sym(c"f"), sym(c"g"));
+        let check = || {
+            assert_eq!((f(0), f(5)), (103, 8));
+            assert_eq!((g(0), g(5)), (201, 10));
+        };
+        check();
+        let (fa, finfo) = site(&so, "f");
+        let h = Arc::new(Clobber(AtomicU64::new(0)));
+        let e = attach(fa, finfo, ProbeKind::Entry, h.clone()).unwrap();
+        assert_eq!(site_method(fa), Some(Method::Trap), "the jump back lands inside the entry's five bytes");
+        let (ga, ginfo) = site(&so, "g");
+        let x = attach(ga, ginfo, ProbeKind::Return, h.clone()).unwrap();
+        assert_eq!(patched_returns(ga), 0, "the jump back lands inside the ret's window");
+        check();
+        assert_eq!(h.0.load(Ordering::Relaxed), 4);
+        detach(e).unwrap();
+        detach(x).unwrap();
+        check();
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -1,0 +1,395 @@
+//! What a module's code tells the probes placed in it, learnt by decoding all of it once per
+//! file: which vector registers it names, and which of its instructions are reached by jumps
+//! from outside their function.
+//!
+//! **Vector registers.** At a probe point in a function, a value another frame still needs in
+//! a vector register was put there by, and will be read by, code of the function's own module,
+//! with exceptions. Code in other modules reaches the function through calls that follow the
+//! System V ABI, which preserves no vector register across a call, so those callers keep
+//! nothing there. Within the module a caller may keep values in any register its callee does
+//! not touch (GCC's `-fipa-ra`), but only in registers its own instructions name. The
+//! exceptions: the ABI's argument and result registers (xmm0-7, xmm0-1) carry values between
+//! modules through code that need not name them (`__m256 f(__m256 x) { return x; }` is a bare
+//! `ret`), and other conventions keep the low halves of more (Win64's `ms_abi` callees keep
+//! xmm6-15, Go's internal ABI passes values in xmm0-14 and keeps xmm15 zero). So stubs keep
+//! the argument and result registers at the full width the CPU has and the low 128 bits of
+//! xmm0-15 whatever this scan says (see `hook`), and on top the registers the module's
+//! instructions name, at the widest width they use (with the AVX-512 masks if any instruction
+//! names one). Any doubt (the file on disk is not the one mapped, it does not parse, the module
+//! saves or restores the whole state itself) means every register. What this still assumes:
+//! no caller in another module relies on a vector register across a call by a convention that
+//! keeps it (clang's `preserve_all`, TLS descriptor resolvers as the function probed):
+//! `BPFTIME_VECTORS=all` makes every stub keep everything.
+//!
+//! **Jumps from outside.** A patch overwrites instructions; a jump landing in its middle would
+//! run half of our jump. Jumps inside a function are checked against its own body, but GCC's
+//! hot/cold splitting (`f.cold`) and hand-written code jump into other functions too: the scan
+//! records every direct jump or call that lands inside a function (a symbol with a size) from
+//! outside it.
+
+use crate::procmaps::mapping_of;
+use iced_x86::{Decoder, DecoderOptions, EncodingKind, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpKind};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind, SymbolKind};
+use std::sync::{Arc, Mutex};
+
+/// The vector registers some code names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct VectorUse {
+    /// Bit i: vector register i (xmm, ymm or zmm i).
+    pub(crate) regs: u32,
+    /// The widest access, in bytes: 16 (xmm), 32 (ymm) or 64 (zmm); 0 when none.
+    pub(crate) width: i32,
+    /// Whether an AVX-512 mask register is named.
+    pub(crate) masks: bool,
+}
+
+impl VectorUse {
+    /// Code that names no vector register.
+    pub(crate) const NONE: VectorUse = VectorUse { regs: 0, width: 0, masks: false };
+    /// Every register, at full width: what is kept when in doubt.
+    pub(crate) const ALL: VectorUse = VectorUse { regs: u32::MAX, width: 64, masks: true };
+
+    /// Adds register `r`, named at `width` bytes.
+    fn add_register(&mut self, r: iced_x86::Register, width: i32) {
+        if r.is_xmm() || r.is_ymm() || r.is_zmm() {
+            self.regs |= 1 << r.number();
+            self.width = self.width.max(width);
+        } else if r.is_k() {
+            self.masks = true;
+        }
+    }
+
+    /// Adds what `i` names, explicitly or implicitly.
+    pub(crate) fn add_instruction(&mut self, i: &Instruction, info: &mut InstructionInfoFactory) {
+        if i.encoding() == EncodingKind::Legacy {
+            // Legacy (SSE) encodings name xmm registers as operands, except for these, which
+            // save, restore or use registers without naming them.
+            if matches!(
+                i.mnemonic(),
+                Mnemonic::Fxrstor
+                    | Mnemonic::Fxrstor64
+                    | Mnemonic::Fxsave
+                    | Mnemonic::Fxsave64
+                    | Mnemonic::Xrstor
+                    | Mnemonic::Xrstor64
+                    | Mnemonic::Xrstors
+                    | Mnemonic::Xrstors64
+                    | Mnemonic::Xsave
+                    | Mnemonic::Xsave64
+                    | Mnemonic::Xsavec
+                    | Mnemonic::Xsavec64
+                    | Mnemonic::Xsaveopt
+                    | Mnemonic::Xsaveopt64
+                    | Mnemonic::Xsaves
+                    | Mnemonic::Xsaves64
+                    | Mnemonic::Encodekey128
+                    | Mnemonic::Encodekey256
+                    | Mnemonic::Loadiwkey
+                    | Mnemonic::Aesencwide128kl
+                    | Mnemonic::Aesdecwide128kl
+                    | Mnemonic::Aesencwide256kl
+                    | Mnemonic::Aesdecwide256kl
+            ) {
+                *self = VectorUse::ALL;
+                return;
+            }
+            if !(0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Register && i.op_register(k).is_xmm()) {
+                return;
+            }
+        }
+        // VEX, EVEX and the rest, and SSE instructions: every register they use, implicit
+        // ones (blendvps's xmm0) included, at the widest width an operand names (the info
+        // reports a VEX write as one to the whole zmm register, which it clears above).
+        let width = (0..i.op_count())
+            .filter_map(|k| match i.op_kind(k) {
+                OpKind::Register => Some(i.op_register(k)),
+                OpKind::Memory => Some(i.memory_index()),
+                _ => None,
+            })
+            .map(|r| {
+                if r.is_zmm() {
+                    64
+                } else if r.is_ymm() {
+                    32
+                } else {
+                    16
+                }
+            })
+            .max()
+            .unwrap_or(16);
+        for u in info.info(i).used_registers() {
+            self.add_register(u.register(), width);
+        }
+    }
+
+    fn is_all(&self) -> bool {
+        *self == VectorUse::ALL
+    }
+}
+
+/// Functions of a module: `(start, end)` of each symbol with a size, sorted by start.
+type Functions = [(u64, u64)];
+
+/// The function of `functions` holding `at`, if any.
+fn function_of(functions: &Functions, at: u64) -> Option<(u64, u64)> {
+    let k = functions.partition_point(|f| f.0 <= at);
+    functions[..k].iter().rev().take(4).find(|f| at < f.1).copied()
+}
+
+/// What a stretch of code tells: the vector registers it names, and the addresses inside a
+/// function of `functions` that a direct jump or call from outside that function reaches
+/// (calls to the function's start excepted).
+#[derive(Debug, Default)]
+struct CodeScan {
+    vectors: VectorUse,
+    foreign: Vec<u64>,
+}
+
+impl Default for VectorUse {
+    fn default() -> Self {
+        VectorUse::NONE
+    }
+}
+
+/// Scans the code `text`, loaded at `ip`: one sweep from its start, and again from each of
+/// `starts` (function entries) that the sweep did not reach as an instruction boundary, so that
+/// data or padding between functions cannot hide an instruction.
+fn scan(text: &[u8], ip: u64, starts: &[u64], functions: &Functions) -> CodeScan {
+    let mut out = CodeScan::default();
+    let mut info = InstructionInfoFactory::new();
+    let mut boundary = vec![0u64; text.len() / 64 + 1];
+    let mut instr = Instruction::default();
+    let mut sweep = |from: usize, out: &mut CodeScan, stop_at_known: bool| {
+        let mut dec = Decoder::with_ip(64, &text[from..], ip + from as u64, DecoderOptions::NONE);
+        while dec.can_decode() {
+            let at = from + dec.position();
+            if stop_at_known && boundary[at / 64] & (1 << (at % 64)) != 0 {
+                return;
+            }
+            boundary[at / 64] |= 1 << (at % 64);
+            dec.decode_out(&mut instr);
+            if instr.is_invalid() {
+                continue;
+            }
+            if !out.vectors.is_all() {
+                out.vectors.add_instruction(&instr, &mut info);
+            }
+            if matches!(instr.flow_control(), FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call) {
+                let t = instr.near_branch_target();
+                if let Some((start, end)) = function_of(functions, t) {
+                    let from_outside = instr.ip() < start || instr.ip() >= end;
+                    if from_outside && !(t == start && instr.flow_control() == FlowControl::Call) {
+                        out.foreign.push(t);
+                    }
+                }
+            }
+        }
+    };
+    sweep(0, &mut out, false);
+    for &s in starts {
+        if s >= ip && s < ip + text.len() as u64 {
+            sweep((s - ip) as usize, &mut out, true);
+        }
+    }
+    out
+}
+
+/// Files larger than this are not read: every register is kept for them.
+const MAX_FILE: u64 = 1 << 30;
+
+/// What was learnt of one file.
+#[derive(Debug)]
+struct FileFacts {
+    vectors: VectorUse,
+    /// Link-time addresses jumped to from outside their function (sorted).
+    foreign: Vec<u64>,
+    /// Loadable segments: (link-time address, file offset, file size).
+    segments: Vec<(u64, u64, u64)>,
+}
+
+/// A module's code as mapped in this process.
+#[derive(Clone, Debug)]
+pub(crate) struct ModuleCode {
+    facts: Arc<FileFacts>,
+    /// Run-time address minus link-time address.
+    bias: u64,
+}
+
+impl ModuleCode {
+    /// The vector registers the module's code names.
+    pub(crate) fn vectors(&self) -> VectorUse {
+        self.facts.vectors
+    }
+
+    /// Whether a jump or call from outside its function lands in `start..end` (run-time
+    /// addresses).
+    pub(crate) fn jumped_into_from_outside(&self, start: u64, end: u64) -> bool {
+        let (s, e) = (start.wrapping_sub(self.bias), end.wrapping_sub(self.bias));
+        let k = self.facts.foreign.partition_point(|&t| t < s);
+        self.facts.foreign.get(k).is_some_and(|&t| t < e)
+    }
+}
+
+/// The code of the module mapped at `addr`, or None when it cannot be told (anonymous memory,
+/// a file that is not the one mapped or does not parse). Cached per file.
+pub(crate) fn module_at(addr: u64) -> Option<ModuleCode> {
+    type Key = (u64, u64, u64, i64, i64, i64, i64);
+    static CACHE: Mutex<Vec<(Key, Arc<FileFacts>)>> = Mutex::new(Vec::new());
+    let m = mapping_of(addr)?;
+    if m.inode == 0 || !m.path.starts_with('/') {
+        return None;
+    }
+    let file = std::fs::File::open(&m.path).ok()?;
+    let meta = file.metadata().ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let (major, minor) = m.dev.split_once(':')?;
+    let dev = libc::makedev(u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);
+    if meta.ino() != m.inode || meta.dev() != dev || meta.len() > MAX_FILE {
+        return None;
+    }
+    // A file rewritten in place keeps its inode: its size and times tell it apart.
+    let key = (meta.dev(), meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec());
+    let cached = CACHE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(k, _)| *k == key).map(|(_, f)| f.clone());
+    let facts = match cached {
+        Some(f) => f,
+        None => {
+            let f = Arc::new(scan_file(file, meta.len())?);
+            CACHE.lock().unwrap_or_else(|e| e.into_inner()).push((key, f.clone()));
+            f
+        }
+    };
+    // The link-time address of `addr`, through the segment holding its file offset.
+    let offset = addr - m.start + m.offset;
+    let &(vaddr, seg_off, _) = facts.segments.iter().find(|(_, off, size)| offset >= *off && offset < off + size)?;
+    let bias = addr.wrapping_sub(vaddr + (offset - seg_off));
+    Some(ModuleCode { facts, bias })
+}
+
+/// Scans the executable sections of the file open as `file` (`len` bytes).
+fn scan_file(mut file: std::fs::File, len: u64) -> Option<FileFacts> {
+    use std::io::Read;
+    let mut data = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut data).ok()?;
+    let elf = object::File::parse(&*data).ok()?;
+    let text_symbols = || elf.symbols().chain(elf.dynamic_symbols()).filter(|s| s.kind() == SymbolKind::Text && s.address() != 0);
+    let mut starts: Vec<u64> = text_symbols().map(|s| s.address()).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    let mut functions: Vec<(u64, u64)> = text_symbols().filter(|s| s.size() > 0).map(|s| (s.address(), s.address() + s.size())).collect();
+    functions.sort_unstable();
+    functions.dedup();
+    let mut facts = FileFacts { vectors: VectorUse::NONE, foreign: vec![], segments: vec![] };
+    let mut any = false;
+    for section in elf.sections().filter(|s| s.kind() == SectionKind::Text) {
+        let text = section.data().ok()?;
+        any = true;
+        let found = scan(text, section.address(), &starts, &functions);
+        let (u, v) = (facts.vectors, found.vectors);
+        facts.vectors = VectorUse { regs: u.regs | v.regs, width: u.width.max(v.width), masks: u.masks || v.masks };
+        facts.foreign.extend(found.foreign);
+    }
+    facts.foreign.sort_unstable();
+    facts.foreign.dedup();
+    facts.segments = elf.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect();
+    any.then_some(facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::code_asm::*;
+
+    fn vectors(code: &[u8], starts: &[u64]) -> VectorUse {
+        scan(code, 0x1000, starts, &[]).vectors
+    }
+
+    fn code(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+        let mut a = CodeAssembler::new(64).unwrap();
+        f(&mut a).unwrap();
+        a.assemble(0x1000).unwrap()
+    }
+
+    #[test]
+    fn integer_code_names_nothing() {
+        let c = code(|a| {
+            a.lea(rax, ptr(rdi + rsi))?;
+            a.imul_3(rax, rax, 3)?;
+            a.push(rbx)?;
+            a.pop(rbx)?;
+            a.ret()
+        });
+        assert_eq!(vectors(&c, &[]), VectorUse::NONE);
+    }
+
+    #[test]
+    fn registers_and_widths_as_named() {
+        let sse = code(|a| {
+            a.movaps(xmm3, xmm9)?;
+            a.ret()
+        });
+        assert_eq!(vectors(&sse, &[]), VectorUse { regs: 1 << 3 | 1 << 9, width: 16, masks: false });
+        // blendvps names xmm0 implicitly.
+        let blend = code(|a| a.blendvps(xmm1, xmm2));
+        assert_eq!(vectors(&blend, &[]).regs, 0b111);
+        let avx = code(|a| a.vaddps(ymm5, ymm5, ymm6));
+        assert_eq!(vectors(&avx, &[]), VectorUse { regs: 1 << 5 | 1 << 6, width: 32, masks: false });
+        let evex = code(|a| {
+            a.vpaddd(zmm20, zmm20, zmm1)?;
+            a.kmovw(k1, eax)
+        });
+        assert_eq!(vectors(&evex, &[]), VectorUse { regs: 1 << 20 | 1 << 1, width: 64, masks: true });
+        // vzeroupper clears upper halves: it reads none.
+        assert_eq!(vectors(&code(|a| a.vzeroupper()), &[]), VectorUse { regs: 0xffff, width: 16, masks: false });
+        // A gather's vector index.
+        let gather = code(|a| a.vpgatherdd(ymm1.k1(), dword_ptr(rax + ymm7)));
+        assert_eq!(vectors(&gather, &[]), VectorUse { regs: 1 << 1 | 1 << 7, width: 32, masks: true });
+    }
+
+    #[test]
+    fn whole_state_saves_mean_everything() {
+        let c = code(|a| a.fxrstor64(ptr(rdi)));
+        assert_eq!(vectors(&c, &[]), VectorUse::ALL);
+        let c = code(|a| a.xsave64(ptr(rdi)));
+        assert_eq!(vectors(&c, &[]), VectorUse::ALL);
+    }
+
+    #[test]
+    fn function_starts_resync_the_sweep() {
+        // A byte of data before a function makes the sweep decode `movaps xmm7, xmm1` as part
+        // of another instruction (0xb8 = mov eax, imm32 swallows four bytes); the symbol start
+        // decodes it where it is.
+        let f = code(|a| a.movaps(xmm7, xmm1));
+        let mut text = vec![0xb8];
+        text.extend_from_slice(&f);
+        text.extend_from_slice(&[0xc3; 4]);
+        assert_eq!(vectors(&text, &[]).regs, 0, "the sweep alone misses it");
+        assert_eq!(vectors(&text, &[0x1001]).regs, 1 << 7 | 1 << 1);
+    }
+
+    #[test]
+    fn jumps_into_a_function_from_outside_are_recorded() {
+        // f: 0x1000..0x1010: nop; jmp short +0 (to its ret); ret; int3 padding.
+        let mut code = vec![0x90, 0xeb, 0x00, 0xc3];
+        code.resize(16, 0xcc);
+        // g: 0x1010: call f; jne 0x1003 (f's ret); ret.
+        code.extend_from_slice(&[0xe8]);
+        code.extend_from_slice(&(0x1000i32 - 0x1015).to_le_bytes());
+        code.extend_from_slice(&[0x0f, 0x85]);
+        code.extend_from_slice(&(0x1003i32 - 0x101b).to_le_bytes());
+        code.push(0xc3);
+        let found = scan(&code, 0x1000, &[0x1000, 0x1010], &[(0x1000, 0x1010), (0x1010, 0x1000 + code.len() as u64)]);
+        assert_eq!(found.foreign, vec![0x1003], "the call to f's start and f's own jump are not recorded");
+    }
+
+    #[test]
+    fn this_test_binary_is_scanned_and_cached() {
+        let here = integer_code_names_nothing as *const () as u64;
+        let t = std::time::Instant::now();
+        let m = module_at(here).expect("this binary");
+        eprintln!("this test binary names {:?} ({:?} to scan)", m.vectors(), t.elapsed());
+        // Rust's standard library moves memory through xmm registers.
+        assert!(m.vectors().regs != 0 && m.vectors().width >= 16);
+        assert!(Arc::ptr_eq(&module_at(here).unwrap().facts, &m.facts), "cached");
+        assert!(module_at(0x10).is_none(), "nothing mapped there");
+    }
+}
