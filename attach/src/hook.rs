@@ -1502,11 +1502,17 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     }
     let _patching = PATCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut map = sites().lock().unwrap_or_else(|e| e.into_inner());
+    forget_stale_sites(&mut map);
     let site = match map.get(&addr) {
         Some(s) => *s,
         None => {
             if patch::overlaps(addr, PATCH_LEN as u64) || crate::syscalls::overlaps_pads(addr, PATCH_LEN as u64) {
                 return Err(AttachError::Unpatchable { addr, reason: "the bytes overlap code another probe or a rewritten system call patched".into() });
+            }
+            if let Some(owner) = map.values().find(|s| s.trampoline_ret.is_some_and(|t| t.0 == addr)) {
+                let reason =
+                    format!("this `ret` runs in the trampoline of the probe on the function at {:#x}; probe that function's return instead", owner.addr);
+                return Err(AttachError::Unpatchable { addr, reason });
             }
             let s = build_site(addr, info)?;
             map.insert(addr, s);
@@ -1523,6 +1529,33 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     slot.store(Box::leak(Box::new(new)), Ordering::Release);
     sync_patches(site)?;
     Ok(id)
+}
+
+/// Forgets the sites whose code is gone (a library unloaded, maybe another loaded at the same
+/// address): their bytes are no longer what the site wrote or kept. Their patch slots are
+/// released, so that new probes may patch there afresh.
+fn forget_stale_sites(map: &mut HashMap<u64, &'static Site>) {
+    let current = |s: &Site| {
+        let n = s.method.len();
+        let want: &[u8] = match s.installed.load(Ordering::Acquire) {
+            x if x == Installed::Stub as u8 => &s.jump[..n],
+            x if x == Installed::Trampoline as u8 => &s.to_trampoline[..],
+            _ => &s.original[..n],
+        };
+        let returns_current = s.returns.get().is_none_or(|rs| {
+            rs.iter().all(|r| patch::read_code(r.addr, PATCH_LEN).is_ok_and(|b| b == if r.installed.load(Ordering::Acquire) { r.jump } else { r.original }))
+        });
+        returns_current && patch::read_code(s.addr, want.len()).is_ok_and(|b| b == want)
+    };
+    let stale: Vec<u64> = map.iter().filter(|(_, s)| !current(s)).map(|(a, _)| *a).collect();
+    for a in stale {
+        if let Some(s) = map.remove(&a) {
+            patch::release_site(s.slot);
+            for r in s.returns.get().into_iter().flatten() {
+                patch::release_site(r.slot);
+            }
+        }
+    }
 }
 
 /// How many `ret`s of the function at `addr` are patched for its return probes (0: its return

@@ -171,6 +171,10 @@ mod tests {
                 assert_eq!(call(a), want(a, 5), "{name}");
             }
             assert_eq!((rets.0.load(Ordering::Relaxed), rets.3.load(Ordering::Relaxed)), (10, want(9, 5)), "{name}: returns, last result");
+            // The original `ret` no longer runs: a probe there is refused.
+            let ret_at = addr + r.function_size - 1;
+            let mid = SiteInfo { function_size: 0, at_entry: false, padding: 0 };
+            assert!(matches!(attach(ret_at, mid, ProbeKind::Entry, rets.clone()), Err(AttachError::Unpatchable { .. })), "{name}");
             let entries = Arc::new(Count::default());
             let e = attach(addr, info, ProbeKind::Entry, entries.clone()).unwrap();
             assert_eq!(call(20), want(20, 5));
@@ -815,6 +819,38 @@ mod modules {
         assert_eq!(out[..], input[..], "ymm12 across the probed leaf");
         assert_eq!(clobber.0.load(Ordering::Relaxed), 1);
         detach(probe).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A library unloaded with probes on it and loaded again (at the same address, as the
+    /// loader usually picks): its sites are stale, forgotten, and the new code is probed afresh.
+    #[test]
+    fn a_library_loaded_again_is_probed_afresh() {
+        let d = dir("reload");
+        let so = build(&d, "reload", "c", "long twice(long x) { return 2 * x; }\n", &["-O2", "-fPIC", "-shared", "-nostdlib"]);
+        let mut addrs = vec![];
+        for round in 0..2 {
+            let lib = open(&so);
+            // SAFETY: `twice` is `long twice(long)`.
+            let twice: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(libc::dlsym(lib, c"twice".as_ptr())) };
+            let (addr, info) = site(&so, "twice");
+            addrs.push(addr);
+            let h = Arc::new(Clobber(AtomicU64::new(0)));
+            let e = attach(addr, info, ProbeKind::Entry, h.clone()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let x = attach(addr, info, ProbeKind::Return, h.clone()).unwrap();
+            assert_eq!(twice(21), 42);
+            assert_eq!(h.0.load(Ordering::Relaxed), 2, "round {round}: entry and return");
+            if round == 1 {
+                detach(e).unwrap();
+                detach(x).unwrap();
+            }
+            // Unloaded with its probes attached in the first round.
+            // SAFETY: nothing of the library is used after this.
+            assert_eq!(unsafe { libc::dlclose(lib) }, 0);
+        }
+        if addrs[0] != addrs[1] {
+            eprintln!("note: the library was loaded at another address the second time");
+        }
         let _ = std::fs::remove_dir_all(&d);
     }
 
