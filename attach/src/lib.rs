@@ -781,6 +781,29 @@ mod modules {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// `leaf(a, b)` = 3a + b + 0x11, integer code only.
+    const LEAF: &str = ".p2align 4\n.globl leaf\n.type leaf,@function\nleaf:\nlea (%rdi,%rdi,2),%rax\nadd %rsi,%rax\nadd $0x11,%rax\nret\n.size leaf,.-leaf\n";
+    /// `keep(a, b, in, out)` = leaf(a, b), with ymm12 = the 32 bytes at `in` across the call,
+    /// stored at `out` after it.
+    const KEEP: &str =
+        ".globl keep\n.type keep,@function\nkeep:\nvmovdqu (%rdx),%ymm12\npush %rcx\ncall leaf\npop %rcx\nvmovdqu %ymm12,(%rcx)\nret\n.size keep,.-keep\n";
+
+    /// Calls `keep` of `lib` with a probe on its `leaf` (at `leaf`, `info`) that clobbers ymm12:
+    /// the stub must keep it, and says it keeps 256 bits of what the module names.
+    fn check_keep(lib: *mut libc::c_void, leaf: u64, info: SiteInfo) {
+        // SAFETY: `keep` is `long keep(long, long, const u8 *in, u8 *out)` (KEEP above).
+        let keep: extern "C" fn(u64, u64, *const u8, *mut u8) -> u64 = unsafe { std::mem::transmute(libc::dlsym(lib, c"keep".as_ptr())) };
+        let clobber = Arc::new(Clobber(AtomicU64::new(0)));
+        let probe = attach(leaf, info, ProbeKind::Entry, clobber.clone()).unwrap();
+        assert!(site_vectors(leaf).unwrap().contains("(256 bits)"), "{}", site_vectors(leaf).unwrap());
+        let input: Vec<u8> = (1..=32).collect();
+        let mut out = [0u8; 32];
+        assert_eq!(keep(3, 4, input.as_ptr(), out.as_mut_ptr()), 3 * 3 + 4 + 0x11);
+        assert_eq!(out[..], input[..], "ymm12 across the probed leaf");
+        assert_eq!(clobber.0.load(Ordering::Relaxed), 1);
+        detach(probe).unwrap();
+    }
+
     /// A library rewritten in place (same inode) and loaded again is scanned again: its new
     /// code keeps ymm12 across a call to a probed leaf.
     #[test]
@@ -790,11 +813,8 @@ mod modules {
             return;
         }
         let d = dir("rewrite");
-        let leaf = ".p2align 4\n.globl leaf\n.type leaf,@function\nleaf:\nlea (%rdi,%rdi,2),%rax\nadd %rsi,%rax\nadd $0x11,%rax\nret\n.size leaf,.-leaf\n";
-        let a = build(&d, "a", "s", &format!(".text\n{leaf}"), &["-shared", "-nostdlib"]);
-        // keep(a, b, in, out): ymm12 = 32 bytes at `in` across leaf(a, b), then stored at `out`.
-        let keep = ".text\n.globl keep\n.type keep,@function\nkeep:\nvmovdqu (%rdx),%ymm12\npush %rcx\ncall leaf\npop %rcx\nvmovdqu %ymm12,(%rcx)\nvzeroupper\nret\n.size keep,.-keep\n";
-        let b = build(&d, "b", "s", &format!("{keep}{leaf}"), &["-shared", "-nostdlib"]);
+        let a = build(&d, "a", "s", &format!(".text\n{LEAF}"), &["-shared", "-nostdlib"]);
+        let b = build(&d, "b", "s", &format!(".text\n{KEEP}{LEAF}"), &["-shared", "-nostdlib"]);
         let lib = d.join("libv.so");
         std::fs::copy(&a, &lib).unwrap();
         let h = open(&lib);
@@ -806,19 +826,30 @@ mod modules {
         unsafe { libc::dlclose(h) };
         std::fs::write(&lib, std::fs::read(&b).unwrap()).unwrap();
         let h = open(&lib);
-        // SAFETY: `keep` is `long keep(long, long, const u8 *in, u8 *out)`.
-        let keep: extern "C" fn(u64, u64, *const u8, *mut u8) -> u64 = unsafe { std::mem::transmute(libc::dlsym(h, c"keep".as_ptr())) };
         let (addr, info) = site(&lib, "leaf");
-        let clobber = Arc::new(Clobber(AtomicU64::new(0)));
-        let probe = attach(addr, info, ProbeKind::Entry, clobber.clone()).unwrap();
-        // (Its `vzeroupper` names ymm0-15 too: the module's width is one for all it names.)
-        assert!(site_vectors(addr).unwrap().contains("xmm2-15 (256 bits)"), "{}", site_vectors(addr).unwrap());
-        let input: Vec<u8> = (1..=32).collect();
-        let mut out = [0u8; 32];
-        assert_eq!(keep(3, 4, input.as_ptr(), out.as_mut_ptr()), 3 * 3 + 4 + 0x11);
-        assert_eq!(out[..], input[..], "ymm12 across the probed leaf");
-        assert_eq!(clobber.0.load(Ordering::Relaxed), 1);
-        detach(probe).unwrap();
+        check_keep(h, addr, info);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Without section headers (stripped by hand, as some packers do), the executable segments
+    /// are scanned: code there keeps ymm12 across a call to a probed leaf.
+    #[test]
+    fn a_library_without_section_headers_is_scanned_by_segments() {
+        if !std::arch::is_x86_feature_detected!("avx") {
+            eprintln!("skipped: no AVX on this machine");
+            return;
+        }
+        let d = dir("no-sections");
+        let so = build(&d, "nosec", "s", &format!(".text\n{KEEP}{LEAF}"), &["-shared", "-nostdlib"]);
+        let mut elf = std::fs::read(&so).unwrap();
+        // e_shoff, e_shnum, e_shstrndx: no section header table.
+        elf[0x28..0x30].fill(0);
+        elf[0x3c..0x40].fill(0);
+        std::fs::write(&so, &elf).unwrap();
+        let lib = open(&so);
+        // SAFETY: `leaf` is a function of the library.
+        let leaf = unsafe { libc::dlsym(lib, c"leaf".as_ptr()) } as u64;
+        check_keep(lib, leaf, SiteInfo { function_size: 0, at_entry: true, padding: 0 });
         let _ = std::fs::remove_dir_all(&d);
     }
 

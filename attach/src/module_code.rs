@@ -265,7 +265,8 @@ pub(crate) fn module_at(addr: u64) -> Option<ModuleCode> {
     Some(ModuleCode { facts, bias })
 }
 
-/// Scans the executable sections of the file open as `file` (`len` bytes).
+/// Scans the executable code of the file open as `file` (`len` bytes): its executable
+/// sections, and what else its executable segments hold.
 fn scan_file(mut file: std::fs::File, len: u64) -> Option<FileFacts> {
     use std::io::Read;
     let mut data = Vec::with_capacity(len as usize);
@@ -279,14 +280,40 @@ fn scan_file(mut file: std::fs::File, len: u64) -> Option<FileFacts> {
     functions.sort_unstable();
     functions.dedup();
     let mut facts = FileFacts { vectors: VectorUse::NONE, foreign: vec![], segments: vec![] };
-    let mut any = false;
-    for section in elf.sections().filter(|s| s.kind() == SectionKind::Text) {
-        let text = section.data().ok()?;
-        any = true;
-        let found = scan(text, section.address(), &starts, &functions);
+    let mut add = |text: &[u8], at: u64| {
+        let found = scan(text, at, &starts, &functions);
         let (u, v) = (facts.vectors, found.vectors);
         facts.vectors = VectorUse { regs: u.regs | v.regs, width: u.width.max(v.width), masks: u.masks || v.masks };
         facts.foreign.extend(found.foreign);
+    };
+    for section in elf.sections().filter(|s| s.kind() == SectionKind::Text) {
+        add(section.data().ok()?, section.address());
+    }
+    // Bytes of executable segments that no section accounts for (or all of them, without
+    // section headers) are code too, unless they are padding.
+    let sections: Vec<(u64, u64)> = elf.sections().filter(|s| s.address() != 0).map(|s| (s.address(), s.address() + s.size())).collect();
+    let mut any = !sections.is_empty();
+    for segment in elf.segments() {
+        let object::SegmentFlags::Elf { p_flags, .. } = segment.flags() else { continue };
+        if p_flags.0 & 1 == 0 {
+            // Not executable (PF_X).
+            continue;
+        }
+        any = true;
+        let (start, data) = (segment.address(), segment.data().ok()?);
+        let mut at = start;
+        while at < start + data.len() as u64 {
+            if let Some(&(_, end)) = sections.iter().find(|(s, e)| *s <= at && at < *e) {
+                at = end;
+                continue;
+            }
+            let next = sections.iter().map(|(s, _)| *s).filter(|&s| s > at).min().unwrap_or(u64::MAX).min(start + data.len() as u64);
+            let gap = &data[(at - start) as usize..(next - start) as usize];
+            if gap.iter().any(|b| !matches!(b, 0x00 | 0x90 | 0xcc)) {
+                add(gap, at);
+            }
+            at = next;
+        }
     }
     facts.foreign.sort_unstable();
     facts.foreign.dedup();
