@@ -1535,6 +1535,12 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
 /// address): their bytes are no longer what the site wrote or kept. Their patch slots are
 /// released, so that new probes may patch there afresh.
 fn forget_stale_sites(map: &mut HashMap<u64, &'static Site>) {
+    use std::os::unix::fs::FileExt;
+    let Ok(mem) = std::fs::File::open("/proc/self/mem") else { return };
+    let holds = |addr: u64, want: &[u8]| {
+        let mut b = [0u8; PATCH_LEN];
+        mem.read_exact_at(&mut b[..want.len()], addr).is_ok() && b[..want.len()] == *want
+    };
     let current = |s: &Site| {
         let n = s.method.len();
         let want: &[u8] = match s.installed.load(Ordering::Acquire) {
@@ -1542,10 +1548,9 @@ fn forget_stale_sites(map: &mut HashMap<u64, &'static Site>) {
             x if x == Installed::Trampoline as u8 => &s.to_trampoline[..],
             _ => &s.original[..n],
         };
-        let returns_current = s.returns.get().is_none_or(|rs| {
-            rs.iter().all(|r| patch::read_code(r.addr, PATCH_LEN).is_ok_and(|b| b == if r.installed.load(Ordering::Acquire) { r.jump } else { r.original }))
-        });
-        returns_current && patch::read_code(s.addr, want.len()).is_ok_and(|b| b == want)
+        let returns_current =
+            s.returns.get().is_none_or(|rs| rs.iter().all(|r| holds(r.addr, if r.installed.load(Ordering::Acquire) { &r.jump } else { &r.original })));
+        returns_current && holds(s.addr, want)
     };
     let stale: Vec<u64> = map.iter().filter(|(_, s)| !current(s)).map(|(a, _)| *a).collect();
     for a in stale {
