@@ -54,3 +54,32 @@ fn conformance_object_code() {
         Box::new(image.load(p, "prog").expect("loads"))
     });
 }
+
+/// One `Runner` reused for every vector (as a probe's runner is reused hit after hit), with
+/// contexts of every size and none: each vector's result and memory as with a fresh `run`.
+#[test]
+fn conformance_through_one_reused_runner() {
+    let Some(vectors) = conformance_vectors() else {
+        println!("skip: no conformance vectors at {}", bpftime_tests::conformance_dir().display());
+        return;
+    };
+    let helpers = Arc::new(conformance::helper_table());
+    let mut runners =
+        [bpftime_vm::exec::Runner::new(&[], bpftime_vm::exec::DEFAULT_LOOP_BUDGET), bpftime_vm::exec::Runner::new(&[], bpftime_vm::exec::DEFAULT_LOOP_BUDGET)];
+    let mut checked = 0;
+    for v in &vectors {
+        let Ok(prog) = verify_bytecode(&v.program, helpers.clone(), &NoMaps) else { continue };
+        let prog = Arc::new(prog);
+        let engines: [bpftime_vm::exec::SharedEngine; 2] = [Arc::new(Interpreter::new(prog.clone())), Arc::new(JitProgram::compile(prog).expect("compiles"))];
+        for (engine, runner) in engines.iter().zip(&mut runners) {
+            let mut fresh = v.mem.clone();
+            let want = run(engine.as_ref(), if fresh.is_empty() { Context::None } else { Context::Mem(&mut fresh) }, &RunOptions::default());
+            let mut mem = v.mem.clone();
+            let got = runner.run(engine, if mem.is_empty() { Context::None } else { Context::Mem(&mut mem) }, std::ptr::null_mut());
+            assert_eq!(got, want, "{}", v.name);
+            assert_eq!(mem, fresh, "{}: memory", v.name);
+            checked += 1;
+        }
+    }
+    assert!(checked > 600, "{checked}");
+}

@@ -740,6 +740,23 @@ impl Runner {
     /// Runs `engine` on a read-only context (such as a probe's `pt_regs`).
     #[inline]
     pub fn run_read_only(&mut self, engine: &SharedEngine, ctx: &[u8], host: *mut c_void) -> Result<u64, RunError> {
+        self.run_on(engine, Region::of(ctx), host)
+    }
+
+    /// Runs `engine` on `ctx` (what [`run`] does, without setting up a state and a stack for
+    /// each run).
+    #[inline]
+    pub fn run(&mut self, engine: &SharedEngine, ctx: Context<'_>, host: *mut c_void) -> Result<u64, RunError> {
+        let region = match ctx {
+            Context::None => Region { start: 0, len: 0, writable: false },
+            Context::Mem(m) => Region::of_mut(m),
+            Context::ReadOnly(m) => Region::of(m),
+        };
+        self.run_on(engine, region, host)
+    }
+
+    #[inline]
+    fn run_on(&mut self, engine: &SharedEngine, ctx: Region, host: *mut c_void) -> Result<u64, RunError> {
         let inner = &mut *self.inner;
         if !std::ptr::addr_eq(inner.engine_ptr, Arc::as_ptr(engine)) {
             inner.switch_to(engine);
@@ -747,15 +764,17 @@ impl Runner {
         // Stores are what a probe hit is short of: write only the fields that differ from the
         // last run (usually the context's address and nothing else).
         let st = &mut inner.state;
-        let start = ctx.as_ptr() as u64;
-        let len = ctx.len() as u64;
-        if st.ctx.len == len && !st.ctx.writable {
+        let (start, len) = (ctx.start, ctx.len);
+        if st.ctx.len == len && st.ctx.writable == ctx.writable {
             st.ctx.start = start;
             if len >= 8 {
                 st.fast_load[1].start = start;
+                if ctx.writable {
+                    st.fast_store[1].start = start;
+                }
             }
         } else {
-            st.ctx = Region { start, len, writable: false };
+            st.ctx = ctx;
             st.place_regions();
         }
         if st.status != STATUS_RUNNING {
