@@ -1416,7 +1416,7 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
         to_trampoline: [0; PATCH_LEN],
         returns: OnceLock::new(),
         needs: BodyNeeds::UNKNOWN,
-        named: module.as_ref().map_or(VectorUse::ALL, ModuleCode::vectors),
+        named: module.as_ref().map_or(VectorUse::ALL, |m| m.vectors_at(addr)),
         module,
     });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };

@@ -782,11 +782,13 @@ mod modules {
     }
 
     /// `leaf(a, b)` = 3a + b + 0x11, integer code only.
-    const LEAF: &str = ".p2align 4\n.globl leaf\n.type leaf,@function\nleaf:\nlea (%rdi,%rdi,2),%rax\nadd %rsi,%rax\nadd $0x11,%rax\nret\n.size leaf,.-leaf\n";
-    /// `keep(a, b, in, out)` = leaf(a, b), with ymm12 = the 32 bytes at `in` across the call,
-    /// stored at `out` after it.
+    const LEAF: &str =
+        ".p2align 4\n.globl leaf\n.type leaf,@function\nleaf:\n.Lleaf:\nlea (%rdi,%rdi,2),%rax\nadd %rsi,%rax\nadd $0x11,%rax\nret\n.size leaf,.-leaf\n";
+    /// `keep(a, b, in, out)` = leaf(a, b) (called directly, not through the PLT, as a compiler
+    /// relying on what its callee keeps calls), with ymm12 = the 32 bytes at `in` across the
+    /// call, stored at `out` after it.
     const KEEP: &str =
-        ".globl keep\n.type keep,@function\nkeep:\nvmovdqu (%rdx),%ymm12\npush %rcx\ncall leaf\npop %rcx\nvmovdqu %ymm12,(%rcx)\nret\n.size keep,.-keep\n";
+        ".globl keep\n.type keep,@function\nkeep:\nvmovdqu (%rdx),%ymm12\npush %rcx\ncall .Lleaf\npop %rcx\nvmovdqu %ymm12,(%rcx)\nret\n.size keep,.-keep\n";
 
     /// Calls `keep` of `lib` with a probe on its `leaf` (at `leaf`, `info`) that clobbers ymm12:
     /// the stub must keep it, and says it keeps 256 bits of what the module names.

@@ -7,13 +7,16 @@
 //! with exceptions. Code in other modules reaches the function through calls that follow the
 //! System V ABI, which preserves no vector register across a call, so those callers keep
 //! nothing there. Within the module a caller may keep values in any register its callee does
-//! not touch (GCC's `-fipa-ra`), but only in registers its own instructions name. The
+//! not touch (GCC's `-fipa-ra`), but only in registers its own instructions name, and only
+//! across a direct call (a call through a pointer or the PLT follows the convention): what
+//! matters is the code of the probed function and of the functions reaching it by direct
+//! calls, jumps or falling through, transitively ([`CodeGraph::reaching`]). The
 //! exceptions: the ABI's argument and result registers (xmm0-7, xmm0-1) carry values between
 //! modules through code that need not name them (`__m256 f(__m256 x) { return x; }` is a bare
 //! `ret`), and other conventions keep the low halves of more (Win64's `ms_abi` callees keep
 //! xmm6-15, Go's internal ABI passes values in xmm0-14 and keeps xmm15 zero). So stubs keep
 //! the argument and result registers at the full width the CPU has and the low 128 bits of
-//! xmm0-15 whatever this scan says (see `hook`), and on top the registers the module's
+//! xmm0-15 whatever this scan says (see `hook`), and on top the registers those functions'
 //! instructions name, at the widest width they use (with the AVX-512 masks if any instruction
 //! names one). Any doubt (the file on disk is not the one mapped, it does not parse, the module
 //! saves or restores the whole state itself) means every register. What this still assumes:
@@ -130,19 +133,10 @@ impl VectorUse {
 /// Functions of a module: `(start, end)` of each symbol with a size, sorted by start.
 type Functions = [(u64, u64)];
 
-/// The function of `functions` holding `at`, if any.
-fn function_of(functions: &Functions, at: u64) -> Option<(u64, u64)> {
+/// The index in `functions` of the function holding `at`, if any.
+fn function_index(functions: &Functions, at: u64) -> Option<usize> {
     let k = functions.partition_point(|f| f.0 <= at);
-    functions[..k].iter().rev().take(4).find(|f| at < f.1).copied()
-}
-
-/// What a stretch of code tells: the vector registers it names, and the addresses inside a
-/// function of `functions` that a direct jump or call from outside that function reaches
-/// (calls to the function's start excepted).
-#[derive(Debug, Default)]
-struct CodeScan {
-    vectors: VectorUse,
-    foreign: Vec<u64>,
+    (k.saturating_sub(4)..k).rev().find(|&i| at < functions[i].1)
 }
 
 impl Default for VectorUse {
@@ -151,47 +145,140 @@ impl Default for VectorUse {
     }
 }
 
-/// Scans the code `text`, loaded at `ip`: one sweep from its start, and again from each of
-/// `starts` (function entries) that the sweep did not reach as an instruction boundary, so that
-/// data or padding between functions cannot hide an instruction.
-fn scan(text: &[u8], ip: u64, starts: &[u64], functions: &Functions) -> CodeScan {
-    let mut out = CodeScan::default();
+impl VectorUse {
+    fn union(self, other: VectorUse) -> VectorUse {
+        VectorUse { regs: self.regs | other.regs, width: self.width.max(other.width), masks: self.masks || other.masks }
+    }
+}
+
+/// What a module's code tells, per function: node `i` is function `i` of the module's
+/// functions, node `n` (their count) all code outside them.
+#[derive(Debug, Default)]
+struct CodeGraph {
+    /// The vector registers each node's code names.
+    vectors: Vec<VectorUse>,
+    /// Each node's callers: the nodes that call it, jump to it or fall through into it (made
+    /// from `edges` by [`CodeGraph::finish`]).
+    callers: Vec<Vec<u32>>,
+    /// (to, from) of every direct call, jump or fall-through between nodes.
+    edges: Vec<(u32, u32)>,
+    /// Addresses inside a function that a direct jump or call from outside it reaches (calls
+    /// to its start excepted).
+    foreign: Vec<u64>,
+}
+
+impl CodeGraph {
+    fn new(functions: usize) -> CodeGraph {
+        CodeGraph { vectors: vec![VectorUse::NONE; functions + 1], callers: vec![vec![]; functions + 1], edges: vec![], foreign: vec![] }
+    }
+
+    fn edge(&mut self, from: usize, to: usize) {
+        if from != to {
+            self.edges.push((to as u32, from as u32));
+        }
+    }
+
+    /// Turns the edges into caller lists, and sorts the foreign addresses.
+    fn finish(&mut self) {
+        self.edges.sort_unstable();
+        self.edges.dedup();
+        for (to, from) in self.edges.drain(..) {
+            self.callers[to as usize].push(from);
+        }
+        self.foreign.sort_unstable();
+        self.foreign.dedup();
+    }
+
+    /// What a probe in node `node` must keep for the module's code: what the node and every
+    /// node that reaches it through direct calls and jumps name (a caller built with GCC's
+    /// `-fipa-ra` relies on registers its known callee does not touch, and its own callers on
+    /// those it does not, and so on up; calls through pointers or from other modules follow
+    /// a calling convention instead).
+    fn reaching(&self, node: usize) -> VectorUse {
+        let mut seen = vec![false; self.vectors.len()];
+        let mut todo = vec![node];
+        seen[node] = true;
+        let mut used = VectorUse::NONE;
+        while let Some(n) = todo.pop() {
+            used = used.union(self.vectors[n]);
+            for &c in &self.callers[n] {
+                if !std::mem::replace(&mut seen[c as usize], true) {
+                    todo.push(c as usize);
+                }
+            }
+        }
+        used
+    }
+}
+
+/// Scans the code `text`, loaded at `ip`, into `graph`: one sweep from its start, and again
+/// from each of `starts` (function entries) that the sweep did not reach as an instruction
+/// boundary, so that data or padding between functions cannot hide an instruction.
+fn scan(text: &[u8], ip: u64, starts: &[u64], functions: &Functions, graph: &mut CodeGraph) {
+    let outside = functions.len();
+    let node_of = |at: u64| function_index(functions, at).unwrap_or(outside);
     let mut info = InstructionInfoFactory::new();
     let mut boundary = vec![0u64; text.len() / 64 + 1];
     let mut instr = Instruction::default();
-    let mut sweep = |from: usize, out: &mut CodeScan, stop_at_known: bool| {
+    let mut sweep = |from: usize, graph: &mut CodeGraph, stop_at_known: bool| {
         let mut dec = Decoder::with_ip(64, &text[from..], ip + from as u64, DecoderOptions::NONE);
+        // The node of the previous instruction, if control may fall through from it.
+        let mut falls_from: Option<usize> = None;
+        // The function the sweep is in (most instructions are in the previous one's).
+        let mut current = (0u64, 0u64, outside);
+        let mut node_here = |at: u64| {
+            if at < current.0 || at >= current.1 {
+                let n = node_of(at);
+                current = functions.get(n).map_or((0, 0, n), |f| (f.0, f.1, n));
+            }
+            current.2
+        };
         while dec.can_decode() {
             let at = from + dec.position();
             if stop_at_known && boundary[at / 64] & (1 << (at % 64)) != 0 {
+                if let Some(prev) = falls_from {
+                    graph.edge(prev, node_of(ip + at as u64));
+                }
                 return;
             }
             boundary[at / 64] |= 1 << (at % 64);
             dec.decode_out(&mut instr);
+            let node = node_here(instr.ip());
+            if let Some(prev) = falls_from {
+                graph.edge(prev, node);
+            }
             if instr.is_invalid() {
+                falls_from = (node != outside).then_some(node);
                 continue;
             }
-            if !out.vectors.is_all() {
-                out.vectors.add_instruction(&instr, &mut info);
+            if !graph.vectors[node].is_all() {
+                graph.vectors[node].add_instruction(&instr, &mut info);
             }
-            if matches!(instr.flow_control(), FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call) {
+            let flow = instr.flow_control();
+            if matches!(flow, FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call) {
                 let t = instr.near_branch_target();
-                if let Some((start, end)) = function_of(functions, t) {
+                let target = node_of(t);
+                graph.edge(node, target);
+                if let Some(&(start, end)) = functions.get(target) {
                     let from_outside = instr.ip() < start || instr.ip() >= end;
-                    if from_outside && !(t == start && instr.flow_control() == FlowControl::Call) {
-                        out.foreign.push(t);
+                    if from_outside && !(t == start && flow == FlowControl::Call) {
+                        graph.foreign.push(t);
                     }
                 }
             }
+            // Code that cannot go on to the next instruction, and padding between functions (the
+            // code outside them), falls into nothing: padding follows every function.
+            let ends = matches!(flow, FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch)
+                || matches!(instr.mnemonic(), Mnemonic::Int3 | Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2 | Mnemonic::Hlt);
+            falls_from = (!ends && node != outside).then_some(node);
         }
     };
-    sweep(0, &mut out, false);
+    sweep(0, graph, false);
     for &s in starts {
         if s >= ip && s < ip + text.len() as u64 {
-            sweep((s - ip) as usize, &mut out, true);
+            sweep((s - ip) as usize, graph, true);
         }
     }
-    out
 }
 
 /// Files larger than this are not read: every register is kept for them.
@@ -200,7 +287,11 @@ const MAX_FILE: u64 = 1 << 30;
 /// What was learnt of one file.
 #[derive(Debug)]
 struct FileFacts {
+    /// What all its code names.
     vectors: VectorUse,
+    /// Its functions (link-time addresses) and what each needs kept (see [`CodeGraph`]).
+    functions: Vec<(u64, u64)>,
+    graph: CodeGraph,
     /// Link-time addresses jumped to from outside their function (sorted).
     foreign: Vec<u64>,
     /// Loadable segments: (link-time address, file offset, file size).
@@ -216,9 +307,14 @@ pub(crate) struct ModuleCode {
 }
 
 impl ModuleCode {
-    /// The vector registers the module's code names.
-    pub(crate) fn vectors(&self) -> VectorUse {
-        self.facts.vectors
+    /// The vector registers a probe at `addr` (run-time) must keep for the module's code: what
+    /// its function and every function reaching it through direct calls or jumps name; what
+    /// the whole module names outside functions.
+    pub(crate) fn vectors_at(&self, addr: u64) -> VectorUse {
+        match function_index(&self.facts.functions, addr.wrapping_sub(self.bias)) {
+            Some(f) => self.facts.graph.reaching(f),
+            None => self.facts.vectors,
+        }
     }
 
     /// Whether a jump or call from outside its function lands in `start..end` (run-time
@@ -279,13 +375,8 @@ fn scan_file(mut file: std::fs::File, len: u64) -> Option<FileFacts> {
     let mut functions: Vec<(u64, u64)> = text_symbols().filter(|s| s.size() > 0).map(|s| (s.address(), s.address() + s.size())).collect();
     functions.sort_unstable();
     functions.dedup();
-    let mut facts = FileFacts { vectors: VectorUse::NONE, foreign: vec![], segments: vec![] };
-    let mut add = |text: &[u8], at: u64| {
-        let found = scan(text, at, &starts, &functions);
-        let (u, v) = (facts.vectors, found.vectors);
-        facts.vectors = VectorUse { regs: u.regs | v.regs, width: u.width.max(v.width), masks: u.masks || v.masks };
-        facts.foreign.extend(found.foreign);
-    };
+    let mut graph = CodeGraph::new(functions.len());
+    let mut add = |text: &[u8], at: u64| scan(text, at, &starts, &functions, &mut graph);
     for section in elf.sections().filter(|s| s.kind() == SectionKind::Text) {
         add(section.data().ok()?, section.address());
     }
@@ -315,9 +406,11 @@ fn scan_file(mut file: std::fs::File, len: u64) -> Option<FileFacts> {
             at = next;
         }
     }
-    facts.foreign.sort_unstable();
-    facts.foreign.dedup();
-    facts.segments = elf.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect();
+    graph.finish();
+    let foreign = std::mem::take(&mut graph.foreign);
+    let vectors = graph.vectors.iter().fold(VectorUse::NONE, |u, v| u.union(*v));
+    let segments = elf.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect();
+    let facts = FileFacts { vectors, functions, graph, foreign, segments };
     any.then_some(facts)
 }
 
@@ -327,7 +420,9 @@ mod tests {
     use iced_x86::code_asm::*;
 
     fn vectors(code: &[u8], starts: &[u64]) -> VectorUse {
-        scan(code, 0x1000, starts, &[]).vectors
+        let mut graph = CodeGraph::new(0);
+        scan(code, 0x1000, starts, &[], &mut graph);
+        graph.vectors[0]
     }
 
     fn code(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
@@ -404,8 +499,49 @@ mod tests {
         code.extend_from_slice(&[0x0f, 0x85]);
         code.extend_from_slice(&(0x1003i32 - 0x101b).to_le_bytes());
         code.push(0xc3);
-        let found = scan(&code, 0x1000, &[0x1000, 0x1010], &[(0x1000, 0x1010), (0x1010, 0x1000 + code.len() as u64)]);
-        assert_eq!(found.foreign, vec![0x1003], "the call to f's start and f's own jump are not recorded");
+        let mut graph = CodeGraph::new(2);
+        scan(&code, 0x1000, &[0x1000, 0x1010], &[(0x1000, 0x1010), (0x1010, 0x1000 + code.len() as u64)], &mut graph);
+        graph.finish();
+        assert_eq!(graph.foreign, vec![0x1003], "the call to f's start and f's own jump are not recorded");
+        assert_eq!(graph.callers, vec![vec![1], vec![], vec![]], "g calls f");
+    }
+
+    #[test]
+    fn a_probe_keeps_what_the_functions_reaching_it_name() {
+        // a (0x1000): names xmm9, calls b. b (0x1010): names nothing, returns. c (0x1020):
+        // names zmm20, jumps to d. d (0x1030): names xmm3, falls through into e. e (0x1040):
+        // names nothing. Only code that reaches a function by direct calls, jumps or falling
+        // through can rely on its registers.
+        let function = |at: u64, body: &dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>| {
+            let mut a = CodeAssembler::new(64).unwrap();
+            body(&mut a).unwrap();
+            let mut bytes = a.assemble(at).unwrap();
+            bytes.resize(16, 0xcc);
+            bytes
+        };
+        let mut code = function(0x1000, &|a| {
+            a.movaps(xmm9, xmm9)?;
+            a.call(0x1010u64)?;
+            a.ret()
+        });
+        code.extend(function(0x1010, &|a| a.ret()));
+        code.extend(function(0x1020, &|a| {
+            a.vpaddd(zmm20, zmm20, zmm20)?;
+            a.jmp(0x1030u64)
+        }));
+        // d: movaps xmm3, xmm3, then nops into e.
+        code.extend([0x0f, 0x28, 0xdb].into_iter().chain([0x90; 13]));
+        code.extend(function(0x1040, &|a| a.ret()));
+        let starts: Vec<u64> = (0..5).map(|i| 0x1000 + 16 * i).collect();
+        let functions: Vec<(u64, u64)> = starts.iter().map(|&s| (s, s + 16)).collect();
+        assert_eq!(code.len(), 16 * 5, "{code:02x?}");
+        let mut graph = CodeGraph::new(5);
+        scan(&code, 0x1000, &starts, &functions, &mut graph);
+        graph.finish();
+        assert_eq!(graph.reaching(1), VectorUse { regs: 1 << 9, width: 16, masks: false }, "b: a's xmm9");
+        assert_eq!(graph.reaching(0).regs, 1 << 9);
+        let e = graph.reaching(4);
+        assert_eq!((e.regs, e.width), (1 << 3 | 1 << 20, 64), "e: d's xmm3 (falling through) and c's zmm20 (jumping to d)");
     }
 
     #[test]
@@ -413,9 +549,9 @@ mod tests {
         let here = integer_code_names_nothing as *const () as u64;
         let t = std::time::Instant::now();
         let m = module_at(here).expect("this binary");
-        eprintln!("this test binary names {:?} ({:?} to scan)", m.vectors(), t.elapsed());
+        eprintln!("this test binary names {:?} ({:?} to scan); this test's function and its callers {:?}", m.facts.vectors, t.elapsed(), m.vectors_at(here));
         // Rust's standard library moves memory through xmm registers.
-        assert!(m.vectors().regs != 0 && m.vectors().width >= 16);
+        assert!(m.facts.vectors.regs != 0 && m.facts.vectors.width >= 16);
         assert!(Arc::ptr_eq(&module_at(here).unwrap().facts, &m.facts), "cached");
         assert!(module_at(0x10).is_none(), "nothing mapped there");
     }
