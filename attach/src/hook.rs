@@ -1422,6 +1422,11 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
     if at_entry {
         site.needs = body_needs(addr, info.function_size, &original);
+        // Entered by a jump (a `.cold` part, a second entry), its code may go on with another
+        // function's live registers: not only what the convention keeps.
+        if site.module.as_ref().is_none_or(|m| m.entered_by_jump(addr)) {
+            site.needs.callers = Kept::All;
+        }
     }
     let stub = entry_stub(&*site as *const Site as u64, addr, tramp, page, point, VectorSave::at(point, site.needs, site.named))
         .map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;

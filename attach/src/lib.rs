@@ -781,6 +781,62 @@ mod modules {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// Sets ymm8-10 to all-ones.
+    struct ClobberYmm(AtomicU64);
+    impl ProbeHandler for ClobberYmm {
+        fn on_hit(&self, _: &PtRegs, _: usize) -> Option<u64> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: only overwrites declared registers.
+            unsafe {
+                std::arch::asm!("vpcmpeqd ymm8, ymm8, ymm8", "vpcmpeqd ymm9, ymm9, ymm9", "vpcmpeqd ymm10, ymm10, ymm10",
+                    out("xmm8") _, out("xmm9") _, out("xmm10") _, options(nostack));
+            }
+            None
+        }
+    }
+
+    /// GCC -O2 puts switch cases that call a cold function into `f.cold`, reached only through
+    /// f's jump table (no direct jump from f to it). `caller` keeps ymm8-10 across its direct
+    /// call of f (`-fipa-ra`); f.cold calls h directly: a probe on h keeps them.
+    #[test]
+    fn a_jump_table_into_a_cold_part_keeps_the_callers_registers() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: no AVX2 on this machine");
+            return;
+        }
+        let d = dir("jump-table");
+        let src = concat!(
+            "#include <immintrin.h>\n",
+            "__attribute__((noinline,cold)) static void oops(int *p) { asm volatile(\"\" ::: \"memory\"); *p += 1; }\n",
+            "__attribute__((noinline)) static void h(int *p) { asm volatile(\"\" ::: \"memory\"); *p += 2; p[1] ^= 5; p[2] -= 3; }\n",
+            "__attribute__((noinline)) static int f(int x, int *p) { switch (x & 7) { case 0: return p[1] + 3; case 1: return p[2] * 7;\n",
+            " case 2: oops(p); h(p); return p[3] ^ 9; case 3: return p[4] - 11; case 4: oops(p+1); h(p+1); return p[3] ^ 19;\n",
+            " case 5: return p[5] + 17; case 6: return p[6] | 1; default: return p[7] * 3; } }\n",
+            "CALLER"
+        );
+        let src = src.replace("CALLER", "int caller(float *a, int x, int *p) {\n  __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(a+0), _mm256_loadu_ps(a+8));\n  __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(a+8), _mm256_loadu_ps(a+16));\n  __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(a+16), _mm256_loadu_ps(a+24));\n  __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(a+24), _mm256_loadu_ps(a+32));\n  __m256 v4 = _mm256_add_ps(_mm256_loadu_ps(a+32), _mm256_loadu_ps(a+40));\n  __m256 v5 = _mm256_add_ps(_mm256_loadu_ps(a+40), _mm256_loadu_ps(a+48));\n  __m256 v6 = _mm256_add_ps(_mm256_loadu_ps(a+48), _mm256_loadu_ps(a+56));\n  __m256 v7 = _mm256_add_ps(_mm256_loadu_ps(a+56), _mm256_loadu_ps(a+64));\n  __m256 v8 = _mm256_add_ps(_mm256_loadu_ps(a+64), _mm256_loadu_ps(a+72));\n  __m256 v9 = _mm256_add_ps(_mm256_loadu_ps(a+72), _mm256_loadu_ps(a+80));\n  __m256 v10 = _mm256_add_ps(_mm256_loadu_ps(a+80), _mm256_loadu_ps(a+88));\n  int r = f(x, p);\n  _mm256_storeu_ps(a+0, _mm256_mul_ps(v0, v1));\n  _mm256_storeu_ps(a+8, _mm256_mul_ps(v1, v2));\n  _mm256_storeu_ps(a+16, _mm256_mul_ps(v2, v3));\n  _mm256_storeu_ps(a+24, _mm256_mul_ps(v3, v4));\n  _mm256_storeu_ps(a+32, _mm256_mul_ps(v4, v5));\n  _mm256_storeu_ps(a+40, _mm256_mul_ps(v5, v6));\n  _mm256_storeu_ps(a+48, _mm256_mul_ps(v6, v7));\n  _mm256_storeu_ps(a+56, _mm256_mul_ps(v7, v8));\n  _mm256_storeu_ps(a+64, _mm256_mul_ps(v8, v9));\n  _mm256_storeu_ps(a+72, _mm256_mul_ps(v9, v10));\n  _mm256_storeu_ps(a+80, _mm256_mul_ps(v10, v0));\n  return r;\n}\n");
+        let so = build(&d, "jt", "c", &src, &["-O2", "-mavx2", "-fPIC", "-shared"]);
+        let lib = open(&so);
+        // SAFETY: int caller(float *, int, int *).
+        let caller: extern "C" fn(*mut f32, i32, *mut i32) -> i32 = unsafe { std::mem::transmute(libc::dlsym(lib, c"caller".as_ptr())) };
+        let run = || {
+            let mut a: Vec<f32> = (0..96).map(|i| i as f32).collect();
+            let mut p = [0i32; 8];
+            let r = caller(a.as_mut_ptr(), 2, p.as_mut_ptr());
+            (r, a, p)
+        };
+        let want = run();
+        let (h, info) = site(&so, "h");
+        let clobber = Arc::new(ClobberYmm(AtomicU64::new(0)));
+        let probe = attach(h, info, ProbeKind::Entry, clobber.clone()).unwrap();
+        assert!(site_vectors(h).unwrap().contains("(256 bits)"), "{}", site_vectors(h).unwrap());
+        let got = run();
+        assert_eq!(clobber.0.load(Ordering::Relaxed), 1);
+        detach(probe).unwrap();
+        assert_eq!(got, want, "caller's ymm8-10 across f -> (jump table) f.cold -> h");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     /// `leaf(a, b)` = 3a + b + 0x11, integer code only.
     const LEAF: &str =
         ".p2align 4\n.globl leaf\n.type leaf,@function\nleaf:\n.Lleaf:\nlea (%rdi,%rdi,2),%rax\nadd %rsi,%rax\nadd $0x11,%rax\nret\n.size leaf,.-leaf\n";

@@ -133,10 +133,24 @@ impl VectorUse {
 /// Functions of a module: `(start, end)` of each symbol with a size, sorted by start.
 type Functions = [(u64, u64)];
 
-/// The index in `functions` of the function holding `at`, if any.
+/// The index in `functions` of the function holding `at`, if any (of the last few starting
+/// before it, for symbols that overlap).
 fn function_index(functions: &Functions, at: u64) -> Option<usize> {
     let k = functions.partition_point(|f| f.0 <= at);
     (k.saturating_sub(4)..k).rev().find(|&i| at < functions[i].1)
+}
+
+/// `functions` with overlapping ones merged (aliases, symbols nested in others): the nodes of
+/// a [`CodeGraph`], each instruction in at most one.
+fn disjoint(functions: &Functions) -> Vec<(u64, u64)> {
+    let mut nodes: Vec<(u64, u64)> = vec![];
+    for &(start, end) in functions {
+        match nodes.last_mut() {
+            Some(last) if start < last.1 => last.1 = last.1.max(end),
+            _ => nodes.push((start, end)),
+        }
+    }
+    nodes
 }
 
 impl Default for VectorUse {
@@ -162,6 +176,9 @@ struct CodeGraph {
     callers: Vec<Vec<u32>>,
     /// (to, from) of every direct call, jump or fall-through between nodes.
     edges: Vec<(u32, u32)>,
+    /// Nodes entered from another by a jump or by falling through, not only by calls: their
+    /// code may continue another function's (a `.cold` part, a second entry point).
+    jumped_into: Vec<bool>,
     /// Addresses inside a function that a direct jump or call from outside it reaches (calls
     /// to its start excepted).
     foreign: Vec<u64>,
@@ -169,12 +186,21 @@ struct CodeGraph {
 
 impl CodeGraph {
     fn new(functions: usize) -> CodeGraph {
-        CodeGraph { vectors: vec![VectorUse::NONE; functions + 1], callers: vec![vec![]; functions + 1], edges: vec![], foreign: vec![] }
+        let n = functions + 1;
+        CodeGraph { vectors: vec![VectorUse::NONE; n], callers: vec![vec![]; n], edges: vec![], jumped_into: vec![false; n], foreign: vec![] }
     }
 
     fn edge(&mut self, from: usize, to: usize) {
         if from != to {
             self.edges.push((to as u32, from as u32));
+        }
+    }
+
+    /// An edge that is not a call.
+    fn jump(&mut self, from: usize, to: usize) {
+        if from != to {
+            self.edges.push((to as u32, from as u32));
+            self.jumped_into[to] = true;
         }
     }
 
@@ -211,12 +237,13 @@ impl CodeGraph {
     }
 }
 
-/// Scans the code `text`, loaded at `ip`, into `graph`: one sweep from its start, and again
-/// from each of `starts` (function entries) that the sweep did not reach as an instruction
-/// boundary, so that data or padding between functions cannot hide an instruction.
-fn scan(text: &[u8], ip: u64, starts: &[u64], functions: &Functions, graph: &mut CodeGraph) {
-    let outside = functions.len();
-    let node_of = |at: u64| function_index(functions, at).unwrap_or(outside);
+/// Scans the code `text`, loaded at `ip`, into `graph`, whose nodes are `nodes` (disjoint;
+/// `symbols` are the sized function symbols they were made of): one sweep from its start, and
+/// again from each of `starts` (function entries) that the sweep did not reach as an
+/// instruction boundary, so that data or padding between functions cannot hide an instruction.
+fn scan(text: &[u8], ip: u64, starts: &[u64], symbols: &Functions, nodes: &Functions, graph: &mut CodeGraph) {
+    let outside = nodes.len();
+    let node_of = |at: u64| function_index(nodes, at).unwrap_or(outside);
     let mut info = InstructionInfoFactory::new();
     let mut boundary = vec![0u64; text.len() / 64 + 1];
     let mut instr = Instruction::default();
@@ -229,7 +256,7 @@ fn scan(text: &[u8], ip: u64, starts: &[u64], functions: &Functions, graph: &mut
         let mut node_here = |at: u64| {
             if at < current.0 || at >= current.1 {
                 let n = node_of(at);
-                current = functions.get(n).map_or((0, 0, n), |f| (f.0, f.1, n));
+                current = nodes.get(n).map_or((0, 0, n), |f| (f.0, f.1, n));
             }
             current.2
         };
@@ -237,18 +264,22 @@ fn scan(text: &[u8], ip: u64, starts: &[u64], functions: &Functions, graph: &mut
             let at = from + dec.position();
             if stop_at_known && boundary[at / 64] & (1 << (at % 64)) != 0 {
                 if let Some(prev) = falls_from {
-                    graph.edge(prev, node_of(ip + at as u64));
+                    graph.jump(prev, node_of(ip + at as u64));
                 }
                 return;
             }
             boundary[at / 64] |= 1 << (at % 64);
             dec.decode_out(&mut instr);
             let node = node_here(instr.ip());
+            // Nops between functions (alignment padding) pass on whatever falls into them.
+            if node == outside && instr.mnemonic() == Mnemonic::Nop {
+                continue;
+            }
             if let Some(prev) = falls_from {
-                graph.edge(prev, node);
+                graph.jump(prev, node);
             }
             if instr.is_invalid() {
-                falls_from = (node != outside).then_some(node);
+                falls_from = Some(node);
                 continue;
             }
             if !graph.vectors[node].is_all() {
@@ -257,20 +288,26 @@ fn scan(text: &[u8], ip: u64, starts: &[u64], functions: &Functions, graph: &mut
             let flow = instr.flow_control();
             if matches!(flow, FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call) {
                 let t = instr.near_branch_target();
-                let target = node_of(t);
-                graph.edge(node, target);
-                if let Some(&(start, end)) = functions.get(target) {
+                if flow == FlowControl::Call {
+                    graph.edge(node, node_of(t));
+                } else {
+                    graph.jump(node, node_of(t));
+                }
+                if let Some(&(start, end)) = function_index(symbols, t).map(|i| &symbols[i]) {
                     let from_outside = instr.ip() < start || instr.ip() >= end;
                     if from_outside && !(t == start && flow == FlowControl::Call) {
                         graph.foreign.push(t);
                     }
                 }
             }
-            // Code that cannot go on to the next instruction, and padding between functions (the
-            // code outside them), falls into nothing: padding follows every function.
+            // A jump through a table may land in code without a sized symbol (a stripped
+            // `.cold` part).
+            if flow == FlowControl::IndirectBranch {
+                graph.jump(node, outside);
+            }
             let ends = matches!(flow, FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch)
                 || matches!(instr.mnemonic(), Mnemonic::Int3 | Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2 | Mnemonic::Hlt);
-            falls_from = (!ends && node != outside).then_some(node);
+            falls_from = (!ends).then_some(node);
         }
     };
     sweep(0, graph, false);
@@ -289,7 +326,8 @@ const MAX_FILE: u64 = 1 << 30;
 struct FileFacts {
     /// What all its code names.
     vectors: VectorUse,
-    /// Its functions (link-time addresses) and what each needs kept (see [`CodeGraph`]).
+    /// Its functions (link-time addresses, overlapping ones merged) and what each needs kept
+    /// (see [`CodeGraph`]).
     functions: Vec<(u64, u64)>,
     graph: CodeGraph,
     /// Link-time addresses jumped to from outside their function (sorted).
@@ -315,6 +353,13 @@ impl ModuleCode {
             Some(f) => self.facts.graph.reaching(f),
             None => self.facts.vectors,
         }
+    }
+
+    /// Whether the function at `addr` (run-time) may be entered by a jump or by falling through
+    /// from another, not only by calls (it may continue another function's code). Unknown code
+    /// may.
+    pub(crate) fn entered_by_jump(&self, addr: u64) -> bool {
+        function_index(&self.facts.functions, addr.wrapping_sub(self.bias)).is_none_or(|f| self.facts.graph.jumped_into[f])
     }
 
     /// Whether a jump or call from outside its function lands in `start..end` (run-time
@@ -375,8 +420,9 @@ fn scan_file(mut file: std::fs::File, len: u64) -> Option<FileFacts> {
     let mut functions: Vec<(u64, u64)> = text_symbols().filter(|s| s.size() > 0).map(|s| (s.address(), s.address() + s.size())).collect();
     functions.sort_unstable();
     functions.dedup();
-    let mut graph = CodeGraph::new(functions.len());
-    let mut add = |text: &[u8], at: u64| scan(text, at, &starts, &functions, &mut graph);
+    let nodes = disjoint(&functions);
+    let mut graph = CodeGraph::new(nodes.len());
+    let mut add = |text: &[u8], at: u64| scan(text, at, &starts, &functions, &nodes, &mut graph);
     for section in elf.sections().filter(|s| s.kind() == SectionKind::Text) {
         add(section.data().ok()?, section.address());
     }
@@ -406,11 +452,22 @@ fn scan_file(mut file: std::fs::File, len: u64) -> Option<FileFacts> {
             at = next;
         }
     }
+    // A `.cold` part is its parent's code, which reaches it through jump tables too.
+    let node_at = |addr: u64| function_index(&nodes, addr);
+    let named: std::collections::HashMap<&str, u64> = text_symbols().filter_map(|s| Some((s.name().ok()?, s.address()))).collect();
+    for sym in text_symbols() {
+        let Ok(name) = sym.name() else { continue };
+        let Some(k) = name.find(".cold") else { continue };
+        if let (Some(parent), Some(cold)) = (named.get(&name[..k]).and_then(|&a| node_at(a)), node_at(sym.address())) {
+            graph.jump(parent, cold);
+            graph.jump(cold, parent);
+        }
+    }
     graph.finish();
     let foreign = std::mem::take(&mut graph.foreign);
     let vectors = graph.vectors.iter().fold(VectorUse::NONE, |u, v| u.union(*v));
     let segments = elf.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect();
-    let facts = FileFacts { vectors, functions, graph, foreign, segments };
+    let facts = FileFacts { vectors, functions: nodes, graph, foreign, segments };
     any.then_some(facts)
 }
 
@@ -421,7 +478,7 @@ mod tests {
 
     fn vectors(code: &[u8], starts: &[u64]) -> VectorUse {
         let mut graph = CodeGraph::new(0);
-        scan(code, 0x1000, starts, &[], &mut graph);
+        scan(code, 0x1000, starts, &[], &[], &mut graph);
         graph.vectors[0]
     }
 
@@ -500,7 +557,8 @@ mod tests {
         code.extend_from_slice(&(0x1003i32 - 0x101b).to_le_bytes());
         code.push(0xc3);
         let mut graph = CodeGraph::new(2);
-        scan(&code, 0x1000, &[0x1000, 0x1010], &[(0x1000, 0x1010), (0x1010, 0x1000 + code.len() as u64)], &mut graph);
+        let functions = [(0x1000, 0x1010), (0x1010, 0x1000 + code.len() as u64)];
+        scan(&code, 0x1000, &[0x1000, 0x1010], &functions, &functions, &mut graph);
         graph.finish();
         assert_eq!(graph.foreign, vec![0x1003], "the call to f's start and f's own jump are not recorded");
         assert_eq!(graph.callers, vec![vec![1], vec![], vec![]], "g calls f");
@@ -536,12 +594,21 @@ mod tests {
         let functions: Vec<(u64, u64)> = starts.iter().map(|&s| (s, s + 16)).collect();
         assert_eq!(code.len(), 16 * 5, "{code:02x?}");
         let mut graph = CodeGraph::new(5);
-        scan(&code, 0x1000, &starts, &functions, &mut graph);
+        scan(&code, 0x1000, &starts, &functions, &functions, &mut graph);
         graph.finish();
         assert_eq!(graph.reaching(1), VectorUse { regs: 1 << 9, width: 16, masks: false }, "b: a's xmm9");
         assert_eq!(graph.reaching(0).regs, 1 << 9);
         let e = graph.reaching(4);
         assert_eq!((e.regs, e.width), (1 << 3 | 1 << 20, 64), "e: d's xmm3 (falling through) and c's zmm20 (jumping to d)");
+    }
+
+    #[test]
+    fn overlapping_symbols_make_one_node() {
+        let symbols = [(0x1000, 0x1100), (0x1000, 0x1040), (0x1010, 0x1020), (0x1020, 0x1030), (0x1030, 0x1038), (0x1040, 0x1050), (0x1200, 0x1210)];
+        let nodes = disjoint(&symbols);
+        assert_eq!(nodes, vec![(0x1000, 0x1100), (0x1200, 0x1210)]);
+        assert_eq!(function_index(&nodes, 0x10f0), Some(0), "past five nested symbols");
+        assert_eq!(function_index(&nodes, 0x1150), None);
     }
 
     #[test]
@@ -554,5 +621,77 @@ mod tests {
         assert!(m.facts.vectors.regs != 0 && m.facts.vectors.width >= 16);
         assert!(Arc::ptr_eq(&module_at(here).unwrap().facts, &m.facts), "cached");
         assert!(module_at(0x10).is_none(), "nothing mapped there");
+    }
+
+    fn block(at: u64, len: usize, body: &dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+        let mut a = CodeAssembler::new(64).unwrap();
+        body(&mut a).unwrap();
+        let mut bytes = a.assemble(at).unwrap();
+        assert!(bytes.len() <= len);
+        bytes.resize(len, 0xcc);
+        bytes
+    }
+
+    /// A symbol nested in another (S inside F) is one node with it: a probe in S keeps what S
+    /// names, and what S calls is reached by S's callers.
+    #[test]
+    fn a_nested_symbol_is_part_of_its_function() {
+        // F 0x1000..0x1030: nops falling into S; S 0x1010..0x1020: names ymm12, calls H,
+        // returns; F's tail 0x1020: ret. H 0x1030: ret. C 0x1040: names ymm13, calls S.
+        let mut code = vec![0x90u8; 16];
+        code.extend(block(0x1010, 16, &|a| {
+            a.vmovdqu(ymm12, ymm12)?;
+            a.call(0x1030u64)?;
+            a.ret()
+        }));
+        code.extend(block(0x1020, 16, &|a| a.ret()));
+        code.extend(block(0x1030, 16, &|a| a.ret()));
+        code.extend(block(0x1040, 16, &|a| {
+            a.vmovdqu(ymm13, ymm13)?;
+            a.call(0x1010u64)?;
+            a.ret()
+        }));
+        let symbols = [(0x1000, 0x1030), (0x1010, 0x1020), (0x1030, 0x1040), (0x1040, 0x1050)];
+        let nodes = disjoint(&symbols);
+        let mut graph = CodeGraph::new(nodes.len());
+        scan(&code, 0x1000, &[0x1000, 0x1010, 0x1030, 0x1040], &symbols, &nodes, &mut graph);
+        graph.finish();
+        let s = function_index(&nodes, 0x1015).unwrap();
+        assert!(graph.reaching(s).regs & 1 << 12 != 0, "S's own ymm12: {:?}", graph.reaching(s));
+        let h = function_index(&nodes, 0x1030).unwrap();
+        assert!(graph.reaching(h).regs & 1 << 13 != 0, "H reached by C through S: {:?}", graph.reaching(h));
+    }
+
+    /// Code outside any sized symbol that falls through into a function (an entry point
+    /// without a size) links its callers to that function; nop padding between functions does
+    /// not.
+    #[test]
+    fn code_without_a_size_falls_into_the_next_function() {
+        // G 0x1000 (no size): leas falling into F. F 0x1010: calls H. H 0x1020: ret, then nop
+        // padding. K 0x1030: names ymm14, calls G. L 0x1040: ret.
+        let mut code = block(0x1000, 16, &|a| {
+            for _ in 0..4 {
+                a.lea(rdi, ptr(rdi + 1))?;
+            }
+            Ok(())
+        });
+        code.extend(block(0x1010, 16, &|a| {
+            a.call(0x1020u64)?;
+            a.ret()
+        }));
+        code.extend([0xc3].into_iter().chain([0x90; 15]));
+        code.extend(block(0x1030, 16, &|a| {
+            a.vmovdqu(ymm14, ymm14)?;
+            a.call(0x1000u64)?;
+            a.ret()
+        }));
+        code.extend(block(0x1040, 16, &|a| a.ret()));
+        let functions = [(0x1010, 0x1020), (0x1020, 0x1021), (0x1030, 0x1040), (0x1040, 0x1041)];
+        let mut graph = CodeGraph::new(4);
+        scan(&code, 0x1000, &[0x1000, 0x1010, 0x1020, 0x1030, 0x1040], &functions, &functions, &mut graph);
+        graph.finish();
+        assert!(graph.reaching(1).regs & 1 << 14 != 0, "H reached by K through G and F: {:?}", graph.reaching(1));
+        assert!(graph.jumped_into[0], "F is entered by falling through");
+        assert_eq!(graph.reaching(3), VectorUse::NONE, "the padding after H falls into nothing");
     }
 }
