@@ -140,6 +140,14 @@ fn probes_keep_the_vector_registers_the_module_names() {
         // rest (gcc's code names xmm registers at 128 bits only).
         assert!(line.contains("vector registers kept: xmm0-1 (") && line.contains("xmm2-15 (128 bits) at entry"), "{line}");
     }
+    // BPFTIME_VECTORS=all: every register at full width, as before the scan.
+    let s = session("vectors-all", "uprobe_vectors", EngineKind::Jit);
+    let out = run_traced(&s, Command::new(build_target("vectors", false)).arg("100").env("BPFTIME_VERBOSE", "1").env("BPFTIME_VECTORS", "all"), "jit");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let line = stderr.lines().find(|l| l.contains("attached uprobe `on_leaf`")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("kept: xmm0-15 (") || line.contains("kept: xmm0-31 ("), "{line}");
+    assert!(!line.contains(" + xmm"), "one width for all: {line}");
 }
 
 #[test]
