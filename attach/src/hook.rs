@@ -115,7 +115,8 @@ pub struct Site {
     needs: BodyNeeds,
     /// Its module's code, if it could be read (see `module_code`).
     module: Option<ModuleCode>,
-    /// The vector registers its module names ([`VectorUse::ALL`] if unknown).
+    /// The vector registers named by its function and the module's functions reaching it
+    /// (`ModuleCode::vectors_at`; [`VectorUse::ALL`] if unknown).
     named: VectorUse,
 }
 
@@ -923,53 +924,46 @@ impl VectorSave {
 
     /// Reserves the save area below rsp (64-byte aligned) and stores the registers there.
     fn save(&self, a: &mut CodeAssembler) -> Result<(), IcedError> {
-        let (slots, masks, size) = self.layout();
+        let size = self.layout().2;
         if size == 0 {
             return Ok(());
         }
         a.sub(rsp, size)?;
         a.and(rsp, -64)?;
-        let vex = Machine::get().width >= 32;
-        for (i, w, at) in slots {
-            match w {
-                64 => a.vmovdqa64(zmmword_ptr(rsp + at), ZMM[i])?,
-                32 => a.vmovdqa(ymmword_ptr(rsp + at), YMM[i])?,
-                _ if vex => a.vmovdqa(xmmword_ptr(rsp + at), XMM[i])?,
-                _ => a.movaps(xmmword_ptr(rsp + at), XMM[i])?,
-            }
-        }
-        if self.masks {
-            for (i, k) in MASKS.iter().enumerate() {
-                if Machine::get().wide_masks {
-                    a.kmovq(qword_ptr(rsp + (masks + 8 * i as i32)), *k)?;
-                } else {
-                    a.kmovw(word_ptr(rsp + (masks + 8 * i as i32)), *k)?;
-                }
-            }
-        }
-        Ok(())
+        self.moves(a, true)
     }
 
     /// Loads what [`VectorSave::save`] stored (rsp at the save area).
     fn restore(&self, a: &mut CodeAssembler) -> Result<(), IcedError> {
+        self.moves(a, false)
+    }
+
+    /// The moves between the registers and the save area at rsp: stores or loads. A VEX load
+    /// of a 16-byte slot clears the bits above 128, which no code relying on it reads (it is
+    /// named at 128 bits only).
+    fn moves(&self, a: &mut CodeAssembler, store: bool) -> Result<(), IcedError> {
         let (slots, masks, _) = self.layout();
-        let vex = Machine::get().width >= 32;
+        let m = Machine::get();
         for (i, w, at) in slots {
-            match w {
-                64 => a.vmovdqa64(ZMM[i], zmmword_ptr(rsp + at))?,
-                32 => a.vmovdqa(YMM[i], ymmword_ptr(rsp + at))?,
-                // A VEX load clears the bits above 128, which the module never reads (it names
-                // this register at 128 bits only).
-                _ if vex => a.vmovdqa(XMM[i], xmmword_ptr(rsp + at))?,
-                _ => a.movaps(XMM[i], xmmword_ptr(rsp + at))?,
+            match (w, store) {
+                (64, true) => a.vmovdqa64(zmmword_ptr(rsp + at), ZMM[i])?,
+                (64, false) => a.vmovdqa64(ZMM[i], zmmword_ptr(rsp + at))?,
+                (32, true) => a.vmovdqa(ymmword_ptr(rsp + at), YMM[i])?,
+                (32, false) => a.vmovdqa(YMM[i], ymmword_ptr(rsp + at))?,
+                (_, true) if m.width >= 32 => a.vmovdqa(xmmword_ptr(rsp + at), XMM[i])?,
+                (_, false) if m.width >= 32 => a.vmovdqa(XMM[i], xmmword_ptr(rsp + at))?,
+                (_, true) => a.movaps(xmmword_ptr(rsp + at), XMM[i])?,
+                (_, false) => a.movaps(XMM[i], xmmword_ptr(rsp + at))?,
             }
         }
         if self.masks {
             for (i, k) in MASKS.iter().enumerate() {
-                if Machine::get().wide_masks {
-                    a.kmovq(*k, qword_ptr(rsp + (masks + 8 * i as i32)))?;
-                } else {
-                    a.kmovw(*k, word_ptr(rsp + (masks + 8 * i as i32)))?;
+                let at = rsp + (masks + 8 * i as i32);
+                match (m.wide_masks, store) {
+                    (true, true) => a.kmovq(qword_ptr(at), *k)?,
+                    (true, false) => a.kmovq(*k, qword_ptr(at))?,
+                    (false, true) => a.kmovw(word_ptr(at), *k)?,
+                    (false, false) => a.kmovw(*k, word_ptr(at))?,
                 }
             }
         }
@@ -1176,7 +1170,7 @@ fn return_stub() -> u64 {
 /// The instructions covering the first `PATCH_LEN` bytes at `addr`, checked for relocation.
 /// A whole function shorter than a jump is covered too when the padding after it makes room:
 /// its last instruction (a return or a jump) is relocated, and the jump spills into padding.
-fn decode_prologue(addr: u64, info: SiteInfo) -> Result<Vec<Instruction>, AttachError> {
+fn decode_prologue(addr: u64, info: SiteInfo, module: Option<&ModuleCode>) -> Result<Vec<Instruction>, AttachError> {
     let function_size = info.function_size;
     let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
     let bytes = patch::read_code(addr, 32).map_err(|e| unpatchable(format!("cannot read the code: {e}")))?;
@@ -1212,7 +1206,7 @@ fn decode_prologue(addr: u64, info: SiteInfo) -> Result<Vec<Instruction>, Attach
     // A branch into the middle of the patched bytes would land in our jump: from elsewhere in
     // the module (a `.cold` part),
     let patched = len.max(PATCH_LEN) as u64;
-    if module_code::module_at(addr).is_some_and(|m| m.jumped_into_from_outside(addr + 1, addr + patched)) {
+    if module.is_some_and(|m| m.jumped_into_from_outside(addr + 1, addr + patched)) {
         return Err(unpatchable(format!("a jump from outside the function lands inside the {patched} bytes the probe overwrites")));
     }
     // or from the function itself.
@@ -1244,8 +1238,9 @@ fn next_id() -> ProbeId {
 
 /// Builds a new site (not yet installed): a jump where one fits, else an int3.
 fn build_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachError> {
-    match decode_prologue(addr, info) {
-        Ok(instrs) => build_jump_site(addr, info, instrs),
+    let module = module_code::module_at(addr);
+    match decode_prologue(addr, info, module.as_ref()) {
+        Ok(instrs) => build_jump_site(addr, info, instrs, module),
         Err(AttachError::Unpatchable { reason, .. }) if !reason.starts_with("invalid instruction") && !reason.starts_with("cannot read") => {
             build_trap_site(addr, info).map_err(|e| match e {
                 AttachError::Unpatchable { reason: r2, .. } => AttachError::Unpatchable { addr, reason: format!("{reason}; and as an int3: {r2}") },
@@ -1367,7 +1362,7 @@ fn trampoline_ret(addr: u64, info: SiteInfo, instrs: &[Instruction], module: Opt
 }
 
 /// Builds the stub and trampoline of a jump site.
-fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Result<&'static Site, AttachError> {
+fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: Option<ModuleCode>) -> Result<&'static Site, AttachError> {
     let at_entry = info.at_entry;
     let page = patch::alloc_near(addr, PAGE).ok_or(AttachError::NoNearMemory(addr))?;
     let tramp = page + TRAMPOLINE_AT;
@@ -1375,7 +1370,6 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>) -> Resul
     let covered: u64 = instrs.iter().map(|i| i.len() as u64).sum();
     // Where the function's `ret` follows the relocated instructions, the trampoline runs it
     // too, after a 5-byte nop that return probes turn into a jump (no jump back).
-    let module = module_code::module_at(addr);
     let ret_here = if at_entry { trampoline_ret(addr, info, &instrs, module.as_ref()) } else { None };
     let relocated = match ret_here {
         Some(ret) if instrs.last().is_some_and(|i| i.ip() == ret) => &instrs[..instrs.len() - 1],

@@ -189,7 +189,7 @@ mod tests {
         }
     }
 
-    /// Sets xmm0-8 and xmm12 to all-ones (and ymm12's upper half, with AVX) and changes the
+    /// Sets xmm0-12 to all-ones (and the upper halves of ymm8-12, with AVX) and changes the
     /// flags, as a handler calling vectorised library code could.
     pub(crate) struct Clobber(pub(crate) AtomicU64);
 
@@ -201,14 +201,19 @@ mod tests {
                 std::arch::asm!(
                     "pcmpeqd xmm0, xmm0", "pcmpeqd xmm1, xmm1", "pcmpeqd xmm2, xmm2", "pcmpeqd xmm3, xmm3",
                     "pcmpeqd xmm4, xmm4", "pcmpeqd xmm5, xmm5", "pcmpeqd xmm6, xmm6", "pcmpeqd xmm7, xmm7",
-                    "pcmpeqd xmm8, xmm8", "pcmpeqd xmm12, xmm12", "cmp rsp, 0",
-                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _,
-                    out("xmm5") _, out("xmm6") _, out("xmm7") _, out("xmm8") _, out("xmm12") _,
+                    "pcmpeqd xmm8, xmm8", "pcmpeqd xmm9, xmm9", "pcmpeqd xmm10, xmm10", "pcmpeqd xmm12, xmm12", "cmp rsp, 0",
+                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _, out("xmm5") _,
+                    out("xmm6") _, out("xmm7") _, out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm12") _,
                 );
             }
             if std::arch::is_x86_feature_detected!("avx") {
-                // SAFETY: AVX is present; only ymm12 changes.
-                unsafe { std::arch::asm!("vpcmpeqd ymm12, ymm12, ymm12", out("xmm12") _, options(nostack)) };
+                // SAFETY: AVX is present; only ymm8-12 change.
+                unsafe {
+                    std::arch::asm!(
+                        "vpcmpeqd ymm8, ymm8, ymm8", "vpcmpeqd ymm9, ymm9, ymm9", "vpcmpeqd ymm10, ymm10, ymm10", "vpcmpeqd ymm12, ymm12, ymm12",
+                        out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm12") _, options(nostack),
+                    )
+                };
             }
             None
         }
@@ -781,20 +786,6 @@ mod modules {
         let _ = std::fs::remove_dir_all(&d);
     }
 
-    /// Sets ymm8-10 to all-ones.
-    struct ClobberYmm(AtomicU64);
-    impl ProbeHandler for ClobberYmm {
-        fn on_hit(&self, _: &PtRegs, _: usize) -> Option<u64> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: only overwrites declared registers.
-            unsafe {
-                std::arch::asm!("vpcmpeqd ymm8, ymm8, ymm8", "vpcmpeqd ymm9, ymm9, ymm9", "vpcmpeqd ymm10, ymm10, ymm10",
-                    out("xmm8") _, out("xmm9") _, out("xmm10") _, options(nostack));
-            }
-            None
-        }
-    }
-
     /// GCC -O2 puts switch cases that call a cold function into `f.cold`, reached only through
     /// f's jump table (no direct jump from f to it). `caller` keeps ymm8-10 across its direct
     /// call of f (`-fipa-ra`); f.cold calls h directly: a probe on h keeps them.
@@ -812,9 +803,12 @@ mod modules {
             "__attribute__((noinline)) static int f(int x, int *p) { switch (x & 7) { case 0: return p[1] + 3; case 1: return p[2] * 7;\n",
             " case 2: oops(p); h(p); return p[3] ^ 9; case 3: return p[4] - 11; case 4: oops(p+1); h(p+1); return p[3] ^ 19;\n",
             " case 5: return p[5] + 17; case 6: return p[6] | 1; default: return p[7] * 3; } }\n",
-            "CALLER"
         );
-        let src = src.replace("CALLER", "int caller(float *a, int x, int *p) {\n  __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(a+0), _mm256_loadu_ps(a+8));\n  __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(a+8), _mm256_loadu_ps(a+16));\n  __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(a+16), _mm256_loadu_ps(a+24));\n  __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(a+24), _mm256_loadu_ps(a+32));\n  __m256 v4 = _mm256_add_ps(_mm256_loadu_ps(a+32), _mm256_loadu_ps(a+40));\n  __m256 v5 = _mm256_add_ps(_mm256_loadu_ps(a+40), _mm256_loadu_ps(a+48));\n  __m256 v6 = _mm256_add_ps(_mm256_loadu_ps(a+48), _mm256_loadu_ps(a+56));\n  __m256 v7 = _mm256_add_ps(_mm256_loadu_ps(a+56), _mm256_loadu_ps(a+64));\n  __m256 v8 = _mm256_add_ps(_mm256_loadu_ps(a+64), _mm256_loadu_ps(a+72));\n  __m256 v9 = _mm256_add_ps(_mm256_loadu_ps(a+72), _mm256_loadu_ps(a+80));\n  __m256 v10 = _mm256_add_ps(_mm256_loadu_ps(a+80), _mm256_loadu_ps(a+88));\n  int r = f(x, p);\n  _mm256_storeu_ps(a+0, _mm256_mul_ps(v0, v1));\n  _mm256_storeu_ps(a+8, _mm256_mul_ps(v1, v2));\n  _mm256_storeu_ps(a+16, _mm256_mul_ps(v2, v3));\n  _mm256_storeu_ps(a+24, _mm256_mul_ps(v3, v4));\n  _mm256_storeu_ps(a+32, _mm256_mul_ps(v4, v5));\n  _mm256_storeu_ps(a+40, _mm256_mul_ps(v5, v6));\n  _mm256_storeu_ps(a+48, _mm256_mul_ps(v6, v7));\n  _mm256_storeu_ps(a+56, _mm256_mul_ps(v7, v8));\n  _mm256_storeu_ps(a+64, _mm256_mul_ps(v8, v9));\n  _mm256_storeu_ps(a+72, _mm256_mul_ps(v9, v10));\n  _mm256_storeu_ps(a+80, _mm256_mul_ps(v10, v0));\n  return r;\n}\n");
+        // caller: eleven ymm sums live across its call of f (ymm8-10 among them), then stored.
+        let sums: String =
+            (0..11).map(|i| format!("  __m256 v{i} = _mm256_add_ps(_mm256_loadu_ps(a + {}), _mm256_loadu_ps(a + {}));\n", 8 * i, 8 * i + 8)).collect();
+        let stores: String = (0..11).map(|i| format!("  _mm256_storeu_ps(a + {}, _mm256_mul_ps(v{i}, v{}));\n", 8 * i, (i + 1) % 11)).collect();
+        let src = format!("{src}int caller(float *a, int x, int *p) {{\n{sums}  int r = f(x, p);\n{stores}  return r;\n}}\n");
         let so = build(&d, "jt", "c", &src, &["-O2", "-mavx2", "-fPIC", "-shared"]);
         let lib = open(&so);
         // SAFETY: int caller(float *, int, int *).
@@ -827,7 +821,7 @@ mod modules {
         };
         let want = run();
         let (h, info) = site(&so, "h");
-        let clobber = Arc::new(ClobberYmm(AtomicU64::new(0)));
+        let clobber = Arc::new(Clobber(AtomicU64::new(0)));
         let probe = attach(h, info, ProbeKind::Entry, clobber.clone()).unwrap();
         assert!(site_vectors(h).unwrap().contains("(256 bits)"), "{}", site_vectors(h).unwrap());
         let got = run();

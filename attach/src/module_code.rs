@@ -128,6 +128,10 @@ impl VectorUse {
     fn is_all(&self) -> bool {
         *self == VectorUse::ALL
     }
+
+    fn union(self, other: VectorUse) -> VectorUse {
+        VectorUse { regs: self.regs | other.regs, width: self.width.max(other.width), masks: self.masks || other.masks }
+    }
 }
 
 /// Functions of a module: `(start, end)` of each symbol with a size, sorted by start.
@@ -153,21 +157,9 @@ fn disjoint(functions: &Functions) -> Vec<(u64, u64)> {
     nodes
 }
 
-impl Default for VectorUse {
-    fn default() -> Self {
-        VectorUse::NONE
-    }
-}
-
-impl VectorUse {
-    fn union(self, other: VectorUse) -> VectorUse {
-        VectorUse { regs: self.regs | other.regs, width: self.width.max(other.width), masks: self.masks || other.masks }
-    }
-}
-
 /// What a module's code tells, per function: node `i` is function `i` of the module's
 /// functions, node `n` (their count) all code outside them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct CodeGraph {
     /// The vector registers each node's code names.
     vectors: Vec<VectorUse>,
@@ -198,10 +190,8 @@ impl CodeGraph {
 
     /// An edge that is not a call.
     fn jump(&mut self, from: usize, to: usize) {
-        if from != to {
-            self.edges.push((to as u32, from as u32));
-            self.jumped_into[to] = true;
-        }
+        self.edge(from, to);
+        self.jumped_into[to] |= from != to;
     }
 
     /// Turns the edges into caller lists, and sorts the foreign addresses.

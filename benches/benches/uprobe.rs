@@ -150,22 +150,22 @@ fn bench(c: &mut Criterion) {
                 Err(e) => println!("skip the kernel pair: {e}"),
             };
             k.detach_all();
-            for (name, ret) in [("empty", false), ("pair", false)] {
-                let r = if name == "pair" {
-                    k.attach_uprobe("pair_entry", std::path::Path::new(lib_path), "bench_leaf", false)
-                        .and_then(|()| k.attach_uprobe("pair_return", std::path::Path::new(lib_path), "bench_leaf", true))
-                } else {
-                    k.attach_uprobe(name, std::path::Path::new(lib_path), "bench_leaf", ret)
-                };
-                match r {
-                    Ok(()) => {
-                        let label = if name == "pair" { "c_leaf_kernel_pair_3_updates_each".to_string() } else { format!("c_leaf_kernel_uprobe_{name}") };
-                        g.bench_function(label, |b| b.iter(call_leaf));
-                    }
-                    Err(e) => println!("skip kernel uprobe on bench_leaf `{name}`: {e}"),
+            // The same on the C library's leaf.
+            let lib = std::path::Path::new(lib_path);
+            match k.attach_uprobe("empty", lib, "bench_leaf", false) {
+                Ok(()) => {
+                    g.bench_function("c_leaf_kernel_uprobe_empty", |b| b.iter(call_leaf));
                 }
-                k.detach_all();
+                Err(e) => println!("skip the kernel uprobe on bench_leaf: {e}"),
             }
+            k.detach_all();
+            match k.attach_uprobe("pair_entry", lib, "bench_leaf", false).and_then(|()| k.attach_uprobe("pair_return", lib, "bench_leaf", true)) {
+                Ok(()) => {
+                    g.bench_function("c_leaf_kernel_pair_3_updates_each", |b| b.iter(call_leaf));
+                }
+                Err(e) => println!("skip the kernel pair on bench_leaf: {e}"),
+            }
+            k.detach_all();
         }
         Err(e) => println!("skip kernel uprobes: {e} (needs root and a kernel with uprobes)"),
     }

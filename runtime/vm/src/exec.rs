@@ -356,6 +356,17 @@ pub enum Context<'a> {
     ReadOnly(&'a [u8]),
 }
 
+impl Context<'_> {
+    /// The memory the context names, as a region.
+    fn region(self) -> Region {
+        match self {
+            Context::None => Region { start: 0, len: 0, writable: false },
+            Context::Mem(m) => Region::of_mut(m),
+            Context::ReadOnly(m) => Region::of(m),
+        }
+    }
+}
+
 impl RunState {
     /// A state for a run on the stack at `stack_base`; [`RunState::place_regions`] must follow
     /// once the state is where it will stay (the fast regions may point at its scratch area).
@@ -647,11 +658,7 @@ fn return_stack(stack: Box<Stack>) {
 /// pass, so it must always be initialised memory.
 #[inline]
 pub fn run<E: Engine + ?Sized>(engine: &E, ctx: Context<'_>, opts: &RunOptions) -> Result<u64, RunError> {
-    let region = match ctx {
-        Context::None => Region { start: 0, len: 0, writable: false },
-        Context::Mem(m) => Region::of_mut(m),
-        Context::ReadOnly(m) => Region::of(m),
-    };
+    let region = ctx.region();
     let mut stack = take_stack();
     let base = stack.0.as_mut_ptr() as u64;
     let mut state = RunState::new(base, region, opts, engine.helper_functions());
@@ -747,12 +754,7 @@ impl Runner {
     /// each run).
     #[inline]
     pub fn run(&mut self, engine: &SharedEngine, ctx: Context<'_>, host: *mut c_void) -> Result<u64, RunError> {
-        let region = match ctx {
-            Context::None => Region { start: 0, len: 0, writable: false },
-            Context::Mem(m) => Region::of_mut(m),
-            Context::ReadOnly(m) => Region::of(m),
-        };
-        self.run_on(engine, region, host)
+        self.run_on(engine, ctx.region(), host)
     }
 
     #[inline]
