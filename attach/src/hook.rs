@@ -746,9 +746,9 @@ impl BodyNeeds {
     const UNKNOWN: BodyNeeds = BodyNeeds { callers: Kept::All, arguments: 0xff };
 }
 
-/// What the function at `addr` (`size` bytes, `first` its original first bytes) needs kept at
-/// its entry and returns.
-fn body_needs(addr: u64, size: u64, first: &[u8]) -> BodyNeeds {
+/// What the function at `addr` (`size` bytes, `first` its original first bytes, in `module`)
+/// needs kept at its entry and returns.
+fn body_needs(addr: u64, size: u64, first: &[u8], module: Option<&ModuleCode>) -> BodyNeeds {
     // Unknown size, or other patches inside the body (their bytes would decode as anything):
     // keep everything.
     let skip = first.len() as u64;
@@ -779,6 +779,11 @@ fn body_needs(addr: u64, size: u64, first: &[u8]) -> BodyNeeds {
         }
         named.add_instruction(&i, &mut info);
         previous = i;
+    }
+    // Entered by a jump (a `.cold` part, a second entry), its code may go on with another
+    // function's live registers: not only what the convention keeps.
+    if module.is_none_or(|m| m.entered_by_jump(addr)) {
+        callers = Kept::All;
     }
     let arguments = if leaves { 0xff } else { 0b11 | named.regs as u8 };
     BodyNeeds { callers, arguments }
@@ -1415,12 +1420,7 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
     });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
     if at_entry {
-        site.needs = body_needs(addr, info.function_size, &original);
-        // Entered by a jump (a `.cold` part, a second entry), its code may go on with another
-        // function's live registers: not only what the convention keeps.
-        if site.module.as_ref().is_none_or(|m| m.entered_by_jump(addr)) {
-            site.needs.callers = Kept::All;
-        }
+        site.needs = body_needs(addr, info.function_size, &original, site.module.as_ref());
     }
     let stub = entry_stub(&*site as *const Site as u64, addr, tramp, page, point, VectorSave::at(point, site.needs, site.named))
         .map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
@@ -1677,14 +1677,16 @@ mod tests {
     fn kept_registers_follow_what_callers_may_rely_on() {
         let size = |name: &str| crate::resolve(&crate::Target::parse(&format!("/proc/self/exe:{name}")).unwrap()).unwrap().function_size;
         let opaque = bpftime_attach_calls_libc as *const () as u64;
-        assert_eq!(body_needs(opaque, size("bpftime_attach_calls_libc"), &[]), BodyNeeds { callers: Kept::Abi, arguments: 0xff });
+        let module = crate::module_code::module_at(opaque);
+        let needs = |addr, name| body_needs(addr, size(name), &[], module.as_ref());
+        assert_eq!(needs(opaque, "bpftime_attach_calls_libc"), BodyNeeds { callers: Kept::Abi, arguments: 0xff });
         let leaf = bpftime_attach_leaf as *const () as u64;
         // lea, imul, add, ret: no vector argument is read, xmm0-1 pass through as results.
-        assert_eq!(body_needs(leaf, size("bpftime_attach_leaf"), &[]), BodyNeeds { callers: Kept::All, arguments: 0b11 });
-        assert_eq!(body_needs(opaque, 0, &[]), BodyNeeds::UNKNOWN, "size unknown");
+        assert_eq!(needs(leaf, "bpftime_attach_leaf"), BodyNeeds { callers: Kept::All, arguments: 0b11 });
+        assert_eq!(body_needs(opaque, 0, &[], module.as_ref()), BodyNeeds::UNKNOWN, "size unknown");
+        assert_eq!(body_needs(opaque, size("bpftime_attach_calls_libc"), &[], None).callers, Kept::All, "module unknown");
         let float = crate::tests::bpftime_attach_float_target as *const () as u64;
-        let needs = body_needs(float, size("bpftime_attach_float_target"), &[]);
-        assert_eq!(needs.arguments, 0xff, "eight double arguments read");
+        assert_eq!(needs(float, "bpftime_attach_float_target").arguments, 0xff, "eight double arguments read");
         assert_eq!(std::hint::black_box(bpftime_attach_calls_libc)(1), std::process::id() as u64 + 1);
     }
 }

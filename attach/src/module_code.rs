@@ -385,8 +385,15 @@ pub(crate) fn module_at(addr: u64) -> Option<ModuleCode> {
         Some(f) => f,
         None => {
             let f = Arc::new(scan_file(file, meta.len())?);
-            CACHE.lock().unwrap_or_else(|e| e.into_inner()).push((key, f.clone()));
-            f
+            // Another thread may have scanned the same file meanwhile: one copy is kept.
+            let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.iter().find(|(k, _)| *k == key) {
+                Some((_, first)) => first.clone(),
+                None => {
+                    cache.push((key, f.clone()));
+                    f
+                }
+            }
         }
     };
     // The link-time address of `addr`, through the segment holding its file offset.
