@@ -15,7 +15,7 @@ use crate::runtime_calls::{RAISE_LOCATE, RAISE_LOOP_BUDGET, RAISE_MISALIGNED, RA
 use bpftime_vm::analysis::{ArrayLayout, Target};
 use bpftime_vm::exec::{back_edge_cost, size_index, state_offsets as so, FRAME_SIZE};
 use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, Reg, Width};
-use bpftime_vm::loops::counted_loops;
+use bpftime_vm::loops::{counted_loops, loop_exits};
 use bpftime_vm::program::Function as EbpfFunction;
 use bpftime_vm::walks::{walked_loops, GoesOn, WalkedLoop, MAX_ENTRY_VALUE, MAX_ITERATIONS, MAX_LOOP_SLOTS};
 use bpftime_vm::Program;
@@ -59,6 +59,9 @@ pub(crate) struct FnTranslator<'a, 'b> {
     state: Value,
     /// Leader blocks by `pc - start`.
     blocks: Vec<Option<Block>>,
+    /// By `pc - start`: ways out of loops (see [`loop_exits`]), laid out after the function's
+    /// hot code so that a loop's own branches fall through.
+    loop_exits: Vec<bool>,
     back_edges: Vec<(Block, usize, usize)>,
     /// Edges still to come into each leader, by `pc - start`.
     preds_left: Vec<u32>,
@@ -75,13 +78,14 @@ pub(crate) struct FnTranslator<'a, 'b> {
     src: Option<usize>,
     /// Entries into counted loops, emitted at the end: (block, target slot, loop).
     dispatches: Vec<(Block, usize, usize)>,
-    /// Edges out of fast copies that settle the budget first, emitted at the end: (block,
-    /// source slot, target slot, loop).
-    settles: Vec<(Block, usize, usize, usize)>,
+    /// Edges out of fast copies (cold blocks, which settle the budget first where the copy
+    /// owes it), emitted at the end: (block, source slot, target slot, loop).
+    fast_exits: Vec<(Block, usize, usize, usize)>,
     /// A walked loop's counter on entry, for fast copies that settle the budget on the way out.
     entry_counter: Variable,
-    /// Latches of fast copies that pay the budget, emitted at the end: (block, loop, slot).
-    fast_latches: Vec<(Block, usize, usize)>,
+    /// Latches of fast copies that pay the budget, emitted at the end: (block, loop, slot,
+    /// target).
+    fast_latches: Vec<(Block, usize, usize, usize)>,
 }
 
 /// A loop compiled twice: as written, and as a fast copy entered when what is known on entry
@@ -188,6 +192,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             fp,
             state,
             blocks: vec![None; len],
+            loop_exits: loop_exits(prog.insns(), func.start, func.end),
             back_edges: Vec::new(),
             preds_left: vec![0; len],
             to_seal: Vec::new(),
@@ -197,7 +202,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             fast: None,
             src: None,
             dispatches: Vec::new(),
-            settles: Vec::new(),
+            fast_exits: Vec::new(),
             entry_counter,
             fast_latches: Vec::new(),
         }
@@ -283,11 +288,13 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             // Inside the fast copy (sealed at the end).
             return self.fast_block(l, pc);
         }
-        if let Some(l) = self.fast.filter(|&l| self.loops[l].settles_budget) {
-            // Out of a fast copy that owes the budget its iterations.
-            let settle = self.b.create_block();
-            self.settles.push((settle, self.src.expect("an edge out of a loop has a source"), pc, l));
-            return settle;
+        if let Some(l) = self.fast {
+            // Out of a fast copy: through a block of its own, laid out of the loop's way (and
+            // settling the budget where the copy owes it its iterations).
+            let out = self.b.create_block();
+            self.b.set_cold_block(out);
+            self.fast_exits.push((out, self.src.expect("an edge out of a loop has a source"), pc, l));
+            return out;
         }
         let src = self.src;
         if let Some(l) = self.loops.iter().position(|v| v.contains(pc) && !src.is_some_and(|s| v.contains(s)) && v.dispatches_at(pc)) {
@@ -381,18 +388,20 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 self.emit_back_edge(charge, pc, target);
             } else if let Some((block, pc, l)) = self.dispatches.pop() {
                 self.emit_dispatch(block, pc, l);
-            } else if let Some((block, src, target, l)) = self.settles.pop() {
+            } else if let Some((block, src, target, l)) = self.fast_exits.pop() {
                 self.b.switch_to_block(block);
                 self.b.seal_block(block);
-                self.settle_budget(l, src);
+                if self.loops[l].settles_budget {
+                    self.settle_budget(l, src);
+                }
                 self.src = Some(src);
                 let next = self.edge_to(target);
                 self.b.ins().jump(next, &[]);
                 self.flush_seals();
             } else if let Some(l) = self.loops.iter().position(|v| v.needed && !v.emitted) {
                 self.emit_fast_copy(l);
-            } else if let Some((block, l, pc)) = self.fast_latches.pop() {
-                self.emit_fast_latch(block, l, pc);
+            } else if let Some((block, l, pc, target)) = self.fast_latches.pop() {
+                self.emit_fast_latch(block, l, pc, target);
             } else {
                 break;
             }
@@ -420,6 +429,9 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                     self.flush_seals();
                 }
                 let block = self.block_at(pc);
+                if self.loop_exits[pc - self.func.start] {
+                    self.b.set_cold_block(block);
+                }
                 self.b.switch_to_block(block);
             }
             self.src = Some(pc);
@@ -690,17 +702,17 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         self.b.def_var(self.budget, left);
     }
 
-    /// The pay block of a latch (the backward jump at `pc`) of loop `l`'s fast copy: pays the
-    /// budget without checking it (the guard showed it covers the loop) and goes on at the head.
-    fn emit_fast_latch(&mut self, block: Block, l: usize, pc: usize) {
-        let head = self.loops[l].head;
+    /// The pay block of a latch (the backward jump at `pc` to `target`) of loop `l`'s fast
+    /// copy: pays the budget without checking it (the guard showed it covers the loop) and
+    /// goes on at the target.
+    fn emit_fast_latch(&mut self, block: Block, l: usize, pc: usize, target: usize) {
         self.b.switch_to_block(block);
         self.b.seal_block(block);
-        let cost = back_edge_cost(head as i64 - pc as i64 - 1) as i64;
+        let cost = back_edge_cost(target as i64 - pc as i64 - 1) as i64;
         let budget = self.b.use_var(self.budget);
         let left = self.b.ins().iadd_imm_s(budget, -cost);
         self.b.def_var(self.budget, left);
-        let target = self.fast_block(l, head);
+        let target = self.fast_block(l, target);
         self.b.ins().jump(target, &[]);
     }
 
@@ -889,7 +901,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 return self.fast_block(l, target);
             }
             let pay = self.b.create_block();
-            self.fast_latches.push((pay, l, pc));
+            self.fast_latches.push((pay, l, pc, target));
             return pay;
         }
         let charge = self.b.create_block();

@@ -239,6 +239,12 @@ fn walked_loops_end_as_the_interpreter_at_every_length_and_budget() {
         // to n = 15.
         "r0 = 0\nr2 = *(u8 *)(r1 + 0)\nif r2 == 0 goto +7\nr3 = 0\nr1 += 4\ngoto +5\nr0 += r7\nr1 += 4\nr3 += 1\nif r3 < r2 goto +1\nexit\n\
          r7 = *(u32 *)(r1 + 0)\nif r7 > 0x20000000 goto -7\nr7 = 1\ngoto -9",
+        // clang's switch in a loop: a latch per case, each to the part of the step its case
+        // needs (three targets, four lengths), the test before the entry: bytes up to n = 56;
+        // then a loop that spends budget.
+        "r2 = *(u8 *)(r1 + 0)\nr0 = 0\nif r2 == 0 goto +7\nr3 = 0\nr1 += 8\ngoto +5\nr0 += 7\nr0 ^= r3\nr3 += 1\nif r3 < r2 goto +1\ngoto +10\n\
+         r5 = *(u8 *)(r1 + 0)\nr1 += 1\nr5 &= 3\nif r5 == 0 goto -9\nif r5 == 1 goto -9\nif r5 == 2 goto +2\nr0 += 1\ngoto -11\n\
+         r0 *= 3\ngoto -13\nr6 = 0\nr6 += 1\nif r6 < 10 goto -2\nexit",
         // Tested at the top, walking down, with a break on a value, then a loop that spends
         // budget.
         "r2 = *(u8 *)(r1 + 0)\nr4 = r1\nr4 += 60\nr3 = 0\nr0 = 0\nif r3 >= r2 goto +6\nr5 = *(u32 *)(r4 + 0)\nif r5 == 0x1b1a1918 goto +4\n\

@@ -84,6 +84,37 @@ pub fn counted_loops(insns: &[Insn], start: usize, end: usize) -> Vec<CountedLoo
         .collect()
 }
 
+/// By `pc - start`: whether slot `pc` lies in a loop (between a backward jump's target and the
+/// jump) but on no way around it: the paths that leave every loop holding them (a `return`
+/// from inside a loop, a `break` to code after it). An engine may lay them out of the loops'
+/// way. Loops longer than [`MAX_LOOP_SLOTS`](crate::walks::MAX_LOOP_SLOTS) are not looked at.
+pub fn loop_exits(insns: &[Insn], start: usize, end: usize) -> Vec<bool> {
+    let len = end - start;
+    let (mut inside, mut around) = (vec![false; len], vec![false; len]);
+    let target = |pc: usize| insns[pc].jump_target(pc).and_then(|t| usize::try_from(t).ok());
+    for back_edge in start..end {
+        let Some(head) = target(back_edge).filter(|&h| h <= back_edge && h >= start && back_edge - h < crate::walks::MAX_LOOP_SLOTS) else { continue };
+        // Slots of `head..=back_edge` from which a forward path inside the range reaches one
+        // of its backward jumps.
+        let mut reaches = vec![false; back_edge - head + 1];
+        for pc in (head..=back_edge).rev() {
+            let insn = insns[pc];
+            if matches!(insn, Insn::LddwHigh) {
+                continue;
+            }
+            let next = pc + if matches!(insn, Insn::Lddw { .. }) { 2 } else { 1 };
+            let falls = !matches!(insn, Insn::Ja { .. } | Insn::Exit);
+            let forward = |t: usize| t > pc && t <= back_edge && reaches[t - head];
+            reaches[pc - head] = target(pc).is_some_and(|t| t <= pc && t >= head) || (falls && forward(next)) || target(pc).is_some_and(forward);
+        }
+        for pc in head..=back_edge {
+            inside[pc - start] = true;
+            around[pc - start] |= reaches[pc - head];
+        }
+    }
+    inside.iter().zip(&around).map(|(&i, &a)| i && !a).collect()
+}
+
 /// The register the loop's exit test compares, and the largest value it lets through (`None`:
 /// nothing gets through, which bounds nothing useful and is not treated specially).
 fn exit_limit(insns: &[Insn], head: usize, back_edge: usize, on_every_path: &dyn Fn(usize) -> bool) -> Option<(Reg, Option<u64>)> {
@@ -136,6 +167,21 @@ mod tests {
         // 1,022 / 1 + 1 complete trips and one partial.
         assert_eq!(found, vec![CountedLoop { head: 2, back_edge: 6, max_trips: 1024 }]);
         assert_eq!(found[0].max_cost(), Some(1024 * 5));
+    }
+
+    #[test]
+    fn ways_out_of_loops_are_found() {
+        // strcmp's shape: a mismatch returns from inside the loop (slots 7-10), the end of the
+        // loop leaves to slot 12.
+        let src = "r3 = 0\ngoto +3\nif r3 > 1022 goto +9\nr3 += 1\nif r3 >= r2 goto +7\nr0 = *(u8 *)(r1 + 0)\n\
+                   if r0 == r4 goto +4\nr0 = 1\nif r0 > r4 goto +3\nr0 = 2\nexit\nif r0 != 0 goto -10\nexit";
+        let insns = decode(&assemble(src).unwrap()).unwrap();
+        let exits: Vec<usize> = loop_exits(&insns, 0, insns.len()).iter().enumerate().filter(|e| *e.1).map(|e| e.0).collect();
+        assert_eq!(exits, vec![7, 8, 9, 10]);
+        // An inner loop's way out that goes on around an outer loop is no way out.
+        let src = "r1 = 0\nr2 = 0\nr2 += 1\nif r2 < 5 goto -2\nif r3 == 0 goto +2\nr1 += 1\nif r1 < 100 goto -6\nexit";
+        let insns = decode(&assemble(src).unwrap()).unwrap();
+        assert!(loop_exits(&insns, 0, insns.len()).iter().all(|&e| !e));
     }
 
     #[test]

@@ -10,13 +10,15 @@
 //! with its checks, faulting where they say. This is loop versioning, as JITs do for array
 //! bounds checks.
 //!
-//! A loop `[head, last]` (a backward jump at `last` to `head`) is walked when:
-//! - every backward jump inside it goes to `head` (its latches), none comes from after it, and
-//!   it holds no call (helper, `callx` or local);
+//! A loop `[head, last]` (backward jumps inside it, its latches, going to `head` or after it,
+//! the last at `last`) is walked when:
+//! - no backward jump leaves it or comes into it from after it, and it holds no call (helper,
+//!   `callx` or local);
 //! - every edge into it from outside (and the function's entry, if it starts there) goes to one
 //!   slot `entry`; from `entry`, one iteration runs through the slots in the order `entry..=last`
 //!   then `head..entry` and comes back to `entry`, every jump inside it going forward in that
-//!   order (so every cycle passes `entry`);
+//!   order (so every cycle passes `entry`, and an iteration takes at most one latch: clang's
+//!   switch in a loop has one per case, each to the part of the loop's step its case needs);
 //! - some register `v` is stepped by a constant `c > 0` per iteration: its value on every edge
 //!   back into `entry` is its value on arrival plus `c` (registers whose arrival value grows by
 //!   a constant, or 0, each iteration are the loop's induction registers);
@@ -220,7 +222,7 @@ impl Walk {
 /// A walked loop (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalkedLoop {
-    /// First slot: where its latches go.
+    /// First slot: where its first latch goes.
     pub head: usize,
     /// Its last latch.
     pub last: usize,
@@ -233,7 +235,8 @@ pub struct WalkedLoop {
     pub test: TripTest,
     /// The accesses whose addresses are known on entry (proven ones included).
     pub walks: Vec<Walk>,
-    /// How many backward jumps (all to `head`) it has.
+    /// How many backward jumps it has (the only one, where there is one, goes from `last` to
+    /// `head`).
     pub latches: usize,
     /// By `pc - head`: the trip test's counter after the instruction at `pc`, in an iteration
     /// that got there, as its value on arrival at `entry` plus this (`None`: not known there).
@@ -325,15 +328,21 @@ enum Value {
 pub fn walked_loops(insns: &[Insn], start: usize, end: usize) -> Vec<WalkedLoop> {
     let target = |pc: usize| insns[pc].jump_target(pc).and_then(|t| usize::try_from(t).ok());
     let slots: Vec<usize> = (start..end).filter(|&pc| !matches!(insns[pc], Insn::LddwHigh)).collect();
-    // One candidate per head: its last latch.
-    let mut candidates: Vec<(usize, usize)> = vec![];
-    for &pc in &slots {
-        if let Some(head) = target(pc).filter(|&h| h <= pc && h >= start) {
-            candidates.retain(|&(h, _)| h != head);
-            candidates.push((head, pc));
-        }
-    }
+    // Backward jumps as (target, slot); one candidate per target: the range from it that holds
+    // every backward jump into it.
+    let back: Vec<(usize, usize)> = slots.iter().filter_map(|&pc| target(pc).filter(|&h| h <= pc && h >= start).map(|h| (h, pc))).collect();
+    let mut candidates: Vec<(usize, usize)> = back
+        .iter()
+        .map(|&(head, _)| {
+            let mut last = head;
+            while let Some(further) = back.iter().filter(|&&(h, pc)| (head..=last).contains(&h) && pc > last).map(|&(_, pc)| pc).max() {
+                last = further;
+            }
+            (head, last)
+        })
+        .collect();
     candidates.sort_unstable();
+    candidates.dedup();
     candidates
         .into_iter()
         .filter(|&(head, last)| last - head < MAX_LOOP_SLOTS)
@@ -353,7 +362,7 @@ fn falls_through(insn: &Insn) -> bool {
 fn walked_loop(insns: &[Insn], slots: &[usize], start: usize, head: usize, last: usize) -> Option<WalkedLoop> {
     let target = |pc: usize| insns[pc].jump_target(pc).and_then(|t| usize::try_from(t).ok());
     let inside = |pc: usize| (head..=last).contains(&pc);
-    // Shape: latches only to the head, no call; where edges from outside come in.
+    // Shape: no backward jump out of it, no call; where edges from outside come in.
     let mut entries = vec![];
     if head == start {
         entries.push(head);
@@ -367,7 +376,7 @@ fn walked_loop(insns: &[Insn], slots: &[usize], start: usize, head: usize, last:
             entries.push(head);
         }
         let Some(t) = target(pc) else { continue };
-        if inside(pc) && t <= pc && t != head {
+        if inside(pc) && t <= pc && !inside(t) {
             return None;
         }
         if !inside(pc) && inside(t) {
@@ -559,8 +568,9 @@ fn walked_from(insns: &[Insn], slots: &[usize], head: usize, last: usize, entry:
             _ => None,
         };
     }
-    let latches = slots.iter().filter(|&&pc| inside(pc) && target(pc) == Some(head)).count();
-    Some(WalkedLoop { head, last, entry, iteration_cost: (last - head + 1) as u64, latches, test, walks, counter_offsets })
+    let latch_costs: Vec<u64> = slots.iter().filter_map(|&pc| target(pc).filter(|&t| inside(pc) && t <= pc).map(|t| (pc - t + 1) as u64)).collect();
+    let iteration_cost = latch_costs.iter().copied().max()?;
+    Some(WalkedLoop { head, last, entry, iteration_cost, latches: latch_costs.len(), test, walks, counter_offsets })
 }
 
 #[cfg(test)]
@@ -617,6 +627,26 @@ mod tests {
         assert_eq!(l.walks, vec![Walk { pc: 11, base: EntrySum::reg(r(1)), stride: 8, size: MemSize::DW, write: false, after_test: false }]);
         let entry = |reg: Reg| if reg.index() == 2 { 5 } else { 0 };
         assert_eq!(l.iterations_going_on(&entry), Some(4));
+    }
+
+    #[test]
+    fn a_switch_in_a_loop_has_a_latch_per_case() {
+        // clang's `switch (p[i] & 3)` in a loop: each case jumps back to the part of the step it
+        // needs (slots 6, 7 or 8); one iteration takes one of them.
+        let found = walked(
+            "r2 = *(u8 *)(r1 + 0)\nr0 = 0\nif r2 == 0 goto +7\nr3 = 0\nr1 += 8\ngoto +5\nr0 += 7\nr0 ^= r3\nr3 += 1\nif r3 < r2 goto +1\nexit\n\
+             r4 = r1\nr4 += r3\nr5 = *(u8 *)(r4 + 0)\nr5 &= 3\nif r5 == 0 goto -10\nif r5 == 1 goto -10\nif r5 == 2 goto +2\nr0 += 1\ngoto -12\n\
+             r0 *= 3\ngoto -14",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        let l = &found[0];
+        assert_eq!((l.head, l.last, l.entry, l.latches, l.iteration_cost), (6, 21, 11, 4, 14));
+        assert_eq!(l.test, TripTest { pc: 9, counter: r(3), step: 1, offset: 1, bound: EntrySum::reg(r(2)), goes_on: GoesOn::Below });
+        let base = EntrySum { regs: [Some(r(1)), Some(r(3))], constant: 0 };
+        assert_eq!(l.walks, vec![Walk { pc: 13, base, stride: 1, size: MemSize::B, write: false, after_test: false }]);
+        // A latch into the part of the loop after its entry makes a second cycle: not walked
+        // (nor is that inner cycle, which has no counter).
+        assert_eq!(walked("r3 = 0\ngoto +1\nr3 += 1\nr0 = *(u8 *)(r1 + 0)\nr1 += 1\nif r0 == 0 goto -2\nif r3 < r2 goto -5\nexit"), vec![]);
     }
 
     #[test]
