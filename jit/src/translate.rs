@@ -60,8 +60,11 @@ pub(crate) struct FnTranslator<'a, 'b> {
     /// Leader blocks by `pc - start`.
     blocks: Vec<Option<Block>>,
     /// By `pc - start`: ways out of loops (see [`loop_exits`]), laid out after the function's
-    /// hot code so that a loop's own branches fall through.
+    /// hot code so that a loop's own branches fall through ...
     loop_exits: Vec<bool>,
+    /// ... but for those beside a loop's entry: the edges (source slot, target slot) of
+    /// [`Self::beside_entries`].
+    beside_entry: Vec<(usize, usize)>,
     back_edges: Vec<(Block, usize, usize)>,
     /// Edges still to come into each leader, by `pc - start`.
     preds_left: Vec<u32>,
@@ -78,8 +81,8 @@ pub(crate) struct FnTranslator<'a, 'b> {
     src: Option<usize>,
     /// Entries into counted loops, emitted at the end: (block, target slot, loop).
     dispatches: Vec<(Block, usize, usize)>,
-    /// Edges out of fast copies (cold blocks, which settle the budget first where the copy
-    /// owes it), emitted at the end: (block, source slot, target slot, loop).
+    /// Edges out of fast copies (blocks that settle the budget first where the copy owes it),
+    /// emitted at the end: (block, source slot, target slot, loop).
     fast_exits: Vec<(Block, usize, usize, usize)>,
     /// A walked loop's counter on entry, for fast copies that settle the budget on the way out.
     entry_counter: Variable,
@@ -125,6 +128,14 @@ impl Versioned {
 
     /// Whether an edge from outside into `pc` picks between the copies (else it goes to the
     /// checking copy: a walked loop's other entries lead out of it).
+    /// Where its iterations start: a walked loop's entry, else its head.
+    fn entry(&self) -> usize {
+        match &self.guard {
+            Guard::Budget(_) => self.head,
+            Guard::Walked(w) => w.entry,
+        }
+    }
+
     fn dispatches_at(&self, pc: usize) -> bool {
         match &self.guard {
             Guard::Budget(_) => true,
@@ -193,6 +204,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             state,
             blocks: vec![None; len],
             loop_exits: loop_exits(prog.insns(), func.start, func.end),
+            beside_entry: Vec::new(),
             back_edges: Vec::new(),
             preds_left: vec![0; len],
             to_seal: Vec::new(),
@@ -289,11 +301,14 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             return self.fast_block(l, pc);
         }
         if let Some(l) = self.fast {
-            // Out of a fast copy: through a block of its own, laid out of the loop's way (and
-            // settling the budget where the copy owes it its iterations).
+            // Out of a fast copy: through a block of its own (settling the budget where the copy
+            // owes it its iterations), laid out of the loop's way unless it is beside an entry.
             let out = self.b.create_block();
-            self.b.set_cold_block(out);
-            self.fast_exits.push((out, self.src.expect("an edge out of a loop has a source"), pc, l));
+            let src = self.src.expect("an edge out of a loop has a source");
+            if !self.beside_entry.contains(&(src, pc)) {
+                self.b.set_cold_block(out);
+            }
+            self.fast_exits.push((out, src, pc, l));
             return out;
         }
         let src = self.src;
@@ -363,6 +378,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         // Counted and walked loops get a fast copy; its exits are more edges into the blocks
         // after the loop.
         self.loops = self.versioned_loops();
+        self.beside_entry = self.beside_entries();
         for l in 0..self.loops.len() {
             let (head, back_edge) = (self.loops[l].head, self.loops[l].last);
             for (pc, insn) in insns.iter().enumerate().take(back_edge + 1).skip(head) {
@@ -429,7 +445,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                     self.flush_seals();
                 }
                 let block = self.block_at(pc);
-                if self.loop_exits[pc - self.func.start] {
+                if self.loop_exits[pc - self.func.start] && !self.beside_entry.iter().any(|e| e.1 == pc) {
                     self.b.set_cold_block(block);
                 }
                 self.b.switch_to_block(block);
@@ -444,7 +460,8 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     }
 
     /// The loops of this function given a fast copy: walked loops whose copy drops some
-    /// check, else counted loops, else walked loops (whose copy drops the budget check alone).
+    /// check or settles the budget on the way out, else counted loops, else walked loops (whose
+    /// copy drops the budget check alone).
     fn versioned_loops(&self) -> Vec<Versioned> {
         let EbpfFunction { start, end, .. } = self.func;
         let insns = self.prog.insns();
@@ -454,9 +471,6 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let mut loops = vec![];
         for w in walked {
             let unchecked: Vec<usize> = w.walks.iter().map(|a| a.pc).filter(|&pc| !self.prog.access(pc).proven).collect();
-            if unchecked.is_empty() && counted.iter().any(|c| c.head == w.head) {
-                continue;
-            }
             let settles_budget = w.latches == 1
                 && (w.head..=w.last).all(|pc| {
                     let insn = insns[pc];
@@ -465,6 +479,12 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                         || (pc == w.last && matches!(insn, Insn::Jump { .. }));
                     !leaves || w.counter_offsets[pc - w.head].is_some()
                 });
+            // A counted loop's copy drops the same budget checks with a simpler guard; this
+            // one's is worth it where it drops access checks or settles the budget on the way
+            // out (nothing paid per iteration).
+            if unchecked.is_empty() && !settles_budget && counted.iter().any(|c| c.head == w.head) {
+                continue;
+            }
             loops.push(Versioned {
                 head: w.head,
                 last: w.last,
@@ -496,6 +516,41 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             v.fast_blocks = vec![None; v.last - v.head + 1];
         }
         loops
+    }
+
+    /// The edges (source slot, target slot) of conditional jumps inside a loop whose other
+    /// side goes to the loop's entry (a versioned loop's, else the head of a backward jump). The
+    /// lowering lays blocks out in reverse postorder, placing the entry first, so such a
+    /// branch is the loop's bottom: with the way out laid right after it, one branch goes
+    /// back; with the way out moved away, a second one would be needed.
+    fn beside_entries(&self) -> Vec<(usize, usize)> {
+        let EbpfFunction { start, end, .. } = self.func;
+        let insns = self.prog.insns();
+        let target = |pc: usize| insns[pc].jump_target(pc).and_then(|t| usize::try_from(t).ok());
+        // (first slot, last slot, entry) of every loop short enough to be looked at.
+        let mut loops: Vec<(usize, usize, usize)> = self.loops.iter().map(|v| (v.head, v.last, v.entry())).collect();
+        for (pc, _) in insns.iter().enumerate().take(end).skip(start) {
+            if let Some(head) = target(pc).filter(|&h| h <= pc && h >= start && pc - h < MAX_LOOP_SLOTS) {
+                if !self.loops.iter().any(|v| v.contains(head) && v.contains(pc)) {
+                    loops.push((head, pc, head));
+                }
+            }
+        }
+        let mut beside = vec![];
+        for (first, last, entry) in loops {
+            for (pc, insn) in insns.iter().enumerate().take(last + 1).skip(first) {
+                let (Insn::Jump { .. }, Some(taken)) = (insn, target(pc)) else { continue };
+                if taken == entry {
+                    beside.push((pc, pc + 1));
+                }
+                if pc + 1 == entry {
+                    beside.push((pc, taken));
+                }
+            }
+        }
+        beside.sort_unstable();
+        beside.dedup();
+        beside
     }
 
     /// The copy of versioned loop `l` that subtracts its budget without checking it and skips
