@@ -202,25 +202,38 @@ pub(crate) struct ThreadState {
     warm: bool,
 }
 
-thread_local! {
-    static STATE: Cell<ThreadState> = const { Cell::new(ThreadState { busy: false, agent: false, depth: 0, warm: false }) };
-    static SHADOW: Cell<*mut ShadowStack> = const { Cell::new(std::ptr::null_mut()) };
+/// What the hook engine keeps per thread, in one thread-local: in a shared library (the agent)
+/// each thread-local costs a `__tls_get_addr` call, so a hit looks up one.
+struct HookThread {
+    state: Cell<ThreadState>,
+    /// Return addresses taken by return probes (made at the thread's first one).
+    shadow: Cell<*mut ShadowStack>,
     /// The thread's Syscall User Dispatch selector (see `syscalls`): ALLOW (0) while it runs
     /// our code (`busy`), BLOCK (1) otherwise. The kernel reads it only on threads where
     /// dispatch is on.
-    static SELECTOR: Cell<u8> = const { Cell::new(1) };
+    selector: Cell<u8>,
+}
+
+thread_local! {
+    static THREAD: HookThread = const {
+        HookThread {
+            state: Cell::new(ThreadState { busy: false, agent: false, depth: 0, warm: false }),
+            shadow: Cell::new(std::ptr::null_mut()),
+            selector: Cell::new(1),
+        }
+    };
 }
 
 /// Sets this thread's state, and its syscall selector with it.
 #[inline(always)]
-fn set_state(cell: &Cell<ThreadState>, st: ThreadState) {
-    cell.set(st);
-    SELECTOR.with(|s| s.set(if st.busy { 0 } else { 1 }));
+fn set_state(t: &HookThread, st: ThreadState) {
+    t.state.set(st);
+    t.selector.set(if st.busy { 0 } else { 1 });
 }
 
 /// The address of this thread's syscall selector byte (stable for the thread's life).
 pub(crate) fn selector() -> *mut u8 {
-    SELECTOR.with(|s| s.as_ptr())
+    THREAD.with(|t| t.selector.as_ptr())
 }
 
 /// What a hit may do.
@@ -236,14 +249,14 @@ pub(crate) enum Admission {
 /// Whether a hit on this thread may run its handlers now; `Run` marks the thread busy.
 #[inline(always)]
 pub(crate) fn admit() -> Admission {
-    STATE.with(|cell| {
-        let st = cell.get();
+    THREAD.with(|t| {
+        let st = t.state.get();
         if st.busy {
             Admission::Ignore
         } else if st.agent || st.depth as usize >= NEST_LEVELS {
             Admission::Miss
         } else {
-            set_state(cell, ThreadState { busy: true, depth: st.depth + 1, ..st });
+            set_state(t, ThreadState { busy: true, depth: st.depth + 1, ..st });
             Admission::Run(st.depth as usize, st)
         }
     })
@@ -252,7 +265,7 @@ pub(crate) fn admit() -> Admission {
 /// Restores the state a flow found on entering (a thread once warm stays warm).
 #[inline(always)]
 pub(crate) fn leave(st: ThreadState) {
-    STATE.with(|cell| set_state(cell, ThreadState { warm: st.warm || cell.get().warm, ..st }));
+    THREAD.with(|t| set_state(t, ThreadState { warm: st.warm || t.state.get().warm, ..st }));
 }
 
 #[cold]
@@ -279,7 +292,8 @@ pub static MISSED: AtomicU64 = AtomicU64::new(0);
 /// This thread's shadow stack, made at its first return probe in the normal flow (a signal
 /// handler nested in a handler does not allocate: the allocator may be held below it).
 fn shadow(level: usize) -> *mut ShadowStack {
-    SHADOW.with(|s| {
+    THREAD.with(|t| {
+        let s = &t.shadow;
         let mut p = s.get();
         if p.is_null() && level == 0 {
             // One per thread, kept for the life of the process (threads that probe are few).
@@ -332,16 +346,27 @@ fn on_entry(site: &Site, regs: &PtRegs) -> Option<u64> {
             None
         }
         Admission::Run(level, before) => {
-            let run = || {
-                let asked = run_list(list(&site.entry), regs, level);
-                if wants_return && !push_return(site, regs.sp, level) {
-                    miss_all(list(&site.ret));
-                }
+            let asked = if before.warm {
+                let asked = entry_work(site, regs, level, wants_return);
+                leave(before);
                 asked
+            } else {
+                first_hit(before, || entry_work(site, regs, level, wants_return))
             };
-            run_admitted(before, run).filter(|_| site.at_entry)
+            asked.filter(|_| site.at_entry)
         }
     }
+}
+
+/// An admitted entry hit's work: the handlers, and the return address replaced for return
+/// probes. (A function, not a closure, so that the common path has it inlined.)
+#[inline(always)]
+fn entry_work(site: &Site, regs: &PtRegs, level: usize, wants_return: bool) -> Option<u64> {
+    let asked = run_list(list(&site.entry), regs, level);
+    if wants_return && !push_return(site, regs.sp, level) {
+        miss_all(list(&site.ret));
+    }
+    asked
 }
 
 /// Records the return address at `entry_sp` (a function's first instruction) on the shadow stack and
@@ -389,7 +414,7 @@ extern "C" fn entry_dispatch(site: &Site, regs: &mut PtRegs) -> u64 {
 /// Called by the return stub; leaves the real return address in `regs.ip`.
 extern "C" fn return_dispatch(regs: &mut PtRegs) {
     let entry_sp = regs.sp - 8;
-    let s = SHADOW.with(|s| s.get());
+    let s = THREAD.with(|t| t.shadow.get());
     // SAFETY: the shadow stack belongs to this thread, which made the entry; a signal handler
     // nested in this function only pushes and pops above `len`.
     let (real, site) = unsafe {
@@ -445,28 +470,28 @@ extern "C" fn return_site_dispatch(site: &Site, regs: &mut PtRegs) {
     match admit() {
         Admission::Ignore => {}
         Admission::Miss => miss_all(list(&site.ret)),
+        Admission::Run(level, before) if before.warm => {
+            let _ = run_list(list(&site.ret), regs, level);
+            leave(before);
+        }
         Admission::Run(level, before) => {
-            run_admitted(before, || {
+            first_hit(before, || {
                 let _ = run_list(list(&site.ret), regs, level);
             });
         }
     }
 }
 
-/// Runs an admitted hit's work and restores the thread's state. The thread's first hit runs
-/// with async signals deferred: its handlers set up per-thread state (the shadow stack too),
-/// which a signal handler probing meanwhile must not find half made.
-#[inline(always)]
-fn run_admitted<R>(before: ThreadState, run: impl FnOnce() -> R) -> R {
-    if before.warm {
-        let r = run();
-        leave(before);
-        r
-    } else {
-        let r = crate::signals::with_signals_deferred(run);
-        leave(ThreadState { warm: true, ..before });
-        r
-    }
+/// Runs the work of the thread's first admitted hit and restores the thread's state (later
+/// hits run theirs inline, then `leave`). The first hit runs with async signals deferred: its
+/// handlers set up per-thread state (the shadow stack too), which a signal handler probing
+/// meanwhile must not find half made.
+#[cold]
+#[inline(never)]
+fn first_hit<R>(before: ThreadState, run: impl FnOnce() -> R) -> R {
+    let r = crate::signals::with_signals_deferred(run);
+    leave(ThreadState { warm: true, ..before });
+    r
 }
 
 impl Site {
@@ -1621,16 +1646,16 @@ pub fn run_as_hit(f: impl FnOnce(usize)) {
 
 /// Whether this thread's current flow is running a probe handler or the agent's own work.
 pub fn in_probe() -> bool {
-    STATE.with(|s| s.get().busy)
+    THREAD.with(|t| t.state.get().busy)
 }
 
 /// Runs `f` with probes silenced on this thread (the agent's own work must not show up in the
 /// programs' counts, e.g. its allocations when malloc is probed); a signal handler that
 /// interrupts it has its hits counted as misses (what `f` holds may be what they need).
 pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
-    let before = STATE.with(|s| {
-        let before = s.get();
-        set_state(s, ThreadState { busy: true, agent: true, ..before });
+    let before = THREAD.with(|t| {
+        let before = t.state.get();
+        set_state(t, ThreadState { busy: true, agent: true, ..before });
         before
     });
     let r = f();
@@ -1642,9 +1667,9 @@ pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
 /// nesting level (or count as misses), instead of being taken for calls made by the handler it
 /// interrupted. Called by the agent's wrapper around every handler the application installs.
 pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
-    let before = STATE.with(|s| {
-        let before = s.get();
-        set_state(s, ThreadState { busy: false, ..before });
+    let before = THREAD.with(|t| {
+        let before = t.state.get();
+        set_state(t, ThreadState { busy: false, ..before });
         before
     });
     let r = f();

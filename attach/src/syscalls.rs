@@ -3,7 +3,7 @@
 //! Syscall User Dispatch (prctl(2) `PR_SET_SYSCALL_USER_DISPATCH`, Linux 5.11+) makes the
 //! kernel turn every system call a thread makes from outside one allowed address range into a
 //! SIGSYS, while the thread's selector byte says BLOCK. The selector follows the hook engine's
-//! thread state (`hook::SELECTOR`): ALLOW while the thread runs our code, BLOCK otherwise, so
+//! thread state (`hook::HookThread::selector`): ALLOW while the thread runs our code, BLOCK otherwise, so
 //! the agent's own calls go straight to the kernel. Whatever `syscall` instruction the
 //! application runs (libc's wrappers, `syscall(3)`, inline assembly, code generated at run time
 //! or in a library loaded later) therefore reaches our SIGSYS handler, which runs the enter
