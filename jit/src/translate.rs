@@ -1060,12 +1060,26 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
 
     /// `r0 = bpf_map_lookup_elem(array, r2)` without the helper: the key is a proven-readable
     /// `u32`, the value's address is `values + key * stride` (plus this CPU's copy's offset for
-    /// a per-CPU array) below `max_entries`, else null.
+    /// a per-CPU array) below `max_entries`, else null. A key the verifier knows gives a fixed
+    /// address (or null) without reading it.
     fn inline_array_lookup(&mut self, pc: usize, layout: ArrayLayout) {
-        let key_ptr = self.reg(Reg::new(2).expect("r2"));
-        let key = self.b.ins().uload32(mem_flags(), key_ptr, 0);
-        let inside = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, key, layout.max_entries as i64);
-        let offset = self.b.ins().imul_imm_s(key, layout.stride as i64);
+        if self.prog.lookup_key(pc).is_some_and(|k| k >= layout.max_entries) {
+            // A constant key past the end: always null.
+            let null = self.iconst(0);
+            self.set(Reg::R0, null);
+            return;
+        }
+        let known = self.prog.lookup_key(pc);
+        let (inside, offset) = match known {
+            // A constant key inside: a fixed offset (its value's address, once imported).
+            Some(k) => (None, self.iconst(k as i64 * layout.stride as i64)),
+            None => {
+                let key_ptr = self.reg(Reg::new(2).expect("r2"));
+                let key = self.b.ins().uload32(mem_flags(), key_ptr, 0);
+                let inside = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, key, layout.max_entries as i64);
+                (Some(inside), self.b.ins().imul_imm_s(key, layout.stride as i64))
+            }
+        };
         let values = self.import(Import::ArrayValues(pc));
         let mut addr = self.b.ins().iadd(offset, values);
         if layout.cpu != 0 {
@@ -1076,8 +1090,13 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             let cpu_offset = self.b.ins().imul_imm_s(cpu, layout.cpu_stride as i64);
             addr = self.b.ins().iadd(addr, cpu_offset);
         }
-        let null = self.iconst(0);
-        let r0 = self.b.ins().select(inside, addr, null);
+        let r0 = match inside {
+            Some(inside) => {
+                let null = self.iconst(0);
+                self.b.ins().select(inside, addr, null)
+            }
+            None => addr,
+        };
         self.set(Reg::R0, r0);
     }
 

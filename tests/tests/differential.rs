@@ -215,6 +215,20 @@ fn inlined_array_lookups_agree_with_the_helper() {
                 let mut mem = key.to_le_bytes();
                 assert_eq!(run(engine, Context::Mem(&mut mem), &RunOptions::default()), Ok(want), "map {map}, key {key}");
             }
+            // The same key as a constant the verifier knows: a fixed address, or null.
+            let constant = src.replace("r6 = *(u32 *)(r1 + 0)", &format!("w6 = {}", key as i32));
+            let code = bpftime_vm::asm::assemble(&constant).unwrap();
+            let prog = Arc::new(bpftime_vm::verify(&code, helpers.clone(), &Resolver).unwrap());
+            assert_eq!(prog.lookup_key(call), Some(key), "map {map}: the key should be known");
+            let restored = Arc::new(restore(&code, helpers.clone(), &Resolver, &prog.record()).unwrap());
+            assert!(*restored == *prog && restored.lookup_key(call) == Some(key));
+            let jit = JitProgram::compile(prog.clone()).unwrap();
+            let object = bpftime_jit::compile_object(&[("prog", &prog)], Default::default()).unwrap();
+            let mapped = bpftime_jit::link::link(&object).unwrap().load(restored, "prog").unwrap();
+            let interp = Interpreter::new(prog);
+            for engine in [&jit as &dyn Engine, &interp, &mapped] {
+                assert_eq!(run(engine, Context::None, &RunOptions::default()), Ok(want), "map {map}, constant key {key}");
+            }
         }
     }
 }

@@ -176,6 +176,9 @@ struct State {
     /// Spilled 64-bit values by frame offset (a multiple of 8 in `-512..0`), sorted; a slot
     /// not listed holds an unknown number.
     slots: Vec<(i64, Val)>,
+    /// Constant 32-bit words stored in the frame, by offset (a multiple of 4), sorted: the
+    /// `u32 key = 2` a map lookup is given.
+    words: Vec<(i64, u32)>,
 }
 
 impl State {
@@ -184,7 +187,7 @@ impl State {
         let mut regs = [Val::TOP; 11];
         regs[1..6].copy_from_slice(&args);
         regs[10] = Val { base: Base::Stack, off: Range::exact(0) };
-        State { regs, slots: Vec::new() }
+        State { regs, slots: Vec::new(), words: Vec::new() }
     }
 
     /// The join of two states, widened against `self` with `widen`'s thresholds if given.
@@ -208,16 +211,36 @@ impl State {
                 (m != Val::TOP).then_some((k, m))
             })
             .collect();
-        State { regs, slots }
+        // Words: those both states hold, with the same value.
+        let words = self.words.iter().filter(|w| o.words.contains(w)).copied().collect();
+        State { regs, slots, words }
     }
 
     fn slot(&self, k: i64) -> Val {
         self.slots.iter().find(|(j, _)| *j == k).map_or(Val::TOP, |(_, v)| *v)
     }
 
-    /// Forgets the slots overlapping bytes `lo..hi` of the frame.
+    /// Forgets the slots and words overlapping bytes `lo..hi` of the frame.
     fn clobber(&mut self, lo: i128, hi: i128) {
         self.slots.retain(|&(k, _)| (k as i128 + 8) <= lo || k as i128 >= hi);
+        self.words.retain(|&(k, _)| (k as i128 + 4) <= lo || k as i128 >= hi);
+    }
+
+    /// Forgets everything known of the frame's contents.
+    fn forget_frame(&mut self) {
+        self.slots.clear();
+        self.words.clear();
+    }
+
+    /// The constant word at frame offset `k`, if known.
+    fn word(&self, k: i64) -> Option<u32> {
+        self.words.iter().find(|(j, _)| *j == k).map(|&(_, w)| w)
+    }
+
+    /// Records that bytes `k..k + 4` of the frame hold `w` (after `clobber`ing them).
+    fn set_word(&mut self, k: i64, w: u32) {
+        let at = self.words.partition_point(|(j, _)| *j < k);
+        self.words.insert(at, (k, w));
     }
 
     fn set_slot(&mut self, k: i64, v: Val) {
@@ -247,6 +270,9 @@ pub(crate) struct Analysis {
     /// Map lookups (by slot) an engine may inline: the map is an array known at load time and
     /// the key's 4 bytes are proven readable.
     pub inline_lookups: HashMap<usize, ArrayLayout>,
+    /// Of those, the lookups whose key is a constant (stored on the stack before the call on
+    /// every path to it): the value's address is then known at load time.
+    pub lookup_keys: HashMap<usize, u32>,
     /// Engines may check a walked loop's accesses once on entry (see [`crate::walks`]) rather
     /// than on every iteration; false when every check is kept.
     pub walk_checks_on_entry: bool,
@@ -297,6 +323,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
         access: vec![Access::default(); insns.len()],
         ctx_end: vec![0; insns.len()],
         inline_lookups: HashMap::new(),
+        lookup_keys: HashMap::new(),
         call_args: HashMap::new(),
         frames_above: 0,
     };
@@ -335,6 +362,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
                 a.access[pc] = Access::default();
                 a.ctx_end[pc] = 0;
                 a.inline_lookups.remove(&pc);
+                a.lookup_keys.remove(&pc);
             }
         }
     }
@@ -345,6 +373,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
                 a.access[pc] = Access::default();
                 a.ctx_end[pc] = 0;
                 a.inline_lookups.remove(&pc);
+                a.lookup_keys.remove(&pc);
             }
         }
     }
@@ -355,8 +384,9 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
             ctx.writable |= matches!(insns[pc], Insn::Store { .. } | Insn::Atomic { .. });
         }
     }
-    let inline_lookups = a.inline_lookups.into_iter().filter_map(|(pc, l)| Some((pc, l?))).collect();
-    Analysis { access: a.access, ctx, inline_lookups, walk_checks_on_entry: true }
+    let inline_lookups: HashMap<usize, ArrayLayout> = a.inline_lookups.into_iter().filter_map(|(pc, l)| Some((pc, l?))).collect();
+    let lookup_keys = a.lookup_keys.into_iter().filter(|(pc, _)| inline_lookups.contains_key(pc)).collect();
+    Analysis { access: a.access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry: true }
 }
 
 struct Analyzer<'a> {
@@ -369,6 +399,8 @@ struct Analyzer<'a> {
     ctx_end: Vec<u32>,
     /// Map lookups by slot, at their last visit: inlinable (Some) or not.
     inline_lookups: HashMap<usize, Option<ArrayLayout>>,
+    /// Inlinable lookups whose key was a known constant at their last visit.
+    lookup_keys: HashMap<usize, u32>,
     /// r1-r5 at each local call site, at its last visit.
     call_args: HashMap<usize, [Val; 5]>,
     /// Frames above the current function's on every path to it.
@@ -506,6 +538,9 @@ impl Analyzer<'_> {
                 self.record(pc, b, off, size, false, s);
                 s.regs[dst.index()] = match (b.base, b.off.singleton().and_then(|o| o.checked_add(off as i64))) {
                     (Base::Stack, Some(k)) if size == MemSize::DW && k % 8 == 0 => s.slot(k),
+                    (Base::Stack, Some(k)) if size == MemSize::W && !signed && s.word(k).is_some() => {
+                        Val::scalar(Range::exact(s.word(k).expect("known") as i64))
+                    }
                     _ => Val::scalar(Range::loaded(size.bytes(), signed)),
                 };
             }
@@ -513,12 +548,18 @@ impl Analyzer<'_> {
                 let b = s.regs[base.index()];
                 self.record(pc, b, off, size, true, s);
                 if let (Base::Stack, Some(k)) = (b.base, b.off.singleton().and_then(|o| o.checked_add(off as i64))) {
+                    let v = match src {
+                        Operand::Reg(r) => s.regs[r.index()],
+                        Operand::Imm(i) => Val::scalar(Range::exact(i as i64)),
+                    };
                     if size == MemSize::DW && k % 8 == 0 && (-(FRAME_SIZE as i64)..0).contains(&k) {
-                        let v = match src {
-                            Operand::Reg(r) => s.regs[r.index()],
-                            Operand::Imm(i) => Val::scalar(Range::exact(i as i64)),
-                        };
                         s.set_slot(k, v);
+                    }
+                    // A constant's low 32 bits, stored as a word (`record` clobbered the bytes).
+                    if size == MemSize::W && k % 4 == 0 && (-(FRAME_SIZE as i64)..0).contains(&k) {
+                        if let Some(c) = v.as_scalar().and_then(Range::singleton) {
+                            s.set_word(k, c as u32);
+                        }
                     }
                 }
             }
@@ -543,7 +584,17 @@ impl Analyzer<'_> {
                 let r0 = match effects.returns {
                     HelperReturn::Scalar => Val::TOP,
                     HelperReturn::MapValueOrNull => {
-                        self.inline_lookups.insert(pc, self.inlinable_lookup(s));
+                        let inlined = self.inlinable_lookup(s);
+                        let key = s.regs[2];
+                        let constant = match (key.base, key.off.singleton()) {
+                            (Base::Stack, Some(k)) if inlined.is_some() => s.word(k),
+                            _ => None,
+                        };
+                        self.inline_lookups.insert(pc, inlined);
+                        match constant {
+                            Some(k) => self.lookup_keys.insert(pc, k),
+                            None => self.lookup_keys.remove(&pc),
+                        };
                         match s.regs[1].base {
                             Base::Map { value_size, .. } => Val { base: Base::MemOrNull { size: value_size, id: pc as u32 }, off: Range::exact(0) },
                             _ => Val::TOP,
@@ -562,7 +613,7 @@ impl Analyzer<'_> {
                 // Older copies of this call's result are different pointers from now on.
                 s.map_vals(|v| if matches!(v.base, Base::MemOrNull { id, .. } if id == pc as u32) { Val::TOP } else { v });
                 if !effects.leaves_stack {
-                    s.slots.clear();
+                    s.forget_frame();
                 }
                 s.regs[0] = r0;
                 s.regs[1..6].fill(Val::TOP);
@@ -572,7 +623,7 @@ impl Analyzer<'_> {
                     let args: [Val; 5] = std::array::from_fn(|i| s.regs[1 + i]);
                     self.call_args.insert(pc, args);
                 }
-                s.slots.clear();
+                s.forget_frame();
                 s.regs[0..6].fill(Val::TOP);
             }
             Insn::Exit => return Next::Exit,
@@ -620,7 +671,7 @@ impl Analyzer<'_> {
                 Base::Stack => s.clobber(lo, hi),
                 // A proven store stays in its own region, away from the stack.
                 _ if proven => {}
-                _ => s.slots.clear(),
+                _ => s.forget_frame(),
             }
         }
     }

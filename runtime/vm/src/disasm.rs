@@ -253,7 +253,10 @@ pub fn disassemble_with_proofs(prog: &crate::Program) -> String {
                 };
                 format!("\t; {how} ({region})")
             }
-            Insn::Call(_) if prog.inline_lookup(pc).is_some() => "\t; inlined array lookup".to_string(),
+            Insn::Call(_) if prog.inline_lookup(pc).is_some() => match prog.lookup_key(pc) {
+                Some(k) => format!("\t; inlined array lookup, constant key {k}"),
+                None => "\t; inlined array lookup".to_string(),
+            },
             _ => String::new(),
         };
         let _ = writeln!(out, "{pc:>6}:\t{}{note}", Disasm(insn));

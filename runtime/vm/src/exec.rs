@@ -697,28 +697,45 @@ struct RunnerInner {
 }
 
 struct KnownEngine {
-    engine: SharedEngine,
+    /// The engine's address: what a run's engine is compared with.
+    ptr: *const dyn Engine,
     helpers: *const Option<HelperFn>,
     nhelpers: usize,
     native: Option<NativeEntry>,
+    /// Keeps `ptr` alive (and naming this engine).
+    _engine: SharedEngine,
 }
 
 impl RunnerInner {
-    #[inline(never)]
+    /// Makes `engine` the current one. Probes on one function (an entry and a return
+    /// program) alternate between engines on every call: a known engine is a short scan.
+    #[inline]
     fn switch_to(&mut self, engine: &SharedEngine) {
-        let i = match self.known.iter().position(|k| Arc::ptr_eq(&k.engine, engine)) {
+        let ptr = Arc::as_ptr(engine);
+        let i = match self.known.iter().position(|k| std::ptr::addr_eq(k.ptr, ptr)) {
             Some(i) => i,
-            None => {
-                let helpers = engine.helper_functions();
-                self.known.push(KnownEngine { engine: engine.clone(), helpers: helpers.as_ptr(), nhelpers: helpers.len(), native: engine.native_entry() });
-                self.known.len() - 1
-            }
+            None => self.learn(engine),
         };
         let k = &self.known[i];
         self.state.helpers = k.helpers;
         self.state.nhelpers = k.nhelpers;
         self.native = k.native;
-        self.engine_ptr = Arc::as_ptr(&k.engine) as *const dyn Engine;
+        self.engine_ptr = k.ptr;
+    }
+
+    /// Adds an engine this runner has not run yet.
+    #[cold]
+    #[inline(never)]
+    fn learn(&mut self, engine: &SharedEngine) -> usize {
+        let helpers = engine.helper_functions();
+        self.known.push(KnownEngine {
+            ptr: Arc::as_ptr(engine) as *const dyn Engine,
+            helpers: helpers.as_ptr(),
+            nhelpers: helpers.len(),
+            native: engine.native_entry(),
+            _engine: engine.clone(),
+        });
+        self.known.len() - 1
     }
 }
 

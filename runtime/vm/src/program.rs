@@ -38,6 +38,7 @@ pub struct Program {
     access: Vec<Access>,
     ctx_needs: ContextNeeds,
     inline_lookups: HashMap<usize, ArrayLayout>,
+    lookup_keys: HashMap<usize, u32>,
     walk_checks_on_entry: bool,
     /// What the map-naming `lddw`s (by slot) point to, as the resolver described them.
     pointees: HashMap<usize, Pointee>,
@@ -56,6 +57,7 @@ impl PartialEq for Program {
             && self.access == other.access
             && self.ctx_needs == other.ctx_needs
             && self.inline_lookups == other.inline_lookups
+            && self.lookup_keys == other.lookup_keys
             && self.walk_checks_on_entry == other.walk_checks_on_entry
             && self.pointees == other.pointees
             && self.resolved == other.resolved
@@ -73,8 +75,8 @@ impl Program {
         resolved: Vec<usize>,
         helpers: Arc<HelperTable>,
     ) -> Self {
-        let Analysis { access, ctx: ctx_needs, inline_lookups, walk_checks_on_entry } = proofs;
-        Program { insns, functions, depths, access, ctx_needs, inline_lookups, walk_checks_on_entry, pointees, resolved, helpers }
+        let Analysis { access, ctx: ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry } = proofs;
+        Program { insns, functions, depths, access, ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, pointees, resolved, helpers }
     }
 
     /// Whether the `lddw` at `slot` was resolved from a map reference: its constant is an
@@ -91,6 +93,13 @@ impl Program {
     /// The inlined array lookups, by call slot.
     pub(crate) fn inline_lookups(&self) -> &HashMap<usize, ArrayLayout> {
         &self.inline_lookups
+    }
+
+    /// For an inlined lookup (see [`Program::inline_lookup`]): its key, where the verifier
+    /// knows it on every path (`u32 key = 2` on the stack): the value's address is then
+    /// fixed, or the lookup always misses.
+    pub fn lookup_key(&self, pc: usize) -> Option<u32> {
+        self.lookup_keys.get(&pc).copied()
     }
 
     /// What the `lddw` at `slot` points to, if it names a map the resolver described.

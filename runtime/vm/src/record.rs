@@ -17,7 +17,9 @@ use crate::verifier::{resolve_lddw, Checks, LddwResolver};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-const RECORD_MAGIC: &[u8; 8] = b"BPFREC02";
+const RECORD_MAGIC: &[u8; 8] = b"BPFREC03";
+/// An inlined lookup's key in a record where the verifier does not know it.
+const NO_KEY: u64 = u64::MAX;
 
 /// Why a record could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -136,19 +138,20 @@ impl Program {
         put(ctx.len);
         put(ctx.writable as u64);
         put(self.walk_checks_on_entry() as u64);
-        let mut lookups: Vec<(usize, usize)> = self
+        let mut lookups: Vec<(usize, usize, u64)> = self
             .inline_lookups()
             .iter()
             .map(|(&pc, layout)| {
                 let slot = (0..self.len()).find(|&s| matches!(self.pointee(s), Some(Pointee::Map { array: Some(a), .. }) if a == *layout));
-                (pc, slot.expect("an inlined lookup's array comes from an lddw"))
+                (pc, slot.expect("an inlined lookup's array comes from an lddw"), self.lookup_key(pc).map_or(NO_KEY, u64::from))
             })
             .collect();
         lookups.sort_unstable();
         put(lookups.len() as u64);
-        for (pc, slot) in lookups {
+        for (pc, slot, key) in lookups {
             put(pc as u64);
             put(slot as u64);
+            put(key);
         }
         out.extend((0..self.len()).map(|pc| {
             let a = self.access(pc);
@@ -193,9 +196,9 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
     let nlookups = next("lookups")? as usize;
     let mut lookup_slots = Vec::with_capacity(nlookups.min(n));
     for _ in 0..nlookups {
-        lookup_slots.push((next("lookup")? as usize, next("lookup")? as usize));
+        lookup_slots.push((next("lookup")? as usize, next("lookup")? as usize, next("lookup")?));
     }
-    let header = 8 * (7 + 4 * nfuncs + 2 * nlookups);
+    let header = 8 * (7 + 4 * nfuncs + 3 * nlookups);
     let access_bytes = record.get(header..).filter(|a| a.len() == n).ok_or(RecordError::Malformed("access"))?;
     let access = access_bytes.iter().map(|&b| Access { target: target_of(b & 3), proven: b & 4 != 0 }).collect();
 
@@ -211,13 +214,17 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
         }
     }
     let mut inline_lookups: HashMap<usize, ArrayLayout> = HashMap::new();
-    for (pc, slot) in lookup_slots {
+    let mut lookup_keys: HashMap<usize, u32> = HashMap::new();
+    for (pc, slot, key) in lookup_slots {
         match pointees.get(&slot) {
             Some(Pointee::Map { array: Some(a), .. }) if pc < n => inline_lookups.insert(pc, *a),
             _ => return Err(RecordError::Malformed("inlined lookup")),
         };
+        if key != NO_KEY {
+            lookup_keys.insert(pc, u32::try_from(key).map_err(|_| RecordError::Malformed("lookup key"))?);
+        }
     }
-    let proofs = Analysis { access, ctx, inline_lookups, walk_checks_on_entry };
+    let proofs = Analysis { access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry };
     Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))
 }
 

@@ -191,6 +191,7 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
         proofs.access.iter_mut().for_each(|a| *a = Access { proven: false, ..*a });
         proofs.ctx = Default::default();
         proofs.inline_lookups.clear();
+        proofs.lookup_keys.clear();
         proofs.walk_checks_on_entry = false;
     }
     Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))

@@ -360,6 +360,51 @@ fn array_lookups_with_a_proven_key_are_inlinable() {
     let prog = verify(&assemble(src).unwrap(), helpers(), &Array).unwrap();
     let calls: Vec<_> = (0..prog.len()).filter(|&pc| matches!(prog.insns()[pc], Insn::Call(_))).map(|pc| prog.inline_lookup(pc).is_some()).collect();
     assert_eq!(calls, [true, false, false]);
+
+    // Constant keys: stored as a word on every path to the call; not once a store, a call or a
+    // merge with another value may have changed them.
+    let src = "
+        w1 = 7
+        *(u32 *)(r10 - 4) = r1
+        r2 = r10
+        r2 += -4
+        r1 = map_fd(1) ll
+        call 1                    # key 7 (past the end: always null)
+        *(u32 *)(r10 - 8) = 1
+        r2 = r10
+        r2 += -8
+        r1 = map_fd(1) ll
+        call 1                    # key 1 (the helper leaves the stack alone)
+        *(u8 *)(r10 - 7) = 0
+        r2 = r10
+        r2 += -8
+        r1 = map_fd(1) ll
+        call 1                    # a byte of it overwritten: unknown
+        *(u32 *)(r10 - 8) = 2
+        if r0 == 0 goto other
+        *(u32 *)(r10 - 8) = 3
+    other:
+        r2 = r10
+        r2 += -8
+        r1 = map_fd(1) ll
+        call 1                    # 2 or 3: unknown
+        *(u32 *)(r10 - 8) = 3
+        if r0 == 0 goto same
+        *(u32 *)(r10 - 8) = 3
+    same:
+        r2 = r10
+        r2 += -8
+        r1 = map_fd(1) ll
+        call 1                    # 3 on both paths
+        r6 = r0
+        r0 = *(u32 *)(r10 - 8)    # a known word loads as its value
+        if r0 != 3 goto out
+        r0 = 0
+    out:
+        exit";
+    let prog = verify(&assemble(src).unwrap(), helpers(), &Array).unwrap();
+    let keys: Vec<_> = (0..prog.len()).filter(|&pc| matches!(prog.insns()[pc], Insn::Call(_))).map(|pc| prog.lookup_key(pc)).collect();
+    assert_eq!(keys, [Some(7), Some(1), None, None, Some(3)]);
 }
 
 #[test]
