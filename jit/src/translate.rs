@@ -55,6 +55,9 @@ pub(crate) struct FnTranslator<'a, 'b> {
     regs: [Variable; 10],
     /// Backward jumps left; kept in a register, written back to `RunState` around calls.
     budget: Variable,
+    /// Whether the function has a backward jump: without one it never changes the budget, so
+    /// it neither loads nor stores it (callees spend theirs in `RunState` directly).
+    tracks_budget: bool,
     fp: Value,
     state: Value,
     /// Leader blocks by `pc - start`.
@@ -184,7 +187,8 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         }
         let budget = b.declare_var(I64);
         let entry_counter = b.declare_var(I64);
-        let left = b.ins().load(I64, MemFlagsData::trusted(), state, so::BUDGET);
+        let tracks_budget = (func.start..func.end).any(|pc| prog.insns()[pc].jump_target(pc).is_some_and(|t| t <= pc as i64));
+        let left = if tracks_budget { b.ins().load(I64, MemFlagsData::trusted(), state, so::BUDGET) } else { b.ins().iconst(I64, 0) };
         b.def_var(budget, left);
         let abort = b.create_block();
         b.set_cold_block(abort);
@@ -200,6 +204,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             linker,
             regs,
             budget,
+            tracks_budget,
             fp,
             state,
             blocks: vec![None; len],
@@ -995,12 +1000,18 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
 
     /// Writes the register-held budget back to `RunState` (before calls and returns).
     fn save_budget(&mut self) {
+        if !self.tracks_budget {
+            return;
+        }
         let left = self.b.use_var(self.budget);
         self.b.ins().store(MemFlagsData::trusted(), left, self.state, so::BUDGET);
     }
 
     /// Reloads the budget after a call, which may have spent some.
     fn reload_budget(&mut self) {
+        if !self.tracks_budget {
+            return;
+        }
         let left = self.b.ins().load(I64, MemFlagsData::trusted(), self.state, so::BUDGET);
         self.b.def_var(self.budget, left);
     }
