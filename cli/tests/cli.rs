@@ -658,12 +658,18 @@ fn nvcc_object(name: &str, flags: &[&str], tag: &str) -> Option<std::path::PathB
     let dir = bpftime_tests::repo_root().join("target/cuda-examples");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(format!("{name}-{tag}.o"));
+    // Tests running at once build the same object: each writes a file of its own and renames
+    // it into place, so none reads another's half-written one.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = dir.join(format!("{name}-{tag}.o.{}.{n}", std::process::id()));
     let src = bpftime_tests::repo_root().join(format!("examples/cuda/{name}.cu"));
     // nvcc finds its own tools (cudafe++, ptxas, fatbinary) beside it.
     let bin = nvcc.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let o = Command::new(&nvcc).args(flags).arg("-c").arg(&src).arg("-o").arg(&out).env("PATH", path).output().unwrap();
+    let o = Command::new(&nvcc).args(flags).arg("-c").arg(&src).arg("-o").arg(&partial).env("PATH", path).output().unwrap();
     assert!(o.status.success(), "nvcc failed: {}", text(&o.stderr));
+    std::fs::rename(&partial, &out).unwrap();
     Some(out)
 }
 
