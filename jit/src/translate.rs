@@ -102,16 +102,28 @@ struct Versioned {
     guard: Guard,
     /// Accesses whose checks the fast copy drops.
     unchecked: Vec<usize>,
-    /// The fast copy charges nothing per iteration and settles the budget where it leaves the
-    /// loop, from the counter (a walked loop with one latch whose counter is known at every
-    /// way out; see [`WalkedLoop::latches_taken`]).
-    settles_budget: bool,
+    /// How the fast copy accounts for the loop budget.
+    charge: Charge,
     /// Leader blocks of the fast copy, by `pc - head`.
     fast_blocks: Vec<Option<Block>>,
     /// Some entry can take the fast copy.
     needed: bool,
     /// The fast copy is emitted.
     emitted: bool,
+}
+
+/// How a fast copy (whose guard showed the budget covers the whole loop) accounts for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Charge {
+    /// Each latch subtracts its cost, unchecked.
+    PerLatch,
+    /// Nothing per iteration; each way out subtracts what the iterations cost, from the
+    /// counter (a walked loop with one latch whose counter is known at every way out; see
+    /// [`WalkedLoop::latches_taken`]).
+    Settle,
+    /// Nothing at all: the loop is in the entry function and no backward jump or call can
+    /// follow it, so what is left of the budget is never looked at again.
+    Unobserved,
 }
 
 /// What an entry into a versioned loop checks before it takes the fast copy.
@@ -412,7 +424,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             } else if let Some((block, src, target, l)) = self.fast_exits.pop() {
                 self.b.switch_to_block(block);
                 self.b.seal_block(block);
-                if self.loops[l].settles_budget {
+                if self.loops[l].charge == Charge::Settle {
                     self.settle_budget(l, src);
                 }
                 self.src = Some(src);
@@ -476,7 +488,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let mut loops = vec![];
         for w in walked {
             let unchecked: Vec<usize> = w.walks.iter().map(|a| a.pc).filter(|&pc| !self.prog.access(pc).proven).collect();
-            let settles_budget = w.latches == 1
+            let settles = w.latches == 1
                 && (w.head..=w.last).all(|pc| {
                     let insn = insns[pc];
                     let leaves = matches!(insn, Insn::Exit)
@@ -487,7 +499,14 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             // A counted loop's copy drops the same budget checks with a simpler guard; this
             // one's is worth it where it drops access checks or settles the budget on the way
             // out (nothing paid per iteration).
-            if unchecked.is_empty() && !settles_budget && counted.iter().any(|c| c.head == w.head) {
+            let charge = if self.budget_unobserved_after(w.head, w.last) {
+                Charge::Unobserved
+            } else if settles {
+                Charge::Settle
+            } else {
+                Charge::PerLatch
+            };
+            if unchecked.is_empty() && charge == Charge::PerLatch && counted.iter().any(|c| c.head == w.head) {
                 continue;
             }
             loops.push(Versioned {
@@ -495,7 +514,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 last: w.last,
                 guard: Guard::Walked(w),
                 unchecked,
-                settles_budget,
+                charge,
                 fast_blocks: vec![],
                 needed: false,
                 emitted: false,
@@ -511,7 +530,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 last: c.back_edge,
                 guard: Guard::Budget(cost),
                 unchecked: vec![],
-                settles_budget: false,
+                charge: if self.budget_unobserved_after(c.head, c.back_edge) { Charge::Unobserved } else { Charge::PerLatch },
                 fast_blocks: vec![],
                 needed: false,
                 emitted: false,
@@ -521,6 +540,43 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             v.fast_blocks = vec![None; v.last - v.head + 1];
         }
         loops
+    }
+
+    /// Whether the budget left when the loop `head..=last` of this function is left is never
+    /// looked at: this is the program's entry function (a callee's caller, a callback's helper
+    /// go on with the budget), and nothing reachable from the loop's ways out jumps backward or
+    /// calls anything.
+    fn budget_unobserved_after(&self, head: usize, last: usize) -> bool {
+        let EbpfFunction { start, end, callback } = self.func;
+        let insns = self.prog.insns();
+        let called = insns.iter().enumerate().any(|(pc, i)| matches!(i, Insn::Call(CallTarget::Local(off)) if pc as i64 + 1 + *off as i64 == 0));
+        if start != 0 || callback || called {
+            return false;
+        }
+        let target = |pc: usize| insns[pc].jump_target(pc).and_then(|t| usize::try_from(t).ok());
+        let falls = |pc: usize| !matches!(insns[pc], Insn::Ja { .. } | Insn::Exit);
+        let next = |pc: usize| pc + if matches!(insns[pc], Insn::Lddw { .. }) { 2 } else { 1 };
+        let mut seen = vec![false; end - start];
+        let mut work: Vec<usize> = (head..=last)
+            .filter(|&pc| !matches!(insns[pc], Insn::LddwHigh))
+            .flat_map(|pc| [target(pc), (falls(pc) && next(pc) > last).then(|| next(pc))])
+            .flatten()
+            .filter(|&t| t < head || t > last)
+            .collect();
+        while let Some(pc) = work.pop() {
+            if pc >= end || std::mem::replace(&mut seen[pc - start], true) {
+                continue;
+            }
+            let insn = insns[pc];
+            if matches!(insn, Insn::Call(_) | Insn::CallReg(_)) || target(pc).is_some_and(|t| t <= pc) {
+                return false;
+            }
+            work.extend(target(pc));
+            if falls(pc) {
+                work.push(next(pc));
+            }
+        }
+        true
     }
 
     /// The edges (source slot, target slot) of conditional jumps inside a loop whose other
@@ -586,7 +642,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 let w = w.clone();
                 let unchecked = self.loops[l].unchecked.clone();
                 let ok = self.walked_guard(&w, &unchecked);
-                if self.loops[l].settles_budget {
+                if self.loops[l].charge == Charge::Settle {
                     let v0 = self.reg(w.test.counter);
                     self.b.def_var(self.entry_counter, v0);
                 }
@@ -936,7 +992,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             }
             Insn::Call(CallTarget::Kfunc(_)) => unreachable!("verifier rejects kfuncs"),
             Insn::Exit => {
-                if let Some(l) = self.fast.filter(|&l| self.loops[l].settles_budget) {
+                if let Some(l) = self.fast.filter(|&l| self.loops[l].charge == Charge::Settle) {
                     self.settle_budget(l, pc);
                 }
                 self.save_budget();
@@ -957,7 +1013,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         if let Some(l) = self.fast {
             // A latch of a fast copy: straight to its head where the budget is settled on the
             // way out, else through a block that pays without checking.
-            if self.loops[l].settles_budget {
+            if self.loops[l].charge != Charge::PerLatch {
                 return self.fast_block(l, target);
             }
             let pay = self.b.create_block();

@@ -278,6 +278,11 @@ fn walked_loops_end_as_the_interpreter_at_every_length_and_budget() {
         // Down by 3 while above 1: from n - 3 = 2 mod 3 it steps past zero, wraps and runs on
         // until it faults.
         "r2 = *(u8 *)(r1 + 0)\nr0 = 0\nr1 += 8\nr3 = *(u8 *)(r1 + 0)\nr0 += r3\nr1 += 1\nr2 += -3\nif r2 > 1 goto -5\nr0 += r2\nexit",
+        // A walked loop at the end of a function called by one that spends budget after the
+        // call: the callee must leave the budget exactly as the interpreter does.
+        "r6 = r1\ncall sub\nr7 = 0\nspend:\nr7 += 1\nif r7 < 10 goto spend\nexit\n\
+         sub:\nr2 = *(u8 *)(r1 + 0)\nr0 = 0\nr3 = 0\nif r2 == 0 goto done\nr1 += 8\n\
+         walk:\nr4 = *(u8 *)(r1 + 0)\nr0 += r4\nr1 += 1\nr3 += 1\nif r3 < r2 goto walk\ndone:\nexit",
         // Stores up the stack: in bounds up to n = 8.
         "r2 = *(u8 *)(r1 + 0)\nr4 = r10\nr4 += -64\nr3 = 0\n*(u64 *)(r4 + 0) = r3\nr4 += 8\nr3 += 1\nif r3 < r2 goto -4\n\
          r0 = *(u64 *)(r10 - 64)\nr0 += r3\nexit",
