@@ -182,9 +182,10 @@ impl<M: Module> Linker for ModuleLinker<'_, M> {
                 gv
             }
         };
-        // The slot is filled before the code first runs and never changes after.
+        // The slot is filled before the code first runs and never changes after: a pure load
+        // (`can_move`), which the optimiser may share, hoist or drop where unused.
         let slot = b.ins().symbol_value(I64, gv);
-        b.ins().load(I64, MemFlags::trusted().with_readonly(), slot, 0)
+        b.ins().load(I64, MemFlags::trusted().with_readonly().with_can_move(), slot, 0)
     }
 }
 
