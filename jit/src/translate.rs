@@ -485,6 +485,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         // Longer loops are not compiled twice (see `MAX_LOOP_SLOTS`).
         let counted: Vec<_> = counted_loops(insns, start, end).into_iter().filter(|c| c.back_edge - c.head < MAX_LOOP_SLOTS).collect();
         let walked = if self.prog.walk_checks_on_entry() { walked_loops(insns, start, end) } else { vec![] };
+        let observed = self.budget_observed();
         let mut loops = vec![];
         for w in walked {
             let unchecked: Vec<usize> = w.walks.iter().map(|a| a.pc).filter(|&pc| !self.prog.access(pc).proven).collect();
@@ -496,16 +497,15 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                         || (pc == w.last && matches!(insn, Insn::Jump { .. }));
                     !leaves || w.counter_offsets[pc - w.head].is_some()
                 });
-            // A counted loop's copy drops the same budget checks with a simpler guard; this
-            // one's is worth it where it drops access checks or settles the budget on the way
-            // out (nothing paid per iteration).
-            let charge = if self.budget_unobserved_after(w.head, w.last) {
+            let charge = if self.budget_unobserved_after(&observed, w.head, w.last) {
                 Charge::Unobserved
             } else if settles {
                 Charge::Settle
             } else {
                 Charge::PerLatch
             };
+            // A counted loop's copy drops the same budget checks with a simpler guard; this
+            // one's is worth it where it drops access checks or pays nothing per iteration.
             if unchecked.is_empty() && charge == Charge::PerLatch && counted.iter().any(|c| c.head == w.head) {
                 continue;
             }
@@ -530,7 +530,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 last: c.back_edge,
                 guard: Guard::Budget(cost),
                 unchecked: vec![],
-                charge: if self.budget_unobserved_after(c.head, c.back_edge) { Charge::Unobserved } else { Charge::PerLatch },
+                charge: if self.budget_unobserved_after(&observed, c.head, c.back_edge) { Charge::Unobserved } else { Charge::PerLatch },
                 fast_blocks: vec![],
                 needed: false,
                 emitted: false,
@@ -542,41 +542,59 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         loops
     }
 
-    /// Whether the budget left when the loop `head..=last` of this function is left is never
-    /// looked at: this is the program's entry function (a callee's caller, a callback's helper
-    /// go on with the budget), and nothing reachable from the loop's ways out jumps backward or
-    /// calls anything.
-    fn budget_unobserved_after(&self, head: usize, last: usize) -> bool {
+    /// By `pc - start`: whether a run at slot `pc` may still spend loop budget or let a caller,
+    /// a helper or a callee look at what is left: a backward jump or a call is reachable from
+    /// it, or this is not the program's entry function (a callee's caller, a callback's helper
+    /// go on with the budget). Where not, what is left of the budget is never looked at again.
+    fn budget_observed(&self) -> Vec<bool> {
         let EbpfFunction { start, end, callback } = self.func;
         let insns = self.prog.insns();
         let called = insns.iter().enumerate().any(|(pc, i)| matches!(i, Insn::Call(CallTarget::Local(off)) if pc as i64 + 1 + *off as i64 == 0));
         if start != 0 || callback || called {
-            return false;
+            return vec![true; end - start];
         }
-        let target = |pc: usize| insns[pc].jump_target(pc).and_then(|t| usize::try_from(t).ok());
-        let falls = |pc: usize| !matches!(insns[pc], Insn::Ja { .. } | Insn::Exit);
-        let next = |pc: usize| pc + if matches!(insns[pc], Insn::Lddw { .. }) { 2 } else { 1 };
-        let mut seen = vec![false; end - start];
-        let mut work: Vec<usize> = (head..=last)
-            .filter(|&pc| !matches!(insns[pc], Insn::LddwHigh))
-            .flat_map(|pc| [target(pc), (falls(pc) && next(pc) > last).then(|| next(pc))])
-            .flatten()
-            .filter(|&t| t < head || t > last)
-            .collect();
-        while let Some(pc) = work.pop() {
-            if pc >= end || std::mem::replace(&mut seen[pc - start], true) {
+        // Backward from the slots that jump back or call, over the edges into each slot.
+        let mut preds: Vec<Vec<usize>> = vec![vec![]; end - start];
+        let mut observed = vec![false; end - start];
+        let mut work = vec![];
+        for (pc, insn) in insns.iter().enumerate().take(end).skip(start) {
+            if matches!(insn, Insn::LddwHigh) {
                 continue;
             }
-            let insn = insns[pc];
-            if matches!(insn, Insn::Call(_) | Insn::CallReg(_)) || target(pc).is_some_and(|t| t <= pc) {
-                return false;
+            let target = insn.jump_target(pc).and_then(|t| usize::try_from(t).ok());
+            if matches!(insn, Insn::Call(_) | Insn::CallReg(_)) || target.is_some_and(|t| t <= pc) {
+                work.push(pc);
             }
-            work.extend(target(pc));
-            if falls(pc) {
-                work.push(next(pc));
+            let next = pc + if matches!(insn, Insn::Lddw { .. }) { 2 } else { 1 };
+            let falls = !matches!(insn, Insn::Ja { .. } | Insn::Exit);
+            for t in target.into_iter().chain(falls.then_some(next)).filter(|&t| t < end) {
+                preds[t - start].push(pc);
             }
         }
-        true
+        while let Some(pc) = work.pop() {
+            if !std::mem::replace(&mut observed[pc - start], true) {
+                work.extend(preds[pc - start].iter().copied());
+            }
+        }
+        observed
+    }
+
+    /// Whether, from the ways out of the loop `head..=last`, the budget is never looked at
+    /// again (see [`Self::budget_observed`]).
+    fn budget_unobserved_after(&self, observed: &[bool], head: usize, last: usize) -> bool {
+        let insns = self.prog.insns();
+        let start = self.func.start;
+        (head..=last).filter(|&pc| !matches!(insns[pc], Insn::LddwHigh)).all(|pc| {
+            let insn = insns[pc];
+            let next = pc + if matches!(insn, Insn::Lddw { .. }) { 2 } else { 1 };
+            let falls = !matches!(insn, Insn::Ja { .. } | Insn::Exit);
+            let target = insn.jump_target(pc).and_then(|t| usize::try_from(t).ok());
+            target
+                .into_iter()
+                .chain((falls && next > last).then_some(next))
+                .filter(|&t| t < head || t > last)
+                .all(|t| t >= start + observed.len() || !observed[t - start])
+        })
     }
 
     /// The edges (source slot, target slot) of conditional jumps inside a loop whose other
