@@ -66,8 +66,10 @@ pub(crate) struct FnTranslator<'a, 'b> {
     /// hot code so that a loop's own branches fall through ...
     loop_exits: Vec<bool>,
     /// ... but for those beside a loop's entry: the edges (source slot, target slot) of
-    /// [`Self::beside_entries`].
+    /// [`Self::beside_entries`], sorted, ...
     beside_entry: Vec<(usize, usize)>,
+    /// ... and by `pc - start`, whether slot `pc` is the target of one.
+    beside_target: Vec<bool>,
     back_edges: Vec<(Block, usize, usize)>,
     /// Edges still to come into each leader, by `pc - start`.
     preds_left: Vec<u32>,
@@ -222,6 +224,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             blocks: vec![None; len],
             loop_exits: loop_exits(prog.insns(), func.start, func.end),
             beside_entry: Vec::new(),
+            beside_target: vec![false; len],
             back_edges: Vec::new(),
             preds_left: vec![0; len],
             to_seal: Vec::new(),
@@ -322,7 +325,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             // owes it its iterations), laid out of the loop's way unless it is beside an entry.
             let out = self.b.create_block();
             let src = self.src.expect("an edge out of a loop has a source");
-            if !self.beside_entry.contains(&(src, pc)) {
+            if self.beside_entry.binary_search(&(src, pc)).is_err() {
                 self.b.set_cold_block(out);
             }
             self.fast_exits.push((out, src, pc, l));
@@ -396,6 +399,11 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         // after the loop.
         self.loops = self.versioned_loops();
         self.beside_entry = self.beside_entries();
+        for &(_, t) in &self.beside_entry {
+            if t < end {
+                self.beside_target[t - start] = true;
+            }
+        }
         for l in 0..self.loops.len() {
             let (head, back_edge) = (self.loops[l].head, self.loops[l].last);
             for (pc, insn) in insns.iter().enumerate().take(back_edge + 1).skip(head) {
@@ -462,7 +470,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                     self.flush_seals();
                 }
                 let block = self.block_at(pc);
-                if self.loop_exits[pc - self.func.start] && !self.beside_entry.iter().any(|e| e.1 == pc) {
+                if self.loop_exits[pc - self.func.start] && !self.beside_target[pc - self.func.start] {
                     self.b.set_cold_block(block);
                 }
                 self.b.switch_to_block(block);
@@ -485,7 +493,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         // Longer loops are not compiled twice (see `MAX_LOOP_SLOTS`).
         let counted: Vec<_> = counted_loops(insns, start, end).into_iter().filter(|c| c.back_edge - c.head < MAX_LOOP_SLOTS).collect();
         let walked = if self.prog.walk_checks_on_entry() { walked_loops(insns, start, end) } else { vec![] };
-        let observed = self.budget_observed();
+        let observed = if walked.is_empty() && counted.is_empty() { vec![] } else { self.budget_observed() };
         let mut loops = vec![];
         for w in walked {
             let unchecked: Vec<usize> = w.walks.iter().map(|a| a.pc).filter(|&pc| !self.prog.access(pc).proven).collect();
@@ -1148,13 +1156,13 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
     /// a per-CPU array) below `max_entries`, else null. A key the verifier knows gives a fixed
     /// address (or null) without reading it.
     fn inline_array_lookup(&mut self, pc: usize, layout: ArrayLayout) {
-        if self.prog.lookup_key(pc).is_some_and(|k| k >= layout.max_entries) {
+        let known = self.prog.lookup_key(pc);
+        if known.is_some_and(|k| k >= layout.max_entries) {
             // A constant key past the end: always null.
             let null = self.iconst(0);
             self.set(Reg::R0, null);
             return;
         }
-        let known = self.prog.lookup_key(pc);
         let (inside, offset) = match known {
             // A constant key inside: a fixed offset (its value's address, once imported).
             Some(k) => (None, self.iconst(k as i64 * layout.stride as i64)),

@@ -536,11 +536,10 @@ impl Analyzer<'_> {
             Insn::Load { size, signed, dst, base, off } => {
                 let b = s.regs[base.index()];
                 self.record(pc, b, off, size, false, s);
-                s.regs[dst.index()] = match (b.base, b.off.singleton().and_then(|o| o.checked_add(off as i64))) {
-                    (Base::Stack, Some(k)) if size == MemSize::DW && k % 8 == 0 => s.slot(k),
-                    (Base::Stack, Some(k)) if size == MemSize::W && !signed && s.word(k).is_some() => {
-                        Val::scalar(Range::exact(s.word(k).expect("known") as i64))
-                    }
+                let at = b.off.singleton().and_then(|o| o.checked_add(off as i64)).filter(|_| b.base == Base::Stack);
+                s.regs[dst.index()] = match (at, size) {
+                    (Some(k), MemSize::DW) if k % 8 == 0 => s.slot(k),
+                    (Some(k), MemSize::W) if !signed => s.word(k).map_or(Val::scalar(Range::loaded(4, false)), |w| Val::scalar(Range::exact(w as i64))),
                     _ => Val::scalar(Range::loaded(size.bytes(), signed)),
                 };
             }

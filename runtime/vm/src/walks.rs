@@ -330,24 +330,24 @@ pub fn walked_loops(insns: &[Insn], start: usize, end: usize) -> Vec<WalkedLoop>
     let slots: Vec<usize> = (start..end).filter(|&pc| !matches!(insns[pc], Insn::LddwHigh)).collect();
     // Backward jumps as (target, slot); one candidate per target: the range from it that holds
     // every backward jump into it.
-    let back: Vec<(usize, usize)> = slots.iter().filter_map(|&pc| target(pc).filter(|&h| h <= pc && h >= start).map(|h| (h, pc))).collect();
-    let mut candidates: Vec<(usize, usize)> = back
-        .iter()
-        .map(|&(head, _)| {
-            let mut last = head;
-            while let Some(further) = back.iter().filter(|&&(h, pc)| (head..=last).contains(&h) && pc > last).map(|&(_, pc)| pc).max() {
-                last = further;
+    let mut back: Vec<(usize, usize)> = slots.iter().filter_map(|&pc| target(pc).filter(|&h| h <= pc && h >= start).map(|h| (h, pc))).collect();
+    back.sort_unstable();
+    let mut heads: Vec<usize> = back.iter().map(|&(h, _)| h).collect();
+    heads.dedup();
+    // Only loops shorter than MAX_LOOP_SLOTS are kept, so a range stops growing there and only
+    // backward jumps to targets within that distance of its head count.
+    let candidates = heads.into_iter().filter_map(|head| {
+        let near = &back[back.partition_point(|&(h, _)| h < head)..back.partition_point(|&(h, _)| h < head + MAX_LOOP_SLOTS)];
+        let mut last = head;
+        while let Some(further) = near.iter().filter(|&&(h, pc)| h <= last && pc > last).map(|&(_, pc)| pc).max() {
+            last = further;
+            if last - head >= MAX_LOOP_SLOTS {
+                return None;
             }
-            (head, last)
-        })
-        .collect();
-    candidates.sort_unstable();
-    candidates.dedup();
-    candidates
-        .into_iter()
-        .filter(|&(head, last)| last - head < MAX_LOOP_SLOTS)
-        .filter_map(|(head, last)| walked_loop(insns, &slots, start, head, last))
-        .collect()
+        }
+        Some((head, last))
+    });
+    candidates.filter_map(|(head, last)| walked_loop(insns, &slots, start, head, last)).collect()
 }
 
 /// Slot after `pc` (an `lddw` takes two).
