@@ -818,6 +818,81 @@ fn libbpf_tools_opensnoop_sees_every_open_like_the_kernel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Debian's libbpf-tools `mountsnoop` and `sigsnoop -k` (unmodified) through the syscall
+/// server print what they print on the kernel. mountsnoop is the case of code libbpf leaves
+/// for the verifier to prove dead: with ring buffers available it does not create its
+/// `heap` map and turns the references to it (behind a `bpf_core_type_exists` branch) into
+/// calls of a helper that does not exist; it reads the mount namespace through
+/// `bpf_get_current_task()->nsproxy->mnt_ns->ns.inum` and traces `umount2` under its kernel
+/// event name, `sys_enter_umount`.
+#[test]
+fn libbpf_tools_mountsnoop_and_sigsnoop_print_what_the_kernel_prints() {
+    let _serial = serial();
+    let Some(mountsnoop) = installed_or_skip("/usr/sbin/mountsnoop", "libbpf-tools") else { return };
+    let Some(sigsnoop) = installed_or_skip("/usr/sbin/sigsnoop", "libbpf-tools") else { return };
+    if !bpftime_tests::kernel::tracefs_mounted() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("bpftime-mountsnoop-{}", std::process::id()));
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = mnt.display();
+    // A mount, its umount, a mount that fails; without privileges all three fail, alike here
+    // and on the kernel.
+    let mounts = format!("mount -t tmpfs -o size=1m bpftime-test {m}; umount {m}; mount -t no-such-fs bpftime-test {m}; true");
+    // Signals through kill(2): two to processes that do not exist, one to itself (ignored).
+    let kills = "trap '' USR1; kill -USR1 $$; kill -USR2 2147480000; kill -TERM 2147480001; true";
+    // mountsnoop: COMM, MNT_NS and CALL of the lines about our directory (PID and TID differ).
+    let mount_lines = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains(&*m.to_string()))
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {} {}", w[0], w[3], w[4..].join(" "))
+            })
+            .collect()
+    };
+    // sigsnoop: SIG, RESULT and whom (itself, or the target pid) of bash's signals.
+    let signal_lines = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.len() == 6 && w[2] == "bash" && (w[1] == w[4] || w[4].starts_with("214748000"))).then(|| {
+                    let whom = if w[1] == w[4] { "self" } else { w[4] };
+                    format!("{} {whom} {}", w[3], w[5])
+                })
+            })
+            .collect()
+    };
+    let mut ours = vec![];
+    for (tool, script) in [(&mountsnoop, &mounts), (&sigsnoop, &kills.to_string())] {
+        let shm = format!("bpftime-mountsnoop-{}", std::process::id());
+        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+        let mut cmd = bpftime(&shm);
+        cmd.args(["load", "--"]).arg(tool);
+        if tool == &sigsnoop {
+            cmd.arg("-k");
+        }
+        let out = tool_session(cmd, Some(&shm), bpftime(&shm).args(["start", "--", "bash", "-c", script]), &dir.join("ours"), true);
+        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        ours.push(out);
+    }
+    let (mount_ours, signal_ours) = (mount_lines(&ours[0]), signal_lines(&ours[1]));
+    assert_eq!(mount_ours.len(), 3, "{}", ours[0]);
+    assert_eq!(signal_ours, ["10 self 0", "12 2147480000 -3", "15 2147480001 -3"], "{}", ours[1]);
+    if is_root() {
+        let out = tool_session(Command::new(&mountsnoop), None, Command::new("bash").args(["-c", &mounts]), &dir.join("kernel"), true);
+        assert_eq!(mount_ours, mount_lines(&out), "the kernel's:\n{out}\nours:\n{}", ours[0]);
+        let mut k = Command::new(&sigsnoop);
+        k.arg("-k");
+        let out = tool_session(k, None, Command::new("bash").args(["-c", kills]), &dir.join("kernel"), true);
+        assert_eq!(signal_ours, signal_lines(&out), "the kernel's:\n{out}");
+    }
+    let _ = std::process::Command::new("umount").arg(&mnt).output();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// bpftrace (unmodified) on system call tracepoints, `syscalls:sys_enter_openat` and
 /// `raw_syscalls:sys_exit` (every call, filtered by number), counts the target's opens as it
 /// does on the kernel.

@@ -145,6 +145,9 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
     let mut dynamic = false;
     for (pc, insn) in prog.insns().iter().enumerate() {
         match insn {
+            // A helper the CPU side lacks too: the verifier proved no run calls it (a fault
+            // if one ever did).
+            Insn::Call(CallTarget::Helper(id)) if prog.helpers().get(*id).is_none() => {}
             Insn::Call(CallTarget::Helper(id)) => {
                 if helpers.get(*id).is_none() {
                     let name = prog.helpers().get(*id).map_or("?", |h| h.name);
@@ -521,10 +524,13 @@ impl<'a> FunctionWriter<'a> {
                 self.condition(width, cond, dst, src);
                 self.jump(pc, target, Some("%p0"));
             }
-            Insn::Call(CallTarget::Helper(id)) => {
-                let name = self.ctx.helpers.get(id).expect("checked before").func_name();
-                self.call_helper(pc, &name);
-            }
+            Insn::Call(CallTarget::Helper(id)) => match self.ctx.helpers.get(id) {
+                Some(h) => self.call_helper(pc, &h.func_name()),
+                None => {
+                    let fault = self.fault_block(pc, state::FAULT_UNKNOWN_HELPER, &id.to_string(), 0);
+                    self.line(format!("bra {fault};"));
+                }
+            },
             Insn::CallReg(r) => self.call_dynamic(pc, r),
             Insn::Call(CallTarget::Local(off)) => {
                 let target = (pc as i64 + 1 + off as i64) as usize;

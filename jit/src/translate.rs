@@ -985,15 +985,24 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             }
             Insn::Call(CallTarget::Helper(id)) => match self.prog.inline_lookup(pc) {
                 Some(layout) => self.inline_array_lookup(pc, layout),
-                None => {
-                    let helper = self.prog.helpers().get(id).expect("verified helper");
-                    let callee = self.import(Import::Helper(id));
-                    if helper.effects.never_stops {
-                        self.call_helper_raw(callee);
-                    } else {
-                        self.call_helper(pc, callee);
+                None => match self.prog.helpers().get(id) {
+                    Some(helper) => {
+                        let callee = self.import(Import::Helper(id));
+                        if helper.effects.never_stops {
+                            self.call_helper_raw(callee);
+                        } else {
+                            self.call_helper(pc, callee);
+                        }
                     }
-                }
+                    // A helper we lack: the verifier proved no run gets here.
+                    None => {
+                        let id = self.iconst(id as i64);
+                        self.raise(pc, RAISE_UNKNOWN_HELPER, Some(id));
+                        let after = self.b.create_block();
+                        self.b.seal_block(after);
+                        self.b.switch_to_block(after);
+                    }
+                },
             },
             Insn::CallReg(r) => {
                 let id = self.reg(r);

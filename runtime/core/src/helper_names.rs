@@ -219,3 +219,17 @@ pub const KERNEL_HELPER_NAMES: &[&str] = &[
 pub fn kernel_helper_name(id: u32) -> Option<&'static str> {
     KERNEL_HELPER_NAMES.get(id as usize).copied().filter(|_| id != 0)
 }
+
+/// What a call to helper `id` stands for when no kernel helper has that id: libbpf rewrites an
+/// instruction it could not prepare into such a call ("poison"), counting on the verifier to
+/// find it only in dead code.
+pub fn unknown_helper_meaning(id: u32) -> String {
+    // libbpf's constants: a failed CO-RE relocation (0xbad2310, "bad relo"), a reference to
+    // map N that was not created (2001000000 + N), kfunc N that was not found (2002000000 + N).
+    match id {
+        0xbad2310 => "libbpf's mark of a CO-RE relocation that found no match in the kernel's BTF".into(),
+        2_001_000_000..=2_001_999_999 => format!("libbpf's mark of a reference to map #{} of the object, which was not created", id - 2_001_000_000),
+        2_002_000_000..=2_002_999_999 => format!("libbpf's mark of a call to kfunc #{} of the object, which was not found", id - 2_002_000_000),
+        _ => "not a kernel helper".into(),
+    }
+}

@@ -3,7 +3,7 @@
 //! references resolved for this process.
 
 use crate::handles::map_ref;
-use crate::helper_names::kernel_helper_name;
+use crate::helper_names::{kernel_helper_name, unknown_helper_meaning};
 use crate::helpers::kernel_helpers;
 use crate::progs::{self, StoredProgram};
 use bpftime_jit::aot::{AotEntry, AotObject};
@@ -500,11 +500,11 @@ impl Runtime {
 
     fn verify_error(&self, program: &str, error: VerifyError) -> LoadError {
         if let VerifyErrorKind::UnknownHelper(id) = error.kind {
-            let name = kernel_helper_name(id).map(|n| format!("bpf_{n}")).unwrap_or_else(|| "not a kernel helper".into());
-            return LoadError::Program {
-                program: program.to_string(),
-                message: format!("insn {}: helper {id} ({name}) is not supported by bpftime", error.insn),
+            let message = match kernel_helper_name(id) {
+                Some(name) => format!("insn {}: helper {id} (bpf_{name}) is not supported by bpftime", error.insn),
+                None => format!("insn {}: call to helper {id} ({}) on a path a run may take", error.insn, unknown_helper_meaning(id)),
             };
+            return LoadError::Program { program: program.to_string(), message };
         }
         LoadError::Verify { program: program.to_string(), error }
     }

@@ -338,6 +338,8 @@ pub const SYSCALLS: &[(u32, &str)] = &[
     (332, "statx"),
     (333, "io_pgetevents"),
     (334, "rseq"),
+    (335, "uretprobe"),
+    (336, "uprobe"),
     (424, "pidfd_send_signal"),
     (425, "io_uring_setup"),
     (426, "io_uring_enter"),
@@ -365,10 +367,34 @@ pub const SYSCALLS: &[(u32, &str)] = &[
     (448, "process_mrelease"),
     (449, "futex_waitv"),
     (450, "set_mempolicy_home_node"),
+    (451, "cachestat"),
+    (452, "fchmodat2"),
+    (453, "map_shadow_stack"),
+    (454, "futex_wake"),
+    (455, "futex_wait"),
+    (456, "futex_requeue"),
+    (457, "statmount"),
+    (458, "listmount"),
+    (459, "lsm_get_self_attr"),
+    (460, "lsm_set_self_attr"),
+    (461, "lsm_list_modules"),
+    (462, "mseal"),
+    (463, "setxattrat"),
+    (464, "getxattrat"),
+    (465, "listxattrat"),
+    (466, "removexattrat"),
+    (467, "open_tree_attr"),
+    (468, "file_getattr"),
+    (469, "file_setattr"),
+    (470, "listns"),
+    (471, "rseq_slice_yield"),
 ];
 
-/// Tracepoint names that differ from the uapi ones (the kernel's `sys_newstat` and friends).
-const TRACEPOINT_NAMES: [(&str, &str); 4] = [("newstat", "stat"), ("newlstat", "lstat"), ("newfstat", "fstat"), ("newuname", "uname")];
+/// Tracepoint names that differ from the uapi ones: the kernel names an event after the
+/// function that `SYSCALL_DEFINE` made (`sys_newstat` is call 4, `stat`; `sys_umount` is
+/// `umount2`).
+const TRACEPOINT_NAMES: [(&str, &str); 6] =
+    [("newstat", "stat"), ("newlstat", "lstat"), ("newfstat", "fstat"), ("newuname", "uname"), ("umount", "umount2"), ("sendfile64", "sendfile")];
 
 /// The number of system call `name` on x86-64 (uapi or tracepoint spelling).
 pub fn number(name: &str) -> Option<u32> {
@@ -390,5 +416,26 @@ mod tests {
         assert_eq!(super::name(0), Some("read"));
         assert_eq!(super::number("no_such_call"), None);
         assert_eq!(super::number("newstat"), Some(4));
+        assert_eq!(super::number("umount"), Some(166));
+        assert_eq!(super::number("sendfile64"), Some(40));
+        assert_eq!(super::number("uprobe"), Some(336));
+        assert_eq!(super::number("rseq_slice_yield"), Some(471));
+    }
+
+    /// Every system call event this kernel has names a call we know (skipped without tracefs).
+    #[test]
+    fn every_event_of_this_kernel_has_a_number() {
+        let Some(dir) =
+            ["/sys/kernel/tracing/events/syscalls", "/sys/kernel/debug/tracing/events/syscalls"].into_iter().find_map(|d| std::fs::read_dir(d).ok())
+        else {
+            println!("skipping: tracefs is not mounted");
+            return;
+        };
+        let unknown: Vec<String> = dir
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix("sys_enter_").map(str::to_string))
+            .filter(|n| super::number(n).is_none())
+            .collect();
+        assert!(unknown.is_empty(), "events without a number: {unknown:?}");
     }
 }

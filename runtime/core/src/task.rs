@@ -1,16 +1,18 @@
 //! `bpf_get_current_task` in userspace: a stand-in `struct task_struct` per thread, laid out
 //! from the kernel's BTF (`/sys/kernel/btf/vmlinux`), so that programs compiled against
 //! `vmlinux.h` and relocated by CO-RE read real values where they read the fields tools use:
-//! `pid` (the thread id), `tgid` (the process id), `comm`, and `real_parent`/`parent` (a
-//! stand-in parent whose `pid` and `tgid` are the parent process's). Every other field reads
-//! as zero.
+//! `pid` (the thread id), `tgid` (the process id), `comm`, `real_parent`/`parent` (a
+//! stand-in parent whose `pid` and `tgid` are the parent process's), and `nsproxy`, whose
+//! namespaces (`mnt_ns`, `pid_ns_for_children`, `net_ns`, `uts_ns`, `ipc_ns`, `cgroup_ns`,
+//! `time_ns`) carry their `ns.inum`, the inode number `/proc/self/ns/*` shows (tools filter
+//! and print mount namespaces by it). Every other field reads as zero.
 
 use bpftime_object::btf::{Btf, Kind};
 use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// Byte offsets of the fields we fill, and the struct's size.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Layout {
     size: usize,
     pid: usize,
@@ -18,24 +20,108 @@ struct Layout {
     comm: usize,
     real_parent: usize,
     parent: usize,
+    /// `task_struct.nsproxy` and what it points to, where the kernel's BTF describes them.
+    nsproxy: Option<NsLayout>,
 }
 
-fn layout() -> Option<Layout> {
-    static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
-    *LAYOUT.get_or_init(|| {
-        let btf = Btf::parse(&std::fs::read("/sys/kernel/btf/vmlinux").ok()?).ok()?;
-        let id = *btf.find(Kind::Struct, "task_struct").first()?;
-        let t = btf.get(id).ok()?;
-        let at = |name: &str| t.members.iter().find(|m| m.name == name).map(|m| (m.offset / 8) as usize);
-        Some(Layout {
-            size: t.size_or_type as usize,
-            pid: at("pid")?,
-            tgid: at("tgid")?,
-            comm: at("comm")?,
-            real_parent: at("real_parent")?,
-            parent: at("parent")?,
+/// Where a stand-in `struct nsproxy` keeps its namespace pointers, and where each namespace
+/// keeps `ns.inum`.
+#[derive(Clone, Debug)]
+struct NsLayout {
+    /// Offset of `nsproxy` in `task_struct`.
+    in_task: usize,
+    /// Bytes of `struct nsproxy`.
+    size: usize,
+    /// Per namespace: its pointer's offset in `nsproxy`, its `/proc/self/ns` name, and the
+    /// offset of `ns.inum` in the namespace's struct.
+    spaces: Vec<(usize, &'static str, usize)>,
+}
+
+/// `nsproxy` member and `/proc/self/ns` entry of each namespace we describe.
+const NAMESPACES: [(&str, &str); 7] = [
+    ("mnt_ns", "mnt"),
+    ("pid_ns_for_children", "pid_for_children"),
+    ("net_ns", "net"),
+    ("uts_ns", "uts"),
+    ("ipc_ns", "ipc"),
+    ("cgroup_ns", "cgroup"),
+    ("time_ns", "time"),
+];
+
+/// Byte offset of member `name` of struct `id`, and the member's type (modifiers skipped).
+fn member(btf: &Btf, id: u32, name: &str) -> Option<(usize, u32)> {
+    let t = btf.get(id).ok()?;
+    let m = t.members.iter().find(|m| m.name == name)?;
+    let bits = if t.kind_flag { m.offset & 0xff_ffff } else { m.offset };
+    Some(((bits / 8) as usize, btf.skip_mods(m.type_id).ok()?))
+}
+
+/// The struct a pointer-typed member points to.
+fn pointee(btf: &Btf, ptr: u32) -> Option<u32> {
+    let t = btf.get(ptr).ok()?;
+    (t.kind == Kind::Ptr).then(|| btf.skip_mods(t.size_or_type).ok()).flatten()
+}
+
+fn ns_layout(btf: &Btf, task: u32) -> Option<NsLayout> {
+    let (in_task, ptr) = member(btf, task, "nsproxy")?;
+    let nsproxy = pointee(btf, ptr)?;
+    let size = btf.size_of(nsproxy).ok()? as usize;
+    let spaces = NAMESPACES
+        .iter()
+        .filter_map(|&(field, proc_name)| {
+            let (at, ptr) = member(btf, nsproxy, field)?;
+            let (ns, common) = member(btf, pointee(btf, ptr)?, "ns")?;
+            let (inum, _) = member(btf, common, "inum")?;
+            Some((at, proc_name, ns + inum))
         })
-    })
+        .collect();
+    Some(NsLayout { in_task, size, spaces })
+}
+
+fn layout() -> Option<&'static Layout> {
+    static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
+    LAYOUT
+        .get_or_init(|| {
+            let btf = Btf::parse(&std::fs::read("/sys/kernel/btf/vmlinux").ok()?).ok()?;
+            let id = *btf.find(Kind::Struct, "task_struct").first()?;
+            let t = btf.get(id).ok()?;
+            let at = |name: &str| member(&btf, id, name).map(|(off, _)| off);
+            Some(Layout {
+                size: t.size_or_type as usize,
+                pid: at("pid")?,
+                tgid: at("tgid")?,
+                comm: at("comm")?,
+                real_parent: at("real_parent")?,
+                parent: at("parent")?,
+                nsproxy: ns_layout(&btf, id),
+            })
+        })
+        .as_ref()
+}
+
+/// Room for each stand-in namespace struct: enough for any `ns.inum` offset we accept.
+const NS_ROOM: usize = 256;
+
+/// Bytes of one thread's stand-ins: its task, its parent, the nsproxy and the namespaces.
+fn stand_in_size(l: &Layout) -> usize {
+    2 * l.size + l.nsproxy.as_ref().map_or(0, |ns| ns.size + NAMESPACES.len() * NS_ROOM)
+}
+
+/// Fills the stand-in nsproxy (`room` holds it and then the namespaces) of `task` at `base`.
+fn fill_namespaces(ns: &NsLayout, task: &mut [u8], room: &mut [u8], base: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (proxy, spaces) = room.split_at_mut(ns.size);
+    for (i, &(at, proc_name, inum)) in ns.spaces.iter().enumerate() {
+        if inum + 4 > NS_ROOM || at + 8 > ns.size {
+            continue;
+        }
+        let space = &mut spaces[i * NS_ROOM..(i + 1) * NS_ROOM];
+        let ino = std::fs::metadata(format!("/proc/self/ns/{proc_name}")).map_or(0, |m| m.ino() as u32);
+        put32(space, inum, ino);
+        let addr = base + (ns.size + i * NS_ROOM) as u64;
+        proxy[at..at + 8].copy_from_slice(&addr.to_le_bytes());
+    }
+    task[ns.in_task..ns.in_task + 8].copy_from_slice(&base.to_le_bytes());
 }
 
 thread_local! {
@@ -52,14 +138,24 @@ fn put32(buf: &mut [u8], at: usize, v: u32) {
 /// 0 when the kernel's BTF cannot be read.
 pub fn current_task(pid: u32, tid: u32, comm: &[u8]) -> u64 {
     let Some(l) = layout() else { return 0 };
+    let size = stand_in_size(l);
     TASK.try_with(|cell| {
-        if cell.get() == 0 {
-            let both: &'static mut [u8] = Box::leak(vec![0u8; 2 * l.size].into_boxed_slice());
-            cell.set(both.as_mut_ptr() as usize);
+        let fresh = cell.get() == 0;
+        if fresh {
+            let all: &'static mut [u8] = Box::leak(vec![0u8; size].into_boxed_slice());
+            cell.set(all.as_mut_ptr() as usize);
         }
-        // SAFETY: the 2 * size bytes leaked above for this thread, only used by this thread.
-        let both = unsafe { std::slice::from_raw_parts_mut(cell.get() as *mut u8, 2 * l.size) };
-        let (task, parent) = both.split_at_mut(l.size);
+        // SAFETY: the `size` bytes leaked above for this thread, only used by this thread.
+        let all = unsafe { std::slice::from_raw_parts_mut(cell.get() as *mut u8, size) };
+        let (task, rest) = all.split_at_mut(l.size);
+        let (parent, room) = rest.split_at_mut(l.size);
+        if fresh {
+            // Namespaces change rarely (unshare, setns): read once per thread.
+            if let Some(ns) = &l.nsproxy {
+                let base = room.as_ptr() as u64;
+                fill_namespaces(ns, task, room, base);
+            }
+        }
         put32(task, l.pid, tid);
         put32(task, l.tgid, pid);
         let n = comm.len().min(15);
@@ -75,4 +171,33 @@ pub fn current_task(pid: u32, tid: u32, comm: &[u8]) -> u64 {
         cell.get() as u64
     })
     .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The stand-in's `nsproxy->mnt_ns->ns.inum` is this process's mount namespace, at the
+    /// offsets the kernel's BTF gives (skipped where the kernel has no BTF).
+    #[test]
+    fn namespaces_carry_their_inode_numbers() {
+        let Some(l) = layout() else {
+            println!("skipping: no /sys/kernel/btf/vmlinux");
+            return;
+        };
+        let ns = l.nsproxy.as_ref().expect("the kernel's BTF describes nsproxy");
+        let task = current_task(1, 2, b"x");
+        let read = |addr: u64, off: usize, n: usize| -> Vec<u8> {
+            // SAFETY: addresses inside this thread's stand-ins, which live for the thread.
+            unsafe { std::slice::from_raw_parts((addr as usize + off) as *const u8, n) }.to_vec()
+        };
+        let u64_at = |addr: u64, off: usize| u64::from_le_bytes(read(addr, off, 8).try_into().unwrap());
+        let proxy = u64_at(task, ns.in_task);
+        let &(at, _, inum) = ns.spaces.iter().find(|s| s.1 == "mnt").expect("mnt_ns");
+        let mnt = u64_at(proxy, at);
+        let got = u32::from_le_bytes(read(mnt, inum, 4).try_into().unwrap());
+        assert_eq!(got, std::fs::metadata("/proc/self/ns/mnt").unwrap().ino() as u32);
+        assert!(ns.spaces.len() >= 6, "{:?}", ns.spaces);
+    }
 }

@@ -276,6 +276,10 @@ pub(crate) struct Analysis {
     /// Engines may check a walked loop's accesses once on entry (see [`crate::walks`]) rather
     /// than on every iteration; false when every check is kept.
     pub walk_checks_on_entry: bool,
+    /// Per slot: whether some run may execute it. False only where the analysis of its
+    /// function completed and no path it followed leads there (code behind a branch on a
+    /// constant, as libbpf leaves behind `bpf_core_field_exists` and the like).
+    pub reachable: Vec<bool>,
 }
 
 /// Analyses every function of a program whose control flow the verifier has checked.
@@ -326,6 +330,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
         lookup_keys: HashMap::new(),
         call_args: HashMap::new(),
         frames_above: 0,
+        reached: vec![false; insns.len()],
     };
     // Per function: whether its analysis completed, and how many frames are above its own on
     // every path to it (the frames a stack pointer it was given may point into).
@@ -359,6 +364,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
         if !complete[fi] {
             // Too costly to analyse: keep every check in it.
             for pc in f.start..f.end {
+                a.reached[pc] = true;
                 a.access[pc] = Access::default();
                 a.ctx_end[pc] = 0;
                 a.inline_lookups.remove(&pc);
@@ -370,6 +376,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
         if !order.contains(&fi) {
             // Not reached by the order (cannot happen for a verified program): nothing proven.
             for pc in f.start..f.end {
+                a.reached[pc] = true;
                 a.access[pc] = Access::default();
                 a.ctx_end[pc] = 0;
                 a.inline_lookups.remove(&pc);
@@ -386,7 +393,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
     }
     let inline_lookups: HashMap<usize, ArrayLayout> = a.inline_lookups.into_iter().filter_map(|(pc, l)| Some((pc, l?))).collect();
     let lookup_keys = a.lookup_keys.into_iter().filter(|(pc, _)| inline_lookups.contains_key(pc)).collect();
-    Analysis { access: a.access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry: true }
+    Analysis { access: a.access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry: true, reachable: a.reached }
 }
 
 struct Analyzer<'a> {
@@ -405,6 +412,8 @@ struct Analyzer<'a> {
     call_args: HashMap<usize, [Val; 5]>,
     /// Frames above the current function's on every path to it.
     frames_above: usize,
+    /// Slots the analysis has stepped through.
+    reached: Vec<bool>,
 }
 
 /// Where control goes after one instruction.
@@ -495,6 +504,7 @@ impl Analyzer<'_> {
     }
 
     fn step(&mut self, pc: usize, s: &mut State) -> Next {
+        self.reached[pc] = true;
         let insn = self.insns[pc];
         match insn {
             Insn::Alu { width, op, dst, src } => {

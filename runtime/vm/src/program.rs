@@ -75,7 +75,7 @@ impl Program {
         resolved: Vec<usize>,
         helpers: Arc<HelperTable>,
     ) -> Self {
-        let Analysis { access, ctx: ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry } = proofs;
+        let Analysis { access, ctx: ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: _ } = proofs;
         Program { insns, functions, depths, access, ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, pointees, resolved, helpers }
     }
 

@@ -224,7 +224,8 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
             lookup_keys.insert(pc, u32::try_from(key).map_err(|_| RecordError::Malformed("lookup key"))?);
         }
     }
-    let proofs = Analysis { access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry };
+    // Reachability served the verifier alone; a program does not keep it.
+    let proofs = Analysis { access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: vec![] };
     Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))
 }
 

@@ -2,7 +2,8 @@
 //!
 //! It rejects, naming the instruction index and the reason: undecodable slots, writes to r10,
 //! jumps out of range, into the middle of an `lddw` or out of their function, code that falls
-//! off the end of a function, calls to unknown helpers, kfuncs, bad local-call targets, stack
+//! off the end of a function, calls to unknown helpers (where a run may reach them: see
+//! [`crate::analysis::Analysis::reachable`]), kfuncs, bad local-call targets, stack
 //! accesses through r10 outside the 512-byte frame, recursion and call chains deeper than
 //! [`MAX_CALL_DEPTH`]. Then its range analysis ([`crate::analysis`]) proves what accesses it
 //! can in bounds; the engines check the others at run time ([`Checks::All`] keeps every check).
@@ -176,9 +177,14 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
         .map(|(i, &start)| Function { start, end: starts.get(i + 1).copied().unwrap_or(n), callback: callbacks.contains(&start) })
         .collect();
 
+    // Calls to helpers we do not have are refused only where a run may reach them: libbpf
+    // leaves such calls (its "poison") in code behind branches on constants, where a CO-RE
+    // relocation found nothing or a map was not created, and counts on the verifier to
+    // prove that code dead, as the kernel's does.
+    let mut unknown_calls = vec![];
     for f in &functions {
         for pc in f.start..f.end {
-            check_insn(&insns, pc, f, &helpers)?;
+            check_insn(&insns, pc, f, &helpers, &mut unknown_calls)?;
         }
         let last = f.end - 1;
         if !matches!(insns[last], Insn::Exit | Insn::Ja { .. }) {
@@ -187,6 +193,9 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
     }
     let depths = check_call_graph(&insns, &functions)?;
     let mut proofs = analysis::analyze(&insns, &functions, &helpers, &pointees, &resolved);
+    if let Some(&(pc, id)) = unknown_calls.iter().find(|&&(pc, _)| proofs.reachable[pc]) {
+        return Err(err(pc, VerifyErrorKind::UnknownHelper(id)));
+    }
     if checks == Checks::All {
         proofs.access.iter_mut().for_each(|a| *a = Access { proven: false, ..*a });
         proofs.ctx = Default::default();
@@ -206,7 +215,9 @@ pub(crate) fn resolve_lddw(insns: &mut [Insn], pc: usize, resolver: &dyn LddwRes
     Ok(resolver.pointee(kind, lo, hi))
 }
 
-fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable) -> Result<(), VerifyError> {
+/// Checks one instruction of function `f`; calls to helpers `helpers` lacks go to
+/// `unknown_calls` (slot, helper id) for the caller to refuse where they are reachable.
+fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable, unknown_calls: &mut Vec<(usize, u32)>) -> Result<(), VerifyError> {
     let insn = insns[pc];
     if insn.written_reg() == Some(Reg::FP) {
         return Err(err(pc, VerifyErrorKind::WriteToFramePointer));
@@ -234,7 +245,10 @@ fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable) ->
         }
     }
     match insn {
-        Insn::Call(CallTarget::Helper(id)) if helpers.get(id).is_none() => Err(err(pc, VerifyErrorKind::UnknownHelper(id))),
+        Insn::Call(CallTarget::Helper(id)) if helpers.get(id).is_none() => {
+            unknown_calls.push((pc, id));
+            Ok(())
+        }
         Insn::Call(CallTarget::Kfunc(id)) => Err(err(pc, VerifyErrorKind::Kfunc(id))),
         _ => Ok(()),
     }
