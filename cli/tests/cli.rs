@@ -131,6 +131,13 @@ fn errors_are_one_clear_line_and_exit_1() {
     let out = bpftime(&["vm", "run", "/nonexistent/prog.o"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("No such file"));
+    // A CO-RE read of a field the kernel lacks, with no existence check around it.
+    let obj = build_example("core_unguarded");
+    let out = bpftime(&["vm", "run", obj.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("field `no_such_field` of `task_struct___local` not found in the kernel's BTF, and a run may reach this instruction"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -432,14 +432,22 @@ impl Server {
             attr::OBJ_GET_INFO_BY_FD => self.info(a),
             attr::LINK_CREATE => self.link_create(a),
             attr::RAW_TRACEPOINT_OPEN => {
-                // sys_enter / sys_exit run in userspace; other raw tracepoints are the kernel's.
-                let name = user::read_cstr(a.u64(0), 64)?;
-                let event = format!("raw/{name}");
+                // sys_enter / sys_exit run in userspace; other raw tracepoints are the kernel's,
+                // and so are programs that name their target by BTF id (no name: `tp_btf`,
+                // `fentry`, which libbpf attaches this way where `LINK_CREATE` refuses them).
+                let event = match a.u64(0) {
+                    0 => String::new(),
+                    name => format!("raw/{}", user::read_cstr(name, 64)?),
+                };
                 let prog = self.prog_id(a.u32(8))?;
                 if bpftime_runtime::syscall_events::SyscallEvent::parse(&event).is_err() {
                     return match &self.kernel {
                         Some(_) => self.kernel_attach(attr::RAW_TRACEPOINT_OPEN, a, prog, 8),
-                        None => Err(libc::ENOENT),
+                        None => {
+                            let what = event.strip_prefix("raw/").map_or("a kernel function".to_string(), |n| format!("`{n}`"));
+                            eprintln!("bpftime: raw tracepoint {what} is a kernel event: `bpftime load --kernel-passthrough` attaches it in the kernel");
+                            Err(libc::ENOENT)
+                        }
                     };
                 }
                 let pname = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
@@ -460,6 +468,11 @@ impl Server {
             attr::MAP_GET_NEXT_ID => self.next_id(a, ObjectKind::Map),
             attr::PROG_GET_NEXT_ID => self.next_id(a, ObjectKind::Program),
             attr::LINK_GET_NEXT_ID => self.next_id(a, ObjectKind::Link),
+            // No kernel module BTF: libbpf looks there for CO-RE candidates vmlinux lacks
+            // (`bpf_core_type_exists` of a type it does not have) and takes "none" in its
+            // stride, where an error would fail the load. Programs here relocate against
+            // vmlinux alone, as `bpftime run` does.
+            attr::BTF_GET_NEXT_ID => Err(libc::ENOENT),
             // What a kernel without the feature answers, so loaders take their fallbacks.
             _ => Err(libc::EINVAL),
         }
@@ -653,6 +666,17 @@ impl Server {
         if self.load_in_kernel(a) {
             return self.kernel_prog_load(a);
         }
+        if attached_by_btf_id(a.u32(0)) {
+            // fentry/fexit/tp_btf, struct_ops, extensions, LSM: bodies of kernel functions
+            // only, never run here. Refused at load, as by a kernel without them, so tools
+            // take their fallbacks (runqlat's raw tracepoints), and saying how to run them.
+            let msg = format!(
+                "bpftime: program type {} attaches to kernel functions by BTF id: it runs only in the kernel (bpftime load --kernel-passthrough)\n",
+                a.u32(0)
+            );
+            Self::log(a, &msg);
+            return Err(libc::EINVAL);
+        }
         let license = if a.u64(16) == 0 { String::new() } else { user::read_cstr(a.u64(16), 128)? };
         let name = a.name(48);
         // Map fds (and fd_array indices) in `lddw` become region map ids.
@@ -670,14 +694,7 @@ impl Server {
                 // Ours refused it; the kernel's verifier may take it (for kernel events).
                 return self.kernel_prog_load(a);
             }
-            let msg = format!("bpftime: {e}\n");
-            let (log, size) = (a.u64(32), a.u32(28) as usize);
-            if log != 0 && size > 0 {
-                let mut bytes = msg.as_bytes()[..msg.len().min(size - 1)].to_vec();
-                bytes.push(0);
-                let _ = user::write(log, &bytes);
-            }
-            a.set_u32(140, msg.len() as u32 + 1);
+            Self::log(a, &format!("bpftime: {e}\n"));
             return Err(libc::EACCES);
         }
         Self::lock(&self.loaded).insert(id);
@@ -685,6 +702,17 @@ impl Server {
             Self::lock(&k.deferred).insert(id, crate::kernel::Deferred { attr: a.0.clone(), insns, license });
         }
         self.install(Handle::Prog(id))
+    }
+
+    /// Writes `msg` into the loader's verifier log buffer of `PROG_LOAD` attributes `a`.
+    fn log(a: &mut Attr, msg: &str) {
+        let (log, size) = (a.u64(32), a.u32(28) as usize);
+        if log != 0 && size > 0 {
+            let mut bytes = msg.as_bytes()[..msg.len().min(size - 1)].to_vec();
+            bytes.push(0);
+            let _ = user::write(log, &bytes);
+        }
+        a.set_u32(140, msg.len() as u32 + 1);
     }
 
     fn btf_load(&self, a: &Attr) -> Result<i64, Errno> {
@@ -1009,4 +1037,10 @@ impl Server {
             })
             .collect()
     }
+}
+
+/// Program types that attach to kernel functions by BTF id (`BPF_PROG_TYPE_TRACING`,
+/// `STRUCT_OPS`, `EXT`, `LSM`): nothing in userspace can run them.
+fn attached_by_btf_id(prog_type: u32) -> bool {
+    matches!(prog_type, 26..=29)
 }

@@ -11,7 +11,7 @@ use bpftime_jit::cache::{CacheError, CodeCache, Keys, Outcome};
 use bpftime_jit::JitProgram;
 use bpftime_maps::{Map, MapError, MapSpec, MapType};
 use bpftime_object::btf::Btf;
-use bpftime_object::{MapDef, Object, ObjectError, ProgramKind};
+use bpftime_object::{MapDef, Object, ObjectError, ProgramKind, POISON_HELPER};
 use bpftime_shm::{ShmError, ShmRegion};
 use bpftime_vm::analysis::{ArrayLayout, Pointee};
 use bpftime_vm::exec::{run, Context, HelperTable, Region, RunError, RunOptions, Runner, SharedEngine, DEFAULT_LOOP_BUDGET, PROBE_LOOP_BUDGET};
@@ -421,7 +421,14 @@ impl Runtime {
                 _ => self.helpers.clone(),
             };
             if let Err(e) = verify(&insns, helpers, &bpftime_vm::NoMaps) {
-                let e = self.verify_error(&p.name, e);
+                // A poisoned instruction a run may reach: say what CO-RE did not find.
+                let poisoned = p.core_poisoned.iter().find(|(at, _)| *at == e.insn && e.kind == VerifyErrorKind::UnknownHelper(POISON_HELPER as u32));
+                let e = match poisoned {
+                    Some((at, why)) => {
+                        LoadError::Program { program: p.name.clone(), message: format!("insn {at}: {why}, and a run may reach this instruction") }
+                    }
+                    None => self.verify_error(&p.name, e),
+                };
                 refused.push((p.name.clone(), p.section.clone(), e.to_string()));
                 first_error.get_or_insert(e);
             }

@@ -90,6 +90,8 @@ pub struct Type {
     pub kind_flag: bool,
     /// Ints: whether the encoding has `BTF_INT_SIGNED`.
     pub int_signed: bool,
+    /// Ints: the encoding's bit offset (non-zero only in old bitfield-like ints).
+    pub int_bit_offset: u32,
     /// Enums: the enumerators (name, value as raw 64 bits).
     pub values: Vec<(String, u64)>,
 }
@@ -159,6 +161,7 @@ impl Btf {
             members: vec![],
             kind_flag: false,
             int_signed: false,
+            int_bit_offset: 0,
             values: vec![],
         }];
         let mut p = 0;
@@ -169,12 +172,23 @@ impl Btf {
             p += 12;
             let vlen = (info & 0xffff) as usize;
             let kind = Kind::from_u32((info >> 24) & 0x1f).ok_or_else(|| bad(format!("unknown kind {}", (info >> 24) & 0x1f)))?;
-            let mut t =
-                Type { kind, name: name(name_off)?, size_or_type, array: None, members: vec![], kind_flag: info >> 31 != 0, int_signed: false, values: vec![] };
+            let mut t = Type {
+                kind,
+                name: name(name_off)?,
+                size_or_type,
+                array: None,
+                members: vec![],
+                kind_flag: info >> 31 != 0,
+                int_signed: false,
+                int_bit_offset: 0,
+                values: vec![],
+            };
             match kind {
                 Kind::Int => {
-                    // Encoding in bits 24-27; BTF_INT_SIGNED is its bit 0.
-                    t.int_signed = (u32_at(types_bytes, p)? >> 24) & 1 != 0;
+                    // Encoding in bits 24-27 (BTF_INT_SIGNED is its bit 0), bit offset in 16-23.
+                    let word = u32_at(types_bytes, p)?;
+                    t.int_signed = (word >> 24) & 1 != 0;
+                    t.int_bit_offset = (word >> 16) & 0xff;
                     p += 4;
                 }
                 Kind::Var | Kind::DeclTag => p += 4,

@@ -25,7 +25,7 @@ use object::elf::{R_BPF_64_32, R_BPF_64_64};
 use object::{Object as _, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionIndex, SectionKind, SymbolKind};
 use std::collections::HashMap;
 
-pub use crate::core::{CoreError, CoreKind, CoreReloc};
+pub use crate::core::{CoreError, CoreKind, CoreReloc, POISON_HELPER};
 
 /// Why an object could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +168,10 @@ pub struct ObjProgram {
     pub data_relocs: Vec<DataReloc>,
     /// CO-RE relocations not yet applied.
     pub core_relocs: Vec<CoreReloc>,
+    /// Instructions CO-RE relocation replaced with calls of [`core::POISON_HELPER`] (what
+    /// they needed was not found), and why: the verifier refuses them where a run may reach
+    /// them.
+    pub core_poisoned: Vec<(usize, String)>,
 }
 
 /// A parsed object.
@@ -312,7 +316,9 @@ impl Object {
         let Some(local) = &self.btf else { return Ok(()) };
         for p in &mut self.programs {
             for r in std::mem::take(&mut p.core_relocs) {
-                core::apply(&mut p.insns, &r, local, target).map_err(|e| ObjectError::Core { program: p.name.clone(), source: e })?;
+                if let Some(why) = core::apply(&mut p.insns, &r, local, target).map_err(|e| ObjectError::Core { program: p.name.clone(), source: e })? {
+                    p.core_poisoned.push((r.insn, why));
+                }
             }
         }
         Ok(())
@@ -717,7 +723,7 @@ impl<'d, 'f> Parser<'d, 'f> {
             }
             k += 1;
         }
-        Ok(ObjProgram { kind: ProgramKind::from_section(&sec.name), name, section: sec.name.clone(), insns, data_relocs, core_relocs })
+        Ok(ObjProgram { kind: ProgramKind::from_section(&sec.name), name, section: sec.name.clone(), insns, data_relocs, core_relocs, core_poisoned: vec![] })
     }
 }
 
