@@ -728,7 +728,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             match ShmRegion::open(shm) {
                 Ok(_) => {}
                 Err(bpftime_shm::ShmError::Missing(_)) => {
-                    ShmRegion::create(shm, DEFAULT_SIZE).map_err(|e| e.to_string())?;
+                    ShmRegion::create(shm, bpftime_shm::loader_size()).map_err(|e| e.to_string())?;
                 }
                 Err(e) => return Err(e.to_string()),
             }

@@ -590,14 +590,51 @@ fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// bpftrace's `@[ustack] = count()`: its stack map (131,072 stacks of 127 frames, 130 MiB)
+/// fits the region `bpftime load` makes (sparse: only the pages in use take memory), and the
+/// hits are counted by stack as on the kernel.
+#[test]
+fn bpftrace_counts_user_stacks_like_the_kernel() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    let calls = build_target("calls", false);
+    let script = format!("uprobe:{}:add {{ @[ustack] = count(); }}", calls.display());
+    let dir = std::env::temp_dir().join(format!("bpftime-ustack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-ustack-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    // Each stack's count (the frames' addresses differ between runs).
+    let counts = |out: &str| -> Vec<u64> {
+        let mut c: Vec<u64> = out.lines().filter_map(|l| l.strip_prefix("]: ")?.trim().parse().ok()).collect();
+        c.sort_unstable();
+        c
+    };
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).arg("300"), &dir.join("ours"), true);
+    let size = std::fs::metadata(format!("/dev/shm/{shm}")).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(counts(&out).iter().sum::<u64>() == 300 && !counts(&out).is_empty(), "{out}");
+    assert!(size > 130 << 20, "the loader's region: {size} bytes");
+    if is_root() {
+        let mut kernel = Command::new(&bpftrace);
+        kernel.args(["-e", &script]);
+        let k = tool_session(kernel, None, Command::new(&calls).arg("300"), &dir.join("kernel"), true);
+        assert_eq!(counts(&out), counts(&k), "the kernel's:\n{k}\nours:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// bpftrace's `interval` probes (a CPU-clock perf event with a program attached): the server
 /// runs the program in the loader's process on a timer, and the script prints and exits as on
-/// the kernel.
+/// the kernel; with `BEGIN` and `END` probes (run on demand with `BPF_PROG_TEST_RUN`).
 #[test]
 fn bpftrace_interval_probes_tick_like_the_kernel() {
     let _serial = serial();
     let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
-    let script = "interval:ms:50 { @ticks++; if (@ticks == 5) { printf(\"ticks %d\\n\", @ticks); exit(); } }";
+    // BEGIN and END: bpftrace runs them with BPF_PROG_TEST_RUN (the server runs them once,
+    // in the loader's process).
+    let script = "BEGIN { printf(\"begin\\n\"); @start = 7; } interval:ms:50 { @ticks++; if (@ticks == 5) { printf(\"ticks %d\\n\", @ticks); exit(); } } END { printf(\"end %d\\n\", @start); }";
     let shm = format!("bpftime-interval-{}", std::process::id());
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
@@ -609,7 +646,7 @@ fn bpftrace_interval_probes_tick_like_the_kernel() {
     let started = std::time::Instant::now();
     let ours =
         run(Command::new("timeout").arg("60").arg(env!("CARGO_BIN_EXE_bpftime")).args(["--shm", &shm, "load", "--"]).arg(&bpftrace).args(["-e", script]));
-    assert!(ours.contains("ticks 5") && ours.contains("@ticks: 5"), "{ours}");
+    assert!(ours.contains("begin\nticks 5\nend 7") && ours.contains("@ticks: 5"), "{ours}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(250), "five 50 ms periods");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     if is_root() {

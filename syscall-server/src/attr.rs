@@ -14,6 +14,8 @@ pub const MAP_DELETE_ELEM: u32 = 3;
 pub const MAP_GET_NEXT_KEY: u32 = 4;
 /// `BPF_PROG_LOAD`.
 pub const PROG_LOAD: u32 = 5;
+/// `BPF_PROG_TEST_RUN` (`BPF_PROG_RUN`).
+pub const PROG_TEST_RUN: u32 = 10;
 /// `BPF_OBJ_PIN`.
 pub const OBJ_PIN: u32 = 6;
 /// `BPF_OBJ_GET`.

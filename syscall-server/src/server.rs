@@ -428,6 +428,7 @@ impl Server {
                 self.fd_by_id(id, kind)
             }
             attr::PROG_LOAD => self.prog_load(a),
+            attr::PROG_TEST_RUN => self.test_run(a),
             attr::BTF_LOAD => self.btf_load(a),
             attr::OBJ_GET_INFO_BY_FD => self.info(a),
             attr::LINK_CREATE => self.link_create(a),
@@ -702,6 +703,42 @@ impl Server {
             Self::lock(&k.deferred).insert(id, crate::kernel::Deferred { attr: a.0.clone(), insns, license });
         }
         self.install(Handle::Prog(id))
+    }
+
+    /// `BPF_PROG_TEST_RUN` of a raw tracepoint program, as the kernel's
+    /// `bpf_prog_test_run_raw_tp`: run once here, in the loader's process, on `ctx_in` (the
+    /// tracepoint's arguments, at most 12 u64s; none: r1 = 0), its result in `retval`. This is
+    /// how bpftrace runs `BEGIN` and `END`. Other program types cannot be run on demand (the
+    /// kernel answers ENOTSUPP for kprobes and tracepoints too).
+    fn test_run(&self, a: &mut Attr) -> Result<i64, Errno> {
+        /// The kernel's ENOTSUPP (not a userspace errno).
+        const ENOTSUPP: Errno = 524;
+        let id = self.prog_id(a.u32(0))?;
+        let section = progs::load(&self.region, id).map(|p| p.section).ok_or(libc::EBADF)?;
+        if !matches!(section.split('/').next(), Some("raw_tracepoint" | "raw_tp")) {
+            return Err(ENOTSUPP);
+        }
+        let (data_in, data_out, repeat, duration) = (a.u64(16), a.u64(24), a.u32(32), a.u32(36));
+        let (ctx_size, ctx_in, ctx_out, flags, cpu, batch) = (a.u32(40) as usize, a.u64(48), a.u64(56), a.u32(64), a.u32(68), a.u32(72));
+        const ON_CPU: u32 = 1;
+        if data_in != 0 || data_out != 0 || ctx_out != 0 || duration != 0 || repeat != 0 || batch != 0 || ctx_size > 12 * 8 || ctx_size % 8 != 0 {
+            return Err(libc::EINVAL);
+        }
+        if flags & !ON_CPU != 0 || (flags & ON_CPU == 0 && cpu != 0) {
+            return Err(libc::EINVAL);
+        }
+        let args = if ctx_size == 0 { vec![] } else { user::read(ctx_in, ctx_size)? };
+        let prog = self.runtime.program(id).map_err(|_| libc::EINVAL)?;
+        let ctx = if args.is_empty() { bpftime_vm::exec::Context::None } else { bpftime_vm::exec::Context::ReadOnly(&args) };
+        let retval = match self.runtime.run(&prog, ctx, 0, 0, false) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("bpftime: program {id} (`{}`): {e}", prog.name);
+                0
+            }
+        };
+        a.set_u32(4, retval as u32);
+        Ok(0)
     }
 
     /// Writes `msg` into the loader's verifier log buffer of `PROG_LOAD` attributes `a`.

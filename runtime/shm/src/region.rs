@@ -18,6 +18,26 @@ pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 pub const LAYOUT_VERSION: u32 = 7;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
+/// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
+pub const LOADER_SIZE: u64 = 1 << 30;
+
+/// The size of a region made for an unmodified loader, whose maps are sized for the kernel
+/// (bpftrace's stack maps take 130 MiB): [`LOADER_SIZE`], or half of what `/dev/shm` has free
+/// when that is less (a region's pages take memory only once used, but a tmpfs that runs out
+/// under a mapping faults), and never less than [`DEFAULT_SIZE`].
+pub fn loader_size() -> u64 {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: statvfs(3) writes the struct it is given; the path is NUL-terminated.
+    let ok = unsafe { libc::statvfs(c"/dev/shm".as_ptr(), st.as_mut_ptr()) } == 0;
+    if !ok {
+        return DEFAULT_SIZE;
+    }
+    // SAFETY: initialised by the successful call above.
+    let st = unsafe { st.assume_init() };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    (free / 2 / PAGE * PAGE).clamp(DEFAULT_SIZE, LOADER_SIZE)
+}
+
 /// Smallest region accepted.
 pub const MIN_SIZE: u64 = 1 << 20;
 /// Default region name (`BPFTIME_SHM` overrides it).
@@ -566,17 +586,22 @@ impl ShmRegion {
             (usize::MAX, need.div_ceil(PAGE) * PAGE)
         };
         let _g = h.alloc_lock.lock();
-        let block_off = if class != usize::MAX {
-            self.pop_free(&h.free[class], block).map(Ok).unwrap_or_else(|| self.bump(block, BLOCK_HEADER))?
-        } else {
-            self.take_large(block).map(Ok).unwrap_or_else(|| self.bump(block, PAGE))?
+        let reused = if class != usize::MAX { self.pop_free(&h.free[class], block) } else { self.take_large(block) };
+        let block_off = match reused {
+            Some(off) => off,
+            None => self.bump(block, if class != usize::MAX { BLOCK_HEADER } else { PAGE })?,
         };
         // Block header: class (or u32::MAX for large), magic, block size.
         let class_word = if class == usize::MAX { u32::MAX } else { class as u32 };
         let hdr = self.atomic_u64(block_off).ok_or_else(|| self.full(size))?;
         hdr.store(class_word as u64 | (BLOCK_MAGIC as u64) << 32, Ordering::Relaxed);
         self.atomic_u64(block_off + 8).ok_or_else(|| self.full(size))?.store(block, Ordering::Relaxed);
-        self.zero(block_off + BLOCK_HEADER, block - BLOCK_HEADER);
+        // Memory past the frontier has never been handed out: it is still the zeroes the file
+        // was created with, and pages nobody touches take no memory (a large map costs what
+        // it uses). A reused block is cleared.
+        if reused.is_some() {
+            self.zero(block_off + BLOCK_HEADER, block - BLOCK_HEADER);
+        }
         h.used.fetch_add(block, Ordering::Relaxed);
         Ok(block_off + BLOCK_HEADER)
     }
