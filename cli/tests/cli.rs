@@ -473,6 +473,23 @@ fn ahead_of_time_objects_run_without_compiling_where_they_match() {
     std::fs::remove_file(&aot).unwrap();
 }
 
+/// The agent's long-lived descriptors (the code cache's directory) sit above the numbers an
+/// application uses, so a traced program gets the descriptors it gets alone (its first open is
+/// fd 3, as opensnoop shows on the kernel).
+#[test]
+fn the_agent_leaves_low_descriptors_to_the_application() {
+    let shm = format!("bpftime-cli-fds-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    assert!(bpftime_shm(&shm, &["shm", "create", "--size", "16M"]).status.success());
+    let obj = build_example("uprobe_calls");
+    let low = |out: &[u8]| -> Vec<String> { text(out).lines().filter(|l| l.parse::<u32>().is_ok_and(|fd| fd < 900)).map(String::from).collect() };
+    let traced = bpftime_shm(&shm, &["start", "--program", obj.to_str().unwrap(), "--", "ls", "/proc/self/fd"]);
+    assert!(traced.status.success(), "{}", text(&traced.stderr));
+    let alone = Command::new("ls").arg("/proc/self/fd").output().unwrap();
+    assert_eq!(low(&traced.stdout), low(&alone.stdout), "{}", text(&traced.stdout));
+    assert!(bpftime_shm(&shm, &["shm", "remove"]).status.success());
+}
+
 #[test]
 fn start_with_a_program_loads_it_into_the_region() {
     let shm = format!("bpftime-cli-program-{}", std::process::id());

@@ -945,7 +945,7 @@ fn libbpf_tools_opensnoop_sees_every_open_like_the_kernel() {
 /// `heap` map and turns the references to it (behind a `bpf_core_type_exists` branch) into
 /// calls of a helper that does not exist; it reads the mount namespace through
 /// `bpf_get_current_task()->nsproxy->mnt_ns->ns.inum` and traces `umount2` under its kernel
-/// event name, `sys_enter_umount`.
+/// event name, `sys_enter_umount`. bpftrace's killsnoop.bt prints the same signals.
 #[test]
 fn libbpf_tools_mountsnoop_and_sigsnoop_print_what_the_kernel_prints() {
     let _serial = serial();
@@ -1002,6 +1002,25 @@ fn libbpf_tools_mountsnoop_and_sigsnoop_print_what_the_kernel_prints() {
     let (mount_ours, signal_ours) = (mount_lines(&ours[0]), signal_lines(&ours[1]));
     assert_eq!(mount_ours.len(), 3, "{}", ours[0]);
     assert_eq!(signal_ours, ["10 self 0", "12 2147480000 -3", "15 2147480001 -3"], "{}", ours[1]);
+    // bpftrace's own killsnoop.bt: its tracepoint argument structs come from the kernel's BTF,
+    // which bpftrace reads through bpf() (BTF object 1), so the server must give it.
+    let killsnoop_bt = Path::new("/usr/sbin/killsnoop.bt");
+    let bpftrace = which("bpftrace").ok().filter(|_| killsnoop_bt.exists());
+    if let Some(bpftrace) = &bpftrace {
+        let shm = format!("bpftime-killsnoop-{}", std::process::id());
+        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        let mut cmd = bpftime(&shm);
+        cmd.args(["load", "--"]).arg(bpftrace).arg(killsnoop_bt);
+        let out = tool_session(cmd, Some(&shm), bpftime(&shm).args(["start", "--", "bash", "-c", kills]), &dir.join("ours-bt"), true);
+        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        assert_eq!(signal_lines(&out), signal_ours, "killsnoop.bt:\n{out}");
+        if is_root() {
+            let mut k = Command::new(bpftrace);
+            k.arg(killsnoop_bt);
+            let out = tool_session(k, None, Command::new("bash").args(["-c", kills]), &dir.join("kernel-bt"), true);
+            assert_eq!(signal_lines(&out), signal_ours, "killsnoop.bt on the kernel:\n{out}");
+        }
+    }
     if is_root() {
         let out = tool_session(Command::new(&mountsnoop), None, Command::new("bash").args(["-c", &mounts]), &dir.join("kernel"), true);
         assert_eq!(mount_ours, mount_lines(&out), "the kernel's:\n{out}\nours:\n{}", ours[0]);

@@ -33,12 +33,24 @@ fn fd_result(fd: libc::c_int) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Lowest descriptor number a long-lived descriptor of ours takes.
+const HIGH_FD: libc::c_int = 900;
+
+/// `file` moved to a descriptor number at or above [`HIGH_FD`] where the limit allows: the
+/// traced application then gets the numbers it gets without us (its first `open` is fd 3).
+/// See fcntl(2) `F_DUPFD_CLOEXEC` <https://man7.org/linux/man-pages/man2/fcntl.2.html>.
+fn above_application_fds(file: File) -> File {
+    // SAFETY: fcntl(2) on a descriptor we own; the new descriptor is owned by nobody else.
+    let high = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD) };
+    fd_result(high).unwrap_or(file)
+}
+
 impl Dir {
     /// Opens the directory at `path` (not a link to one) and says what it is.
     pub(crate) fn open(path: &Path) -> io::Result<(Dir, Metadata)> {
         let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
         // SAFETY: open(2) of a NUL-terminated path; the result is checked.
-        let dir = fd_result(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) })?;
+        let dir = above_application_fds(fd_result(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) })?);
         let meta = dir.metadata()?;
         Ok((Dir { dir }, meta))
     }

@@ -38,6 +38,8 @@ pub const BTF_LOAD: u32 = 18;
 pub const MAP_LOOKUP_AND_DELETE_ELEM: u32 = 21;
 /// `BPF_MAP_FREEZE`.
 pub const MAP_FREEZE: u32 = 22;
+/// `BPF_BTF_GET_FD_BY_ID`.
+pub const BTF_GET_FD_BY_ID: u32 = 19;
 /// `BPF_BTF_GET_NEXT_ID`.
 pub const BTF_GET_NEXT_ID: u32 = 23;
 /// `BPF_MAP_LOOKUP_BATCH`.

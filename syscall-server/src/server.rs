@@ -46,6 +46,8 @@ pub enum Handle {
     Prog(u32),
     /// BTF (index into our BTF list).
     Btf(usize),
+    /// The kernel's own BTF (`/sys/kernel/btf/vmlinux`, id [`KERNEL_BTF_ID`]).
+    KernelBtf,
     /// A link (region object id).
     Link(u32),
     /// A uprobe perf event.
@@ -306,7 +308,7 @@ impl Server {
             Handle::Map(_) => "anon_inode:bpf-map",
             Handle::Prog(_) => "anon_inode:bpf-prog",
             Handle::Link(_) => "anon_inode:bpf_link",
-            Handle::Btf(_) => "anon_inode:btf",
+            Handle::Btf(_) | Handle::KernelBtf => "anon_inode:btf",
             Handle::Uprobe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => "anon_inode:[perf_event]",
         })
     }
@@ -469,11 +471,20 @@ impl Server {
             attr::MAP_GET_NEXT_ID => self.next_id(a, ObjectKind::Map),
             attr::PROG_GET_NEXT_ID => self.next_id(a, ObjectKind::Program),
             attr::LINK_GET_NEXT_ID => self.next_id(a, ObjectKind::Link),
-            // No kernel module BTF: libbpf looks there for CO-RE candidates vmlinux lacks
-            // (`bpf_core_type_exists` of a type it does not have) and takes "none" in its
-            // stride, where an error would fail the load. Programs here relocate against
-            // vmlinux alone, as `bpftime run` does.
-            attr::BTF_GET_NEXT_ID => Err(libc::ENOENT),
+            // The kernel's BTF objects: vmlinux's alone (bpftrace reads its types this way;
+            // libbpf looks for CO-RE candidates vmlinux lacks in the others, and finds none
+            // here, as `bpftime run` relocates against vmlinux alone).
+            attr::BTF_GET_NEXT_ID => match a.u32(0) < KERNEL_BTF_ID && kernel_btf().is_some() {
+                true => {
+                    a.set_u32(4, KERNEL_BTF_ID);
+                    Ok(0)
+                }
+                false => Err(libc::ENOENT),
+            },
+            attr::BTF_GET_FD_BY_ID => match a.u32(0) == KERNEL_BTF_ID && kernel_btf().is_some() {
+                true => self.install(Handle::KernelBtf),
+                false => Err(libc::ENOENT),
+            },
             // What a kernel without the feature answers, so loaders take their fallbacks.
             _ => Err(libc::EINVAL),
         }
@@ -805,10 +816,35 @@ impl Server {
                 48
             }
             Handle::Btf(i) => {
-                // struct bpf_btf_info: btf, btf_size, id
+                // struct bpf_btf_info: btf, btf_size, id (loaded BTF ids follow vmlinux's)
                 let size = Self::lock(&self.btfs).get(i).map_or(0, |b| b.len());
                 put32(&mut info, 8, size as u32);
-                put32(&mut info, 12, i as u32 + 1);
+                put32(&mut info, 12, i as u32 + KERNEL_BTF_ID + 1);
+                32
+            }
+            Handle::KernelBtf => {
+                // struct bpf_btf_info { u64 btf; u32 btf_size; u32 id; u64 name; u32 name_len;
+                // u32 kernel_btf; }: as much of the data as the buffer takes, its whole size,
+                // the name where there is room for it.
+                let data = kernel_btf().ok_or(libc::ENOENT)?;
+                let given = user::read(out, len.min(32))?;
+                let field = |at: usize, n: usize| given.get(at..at + n).map_or(0, |b| b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64));
+                let (buf, buf_size, name, name_len) = (field(0, 8), field(8, 4) as usize, field(16, 8), field(24, 4) as usize);
+                if buf != 0 && buf_size > 0 {
+                    user::write(buf, &data[..data.len().min(buf_size)])?;
+                }
+                info[..8].copy_from_slice(&buf.to_le_bytes());
+                put32(&mut info, 8, data.len() as u32);
+                put32(&mut info, 12, KERNEL_BTF_ID);
+                info[16..24].copy_from_slice(&name.to_le_bytes());
+                put32(&mut info, 24, 7);
+                put32(&mut info, 28, 1);
+                if name != 0 && name_len > 0 {
+                    if name_len < 8 {
+                        return Err(libc::ENOSPC);
+                    }
+                    user::write(name, b"vmlinux\0")?;
+                }
                 32
             }
             Handle::Uprobe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => return Err(libc::EINVAL),
@@ -1080,4 +1116,13 @@ impl Server {
 /// `STRUCT_OPS`, `EXT`, `LSM`): nothing in userspace can run them.
 fn attached_by_btf_id(prog_type: u32) -> bool {
     matches!(prog_type, 26..=29)
+}
+
+/// The id the kernel gives its own BTF.
+const KERNEL_BTF_ID: u32 = 1;
+
+/// The kernel's BTF, read once (None where the kernel has none).
+fn kernel_btf() -> Option<&'static [u8]> {
+    static DATA: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| std::fs::read("/sys/kernel/btf/vmlinux").ok()).as_deref()
 }
