@@ -1033,6 +1033,63 @@ fn libbpf_tools_mountsnoop_and_sigsnoop_print_what_the_kernel_prints() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Debian's libbpf-tools `javagc -p PID` on a JVM (OpenJDK's `libjvm.so` USDT probes
+/// `mem__pool__gc__begin/end`, attached through the syscall server by pid, to a process that
+/// started before its loader): every collection is timed, as on the kernel.
+#[test]
+fn libbpf_tools_javagc_times_a_jvms_collections_like_the_kernel() {
+    let _serial = serial();
+    let Some(javagc) = installed_or_skip("/usr/sbin/javagc", "libbpf-tools") else { return };
+    let (Ok(java), Ok(javac)) = (which("java"), which("javac")) else {
+        println!("skipping: no JDK (java, javac)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("bpftime-javagc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = bpftime_tests::repo_root().join("examples/java/Gc.java");
+    let o = Command::new(&javac).arg("-d").arg(&dir).arg(&src).output().unwrap();
+    assert!(o.status.success(), "javac: {}", text(&o.stderr));
+    // The JVM (under `start` or alone) first, then javagc for its pid until it has exited.
+    let session = |jvm: &mut Command, shm: Option<&str>| -> String {
+        let mut j = jvm.stdout(Stdio::piped()).spawn().unwrap();
+        let pid = match shm {
+            Some(_) => child_of(j.id()),
+            None => j.id() as i32,
+        };
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mut tool = match shm {
+            Some(shm) => {
+                let mut c = Command::new("timeout");
+                c.args(["-s", "INT", "12", env!("CARGO_BIN_EXE_bpftime"), "--shm", shm, "load", "--"]).arg(&javagc);
+                c
+            }
+            None => {
+                let mut c = Command::new("timeout");
+                c.args(["-s", "INT", "12"]).arg(&javagc);
+                c
+            }
+        };
+        let t = tool.args(["-p", &pid.to_string()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let out = j.wait_with_output().unwrap();
+        assert!(out.status.success() && text(&out.stdout).contains("done"), "the JVM: {}", text(&out.stdout));
+        let t = t.wait_with_output().unwrap();
+        let lines = text(&t.stdout) + &text(&t.stderr);
+        lines.lines().filter(|l| l.split_whitespace().nth(2) == Some(&pid.to_string())).map(|l| format!("{l}\n")).collect::<String>() + "--\n" + &lines
+    };
+    let gcs = |out: &str| out.split("--\n").next().unwrap_or("").lines().count();
+    let shm = format!("bpftime-javagc-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(bpftime(&shm).args(["shm", "create", "--size", "256M"]).output().unwrap().status.success());
+    let ours = session(bpftime(&shm).args(["start", "--"]).arg(&java).arg("-cp").arg(&dir).args(["Gc", "4000"]), Some(&shm));
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(gcs(&ours) >= 5, "five System.gc() at least:\n{ours}");
+    if is_root() {
+        let kernel = session(Command::new(&java).arg("-cp").arg(&dir).args(["Gc", "4000"]), None);
+        assert_eq!(gcs(&ours), gcs(&kernel), "the kernel's:\n{kernel}\nours:\n{ours}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// bpftrace (unmodified) on system call tracepoints, `syscalls:sys_enter_openat` and
 /// `raw_syscalls:sys_exit` (every call, filtered by number), counts the target's opens as it
 /// does on the kernel.
