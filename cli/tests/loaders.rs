@@ -1051,7 +1051,7 @@ fn libbpf_tools_javagc_times_a_jvms_collections_like_the_kernel() {
     assert!(o.status.success(), "javac: {}", text(&o.stderr));
     // The JVM (under `start` or alone) first, then javagc for its pid until it has exited.
     let session = |jvm: &mut Command, shm: Option<&str>| -> String {
-        let mut j = jvm.stdout(Stdio::piped()).spawn().unwrap();
+        let j = jvm.stdout(Stdio::piped()).spawn().unwrap();
         let pid = match shm {
             Some(_) => child_of(j.id()),
             None => j.id() as i32,
