@@ -737,6 +737,11 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
                 return Err(format!("the syscall server {} is missing (build the workspace)", server.display()));
             }
             let mut cmd = agent_command(&server, &loader);
+            // What the loader starts (`bpftrace -c CMD`) is traced: it gets the agent.
+            let children = agent_command(&agent_path()?, &loader);
+            if let Some((_, preload)) = children.get_envs().find(|(k, _)| *k == "LD_PRELOAD") {
+                cmd.env("BPFTIME_CHILD_PRELOAD", preload.unwrap_or_default());
+            }
             cmd.env("BPFTIME_SHM", shm);
             if kernel_passthrough {
                 cmd.env("BPFTIME_KERNEL_PASSTHROUGH", "1");

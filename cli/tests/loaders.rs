@@ -590,6 +590,32 @@ fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `bpftrace -c CMD`: the command bpftrace starts is a traced process (it gets the agent, not
+/// the server), and the script counts its calls and sums its results as on the kernel.
+#[test]
+fn bpftrace_traces_the_command_it_starts_like_the_kernel() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    let calls = build_target("calls", false);
+    let c = calls.display();
+    let script = format!("uprobe:{c}:add {{ @calls = count(); }} uretprobe:{c}:add {{ @sum = sum(retval); }}");
+    let command = format!("{c} 250 2");
+    let shm = format!("bpftime-bpftrace-c-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let run = |cmd: &mut Command| {
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+        bpftrace_result(&(text(&o.stdout) + &text(&o.stderr)))
+    };
+    let ours = run(bpftime(&shm).args(["load", "--"]).arg(&bpftrace).args(["-c", &command, "-e", &script]));
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert!(ours.contains("@calls: 500") && ours.contains("sum 186750"), "{ours}");
+    if is_root() {
+        let kernel = run(Command::new(&bpftrace).args(["-c", &command, "-e", &script]));
+        assert_eq!(ours, kernel, "the kernel's");
+    }
+}
+
 /// bpftrace's `@[ustack] = count()`: its stack map (131,072 stacks of 127 frames, 130 MiB)
 /// fits the region `bpftime load` makes (sparse: only the pages in use take memory), and the
 /// hits are counted by stack as on the kernel.

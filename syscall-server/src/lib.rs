@@ -23,6 +23,23 @@ use std::sync::OnceLock;
 
 static SERVER: OnceLock<Option<Server>> = OnceLock::new();
 
+/// Runs at load time (an `.init_array` entry): the programs a loader starts (`bpftrace -c CMD`)
+/// are traced processes, not loaders, so they get the agent in place of the server:
+/// `bpftime load` says what their `LD_PRELOAD` is in `BPFTIME_CHILD_PRELOAD`.
+extern "C" fn bpftime_server_init() {
+    let Some(children) = std::env::var_os("BPFTIME_CHILD_PRELOAD") else { return };
+    // SAFETY: at load time, before the loader's own code runs or starts a thread; nothing reads
+    // the environment concurrently.
+    unsafe {
+        std::env::set_var("LD_PRELOAD", children);
+        std::env::remove_var("BPFTIME_CHILD_PRELOAD");
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT: extern "C" fn() = bpftime_server_init;
+
 /// The server, made on first use: the region named by `BPFTIME_SHM` (default `bpftime`),
 /// created when it does not exist.
 fn server() -> Option<&'static Server> {
