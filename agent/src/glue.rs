@@ -410,7 +410,7 @@ pub(crate) fn start_in(name: String, follow: bool) {
     if !standalone && follow {
         // Started, and running, before any probe is attached.
         let (started, running) = std::sync::mpsc::channel::<()>();
-        let spawned = std::thread::Builder::new().name("bpftime-links".into()).spawn(move || {
+        let spawned = bpftime_runtime::threads::spawn_quiet("bpftime-links", move || {
             let _ = started.send(());
             bpftime_attach::without_probes(watch_links)
         });

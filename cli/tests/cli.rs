@@ -473,6 +473,27 @@ fn ahead_of_time_objects_run_without_compiling_where_they_match() {
     std::fs::remove_file(&aot).unwrap();
 }
 
+/// The agent's own thread (here the one that follows the link table, as nothing is attached
+/// at start) blocks every signal: a process-directed signal such as a timer's SIGALRM goes to
+/// a thread of the application, whose blocking call it must interrupt.
+#[test]
+fn the_agents_thread_leaves_signals_to_the_application() {
+    let shm = format!("bpftime-cli-signals-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    assert!(bpftime_shm(&shm, &["shm", "create", "--size", "16M"]).status.success());
+    let script = "for t in /proc/$$/task/*; do echo \"$(cat $t/comm) $(grep SigBlk $t/status)\"; done";
+    let out = bpftime_shm(&shm, &["start", "--", "bash", "-c", script]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let threads = text(&out.stdout);
+    let ours = threads.lines().find(|l| l.starts_with("bpftime-links")).unwrap_or_else(|| panic!("the agent's thread: {threads}"));
+    let alarm = 1u64 << (libc::SIGALRM - 1);
+    let blocked = |line: &str| u64::from_str_radix(line.rsplit('\t').next().unwrap_or("").trim(), 16).unwrap_or(0);
+    assert_eq!(blocked(ours) & alarm, alarm, "{threads}");
+    let app = threads.lines().find(|l| l.starts_with("bash")).unwrap_or_else(|| panic!("{threads}"));
+    assert_eq!(blocked(app) & alarm, 0, "the application's own mask is its own: {threads}");
+    assert!(bpftime_shm(&shm, &["shm", "remove"]).status.success());
+}
+
 /// The agent's long-lived descriptors (the code cache's directory) sit above the numbers an
 /// application uses, so a traced program gets the descriptors it gets alone (its first open is
 /// fd 3, as opensnoop shows on the kernel).

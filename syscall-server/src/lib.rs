@@ -50,7 +50,7 @@ fn server() -> Option<&'static Server> {
             match bpftime_shm::ShmRegion::open_or_create(&name, size) {
                 Ok(r) => {
                     let s = Server::new(std::sync::Arc::new(r));
-                    std::thread::Builder::new().name("bpftime-rings".into()).spawn(watch_rings).ok();
+                    bpftime_runtime::threads::spawn_quiet("bpftime-rings", watch_rings).ok();
                     Some(s)
                 }
                 Err(e) => {
@@ -71,8 +71,13 @@ fn guarded(f: impl FnOnce() -> Result<i64, i32>) -> Result<i64, i32> {
 fn watch_rings() {
     let mut signaled: std::collections::HashSet<i32> = Default::default();
     loop {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let Some(s) = SERVER.get().and_then(Option::as_ref) else { continue };
+        let Some(s) = SERVER.get().and_then(Option::as_ref) else {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            continue;
+        };
+        // Woken by producers as records are published; while a ring fd is readable, every
+        // 2 ms to see its reader catch up (readers do not say), else every 100 ms at most.
+        let token = s.region().arm_record_wait();
         for (fd, consumer, producer) in s.ring_fds() {
             let pos = |o: u64| s.region().atomic_u64(o).map(|a| a.load(std::sync::atomic::Ordering::Acquire)).unwrap_or(0);
             let ready = pos(producer) != pos(consumer);
@@ -82,6 +87,8 @@ fn watch_rings() {
                 raw::eventfd_signal(fd, false);
             }
         }
+        let timeout = std::time::Duration::from_millis(if signaled.is_empty() { 100 } else { 2 });
+        s.region().wait_for_records(token, timeout);
     }
 }
 

@@ -25,6 +25,7 @@ mod runtime;
 pub mod syscall_events;
 pub mod syscall_table;
 mod task;
+pub mod threads;
 pub mod trace;
 pub mod usdt;
 mod user_mem;

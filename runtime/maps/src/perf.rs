@@ -122,6 +122,8 @@ pub(crate) fn output(map: &Map, cpu: u32, data: &[u8]) -> Result<(), Errno> {
     rec.resize(size as usize, 0);
     write_wrapped(map, base, h, &rec);
     head.store(h.wrapping_add(size), Ordering::Release);
+    drop(_g);
+    r.records_published();
     Ok(())
 }
 

@@ -125,6 +125,7 @@ pub(crate) fn commit(region: &ShmRegion, sample: u64, discard: bool) -> bool {
     }
     let new = (len & !RINGBUF_BUSY_BIT) | if discard { RINGBUF_DISCARD_BIT } else { 0 };
     hdr.store(new as u64 | pg_off << 32, Ordering::Release);
+    region.records_published();
     true
 }
 

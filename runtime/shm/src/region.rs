@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -139,6 +139,11 @@ struct Header {
     table_off: u64,
     /// Offset of the trace pipe ring (see `trace`), 0 if none.
     pub trace_off: AtomicU64,
+    /// Bumped when a record is published while someone waits (see
+    /// [`ShmRegion::records_published`]); a futex word.
+    record_seq: AtomicU32,
+    /// Non-zero while a reader waits for records.
+    record_waiters: AtomicU32,
 }
 
 #[repr(C)]
@@ -430,6 +435,43 @@ impl ShmRegion {
         // SAFETY: every constructor checked the mapping holds a Header at offset 0; its
         // mutable fields are atomics or locks.
         unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    /// Says that a ring buffer or perf buffer record was just published: wakes the readers
+    /// waiting in [`ShmRegion::wait_for_records`] (the syscall server, which makes a loader's
+    /// ring fd readable). Costs a fence and a load while nobody waits, and one `futex` call for
+    /// the first record after a reader starts waiting, as the kernel wakes a ring's reader once
+    /// it has caught up.
+    pub fn records_published(&self) {
+        let h = self.header();
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if h.record_waiters.load(Ordering::Relaxed) != 0 && h.record_waiters.swap(0, Ordering::AcqRel) != 0 {
+            h.record_seq.fetch_add(1, Ordering::Release);
+            // SAFETY: futex(2) FUTEX_WAKE on an aligned u32 of the shared mapping (not a private
+            // futex: waiters are other processes); it only reads the address.
+            unsafe { libc::syscall(libc::SYS_futex, h.record_seq.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32) };
+        }
+    }
+
+    /// Starts waiting for records: returns the token for [`ShmRegion::wait_for_records`]. Look
+    /// at the rings after this call and before waiting, so that a record published in between
+    /// is seen either there or as a wake-up.
+    pub fn arm_record_wait(&self) -> u32 {
+        let h = self.header();
+        let seq = h.record_seq.load(Ordering::Acquire);
+        h.record_waiters.store(1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        seq
+    }
+
+    /// Sleeps until a record is published after [`ShmRegion::arm_record_wait`] returned `token`,
+    /// or for `timeout` at most.
+    pub fn wait_for_records(&self, token: u32, timeout: std::time::Duration) {
+        let h = self.header();
+        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+        // SAFETY: futex(2) FUTEX_WAIT on an aligned u32 of the mapping, with a relative timeout
+        // that lives across the call; it returns at once if the word is no longer `token`.
+        unsafe { libc::syscall(libc::SYS_futex, h.record_seq.as_ptr(), libc::FUTEX_WAIT, token, &ts as *const libc::timespec, 0usize, 0u32) };
     }
 
     /// The region's name.
@@ -820,6 +862,31 @@ mod tests {
         assert_eq!(large % 4096, 0, "large blocks are page aligned");
         r.free(large);
         assert_eq!(r.alloc(2 << 20).unwrap(), large, "a freed large block of the same size is reused");
+    }
+
+    /// A reader waiting for records wakes when one is published, long before its timeout;
+    /// a record published between arming and waiting is not missed either.
+    #[test]
+    fn record_waiters_wake_on_publication() {
+        let r = std::sync::Arc::new(ShmRegion::anonymous(MIN_SIZE).unwrap());
+        let long = std::time::Duration::from_secs(60);
+        // Published before the wait: the wait returns at once.
+        let token = r.arm_record_wait();
+        r.records_published();
+        let t = std::time::Instant::now();
+        r.wait_for_records(token, long);
+        assert!(t.elapsed() < long / 2, "a publication between arming and waiting is seen");
+        // Published while waiting, from another thread.
+        let token = r.arm_record_wait();
+        let p = r.clone();
+        let publisher = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            p.records_published();
+        });
+        let t = std::time::Instant::now();
+        r.wait_for_records(token, long);
+        assert!(t.elapsed() < long / 2, "woken by the publication");
+        publisher.join().unwrap();
     }
 
     #[test]
