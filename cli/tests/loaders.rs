@@ -283,6 +283,31 @@ fn pinned_links_outlive_their_loader_like_the_kernel() {
     assert_eq!(ours, kernel, "the same sequence on the kernel");
 }
 
+/// `bpf_send_signal` and `bpf_send_signal_thread` in a uprobe: the target receives exactly the
+/// signals it receives under the kernel's uprobe, the helpers' results (and the refusal of an
+/// invalid signal number) are counted alike.
+#[test]
+fn send_signal_from_a_uprobe_signals_like_the_kernel() {
+    let _serial = serial();
+    let loader = build_loader("count_calls");
+    let obj = build_example("send_signal");
+    let target = build_target("signalled", false);
+    let shm = format!("bpftime-send-signal-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&target);
+    let (loader_out, target_out) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&target).arg("100"));
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    assert_eq!(target_out, "usr1 9 usr2 3\n", "{loader_out}");
+    assert!(loader_out.contains("stats[0] = 12\n") && loader_out.contains("stats[1] = 1\n"), "{loader_out}");
+    if is_root() {
+        let mut kernel = Command::new(&loader);
+        kernel.arg(&obj).arg(&target);
+        let (k_loader, k_target) = session(kernel, Command::new(&target).arg("100"));
+        assert_eq!((loader_out, target_out), (k_loader, k_target), "the kernel's");
+    }
+}
+
 /// A loader whose program our verifier refuses fails as it would on the kernel (its own error
 /// path, our reason in libbpf's log), and nothing is left behind.
 #[test]
@@ -296,7 +321,7 @@ fn a_refused_program_fails_the_loader_with_the_reason() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot load"), "the loader's own error path: {stderr}");
-    assert!(stderr.contains("helper 109 (bpf_send_signal) is not supported by bpftime"), "our reason in libbpf's log: {stderr}");
+    assert!(stderr.contains("helper 176 (bpf_get_branch_snapshot) is not supported by bpftime"), "our reason in libbpf's log: {stderr}");
     let progs = bpftime(&shm).args(["prog", "list"]).output().unwrap();
     assert_eq!(text(&progs.stdout), "", "nothing left behind");
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));

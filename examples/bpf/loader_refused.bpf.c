@@ -1,15 +1,16 @@
-// A uprobe program bpftime cannot run: it asks for bpf_send_signal (a helper that acts on the
-// kernel's view of the task). Loaders must get a clear refusal at load time, with the reason.
+// A uprobe program bpftime cannot run: it asks for bpf_get_branch_snapshot (the CPU's last
+// branch records, which only the kernel can read). Loaders must get a clear refusal at load
+// time, with the reason.
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
 SEC("uprobe/add")
-int BPF_KPROBE(signal_on_add)
+int BPF_KPROBE(snapshot_on_add)
 {
-    bpf_send_signal(10);
-    return 0;
+    __u64 entries[4];
+    return bpf_get_branch_snapshot(entries, sizeof(entries), 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -305,6 +305,39 @@ extern "C" fn get_current_pid_tgid(_: u64, _: u64, _: u64, _: u64, _: u64, _: &m
     (pid() as u64) << 32 | tid() as u64
 }
 
+/// `bpf_send_signal(sig)` and `bpf_send_signal_thread(sig)`: signal `sig` to this process
+/// (any of its threads may take it) or to this thread, as the kernel sends it to the task a
+/// uprobe interrupted. It arrives when the probe's work returns to the function, before the
+/// function goes on (the kernel delivers it on the way back from the trap). -EINVAL for a
+/// number that is not a signal. See kill(2) and tgkill(2).
+fn send_signal(sig: u64, thread: bool) -> u64 {
+    if sig > 64 {
+        return (-libc::EINVAL) as i64 as u64;
+    }
+    // SAFETY: kill(2)/tgkill(2) with our own ids and a signal number in range; nothing is
+    // passed by address.
+    let r = unsafe {
+        if thread {
+            libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::syscall(libc::SYS_gettid), sig as libc::c_int)
+        } else {
+            libc::kill(libc::getpid(), sig as libc::c_int) as libc::c_long
+        }
+    };
+    if r == 0 {
+        0
+    } else {
+        (-std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL)) as i64 as u64
+    }
+}
+
+extern "C" fn send_signal_process(sig: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    send_signal(sig as u32 as u64, false)
+}
+
+extern "C" fn send_signal_thread(sig: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    send_signal(sig as u32 as u64, true)
+}
+
 /// `bpf_get_current_task`: a stand-in `task_struct` (see [`crate::task`]).
 extern "C" fn get_current_task(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
     crate::task::current_task(pid(), tid(), comm().as_bytes())
@@ -544,6 +577,8 @@ pub fn kernel_helpers() -> HelperTable {
         .register(80, "bpf_get_current_cgroup_id", get_current_cgroup_id)
         .register(45, "bpf_probe_read_str", probe_read_str)
         .register(35, "bpf_get_current_task", get_current_task)
+        .register(109, "bpf_send_signal", send_signal_process)
+        .register(117, "bpf_send_signal_thread", send_signal_thread)
         .register(58, "bpf_override_return", override_return)
         .register(67, "bpf_get_stack", get_stack)
         .register(87, "bpf_map_push_elem", map_push_elem)
