@@ -827,9 +827,9 @@ impl Server {
                 // u32 kernel_btf; }: as much of the data as the buffer takes, its whole size,
                 // the name where there is room for it.
                 let data = kernel_btf().ok_or(libc::ENOENT)?;
-                let given = user::read(out, len.min(32))?;
-                let field = |at: usize, n: usize| given.get(at..at + n).map_or(0, |b| b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64));
-                let (buf, buf_size, name, name_len) = (field(0, 8), field(8, 4) as usize, field(16, 8), field(24, 4) as usize);
+                // The caller's struct, zero-padded past what it gave.
+                let given = Attr::from_bytes(user::read(out, len.min(32))?);
+                let (buf, buf_size, name, name_len) = (given.u64(0), given.u32(8) as usize, given.u64(16), given.u32(24) as usize);
                 if buf != 0 && buf_size > 0 {
                     user::write(buf, &data[..data.len().min(buf_size)])?;
                 }
