@@ -308,12 +308,12 @@ pub(crate) fn running() -> bool {
 
 /// Starts with the region named by `BPFTIME_SHM` (or the default one).
 pub(crate) fn start() {
-    start_in(default_name(), false);
+    start_in(default_name());
 }
 
-/// Starts with region `name`; `follow`: watch the link table even when there is something to
-/// attach now (a process attached by `bpftime attach` is detached through it).
-pub(crate) fn start_in(name: String, follow: bool) {
+/// Starts with region `name`: attaches what its links name for this process and follows the
+/// link table from then on.
+pub(crate) fn start_in(name: String) {
     initialise_what_hits_use();
     let program = std::env::var_os("BPFTIME_PROGRAM");
     let region = match ShmRegion::open(&name) {
@@ -385,6 +385,8 @@ pub(crate) fn start_in(name: String, follow: bool) {
             links::list(runtime.region())
         }
     };
+    // Changes after this are seen by the link follower.
+    let table_seen = runtime.region().table_changes();
     crate::cuda::start(runtime.region(), &found);
     crate::syscalls::update(runtime, &found);
     let mut items = vec![];
@@ -402,20 +404,20 @@ pub(crate) fn start_in(name: String, follow: bool) {
     }
     let seen = found.iter().map(|l| (l.id, vec![])).collect();
     let agent = AGENT.get_or_init(|| Agent { runtime, pending: Mutex::new(vec![]), standalone, links: Mutex::new(seen), semaphores: Mutex::default() });
-    // Loaders may attach (and detach) while this process runs: a thread follows the link
-    // table when there was nothing to attach yet (the target started before its loader), or
-    // when asked (`BPFTIME_LINK_POLL_MS`). Otherwise no thread is added to the application (a
-    // thread changes what libc does: two more free() calls in a two-thread program).
-    let follow = follow || std::env::var_os("BPFTIME_LINK_POLL_MS").is_some() || !found.iter().any(|l| l.kind == links::LinkKind::Uprobe);
-    if !standalone && follow {
-        // Started, and running, before any probe is attached.
-        let (started, running) = std::sync::mpsc::channel::<()>();
+    // Loaders attach and detach while this process runs, as with the kernel: a thread follows
+    // the link table, asleep until the table changes (a loader that exits or closes a link has
+    // its probes removed at once, before a kernel uprobe could land on our jump).
+    if !standalone {
+        // Started, and running, before any probe is attached. (A flag, not a channel: waiting
+        // on a channel registers a thread-local destructor on this, the application's, thread,
+        // and libc frees its record at exit: two free() calls the kernel would not see.)
+        static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         let spawned = bpftime_runtime::threads::spawn_quiet("bpftime-links", move || {
-            let _ = started.send(());
-            bpftime_attach::without_probes(watch_links)
+            RUNNING.store(true, std::sync::atomic::Ordering::Release);
+            bpftime_attach::without_probes(|| watch_links(table_seen))
         });
-        if spawned.is_ok() {
-            let _ = running.recv();
+        while spawned.is_ok() && !RUNNING.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::yield_now();
         }
     }
     agent.attach_all(items);
@@ -439,20 +441,24 @@ extern "C" fn report_unattached_at_exit() {
     });
 }
 
-/// How often the agent looks for links made or removed after it started
-/// (`BPFTIME_LINK_POLL_MS`, default 100).
+/// The longest the agent sleeps between looks at the link table (`BPFTIME_LINK_POLL_MS`,
+/// default 100): it is woken when the table changes, and looks anyway for links whose loader
+/// was killed (they are removed by whoever notices).
 fn link_poll_interval() -> std::time::Duration {
     let ms = std::env::var("BPFTIME_LINK_POLL_MS").ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(100);
     std::time::Duration::from_millis(ms.max(1))
 }
 
-/// Follows the region's link table: new uprobe links are attached, probes of removed links
-/// detached (a loader that exits detaches its links, as in the kernel).
-fn watch_links() {
+/// Follows the region's link table from change count `seen` on: new uprobe links are
+/// attached, probes of removed links detached (a loader that exits detaches its links, as in
+/// the kernel).
+fn watch_links(mut seen: u32) {
     let Some(agent) = AGENT.get() else { return };
     let interval = link_poll_interval();
+    let region = agent.runtime.region();
     loop {
-        std::thread::sleep(interval);
+        region.wait_for_table_change(seen, interval);
+        seen = region.table_changes();
         let _ = std::panic::catch_unwind(|| agent.refresh_links());
     }
 }

@@ -74,7 +74,7 @@ pub unsafe extern "C" fn bpftime_agent_attach(shm: *const libc::c_char) -> libc:
     if glue::running() {
         return 1;
     }
-    match bpftime_attach::without_probes(|| std::panic::catch_unwind(|| glue::start_in(name, true))) {
+    match bpftime_attach::without_probes(|| std::panic::catch_unwind(|| glue::start_in(name))) {
         Ok(()) if glue::running() => 0,
         _ => -1,
     }

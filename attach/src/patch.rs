@@ -218,20 +218,29 @@ fn gettid() -> i32 {
 }
 
 /// Moves every other thread that is stopped inside site `slot`'s patched bytes (past the first
-/// one) to the matching instruction of the trampoline. Threads that do not answer within a
-/// second (signal blocked) are left alone.
+/// one) to the matching instruction of the trampoline. Threads that block the signal (the
+/// runtime's own, which run no probed code) or do not answer within a second are left alone.
 pub(crate) fn fix_up_threads(slot: usize) {
     FIXUP_SITE.store(slot as u32 + 1, Ordering::Release);
     signal_other_threads(fixup_signal(), &FIXUP_ACKS);
     FIXUP_SITE.store(0, Ordering::Release);
 }
 
-/// Sends `sig` to every other thread of the process and waits (up to a second: a thread may
-/// block the signal) until as many have counted themselves in `acks` (reset first).
+/// Whether thread `tid` of this process blocks signal `sig` (its `SigBlk` in
+/// /proc/self/task/TID/status, proc(5)): the runtime's own threads block every signal.
+fn blocks_signal(tid: i32, sig: libc::c_int) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).and_then(|m| u64::from_str_radix(m.trim(), 16).ok());
+    mask.is_some_and(|m| sig >= 1 && m & (1u64 << (sig - 1)) != 0)
+}
+
+/// Sends `sig` to every other thread of the process that does not block it and waits (up to a
+/// second: a thread may block it in between) until as many have counted themselves in `acks`
+/// (reset first).
 pub(crate) fn signal_other_threads(sig: libc::c_int, acks: &AtomicU32) {
     let me = gettid();
     let tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me).collect())
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me && !blocks_signal(t, sig)).collect())
         .unwrap_or_default();
     acks.store(0, Ordering::Release);
     // SAFETY: getpid has no preconditions.

@@ -743,6 +743,10 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
                 cmd.env("BPFTIME_CHILD_PRELOAD", preload.unwrap_or_default());
             }
             cmd.env("BPFTIME_SHM", shm);
+            // Probes for a process started without the agent load it there (`bpftime attach`).
+            if let Ok(me) = std::env::current_exe() {
+                cmd.env("BPFTIME_CLI", me);
+            }
             if kernel_passthrough {
                 cmd.env("BPFTIME_KERNEL_PASSTHROUGH", "1");
             }

@@ -1231,3 +1231,145 @@ fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether the code of `function` in process `pid` is the file's (no probe of ours there).
+fn code_is_the_files(pid: u32, binary: &Path, function: &str) -> bool {
+    use std::os::unix::fs::FileExt;
+    let off = bpftime_tests::kernel::symbol_file_offset(binary, function).unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let addr = maps.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (start, end) = f.first()?.split_once('-')?;
+        let (start, end, file_off) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?, u64::from_str_radix(f.get(2)?, 16).ok()?);
+        (Path::new(f.get(5)?) == binary && file_off <= off && off < file_off + (end - start)).then(|| start + off - file_off)
+    });
+    let (mut now, mut file) = ([0u8; 16], [0u8; 16]);
+    let Some(addr) = addr else { return false };
+    std::fs::File::open(format!("/proc/{pid}/mem")).and_then(|m| m.read_exact_at(&mut now, addr)).unwrap();
+    std::fs::File::open(binary).and_then(|b| b.read_exact_at(&mut file, off)).unwrap();
+    now == file
+}
+
+/// A command that has process `pid` (the `attachable` target) run `add(i, 1)` for `i < n`.
+fn have_it_run(pid: u32, n: u32) -> Command {
+    let mut c = Command::new("sh");
+    c.args(["-c", &format!("echo 'run {n}' > /proc/{pid}/fd/0; sleep 0.5")]);
+    c
+}
+
+/// Waits (up to 5 s) until no probe of ours is left on `function` in process `pid`.
+fn wait_until_code_is_the_files(pid: u32, binary: &Path, function: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !code_is_the_files(pid, binary, function) {
+        assert!(std::time::Instant::now() < deadline, "the probe is still in process {pid} after its loader exited");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The kernel's bpftrace running `script` (with `args`) counts 3000 calls `add(i, 1)` of the
+/// `attachable` process `pid`, which answers on `lines` and runs on.
+fn the_kernel_counts_them_too(bpftrace: &Path, args: &[String], script: &str, pid: u32, lines: &mut impl BufRead, dir: &Path) {
+    let mut kernel = Command::new(bpftrace);
+    kernel.args(args).args(["-e", script]);
+    let out = tool_session(kernel, None, &mut have_it_run(pid, 3000), &dir.join("kernel"), true);
+    assert!(out.contains("@n: 3000\n") && out.contains("@s: 4498500\n"), "the kernel's uprobe:\n{out}");
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line, "done 4501500\n", "the process ran on");
+}
+
+/// A process started without the agent is traced as the kernel traces it: bpftrace's uprobe
+/// on its executable with `-p PID` (bpftrace filters the pid in the program; the probe is for
+/// every process) loads the agent into the process the command line names (`bpftime attach`),
+/// counts exactly its calls, and when bpftrace exits the
+/// probe goes at once: the code is the file's again and the kernel's own uprobe on the same
+/// function (which would crash the process if our jump were still there) counts its calls.
+#[test]
+fn a_process_started_without_the_agent_is_reached_and_left_clean() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    if !is_root() {
+        return println!("skipping: needs root (ptrace of a process that is not a child, kernel uprobes)");
+    }
+    let target = build_target("attachable", false);
+    let mut app = Command::new(&target).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(app.stdout.take().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = app.id();
+    let script = format!("uprobe:{}:add /arg1 == 1/ {{ @n = count(); @s = sum(arg0); }}", target.display());
+    let dir = std::env::temp_dir().join(format!("bpftime-reach-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-reach-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&bpftrace).args(["-p", &pid.to_string(), "-e", &script]);
+    let out = tool_session(ours, Some(&shm), &mut have_it_run(pid, 5000), &dir.join("ours"), true);
+    assert!(out.contains(&format!("process {pid} was started without the agent; loaded it there")), "{out}");
+    // The calls add(i, 1), i < 5000 (the process's other thread calls add(0, 0) meanwhile).
+    assert!(out.contains("@n: 5000\n") && out.contains("@s: 12497500\n"), "{out}");
+    line.clear();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line, "done 12502500\n");
+    wait_until_code_is_the_files(pid, &target, "add");
+    the_kernel_counts_them_too(&bpftrace, &["-p".into(), pid.to_string()], &script, pid, &mut lines, &dir);
+    app.stdin.take().unwrap().write_all(b"quit\n").unwrap();
+    assert!(app.wait().unwrap().success());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A process started with the agent while a loader's probe was already there (so the agent
+/// attached it at start) loses the probe when the loader exits, as with the kernel: the code is
+/// the file's again at once and the kernel's own uprobe on the same function counts its calls.
+#[test]
+fn a_loaders_exit_removes_its_probes_from_processes_started_after_it() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    if !is_root() {
+        return println!("skipping: needs root (kernel uprobes)");
+    }
+    let target = build_target("attachable", false);
+    let script = format!("uprobe:{}:add /arg1 == 1/ {{ @n = count(); @s = sum(arg0); }}", target.display());
+    let dir = std::env::temp_dir().join(format!("bpftime-leave-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-leave-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let out = dir.join("ours");
+    let f = std::fs::File::create(&out).unwrap();
+    let mut tool = bpftime(&shm).args(["load", "--"]).arg(&bpftrace).args(["-e", &script]).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+    for _ in 0..400 {
+        if std::fs::read_to_string(&out).is_ok_and(|s| s.contains("Attaching")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    wait_attached(Some(&shm));
+    let mut app = bpftime(&shm).args(["start", "--"]).arg(&target).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(app.stdout.take().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    // `bpftime start` runs the program as its child.
+    let pid = child_of(app.id()) as u32;
+    let mut input = app.stdin.take().unwrap();
+    input.write_all(b"run 5000\n").unwrap();
+    line.clear();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line, "done 12502500\n");
+    let loader = child_of(tool.id());
+    while tool.try_wait().unwrap().is_none() {
+        // SAFETY: kill(2) on a process we started (bpftrace prints its maps on SIGINT).
+        unsafe { libc::kill(loader, libc::SIGINT) };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("@n: 5000\n") && text.contains("@s: 12497500\n"), "{text}");
+    wait_until_code_is_the_files(pid, &target, "add");
+    the_kernel_counts_them_too(&bpftrace, &[], &script, pid, &mut lines, &dir);
+    input.write_all(b"quit\n").unwrap();
+    assert!(app.wait().unwrap().success());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,6 +14,7 @@
 mod attr;
 mod kernel;
 mod raw;
+mod reach;
 mod server;
 mod user;
 
@@ -347,7 +348,7 @@ pub unsafe extern "C" fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut
     raw::to_c(raw::result(raw::syscall6(libc::SYS_readlinkat, [dirfd as c_long, path as c_long, buf as c_long, size as c_long, 0, 0]))) as isize
 }
 
-/// At unload (process exit)/// At unload (process exit)/// At unload (process exit): links this loader still holds are detached.
+/// At unload (process exit): links this loader still holds are detached.
 extern "C" fn at_exit() {
     if let Some(s) = SERVER.get().and_then(Option::as_ref) {
         let _ = std::panic::catch_unwind(|| s.exiting());

@@ -135,6 +135,8 @@ pub struct Server {
     uprobe_type: Option<u32>,
     /// Its retprobe bit in `config`.
     retprobe_bit: u32,
+    /// Processes named by a probe that this loader gave the agent.
+    reached: crate::reach::Reached,
 }
 
 fn read_sysfs_u32(path: &str, prefix: &str) -> Option<u32> {
@@ -278,6 +280,7 @@ impl Server {
             loaded: Mutex::default(),
             uprobe_type: read_sysfs_u32("/sys/bus/event_source/devices/uprobe/type", ""),
             retprobe_bit: read_sysfs_u32("/sys/bus/event_source/devices/uprobe/format/retprobe", "config:").unwrap_or(0),
+            reached: Default::default(),
         }
     }
 
@@ -873,8 +876,20 @@ impl Server {
         self.install(Handle::Link(id))
     }
 
-    /// Attaches program `prog` to our uprobe event `fd`: a link in the region.
+    /// Attaches program `prog` to our uprobe event `fd`: a link in the region. A link for one
+    /// process reaches it even if it was started without the agent (see [`crate::reach`]).
     fn attach(&self, fd: i32, prog: u32, cookie: u64) -> Result<u32, Errno> {
+        let (id, pid, path) = self.store_link(fd, prog, cookie)?;
+        let pids = if pid != 0 { vec![pid] } else { crate::reach::named_processes_mapping(&path) };
+        for pid in pids {
+            self.reached.ensure(pid, self.region.name());
+        }
+        Ok(id)
+    }
+
+    /// The link of [`Server::attach`], the process it is for (0: every process) and the
+    /// probed file (empty for a system call event).
+    fn store_link(&self, fd: i32, prog: u32, cookie: u64) -> Result<(u32, u32, String), Errno> {
         let mut fds = Self::lock(&self.fds);
         let Some(Handle::Uprobe(ev)) = fds.get_mut(&fd) else { return Err(libc::EBADF) };
         if ev.link.is_some() {
@@ -886,7 +901,7 @@ impl Server {
             let scope = links::LinkScope { owner: std::process::id(), pid, ..Default::default() };
             let id = links::store_syscall(&self.region, &name, prog, event, scope).map_err(|_| libc::ENOMEM)?;
             ev.link = Some(id);
-            return Ok(id);
+            return Ok((id, pid, String::new()));
         }
         let target = format!("{}:{:#x}", ev.path, ev.offset);
         if std::env::var_os("BPFTIME_VERBOSE").is_some() {
@@ -900,7 +915,7 @@ impl Server {
         let scope = links::LinkScope { owner: std::process::id(), pid, ref_ctr: ev.ref_ctr_offset, replace: false };
         let id = links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, scope).map_err(|_| libc::ENOMEM)?;
         ev.link = Some(id);
-        Ok(id)
+        Ok((id, pid, ev.path.clone()))
     }
 
     /// `BPF_OBJ_PIN`: the map, program or link of `bpf_fd` gets a path on a bpffs (whose
@@ -965,6 +980,7 @@ impl Server {
     /// `perf_event_open` of a uprobe of the kernel's uprobe PMU: ours; None for any other
     /// event (it goes to the kernel).
     pub fn perf_event_open(&self, a: &Attr, pid: i32) -> Option<Result<i64, Errno>> {
+        let gone = pid > 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists();
         // PERF_TYPE_SOFTWARE / PERF_COUNT_SW_BPF_OUTPUT: a perf buffer's ring.
         if a.u32(0) == 1 && a.u64(8) == 10 {
             return Some(self.install(Handle::PerfOutput(PerfOutput::default())));
@@ -984,11 +1000,17 @@ impl Server {
         // PERF_TYPE_TRACEPOINT on a system call event: run in userspace by the agent.
         if a.u32(0) == 2 {
             let event = syscall_event_of_id(a.u64(8))?;
+            if gone {
+                return Some(Err(libc::ESRCH));
+            }
             let ev = UprobeEvent { path: String::new(), offset: 0, retprobe: false, ref_ctr_offset: 0, pid, link: None, syscall: Some(event) };
             return Some(self.install(Handle::Uprobe(ev)));
         }
         if self.uprobe_type != Some(a.u32(0)) {
             return None;
+        }
+        if gone {
+            return Some(Err(libc::ESRCH));
         }
         let config = a.u64(8);
         let ev = user::read_cstr(a.u64(56), 4096).map(|path| UprobeEvent {

@@ -255,3 +255,68 @@ fn kconfig_externs_are_resolved() {
     let rt = Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Interp);
     assert!(rt.load_object(&obj).unwrap().refused.is_empty());
 }
+
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity(2) fills the set it is given; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Moves thread `tid` (0: the caller) to `cpu`.
+fn move_to(tid: i32, cpu: usize) {
+    // SAFETY: sched_setaffinity(2) on a thread of this process with a set made here.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+/// A run sees one CPU from start to end, as under the kernel (migration disabled): a per-CPU
+/// value looked up, then written back after the thread was moved to another CPU, is the first
+/// CPU's, and `bpf_get_smp_processor_id` does not change within the run.
+#[test]
+fn a_run_stays_on_one_cpu_while_its_thread_migrates() {
+    let cpus = allowed_cpus();
+    if cpus.len() < 2 {
+        return println!("skipping: needs two CPUs to move a thread between");
+    }
+    for engine in ENGINES {
+        let (rt, l) = load("percpu_migrate", engine);
+        let prog = rt.program(prog_id(&l, "bump")).unwrap();
+        let runs = 3;
+        for run in 0..runs {
+            let (from, to) = if run % 2 == 0 { (cpus[0], cpus[1]) } else { (cpus[1], cpus[0]) };
+            let tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+            let seen = tid.clone();
+            let mover = std::thread::spawn(move || {
+                while seen.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    std::thread::yield_now();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(3));
+                move_to(seen.load(std::sync::atomic::Ordering::Acquire), to);
+            });
+            let r0 = std::thread::scope(|s| {
+                s.spawn(|| {
+                    move_to(0, from);
+                    // SAFETY: gettid has no preconditions.
+                    tid.store(unsafe { libc::gettid() }, std::sync::atomic::Ordering::Release);
+                    rt.run(&prog, Context::None, 0, 0, false).unwrap()
+                })
+                .join()
+                .unwrap()
+            });
+            mover.join().unwrap();
+            assert_eq!(r0, 1, "{engine:?} run {run}: the CPU changed within the run");
+        }
+        let counter = map(&l, "counter");
+        let mut v = vec![0u8; counter.syscall_value_size()];
+        counter.lookup(&0u32.to_le_bytes(), &mut v).unwrap();
+        let total: u64 = v.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).sum();
+        assert_eq!(total, runs, "{engine:?}: every increment kept");
+    }
+}

@@ -108,6 +108,8 @@ pub struct LoadedProgram {
     /// Where its machine code came from, when the code cache was asked.
     pub cached: Option<Outcome>,
     engine: SharedEngine,
+    /// Its runs see one CPU from start to end (see [`runs_on_one_cpu`]).
+    one_cpu: bool,
 }
 
 impl std::fmt::Debug for LoadedProgram {
@@ -240,6 +242,25 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime").field("region", &self.region).field("engine", &self.engine).finish()
     }
+}
+
+/// Whether a program's result depends on the CPU it runs on: it names a per-CPU map, a map of
+/// maps or a program array (whose members may), or asks for the CPU (`bpf_get_smp_processor_id`,
+/// `bpf_this_cpu_ptr`, `bpf_per_cpu_ptr`). Its runs get [`bpftime_maps::pin_cpu`], as the kernel
+/// keeps a program on one CPU: `v = lookup(percpu); update(percpu, v + 1)` stays on one CPU's
+/// value while the thread migrates. Other programs skip the pin's cost.
+fn runs_on_one_cpu(insns: &[bpftime_vm::insn::RawInsn], region: &Arc<ShmRegion>) -> bool {
+    const LDDW: u8 = 0x18;
+    const CALL: u8 = 0x85;
+    const CPU_HELPERS: [i32; 3] = [8, 153, 154];
+    insns.iter().any(|i| match (i.opc, i.src) {
+        (LDDW, 1 | 2) => Map::open(region, i.imm as u32).is_ok_and(|m| {
+            let t = m.map_type();
+            t.is_percpu() || matches!(t, MapType::ProgArray | MapType::ArrayOfMaps | MapType::HashOfMaps)
+        }),
+        (CALL, 0) => CPU_HELPERS.contains(&i.imm),
+        _ => false,
+    })
 }
 
 /// The CPU a per-CPU map's lookup uses for the calling thread (for inlined lookups).
@@ -587,7 +608,15 @@ impl Runtime {
                 if let (Some(cache), Some(image)) = (&self.code_cache, image) {
                     let _ = cache.install(&key, &entry.record, &entry.name, image);
                 }
-                Ok(LoadedProgram { id: *id, name: name.clone(), section: section.clone(), program, cached: Some(Outcome::Aot), engine: Arc::new(jit) })
+                Ok(LoadedProgram {
+                    id: *id,
+                    name: name.clone(),
+                    section: section.clone(),
+                    program,
+                    cached: Some(Outcome::Aot),
+                    engine: Arc::new(jit),
+                    one_cpu: runs_on_one_cpu(&stored.insns, &self.region),
+                })
             };
             match use_it() {
                 Ok(p) => {
@@ -637,15 +666,18 @@ impl Runtime {
             })?;
             let program = jit.program().clone();
             let engine: SharedEngine = Arc::new(jit);
-            return Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, cached: Some(outcome), engine });
+            let one_cpu = runs_on_one_cpu(&stored.insns, &self.region);
+            return Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, cached: Some(outcome), engine, one_cpu });
         }
         let program = Arc::new(verify_with(&stored.insns, self.helpers.clone(), &resolver, self.checks).map_err(|e| self.verify_error(&stored.name, e))?);
         let engine = self.engine.build(program.clone()).map_err(jit_error)?;
-        Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, cached: None, engine })
+        let one_cpu = runs_on_one_cpu(&stored.insns, &self.region);
+        Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, cached: None, engine, one_cpu })
     }
 
     /// Runs a program on `ctx` with the given helper context values.
     pub fn run(&self, prog: &LoadedProgram, ctx: Context<'_>, cookie: u64, func_ip: u64, pt_regs: bool) -> Result<u64, RunError> {
+        let _cpu = prog.one_cpu.then(bpftime_maps::pin_cpu);
         let host = HelperContext::new(self, cookie, func_ip, pt_regs);
         let opts = RunOptions { regions: &self.regions, budget: self.budget, host: &host as *const HelperContext as *mut _ };
         run(prog.engine().as_ref(), ctx, &opts)
@@ -658,6 +690,7 @@ impl Runtime {
     /// counted as a miss of the program and returns 0.
     #[inline]
     pub fn run_probe(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<ProbeRun, RunError> {
+        let _cpu = probe.program.one_cpu.then(bpftime_maps::pin_cpu);
         let threads = PROBE_THREADS.try_with(|c| c.get()).unwrap_or(std::ptr::null_mut());
         if !threads.is_null() && level < PROBE_LEVELS && (level == 0 || !bpftime_shm::lock::held_by_this_thread()) {
             // SAFETY: this thread's contexts; only this level's element is borrowed (runs at

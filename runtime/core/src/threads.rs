@@ -6,25 +6,54 @@
 //!
 //! See pthread_sigmask(3) <https://man7.org/linux/man-pages/man3/pthread_sigmask.3.html>:
 //! a new thread starts with its creator's mask.
+//!
+//! They are started with pthread_create(3) directly, not `std::thread`: spawning through std
+//! touches thread-locals of the spawning thread (spawn hooks), whose destructors libc records
+//! with a `calloc` and frees at that thread's exit. The spawning thread is the application's,
+//! and those `free` calls would show in a uprobe on `free` where the kernel sees none.
 
 use std::io;
 
-/// Spawns thread `name` running `f` with every signal blocked.
-pub fn spawn_quiet<F>(name: &str, f: F) -> io::Result<std::thread::JoinHandle<()>>
+/// Spawns detached thread `name` running `f` with every signal blocked.
+pub fn spawn_quiet<F>(name: &str, f: F) -> io::Result<()>
 where
     F: FnOnce() + Send + 'static,
 {
+    extern "C" fn start(arg: *mut libc::c_void) -> *mut libc::c_void {
+        // SAFETY: `arg` is the box leaked below, handed to exactly one thread.
+        let f = unsafe { Box::from_raw(arg as *mut Box<dyn FnOnce() + Send>) };
+        // A panic must not unwind out of a C thread start routine.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        std::ptr::null_mut()
+    }
+    let boxed: Box<Box<dyn FnOnce() + Send>> = Box::new(Box::new(f));
+    let arg = Box::into_raw(boxed) as *mut libc::c_void;
     let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigfillset(3) initialises the set it is given; pthread_sigmask(3) reads `all`
     // (initialised) and writes the previous mask into `old`.
     let blocked = unsafe { libc::sigfillset(all.as_mut_ptr()) == 0 && libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr()) == 0 };
-    let spawned = std::thread::Builder::new().name(name.into()).spawn(f);
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: pthread_create(3) with default attributes, a start routine of the right type and
+    // an argument it owns from now on (on failure it is not passed to anyone).
+    let rc = unsafe { libc::pthread_create(&mut thread, std::ptr::null(), start, arg) };
     if blocked {
         // SAFETY: `old` was written by the successful call above; restores this thread's mask.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
     }
-    spawned
+    if rc != 0 {
+        // SAFETY: no thread took `arg`; reclaims the box leaked above.
+        drop(unsafe { Box::from_raw(arg as *mut Box<dyn FnOnce() + Send>) });
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    let cname = std::ffi::CString::new(name.chars().take(15).collect::<String>()).unwrap_or_default();
+    // SAFETY: names the thread just created (a NUL-terminated name of at most 15 bytes,
+    // pthread_setname_np(3)), then detaches it: nobody joins it (pthread_detach(3)).
+    unsafe {
+        libc::pthread_setname_np(thread, cname.as_ptr());
+        libc::pthread_detach(thread);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -40,8 +69,9 @@ mod tests {
             unsafe { libc::sigismember(m.as_ptr(), libc::SIGALRM) }
         };
         let before = mask();
-        let inside = super::spawn_quiet("test", move || assert_eq!(mask(), 1, "SIGALRM blocked in the thread")).unwrap();
-        inside.join().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        super::spawn_quiet("test", move || tx.send(mask()).unwrap()).unwrap();
+        assert_eq!(rx.recv().unwrap(), 1, "SIGALRM blocked in the thread");
         assert_eq!(mask(), before);
     }
 }

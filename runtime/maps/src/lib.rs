@@ -251,8 +251,45 @@ pub fn possible_cpus() -> u32 {
     })
 }
 
-/// The CPU this thread runs on.
+std::thread_local! {
+    /// The CPU this thread's program run is fixed on (see [`pin_cpu`]); `u32::MAX`: none.
+    static RUN_CPU: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+}
+
+/// Keeps [`current_cpu`] fixed for this thread while it lives (see [`pin_cpu`]).
+#[must_use]
+pub struct CpuPin {
+    outer: u32,
+}
+
+impl Drop for CpuPin {
+    fn drop(&mut self) {
+        let _ = RUN_CPU.try_with(|c| c.set(self.outer));
+    }
+}
+
+/// Fixes the CPU that [`current_cpu`] reports on this thread until the guard drops: the kernel
+/// runs a program with migration disabled, so a per-CPU value it looks up and then updates is
+/// one CPU's, however the scheduler moves the thread meanwhile. A nested run (a tail call, a
+/// probe in a signal handler) keeps the outer run's CPU, as an interrupt on that CPU would.
+pub fn pin_cpu() -> CpuPin {
+    let outer = RUN_CPU.try_with(|c| c.get()).unwrap_or(u32::MAX);
+    if outer == u32::MAX {
+        let _ = RUN_CPU.try_with(|c| c.set(scheduled_cpu()));
+    }
+    CpuPin { outer }
+}
+
+/// The CPU this thread runs on, or the one its program run is fixed on (see [`pin_cpu`]).
 pub fn current_cpu() -> u32 {
+    match RUN_CPU.try_with(|c| c.get()) {
+        Ok(cpu) if cpu != u32::MAX => cpu,
+        _ => scheduled_cpu(),
+    }
+}
+
+/// The CPU the scheduler runs this thread on now.
+fn scheduled_cpu() -> u32 {
     // SAFETY: sched_getcpu has no preconditions (sched_getcpu(3)).
     let c = unsafe { libc::sched_getcpu() };
     let n = possible_cpus();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -144,6 +144,9 @@ struct Header {
     record_seq: AtomicU32,
     /// Non-zero while a reader waits for records.
     record_waiters: AtomicU32,
+    /// Bumped whenever an object is added to or removed from the table (see
+    /// [`ShmRegion::table_changes`]); a futex word.
+    table_seq: AtomicU32,
 }
 
 #[repr(C)]
@@ -776,9 +779,36 @@ impl ShmRegion {
             e.id.store(id, Ordering::Relaxed);
             e.data.store(data, Ordering::Relaxed);
             e.kind.store(kind as u32, Ordering::Release);
+            self.table_changed();
             return Ok(id);
         }
         Err(ShmError::TableFull(self.name.clone()))
+    }
+
+    /// Bumps the table's change count and wakes whoever waits in
+    /// [`ShmRegion::wait_for_table_change`] (objects come and go at human rates: always woken).
+    fn table_changed(&self) {
+        let h = self.header();
+        h.table_seq.fetch_add(1, Ordering::Release);
+        // SAFETY: futex(2) FUTEX_WAKE on an aligned u32 of the shared mapping (not a private
+        // futex: waiters are other processes); it only reads the address.
+        unsafe { libc::syscall(libc::SYS_futex, h.table_seq.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32) };
+    }
+
+    /// How many times objects were added to or removed from the table: take it before looking
+    /// at the table, then [`ShmRegion::wait_for_table_change`] with it.
+    pub fn table_changes(&self) -> u32 {
+        self.header().table_seq.load(Ordering::Acquire)
+    }
+
+    /// Sleeps until the table changes after [`ShmRegion::table_changes`] returned `seen`, or
+    /// for `timeout` at most (returns at once if it changed already).
+    pub fn wait_for_table_change(&self, seen: u32, timeout: std::time::Duration) {
+        let h = self.header();
+        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+        // SAFETY: futex(2) FUTEX_WAIT on an aligned u32 of the mapping, with a relative timeout
+        // that lives across the call; it returns at once if the word is no longer `seen`.
+        unsafe { libc::syscall(libc::SYS_futex, h.table_seq.as_ptr(), libc::FUTEX_WAIT, seen, &ts as *const libc::timespec, 0usize, 0u32) };
     }
 
     /// Removes an object from the table (its data is freed by the caller).
@@ -787,6 +817,7 @@ impl ShmRegion {
         let e = self.find_entry(id)?;
         let info = self.info(e);
         e.kind.store(0, Ordering::Release);
+        self.table_changed();
         info
     }
 

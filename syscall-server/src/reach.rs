@@ -1,0 +1,101 @@
+//! Probes reach processes that were started without the agent, as the kernel's reach every
+//! process: a probe a loader opens for one process (`perf_event_open(..., pid, ...)`:
+//! `funclatency -p PID`) loads the agent into that process, and so does a probe for every
+//! process (`pid` -1) on a file that a process named on the loader's command line maps
+//! (`bpftrace -p PID -e 'uprobe:/usr/bin/app:f ...'`: bpftrace filters the pid in the program).
+//! It is loaded once per process, with `bpftime attach PID` (ptrace, `dlopen` in the target; see
+//! the CLI's `inject`); the agent then attaches the process's links and follows the link table.
+//! Other processes are not entered uninvited: a process is traced by a probe for every process
+//! once it runs the agent (`bpftime start`, `bpftime attach`).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The processes this loader already gave the agent (or tried to).
+#[derive(Default)]
+pub struct Reached(Mutex<HashSet<u32>>);
+
+impl Reached {
+    /// Makes sure process `pid` runs the agent on region `shm`; says on stderr what it did or
+    /// why it could not (the link stays in the region either way, for an agent started later).
+    pub fn ensure(&self, pid: u32, shm: &str) {
+        if pid == 0 || pid == std::process::id() || !self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pid) {
+            return;
+        }
+        if runs_agent(pid) {
+            return;
+        }
+        let Some(cli) = cli_path() else {
+            eprintln!("bpftime: process {pid} runs without the agent and the `bpftime` CLI was not found: run `bpftime attach {pid}`");
+            return;
+        };
+        let out = std::process::Command::new(&cli)
+            .args(["attach", &pid.to_string()])
+            .env("BPFTIME_SHM", shm)
+            .env_remove("LD_PRELOAD")
+            .env_remove("BPFTIME_CHILD_PRELOAD")
+            .stdin(std::process::Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                eprintln!("bpftime: process {pid} was started without the agent; loaded it there (bpftime attach {pid})")
+            }
+            Ok(o) => eprintln!("bpftime: process {pid} runs without the agent and loading it failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Err(e) => eprintln!("bpftime: process {pid} runs without the agent; {} attach: {e}", cli.display()),
+        }
+    }
+}
+
+/// The processes named on this loader's command line (`-p PID`, `--pid PID`, `--pid=PID`) that
+/// map file `path`.
+pub fn named_processes_mapping(path: &str) -> Vec<u32> {
+    let Ok(want) = std::fs::canonicalize(path) else { return vec![] };
+    let args: Vec<String> =
+        std::fs::read("/proc/self/cmdline").map(|b| b.split(|&c| c == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()).unwrap_or_default();
+    let mut named = vec![];
+    for (i, a) in args.iter().enumerate() {
+        let value = match a.as_str() {
+            "-p" | "--pid" => args.get(i + 1).map(String::as_str),
+            _ => a.strip_prefix("--pid="),
+        };
+        if let Some(pid) = value.and_then(|v| v.parse::<u32>().ok()) {
+            named.push(pid);
+        }
+    }
+    named.retain(|&pid| pid != std::process::id() && maps_file(pid, &want));
+    named
+}
+
+/// Whether process `pid` maps `file` (its executable or a library).
+fn maps_file(pid: u32, file: &Path) -> bool {
+    let Some(file) = file.to_str() else { return false };
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.lines().any(|l| l.split_whitespace().nth(5) == Some(file)))
+}
+
+/// Whether process `pid` has the agent mapped.
+fn runs_agent(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.lines().any(|l| l.ends_with("/libbpftime.so")))
+}
+
+/// The `bpftime` CLI: `$BPFTIME_CLI` (set by `bpftime load`), else beside this library.
+fn cli_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BPFTIME_CLI") {
+        return Some(PathBuf::from(p));
+    }
+    let beside = own_path()?.with_file_name("bpftime");
+    beside.exists().then_some(beside)
+}
+
+/// The file this library was loaded from (the mapping of /proc/self/maps that holds this code).
+fn own_path() -> Option<PathBuf> {
+    let here = own_path as fn() -> Option<PathBuf> as usize as u64;
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+        let path = fields.nth(4)?;
+        (start <= here && here < end && path.starts_with('/')).then(|| Path::new(path).to_path_buf())
+    })
+}
