@@ -613,7 +613,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             if let Some(b) = budget {
                 cmd.env("BPFTIME_BUDGET", b.to_string());
             }
-            let status = cmd.status().map_err(|e| format!("{}: {e}", command[0]))?;
+            let status = supervise::run_forwarding(&mut cmd).map_err(|e| format!("{}: {e}", command[0]))?;
             Ok(exit_code(status))
         }
         Command::Attach { pid, program, engine } => attach_pid::attach(pid, program.as_deref(), engine, shm, &agent_path()?),
@@ -750,7 +750,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             if kernel_passthrough {
                 cmd.env("BPFTIME_KERNEL_PASSTHROUGH", "1");
             }
-            let status = cmd.status().map_err(|e| format!("{}: {e}", loader[0]))?;
+            let status = supervise::run_forwarding(&mut cmd).map_err(|e| format!("{}: {e}", loader[0]))?;
             Ok(exit_code(status))
         }
         Command::Load { file, aot, .. } => {

@@ -1,6 +1,8 @@
-//! What `bpftime run` does around the command it runs: removes its region whatever happens
-//! (the command failing, `bpftime` being interrupted, its reader going away), forwards the
-//! signals meant for the command, and passes the command's exit status through.
+//! What `bpftime` does around a command it runs (`run`, `start`, `load --`): forwards the
+//! signals meant for the command, passes the command's exit status through, and for `run`
+//! removes its region whatever happens (the command failing, `bpftime` being interrupted, its
+//! reader going away). Without forwarding, `kill` or `timeout` on `bpftime` would leave its
+//! command running alone (a loader with its probes attached).
 //!
 //! Signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are blocked in every thread of `bpftime` and
 //! taken by one thread with `sigwaitinfo`; the command gets them unblocked again
@@ -53,12 +55,18 @@ impl Drop for RegionGuard {
     }
 }
 
-/// Starts supervising: blocks the signals above in this thread (call it before any other
-/// thread starts, so every later thread inherits the mask), ignores SIGPIPE, and starts the
-/// thread that handles them. The returned guard removes `region_path` when dropped.
+/// Starts supervising: forwards signals (see [`forward_signals`]); the returned guard removes
+/// `region_path` when dropped, and a third signal removes it before exiting.
 pub fn start(region_path: &std::path::Path) -> Result<RegionGuard, String> {
     let path = CString::new(region_path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     let _ = REGION_PATH.set(path.clone());
+    forward_signals()?;
+    Ok(RegionGuard { path })
+}
+
+/// Blocks the signals above in this thread (call it before any other thread starts, so every
+/// later thread inherits the mask), ignores SIGPIPE, and starts the thread that handles them.
+pub fn forward_signals() -> Result<(), String> {
     let set = handled_set();
     // SAFETY: pthread_sigmask(3) with a valid set; signal(2) to ignore SIGPIPE in this process
     // (children get the default back from `Command`).
@@ -78,7 +86,18 @@ pub fn start(region_path: &std::path::Path) -> Result<RegionGuard, String> {
             }
         })
         .map_err(|e| e.to_string())?;
-    Ok(RegionGuard { path })
+    Ok(())
+}
+
+/// Runs `cmd` with signals to `bpftime` forwarded to it; its exit status.
+pub fn run_forwarding(cmd: &mut std::process::Command) -> std::io::Result<std::process::ExitStatus> {
+    if let Err(e) = forward_signals() {
+        return Err(std::io::Error::other(e));
+    }
+    prepare_command(cmd);
+    let mut child = cmd.spawn()?;
+    set_child(child.id());
+    child.wait()
 }
 
 /// Makes the command start with the signals we block unblocked (a blocked mask is inherited
@@ -111,7 +130,7 @@ fn on_signal(sig: libc::c_int, code: i32) {
         }
         return;
     }
-    // Nothing to wait for, or asked three times: remove the region and leave now.
+    // Nothing to wait for, or asked three times: remove the region (if any) and leave now.
     if let Some(p) = REGION_PATH.get() {
         // SAFETY: unlink(2) of a NUL-terminated path.
         unsafe { libc::unlink(p.as_ptr()) };

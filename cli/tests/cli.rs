@@ -988,3 +988,26 @@ fn vfork_spawn_and_failed_execve_keep_their_semantics_and_report_their_exits() {
         assert_eq!(count(61), 10, "{engine}: wait4: {stderr}");
     }
 }
+
+/// `kill` (or `timeout`) on `bpftime start --` / `bpftime load --` reaches the command it runs,
+/// which ends as it would alone (a loader prints its results and detaches), and its exit status
+/// comes back; the command is not left running without its parent.
+#[test]
+fn a_signal_to_bpftime_reaches_the_command_it_runs() {
+    let shm = format!("bpftime-forward-{}", std::process::id());
+    let script = "trap 'echo got TERM; exit 7' TERM; echo ready; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; echo no signal";
+    for verb in ["start", "load"] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bpftime")).args(["--shm", &shm, verb, "--", "sh", "-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line, "ready\n", "{verb}");
+        // SAFETY: kill(2) on the child we started.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line, "got TERM\n", "{verb}: the command got the signal");
+        assert_eq!(c.wait().unwrap().code(), Some(7), "{verb}: its exit status");
+    }
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+}
