@@ -26,7 +26,7 @@ for l in sys.stdin:
         print(m["target"]["name"], m["executable"])' \
         | while read -r name exe; do cp "$exe" "$out/bin/$name"; done
     cargo test --release -p bpftime-tests --test gpu_device >/dev/null
-    cp target/release/bpftime target/release/libbpftime.so "$out/bin/"
+    cp target/release/bpftime target/release/libbpftime.so target/release/libbpftime_early.so "$out/bin/"
     strip "$out"/bin/* || true
     # Every example object (the GPU machine has no clang), built as the tests build them.
     mkdir -p target/bpf-examples "$out/bpf-examples"

@@ -38,8 +38,23 @@ fn protect_allocator_across_fork() {
 
 pub use glue::{attach_pending, Agent, Effect, ProgramProbe};
 
-/// Runs at load time (an `.init_array` entry).
-extern "C" fn bpftime_agent_init() {
+/// Starts the agent, once: from `libbpftime_early.so`'s constructor, which runs before those of
+/// the application's libraries (see `early/early.c`), or else from the agent's own
+/// `.init_array` entry.
+#[unsafe(no_mangle)]
+pub extern "C" fn bpftime_agent_early_init() {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        bpftime_agent_init();
+    }
+}
+
+/// Runs at load time (an `.init_array` entry; a second call does nothing).
+extern "C" fn init_at_load() {
+    bpftime_agent_early_init();
+}
+
+fn bpftime_agent_init() {
     protect_allocator_across_fork();
     if std::env::var_os("BPFTIME_DISABLE").is_some() || !glue::configured() {
         return;
@@ -55,7 +70,7 @@ extern "C" fn bpftime_agent_init() {
 
 #[used]
 #[unsafe(link_section = ".init_array")]
-static INIT: extern "C" fn() = bpftime_agent_init;
+static INIT: extern "C" fn() = init_at_load;
 
 /// Starts the agent in a process it was loaded into while running (`bpftime attach` calls it
 /// through ptrace after `dlopen`), with region `shm`: what the region's links name for this

@@ -566,19 +566,30 @@ fn store_links(region: &std::sync::Arc<ShmRegion>, programs: &[(String, String, 
     Ok(stored.links)
 }
 
-/// The agent library: `$BPFTIME_AGENT`, or `libbpftime.so` beside this executable.
+/// The agent library: `$BPFTIME_AGENT`, or `libbpftime.so` beside this executable; either way
+/// with `libbpftime_early.so` beside it (the agent needs it: see `agent/early/early.c`).
 fn agent_path() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("BPFTIME_AGENT") {
-        let p = PathBuf::from(p);
-        return if p.exists() { Ok(p) } else { Err(format!("the agent {} (from BPFTIME_AGENT) does not exist", p.display())) };
+    let p = match std::env::var_os("BPFTIME_AGENT") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if !p.exists() {
+                return Err(format!("the agent {} (from BPFTIME_AGENT) does not exist", p.display()));
+            }
+            p
+        }
+        None => {
+            let p = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("libbpftime.so");
+            if !p.exists() {
+                return Err(format!("the agent {} is missing (build it with `cargo build -p bpftime-agent`, or set BPFTIME_AGENT)", p.display()));
+            }
+            p
+        }
+    };
+    let early = p.with_file_name("libbpftime_early.so");
+    if !early.exists() {
+        return Err(format!("{} is missing: the agent needs it beside it (cargo builds it with the agent)", early.display()));
     }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let p = exe.with_file_name("libbpftime.so");
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(format!("the agent {} is missing (build it with `cargo build -p bpftime-agent`, or set BPFTIME_AGENT)", p.display()))
-    }
+    Ok(p)
 }
 
 /// `command` with the agent preloaded (after any LD_PRELOAD already set).

@@ -548,7 +548,7 @@ fn bpftime_as_nobody(kit: &std::path::Path, shm: &str, args: &[&str]) -> Output 
         .expect("run setpriv")
 }
 
-/// Copies of the CLI, the agent and `files` in a folder user `nobody` can reach (the build
+/// Copies of the CLI, the agent (with `libbpftime_early.so`) and `files` in a folder user `nobody` can reach (the build
 /// folder may be under a private home).
 fn nobody_kit(files: &[&std::path::Path]) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
@@ -556,7 +556,7 @@ fn nobody_kit(files: &[&std::path::Path]) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let cli = std::path::Path::new(env!("CARGO_BIN_EXE_bpftime"));
-    for f in [cli, &cli.with_file_name("libbpftime.so")].into_iter().chain(files.iter().copied()) {
+    for f in [cli, &cli.with_file_name("libbpftime.so"), &cli.with_file_name("libbpftime_early.so")].into_iter().chain(files.iter().copied()) {
         let to = dir.join(f.file_name().unwrap());
         std::fs::copy(f, &to).unwrap();
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -1373,3 +1373,42 @@ fn a_loaders_exit_removes_its_probes_from_processes_started_after_it() {
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The constructors of a program's libraries run before its `main`, and the kernel traces what
+/// they do: libselinux's in `ls` reads /proc/filesystems. The agent starts before them (from
+/// `libbpftime_early.so`), so Debian's opensnoop prints the same opens for `ls` as on the kernel,
+/// but for the dynamic loader's own (the cache and the libraries, before any code of ours runs).
+#[test]
+fn opens_of_library_constructors_are_traced_like_the_kernel() {
+    let _serial = serial();
+    let Some(tool) = installed_or_skip("/usr/sbin/opensnoop", "libbpf-tools") else { return };
+    if !bpftime_tests::kernel::tracefs_mounted() || !is_root() {
+        return println!("skipping: needs root and tracefs");
+    }
+    let dir = std::env::temp_dir().join(format!("bpftime-ctors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A copy, so that its name picks out its lines.
+    let ls = dir.join("ls-ctor-test");
+    std::fs::copy("/usr/bin/ls", &ls).unwrap();
+    let opens = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("ls-ctor-test"))
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|p| p != "/etc/ld.so.cache" && !p.contains(".so"))
+            .collect()
+    };
+    let shm = format!("bpftime-ctors-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&tool).args(["-d", "4"]);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&ls).arg("/"), &dir.join("ours"), false);
+    let ours = opens(&out);
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let mut kernel = Command::new(&tool);
+    kernel.args(["-d", "4"]);
+    let out = tool_session(kernel, None, Command::new(&ls).arg("/"), &dir.join("kernel"), false);
+    let kernel = opens(&out);
+    assert!(!kernel.is_empty(), "the kernel saw no opens of ls:\n{out}");
+    assert_eq!(ours, kernel, "the opens of `ls /` after the dynamic loader's");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,33 @@
+//! Builds `libbpftime_early.so` (see `early/early.c`), which the agent needs (DT_NEEDED, found
+//! beside it through `$ORIGIN`), and puts it beside the agent in the target folder.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let src = "early/early.c";
+    println!("cargo:rerun-if-changed={src}");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let lib = out.join("libbpftime_early.so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-Wl,-soname,libbpftime_early.so", "-Wl,--no-as-needed", "-lgcc_s", "-o"])
+        .arg(&lib)
+        .arg(src)
+        .status()
+        .unwrap_or_else(|e| panic!("{cc}: {e}"));
+    assert!(status.success(), "{cc} failed to build {}", lib.display());
+    // OUT_DIR is <target>/<profile>/build/<crate>-<hash>/out: the agent is written to
+    // <target>/<profile> (and deps/ below it), where `$ORIGIN` will look.
+    let profile_dir = out.ancestors().nth(3).expect("OUT_DIR is inside the target folder");
+    for dir in [profile_dir.to_path_buf(), profile_dir.join("deps")] {
+        let _ = std::fs::create_dir_all(&dir);
+        let to = dir.join("libbpftime_early.so");
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(&lib, &to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    }
+    println!("cargo:rustc-link-search=native={}", out.display());
+    for arg in ["-Wl,--no-as-needed", "-lbpftime_early", "-Wl,--as-needed", "-Wl,-rpath,$ORIGIN"] {
+        println!("cargo:rustc-link-arg-cdylib={arg}");
+    }
+}
