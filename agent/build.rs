@@ -27,7 +27,9 @@ fn main() {
         std::fs::copy(&lib, &to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
     }
     println!("cargo:rustc-link-search=native={}", out.display());
-    for arg in ["-Wl,--no-as-needed", "-lbpftime_early", "-Wl,--as-needed", "-Wl,-rpath,$ORIGIN"] {
+    // `-z now`: every import is bound at load time, so no lazy binding runs later in a probe, a
+    // signal handler or each forked child (which would redo it: a written GOT page per child).
+    for arg in ["-Wl,--no-as-needed", "-lbpftime_early", "-Wl,--as-needed", "-Wl,-rpath,$ORIGIN", "-Wl,-z,now"] {
         println!("cargo:rustc-link-arg-cdylib={arg}");
     }
 }

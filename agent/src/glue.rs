@@ -408,17 +408,11 @@ pub(crate) fn start_in(name: String) {
     // the link table, asleep until the table changes (a loader that exits or closes a link has
     // its probes removed at once, before a kernel uprobe could land on our jump).
     if !standalone {
-        // Started, and running, before any probe is attached. (A flag, not a channel: waiting
-        // on a channel registers a thread-local destructor on this, the application's, thread,
-        // and libc frees its record at exit: two free() calls the kernel would not see.)
-        static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let spawned = bpftime_runtime::threads::spawn_quiet("bpftime-links", move || {
-            RUNNING.store(true, std::sync::atomic::Ordering::Release);
-            bpftime_attach::without_probes(|| watch_links(table_seen))
-        });
-        while spawned.is_ok() && !RUNNING.load(std::sync::atomic::Ordering::Acquire) {
-            std::thread::yield_now();
-        }
+        start_follower(table_seen, true);
+        // A forked child keeps the probes (as under the kernel) but not the thread: it gets
+        // one of its own, so that its probes also go when their loader does.
+        // SAFETY: registers a plain extern "C" handler (pthread_atfork(3)).
+        unsafe { libc::pthread_atfork(None, None, Some(follow_in_child)) };
     }
     agent.attach_all(items);
     if agent.standalone {
@@ -447,6 +441,38 @@ extern "C" fn report_unattached_at_exit() {
 fn link_poll_interval() -> std::time::Duration {
     let ms = std::env::var("BPFTIME_LINK_POLL_MS").ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(100);
     std::time::Duration::from_millis(ms.max(1))
+}
+
+/// Starts the thread that follows the link table from change count `seen` on; with `settled`,
+/// returns once it runs (before any probe is attached, so that its own start hits none). A
+/// flag, not a channel: waiting on a channel registers a thread-local destructor on this, the
+/// application's, thread, and libc frees its record at exit, two free() calls the kernel
+/// would not see.
+fn start_follower(seen: u32, settled: bool) {
+    static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    RUNNING.store(false, std::sync::atomic::Ordering::Release);
+    let spawned = bpftime_runtime::threads::spawn_quiet("bpftime-links", move || {
+        RUNNING.store(true, std::sync::atomic::Ordering::Release);
+        bpftime_attach::without_probes(|| watch_links(seen))
+    });
+    while settled && spawned.is_ok() && !RUNNING.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+}
+
+/// In a child just forked (the only thread is the one that called fork): a link follower of
+/// its own.
+extern "C" fn follow_in_child() {
+    bpftime_attach::without_probes(|| {
+        let _ = std::panic::catch_unwind(|| {
+            if let Some(agent) = AGENT.get() {
+                // Probes are in place already: nothing to wait for, and nothing to look at
+                // before the table changes or the poll interval ends (a child that execs or
+                // exits at once pays only the thread's creation).
+                start_follower(agent.runtime.region().table_changes(), false);
+            }
+        });
+    });
 }
 
 /// Follows the region's link table from change count `seen` on: new uprobe links are

@@ -1321,8 +1321,9 @@ fn a_process_started_without_the_agent_is_reached_and_left_clean() {
 }
 
 /// A process started with the agent while a loader's probe was already there (so the agent
-/// attached it at start) loses the probe when the loader exits, as with the kernel: the code is
-/// the file's again at once and the kernel's own uprobe on the same function counts its calls.
+/// attached it at start), and a child it forked, lose the probe when the loader exits, as with
+/// the kernel: the code is the file's again at once and the kernel's own uprobe on the same
+/// function counts the process's calls.
 #[test]
 fn a_loaders_exit_removes_its_probes_from_processes_started_after_it() {
     let _serial = serial();
@@ -1358,6 +1359,21 @@ fn a_loaders_exit_removes_its_probes_from_processes_started_after_it() {
     line.clear();
     lines.read_line(&mut line).unwrap();
     assert_eq!(line, "done 12502500\n");
+    // A child forked now keeps the probe (as under the kernel) until the loader exits.
+    input.write_all(b"fork\n").unwrap();
+    line.clear();
+    lines.read_line(&mut line).unwrap();
+    let forked: u32 = line.strip_prefix("child ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    struct Killed(i32);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the target's child (it loops until killed).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _forked = Killed(forked as i32);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!code_is_the_files(forked, &target, "add"), "the forked child has the probe");
     let loader = child_of(tool.id());
     while tool.try_wait().unwrap().is_none() {
         // SAFETY: kill(2) on a process we started (bpftrace prints its maps on SIGINT).
@@ -1367,6 +1383,7 @@ fn a_loaders_exit_removes_its_probes_from_processes_started_after_it() {
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.contains("@n: 5000\n") && text.contains("@s: 12497500\n"), "{text}");
     wait_until_code_is_the_files(pid, &target, "add");
+    wait_until_code_is_the_files(forked, &target, "add");
     the_kernel_counts_them_too(&bpftrace, &[], &script, pid, &mut lines, &dir);
     input.write_all(b"quit\n").unwrap();
     assert!(app.wait().unwrap().success());

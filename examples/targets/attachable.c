@@ -2,11 +2,15 @@
 // obeys commands read from stdin while another thread keeps calling add(0, 0) (load while
 // probes come and go).
 //   run N   calls add(i, 1) for i < N, then prints "done SUM"
+//   fork    forks a child that calls add(0, 0) every millisecond until killed; prints "child PID"
 //   quit    exits 0
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 
 volatile long last_sum;
 
@@ -40,6 +44,17 @@ int main(void)
             for (long i = 0; i < n; i++)
                 sum += add(i, 1);
             printf("done %ld\n", sum);
+        } else if (strncmp(line, "fork", 4) == 0) {
+            pid_t child = fork();
+            if (child == 0) {
+                // Calls add(0, 0) every millisecond until killed (or its parent ends).
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                for (;;) {
+                    add(0, 0);
+                    usleep(1000);
+                }
+            }
+            printf("child %d\n", (int)child);
         } else if (strncmp(line, "quit", 4) == 0) {
             break;
         }

@@ -21,12 +21,22 @@ where
 {
     extern "C" fn start(arg: *mut libc::c_void) -> *mut libc::c_void {
         // SAFETY: `arg` is the box leaked below, handed to exactly one thread.
-        let f = unsafe { Box::from_raw(arg as *mut Box<dyn FnOnce() + Send>) };
+        let (name, f) = *unsafe { Box::from_raw(arg as *mut Start) };
+        // SAFETY: names the calling thread (prctl(2) PR_SET_NAME reads a NUL-terminated name,
+        // at most 16 bytes with the NUL): one system call, where pthread_setname_np(3) on
+        // another thread opens and writes /proc/self/task/TID/comm.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
         // A panic must not unwind out of a C thread start routine.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         std::ptr::null_mut()
     }
-    let boxed: Box<Box<dyn FnOnce() + Send>> = Box::new(Box::new(f));
+    // The name as prctl wants it: at most 15 bytes and a NUL, no allocation of its own.
+    type Start = ([u8; 16], Box<dyn FnOnce() + Send>);
+    let mut cname = [0u8; 16];
+    for (to, from) in cname.iter_mut().zip(name.bytes().take(15).filter(|&b| b != 0)) {
+        *to = from;
+    }
+    let boxed: Box<Start> = Box::new((cname, Box::new(f)));
     let arg = Box::into_raw(boxed) as *mut libc::c_void;
     let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
@@ -43,16 +53,11 @@ where
     }
     if rc != 0 {
         // SAFETY: no thread took `arg`; reclaims the box leaked above.
-        drop(unsafe { Box::from_raw(arg as *mut Box<dyn FnOnce() + Send>) });
+        drop(unsafe { Box::from_raw(arg as *mut Start) });
         return Err(io::Error::from_raw_os_error(rc));
     }
-    let cname = std::ffi::CString::new(name.chars().take(15).collect::<String>()).unwrap_or_default();
-    // SAFETY: names the thread just created (a NUL-terminated name of at most 15 bytes,
-    // pthread_setname_np(3)), then detaches it: nobody joins it (pthread_detach(3)).
-    unsafe {
-        libc::pthread_setname_np(thread, cname.as_ptr());
-        libc::pthread_detach(thread);
-    }
+    // SAFETY: detaches the thread just created: nobody joins it (pthread_detach(3)).
+    unsafe { libc::pthread_detach(thread) };
     Ok(())
 }
 
