@@ -1252,8 +1252,13 @@ fn code_is_the_files(pid: u32, binary: &Path, function: &str) -> bool {
 
 /// A command that has process `pid` (the `attachable` target) run `add(i, 1)` for `i < n`.
 fn have_it_run(pid: u32, n: u32) -> Command {
+    tell(pid, &format!("run {n}"))
+}
+
+/// A command that gives process `pid` (the `attachable` target) the commands `lines`.
+fn tell(pid: u32, lines: &str) -> Command {
     let mut c = Command::new("sh");
-    c.args(["-c", &format!("echo 'run {n}' > /proc/{pid}/fd/0; sleep 0.5")]);
+    c.args(["-c", &format!("printf '{lines}\\n' > /proc/{pid}/fd/0; sleep 0.5")]);
     c
 }
 
@@ -1427,5 +1432,41 @@ fn opens_of_library_constructors_are_traced_like_the_kernel() {
     let kernel = opens(&out);
     assert!(!kernel.is_empty(), "the kernel saw no opens of ls:\n{out}");
     assert_eq!(ours, kernel, "the opens of `ls /` after the dynamic loader's");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Debian's `opensnoop -p PID` (a system call tracepoint program filtering the pid) on a process
+/// started without the agent: the process it names gets the agent, and its opens are printed as
+/// on the kernel.
+#[test]
+fn opensnoop_of_a_named_process_started_without_the_agent_sees_its_opens() {
+    let _serial = serial();
+    let Some(tool) = installed_or_skip("/usr/sbin/opensnoop", "libbpf-tools") else { return };
+    if !bpftime_tests::kernel::tracefs_mounted() || !is_root() {
+        return println!("skipping: needs root and tracefs");
+    }
+    let target = build_target("attachable", false);
+    let mut app = Command::new(&target).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let pid = app.id();
+    let marker = format!("/tmp/bpftime-named-open-{}", std::process::id());
+    std::fs::write(&marker, b"x").unwrap();
+    let opens = format!("open {marker}\\nopen {marker}\\nopen {marker}");
+    let marker_lines = |out: &str| out.lines().filter(|l| l.ends_with(&marker) && l.split_whitespace().next() == Some(&pid.to_string())).count();
+    let dir = std::env::temp_dir().join(format!("bpftime-named-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-named-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&tool).args(["-p", &pid.to_string()]);
+    let out = tool_session(ours, Some(&shm), &mut tell(pid, &opens), &dir.join("ours"), true);
+    assert_eq!(marker_lines(&out), 3, "{out}");
+    let mut kernel = Command::new(&tool);
+    kernel.args(["-p", &pid.to_string()]);
+    let out = tool_session(kernel, None, &mut tell(pid, &opens), &dir.join("kernel"), true);
+    assert_eq!(marker_lines(&out), 3, "the kernel's:\n{out}");
+    app.stdin.take().unwrap().write_all(b"quit\n").unwrap();
+    assert!(app.wait().unwrap().success());
+    let _ = std::fs::remove_file(&marker);
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,8 +2,10 @@
 // obeys commands read from stdin while another thread keeps calling add(0, 0) (load while
 // probes come and go).
 //   run N   calls add(i, 1) for i < N, then prints "done SUM"
+//   open P  opens file P and closes it; prints "opened FD"
 //   fork    forks a child that calls add(0, 0) every millisecond until killed; prints "child PID"
 //   quit    exits 0
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,6 +46,12 @@ int main(void)
             for (long i = 0; i < n; i++)
                 sum += add(i, 1);
             printf("done %ld\n", sum);
+        } else if (strncmp(line, "open ", 5) == 0) {
+            line[strcspn(line, "\n")] = 0;
+            int fd = open(line + 5, O_RDONLY);
+            if (fd >= 0)
+                close(fd);
+            printf("opened %d\n", fd);
         } else if (strncmp(line, "fork", 4) == 0) {
             pid_t child = fork();
             if (child == 0) {

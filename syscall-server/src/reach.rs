@@ -2,7 +2,8 @@
 //! process: a probe a loader opens for one process (`perf_event_open(..., pid, ...)`:
 //! `funclatency -p PID`) loads the agent into that process, and so does a probe for every
 //! process (`pid` -1) on a file that a process named on the loader's command line maps
-//! (`bpftrace -p PID -e 'uprobe:/usr/bin/app:f ...'`: bpftrace filters the pid in the program).
+//! (`bpftrace -p PID -e 'uprobe:/usr/bin/app:f ...'`: bpftrace filters the pid in the program),
+//! or on a system call (`opensnoop -p PID`, whose program filters the pid).
 //! It is loaded once per process, with `bpftime attach PID` (ptrace, `dlopen` in the target; see
 //! the CLI's `inject`); the agent then attaches the process's links and follows the link table.
 //! Other processes are not entered uninvited: a process is traced by a probe for every process
@@ -48,9 +49,16 @@ impl Reached {
 }
 
 /// The processes named on this loader's command line (`-p PID`, `--pid PID`, `--pid=PID`) that
-/// map file `path`.
+/// map file `path`, or with an empty `path` (a system call event), all of them.
 pub fn named_processes_mapping(path: &str) -> Vec<u32> {
-    let Ok(want) = std::fs::canonicalize(path) else { return vec![] };
+    let want = if path.is_empty() {
+        None
+    } else {
+        match std::fs::canonicalize(path) {
+            Ok(p) => Some(p),
+            Err(_) => return vec![],
+        }
+    };
     let args: Vec<String> =
         std::fs::read("/proc/self/cmdline").map(|b| b.split(|&c| c == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()).unwrap_or_default();
     let mut named = vec![];
@@ -63,7 +71,7 @@ pub fn named_processes_mapping(path: &str) -> Vec<u32> {
             named.push(pid);
         }
     }
-    named.retain(|&pid| pid != std::process::id() && maps_file(pid, &want));
+    named.retain(|&pid| pid != std::process::id() && want.as_deref().map_or(std::path::Path::new(&format!("/proc/{pid}")).exists(), |w| maps_file(pid, w)));
     named
 }
 
