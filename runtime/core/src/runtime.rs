@@ -690,7 +690,23 @@ impl Runtime {
     /// counted as a miss of the program and returns 0.
     #[inline]
     pub fn run_probe(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<ProbeRun, RunError> {
-        let _cpu = probe.program.one_cpu.then(bpftime_maps::pin_cpu);
+        if probe.program.one_cpu {
+            return self.run_probe_on_one_cpu(probe, regs, level);
+        }
+        self.run_probe_here(probe, regs, level)
+    }
+
+    /// [`Runtime::run_probe`] with the CPU pinned for the run (out of the common path: a guard
+    /// there costs every hit instructions).
+    #[cold]
+    #[inline(never)]
+    fn run_probe_on_one_cpu(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<ProbeRun, RunError> {
+        let _cpu = bpftime_maps::pin_cpu();
+        self.run_probe_here(probe, regs, level)
+    }
+
+    #[inline]
+    fn run_probe_here(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<ProbeRun, RunError> {
         let threads = PROBE_THREADS.try_with(|c| c.get()).unwrap_or(std::ptr::null_mut());
         if !threads.is_null() && level < PROBE_LEVELS && (level == 0 || !bpftime_shm::lock::held_by_this_thread()) {
             // SAFETY: this thread's contexts; only this level's element is borrowed (runs at
