@@ -155,9 +155,54 @@ fn address(pid: u32, binary: &str, function: &str) -> Result<u64, String> {
     resolve_in_process(pid, &t).map(|r| r.addr).map_err(|e| format!("process {pid}: {e}"))
 }
 
+/// Why process `pid` cannot take a call now, if it cannot: stopped (SIGSTOP, a debugger's
+/// stop: it would not run our call), traced by a debugger (ptrace would be refused), a zombie.
+fn not_callable(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may hold anything.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("");
+    let tracer = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse::<u32>().ok()))
+        .unwrap_or(0);
+    match state {
+        "T" | "t" => Some(format!("process {pid} is stopped (resume it first: kill -CONT {pid})")),
+        "Z" | "X" => Some(format!("process {pid} has exited")),
+        _ if tracer != 0 => Some(format!("process {pid} is traced by process {tracer} (a debugger)")),
+        _ => None,
+    }
+}
+
+/// The termination signals, blocked while a process runs our calls: a `bpftime attach` stopped
+/// half-way would leave it with our registers (and a return to address 0).
+fn hold_termination_signals() -> impl Drop {
+    struct Restore(libc::sigset_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the mask saved below (pthread_sigmask(3)).
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+        }
+    }
+    // SAFETY: sigemptyset/sigaddset fill local sets; pthread_sigmask(3) reads one and writes the
+    // old mask into the other.
+    unsafe {
+        let (mut set, mut old): (libc::sigset_t, libc::sigset_t) = (std::mem::zeroed(), std::mem::zeroed());
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        Restore(old)
+    }
+}
+
 /// Loads `agent` into process `pid` and starts it with region `shm`. Ok(false) when an agent
 /// was already running there.
 pub fn inject(pid: u32, agent: &Path, shm: &str) -> Result<bool, String> {
+    if let Some(why) = not_callable(pid) {
+        return Err(why);
+    }
+    let _held = hold_termination_signals();
     let agent = std::fs::canonicalize(agent).map_err(|e| format!("{}: {e}", agent.display()))?;
     let agent_path = agent.to_string_lossy().into_owned();
     let dlopen = address(pid, "libc.so.6", "dlopen")?;

@@ -1011,3 +1011,27 @@ fn a_signal_to_bpftime_reaches_the_command_it_runs() {
     }
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
 }
+
+/// `bpftime attach` refuses a stopped process (it would not run the calls that load the agent,
+/// and the process must not be left half-way) and says why; resumed, the process runs on.
+#[test]
+fn attach_refuses_a_stopped_process_and_leaves_it_whole() {
+    use std::io::{BufRead, BufReader};
+    let shm = format!("bpftime-attach-stopped-{}", std::process::id());
+    let mut target = Command::new(bpftime_tests::clang::build_target("attachable", false)).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = target.id();
+    let mut input = target.stdin.take().unwrap();
+    let mut output = BufReader::new(target.stdout.take().unwrap()).lines();
+    assert_eq!(output.next().unwrap().unwrap(), "ready");
+    // SAFETY: kill(2) on the child we started.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let out = bpftime_shm(&shm, &["attach", &pid.to_string()]);
+    assert!(!out.status.success() && text(&out.stderr).contains(&format!("process {pid} is stopped")), "{}", text(&out.stderr));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    writeln!(input, "run 100").unwrap();
+    assert_eq!(output.next().unwrap().unwrap(), "done 5050");
+    writeln!(input, "quit").unwrap();
+    assert!(target.wait().unwrap().success());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+}
