@@ -1470,3 +1470,23 @@ fn opensnoop_of_a_named_process_started_without_the_agent_sees_its_opens() {
     let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A program on a kernel tracepoint (Debian's `exitsnoop`: `sched/sched_process_exit`) cannot
+/// run in a traced process: the loader is told why and what to do, once, and fails as a kernel
+/// without the event would make it fail, rather than with a puzzling `EBADF`.
+#[test]
+fn a_kernel_tracepoint_program_is_refused_with_the_way_out() {
+    let _serial = serial();
+    let Some(tool) = installed_or_skip("/usr/sbin/exitsnoop", "libbpf-tools") else { return };
+    if !bpftime_tests::kernel::tracefs_mounted() {
+        return println!("skipping: needs tracefs");
+    }
+    let shm = format!("bpftime-kernel-tp-{}", std::process::id());
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    let o = bpftime(&shm).args(["load", "--"]).arg(&tool).output().unwrap();
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert_eq!(err.matches("attaches to a kernel event").count(), 1, "{err}");
+    assert!(err.contains("bpftime load --kernel-passthrough") && err.contains("Invalid argument"), "{err}");
+    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+}

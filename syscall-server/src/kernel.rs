@@ -217,12 +217,16 @@ impl Server {
     }
 
     /// `PERF_EVENT_IOC_SET_BPF` on a kernel perf event with a program of ours: the program,
-    /// loaded into the kernel, is attached there (None: not such a call).
+    /// loaded into the kernel, is attached there, or without `--kernel-passthrough` refused
+    /// with the reason (None: not such a call).
     pub fn kernel_set_bpf(&self, fd: i32, request: u64, arg: u64) -> Option<Result<i64, Errno>> {
-        if self.kernel.is_none() || request != attr::PERF_EVENT_IOC_SET_BPF || self.handle(fd).is_some() {
+        if request != attr::PERF_EVENT_IOC_SET_BPF || self.handle(fd).is_some() {
             return None;
         }
         let Some(Handle::Prog(id)) = self.handle(arg as i32) else { return None };
+        if self.kernel.is_none() {
+            return Some(Err(self.kernel_event_refused(id, fd)));
+        }
         Some(self.kernel_prog(id).and_then(|kfd| raw::result(raw::syscall6(libc::SYS_ioctl, [fd as c_long, request as c_long, kfd as c_long, 0, 0, 0]))))
     }
 

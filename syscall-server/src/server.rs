@@ -137,6 +137,8 @@ pub struct Server {
     retprobe_bit: u32,
     /// Processes named by a probe that this loader gave the agent.
     reached: crate::reach::Reached,
+    /// Programs already said to be asked for a kernel event (see `kernel_event_refused`).
+    told_kernel_only: Mutex<HashSet<u32>>,
 }
 
 fn read_sysfs_u32(path: &str, prefix: &str) -> Option<u32> {
@@ -281,6 +283,7 @@ impl Server {
             uprobe_type: read_sysfs_u32("/sys/bus/event_source/devices/uprobe/type", ""),
             retprobe_bit: read_sysfs_u32("/sys/bus/event_source/devices/uprobe/format/retprobe", "config:").unwrap_or(0),
             reached: Default::default(),
+            told_kernel_only: Mutex::default(),
         }
     }
 
@@ -867,9 +870,17 @@ impl Server {
             };
         }
         let prog = self.prog_id(prog_fd)?;
-        if self.kernel.is_some() && self.handle(target_fd).is_none() {
-            // A kernel event (kprobe, tracepoint): the program runs there.
-            return self.kernel_attach(attr::LINK_CREATE, a, prog, 0);
+        // Not an open fd: EBADF, as the kernel says (libbpf's probe for perf links expects it).
+        let open = crate::raw::result(crate::raw::syscall6(libc::SYS_fcntl, [target_fd as libc::c_long, libc::F_GETFD as libc::c_long, 0, 0, 0, 0])).is_ok();
+        if !open {
+            return Err(libc::EBADF);
+        }
+        if self.handle(target_fd).is_none() {
+            // A kernel event (kprobe, tracepoint): the program runs there, or cannot run.
+            return match self.kernel {
+                Some(_) => self.kernel_attach(attr::LINK_CREATE, a, prog, 0),
+                None => Err(self.kernel_event_refused(prog, target_fd)),
+            };
         }
         let cookie = a.u64(16);
         let id = self.attach(target_fd, prog, cookie)?;
@@ -1023,6 +1034,18 @@ impl Server {
             syscall: None,
         });
         Some(ev.and_then(|ev| self.install(Handle::Uprobe(ev))))
+    }
+
+    /// Says (once per program) that program `prog` was asked to attach to a kernel event, perf
+    /// event fd `fd`, which only the kernel runs; the errno for the caller.
+    pub(crate) fn kernel_event_refused(&self, prog: u32, fd: i32) -> Errno {
+        if Self::lock(&self.told_kernel_only).insert(prog) {
+            let name = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
+            eprintln!(
+                "bpftime: `{name}` attaches to a kernel event (perf event fd {fd}: a tracepoint, kprobe or hardware event), which only the kernel runs: start the loader with `bpftime load --kernel-passthrough`"
+            );
+        }
+        libc::EINVAL
     }
 
     /// `ioctl` on one of our perf event fds: None when `fd` is not one.
