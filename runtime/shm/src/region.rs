@@ -450,9 +450,7 @@ impl ShmRegion {
         std::sync::atomic::fence(Ordering::SeqCst);
         if h.record_waiters.load(Ordering::Relaxed) != 0 && h.record_waiters.swap(0, Ordering::AcqRel) != 0 {
             h.record_seq.fetch_add(1, Ordering::Release);
-            // SAFETY: futex(2) FUTEX_WAKE on an aligned u32 of the shared mapping (not a private
-            // futex: waiters are other processes); it only reads the address.
-            unsafe { libc::syscall(libc::SYS_futex, h.record_seq.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32) };
+            wake_all(&h.record_seq);
         }
     }
 
@@ -470,11 +468,7 @@ impl ShmRegion {
     /// Sleeps until a record is published after [`ShmRegion::arm_record_wait`] returned `token`,
     /// or for `timeout` at most.
     pub fn wait_for_records(&self, token: u32, timeout: std::time::Duration) {
-        let h = self.header();
-        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
-        // SAFETY: futex(2) FUTEX_WAIT on an aligned u32 of the mapping, with a relative timeout
-        // that lives across the call; it returns at once if the word is no longer `token`.
-        unsafe { libc::syscall(libc::SYS_futex, h.record_seq.as_ptr(), libc::FUTEX_WAIT, token, &ts as *const libc::timespec, 0usize, 0u32) };
+        wait_while(&self.header().record_seq, token, timeout);
     }
 
     /// The region's name.
@@ -790,9 +784,7 @@ impl ShmRegion {
     fn table_changed(&self) {
         let h = self.header();
         h.table_seq.fetch_add(1, Ordering::Release);
-        // SAFETY: futex(2) FUTEX_WAKE on an aligned u32 of the shared mapping (not a private
-        // futex: waiters are other processes); it only reads the address.
-        unsafe { libc::syscall(libc::SYS_futex, h.table_seq.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32) };
+        wake_all(&h.table_seq);
     }
 
     /// How many times objects were added to or removed from the table: take it before looking
@@ -804,11 +796,7 @@ impl ShmRegion {
     /// Sleeps until the table changes after [`ShmRegion::table_changes`] returned `seen`, or
     /// for `timeout` at most (returns at once if it changed already).
     pub fn wait_for_table_change(&self, seen: u32, timeout: std::time::Duration) {
-        let h = self.header();
-        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
-        // SAFETY: futex(2) FUTEX_WAIT on an aligned u32 of the mapping, with a relative timeout
-        // that lives across the call; it returns at once if the word is no longer `seen`.
-        unsafe { libc::syscall(libc::SYS_futex, h.table_seq.as_ptr(), libc::FUTEX_WAIT, seen, &ts as *const libc::timespec, 0usize, 0u32) };
+        wait_while(&self.header().table_seq, seen, timeout);
     }
 
     /// Removes an object from the table (its data is freed by the caller).
@@ -866,6 +854,22 @@ impl ShmRegion {
         let off = self.header().trace_off.load(Ordering::Acquire);
         (off != 0 && self.block_fits(off.checked_sub(BLOCK_HEADER)?, size.checked_add(BLOCK_HEADER)?)).then_some(off)
     }
+}
+
+/// Wakes every process waiting on `word`, a futex word of the shared mapping (futex(2)
+/// FUTEX_WAKE, not a private futex: waiters are other processes).
+fn wake_all(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only reads the address of an aligned u32 that lives in the mapping.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32) };
+}
+
+/// Sleeps while `word` holds `value`, until woken by [`wake_all`] or for `timeout` at most
+/// (futex(2) FUTEX_WAIT; returns at once if the word no longer holds `value`).
+fn wait_while(word: &AtomicU32, value: u32, timeout: std::time::Duration) {
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    // SAFETY: FUTEX_WAIT on an aligned u32 of the mapping, with a relative timeout that lives
+    // across the call.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, value, &ts as *const libc::timespec, 0usize, 0u32) };
 }
 
 #[cfg(test)]
