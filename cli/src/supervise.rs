@@ -13,13 +13,17 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 /// The command's pid once it runs (0 before).
 static CHILD: AtomicI32 = AtomicI32::new(0);
 /// Signals received so far.
 static RECEIVED: AtomicU32 = AtomicU32::new(0);
+/// The command is being started (its pid is not known yet).
+static STARTING: AtomicBool = AtomicBool::new(false);
+/// A signal that came while the command was being started, for [`set_child`] to forward.
+static PENDING: AtomicI32 = AtomicI32::new(0);
 /// The region file to remove if we must exit from the signal thread.
 static REGION_PATH: OnceLock<CString> = OnceLock::new();
 
@@ -104,6 +108,7 @@ pub fn run_forwarding(cmd: &mut std::process::Command) -> std::io::Result<std::p
 /// across `exec`).
 pub fn prepare_command(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
+    STARTING.store(true, Ordering::SeqCst);
     let set = handled_set();
     // SAFETY: the closure runs in the child between fork and exec and only calls
     // pthread_sigmask, which is async-signal-safe.
@@ -118,11 +123,33 @@ pub fn prepare_command(cmd: &mut std::process::Command) {
 /// Records the command's pid, for forwarding.
 pub fn set_child(pid: u32) {
     CHILD.store(pid as i32, Ordering::SeqCst);
+    let sig = PENDING.swap(0, Ordering::SeqCst);
+    if sig != 0 {
+        // SAFETY: kill(2) to our own child.
+        unsafe { libc::kill(pid as i32, sig) };
+    }
 }
 
 fn on_signal(sig: libc::c_int, code: i32) {
     let n = RECEIVED.fetch_add(1, Ordering::SeqCst) + 1;
-    let child = CHILD.load(Ordering::SeqCst);
+    let mut child = CHILD.load(Ordering::SeqCst);
+    if child == 0 && n < 3 && STARTING.load(Ordering::SeqCst) {
+        // The command may already run (and have been meant by this signal) before its pid is
+        // recorded: [`set_child`] forwards it, or, if the pid came meanwhile, it goes now.
+        if code != SI_KERNEL {
+            PENDING.store(sig, Ordering::SeqCst);
+        }
+        child = CHILD.load(Ordering::SeqCst);
+        if child == 0 {
+            return;
+        }
+        let sig = PENDING.swap(0, Ordering::SeqCst);
+        if sig != 0 {
+            // SAFETY: kill(2) to our own child.
+            unsafe { libc::kill(child, sig) };
+        }
+        return;
+    }
     if child > 0 && n < 3 {
         if code != SI_KERNEL {
             // SAFETY: kill(2) to our own child.
