@@ -577,7 +577,7 @@ fn a_region_made_by_another_user_is_refused_everywhere() {
     let obj = kit.join("overwrite.bpf.o");
     // The attack works where it is allowed: in the attacker's own region, run by the attacker.
     let shm = format!("bpftime-cli-foreign-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let made = bpftime_as_nobody(&kit, &shm, &["shm", "create", "--size", "8M"]);
     assert!(made.status.success(), "{}", text(&made.stderr));
     let loaded = bpftime_as_nobody(&kit, &shm, &["load", obj.to_str().unwrap()]);
@@ -1009,7 +1009,7 @@ fn a_signal_to_bpftime_reaches_the_command_it_runs() {
         assert_eq!(line, "got TERM\n", "{verb}: the command got the signal");
         assert_eq!(c.wait().unwrap().code(), Some(7), "{verb}: its exit status");
     }
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
 }
 
 /// `bpftime attach` refuses a stopped process (it would not run the calls that load the agent,

@@ -93,7 +93,7 @@ fn counts_like_the_kernel(loader: &Path, tag: &str) {
     let calls = build_target("calls", false);
     let iters = "5000";
     let shm = format!("bpftime-loader-{tag}-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(loader).arg(&obj).arg(&calls);
     let mut target = bpftime(&shm);
@@ -105,7 +105,7 @@ fn counts_like_the_kernel(loader: &Path, tag: &str) {
     assert_eq!(text(&progs.stdout), "", "nothing left attached");
     let maps = bpftime(&shm).args(["map", "dump", "stats"]).output().unwrap();
     assert!(text(&maps.stdout).contains(&format!("0 => {iters}")), "{}", text(&maps.stdout));
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if !is_root() {
         println!("skipping the kernel comparison: it needs root");
         return;
@@ -166,7 +166,7 @@ fn core_relocations_resolve_as_libbpf_resolves_them() {
         )
     };
     let shm = format!("bpftime-core-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let o = bpftime(&shm)
         .arg("run")
         .arg(&obj)
@@ -182,12 +182,12 @@ fn core_relocations_resolve_as_libbpf_resolves_them() {
     let relocated_here = run_slots(&run_out);
     assert_eq!(relocated_here[19], "19: 77", "the missing field's read is never reached:\n{run_out}");
     assert_eq!(relocated_here[20], "20: upper half set true", "{run_out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut server = bpftime(&shm);
     server.args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls);
     let (server_out, _) = session(server, bpftime(&shm).args(["start", "--"]).arg(&calls).args(["0", "1"]));
     assert_eq!(relocated_here, loader_slots(&server_out), "relocated by libbpf, run by bpftime:\n{server_out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if !is_root() {
         println!("skipping the kernel comparison: it needs root");
         return;
@@ -257,7 +257,7 @@ fn pinned_links_outlive_their_loader_like_the_kernel() {
         out
     };
     let shm = format!("bpftime-pins-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let dir = format!("/sys/fs/bpf/bpftime-pins-{}", std::process::id());
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let ours = sequence(Some(&shm), &dir);
@@ -278,7 +278,7 @@ fn pinned_links_outlive_their_loader_like_the_kernel() {
         run(bpftime(&shm).args(["load", "--"]).arg(&loader).arg("dump").arg(&dir).arg("unpin"));
         let _ = std::fs::remove_dir(&dir);
     }
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let kernel = sequence(None, &format!("{dir}-kernel"));
     assert_eq!(ours, kernel, "the same sequence on the kernel");
 }
@@ -293,11 +293,11 @@ fn send_signal_from_a_uprobe_signals_like_the_kernel() {
     let obj = build_example("send_signal");
     let target = build_target("signalled", false);
     let shm = format!("bpftime-send-signal-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&target);
     let (loader_out, target_out) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&target).arg("100"));
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert_eq!(target_out, "usr1 9 usr2 3\n", "{loader_out}");
     assert!(loader_out.contains("stats[0] = 12\n") && loader_out.contains("stats[1] = 1\n"), "{loader_out}");
     if is_root() {
@@ -315,7 +315,7 @@ fn a_refused_program_fails_the_loader_with_the_reason() {
     let _serial = serial();
     let loader = build_loader("count_calls");
     let shm = format!("bpftime-loader-refused-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let obj = build_example("loader_refused");
     let out = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(Path::new("/bin/true")).stdin(Stdio::null()).output().unwrap();
     let stderr = text(&out.stderr);
@@ -324,7 +324,7 @@ fn a_refused_program_fails_the_loader_with_the_reason() {
     assert!(stderr.contains("helper 176 (bpf_get_branch_snapshot) is not supported by bpftime"), "our reason in libbpf's log: {stderr}");
     let progs = bpftime(&shm).args(["prog", "list"]).output().unwrap();
     assert_eq!(text(&progs.stdout), "", "nothing left behind");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
 }
 
 /// libbpf's ring buffer consumer (mmap of the ring, epoll on the map fd) reading strings a
@@ -348,14 +348,14 @@ fn lines_through(example: &str) {
     let obj = build_example(example);
     let lines = build_target("lines", false);
     let shm = format!("bpftime-loader-{example}-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&lines).arg("20");
     let mut target = bpftime(&shm);
     target.args(["start", "--"]).arg(&lines).arg("20");
     let (ours_out, _) = session(ours, &mut target);
     assert!(ours_out.contains("line 19\n") && ours_out.ends_with("20 lines\n"), "{ours_out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if !is_root() {
         println!("skipping the kernel comparison: it needs root");
         return;
@@ -375,7 +375,7 @@ fn a_loader_started_after_the_target_is_picked_up() {
     let obj = build_example("loader_calls");
     let calls = build_target("calls", false);
     let shm = format!("bpftime-loader-late-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut target = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -393,7 +393,7 @@ fn a_loader_started_after_the_target_is_picked_up() {
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     assert!(l.wait().unwrap().success());
     assert!(rest.contains("stats[0] = 8000\n"), "two threads x 4000 add() calls:\n{rest}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
 }
 
 /// The sum of the counts of a libbpf-tools histogram (`  2048 -> 4095  : 4928  |***|`).
@@ -431,13 +431,13 @@ fn libbpf_tools_funclatency_counts_what_the_kernel_counts() {
     let dir = std::env::temp_dir().join(format!("bpftime-funclatency-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-funclatency-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool).args(["-d", "4"]).arg(&func);
     let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).args(["5000", "1"]), &dir.join("ours"), false);
     assert_eq!(histogram_total(&out), 5000, "every add() call timed:\n{out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if is_root() {
         let mut kernel = Command::new(&tool);
         kernel.args(["-d", "4"]).arg(&func);
@@ -456,7 +456,7 @@ fn a_killed_loader_leaves_nothing_attached() {
     let obj = build_example("loader_calls");
     let calls = build_target("calls", false);
     let shm = format!("bpftime-loader-killed-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut l = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let mut first = String::new();
     BufReader::new(l.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
@@ -471,7 +471,7 @@ fn a_killed_loader_leaves_nothing_attached() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let maps = bpftime(&shm).args(["map", "dump", "stats"]).output().unwrap();
     assert!(!text(&maps.stdout).contains("0 => 1000"), "nothing counted:\n{}", text(&maps.stdout));
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
 }
 
 /// The first child of process `pid` (the loader `bpftime load` runs).
@@ -545,7 +545,7 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-bpftrace-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
@@ -553,7 +553,7 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     let ours = bpftrace_result(&out);
     assert!(ours.contains("@calls: 200"), "{out}");
     assert_eq!(ours.matches("ret ").count(), 200, "{out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if is_root() {
         let mut kernel = Command::new(&bpftrace);
         kernel.args(["-e", &script]);
@@ -565,7 +565,8 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
 
 /// `--kernel-passthrough`: a bpftrace script mixing a kernel tracepoint (which only the kernel
 /// can run) with a uprobe starts, the tracepoint runs in the kernel and the uprobe in the
-/// target, and it prints what it prints on the kernel. Without the switch the same script fails
+/// target, and it prints what it prints on the kernel (`printf` from both, through one perf
+/// buffer). Without the switch the same script fails
 /// as bpftrace fails where a probe cannot attach, and nothing is left behind.
 #[test]
 fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
@@ -576,19 +577,24 @@ fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
         return;
     }
     let calls = build_target("calls", false);
-    let script =
-        format!("tracepoint:sched:sched_process_exit /comm == \"calls\"/ {{ @exits = count(); }} uprobe:{}:add {{ @adds = count(); }}", calls.display());
+    // Both print through one perf buffer: the kernel's records are relayed into the ring the
+    // loader reads, beside the target's.
+    let script = format!(
+        "tracepoint:sched:sched_process_exit /comm == \"calls\"/ {{ @exits = count(); printf(\"exit %s\\n\", comm); }} \
+         uprobe:{}:add {{ @adds = count(); if (arg0 == 199) {{ printf(\"add %d\\n\", arg0); }} }}",
+        calls.display()
+    );
     let dir = std::env::temp_dir().join(format!("bpftime-passthrough-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-passthrough-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--kernel-passthrough", "--"]).arg(&bpftrace).args(["-e", &script]);
     let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).arg("200"), &dir.join("ours"), true);
     let ours = bpftrace_result(&out);
     assert!(ours.contains("@adds: 200"), "{out}");
-    assert!(ours.contains("@exits: "), "{out}");
+    assert!(ours.contains("@exits: ") && ours.contains("exit calls\n") && ours.contains("add 199\n"), "{out}");
     let mut kernel = Command::new(&bpftrace);
     kernel.args(["-e", &script]);
     let out = tool_session(kernel, None, Command::new(&calls).arg("200"), &dir.join("kernel"), true);
@@ -611,7 +617,7 @@ fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
         let err = text(&o.stderr);
         assert!(!o.status.success() && err.contains("failed to attach") && err.contains("--kernel-passthrough"), "{err}");
     }
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -626,14 +632,14 @@ fn bpftrace_traces_the_command_it_starts_like_the_kernel() {
     let script = format!("uprobe:{c}:add {{ @calls = count(); }} uretprobe:{c}:add {{ @sum = sum(retval); }}");
     let command = format!("{c} 250 2");
     let shm = format!("bpftime-bpftrace-c-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let run = |cmd: &mut Command| {
         let o = cmd.output().unwrap();
         assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
         bpftrace_result(&(text(&o.stdout) + &text(&o.stderr)))
     };
     let ours = run(bpftime(&shm).args(["load", "--"]).arg(&bpftrace).args(["-c", &command, "-e", &script]));
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(ours.contains("@calls: 500") && ours.contains("sum 186750"), "{ours}");
     if is_root() {
         let kernel = run(Command::new(&bpftrace).args(["-c", &command, "-e", &script]));
@@ -653,7 +659,7 @@ fn bpftrace_counts_user_stacks_like_the_kernel() {
     let dir = std::env::temp_dir().join(format!("bpftime-ustack-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-ustack-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     // Each stack's count (the frames' addresses differ between runs).
     let counts = |out: &str| -> Vec<u64> {
         let mut c: Vec<u64> = out.lines().filter_map(|l| l.strip_prefix("]: ")?.trim().parse().ok()).collect();
@@ -664,7 +670,7 @@ fn bpftrace_counts_user_stacks_like_the_kernel() {
     ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
     let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).arg("300"), &dir.join("ours"), true);
     let size = std::fs::metadata(format!("/dev/shm/{shm}")).map(|m| m.len()).unwrap_or(0);
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(counts(&out).iter().sum::<u64>() == 300 && !counts(&out).is_empty(), "{out}");
     assert!(size > 130 << 20, "the loader's region: {size} bytes");
     if is_root() {
@@ -687,7 +693,7 @@ fn bpftrace_interval_probes_tick_like_the_kernel() {
     // in the loader's process).
     let script = "BEGIN { printf(\"begin\\n\"); @start = 7; } interval:ms:50 { @ticks++; if (@ticks == 5) { printf(\"ticks %d\\n\", @ticks); exit(); } } END { printf(\"end %d\\n\", @start); }";
     let shm = format!("bpftime-interval-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let run = |cmd: &mut Command| {
         let out = cmd.output().unwrap();
@@ -699,7 +705,7 @@ fn bpftrace_interval_probes_tick_like_the_kernel() {
         run(Command::new("timeout").arg("60").arg(env!("CARGO_BIN_EXE_bpftime")).args(["--shm", &shm, "load", "--"]).arg(&bpftrace).args(["-e", script]));
     assert!(ours.contains("begin\nticks 5\nend 7") && ours.contains("@ticks: 5"), "{ours}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(250), "five 50 ms periods");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if is_root() {
         let kernel = run(Command::new("timeout").arg("60").arg(&bpftrace).args(["-e", script]));
         assert_eq!(ours, kernel, "the same script on the kernel");
@@ -724,7 +730,7 @@ fn a_uprobe_for_one_pid_counts_that_process_only() {
     let Some(tool) = installed_or_skip("/usr/sbin/funclatency", "libbpf-tools") else { return };
     let calls = build_target("calls", false);
     let shm = format!("bpftime-pid-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let agent = Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime.so");
     let spawn = |n: &str| {
@@ -758,7 +764,7 @@ fn a_uprobe_for_one_pid_counts_that_process_only() {
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(histogram_total(&text), 3000, "only the first process's add() calls:\n{text}");
     let _ = std::fs::remove_file(&out);
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
 }
 
 /// Debian's libbpf-tools `bashreadline` (uretprobe on bash's readline, a perf buffer) prints the
@@ -787,7 +793,7 @@ fn libbpf_tools_bashreadline_prints_what_the_kernel_prints() {
     let dir = std::env::temp_dir().join(format!("bpftime-bashreadline-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-bashreadline-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let agent = Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime.so");
     let mut ours = bpftime(&shm);
@@ -795,7 +801,7 @@ fn libbpf_tools_bashreadline_prints_what_the_kernel_prints() {
     let out = tool_session(ours, Some(&shm), &mut bash(Some((&agent, &shm))), &dir.join("ours"), true);
     let ours = commands(&out);
     assert_eq!(ours, ["echo hello", "echo world", "exit"], "{out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if is_root() {
         let out = tool_session(Command::new(&tool), None, &mut bash(None), &dir.join("kernel"), true);
         assert_eq!(ours, commands(&out), "the kernel's:\n{out}");
@@ -815,14 +821,14 @@ fn libbpf_tools_gethostlatency_sees_what_the_kernel_sees() {
     let dir = std::env::temp_dir().join(format!("bpftime-gethostlatency-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-gethostlatency-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool);
     let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&resolve).arg("3"), &dir.join("ours"), true);
     assert_eq!(calls(&out), 3, "{out}");
     assert_eq!(out.matches("localhost").count(), 3, "the host names read in the target: {out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if is_root() {
         let out = tool_session(Command::new(&tool), None, Command::new(&resolve).arg("3"), &dir.join("kernel"), true);
         assert_eq!(calls(&out), 3, "the kernel's:\n{out}");
@@ -837,7 +843,7 @@ fn bpftool_shows_and_dumps_the_region() {
     let _serial = serial();
     let Some(bpftool) = installed_or_skip("/usr/sbin/bpftool", "bpftool") else { return };
     let shm = format!("bpftime-bpftool-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     assert!(bpftime(&shm).arg("load").arg(build_example("uprobe_calls")).output().unwrap().status.success());
     let calls = build_target("calls", false);
@@ -856,7 +862,7 @@ fn bpftool_shows_and_dumps_the_region() {
     let dump = tool(&["map", "dump", "name", "stats"]);
     assert!(dump.contains("key: 00 00 00 00  value: 07 00 00 00 00 00 00 00"), "{dump}");
     assert!(dump.contains("Found 8 elements"), "{dump}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
 }
 
 /// libbpf's USDT support, unmodified (`bpf_program__attach_usdt`: ELF notes, its spec maps,
@@ -871,7 +877,7 @@ fn a_libbpf_usdt_loader_counts_what_the_kernel_counts() {
     let usdt = build_target("usdt", false);
     for probe in ["tick", "guarded"] {
         let shm = format!("bpftime-usdt-{probe}-{}", std::process::id());
-        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        bpftime_tests::remove_region(&shm);
         let mut ours = bpftime(&shm);
         ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&usdt).args(["bpftime", probe]);
         let (ours_out, _) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&usdt).arg("300"));
@@ -879,7 +885,7 @@ fn a_libbpf_usdt_loader_counts_what_the_kernel_counts() {
             ours_out.contains("stats[0] = 300\n") && ours_out.contains("stats[1] = 44850\n") && ours_out.contains("stats[2] = 89700\n"),
             "{probe}: {ours_out}"
         );
-        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        bpftime_tests::remove_region(&shm);
         if is_root() {
             let mut kernel = Command::new(&loader);
             kernel.arg(&obj).arg(&usdt).args(["bpftime", probe]);
@@ -915,12 +921,12 @@ fn a_skeleton_loader_counts_what_the_kernel_counts() {
     assert!(o.status.success(), "cc: {}", text(&o.stderr));
     let workload = build_target("malloc_workload", false);
     let shm = format!("bpftime-skeleton-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&loader).arg("malloc_workl");
     let (ours_out, _) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&workload).arg("2000"));
     assert!(ours_out.starts_with("attached 1\n1 processes\nmalloc calls: "), "{ours_out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if is_root() {
         let mut kernel = Command::new(&loader);
         kernel.arg("malloc_workl");
@@ -940,12 +946,12 @@ fn a_latency_histogram_loader_times_every_call_like_the_kernel() {
     let calls = build_target("calls", false);
     let total = |out: &str| out.lines().find_map(|l| l.strip_prefix("total ")).map(str::to_string);
     let shm = format!("bpftime-latency-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls).arg("add");
     let (ours_out, _) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&calls).args(["3000", "2"]));
     assert_eq!(total(&ours_out).as_deref(), Some("6000"), "two threads x 3000 add() calls:\n{ours_out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if is_root() {
         let mut kernel = Command::new(&loader);
         kernel.arg(&obj).arg(&calls).arg("add");
@@ -973,14 +979,14 @@ fn libbpf_tools_opensnoop_sees_every_open_like_the_kernel() {
     let dir = std::env::temp_dir().join(format!("bpftime-opensnoop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-opensnoop-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool).args(["-d", "5"]);
     let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&opens).arg("10"), &dir.join("ours"), false);
     // 100 opens and the one that creates the marker, all succeeding.
     assert_eq!(marker_lines(&out), 101, "{out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if is_root() {
         let mut kernel = Command::new(&tool);
         kernel.args(["-d", "5"]);
@@ -1039,7 +1045,7 @@ fn libbpf_tools_mountsnoop_and_sigsnoop_print_what_the_kernel_prints() {
     let mut ours = vec![];
     for (tool, script) in [(&mountsnoop, &mounts), (&sigsnoop, &kills.to_string())] {
         let shm = format!("bpftime-mountsnoop-{}", std::process::id());
-        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        bpftime_tests::remove_region(&shm);
         assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
         let mut cmd = bpftime(&shm);
         cmd.args(["load", "--"]).arg(tool);
@@ -1047,7 +1053,7 @@ fn libbpf_tools_mountsnoop_and_sigsnoop_print_what_the_kernel_prints() {
             cmd.arg("-k");
         }
         let out = tool_session(cmd, Some(&shm), bpftime(&shm).args(["start", "--", "bash", "-c", script]), &dir.join("ours"), true);
-        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        bpftime_tests::remove_region(&shm);
         ours.push(out);
     }
     let (mount_ours, signal_ours) = (mount_lines(&ours[0]), signal_lines(&ours[1]));
@@ -1059,11 +1065,11 @@ fn libbpf_tools_mountsnoop_and_sigsnoop_print_what_the_kernel_prints() {
     let bpftrace = which("bpftrace").ok().filter(|_| killsnoop_bt.exists());
     if let Some(bpftrace) = &bpftrace {
         let shm = format!("bpftime-killsnoop-{}", std::process::id());
-        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        bpftime_tests::remove_region(&shm);
         let mut cmd = bpftime(&shm);
         cmd.args(["load", "--"]).arg(bpftrace).arg(killsnoop_bt);
         let out = tool_session(cmd, Some(&shm), bpftime(&shm).args(["start", "--", "bash", "-c", kills]), &dir.join("ours-bt"), true);
-        let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+        bpftime_tests::remove_region(&shm);
         assert_eq!(signal_lines(&out), signal_ours, "killsnoop.bt:\n{out}");
         if is_root() {
             let mut k = Command::new(bpftrace);
@@ -1129,10 +1135,10 @@ fn libbpf_tools_javagc_times_a_jvms_collections_like_the_kernel() {
     };
     let gcs = |out: &str| out.split("--\n").next().unwrap_or("").lines().count();
     let shm = format!("bpftime-javagc-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create", "--size", "256M"]).output().unwrap().status.success());
     let ours = session(bpftime(&shm).args(["start", "--"]).arg(&java).arg("-cp").arg(&dir).args(["Gc", "4000"]), Some(&shm));
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(gcs(&ours) >= 5, "five System.gc() at least:\n{ours}");
     if is_root() {
         let kernel = session(Command::new(&java).arg("-cp").arg(&dir).args(["Gc", "4000"]), None);
@@ -1160,7 +1166,7 @@ fn bpftrace_syscall_tracepoints_count_like_the_kernel() {
     let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-sys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-bpftrace-sys-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&bpftrace).args(["-e", script]);
@@ -1169,7 +1175,7 @@ fn bpftrace_syscall_tracepoints_count_like_the_kernel() {
     let count = |out: &str, name: &str| out.lines().find_map(|l| l.strip_prefix(&format!("@{name}: "))?.trim().parse::<u64>().ok());
     let (enter, exits) = (count(&out, "enter").unwrap_or(0), count(&out, "exits").unwrap_or(0));
     assert!(enter >= 101 && enter == exits, "{out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if is_root() {
         let mut kernel = Command::new(&bpftrace);
         kernel.args(["-e", script]);
@@ -1209,7 +1215,7 @@ fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
     let dir = std::env::temp_dir().join(format!("bpftime-execsnoop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-execsnoop-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     // execsnoop's event map is large: a bigger region.
     assert!(bpftime(&shm).args(["shm", "create", "--size", "512M"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
@@ -1217,7 +1223,7 @@ fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
     let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&execs).args(["100", "3"]), &dir.join("ours"), true);
     let ours = self_execs(&out);
     assert_eq!(ours, ["exe 0 /proc/self/exe 100 2", "exe 0 /proc/self/exe 100 1", "exe 0 /proc/self/exe 100 0"], "{out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     if is_root() {
         let out = tool_session(Command::new(&execsnoop), None, Command::new(&execs).args(["100", "3"]), &dir.join("kernel"), true);
         assert_eq!(ours, self_execs(&out), "the kernel's:\n{out}");
@@ -1228,7 +1234,7 @@ fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
     let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&opens).arg("10"), &dir.join("syscount"), false);
     let openat = out.lines().find_map(|l| l.strip_prefix("openat")?.trim().parse::<u64>().ok());
     assert_eq!(openat, Some(102), "{out}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1307,7 +1313,7 @@ fn a_process_started_without_the_agent_is_reached_and_left_clean() {
     let dir = std::env::temp_dir().join(format!("bpftime-reach-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-reach-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&bpftrace).args(["-p", &pid.to_string(), "-e", &script]);
     let out = tool_session(ours, Some(&shm), &mut have_it_run(pid, 5000), &dir.join("ours"), true);
@@ -1321,7 +1327,7 @@ fn a_process_started_without_the_agent_is_reached_and_left_clean() {
     the_kernel_counts_them_too(&bpftrace, &["-p".into(), pid.to_string()], &script, pid, &mut lines, &dir);
     app.stdin.take().unwrap().write_all(b"quit\n").unwrap();
     assert!(app.wait().unwrap().success());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1341,7 +1347,7 @@ fn a_loaders_exit_removes_its_probes_from_processes_started_after_it() {
     let dir = std::env::temp_dir().join(format!("bpftime-leave-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-leave-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let out = dir.join("ours");
     let f = std::fs::File::create(&out).unwrap();
     let mut tool = bpftime(&shm).args(["load", "--"]).arg(&bpftrace).args(["-e", &script]).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
@@ -1392,7 +1398,7 @@ fn a_loaders_exit_removes_its_probes_from_processes_started_after_it() {
     the_kernel_counts_them_too(&bpftrace, &[], &script, pid, &mut lines, &dir);
     input.write_all(b"quit\n").unwrap();
     assert!(app.wait().unwrap().success());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1420,12 +1426,12 @@ fn opens_of_library_constructors_are_traced_like_the_kernel() {
             .collect()
     };
     let shm = format!("bpftime-ctors-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool).args(["-d", "4"]);
     let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&ls).arg("/"), &dir.join("ours"), false);
     let ours = opens(&out);
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut kernel = Command::new(&tool);
     kernel.args(["-d", "4"]);
     let out = tool_session(kernel, None, Command::new(&ls).arg("/"), &dir.join("kernel"), false);
@@ -1455,7 +1461,7 @@ fn opensnoop_of_a_named_process_started_without_the_agent_sees_its_opens() {
     let dir = std::env::temp_dir().join(format!("bpftime-named-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-named-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool).args(["-p", &pid.to_string()]);
     let out = tool_session(ours, Some(&shm), &mut tell(pid, &opens), &dir.join("ours"), true);
@@ -1467,7 +1473,7 @@ fn opensnoop_of_a_named_process_started_without_the_agent_sees_its_opens() {
     app.stdin.take().unwrap().write_all(b"quit\n").unwrap();
     assert!(app.wait().unwrap().success());
     let _ = std::fs::remove_file(&marker);
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1482,11 +1488,47 @@ fn a_kernel_tracepoint_program_is_refused_with_the_way_out() {
         return println!("skipping: needs tracefs");
     }
     let shm = format!("bpftime-kernel-tp-{}", std::process::id());
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
     let o = bpftime(&shm).args(["load", "--"]).arg(&tool).output().unwrap();
     let err = text(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert_eq!(err.matches("attaches to a kernel event").count(), 1, "{err}");
     assert!(err.contains("bpftime load --kernel-passthrough") && err.contains("Invalid argument"), "{err}");
-    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+    bpftime_tests::remove_region(&shm);
+}
+
+/// With `--kernel-passthrough`, the same `exitsnoop` runs its program in the kernel and reads
+/// its perf buffer through the region (the kernel's records relayed into the ring it mapped):
+/// it prints a process's exit as on the kernel.
+#[test]
+fn exitsnoop_under_passthrough_prints_exits_as_on_the_kernel() {
+    let _serial = serial();
+    let Some(tool) = installed_or_skip("/usr/sbin/exitsnoop", "libbpf-tools") else { return };
+    if !bpftime_tests::kernel::tracefs_mounted() || !is_root() {
+        return println!("skipping: needs root and tracefs");
+    }
+    let calls = build_target("calls", false);
+    // COMM, PID, PPID, TID, AGE, EXIT_CODE: the target's line without its pids and age.
+    let exits = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.split_whitespace().next() == Some("calls"))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {}", f[0], f.last().unwrap())
+            })
+            .collect()
+    };
+    let dir = std::env::temp_dir().join(format!("bpftime-exitsnoop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-exitsnoop-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--kernel-passthrough", "--"]).arg(&tool);
+    // Its link is the kernel's, not in the region: the session waits a fixed time to attach.
+    let out = tool_session(ours, None, Command::new(&calls).arg("10"), &dir.join("ours"), true);
+    assert_eq!(exits(&out), ["calls 0"], "{out}");
+    let out = tool_session(Command::new(&tool), None, Command::new(&calls).arg("10"), &dir.join("kernel"), true);
+    assert_eq!(exits(&out), ["calls 0"], "the kernel's:\n{out}");
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,7 +16,7 @@
 
 use crate::attr::{self, Attr};
 use crate::raw;
-use crate::server::{Errno, Handle, Server};
+use crate::server::{Errno, Handle, PerfOutput, Server};
 use bpftime_maps::{Map, MapType};
 use std::collections::HashMap;
 use std::ffi::{c_long, CString};
@@ -29,6 +29,8 @@ pub struct Passthrough {
     pub(crate) map_attrs: Mutex<HashMap<u32, Vec<u8>>>,
     /// Maps moved to the kernel (region id -> kernel fd).
     maps: Mutex<HashMap<u32, i32>>,
+    /// The kernel's ids of moved maps (kernel map id -> region id).
+    kernel_ids: Mutex<HashMap<u32, u32>>,
     /// Programs loaded into the kernel too (region id -> kernel fd).
     progs: Mutex<HashMap<u32, i32>>,
     /// How to load a region program into the kernel when it is attached there.
@@ -69,6 +71,26 @@ fn plain_values(t: MapType) -> bool {
             | MapType::StackTrace
             | MapType::CgroupArray
     )
+}
+
+/// Data pages of a perf ring a consumer mapped with `len` bytes (16 when it has not mapped it).
+fn ring_pages(len: u64) -> usize {
+    match len.saturating_sub(4096) / 4096 {
+        0 => 16,
+        n => n as usize,
+    }
+}
+
+/// The kernel's id of the map behind kernel fd `fd` (`BPF_OBJ_GET_INFO_BY_FD`: `bpf_map_info`
+/// starts with its type and id).
+fn kernel_map_id(fd: i32) -> Option<u32> {
+    let mut info = [0u8; 80];
+    let mut a = vec![0u8; attr::ATTR_SIZE];
+    a[0..4].copy_from_slice(&(fd as u32).to_le_bytes());
+    a[4..8].copy_from_slice(&(info.len() as u32).to_le_bytes());
+    a[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_le_bytes());
+    bpf(attr::OBJ_GET_INFO_BY_FD, &mut a).ok()?;
+    Some(u32::from_le_bytes(info[4..8].try_into().ok()?))
 }
 
 fn serialise(insns: &[bpftime_vm::insn::RawInsn]) -> Vec<u8> {
@@ -213,7 +235,55 @@ impl Server {
             eprintln!("bpftime: map `{}` moved to the kernel (a kernel program uses it); programs in traced processes keep the region's copy", map.name());
         }
         Self::lock(&k.maps).insert(id, fd);
+        if let Some(kid) = kernel_map_id(fd) {
+            Self::lock(&k.kernel_ids).insert(kid, id);
+        }
+        // Perf events already in its slots: the kernel's records reach their rings too.
+        if map.map_type() == MapType::PerfEventArray {
+            let bound: Vec<(u32, u64)> = Self::lock(&self.fds)
+                .values()
+                .filter_map(|h| match h {
+                    Handle::PerfOutput(PerfOutput { bound: Some((m, slot)), mapped }) if *m == id => Some((*slot, mapped.map_or(0, |(_, len)| len))),
+                    _ => None,
+                })
+                .collect();
+            for (slot, len) in bound {
+                let reopened = Map::open(self.region(), id).map_err(|_| libc::EBADF)?;
+                crate::relay::start(fd, reopened, slot, ring_pages(len))?;
+            }
+        }
         Ok(fd)
+    }
+
+    /// The region id of the map moved to the kernel that kernel fd `fd` names.
+    pub(crate) fn moved_map(&self, fd: u32) -> Option<u32> {
+        let k = self.kernel.as_ref()?;
+        let kid = kernel_map_id(fd as i32)?;
+        Self::lock(&k.kernel_ids).get(&kid).copied()
+    }
+
+    /// `MAP_UPDATE_ELEM` on a map moved to the kernel that puts one of our perf events in a
+    /// PERF_EVENT_ARRAY slot: the region's slot gets the event (the loader reads its ring) and
+    /// the kernel's a twin relayed into it (None: not such a call).
+    pub(crate) fn kernel_perf_update(&self, a: &Attr) -> Option<Result<i64, Errno>> {
+        self.kernel.as_ref()?;
+        let value = crate::user::read(a.u64(16), 4).ok()?;
+        let perf_fd = i32::from_le_bytes(value[..4].try_into().ok()?);
+        let Some(Handle::PerfOutput(_)) = self.handle(perf_fd) else { return None };
+        let id = self.moved_map(a.u32(0))?;
+        Some((|| {
+            let map = Map::open(self.region(), id).map_err(|_| libc::EBADF)?;
+            let key = crate::user::read(a.u64(8), 4)?;
+            let slot = u32::from_le_bytes(key[..4].try_into().map_err(|_| libc::EINVAL)?);
+            let value = self.value_in(&map, &key, value)?;
+            map.update(&key, &value, a.u64(24)).map_err(|e| e.0)?;
+            let len = match self.handle(perf_fd) {
+                Some(Handle::PerfOutput(PerfOutput { mapped, .. })) => mapped.map_or(0, |(_, len)| len),
+                _ => 0,
+            };
+            crate::relay::start(a.u32(0) as i32, map, slot, ring_pages(len))?;
+            Ok(0)
+        })())
     }
 
     /// `PERF_EVENT_IOC_SET_BPF` on a kernel perf event with a program of ours: the program,

@@ -15,6 +15,7 @@ mod attr;
 mod kernel;
 mod raw;
 mod reach;
+mod relay;
 mod server;
 mod user;
 

@@ -330,6 +330,12 @@ impl Server {
     /// `close(fd)`: a link whose last fd closes is detached, as in the kernel.
     pub fn closed(&self, fd: i32) {
         let h = Self::lock(&self.fds).remove(&fd);
+        if let Some(Handle::PerfOutput(PerfOutput { bound: Some((map, slot)), .. })) = &h {
+            let still_open = Self::lock(&self.fds).values().any(|o| matches!(o, Handle::PerfOutput(PerfOutput { bound: Some(b), .. }) if *b == (*map, *slot)));
+            if !still_open {
+                crate::relay::forget(*map, *slot);
+            }
+        }
         if let Some(Handle::Timer(t)) = &h {
             let still_open = Self::lock(&self.fds).values().any(|o| matches!(o, Handle::Timer(u) if Arc::ptr_eq(&u.shared, &t.shared)));
             if !still_open {
@@ -393,6 +399,11 @@ impl Server {
     /// (zero-padded); fields the kernel writes back are written into it.
     pub fn bpf(&self, cmd: u32, a: &mut Attr) -> Result<i64, Errno> {
         if self.for_kernel(cmd, a) {
+            if cmd == attr::MAP_UPDATE_ELEM {
+                if let Some(r) = self.kernel_perf_update(a) {
+                    return r;
+                }
+            }
             return crate::kernel::bpf(cmd, &mut a.0);
         }
         match cmd {
@@ -521,7 +532,7 @@ impl Server {
     }
 
     /// A value as the kernel's syscall side sees it: prog arrays and map-in-maps hold fds.
-    fn value_in(&self, map: &Map, key: &[u8], mut value: Vec<u8>) -> Result<Vec<u8>, Errno> {
+    pub(crate) fn value_in(&self, map: &Map, key: &[u8], mut value: Vec<u8>) -> Result<Vec<u8>, Errno> {
         let id = match map.map_type() {
             MapType::ProgArray => Some(self.prog_id(u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?))?),
             MapType::ArrayOfMaps | MapType::HashOfMaps => Some(self.map(u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?))?.id()),
@@ -698,8 +709,9 @@ impl Server {
         let license = if a.u64(16) == 0 { String::new() } else { user::read_cstr(a.u64(16), 128)? };
         let name = a.name(48);
         // Map fds (and fd_array indices) in `lddw` become region map ids.
-        let insns = match program_with_maps(a, |fd| self.map(fd).map(|m| m.id())) {
-            // A kernel map (passthrough): the program is the kernel's.
+        // A map moved to the kernel (passthrough) is its region copy here, as in traced processes.
+        let insns = match program_with_maps(a, |fd| self.map(fd).map(|m| m.id()).or_else(|e| self.moved_map(fd).ok_or(e))) {
+            // Another kernel map (passthrough): the program is the kernel's.
             Err(libc::EBADF) if self.kernel.is_some() => return self.kernel_prog_load(a),
             r => r?,
         };

@@ -20,6 +20,11 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
+/// Removes a test's region and the code cache beside it, whether or not they exist.
+pub fn remove_region(name: &str) {
+    let _ = bpftime_shm::ShmRegion::remove(name);
+}
+
 /// The conformance folder: `$BPFTIME_CONFORMANCE_DIR`, or `../shared/conformance` beside the
 /// repository.
 pub fn conformance_dir() -> PathBuf {
