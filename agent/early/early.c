@@ -9,10 +9,13 @@
 // constructor runs before theirs. This one only calls the agent's start, which is already
 // relocated (the loader relocates everything before it runs any constructor). It needs what the
 // agent needs, so that those are initialised first.
-extern void bpftime_agent_early_init(void) __attribute__((weak));
+//
+// glibc calls constructors with the program's argc, argv and envp; the agent keeps argv and envp
+// (the arrays the execve that started the program left on its stack).
+extern void bpftime_agent_early_init(int argc, char **argv, char **envp) __attribute__((weak));
 
-__attribute__((constructor)) static void bpftime_early(void)
+__attribute__((constructor)) static void bpftime_early(int argc, char **argv, char **envp)
 {
     if (bpftime_agent_early_init)
-        bpftime_agent_early_init();
+        bpftime_agent_early_init(argc, argv, envp);
 }

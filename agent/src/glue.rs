@@ -315,6 +315,8 @@ pub(crate) fn start() {
 /// link table from then on.
 pub(crate) fn start_in(name: String) {
     initialise_what_hits_use();
+    // While this process may still have one thread (see the function).
+    bpftime_attach::register_sync_core();
     let program = std::env::var_os("BPFTIME_PROGRAM");
     let region = match ShmRegion::open(&name) {
         Ok(r) => Arc::new(r),

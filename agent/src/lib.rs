@@ -13,6 +13,8 @@
 //!
 //! Thin glue: hooks come from `bpftime-attach`, programs from `bpftime-runtime`.
 
+use std::ffi::{c_char, c_int};
+
 mod alloc;
 mod cuda;
 mod glue;
@@ -41,20 +43,21 @@ pub use glue::{attach_pending, Agent, Effect, ProgramProbe};
 /// Starts the agent, once: from `libbpftime_early.so`'s constructor, which runs before those of
 /// the application's libraries (see `early/early.c`), or else from the agent's own
 /// `.init_array` entry.
+/// `argv` and `envp` are the program's, as glibc hands them to constructors.
 #[unsafe(no_mangle)]
-pub extern "C" fn bpftime_agent_early_init() {
+pub extern "C" fn bpftime_agent_early_init(_argc: c_int, argv: *const *const c_char, envp: *const *const c_char) {
     static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
-        bpftime_agent_init();
+        bpftime_agent_init(syscalls::ExecArgs { argv: argv as u64, envp: envp as u64 });
     }
 }
 
 /// Runs at load time (an `.init_array` entry; a second call does nothing).
-extern "C" fn init_at_load() {
-    bpftime_agent_early_init();
+extern "C" fn init_at_load(argc: c_int, argv: *const *const c_char, envp: *const *const c_char) {
+    bpftime_agent_early_init(argc, argv, envp);
 }
 
-fn bpftime_agent_init() {
+fn bpftime_agent_init(exec: syscalls::ExecArgs) {
     protect_allocator_across_fork();
     if std::env::var_os("BPFTIME_DISABLE").is_some() || !glue::configured() {
         return;
@@ -64,13 +67,20 @@ fn bpftime_agent_init() {
         return;
     }
     // Loaded with the image, right after the execve that started it: that call returns here
-    // (its exit programs run now, as the kernel runs them in the new image).
-    let _ = std::panic::catch_unwind(syscalls::execve_returned);
+    // (its exit programs run now, as the kernel runs them in the new image). A caller without
+    // the agent (`bpftime start`, a loader's `-c CMD`) says so in the environment: its entry
+    // programs run first, on the arguments the call left.
+    let _ = std::panic::catch_unwind(|| {
+        if syscalls::take_exec_untraced(exec) {
+            syscalls::execve_entered(exec);
+        }
+        syscalls::execve_returned();
+    });
 }
 
 #[used]
 #[unsafe(link_section = ".init_array")]
-static INIT: extern "C" fn() = init_at_load;
+static INIT: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = init_at_load;
 
 /// Starts the agent in a process it was loaded into while running (`bpftime attach` calls it
 /// through ptrace after `dlopen`), with region `shm`: what the region's links name for this

@@ -170,6 +170,66 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
     }
 }
 
+/// The variable whoever starts a program with the agent but without it in its own image
+/// (`bpftime start`, a loader's children) sets, so that the agent runs that `execve`'s entry
+/// programs; the agent removes it.
+pub const EXEC_UNTRACED: &str = "BPFTIME_EXEC_UNTRACED";
+
+/// The arguments the `execve` that started this image left for it (the arrays on the initial
+/// stack), as glibc passes them to constructors.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecArgs {
+    pub argv: u64,
+    pub envp: u64,
+}
+
+/// Whether [`EXEC_UNTRACED`] is in the environment the execve left (`exec.envp`), removing
+/// it there. The array itself is edited, in place (it is `environ` until the program changes
+/// it): the program's own `getenv`/`unsetenv` may not be libc's (bash has its own, which works
+/// on a table it fills in `main`).
+pub fn take_exec_untraced(exec: ExecArgs) -> bool {
+    let envp = exec.envp as *mut *const std::ffi::c_char;
+    if envp.is_null() {
+        return false;
+    }
+    let prefix = format!("{EXEC_UNTRACED}=");
+    let mut found = false;
+    // SAFETY: `envp` is the NULL-terminated array of C strings the kernel built on the initial
+    // stack for execve(2) (glibc hands it to constructors), writable, and nothing else runs
+    // yet (constructors run on the main thread before `main`). Entries are moved down over
+    // the removed one, the terminating NULL included, as unsetenv(3) does.
+    unsafe {
+        let mut at = envp;
+        while !(*at).is_null() {
+            if std::ffi::CStr::from_ptr(*at).to_bytes().starts_with(prefix.as_bytes()) {
+                found = true;
+                let mut to = at;
+                loop {
+                    *to = *to.add(1);
+                    if (*to).is_null() {
+                        break;
+                    }
+                    to = to.add(1);
+                }
+            } else {
+                at = at.add(1);
+            }
+        }
+    }
+    found
+}
+
+/// Runs the entry programs of the `execve` that started this image, for a caller that had no
+/// agent to run them: its filename (`AT_EXECFN`), argv and envp, as the call passed them.
+pub fn execve_entered(exec: ExecArgs) {
+    let Some(p) = PROGRAMS.get() else { return };
+    // SAFETY: getauxval(3) reads the auxiliary vector; AT_EXECFN is the address of the
+    // filename the execve was given (0 where absent).
+    let filename = unsafe { libc::getauxval(libc::AT_EXECFN) };
+    let regs = PtRegs { orig_ax: libc::SYS_execve as u64, di: filename, si: exec.argv, dx: exec.envp, ..PtRegs::default() };
+    bpftime_attach::run_as_hit(|level| p.on_enter(&regs, level));
+}
+
 /// Runs the exit programs of a successful `execve` (result 0) in this new image: the kernel runs
 /// `sys_exit_execve` there, after the old image is gone (where the call was made in place).
 pub fn execve_returned() {

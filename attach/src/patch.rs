@@ -180,11 +180,22 @@ fn install_handler() {
             act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
             act.sa_sigaction = on_fixup as *const () as usize;
             sigaction(fixup_signal(), &act, std::ptr::null_mut());
-            // Core-serialising barriers for cross-modifying code (membarrier(2)).
-            const REGISTER_SYNC_CORE: libc::c_int = 1 << 6;
-            if libc::syscall(libc::SYS_membarrier, REGISTER_SYNC_CORE, 0) == 0 {
-                SYNC_CORE.store(true, Ordering::Relaxed);
-            }
+        }
+    });
+    register_sync_core();
+}
+
+/// Registers this process for core-serialising barriers (membarrier(2)
+/// `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE`), once. Cheap while the process has
+/// one thread; with more, the kernel waits for an RCU grace period (about 10 to 25 ms here), so
+/// the agent calls this at start, before it creates a thread. A forked child inherits it.
+pub fn register_sync_core() {
+    static REGISTERED: Once = Once::new();
+    REGISTERED.call_once(|| {
+        const REGISTER_SYNC_CORE: libc::c_int = 1 << 6;
+        // SAFETY: membarrier(2) registration: no pointers, no effect on memory.
+        if unsafe { libc::syscall(libc::SYS_membarrier, REGISTER_SYNC_CORE, 0) } == 0 {
+            SYNC_CORE.store(true, Ordering::Relaxed);
         }
     });
 }
@@ -286,8 +297,35 @@ pub(crate) fn install(slot: usize, addr: u64, new: &[u8]) -> std::io::Result<()>
     Ok(())
 }
 
-/// Allocates `size` bytes of memory within +-2 GiB of `near` (for rel32 jumps), read-write.
+/// Allocates `size` bytes (whole pages) of memory within +-1 GiB of `near` (for rel32 jumps),
+/// read-write. Pages come from chunks reserved near earlier requests: finding free address
+/// space near a library takes hundreds of probing `mmap` calls, and a process rewrites many
+/// system call sites in libc, each wanting a stub page.
 pub(crate) fn alloc_near(near: u64, size: usize) -> Option<u64> {
+    /// A chunk's size.
+    const CHUNK: u64 = 64 * 4096;
+    /// How far from `near` a page may be (a rel32 jump reaches 2 GiB).
+    const REACH: u64 = 1 << 30;
+    /// Chunks: (start, bytes handed out).
+    static CHUNKS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+    let size = (size as u64).div_ceil(4096) * 4096;
+    // Never waited for (callers may run in a signal handler): busy means a fresh mapping.
+    let Ok(mut chunks) = CHUNKS.try_lock() else { return map_near(near, size as usize) };
+    if let Some((start, used)) = chunks.iter_mut().find(|(start, used)| *used + size <= CHUNK && (*start + *used).abs_diff(near) < REACH) {
+        let at = *start + *used;
+        *used += size;
+        return Some(at);
+    }
+    if size > CHUNK {
+        return map_near(near, size as usize);
+    }
+    let start = map_near(near, CHUNK as usize)?;
+    chunks.push((start, size));
+    Some(start)
+}
+
+/// A fresh read-write mapping of `size` bytes within +-1 GiB of `near`.
+fn map_near(near: u64, size: usize) -> Option<u64> {
     const STEP: u64 = 1 << 16;
     const RANGE: u64 = 1 << 30;
     let base = near & !(STEP - 1);

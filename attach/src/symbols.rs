@@ -142,23 +142,20 @@ fn function_at_file_offset(file: &object::File<'_>, off: u64) -> Option<u64> {
 /// process: runtime addresses of the padding's start and end. Nothing executes there, so it may
 /// hold code of ours. `skip` says which runtime addresses are already taken.
 pub(crate) fn padding_near(addr: u64, lo: u64, hi: u64, len: u64, taken: impl Fn(u64) -> bool) -> Option<u64> {
-    use object::{Object, ObjectSegment, ObjectSymbol};
     let maps = mappings();
     let m = maps.iter().find(|m| m.start <= addr && addr < m.end && !m.path.is_empty())?;
-    let data = std::fs::read(&m.path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    // Runtime address of file offset `off` (in the mapping's file).
-    let runtime = |off: u64| address_of_file_offset(&m.path, &maps, off);
+    let pads = paddings_of(m)?;
+    // File offsets whose padding could be in reach (the window is within a few hundred bytes
+    // of `addr`, so in the same file; runtime addresses are checked below).
+    let to_off = |a: u64| (a as i128 - m.start as i128 + m.offset as i128).max(0) as u64;
+    let (off_lo, off_hi) = (to_off(lo).saturating_sub(len + 16), to_off(hi) + 16);
+    let first = pads.partition_point(|&(off, _)| off < off_lo);
     let mut best: Option<u64> = None;
-    for sym in file.symbols().chain(file.dynamic_symbols()).filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0) {
-        let end_vaddr = sym.address() + sym.size();
-        let Some(seg) = file.segments().find(|s| end_vaddr >= s.address() && end_vaddr < s.address() + s.file_range().1) else { continue };
-        let end_off = end_vaddr - seg.address() + seg.file_range().0;
-        let Some(end) = runtime(end_off) else { continue };
+    for &(end_off, pad) in pads[first..].iter().take_while(|&&(off, _)| off <= off_hi) {
+        let Some(end) = address_of_file_offset(&m.path, &maps, end_off) else { continue };
         if end + len < lo || end > hi {
             continue;
         }
-        let pad = padding_after(&data, end_off, room_after(&file, end_off - sym.size(), sym.size()));
         // Whole `len`-byte slots of the padding, the first free one within reach.
         let mut at = end;
         while at + len <= end + pad {
@@ -172,6 +169,59 @@ pub(crate) fn padding_near(addr: u64, lo: u64, hi: u64, len: u64, taken: impl Fn
         }
     }
     best
+}
+
+/// The alignment padding after each function of the file `m` maps: (file offset where it
+/// starts, its length), sorted, found once per file (a process rewrites many system call
+/// sites in libc, each looking for padding nearby).
+fn paddings_of(m: &Mapping) -> Option<std::sync::Arc<Vec<(u64, u64)>>> {
+    type Cache = Vec<((String, u64, String), std::sync::Arc<Vec<(u64, u64)>>)>;
+    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+    let key = (m.dev.clone(), m.inode, m.path.clone());
+    // Never waited for (a caller may be a signal handler): busy means computed afresh.
+    if let Some(found) = CACHE.try_lock().ok().and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())) {
+        return Some(found);
+    }
+    let pads = std::sync::Arc::new(find_paddings(&map_file(&m.path).ok()?)?);
+    if let Ok(mut c) = CACHE.try_lock() {
+        c.push((key, pads.clone()));
+    }
+    Some(pads)
+}
+
+/// The bytes of file `path`, mapped read-only: a library this process maps is in the page
+/// cache, and mapping it copies nothing (reading libc whole cost each traced process a
+/// millisecond).
+fn map_file(path: &str) -> std::io::Result<memmap2::Mmap> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: memmap2::Mmap::map (mmap(2), private and read-only). The contract is that the
+    // file does not change while mapped: these are executables and libraries the process runs
+    // or is about to probe, which installers replace by renaming a new file over them (the
+    // mapping keeps the old one); truncating one in place would break the process running it.
+    unsafe { memmap2::Mmap::map(&f) }
+}
+
+fn find_paddings(data: &[u8]) -> Option<Vec<(u64, u64)>> {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    let file = object::File::parse(data).ok()?;
+    let mut starts: Vec<u64> = file.symbols().chain(file.dynamic_symbols()).map(|s| s.address()).collect();
+    starts.sort_unstable();
+    let segments: Vec<(u64, u64, u64)> = file.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect();
+    let mut pads = Vec::new();
+    for sym in file.symbols().chain(file.dynamic_symbols()).filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0) {
+        let end = sym.address() + sym.size();
+        let Some(&(vaddr, off, size)) = segments.iter().find(|&&(v, _, n)| end >= v && end < v + n) else { continue };
+        // Up to the next symbol or the segment's end: what padding may be.
+        let next = starts.get(starts.partition_point(|&a| a < end)).copied().unwrap_or(u64::MAX).min(vaddr + size);
+        let end_off = end - vaddr + off;
+        let pad = padding_after(data, end_off, next - end);
+        if pad > 0 {
+            pads.push((end_off, pad));
+        }
+    }
+    pads.sort_unstable();
+    pads.dedup();
+    Some(pads)
 }
 
 /// A resolved probe point.
@@ -202,7 +252,7 @@ pub fn resolve_in_process(pid: u32, t: &Target) -> Result<Resolved, ResolveError
 fn resolve_in(t: &Target, maps: &[Mapping], exe: &str) -> Result<Resolved, ResolveError> {
     let maps = maps.to_vec();
     let path = find_binary_of(&t.binary, &maps, exe).ok_or_else(|| ResolveError::NotMapped(t.binary.clone()))?;
-    let data = std::fs::read(&path).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
+    let data = map_file(&path).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
     let file = object::File::parse(&*data).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
     let Some(func) = &t.function else {
         let addr = address_of_file_offset(&path, &maps, t.offset).ok_or(ResolveError::Unmapped { path: path.clone(), offset: t.offset })?;

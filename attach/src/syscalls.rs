@@ -312,8 +312,11 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         ran_here
     });
     // The next call from here takes a jump instead of a signal, where one can be put in (our
-    // own work: its calls are not the application's).
-    hook::without_probes(|| rewrite_once(site));
+    // own work: its calls are not the application's). Not for calls that never return: the
+    // process (or thread) ends, and patching costs more than a signal.
+    if !matches!(regs.orig_ax as i64, libc::SYS_exit | libc::SYS_exit_group) {
+        hook::without_probes(|| rewrite_once(site));
+    }
     // SAFETY: back to what the interrupted flow had (BLOCK for application code); the return
     // goes through our restorer, in the allowed range.
     unsafe { selector.write(was) };

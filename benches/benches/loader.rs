@@ -75,10 +75,10 @@ fn bench(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for i in 0..iters {
                     let shm = format!("bpftime-bench-loader-{}-{i}", std::process::id());
-                    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+                    let _ = bpftime_shm::ShmRegion::remove(&shm);
                     let _ = bpftime_shm::ShmRegion::create(&shm, 64 << 20).expect("region");
                     total += loader_run(&s, Some(&shm), count);
-                    let _ = std::fs::remove_file(format!("/dev/shm/{shm}"));
+                    let _ = bpftime_shm::ShmRegion::remove(&shm);
                 }
                 total
             })

@@ -592,14 +592,17 @@ fn agent_path() -> Result<PathBuf, String> {
     Ok(p)
 }
 
-/// `command` with the agent preloaded (after any LD_PRELOAD already set).
+/// `command` with the agent preloaded (after any LD_PRELOAD already set), its start's
+/// `execve` traced.
 pub(crate) fn agent_command(agent: &Path, command: &[String]) -> std::process::Command {
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(p) if !p.is_empty() => format!("{}:{p}", agent.display()),
         _ => agent.display().to_string(),
     };
     let mut cmd = std::process::Command::new(&command[0]);
-    cmd.args(&command[1..]).env("LD_PRELOAD", preload);
+    // The execve that starts it is made here, without the agent: the agent runs its entry
+    // programs (`sys_enter_execve`) in the new image.
+    cmd.args(&command[1..]).env("LD_PRELOAD", preload).env("BPFTIME_EXEC_UNTRACED", "1");
     cmd
 }
 
@@ -748,6 +751,8 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
                 return Err(format!("the syscall server {} is missing (build the workspace)", server.display()));
             }
             let mut cmd = agent_command(&server, &loader);
+            // The loader is no traced process (its server sets this for the programs it starts).
+            cmd.env_remove("BPFTIME_EXEC_UNTRACED");
             // What the loader starts (`bpftrace -c CMD`) is traced: it gets the agent.
             let children = agent_command(&agent_path()?, &loader);
             if let Some((_, preload)) = children.get_envs().find(|(k, _)| *k == "LD_PRELOAD") {

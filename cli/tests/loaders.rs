@@ -1189,8 +1189,10 @@ fn bpftrace_syscall_tracepoints_count_like_the_kernel() {
 
 /// Debian's libbpf-tools `execsnoop` and `syscount` (unmodified; `bpf_get_current_task` read
 /// through CO-RE for the parent's pid, `raw_syscalls` tracepoints) through the syscall server:
-/// execsnoop prints each of the target's three self-execs with its arguments and result, as on
-/// the kernel (`sys_exit_execve` runs in the new image); syscount counts its 102 openat calls (101 of the marker, dlopen's of libopener.so).
+/// execsnoop prints the exec that starts the target (made by `bpftime start`, without the
+/// agent: its entry programs run in the new image, on the arguments the call left) and each of
+/// its three self-execs with its arguments and result, as on the kernel (`sys_exit_execve`
+/// runs in the new image); syscount counts its 102 openat calls (101 of the marker, dlopen's of libopener.so).
 #[test]
 fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
     let _serial = serial();
@@ -1202,13 +1204,15 @@ fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
     let execs = build_target("execs", false);
     let opens = build_target("opens", false);
     build_target("opener", true);
-    // The self-execs' lines: COMM, RET and ARGS (pids differ between runs).
+    // The target's lines: COMM, RET and ARGS (pids differ between runs): the exec that starts
+    // it (made by `bpftime start`, which has no agent, or by the test) and its self-execs.
+    let target = execs.display().to_string();
     let self_execs = |out: &str| -> Vec<String> {
         out.lines()
-            .filter(|l| l.contains("/proc/self/exe"))
+            .filter(|l| l.contains("/proc/self/exe") || l.contains(&format!("{target} 100 3")))
             .map(|l| {
                 let w: Vec<&str> = l.split_whitespace().collect();
-                format!("{} {} {}", w[0], w[3], w[4..].join(" "))
+                format!("{} {} {}", w[0], w[3], w[4..].join(" ").replace(&target, "TARGET"))
             })
             .collect()
     };
@@ -1222,7 +1226,7 @@ fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
     ours.args(["load", "--"]).arg(&execsnoop);
     let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&execs).args(["100", "3"]), &dir.join("ours"), true);
     let ours = self_execs(&out);
-    assert_eq!(ours, ["exe 0 /proc/self/exe 100 2", "exe 0 /proc/self/exe 100 1", "exe 0 /proc/self/exe 100 0"], "{out}");
+    assert_eq!(ours, ["execs 0 TARGET 100 3", "exe 0 /proc/self/exe 100 2", "exe 0 /proc/self/exe 100 1", "exe 0 /proc/self/exe 100 0"], "{out}");
     bpftime_tests::remove_region(&shm);
     if is_root() {
         let out = tool_session(Command::new(&execsnoop), None, Command::new(&execs).args(["100", "3"]), &dir.join("kernel"), true);

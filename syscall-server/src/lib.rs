@@ -35,6 +35,8 @@ extern "C" fn bpftime_server_init() {
     unsafe {
         std::env::set_var("LD_PRELOAD", children);
         std::env::remove_var("BPFTIME_CHILD_PRELOAD");
+        // Their execve is made without the agent: the agent runs its entry programs.
+        std::env::set_var("BPFTIME_EXEC_UNTRACED", "1");
     }
 }
 

@@ -261,8 +261,13 @@ impl GpuProbes {
     pub fn prepare(region: &Arc<bpftime_shm::ShmRegion>, links: &[crate::links::UprobeLink]) -> (GpuProbes, Vec<(u32, String, String)>) {
         let mut out = GpuProbes::default();
         let mut failed = vec![];
+        let cuda: Vec<&crate::links::UprobeLink> = links.iter().filter(|l| l.kind == crate::links::LinkKind::CudaKernel).collect();
+        if cuda.is_empty() {
+            // Every traced process comes here: the GPU's helper table is built only when needed.
+            return (out, failed);
+        }
         let table = verifier_helpers();
-        for l in links.iter().filter(|l| l.kind == crate::links::LinkKind::CudaKernel) {
+        for l in cuda {
             let r = out.add(region, l, &table);
             if let Err(e) = r {
                 failed.push((l.id, l.name.clone(), e));
