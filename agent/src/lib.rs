@@ -71,8 +71,8 @@ fn bpftime_agent_init(exec: syscalls::ExecArgs) {
     // the agent (`bpftime start`, a loader's `-c CMD`) says so in the environment: its entry
     // programs run first, on the arguments the call left.
     let _ = std::panic::catch_unwind(|| {
-        if syscalls::take_exec_untraced(exec) {
-            syscalls::execve_entered(exec);
+        if let Some(caller) = syscalls::take_exec_untraced(exec) {
+            syscalls::execve_entered(exec, &caller);
         }
         syscalls::execve_returned();
     });

@@ -172,7 +172,8 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
 
 /// The variable whoever starts a program with the agent but without it in its own image
 /// (`bpftime start`, a loader's children) sets, so that the agent runs that `execve`'s entry
-/// programs; the agent removes it.
+/// programs; its value is the caller's name (its `comm`, which the kernel's programs see at
+/// the call). The agent removes it.
 pub const EXEC_UNTRACED: &str = "BPFTIME_EXEC_UNTRACED";
 
 /// The arguments the `execve` that started this image left for it (the arrays on the initial
@@ -183,17 +184,17 @@ pub struct ExecArgs {
     pub envp: u64,
 }
 
-/// Whether [`EXEC_UNTRACED`] is in the environment the execve left (`exec.envp`), removing
+/// The value of [`EXEC_UNTRACED`] in the environment the execve left (`exec.envp`), removing
 /// it there. The array itself is edited, in place (it is `environ` until the program changes
 /// it): the program's own `getenv`/`unsetenv` may not be libc's (bash has its own, which works
 /// on a table it fills in `main`).
-pub fn take_exec_untraced(exec: ExecArgs) -> bool {
+pub fn take_exec_untraced(exec: ExecArgs) -> Option<Vec<u8>> {
     let envp = exec.envp as *mut *const std::ffi::c_char;
     if envp.is_null() {
-        return false;
+        return None;
     }
     let prefix = format!("{EXEC_UNTRACED}=");
-    let mut found = false;
+    let mut found = None;
     // SAFETY: `envp` is the NULL-terminated array of C strings the kernel built on the initial
     // stack for execve(2) (glibc hands it to constructors), writable, and nothing else runs
     // yet (constructors run on the main thread before `main`). Entries are moved down over
@@ -201,8 +202,9 @@ pub fn take_exec_untraced(exec: ExecArgs) -> bool {
     unsafe {
         let mut at = envp;
         while !(*at).is_null() {
-            if std::ffi::CStr::from_ptr(*at).to_bytes().starts_with(prefix.as_bytes()) {
-                found = true;
+            let entry = std::ffi::CStr::from_ptr(*at).to_bytes();
+            if let Some(value) = entry.strip_prefix(prefix.as_bytes()) {
+                found = Some(value.to_vec());
                 let mut to = at;
                 loop {
                     *to = *to.add(1);
@@ -220,14 +222,32 @@ pub fn take_exec_untraced(exec: ExecArgs) -> bool {
 }
 
 /// Runs the entry programs of the `execve` that started this image, for a caller that had no
-/// agent to run them: its filename (`AT_EXECFN`), argv and envp, as the call passed them.
-pub fn execve_entered(exec: ExecArgs) {
+/// agent to run them: its filename (`AT_EXECFN`), argv and envp, as the call passed them, with
+/// the caller's name (`caller`, when given) as the thread's name meanwhile.
+pub fn execve_entered(exec: ExecArgs, caller: &[u8]) {
     let Some(p) = PROGRAMS.get() else { return };
     // SAFETY: getauxval(3) reads the auxiliary vector; AT_EXECFN is the address of the
     // filename the execve was given (0 where absent).
     let filename = unsafe { libc::getauxval(libc::AT_EXECFN) };
     let regs = PtRegs { orig_ax: libc::SYS_execve as u64, di: filename, si: exec.argv, dx: exec.envp, ..PtRegs::default() };
+    let mut own = [0u8; 17];
+    let mut name = [0u8; 16];
+    let renamed = !caller.is_empty() && !caller.contains(&0);
+    if renamed {
+        let n = caller.len().min(15);
+        name[..n].copy_from_slice(&caller[..n]);
+        // SAFETY: prctl(2) PR_GET_NAME writes at most 16 bytes into the 17-byte buffer;
+        // PR_SET_NAME reads a NUL-terminated name (at most 15 bytes and the NUL here).
+        unsafe {
+            libc::prctl(libc::PR_GET_NAME, own.as_mut_ptr(), 0, 0, 0);
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
+        }
+    }
     bpftime_attach::run_as_hit(|level| p.on_enter(&regs, level));
+    if renamed {
+        // SAFETY: as above: the name this thread had, NUL-terminated.
+        unsafe { libc::prctl(libc::PR_SET_NAME, own.as_ptr(), 0, 0, 0) };
+    }
 }
 
 /// Runs the exit programs of a successful `execve` (result 0) in this new image: the kernel runs

@@ -601,8 +601,9 @@ pub(crate) fn agent_command(agent: &Path, command: &[String]) -> std::process::C
     };
     let mut cmd = std::process::Command::new(&command[0]);
     // The execve that starts it is made here, without the agent: the agent runs its entry
-    // programs (`sys_enter_execve`) in the new image.
-    cmd.args(&command[1..]).env("LD_PRELOAD", preload).env("BPFTIME_EXEC_UNTRACED", "1");
+    // programs (`sys_enter_execve`) in the new image, under our name (the kernel's programs see
+    // the caller's).
+    cmd.args(&command[1..]).env("LD_PRELOAD", preload).env("BPFTIME_EXEC_UNTRACED", "bpftime");
     cmd
 }
 

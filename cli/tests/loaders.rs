@@ -622,14 +622,20 @@ fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
 }
 
 /// `bpftrace -c CMD`: the command bpftrace starts is a traced process (it gets the agent, not
-/// the server), and the script counts its calls and sums its results as on the kernel.
+/// the server), and the script counts its calls, sums its results and sees the exec that
+/// started it as on the kernel.
 #[test]
 fn bpftrace_traces_the_command_it_starts_like_the_kernel() {
     let _serial = serial();
     let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
     let calls = build_target("calls", false);
     let c = calls.display();
-    let script = format!("uprobe:{c}:add {{ @calls = count(); }} uretprobe:{c}:add {{ @sum = sum(retval); }}");
+    // And the execve that starts it, made by bpftime's child before the agent is there: seen
+    // (its entry runs in the new image) under the caller's name, as the kernel sees it.
+    let script = format!(
+        "uprobe:{c}:add {{ @calls = count(); }} uretprobe:{c}:add {{ @sum = sum(retval); }} \
+         tracepoint:syscalls:sys_enter_execve /str(args->filename) == \"{c}\"/ {{ @exec[comm] = count(); }}"
+    );
     let command = format!("{c} 250 2");
     let shm = format!("bpftime-bpftrace-c-{}", std::process::id());
     bpftime_tests::remove_region(&shm);
@@ -640,7 +646,7 @@ fn bpftrace_traces_the_command_it_starts_like_the_kernel() {
     };
     let ours = run(bpftime(&shm).args(["load", "--"]).arg(&bpftrace).args(["-c", &command, "-e", &script]));
     bpftime_tests::remove_region(&shm);
-    assert!(ours.contains("@calls: 500") && ours.contains("sum 186750"), "{ours}");
+    assert!(ours.contains("@calls: 500") && ours.contains("sum 186750") && ours.contains("@exec[bpftrace]: 1"), "{ours}");
     if is_root() {
         let kernel = run(Command::new(&bpftrace).args(["-c", &command, "-e", &script]));
         assert_eq!(ours, kernel, "the kernel's");

@@ -31,12 +31,17 @@ static SERVER: OnceLock<Option<Server>> = OnceLock::new();
 extern "C" fn bpftime_server_init() {
     let Some(children) = std::env::var_os("BPFTIME_CHILD_PRELOAD") else { return };
     // SAFETY: at load time, before the loader's own code runs or starts a thread; nothing reads
-    // the environment concurrently.
+    // the environment concurrently. prctl(2) PR_GET_NAME writes at most 16 bytes into the
+    // 17-byte buffer.
     unsafe {
         std::env::set_var("LD_PRELOAD", children);
         std::env::remove_var("BPFTIME_CHILD_PRELOAD");
-        // Their execve is made without the agent: the agent runs its entry programs.
-        std::env::set_var("BPFTIME_EXEC_UNTRACED", "1");
+        // Their execve is made without the agent: the agent runs its entry programs, under the
+        // loader's name (the caller's, which the kernel's programs see).
+        let mut name = [0u8; 17];
+        libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr(), 0, 0, 0);
+        let len = name.iter().position(|&b| b == 0).unwrap_or(16);
+        std::env::set_var("BPFTIME_EXEC_UNTRACED", <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&name[..len]));
     }
 }
 
