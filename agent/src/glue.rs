@@ -301,6 +301,20 @@ fn empty_dl_info() -> libc::Dl_info {
     libc::Dl_info { dli_fname: std::ptr::null(), dli_fbase: std::ptr::null_mut(), dli_sname: std::ptr::null(), dli_saddr: std::ptr::null_mut() }
 }
 
+/// The code cache as the hook engine's store of what it learnt of modules.
+struct CachedFacts(&'static Runtime);
+
+impl bpftime_attach::FactsStore for CachedFacts {
+    fn load(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.code_cache()?.load_blob(key)
+    }
+    fn store(&self, key: &[u8], data: &[u8]) {
+        if let Some(cache) = self.0.code_cache() {
+            cache.store_blob(key, data);
+        }
+    }
+}
+
 /// Whether the agent has started in this process.
 pub(crate) fn running() -> bool {
     AGENT.get().is_some()
@@ -350,6 +364,11 @@ pub(crate) fn start_in(name: String) {
         runtime.set_probe_budget(budget);
     }
     let runtime: &'static Runtime = Box::leak(Box::new(runtime));
+    if runtime.code_cache().is_some() {
+        // What probes learn of a library's code (libc's takes tens of ms to scan) is kept
+        // beside the compiled programs, for the next process.
+        bpftime_attach::set_facts_store(Arc::new(CachedFacts(runtime)));
+    }
     let standalone = program.is_some();
     let found = match program {
         Some(path) => {

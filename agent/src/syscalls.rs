@@ -236,17 +236,19 @@ pub fn execve_entered(exec: ExecArgs, caller: &[u8]) {
     if renamed {
         let n = caller.len().min(15);
         name[..n].copy_from_slice(&caller[..n]);
+        // The agent's own calls, not the application's (its system call programs must not see
+        // them).
         // SAFETY: prctl(2) PR_GET_NAME writes at most 16 bytes into the 17-byte buffer;
         // PR_SET_NAME reads a NUL-terminated name (at most 15 bytes and the NUL here).
-        unsafe {
+        bpftime_attach::without_probes(|| unsafe {
             libc::prctl(libc::PR_GET_NAME, own.as_mut_ptr(), 0, 0, 0);
             libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
-        }
+        });
     }
     bpftime_attach::run_as_hit(|level| p.on_enter(&regs, level));
     if renamed {
         // SAFETY: as above: the name this thread had, NUL-terminated.
-        unsafe { libc::prctl(libc::PR_SET_NAME, own.as_ptr(), 0, 0, 0) };
+        bpftime_attach::without_probes(|| unsafe { libc::prctl(libc::PR_SET_NAME, own.as_ptr(), 0, 0, 0) });
     }
 }
 

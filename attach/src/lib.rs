@@ -29,6 +29,7 @@ pub use hook::{
     attach, detach, in_probe, in_signal_handler, patched_returns, run_as_hit, set_return_patching, site_method, site_vectors, without_probes, AttachError,
     Method, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
 };
+pub use module_code::{set_facts_store, FactsStore};
 pub use patch::{register_sync_core, MOVED_THREADS, TRAPS_REDIRECTED};
 pub use regs::PtRegs;
 pub use symbols::{add_to_semaphore, resolve, resolve_in_process, ResolveError, Resolved, Target};

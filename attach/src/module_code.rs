@@ -308,6 +308,133 @@ fn scan(text: &[u8], ip: u64, starts: &[u64], symbols: &Functions, nodes: &Funct
     }
 }
 
+/// Where what was learnt of a file is kept between processes (the agent gives its code
+/// cache, which holds only what this user or root wrote): scanning libc takes tens of
+/// milliseconds, which every traced process with a probe in it would pay.
+pub trait FactsStore: Send + Sync {
+    /// The bytes stored under `key`, if any.
+    fn load(&self, key: &[u8]) -> Option<Vec<u8>>;
+    /// Stores `data` under `key` (best effort).
+    fn store(&self, key: &[u8], data: &[u8]);
+}
+
+static STORE: std::sync::OnceLock<Arc<dyn FactsStore>> = std::sync::OnceLock::new();
+
+/// Keeps the facts learnt of files in `store` from now on, and looks there first (once per
+/// process; later calls are ignored).
+pub fn set_facts_store(store: Arc<dyn FactsStore>) {
+    let _ = STORE.set(store);
+}
+
+/// Little-endian writer and reader of [`FileFacts`] (`encode`, `decode`): counts, then items.
+struct Bytes(Vec<u8>);
+
+impl Bytes {
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn vectors(&mut self, v: VectorUse) {
+        self.u64(v.regs as u64 | (v.width as u64) << 32 | (v.masks as u64) << 40);
+    }
+    fn pairs(&mut self, v: &[(u64, u64)]) {
+        self.u64(v.len() as u64);
+        for &(a, b) in v {
+            self.u64(a);
+            self.u64(b);
+        }
+    }
+}
+
+struct Read<'a>(&'a [u8]);
+
+impl Read<'_> {
+    fn u64(&mut self) -> Option<u64> {
+        let (head, rest) = self.0.split_first_chunk::<8>()?;
+        self.0 = rest;
+        Some(u64::from_le_bytes(*head))
+    }
+    /// A count of items of at least `item` bytes each that the rest can hold.
+    fn count(&mut self, item: usize) -> Option<usize> {
+        usize::try_from(self.u64()?).ok().filter(|&n| n.checked_mul(item).is_some_and(|b| b <= self.0.len()))
+    }
+    fn vectors(&mut self) -> Option<VectorUse> {
+        let v = self.u64()?;
+        let width = (v >> 32) as u8 as i32;
+        matches!(width, 0 | 16 | 32 | 64).then_some(VectorUse { regs: v as u32, width, masks: v >> 40 & 1 != 0 })
+    }
+    fn pairs(&mut self) -> Option<Vec<(u64, u64)>> {
+        (0..self.count(16)?).map(|_| Some((self.u64()?, self.u64()?))).collect()
+    }
+}
+
+impl FileFacts {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Bytes(Vec::new());
+        b.vectors(self.vectors);
+        b.pairs(&self.functions);
+        let g = &self.graph;
+        b.u64(g.vectors.len() as u64);
+        for (i, v) in g.vectors.iter().enumerate() {
+            b.vectors(*v);
+            b.u64(g.jumped_into[i] as u64);
+            b.u64(g.callers[i].len() as u64);
+            for &c in &g.callers[i] {
+                b.u64(c as u64);
+            }
+        }
+        b.u64(self.foreign.len() as u64);
+        for &f in &self.foreign {
+            b.u64(f);
+        }
+        b.u64(self.segments.len() as u64);
+        for &(a, o, n) in &self.segments {
+            b.u64(a);
+            b.u64(o);
+            b.u64(n);
+        }
+        b.0
+    }
+
+    /// What [`FileFacts::encode`] wrote, checked to be consistent (node indices in range, one
+    /// node per function and one for code outside them), or None.
+    fn decode(bytes: &[u8]) -> Option<FileFacts> {
+        let mut r = Read(bytes);
+        let vectors = r.vectors()?;
+        let functions = r.pairs()?;
+        let n = r.count(24)?;
+        if n != functions.len() + 1 {
+            return None;
+        }
+        let mut graph = CodeGraph::new(functions.len());
+        for i in 0..n {
+            graph.vectors[i] = r.vectors()?;
+            graph.jumped_into[i] = r.u64()? != 0;
+            graph.callers[i] = (0..r.count(8)?).map(|_| r.u64().and_then(|c| u32::try_from(c).ok()).filter(|&c| (c as usize) < n)).collect::<Option<_>>()?;
+        }
+        let foreign = (0..r.count(8)?).map(|_| r.u64()).collect::<Option<Vec<u64>>>()?;
+        let segments = (0..r.count(24)?).map(|_| Some((r.u64()?, r.u64()?, r.u64()?))).collect::<Option<Vec<_>>>()?;
+        r.0.is_empty().then_some(FileFacts { vectors, functions, graph, foreign, segments })
+    }
+}
+
+/// The facts of the file with identity `key` (device, inode, size, times): from the store when
+/// it has them, else scanned (and stored).
+fn facts_of(file: std::fs::File, len: u64, key: &[i64; 7]) -> Option<FileFacts> {
+    let store = STORE.get();
+    let mut id = format!("module facts {}", env!("BPFTIME_MODULE_FACTS_ID")).into_bytes();
+    for k in key {
+        id.extend_from_slice(&k.to_le_bytes());
+    }
+    if let Some(f) = store.and_then(|s| s.load(&id)).and_then(|b| FileFacts::decode(&b)) {
+        return Some(f);
+    }
+    let facts = scan_file(file, len)?;
+    if let Some(s) = store {
+        s.store(&id, &facts.encode());
+    }
+    Some(facts)
+}
+
 /// Files larger than this are not read: every register is kept for them.
 const MAX_FILE: u64 = 1 << 30;
 
@@ -364,7 +491,7 @@ impl ModuleCode {
 /// The code of the module mapped at `addr`, or None when it cannot be told (anonymous memory,
 /// a file that is not the one mapped or does not parse). Cached per file.
 pub(crate) fn module_at(addr: u64) -> Option<ModuleCode> {
-    type Key = (u64, u64, u64, i64, i64, i64, i64);
+    type Key = [i64; 7];
     static CACHE: Mutex<Vec<(Key, Arc<FileFacts>)>> = Mutex::new(Vec::new());
     let m = mapping_of(addr)?;
     if m.inode == 0 || !m.path.starts_with('/') {
@@ -379,12 +506,12 @@ pub(crate) fn module_at(addr: u64) -> Option<ModuleCode> {
         return None;
     }
     // A file rewritten in place keeps its inode: its size and times tell it apart.
-    let key = (meta.dev(), meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec());
+    let key = [meta.dev() as i64, meta.ino() as i64, meta.len() as i64, meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec()];
     let cached = CACHE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(k, _)| *k == key).map(|(_, f)| f.clone());
     let facts = match cached {
         Some(f) => f,
         None => {
-            let f = Arc::new(scan_file(file, meta.len())?);
+            let f = Arc::new(facts_of(file, meta.len(), &key)?);
             // Another thread may have scanned the same file meanwhile: one copy is kept.
             let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
             match cache.iter().find(|(k, _)| *k == key) {
@@ -606,6 +733,32 @@ mod tests {
         assert_eq!(nodes, vec![(0x1000, 0x1100), (0x1200, 0x1210)]);
         assert_eq!(function_index(&nodes, 0x10f0), Some(0), "past five nested symbols");
         assert_eq!(function_index(&nodes, 0x1150), None);
+    }
+
+    #[test]
+    fn facts_survive_their_encoding_and_damage_is_refused() {
+        let exe = std::fs::File::open("/proc/self/exe").unwrap();
+        let len = exe.metadata().unwrap().len();
+        let facts = scan_file(exe, len).unwrap();
+        let bytes = facts.encode();
+        let back = FileFacts::decode(&bytes).expect("decodes");
+        assert_eq!(back.encode(), bytes);
+        assert_eq!(back.functions, facts.functions);
+        assert!(!facts.functions.is_empty() && !facts.foreign.is_empty());
+        // Cut short, grown, or with a caller out of range: not facts.
+        assert!(FileFacts::decode(&bytes[..bytes.len() - 8]).is_none());
+        assert!(FileFacts::decode(&[&bytes[..], &[0; 8]].concat()).is_none());
+        let mut bad = Bytes(Vec::new());
+        bad.vectors(VectorUse::NONE);
+        bad.pairs(&[]);
+        bad.u64(1);
+        bad.vectors(VectorUse::NONE);
+        bad.u64(0);
+        bad.u64(1);
+        bad.u64(7);
+        bad.u64(0);
+        bad.u64(0);
+        assert!(FileFacts::decode(&bad.0).is_none(), "caller 7 of 1 node");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/syscall_bench.bpf.o"));
+const UPROBES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/uprobe_bench.bpf.o"));
 
 /// Where the libraries of this build profile are.
 fn profile_dir() -> PathBuf {
@@ -48,6 +49,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("ls_untraced", |b| b.iter(|| ls(&agent, None)));
     g.bench_function("ls_agent_no_links", |b| b.iter(|| ls(&agent, Some(&shm))));
     let rt = Runtime::new(region.clone(), EngineKind::Jit);
+    // An empty uprobe on a libc function `ls` does not call: attaching it scans libc's code
+    // (which vector registers its functions name), or reads what an earlier process learnt.
+    let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6"].into_iter().find(|p| Path::new(p).exists());
+    if let Some(libc) = libc {
+        let loaded = rt.load_object(&Object::parse(UPROBES).expect("object")).expect("loads");
+        let id = loaded.programs.iter().find(|p| p.0 == "empty").expect("program").2;
+        let link = links::store(&region, "empty", id, &format!("{libc}:getaddrinfo"), false, 0).expect("link");
+        g.bench_function("ls_agent_libc_uprobe", |b| b.iter(|| ls(&agent, Some(&shm))));
+        region.remove_object(link);
+    }
     let loaded = rt.load_object(&Object::parse(OBJECT).expect("object")).expect("loads");
     for (name, event) in [("count_enter", "raw/sys_enter"), ("count_exit", "raw/sys_exit")] {
         let id = loaded.programs.iter().find(|p| p.0 == name).expect("program").2;

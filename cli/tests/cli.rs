@@ -404,6 +404,9 @@ fn programs_compile_once_at_load_and_every_process_maps_them() {
         let log = start(&[("BPFTIME_VERBOSE", "1")]);
         assert_eq!(log.matches("code cache: hit").count(), 4, "{log}");
         assert!(!log.contains("miss"), "{log}");
+        // And what the first process learnt of the probed file's code (one entry more), which
+        // the second reads.
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 5);
     }
     let log = start(&[("BPFTIME_VERBOSE", "1"), ("BPFTIME_CODE_CACHE", "off")]);
     assert!(!log.contains("code cache"), "{log}");

@@ -32,6 +32,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const FOOTER_MAGIC: &[u8; 8] = b"BPFCODE1";
+/// The start of an entry made by [`CodeCache::store_blob`].
+const BLOB_MAGIC: &[u8; 8] = b"BPFBLOB1";
+/// The largest blob entry read or written.
+const MAX_BLOB: u64 = 64 << 20;
+
+/// A blob's key as stored: its own domain, then the caller's key (which names its own build).
+fn blob_key(key: &[u8]) -> Vec<u8> {
+    [b"blob\0".as_slice(), key].concat()
+}
 /// Entries kept: past this many, or [`MAX_BYTES`] in all, the oldest are removed (the cache
 /// usually lives in memory, `/dev/shm`, and programs change).
 const MAX_ENTRIES: usize = 1024;
@@ -349,25 +358,59 @@ impl CodeCache {
         if !image.table_offset.is_multiple_of(page_size()) {
             return Err(io_err("code not page-aligned"));
         }
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let tmp = format!(".{name}.{}.{nanos}", std::process::id());
-        let mut file = self.handle.create_new(&tmp, 0o644).map_err(io_err)?;
-        let result = (|| {
+        self.write_entry(name, |file| {
             let mut code = image.code.clone();
             code.resize(image.table_offset, 0xcc);
             file.write_all(&code)?;
             file.write_all(&encode_trailer(key, record, prefix, image))?;
             file.write_all(&(image.table_offset as u64).to_le_bytes())?;
-            file.write_all(FOOTER_MAGIC)?;
-            file.sync_all()?;
-            self.handle.rename(&tmp, name)
-        })();
+            file.write_all(FOOTER_MAGIC)
+        })
+        .map_err(io_err)
+    }
+
+    /// Writes entry `name` with `write` into a temporary file, synced, then renamed into place
+    /// (readers see all or nothing), and prunes the cache.
+    fn write_entry(&self, name: &str, write: impl FnOnce(&mut std::fs::File) -> io::Result<()>) -> io::Result<()> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let tmp = format!(".{name}.{}.{nanos}", std::process::id());
+        let mut file = self.handle.create_new(&tmp, 0o644)?;
+        let result = write(&mut file).and_then(|()| file.sync_all()).and_then(|()| self.handle.rename(&tmp, name));
         if result.is_err() {
             let _ = self.handle.remove(&tmp);
         }
-        result.map_err(io_err)?;
+        result?;
         self.prune();
         Ok(())
+    }
+
+    /// Bytes of another kind kept under `key` by [`CodeCache::store_blob`] (another layer's
+    /// analysis of a file, say), with the trust rules of code: None unless the entry is this
+    /// user's or root's, writable by no one else, and made for exactly `key`.
+    pub fn load_blob(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let key = blob_key(key);
+        let file = self.handle.open_entry(&hex_hash(&key)).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || !trusted(&meta) || meta.len() > MAX_BLOB {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        std::io::Read::read_to_end(&mut &file, &mut bytes).ok()?;
+        let mut r = Reader(bytes.strip_prefix(BLOB_MAGIC)?);
+        (r.bytes()? == key).then(|| r.bytes().map(<[u8]>::to_vec))?
+    }
+
+    /// Keeps `data` under `key` for [`CodeCache::load_blob`] (best effort: a failure only
+    /// means it is made again).
+    pub fn store_blob(&self, key: &[u8], data: &[u8]) {
+        let key = blob_key(key);
+        if data.len() as u64 + key.len() as u64 + 32 > MAX_BLOB {
+            return;
+        }
+        let mut bytes = BLOB_MAGIC.to_vec();
+        put(&mut bytes, &key);
+        put(&mut bytes, data);
+        let _ = self.write_entry(&hex_hash(&key), |file| file.write_all(&bytes));
     }
 
     /// Removes the oldest entries beyond [`MAX_ENTRIES`] or [`MAX_BYTES`], and temporary files

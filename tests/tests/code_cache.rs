@@ -169,3 +169,21 @@ fn the_cache_keeps_its_newest_entries_within_bounds() {
     assert_eq!(bpftime_vm::exec::run(&jit, Context::Mem(&mut []), &Default::default()), Ok(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Another layer's bytes (the agent keeps what it learnt of a library's code there) come back
+/// for exactly their key, and not from an entry others could have written.
+#[test]
+fn blobs_come_back_for_their_key_from_trusted_entries_only() {
+    use bpftime_jit::cache::CodeCache;
+    let dir = cache_dir("blobs");
+    let cache = CodeCache::open(&dir, Default::default()).unwrap();
+    assert_eq!(cache.load_blob(b"libc facts"), None);
+    cache.store_blob(b"libc facts", b"what was learnt");
+    assert_eq!(cache.load_blob(b"libc facts").as_deref(), Some(&b"what was learnt"[..]));
+    assert_eq!(cache.load_blob(b"libm facts"), None, "another key");
+    let files = entries(&dir);
+    assert_eq!(files.len(), 1);
+    std::fs::set_permissions(&files[0], std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(cache.load_blob(b"libc facts"), None, "writable by others");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -361,6 +361,11 @@ impl Runtime {
         self.checks = checks;
     }
 
+    /// The code cache, when one is in use.
+    pub fn code_cache(&self) -> Option<&CodeCache> {
+        self.code_cache.as_ref()
+    }
+
     /// Uses the code cache in `dir` for JIT-compiled programs from now on (see
     /// [`bpftime_jit::cache`]): a program another process compiled for the same maps is mapped,
     /// not verified and compiled again.
