@@ -67,7 +67,7 @@ fn lock(twins: &Mutex<Vec<Twin>>) -> std::sync::MutexGuard<'_, Vec<Twin>> {
 
 /// Makes the kernel twin of slot `slot` of region perf event array `map`, puts it in slot
 /// `slot` of kernel map `kernel_map` and relays its records; `data_pages` is the loader's ring
-/// size in pages (a power of two). A twin the slot had before is dropped.
+/// size in pages. A twin the slot had before is dropped.
 pub fn start(kernel_map: i32, map: Map, slot: u32, data_pages: usize) -> Result<(), i32> {
     let r = relay().ok_or(libc::ENOMEM)?;
     forget(map.id(), slot);
@@ -81,7 +81,8 @@ pub fn start(kernel_map: i32, map: Map, slot: u32, data_pages: usize) -> Result<
     attr[24..32].copy_from_slice(&(1u64 << 10).to_le_bytes());
     attr[48..52].copy_from_slice(&1u32.to_le_bytes());
     let fd = raw::result(raw::syscall6(libc::SYS_perf_event_open, [attr.as_ptr() as c_long, -1, slot as c_long, -1, PERF_FLAG_FD_CLOEXEC, 0]))? as i32;
-    let len = (1 + data_pages.max(1)) * PAGE;
+    // The kernel maps a header page and a power of two of data pages.
+    let len = (1 + data_pages.max(1).next_power_of_two()) * PAGE;
     let base = match raw::result(raw::syscall6(
         libc::SYS_mmap,
         [0, len as c_long, (libc::PROT_READ | libc::PROT_WRITE) as c_long, libc::MAP_SHARED as c_long, fd as c_long, 0],
