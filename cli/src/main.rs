@@ -592,18 +592,22 @@ fn agent_path() -> Result<PathBuf, String> {
     Ok(p)
 }
 
+/// `LD_PRELOAD` with `lib` first, then whatever it already names.
+fn preload_with(lib: &Path) -> String {
+    match std::env::var("LD_PRELOAD") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", lib.display()),
+        _ => lib.display().to_string(),
+    }
+}
+
 /// `command` with the agent preloaded (after any LD_PRELOAD already set), its start's
 /// `execve` traced.
 pub(crate) fn agent_command(agent: &Path, command: &[String]) -> std::process::Command {
-    let preload = match std::env::var("LD_PRELOAD") {
-        Ok(p) if !p.is_empty() => format!("{}:{p}", agent.display()),
-        _ => agent.display().to_string(),
-    };
     let mut cmd = std::process::Command::new(&command[0]);
     // The execve that starts it is made here, without the agent: the agent runs its entry
     // programs (`sys_enter_execve`) in the new image, under our name (the kernel's programs see
     // the caller's).
-    cmd.args(&command[1..]).env("LD_PRELOAD", preload).env("BPFTIME_EXEC_UNTRACED", "bpftime");
+    cmd.args(&command[1..]).env("LD_PRELOAD", preload_with(agent)).env("BPFTIME_EXEC_UNTRACED", "bpftime");
     cmd
 }
 
@@ -751,14 +755,11 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             if !server.exists() {
                 return Err(format!("the syscall server {} is missing (build the workspace)", server.display()));
             }
-            let mut cmd = agent_command(&server, &loader);
-            // The loader is no traced process (its server sets this for the programs it starts).
-            cmd.env_remove("BPFTIME_EXEC_UNTRACED");
-            // What the loader starts (`bpftrace -c CMD`) is traced: it gets the agent.
-            let children = agent_command(&agent_path()?, &loader);
-            if let Some((_, preload)) = children.get_envs().find(|(k, _)| *k == "LD_PRELOAD") {
-                cmd.env("BPFTIME_CHILD_PRELOAD", preload.unwrap_or_default());
-            }
+            let mut cmd = std::process::Command::new(&loader[0]);
+            cmd.args(&loader[1..]).env("LD_PRELOAD", preload_with(&server));
+            // What the loader starts (`bpftrace -c CMD`) is traced: it gets the agent (its server
+            // marks their execve, which the loader makes, for the agent to trace).
+            cmd.env("BPFTIME_CHILD_PRELOAD", preload_with(&agent_path()?));
             cmd.env("BPFTIME_SHM", shm);
             // Probes for a process started without the agent load it there (`bpftime attach`).
             if let Ok(me) = std::env::current_exe() {

@@ -73,14 +73,6 @@ fn plain_values(t: MapType) -> bool {
     )
 }
 
-/// Data pages of a perf ring a consumer mapped with `len` bytes (16 when it has not mapped it).
-fn ring_pages(len: u64) -> usize {
-    match len.saturating_sub(4096) / 4096 {
-        0 => 16,
-        n => n as usize,
-    }
-}
-
 /// The kernel's id of the map behind kernel fd `fd` (`BPF_OBJ_GET_INFO_BY_FD`: `bpf_map_info`
 /// starts with its type and id).
 fn kernel_map_id(fd: i32) -> Option<u32> {
@@ -240,16 +232,15 @@ impl Server {
         }
         // Perf events already in its slots: the kernel's records reach their rings too.
         if map.map_type() == MapType::PerfEventArray {
-            let bound: Vec<(u32, u64)> = Self::lock(&self.fds)
+            let bound: Vec<(u32, usize)> = Self::lock(&self.fds)
                 .values()
                 .filter_map(|h| match h {
-                    Handle::PerfOutput(PerfOutput { bound: Some((m, slot)), mapped }) if *m == id => Some((*slot, mapped.map_or(0, |(_, len)| len))),
+                    Handle::PerfOutput(p @ PerfOutput { bound: Some((m, slot)), .. }) if *m == id => Some((*slot, p.ring_pages())),
                     _ => None,
                 })
                 .collect();
-            for (slot, len) in bound {
-                let reopened = Map::open(self.region(), id).map_err(|_| libc::EBADF)?;
-                crate::relay::start(fd, reopened, slot, ring_pages(len))?;
+            for (slot, pages) in bound {
+                crate::relay::start(fd, map.clone(), slot, pages)?;
             }
         }
         Ok(fd)
@@ -269,7 +260,7 @@ impl Server {
         self.kernel.as_ref()?;
         let value = crate::user::read(a.u64(16), 4).ok()?;
         let perf_fd = i32::from_le_bytes(value[..4].try_into().ok()?);
-        let Some(Handle::PerfOutput(_)) = self.handle(perf_fd) else { return None };
+        let Some(Handle::PerfOutput(perf)) = self.handle(perf_fd) else { return None };
         let id = self.moved_map(a.u32(0))?;
         Some((|| {
             let map = Map::open(self.region(), id).map_err(|_| libc::EBADF)?;
@@ -277,11 +268,7 @@ impl Server {
             let slot = u32::from_le_bytes(key[..4].try_into().map_err(|_| libc::EINVAL)?);
             let value = self.value_in(&map, &key, value)?;
             map.update(&key, &value, a.u64(24)).map_err(|e| e.0)?;
-            let len = match self.handle(perf_fd) {
-                Some(Handle::PerfOutput(PerfOutput { mapped, .. })) => mapped.map_or(0, |(_, len)| len),
-                _ => 0,
-            };
-            crate::relay::start(a.u32(0) as i32, map, slot, ring_pages(len))?;
+            crate::relay::start(a.u32(0) as i32, map, slot, perf.ring_pages())?;
             Ok(0)
         })())
     }

@@ -8,7 +8,8 @@
 //! The kernel ring's layout is `perf_event_mmap_page` (perf_event_open(2)): `data_head` at
 //! 1024, `data_tail` at 1032, `data_offset` at 1040, `data_size` at 1048; records are
 //! `struct perf_event_header` (type u32, misc u16, size u16), a sample's raw data after a u32
-//! size.
+//! size. Only samples are relayed: the kernel's `PERF_RECORD_LOST` records are dropped (the
+//! region's rings count their own losses but write no such records).
 
 use crate::raw;
 use bpftime_maps::Map;
@@ -17,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 const PAGE: usize = 4096;
-const PERF_RECORD_LOST: u32 = 2;
 const PERF_RECORD_SAMPLE: u32 = 9;
 const PERF_EVENT_IOC_ENABLE: c_long = 0x2400;
 /// perf_event_open(2)'s flag for a close-on-exec fd.
@@ -45,8 +45,6 @@ impl Drop for Twin {
 struct Relay {
     epoll: i32,
     twins: Mutex<Vec<Twin>>,
-    /// Kernel records lost (the kernel ring was full), and samples the region ring refused.
-    lost: AtomicU64,
 }
 
 static RELAY: OnceLock<Option<Relay>> = OnceLock::new();
@@ -56,7 +54,7 @@ fn relay() -> Option<&'static Relay> {
         .get_or_init(|| {
             let epoll = raw::result(raw::syscall6(libc::SYS_epoll_create1, [libc::EPOLL_CLOEXEC as c_long, 0, 0, 0, 0, 0])).ok()? as i32;
             bpftime_runtime::threads::spawn_quiet("bpftime-relay", run).ok()?;
-            Some(Relay { epoll, twins: Mutex::new(Vec::new()), lost: AtomicU64::new(0) })
+            Some(Relay { epoll, twins: Mutex::new(Vec::new()) })
         })
         .as_ref()
 }
@@ -130,13 +128,13 @@ fn run() {
         // A timeout too, so a twin added while we slept is drained even if its wakeup came first.
         raw::syscall6(libc::SYS_epoll_wait, [r.epoll as c_long, events.as_mut_ptr() as c_long, events.len() as c_long, 100, 0, 0]);
         for twin in lock(&r.twins).iter() {
-            drain(r, twin);
+            drain(twin);
         }
     }
 }
 
 /// Copies the records waiting in `twin`'s kernel ring into its region ring.
-fn drain(r: &Relay, twin: &Twin) {
+fn drain(twin: &Twin) {
     let word = |at: usize| {
         // SAFETY: `at` is one of the u64 fields of the header page of the ring mapped at
         // `twin.base` (at least one page), 8-byte aligned; the kernel updates data_head
@@ -175,17 +173,10 @@ fn drain(r: &Relay, twin: &Twin) {
         }
         record.resize(len as usize - 8, 0);
         read(tail + 8, &mut record);
-        match kind {
-            PERF_RECORD_SAMPLE if record.len() >= 4 => {
-                let raw_len = (u32::from_le_bytes([record[0], record[1], record[2], record[3]]) as usize).min(record.len() - 4);
-                if twin.map.perf_output(twin.slot, &record[4..4 + raw_len]).is_err() {
-                    r.lost.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            PERF_RECORD_LOST if record.len() >= 16 => {
-                r.lost.fetch_add(u64::from_le_bytes(record[8..16].try_into().unwrap_or_default()), Ordering::Relaxed);
-            }
-            _ => {}
+        if kind == PERF_RECORD_SAMPLE && record.len() >= 4 {
+            let raw_len = (u32::from_le_bytes([record[0], record[1], record[2], record[3]]) as usize).min(record.len() - 4);
+            // A full region ring counts it as lost, as for any producer.
+            let _ = twin.map.perf_output(twin.slot, &record[4..4 + raw_len]);
         }
         tail += len;
     }

@@ -120,6 +120,16 @@ pub struct PerfOutput {
     pub mapped: Option<(u64, u64)>,
 }
 
+impl PerfOutput {
+    /// Data pages of the ring its consumer mapped (a header page and these), 16 until mapped.
+    pub fn ring_pages(&self) -> usize {
+        match self.mapped.map_or(0, |(_, len)| len.saturating_sub(4096) / 4096) {
+            0 => 16,
+            n => n as usize,
+        }
+    }
+}
+
 /// The server of one loader process.
 pub struct Server {
     region: Arc<ShmRegion>,
