@@ -37,8 +37,9 @@ fn bytes_json(b: &[u8]) -> Value {
 /// One-line summary of a map.
 pub fn header(m: &Map) -> String {
     let s = m.spec();
+    let threads = bpftime_runtime::gpu::per_thread_slots(s).map(|n| format!(" per GPU thread ({n} threads)")).unwrap_or_default();
     format!(
-        "map {} `{}`: {}, key {} B, value {} B, max_entries {}, flags {:#x}",
+        "map {} `{}`: {}{threads}, key {} B, value {} B, max_entries {}, flags {:#x}",
         m.id(),
         m.name(),
         m.map_type().name(),
@@ -59,7 +60,12 @@ fn entries(m: &Map) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
         if m.lookup(&k, &mut v).is_err() {
             continue;
         }
-        let slots = if m.map_type().is_percpu() { v.chunks(stride).map(|c| c[..vs].to_vec()).collect() } else { vec![v] };
+        let slots = match bpftime_runtime::gpu::per_thread_slots(m.spec()) {
+            // Each GPU thread's value, one after the other.
+            Some(threads) => v.chunks((vs / threads as usize).max(1)).map(<[u8]>::to_vec).collect(),
+            None if m.map_type().is_percpu() => v.chunks(stride).map(|c| c[..vs].to_vec()).collect(),
+            None => vec![v],
+        };
         out.push((k, slots));
     }
     out
@@ -104,7 +110,15 @@ pub fn human(m: &Map) -> String {
                 if slots.len() == 1 {
                     let _ = writeln!(s, "  {} => {}", show(k), show(&slots[0]));
                 } else {
-                    let per: Vec<String> = slots.iter().map(|v| show(v)).collect();
+                    // Runs of one value shown once (`V x N`): a value per GPU thread is long.
+                    let mut per: Vec<String> = vec![];
+                    for run in slots.chunk_by(|a, b| a == b) {
+                        per.push(if run.len() > 2 {
+                            format!("{} x {}", show(&run[0]), run.len())
+                        } else {
+                            run.iter().map(|v| show(v)).collect::<Vec<_>>().join(", ")
+                        });
+                    }
                     let sum: Option<u64> = slots.iter().map(|v| as_uint(v)).sum();
                     let total = sum.map(|t| format!(" (sum {t})")).unwrap_or_default();
                     let _ = writeln!(s, "  {} => [{}]{total}", show(k), per.join(", "));

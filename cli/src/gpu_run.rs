@@ -4,7 +4,7 @@
 use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
 use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
 use bpftime_object::Object;
-use bpftime_runtime::gpu::{describe_arena, gpu_program, gpu_program_from_raw, GpuProgram};
+use bpftime_runtime::gpu::{describe_arena, gpu_program, gpu_program_from_raw, trace_lines, GpuProgram};
 use bpftime_runtime::input::read_program_file;
 use bpftime_vm::insn::parse_bytecode;
 use bpftime_vm::RunError;
@@ -32,6 +32,9 @@ pub struct Report {
     pub outcomes: Vec<Result<u64, RunError>>,
     /// Map dump lines.
     pub maps: Vec<String>,
+    /// What `bpf_trace_printk` and `puts` printed, as trace pipe lines, and how many lines the
+    /// full ring dropped.
+    pub trace: (Vec<String>, u64),
     /// The device, for the header line.
     pub device: String,
     /// Kernel time, when measured on a device.
@@ -86,6 +89,7 @@ pub fn run(
         return Ok(Report {
             outcomes,
             maps: describe_arena(&g.layout, &image),
+            trace: trace_lines(&g.layout, &image),
             device: format!("PTX interpreter (sm_{}, {SIMULATED_SMS} simulated SMs)", target.sm),
             micros: None,
             layout: Some(g.layout.clone()),
@@ -101,6 +105,7 @@ pub fn run(
     Ok(Report {
         outcomes: r.outcomes,
         maps: describe_arena(&g.layout, &r.arena),
+        trace: trace_lines(&g.layout, &r.arena),
         device: format!("{} (sm_{}, {} SMs)", info.name, info.sm, info.sms),
         micros: Some(r.micros),
         layout: Some(g.layout.clone()),

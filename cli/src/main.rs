@@ -496,6 +496,13 @@ fn vm_run_gpu(file: &Path, section: Option<&str>, mem: Option<String>, gpu: GpuA
     };
     let target = sm.as_deref().map(Target::parse).transpose()?;
     let r = gpu_run::run(file, section, target, shard_adds, &mem, threads, budget, simulate)?;
+    // Where the CPU engines print `bpf_trace_printk` outside a region: standard error.
+    for l in &r.trace.0 {
+        eprintln!("{l}");
+    }
+    if r.trace.1 > 0 {
+        eprintln!("bpftime: {} trace lines lost (the GPU's trace ring was full)", r.trace.1);
+    }
     let first = r.outcomes.first().cloned().unwrap_or(Ok(0));
     if threads > 1 {
         let mut kinds: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
@@ -547,7 +554,7 @@ fn copied_back(file: &Path, section: Option<&str>, r: &gpu_run::Report) -> Optio
     let loaded = rt.load_object(&obj).ok()?;
     let (layout, arena) = (r.layout.as_ref()?, r.arena.as_ref()?);
     let mut maps = vec![];
-    for (slot, placed) in layout.maps.iter().enumerate() {
+    for (slot, placed) in layout.maps.iter().enumerate().filter(|(slot, _)| layout.trace_slot != Some(*slot)) {
         let host = loaded.maps.iter().find(|m| m.name() == placed.spec.name)?;
         bpftime_runtime::gpu::write_back(layout, arena, None, slot, host).ok()?;
         maps.push(host.clone());

@@ -680,6 +680,34 @@ fn endless_and_blocking_inputs_are_refused_at_once() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The message part of the trace lines in `stderr`.
+fn printk_messages(stderr: &[u8]) -> Vec<String> {
+    text(stderr).lines().filter_map(|l| l.split_once(": bpf_trace_printk: ").map(|(_, m)| m.to_string())).collect()
+}
+
+/// `bpf_trace_printk` on the GPU (the PTX on the PTX interpreter, and the device where there is
+/// one) prints what the CPU engines print, `%s` of global data included; bpftime's puts (501)
+/// prints its string as it is.
+#[test]
+fn gpu_printk_prints_what_the_cpu_prints() {
+    let obj = build_example("gpu_printk");
+    let obj = obj.to_str().unwrap();
+    let mem = "2a 00 00 00 00 00 00 00";
+    let cpu = bpftime(&["vm", "run", "--engine", "interp", obj, "--section", "printk", "--mem", mem]);
+    assert!(cpu.status.success(), "{}", text(&cpu.stderr));
+    let expected = printk_messages(&cpu.stderr);
+    assert_eq!(expected, ["-5 7 ff", "-1099511627776 2a |   42|", "|42  | ok", "name gpu-printk"], "{}", text(&cpu.stderr));
+    let ptx = bpftime(&["vm", "run", "--engine", "ptx", "--threads", "3", obj, "--section", "printk", "--mem", mem]);
+    assert!(ptx.status.success(), "{}", text(&ptx.stderr));
+    assert_eq!(printk_messages(&ptx.stderr), [&expected[..], &expected[..], &expected[..]].concat(), "every thread's lines, in order\n{}", text(&ptx.stderr));
+    let puts = bpftime(&["vm", "run", "--engine", "ptx", obj, "--section", "puts"]);
+    assert_eq!(printk_messages(&puts.stderr), ["plain string, no format: %d"], "{}", text(&puts.stderr));
+    let gpu = bpftime(&["vm", "run", "--engine", "gpu", obj, "--section", "printk", "--mem", mem]);
+    if gpu.status.success() {
+        assert_eq!(printk_messages(&gpu.stderr), expected, "{}", text(&gpu.stderr));
+    }
+}
+
 #[test]
 fn bpftime_gpu_map_types_load_on_both_sides() {
     let obj = build_example("gpu_map_types");

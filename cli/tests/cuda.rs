@@ -4,10 +4,11 @@
 //! PTX interpreter). The agent's interposition, patching, fallbacks and map write-back are the
 //! real ones; the GPU itself is what `scripts/gpu-check.sh` adds where there is one.
 
-use bpftime_tests::clang::build_example;
+use bpftime_tests::clang::{build_example, build_loader};
 use bpftime_tests::cuda_tools::tool_or_skip;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 const ELEMENTS: u32 = 1000;
 const LAUNCHES: u32 = 3;
@@ -228,6 +229,7 @@ fn every_probe_example_patches_every_cuda_example() {
         ("vector_add", "cuda_events", 1),
         ("vector_add", "cuda_timing", 2),
         ("vector_add", "cuda_launches", 1),
+        ("vector_add", "cuda_counter", 2),
         ("gemm", "cuda_launches", 1),
         ("reduce", "cuda_launches", 2),
         ("streams", "cuda_launches", 1),
@@ -405,5 +407,74 @@ fn cpu_and_gpu_probes_share_maps() {
     }
     assert_eq!(dumped(&stderr, "seen", "0"), None, "no launch ran before its stamp\n{stderr}");
     assert_eq!(dumped(&stderr, "launch_stamp", "0").as_deref(), Some(LAUNCHES.to_string().as_str()), "the host's value stays\n{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// bpftime's own workflow for GPU probes: an unmodified libbpf loader under the syscall server
+/// (`bpftime load`) attaches `kprobe/KERNEL` programs written as bpftime's GPU examples are
+/// (vmlinux.h, helpers 501-505 by id, `bpf_printk`) with plain `bpf_program__attach`, which
+/// opens kprobe perf events (through a stand-in kprobe PMU where the kernel has none); the
+/// app started with `bpftime start` runs them in its kernels, and the loader reads the counts
+/// from its own map fds while the messages reach the trace pipe.
+#[test]
+fn an_unmodified_libbpf_loader_attaches_gpu_probes() {
+    let Some(dir) = setup("loader", &[]) else { return };
+    let shm = format!("bpftime-cuda-loader-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let bpftime = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bpftime"));
+        c.args(["--shm", &shm]);
+        c
+    };
+    let mut loader = bpftime()
+        .args(["load", "--"])
+        .arg(build_loader("attach_all"))
+        .arg(build_example("cuda_counter"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(loader.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    if first != "attached 2\n" {
+        let o = loader.wait_with_output().unwrap();
+        panic!("the loader did not attach: {first}{}", text(&o.stderr));
+    }
+    let links = bpftime().args(["link", "list"]).output().unwrap();
+    let links = text(&links.stdout);
+    assert!(links.contains("cuda kernel entry _Z10vector_addPKfS0_Pfi") && links.contains("cuda kernel exit _Z10vector_addPKfS0_Pfi"), "{links}");
+    let app = bpftime()
+        .args(["start", "--"])
+        .arg(dir.join("app"))
+        .args(app_args())
+        .env("LD_LIBRARY_PATH", &dir)
+        .env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"))
+        .output()
+        .unwrap();
+    assert!(app.status.success(), "{}", text(&app.stderr));
+    assert_eq!(app.stdout, plain(&dir).stdout, "the app's output is its own");
+    loader.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let o = loader.wait_with_output().unwrap();
+    assert!(o.status.success(), "loader: {rest}{}", text(&o.stderr));
+    let value = |prefix: &str| -> Vec<u64> { rest.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(" = ").next()?.parse().ok()).collect() };
+    let total = THREADS * LAUNCHES as u64;
+    assert_eq!(value("entries["), vec![total], "one entry per thread, one key (the app's pid)\n{rest}");
+    assert_eq!(value("exits["), vec![total], "{rest}");
+    assert_eq!(value("block_threads["), vec![256 * LAUNCHES as u64; THREADS as usize / 256], "every block's threads\n{rest}");
+    assert_eq!(value("firsts[0]"), vec![THREADS / 256 * LAUNCHES as u64], "thread x 0 of each block: the u64 ids are whole\n{rest}");
+    assert_eq!(value("firsts[1]"), vec![1], "{rest}");
+    assert!(rest.contains(&format!("thread_exits[0] = {total} ({THREADS} threads)\n")), "each thread counted its exits in its own slot\n{rest}");
+    let trace = bpftime().args(["trace", "--no-follow"]).output().unwrap();
+    let trace = text(&trace.stdout);
+    assert_eq!(trace.matches("bpf_trace_printk: vector_add: block 0 entered").count(), LAUNCHES as usize, "puts (501) once per launch\n{trace}");
+    for block in 0..THREADS / 256 {
+        let line = format!("bpf_trace_printk: vector_add: block {block} thread 0 exits");
+        assert_eq!(trace.matches(&line).count(), LAUNCHES as usize, "bpf_printk from the exit probe\n{trace}");
+    }
+    bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
 }

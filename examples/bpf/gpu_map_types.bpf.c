@@ -1,6 +1,6 @@
-// bpftime's GPU map type ids (1501 GPU hash, 1503 GPU array, 1527 GPU ring buffer), as
-// bpftime's GPU examples declare them: they load on the CPU side (as HASH, ARRAY, RINGBUF) and
-// live in device memory on the GPU.
+// bpftime's GPU map type ids (1501 GPU hash, 1502 per-GPU-thread array, 1503 GPU array, 1527
+// GPU ring buffer), as bpftime's GPU examples declare them: they load on the CPU side (as HASH,
+// ARRAY with every thread's value in one, ARRAY, RINGBUF) and live in device memory on the GPU.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -19,6 +19,13 @@ struct {
 } gpu_hash SEC(".maps");
 
 struct {
+    __uint(type, 1502);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __type(value, __u64);
+} per_thread SEC(".maps");
+
+struct {
     __uint(type, 1527);
     __uint(max_entries, 4096);
 } gpu_ring SEC(".maps");
@@ -33,6 +40,10 @@ int types(__u64 *ctx)
     __u64 val = 42;
     bpf_map_update_elem(&gpu_hash, &k, &val, BPF_ANY);
     bpf_ringbuf_output(&gpu_ring, &val, sizeof(val), 0);
+    // Thread 0's value (the CPU's lookup sees the first thread's part).
+    __u64 *mine = bpf_map_lookup_elem(&per_thread, &k);
+    if (mine)
+        *mine += 7;
     return 3;
 }
 

@@ -26,6 +26,41 @@ pub mod header {
     pub const ZONE_LEN: u64 = 24;
     /// u64: arena offset of the per-SM shards of the zone.
     pub const SHARDS_OFF: u64 = 32;
+    /// u32: the slot of the trace ring plus one (0: none).
+    pub const TRACE_SLOT: u64 = 40;
+}
+
+/// Name of the arena's trace ring: a ring map of no region map, where `bpf_trace_printk` and
+/// bpftime's `puts` (501) leave [`TraceRecord`]s for the host to print.
+pub const TRACE_RING_NAME: &str = ".trace_printk";
+/// Bytes of the trace ring.
+pub const TRACE_RING_BYTES: u32 = 1 << 20;
+/// Bytes of a format or string kept in a trace record (longer ones are cut).
+pub const TRACE_TEXT_MAX: u64 = 256;
+
+/// What a trace record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceKind {
+    /// `bpf_trace_printk`: a format and its three arguments.
+    Printk,
+    /// bpftime's `puts`: a string.
+    Puts,
+}
+
+/// A record of the trace ring: `[kind u32 << 32 | text bytes u32][three u64 args][the arena's
+/// device address][text]` after the ring's record header (whose source is the SM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// The SM it came from.
+    pub sm: u32,
+    /// Printk or puts.
+    pub kind: TraceKind,
+    /// The arguments (printk).
+    pub args: [u64; 3],
+    /// The arena's address on the device (a `%s` argument inside the arena reads from it).
+    pub arena_addr: u64,
+    /// The format (printk) or string (puts), up to its first NUL.
+    pub text: Vec<u8>,
 }
 
 /// First word of an arena.
@@ -88,6 +123,36 @@ pub struct GpuMapSpec {
     pub value_size: u32,
     /// Capacity (bytes for ring buffers).
     pub max_entries: u32,
+    /// A per-GPU-thread array (bpftime's 1502): value slots per entry, one for each global
+    /// thread id below it (0 for other maps).
+    pub threads: u32,
+}
+
+impl GpuMapSpec {
+    /// A map of `map_type` with these sizes (not a per-thread array).
+    pub fn new(name: &str, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> GpuMapSpec {
+        GpuMapSpec { name: name.into(), map_type, key_size, value_size, max_entries, threads: 0 }
+    }
+
+    /// The arena's trace ring (see [`TRACE_RING_NAME`]).
+    pub fn trace_ring() -> GpuMapSpec {
+        GpuMapSpec::new(TRACE_RING_NAME, 27, 0, 0, TRACE_RING_BYTES)
+    }
+}
+
+/// The map type of a per-GPU-thread array (bpftime's `BPF_MAP_TYPE_PERGPUTD_ARRAY_MAP`).
+pub const PER_THREAD_ARRAY: u32 = 1502;
+
+/// Whose value slot a map access uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotsBy {
+    /// One value per entry.
+    Shared,
+    /// One per SM (per-CPU maps: the SM stands for the CPU).
+    Sm,
+    /// One per global thread id, up to [`GpuMapSpec::threads`] (an access by a thread past it
+    /// finds nothing).
+    Thread,
 }
 
 /// How a map type is stored on the GPU.
@@ -101,28 +166,28 @@ pub enum GpuMapKind {
     Ring,
 }
 
-/// The GPU storage of a map type, and whether it has one value slot per SM; None when the
-/// GPU cannot hold it.
-pub fn kind_of(map_type: u32) -> Option<(GpuMapKind, bool)> {
+/// The GPU storage of a map type, and whose value slot an access uses; None when the GPU
+/// cannot hold it.
+pub fn kind_of(map_type: u32) -> Option<(GpuMapKind, SlotsBy)> {
     Some(match map_type {
-        2 | 1503 | 1504 | 1512 => (GpuMapKind::Array, false),
-        6 | 1502 => (GpuMapKind::Array, true),
-        1 | 9 | 1501 | 1513 => (GpuMapKind::Hash, false),
-        5 | 10 => (GpuMapKind::Hash, true),
-        27 | 4 | 1527 => (GpuMapKind::Ring, false),
+        2 | 1503 | 1504 | 1512 => (GpuMapKind::Array, SlotsBy::Shared),
+        6 => (GpuMapKind::Array, SlotsBy::Sm),
+        PER_THREAD_ARRAY => (GpuMapKind::Array, SlotsBy::Thread),
+        1 | 9 | 1501 | 1513 => (GpuMapKind::Hash, SlotsBy::Shared),
+        5 | 10 => (GpuMapKind::Hash, SlotsBy::Sm),
+        27 | 4 | 1527 => (GpuMapKind::Ring, SlotsBy::Shared),
         _ => return None,
     })
 }
 
 /// The kernel map type that holds a bpftime GPU map type on the host (in the shared region,
-/// where the CPU side and `bpftime map dump` see it): 1501 GPU hash and 1513 -> HASH, 1502
-/// per-thread array -> PERCPU_ARRAY, 1503 / 1504 / 1512 arrays -> ARRAY, 1527 GPU ring ->
-/// RINGBUF. None for other types.
+/// where the CPU side and `bpftime map dump` see it): 1501 GPU hash and 1513 -> HASH, 1503 /
+/// 1504 / 1512 arrays -> ARRAY, 1502 per-thread array -> ARRAY (each value holding every
+/// thread's, as bpftime's host side shows it), 1527 GPU ring -> RINGBUF. None for other types.
 pub fn host_equivalent(map_type: u32) -> Option<u32> {
     Some(match map_type {
         1501 | 1513 => 1,
-        1502 => 6,
-        1503 | 1504 | 1512 => 2,
+        1502 | 1503 | 1504 | 1512 => 2,
         1527 => 27,
         _ => return None,
     })
@@ -144,6 +209,8 @@ pub struct PlacedMap {
     pub spec: GpuMapSpec,
     /// How it is stored.
     pub kind: GpuMapKind,
+    /// Whose value slot an access uses.
+    pub slots_by: SlotsBy,
     /// Arena offset of the storage.
     pub data_off: u64,
     /// Bytes of storage.
@@ -173,6 +240,8 @@ pub struct ArenaLayout {
     pub zone_len: u64,
     /// Where the per-SM copies of the zone start (SM `k` at `shards_off + k * zone_len`).
     pub shards_off: u64,
+    /// The slot of the trace ring, if one of the maps is it.
+    pub trace_slot: Option<usize>,
 }
 
 fn round8(n: u64) -> u64 {
@@ -185,8 +254,12 @@ impl ArenaLayout {
         let nsm = nsm.max(1);
         let mut placed = vec![];
         for m in maps {
-            let (kind, per_sm) = kind_of(m.map_type).ok_or_else(|| format!("map `{}`: type {} cannot live on the GPU", m.name, m.map_type))?;
-            let slots = if per_sm { nsm } else { 1 };
+            let (kind, slots_by) = kind_of(m.map_type).ok_or_else(|| format!("map `{}`: type {} cannot live on the GPU", m.name, m.map_type))?;
+            let slots = match slots_by {
+                SlotsBy::Shared => 1,
+                SlotsBy::Sm => nsm,
+                SlotsBy::Thread => m.threads.max(1),
+            };
             let stride = round8(m.value_size as u64) as u32;
             let (data_len, capacity, entry_size) = match kind {
                 GpuMapKind::Array => (stride as u64 * slots as u64 * m.max_entries as u64, 0, 0),
@@ -200,7 +273,7 @@ impl ArenaLayout {
             if data_len > 1 << 34 {
                 return Err(format!("map `{}` needs {data_len} bytes on the GPU", m.name));
             }
-            placed.push(PlacedMap { spec: m.clone(), kind, data_off: 0, data_len, slots, stride, capacity, entry_size });
+            placed.push(PlacedMap { spec: m.clone(), kind, slots_by, data_off: 0, data_len, slots, stride, capacity, entry_size });
         }
         // Storage: the small shared arrays first, one after the other (the shard zone, copied
         // once per SM, so it stays small: counters and histograms), then the rest.
@@ -227,7 +300,8 @@ impl ArenaLayout {
         if at > 1 << 36 {
             return Err(format!("the maps need {at} bytes on the GPU"));
         }
-        Ok(ArenaLayout { nsm, maps: placed, size: at.max(HEADER_SIZE), zone_off, zone_len, shards_off })
+        let trace_slot = maps.iter().position(|m| *m == GpuMapSpec::trace_ring());
+        Ok(ArenaLayout { nsm, maps: placed, size: at.max(HEADER_SIZE), zone_off, zone_len, shards_off, trace_slot })
     }
 
     /// Adds each SM's shard of the shared arrays into the arrays and clears the shards (after a
@@ -260,6 +334,7 @@ impl ArenaLayout {
         put64(&mut a, header::ZONE_OFF, self.zone_off);
         put64(&mut a, header::ZONE_LEN, self.zone_len);
         put64(&mut a, header::SHARDS_OFF, self.shards_off);
+        put32(&mut a, header::TRACE_SLOT, self.trace_slot.map_or(0, |s| s as u32 + 1));
         for (i, m) in self.maps.iter().enumerate() {
             let d = descriptor_offset(i as u32);
             put32(&mut a, d + desc::TYPE, m.spec.map_type);
@@ -282,16 +357,20 @@ impl ArenaLayout {
         (0..self.maps.len()).filter(|&i| self.maps[i].kind == GpuMapKind::Ring).map(|i| descriptor_offset(i as u32) + desc::LOST).collect()
     }
 
-    /// Sets value `index` of array map `slot` (every SM slot) in an arena image.
+    /// Sets value `index` of array map `slot` in an arena image: every SM's slot, or for a
+    /// per-thread array each thread's from its part of `value` (the host's layout: the threads'
+    /// values one after the other).
     pub fn set_array_value(&self, arena: &mut [u8], slot: usize, index: u32, value: &[u8]) -> Result<(), String> {
         let m = self.maps.get(slot).ok_or("no such map")?;
         if m.kind != GpuMapKind::Array || index >= m.spec.max_entries {
             return Err(format!("map `{}` has no array value {index}", m.spec.name));
         }
-        let n = value.len().min(m.spec.value_size as usize);
-        for s in 0..m.slots as u64 {
-            let at = (m.data_off + (index as u64 * m.slots as u64 + s) * m.stride as u64) as usize;
-            arena[at..at + n].copy_from_slice(&value[..n]);
+        let vs = m.spec.value_size as usize;
+        for s in 0..m.slots as usize {
+            let part = if m.slots_by == SlotsBy::Thread { value.get(s * vs..).unwrap_or(&[]) } else { value };
+            let n = part.len().min(vs);
+            let at = (m.data_off + (index as u64 * m.slots as u64 + s as u64) * m.stride as u64) as usize;
+            arena[at..at + n].copy_from_slice(&part[..n]);
         }
         Ok(())
     }
@@ -365,5 +444,26 @@ impl ArenaLayout {
             at += 8 + round8(len);
         }
         (out, lost)
+    }
+
+    /// The records of the trace ring in an arena image (none without one), and how many were
+    /// dropped.
+    pub fn trace_records(&self, arena: &[u8]) -> (Vec<TraceRecord>, u64) {
+        let Some(slot) = self.trace_slot else { return (vec![], 0) };
+        let (records, lost) = self.records(arena, slot);
+        let word = |r: &[u8], at: usize| u64::from_le_bytes(r[at..at + 8].try_into().expect("8 bytes"));
+        let records = records
+            .into_iter()
+            .filter(|(_, r)| r.len() >= 40)
+            .map(|(sm, r)| {
+                let head = word(&r, 0);
+                let n = ((head & 0xffff_ffff) as usize).min(r.len() - 40);
+                let text = &r[40..40 + n];
+                let text = text[..text.iter().position(|&b| b == 0).unwrap_or(n)].to_vec();
+                let kind = if head >> 32 == 1 { TraceKind::Puts } else { TraceKind::Printk };
+                TraceRecord { sm, kind, args: [word(&r, 8), word(&r, 16), word(&r, 24)], arena_addr: word(&r, 32), text }
+            })
+            .collect();
+        (records, lost)
     }
 }

@@ -116,9 +116,11 @@ fn kernels(lines: &[&str]) -> Vec<Kernel> {
     out
 }
 
-/// Whether `probe_kernel` names `kernel` (mangled, demangled, or the bare name).
+/// Whether `probe_kernel` names `kernel` (mangled, demangled, or the bare name), also with a
+/// `cuda_` prefix (bpftime's spelling for a CUDA kernel that a loader beside the kernel's own
+/// kprobes must not take for a kernel function).
 fn matches(kernel: &str, probe_kernel: &str) -> bool {
-    if kernel == probe_kernel {
+    if kernel == probe_kernel || probe_kernel.strip_prefix("cuda_").is_some_and(|rest| matches(kernel, rest)) {
         return true;
     }
     let Some(d) = crate::fatbin::demangle(kernel) else { return false };

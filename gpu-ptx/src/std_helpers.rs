@@ -15,7 +15,7 @@ use bpftime_vm::Program;
 
 /// Replaces `{NAME}` tokens with the layout constants.
 fn fill(template: &str) -> String {
-    let constants: [(&str, u64); 35] = [
+    let constants: [(&str, u64); 38] = [
         ("{STACK_LO}", off::STACK_LO as u64),
         ("{STACK_LEN}", off::STACK_LEN as u64),
         ("{CTX_LO}", off::CTX_LO as u64),
@@ -33,6 +33,9 @@ fn fill(template: &str) -> String {
         ("{IN_CALLBACK}", off::IN_CALLBACK as u64),
         ("{MAP_TAG_HI}", MAP_TAG >> 48),
         ("{NMAPS}", header::NMAPS),
+        ("{PER_THREAD_ARRAY}", crate::maps::PER_THREAD_ARRAY as u64),
+        ("{TRACE_SLOT}", header::TRACE_SLOT),
+        ("{TRACE_TEXT_MAX}", crate::maps::TRACE_TEXT_MAX),
         ("{D_TYPE}", desc::TYPE),
         ("{D_KEY}", desc::KEY_SIZE),
         ("{D_VALUE}", desc::VALUE_SIZE),
@@ -52,7 +55,8 @@ fn fill(template: &str) -> String {
         ("{STATUS_FAULT}", STATUS_FAULT as u64),
         ("{STATUS_STOPPED}", STATUS_STOPPED as u64),
     ];
-    constants.iter().fold(template.to_string(), |s, (k, v)| s.replace(k, &v.to_string()))
+    let template = template.replace("{GLOBAL_THREAD_ID}", &global_thread_id());
+    constants.iter().fold(template, |s, (k, v)| s.replace(k, &v.to_string()))
 }
 
 /// Support functions: (prototype, definition).
@@ -298,9 +302,11 @@ ret;
 ];
 
 /// Pieces of the map helpers: the entry address of `%a2`'s key in map `%d` (array-like maps
-/// index by the u32 key, hash maps look it up).
-const MAP_PROLOGUE: &str = r#".reg .b64 %d, %ks, %ok, %idx, %max, %lo, %data, %stride, %slots, %sm, %e, %t, %vs, %cnt, %voff;
-.reg .b32 %w, %ty;
+/// index by the u32 key, hash maps look it up), and `%sm`, the offset of this access's value
+/// slot in an entry: this SM's (per-CPU maps), this thread's (per-thread arrays: past the
+/// map's threads, the key is missing), or the only one.
+const MAP_PROLOGUE: &str = r#".reg .b64 %d, %ks, %ok, %idx, %max, %lo, %data, %stride, %slots, %sm, %e, %t, %vs, %cnt, %voff, %gx, %gy, %gz, %gw, %gh;
+.reg .b32 %w, %ty, %g1, %g2;
 .reg .pred %p, %q;
 call.uni (%d), bpf_map_desc, (%st, %a1);
 setp.eq.u64 %p, %d, 0;
@@ -326,10 +332,30 @@ mul.lo.u64 %sm, %sm, %stride;
 ld.u32 %ty, [%d+{D_TYPE}];
 add.u64 %voff, %ks, 15;
 and.b64 %voff, %voff, -8;
+setp.ne.u32 %p, %ty, {PER_THREAD_ARRAY};
+@%p bra $slot_known;
+{GLOBAL_THREAD_ID}setp.ge.u64 %p, %t, %slots;
+@%p bra $missing;
+mul.lo.u64 %sm, %t, %stride;
+$slot_known:
 "#;
 
+/// `%t` = the global thread id, as bpftime numbers GPU threads: (z * height + y) * width + x,
+/// each coordinate `ctaid * ntid + tid`, width and height the grid's in threads.
+fn global_thread_id() -> String {
+    let mut s = String::new();
+    let product = |out: &str, a: &str, b: &str| format!("mov.u32 %g1, {a};\nmov.u32 %g2, {b};\nmul.wide.u32 {out}, %g1, %g2;\n");
+    for c in ["x", "y", "z"] {
+        s += &product(&format!("%g{c}"), &format!("%ctaid.{c}"), &format!("%ntid.{c}"));
+        s += &format!("mov.u32 %g1, %tid.{c};\ncvt.u64.u32 %t, %g1;\nadd.u64 %g{c}, %g{c}, %t;\n");
+    }
+    s += &product("%gw", "%nctaid.x", "%ntid.x");
+    s += &product("%gh", "%nctaid.y", "%ntid.y");
+    s + "mul.lo.u64 %t, %gz, %gh;\nadd.u64 %t, %t, %gy;\nmul.lo.u64 %t, %t, %gw;\nadd.u64 %t, %t, %gx;\n"
+}
+
 /// Whether the type in `%ty` is a hash (sets %p).
-const IS_HASH: &str = "setp.eq.u32 %p, %ty, 1;\nsetp.eq.or.u32 %p, %ty, 5, %p;\nsetp.eq.or.u32 %p, %ty, 9, %p;\nsetp.eq.or.u32 %p, %ty, 1501, %p;\n";
+const IS_HASH: &str = "setp.eq.u32 %p, %ty, 1;\nsetp.eq.or.u32 %p, %ty, 5, %p;\nsetp.eq.or.u32 %p, %ty, 9, %p;\nsetp.eq.or.u32 %p, %ty, 10, %p;\nsetp.eq.or.u32 %p, %ty, 1501, %p;\nsetp.eq.or.u32 %p, %ty, 1513, %p;\n";
 
 /// `%e` = the array entry of the u32 key at %a2 (jumps to $missing past the end).
 const ARRAY_ENTRY: &str = r#"call.uni (%idx), bpf_load_u32, (%a2);
@@ -370,7 +396,7 @@ fn map_delete() -> String {
         "{MAP_PROLOGUE}{IS_HASH}@!%p bra $einval;\ncall.uni (%e), bpf_hash_find, (%st, %d, %a2, 0);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $enoent;\n\
 // Deleted entries stay as tombstones: the slot is never reused, so lookups need no locks.\n\
 st.volatile.u32 [%e], 3;\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\nmov.b64 %ret, 0;\nret;\n\
-$enoent:\nmov.b64 %ret, -2;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
+$enoent:\nmov.b64 %ret, -2;\nret;\n$missing:\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
     ))
 }
 
@@ -390,15 +416,62 @@ $einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
     ))
 }
 
-/// Writes the three u32 values %x, %y, %z through the pointers %a1-%a3 (checked; a bad one is
-/// skipped), as bpftime's GPU id helpers do.
+/// `bpf_trace_printk(fmt, size, a1, a2, a3)` and bpftime's `puts(str)` (501): a
+/// [`crate::maps::TraceRecord`] in the arena's trace ring (its slot in the arena header), which
+/// the host formats and prints where CPU programs' `bpf_trace_printk` goes. printk returns the
+/// bytes of the format kept, puts 0; both -EINVAL without a trace ring, -EFAULT for a format
+/// outside the program's memory, -ENOSPC when the ring is full.
+fn trace_output(puts: bool) -> String {
+    let mut s = String::from(
+        ".reg .b64 %lo, %ref, %d, %ok, %data, %cap, %need, %pos, %t, %hdr, %n, %sm, %zero;\n.reg .b32 %w;\n.reg .pred %p;\n\
+ld.u64 %lo, [%st+{ARENA_LO}];\nsetp.eq.u64 %p, %lo, 0;\n@%p bra $einval;\nld.u32 %w, [%lo+{TRACE_SLOT}];\nsetp.eq.u32 %p, %w, 0;\n@%p bra $einval;\n\
+sub.u32 %w, %w, 1;\ncvt.u64.u32 %ref, %w;\nmov.b64 %t, {MAP_TAG_HI};\nshl.b64 %t, %t, 48;\nor.b64 %ref, %ref, %t;\n\
+call.uni (%d), bpf_map_desc, (%st, %ref);\nsetp.eq.u64 %p, %d, 0;\n@%p bra $einval;\n",
+    );
+    if puts {
+        // The string's length: up to its NUL, the end of readable memory or the cap.
+        s.push_str(
+            "mov.b64 %n, 0;\n$scan:\nsetp.ge.u64 %p, %n, {TRACE_TEXT_MAX};\n@%p bra $scanned;\nadd.u64 %t, %a1, %n;\n\
+call.uni (%ok), bpf_range_ok, (%st, %t, 1, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $scanned;\n\
+ld.u8 %w, [%t];\nsetp.eq.u32 %p, %w, 0;\n@%p bra $scanned;\nadd.u64 %n, %n, 1;\nbra $scan;\n$scanned:\n\
+setp.ne.u64 %p, %n, 0;\n@%p bra $text;\ncall.uni (%ok), bpf_range_ok, (%st, %a1, 1, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n$text:\n",
+        );
+    } else {
+        s.push_str("min.u64 %n, %a2, {TRACE_TEXT_MAX};\ncall.uni (%ok), bpf_range_ok, (%st, %a1, %n, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n");
+    }
+    // Reserve header + 40 bytes + the text, rounded to 8; write kind and length, the
+    // arguments, the arena's address (for `%s` arguments in it), the text.
+    s.push_str(
+        "ld.u64 %data, [%d+{D_DATA}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{D_DATA_LEN}];\n\
+add.u64 %need, %n, 55;\nand.b64 %need, %need, -8;\n\
+add.u64 %t, %d, {D_HEAD};\natom.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
+add.u64 %pos, %pos, %data;\nmov.u32 %w, %smid;\ncvt.u64.u32 %sm, %w;\nshl.b64 %hdr, %sm, 32;\nadd.u64 %t, %n, 40;\nor.b64 %hdr, %hdr, %t;\nst.u64 [%pos], %hdr;\nst.u64 [%pos+40], %lo;\n",
+    );
+    if puts {
+        s.push_str("mov.b64 %t, 1;\nshl.b64 %t, %t, 32;\nor.b64 %t, %t, %n;\nst.u64 [%pos+8], %t;\nmov.b64 %zero, 0;\nst.u64 [%pos+16], %zero;\nst.u64 [%pos+24], %zero;\nst.u64 [%pos+32], %zero;\n");
+    } else {
+        s.push_str("st.u64 [%pos+8], %n;\nst.u64 [%pos+16], %a3;\nst.u64 [%pos+24], %a4;\nst.u64 [%pos+32], %a5;\n");
+    }
+    s.push_str("add.u64 %pos, %pos, 48;\ncall.uni (%ok), bpf_memcpy, (%pos, %a1, %n);\n");
+    s.push_str(if puts { "mov.b64 %ret, 0;\nret;\n" } else { "mov.b64 %ret, %n;\nret;\n" });
+    s.push_str("$lost:\nadd.u64 %t, %d, {D_LOST};\natom.add.u64 %ok, [%t], 1;\nmov.b64 %ret, -28;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;");
+    fill(&s)
+}
+
+/// Writes the three values %x, %y, %z through the pointers %a1-%a3 as u64s, as bpftime's GPU
+/// id helpers do (its programs pass `u64 *`); a pointer to fewer than 8 writable bytes is
+/// skipped.
 fn write_xyz(read: &str) -> String {
-    let mut s = format!(".reg .b64 %ok, %v;\n.reg .b32 %x, %y, %z;\n.reg .pred %p;\n{read}");
+    let mut s = format!(".reg .b64 %ok;\n.reg .b32 %x, %y, %z, %zero;\n.reg .pred %p;\nmov.u32 %zero, 0;\n{read}");
     for (i, r) in ["%x", "%y", "%z"].iter().enumerate() {
         let a = format!("%a{}", i + 1);
-        s.push_str(&format!(
-            "call.uni (%ok), bpf_range_ok, (%st, {a}, 4, 1);\nsetp.ne.u64 %p, %ok, 0;\n@%p st.u8 [{a}], {r};\nshr.b32 {r}, {r}, 8;\n@%p st.u8 [{a}+1], {r};\nshr.b32 {r}, {r}, 8;\n@%p st.u8 [{a}+2], {r};\nshr.b32 {r}, {r}, 8;\n@%p st.u8 [{a}+3], {r};\n"
-        ));
+        s.push_str(&format!("call.uni (%ok), bpf_range_ok, (%st, {a}, 8, 1);\nsetp.ne.u64 %p, %ok, 0;\n"));
+        for byte in 0..4 {
+            s.push_str(&format!("@%p st.u8 [{a}+{byte}], {r};\nshr.b32 {r}, {r}, 8;\n"));
+        }
+        for byte in 4..8 {
+            s.push_str(&format!("@%p st.u8 [{a}+{byte}], %zero;\n"));
+        }
     }
     s.push_str("mov.b64 %ret, 0;\nret;");
     s
@@ -469,6 +542,7 @@ pub fn standard() -> HelperSet {
         .with(GpuHelper::ptx(2, "bpf_map_update_elem", map_update()))
         .with(GpuHelper::ptx(3, "bpf_map_delete_elem", map_delete()))
         .with(GpuHelper::ptx(5, "bpf_ktime_get_ns", timer))
+        .with(GpuHelper::ptx(6, "bpf_trace_printk", trace_output(false)))
         .with(GpuHelper::ptx(8, "bpf_get_smp_processor_id", special("%smid")))
         .with(GpuHelper::ptx(14, "bpf_get_current_pid_tgid", format!("ld.u64 %ret, [%st+{}];\nret;", off::PID_TGID)))
         .with(GpuHelper::ptx(
@@ -480,6 +554,7 @@ pub fn standard() -> HelperSet {
         .with(GpuHelper::ptx(125, "bpf_ktime_get_boot_ns", timer))
         .with(GpuHelper::ptx(130, "bpf_ringbuf_output", ring_output("%a2", "%a3", "0")))
         .with(GpuHelper::per_program(181, "bpf_loop", bpf_loop))
+        .with(GpuHelper::ptx(501, "bpftime_puts", trace_output(true)))
         .with(GpuHelper::ptx(502, "bpftime_get_globaltimer", timer))
         .with(GpuHelper::ptx(503, "bpftime_get_block_idx", write_xyz("mov.u32 %x, %ctaid.x;\nmov.u32 %y, %ctaid.y;\nmov.u32 %z, %ctaid.z;\n")))
         .with(GpuHelper::ptx(504, "bpftime_get_block_dim", write_xyz("mov.u32 %x, %ntid.x;\nmov.u32 %y, %ntid.y;\nmov.u32 %z, %ntid.z;\n")))

@@ -7,12 +7,14 @@
 //! (global data of skeletons, ring buffers as libbpf's consumer reads them) and polled.
 //!
 //! Interposed: `syscall` (for `__NR_bpf` and `__NR_perf_event_open`), `ioctl`, `close`, `dup`,
-//! `dup2`, `dup3`, `mmap`, `mmap64`, `unlink`/`unlinkat` (for pinned paths) and `readlink`/`readlinkat` (for
-//! `/proc/self/fd/N` of our fds). Everything else, and every call on fds that are not ours,
+//! `dup2`, `dup3`, `mmap`, `mmap64`, `unlink`/`unlinkat` (for pinned paths), `readlink`/`readlinkat` (for
+//! `/proc/self/fd/N` of our fds) and `fopen`/`fopen64` (for the kprobe PMU's sysfs files where
+//! the kernel has none, see [`pmu`]). Everything else, and every call on fds that are not ours,
 //! goes to the kernel unchanged (as raw system calls, with glibc's errno convention).
 
 mod attr;
 mod kernel;
+mod pmu;
 mod raw;
 mod reach;
 mod relay;
@@ -366,3 +368,59 @@ extern "C" fn at_exit() {
 #[used]
 #[unsafe(link_section = ".fini_array")]
 static FINI: extern "C" fn() = at_exit;
+
+/// The stand-in text of a kprobe PMU file (see [`pmu::stand_in_file`]) opened as a stream.
+fn stand_in_stream(path: *const c_char) -> Option<*mut libc::FILE> {
+    if path.is_null() {
+        return None;
+    }
+    // SAFETY: fopen's contract: `path` is a NUL-terminated string.
+    let path = unsafe { std::ffi::CStr::from_ptr(path) };
+    let text = std::panic::catch_unwind(|| pmu::stand_in_file(path)).ok().flatten()?;
+    // SAFETY: `text` is a 'static NUL-terminated string that a read-only stream never writes
+    // (fmemopen(3)); its length excludes the NUL.
+    Some(unsafe { libc::fmemopen(text.as_ptr() as *mut c_void, text.to_bytes().len(), c"r".as_ptr()) })
+}
+
+/// The next definition of `fopen`-like `symbol` (libc's).
+fn next_fopen(symbol: &'static std::ffi::CStr) -> Option<unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE> {
+    // SAFETY: dlsym(3) with RTLD_NEXT and a NUL-terminated name; a non-null result for these
+    // names is libc's function of this signature.
+    unsafe {
+        let f = libc::dlsym(libc::RTLD_NEXT, symbol.as_ptr());
+        (!f.is_null()).then(|| std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE>(f))
+    }
+}
+
+fn fopen_via(symbol: &'static std::ffi::CStr, path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    if let Some(stream) = stand_in_stream(path) {
+        return stream;
+    }
+    match next_fopen(symbol) {
+        // SAFETY: the caller's fopen contract, passed on.
+        Some(f) => unsafe { f(path, mode) },
+        None => {
+            raw::set_errno(libc::ENOSYS);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// `fopen(3)`: the kprobe PMU's sysfs files read as a stand-in where the kernel has no such
+/// PMU (libbpf reads them to open a kprobe); every other path is libc's.
+///
+/// # Safety
+/// Same contract as fopen(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    fopen_via(c"fopen", path, mode)
+}
+
+/// `fopen64`: as [`fopen`].
+///
+/// # Safety
+/// Same contract as fopen(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    fopen_via(c"fopen64", path, mode)
+}

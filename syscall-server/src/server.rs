@@ -7,6 +7,7 @@
 //! consumer can `epoll` it), so `close`, `dup`, `epoll` and `fork` behave.
 
 use crate::attr::{self, Attr};
+use crate::pmu;
 use crate::user;
 use bpftime_maps::{Map, MapSpec, MapType};
 use bpftime_runtime::{links, pins, progs, EngineKind, Runtime};
@@ -17,24 +18,35 @@ use std::sync::{Arc, Mutex};
 /// An errno value.
 pub type Errno = i32;
 
-/// A uprobe perf event opened through us.
+/// A probe perf event opened through us: where a program attached to it runs.
 #[derive(Clone, Debug)]
-pub struct UprobeEvent {
-    /// The binary (`config1`).
-    pub path: String,
-    /// File offset (`config2`).
-    pub offset: u64,
+pub struct ProbeEvent {
+    /// What it probes.
+    pub target: EventTarget,
     /// A return probe (the PMU's retprobe bit).
     pub retprobe: bool,
-    /// USDT semaphore offset (`config` bits 32-63).
-    pub ref_ctr_offset: u64,
     /// The process it is for (-1: every process).
     pub pid: i32,
     /// The link made when a program was attached to it.
     pub link: Option<u32>,
-    /// A system call tracepoint (`syscalls/sys_enter_NAME`) rather than a uprobe: the event
-    /// the link names.
-    pub syscall: Option<String>,
+}
+
+/// What a [`ProbeEvent`] probes.
+#[derive(Clone, Debug)]
+pub enum EventTarget {
+    /// A function of a binary (the uprobe PMU).
+    File {
+        /// The binary (`config1`).
+        path: String,
+        /// File offset (`config2`).
+        offset: u64,
+        /// USDT semaphore offset (`config` bits 32-63).
+        ref_ctr_offset: u64,
+    },
+    /// A system call tracepoint (`syscalls/sys_enter_NAME`): the event the link names.
+    Syscall(String),
+    /// A CUDA kernel, by the name a kprobe event gave (one the kernel does not have).
+    CudaKernel(String),
 }
 
 /// What one of our fds stands for.
@@ -50,8 +62,8 @@ pub enum Handle {
     KernelBtf,
     /// A link (region object id).
     Link(u32),
-    /// A uprobe perf event.
-    Uprobe(UprobeEvent),
+    /// A uprobe, system call tracepoint or CUDA kernel probe perf event.
+    Probe(ProbeEvent),
     /// A `PERF_COUNT_SW_BPF_OUTPUT` event (a perf buffer's ring for one CPU).
     PerfOutput(PerfOutput),
     /// A `PERF_COUNT_SW_CPU_CLOCK` event (bpftrace's `interval` and `profile` probes).
@@ -141,19 +153,14 @@ pub struct Server {
     btfs: Mutex<Vec<Vec<u8>>>,
     /// Programs this process loaded (removed when nothing holds them).
     loaded: Mutex<HashSet<u32>>,
-    /// The kernel's uprobe PMU type (`/sys/bus/event_source/devices/uprobe/type`).
-    uprobe_type: Option<u32>,
-    /// Its retprobe bit in `config`.
-    retprobe_bit: u32,
+    /// The kernel's uprobe PMU.
+    uprobe: Option<pmu::Pmu>,
+    /// The kprobe PMU (a stand-in where the kernel has none): CUDA kernel probes.
+    kprobe: pmu::Pmu,
     /// Processes named by a probe that this loader gave the agent.
     reached: crate::reach::Reached,
     /// Programs already said to be asked for a kernel event (see `kernel_event_refused`).
     told_kernel_only: Mutex<HashSet<u32>>,
-}
-
-fn read_sysfs_u32(path: &str, prefix: &str) -> Option<u32> {
-    let s = std::fs::read_to_string(path).ok()?;
-    s.trim().strip_prefix(prefix)?.trim().parse().ok()
 }
 
 /// The system call event (`syscalls/sys_enter_openat`) whose tracefs id is `id`, if it is one.
@@ -290,8 +297,8 @@ impl Server {
             kernel: std::env::var_os("BPFTIME_KERNEL_PASSTHROUGH").filter(|v| v != "0").map(|_| Default::default()),
             btfs: Mutex::default(),
             loaded: Mutex::default(),
-            uprobe_type: read_sysfs_u32("/sys/bus/event_source/devices/uprobe/type", ""),
-            retprobe_bit: read_sysfs_u32("/sys/bus/event_source/devices/uprobe/format/retprobe", "config:").unwrap_or(0),
+            uprobe: pmu::uprobe(),
+            kprobe: pmu::kprobe(),
             reached: Default::default(),
             told_kernel_only: Mutex::default(),
         }
@@ -325,7 +332,7 @@ impl Server {
             Handle::Prog(_) => "anon_inode:bpf-prog",
             Handle::Link(_) => "anon_inode:bpf_link",
             Handle::Btf(_) | Handle::KernelBtf => "anon_inode:btf",
-            Handle::Uprobe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => "anon_inode:[perf_event]",
+            Handle::Probe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => "anon_inode:[perf_event]",
         })
     }
 
@@ -354,20 +361,20 @@ impl Server {
         }
         let link = match h {
             Some(Handle::Link(id)) => Some(id),
-            Some(Handle::Uprobe(UprobeEvent { link: Some(id), .. })) => Some(id),
+            Some(Handle::Probe(ProbeEvent { link: Some(id), .. })) => Some(id),
             _ => None,
         };
         if let Some(id) = link {
             let still_open = Self::lock(&self.fds)
                 .values()
-                .any(|h| matches!(h, Handle::Link(l) if *l == id) || matches!(h, Handle::Uprobe(UprobeEvent { link: Some(l), .. }) if *l == id));
+                .any(|h| matches!(h, Handle::Link(l) if *l == id) || matches!(h, Handle::Probe(ProbeEvent { link: Some(l), .. }) if *l == id));
             if !still_open && !pins::is_pinned(&self.region, id) {
                 links::remove(&self.region, id);
             }
         }
         // A program of ours that no fd and no link holds is gone, as in the kernel (libbpf's
         // feature probes load many).
-        if matches!(h, Some(Handle::Prog(_) | Handle::Link(_) | Handle::Uprobe(_))) {
+        if matches!(h, Some(Handle::Prog(_) | Handle::Link(_) | Handle::Probe(_))) {
             let linked: HashSet<u32> = links::list(&self.region).iter().map(|l| l.prog).collect();
             let held: HashSet<u32> = Self::lock(&self.fds).values().filter_map(|h| if let Handle::Prog(p) = h { Some(*p) } else { None }).collect();
             Self::lock(&self.loaded).retain(|id| {
@@ -384,7 +391,7 @@ impl Server {
     /// process's fds close).
     pub fn exiting(&self) {
         // Links first, so that the programs they held can go too.
-        let mut fds: Vec<(bool, i32)> = Self::lock(&self.fds).iter().map(|(fd, h)| (!matches!(h, Handle::Link(_) | Handle::Uprobe(_)), *fd)).collect();
+        let mut fds: Vec<(bool, i32)> = Self::lock(&self.fds).iter().map(|(fd, h)| (!matches!(h, Handle::Link(_) | Handle::Probe(_)), *fd)).collect();
         fds.sort();
         for (_, fd) in fds {
             self.closed(fd);
@@ -518,18 +525,30 @@ impl Server {
     }
 
     fn map_create(&self, a: &Attr) -> Result<i64, Errno> {
-        let Some(map_type) = MapType::from_u32(a.u32(0)) else {
+        let build = |map_type| MapSpec {
+            map_type,
+            key_size: a.u32(4),
+            value_size: a.u32(8),
+            max_entries: a.u32(12),
+            flags: a.u32(16),
+            map_extra: a.u64(64),
+            inner_map_id: 0,
+        };
+        let Some(mut spec) = bpftime_runtime::gpu::region_map_spec(a.u32(0), build) else {
             return match &self.kernel {
                 // A map type only the kernel has (devmap, sockmap...): the kernel's.
                 Some(_) => crate::kernel::bpf(attr::MAP_CREATE, &mut a.0.clone()),
                 None => Err(libc::EINVAL),
             };
         };
-        let inner_map_id = match a.u32(20) {
+        // As the kernel: `map_extra` is the bloom filter's alone.
+        if a.u64(64) != 0 && spec.map_type != MapType::BloomFilter {
+            return Err(libc::EINVAL);
+        }
+        spec.inner_map_id = match a.u32(20) {
             0 => 0,
             fd => self.map(fd)?.id(),
         };
-        let spec = MapSpec { map_type, key_size: a.u32(4), value_size: a.u32(8), max_entries: a.u32(12), flags: a.u32(16), map_extra: a.u64(64), inner_map_id };
         let name = a.name(28);
         let map = Map::create(&self.region, &name, &spec).map_err(|e| match e {
             bpftime_maps::MapError::Shm(_) => libc::ENOMEM,
@@ -727,16 +746,29 @@ impl Server {
         };
         let section = attr::section_of(a.u32(0), a.u32(68));
         let id = progs::store(&self.region, &name, section, &license, &insns).map_err(|_| libc::ENOMEM)?;
-        // The verifier, with the region's maps, as the agent will run it.
-        if let Err(e) = self.runtime.program(id) {
-            self.region.remove_object(id);
-            if self.kernel.is_some() {
-                // Ours refused it; the kernel's verifier may take it (for kernel events).
-                return self.kernel_prog_load(a);
+        // The verifier, with the region's maps, as the agent will run it; a kprobe-type program
+        // the CPU cannot run may be a CUDA kernel probe, with the GPU's helpers.
+        let id = match self.runtime.program(id) {
+            Ok(_) => id,
+            Err(e) => {
+                self.region.remove_object(id);
+                use bpftime_runtime::gpu;
+                let as_probe = (a.u32(0) == 2).then(|| gpu::verify_probe(&insns));
+                match as_probe {
+                    Some(Ok(())) => progs::store(&self.region, &name, "kprobe", &license, &insns).map_err(|_| libc::ENOMEM)?,
+                    // Ours refused it; the kernel's verifier may take it (for kernel events).
+                    _ if self.kernel.is_some() => return self.kernel_prog_load(a),
+                    Some(Err(why)) if gpu::calls_gpu_helpers(&insns) => {
+                        Self::log(a, &format!("bpftime: program `{name}` {why}\n"));
+                        return Err(libc::EACCES);
+                    }
+                    _ => {
+                        Self::log(a, &format!("bpftime: {e}\n"));
+                        return Err(libc::EACCES);
+                    }
+                }
             }
-            Self::log(a, &format!("bpftime: {e}\n"));
-            return Err(libc::EACCES);
-        }
+        };
         Self::lock(&self.loaded).insert(id);
         if let Some(k) = &self.kernel {
             Self::lock(&k.deferred).insert(id, crate::kernel::Deferred { attr: a.0.clone(), insns, license });
@@ -875,7 +907,7 @@ impl Server {
                 }
                 32
             }
-            Handle::Uprobe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => return Err(libc::EINVAL),
+            Handle::Probe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => return Err(libc::EINVAL),
         };
         let n = len.min(used);
         user::write(out, &info[..n])?;
@@ -911,8 +943,10 @@ impl Server {
 
     /// Attaches program `prog` to our uprobe event `fd`: a link in the region. A link for one
     /// process reaches it even if it was started without the agent (see [`crate::reach`]).
+    /// A CUDA kernel probe reaches no running process: its modules are loaded already.
     fn attach(&self, fd: i32, prog: u32, cookie: u64) -> Result<u32, Errno> {
         let (id, pid, path) = self.store_link(fd, prog, cookie)?;
+        let Some(path) = path else { return Ok(id) };
         let pids = if pid != 0 { vec![pid] } else { crate::reach::named_processes_mapping(&path) };
         for pid in pids {
             self.reached.ensure(pid, self.region.name());
@@ -921,34 +955,39 @@ impl Server {
     }
 
     /// The link of [`Server::attach`], the process it is for (0: every process) and the
-    /// probed file (empty for a system call event).
-    fn store_link(&self, fd: i32, prog: u32, cookie: u64) -> Result<(u32, u32, String), Errno> {
+    /// probed file (empty for a system call event, None for a CUDA kernel).
+    fn store_link(&self, fd: i32, prog: u32, cookie: u64) -> Result<(u32, u32, Option<String>), Errno> {
         let mut fds = Self::lock(&self.fds);
-        let Some(Handle::Uprobe(ev)) = fds.get_mut(&fd) else { return Err(libc::EBADF) };
+        let Some(Handle::Probe(ev)) = fds.get_mut(&fd) else { return Err(libc::EBADF) };
         if ev.link.is_some() {
             return Err(libc::EEXIST);
         }
         let name = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
         let pid = if ev.pid > 0 { ev.pid as u32 } else { 0 };
-        if let Some(event) = &ev.syscall {
-            let scope = links::LinkScope { owner: std::process::id(), pid, ..Default::default() };
-            let id = links::store_syscall(&self.region, &name, prog, event, scope).map_err(|_| libc::ENOMEM)?;
-            ev.link = Some(id);
-            return Ok((id, pid, String::new()));
-        }
-        let target = format!("{}:{:#x}", ev.path, ev.offset);
-        if std::env::var_os("BPFTIME_VERBOSE").is_some() {
-            eprintln!(
-                "bpftime: link `{name}` on {target}{} (pid {}, semaphore offset {:#x})",
-                if ev.retprobe { " (return)" } else { "" },
-                ev.pid,
-                ev.ref_ctr_offset
-            );
-        }
-        let scope = links::LinkScope { owner: std::process::id(), pid, ref_ctr: ev.ref_ctr_offset, replace: false };
-        let id = links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, scope).map_err(|_| libc::ENOMEM)?;
+        let scope = links::LinkScope { owner: std::process::id(), pid, ..Default::default() };
+        let (id, path) = match &ev.target {
+            EventTarget::Syscall(event) => (links::store_syscall(&self.region, &name, prog, event, scope).map_err(|_| libc::ENOMEM)?, Some(String::new())),
+            EventTarget::CudaKernel(kernel) => {
+                if std::env::var_os("BPFTIME_VERBOSE").is_some() {
+                    eprintln!("bpftime: link `{name}` on CUDA kernel {kernel}{}", if ev.retprobe { " (returns)" } else { "" });
+                }
+                (links::store_cuda(&self.region, &name, prog, kernel, ev.retprobe, scope).map_err(|_| libc::ENOMEM)?, None)
+            }
+            EventTarget::File { path, offset, ref_ctr_offset } => {
+                let target = format!("{path}:{offset:#x}");
+                if std::env::var_os("BPFTIME_VERBOSE").is_some() {
+                    eprintln!(
+                        "bpftime: link `{name}` on {target}{} (pid {}, semaphore offset {ref_ctr_offset:#x})",
+                        if ev.retprobe { " (return)" } else { "" },
+                        ev.pid,
+                    );
+                }
+                let scope = links::LinkScope { ref_ctr: *ref_ctr_offset, ..scope };
+                (links::store_owned(&self.region, &name, prog, &target, ev.retprobe, cookie, scope).map_err(|_| libc::ENOMEM)?, Some(path.clone()))
+            }
+        };
         ev.link = Some(id);
-        Ok((id, pid, ev.path.clone()))
+        Ok((id, pid, path))
     }
 
     /// `BPF_OBJ_PIN`: the map, program or link of `bpf_fd` gets a path on a bpffs (whose
@@ -1010,8 +1049,8 @@ impl Server {
         Ok(0)
     }
 
-    /// `perf_event_open` of a uprobe of the kernel's uprobe PMU: ours; None for any other
-    /// event (it goes to the kernel).
+    /// `perf_event_open` of a uprobe, a system call tracepoint or a kprobe on a CUDA kernel (a
+    /// name the kernel does not have): ours; None for any other event (it goes to the kernel).
     pub fn perf_event_open(&self, a: &Attr, pid: i32) -> Option<Result<i64, Errno>> {
         let gone = pid > 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists();
         // PERF_TYPE_SOFTWARE / PERF_COUNT_SW_BPF_OUTPUT: a perf buffer's ring.
@@ -1036,26 +1075,44 @@ impl Server {
             if gone {
                 return Some(Err(libc::ESRCH));
             }
-            let ev = UprobeEvent { path: String::new(), offset: 0, retprobe: false, ref_ctr_offset: 0, pid, link: None, syscall: Some(event) };
-            return Some(self.install(Handle::Uprobe(ev)));
+            let ev = ProbeEvent { target: EventTarget::Syscall(event), retprobe: false, pid, link: None };
+            return Some(self.install(Handle::Probe(ev)));
         }
-        if self.uprobe_type != Some(a.u32(0)) {
-            return None;
+        let config = a.u64(8);
+        if a.u32(0) == self.kprobe.perf_type {
+            // A function the kernel has (or an address: no name) is the kernel's kprobe; any
+            // other name is a CUDA kernel, whose probes run in the traced process's GPU code.
+            let name = match a.u64(56) {
+                0 => return None,
+                at => match user::read_cstr(at, 4096) {
+                    Ok(name) => name,
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            if name.is_empty() || pmu::is_kernel_symbol(&name) {
+                return None;
+            }
+            // An offset into a CUDA kernel means nothing: probes run at its entry or returns.
+            if a.u64(64) != 0 {
+                return Some(Err(libc::EINVAL));
+            }
+            if gone {
+                return Some(Err(libc::ESRCH));
+            }
+            let retprobe = config & (1 << self.kprobe.retprobe_bit) != 0;
+            return Some(self.install(Handle::Probe(ProbeEvent { target: EventTarget::CudaKernel(name), retprobe, pid, link: None })));
         }
+        let uprobe = self.uprobe.filter(|u| u.perf_type == a.u32(0))?;
         if gone {
             return Some(Err(libc::ESRCH));
         }
-        let config = a.u64(8);
-        let ev = user::read_cstr(a.u64(56), 4096).map(|path| UprobeEvent {
-            path,
-            offset: a.u64(64),
-            retprobe: config & (1 << self.retprobe_bit) != 0,
-            ref_ctr_offset: config >> 32,
+        let ev = user::read_cstr(a.u64(56), 4096).map(|path| ProbeEvent {
+            target: EventTarget::File { path, offset: a.u64(64), ref_ctr_offset: config >> 32 },
+            retprobe: config & (1 << uprobe.retprobe_bit) != 0,
             pid,
             link: None,
-            syscall: None,
         });
-        Some(ev.and_then(|ev| self.install(Handle::Uprobe(ev))))
+        Some(ev.and_then(|ev| self.install(Handle::Probe(ev))))
     }
 
     /// Says (once per program) that program `prog` was asked to attach to a kernel event, perf
@@ -1073,7 +1130,7 @@ impl Server {
     /// `ioctl` on one of our perf event fds: None when `fd` is not one.
     pub fn perf_ioctl(&self, fd: i32, request: u64, arg: u64) -> Option<Result<i64, Errno>> {
         match self.handle(fd) {
-            Some(Handle::Uprobe(_)) => {}
+            Some(Handle::Probe(_)) => {}
             // Enable, disable: the ring is always on.
             Some(Handle::PerfOutput(_)) => return Some(Ok(0)),
             Some(Handle::Timer(t)) => return Some(self.timer_ioctl(&t, request, arg)),

@@ -37,7 +37,12 @@ pub fn build_example(name: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = out_dir.join(format!("{name}.{}.{n}.tmp.o", std::process::id()));
-    let output = Command::new(&clang)
+    let source = std::fs::read_to_string(&src).unwrap_or_default();
+    let mut cmd = Command::new(&clang);
+    if source.contains("#include \"vmlinux.h\"") {
+        cmd.arg("-I").arg(vmlinux_h_dir(&out_dir));
+    }
+    let output = cmd
         .args(["-target", "bpf", "-mcpu=v3", "-O2", "-g", "-D__TARGET_ARCH_x86", "-c"])
         .arg("-I")
         .arg(root.join("examples/bpf"))
@@ -50,6 +55,27 @@ pub fn build_example(name: &str) -> PathBuf {
     assert!(output.status.success(), "clang failed on {}:\n{}", src.display(), String::from_utf8_lossy(&output.stderr));
     std::fs::rename(&tmp, &out).expect("move object into place");
     out
+}
+
+/// A directory holding `vmlinux.h` (every type of the running kernel, as C), for examples
+/// written against it as libbpf-tools and bpftime's examples are: made once with bpftool from
+/// /sys/kernel/btf/vmlinux.
+fn vmlinux_h_dir(out_dir: &Path) -> PathBuf {
+    let dir = out_dir.join("include");
+    let header = dir.join("vmlinux.h");
+    if header.exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&dir).expect("create target/bpf-examples/include");
+    let o = Command::new("bpftool")
+        .args(["btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"])
+        .output()
+        .expect("run bpftool (bash scripts/setup.sh installs it)");
+    assert!(o.status.success(), "bpftool btf dump: {}", String::from_utf8_lossy(&o.stderr));
+    let tmp = dir.join(format!("vmlinux.h.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, &o.stdout).expect("write vmlinux.h");
+    std::fs::rename(&tmp, &header).expect("move vmlinux.h into place");
+    dir
 }
 
 fn is_fresh(out: &Path, src: &Path) -> bool {

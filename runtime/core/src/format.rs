@@ -6,6 +6,12 @@ use crate::user_mem;
 
 /// Formats `fmt` with 64-bit `args`; missing arguments print as 0.
 pub fn format(fmt: &[u8], args: &[u64]) -> Vec<u8> {
+    format_with(fmt, args, &user_mem::read_str)
+}
+
+/// [`format`], with `%s` arguments read by `read_str` (which fills a buffer with the string
+/// and its NUL, returning the bytes written, as [`user_mem::read_str`] does; None: a fault).
+pub fn format_with(fmt: &[u8], args: &[u64], read_str: &dyn Fn(u64, &mut [u8]) -> Option<usize>) -> Vec<u8> {
     let mut out = Vec::new();
     let mut args = args.iter().copied();
     let mut i = 0;
@@ -90,7 +96,7 @@ pub fn format(fmt: &[u8], args: &[u64]) -> Vec<u8> {
             b's' => {
                 let addr = args.next().unwrap_or(0);
                 let mut buf = [0u8; 256];
-                match user_mem::read_str(addr, &mut buf) {
+                match read_str(addr, &mut buf) {
                     Some(n) => {
                         let s = &buf[..n.saturating_sub(1)];
                         s[..precision.unwrap_or(s.len()).min(s.len())].to_vec()

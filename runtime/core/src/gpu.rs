@@ -53,6 +53,44 @@ fn verifier_table(gpu: &bpftime_gpu_ptx::HelperSet) -> Arc<bpftime_vm::HelperTab
     Arc::new(t)
 }
 
+/// Helpers that write to the arena's trace ring: `bpf_trace_printk` and bpftime's `puts`.
+const TRACE_HELPERS: [i32; 2] = [6, 501];
+
+/// Whether `raw` calls a helper that needs the trace ring.
+fn needs_trace_ring(raw: &[bpftime_vm::RawInsn]) -> bool {
+    raw.iter().any(|i| i.opc == 0x85 && i.src == 0 && TRACE_HELPERS.contains(&i.imm))
+}
+
+/// The messages of the trace ring of an arena image as trace pipe lines (formatted as the CPU
+/// formats `bpf_trace_printk`, this process's comm and thread, the SM in place of the CPU; a
+/// `%s` argument is read from the arena image when it points into the arena, and reads as a
+/// fault elsewhere: the GPU thread's stack is gone), and how many were dropped.
+pub fn trace_lines(layout: &ArenaLayout, arena: &[u8]) -> (Vec<String>, u64) {
+    let (records, lost) = layout.trace_records(arena);
+    let lines = records
+        .into_iter()
+        .map(|r| {
+            let text = match r.kind {
+                bpftime_gpu_ptx::maps::TraceKind::Printk => {
+                    let in_arena = |addr: u64, buf: &mut [u8]| -> Option<usize> {
+                        let at = usize::try_from(addr.checked_sub(r.arena_addr)?).ok()?;
+                        let rest = arena.get(at..)?;
+                        let room = buf.len().checked_sub(1)?;
+                        let n = rest.iter().take(room).position(|&b| b == 0).unwrap_or(room.min(rest.len()));
+                        buf[..n].copy_from_slice(&rest[..n]);
+                        buf[n] = 0;
+                        Some(n + 1)
+                    };
+                    crate::format::format_with(&r.text, &r.args, &in_arena)
+                }
+                bpftime_gpu_ptx::maps::TraceKind::Puts => r.text,
+            };
+            crate::helpers::trace_line(r.sm, &text)
+        })
+        .collect();
+    (lines, lost)
+}
+
 /// Prepares program `name` (or the only one) of `obj` for a GPU with `nsm` SMs.
 pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -> Result<GpuProgram, String> {
     let mut obj = obj.clone();
@@ -69,13 +107,17 @@ pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -
             slot_of_map.push(r.map);
         }
     }
-    let specs: Vec<GpuMapSpec> = slot_of_map
+    let mut specs: Vec<GpuMapSpec> = slot_of_map
         .iter()
         .map(|&i| {
             let d = &obj.maps[i];
-            GpuMapSpec { name: d.name.clone(), map_type: d.map_type, key_size: d.key_size, value_size: d.value_size, max_entries: d.max_entries }
+            let threads = if d.map_type == bpftime_gpu_ptx::maps::PER_THREAD_ARRAY { gpu_thread_count() } else { 0 };
+            GpuMapSpec { threads, ..GpuMapSpec::new(&d.name, d.map_type, d.key_size, d.value_size, d.max_entries) }
         })
         .collect();
+    if needs_trace_ring(&p.insns) {
+        specs.push(GpuMapSpec::trace_ring());
+    }
     let layout = ArenaLayout::new(&specs, nsm).map_err(|e| format!("{}: {e}", p.name))?;
     let mut raw = p.insns.clone();
     for r in &p.data_relocs {
@@ -110,7 +152,8 @@ pub fn gpu_program_from_raw(raw: &[bpftime_vm::RawInsn], target: Target) -> Resu
     let helpers = std_helpers::standard();
     let program = Arc::new(verify(raw, verifier_table(&helpers), &bpftime_vm::NoMaps).map_err(|e| format!("verifier: {e}"))?);
     let ptx = translate(&program, &helpers, &LddwMaps::default(), target).map_err(|e| e.to_string())?;
-    let layout = ArenaLayout::new(&[], 1)?;
+    let specs = if needs_trace_ring(raw) { vec![GpuMapSpec::trace_ring()] } else { vec![] };
+    let layout = ArenaLayout::new(&specs, 1)?;
     let arena = layout.image();
     Ok(GpuProgram { name: "raw".into(), section: String::new(), program, ptx, layout, arena })
 }
@@ -127,6 +170,10 @@ pub fn describe_arena(layout: &ArenaLayout, arena: &[u8]) -> Vec<String> {
     };
     let mut out = vec![];
     for (slot, m) in layout.maps.iter().enumerate() {
+        // Its messages are printed as trace lines (see `trace_lines`).
+        if layout.trace_slot == Some(slot) {
+            continue;
+        }
         out.push(format!(
             "map `{}` (GPU, type {}, key {} B, value {} B, max_entries {}, {} slot(s))",
             m.spec.name, m.spec.map_type, m.spec.key_size, m.spec.value_size, m.spec.max_entries, m.slots
@@ -166,6 +213,13 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot:
     use bpftime_gpu_ptx::maps::GpuMapKind;
     let m = layout.maps.get(slot).ok_or("no such GPU map")?;
     let changed = |r: std::ops::Range<usize>| prev.is_none_or(|p| p.get(r.clone()) != arena.get(r));
+    if m.slots_by == bpftime_gpu_ptx::maps::SlotsBy::Thread {
+        // Every thread's value, one after the other: the host map's value.
+        for (k, vs) in layout.entries_where(arena, slot, &changed) {
+            map.update(&k, &vs.concat(), 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
+        }
+        return Ok(());
+    }
     if m.slots > 1 {
         // One value per SM on the GPU, one per CPU on the host: SM k's value is added, 8 bytes
         // at a time, into CPU k mod ncpus's (per-CPU maps on the GPU hold counters and
@@ -242,6 +296,8 @@ pub struct GpuProbes {
     /// are copied to the device before each launch and never written back (a launch-latency
     /// tool: the CPU stamps the launch, the GPU reads the stamp).
     pub host_owned: Vec<bool>,
+    /// The slot of the trace ring (last, with no region map), when a probe prints.
+    pub trace_slot: Option<usize>,
 }
 
 /// Region map ids the programs of uprobe links use.
@@ -273,6 +329,11 @@ impl GpuProbes {
                 failed.push((l.id, l.name.clone(), e));
             }
         }
+        if out.probes.iter().any(|p| needs_trace_ring(&p.raw)) {
+            out.specs.push(GpuMapSpec::trace_ring());
+            out.map_ids.push(0);
+            out.trace_slot = Some(out.specs.len() - 1);
+        }
         let cpu = maps_of_cpu_programs(region, links);
         out.host_owned = out.map_ids.iter().map(|id| cpu.contains(id)).collect();
         (out, failed)
@@ -286,14 +347,7 @@ impl GpuProbes {
                 continue;
             }
             let map = bpftime_maps::Map::open(region, id).map_err(|e| format!("insn {pc}: map {id}: {e}"))?;
-            let s = map.spec();
-            self.specs.push(GpuMapSpec {
-                name: map.name().to_string(),
-                map_type: s.map_type as u32,
-                key_size: s.key_size,
-                value_size: s.value_size,
-                max_entries: s.max_entries,
-            });
+            self.specs.push(gpu_spec_of(&map));
             self.map_ids.push(id);
         }
         ArenaLayout::new(&self.specs, 1).map_err(|e| format!("{}: {e}", stored.name))?;
@@ -373,8 +427,18 @@ impl GpuProbes {
     pub fn write_back(&self, layout: &ArenaLayout, arena: &mut [u8], prev: Option<&[u8]>, region: &Arc<bpftime_shm::ShmRegion>) -> Vec<String> {
         layout.fold_shards(arena);
         let mut errors = vec![];
+        let (lines, lost) = trace_lines(layout, arena);
+        if !lines.is_empty() {
+            match crate::trace::TracePipe::open(region) {
+                Ok(pipe) => lines.iter().for_each(|l| pipe.write(l.as_bytes())),
+                Err(e) => errors.push(format!("trace pipe: {e}")),
+            }
+        }
+        if lost > 0 {
+            errors.push(format!("{lost} trace messages lost (the ring was full)"));
+        }
         for (slot, &id) in self.map_ids.iter().enumerate() {
-            if self.host_owned.get(slot) == Some(&true) {
+            if self.host_owned.get(slot) == Some(&true) || self.trace_slot == Some(slot) {
                 continue;
             }
             let r = bpftime_maps::Map::open(region, id).map_err(|e| e.to_string()).and_then(|map| write_back(layout, arena, prev, slot, &map));
@@ -384,6 +448,61 @@ impl GpuProbes {
         }
         errors
     }
+}
+
+/// Global thread ids a per-GPU-thread array (bpftime's 1502) keeps a value for:
+/// `BPFTIME_MAP_GPU_THREAD_COUNT` (bpftime's setting, read where the map is made), else 1024.
+pub fn gpu_thread_count() -> u32 {
+    std::env::var("BPFTIME_MAP_GPU_THREAD_COUNT").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0 && n <= 1 << 24).unwrap_or(1024)
+}
+
+/// The region map spec of a map declared with type `map_type`, `build` making it from the
+/// region type: the kernel's own type, or the host equivalent of one of bpftime's GPU map types
+/// (see [`bpftime_gpu_ptx::maps::host_equivalent`]). A per-GPU-thread array is an ARRAY whose
+/// values hold every thread's value one after the other, the thread count in `map_extra`
+/// (which no array has otherwise), as bpftime's host side shows it. None for an unknown type
+/// or a per-thread value too large.
+pub fn region_map_spec(map_type: u32, build: impl FnOnce(bpftime_maps::MapType) -> bpftime_maps::MapSpec) -> Option<bpftime_maps::MapSpec> {
+    use bpftime_maps::MapType;
+    let mut spec = build(MapType::from_u32(map_type).or_else(|| MapType::from_u32(bpftime_gpu_ptx::maps::host_equivalent(map_type)?))?);
+    if map_type == bpftime_gpu_ptx::maps::PER_THREAD_ARRAY {
+        let threads = gpu_thread_count();
+        spec.value_size = spec.value_size.checked_mul(threads).filter(|&v| v <= 1 << 26)?;
+        spec.map_extra = threads as u64;
+    }
+    Some(spec)
+}
+
+/// The thread count of a region map that is a per-GPU-thread array (an ARRAY with a thread
+/// count, see [`region_map_spec`]); each thread's value is `value_size / threads` bytes.
+pub fn per_thread_slots(spec: &bpftime_maps::MapSpec) -> Option<u32> {
+    let threads = u32::try_from(spec.map_extra).ok().filter(|&n| n > 0)?;
+    (spec.map_type == bpftime_maps::MapType::Array && spec.value_size.is_multiple_of(threads)).then_some(threads)
+}
+
+/// The GPU's view of region map `map`: a per-thread array as bpftime's 1502, others as they
+/// are.
+fn gpu_spec_of(map: &bpftime_maps::Map) -> GpuMapSpec {
+    let s = map.spec();
+    if let Some(threads) = per_thread_slots(s) {
+        return GpuMapSpec {
+            threads,
+            ..GpuMapSpec::new(map.name(), bpftime_gpu_ptx::maps::PER_THREAD_ARRAY, s.key_size, s.value_size / threads, s.max_entries)
+        };
+    }
+    GpuMapSpec::new(map.name(), s.map_type as u32, s.key_size, s.value_size, s.max_entries)
+}
+
+/// Verifies stored instructions `insns` (region map ids in their `lddw`s) as a CUDA kernel
+/// probe: with the GPU's helpers besides the kernel's (bpftime's 501-511).
+pub fn verify_probe(insns: &[bpftime_vm::RawInsn]) -> Result<(), String> {
+    verify(insns, verifier_helpers(), &SlotResolver).map(|_| ()).map_err(|e| format!("as a CUDA kernel probe: {e}"))
+}
+
+/// Whether `insns` call a helper only the GPU has (bpftime's 501-511): a CUDA kernel probe.
+pub fn calls_gpu_helpers(insns: &[bpftime_vm::RawInsn]) -> bool {
+    let (gpu, cpu) = (verifier_helpers(), crate::helpers::kernel_helpers());
+    insns.iter().any(|i| i.opc == 0x85 && i.src == 0 && gpu.get(i.imm as u32).is_some() && cpu.get(i.imm as u32).is_none())
 }
 
 /// The helper table GPU programs are verified against: the kernel's helpers (so one the GPU

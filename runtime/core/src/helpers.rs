@@ -211,17 +211,23 @@ fn comm() -> String {
 
 use bpftime_shm::ids::{process_id as pid, thread_id as tid};
 
-fn emit_trace(state: &RunState, msg: &[u8]) -> u64 {
+/// A trace pipe line as the kernel's trace_pipe shows `bpf_trace_printk` output: this thread's
+/// comm and id, `cpu`, the monotonic time, the message.
+pub(crate) fn trace_line(cpu: u32, msg: &[u8]) -> String {
     let now = clock(libc::CLOCK_MONOTONIC);
-    let line = format!(
+    format!(
         "{}-{} [{:03}] {}.{:06}: bpf_trace_printk: {}",
         comm(),
         tid(),
-        current_cpu(),
+        cpu,
         now / 1_000_000_000,
         now % 1_000_000_000 / 1000,
         String::from_utf8_lossy(msg).trim_end_matches('\n')
-    );
+    )
+}
+
+fn emit_trace(state: &RunState, msg: &[u8]) -> u64 {
+    let line = trace_line(current_cpu(), msg);
     match host(state).and_then(|h| crate::trace::TracePipe::open(h.runtime.region()).ok()) {
         Some(pipe) => pipe.write(line.as_bytes()),
         None => eprintln!("{line}"),

@@ -151,6 +151,12 @@ pub fn store_syscall(region: &ShmRegion, name: &str, prog: u32, event: &str, sco
     store_kind(region, name, prog, event, false, 0, LinkKind::Syscall, scope)
 }
 
+/// Stores a CUDA kernel link (a `kprobe/KERNEL` program attached by a loader) with an owner
+/// and a pid.
+pub fn store_cuda(region: &ShmRegion, name: &str, prog: u32, kernel: &str, retprobe: bool, scope: LinkScope) -> Result<u32, ShmError> {
+    store_kind(region, name, prog, kernel, retprobe, 0, LinkKind::CudaKernel, scope)
+}
+
 /// Stores a uprobe link with an owner, a pid and a semaphore (see [`LinkScope`]).
 pub fn store_owned(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe: bool, cookie: u64, scope: LinkScope) -> Result<u32, ShmError> {
     store_kind(region, name, prog, target, retprobe, cookie, LinkKind::Uprobe, scope)

@@ -318,10 +318,7 @@ impl LddwResolver for IdResolver<'_> {
 }
 
 fn map_spec(def: &MapDef, inner_id: u32) -> Result<MapSpec, LoadError> {
-    let map_type = MapType::from_u32(def.map_type)
-        .or_else(|| MapType::from_u32(bpftime_gpu_ptx::maps::host_equivalent(def.map_type)?))
-        .ok_or_else(|| LoadError::MapType { name: def.name.clone(), map_type: def.map_type })?;
-    Ok(MapSpec {
+    crate::gpu::region_map_spec(def.map_type, |map_type| MapSpec {
         map_type,
         key_size: def.key_size,
         value_size: def.value_size,
@@ -330,6 +327,7 @@ fn map_spec(def: &MapDef, inner_id: u32) -> Result<MapSpec, LoadError> {
         map_extra: def.map_extra,
         inner_map_id: inner_id,
     })
+    .ok_or_else(|| LoadError::MapType { name: def.name.clone(), map_type: def.map_type })
 }
 
 impl Runtime {

@@ -1,0 +1,95 @@
+// A libbpf loader in the style of bpftime's GPU examples: opens an eBPF object, loads it,
+// attaches every program where its section says (libbpf's auto-attach: `kprobe/KERNEL` opens
+// a kprobe perf event for KERNEL, which on the kernel is a kernel function and under bpftime
+// may be a CUDA kernel), says "attached N", waits for a line on stdin, then prints every
+// entry of every hash and array map with 4-byte keys and 8-byte values as `MAP[KEY] = VALUE`,
+// and of bpftime's per-GPU-thread arrays (1502: a lookup gives every thread's value, for
+// BPFTIME_MAP_GPU_THREAD_COUNT threads, default 1024) as `MAP[KEY] = SUM (N threads)`, N the
+// threads whose value is not 0.
+// Build: cc -O2 attach_all.c -lbpf -o attach_all
+// Usage: attach_all OBJ
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static void print_map(const struct bpf_map *map)
+{
+    if (bpf_map__key_size(map) != 4 || bpf_map__value_size(map) != 8)
+        return;
+    int fd = bpf_map__fd(map);
+    __u32 key, *prev = NULL;
+    while (bpf_map_get_next_key(fd, prev, &key) == 0) {
+        __u64 value;
+        if (bpf_map_lookup_elem(fd, &key, &value) == 0)
+            printf("%s[%u] = %llu\n", bpf_map__name(map), key, (unsigned long long)value);
+        prev = &key;
+    }
+}
+
+static void print_per_thread(const struct bpf_map *map)
+{
+    if (bpf_map__key_size(map) != 4 || bpf_map__value_size(map) != 8)
+        return;
+    const char *env = getenv("BPFTIME_MAP_GPU_THREAD_COUNT");
+    unsigned long threads = env ? strtoul(env, NULL, 10) : 1024;
+    __u64 *values = calloc(threads, sizeof(__u64));
+    if (!values)
+        return;
+    for (__u32 key = 0; key < bpf_map__max_entries(map); key++) {
+        if (bpf_map_lookup_elem(bpf_map__fd(map), &key, values))
+            continue;
+        unsigned long long sum = 0, busy = 0;
+        for (unsigned long t = 0; t < threads; t++) {
+            sum += values[t];
+            busy += values[t] != 0;
+        }
+        printf("%s[%u] = %llu (%llu threads)\n", bpf_map__name(map), key, sum, busy);
+    }
+    free(values);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s OBJ\n", argv[0]);
+        return 2;
+    }
+    struct bpf_object *obj = bpf_object__open_file(argv[1], NULL);
+    if (libbpf_get_error(obj)) {
+        fprintf(stderr, "cannot open %s\n", argv[1]);
+        return 1;
+    }
+    if (bpf_object__load(obj)) {
+        fprintf(stderr, "cannot load %s\n", argv[1]);
+        return 1;
+    }
+    struct bpf_program *prog;
+    int links = 0;
+    bpf_object__for_each_program(prog, obj)
+    {
+        struct bpf_link *link = bpf_program__attach(prog);
+        if (!link) {
+            fprintf(stderr, "cannot attach %s (section %s): errno %d\n", bpf_program__name(prog), bpf_program__section_name(prog), errno);
+            return 1;
+        }
+        links++;
+    }
+    printf("attached %d\n", links);
+    fflush(stdout);
+    char line[64];
+    if (!fgets(line, sizeof line, stdin))
+        line[0] = 0;
+    struct bpf_map *map;
+    bpf_object__for_each_map(map, obj)
+    {
+        enum bpf_map_type t = bpf_map__type(map);
+        if (t == BPF_MAP_TYPE_HASH || t == BPF_MAP_TYPE_ARRAY || t == 1501 || t == 1503)
+            print_map(map);
+        else if (t == 1502)
+            print_per_thread(map);
+    }
+    bpf_object__close(obj);
+    return 0;
+}
