@@ -135,12 +135,8 @@ pub fn patch(obj_path: &Path, binary: &Path, dir: &Path) -> Result<String, Strin
             std::fs::write(&out, &patched.ptx).map_err(|err| format!("{}: {err}", out.display()))?;
             wrote += 1;
             report.push_str(&format!("{}:\n", out.display()));
-            for (kernel, probe, exit) in &patched.spliced {
-                report.push_str(&format!(
-                    "  {} probe `{probe}` in {kernel} ({})\n",
-                    if *exit { "exit" } else { "entry" },
-                    demangle(kernel).unwrap_or_default()
-                ));
+            for (kernel, probe, site) in &patched.spliced {
+                report.push_str(&format!("  probe `{probe}` at the {site} of {kernel} ({})\n", demangle(kernel).unwrap_or_default()));
             }
             for p in &patched.unmatched {
                 report.push_str(&format!("  `{p}`: no such kernel in this module\n"));

@@ -786,8 +786,8 @@ fn cuda_patch_splices_probes_that_ptxas_accepts() {
     let out = bpftime(&["cuda", "patch", probes.to_str().unwrap(), app.to_str().unwrap(), "-o", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
-    assert!(s.contains("entry probe `on_entry` in _Z10vector_addPKfS0_Pfi"), "{s}");
-    assert!(s.contains("exit probe `on_exit` in _Z10vector_addPKfS0_Pfi"), "by the bare name: {s}");
+    assert!(s.contains("probe `on_entry` at the entry of _Z10vector_addPKfS0_Pfi"), "{s}");
+    assert!(s.contains("probe `on_exit` at the returns of _Z10vector_addPKfS0_Pfi"), "by the bare name: {s}");
     let patched: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(patched.len(), 1);
     let ptx = std::fs::read_to_string(&patched[0]).unwrap();

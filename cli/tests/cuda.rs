@@ -230,6 +230,9 @@ fn every_probe_example_patches_every_cuda_example() {
         ("vector_add", "cuda_timing", 2),
         ("vector_add", "cuda_launches", 1),
         ("vector_add", "cuda_counter", 2),
+        ("vector_add", "cuda_memory", 1),
+        ("gemm", "cuda_memory", 1),
+        ("reduce", "cuda_memory", 2),
         ("gemm", "cuda_launches", 1),
         ("reduce", "cuda_launches", 2),
         ("streams", "cuda_launches", 1),
@@ -391,6 +394,23 @@ fn malformed_fatbins_and_ptx_are_errors_not_panics() {
         }
     }
     println!("fatbin mutations: {parsed} parsed, {refused} refused with a reason; 2000 PTX mutations patched or refused");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A memory access probe (`kprobe/__memcapture`) runs after every load and store of the
+/// kernels, under the instruction's guard: the vector add loads two floats and stores one for
+/// each of its elements (the threads past the end touch nothing).
+#[test]
+fn memory_access_probes_see_every_load_and_store() {
+    let Some(dir) = setup("memory", &[]) else { return };
+    let out = traced(&dir, &build_example("cuda_memory"), &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let n = (ELEMENTS * LAUNCHES) as u64;
+    assert_eq!(dumped(&stderr, "accesses", "0"), Some((2 * n).to_string()), "loads\n{stderr}");
+    assert_eq!(dumped(&stderr, "accesses", "1"), Some(n.to_string()), "stores\n{stderr}");
+    assert_eq!(dumped(&stderr, "bytes", "0"), Some((8 * n).to_string()), "bytes loaded\n{stderr}");
+    assert_eq!(dumped(&stderr, "bytes", "1"), Some((4 * n).to_string()), "bytes stored\n{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,12 +1,15 @@
 //! Splicing translated probes into an application's PTX: a call at the entry of a kernel
-//! (`kprobe/KERNEL`) or before each of its returns (`kretprobe/KERNEL`), in the kernel's own
-//! module, so the app loads one module as before.
+//! (`kprobe/KERNEL`), before each of its returns (`kretprobe/KERNEL`), or after each memory
+//! access of every kernel (`kprobe/__memcapture`, bpftime's name), in the kernel's own module,
+//! so the app loads one module as before.
 //!
 //! Each call sits in its own `{ }` scope with its own registers and local memory (the probe's
-//! state block, its stack and its context), so the kernel's registers are untouched. The
-//! probe's context ([`ctx_layout`]) is the kernel's parameters, 8 bytes each, then the
-//! thread's ids. Maps are reached through the module global `bpftime_arena` (arena address,
-//! length, pid_tgid), which the host sets after loading the module.
+//! state block, its stack and its context; a memory access probe's, called at many sites, are
+//! declared once per kernel), so the kernel's registers are untouched. The probe's context
+//! ([`ctx_layout`]) is the kernel's parameters, 8 bytes each, then the thread's ids; a memory
+//! access probe's starts with the access ([`ACCESS_SIZE`] bytes: address, bytes, store).
+//! Maps are reached through the module global `bpftime_arena` (arena address, length,
+//! pid_tgid), which the host sets after loading the module.
 
 use crate::state::{off, STATE_SIZE};
 
@@ -16,6 +19,12 @@ pub const ARENA_GLOBAL: &str = "bpftime_arena";
 pub const PROBE_BUDGET: u64 = 1 << 17;
 /// Bytes of thread ids after the parameters: tid, ctaid, ntid, nctaid (x, y, z), u32 each.
 pub const IDS_SIZE: u32 = 48;
+/// The kernel name of a memory access probe: it runs after every load and store of every
+/// kernel (bpftime's `kprobe/__memcapture`).
+pub const MEMORY_ACCESS_KERNEL: &str = "__memcapture";
+/// Bytes at the start of a memory access probe's context: the address (u64), the bytes
+/// accessed (u32), 1 for a store (u32).
+pub const ACCESS_SIZE: u32 = 16;
 
 /// A translated probe to splice.
 #[derive(Clone, Debug)]
@@ -40,13 +49,34 @@ pub fn stack_bytes(prog: &bpftime_vm::Program) -> u32 {
     ((main + callbacks).clamp(1, bpftime_vm::exec::MAX_CALL_DEPTH) * bpftime_vm::exec::FRAME_SIZE) as u32
 }
 
+/// Where in a kernel a probe was spliced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// At its entry.
+    Entry,
+    /// Before each of its returns.
+    Returns,
+    /// After each of its loads and stores.
+    MemoryAccesses,
+}
+
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Site::Entry => "entry",
+            Site::Returns => "returns",
+            Site::MemoryAccesses => "memory accesses",
+        })
+    }
+}
+
 /// What patching did.
 #[derive(Clone, Debug, Default)]
 pub struct Patched {
     /// The patched module.
     pub ptx: String,
-    /// (kernel, probe, at exit) for each splice.
-    pub spliced: Vec<(String, String, bool)>,
+    /// (kernel, probe, where) for each splice.
+    pub spliced: Vec<(String, String, Site)>,
     /// Probes whose kernel is not in this module.
     pub unmatched: Vec<String>,
 }
@@ -139,21 +169,91 @@ fn probe_functions(p: &Probe, n: usize) -> String {
         .join("\n")
 }
 
-/// The call of probe `n` (site `site`) in kernel `k`.
-fn call_block(k: &Kernel, n: usize, site: usize, stack: u32) -> String {
-    let ctx = ctx_layout(k.params.len());
+/// A load or store of the application's kernel, as a memory access probe sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Access {
+    /// The address operand (inside the brackets): a register or symbol, maybe `+offset`.
+    address: String,
+    /// Bytes accessed.
+    bytes: u32,
+    store: bool,
+    /// The instruction's guard (`@%p`, `@!%p`), if any.
+    guard: Option<String>,
+}
+
+/// The access of PTX line `t` (trimmed) if it is a load or store of memory (any state space
+/// but `.param`; `.v2`/`.v4` vectors counted whole).
+fn access_of(t: &str) -> Option<Access> {
+    let (guard, rest) = match t.strip_prefix('@') {
+        Some(r) => {
+            let (g, rest) = r.split_once(char::is_whitespace)?;
+            (Some(format!("@{g}")), rest.trim_start())
+        }
+        None => (None, t),
+    };
+    let (op, operands) = rest.split_once(char::is_whitespace)?;
+    let mut parts = op.split('.');
+    let store = match parts.next()? {
+        "ld" => false,
+        "st" => true,
+        _ => return None,
+    };
+    let (mut lanes, mut bits) = (1, 0);
+    for p in parts {
+        match p {
+            "param" => return None,
+            "v2" => lanes = 2,
+            "v4" => lanes = 4,
+            "b128" => bits = 128,
+            _ => {
+                if let Some(n) = p.get(1..).and_then(|n| n.parse::<u32>().ok()).filter(|_| matches!(p.as_bytes()[0], b's' | b'u' | b'b' | b'f')) {
+                    bits = n;
+                }
+            }
+        }
+    }
+    let open = operands.find('[')?;
+    let close = operands[open..].find(']')? + open;
+    (bits > 0).then(|| Access { address: operands[open + 1..close].trim().to_string(), bytes: lanes * bits / 8, store, guard })
+}
+
+/// The negation of guard `g` (`@%p` <-> `@!%p`).
+fn negated(g: &str) -> String {
+    match g.strip_prefix("@!") {
+        Some(p) => format!("@{p}"),
+        None => format!("@!{}", &g[1..]),
+    }
+}
+
+/// The local memory of a probe call: state block, stack and context.
+fn locals(names: &str, stack: u32, ctx: u32) -> String {
+    format!(
+        ".local .align 16 .b8 bpftime_st{names}[{STATE_SIZE}];\n.local .align 16 .b8 bpftime_stk{names}[{stack}];\n.local .align 16 .b8 bpftime_ctx{names}[{ctx}];\n"
+    )
+}
+
+/// The context size of a probe in kernel `k`.
+fn probe_ctx(k: &Kernel, memory: bool) -> u32 {
+    ctx_layout(k.params.len()) + if memory { ACCESS_SIZE } else { 0 }
+}
+
+/// The call of probe `n` in kernel `k`, its local memory named by `names` (declared in the
+/// call's scope unless `declared`), after `access` for a memory access probe.
+fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, access: Option<&Access>) -> String {
+    let ctx = probe_ctx(k, access.is_some());
+    let base = if access.is_some() { ACCESS_SIZE as usize } else { 0 };
     let mut s = String::new();
     let mut l = |x: String| {
         s.push_str(&x);
         s.push('\n');
     };
     l("{".into());
-    l(format!(".local .align 16 .b8 bpftime_st{site}[{STATE_SIZE}];"));
-    l(format!(".local .align 16 .b8 bpftime_stk{site}[{stack}];"));
-    l(format!(".local .align 16 .b8 bpftime_ctx{site}[{ctx}];"));
+    if !declared {
+        l(locals(names, stack, ctx));
+    }
     l(".reg .b64 %bpt<8>;".into());
     l(".reg .b32 %bpw<2>;".into());
-    for (i, sym) in [format!("bpftime_st{site}"), format!("bpftime_stk{site}"), format!("bpftime_ctx{site}")].iter().enumerate() {
+    for (i, sym) in [format!("bpftime_st{names}"), format!("bpftime_stk{names}"), format!("bpftime_ctx{names}")].iter().enumerate() {
         l(format!("mov.u64 %bpt{i}, {sym};"));
         l(format!("cvta.local.u64 %bpt{i}, %bpt{i};"));
     }
@@ -178,12 +278,28 @@ fn call_block(k: &Kernel, n: usize, site: usize, stack: u32) -> String {
             }
             _ => l("mov.u64 %bpt4, 0;".into()),
         }
-        l(format!("st.u64 [%bpt2+{}], %bpt4;", 8 * i));
+        l(format!("st.u64 [%bpt2+{}], %bpt4;", base + 8 * i));
     }
     let ids = ["%tid.x", "%tid.y", "%tid.z", "%ctaid.x", "%ctaid.y", "%ctaid.z", "%ntid.x", "%ntid.y", "%ntid.z", "%nctaid.x", "%nctaid.y", "%nctaid.z"];
     for (i, id) in ids.iter().enumerate() {
         l(format!("mov.u32 %bpw0, {id};"));
-        l(format!("st.u32 [%bpt2+{}], %bpw0;", 8 * k.params.len() + 4 * i));
+        l(format!("st.u32 [%bpt2+{}], %bpw0;", base + 8 * k.params.len() + 4 * i));
+    }
+    if let Some(a) = access {
+        // The address: a register or a symbol, plus an offset.
+        let (at, offset) = match a.address.split_once('+') {
+            Some((at, off)) => (at.trim(), off.trim().parse::<i64>().unwrap_or(0)),
+            None => (a.address.as_str(), 0),
+        };
+        // 32-bit registers (`%r`) address the shared and local windows.
+        let narrow = at.starts_with("%r") && !at.starts_with("%rd");
+        l(if narrow { format!("cvt.u64.u32 %bpt4, {at};") } else { format!("mov.u64 %bpt4, {at};") });
+        l(format!("add.s64 %bpt4, %bpt4, {offset};"));
+        l("st.u64 [%bpt2], %bpt4;".into());
+        l(format!("mov.u32 %bpw0, {};", a.bytes));
+        l("st.u32 [%bpt2+8], %bpw0;".into());
+        l(format!("mov.u32 %bpw0, {};", a.store as u32));
+        l("st.u32 [%bpt2+12], %bpw0;".into());
     }
     l(format!("add.u64 %bpt5, %bpt1, {stack};"));
     l(format!("call.uni (%bpt6), bpftime_p{n}_f0, (%bpt0, %bpt5, %bpt2, {ctx}, 0, 0, 0);"));
@@ -199,13 +315,19 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
     // Which probes go where: (kernel index, probe index).
     let mut sites: Vec<(usize, usize)> = vec![];
     for (pi, p) in probes.iter().enumerate() {
-        let hits: Vec<usize> = ks.iter().enumerate().filter(|(_, k)| matches(&k.name, &p.kernel)).map(|(i, _)| i).collect();
+        let memory = p.kernel == MEMORY_ACCESS_KERNEL;
+        let hits: Vec<usize> = ks.iter().enumerate().filter(|(_, k)| memory || matches(&k.name, &p.kernel)).map(|(i, _)| i).collect();
         if hits.is_empty() {
             out.unmatched.push(p.name.clone());
         }
+        let site = match (memory, p.exit) {
+            (true, _) => Site::MemoryAccesses,
+            (false, true) => Site::Returns,
+            (false, false) => Site::Entry,
+        };
         for ki in hits {
             sites.push((ki, pi));
-            out.spliced.push((ks[ki].name.clone(), p.name.clone(), p.exit));
+            out.spliced.push((ks[ki].name.clone(), p.name.clone(), site));
         }
     }
     if sites.is_empty() {
@@ -216,21 +338,38 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
     let mut text = String::new();
     let mut site = 0;
     let header_end = lines.iter().position(|l| l.trim_start().starts_with(".address_size")).ok_or("no .address_size line: not a PTX module")?;
+    let is_memory = |pi: usize| probes[pi].kernel == MEMORY_ACCESS_KERNEL;
     for (li, line) in lines.iter().enumerate() {
         // Exit probes before each `ret` of an instrumented kernel.
         let in_kernel = ks.iter().enumerate().find(|(_, k)| li > k.open && li < k.close);
         let t = line.trim();
         if let Some((ki, _)) = in_kernel {
-            let exits: Vec<usize> = sites.iter().filter(|s| s.0 == ki && probes[s.1].exit).map(|s| s.1).collect();
+            // Memory access probes after each load and store (under the same guard).
+            let memory: Vec<usize> = sites.iter().filter(|s| s.0 == ki && is_memory(s.1)).map(|s| s.1).collect();
+            if let Some(a) = access_of(t).filter(|_| !memory.is_empty()) {
+                text.push_str(line);
+                text.push('\n');
+                let skip = format!("$bpftime_skip{li}");
+                if let Some(g) = &a.guard {
+                    text.push_str(&format!("{} bra {skip};\n", negated(g)));
+                }
+                for pi in memory {
+                    text.push_str(&call_block(&ks[ki], pi, &format!("m{ki}_{pi}"), true, probes[pi].stack, Some(&a)));
+                }
+                if a.guard.is_some() {
+                    text.push_str(&format!("{skip}:\n"));
+                }
+                continue;
+            }
+            let exits: Vec<usize> = sites.iter().filter(|s| s.0 == ki && probes[s.1].exit && !is_memory(s.1)).map(|s| s.1).collect();
             let guarded_ret = t.strip_suffix("ret;").map(str::trim).filter(|g| g.starts_with('@'));
             if !exits.is_empty() && (t == "ret;" || guarded_ret.is_some()) {
                 let skip = format!("$bpftime_skip{li}");
                 if let Some(g) = guarded_ret {
-                    let neg = if let Some(p) = g.strip_prefix("@!") { format!("@{p}") } else { format!("@!{}", &g[1..]) };
-                    text.push_str(&format!("{neg} bra {skip};\n"));
+                    text.push_str(&format!("{} bra {skip};\n", negated(g)));
                 }
                 for pi in exits {
-                    text.push_str(&call_block(&ks[ki], pi, site, probes[pi].stack));
+                    text.push_str(&call_block(&ks[ki], pi, &site.to_string(), false, probes[pi].stack, None));
                     site += 1;
                 }
                 text.push_str(line);
@@ -250,10 +389,13 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
                 text.push('\n');
             }
         }
-        // Entry probes right after the body's `{`.
+        // Entry probes right after the body's `{`, and the memory access probes' local memory.
         if let Some((ki, _)) = ks.iter().enumerate().find(|(_, k)| k.open == li) {
-            for &(_, pi) in sites.iter().filter(|s| s.0 == ki && !probes[s.1].exit) {
-                text.push_str(&call_block(&ks[ki], pi, site, probes[pi].stack));
+            for &(_, pi) in sites.iter().filter(|s| s.0 == ki && is_memory(s.1)) {
+                text.push_str(&locals(&format!("m{ki}_{pi}"), probes[pi].stack, probe_ctx(&ks[ki], true)));
+            }
+            for &(_, pi) in sites.iter().filter(|s| s.0 == ki && !probes[s.1].exit && !is_memory(s.1)) {
+                text.push_str(&call_block(&ks[ki], pi, &site.to_string(), false, probes[pi].stack, None));
                 site += 1;
             }
         }

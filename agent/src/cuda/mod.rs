@@ -197,8 +197,8 @@ impl Gpu {
             return None;
         }
         if verbose() {
-            for (kernel, probe, exit) in &patched.spliced {
-                eprintln!("bpftime: `{probe}` spliced at the {} of CUDA kernel {kernel}", if *exit { "returns" } else { "entry" });
+            for (kernel, probe, site) in &patched.spliced {
+                eprintln!("bpftime: `{probe}` spliced at the {site} of CUDA kernel {kernel}");
             }
         }
         let text = CString::new(patched.ptx).ok()?;
