@@ -136,6 +136,23 @@ if traced timing cuda_timing "vector_add 1048576"; then
     expect timing "blocks on SMs" "$(map_sum "$cuda/timing.report" blocks_per_sm)" 4096
 else summary+=("cuda timing: FAILED"); status=1; fi
 
+# bpftime's GPU example style: vmlinux.h, helpers 501-505 by id, bpf_printk, a per-thread array.
+# 262144 threads a launch: 1024 blocks, whose 3072 trace lines fit the trace ring at once.
+if BPFTIME_MAP_GPU_THREAD_COUNT=262144 traced counter cuda_counter "driver_vector_add 262144 3"; then
+    expect counter "entries" "$(map_sum "$cuda/counter.report" entries)" 786432
+    expect counter "exits" "$(map_sum "$cuda/counter.report" exits)" 786432
+    expect counter "per-thread exits" "$(grep -A1 'map [0-9]* `thread_exits`' "$cuda/counter.report" | grep -o '3 x [0-9]*\]')" "3 x 262144]"
+    expect counter "puts lines" "$(grep -c 'bpf_trace_printk: vector_add: block 0 entered' "$cuda/counter.report")" 3
+    expect counter "printk lines" "$(grep -c 'bpf_trace_printk: vector_add: block [0-9]* thread 0 exits' "$cuda/counter.report")" 3072
+else summary+=("cuda counter: FAILED"); status=1; fi
+if traced memory cuda_memory "vector_add 1048576"; then
+    expect memory "loads" "$(map_value "$cuda/memory.report" accesses 0)" 2097152
+    expect memory "stores" "$(map_value "$cuda/memory.report" accesses 1)" 1048576
+else summary+=("cuda memory: FAILED"); status=1; fi
+cpu_lines=$("$cli" vm run --engine interp "$bpf/gpu_printk.bpf.o" --section printk --mem "2a 00 00 00 00 00 00 00" 2>&1 >/dev/null | sed 's/.*bpf_trace_printk: //')
+gpu_lines=$("$cli" vm run --engine gpu "$bpf/gpu_printk.bpf.o" --section printk --mem "2a 00 00 00 00 00 00 00" 2>&1 >/dev/null | sed 's/.*bpf_trace_printk: //')
+expect printk "GPU lines equal the CPU's" "$gpu_lines" "$cpu_lines"
+
 echo "== CUDA probe benchmarks: vector add, us per launch (mean of 50), ratio to no agent"
 bench() { grep -o '[0-9.]* us per launch' | cut -d' ' -f1; }
 for n in 262144 16777216; do

@@ -461,13 +461,13 @@ pub fn gpu_thread_count() -> u32 {
 /// (see [`bpftime_gpu_ptx::maps::host_equivalent`]). A per-GPU-thread array is an ARRAY whose
 /// values hold every thread's value one after the other, the thread count in `map_extra`
 /// (which no array has otherwise), as bpftime's host side shows it. None for an unknown type
-/// or a per-thread value too large.
+/// or a per-thread value whose size overflows.
 pub fn region_map_spec(map_type: u32, build: impl FnOnce(bpftime_maps::MapType) -> bpftime_maps::MapSpec) -> Option<bpftime_maps::MapSpec> {
     use bpftime_maps::MapType;
     let mut spec = build(MapType::from_u32(map_type).or_else(|| MapType::from_u32(bpftime_gpu_ptx::maps::host_equivalent(map_type)?))?);
     if map_type == bpftime_gpu_ptx::maps::PER_THREAD_ARRAY {
         let threads = gpu_thread_count();
-        spec.value_size = spec.value_size.checked_mul(threads).filter(|&v| v <= 1 << 26)?;
+        spec.value_size = spec.value_size.checked_mul(threads)?;
         spec.map_extra = threads as u64;
     }
     Some(spec)

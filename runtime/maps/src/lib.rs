@@ -388,7 +388,8 @@ fn validate(spec: &MapSpec) -> Result<(), MapError> {
             }
         }
     }
-    if s.key_size > 512 || s.value_size > (1 << 20) {
+    // The kernel's limit on values is KMALLOC_MAX_SIZE (4 MiB on x86-64).
+    if s.key_size > 512 || s.value_size > (4 << 20) {
         return Err(invalid("key or value too large"));
     }
     Ok(())
