@@ -117,6 +117,30 @@ fn counts_like_the_kernel(loader: &Path, tag: &str) {
     assert_eq!(target_out, kernel_target, "the target's own output");
 }
 
+/// bpftime's userspace-to-kernel tail call: a loader loads a raw tracepoint program into the
+/// kernel itself and stores its fd in a prog array of ours; the uprobe's tail call runs it in
+/// the kernel (BPF_PROG_TEST_RUN), once per call, and does not return.
+#[test]
+fn a_uprobe_tail_calls_a_program_of_the_kernel() {
+    let _serial = serial();
+    if !is_root() {
+        println!("skipping: loading a kernel program needs root");
+        return;
+    }
+    let calls = build_target("calls", false);
+    let shm = format!("bpftime-loader-ktail-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let mut loader = bpftime(&shm);
+    loader.args(["load", "--"]).arg(build_loader("kernel_tail_call")).arg(build_example("kernel_tail_call")).arg(&calls);
+    let mut target = bpftime(&shm);
+    target.args(["start", "--"]).arg(&calls).arg("3000");
+    let (out, _) = session(loader, &mut target);
+    bpftime_tests::remove_region(&shm);
+    assert!(out.contains("stats[0] = 3000\n"), "every add() ran the uprobe:\n{out}");
+    assert!(out.contains("stats[1] = 0\n"), "no tail call failed (or returned):\n{out}");
+    assert!(out.contains("kernel runs = 3000\n"), "the kernel ran its program once per call:\n{out}");
+}
+
 /// CO-RE relocations of every kind (`examples/bpf/core_relocs.bpf.c`: field offsets, sizes,
 /// existence and signedness, bitfield shifts through an anonymous struct, type existence,
 /// sizes and ids, enumerator values, a load widened to the kernel's field size, a read of a

@@ -50,6 +50,22 @@ pub fn bpf(cmd: u32, attr: &mut [u8]) -> Result<i64, Errno> {
     raw::result(raw::syscall6(libc::SYS_bpf, [cmd as c_long, attr.as_mut_ptr() as c_long, attr.len() as c_long, 0, 0, 0]))
 }
 
+/// The kernel id of the kernel program behind fd `fd` of this process, None if it is not one.
+pub fn program_id(fd: i32) -> Option<u32> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    if link.as_os_str() != "anon_inode:bpf-prog" {
+        return None;
+    }
+    // struct bpf_prog_info starts with its type and id (u32 each).
+    let mut info = [0u8; 8];
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&(fd as u32).to_le_bytes());
+    a[4..8].copy_from_slice(&(info.len() as u32).to_le_bytes());
+    a[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_le_bytes());
+    bpf(attr::OBJ_GET_INFO_BY_FD, &mut a).ok()?;
+    Some(u32::from_le_bytes(info[4..8].try_into().ok()?))
+}
+
 /// Program types that run in the region (the rest are the kernel's).
 fn runs_here(prog_type: u32) -> bool {
     // KPROBE (uprobes), TRACEPOINT, PERF_EVENT, RAW_TRACEPOINT.

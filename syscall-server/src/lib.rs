@@ -27,10 +27,17 @@ use std::sync::OnceLock;
 
 static SERVER: OnceLock<Option<Server>> = OnceLock::new();
 
-/// Runs at load time (an `.init_array` entry): the programs a loader starts (`bpftrace -c CMD`)
-/// are traced processes, not loaders, so they get the agent in place of the server:
-/// `bpftime load` says what their `LD_PRELOAD` is in `BPFTIME_CHILD_PRELOAD`.
+/// Runs at load time (an `.init_array` entry): sets bpftime's `BPFTIME_USED`; and the programs
+/// a loader starts (`bpftrace -c CMD`) are traced processes, not loaders, so they get the agent
+/// in place of the server: `bpftime load` says what their `LD_PRELOAD` is in
+/// `BPFTIME_CHILD_PRELOAD`.
 extern "C" fn bpftime_server_init() {
+    // bpftime's mark that a loader runs under it (its loaders pick, say, a test-runnable
+    // program type for a kernel program that a uprobe tail-calls).
+    if std::env::var_os("BPFTIME_USED").is_none() {
+        // SAFETY: at load time, before the loader's own code runs or starts a thread.
+        unsafe { std::env::set_var("BPFTIME_USED", "1") };
+    }
     let Some(children) = std::env::var_os("BPFTIME_CHILD_PRELOAD") else { return };
     // SAFETY: at load time, before the loader's own code runs or starts a thread; nothing reads
     // the environment concurrently. prctl(2) PR_GET_NAME writes at most 16 bytes into the

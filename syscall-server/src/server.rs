@@ -563,7 +563,11 @@ impl Server {
     /// A value as the kernel's syscall side sees it: prog arrays and map-in-maps hold fds.
     pub(crate) fn value_in(&self, map: &Map, key: &[u8], mut value: Vec<u8>) -> Result<Vec<u8>, Errno> {
         let id = match map.map_type() {
-            MapType::ProgArray => Some(self.prog_id(u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?))?),
+            MapType::ProgArray => {
+                let fd = u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?);
+                // A program of the kernel (bpftime's userspace-to-kernel tail call), by its id.
+                Some(self.prog_id(fd).or_else(|e| crate::kernel::program_id(fd as i32).map(|id| id | bpftime_maps::KERNEL_PROGRAM).ok_or(e))?)
+            }
             MapType::ArrayOfMaps | MapType::HashOfMaps => Some(self.map(u32::from_le_bytes(value[..4].try_into().map_err(|_| libc::EINVAL)?))?.id()),
             // A perf buffer's event: bound to this slot, whose ring it then maps.
             MapType::PerfEventArray => {

@@ -380,6 +380,18 @@ extern "C" fn tail_call(_ctx: u64, prog_array: u64, index: u64, _: u64, _: u64, 
     if h.tail_calls.get() >= MAX_TAIL_CALLS {
         return err(Errno::E2BIG);
     }
+    if id & bpftime_maps::KERNEL_PROGRAM != 0 {
+        // A kernel program: run there, on the start of this context (see `kernel_progs`).
+        let ctx = state.context_region();
+        let bytes = state.slice(ctx.start, ctx.len.min(crate::kernel_progs::CTX_BYTES as u64)).map(<[u8]>::to_vec).unwrap_or_default();
+        return match crate::kernel_progs::run(id & !bpftime_maps::KERNEL_PROGRAM, &bytes) {
+            Ok(r0) => {
+                state.stop(r0);
+                0
+            }
+            Err(e) => err(e),
+        };
+    }
     let Ok(target) = h.runtime.program(id) else { return err(Errno::ENOENT) };
     let nested = HelperContext::new(h.runtime, h.cookie, h.func_ip, h.pt_regs);
     nested.tail_calls.set(h.tail_calls.get() + 1);

@@ -9,7 +9,8 @@
 //! [`links`] and [`progs`] are the links and programs kept in the region.
 //! [`trace::TracePipe`] is where `bpf_trace_printk` output goes.
 //!
-//! What it is not: it attaches nothing (the `attach` layer does) and makes no bpf() calls.
+//! What it is not: it attaches nothing (the `attach` layer does) and makes no bpf() calls but
+//! to run a kernel program that a prog array names ([`kernel_progs`]).
 
 mod desc;
 mod format;
@@ -18,6 +19,7 @@ mod handles;
 pub mod helper_names;
 pub mod helpers;
 pub mod input;
+pub mod kernel_progs;
 pub mod links;
 pub mod pins;
 pub mod progs;

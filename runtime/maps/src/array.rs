@@ -98,6 +98,8 @@ pub(crate) fn update_id(map: &Map, key: &[u8], value: &[u8], flags: u64) -> Resu
     let id = u32::from_le_bytes(value[..4].try_into().expect("value_size 4"));
     let r = map.region();
     match map.map_type() {
+        // A kernel program (see `KERNEL_PROGRAM`): the syscall side checked it.
+        MapType::ProgArray if id & crate::KERNEL_PROGRAM != 0 => {}
         MapType::ProgArray if r.object(id).map(|o| o.kind) != Some(ObjectKind::Program) => {
             return Err(Errno::EBADF);
         }

@@ -28,6 +28,10 @@ mod ringbuf;
 mod stack_trace;
 
 pub use errno::Errno;
+
+/// A PROG_ARRAY entry with this bit names a program of the kernel by its kernel id (the rest
+/// of the entry), not a program of the region: bpftime's userspace-to-kernel tail call.
+pub const KERNEL_PROGRAM: u32 = 1 << 31;
 pub use perf::{PerfRecord, MAX_RING_PAGES};
 pub use ringbuf::{RingbufRecord, RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ};
 
