@@ -153,6 +153,18 @@ cpu_lines=$("$cli" vm run --engine interp "$bpf/gpu_printk.bpf.o" --section prin
 gpu_lines=$("$cli" vm run --engine gpu "$bpf/gpu_printk.bpf.o" --section printk --mem "2a 00 00 00 00 00 00 00" 2>&1 >/dev/null | sed 's/.*bpf_trace_printk: //')
 expect printk "GPU lines equal the CPU's" "$gpu_lines" "$cpu_lines"
 
+# Region programs as kernels of their own (bpftime's run-on-cuda): 1-D and 2-D launches.
+direct_shm="bpftime-gpu-check-direct-$$"
+"$cli" --shm "$direct_shm" shm remove >/dev/null 2>&1
+"$cli" --shm "$direct_shm" shm create --size 64M >/dev/null && "$cli" --shm "$direct_shm" load "$bpf/gpu_direct.bpf.o" >/dev/null
+"$cli" --shm "$direct_shm" prog run fill --engine gpu --grid 16 --block 256 | tail -1
+"$cli" --shm "$direct_shm" map dump out > "$cuda/direct.dump"
+expect direct "out[4095] (1-D, 4096 threads: 3 i)" "$(map_value "$cuda/direct.dump" out 4095)" 12285
+"$cli" --shm "$direct_shm" prog run fill_2d --engine gpu --grid 4,4 --block 16,16 | tail -1
+"$cli" --shm "$direct_shm" map dump out > "$cuda/direct.dump"
+expect direct "out[40 * 64 + 3] (2-D, 64 x 64 threads: 1000 y + x)" "$(map_value "$cuda/direct.dump" out 2563)" 40003
+"$cli" --shm "$direct_shm" shm remove >/dev/null 2>&1
+
 echo "== CUDA probe benchmarks: vector add, us per launch (mean of 50), ratio to no agent"
 bench() { grep -o '[0-9.]* us per launch' | cut -d' ' -f1; }
 for n in 262144 16777216; do

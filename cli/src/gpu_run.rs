@@ -45,6 +45,74 @@ pub struct Report {
     pub arena: Option<Vec<u8>>,
 }
 
+/// Runs region program `prog` on the GPU (`simulate` false) or on the PTX interpreter, as a
+/// kernel of `grid` blocks of `block` threads, over the region's maps: their values go to the
+/// device arena first and what changed comes back after, trace lines into the region's trace
+/// pipe. The report's `maps` holds what could not be copied back.
+pub fn run_region_program(
+    region: &std::sync::Arc<bpftime_shm::ShmRegion>,
+    prog: u32,
+    grid: [u32; 3],
+    block: [u32; 3],
+    budget: u64,
+    simulate: bool,
+) -> Result<Report, String> {
+    use bpftime_runtime::links::{LinkKind, LinkScope, LinkState, UprobeLink};
+    let name = bpftime_runtime::progs::load(region, prog).map(|p| p.name).ok_or_else(|| format!("no program {prog} in the region"))?;
+    // The program as a CUDA kernel probe would be prepared: maps to arena slots, GPU helpers.
+    let scope = LinkScope::default();
+    let link = UprobeLink {
+        id: 0,
+        name: name.clone(),
+        prog,
+        target: String::new(),
+        retprobe: false,
+        replace: false,
+        cookie: 0,
+        state: LinkState::Stored,
+        kind: LinkKind::CudaKernel,
+        pid: scope.pid,
+        ref_ctr: 0,
+    };
+    let (probes, failed) = bpftime_runtime::gpu::GpuProbes::prepare(region, &[link]);
+    if let Some((_, _, why)) = failed.first() {
+        return Err(format!("`{name}`: {why}"));
+    }
+    let (device, nsm, target) = if simulate {
+        (format!("PTX interpreter ({SIMULATED_SMS} simulated SMs)"), SIMULATED_SMS, Target::default())
+    } else {
+        let dev = bpftime_cuda::Device::open(0).map_err(|e| format!("--engine gpu: {e}; `--engine ptx` runs the same PTX on the PTX interpreter"))?;
+        let info = dev.info().map_err(|e| e.to_string())?;
+        (format!("{} (sm_{}, {} SMs)", info.name, info.sm, info.sms), info.sms, Target::sm(info.sm.clamp(75, 120)))
+    };
+    let target = Target { shard_atomic_adds: true, ..target };
+    let layout = probes.layout(nsm)?;
+    let image = probes.arena_image(&layout, region);
+    let ptx = probes.translate(target)?.pop().map(|p| p.ptx).ok_or("nothing to run")?;
+    let (outcomes, mut arena, micros) = if simulate {
+        let mut m = Machine::new(Module::parse(&ptx).map_err(|e| e.to_string())?);
+        let at = m.memory.alloc(layout.size);
+        m.memory.write(at, &image).map_err(|e| e.to_string())?;
+        let launch = Launch { grid: grid.map(|d| d.max(1)), block: block.map(|d| d.max(1)), sms: SIMULATED_SMS };
+        let total = launch.blocks() as u64 * launch.threads() as u64;
+        let out = m.memory.alloc(RUN_OUT_STRIDE * total);
+        m.launch(RUN_KERNEL, &[0, 0, at, layout.size, budget, std::process::id() as u64 * 0x1_0000_0001, out, total], launch)
+            .map_err(|e| format!("PTX interpreter: {e}"))?;
+        let raw = m.memory.read(out, RUN_OUT_STRIDE * total).map_err(|e| e.to_string())?;
+        let outcomes =
+            raw.chunks_exact(RUN_OUT_STRIDE as usize).map(|c| state::outcome(&c[8..], u64::from_le_bytes(c[..8].try_into().expect("8 bytes")))).collect();
+        (outcomes, m.memory.read(at, layout.size).map_err(|e| e.to_string())?, None)
+    } else {
+        let dev = bpftime_cuda::Device::open(0).map_err(|e| e.to_string())?;
+        let r = bpftime_cuda::run_grid(&dev, &ptx, &image, &[], grid, block, budget).map_err(|e| e.to_string())?;
+        (r.outcomes, r.arena, Some(r.micros))
+    };
+    let mut prev = image.clone();
+    layout.fold_shards(&mut prev);
+    let errors = probes.write_back(&layout, &mut arena, Some(&prev), region);
+    Ok(Report { outcomes, maps: errors, trace: (vec![], 0), device, micros, layout: None, arena: None })
+}
+
 /// Runs on the GPU (`simulate` false) or on the PTX interpreter.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -75,7 +143,7 @@ pub fn run(
         m.launch(
             RUN_KERNEL,
             &[ctx, mem.len() as u64, arena, g.layout.size, budget, std::process::id() as u64 * 0x1_0000_0001, out, threads.max(1) as u64],
-            Launch { blocks, threads: per_block, sms: SIMULATED_SMS },
+            Launch::linear(blocks, per_block, SIMULATED_SMS),
         )
         .map_err(|e| format!("PTX interpreter: {e}"))?;
         let raw = m.memory.read(out, RUN_OUT_STRIDE * total).map_err(|e| e.to_string())?;

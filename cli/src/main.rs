@@ -341,6 +341,25 @@ enum ProgCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a program of the region on the GPU as a kernel of its own, over the region's maps
+    /// (copied to the device, and the changes back): bpftime's `run-on-cuda`, for
+    /// `kprobe/__directly_run` programs a loader left in the region.
+    Run {
+        /// Program id or name.
+        prog: String,
+        /// gpu (the CUDA device) or ptx (the same PTX on the PTX interpreter).
+        #[arg(long, value_enum, default_value = "gpu")]
+        engine: VmEngine,
+        /// Blocks in x, y and z (`4` or `4,4`: missing ones are 1).
+        #[arg(long, default_value = "1")]
+        grid: String,
+        /// Threads per block in x, y and z.
+        #[arg(long, default_value = "1")]
+        block: String,
+        /// Loop budget of each thread.
+        #[arg(long, default_value_t = VM_RUN_BUDGET)]
+        budget: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -487,6 +506,20 @@ struct GpuArgs {
     shard_adds: bool,
 }
 
+/// How many GPU threads ended each way (`r0 = V` or the fault).
+fn outcome_counts(outcomes: &[Result<u64, bpftime_vm::RunError>]) -> std::collections::BTreeMap<String, u32> {
+    let mut kinds = std::collections::BTreeMap::new();
+    for o in outcomes {
+        *kinds
+            .entry(match o {
+                Ok(v) => format!("r0 = {v:#x}"),
+                Err(e) => e.to_string(),
+            })
+            .or_default() += 1;
+    }
+    kinds
+}
+
 /// `vm run --engine gpu|ptx`.
 fn vm_run_gpu(file: &Path, section: Option<&str>, mem: Option<String>, gpu: GpuArgs, dump_maps: bool, budget: u64) -> Result<i32, String> {
     let GpuArgs { simulate, threads, sm, shard_adds } = gpu;
@@ -505,18 +538,9 @@ fn vm_run_gpu(file: &Path, section: Option<&str>, mem: Option<String>, gpu: GpuA
     }
     let first = r.outcomes.first().cloned().unwrap_or(Ok(0));
     if threads > 1 {
-        let mut kinds: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
-        for o in &r.outcomes {
-            *kinds
-                .entry(match o {
-                    Ok(v) => format!("r0 = {v:#x}"),
-                    Err(e) => e.to_string(),
-                })
-                .or_default() += 1;
-        }
         let time = r.micros.map(|us| format!(" in {us:.1} us")).unwrap_or_default();
         eprintln!("{threads} threads on {}{time}", r.device);
-        for (k, n) in kinds {
+        for (k, n) in outcome_counts(&r.outcomes) {
             eprintln!("  {n} x {k}");
         }
     }
@@ -832,6 +856,36 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
                 println!("{}", serde_json::to_string_pretty(&dump::json(&m)).expect("JSON values serialise"));
             } else {
                 print!("{}", dump::human(&m));
+            }
+            Ok(0)
+        }
+        Command::Prog { command: ProgCommand::Run { prog, engine, grid, block, budget } } => {
+            let region = open_region(shm)?;
+            let id = match prog.parse::<u32>() {
+                Ok(id) => id,
+                Err(_) => progs::list(&region).iter().find(|p| p.name == prog).map(|p| p.id).ok_or_else(|| format!("no program named `{prog}`"))?,
+            };
+            let simulate = match engine {
+                VmEngine::Gpu => false,
+                VmEngine::Ptx => true,
+                _ => return Err("--engine: gpu or ptx".into()),
+            };
+            let dims = |s: &str, what: &str| -> Result<[u32; 3], String> {
+                let mut d = [1u32; 3];
+                for (i, v) in s.split(',').enumerate() {
+                    *d.get_mut(i).ok_or_else(|| format!("--{what}: at most x,y,z"))? =
+                        v.trim().parse().map_err(|_| format!("--{what}: `{v}` is not a number"))?;
+                }
+                Ok(d)
+            };
+            let r = gpu_run::run_region_program(&region, id, dims(&grid, "grid")?, dims(&block, "block")?, budget, simulate)?;
+            let time = r.micros.map(|us| format!(" in {us:.1} us")).unwrap_or_default();
+            println!("{} threads on {}{time}", r.outcomes.len(), r.device);
+            for (k, n) in outcome_counts(&r.outcomes) {
+                println!("  {n} x {k}");
+            }
+            for e in &r.maps {
+                eprintln!("bpftime: {e}");
             }
             Ok(0)
         }

@@ -680,6 +680,38 @@ fn endless_and_blocking_inputs_are_refused_at_once() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `bpftime prog run` (bpftime's `run-on-cuda`): a program of the region runs as a kernel of
+/// its own over one- and two-dimensional launches, reading global data the region holds and
+/// leaving its writes in the region's map; the device where there is one, the PTX interpreter
+/// always.
+#[test]
+fn region_programs_run_as_gpu_kernels_of_their_own() {
+    let obj = build_example("gpu_direct");
+    let mut engines = vec!["ptx"];
+    if bpftime(&["vm", "run", "--engine", "gpu", obj.to_str().unwrap(), "--section", "fill"]).status.success() {
+        engines.push("gpu");
+    }
+    for engine in engines {
+        let shm = format!("bpftime-cli-direct-{engine}-{}", std::process::id());
+        let _ = bpftime_shm(&shm, &["shm", "remove"]);
+        assert!(bpftime_shm(&shm, &["shm", "create", "--size", "64M"]).status.success());
+        let load = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
+        assert!(load.status.success(), "{}", text(&load.stderr));
+        let run = bpftime_shm(&shm, &["prog", "run", "fill", "--engine", engine, "--grid", "4", "--block", "64"]);
+        assert!(run.status.success(), "{}", text(&run.stderr));
+        assert!(text(&run.stdout).contains("256 threads on") && text(&run.stdout).contains("256 x r0 = 0x0"), "{}", text(&run.stdout));
+        let run = bpftime_shm(&shm, &["prog", "run", "fill_2d", "--engine", engine, "--grid", "2,2", "--block", "4,4"]);
+        assert!(run.status.success(), "{}", text(&run.stderr));
+        let dump = text(&bpftime_shm(&shm, &["map", "dump", "out"]).stdout);
+        // The 2-D run wrote 1000 * y + x for the 8 x 8 threads; the 1-D run's i * 3 stays past them.
+        for (k, v) in [(1, 1), (8, 1000), (9, 1001), (63, 7007), (64, 192), (255, 765)] {
+            assert!(dump.contains(&format!("\n  {k} => {v}\n")), "out[{k}] = {v} on {engine}:\n{dump}");
+        }
+        assert!(!dump.contains("\n  256 =>"), "no thread past the launch: {dump}");
+        let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    }
+}
+
 /// The message part of the trace lines in `stderr`.
 fn printk_messages(stderr: &[u8]) -> Vec<String> {
     text(stderr).lines().filter_map(|l| l.split_once(": bpf_trace_printk: ").map(|(_, m)| m.to_string())).collect()

@@ -104,14 +104,24 @@ pub struct GpuRunResult {
 /// Runs the [`RUN_KERNEL`] of `ptx` on `threads` threads (blocks of up to 256), each on its
 /// own copy of `ctx`, with `arena` as the map arena and `budget` per thread.
 pub fn run(dev: &Device, ptx: &str, arena: &[u8], ctx: &[u8], threads: u32, budget: u64) -> Result<GpuRunResult, CudaError> {
+    let threads = threads.max(1);
+    let per_block = threads.min(256);
+    let mut r = run_grid(dev, ptx, arena, ctx, [threads.div_ceil(per_block), 1, 1], [per_block, 1, 1], budget)?;
+    r.outcomes.truncate(threads as usize);
+    Ok(r)
+}
+
+/// Runs the [`RUN_KERNEL`] of `ptx` on a `grid` of blocks of `block` threads (x, y, z), each
+/// thread on its own copy of `ctx` (outcomes by global thread id), with `arena` as the map
+/// arena and `budget` per thread.
+pub fn run_grid(dev: &Device, ptx: &str, arena: &[u8], ctx: &[u8], grid: [u32; 3], block: [u32; 3], budget: u64) -> Result<GpuRunResult, CudaError> {
     guarded(|| {
         let stream = dev.ctx.default_stream();
         let module = dev.ctx.load_module(Ptx::from_src(ptx)).map_err(driver)?;
         let f = module.load_function(RUN_KERNEL).map_err(driver)?;
-        let threads = threads.max(1);
-        let per_block = threads.min(256);
-        let blocks = threads.div_ceil(per_block);
-        let total = (blocks * per_block) as usize;
+        let (grid, block) = (grid.map(|d| d.max(1)), block.map(|d| d.max(1)));
+        let total = grid.iter().chain(&block).map(|&d| d as usize).product::<usize>();
+        let threads = total as u32;
         let mut ctxs = Vec::with_capacity(ctx.len() * total);
         for _ in 0..total {
             ctxs.extend_from_slice(ctx);
@@ -120,7 +130,7 @@ pub fn run(dev: &Device, ptx: &str, arena: &[u8], ctx: &[u8], threads: u32, budg
         let d_arena = stream.clone_htod(&if arena.is_empty() { vec![0u8] } else { arena.to_vec() }).map_err(driver)?;
         let d_out = stream.alloc_zeros::<u8>(total * RUN_OUT_STRIDE as usize).map_err(driver)?;
         let (ctx_len, arena_len, pid) = (ctx.len() as u64, arena.len() as u64, std::process::id() as u64 * 0x1_0000_0001);
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (per_block, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (grid[0], grid[1], grid[2]), block_dim: (block[0], block[1], block[2]), shared_mem_bytes: 0 };
         let start = std::time::Instant::now();
         let mut b = stream.launch_builder(&f);
         let n = threads as u64;

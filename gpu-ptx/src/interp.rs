@@ -827,18 +827,41 @@ impl Memory {
 /// Launch geometry and the values of special registers.
 #[derive(Clone, Copy, Debug)]
 pub struct Launch {
-    /// Blocks (x).
-    pub blocks: u32,
-    /// Threads per block (x).
-    pub threads: u32,
-    /// What `%nsmid` reads, and how `%smid` is derived (block % SMs).
+    /// Blocks in x, y and z.
+    pub grid: [u32; 3],
+    /// Threads per block in x, y and z.
+    pub block: [u32; 3],
+    /// What `%nsmid` reads, and how `%smid` is derived (linear block index % SMs).
     pub sms: u32,
 }
 
 impl Default for Launch {
     fn default() -> Self {
-        Launch { blocks: 1, threads: 1, sms: 4 }
+        Launch::linear(1, 1, 4)
     }
+}
+
+impl Launch {
+    /// `blocks` blocks of `threads` threads, in x only.
+    pub fn linear(blocks: u32, threads: u32, sms: u32) -> Launch {
+        Launch { grid: [blocks, 1, 1], block: [threads, 1, 1], sms }
+    }
+
+    /// Blocks in all.
+    pub fn blocks(&self) -> u32 {
+        self.grid.iter().product()
+    }
+
+    /// Threads per block.
+    pub fn threads(&self) -> u32 {
+        self.block.iter().product()
+    }
+}
+
+/// The x, y, z coordinates of linear index `i` in `dims` (x fastest, as CUDA numbers them).
+fn coords(i: u32, dims: [u32; 3]) -> [u32; 3] {
+    let (x, y) = (dims[0].max(1), dims[1].max(1));
+    [i % x, (i / x) % y, i / (x * y)]
 }
 
 /// Runs kernels of a module on simulated memory.
@@ -894,8 +917,8 @@ impl Machine {
         if k.kernel_params.len() != args.len() {
             return Err(InterpError::Other(format!("kernel `{name}` takes {} arguments, got {}", k.kernel_params.len(), args.len())));
         }
-        for block in 0..launch.blocks {
-            for thread in 0..launch.threads {
+        for block in 0..launch.blocks() {
+            for thread in 0..launch.threads() {
                 self.run_thread(name, args, launch, block, thread)?;
             }
         }
@@ -947,13 +970,20 @@ impl Machine {
                         Val::GlobalSym(g) => self.globals[g],
                         Val::Special(s) => {
                             self.clock += 7;
+                            let (t, b) = (coords(thread, launch.block), coords(block, launch.grid));
                             match s {
-                                Special::TidX => thread as u64,
-                                Special::NtidX => launch.threads as u64,
-                                Special::CtaidX => block as u64,
-                                Special::NctaidX => launch.blocks as u64,
-                                Special::TidY | Special::TidZ | Special::CtaidY | Special::CtaidZ => 0,
-                                Special::NtidY | Special::NtidZ | Special::NctaidY | Special::NctaidZ => 1,
+                                Special::TidX => t[0] as u64,
+                                Special::TidY => t[1] as u64,
+                                Special::TidZ => t[2] as u64,
+                                Special::NtidX => launch.block[0] as u64,
+                                Special::NtidY => launch.block[1] as u64,
+                                Special::NtidZ => launch.block[2] as u64,
+                                Special::CtaidX => b[0] as u64,
+                                Special::CtaidY => b[1] as u64,
+                                Special::CtaidZ => b[2] as u64,
+                                Special::NctaidX => launch.grid[0] as u64,
+                                Special::NctaidY => launch.grid[1] as u64,
+                                Special::NctaidZ => launch.grid[2] as u64,
                                 Special::SmId => (block % launch.sms.max(1)) as u64,
                                 Special::NSmId => launch.sms as u64,
                                 Special::LaneId => (thread % 32) as u64,

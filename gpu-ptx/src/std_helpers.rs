@@ -342,7 +342,7 @@ $slot_known:
 
 /// `%t` = the global thread id, as bpftime numbers GPU threads: (z * height + y) * width + x,
 /// each coordinate `ctaid * ntid + tid`, width and height the grid's in threads.
-fn global_thread_id() -> String {
+pub(crate) fn global_thread_id() -> String {
     let mut s = String::new();
     let product = |out: &str, a: &str, b: &str| format!("mov.u32 %g1, {a};\nmov.u32 %g2, {b};\nmul.wide.u32 {out}, %g1, %g2;\n");
     for c in ["x", "y", "z"] {

@@ -210,7 +210,9 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
 }
 
 /// The kernel that runs the program once per thread: `bpftime_run(ctx, ctx_len, arena,
-/// arena_len, budget, pid_tgid, out, threads)` (threads past `threads` return at once); thread `i` gets its own copy of the context at
+/// arena_len, budget, pid_tgid, out, threads)` (threads past `threads` return at once). Thread
+/// `i` (the global thread id, numbered as bpftime numbers them: x fastest across the grid, then
+/// y, then z) gets its own copy of the context at
 /// `ctx + i * ctx_len` and writes `r0` then its 128-byte state block at `out + i * 136`.
 /// Its local memory is the state block, then the stack (the PTX interpreter relies on that
 /// order to put the stack where a CPU run had it).
@@ -223,11 +225,9 @@ fn write_run_kernel(out: &mut String) {
 .local .align 16 .b8 stack[{stack}];
 .reg .b64 %k<16>;
 .reg .b32 %kw<4>;
-mov.u32 %kw0, %ntid.x;
-mov.u32 %kw1, %ctaid.x;
-mov.u32 %kw2, %tid.x;
-mad.lo.u32 %kw3, %kw1, %kw0, %kw2;
-cvt.u64.u32 %k15, %kw3;
+.reg .b64 %gx, %gy, %gz, %gw, %gh, %t;
+.reg .b32 %g1, %g2;
+{thread_id}mov.u64 %k15, %t;
 ld.param.u64 %k14, [p_threads];
 setp.ge.u64 %p_k, %k15, %k14;
 @%p_k ret;
@@ -275,6 +275,7 @@ setp.lt.u64 %p_k, %k9, {state};
 ret;
 }}
 "#,
+        thread_id = crate::std_helpers::global_thread_id(),
         stack = state::STACK_SIZE,
         state = state::STATE_SIZE,
         status = off::STATUS,

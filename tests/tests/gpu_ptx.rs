@@ -276,7 +276,7 @@ fn sharded_counter_adds_fold_to_the_exact_total() {
     let (blocks, threads) = (3u32, 64u32);
     let out = m.memory.alloc(RUN_OUT_STRIDE * (blocks * threads) as u64);
     let ctx = m.memory.alloc(1);
-    m.launch(RUN_KERNEL, &[ctx, 0, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, out, (blocks * threads) as u64], Launch { blocks, threads, sms: 4 }).unwrap();
+    m.launch(RUN_KERNEL, &[ctx, 0, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, out, (blocks * threads) as u64], Launch::linear(blocks, threads, 4)).unwrap();
     let mut image = m.memory.read(arena, g.layout.size).unwrap();
     let counter = |image: &[u8]| u64::from_le_bytes(g.layout.entries(image, 0)[0].1[0][..8].try_into().unwrap());
     assert_eq!(counter(&image), 0, "the shared counter itself is not touched during the launch");

@@ -159,9 +159,6 @@ unsafe fn put<T>(p: *mut T, v: T) -> CuResult {
 
 #[allow(clippy::too_many_arguments)]
 fn launch(func: Handle, grid: [c_uint; 3], block: [c_uint; 3], params: *mut *mut c_void) -> CuResult {
-    if grid[1] != 1 || grid[2] != 1 || block[1] != 1 || block[2] != 1 {
-        return NOT_SUPPORTED;
-    }
     with(|f| {
         let Some((mi, name)) = f.functions.get((func as usize).wrapping_sub(1)).cloned() else { return INVALID_HANDLE };
         let sizes = f.modules[mi].module.kernel_param_sizes(&name).unwrap_or_default();
@@ -175,10 +172,10 @@ fn launch(func: Handle, grid: [c_uint; 3], block: [c_uint; 3], params: *mut *mut
             unsafe { std::ptr::copy_nonoverlapping((*params.add(i)).cast::<u8>(), v.as_mut_ptr(), size as usize) };
             args.push(u64::from_le_bytes(v));
         }
-        log(&format!("launch {name} blocks {} threads {}", grid[0], block[0]));
+        log(&format!("launch {name} blocks {} threads {}", grid.iter().product::<u32>(), block.iter().product::<u32>()));
         let m = &mut f.modules[mi].machine;
         m.memory = std::mem::take(&mut f.memory);
-        let r = m.launch(&name, &args, Launch { blocks: grid[0], threads: block[0], sms: SMS });
+        let r = m.launch(&name, &args, Launch { grid, block, sms: SMS });
         f.memory = std::mem::take(&mut m.memory);
         match r {
             Ok(()) => SUCCESS,
