@@ -251,6 +251,10 @@ fn unsupported(kind: &ProgramKind) -> String {
     }
 }
 
+/// bpftime's kernel name for a program that runs on the GPU as a kernel of its own
+/// (`kprobe/__directly_run`), started with `bpftime prog run`: no probe.
+pub const DIRECT_RUN: &str = "__directly_run";
+
 /// Writes a link for each uprobe/uretprobe program (`(name, section, program id)`, as
 /// [`crate::LoadedObject::programs`] lists them) whose section names where to attach in the
 /// libbpf spelling (`uprobe/BINARY:FUNCTION[+OFFSET]`, `uretprobe/...`), and a CUDA kernel
@@ -300,6 +304,11 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
                 continue;
             }
             ProgramKind::Uprobe { target, .. } if target.contains(':') => target.clone(),
+            ProgramKind::Kprobe { function, .. } if function == DIRECT_RUN => {
+                let reason = format!("it runs on the GPU by itself, not in a kernel: `bpftime prog run {name} --grid X,Y,Z --block X,Y,Z`");
+                out.skipped.push(Skipped { name: name.clone(), section: section.clone(), reason });
+                continue;
+            }
             ProgramKind::Kprobe { retprobe, function } if !function.is_empty() => {
                 let id = store_kind(region, name, *prog, function, *retprobe, 0, LinkKind::CudaKernel, scope)?;
                 out.links.push(UprobeLink {
