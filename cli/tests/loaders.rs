@@ -390,6 +390,68 @@ fn lines_through(example: &str) {
     assert_eq!(ours_out, kernel_out, "the same loader on the kernel");
 }
 
+/// A perf buffer whose consumer falls behind loses what does not fit and says so with the next
+/// sample, as the kernel does: a one-page ring per CPU, 100 samples made on one CPU before the
+/// consumer reads, then one more; the consumer's lines (texts, `lost N`, totals) equal the
+/// kernel's.
+#[test]
+fn perf_buffer_losses_are_reported_like_the_kernel() {
+    let _serial = serial();
+    let loader = build_loader("perf_lost");
+    let obj = build_example("loader_lines_perf");
+    let lines = build_target("lines", false);
+    // Runs `loader`, then for each count the target on CPU 0 making that many samples, each
+    // followed by a line to the loader; returns what the loader printed.
+    let run = |mut loader: Command, target: &dyn Fn(&str) -> Command| -> String {
+        let mut child = loader.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut stdin = child.stdin.take().unwrap();
+        let mut all = String::new();
+        out.read_line(&mut all).unwrap();
+        assert_eq!(all, "attached\n", "the loader did not attach");
+        for n in ["100", "1"] {
+            let t = target(n).output().unwrap();
+            assert!(t.status.success(), "target: {}", text(&t.stderr));
+            stdin.write_all(b"go\n").unwrap();
+            loop {
+                let mut l = String::new();
+                assert!(out.read_line(&mut l).unwrap() > 0, "the loader ended early:\n{all}");
+                all.push_str(&l);
+                if l.starts_with("drained:") {
+                    break;
+                }
+            }
+        }
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+        all
+    };
+    let shm = format!("bpftime-loader-perf-lost-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&lines);
+    let ours_out = run(ours, &|n| {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", env!("CARGO_BIN_EXE_bpftime"), "--shm", &shm, "start", "--"]).arg(&lines).arg(n);
+        c
+    });
+    bpftime_tests::remove_region(&shm);
+    // A 4096-byte ring holds 51 of these 80-byte samples: 49 lost, reported before the next.
+    assert!(ours_out.contains("drained: 51 samples, 0 lost\nlost 49\nline 0 (three)\ndrained: 52 samples, 49 lost\n"), "{ours_out}");
+    if !is_root() {
+        println!("skipping the kernel comparison: it needs root");
+        return;
+    }
+    let mut on_kernel = Command::new(&loader);
+    on_kernel.arg(&obj).arg(&lines);
+    let kernel = run(on_kernel, &|n| {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(&lines).arg(n);
+        c
+    });
+    assert_eq!(ours_out, kernel, "the same consumer on the kernel");
+}
+
 /// The loader started after the target: the agent, which found nothing to attach at start,
 /// follows the link table and attaches what the loader makes while the target runs.
 #[test]

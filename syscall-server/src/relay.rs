@@ -8,8 +8,8 @@
 //! The kernel ring's layout is `perf_event_mmap_page` (perf_event_open(2)): `data_head` at
 //! 1024, `data_tail` at 1032, `data_offset` at 1040, `data_size` at 1048; records are
 //! `struct perf_event_header` (type u32, misc u16, size u16), a sample's raw data after a u32
-//! size. Only samples are relayed: the kernel's `PERF_RECORD_LOST` records are dropped (the
-//! region's rings count their own losses but write no such records).
+//! size. Samples are relayed; the kernel's `PERF_RECORD_LOST` records become losses of the
+//! region's ring, reported with its next sample as the kernel would.
 
 use crate::raw;
 use bpftime_maps::Map;
@@ -19,6 +19,8 @@ use std::sync::{Mutex, OnceLock};
 
 const PAGE: usize = 4096;
 const PERF_RECORD_SAMPLE: u32 = 9;
+/// `PERF_RECORD_LOST`: id (u64) and how many records the kernel lost (u64) after the header.
+const PERF_RECORD_LOST: u32 = 2;
 const PERF_EVENT_IOC_ENABLE: c_long = 0x2400;
 /// perf_event_open(2)'s flag for a close-on-exec fd.
 const PERF_FLAG_FD_CLOEXEC: c_long = 8;
@@ -177,6 +179,9 @@ fn drain(twin: &Twin) {
             let raw_len = (u32::from_le_bytes([record[0], record[1], record[2], record[3]]) as usize).min(record.len() - 4);
             // A full region ring counts it as lost, as for any producer.
             let _ = twin.map.perf_output(twin.slot, &record[4..4 + raw_len]);
+        } else if kind == PERF_RECORD_LOST && record.len() >= 16 {
+            let n = u64::from_le_bytes(record[8..16].try_into().expect("8 bytes"));
+            let _ = twin.map.perf_lost(twin.slot, n);
         }
         tail += len;
     }

@@ -1012,6 +1012,15 @@ impl Map {
         perf::output(self, cpu, data)
     }
 
+    /// Counts `n` samples lost to the perf buffer of `cpu` by a producer elsewhere (the next
+    /// sample that fits is preceded by a `PERF_RECORD_LOST` record, as in the kernel).
+    pub fn perf_lost(&self, cpu: u32, n: u64) -> Result<(), Errno> {
+        if self.spec.map_type != MapType::PerfEventArray {
+            return Err(Errno::EINVAL);
+        }
+        perf::add_lost(self, cpu, n)
+    }
+
     /// Drains the perf buffer of every CPU.
     pub fn perf_consume(&self, f: &mut dyn FnMut(PerfRecord<'_>)) -> usize {
         if self.spec.map_type != MapType::PerfEventArray {

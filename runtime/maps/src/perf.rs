@@ -5,6 +5,11 @@
 //! A consumer that maps a ring chooses its size, as with the kernel (`perf_buffer__new`'s page
 //! count, a power of two up to [`MAX_RING_PAGES`]): `set_ring_size` writes it into `data_size`
 //! and the producer wraps there; 16 pages until then.
+//!
+//! As the kernel's: a sample that does not fit is lost and counted, and the next sample that
+//! fits is preceded by a `PERF_RECORD_LOST` record with the count (libbpf calls the buffer's
+//! lost callback with it). The count waits in the ring's header page, past the fields a
+//! consumer reads.
 
 use crate::{Errno, Layout, Map, MapSpec};
 use bpftime_shm::{ShmError, ShmRegion};
@@ -19,8 +24,13 @@ const RING_MAX: u64 = MAX_RING_PAGES * PAGE;
 const RING_DEFAULT: u64 = 16 * PAGE;
 const DATA_SIZE: u64 = 1048;
 const PERF_RECORD_SAMPLE: u32 = 9;
+const PERF_RECORD_LOST: u32 = 2;
+/// Bytes of a `PERF_RECORD_LOST` record: header, id, count.
+const LOST_RECORD: u64 = 24;
 const HEAD: u64 = 1024;
 const TAIL: u64 = 1032;
+/// Samples lost since the last `PERF_RECORD_LOST` record (u64, in the header page).
+const LOST_PENDING: u64 = 2048;
 
 /// A sample as a consumer sees it.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +75,7 @@ pub fn set_ring_size(map: &Map, cpu: u32, bytes: u64) -> Result<(), Errno> {
     let base = ring_base(map, cpu);
     let r = map.region();
     let _g = map.write_lock();
-    for (off, v) in [(HEAD, 0), (TAIL, 0), (DATA_SIZE, bytes)] {
+    for (off, v) in [(HEAD, 0), (TAIL, 0), (DATA_SIZE, bytes), (LOST_PENDING, 0)] {
         r.atomic_u64(base + off).ok_or(Errno::EFAULT)?.store(v, Ordering::Release);
     }
     Ok(())
@@ -105,11 +115,26 @@ pub(crate) fn output(map: &Map, cpu: u32, data: &[u8]) -> Result<(), Errno> {
     }
     let r = map.region();
     let (head, tail) = (r.atomic_u64(base + HEAD).ok_or(Errno::EFAULT)?, r.atomic_u64(base + TAIL).ok_or(Errno::EFAULT)?);
+    let pending = r.atomic_u64(base + LOST_PENDING).ok_or(Errno::EFAULT)?;
     let _g = map.write_lock();
-    let h = head.load(Ordering::Relaxed);
-    if h.wrapping_add(size).wrapping_sub(tail.load(Ordering::Acquire)) > ring {
+    let mut h = head.load(Ordering::Relaxed);
+    let lost = pending.load(Ordering::Relaxed);
+    let lost_size = if lost > 0 { LOST_RECORD } else { 0 };
+    if h.wrapping_add(size + lost_size).wrapping_sub(tail.load(Ordering::Acquire)) > ring {
         map.desc().lost.fetch_add(1, Ordering::Relaxed);
+        pending.store(lost + 1, Ordering::Relaxed);
         return Err(Errno::ENOSPC);
+    }
+    if lost > 0 {
+        let mut rec = Vec::with_capacity(LOST_RECORD as usize);
+        rec.extend_from_slice(&PERF_RECORD_LOST.to_le_bytes());
+        rec.extend_from_slice(&0u16.to_le_bytes());
+        rec.extend_from_slice(&(LOST_RECORD as u16).to_le_bytes());
+        rec.extend_from_slice(&0u64.to_le_bytes());
+        rec.extend_from_slice(&lost.to_le_bytes());
+        write_wrapped(map, base, h, &rec);
+        h = h.wrapping_add(LOST_RECORD);
+        pending.store(0, Ordering::Relaxed);
     }
     let mut rec = Vec::with_capacity(size as usize);
     rec.extend_from_slice(&PERF_RECORD_SAMPLE.to_le_bytes());
@@ -127,6 +152,20 @@ pub(crate) fn output(map: &Map, cpu: u32, data: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Counts `n` samples lost to ring `cpu` (by a producer elsewhere: the kernel's, relayed), to
+/// be reported with the next sample that fits.
+pub(crate) fn add_lost(map: &Map, cpu: u32, n: u64) -> Result<(), Errno> {
+    if cpu >= map.ncpus() {
+        return Err(Errno::E2BIG);
+    }
+    let pending = map.region().atomic_u64(ring_base(map, cpu) + LOST_PENDING).ok_or(Errno::EFAULT)?;
+    let _g = map.write_lock();
+    pending.fetch_add(n, Ordering::Relaxed);
+    map.desc().lost.fetch_add(n, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Reads every ring's samples (`PERF_RECORD_LOST` and other records are skipped).
 pub(crate) fn consume(map: &Map, f: &mut dyn FnMut(PerfRecord<'_>)) -> usize {
     let r = map.region();
     let mut n = 0;
@@ -143,6 +182,14 @@ pub(crate) fn consume(map: &Map, f: &mut dyn FnMut(PerfRecord<'_>)) -> usize {
             let mut hdr = [0u8; 12];
             read_wrapped(map, base, t, &mut hdr);
             let size = u16::from_le_bytes([hdr[6], hdr[7]]) as u64;
+            if u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes")) != PERF_RECORD_SAMPLE {
+                if size < 8 || size > h.wrapping_sub(t) {
+                    t = h;
+                    break;
+                }
+                t = t.wrapping_add(size);
+                continue;
+            }
             let raw = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes")) as u64;
             if size < 12 || raw + 12 > size || size > h.wrapping_sub(t) {
                 t = h;
