@@ -29,11 +29,14 @@ for l in sys.stdin:
     cp target/release/bpftime target/release/libbpftime.so target/release/libbpftime_early.so "$out/bin/"
     strip "$out"/bin/* || true
     # Every example object (the GPU machine has no clang), built as the tests build them.
-    mkdir -p target/bpf-examples "$out/bpf-examples"
+    mkdir -p target/bpf-examples/include "$out/bpf-examples"
+    # vmlinux.h for the examples written against it (as tests/src/clang.rs makes it).
+    [ -s target/bpf-examples/include/vmlinux.h ] ||
+        bpftool btf dump file /sys/kernel/btf/vmlinux format c > target/bpf-examples/include/vmlinux.h
     for src in examples/bpf/*.bpf.c; do
         obj="target/bpf-examples/$(basename "$src" .c).o"
-        [ "$obj" -nt "$src" ] || clang-14 -target bpf -mcpu=v3 -O2 -g -D__TARGET_ARCH_x86 -c -I examples/bpf \
-            -I/usr/include/x86_64-linux-gnu "$src" -o "$obj"
+        [ "$obj" -nt "$src" ] || clang-14 -target bpf -mcpu=v3 -O2 -g -D__TARGET_ARCH_x86 -c -I target/bpf-examples/include \
+            -I examples/bpf -I/usr/include/x86_64-linux-gnu "$src" -o "$obj"
     done
     cp target/bpf-examples/*.bpf.o "$out/bpf-examples/"
     [ -f ../shared/conformance/vectors.jsonl ] && cp ../shared/conformance/vectors.jsonl "$out/data/"
