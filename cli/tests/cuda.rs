@@ -397,6 +397,59 @@ fn malformed_fatbins_and_ptx_are_errors_not_panics() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An application linked against libcuda itself (`-lcuda`, as the driver API samples are: no
+/// dlopen, no cuGetProcAddress) gets its probes too: the agent defines the entry points it wraps.
+#[test]
+fn an_app_linked_against_libcuda_gets_probes_too() {
+    let Some(dir) = setup("direct", &[]) else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = Command::new("cc")
+        .args(["-O2", &format!("-DFATBIN=\"{}\"", dir.join("vector_add.fatbin").display())])
+        .arg(root.join("examples/cuda/driver_direct.c"))
+        .arg("-L")
+        .arg(&dir)
+        .args(["-l:libcuda.so.1", "-o"])
+        .arg(dir.join("direct"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cc: {}", text(&out.stderr));
+    let plain = Command::new(dir.join("direct")).args(app_args()).env("LD_LIBRARY_PATH", &dir).output().unwrap();
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    let traced = Command::new(env!("CARGO_BIN_EXE_bpftime"))
+        .arg("run")
+        .arg(build_example("cuda_probes"))
+        .arg("--")
+        .arg(dir.join("direct"))
+        .args(app_args())
+        .env("LD_LIBRARY_PATH", &dir)
+        .env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"))
+        .output()
+        .unwrap();
+    let stderr = text(&traced.stderr);
+    assert!(traced.status.success(), "{stderr}");
+    assert_eq!(traced.stdout, plain.stdout, "the app's output is its own");
+    let total = (THREADS * LAUNCHES as u64).to_string();
+    assert_eq!(dumped(&stderr, "calls", "0"), Some(total.clone()), "entries\n{stderr}");
+    assert_eq!(dumped(&stderr, "calls", "1"), Some(total), "exits\n{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A driver whose `cuGetProcAddress` hands out the addresses of its exported functions (bound by
+/// the dynamic linker to the agent's definitions of those names, which serve `-lcuda`
+/// applications) still gets each launch wrapped once: counts stay exact.
+#[test]
+fn a_driver_handing_out_its_exported_functions_is_wrapped_once() {
+    let Some(dir) = setup("exported", &[]) else { return };
+    let out = traced(&dir, &build_example("cuda_probes"), &[("BPFTIME_FAKE_CUDA_EXPORTED_TABLE", "1")]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, plain(&dir).stdout, "the app's output is its own");
+    let total = (THREADS * LAUNCHES as u64).to_string();
+    assert_eq!(dumped(&stderr, "calls", "0"), Some(total.clone()), "entries\n{stderr}");
+    assert_eq!(dumped(&stderr, "calls", "1"), Some(total), "exits\n{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A memory access probe (`kprobe/__memcapture`) runs after every load and store of the
 /// kernels, under the instruction's guard: the vector add loads two floats and stores one for
 /// each of its elements (the threads past the end touch nothing).

@@ -132,6 +132,7 @@ fn symbol(name: &CStr, real: usize, version: Option<c_int>, flags: u64) -> usize
     if !name.starts_with(b"cu") {
         return real;
     }
+    let real = driver_behind(real).unwrap_or(real);
     // cuGetProcAddress itself: remember the real one, hand out ours (also when asked for it by
     // name through itself: `cuGetProcAddress("cuGetProcAddress")`).
     let v2 = match (name, version) {
@@ -450,3 +451,140 @@ sync_point_wrapper!(stream_synchronize, STREAM_SYNCHRONIZE, (stream: Handle));
 sync_point_wrapper!(event_synchronize, EVENT_SYNCHRONIZE, (event: Handle));
 sync_point_wrapper!(memcpy_dtoh, MEMCPY_DTOH, (dst: *mut c_void, src: u64, n: usize));
 sync_point_wrapper!(memcpy, MEMCPY, (dst: u64, src: u64, n: usize));
+
+// ---- applications linked against libcuda itself ----
+
+/// `CUDA_ERROR_NOT_FOUND`: the driver has no such entry point.
+const NOT_FOUND: CuResult = 500;
+
+/// The driver's own definition of `symbol_name`, looked up in libcuda's scope rather than the
+/// global one (where the agent's definitions come first); 0 when libcuda is not loaded or lacks
+/// it.
+fn driver_symbol(symbol_name: &CStr) -> usize {
+    // SAFETY: dlopen(3) with RTLD_NOLOAD only hands back a library already loaded (a reference
+    // dropped below); the name is NUL-terminated.
+    let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return 0;
+    }
+    let real = match REAL_DLSYM.load(Ordering::Acquire) {
+        0 => resolve_real_dlsym(),
+        f => f,
+    };
+    let p = if real == 0 {
+        0
+    } else {
+        // SAFETY: `real` is glibc's dlsym; the handle is live and the name NUL-terminated.
+        unsafe { std::mem::transmute::<usize, FnDlsym>(real)(handle, symbol_name.as_ptr()) as usize }
+    };
+    // SAFETY: the reference dlopen took above.
+    unsafe { libc::dlclose(handle) };
+    p
+}
+
+/// The entry point to call for a direct call of driver symbol `symbol` (the application was
+/// linked with `-lcuda`): the driver's own, found once and kept in `real`, behind the same
+/// wrapper `cuGetProcAddress` hands out for `name` (`per_thread`: the `_ptsz` variant). The
+/// driver's `cuGetProcAddress` is taken too, which the agent's own driver calls need. 0 when
+/// the driver lacks the symbol.
+fn direct_entry(real: &AtomicUsize, symbol_name: &CStr, name: &CStr, per_thread: bool) -> usize {
+    let mut f = real.load(Ordering::Acquire);
+    if f == 0 {
+        f = driver_symbol(symbol_name);
+        if f == 0 {
+            return 0;
+        }
+        real.store(f, Ordering::Release);
+    }
+    if REAL_GET_PROC_V2.load(Ordering::Acquire) == 0 && REAL_GET_PROC_V1.load(Ordering::Acquire) == 0 {
+        for (get, v2) in [(c"cuGetProcAddress_v2", true), (c"cuGetProcAddress", false)] {
+            let p = driver_symbol(get);
+            if p != 0 {
+                (if v2 { &REAL_GET_PROC_V2 } else { &REAL_GET_PROC_V1 }).store(p, Ordering::Release);
+                break;
+            }
+        }
+    }
+    std::panic::catch_unwind(|| symbol(name, f, None, if per_thread { 2 } else { 0 })).unwrap_or(f)
+}
+
+/// Definitions of the wrapped entry points for applications that call the driver directly
+/// (`-lcuda`, as the driver API samples do): the agent is preloaded, so the dynamic linker
+/// binds their calls here; each goes to the driver through [`direct_entry`].
+macro_rules! direct_entry_points {
+    ($($(#[$doc:meta])* $sym:ident as $name:literal $(per_thread $pt:literal)? ($($arg:ident: $t:ty),*);)*) => {
+        $(
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// Same contract as the driver's entry point of this name (cuda.h).
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn $sym($($arg: $t),*) -> CuResult {
+                static REAL: AtomicUsize = AtomicUsize::new(0);
+                let per_thread = false $(|| $pt)?;
+                let symbol_name = CStr::from_bytes_with_nul(concat!(stringify!($sym), "\0").as_bytes()).unwrap_or(c"");
+                let f = direct_entry(&REAL, symbol_name, $name, per_thread);
+                if f == 0 {
+                    return NOT_FOUND;
+                }
+                // SAFETY: `f` is the driver's entry point of this name or our wrapper of it, both
+                // of this signature; the arguments are the caller's.
+                unsafe { std::mem::transmute::<usize, unsafe extern "C" fn($($t),*) -> CuResult>(f)($($arg),*) }
+            }
+        )*
+
+        /// The driver's own entry point when `addr` is one of the definitions above: a driver
+        /// whose `cuGetProcAddress` hands out the addresses of its exported functions gets them
+        /// bound to ours by the dynamic linker (the agent comes first), and wrapping ours would
+        /// go round twice. None for any other address.
+        fn driver_behind(addr: usize) -> Option<usize> {
+            $(
+                if addr == $sym as *const () as usize {
+                    let symbol_name = CStr::from_bytes_with_nul(concat!(stringify!($sym), "\0").as_bytes()).ok()?;
+                    let p = driver_symbol(symbol_name);
+                    return (p != 0).then_some(p);
+                }
+            )*
+            None
+        }
+    };
+}
+
+direct_entry_points! {
+    /// `cuModuleLoadData`, called directly.
+    cuModuleLoadData as c"cuModuleLoadData" (module: *mut Handle, image: *const c_void);
+    /// `cuModuleLoadDataEx`, called directly.
+    cuModuleLoadDataEx as c"cuModuleLoadDataEx" (module: *mut Handle, image: *const c_void, n: c_uint, options: *mut c_int, values: *mut *mut c_void);
+    /// `cuModuleLoadFatBinary`, called directly.
+    cuModuleLoadFatBinary as c"cuModuleLoadFatBinary" (module: *mut Handle, image: *const c_void);
+    /// `cuLibraryLoadData`, called directly.
+    cuLibraryLoadData as c"cuLibraryLoadData" (library: *mut Handle, code: *const c_void, jit_options: *mut c_int, jit_values: *mut *mut c_void, n_jit: c_uint, lib_options: *mut c_int, lib_values: *mut *mut c_void, n_lib: c_uint);
+    /// `cuLaunchKernel`, called directly.
+    cuLaunchKernel as c"cuLaunchKernel" (f: Handle, gx: Dim, gy: Dim, gz: Dim, bx: Dim, by: Dim, bz: Dim, shared: Dim, stream: Handle, params: *mut *mut c_void, extra: *mut *mut c_void);
+    /// `cuLaunchKernel` on the per-thread default stream, called directly.
+    cuLaunchKernel_ptsz as c"cuLaunchKernel" per_thread true (f: Handle, gx: Dim, gy: Dim, gz: Dim, bx: Dim, by: Dim, bz: Dim, shared: Dim, stream: Handle, params: *mut *mut c_void, extra: *mut *mut c_void);
+    /// `cuLaunchKernelEx`, called directly.
+    cuLaunchKernelEx as c"cuLaunchKernelEx" (config: *const LaunchConfig, f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void);
+    /// `cuLaunchKernelEx` on the per-thread default stream, called directly.
+    cuLaunchKernelEx_ptsz as c"cuLaunchKernelEx" per_thread true (config: *const LaunchConfig, f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void);
+    /// `cuLaunchCooperativeKernel`, called directly.
+    cuLaunchCooperativeKernel as c"cuLaunchCooperativeKernel" (f: Handle, gx: Dim, gy: Dim, gz: Dim, bx: Dim, by: Dim, bz: Dim, shared: Dim, stream: Handle, params: *mut *mut c_void);
+    /// `cuLaunchCooperativeKernel` on the per-thread default stream, called directly.
+    cuLaunchCooperativeKernel_ptsz as c"cuLaunchCooperativeKernel" per_thread true (f: Handle, gx: Dim, gy: Dim, gz: Dim, bx: Dim, by: Dim, bz: Dim, shared: Dim, stream: Handle, params: *mut *mut c_void);
+    /// `cuGraphLaunch`, called directly.
+    cuGraphLaunch as c"cuGraphLaunch" (graph: Handle, stream: Handle);
+    /// `cuGraphLaunch` on the per-thread default stream, called directly.
+    cuGraphLaunch_ptsz as c"cuGraphLaunch" per_thread true (graph: Handle, stream: Handle);
+    /// `cuCtxSynchronize`, called directly.
+    cuCtxSynchronize as c"cuCtxSynchronize" ();
+    /// `cuStreamSynchronize`, called directly.
+    cuStreamSynchronize as c"cuStreamSynchronize" (stream: Handle);
+    /// `cuStreamSynchronize` of the per-thread default stream, called directly.
+    cuStreamSynchronize_ptsz as c"cuStreamSynchronize" per_thread true (stream: Handle);
+    /// `cuEventSynchronize`, called directly.
+    cuEventSynchronize as c"cuEventSynchronize" (event: Handle);
+    /// `cuMemcpyDtoH` (`_v2`, as cuda.h names it), called directly.
+    cuMemcpyDtoH_v2 as c"cuMemcpyDtoH_v2" (dst: *mut c_void, src: u64, n: usize);
+    /// `cuMemcpy`, called directly.
+    cuMemcpy as c"cuMemcpy" (dst: u64, src: u64, n: usize);
+}

@@ -195,10 +195,34 @@ macro_rules! api {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| $body)).unwrap_or(LAUNCH_FAILED)
             }
         )*
+        /// The entry points exported by name, for applications linked against libcuda. As a
+        /// real driver's table, `cuGetProcAddress` hands out the functions above (which a
+        /// preloaded library defining the same names cannot take the place of).
+        pub mod exported {
+            use super::*;
+            $(
+                /// A driver entry point.
+                ///
+                /// # Safety
+                /// The driver API's contract for this entry point (cuda.h).
+                #[allow(clippy::too_many_arguments, non_snake_case)]
+                #[unsafe(no_mangle)]
+                pub unsafe extern "C" fn $name($($a: $t),*) -> CuResult {
+                    // SAFETY: the caller's contract, passed on.
+                    unsafe { super::$name($($a),*) }
+                }
+            )*
+        }
         /// The entry point for a driver symbol.
         fn entry(name: &[u8]) -> Option<usize> {
             $(
                 if name == stringify!($name).as_bytes() {
+                    // `BPFTIME_FAKE_CUDA_EXPORTED_TABLE`: as a driver whose table takes the
+                    // addresses of its exported functions (which the dynamic linker binds to
+                    // a preloaded library's definitions of the same names).
+                    if std::env::var_os("BPFTIME_FAKE_CUDA_EXPORTED_TABLE").is_some() {
+                        return Some(exported::$name as *const () as usize);
+                    }
                     return Some($name as *const () as usize);
                 }
             )*
@@ -211,7 +235,7 @@ type HostFn = unsafe extern "C" fn(*mut c_void);
 
 /// `CUlaunchConfig` as far as the stream.
 #[repr(C)]
-struct LaunchConfig {
+pub struct LaunchConfig {
     grid: [c_uint; 3],
     block: [c_uint; 3],
     shared: c_uint,
@@ -301,6 +325,31 @@ api! {
         let name: &'static CStr = match r { 0 => c"CUDA_SUCCESS", 218 => c"CUDA_ERROR_INVALID_PTX", 209 => c"CUDA_ERROR_NO_BINARY_FOR_GPU", 719 => c"CUDA_ERROR_LAUNCH_FAILED", _ => c"CUDA_ERROR_UNKNOWN" };
         unsafe { put(s, name.as_ptr()) }
     }
+}
+
+/// The `_v2` names cuda.h gives the entry points whose first versions are gone, for
+/// applications linked against libcuda (same signatures on 64-bit).
+macro_rules! v2_aliases {
+    ($($alias:ident => $base:ident($($a:ident: $t:ty),*);)*) => {
+        $(
+            /// The `_v2` name of the entry point.
+            ///
+            /// # Safety
+            /// As the entry point's.
+            #[unsafe(no_mangle)]
+            #[allow(non_snake_case)]
+            pub unsafe extern "C" fn $alias($($a: $t),*) -> CuResult {
+                // SAFETY: the caller's contract, passed on.
+                unsafe { $base($($a),*) }
+            }
+        )*
+    };
+}
+
+v2_aliases! {
+    cuMemAlloc_v2 => cuMemAlloc(p: *mut u64, n: usize);
+    cuMemcpyHtoD_v2 => cuMemcpyHtoD(dst: u64, src: *const c_void, n: usize);
+    cuMemcpyDtoH_v2 => cuMemcpyDtoH(dst: *mut c_void, src: u64, n: usize);
 }
 
 /// Looks a driver symbol up, with or without the `_v2` / `_ptsz` suffixes of the real ABI.
