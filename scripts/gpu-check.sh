@@ -115,6 +115,12 @@ else summary+=("cuda vector_add: FAILED"); status=1; fi
 if traced driver_api cuda_probes "driver_vector_add 1048576 3"; then
     expect driver_api "entries" "$(map_value "$cuda/driver_api.report" calls 0)" 3145728
 else summary+=("cuda driver_api: FAILED"); status=1; fi
+# A driver-API application linked against libcuda itself (-lcuda; the toolkit's stub to link).
+if cc -O2 -DFATBIN="\"$PWD/$cuda/vector_add.fatbin\"" examples/cuda/driver_direct.c -L/usr/local/cuda/lib64/stubs -lcuda -o "$cuda/driver_direct"; then
+    if traced lcuda cuda_probes "driver_direct 1048576 3"; then
+        expect lcuda "entries (-lcuda)" "$(map_value "$cuda/lcuda.report" calls 0)" 3145728
+    else summary+=("cuda lcuda: FAILED"); status=1; fi
+else summary+=("driver_direct build: FAILED"); status=1; fi
 if traced stamp cuda_launch_stamp "driver_vector_add 1048576 3"; then
     for l in 1 2 3; do expect stamp "launch $l saw the CPU's stamp" "$(map_value "$cuda/stamp.report" seen $l)" 1; done
 else summary+=("cuda stamp: FAILED"); status=1; fi
