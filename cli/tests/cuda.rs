@@ -398,7 +398,8 @@ fn malformed_fatbins_and_ptx_are_errors_not_panics() {
 }
 
 /// An application linked against libcuda itself (`-lcuda`, as the driver API samples are: no
-/// dlopen, no cuGetProcAddress) gets its probes too: the agent defines the entry points it wraps.
+/// dlopen, no cuGetProcAddress) gets its probes too: the agent defines the entry points it
+/// wraps; also for a module it loads from a file (`cuModuleLoad`).
 #[test]
 fn an_app_linked_against_libcuda_gets_probes_too() {
     let Some(dir) = setup("direct", &[]) else { return };
@@ -415,22 +416,26 @@ fn an_app_linked_against_libcuda_gets_probes_too() {
     assert!(out.status.success(), "cc: {}", text(&out.stderr));
     let plain = Command::new(dir.join("direct")).args(app_args()).env("LD_LIBRARY_PATH", &dir).output().unwrap();
     assert!(plain.status.success(), "{}", text(&plain.stderr));
-    let traced = Command::new(env!("CARGO_BIN_EXE_bpftime"))
-        .arg("run")
-        .arg(build_example("cuda_probes"))
-        .arg("--")
-        .arg(dir.join("direct"))
-        .args(app_args())
-        .env("LD_LIBRARY_PATH", &dir)
-        .env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"))
-        .output()
-        .unwrap();
-    let stderr = text(&traced.stderr);
-    assert!(traced.status.success(), "{stderr}");
-    assert_eq!(traced.stdout, plain.stdout, "the app's output is its own");
     let total = (THREADS * LAUNCHES as u64).to_string();
-    assert_eq!(dumped(&stderr, "calls", "0"), Some(total.clone()), "entries\n{stderr}");
-    assert_eq!(dumped(&stderr, "calls", "1"), Some(total), "exits\n{stderr}");
+    // The embedded fatbin (`cuModuleLoadData`), then the same from a file (`cuModuleLoad`).
+    for extra in [vec![], vec![dir.join("vector_add.fatbin")]] {
+        let traced = Command::new(env!("CARGO_BIN_EXE_bpftime"))
+            .arg("run")
+            .arg(build_example("cuda_probes"))
+            .arg("--")
+            .arg(dir.join("direct"))
+            .args(app_args())
+            .args(&extra)
+            .env("LD_LIBRARY_PATH", &dir)
+            .env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"))
+            .output()
+            .unwrap();
+        let stderr = text(&traced.stderr);
+        assert!(traced.status.success(), "{stderr}");
+        assert_eq!(traced.stdout, plain.stdout, "the app's output is its own");
+        assert_eq!(dumped(&stderr, "calls", "0"), Some(total.clone()), "entries ({extra:?})\n{stderr}");
+        assert_eq!(dumped(&stderr, "calls", "1"), Some(total.clone()), "exits ({extra:?})\n{stderr}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

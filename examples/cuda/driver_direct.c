@@ -1,10 +1,11 @@
 // The vector add of vector_add.cu through the driver API called directly, the program linked
 // against libcuda (-lcuda) as the CUDA driver API samples are: no dlopen, no cuGetProcAddress.
-// The fatbin is loaded with cuModuleLoadData, the kernel found with cuModuleGetFunction and
-// launched with cuLaunchKernel LAUNCHES times, then cuCtxSynchronize and cuMemcpyDtoH.
+// The fatbin is loaded with cuModuleLoadData (or, given a MODULE_FILE, with cuModuleLoad from
+// that file), the kernel found with cuModuleGetFunction and launched with cuLaunchKernel
+// LAUNCHES times, then cuCtxSynchronize and cuMemcpyDtoH.
 // Build: nvcc --fatbin -o vector_add.fatbin vector_add.cu
 //        cc -O2 -DFATBIN='"vector_add.fatbin"' driver_direct.c -lcuda -o driver_direct
-// Run:   ./driver_direct [ELEMENTS] [LAUNCHES]   (prints the sum of the result)
+// Run:   ./driver_direct [ELEMENTS] [LAUNCHES] [MODULE_FILE]   (prints the sum of the result)
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@ CUresult cuInit(unsigned flags);
 CUresult cuDeviceGet(int *dev, int ordinal);
 CUresult cuDevicePrimaryCtxRetain(H *ctx, int dev);
 CUresult cuCtxSetCurrent(H ctx);
+CUresult cuModuleLoad(H *module, const char *fname);
 CUresult cuModuleLoadData(H *module, const void *image);
 CUresult cuModuleGetFunction(H *f, H module, const char *name);
 CUresult cuMemAlloc_v2(uint64_t *p, size_t n);
@@ -51,7 +53,10 @@ int main(int argc, char **argv)
     CHECK(cuDeviceGet(&dev, 0));
     CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
     CHECK(cuCtxSetCurrent(ctx));
-    CHECK(cuModuleLoadData(&module, direct_fatbin));
+    if (argc > 3)
+        CHECK(cuModuleLoad(&module, argv[3]));
+    else
+        CHECK(cuModuleLoadData(&module, direct_fatbin));
     CHECK(cuModuleGetFunction(&func, module, "_Z10vector_addPKfS0_Pfi"));
     size_t bytes = (size_t)n * sizeof(float);
     float *a = malloc(bytes), *b = malloc(bytes), *c = malloc(bytes);

@@ -66,6 +66,7 @@ static LAUNCH_KERNEL: Slots = Slots::new();
 static LAUNCH_KERNEL_EX: Slots = Slots::new();
 static LAUNCH_COOPERATIVE: Slots = Slots::new();
 static GRAPH_LAUNCH: Slots = Slots::new();
+static MODULE_LOAD: Slots = Slots::new();
 static MODULE_LOAD_DATA: Slots = Slots::new();
 static MODULE_LOAD_DATA_EX: Slots = Slots::new();
 static MODULE_LOAD_FAT_BINARY: Slots = Slots::new();
@@ -80,6 +81,7 @@ type FnLaunchKernel = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim,
 type FnLaunchCooperative = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void) -> CuResult;
 type FnLaunchKernelEx = unsafe extern "C" fn(*const LaunchConfig, Handle, *mut *mut c_void, *mut *mut c_void) -> CuResult;
 type FnGraphLaunch = unsafe extern "C" fn(Handle, Handle) -> CuResult;
+type FnModuleLoad = unsafe extern "C" fn(*mut Handle, *const c_char) -> CuResult;
 type FnModuleLoadData = unsafe extern "C" fn(*mut Handle, *const c_void) -> CuResult;
 type FnModuleLoadDataEx = unsafe extern "C" fn(*mut Handle, *const c_void, c_uint, *mut c_int, *mut *mut c_void) -> CuResult;
 type FnLibraryLoadData =
@@ -112,6 +114,7 @@ fn wrapper_of(name: &[u8], real: usize, per_thread: bool) -> Option<usize> {
         b"cuLaunchKernelEx" => pick!(LAUNCH_KERNEL_EX, launch_kernel_ex),
         b"cuLaunchCooperativeKernel" => pick!(LAUNCH_COOPERATIVE, launch_cooperative),
         b"cuGraphLaunch" => pick!(GRAPH_LAUNCH, graph_launch),
+        b"cuModuleLoad" => pick!(MODULE_LOAD, module_load),
         b"cuModuleLoadData" => pick!(MODULE_LOAD_DATA, module_load_data),
         b"cuModuleLoadDataEx" => pick!(MODULE_LOAD_DATA_EX, module_load_data_ex),
         b"cuModuleLoadFatBinary" => pick!(MODULE_LOAD_FAT_BINARY, module_load_fat_binary),
@@ -296,21 +299,62 @@ unsafe extern "C" fn module_load_data<const S: usize>(module: *mut Handle, image
     load_with(image, load, || super::Loaded::Module(unsafe { *module }))
 }
 
+/// The contents of the module file `fname` (`cuModuleLoad`) as an image a load call takes: a
+/// fat binary or ELF as they are, a PTX text with its NUL. None when it cannot be read.
+fn module_file(fname: *const c_char) -> Option<Vec<u8>> {
+    if fname.is_null() {
+        return None;
+    }
+    // SAFETY: cuModuleLoad's contract: a NUL-terminated path.
+    let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(unsafe { CStr::from_ptr(fname) }.to_bytes());
+    let mut bytes = std::fs::read(path).ok()?;
+    if !(bytes.starts_with(&[0x50, 0xed, 0x55, 0xba]) || bytes.starts_with(b"\x7fELF")) {
+        bytes.push(0);
+    }
+    Some(bytes)
+}
+
+/// `cuModuleLoad` of a file: its contents patched and loaded with `cuModuleLoadData` when the
+/// agent has probes for it, else the driver's own call with the caller's path.
+unsafe extern "C" fn module_load<const S: usize>(module: *mut Handle, fname: *const c_char) -> CuResult {
+    let real = MODULE_LOAD.real(S);
+    let image = std::panic::catch_unwind(|| module_file(fname)).ok().flatten();
+    if let Some(image) = &image {
+        // SAFETY: `module` is the caller's out-parameter.
+        if let Some(r) = unsafe { load_patched_data(module, image.as_ptr().cast()) } {
+            return r;
+        }
+    }
+    // SAFETY: the driver's own entry point with the caller's arguments.
+    unsafe { std::mem::transmute::<usize, FnModuleLoad>(real)(module, fname) }
+}
+
+/// Loads the patched version of `image` with the driver's `cuModuleLoadData`: Some(success)
+/// when it did, None when there is none or the driver refused it (said once; the caller
+/// loads the original).
+///
+/// # Safety
+/// `module` writable; `image` one of the forms a load call accepts.
+unsafe fn load_patched_data(module: *mut Handle, image: *const c_void) -> Option<CuResult> {
+    let p = super::replacement(image)?;
+    let load = super::driver::module_load_data()?;
+    // SAFETY: the driver's cuModuleLoadData with a NUL-terminated PTX text; `module` is the
+    // caller's.
+    let r = unsafe { load(module, p.as_ptr()) };
+    if r == SUCCESS {
+        // SAFETY: written by the successful load.
+        super::loaded_patched(&p, super::Loaded::Module(unsafe { *module }));
+        return Some(r);
+    }
+    super::refused(&p, r);
+    None
+}
+
 unsafe extern "C" fn module_load_fat_binary<const S: usize>(module: *mut Handle, image: *const c_void) -> CuResult {
     let real = MODULE_LOAD_FAT_BINARY.real(S);
-    let patched = super::replacement(image);
-    if let Some(p) = patched {
-        // A PTX text is no fat binary: it goes to cuModuleLoadData, which the driver has too.
-        if let Some(load) = super::driver::module_load_data() {
-            // SAFETY: the driver's cuModuleLoadData with a NUL-terminated PTX text.
-            let r = unsafe { load(module, p.as_ptr()) };
-            if r == SUCCESS {
-                // SAFETY: written by the successful load.
-                super::loaded_patched(&p, super::Loaded::Module(unsafe { *module }));
-                return r;
-            }
-            super::refused(&p, r);
-        }
+    // SAFETY: the caller's arguments.
+    if let Some(r) = unsafe { load_patched_data(module, image) } {
+        return r;
     }
     // SAFETY: the driver's own entry point with the caller's arguments.
     unsafe { std::mem::transmute::<usize, FnModuleLoadData>(real)(module, image) }
@@ -551,6 +595,8 @@ macro_rules! direct_entry_points {
 }
 
 direct_entry_points! {
+    /// `cuModuleLoad` (a module file), called directly.
+    cuModuleLoad as c"cuModuleLoad" (module: *mut Handle, fname: *const c_char);
     /// `cuModuleLoadData`, called directly.
     cuModuleLoadData as c"cuModuleLoadData" (module: *mut Handle, image: *const c_void);
     /// `cuModuleLoadDataEx`, called directly.

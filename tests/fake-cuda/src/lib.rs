@@ -287,6 +287,19 @@ api! {
         match unsafe { load(image) } { Ok(h) => unsafe { put(m, h) }, Err(e) => e }
     }
     fn cuModuleLoadDataEx(m: *mut Handle, image: *const c_void, _n: c_uint, _o: *mut c_int, _v: *mut *mut c_void) { unsafe { cuModuleLoadData(m, image) } }
+    fn cuModuleLoad(m: *mut Handle, fname: *const c_char) {
+        let path = unsafe { CStr::from_ptr(fname) }.to_string_lossy().into_owned();
+        match std::fs::read(&path) {
+            Ok(mut bytes) => {
+                if !bytes.starts_with(&[0x50, 0xed, 0x55, 0xba]) && !bytes.starts_with(b"\x7fELF") {
+                    bytes.push(0);
+                }
+                log(&format!("load file {path}"));
+                unsafe { cuModuleLoadData(m, bytes.as_ptr().cast()) }
+            }
+            Err(_) => NOT_FOUND,
+        }
+    }
     fn cuModuleLoadFatBinary(m: *mut Handle, image: *const c_void) { unsafe { cuModuleLoadData(m, image) } }
     fn cuLibraryLoadData(l: *mut Handle, code: *const c_void, _jo: *mut c_int, _jv: *mut *mut c_void, _jn: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _ln: c_uint) {
         unsafe { cuModuleLoadData(l, code) }
