@@ -527,18 +527,19 @@ fn driver_symbol(symbol_name: &CStr) -> usize {
 }
 
 /// The entry point to call for a direct call of driver symbol `symbol` (the application was
-/// linked with `-lcuda`): the driver's own, found once and kept in `real`, behind the same
-/// wrapper `cuGetProcAddress` hands out for `name` (`per_thread`: the `_ptsz` variant). The
-/// driver's `cuGetProcAddress` is taken too, which the agent's own driver calls need. 0 when
-/// the driver lacks the symbol.
-fn direct_entry(real: &AtomicUsize, symbol_name: &CStr, name: &CStr, per_thread: bool) -> usize {
-    let mut f = real.load(Ordering::Acquire);
-    if f == 0 {
-        f = driver_symbol(symbol_name);
-        if f == 0 {
-            return 0;
-        }
-        real.store(f, Ordering::Release);
+/// linked with `-lcuda`): the same wrapper `cuGetProcAddress` hands out for `name`
+/// (`per_thread`: the `_ptsz` variant) around the driver's own, worked out at the first call
+/// and kept in `entry` (launches are a hot path; the agent has set up its probes before the
+/// application's code runs). The driver's `cuGetProcAddress` is taken too, which the agent's
+/// own driver calls need. 0 when the driver lacks the symbol.
+fn direct_entry(entry: &AtomicUsize, symbol_name: &CStr, name: &CStr, per_thread: bool) -> usize {
+    let cached = entry.load(Ordering::Acquire);
+    if cached != 0 {
+        return cached;
+    }
+    let real = driver_symbol(symbol_name);
+    if real == 0 {
+        return 0;
     }
     if REAL_GET_PROC_V2.load(Ordering::Acquire) == 0 && REAL_GET_PROC_V1.load(Ordering::Acquire) == 0 {
         for (get, v2) in [(c"cuGetProcAddress_v2", true), (c"cuGetProcAddress", false)] {
@@ -549,7 +550,9 @@ fn direct_entry(real: &AtomicUsize, symbol_name: &CStr, name: &CStr, per_thread:
             }
         }
     }
-    std::panic::catch_unwind(|| symbol(name, f, None, if per_thread { 2 } else { 0 })).unwrap_or(f)
+    let f = std::panic::catch_unwind(|| symbol(name, real, None, if per_thread { 2 } else { 0 })).unwrap_or(real);
+    entry.store(f, Ordering::Release);
+    f
 }
 
 /// Definitions of the wrapped entry points for applications that call the driver directly
@@ -564,10 +567,10 @@ macro_rules! direct_entry_points {
             /// Same contract as the driver's entry point of this name (cuda.h).
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $sym($($arg: $t),*) -> CuResult {
-                static REAL: AtomicUsize = AtomicUsize::new(0);
+                static ENTRY: AtomicUsize = AtomicUsize::new(0);
                 let per_thread = false $(|| $pt)?;
                 let symbol_name = CStr::from_bytes_with_nul(concat!(stringify!($sym), "\0").as_bytes()).unwrap_or(c"");
-                let f = direct_entry(&REAL, symbol_name, $name, per_thread);
+                let f = direct_entry(&ENTRY, symbol_name, $name, per_thread);
                 if f == 0 {
                     return NOT_FOUND;
                 }
