@@ -124,6 +124,14 @@ else summary+=("driver_direct build: FAILED"); status=1; fi
 if traced stamp cuda_launch_stamp "driver_vector_add 1048576 3"; then
     for l in 1 2 3; do expect stamp "launch $l saw the CPU's stamp" "$(map_value "$cuda/stamp.report" seen $l)" 1; done
 else summary+=("cuda stamp: FAILED"); status=1; fi
+# CPU and GPU timestamps compare (bpf_ktime_get_ns on both): every launch's latency from
+# launch_marker() to the kernel's first thread is under a second (log2 slot < 30), never negative.
+if traced latency cuda_launch_latency "driver_vector_add 1048576 3"; then
+    expect latency "launches measured" "$(map_sum "$cuda/latency.report" latency_log2)" 3
+    expect latency "kernels before their launch" "$(map_sum "$cuda/latency.report" before_launch)" 0
+    expect latency "latencies of a second or more" "$(awk 'index($0, "map ") == 1 { inmap = index($0, "`latency_log2`") > 0; next } inmap && $2 == "=>" && $1 >= 30 { s += $3 } END { print s + 0 }' "$cuda/latency.report")" 0
+    grep -A12 'map [0-9]* `latency_log2`' "$cuda/latency.report" | grep ' => ' | sed 's/^/  latency 2^/'
+else summary+=("cuda latency: FAILED"); status=1; fi
 if traced gemm cuda_launches "gemm 512" --program gemm_launch; then
     expect gemm "launches" "$(map_value "$cuda/gemm.report" launches 1)" 1
 else summary+=("cuda gemm: FAILED"); status=1; fi

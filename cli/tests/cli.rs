@@ -823,7 +823,7 @@ fn cuda_patch_splices_probes_that_ptxas_accepts() {
     let patched: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(patched.len(), 1);
     let ptx = std::fs::read_to_string(&patched[0]).unwrap();
-    assert!(ptx.contains(".visible .global .align 8 .u64 bpftime_arena[3];") && ptx.contains("call.uni (%bpt6), bpftime_p0_f0"), "spliced");
+    assert!(ptx.contains(".visible .global .align 8 .u64 bpftime_arena[5];") && ptx.contains("call.uni (%bpt6), bpftime_p0_f0"), "spliced");
     // The kernel's own code is all still there.
     for l in ["add.f32", "st.global.f32", "ld.param.u32"] {
         assert!(ptx.contains(l), "{l} kept");

@@ -488,6 +488,24 @@ fn cpu_and_gpu_probes_share_maps() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A CPU timestamp and a GPU timestamp compare: `bpf_ktime_get_ns` on the GPU is the host's
+/// CLOCK_MONOTONIC (`%globaltimer`, which counts CLOCK_REALTIME, moved onto it), so the latency
+/// from the launch (a uprobe) to the kernel's entry (its probe) is positive and small; without
+/// that it would be the distance between the two clocks (about 56 years).
+#[test]
+fn gpu_and_cpu_timestamps_compare() {
+    let Some(dir) = setup("latency", &[]) else { return };
+    let out = traced(&dir, &build_example("cuda_launch_latency"), &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(dumped_sum(&stderr, "latency_log2"), LAUNCHES as u64, "every launch measured\n{stderr}");
+    assert_eq!(dumped_sum(&stderr, "before_launch"), 0, "no kernel started before its launch\n{stderr}");
+    for bit in 30..64 {
+        assert_eq!(dumped(&stderr, "latency_log2", &bit.to_string()), None, "no latency of a second or more\n{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// bpftime's own workflow for GPU probes: an unmodified libbpf loader under the syscall server
 /// (`bpftime load`) attaches `kprobe/KERNEL` programs written as bpftime's GPU examples are
 /// (vmlinux.h, helpers 501-505 by id, `bpf_printk`) with plain `bpf_program__attach`, which

@@ -720,6 +720,11 @@ impl Module {
         Ok(Instr { guard, op })
     }
 
+    /// Bytes of module global `name` (None if there is no such global).
+    pub fn global_size(&self, name: &str) -> Option<u64> {
+        self.globals.iter().find(|(g, _)| g == name).map(|&(_, size)| size)
+    }
+
     /// Bytes of each parameter of kernel `name` (None if there is no such kernel).
     pub fn kernel_param_sizes(&self, name: &str) -> Option<Vec<u32>> {
         self.functions.get(name).filter(|f| !f.kernel_params.is_empty() || f.params.is_empty()).map(|f| f.kernel_param_sizes.clone())
@@ -904,6 +909,11 @@ impl Machine {
             globals.insert(name.clone(), memory.alloc(*size));
         }
         Machine { module, memory: Memory::default(), globals, step_limit: 50_000_000, local_base: LOCAL_BASE, clock: 1_000_000 }
+    }
+
+    /// Sets what `%globaltimer` (and `%clock64`) read next; each read advances it by 7.
+    pub fn set_global_timer(&mut self, ns: u64) {
+        self.clock = ns;
     }
 
     /// The device address of a module global.

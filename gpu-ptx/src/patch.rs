@@ -8,13 +8,17 @@
 //! declared once per kernel), so the kernel's registers are untouched. The probe's context
 //! ([`ctx_layout`]) is the kernel's parameters, 8 bytes each, then the thread's ids; a memory
 //! access probe's starts with the access ([`ACCESS_SIZE`] bytes: address, bytes, store).
-//! Maps are reached through the module global `bpftime_arena` (arena address, length,
-//! pid_tgid), which the host sets after loading the module.
+//! Maps are reached through the module global `bpftime_arena` (see [`ARENA_GLOBAL`]), which
+//! the host sets after loading the module.
 
 use crate::state::{off, STATE_SIZE};
 
-/// The module global the host fills: `[arena address, arena length, pid_tgid]`.
+/// The module global the host fills, [`ARENA_WORDS`] u64s: arena address, arena length,
+/// pid_tgid, and the offsets from `%globaltimer` to the host's `CLOCK_MONOTONIC` and
+/// `CLOCK_BOOTTIME` (see [`off::CLOCK_MONOTONIC`]).
 pub const ARENA_GLOBAL: &str = "bpftime_arena";
+/// The words of [`ARENA_GLOBAL`], in order: the state fields they go to.
+pub const ARENA_WORDS: [u32; 5] = [off::ARENA_LO, off::ARENA_LEN, off::PID_TGID, off::CLOCK_MONOTONIC, off::CLOCK_BOOTTIME];
 /// Loop budget of one probe call.
 pub const PROBE_BUDGET: u64 = 1 << 17;
 /// Bytes of thread ids after the parameters: tid, ctaid, ntid, nctaid (x, y, z), u32 each.
@@ -265,7 +269,7 @@ fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, acc
     l(format!("st.u64 [%bpt0+{}], %bpt2;", off::CTX_LO));
     l(format!("st.u64 [%bpt0+{}], {ctx};", off::CTX_LEN));
     l(format!("st.u64 [%bpt0+{}], 0;", off::CTX_WLEN));
-    for (i, field) in [off::ARENA_LO, off::ARENA_LEN, off::PID_TGID].iter().enumerate() {
+    for (i, field) in ARENA_WORDS.iter().enumerate() {
         l(format!("ld.global.u64 %bpt3, [{ARENA_GLOBAL}+{}];", 8 * i));
         l(format!("st.u64 [%bpt0+{field}], %bpt3;"));
     }
@@ -383,7 +387,7 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
         text.push_str(line);
         text.push('\n');
         if li == header_end {
-            text.push_str(&format!("\n// bpftime probes\n.visible .global .align 8 .u64 {ARENA_GLOBAL}[3];\n"));
+            text.push_str(&format!("\n// bpftime probes\n.visible .global .align 8 .u64 {ARENA_GLOBAL}[{}];\n", ARENA_WORDS.len()));
             for &pi in &used {
                 text.push_str(&probe_functions(&probes[pi], pi));
                 text.push('\n');

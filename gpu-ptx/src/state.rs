@@ -40,6 +40,12 @@ pub mod off {
     /// u64: bytes of stack from `STACK_LO` (4 KiB in the run kernel; what the program needs in
     /// a probe, see `Program` frames).
     pub const STACK_LEN: u32 = 104;
+    /// u64: added (wrapping) to `%globaltimer`, which counts nanoseconds of the host's
+    /// `CLOCK_REALTIME`, to give `CLOCK_MONOTONIC`: what `bpf_ktime_get_ns` returns on the CPU,
+    /// so that CPU and GPU timestamps of one object compare. The host sets it from its clocks.
+    pub const CLOCK_MONOTONIC: u32 = 112;
+    /// u64: likewise, to give `CLOCK_BOOTTIME` (`bpf_ktime_get_boot_ns`).
+    pub const CLOCK_BOOTTIME: u32 = 120;
 }
 
 /// Size of the state block.

@@ -537,11 +537,13 @@ fn bpf_loop(prog: &Program) -> String {
 /// The helpers GPU programs get.
 pub fn standard() -> HelperSet {
     let timer = ".reg .b64 %t;\nmov.u64 %t, %globaltimer;\nmov.b64 %ret, %t;\nret;";
+    // The host's clocks: `%globaltimer` (its CLOCK_REALTIME) plus the offset the host set.
+    let host_clock = |field: u32| format!(".reg .b64 %t, %o;\nmov.u64 %t, %globaltimer;\nld.u64 %o, [%st+{field}];\nadd.u64 %ret, %t, %o;\nret;");
     HelperSet::new()
         .with(GpuHelper::ptx(1, "bpf_map_lookup_elem", map_lookup()))
         .with(GpuHelper::ptx(2, "bpf_map_update_elem", map_update()))
         .with(GpuHelper::ptx(3, "bpf_map_delete_elem", map_delete()))
-        .with(GpuHelper::ptx(5, "bpf_ktime_get_ns", timer))
+        .with(GpuHelper::ptx(5, "bpf_ktime_get_ns", host_clock(off::CLOCK_MONOTONIC)))
         .with(GpuHelper::ptx(6, "bpf_trace_printk", trace_output(false)))
         .with(GpuHelper::ptx(8, "bpf_get_smp_processor_id", special("%smid")))
         .with(GpuHelper::ptx(14, "bpf_get_current_pid_tgid", format!("ld.u64 %ret, [%st+{}];\nret;", off::PID_TGID)))
@@ -551,7 +553,8 @@ pub fn standard() -> HelperSet {
             ring_output("%a4", "%a5", "%sm")
                 .replace(".reg .pred %p;\n", ".reg .pred %p;\n.reg .b64 %sm;\n.reg .b32 %smw;\nmov.u32 %smw, %smid;\ncvt.u64.u32 %sm, %smw;\n"),
         ))
-        .with(GpuHelper::ptx(125, "bpf_ktime_get_boot_ns", timer))
+        .with(GpuHelper::ptx(125, "bpf_ktime_get_boot_ns", host_clock(off::CLOCK_BOOTTIME)))
+        .with(GpuHelper::ptx(160, "bpf_ktime_get_coarse_ns", host_clock(off::CLOCK_MONOTONIC)))
         .with(GpuHelper::ptx(130, "bpf_ringbuf_output", ring_output("%a2", "%a3", "0")))
         .with(GpuHelper::per_program(181, "bpf_loop", bpf_loop))
         .with(GpuHelper::ptx(501, "bpftime_puts", trace_output(true)))

@@ -242,12 +242,13 @@ impl Gpu {
             return known.clone();
         }
         let found = drv.module_global(module, &CString::new(patch::ARENA_GLOBAL).ok()?).and_then(|(global, size)| {
-            if size < 24 {
+            if size < 8 * patch::ARENA_WORDS.len() {
                 return None;
             }
             let arena = self.context_arena(drv).map_err(|e| self.say_once(format!("CUDA probes are off: {e}"))).ok()?;
             let pid = std::process::id() as u64;
-            let words = [arena.dev, arena.len as u64, (pid << 32) | pid];
+            let [monotonic, boottime] = bpftime_runtime::gpu::host_clock_offsets();
+            let words = [arena.dev, arena.len as u64, (pid << 32) | pid, monotonic, boottime];
             let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
             drv.memcpy_htod(global, &bytes).map_err(|e| self.say_once(format!("CUDA probes are off: {e}"))).ok()?;
             Some(arena)

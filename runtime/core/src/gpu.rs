@@ -511,3 +511,18 @@ pub fn verifier_helpers() -> Arc<bpftime_vm::HelperTable> {
     static TABLE: std::sync::OnceLock<Arc<bpftime_vm::HelperTable>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| verifier_table(&std_helpers::standard())).clone()
 }
+
+/// The host's `CLOCK_REALTIME` in nanoseconds: what a GPU's `%globaltimer` counts (the PTX
+/// interpreter is given it to stand in for one).
+pub fn realtime_ns() -> u64 {
+    crate::helpers::clock(libc::CLOCK_REALTIME)
+}
+
+/// The offsets (wrapping) from `%globaltimer` to this host's `CLOCK_MONOTONIC` and
+/// `CLOCK_BOOTTIME`, which a GPU program's `bpf_ktime_get_ns` and `bpf_ktime_get_boot_ns` add
+/// (state fields `CLOCK_MONOTONIC`, `CLOCK_BOOTTIME`), so that a timestamp taken on the GPU
+/// compares with one a CPU program took. bpftime's `bpftime_get_globaltimer` (502) stays raw.
+pub fn host_clock_offsets() -> [u64; 2] {
+    let real = realtime_ns();
+    [crate::helpers::clock(libc::CLOCK_MONOTONIC).wrapping_sub(real), crate::helpers::clock(libc::CLOCK_BOOTTIME).wrapping_sub(real)]
+}

@@ -176,7 +176,7 @@ extern "C" fn probe_write_user(dst: u64, src: u64, len: u64, _: u64, _: u64, sta
     }
 }
 
-fn clock(id: libc::clockid_t) -> u64 {
+pub(crate) fn clock(id: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec (clock_gettime(2)).
     unsafe { libc::clock_gettime(id, &mut ts) };

@@ -174,6 +174,11 @@ fn launch(func: Handle, grid: [c_uint; 3], block: [c_uint; 3], params: *mut *mut
         }
         log(&format!("launch {name} blocks {} threads {}", grid.iter().product::<u32>(), block.iter().product::<u32>()));
         let m = &mut f.modules[mi].machine;
+        // As on a GPU, `%globaltimer` counts the host's CLOCK_REALTIME.
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime(2) writes one timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+        m.set_global_timer(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64);
         m.memory = std::mem::take(&mut f.memory);
         let r = m.launch(&name, &args, Launch { grid, block, sms: SMS });
         f.memory = std::mem::take(&mut m.memory);
@@ -318,9 +323,9 @@ api! {
     }
     fn cuModuleGetGlobal(p: *mut u64, n: *mut usize, m: Handle, name: *const c_char) {
         let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
-        let found = with(|f| module_index(f, m).ok().and_then(|i| f.modules[i].machine.global(&name)));
+        let found = with(|f| module_index(f, m).ok().and_then(|i| Some((f.modules[i].machine.global(&name)?, f.modules[i].module.global_size(&name)?))));
         match found {
-            Some(a) => { unsafe { put(p, a) }; if !n.is_null() { unsafe { put(n, 24) }; } SUCCESS }
+            Some((a, size)) => { unsafe { put(p, a) }; if !n.is_null() { unsafe { put(n, size as usize) }; } SUCCESS }
             None => NOT_FOUND,
         }
     }
