@@ -132,6 +132,11 @@ if traced latency cuda_launch_latency "driver_vector_add 1048576 3"; then
     expect latency "latencies of a second or more" "$(awk 'index($0, "map ") == 1 { inmap = index($0, "`latency_log2`") > 0; next } inmap && $2 == "=>" && $1 >= 30 { s += $3 } END { print s + 0 }' "$cuda/latency.report")" 0
     grep -A12 'map [0-9]* `latency_log2`' "$cuda/latency.report" | grep ' => ' | sed 's/^/  latency 2^/'
 else summary+=("cuda latency: FAILED"); status=1; fi
+# A hash map a CPU uprobe writes between launches reaches the GPU before each launch:
+# launch L watches blocks 0..=L, so block b is counted (3 - b) x 256 times.
+if traced hashes cuda_watched_blocks "driver_vector_add 1048576 3"; then
+    for b in 0 1 2; do expect hashes "block $b counted" "$(map_value "$cuda/hashes.report" seen $b)" $(( (3 - b) * 256 )); done
+else summary+=("cuda hashes: FAILED"); status=1; fi
 if traced gemm cuda_launches "gemm 512" --program gemm_launch; then
     expect gemm "launches" "$(map_value "$cuda/gemm.report" launches 1)" 1
 else summary+=("cuda gemm: FAILED"); status=1; fi

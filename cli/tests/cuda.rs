@@ -506,6 +506,47 @@ fn gpu_and_cpu_timestamps_compare() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Hash maps a GPU probe shares with the host: one a loader filled before the app started
+/// (bpftool, through the syscall server) is on the GPU from the first launch; one a CPU uprobe
+/// writes between launches reaches the GPU before each launch. Launch L watches blocks 0..=L,
+/// block 1 weighs 10: seen = [3, 2 x 10, 1, 0] x 256 threads.
+#[test]
+fn gpu_probes_see_the_hosts_hash_maps() {
+    let Some(dir) = setup("hashes", &[]) else { return };
+    let bpftool = PathBuf::from("/usr/sbin/bpftool");
+    if !bpftool.exists() {
+        println!("skipping: no bpftool to fill a map (apt install bpftool; bash scripts/setup.sh does)");
+        return;
+    }
+    let shm = format!("bpftime-cuda-hashes-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let bpftime = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bpftime"));
+        c.args(["--shm", &shm]);
+        c
+    };
+    let run = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{c:?}: {}{}", text(&o.stdout), text(&o.stderr));
+        text(&o.stdout) + &text(&o.stderr)
+    };
+    run(bpftime().args(["shm", "create"]));
+    run(bpftime().arg("load").arg(build_example("cuda_watched_blocks")));
+    run(bpftime()
+        .args(["load", "--"])
+        .arg(&bpftool)
+        .args(["map", "update", "name", "weights", "key", "1", "0", "0", "0", "value", "10", "0", "0", "0", "0", "0", "0", "0"]));
+    let app = run(bpftime().args(["start", "--"]).arg(dir.join("app")).args(app_args()).env("LD_LIBRARY_PATH", &dir));
+    let seen = run(bpftime().args(["map", "dump", "seen"]));
+    let expected = [3 * 256, 2 * 256 * 10, 256];
+    for (block, want) in expected.iter().enumerate() {
+        assert_eq!(dumped(&seen, "seen", &block.to_string()), Some(want.to_string()), "block {block}\n{seen}\n{app}");
+    }
+    assert_eq!(dumped(&seen, "seen", "3"), None, "block 3 was never watched\n{seen}");
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// bpftime's own workflow for GPU probes: an unmodified libbpf loader under the syscall server
 /// (`bpftime load`) attaches `kprobe/KERNEL` programs written as bpftime's GPU examples are
 /// (vmlinux.h, helpers 501-505 by id, `bpf_printk`) with plain `bpf_program__attach`, which

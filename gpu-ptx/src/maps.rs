@@ -105,6 +105,12 @@ pub mod desc {
     pub const KEY_OFF: u64 = 8;
 }
 
+/// The hash the GPU's hash maps place a key by: FNV-1a, 64-bit, over the key's bytes (the
+/// PTX helper `bpf_fnv` computes the same).
+pub fn key_hash(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 /// Arena offset of the descriptor of `slot`.
 pub fn descriptor_offset(slot: u32) -> u64 {
     HEADER_SIZE + DESC_SIZE * slot as u64
@@ -373,6 +379,45 @@ impl ArenaLayout {
             arena[at..at + n].copy_from_slice(&part[..n]);
         }
         Ok(())
+    }
+
+    /// Puts `key` with `value` into the storage of hash map `slot` (`table`: its `data_len`
+    /// bytes) where the GPU's lookups find it: the slot [`key_hash`] and linear probing lead
+    /// to, marked in use, every value slot holding `value`. Returns whether the key is new (the
+    /// descriptor's count of entries in use grows by one then).
+    pub fn hash_insert(&self, table: &mut [u8], slot: usize, key: &[u8], value: &[u8]) -> Result<bool, String> {
+        let m = self.maps.get(slot).ok_or("no such map")?;
+        if m.kind != GpuMapKind::Hash || key.len() != m.spec.key_size as usize || table.len() as u64 != m.data_len {
+            return Err(format!("map `{}` has no hash entry of a {}-byte key", m.spec.name, key.len()));
+        }
+        let h = key_hash(key);
+        let word = (h as u32 | 1).to_le_bytes();
+        let (cap, esz) = (m.capacity as u64, m.entry_size as usize);
+        for n in 0..cap {
+            let e = ((h.wrapping_add(n)) & (cap - 1)) as usize * esz;
+            let state = u32::from_le_bytes(table[e..e + 4].try_into().expect("4 bytes"));
+            let k = e + desc::KEY_OFF as usize;
+            let same = state == HASH_FULL && table[e + 4..e + 8] == word && &table[k..k + key.len()] == key;
+            if state != 0 && !same {
+                continue;
+            }
+            table[e..e + 4].copy_from_slice(&HASH_FULL.to_le_bytes());
+            table[e + 4..e + 8].copy_from_slice(&word);
+            table[k..k + key.len()].copy_from_slice(key);
+            let values = k + round8(m.spec.key_size as u64) as usize;
+            let n = value.len().min(m.spec.value_size as usize);
+            for s in 0..m.slots as usize {
+                let at = values + s * m.stride as usize;
+                table[at..at + n].copy_from_slice(&value[..n]);
+            }
+            return Ok(!same);
+        }
+        Err(format!("map `{}` is full on the GPU", m.spec.name))
+    }
+
+    /// Arena offset of the count of entries in use of hash map `slot` (a u64 in its descriptor).
+    pub fn hash_count_offset(&self, slot: usize) -> u64 {
+        descriptor_offset(slot as u32) + desc::COUNT
     }
 
     /// The entries of map `slot` in an arena image: (key, one value per slot). Arrays list

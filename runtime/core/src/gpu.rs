@@ -265,6 +265,38 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot:
     Ok(())
 }
 
+/// The GPU table of hash map `slot` holding the entries of the region's `map` (its storage
+/// bytes, and the count of entries), for hashes with one value per entry; None for other maps
+/// (per-CPU hashes start empty on the GPU: their per-SM values are summed into the host's).
+/// Entries past what the GPU table holds are left out.
+fn hash_table(layout: &ArenaLayout, slot: usize, map: &bpftime_maps::Map) -> Option<(Vec<u8>, u64)> {
+    let m = layout.maps.get(slot)?;
+    if m.kind != bpftime_gpu_ptx::maps::GpuMapKind::Hash
+        || m.slots != 1
+        || !matches!(map.map_type(), bpftime_maps::MapType::Hash | bpftime_maps::MapType::LruHash)
+    {
+        return None;
+    }
+    let mut table = vec![0u8; m.data_len as usize];
+    let mut count = 0u64;
+    let mut key = vec![0u8; map.spec().key_size as usize];
+    let mut next = key.clone();
+    let mut value = vec![0u8; map.syscall_value_size()];
+    let mut first = true;
+    while map.next_key((!first).then_some(key.as_slice()), &mut next).is_ok() {
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+        if map.lookup(&key, &mut value).is_err() {
+            continue;
+        }
+        match layout.hash_insert(&mut table, slot, &key, &value) {
+            Ok(new) => count += new as u64,
+            Err(_) => break,
+        }
+    }
+    Some((table, count))
+}
+
 /// One CUDA kernel probe of the region (a `kprobe/KERNEL` or `kretprobe/KERNEL` link), verified
 /// for the GPU.
 #[derive(Clone, Debug)]
@@ -382,6 +414,13 @@ impl GpuProbes {
         let mut arena = layout.image();
         for (slot, &id) in self.map_ids.iter().enumerate() {
             let Ok(map) = bpftime_maps::Map::open(region, id) else { continue };
+            if let Some((table, count)) = hash_table(layout, slot, &map) {
+                let m = &layout.maps[slot];
+                arena[m.data_off as usize..(m.data_off + m.data_len) as usize].copy_from_slice(&table);
+                let at = layout.hash_count_offset(slot) as usize;
+                arena[at..at + 8].copy_from_slice(&count.to_le_bytes());
+                continue;
+            }
             if map.map_type() != bpftime_maps::MapType::Array {
                 continue;
             }
@@ -395,13 +434,19 @@ impl GpuProbes {
         arena
     }
 
-    /// The host-owned arrays' current values, as they lie in the arena: (arena offset, bytes).
-    /// Copied to the device before each launch.
+    /// The host-owned arrays' and hashes' current contents, as they lie in the arena: (arena
+    /// offset, bytes; a hash's whole table and its count of entries). Copied to the device
+    /// before each launch.
     pub fn host_values(&self, layout: &ArenaLayout, region: &Arc<bpftime_shm::ShmRegion>) -> Vec<(u64, Vec<u8>)> {
         let mut out = vec![];
         for (slot, &id) in self.map_ids.iter().enumerate() {
             let (Some(true), Some(m)) = (self.host_owned.get(slot), layout.maps.get(slot)) else { continue };
             let Ok(map) = bpftime_maps::Map::open(region, id) else { continue };
+            if let Some((table, count)) = hash_table(layout, slot, &map) {
+                out.push((m.data_off, table));
+                out.push((layout.hash_count_offset(slot), count.to_le_bytes().to_vec()));
+                continue;
+            }
             if map.map_type() != bpftime_maps::MapType::Array || m.slots != 1 {
                 continue;
             }
