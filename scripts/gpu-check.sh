@@ -137,6 +137,11 @@ else summary+=("cuda latency: FAILED"); status=1; fi
 if traced hashes cuda_watched_blocks "driver_vector_add 1048576 3"; then
     for b in 0 1 2; do expect hashes "block $b counted" "$(map_value "$cuda/hashes.report" seen $b)" $(( (3 - b) * 256 )); done
 else summary+=("cuda hashes: FAILED"); status=1; fi
+# bpftime's bpf_cuda_exit (507) ends the GPU thread: only blocks 0 and 1 reach the kernel's end
+# (the application's output changes by design, so it is not compared).
+BPFTIME_VERBOSE=1 "$cli" run --shm-size 1G "$bpf/cuda_exit_blocks.bpf.o" -- "$cuda/driver_vector_add" 1048576 3 > "$cuda/exit.out" 2> "$cuda/exit.report"
+expect exit "threads entered" "$(map_value "$cuda/exit.report" threads 0)" 3145728
+expect exit "threads finished (blocks 0, 1)" "$(map_value "$cuda/exit.report" threads 1)" 1536
 if traced gemm cuda_launches "gemm 512" --program gemm_launch; then
     expect gemm "launches" "$(map_value "$cuda/gemm.report" launches 1)" 1
 else summary+=("cuda gemm: FAILED"); status=1; fi

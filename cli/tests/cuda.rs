@@ -238,6 +238,9 @@ fn every_probe_example_patches_every_cuda_example() {
         ("streams", "cuda_launches", 1),
         ("graph", "cuda_launches", 1),
         ("gemm", "cuda_probes", 0),
+        ("vector_add", "cuda_exit_blocks", 2),
+        ("vector_add", "cuda_launch_latency", 1),
+        ("vector_add", "cuda_watched_blocks", 1),
     ];
     for (example, probe, n) in expected {
         let fatbin = dir.join(format!("{example}.fatbin"));
@@ -544,6 +547,22 @@ fn gpu_probes_see_the_hosts_hash_maps() {
     }
     assert_eq!(dumped(&seen, "seen", "3"), None, "block 3 was never watched\n{seen}");
     bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// bpftime's `bpf_cuda_exit` (507) in a kernel probe ends the GPU thread, as under bpftime:
+/// with blocks 2 and 3 ended at the entry, only elements 0..512 are computed (the app's sum
+/// says so), every thread enters, and only blocks 0 and 1 reach the exit probe.
+#[test]
+fn bpftime_exit_in_a_probe_ends_the_gpu_thread() {
+    let Some(dir) = setup("exit", &[]) else { return };
+    let out = traced(&dir, &build_example("cuda_exit_blocks"), &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let computed: u64 = (0..512).map(|i| 3 * i).sum();
+    assert!(stdout.contains(&format!("sum {computed}")), "only blocks 0 and 1 computed\n{stdout}{stderr}");
+    assert_eq!(dumped(&stderr, "threads", "0"), Some((THREADS * LAUNCHES as u64).to_string()), "every thread entered\n{stderr}");
+    assert_eq!(dumped(&stderr, "threads", "1"), Some((512 * LAUNCHES as u64).to_string()), "blocks 0 and 1 finished\n{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

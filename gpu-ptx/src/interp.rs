@@ -187,27 +187,126 @@ enum AtomOp {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Mov { ty: Ty, d: u16, a: Val },
-    Unpack { d0: u16, d1: u16, a: Val },
-    Pack { d: u16, lo: Val, hi: Val },
-    CvtaLocal { d: u16, a: Val },
-    LdParam { d: u16, param: usize },
-    Ld { ty: Ty, d: u16, base: Val, off: i64 },
-    St { ty: Ty, base: Val, off: i64, v: Val },
-    Bin { op: BinOp, ty: Ty, d: u16, a: Val, b: Val },
-    Mad { ty: Ty, d: u16, a: Val, b: Val, c: Val },
-    Neg { ty: Ty, d: u16, a: Val },
-    Not { ty: Ty, d: u16, a: Val },
-    Bfe { ty: Ty, d: u16, a: Val, pos: Val, len: Val },
-    Prmt { d: u16, a: Val, b: Val, sel: Val },
-    Cvt { dty: Ty, sty: Ty, d: u16, a: Val },
-    Setp { cmp: Cmp, ty: Ty, d: u16, a: Val, b: Val, combine: Option<(bool, Val)> },
-    Selp { ty: Ty, d: u16, a: Val, b: Val, p: Val },
-    Bra { target: usize },
-    Call { func: String, ret: Option<u16>, args: Vec<Val> },
+    Mov {
+        ty: Ty,
+        d: u16,
+        a: Val,
+    },
+    Unpack {
+        d0: u16,
+        d1: u16,
+        a: Val,
+    },
+    Pack {
+        d: u16,
+        lo: Val,
+        hi: Val,
+    },
+    CvtaLocal {
+        d: u16,
+        a: Val,
+    },
+    LdParam {
+        d: u16,
+        param: usize,
+    },
+    Ld {
+        ty: Ty,
+        d: u16,
+        base: Val,
+        off: i64,
+    },
+    St {
+        ty: Ty,
+        base: Val,
+        off: i64,
+        v: Val,
+    },
+    Bin {
+        op: BinOp,
+        ty: Ty,
+        d: u16,
+        a: Val,
+        b: Val,
+    },
+    Mad {
+        ty: Ty,
+        d: u16,
+        a: Val,
+        b: Val,
+        c: Val,
+    },
+    Neg {
+        ty: Ty,
+        d: u16,
+        a: Val,
+    },
+    Not {
+        ty: Ty,
+        d: u16,
+        a: Val,
+    },
+    Bfe {
+        ty: Ty,
+        d: u16,
+        a: Val,
+        pos: Val,
+        len: Val,
+    },
+    Prmt {
+        d: u16,
+        a: Val,
+        b: Val,
+        sel: Val,
+    },
+    Cvt {
+        dty: Ty,
+        sty: Ty,
+        d: u16,
+        a: Val,
+    },
+    Setp {
+        cmp: Cmp,
+        ty: Ty,
+        d: u16,
+        a: Val,
+        b: Val,
+        combine: Option<(bool, Val)>,
+    },
+    Selp {
+        ty: Ty,
+        d: u16,
+        a: Val,
+        b: Val,
+        p: Val,
+    },
+    Bra {
+        target: usize,
+    },
+    Call {
+        func: String,
+        ret: Option<u16>,
+        args: Vec<Val>,
+    },
     Ret,
-    Atom { op: AtomOp, ty: Ty, d: u16, base: Val, off: i64, b: Val, c: Option<Val> },
-    Red { op: AtomOp, ty: Ty, base: Val, off: i64, b: Val },
+    /// Ends the thread (from any depth of calls).
+    Exit,
+    Atom {
+        op: AtomOp,
+        ty: Ty,
+        d: u16,
+        base: Val,
+        off: i64,
+        b: Val,
+        c: Option<Val>,
+    },
+    Red {
+        op: AtomOp,
+        ty: Ty,
+        base: Val,
+        off: i64,
+        b: Val,
+    },
     Nop,
 }
 
@@ -687,6 +786,7 @@ impl Module {
                 Op::Call { func: name.trim().to_string(), ret, args }
             }
             "ret" => Op::Ret,
+            "exit" => Op::Exit,
             "membar" | "fence" => Op::Nop,
             "atom" | "red" => {
                 let op = match parts.iter().find_map(|s| match *s {
@@ -1136,6 +1236,7 @@ impl Machine {
                     let name = func.clone();
                     stack.push(Frame { func: name, regs, pc: 0, ret_to });
                 }
+                Op::Exit => return Ok(()),
                 Op::Ret => {
                     let done = stack.pop().expect("a frame");
                     let f = &self.module.functions[&done.func];

@@ -11,7 +11,7 @@
 //! Maps are reached through the module global `bpftime_arena` (see [`ARENA_GLOBAL`]), which
 //! the host sets after loading the module.
 
-use crate::state::{off, STATE_SIZE};
+use crate::state::{off, STATE_SIZE, STATUS_EXIT_THREAD};
 
 /// The module global the host fills, [`ARENA_WORDS`] u64s: arena address, arena length,
 /// pid_tgid, and the offsets from `%globaltimer` to the host's `CLOCK_MONOTONIC` and
@@ -257,6 +257,7 @@ fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, acc
     }
     l(".reg .b64 %bpt<8>;".into());
     l(".reg .b32 %bpw<2>;".into());
+    l(".reg .pred %bpexit;".into());
     for (i, sym) in [format!("bpftime_st{names}"), format!("bpftime_stk{names}"), format!("bpftime_ctx{names}")].iter().enumerate() {
         l(format!("mov.u64 %bpt{i}, {sym};"));
         l(format!("cvta.local.u64 %bpt{i}, %bpt{i};"));
@@ -307,6 +308,10 @@ fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, acc
     }
     l(format!("add.u64 %bpt5, %bpt1, {stack};"));
     l(format!("call.uni (%bpt6), bpftime_p{n}_f0, (%bpt0, %bpt5, %bpt2, {ctx}, 0, 0, 0);"));
+    // bpftime_exit (507): this GPU thread ends here, as under bpftime.
+    l(format!("ld.u32 %bpw0, [%bpt0+{}];", off::STATUS));
+    l(format!("setp.eq.u32 %bpexit, %bpw0, {STATUS_EXIT_THREAD};"));
+    l("@%bpexit exit;".into());
     l("}".into());
     s
 }

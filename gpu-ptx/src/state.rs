@@ -59,6 +59,10 @@ pub const STATUS_RUNNING: u32 = 0;
 pub const STATUS_STOPPED: u32 = 1;
 /// The run faulted (`FAULT_*` fields say how).
 pub const STATUS_FAULT: u32 = 2;
+/// bpftime's `bpftime_exit` (507) ended the run (r0 = 0) and, in a probe spliced into a
+/// kernel, ends the GPU thread too, as bpftime's does (PTX `exit`): the kernel's body does not
+/// run for it.
+pub const STATUS_EXIT_THREAD: u32 = 3;
 
 /// An access outside every region (`FAULT_ARG` = address).
 pub const FAULT_OUT_OF_BOUNDS: u32 = 1;
@@ -82,7 +86,7 @@ pub fn outcome(state: &[u8], r0: u64) -> Result<u64, bpftime_vm::RunError> {
     let u32_at = |o: u32| u32::from_le_bytes(state[o as usize..o as usize + 4].try_into().expect("4 bytes"));
     let u64_at = |o: u32| u64::from_le_bytes(state[o as usize..o as usize + 8].try_into().expect("8 bytes"));
     match u32_at(off::STATUS) {
-        STATUS_STOPPED => Ok(u64_at(off::STOP_VALUE)),
+        STATUS_STOPPED | STATUS_EXIT_THREAD => Ok(u64_at(off::STOP_VALUE)),
         STATUS_FAULT => {
             let arg = u64_at(off::FAULT_ARG);
             let size = u32_at(off::FAULT_SIZE);

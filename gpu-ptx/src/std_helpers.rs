@@ -9,7 +9,7 @@
 
 use crate::helpers::{GpuHelper, HelperSet};
 use crate::maps::{desc, header, HASH_BUSY, HASH_FULL};
-use crate::state::{off, FAULT_BAD_CALLBACK, FAULT_NESTED_CALLBACK, STATUS_FAULT, STATUS_STOPPED};
+use crate::state::{off, FAULT_BAD_CALLBACK, FAULT_NESTED_CALLBACK, STATUS_EXIT_THREAD, STATUS_FAULT, STATUS_STOPPED};
 use crate::translate::{function_name, MAP_TAG};
 use bpftime_vm::Program;
 
@@ -566,7 +566,7 @@ pub fn standard() -> HelperSet {
         .with(GpuHelper::ptx(
             507,
             "bpftime_exit",
-            format!("st.u32 [%st+{}], {STATUS_STOPPED};\nst.u64 [%st+{}], 0;\nmov.b64 %ret, 0;\nret;", off::STATUS, off::STOP_VALUE),
+            format!("st.u32 [%st+{}], {STATUS_EXIT_THREAD};\nst.u64 [%st+{}], 0;\nmov.b64 %ret, 0;\nret;", off::STATUS, off::STOP_VALUE),
         ))
         .with(GpuHelper::ptx(508, "bpftime_get_grid_dim", write_xyz("mov.u32 %x, %nctaid.x;\nmov.u32 %y, %nctaid.y;\nmov.u32 %z, %nctaid.z;\n")))
         .with(GpuHelper::ptx(509, "bpftime_get_sm_id", special("%smid")))
