@@ -1,7 +1,8 @@
-// bpftime's GPU map type ids (1501 GPU hash, 1502 per-GPU-thread array, 1503 GPU array, 1513
-// host hash, 1527 GPU ring buffer), as bpftime's GPU examples declare them: they load on the
-// CPU side (as HASH, ARRAY with every thread's value in one, ARRAY, HASH, RINGBUF) and live in
-// device memory on the GPU.
+// bpftime's GPU map type ids (1501 GPU hash, 1502 per-GPU-thread array, 1503 GPU array, 1512
+// and 1513 the per-thread and shared arrays bpftime keeps in host memory, 1527 GPU ring
+// buffer), as bpftime's GPU examples declare them: they load on the CPU side (as HASH, ARRAY
+// with every thread's value in one, ARRAY, ARRAY with every thread's value, ARRAY, RINGBUF) and
+// live in device memory on the GPU.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -24,7 +25,14 @@ struct {
     __uint(max_entries, 8);
     __type(key, __u32);
     __type(value, __u64);
-} host_hash SEC(".maps");
+} host_array SEC(".maps");
+
+struct {
+    __uint(type, 1512);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __type(value, __u64);
+} host_per_thread SEC(".maps");
 
 struct {
     __uint(type, 1502);
@@ -48,8 +56,11 @@ int types(__u64 *ctx)
     __u64 val = 42;
     bpf_map_update_elem(&gpu_hash, &k, &val, BPF_ANY);
     bpf_ringbuf_output(&gpu_ring, &val, sizeof(val), 0);
-    __u32 far = 1000;
-    bpf_map_update_elem(&host_hash, &far, &val, BPF_ANY);
+    __u32 last = 7;
+    bpf_map_update_elem(&host_array, &last, &val, BPF_ANY);
+    __u64 *own = bpf_map_lookup_elem(&host_per_thread, &k);
+    if (own)
+        *own += 9;
     // Thread 0's value (the CPU's lookup sees the first thread's part).
     __u64 *mine = bpf_map_lookup_elem(&per_thread, &k);
     if (mine)

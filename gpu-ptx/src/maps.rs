@@ -148,6 +148,15 @@ impl GpuMapSpec {
 
 /// The map type of a per-GPU-thread array (bpftime's `BPF_MAP_TYPE_PERGPUTD_ARRAY_MAP`).
 pub const PER_THREAD_ARRAY: u32 = 1502;
+/// bpftime's per-GPU-thread array kept in host memory (`BPF_MAP_TYPE_PERGPUTD_ARRAY_HOST_MAP`):
+/// the same thing here, a [`PER_THREAD_ARRAY`] (device memory, copied back to the host).
+pub const PER_THREAD_HOST_ARRAY: u32 = 1512;
+
+/// Whether `map_type` is one of bpftime's per-GPU-thread arrays (1502, 1512): one value per
+/// global thread id.
+pub fn is_per_thread_array(map_type: u32) -> bool {
+    map_type == PER_THREAD_ARRAY || map_type == PER_THREAD_HOST_ARRAY
+}
 
 /// Whose value slot a map access uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,10 +185,10 @@ pub enum GpuMapKind {
 /// cannot hold it.
 pub fn kind_of(map_type: u32) -> Option<(GpuMapKind, SlotsBy)> {
     Some(match map_type {
-        2 | 1503 | 1504 | 1512 => (GpuMapKind::Array, SlotsBy::Shared),
+        2 | 1503 | 1504 | 1513 => (GpuMapKind::Array, SlotsBy::Shared),
         6 => (GpuMapKind::Array, SlotsBy::Sm),
         PER_THREAD_ARRAY => (GpuMapKind::Array, SlotsBy::Thread),
-        1 | 9 | 1501 | 1513 => (GpuMapKind::Hash, SlotsBy::Shared),
+        1 | 9 | 1501 => (GpuMapKind::Hash, SlotsBy::Shared),
         5 | 10 => (GpuMapKind::Hash, SlotsBy::Sm),
         27 | 4 | 1527 => (GpuMapKind::Ring, SlotsBy::Shared),
         _ => return None,
@@ -187,13 +196,14 @@ pub fn kind_of(map_type: u32) -> Option<(GpuMapKind, SlotsBy)> {
 }
 
 /// The kernel map type that holds a bpftime GPU map type on the host (in the shared region,
-/// where the CPU side and `bpftime map dump` see it): 1501 GPU hash and 1513 -> HASH, 1503 /
-/// 1504 / 1512 arrays -> ARRAY, 1502 per-thread array -> ARRAY (each value holding every
-/// thread's, as bpftime's host side shows it), 1527 GPU ring -> RINGBUF. None for other types.
+/// where the CPU side and `bpftime map dump` see it): 1501 GPU hash -> HASH, the arrays 1503,
+/// 1504 and 1513 (in host memory under bpftime) -> ARRAY, the per-thread arrays 1502 and 1512
+/// -> ARRAY (each value holding every thread's, as bpftime's host side shows it), 1527 GPU ring
+/// -> RINGBUF. None for other types.
 pub fn host_equivalent(map_type: u32) -> Option<u32> {
     Some(match map_type {
-        1501 | 1513 => 1,
-        1502 | 1503 | 1504 | 1512 => 2,
+        1501 => 1,
+        1502 | 1503 | 1504 | 1512 | 1513 => 2,
         1527 => 27,
         _ => return None,
     })

@@ -355,7 +355,7 @@ pub(crate) fn global_thread_id() -> String {
 }
 
 /// Whether the type in `%ty` is a hash (sets %p).
-const IS_HASH: &str = "setp.eq.u32 %p, %ty, 1;\nsetp.eq.or.u32 %p, %ty, 5, %p;\nsetp.eq.or.u32 %p, %ty, 9, %p;\nsetp.eq.or.u32 %p, %ty, 10, %p;\nsetp.eq.or.u32 %p, %ty, 1501, %p;\nsetp.eq.or.u32 %p, %ty, 1513, %p;\n";
+const IS_HASH: &str = "setp.eq.u32 %p, %ty, 1;\nsetp.eq.or.u32 %p, %ty, 5, %p;\nsetp.eq.or.u32 %p, %ty, 9, %p;\nsetp.eq.or.u32 %p, %ty, 10, %p;\nsetp.eq.or.u32 %p, %ty, 1501, %p;\n";
 
 /// `%e` = the array entry of the u32 key at %a2 (jumps to $missing past the end).
 const ARRAY_ENTRY: &str = r#"call.uni (%idx), bpf_load_u32, (%a2);
@@ -562,7 +562,7 @@ pub fn standard() -> HelperSet {
         .with(GpuHelper::ptx(503, "bpftime_get_block_idx", write_xyz("mov.u32 %x, %ctaid.x;\nmov.u32 %y, %ctaid.y;\nmov.u32 %z, %ctaid.z;\n")))
         .with(GpuHelper::ptx(504, "bpftime_get_block_dim", write_xyz("mov.u32 %x, %ntid.x;\nmov.u32 %y, %ntid.y;\nmov.u32 %z, %ntid.z;\n")))
         .with(GpuHelper::ptx(505, "bpftime_get_thread_idx", write_xyz("mov.u32 %x, %tid.x;\nmov.u32 %y, %tid.y;\nmov.u32 %z, %tid.z;\n")))
-        .with(GpuHelper::ptx(506, "bpftime_membar", "membar.gl;\nmov.b64 %ret, 0;\nret;"))
+        .with(GpuHelper::ptx(506, "bpftime_membar", "membar.sys;\nmov.b64 %ret, 0;\nret;"))
         .with(GpuHelper::ptx(
             507,
             "bpftime_exit",

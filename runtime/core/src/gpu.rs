@@ -111,8 +111,11 @@ pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -
         .iter()
         .map(|&i| {
             let d = &obj.maps[i];
-            let threads = if d.map_type == bpftime_gpu_ptx::maps::PER_THREAD_ARRAY { gpu_thread_count() } else { 0 };
-            GpuMapSpec { threads, ..GpuMapSpec::new(&d.name, d.map_type, d.key_size, d.value_size, d.max_entries) }
+            let (map_type, threads) = match bpftime_gpu_ptx::maps::is_per_thread_array(d.map_type) {
+                true => (bpftime_gpu_ptx::maps::PER_THREAD_ARRAY, gpu_thread_count()),
+                false => (d.map_type, 0),
+            };
+            GpuMapSpec { threads, ..GpuMapSpec::new(&d.name, map_type, d.key_size, d.value_size, d.max_entries) }
         })
         .collect();
     if needs_trace_ring(&p.insns) {
@@ -510,7 +513,7 @@ pub fn gpu_thread_count() -> u32 {
 pub fn region_map_spec(map_type: u32, build: impl FnOnce(bpftime_maps::MapType) -> bpftime_maps::MapSpec) -> Option<bpftime_maps::MapSpec> {
     use bpftime_maps::MapType;
     let mut spec = build(MapType::from_u32(map_type).or_else(|| MapType::from_u32(bpftime_gpu_ptx::maps::host_equivalent(map_type)?))?);
-    if map_type == bpftime_gpu_ptx::maps::PER_THREAD_ARRAY {
+    if bpftime_gpu_ptx::maps::is_per_thread_array(map_type) {
         let threads = gpu_thread_count();
         spec.value_size = spec.value_size.checked_mul(threads)?;
         spec.map_extra = threads as u64;
