@@ -5,7 +5,8 @@
 // entry of every hash and array map with 4-byte keys and 8-byte values as `MAP[KEY] = VALUE`,
 // and of bpftime's per-GPU-thread arrays (1502: a lookup gives every thread's value, for
 // BPFTIME_MAP_GPU_THREAD_COUNT threads, default 1024) as `MAP[KEY] = SUM (N threads)`, N the
-// threads whose value is not 0.
+// threads whose value is not 0. Ring buffers (27, and bpftime's GPU ring 1527) are read with
+// libbpf's ring_buffer: `MAP: N records of B bytes, first u32 sum S`.
 // Build: cc -O2 attach_all.c -lbpf -o attach_all
 // Usage: attach_all OBJ
 #include <bpf/bpf.h>
@@ -50,6 +51,23 @@ static void print_per_thread(const struct bpf_map *map)
     free(values);
 }
 
+/// What one ring buffer delivered.
+struct ring_stats {
+    const char *name;
+    unsigned long records, first_u32_sum;
+    size_t size;
+};
+
+static int on_record(void *ctx, void *data, size_t size)
+{
+    struct ring_stats *s = ctx;
+    s->records++;
+    s->size = size;
+    if (size >= 4)
+        s->first_u32_sum += *(__u32 *)data;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -76,12 +94,37 @@ int main(int argc, char **argv)
         }
         links++;
     }
+    struct ring_stats rings[16] = { 0 };
+    struct ring_buffer *rb = NULL;
+    int nrings = 0;
+    struct bpf_map *map;
+    bpf_object__for_each_map(map, obj)
+    {
+        enum bpf_map_type t = bpf_map__type(map);
+        if ((t != BPF_MAP_TYPE_RINGBUF && t != 1527) || nrings == 16)
+            continue;
+        struct ring_stats *s = &rings[nrings++];
+        s->name = bpf_map__name(map);
+        int err = rb ? ring_buffer__add(rb, bpf_map__fd(map), on_record, s) : 0;
+        if (!rb)
+            rb = ring_buffer__new(bpf_map__fd(map), on_record, s, NULL);
+        if (!rb || err) {
+            fprintf(stderr, "cannot read ring buffer %s: errno %d\n", s->name, errno);
+            return 1;
+        }
+    }
     printf("attached %d\n", links);
     fflush(stdout);
     char line[64];
     if (!fgets(line, sizeof line, stdin))
         line[0] = 0;
-    struct bpf_map *map;
+    if (rb && ring_buffer__consume(rb) < 0) {
+        fprintf(stderr, "ring_buffer__consume: errno %d\n", errno);
+        return 1;
+    }
+    for (int i = 0; i < nrings; i++)
+        printf("%s: %lu records of %zu bytes, first u32 sum %lu\n", rings[i].name, rings[i].records, rings[i].size, rings[i].first_u32_sum);
+    ring_buffer__free(rb);
     bpf_object__for_each_map(map, obj)
     {
         enum bpf_map_type t = bpf_map__type(map);
