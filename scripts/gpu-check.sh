@@ -158,6 +158,10 @@ else summary+=("cuda graph: FAILED"); status=1; fi
 if traced events cuda_events "vector_add 1048576"; then
     expect events "ring records" "$(grep -c 'ringbuf `events`' "$cuda/events.report")" 4096
 else summary+=("cuda events: FAILED"); status=1; fi
+# bpftime's GPU ring (1527, declared with records per thread) written with perf_event_output.
+if traced records cuda_ring_records "vector_add 1048576"; then
+    expect records "ring records" "$(grep -c 'ringbuf `records`' "$cuda/records.report")" 4096
+else summary+=("cuda records: FAILED"); status=1; fi
 if traced timing cuda_timing "vector_add 1048576"; then
     expect timing "block durations" "$(map_sum "$cuda/timing.report" duration_log2)" 4096
     expect timing "blocks on SMs" "$(map_sum "$cuda/timing.report" blocks_per_sm)" 4096

@@ -572,10 +572,11 @@ fn bpftime_exit_in_a_probe_ends_the_gpu_thread() {
 /// opens kprobe perf events (through a stand-in kprobe PMU where the kernel has none); the
 /// app started with `bpftime start` runs them in its kernels, and the loader reads the counts
 /// from its own map fds while the messages reach the trace pipe.
-/// Runs the libbpf loader `attach_all` on example `obj` under `bpftime load`, checks it
-/// attached `links` programs, runs the vector add under `bpftime start` (its output its own),
-/// then has the loader read its maps. Returns what the loader printed then and the trace pipe.
-fn unmodified_loader_session(tag: &str, obj: &str, links: usize) -> Option<(String, String)> {
+/// Runs libbpf loader `loader` (`attach_all` style: `OBJ ARGS...`, says "attached N", reads
+/// its maps after a line on stdin) on example `obj` under `bpftime load`, checks it attached
+/// `links` programs, runs the vector add under `bpftime start` (its output its own), then has
+/// the loader read its maps. Returns what the loader printed then and the trace pipe.
+fn unmodified_loader_session(tag: &str, loader: &str, obj: &str, args: &[&str], links: usize) -> Option<(String, String)> {
     let dir = setup(tag, &[])?;
     let shm = format!("bpftime-cuda-{tag}-{}", std::process::id());
     bpftime_tests::remove_region(&shm);
@@ -586,8 +587,9 @@ fn unmodified_loader_session(tag: &str, obj: &str, links: usize) -> Option<(Stri
     };
     let mut loader = bpftime()
         .args(["load", "--"])
-        .arg(build_loader("attach_all"))
+        .arg(build_loader(loader))
         .arg(build_example(obj))
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -626,7 +628,7 @@ fn unmodified_loader_session(tag: &str, obj: &str, links: usize) -> Option<(Stri
 
 #[test]
 fn an_unmodified_libbpf_loader_attaches_gpu_probes() {
-    let Some((rest, trace)) = unmodified_loader_session("loader", "cuda_counter", 2) else { return };
+    let Some((rest, trace)) = unmodified_loader_session("loader", "attach_all", "cuda_counter", &[], 2) else { return };
     let value = |prefix: &str| -> Vec<u64> { rest.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(" = ").next()?.parse().ok()).collect() };
     let total = THREADS * LAUNCHES as u64;
     assert_eq!(value("entries["), vec![total], "one entry per thread, one key (the app's pid)\n{rest}");
@@ -646,8 +648,20 @@ fn an_unmodified_libbpf_loader_attaches_gpu_probes() {
 /// the syscall server's ring buffer mapping): one record per block per launch, with the block.
 #[test]
 fn an_unmodified_libbpf_loader_reads_gpu_ring_buffer_records() {
-    let Some((rest, _)) = unmodified_loader_session("ring", "cuda_events", 1) else { return };
+    let Some((rest, _)) = unmodified_loader_session("ring", "attach_all", "cuda_events", &[], 1) else { return };
     let blocks = THREADS / 256;
     let block_sum: u64 = (0..blocks).sum::<u64>() * LAUNCHES as u64;
     assert!(rest.contains(&format!("events: {} records of 24 bytes, first u32 sum {block_sum}\n", blocks * LAUNCHES as u64)), "{rest}");
+}
+
+/// bpftime's way of reading a GPU ring: a 1527 map declared with a key, a record-sized value
+/// and records per thread, written with `bpf_perf_event_output`, polled by the loader through
+/// `bpftime_syscall_server__poll_gpu_ringbuf_map` (found with dlsym, as bpftime's GPU examples
+/// find it): every record, in order of blocks' returns.
+#[test]
+fn a_loader_polls_a_gpu_ring_the_bpftime_way() {
+    let Some((rest, _)) = unmodified_loader_session("poll", "gpu_ring_poll", "cuda_ring_records", &["records"], 1) else { return };
+    let blocks = THREADS / 256;
+    let block_sum: u64 = (0..blocks).sum::<u64>() * LAUNCHES as u64;
+    assert!(rest.contains(&format!("records: {} records of 16 bytes, first u32 sum {block_sum}\n", blocks * LAUNCHES as u64)), "{rest}");
 }

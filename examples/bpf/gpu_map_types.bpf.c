@@ -46,6 +46,12 @@ struct {
     __uint(max_entries, 4096);
 } gpu_ring SEC(".maps");
 
+struct {
+    __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+    __uint(key_size, sizeof(__u32));
+    __uint(value_size, sizeof(__u32));
+} perf SEC(".maps");
+
 SEC("gpu/types")
 int types(__u64 *ctx)
 {
@@ -56,6 +62,7 @@ int types(__u64 *ctx)
     __u64 val = 42;
     bpf_map_update_elem(&gpu_hash, &k, &val, BPF_ANY);
     bpf_ringbuf_output(&gpu_ring, &val, sizeof(val), 0);
+    bpf_perf_event_output(ctx, &perf, BPF_F_CURRENT_CPU, &val, sizeof(val));
     __u32 last = 7;
     bpf_map_update_elem(&host_array, &last, &val, BPF_ANY);
     __u64 *own = bpf_map_lookup_elem(&host_per_thread, &k);

@@ -400,12 +400,14 @@ $enoent:\nmov.b64 %ret, -2;\nret;\n$missing:\n$einval:\nmov.b64 %ret, -22;\nret;
     ))
 }
 
-/// Appends a record (`%a2`/`%a3` or as given) to the device ring of map `%d`: a u64 header
-/// (`len | source << 32`) then the bytes, 8-aligned; a full ring drops it and counts it.
-fn ring_output(data: &str, len: &str, source: &str) -> String {
+/// Appends a record (`data`, `len` bytes) to the device ring of the map `map` names: a u64
+/// header (`len | source << 32`) then the bytes, 8-aligned; a full ring drops it and counts
+/// it. A map that is no ring gets -EINVAL.
+fn ring_output(map: &str, data: &str, len: &str, source: &str) -> String {
     fill(&format!(
-        ".reg .b64 %d, %ok, %lo, %data, %cap, %need, %pos, %t, %hdr;\n.reg .pred %p;\n\
-call.uni (%d), bpf_map_desc, (%st, %a1);\nsetp.eq.u64 %p, %d, 0;\n@%p bra $einval;\n\
+        ".reg .b64 %d, %ok, %lo, %data, %cap, %need, %pos, %t, %hdr;\n.reg .b32 %ty;\n.reg .pred %p;\n\
+call.uni (%d), bpf_map_desc, (%st, {map});\nsetp.eq.u64 %p, %d, 0;\n@%p bra $einval;\n\
+ld.u32 %ty, [%d+{{D_TYPE}}];\nsetp.ne.u32 %p, %ty, 4;\nsetp.ne.and.u32 %p, %ty, 27, %p;\nsetp.ne.and.u32 %p, %ty, 1527, %p;\n@%p bra $einval;\n\
 call.uni (%ok), bpf_range_ok, (%st, {data}, {len}, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n\
 ld.u64 %lo, [%st+{{ARENA_LO}}];\nld.u64 %data, [%d+{{D_DATA}}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{{D_DATA_LEN}}];\n\
 add.u64 %need, {len}, 15;\nand.b64 %need, %need, -8;\n\
@@ -550,12 +552,12 @@ pub fn standard() -> HelperSet {
         .with(GpuHelper::ptx(
             25,
             "bpf_perf_event_output",
-            ring_output("%a4", "%a5", "%sm")
+            ring_output("%a2", "%a4", "%a5", "%sm")
                 .replace(".reg .pred %p;\n", ".reg .pred %p;\n.reg .b64 %sm;\n.reg .b32 %smw;\nmov.u32 %smw, %smid;\ncvt.u64.u32 %sm, %smw;\n"),
         ))
         .with(GpuHelper::ptx(125, "bpf_ktime_get_boot_ns", host_clock(off::CLOCK_BOOTTIME)))
         .with(GpuHelper::ptx(160, "bpf_ktime_get_coarse_ns", host_clock(off::CLOCK_MONOTONIC)))
-        .with(GpuHelper::ptx(130, "bpf_ringbuf_output", ring_output("%a2", "%a3", "0")))
+        .with(GpuHelper::ptx(130, "bpf_ringbuf_output", ring_output("%a1", "%a2", "%a3", "0")))
         .with(GpuHelper::per_program(181, "bpf_loop", bpf_loop))
         .with(GpuHelper::ptx(501, "bpftime_puts", trace_output(true)))
         .with(GpuHelper::ptx(502, "bpftime_get_globaltimer", timer))

@@ -431,3 +431,34 @@ pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut
 pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
     fopen_via(c"fopen64", path, mode)
 }
+
+/// A callback of [`bpftime_syscall_server__poll_gpu_ringbuf_map`]: a record's bytes, their
+/// count, and the caller's context.
+pub type RecordCallback = unsafe extern "C" fn(data: *const c_void, size: u64, ctx: *mut c_void);
+
+/// bpftime's entry point for loaders to read a GPU ring buffer (its examples find it with
+/// `dlsym(RTLD_DEFAULT, ...)`; here any ring buffer map works): every record waiting in the
+/// ring of map fd `mapfd` goes to `callback(data, size, ctx)`, oldest first. Returns 0, or
+/// `-EBADF` when `mapfd` is not a ring buffer map of ours, `-EINVAL` without a callback.
+///
+/// # Safety
+/// `callback` must be callable with a record (valid only during the call) and `ctx`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bpftime_syscall_server__poll_gpu_ringbuf_map(mapfd: c_int, ctx: *mut c_void, callback: Option<RecordCallback>) -> c_int {
+    let Some(callback) = callback else { return -libc::EINVAL };
+    let Some(s) = server() else { return -libc::EBADF };
+    let ctx = ctx as usize;
+    let r = std::panic::catch_unwind(|| {
+        let map = s.map(mapfd as u32).ok().filter(|m| m.map_type() == bpftime_maps::MapType::Ringbuf).ok_or(libc::EBADF)?;
+        map.ringbuf_consume(&mut |record| {
+            // SAFETY: the caller's contract; the record stays valid for the call.
+            unsafe { callback(record.as_ptr().cast(), record.len() as u64, ctx as *mut c_void) }
+        });
+        Ok::<(), i32>(())
+    });
+    match r {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => -e,
+        Err(_) => -libc::EFAULT,
+    }
+}

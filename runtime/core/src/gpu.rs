@@ -115,6 +115,9 @@ pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -
                 true => (bpftime_gpu_ptx::maps::PER_THREAD_ARRAY, gpu_thread_count()),
                 false => (d.map_type, 0),
             };
+            if d.map_type == GPU_RING && (d.key_size != 0 || d.value_size != 0) {
+                return GpuMapSpec::new(&d.name, map_type, 0, 0, gpu_ring_bytes(d.value_size, d.max_entries));
+            }
             GpuMapSpec { threads, ..GpuMapSpec::new(&d.name, map_type, d.key_size, d.value_size, d.max_entries) }
         })
         .collect();
@@ -518,7 +521,26 @@ pub fn region_map_spec(map_type: u32, build: impl FnOnce(bpftime_maps::MapType) 
         spec.value_size = spec.value_size.checked_mul(threads)?;
         spec.map_extra = threads as u64;
     }
+    if map_type == GPU_RING && (spec.key_size != 0 || spec.value_size != 0) {
+        spec.max_entries = gpu_ring_bytes(spec.value_size, spec.max_entries);
+        spec.key_size = 0;
+        spec.value_size = 0;
+    }
     Some(spec)
+}
+
+/// bpftime's GPU ring buffer map type.
+const GPU_RING: u32 = 1527;
+
+/// The bytes of ring buffer a GPU ring (bpftime's 1527) declared bpftime's way gets: room for
+/// `max_entries` records of `value_size` bytes (with their 8-byte headers) for each of
+/// [`gpu_thread_count`] threads, as bpftime gives every thread a ring of its own; a power of two
+/// from 64 KiB to 256 MiB. (Declared the kernel's way, with no key or value, `max_entries` is
+/// the size in bytes already.)
+fn gpu_ring_bytes(value_size: u32, max_entries: u32) -> u32 {
+    let record = (value_size as u64).div_ceil(8) * 8 + 8;
+    let bytes = record * max_entries.max(1) as u64 * gpu_thread_count() as u64;
+    bytes.clamp(64 << 10, 256 << 20).next_power_of_two() as u32
 }
 
 /// The thread count of a region map that is a per-GPU-thread array (an ARRAY with a thread
