@@ -78,6 +78,14 @@ fn vmlinux_h_dir(out_dir: &Path) -> PathBuf {
     dir
 }
 
+/// Held while a target or loader is built: two tests of one binary asking for the same one at
+/// once would both build it, and the second rename would replace the file the first had
+/// already started (its `/proc/self/exe` then "(deleted)").
+fn build_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn is_fresh(out: &Path, src: &Path) -> bool {
     let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     matches!((m(out), m(src)), (Some(o), Some(s)) if o >= s)
@@ -104,6 +112,7 @@ pub fn build_target(name: &str, shared: bool) -> PathBuf {
     let out_dir = root.join("target/c-targets");
     std::fs::create_dir_all(&out_dir).expect("create target/c-targets");
     let out = out_dir.join(if shared { format!("lib{name}.so") } else { name.to_string() });
+    let _built = build_lock();
     if is_fresh(&out, &src) {
         return out;
     }
@@ -129,6 +138,7 @@ pub fn build_loader(name: &str) -> PathBuf {
     let dir = root.join("target/loaders");
     std::fs::create_dir_all(&dir).expect("create target/loaders");
     let out = dir.join(name);
+    let _built = build_lock();
     if is_fresh(&out, &src) {
         return out;
     }
