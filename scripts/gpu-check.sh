@@ -142,6 +142,11 @@ else summary+=("cuda hashes: FAILED"); status=1; fi
 BPFTIME_VERBOSE=1 "$cli" run --shm-size 1G "$bpf/cuda_exit_blocks.bpf.o" -- "$cuda/driver_vector_add" 1048576 3 > "$cuda/exit.out" 2> "$cuda/exit.report"
 expect exit "threads entered" "$(map_value "$cuda/exit.report" threads 0)" 3145728
 expect exit "threads finished (blocks 0, 1)" "$(map_value "$cuda/exit.report" threads 1)" 1536
+# A CPU uprobe and a GPU probe both count into one array.
+if traced both cuda_shared_counts "driver_vector_add 1048576 3"; then
+    expect both "GPU threads counted" "$(map_value "$cuda/both.report" counts 0)" 3145728
+    expect both "CPU launches counted" "$(map_value "$cuda/both.report" counts 1)" 3
+else summary+=("cuda both: FAILED"); status=1; fi
 if traced gemm cuda_launches "gemm 512" --program gemm_launch; then
     expect gemm "launches" "$(map_value "$cuda/gemm.report" launches 1)" 1
 else summary+=("cuda gemm: FAILED"); status=1; fi

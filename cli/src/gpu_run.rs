@@ -111,7 +111,7 @@ pub fn run_region_program(
     };
     let mut prev = image.clone();
     layout.fold_shards(&mut prev);
-    let errors = probes.write_back(&layout, &mut arena, Some(&prev), region);
+    let errors = probes.write_back(&layout, &mut arena, Some(&prev), region, None);
     Ok(Report { outcomes, maps: errors, trace: (vec![], 0), device, micros, layout: None, arena: None })
 }
 

@@ -572,6 +572,20 @@ fn bpftime_exit_in_a_probe_ends_the_gpu_thread() {
 /// opens kprobe perf events (through a stand-in kprobe PMU where the kernel has none); the
 /// app started with `bpftime start` runs them in its kernels, and the loader reads the counts
 /// from its own map fds while the messages reach the trace pipe.
+/// A CPU program and a GPU program both writing one array: the uprobe's launch count and the
+/// GPU's thread count both reach the host map (the GPU's entries are copied back, the host's
+/// pushed before each launch).
+#[test]
+fn cpu_and_gpu_programs_both_write_one_array() {
+    let Some(dir) = setup("both", &[]) else { return };
+    let out = traced(&dir, &build_example("cuda_shared_counts"), &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(dumped(&stderr, "counts", "0"), Some((THREADS * LAUNCHES as u64).to_string()), "the GPU's count\n{stderr}");
+    assert_eq!(dumped(&stderr, "counts", "1"), Some(LAUNCHES.to_string()), "the CPU's count\n{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Runs libbpf loader `loader` (`attach_all` style: `OBJ ARGS...`, says "attached N", reads
 /// its maps after a line on stdin) on example `obj` under `bpftime load`, checks it attached
 /// `links` programs, runs the vector add under `bpftime start` (its output its own), then has

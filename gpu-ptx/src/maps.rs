@@ -132,12 +132,15 @@ pub struct GpuMapSpec {
     /// A per-GPU-thread array (bpftime's 1502): value slots per entry, one for each global
     /// thread id below it (0 for other maps).
     pub threads: u32,
+    /// CPU programs use it too: the host writes entries of it between launches, so its storage
+    /// stays out of the shard zone (a host write must not meet GPU adds parked in shards).
+    pub host_shared: bool,
 }
 
 impl GpuMapSpec {
     /// A map of `map_type` with these sizes (not a per-thread array).
     pub fn new(name: &str, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> GpuMapSpec {
-        GpuMapSpec { name: name.into(), map_type, key_size, value_size, max_entries, threads: 0 }
+        GpuMapSpec { name: name.into(), map_type, key_size, value_size, max_entries, threads: 0, host_shared: false }
     }
 
     /// The arena's trace ring (see [`TRACE_RING_NAME`]).
@@ -297,7 +300,8 @@ impl ArenaLayout {
         let zone_off = at;
         let mut in_zone = vec![false; placed.len()];
         for (i, m) in placed.iter_mut().enumerate() {
-            if m.kind == GpuMapKind::Array && m.slots == 1 && m.data_len <= SHARD_MAP_MAX && at + m.data_len - zone_off <= SHARD_ZONE_MAX {
+            if m.kind == GpuMapKind::Array && m.slots == 1 && !m.spec.host_shared && m.data_len <= SHARD_MAP_MAX && at + m.data_len - zone_off <= SHARD_ZONE_MAX
+            {
                 in_zone[i] = true;
                 m.data_off = at;
                 at = (at + m.data_len).div_ceil(64) * 64;

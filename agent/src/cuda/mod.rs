@@ -22,7 +22,7 @@ use bpftime_gpu_ptx::fatbin::{self, EntryKind};
 use bpftime_gpu_ptx::maps::ArenaLayout;
 use bpftime_gpu_ptx::patch::{self, Probe};
 use bpftime_gpu_ptx::Target;
-use bpftime_runtime::gpu::GpuProbes;
+use bpftime_runtime::gpu::{GpuProbes, HostShare};
 use bpftime_runtime::links::{self, LinkState, UprobeLink};
 use bpftime_shm::ShmRegion;
 use driver::{DevPtr, Driver, Handle, Image};
@@ -45,13 +45,17 @@ pub(crate) struct Arena {
     last_copy: Mutex<Instant>,
     /// What was last written back (folded), so that only changed entries are written again.
     written: Mutex<Vec<u8>>,
+    /// What the device has been given of the maps CPU programs also use.
+    share: Mutex<HostShare>,
 }
 
 impl Arena {
-    /// Writes a copy of this arena back into the region's maps (what changed since the last).
-    fn write_back(&self, gpu: &Gpu, copy: &mut [u8]) {
+    /// Writes a copy of this arena back into the region's maps (what changed since the last);
+    /// `given` is what the device had been given of the host's maps when the copy was made.
+    fn write_back(&self, gpu: &Gpu, copy: &mut [u8], given: &HostShare) {
         let mut written = lock(&self.written);
-        for e in gpu.probes.write_back(&self.layout, copy, Some(&written), &gpu.region) {
+        let mut share = lock(&self.share);
+        for e in gpu.probes.write_back(&self.layout, copy, Some(&written), &gpu.region, Some((given, &mut share))) {
             gpu.say_once(format!("CUDA maps: {e}"));
         }
         written.copy_from_slice(copy);
@@ -222,6 +226,7 @@ impl Gpu {
         if verbose() {
             eprintln!("bpftime: CUDA maps: {} bytes of device memory ({} maps, {nsm} SMs)", image.len(), layout.maps.len());
         }
+        let share = Mutex::new(self.probes.host_share(&layout, &image));
         let a = Arc::new(Arena {
             dev,
             len: image.len(),
@@ -229,6 +234,7 @@ impl Gpu {
             staging: Mutex::default(),
             dirty: AtomicU64::new(0),
             last_copy: Mutex::new(Instant::now()),
+            share,
             written: Mutex::new(image.clone()),
         });
         arenas.insert(ctx, a.clone());
@@ -263,7 +269,7 @@ impl Gpu {
         if !self.probes.host_owned.contains(&true) {
             return;
         }
-        for (off, bytes) in self.probes.host_values(&arena.layout, &self.region) {
+        for (off, bytes) in self.probes.host_values(&arena.layout, &self.region, &mut lock(&arena.share)) {
             if let Err(e) = drv.memcpy_htod_async(arena.dev + off, &bytes, stream) {
                 self.say_once(format!("CUDA maps shared with CPU probes are not copied to the GPU: {e}"));
             }
@@ -283,7 +289,9 @@ impl Gpu {
         for off in arena.layout.ring_cursors() {
             drv.memset_async(arena.dev + off, 16, stream)?;
         }
-        let job = Box::into_raw(Box::new(WriteBack { arena: arena.clone(), buf: buf as usize }));
+        // What the device has been given of the host's maps, as of this copy (stream order).
+        let given = lock(&arena.share).clone();
+        let job = Box::into_raw(Box::new(WriteBack { arena: arena.clone(), buf: buf as usize, given }));
         // SAFETY: `write_back` takes the box back exactly once and calls no CUDA function.
         let r = unsafe { drv.launch_host_func(stream, write_back, job.cast()) };
         if r.is_err() {
@@ -311,6 +319,7 @@ impl PatchedImage {
 struct WriteBack {
     arena: Arc<Arena>,
     buf: usize,
+    given: HostShare,
 }
 
 /// Host function run by the driver once a launch and its copy back are done.
@@ -322,7 +331,7 @@ extern "C" fn write_back(data: *mut c_void) {
         // SAFETY: the copy into the buffer completed before the stream reached this function,
         // and no one else uses the buffer until it is back in the pool.
         let mut arena = unsafe { std::slice::from_raw_parts(job.buf as *const u8, job.arena.len) }.to_vec();
-        job.arena.write_back(gpu, &mut arena);
+        job.arena.write_back(gpu, &mut arena, &job.given);
         Some(())
     });
     lock(&job.arena.staging).push(job.buf);
@@ -476,9 +485,10 @@ fn sync_point() {
             a.dirty.store(0, Ordering::Relaxed);
             *lock(&a.last_copy) = Instant::now();
             let mut copy = vec![0u8; a.len];
+            let given = lock(&a.share).clone();
             let r = drv.memcpy_dtoh(&mut copy, a.dev).and_then(|()| a.layout.ring_cursors().into_iter().try_for_each(|off| drv.memset(a.dev + off, 16)));
             match r {
-                Ok(()) => a.write_back(gpu, &mut copy),
+                Ok(()) => a.write_back(gpu, &mut copy, &given),
                 Err(e) => gpu.say_once(format!("CUDA maps are not copied back: {e}")),
             }
         }

@@ -330,9 +330,10 @@ pub struct GpuProbes {
     /// Region map id of each arena slot.
     pub map_ids: Vec<u32>,
     specs: Vec<GpuMapSpec>,
-    /// Slots whose map CPU programs (uprobes) also use: the host owns them. Arrays among them
-    /// are copied to the device before each launch and never written back (a launch-latency
-    /// tool: the CPU stamps the launch, the GPU reads the stamp).
+    /// Slots whose map CPU programs (uprobes) also use: the host owns them. Before each launch
+    /// the entries the host changed are copied to the device (a launch-latency tool: the CPU
+    /// stamps the launch, the GPU reads the stamp); arrays' entries the GPU changed are written
+    /// back (see [`HostShare`]); hashes are the host's alone (GPU writes are not kept).
     pub host_owned: Vec<bool>,
     /// The slot of the trace ring (last, with no region map), when a probe prints.
     pub trace_slot: Option<usize>,
@@ -374,6 +375,9 @@ impl GpuProbes {
         }
         let cpu = maps_of_cpu_programs(region, links);
         out.host_owned = out.map_ids.iter().map(|id| cpu.contains(id)).collect();
+        for (spec, &host) in out.specs.iter_mut().zip(&out.host_owned) {
+            spec.host_shared = host;
+        }
         (out, failed)
     }
 
@@ -440,10 +444,23 @@ impl GpuProbes {
         arena
     }
 
-    /// The host-owned arrays' and hashes' current contents, as they lie in the arena: (arena
-    /// offset, bytes; a hash's whole table and its count of entries). Copied to the device
-    /// before each launch.
-    pub fn host_values(&self, layout: &ArenaLayout, region: &Arc<bpftime_shm::ShmRegion>) -> Vec<(u64, Vec<u8>)> {
+    /// What the GPU was last given of each host-owned array: the bytes of its storage in
+    /// `image` (the arena the device starts from).
+    pub fn host_share(&self, layout: &ArenaLayout, image: &[u8]) -> HostShare {
+        let mut given = std::collections::HashMap::new();
+        for (slot, m) in layout.maps.iter().enumerate() {
+            if self.host_owned.get(slot) == Some(&true) && m.kind == bpftime_gpu_ptx::maps::GpuMapKind::Array && m.slots == 1 {
+                given.insert(slot, image[m.data_off as usize..(m.data_off + m.data_len) as usize].to_vec());
+            }
+        }
+        HostShare { given }
+    }
+
+    /// What to copy to the device before a launch, as (arena offset, bytes): of each
+    /// host-owned array, the runs of entries whose host value differs from what `share` says
+    /// the GPU was given (which it then records); of each host-owned hash, its whole table and
+    /// its count of entries.
+    pub fn host_values(&self, layout: &ArenaLayout, region: &Arc<bpftime_shm::ShmRegion>, share: &mut HostShare) -> Vec<(u64, Vec<u8>)> {
         let mut out = vec![];
         for (slot, &id) in self.map_ids.iter().enumerate() {
             let (Some(true), Some(m)) = (self.host_owned.get(slot), layout.maps.get(slot)) else { continue };
@@ -467,15 +484,42 @@ impl GpuProbes {
                     }
                 }
             }
-            out.push((m.data_off, bytes));
+            let Some(given) = share.given.get_mut(&slot) else { continue };
+            let stride = m.stride as usize;
+            let mut i = 0;
+            while i * stride < bytes.len() {
+                let changed = |i: usize| bytes.get(i * stride..(i + 1) * stride) != given.get(i * stride..(i + 1) * stride);
+                if !changed(i) {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while (i + 1) * stride <= bytes.len() && changed(i) {
+                    i += 1;
+                }
+                let run = start * stride..i * stride;
+                given[run.clone()].copy_from_slice(&bytes[run.clone()]);
+                out.push((m.data_off + run.start as u64, bytes[run].to_vec()));
+            }
         }
         out
     }
 
     /// Copies a device arena (as read back after a launch; its shards are folded here) into the
     /// region's maps, entries that changed since `prev` (the previous copy, folded, or the
-    /// image the arena started from) only. Returns what could not be copied, one line per map.
-    pub fn write_back(&self, layout: &ArenaLayout, arena: &mut [u8], prev: Option<&[u8]>, region: &Arc<bpftime_shm::ShmRegion>) -> Vec<String> {
+    /// image the arena started from) only. With `shared` (what the GPU had been given of the
+    /// host-owned arrays when the copy was made, and what it has been given now), the entries
+    /// of host-owned arrays the GPU changed are written too (a CPU and a GPU program may both
+    /// write one array; where both wrote one entry, the later write-back wins). Returns what
+    /// could not be copied, one line per map.
+    pub fn write_back(
+        &self,
+        layout: &ArenaLayout,
+        arena: &mut [u8],
+        prev: Option<&[u8]>,
+        region: &Arc<bpftime_shm::ShmRegion>,
+        mut shared: Option<(&HostShare, &mut HostShare)>,
+    ) -> Vec<String> {
         layout.fold_shards(arena);
         let mut errors = vec![];
         let (lines, lost) = trace_lines(layout, arena);
@@ -489,7 +533,15 @@ impl GpuProbes {
             errors.push(format!("{lost} trace messages lost (the ring was full)"));
         }
         for (slot, &id) in self.map_ids.iter().enumerate() {
-            if self.host_owned.get(slot) == Some(&true) || self.trace_slot == Some(slot) {
+            if self.trace_slot == Some(slot) {
+                continue;
+            }
+            if self.host_owned.get(slot) == Some(&true) {
+                if let Some((then, now)) = shared.as_mut() {
+                    if let Err(e) = self.write_back_shared(layout, arena, slot, region, then, now) {
+                        errors.push(e);
+                    }
+                }
                 continue;
             }
             let r = bpftime_maps::Map::open(region, id).map_err(|e| e.to_string()).and_then(|map| write_back(layout, arena, prev, slot, &map));
@@ -498,6 +550,47 @@ impl GpuProbes {
             }
         }
         errors
+    }
+}
+
+/// What the GPU has been given of each host-owned array (by arena slot: the bytes of its
+/// storage as last copied to the device), so that a push sends only what the host changed and
+/// a write-back only what the GPU changed.
+#[derive(Clone, Debug, Default)]
+pub struct HostShare {
+    given: std::collections::HashMap<usize, Vec<u8>>,
+}
+
+impl GpuProbes {
+    /// Writes the entries of host-owned array `slot` that the GPU changed (the copy `arena`
+    /// differs from what it had been given, `then`) into the region, and records them as given
+    /// in `now` where nothing newer was given since.
+    fn write_back_shared(
+        &self,
+        layout: &ArenaLayout,
+        arena: &[u8],
+        slot: usize,
+        region: &Arc<bpftime_shm::ShmRegion>,
+        then: &HostShare,
+        now: &mut HostShare,
+    ) -> Result<(), String> {
+        let (Some(m), Some(old)) = (layout.maps.get(slot), then.given.get(&slot)) else { return Ok(()) };
+        let map = bpftime_maps::Map::open(region, self.map_ids[slot]).map_err(|e| e.to_string())?;
+        let (stride, vs) = (m.stride as usize, m.spec.value_size as usize);
+        let data = &arena[m.data_off as usize..(m.data_off + m.data_len) as usize];
+        for i in 0..m.spec.max_entries as usize {
+            let entry = i * stride..(i + 1) * stride;
+            if data.get(entry.clone()) == old.get(entry.clone()) {
+                continue;
+            }
+            map.update(&(i as u32).to_le_bytes(), &data[entry.start..entry.start + vs], 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
+            if let Some(given) = now.given.get_mut(&slot) {
+                if given.get(entry.clone()) == old.get(entry.clone()) {
+                    given[entry.clone()].copy_from_slice(&data[entry]);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
