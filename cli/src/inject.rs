@@ -155,17 +155,29 @@ fn address(pid: u32, binary: &str, function: &str) -> Result<u64, String> {
     resolve_in_process(pid, &t).map(|r| r.addr).map_err(|e| format!("process {pid}: {e}"))
 }
 
-/// Why process `pid` cannot take a call now, if it cannot: stopped (SIGSTOP, a debugger's
-/// stop: it would not run our call), traced by a debugger (ptrace would be refused), a zombie.
-fn not_callable(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The state letter of `/proc/PATH/stat` (R, S, T, ...).
+fn task_state(path: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{path}/stat")).ok()?;
     // The state follows the command name, which is in parentheses and may hold anything.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("");
-    let tracer = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse::<u32>().ok()))
-        .unwrap_or(0);
-    match state {
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).map(str::to_string)
+}
+
+/// Why process `pid` cannot take a call now, if it cannot: stopped (SIGSTOP, a debugger's
+/// stop: it would not run our call; also while a stop is still on its way: a SIGSTOP pending
+/// or some thread stopped already), traced by a debugger (ptrace would be refused), a zombie.
+fn not_callable(pid: u32) -> Option<String> {
+    let mut state = task_state(&pid.to_string())?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("");
+    let tracer = field("TracerPid:").parse::<u32>().unwrap_or(0);
+    let stop_pending = u64::from_str_radix(field("ShdPnd:"), 16).unwrap_or(0) & (1 << (libc::SIGSTOP - 1)) != 0;
+    let thread_stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(Result::ok).any(|t| matches!(task_state(&format!("{pid}/task/{}", t.file_name().to_string_lossy())).as_deref(), Some("T" | "t"))))
+        .unwrap_or(false);
+    if stop_pending || thread_stopped {
+        state = "T".into();
+    }
+    match state.as_str() {
         "T" | "t" => Some(format!("process {pid} is stopped (resume it first: kill -CONT {pid})")),
         "Z" | "X" => Some(format!("process {pid} has exited")),
         _ if tracer != 0 => Some(format!("process {pid} is traced by process {tracer} (a debugger)")),

@@ -1091,6 +1091,17 @@ fn attach_refuses_a_stopped_process_and_leaves_it_whole() {
     assert_eq!(output.next().unwrap().unwrap(), "ready");
     // SAFETY: kill(2) on the child we started.
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    // Half the time the stop is still on its way (a thread or none stopped yet): attach must
+    // refuse then too. The other half it has landed.
+    if pid.is_multiple_of(2) {
+        for _ in 0..200 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     let out = bpftime_shm(&shm, &["attach", &pid.to_string()]);
     assert!(!out.status.success() && text(&out.stderr).contains(&format!("process {pid} is stopped")), "{}", text(&out.stderr));
     // SAFETY: as above.
