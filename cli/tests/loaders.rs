@@ -649,6 +649,39 @@ fn bpftrace_one_liners_print_what_they_print_on_the_kernel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// bpftrace's USDT probes (its own ELF-note parsing, argument specs and semaphore handling):
+/// counts and argument sums of a `<sys/sdt.h>` target equal the kernel's, the guarded probe
+/// firing because bpftrace raised its semaphore through us as through the kernel.
+#[test]
+fn bpftrace_usdt_probes_count_like_the_kernel() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    let usdt = build_target("usdt", false);
+    let u = usdt.display();
+    let script =
+        format!("usdt:{u}:bpftime:tick {{ @ticks = count(); @sum = sum(arg1); }} usdt:{u}:bpftime:guarded {{ @guarded = count(); @gsum = sum(arg0); }}");
+    let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-usdt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-bpftrace-usdt-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&usdt).arg("100"), &dir.join("ours"), true);
+    let ours = bpftrace_result(&out);
+    for line in ["@ticks: 100", "@sum: 9900", "@guarded: 100", "@gsum: 4950"] {
+        assert!(ours.contains(line), "{line}\n{out}");
+    }
+    bpftime_tests::remove_region(&shm);
+    if is_root() {
+        let mut kernel = Command::new(&bpftrace);
+        kernel.args(["-e", &script]);
+        let out = tool_session(kernel, None, Command::new(&usdt).arg("100"), &dir.join("kernel"), true);
+        assert_eq!(ours, bpftrace_result(&out), "the same probes on the kernel");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--kernel-passthrough`: a bpftrace script mixing a kernel tracepoint (which only the kernel
 /// can run) with a uprobe starts, the tracepoint runs in the kernel and the uprobe in the
 /// target, and it prints what it prints on the kernel (`printf` from both, through one perf
