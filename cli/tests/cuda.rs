@@ -241,6 +241,8 @@ fn every_probe_example_patches_every_cuda_example() {
         ("vector_add", "cuda_exit_blocks", 2),
         ("vector_add", "cuda_launch_latency", 1),
         ("vector_add", "cuda_watched_blocks", 1),
+        ("vector_add", "cuda_ring_records", 1),
+        ("vector_add", "cuda_shared_counts", 1),
     ];
     for (example, probe, n) in expected {
         let fatbin = dir.join(format!("{example}.fatbin"));
@@ -658,14 +660,18 @@ fn an_unmodified_libbpf_loader_attaches_gpu_probes() {
     }
 }
 
-/// A GPU probe's ring buffer records reach an unmodified libbpf loader's `ring_buffer` (through
-/// the syscall server's ring buffer mapping): one record per block per launch, with the block.
+/// A GPU probe's ring buffer and perf buffer records reach an unmodified libbpf loader's
+/// `ring_buffer` and `perf_buffer` (through the syscall server's ring mapping and its per-CPU
+/// perf events): one record per block per launch, with the block.
 #[test]
-fn an_unmodified_libbpf_loader_reads_gpu_ring_buffer_records() {
-    let Some((rest, _)) = unmodified_loader_session("ring", "attach_all", "cuda_events", &[], 1) else { return };
+fn an_unmodified_libbpf_loader_reads_gpu_ring_and_perf_buffer_records() {
     let blocks = THREADS / 256;
     let block_sum: u64 = (0..blocks).sum::<u64>() * LAUNCHES as u64;
+    let Some((rest, _)) = unmodified_loader_session("ring", "attach_all", "cuda_events", &[], 1) else { return };
     assert!(rest.contains(&format!("events: {} records of 24 bytes, first u32 sum {block_sum}\n", blocks * LAUNCHES as u64)), "{rest}");
+    let Some((rest, _)) = unmodified_loader_session("perf", "attach_all", "cuda_ring_records", &[], 1) else { return };
+    // 16-byte records arrive as 20 bytes: the raw sample padded as the kernel pads it.
+    assert!(rest.contains(&format!("perf_records: {} records of 20 bytes, first u32 sum {block_sum}\n", blocks * LAUNCHES as u64)), "{rest}");
 }
 
 /// bpftime's way of reading a GPU ring: a 1527 map declared with a key, a record-sized value

@@ -6,7 +6,8 @@
 // and of bpftime's per-GPU-thread arrays (1502: a lookup gives every thread's value, for
 // BPFTIME_MAP_GPU_THREAD_COUNT threads, default 1024) as `MAP[KEY] = SUM (N threads)`, N the
 // threads whose value is not 0. Ring buffers (27, and bpftime's GPU ring 1527) are read with
-// libbpf's ring_buffer: `MAP: N records of B bytes, first u32 sum S`.
+// libbpf's ring_buffer, perf event arrays with its perf_buffer (a perf event per CPU):
+// `MAP: N records of B bytes, first u32 sum S`.
 // Build: cc -O2 attach_all.c -lbpf -o attach_all
 // Usage: attach_all OBJ
 #include <bpf/bpf.h>
@@ -68,6 +69,12 @@ static int on_record(void *ctx, void *data, size_t size)
     return 0;
 }
 
+static void on_sample(void *ctx, int cpu, void *data, __u32 size)
+{
+    (void)cpu;
+    on_record(ctx, data, size);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -96,15 +103,24 @@ int main(int argc, char **argv)
     }
     struct ring_stats rings[16] = { 0 };
     struct ring_buffer *rb = NULL;
+    struct perf_buffer *pbs[16] = { 0 };
     int nrings = 0;
     struct bpf_map *map;
     bpf_object__for_each_map(map, obj)
     {
         enum bpf_map_type t = bpf_map__type(map);
-        if ((t != BPF_MAP_TYPE_RINGBUF && t != 1527) || nrings == 16)
+        if ((t != BPF_MAP_TYPE_RINGBUF && t != 1527 && t != BPF_MAP_TYPE_PERF_EVENT_ARRAY) || nrings == 16)
             continue;
         struct ring_stats *s = &rings[nrings++];
         s->name = bpf_map__name(map);
+        if (t == BPF_MAP_TYPE_PERF_EVENT_ARRAY) {
+            pbs[nrings - 1] = perf_buffer__new(bpf_map__fd(map), 16, on_sample, NULL, s, NULL);
+            if (!pbs[nrings - 1]) {
+                fprintf(stderr, "cannot read perf buffer %s: errno %d\n", s->name, errno);
+                return 1;
+            }
+            continue;
+        }
         int err = rb ? ring_buffer__add(rb, bpf_map__fd(map), on_record, s) : 0;
         if (!rb)
             rb = ring_buffer__new(bpf_map__fd(map), on_record, s, NULL);
@@ -123,8 +139,15 @@ int main(int argc, char **argv)
         return 1;
     }
     for (int i = 0; i < nrings; i++)
+        if (pbs[i] && perf_buffer__consume(pbs[i]) < 0) {
+            fprintf(stderr, "perf_buffer__consume: errno %d\n", errno);
+            return 1;
+        }
+    for (int i = 0; i < nrings; i++)
         printf("%s: %lu records of %zu bytes, first u32 sum %lu\n", rings[i].name, rings[i].records, rings[i].size, rings[i].first_u32_sum);
     ring_buffer__free(rb);
+    for (int i = 0; i < nrings; i++)
+        perf_buffer__free(pbs[i]);
     bpf_object__for_each_map(map, obj)
     {
         enum bpf_map_type t = bpf_map__type(map);
