@@ -639,6 +639,10 @@ fn vm_ptx_and_the_gpu_engines() {
     // The PTX itself, for another target.
     let p = bpftime(&["vm", "ptx", obj, "--sm", "sm_90"]);
     assert!(text(&p.stdout).contains(".target sm_90") && text(&p.stdout).contains(".visible .entry bpftime_run("), "{}", text(&p.stdout));
+    // bpf_get_prandom_u32 on the GPU: draws differ, fit in 32 bits and vary, on 64 threads.
+    let random = build_example("gpu_random");
+    let r = bpftime(&["vm", "run", "--engine", "ptx", "--threads", "64", random.to_str().unwrap()]);
+    assert!(text(&r.stderr).contains("64 x r0 = 0x1"), "{}{}", text(&r.stdout), text(&r.stderr));
     // A helper the GPU lacks is refused with the instruction.
     let cpu_only = build_example("read_str");
     let e = bpftime(&["vm", "ptx", cpu_only.to_str().unwrap()]);

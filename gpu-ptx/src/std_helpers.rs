@@ -479,6 +479,21 @@ fn write_xyz(read: &str) -> String {
     s
 }
 
+/// `bpf_get_prandom_u32`: a 32-bit pseudo-random number, SplitMix64 over the thread's clock,
+/// the global timer and its global thread id (no state: threads and calls differ by their
+/// clocks and ids).
+fn prandom() -> String {
+    fill(
+        ".reg .b64 %x, %z, %gx, %gy, %gz, %gw, %gh, %t;\n.reg .b32 %g1, %g2;\n\
+mov.u64 %x, %clock64;\nmov.u64 %z, %globaltimer;\nxor.b64 %x, %x, %z;\n\
+{GLOBAL_THREAD_ID}mul.lo.u64 %t, %t, 0x9E3779B97F4A7C15;\nxor.b64 %x, %x, %t;\n\
+add.u64 %x, %x, 0x9E3779B97F4A7C15;\n\
+shr.b64 %z, %x, 30;\nxor.b64 %x, %x, %z;\nmul.lo.u64 %x, %x, 0xBF58476D1CE4E5B9;\n\
+shr.b64 %z, %x, 27;\nxor.b64 %x, %x, %z;\nmul.lo.u64 %x, %x, 0x94D049BB133111EB;\n\
+shr.b64 %z, %x, 31;\nxor.b64 %x, %x, %z;\nand.b64 %ret, %x, 0xffffffff;\nret;",
+    )
+}
+
 fn special(name: &str) -> String {
     format!(".reg .b32 %w;\nmov.u32 %w, {name};\ncvt.u64.u32 %ret, %w;\nret;")
 }
@@ -547,6 +562,7 @@ pub fn standard() -> HelperSet {
         .with(GpuHelper::ptx(3, "bpf_map_delete_elem", map_delete()))
         .with(GpuHelper::ptx(5, "bpf_ktime_get_ns", host_clock(off::CLOCK_MONOTONIC)))
         .with(GpuHelper::ptx(6, "bpf_trace_printk", trace_output(false)))
+        .with(GpuHelper::ptx(7, "bpf_get_prandom_u32", prandom()))
         .with(GpuHelper::ptx(8, "bpf_get_smp_processor_id", special("%smid")))
         .with(GpuHelper::ptx(14, "bpf_get_current_pid_tgid", format!("ld.u64 %ret, [%st+{}];\nret;", off::PID_TGID)))
         .with(GpuHelper::ptx(

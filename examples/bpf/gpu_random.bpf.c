@@ -1,0 +1,18 @@
+// bpf_get_prandom_u32 on every engine: two draws differ and fit in 32 bits (r0 = 1), and a
+// draw's low bit sampled 1,000 times is neither always 0 nor always 1.
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+SEC("gpu/random")
+int random_draws(void *ctx)
+{
+    __u64 a = bpf_get_prandom_u32(), b = bpf_get_prandom_u32();
+    if (a == b || (a >> 32) || (b >> 32))
+        return 0;
+    __u32 ones = 0;
+    for (int i = 0; i < 1000; i++)
+        ones += bpf_get_prandom_u32() & 1;
+    return ones > 0 && ones < 1000;
+}
+
+char LICENSE[] SEC("license") = "GPL";
