@@ -185,8 +185,10 @@ if traced memory cuda_memory "vector_add 1048576"; then
     expect memory "loads" "$(map_value "$cuda/memory.report" accesses 0)" 2097152
     expect memory "stores" "$(map_value "$cuda/memory.report" accesses 1)" 1048576
 else summary+=("cuda memory: FAILED"); status=1; fi
-# bpf_get_prandom_u32 on the device: draws differ, fit in 32 bits and vary, on every thread.
-expect random "threads whose draws vary" "$("$cli" vm run --engine gpu --threads 1024 "$bpf/gpu_random.bpf.o" 2>&1 | grep -o '1024 x r0 = 0x1')" "1024 x r0 = 0x1"
+# bpf_get_prandom_u32 on the device: draws differ, fit in 32 bits and vary, on every thread;
+# the host's uid, gid and name read on the device as on the CPU.
+expect identity "uid, gid, comm" "$("$cli" vm run --engine gpu --section gpu/identity "$bpf/gpu_random.bpf.o" 2>/dev/null)" "$("$cli" vm run --engine interp --section gpu/identity "$bpf/gpu_random.bpf.o" 2>/dev/null)"
+expect random "threads whose draws vary" "$("$cli" vm run --engine gpu --threads 1024 --section gpu/random "$bpf/gpu_random.bpf.o" 2>&1 | grep -o '1024 x r0 = 0x1')" "1024 x r0 = 0x1"
 cpu_lines=$("$cli" vm run --engine interp "$bpf/gpu_printk.bpf.o" --section printk --mem "2a 00 00 00 00 00 00 00" 2>&1 >/dev/null | sed 's/.*bpf_trace_printk: //')
 gpu_lines=$("$cli" vm run --engine gpu "$bpf/gpu_printk.bpf.o" --section printk --mem "2a 00 00 00 00 00 00 00" 2>&1 >/dev/null | sed 's/.*bpf_trace_printk: //')
 expect printk "GPU lines equal the CPU's" "$gpu_lines" "$cpu_lines"

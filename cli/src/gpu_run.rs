@@ -4,7 +4,7 @@
 use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
 use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
 use bpftime_object::Object;
-use bpftime_runtime::gpu::{describe_arena, gpu_program, gpu_program_from_raw, host_clock_offsets, realtime_ns, trace_lines, GpuProgram};
+use bpftime_runtime::gpu::{describe_arena, gpu_program, gpu_program_from_raw, host_words, realtime_ns, trace_lines, GpuProgram};
 use bpftime_runtime::input::read_program_file;
 use bpftime_vm::insn::parse_bytecode;
 use bpftime_vm::RunError;
@@ -92,21 +92,25 @@ pub fn run_region_program(
     let (outcomes, mut arena, micros) = if simulate {
         let mut m = Machine::new(Module::parse(&ptx).map_err(|e| e.to_string())?);
         m.set_global_timer(realtime_ns());
-        let clocks = host_clock_offsets();
+        let host = host_words().words();
         let at = m.memory.alloc(layout.size);
         m.memory.write(at, &image).map_err(|e| e.to_string())?;
         let launch = Launch { grid: grid.map(|d| d.max(1)), block: block.map(|d| d.max(1)), sms: SIMULATED_SMS };
         let total = launch.blocks() as u64 * launch.threads() as u64;
         let out = m.memory.alloc(RUN_OUT_STRIDE * total);
-        m.launch(RUN_KERNEL, &[0, 0, at, layout.size, budget, std::process::id() as u64 * 0x1_0000_0001, clocks[0], clocks[1], out, total], launch)
-            .map_err(|e| format!("PTX interpreter: {e}"))?;
+        m.launch(
+            RUN_KERNEL,
+            &[0, 0, at, layout.size, budget, std::process::id() as u64 * 0x1_0000_0001, host[0], host[1], host[2], host[3], host[4], out, total],
+            launch,
+        )
+        .map_err(|e| format!("PTX interpreter: {e}"))?;
         let raw = m.memory.read(out, RUN_OUT_STRIDE * total).map_err(|e| e.to_string())?;
         let outcomes =
             raw.chunks_exact(RUN_OUT_STRIDE as usize).map(|c| state::outcome(&c[8..], u64::from_le_bytes(c[..8].try_into().expect("8 bytes")))).collect();
         (outcomes, m.memory.read(at, layout.size).map_err(|e| e.to_string())?, None)
     } else {
         let dev = bpftime_cuda::Device::open(0).map_err(|e| e.to_string())?;
-        let r = bpftime_cuda::run_grid(&dev, &ptx, &image, &[], grid, block, budget, host_clock_offsets()).map_err(|e| e.to_string())?;
+        let r = bpftime_cuda::run_grid(&dev, &ptx, &image, &[], grid, block, budget, host_words()).map_err(|e| e.to_string())?;
         (r.outcomes, r.arena, Some(r.micros))
     };
     let mut prev = image.clone();
@@ -133,7 +137,7 @@ pub fn run(
         let g = prepare(file, section, target, SIMULATED_SMS)?;
         let mut m = Machine::new(Module::parse(&g.ptx).map_err(|e| e.to_string())?);
         m.set_global_timer(realtime_ns());
-        let clocks = host_clock_offsets();
+        let host = host_words().words();
         let arena = m.memory.alloc(g.layout.size);
         m.memory.write(arena, &g.arena).map_err(|e| e.to_string())?;
         let per_block = threads.clamp(1, 256);
@@ -146,7 +150,21 @@ pub fn run(
         let out = m.memory.alloc(RUN_OUT_STRIDE * total);
         m.launch(
             RUN_KERNEL,
-            &[ctx, mem.len() as u64, arena, g.layout.size, budget, std::process::id() as u64 * 0x1_0000_0001, clocks[0], clocks[1], out, threads.max(1) as u64],
+            &[
+                ctx,
+                mem.len() as u64,
+                arena,
+                g.layout.size,
+                budget,
+                std::process::id() as u64 * 0x1_0000_0001,
+                host[0],
+                host[1],
+                host[2],
+                host[3],
+                host[4],
+                out,
+                threads.max(1) as u64,
+            ],
             Launch::linear(blocks, per_block, SIMULATED_SMS),
         )
         .map_err(|e| format!("PTX interpreter: {e}"))?;
@@ -172,7 +190,7 @@ pub fn run(
     let info = dev.info().map_err(|e| e.to_string())?;
     let target = sm.unwrap_or(Target { shard_atomic_adds: shard, ..Target::sm(info.sm.clamp(75, 120)) });
     let g = prepare(file, section, target, info.sms)?;
-    let mut r = bpftime_cuda::run(&dev, &g.ptx, &g.arena, mem, threads, budget, host_clock_offsets()).map_err(|e| e.to_string())?;
+    let mut r = bpftime_cuda::run(&dev, &g.ptx, &g.arena, mem, threads, budget, host_words()).map_err(|e| e.to_string())?;
     g.layout.fold_shards(&mut r.arena);
     Ok(Report {
         outcomes: r.outcomes,

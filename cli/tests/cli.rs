@@ -641,8 +641,12 @@ fn vm_ptx_and_the_gpu_engines() {
     assert!(text(&p.stdout).contains(".target sm_90") && text(&p.stdout).contains(".visible .entry bpftime_run("), "{}", text(&p.stdout));
     // bpf_get_prandom_u32 on the GPU: draws differ, fit in 32 bits and vary, on 64 threads.
     let random = build_example("gpu_random");
-    let r = bpftime(&["vm", "run", "--engine", "ptx", "--threads", "64", random.to_str().unwrap()]);
+    let r = bpftime(&["vm", "run", "--engine", "ptx", "--threads", "64", "--section", "gpu/random", random.to_str().unwrap()]);
     assert!(text(&r.stderr).contains("64 x r0 = 0x1"), "{}{}", text(&r.stdout), text(&r.stderr));
+    // The host's uid, gid and name, as the CPU's helpers give them.
+    let who = |engine: &str| text(&bpftime(&["vm", "run", "--engine", engine, "--section", "gpu/identity", random.to_str().unwrap()]).stdout);
+    assert!(who("interp").starts_with("r0 = ") && who("interp") != "r0 = 0x0 (0)\n", "{}", who("interp"));
+    assert_eq!(who("ptx"), who("interp"));
     // A helper the GPU lacks is refused with the instruction.
     let cpu_only = build_example("read_str");
     let e = bpftime(&["vm", "ptx", cpu_only.to_str().unwrap()]);
@@ -827,7 +831,7 @@ fn cuda_patch_splices_probes_that_ptxas_accepts() {
     let patched: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(patched.len(), 1);
     let ptx = std::fs::read_to_string(&patched[0]).unwrap();
-    assert!(ptx.contains(".visible .global .align 8 .u64 bpftime_arena[5];") && ptx.contains("call.uni (%bpt6), bpftime_p0_f0"), "spliced");
+    assert!(ptx.contains(".visible .global .align 8 .u64 bpftime_arena[8];") && ptx.contains("call.uni (%bpt6), bpftime_p0_f0"), "spliced");
     // The kernel's own code is all still there.
     for l in ["add.f32", "st.global.f32", "ld.param.u32"] {
         assert!(ptx.contains(l), "{l} kept");

@@ -9,6 +9,7 @@
 //! What it is not: it translates nothing and knows nothing of objects or CUDA applications.
 //! A machine without a driver gets [`CudaError::NoDriver`], never a link failure or a panic.
 
+use bpftime_gpu_ptx::state::HostWords;
 use bpftime_gpu_ptx::{state, RUN_KERNEL, RUN_OUT_STRIDE};
 use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
@@ -102,19 +103,19 @@ pub struct GpuRunResult {
 }
 
 /// Runs the [`RUN_KERNEL`] of `ptx` on `threads` threads (blocks of up to 256), each on its
-/// own copy of `ctx`, with `arena` as the map arena and `budget` per thread; `clocks` are the
-/// offsets from `%globaltimer` to the host's clocks (`bpftime_runtime::gpu::host_clock_offsets`).
-pub fn run(dev: &Device, ptx: &str, arena: &[u8], ctx: &[u8], threads: u32, budget: u64, clocks: [u64; 2]) -> Result<GpuRunResult, CudaError> {
+/// own copy of `ctx`, with `arena` as the map arena and `budget` per thread; `host` is what the
+/// program learns of the host (`bpftime_runtime::gpu::host_words`).
+pub fn run(dev: &Device, ptx: &str, arena: &[u8], ctx: &[u8], threads: u32, budget: u64, host: HostWords) -> Result<GpuRunResult, CudaError> {
     let threads = threads.max(1);
     let per_block = threads.min(256);
-    let mut r = run_grid(dev, ptx, arena, ctx, [threads.div_ceil(per_block), 1, 1], [per_block, 1, 1], budget, clocks)?;
+    let mut r = run_grid(dev, ptx, arena, ctx, [threads.div_ceil(per_block), 1, 1], [per_block, 1, 1], budget, host)?;
     r.outcomes.truncate(threads as usize);
     Ok(r)
 }
 
 /// Runs the [`RUN_KERNEL`] of `ptx` on a `grid` of blocks of `block` threads (x, y, z), each
 /// thread on its own copy of `ctx` (outcomes by global thread id), with `arena` as the map
-/// arena, `budget` per thread and `clocks` as in [`run`].
+/// arena, `budget` per thread and `host` as in [`run`].
 #[allow(clippy::too_many_arguments)]
 pub fn run_grid(
     dev: &Device,
@@ -124,7 +125,7 @@ pub fn run_grid(
     grid: [u32; 3],
     block: [u32; 3],
     budget: u64,
-    clocks: [u64; 2],
+    host: HostWords,
 ) -> Result<GpuRunResult, CudaError> {
     guarded(|| {
         let stream = dev.ctx.default_stream();
@@ -145,8 +146,13 @@ pub fn run_grid(
         let start = std::time::Instant::now();
         let mut b = stream.launch_builder(&f);
         let n = threads as u64;
-        b.arg(&d_ctx).arg(&ctx_len).arg(&d_arena).arg(&arena_len).arg(&budget).arg(&pid).arg(&clocks[0]).arg(&clocks[1]).arg(&d_out).arg(&n);
-        // SAFETY: the kernel's parameters are exactly these ten u64s (translate.rs), the
+        b.arg(&d_ctx).arg(&ctx_len).arg(&d_arena).arg(&arena_len).arg(&budget).arg(&pid);
+        let words = host.words();
+        for w in &words {
+            b.arg(w);
+        }
+        b.arg(&d_out).arg(&n);
+        // SAFETY: the kernel's parameters are exactly these thirteen u64s (translate.rs), the
         // buffers are as large as it indexes (per-thread context copies and output slots).
         unsafe { b.launch(cfg) }.map_err(driver)?;
         stream.synchronize().map_err(driver)?;

@@ -14,11 +14,19 @@
 use crate::state::{off, STATE_SIZE, STATUS_EXIT_THREAD};
 
 /// The module global the host fills, [`ARENA_WORDS`] u64s: arena address, arena length,
-/// pid_tgid, and the offsets from `%globaltimer` to the host's `CLOCK_MONOTONIC` and
-/// `CLOCK_BOOTTIME` (see [`off::CLOCK_MONOTONIC`]).
+/// pid_tgid, then the [`crate::state::HostWords`] (clock offsets, uid_gid, comm).
 pub const ARENA_GLOBAL: &str = "bpftime_arena";
 /// The words of [`ARENA_GLOBAL`], in order: the state fields they go to.
-pub const ARENA_WORDS: [u32; 5] = [off::ARENA_LO, off::ARENA_LEN, off::PID_TGID, off::CLOCK_MONOTONIC, off::CLOCK_BOOTTIME];
+pub const ARENA_WORDS: [u32; 8] = [
+    off::ARENA_LO,
+    off::ARENA_LEN,
+    off::PID_TGID,
+    crate::state::HostWords::FIELDS[0],
+    crate::state::HostWords::FIELDS[1],
+    crate::state::HostWords::FIELDS[2],
+    crate::state::HostWords::FIELDS[3],
+    crate::state::HostWords::FIELDS[4],
+];
 /// Loop budget of one probe call.
 pub const PROBE_BUDGET: u64 = 1 << 17;
 /// Bytes of thread ids after the parameters: tid, ctaid, ntid, nctaid (x, y, z), u32 each.

@@ -46,10 +46,39 @@ pub mod off {
     pub const CLOCK_MONOTONIC: u32 = 112;
     /// u64: likewise, to give `CLOCK_BOOTTIME` (`bpf_ktime_get_boot_ns`).
     pub const CLOCK_BOOTTIME: u32 = 120;
+    /// u64: what `bpf_get_current_uid_gid` returns (the host process's).
+    pub const UID_GID: u32 = 128;
+    /// 16 bytes: the host process's name, NUL-padded (`bpf_get_current_comm`).
+    pub const COMM: u32 = 136;
 }
 
 /// Size of the state block.
-pub const STATE_SIZE: u32 = 128;
+pub const STATE_SIZE: u32 = 160;
+
+/// What the host tells a GPU program of itself: the words after pid_tgid in the module global
+/// of a patched module and in the run kernel's parameters, in this order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostWords {
+    /// See [`off::CLOCK_MONOTONIC`].
+    pub clock_monotonic: u64,
+    /// See [`off::CLOCK_BOOTTIME`].
+    pub clock_boottime: u64,
+    /// See [`off::UID_GID`].
+    pub uid_gid: u64,
+    /// See [`off::COMM`].
+    pub comm: [u8; 16],
+}
+
+impl HostWords {
+    /// The state fields the words go to, in order.
+    pub const FIELDS: [u32; 5] = [off::CLOCK_MONOTONIC, off::CLOCK_BOOTTIME, off::UID_GID, off::COMM, off::COMM + 8];
+
+    /// The words, in the order of [`HostWords::FIELDS`].
+    pub fn words(&self) -> [u64; 5] {
+        let half = |i: usize| u64::from_le_bytes(self.comm[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        [self.clock_monotonic, self.clock_boottime, self.uid_gid, half(0), half(1)]
+    }
+}
 /// Bytes of stack a run gets in the run kernel (8 frames of 512 bytes, as on the CPU).
 pub const STACK_SIZE: u32 = 4096;
 

@@ -479,6 +479,23 @@ fn write_xyz(read: &str) -> String {
     s
 }
 
+/// `bpf_get_current_comm(buf, size)`: the host process's name, as the CPU's: `buf` zeroed,
+/// then up to `size - 1` bytes of the name; -EINVAL for size 0, -EFAULT for a buffer the
+/// program may not write.
+fn current_comm() -> String {
+    format!(
+        ".reg .b64 %ok, %n, %i, %src, %dst;\n.reg .b32 %w;\n.reg .pred %p;\n\
+setp.eq.u64 %p, %a2, 0;\n@%p bra $einval;\n\
+call.uni (%ok), bpf_range_ok, (%st, %a1, %a2, 1);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n\
+mov.b64 %i, 0;\n$zero:\nsetp.ge.u64 %p, %i, %a2;\n@%p bra $copy;\nadd.u64 %dst, %a1, %i;\nst.u8 [%dst], 0;\nadd.u64 %i, %i, 1;\nbra $zero;\n\
+$copy:\nsub.u64 %n, %a2, 1;\nmin.u64 %n, %n, 15;\nmov.b64 %i, 0;\n\
+$loop:\nsetp.ge.u64 %p, %i, %n;\n@%p bra $done;\nadd.u64 %src, %st, {comm};\nadd.u64 %src, %src, %i;\nld.u8 %w, [%src];\nsetp.eq.u32 %p, %w, 0;\n@%p bra $done;\n\
+add.u64 %dst, %a1, %i;\nst.u8 [%dst], %w;\nadd.u64 %i, %i, 1;\nbra $loop;\n\
+$done:\nmov.b64 %ret, 0;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;",
+        comm = off::COMM
+    )
+}
+
 /// `bpf_get_prandom_u32`: a 32-bit pseudo-random number, SplitMix64 over the thread's clock,
 /// the global timer and its global thread id (no state: threads and calls differ by their
 /// clocks and ids).
@@ -565,6 +582,8 @@ pub fn standard() -> HelperSet {
         .with(GpuHelper::ptx(7, "bpf_get_prandom_u32", prandom()))
         .with(GpuHelper::ptx(8, "bpf_get_smp_processor_id", special("%smid")))
         .with(GpuHelper::ptx(14, "bpf_get_current_pid_tgid", format!("ld.u64 %ret, [%st+{}];\nret;", off::PID_TGID)))
+        .with(GpuHelper::ptx(15, "bpf_get_current_uid_gid", format!("ld.u64 %ret, [%st+{}];\nret;", off::UID_GID)))
+        .with(GpuHelper::ptx(16, "bpf_get_current_comm", current_comm()))
         .with(GpuHelper::ptx(
             25,
             "bpf_perf_event_output",

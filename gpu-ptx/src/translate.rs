@@ -210,9 +210,8 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
 }
 
 /// The kernel that runs the program once per thread: `bpftime_run(ctx, ctx_len, arena,
-/// arena_len, budget, pid_tgid, clock_monotonic, clock_boottime, out, threads)` (threads past
-/// `threads` return at once; the clocks are the state's [`off::CLOCK_MONOTONIC`] and
-/// [`off::CLOCK_BOOTTIME`]). Thread
+/// arena_len, budget, pid_tgid, h0, h1, h2, h3, h4, out, threads)` (threads past `threads`
+/// return at once; `h0..h4` are the [`state::HostWords`]). Thread
 /// `i` (the global thread id, numbered as bpftime numbers them: x fastest across the grid, then
 /// y, then z) gets its own copy of the context at
 /// `ctx + i * ctx_len` and writes `r0` then its 128-byte state block at `out + i * 136`.
@@ -220,7 +219,7 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
 /// order to put the stack where a CPU run had it).
 fn write_run_kernel(out: &mut String) {
     let s = format!(
-        r#".visible .entry {RUN_KERNEL}(.param .u64 p_ctx, .param .u64 p_ctx_len, .param .u64 p_arena, .param .u64 p_arena_len, .param .u64 p_budget, .param .u64 p_pid_tgid, .param .u64 p_clock_mono, .param .u64 p_clock_boot, .param .u64 p_out, .param .u64 p_threads)
+        r#".visible .entry {RUN_KERNEL}(.param .u64 p_ctx, .param .u64 p_ctx_len, .param .u64 p_arena, .param .u64 p_arena_len, .param .u64 p_budget, .param .u64 p_pid_tgid, .param .u64 p_h0, .param .u64 p_h1, .param .u64 p_h2, .param .u64 p_h3, .param .u64 p_h4, .param .u64 p_out, .param .u64 p_threads)
 {{
 .reg .pred %p_k;
 .local .align 16 .b8 state[{state}];
@@ -259,10 +258,16 @@ ld.param.u64 %k4, [p_arena_len];
 st.u64 [%k1+{arena_len}], %k4;
 ld.param.u64 %k4, [p_pid_tgid];
 st.u64 [%k1+{pid_tgid}], %k4;
-ld.param.u64 %k4, [p_clock_mono];
-st.u64 [%k1+{clock_mono}], %k4;
-ld.param.u64 %k4, [p_clock_boot];
-st.u64 [%k1+{clock_boot}], %k4;
+ld.param.u64 %k4, [p_h0];
+st.u64 [%k1+{h0}], %k4;
+ld.param.u64 %k4, [p_h1];
+st.u64 [%k1+{h1}], %k4;
+ld.param.u64 %k4, [p_h2];
+st.u64 [%k1+{h2}], %k4;
+ld.param.u64 %k4, [p_h3];
+st.u64 [%k1+{h3}], %k4;
+ld.param.u64 %k4, [p_h4];
+st.u64 [%k1+{h4}], %k4;
 add.u64 %k5, %k0, {stack};
 call.uni (%k6), bpf_f0, (%k1, %k5, %k2, %k3, 0, 0, 0);
 ld.param.u64 %k7, [p_out];
@@ -295,8 +300,11 @@ ret;
         arena_lo = off::ARENA_LO,
         arena_len = off::ARENA_LEN,
         pid_tgid = off::PID_TGID,
-        clock_mono = off::CLOCK_MONOTONIC,
-        clock_boot = off::CLOCK_BOOTTIME,
+        h0 = state::HostWords::FIELDS[0],
+        h1 = state::HostWords::FIELDS[1],
+        h2 = state::HostWords::FIELDS[2],
+        h3 = state::HostWords::FIELDS[3],
+        h4 = state::HostWords::FIELDS[4],
         out_stride = RUN_OUT_STRIDE,
     );
     out.push_str(&s);

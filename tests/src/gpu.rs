@@ -44,7 +44,7 @@ pub fn run_on_ptx_interpreter_at(prog: &Program, helpers: &HelperSet, mem: &[u8]
     };
     m.memory.write(ctx, mem).map_err(|e| e.to_string())?;
     let out = m.memory.alloc(RUN_OUT_STRIDE);
-    m.launch(RUN_KERNEL, &[ctx, mem.len() as u64, 0, 0, budget, 0, 0, 0, out, 1], Launch::default()).map_err(|e| format!("{e}\n{ptx}"))?;
+    m.launch(RUN_KERNEL, &[ctx, mem.len() as u64, 0, 0, budget, 0, 0, 0, 0, 0, 0, out, 1], Launch::default()).map_err(|e| format!("{e}\n{ptx}"))?;
     let raw = m.memory.read(out, RUN_OUT_STRIDE).map_err(|e| e.to_string())?;
     let r0 = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
     let result = state::outcome(&raw[8..], r0);

@@ -3,7 +3,7 @@
 
 use bpftime_cuda::{Device, GpuRunResult};
 use bpftime_gpu_ptx::{translate, HelperSet, LddwMaps, Target};
-use bpftime_runtime::gpu::host_clock_offsets;
+use bpftime_runtime::gpu::host_words;
 use bpftime_tests::conformance_vectors;
 use bpftime_vm::exec::{run, Context, RunOptions, DEFAULT_LOOP_BUDGET};
 use bpftime_vm::{conformance, verify_bytecode, Fault, Interpreter, NoMaps, RunError};
@@ -34,7 +34,7 @@ fn shape(r: &Result<u64, RunError>) -> String {
 }
 
 fn on_device(dev: &Device, ptx: &str, mem: &[u8], threads: u32, budget: u64) -> GpuRunResult {
-    bpftime_cuda::run(dev, ptx, &[], mem, threads, budget, host_clock_offsets()).unwrap_or_else(|e| panic!("{e}\n{ptx}"))
+    bpftime_cuda::run(dev, ptx, &[], mem, threads, budget, host_words()).unwrap_or_else(|e| panic!("{e}\n{ptx}"))
 }
 
 #[test]
@@ -106,7 +106,7 @@ fn maps_on_the_device_with_many_threads() {
     let g = bpftime_runtime::gpu::gpu_program(&obj, None, target, info.sms).unwrap();
     let threads = 1 << 14;
     let n = 7u64;
-    let mut r = bpftime_cuda::run(&dev, &g.ptx, &g.arena, &n.to_le_bytes(), threads, DEFAULT_LOOP_BUDGET, host_clock_offsets()).unwrap();
+    let mut r = bpftime_cuda::run(&dev, &g.ptx, &g.arena, &n.to_le_bytes(), threads, DEFAULT_LOOP_BUDGET, host_words()).unwrap();
     g.layout.fold_shards(&mut r.arena);
     assert!(r.outcomes.iter().all(|o| o.is_ok()), "every thread ran: {:?}", r.outcomes.iter().find(|o| o.is_err()));
     let counts = g.layout.entries(&r.arena, 0);
@@ -155,7 +155,7 @@ fn gpu_benchmarks() {
                 g.ptx.clone()
             };
             let best = |ptx: &str| {
-                (0..5).map(|_| bpftime_cuda::run(&dev, ptx, &g.arena, &[], threads, 1 << 20, host_clock_offsets()).unwrap().micros).fold(f64::MAX, f64::min)
+                (0..5).map(|_| bpftime_cuda::run(&dev, ptx, &g.arena, &[], threads, 1 << 20, host_words()).unwrap().micros).fold(f64::MAX, f64::min)
             };
             if name == "empty" {
                 floor = best(&ptx);

@@ -240,7 +240,7 @@ fn maps_and_helpers_agree_with_the_cpu() {
     let ctx = m.memory.alloc(8);
     m.memory.write(ctx, &n.to_le_bytes()).unwrap();
     let out = m.memory.alloc(RUN_OUT_STRIDE);
-    m.launch(RUN_KERNEL, &[ctx, 8, arena, gpu.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, out, 1], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
+    m.launch(RUN_KERNEL, &[ctx, 8, arena, gpu.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, 1], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
     let raw = m.memory.read(out, RUN_OUT_STRIDE).unwrap();
     let gpu_r0 = state::outcome(&raw[8..], u64::from_le_bytes(raw[..8].try_into().unwrap())).expect("runs on the GPU");
     assert_eq!(gpu_r0, cpu_r0, "r0");
@@ -276,8 +276,12 @@ fn sharded_counter_adds_fold_to_the_exact_total() {
     let (blocks, threads) = (3u32, 64u32);
     let out = m.memory.alloc(RUN_OUT_STRIDE * (blocks * threads) as u64);
     let ctx = m.memory.alloc(1);
-    m.launch(RUN_KERNEL, &[ctx, 0, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, out, (blocks * threads) as u64], Launch::linear(blocks, threads, 4))
-        .unwrap();
+    m.launch(
+        RUN_KERNEL,
+        &[ctx, 0, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, (blocks * threads) as u64],
+        Launch::linear(blocks, threads, 4),
+    )
+    .unwrap();
     let mut image = m.memory.read(arena, g.layout.size).unwrap();
     let counter = |image: &[u8]| u64::from_le_bytes(g.layout.entries(image, 0)[0].1[0][..8].try_into().unwrap());
     assert_eq!(counter(&image), 0, "the shared counter itself is not touched during the launch");

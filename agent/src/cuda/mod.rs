@@ -253,8 +253,8 @@ impl Gpu {
             }
             let arena = self.context_arena(drv).map_err(|e| self.say_once(format!("CUDA probes are off: {e}"))).ok()?;
             let pid = std::process::id() as u64;
-            let [monotonic, boottime] = bpftime_runtime::gpu::host_clock_offsets();
-            let words = [arena.dev, arena.len as u64, (pid << 32) | pid, monotonic, boottime];
+            let host = bpftime_runtime::gpu::host_words().words();
+            let words = [arena.dev, arena.len as u64, (pid << 32) | pid, host[0], host[1], host[2], host[3], host[4]];
             let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
             drv.memcpy_htod(global, &bytes).map_err(|e| self.say_once(format!("CUDA probes are off: {e}"))).ok()?;
             Some(arena)

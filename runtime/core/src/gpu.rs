@@ -681,11 +681,23 @@ pub fn realtime_ns() -> u64 {
     crate::helpers::clock(libc::CLOCK_REALTIME)
 }
 
-/// The offsets (wrapping) from `%globaltimer` to this host's `CLOCK_MONOTONIC` and
-/// `CLOCK_BOOTTIME`, which a GPU program's `bpf_ktime_get_ns` and `bpf_ktime_get_boot_ns` add
-/// (state fields `CLOCK_MONOTONIC`, `CLOCK_BOOTTIME`), so that a timestamp taken on the GPU
-/// compares with one a CPU program took. bpftime's `bpftime_get_globaltimer` (502) stays raw.
-pub fn host_clock_offsets() -> [u64; 2] {
+/// What this process tells its GPU programs of itself: the offsets (wrapping) from
+/// `%globaltimer` to its `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME`, which `bpf_ktime_get_ns` and
+/// `bpf_ktime_get_boot_ns` add on the GPU (so that a timestamp taken there compares with one a
+/// CPU program took; bpftime's `bpftime_get_globaltimer`, 502, stays raw), its uid and gid and
+/// its name, as the CPU's helpers give them.
+pub fn host_words() -> bpftime_gpu_ptx::state::HostWords {
     let real = realtime_ns();
-    [crate::helpers::clock(libc::CLOCK_MONOTONIC).wrapping_sub(real), crate::helpers::clock(libc::CLOCK_BOOTTIME).wrapping_sub(real)]
+    let mut comm = [0u8; 16];
+    let name = crate::helpers::comm();
+    let n = name.len().min(15);
+    comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: getuid and getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    bpftime_gpu_ptx::state::HostWords {
+        clock_monotonic: crate::helpers::clock(libc::CLOCK_MONOTONIC).wrapping_sub(real),
+        clock_boottime: crate::helpers::clock(libc::CLOCK_BOOTTIME).wrapping_sub(real),
+        uid_gid: (gid as u64) << 32 | uid as u64,
+        comm,
+    }
 }

@@ -201,7 +201,7 @@ fn fmt_bytes(state: &RunState, addr: u64, size: u64) -> Option<Vec<u8>> {
     Some(b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())].to_vec())
 }
 
-fn comm() -> String {
+pub(crate) fn comm() -> String {
     let mut buf = [0u8; 17];
     // SAFETY: PR_GET_NAME writes at most 16 bytes plus NUL into the buffer (prctl(2)).
     unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr(), 0, 0, 0) };
