@@ -142,11 +142,25 @@ else summary+=("cuda hashes: FAILED"); status=1; fi
 BPFTIME_VERBOSE=1 "$cli" run --shm-size 1G "$bpf/cuda_exit_blocks.bpf.o" -- "$cuda/driver_vector_add" 1048576 3 > "$cuda/exit.out" 2> "$cuda/exit.report"
 expect exit "threads entered" "$(map_value "$cuda/exit.report" threads 0)" 3145728
 expect exit "threads finished (blocks 0, 1)" "$(map_value "$cuda/exit.report" threads 1)" 1536
-# A CPU uprobe and a GPU probe both count into one array.
-if traced both cuda_shared_counts "driver_vector_add 1048576 3"; then
-    expect both "GPU threads counted" "$(map_value "$cuda/both.report" counts 0)" 3145728
+# A CPU uprobe and a GPU probe both write an array, a per-CPU array, a hash and a ring buffer
+# (64 blocks of 256 threads, 3 launches back to back: the hash the CPU changes before each
+# launch is merged in stream order).
+for copies in 50 1000000; do
+if BPFTIME_CUDA_COPY_MS=$copies traced both cuda_shared_counts "driver_vector_add 16384 3"; then
+    expect both "GPU threads counted (copies every $copies ms)" "$(map_value "$cuda/both.report" counts 0)" 49152
     expect both "CPU launches counted" "$(map_value "$cuda/both.report" counts 1)" 3
+    expect both "per-CPU sum" "$(grep -A1 'map [0-9]* `per_cpu`' "$cuda/both.report" | grep -o 'sum [0-9]*')" "sum 49155"
+    expect both "hash: GPU blocks counted" "$(map_sum "$cuda/both.report" seen)" $(( 64 * 768 + 3 ))
+    expect both "ring: CPU records" "$(grep -c 'ringbuf `events`: 8 bytes: 01' "$cuda/both.report")" 3
+    expect both "ring: GPU records" "$(grep -c 'ringbuf `events`: 8 bytes: 02' "$cuda/both.report")" 192
 else summary+=("cuda both: FAILED"); status=1; fi
+done
+# Start times in a hash keyed by thread, inserted at entry and deleted at exit, every launch.
+if traced reinsert cuda_thread_times "driver_vector_add 16384 20" --map-size start=16384; then
+    expect reinsert "durations measured" "$(map_value "$cuda/reinsert.report" outcome 0)" 327680
+    expect reinsert "starts not stored" "$(map_value "$cuda/reinsert.report" outcome 1)" ""
+    expect reinsert "hash entries left" "$(grep -A1 'map [0-9]* `start`' "$cuda/reinsert.report" | grep -o '([0-9]* entries)')" "(0 entries)"
+else summary+=("cuda reinsert: FAILED"); status=1; fi
 if traced gemm cuda_launches "gemm 512" --program gemm_launch; then
     expect gemm "launches" "$(map_value "$cuda/gemm.report" launches 1)" 1
 else summary+=("cuda gemm: FAILED"); status=1; fi

@@ -55,8 +55,13 @@ fn plain(dir: &Path) -> Output {
 
 /// The app under `bpftime run OBJ`, with extra environment.
 fn traced(dir: &Path, obj: &Path, env: &[(&str, &str)]) -> Output {
+    traced_with_args(dir, obj, env, &app_args())
+}
+
+/// The app with arguments `args` under `bpftime run OBJ`, with extra environment.
+fn traced_with_args(dir: &Path, obj: &Path, env: &[(&str, &str)], args: &[String]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bpftime"));
-    c.arg("run").arg(obj).arg("--").arg(dir.join("app")).args(app_args()).env("LD_LIBRARY_PATH", dir).env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"));
+    c.arg("run").arg(obj).arg("--").arg(dir.join("app")).args(args).env("LD_LIBRARY_PATH", dir).env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"));
     for (k, v) in env {
         c.env(k, v);
     }
@@ -568,23 +573,65 @@ fn bpftime_exit_in_a_probe_ends_the_gpu_thread() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// bpftime's own workflow for GPU probes: an unmodified libbpf loader under the syscall server
-/// (`bpftime load`) attaches `kprobe/KERNEL` programs written as bpftime's GPU examples are
-/// (vmlinux.h, helpers 501-505 by id, `bpf_printk`) with plain `bpf_program__attach`, which
-/// opens kprobe perf events (through a stand-in kprobe PMU where the kernel has none); the
-/// app started with `bpftime start` runs them in its kernels, and the loader reads the counts
-/// from its own map fds while the messages reach the trace pipe.
-/// A CPU program and a GPU program both writing one array: the uprobe's launch count and the
-/// GPU's thread count both reach the host map (the GPU's entries are copied back, the host's
-/// pushed before each launch).
+/// A CPU program and a GPU program both writing an array, a per-CPU array, a hash and a ring
+/// buffer: what each wrote reaches the host's maps (the GPU's entries are copied back, the
+/// host's pushed before each launch; per-SM additions added; records of both in the ring).
 #[test]
-fn cpu_and_gpu_programs_both_write_one_array() {
+fn cpu_and_gpu_programs_both_write_shared_maps() {
     let Some(dir) = setup("both", &[]) else { return };
-    let out = traced(&dir, &build_example("cuda_shared_counts"), &[]);
+    // Copies back after every launch (an interpreted launch takes longer than the interval),
+    // and none until the app synchronises, as with a GPU running launches back to back: the
+    // hash the CPU changes before each launch is merged in stream order, not overwritten.
+    for copies in ["50", "1000000"] {
+        let out = traced(&dir, &build_example("cuda_shared_counts"), &[("BPFTIME_CUDA_COPY_MS", copies)]);
+        shared_maps_hold_both_sides_writes(&text(&out.stderr), out.status.success());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `cuda_shared_counts`'s maps in `bpftime run`'s output hold what the CPU and the GPU wrote.
+fn shared_maps_hold_both_sides_writes(stderr: &str, ok: bool) {
+    assert!(ok, "{stderr}");
+    assert_eq!(dumped(stderr, "counts", "0"), Some((THREADS * LAUNCHES as u64).to_string()), "the GPU's count\n{stderr}");
+    assert_eq!(dumped(stderr, "counts", "1"), Some(LAUNCHES.to_string()), "the CPU's count\n{stderr}");
+    let both = THREADS * LAUNCHES as u64 + LAUNCHES as u64;
+    assert!(dumped_section(stderr, "per_cpu").contains(&format!("(sum {both})")), "per-CPU: the GPU's per-SM additions and the CPU's\n{stderr}");
+    let blocks = THREADS / 256;
+    for b in 0..blocks {
+        assert_eq!(dumped(stderr, "seen", &b.to_string()), Some((256 * LAUNCHES as u64).to_string()), "hash entry the GPU made, block {b}\n{stderr}");
+    }
+    for l in 0..LAUNCHES {
+        assert_eq!(dumped(stderr, "seen", &(1000 + l).to_string()), Some("1".to_string()), "hash entry the CPU made, launch {l}\n{stderr}");
+    }
+    let records: Vec<&str> = stderr.lines().filter_map(|l| l.strip_prefix("ringbuf `events`: 8 bytes: ")).collect();
+    assert_eq!(records.iter().filter(|r| r.starts_with("01 ")).count(), LAUNCHES as usize, "the CPU's records\n{stderr}");
+    assert_eq!(records.iter().filter(|r| r.starts_with("02 ")).count() as u64, blocks * LAUNCHES as u64, "the GPU's records\n{stderr}");
+}
+
+/// The map section `name` of `bpftime run`'s dump.
+fn dumped_section<'a>(out: &'a str, name: &str) -> &'a str {
+    let Some(start) = out.find(&format!("`{name}`")) else { return "" };
+    let rest = &out[start..];
+    &rest[..rest[1..].find("\nmap ").map_or(rest.len(), |e| e + 1)]
+}
+
+/// Start times kept the way CPU tools keep them (a hash keyed by thread, inserted at entry,
+/// deleted at exit) over many launches: every launch inserts and deletes every key again, and
+/// the table never runs out of room (deleted entries are reused), and the deletes reach the
+/// host (the hash is empty after the run, as it is on the device).
+#[test]
+fn gpu_hash_entries_deleted_and_inserted_again_every_launch() {
+    let Some(dir) = setup("reinsert", &[]) else { return };
+    let launches = 8u64;
+    let args = [ELEMENTS.to_string(), launches.to_string()];
+    let out = traced_with_args(&dir, &build_example("cuda_thread_times"), &[], &args);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(dumped(&stderr, "counts", "0"), Some((THREADS * LAUNCHES as u64).to_string()), "the GPU's count\n{stderr}");
-    assert_eq!(dumped(&stderr, "counts", "1"), Some(LAUNCHES.to_string()), "the CPU's count\n{stderr}");
+    assert_eq!(dumped(&stderr, "outcome", "0"), Some((THREADS * launches).to_string()), "every thread's duration, every launch\n{stderr}");
+    // All-zero values are not shown.
+    assert_eq!(dumped(&stderr, "outcome", "1"), None, "starts not stored\n{stderr}");
+    assert_eq!(dumped(&stderr, "outcome", "2"), None, "exits without a start\n{stderr}");
+    assert!(dumped_section(&stderr, "start").contains("(0 entries)"), "every start was deleted on the GPU: the host's hash is empty too\n{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -642,6 +689,12 @@ fn unmodified_loader_session(tag: &str, loader: &str, obj: &str, args: &[&str], 
     Some((rest, text(&trace.stdout)))
 }
 
+/// bpftime's own workflow for GPU probes: an unmodified libbpf loader under the syscall server
+/// (`bpftime load`) attaches `kprobe/KERNEL` programs written as bpftime's GPU examples are
+/// (vmlinux.h, helpers 501-505 by id, `bpf_printk`) with plain `bpf_program__attach`, which
+/// opens kprobe perf events (through a stand-in kprobe PMU where the kernel has none); the
+/// app started with `bpftime start` runs them in its kernels, and the loader reads the counts
+/// from its own map fds while the messages reach the trace pipe.
 #[test]
 fn an_unmodified_libbpf_loader_attaches_gpu_probes() {
     let Some((rest, trace)) = unmodified_loader_session("loader", "attach_all", "cuda_counter", &[], 2) else { return };

@@ -57,6 +57,13 @@ int gpu_maps(__u64 *ctx)
         struct pair p = { .a = i, .b = i * i + n };
         bpf_map_update_elem(&pairs, &i, &p, BPF_ANY);
     }
+    // Key 6 deleted and inserted again, more times than the table has slots.
+    for (__u32 j = 0; j < 100; j++) {
+        __u32 six = 6;
+        struct pair again = { .a = 6, .b = j };
+        bpf_map_delete_elem(&pairs, &six);
+        bpf_map_update_elem(&pairs, &six, &again, BPF_ANY);
+    }
     __u32 k = 3;
     long del = bpf_map_delete_elem(&pairs, &k);
     long del_again = bpf_map_delete_elem(&pairs, &k);

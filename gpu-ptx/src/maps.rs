@@ -70,7 +70,7 @@ pub const ARENA_MAGIC: u64 = 0x616e_6572_615f_7462; // "bt_arena"
 pub const HASH_BUSY: u32 = 1;
 /// A hash entry in use.
 pub const HASH_FULL: u32 = 2;
-/// A deleted hash entry (never reused).
+/// A deleted hash entry: its key and hash stay, and only an insert of that key reuses it.
 pub const HASH_DELETED: u32 = 3;
 
 /// Offsets of a descriptor's fields.
@@ -482,6 +482,40 @@ impl ArenaLayout {
                 .collect(),
             GpuMapKind::Ring => vec![],
         }
+    }
+
+    /// The live entries (key, value) of hash map `slot` in `table`, a copy of its storage
+    /// (`data_len` bytes; per-SM hashes: the first slot's value).
+    pub fn table_entries(&self, slot: usize, table: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let Some(m) = self.maps.get(slot).filter(|m| m.kind == GpuMapKind::Hash) else { return vec![] };
+        let values = desc::KEY_OFF as usize + round8(m.spec.key_size as u64) as usize;
+        (0..m.capacity as usize)
+            .filter_map(|i| {
+                let e = table.get(i * m.entry_size as usize..(i + 1) * m.entry_size as usize)?;
+                if u32::from_le_bytes(e[..4].try_into().ok()?) != HASH_FULL {
+                    return None;
+                }
+                let k = desc::KEY_OFF as usize;
+                Some((e.get(k..k + m.spec.key_size as usize)?.to_vec(), e.get(values..values + m.spec.value_size as usize)?.to_vec()))
+            })
+            .collect()
+    }
+
+    /// The keys of the deleted entries of hash map `slot` in an arena image whose slot bytes
+    /// `keep` says to read (deleted since a previous copy, say); none for other maps.
+    pub fn deleted_where(&self, arena: &[u8], slot: usize, keep: &dyn Fn(std::ops::Range<usize>) -> bool) -> Vec<Vec<u8>> {
+        let Some(m) = self.maps.get(slot).filter(|m| m.kind == GpuMapKind::Hash) else { return vec![] };
+        (0..m.capacity as u64)
+            .filter_map(|i| {
+                let e = (m.data_off + i * m.entry_size as u64) as usize;
+                let state = u32::from_le_bytes(arena.get(e..e + 4)?.try_into().ok()?);
+                if state != HASH_DELETED || !keep(e..e + m.entry_size as usize) {
+                    return None;
+                }
+                let k = e + desc::KEY_OFF as usize;
+                Some(arena.get(k..k + m.spec.key_size as usize)?.to_vec())
+            })
+            .collect()
     }
 
     /// The records of ring map `slot` in an arena image: (source: 0, or the SM of a perf

@@ -8,14 +8,14 @@
 //! [`SUPPORT`], emitted into every module that calls a helper.
 
 use crate::helpers::{GpuHelper, HelperSet};
-use crate::maps::{desc, header, HASH_BUSY, HASH_FULL};
+use crate::maps::{desc, header, HASH_BUSY, HASH_DELETED, HASH_FULL};
 use crate::state::{off, FAULT_BAD_CALLBACK, FAULT_NESTED_CALLBACK, STATUS_EXIT_THREAD, STATUS_FAULT, STATUS_STOPPED};
 use crate::translate::{function_name, MAP_TAG};
 use bpftime_vm::Program;
 
 /// Replaces `{NAME}` tokens with the layout constants.
 fn fill(template: &str) -> String {
-    let constants: [(&str, u64); 38] = [
+    let constants: [(&str, u64); 39] = [
         ("{STACK_LO}", off::STACK_LO as u64),
         ("{STACK_LEN}", off::STACK_LEN as u64),
         ("{CTX_LO}", off::CTX_LO as u64),
@@ -52,6 +52,7 @@ fn fill(template: &str) -> String {
         ("{D_HEAD}", desc::HEAD),
         ("{HASH_BUSY}", HASH_BUSY as u64),
         ("{HASH_FULL}", HASH_FULL as u64),
+        ("{HASH_DELETED}", HASH_DELETED as u64),
         ("{STATUS_FAULT}", STATUS_FAULT as u64),
         ("{STATUS_STOPPED}", STATUS_STOPPED as u64),
     ];
@@ -231,9 +232,11 @@ shl.b64 %v, %v, 8;
 or.b64 %v, %v, %b;
 ret;
 }"#,
-    // e = the entry of `key` in hash map `d` (0 if absent). With `create`, claims an empty
-    // slot when absent (e = 0 and *full* = 1 when none is left); a slot being written by
-    // another thread is waited for, so that one key never gets two entries.
+    // e = the entry of `key` in hash map `d` (0 if absent). With `create`, claims a slot when
+    // absent (e = 0 when none is left): the key's own deleted entry if it has one, else the
+    // first empty slot. A key has at most one slot in its probe sequence (inserts never pass
+    // its deleted entry), so a key deleted and inserted again every launch reuses its slot; a
+    // slot being written by another thread is waited for, so one key never gets two entries.
     r#".func (.reg .b64 %e) bpf_hash_find(.reg .b64 %st, .reg .b64 %d, .reg .b64 %key, .reg .b64 %create)
 {
 .reg .b64 %lo, %data, %ks, %h, %cap, %i, %n, %esz, %t, %eq, %spin;
@@ -273,8 +276,7 @@ setp.lt.u64 %p, %spin, 1000000;
 @%p bra $look;
 bra $next;
 $full:
-setp.ne.u32 %p, %w, {HASH_FULL};
-@%p bra $next;
+mov.b32 %old, %w;
 ld.u32 %w, [%t+4];
 setp.ne.u32 %p, %w, %hw;
 @%p bra $next;
@@ -282,6 +284,28 @@ add.u64 %eq, %t, {D_KOFF};
 call.uni (%eq), bpf_memeq, (%eq, %key, %ks);
 setp.eq.u64 %p, %eq, 0;
 @%p bra $next;
+setp.eq.u32 %p, %old, {HASH_FULL};
+@%p bra $found;
+setp.ne.u32 %p, %old, {HASH_DELETED};
+@%p bra $next;
+// The key's deleted entry: the key is absent; an insert takes the entry back.
+setp.eq.u64 %p, %create, 0;
+@%p ret;
+atom.cas.b32 %w, [%t], {HASH_DELETED}, {HASH_BUSY};
+setp.ne.u32 %p, %w, {HASH_DELETED};
+@%p bra $look;
+// Its old values go (a per-CPU map's other slots read 0 after an insert, as the kernel's).
+mov.b64 %e, %t;
+add.u64 %i, %ks, 15;
+and.b64 %i, %i, -8;
+$zero:
+setp.ge.u64 %p, %i, %esz;
+@%p ret;
+add.u64 %eq, %t, %i;
+st.u64 [%eq], 0;
+add.u64 %i, %i, 8;
+bra $zero;
+$found:
 mov.b64 %e, %t;
 ret;
 $next:
@@ -394,7 +418,7 @@ $eexist:\nmov.b64 %ret, -17;\nret;\n$enoent:\nmov.b64 %ret, -2;\nret;\n$einval:\
 fn map_delete() -> String {
     fill(&format!(
         "{MAP_PROLOGUE}{IS_HASH}@!%p bra $einval;\ncall.uni (%e), bpf_hash_find, (%st, %d, %a2, 0);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $enoent;\n\
-// Deleted entries stay as tombstones: the slot is never reused, so lookups need no locks.\n\
+// A deleted entry keeps its key (only that key's insert takes it back), so lookups need no locks.\n\
 st.volatile.u32 [%e], 3;\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\nmov.b64 %ret, 0;\nret;\n\
 $enoent:\nmov.b64 %ret, -2;\nret;\n$missing:\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
     ))

@@ -207,6 +207,17 @@ impl Driver {
         self.check(unsafe { (self.memcpy_htod_async)(dst, data.as_ptr().cast(), data.len(), stream) }, "cuMemcpyHtoDAsync")
     }
 
+    /// `cuMemcpyHtoDAsync` from pinned memory, ordered on `stream`: the bytes are read when
+    /// the stream gets there (a host function queued before it may still write them).
+    ///
+    /// # Safety
+    /// `src` must be pinned host memory of at least `len` bytes that stays valid, and is not
+    /// written after the copy has been reached on the stream, until it has run.
+    pub unsafe fn memcpy_htod_async_pinned(&self, dst: DevPtr, src: *const u8, len: usize, stream: Handle) -> Result<(), String> {
+        // SAFETY: the caller keeps `src` valid; `dst` came from the driver.
+        self.check(unsafe { (self.memcpy_htod_async)(dst, src.cast(), len, stream) }, "cuMemcpyHtoDAsync")
+    }
+
     /// `cuMemsetD8`: zeroes `len` bytes at `dst`, synchronously.
     pub fn memset(&self, dst: DevPtr, len: usize) -> Result<(), String> {
         // SAFETY: device memory from the driver; nothing on the host is touched.

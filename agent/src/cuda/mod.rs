@@ -47,6 +47,8 @@ pub(crate) struct Arena {
     written: Mutex<Vec<u8>>,
     /// What the device has been given of the maps CPU programs also use.
     share: Mutex<HostShare>,
+    /// Pinned buffers for hash merges, free for reuse (address, bytes).
+    merge_staging: Mutex<Vec<(usize, usize)>>,
 }
 
 impl Arena {
@@ -55,6 +57,9 @@ impl Arena {
     fn write_back(&self, gpu: &Gpu, copy: &mut [u8], given: &HostShare) {
         let mut written = lock(&self.written);
         let mut share = lock(&self.share);
+        // Hashes are given in stream order (merges): what the device had when the copy was made
+        // is what the share says now.
+        let given = &given.with_hashes_of(&share);
         for e in gpu.probes.write_back(&self.layout, copy, Some(&written), &gpu.region, Some((given, &mut share))) {
             gpu.say_once(format!("CUDA maps: {e}"));
         }
@@ -235,6 +240,7 @@ impl Gpu {
             dirty: AtomicU64::new(0),
             last_copy: Mutex::new(Instant::now()),
             share,
+            merge_staging: Mutex::default(),
             written: Mutex::new(image.clone()),
         });
         arenas.insert(ctx, a.clone());
@@ -265,15 +271,68 @@ impl Gpu {
 
     /// Copies the host-owned maps (those CPU programs use too) to the device, on `stream`
     /// before the launch, so the kernel's probes see what the CPU side wrote.
-    fn push_host_values(&self, drv: &Driver, arena: &Arena, stream: Handle) {
+    fn push_host_values(&self, drv: &Driver, arena: &Arc<Arena>, stream: Handle) {
         if !self.probes.host_owned.contains(&true) {
             return;
         }
-        for (off, bytes) in self.probes.host_values(&arena.layout, &self.region, &mut lock(&arena.share)) {
+        let mut share = lock(&arena.share);
+        for (off, bytes) in self.probes.host_values(&arena.layout, &self.region, &mut share) {
             if let Err(e) = drv.memcpy_htod_async(arena.dev + off, &bytes, stream) {
                 self.say_once(format!("CUDA maps shared with CPU probes are not copied to the GPU: {e}"));
             }
         }
+        let hashes = self.probes.changed_hashes(&arena.layout, &self.region, &share);
+        drop(share);
+        for slot in hashes {
+            if let Err(e) = self.queue_hash_merge(drv, arena, slot, stream) {
+                self.say_once(format!("CUDA maps shared with CPU probes are not copied to the GPU: {e}"));
+            }
+        }
+    }
+
+    /// Queues, on `stream` before a launch, the merge of host-owned hash `slot` that the host
+    /// changed: its device table copied to pinned memory, a host function writing what the GPU
+    /// changed to the region and the region's entries into the buffer, and the buffer copied
+    /// back to the device (then the buffer returned to the pool).
+    fn queue_hash_merge(&self, drv: &Driver, arena: &Arc<Arena>, slot: usize, stream: Handle) -> Result<(), String> {
+        let m = &arena.layout.maps[slot];
+        let (off, len) = (m.data_off, m.data_len as usize);
+        let need = len + 8;
+        let taken = {
+            let mut pool = lock(&arena.merge_staging);
+            pool.iter().position(|&(_, n)| n >= need).map(|i| pool.swap_remove(i))
+        };
+        let (buf, cap) = match taken {
+            Some((b, n)) => (b as *mut u8, n),
+            None => (drv.mem_alloc_host(need)?, need),
+        };
+        let give_back = || lock(&arena.merge_staging).push((buf as usize, cap));
+        // SAFETY: `buf` is a pinned buffer of `cap >= len + 8` bytes owned by this merge until
+        // the host function queued last returns it to the pool.
+        unsafe { drv.memcpy_dtoh_async(buf, arena.dev + off, len, stream) }.inspect_err(|_| give_back())?;
+        let job = Box::into_raw(Box::new(Merge { arena: arena.clone(), slot, buf: buf as usize, cap, release: false }));
+        // SAFETY: `merge_hash` takes the box back exactly once and calls no CUDA function.
+        if let Err(e) = unsafe { drv.launch_host_func(stream, merge_hash, job.cast()) } {
+            // SAFETY: the driver did not take the job: it is still ours.
+            drop(unsafe { Box::from_raw(job) });
+            give_back();
+            return Err(e);
+        }
+        // From here the buffer belongs to the stream: it goes back to the pool only through
+        // the release function (a failed copy leaves the device's table as it was).
+        let count_off = arena.layout.hash_count_offset(slot);
+        // SAFETY: the merge's host function has filled the buffer when the stream gets here.
+        let copied = unsafe { drv.memcpy_htod_async_pinned(arena.dev + off, buf, len, stream) }
+            // SAFETY: as above; the count is the 8 bytes after the table.
+            .and_then(|()| unsafe { drv.memcpy_htod_async_pinned(arena.dev + count_off, buf.add(len), 8, stream) });
+        let release = Box::into_raw(Box::new(Merge { arena: arena.clone(), slot, buf: buf as usize, cap, release: true }));
+        // SAFETY: as above.
+        if unsafe { drv.launch_host_func(stream, merge_hash, release.cast()) }.is_err() {
+            // SAFETY: the driver did not take the job; the buffer stays out of the pool (the
+            // stream may still read it).
+            drop(unsafe { Box::from_raw(release) });
+        }
+        copied
     }
 
     /// Queues, on `stream` after a launch: the arena copied to pinned memory, the ring
@@ -320,6 +379,44 @@ struct WriteBack {
     arena: Arc<Arena>,
     buf: usize,
     given: HostShare,
+}
+
+/// A hash merge in flight (see `Gpu::queue_hash_merge`): its first host function merges, its
+/// second (`release`) returns the buffer.
+struct Merge {
+    arena: Arc<Arena>,
+    slot: usize,
+    buf: usize,
+    cap: usize,
+    release: bool,
+}
+
+/// Host function of a hash merge: merges the device table in the buffer with the region's
+/// hash and leaves the table to give the device there (then its count), or returns the buffer.
+extern "C" fn merge_hash(data: *mut c_void) {
+    // SAFETY: `data` is a box leaked in `queue_hash_merge`, handed to this one call.
+    let job = unsafe { Box::from_raw(data.cast::<Merge>()) };
+    if job.release {
+        lock(&job.arena.merge_staging).push((job.buf, job.cap));
+        return;
+    }
+    guarded(|| {
+        let gpu = GPU.get()?;
+        let m = job.arena.layout.maps.get(job.slot)?;
+        let len = m.data_len as usize;
+        // SAFETY: the copy into the buffer completed before the stream reached this function,
+        // and the copy out of it runs only after it returns.
+        let buf = unsafe { std::slice::from_raw_parts_mut(job.buf as *mut u8, len + 8) };
+        let (table, count) = buf.split_at_mut(len);
+        // Unmerged, the table goes back as it came (with its own count).
+        let mut n = job.arena.layout.table_entries(job.slot, table).len() as u64;
+        match gpu.probes.merge_hash(&job.arena.layout, job.slot, &gpu.region, &mut lock(&job.arena.share), table) {
+            Ok(merged) => n = merged,
+            Err(e) => gpu.say_once(format!("CUDA maps: {e}")),
+        }
+        count.copy_from_slice(&n.to_le_bytes());
+        Some(())
+    });
 }
 
 /// Host function run by the driver once a launch and its copy back are done.

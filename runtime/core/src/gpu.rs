@@ -212,13 +212,20 @@ pub fn describe_arena(layout: &ArenaLayout, arena: &[u8]) -> Vec<String> {
 
 /// Copies the GPU's copy of a map (slot `slot` of `layout`, read from `arena`) into the map of
 /// the shared region, where the CPU side, `bpftime map dump` and readers see it: array values,
-/// hash entries (added or updated; none removed), ring records (appended to the host ring).
+/// hash entries (added, updated or deleted), ring records (appended to the host ring).
 /// Per-SM values are added into the per-CPU slots (SM k into CPU k mod ncpus). With `prev`, a
 /// previous copy of the arena (shards folded), only entries whose bytes changed are written.
 pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot: usize, map: &bpftime_maps::Map) -> Result<(), String> {
     use bpftime_gpu_ptx::maps::GpuMapKind;
     let m = layout.maps.get(slot).ok_or("no such GPU map")?;
     let changed = |r: std::ops::Range<usize>| prev.is_none_or(|p| p.get(r.clone()) != arena.get(r));
+    // Entries the GPU deleted go first: a key deleted and inserted again is in use.
+    for k in layout.deleted_where(arena, slot, &changed) {
+        match map.delete(&k) {
+            Ok(()) | Err(bpftime_maps::Errno::ENOENT) => {}
+            Err(e) => return Err(format!("map `{}`: {e}", m.spec.name)),
+        }
+    }
     if m.slots_by == bpftime_gpu_ptx::maps::SlotsBy::Thread {
         // Every thread's value, one after the other: the host map's value.
         for (k, vs) in layout.entries_where(arena, slot, &changed) {
@@ -227,23 +234,32 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot:
         return Ok(());
     }
     if m.slots > 1 {
-        // One value per SM on the GPU, one per CPU on the host: SM k's value is added, 8 bytes
-        // at a time, into CPU k mod ncpus's (per-CPU maps on the GPU hold counters and
-        // histograms; the total over CPUs is the total over SMs).
+        // One value per SM on the GPU, one per CPU on the host: what SM k added since the
+        // previous copy is added, 8 bytes at a time, to CPU k mod ncpus's value (per-CPU maps
+        // on the GPU hold counters and histograms; the total over CPUs grows by the total over
+        // SMs, and what CPU programs or a loader wrote stays).
         let ncpus = map.ncpus().max(1) as usize;
         let stride = map.syscall_value_size() / ncpus;
+        let before: std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>> = prev.map(|p| layout.entries(p, slot).into_iter().collect()).unwrap_or_default();
+        let word = |b: &[u8], o: usize| {
+            let mut w = [0u8; 8];
+            let n = b.len().saturating_sub(o).min(8);
+            w[..n].copy_from_slice(&b[o..o + n]);
+            u64::from_le_bytes(w)
+        };
         for (k, vs) in layout.entries_where(arena, slot, &changed) {
             let mut buf = vec![0u8; stride * ncpus];
+            if map.lookup(&k, &mut buf).is_err() {
+                buf.fill(0);
+            }
             for (sm, v) in vs.iter().enumerate() {
+                let was = before.get(&k).and_then(|b| b.get(sm));
                 let at = (sm % ncpus) * stride;
-                for (w, chunk) in v.chunks(8).enumerate() {
-                    let o = at + w * 8;
-                    let mut old = [0u8; 8];
-                    old[..chunk.len()].copy_from_slice(&buf[o..o + chunk.len()]);
-                    let mut add = [0u8; 8];
-                    add[..chunk.len()].copy_from_slice(chunk);
-                    let sum = u64::from_le_bytes(old).wrapping_add(u64::from_le_bytes(add)).to_le_bytes();
-                    buf[o..o + chunk.len()].copy_from_slice(&sum[..chunk.len()]);
+                for o in (0..v.len().min(stride)).step_by(8) {
+                    let added = word(v, o).wrapping_sub(was.map_or(0, |w| word(w, o)));
+                    let n = (v.len().min(stride) - o).min(8);
+                    let sum = word(&buf[at..at + stride], o).wrapping_add(added).to_le_bytes();
+                    buf[at + o..at + o + n].copy_from_slice(&sum[..n]);
                 }
             }
             map.update(&k, &buf, 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
@@ -276,6 +292,15 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot:
 /// (per-CPU hashes start empty on the GPU: their per-SM values are summed into the host's).
 /// Entries past what the GPU table holds are left out.
 fn hash_table(layout: &ArenaLayout, slot: usize, map: &bpftime_maps::Map) -> Option<(Vec<u8>, u64)> {
+    Some(hash_table_of(layout, slot, &host_entries(layout, slot, map)?))
+}
+
+/// Entries by key (key, value).
+type Entries = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The entries of the region's hash `map` (arena slot `slot`), for hashes with one value per
+/// entry on the GPU; None for other maps.
+fn host_entries(layout: &ArenaLayout, slot: usize, map: &bpftime_maps::Map) -> Option<Entries> {
     let m = layout.maps.get(slot)?;
     if m.kind != bpftime_gpu_ptx::maps::GpuMapKind::Hash
         || m.slots != 1
@@ -283,8 +308,7 @@ fn hash_table(layout: &ArenaLayout, slot: usize, map: &bpftime_maps::Map) -> Opt
     {
         return None;
     }
-    let mut table = vec![0u8; m.data_len as usize];
-    let mut count = 0u64;
+    let mut entries = Entries::new();
     let mut key = vec![0u8; map.spec().key_size as usize];
     let mut next = key.clone();
     let mut value = vec![0u8; map.syscall_value_size()];
@@ -292,15 +316,30 @@ fn hash_table(layout: &ArenaLayout, slot: usize, map: &bpftime_maps::Map) -> Opt
     while map.next_key((!first).then_some(key.as_slice()), &mut next).is_ok() {
         first = false;
         std::mem::swap(&mut key, &mut next);
-        if map.lookup(&key, &mut value).is_err() {
-            continue;
+        if map.lookup(&key, &mut value).is_ok() {
+            entries.insert(key.clone(), value.clone());
         }
-        match layout.hash_insert(&mut table, slot, &key, &value) {
+    }
+    Some(entries)
+}
+
+/// The GPU table of hash map `slot` holding `entries` (its storage bytes, and the count of
+/// entries). Entries past what the GPU table holds are left out.
+fn hash_table_of(layout: &ArenaLayout, slot: usize, entries: &Entries) -> (Vec<u8>, u64) {
+    let mut table = vec![0u8; layout.maps[slot].data_len as usize];
+    let mut count = 0u64;
+    for (key, value) in entries {
+        match layout.hash_insert(&mut table, slot, key, value) {
             Ok(new) => count += new as u64,
             Err(_) => break,
         }
     }
-    Some((table, count))
+    (table, count)
+}
+
+/// The live entries of hash map `slot` in an arena image (one value per entry).
+fn gpu_entries(layout: &ArenaLayout, arena: &[u8], slot: usize) -> Entries {
+    layout.entries(arena, slot).into_iter().filter_map(|(k, mut v)| Some((k, v.drain(..).next()?))).collect()
 }
 
 /// One CUDA kernel probe of the region (a `kprobe/KERNEL` or `kretprobe/KERNEL` link), verified
@@ -331,9 +370,10 @@ pub struct GpuProbes {
     pub map_ids: Vec<u32>,
     specs: Vec<GpuMapSpec>,
     /// Slots whose map CPU programs (uprobes) also use: the host owns them. Before each launch
-    /// the entries the host changed are copied to the device (a launch-latency tool: the CPU
-    /// stamps the launch, the GPU reads the stamp); arrays' entries the GPU changed are written
-    /// back (see [`HostShare`]); hashes are the host's alone (GPU writes are not kept).
+    /// what the host changed of such an array or hash is copied to the device (a launch-latency
+    /// tool: the CPU stamps the launch, the GPU reads the stamp), and after it what the GPU
+    /// changed is written back (see [`HostShare`]); rings and per-CPU maps are written back
+    /// as any other (records appended, per-SM additions added).
     pub host_owned: Vec<bool>,
     /// The slot of the trace ring (last, with no region map), when a probe prints.
     pub trace_slot: Option<usize>,
@@ -444,33 +484,37 @@ impl GpuProbes {
         arena
     }
 
-    /// What the GPU was last given of each host-owned array: the bytes of its storage in
-    /// `image` (the arena the device starts from).
+    /// What the GPU was last given of each host-owned array (the bytes of its storage) and
+    /// hash (its entries) in `image` (the arena the device starts from).
     pub fn host_share(&self, layout: &ArenaLayout, image: &[u8]) -> HostShare {
-        let mut given = std::collections::HashMap::new();
+        use bpftime_gpu_ptx::maps::GpuMapKind;
+        let mut share = HostShare::default();
         for (slot, m) in layout.maps.iter().enumerate() {
-            if self.host_owned.get(slot) == Some(&true) && m.kind == bpftime_gpu_ptx::maps::GpuMapKind::Array && m.slots == 1 {
-                given.insert(slot, image[m.data_off as usize..(m.data_off + m.data_len) as usize].to_vec());
+            if self.host_owned.get(slot) != Some(&true) || m.slots != 1 {
+                continue;
+            }
+            match m.kind {
+                GpuMapKind::Array => {
+                    share.given.insert(slot, image[m.data_off as usize..(m.data_off + m.data_len) as usize].to_vec());
+                }
+                GpuMapKind::Hash => {
+                    share.hashes.insert(slot, gpu_entries(layout, image, slot));
+                }
+                GpuMapKind::Ring => {}
             }
         }
-        HostShare { given }
+        share
     }
 
     /// What to copy to the device before a launch, as (arena offset, bytes): of each
     /// host-owned array, the runs of entries whose host value differs from what `share` says
-    /// the GPU was given (which it then records); of each host-owned hash, its whole table and
-    /// its count of entries.
+    /// the GPU was given (which it then records). Hashes go through [`Self::merge_hash`].
     pub fn host_values(&self, layout: &ArenaLayout, region: &Arc<bpftime_shm::ShmRegion>, share: &mut HostShare) -> Vec<(u64, Vec<u8>)> {
         let mut out = vec![];
         for (slot, &id) in self.map_ids.iter().enumerate() {
             let (Some(true), Some(m)) = (self.host_owned.get(slot), layout.maps.get(slot)) else { continue };
             let Ok(map) = bpftime_maps::Map::open(region, id) else { continue };
-            if let Some((table, count)) = hash_table(layout, slot, &map) {
-                out.push((m.data_off, table));
-                out.push((layout.hash_count_offset(slot), count.to_le_bytes().to_vec()));
-                continue;
-            }
-            if map.map_type() != bpftime_maps::MapType::Array || m.slots != 1 {
+            if map.map_type() != bpftime_maps::MapType::Array || m.slots != 1 || !share.given.contains_key(&slot) {
                 continue;
             }
             let vs = map.spec().value_size as usize;
@@ -508,10 +552,10 @@ impl GpuProbes {
     /// Copies a device arena (as read back after a launch; its shards are folded here) into the
     /// region's maps, entries that changed since `prev` (the previous copy, folded, or the
     /// image the arena started from) only. With `shared` (what the GPU had been given of the
-    /// host-owned arrays when the copy was made, and what it has been given now), the entries
-    /// of host-owned arrays the GPU changed are written too (a CPU and a GPU program may both
-    /// write one array; where both wrote one entry, the later write-back wins). Returns what
-    /// could not be copied, one line per map.
+    /// host-owned arrays and hashes when the copy was made, and what it has been given now),
+    /// the entries of those the GPU changed (or deleted) are written, not those it was given
+    /// (a CPU and a GPU program may both write one map; where both wrote one entry, the later
+    /// write-back wins). Returns what could not be copied, one line per map.
     pub fn write_back(
         &self,
         layout: &ArenaLayout,
@@ -536,11 +580,9 @@ impl GpuProbes {
             if self.trace_slot == Some(slot) {
                 continue;
             }
-            if self.host_owned.get(slot) == Some(&true) {
-                if let Some((then, now)) = shared.as_mut() {
-                    if let Err(e) = self.write_back_shared(layout, arena, slot, region, then, now) {
-                        errors.push(e);
-                    }
+            if let Some((then, now)) = shared.as_mut().filter(|(then, _)| self.host_owned.get(slot) == Some(&true) && then.covers(slot)) {
+                if let Err(e) = self.write_back_shared(layout, arena, slot, region, then, now) {
+                    errors.push(e);
                 }
                 continue;
             }
@@ -553,12 +595,82 @@ impl GpuProbes {
     }
 }
 
+impl GpuProbes {
+    /// The host-owned hashes whose entries in the region differ from what `share` says the
+    /// GPU was given: each needs a [`Self::merge_hash`] before the next launch.
+    pub fn changed_hashes(&self, layout: &ArenaLayout, region: &Arc<bpftime_shm::ShmRegion>, share: &HostShare) -> Vec<usize> {
+        share
+            .hashes
+            .iter()
+            .filter(|(&slot, given)| {
+                let Ok(map) = bpftime_maps::Map::open(region, self.map_ids[slot]) else { return false };
+                host_entries(layout, slot, &map).is_some_and(|h| &h != *given)
+            })
+            .map(|(&slot, _)| slot)
+            .collect()
+    }
+
+    /// Merges host-owned hash `slot` both ways, run in stream order before a launch, with
+    /// `table` the device's table of it as the stream got there: what the GPU changed since it
+    /// was last given the hash is written to the region, then `table` is rewritten to hold
+    /// the region's entries (given to the GPU from then on). Returns the count of entries,
+    /// the table's descriptor word. Nothing either side wrote is lost.
+    pub fn merge_hash(
+        &self,
+        layout: &ArenaLayout,
+        slot: usize,
+        region: &Arc<bpftime_shm::ShmRegion>,
+        share: &mut HostShare,
+        table: &mut [u8],
+    ) -> Result<u64, String> {
+        let m = layout.maps.get(slot).ok_or("no such GPU map")?;
+        let map = bpftime_maps::Map::open(region, self.map_ids[slot]).map_err(|e| e.to_string())?;
+        let given = share.hashes.get_mut(&slot).ok_or_else(|| format!("map `{}` is not shared with the host", m.spec.name))?;
+        let gpu: Entries = layout.table_entries(slot, table).into_iter().collect();
+        apply_gpu_changes(&map, &m.spec.name, given, gpu)?;
+        let host = host_entries(layout, slot, &map).unwrap_or_default();
+        let (fresh, count) = hash_table_of(layout, slot, &host);
+        table.copy_from_slice(&fresh);
+        *given = host;
+        Ok(count)
+    }
+}
+
+/// Writes to the region's `map` what the GPU changed of a hash it was `given` (its entries
+/// are now `gpu`): deleted keys first, then added or changed ones. `given` becomes `gpu`.
+fn apply_gpu_changes(map: &bpftime_maps::Map, name: &str, given: &mut Entries, gpu: Entries) -> Result<(), String> {
+    for key in given.keys().filter(|k| !gpu.contains_key(*k)) {
+        match map.delete(key) {
+            Ok(()) | Err(bpftime_maps::Errno::ENOENT) => {}
+            Err(e) => return Err(format!("map `{name}`: {e}")),
+        }
+    }
+    for (key, value) in gpu.iter().filter(|(k, v)| given.get(*k) != Some(*v)) {
+        map.update(key, value, 0).map_err(|e| format!("map `{name}`: {e}"))?;
+    }
+    *given = gpu;
+    Ok(())
+}
+
 /// What the GPU has been given of each host-owned array (by arena slot: the bytes of its
-/// storage as last copied to the device), so that a push sends only what the host changed and
-/// a write-back only what the GPU changed.
+/// storage as last copied to the device) and hash (its entries), so that a push sends only
+/// what the host changed and a write-back only what the GPU changed.
 #[derive(Clone, Debug, Default)]
 pub struct HostShare {
     given: std::collections::HashMap<usize, Vec<u8>>,
+    hashes: std::collections::HashMap<usize, Entries>,
+}
+
+impl HostShare {
+    /// This share's arrays with `current`'s hashes.
+    pub fn with_hashes_of(&self, current: &HostShare) -> HostShare {
+        HostShare { given: self.given.clone(), hashes: current.hashes.clone() }
+    }
+
+    /// Whether arena slot `slot` is shared this way.
+    fn covers(&self, slot: usize) -> bool {
+        self.given.contains_key(&slot) || self.hashes.contains_key(&slot)
+    }
 }
 
 impl GpuProbes {
@@ -574,8 +686,15 @@ impl GpuProbes {
         then: &HostShare,
         now: &mut HostShare,
     ) -> Result<(), String> {
-        let (Some(m), Some(old)) = (layout.maps.get(slot), then.given.get(&slot)) else { return Ok(()) };
         let map = bpftime_maps::Map::open(region, self.map_ids[slot]).map_err(|e| e.to_string())?;
+        if let (Some(m), Some(given)) = (layout.maps.get(slot), now.hashes.get_mut(&slot)) {
+            // Hashes are given to the device in stream order (see `merge_hash`): what it has
+            // now is what it had when the copy was made.
+            let gpu = gpu_entries(layout, arena, slot);
+            apply_gpu_changes(&map, &m.spec.name, given, gpu)?;
+            return Ok(());
+        }
+        let (Some(m), Some(old)) = (layout.maps.get(slot), then.given.get(&slot)) else { return Ok(()) };
         let (stride, vs) = (m.stride as usize, m.spec.value_size as usize);
         let data = &arena[m.data_off as usize..(m.data_off + m.data_len) as usize];
         for i in 0..m.spec.max_entries as usize {
