@@ -77,7 +77,7 @@ rm -rf "$cuda" && mkdir -p "$cuda"
 bpf=target/bpf-examples
 cli="$out/bin/bpftime"
 NVCC="${NVCC:-nvcc}"
-for ex in vector_add gemm reduce streams graph vector_add_bench; do
+for ex in vector_add gemm reduce streams graph vector_add_bench kernel_shapes; do
     "$NVCC" -O2 -o "$cuda/$ex" "examples/cuda/$ex.cu" || summary+=("nvcc $ex: FAILED")
 done
 "$NVCC" --fatbin -o "$cuda/vector_add.fatbin" examples/cuda/vector_add.cu &&
@@ -155,6 +155,14 @@ if BPFTIME_CUDA_COPY_MS=$copies traced both cuda_shared_counts "driver_vector_ad
     expect both "ring: GPU records" "$(grep -c 'ringbuf `events`: 8 bytes: 02' "$cuda/both.report")" 192
 else summary+=("cuda both: FAILED"); status=1; fi
 done
+# Kernels named as users name them (a template's bare name, a namespace, an anonymous
+# namespace), parameters of 1 and 2 bytes and structs by value, threads ended by `exit`.
+if traced shapes cuda_kernel_shapes "kernel_shapes"; then
+    for kv in 0:253 1:1 2:65236 3:673059850 4:500 5:300647710726000; do
+        expect shapes "shapes parameter ${kv%%:*}" "$(map_value "$cuda/shapes.report" params ${kv%%:*})" ${kv#*:}
+    done
+    for k in 0 1 2 3 4; do expect shapes "threads counted by probe $k" "$(map_value "$cuda/shapes.report" entries $k)" 32; done
+else summary+=("cuda shapes: FAILED"); status=1; fi
 # Start times in a hash keyed by thread, inserted at entry and deleted at exit, every launch.
 if traced reinsert cuda_thread_times "driver_vector_add 16384 20" --map-size start=16384; then
     expect reinsert "durations measured" "$(map_value "$cuda/reinsert.report" outcome 0)" 327680

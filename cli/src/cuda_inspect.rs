@@ -68,7 +68,8 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String, String> {
             }));
         }
         sass_only.retain(|n| !with_ptx.iter().any(|(p, _)| p == n));
-        sass_only.dedup();
+        let mut seen = std::collections::HashSet::new();
+        sass_only.retain(|n| seen.insert(n.clone()));
         let mut kernels = vec![];
         for (name, params) in &with_ptx {
             let pretty = demangle(name).unwrap_or_else(|| name.clone());
@@ -89,11 +90,17 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String, String> {
     }
 }
 
-/// Kernel names of a cubin: its `.text.NAME` sections.
+/// Kernel names of a cubin: its function symbols marked as entries (`STO_CUDA_ENTRY` in
+/// `st_other`; device functions, which a relocatable build keeps as functions of their own,
+/// are not kernels).
 fn elf_kernels(cubin: &[u8]) -> Vec<String> {
-    use object::{Object as _, ObjectSection};
+    use object::{Object as _, ObjectSymbol, SymbolFlags, SymbolKind};
+    const STO_CUDA_ENTRY: u8 = 0x10;
     let Ok(f) = object::File::parse(cubin) else { return vec![] };
-    f.sections().filter_map(|s| s.name().ok()?.strip_prefix(".text.").map(str::to_string)).collect()
+    f.symbols()
+        .filter(|s| s.kind() == SymbolKind::Text && matches!(s.flags(), SymbolFlags::Elf { st_other, .. } if st_other.0 & STO_CUDA_ENTRY != 0))
+        .filter_map(|s| Some(s.name().ok()?.to_string()))
+        .collect()
 }
 
 /// `bpftime cuda patch OBJ BINARY -o DIR`: writes the PTX of every PTX entry of BINARY's

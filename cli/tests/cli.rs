@@ -801,6 +801,16 @@ fn cuda_inspect_reads_nvcc_output() {
         s.contains("kernel _Z10vector_addPKfS0_Pfi (vector_add(float const*, float const*, float*, int)), params [8, 8, 8, 4] bytes: can be instrumented"),
         "{s}"
     );
+    // A relocatable build: a template's kernel is `.weak` in its PTX, a device function of its
+    // own is a function of the SASS (not a kernel), and each kernel is listed once.
+    let rdc = nvcc_object("relocatable", &["-rdc=true"], "rdc").unwrap();
+    let s = text(&bpftime(&["cuda", "inspect", rdc.to_str().unwrap()]).stdout);
+    assert!(s.contains("kernel _Z6powersILi1EEvPi (void powers<1>(int*)), params [8] bytes: can be instrumented"), "{s}");
+    assert!(!s.contains("cubed"), "a device function is no kernel: {s}");
+    assert_eq!(s.matches("kernel _Z6powersILi1EEvPi").count(), 1, "{s}");
+    let shapes = nvcc_object("kernel_shapes", &[], "default").unwrap();
+    let s = text(&bpftime(&["cuda", "inspect", shapes.to_str().unwrap()]).stdout);
+    assert!(s.contains("params [1, 1, 2, 4, 2, 8, 8] bytes"), "small parameters and structs by value: {s}");
     // Uncompressed, and JSON.
     let plain = nvcc_object("vector_add", &["--no-compress"], "plain").unwrap();
     let j: serde_json::Value = serde_json::from_slice(&bpftime(&["cuda", "inspect", "--json", plain.to_str().unwrap()]).stdout).unwrap();

@@ -22,6 +22,13 @@ fn bin_dir() -> PathBuf {
 /// A scratch directory with the fake driver installed as `libcuda.so.1`, and the driver-API
 /// vector add built against a fatbin made with `nvcc_flags`. None (skipped) without nvcc.
 fn setup(tag: &str, nvcc_flags: &[&str]) -> Option<PathBuf> {
+    setup_app(tag, "vector_add", "driver_vector_add", nvcc_flags)
+}
+
+/// A scratch directory with the fake driver installed as `libcuda.so.1`, and `app` there: the
+/// driver-API harness `examples/cuda/HARNESS.c` built against the fatbin nvcc makes of
+/// `examples/cuda/CU.cu` with `nvcc_flags` (also there, as `CU.fatbin`). None without nvcc.
+fn setup_app(tag: &str, cu: &str, harness: &str, nvcc_flags: &[&str]) -> Option<PathBuf> {
     let nvcc = tool_or_skip("nvcc", "CUDA probe tests")?;
     let dir = std::env::temp_dir().join(format!("bpftime-cuda-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -30,12 +37,12 @@ fn setup(tag: &str, nvcc_flags: &[&str]) -> Option<PathBuf> {
     assert!(fake.exists(), "{} is missing: build the workspace (cargo build)", fake.display());
     std::fs::copy(&fake, dir.join("libcuda.so.1")).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let fatbin = dir.join("vector_add.fatbin");
-    let out = Command::new(&nvcc).arg("--fatbin").args(nvcc_flags).arg("-o").arg(&fatbin).arg(root.join("examples/cuda/vector_add.cu")).output().unwrap();
+    let fatbin = dir.join(format!("{cu}.fatbin"));
+    let out = Command::new(&nvcc).arg("--fatbin").args(nvcc_flags).arg("-o").arg(&fatbin).arg(root.join(format!("examples/cuda/{cu}.cu"))).output().unwrap();
     assert!(out.status.success(), "nvcc: {}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new("cc")
         .args(["-O2", &format!("-DFATBIN=\"{}\"", fatbin.display())])
-        .arg(root.join("examples/cuda/driver_vector_add.c"))
+        .arg(root.join(format!("examples/cuda/{harness}.c")))
         .args(["-ldl", "-o"])
         .arg(dir.join("app"))
         .output()
@@ -606,6 +613,54 @@ fn shared_maps_hold_both_sides_writes(stderr: &str, ok: bool) {
     let records: Vec<&str> = stderr.lines().filter_map(|l| l.strip_prefix("ringbuf `events`: 8 bytes: ")).collect();
     assert_eq!(records.iter().filter(|r| r.starts_with("01 ")).count(), LAUNCHES as usize, "the CPU's records\n{stderr}");
     assert_eq!(records.iter().filter(|r| r.starts_with("02 ")).count() as u64, blocks * LAUNCHES as u64, "the GPU's records\n{stderr}");
+}
+
+/// Kernels shaped as real applications' are (`examples/cuda/kernel_shapes.cu`): probes name
+/// a template by its bare name, a kernel by its namespace-qualified name and one in an
+/// anonymous namespace by its bare name; parameters of 1 and 2 bytes and structs by value
+/// reach the context (zero-extended; a struct's first 8 bytes); threads that end with inline
+/// assembly's `exit` run the exit probe as those that return do. The app's output unchanged.
+#[test]
+fn probes_find_kernels_by_their_names_and_read_every_parameter() {
+    let Some(dir) = setup_app("shapes", "kernel_shapes", "driver_shapes", &[]) else { return };
+    let obj = build_example("cuda_kernel_shapes");
+    let plain = Command::new(dir.join("app")).env("LD_LIBRARY_PATH", &dir).output().unwrap();
+    assert_eq!(text(&plain.stdout), "kernel_shapes: shapes sum 2440432, p sum 192\n", "{}", text(&plain.stderr));
+    let out = traced_with_args(&dir, &obj, &[], &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, plain.stdout, "the app's output");
+    let want = [("0", "253"), ("1", "1"), ("2", "65236"), ("3", "673059850"), ("4", "500"), ("5", "300647710726000")];
+    for (k, v) in want {
+        assert_eq!(dumped(&stderr, "params", k).as_deref(), Some(v), "parameter {k} of shapes\n{stderr}");
+    }
+    assert!(dumped(&stderr, "params", "6").is_some_and(|p| p != "0"), "the output pointer\n{stderr}");
+    for (k, what) in
+        [("0", "scaled<5> by its bare name"), ("1", "shapes_ns::named"), ("3", "odd_threads_exit's entries"), ("4", "odd_threads_exit's returns and exits")]
+    {
+        assert_eq!(dumped(&stderr, "entries", k).as_deref(), Some("32"), "{what}\n{stderr}");
+    }
+    // `hidden` (anonymous namespace) is not launched by the harness; it is spliced, and ptxas
+    // takes the module.
+    let patched = dir.join("patched");
+    let report = Command::new(env!("CARGO_BIN_EXE_bpftime"))
+        .args(["cuda", "patch"])
+        .arg(&obj)
+        .arg(dir.join("kernel_shapes.fatbin"))
+        .arg("-o")
+        .arg(&patched)
+        .output()
+        .unwrap();
+    let report = text(&report.stdout) + &text(&report.stderr);
+    assert!(report.contains("probe `hidden_entry` at the entry of _ZN") && report.contains("(anonymous namespace)::hidden(int*)"), "{report}");
+    assert!(!report.contains("no such kernel"), "{report}");
+    if let Some(ptxas) = bpftime_tests::cuda_tools::ptxas_or_skip("the patched kernel shapes") {
+        for f in std::fs::read_dir(&patched).unwrap() {
+            let o = Command::new(&ptxas).args(["-arch=sm_75", "-o", "/dev/null"]).arg(f.unwrap().path()).output().unwrap();
+            assert!(o.status.success(), "ptxas: {}", text(&o.stderr));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The map section `name` of `bpftime run`'s dump.

@@ -206,9 +206,22 @@ impl FatbinEntry {
 }
 
 /// The C++ name of a mangled kernel name (`_Z10vector_addPKfS0_Pfi` -> `vector_add(float
-/// const*, float const*, float*, int)`); None for a name that is not mangled.
+/// const*, float const*, float*, int)`), also of a static kernel of a relocatable build
+/// (see [`static_inner_name`]); None for a name that is not mangled.
 pub fn demangle(name: &str) -> Option<String> {
-    cpp_demangle::Symbol::new(name).ok()?.demangle().ok()
+    let name = static_inner_name(name).unwrap_or(name);
+    // An empty parameter pack prints as `f<>(int, )`; c++filt says `f<>(int)`.
+    Some(cpp_demangle::Symbol::new(name).ok()?.demangle().ok()?.replace(", )", ")"))
+}
+
+/// The mangled name inside the name nvcc gives a static (internal) kernel in a relocatable
+/// (`-rdc`) build: `__nv_static_<N>__<N - 1 characters>_<mangled>`.
+pub fn static_inner_name(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("__nv_static_")?;
+    let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+    let n: usize = rest[..digits].parse().ok()?;
+    let inner = rest[digits..].strip_prefix("__")?.get(n..)?;
+    inner.starts_with("_Z").then_some(inner)
 }
 
 /// A kernel (`.entry`) of a PTX module.
@@ -220,47 +233,10 @@ pub struct PtxKernel {
     pub params: Vec<u32>,
 }
 
-/// The kernels a PTX text defines, in order.
+/// The kernels a PTX text defines, in order (not the ones it only declares).
 pub fn ptx_kernels(ptx: &str) -> Vec<PtxKernel> {
-    let mut out = vec![];
-    let mut rest = ptx;
-    while let Some(i) = rest.find(".entry ") {
-        let after = &rest[i + 7..];
-        let name_end = after.find(|c: char| c == '(' || c.is_whitespace()).unwrap_or(after.len());
-        let name = after[..name_end].trim().to_string();
-        let params_text = match (after.find('('), after.find(')')) {
-            (Some(a), Some(b)) if a < b && after[..a].trim() == name => &after[a + 1..b],
-            _ => "",
-        };
-        let params = params_text.split(',').filter(|p| p.contains(".param")).map(param_size).collect();
-        out.push(PtxKernel { name, params });
-        rest = &after[name_end..];
-    }
-    out
-}
-
-/// Bytes of a `.param .u64 x` / `.param .align 8 .b8 x[24]` declaration.
-fn param_size(decl: &str) -> u32 {
-    let elem = if decl.contains("64") {
-        8
-    } else if decl.contains("32") {
-        4
-    } else if decl.contains("16") {
-        2
-    } else {
-        1
-    };
-    let count = decl
-        .split('[')
-        .nth(1)
-        .and_then(|c| c.trim_end_matches(|c: char| !c.is_ascii_digit()).split(']').next())
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(1);
-    if decl.contains(".b8") && decl.contains('[') {
-        count
-    } else {
-        elem * count
-    }
+    let lines: Vec<&str> = ptx.lines().collect();
+    crate::patch::kernels(&lines).into_iter().map(|k| PtxKernel { name: k.name, params: k.params.into_iter().map(|p| p.1).collect() }).collect()
 }
 
 #[cfg(test)]

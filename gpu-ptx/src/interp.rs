@@ -206,9 +206,12 @@ enum Op {
         d: u16,
         a: Val,
     },
+    /// `ld.param` of a kernel parameter's bytes at `off` (a parameter is at most 8 bytes here).
     LdParam {
+        ty: Ty,
         d: u16,
         param: usize,
+        off: u32,
     },
     Ld {
         ty: Ty,
@@ -566,7 +569,7 @@ impl Module {
         p.f.name = rest[..open].trim().to_string();
         let close = rest.rfind(')').ok_or_else(|| perr(line0, "unclosed parameters"))?;
         for param in rest[open + 1..close].split(',') {
-            let name = param.split_whitespace().last().unwrap_or("").to_string();
+            let name = param.split_whitespace().last().unwrap_or("").split('[').next().unwrap_or("").to_string();
             if name.is_empty() {
                 continue;
             }
@@ -675,10 +678,16 @@ impl Module {
                 let space = parts[1..parts.len() - 1].iter().find(|s| matches!(**s, "param" | "global" | "local" | "shared" | "const"));
                 let ty = last_ty()?;
                 if parts[0] == "ld" && space == Some(&"param") {
-                    let (base, _) =
-                        ops[1].trim_matches(|c| c == '[' || c == ']').split_once('+').unwrap_or((ops[1].trim_matches(|c| c == '[' || c == ']'), "0"));
-                    let param = p.f.kernel_params.iter().position(|x| x == base).ok_or_else(|| perr(line, format!("unknown parameter `{base}`")))?;
-                    Op::LdParam { d: p.dst(line, &ops[0])?, param }
+                    let inner = ops[1].trim_matches(|c| c == '[' || c == ']');
+                    let (base, off) = inner.split_once('+').unwrap_or((inner, "0"));
+                    let param = p.f.kernel_params.iter().position(|x| x == base.trim()).ok_or_else(|| perr(line, format!("unknown parameter `{base}`")))?;
+                    let off = off
+                        .trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|o| o + ty.bits() / 8 <= 8)
+                        .ok_or_else(|| perr(line, "a parameter's bytes past 8 are not in the subset"))?;
+                    Op::LdParam { ty, d: p.dst(line, &ops[0])?, param, off }
                 } else if space.is_some_and(|s| *s != "global") {
                     return Err(perr(line, format!("state space `.{}` is not in the subset", space.unwrap_or(&""))));
                 } else if parts[0] == "ld" {
@@ -1123,7 +1132,11 @@ impl Machine {
                     let x = v!(a);
                     frame.regs[*d as usize] = local_base + x;
                 }
-                Op::LdParam { d, param } => frame.regs[*d as usize] = args[*param],
+                Op::LdParam { ty, d, param, off } => {
+                    let bits = ty.bits().min(64);
+                    let x = args[*param] >> (8 * off) & if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+                    frame.regs[*d as usize] = if ty.signed() { ty.extend(x) as u64 } else { x };
+                }
                 Op::Ld { ty, d, base, off } => {
                     let addr = v!(base).wrapping_add(*off as u64);
                     let n = (ty.bits() / 8) as u64;

@@ -93,12 +93,13 @@ pub struct Patched {
     pub unmatched: Vec<String>,
 }
 
-/// A kernel of the application's module.
+/// A kernel of a PTX module.
 #[derive(Clone, Debug)]
-struct Kernel {
-    name: String,
-    /// (parameter name, bytes it has, bytes loaded into the context: 8, 4 or 0).
-    params: Vec<(String, u32)>,
+pub(crate) struct Kernel {
+    /// Its (mangled) name.
+    pub name: String,
+    /// (parameter name, bytes).
+    pub params: Vec<(String, u32)>,
     /// Line index of the body's `{`.
     open: usize,
     /// Line index of the body's closing `}`.
@@ -111,36 +112,70 @@ pub fn ctx_layout(nparams: usize) -> u32 {
     nparams as u32 * 8 + IDS_SIZE
 }
 
-fn kernels(lines: &[&str]) -> Vec<Kernel> {
+/// The name after `.entry` when PTX line `t` (trimmed) starts a kernel's header: `.entry`,
+/// `.visible .entry` or `.weak .entry` (`.extern .entry` only declares one).
+fn entry_name(t: &str) -> Option<&str> {
+    let mut rest = t;
+    for linkage in [".visible ", ".weak "] {
+        rest = rest.strip_prefix(linkage).unwrap_or(rest);
+    }
+    let after = rest.strip_prefix(".entry")?;
+    let name = after.trim_start().split(['(', ' ', '\t']).next()?.trim();
+    (after.starts_with(char::is_whitespace) && !name.is_empty()).then_some(name)
+}
+
+/// Bytes of a parameter declaration (`.param .u8 x`, `.param .align 4 .b8 x[12]`,
+/// `.param .u64 .ptr .global .align 1 x`).
+fn param_bytes(decl: &str) -> u32 {
+    let words: Vec<&str> = decl.split_whitespace().collect();
+    let ty = words
+        .iter()
+        .find_map(|w| w.strip_prefix('.').filter(|t| matches!(t.as_bytes().first(), Some(b'u' | b's' | b'b' | b'f')) && t[1..].parse::<u32>().is_ok()));
+    let elem = ty.and_then(|t| t[1..].parse::<u32>().ok()).unwrap_or(8) / 8;
+    let count = decl.split_once('[').and_then(|(_, c)| c.split(']').next()?.trim().parse::<u32>().ok()).unwrap_or(1);
+    elem.max(1) * count
+}
+
+/// The kernels a PTX module defines, in order: names, parameters and bodies (declarations,
+/// a header ended by `;` as nvcc writes for a kernel launched from the device before its
+/// definition, and `.extern .entry` ones, are not kernels of this module).
+pub(crate) fn kernels(lines: &[&str]) -> Vec<Kernel> {
     let mut out = vec![];
     let mut i = 0;
     while i < lines.len() {
-        let t = lines[i].trim();
-        let Some(rest) = t.strip_prefix(".visible .entry ").or_else(|| t.strip_prefix(".entry ")) else {
+        let Some(name) = entry_name(lines[i].trim()) else {
             i += 1;
             continue;
         };
-        let name = rest.split(['(', ' ']).next().unwrap_or("").trim().to_string();
-        // Parameters until the line that closes the list, then the body's `{`.
-        let mut params = vec![];
-        let mut j = i;
+        let name = name.to_string();
+        // The header: up to the body's `{`, or to the `;` that makes it a declaration.
         let mut header = String::new();
-        while j < lines.len() && lines[j].trim() != "{" {
-            header.push_str(lines[j]);
+        let mut j = i;
+        let mut declaration = false;
+        while j < lines.len() {
+            let t = lines[j].trim();
+            if t.starts_with('{') {
+                break;
+            }
+            header.push_str(t);
             header.push('\n');
+            if t.ends_with(';') {
+                declaration = true;
+                break;
+            }
             j += 1;
         }
-        for p in header.split(['(', ',', ')', '\n']).map(str::trim).filter(|p| p.starts_with(".param")) {
-            let pname = p.split_whitespace().last().unwrap_or("").split('[').next().unwrap_or("").to_string();
-            let size = if p.contains(".u64") || p.contains(".s64") || p.contains(".b64") || p.contains(".f64") {
-                8
-            } else if p.contains(".u32") || p.contains(".s32") || p.contains(".b32") || p.contains(".f32") {
-                4
-            } else {
-                0
-            };
-            params.push((pname, size));
+        if declaration || j >= lines.len() {
+            i = j + 1;
+            continue;
         }
+        let list = header.split_once('(').map_or("", |(_, l)| l.rsplit_once(')').map_or(l, |(l, _)| l));
+        let params = list
+            .split(',')
+            .map(str::trim)
+            .filter(|p| p.starts_with(".param"))
+            .map(|p| (p.split_whitespace().last().unwrap_or("").split('[').next().unwrap_or("").to_string(), param_bytes(p)))
+            .collect();
         let open = j;
         let mut depth = 0;
         let mut k = open;
@@ -158,15 +193,99 @@ fn kernels(lines: &[&str]) -> Vec<Kernel> {
     out
 }
 
-/// Whether `probe_kernel` names `kernel` (mangled, demangled, or the bare name), also with a
-/// `cuda_` prefix (bpftime's spelling for a CUDA kernel that a loader beside the kernel's own
-/// kprobes must not take for a kernel function).
-fn matches(kernel: &str, probe_kernel: &str) -> bool {
-    if kernel == probe_kernel || probe_kernel.strip_prefix("cuda_").is_some_and(|rest| matches(kernel, rest)) {
-        return true;
+/// The names a probe may give kernel `kernel` by: mangled, demangled (`void tmpl<3>(int*)`,
+/// `ns::plain(int*)`), the qualified name (`tmpl<3>`, `ns::plain`, `(anonymous
+/// namespace)::anon`), without template arguments (`tmpl`), and the bare name (`plain`,
+/// `anon`). A static kernel of a relocatable build (`__nv_static_..._Z...`) also by its own
+/// mangled name's forms.
+pub fn kernel_names(kernel: &str) -> Vec<String> {
+    let mut names = vec![kernel.to_string()];
+    let Some(d) = crate::fatbin::demangle(kernel) else { return names };
+    if let Some(inner) = crate::fatbin::static_inner_name(kernel) {
+        names.push(inner.to_string());
     }
-    let Some(d) = crate::fatbin::demangle(kernel) else { return false };
-    d == probe_kernel || d.split('(').next().is_some_and(|bare| bare == probe_kernel || bare.rsplit("::").next() == Some(probe_kernel))
+    let q = qualified_name(&d);
+    let plain = without_template_args(&q);
+    let last = |s: &str| top_level_split(s, "::").pop().unwrap_or_default();
+    for n in [d.clone(), q.clone(), plain.clone(), last(&q), last(&plain)] {
+        if !n.is_empty() && !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
+}
+
+/// A demangled function's name without its return type and parameters.
+fn qualified_name(demangled: &str) -> String {
+    let mut s = demangled.trim();
+    // The parameter list: the group the name ends with.
+    if s.ends_with(')') {
+        let mut depth = 0;
+        for (i, c) in s.char_indices().rev() {
+            match c {
+                ')' => depth += 1,
+                '(' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        s = &s[..i];
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    // A template's return type comes first (`void tmpl<3>`): what follows the last top-level space.
+    top_level_split(s, " ").pop().unwrap_or_default()
+}
+
+/// `s` split at `sep` outside `<...>` and `(...)`.
+fn top_level_split(s: &str, sep: &str) -> Vec<String> {
+    let (mut parts, mut depth, mut start) = (vec![], 0i32, 0);
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'<' | b'(' => depth += 1,
+            b'>' | b')' => depth -= 1,
+            _ if depth == 0 && s[i..].starts_with(sep) => {
+                parts.push(s[start..i].to_string());
+                i += sep.len();
+                start = i;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(s[start..].to_string());
+    parts
+}
+
+/// `s` without its `<...>` groups.
+fn without_template_args(s: &str) -> String {
+    let mut depth = 0;
+    s.chars()
+        .filter(|&c| {
+            match c {
+                '<' => depth += 1,
+                '>' => {
+                    depth -= 1;
+                    return false;
+                }
+                _ => {}
+            }
+            depth == 0
+        })
+        .collect()
+}
+
+/// Whether `probe_kernel` names `kernel` (see [`kernel_names`]), also with a `cuda_` prefix
+/// (bpftime's spelling for a CUDA kernel that a loader beside the kernel's own kprobes must
+/// not take for a kernel function).
+fn matches(kernel: &str, probe_kernel: &str) -> bool {
+    let names = kernel_names(kernel);
+    names.iter().any(|n| n == probe_kernel) || probe_kernel.strip_prefix("cuda_").is_some_and(|rest| names.iter().any(|n| n == rest))
 }
 
 /// The probe's functions, renamed apart (`bpf_` -> `bpftime_pN_`), without the module header
@@ -193,8 +312,8 @@ struct Access {
     guard: Option<String>,
 }
 
-/// The access of PTX line `t` (trimmed) if it is a load or store of memory (any state space
-/// but `.param`; `.v2`/`.v4` vectors counted whole).
+/// The access of PTX line `t` (trimmed) if it is a load, store or atomic operation on memory
+/// (any state space but `.param`; `.v2`/`.v4` vectors counted whole).
 fn access_of(t: &str) -> Option<Access> {
     let (guard, rest) = match t.strip_prefix('@') {
         Some(r) => {
@@ -207,7 +326,8 @@ fn access_of(t: &str) -> Option<Access> {
     let mut parts = op.split('.');
     let store = match parts.next()? {
         "ld" => false,
-        "st" => true,
+        // Atomics read and write: reported as stores.
+        "st" | "atom" | "red" => true,
         _ => return None,
     };
     let (mut lanes, mut bits) = (1, 0);
@@ -283,13 +403,23 @@ fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, acc
         l(format!("st.u64 [%bpt0+{field}], %bpt3;"));
     }
     for (i, (pname, size)) in k.params.iter().enumerate() {
+        // Each parameter zero-extended to 8 bytes; a bigger one (a struct by value) gives its
+        // first 8 bytes.
         match size {
             8 => l(format!("ld.param.u64 %bpt4, [{pname}];")),
-            4 => {
-                l(format!("ld.param.u32 %bpw0, [{pname}];"));
+            4 | 2 | 1 => {
+                l(format!("ld.param.u{} %bpw0, [{pname}];", 8 * size));
                 l("cvt.u64.u32 %bpt4, %bpw0;".into());
             }
-            _ => l("mov.u64 %bpt4, 0;".into()),
+            _ => {
+                l("mov.u64 %bpt4, 0;".into());
+                for b in (0..(*size).min(8)).rev() {
+                    l(format!("ld.param.u8 %bpw0, [{pname}+{b}];"));
+                    l("cvt.u64.u32 %bpt3, %bpw0;".into());
+                    l("shl.b64 %bpt4, %bpt4, 8;".into());
+                    l("or.b64 %bpt4, %bpt4, %bpt3;".into());
+                }
+            }
         }
         l(format!("st.u64 [%bpt2+{}], %bpt4;", base + 8 * i));
     }
@@ -379,8 +509,10 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
                 continue;
             }
             let exits: Vec<usize> = sites.iter().filter(|s| s.0 == ki && probes[s.1].exit && !is_memory(s.1)).map(|s| s.1).collect();
-            let guarded_ret = t.strip_suffix("ret;").map(str::trim).filter(|g| g.starts_with('@'));
-            if !exits.is_empty() && (t == "ret;" || guarded_ret.is_some()) {
+            // A kernel returns at `ret` and ends its thread at `exit` (inline assembly's).
+            let returns = |op: &str| t == op || t.strip_suffix(op).map(str::trim).is_some_and(|g| g.starts_with('@') && !g.contains(' '));
+            let guarded_ret = ["ret;", "exit;"].iter().find_map(|op| t.strip_suffix(op).map(str::trim).filter(|g| g.starts_with('@') && !g.contains(' ')));
+            if !exits.is_empty() && (returns("ret;") || returns("exit;")) {
                 let skip = format!("$bpftime_skip{li}");
                 if let Some(g) = guarded_ret {
                     text.push_str(&format!("{} bra {skip};\n", negated(g)));
@@ -419,4 +551,92 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
     }
     out.ptx = text;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Headers as nvcc writes them: a declaration of a kernel launched from the device before
+    /// its definition (`-rdc`), a template's `.weak` entry, an `.extern` one, a kernel with
+    /// tuning directives and small parameters.
+    const MODULE: &str = "\
+.version 8.8
+.target sm_75
+.address_size 64
+.extern .entry _Z4elsePi(
+\t.param .u64 _Z4elsePi_param_0
+)
+;
+.entry __nv_static_21__a1b2c3d4_5_x_cu_e5f6__Z5childPi(
+\t.param .u64 __nv_static_21__a1b2c3d4_5_x_cu_e5f6__Z5childPi_param_0
+)
+;
+.weak .entry _Z4tmplILi3EEvPi(
+\t.param .u64 _Z4tmplILi3EEvPi_param_0
+)
+{
+\tret;
+}
+.visible .entry _Z5smallcs4Pair(
+\t.param .u8 _Z5smallcs4Pair_param_0,
+\t.param .u16 _Z5smallcs4Pair_param_1,
+\t.param .align 4 .b8 _Z5smallcs4Pair_param_2[12]
+)
+.maxntid 256, 1, 1
+{
+\t@%p1 exit;
+\tret;
+}
+.entry __nv_static_21__a1b2c3d4_5_x_cu_e5f6__Z5childPi(
+\t.param .u64 __nv_static_21__a1b2c3d4_5_x_cu_e5f6__Z5childPi_param_0
+)
+{
+\tret;
+}
+";
+
+    #[test]
+    fn kernels_are_definitions_with_their_parameters() {
+        let lines: Vec<&str> = MODULE.lines().collect();
+        let ks = kernels(&lines);
+        let names: Vec<&str> = ks.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["_Z4tmplILi3EEvPi", "_Z5smallcs4Pair", "__nv_static_21__a1b2c3d4_5_x_cu_e5f6__Z5childPi"]);
+        let sizes: Vec<u32> = ks[1].params.iter().map(|p| p.1).collect();
+        assert_eq!(sizes, [1, 2, 12]);
+        assert_eq!(ks[1].params[2].0, "_Z5smallcs4Pair_param_2");
+        assert_eq!((lines[ks[2].open], lines[ks[2].close]), ("{", "}"));
+    }
+
+    #[test]
+    fn kernels_answer_to_the_names_users_give_them() {
+        for (mangled, name) in [
+            ("_Z4tmplILi3EEvPi", "tmpl"),
+            ("_Z4tmplILi3EEvPi", "tmpl<3>"),
+            ("_Z4tmplILi3EEvPi", "void tmpl<3>(int*)"),
+            ("_ZN2ns5plainEPi", "plain"),
+            ("_ZN2ns5plainEPi", "ns::plain"),
+            ("_ZN2ns5plainEPi", "cuda_plain"),
+            ("_ZN12_GLOBAL__N_14anonEPi", "anon"),
+            ("_ZN12_GLOBAL__N_14anonEPi", "(anonymous namespace)::anon"),
+            ("_Z4packIJEEviDpT_", "void pack<>(int)"),
+            ("_Z4packIJEEviDpT_", "pack"),
+            ("__nv_static_21__a1b2c3d4_5_x_cu_e5f6__Z5childPi", "child"),
+            ("__nv_static_21__a1b2c3d4_5_x_cu_e5f6__Z5childPi", "_Z5childPi"),
+        ] {
+            assert!(matches(mangled, name), "{name} names {mangled}: {:?}", kernel_names(mangled));
+        }
+        assert!(!matches("_Z4tmplILi3EEvPi", "mpl") && !matches("_ZN2ns5plainEPi", "ns") && !matches("_Z5childPi", "child<3>"));
+    }
+
+    #[test]
+    fn exit_probes_run_before_exits_and_returns() {
+        let probe = Probe { name: "p".into(), kernel: "small".into(), exit: true, ptx: ".version 8.8\n.target sm_75\n.address_size 64\n".into(), stack: 512 };
+        let out = patch(MODULE, &[probe]).unwrap();
+        assert_eq!(out.spliced.len(), 1, "{:?} {:?}", out.unmatched, kernel_names("_Z5smallcs4Pair"));
+        let body = &out.ptx[out.ptx.find(".visible .entry _Z5smallcs4Pair").unwrap()..];
+        assert_eq!(body.matches("call.uni (%bpt6), bpftime_p0_f0").count(), 2, "{body}");
+        assert!(body.contains("ld.param.u8 %bpw0, [_Z5smallcs4Pair_param_0];") && body.contains("ld.param.u16 %bpw0, [_Z5smallcs4Pair_param_1];"), "{body}");
+        assert!(body.contains("ld.param.u8 %bpw0, [_Z5smallcs4Pair_param_2+7];"), "a struct's first 8 bytes: {body}");
+    }
 }

@@ -60,3 +60,35 @@ pub fn conformance_vectors() -> Option<Vec<Vector>> {
         .collect();
     Some(vectors)
 }
+
+/// Runs `cmd` to completion like `Command::output`, and says how much CPU time (user + system)
+/// it used (`wait4(2)`'s `rusage`: that child's alone, whatever else the machine or this test
+/// process runs).
+pub fn output_and_cpu_time(cmd: &mut std::process::Command) -> (std::process::Output, std::time::Duration) {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = vec![];
+            let _ = r.read_to_end(&mut b);
+            b
+        })
+    };
+    let out = read(Box::new(child.stdout.take().expect("piped")));
+    let err = read(Box::new(child.stderr.take().expect("piped")));
+    let (mut status, pid) = (0, child.id() as libc::pid_t);
+    // SAFETY: `wait4` only writes the status and `rusage` it is given; `pid` is our child,
+    // reaped here once (the `Child` is not waited for again).
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        while libc::wait4(pid, &mut status, 0, &mut u) < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {}
+        u
+    };
+    drop(child);
+    let t = |tv: libc::timeval| std::time::Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+    let output =
+        std::process::Output { status: std::process::ExitStatus::from_raw(status), stdout: out.join().expect("reader"), stderr: err.join().expect("reader") };
+    (output, t(usage.ru_utime) + t(usage.ru_stime))
+}

@@ -1,0 +1,100 @@
+// The CUDA driver API reached as the CUDA 13 runtime reaches it: dlopen("libcuda.so.1"),
+// dlsym("cuGetProcAddress_v2") once, every other entry point through it (cuGetProcAddress
+// asked for itself first), device code from a __cudaFatBinaryWrapper around the fatbin
+// embedded from FATBIN. For the driver_*.c harnesses.
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#ifndef FATBIN
+#error "define FATBIN as the path of the fatbin to embed"
+#endif
+
+__asm__(".section .rodata\n.balign 16\n.globl embedded_fatbin\nembedded_fatbin:\n.incbin \"" FATBIN "\"\n.previous\n");
+extern const unsigned char embedded_fatbin[];
+
+static const struct {
+    int magic, version;
+    const void *data;
+    void *unused;
+} wrapper = { 0x466243b1, 1, embedded_fatbin, 0 };
+
+typedef int CUresult;
+typedef void *H;
+typedef CUresult (*GetProc)(const char *, void **, int, uint64_t, int *);
+typedef struct {
+    unsigned grid[3], block[3], shared;
+    H stream;
+    void *attrs;
+    unsigned nattrs;
+} LaunchConfig;
+
+static GetProc get_proc;
+
+static void *need(const char *name, uint64_t flags)
+{
+    void *p = 0;
+    int status = 0;
+    if (get_proc(name, &p, 12000, flags, &status) != 0 || !p) {
+        fprintf(stderr, "no %s in the driver\n", name);
+        exit(2);
+    }
+    return p;
+}
+
+#define CHECK(call)                                                       \
+    do {                                                                  \
+        CUresult r_ = (call);                                             \
+        if (r_ != 0) {                                                    \
+            fprintf(stderr, "%s failed: %d\n", #call, r_);                \
+            exit(1);                                                      \
+        }                                                                 \
+    } while (0)
+
+/// Opens the driver and finds cuGetProcAddress (exits with 2 when there is no driver).
+static void open_driver(void)
+{
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW);
+    if (!lib) {
+        fprintf(stderr, "no CUDA driver: %s\n", dlerror());
+        exit(2);
+    }
+    GetProc first = (GetProc)dlsym(lib, "cuGetProcAddress_v2");
+    if (!first) {
+        fprintf(stderr, "the driver has no cuGetProcAddress_v2\n");
+        exit(2);
+    }
+    int status = 0;
+    CHECK(first("cuGetProcAddress", (void **)&get_proc, 12000, 0, &status));
+}
+
+/// Initialises the driver, makes the primary context of device 0 current and loads the
+/// embedded fatbin as a library (lazily, as the runtime does); returns the library.
+static H load_library(void)
+{
+    CUresult (*init)(unsigned) = need("cuInit", 0);
+    CUresult (*device_get)(int *, int) = need("cuDeviceGet", 0);
+    CUresult (*retain)(H *, int) = need("cuDevicePrimaryCtxRetain", 0);
+    CUresult (*set_current)(H) = need("cuCtxSetCurrent", 0);
+    CUresult (*library_load)(H *, const void *, void *, void *, unsigned, void *, void *, unsigned) = need("cuLibraryLoadData", 0);
+    int dev;
+    H ctx, library;
+    CHECK(init(0));
+    CHECK(device_get(&dev, 0));
+    CHECK(retain(&ctx, dev));
+    CHECK(set_current(ctx));
+    CHECK(library_load(&library, &wrapper, 0, 0, 0, 0, 0, 0));
+    return library;
+}
+
+/// The function of kernel `name` (mangled) in `library`.
+static H kernel_function(H library, const char *name)
+{
+    CUresult (*get_kernel)(H *, H, const char *) = need("cuLibraryGetKernel", 0);
+    CUresult (*function)(H *, H) = need("cuKernelGetFunction", 0);
+    H kernel, func;
+    CHECK(get_kernel(&kernel, library, name));
+    CHECK(function(&func, kernel));
+    return func;
+}
