@@ -564,6 +564,83 @@ fn gpu_probes_see_the_hosts_hash_maps() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A loader writes maps only GPU programs use while the app runs (bpftool through the syscall
+/// server, between launches): a new factor reaches the GPU before the next launch, a counter
+/// it clears counts from 0 again, a hash key it adds is seen and one it deletes is gone.
+#[test]
+fn a_loaders_writes_between_launches_reach_the_gpu() {
+    let Some(dir) = setup("loader-writes", &[]) else { return };
+    let bpftool = PathBuf::from("/usr/sbin/bpftool");
+    if !bpftool.exists() {
+        println!("skipping: no bpftool to write maps (apt install bpftool; bash scripts/setup.sh does)");
+        return;
+    }
+    let shm = format!("bpftime-cuda-loader-writes-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let bpftime = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bpftime"));
+        c.args(["--shm", &shm]);
+        c
+    };
+    let run = |args: &[&str]| {
+        let o = bpftime().args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}{}", text(&o.stdout), text(&o.stderr));
+        text(&o.stdout) + &text(&o.stderr)
+    };
+    let tool = |args: &str| {
+        let mut all = vec!["load", "--", bpftool.to_str().unwrap(), "map"];
+        all.extend(args.split_whitespace());
+        run(&all);
+    };
+    run(&["shm", "create"]);
+    run(&["load", build_example("cuda_host_config").to_str().unwrap()]);
+    tool("update name config key 0 0 0 0 value 1 0 0 0 0 0 0 0");
+    let wait = dir.join("wait");
+    std::fs::create_dir_all(&wait).unwrap();
+    let mut app = bpftime()
+        .args(["start", "--"])
+        .arg(dir.join("app"))
+        .args(app_args())
+        .env("LD_LIBRARY_PATH", &dir)
+        .env("DRIVER_WAIT_DIR", &wait)
+        .env("BPFTIME_CUDA_COPY_MS", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(app.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    let mut wait_for = |what: &str| {
+        for l in lines.by_ref() {
+            let l = l.unwrap();
+            said += &l;
+            said.push('\n');
+            if l == what {
+                return;
+            }
+        }
+        panic!("the app never said `{what}`: {said}");
+    };
+    wait_for("before launch 1");
+    tool("update name config key 0 0 0 0 value 10 0 0 0 0 0 0 0");
+    tool("update name counts key 1 0 0 0 value 0 0 0 0 0 0 0 0");
+    tool("update name allowed key 1 0 0 0 value 232 3 0 0 0 0 0 0");
+    std::fs::write(wait.join("1"), "").unwrap();
+    wait_for("before launch 2");
+    tool("update name config key 0 0 0 0 value 100 0 0 0 0 0 0 0");
+    tool("delete name allowed key 1 0 0 0");
+    std::fs::write(wait.join("2"), "").unwrap();
+    let out = app.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let counts = run(&["map", "dump", "counts"]);
+    assert_eq!(dumped(&counts, "counts", "0"), Some((THREADS * (1 + 10 + 100)).to_string()), "factor 1, then 10, then 100\n{counts}");
+    assert_eq!(dumped(&counts, "counts", "1"), Some((THREADS * 2).to_string()), "cleared before launch 1\n{counts}");
+    assert_eq!(dumped(&counts, "counts", "2"), Some((256 * 1000).to_string()), "block 1 allowed in launch 1 only\n{counts}");
+    assert!(run(&["map", "dump", "allowed"]).contains("(0 entries)"), "the deleted key stays deleted");
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// bpftime's `bpf_cuda_exit` (507) in a kernel probe ends the GPU thread, as under bpftime:
 /// with blocks 2 and 3 ended at the entry, only elements 0..512 are computed (the app's sum
 /// says so), every thread enters, and only blocks 0 and 1 reach the exit probe.

@@ -225,13 +225,14 @@ impl Gpu {
         }
         let nsm = drv.sm_count(drv.device()).unwrap_or(1);
         let layout = self.probes.layout(nsm)?;
+        let writes = self.probes.host_writes();
         let image = self.probes.arena_image(&layout, &self.region);
         let dev = drv.mem_alloc(image.len())?;
         drv.memcpy_htod(dev, &image)?;
         if verbose() {
             eprintln!("bpftime: CUDA maps: {} bytes of device memory ({} maps, {nsm} SMs)", image.len(), layout.maps.len());
         }
-        let share = Mutex::new(self.probes.host_share(&layout, &image));
+        let share = Mutex::new(self.probes.host_share(&layout, &image, writes));
         let a = Arc::new(Arena {
             dev,
             len: image.len(),
@@ -272,18 +273,22 @@ impl Gpu {
     /// Copies the host-owned maps (those CPU programs use too) to the device, on `stream`
     /// before the launch, so the kernel's probes see what the CPU side wrote.
     fn push_host_values(&self, drv: &Driver, arena: &Arc<Arena>, stream: Handle) {
-        if !self.probes.host_owned.contains(&true) {
-            return;
+        let push = {
+            let written = lock(&arena.written);
+            let mut share = lock(&arena.share);
+            self.probes.host_values(&arena.layout, &mut share, &written)
+        };
+        for name in &push.adopted {
+            if verbose() {
+                eprintln!("bpftime: CUDA map `{name}` was written by the host: what it writes reaches the GPU before each launch from now on");
+            }
         }
-        let mut share = lock(&arena.share);
-        for (off, bytes) in self.probes.host_values(&arena.layout, &self.region, &mut share) {
+        for (off, bytes) in push.copies {
             if let Err(e) = drv.memcpy_htod_async(arena.dev + off, &bytes, stream) {
                 self.say_once(format!("CUDA maps shared with CPU probes are not copied to the GPU: {e}"));
             }
         }
-        let hashes = self.probes.changed_hashes(&arena.layout, &self.region, &share);
-        drop(share);
-        for slot in hashes {
+        for slot in push.merges {
             if let Err(e) = self.queue_hash_merge(drv, arena, slot, stream) {
                 self.say_once(format!("CUDA maps shared with CPU probes are not copied to the GPU: {e}"));
             }

@@ -368,6 +368,8 @@ pub struct GpuProbes {
     pub probes: Vec<GpuProbe>,
     /// Region map id of each arena slot.
     pub map_ids: Vec<u32>,
+    /// The region's map of each arena slot (None for the trace ring).
+    maps: Vec<Option<bpftime_maps::Map>>,
     specs: Vec<GpuMapSpec>,
     /// Slots whose map CPU programs (uprobes) also use: the host owns them. Before each launch
     /// what the host changed of such an array or hash is copied to the device (a launch-latency
@@ -411,6 +413,7 @@ impl GpuProbes {
         if out.probes.iter().any(|p| needs_trace_ring(&p.raw)) {
             out.specs.push(GpuMapSpec::trace_ring());
             out.map_ids.push(0);
+            out.maps.push(None);
             out.trace_slot = Some(out.specs.len() - 1);
         }
         let cpu = maps_of_cpu_programs(region, links);
@@ -431,6 +434,7 @@ impl GpuProbes {
             let map = bpftime_maps::Map::open(region, id).map_err(|e| format!("insn {pc}: map {id}: {e}"))?;
             self.specs.push(gpu_spec_of(&map));
             self.map_ids.push(id);
+            self.maps.push(Some(map));
         }
         ArenaLayout::new(&self.specs, 1).map_err(|e| format!("{}: {e}", stored.name))?;
         let program = Arc::new(verify(&stored.insns, table.clone(), &SlotResolver).map_err(|e| format!("verifier: {e}"))?);
@@ -484,11 +488,18 @@ impl GpuProbes {
         arena
     }
 
+    /// How many writes the syscall path has made to each slot's map (see
+    /// [`bpftime_maps::Map::host_writes`]); taken before an arena image is made of them.
+    pub fn host_writes(&self) -> std::collections::HashMap<usize, u64> {
+        self.maps.iter().enumerate().filter_map(|(slot, m)| Some((slot, m.as_ref()?.host_writes()))).collect()
+    }
+
     /// What the GPU was last given of each host-owned array (the bytes of its storage) and
-    /// hash (its entries) in `image` (the arena the device starts from).
-    pub fn host_share(&self, layout: &ArenaLayout, image: &[u8]) -> HostShare {
+    /// hash (its entries) in `image` (the arena the device starts from, made from the maps
+    /// when they had had `writes` writes).
+    pub fn host_share(&self, layout: &ArenaLayout, image: &[u8], writes: std::collections::HashMap<usize, u64>) -> HostShare {
         use bpftime_gpu_ptx::maps::GpuMapKind;
-        let mut share = HostShare::default();
+        let mut share = HostShare { writes, ..HostShare::default() };
         for (slot, m) in layout.maps.iter().enumerate() {
             if self.host_owned.get(slot) != Some(&true) || m.slots != 1 {
                 continue;
@@ -506,30 +517,56 @@ impl GpuProbes {
         share
     }
 
-    /// What to copy to the device before a launch, as (arena offset, bytes): of each
-    /// host-owned array, the runs of entries whose host value differs from what `share` says
-    /// the GPU was given (which it then records). Hashes go through [`Self::merge_hash`].
-    pub fn host_values(&self, layout: &ArenaLayout, region: &Arc<bpftime_shm::ShmRegion>, share: &mut HostShare) -> Vec<(u64, Vec<u8>)> {
-        let mut out = vec![];
-        for (slot, &id) in self.map_ids.iter().enumerate() {
-            let (Some(true), Some(m)) = (self.host_owned.get(slot), layout.maps.get(slot)) else { continue };
-            let Ok(map) = bpftime_maps::Map::open(region, id) else { continue };
-            if map.map_type() != bpftime_maps::MapType::Array || m.slots != 1 || !share.given.contains_key(&slot) {
+    /// What to give the device before a launch. Of each host-owned array (one CPU programs
+    /// also write) the runs of entries whose host value differs from what `share` says the GPU
+    /// was given (which it then records), and each host-owned hash whose entries differ, to
+    /// merge ([`Self::merge_hash`]). A map only GPU programs use is looked at when the syscall
+    /// path wrote it (a loader, bpftool, the CLI): if its entries differ from `written` (the
+    /// device's copy last written back) it becomes host-owned from then on, so what the loader
+    /// wrote reaches the device (over what the GPU changed since that copy) and the GPU's
+    /// writes still come back.
+    pub fn host_values(&self, layout: &ArenaLayout, share: &mut HostShare, written: &[u8]) -> HostPush {
+        use bpftime_gpu_ptx::maps::GpuMapKind;
+        let mut out = HostPush::default();
+        for (slot, m) in layout.maps.iter().enumerate() {
+            let Some(map) = self.maps.get(slot).and_then(Option::as_ref) else { continue };
+            if m.slots != 1 || m.kind == GpuMapKind::Ring {
                 continue;
             }
-            let vs = map.spec().value_size as usize;
-            let mut bytes = vec![0u8; m.data_len as usize];
+            if self.host_owned.get(slot) != Some(&true) {
+                let writes = map.host_writes();
+                if share.writes.get(&slot) == Some(&writes) {
+                    continue;
+                }
+                share.writes.insert(slot, writes);
+                if !share.covers(slot) {
+                    if !self.adopt(layout, slot, map, share, written) {
+                        continue;
+                    }
+                    out.adopted.push(m.spec.name.clone());
+                }
+            }
+            if let Some(entries) = host_entries(layout, slot, map) {
+                if share.hashes.get(&slot).is_some_and(|given| given != &entries) {
+                    out.merges.push(slot);
+                }
+                continue;
+            }
+            if map.map_type() != bpftime_maps::MapType::Array {
+                continue;
+            }
+            let Some(given) = share.given.get_mut(&slot) else { continue };
+            let (vs, stride) = (map.spec().value_size as usize, m.stride as usize);
+            let mut bytes = given.clone();
             let mut value = vec![0u8; vs];
             for i in 0..map.spec().max_entries {
                 if map.lookup(&i.to_le_bytes(), &mut value).is_ok() {
-                    let at = i as usize * m.stride as usize;
+                    let at = i as usize * stride;
                     if let Some(dst) = bytes.get_mut(at..at + vs) {
                         dst.copy_from_slice(&value);
                     }
                 }
             }
-            let Some(given) = share.given.get_mut(&slot) else { continue };
-            let stride = m.stride as usize;
             let mut i = 0;
             while i * stride < bytes.len() {
                 let changed = |i: usize| bytes.get(i * stride..(i + 1) * stride) != given.get(i * stride..(i + 1) * stride);
@@ -543,10 +580,50 @@ impl GpuProbes {
                 }
                 let run = start * stride..i * stride;
                 given[run.clone()].copy_from_slice(&bytes[run.clone()]);
-                out.push((m.data_off + run.start as u64, bytes[run].to_vec()));
+                let at = m.data_off + run.start as u64;
+                // In the shard zone the device's value is the array's plus every SM's shard:
+                // the host's value replaces both.
+                if at >= layout.zone_off && at < layout.zone_off + layout.zone_len {
+                    for sm in 0..layout.nsm as u64 {
+                        out.copies.push((layout.shards_off + sm * layout.zone_len + (at - layout.zone_off), vec![0; run.len()]));
+                    }
+                }
+                out.copies.push((at, bytes[run].to_vec()));
             }
         }
         out
+    }
+
+    /// Makes a map only GPU programs used host-owned if the region's entries differ from
+    /// `written`'s (the device's copy last written back): what the GPU was given is that copy.
+    fn adopt(&self, layout: &ArenaLayout, slot: usize, map: &bpftime_maps::Map, share: &mut HostShare, written: &[u8]) -> bool {
+        use bpftime_gpu_ptx::maps::GpuMapKind;
+        let m = &layout.maps[slot];
+        match m.kind {
+            GpuMapKind::Hash => {
+                let Some(host) = host_entries(layout, slot, map) else { return false };
+                let device = gpu_entries(layout, written, slot);
+                if host == device {
+                    return false;
+                }
+                share.hashes.insert(slot, device);
+            }
+            GpuMapKind::Array if map.map_type() == bpftime_maps::MapType::Array => {
+                let Some(stored) = written.get(m.data_off as usize..(m.data_off + m.data_len) as usize) else { return false };
+                let (vs, stride) = (map.spec().value_size as usize, m.stride as usize);
+                let mut value = vec![0u8; vs];
+                let differs = (0..map.spec().max_entries).any(|i| {
+                    let at = i as usize * stride;
+                    map.lookup(&i.to_le_bytes(), &mut value).is_ok() && stored.get(at..at + vs) != Some(&value[..])
+                });
+                if !differs {
+                    return false;
+                }
+                share.given.insert(slot, stored.to_vec());
+            }
+            _ => return false,
+        }
+        true
     }
 
     /// Copies a device arena (as read back after a launch; its shards are folded here) into the
@@ -580,7 +657,7 @@ impl GpuProbes {
             if self.trace_slot == Some(slot) {
                 continue;
             }
-            if let Some((then, now)) = shared.as_mut().filter(|(then, _)| self.host_owned.get(slot) == Some(&true) && then.covers(slot)) {
+            if let Some((then, now)) = shared.as_mut().filter(|(then, _)| then.covers(slot)) {
                 if let Err(e) = self.write_back_shared(layout, arena, slot, region, then, now) {
                     errors.push(e);
                 }
@@ -596,20 +673,6 @@ impl GpuProbes {
 }
 
 impl GpuProbes {
-    /// The host-owned hashes whose entries in the region differ from what `share` says the
-    /// GPU was given: each needs a [`Self::merge_hash`] before the next launch.
-    pub fn changed_hashes(&self, layout: &ArenaLayout, region: &Arc<bpftime_shm::ShmRegion>, share: &HostShare) -> Vec<usize> {
-        share
-            .hashes
-            .iter()
-            .filter(|(&slot, given)| {
-                let Ok(map) = bpftime_maps::Map::open(region, self.map_ids[slot]) else { return false };
-                host_entries(layout, slot, &map).is_some_and(|h| &h != *given)
-            })
-            .map(|(&slot, _)| slot)
-            .collect()
-    }
-
     /// Merges host-owned hash `slot` both ways, run in stream order before a launch, with
     /// `table` the device's table of it as the stream got there: what the GPU changed since it
     /// was last given the hash is written to the region, then `table` is rewritten to hold
@@ -659,12 +722,25 @@ fn apply_gpu_changes(map: &bpftime_maps::Map, name: &str, given: &mut Entries, g
 pub struct HostShare {
     given: std::collections::HashMap<usize, Vec<u8>>,
     hashes: std::collections::HashMap<usize, Entries>,
+    /// Syscall-path writes of each map when last looked at.
+    writes: std::collections::HashMap<usize, u64>,
+}
+
+/// What to give the device before a launch (see [`GpuProbes::host_values`]).
+#[derive(Debug, Default)]
+pub struct HostPush {
+    /// (arena offset, bytes) to copy, in order.
+    pub copies: Vec<(u64, Vec<u8>)>,
+    /// Hash slots to merge in stream order ([`GpuProbes::merge_hash`]).
+    pub merges: Vec<usize>,
+    /// Maps only GPU programs used that the host wrote now (host-owned from now on).
+    pub adopted: Vec<String>,
 }
 
 impl HostShare {
     /// This share's arrays with `current`'s hashes.
     pub fn with_hashes_of(&self, current: &HostShare) -> HostShare {
-        HostShare { given: self.given.clone(), hashes: current.hashes.clone() }
+        HostShare { given: self.given.clone(), hashes: current.hashes.clone(), writes: self.writes.clone() }
     }
 
     /// Whether arena slot `slot` is shared this way.

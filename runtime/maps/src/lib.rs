@@ -220,6 +220,9 @@ pub(crate) struct MapDesc {
     pub tail: AtomicU64,
     pub hand: AtomicU64,
     pub lost: AtomicU64,
+    /// Updates and deletes made through the syscall path (loaders, the CLI, copies back from a
+    /// device), not by programs: see [`Map::host_writes`].
+    pub writes: AtomicU64,
 }
 
 /// Where a map's storage lives (offsets into the region), copied out of the descriptor.
@@ -742,8 +745,26 @@ impl Map {
         }
     }
 
+    /// How many updates and deletes the syscall path (`update`, `delete`,
+    /// `lookup_and_delete`: loaders, the CLI, copies back from a device) has made, so that a
+    /// copy of the map elsewhere (on a GPU) knows cheaply when to look again. Programs' writes
+    /// are not counted (they write values in place).
+    pub fn host_writes(&self) -> u64 {
+        self.desc().writes.load(Ordering::Acquire)
+    }
+
+    fn wrote(&self) {
+        self.desc().writes.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// `BPF_MAP_UPDATE_ELEM`.
     pub fn update(&self, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
+        let r = self.update_inner(key, value, flags);
+        self.wrote();
+        r
+    }
+
+    fn update_inner(&self, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
         use MapType::*;
         match self.spec.map_type {
             Queue | Stack => {
@@ -771,6 +792,12 @@ impl Map {
 
     /// `BPF_MAP_DELETE_ELEM`.
     pub fn delete(&self, key: &[u8]) -> Result<(), Errno> {
+        let r = self.delete_inner(key);
+        self.wrote();
+        r
+    }
+
+    fn delete_inner(&self, key: &[u8]) -> Result<(), Errno> {
         use MapType::*;
         match self.spec.map_type {
             Queue | Stack => return Err(Errno::EINVAL),
@@ -817,6 +844,12 @@ impl Map {
 
     /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (queue/stack pop; hash maps too).
     pub fn lookup_and_delete(&self, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
+        let r = self.lookup_and_delete_inner(key, value);
+        self.wrote();
+        r
+    }
+
+    fn lookup_and_delete_inner(&self, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
         match self.spec.map_type {
             MapType::Queue | MapType::Stack => {
                 self.check_value(value)?;
