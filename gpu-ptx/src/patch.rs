@@ -454,9 +454,37 @@ fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, acc
     s
 }
 
+/// `ptx` with each one-line block (`{ .reg .pred q; setp.gt.s32 q, %r1, 3; @q ret; }`, as
+/// inline assembly leaves it) on lines of its own, so its returns are seen as any other.
+fn unfold_blocks(ptx: &str) -> std::borrow::Cow<'_, str> {
+    let one_line = |t: &str| t.len() > 2 && t.starts_with('{') && t.ends_with('}') && t.contains(';');
+    if !ptx.lines().any(|l| one_line(l.trim())) {
+        return std::borrow::Cow::Borrowed(ptx);
+    }
+    let mut out = String::with_capacity(ptx.len() + 64);
+    for l in ptx.lines() {
+        let t = l.trim();
+        if one_line(t) {
+            out.push_str("{\n");
+            for stmt in t[1..t.len() - 1].split_inclusive(';') {
+                if !stmt.trim().is_empty() {
+                    out.push_str(stmt.trim());
+                    out.push('\n');
+                }
+            }
+            out.push_str("}\n");
+        } else {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Splices `probes` into the application's PTX module `app`.
 pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
-    let lines: Vec<&str> = app.lines().collect();
+    let unfolded = unfold_blocks(app);
+    let lines: Vec<&str> = unfolded.lines().collect();
     let ks = kernels(&lines);
     let mut out = Patched::default();
     // Which probes go where: (kernel index, probe index).
@@ -638,5 +666,11 @@ mod tests {
         assert_eq!(body.matches("call.uni (%bpt6), bpftime_p0_f0").count(), 2, "{body}");
         assert!(body.contains("ld.param.u8 %bpw0, [_Z5smallcs4Pair_param_0];") && body.contains("ld.param.u16 %bpw0, [_Z5smallcs4Pair_param_1];"), "{body}");
         assert!(body.contains("ld.param.u8 %bpw0, [_Z5smallcs4Pair_param_2+7];"), "a struct's first 8 bytes: {body}");
+        // A return inside inline assembly's one-line block.
+        let asm = MODULE.replace("\t@%p1 exit;", "\t{ .reg .pred q; setp.gt.s32 q, %r1, 3; @q ret; }");
+        let out = patch(&asm, &[Probe { name: "p".into(), kernel: "small".into(), exit: true, ptx: String::new(), stack: 512 }]).unwrap();
+        let body = &out.ptx[out.ptx.find(".visible .entry _Z5smallcs4Pair").unwrap()..];
+        assert_eq!(body.matches("call.uni (%bpt6), bpftime_p0_f0").count(), 2, "{body}");
+        assert!(body.contains("@!q bra"), "the probe runs only when the block returns: {body}");
     }
 }
