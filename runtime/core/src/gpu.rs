@@ -221,7 +221,7 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot:
     let changed = |r: std::ops::Range<usize>| prev.is_none_or(|p| p.get(r.clone()) != arena.get(r));
     // Entries the GPU deleted go first: a key deleted and inserted again is in use.
     for k in layout.deleted_where(arena, slot, &changed) {
-        match map.delete(&k) {
+        match map.delete_from_copy(&k) {
             Ok(()) | Err(bpftime_maps::Errno::ENOENT) => {}
             Err(e) => return Err(format!("map `{}`: {e}", m.spec.name)),
         }
@@ -229,7 +229,7 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot:
     if m.slots_by == bpftime_gpu_ptx::maps::SlotsBy::Thread {
         // Every thread's value, one after the other: the host map's value.
         for (k, vs) in layout.entries_where(arena, slot, &changed) {
-            map.update(&k, &vs.concat(), 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
+            map.update_from_copy(&k, &vs.concat(), 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
         }
         return Ok(());
     }
@@ -262,14 +262,14 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot:
                     buf[at + o..at + o + n].copy_from_slice(&sum[..n]);
                 }
             }
-            map.update(&k, &buf, 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
+            map.update_from_copy(&k, &buf, 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
         }
         return Ok(());
     }
     match m.kind {
         GpuMapKind::Array | GpuMapKind::Hash => {
             for (k, vs) in layout.entries_where(arena, slot, &changed) {
-                map.update(&k, &vs[0], 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
+                map.update_from_copy(&k, &vs[0], 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
             }
         }
         GpuMapKind::Ring => {
@@ -703,13 +703,13 @@ impl GpuProbes {
 /// are now `gpu`): deleted keys first, then added or changed ones. `given` becomes `gpu`.
 fn apply_gpu_changes(map: &bpftime_maps::Map, name: &str, given: &mut Entries, gpu: Entries) -> Result<(), String> {
     for key in given.keys().filter(|k| !gpu.contains_key(*k)) {
-        match map.delete(key) {
+        match map.delete_from_copy(key) {
             Ok(()) | Err(bpftime_maps::Errno::ENOENT) => {}
             Err(e) => return Err(format!("map `{name}`: {e}")),
         }
     }
     for (key, value) in gpu.iter().filter(|(k, v)| given.get(*k) != Some(*v)) {
-        map.update(key, value, 0).map_err(|e| format!("map `{name}`: {e}"))?;
+        map.update_from_copy(key, value, 0).map_err(|e| format!("map `{name}`: {e}"))?;
     }
     *given = gpu;
     Ok(())
@@ -778,7 +778,7 @@ impl GpuProbes {
             if data.get(entry.clone()) == old.get(entry.clone()) {
                 continue;
             }
-            map.update(&(i as u32).to_le_bytes(), &data[entry.start..entry.start + vs], 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
+            map.update_from_copy(&(i as u32).to_le_bytes(), &data[entry.start..entry.start + vs], 0).map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
             if let Some(given) = now.given.get_mut(&slot) {
                 if given.get(entry.clone()) == old.get(entry.clone()) {
                     given[entry.clone()].copy_from_slice(&data[entry]);

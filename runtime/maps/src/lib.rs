@@ -220,8 +220,8 @@ pub(crate) struct MapDesc {
     pub tail: AtomicU64,
     pub hand: AtomicU64,
     pub lost: AtomicU64,
-    /// Updates and deletes made through the syscall path (loaders, the CLI, copies back from a
-    /// device), not by programs: see [`Map::host_writes`].
+    /// Updates and deletes made through the syscall path (loaders, the CLI), not by programs
+    /// or copies written back: see [`Map::host_writes`].
     pub writes: AtomicU64,
 }
 
@@ -746,11 +746,22 @@ impl Map {
     }
 
     /// How many updates and deletes the syscall path (`update`, `delete`,
-    /// `lookup_and_delete`: loaders, the CLI, copies back from a device) has made, so that a
+    /// `lookup_and_delete`: loaders, the CLI) has made, so that a
     /// copy of the map elsewhere (on a GPU) knows cheaply when to look again. Programs' writes
     /// are not counted (they write values in place).
     pub fn host_writes(&self) -> u64 {
         self.desc().writes.load(Ordering::Acquire)
+    }
+
+    /// `update` for a copy of this map elsewhere writing its entries back (a GPU's copy):
+    /// not counted in [`Map::host_writes`], since that copy has them already.
+    pub fn update_from_copy(&self, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
+        self.update_inner(key, value, flags)
+    }
+
+    /// `delete` for a copy of this map elsewhere (see [`Map::update_from_copy`]).
+    pub fn delete_from_copy(&self, key: &[u8]) -> Result<(), Errno> {
+        self.delete_inner(key)
     }
 
     fn wrote(&self) {
