@@ -37,7 +37,8 @@ pub(crate) struct Arena {
     dev: DevPtr,
     len: usize,
     layout: ArenaLayout,
-    /// Pinned buffers for the copies back, free for reuse (addresses).
+    /// Pinned buffers of `len` bytes for the copies back and the hash merges, free for reuse
+    /// (addresses).
     staging: Mutex<Vec<usize>>,
     /// Launches since the maps were last copied back.
     dirty: AtomicU64,
@@ -47,8 +48,6 @@ pub(crate) struct Arena {
     written: Mutex<Vec<u8>>,
     /// What the device has been given of the maps CPU programs also use.
     share: Mutex<HostShare>,
-    /// Pinned buffers for hash merges, free for reuse (address, bytes).
-    merge_staging: Mutex<Vec<(usize, usize)>>,
 }
 
 impl Arena {
@@ -241,7 +240,6 @@ impl Gpu {
             dirty: AtomicU64::new(0),
             last_copy: Mutex::new(Instant::now()),
             share,
-            merge_staging: Mutex::default(),
             written: Mutex::new(image.clone()),
         });
         arenas.insert(ctx, a.clone());
@@ -278,8 +276,8 @@ impl Gpu {
             let mut share = lock(&arena.share);
             self.probes.host_values(&arena.layout, &mut share, &written)
         };
-        for name in &push.adopted {
-            if verbose() {
+        if verbose() {
+            for name in &push.adopted {
                 eprintln!("bpftime: CUDA map `{name}` was written by the host: what it writes reaches the GPU before each launch from now on");
             }
         }
@@ -302,20 +300,16 @@ impl Gpu {
     fn queue_hash_merge(&self, drv: &Driver, arena: &Arc<Arena>, slot: usize, stream: Handle) -> Result<(), String> {
         let m = &arena.layout.maps[slot];
         let (off, len) = (m.data_off, m.data_len as usize);
-        let need = len + 8;
-        let taken = {
-            let mut pool = lock(&arena.merge_staging);
-            pool.iter().position(|&(_, n)| n >= need).map(|i| pool.swap_remove(i))
+        // The table and its count fit: the arena holds them and its header.
+        let buf = match lock(&arena.staging).pop() {
+            Some(b) => b as *mut u8,
+            None => drv.mem_alloc_host(arena.len)?,
         };
-        let (buf, cap) = match taken {
-            Some((b, n)) => (b as *mut u8, n),
-            None => (drv.mem_alloc_host(need)?, need),
-        };
-        let give_back = || lock(&arena.merge_staging).push((buf as usize, cap));
-        // SAFETY: `buf` is a pinned buffer of `cap >= len + 8` bytes owned by this merge until
-        // the host function queued last returns it to the pool.
+        let give_back = || lock(&arena.staging).push(buf as usize);
+        // SAFETY: `buf` is a pinned buffer of `arena.len > len + 8` bytes owned by this merge
+        // until the host function queued last returns it to the pool.
         unsafe { drv.memcpy_dtoh_async(buf, arena.dev + off, len, stream) }.inspect_err(|_| give_back())?;
-        let job = Box::into_raw(Box::new(Merge { arena: arena.clone(), slot, buf: buf as usize, cap, release: false }));
+        let job = Box::into_raw(Box::new(Merge { arena: arena.clone(), slot, buf: buf as usize, release: false }));
         // SAFETY: `merge_hash` takes the box back exactly once and calls no CUDA function.
         if let Err(e) = unsafe { drv.launch_host_func(stream, merge_hash, job.cast()) } {
             // SAFETY: the driver did not take the job: it is still ours.
@@ -330,7 +324,7 @@ impl Gpu {
         let copied = unsafe { drv.memcpy_htod_async_pinned(arena.dev + off, buf, len, stream) }
             // SAFETY: as above; the count is the 8 bytes after the table.
             .and_then(|()| unsafe { drv.memcpy_htod_async_pinned(arena.dev + count_off, buf.add(len), 8, stream) });
-        let release = Box::into_raw(Box::new(Merge { arena: arena.clone(), slot, buf: buf as usize, cap, release: true }));
+        let release = Box::into_raw(Box::new(Merge { arena: arena.clone(), slot, buf: buf as usize, release: true }));
         // SAFETY: as above.
         if unsafe { drv.launch_host_func(stream, merge_hash, release.cast()) }.is_err() {
             // SAFETY: the driver did not take the job; the buffer stays out of the pool (the
@@ -392,7 +386,6 @@ struct Merge {
     arena: Arc<Arena>,
     slot: usize,
     buf: usize,
-    cap: usize,
     release: bool,
 }
 
@@ -402,7 +395,7 @@ extern "C" fn merge_hash(data: *mut c_void) {
     // SAFETY: `data` is a box leaked in `queue_hash_merge`, handed to this one call.
     let job = unsafe { Box::from_raw(data.cast::<Merge>()) };
     if job.release {
-        lock(&job.arena.merge_staging).push((job.buf, job.cap));
+        lock(&job.arena.staging).push(job.buf);
         return;
     }
     guarded(|| {
@@ -415,7 +408,7 @@ extern "C" fn merge_hash(data: *mut c_void) {
         let (table, count) = buf.split_at_mut(len);
         // Unmerged, the table goes back as it came (with its own count).
         let mut n = job.arena.layout.table_entries(job.slot, table).len() as u64;
-        match gpu.probes.merge_hash(&job.arena.layout, job.slot, &gpu.region, &mut lock(&job.arena.share), table) {
+        match gpu.probes.merge_hash(&job.arena.layout, job.slot, &mut lock(&job.arena.share), table) {
             Ok(merged) => n = merged,
             Err(e) => gpu.say_once(format!("CUDA maps: {e}")),
         }

@@ -339,7 +339,23 @@ fn hash_table_of(layout: &ArenaLayout, slot: usize, entries: &Entries) -> (Vec<u
 
 /// The live entries of hash map `slot` in an arena image (one value per entry).
 fn gpu_entries(layout: &ArenaLayout, arena: &[u8], slot: usize) -> Entries {
-    layout.entries(arena, slot).into_iter().filter_map(|(k, mut v)| Some((k, v.drain(..).next()?))).collect()
+    let m = &layout.maps[slot];
+    arena.get(m.data_off as usize..(m.data_off + m.data_len) as usize).map(|table| layout.table_entries(slot, table).into_iter().collect()).unwrap_or_default()
+}
+
+/// `base` (an array's storage as the GPU lays it out, `stride` bytes per entry) with the
+/// region's values of array `map` in place of its entries' values.
+fn host_array_bytes(map: &bpftime_maps::Map, stride: usize, base: &[u8]) -> Vec<u8> {
+    let vs = map.spec().value_size as usize;
+    let mut bytes = base.to_vec();
+    let mut value = vec![0u8; vs];
+    for i in 0..map.spec().max_entries {
+        let at = i as usize * stride;
+        if let (Ok(()), Some(dst)) = (map.lookup(&i.to_le_bytes(), &mut value), bytes.get_mut(at..at + vs)) {
+            dst.copy_from_slice(&value);
+        }
+    }
+    bytes
 }
 
 /// One CUDA kernel probe of the region (a `kprobe/KERNEL` or `kretprobe/KERNEL` link), verified
@@ -556,17 +572,8 @@ impl GpuProbes {
                 continue;
             }
             let Some(given) = share.given.get_mut(&slot) else { continue };
-            let (vs, stride) = (map.spec().value_size as usize, m.stride as usize);
-            let mut bytes = given.clone();
-            let mut value = vec![0u8; vs];
-            for i in 0..map.spec().max_entries {
-                if map.lookup(&i.to_le_bytes(), &mut value).is_ok() {
-                    let at = i as usize * stride;
-                    if let Some(dst) = bytes.get_mut(at..at + vs) {
-                        dst.copy_from_slice(&value);
-                    }
-                }
-            }
+            let stride = m.stride as usize;
+            let bytes = host_array_bytes(map, stride, given);
             let mut i = 0;
             while i * stride < bytes.len() {
                 let changed = |i: usize| bytes.get(i * stride..(i + 1) * stride) != given.get(i * stride..(i + 1) * stride);
@@ -610,13 +617,7 @@ impl GpuProbes {
             }
             GpuMapKind::Array if map.map_type() == bpftime_maps::MapType::Array => {
                 let Some(stored) = written.get(m.data_off as usize..(m.data_off + m.data_len) as usize) else { return false };
-                let (vs, stride) = (map.spec().value_size as usize, m.stride as usize);
-                let mut value = vec![0u8; vs];
-                let differs = (0..map.spec().max_entries).any(|i| {
-                    let at = i as usize * stride;
-                    map.lookup(&i.to_le_bytes(), &mut value).is_ok() && stored.get(at..at + vs) != Some(&value[..])
-                });
-                if !differs {
+                if host_array_bytes(map, m.stride as usize, stored) == stored {
                     return false;
                 }
                 share.given.insert(slot, stored.to_vec());
@@ -658,7 +659,7 @@ impl GpuProbes {
                 continue;
             }
             if let Some((then, now)) = shared.as_mut().filter(|(then, _)| then.covers(slot)) {
-                if let Err(e) = self.write_back_shared(layout, arena, slot, region, then, now) {
+                if let Err(e) = self.write_back_shared(layout, arena, slot, then, now) {
                     errors.push(e);
                 }
                 continue;
@@ -673,25 +674,23 @@ impl GpuProbes {
 }
 
 impl GpuProbes {
+    /// The region's map in arena slot `slot`.
+    fn region_map(&self, slot: usize) -> Result<&bpftime_maps::Map, String> {
+        self.maps.get(slot).and_then(Option::as_ref).ok_or_else(|| format!("arena slot {slot} holds no map of the region"))
+    }
+
     /// Merges host-owned hash `slot` both ways, run in stream order before a launch, with
     /// `table` the device's table of it as the stream got there: what the GPU changed since it
     /// was last given the hash is written to the region, then `table` is rewritten to hold
     /// the region's entries (given to the GPU from then on). Returns the count of entries,
     /// the table's descriptor word. Nothing either side wrote is lost.
-    pub fn merge_hash(
-        &self,
-        layout: &ArenaLayout,
-        slot: usize,
-        region: &Arc<bpftime_shm::ShmRegion>,
-        share: &mut HostShare,
-        table: &mut [u8],
-    ) -> Result<u64, String> {
+    pub fn merge_hash(&self, layout: &ArenaLayout, slot: usize, share: &mut HostShare, table: &mut [u8]) -> Result<u64, String> {
         let m = layout.maps.get(slot).ok_or("no such GPU map")?;
-        let map = bpftime_maps::Map::open(region, self.map_ids[slot]).map_err(|e| e.to_string())?;
+        let map = self.region_map(slot)?;
         let given = share.hashes.get_mut(&slot).ok_or_else(|| format!("map `{}` is not shared with the host", m.spec.name))?;
         let gpu: Entries = layout.table_entries(slot, table).into_iter().collect();
-        apply_gpu_changes(&map, &m.spec.name, given, gpu)?;
-        let host = host_entries(layout, slot, &map).unwrap_or_default();
+        apply_gpu_changes(map, &m.spec.name, given, gpu)?;
+        let host = host_entries(layout, slot, map).unwrap_or_default();
         let (fresh, count) = hash_table_of(layout, slot, &host);
         table.copy_from_slice(&fresh);
         *given = host;
@@ -753,21 +752,13 @@ impl GpuProbes {
     /// Writes the entries of host-owned array `slot` that the GPU changed (the copy `arena`
     /// differs from what it had been given, `then`) into the region, and records them as given
     /// in `now` where nothing newer was given since.
-    fn write_back_shared(
-        &self,
-        layout: &ArenaLayout,
-        arena: &[u8],
-        slot: usize,
-        region: &Arc<bpftime_shm::ShmRegion>,
-        then: &HostShare,
-        now: &mut HostShare,
-    ) -> Result<(), String> {
-        let map = bpftime_maps::Map::open(region, self.map_ids[slot]).map_err(|e| e.to_string())?;
+    fn write_back_shared(&self, layout: &ArenaLayout, arena: &[u8], slot: usize, then: &HostShare, now: &mut HostShare) -> Result<(), String> {
+        let map = self.region_map(slot)?;
         if let (Some(m), Some(given)) = (layout.maps.get(slot), now.hashes.get_mut(&slot)) {
             // Hashes are given to the device in stream order (see `merge_hash`): what it has
             // now is what it had when the copy was made.
             let gpu = gpu_entries(layout, arena, slot);
-            apply_gpu_changes(&map, &m.spec.name, given, gpu)?;
+            apply_gpu_changes(map, &m.spec.name, given, gpu)?;
             return Ok(());
         }
         let (Some(m), Some(old)) = (layout.maps.get(slot), then.given.get(&slot)) else { return Ok(()) };
