@@ -169,6 +169,15 @@ if traced reinsert cuda_thread_times "driver_vector_add 16384 20" --map-size sta
     expect reinsert "starts not stored" "$(map_value "$cuda/reinsert.report" outcome 1)" ""
     expect reinsert "hash entries left" "$(grep -A1 'map [0-9]* `start`' "$cuda/reinsert.report" | grep -o '([0-9]* entries)')" "(0 entries)"
 else summary+=("cuda reinsert: FAILED"); status=1; fi
+# Maps declared in host memory (bpftime's 1512, 1513): the region's values registered with the
+# device and written by the kernels' probes directly (atomics over the bus), next to an ordinary
+# array copied back.
+if traced hostmem cuda_host_memory "driver_vector_add 1048576 3" --program count_in_host_memory; then
+    expect hostmem "maps in host memory" "$(grep -o 'CUDA maps in host memory.*' "$cuda/hostmem.report")" "CUDA maps in host memory (the region's own values): settings, live, per_thread"
+    expect hostmem "threads counted in host memory" "$(map_value "$cuda/hostmem.report" live 0)" 3145728
+    expect hostmem "threads counted in device memory" "$(map_value "$cuda/hostmem.report" copied 0)" 3145728
+    expect hostmem "per-thread entries (first 1024 threads)" "$(grep -A1 'map [0-9]* `per_thread`' "$cuda/hostmem.report" | grep -o 'sum [0-9]*')" "sum 3072"
+else summary+=("cuda hostmem: FAILED"); status=1; fi
 if traced gemm cuda_launches "gemm 512" --program gemm_launch; then
     expect gemm "launches" "$(map_value "$cuda/gemm.report" launches 1)" 1
 else summary+=("cuda gemm: FAILED"); status=1; fi

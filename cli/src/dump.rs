@@ -37,7 +37,10 @@ fn bytes_json(b: &[u8]) -> Value {
 /// One-line summary of a map.
 pub fn header(m: &Map) -> String {
     let s = m.spec();
-    let threads = bpftime_runtime::gpu::per_thread_slots(s).map(|n| format!(" per GPU thread ({n} threads)")).unwrap_or_default();
+    let mut threads = bpftime_runtime::gpu::per_thread_slots(s).map(|n| format!(" per GPU thread ({n} threads)")).unwrap_or_default();
+    if bpftime_runtime::gpu::in_host_memory(s) {
+        threads += " in host memory for the GPU";
+    }
     format!(
         "map {} `{}`: {}{threads}, key {} B, value {} B, max_entries {}, flags {:#x}",
         m.id(),

@@ -86,7 +86,7 @@ pub fn run_region_program(
         (format!("{} (sm_{}, {} SMs)", info.name, info.sm, info.sms), info.sms, Target::sm(info.sm.clamp(75, 120)))
     };
     let target = Target { shard_atomic_adds: true, ..target };
-    let layout = probes.layout(nsm)?;
+    let layout = probes.layout(nsm, false)?;
     let image = probes.arena_image(&layout, region);
     let ptx = probes.translate(target)?.pop().map(|p| p.ptx).ok_or("nothing to run")?;
     let (outcomes, mut arena, micros) = if simulate {

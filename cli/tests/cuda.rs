@@ -255,6 +255,7 @@ fn every_probe_example_patches_every_cuda_example() {
         ("vector_add", "cuda_watched_blocks", 1),
         ("vector_add", "cuda_ring_records", 1),
         ("vector_add", "cuda_shared_counts", 1),
+        ("vector_add", "cuda_host_memory", 1),
     ];
     for (example, probe, n) in expected {
         let fatbin = dir.join(format!("{example}.fatbin"));
@@ -570,75 +571,170 @@ fn gpu_probes_see_the_hosts_hash_maps() {
 #[test]
 fn a_loaders_writes_between_launches_reach_the_gpu() {
     let Some(dir) = setup("loader-writes", &[]) else { return };
-    let bpftool = PathBuf::from("/usr/sbin/bpftool");
-    if !bpftool.exists() {
-        println!("skipping: no bpftool to write maps (apt install bpftool; bash scripts/setup.sh does)");
-        return;
+    let Some(s) = Session::new("loader-writes") else { return };
+    s.bpftime(&["load", build_example("cuda_host_config").to_str().unwrap()]);
+    s.bpftool("update name config key 0 0 0 0 value 1 0 0 0 0 0 0 0");
+    let mut app = WaitingApp::start(&s, &dir, &[("BPFTIME_CUDA_COPY_MS", "0")]);
+    app.wait_for("before launch 1");
+    s.bpftool("update name config key 0 0 0 0 value 10 0 0 0 0 0 0 0");
+    s.bpftool("update name counts key 1 0 0 0 value 0 0 0 0 0 0 0 0");
+    s.bpftool("update name allowed key 1 0 0 0 value 232 3 0 0 0 0 0 0");
+    app.release(1);
+    app.wait_for("before launch 2");
+    s.bpftool("update name config key 0 0 0 0 value 100 0 0 0 0 0 0 0");
+    s.bpftool("delete name allowed key 1 0 0 0");
+    app.release(2);
+    app.finish();
+    let counts = s.bpftime(&["map", "dump", "counts"]);
+    assert_eq!(dumped(&counts, "counts", "0"), Some((THREADS * (1 + 10 + 100)).to_string()), "factor 1, then 10, then 100\n{counts}");
+    assert_eq!(dumped(&counts, "counts", "1"), Some((THREADS * 2).to_string()), "cleared before launch 1\n{counts}");
+    assert_eq!(dumped(&counts, "counts", "2"), Some((256 * 1000).to_string()), "block 1 allowed in launch 1 only\n{counts}");
+    assert!(s.bpftime(&["map", "dump", "allowed"]).contains("(0 entries)"), "the deleted key stays deleted");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Maps declared in host memory (bpftime's 1512 and 1513) are the region's values themselves
+/// on the GPU: with no copy back until the app synchronises, the host reads the kernels' counts
+/// after each launch (an ordinary array's copy on the device is not back yet), and what the
+/// loader writes (a new factor, a cleared count) is what the next launch finds.
+#[test]
+fn maps_in_host_memory_are_shared_with_the_gpu_as_they_change() {
+    let Some(dir) = setup("host-memory", &[]) else { return };
+    let Some(s) = Session::new("host-memory") else { return };
+    s.bpftime(&["load", build_example("cuda_host_memory").to_str().unwrap()]);
+    s.bpftool("update name settings key 0 0 0 0 value 1 0 0 0 0 0 0 0");
+    let mut app = WaitingApp::start(&s, &dir, &[("BPFTIME_CUDA_COPY_MS", "100000000"), ("BPFTIME_VERBOSE", "1")]);
+    app.wait_for("before launch 1");
+    let maps = s.bpftime(&["map", "dump", "live"]) + &s.bpftime(&["map", "dump", "copied"]);
+    assert_eq!(dumped(&maps, "live", "0"), Some(THREADS.to_string()), "launch 0's count, read while the app runs\n{maps}");
+    assert_eq!(dumped(&maps, "live", "1"), Some(THREADS.to_string()), "factor 1\n{maps}");
+    assert_eq!(dumped(&maps, "copied", "0"), None, "the ordinary array's count is still on the device\n{maps}");
+    s.bpftool("update name settings key 0 0 0 0 value 10 0 0 0 0 0 0 0");
+    s.bpftool("update name live key 0 0 0 0 value 0 0 0 0 0 0 0 0");
+    app.release(1);
+    app.wait_for("before launch 2");
+    let live = s.bpftime(&["map", "dump", "live"]);
+    assert_eq!(dumped(&live, "live", "0"), Some(THREADS.to_string()), "cleared, then launch 1\n{live}");
+    assert_eq!(dumped(&live, "live", "1"), Some((THREADS * 11).to_string()), "factor 1, then 10\n{live}");
+    s.bpftool("update name settings key 0 0 0 0 value 100 0 0 0 0 0 0 0");
+    app.release(2);
+    let said = app.finish();
+    assert!(said.contains("CUDA maps in host memory (the region's own values): settings, live, per_thread"), "{said}");
+    let maps = s.bpftime(&["map", "dump", "live"]) + &s.bpftime(&["map", "dump", "copied"]) + &s.bpftime(&["map", "dump", "per_thread"]);
+    assert_eq!(dumped(&maps, "live", "0"), Some((THREADS * 2).to_string()), "{maps}");
+    assert_eq!(dumped(&maps, "live", "1"), Some((THREADS * 111).to_string()), "factor 1, then 10, then 100\n{maps}");
+    assert_eq!(dumped(&maps, "copied", "0"), Some((THREADS * 3).to_string()), "copied back at the synchronisation\n{maps}");
+    let per_thread = dumped(&maps, "per_thread", "0").unwrap_or_default();
+    assert!(per_thread.ends_with(&format!("(sum {})", THREADS * 3)), "each of the {THREADS} threads entered 3 times: {per_thread}\n{maps}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A region of its own for a test, with bpftool to write it through the syscall server.
+struct Session {
+    shm: String,
+    bpftool: PathBuf,
+}
+
+impl Session {
+    /// None (skipped) without bpftool.
+    fn new(tag: &str) -> Option<Session> {
+        let bpftool = PathBuf::from("/usr/sbin/bpftool");
+        if !bpftool.exists() {
+            println!("skipping: no bpftool to write maps (apt install bpftool; bash scripts/setup.sh does)");
+            return None;
+        }
+        let s = Session { shm: format!("bpftime-cuda-{tag}-{}", std::process::id()), bpftool };
+        bpftime_tests::remove_region(&s.shm);
+        s.bpftime(&["shm", "create"]);
+        Some(s)
     }
-    let shm = format!("bpftime-cuda-loader-writes-{}", std::process::id());
-    bpftime_tests::remove_region(&shm);
-    let bpftime = || {
+
+    fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_bpftime"));
-        c.args(["--shm", &shm]);
+        c.args(["--shm", &self.shm]);
         c
-    };
-    let run = |args: &[&str]| {
-        let o = bpftime().args(args).output().unwrap();
+    }
+
+    /// `bpftime ARGS` on this region, which must succeed: what it said.
+    fn bpftime(&self, args: &[&str]) -> String {
+        let o = self.command().args(args).output().unwrap();
         assert!(o.status.success(), "{args:?}: {}{}", text(&o.stdout), text(&o.stderr));
         text(&o.stdout) + &text(&o.stderr)
-    };
-    let tool = |args: &str| {
-        let mut all = vec!["load", "--", bpftool.to_str().unwrap(), "map"];
+    }
+
+    /// `bpftool map ARGS` through the syscall server.
+    fn bpftool(&self, args: &str) {
+        let mut all = vec!["load", "--", self.bpftool.to_str().unwrap(), "map"];
         all.extend(args.split_whitespace());
-        run(&all);
-    };
-    run(&["shm", "create"]);
-    run(&["load", build_example("cuda_host_config").to_str().unwrap()]);
-    tool("update name config key 0 0 0 0 value 1 0 0 0 0 0 0 0");
-    let wait = dir.join("wait");
-    std::fs::create_dir_all(&wait).unwrap();
-    let mut app = bpftime()
-        .args(["start", "--"])
-        .arg(dir.join("app"))
-        .args(app_args())
-        .env("LD_LIBRARY_PATH", &dir)
-        .env("DRIVER_WAIT_DIR", &wait)
-        .env("BPFTIME_CUDA_COPY_MS", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(app.stderr.take().unwrap()).lines();
-    let mut said = String::new();
-    let mut wait_for = |what: &str| {
-        for l in lines.by_ref() {
+        self.bpftime(&all);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        bpftime_tests::remove_region(&self.shm);
+    }
+}
+
+/// The driver-API vector add under `bpftime start`, waiting before each launch after the
+/// first until the test releases it.
+struct WaitingApp {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStderr>>,
+    said: String,
+    wait: PathBuf,
+}
+
+impl WaitingApp {
+    fn start(s: &Session, dir: &Path, env: &[(&str, &str)]) -> WaitingApp {
+        let wait = dir.join("wait");
+        std::fs::create_dir_all(&wait).unwrap();
+        let mut c = s.command();
+        c.args(["start", "--"]).arg(dir.join("app")).args(app_args()).env("LD_LIBRARY_PATH", dir).env("DRIVER_WAIT_DIR", &wait);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        WaitingApp { child, lines, said: String::new(), wait }
+    }
+
+    /// Reads the app's stderr up to the line `what`.
+    fn wait_for(&mut self, what: &str) {
+        for l in self.lines.by_ref() {
             let l = l.unwrap();
-            said += &l;
-            said.push('\n');
+            self.said += &l;
+            self.said.push('\n');
             if l == what {
                 return;
             }
         }
-        panic!("the app never said `{what}`: {said}");
-    };
-    wait_for("before launch 1");
-    tool("update name config key 0 0 0 0 value 10 0 0 0 0 0 0 0");
-    tool("update name counts key 1 0 0 0 value 0 0 0 0 0 0 0 0");
-    tool("update name allowed key 1 0 0 0 value 232 3 0 0 0 0 0 0");
-    std::fs::write(wait.join("1"), "").unwrap();
-    wait_for("before launch 2");
-    tool("update name config key 0 0 0 0 value 100 0 0 0 0 0 0 0");
-    tool("delete name allowed key 1 0 0 0");
-    std::fs::write(wait.join("2"), "").unwrap();
-    let out = app.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stdout));
-    let counts = run(&["map", "dump", "counts"]);
-    assert_eq!(dumped(&counts, "counts", "0"), Some((THREADS * (1 + 10 + 100)).to_string()), "factor 1, then 10, then 100\n{counts}");
-    assert_eq!(dumped(&counts, "counts", "1"), Some((THREADS * 2).to_string()), "cleared before launch 1\n{counts}");
-    assert_eq!(dumped(&counts, "counts", "2"), Some((256 * 1000).to_string()), "block 1 allowed in launch 1 only\n{counts}");
-    assert!(run(&["map", "dump", "allowed"]).contains("(0 entries)"), "the deleted key stays deleted");
-    bpftime_tests::remove_region(&shm);
-    let _ = std::fs::remove_dir_all(&dir);
+        panic!("the app never said `{what}`: {}", self.said);
+    }
+
+    /// Lets launch `n` go.
+    fn release(&self, n: u32) {
+        std::fs::write(self.wait.join(n.to_string()), "").unwrap();
+    }
+
+    /// Waits for the app to succeed; everything it said on stderr.
+    fn finish(mut self) -> String {
+        for l in self.lines.by_ref() {
+            self.said += &l.unwrap();
+            self.said.push('\n');
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{}", self.said);
+        std::mem::take(&mut self.said)
+    }
+}
+
+impl Drop for WaitingApp {
+    /// A test that failed midway leaves no app waiting forever.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// bpftime's `bpf_cuda_exit` (507) in a kernel probe ends the GPU thread, as under bpftime:

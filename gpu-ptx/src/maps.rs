@@ -5,7 +5,10 @@
 //! arena: [header 64 B][descriptor 0][descriptor 1]...[storage of map 0][storage of map 1]...
 //! ```
 //! A map reference in a program is `MAP_TAG | slot`; `lddw` of a map value becomes the arena
-//! address of the value's storage (read from the descriptor at run time).
+//! address of the value's storage (read from the descriptor at run time). A map kept in host
+//! memory ([`GpuMapSpec::in_host`]) has no storage in the arena: its descriptor's data offset
+//! leads (wrapping) to the host's values, registered with the device, and its bit in
+//! [`header::HOST_MAPS`] admits accesses there.
 
 /// Bytes of the arena header.
 pub const HEADER_SIZE: u64 = 64;
@@ -28,6 +31,10 @@ pub mod header {
     pub const SHARDS_OFF: u64 = 32;
     /// u32: the slot of the trace ring plus one (0: none).
     pub const TRACE_SLOT: u64 = 40;
+    /// u64: bit `s` set when the storage of map `s` is host memory registered with the device
+    /// (see [`super::GpuMapSpec::in_host`]): its descriptor's data offset leads out of the
+    /// arena, and accesses inside that storage are allowed too.
+    pub const HOST_MAPS: u64 = 48;
 }
 
 /// Name of the arena's trace ring: a ring map of no region map, where `bpf_trace_printk` and
@@ -135,12 +142,17 @@ pub struct GpuMapSpec {
     /// CPU programs use it too: the host writes entries of it between launches, so its storage
     /// stays out of the shard zone (a host write must not meet GPU adds parked in shards).
     pub host_shared: bool,
+    /// Its storage is the host's own (the region's values, registered with the device), laid
+    /// out as the arena would lay it out: GPU and host see each other's writes as they happen,
+    /// nothing is copied (bpftime's host-memory maps, 1512 and 1513). Every access crosses the
+    /// bus, so this is for maps the host must see or change while kernels run.
+    pub in_host: bool,
 }
 
 impl GpuMapSpec {
     /// A map of `map_type` with these sizes (not a per-thread array).
     pub fn new(name: &str, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> GpuMapSpec {
-        GpuMapSpec { name: name.into(), map_type, key_size, value_size, max_entries, threads: 0, host_shared: false }
+        GpuMapSpec { name: name.into(), map_type, key_size, value_size, max_entries, threads: 0, host_shared: false, in_host: false }
     }
 
     /// The arena's trace ring (see [`TRACE_RING_NAME`]).
@@ -152,8 +164,16 @@ impl GpuMapSpec {
 /// The map type of a per-GPU-thread array (bpftime's `BPF_MAP_TYPE_PERGPUTD_ARRAY_MAP`).
 pub const PER_THREAD_ARRAY: u32 = 1502;
 /// bpftime's per-GPU-thread array kept in host memory (`BPF_MAP_TYPE_PERGPUTD_ARRAY_HOST_MAP`):
-/// the same thing here, a [`PER_THREAD_ARRAY`] (device memory, copied back to the host).
+/// a [`PER_THREAD_ARRAY`] whose storage is host memory ([`GpuMapSpec::in_host`]).
 pub const PER_THREAD_HOST_ARRAY: u32 = 1512;
+/// bpftime's array kept in host memory (`BPF_MAP_TYPE_GPU_ARRAY_HOST_MAP`): an array whose
+/// storage is host memory ([`GpuMapSpec::in_host`]).
+pub const HOST_ARRAY: u32 = 1513;
+
+/// Whether `map_type` is one of bpftime's maps kept in host memory (1512, 1513).
+pub fn is_host_memory_map(map_type: u32) -> bool {
+    map_type == PER_THREAD_HOST_ARRAY || map_type == HOST_ARRAY
+}
 
 /// Whether `map_type` is one of bpftime's per-GPU-thread arrays (1502, 1512): one value per
 /// global thread id.
@@ -244,6 +264,10 @@ pub struct PlacedMap {
     pub entry_size: u32,
 }
 
+/// Most maps whose storage can be host memory (one bit each in [`header::HOST_MAPS`]); maps
+/// past it asking for host memory live in the arena.
+pub const MAX_HOST_MAPS: usize = 64;
+
 /// The arena of a set of maps.
 #[derive(Clone, Debug)]
 pub struct ArenaLayout {
@@ -272,8 +296,12 @@ impl ArenaLayout {
     pub fn new(maps: &[GpuMapSpec], nsm: u32) -> Result<ArenaLayout, String> {
         let nsm = nsm.max(1);
         let mut placed = vec![];
-        for m in maps {
+        for (slot, m) in maps.iter().enumerate() {
             let (kind, slots_by) = kind_of(m.map_type).ok_or_else(|| format!("map `{}`: type {} cannot live on the GPU", m.name, m.map_type))?;
+            // Host memory holds arrays with one value per entry or per thread (the region's
+            // layout is the arena's for those).
+            let in_host = m.in_host && slot < MAX_HOST_MAPS && kind == GpuMapKind::Array && slots_by != SlotsBy::Sm;
+            let m = &GpuMapSpec { in_host, ..m.clone() };
             let slots = match slots_by {
                 SlotsBy::Shared => 1,
                 SlotsBy::Sm => nsm,
@@ -298,9 +326,16 @@ impl ArenaLayout {
         // once per SM, so it stays small: counters and histograms), then the rest.
         let mut at = round8(HEADER_SIZE + DESC_SIZE * maps.len() as u64).div_ceil(64) * 64;
         let zone_off = at;
-        let mut in_zone = vec![false; placed.len()];
+        // Host memory maps take no room here: their storage is placed by the host
+        // ([`Self::place_in_host`]).
+        let mut in_zone: Vec<bool> = placed.iter().map(|m| m.spec.in_host).collect();
         for (i, m) in placed.iter_mut().enumerate() {
-            if m.kind == GpuMapKind::Array && m.slots == 1 && !m.spec.host_shared && m.data_len <= SHARD_MAP_MAX && at + m.data_len - zone_off <= SHARD_ZONE_MAX
+            if !in_zone[i]
+                && m.kind == GpuMapKind::Array
+                && m.slots == 1
+                && !m.spec.host_shared
+                && m.data_len <= SHARD_MAP_MAX
+                && at + m.data_len - zone_off <= SHARD_ZONE_MAX
             {
                 in_zone[i] = true;
                 m.data_off = at;
@@ -309,7 +344,7 @@ impl ArenaLayout {
         }
         let zone_len = at - zone_off;
         for (i, m) in placed.iter_mut().enumerate() {
-            if !in_zone[i] {
+            if !in_zone[i] && !m.spec.in_host {
                 m.data_off = at;
                 at = (at + m.data_len).div_ceil(64) * 64;
             }
@@ -355,6 +390,7 @@ impl ArenaLayout {
         put64(&mut a, header::ZONE_LEN, self.zone_len);
         put64(&mut a, header::SHARDS_OFF, self.shards_off);
         put32(&mut a, header::TRACE_SLOT, self.trace_slot.map_or(0, |s| s as u32 + 1));
+        put64(&mut a, header::HOST_MAPS, self.host_maps().fold(0, |mask, s| mask | 1 << s));
         for (i, m) in self.maps.iter().enumerate() {
             let d = descriptor_offset(i as u32);
             put32(&mut a, d + desc::TYPE, m.spec.map_type);
@@ -371,6 +407,22 @@ impl ArenaLayout {
         a
     }
 
+    /// The slots of the maps whose storage is host memory ([`GpuMapSpec::in_host`]).
+    pub fn host_maps(&self) -> impl Iterator<Item = usize> + '_ {
+        self.maps.iter().enumerate().filter(|(_, m)| m.spec.in_host).map(|(s, _)| s)
+    }
+
+    /// Points the descriptor of host memory map `slot` in an arena image at its storage:
+    /// `storage` is the device address of the host's values (`data_len` bytes laid out as the
+    /// arena would), `arena` the device address the image is copied to.
+    pub fn place_in_host(&self, image: &mut [u8], slot: usize, arena: u64, storage: u64) -> Result<(), String> {
+        let m = self.maps.get(slot).filter(|m| m.spec.in_host).ok_or("not a host memory map")?;
+        let at = (descriptor_offset(slot as u32) + desc::DATA_OFF) as usize;
+        let word = image.get_mut(at..at + 8).ok_or_else(|| format!("map `{}`: the image has no descriptor for it", m.spec.name))?;
+        word.copy_from_slice(&storage.wrapping_sub(arena).to_le_bytes());
+        Ok(())
+    }
+
     /// Arena offsets of the 16-byte cursor (records lost, then head) of each ring map: zeroed
     /// on the device once its records have been read back, so the next launch starts empty.
     pub fn ring_cursors(&self) -> Vec<u64> {
@@ -384,6 +436,10 @@ impl ArenaLayout {
         let m = self.maps.get(slot).ok_or("no such map")?;
         if m.kind != GpuMapKind::Array || index >= m.spec.max_entries {
             return Err(format!("map `{}` has no array value {index}", m.spec.name));
+        }
+        if m.spec.in_host {
+            // The host's values are the map's storage already.
+            return Ok(());
         }
         let vs = m.spec.value_size as usize;
         for s in 0..m.slots as usize {
@@ -442,9 +498,9 @@ impl ArenaLayout {
 
     /// The entries of map `slot` whose bytes in the arena (the byte range of all their value
     /// slots, or of the whole hash slot) `keep` says to read: what changed since a previous
-    /// copy, say.
+    /// copy, say. None for a map kept in host memory (the arena holds nothing of it).
     pub fn entries_where(&self, arena: &[u8], slot: usize, keep: &dyn Fn(std::ops::Range<usize>) -> bool) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
-        let Some(m) = self.maps.get(slot) else { return vec![] };
+        let Some(m) = self.maps.get(slot).filter(|m| !m.spec.in_host) else { return vec![] };
         let vs = m.spec.value_size as usize;
         let values = |base: u64| -> Vec<Vec<u8>> {
             (0..m.slots as u64)

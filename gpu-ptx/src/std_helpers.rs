@@ -75,7 +75,8 @@ pub fn support() -> Vec<(String, String)> {
 /// PTX support functions shared by the helpers.
 pub const SUPPORT: &[&str] = &[
     // ok = whether [addr, addr+len) lies in one region a program may touch (writable when
-    // `write`): the stack, the context, the arena. len 0 is always fine.
+    // `write`): the stack, the context, the arena, a map kept in host memory. len 0 is always
+    // fine.
     r#".func (.reg .b64 %ok) bpf_range_ok(.reg .b64 %st, .reg .b64 %addr, .reg .b64 %len, .reg .b64 %write)
 {
 .reg .b64 %lo, %n, %x, %e;
@@ -109,7 +110,7 @@ setp.le.and.u64 %p, %len, %n, %p;
 add.u64 %e, %x, %len;
 setp.le.and.u64 %p, %e, %n, %p;
 @%p ret;
-mov.b64 %ok, 0;
+call.uni (%ok), bpf_host_ok, (%st, %addr, %len);
 ret;
 }"#,
     // d = the descriptor of map reference `ref`, or 0.

@@ -187,6 +187,7 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
             h.func_name()
         );
     }
+    let _ = writeln!(out, "{HOST_OK_PROTO};");
     let support = if used.is_empty() { &[][..] } else { helpers.support() };
     for (proto, _) in support {
         let _ = writeln!(out, "{proto}");
@@ -205,8 +206,61 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
         out.push_str(def);
         out.push_str("\n\n");
     }
+    out.push_str(&host_ok_definition());
     write_run_kernel(&mut out);
     Ok(out)
+}
+
+/// The function that says whether an access outside the stack, the context and the arena
+/// lies in the storage of a map kept in host memory (see [`crate::maps::header::HOST_MAPS`]).
+const HOST_OK_PROTO: &str = ".func (.reg .b64 %ok) bpf_host_ok(.reg .b64 %st, .reg .b64 %addr, .reg .b64 %len)";
+
+/// `ok = whether [addr, addr+len) lies in the storage of one of the arena's host memory maps`:
+/// each map whose bit is set in the header, its storage at the arena plus its descriptor's
+/// data offset (wrapping), `data_len` bytes.
+fn host_ok_definition() -> String {
+    use crate::maps::{desc, descriptor_offset, header};
+    format!(
+        "{HOST_OK_PROTO}
+{{
+.reg .b64 %lo, %mask, %d, %x, %n, %e;
+.reg .pred %p;
+mov.b64 %ok, 0;
+ld.u64 %lo, [%st+{arena_lo}];
+setp.eq.u64 %p, %lo, 0;
+@%p ret;
+ld.u64 %mask, [%lo+{host_maps}];
+add.u64 %d, %lo, {first};
+$next:
+setp.eq.u64 %p, %mask, 0;
+@%p ret;
+and.b64 %x, %mask, 1;
+shr.u64 %mask, %mask, 1;
+add.u64 %d, %d, {desc_size};
+setp.eq.u64 %p, %x, 0;
+@%p bra $next;
+ld.u64 %x, [%d+{data_off}];
+add.u64 %x, %x, %lo;
+ld.u64 %n, [%d+{data_len}];
+sub.u64 %x, %addr, %x;
+setp.lt.u64 %p, %x, %n;
+setp.le.and.u64 %p, %len, %n, %p;
+add.u64 %e, %x, %len;
+setp.le.and.u64 %p, %e, %n, %p;
+@!%p bra $next;
+mov.b64 %ok, 1;
+ret;
+}}
+
+",
+        arena_lo = off::ARENA_LO,
+        host_maps = header::HOST_MAPS,
+        // The descriptor before slot 0's: each turn of the loop steps to the next first.
+        first = descriptor_offset(0) as i64 - crate::maps::DESC_SIZE as i64,
+        desc_size = crate::maps::DESC_SIZE,
+        data_off = desc::DATA_OFF,
+        data_len = desc::DATA_LEN,
+    )
 }
 
 /// The kernel that runs the program once per thread: `bpftime_run(ctx, ctx_len, arena,
@@ -470,7 +524,14 @@ impl<'a> FunctionWriter<'a> {
         }
         let size_word = n as u32 | if write { 0x100 } else { 0 };
         let fault = self.fault_block(pc, state::FAULT_OUT_OF_BOUNDS, "%t5", size_word);
-        self.line(format!("bra {fault};"));
+        // Last, out of line: the maps kept in host memory.
+        let host = self.fresh("host");
+        self.line(format!("bra {host};"));
+        self.tail_line(format!("{host}:"));
+        self.tail_line(format!("call.uni (%t6), bpf_host_ok, (%st, %t5, {n});"));
+        self.tail_line("setp.ne.u64 %p1, %t6, 0;");
+        self.tail_line(format!("@%p1 bra {ok};"));
+        self.tail_line(format!("bra {fault};"));
         self.line(format!("{ok}:"));
     }
 

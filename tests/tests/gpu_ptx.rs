@@ -290,3 +290,53 @@ fn sharded_counter_adds_fold_to_the_exact_total() {
     g.layout.fold_shards(&mut image);
     assert_eq!(counter(&image), (blocks * threads) as u64, "folding twice adds nothing");
 }
+
+/// A map kept in host memory (bpftime's 1513): its storage lies outside the arena, where its
+/// descriptor points, and a program reaches exactly those bytes: a write inside lands in the
+/// host's storage, one just past it faults (the bytes after it, allocated too, stay as they
+/// were), as an access past an arena map's value does.
+#[test]
+fn host_memory_maps_are_reached_outside_the_arena_and_nowhere_else() {
+    use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
+    use bpftime_gpu_ptx::maps::{ArenaLayout, GpuMapSpec};
+    use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
+    let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("cuda_host_memory")).unwrap()).unwrap();
+    let g = bpftime_runtime::gpu::gpu_program(&obj, Some("poke"), Target::default(), 4).unwrap();
+    let specs: Vec<GpuMapSpec> = g.layout.maps.iter().map(|m| GpuMapSpec { in_host: true, ..m.spec.clone() }).collect();
+    let layout = ArenaLayout::new(&specs, 4).unwrap();
+    assert_eq!(layout.host_maps().collect::<Vec<_>>(), vec![0], "`live` is kept in host memory");
+    let storage_len = layout.maps[0].data_len;
+    assert_eq!(storage_len, 16, "two u64 values");
+    let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
+    // The host's storage, with bytes after it that belong to something else.
+    let host = m.memory.alloc(storage_len + 64);
+    let arena = m.memory.alloc(layout.size);
+    let mut image = layout.image();
+    layout.place_in_host(&mut image, 0, arena, host).unwrap();
+    m.memory.write(arena, &image).unwrap();
+    let mut poke = |offset: u64| {
+        let ctx = m.memory.alloc(8);
+        m.memory.write(ctx, &offset.to_le_bytes()).unwrap();
+        let out = m.memory.alloc(RUN_OUT_STRIDE);
+        m.launch(RUN_KERNEL, &[ctx, 8, arena, layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, 1], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
+        let raw = m.memory.read(out, RUN_OUT_STRIDE).unwrap();
+        let r = state::outcome(&raw[8..], u64::from_le_bytes(raw[..8].try_into().unwrap()));
+        (r, m.memory.read(host, storage_len + 64).unwrap())
+    };
+    let (r, bytes) = poke(8);
+    assert_eq!(r, Ok(0), "a write inside the storage");
+    assert_eq!(u64::from_le_bytes(bytes[8..16].try_into().unwrap()), 7, "landed in the host's storage");
+    let (r, bytes) = poke(16);
+    assert!(matches!(r, Err(RunError { fault: Fault::OutOfBounds { write: true, .. }, .. })), "past the storage: {r:?}");
+    assert!(bytes[16..].iter().all(|&b| b == 0), "the bytes after it are untouched");
+    // The same program with the map in the arena writes the arena's copy.
+    let mut m2 = Machine::new(Module::parse(&g.ptx).unwrap());
+    let arena2 = m2.memory.alloc(g.layout.size);
+    m2.memory.write(arena2, &g.arena).unwrap();
+    let ctx = m2.memory.alloc(8);
+    m2.memory.write(ctx, &8u64.to_le_bytes()).unwrap();
+    let out = m2.memory.alloc(RUN_OUT_STRIDE);
+    m2.launch(RUN_KERNEL, &[ctx, 8, arena2, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, 1], Launch::default()).unwrap();
+    let image2 = m2.memory.read(arena2, g.layout.size).unwrap();
+    assert_eq!(g.layout.entries(&image2, 0)[1].1[0], 7u64.to_le_bytes().to_vec(), "value 1 in the arena");
+}

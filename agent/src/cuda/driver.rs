@@ -53,6 +53,14 @@ type FnDeviceGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> Cu
 type FnLibraryGetModule = unsafe extern "C" fn(*mut Handle, Handle) -> CuResult;
 type FnStreamIsCapturing = unsafe extern "C" fn(Handle, *mut c_int) -> CuResult;
 type FnGetErrorName = unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult;
+type FnMemHostRegister = unsafe extern "C" fn(*mut c_void, usize, c_uint) -> CuResult;
+type FnMemHostGetDevicePointer = unsafe extern "C" fn(*mut DevPtr, *mut c_void, c_uint) -> CuResult;
+
+/// `CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP`: pinned for every context,
+/// mapped into the device's address space.
+const HOST_REGISTER_FLAGS: c_uint = 0x01 | 0x02;
+/// `CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED`.
+const HOST_MEMORY_ALREADY_REGISTERED: CuResult = 712;
 
 /// The entry points the agent uses.
 pub struct Driver {
@@ -75,6 +83,8 @@ pub struct Driver {
     get_error_name: Option<FnGetErrorName>,
     stream_is_capturing: Option<FnStreamIsCapturing>,
     library_get_module: Option<FnLibraryGetModule>,
+    mem_host_register: Option<FnMemHostRegister>,
+    mem_host_get_device_pointer: Option<FnMemHostGetDevicePointer>,
 }
 
 /// Asks the real `cuGetProcAddress` for `name`.
@@ -146,6 +156,8 @@ impl Driver {
             get_error_name: optional_entry!(c"cuGetErrorName" as FnGetErrorName),
             library_get_module: optional_entry!(c"cuLibraryGetModule" as FnLibraryGetModule),
             stream_is_capturing: optional_entry!(c"cuStreamIsCapturing" as FnStreamIsCapturing),
+            mem_host_register: optional_entry!(c"cuMemHostRegister" as FnMemHostRegister),
+            mem_host_get_device_pointer: optional_entry!(c"cuMemHostGetDevicePointer" as FnMemHostGetDevicePointer),
         })
     }
 
@@ -236,6 +248,32 @@ impl Driver {
         // SAFETY: `p` is a valid out-pointer.
         self.check(unsafe { (self.mem_alloc_host)(&mut p, len) }, "cuMemAllocHost")?;
         Ok(p.cast())
+    }
+
+    /// `cuMemHostRegister` with `PORTABLE | DEVICEMAP`: pins `len` bytes of host memory at
+    /// `addr` (page-aligned) and maps them for every context's device; memory registered
+    /// already counts as done. Never undone: the region stays mapped for the process's life.
+    ///
+    /// # Safety
+    /// `addr..addr + len` must be mapped memory of this process that stays mapped for as long
+    /// as the device may use it.
+    pub unsafe fn host_register(&self, addr: *mut u8, len: usize) -> Result<(), String> {
+        let f = self.mem_host_register.ok_or("the driver has no cuMemHostRegister")?;
+        // SAFETY: the caller's contract.
+        match unsafe { f(addr.cast(), len, HOST_REGISTER_FLAGS) } {
+            HOST_MEMORY_ALREADY_REGISTERED => Ok(()),
+            r => self.check(r, "cuMemHostRegister"),
+        }
+    }
+
+    /// `cuMemHostGetDevicePointer`: the device address of registered host memory at `addr`
+    /// in the current context.
+    pub fn host_device_pointer(&self, addr: *mut u8) -> Result<DevPtr, String> {
+        let f = self.mem_host_get_device_pointer.ok_or("the driver has no cuMemHostGetDevicePointer")?;
+        let mut p = 0;
+        // SAFETY: a valid out-pointer; the driver checks that `addr` is registered.
+        self.check(unsafe { f(&mut p, addr.cast(), 0) }, "cuMemHostGetDevicePointer")?;
+        Ok(p)
     }
 
     /// `cuLaunchHostFunc`: runs `f(data)` on a driver thread once the stream gets there.

@@ -88,6 +88,8 @@ struct Gpu {
     arenas: Mutex<HashMap<usize, Arc<Arena>>>,
     /// Patched images loaded: (module or library handle, whether a library).
     loaded: Mutex<Vec<(usize, bool)>>,
+    /// Host memory registered with the devices (page ranges of the region).
+    registered: Mutex<Vec<(u64, u64)>>,
     /// Messages said already.
     said: Mutex<HashSet<String>>,
 }
@@ -128,6 +130,7 @@ pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink]) {
         modules: Mutex::default(),
         arenas: Mutex::default(),
         loaded: Mutex::default(),
+        registered: Mutex::default(),
         said: Mutex::default(),
     });
 }
@@ -223,11 +226,28 @@ impl Gpu {
             return Ok(a.clone());
         }
         let nsm = drv.sm_count(drv.device()).unwrap_or(1);
-        let layout = self.probes.layout(nsm)?;
+        let mut layout = self.probes.layout(nsm, true)?;
+        let mut in_host = vec![];
+        if layout.host_maps().next().is_some() {
+            match self.map_host_storage(drv, &layout) {
+                Ok(placed) => in_host = placed,
+                Err(e) => {
+                    self.say_once(format!("CUDA maps declared in host memory are kept in device memory instead: {e}"));
+                    layout = self.probes.layout(nsm, false)?;
+                }
+            }
+        }
         let writes = self.probes.host_writes();
-        let image = self.probes.arena_image(&layout, &self.region);
+        let mut image = self.probes.arena_image(&layout, &self.region);
         let dev = drv.mem_alloc(image.len())?;
+        for &(slot, storage) in &in_host {
+            layout.place_in_host(&mut image, slot, dev, storage)?;
+        }
         drv.memcpy_htod(dev, &image)?;
+        if verbose() && !in_host.is_empty() {
+            let names: Vec<&str> = in_host.iter().map(|&(slot, _)| layout.maps[slot].spec.name.as_str()).collect();
+            eprintln!("bpftime: CUDA maps in host memory (the region's own values): {}", names.join(", "));
+        }
         if verbose() {
             eprintln!("bpftime: CUDA maps: {} bytes of device memory ({} maps, {nsm} SMs)", image.len(), layout.maps.len());
         }
@@ -244,6 +264,42 @@ impl Gpu {
         });
         arenas.insert(ctx, a.clone());
         Ok(a)
+    }
+
+    /// Registers the region's values of the maps `layout` keeps in host memory with the device
+    /// (the pages holding them, once per process) and returns each one's device address in the
+    /// current context: (slot, address).
+    fn map_host_storage(&self, drv: &Driver, layout: &ArenaLayout) -> Result<Vec<(usize, DevPtr)>, String> {
+        let storage = self.probes.host_storage(layout)?;
+        // SAFETY: sysconf cannot fail for _SC_PAGESIZE.
+        let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64;
+        let mut pages: Vec<(u64, u64)> = storage.iter().map(|&(_, addr, len)| (addr / page * page, (addr + len).div_ceil(page) * page)).collect();
+        pages.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = vec![];
+        for (start, end) in pages {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        let mut registered = lock(&self.registered);
+        for &(start, end) in &merged {
+            if registered.iter().any(|&(s, e)| s <= start && end <= e) {
+                continue;
+            }
+            // SAFETY: the pages lie in the region, mapped for the life of the process.
+            unsafe { drv.host_register(start as *mut u8, (end - start) as usize) }?;
+            registered.push((start, end));
+        }
+        storage
+            .iter()
+            .map(|&(slot, addr, len)| {
+                // The device address of the registration's start, plus the offset: registered
+                // memory is mapped as a whole.
+                let (start, _) = registered.iter().find(|&&(s, e)| s <= addr && addr + len <= e).copied().ok_or("a map's pages are not registered")?;
+                Ok((slot, drv.host_device_pointer(start as *mut u8)? + (addr - start)))
+            })
+            .collect()
     }
 
     /// The arena of `module` when it carries probes (it has our `bpftime_arena` global), with

@@ -473,9 +473,29 @@ impl GpuProbes {
             .collect()
     }
 
-    /// Where the maps live on a device with `nsm` SMs.
-    pub fn layout(&self, nsm: u32) -> Result<ArenaLayout, String> {
-        ArenaLayout::new(&self.specs, nsm)
+    /// Where the maps live on a device with `nsm` SMs; with `host_memory` false, maps declared
+    /// to live in host memory are kept in the arena too (when the host's memory cannot be
+    /// registered with the device).
+    pub fn layout(&self, nsm: u32, host_memory: bool) -> Result<ArenaLayout, String> {
+        let specs: Vec<GpuMapSpec> = self.specs.iter().map(|s| GpuMapSpec { in_host: s.in_host && host_memory, ..s.clone() }).collect();
+        ArenaLayout::new(&specs, nsm)
+    }
+
+    /// The host address and length of the values of each map of `layout` kept in host memory:
+    /// (slot, address, bytes), the bytes the device may touch.
+    pub fn host_storage(&self, layout: &ArenaLayout) -> Result<Vec<(usize, u64, u64)>, String> {
+        layout
+            .host_maps()
+            .map(|slot| {
+                let m = &layout.maps[slot];
+                let map = self.region_map(slot)?;
+                let (addr, len) = map.value_region();
+                if len < m.data_len {
+                    return Err(format!("map `{}`: {len} bytes of values in the region, {} on the GPU", m.spec.name, m.data_len));
+                }
+                Ok((slot, addr, m.data_len))
+            })
+            .collect()
     }
 
     /// A fresh arena for `layout` holding the region maps' current array values (global data,
@@ -517,7 +537,7 @@ impl GpuProbes {
         use bpftime_gpu_ptx::maps::GpuMapKind;
         let mut share = HostShare { writes, ..HostShare::default() };
         for (slot, m) in layout.maps.iter().enumerate() {
-            if self.host_owned.get(slot) != Some(&true) || m.slots != 1 {
+            if self.host_owned.get(slot) != Some(&true) || m.slots != 1 || m.spec.in_host {
                 continue;
             }
             match m.kind {
@@ -546,7 +566,7 @@ impl GpuProbes {
         let mut out = HostPush::default();
         for (slot, m) in layout.maps.iter().enumerate() {
             let Some(map) = self.maps.get(slot).and_then(Option::as_ref) else { continue };
-            if m.slots != 1 || m.kind == GpuMapKind::Ring {
+            if m.slots != 1 || m.kind == GpuMapKind::Ring || m.spec.in_host {
                 continue;
             }
             if self.host_owned.get(slot) != Some(&true) {
@@ -655,7 +675,8 @@ impl GpuProbes {
             errors.push(format!("{lost} trace messages lost (the ring was full)"));
         }
         for (slot, &id) in self.map_ids.iter().enumerate() {
-            if self.trace_slot == Some(slot) {
+            // Maps kept in host memory hold what the GPU wrote already.
+            if self.trace_slot == Some(slot) || layout.maps.get(slot).is_some_and(|m| m.spec.in_host) {
                 continue;
             }
             if let Some((then, now)) = shared.as_mut().filter(|(then, _)| then.covers(slot)) {
@@ -800,12 +821,25 @@ pub fn region_map_spec(map_type: u32, build: impl FnOnce(bpftime_maps::MapType) 
         spec.value_size = spec.value_size.checked_mul(threads)?;
         spec.map_extra = threads as u64;
     }
+    if bpftime_gpu_ptx::maps::is_host_memory_map(map_type) {
+        spec.map_extra |= IN_HOST_MEMORY;
+    }
     if map_type == GPU_RING && (spec.key_size != 0 || spec.value_size != 0) {
         spec.max_entries = gpu_ring_bytes(spec.value_size, spec.max_entries);
         spec.key_size = 0;
         spec.value_size = 0;
     }
     Some(spec)
+}
+
+/// The `map_extra` bit of a region array declared as one of bpftime's host memory GPU maps
+/// (1512, 1513): GPU programs use the region's values themselves, registered with the device,
+/// rather than a copy in device memory (see [`bpftime_gpu_ptx::maps::GpuMapSpec::in_host`]).
+pub const IN_HOST_MEMORY: u64 = 1 << 32;
+
+/// Whether region map `spec` was declared to live in host memory on the GPU.
+pub fn in_host_memory(spec: &bpftime_maps::MapSpec) -> bool {
+    spec.map_type == bpftime_maps::MapType::Array && spec.map_extra & IN_HOST_MEMORY != 0
 }
 
 /// bpftime's GPU ring buffer map type.
@@ -825,7 +859,7 @@ fn gpu_ring_bytes(value_size: u32, max_entries: u32) -> u32 {
 /// The thread count of a region map that is a per-GPU-thread array (an ARRAY with a thread
 /// count, see [`region_map_spec`]); each thread's value is `value_size / threads` bytes.
 pub fn per_thread_slots(spec: &bpftime_maps::MapSpec) -> Option<u32> {
-    let threads = u32::try_from(spec.map_extra).ok().filter(|&n| n > 0)?;
+    let threads = Some(spec.map_extra as u32).filter(|&n| n > 0)?;
     (spec.map_type == bpftime_maps::MapType::Array && spec.value_size.is_multiple_of(threads)).then_some(threads)
 }
 
@@ -833,13 +867,16 @@ pub fn per_thread_slots(spec: &bpftime_maps::MapSpec) -> Option<u32> {
 /// are.
 fn gpu_spec_of(map: &bpftime_maps::Map) -> GpuMapSpec {
     let s = map.spec();
-    if let Some(threads) = per_thread_slots(s) {
-        return GpuMapSpec {
-            threads,
-            ..GpuMapSpec::new(map.name(), bpftime_gpu_ptx::maps::PER_THREAD_ARRAY, s.key_size, s.value_size / threads, s.max_entries)
-        };
-    }
-    GpuMapSpec::new(map.name(), s.map_type as u32, s.key_size, s.value_size, s.max_entries)
+    let spec = match per_thread_slots(s) {
+        Some(threads) => {
+            GpuMapSpec { threads, ..GpuMapSpec::new(map.name(), bpftime_gpu_ptx::maps::PER_THREAD_ARRAY, s.key_size, s.value_size / threads, s.max_entries) }
+        }
+        None => GpuMapSpec::new(map.name(), s.map_type as u32, s.key_size, s.value_size, s.max_entries),
+    };
+    // In host memory when declared so and the region lays the values out as the arena would:
+    // a value every 8-aligned stride, per-thread values each 8-aligned too.
+    let in_host = in_host_memory(s) && (spec.threads <= 1 || spec.value_size.is_multiple_of(8));
+    GpuMapSpec { in_host, ..spec }
 }
 
 /// Verifies stored instructions `insns` (region map ids in their `lddw`s) as a CUDA kernel

@@ -45,6 +45,35 @@ struct Fake {
     /// (module index, kernel name); a function's handle is its index + 1.
     functions: Vec<(usize, String)>,
     context: bool,
+    /// Host memory registered with the device (address, bytes): mirrored into device memory
+    /// at the same address for each launch, and what the kernel changed written back after it
+    /// (as a GPU reaches mapped host memory, at launch granularity).
+    host: Vec<(u64, u64)>,
+}
+
+/// Copies the host's bytes of every registered range into device memory.
+fn mirror_in(f: &mut Fake) -> Vec<Vec<u8>> {
+    let mut snapshots = vec![];
+    for &(addr, len) in &f.host {
+        // SAFETY: cuMemHostRegister's contract: the range stays mapped while registered.
+        let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) }.to_vec();
+        let _ = f.memory.write(addr, &bytes);
+        snapshots.push(bytes);
+    }
+    snapshots
+}
+
+/// Writes back to the host the bytes of registered ranges the kernel changed.
+fn mirror_out(f: &Fake, snapshots: &[Vec<u8>]) {
+    for (&(addr, len), before) in f.host.iter().zip(snapshots) {
+        let Ok(after) = f.memory.read(addr, len) else { continue };
+        for (i, (&a, &b)) in after.iter().zip(before).enumerate() {
+            if a != b {
+                // SAFETY: as in `mirror_in`; a byte the kernel wrote.
+                unsafe { (addr as *mut u8).add(i).write_volatile(a) };
+            }
+        }
+    }
 }
 
 static FAKE: Mutex<Option<Fake>> = Mutex::new(None);
@@ -179,9 +208,12 @@ fn launch(func: Handle, grid: [c_uint; 3], block: [c_uint; 3], params: *mut *mut
         // SAFETY: clock_gettime(2) writes one timespec.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
         m.set_global_timer(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64);
+        let snapshots = mirror_in(f);
+        let m = &mut f.modules[mi].machine;
         m.memory = std::mem::take(&mut f.memory);
         let r = m.launch(&name, &args, Launch { grid, block, sms: SMS });
         f.memory = std::mem::take(&mut m.memory);
+        mirror_out(f, &snapshots);
         match r {
             Ok(()) => SUCCESS,
             Err(e) => {
@@ -287,6 +319,25 @@ api! {
     fn cuMemcpyDtoHAsync(dst: *mut c_void, src: u64, n: usize, _s: Handle) { unsafe { cuMemcpyDtoH(dst, src, n) } }
     fn cuMemsetD8(dst: u64, v: u8, n: usize) { result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
     fn cuMemsetD8Async(dst: u64, v: u8, n: usize, _s: Handle) { result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
+    fn cuMemHostRegister(p: *mut c_void, n: usize, _flags: c_uint) {
+        with(|f| {
+            let (addr, len) = (p as u64, n as u64);
+            if f.host.iter().any(|&(a, l)| addr < a + l && a < addr + len) {
+                return 712; // CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED
+            }
+            if p.is_null() || f.memory.alloc_at(addr, len).is_err() {
+                return INVALID_VALUE;
+            }
+            log(&format!("host register {len} bytes"));
+            f.host.push((addr, len));
+            SUCCESS
+        })
+    }
+    fn cuMemHostGetDevicePointer(d: *mut u64, p: *mut c_void, _flags: c_uint) {
+        // One address space: registered host memory has its host address on the device.
+        let addr = p as u64;
+        if with(|f| f.host.iter().any(|&(a, l)| a <= addr && addr < a + l)) { unsafe { put(d, addr) } } else { INVALID_VALUE }
+    }
     fn cuLaunchHostFunc(_s: Handle, f: HostFn, data: *mut c_void) { unsafe { f(data) }; SUCCESS }
     fn cuModuleLoadData(m: *mut Handle, image: *const c_void) {
         match unsafe { load(image) } { Ok(h) => unsafe { put(m, h) }, Err(e) => e }
