@@ -83,6 +83,9 @@ done
 "$NVCC" --fatbin -o "$cuda/vector_add.fatbin" examples/cuda/vector_add.cu &&
     cc -O2 -DFATBIN="\"$PWD/$cuda/vector_add.fatbin\"" examples/cuda/driver_vector_add.c -ldl -o "$cuda/driver_vector_add" ||
     summary+=("driver_vector_add build: FAILED")
+"$NVCC" --fatbin -o "$cuda/globals.fatbin" examples/cuda/globals.cu &&
+    cc -O2 -DFATBIN="\"$PWD/$cuda/globals.fatbin\"" examples/cuda/driver_globals.c -ldl -o "$cuda/driver_globals" ||
+    summary+=("driver_globals build: FAILED")
 
 # map_value FILE MAP KEY: the value bpftime run printed for KEY of MAP.
 map_value() {
@@ -178,6 +181,32 @@ if traced hostmem cuda_host_memory "driver_vector_add 1048576 3" --program count
     expect hostmem "threads counted in device memory" "$(map_value "$cuda/hostmem.report" copied 0)" 3145728
     expect hostmem "per-thread entries (first 1024 threads)" "$(grep -A1 'map [0-9]* `per_thread`' "$cuda/hostmem.report" | grep -o 'sum [0-9]*')" "sum 3072"
 else summary+=("cuda hostmem: FAILED"); status=1; fi
+# Probes attached to an application already running (bpftime attach PID): launch 0 runs as
+# built, launches 1 and 2 the patched copy of the kernel (the app's __constant__ and __device__
+# variables copied around it), and the app's output is its own.
+# late NAME APP OBJECT MAP: the app alone, then attached to before launch 1; prints MAP's dump.
+late() {
+    local name=$1 app=$2 obj=$3 map=$4 w="$cuda/$1.wait" shm="bpftime-gpu-$1"
+    "$cuda/$app" 1048576 3 > "$cuda/$name.plain" 2>/dev/null
+    rm -rf "$w" && mkdir -p "$w"
+    "$cli" --shm "$shm" shm remove >/dev/null 2>&1
+    BPFTIME_VERBOSE=1 DRIVER_WAIT_DIR="$w" "$cuda/$app" 1048576 3 > "$cuda/$name.out" 2> "$cuda/$name.err" &
+    local pid=$!
+    for _ in $(seq 200); do grep -q "before launch 1" "$cuda/$name.err" && break; sleep 0.05; done
+    "$cli" --shm "$shm" attach $pid --program "$bpf/$obj.bpf.o" 2> "$cuda/$name.attach"
+    touch "$w/1" "$w/2"
+    wait $pid
+    cmp -s "$cuda/$name.plain" "$cuda/$name.out" || { echo "$name: output changed"; diff "$cuda/$name.plain" "$cuda/$name.out" | head -3; }
+    grep -E "hooked|patched copy|refused|cannot" "$cuda/$name.err" | head -5
+    "$cli" --shm "$shm" map dump "$map" > "$cuda/$name.report" 2>&1
+    "$cli" --shm "$shm" shm remove >/dev/null 2>&1
+}
+late late driver_vector_add cuda_probes calls
+expect late "output unchanged" "$(cmp -s "$cuda/late.plain" "$cuda/late.out" && echo yes)" yes
+expect late "entries after the attach (launches 1, 2)" "$(map_value "$cuda/late.report" calls 0)" 2097152
+late lateglobals driver_globals cuda_globals counts
+expect lateglobals "output unchanged (constant and device variables)" "$(cmp -s "$cuda/lateglobals.plain" "$cuda/lateglobals.out" && echo yes)" yes
+expect lateglobals "entries after the attach" "$(map_value "$cuda/lateglobals.report" counts 0)" 2097152
 if traced gemm cuda_launches "gemm 512" --program gemm_launch; then
     expect gemm "launches" "$(map_value "$cuda/gemm.report" launches 1)" 1
 else summary+=("cuda gemm: FAILED"); status=1; fi

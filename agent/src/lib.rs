@@ -82,6 +82,10 @@ fn bpftime_agent_init(exec: syscalls::ExecArgs) {
 #[unsafe(link_section = ".init_array")]
 static INIT: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = init_at_load;
 
+/// Whether the agent was loaded into a running process (`bpftime attach`) rather than
+/// preloaded: what the process did before (its CUDA driver in use, say) was not seen.
+pub(crate) static INJECTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Starts the agent in a process it was loaded into while running (`bpftime attach` calls it
 /// through ptrace after `dlopen`), with region `shm`: what the region's links name for this
 /// process is attached, and the link table is followed (links removed are detached). Returns
@@ -99,6 +103,7 @@ pub unsafe extern "C" fn bpftime_agent_attach(shm: *const libc::c_char) -> libc:
     if glue::running() {
         return 1;
     }
+    INJECTED.store(true, std::sync::atomic::Ordering::Release);
     match bpftime_attach::without_probes(|| std::panic::catch_unwind(|| glue::start_in(name))) {
         Ok(()) if glue::running() => 0,
         _ => -1,

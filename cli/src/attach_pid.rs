@@ -36,7 +36,11 @@ pub fn attach(pid: u32, program: Option<&Path>, engine: EngineKind, shm: &str, a
         eprintln!("bpftime: an agent already runs in process {pid}; it follows region `{shm}` only if it was started with it");
     }
     for l in links::list(&region).into_iter().filter(|l| mine.contains(&l.id) || (mine.is_empty() && (l.pid == 0 || l.pid == pid))) {
-        eprintln!("bpftime: link {} `{}` on {}: {:?}", l.id, l.name, l.target, l.state);
+        let note = match (l.kind, l.state) {
+            (links::LinkKind::CudaKernel, LinkState::Waiting) => " (a CUDA kernel probe: it attaches at the kernel's next launch)",
+            _ => "",
+        };
+        eprintln!("bpftime: link {} `{}` on {}: {:?}{note}", l.id, l.name, l.target, l.state);
     }
     Ok(0)
 }

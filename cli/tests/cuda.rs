@@ -256,6 +256,7 @@ fn every_probe_example_patches_every_cuda_example() {
         ("vector_add", "cuda_ring_records", 1),
         ("vector_add", "cuda_shared_counts", 1),
         ("vector_add", "cuda_host_memory", 1),
+        ("globals", "cuda_globals", 2),
     ];
     for (example, probe, n) in expected {
         let fatbin = dir.join(format!("{example}.fatbin"));
@@ -571,7 +572,7 @@ fn gpu_probes_see_the_hosts_hash_maps() {
 #[test]
 fn a_loaders_writes_between_launches_reach_the_gpu() {
     let Some(dir) = setup("loader-writes", &[]) else { return };
-    let Some(s) = Session::new("loader-writes") else { return };
+    let Some(s) = Session::with_bpftool("loader-writes") else { return };
     s.bpftime(&["load", build_example("cuda_host_config").to_str().unwrap()]);
     s.bpftool("update name config key 0 0 0 0 value 1 0 0 0 0 0 0 0");
     let mut app = WaitingApp::start(&s, &dir, &[("BPFTIME_CUDA_COPY_MS", "0")]);
@@ -600,7 +601,7 @@ fn a_loaders_writes_between_launches_reach_the_gpu() {
 #[test]
 fn maps_in_host_memory_are_shared_with_the_gpu_as_they_change() {
     let Some(dir) = setup("host-memory", &[]) else { return };
-    let Some(s) = Session::new("host-memory") else { return };
+    let Some(s) = Session::with_bpftool("host-memory") else { return };
     s.bpftime(&["load", build_example("cuda_host_memory").to_str().unwrap()]);
     s.bpftool("update name settings key 0 0 0 0 value 1 0 0 0 0 0 0 0");
     let mut app = WaitingApp::start(&s, &dir, &[("BPFTIME_CUDA_COPY_MS", "100000000"), ("BPFTIME_VERBOSE", "1")]);
@@ -629,6 +630,68 @@ fn maps_in_host_memory_are_shared_with_the_gpu_as_they_change() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `bpftime attach PID` with CUDA kernel probes, into an application that has been running
+/// without the agent (its driver entry points fetched, its module loaded, one launch done):
+/// the launches after it (through the per-thread-stream `cuLaunchKernel` and `cuLaunchKernelEx`)
+/// run the probes in the patched copy of the kernel and the app's output does not change;
+/// `bpftime detach PID` writes back what they counted and the next launch runs the original.
+#[test]
+fn probes_reach_the_kernels_of_a_cuda_app_already_running() {
+    let Some(dir) = setup("late", &[]) else { return };
+    let launches = ["4".to_string(), "4".to_string()];
+    let out = Command::new(dir.join("app")).args(&launches).env("LD_LIBRARY_PATH", &dir).output().unwrap();
+    let s = Session::new("late");
+    let mut app = WaitingApp::plain_with_args(&dir, &launches, &[("BPFTIME_VERBOSE", "1"), ("BPFTIME_CUDA_COPY_MS", "100000000")]);
+    app.wait_for("before launch 1");
+    let pid = app.pid().to_string();
+    let attached = s.bpftime(&["attach", &pid, "--program", build_example("cuda_probes").to_str().unwrap()]);
+    app.release(1);
+    app.wait_for("before launch 2");
+    app.release(2);
+    app.wait_for("before launch 3");
+    let detached = s.bpftime(&["detach", &pid]);
+    // The agent's link follower takes the CUDA hooks out (after writing back what launches 1
+    // and 2 counted).
+    app.wait_for("bpftime: CUDA probes removed: the application's kernels run as they were");
+    app.release(3);
+    let (stdout, said) = app.finish_with_output();
+    assert_eq!(stdout, text(&out.stdout), "the app's output\n{said}");
+    assert!(said.contains("CUDA driver in use before the agent came"), "{attached}\n{said}");
+    assert!(said.contains("CUDA kernel _Z10vector_addPKfS0_Pfi (loaded before the agent came) runs its patched copy"), "{said}");
+    assert!(!detached.is_empty());
+    let calls = s.bpftime(&["map", "dump", "calls"]);
+    let two = 512.to_string();
+    assert_eq!(dumped(&calls, "calls", "0").as_deref(), Some(two.as_str()), "entries in launches 1 and 2 (256 threads each)\n{calls}\n{attached}\n{said}");
+    assert_eq!(dumped(&calls, "calls", "1").as_deref(), Some(two.as_str()), "exits in launches 1 and 2\n{calls}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same with a kernel that has module variables (globals.cu): the patched copy reads the
+/// `__constant__` factor the app writes into the original module before each launch, and its
+/// `__device__` count of launches reaches the original's, which the app reads at the end: its
+/// output is what it prints without the agent (sum and launch count).
+#[test]
+fn a_kernel_attached_to_late_sees_its_module_variables() {
+    let Some(dir) = setup_app("late-globals", "globals", "driver_globals", &[]) else { return };
+    let base = plain(&dir);
+    assert!(base.status.success(), "{}", text(&base.stderr));
+    let s = Session::new("late-globals");
+    let mut app = WaitingApp::plain(&dir, &[("BPFTIME_VERBOSE", "1")]);
+    app.wait_for("before launch 1");
+    let attached = s.bpftime(&["attach", &app.pid().to_string(), "--program", build_example("cuda_globals").to_str().unwrap()]);
+    app.release(1);
+    app.wait_for("before launch 2");
+    app.release(2);
+    let (stdout, said) = app.finish_with_output();
+    assert_eq!(stdout, text(&base.stdout), "the app's output\n{said}");
+    assert!(said.contains("runs its patched copy (2 variables copied around each launch)"), "{attached}\n{said}");
+    let counts = s.bpftime(&["map", "dump", "counts"]);
+    let two = (THREADS * 2).to_string();
+    assert_eq!(dumped(&counts, "counts", "0").as_deref(), Some(two.as_str()), "entries in launches 1 and 2\n{counts}\n{said}");
+    assert_eq!(dumped(&counts, "counts", "1").as_deref(), Some(two.as_str()), "exits in launches 1 and 2\n{counts}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A region of its own for a test, with bpftool to write it through the syscall server.
 struct Session {
     shm: String,
@@ -636,17 +699,21 @@ struct Session {
 }
 
 impl Session {
-    /// None (skipped) without bpftool.
-    fn new(tag: &str) -> Option<Session> {
-        let bpftool = PathBuf::from("/usr/sbin/bpftool");
-        if !bpftool.exists() {
+    /// A fresh region.
+    fn new(tag: &str) -> Session {
+        let s = Session { shm: format!("bpftime-cuda-{tag}-{}", std::process::id()), bpftool: PathBuf::from("/usr/sbin/bpftool") };
+        bpftime_tests::remove_region(&s.shm);
+        s.bpftime(&["shm", "create"]);
+        s
+    }
+
+    /// A fresh region and bpftool; None (skipped) without bpftool.
+    fn with_bpftool(tag: &str) -> Option<Session> {
+        if !Path::new("/usr/sbin/bpftool").exists() {
             println!("skipping: no bpftool to write maps (apt install bpftool; bash scripts/setup.sh does)");
             return None;
         }
-        let s = Session { shm: format!("bpftime-cuda-{tag}-{}", std::process::id()), bpftool };
-        bpftime_tests::remove_region(&s.shm);
-        s.bpftime(&["shm", "create"]);
-        Some(s)
+        Some(Session::new(tag))
     }
 
     fn command(&self) -> Command {
@@ -686,17 +753,39 @@ struct WaitingApp {
 }
 
 impl WaitingApp {
+    /// Under `bpftime start` on the session's region.
     fn start(s: &Session, dir: &Path, env: &[(&str, &str)]) -> WaitingApp {
+        let mut c = s.command();
+        c.args(["start", "--"]).arg(dir.join("app")).args(app_args());
+        WaitingApp::spawn(c, dir, env)
+    }
+
+    /// On its own, without the agent.
+    fn plain(dir: &Path, env: &[(&str, &str)]) -> WaitingApp {
+        WaitingApp::plain_with_args(dir, &app_args(), env)
+    }
+
+    /// On its own with arguments `args`.
+    fn plain_with_args(dir: &Path, args: &[String], env: &[(&str, &str)]) -> WaitingApp {
+        let mut c = Command::new(dir.join("app"));
+        c.args(args);
+        WaitingApp::spawn(c, dir, env)
+    }
+
+    fn spawn(mut c: Command, dir: &Path, env: &[(&str, &str)]) -> WaitingApp {
         let wait = dir.join("wait");
         std::fs::create_dir_all(&wait).unwrap();
-        let mut c = s.command();
-        c.args(["start", "--"]).arg(dir.join("app")).args(app_args()).env("LD_LIBRARY_PATH", dir).env("DRIVER_WAIT_DIR", &wait);
+        c.env("LD_LIBRARY_PATH", dir).env("DRIVER_WAIT_DIR", &wait);
         for (k, v) in env {
             c.env(k, v);
         }
         let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let lines = BufReader::new(child.stderr.take().unwrap()).lines();
         WaitingApp { child, lines, said: String::new(), wait }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Reads the app's stderr up to the line `what`.
@@ -718,14 +807,24 @@ impl WaitingApp {
     }
 
     /// Waits for the app to succeed; everything it said on stderr.
-    fn finish(mut self) -> String {
+    fn finish(self) -> String {
+        self.finish_with_output().1
+    }
+
+    /// Waits for the app to succeed; what it printed, and everything it said on stderr.
+    fn finish_with_output(mut self) -> (String, String) {
+        use std::io::Read;
         for l in self.lines.by_ref() {
             self.said += &l.unwrap();
             self.said.push('\n');
         }
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_string(&mut out).unwrap();
+        }
         let status = self.child.wait().unwrap();
         assert!(status.success(), "{}", self.said);
-        std::mem::take(&mut self.said)
+        (out, std::mem::take(&mut self.said))
     }
 }
 

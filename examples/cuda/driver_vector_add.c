@@ -10,25 +10,6 @@
 // Run:   ./driver_vector_add [ELEMENTS] [LAUNCHES]   (prints the sum of the result once per run)
 #include "driver_api.h"
 
-#include <unistd.h>
-
-// Called before each launch (a place for a CPU uprobe: examples/bpf/cuda_launch_stamp.bpf.c).
-// With DRIVER_WAIT_DIR set, launches after the first wait for a file named after them there
-// (stderr says "before launch N" first), so a test can write maps between launches.
-volatile int last_launch;
-__attribute__((noinline)) void launch_marker(int launch)
-{
-    last_launch = launch;
-    const char *dir = getenv("DRIVER_WAIT_DIR");
-    if (!dir || launch == 0)
-        return;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%d", dir, launch);
-    fprintf(stderr, "before launch %d\n", launch);
-    for (int i = 0; i < 12000 && access(path, F_OK) != 0; i++)
-        usleep(5000);
-}
-
 int main(int argc, char **argv)
 {
     int n = argc > 1 ? atoi(argv[1]) : 1 << 20;

@@ -496,16 +496,20 @@ impl Module {
         // Module globals first (a function may refer to one declared later).
         for l in &lines {
             let t = l.trim();
-            if (t.starts_with(".global") || t.starts_with(".visible .global")) && t.ends_with(';') {
+            let decl_of = |space: &str| t.strip_prefix(".visible ").unwrap_or(t).starts_with(space);
+            // `.const` variables live in device memory too (the host writes them).
+            if (decl_of(".global") || decl_of(".const")) && t.ends_with(';') {
                 let decl = t.trim_end_matches(';');
                 let last = decl.split_whitespace().last().unwrap_or("");
                 let (name, n) = match last.split_once('[') {
                     Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<u64>().unwrap_or(1)),
                     None => (last, 1),
                 };
-                let elem = if decl.contains(".b8") || decl.contains(".u8") {
+                let elem = if decl.contains(".b8") || decl.contains(".u8") || decl.contains(".s8") {
                     1
-                } else if decl.contains(".u32") || decl.contains(".b32") {
+                } else if decl.contains("16 ") {
+                    2
+                } else if decl.contains("32 ") {
                     4
                 } else {
                     8
@@ -688,7 +692,7 @@ impl Module {
                         .filter(|o| o + ty.bits() / 8 <= 8)
                         .ok_or_else(|| perr(line, "a parameter's bytes past 8 are not in the subset"))?;
                     Op::LdParam { ty, d: p.dst(line, &ops[0])?, param, off }
-                } else if space.is_some_and(|s| *s != "global") {
+                } else if space.is_some_and(|s| *s != "global" && !(*s == "const" && parts[0] == "ld")) {
                     return Err(perr(line, format!("state space `.{}` is not in the subset", space.unwrap_or(&""))));
                 } else if parts[0] == "ld" {
                     let (base, off) = p.mem(line, &ops[1])?;

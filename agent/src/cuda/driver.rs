@@ -53,6 +53,11 @@ type FnDeviceGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> Cu
 type FnLibraryGetModule = unsafe extern "C" fn(*mut Handle, Handle) -> CuResult;
 type FnStreamIsCapturing = unsafe extern "C" fn(Handle, *mut c_int) -> CuResult;
 type FnGetErrorName = unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult;
+type FnModuleGetFunction = unsafe extern "C" fn(*mut Handle, Handle, *const c_char) -> CuResult;
+type FnFuncGetName = unsafe extern "C" fn(*mut *const c_char, Handle) -> CuResult;
+type FnMemcpyDtoDAsync = unsafe extern "C" fn(DevPtr, DevPtr, usize, Handle) -> CuResult;
+type FnCtxPushCurrent = unsafe extern "C" fn(Handle) -> CuResult;
+type FnCtxPopCurrent = unsafe extern "C" fn(*mut Handle) -> CuResult;
 type FnMemHostRegister = unsafe extern "C" fn(*mut c_void, usize, c_uint) -> CuResult;
 type FnMemHostGetDevicePointer = unsafe extern "C" fn(*mut DevPtr, *mut c_void, c_uint) -> CuResult;
 
@@ -85,10 +90,22 @@ pub struct Driver {
     library_get_module: Option<FnLibraryGetModule>,
     mem_host_register: Option<FnMemHostRegister>,
     mem_host_get_device_pointer: Option<FnMemHostGetDevicePointer>,
+    module_load_data: Option<FnModuleLoadData>,
+    module_get_function: Option<FnModuleGetFunction>,
+    func_get_name: Option<FnFuncGetName>,
+    memcpy_dtod_async: Option<FnMemcpyDtoDAsync>,
+    ctx_push_current: Option<FnCtxPushCurrent>,
+    ctx_pop_current: Option<FnCtxPopCurrent>,
 }
 
 /// Asks the real `cuGetProcAddress` for `name`.
 fn lookup(name: &CStr) -> Option<usize> {
+    lookup_version(name, ABI_VERSION, 0)
+}
+
+/// Asks the real `cuGetProcAddress` for `name` at driver ABI `version` with `flags`
+/// (`CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM` = 2: the per-thread-stream variant).
+pub fn lookup_version(name: &CStr, version: c_int, flags: u64) -> Option<usize> {
     let mut p: *mut c_void = std::ptr::null_mut();
     let v2 = REAL_GET_PROC_V2.load(Ordering::Acquire);
     let v1 = REAL_GET_PROC_V1.load(Ordering::Acquire);
@@ -96,10 +113,10 @@ fn lookup(name: &CStr) -> Option<usize> {
         let mut status = 0;
         // SAFETY: `v2` is the driver's cuGetProcAddress_v2 (captured from dlsym/cuGetProcAddress
         // for that name); the name is NUL-terminated and `p`/`status` are valid out-pointers.
-        unsafe { std::mem::transmute::<usize, GetProcAddressV2>(v2)(name.as_ptr(), &mut p, ABI_VERSION, 0, &mut status) }
+        unsafe { std::mem::transmute::<usize, GetProcAddressV2>(v2)(name.as_ptr(), &mut p, version, flags, &mut status) }
     } else if v1 != 0 {
         // SAFETY: as above, for the CUDA 11.3 signature.
-        unsafe { std::mem::transmute::<usize, GetProcAddressV1>(v1)(name.as_ptr(), &mut p, ABI_VERSION, 0) }
+        unsafe { std::mem::transmute::<usize, GetProcAddressV1>(v1)(name.as_ptr(), &mut p, version, flags) }
     } else {
         return None;
     };
@@ -158,6 +175,13 @@ impl Driver {
             stream_is_capturing: optional_entry!(c"cuStreamIsCapturing" as FnStreamIsCapturing),
             mem_host_register: optional_entry!(c"cuMemHostRegister" as FnMemHostRegister),
             mem_host_get_device_pointer: optional_entry!(c"cuMemHostGetDevicePointer" as FnMemHostGetDevicePointer),
+            // Needed only for applications that were running before the agent came.
+            module_load_data: optional_entry!(c"cuModuleLoadData" as FnModuleLoadData),
+            module_get_function: optional_entry!(c"cuModuleGetFunction" as FnModuleGetFunction),
+            func_get_name: optional_entry!(c"cuFuncGetName" as FnFuncGetName),
+            memcpy_dtod_async: optional_entry!(c"cuMemcpyDtoDAsync" as FnMemcpyDtoDAsync),
+            ctx_push_current: optional_entry!(c"cuCtxPushCurrent" as FnCtxPushCurrent),
+            ctx_pop_current: optional_entry!(c"cuCtxPopCurrent" as FnCtxPopCurrent),
         })
     }
 
@@ -276,6 +300,53 @@ impl Driver {
         Ok(p)
     }
 
+    /// `cuModuleLoadData` of a NUL-terminated PTX text: a module of the current context.
+    pub fn module_load_ptx(&self, ptx: &CStr) -> Result<Handle, String> {
+        let load = self.module_load_data.ok_or("the driver has no cuModuleLoadData")?;
+        let mut m: Handle = std::ptr::null_mut();
+        // SAFETY: a valid out-pointer and a NUL-terminated PTX text, which the call accepts as
+        // an image.
+        self.check(unsafe { load(&mut m, ptx.as_ptr().cast()) }, "cuModuleLoadData")?;
+        Ok(m)
+    }
+
+    /// `cuModuleGetFunction`: kernel `name` of `module`.
+    pub fn module_function(&self, module: Handle, name: &CStr) -> Option<Handle> {
+        let get = self.module_get_function?;
+        let mut f: Handle = std::ptr::null_mut();
+        // SAFETY: a valid out-pointer, a module handle from the driver, a NUL-terminated name.
+        (unsafe { get(&mut f, module, name.as_ptr()) } == SUCCESS && !f.is_null()).then_some(f)
+    }
+
+    /// `cuFuncGetName` (CUDA 12.3): the mangled name of a launched function (or of the function
+    /// a `CUkernel` passed as one stands for).
+    pub fn function_name(&self, f: Handle) -> Option<String> {
+        let get = self.func_get_name?;
+        let name = |f: Handle| {
+            let mut s: *const c_char = std::ptr::null();
+            // SAFETY: a valid out-pointer; the driver checks the handle.
+            if unsafe { get(&mut s, f) } != SUCCESS || s.is_null() {
+                return None;
+            }
+            // SAFETY: the driver returned a NUL-terminated string it owns.
+            Some(unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned())
+        };
+        name(f).or_else(|| {
+            let kernel_function = self.kernel_get_function?;
+            let mut func: Handle = std::ptr::null_mut();
+            // SAFETY: as above; a handle that is no CUkernel is refused by the driver.
+            (unsafe { kernel_function(&mut func, f) } == SUCCESS && !func.is_null()).then(|| name(func)).flatten()
+        })
+    }
+
+    /// `cuMemcpyDtoDAsync`: `len` bytes from device address `src` to `dst`, ordered on
+    /// `stream`.
+    pub fn memcpy_dtod_async(&self, dst: DevPtr, src: DevPtr, len: usize, stream: Handle) -> Result<(), String> {
+        let copy = self.memcpy_dtod_async.ok_or("the driver has no cuMemcpyDtoDAsync")?;
+        // SAFETY: device memory from the driver; nothing on the host is touched.
+        self.check(unsafe { copy(dst, src, len, stream) }, "cuMemcpyDtoDAsync")
+    }
+
     /// `cuLaunchHostFunc`: runs `f(data)` on a driver thread once the stream gets there.
     ///
     /// # Safety
@@ -324,6 +395,24 @@ impl Driver {
         let mut m: Handle = std::ptr::null_mut();
         // SAFETY: valid out-pointer; the driver checks the handle.
         (unsafe { f(&mut m, library) } == SUCCESS && !m.is_null()).then_some(m)
+    }
+
+    /// Runs `f` with context `ctx` current on this thread (pushed, then popped), or None when
+    /// it cannot be made current.
+    pub fn with_context<R>(&self, ctx: Handle, f: impl FnOnce() -> R) -> Option<R> {
+        if self.current_context() == Some(ctx) {
+            return Some(f());
+        }
+        let (push, pop) = (self.ctx_push_current?, self.ctx_pop_current?);
+        // SAFETY: a context handle the driver gave out (the caller keeps the context alive).
+        if unsafe { push(ctx) } != SUCCESS {
+            return None;
+        }
+        let r = f();
+        let mut popped: Handle = std::ptr::null_mut();
+        // SAFETY: a valid out-pointer; pops what was pushed above.
+        unsafe { pop(&mut popped) };
+        Some(r)
     }
 
     /// The current context, if any.

@@ -96,6 +96,12 @@ pub struct LaunchConfig {
     stream: Handle,
 }
 
+/// The wrapper of `name` for the real entry point `real` (see [`wrapper_of`]), for the hooks
+/// of a driver in use before the agent came.
+pub(super) fn wrapper_for(name: &[u8], real: usize, per_thread: bool) -> Option<usize> {
+    wrapper_of(name, real, per_thread)
+}
+
 /// The wrapper of `name` for the real entry point `real`, or None when the agent leaves it
 /// alone. `per_thread`: the variant reads stream 0 as the per-thread stream.
 fn wrapper_of(name: &[u8], real: usize, per_thread: bool) -> Option<usize> {
@@ -409,11 +415,14 @@ unsafe extern "C" fn launch_kernel<const S: usize>(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CuResult {
+    let (f, late) = super::late::substitute(f, LAUNCH_KERNEL.stream(S, stream));
     let arena = super::arena_for_launch(f, LAUNCH_KERNEL.stream(S, stream));
     let real = LAUNCH_KERNEL.real(S);
-    // SAFETY: the driver's own entry point for this slot with the caller's arguments.
+    // SAFETY: the driver's own entry point for this slot with the caller's arguments (the
+    // function maybe its patched copy, which takes the same parameters).
     let r = unsafe { std::mem::transmute::<usize, FnLaunchKernel>(real)(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) };
     if r == SUCCESS {
+        super::late::after_substitute(late, LAUNCH_KERNEL.stream(S, stream));
         super::after_launch(arena, LAUNCH_KERNEL.stream(S, stream));
     }
     r
@@ -432,11 +441,13 @@ unsafe extern "C" fn launch_cooperative<const S: usize>(
     stream: Handle,
     params: *mut *mut c_void,
 ) -> CuResult {
+    let (f, late) = super::late::substitute(f, LAUNCH_COOPERATIVE.stream(S, stream));
     let arena = super::arena_for_launch(f, LAUNCH_COOPERATIVE.stream(S, stream));
     let real = LAUNCH_COOPERATIVE.real(S);
     // SAFETY: as in `launch_kernel`.
     let r = unsafe { std::mem::transmute::<usize, FnLaunchCooperative>(real)(f, gx, gy, gz, bx, by, bz, shared, stream, params) };
     if r == SUCCESS {
+        super::late::after_substitute(late, LAUNCH_COOPERATIVE.stream(S, stream));
         super::after_launch(arena, LAUNCH_COOPERATIVE.stream(S, stream));
     }
     r
@@ -445,11 +456,13 @@ unsafe extern "C" fn launch_cooperative<const S: usize>(
 unsafe extern "C" fn launch_kernel_ex<const S: usize>(config: *const LaunchConfig, f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> CuResult {
     // SAFETY: a non-null configuration is a readable CUlaunchConfig (the driver reads it too).
     let stream = if config.is_null() { std::ptr::null_mut() } else { unsafe { (*config).stream } };
+    let (f, late) = super::late::substitute(f, LAUNCH_KERNEL_EX.stream(S, stream));
     let arena = super::arena_for_launch(f, LAUNCH_KERNEL_EX.stream(S, stream));
     let real = LAUNCH_KERNEL_EX.real(S);
     // SAFETY: as in `launch_kernel`.
     let r = unsafe { std::mem::transmute::<usize, FnLaunchKernelEx>(real)(config, f, params, extra) };
     if r == SUCCESS {
+        super::late::after_substitute(late, LAUNCH_KERNEL_EX.stream(S, stream));
         super::after_launch(arena, LAUNCH_KERNEL_EX.stream(S, stream));
     }
     r

@@ -17,6 +17,7 @@
 
 mod driver;
 mod hooks;
+mod late;
 
 use bpftime_gpu_ptx::fatbin::{self, EntryKind};
 use bpftime_gpu_ptx::maps::ArenaLayout;
@@ -122,7 +123,7 @@ pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink]) {
             eprintln!("bpftime: `{}` waits for a CUDA kernel named {}", p.name, p.kernel);
         }
     }
-    let _ = GPU.set(Gpu {
+    let set = GPU.set(Gpu {
         region: region.clone(),
         probes,
         translated: Mutex::default(),
@@ -133,6 +134,20 @@ pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink]) {
         registered: Mutex::default(),
         said: Mutex::default(),
     });
+    if let (Ok(()), Some(gpu)) = (set, GPU.get()) {
+        late::start(gpu);
+    }
+}
+
+/// The region's links now: CUDA probes whose links are gone stop (those set up in an
+/// application already running when the agent came; patched modules stay loaded).
+pub(crate) fn links_changed(now: &[UprobeLink]) {
+    if let Some(gpu) = GPU.get() {
+        guarded(|| {
+            late::links_changed(gpu, now);
+            Some(())
+        });
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -215,7 +230,8 @@ impl Gpu {
         let text = CString::new(patched.ptx).ok()?;
         let leaked: &'static CStr = Box::leak(text.into_boxed_c_str());
         self.patched.store(true, Ordering::Release);
-        Some(PatchedImage { text: leaked, probes: patched.spliced.into_iter().map(|s| s.1).collect() })
+        let kernels = patched.spliced.iter().map(|s| s.0.clone()).collect();
+        Some(PatchedImage { text: leaked, probes: patched.spliced.into_iter().map(|s| s.1).collect(), kernels })
     }
 
     /// The arena of the current context, made on first use.
@@ -420,6 +436,8 @@ impl Gpu {
 pub(crate) struct PatchedImage {
     text: &'static CStr,
     probes: Vec<String>,
+    /// The kernels probes were spliced into (mangled names).
+    kernels: Vec<String>,
 }
 
 impl PatchedImage {
@@ -523,6 +541,19 @@ fn loaded_patched(image: &PatchedImage, handle: Loaded) {
         for p in gpu.probes.probes.iter().filter(|p| image.probes.contains(&p.name)) {
             links::raise_state(&gpu.region, p.link, LinkState::Attached);
         }
+        Some(())
+    });
+}
+
+/// The driver refused a patched module loaded for kernels that were loaded before the agent
+/// came (they run without probes).
+fn refused_late(image: &PatchedImage, why: &str) {
+    guarded(|| {
+        let gpu = GPU.get()?;
+        for p in gpu.probes.probes.iter().filter(|p| image.probes.contains(&p.name)) {
+            links::raise_state(&gpu.region, p.link, LinkState::Failed);
+        }
+        gpu.say_once(format!("the driver refused a CUDA module with probes ({why}); its kernels run without them"));
         Some(())
     });
 }
@@ -631,13 +662,19 @@ fn sync_point() {
     let Some(gpu) = GPU.get() else { return };
     guarded(|| {
         let drv = Driver::get()?;
-        let arenas: Vec<Arc<Arena>> = lock(&gpu.arenas).values().filter(|a| a.dirty.load(Ordering::Relaxed) > 0).cloned().collect();
-        for a in arenas {
+        let arenas: Vec<(usize, Arc<Arena>)> =
+            lock(&gpu.arenas).iter().filter(|(_, a)| a.dirty.load(Ordering::Relaxed) > 0).map(|(c, a)| (*c, a.clone())).collect();
+        for (ctx, a) in arenas {
             a.dirty.store(0, Ordering::Relaxed);
             *lock(&a.last_copy) = Instant::now();
             let mut copy = vec![0u8; a.len];
             let given = lock(&a.share).clone();
-            let r = drv.memcpy_dtoh(&mut copy, a.dev).and_then(|()| a.layout.ring_cursors().into_iter().try_for_each(|off| drv.memset(a.dev + off, 16)));
+            // From a thread of ours (the link follower) the arena's context is made current.
+            let r = drv
+                .with_context(ctx as Handle, || {
+                    drv.memcpy_dtoh(&mut copy, a.dev).and_then(|()| a.layout.ring_cursors().into_iter().try_for_each(|off| drv.memset(a.dev + off, 16)))
+                })
+                .unwrap_or_else(|| Err("its context cannot be made current".into()));
             match r {
                 Ok(()) => a.write_back(gpu, &mut copy, &given),
                 Err(e) => gpu.say_once(format!("CUDA maps are not copied back: {e}")),

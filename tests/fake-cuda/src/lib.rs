@@ -293,6 +293,9 @@ api! {
     fn cuDevicePrimaryCtxRelease(_dev: c_int) { SUCCESS }
     fn cuCtxSetCurrent(c: Handle) { with(|f| f.context = !c.is_null()); SUCCESS }
     fn cuCtxGetCurrent(c: *mut Handle) { let cur = with(|f| f.context); unsafe { put(c, if cur { 1 as Handle } else { std::ptr::null_mut() }) } }
+    fn cuCtxPushCurrent(c: Handle) { with(|f| f.context = !c.is_null()); SUCCESS }
+    // One context, current on every thread once made current: popping leaves it so.
+    fn cuCtxPopCurrent(c: *mut Handle) { unsafe { put(c, 1 as Handle) } }
     fn cuCtxGetDevice(d: *mut c_int) { unsafe { put(d, 0) } }
     fn cuCtxSynchronize() { SUCCESS }
     fn cuStreamCreate(s: *mut Handle, _flags: c_uint) { unsafe { put(s, 0x10 as Handle) } }
@@ -319,6 +322,20 @@ api! {
     fn cuMemcpyDtoHAsync(dst: *mut c_void, src: u64, n: usize, _s: Handle) { unsafe { cuMemcpyDtoH(dst, src, n) } }
     fn cuMemsetD8(dst: u64, v: u8, n: usize) { result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
     fn cuMemsetD8Async(dst: u64, v: u8, n: usize, _s: Handle) { result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
+    fn cuFuncGetName(out: *mut *const c_char, func: Handle) {
+        let name = with(|f| f.functions.get((func as usize).wrapping_sub(1)).map(|(_, n)| n.clone()));
+        match name.and_then(|n| std::ffi::CString::new(n).ok()) {
+            // The driver owns the string: leaked, as a test double may.
+            Some(n) => unsafe { put(out, Box::leak(n.into_boxed_c_str()).as_ptr()) },
+            None => INVALID_HANDLE,
+        }
+    }
+    fn cuMemcpyDtoDAsync(dst: u64, src: u64, n: usize, _s: Handle) {
+        result(with(|f| {
+            let bytes = f.memory.read(src, n as u64).map_err(|_| INVALID_VALUE)?;
+            f.memory.write(dst, &bytes).map_err(|_| INVALID_VALUE)
+        }))
+    }
     fn cuMemHostRegister(p: *mut c_void, n: usize, _flags: c_uint) {
         with(|f| {
             let (addr, len) = (p as u64, n as u64);

@@ -1,0 +1,326 @@
+//! CUDA probes in an application that was running before the agent came (`bpftime attach
+//! PID`): its runtime fetched every driver entry point long ago and loaded its modules without
+//! probes, so neither the `dlsym`/`cuGetProcAddress` wrappers nor load-time patching can see it.
+//!
+//! ```text
+//! start: libcuda loaded, cuGetProcAddress never seen -> ask libcuda for it; inline-hook the
+//!   driver's own launch, load and synchronisation entry points (every variant: per-thread
+//!   stream, ABI versions); each hook calls the wrapper the preloaded agent would have handed
+//!   out, whose call of the real function runs the original code (a hit inside a hit is not
+//!   taken), and makes the driver's function return what the wrapper returned
+//! launch of f (a kernel loaded before us): the fatbins of the process's files (the executable
+//!   and its libraries, read once) -> the one holding f's kernel, patched and loaded as a
+//!   module of its own -> the launch goes to the patched kernel; the original module's
+//!   `__device__` and `__constant__` variables are copied into the patched module's before the
+//!   launch and the `__device__` ones back after it, on the launch's stream
+//! modules loaded from now on: patched as they load, as under the preloaded agent
+//! ```
+//!
+//! Kernels launched through graphs captured before the agent came run without probes (said
+//! once). When the region no longer has the probes' links (`bpftime detach PID`), the hooks
+//! are removed and launches go to the original kernels again.
+
+use super::driver::{self, DevPtr, Driver, Handle};
+use super::{guarded, lock, Gpu, PatchedImage};
+use std::collections::HashMap;
+use std::ffi::{c_int, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Whether launches are looked at for substitution (hooks installed, links present).
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// What the late attach keeps.
+#[derive(Default)]
+struct Late {
+    /// The hooks on the driver's entry points.
+    hooks: Mutex<Vec<bpftime_attach::ProbeId>>,
+    /// The fatbins of the process's files, read at the first launch that needs them.
+    fatbins: OnceLock<Vec<Vec<u8>>>,
+    /// Each fatbin patched (None: no probed kernel in it, or it cannot be patched).
+    patched: Mutex<HashMap<usize, Option<Arc<PatchedImage>>>>,
+    /// Patched modules loaded, by (context, fatbin).
+    modules: Mutex<HashMap<(usize, usize), Option<usize>>>,
+    /// What a launch of (context, function) becomes.
+    launches: Mutex<HashMap<(usize, usize), Option<Arc<Substitute>>>>,
+}
+
+static LATE: OnceLock<Late> = OnceLock::new();
+
+/// A launch redirected to the patched copy of its kernel.
+pub(crate) struct Substitute {
+    /// The patched kernel.
+    function: Handle,
+    /// (original's address, patched module's address, bytes, written back after a launch) of
+    /// each module-scope variable both modules have.
+    globals: Vec<(DevPtr, DevPtr, usize, bool)>,
+}
+
+// SAFETY: the handles are the driver's, usable from any thread.
+unsafe impl Send for Substitute {}
+// SAFETY: as above; nothing in it changes after it is made.
+unsafe impl Sync for Substitute {}
+
+/// The driver entry points hooked: those the preloaded agent wraps.
+const HOOKED: [&std::ffi::CStr; 14] = [
+    c"cuLaunchKernel",
+    c"cuLaunchKernelEx",
+    c"cuLaunchCooperativeKernel",
+    c"cuGraphLaunch",
+    c"cuModuleLoad",
+    c"cuModuleLoadData",
+    c"cuModuleLoadDataEx",
+    c"cuModuleLoadFatBinary",
+    c"cuLibraryLoadData",
+    c"cuCtxSynchronize",
+    c"cuStreamSynchronize",
+    c"cuEventSynchronize",
+    c"cuMemcpyDtoH",
+    c"cuMemcpy",
+];
+
+/// The driver ABI versions whose variants of an entry point are hooked (CUDA 12 and 13 may
+/// hand out different functions for one name: `cuCtxSynchronize_v2`).
+const VERSIONS: [c_int; 2] = [12000, 13000];
+
+/// Calls the agent's wrapper of a hooked entry point with the arguments the hooked function
+/// got, and has the function return its result.
+struct CallWrapper {
+    wrapper: usize,
+}
+
+impl bpftime_attach::ProbeHandler for CallWrapper {
+    fn on_hit(&self, regs: &bpftime_attach::PtRegs, _level: usize) -> Option<u64> {
+        // Arguments past the sixth are on the stack, above the return address (the wrappers
+        // take at most 11; a wrapper taking fewer ignores the rest).
+        let stack = |i: u64| -> u64 {
+            // SAFETY: at the function's entry `sp` points at the return address, with the
+            // caller's frame (its stack arguments, else its own words) above it: readable.
+            unsafe { std::ptr::read_unaligned((regs.sp + 8 * (i + 1)) as *const u64) }
+        };
+        type Wrapper = unsafe extern "C" fn(u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64) -> c_int;
+        // SAFETY: `wrapper` is one of the agent's wrappers for this entry point, which takes the
+        // entry point's arguments (at most 11 words, System V); extra words are ignored.
+        let f = unsafe { std::mem::transmute::<usize, Wrapper>(self.wrapper) };
+        // SAFETY: the wrapper's contract is the entry point's, and these are the caller's
+        // arguments.
+        let r = unsafe { f(regs.di, regs.si, regs.dx, regs.cx, regs.r8, regs.r9, stack(0), stack(1), stack(2), stack(3), stack(4)) };
+        Some(r as u32 as u64)
+    }
+}
+
+/// Sets CUDA probes up in a process whose driver was in use before the agent came; nothing
+/// when the agent was preloaded (it sees the driver's entry points as they are fetched, or an
+/// application linked against libcuda binds to its definitions), the driver is not loaded, or
+/// the agent saw `cuGetProcAddress`.
+pub(crate) fn start(gpu: &Gpu) {
+    if !crate::INJECTED.load(Ordering::Acquire)
+        || driver::REAL_GET_PROC_V1.load(Ordering::Acquire) != 0
+        || driver::REAL_GET_PROC_V2.load(Ordering::Acquire) != 0
+    {
+        return;
+    }
+    // SAFETY: dlopen(3) with RTLD_NOLOAD only hands back a library already loaded; the name is
+    // NUL-terminated.
+    let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return;
+    }
+    // SAFETY: dlsym(3) on a live handle with a NUL-terminated name.
+    let get_proc = unsafe { libc::dlsym(handle, c"cuGetProcAddress_v2".as_ptr()) };
+    if get_proc.is_null() {
+        return gpu.say_once("CUDA probes: the driver has no cuGetProcAddress_v2; the running application's kernels stay without probes".into());
+    }
+    driver::REAL_GET_PROC_V2.store(get_proc as usize, Ordering::Release);
+    let late = LATE.get_or_init(Late::default);
+    let mut hooks = lock(&late.hooks);
+    let mut seen = std::collections::HashSet::new();
+    for name in HOOKED {
+        for version in VERSIONS {
+            for per_thread in [false, true] {
+                let Some(real) = driver::lookup_version(name, version, if per_thread { 2 } else { 0 }) else { continue };
+                if !seen.insert(real) {
+                    continue;
+                }
+                let Some(wrapper) = super::hooks::wrapper_for(name.to_bytes(), real, per_thread) else { continue };
+                let info = bpftime_attach::SiteInfo { function_size: 0, at_entry: true, padding: 0 };
+                match bpftime_attach::attach(real as u64, info, bpftime_attach::ProbeKind::Entry, Arc::new(CallWrapper { wrapper })) {
+                    Ok(id) => hooks.push(id),
+                    Err(e) => gpu.say_once(format!("CUDA probes: {} cannot be hooked ({e}); what it does is not seen", name.to_string_lossy())),
+                }
+            }
+        }
+    }
+    if super::verbose() {
+        eprintln!("bpftime: CUDA driver in use before the agent came: {} entry points hooked", hooks.len());
+    }
+    ACTIVE.store(!hooks.is_empty(), Ordering::Release);
+}
+
+/// Called when the region's links change: once none of the CUDA probes' links is left, the
+/// hooks go and launches run the original kernels again.
+pub(crate) fn links_changed(gpu: &Gpu, now: &[bpftime_runtime::links::UprobeLink]) {
+    let Some(late) = LATE.get() else { return };
+    if !ACTIVE.load(Ordering::Acquire) || gpu.probes.probes.iter().any(|p| now.iter().any(|l| l.id == p.link)) {
+        return;
+    }
+    ACTIVE.store(false, Ordering::Release);
+    // What the probes counted until now reaches the region before the hooks that would have
+    // copied it back at the application's next synchronisation go.
+    super::sync_point();
+    for id in lock(&late.hooks).drain(..) {
+        let _ = bpftime_attach::detach(id);
+    }
+    if super::verbose() {
+        eprintln!("bpftime: CUDA probes removed: the application's kernels run as they were");
+    }
+}
+
+/// What a launch of `f` on `stream` runs: the patched copy of its kernel when `f` was loaded
+/// before the agent came and a probe names it (its variables copied in, on `stream`), else `f`.
+pub(crate) fn substitute(f: Handle, stream: Handle) -> (Handle, Option<Arc<Substitute>>) {
+    if !ACTIVE.load(Ordering::Acquire) {
+        return (f, None);
+    }
+    let found = guarded(|| {
+        let gpu = super::GPU.get()?;
+        let drv = Driver::get()?;
+        let late = LATE.get()?;
+        let ctx = drv.current_context()? as usize;
+        let known = lock(&late.launches).get(&(ctx, f as usize)).cloned();
+        let sub = match known {
+            Some(s) => s,
+            None => {
+                let s = make_substitute(gpu, drv, late, ctx, f).map(Arc::new);
+                lock(&late.launches).insert((ctx, f as usize), s.clone());
+                s
+            }
+        }?;
+        for &(orig, copy, len, _) in &sub.globals {
+            if let Err(e) = drv.memcpy_dtod_async(copy, orig, len, stream) {
+                gpu.say_once(format!("CUDA probes: a kernel's variables are not copied to its patched copy: {e}"));
+            }
+        }
+        Some(sub)
+    });
+    match found {
+        Some(sub) => (sub.function, Some(sub)),
+        None => (f, None),
+    }
+}
+
+/// After a launch that ran a patched copy: its `__device__` variables copied back to the
+/// original module's, on `stream`.
+pub(crate) fn after_substitute(sub: Option<Arc<Substitute>>, stream: Handle) {
+    let Some(sub) = sub else { return };
+    guarded(|| {
+        let drv = Driver::get()?;
+        for &(orig, copy, len, written) in &sub.globals {
+            if written {
+                let _ = drv.memcpy_dtod_async(orig, copy, len, stream);
+            }
+        }
+        Some(())
+    });
+}
+
+/// Finds `f`'s kernel in the process's fatbins, loads the patched fatbin as a module of
+/// context `ctx` (once) and pairs the modules' variables; None when no probe names the kernel,
+/// or `f`'s module carries probes already.
+fn make_substitute(gpu: &Gpu, drv: &Driver, late: &Late, ctx: usize, f: Handle) -> Option<Substitute> {
+    let original = drv.module_of(f)?;
+    if drv.module_global(original, &CString::new(bpftime_gpu_ptx::patch::ARENA_GLOBAL).ok()?).is_some() {
+        return None;
+    }
+    let name = drv.function_name(f)?;
+    let fatbins = late.fatbins.get_or_init(process_fatbins);
+    let mut which = None;
+    for (i, fatbin) in fatbins.iter().enumerate() {
+        let patched = lock(&late.patched).entry(i).or_insert_with(|| gpu.patch_image(Some(drv), driver::Image::Fatbin(fatbin)).map(Arc::new)).clone();
+        if let Some(p) = patched.filter(|p| p.kernels.contains(&name)) {
+            which = Some((i, p));
+            break;
+        }
+    }
+    let (index, patched) = which?;
+    let module = *lock(&late.modules).entry((ctx, index)).or_insert_with(|| match drv.module_load_ptx(patched.text) {
+        Ok(m) => {
+            super::loaded_patched(&patched, super::Loaded::Module(m));
+            Some(m as usize)
+        }
+        Err(e) => {
+            super::refused_late(&patched, &e);
+            None
+        }
+    });
+    let module = module? as Handle;
+    let function = drv.module_function(module, &CString::new(name.clone()).ok()?)?;
+    let mut globals = vec![];
+    for (var, written) in module_variables(&patched.text.to_string_lossy()) {
+        let Ok(cname) = CString::new(var) else { continue };
+        if let (Some((orig, n)), Some((copy, m))) = (drv.module_global(original, &cname), drv.module_global(module, &cname)) {
+            if n == m && n > 0 {
+                globals.push((orig, copy, n, written));
+            }
+        }
+    }
+    if super::verbose() {
+        eprintln!("bpftime: CUDA kernel {name} (loaded before the agent came) runs its patched copy ({} variables copied around each launch)", globals.len());
+    }
+    Some(Substitute { function, globals })
+}
+
+/// The module-scope variables a PTX text defines (`.global` and `.const`, not ours, not
+/// string literals): (name, whether kernels may write it).
+fn module_variables(ptx: &str) -> Vec<(String, bool)> {
+    let mut depth = 0i32;
+    let mut out = vec![];
+    for line in ptx.lines() {
+        let t = line.trim();
+        if depth == 0 {
+            let decl = t.strip_prefix(".visible ").or_else(|| t.strip_prefix(".weak ")).unwrap_or(t);
+            let written = decl.starts_with(".global ");
+            if (written || decl.starts_with(".const ")) && !decl.contains(".texref") && !decl.contains(".samplerref") && !decl.contains(".surfref") {
+                let head = decl.split(['=', ';']).next().unwrap_or("");
+                let name = head.split_whitespace().last().unwrap_or("").split('[').next().unwrap_or("");
+                if !name.is_empty() && !name.starts_with('$') && !name.starts_with("bpftime_") {
+                    out.push((name.to_string(), written));
+                }
+            }
+        }
+        depth += t.matches('{').count() as i32 - t.matches('}').count() as i32;
+    }
+    out
+}
+
+/// The fatbins in the files this process has mapped (the executable and its libraries; not
+/// the driver's own libraries).
+fn process_fatbins() -> Vec<Vec<u8>> {
+    let mut paths: Vec<String> = bpftime_attach::procmaps::mappings().into_iter().filter(|m| m.inode != 0 && m.path.starts_with('/')).map(|m| m.path).collect();
+    paths.dedup();
+    let skip = ["libcuda.so", "libnvidia-", "libc.so", "ld-linux", "libbpftime", "libm.so", "libstdc++", "libgcc_s"];
+    let mut out = vec![];
+    let mut seen = std::collections::HashSet::new();
+    for path in paths {
+        let file = path.rsplit('/').next().unwrap_or("");
+        if skip.iter().any(|s| file.starts_with(s)) || !seen.insert(path.clone()) {
+            continue;
+        }
+        let Ok(bytes) = bpftime_runtime::input::read_regular_file(std::path::Path::new(&path), 4 << 30) else { continue };
+        for f in bpftime_gpu_ptx::fatbin::find_all(&bytes).into_iter().flatten() {
+            out.push(bytes[f.offset..f.offset + f.len].to_vec());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn module_variables_are_found_at_module_scope_only() {
+        let ptx = ".version 7.0\n.target sm_75\n.global .align 4 .u32 counter;\n.visible .const .align 4 .b8 table[64] = {1, 2};\n\
+                   .global .align 1 .b8 $str[4] = {65, 66, 67, 0};\n.global .align 8 .u64 bpftime_arena[8];\n\
+                   .visible .entry k(.param .u64 p)\n{\n.reg .b64 %r<2>;\n.global .u32 not_module_scope;\nret;\n}\n";
+        assert_eq!(super::module_variables(ptx), vec![("counter".to_string(), true), ("table".to_string(), false)]);
+    }
+}
