@@ -245,6 +245,10 @@ if traced memory cuda_memory "vector_add 1048576"; then
     expect memory "loads" "$(map_value "$cuda/memory.report" accesses 0)" 2097152
     expect memory "stores" "$(map_value "$cuda/memory.report" accesses 1)" 1048576
 else summary+=("cuda memory: FAILED"); status=1; fi
+# An LRU hash on the device takes every insert (1,000 keys into 64: it evicts), a plain hash
+# refuses the 936 past its capacity.
+expect lru "failed LRU inserts" "$("$cli" vm run --engine gpu --section gpu/lru --mem "e8 03 00 00 00 00 00 00" "$bpf/gpu_lru.bpf.o" 2>/dev/null | head -1)" "r0 = 0x0 (0)"
+expect lru "failed plain hash inserts" "$("$cli" vm run --engine gpu --section gpu/lru --mem "e8 03 00 00 00 00 00 00" --dump-maps "$bpf/gpu_lru.bpf.o" 2>&1 | sed -n '/`failed`/,/entries/p' | grep -o '1 => [0-9]*')" "1 => 936"
 # bpf_get_prandom_u32 on the device: draws differ, fit in 32 bits and vary, on every thread;
 # the host's uid, gid and name read on the device as on the CPU.
 expect identity "uid, gid, comm" "$("$cli" vm run --engine gpu --section gpu/identity "$bpf/gpu_random.bpf.o" 2>/dev/null)" "$("$cli" vm run --engine interp --section gpu/identity "$bpf/gpu_random.bpf.o" 2>/dev/null)"

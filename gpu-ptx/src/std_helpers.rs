@@ -238,6 +238,110 @@ ret;
     // first empty slot. A key has at most one slot in its probe sequence (inserts never pass
     // its deleted entry), so a key deleted and inserted again every launch reuses its slot; a
     // slot being written by another thread is waited for, so one key never gets two entries.
+    // e = a slot for `key` in LRU hash map `d` when an insert found no room (the map at its
+    // capacity, or no free slot on the key's probe sequence): the key's entry if another thread
+    // inserted it meanwhile (FULL); else the first live entry of the key's probe sequence, when
+    // one comes before an empty slot, given the key in place (BUSY, values zeroed); else,
+    // another live entry deleted (a slot of the table scanned from there) and a free slot of
+    // the key's claimed (BUSY), the count kept. 0 when none can be had. A slot another thread is
+    // writing is waited for and a lost race starts over, so one key never gets two entries. The
+    // kernel's LRU is approximate too; this one evicts whichever live entry probing meets first.
+    r#".func (.reg .b64 %e) bpf_hash_evict(.reg .b64 %st, .reg .b64 %d, .reg .b64 %key)
+{
+.reg .b64 %lo, %data, %ks, %h, %cap, %i, %n, %m, %esz, %t, %eq, %spin, %tries, %kb, %c;
+.reg .b32 %w, %hw;
+.reg .pred %p;
+mov.b64 %tries, 0;
+$again:
+call.uni (%e), bpf_hash_find, (%st, %d, %key, 0);
+setp.ne.u64 %p, %e, 0;
+@%p ret;
+add.u64 %tries, %tries, 1;
+setp.gt.u64 %p, %tries, 16;
+@%p ret;
+ld.u64 %lo, [%st+{ARENA_LO}];
+ld.u64 %data, [%d+{D_DATA}];
+add.u64 %data, %data, %lo;
+ld.u32 %w, [%d+{D_KEY}];
+cvt.u64.u32 %ks, %w;
+ld.u32 %w, [%d+{D_CAP}];
+cvt.u64.u32 %cap, %w;
+ld.u32 %w, [%d+{D_ENTRY}];
+cvt.u64.u32 %esz, %w;
+call.uni (%h), bpf_fnv, (%key, %ks);
+cvt.u32.u64 %hw, %h;
+or.b32 %hw, %hw, 1;
+mov.b64 %n, 0;
+$probe:
+setp.ge.u64 %p, %n, %cap;
+@%p ret;
+add.u64 %i, %h, %n;
+sub.u64 %t, %cap, 1;
+and.b64 %i, %i, %t;
+mul.lo.u64 %t, %i, %esz;
+add.u64 %t, %t, %data;
+mov.b64 %spin, 0;
+$look:
+ld.volatile.u32 %w, [%t];
+setp.eq.u32 %p, %w, 0;
+@%p bra $elsewhere;
+setp.eq.u32 %p, %w, {HASH_BUSY};
+@!%p bra $settled;
+add.u64 %spin, %spin, 1;
+setp.lt.u64 %p, %spin, 1000000;
+@%p bra $look;
+ret;
+$settled:
+setp.ne.u32 %p, %w, {HASH_FULL};
+@%p bra $next;
+atom.cas.b32 %w, [%t], {HASH_FULL}, {HASH_BUSY};
+setp.ne.u32 %p, %w, {HASH_FULL};
+@%p bra $again;
+st.u32 [%t+4], %hw;
+add.u64 %kb, %t, {D_KOFF};
+call.uni (%eq), bpf_memcpy, (%kb, %key, %ks);
+add.u64 %i, %ks, 15;
+and.b64 %i, %i, -8;
+$zero:
+setp.ge.u64 %p, %i, %esz;
+@%p bra $taken;
+add.u64 %eq, %t, %i;
+st.u64 [%eq], 0;
+add.u64 %i, %i, 8;
+bra $zero;
+$taken:
+mov.b64 %e, %t;
+ret;
+$next:
+add.u64 %n, %n, 1;
+bra $probe;
+$elsewhere:
+// The key's sequence ends at an empty slot (n): a live entry after it goes instead.
+mov.b64 %m, 1;
+$scan:
+setp.ge.u64 %p, %m, %cap;
+@%p ret;
+add.u64 %i, %h, %n;
+add.u64 %i, %i, %m;
+sub.u64 %t, %cap, 1;
+and.b64 %i, %i, %t;
+mul.lo.u64 %t, %i, %esz;
+add.u64 %t, %t, %data;
+add.u64 %m, %m, 1;
+atom.cas.b32 %w, [%t], {HASH_FULL}, {HASH_DELETED};
+setp.ne.u32 %p, %w, {HASH_FULL};
+@%p bra $scan;
+add.u64 %c, %d, {D_COUNT};
+atom.add.u64 %eq, [%c], -1;
+call.uni (%e), bpf_hash_find, (%st, %d, %key, 1);
+setp.eq.u64 %p, %e, 0;
+@%p ret;
+ld.volatile.u32 %w, [%e];
+setp.ne.u32 %p, %w, {HASH_BUSY};
+@%p ret;
+atom.add.u64 %eq, [%c], 1;
+ret;
+}"#,
     r#".func (.reg .b64 %e) bpf_hash_find(.reg .b64 %st, .reg .b64 %d, .reg .b64 %key, .reg .b64 %create)
 {
 .reg .b64 %lo, %data, %ks, %h, %cap, %i, %n, %esz, %t, %eq, %spin;
@@ -411,7 +515,13 @@ ld.volatile.u32 %w, [%e];\nsetp.eq.u32 %p, %w, {{HASH_BUSY}};\n@!%p bra $raced;\
 add.u64 %t, %e, %voff;\nadd.u64 %t, %t, %sm;\ncall.uni (%ok), bpf_memcpy, (%t, %a3, %vs);\nmembar.gl;\nst.volatile.u32 [%e], {{HASH_FULL}};\nmov.b64 %ret, 0;\nret;\n\
 $raced:\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\n\
 $found:\nsetp.eq.u64 %p, %a4, 1;\n@%p bra $eexist;\nadd.u64 %t, %e, %voff;\nadd.u64 %t, %t, %sm;\ncall.uni (%ok), bpf_memcpy, (%t, %a3, %vs);\nmov.b64 %ret, 0;\nret;\n\
-$full:\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\nmov.b64 %ret, -7;\nret;\n\
+$full:\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\n\
+// An LRU hash makes room: a live entry of the key's probe sequence goes (the count stays).\n\
+setp.eq.u32 %p, %ty, 9;\nsetp.eq.or.u32 %p, %ty, 10, %p;\n@!%p bra $e2big;\n\
+call.uni (%e), bpf_hash_evict, (%st, %d, %a2);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $e2big;\n\
+ld.volatile.u32 %w, [%e];\nsetp.eq.u32 %p, %w, {{HASH_BUSY}};\n@!%p bra $found;\n\
+add.u64 %t, %e, %voff;\nadd.u64 %t, %t, %sm;\ncall.uni (%ok), bpf_memcpy, (%t, %a3, %vs);\nmembar.gl;\nst.volatile.u32 [%e], {{HASH_FULL}};\nmov.b64 %ret, 0;\nret;\n\
+$e2big:\nmov.b64 %ret, -7;\nret;\n\
 $eexist:\nmov.b64 %ret, -17;\nret;\n$enoent:\nmov.b64 %ret, -2;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
     ))
 }

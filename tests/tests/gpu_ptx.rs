@@ -340,3 +340,48 @@ fn host_memory_maps_are_reached_outside_the_arena_and_nowhere_else() {
     let image2 = m2.memory.read(arena2, g.layout.size).unwrap();
     assert_eq!(g.layout.entries(&image2, 0)[1].1[0], 7u64.to_le_bytes().to_vec(), "value 1 in the arena");
 }
+
+/// More distinct keys than a hash holds (1,000 into 64): an LRU hash on the GPU evicts and
+/// takes every insert, as the CPU's does, ending with 64 distinct keys, the last one inserted
+/// among them; a plain hash refuses the 936 past its capacity on both.
+#[test]
+fn an_lru_hash_on_the_gpu_evicts_as_the_cpu_does() {
+    use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
+    use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
+    use bpftime_runtime::{EngineKind, Runtime};
+    use bpftime_shm::ShmRegion;
+    let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_lru")).unwrap()).unwrap();
+    let n = 1000u64;
+    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Interp);
+    let loaded = rt.load_object(&obj).unwrap();
+    let prog = rt.program(loaded.programs[0].2).unwrap();
+    let mut ctx = n.to_le_bytes().to_vec();
+    let cpu_r0 = rt.run(&prog, Context::Mem(&mut ctx), 0, 0, false).expect("runs on the CPU");
+    let mut v = vec![0u8; 8];
+    loaded.maps.iter().find(|m| m.name() == "failed").unwrap().lookup(&1u32.to_le_bytes(), &mut v).unwrap();
+    let cpu_plain_failed = u64::from_le_bytes(v[..8].try_into().unwrap());
+    let g = bpftime_runtime::gpu::gpu_program(&obj, None, Target::default(), 4).unwrap();
+    let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
+    let arena = m.memory.alloc(g.layout.size);
+    m.memory.write(arena, &g.arena).unwrap();
+    let c = m.memory.alloc(8);
+    m.memory.write(c, &n.to_le_bytes()).unwrap();
+    let out = m.memory.alloc(RUN_OUT_STRIDE);
+    m.launch(RUN_KERNEL, &[c, 8, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, 1], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
+    let raw = m.memory.read(out, RUN_OUT_STRIDE).unwrap();
+    let gpu_r0 = state::outcome(&raw[8..], u64::from_le_bytes(raw[..8].try_into().unwrap())).expect("runs on the GPU");
+    assert_eq!((gpu_r0, cpu_r0), (0, 0), "no LRU insert fails");
+    let image = m.memory.read(arena, g.layout.size).unwrap();
+    let slot = |name: &str| g.layout.maps.iter().position(|p| p.spec.name == name).unwrap();
+    let failed = g.layout.entries(&image, slot("failed"));
+    assert_eq!(u64::from_le_bytes(failed[1].1[0][..8].try_into().unwrap()), cpu_plain_failed, "the plain hash's refusals");
+    assert_eq!(cpu_plain_failed, n - 64);
+    let lru = g.layout.entries(&image, slot("lru"));
+    let keys: std::collections::HashSet<Vec<u8>> = lru.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!((lru.len(), keys.len()), (64, 64), "64 distinct keys");
+    let count_at = g.layout.hash_count_offset(slot("lru")) as usize;
+    assert_eq!(u64::from_le_bytes(image[count_at..count_at + 8].try_into().unwrap()), 64, "the entry count");
+    let last = 999u32.wrapping_mul(2654435761).to_le_bytes().to_vec();
+    let newest = lru.iter().find(|(k, _)| *k == last).map(|(_, v)| u64::from_le_bytes(v[0][..8].try_into().unwrap()));
+    assert_eq!(newest, Some(999), "the last key inserted is there with its value");
+}
