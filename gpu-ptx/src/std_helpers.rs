@@ -244,7 +244,9 @@ ret;
     // one comes before an empty slot, given the key in place (BUSY, values zeroed); else,
     // another live entry deleted (a slot of the table scanned from there) and a free slot of
     // the key's claimed (BUSY), the count kept. 0 when none can be had. A slot another thread is
-    // writing is waited for and a lost race starts over, so one key never gets two entries. The
+    // writing is waited for and a lost race starts over, so two threads inserting one new key
+    // end with one entry, except where a third reclaims its own deleted entry ahead of both in
+    // that instant (then the second copy is one more live entry, evicted in its turn). The
     // kernel's LRU is approximate too; this one evicts whichever live entry probing meets first.
     r#".func (.reg .b64 %e) bpf_hash_evict(.reg .b64 %st, .reg .b64 %d, .reg .b64 %key)
 {
