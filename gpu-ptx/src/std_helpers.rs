@@ -238,21 +238,20 @@ ret;
     // first empty slot. A key has at most one slot in its probe sequence (inserts never pass
     // its deleted entry), so a key deleted and inserted again every launch reuses its slot; a
     // slot being written by another thread is waited for, so one key never gets two entries.
-    // e = a slot for `key` in LRU hash map `d` when an insert found no room (the map at its
-    // capacity, or no free slot on the key's probe sequence): the key's entry if another thread
-    // inserted it meanwhile (FULL); else the first live entry of the key's probe sequence, when
-    // one comes before an empty slot, given the key in place (BUSY, values zeroed); else,
-    // another live entry deleted (a slot of the table scanned from there) and a free slot of
-    // the key's claimed (BUSY), the count kept. 0 when none can be had. A slot another thread is
-    // writing is waited for and a lost race starts over, so two threads inserting one new key
-    // end with one entry, except where a third reclaims its own deleted entry ahead of both in
-    // that instant (then the second copy is one more live entry, evicted in its turn). The
-    // kernel's LRU is approximate too; this one evicts whichever live entry probing meets first.
-    r#".func (.reg .b64 %e) bpf_hash_evict(.reg .b64 %st, .reg .b64 %d, .reg .b64 %key)
+    // e = a slot for `key` in hash map `d` taken from an entry in state `victim` (FULL: a live
+    // entry, evicted; DELETED: another key's deleted entry, reused) when an insert found no free
+    // slot: the key's entry if another thread inserted it meanwhile (FULL), else the first entry
+    // in state `victim` on the key's probe sequence before its first empty slot, given the key
+    // (BUSY, values zeroed); 0 when there is none. A slot another thread is writing is waited
+    // for and a lost race starts over, so two threads inserting one new key end with one entry,
+    // except where a third changes an entry ahead of both in that instant (then the key has a
+    // second entry, which lookups do not reach and a delete leaves).
+    r#".func (.reg .b64 %e) bpf_hash_rekey(.reg .b64 %st, .reg .b64 %d, .reg .b64 %key, .reg .b64 %victim)
 {
-.reg .b64 %lo, %data, %ks, %h, %cap, %i, %n, %m, %esz, %t, %eq, %spin, %tries, %kb, %c;
-.reg .b32 %w, %hw;
+.reg .b64 %lo, %data, %ks, %h, %cap, %i, %n, %esz, %t, %eq, %spin, %tries, %kb;
+.reg .b32 %w, %hw, %vw;
 .reg .pred %p;
+cvt.u32.u64 %vw, %victim;
 mov.b64 %tries, 0;
 $again:
 call.uni (%e), bpf_hash_find, (%st, %d, %key, 0);
@@ -286,7 +285,7 @@ mov.b64 %spin, 0;
 $look:
 ld.volatile.u32 %w, [%t];
 setp.eq.u32 %p, %w, 0;
-@%p bra $elsewhere;
+@%p ret;
 setp.eq.u32 %p, %w, {HASH_BUSY};
 @!%p bra $settled;
 add.u64 %spin, %spin, 1;
@@ -294,10 +293,10 @@ setp.lt.u64 %p, %spin, 1000000;
 @%p bra $look;
 ret;
 $settled:
-setp.ne.u32 %p, %w, {HASH_FULL};
+setp.ne.u32 %p, %w, %vw;
 @%p bra $next;
-atom.cas.b32 %w, [%t], {HASH_FULL}, {HASH_BUSY};
-setp.ne.u32 %p, %w, {HASH_FULL};
+atom.cas.b32 %w, [%t], %vw, {HASH_BUSY};
+setp.ne.u32 %p, %w, %vw;
 @%p bra $again;
 st.u32 [%t+4], %hw;
 add.u64 %kb, %t, {D_KOFF};
@@ -317,20 +316,35 @@ ret;
 $next:
 add.u64 %n, %n, 1;
 bra $probe;
-$elsewhere:
-// The key's sequence ends at an empty slot (n): a live entry after it goes instead.
-mov.b64 %m, 1;
-$scan:
-setp.ge.u64 %p, %m, %cap;
+}"#,
+    // e = a slot for `key` in LRU hash map `d` at its capacity: the first live entry of the
+    // key's probe sequence before a free slot, evicted and given the key (`bpf_hash_rekey`);
+    // else the table's first live entry deleted and a free slot of the key's claimed (BUSY),
+    // the count kept; 0 when none can be had. The kernel's LRU is approximate too; this one
+    // evicts whichever live entry probing meets first.
+    r#".func (.reg .b64 %e) bpf_hash_evict(.reg .b64 %st, .reg .b64 %d, .reg .b64 %key)
+{
+.reg .b64 %lo, %data, %cap, %esz, %t, %end, %c, %eq;
+.reg .b32 %w;
+.reg .pred %p;
+call.uni (%e), bpf_hash_rekey, (%st, %d, %key, {HASH_FULL});
+setp.ne.u64 %p, %e, 0;
 @%p ret;
-add.u64 %i, %h, %n;
-add.u64 %i, %i, %m;
-sub.u64 %t, %cap, 1;
-and.b64 %i, %i, %t;
-mul.lo.u64 %t, %i, %esz;
-add.u64 %t, %t, %data;
-add.u64 %m, %m, 1;
+ld.u64 %lo, [%st+{ARENA_LO}];
+ld.u64 %data, [%d+{D_DATA}];
+add.u64 %data, %data, %lo;
+ld.u32 %w, [%d+{D_CAP}];
+cvt.u64.u32 %cap, %w;
+ld.u32 %w, [%d+{D_ENTRY}];
+cvt.u64.u32 %esz, %w;
+mul.lo.u64 %end, %cap, %esz;
+add.u64 %end, %end, %data;
+mov.b64 %t, %data;
+$scan:
+setp.ge.u64 %p, %t, %end;
+@%p ret;
 atom.cas.b32 %w, [%t], {HASH_FULL}, {HASH_DELETED};
+add.u64 %t, %t, %esz;
 setp.ne.u32 %p, %w, {HASH_FULL};
 @%p bra $scan;
 add.u64 %c, %d, {D_COUNT};
@@ -511,7 +525,10 @@ fn map_update() -> String {
 $hash:\ncall.uni (%e), bpf_hash_find, (%st, %d, %a2, 0);\nsetp.ne.u64 %p, %e, 0;\n@%p bra $found;\nsetp.eq.u64 %p, %a4, 2;\n@%p bra $enoent;\n\
 // Room for one more? (the count is a reservation, given back when the insert fails)\n\
 ld.u32 %w, [%d+{{D_MAX}}];\ncvt.u64.u32 %max, %w;\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], 1;\nsetp.ge.u64 %p, %cnt, %max;\n@%p bra $full;\n\
-call.uni (%e), bpf_hash_find, (%st, %d, %a2, 1);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $full;\n\
+call.uni (%e), bpf_hash_find, (%st, %d, %a2, 1);\nsetp.ne.u64 %p, %e, 0;\n@%p bra $claimed;\n\
+// No free slot on the key's probe sequence, though the map has room: another key's deleted entry\n\
+// there is reused (keys that keep changing would fill the table with deleted entries).\n\
+call.uni (%e), bpf_hash_rekey, (%st, %d, %a2, {{HASH_DELETED}});\nsetp.eq.u64 %p, %e, 0;\n@%p bra $full;\n$claimed:\n\
 // A slot we claimed is BUSY; one another thread filled meanwhile is FULL (then it is an update).\n\
 ld.volatile.u32 %w, [%e];\nsetp.eq.u32 %p, %w, {{HASH_BUSY}};\n@!%p bra $raced;\n\
 add.u64 %t, %e, %voff;\nadd.u64 %t, %t, %sm;\ncall.uni (%ok), bpf_memcpy, (%t, %a3, %vs);\nmembar.gl;\nst.volatile.u32 [%e], {{HASH_FULL}};\nmov.b64 %ret, 0;\nret;\n\

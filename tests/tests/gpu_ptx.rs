@@ -354,13 +354,14 @@ fn an_lru_hash_on_the_gpu_evicts_as_the_cpu_does() {
     let n = 1000u64;
     let rt = Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Interp);
     let loaded = rt.load_object(&obj).unwrap();
-    let prog = rt.program(loaded.programs[0].2).unwrap();
+    let (_, _, id) = loaded.programs.iter().find(|p| p.0 == "insert_many").unwrap();
+    let prog = rt.program(*id).unwrap();
     let mut ctx = n.to_le_bytes().to_vec();
     let cpu_r0 = rt.run(&prog, Context::Mem(&mut ctx), 0, 0, false).expect("runs on the CPU");
     let mut v = vec![0u8; 8];
     loaded.maps.iter().find(|m| m.name() == "failed").unwrap().lookup(&1u32.to_le_bytes(), &mut v).unwrap();
     let cpu_plain_failed = u64::from_le_bytes(v[..8].try_into().unwrap());
-    let g = bpftime_runtime::gpu::gpu_program(&obj, None, Target::default(), 4).unwrap();
+    let g = bpftime_runtime::gpu::gpu_program(&obj, Some("insert_many"), Target::default(), 4).unwrap();
     let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
     let arena = m.memory.alloc(g.layout.size);
     m.memory.write(arena, &g.arena).unwrap();
@@ -384,4 +385,67 @@ fn an_lru_hash_on_the_gpu_evicts_as_the_cpu_does() {
     let last = 999u32.wrapping_mul(2654435761).to_le_bytes().to_vec();
     let newest = lru.iter().find(|(k, _)| *k == last).map(|(_, v)| u64::from_le_bytes(v[0][..8].try_into().unwrap()));
     assert_eq!(newest, Some(999), "the last key inserted is there with its value");
+}
+
+/// Keys that keep changing (1,000 distinct keys inserted and deleted one after the other in a
+/// hash of 64): on the GPU, deleted entries of other keys are reused once no free slot is left,
+/// so every insert succeeds, as on the CPU (they used to fail after 128 keys), and the table
+/// ends empty.
+#[test]
+fn keys_that_keep_changing_reuse_deleted_entries_on_the_gpu() {
+    use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
+    use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
+    use bpftime_runtime::{EngineKind, Runtime};
+    use bpftime_shm::ShmRegion;
+    let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_lru")).unwrap()).unwrap();
+    let n = 1000u64;
+    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Interp);
+    let loaded = rt.load_object(&obj).unwrap();
+    let (_, _, id) = loaded.programs.iter().find(|p| p.0 == "churn").unwrap();
+    let prog = rt.program(*id).unwrap();
+    let mut ctx = n.to_le_bytes().to_vec();
+    assert_eq!(rt.run(&prog, Context::Mem(&mut ctx), 0, 0, false), Ok(0), "no insert fails on the CPU");
+    let g = bpftime_runtime::gpu::gpu_program(&obj, Some("churn"), Target::default(), 4).unwrap();
+    let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
+    let arena = m.memory.alloc(g.layout.size);
+    m.memory.write(arena, &g.arena).unwrap();
+    let c = m.memory.alloc(8);
+    m.memory.write(c, &n.to_le_bytes()).unwrap();
+    let out = m.memory.alloc(RUN_OUT_STRIDE);
+    m.launch(RUN_KERNEL, &[c, 8, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, 1], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
+    let raw = m.memory.read(out, RUN_OUT_STRIDE).unwrap();
+    assert_eq!(state::outcome(&raw[8..], u64::from_le_bytes(raw[..8].try_into().unwrap())), Ok(0), "no insert fails on the GPU");
+    let image = m.memory.read(arena, g.layout.size).unwrap();
+    assert!(g.layout.entries(&image, 0).is_empty(), "every key deleted");
+    let count_at = g.layout.hash_count_offset(0) as usize;
+    assert_eq!(u64::from_le_bytes(image[count_at..count_at + 8].try_into().unwrap()), 0, "the entry count");
+}
+
+/// Writing a GPU hash back when an entry written back before was deleted on the GPU and its
+/// slot reused by another key before the next copy: the old key goes from the host's map, the
+/// new one comes.
+#[test]
+fn a_reused_gpu_hash_entry_deletes_the_old_key_on_the_host() {
+    use bpftime_gpu_ptx::maps::{desc, ArenaLayout, GpuMapSpec};
+    use bpftime_maps::{Map, MapSpec, MapType};
+    use bpftime_shm::ShmRegion;
+    let region = Arc::new(ShmRegion::anonymous(1 << 20).unwrap());
+    let map = Map::create(&region, "h", &MapSpec::new(MapType::Hash, 4, 8, 4)).unwrap();
+    let layout = ArenaLayout::new(&[GpuMapSpec::new("h", 1, 4, 8, 4)], 1).unwrap();
+    let m = &layout.maps[0];
+    let (x, k) = (7u32.to_le_bytes(), 9u32.to_le_bytes());
+    let mut prev = layout.image();
+    let mut table = prev[m.data_off as usize..(m.data_off + m.data_len) as usize].to_vec();
+    layout.hash_insert(&mut table, 0, &x, &1u64.to_le_bytes()).unwrap();
+    prev[m.data_off as usize..(m.data_off + m.data_len) as usize].copy_from_slice(&table);
+    bpftime_runtime::gpu::write_back(&layout, &prev, None, 0, &map).unwrap();
+    assert_eq!(map.keys(), vec![x.to_vec()], "the first copy brings X");
+    // On the GPU: X deleted, its entry then given to K (the key bytes rewritten in place).
+    let mut now = prev.clone();
+    let slot = (0..m.capacity as usize).find(|&i| now[m.data_off as usize + i * m.entry_size as usize] == 2).unwrap();
+    let key_at = m.data_off as usize + slot * m.entry_size as usize + desc::KEY_OFF as usize;
+    now[key_at..key_at + 4].copy_from_slice(&k);
+    now[key_at + 8..key_at + 16].copy_from_slice(&2u64.to_le_bytes());
+    bpftime_runtime::gpu::write_back(&layout, &now, Some(&prev), 0, &map).unwrap();
+    assert_eq!(map.keys(), vec![k.to_vec()], "X is gone, K is there");
 }

@@ -219,8 +219,18 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot:
     use bpftime_gpu_ptx::maps::GpuMapKind;
     let m = layout.maps.get(slot).ok_or("no such GPU map")?;
     let changed = |r: std::ops::Range<usize>| prev.is_none_or(|p| p.get(r.clone()) != arena.get(r));
-    // Entries the GPU deleted go first: a key deleted and inserted again is in use.
-    for k in layout.deleted_where(arena, slot, &changed) {
+    // Entries the GPU deleted go first: a key deleted and inserted again is in use. A key live
+    // in the previous copy and not now is gone too (its entry may hold another key by now:
+    // deleted entries are reused).
+    let mut gone = layout.deleted_where(arena, slot, &changed);
+    if let (Some(p), bpftime_gpu_ptx::maps::GpuMapKind::Hash) = (prev, m.kind) {
+        let now: std::collections::HashSet<Vec<u8>> = layout.entries(arena, slot).into_iter().map(|(k, _)| k).collect();
+        gone.retain(|k| !now.contains(k));
+        gone.extend(layout.entries(p, slot).into_iter().map(|(k, _)| k).filter(|k| !now.contains(k)));
+        gone.sort();
+        gone.dedup();
+    }
+    for k in gone {
         match map.delete_from_copy(&k) {
             Ok(()) | Err(bpftime_maps::Errno::ENOENT) => {}
             Err(e) => return Err(format!("map `{}`: {e}", m.spec.name)),
