@@ -341,13 +341,28 @@ fn host_memory_maps_are_reached_outside_the_arena_and_nowhere_else() {
     assert_eq!(g.layout.entries(&image2, 0)[1].1[0], 7u64.to_le_bytes().to_vec(), "value 1 in the arena");
 }
 
+/// Runs GPU program `g` once, one thread, on the PTX interpreter with an 8-byte context
+/// holding `arg`: its outcome and the arena after the run.
+fn run_once(g: &bpftime_runtime::gpu::GpuProgram, arg: u64) -> (Result<u64, RunError>, Vec<u8>) {
+    use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
+    use bpftime_gpu_ptx::{state, RUN_KERNEL, RUN_OUT_STRIDE};
+    let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
+    let arena = m.memory.alloc(g.layout.size);
+    m.memory.write(arena, &g.arena).unwrap();
+    let c = m.memory.alloc(8);
+    m.memory.write(c, &arg.to_le_bytes()).unwrap();
+    let out = m.memory.alloc(RUN_OUT_STRIDE);
+    m.launch(RUN_KERNEL, &[c, 8, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, 1], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
+    let raw = m.memory.read(out, RUN_OUT_STRIDE).unwrap();
+    (state::outcome(&raw[8..], u64::from_le_bytes(raw[..8].try_into().unwrap())), m.memory.read(arena, g.layout.size).unwrap())
+}
+
 /// More distinct keys than a hash holds (1,000 into 64): an LRU hash on the GPU evicts and
 /// takes every insert, as the CPU's does, ending with 64 distinct keys, the last one inserted
 /// among them; a plain hash refuses the 936 past its capacity on both.
 #[test]
 fn an_lru_hash_on_the_gpu_evicts_as_the_cpu_does() {
-    use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
-    use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
+    use bpftime_gpu_ptx::Target;
     use bpftime_runtime::{EngineKind, Runtime};
     use bpftime_shm::ShmRegion;
     let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_lru")).unwrap()).unwrap();
@@ -362,17 +377,8 @@ fn an_lru_hash_on_the_gpu_evicts_as_the_cpu_does() {
     loaded.maps.iter().find(|m| m.name() == "failed").unwrap().lookup(&1u32.to_le_bytes(), &mut v).unwrap();
     let cpu_plain_failed = u64::from_le_bytes(v[..8].try_into().unwrap());
     let g = bpftime_runtime::gpu::gpu_program(&obj, Some("insert_many"), Target::default(), 4).unwrap();
-    let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
-    let arena = m.memory.alloc(g.layout.size);
-    m.memory.write(arena, &g.arena).unwrap();
-    let c = m.memory.alloc(8);
-    m.memory.write(c, &n.to_le_bytes()).unwrap();
-    let out = m.memory.alloc(RUN_OUT_STRIDE);
-    m.launch(RUN_KERNEL, &[c, 8, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, 1], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
-    let raw = m.memory.read(out, RUN_OUT_STRIDE).unwrap();
-    let gpu_r0 = state::outcome(&raw[8..], u64::from_le_bytes(raw[..8].try_into().unwrap())).expect("runs on the GPU");
-    assert_eq!((gpu_r0, cpu_r0), (0, 0), "no LRU insert fails");
-    let image = m.memory.read(arena, g.layout.size).unwrap();
+    let (gpu_r0, image) = run_once(&g, n);
+    assert_eq!((gpu_r0.expect("runs on the GPU"), cpu_r0), (0, 0), "no LRU insert fails");
     let slot = |name: &str| g.layout.maps.iter().position(|p| p.spec.name == name).unwrap();
     let failed = g.layout.entries(&image, slot("failed"));
     assert_eq!(u64::from_le_bytes(failed[1].1[0][..8].try_into().unwrap()), cpu_plain_failed, "the plain hash's refusals");
@@ -393,8 +399,7 @@ fn an_lru_hash_on_the_gpu_evicts_as_the_cpu_does() {
 /// ends empty.
 #[test]
 fn keys_that_keep_changing_reuse_deleted_entries_on_the_gpu() {
-    use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
-    use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
+    use bpftime_gpu_ptx::Target;
     use bpftime_runtime::{EngineKind, Runtime};
     use bpftime_shm::ShmRegion;
     let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_lru")).unwrap()).unwrap();
@@ -406,16 +411,8 @@ fn keys_that_keep_changing_reuse_deleted_entries_on_the_gpu() {
     let mut ctx = n.to_le_bytes().to_vec();
     assert_eq!(rt.run(&prog, Context::Mem(&mut ctx), 0, 0, false), Ok(0), "no insert fails on the CPU");
     let g = bpftime_runtime::gpu::gpu_program(&obj, Some("churn"), Target::default(), 4).unwrap();
-    let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
-    let arena = m.memory.alloc(g.layout.size);
-    m.memory.write(arena, &g.arena).unwrap();
-    let c = m.memory.alloc(8);
-    m.memory.write(c, &n.to_le_bytes()).unwrap();
-    let out = m.memory.alloc(RUN_OUT_STRIDE);
-    m.launch(RUN_KERNEL, &[c, 8, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, 1], Launch::default()).unwrap_or_else(|e| panic!("{e}"));
-    let raw = m.memory.read(out, RUN_OUT_STRIDE).unwrap();
-    assert_eq!(state::outcome(&raw[8..], u64::from_le_bytes(raw[..8].try_into().unwrap())), Ok(0), "no insert fails on the GPU");
-    let image = m.memory.read(arena, g.layout.size).unwrap();
+    let (r0, image) = run_once(&g, n);
+    assert_eq!(r0, Ok(0), "no insert fails on the GPU");
     assert!(g.layout.entries(&image, 0).is_empty(), "every key deleted");
     let count_at = g.layout.hash_count_offset(0) as usize;
     assert_eq!(u64::from_le_bytes(image[count_at..count_at + 8].try_into().unwrap()), 0, "the entry count");
