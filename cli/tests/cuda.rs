@@ -666,6 +666,32 @@ fn probes_reach_the_kernels_of_a_cuda_app_already_running() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Attached to before the application opened its driver: the agent, loaded into the running
+/// process, sees none of the `dlsym` calls that find it, so its link follower hooks the driver
+/// once it is loaded; the launches after that run the probes.
+#[test]
+fn probes_reach_a_cuda_app_that_opens_its_driver_after_the_attach() {
+    let Some(dir) = setup("late-open", &[]) else { return };
+    let base = plain(&dir);
+    let s = Session::new("late-open");
+    let mut app = WaitingApp::plain(&dir, &[("BPFTIME_VERBOSE", "1"), ("DRIVER_WAIT_OPEN", "1")]);
+    app.wait_for("before opening the driver");
+    s.bpftime(&["attach", &app.pid().to_string(), "--program", build_example("cuda_probes").to_str().unwrap()]);
+    std::fs::write(dir.join("wait/open"), "").unwrap();
+    app.wait_for("before launch 1");
+    app.wait_for("bpftime: CUDA driver in use before the agent came");
+    app.release(1);
+    app.wait_for("before launch 2");
+    app.release(2);
+    let (stdout, said) = app.finish_with_output();
+    assert_eq!(stdout, text(&base.stdout), "the app's output\n{said}");
+    let calls = s.bpftime(&["map", "dump", "calls"]);
+    let entries: u64 = dumped(&calls, "calls", "0").and_then(|v| v.parse().ok()).unwrap_or(0);
+    // Launch 0 may have come before the hooks or after them.
+    assert!(entries == THREADS * 2 || entries == THREADS * 3, "launches 1 and 2 at least: {entries}\n{calls}\n{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The same with a kernel that has module variables (globals.cu): the patched copy reads the
 /// `__constant__` factor the app writes into the original module before each launch, and its
 /// `__device__` count of launches reaches the original's, which the app reads at the end: its
@@ -788,13 +814,13 @@ impl WaitingApp {
         self.child.id()
     }
 
-    /// Reads the app's stderr up to the line `what`.
+    /// Reads the app's stderr up to a line starting with `what`.
     fn wait_for(&mut self, what: &str) {
         for l in self.lines.by_ref() {
             let l = l.unwrap();
             self.said += &l;
             self.said.push('\n');
-            if l == what {
+            if l.starts_with(what) {
                 return;
             }
         }

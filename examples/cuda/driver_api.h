@@ -8,6 +8,20 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+// With DRIVER_WAIT_DIR set: says `said` on stderr, then waits (up to a minute) for a file
+// named `name` there, so a test can act at that point.
+static void wait_for_file(const char *name, const char *said)
+{
+    const char *dir = getenv("DRIVER_WAIT_DIR");
+    if (!dir)
+        return;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    fprintf(stderr, "%s\n", said);
+    for (int i = 0; i < 12000 && access(path, F_OK) != 0; i++)
+        usleep(5000);
+}
+
 // Called before each launch (a place for a CPU uprobe: examples/bpf/cuda_launch_stamp.bpf.c).
 // With DRIVER_WAIT_DIR set, launches after the first wait for a file named after them there
 // (stderr says "before launch N" first), so a test can write maps between launches.
@@ -15,14 +29,12 @@ volatile int last_launch;
 __attribute__((noinline)) void launch_marker(int launch)
 {
     last_launch = launch;
-    const char *dir = getenv("DRIVER_WAIT_DIR");
-    if (!dir || launch == 0)
+    if (launch == 0)
         return;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%d", dir, launch);
-    fprintf(stderr, "before launch %d\n", launch);
-    for (int i = 0; i < 12000 && access(path, F_OK) != 0; i++)
-        usleep(5000);
+    char name[32], said[64];
+    snprintf(name, sizeof name, "%d", launch);
+    snprintf(said, sizeof said, "before launch %d", launch);
+    wait_for_file(name, said);
 }
 
 #ifndef FATBIN
@@ -73,6 +85,9 @@ static void *need(const char *name, uint64_t flags)
 /// Opens the driver and finds cuGetProcAddress (exits with 2 when there is no driver).
 static void open_driver(void)
 {
+    // With DRIVER_WAIT_OPEN too, the driver is opened once a file `open` is there.
+    if (getenv("DRIVER_WAIT_OPEN"))
+        wait_for_file("open", "before opening the driver");
     void *lib = dlopen("libcuda.so.1", RTLD_NOW);
     if (!lib) {
         fprintf(stderr, "no CUDA driver: %s\n", dlerror());

@@ -29,6 +29,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Whether launches are looked at for substitution (hooks installed, links present).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Whether the hooks were installed (once per process).
+static HOOKED_ONCE: AtomicBool = AtomicBool::new(false);
 
 /// What the late attach keeps.
 #[derive(Default)]
@@ -123,7 +125,7 @@ pub(crate) fn start(gpu: &Gpu) {
     // SAFETY: dlopen(3) with RTLD_NOLOAD only hands back a library already loaded; the name is
     // NUL-terminated.
     let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
-    if handle.is_null() {
+    if handle.is_null() || HOOKED_ONCE.swap(true, Ordering::AcqRel) {
         return;
     }
     // SAFETY: dlsym(3) on a live handle with a NUL-terminated name.
@@ -157,9 +159,14 @@ pub(crate) fn start(gpu: &Gpu) {
     ACTIVE.store(!hooks.is_empty(), Ordering::Release);
 }
 
-/// Called when the region's links change: once none of the CUDA probes' links is left, the
-/// hooks go and launches run the original kernels again.
+/// Called when the region's links change, and at the link follower's polls: a driver the
+/// application loaded after the agent came is hooked now (the agent, loaded into a running
+/// process, does not see `dlsym`); once none of the CUDA probes' links is left, the hooks go
+/// and launches run the original kernels again.
 pub(crate) fn links_changed(gpu: &Gpu, now: &[bpftime_runtime::links::UprobeLink]) {
+    if !HOOKED_ONCE.load(Ordering::Acquire) {
+        start(gpu);
+    }
     let Some(late) = LATE.get() else { return };
     if !ACTIVE.load(Ordering::Acquire) || gpu.probes.probes.iter().any(|p| now.iter().any(|l| l.id == p.link)) {
         return;
