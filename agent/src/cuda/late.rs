@@ -37,8 +37,9 @@ static HOOKED_ONCE: AtomicBool = AtomicBool::new(false);
 struct Late {
     /// The hooks on the driver's entry points.
     hooks: Mutex<Vec<bpftime_attach::ProbeId>>,
-    /// The fatbins of the process's files, read at the first launch that needs them.
-    fatbins: OnceLock<Vec<Vec<u8>>>,
+    /// The fatbins of the process's files, found at the first launch that needs them (the
+    /// files mapped, not read: a library of device code may be gigabytes).
+    fatbins: OnceLock<Vec<(Arc<memmap2::Mmap>, std::ops::Range<usize>)>>,
     /// Each fatbin patched (None: no probed kernel in it, or it cannot be patched).
     patched: Mutex<HashMap<usize, Option<Arc<PatchedImage>>>>,
     /// Patched modules loaded, by (context, fatbin).
@@ -242,7 +243,8 @@ fn make_substitute(gpu: &Gpu, drv: &Driver, late: &Late, ctx: usize, f: Handle) 
     let name = drv.function_name(f)?;
     let fatbins = late.fatbins.get_or_init(process_fatbins);
     let mut which = None;
-    for (i, fatbin) in fatbins.iter().enumerate() {
+    for (i, (file, range)) in fatbins.iter().enumerate() {
+        let fatbin = &file[range.clone()];
         let patched = lock(&late.patched).entry(i).or_insert_with(|| gpu.patch_image(Some(drv), driver::Image::Fatbin(fatbin)).map(Arc::new)).clone();
         if let Some(p) = patched.filter(|p| p.kernels.contains(&name)) {
             which = Some((i, p));
@@ -301,8 +303,8 @@ fn module_variables(ptx: &str) -> Vec<(String, bool)> {
 }
 
 /// The fatbins in the files this process has mapped (the executable and its libraries; not
-/// the driver's own libraries).
-fn process_fatbins() -> Vec<Vec<u8>> {
+/// the driver's own libraries): each file mapped read-only, and the fatbin's bytes in it.
+fn process_fatbins() -> Vec<(Arc<memmap2::Mmap>, std::ops::Range<usize>)> {
     let mut paths: Vec<String> = bpftime_attach::procmaps::mappings().into_iter().filter(|m| m.inode != 0 && m.path.starts_with('/')).map(|m| m.path).collect();
     paths.dedup();
     let skip = ["libcuda.so", "libnvidia-", "libc.so", "ld-linux", "libbpftime", "libm.so", "libstdc++", "libgcc_s"];
@@ -313,9 +315,17 @@ fn process_fatbins() -> Vec<Vec<u8>> {
         if skip.iter().any(|s| file.starts_with(s)) || !seen.insert(path.clone()) {
             continue;
         }
-        let Ok(bytes) = bpftime_runtime::input::read_regular_file(std::path::Path::new(&path), 4 << 30) else { continue };
-        for f in bpftime_gpu_ptx::fatbin::find_all(&bytes).into_iter().flatten() {
-            out.push(bytes[f.offset..f.offset + f.len].to_vec());
+        let Ok(file) = std::fs::File::open(&path) else { continue };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        // SAFETY: a read-only private mapping of a file the process has mapped already (its
+        // executable or a library); were the file truncated under us, reads past its end
+        // would fault, as they would for the process's own mapping of it.
+        let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else { continue };
+        let map = Arc::new(map);
+        for f in bpftime_gpu_ptx::fatbin::find_all(&map).into_iter().flatten() {
+            out.push((map.clone(), f.offset..f.offset + f.len));
         }
     }
     out
