@@ -204,6 +204,16 @@ late() {
 late late driver_vector_add cuda_probes calls
 expect late "output unchanged" "$(cmp -s "$cuda/late.plain" "$cuda/late.out" && echo yes)" yes
 expect late "entries after the attach (launches 1, 2)" "$(map_value "$cuda/late.report" calls 0)" 2097152
+# The same into an application built the default way (static cudart), launching in a loop.
+"$cli" --shm bpftime-gpu-latebench shm remove >/dev/null 2>&1
+"$cuda/vector_add_bench" 1048576 300000 > "$cuda/latebench.out" 2>&1 &
+bench_pid=$!
+sleep 1
+"$cli" --shm bpftime-gpu-latebench attach $bench_pid --program "$bpf/cuda_probes.bpf.o" 2> "$cuda/latebench.attach"
+wait $bench_pid
+entries=$("$cli" --shm bpftime-gpu-latebench map dump calls 2>&1 | awk '$1 == "0" && $2 == "=>" { print $3 }')
+expect latebench "whole launches counted after attaching to a running cudart app" "$(( ${entries:-0} > 0 && ${entries:-0} % 1048576 == 0 ))" 1
+"$cli" --shm bpftime-gpu-latebench shm remove >/dev/null 2>&1
 late lateglobals driver_globals cuda_globals counts
 expect lateglobals "output unchanged (constant and device variables)" "$(cmp -s "$cuda/lateglobals.plain" "$cuda/lateglobals.out" && echo yes)" yes
 expect lateglobals "entries after the attach" "$(map_value "$cuda/lateglobals.report" counts 0)" 2097152
