@@ -537,7 +537,7 @@ impl Agent {
         for id in gone {
             let _ = detach(id);
         }
-        crate::cuda::links_changed(&now);
+        crate::cuda::links_changed(self.runtime.region(), &now);
         if now.iter().any(|l| l.kind == links::LinkKind::Syscall) || bpftime_attach::syscalls::active() {
             crate::syscalls::update(self.runtime, &now);
         }

@@ -656,8 +656,8 @@ fn probes_reach_the_kernels_of_a_cuda_app_already_running() {
     app.release(3);
     let (stdout, said) = app.finish_with_output();
     assert_eq!(stdout, text(&out.stdout), "the app's output\n{said}");
-    assert!(said.contains("CUDA driver in use before the agent came"), "{attached}\n{said}");
-    assert!(said.contains("CUDA kernel _Z10vector_addPKfS0_Pfi (loaded before the agent came) runs its patched copy"), "{said}");
+    assert!(said.contains("CUDA probes through hooks on the driver"), "{attached}\n{said}");
+    assert!(said.contains("CUDA kernel _Z10vector_addPKfS0_Pfi (loaded before its probes came) runs its patched copy"), "{said}");
     assert!(!detached.is_empty());
     let calls = s.bpftime(&["map", "dump", "calls"]);
     let two = 512.to_string();
@@ -679,7 +679,7 @@ fn probes_reach_a_cuda_app_that_opens_its_driver_after_the_attach() {
     s.bpftime(&["attach", &app.pid().to_string(), "--program", build_example("cuda_probes").to_str().unwrap()]);
     std::fs::write(dir.join("wait/open"), "").unwrap();
     app.wait_for("before launch 1");
-    app.wait_for("bpftime: CUDA driver in use before the agent came");
+    app.wait_for("bpftime: CUDA probes through hooks on the driver");
     app.release(1);
     app.wait_for("before launch 2");
     app.release(2);
@@ -689,6 +689,30 @@ fn probes_reach_a_cuda_app_that_opens_its_driver_after_the_attach() {
     let entries: u64 = dumped(&calls, "calls", "0").and_then(|v| v.parse().ok()).unwrap_or(0);
     // Launch 0 may have come before the hooks or after them.
     assert!(entries == THREADS * 2 || entries == THREADS * 3, "launches 1 and 2 at least: {entries}\n{calls}\n{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// CUDA probes loaded into the region after the application started under `bpftime start`
+/// (the loader came second): the agent, which had no CUDA probes when the application fetched
+/// its driver entry points, hooks the driver then; the launches after that run the probes.
+#[test]
+fn cuda_probes_loaded_after_the_app_started_reach_its_kernels() {
+    let Some(dir) = setup("links-later", &[]) else { return };
+    let base = plain(&dir);
+    let s = Session::new("links-later");
+    let mut app = WaitingApp::start(&s, &dir, &[("BPFTIME_VERBOSE", "1")]);
+    app.wait_for("before launch 1");
+    s.bpftime(&["load", build_example("cuda_probes").to_str().unwrap()]);
+    app.wait_for("bpftime: CUDA probes through hooks on the driver");
+    app.release(1);
+    app.wait_for("before launch 2");
+    app.release(2);
+    let (stdout, said) = app.finish_with_output();
+    assert_eq!(stdout, text(&base.stdout), "the app's output\n{said}");
+    let calls = s.bpftime(&["map", "dump", "calls"]);
+    let two = (THREADS * 2).to_string();
+    assert_eq!(dumped(&calls, "calls", "0").as_deref(), Some(two.as_str()), "entries in launches 1 and 2\n{calls}\n{said}");
+    assert_eq!(dumped(&calls, "calls", "1").as_deref(), Some(two.as_str()), "exits in launches 1 and 2\n{calls}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -170,8 +170,34 @@ fn symbol(name: &CStr, real: usize, version: Option<c_int>, flags: u64) -> usize
         super::newer_abi(name, version.unwrap_or(0));
         return real;
     }
+    // Where inline hooks on the driver's functions do the wrapping (see `claim_hooks`), the
+    // application gets the driver's own.
+    if WRAPPING.load(Ordering::Acquire) == BY_HOOKS {
+        return real;
+    }
     // CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM
-    wrapper_of(name, real, flags & 2 != 0).unwrap_or(real)
+    let Some(wrapper) = wrapper_of(name, real, flags & 2 != 0) else { return real };
+    match WRAPPING.compare_exchange(UNDECIDED, BY_WRAPPERS, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) | Err(BY_WRAPPERS) => wrapper,
+        Err(_) => real,
+    }
+}
+
+/// How the driver's entry points are wrapped in this process, decided once: by the wrappers
+/// handed out in their place (`dlsym`, `cuGetProcAddress`, the definitions for `-lcuda`), or by
+/// inline hooks on the driver's own functions (`late.rs`: an application that fetched them
+/// before the agent had probes for it). Never both, which would wrap every call twice.
+static WRAPPING: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNDECIDED);
+const UNDECIDED: u8 = 0;
+const BY_WRAPPERS: u8 = 1;
+const BY_HOOKS: u8 = 2;
+
+/// Decides for inline hooks: true unless a wrapper was handed out already.
+pub(super) fn claim_hooks() -> bool {
+    match WRAPPING.compare_exchange(UNDECIDED, BY_HOOKS, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => true,
+        Err(now) => now == BY_HOOKS,
+    }
 }
 
 unsafe extern "C" fn get_proc_address_v1(name: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) -> CuResult {

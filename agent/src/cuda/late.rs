@@ -112,29 +112,28 @@ impl bpftime_attach::ProbeHandler for CallWrapper {
     }
 }
 
-/// Sets CUDA probes up in a process whose driver was in use before the agent came; nothing
-/// when the agent was preloaded (it sees the driver's entry points as they are fetched, or an
-/// application linked against libcuda binds to its definitions), the driver is not loaded, or
-/// the agent saw `cuGetProcAddress`.
+/// Sets CUDA probes up where the application fetched the driver's entry points without the
+/// agent wrapping them (it was loaded into the running process, or had no CUDA probes when
+/// they were fetched): nothing when the driver is not loaded yet (the follower looks again) or
+/// the agent's wrappers were handed out.
 pub(crate) fn start(gpu: &Gpu) {
-    if !crate::INJECTED.load(Ordering::Acquire)
-        || driver::REAL_GET_PROC_V1.load(Ordering::Acquire) != 0
-        || driver::REAL_GET_PROC_V2.load(Ordering::Acquire) != 0
-    {
+    if HOOKED_ONCE.load(Ordering::Acquire) {
         return;
     }
     // SAFETY: dlopen(3) with RTLD_NOLOAD only hands back a library already loaded; the name is
     // NUL-terminated.
     let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
-    if handle.is_null() || HOOKED_ONCE.swap(true, Ordering::AcqRel) {
+    if handle.is_null() || !super::hooks::claim_hooks() || HOOKED_ONCE.swap(true, Ordering::AcqRel) {
         return;
     }
-    // SAFETY: dlsym(3) on a live handle with a NUL-terminated name.
-    let get_proc = unsafe { libc::dlsym(handle, c"cuGetProcAddress_v2".as_ptr()) };
-    if get_proc.is_null() {
-        return gpu.say_once("CUDA probes: the driver has no cuGetProcAddress_v2; the running application's kernels stay without probes".into());
+    if driver::REAL_GET_PROC_V2.load(Ordering::Acquire) == 0 {
+        // SAFETY: dlsym(3) on a live handle with a NUL-terminated name.
+        let get_proc = unsafe { libc::dlsym(handle, c"cuGetProcAddress_v2".as_ptr()) };
+        if get_proc.is_null() {
+            return gpu.say_once("CUDA probes: the driver has no cuGetProcAddress_v2; the running application's kernels stay without probes".into());
+        }
+        driver::REAL_GET_PROC_V2.store(get_proc as usize, Ordering::Release);
     }
-    driver::REAL_GET_PROC_V2.store(get_proc as usize, Ordering::Release);
     let late = LATE.get_or_init(Late::default);
     let mut hooks = lock(&late.hooks);
     let mut seen = std::collections::HashSet::new();
@@ -155,7 +154,10 @@ pub(crate) fn start(gpu: &Gpu) {
         }
     }
     if super::verbose() {
-        eprintln!("bpftime: CUDA driver in use before the agent came: {} entry points hooked", hooks.len());
+        eprintln!(
+            "bpftime: CUDA probes through hooks on the driver (its entry points were fetched before there were probes): {} entry points hooked",
+            hooks.len()
+        );
     }
     ACTIVE.store(!hooks.is_empty(), Ordering::Release);
 }
@@ -165,9 +167,7 @@ pub(crate) fn start(gpu: &Gpu) {
 /// process, does not see `dlsym`); once none of the CUDA probes' links is left, the hooks go
 /// and launches run the original kernels again.
 pub(crate) fn links_changed(gpu: &Gpu, now: &[bpftime_runtime::links::UprobeLink]) {
-    if !HOOKED_ONCE.load(Ordering::Acquire) {
-        start(gpu);
-    }
+    start(gpu);
     let Some(late) = LATE.get() else { return };
     if !ACTIVE.load(Ordering::Acquire) || gpu.probes.probes.iter().any(|p| now.iter().any(|l| l.id == p.link)) {
         return;
@@ -274,7 +274,7 @@ fn make_substitute(gpu: &Gpu, drv: &Driver, late: &Late, ctx: usize, f: Handle) 
         }
     }
     if super::verbose() {
-        eprintln!("bpftime: CUDA kernel {name} (loaded before the agent came) runs its patched copy ({} variables copied around each launch)", globals.len());
+        eprintln!("bpftime: CUDA kernel {name} (loaded before its probes came) runs its patched copy ({} variables copied around each launch)", globals.len());
     }
     Some(Substitute { function, globals })
 }

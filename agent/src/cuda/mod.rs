@@ -106,10 +106,21 @@ fn active() -> bool {
     GPU.get().is_some()
 }
 
-/// Takes the CUDA kernel links among `links`; their programs are verified for the GPU now and
-/// spliced into kernels as the application loads its modules.
+/// CUDA links this process has tried to start probes for (each is tried once: a probe that
+/// cannot run says so once).
+static TRIED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Whether link `l` is for this process (any process, or this one).
+fn for_this_process(l: &UprobeLink) -> bool {
+    l.pid == 0 || l.pid == std::process::id()
+}
+
+/// Takes the CUDA kernel links among `all` that are for this process; their programs are
+/// verified for the GPU now and spliced into kernels as the application loads its modules.
 pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink]) {
-    let (probes, failed) = GpuProbes::prepare(region, all);
+    let mine: Vec<UprobeLink> = all.iter().filter(|l| for_this_process(l)).cloned().collect();
+    lock(&TRIED).extend(mine.iter().filter(|l| l.kind == links::LinkKind::CudaKernel).map(|l| l.id));
+    let (probes, failed) = GpuProbes::prepare(region, &mine);
     for (link, name, why) in failed {
         links::raise_state(region, link, LinkState::Failed);
         eprintln!("bpftime: cannot use `{name}` in CUDA kernels: {why}");
@@ -134,14 +145,31 @@ pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink]) {
         registered: Mutex::default(),
         said: Mutex::default(),
     });
-    if let (Ok(()), Some(gpu)) = (set, GPU.get()) {
+    // Loaded into the running application: it fetched the driver's entry points already.
+    if let (Ok(()), Some(gpu), true) = (set, GPU.get(), crate::INJECTED.load(Ordering::Acquire)) {
         late::start(gpu);
     }
 }
 
-/// The region's links now: CUDA probes whose links are gone stop (those set up in an
-/// application already running when the agent came; patched modules stay loaded).
-pub(crate) fn links_changed(now: &[UprobeLink]) {
+/// The region's links now (the link follower, after each change and at each poll): CUDA
+/// probes that appear in a process that had none start (through inline hooks on the driver,
+/// whose entry points the application fetched unwrapped); CUDA probes whose links are gone
+/// stop where they run through those hooks (patched modules stay loaded).
+pub(crate) fn links_changed(region: &Arc<ShmRegion>, now: &[UprobeLink]) {
+    if GPU.get().is_none() {
+        // A loader stores its links one by one: the set is taken once two looks in a row (a
+        // change, or the follower's poll) find it the same.
+        static SEEN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+        let ids: Vec<u32> = now.iter().filter(|l| l.kind == links::LinkKind::CudaKernel && for_this_process(l)).map(|l| l.id).collect();
+        let settled = std::mem::replace(&mut *lock(&SEEN), ids.clone()) == ids;
+        let fresh = ids.iter().any(|id| !lock(&TRIED).contains(id));
+        if fresh && settled {
+            guarded(|| {
+                start(region, now);
+                Some(())
+            });
+        }
+    }
     if let Some(gpu) = GPU.get() {
         guarded(|| {
             late::links_changed(gpu, now);
