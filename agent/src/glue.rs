@@ -408,7 +408,9 @@ pub(crate) fn start_in(name: String) {
     };
     // Changes after this are seen by the link follower.
     let table_seen = runtime.region().table_changes();
-    crate::cuda::start(runtime.region(), &found);
+    // Loaded into the running application (`bpftime attach`): it fetched the driver's entry
+    // points already.
+    crate::cuda::start(runtime.region(), &found, crate::INJECTED.load(std::sync::atomic::Ordering::Acquire));
     crate::syscalls::update(runtime, &found);
     let mut items = vec![];
     for l in found.iter().filter(|l| l.kind == links::LinkKind::Uprobe && for_this_process(l)).cloned() {

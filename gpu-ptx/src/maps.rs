@@ -70,6 +70,9 @@ pub struct TraceRecord {
     pub text: Vec<u8>,
 }
 
+/// The bit every ring record's header has (above the source and the length).
+pub const RECORD_WRITTEN: u64 = 1 << 63;
+
 /// First word of an arena.
 pub const ARENA_MAGIC: u64 = 0x616e_6572_615f_7462; // "bt_arena"
 
@@ -423,10 +426,15 @@ impl ArenaLayout {
         Ok(())
     }
 
-    /// Arena offsets of the 16-byte cursor (records lost, then head) of each ring map: zeroed
-    /// on the device once its records have been read back, so the next launch starts empty.
-    pub fn ring_cursors(&self) -> Vec<u64> {
-        (0..self.maps.len()).filter(|&i| self.maps[i].kind == GpuMapKind::Ring).map(|i| descriptor_offset(i as u32) + desc::LOST).collect()
+    /// The arena ranges (offset, bytes) to zero on the device once the rings' records have been
+    /// read back, so the next launch starts empty: each ring's 16-byte cursor (records lost,
+    /// then head) and its records (a reservation that did not fit leaves the tail unwritten,
+    /// where an old record must not be read again).
+    pub fn ring_resets(&self) -> Vec<(u64, u64)> {
+        (0..self.maps.len())
+            .filter(|&i| self.maps[i].kind == GpuMapKind::Ring)
+            .flat_map(|i| [(descriptor_offset(i as u32) + desc::LOST, 16), (self.maps[i].data_off, self.maps[i].data_len)])
+            .collect()
     }
 
     /// Sets value `index` of array map `slot` in an arena image: every SM's slot, or for a
@@ -586,10 +594,15 @@ impl ArenaLayout {
         let mut at = 0;
         while at + 8 <= head {
             let hdr = u64_at(m.data_off + at);
+            // Every record's header has [`RECORD_WRITTEN`]: none where a reservation that did
+            // not fit left the tail unwritten.
+            if hdr & RECORD_WRITTEN == 0 {
+                break;
+            }
             let len = hdr & 0xffff_ffff;
             let start = (m.data_off + at + 8) as usize;
             let Some(bytes) = arena.get(start..start + len as usize) else { break };
-            out.push(((hdr >> 32) as u32, bytes.to_vec()));
+            out.push((((hdr & !RECORD_WRITTEN) >> 32) as u32, bytes.to_vec()));
             at += 8 + round8(len);
         }
         (out, lost)

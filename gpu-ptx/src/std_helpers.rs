@@ -155,7 +155,8 @@ mul.lo.u64 %h, %h, 0x100000001b3;
 add.u64 %i, %i, 1;
 bra $loop;
 }"#,
-    // eq = whether [a, a+len) and [b, b+len) hold the same bytes.
+    // eq = whether [a, a+len) and [b, b+len) hold the same bytes (read past the SM's L1 cache:
+    // a hash key another SM just wrote must not be compared with a stale copy).
     r#".func (.reg .b64 %eq) bpf_memeq(.reg .b64 %a, .reg .b64 %b, .reg .b64 %len)
 {
 .reg .b64 %i, %x, %y;
@@ -168,8 +169,8 @@ setp.ge.u64 %p, %i, %len;
 @%p bra $same;
 add.u64 %x, %a, %i;
 add.u64 %y, %b, %i;
-ld.u8 %u, [%x];
-ld.u8 %v, [%y];
+ld.volatile.u8 %u, [%x];
+ld.volatile.u8 %v, [%y];
 setp.ne.u32 %p, %u, %v;
 @%p ret;
 add.u64 %i, %i, 1;
@@ -398,7 +399,7 @@ setp.lt.u64 %p, %spin, 1000000;
 bra $next;
 $full:
 mov.b32 %old, %w;
-ld.u32 %w, [%t+4];
+ld.volatile.u32 %w, [%t+4];
 setp.ne.u32 %p, %w, %hw;
 @%p bra $next;
 add.u64 %eq, %t, {D_KOFF};
@@ -566,7 +567,7 @@ call.uni (%ok), bpf_range_ok, (%st, {data}, {len}, 0);\nsetp.eq.u64 %p, %ok, 0;\
 ld.u64 %lo, [%st+{{ARENA_LO}}];\nld.u64 %data, [%d+{{D_DATA}}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{{D_DATA_LEN}}];\n\
 add.u64 %need, {len}, 15;\nand.b64 %need, %need, -8;\n\
 add.u64 %t, %d, {{D_HEAD}};\natom.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
-add.u64 %pos, %pos, %data;\nshl.b64 %hdr, {source}, 32;\nor.b64 %hdr, %hdr, {len};\nst.u64 [%pos], %hdr;\nadd.u64 %pos, %pos, 8;\ncall.uni (%ok), bpf_memcpy, (%pos, {data}, {len});\nmov.b64 %ret, 0;\nret;\n\
+add.u64 %pos, %pos, %data;\nshl.b64 %hdr, {source}, 32;\nor.b64 %hdr, %hdr, {len};\nor.b64 %hdr, %hdr, 0x8000000000000000;\nst.u64 [%pos], %hdr;\nadd.u64 %pos, %pos, 8;\ncall.uni (%ok), bpf_memcpy, (%pos, {data}, {len});\nmov.b64 %ret, 0;\nret;\n\
 $lost:\nadd.u64 %t, %d, {{D_LOST}};\natom.add.u64 %ok, [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
 $einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
     ))
@@ -601,7 +602,7 @@ setp.ne.u64 %p, %n, 0;\n@%p bra $text;\ncall.uni (%ok), bpf_range_ok, (%st, %a1,
         "ld.u64 %data, [%d+{D_DATA}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{D_DATA_LEN}];\n\
 add.u64 %need, %n, 55;\nand.b64 %need, %need, -8;\n\
 add.u64 %t, %d, {D_HEAD};\natom.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
-add.u64 %pos, %pos, %data;\nmov.u32 %w, %smid;\ncvt.u64.u32 %sm, %w;\nshl.b64 %hdr, %sm, 32;\nadd.u64 %t, %n, 40;\nor.b64 %hdr, %hdr, %t;\nst.u64 [%pos], %hdr;\nst.u64 [%pos+40], %lo;\n",
+add.u64 %pos, %pos, %data;\nmov.u32 %w, %smid;\ncvt.u64.u32 %sm, %w;\nshl.b64 %hdr, %sm, 32;\nadd.u64 %t, %n, 40;\nor.b64 %hdr, %hdr, %t;\nor.b64 %hdr, %hdr, 0x8000000000000000;\nst.u64 [%pos], %hdr;\nst.u64 [%pos+40], %lo;\n",
     );
     if puts {
         s.push_str("mov.b64 %t, 1;\nshl.b64 %t, %t, 32;\nor.b64 %t, %t, %n;\nst.u64 [%pos+8], %t;\nmov.b64 %zero, 0;\nst.u64 [%pos+16], %zero;\nst.u64 [%pos+24], %zero;\nst.u64 [%pos+32], %zero;\n");

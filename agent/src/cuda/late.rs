@@ -90,10 +90,16 @@ const VERSIONS: [c_int; 2] = [12000, 13000];
 /// got, and has the function return its result.
 struct CallWrapper {
     wrapper: usize,
+    name: &'static std::ffi::CStr,
+    /// Whether a hit was said (`BPFTIME_VERBOSE`).
+    said: AtomicBool,
 }
 
 impl bpftime_attach::ProbeHandler for CallWrapper {
     fn on_hit(&self, regs: &bpftime_attach::PtRegs, _level: usize) -> Option<u64> {
+        if !self.said.swap(true, Ordering::Relaxed) && super::verbose() {
+            eprintln!("bpftime: the driver's {} runs through its hook", self.name.to_string_lossy());
+        }
         // Arguments past the sixth are on the stack, above the return address (the wrappers
         // take at most 11; a wrapper taking fewer ignores the rest).
         let stack = |i: u64| -> u64 {
@@ -146,7 +152,12 @@ pub(crate) fn start(gpu: &Gpu) {
                 }
                 let Some(wrapper) = super::hooks::wrapper_for(name.to_bytes(), real, per_thread) else { continue };
                 let info = bpftime_attach::SiteInfo { function_size: 0, at_entry: true, padding: 0 };
-                match bpftime_attach::attach(real as u64, info, bpftime_attach::ProbeKind::Entry, Arc::new(CallWrapper { wrapper })) {
+                match bpftime_attach::attach(
+                    real as u64,
+                    info,
+                    bpftime_attach::ProbeKind::Entry,
+                    Arc::new(CallWrapper { wrapper, name, said: AtomicBool::new(false) }),
+                ) {
                     Ok(id) => hooks.push(id),
                     Err(e) => gpu.say_once(format!("CUDA probes: {} cannot be hooked ({e}); what it does is not seen", name.to_string_lossy())),
                 }
@@ -167,7 +178,9 @@ pub(crate) fn start(gpu: &Gpu) {
 /// process, does not see `dlsym`); once none of the CUDA probes' links is left, the hooks go
 /// and launches run the original kernels again.
 pub(crate) fn links_changed(gpu: &Gpu, now: &[bpftime_runtime::links::UprobeLink]) {
-    start(gpu);
+    if gpu.late {
+        start(gpu);
+    }
     let Some(late) = LATE.get() else { return };
     if !ACTIVE.load(Ordering::Acquire) || gpu.probes.probes.iter().any(|p| now.iter().any(|l| l.id == p.link)) {
         return;
@@ -236,11 +249,23 @@ pub(crate) fn after_substitute(sub: Option<Arc<Substitute>>, stream: Handle) {
 /// context `ctx` (once) and pairs the modules' variables; None when no probe names the kernel,
 /// or `f`'s module carries probes already.
 fn make_substitute(gpu: &Gpu, drv: &Driver, late: &Late, ctx: usize, f: Handle) -> Option<Substitute> {
-    let original = drv.module_of(f)?;
+    // Why a launch runs as it is, with BPFTIME_VERBOSE (once each).
+    let why = |what: String| {
+        if super::verbose() {
+            gpu.say_once(format!("CUDA probes: a launch runs its kernel as loaded: {what}"));
+        }
+    };
+    let Some(original) = drv.module_of(f) else {
+        why("its module is unknown to the driver (cuFuncGetModule)".into());
+        return None;
+    };
     if drv.module_global(original, &CString::new(bpftime_gpu_ptx::patch::ARENA_GLOBAL).ok()?).is_some() {
         return None;
     }
-    let name = drv.function_name(f)?;
+    let Some(name) = drv.function_name(f) else {
+        why("the driver does not name it (cuFuncGetName)".into());
+        return None;
+    };
     let fatbins = late.fatbins.get_or_init(process_fatbins);
     let mut which = None;
     for (i, (file, range)) in fatbins.iter().enumerate() {
@@ -251,7 +276,10 @@ fn make_substitute(gpu: &Gpu, drv: &Driver, late: &Late, ctx: usize, f: Handle) 
             break;
         }
     }
-    let (index, patched) = which?;
+    let Some((index, patched)) = which else {
+        why(format!("{name}: no probe names it in the {} fatbins of the process's files", fatbins.len()));
+        return None;
+    };
     let module = *lock(&late.modules).entry((ctx, index)).or_insert_with(|| match drv.module_load_ptx(patched.text) {
         Ok(m) => {
             super::loaded_patched(&patched, super::Loaded::Module(m));
@@ -263,7 +291,10 @@ fn make_substitute(gpu: &Gpu, drv: &Driver, late: &Late, ctx: usize, f: Handle) 
         }
     });
     let module = module? as Handle;
-    let function = drv.module_function(module, &CString::new(name.clone()).ok()?)?;
+    let Some(function) = drv.module_function(module, &CString::new(name.clone()).ok()?) else {
+        why(format!("{name}: not in its patched module (cuModuleGetFunction)"));
+        return None;
+    };
     let mut globals = vec![];
     for (var, written) in module_variables(&patched.text.to_string_lossy()) {
         let Ok(cname) = CString::new(var) else { continue };

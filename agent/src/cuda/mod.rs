@@ -91,6 +91,9 @@ struct Gpu {
     loaded: Mutex<Vec<(usize, bool)>>,
     /// Host memory registered with the devices (page ranges of the region).
     registered: Mutex<Vec<(u64, u64)>>,
+    /// Whether the driver's entry points may have been fetched unwrapped (see `start`): only
+    /// then are they hooked.
+    late: bool,
     /// Messages said already.
     said: Mutex<HashSet<String>>,
 }
@@ -117,7 +120,9 @@ fn for_this_process(l: &UprobeLink) -> bool {
 
 /// Takes the CUDA kernel links among `all` that are for this process; their programs are
 /// verified for the GPU now and spliced into kernels as the application loads its modules.
-pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink]) {
+/// With `late`, the application may have fetched the driver's entry points already (the agent
+/// was loaded into it, or the probes came after it started): they are hooked where so.
+pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink], late: bool) {
     let mine: Vec<UprobeLink> = all.iter().filter(|l| for_this_process(l)).cloned().collect();
     lock(&TRIED).extend(mine.iter().filter(|l| l.kind == links::LinkKind::CudaKernel).map(|l| l.id));
     let (probes, failed) = GpuProbes::prepare(region, &mine);
@@ -144,9 +149,9 @@ pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink]) {
         loaded: Mutex::default(),
         registered: Mutex::default(),
         said: Mutex::default(),
+        late,
     });
-    // Loaded into the running application: it fetched the driver's entry points already.
-    if let (Ok(()), Some(gpu), true) = (set, GPU.get(), crate::INJECTED.load(Ordering::Acquire)) {
+    if let (Ok(()), Some(gpu), true) = (set, GPU.get(), late) {
         late::start(gpu);
     }
 }
@@ -165,7 +170,7 @@ pub(crate) fn links_changed(region: &Arc<ShmRegion>, now: &[UprobeLink]) {
         let fresh = ids.iter().any(|id| !lock(&TRIED).contains(id));
         if fresh && settled {
             guarded(|| {
-                start(region, now);
+                start(region, now, true);
                 Some(())
             });
         }
@@ -386,8 +391,8 @@ impl Gpu {
                 self.say_once(format!("CUDA maps shared with CPU probes are not copied to the GPU: {e}"));
             }
         }
-        for slot in push.merges {
-            if let Err(e) = self.queue_hash_merge(drv, arena, slot, stream) {
+        for (slot, host) in push.merges {
+            if let Err(e) = self.queue_hash_merge(drv, arena, slot, host, stream) {
                 self.say_once(format!("CUDA maps shared with CPU probes are not copied to the GPU: {e}"));
             }
         }
@@ -397,7 +402,7 @@ impl Gpu {
     /// changed: its device table copied to pinned memory, a host function writing what the GPU
     /// changed to the region and the region's entries into the buffer, and the buffer copied
     /// back to the device (then the buffer returned to the pool).
-    fn queue_hash_merge(&self, drv: &Driver, arena: &Arc<Arena>, slot: usize, stream: Handle) -> Result<(), String> {
+    fn queue_hash_merge(&self, drv: &Driver, arena: &Arc<Arena>, slot: usize, host: bpftime_runtime::gpu::Entries, stream: Handle) -> Result<(), String> {
         let m = &arena.layout.maps[slot];
         let (off, len) = (m.data_off, m.data_len as usize);
         // The table and its count fit: the arena holds them and its header.
@@ -409,7 +414,7 @@ impl Gpu {
         // SAFETY: `buf` is a pinned buffer of `arena.len > len + 8` bytes owned by this merge
         // until the host function queued last returns it to the pool.
         unsafe { drv.memcpy_dtoh_async(buf, arena.dev + off, len, stream) }.inspect_err(|_| give_back())?;
-        let job = Box::into_raw(Box::new(Merge { arena: arena.clone(), slot, buf: buf as usize, release: false }));
+        let job = Box::into_raw(Box::new(Merge { arena: arena.clone(), slot, buf: buf as usize, release: false, host }));
         // SAFETY: `merge_hash` takes the box back exactly once and calls no CUDA function.
         if let Err(e) = unsafe { drv.launch_host_func(stream, merge_hash, job.cast()) } {
             // SAFETY: the driver did not take the job: it is still ours.
@@ -424,7 +429,7 @@ impl Gpu {
         let copied = unsafe { drv.memcpy_htod_async_pinned(arena.dev + off, buf, len, stream) }
             // SAFETY: as above; the count is the 8 bytes after the table.
             .and_then(|()| unsafe { drv.memcpy_htod_async_pinned(arena.dev + count_off, buf.add(len), 8, stream) });
-        let release = Box::into_raw(Box::new(Merge { arena: arena.clone(), slot, buf: buf as usize, release: true }));
+        let release = Box::into_raw(Box::new(Merge { arena: arena.clone(), slot, buf: buf as usize, release: true, host: Default::default() }));
         // SAFETY: as above.
         if unsafe { drv.launch_host_func(stream, merge_hash, release.cast()) }.is_err() {
             // SAFETY: the driver did not take the job; the buffer stays out of the pool (the
@@ -444,8 +449,8 @@ impl Gpu {
         // SAFETY: `buf` is a pinned buffer of `arena.len` bytes owned by this write-back until
         // its host function returns it to the pool.
         unsafe { drv.memcpy_dtoh_async(buf, arena.dev, arena.len, stream) }.inspect_err(|_| lock(&arena.staging).push(buf as usize))?;
-        for off in arena.layout.ring_cursors() {
-            drv.memset_async(arena.dev + off, 16, stream)?;
+        for (off, len) in arena.layout.ring_resets() {
+            drv.memset_async(arena.dev + off, len as usize, stream)?;
         }
         // What the device has been given of the host's maps, as of this copy (stream order).
         let given = lock(&arena.share).clone();
@@ -489,6 +494,8 @@ struct Merge {
     slot: usize,
     buf: usize,
     release: bool,
+    /// The region's entries when the launch was queued.
+    host: bpftime_runtime::gpu::Entries,
 }
 
 /// Host function of a hash merge: merges the device table in the buffer with the region's
@@ -510,7 +517,7 @@ extern "C" fn merge_hash(data: *mut c_void) {
         let (table, count) = buf.split_at_mut(len);
         // Unmerged, the table goes back as it came (with its own count).
         let mut n = job.arena.layout.table_entries(job.slot, table).len() as u64;
-        match gpu.probes.merge_hash(&job.arena.layout, job.slot, &mut lock(&job.arena.share), table) {
+        match gpu.probes.merge_hash(&job.arena.layout, job.slot, &mut lock(&job.arena.share), table, &job.host) {
             Ok(merged) => n = merged,
             Err(e) => gpu.say_once(format!("CUDA maps: {e}")),
         }
@@ -700,7 +707,8 @@ fn sync_point() {
             // From a thread of ours (the link follower) the arena's context is made current.
             let r = drv
                 .with_context(ctx as Handle, || {
-                    drv.memcpy_dtoh(&mut copy, a.dev).and_then(|()| a.layout.ring_cursors().into_iter().try_for_each(|off| drv.memset(a.dev + off, 16)))
+                    drv.memcpy_dtoh(&mut copy, a.dev)
+                        .and_then(|()| a.layout.ring_resets().into_iter().try_for_each(|(off, len)| drv.memset(a.dev + off, len as usize)))
                 })
                 .unwrap_or_else(|| Err("its context cannot be made current".into()));
             match r {

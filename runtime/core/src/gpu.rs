@@ -306,7 +306,7 @@ fn hash_table(layout: &ArenaLayout, slot: usize, map: &bpftime_maps::Map) -> Opt
 }
 
 /// Entries by key (key, value).
-type Entries = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+pub type Entries = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// The entries of the region's hash `map` (arena slot `slot`), for hashes with one value per
 /// entry on the GPU; None for other maps.
@@ -594,7 +594,7 @@ impl GpuProbes {
             }
             if let Some(entries) = host_entries(layout, slot, map) {
                 if share.hashes.get(&slot).is_some_and(|given| given != &entries) {
-                    out.merges.push(slot);
+                    out.merges.push((slot, entries));
                 }
                 continue;
             }
@@ -711,20 +711,47 @@ impl GpuProbes {
     }
 
     /// Merges host-owned hash `slot` both ways, run in stream order before a launch, with
-    /// `table` the device's table of it as the stream got there: what the GPU changed since it
-    /// was last given the hash is written to the region, then `table` is rewritten to hold
-    /// the region's entries (given to the GPU from then on). Returns the count of entries,
-    /// the table's descriptor word. Nothing either side wrote is lost.
-    pub fn merge_hash(&self, layout: &ArenaLayout, slot: usize, share: &mut HostShare, table: &mut [u8]) -> Result<u64, String> {
+    /// `table` the device's table of it as the stream got there and `host` the region's entries
+    /// when the launch was queued (what the launch must see of the host's writes; later ones
+    /// reach a later launch): what the GPU changed since it was last given the hash is written
+    /// to the region, then `table` is rewritten to hold `host` with the GPU's changes (given to
+    /// the GPU from then on). Returns the count of entries, the table's descriptor word.
+    /// Nothing either side wrote is lost.
+    pub fn merge_hash(&self, layout: &ArenaLayout, slot: usize, share: &mut HostShare, table: &mut [u8], host: &Entries) -> Result<u64, String> {
         let m = layout.maps.get(slot).ok_or("no such GPU map")?;
         let map = self.region_map(slot)?;
         let given = share.hashes.get_mut(&slot).ok_or_else(|| format!("map `{}` is not shared with the host", m.spec.name))?;
         let gpu: Entries = layout.table_entries(slot, table).into_iter().collect();
-        apply_gpu_changes(map, &m.spec.name, given, gpu)?;
-        let host = host_entries(layout, slot, map).unwrap_or_default();
-        let (fresh, count) = hash_table_of(layout, slot, &host);
+        apply_gpu_changes(map, &m.spec.name, given, gpu.clone())?;
+        // The region now, less what the host wrote after the launch was queued (an entry that
+        // is neither the queued view's nor the GPU's): that waits for the next launch.
+        let now = host_entries(layout, slot, map).unwrap_or_default();
+        let mut merged = Entries::new();
+        for (k, v) in &now {
+            match host.get(k) {
+                _ if gpu.get(k) == Some(v) => {
+                    merged.insert(k.clone(), v.clone());
+                }
+                Some(h) => {
+                    merged.insert(k.clone(), h.clone());
+                }
+                None => {
+                    if let Some(g) = gpu.get(k) {
+                        merged.insert(k.clone(), g.clone());
+                    }
+                }
+            }
+        }
+        // Deleted since the launch was queued: by the host (the GPU's entry stays for this
+        // launch), or by the GPU (gone).
+        for k in host.keys().filter(|k| !now.contains_key(*k)) {
+            if let Some(g) = gpu.get(k) {
+                merged.insert(k.clone(), g.clone());
+            }
+        }
+        let (fresh, count) = hash_table_of(layout, slot, &merged);
         table.copy_from_slice(&fresh);
-        *given = host;
+        *given = merged;
         Ok(count)
     }
 }
@@ -761,8 +788,9 @@ pub struct HostShare {
 pub struct HostPush {
     /// (arena offset, bytes) to copy, in order.
     pub copies: Vec<(u64, Vec<u8>)>,
-    /// Hash slots to merge in stream order ([`GpuProbes::merge_hash`]).
-    pub merges: Vec<usize>,
+    /// Hash slots to merge in stream order ([`GpuProbes::merge_hash`]), with the region's
+    /// entries as of now.
+    pub merges: Vec<(usize, Entries)>,
     /// Maps only GPU programs used that the host wrote now (host-owned from now on).
     pub adopted: Vec<String>,
 }
