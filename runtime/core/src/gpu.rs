@@ -675,6 +675,9 @@ impl GpuProbes {
         layout.fold_shards(arena);
         let mut errors = vec![];
         let (lines, lost) = trace_lines(layout, arena);
+        if layout.trace_slot.is_some() && std::env::var_os("BPFTIME_VERBOSE").is_some() {
+            eprintln!("bpftime: CUDA trace ring copied back: {} messages, {lost} lost", lines.len());
+        }
         if !lines.is_empty() {
             match crate::trace::TracePipe::open(region) {
                 Ok(pipe) => lines.iter().for_each(|l| pipe.write(l.as_bytes())),
