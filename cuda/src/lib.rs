@@ -57,7 +57,17 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, CudaError>) -> Result<T, CudaError> 
 
 /// A GPU.
 pub struct Device {
-    ctx: Arc<CudaContext>,
+    /// Dropped by [`Device`]'s own `Drop`, where a panic of cudarc's (a driver without an entry
+    /// point it calls to release the context) is contained.
+    ctx: std::mem::ManuallyDrop<Arc<CudaContext>>,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // SAFETY: the field is taken once, here, and never used after.
+        let ctx = unsafe { std::mem::ManuallyDrop::take(&mut self.ctx) };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(ctx)));
+    }
 }
 
 /// What one device is.
@@ -74,7 +84,7 @@ pub struct DeviceInfo {
 impl Device {
     /// Opens device `ordinal`.
     pub fn open(ordinal: usize) -> Result<Device, CudaError> {
-        guarded(|| Ok(Device { ctx: CudaContext::new(ordinal).map_err(driver)? }))
+        guarded(|| Ok(Device { ctx: std::mem::ManuallyDrop::new(CudaContext::new(ordinal).map_err(driver)?) }))
     }
 
     /// Name, SM count and compute capability.
