@@ -531,13 +531,27 @@ fn gpu_and_cpu_timestamps_compare() {
 /// block 1 weighs 10: seen = [3, 2 x 10, 1, 0] x 256 threads.
 #[test]
 fn gpu_probes_see_the_hosts_hash_maps() {
-    let Some(dir) = setup("hashes", &[]) else { return };
+    hosts_hash_maps_reach_the_gpu("hashes", &[]);
+}
+
+/// The same with launches that run after their calls return, as on a GPU (the stand-in driver's
+/// async mode: launches, copies and host functions run at the app's synchronisation, after the
+/// CPU probe wrote every launch's key): each launch still sees the keys written before it was
+/// queued, and not the later ones (on an H200, block 2 was counted twice before the merge took
+/// the host's entries as of the launch's queueing).
+#[test]
+fn gpu_probes_see_the_hosts_hash_maps_as_of_each_launch_when_launches_run_later() {
+    hosts_hash_maps_reach_the_gpu("hashes-async", &[("BPFTIME_FAKE_CUDA_ASYNC", "1")]);
+}
+
+fn hosts_hash_maps_reach_the_gpu(tag: &str, env: &[(&str, &str)]) {
+    let Some(dir) = setup(tag, &[]) else { return };
     let bpftool = PathBuf::from("/usr/sbin/bpftool");
     if !bpftool.exists() {
         println!("skipping: no bpftool to fill a map (apt install bpftool; bash scripts/setup.sh does)");
         return;
     }
-    let shm = format!("bpftime-cuda-hashes-{}", std::process::id());
+    let shm = format!("bpftime-cuda-{tag}-{}", std::process::id());
     bpftime_tests::remove_region(&shm);
     let bpftime = || {
         let mut c = Command::new(env!("CARGO_BIN_EXE_bpftime"));
@@ -555,7 +569,7 @@ fn gpu_probes_see_the_hosts_hash_maps() {
         .args(["load", "--"])
         .arg(&bpftool)
         .args(["map", "update", "name", "weights", "key", "1", "0", "0", "0", "value", "10", "0", "0", "0", "0", "0", "0", "0"]));
-    let app = run(bpftime().args(["start", "--"]).arg(dir.join("app")).args(app_args()).env("LD_LIBRARY_PATH", &dir));
+    let app = run(bpftime().args(["start", "--"]).arg(dir.join("app")).args(app_args()).env("LD_LIBRARY_PATH", &dir).envs(env.iter().copied()));
     let seen = run(bpftime().args(["map", "dump", "seen"]));
     let expected = [3 * 256, 2 * 256 * 10, 256];
     for (block, want) in expected.iter().enumerate() {

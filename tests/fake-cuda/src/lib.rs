@@ -7,7 +7,10 @@
 //! What it was given is left for the test to read when `BPFTIME_FAKE_CUDA_DIR` names a
 //! directory: every loaded PTX text (`module-N.ptx`) and a `log` of loads and launches.
 //! `BPFTIME_FAKE_CUDA_REJECT=TEXT` makes it refuse PTX containing TEXT (as a driver refuses
-//! PTX its JIT cannot compile), to test fallbacks.
+//! PTX its JIT cannot compile), to test fallbacks. `BPFTIME_FAKE_CUDA_ASYNC=1` runs launches,
+//! async copies and host functions in stream order at the next synchronisation (or synchronous
+//! copy) instead of during their calls, as a GPU runs them after the host has moved on (an async
+//! copy from pinned memory reads it then; from pageable memory, at the call).
 
 use bpftime_gpu_ptx::fatbin::{self, EntryKind};
 use bpftime_gpu_ptx::interp::{Launch, Machine, Memory, Module};
@@ -186,21 +189,69 @@ unsafe fn put<T>(p: *mut T, v: T) -> CuResult {
     SUCCESS
 }
 
+/// Work queued on the (one, in-order) stream while `BPFTIME_FAKE_CUDA_ASYNC` is set: run at the
+/// next synchronisation, as a GPU runs launches, async copies and host functions after their
+/// calls return (the host goes on meanwhile).
+type Work = Box<dyn FnOnce() + Send>;
+static QUEUE: Mutex<Vec<Work>> = Mutex::new(Vec::new());
+/// Pinned host allocations (address, bytes): an async copy from one reads it when it runs.
+static PINNED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+fn async_mode() -> bool {
+    std::env::var_os("BPFTIME_FAKE_CUDA_ASYNC").is_some()
+}
+
+/// Runs `work` now, or queues it in async mode.
+fn on_stream(work: impl FnOnce() + Send + 'static) -> CuResult {
+    if async_mode() {
+        QUEUE.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(work));
+    } else {
+        work();
+    }
+    SUCCESS
+}
+
+/// Runs what is queued, in order (a synchronisation, or a synchronous call waiting for it).
+fn drain() {
+    loop {
+        let work: Vec<Work> = std::mem::take(&mut *QUEUE.lock().unwrap_or_else(|e| e.into_inner()));
+        if work.is_empty() {
+            return;
+        }
+        for w in work {
+            w();
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch(func: Handle, grid: [c_uint; 3], block: [c_uint; 3], params: *mut *mut c_void) -> CuResult {
-    with(|f| {
-        let Some((mi, name)) = f.functions.get((func as usize).wrapping_sub(1)).cloned() else { return INVALID_HANDLE };
+    // The arguments are read when the call is made; the kernel runs in stream order.
+    let prepared = with(|f| {
+        let Some((mi, name)) = f.functions.get((func as usize).wrapping_sub(1)).cloned() else { return Err(INVALID_HANDLE) };
         let sizes = f.modules[mi].module.kernel_param_sizes(&name).unwrap_or_default();
         let mut args = vec![];
         for (i, &size) in sizes.iter().enumerate() {
             if size > 8 || params.is_null() {
-                return NOT_SUPPORTED;
+                return Err(NOT_SUPPORTED);
             }
             let mut v = [0u8; 8];
             // SAFETY: cuLaunchKernel's kernelParams: one pointer per parameter to its value.
             unsafe { std::ptr::copy_nonoverlapping((*params.add(i)).cast::<u8>(), v.as_mut_ptr(), size as usize) };
             args.push(u64::from_le_bytes(v));
         }
+        Ok((mi, name, args))
+    });
+    match prepared {
+        Ok((mi, name, args)) => on_stream(move || {
+            let _ = run_kernel(mi, &name, &args, grid, block);
+        }),
+        Err(e) => e,
+    }
+}
+
+fn run_kernel(mi: usize, name: &str, args: &[u64], grid: [c_uint; 3], block: [c_uint; 3]) -> CuResult {
+    with(|f| {
         log(&format!("launch {name} blocks {} threads {}", grid.iter().product::<u32>(), block.iter().product::<u32>()));
         let m = &mut f.modules[mi].machine;
         // As on a GPU, `%globaltimer` counts the host's CLOCK_REALTIME.
@@ -211,7 +262,7 @@ fn launch(func: Handle, grid: [c_uint; 3], block: [c_uint; 3], params: *mut *mut
         let snapshots = mirror_in(f);
         let m = &mut f.modules[mi].machine;
         m.memory = std::mem::take(&mut f.memory);
-        let r = m.launch(&name, &args, Launch { grid, block, sms: SMS });
+        let r = m.launch(name, args, Launch { grid, block, sms: SMS });
         f.memory = std::mem::take(&mut m.memory);
         mirror_out(f, &snapshots);
         match r {
@@ -297,31 +348,52 @@ api! {
     // One context, current on every thread once made current: popping leaves it so.
     fn cuCtxPopCurrent(c: *mut Handle) { unsafe { put(c, 1 as Handle) } }
     fn cuCtxGetDevice(d: *mut c_int) { unsafe { put(d, 0) } }
-    fn cuCtxSynchronize() { SUCCESS }
+    fn cuCtxSynchronize() { drain(); SUCCESS }
     fn cuStreamCreate(s: *mut Handle, _flags: c_uint) { unsafe { put(s, 0x10 as Handle) } }
-    fn cuStreamSynchronize(_s: Handle) { SUCCESS }
+    fn cuStreamSynchronize(_s: Handle) { drain(); SUCCESS }
     fn cuMemAlloc(p: *mut u64, n: usize) { let a = with(|f| f.memory.alloc(n as u64)); unsafe { put(p, a) } }
     fn cuMemFree(_p: u64) { SUCCESS }
     fn cuMemAllocHost(p: *mut *mut c_void, n: usize) {
         // SAFETY: malloc(3); freed by cuMemFreeHost.
         let a = unsafe { libc::malloc(n.max(1)) };
+        if !a.is_null() {
+            PINNED.lock().unwrap_or_else(|e| e.into_inner()).push((a as usize, n));
+        }
         if a.is_null() { 2 } else { unsafe { put(p, a) } }
     }
     fn cuMemFreeHost(p: *mut c_void) { unsafe { libc::free(p) }; SUCCESS }
     fn cuMemcpyHtoD(dst: u64, src: *const c_void, n: usize) {
+        drain();
         let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), n) }.to_vec();
         result(with(|f| f.memory.write(dst, &data)).map_err(|_| INVALID_VALUE))
     }
-    fn cuMemcpyHtoDAsync(dst: u64, src: *const c_void, n: usize, _s: Handle) { unsafe { cuMemcpyHtoD(dst, src, n) } }
+    fn cuMemcpyHtoDAsync(dst: u64, src: *const c_void, n: usize, _s: Handle) {
+        // From pinned memory the bytes are read when the copy runs; from pageable memory the
+        // driver takes them at the call.
+        let (at, pinned) = (src as usize, PINNED.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|&(a, len)| a <= src as usize && src as usize + n <= a + len));
+        let early = (!pinned).then(|| unsafe { std::slice::from_raw_parts(src.cast::<u8>(), n) }.to_vec());
+        on_stream(move || {
+            let data = early.unwrap_or_else(|| unsafe { std::slice::from_raw_parts(at as *const u8, n) }.to_vec());
+            let _ = with(|f| f.memory.write(dst, &data));
+        })
+    }
     fn cuMemcpyDtoH(dst: *mut c_void, src: u64, n: usize) {
+        drain();
         match with(|f| f.memory.read(src, n as u64)) {
             Ok(b) => { unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), dst.cast::<u8>(), n) }; SUCCESS }
             Err(_) => INVALID_VALUE,
         }
     }
-    fn cuMemcpyDtoHAsync(dst: *mut c_void, src: u64, n: usize, _s: Handle) { unsafe { cuMemcpyDtoH(dst, src, n) } }
-    fn cuMemsetD8(dst: u64, v: u8, n: usize) { result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
-    fn cuMemsetD8Async(dst: u64, v: u8, n: usize, _s: Handle) { result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
+    fn cuMemcpyDtoHAsync(dst: *mut c_void, src: u64, n: usize, _s: Handle) {
+        let at = dst as usize;
+        on_stream(move || {
+            if let Ok(b) = with(|f| f.memory.read(src, n as u64)) {
+                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), at as *mut u8, n) };
+            }
+        })
+    }
+    fn cuMemsetD8(dst: u64, v: u8, n: usize) { drain(); result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
+    fn cuMemsetD8Async(dst: u64, v: u8, n: usize, _s: Handle) { on_stream(move || { let _ = with(|f| f.memory.write(dst, &vec![v; n])); }) }
     fn cuFuncGetName(out: *mut *const c_char, func: Handle) {
         let name = with(|f| f.functions.get((func as usize).wrapping_sub(1)).map(|(_, n)| n.clone()));
         match name.and_then(|n| std::ffi::CString::new(n).ok()) {
@@ -331,10 +403,9 @@ api! {
         }
     }
     fn cuMemcpyDtoDAsync(dst: u64, src: u64, n: usize, _s: Handle) {
-        result(with(|f| {
-            let bytes = f.memory.read(src, n as u64).map_err(|_| INVALID_VALUE)?;
-            f.memory.write(dst, &bytes).map_err(|_| INVALID_VALUE)
-        }))
+        on_stream(move || {
+            let _ = with(|f| f.memory.read(src, n as u64).and_then(|bytes| f.memory.write(dst, &bytes)));
+        })
     }
     fn cuMemHostRegister(p: *mut c_void, n: usize, _flags: c_uint) {
         with(|f| {
@@ -355,7 +426,10 @@ api! {
         let addr = p as u64;
         if with(|f| f.host.iter().any(|&(a, l)| a <= addr && addr < a + l)) { unsafe { put(d, addr) } } else { INVALID_VALUE }
     }
-    fn cuLaunchHostFunc(_s: Handle, f: HostFn, data: *mut c_void) { unsafe { f(data) }; SUCCESS }
+    fn cuLaunchHostFunc(_s: Handle, f: HostFn, data: *mut c_void) {
+        let data = data as usize;
+        on_stream(move || unsafe { f(data as *mut c_void) })
+    }
     fn cuModuleLoadData(m: *mut Handle, image: *const c_void) {
         match unsafe { load(image) } { Ok(h) => unsafe { put(m, h) }, Err(e) => e }
     }
