@@ -208,7 +208,7 @@ late() {
     touch "$w/1" "$w/2"
     wait_bounded $pid 120 || echo "$name: the application failed or hung"
     cmp -s "$cuda/$name.plain" "$cuda/$name.out" || { echo "$name: output changed"; diff "$cuda/$name.plain" "$cuda/$name.out" | head -3; }
-    grep -E "hooked|patched copy|refused|cannot" "$cuda/$name.err" | head -5
+    grep -E "hooked|patched copy|refused|cannot|through its hook|as loaded" "$cuda/$name.err" | head -8
     "$cli" --shm "$shm" map dump "$map" > "$cuda/$name.report" 2>&1
     "$cli" --shm "$shm" shm remove >/dev/null 2>&1
 }
@@ -220,7 +220,7 @@ expect late "entries after the attach (launches 1, 2)" "$(map_value "$cuda/late.
 "$cuda/vector_add_bench" 1048576 300000 > "$cuda/latebench.out" 2>&1 &
 bench_pid=$!
 sleep 1
-"$cli" --shm bpftime-gpu-latebench attach $bench_pid --program "$bpf/cuda_probes.bpf.o" 2> "$cuda/latebench.attach"
+BPFTIME_VERBOSE=1 "$cli" --shm bpftime-gpu-latebench attach $bench_pid --program "$bpf/cuda_probes.bpf.o" 2> "$cuda/latebench.attach"
 wait_bounded $bench_pid 120 || echo "latebench: the application failed or hung"
 entries=$("$cli" --shm bpftime-gpu-latebench map dump calls 2>&1 | awk '$1 == "0" && $2 == "=>" { print $3 }')
 expect latebench "whole launches counted after attaching to a running cudart app" "$(( ${entries:-0} > 0 && ${entries:-0} % 1048576 == 0 ))" 1
