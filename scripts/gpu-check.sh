@@ -217,10 +217,10 @@ expect late "output unchanged" "$(cmp -s "$cuda/late.plain" "$cuda/late.out" && 
 expect late "entries after the attach (launches 1, 2)" "$(map_value "$cuda/late.report" calls 0)" 2097152
 # The same into an application built the default way (static cudart), launching in a loop.
 "$cli" --shm bpftime-gpu-latebench shm remove >/dev/null 2>&1
-"$cuda/vector_add_bench" 1048576 300000 > "$cuda/latebench.out" 2>&1 &
+BPFTIME_VERBOSE=1 "$cuda/vector_add_bench" 1048576 300000 > "$cuda/latebench.out" 2>&1 &
 bench_pid=$!
 sleep 1
-BPFTIME_VERBOSE=1 "$cli" --shm bpftime-gpu-latebench attach $bench_pid --program "$bpf/cuda_probes.bpf.o" 2> "$cuda/latebench.attach"
+"$cli" --shm bpftime-gpu-latebench attach $bench_pid --program "$bpf/cuda_probes.bpf.o" 2> "$cuda/latebench.attach"
 wait_bounded $bench_pid 120 || echo "latebench: the application failed or hung"
 entries=$("$cli" --shm bpftime-gpu-latebench map dump calls 2>&1 | awk '$1 == "0" && $2 == "=>" { print $3 }')
 expect latebench "whole launches counted after attaching to a running cudart app" "$(( ${entries:-0} > 0 && ${entries:-0} % 1048576 == 0 ))" 1
