@@ -1,6 +1,7 @@
 //! CUDA probes in an application that was running before the agent came (`bpftime attach
-//! PID`): its runtime fetched every driver entry point long ago and loaded its modules without
-//! probes, so neither the `dlsym`/`cuGetProcAddress` wrappers nor load-time patching can see it.
+//! PID`), or before its CUDA probes came (a loader after `bpftime start`): its runtime fetched
+//! the driver's entry points unwrapped and loaded its modules without probes, so neither the
+//! `dlsym`/`cuGetProcAddress` wrappers nor load-time patching can see it.
 //!
 //! ```text
 //! start: libcuda loaded, cuGetProcAddress never seen -> ask libcuda for it; inline-hook the
@@ -16,8 +17,7 @@
 //! modules loaded from now on: patched as they load, as under the preloaded agent
 //! ```
 //!
-//! Kernels launched through graphs captured before the agent came run without probes (said
-//! once). When the region no longer has the probes' links (`bpftime detach PID`), the hooks
+//! Kernels launched through graphs instantiated before then run without probes. When the region no longer has the probes' links (`bpftime detach PID`), the hooks
 //! are removed and launches go to the original kernels again.
 
 use super::driver::{self, DevPtr, Driver, Handle};
