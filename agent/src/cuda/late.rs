@@ -336,7 +336,12 @@ fn module_variables(ptx: &str) -> Vec<(String, bool)> {
 /// The fatbins in the files this process has mapped (the executable and its libraries; not
 /// the driver's own libraries): each file mapped read-only, and the fatbin's bytes in it.
 fn process_fatbins() -> Vec<(Arc<memmap2::Mmap>, std::ops::Range<usize>)> {
-    let mut paths: Vec<String> = bpftime_attach::procmaps::mappings().into_iter().filter(|m| m.inode != 0 && m.path.starts_with('/')).map(|m| m.path).collect();
+    // Files, not devices or the region (/dev/shm) and the like.
+    let mut paths: Vec<String> = bpftime_attach::procmaps::mappings()
+        .into_iter()
+        .filter(|m| m.inode != 0 && m.path.starts_with('/') && !m.path.starts_with("/dev/") && !m.path.starts_with("/proc/"))
+        .map(|m| m.path)
+        .collect();
     paths.dedup();
     let skip = ["libcuda.so", "libnvidia-", "libc.so", "ld-linux", "libbpftime", "libm.so", "libstdc++", "libgcc_s"];
     let mut out = vec![];

@@ -189,7 +189,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs agent work from a driver entry point: probes silenced, panics contained.
 fn guarded<R>(f: impl FnOnce() -> Option<R>) -> Option<R> {
-    bpftime_attach::without_probes(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok().flatten())
+    bpftime_attach::without_probes(|| match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            // A bug of ours: the application goes on without what it was doing.
+            if verbose() {
+                let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                eprintln!("bpftime: CUDA probes: internal error ({what}); the application goes on without it");
+            }
+            None
+        }
+    })
 }
 
 impl Gpu {
