@@ -659,9 +659,7 @@ fn probes_reach_the_kernels_of_a_cuda_app_already_running() {
     app.wait_for("before launch 1");
     let pid = app.pid().to_string();
     let attached = s.bpftime(&["attach", &pid, "--program", build_example("cuda_probes").to_str().unwrap()]);
-    app.release(1);
-    app.wait_for("before launch 2");
-    app.release(2);
+    app.release_through(1, 2);
     app.wait_for("before launch 3");
     let detached = s.bpftime(&["detach", &pid]);
     // The agent's link follower takes the CUDA hooks out (after writing back what launches 1
@@ -673,10 +671,10 @@ fn probes_reach_the_kernels_of_a_cuda_app_already_running() {
     assert!(said.contains("CUDA probes through hooks on the driver"), "{attached}\n{said}");
     assert!(said.contains("CUDA kernel _Z10vector_addPKfS0_Pfi (loaded before its probes came) runs its patched copy"), "{said}");
     assert!(!detached.is_empty());
-    let calls = s.bpftime(&["map", "dump", "calls"]);
-    let two = 512.to_string();
-    assert_eq!(dumped(&calls, "calls", "0").as_deref(), Some(two.as_str()), "entries in launches 1 and 2 (256 threads each)\n{calls}\n{attached}\n{said}");
-    assert_eq!(dumped(&calls, "calls", "1").as_deref(), Some(two.as_str()), "exits in launches 1 and 2\n{calls}");
+    let (entries, exits, calls) = probe_calls(&s);
+    let two = Some(512.to_string());
+    assert_eq!(entries, two, "entries in launches 1 and 2 (256 threads each)\n{calls}\n{attached}\n{said}");
+    assert_eq!(exits, two, "exits in launches 1 and 2\n{calls}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -694,13 +692,11 @@ fn probes_reach_a_cuda_app_that_opens_its_driver_after_the_attach() {
     std::fs::write(dir.join("wait/open"), "").unwrap();
     app.wait_for("before launch 1");
     app.wait_for("bpftime: CUDA probes through hooks on the driver");
-    app.release(1);
-    app.wait_for("before launch 2");
-    app.release(2);
+    app.release_through(1, 2);
     let (stdout, said) = app.finish_with_output();
     assert_eq!(stdout, text(&base.stdout), "the app's output\n{said}");
-    let calls = s.bpftime(&["map", "dump", "calls"]);
-    let entries: u64 = dumped(&calls, "calls", "0").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (entries, _, calls) = probe_calls(&s);
+    let entries: u64 = entries.and_then(|v| v.parse().ok()).unwrap_or(0);
     // Launch 0 may have come before the hooks or after them.
     assert!(entries == THREADS * 2 || entries == THREADS * 3, "launches 1 and 2 at least: {entries}\n{calls}\n{said}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -718,15 +714,13 @@ fn cuda_probes_loaded_after_the_app_started_reach_its_kernels() {
     app.wait_for("before launch 1");
     s.bpftime(&["load", build_example("cuda_probes").to_str().unwrap()]);
     app.wait_for("bpftime: CUDA probes through hooks on the driver");
-    app.release(1);
-    app.wait_for("before launch 2");
-    app.release(2);
+    app.release_through(1, 2);
     let (stdout, said) = app.finish_with_output();
     assert_eq!(stdout, text(&base.stdout), "the app's output\n{said}");
-    let calls = s.bpftime(&["map", "dump", "calls"]);
-    let two = (THREADS * 2).to_string();
-    assert_eq!(dumped(&calls, "calls", "0").as_deref(), Some(two.as_str()), "entries in launches 1 and 2\n{calls}\n{said}");
-    assert_eq!(dumped(&calls, "calls", "1").as_deref(), Some(two.as_str()), "exits in launches 1 and 2\n{calls}");
+    let (entries, exits, calls) = probe_calls(&s);
+    let two = Some((THREADS * 2).to_string());
+    assert_eq!(entries, two, "entries in launches 1 and 2\n{calls}\n{said}");
+    assert_eq!(exits, two, "exits in launches 1 and 2\n{calls}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -743,9 +737,7 @@ fn a_kernel_attached_to_late_sees_its_module_variables() {
     let mut app = WaitingApp::plain(&dir, &[("BPFTIME_VERBOSE", "1")]);
     app.wait_for("before launch 1");
     let attached = s.bpftime(&["attach", &app.pid().to_string(), "--program", build_example("cuda_globals").to_str().unwrap()]);
-    app.release(1);
-    app.wait_for("before launch 2");
-    app.release(2);
+    app.release_through(1, 2);
     let (stdout, said) = app.finish_with_output();
     assert_eq!(stdout, text(&base.stdout), "the app's output\n{said}");
     assert!(said.contains("runs its patched copy (2 variables copied around each launch)"), "{attached}\n{said}");
@@ -754,6 +746,12 @@ fn a_kernel_attached_to_late_sees_its_module_variables() {
     assert_eq!(dumped(&counts, "counts", "0").as_deref(), Some(two.as_str()), "entries in launches 1 and 2\n{counts}\n{said}");
     assert_eq!(dumped(&counts, "counts", "1").as_deref(), Some(two.as_str()), "exits in launches 1 and 2\n{counts}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What `cuda_probes` counted in the session's region: (entries, exits, the dump).
+fn probe_calls(s: &Session) -> (Option<String>, Option<String>, String) {
+    let calls = s.bpftime(&["map", "dump", "calls"]);
+    (dumped(&calls, "calls", "0"), dumped(&calls, "calls", "1"), calls)
 }
 
 /// A region of its own for a test, with bpftool to write it through the syscall server.
@@ -868,6 +866,16 @@ impl WaitingApp {
     /// Lets launch `n` go.
     fn release(&self, n: u32) {
         std::fs::write(self.wait.join(n.to_string()), "").unwrap();
+    }
+
+    /// Lets launches `from` to `to` go, each once the app waits for it (it waits for `from`).
+    fn release_through(&mut self, from: u32, to: u32) {
+        for n in from..=to {
+            if n > from {
+                self.wait_for(&format!("before launch {n}"));
+            }
+            self.release(n);
+        }
     }
 
     /// Waits for the app to succeed; everything it said on stderr.

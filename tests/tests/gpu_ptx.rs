@@ -357,26 +357,31 @@ fn run_once(g: &bpftime_runtime::gpu::GpuProgram, arg: u64) -> (Result<u64, RunE
     (state::outcome(&raw[8..], u64::from_le_bytes(raw[..8].try_into().unwrap())), m.memory.read(arena, g.layout.size).unwrap())
 }
 
+/// Program `name` of example `example`, run once with an 8-byte context holding `arg` on the
+/// CPU interpreter (its result and the object's maps) and prepared for the GPU.
+fn on_cpu_and_for_gpu(example: &str, name: &str, arg: u64) -> (Result<u64, RunError>, Vec<bpftime_maps::Map>, bpftime_runtime::gpu::GpuProgram) {
+    use bpftime_runtime::{EngineKind, Runtime};
+    let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example(example)).unwrap()).unwrap();
+    let rt = Runtime::new(Arc::new(bpftime_shm::ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Interp);
+    let loaded = rt.load_object(&obj).unwrap();
+    let (_, _, id) = loaded.programs.iter().find(|p| p.0 == name).unwrap();
+    let mut ctx = arg.to_le_bytes().to_vec();
+    let r0 = rt.run(&rt.program(*id).unwrap(), Context::Mem(&mut ctx), 0, 0, false);
+    let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), bpftime_gpu_ptx::Target::default(), 4).unwrap();
+    (r0, loaded.maps, g)
+}
+
 /// More distinct keys than a hash holds (1,000 into 64): an LRU hash on the GPU evicts and
 /// takes every insert, as the CPU's does, ending with 64 distinct keys, the last one inserted
 /// among them; a plain hash refuses the 936 past its capacity on both.
 #[test]
 fn an_lru_hash_on_the_gpu_evicts_as_the_cpu_does() {
-    use bpftime_gpu_ptx::Target;
-    use bpftime_runtime::{EngineKind, Runtime};
-    use bpftime_shm::ShmRegion;
-    let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_lru")).unwrap()).unwrap();
     let n = 1000u64;
-    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Interp);
-    let loaded = rt.load_object(&obj).unwrap();
-    let (_, _, id) = loaded.programs.iter().find(|p| p.0 == "insert_many").unwrap();
-    let prog = rt.program(*id).unwrap();
-    let mut ctx = n.to_le_bytes().to_vec();
-    let cpu_r0 = rt.run(&prog, Context::Mem(&mut ctx), 0, 0, false).expect("runs on the CPU");
+    let (cpu_r0, maps, g) = on_cpu_and_for_gpu("gpu_lru", "insert_many", n);
+    let cpu_r0 = cpu_r0.expect("runs on the CPU");
     let mut v = vec![0u8; 8];
-    loaded.maps.iter().find(|m| m.name() == "failed").unwrap().lookup(&1u32.to_le_bytes(), &mut v).unwrap();
+    maps.iter().find(|m| m.name() == "failed").unwrap().lookup(&1u32.to_le_bytes(), &mut v).unwrap();
     let cpu_plain_failed = u64::from_le_bytes(v[..8].try_into().unwrap());
-    let g = bpftime_runtime::gpu::gpu_program(&obj, Some("insert_many"), Target::default(), 4).unwrap();
     let (gpu_r0, image) = run_once(&g, n);
     assert_eq!((gpu_r0.expect("runs on the GPU"), cpu_r0), (0, 0), "no LRU insert fails");
     let slot = |name: &str| g.layout.maps.iter().position(|p| p.spec.name == name).unwrap();
@@ -399,18 +404,9 @@ fn an_lru_hash_on_the_gpu_evicts_as_the_cpu_does() {
 /// ends empty.
 #[test]
 fn keys_that_keep_changing_reuse_deleted_entries_on_the_gpu() {
-    use bpftime_gpu_ptx::Target;
-    use bpftime_runtime::{EngineKind, Runtime};
-    use bpftime_shm::ShmRegion;
-    let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_lru")).unwrap()).unwrap();
     let n = 1000u64;
-    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(8 << 20).unwrap()), EngineKind::Interp);
-    let loaded = rt.load_object(&obj).unwrap();
-    let (_, _, id) = loaded.programs.iter().find(|p| p.0 == "churn").unwrap();
-    let prog = rt.program(*id).unwrap();
-    let mut ctx = n.to_le_bytes().to_vec();
-    assert_eq!(rt.run(&prog, Context::Mem(&mut ctx), 0, 0, false), Ok(0), "no insert fails on the CPU");
-    let g = bpftime_runtime::gpu::gpu_program(&obj, Some("churn"), Target::default(), 4).unwrap();
+    let (cpu_r0, _, g) = on_cpu_and_for_gpu("gpu_lru", "churn", n);
+    assert_eq!(cpu_r0, Ok(0), "no insert fails on the CPU");
     let (r0, image) = run_once(&g, n);
     assert_eq!(r0, Ok(0), "no insert fails on the GPU");
     assert!(g.layout.entries(&image, 0).is_empty(), "every key deleted");

@@ -96,15 +96,9 @@ pub struct LaunchConfig {
     stream: Handle,
 }
 
-/// The wrapper of `name` for the real entry point `real` (see [`wrapper_of`]), for the hooks
-/// of a driver in use before the agent came.
-pub(super) fn wrapper_for(name: &[u8], real: usize, per_thread: bool) -> Option<usize> {
-    wrapper_of(name, real, per_thread)
-}
-
 /// The wrapper of `name` for the real entry point `real`, or None when the agent leaves it
 /// alone. `per_thread`: the variant reads stream 0 as the per-thread stream.
-fn wrapper_of(name: &[u8], real: usize, per_thread: bool) -> Option<usize> {
+pub(super) fn wrapper_of(name: &[u8], real: usize, per_thread: bool) -> Option<usize> {
     let base = name.strip_suffix(b"_ptsz").unwrap_or(name);
     let per_thread = per_thread || base.len() != name.len();
     macro_rules! pick {

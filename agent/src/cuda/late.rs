@@ -150,7 +150,7 @@ pub(crate) fn start(gpu: &Gpu) {
                 if !seen.insert(real) {
                     continue;
                 }
-                let Some(wrapper) = super::hooks::wrapper_for(name.to_bytes(), real, per_thread) else { continue };
+                let Some(wrapper) = super::hooks::wrapper_of(name.to_bytes(), real, per_thread) else { continue };
                 let info = bpftime_attach::SiteInfo { function_size: 0, at_entry: true, padding: 0 };
                 match bpftime_attach::attach(
                     real as u64,
@@ -286,7 +286,7 @@ fn make_substitute(gpu: &Gpu, drv: &Driver, late: &Late, ctx: usize, f: Handle) 
             Some(m as usize)
         }
         Err(e) => {
-            super::refused_late(&patched, &e);
+            super::refused_because(&patched, &e);
             None
         }
     });

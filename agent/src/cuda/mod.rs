@@ -113,17 +113,12 @@ fn active() -> bool {
 /// cannot run says so once).
 static TRIED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
-/// Whether link `l` is for this process (any process, or this one).
-fn for_this_process(l: &UprobeLink) -> bool {
-    l.pid == 0 || l.pid == std::process::id()
-}
-
 /// Takes the CUDA kernel links among `all` that are for this process; their programs are
 /// verified for the GPU now and spliced into kernels as the application loads its modules.
 /// With `late`, the application may have fetched the driver's entry points already (the agent
 /// was loaded into it, or the probes came after it started): they are hooked where so.
 pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink], late: bool) {
-    let mine: Vec<UprobeLink> = all.iter().filter(|l| for_this_process(l)).cloned().collect();
+    let mine: Vec<UprobeLink> = all.iter().filter(|l| crate::glue::for_this_process(l)).cloned().collect();
     lock(&TRIED).extend(mine.iter().filter(|l| l.kind == links::LinkKind::CudaKernel).map(|l| l.id));
     let (probes, failed) = GpuProbes::prepare(region, &mine);
     for (link, name, why) in failed {
@@ -165,7 +160,7 @@ pub(crate) fn links_changed(region: &Arc<ShmRegion>, now: &[UprobeLink]) {
         // A loader stores its links one by one: the set is taken once two looks in a row (a
         // change, or the follower's poll) find it the same.
         static SEEN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-        let ids: Vec<u32> = now.iter().filter(|l| l.kind == links::LinkKind::CudaKernel && for_this_process(l)).map(|l| l.id).collect();
+        let ids: Vec<u32> = now.iter().filter(|l| l.kind == links::LinkKind::CudaKernel && crate::glue::for_this_process(l)).map(|l| l.id).collect();
         let settled = std::mem::replace(&mut *lock(&SEEN), ids.clone()) == ids;
         let fresh = ids.iter().any(|id| !lock(&TRIED).contains(id));
         if fresh && settled {
@@ -590,19 +585,6 @@ fn loaded_patched(image: &PatchedImage, handle: Loaded) {
     });
 }
 
-/// The driver refused a patched module loaded for kernels that were loaded before the agent
-/// came (they run without probes).
-fn refused_late(image: &PatchedImage, why: &str) {
-    guarded(|| {
-        let gpu = GPU.get()?;
-        for p in gpu.probes.probes.iter().filter(|p| image.probes.contains(&p.name)) {
-            links::raise_state(&gpu.region, p.link, LinkState::Failed);
-        }
-        gpu.say_once(format!("the driver refused a CUDA module with probes ({why}); its kernels run without them"));
-        Some(())
-    });
-}
-
 /// A driver entry point we wrap was asked for at an ABI newer than we know.
 fn newer_abi(name: &[u8], version: std::ffi::c_int) {
     guarded(|| {
@@ -622,13 +604,18 @@ fn report_load_time(patching: Duration, loading: Duration) {
 
 /// The driver refused a patched image (the original is loaded instead).
 fn refused(image: &PatchedImage, r: driver::CuResult) {
+    let name = Driver::get().map(|d| d.error_name(r)).unwrap_or_else(|| format!("CUDA error {r}"));
+    refused_because(image, &name);
+}
+
+/// The driver refused a patched image for `why`: its probes' links fail, said once.
+fn refused_because(image: &PatchedImage, why: &str) {
     guarded(|| {
         let gpu = GPU.get()?;
         for p in gpu.probes.probes.iter().filter(|p| image.probes.contains(&p.name)) {
             links::raise_state(&gpu.region, p.link, LinkState::Failed);
         }
-        let name = Driver::get().map(|d| d.error_name(r)).unwrap_or_else(|| format!("CUDA error {r}"));
-        gpu.say_once(format!("the driver refused a CUDA module with probes ({name}); it runs without them"));
+        gpu.say_once(format!("the driver refused a CUDA module with probes ({why}); it runs without them"));
         Some(())
     });
 }
