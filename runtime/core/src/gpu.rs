@@ -226,7 +226,7 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot:
     if let (Some(p), bpftime_gpu_ptx::maps::GpuMapKind::Hash) = (prev, m.kind) {
         let now: std::collections::HashSet<Vec<u8>> = layout.entries(arena, slot).into_iter().map(|(k, _)| k).collect();
         gone.retain(|k| !now.contains(k));
-        gone.extend(layout.entries(p, slot).into_iter().map(|(k, _)| k).filter(|k| !now.contains(k)));
+        gone.extend(layout.entries_where(p, slot, &changed).into_iter().map(|(k, _)| k).filter(|k| !now.contains(k)));
         gone.sort();
         gone.dedup();
     }
