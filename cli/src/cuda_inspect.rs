@@ -104,9 +104,9 @@ fn elf_kernels(cubin: &[u8]) -> Vec<String> {
 }
 
 /// `bpftime cuda patch OBJ BINARY -o DIR`: writes the PTX of every PTX entry of BINARY's
-/// fatbins with OBJ's `kprobe/KERNEL` and `kretprobe/KERNEL` programs spliced in; returns the
-/// report.
-pub fn patch(obj_path: &Path, binary: &Path, dir: &Path) -> Result<String, String> {
+/// fatbins with OBJ's `kprobe/KERNEL` and `kretprobe/KERNEL` programs (those named in `only`,
+/// or all) spliced in; returns the report.
+pub fn patch(obj_path: &Path, binary: &Path, dir: &Path, only: &[String]) -> Result<String, String> {
     use bpftime_gpu_ptx::patch::patch;
     use bpftime_gpu_ptx::Target;
     use bpftime_object::Object;
@@ -114,11 +114,16 @@ pub fn patch(obj_path: &Path, binary: &Path, dir: &Path) -> Result<String, Strin
     let obj =
         Object::parse(&bpftime_runtime::input::read_program_file(obj_path).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", obj_path.display()))?;
     // Loaded as `bpftime run` would (into private memory), so the probes and their shared
-    // arena are exactly what the agent splices.
-    let region = std::sync::Arc::new(bpftime_shm::ShmRegion::anonymous(64 << 20).map_err(|e| e.to_string())?);
+    // arena are exactly what the agent splices (sparse: only what the maps touch is memory).
+    let region = std::sync::Arc::new(bpftime_shm::ShmRegion::anonymous(2 << 30).map_err(|e| e.to_string())?);
     let rt = bpftime_runtime::Runtime::new(region.clone(), bpftime_runtime::EngineKind::Interp);
     let loaded = rt.load_object(&obj).map_err(|e| format!("{}: {e}", obj_path.display()))?;
-    let stored = bpftime_runtime::links::store_uprobes(&region, &loaded.programs).map_err(|e| e.to_string())?;
+    if let Some(missing) = only.iter().find(|p| !loaded.programs.iter().any(|(name, section, _)| *p == name || *p == section)) {
+        return Err(format!("{}: no program `{missing}`", obj_path.display()));
+    }
+    let chosen: Vec<(String, String, u32)> =
+        loaded.programs.into_iter().filter(|(name, section, _)| only.is_empty() || only.iter().any(|p| p == name || p == section)).collect();
+    let stored = bpftime_runtime::links::store_uprobes(&region, &chosen).map_err(|e| e.to_string())?;
     let (probes, failed) = GpuProbes::prepare(&region, &stored.links);
     if let Some((_, name, why)) = failed.first() {
         return Err(format!("{}: `{name}`: {why}", obj_path.display()));

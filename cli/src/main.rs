@@ -292,6 +292,9 @@ enum CudaCommand {
         /// Where to write the patched PTX.
         #[arg(short, long)]
         output: PathBuf,
+        /// Splice only this program (name or section; repeat for several). Default: all.
+        #[arg(long)]
+        program: Vec<String>,
     },
     /// List the fatbins, their entries and kernels, and which kernels can be instrumented.
     Inspect {
@@ -736,8 +739,8 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             println!("{}: {count} program(s), {} bytes", output.display(), compiled.len());
             Ok(0)
         }
-        Command::Cuda { command: CudaCommand::Patch { object, binary, output } } => {
-            print!("{}", cuda_inspect::patch(&object, &binary, &output)?);
+        Command::Cuda { command: CudaCommand::Patch { object, binary, output, program } } => {
+            print!("{}", cuda_inspect::patch(&object, &binary, &output, &program)?);
             Ok(0)
         }
         Command::Cuda { command: CudaCommand::Inspect { binary, json } } => {

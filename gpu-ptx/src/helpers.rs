@@ -25,23 +25,47 @@ pub struct GpuHelper {
     /// Name, for messages.
     pub name: &'static str,
     body: Body,
+    /// `""`, or `"_trusted"` for a trusted variant (see [`GpuHelper::with_trusted_args`]).
+    variant: &'static str,
+    /// The variant for calls whose map arguments are proven, and whether it assumes the value
+    /// (r3) proven too, besides the key (r2).
+    trusted: Option<(Box<GpuHelper>, bool)>,
 }
 
 impl GpuHelper {
     /// A helper with a fixed PTX body (declarations and instructions; `%st` and `%a1`-`%a5`
     /// are the parameters, `%ret` the result).
     pub fn ptx(id: u32, name: &'static str, body: impl Into<String>) -> Self {
-        GpuHelper { id, name, body: Body::Ptx(body.into()) }
+        GpuHelper { id, name, body: Body::Ptx(body.into()), variant: "", trusted: None }
+    }
+
+    /// Adds the variant `body` for calls whose key pointer (and, with `value`, value pointer)
+    /// the verifier proved to point to a whole key (value) of the map in r1 (see
+    /// [`bpftime_vm::Program::map_args`]): it reads them without checking their range, which
+    /// is what makes a site of a probe calling only such helpers read nothing of its state.
+    pub fn with_trusted_args(mut self, body: impl Into<String>, value: bool) -> Self {
+        let variant = GpuHelper { id: self.id, name: self.name, body: Body::Ptx(body.into()), variant: "_trusted", trusted: None };
+        self.trusted = Some((Box::new(variant), value));
+        self
+    }
+
+    /// The helper to call where the map arguments are `args`: the trusted variant when they
+    /// prove what it assumes, else this one.
+    pub fn for_args(&self, args: bpftime_vm::analysis::MapArgs) -> &GpuHelper {
+        match &self.trusted {
+            Some((t, value)) if args.key && (args.value || !value) => t,
+            _ => self,
+        }
     }
 
     /// A helper whose body depends on the program.
     pub fn per_program(id: u32, name: &'static str, body: fn(&Program) -> String) -> Self {
-        GpuHelper { id, name, body: Body::PerProgram(body) }
+        GpuHelper { id, name, body: Body::PerProgram(body), variant: "", trusted: None }
     }
 
     /// The `.func`'s name.
     pub fn func_name(&self) -> String {
-        format!("bpf_helper_{}", self.id)
+        format!("bpf_helper_{}{}", self.id, self.variant)
     }
 
     /// The `.func` definition for `prog`.

@@ -51,6 +51,17 @@ pub struct Probe {
     pub ptx: String,
     /// Bytes of stack it needs ([`stack_bytes`]).
     pub stack: u32,
+    /// The context bytes it reads (`[start, end)` spans), None when that is not known: a site
+    /// fills only these ([`bpftime_vm::Program::context_reads`]).
+    pub ctx_reads: Option<Vec<(u32, u32)>>,
+}
+
+impl Probe {
+    /// The probe of `prog`, translated to `ptx`, on `kernel` (its returns when `exit`).
+    pub fn new(name: &str, kernel: &str, exit: bool, prog: &bpftime_vm::Program, ptx: String) -> Probe {
+        let ctx_reads = prog.context_reads().map(<[_]>::to_vec);
+        Probe { name: name.to_string(), kernel: kernel.to_string(), exit, ptx, stack: stack_bytes(prog), ctx_reads }
+    }
 }
 
 /// Bytes of stack a program needs: its deepest call chain, plus the deepest chain of its
@@ -289,15 +300,124 @@ fn matches(kernel: &str, probe_kernel: &str) -> bool {
 }
 
 /// The probe's functions, renamed apart (`bpf_` -> `bpftime_pN_`), without the module header
-/// or the run kernel.
+/// or the run kernel. Their loads of the host's words from the state become loads of
+/// [`ARENA_GLOBAL`], where the host put them: no site copies them for every thread.
 fn probe_functions(p: &Probe, n: usize) -> String {
     let body_end = p.ptx.find(".visible .entry ").unwrap_or(p.ptx.len());
     p.ptx[..body_end]
         .lines()
         .filter(|l| !l.starts_with(".version") && !l.starts_with(".target") && !l.starts_with(".address_size") && !l.starts_with("// Generated"))
-        .map(|l| l.replace("bpf_", &format!("bpftime_p{n}_")))
+        .map(|l| {
+            let l = l.replace("bpf_", &format!("bpftime_p{n}_"));
+            match ARENA_WORDS.iter().position(|f| l.contains(&format!("[%st+{f}]"))) {
+                Some(i) if l.contains("ld.u64 ") => {
+                    l.replace("ld.u64 ", "ld.global.u64 ").replace(&format!("[%st+{}]", ARENA_WORDS[i]), &format!("[{ARENA_GLOBAL}+{}]", 8 * i))
+                }
+                _ => l,
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The fields of the state block a site writes before its call, when the probe reads them.
+const STATE_INPUTS: [u32; 8] = [off::STATUS, off::IN_CALLBACK, off::BUDGET, off::STACK_LO, off::STACK_LEN, off::CTX_LO, off::CTX_LEN, off::CTX_WLEN];
+
+/// What a probe's code reads of what its sites prepare: each thread writes only that, in
+/// local memory, before each call (the bytes written are most of what an empty probe costs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Needs {
+    /// Offsets of the state fields it reads ([`STATE_INPUTS`] and [`ARENA_WORDS`]).
+    state: std::collections::BTreeSet<u32>,
+    /// Whether it may end its thread (`bpftime_exit`): the site then reads the status back.
+    exits: bool,
+    /// The context bytes it reads, None for all.
+    ctx: Option<Vec<(u32, u32)>>,
+}
+
+/// The definitions among PTX `text` that function `entry` may reach through calls: (name,
+/// text) of each `.func` definition (its lines up to the next `.func`), kept when `entry` calls
+/// it directly or through others.
+fn reachable_functions<'a>(text: &'a str, entry: &str) -> Vec<&'a str> {
+    let mut defs: Vec<(&str, &str)> = vec![];
+    let mut starts: Vec<usize> = text.match_indices(".func ").map(|(i, _)| i).filter(|&i| i == 0 || text.as_bytes()[i - 1] == b'\n').collect();
+    starts.push(text.len());
+    for w in starts.windows(2) {
+        let seg = &text[w[0]..w[1]];
+        let header = seg.lines().next().unwrap_or_default();
+        if header.trim_end().ends_with(';') {
+            continue;
+        }
+        // `.func (.reg .b64 %ret) NAME(...)` or `.func NAME(...)`.
+        let rest = header[".func ".len()..].trim_start();
+        let rest = if rest.starts_with('(') { rest.split_once(')').map_or("", |r| r.1).trim_start() } else { rest };
+        let name = rest.split('(').next().unwrap_or_default().trim();
+        defs.push((name, seg));
+    }
+    let mut seen = vec![false; defs.len()];
+    let mut work: Vec<usize> = defs.iter().position(|d| d.0 == entry).into_iter().collect();
+    while let Some(i) = work.pop() {
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        for (j, (name, _)) in defs.iter().enumerate() {
+            if !seen[j] && defs[i].1.contains(&format!(" {name}, (")) {
+                work.push(j);
+            }
+        }
+    }
+    defs.iter().zip(seen).filter(|(_, s)| *s).map(|(d, _)| d.1).collect()
+}
+
+impl Needs {
+    /// The needs of probe `n` whose functions (as [`probe_functions`] gives them) are `text`:
+    /// the state fields read at `[%st+N]` (stores there write outcomes) in the functions its
+    /// entry may reach; every field when `%st` is used any other way than as such an address
+    /// or a call's argument.
+    fn of(p: &Probe, n: usize, text: &str) -> Needs {
+        let all = || STATE_INPUTS.iter().chain(&ARENA_WORDS).copied().collect();
+        let reached = reachable_functions(text, &format!("bpftime_p{n}_f0")).concat();
+        let text = reached.as_str();
+        let mut state = std::collections::BTreeSet::new();
+        'lines: for line in text.lines() {
+            let op = line.trim_start().strip_prefix('@').map_or(line.trim_start(), |g| g.split_once(' ').map_or("", |r| r.1).trim_start());
+            if op.starts_with("st.") && op.split_once(' ').is_some_and(|(_, ops)| ops.trim_start().starts_with("[%st+") && ops.matches("%st").count() == 1) {
+                continue;
+            }
+            let mut rest = line;
+            while let Some(i) = rest.find("%st") {
+                let (before, after) = (&rest[..i], &rest[i + 3..]);
+                rest = after;
+                if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                    continue;
+                }
+                if before.ends_with('[') {
+                    let digits: String = after.strip_prefix('+').unwrap_or("0").chars().take_while(char::is_ascii_digit).collect();
+                    match digits.parse::<u32>() {
+                        Ok(f) => state.insert(f),
+                        Err(_) => {
+                            state = all();
+                            break 'lines;
+                        }
+                    };
+                } else if !(before.ends_with('(') || before.ends_with(".reg .b64 ")) {
+                    state = all();
+                    break 'lines;
+                }
+            }
+        }
+        state.retain(|f| STATE_INPUTS.contains(f) || ARENA_WORDS.contains(f));
+        let exits = text.contains(&format!("st.u32 [%st+{}], {STATUS_EXIT_THREAD};", off::STATUS));
+        if exits {
+            state.insert(off::STATUS);
+        }
+        Needs { state, exits, ctx: p.ctx_reads.clone() }
+    }
+
+    /// Whether the probe reads the `len` context bytes at `at`.
+    fn reads_ctx(&self, at: u32, len: u32) -> bool {
+        self.ctx.as_ref().is_none_or(|spans| spans.iter().any(|&(lo, hi)| lo < at + len && at < hi))
+    }
 }
 
 /// A load or store of the application's kernel, as a memory access probe sees it.
@@ -370,10 +490,12 @@ fn probe_ctx(k: &Kernel, memory: bool) -> u32 {
 }
 
 /// The call of probe `n` in kernel `k`, its local memory named by `names` (declared in the
-/// call's scope unless `declared`), after `access` for a memory access probe.
-fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, access: Option<&Access>) -> String {
+/// call's scope unless `declared`), after `access` for a memory access probe: writes the
+/// state fields and context bytes the probe reads (`needs`), calls it, and ends the thread if
+/// it called `bpftime_exit`.
+fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, needs: &Needs, access: Option<&Access>) -> String {
     let ctx = probe_ctx(k, access.is_some());
-    let base = if access.is_some() { ACCESS_SIZE as usize } else { 0 };
+    let base = if access.is_some() { ACCESS_SIZE } else { 0 };
     let mut s = String::new();
     let mut l = |x: String| {
         s.push_str(&x);
@@ -390,19 +512,26 @@ fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, acc
         l(format!("mov.u64 %bpt{i}, {sym};"));
         l(format!("cvta.local.u64 %bpt{i}, %bpt{i};"));
     }
-    l(format!("st.u32 [%bpt0+{}], 0;", off::STATUS));
-    l(format!("st.u32 [%bpt0+{}], 0;", off::IN_CALLBACK));
-    l(format!("st.u64 [%bpt0+{}], {PROBE_BUDGET};", off::BUDGET));
-    l(format!("st.u64 [%bpt0+{}], %bpt1;", off::STACK_LO));
-    l(format!("st.u64 [%bpt0+{}], {stack};", off::STACK_LEN));
-    l(format!("st.u64 [%bpt0+{}], %bpt2;", off::CTX_LO));
-    l(format!("st.u64 [%bpt0+{}], {ctx};", off::CTX_LEN));
-    l(format!("st.u64 [%bpt0+{}], 0;", off::CTX_WLEN));
-    for (i, field) in ARENA_WORDS.iter().enumerate() {
-        l(format!("ld.global.u64 %bpt3, [{ARENA_GLOBAL}+{}];", 8 * i));
-        l(format!("st.u64 [%bpt0+{field}], %bpt3;"));
+    for &field in &needs.state {
+        l(match field {
+            off::STATUS | off::IN_CALLBACK => format!("st.u32 [%bpt0+{field}], 0;"),
+            off::BUDGET => format!("st.u64 [%bpt0+{field}], {PROBE_BUDGET};"),
+            off::STACK_LO => format!("st.u64 [%bpt0+{field}], %bpt1;"),
+            off::STACK_LEN => format!("st.u64 [%bpt0+{field}], {stack};"),
+            off::CTX_LO => format!("st.u64 [%bpt0+{field}], %bpt2;"),
+            off::CTX_LEN => format!("st.u64 [%bpt0+{field}], {ctx};"),
+            off::CTX_WLEN => format!("st.u64 [%bpt0+{field}], 0;"),
+            _ => {
+                let i = ARENA_WORDS.iter().position(|&f| f == field).expect("an input field");
+                format!("ld.global.u64 %bpt3, [{ARENA_GLOBAL}+{}];\nst.u64 [%bpt0+{field}], %bpt3;", 8 * i)
+            }
+        });
     }
     for (i, (pname, size)) in k.params.iter().enumerate() {
+        let at = base + 8 * i as u32;
+        if !needs.reads_ctx(at, 8) {
+            continue;
+        }
         // Each parameter zero-extended to 8 bytes; a bigger one (a struct by value) gives its
         // first 8 bytes.
         match size {
@@ -421,12 +550,15 @@ fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, acc
                 }
             }
         }
-        l(format!("st.u64 [%bpt2+{}], %bpt4;", base + 8 * i));
+        l(format!("st.u64 [%bpt2+{at}], %bpt4;"));
     }
     let ids = ["%tid.x", "%tid.y", "%tid.z", "%ctaid.x", "%ctaid.y", "%ctaid.z", "%ntid.x", "%ntid.y", "%ntid.z", "%nctaid.x", "%nctaid.y", "%nctaid.z"];
     for (i, id) in ids.iter().enumerate() {
-        l(format!("mov.u32 %bpw0, {id};"));
-        l(format!("st.u32 [%bpt2+{}], %bpw0;", base + 8 * k.params.len() + 4 * i));
+        let at = base + 8 * k.params.len() as u32 + 4 * i as u32;
+        if needs.reads_ctx(at, 4) {
+            l(format!("mov.u32 %bpw0, {id};"));
+            l(format!("st.u32 [%bpt2+{at}], %bpw0;"));
+        }
     }
     if let Some(a) = access {
         // The address: a register or a symbol, plus an offset.
@@ -436,20 +568,28 @@ fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, acc
         };
         // 32-bit registers (`%r`) address the shared and local windows.
         let narrow = at.starts_with("%r") && !at.starts_with("%rd");
-        l(if narrow { format!("cvt.u64.u32 %bpt4, {at};") } else { format!("mov.u64 %bpt4, {at};") });
-        l(format!("add.s64 %bpt4, %bpt4, {offset};"));
-        l("st.u64 [%bpt2], %bpt4;".into());
-        l(format!("mov.u32 %bpw0, {};", a.bytes));
-        l("st.u32 [%bpt2+8], %bpw0;".into());
-        l(format!("mov.u32 %bpw0, {};", a.store as u32));
-        l("st.u32 [%bpt2+12], %bpw0;".into());
+        if needs.reads_ctx(0, 8) {
+            l(if narrow { format!("cvt.u64.u32 %bpt4, {at};") } else { format!("mov.u64 %bpt4, {at};") });
+            l(format!("add.s64 %bpt4, %bpt4, {offset};"));
+            l("st.u64 [%bpt2], %bpt4;".into());
+        }
+        if needs.reads_ctx(8, 4) {
+            l(format!("mov.u32 %bpw0, {};", a.bytes));
+            l("st.u32 [%bpt2+8], %bpw0;".into());
+        }
+        if needs.reads_ctx(12, 4) {
+            l(format!("mov.u32 %bpw0, {};", a.store as u32));
+            l("st.u32 [%bpt2+12], %bpw0;".into());
+        }
     }
     l(format!("add.u64 %bpt5, %bpt1, {stack};"));
     l(format!("call.uni (%bpt6), bpftime_p{n}_f0, (%bpt0, %bpt5, %bpt2, {ctx}, 0, 0, 0);"));
-    // bpftime_exit (507): this GPU thread ends here, as under bpftime.
-    l(format!("ld.u32 %bpw0, [%bpt0+{}];", off::STATUS));
-    l(format!("setp.eq.u32 %bpexit, %bpw0, {STATUS_EXIT_THREAD};"));
-    l("@%bpexit exit;".into());
+    if needs.exits {
+        // bpftime_exit (507): this GPU thread ends here, as under bpftime.
+        l(format!("ld.u32 %bpw0, [%bpt0+{}];", off::STATUS));
+        l(format!("setp.eq.u32 %bpexit, %bpw0, {STATUS_EXIT_THREAD};"));
+        l("@%bpexit exit;".into());
+    }
     l("}".into());
     s
 }
@@ -510,6 +650,8 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
         return Ok(out);
     }
     let used: std::collections::BTreeSet<usize> = sites.iter().map(|s| s.1).collect();
+    let functions: Vec<String> = probes.iter().enumerate().map(|(pi, p)| if used.contains(&pi) { probe_functions(p, pi) } else { String::new() }).collect();
+    let needs: Vec<Needs> = probes.iter().zip(&functions).enumerate().map(|(pi, (p, f))| Needs::of(p, pi, f)).collect();
     let mut text = String::new();
     let mut site = 0;
     let header_end = lines.iter().position(|l| l.trim_start().starts_with(".address_size")).ok_or("no .address_size line: not a PTX module")?;
@@ -529,7 +671,7 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
                     text.push_str(&format!("{} bra {skip};\n", negated(g)));
                 }
                 for pi in memory {
-                    text.push_str(&call_block(&ks[ki], pi, &format!("m{ki}_{pi}"), true, probes[pi].stack, Some(&a)));
+                    text.push_str(&call_block(&ks[ki], pi, &format!("m{ki}_{pi}"), true, probes[pi].stack, &needs[pi], Some(&a)));
                 }
                 if a.guard.is_some() {
                     text.push_str(&format!("{skip}:\n"));
@@ -546,7 +688,7 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
                     text.push_str(&format!("{} bra {skip};\n", negated(g)));
                 }
                 for pi in exits {
-                    text.push_str(&call_block(&ks[ki], pi, &site.to_string(), false, probes[pi].stack, None));
+                    text.push_str(&call_block(&ks[ki], pi, &site.to_string(), false, probes[pi].stack, &needs[pi], None));
                     site += 1;
                 }
                 text.push_str(line);
@@ -562,7 +704,7 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
         if li == header_end {
             text.push_str(&format!("\n// bpftime probes\n.visible .global .align 8 .u64 {ARENA_GLOBAL}[{}];\n", ARENA_WORDS.len()));
             for &pi in &used {
-                text.push_str(&probe_functions(&probes[pi], pi));
+                text.push_str(&functions[pi]);
                 text.push('\n');
             }
         }
@@ -572,7 +714,7 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
                 text.push_str(&locals(&format!("m{ki}_{pi}"), probes[pi].stack, probe_ctx(&ks[ki], true)));
             }
             for &(_, pi) in sites.iter().filter(|s| s.0 == ki && !probes[s.1].exit && !is_memory(s.1)) {
-                text.push_str(&call_block(&ks[ki], pi, &site.to_string(), false, probes[pi].stack, None));
+                text.push_str(&call_block(&ks[ki], pi, &site.to_string(), false, probes[pi].stack, &needs[pi], None));
                 site += 1;
             }
         }
@@ -659,7 +801,14 @@ mod tests {
 
     #[test]
     fn exit_probes_run_before_exits_and_returns() {
-        let probe = Probe { name: "p".into(), kernel: "small".into(), exit: true, ptx: ".version 8.8\n.target sm_75\n.address_size 64\n".into(), stack: 512 };
+        let probe = Probe {
+            name: "p".into(),
+            kernel: "small".into(),
+            exit: true,
+            ptx: ".version 8.8\n.target sm_75\n.address_size 64\n".into(),
+            stack: 512,
+            ctx_reads: None,
+        };
         let out = patch(MODULE, &[probe]).unwrap();
         assert_eq!(out.spliced.len(), 1, "{:?} {:?}", out.unmatched, kernel_names("_Z5smallcs4Pair"));
         let body = &out.ptx[out.ptx.find(".visible .entry _Z5smallcs4Pair").unwrap()..];
@@ -668,7 +817,7 @@ mod tests {
         assert!(body.contains("ld.param.u8 %bpw0, [_Z5smallcs4Pair_param_2+7];"), "a struct's first 8 bytes: {body}");
         // A return inside inline assembly's one-line block.
         let asm = MODULE.replace("\t@%p1 exit;", "\t{ .reg .pred q; setp.gt.s32 q, %r1, 3; @q ret; }");
-        let out = patch(&asm, &[Probe { name: "p".into(), kernel: "small".into(), exit: true, ptx: String::new(), stack: 512 }]).unwrap();
+        let out = patch(&asm, &[Probe { name: "p".into(), kernel: "small".into(), exit: true, ptx: String::new(), stack: 512, ctx_reads: None }]).unwrap();
         let body = &out.ptx[out.ptx.find(".visible .entry _Z5smallcs4Pair").unwrap()..];
         assert_eq!(body.matches("call.uni (%bpt6), bpftime_p0_f0").count(), 2, "{body}");
         assert!(body.contains("@!q bra"), "the probe runs only when the block returns: {body}");

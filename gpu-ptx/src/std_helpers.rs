@@ -514,6 +514,20 @@ mul.lo.u64 %e, %e, %slots;
 add.u64 %e, %e, %data;
 "#;
 
+/// The check of the key pointer in [`MAP_PROLOGUE`] (the same text).
+const KEY_CHECK: &str = "call.uni (%ok), bpf_range_ok, (%st, %a2, %ks, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n";
+/// The check of the value pointer of `bpf_map_update_elem`.
+const VALUE_CHECK: &str = "call.uni (%ok), bpf_range_ok, (%st, %a3, %vs, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n";
+
+/// A map helper's body without the checks of the pointers the verifier proved (its trusted
+/// variant, see [`GpuHelper::with_trusted_args`]).
+fn trusted(body: &str, value: bool) -> String {
+    let checks = if value { [KEY_CHECK, VALUE_CHECK] } else { [KEY_CHECK, ""] };
+    let out = checks.iter().filter(|c| !c.is_empty()).fold(body.to_string(), |b, c| b.replacen(c, "", 1));
+    debug_assert!(!out.contains("bpf_range_ok, (%st, %a2") && (!value || !out.contains("bpf_range_ok, (%st, %a3")));
+    out
+}
+
 fn map_lookup() -> String {
     fill(&format!(
         "{MAP_PROLOGUE}{IS_HASH}@%p bra $hash;\n{ARRAY_ENTRY}add.u64 %ret, %e, %sm;\nret;\n$hash:\ncall.uni (%e), bpf_hash_find, (%st, %d, %a2, 0);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $missing;\nadd.u64 %e, %e, %voff;\nadd.u64 %ret, %e, %sm;\nret;\n$missing:\n$einval:\n$efault:\nmov.b64 %ret, 0;\nret;"
@@ -522,7 +536,7 @@ fn map_lookup() -> String {
 
 fn map_update() -> String {
     fill(&format!(
-        "{MAP_PROLOGUE}call.uni (%ok), bpf_range_ok, (%st, %a3, %vs, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\nsetp.gt.u64 %p, %a4, 2;\n@%p bra $einval;\n{IS_HASH}@%p bra $hash;\nsetp.eq.u64 %p, %a4, 1;\n@%p bra $eexist;\n{ARRAY_ENTRY}add.u64 %e, %e, %sm;\ncall.uni (%t), bpf_memcpy, (%e, %a3, %vs);\nmov.b64 %ret, 0;\nret;\n$missing:\nmov.b64 %ret, -7;\nret;\n\
+        "{MAP_PROLOGUE}{VALUE_CHECK}setp.gt.u64 %p, %a4, 2;\n@%p bra $einval;\n{IS_HASH}@%p bra $hash;\nsetp.eq.u64 %p, %a4, 1;\n@%p bra $eexist;\n{ARRAY_ENTRY}add.u64 %e, %e, %sm;\ncall.uni (%t), bpf_memcpy, (%e, %a3, %vs);\nmov.b64 %ret, 0;\nret;\n$missing:\nmov.b64 %ret, -7;\nret;\n\
 $hash:\ncall.uni (%e), bpf_hash_find, (%st, %d, %a2, 0);\nsetp.ne.u64 %p, %e, 0;\n@%p bra $found;\nsetp.eq.u64 %p, %a4, 2;\n@%p bra $enoent;\n\
 // Room for one more? (the count is a reservation, given back when the insert fails)\n\
 ld.u32 %w, [%d+{{D_MAX}}];\ncvt.u64.u32 %max, %w;\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], 1;\nsetp.ge.u64 %p, %cnt, %max;\n@%p bra $full;\n\
@@ -638,16 +652,20 @@ fn write_xyz(read: &str) -> String {
 /// then up to `size - 1` bytes of the name; -EINVAL for size 0, -EFAULT for a buffer the
 /// program may not write.
 fn current_comm() -> String {
+    // The name is read as two words (byte i of it: byte i % 8 of word i / 8), so that what the
+    // helper reads of the state is plain to see (see `crate::patch`).
     format!(
-        ".reg .b64 %ok, %n, %i, %src, %dst;\n.reg .b32 %w;\n.reg .pred %p;\n\
+        ".reg .b64 %ok, %n, %i, %dst, %c0, %c1, %x, %sh;\n.reg .b32 %w, %s;\n.reg .pred %p;\n\
 setp.eq.u64 %p, %a2, 0;\n@%p bra $einval;\n\
 call.uni (%ok), bpf_range_ok, (%st, %a1, %a2, 1);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n\
 mov.b64 %i, 0;\n$zero:\nsetp.ge.u64 %p, %i, %a2;\n@%p bra $copy;\nadd.u64 %dst, %a1, %i;\nst.u8 [%dst], 0;\nadd.u64 %i, %i, 1;\nbra $zero;\n\
-$copy:\nsub.u64 %n, %a2, 1;\nmin.u64 %n, %n, 15;\nmov.b64 %i, 0;\n\
-$loop:\nsetp.ge.u64 %p, %i, %n;\n@%p bra $done;\nadd.u64 %src, %st, {comm};\nadd.u64 %src, %src, %i;\nld.u8 %w, [%src];\nsetp.eq.u32 %p, %w, 0;\n@%p bra $done;\n\
+$copy:\nld.u64 %c0, [%st+{comm}];\nld.u64 %c1, [%st+{comm_hi}];\nsub.u64 %n, %a2, 1;\nmin.u64 %n, %n, 15;\nmov.b64 %i, 0;\n\
+$loop:\nsetp.ge.u64 %p, %i, %n;\n@%p bra $done;\nsetp.lt.u64 %p, %i, 8;\nselp.b64 %x, %c0, %c1, %p;\nand.b64 %sh, %i, 7;\ncvt.u32.u64 %s, %sh;\nshl.b32 %s, %s, 3;\n\
+shr.u64 %x, %x, %s;\ncvt.u32.u64 %w, %x;\nand.b32 %w, %w, 255;\nsetp.eq.u32 %p, %w, 0;\n@%p bra $done;\n\
 add.u64 %dst, %a1, %i;\nst.u8 [%dst], %w;\nadd.u64 %i, %i, 1;\nbra $loop;\n\
 $done:\nmov.b64 %ret, 0;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;",
-        comm = off::COMM
+        comm = off::COMM,
+        comm_hi = off::COMM + 8
     )
 }
 
@@ -729,9 +747,9 @@ pub fn standard() -> HelperSet {
     // The host's clocks: `%globaltimer` (its CLOCK_REALTIME) plus the offset the host set.
     let host_clock = |field: u32| format!(".reg .b64 %t, %o;\nmov.u64 %t, %globaltimer;\nld.u64 %o, [%st+{field}];\nadd.u64 %ret, %t, %o;\nret;");
     HelperSet::new()
-        .with(GpuHelper::ptx(1, "bpf_map_lookup_elem", map_lookup()))
-        .with(GpuHelper::ptx(2, "bpf_map_update_elem", map_update()))
-        .with(GpuHelper::ptx(3, "bpf_map_delete_elem", map_delete()))
+        .with(GpuHelper::ptx(1, "bpf_map_lookup_elem", map_lookup()).with_trusted_args(trusted(&map_lookup(), false), false))
+        .with(GpuHelper::ptx(2, "bpf_map_update_elem", map_update()).with_trusted_args(trusted(&map_update(), true), true))
+        .with(GpuHelper::ptx(3, "bpf_map_delete_elem", map_delete()).with_trusted_args(trusted(&map_delete(), false), false))
         .with(GpuHelper::ptx(5, "bpf_ktime_get_ns", host_clock(off::CLOCK_MONOTONIC)))
         .with(GpuHelper::ptx(6, "bpf_trace_printk", trace_output(false)))
         .with(GpuHelper::ptx(7, "bpf_get_prandom_u32", prandom()))

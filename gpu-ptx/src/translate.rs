@@ -142,6 +142,8 @@ pub const RUN_KERNEL: &str = "bpftime_run";
 /// `.func` per eBPF function and the [`RUN_KERNEL`] entry.
 pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: Target) -> Result<String, TranslateError> {
     let mut used: BTreeSet<u32> = BTreeSet::new();
+    // Trusted variants called (by function name): map helpers whose arguments are proven.
+    let mut variants: std::collections::BTreeMap<String, &GpuHelper> = std::collections::BTreeMap::new();
     let mut dynamic = false;
     for (pc, insn) in prog.insns().iter().enumerate() {
         match insn {
@@ -154,6 +156,11 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
                     return Err(TranslateError { insn: pc, reason: format!("helper {id} ({name}) is not available on the GPU") });
                 }
                 used.insert(*id);
+                let plain = helpers.get(*id).expect("checked above");
+                let h = plain.for_args(prog.map_args(pc));
+                if !std::ptr::eq(h, plain) {
+                    variants.insert(h.func_name(), h);
+                }
             }
             Insn::CallReg(_) => dynamic = true,
             Insn::Lddw { kind: LddwKind::MapFd | LddwKind::MapValue | LddwKind::MapIdx | LddwKind::MapIdxValue, .. } if !maps.0.contains_key(&pc) => {
@@ -179,8 +186,7 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
             function_name(i)
         );
     }
-    for id in &used {
-        let h = helpers.get(*id).expect("checked above");
+    for h in used.iter().map(|id| helpers.get(*id).expect("checked above")).chain(variants.values().copied()) {
         let _ = writeln!(
             out,
             ".func (.reg .b64 %ret) {}(.reg .b64 %st, .reg .b64 %a1, .reg .b64 %a2, .reg .b64 %a3, .reg .b64 %a4, .reg .b64 %a5);",
@@ -197,8 +203,7 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
     for i in 0..prog.functions().len() {
         FunctionWriter::new(&ctx, i).write(&mut out);
     }
-    for id in &used {
-        let h: &GpuHelper = helpers.get(*id).expect("checked above");
+    for h in used.iter().map(|id| helpers.get(*id).expect("checked above")).chain(variants.values().copied()) {
         out.push_str(&h.definition(prog));
         out.push('\n');
     }
@@ -448,13 +453,25 @@ impl<'a> FunctionWriter<'a> {
         out.push_str(".reg .b64 %ctxlo, %ctxlen, %ctxwlen, %arlo, %arlen, %stlo, %stlen, %zlo, %zlen, %shlo;\n");
         out.push_str("mov.b64 %r0, 0;\nmov.b64 %r1, %a1;\nmov.b64 %r2, %a2;\nmov.b64 %r3, %a3;\nmov.b64 %r4, %a4;\nmov.b64 %r5, %a5;\n");
         out.push_str("mov.b64 %r6, 0;\nmov.b64 %r7, 0;\nmov.b64 %r8, 0;\nmov.b64 %r9, 0;\nmov.b64 %r10, %fp;\n");
-        let _ = writeln!(out, "ld.u64 %stlo, [%st+{}];", off::STACK_LO);
-        let _ = writeln!(out, "ld.u64 %stlen, [%st+{}];", off::STACK_LEN);
-        let _ = writeln!(out, "ld.u64 %ctxlo, [%st+{}];", off::CTX_LO);
-        let _ = writeln!(out, "ld.u64 %ctxlen, [%st+{}];", off::CTX_LEN);
-        let _ = writeln!(out, "ld.u64 %ctxwlen, [%st+{}];", off::CTX_WLEN);
-        let _ = writeln!(out, "ld.u64 %arlo, [%st+{}];", off::ARENA_LO);
-        let _ = writeln!(out, "ld.u64 %arlen, [%st+{}];", off::ARENA_LEN);
+        // The bounds the body uses, read once: each field of the state a probe does not read is
+        // one its caller need not write (see `crate::patch`).
+        let used = |r: &str| self.body.contains(r) || self.tail.contains(r);
+        for (r, field) in [
+            ("%stlo", off::STACK_LO),
+            ("%stlen", off::STACK_LEN),
+            ("%ctxlo", off::CTX_LO),
+            ("%ctxlen", off::CTX_LEN),
+            ("%ctxwlen", off::CTX_WLEN),
+            ("%arlo", off::ARENA_LO),
+            ("%arlen", off::ARENA_LEN),
+        ] {
+            if used(r) || (r == "%arlo" && self.shards_used) {
+                let _ = writeln!(out, "ld.u64 {r}, [%st+{field}];");
+            }
+        }
+        if used("%pctx") {
+            let _ = writeln!(out, ".reg .pred %pctx;\nsetp.ge.u64 %pctx, %a2, {};", self.ctx.prog.context_needs().len);
+        }
         if self.shards_used {
             // The shard zone of the arena (none without an arena).
             out.push_str("mov.b64 %zlo, 0;\nmov.b64 %zlen, 0;\nmov.b64 %shlo, 0;\nsetp.ne.u64 %p0, %arlo, 0;\n");
@@ -506,15 +523,36 @@ impl<'a> FunctionWriter<'a> {
         self.line(format!("@%p1 bra {ok};"));
     }
 
-    /// Checks the access at `%t5` (unless the verifier proved it in the stack frame: its
-    /// context and memory proofs assume the host's layout) and faults when no region holds it.
+    /// Checks the access at `%t5` and faults when no region holds it, unless the verifier
+    /// proved it in the stack frame or in memory a map or helper gave (a map value, a ring
+    /// record: the GPU's are as large as the CPU's). A proven context load of the entry
+    /// function is checked by one comparison of the proofs' reach with the context's length
+    /// (`%a2` at entry), and the full check runs only when the context is shorter.
     fn check_access(&mut self, pc: usize, size: MemSize, write: bool) {
+        use bpftime_vm::analysis::Target;
         let access = self.ctx.prog.access(pc);
-        if access.proven && access.target == bpftime_vm::analysis::Target::Stack {
+        if access.proven && matches!(access.target, Target::Stack | Target::Memory) {
             return;
         }
         let n = size.bytes() as u64;
         let ok = self.fresh("ok");
+        let size_word = n as u32 | if write { 0x100 } else { 0 };
+        if access.proven && access.target == Target::Context && !write && self.index == 0 {
+            // Out of line, for a context shorter than the proofs' reach: in the context
+            // (`%a1`, `%a2` at entry), or a fault.
+            let short = self.fresh("short_ctx");
+            let fault = self.fault_block(pc, state::FAULT_OUT_OF_BOUNDS, "%t5", size_word);
+            self.line(format!("@!%pctx bra {short};"));
+            self.line(format!("{ok}:"));
+            self.tail_line(format!("{short}:"));
+            self.tail_line("sub.u64 %t6, %t5, %a1;");
+            self.tail_line("setp.lt.u64 %p1, %t6, %a2;");
+            self.tail_line(format!("add.u64 %t6, %t6, {n};"));
+            self.tail_line("setp.le.and.u64 %p1, %t6, %a2, %p1;");
+            self.tail_line(format!("@%p1 bra {ok};"));
+            self.tail_line(format!("bra {fault};"));
+            return;
+        }
         // The bounds are read from the state at each check rather than held in registers for
         // the whole function: registers are what a probe spliced into a kernel costs it.
         for (lo, len) in [(off::STACK_LO, off::STACK_LEN), (off::CTX_LO, if write { off::CTX_WLEN } else { off::CTX_LEN }), (off::ARENA_LO, off::ARENA_LEN)] {
@@ -522,7 +560,6 @@ impl<'a> FunctionWriter<'a> {
             self.line(format!("ld.u64 %t4, [%st+{len}];"));
             self.in_region("%t3", "%t4", n, &ok);
         }
-        let size_word = n as u32 | if write { 0x100 } else { 0 };
         let fault = self.fault_block(pc, state::FAULT_OUT_OF_BOUNDS, "%t5", size_word);
         // Last, out of line: the maps kept in host memory.
         let host = self.fresh("host");
@@ -603,7 +640,7 @@ impl<'a> FunctionWriter<'a> {
                 self.jump(pc, target, Some("%p0"));
             }
             Insn::Call(CallTarget::Helper(id)) => match self.ctx.helpers.get(id) {
-                Some(h) => self.call_helper(pc, &h.func_name()),
+                Some(h) => self.call_helper(pc, h.for_args(self.ctx.prog.map_args(pc))),
                 None => {
                     let fault = self.fault_block(pc, state::FAULT_UNKNOWN_HELPER, &id.to_string(), 0);
                     self.line(format!("bra {fault};"));
@@ -625,8 +662,14 @@ impl<'a> FunctionWriter<'a> {
         }
     }
 
-    fn call_helper(&mut self, pc: usize, func: &str) {
-        self.line(format!("call.uni (%r0), {func}, (%st, %r1, %r2, %r3, %r4, %r5);"));
+    /// Calls helper `h` with r1-r5; r0 gets its result. A helper that may stop or fault the
+    /// run (it writes the status) is followed by a check of the status; others are not, and a
+    /// probe calling only those never has its status read (or written by its site).
+    fn call_helper(&mut self, pc: usize, h: &GpuHelper) {
+        self.line(format!("call.uni (%r0), {}, (%st, %r1, %r2, %r3, %r4, %r5);", h.func_name()));
+        if !h.definition(self.ctx.prog).contains(&format!("st.u32 [%st+{}]", off::STATUS)) {
+            return;
+        }
         // A helper's fault is located at its call.
         let done = self.fresh("helper_ok");
         self.line(format!("ld.u32 %w0, [%st+{}];", off::STATUS));
@@ -647,8 +690,8 @@ impl<'a> FunctionWriter<'a> {
             let next = self.fresh("callx_next");
             self.line(format!("setp.ne.u64 %p2, {}, {id};", reg(r)));
             self.line(format!("@%p2 bra {next};"));
-            let name = self.ctx.helpers.get(id).expect("used helpers exist").func_name();
-            self.call_helper(pc, &name);
+            let h = self.ctx.helpers.get(id).expect("used helpers exist");
+            self.call_helper(pc, h);
             self.line(format!("bra {done};"));
             self.line(format!("{next}:"));
         }
@@ -926,9 +969,17 @@ impl<'a> FunctionWriter<'a> {
         // read-modify-write; elsewhere an atomic.
         let local = self.fresh("atomic_local");
         let join = self.fresh("atomic_done");
-        self.line("sub.u64 %t6, %t5, %stlo;");
-        self.line("setp.lt.u64 %p1, %t6, %stlen;");
-        self.line(format!("@%p1 bra {local};"));
+        // Proven on the stack or in memory: no need to ask which.
+        let access = self.ctx.prog.access(pc);
+        match (access.proven, access.target) {
+            (true, bpftime_vm::analysis::Target::Stack) => self.line(format!("bra {local};")),
+            (true, bpftime_vm::analysis::Target::Memory) => {}
+            _ => {
+                self.line("sub.u64 %t6, %t5, %stlo;");
+                self.line("setp.lt.u64 %p1, %t6, %stlen;");
+                self.line(format!("@%p1 bra {local};"));
+            }
+        }
         if self.ctx.shard && wide && op == AtomicOp::Add && !fetch {
             // A 64-bit add whose old value nobody reads, into a shared array: to this SM's shard
             // of it (summed into the array after the launch), so that a hot counter does not

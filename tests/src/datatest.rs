@@ -143,7 +143,7 @@ impl bpftime_vm::LddwResolver for TestMaps {
     }
 
     fn pointee(&self, _kind: bpftime_vm::insn::LddwKind, _lo: i32, _hi: i32) -> Option<bpftime_vm::analysis::Pointee> {
-        Some(bpftime_vm::analysis::Pointee::Map { value_size: 16, array: None })
+        Some(bpftime_vm::analysis::Pointee::Map { value_size: 16, key_size: 4, array: None })
     }
 }
 

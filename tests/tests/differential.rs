@@ -171,7 +171,7 @@ fn inlined_array_lookups_agree_with_the_helper() {
         fn pointee(&self, _kind: LddwKind, lo: i32, _hi: i32) -> Option<Pointee> {
             let (cpu, cpu_stride) = if lo == 1 { (0, 0) } else { (cpu as *const () as u64, 8) };
             let array = ArrayLayout { values: VALUES.as_ptr() as u64, stride: STRIDE, max_entries: ENTRIES, cpu, cpu_stride };
-            Some(Pointee::Map { value_size: 8, array: Some(array) })
+            Some(Pointee::Map { value_size: 8, key_size: 4, array: Some(array) })
         }
     }
     let mut helpers = HelperTable::new();

@@ -29,14 +29,37 @@ pub struct GpuProgram {
 }
 
 /// Map references as the GPU verifier sees them: tagged slots (the translator rewrites the
-/// `lddw`s from the raw instructions; these values only have to be constants).
-struct SlotResolver;
+/// `lddw`s from the raw instructions; these values only have to be constants), and, for the
+/// maps it knows (by the `lddw`'s number: a slot or a region map id), what a lookup returns
+/// on the GPU, so that accesses to values are proven as on the CPU.
+#[derive(Default)]
+struct SlotResolver {
+    /// `lddw` number -> the map as the GPU holds it.
+    maps: std::collections::HashMap<u32, GpuMapSpec>,
+}
 
 impl LddwResolver for SlotResolver {
     fn resolve(&self, kind: LddwKind, lo: i32, _hi: i32) -> Result<u64, String> {
         match kind {
             LddwKind::MapFd | LddwKind::MapValue => Ok(MAP_TAG | lo as u32 as u64),
             _ => Err(format!("{kind:?} references are not supported on the GPU")),
+        }
+    }
+
+    fn pointee(&self, kind: LddwKind, lo: i32, hi: i32) -> Option<bpftime_vm::analysis::Pointee> {
+        use bpftime_gpu_ptx::maps::{kind_of, GpuMapKind};
+        use bpftime_vm::analysis::Pointee;
+        let spec = self.maps.get(&(lo as u32))?;
+        match kind {
+            // Arrays and hashes: a lookup gives one whole value (this SM's or this thread's
+            // slot of it where values have several); the GPU's arrays are not inlined.
+            LddwKind::MapFd => matches!(kind_of(spec.map_type), Some((GpuMapKind::Array | GpuMapKind::Hash, _))).then_some(Pointee::Map {
+                value_size: spec.value_size,
+                key_size: spec.key_size,
+                array: None,
+            }),
+            LddwKind::MapValue => Some(Pointee::Value { size: spec.value_size, offset: hi as u32 }),
+            _ => None,
         }
     }
 }
@@ -141,7 +164,8 @@ pub fn gpu_program(obj: &Object, name: Option<&str>, target: Target, nsm: u32) -
         }
     }
     let helpers = std_helpers::standard();
-    let program = Arc::new(verify(&raw, verifier_table(&helpers), &SlotResolver).map_err(|e| format!("{}: verifier: {e}", p.name))?);
+    let resolver = SlotResolver { maps: specs.iter().enumerate().map(|(slot, s)| (slot as u32, s.clone())).collect() };
+    let program = Arc::new(verify(&raw, verifier_table(&helpers), &resolver).map_err(|e| format!("{}: verifier: {e}", p.name))?);
     let maps = LddwMaps::from_raw(&raw, Some).map_err(|e| format!("{}: {e}", p.name))?;
     let ptx = translate(&program, &helpers, &maps, target).map_err(|e| format!("{}: {e}", p.name))?;
     let mut arena = layout.image();
@@ -463,7 +487,8 @@ impl GpuProbes {
             self.maps.push(Some(map));
         }
         ArenaLayout::new(&self.specs, 1).map_err(|e| format!("{}: {e}", stored.name))?;
-        let program = Arc::new(verify(&stored.insns, table.clone(), &SlotResolver).map_err(|e| format!("verifier: {e}"))?);
+        let resolver = SlotResolver { maps: self.map_ids.iter().zip(&self.specs).map(|(&id, s)| (id, s.clone())).collect() };
+        let program = Arc::new(verify(&stored.insns, table.clone(), &resolver).map_err(|e| format!("verifier: {e}"))?);
         self.probes.push(GpuProbe { link: l.id, name: stored.name, kernel: l.target.clone(), exit: l.retprobe, program, raw: stored.insns });
         Ok(())
     }
@@ -477,8 +502,7 @@ impl GpuProbes {
                 let maps =
                     LddwMaps::from_raw(&p.raw, |id| self.map_ids.iter().position(|&m| m == id).map(|s| s as u32)).map_err(|e| format!("{}: {e}", p.name))?;
                 let ptx = translate(&p.program, &helpers, &maps, target).map_err(|e| format!("{}: {e}", p.name))?;
-                let stack = bpftime_gpu_ptx::patch::stack_bytes(&p.program);
-                Ok(bpftime_gpu_ptx::patch::Probe { name: p.name.clone(), kernel: p.kernel.clone(), exit: p.exit, ptx, stack })
+                Ok(bpftime_gpu_ptx::patch::Probe::new(&p.name, &p.kernel, p.exit, &p.program, ptx))
             })
             .collect()
     }
@@ -923,7 +947,7 @@ fn gpu_spec_of(map: &bpftime_maps::Map) -> GpuMapSpec {
 /// Verifies stored instructions `insns` (region map ids in their `lddw`s) as a CUDA kernel
 /// probe: with the GPU's helpers besides the kernel's (bpftime's 501-511).
 pub fn verify_probe(insns: &[bpftime_vm::RawInsn]) -> Result<(), String> {
-    verify(insns, verifier_helpers(), &SlotResolver).map(|_| ()).map_err(|e| format!("as a CUDA kernel probe: {e}"))
+    verify(insns, verifier_helpers(), &SlotResolver::default()).map(|_| ()).map_err(|e| format!("as a CUDA kernel probe: {e}"))
 }
 
 /// Whether `insns` call a helper only the GPU has (bpftime's 501-511): a CUDA kernel probe.

@@ -309,7 +309,7 @@ impl LddwResolver for IdResolver<'_> {
                     cpu: if cpu_stride == 0 { 0 } else { this_cpu as *const () as u64 },
                     cpu_stride,
                 });
-                Pointee::Map { value_size, array }
+                Pointee::Map { value_size, key_size: map.spec().key_size, array }
             }),
             LddwKind::MapValue => Some(Pointee::Value { size: value_size, offset: hi as u32 }),
             _ => None,

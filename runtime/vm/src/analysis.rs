@@ -37,6 +37,8 @@ pub enum Pointee {
     Map {
         /// Bytes of one value.
         value_size: u32,
+        /// Bytes of one key (what the map helpers read through their key pointer).
+        key_size: u32,
         /// For an array map: where its values are, so that lookups can be inlined.
         array: Option<ArrayLayout>,
     },
@@ -122,7 +124,7 @@ enum Base {
     /// As `Mem` at offset 0, or null. Every value with one `id` is the same pointer.
     MemOrNull { size: u32, id: u32 },
     /// The map whose reference (the `lddw`'s resolved value) is `handle`.
-    Map { value_size: u32, handle: u64 },
+    Map { value_size: u32, key_size: u32, handle: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,6 +282,21 @@ pub(crate) struct Analysis {
     /// function completed and no path it followed leads there (code behind a branch on a
     /// constant, as libbpf leaves behind `bpf_core_field_exists` and the like).
     pub reachable: Vec<bool>,
+    /// See [`crate::Program::context_reads`].
+    pub ctx_reads: Option<Vec<(u32, u32)>>,
+    /// See [`crate::Program::map_args`].
+    pub map_args: HashMap<usize, MapArgs>,
+}
+
+/// What the verifier proved of the pointers a helper call passes with a map (in r1): that
+/// r2 points to a whole key, r3 to a whole value, readable on every run (on the stack or in
+/// memory of known size, never null).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapArgs {
+    /// r2 points to `key_size` readable bytes.
+    pub key: bool,
+    /// r3 points to `value_size` readable bytes.
+    pub value: bool,
 }
 
 /// Analyses every function of a program whose control flow the verifier has checked.
@@ -326,6 +343,9 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
         resolved,
         access: vec![Access::default(); insns.len()],
         ctx_end: vec![0; insns.len()],
+        ctx_start: vec![0; insns.len()],
+        ctx_escapes: vec![false; insns.len()],
+        map_args: HashMap::new(),
         inline_lookups: HashMap::new(),
         lookup_keys: HashMap::new(),
         call_args: HashMap::new(),
@@ -369,6 +389,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
                 a.ctx_end[pc] = 0;
                 a.inline_lookups.remove(&pc);
                 a.lookup_keys.remove(&pc);
+                a.map_args.remove(&pc);
             }
         }
     }
@@ -381,6 +402,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
                 a.ctx_end[pc] = 0;
                 a.inline_lookups.remove(&pc);
                 a.lookup_keys.remove(&pc);
+                a.map_args.remove(&pc);
             }
         }
     }
@@ -391,9 +413,40 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
             ctx.writable |= matches!(insns[pc], Insn::Store { .. } | Insn::Atomic { .. });
         }
     }
+    let ctx_reads = context_reads(insns, &a);
+    let map_args = std::mem::take(&mut a.map_args).into_iter().filter(|(_, m)| m.key || m.value).collect();
     let inline_lookups: HashMap<usize, ArrayLayout> = a.inline_lookups.into_iter().filter_map(|(pc, l)| Some((pc, l?))).collect();
     let lookup_keys = a.lookup_keys.into_iter().filter(|(pc, _)| inline_lookups.contains_key(pc)).collect();
-    Analysis { access: a.access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry: true, reachable: a.reached }
+    Analysis { access: a.access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry: true, reachable: a.reached, ctx_reads, map_args }
+}
+
+/// The context bytes a program reads, as sorted, disjoint `[start, end)` spans, when every
+/// access it may execute is proven (so none lands in the context by accident), none of them
+/// writes the context, and no helper is handed the context (directly or through a stack slot
+/// holding it); None otherwise.
+fn context_reads(insns: &[Insn], a: &Analyzer) -> Option<Vec<(u32, u32)>> {
+    let mut spans = Vec::new();
+    for (pc, insn) in insns.iter().enumerate().filter(|&(pc, _)| a.reached[pc]) {
+        if a.ctx_escapes[pc] {
+            return None;
+        }
+        let access = a.access[pc];
+        match insn {
+            Insn::Load { .. } | Insn::Store { .. } | Insn::Atomic { .. } if !access.proven => return None,
+            Insn::Load { .. } if access.target == Target::Context => spans.push((a.ctx_start[pc], a.ctx_end[pc])),
+            Insn::Store { .. } | Insn::Atomic { .. } if access.target == Target::Context => return None,
+            _ => {}
+        }
+    }
+    spans.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::new();
+    for (lo, hi) in spans {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    Some(merged)
 }
 
 struct Analyzer<'a> {
@@ -404,6 +457,13 @@ struct Analyzer<'a> {
     access: Vec<Access>,
     /// For proven context accesses: the end offset they reach.
     ctx_end: Vec<u32>,
+    /// For proven context accesses: the lowest offset they reach.
+    ctx_start: Vec<u32>,
+    /// Per call: whether it hands the context to code the analysis does not follow (a helper,
+    /// or anyone through a stack slot holding it), at its last visit.
+    ctx_escapes: Vec<bool>,
+    /// Helper calls with a map in r1, at their last visit.
+    map_args: HashMap<usize, MapArgs>,
     /// Map lookups by slot, at their last visit: inlinable (Some) or not.
     inline_lookups: HashMap<usize, Option<ArrayLayout>>,
     /// Inlinable lookups whose key was a known constant at their last visit.
@@ -506,6 +566,19 @@ impl Analyzer<'_> {
     fn step(&mut self, pc: usize, s: &mut State) -> Next {
         self.reached[pc] = true;
         let insn = self.insns[pc];
+        if matches!(insn, Insn::Call(_) | Insn::CallReg(_)) {
+            let args = &s.regs[1..6];
+            let local = matches!(insn, Insn::Call(CallTarget::Local(_)));
+            let direct = !local && args.iter().any(|v| v.base == Base::Ctx);
+            let in_slot = args.iter().any(|v| v.base == Base::Stack) && s.slots.iter().any(|(_, v)| v.base == Base::Ctx);
+            self.ctx_escapes[pc] = direct || in_slot;
+            if let (Insn::Call(CallTarget::Helper(_)), Base::Map { value_size, key_size, .. }) = (insn, s.regs[1].base) {
+                let args = MapArgs { key: self.readable(s.regs[2], key_size), value: self.readable(s.regs[3], value_size) };
+                self.map_args.insert(pc, args);
+            } else {
+                self.map_args.remove(&pc);
+            }
+        }
         match insn {
             Insn::Alu { width, op, dst, src } => {
                 let a = s.regs[dst.index()];
@@ -531,9 +604,9 @@ impl Analyzer<'_> {
             }
             Insn::Lddw { dst, kind, lo, hi } => {
                 s.regs[dst.index()] = match (kind, self.pointees.get(&pc)) {
-                    (_, Some(&Pointee::Map { value_size, .. })) => {
+                    (_, Some(&Pointee::Map { value_size, key_size, .. })) => {
                         let handle = (lo as u32 as u64) | ((hi as u32 as u64) << 32);
-                        Val { base: Base::Map { value_size, handle }, off: Range::exact(0) }
+                        Val { base: Base::Map { value_size, key_size, handle }, off: Range::exact(0) }
                     }
                     (_, Some(&Pointee::Value { size, offset })) => Val { base: Base::Mem { size }, off: Range::exact(offset as i64) },
                     (LddwKind::Func, None) => Val::scalar(Range::exact(pc as i64 + 1 + lo as i64)),
@@ -658,6 +731,18 @@ impl Analyzer<'_> {
         readable.then_some(layout)
     }
 
+    /// Whether `n` bytes from pointer `v` are readable on every run: in the frames the
+    /// current function may reach, or in memory of known size (context proofs are conditional,
+    /// and not used here).
+    fn readable(&self, v: Val, n: u32) -> bool {
+        let (lo, hi) = (v.off.lo as i128, v.off.hi as i128 + n as i128);
+        match v.base {
+            Base::Stack => lo >= -(FRAME_SIZE as i128) && hi <= (FRAME_SIZE * self.frames_above) as i128,
+            Base::Mem { size } => lo >= 0 && hi <= size as i128,
+            _ => false,
+        }
+    }
+
     /// Decides whether the access at `pc` through `base + off` is proven, and forgets the
     /// stack slots a store may overwrite.
     fn record(&mut self, pc: usize, base: Val, off: i16, size: MemSize, write: bool, s: &mut State) {
@@ -673,6 +758,7 @@ impl Analyzer<'_> {
         // The last visit of a block has its final state: it decides.
         self.access[pc] = Access { target, proven };
         self.ctx_end[pc] = if base.base == Base::Ctx && proven { hi as u32 } else { 0 };
+        self.ctx_start[pc] = if base.base == Base::Ctx && proven { lo as u32 } else { 0 };
         if write {
             match base.base {
                 // Only the bytes it can reach (an unproven store may leave the frame, but

@@ -37,6 +37,8 @@ pub struct Program {
     depths: Vec<usize>,
     access: Vec<Access>,
     ctx_needs: ContextNeeds,
+    ctx_reads: Option<Vec<(u32, u32)>>,
+    map_args: HashMap<usize, crate::analysis::MapArgs>,
     inline_lookups: HashMap<usize, ArrayLayout>,
     lookup_keys: HashMap<usize, u32>,
     walk_checks_on_entry: bool,
@@ -56,6 +58,8 @@ impl PartialEq for Program {
             && self.depths == other.depths
             && self.access == other.access
             && self.ctx_needs == other.ctx_needs
+            && self.ctx_reads == other.ctx_reads
+            && self.map_args == other.map_args
             && self.inline_lookups == other.inline_lookups
             && self.lookup_keys == other.lookup_keys
             && self.walk_checks_on_entry == other.walk_checks_on_entry
@@ -75,8 +79,22 @@ impl Program {
         resolved: Vec<usize>,
         helpers: Arc<HelperTable>,
     ) -> Self {
-        let Analysis { access, ctx: ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: _ } = proofs;
-        Program { insns, functions, depths, access, ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, pointees, resolved, helpers }
+        let Analysis { access, ctx: ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: _, ctx_reads, map_args } = proofs;
+        Program {
+            insns,
+            functions,
+            depths,
+            access,
+            ctx_needs,
+            ctx_reads,
+            map_args,
+            inline_lookups,
+            lookup_keys,
+            walk_checks_on_entry,
+            pointees,
+            resolved,
+            helpers,
+        }
     }
 
     /// Whether the `lddw` at `slot` was resolved from a map reference: its constant is an
@@ -159,6 +177,21 @@ impl Program {
     /// check every access of a run that does not meet it.
     pub fn context_needs(&self) -> ContextNeeds {
         self.ctx_needs
+    }
+
+    /// The context bytes the program may read, as sorted, disjoint `[start, end)` spans, when
+    /// the verifier knows them all: every access proven, the context only read, and never
+    /// handed to a helper. An engine that builds the context per run (a GPU probe) need only
+    /// fill these bytes. None when any of that is not known.
+    pub fn context_reads(&self) -> Option<&[(u32, u32)]> {
+        self.ctx_reads.as_deref()
+    }
+
+    /// For the helper call at `pc` with a map in r1: which of its key (r2) and value (r3)
+    /// pointers are proven to point to a whole key or value on every run, so that a helper may
+    /// read them unchecked (the GPU's map helpers then skip their range checks).
+    pub fn map_args(&self, pc: usize) -> crate::analysis::MapArgs {
+        self.map_args.get(&pc).copied().unwrap_or_default()
     }
 
     /// Number of memory accesses proven in bounds, and of all memory accesses.

@@ -17,7 +17,7 @@ use crate::verifier::{resolve_lddw, Checks, LddwResolver};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-const RECORD_MAGIC: &[u8; 8] = b"BPFREC03";
+const RECORD_MAGIC: &[u8; 8] = b"BPFREC04";
 /// An inlined lookup's key in a record where the verifier does not know it.
 const NO_KEY: u64 = u64::MAX;
 
@@ -70,9 +70,10 @@ pub fn inputs(raw: &[RawInsn], helpers: &[u8], resolver: &dyn LddwResolver, chec
         out.extend_from_slice(&(pc as u32).to_le_bytes());
         match resolver.pointee(kind, lo, hi) {
             None => out.push(0),
-            Some(Pointee::Map { value_size, array }) => {
+            Some(Pointee::Map { value_size, key_size, array }) => {
                 out.push(1);
                 out.extend_from_slice(&value_size.to_le_bytes());
+                out.extend_from_slice(&key_size.to_le_bytes());
                 out.push(array.is_some() as u8);
                 if let Some(a) = array {
                     for v in [a.stride, a.max_entries as u64, a.cpu_stride, (a.cpu != 0) as u64] {
@@ -153,6 +154,22 @@ impl Program {
             put(slot as u64);
             put(key);
         }
+        let mut map_args: Vec<(usize, crate::analysis::MapArgs)> =
+            (0..self.len()).map(|pc| (pc, self.map_args(pc))).filter(|(_, m)| m.key || m.value).collect();
+        map_args.sort_unstable_by_key(|m| m.0);
+        put(map_args.len() as u64);
+        for (pc, m) in map_args {
+            put(pc as u64 | (m.key as u64) << 32 | (m.value as u64) << 33);
+        }
+        match self.context_reads() {
+            None => put(NO_KEY),
+            Some(spans) => {
+                put(spans.len() as u64);
+                for &(lo, hi) in spans {
+                    put(lo as u64 | (hi as u64) << 32);
+                }
+            }
+        }
         out.extend((0..self.len()).map(|pc| {
             let a = self.access(pc);
             target_code(a.target) | (a.proven as u8) << 2
@@ -198,7 +215,33 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
     for _ in 0..nlookups {
         lookup_slots.push((next("lookup")? as usize, next("lookup")? as usize, next("lookup")?));
     }
-    let header = 8 * (7 + 4 * nfuncs + 3 * nlookups);
+    let nargs = next("map arguments")? as usize;
+    if nargs > n {
+        return Err(RecordError::Malformed("map arguments"));
+    }
+    let mut map_args = HashMap::new();
+    for _ in 0..nargs {
+        let w = next("map arguments")?;
+        let pc = (w & 0xffff_ffff) as usize;
+        if pc >= n || w >> 34 != 0 {
+            return Err(RecordError::Malformed("map arguments"));
+        }
+        map_args.insert(pc, crate::analysis::MapArgs { key: w & 1 << 32 != 0, value: w & 1 << 33 != 0 });
+    }
+    let nspans = next("context reads")?;
+    let ctx_reads = match nspans {
+        NO_KEY => None,
+        k if k as usize <= n => {
+            let mut spans = Vec::with_capacity(k as usize);
+            for _ in 0..k {
+                let w = next("context reads")?;
+                spans.push((w as u32, (w >> 32) as u32));
+            }
+            Some(spans)
+        }
+        _ => return Err(RecordError::Malformed("context reads")),
+    };
+    let header = 8 * (9 + 4 * nfuncs + 3 * nlookups + nargs + ctx_reads.as_ref().map_or(0, Vec::len));
     let access_bytes = record.get(header..).filter(|a| a.len() == n).ok_or(RecordError::Malformed("access"))?;
     let access = access_bytes.iter().map(|&b| Access { target: target_of(b & 3), proven: b & 4 != 0 }).collect();
 
@@ -225,7 +268,7 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
         }
     }
     // Reachability served the verifier alone; a program does not keep it.
-    let proofs = Analysis { access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: vec![] };
+    let proofs = Analysis { access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: vec![], ctx_reads, map_args };
     Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))
 }
 

@@ -21,7 +21,7 @@ impl LddwResolver for Maps {
 
     fn pointee(&self, kind: LddwKind, lo: i32, hi: i32) -> Option<Pointee> {
         match (kind, lo) {
-            (LddwKind::MapFd, 1) => Some(Pointee::Map { value_size: 16, array: None }),
+            (LddwKind::MapFd, 1) => Some(Pointee::Map { value_size: 16, key_size: 4, array: None }),
             (LddwKind::MapValue, 2) => Some(Pointee::Value { size: 64, offset: hi as u32 }),
             _ => None,
         }
@@ -338,7 +338,7 @@ fn array_lookups_with_a_proven_key_are_inlinable() {
         }
         fn pointee(&self, _kind: LddwKind, lo: i32, _hi: i32) -> Option<Pointee> {
             let array = (lo == 1).then_some(ArrayLayout { values: 0x5000, stride: 8, max_entries: 4, cpu: 0, cpu_stride: 0 });
-            Some(Pointee::Map { value_size: 8, array })
+            Some(Pointee::Map { value_size: 8, key_size: 4, array })
         }
     }
     let src = "
@@ -442,4 +442,120 @@ fn stack_offsets_that_overflow_prove_nothing_and_do_not_panic() {
         r0 = 0
         exit";
     assert_eq!(proven(src), [false, false]);
+}
+
+fn context_reads(src: &str) -> Option<Vec<(u32, u32)>> {
+    let prog = verify(&assemble(src).unwrap(), helpers(), &Maps).unwrap();
+    prog.context_reads().map(<[_]>::to_vec)
+}
+
+#[test]
+fn a_program_that_never_touches_its_context_reads_none_of_it() {
+    assert_eq!(context_reads("r0 = 0\nexit"), Some(vec![]));
+}
+
+#[test]
+fn context_reads_are_the_spans_of_the_proven_loads_merged() {
+    let src = "
+        r2 = *(u32 *)(r1 + 44)
+        r3 = *(u32 *)(r1 + 56)
+        r4 = *(u32 *)(r1 + 32)
+        r5 = *(u64 *)(r1 + 8)
+        r6 = *(u16 *)(r1 + 12)    # inside the span before it
+        *(u64 *)(r10 - 8) = r1    # spilled and reloaded: still the context
+        r7 = *(u64 *)(r10 - 8)
+        r8 = *(u32 *)(r7 + 60)    # adjacent to 56..60
+        r0 = 0
+        exit";
+    assert_eq!(context_reads(src), Some(vec![(8, 16), (32, 36), (44, 48), (56, 64)]));
+}
+
+#[test]
+fn context_reads_are_unknown_when_the_context_may_be_read_otherwise() {
+    // Handed to a helper, which may read it.
+    let to_helper = "
+        r3 = r1
+        r1 = r10
+        r1 += -8
+        r2 = 8
+        call 4
+        r0 = 0
+        exit";
+    assert_eq!(context_reads(to_helper), None);
+    // Handed to a helper through a stack slot holding it.
+    let in_slot = "
+        *(u64 *)(r10 - 16) = r1
+        r1 = r10
+        r1 += -16
+        r2 = 8
+        r3 = 0
+        call 4
+        r0 = 0
+        exit";
+    assert_eq!(context_reads(in_slot), None);
+    // Read at an offset the analysis does not bound.
+    let unbounded = "
+        r2 = *(u64 *)(r1 + 0)
+        r1 += r2
+        r0 = *(u8 *)(r1 + 0)
+        exit";
+    assert_eq!(context_reads(unbounded), None);
+    // Written.
+    let written = "
+        *(u32 *)(r1 + 0) = 1
+        r0 = 0
+        exit";
+    assert_eq!(context_reads(written), None);
+    // Any unproven access might land in it.
+    let unproven = "
+        r2 = *(u64 *)(r1 + 0)
+        r0 = *(u8 *)(r2 + 0)
+        exit";
+    assert_eq!(context_reads(unproven), None);
+}
+
+#[test]
+fn a_context_passed_to_a_local_function_is_followed_there() {
+    let src = "
+        call pc+2
+        r0 = 0
+        exit
+        r0 = *(u32 *)(r1 + 20)
+        exit";
+    assert_eq!(context_reads(src), Some(vec![(20, 24)]));
+}
+
+fn map_args(src: &str) -> Vec<(bool, bool)> {
+    let prog = verify(&assemble(src).unwrap(), helpers(), &Maps).unwrap();
+    let calls = (0..prog.len()).filter(|&pc| matches!(prog.insns()[pc], Insn::Call(CallTarget::Helper(_))));
+    calls.map(|pc| (prog.map_args(pc).key, prog.map_args(pc).value)).collect()
+}
+
+#[test]
+fn map_helper_keys_and_values_on_the_stack_are_proven_whole() {
+    // Map 1: 4-byte keys, 16-byte values.
+    let src = "
+        *(u32 *)(r10 - 4) = 0
+        r2 = r10
+        r2 += -4
+        r3 = r10
+        r3 += -24
+        r1 = map_fd(1) ll
+        call 1                    # key and value whole
+        r2 = r10
+        r2 += -2                  # key runs past the frame
+        r3 = r10
+        r3 += -8                  # value runs past the frame
+        r1 = map_fd(1) ll
+        call 1
+        r2 = *(u64 *)(r10 - 16)   # a number, not a pointer
+        r1 = map_fd(1) ll
+        call 1
+        r2 = r10
+        r2 += -4
+        r1 = 0                    # no map
+        call 1
+        r0 = 0
+        exit";
+    assert_eq!(map_args(src), [(true, true), (false, false), (false, false), (false, false)]);
 }
