@@ -7,7 +7,8 @@
 //!
 //! Model: threads run one after another, each to completion, with its own registers and local
 //! memory; global memory is a set of allocations in one flat 64-bit address space; local
-//! memory is reached through generic addresses (`cvta.local`). Atomics are plain
+//! memory is reached through generic addresses (`cvta.local`), or through `.local` loads and
+//! stores of window offsets (`cvta.to.local`), checked to stay in the window. Atomics are plain
 //! read-modify-writes (threads do not interleave).
 
 use std::collections::HashMap;
@@ -213,17 +214,25 @@ enum Op {
         param: usize,
         off: u32,
     },
+    /// `local`: the address is an offset in the thread's local window (`ld.local`).
     Ld {
         ty: Ty,
         d: u16,
         base: Val,
         off: i64,
+        local: bool,
     },
     St {
         ty: Ty,
         base: Val,
         off: i64,
         v: Val,
+        local: bool,
+    },
+    /// `cvta.to.local`: a generic address to its offset in the local window.
+    CvtaToLocal {
+        d: u16,
+        a: Val,
     },
     Bin {
         op: BinOp,
@@ -472,7 +481,8 @@ impl FnParser<'_> {
         let (base, off) = match inner.rfind(['+', '-']) {
             Some(i) if i > 0 => {
                 let off = parse_imm(&inner[i..].replace('+', "")).ok_or_else(|| perr(line, format!("bad offset in `{s}`")))?;
-                (&inner[..i], off as i64)
+                // `[%r+-8]`, as nvcc writes a negative offset.
+                (inner[..i].strip_suffix('+').unwrap_or(&inner[..i]), off as i64)
             }
             _ => (inner, 0),
         };
@@ -673,6 +683,10 @@ impl Module {
                 need(2)?;
                 Op::Mov { ty: Ty::U64, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
             }
+            "cvta" if parts[1..] == ["to", "local", "u64"] => {
+                need(2)?;
+                Op::CvtaToLocal { d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
+            }
             "cvta" if parts.get(1) == Some(&"local") => {
                 need(2)?;
                 Op::CvtaLocal { d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
@@ -692,14 +706,14 @@ impl Module {
                         .filter(|o| o + ty.bits() / 8 <= 8)
                         .ok_or_else(|| perr(line, "a parameter's bytes past 8 are not in the subset"))?;
                     Op::LdParam { ty, d: p.dst(line, &ops[0])?, param, off }
-                } else if space.is_some_and(|s| *s != "global" && !(*s == "const" && parts[0] == "ld")) {
+                } else if space.is_some_and(|s| *s != "global" && *s != "local" && !(*s == "const" && parts[0] == "ld")) {
                     return Err(perr(line, format!("state space `.{}` is not in the subset", space.unwrap_or(&""))));
                 } else if parts[0] == "ld" {
                     let (base, off) = p.mem(line, &ops[1])?;
-                    Op::Ld { ty, d: p.dst(line, &ops[0])?, base, off }
+                    Op::Ld { ty, d: p.dst(line, &ops[0])?, base, off, local: space == Some(&"local") }
                 } else {
                     let (base, off) = p.mem(line, &ops[0])?;
-                    Op::St { ty, base, off, v: p.val(line, &ops[1])? }
+                    Op::St { ty, base, off, v: p.val(line, &ops[1])?, local: space == Some(&"local") }
                 }
             }
             "add" | "sub" | "div" | "rem" | "and" | "or" | "xor" | "shl" | "shr" | "min" | "max" => {
@@ -1060,6 +1074,19 @@ impl Machine {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// The flat address of an access of `n` bytes at `addr`: itself, or for a `.local` one the
+    /// window offset `addr` in the thread's local window (which it must not leave).
+    fn address(memory: &Memory, addr: u64, n: u64, local: bool, local_base: u64, func: &str) -> Result<u64, InterpError> {
+        if !local {
+            return Ok(addr);
+        }
+        let window = memory.segments.iter().find(|s| s.base == local_base).map_or(0, |s| s.bytes.len() as u64);
+        match addr.checked_add(n) {
+            Some(end) if end <= window => Ok(local_base + addr),
+            _ => Err(InterpError::IllegalAddress { addr, len: n, func: func.to_string() }),
+        }
+    }
+
     fn run_frames(&mut self, kernel: &str, args: &[u64], launch: Launch, block: u32, thread: u32, local_base: u64) -> Result<(), InterpError> {
         let k = &self.module.functions[kernel];
         let mut stack = vec![Frame { func: kernel.to_string(), regs: vec![0; k.nregs], pc: 0, ret_to: None }];
@@ -1136,19 +1163,23 @@ impl Machine {
                     let x = v!(a);
                     frame.regs[*d as usize] = local_base + x;
                 }
+                Op::CvtaToLocal { d, a } => {
+                    let x = v!(a);
+                    frame.regs[*d as usize] = x.wrapping_sub(local_base);
+                }
                 Op::LdParam { ty, d, param, off } => {
                     let bits = ty.bits().min(64);
                     let x = args[*param] >> (8 * off) & if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
                     frame.regs[*d as usize] = if ty.signed() { ty.extend(x) as u64 } else { x };
                 }
-                Op::Ld { ty, d, base, off } => {
-                    let addr = v!(base).wrapping_add(*off as u64);
+                Op::Ld { ty, d, base, off, local } => {
                     let n = (ty.bits() / 8) as u64;
+                    let addr = Self::address(&self.memory, v!(base).wrapping_add(*off as u64), n, *local, local_base, fname)?;
                     let x = self.memory.load(addr, n, fname)?;
                     frame.regs[*d as usize] = if ty.signed() { ty.extend(x) as u64 } else { x };
                 }
-                Op::St { ty, base, off, v: val } => {
-                    let addr = v!(base).wrapping_add(*off as u64);
+                Op::St { ty, base, off, v: val, local } => {
+                    let addr = Self::address(&self.memory, v!(base).wrapping_add(*off as u64), (ty.bits() / 8) as u64, *local, local_base, fname)?;
                     let x = v!(val);
                     self.memory.store(addr, (ty.bits() / 8) as u64, x, fname)?;
                 }

@@ -1,4 +1,4 @@
-//! The per-thread run state of a program on the GPU: a 128-byte block in local memory whose
+//! The per-thread run state of a program on the GPU: a 160-byte block in local memory whose
 //! address every translated function and helper receives. The layout is the ABI between the
 //! translator, the PTX helpers, the launch wrappers and whoever reads the outcome (the PTX
 //! interpreter, the CUDA runner).

@@ -3,13 +3,14 @@
 //! Each eBPF function becomes `.func (.reg .b64 %ret) bpf_fN(.reg .b64 %st, .reg .b64 %fp,
 //! .reg .b64 %a1 .. %a5)`: `%st` is the run's state block ([`crate::state`]) and `%fp` the frame
 //! pointer (r10). eBPF registers are `.b64` PTX registers; the 512-byte frames live in one
-//! 4 KiB per-thread stack in local memory, reached through generic addresses. The semantics
+//! 4 KiB per-thread stack in local memory, reached through generic addresses (aligned
+//! `r10`-relative accesses the verifier proved in the frame through `.local` ones). The semantics
 //! are the interpreter's: division by zero gives 0 (modulo keeps the dividend), shifts are
 //! masked to the width, 32-bit results are zero-extended, a callee starts with r0 and r6-r9
 //! zeroed, a backward jump costs the length of its loop from the budget.
 //!
 //! Every access the verifier did not prove safe is checked inline against the stack, the
-//! context and the map arena; a bad one records a fault in the state and every function
+//! context and the map arena (a proven context load only against the context's length); a bad one records a fault in the state and every function
 //! returns at once, so a fault ends the probe, never the kernel. Unaligned accesses are done
 //! byte by byte (the GPU traps on them); atomics on the stack (local memory, where the GPU has
 //! no atomics) are plain read-modify-writes, which is exact for one thread's own stack.
@@ -469,6 +470,9 @@ impl<'a> FunctionWriter<'a> {
                 let _ = writeln!(out, "ld.u64 {r}, [%st+{field}];");
             }
         }
+        if used("%fpl") {
+            out.push_str(".reg .b64 %fpl;\ncvta.to.local.u64 %fpl, %fp;\n");
+        }
         if used("%pctx") {
             let _ = writeln!(out, ".reg .pred %pctx;\nsetp.ge.u64 %pctx, %a2, {};", self.ctx.prog.context_needs().len);
         }
@@ -872,7 +876,32 @@ impl<'a> FunctionWriter<'a> {
         slow
     }
 
+    /// For an access of `n` bytes at `base + off` that the verifier proved in the stack frame
+    /// and that is `r10`-relative and aligned: the operand of a `.local` access to it (through
+    /// `%fpl`, the frame pointer's offset in the local window), which needs neither a check
+    /// nor the generic address space.
+    fn frame_operand(&self, pc: usize, base: Reg, off: i16, n: u64) -> Option<String> {
+        let access = self.ctx.prog.access(pc);
+        (base.num() == 10 && access.proven && access.target == bpftime_vm::analysis::Target::Stack && (off as i64).rem_euclid(n as i64) == 0)
+            .then(|| format!("[%fpl+{off}]"))
+    }
+
     fn load(&mut self, pc: usize, size: MemSize, signed: bool, dst: Reg, base: Reg, off: i16) {
+        let n = size.bytes() as u64;
+        if let Some(at) = self.frame_operand(pc, base, off, n) {
+            let d = reg(dst);
+            if n == 8 {
+                self.line(format!("ld.local.u64 {d}, {at};"));
+                return;
+            }
+            self.line(format!("ld.local.u{} %w0, {at};", 8 * n));
+            self.line(match (signed, n) {
+                (true, 4) => format!("cvt.s64.s32 {d}, %w0;"),
+                (true, _) => format!("cvt.s64.s32 {d}, %w0;\nbfe.s64 {d}, {d}, 0, {};", 8 * n),
+                (false, _) => format!("cvt.u64.u32 {d}, %w0;"),
+            });
+            return;
+        }
         self.address(base, off);
         self.check_access(pc, size, false);
         let d = reg(dst);
@@ -921,6 +950,18 @@ impl<'a> FunctionWriter<'a> {
     }
 
     fn store(&mut self, pc: usize, size: MemSize, base: Reg, off: i16, src: Operand) {
+        let n = size.bytes() as u64;
+        if let Some(at) = self.frame_operand(pc, base, off, n) {
+            let v = self.operand64(src);
+            if n == 8 {
+                self.line(format!("st.local.u64 {at}, {v};"));
+            } else {
+                self.line(format!("mov.b64 %t7, {v};"));
+                self.line("cvt.u32.u64 %w0, %t7;");
+                self.line(format!("st.local.u{} {at}, %w0;", 8 * n));
+            }
+            return;
+        }
         self.address(base, off);
         self.check_access(pc, size, true);
         let v = self.operand64(src);
@@ -966,7 +1007,8 @@ impl<'a> FunctionWriter<'a> {
         let s = reg(src);
         let wide = size == MemSize::DW;
         // %t4 = old value (zero-extended). On the stack (local memory) a plain
-        // read-modify-write; elsewhere an atomic.
+        // read-modify-write; elsewhere (the arena, maps in host memory, the run kernel's
+        // context: all global memory) a global atomic.
         let local = self.fresh("atomic_local");
         let join = self.fresh("atomic_done");
         // Proven on the stack or in memory: no need to ask which.
@@ -995,7 +1037,7 @@ impl<'a> FunctionWriter<'a> {
             self.tail_line("mul.lo.u64 %t4, %t4, %zlen;");
             self.tail_line("add.u64 %t6, %t6, %t4;");
             self.tail_line("add.u64 %t6, %t6, %shlo;");
-            self.tail_line(format!("red.add.u64 [%t6], {s};"));
+            self.tail_line(format!("red.global.add.u64 [%t6], {s};"));
             self.tail_line(format!("bra {join};"));
         }
         let (bits, val, exp) = if wide { ("b64", s.clone(), "%r0".to_string()) } else { ("b32", "%w1".to_string(), "%w2".to_string()) };
@@ -1005,12 +1047,12 @@ impl<'a> FunctionWriter<'a> {
         }
         let old = if wide { "%t4" } else { "%w3" };
         let ins = match op {
-            AtomicOp::Add => format!("atom.add.u{} {old}, [%t5], {val};", if wide { 64 } else { 32 }),
-            AtomicOp::Or => format!("atom.or.{bits} {old}, [%t5], {val};"),
-            AtomicOp::And => format!("atom.and.{bits} {old}, [%t5], {val};"),
-            AtomicOp::Xor => format!("atom.xor.{bits} {old}, [%t5], {val};"),
-            AtomicOp::Xchg => format!("atom.exch.{bits} {old}, [%t5], {val};"),
-            AtomicOp::CmpXchg => format!("atom.cas.{bits} {old}, [%t5], {exp}, {val};"),
+            AtomicOp::Add => format!("atom.global.add.u{} {old}, [%t5], {val};", if wide { 64 } else { 32 }),
+            AtomicOp::Or => format!("atom.global.or.{bits} {old}, [%t5], {val};"),
+            AtomicOp::And => format!("atom.global.and.{bits} {old}, [%t5], {val};"),
+            AtomicOp::Xor => format!("atom.global.xor.{bits} {old}, [%t5], {val};"),
+            AtomicOp::Xchg => format!("atom.global.exch.{bits} {old}, [%t5], {val};"),
+            AtomicOp::CmpXchg => format!("atom.global.cas.{bits} {old}, [%t5], {exp}, {val};"),
         };
         self.line(ins);
         if !wide {

@@ -269,7 +269,7 @@ fn sharded_counter_adds_fold_to_the_exact_total() {
     let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_bench")).unwrap()).unwrap();
     let target = Target { shard_atomic_adds: true, ..Target::default() };
     let g = bpftime_runtime::gpu::gpu_program(&obj, Some("counter_add"), target, 4).unwrap();
-    assert!(g.ptx.contains("red.add.u64"), "the add is sharded");
+    assert!(g.ptx.contains("red.global.add.u64"), "the add is sharded");
     let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
     let arena = m.memory.alloc(g.layout.size);
     m.memory.write(arena, &g.arena).unwrap();
