@@ -306,6 +306,12 @@ for n in 262144 16777216; do
         printf '  %-24s %10s us  %6sx\n' "${row// /+}" "$t" "$ratio"
         summary+=("bench $n ${row// /+}: $t us (${ratio}x)")
     done
+    # The per-thread counter with the agent's default copies back (every 50 ms, while the
+    # launches run): what copying a 128 MiB map back costs the timed stream.
+    t=$("$cli" run --shm-size 1G --program thread_count "$bpf/cuda_bench.bpf.o" -- "$cuda/vector_add_bench" $n 50 2>/dev/null | bench)
+    ratio=$(awk -v a="$t" -v b="$base" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else print "?" }')
+    printf '  %-24s %10s us  %6sx\n' "thread_count, copies" "$t" "$ratio"
+    summary+=("bench $n thread_count with copies every 50 ms: $t us (${ratio}x)")
 done
 grep -h "patched in" "$cuda"/vector_add.report | head -1 | sed 's/^/one-time cost: /'
 

@@ -30,7 +30,7 @@ use driver::{DevPtr, Driver, Handle, Image};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A device arena: the maps of every probe, in one context.
@@ -49,9 +49,33 @@ pub(crate) struct Arena {
     written: Mutex<Vec<u8>>,
     /// What the device has been given of the maps CPU programs also use.
     share: Mutex<HostShare>,
+    /// Copies back a stream has handed to the write-back thread and it has not applied yet.
+    pending: Mutex<u64>,
+    /// Signalled when `pending` drops.
+    applied: Condvar,
 }
 
 impl Arena {
+    /// Waits until the copies back handed over so far are written into the region (they are
+    /// applied in order, by one thread): what reads `written` or the share, or writes back a
+    /// later copy, comes after them.
+    fn settle(&self) {
+        self.settle_within(Duration::MAX);
+    }
+
+    /// [`Arena::settle`], waiting at most `limit`.
+    fn settle_within(&self, limit: Duration) {
+        let deadline = Instant::now().checked_add(limit);
+        let mut pending = lock(&self.pending);
+        while *pending > 0 {
+            pending = match deadline.map(|d| d.saturating_duration_since(Instant::now())) {
+                None => self.applied.wait(pending).unwrap_or_else(std::sync::PoisonError::into_inner),
+                Some(left) if left.is_zero() => return,
+                Some(left) => self.applied.wait_timeout(pending, left).unwrap_or_else(std::sync::PoisonError::into_inner).0,
+            };
+        }
+    }
+
     /// Writes a copy of this arena back into the region's maps (what changed since the last);
     /// `given` is what the device had been given of the host's maps when the copy was made.
     fn write_back(&self, gpu: &Gpu, copy: &mut [u8], given: &HostShare) {
@@ -315,6 +339,8 @@ impl Gpu {
             last_copy: Mutex::new(Instant::now()),
             share,
             written: Mutex::new(image.clone()),
+            pending: Mutex::new(0),
+            applied: Condvar::new(),
         });
         arenas.insert(ctx, a.clone());
         Ok(a)
@@ -381,6 +407,11 @@ impl Gpu {
     /// Copies the host-owned maps (those CPU programs use too) to the device, on `stream`
     /// before the launch, so the kernel's probes see what the CPU side wrote.
     fn push_host_values(&self, drv: &Driver, arena: &Arc<Arena>, stream: Handle) {
+        if !self.probes.host_may_push(&arena.layout, &lock(&arena.share)) {
+            return;
+        }
+        // What the host gives is judged against the device's last copy written back.
+        arena.settle();
         let push = {
             let written = lock(&arena.written);
             let mut share = lock(&arena.share);
@@ -512,6 +543,8 @@ extern "C" fn merge_hash(data: *mut c_void) {
         lock(&job.arena.staging).push(job.buf);
         return;
     }
+    // The copies back queued before this merge are in the region first.
+    job.arena.settle();
     guarded(|| {
         let gpu = GPU.get()?;
         let m = job.arena.layout.maps.get(job.slot)?;
@@ -531,19 +564,90 @@ extern "C" fn merge_hash(data: *mut c_void) {
     });
 }
 
-/// Host function run by the driver once a launch and its copy back are done.
+/// Host function run by the driver once a launch and its copy back are done: hands the copy
+/// to the write-back thread, so that the stream does not wait while the copy is compared
+/// with the last and what changed is written into the region (tens of milliseconds for a
+/// large per-thread map).
 extern "C" fn write_back(data: *mut c_void) {
     // SAFETY: `data` is the box leaked in `queue_write_back`, handed to this one call.
     let job = unsafe { Box::from_raw(data.cast::<WriteBack>()) };
+    *lock(&job.arena.pending) += 1;
+    if let Some(job) = WriteBackThread::get().and_then(|t| t.hand_over(job)) {
+        apply_write_back(*job);
+    }
+}
+
+/// Writes one copy back into the region, returns its buffer to the pool and counts it applied.
+fn apply_write_back(job: WriteBack) {
     guarded(|| {
         let gpu = GPU.get()?;
-        // SAFETY: the copy into the buffer completed before the stream reached this function,
-        // and no one else uses the buffer until it is back in the pool.
+        // SAFETY: the copy into the buffer completed before the stream reached the host
+        // function that handed it over, and no one else uses the buffer until it is back in
+        // the pool.
         let mut arena = unsafe { std::slice::from_raw_parts(job.buf as *const u8, job.arena.len) }.to_vec();
         job.arena.write_back(gpu, &mut arena, &job.given);
         Some(())
     });
     lock(&job.arena.staging).push(job.buf);
+    *lock(&job.arena.pending) -= 1;
+    job.arena.applied.notify_all();
+}
+
+/// At exit: the copies back handed over are written into the region (a bounded wait: the
+/// process exits regardless).
+extern "C" fn settle_at_exit() {
+    guarded(|| {
+        let arenas: Vec<Arc<Arena>> = lock(&GPU.get()?.arenas).values().cloned().collect();
+        for a in arenas {
+            a.settle_within(Duration::from_secs(5));
+        }
+        Some(())
+    });
+}
+
+/// The thread that applies copies back, in the order the streams handed them over.
+struct WriteBackThread {
+    /// The process it runs in (a forked child has no such thread: it applies its own).
+    pid: u32,
+    queue: Mutex<std::collections::VecDeque<Box<WriteBack>>>,
+    ready: Condvar,
+}
+
+impl WriteBackThread {
+    /// The thread, started on first use; None if it cannot be started.
+    fn get() -> Option<&'static WriteBackThread> {
+        static THREAD: OnceLock<Option<WriteBackThread>> = OnceLock::new();
+        let t = THREAD.get_or_init(|| {
+            // SAFETY: registers a plain extern "C" function to run at exit (atexit(3)).
+            unsafe { libc::atexit(settle_at_exit) };
+            let started = std::thread::Builder::new().name("bpftime-cuda-wb".into()).spawn(|| {
+                while let Some(t) = WriteBackThread::get() {
+                    let job = {
+                        let mut q = lock(&t.queue);
+                        loop {
+                            match q.pop_front() {
+                                Some(job) => break job,
+                                None => q = t.ready.wait(q).unwrap_or_else(std::sync::PoisonError::into_inner),
+                            }
+                        }
+                    };
+                    apply_write_back(*job);
+                }
+            });
+            started.ok().map(|_| WriteBackThread { pid: std::process::id(), queue: Mutex::default(), ready: Condvar::new() })
+        });
+        t.as_ref()
+    }
+
+    /// Queues `job`, or gives it back when this process has no such thread (after a fork).
+    fn hand_over(&self, job: Box<WriteBack>) -> Option<Box<WriteBack>> {
+        if self.pid != std::process::id() {
+            return Some(job);
+        }
+        lock(&self.queue).push_back(job);
+        self.ready.notify_one();
+        None
+    }
 }
 
 /// The `.target sm_NN` of a PTX text.
@@ -694,9 +798,14 @@ fn sync_point() {
     let Some(gpu) = GPU.get() else { return };
     guarded(|| {
         let drv = Driver::get()?;
-        let arenas: Vec<(usize, Arc<Arena>)> =
-            lock(&gpu.arenas).iter().filter(|(_, a)| a.dirty.load(Ordering::Relaxed) > 0).map(|(c, a)| (*c, a.clone())).collect();
+        let arenas: Vec<(usize, Arc<Arena>)> = lock(&gpu.arenas).iter().map(|(c, a)| (*c, a.clone())).collect();
         for (ctx, a) in arenas {
+            // The copies back the stream made come first, and are all the app's results
+            // when no launch came after them.
+            a.settle();
+            if a.dirty.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
             a.dirty.store(0, Ordering::Relaxed);
             *lock(&a.last_copy) = Instant::now();
             let mut copy = vec![0u8; a.len];

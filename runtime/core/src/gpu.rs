@@ -587,6 +587,20 @@ impl GpuProbes {
         share
     }
 
+    /// Whether [`GpuProbes::host_values`] may have anything to give: a map CPU programs use
+    /// too, or a loader's write to another map since `share` last looked (counters only: cheap
+    /// enough for every launch).
+    pub fn host_may_push(&self, layout: &ArenaLayout, share: &HostShare) -> bool {
+        use bpftime_gpu_ptx::maps::GpuMapKind;
+        layout.maps.iter().enumerate().any(|(slot, m)| {
+            let Some(map) = self.maps.get(slot).and_then(Option::as_ref) else { return false };
+            if m.slots != 1 || m.kind == GpuMapKind::Ring || m.spec.in_host {
+                return false;
+            }
+            self.host_owned.get(slot) == Some(&true) || share.writes.get(&slot) != Some(&map.host_writes())
+        })
+    }
+
     /// What to give the device before a launch. Of each host-owned array (one CPU programs
     /// also write) the runs of entries whose host value differs from what `share` says the GPU
     /// was given (which it then records), and each host-owned hash whose entries differ, to
