@@ -123,8 +123,18 @@ pub fn lookup_version(name: &CStr, version: c_int, flags: u64) -> Option<usize> 
     (r == SUCCESS && !p.is_null()).then_some(p as usize)
 }
 
-/// An entry point the driver may lack (older drivers): `Option<$t>`.
+/// An entry point the driver may lack (older drivers): `Option<$t>`. One introduced after
+/// CUDA 12.0 names the version that introduced it: the driver hands out nothing for a name
+/// asked for at an older version.
 macro_rules! optional_entry {
+    ($name:literal as $t:ty, since $version:literal) => {
+        lookup_version($name, $version, 0).map(|p| {
+            // SAFETY: the driver returned this entry point for this name at the ABI of the
+            // version that introduced it, whose signature is the type it is converted to
+            // (checked against cuda.h).
+            unsafe { std::mem::transmute::<usize, $t>(p) }
+        })
+    };
     ($name:literal as $t:ty) => {
         lookup($name).map(|p| {
             // SAFETY: the driver returned this entry point for this name at the CUDA 12 ABI,
@@ -178,7 +188,7 @@ impl Driver {
             // Needed only for applications that were running before the agent came.
             module_load_data: optional_entry!(c"cuModuleLoadData" as FnModuleLoadData),
             module_get_function: optional_entry!(c"cuModuleGetFunction" as FnModuleGetFunction),
-            func_get_name: optional_entry!(c"cuFuncGetName" as FnFuncGetName),
+            func_get_name: optional_entry!(c"cuFuncGetName" as FnFuncGetName, since 12030),
             memcpy_dtod_async: optional_entry!(c"cuMemcpyDtoDAsync" as FnMemcpyDtoDAsync),
             ctx_push_current: optional_entry!(c"cuCtxPushCurrent" as FnCtxPushCurrent),
             ctx_pop_current: optional_entry!(c"cuCtxPopCurrent" as FnCtxPopCurrent),

@@ -526,21 +526,31 @@ fn lookup(name: &CStr) -> Option<usize> {
     entry(base)
 }
 
+/// The CUDA version that introduced entry point `name`, for those after 12.0 (cuda.h).
+fn introduced(name: &CStr) -> c_int {
+    match name.to_bytes() {
+        b"cuFuncGetName" | b"cuKernelGetName" => 12030,
+        _ => 0,
+    }
+}
+
 /// `cuGetProcAddress` (CUDA 11.3 signature).
 ///
 /// # Safety
 /// `name` NUL-terminated, `pfn` writable.
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
-pub unsafe extern "C" fn cuGetProcAddress(name: *const c_char, pfn: *mut *mut c_void, _version: c_int, _flags: u64) -> CuResult {
+pub unsafe extern "C" fn cuGetProcAddress(name: *const c_char, pfn: *mut *mut c_void, version: c_int, _flags: u64) -> CuResult {
     if name.is_null() || pfn.is_null() {
         return INVALID_VALUE;
     }
     // SAFETY: the caller's contract.
     let name = unsafe { CStr::from_ptr(name) };
-    let found = lookup(name);
+    // As the real driver: nothing for a name asked for at a version older than the one that
+    // introduced it.
+    let found = lookup(name).filter(|_| version >= introduced(name));
     if std::env::var_os("BPFTIME_FAKE_CUDA_LOG_PROCS").is_some() {
-        log(&format!("proc {} {_version} {_flags}{}", name.to_string_lossy(), if found.is_some() { "" } else { " (missing)" }));
+        log(&format!("proc {} {version} {_flags}{}", name.to_string_lossy(), if found.is_some() { "" } else { " (missing)" }));
     }
     // SAFETY: the caller's contract.
     unsafe { *pfn = found.unwrap_or(0) as *mut c_void };
