@@ -9,8 +9,12 @@
 use bpftime_shm::{ShmError, ShmRegion};
 use std::sync::atomic::Ordering;
 
-/// Ring size in bytes.
-pub const TRACE_RING_SIZE: u64 = 256 << 10;
+/// Ring size in bytes of a pipe in `region`: a sixteenth of the region, from 256 KiB to 4 MiB
+/// (a burst of a GPU's trace lines, one per block of a large launch, written back at once must
+/// fit while `bpftime run` or `trace` is reading; every process of one region agrees on it).
+pub fn ring_size(region: &ShmRegion) -> u64 {
+    (region.size() / 16).clamp(256 << 10, 4 << 20) & !7
+}
 const HDR: u64 = 64;
 const SKIP: u32 = u32::MAX;
 /// Longest line kept.
@@ -20,18 +24,22 @@ const MAX_LINE: usize = 1024;
 pub struct TracePipe<'a> {
     region: &'a ShmRegion,
     base: u64,
+    /// Ring size in bytes ([`ring_size`]).
+    size: u64,
 }
 
 impl<'a> TracePipe<'a> {
     /// The region's trace pipe, created on first use.
     pub fn open(region: &'a ShmRegion) -> Result<Self, ShmError> {
-        let base = region.trace_ring(HDR + TRACE_RING_SIZE)?;
-        Ok(TracePipe { region, base })
+        let size = ring_size(region);
+        let base = region.trace_ring(HDR + size)?;
+        Ok(TracePipe { region, base, size })
     }
 
     /// The region's trace pipe if one was created.
     pub fn existing(region: &'a ShmRegion) -> Option<Self> {
-        region.existing_trace_ring(HDR + TRACE_RING_SIZE).map(|base| TracePipe { region, base })
+        let size = ring_size(region);
+        region.existing_trace_ring(HDR + size).map(|base| TracePipe { region, base, size })
     }
 
     /// The head word; `base` was checked to leave room for the whole ring when the pipe was
@@ -56,19 +64,19 @@ impl<'a> TracePipe<'a> {
             pos = 0;
         }
         let len = (16 + line.len() as u64).div_ceil(8) * 8;
-        let at = pos % TRACE_RING_SIZE;
-        if at + len > TRACE_RING_SIZE {
+        let at = pos % self.size;
+        if at + len > self.size {
             self.put_header(pos, SKIP);
-            pos += TRACE_RING_SIZE - at;
+            pos += self.size - at;
         }
-        let at = pos % TRACE_RING_SIZE;
+        let at = pos % self.size;
         self.region.write(self.base + HDR + at + 16, line);
         self.put_header(pos, line.len() as u32);
         head.store(pos + len, Ordering::Release);
     }
 
     fn put_header(&self, pos: u64, len: u32) {
-        let at = self.base + HDR + pos % TRACE_RING_SIZE;
+        let at = self.base + HDR + pos % self.size;
         self.region.write(at, &pos.to_le_bytes());
         self.region.write(at + 8, &len.to_le_bytes());
     }
@@ -76,12 +84,12 @@ impl<'a> TracePipe<'a> {
     /// Lines from position `from` on, and the position after them.
     pub fn read_from(&self, mut from: u64) -> (Vec<String>, u64) {
         let head = self.position();
-        if head.saturating_sub(from) > TRACE_RING_SIZE || from > head {
+        if head.saturating_sub(from) > self.size || from > head {
             from = head; // fell behind (or a stale position): skip to live data
         }
         let mut lines = vec![];
         while from < head {
-            let at = self.base + HDR + from % TRACE_RING_SIZE;
+            let at = self.base + HDR + from % self.size;
             let (mut p, mut l) = ([0u8; 8], [0u8; 4]);
             self.region.read(at, &mut p);
             self.region.read(at + 8, &mut l);
@@ -91,7 +99,7 @@ impl<'a> TracePipe<'a> {
             }
             let len = u32::from_le_bytes(l);
             if len == SKIP {
-                from += TRACE_RING_SIZE - from % TRACE_RING_SIZE;
+                from += self.size - from % self.size;
                 continue;
             }
             if len as usize > MAX_LINE || !from.is_multiple_of(8) {
@@ -105,5 +113,29 @@ impl<'a> TracePipe<'a> {
             from += (16 + len as u64).div_ceil(8) * 8;
         }
         (lines, from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One trace line per block of a 2^18-thread launch, three launches, written back at once
+    /// (as a GPU's trace ring is): a reader that starts after the burst still gets every line
+    /// from a region of the default size.
+    #[test]
+    fn a_gpu_sized_burst_of_lines_fits_the_pipe_of_a_default_region() {
+        let region = ShmRegion::anonymous(bpftime_shm::DEFAULT_SIZE).unwrap();
+        let pipe = TracePipe::open(&region).unwrap();
+        let line = |i: usize| format!("vector_add_bench-4242 [000] ....  1234.567890: bpf_trace_printk: vector_add: block {i} thread 0 exits");
+        for i in 0..3072 {
+            pipe.write(line(i).as_bytes());
+        }
+        let (lines, end) = TracePipe::existing(&region).unwrap().read_from(0);
+        assert_eq!(lines.len(), 3072);
+        assert_eq!(lines[3071], line(3071));
+        assert_eq!(end, pipe.position());
+        // A small region keeps a small pipe.
+        assert_eq!(ring_size(&ShmRegion::anonymous(bpftime_shm::MIN_SIZE).unwrap()), 256 << 10);
     }
 }
