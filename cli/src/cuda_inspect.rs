@@ -103,6 +103,76 @@ fn elf_kernels(cubin: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// What ptxas makes of one kernel: registers, and bytes of local memory (stack frame) a thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KernelResources {
+    registers: u32,
+    stack: u32,
+}
+
+/// ptxas (`$PTXAS`, else on PATH, else where `scripts/setup.sh` installs NVIDIA's wheel).
+fn ptxas() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("PTXAS") {
+        return Some(p.into());
+    }
+    let works = |p: &Path| std::process::Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
+    if works(Path::new("ptxas")) {
+        return Some("ptxas".into());
+    }
+    let wheel = std::fs::read_dir("/opt/bpftime-cuda/nvidia").ok()?;
+    wheel.flatten().map(|e| e.path().join("bin/ptxas")).find(|p| works(p))
+}
+
+/// The entry functions' resources in ptxas's `-v` report for `ptx` compiled for `sm`.
+fn kernel_resources(ptxas: &Path, ptx: &str, sm: u32, scratch: &Path) -> Result<std::collections::HashMap<String, KernelResources>, String> {
+    let src = scratch.join(format!(".bpftime-resources-{}.ptx", std::process::id()));
+    std::fs::write(&src, ptx).map_err(|e| format!("{}: {e}", src.display()))?;
+    let o = std::process::Command::new(ptxas).arg(format!("-arch=sm_{sm}")).arg("-v").arg(&src).args(["-o", "/dev/null"]).output();
+    let _ = std::fs::remove_file(&src);
+    let o = o.map_err(|e| format!("{}: {e}", ptxas.display()))?;
+    let log = String::from_utf8_lossy(&o.stderr);
+    if !o.status.success() {
+        return Err(log.lines().find(|l| l.contains("error")).unwrap_or("failed").to_string());
+    }
+    // `Compiling entry function 'NAME' for 'sm_NN'`, then `N bytes stack frame`, then
+    // `Used N registers`.
+    let mut out = std::collections::HashMap::new();
+    let mut current: Option<String> = None;
+    let mut stack = 0;
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            current = rest.split('\'').next().map(str::to_string);
+            stack = 0;
+        } else if let Some(n) = line.trim().strip_suffix(" bytes spill loads").and_then(|_| line.trim().split(' ').next()?.parse().ok()) {
+            stack = n;
+        } else if let (Some(name), Some(n)) = (&current, line.split("Used ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok())) {
+            out.insert(name.clone(), KernelResources { registers: n, stack });
+            current = None;
+        }
+    }
+    Ok(out)
+}
+
+/// What splicing cost each kernel of `kernels` in ptxas's words (registers, local memory per
+/// thread), original next to patched; a note instead when ptxas is not at hand.
+fn resource_report(original: &str, patched: &str, sm: u32, kernels: &std::collections::BTreeSet<&str>, scratch: &Path) -> String {
+    let Some(ptxas) = ptxas() else { return "  (ptxas not found: the registers probes add are not reported)\n".into() };
+    let (before, after) = match (kernel_resources(&ptxas, original, sm, scratch), kernel_resources(&ptxas, patched, sm, scratch)) {
+        (Ok(b), Ok(a)) => (b, a),
+        (Err(e), _) | (_, Err(e)) => return format!("  (ptxas sm_{sm}: {e})\n"),
+    };
+    let mut s = String::new();
+    for k in kernels {
+        if let (Some(b), Some(a)) = (before.get(*k), after.get(*k)) {
+            s.push_str(&format!(
+                "  {k} for sm_{sm}: {} -> {} registers, {} -> {} bytes of stack frame (local memory a thread)\n",
+                b.registers, a.registers, b.stack, a.stack
+            ));
+        }
+    }
+    s
+}
+
 /// `bpftime cuda patch OBJ BINARY -o DIR`: writes the PTX of every PTX entry of BINARY's
 /// fatbins with OBJ's `kprobe/KERNEL` and `kretprobe/KERNEL` programs (those named in `only`,
 /// or all) spliced in; returns the report.
@@ -152,6 +222,10 @@ pub fn patch(obj_path: &Path, binary: &Path, dir: &Path, only: &[String]) -> Res
             }
             for p in &patched.unmatched {
                 report.push_str(&format!("  `{p}`: no such kernel in this module\n"));
+            }
+            let kernels: std::collections::BTreeSet<&str> = patched.spliced.iter().map(|s| s.0.as_str()).collect();
+            if !kernels.is_empty() {
+                report.push_str(&resource_report(&ptx, &patched.ptx, e.arch.clamp(75, 120), &kernels, dir));
             }
         }
     }

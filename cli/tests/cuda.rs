@@ -303,21 +303,12 @@ fn a_probe_site_writes_only_what_its_probe_reads() {
     let fatbin = dir.join("vector_add.fatbin");
     let out = Command::new(&nvcc).arg("--fatbin").arg("-o").arg(&fatbin).arg(root.join("examples/cuda/vector_add.cu")).output().unwrap();
     assert!(out.status.success(), "nvcc: {}", text(&out.stderr));
-    let plain_ptx = dir.join("plain.ptx");
-    let out = Command::new(&nvcc).arg("-ptx").arg("-o").arg(&plain_ptx).arg(root.join("examples/cuda/vector_add.cu")).output().unwrap();
-    assert!(out.status.success(), "nvcc: {}", text(&out.stderr));
-    let registers = |ptx: &Path| -> u32 {
-        let o = Command::new(&ptxas).args(["-arch=sm_90", "-v", "-o"]).arg(dir.join("out.cubin")).arg(ptx).output().unwrap();
-        assert!(o.status.success(), "ptxas: {}", text(&o.stderr));
-        let log = text(&o.stderr);
-        let used = log.split("Used ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok());
-        used.unwrap_or_else(|| panic!("no register count in\n{log}"))
-    };
-    // The stores of the probe sites (their addresses are the sites' registers) in the kernel.
-    let site_stores = |programs: &[&str]| -> (Vec<String>, PathBuf) {
+    // The stores of the probe sites (their addresses are the sites' registers) in the kernel,
+    // and the report (with what ptxas says the splice costs the kernel).
+    let patched = |programs: &[&str]| -> (Vec<String>, String) {
         let out_dir = dir.join(programs.join("+"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bpftime"));
-        cmd.args(["cuda", "patch"]).arg(build_example("cuda_bench")).arg(&fatbin).arg("-o").arg(&out_dir);
+        cmd.args(["cuda", "patch"]).arg(build_example("cuda_bench")).arg(&fatbin).arg("-o").arg(&out_dir).env("PTXAS", &ptxas);
         for p in programs {
             cmd.args(["--program", p]);
         }
@@ -326,17 +317,27 @@ fn a_probe_site_writes_only_what_its_probe_reads() {
         let ptx = std::fs::read_dir(&out_dir).unwrap().next().unwrap().unwrap().path();
         let module = std::fs::read_to_string(&ptx).unwrap();
         let kernel = &module[module.find(".visible .entry _Z10vector_add").expect("the kernel")..];
-        (kernel.lines().map(str::trim).filter(|l| l.starts_with("st.") && l.contains("[%bpt")).map(String::from).collect(), ptx)
+        (kernel.lines().map(str::trim).filter(|l| l.starts_with("st.") && l.contains("[%bpt")).map(String::from).collect(), text(&out.stdout))
     };
-    let (stores, empty) = site_stores(&["empty_entry", "empty_exit"]);
+    // `_Z10vector_addPKfS0_Pfi for sm_75: A -> B registers, ...`
+    let registers = |report: &str| -> (u32, u32) {
+        let line = report.lines().find(|l| l.contains(" registers, ")).unwrap_or_else(|| panic!("no register report in\n{report}"));
+        let counts = line.split(": ").nth(1).and_then(|r| r.split(" registers").next()).unwrap_or_default();
+        let (a, b) = counts.split_once(" -> ").unwrap_or_else(|| panic!("{line}"));
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    let (stores, report) = patched(&["empty_entry", "empty_exit"]);
     assert_eq!(stores, Vec::<String>::new(), "an empty probe's sites write nothing");
-    assert_eq!(registers(&empty), registers(&plain_ptx), "an empty probe adds no registers to the kernel");
-    let (stores, _) = site_stores(&["thread_count"]);
+    let (before, after) = registers(&report);
+    assert_eq!(after, before, "an empty probe adds no registers to the kernel\n{report}");
+    let (stores, report) = patched(&["thread_count"]);
     let ctx: Vec<&str> = stores.iter().filter(|l| l.contains("[%bpt2")).map(String::as_str).collect();
     // Four parameters (32 bytes), then tid.x at 32, ctaid.x at 44, ntid.x at 56.
     assert_eq!(ctx, ["st.u32 [%bpt2+32], %bpw0;", "st.u32 [%bpt2+44], %bpw0;", "st.u32 [%bpt2+56], %bpw0;"], "{stores:#?}");
     assert!(stores.len() <= 9, "{stores:#?}");
-    let (stores, _) = site_stores(&["shared_count"]);
+    let (before, after) = registers(&report);
+    assert!(after > before, "a probe calling helpers costs the kernel registers, and the report says how many\n{report}");
+    let (stores, _) = patched(&["shared_count"]);
     assert!(!stores.iter().any(|l| l.contains("[%bpt2")), "a probe that reads no context gets none\n{stores:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

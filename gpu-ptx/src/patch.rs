@@ -3,9 +3,10 @@
 //! access of every kernel (`kprobe/__memcapture`, bpftime's name), in the kernel's own module,
 //! so the app loads one module as before.
 //!
-//! Each call sits in its own `{ }` scope with its own registers and local memory (the probe's
-//! state block, its stack and its context; a memory access probe's, called at many sites, are
-//! declared once per kernel), so the kernel's registers are untouched. The probe's context
+//! Each call sits in its own `{ }` scope with its own registers, so the kernel's registers are
+//! untouched; the local memory of the calls (a state block, a stack and a context) is declared
+//! once per kernel, as large as its largest probe needs, and shared by its sites (the calls run
+//! one after another). The probe's context
 //! ([`ctx_layout`]) is the kernel's parameters, 8 bytes each, then the thread's ids; a memory
 //! access probe's starts with the access ([`ACCESS_SIZE`] bytes: address, bytes, store).
 //! Maps are reached through the module global `bpftime_arena` (see [`ARENA_GLOBAL`]), which
@@ -477,7 +478,7 @@ fn negated(g: &str) -> String {
     }
 }
 
-/// The local memory of a probe call: state block, stack and context.
+/// The local memory of the probe calls of a kernel: state block, stack and context.
 fn locals(names: &str, stack: u32, ctx: u32) -> String {
     format!(
         ".local .align 16 .b8 bpftime_st{names}[{STATE_SIZE}];\n.local .align 16 .b8 bpftime_stk{names}[{stack}];\n.local .align 16 .b8 bpftime_ctx{names}[{ctx}];\n"
@@ -489,11 +490,11 @@ fn probe_ctx(k: &Kernel, memory: bool) -> u32 {
     ctx_layout(k.params.len()) + if memory { ACCESS_SIZE } else { 0 }
 }
 
-/// The call of probe `n` in kernel `k`, its local memory named by `names` (declared in the
-/// call's scope unless `declared`), after `access` for a memory access probe: writes the
-/// state fields and context bytes the probe reads (`needs`), calls it, and ends the thread if
-/// it called `bpftime_exit`.
-fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, needs: &Needs, access: Option<&Access>) -> String {
+/// The call of probe `n` in kernel `k`, with the kernel's local memory named by `names` (see
+/// [`locals`]), after `access` for a memory access probe: writes the state fields and context
+/// bytes the probe reads (`needs`), calls it, and ends the thread if it called
+/// `bpftime_exit`.
+fn call_block(k: &Kernel, n: usize, names: &str, stack: u32, needs: &Needs, access: Option<&Access>) -> String {
     let ctx = probe_ctx(k, access.is_some());
     let base = if access.is_some() { ACCESS_SIZE } else { 0 };
     let mut s = String::new();
@@ -502,9 +503,6 @@ fn call_block(k: &Kernel, n: usize, names: &str, declared: bool, stack: u32, nee
         s.push('\n');
     };
     l("{".into());
-    if !declared {
-        l(locals(names, stack, ctx));
-    }
     l(".reg .b64 %bpt<8>;".into());
     l(".reg .b32 %bpw<2>;".into());
     l(".reg .pred %bpexit;".into());
@@ -653,7 +651,6 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
     let functions: Vec<String> = probes.iter().enumerate().map(|(pi, p)| if used.contains(&pi) { probe_functions(p, pi) } else { String::new() }).collect();
     let needs: Vec<Needs> = probes.iter().zip(&functions).enumerate().map(|(pi, (p, f))| Needs::of(p, pi, f)).collect();
     let mut text = String::new();
-    let mut site = 0;
     let header_end = lines.iter().position(|l| l.trim_start().starts_with(".address_size")).ok_or("no .address_size line: not a PTX module")?;
     let is_memory = |pi: usize| probes[pi].kernel == MEMORY_ACCESS_KERNEL;
     for (li, line) in lines.iter().enumerate() {
@@ -671,7 +668,7 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
                     text.push_str(&format!("{} bra {skip};\n", negated(g)));
                 }
                 for pi in memory {
-                    text.push_str(&call_block(&ks[ki], pi, &format!("m{ki}_{pi}"), true, probes[pi].stack, &needs[pi], Some(&a)));
+                    text.push_str(&call_block(&ks[ki], pi, &format!("k{ki}"), probes[pi].stack, &needs[pi], Some(&a)));
                 }
                 if a.guard.is_some() {
                     text.push_str(&format!("{skip}:\n"));
@@ -688,8 +685,7 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
                     text.push_str(&format!("{} bra {skip};\n", negated(g)));
                 }
                 for pi in exits {
-                    text.push_str(&call_block(&ks[ki], pi, &site.to_string(), false, probes[pi].stack, &needs[pi], None));
-                    site += 1;
+                    text.push_str(&call_block(&ks[ki], pi, &format!("k{ki}"), probes[pi].stack, &needs[pi], None));
                 }
                 text.push_str(line);
                 text.push('\n');
@@ -708,14 +704,14 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
                 text.push('\n');
             }
         }
-        // Entry probes right after the body's `{`, and the memory access probes' local memory.
+        // The kernel's probe local memory and its entry probes right after the body's `{`.
         if let Some((ki, _)) = ks.iter().enumerate().find(|(_, k)| k.open == li) {
-            for &(_, pi) in sites.iter().filter(|s| s.0 == ki && is_memory(s.1)) {
-                text.push_str(&locals(&format!("m{ki}_{pi}"), probes[pi].stack, probe_ctx(&ks[ki], true)));
+            let mine = || sites.iter().filter(move |s| s.0 == ki).map(|s| s.1);
+            if let (Some(stack), Some(ctx)) = (mine().map(|pi| probes[pi].stack).max(), mine().map(|pi| probe_ctx(&ks[ki], is_memory(pi))).max()) {
+                text.push_str(&locals(&format!("k{ki}"), stack, ctx));
             }
             for &(_, pi) in sites.iter().filter(|s| s.0 == ki && !probes[s.1].exit && !is_memory(s.1)) {
-                text.push_str(&call_block(&ks[ki], pi, &site.to_string(), false, probes[pi].stack, &needs[pi], None));
-                site += 1;
+                text.push_str(&call_block(&ks[ki], pi, &format!("k{ki}"), probes[pi].stack, &needs[pi], None));
             }
         }
     }
