@@ -412,7 +412,11 @@ impl Needs {
         if exits {
             state.insert(off::STATUS);
         }
-        Needs { state, exits, ctx: p.ctx_reads.clone() }
+        // A helper reading through a pointer the verifier did not prove (its range checked at
+        // run time) may be reading the context through a copy of it the verifier lost track
+        // of: then the whole context is written.
+        let unproven_reads = text.lines().any(|l| (l.contains("_range_ok, (") && l.trim_end().ends_with(", 0);")) || l.contains("_host_ok, ("));
+        Needs { state, exits, ctx: p.ctx_reads.clone().filter(|_| !unproven_reads) }
     }
 
     /// Whether the probe reads the `len` context bytes at `at`.
@@ -722,6 +726,46 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A probe of `src` (map 1: 8-byte keys and values) as the GPU gets it, and what its sites
+    /// write.
+    fn needs_of(src: &str) -> (Probe, Needs) {
+        use bpftime_vm::analysis::Pointee;
+        use bpftime_vm::insn::LddwKind;
+        struct OneMap;
+        impl bpftime_vm::LddwResolver for OneMap {
+            fn resolve(&self, _kind: LddwKind, lo: i32, _hi: i32) -> Result<u64, String> {
+                Ok(crate::MAP_TAG | lo as u64)
+            }
+            fn pointee(&self, kind: LddwKind, _lo: i32, _hi: i32) -> Option<Pointee> {
+                (kind == LddwKind::MapFd).then_some(Pointee::Map { value_size: 8, key_size: 8, array: None })
+            }
+        }
+        let helpers = crate::std_helpers::standard();
+        let raw = bpftime_vm::asm::assemble(src).unwrap();
+        let prog = bpftime_vm::verify(&raw, std::sync::Arc::new(helpers.verifier_table()), &OneMap).unwrap();
+        let maps = crate::LddwMaps::from_raw(&raw, |_| Some(0)).unwrap();
+        let ptx = crate::translate(&prog, &helpers, &maps, crate::Target::default()).unwrap();
+        let probe = Probe::new("p", "k", false, &prog, ptx);
+        let needs = Needs::of(&probe, 0, &probe_functions(&probe, 0));
+        (probe, needs)
+    }
+
+    #[test]
+    fn a_context_the_verifier_lost_track_of_is_written_whole() {
+        // The key is a stack slot: the lookup is trusted, and the site writes the 4 bytes read.
+        let (p, needs) = needs_of("r6 = *(u32 *)(r1 + 0)\n*(u64 *)(r10 - 8) = r6\nr2 = r10\nr2 += -8\nr1 = map_fd(1) ll\ncall 1\nr0 = 0\nexit");
+        assert_eq!(p.ctx_reads.as_deref(), Some(&[(0, 4)][..]));
+        assert_eq!(needs.ctx.as_deref(), Some(&[(0, 4)][..]));
+        assert!(needs.state.is_empty(), "{:?}", needs.state);
+        // The key is the stack slot or the context itself, as the branch goes: the verifier
+        // lost track (a join), the lookup checks its key at run time, and may read context
+        // bytes 4..8: the site writes the whole context.
+        let (p, needs) =
+            needs_of("r6 = *(u32 *)(r1 + 0)\n*(u64 *)(r10 - 8) = r6\nr2 = r10\nr2 += -8\nif r6 == 0 goto +1\nr2 = r1\nr1 = map_fd(1) ll\ncall 1\nr0 = 0\nexit");
+        assert_eq!(p.ctx_reads.as_deref(), Some(&[(0, 4)][..]), "the program's own loads");
+        assert_eq!(needs.ctx, None);
+    }
 
     /// Headers as nvcc writes them: a declaration of a kernel launched from the device before
     /// its definition (`-rdc`), a template's `.weak` entry, an `.extern` one, a kernel with

@@ -53,6 +53,11 @@ pub(crate) struct Arena {
     pending: Mutex<u64>,
     /// Signalled when `pending` drops.
     applied: Condvar,
+    /// Copies back queued on a stream and not applied yet (each holds a pinned buffer of the
+    /// arena's size): no more are queued while one is (the maps stay dirty until then).
+    in_flight: AtomicU64,
+    /// The process that made the arena (a forked child has no write-back thread to wait for).
+    pid: u32,
 }
 
 impl Arena {
@@ -65,6 +70,9 @@ impl Arena {
 
     /// [`Arena::settle`], waiting at most `limit`.
     fn settle_within(&self, limit: Duration) {
+        if std::process::id() != self.pid {
+            return;
+        }
         let deadline = Instant::now().checked_add(limit);
         let mut pending = lock(&self.pending);
         while *pending > 0 {
@@ -341,6 +349,8 @@ impl Gpu {
             written: Mutex::new(image.clone()),
             pending: Mutex::new(0),
             applied: Condvar::new(),
+            in_flight: AtomicU64::new(0),
+            pid: std::process::id(),
         });
         arenas.insert(ctx, a.clone());
         Ok(a)
@@ -491,11 +501,13 @@ impl Gpu {
         // What the device has been given of the host's maps, as of this copy (stream order).
         let given = lock(&arena.share).clone();
         let job = Box::into_raw(Box::new(WriteBack { arena: arena.clone(), buf: buf as usize, given }));
+        arena.in_flight.fetch_add(1, Ordering::AcqRel);
         // SAFETY: `write_back` takes the box back exactly once and calls no CUDA function.
         let r = unsafe { drv.launch_host_func(stream, write_back, job.cast()) };
         if r.is_err() {
             // SAFETY: the driver did not take the job: it is still ours.
             drop(unsafe { Box::from_raw(job) });
+            arena.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         r
     }
@@ -572,7 +584,12 @@ extern "C" fn write_back(data: *mut c_void) {
     // SAFETY: `data` is the box leaked in `queue_write_back`, handed to this one call.
     let job = unsafe { Box::from_raw(data.cast::<WriteBack>()) };
     *lock(&job.arena.pending) += 1;
-    if let Some(job) = WriteBackThread::get().and_then(|t| t.hand_over(job)) {
+    // Applied here when there is no thread to hand it to.
+    let job = match WriteBackThread::get() {
+        Some(t) => t.hand_over(job),
+        None => Some(job),
+    };
+    if let Some(job) = job {
         apply_write_back(*job);
     }
 }
@@ -589,6 +606,7 @@ fn apply_write_back(job: WriteBack) {
         Some(())
     });
     lock(&job.arena.staging).push(job.buf);
+    job.arena.in_flight.fetch_sub(1, Ordering::AcqRel);
     *lock(&job.arena.pending) -= 1;
     job.arena.applied.notify_all();
 }
@@ -779,7 +797,9 @@ fn after_launch(arena: Option<Arc<Arena>>, stream: Handle) {
         arena.dirty.fetch_add(1, Ordering::Relaxed);
         {
             let mut last = lock(&arena.last_copy);
-            if last.elapsed() < copy_interval() {
+            // One copy in flight at a time: a second would only wait behind it, holding
+            // another pinned buffer of the arena's size.
+            if last.elapsed() < copy_interval() || arena.in_flight.load(Ordering::Acquire) > 0 {
                 return None;
             }
             *last = Instant::now();

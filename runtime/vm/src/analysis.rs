@@ -413,7 +413,8 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
             ctx.writable |= matches!(insns[pc], Insn::Store { .. } | Insn::Atomic { .. });
         }
     }
-    let ctx_reads = context_reads(insns, &a);
+    // A function not analysed to the end may hand the context anywhere.
+    let ctx_reads = context_reads(insns, &a).filter(|_| order.iter().all(|&fi| complete[fi]) && order.len() == functions.len());
     let map_args = std::mem::take(&mut a.map_args).into_iter().filter(|(_, m)| m.key || m.value).collect();
     let inline_lookups: HashMap<usize, ArrayLayout> = a.inline_lookups.into_iter().filter_map(|(pc, l)| Some((pc, l?))).collect();
     let lookup_keys = a.lookup_keys.into_iter().filter(|(pc, _)| inline_lookups.contains_key(pc)).collect();

@@ -179,10 +179,12 @@ impl Program {
         self.ctx_needs
     }
 
-    /// The context bytes the program may read, as sorted, disjoint `[start, end)` spans, when
-    /// the verifier knows them all: every access proven, the context only read, and never
-    /// handed to a helper. An engine that builds the context per run (a GPU probe) need only
-    /// fill these bytes. None when any of that is not known.
+    /// The context bytes the program's own loads may read, as sorted, disjoint `[start, end)`
+    /// spans, when the verifier knows them all: every access proven, the context only read, and
+    /// never handed to a helper as such. A helper given a pointer the verifier did not prove
+    /// may still be given a copy of the context it lost track of (a join with another pointer):
+    /// an engine that builds the context per run (a GPU probe) may fill only these bytes when
+    /// its helpers read no unproven pointer. None when any of that is not known.
     pub fn context_reads(&self) -> Option<&[(u32, u32)]> {
         self.ctx_reads.as_deref()
     }
