@@ -27,10 +27,11 @@ pub struct GpuHelper {
     body: Body,
     /// `""`, or `"_trusted"` for a trusted variant (see [`GpuHelper::with_trusted_args`]).
     variant: &'static str,
-    /// The variant for calls whose map arguments are proven, and whether it assumes the value
-    /// (r3) proven too, besides the key (r2).
-    trusted: Option<(Box<GpuHelper>, bool)>,
+    /// The variant for calls whose pointer arguments are proven, and what it assumes of them.
+    trusted: Option<(Box<GpuHelper>, fn(&HelperArgs) -> bool)>,
 }
+
+use bpftime_vm::analysis::HelperArgs;
 
 impl GpuHelper {
     /// A helper with a fixed PTX body (declarations and instructions; `%st` and `%a1`-`%a5`
@@ -39,21 +40,22 @@ impl GpuHelper {
         GpuHelper { id, name, body: Body::Ptx(body.into()), variant: "", trusted: None }
     }
 
-    /// Adds the variant `body` for calls whose key pointer (and, with `value`, value pointer)
-    /// the verifier proved to point to a whole key (value) of the map in r1 (see
-    /// [`bpftime_vm::Program::map_args`]): it reads them without checking their range, which
-    /// is what makes a site of a probe calling only such helpers read nothing of its state.
-    pub fn with_trusted_args(mut self, body: impl Into<String>, value: bool) -> Self {
+    /// Adds the variant `body` for calls whose pointer arguments the verifier proved as
+    /// `assumes` says (see [`bpftime_vm::Program::helper_args`]: a whole key or value of the
+    /// map in r1, a buffer as long as its size argument): it reads them without checking their
+    /// range, which is what makes a site of a probe calling only such helpers read nothing of
+    /// its state.
+    pub fn with_trusted_args(mut self, body: impl Into<String>, assumes: fn(&HelperArgs) -> bool) -> Self {
         let variant = GpuHelper { id: self.id, name: self.name, body: Body::Ptx(body.into()), variant: "_trusted", trusted: None };
-        self.trusted = Some((Box::new(variant), value));
+        self.trusted = Some((Box::new(variant), assumes));
         self
     }
 
-    /// The helper to call where the map arguments are `args`: the trusted variant when they
-    /// prove what it assumes, else this one.
-    pub fn for_args(&self, args: bpftime_vm::analysis::MapArgs) -> &GpuHelper {
+    /// The helper to call where the pointer arguments are `args`: the trusted variant when
+    /// they prove what it assumes, else this one.
+    pub fn for_args(&self, args: HelperArgs) -> &GpuHelper {
         match &self.trusted {
-            Some((t, value)) if args.key && (args.value || !value) => t,
+            Some((t, assumes)) if assumes(&args) => t,
             _ => self,
         }
     }

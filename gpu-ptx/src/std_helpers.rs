@@ -519,13 +519,18 @@ const KEY_CHECK: &str = "call.uni (%ok), bpf_range_ok, (%st, %a2, %ks, 0);\nsetp
 /// The check of the value pointer of `bpf_map_update_elem`.
 const VALUE_CHECK: &str = "call.uni (%ok), bpf_range_ok, (%st, %a3, %vs, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n";
 
-/// A map helper's body without the checks of the pointers the verifier proved (its trusted
-/// variant, see [`GpuHelper::with_trusted_args`]).
-fn trusted(body: &str, value: bool) -> String {
-    let checks = if value { [KEY_CHECK, VALUE_CHECK] } else { [KEY_CHECK, ""] };
-    let out = checks.iter().filter(|c| !c.is_empty()).fold(body.to_string(), |b, c| b.replacen(c, "", 1));
-    debug_assert!(!out.contains("bpf_range_ok, (%st, %a2") && (!value || !out.contains("bpf_range_ok, (%st, %a3")));
-    out
+/// A helper's body without the given checks of pointers the verifier proved (its trusted
+/// variant, see [`GpuHelper::with_trusted_args`]); each check must be there.
+fn trusted(body: &str, checks: &[&str]) -> String {
+    checks.iter().fold(body.to_string(), |b, c| {
+        assert!(b.contains(c), "no check `{c}` to take out");
+        b.replacen(c, "", 1)
+    })
+}
+
+/// The check of a ring output's data (`{data}`, `{len}` bytes).
+fn data_check(data: &str, len: &str) -> String {
+    format!("call.uni (%ok), bpf_range_ok, (%st, {data}, {len}, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n")
 }
 
 fn map_lookup() -> String {
@@ -577,13 +582,13 @@ fn ring_output(map: &str, data: &str, len: &str, source: &str) -> String {
         ".reg .b64 %d, %ok, %lo, %data, %cap, %need, %pos, %t, %hdr;\n.reg .b32 %ty;\n.reg .pred %p;\n\
 call.uni (%d), bpf_map_desc, (%st, {map});\nsetp.eq.u64 %p, %d, 0;\n@%p bra $einval;\n\
 ld.u32 %ty, [%d+{{D_TYPE}}];\nsetp.ne.u32 %p, %ty, 4;\nsetp.ne.and.u32 %p, %ty, 27, %p;\nsetp.ne.and.u32 %p, %ty, 1527, %p;\n@%p bra $einval;\n\
-call.uni (%ok), bpf_range_ok, (%st, {data}, {len}, 0);\nsetp.eq.u64 %p, %ok, 0;\n@%p bra $efault;\n\
-ld.u64 %lo, [%st+{{ARENA_LO}}];\nld.u64 %data, [%d+{{D_DATA}}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{{D_DATA_LEN}}];\n\
+{check}ld.u64 %lo, [%st+{{ARENA_LO}}];\nld.u64 %data, [%d+{{D_DATA}}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{{D_DATA_LEN}}];\n\
 add.u64 %need, {len}, 15;\nand.b64 %need, %need, -8;\n\
 add.u64 %t, %d, {{D_HEAD}};\natom.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
 add.u64 %pos, %pos, %data;\nshl.b64 %hdr, {source}, 32;\nor.b64 %hdr, %hdr, {len};\nor.b64 %hdr, %hdr, 0x8000000000000000;\nst.u64 [%pos], %hdr;\nadd.u64 %pos, %pos, 8;\ncall.uni (%ok), bpf_memcpy, (%pos, {data}, {len});\nmov.b64 %ret, 0;\nret;\n\
 $lost:\nadd.u64 %t, %d, {{D_LOST}};\natom.add.u64 %ok, [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
-$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
+$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;",
+        check = data_check(data, len)
     ))
 }
 
@@ -746,10 +751,14 @@ pub fn standard() -> HelperSet {
     let timer = ".reg .b64 %t;\nmov.u64 %t, %globaltimer;\nmov.b64 %ret, %t;\nret;";
     // The host's clocks: `%globaltimer` (its CLOCK_REALTIME) plus the offset the host set.
     let host_clock = |field: u32| format!(".reg .b64 %t, %o;\nmov.u64 %t, %globaltimer;\nld.u64 %o, [%st+{field}];\nadd.u64 %ret, %t, %o;\nret;");
+    let ring = ring_output("%a1", "%a2", "%a3", "0");
+    // A perf buffer is a ring whose records carry the SM (the CPU, as perf output's source).
+    let perf = ring_output("%a2", "%a4", "%a5", "%sm")
+        .replace(".reg .pred %p;\n", ".reg .pred %p;\n.reg .b64 %sm;\n.reg .b32 %smw;\nmov.u32 %smw, %smid;\ncvt.u64.u32 %sm, %smw;\n");
     HelperSet::new()
-        .with(GpuHelper::ptx(1, "bpf_map_lookup_elem", map_lookup()).with_trusted_args(trusted(&map_lookup(), false), false))
-        .with(GpuHelper::ptx(2, "bpf_map_update_elem", map_update()).with_trusted_args(trusted(&map_update(), true), true))
-        .with(GpuHelper::ptx(3, "bpf_map_delete_elem", map_delete()).with_trusted_args(trusted(&map_delete(), false), false))
+        .with(GpuHelper::ptx(1, "bpf_map_lookup_elem", map_lookup()).with_trusted_args(trusted(&map_lookup(), &[KEY_CHECK]), |a| a.key))
+        .with(GpuHelper::ptx(2, "bpf_map_update_elem", map_update()).with_trusted_args(trusted(&map_update(), &[KEY_CHECK, VALUE_CHECK]), |a| a.key && a.value))
+        .with(GpuHelper::ptx(3, "bpf_map_delete_elem", map_delete()).with_trusted_args(trusted(&map_delete(), &[KEY_CHECK]), |a| a.key))
         .with(GpuHelper::ptx(5, "bpf_ktime_get_ns", host_clock(off::CLOCK_MONOTONIC)))
         .with(GpuHelper::ptx(6, "bpf_trace_printk", trace_output(false)))
         .with(GpuHelper::ptx(7, "bpf_get_prandom_u32", prandom()))
@@ -757,15 +766,10 @@ pub fn standard() -> HelperSet {
         .with(GpuHelper::ptx(14, "bpf_get_current_pid_tgid", format!("ld.u64 %ret, [%st+{}];\nret;", off::PID_TGID)))
         .with(GpuHelper::ptx(15, "bpf_get_current_uid_gid", format!("ld.u64 %ret, [%st+{}];\nret;", off::UID_GID)))
         .with(GpuHelper::ptx(16, "bpf_get_current_comm", current_comm()))
-        .with(GpuHelper::ptx(
-            25,
-            "bpf_perf_event_output",
-            ring_output("%a2", "%a4", "%a5", "%sm")
-                .replace(".reg .pred %p;\n", ".reg .pred %p;\n.reg .b64 %sm;\n.reg .b32 %smw;\nmov.u32 %smw, %smid;\ncvt.u64.u32 %sm, %smw;\n"),
-        ))
+        .with(GpuHelper::ptx(25, "bpf_perf_event_output", perf.clone()).with_trusted_args(trusted(&perf, &[&data_check("%a4", "%a5")]), |a| a.sized(4)))
         .with(GpuHelper::ptx(125, "bpf_ktime_get_boot_ns", host_clock(off::CLOCK_BOOTTIME)))
         .with(GpuHelper::ptx(160, "bpf_ktime_get_coarse_ns", host_clock(off::CLOCK_MONOTONIC)))
-        .with(GpuHelper::ptx(130, "bpf_ringbuf_output", ring_output("%a1", "%a2", "%a3", "0")))
+        .with(GpuHelper::ptx(130, "bpf_ringbuf_output", ring.clone()).with_trusted_args(trusted(&ring, &[&data_check("%a2", "%a3")]), |a| a.sized(2)))
         .with(GpuHelper::per_program(181, "bpf_loop", bpf_loop))
         .with(GpuHelper::ptx(501, "bpftime_puts", trace_output(true)))
         .with(GpuHelper::ptx(502, "bpftime_get_globaltimer", timer))

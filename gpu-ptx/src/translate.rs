@@ -158,7 +158,7 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
                 }
                 used.insert(*id);
                 let plain = helpers.get(*id).expect("checked above");
-                let h = plain.for_args(prog.map_args(pc));
+                let h = plain.for_args(prog.helper_args(pc));
                 if !std::ptr::eq(h, plain) {
                     variants.insert(h.func_name(), h);
                 }
@@ -644,7 +644,7 @@ impl<'a> FunctionWriter<'a> {
                 self.jump(pc, target, Some("%p0"));
             }
             Insn::Call(CallTarget::Helper(id)) => match self.ctx.helpers.get(id) {
-                Some(h) => self.call_helper(pc, h.for_args(self.ctx.prog.map_args(pc))),
+                Some(h) => self.call_helper(pc, h.for_args(self.ctx.prog.helper_args(pc))),
                 None => {
                     let fault = self.fault_block(pc, state::FAULT_UNKNOWN_HELPER, &id.to_string(), 0);
                     self.line(format!("bra {fault};"));

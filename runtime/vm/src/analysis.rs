@@ -284,19 +284,30 @@ pub(crate) struct Analysis {
     pub reachable: Vec<bool>,
     /// See [`crate::Program::context_reads`].
     pub ctx_reads: Option<Vec<(u32, u32)>>,
-    /// See [`crate::Program::map_args`].
-    pub map_args: HashMap<usize, MapArgs>,
+    /// See [`crate::Program::helper_args`].
+    pub helper_args: HashMap<usize, HelperArgs>,
 }
 
-/// What the verifier proved of the pointers a helper call passes with a map (in r1): that
-/// r2 points to a whole key, r3 to a whole value, readable on every run (on the stack or in
-/// memory of known size, never null).
+/// What the verifier proved of the pointers a helper call passes, readable on every run (on
+/// the stack or in memory of known size, never null): with a map in r1, that r2 points to a
+/// whole key and r3 to a whole value; and for any helper, which arguments point to as many
+/// bytes as the argument after them says at most (a buffer and its size).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MapArgs {
-    /// r2 points to `key_size` readable bytes.
+pub struct HelperArgs {
+    /// r2 points to `key_size` readable bytes (a map in r1).
     pub key: bool,
-    /// r3 points to `value_size` readable bytes.
+    /// r3 points to `value_size` readable bytes (a map in r1).
     pub value: bool,
+    /// Bit `i` (0-3): r`i+1` points to at least as many readable bytes as r`i+2` can hold (a
+    /// number the verifier bounds).
+    pub sized: u8,
+}
+
+impl HelperArgs {
+    /// Whether r`n` (1-4) is proven to point to r`n+1` bytes.
+    pub fn sized(&self, n: u32) -> bool {
+        (1..=4).contains(&n) && self.sized & 1 << (n - 1) != 0
+    }
 }
 
 /// Analyses every function of a program whose control flow the verifier has checked.
@@ -345,7 +356,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
         ctx_end: vec![0; insns.len()],
         ctx_start: vec![0; insns.len()],
         ctx_escapes: vec![false; insns.len()],
-        map_args: HashMap::new(),
+        helper_args: HashMap::new(),
         inline_lookups: HashMap::new(),
         lookup_keys: HashMap::new(),
         call_args: HashMap::new(),
@@ -389,7 +400,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
                 a.ctx_end[pc] = 0;
                 a.inline_lookups.remove(&pc);
                 a.lookup_keys.remove(&pc);
-                a.map_args.remove(&pc);
+                a.helper_args.remove(&pc);
             }
         }
     }
@@ -402,7 +413,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
                 a.ctx_end[pc] = 0;
                 a.inline_lookups.remove(&pc);
                 a.lookup_keys.remove(&pc);
-                a.map_args.remove(&pc);
+                a.helper_args.remove(&pc);
             }
         }
     }
@@ -415,10 +426,10 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
     }
     // A function not analysed to the end may hand the context anywhere.
     let ctx_reads = context_reads(insns, &a).filter(|_| order.iter().all(|&fi| complete[fi]) && order.len() == functions.len());
-    let map_args = std::mem::take(&mut a.map_args).into_iter().filter(|(_, m)| m.key || m.value).collect();
+    let helper_args = std::mem::take(&mut a.helper_args).into_iter().collect();
     let inline_lookups: HashMap<usize, ArrayLayout> = a.inline_lookups.into_iter().filter_map(|(pc, l)| Some((pc, l?))).collect();
     let lookup_keys = a.lookup_keys.into_iter().filter(|(pc, _)| inline_lookups.contains_key(pc)).collect();
-    Analysis { access: a.access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry: true, reachable: a.reached, ctx_reads, map_args }
+    Analysis { access: a.access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry: true, reachable: a.reached, ctx_reads, helper_args }
 }
 
 /// The context bytes a program reads, as sorted, disjoint `[start, end)` spans, when every
@@ -464,7 +475,7 @@ struct Analyzer<'a> {
     /// or anyone through a stack slot holding it), at its last visit.
     ctx_escapes: Vec<bool>,
     /// Helper calls with a map in r1, at their last visit.
-    map_args: HashMap<usize, MapArgs>,
+    helper_args: HashMap<usize, HelperArgs>,
     /// Map lookups by slot, at their last visit: inlinable (Some) or not.
     inline_lookups: HashMap<usize, Option<ArrayLayout>>,
     /// Inlinable lookups whose key was a known constant at their last visit.
@@ -573,11 +584,23 @@ impl Analyzer<'_> {
             let direct = !local && args.iter().any(|v| v.base == Base::Ctx);
             let in_slot = args.iter().any(|v| v.base == Base::Stack) && s.slots.iter().any(|(_, v)| v.base == Base::Ctx);
             self.ctx_escapes[pc] = direct || in_slot;
-            if let (Insn::Call(CallTarget::Helper(_)), Base::Map { value_size, key_size, .. }) = (insn, s.regs[1].base) {
-                let args = MapArgs { key: self.readable(s.regs[2], key_size), value: self.readable(s.regs[3], value_size) };
-                self.map_args.insert(pc, args);
+            let mut args = HelperArgs::default();
+            if let Insn::Call(CallTarget::Helper(_)) = insn {
+                if let Base::Map { value_size, key_size, .. } = s.regs[1].base {
+                    args.key = self.readable(s.regs[2], key_size);
+                    args.value = self.readable(s.regs[3], value_size);
+                }
+                for i in 0..4 {
+                    let len = s.regs[2 + i].as_scalar().filter(|r| r.lo >= 0 && r.hi <= u32::MAX as i64);
+                    if len.is_some_and(|r| self.readable(s.regs[1 + i], r.hi as u32)) {
+                        args.sized |= 1 << i;
+                    }
+                }
+            }
+            if args != HelperArgs::default() {
+                self.helper_args.insert(pc, args);
             } else {
-                self.map_args.remove(&pc);
+                self.helper_args.remove(&pc);
             }
         }
         match insn {

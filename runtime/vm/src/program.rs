@@ -38,7 +38,7 @@ pub struct Program {
     access: Vec<Access>,
     ctx_needs: ContextNeeds,
     ctx_reads: Option<Vec<(u32, u32)>>,
-    map_args: HashMap<usize, crate::analysis::MapArgs>,
+    helper_args: HashMap<usize, crate::analysis::HelperArgs>,
     inline_lookups: HashMap<usize, ArrayLayout>,
     lookup_keys: HashMap<usize, u32>,
     walk_checks_on_entry: bool,
@@ -59,7 +59,7 @@ impl PartialEq for Program {
             && self.access == other.access
             && self.ctx_needs == other.ctx_needs
             && self.ctx_reads == other.ctx_reads
-            && self.map_args == other.map_args
+            && self.helper_args == other.helper_args
             && self.inline_lookups == other.inline_lookups
             && self.lookup_keys == other.lookup_keys
             && self.walk_checks_on_entry == other.walk_checks_on_entry
@@ -79,7 +79,7 @@ impl Program {
         resolved: Vec<usize>,
         helpers: Arc<HelperTable>,
     ) -> Self {
-        let Analysis { access, ctx: ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: _, ctx_reads, map_args } = proofs;
+        let Analysis { access, ctx: ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: _, ctx_reads, helper_args } = proofs;
         Program {
             insns,
             functions,
@@ -87,7 +87,7 @@ impl Program {
             access,
             ctx_needs,
             ctx_reads,
-            map_args,
+            helper_args,
             inline_lookups,
             lookup_keys,
             walk_checks_on_entry,
@@ -189,11 +189,12 @@ impl Program {
         self.ctx_reads.as_deref()
     }
 
-    /// For the helper call at `pc` with a map in r1: which of its key (r2) and value (r3)
-    /// pointers are proven to point to a whole key or value on every run, so that a helper may
-    /// read them unchecked (the GPU's map helpers then skip their range checks).
-    pub fn map_args(&self, pc: usize) -> crate::analysis::MapArgs {
-        self.map_args.get(&pc).copied().unwrap_or_default()
+    /// For the helper call at `pc`: which of its pointer arguments are proven readable on every
+    /// run (with a map in r1, a whole key in r2 and value in r3; any argument followed by its
+    /// size), so that a helper may read them unchecked (the GPU's map and ring helpers then
+    /// skip their range checks).
+    pub fn helper_args(&self, pc: usize) -> crate::analysis::HelperArgs {
+        self.helper_args.get(&pc).copied().unwrap_or_default()
     }
 
     /// Number of memory accesses proven in bounds, and of all memory accesses.

@@ -154,12 +154,12 @@ impl Program {
             put(slot as u64);
             put(key);
         }
-        let mut map_args: Vec<(usize, crate::analysis::MapArgs)> =
-            (0..self.len()).map(|pc| (pc, self.map_args(pc))).filter(|(_, m)| m.key || m.value).collect();
-        map_args.sort_unstable_by_key(|m| m.0);
-        put(map_args.len() as u64);
-        for (pc, m) in map_args {
-            put(pc as u64 | (m.key as u64) << 32 | (m.value as u64) << 33);
+        let mut helper_args: Vec<(usize, crate::analysis::HelperArgs)> =
+            (0..self.len()).map(|pc| (pc, self.helper_args(pc))).filter(|(_, m)| *m != Default::default()).collect();
+        helper_args.sort_unstable_by_key(|m| m.0);
+        put(helper_args.len() as u64);
+        for (pc, m) in helper_args {
+            put(pc as u64 | (m.key as u64) << 32 | (m.value as u64) << 33 | (m.sized as u64) << 34);
         }
         match self.context_reads() {
             None => put(NO_KEY),
@@ -219,14 +219,14 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
     if nargs > n {
         return Err(RecordError::Malformed("map arguments"));
     }
-    let mut map_args = HashMap::new();
+    let mut helper_args = HashMap::new();
     for _ in 0..nargs {
         let w = next("map arguments")?;
         let pc = (w & 0xffff_ffff) as usize;
-        if pc >= n || w >> 34 != 0 {
+        if pc >= n || w >> 38 != 0 {
             return Err(RecordError::Malformed("map arguments"));
         }
-        map_args.insert(pc, crate::analysis::MapArgs { key: w & 1 << 32 != 0, value: w & 1 << 33 != 0 });
+        helper_args.insert(pc, crate::analysis::HelperArgs { key: w & 1 << 32 != 0, value: w & 1 << 33 != 0, sized: (w >> 34) as u8 & 0xf });
     }
     let nspans = next("context reads")?;
     let ctx_reads = match nspans {
@@ -268,7 +268,7 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
         }
     }
     // Reachability served the verifier alone; a program does not keep it.
-    let proofs = Analysis { access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: vec![], ctx_reads, map_args };
+    let proofs = Analysis { access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: vec![], ctx_reads, helper_args };
     Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))
 }
 

@@ -200,7 +200,7 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
         proofs.access.iter_mut().for_each(|a| *a = Access { proven: false, ..*a });
         proofs.ctx = Default::default();
         proofs.ctx_reads = None;
-        proofs.map_args.clear();
+        proofs.helper_args.clear();
         proofs.inline_lookups.clear();
         proofs.lookup_keys.clear();
         proofs.walk_checks_on_entry = false;

@@ -525,10 +525,10 @@ fn a_context_passed_to_a_local_function_is_followed_there() {
     assert_eq!(context_reads(src), Some(vec![(20, 24)]));
 }
 
-fn map_args(src: &str) -> Vec<(bool, bool)> {
+fn helper_args(src: &str) -> Vec<(bool, bool)> {
     let prog = verify(&assemble(src).unwrap(), helpers(), &Maps).unwrap();
     let calls = (0..prog.len()).filter(|&pc| matches!(prog.insns()[pc], Insn::Call(CallTarget::Helper(_))));
-    calls.map(|pc| (prog.map_args(pc).key, prog.map_args(pc).value)).collect()
+    calls.map(|pc| (prog.helper_args(pc).key, prog.helper_args(pc).value)).collect()
 }
 
 #[test]
@@ -557,5 +557,35 @@ fn map_helper_keys_and_values_on_the_stack_are_proven_whole() {
         call 1
         r0 = 0
         exit";
-    assert_eq!(map_args(src), [(true, true), (false, false), (false, false), (false, false)]);
+    assert_eq!(helper_args(src), [(true, true), (false, false), (false, false), (false, false)]);
+}
+
+#[test]
+fn a_buffer_is_proven_as_long_as_its_size_argument_can_be() {
+    let sized = |src: &str| -> Vec<bool> {
+        let prog = verify(&assemble(src).unwrap(), helpers(), &Maps).unwrap();
+        let calls = (0..prog.len()).filter(|&pc| matches!(prog.insns()[pc], Insn::Call(CallTarget::Helper(_))));
+        calls.map(|pc| prog.helper_args(pc).sized(2)).collect()
+    };
+    let src = "
+        r2 = r10
+        r2 += -8
+        r3 = 8
+        call 4                    # 8 bytes at r10 - 8: whole
+        r2 = r10
+        r2 += -8
+        r3 = 16
+        call 4                    # runs past the frame
+        r2 = r10
+        r2 += -16
+        r3 = *(u8 *)(r10 - 1)
+        r3 &= 15
+        call 4                    # at most 15 of 16 bytes
+        r2 = r10
+        r2 += -16
+        r3 = *(u64 *)(r10 - 24)
+        call 4                    # any size
+        r0 = 0
+        exit";
+    assert_eq!(sized(src), [true, false, true, false]);
 }
