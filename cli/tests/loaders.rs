@@ -1397,6 +1397,21 @@ fn tell(pid: u32, lines: &str) -> Command {
     c
 }
 
+/// [`tell`], once a link of region `shm` is attached (up to 10 s): the agent loaded into a
+/// process started without it attaches the region's links on its own time (its link follower),
+/// which a loaded machine can stretch past the time a tool takes to say it is ready.
+fn tell_once_attached(shm: &str, pid: u32, lines: &str) -> Command {
+    let bin = env!("CARGO_BIN_EXE_bpftime");
+    let mut c = Command::new("sh");
+    c.args([
+        "-c",
+        &format!(
+            "for i in $(seq 200); do '{bin}' --shm '{shm}' link list 2>/dev/null | grep -q '(Attached' && break; sleep 0.05; done; printf '{lines}\\n' > /proc/{pid}/fd/0; sleep 0.5"
+        ),
+    ]);
+    c
+}
+
 /// Waits (up to 5 s) until no probe of ours is left on `function` in process `pid`.
 fn wait_until_code_is_the_files(pid: u32, binary: &Path, function: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -1445,7 +1460,7 @@ fn a_process_started_without_the_agent_is_reached_and_left_clean() {
     bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&bpftrace).args(["-p", &pid.to_string(), "-e", &script]);
-    let out = tool_session(ours, Some(&shm), &mut have_it_run(pid, 5000), &dir.join("ours"), true);
+    let out = tool_session(ours, Some(&shm), &mut tell_once_attached(&shm, pid, "run 5000"), &dir.join("ours"), true);
     assert!(out.contains(&format!("process {pid} was started without the agent; loaded it there")), "{out}");
     // The calls add(i, 1), i < 5000 (the process's other thread calls add(0, 0) meanwhile).
     assert!(out.contains("@n: 5000\n") && out.contains("@s: 12497500\n"), "{out}");
@@ -1593,7 +1608,7 @@ fn opensnoop_of_a_named_process_started_without_the_agent_sees_its_opens() {
     bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool).args(["-p", &pid.to_string()]);
-    let out = tool_session(ours, Some(&shm), &mut tell(pid, &opens), &dir.join("ours"), true);
+    let out = tool_session(ours, Some(&shm), &mut tell_once_attached(&shm, pid, &opens), &dir.join("ours"), true);
     assert_eq!(marker_lines(&out), 3, "{out}");
     let mut kernel = Command::new(&tool);
     kernel.args(["-p", &pid.to_string()]);
