@@ -6,9 +6,9 @@
 //! Each call sits in its own `{ }` scope with its own registers, so the kernel's registers are
 //! untouched; the local memory of the calls (a state block, a stack and a context) is declared
 //! once per kernel, as large as its largest probe needs, and shared by its sites (the calls run
-//! one after another). The probe's context
-//! ([`ctx_layout`]) is the kernel's parameters, 8 bytes each, then the thread's ids; a memory
-//! access probe's starts with the access ([`ACCESS_SIZE`] bytes: address, bytes, store).
+//! one after another). The probe's context ([`ctx_layout`]) is the kernel's parameters, 8 bytes
+//! each, then the thread's ids; a memory access probe's starts with the access
+//! ([`ACCESS_SIZE`] bytes: address, bytes, store).
 //! Maps are reached through the module global `bpftime_arena` (see [`ARENA_GLOBAL`]), which
 //! the host sets after loading the module.
 

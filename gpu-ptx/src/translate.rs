@@ -10,10 +10,11 @@
 //! zeroed, a backward jump costs the length of its loop from the budget.
 //!
 //! Every access the verifier did not prove safe is checked inline against the stack, the
-//! context and the map arena (a proven context load only against the context's length); a bad one records a fault in the state and every function
-//! returns at once, so a fault ends the probe, never the kernel. Unaligned accesses are done
-//! byte by byte (the GPU traps on them); atomics on the stack (local memory, where the GPU has
-//! no atomics) are plain read-modify-writes, which is exact for one thread's own stack.
+//! context and the map arena (a proven context load only against the context's length); a bad
+//! one records a fault in the state and every function returns at once, so a fault ends the
+//! probe, never the kernel. Unaligned accesses are done byte by byte (the GPU traps on them);
+//! atomics on the stack (local memory, where the GPU has no atomics) are plain
+//! read-modify-writes, which is exact for one thread's own stack.
 
 use crate::helpers::{GpuHelper, HelperSet};
 use crate::state::{self, off};
@@ -143,7 +144,7 @@ pub const RUN_KERNEL: &str = "bpftime_run";
 /// `.func` per eBPF function and the [`RUN_KERNEL`] entry.
 pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: Target) -> Result<String, TranslateError> {
     let mut used: BTreeSet<u32> = BTreeSet::new();
-    // Trusted variants called (by function name): map helpers whose arguments are proven.
+    // Trusted variants called (by function name): helpers whose pointer arguments are proven.
     let mut variants: std::collections::BTreeMap<String, &GpuHelper> = std::collections::BTreeMap::new();
     let mut dynamic = false;
     for (pc, insn) in prog.insns().iter().enumerate() {
@@ -187,25 +188,26 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
             function_name(i)
         );
     }
-    for h in used.iter().map(|id| helpers.get(*id).expect("checked above")).chain(variants.values().copied()) {
-        let _ = writeln!(
-            out,
-            ".func (.reg .b64 %ret) {}(.reg .b64 %st, .reg .b64 %a1, .reg .b64 %a2, .reg .b64 %a3, .reg .b64 %a4, .reg .b64 %a5);",
-            h.func_name()
-        );
+    // Each helper called (plain or trusted): its name and definition, made once.
+    let called: Vec<(String, String)> =
+        used.iter().map(|id| helpers.get(*id).expect("checked above")).chain(variants.values().copied()).map(|h| (h.func_name(), h.definition(prog))).collect();
+    for (name, _) in &called {
+        let _ = writeln!(out, ".func (.reg .b64 %ret) {name}(.reg .b64 %st, .reg .b64 %a1, .reg .b64 %a2, .reg .b64 %a3, .reg .b64 %a4, .reg .b64 %a5);");
     }
+    // Those that may stop or fault the run write its status.
+    let stops: BTreeSet<String> = called.iter().filter(|(_, def)| def.contains(&format!("st.u32 [%st+{}]", off::STATUS))).map(|(n, _)| n.clone()).collect();
     let _ = writeln!(out, "{HOST_OK_PROTO};");
     let support = if used.is_empty() { &[][..] } else { helpers.support() };
     for (proto, _) in support {
         let _ = writeln!(out, "{proto}");
     }
     out.push('\n');
-    let ctx = Ctx { prog, helpers, maps, used: &used, shard: target.shard_atomic_adds };
+    let ctx = Ctx { prog, helpers, maps, used: &used, stops: &stops, shard: target.shard_atomic_adds };
     for i in 0..prog.functions().len() {
         FunctionWriter::new(&ctx, i).write(&mut out);
     }
-    for h in used.iter().map(|id| helpers.get(*id).expect("checked above")).chain(variants.values().copied()) {
-        out.push_str(&h.definition(prog));
+    for (_, def) in &called {
+        out.push_str(def);
         out.push('\n');
     }
     for (_, def) in support {
@@ -379,6 +381,8 @@ struct Ctx<'a> {
     helpers: &'a HelperSet,
     maps: &'a LddwMaps,
     used: &'a BTreeSet<u32>,
+    /// `.func` names of the helpers called that may stop or fault the run.
+    stops: &'a BTreeSet<String>,
 }
 
 /// Writes one eBPF function as a `.func`.
@@ -670,8 +674,9 @@ impl<'a> FunctionWriter<'a> {
     /// run (it writes the status) is followed by a check of the status; others are not, and a
     /// probe calling only those never has its status read (or written by its site).
     fn call_helper(&mut self, pc: usize, h: &GpuHelper) {
-        self.line(format!("call.uni (%r0), {}, (%st, %r1, %r2, %r3, %r4, %r5);", h.func_name()));
-        if !h.definition(self.ctx.prog).contains(&format!("st.u32 [%st+{}]", off::STATUS)) {
+        let name = h.func_name();
+        self.line(format!("call.uni (%r0), {name}, (%st, %r1, %r2, %r3, %r4, %r5);"));
+        if !self.ctx.stops.contains(&name) {
             return;
         }
         // A helper's fault is located at its call.
