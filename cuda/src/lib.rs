@@ -110,6 +110,18 @@ pub struct GpuRunResult {
     pub arena: Vec<u8>,
     /// Kernel time (launch to completion), in microseconds.
     pub micros: f64,
+    /// Each thread's context and stack bottom addresses (the stack's generic address), so that
+    /// a run can be repeated where the device had them (the PTX interpreter can place both).
+    pub addresses: Vec<ThreadAddresses>,
+}
+
+/// Where one thread of a [`run`] had its context and its stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadAddresses {
+    /// Address of the thread's copy of the context (0 without a context).
+    pub ctx: u64,
+    /// Generic address of the bottom of the thread's stack.
+    pub stack: u64,
 }
 
 /// Runs the [`RUN_KERNEL`] of `ptx` on `threads` threads (blocks of up to 256), each on its
@@ -169,11 +181,10 @@ pub fn run_grid(
         let micros = start.elapsed().as_secs_f64() * 1e6;
         let out = stream.clone_dtoh(&d_out).map_err(driver)?;
         let arena_after = if arena.is_empty() { vec![] } else { stream.clone_dtoh(&d_arena).map_err(driver)? };
-        let outcomes = out
-            .chunks_exact(RUN_OUT_STRIDE as usize)
-            .take(threads as usize)
-            .map(|c| state::outcome(&c[8..], u64::from_le_bytes(c[..8].try_into().expect("8 bytes"))))
-            .collect();
-        Ok(GpuRunResult { outcomes, arena: arena_after, micros })
+        let rows = || out.chunks_exact(RUN_OUT_STRIDE as usize).take(threads as usize);
+        let word = |c: &[u8], at: u32| u64::from_le_bytes(c[8 + at as usize..][..8].try_into().expect("8 bytes"));
+        let outcomes = rows().map(|c| state::outcome(&c[8..], u64::from_le_bytes(c[..8].try_into().expect("8 bytes")))).collect();
+        let addresses = rows().map(|c| ThreadAddresses { ctx: word(c, state::off::CTX_LO), stack: word(c, state::off::STACK_LO) }).collect();
+        Ok(GpuRunResult { outcomes, arena: arena_after, micros, addresses })
     })
 }

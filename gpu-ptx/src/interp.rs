@@ -5,11 +5,14 @@
 //! allocation is an error (where a GPU would raise an illegal-address fault), so a translator
 //! bug shows up here instead of being papered over.
 //!
-//! Model: threads run one after another, each to completion, with its own registers and local
+//! Model: blocks run one after another; the threads of a block interleave, a few instructions
+//! at a time in a pseudo-random (seeded, so repeatable) order, as a GPU's warps do, so that code
+//! which is only correct when each thread runs alone (a race between threads claiming one hash
+//! slot, a count reserved by many) fails here too. Each thread has its own registers and local
 //! memory; global memory is a set of allocations in one flat 64-bit address space; local
 //! memory is reached through generic addresses (`cvta.local`), or through `.local` loads and
-//! stores of window offsets (`cvta.to.local`), checked to stay in the window. Atomics are plain
-//! read-modify-writes (threads do not interleave).
+//! stores of window offsets (`cvta.to.local`), checked to stay in the window. An instruction is
+//! indivisible: an atomic is a read-modify-write no other thread comes between.
 
 use std::collections::HashMap;
 
@@ -1009,6 +1012,16 @@ pub struct Machine {
     clock: u64,
 }
 
+/// A thread of a launch between its turns.
+struct Thread {
+    stack: Vec<Frame>,
+    steps: u64,
+    block: u32,
+    thread: u32,
+    /// Where its local memory window starts.
+    local_base: u64,
+}
+
 struct Frame {
     func: String,
     regs: Vec<u64>,
@@ -1048,29 +1061,48 @@ impl Machine {
         self.globals.get(name).copied()
     }
 
-    /// Runs kernel `name` with `args` on every thread of `launch`.
+    /// Runs kernel `name` with `args` on every thread of `launch`: block after block, the
+    /// threads of a block interleaved (see the module's documentation). Thread `i` of a block
+    /// has its local window at [`Machine::local_base`] plus `i` windows.
     pub fn launch(&mut self, name: &str, args: &[u64], launch: Launch) -> Result<(), InterpError> {
         let k = self.module.functions.get(name).ok_or_else(|| InterpError::UnknownFunction(name.into()))?;
         if k.kernel_params.len() != args.len() {
             return Err(InterpError::Other(format!("kernel `{name}` takes {} arguments, got {}", k.kernel_params.len(), args.len())));
         }
+        let (nregs, local_size) = (k.nregs, k.local_size.max(16));
+        let stride = local_size.div_ceil(4096) * 4096 + 4096;
         for block in 0..launch.blocks() {
-            for thread in 0..launch.threads() {
-                self.run_thread(name, args, launch, block, thread)?;
-            }
+            let mut live: Vec<Thread> = (0..launch.threads())
+                .map(|thread| {
+                    let local_base = self.local_base + thread as u64 * stride;
+                    let frame = Frame { func: name.to_string(), regs: vec![0; nregs], pc: 0, ret_to: None };
+                    self.memory.alloc_at(local_base, local_size).map(|_| Thread { stack: vec![frame], steps: 0, block, thread, local_base })
+                })
+                .collect::<Result<_, _>>()?;
+            // xorshift64, seeded by the block: the same launch interleaves the same way.
+            let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (block as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let r = loop {
+                if live.is_empty() {
+                    break Ok(());
+                }
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let i = (seed % live.len() as u64) as usize;
+                match self.run_for(&mut live[i], args, launch, 1 + (seed >> 32) % 8) {
+                    Ok(true) => {
+                        let done = live.swap_remove(i);
+                        self.memory.segments.retain(|s| s.base != done.local_base);
+                    }
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            let windows: std::collections::HashSet<u64> = live.iter().map(|t| t.local_base).collect();
+            self.memory.segments.retain(|s| !windows.contains(&s.base));
+            r?;
         }
         Ok(())
-    }
-
-    fn run_thread(&mut self, kernel: &str, args: &[u64], launch: Launch, block: u32, thread: u32) -> Result<(), InterpError> {
-        // Local memory: this thread's window (exactly the kernel's locals), as a segment for
-        // the thread's life.
-        let local_size = self.module.functions[kernel].local_size.max(16);
-        let local_base = self.local_base;
-        self.memory.alloc_at(local_base, local_size)?;
-        let r = self.run_frames(kernel, args, launch, block, thread, local_base);
-        self.memory.segments.retain(|s| s.base != local_base);
-        r
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1087,15 +1119,12 @@ impl Machine {
         }
     }
 
-    fn run_frames(&mut self, kernel: &str, args: &[u64], launch: Launch, block: u32, thread: u32, local_base: u64) -> Result<(), InterpError> {
-        let k = &self.module.functions[kernel];
-        let mut stack = vec![Frame { func: kernel.to_string(), regs: vec![0; k.nregs], pc: 0, ret_to: None }];
-        // Each function's locals get their own part of the window (functions with locals are
-        // kernels here; a call stack of them would need frames).
-        let mut steps = 0u64;
-        loop {
-            steps += 1;
-            if steps > self.step_limit {
+    /// Runs thread `t` for at most `quantum` instructions; true when it has finished.
+    fn run_for(&mut self, t: &mut Thread, args: &[u64], launch: Launch, quantum: u64) -> Result<bool, InterpError> {
+        let (block, thread, local_base, stack) = (t.block, t.thread, t.local_base, &mut t.stack);
+        for _ in 0..quantum {
+            t.steps += 1;
+            if t.steps > self.step_limit {
                 return Err(InterpError::TooManySteps(self.step_limit));
             }
             let depth = stack.len();
@@ -1284,7 +1313,7 @@ impl Machine {
                     let name = func.clone();
                     stack.push(Frame { func: name, regs, pc: 0, ret_to });
                 }
-                Op::Exit => return Ok(()),
+                Op::Exit => return Ok(true),
                 Op::Ret => {
                     let done = stack.pop().expect("a frame");
                     let f = &self.module.functions[&done.func];
@@ -1295,7 +1324,7 @@ impl Machine {
                                 caller.regs[d as usize] = value;
                             }
                         }
-                        None => return Ok(()),
+                        None => return Ok(true),
                     }
                 }
                 Op::Atom { op, ty, d, base, off, b, c } => {
@@ -1316,6 +1345,7 @@ impl Machine {
                 }
             }
         }
+        Ok(false)
     }
 }
 

@@ -543,18 +543,20 @@ fn map_update() -> String {
     fill(&format!(
         "{MAP_PROLOGUE}{VALUE_CHECK}setp.gt.u64 %p, %a4, 2;\n@%p bra $einval;\n{IS_HASH}@%p bra $hash;\nsetp.eq.u64 %p, %a4, 1;\n@%p bra $eexist;\n{ARRAY_ENTRY}add.u64 %e, %e, %sm;\ncall.uni (%t), bpf_memcpy, (%e, %a3, %vs);\nmov.b64 %ret, 0;\nret;\n$missing:\nmov.b64 %ret, -7;\nret;\n\
 $hash:\ncall.uni (%e), bpf_hash_find, (%st, %d, %a2, 0);\nsetp.ne.u64 %p, %e, 0;\n@%p bra $found;\nsetp.eq.u64 %p, %a4, 2;\n@%p bra $enoent;\n\
-// Room for one more? (the count is a reservation, given back when the insert fails)\n\
-ld.u32 %w, [%d+{{D_MAX}}];\ncvt.u64.u32 %max, %w;\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], 1;\nsetp.ge.u64 %p, %cnt, %max;\n@%p bra $full;\n\
 call.uni (%e), bpf_hash_find, (%st, %d, %a2, 1);\nsetp.ne.u64 %p, %e, 0;\n@%p bra $claimed;\n\
-// No free slot on the key's probe sequence, though the map has room: another key's deleted entry\n\
-// there is reused (keys that keep changing would fill the table with deleted entries).\n\
+// No free slot on the key's probe sequence: another key's deleted entry there is reused (keys\n\
+// that keep changing would fill the table with deleted entries).\n\
 call.uni (%e), bpf_hash_rekey, (%st, %d, %a2, {{HASH_DELETED}});\nsetp.eq.u64 %p, %e, 0;\n@%p bra $full;\n$claimed:\n\
 // A slot we claimed is BUSY; one another thread filled meanwhile is FULL (then it is an update).\n\
-ld.volatile.u32 %w, [%e];\nsetp.eq.u32 %p, %w, {{HASH_BUSY}};\n@!%p bra $raced;\n\
+ld.volatile.u32 %w, [%e];\nsetp.eq.u32 %p, %w, {{HASH_BUSY}};\n@!%p bra $found;\n\
+// Room for one more? Counted only now that the slot is ours: of the threads inserting one key,\n\
+// one claims a slot, so a crowd inserting a few keys does not read as a full map.\n\
+ld.u32 %w, [%d+{{D_MAX}}];\ncvt.u64.u32 %max, %w;\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], 1;\nsetp.ge.u64 %p, %cnt, %max;\n@%p bra $over;\n\
 add.u64 %t, %e, %voff;\nadd.u64 %t, %t, %sm;\ncall.uni (%ok), bpf_memcpy, (%t, %a3, %vs);\nmembar.gl;\nst.volatile.u32 [%e], {{HASH_FULL}};\nmov.b64 %ret, 0;\nret;\n\
-$raced:\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\n\
 $found:\nsetp.eq.u64 %p, %a4, 1;\n@%p bra $eexist;\nadd.u64 %t, %e, %voff;\nadd.u64 %t, %t, %sm;\ncall.uni (%ok), bpf_memcpy, (%t, %a3, %vs);\nmov.b64 %ret, 0;\nret;\n\
-$full:\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\n\
+// Over the count: the slot goes back as the key's deleted entry (the key stays absent; threads\n\
+// waiting on the slot read it so), and the count as it was.\n\
+$over:\natom.add.u64 %cnt, [%t], -1;\nmembar.gl;\nst.volatile.u32 [%e], {{HASH_DELETED}};\n$full:\n\
 // An LRU hash makes room: a live entry of the key's probe sequence goes (the count stays).\n\
 setp.eq.u32 %p, %ty, 9;\nsetp.eq.or.u32 %p, %ty, 10, %p;\n@!%p bra $e2big;\n\
 call.uni (%e), bpf_hash_evict, (%st, %d, %a2);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $e2big;\n\

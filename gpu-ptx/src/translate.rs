@@ -18,6 +18,7 @@
 
 use crate::helpers::{GpuHelper, HelperSet};
 use crate::state::{self, off};
+use bpftime_vm::analysis::ArrayLayout;
 use bpftime_vm::insn::{AluOp, AtomicOp, ByteOrder, CallTarget, Insn, JmpCond, LddwKind, MemSize, Operand, RawInsn, Reg, Width};
 use bpftime_vm::Program;
 use std::collections::{BTreeSet, HashMap};
@@ -147,8 +148,11 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
     // Trusted variants called (by function name): helpers whose pointer arguments are proven.
     let mut variants: std::collections::BTreeMap<String, &GpuHelper> = std::collections::BTreeMap::new();
     let mut dynamic = false;
+    let arrays = array_slots(prog, maps);
     for (pc, insn) in prog.insns().iter().enumerate() {
         match insn {
+            // An array lookup computed in place (see `FunctionWriter::inline_array_lookup`).
+            Insn::Call(CallTarget::Helper(id)) if inline_lookup(prog, &arrays, *id, pc).is_some() => {}
             // A helper the CPU side lacks too: the verifier proved no run calls it (a fault
             // if one ever did).
             Insn::Call(CallTarget::Helper(id)) if prog.helpers().get(*id).is_none() => {}
@@ -202,7 +206,7 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
         let _ = writeln!(out, "{proto}");
     }
     out.push('\n');
-    let ctx = Ctx { prog, helpers, maps, used: &used, stops: &stops, shard: target.shard_atomic_adds };
+    let ctx = Ctx { prog, helpers, maps, arrays, used: &used, stops: &stops, shard: target.shard_atomic_adds };
     for i in 0..prog.functions().len() {
         FunctionWriter::new(&ctx, i).write(&mut out);
     }
@@ -375,11 +379,34 @@ ret;
 /// Bytes [`RUN_KERNEL`] writes per thread: r0, then the state block.
 pub const RUN_OUT_STRIDE: u64 = 8 + state::STATE_SIZE as u64;
 
+/// The arena slot of each map a program names, by the handle its `lddw`s load (the constant
+/// the resolver gave, which a described array's [`ArrayLayout`] carries in `values`).
+fn array_slots(prog: &Program, maps: &LddwMaps) -> HashMap<u64, u32> {
+    let handle = |lo: i32, hi: i32| (lo as u32 as u64) | ((hi as u32 as u64) << 32);
+    prog.insns()
+        .iter()
+        .enumerate()
+        .filter_map(|(pc, insn)| match (insn, maps.0.get(&pc)) {
+            (Insn::Lddw { lo, hi, .. }, Some(LddwMap::Map { slot })) => Some((handle(*lo, *hi), *slot)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// For the call at `pc` of helper `id`: the array slot and layout when it is a lookup the
+/// verifier allows to inline (a described array; its key's 4 bytes proven readable).
+fn inline_lookup(prog: &Program, arrays: &HashMap<u64, u32>, id: u32, pc: usize) -> Option<(u32, ArrayLayout)> {
+    let layout = prog.inline_lookup(pc).filter(|_| id == 1)?;
+    Some((*arrays.get(&layout.values)?, layout))
+}
+
 struct Ctx<'a> {
     shard: bool,
     prog: &'a Program,
     helpers: &'a HelperSet,
     maps: &'a LddwMaps,
+    /// See [`array_slots`].
+    arrays: HashMap<u64, u32>,
     used: &'a BTreeSet<u32>,
     /// `.func` names of the helpers called that may stop or fault the run.
     stops: &'a BTreeSet<String>,
@@ -398,6 +425,19 @@ struct FunctionWriter<'a> {
     next_label: usize,
     /// Whether a sharded atomic add was emitted (the prologue then loads the zone).
     shards_used: bool,
+}
+
+/// A value in memory incremented by three instructions (see [`FunctionWriter::increment_at`]).
+#[derive(Clone, Copy)]
+struct Increment {
+    size: MemSize,
+    base: Reg,
+    off: i16,
+    /// The register that holds the sum.
+    dst: Reg,
+    by: Operand,
+    /// Whether the sum is read after the store.
+    live: bool,
 }
 
 fn reg(r: Reg) -> String {
@@ -442,11 +482,22 @@ impl<'a> FunctionWriter<'a> {
                 self.labels.insert(t as usize);
             }
         }
+        let mut skip = 0;
         for (pc, &insn) in (self.start..).zip(insns) {
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
             if self.labels.contains(&pc) {
                 self.line(format!("$I{pc}:"));
             }
-            self.insn(pc, insn);
+            match self.increment_at(pc) {
+                Some(inc) => {
+                    self.increment(inc);
+                    skip = 2;
+                }
+                None => self.insn(pc, insn),
+            }
         }
         let _ = writeln!(
             out,
@@ -478,14 +529,16 @@ impl<'a> FunctionWriter<'a> {
             out.push_str(".reg .b64 %fpl;\ncvta.to.local.u64 %fpl, %fp;\n");
         }
         if used("%pctx") {
+            // The context is as long as the proofs need, and 8-aligned.
             let _ = writeln!(out, ".reg .pred %pctx;\nsetp.ge.u64 %pctx, %a2, {};", self.ctx.prog.context_needs().len);
+            out.push_str("and.b64 %t6, %a1, 7;\nsetp.eq.and.u64 %pctx, %t6, 0, %pctx;\n");
         }
         if self.shards_used {
             // The shard zone of the arena (none without an arena).
             out.push_str("mov.b64 %zlo, 0;\nmov.b64 %zlen, 0;\nmov.b64 %shlo, 0;\nsetp.ne.u64 %p0, %arlo, 0;\n");
-            let _ = writeln!(out, "@%p0 ld.u64 %zlo, [%arlo+{}];", crate::maps::header::ZONE_OFF);
-            let _ = writeln!(out, "@%p0 ld.u64 %zlen, [%arlo+{}];", crate::maps::header::ZONE_LEN);
-            let _ = writeln!(out, "@%p0 ld.u64 %shlo, [%arlo+{}];", crate::maps::header::SHARDS_OFF);
+            let _ = writeln!(out, "@%p0 ld.global.u64 %zlo, [%arlo+{}];", crate::maps::header::ZONE_OFF);
+            let _ = writeln!(out, "@%p0 ld.global.u64 %zlen, [%arlo+{}];", crate::maps::header::ZONE_LEN);
+            let _ = writeln!(out, "@%p0 ld.global.u64 %shlo, [%arlo+{}];", crate::maps::header::SHARDS_OFF);
             out.push_str("add.u64 %zlo, %zlo, %arlo;\nadd.u64 %shlo, %shlo, %arlo;\n");
         }
         out.push_str(&self.body);
@@ -628,7 +681,7 @@ impl<'a> FunctionWriter<'a> {
                 Some(LddwMap::Value { slot, offset }) => {
                     // The value's storage: the arena offset in the map's descriptor.
                     let desc = crate::maps::descriptor_offset(*slot);
-                    self.line(format!("ld.u64 %t6, [%arlo+{}];", desc + crate::maps::desc::DATA_OFF));
+                    self.line(format!("ld.global.u64 %t6, [%arlo+{}];", desc + crate::maps::desc::DATA_OFF));
                     self.line("add.u64 %t6, %t6, %arlo;");
                     self.line(format!("add.u64 {}, %t6, {offset};", reg(dst)));
                 }
@@ -648,6 +701,10 @@ impl<'a> FunctionWriter<'a> {
                 self.jump(pc, target, Some("%p0"));
             }
             Insn::Call(CallTarget::Helper(id)) => match self.ctx.helpers.get(id) {
+                _ if inline_lookup(self.ctx.prog, &self.ctx.arrays, id, pc).is_some() => {
+                    let (slot, layout) = inline_lookup(self.ctx.prog, &self.ctx.arrays, id, pc).expect("checked");
+                    self.inline_array_lookup(pc, slot, layout);
+                }
                 Some(h) => self.call_helper(pc, h.for_args(self.ctx.prog.helper_args(pc))),
                 None => {
                     let fault = self.fault_block(pc, state::FAULT_UNKNOWN_HELPER, &id.to_string(), 0);
@@ -668,6 +725,194 @@ impl<'a> FunctionWriter<'a> {
                 self.line("ret;");
             }
         }
+    }
+
+    /// Whether slots `pc..pc + 3` increment a value in memory: `y = *(x + off); y += v;
+    /// *(x + off) = y` (64-bit, or 32-bit with a 32-bit add), both accesses proven in memory a
+    /// map or helper gave, `v` a constant or a register other than `x` and `y`, and nothing
+    /// jumping between them.
+    fn increment_at(&self, pc: usize) -> Option<Increment> {
+        use bpftime_vm::analysis::Target;
+        if pc + 3 > self.end || self.labels.contains(&(pc + 1)) || self.labels.contains(&(pc + 2)) {
+            return None;
+        }
+        let insns = self.ctx.prog.insns();
+        let (
+            Insn::Load { size, signed: false, dst, base, off },
+            Insn::Alu { width, op: AluOp::Add, dst: added, src: by },
+            Insn::Store { size: stored, base: to, off: at, src: Operand::Reg(value) },
+        ) = (insns[pc], insns[pc + 1], insns[pc + 2])
+        else {
+            return None;
+        };
+        let width_ok = matches!((size, width), (MemSize::DW, Width::W64) | (MemSize::W, Width::W32));
+        let by_ok = match by {
+            Operand::Reg(r) => r != dst && r != base,
+            Operand::Imm(_) => true,
+        };
+        let proven = |pc: usize| {
+            let a = self.ctx.prog.access(pc);
+            a.proven && a.target == Target::Memory
+        };
+        (width_ok && by_ok && added == dst && value == dst && stored == size && to == base && at == off && base != dst && proven(pc) && proven(pc + 2))
+            .then(|| Increment { size, base, off, dst, by, live: self.read_after(pc + 3, dst) })
+    }
+
+    /// Whether register `r` may be read from slot `from` on before it is written (straight-line
+    /// code only: a jump or a call that could read it counts as a read).
+    fn read_after(&self, from: usize, r: Reg) -> bool {
+        let reads = |o: Operand| o == Operand::Reg(r);
+        for insn in &self.ctx.prog.insns()[from..self.end] {
+            let read = match *insn {
+                Insn::Alu { op: AluOp::Mov, src, .. } => reads(src),
+                Insn::Alu { dst, src, .. } => dst == r || reads(src),
+                Insn::Neg { dst, .. } | Insn::Endian { dst, .. } => dst == r,
+                Insn::Lddw { .. } | Insn::LddwHigh => false,
+                Insn::Load { base, .. } => base == r,
+                Insn::Store { base, src, .. } => base == r || reads(src),
+                Insn::Exit => return r == Reg::R0,
+                _ => return true,
+            };
+            if read {
+                return true;
+            }
+            if insn.written_reg() == Some(r) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A 64-bit add of `value` at `%t5` whose result nobody reads: when the address is in the
+    /// shard zone (small shared arrays), out of line to this SM's shard of it (summed into the
+    /// array after the launch), then on to `join`; a hot counter then does not serialise the
+    /// GPU on one address.
+    fn shard_branch(&mut self, value: &str, join: &str) {
+        self.shards_used = true;
+        let shard = self.fresh("shard");
+        self.line("sub.u64 %t6, %t5, %zlo;");
+        self.line("setp.lt.u64 %p1, %t6, %zlen;");
+        self.line(format!("@%p1 bra {shard};"));
+        self.tail_line(format!("{shard}:"));
+        self.tail_line("mov.u32 %w2, %smid;");
+        self.tail_line("cvt.u64.u32 %t4, %w2;");
+        self.tail_line("mul.lo.u64 %t4, %t4, %zlen;");
+        self.tail_line("add.u64 %t6, %t6, %t4;");
+        self.tail_line("add.u64 %t6, %t6, %shlo;");
+        self.tail_line(format!("red.global.add.u64 [%t6], {value};"));
+        self.tail_line(format!("bra {join};"));
+    }
+
+    /// Emits an [`Increment`] as one atomic add (a reduction when the sum is not read after,
+    /// to this SM's shard for a sharded array), so that threads incrementing one value lose
+    /// none of their adds: a per-CPU value is one SM's on the GPU, shared by its threads, and
+    /// a program written for a CPU's exclusive slot would lose counts there. The result is one
+    /// the sequential code could give. A misaligned value takes the plain sequence.
+    fn increment(&mut self, inc: Increment) {
+        let wide = inc.size == MemSize::DW;
+        let n = inc.size.bytes() as u64;
+        let (slow, join) = (self.fresh("increment_unaligned"), self.fresh("incremented"));
+        let d = reg(inc.dst);
+        self.address(inc.base, inc.off);
+        self.line(format!("and.b64 %t6, %t5, {};", n - 1));
+        self.line("setp.ne.u64 %p1, %t6, 0;");
+        self.line(format!("@%p1 bra {slow};"));
+        let by = self.operand64(inc.by);
+        self.line(format!("mov.b64 %t7, {by};"));
+        if wide {
+            if !inc.live && self.ctx.shard {
+                self.shard_branch("%t7", &join);
+            }
+            if inc.live {
+                self.line("atom.global.add.u64 %t4, [%t5], %t7;");
+                self.line(format!("add.u64 {d}, %t4, %t7;"));
+            } else {
+                self.line("red.global.add.u64 [%t5], %t7;");
+            }
+        } else {
+            self.line("cvt.u32.u64 %w1, %t7;");
+            if inc.live {
+                self.line("atom.global.add.u32 %w3, [%t5], %w1;");
+                self.line("add.u32 %w3, %w3, %w1;");
+                self.line(format!("cvt.u64.u32 {d}, %w3;"));
+            } else {
+                self.line("red.global.add.u32 [%t5], %w1;");
+            }
+        }
+        self.line(format!("{join}:"));
+        // Misaligned: load, add and store byte by byte, as the three instructions would.
+        self.tail_line(format!("{slow}:"));
+        self.tail_line("mov.b64 %t4, 0;");
+        for i in (0..n).rev() {
+            self.tail_line(format!("ld.u8 %w0, [%t5+{i}];"));
+            self.tail_line("cvt.u64.u32 %t6, %w0;");
+            self.tail_line("shl.b64 %t4, %t4, 8;");
+            self.tail_line("or.b64 %t4, %t4, %t6;");
+        }
+        self.tail_line("add.u64 %t4, %t4, %t7;");
+        if !wide {
+            self.tail_line("and.b64 %t4, %t4, 0xffffffff;");
+        }
+        for i in 0..n {
+            self.tail_line(format!("shr.u64 %t6, %t4, {};", 8 * i));
+            self.tail_line("cvt.u32.u64 %w0, %t6;");
+            self.tail_line(format!("st.u8 [%t5+{i}], %w0;"));
+        }
+        self.tail_line(format!("mov.b64 {d}, %t4;"));
+        self.tail_line(format!("bra {join};"));
+    }
+
+    /// `r0 = bpf_map_lookup_elem(array, r2)` computed in place, as the helper would: the value
+    /// of the u32 key (at r2, proven readable; known at load time when the verifier knows it)
+    /// below `max_entries`, this SM's slot of it for a per-CPU array, else null (and null when
+    /// there is no arena). The storage's offset and the slots per value are read from the map's
+    /// descriptor (one cache line every thread reads).
+    fn inline_array_lookup(&mut self, pc: usize, slot: u32, layout: ArrayLayout) {
+        use crate::maps::desc;
+        let desc = crate::maps::descriptor_offset(slot);
+        let done = self.fresh("lookup_done");
+        self.line("mov.b64 %r0, 0;");
+        match self.ctx.prog.lookup_key(pc) {
+            Some(k) if k >= layout.max_entries => return,
+            Some(k) => self.line(format!("mov.u32 %w1, {k};")),
+            None => {
+                // The key: one load when aligned, else its bytes one at a time (out of line).
+                let bytes = self.fresh("key_bytes");
+                let loaded = self.fresh("key_loaded");
+                self.line("and.b64 %t6, %r2, 3;");
+                self.line("setp.ne.u64 %p1, %t6, 0;");
+                self.line(format!("@%p1 bra {bytes};"));
+                self.line("ld.u32 %w1, [%r2];");
+                self.line(format!("{loaded}:"));
+                self.tail_line(format!("{bytes}:"));
+                self.tail_line("ld.u8 %w1, [%r2+3];");
+                for i in (0..3).rev() {
+                    self.tail_line(format!("ld.u8 %w2, [%r2+{i}];"));
+                    self.tail_line("shl.b32 %w1, %w1, 8;");
+                    self.tail_line("or.b32 %w1, %w1, %w2;");
+                }
+                self.tail_line(format!("bra {loaded};"));
+                self.line(format!("setp.ge.u32 %p1, %w1, {};", layout.max_entries));
+                self.line(format!("@%p1 bra {done};"));
+            }
+        }
+        self.line("setp.eq.u64 %p1, %arlo, 0;");
+        self.line(format!("@%p1 bra {done};"));
+        self.line(format!("ld.global.u64 %t5, [%arlo+{}];", desc + desc::DATA_OFF));
+        self.line("add.u64 %t5, %t5, %arlo;");
+        if layout.cpu == 0 {
+            self.line(format!("mul.wide.u32 %t6, %w1, {};", layout.stride));
+        } else {
+            // Entries hold a slot per SM: this SM's.
+            self.line(format!("ld.global.u32 %w2, [%arlo+{}];", desc + desc::SLOTS));
+            self.line("mul.lo.u32 %w1, %w1, %w2;");
+            self.line("mov.u32 %w3, %smid;");
+            self.line("rem.u32 %w3, %w3, %w2;");
+            self.line("add.u32 %w1, %w1, %w3;");
+            self.line(format!("mul.wide.u32 %t6, %w1, {};", layout.stride));
+        }
+        self.line("add.u64 %r0, %t5, %t6;");
+        self.line(format!("{done}:"));
     }
 
     /// Calls helper `h` with r1-r5; r0 gets its result. A helper that may stop or fault the
@@ -881,14 +1126,22 @@ impl<'a> FunctionWriter<'a> {
         slow
     }
 
-    /// For an access of `n` bytes at `base + off` that the verifier proved in the stack frame
-    /// and that is `r10`-relative and aligned: the operand of a `.local` access to it (through
-    /// `%fpl`, the frame pointer's offset in the local window), which needs neither a check
-    /// nor the generic address space.
-    fn frame_operand(&self, pc: usize, base: Reg, off: i16, n: u64) -> Option<String> {
+    /// For an access of `n` bytes at `base + off` that the verifier proved in a stack frame
+    /// and aligned: the operand of a `.local` access to it, which needs neither a check nor the
+    /// generic address space (frames are 16-aligned in local memory). `r10`-relative ones go
+    /// through `%fpl`, the frame pointer's offset in the local window; others convert their
+    /// base into `%t6`.
+    fn frame_operand(&mut self, pc: usize, base: Reg, off: i16, n: u64) -> Option<String> {
         let access = self.ctx.prog.access(pc);
-        (base.num() == 10 && access.proven && access.target == bpftime_vm::analysis::Target::Stack && (off as i64).rem_euclid(n as i64) == 0)
-            .then(|| format!("[%fpl+{off}]"))
+        let r10_aligned = base.num() == 10 && (off as i64).rem_euclid(n as i64) == 0;
+        if !(access.proven && access.target == bpftime_vm::analysis::Target::Stack && (access.aligned || r10_aligned)) {
+            return None;
+        }
+        if base.num() == 10 {
+            return Some(format!("[%fpl+{off}]"));
+        }
+        self.line(format!("cvta.to.local.u64 %t6, {};", reg(base)));
+        Some(format!("[%t6+{off}]"))
     }
 
     fn load(&mut self, pc: usize, size: MemSize, signed: bool, dst: Reg, base: Reg, off: i16) {
@@ -908,9 +1161,15 @@ impl<'a> FunctionWriter<'a> {
             return;
         }
         self.address(base, off);
-        self.check_access(pc, size, false);
+        // A proven, aligned context load of the entry function: one test of `%pctx` (the
+        // context is as long as the proofs need and 8-aligned); out of line otherwise, the
+        // full check and the bytes one at a time.
+        let access = self.ctx.prog.access(pc);
+        let ctx_fast = n > 1 && self.index == 0 && access.proven && access.aligned && access.target == bpftime_vm::analysis::Target::Context;
+        if !ctx_fast {
+            self.check_access(pc, size, false);
+        }
         let d = reg(dst);
-        let n = size.bytes() as u64;
         let extend = |w: &str| -> String {
             match (size, signed) {
                 (MemSize::B, true) => format!("bfe.s64 {d}, {w}, 0, 8;"),
@@ -926,7 +1185,13 @@ impl<'a> FunctionWriter<'a> {
             self.line(e);
             return;
         }
-        let slow = self.unaligned_branch(n);
+        let slow = if ctx_fast {
+            let short = self.fresh("short_ctx");
+            self.line(format!("@!%pctx bra {short};"));
+            short
+        } else {
+            self.unaligned_branch(n)
+        };
         match size {
             MemSize::DW => self.line("ld.u64 %t7, [%t5];"),
             MemSize::W => {
@@ -943,7 +1208,15 @@ impl<'a> FunctionWriter<'a> {
         let e = extend("%t7");
         self.line(e);
         // The unaligned path assembles the value byte by byte, then joins.
+        let fault = ctx_fast.then(|| self.fault_block(pc, state::FAULT_OUT_OF_BOUNDS, "%t5", n as u32));
         self.tail_line(format!("{slow}:"));
+        if let Some(fault) = fault {
+            self.tail_line("sub.u64 %t6, %t5, %a1;");
+            self.tail_line("setp.lt.u64 %p1, %t6, %a2;");
+            self.tail_line(format!("add.u64 %t6, %t6, {n};"));
+            self.tail_line("setp.le.and.u64 %p1, %t6, %a2, %p1;");
+            self.tail_line(format!("@!%p1 bra {fault};"));
+        }
         self.tail_line("mov.b64 %t7, 0;");
         for i in (0..n).rev() {
             self.tail_line(format!("ld.u8 %w0, [%t5+{i}];"));
@@ -1028,22 +1301,8 @@ impl<'a> FunctionWriter<'a> {
             }
         }
         if self.ctx.shard && wide && op == AtomicOp::Add && !fetch {
-            // A 64-bit add whose old value nobody reads, into a shared array: to this SM's shard
-            // of it (summed into the array after the launch), so that a hot counter does not
-            // serialise the GPU on one address.
-            self.shards_used = true;
-            let shard = self.fresh("shard");
-            self.line("sub.u64 %t6, %t5, %zlo;");
-            self.line("setp.lt.u64 %p1, %t6, %zlen;");
-            self.line(format!("@%p1 bra {shard};"));
-            self.tail_line(format!("{shard}:"));
-            self.tail_line("mov.u32 %w2, %smid;");
-            self.tail_line("cvt.u64.u32 %t4, %w2;");
-            self.tail_line("mul.lo.u64 %t4, %t4, %zlen;");
-            self.tail_line("add.u64 %t6, %t6, %t4;");
-            self.tail_line("add.u64 %t6, %t6, %shlo;");
-            self.tail_line(format!("red.global.add.u64 [%t6], {s};"));
-            self.tail_line(format!("bra {join};"));
+            // A 64-bit add whose old value nobody reads.
+            self.shard_branch(&s, &join);
         }
         let (bits, val, exp) = if wide { ("b64", s.clone(), "%r0".to_string()) } else { ("b32", "%w1".to_string(), "%w2".to_string()) };
         if !wide {

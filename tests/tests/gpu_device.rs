@@ -61,10 +61,15 @@ fn conformance_vectors_on_the_device() {
     println!("all {} vectors agree on the device", vectors.len());
 }
 
+/// Random programs on the device and on the PTX interpreter with the context and the stack
+/// where the device had them: a program may compute with addresses (compare `w1` with a
+/// constant, add a pointer into memory and loop on it), so only the same addresses give the same
+/// outcome. `gpu_ptx.rs` checks the PTX interpreter against the CPU interpreter the same way, at
+/// the CPU's addresses, so the device agrees with the CPU through it.
 #[test]
 fn random_programs_on_the_device() {
     use bpftime_tests::datatest::test_helpers;
-    use bpftime_tests::gpu::test_helper_set;
+    use bpftime_tests::gpu::{run_on_ptx_interpreter_at, test_helper_set, Placement};
     use bpftime_tests::progen::program_without_lookups as program;
     use bpftime_vm::insn::to_bytecode;
     use proptest::strategy::{Strategy, ValueTree};
@@ -72,38 +77,23 @@ fn random_programs_on_the_device() {
     let Some((dev, target)) = device() else { return };
     let mut runner = TestRunner::deterministic();
     let strategy = program();
-    let (mut compared, mut failures) = (0, vec![]);
-    for i in 0..1000 {
+    let n = 1000;
+    let mut failures = vec![];
+    for i in 0..n {
         let g = strategy.new_tree(&mut runner).expect("value").current();
         let prog = Arc::new(verify_bytecode(&to_bytecode(&g.bytecode()), Arc::new(test_helpers()), &NoMaps).expect("verifies"));
-        let cpu = |mem0: &[u8]| {
-            let mut mem = mem0.to_vec();
-            let r = run(&Interpreter::new(prog.clone()), Context::Mem(&mut mem), &RunOptions { budget: 500, ..RunOptions::default() });
-            (shape(&r), mem)
-        };
-        // Only programs whose outcome does not depend on addresses: two buffers agree, and so do
-        // two stacks (on the PTX interpreter, whose stack can be put anywhere; the device's is
-        // its own).
-        let (first, second) = (cpu(&g.mem), cpu(&g.mem.iter().copied().chain([0; 64]).collect::<Vec<_>>()[..g.mem.len()]));
-        if first != second {
-            continue;
-        }
-        let stacked = |stack: u64| {
-            let at = bpftime_tests::gpu::Placement { stack: Some(stack), ..Default::default() };
-            bpftime_tests::gpu::run_on_ptx_interpreter_at(&prog, &test_helper_set(), &g.mem, 500, at).map(|r| shape(&r.result)).unwrap_or_default()
-        };
-        if stacked(0x7f00_1234_5000) != stacked(0x5500_0000_8000) {
-            continue;
-        }
-        compared += 1;
         let ptx = translate(&prog, &test_helper_set(), &LddwMaps::default(), target).unwrap();
         let got = on_device(&dev, &ptx, &g.mem, 1, 500);
-        if shape(&got.outcomes[0]) != first.0 {
-            failures.push(format!("program {i}: device {}, interpreter {}", shape(&got.outcomes[0]), first.0));
+        let at = got.addresses[0];
+        let want = run_on_ptx_interpreter_at(&prog, &test_helper_set(), &g.mem, 500, Placement { ctx: Some(at.ctx), stack: Some(at.stack) })
+            .map(|r| shape(&r.result))
+            .unwrap_or_else(|e| format!("PTX interpreter: {e}"));
+        if shape(&got.outcomes[0]) != want {
+            failures.push(format!("program {i} (context {:#x}, stack {:#x}): device {}, PTX interpreter {want}", at.ctx, at.stack, shape(&got.outcomes[0])));
         }
     }
     assert!(failures.is_empty(), "{} differ:\n{}", failures.len(), failures.join("\n"));
-    println!("{compared} random programs agree on the device");
+    println!("{n} random programs agree on the device and the PTX interpreter at the device's addresses");
 }
 
 #[test]

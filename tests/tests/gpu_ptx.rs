@@ -120,6 +120,23 @@ fn random_programs_agree_with_the_interpreter() {
             )),
             Err(e) => failures.push(format!("program {i}: {e}")),
         }
+        // Every fourth program again with its context at an odd address (the GPU's fast
+        // context loads assume an 8-aligned one and must fall back).
+        if i % 4 == 0 && !g.mem.is_empty() {
+            let mut odd = vec![0u8; g.mem.len() + 1];
+            odd[1..].copy_from_slice(&g.mem);
+            while local.contains(&(odd.as_ptr() as u64)) || local.contains(&(odd.as_ptr() as u64 + odd.len() as u64)) {
+                keep.push(std::mem::replace(&mut odd, vec![0u8; g.mem.len() + 1]));
+                odd[1..].copy_from_slice(&g.mem);
+            }
+            let want = run(&Interpreter::new(prog.clone()), Context::Mem(&mut odd[1..]), &RunOptions { budget: 500, ..RunOptions::default() });
+            let at = Placement { ctx: Some(odd.as_ptr() as u64 + 1), stack: Some(stack) };
+            match run_on_ptx_interpreter_at(&prog, &gpu_helpers, &g.mem, 500, at) {
+                Ok(got) if got.result == want && got.mem == odd[1..] => {}
+                Ok(got) => failures.push(format!("program {i} (odd context): PTX gave {:?}, the interpreter {want:?}", got.result)),
+                Err(e) => failures.push(format!("program {i} (odd context): {e}")),
+            }
+        }
         if failures.len() >= 5 {
             break;
         }
@@ -289,6 +306,68 @@ fn sharded_counter_adds_fold_to_the_exact_total() {
     assert_eq!(counter(&image), (blocks * threads) as u64, "every thread's add, after the fold");
     g.layout.fold_shards(&mut image);
     assert_eq!(counter(&image), (blocks * threads) as u64, "folding twice adds nothing");
+}
+
+/// Runs program `name` of `gpu_crowd` on one block of `threads` interleaved threads (as on a
+/// GPU) on the PTX interpreter: each thread's outcome, and the arena after.
+fn crowd(name: &str, threads: u32) -> (bpftime_runtime::gpu::GpuProgram, Vec<Result<u64, RunError>>, Vec<u8>) {
+    use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
+    use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
+    let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_crowd")).unwrap()).unwrap();
+    let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), Target::default(), 4).unwrap();
+    let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
+    let arena = m.memory.alloc(g.layout.size);
+    m.memory.write(arena, &g.arena).unwrap();
+    let out = m.memory.alloc(RUN_OUT_STRIDE * threads as u64);
+    let ctx = m.memory.alloc(1);
+    m.launch(RUN_KERNEL, &[ctx, 0, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, threads as u64], Launch::linear(1, threads, 4))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let raw = m.memory.read(out, RUN_OUT_STRIDE * threads as u64).unwrap();
+    let outcomes = raw.chunks_exact(RUN_OUT_STRIDE as usize).map(|c| state::outcome(&c[8..], u64::from_le_bytes(c[..8].try_into().unwrap()))).collect();
+    let image = m.memory.read(arena, g.layout.size).unwrap();
+    (g, outcomes, image)
+}
+
+/// 256 threads of a block inserting 8 keys into a hash of 8: one thread per key takes a slot
+/// and counts it, so no insert reads the map as full (a count reserved by every thread before
+/// claiming did: whole blocks' keys were missing on an H200), and every thread's add lands in
+/// its key's entry.
+#[test]
+fn a_crowd_inserting_a_few_keys_fills_the_hash_exactly() {
+    let (g, outcomes, image) = crowd("insert_few_keys", 256);
+    assert_eq!(outcomes.iter().filter(|o| **o != Ok(0)).count(), 0, "threads whose insert or lookup failed");
+    let mut entries: Vec<(u32, u64)> = g
+        .layout
+        .entries(&image, 0)
+        .iter()
+        .map(|(k, v)| (u32::from_le_bytes(k[..4].try_into().unwrap()), u64::from_le_bytes(v[0][..8].try_into().unwrap())))
+        .collect();
+    entries.sort();
+    assert_eq!(entries, (0..8).map(|k| (k, 32)).collect::<Vec<_>>(), "each key once, with its 32 threads' adds");
+    let count_at = g.layout.hash_count_offset(0) as usize;
+    assert_eq!(u64::from_le_bytes(image[count_at..count_at + 8].try_into().unwrap()), 8, "the entry count");
+}
+
+/// A value incremented with plain loads and stores by 256 interleaved threads: each
+/// increment is one atomic add on the GPU, so every thread's lands, and a thread that returns
+/// the sum it stored returns a distinct one (1 to 256); a per-CPU slot (one per SM, shared by
+/// the SM's threads) incremented with `*v += 1` counts every thread.
+#[test]
+fn plain_increments_by_a_crowd_lose_nothing() {
+    let value = |g: &bpftime_runtime::gpu::GpuProgram, image: &[u8], slot: usize| -> Vec<u64> {
+        let map = g.layout.maps.iter().position(|m| m.spec.name == ["tickets", "per_cpu"][slot]).unwrap();
+        g.layout.entries(image, map)[0].1.iter().map(|v| u64::from_le_bytes(v[..8].try_into().unwrap())).collect()
+    };
+    let (g, outcomes, image) = crowd("take_ticket", 256);
+    assert!(g.ptx.contains("atom.global.add.u64"), "the increment is an atomic add whose result is read");
+    let mut tickets: Vec<u64> = outcomes.iter().map(|o| *o.as_ref().expect("runs")).collect();
+    tickets.sort();
+    assert_eq!(tickets, (1..=256).collect::<Vec<_>>(), "every thread took a ticket of its own");
+    assert_eq!(value(&g, &image, 0), vec![256]);
+    let (g, outcomes, image) = crowd("count_per_cpu", 256);
+    assert!(g.ptx.contains("red.global.add.u64"), "the increment is a reduction (its sum is not read)");
+    assert!(outcomes.iter().all(|o| *o == Ok(0)));
+    assert_eq!(value(&g, &image, 1).iter().sum::<u64>(), 256, "per-SM slots: every thread's increment");
 }
 
 /// A map kept in host memory (bpftime's 1513): its storage lies outside the arena, where its

@@ -47,17 +47,26 @@ impl LddwResolver for SlotResolver {
     }
 
     fn pointee(&self, kind: LddwKind, lo: i32, hi: i32) -> Option<bpftime_vm::analysis::Pointee> {
-        use bpftime_gpu_ptx::maps::{kind_of, GpuMapKind};
-        use bpftime_vm::analysis::Pointee;
+        use bpftime_gpu_ptx::maps::{kind_of, GpuMapKind, SlotsBy};
+        use bpftime_vm::analysis::{ArrayLayout, Pointee};
         let spec = self.maps.get(&(lo as u32))?;
         match kind {
             // Arrays and hashes: a lookup gives one whole value (this SM's or this thread's
-            // slot of it where values have several); the GPU's arrays are not inlined.
-            LddwKind::MapFd => matches!(kind_of(spec.map_type), Some((GpuMapKind::Array | GpuMapKind::Hash, _))).then_some(Pointee::Map {
-                value_size: spec.value_size,
-                key_size: spec.key_size,
-                array: None,
-            }),
+            // slot of it where values have several). Arrays shared by all threads or with a
+            // slot per SM are described, so that their lookups are computed in place (the
+            // translator finds the map by its handle, the `lddw`'s constant, in `values` and reads where its storage
+            // is from its descriptor); a per-thread array's lookup may miss, and stays a call.
+            LddwKind::MapFd => {
+                let (kind, slots) = kind_of(spec.map_type)?;
+                let array = (kind == GpuMapKind::Array && slots != SlotsBy::Thread).then(|| ArrayLayout {
+                    values: MAP_TAG | lo as u32 as u64,
+                    stride: (spec.value_size as u64).div_ceil(8) * 8,
+                    max_entries: spec.max_entries,
+                    cpu: (slots == SlotsBy::Sm) as u64,
+                    cpu_stride: 0,
+                });
+                matches!(kind, GpuMapKind::Array | GpuMapKind::Hash).then_some(Pointee::Map { value_size: spec.value_size, key_size: spec.key_size, array })
+            }
             LddwKind::MapValue => Some(Pointee::Value { size: spec.value_size, offset: hi as u32 }),
             _ => None,
         }

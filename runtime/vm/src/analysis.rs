@@ -54,7 +54,10 @@ pub enum Pointee {
 /// Where an array map's values are: a lookup of key `k` (a `u32` the key pointer points to)
 /// returns `values + k * stride` (plus `cpu() * cpu_stride` for a per-CPU array) when
 /// `k < max_entries`, and null otherwise. A resolver that describes a map with one promises
-/// exactly that of its lookup helper, for the life of the program.
+/// exactly that of its lookup helper, for the life of the program. The verifier reads only
+/// `max_entries`; an engine whose addresses are known only at run time (the GPU's) has its
+/// resolver put there what it needs instead (the map's handle in `values`, 1 in `cpu` for a
+/// slot per SM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArrayLayout {
     /// Address of value 0.
@@ -91,6 +94,10 @@ pub struct Access {
     pub target: Target,
     /// Whether it is in bounds on every run (subject to [`ContextNeeds`] for the context).
     pub proven: bool,
+    /// Whether its offset from its region's start (the frame's top for the stack) is the same
+    /// on every run and a multiple of its size: the address is aligned wherever that start is
+    /// aligned to 8.
+    pub aligned: bool,
 }
 
 /// What a run's context must be for the context proofs to hold.
@@ -779,8 +786,9 @@ impl Analyzer<'_> {
             Base::MemOrNull { .. } | Base::Map { .. } => (Target::Memory, false),
             Base::Scalar => (Target::Unknown, false),
         };
+        let aligned = base.off.lo == base.off.hi && lo.rem_euclid(size.bytes() as i128) == 0;
         // The last visit of a block has its final state: it decides.
-        self.access[pc] = Access { target, proven };
+        self.access[pc] = Access { target, proven, aligned };
         self.ctx_end[pc] = if base.base == Base::Ctx && proven { hi as u32 } else { 0 };
         self.ctx_start[pc] = if base.base == Base::Ctx && proven { lo as u32 } else { 0 };
         if write {

@@ -197,7 +197,7 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
         return Err(err(pc, VerifyErrorKind::UnknownHelper(id)));
     }
     if checks == Checks::All {
-        proofs.access.iter_mut().for_each(|a| *a = Access { proven: false, ..*a });
+        proofs.access.iter_mut().for_each(|a| *a = Access { proven: false, aligned: false, ..*a });
         proofs.ctx = Default::default();
         proofs.ctx_reads = None;
         proofs.helper_args.clear();

@@ -1,0 +1,76 @@
+// A crowd of GPU threads writing a few values, as a CPU program would write them:
+// - `insert_few_keys`: every thread inserts key `thread % 8` with BPF_NOEXIST into a hash that
+//   holds exactly 8 entries, then adds 1 to the key's value. Only one thread per key may take a
+//   slot and count it; the others find the key (-EEXIST) or wait for the thread inserting it.
+//   r0 is 0, or 1 when the thread's insert failed otherwise (the map read as full) or its
+//   lookup found nothing.
+// - `take_ticket`: every thread increments one shared value with a plain `*v = *v + 1` and
+//   returns what it stored; `count_per_cpu` increments its per-CPU slot (one per SM on the
+//   GPU, shared by the SM's threads) with `*v += 1`. On a CPU the first races between CPUs
+//   and the second cannot race; on the GPU both are one atomic add each.
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+static const __u64 (*gpu_thread_idx)(__u64 *x, __u64 *y, __u64 *z) = (void *)505;
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 8);
+    __type(key, __u32);
+    __type(value, __u64);
+} crowd SEC(".maps");
+
+SEC("gpu/crowd")
+int insert_few_keys(void *ctx)
+{
+    __u64 x = 0, y = 0, z = 0;
+    gpu_thread_idx(&x, &y, &z);
+    __u32 key = x % 8;
+    __u64 zero = 0;
+    long err = bpf_map_update_elem(&crowd, &key, &zero, BPF_NOEXIST);
+    if (err && err != -17)
+        return 1;
+    __u64 *n = bpf_map_lookup_elem(&crowd, &key);
+    if (!n)
+        return 1;
+    __sync_fetch_and_add(n, 1);
+    return 0;
+}
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} tickets SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} per_cpu SEC(".maps");
+
+SEC("gpu/ticket")
+__u64 take_ticket(void *ctx)
+{
+    __u32 zero = 0;
+    __u64 *v = bpf_map_lookup_elem(&tickets, &zero);
+    if (!v)
+        return 0;
+    __u64 t = *v + 1;
+    *v = t;
+    return t;
+}
+
+SEC("gpu/per_cpu")
+int count_per_cpu(void *ctx)
+{
+    __u32 zero = 0;
+    __u64 *v = bpf_map_lookup_elem(&per_cpu, &zero);
+    if (v)
+        *v += 1;
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
