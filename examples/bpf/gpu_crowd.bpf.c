@@ -8,9 +8,12 @@
 //   returns what it stored; `count_per_cpu` increments its per-CPU slot (one per SM on the
 //   GPU, shared by the SM's threads) with `*v += 1`. On a CPU the first races between CPUs
 //   and the second cannot race; on the GPU both are one atomic add each.
+// - `record_thread`: every thread writes its id (block * 256 + thread) to a ring too small for
+//   all of them and to one that holds them all: every record arrives once or is counted lost.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+static const __u64 (*gpu_block_idx)(__u64 *x, __u64 *y, __u64 *z) = (void *)503;
 static const __u64 (*gpu_thread_idx)(__u64 *x, __u64 *y, __u64 *z) = (void *)505;
 
 struct {
@@ -70,6 +73,28 @@ int count_per_cpu(void *ctx)
     __u64 *v = bpf_map_lookup_elem(&per_cpu, &zero);
     if (v)
         *v += 1;
+    return 0;
+}
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 4096);
+} small_ring SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 1 << 16);
+} big_ring SEC(".maps");
+
+SEC("gpu/ring")
+int record_thread(void *ctx)
+{
+    __u64 bx = 0, by = 0, bz = 0, tx = 0, ty = 0, tz = 0;
+    gpu_block_idx(&bx, &by, &bz);
+    gpu_thread_idx(&tx, &ty, &tz);
+    __u32 id = bx * 256 + tx;
+    bpf_ringbuf_output(&small_ring, &id, sizeof(id), 0);
+    bpf_ringbuf_output(&big_ring, &id, sizeof(id), 0);
     return 0;
 }
 

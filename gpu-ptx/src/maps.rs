@@ -109,6 +109,10 @@ pub mod desc {
     pub const HEAD: u64 = 48;
     /// u32: hash maps: slots in the table (a power of two).
     pub const CAPACITY: u64 = 56;
+    /// u32: rings: the bytes an SM takes from the ring at a time, its records then reserved
+    /// from its own cursor (see [`super::ArenaLayout::ring_cursors`]); 0 where each record is
+    /// reserved from the head (small rings, the trace ring).
+    pub const CHUNK: u64 = 56;
     /// u32: hash maps: bytes per slot (8-byte header, key rounded to 8, value slots).
     pub const ENTRY_SIZE: u64 = 60;
     /// Offset of the key in a hash slot (after state and hash words).
@@ -261,7 +265,7 @@ pub struct PlacedMap {
     pub slots: u32,
     /// Bytes per value slot.
     pub stride: u32,
-    /// Hash: slots of the table.
+    /// Hash: slots of the table. Ring: its chunk ([`desc::CHUNK`]; 0: none).
     pub capacity: u32,
     /// Hash: bytes per table slot.
     pub entry_size: u32,
@@ -294,6 +298,33 @@ fn round8(n: u64) -> u64 {
     n.div_ceil(8) * 8
 }
 
+/// Bytes between two SMs' ring cursors or zone shards: a cache line, so that SMs do not
+/// contend for one.
+pub const CURSOR_STRIDE: u64 = 128;
+
+/// The chunk an SM takes from a ring of `bytes` at a time ([`desc::CHUNK`]): a quarter of an
+/// even share of the ring, 256 bytes to 64 KiB; 0 (records reserved one by one from the head)
+/// when that would be under 256 bytes, and for the trace ring, whose writer reserves from the
+/// head. With chunks, the threads of an SM reserve from the SM's cursor and only one in a
+/// chunk's worth of records touches the head, which every thread of the GPU would otherwise
+/// queue on.
+fn ring_chunk(bytes: u64, nsm: u32, trace: bool) -> u32 {
+    let share = bytes / (4 * nsm as u64) / 8 * 8;
+    if trace || share < 256 {
+        0
+    } else {
+        share.min(64 << 10) as u32
+    }
+}
+
+/// Bytes of a map's storage: its data, and a chunked ring's cursors after it.
+fn storage_len(m: &PlacedMap, nsm: u32) -> u64 {
+    match m.kind {
+        GpuMapKind::Ring if m.capacity > 0 => m.data_len.div_ceil(CURSOR_STRIDE) * CURSOR_STRIDE + nsm as u64 * CURSOR_STRIDE,
+        _ => m.data_len,
+    }
+}
+
 impl ArenaLayout {
     /// Places `maps` (slot = index) for a device with `nsm` SMs.
     pub fn new(maps: &[GpuMapSpec], nsm: u32) -> Result<ArenaLayout, String> {
@@ -318,7 +349,10 @@ impl ArenaLayout {
                     let entry = desc::KEY_OFF + round8(m.key_size as u64) + stride as u64 * slots as u64;
                     (cap * entry, cap as u32, entry as u32)
                 }
-                GpuMapKind::Ring => (if m.map_type == 4 { PERF_RING_BYTES } else { (m.max_entries as u64).max(4096) }, 0, 0),
+                GpuMapKind::Ring => {
+                    let bytes = if m.map_type == 4 { PERF_RING_BYTES } else { (m.max_entries as u64).max(4096) };
+                    (bytes, ring_chunk(bytes, nsm, *m == GpuMapSpec::trace_ring()), 0)
+                }
             };
             if data_len > 1 << 34 {
                 return Err(format!("map `{}` needs {data_len} bytes on the GPU", m.name));
@@ -345,15 +379,18 @@ impl ArenaLayout {
                 at = (at + m.data_len).div_ceil(64) * 64;
             }
         }
-        let zone_len = at - zone_off;
+        // Whole cache lines: no two SMs' shards share one.
+        let zone_len = (at - zone_off).div_ceil(CURSOR_STRIDE) * CURSOR_STRIDE;
+        at = zone_off + zone_len;
         for (i, m) in placed.iter_mut().enumerate() {
             if !in_zone[i] && !m.spec.in_host {
                 m.data_off = at;
-                at = (at + m.data_len).div_ceil(64) * 64;
+                at = (at + storage_len(m, nsm)).div_ceil(64) * 64;
             }
         }
         // One copy of the zone per SM: 64-bit atomic adds into shared arrays land there.
-        let shards_off = at;
+        let shards_off = at.div_ceil(CURSOR_STRIDE) * CURSOR_STRIDE;
+        at = shards_off;
         at += zone_len * nsm as u64;
         if at > 1 << 36 {
             return Err(format!("the maps need {at} bytes on the GPU"));
@@ -433,8 +470,17 @@ impl ArenaLayout {
     pub fn ring_resets(&self) -> Vec<(u64, u64)> {
         (0..self.maps.len())
             .filter(|&i| self.maps[i].kind == GpuMapKind::Ring)
-            .flat_map(|i| [(descriptor_offset(i as u32) + desc::LOST, 16), (self.maps[i].data_off, self.maps[i].data_len)])
+            .flat_map(|i| [(descriptor_offset(i as u32) + desc::LOST, 16), (self.maps[i].data_off, storage_len(&self.maps[i], self.nsm))])
             .collect()
+    }
+
+    /// A chunked ring's per-SM cursors ([`desc::CHUNK`]): where they start and their bytes,
+    /// [`CURSOR_STRIDE`] apart, after the records (rounded to a cursor stride). Each is a u64
+    /// `(start / 8 + 1) << 32 | used` for the SM's chunk (0: none yet, `u32::MAX << 32`: the
+    /// ring is full), then a u64 count of the records the SM lost.
+    pub fn ring_cursors(&self, slot: usize) -> Option<(u64, u64)> {
+        let m = self.maps.get(slot).filter(|m| m.kind == GpuMapKind::Ring && m.capacity > 0)?;
+        Some((m.data_off + m.data_len.div_ceil(CURSOR_STRIDE) * CURSOR_STRIDE, self.nsm as u64 * CURSOR_STRIDE))
     }
 
     /// Sets value `index` of array map `slot` in an arena image: every SM's slot, or for a
@@ -589,15 +635,24 @@ impl ArenaLayout {
         let d = descriptor_offset(slot as u32);
         let u64_at = |o: u64| arena.get(o as usize..o as usize + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).unwrap_or(0);
         let head = u64_at(d + desc::HEAD).min(m.data_len);
-        let lost = u64_at(d + desc::LOST);
+        let mut lost = u64_at(d + desc::LOST);
+        if let Some((cursors, len)) = self.ring_cursors(slot) {
+            lost += (cursors..cursors + len).step_by(CURSOR_STRIDE as usize).map(|c| u64_at(c + 8)).sum::<u64>();
+        }
+        let chunk = m.capacity as u64;
         let mut out = vec![];
         let mut at = 0;
         while at + 8 <= head {
             let hdr = u64_at(m.data_off + at);
             // Every record's header has [`RECORD_WRITTEN`]: none where a reservation that did
-            // not fit left the tail unwritten.
+            // not fit left the tail unwritten, or where an SM's chunk was not used to its end
+            // (the next record is at the next chunk).
             if hdr & RECORD_WRITTEN == 0 {
-                break;
+                if chunk == 0 {
+                    break;
+                }
+                at = (at / chunk + 1) * chunk;
+                continue;
             }
             let len = hdr & 0xffff_ffff;
             let start = (m.data_off + at + 8) as usize;

@@ -15,7 +15,7 @@ use bpftime_vm::Program;
 
 /// Replaces `{NAME}` tokens with the layout constants.
 fn fill(template: &str) -> String {
-    let constants: [(&str, u64); 39] = [
+    let constants: [(&str, u64); 42] = [
         ("{STACK_LO}", off::STACK_LO as u64),
         ("{STACK_LEN}", off::STACK_LEN as u64),
         ("{CTX_LO}", off::CTX_LO as u64),
@@ -50,6 +50,9 @@ fn fill(template: &str) -> String {
         ("{D_ENTRY}", desc::ENTRY_SIZE),
         ("{D_KOFF}", desc::KEY_OFF),
         ("{D_HEAD}", desc::HEAD),
+        ("{D_CHUNK}", desc::CHUNK),
+        ("{H_NSM}", header::NSM),
+        ("{CURSOR_STRIDE}", crate::maps::CURSOR_STRIDE),
         ("{HASH_BUSY}", HASH_BUSY as u64),
         ("{HASH_FULL}", HASH_FULL as u64),
         ("{HASH_DELETED}", HASH_DELETED as u64),
@@ -576,19 +579,39 @@ $enoent:\nmov.b64 %ret, -2;\nret;\n$missing:\n$einval:\nmov.b64 %ret, -22;\nret;
     ))
 }
 
-/// Appends a record (`data`, `len` bytes) to the device ring of the map `map` names: a u64
-/// header (`len | source << 32`) then the bytes, 8-aligned; a full ring drops it and counts
-/// it. A map that is no ring gets -EINVAL.
+/// `bpf_ringbuf_output` / `bpf_perf_event_output` into ring `{map}`: a record (header with
+/// the written bit, `{source}` and the length, then the data) reserved from the ring. A ring
+/// with chunks ([`crate::maps::desc::CHUNK`]) serves the record from this SM's chunk (its
+/// cursor, [`crate::maps::ArenaLayout::ring_cursors`]): the one thread whose reservation
+/// passes the chunk's end takes the next chunk from the head and hands it on, the others
+/// of the SM wait for it and try again, so the head sees one atomic per chunk, not one per
+/// record. -ENOSPC (counted lost) once the ring is full.
 fn ring_output(map: &str, data: &str, len: &str, source: &str) -> String {
     fill(&format!(
-        ".reg .b64 %d, %ok, %lo, %data, %cap, %need, %pos, %t, %hdr;\n.reg .b32 %ty;\n.reg .pred %p;\n\
+        ".reg .b64 %d, %ok, %lo, %data, %cap, %need, %pos, %t, %hdr, %chunk, %cur, %old, %idx, %used, %limit, %spin;\n.reg .b32 %ty, %cw;\n.reg .pred %p;\n.reg .pred %q;\n\
 call.uni (%d), bpf_map_desc, (%st, {map});\nsetp.eq.u64 %p, %d, 0;\n@%p bra $einval;\n\
 ld.u32 %ty, [%d+{{D_TYPE}}];\nsetp.ne.u32 %p, %ty, 4;\nsetp.ne.and.u32 %p, %ty, 27, %p;\nsetp.ne.and.u32 %p, %ty, 1527, %p;\n@%p bra $einval;\n\
 {check}ld.u64 %lo, [%st+{{ARENA_LO}}];\nld.u64 %data, [%d+{{D_DATA}}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{{D_DATA_LEN}}];\n\
 add.u64 %need, {len}, 15;\nand.b64 %need, %need, -8;\n\
-add.u64 %t, %d, {{D_HEAD}};\natom.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
-add.u64 %pos, %pos, %data;\nshl.b64 %hdr, {source}, 32;\nor.b64 %hdr, %hdr, {len};\nor.b64 %hdr, %hdr, 0x8000000000000000;\nst.u64 [%pos], %hdr;\nadd.u64 %pos, %pos, 8;\ncall.uni (%ok), bpf_memcpy, (%pos, {data}, {len});\nmov.b64 %ret, 0;\nret;\n\
-$lost:\nadd.u64 %t, %d, {{D_LOST}};\natom.add.u64 %ok, [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
+ld.u32 %cw, [%d+{{D_CHUNK}}];\ncvt.u64.u32 %chunk, %cw;\nsetp.eq.u64 %p, %chunk, 0;\n@%p bra $direct;\nsetp.gt.u64 %p, %need, %chunk;\n@%p bra $big;\n\
+// This SM's cursor, after the records.\n\
+ld.u32 %ty, [%lo+{{H_NSM}}];\nmov.u32 %cw, %smid;\nrem.u32 %cw, %cw, %ty;\nmul.wide.u32 %cur, %cw, {{CURSOR_STRIDE}};\n\
+add.u64 %t, %cap, {{CURSOR_STRIDE}};\nsub.u64 %t, %t, 1;\nand.b64 %t, %t, -{{CURSOR_STRIDE}};\nadd.u64 %cur, %cur, %t;\nadd.u64 %cur, %cur, %data;\n\
+$retry:\natom.add.u64 %old, [%cur], %need;\nshr.u64 %idx, %old, 32;\nand.b64 %used, %old, 0xffffffff;\nsetp.eq.u64 %p, %idx, 0xffffffff;\n@%p bra $sm_lost;\n\
+// No chunk yet (index 0): the first thread takes one.\n\
+setp.eq.u64 %q, %idx, 0;\nselp.b64 %limit, 0, %chunk, %q;\nadd.u64 %t, %used, %need;\nsetp.le.u64 %p, %t, %limit;\n@%p bra $in_chunk;\nsetp.le.u64 %p, %used, %limit;\n@%p bra $refill;\n\
+mov.b64 %spin, 0;\n$wait:\nld.volatile.u64 %t, [%cur];\nshr.u64 %t, %t, 32;\nsetp.ne.u64 %p, %t, %idx;\n@%p bra $retry;\nadd.u64 %spin, %spin, 1;\nsetp.lt.u64 %p, %spin, 1000000;\n@%p bra $wait;\nbra $sm_lost;\n\
+$in_chunk:\nsub.u64 %pos, %idx, 1;\nshl.b64 %pos, %pos, 3;\nadd.u64 %pos, %pos, %used;\nbra $write;\n\
+$refill:\nadd.u64 %t, %d, {{D_HEAD}};\natom.add.u64 %pos, [%t], %chunk;\nadd.u64 %t, %pos, %chunk;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $exhausted;\n\
+shr.u64 %t, %pos, 3;\nadd.u64 %t, %t, 1;\nshl.b64 %t, %t, 32;\nor.b64 %t, %t, %need;\nst.volatile.u64 [%cur], %t;\nbra $write;\n\
+$exhausted:\nmov.b64 %t, 0xffffffff00000000;\nst.volatile.u64 [%cur], %t;\n\
+$sm_lost:\nadd.u64 %t, %cur, 8;\nred.global.add.u64 [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
+// Larger than a chunk: whole chunks from the head.\n\
+$big:\nrem.u64 %t, %need, %chunk;\nsub.u64 %t, %chunk, %t;\nrem.u64 %t, %t, %chunk;\nadd.u64 %limit, %need, %t;\n\
+add.u64 %t, %d, {{D_HEAD}};\natom.add.u64 %pos, [%t], %limit;\nadd.u64 %t, %pos, %limit;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\nbra $write;\n\
+$direct:\nadd.u64 %t, %d, {{D_HEAD}};\natom.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
+$write:\nadd.u64 %pos, %pos, %data;\nshl.b64 %hdr, {source}, 32;\nor.b64 %hdr, %hdr, {len};\nor.b64 %hdr, %hdr, 0x8000000000000000;\nst.u64 [%pos], %hdr;\nadd.u64 %pos, %pos, 8;\ncall.uni (%ok), bpf_memcpy, (%pos, {data}, {len});\nmov.b64 %ret, 0;\nret;\n\
+$lost:\nadd.u64 %t, %d, {{D_LOST}};\nred.global.add.u64 [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
 $einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;",
         check = data_check(data, len)
     ))

@@ -308,9 +308,9 @@ fn sharded_counter_adds_fold_to_the_exact_total() {
     assert_eq!(counter(&image), (blocks * threads) as u64, "folding twice adds nothing");
 }
 
-/// Runs program `name` of `gpu_crowd` on one block of `threads` interleaved threads (as on a
-/// GPU) on the PTX interpreter: each thread's outcome, and the arena after.
-fn crowd(name: &str, threads: u32) -> (bpftime_runtime::gpu::GpuProgram, Vec<Result<u64, RunError>>, Vec<u8>) {
+/// Runs program `name` of `gpu_crowd` on `blocks` blocks (on 4 SMs) of `threads` interleaved
+/// threads (as on a GPU) on the PTX interpreter: each thread's outcome, and the arena after.
+fn crowd(name: &str, blocks: u32, threads: u32) -> (bpftime_runtime::gpu::GpuProgram, Vec<Result<u64, RunError>>, Vec<u8>) {
     use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
     use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
     let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_crowd")).unwrap()).unwrap();
@@ -318,11 +318,12 @@ fn crowd(name: &str, threads: u32) -> (bpftime_runtime::gpu::GpuProgram, Vec<Res
     let mut m = Machine::new(Module::parse(&g.ptx).unwrap());
     let arena = m.memory.alloc(g.layout.size);
     m.memory.write(arena, &g.arena).unwrap();
-    let out = m.memory.alloc(RUN_OUT_STRIDE * threads as u64);
+    let all = (blocks * threads) as u64;
+    let out = m.memory.alloc(RUN_OUT_STRIDE * all);
     let ctx = m.memory.alloc(1);
-    m.launch(RUN_KERNEL, &[ctx, 0, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, threads as u64], Launch::linear(1, threads, 4))
+    m.launch(RUN_KERNEL, &[ctx, 0, arena, g.layout.size, DEFAULT_LOOP_BUDGET, 0, 0, 0, 0, 0, 0, out, all], Launch::linear(blocks, threads, 4))
         .unwrap_or_else(|e| panic!("{e}"));
-    let raw = m.memory.read(out, RUN_OUT_STRIDE * threads as u64).unwrap();
+    let raw = m.memory.read(out, RUN_OUT_STRIDE * all).unwrap();
     let outcomes = raw.chunks_exact(RUN_OUT_STRIDE as usize).map(|c| state::outcome(&c[8..], u64::from_le_bytes(c[..8].try_into().unwrap()))).collect();
     let image = m.memory.read(arena, g.layout.size).unwrap();
     (g, outcomes, image)
@@ -334,7 +335,7 @@ fn crowd(name: &str, threads: u32) -> (bpftime_runtime::gpu::GpuProgram, Vec<Res
 /// its key's entry.
 #[test]
 fn a_crowd_inserting_a_few_keys_fills_the_hash_exactly() {
-    let (g, outcomes, image) = crowd("insert_few_keys", 256);
+    let (g, outcomes, image) = crowd("insert_few_keys", 1, 256);
     assert_eq!(outcomes.iter().filter(|o| **o != Ok(0)).count(), 0, "threads whose insert or lookup failed");
     let mut entries: Vec<(u32, u64)> = g
         .layout
@@ -358,16 +359,41 @@ fn plain_increments_by_a_crowd_lose_nothing() {
         let map = g.layout.maps.iter().position(|m| m.spec.name == ["tickets", "per_cpu"][slot]).unwrap();
         g.layout.entries(image, map)[0].1.iter().map(|v| u64::from_le_bytes(v[..8].try_into().unwrap())).collect()
     };
-    let (g, outcomes, image) = crowd("take_ticket", 256);
+    let (g, outcomes, image) = crowd("take_ticket", 1, 256);
     assert!(g.ptx.contains("atom.global.add.u64"), "the increment is an atomic add whose result is read");
     let mut tickets: Vec<u64> = outcomes.iter().map(|o| *o.as_ref().expect("runs")).collect();
     tickets.sort();
     assert_eq!(tickets, (1..=256).collect::<Vec<_>>(), "every thread took a ticket of its own");
     assert_eq!(value(&g, &image, 0), vec![256]);
-    let (g, outcomes, image) = crowd("count_per_cpu", 256);
+    let (g, outcomes, image) = crowd("count_per_cpu", 1, 256);
     assert!(g.ptx.contains("red.global.add.u64"), "the increment is a reduction (its sum is not read)");
     assert!(outcomes.iter().all(|o| *o == Ok(0)));
     assert_eq!(value(&g, &image, 1).iter().sum::<u64>(), 256, "per-SM slots: every thread's increment");
+}
+
+/// 1,024 threads on 4 SMs writing a record each: SMs take chunks of the ring and their
+/// threads reserve records from them (interleaved, as on a GPU), and every record arrives once
+/// (a ring big enough) or is counted lost (one too small), none twice, none torn.
+#[test]
+fn ring_records_from_many_threads_arrive_once_or_are_counted_lost() {
+    let (g, outcomes, image) = crowd("record_thread", 4, 256);
+    assert!(outcomes.iter().all(|o| o.is_ok()), "{:?}", outcomes.iter().find(|o| o.is_err()));
+    let ring = |name: &str| {
+        let slot = g.layout.maps.iter().position(|m| m.spec.name == name).unwrap();
+        assert!(g.layout.maps[slot].capacity > 0, "`{name}` is served in chunks");
+        let (records, lost) = g.layout.records(&image, slot);
+        let mut ids: Vec<u32> = records.iter().map(|(_, r)| u32::from_le_bytes(r[..4].try_into().unwrap())).collect();
+        ids.sort();
+        (ids, lost)
+    };
+    let (ids, lost) = ring("big_ring");
+    assert_eq!((ids, lost), ((0..1024).collect::<Vec<u32>>(), 0), "a ring that holds them all");
+    let (ids, lost) = ring("small_ring");
+    let distinct: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "no record twice");
+    assert!(ids.iter().all(|&i| i < 1024));
+    assert_eq!(ids.len() as u64 + lost, 1024, "every record arrived or was counted lost");
+    assert!(ids.len() >= 128 && lost > 0, "{} records, {lost} lost: a 4 KiB ring holds up to 256", ids.len());
 }
 
 /// A map kept in host memory (bpftime's 1513): its storage lies outside the arena, where its
