@@ -139,6 +139,30 @@ fn gpu_ring_buffer_records_reach_the_host_reader() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A ring too small for a record per thread (4 KiB, 1,024 threads a launch): every record
+/// reaches the host reader or is counted lost there, the GPU's drops included.
+#[test]
+fn gpu_ring_records_that_do_not_fit_are_counted_lost_on_the_host() {
+    let Some(dir) = setup("ringlost", &[]) else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_bpftime"))
+        .args(["run", "--program", "ring_event", "--map-size", "events=4096", "--map-size", "per_thread=1024"])
+        .arg(build_example("cuda_bench"))
+        .arg("--")
+        .arg(dir.join("app"))
+        .args(app_args())
+        .env("LD_LIBRARY_PATH", &dir)
+        .env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let records = stderr.lines().filter(|l| l.starts_with("ringbuf `events`: 4 bytes: ")).count() as u64;
+    let lost: u64 = stderr.lines().filter_map(|l| l.strip_suffix(" lost").and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse::<u64>().ok())).sum();
+    assert!(lost > 0 && records > 0, "{records} records, {lost} lost\n{stderr}");
+    assert_eq!(records + lost, THREADS * LAUNCHES as u64, "every thread's record arrived or was counted lost\n{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_refused_module_falls_back_to_the_original_and_says_why_once() {
     let Some(dir) = setup("refused", &[]) else { return };

@@ -316,14 +316,16 @@ pub fn write_back(layout: &ArenaLayout, arena: &[u8], prev: Option<&[u8]>, slot:
             }
         }
         GpuMapKind::Ring => {
-            let (records, _) = layout.records(arena, slot);
+            let (records, lost) = layout.records(arena, slot);
+            let perf = map.map_type() == bpftime_maps::MapType::PerfEventArray;
             for (cpu, r) in records {
-                let written = if map.map_type() == bpftime_maps::MapType::PerfEventArray {
-                    map.perf_output(cpu % map.ncpus().max(1), &r)
-                } else {
-                    map.ringbuf_output(&r)
-                };
+                let written = if perf { map.perf_output(cpu % map.ncpus().max(1), &r) } else { map.ringbuf_output(&r) };
                 written.map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
+            }
+            // What the GPU's ring had no room for: a perf reader sees it as lost samples.
+            if lost > 0 {
+                let counted = if perf { map.perf_lost(0, lost) } else { map.ringbuf_lost(lost) };
+                counted.map_err(|e| format!("map `{}`: {e}", m.spec.name))?;
             }
         }
     }

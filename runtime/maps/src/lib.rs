@@ -1065,6 +1065,16 @@ impl Map {
         perf::add_lost(self, cpu, n)
     }
 
+    /// Counts `n` records lost to a ring buffer by a producer elsewhere (a GPU ring that was
+    /// full), as records this ring had no room for are counted.
+    pub fn ringbuf_lost(&self, n: u64) -> Result<(), Errno> {
+        if self.spec.map_type != MapType::Ringbuf {
+            return Err(Errno::EINVAL);
+        }
+        self.desc().lost.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Drains the perf buffer of every CPU.
     pub fn perf_consume(&self, f: &mut dyn FnMut(PerfRecord<'_>)) -> usize {
         if self.spec.map_type != MapType::PerfEventArray {
