@@ -67,8 +67,13 @@ fn traced(dir: &Path, obj: &Path, env: &[(&str, &str)]) -> Output {
 
 /// The app with arguments `args` under `bpftime run OBJ`, with extra environment.
 fn traced_with_args(dir: &Path, obj: &Path, env: &[(&str, &str)], args: &[String]) -> Output {
+    traced_with_options(dir, obj, &[], env, args)
+}
+
+/// [`traced_with_args`] with `bpftime run` options (`--program`, `--map-size`).
+fn traced_with_options(dir: &Path, obj: &Path, options: &[&str], env: &[(&str, &str)], args: &[String]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bpftime"));
-    c.arg("run").arg(obj).arg("--").arg(dir.join("app")).args(args).env("LD_LIBRARY_PATH", dir).env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"));
+    c.arg("run").args(options).arg(obj).arg("--").arg(dir.join("app")).args(args).env("LD_LIBRARY_PATH", dir).env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"));
     for (k, v) in env {
         c.env(k, v);
     }
@@ -144,16 +149,8 @@ fn gpu_ring_buffer_records_reach_the_host_reader() {
 #[test]
 fn gpu_ring_records_that_do_not_fit_are_counted_lost_on_the_host() {
     let Some(dir) = setup("ringlost", &[]) else { return };
-    let out = Command::new(env!("CARGO_BIN_EXE_bpftime"))
-        .args(["run", "--program", "ring_event", "--map-size", "events=4096", "--map-size", "per_thread=1024"])
-        .arg(build_example("cuda_bench"))
-        .arg("--")
-        .arg(dir.join("app"))
-        .args(app_args())
-        .env("LD_LIBRARY_PATH", &dir)
-        .env("BPFTIME_FAKE_CUDA_DIR", dir.join("log"))
-        .output()
-        .unwrap();
+    let options = ["--program", "ring_event", "--map-size", "events=4096", "--map-size", "per_thread=1024"];
+    let out = traced_with_options(&dir, &build_example("cuda_bench"), &options, &[], &app_args());
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let records = stderr.lines().filter(|l| l.starts_with("ringbuf `events`: 4 bytes: ")).count() as u64;
