@@ -705,7 +705,7 @@ $done:\nmov.b64 %ret, 0;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmo
 fn prandom() -> String {
     fill(
         ".reg .b64 %x, %z, %gx, %gy, %gz, %gw, %gh, %t;\n.reg .b32 %g1, %g2;\n\
-mov.u64 %x, %clock64;\nmov.u64 %z, %globaltimer;\nxor.b64 %x, %x, %z;\n\
+mov.u64 %x, %clock64;\nmov.u64 %z, %globaltimer;\nmad.lo.u64 %x, %x, 0x9E3779B97F4A7C15, %z;\n\
 {GLOBAL_THREAD_ID}mul.lo.u64 %t, %t, 0x9E3779B97F4A7C15;\nxor.b64 %x, %x, %t;\n\
 add.u64 %x, %x, 0x9E3779B97F4A7C15;\n\
 shr.b64 %z, %x, 30;\nxor.b64 %x, %x, %z;\nmul.lo.u64 %x, %x, 0xBF58476D1CE4E5B9;\n\
