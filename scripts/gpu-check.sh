@@ -313,6 +313,16 @@ for n in 262144 16777216; do
     printf '  %-24s %10s us  %6sx\n' "thread_count, copies" "$t" "$ratio"
     summary+=("bench $n thread_count with copies every 50 ms: $t us (${ratio}x)")
 done
+# The same probe work on the GEMM (1024 x 1024: a 2-D grid of 4096 blocks, compute-bound).
+base=$("$cuda/gemm" 1024 50 | bench)
+echo "GEMM 1024: no agent $base us"
+for row in "none" "gemm_empty_entry gemm_empty_exit" "gemm_thread_count" "gemm_shared_count" "gemm_timer_entry gemm_timer_exit" "gemm_ring_event"; do
+    args=(); for p in $row; do args+=(--program "$p"); done
+    t=$(BPFTIME_CUDA_COPY_MS=${BENCH_COPY_MS:-100000000} "$cli" run --shm-size 1G "${args[@]}" "$bpf/cuda_bench.bpf.o" -- "$cuda/gemm" 1024 50 2>/dev/null | bench)
+    ratio=$(awk -v a="$t" -v b="$base" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else print "?" }')
+    printf '  %-24s %10s us  %6sx\n' "${row// /+}" "$t" "$ratio"
+    summary+=("bench gemm 1024 ${row// /+}: $t us (${ratio}x)")
+done
 grep -h "patched in" "$cuda"/vector_add.report | head -1 | sed 's/^/one-time cost: /'
 
 # The backend's benchmark table (per-thread program work next to hand-written PTX floors), last:

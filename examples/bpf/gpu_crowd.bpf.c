@@ -5,7 +5,7 @@
 //   r0 is 0, or 1 when the thread's insert failed otherwise (the map read as full) or its
 //   lookup found nothing.
 // - `take_ticket`: every thread increments one shared value with a plain `*v = *v + 1` and
-//   returns what it stored; `count_per_cpu` increments its per-CPU slot (one per SM on the
+//   counts the value it stored in `taken`; `count_per_cpu` increments its per-CPU slot (one per SM on the
 //   GPU, shared by the SM's threads) with `*v += 1`. On a CPU the first races between CPUs
 //   and the second cannot race; on the GPU both are one atomic add each.
 // - `record_thread`: every thread writes its id (block * 256 + thread) to a ring too small for
@@ -54,16 +54,28 @@ struct {
     __type(value, __u64);
 } per_cpu SEC(".maps");
 
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1024);
+    __type(key, __u32);
+    __type(value, __u64);
+} taken SEC(".maps");
+
 SEC("gpu/ticket")
-__u64 take_ticket(void *ctx)
+int take_ticket(void *ctx)
 {
     __u32 zero = 0;
     __u64 *v = bpf_map_lookup_elem(&tickets, &zero);
     if (!v)
-        return 0;
+        return 1;
     __u64 t = *v + 1;
     *v = t;
-    return t;
+    // Which ticket this thread took: each is taken once.
+    __u32 k = t - 1;
+    __u64 *n = bpf_map_lookup_elem(&taken, &k);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return 0;
 }
 
 SEC("gpu/per_cpu")

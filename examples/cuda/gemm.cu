@@ -1,5 +1,7 @@
 // A tiled matrix multiply (shared memory, a 2-D grid), built the default way (nvcc gemm.cu).
-// Prints a checksum of C = A x B for n x n matrices (argv[1], default 512).
+// Prints a checksum of C = A x B for n x n matrices (argv[1], default 512). With argv[2]
+// (launches), times that many launches with CUDA events after 5 untimed ones and prints the
+// mean time of one too (the benchmark of scripts/gpu-check.sh).
 #include <cstdio>
 #include <cstdlib>
 
@@ -38,6 +40,22 @@ int main(int argc, char **argv)
     dim3 block(TILE, TILE), grid((n + TILE - 1) / TILE, (n + TILE - 1) / TILE);
     gemm<<<grid, block>>>(a, b, c, n);
     cudaDeviceSynchronize();
+    int launches = argc > 2 ? atoi(argv[2]) : 0;
+    if (launches > 0) {
+        for (int i = 0; i < 5; i++)
+            gemm<<<grid, block>>>(a, b, c, n);
+        cudaEvent_t start, stop;
+        cudaEventCreate(&start);
+        cudaEventCreate(&stop);
+        cudaEventRecord(start);
+        for (int i = 0; i < launches; i++)
+            gemm<<<grid, block>>>(a, b, c, n);
+        cudaEventRecord(stop);
+        cudaEventSynchronize(stop);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, start, stop);
+        printf("gemm %d (%d threads): %.2f us per launch\n", n, grid.x * grid.y * TILE * TILE, ms * 1000 / launches);
+    }
     double sum = 0;
     for (int i = 0; i < n * n; i++)
         sum += c[i];

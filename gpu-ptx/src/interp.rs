@@ -893,7 +893,11 @@ impl Memory {
         if self.next == 0 {
             self.next = 0x5596_2a1c_4c30;
         }
-        let base = self.next;
+        // Past any allocation placed where this one would go (`alloc_at`).
+        let mut base = self.next;
+        while let Some(s) = self.segments.iter().find(|s| base < s.base + s.bytes.len().max(1) as u64 && s.base < base + len.max(1)) {
+            base = (s.base + s.bytes.len().max(1) as u64).div_ceil(4096) * 4096 + 0x130;
+        }
         self.next = (base + len.max(1)).div_ceil(4096) * 4096 + 4096 + 0x130;
         self.segments.push(Segment { base, bytes: vec![0; len as usize] });
         base

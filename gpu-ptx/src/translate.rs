@@ -427,17 +427,20 @@ struct FunctionWriter<'a> {
     shards_used: bool,
 }
 
-/// A value in memory incremented by three instructions (see [`FunctionWriter::increment_at`]).
+/// A value in memory incremented by three or four instructions (see
+/// [`FunctionWriter::increment_at`]).
 #[derive(Clone, Copy)]
 struct Increment {
     size: MemSize,
     base: Reg,
     off: i16,
-    /// The register that holds the sum.
-    dst: Reg,
+    /// The register that keeps the old value, if one does and it is read after.
+    old: Option<Reg>,
+    /// The register that holds the sum, if it is read after.
+    sum: Option<Reg>,
     by: Operand,
-    /// Whether the sum is read after the store.
-    live: bool,
+    /// Instructions it spans.
+    len: usize,
 }
 
 fn reg(r: Reg) -> String {
@@ -493,8 +496,8 @@ impl<'a> FunctionWriter<'a> {
             }
             match self.increment_at(pc) {
                 Some(inc) => {
+                    skip = inc.len - 1;
                     self.increment(inc);
-                    skip = 2;
                 }
                 None => self.insn(pc, insn),
             }
@@ -727,35 +730,46 @@ impl<'a> FunctionWriter<'a> {
         }
     }
 
-    /// Whether slots `pc..pc + 3` increment a value in memory: `y = *(x + off); y += v;
-    /// *(x + off) = y` (64-bit, or 32-bit with a 32-bit add), both accesses proven in memory a
-    /// map or helper gave, `v` a constant or a register other than `x` and `y`, and nothing
+    /// Whether the slots from `pc` increment a value in memory: `y = *(x + off); y += v;
+    /// *(x + off) = y`, or with the old value kept, `y = *(x + off); z = y; z += v;
+    /// *(x + off) = z` (64-bit, or 32-bit with a 32-bit add), both accesses proven in memory a
+    /// map or helper gave, `v` a constant or a register other than `x`, `y` and `z`, and nothing
     /// jumping between them.
     fn increment_at(&self, pc: usize) -> Option<Increment> {
         use bpftime_vm::analysis::Target;
-        if pc + 3 > self.end || self.labels.contains(&(pc + 1)) || self.labels.contains(&(pc + 2)) {
+        let insns = &self.ctx.prog.insns()[..self.end];
+        let Insn::Load { size, signed: false, dst: old, base, off } = insns[pc] else { return None };
+        let (sum, len) = match insns.get(pc + 1) {
+            Some(&Insn::Alu { op: AluOp::Mov, dst, src: Operand::Reg(src), .. }) if src == old && dst != old && dst != base => (dst, 4),
+            _ => (old, 3),
+        };
+        if pc + len > self.end || (pc + 1..pc + len).any(|p| self.labels.contains(&p)) {
             return None;
         }
-        let insns = self.ctx.prog.insns();
-        let (
-            Insn::Load { size, signed: false, dst, base, off },
-            Insn::Alu { width, op: AluOp::Add, dst: added, src: by },
-            Insn::Store { size: stored, base: to, off: at, src: Operand::Reg(value) },
-        ) = (insns[pc], insns[pc + 1], insns[pc + 2])
+        let (Insn::Alu { width, op: AluOp::Add, dst: added, src: by }, Insn::Store { size: stored, base: to, off: at, src: Operand::Reg(value) }) =
+            (insns[pc + len - 2], insns[pc + len - 1])
         else {
             return None;
         };
         let width_ok = matches!((size, width), (MemSize::DW, Width::W64) | (MemSize::W, Width::W32));
         let by_ok = match by {
-            Operand::Reg(r) => r != dst && r != base,
+            Operand::Reg(r) => r != old && r != sum && r != base,
             Operand::Imm(_) => true,
         };
         let proven = |pc: usize| {
             let a = self.ctx.prog.access(pc);
             a.proven && a.target == Target::Memory
         };
-        (width_ok && by_ok && added == dst && value == dst && stored == size && to == base && at == off && base != dst && proven(pc) && proven(pc + 2))
-            .then(|| Increment { size, base, off, dst, by, live: self.read_after(pc + 3, dst) })
+        let shape = added == sum && value == sum && stored == size && to == base && at == off && base != old;
+        (width_ok && by_ok && shape && proven(pc) && proven(pc + len - 1)).then(|| Increment {
+            size,
+            base,
+            off,
+            old: (len == 4).then_some(old).filter(|&r| self.read_after(pc + len, r)),
+            sum: Some(sum).filter(|&r| self.read_after(pc + len, r)),
+            by,
+            len,
+        })
     }
 
     /// Whether register `r` may be read from slot `from` on before it is written (straight-line
@@ -811,36 +825,52 @@ impl<'a> FunctionWriter<'a> {
     fn increment(&mut self, inc: Increment) {
         let wide = inc.size == MemSize::DW;
         let n = inc.size.bytes() as u64;
+        let read = inc.old.is_some() || inc.sum.is_some();
         let (slow, join) = (self.fresh("increment_unaligned"), self.fresh("incremented"));
-        let d = reg(inc.dst);
         self.address(inc.base, inc.off);
         self.line(format!("and.b64 %t6, %t5, {};", n - 1));
         self.line("setp.ne.u64 %p1, %t6, 0;");
         self.line(format!("@%p1 bra {slow};"));
         let by = self.operand64(inc.by);
         self.line(format!("mov.b64 %t7, {by};"));
+        // %t4 = the old value, %t3 = the sum (in the access width), when a register keeps one.
+        let sum = |fw: &mut Self, tail: bool| {
+            let mut lines = vec!["add.u64 %t3, %t4, %t7;".to_string()];
+            if !wide {
+                lines.push("and.b64 %t3, %t3, 0xffffffff;".into());
+            }
+            lines.extend(inc.old.map(|r| format!("mov.b64 {}, %t4;", reg(r))));
+            lines.extend(inc.sum.map(|r| format!("mov.b64 {}, %t3;", reg(r))));
+            for l in lines {
+                if tail {
+                    fw.tail_line(l);
+                } else {
+                    fw.line(l);
+                }
+            }
+        };
         if wide {
-            if !inc.live && self.ctx.shard {
+            if !read && self.ctx.shard {
                 self.shard_branch("%t7", &join);
             }
-            if inc.live {
+            if read {
                 self.line("atom.global.add.u64 %t4, [%t5], %t7;");
-                self.line(format!("add.u64 {d}, %t4, %t7;"));
+                sum(self, false);
             } else {
                 self.line("red.global.add.u64 [%t5], %t7;");
             }
         } else {
             self.line("cvt.u32.u64 %w1, %t7;");
-            if inc.live {
+            if read {
                 self.line("atom.global.add.u32 %w3, [%t5], %w1;");
-                self.line("add.u32 %w3, %w3, %w1;");
-                self.line(format!("cvt.u64.u32 {d}, %w3;"));
+                self.line("cvt.u64.u32 %t4, %w3;");
+                sum(self, false);
             } else {
                 self.line("red.global.add.u32 [%t5], %w1;");
             }
         }
         self.line(format!("{join}:"));
-        // Misaligned: load, add and store byte by byte, as the three instructions would.
+        // Misaligned: load, add and store byte by byte, as the instructions would.
         self.tail_line(format!("{slow}:"));
         self.tail_line("mov.b64 %t4, 0;");
         for i in (0..n).rev() {
@@ -849,16 +879,12 @@ impl<'a> FunctionWriter<'a> {
             self.tail_line("shl.b64 %t4, %t4, 8;");
             self.tail_line("or.b64 %t4, %t4, %t6;");
         }
-        self.tail_line("add.u64 %t4, %t4, %t7;");
-        if !wide {
-            self.tail_line("and.b64 %t4, %t4, 0xffffffff;");
-        }
+        sum(self, true);
         for i in 0..n {
-            self.tail_line(format!("shr.u64 %t6, %t4, {};", 8 * i));
+            self.tail_line(format!("shr.u64 %t6, %t3, {};", 8 * i));
             self.tail_line("cvt.u32.u64 %w0, %t6;");
             self.tail_line(format!("st.u8 [%t5+{i}], %w0;"));
         }
-        self.tail_line(format!("mov.b64 {d}, %t4;"));
         self.tail_line(format!("bra {join};"));
     }
 

@@ -355,20 +355,21 @@ fn a_crowd_inserting_a_few_keys_fills_the_hash_exactly() {
 /// the SM's threads) incremented with `*v += 1` counts every thread.
 #[test]
 fn plain_increments_by_a_crowd_lose_nothing() {
-    let value = |g: &bpftime_runtime::gpu::GpuProgram, image: &[u8], slot: usize| -> Vec<u64> {
-        let map = g.layout.maps.iter().position(|m| m.spec.name == ["tickets", "per_cpu"][slot]).unwrap();
-        g.layout.entries(image, map)[0].1.iter().map(|v| u64::from_le_bytes(v[..8].try_into().unwrap())).collect()
+    // Each entry's value slots (one, or one per SM).
+    let values = |g: &bpftime_runtime::gpu::GpuProgram, image: &[u8], name: &str| -> Vec<Vec<u64>> {
+        let map = g.layout.maps.iter().position(|m| m.spec.name == name).unwrap();
+        g.layout.entries(image, map).iter().map(|(_, vs)| vs.iter().map(|v| u64::from_le_bytes(v[..8].try_into().unwrap())).collect()).collect()
     };
     let (g, outcomes, image) = crowd("take_ticket", 1, 256);
     assert!(g.ptx.contains("atom.global.add.u64"), "the increment is an atomic add whose result is read");
-    let mut tickets: Vec<u64> = outcomes.iter().map(|o| *o.as_ref().expect("runs")).collect();
-    tickets.sort();
-    assert_eq!(tickets, (1..=256).collect::<Vec<_>>(), "every thread took a ticket of its own");
-    assert_eq!(value(&g, &image, 0), vec![256]);
+    assert!(outcomes.iter().all(|o| *o == Ok(0)));
+    assert_eq!(values(&g, &image, "tickets")[0], vec![256]);
+    let taken: Vec<u64> = values(&g, &image, "taken").iter().map(|v| v[0]).collect();
+    assert_eq!(taken, [vec![1; 256], vec![0; 768]].concat(), "every thread took a ticket of its own");
     let (g, outcomes, image) = crowd("count_per_cpu", 1, 256);
     assert!(g.ptx.contains("red.global.add.u64"), "the increment is a reduction (its sum is not read)");
     assert!(outcomes.iter().all(|o| *o == Ok(0)));
-    assert_eq!(value(&g, &image, 1).iter().sum::<u64>(), 256, "per-SM slots: every thread's increment");
+    assert_eq!(values(&g, &image, "per_cpu")[0].iter().sum::<u64>(), 256, "per-SM slots: every thread's increment");
 }
 
 /// 1,024 threads on 4 SMs writing a record each: SMs take chunks of the ring and their
