@@ -34,66 +34,13 @@ struct {
     __uint(max_entries, 1 << 24);
 } events SEC(".maps");
 
+/// A thread's slot in `per_thread`: x across the grid for the vector add (a 1-D grid)...
 static __always_inline __u32 thread_id(struct vector_add_ctx *ctx)
 {
     return (ctx->ctaid[0] * ctx->ntid[0] + ctx->tid[0]) & (SLOTS - 1);
 }
 
-SEC("kprobe/vector_add")
-int empty_entry(void *ctx) { return 0; }
-
-SEC("kretprobe/vector_add")
-int empty_exit(void *ctx) { return 0; }
-
-SEC("kprobe/vector_add")
-int thread_count(struct vector_add_ctx *ctx)
-{
-    __u32 k = thread_id(ctx);
-    __u64 *v = bpf_map_lookup_elem(&per_thread, &k);
-    if (v)
-        *v += 1;
-    return 0;
-}
-
-SEC("kprobe/vector_add")
-int shared_count(void *ctx)
-{
-    __u32 k = 0;
-    __u64 *v = bpf_map_lookup_elem(&shared, &k);
-    if (v)
-        __sync_fetch_and_add(v, 1);
-    return 0;
-}
-
-SEC("kprobe/vector_add")
-int timer_entry(struct vector_add_ctx *ctx)
-{
-    __u32 k = thread_id(ctx);
-    __u64 *v = bpf_map_lookup_elem(&per_thread, &k);
-    if (v)
-        *v = bpf_ktime_get_ns();
-    return 0;
-}
-
-SEC("kretprobe/vector_add")
-int timer_exit(struct vector_add_ctx *ctx)
-{
-    __u32 k = thread_id(ctx);
-    __u64 *v = bpf_map_lookup_elem(&per_thread, &k);
-    if (v)
-        *v = bpf_ktime_get_ns() - *v;
-    return 0;
-}
-
-SEC("kretprobe/vector_add")
-int ring_event(struct vector_add_ctx *ctx)
-{
-    __u32 k = thread_id(ctx);
-    bpf_ringbuf_output(&events, &k, sizeof(k), 0);
-    return 0;
-}
-
-/// The GEMM's context: the same parameters as the vector add's.
+/// ... and rows of x for the GEMM (a 2-D grid; its parameters are the vector add's).
 static __always_inline __u32 thread_id_2d(struct vector_add_ctx *ctx)
 {
     __u32 x = ctx->ctaid[0] * ctx->ntid[0] + ctx->tid[0];
@@ -101,59 +48,65 @@ static __always_inline __u32 thread_id_2d(struct vector_add_ctx *ctx)
     return (y * ctx->nctaid[0] * ctx->ntid[0] + x) & (SLOTS - 1);
 }
 
-SEC("kprobe/gemm")
-int gemm_empty_entry(void *ctx) { return 0; }
+/// The benchmark's probes on `kernel`, named `prefix` + the row's name, each thread's slot
+/// given by `slot`.
+#define BENCH_PROBES(kernel, prefix, slot)                                       \
+    SEC("kprobe/" #kernel)                                                       \
+    int prefix##empty_entry(void *ctx) { return 0; }                             \
+                                                                                 \
+    SEC("kretprobe/" #kernel)                                                    \
+    int prefix##empty_exit(void *ctx) { return 0; }                              \
+                                                                                 \
+    SEC("kprobe/" #kernel)                                                       \
+    int prefix##thread_count(struct vector_add_ctx *ctx)                         \
+    {                                                                            \
+        __u32 k = slot(ctx);                                                     \
+        __u64 *v = bpf_map_lookup_elem(&per_thread, &k);                         \
+        if (v)                                                                   \
+            *v += 1;                                                             \
+        return 0;                                                                \
+    }                                                                            \
+                                                                                 \
+    SEC("kprobe/" #kernel)                                                       \
+    int prefix##shared_count(void *ctx)                                          \
+    {                                                                            \
+        __u32 k = 0;                                                             \
+        __u64 *v = bpf_map_lookup_elem(&shared, &k);                             \
+        if (v)                                                                   \
+            __sync_fetch_and_add(v, 1);                                          \
+        return 0;                                                                \
+    }                                                                            \
+                                                                                 \
+    SEC("kprobe/" #kernel)                                                       \
+    int prefix##timer_entry(struct vector_add_ctx *ctx)                          \
+    {                                                                            \
+        __u32 k = slot(ctx);                                                     \
+        __u64 *v = bpf_map_lookup_elem(&per_thread, &k);                         \
+        if (v)                                                                   \
+            *v = bpf_ktime_get_ns();                                             \
+        return 0;                                                                \
+    }                                                                            \
+                                                                                 \
+    SEC("kretprobe/" #kernel)                                                    \
+    int prefix##timer_exit(struct vector_add_ctx *ctx)                           \
+    {                                                                            \
+        __u32 k = slot(ctx);                                                     \
+        __u64 *v = bpf_map_lookup_elem(&per_thread, &k);                         \
+        if (v)                                                                   \
+            *v = bpf_ktime_get_ns() - *v;                                        \
+        return 0;                                                                \
+    }                                                                            \
+                                                                                 \
+    SEC("kretprobe/" #kernel)                                                    \
+    int prefix##ring_event(struct vector_add_ctx *ctx)                           \
+    {                                                                            \
+        __u32 k = slot(ctx);                                                     \
+        bpf_ringbuf_output(&events, &k, sizeof(k), 0);                           \
+        return 0;                                                                \
+    }
 
-SEC("kretprobe/gemm")
-int gemm_empty_exit(void *ctx) { return 0; }
-
-SEC("kprobe/gemm")
-int gemm_thread_count(struct vector_add_ctx *ctx)
-{
-    __u32 k = thread_id_2d(ctx);
-    __u64 *v = bpf_map_lookup_elem(&per_thread, &k);
-    if (v)
-        *v += 1;
-    return 0;
-}
-
-SEC("kprobe/gemm")
-int gemm_shared_count(void *ctx)
-{
-    __u32 k = 0;
-    __u64 *v = bpf_map_lookup_elem(&shared, &k);
-    if (v)
-        __sync_fetch_and_add(v, 1);
-    return 0;
-}
-
-SEC("kprobe/gemm")
-int gemm_timer_entry(struct vector_add_ctx *ctx)
-{
-    __u32 k = thread_id_2d(ctx);
-    __u64 *v = bpf_map_lookup_elem(&per_thread, &k);
-    if (v)
-        *v = bpf_ktime_get_ns();
-    return 0;
-}
-
-SEC("kretprobe/gemm")
-int gemm_timer_exit(struct vector_add_ctx *ctx)
-{
-    __u32 k = thread_id_2d(ctx);
-    __u64 *v = bpf_map_lookup_elem(&per_thread, &k);
-    if (v)
-        *v = bpf_ktime_get_ns() - *v;
-    return 0;
-}
-
-SEC("kretprobe/gemm")
-int gemm_ring_event(struct vector_add_ctx *ctx)
-{
-    __u32 k = thread_id_2d(ctx);
-    bpf_ringbuf_output(&events, &k, sizeof(k), 0);
-    return 0;
-}
+BENCH_PROBES(vector_add, , thread_id)
+BENCH_PROBES(gemm, gemm_, thread_id_2d)
 
 SEC("kprobe/no_such_kernel")
 int none(void *ctx) { return 0; }

@@ -95,7 +95,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 1 << 16);
+    __uint(max_entries, 1 << 20);
 } big_ring SEC(".maps");
 
 SEC("gpu/ring")

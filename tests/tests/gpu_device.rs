@@ -118,6 +118,51 @@ fn maps_on_the_device_with_many_threads() {
     println!("{threads} threads in {:.1} us", r.micros);
 }
 
+/// The crowds of `gpu_crowd.bpf.c` (as `gpu_ptx.rs` runs them interleaved on the PTX
+/// interpreter) on the device's real concurrency, 16,384 threads: a hash of 8 filled by
+/// threads inserting its 8 keys, plain increments of one value and of per-SM slots losing
+/// nothing, ring records arriving once or counted lost.
+#[test]
+fn crowds_on_the_device() {
+    use bpftime_object::Object;
+    let Some((dev, target)) = device() else { return };
+    let info = dev.info().unwrap();
+    let obj = Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_crowd")).unwrap()).unwrap();
+    let threads = 1u32 << 14;
+    let run = |name: &str| {
+        let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), target, info.sms).unwrap();
+        let mut r = bpftime_cuda::run(&dev, &g.ptx, &g.arena, &[], threads, DEFAULT_LOOP_BUDGET, host_words()).unwrap();
+        g.layout.fold_shards(&mut r.arena);
+        assert!(r.outcomes.iter().all(|o| *o == Ok(0)), "{name}: {:?}", r.outcomes.iter().find(|o| **o != Ok(0)));
+        (g, r.arena)
+    };
+    let values = |g: &bpftime_runtime::gpu::GpuProgram, arena: &[u8], name: &str| -> Vec<(Vec<u8>, Vec<u64>)> {
+        let map = g.layout.maps.iter().position(|m| m.spec.name == name).unwrap();
+        g.layout.entries(arena, map).into_iter().map(|(k, vs)| (k, vs.iter().map(|v| u64::from_le_bytes(v[..8].try_into().unwrap())).collect())).collect()
+    };
+    let (g, arena) = run("insert_few_keys");
+    let mut keys: Vec<(u32, u64)> = values(&g, &arena, "crowd").into_iter().map(|(k, v)| (u32::from_le_bytes(k[..4].try_into().unwrap()), v[0])).collect();
+    keys.sort();
+    assert_eq!(keys, (0..8).map(|k| (k, threads as u64 / 8)).collect::<Vec<_>>(), "each key once, with its threads' adds");
+    let (g, arena) = run("take_ticket");
+    assert_eq!(values(&g, &arena, "tickets")[0].1, vec![threads as u64], "every thread's increment");
+    assert!(values(&g, &arena, "taken").iter().all(|(_, v)| v[0] == 1), "the first 1,024 tickets each taken once");
+    let (g, arena) = run("count_per_cpu");
+    assert_eq!(values(&g, &arena, "per_cpu")[0].1.iter().sum::<u64>(), threads as u64, "per-SM slots: every thread's increment");
+    let (g, arena) = run("record_thread");
+    let ring = |name: &str| {
+        let slot = g.layout.maps.iter().position(|m| m.spec.name == name).unwrap();
+        let (records, lost) = g.layout.records(&arena, slot);
+        let mut ids: Vec<u32> = records.iter().map(|(_, r)| u32::from_le_bytes(r[..4].try_into().unwrap())).collect();
+        ids.sort();
+        (ids, lost)
+    };
+    assert_eq!(ring("big_ring"), ((0..threads).collect::<Vec<u32>>(), 0), "a ring that holds them all");
+    let (ids, lost) = ring("small_ring");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]) && ids.len() as u64 + lost == threads as u64, "{} records, {lost} lost", ids.len());
+    println!("{threads} threads: crowds exact; small ring {} records, {lost} lost", ids.len());
+}
+
 /// The GPU benchmark table, printed where there is a GPU and `BPFTIME_GPU_BENCH=1` asks for it
 /// (`scripts/gpu-check.sh` does; it takes minutes): kernel time per thread of each program of
 /// `gpu_bench.bpf.c` at 2^18 and 2^24 threads, best of 5, next to a floor: the same kernel with
