@@ -65,6 +65,15 @@ impl GpuHelper {
         GpuHelper { id, name, body: Body::PerProgram(body), variant: "", trusted: None }
     }
 
+    /// The body to put in place of a call (in a scope of its own, `%ret` and `%a1`-`%a5`
+    /// renamed to the caller's registers), when the helper is straight-line PTX ending in its
+    /// only `ret`: no labels, no calls. A call of such a helper costs more than its body.
+    pub fn inline_body(&self) -> Option<&str> {
+        let Body::Ptx(b) = &self.body else { return None };
+        let body = b.trim_end().strip_suffix("ret;")?;
+        (!body.contains('$') && !body.contains("ret;") && !body.contains("call")).then_some(body)
+    }
+
     /// The `.func`'s name.
     pub fn func_name(&self) -> String {
         format!("bpf_helper_{}{}", self.id, self.variant)

@@ -828,11 +828,12 @@ impl<'a> FunctionWriter<'a> {
         let read = inc.old.is_some() || inc.sum.is_some();
         let (slow, join) = (self.fresh("increment_unaligned"), self.fresh("incremented"));
         self.address(inc.base, inc.off);
+        // The addend, for both paths.
+        let by = self.operand64(inc.by);
+        self.line(format!("mov.b64 %t7, {by};"));
         self.line(format!("and.b64 %t6, %t5, {};", n - 1));
         self.line("setp.ne.u64 %p1, %t6, 0;");
         self.line(format!("@%p1 bra {slow};"));
-        let by = self.operand64(inc.by);
-        self.line(format!("mov.b64 %t7, {by};"));
         // %t4 = the old value, %t3 = the sum (in the access width), when a register keeps one.
         let sum = |fw: &mut Self, tail: bool| {
             let mut lines = vec!["add.u64 %t3, %t4, %t7;".to_string()];
@@ -943,9 +944,20 @@ impl<'a> FunctionWriter<'a> {
 
     /// Calls helper `h` with r1-r5; r0 gets its result. A helper that may stop or fault the
     /// run (it writes the status) is followed by a check of the status; others are not, and a
-    /// probe calling only those never has its status read (or written by its site).
+    /// probe calling only those never has its status read (or written by its site); those that
+    /// are straight-line PTX are put in place of the call ([`GpuHelper::inline_body`]).
     fn call_helper(&mut self, pc: usize, h: &GpuHelper) {
         let name = h.func_name();
+        if let Some(body) = h.inline_body().filter(|_| !self.ctx.stops.contains(&name)) {
+            // A straight-line helper that cannot stop the run: its body, in a scope of its own.
+            self.line("{");
+            for l in body.lines() {
+                let l = (1..=5).fold(l.replace("%ret", "%r0"), |l, i| l.replace(&format!("%a{i}"), &format!("%r{i}")));
+                self.line(l);
+            }
+            self.line("}");
+            return;
+        }
         self.line(format!("call.uni (%r0), {name}, (%st, %r1, %r2, %r3, %r4, %r5);"));
         if !self.ctx.stops.contains(&name) {
             return;

@@ -96,7 +96,9 @@ fn random_programs_agree_with_the_interpreter() {
     let n: usize = std::env::var("BPFTIME_GPU_RANDOM").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let stack = cpu_stack_bottom();
     // The PTX kernel's state block sits just below the stack: keep buffers away from it.
-    let local = (stack - 128)..(stack + 4096);
+    let local = (stack - bpftime_gpu_ptx::state::STATE_SIZE as u64)..(stack + bpftime_gpu_ptx::state::STACK_SIZE as u64);
+    // Whether a buffer overlaps that window.
+    let near_stack = |b: &[u8]| (b.as_ptr() as u64) < local.end && local.start < b.as_ptr() as u64 + b.len().max(1) as u64;
     let mut failures = vec![];
     let mut keep = vec![];
     for i in 0..n {
@@ -104,7 +106,7 @@ fn random_programs_agree_with_the_interpreter() {
         let code = to_bytecode(&g.bytecode());
         let prog = Arc::new(verify_bytecode(&code, Arc::new(test_helpers()), &NoMaps).expect("verifies"));
         let mut mem = g.mem.clone();
-        while local.contains(&(mem.as_ptr() as u64)) || local.contains(&(mem.as_ptr() as u64 + mem.len() as u64)) {
+        while near_stack(&mem) {
             keep.push(std::mem::replace(&mut mem, g.mem.clone()));
         }
         let want = run(&Interpreter::new(prog.clone()), Context::Mem(&mut mem), &RunOptions { budget: 500, ..RunOptions::default() });
@@ -125,7 +127,7 @@ fn random_programs_agree_with_the_interpreter() {
         if i % 4 == 0 && !g.mem.is_empty() {
             let mut odd = vec![0u8; g.mem.len() + 1];
             odd[1..].copy_from_slice(&g.mem);
-            while local.contains(&(odd.as_ptr() as u64)) || local.contains(&(odd.as_ptr() as u64 + odd.len() as u64)) {
+            while near_stack(&odd) {
                 keep.push(std::mem::replace(&mut odd, vec![0u8; g.mem.len() + 1]));
                 odd[1..].copy_from_slice(&g.mem);
             }
@@ -475,6 +477,23 @@ fn on_cpu_and_for_gpu(example: &str, name: &str, arg: u64) -> (Result<u64, RunEr
     let r0 = rt.run(&rt.program(*id).unwrap(), Context::Mem(&mut ctx), 0, 0, false);
     let g = bpftime_runtime::gpu::gpu_program(&obj, Some(name), bpftime_gpu_ptx::Target::default(), 4).unwrap();
     (r0, loaded.maps, g)
+}
+
+/// Every form of increment the GPU makes one atomic of (64- and 32-bit, constant and register
+/// addends, the sum read after or not, the old value kept, an unaligned value taking the plain
+/// path) leaves what the CPU leaves and returns what it returns.
+#[test]
+fn increments_as_atomics_compute_what_the_cpu_computes() {
+    let n = 7u64;
+    let (cpu_r0, maps, g) = on_cpu_and_for_gpu("gpu_increments", "increments", n);
+    for form in ["red.global.add.u32", "red.global.add.u64", "atom.global.add.u64"] {
+        assert!(g.ptx.contains(form), "an increment became `{form}`");
+    }
+    let mut cpu = vec![0u8; 24];
+    maps.iter().find(|m| m.name() == "vals").unwrap().lookup(&1u32.to_le_bytes(), &mut cpu).unwrap();
+    let (gpu_r0, image) = run_once(&g, n);
+    let gpu = g.layout.entries(&image, 0)[1].1[0][..24].to_vec();
+    assert_eq!((gpu_r0, gpu), (cpu_r0, cpu));
 }
 
 /// More distinct keys than a hash holds (1,000 into 64): an LRU hash on the GPU evicts and
