@@ -2,8 +2,8 @@
 // atomic add of (see `FunctionWriter::increment` in gpu-ptx): 64- and 32-bit, by a constant or
 // by a register, the sum read after or not, the old value kept, and one value at an address
 // that is not aligned (the GPU takes the plain path there). The context's first u64 is `n`;
-// r0 mixes the old value and a sum the program read back. The CPU and the GPU must leave the
-// same values and return the same r0.
+// the old value and a sum the program read back go to entry 0. The CPU and the GPU must leave
+// the same values.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -25,9 +25,11 @@ SEC("gpu/increments")
 __u64 increments(__u64 *ctx)
 {
     __u64 n = ctx[0];
-    __u32 k = 1;
+    __u32 k = 0;
+    struct counters *out = bpf_map_lookup_elem(&vals, &k);
+    k = 1;
     struct counters *c = bpf_map_lookup_elem(&vals, &k);
-    if (!c)
+    if (!c || !out)
         return 0;
     c->a += 1;
     c->b += 5;
@@ -42,7 +44,9 @@ __u64 increments(__u64 *ctx)
     __u64 *odd = (__u64 *)((char *)c + 12);
     *odd += n;
     asm volatile("" ::: "memory");
-    return old * 1000 + t;
+    out->a = old;
+    out->d = t;
+    return 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -489,11 +489,17 @@ fn increments_as_atomics_compute_what_the_cpu_computes() {
     for form in ["red.global.add.u32", "red.global.add.u64", "atom.global.add.u64"] {
         assert!(g.ptx.contains(form), "an increment became `{form}`");
     }
-    let mut cpu = vec![0u8; 24];
-    maps.iter().find(|m| m.name() == "vals").unwrap().lookup(&1u32.to_le_bytes(), &mut cpu).unwrap();
+    let vals = maps.iter().find(|m| m.name() == "vals").unwrap();
+    let cpu: Vec<Vec<u8>> = (0..2u32)
+        .map(|k| {
+            let mut v = vec![0u8; 24];
+            vals.lookup(&k.to_le_bytes(), &mut v).unwrap();
+            v
+        })
+        .collect();
     let (gpu_r0, image) = run_once(&g, n);
-    let gpu = g.layout.entries(&image, 0)[1].1[0][..24].to_vec();
-    assert_eq!((gpu_r0, gpu), (cpu_r0, cpu));
+    let gpu: Vec<Vec<u8>> = g.layout.entries(&image, 0).iter().map(|(_, v)| v[0][..24].to_vec()).collect();
+    assert_eq!((gpu_r0, gpu), (cpu_r0, cpu), "r0 and both entries");
 }
 
 /// More distinct keys than a hash holds (1,000 into 64): an LRU hash on the GPU evicts and
