@@ -609,10 +609,7 @@ impl<'a> FunctionWriter<'a> {
             self.line(format!("@!%pctx bra {short};"));
             self.line(format!("{ok}:"));
             self.tail_line(format!("{short}:"));
-            self.tail_line("sub.u64 %t6, %t5, %a1;");
-            self.tail_line("setp.lt.u64 %p1, %t6, %a2;");
-            self.tail_line(format!("add.u64 %t6, %t6, {n};"));
-            self.tail_line("setp.le.and.u64 %p1, %t6, %a2, %p1;");
+            self.tail_in_context(n);
             self.tail_line(format!("@%p1 bra {ok};"));
             self.tail_line(format!("bra {fault};"));
             return;
@@ -634,6 +631,35 @@ impl<'a> FunctionWriter<'a> {
         self.tail_line(format!("@%p1 bra {ok};"));
         self.tail_line(format!("bra {fault};"));
         self.line(format!("{ok}:"));
+    }
+
+    /// Out of line: `%p1` = whether the `n` bytes at `%t5` lie in the entry function's context
+    /// (`%a1`, `%a2` at entry).
+    fn tail_in_context(&mut self, n: u64) {
+        self.tail_line("sub.u64 %t6, %t5, %a1;");
+        self.tail_line("setp.lt.u64 %p1, %t6, %a2;");
+        self.tail_line(format!("add.u64 %t6, %t6, {n};"));
+        self.tail_line("setp.le.and.u64 %p1, %t6, %a2, %p1;");
+    }
+
+    /// Out of line: `dst` = the `n` bytes at `%t5`, read one at a time (little-endian).
+    fn tail_load_bytes(&mut self, dst: &str, n: u64) {
+        self.tail_line(format!("mov.b64 {dst}, 0;"));
+        for i in (0..n).rev() {
+            self.tail_line(format!("ld.u8 %w0, [%t5+{i}];"));
+            self.tail_line("cvt.u64.u32 %t6, %w0;");
+            self.tail_line(format!("shl.b64 {dst}, {dst}, 8;"));
+            self.tail_line(format!("or.b64 {dst}, {dst}, %t6;"));
+        }
+    }
+
+    /// Out of line: the low `n` bytes of `src` to `%t5`, one at a time.
+    fn tail_store_bytes(&mut self, src: &str, n: u64) {
+        for i in 0..n {
+            self.tail_line(format!("shr.u64 %t6, {src}, {};", 8 * i));
+            self.tail_line("cvt.u32.u64 %w0, %t6;");
+            self.tail_line(format!("st.u8 [%t5+{i}], %w0;"));
+        }
     }
 
     /// `%t5 = base + off`.
@@ -703,13 +729,10 @@ impl<'a> FunctionWriter<'a> {
                 self.condition(width, cond, dst, src);
                 self.jump(pc, target, Some("%p0"));
             }
-            Insn::Call(CallTarget::Helper(id)) => match self.ctx.helpers.get(id) {
-                _ if inline_lookup(self.ctx.prog, &self.ctx.arrays, id, pc).is_some() => {
-                    let (slot, layout) = inline_lookup(self.ctx.prog, &self.ctx.arrays, id, pc).expect("checked");
-                    self.inline_array_lookup(pc, slot, layout);
-                }
-                Some(h) => self.call_helper(pc, h.for_args(self.ctx.prog.helper_args(pc))),
-                None => {
+            Insn::Call(CallTarget::Helper(id)) => match (inline_lookup(self.ctx.prog, &self.ctx.arrays, id, pc), self.ctx.helpers.get(id)) {
+                (Some((slot, layout)), _) => self.inline_array_lookup(pc, slot, layout),
+                (None, Some(h)) => self.call_helper(pc, h.for_args(self.ctx.prog.helper_args(pc))),
+                (None, None) => {
                     let fault = self.fault_block(pc, state::FAULT_UNKNOWN_HELPER, &id.to_string(), 0);
                     self.line(format!("bra {fault};"));
                 }
@@ -834,29 +857,20 @@ impl<'a> FunctionWriter<'a> {
         self.line(format!("and.b64 %t6, %t5, {};", n - 1));
         self.line("setp.ne.u64 %p1, %t6, 0;");
         self.line(format!("@%p1 bra {slow};"));
-        // %t4 = the old value, %t3 = the sum (in the access width), when a register keeps one.
-        let sum = |fw: &mut Self, tail: bool| {
-            let mut lines = vec!["add.u64 %t3, %t4, %t7;".to_string()];
-            if !wide {
-                lines.push("and.b64 %t3, %t3, 0xffffffff;".into());
-            }
-            lines.extend(inc.old.map(|r| format!("mov.b64 {}, %t4;", reg(r))));
-            lines.extend(inc.sum.map(|r| format!("mov.b64 {}, %t3;", reg(r))));
-            for l in lines {
-                if tail {
-                    fw.tail_line(l);
-                } else {
-                    fw.line(l);
-                }
-            }
-        };
+        // From %t4, the old value: %t3 = the sum (in the access width), and the registers that
+        // keep either.
+        let mut results = vec!["add.u64 %t3, %t4, %t7;".to_string()];
+        if !wide {
+            results.push("and.b64 %t3, %t3, 0xffffffff;".into());
+        }
+        results.extend(inc.old.map(|r| format!("mov.b64 {}, %t4;", reg(r))));
+        results.extend(inc.sum.map(|r| format!("mov.b64 {}, %t3;", reg(r))));
         if wide {
             if !read && self.ctx.shard {
                 self.shard_branch("%t7", &join);
             }
             if read {
                 self.line("atom.global.add.u64 %t4, [%t5], %t7;");
-                sum(self, false);
             } else {
                 self.line("red.global.add.u64 [%t5], %t7;");
             }
@@ -865,27 +879,19 @@ impl<'a> FunctionWriter<'a> {
             if read {
                 self.line("atom.global.add.u32 %w3, [%t5], %w1;");
                 self.line("cvt.u64.u32 %t4, %w3;");
-                sum(self, false);
             } else {
                 self.line("red.global.add.u32 [%t5], %w1;");
             }
         }
+        if read {
+            results.iter().for_each(|l| self.line(l));
+        }
         self.line(format!("{join}:"));
         // Misaligned: load, add and store byte by byte, as the instructions would.
         self.tail_line(format!("{slow}:"));
-        self.tail_line("mov.b64 %t4, 0;");
-        for i in (0..n).rev() {
-            self.tail_line(format!("ld.u8 %w0, [%t5+{i}];"));
-            self.tail_line("cvt.u64.u32 %t6, %w0;");
-            self.tail_line("shl.b64 %t4, %t4, 8;");
-            self.tail_line("or.b64 %t4, %t4, %t6;");
-        }
-        sum(self, true);
-        for i in 0..n {
-            self.tail_line(format!("shr.u64 %t6, %t3, {};", 8 * i));
-            self.tail_line("cvt.u32.u64 %w0, %t6;");
-            self.tail_line(format!("st.u8 [%t5+{i}], %w0;"));
-        }
+        self.tail_load_bytes("%t4", n);
+        results.iter().for_each(|l| self.tail_line(l));
+        self.tail_store_bytes("%t3", n);
         self.tail_line(format!("bra {join};"));
     }
 
@@ -1164,15 +1170,14 @@ impl<'a> FunctionWriter<'a> {
         slow
     }
 
-    /// For an access of `n` bytes at `base + off` that the verifier proved in a stack frame
+    /// For an access at `base + off` that the verifier proved in a stack frame
     /// and aligned: the operand of a `.local` access to it, which needs neither a check nor the
     /// generic address space (frames are 16-aligned in local memory). `r10`-relative ones go
     /// through `%fpl`, the frame pointer's offset in the local window; others convert their
     /// base into `%t6`.
-    fn frame_operand(&mut self, pc: usize, base: Reg, off: i16, n: u64) -> Option<String> {
+    fn frame_operand(&mut self, pc: usize, base: Reg, off: i16) -> Option<String> {
         let access = self.ctx.prog.access(pc);
-        let r10_aligned = base.num() == 10 && (off as i64).rem_euclid(n as i64) == 0;
-        if !(access.proven && access.target == bpftime_vm::analysis::Target::Stack && (access.aligned || r10_aligned)) {
+        if !(access.proven && access.aligned && access.target == bpftime_vm::analysis::Target::Stack) {
             return None;
         }
         if base.num() == 10 {
@@ -1184,7 +1189,7 @@ impl<'a> FunctionWriter<'a> {
 
     fn load(&mut self, pc: usize, size: MemSize, signed: bool, dst: Reg, base: Reg, off: i16) {
         let n = size.bytes() as u64;
-        if let Some(at) = self.frame_operand(pc, base, off, n) {
+        if let Some(at) = self.frame_operand(pc, base, off) {
             let d = reg(dst);
             if n == 8 {
                 self.line(format!("ld.local.u64 {d}, {at};"));
@@ -1249,25 +1254,16 @@ impl<'a> FunctionWriter<'a> {
         let fault = ctx_fast.then(|| self.fault_block(pc, state::FAULT_OUT_OF_BOUNDS, "%t5", n as u32));
         self.tail_line(format!("{slow}:"));
         if let Some(fault) = fault {
-            self.tail_line("sub.u64 %t6, %t5, %a1;");
-            self.tail_line("setp.lt.u64 %p1, %t6, %a2;");
-            self.tail_line(format!("add.u64 %t6, %t6, {n};"));
-            self.tail_line("setp.le.and.u64 %p1, %t6, %a2, %p1;");
+            self.tail_in_context(n);
             self.tail_line(format!("@!%p1 bra {fault};"));
         }
-        self.tail_line("mov.b64 %t7, 0;");
-        for i in (0..n).rev() {
-            self.tail_line(format!("ld.u8 %w0, [%t5+{i}];"));
-            self.tail_line("cvt.u64.u32 %t6, %w0;");
-            self.tail_line("shl.b64 %t7, %t7, 8;");
-            self.tail_line("or.b64 %t7, %t7, %t6;");
-        }
+        self.tail_load_bytes("%t7", n);
         self.tail_line(format!("bra {join};"));
     }
 
     fn store(&mut self, pc: usize, size: MemSize, base: Reg, off: i16, src: Operand) {
         let n = size.bytes() as u64;
-        if let Some(at) = self.frame_operand(pc, base, off, n) {
+        if let Some(at) = self.frame_operand(pc, base, off) {
             let v = self.operand64(src);
             if n == 8 {
                 self.line(format!("st.local.u64 {at}, {v};"));
@@ -1303,11 +1299,7 @@ impl<'a> FunctionWriter<'a> {
         let join = self.fresh("stored");
         self.line(format!("{join}:"));
         self.tail_line(format!("{slow}:"));
-        for i in 0..n {
-            self.tail_line(format!("shr.u64 %t6, %t7, {};", 8 * i));
-            self.tail_line("cvt.u32.u64 %w0, %t6;");
-            self.tail_line(format!("st.u8 [%t5+{i}], %w0;"));
-        }
+        self.tail_store_bytes("%t7", n);
         self.tail_line(format!("bra {join};"));
     }
 
