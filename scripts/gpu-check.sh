@@ -85,6 +85,16 @@ done
 "$NVCC" --fatbin -o "$cuda/vector_add.fatbin" examples/cuda/vector_add.cu &&
     cc -O2 -DFATBIN="\"$PWD/$cuda/vector_add.fatbin\"" examples/cuda/driver_vector_add.c -ldl -o "$cuda/driver_vector_add" ||
     summary+=("driver_vector_add build: FAILED")
+# Relocatable device code (-rdc): the runtime's own load (default target, and SASS for sm_90),
+# and the driver-API harness over the units' fatbins and the device-linked one.
+"$NVCC" -rdc=true -o "$cuda/linked" examples/cuda/linked_{a,b,main}.cu || summary+=("nvcc -rdc linked: FAILED")
+"$NVCC" -rdc=true -arch=sm_90 -o "$cuda/linked90" examples/cuda/linked_{a,b,main}.cu || summary+=("nvcc -rdc -arch=sm_90 linked: FAILED")
+for u in linked_a linked_b; do
+    "$NVCC" -rdc=true --fatbin -o "$cuda/$u.fatbin" "examples/cuda/$u.cu" && "$NVCC" -rdc=true -c -o "$cuda/$u.o" "examples/cuda/$u.cu"
+done
+"$NVCC" -dlink "$cuda/linked_a.o" "$cuda/linked_b.o" --fatbin -o "$cuda/linked.fatbin" &&
+    cc -O2 -DLINKED="\"$PWD/$cuda/linked.fatbin\"" -DUNIT_A="\"$PWD/$cuda/linked_a.fatbin\"" -DUNIT_B="\"$PWD/$cuda/linked_b.fatbin\"" examples/cuda/driver_linked.c -ldl -o "$cuda/driver_linked" ||
+    summary+=("driver_linked build: FAILED")
 "$NVCC" --fatbin -o "$cuda/globals.fatbin" examples/cuda/globals.cu &&
     cc -O2 -DFATBIN="\"$PWD/$cuda/globals.fatbin\"" examples/cuda/driver_globals.c -ldl -o "$cuda/driver_globals" ||
     summary+=("driver_globals build: FAILED")
@@ -120,6 +130,15 @@ else summary+=("cuda vector_add: FAILED"); status=1; fi
 if traced driver_api cuda_probes "driver_vector_add 1048576 3"; then
     expect driver_api "entries" "$(map_value "$cuda/driver_api.report" calls 0)" 3145728
 else summary+=("cuda driver_api: FAILED"); status=1; fi
+# Relocatable device code: the agent links the units' PTX with the probes spliced in.
+for app in linked linked90 driver_linked; do
+    if traced "rdc-$app" cuda_linked "$app 1048576 3"; then
+        for kv in 0:3145728 1:3145728 2:3145728 3:9437184; do
+            expect "rdc-$app" "linked_hits ${kv%%:*}" "$(map_value "$cuda/rdc-$app.report" linked_hits ${kv%%:*})" ${kv#*:}
+        done
+        grep -E "relocatable|spliced" "$cuda/rdc-$app.report" | head -4
+    else summary+=("cuda rdc-$app: FAILED"); status=1; fi
+done
 # A driver-API application linked against libcuda itself (-lcuda; the toolkit's stub to link).
 if cc -O2 -DFATBIN="\"$PWD/$cuda/vector_add.fatbin\"" examples/cuda/driver_direct.c -L/usr/local/cuda/lib64/stubs -lcuda -o "$cuda/driver_direct"; then
     if traced lcuda cuda_probes "driver_direct 1048576 3"; then

@@ -1,7 +1,7 @@
 //! `bpftime cuda inspect BINARY`: the fatbins a CUDA binary embeds, their entries and kernels,
 //! and which kernels can be instrumented (those with PTX).
 
-use bpftime_gpu_ptx::fatbin::{demangle, find_all, ptx_kernels, EntryKind};
+use bpftime_gpu_ptx::fatbin::{demangle, find_all, is_relocatable_unit, ptx_kernels, EntryKind};
 use serde_json::json;
 use std::path::Path;
 
@@ -12,6 +12,15 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String, String> {
     if found.is_empty() {
         return Err(format!("{}: no CUDA fatbin in it (not built by nvcc, or device code in another file)", path.display()));
     }
+    // Kernels whose PTX a unit of relocatable device code holds: the device-linked fatbin's
+    // machine code of them is instrumented through that PTX (the agent links the units again).
+    let unit_kernels: std::collections::HashSet<String> = found
+        .iter()
+        .flatten()
+        .filter(|f| is_relocatable_unit(f, &bytes[f.offset..f.offset + f.len]))
+        .flat_map(|f| f.entries.iter().filter(|e| e.kind == EntryKind::Ptx).filter_map(|e| e.contents(&bytes[f.offset..f.offset + f.len]).ok()))
+        .flat_map(|c| ptx_kernels(&String::from_utf8_lossy(&c)).into_iter().map(|k| k.name))
+        .collect();
     let mut fatbins = vec![];
     let mut text = String::new();
     for f in found {
@@ -24,7 +33,9 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String, String> {
             }
         };
         let data = &bytes[f.offset..f.offset + f.len];
-        text.push_str(&format!("fatbin at {:#x} ({} bytes, {} entries)\n", f.offset, f.len, f.entries.len()));
+        let unit = is_relocatable_unit(&f, data);
+        let what = if unit { ", a unit of relocatable device code" } else { "" };
+        text.push_str(&format!("fatbin at {:#x} ({} bytes, {} entries{what})\n", f.offset, f.len, f.entries.len()));
         let mut entries = vec![];
         let mut with_ptx: Vec<(String, Vec<u32>)> = vec![];
         let mut sass_only: Vec<String> = vec![];
@@ -78,10 +89,13 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<String, String> {
         }
         for name in &sass_only {
             let pretty = demangle(name).unwrap_or_else(|| name.clone());
-            text.push_str(&format!("  kernel {name} ({pretty}): SASS only, runs untouched\n"));
-            kernels.push(json!({ "name": name, "demangled": pretty, "instrumentable": false }));
+            let linked = unit_kernels.contains(name);
+            let how =
+                if linked { "device-linked SASS: instrumented through its unit's PTX (linked again with the probes)" } else { "SASS only, runs untouched" };
+            text.push_str(&format!("  kernel {name} ({pretty}): {how}\n"));
+            kernels.push(json!({ "name": name, "demangled": pretty, "instrumentable": linked }));
         }
-        fatbins.push(json!({ "offset": f.offset, "bytes": f.len, "entries": entries, "kernels": kernels }));
+        fatbins.push(json!({ "offset": f.offset, "bytes": f.len, "relocatable_unit": unit, "entries": entries, "kernels": kernels }));
     }
     if as_json {
         Ok(serde_json::to_string_pretty(&json!({ "file": path.display().to_string(), "fatbins": fatbins })).expect("JSON values serialise") + "\n")
@@ -124,10 +138,12 @@ fn ptxas() -> Option<std::path::PathBuf> {
 }
 
 /// The entry functions' resources in ptxas's `-v` report for `ptx` compiled for `sm`.
-fn kernel_resources(ptxas: &Path, ptx: &str, sm: u32, scratch: &Path) -> Result<std::collections::HashMap<String, KernelResources>, String> {
+/// A unit of relocatable device code (`unit`) is compiled as one (`-c`): it may use what other
+/// units define.
+fn kernel_resources(ptxas: &Path, ptx: &str, sm: u32, unit: bool, scratch: &Path) -> Result<std::collections::HashMap<String, KernelResources>, String> {
     let src = scratch.join(format!(".bpftime-resources-{}.ptx", std::process::id()));
     std::fs::write(&src, ptx).map_err(|e| format!("{}: {e}", src.display()))?;
-    let o = std::process::Command::new(ptxas).arg(format!("-arch=sm_{sm}")).arg("-v").arg(&src).args(["-o", "/dev/null"]).output();
+    let o = std::process::Command::new(ptxas).arg(format!("-arch=sm_{sm}")).arg("-v").args(unit.then_some("-c")).arg(&src).args(["-o", "/dev/null"]).output();
     let _ = std::fs::remove_file(&src);
     let o = o.map_err(|e| format!("{}: {e}", ptxas.display()))?;
     let log = String::from_utf8_lossy(&o.stderr);
@@ -155,9 +171,9 @@ fn kernel_resources(ptxas: &Path, ptx: &str, sm: u32, scratch: &Path) -> Result<
 
 /// What splicing cost each kernel of `kernels` in ptxas's words (registers, local memory per
 /// thread), original next to patched; a note instead when ptxas is not at hand.
-fn resource_report(original: &str, patched: &str, sm: u32, kernels: &std::collections::BTreeSet<&str>, scratch: &Path) -> String {
+fn resource_report(original: &str, patched: &str, sm: u32, unit: bool, kernels: &std::collections::BTreeSet<&str>, scratch: &Path) -> String {
     let Some(ptxas) = ptxas() else { return "  (ptxas not found: the registers probes add are not reported)\n".into() };
-    let (before, after) = match (kernel_resources(&ptxas, original, sm, scratch), kernel_resources(&ptxas, patched, sm, scratch)) {
+    let (before, after) = match (kernel_resources(&ptxas, original, sm, unit, scratch), kernel_resources(&ptxas, patched, sm, unit, scratch)) {
         (Ok(b), Ok(a)) => (b, a),
         (Err(e), _) | (_, Err(e)) => return format!("  (ptxas sm_{sm}: {e})\n"),
     };
@@ -175,9 +191,10 @@ fn resource_report(original: &str, patched: &str, sm: u32, kernels: &std::collec
 
 /// `bpftime cuda patch OBJ BINARY -o DIR`: writes the PTX of every PTX entry of BINARY's
 /// fatbins with OBJ's `kprobe/KERNEL` and `kretprobe/KERNEL` programs (those named in `only`,
-/// or all) spliced in; returns the report.
+/// or all) spliced in; returns the report. A unit of relocatable device code is written as
+/// the agent links it (`*.unit.ptx`: with the others, e.g. `ptxas -c` and `nvlink`).
 pub fn patch(obj_path: &Path, binary: &Path, dir: &Path, only: &[String]) -> Result<String, String> {
-    use bpftime_gpu_ptx::patch::patch;
+    use bpftime_gpu_ptx::patch::{patch, patch_unit};
     use bpftime_gpu_ptx::Target;
     use bpftime_object::Object;
     use bpftime_runtime::gpu::GpuProbes;
@@ -208,12 +225,13 @@ pub fn patch(obj_path: &Path, binary: &Path, dir: &Path, only: &[String]) -> Res
     for (fi, f) in find_all(&bytes).into_iter().enumerate() {
         let f = f.map_err(|e| e.to_string())?;
         let data = &bytes[f.offset..f.offset + f.len];
+        let unit = is_relocatable_unit(&f, data);
         for (ei, e) in f.entries.iter().enumerate().filter(|(_, e)| e.kind == EntryKind::Ptx) {
             let ptx = String::from_utf8_lossy(&e.contents(data).map_err(|err| format!("fatbin {fi} entry {ei}: {err}"))?).to_string();
             let target = Target { shard_atomic_adds: true, ..Target::sm(e.arch.clamp(75, 120)) };
             let probes = probes.translate(target).map_err(|err| format!("{}: {err}", obj_path.display()))?;
-            let patched = patch(&ptx, &probes)?;
-            let out = dir.join(format!("fatbin{fi}-entry{ei}-sm_{}.ptx", e.arch));
+            let patched = if unit { patch_unit(&ptx, &probes)? } else { patch(&ptx, &probes)? };
+            let out = dir.join(format!("fatbin{fi}-entry{ei}-sm_{}{}.ptx", e.arch, if unit { ".unit" } else { "" }));
             std::fs::write(&out, &patched.ptx).map_err(|err| format!("{}: {err}", out.display()))?;
             wrote += 1;
             report.push_str(&format!("{}:\n", out.display()));
@@ -225,7 +243,7 @@ pub fn patch(obj_path: &Path, binary: &Path, dir: &Path, only: &[String]) -> Res
             }
             let kernels: std::collections::BTreeSet<&str> = patched.spliced.iter().map(|s| s.0.as_str()).collect();
             if !kernels.is_empty() {
-                report.push_str(&resource_report(&ptx, &patched.ptx, e.arch.clamp(75, 120), &kernels, dir));
+                report.push_str(&resource_report(&ptx, &patched.ptx, e.arch.clamp(75, 120), unit, &kernels, dir));
             }
         }
     }

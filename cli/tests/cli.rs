@@ -772,6 +772,65 @@ fn bpftime_gpu_map_types_load_on_both_sides() {
 }
 
 /// Compiles `examples/cuda/NAME.cu` with nvcc (the pip wheel's) into an object with `flags`.
+#[test]
+fn relocatable_units_are_patched_as_units_the_device_linker_accepts() {
+    use bpftime_tests::cuda_tools::tool_or_skip;
+    let Some(nvcc) = tool_or_skip("nvcc", "relocatable device code") else { return };
+    let Some(ptxas) = tool_or_skip("ptxas", "relocatable device code") else { return };
+    let Some(nvlink) = tool_or_skip("nvlink", "relocatable device code") else { return };
+    let dir = std::env::temp_dir().join(format!("bpftime-rdc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = bpftime_tests::repo_root().join("examples/cuda");
+    let app = dir.join("linked");
+    let bin = nvcc.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let o = Command::new(&nvcc)
+        .arg("-rdc=true")
+        .args(["linked_a.cu", "linked_b.cu", "linked_main.cu"].map(|f| src.join(f)))
+        .arg("-o")
+        .arg(&app)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "nvcc: {}", text(&o.stderr));
+    // The units, and the device-linked machine code whose kernels they define.
+    let s = text(&bpftime(&["cuda", "inspect", app.to_str().unwrap()]).stdout);
+    assert_eq!(s.matches(", a unit of relocatable device code)").count(), 3, "two units and the host file's empty one: {s}");
+    for k in ["_Z4fillPi (fill(int*))", "_Z5scalePii (scale(int*, int))", "_Z5shiftILi5EEvPi (void shift<5>(int*))"] {
+        assert!(s.contains(&format!("kernel {k}: device-linked SASS: instrumented through its unit's PTX")), "{k}: {s}");
+    }
+    assert!(!s.contains("runs untouched"), "{s}");
+    // Patched as units (the arena `.weak`, so the units share one), each compiled as a unit and
+    // the set linked by nvlink, as the driver's linker links them at load.
+    let obj = build_example("cuda_linked");
+    let out_dir = dir.join("patched");
+    let out = bpftime(&["cuda", "patch", obj.to_str().unwrap(), app.to_str().unwrap(), "-o", out_dir.to_str().unwrap()]);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(report.contains("probe `on_scale` at the entry of _Z5scalePii") && report.contains("probe `after_fill` at the returns of _Z4fillPi"), "{report}");
+    assert_eq!(report.matches("probe `on_shift` at the entry of _Z5shiftILi5EEvPi").count(), 2, "in both units that define it: {report}");
+    let mut units: Vec<std::path::PathBuf> =
+        std::fs::read_dir(&out_dir).unwrap().flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".unit.ptx")).collect();
+    units.sort();
+    assert_eq!(units.len(), 3, "{report}");
+    let mut cubins = vec![];
+    for u in &units {
+        let ptx = std::fs::read_to_string(u).unwrap();
+        if ptx.contains("bpftime_arena") {
+            assert!(ptx.contains(".weak .global .align 8 .u64 bpftime_arena"), "{ptx}");
+        }
+        let cubin = u.with_extension("cubin");
+        let o = Command::new(&ptxas).args(["-arch=sm_90", "-c"]).arg(u).arg("-o").arg(&cubin).output().unwrap();
+        assert!(o.status.success(), "ptxas -c {}: {}", u.display(), text(&o.stderr));
+        cubins.push(cubin);
+    }
+    let linked = dir.join("linked.cubin");
+    let o = Command::new(&nvlink).arg("-arch=sm_90").args(&cubins).arg("-o").arg(&linked).output().unwrap();
+    assert!(o.status.success(), "nvlink: {}", text(&o.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn nvcc_object(name: &str, flags: &[&str], tag: &str) -> Option<std::path::PathBuf> {
     let nvcc = match bpftime_tests::cuda_tools::tool("nvcc") {
         Some(n) => n,

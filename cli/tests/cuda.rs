@@ -118,6 +118,72 @@ fn probes_run_in_the_kernels_of_an_unmodified_cuda_app() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A scratch directory with the fake driver and `app`: examples/cuda/driver_linked.c over
+/// the relocatable device code of linked_a.cu and linked_b.cu as nvcc builds it (each unit's
+/// fatbin, and the device-linked fatbin). None without nvcc.
+fn setup_linked(tag: &str) -> Option<PathBuf> {
+    let nvcc = tool_or_skip("nvcc", "CUDA probe tests")?;
+    let dir = std::env::temp_dir().join(format!("bpftime-cuda-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    std::fs::copy(bin_dir().join("libbpftime_fake_cuda.so"), dir.join("libcuda.so.1")).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("examples/cuda");
+    let nv = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(&nvcc).args(args).current_dir(&dir).output().unwrap();
+        assert!(out.status.success(), "nvcc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    for unit in ["linked_a", "linked_b"] {
+        let cu = src.join(format!("{unit}.cu"));
+        nv(&["-rdc=true".as_ref(), "--fatbin".as_ref(), "-o".as_ref(), format!("{unit}.fatbin").as_ref(), cu.as_os_str()]);
+        nv(&["-rdc=true".as_ref(), "-c".as_ref(), "-o".as_ref(), format!("{unit}.o").as_ref(), cu.as_os_str()]);
+    }
+    nv(&["-dlink".as_ref(), "linked_a.o".as_ref(), "linked_b.o".as_ref(), "--fatbin".as_ref(), "-o".as_ref(), "linked.fatbin".as_ref()]);
+    let out = Command::new("cc")
+        .current_dir(&dir)
+        .args(["-O2", "-DLINKED=\"linked.fatbin\"", "-DUNIT_A=\"linked_a.fatbin\"", "-DUNIT_B=\"linked_b.fatbin\""])
+        .arg(src.join("driver_linked.c"))
+        .args(["-ldl", "-o", "app"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    Some(dir)
+}
+
+#[test]
+fn relocatable_device_code_is_linked_with_its_probes() {
+    let Some(dir) = setup_linked("linked") else { return };
+    // On its own, the stand-in driver (a GPU the linked machine code is not for) JIT-links the
+    // units' PTX.
+    let base = plain(&dir);
+    let (n, launches) = (THREADS, LAUNCHES as u64);
+    let sum = 3 * n * (n - 1) / 2 + 5 * n;
+    let expected = format!("linked: {n} elements, {launches} launches, sum {sum}, blocks seen {}\n", 2 * n.div_ceil(256) * launches);
+    assert_eq!(text(&base.stdout), expected, "{}", text(&base.stderr));
+    let _ = std::fs::remove_dir_all(dir.join("log"));
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let out = traced(&dir, &build_example("cuda_linked"), &[("BPFTIME_VERBOSE", "1")]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, expected, "{stderr}");
+    assert!(stderr.contains("2 units of relocatable device code linked with the probes"), "{stderr}");
+    let threads = (n * launches).to_string();
+    for (key, what) in [("0", "scale's entries (unit a)"), ("1", "fill's exits (unit b)"), ("2", "shift<5>'s entries: the kernel both units define, once")] {
+        assert_eq!(dumped(&stderr, "linked_hits", key).as_deref(), Some(threads.as_str()), "{what}\n{stderr}");
+    }
+    assert_eq!(dumped(&stderr, "linked_hits", "3"), Some((3 * n * launches).to_string()), "factor\n{stderr}");
+    // The agent linked the units with the driver's linker, the kernels patched in their own
+    // units (both copies of the template's), and loaded what it made.
+    let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
+    assert_eq!(log.matches("link 2 units").count(), 1, "{log}");
+    assert_eq!(log.matches("load module").count(), 1, "{log}");
+    let unit = |i: usize| std::fs::read_to_string(dir.join(format!("log/unit-{i}.ptx"))).unwrap();
+    let (a, b) = (unit(0), unit(1));
+    assert!(a.contains(".weak .global .align 8 .u64 bpftime_arena") && b.contains(".weak .global .align 8 .u64 bpftime_arena"), "{a}\n{b}");
+    assert_eq!(a.matches("call.uni (%bpt6), bpftime_p").count(), 2, "scale and shift<5>\n{a}");
+    assert_eq!(b.matches("call.uni (%bpt6), bpftime_p").count(), 2, "fill's return and shift<5>\n{b}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn gpu_ring_buffer_records_reach_the_host_reader() {
     let Some(dir) = setup("ring", &[]) else { return };

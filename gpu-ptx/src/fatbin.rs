@@ -233,6 +233,18 @@ pub struct PtxKernel {
     pub params: Vec<u32>,
 }
 
+/// Whether a fat binary is a unit of relocatable device code (`nvcc -rdc=true`): its machine
+/// code entries are relocatable objects (ELF `ET_REL`) for the device linker, not cubins a
+/// driver loads. Its kernels reach the GPU through the device-linked fat binary.
+pub fn is_relocatable_unit(fatbin: &Fatbin, bytes: &[u8]) -> bool {
+    fatbin
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Elf)
+        .filter_map(|e| e.contents(bytes).ok())
+        .any(|elf| elf.get(..4) == Some(b"\x7fELF") && elf.get(16..18) == Some(&[1, 0]))
+}
+
 /// The kernels a PTX text defines, in order (not the ones it only declares).
 pub fn ptx_kernels(ptx: &str) -> Vec<PtxKernel> {
     let lines: Vec<&str> = ptx.lines().collect();

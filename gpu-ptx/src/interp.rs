@@ -353,6 +353,11 @@ pub struct Module {
     globals: Vec<(String, u64)>,
 }
 
+/// A top-level directive without its `.visible` or `.weak` linking directive.
+fn without_linkage(t: &str) -> &str {
+    [".visible ", ".weak "].iter().find_map(|l| t.strip_prefix(l)).unwrap_or(t).trim_start()
+}
+
 fn parse_imm(s: &str) -> Option<u64> {
     let s = s.trim();
     let (neg, body) = match s.strip_prefix('-') {
@@ -509,7 +514,7 @@ impl Module {
         // Module globals first (a function may refer to one declared later).
         for l in &lines {
             let t = l.trim();
-            let decl_of = |space: &str| t.strip_prefix(".visible ").unwrap_or(t).starts_with(space);
+            let decl_of = |space: &str| without_linkage(t).starts_with(space);
             // `.const` variables live in device memory too (the host writes them).
             if (decl_of(".global") || decl_of(".const")) && t.ends_with(';') {
                 let decl = t.trim_end_matches(';');
@@ -533,18 +538,23 @@ impl Module {
         let mut i = 0;
         while i < lines.len() {
             let t = lines[i].trim();
-            let is_def =
-                (t.starts_with(".func") || t.starts_with(".visible .entry") || t.starts_with(".entry") || t.starts_with(".visible .func")) && !t.ends_with(';');
+            let d = without_linkage(t);
+            let is_def = (d.starts_with(".func") || d.starts_with(".entry")) && !t.starts_with(".extern") && !t.ends_with(';');
             if !is_def {
                 i += 1;
                 continue;
             }
-            // The header may span lines until `{`.
+            // The header may span lines until `{`; one that ends in `;` declares a function
+            // defined later (or in another unit).
             let mut header = String::new();
-            while i < lines.len() && lines[i].trim() != "{" {
+            while i < lines.len() && lines[i].trim() != "{" && !lines[i].trim().ends_with(';') {
                 header.push_str(lines[i].trim());
                 header.push(' ');
                 i += 1;
+            }
+            if i < lines.len() && lines[i].trim().ends_with(';') {
+                i += 1;
+                continue;
             }
             i += 1;
             let start = i;
@@ -574,7 +584,7 @@ impl Module {
         let entry = header.contains(".entry");
         // `.func (.reg .b64 %ret) name(.reg .b64 %a, ...)` or `.entry name(.param .u64 p, ...)`.
         let mut rest = header.trim();
-        rest = rest.trim_start_matches(".visible").trim();
+        rest = without_linkage(rest);
         rest = rest.trim_start_matches(".entry").trim_start_matches(".func").trim();
         if rest.starts_with('(') {
             let close = rest.find(')').ok_or_else(|| perr(line0, "bad return declaration"))?;

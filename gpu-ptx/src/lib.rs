@@ -16,6 +16,7 @@
 pub mod fatbin;
 pub mod helpers;
 pub mod interp;
+pub mod link;
 pub mod maps;
 pub mod patch;
 pub mod state;

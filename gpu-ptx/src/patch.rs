@@ -74,7 +74,7 @@ pub fn stack_bytes(prog: &bpftime_vm::Program) -> u32 {
 }
 
 /// Where in a kernel a probe was spliced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Site {
     /// At its entry.
     Entry,
@@ -625,6 +625,16 @@ fn unfold_blocks(ptx: &str) -> std::borrow::Cow<'_, str> {
 
 /// Splices `probes` into the application's PTX module `app`.
 pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
+    patch_with(app, probes, ".visible")
+}
+
+/// [`patch`] for one unit of relocatable device code (`nvcc -rdc=true`), to be linked with the
+/// other units: its `bpftime_arena` is `.weak`, so the units patched for one link share one.
+pub fn patch_unit(unit: &str, probes: &[Probe]) -> Result<Patched, String> {
+    patch_with(unit, probes, ".weak")
+}
+
+fn patch_with(app: &str, probes: &[Probe], arena_linkage: &str) -> Result<Patched, String> {
     let unfolded = unfold_blocks(app);
     let lines: Vec<&str> = unfolded.lines().collect();
     let ks = kernels(&lines);
@@ -702,7 +712,7 @@ pub fn patch(app: &str, probes: &[Probe]) -> Result<Patched, String> {
         text.push_str(line);
         text.push('\n');
         if li == header_end {
-            text.push_str(&format!("\n// bpftime probes\n.visible .global .align 8 .u64 {ARENA_GLOBAL}[{}];\n", ARENA_WORDS.len()));
+            text.push_str(&format!("\n// bpftime probes\n{arena_linkage} .global .align 8 .u64 {ARENA_GLOBAL}[{}];\n", ARENA_WORDS.len()));
             for &pi in &used {
                 text.push_str(&functions[pi]);
                 text.push('\n');

@@ -5,7 +5,7 @@
 //! Every function here wraps one driver call; the safety contract of each is the driver's, as
 //! documented at <https://docs.nvidia.com/cuda/cuda-driver-api/>.
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -60,6 +60,10 @@ type FnCtxPushCurrent = unsafe extern "C" fn(Handle) -> CuResult;
 type FnCtxPopCurrent = unsafe extern "C" fn(*mut Handle) -> CuResult;
 type FnMemHostRegister = unsafe extern "C" fn(*mut c_void, usize, c_uint) -> CuResult;
 type FnMemHostGetDevicePointer = unsafe extern "C" fn(*mut DevPtr, *mut c_void, c_uint) -> CuResult;
+type FnLinkCreate = unsafe extern "C" fn(c_uint, *mut c_int, *mut *mut c_void, *mut Handle) -> CuResult;
+type FnLinkAddData = unsafe extern "C" fn(Handle, c_int, *mut c_void, usize, *const c_char, c_uint, *mut c_int, *mut *mut c_void) -> CuResult;
+type FnLinkComplete = unsafe extern "C" fn(Handle, *mut *mut c_void, *mut usize) -> CuResult;
+type FnLinkDestroy = unsafe extern "C" fn(Handle) -> CuResult;
 
 /// `CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP`: pinned for every context,
 /// mapped into the device's address space.
@@ -96,6 +100,7 @@ pub struct Driver {
     memcpy_dtod_async: Option<FnMemcpyDtoDAsync>,
     ctx_push_current: Option<FnCtxPushCurrent>,
     ctx_pop_current: Option<FnCtxPopCurrent>,
+    link: Option<(FnLinkCreate, FnLinkAddData, FnLinkComplete, FnLinkDestroy)>,
 }
 
 /// Asks the real `cuGetProcAddress` for `name`.
@@ -192,6 +197,14 @@ impl Driver {
             memcpy_dtod_async: optional_entry!(c"cuMemcpyDtoDAsync" as FnMemcpyDtoDAsync),
             ctx_push_current: optional_entry!(c"cuCtxPushCurrent" as FnCtxPushCurrent),
             ctx_pop_current: optional_entry!(c"cuCtxPopCurrent" as FnCtxPopCurrent),
+            // Needed only for relocatable device code.
+            link: Some((
+                optional_entry!(c"cuLinkCreate" as FnLinkCreate),
+                optional_entry!(c"cuLinkAddData" as FnLinkAddData),
+                optional_entry!(c"cuLinkComplete" as FnLinkComplete),
+                optional_entry!(c"cuLinkDestroy" as FnLinkDestroy),
+            ))
+            .and_then(|(c, a, m, d)| Some((c?, a?, m?, d?))),
         })
     }
 
@@ -462,6 +475,59 @@ impl Driver {
         Some((major * 10 + minor) as u32)
     }
 
+    /// Links PTX units into a cubin for the current context's device with the driver's JIT
+    /// linker (`cuLinkCreate`, `cuLinkAddData`, `cuLinkComplete`): what a relocatable
+    /// application's units become when it has no machine code for the device. The error says
+    /// what the linker logged.
+    pub fn link_ptx(&self, units: &[&CStr]) -> Result<Vec<u8>, String> {
+        let (create, add, complete, destroy) = self.link.ok_or("the driver has no cuLink entry points")?;
+        // CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES.
+        let mut log = vec![0u8; 4096];
+        let mut options: [c_int; 2] = [5, 6];
+        let mut values: [*mut c_void; 2] = [log.as_mut_ptr().cast(), log.len() as *mut c_void];
+        let mut state: Handle = std::ptr::null_mut();
+        // SAFETY: two options with their values; `log` outlives the link state (destroyed
+        // below); `state` is a valid out-pointer.
+        self.check(unsafe { create(2, options.as_mut_ptr(), values.as_mut_ptr(), &mut state) }, "cuLinkCreate")?;
+        let logged = |what: String, log: &[u8]| {
+            let text = CStr::from_bytes_until_nul(log).map(|c| c.to_string_lossy().trim().to_string()).unwrap_or_default();
+            if text.is_empty() {
+                what
+            } else {
+                format!("{what}: {text}")
+            }
+        };
+        let mut result = Ok(());
+        for (i, unit) in units.iter().enumerate() {
+            let name = CString::new(format!("unit{i}.ptx")).unwrap_or_default();
+            // SAFETY: CU_JIT_INPUT_PTX (1): a NUL-terminated text and its length with the NUL;
+            // the driver copies it; no per-input options.
+            let r = unsafe {
+                add(state, 1, unit.as_ptr().cast_mut().cast(), unit.to_bytes_with_nul().len(), name.as_ptr(), 0, std::ptr::null_mut(), std::ptr::null_mut())
+            };
+            result = self.check(r, &format!("cuLinkAddData (unit {i})"));
+            if result.is_err() {
+                break;
+            }
+        }
+        let mut cubin = Err(String::new());
+        if result.is_ok() {
+            let (mut out, mut len): (*mut c_void, usize) = (std::ptr::null_mut(), 0);
+            // SAFETY: valid out-pointers; the cubin belongs to the link state, copied before it
+            // is destroyed.
+            cubin = self.check(unsafe { complete(state, &mut out, &mut len) }, "cuLinkComplete").and_then(|()| {
+                if out.is_null() || len == 0 {
+                    return Err("cuLinkComplete gave no cubin".to_string());
+                }
+                // SAFETY: the driver's cubin, `len` bytes.
+                Ok(unsafe { std::slice::from_raw_parts(out.cast::<u8>(), len) }.to_vec())
+            });
+        }
+        // SAFETY: the state made above, destroyed once.
+        unsafe { destroy(state) };
+        result.and(cubin).map_err(|e| logged(e, &log))
+    }
+
     /// Streaming multiprocessors of `device`.
     pub fn sm_count(&self, device: c_int) -> Option<u32> {
         self.attribute(device, 16).map(|n| n.max(1) as u32)
@@ -490,6 +556,10 @@ pub enum Image<'a> {
     Fatbin(&'a [u8]),
     /// PTX text.
     Ptx(&'a str),
+    /// Relocatable device code (`nvcc -rdc=true`): the runtime's wrapper (version 2) of the
+    /// device-linked fat binary, with the fat binaries of the units it was linked from, which
+    /// hold their PTX.
+    Linked(Vec<&'a [u8]>),
     /// A cubin (machine code only).
     Cubin,
     /// Nothing we recognise.
@@ -509,7 +579,16 @@ pub unsafe fn read_image<'a>(image: *const c_void) -> Image<'a> {
     // SAFETY: every accepted image starts with at least 4 readable bytes.
     let magic = unsafe { std::ptr::read_unaligned(image.cast::<u32>()) };
     let fatbin = if magic == WRAPPER_MAGIC {
-        // SAFETY: the wrapper is { int magic; int version; const void *data; void *unused }.
+        // SAFETY: the wrapper is { int magic; int version; const void *data; void
+        // *filename_or_fatbins }; version 2 (crt/link.stub's `__fatDeviceText`) points the last
+        // at the NULL-terminated array of the units' fat binaries.
+        let (version, prelinked) =
+            unsafe { (std::ptr::read_unaligned(image.cast::<u32>().add(1)), std::ptr::read_unaligned(image.cast::<u8>().add(16).cast::<*const *const u8>())) };
+        if version == 2 && !prelinked.is_null() {
+            // SAFETY: the runtime filled the array before registering the wrapper.
+            return unsafe { linked_units(prelinked) }.map_or(Image::Unknown, Image::Linked);
+        }
+        // SAFETY: as above.
         unsafe { std::ptr::read_unaligned(image.cast::<u8>().add(8).cast::<*const u8>()) }
     } else if magic == FATBIN_MAGIC {
         image.cast::<u8>()
@@ -522,8 +601,37 @@ pub unsafe fn read_image<'a>(image: *const c_void) -> Image<'a> {
             _ => Image::Unknown,
         };
     };
+    // SAFETY: the caller's contract.
+    unsafe { fatbin_at(fatbin) }.map_or(Image::Unknown, Image::Fatbin)
+}
+
+/// The fat binaries of a NULL-terminated array of them (at most 65,536).
+///
+/// # Safety
+/// `array` readable up to its NULL; each entry a fat binary readable for the length its header
+/// gives.
+unsafe fn linked_units<'a>(array: *const *const u8) -> Option<Vec<&'a [u8]>> {
+    let mut units = vec![];
+    for i in 0..1 << 16 {
+        // SAFETY: the caller's contract: the array is readable up to its NULL.
+        let unit = unsafe { std::ptr::read_unaligned(array.add(i)) };
+        if unit.is_null() {
+            return (!units.is_empty()).then_some(units);
+        }
+        // SAFETY: the caller's contract.
+        units.push(unsafe { fatbin_at(unit) }?);
+    }
+    None
+}
+
+/// The fat binary at `fatbin`, when it has one's header.
+///
+/// # Safety
+/// `fatbin` null, or readable for 16 bytes and, when they are a fat binary's header, for the
+/// length it gives.
+unsafe fn fatbin_at<'a>(fatbin: *const u8) -> Option<&'a [u8]> {
     if fatbin.is_null() {
-        return Image::Unknown;
+        return None;
     }
     // SAFETY: a fatbin starts with its 16-byte header: magic, version, header size, body size.
     let (m, header, body) = unsafe {
@@ -535,8 +643,8 @@ pub unsafe fn read_image<'a>(image: *const c_void) -> Image<'a> {
     };
     let len = header as u64 + body;
     if m != FATBIN_MAGIC || len > 1 << 31 {
-        return Image::Unknown;
+        return None;
     }
     // SAFETY: the fatbin is readable for the length its header gives (the driver reads it too).
-    Image::Fatbin(unsafe { std::slice::from_raw_parts(fatbin, len as usize) })
+    Some(unsafe { std::slice::from_raw_parts(fatbin, len as usize) })
 }

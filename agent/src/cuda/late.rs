@@ -280,7 +280,9 @@ fn make_substitute(gpu: &Gpu, drv: &Driver, late: &Late, ctx: usize, f: Handle) 
         why(format!("{name}: no probe names it in the {} fatbins of the process's files", fatbins.len()));
         return None;
     };
-    let module = *lock(&late.modules).entry((ctx, index)).or_insert_with(|| match drv.module_load_ptx(patched.text) {
+    // A process's file fatbins are patched as whole modules: PTX text.
+    let text = patched.text()?;
+    let module = *lock(&late.modules).entry((ctx, index)).or_insert_with(|| match drv.module_load_ptx(text) {
         Ok(m) => {
             super::loaded_patched(&patched, super::Loaded::Module(m));
             Some(m as usize)
@@ -296,7 +298,7 @@ fn make_substitute(gpu: &Gpu, drv: &Driver, late: &Late, ctx: usize, f: Handle) 
         return None;
     };
     let mut globals = vec![];
-    for (var, written) in module_variables(&patched.text.to_string_lossy()) {
+    for (var, written) in module_variables(&text.to_string_lossy()) {
         let Ok(cname) = CString::new(var) else { continue };
         if let (Some((orig, n)), Some((copy, m))) = (drv.module_global(original, &cname), drv.module_global(module, &cname)) {
             if n == m && n > 0 {

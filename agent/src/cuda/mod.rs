@@ -241,47 +241,111 @@ impl Gpu {
         lock(&self.translated).entry(sm).or_insert_with(|| self.probes.translate(Target { sm, shard_atomic_adds: true })).clone()
     }
 
+    /// The PTX the driver would JIT from a fat binary for this device (the newest one it can
+    /// run), with its architecture; None (said once) when there is none.
+    fn fatbin_ptx(&self, drv: Option<&Driver>, bytes: &[u8]) -> Option<(String, u32)> {
+        let fb = match fatbin::parse(bytes, 0) {
+            Ok(f) => f,
+            Err(e) => {
+                self.say_once(format!("a CUDA module's fatbin cannot be read ({e}); it runs without probes"));
+                return None;
+            }
+        };
+        let cc = drv.and_then(|d| d.compute_capability(d.device())).unwrap_or(u32::MAX);
+        let best = fb.entries.iter().filter(|e| e.kind == EntryKind::Ptx && e.arch <= cc).max_by_key(|e| e.arch);
+        let Some(e) = best else {
+            let kernels: Vec<String> = fb.entries.iter().filter(|e| e.kind == EntryKind::Elf).map(|e| format!("sm_{}", e.arch)).collect();
+            self.say_once(format!("a CUDA module has no PTX for this GPU (only SASS: {}); its kernels run without probes", kernels.join(", ")));
+            return None;
+        };
+        match e.contents(bytes) {
+            Ok(c) => Some((String::from_utf8_lossy(&c).into_owned(), e.arch)),
+            Err(err) => {
+                self.say_once(format!("a CUDA module's PTX cannot be read ({err}); it runs without probes"));
+                None
+            }
+        }
+    }
+
+    /// Relocatable device code: the units' PTX with the probes spliced into the units that
+    /// define their kernels, linked by the driver into one cubin (the runtime would have
+    /// JIT-linked the same units, or loaded their device-linked machine code). None (said
+    /// once) when a unit has no PTX, no probe goes into them, or the link fails.
+    fn patch_linked(&self, drv: Option<&Driver>, units: &[&[u8]]) -> Option<PatchedImage> {
+        let drv = drv?;
+        let texts: Vec<(String, u32)> = units.iter().map(|u| self.fatbin_ptx(Some(drv), u)).collect::<Option<_>>()?;
+        let arch = texts.iter().map(|t| t.1).min().unwrap_or(75);
+        let probes = self.probes_for(arch)?;
+        let mut spliced = vec![];
+        let mut linked: Vec<CString> = vec![];
+        for (text, _) in &texts {
+            let patched = match patch::patch_unit(text, &probes) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.say_once(format!("a unit of relocatable device code cannot be patched ({e}); its kernels run without probes"));
+                    return None;
+                }
+            };
+            spliced.extend(patched.spliced);
+            linked.push(CString::new(patched.ptx).ok()?);
+        }
+        // A probe of a kernel defined in several units (a template's `.weak` entry) is spliced
+        // into each; the linker keeps one of them.
+        spliced.sort();
+        spliced.dedup();
+        if spliced.is_empty() {
+            return None;
+        }
+        let refs: Vec<&CStr> = linked.iter().map(CString::as_c_str).collect();
+        let cubin = match drv.link_ptx(&refs) {
+            Ok(c) => c,
+            Err(e) => {
+                self.say_once(format!("relocatable device code with probes cannot be linked ({e}); its kernels run without probes"));
+                return None;
+            }
+        };
+        Some(self.patched_image(Code::Cubin(Box::leak(cubin.into_boxed_slice())), spliced, units.len()))
+    }
+
+    /// The probes translated for `arch`; None (said once) when they cannot be.
+    fn probes_for(&self, arch: u32) -> Option<Vec<Probe>> {
+        match self.translated(arch.clamp(75, 120)) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.say_once(format!("CUDA probes cannot be translated: {e}"));
+                None
+            }
+        }
+    }
+
+    /// What a load of spliced code attaches.
+    fn patched_image(&self, code: Code, spliced: Vec<(String, String, patch::Site)>, units: usize) -> PatchedImage {
+        if verbose() {
+            for (kernel, probe, site) in &spliced {
+                eprintln!("bpftime: `{probe}` spliced at the {site} of CUDA kernel {kernel}");
+            }
+            if units > 1 {
+                eprintln!("bpftime: {units} units of relocatable device code linked with the probes");
+            }
+        }
+        self.patched.store(true, Ordering::Release);
+        let kernels = spliced.iter().map(|s| s.0.clone()).collect();
+        PatchedImage { code, probes: spliced.into_iter().map(|s| s.1).collect(), kernels }
+    }
+
     /// The patched PTX for an image, or None to load it as it is.
     fn patch_image(&self, drv: Option<&Driver>, image: Image<'_>) -> Option<PatchedImage> {
         let (ptx, arch) = match image {
             Image::Ptx(p) => (p.to_string(), ptx_target(p).unwrap_or(75)),
-            Image::Fatbin(bytes) => {
-                let fb = match fatbin::parse(bytes, 0) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        self.say_once(format!("a CUDA module's fatbin cannot be read ({e}); it runs without probes"));
-                        return None;
-                    }
-                };
-                let cc = drv.and_then(|d| d.compute_capability(d.device())).unwrap_or(u32::MAX);
-                // The PTX the driver would JIT for this device: the newest one it can run.
-                let best = fb.entries.iter().filter(|e| e.kind == EntryKind::Ptx && e.arch <= cc).max_by_key(|e| e.arch);
-                let Some(e) = best else {
-                    let kernels: Vec<String> = fb.entries.iter().filter(|e| e.kind == EntryKind::Elf).map(|e| format!("sm_{}", e.arch)).collect();
-                    self.say_once(format!("a CUDA module has no PTX for this GPU (only SASS: {}); its kernels run without probes", kernels.join(", ")));
-                    return None;
-                };
-                match e.contents(bytes) {
-                    Ok(c) => (String::from_utf8_lossy(&c).into_owned(), e.arch),
-                    Err(err) => {
-                        self.say_once(format!("a CUDA module's PTX cannot be read ({err}); it runs without probes"));
-                        return None;
-                    }
-                }
-            }
+            Image::Fatbin(bytes) => self.fatbin_ptx(drv, bytes)?,
+            Image::Linked(units) => return self.patch_linked(drv, &units),
             Image::Cubin => {
                 self.say_once("a CUDA module was loaded as a cubin (SASS only); its kernels run without probes".into());
                 return None;
             }
             Image::Unknown => return None,
         };
-        let probes = match self.translated(arch.clamp(75, 120)) {
-            Ok(p) => p,
-            Err(e) => {
-                self.say_once(format!("CUDA probes cannot be translated: {e}"));
-                return None;
-            }
-        };
+        let probes = self.probes_for(arch)?;
         let patched = match patch::patch(&ptx, &probes) {
             Ok(p) => p,
             Err(e) => {
@@ -292,16 +356,8 @@ impl Gpu {
         if patched.spliced.is_empty() {
             return None;
         }
-        if verbose() {
-            for (kernel, probe, site) in &patched.spliced {
-                eprintln!("bpftime: `{probe}` spliced at the {site} of CUDA kernel {kernel}");
-            }
-        }
         let text = CString::new(patched.ptx).ok()?;
-        let leaked: &'static CStr = Box::leak(text.into_boxed_c_str());
-        self.patched.store(true, Ordering::Release);
-        let kernels = patched.spliced.iter().map(|s| s.0.clone()).collect();
-        Some(PatchedImage { text: leaked, probes: patched.spliced.into_iter().map(|s| s.1).collect(), kernels })
+        Some(self.patched_image(Code::Ptx(Box::leak(text.into_boxed_c_str())), patched.spliced, 1))
     }
 
     /// The arena of the current context, made on first use.
@@ -515,16 +571,36 @@ impl Gpu {
 
 /// A patched image to load, and the probes spliced into it.
 pub(crate) struct PatchedImage {
-    text: &'static CStr,
+    code: Code,
     probes: Vec<String>,
     /// The kernels probes were spliced into (mangled names).
     kernels: Vec<String>,
 }
 
+/// What a load call is given in place of the application's image (kept for the process's
+/// life, as the driver may read an image again).
+enum Code {
+    /// PTX text, NUL-terminated.
+    Ptx(&'static CStr),
+    /// A cubin the driver's linker made.
+    Cubin(&'static [u8]),
+}
+
 impl PatchedImage {
-    /// The NUL-terminated PTX text.
+    /// The PTX text, when the image is one.
+    fn text(&self) -> Option<&'static CStr> {
+        match self.code {
+            Code::Ptx(text) => Some(text),
+            Code::Cubin(_) => None,
+        }
+    }
+
+    /// The image, as a load call takes it.
     fn as_ptr(&self) -> *const c_void {
-        self.text.as_ptr().cast()
+        match self.code {
+            Code::Ptx(text) => text.as_ptr().cast(),
+            Code::Cubin(bytes) => bytes.as_ptr().cast(),
+        }
     }
 }
 

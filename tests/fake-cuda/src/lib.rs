@@ -14,6 +14,7 @@
 
 use bpftime_gpu_ptx::fatbin::{self, EntryKind};
 use bpftime_gpu_ptx::interp::{Launch, Machine, Memory, Module};
+use bpftime_gpu_ptx::link;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::io::Write;
 use std::sync::Mutex;
@@ -105,13 +106,50 @@ unsafe fn image_ptx(image: *const c_void) -> Result<String, CuResult> {
     // SAFETY: every image starts with 4 readable bytes.
     let magic = unsafe { std::ptr::read_unaligned(image.cast::<u32>()) };
     let fb = match magic {
-        // SAFETY: { int magic; int version; const void *data; ... }
-        0x466243b1 => unsafe { std::ptr::read_unaligned(image.cast::<u8>().add(8).cast::<*const u8>()) },
+        0x466243b1 => {
+            // SAFETY: { int magic; int version; const void *data; void *filename_or_fatbins }.
+            let (version, data, units) = unsafe {
+                (
+                    std::ptr::read_unaligned(image.cast::<u32>().add(1)),
+                    std::ptr::read_unaligned(image.cast::<u8>().add(8).cast::<*const u8>()),
+                    std::ptr::read_unaligned(image.cast::<u8>().add(16).cast::<*const *const u8>()),
+                )
+            };
+            // Version 2: device-linked code, with its units' fat binaries (NULL-terminated).
+            // This device runs PTX only: the units' PTX JIT-linked, as a driver does for a GPU
+            // the linked machine code is not for.
+            // SAFETY: the runtime's contract for the array and the fat binaries.
+            let linked = unsafe { fatbin_ptx(data) };
+            if version == 2 && !units.is_null() && linked == Err(NO_BINARY_FOR_GPU) {
+                let mut texts = vec![];
+                for i in 0.. {
+                    // SAFETY: as above.
+                    let unit = unsafe { *units.add(i) };
+                    if unit.is_null() {
+                        break;
+                    }
+                    // SAFETY: as above.
+                    texts.push(unsafe { fatbin_ptx(unit) }?);
+                }
+                log(&format!("link {} units", texts.len()));
+                return link(&texts);
+            }
+            return linked;
+        }
         0xBA55ED50 => image.cast::<u8>(),
         0x464c457f => return Err(NO_BINARY_FOR_GPU),
         // SAFETY: otherwise a NUL-terminated PTX text.
         _ => return unsafe { CStr::from_ptr(image.cast()) }.to_str().map(str::to_string).map_err(|_| INVALID_IMAGE),
     };
+    // SAFETY: the caller's contract.
+    unsafe { fatbin_ptx(fb) }
+}
+
+/// The newest PTX this device can run of the fat binary at `fb`.
+///
+/// # Safety
+/// `fb` a fat binary readable for the length its header gives.
+unsafe fn fatbin_ptx(fb: *const u8) -> Result<String, CuResult> {
     // SAFETY: the fatbin header: u32 magic, u16 version, u16 header size, u64 body size.
     let (header, body) = unsafe { (std::ptr::read_unaligned(fb.add(6).cast::<u16>()), std::ptr::read_unaligned(fb.add(8).cast::<u64>())) };
     // SAFETY: the fatbin is readable for the length its header gives.
@@ -120,6 +158,28 @@ unsafe fn image_ptx(image: *const c_void) -> Result<String, CuResult> {
     let e = f.entries.iter().filter(|e| e.kind == EntryKind::Ptx && e.arch <= ARCH).max_by_key(|e| e.arch).ok_or(NO_BINARY_FOR_GPU)?;
     let text = e.contents(bytes).map_err(|_| INVALID_IMAGE)?;
     String::from_utf8(text).map_err(|_| INVALID_IMAGE)
+}
+
+/// PTX units linked into one module text (`BPFTIME_FAKE_CUDA_DIR` gets each unit as
+/// `unit-N.ptx`).
+fn link(units: &[String]) -> Result<String, CuResult> {
+    if let Some(dir) = std::env::var_os("BPFTIME_FAKE_CUDA_DIR") {
+        for (i, u) in units.iter().enumerate() {
+            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("unit-{i}.ptx")), u);
+        }
+    }
+    let refs: Vec<&str> = units.iter().map(String::as_str).collect();
+    link::link_units(&refs).map_err(|e| {
+        log(&format!("link failed: {e}"));
+        INVALID_PTX
+    })
+}
+
+/// A `cuLinkCreate` state: the PTX added so far, and the linked text once complete.
+#[derive(Default)]
+struct LinkState {
+    units: Vec<String>,
+    linked: Option<std::ffi::CString>,
 }
 
 /// Loads an image; returns the module handle.
@@ -480,6 +540,37 @@ api! {
         let c = unsafe { &*config };
         let _ = c.stream;
         launch(func, c.grid, c.block, params)
+    }
+    fn cuLinkCreate(_n: c_uint, _o: *mut c_int, _v: *mut *mut c_void, state: *mut Handle) {
+        unsafe { put(state, Box::into_raw(Box::<LinkState>::default()).cast()) }
+    }
+    fn cuLinkAddData(state: Handle, kind: c_int, data: *mut c_void, size: usize, _name: *const c_char, _n: c_uint, _o: *mut c_int, _v: *mut *mut c_void) {
+        if state.is_null() || data.is_null() { return INVALID_VALUE; }
+        let s = unsafe { &mut *state.cast::<LinkState>() };
+        // CU_JIT_INPUT_PTX (1): text, with or without its NUL; CU_JIT_INPUT_FATBINARY (2).
+        let text = match kind {
+            1 => String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) }).trim_end_matches('\0').to_string(),
+            2 => match unsafe { fatbin_ptx(data.cast()) } { Ok(t) => t, Err(e) => return e },
+            _ => { log(&format!("link input of kind {kind} refused")); return NOT_SUPPORTED; }
+        };
+        s.units.push(text);
+        SUCCESS
+    }
+    fn cuLinkComplete(state: Handle, out: *mut *mut c_void, size: *mut usize) {
+        if state.is_null() { return INVALID_VALUE; }
+        let s = unsafe { &mut *state.cast::<LinkState>() };
+        log(&format!("link {} units", s.units.len()));
+        let text = match link(&s.units) { Ok(t) => t, Err(e) => return e };
+        let Ok(c) = std::ffi::CString::new(text) else { return INVALID_PTX };
+        let (p, n) = (c.as_ptr(), c.as_bytes_with_nul().len());
+        s.linked = Some(c);
+        unsafe { put(out, p.cast_mut().cast()) };
+        unsafe { put(size, n) }
+    }
+    fn cuLinkDestroy(state: Handle) {
+        if state.is_null() { return INVALID_VALUE; }
+        drop(unsafe { Box::from_raw(state.cast::<LinkState>()) });
+        SUCCESS
     }
     fn cuGetErrorName(r: CuResult, s: *mut *const c_char) {
         let name: &'static CStr = match r { 0 => c"CUDA_SUCCESS", 218 => c"CUDA_ERROR_INVALID_PTX", 209 => c"CUDA_ERROR_NO_BINARY_FOR_GPU", 719 => c"CUDA_ERROR_LAUNCH_FAILED", _ => c"CUDA_ERROR_UNKNOWN" };

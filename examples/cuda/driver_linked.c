@@ -1,0 +1,76 @@
+// Relocatable device code (linked_a.cu + linked_b.cu, `nvcc -rdc=true`) loaded through the
+// driver API as the CUDA 13 runtime loads it: crt/link.stub's version 2 wrapper around the
+// device-linked fatbin (machine code only), pointing at the units' fatbins (their PTX), given
+// to cuLibraryLoadData. A driver whose GPU the linked machine code is not for JIT-links the
+// units' PTX. Each launch runs fill (unit b), scale by 3 (unit a) and shift<5> (both units).
+//
+// Build: see linked_a.cu, then
+//        cc -O2 -DLINKED='"linked.fatbin"' -DUNIT_A='"linked_a.fatbin"' -DUNIT_B='"linked_b.fatbin"' \
+//           driver_linked.c -ldl -o driver_linked
+// Run:   ./driver_linked [ELEMENTS] [LAUNCHES]   (prints the sum of the result and the blocks
+//        counted in the shared variable)
+#include <stdint.h>
+
+#if !defined(LINKED) || !defined(UNIT_A) || !defined(UNIT_B)
+#error "define LINKED, UNIT_A and UNIT_B as the paths of the fatbins to embed"
+#endif
+
+#define DRIVER_OWN_IMAGE
+#include "driver_api.h"
+
+EMBED(linked_fatbin, LINKED);
+EMBED(unit_a_fatbin, UNIT_A);
+EMBED(unit_b_fatbin, UNIT_B);
+
+// What __cudaRegisterLinkedBinary fills in before registering the wrapper.
+static const void *prelinked[] = { unit_a_fatbin, unit_b_fatbin, 0 };
+static const Wrapper linked_wrapper = { 0x466243b1, 2, linked_fatbin, prelinked };
+
+static const void *driver_image(void)
+{
+    return &linked_wrapper;
+}
+
+int main(int argc, char **argv)
+{
+    // Whole blocks of 256 (the kernels do not test the bounds).
+    int n = ((argc > 1 ? atoi(argv[1]) : 1 << 16) + 255) / 256 * 256;
+    int launches = argc > 2 ? atoi(argv[2]) : 3;
+    open_driver();
+    CUresult (*mem_alloc)(uint64_t *, size_t) = need("cuMemAlloc", 0);
+    CUresult (*dtoh)(void *, uint64_t, size_t) = need("cuMemcpyDtoH", 0);
+    CUresult (*sync)(void) = need("cuCtxSynchronize", 0);
+    CUresult (*get_global)(uint64_t *, size_t *, H, const char *) = need("cuLibraryGetGlobal", 0);
+    typedef CUresult (*Launch)(H, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, H, void **, void **);
+    Launch launch = need("cuLaunchKernel", 0);
+    H library = load_library();
+    H fill = kernel_function(library, "_Z4fillPi");
+    H scale = kernel_function(library, "_Z5scalePii");
+    H shift = kernel_function(library, "_Z5shiftILi5EEvPi");
+
+    uint64_t p;
+    CHECK(mem_alloc(&p, (size_t)n * sizeof(int)));
+    int factor = 3;
+    void *one[] = { &p };
+    void *two[] = { &p, &factor };
+    unsigned blocks = (n + 255) / 256;
+    for (int l = 0; l < launches; l++) {
+        launch_marker(l);
+        CHECK(launch(fill, blocks, 1, 1, 256, 1, 1, 0, 0, one, 0));
+        CHECK(launch(scale, blocks, 1, 1, 256, 1, 1, 0, 0, two, 0));
+        CHECK(launch(shift, blocks, 1, 1, 256, 1, 1, 0, 0, one, 0));
+    }
+    CHECK(sync());
+    int *h = malloc((size_t)n * sizeof(int));
+    CHECK(dtoh(h, p, (size_t)n * sizeof(int)));
+    long long sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += h[i];
+    uint64_t seen_at;
+    size_t seen_size;
+    unsigned seen;
+    CHECK(get_global(&seen_at, &seen_size, library, "blocks_seen"));
+    CHECK(dtoh(&seen, seen_at, sizeof seen));
+    printf("linked: %d elements, %d launches, sum %lld, blocks seen %u\n", n, launches, sum, seen);
+    return 0;
+}

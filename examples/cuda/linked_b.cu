@@ -1,0 +1,16 @@
+// The other unit of linked_a.cu's relocatable device code: it defines the variable both use.
+__device__ unsigned int blocks_seen;
+
+template <int N> __global__ void shift(int *p)
+{
+    p[blockIdx.x * blockDim.x + threadIdx.x] += N;
+}
+template __global__ void shift<5>(int *);
+
+__global__ void fill(int *p)
+{
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    p[i] = i;
+    if (threadIdx.x == 0)
+        atomicAdd(&blocks_seen, 1);
+}
