@@ -118,21 +118,28 @@ static void open_driver(void)
     CHECK(first("cuGetProcAddress", (void **)&get_proc, 12000, 0, &status));
 }
 
-/// Initialises the driver, makes the primary context of device 0 current and loads the
-/// embedded fatbin as a library (lazily, as the runtime does); returns the library.
-static H load_library(void)
+/// Initialises the driver and makes the primary context of device 0 current.
+static void make_context(void)
 {
     CUresult (*init)(unsigned) = need("cuInit", 0);
     CUresult (*device_get)(int *, int) = need("cuDeviceGet", 0);
     CUresult (*retain)(H *, int) = need("cuDevicePrimaryCtxRetain", 0);
     CUresult (*set_current)(H) = need("cuCtxSetCurrent", 0);
-    CUresult (*library_load)(H *, const void *, void *, void *, unsigned, void *, void *, unsigned) = need("cuLibraryLoadData", 0);
     int dev;
-    H ctx, library;
+    H ctx;
     CHECK(init(0));
     CHECK(device_get(&dev, 0));
     CHECK(retain(&ctx, dev));
     CHECK(set_current(ctx));
+}
+
+/// make_context, then loads the embedded image as a library (lazily, as the runtime does);
+/// returns the library.
+static H load_library(void)
+{
+    CUresult (*library_load)(H *, const void *, void *, void *, unsigned, void *, void *, unsigned) = need("cuLibraryLoadData", 0);
+    H library;
+    make_context();
     CHECK(library_load(&library, driver_image(), 0, 0, 0, 0, 0, 0));
     return library;
 }

@@ -7,9 +7,12 @@
 // Build: see linked_a.cu, then
 //        cc -O2 -DLINKED='"linked.fatbin"' -DUNIT_A='"linked_a.fatbin"' -DUNIT_B='"linked_b.fatbin"' \
 //           driver_linked.c -ldl -o driver_linked
-// Run:   ./driver_linked [ELEMENTS] [LAUNCHES]   (prints the sum of the result and the blocks
-//        counted in the shared variable)
+// Run:   ./driver_linked [ELEMENTS] [LAUNCHES] [link]   (prints the sum of the result and the
+//        blocks counted in the shared variable). With `link`, the application links the units'
+//        fatbins itself (cuLinkCreate, cuLinkAddData, cuLinkComplete) and loads the cubin with
+//        cuModuleLoadData, as JIT-compiling applications and libraries do.
 #include <stdint.h>
+#include <string.h>
 
 #if !defined(LINKED) || !defined(UNIT_A) || !defined(UNIT_B)
 #error "define LINKED, UNIT_A and UNIT_B as the paths of the fatbins to embed"
@@ -40,13 +43,38 @@ int main(int argc, char **argv)
     CUresult (*mem_alloc)(uint64_t *, size_t) = need("cuMemAlloc", 0);
     CUresult (*dtoh)(void *, uint64_t, size_t) = need("cuMemcpyDtoH", 0);
     CUresult (*sync)(void) = need("cuCtxSynchronize", 0);
-    CUresult (*get_global)(uint64_t *, size_t *, H, const char *) = need("cuLibraryGetGlobal", 0);
     typedef CUresult (*Launch)(H, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, H, void **, void **);
     Launch launch = need("cuLaunchKernel", 0);
-    H library = load_library();
-    H fill = kernel_function(library, "_Z4fillPi");
-    H scale = kernel_function(library, "_Z5scalePii");
-    H shift = kernel_function(library, "_Z5shiftILi5EEvPi");
+    int own_link = argc > 3 && strcmp(argv[3], "link") == 0;
+    CUresult (*get_global)(uint64_t *, size_t *, H, const char *) = need(own_link ? "cuModuleGetGlobal" : "cuLibraryGetGlobal", 0);
+    H code, fill, scale, shift;
+    if (own_link) {
+        CUresult (*link_create)(unsigned, int *, void **, H *) = need("cuLinkCreate", 0);
+        CUresult (*link_add)(H, int, void *, size_t, const char *, unsigned, int *, void **) = need("cuLinkAddData", 0);
+        CUresult (*link_complete)(H, void **, size_t *) = need("cuLinkComplete", 0);
+        CUresult (*link_destroy)(H) = need("cuLinkDestroy", 0);
+        CUresult (*module_load)(H *, const void *) = need("cuModuleLoadData", 0);
+        CUresult (*get_function)(H *, H, const char *) = need("cuModuleGetFunction", 0);
+        make_context();
+        H state;
+        void *cubin;
+        size_t size;
+        CHECK(link_create(0, 0, 0, &state));
+        // CU_JIT_INPUT_FATBINARY
+        CHECK(link_add(state, 2, (void *)unit_a_fatbin, 0, "linked_a", 0, 0, 0));
+        CHECK(link_add(state, 2, (void *)unit_b_fatbin, 0, "linked_b", 0, 0, 0));
+        CHECK(link_complete(state, &cubin, &size));
+        CHECK(module_load(&code, cubin));
+        CHECK(link_destroy(state));
+        CHECK(get_function(&fill, code, "_Z4fillPi"));
+        CHECK(get_function(&scale, code, "_Z5scalePii"));
+        CHECK(get_function(&shift, code, "_Z5shiftILi5EEvPi"));
+    } else {
+        code = load_library();
+        fill = kernel_function(code, "_Z4fillPi");
+        scale = kernel_function(code, "_Z5scalePii");
+        shift = kernel_function(code, "_Z5shiftILi5EEvPi");
+    }
 
     uint64_t p;
     CHECK(mem_alloc(&p, (size_t)n * sizeof(int)));
@@ -69,7 +97,7 @@ int main(int argc, char **argv)
     uint64_t seen_at;
     size_t seen_size;
     unsigned seen;
-    CHECK(get_global(&seen_at, &seen_size, library, "blocks_seen"));
+    CHECK(get_global(&seen_at, &seen_size, code, "blocks_seen"));
     CHECK(dtoh(&seen, seen_at, sizeof seen));
     printf("linked: %d elements, %d launches, sum %lld, blocks seen %u\n", n, launches, sum, seen);
     return 0;

@@ -560,8 +560,8 @@ pub enum Image<'a> {
     /// device-linked fat binary, with the fat binaries of the units it was linked from, which
     /// hold their PTX.
     Linked(Vec<&'a [u8]>),
-    /// A cubin (machine code only).
-    Cubin,
+    /// A cubin (machine code only), as far as its ELF headers say it runs.
+    Cubin(&'a [u8]),
     /// Nothing we recognise.
     Unknown,
 }
@@ -593,7 +593,8 @@ pub unsafe fn read_image<'a>(image: *const c_void) -> Image<'a> {
     } else if magic == FATBIN_MAGIC {
         image.cast::<u8>()
     } else if magic == u32::from_le_bytes(*b"\x7fELF") {
-        return Image::Cubin;
+        // SAFETY: a cubin starts with its ELF header.
+        return Image::Cubin(unsafe { elf_at(image.cast()) });
     } else {
         // SAFETY: anything else a load accepts is NUL-terminated PTX text.
         return match unsafe { CStr::from_ptr(image.cast()) }.to_str() {
@@ -603,6 +604,28 @@ pub unsafe fn read_image<'a>(image: *const c_void) -> Image<'a> {
     };
     // SAFETY: the caller's contract.
     unsafe { fatbin_at(fatbin) }.map_or(Image::Unknown, Image::Fatbin)
+}
+
+/// The bytes of the 64-bit ELF file at `elf` up to the end of its section and program header
+/// tables (which the linkers put last); empty when the header is not one.
+///
+/// # Safety
+/// `elf` readable for an ELF header (64 bytes) and the file it describes.
+unsafe fn elf_at<'a>(elf: *const u8) -> &'a [u8] {
+    // SAFETY: the caller's contract: the 64-byte header of a 64-bit ELF file.
+    let header = unsafe { std::slice::from_raw_parts(elf, 64) };
+    if header[4] != 2 {
+        return &[];
+    }
+    let word = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
+    let half = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]) as u64;
+    // e_phoff, e_shoff; e_phentsize, e_phnum, e_shentsize, e_shnum.
+    let end = (word(0x20) + half(0x36) * half(0x38)).max(word(0x28) + half(0x3a) * half(0x3c)).max(64);
+    if end > 1 << 31 {
+        return &[];
+    }
+    // SAFETY: the caller's contract: the file the header describes is readable.
+    unsafe { std::slice::from_raw_parts(elf, end as usize) }
 }
 
 /// The fat binaries of a NULL-terminated array of them (at most 65,536).

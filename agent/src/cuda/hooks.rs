@@ -76,6 +76,7 @@ static STREAM_SYNCHRONIZE: Slots = Slots::new();
 static EVENT_SYNCHRONIZE: Slots = Slots::new();
 static MEMCPY_DTOH: Slots = Slots::new();
 static MEMCPY: Slots = Slots::new();
+static LINK_ADD_DATA: Slots = Slots::new();
 
 type FnLaunchKernel = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void, *mut *mut c_void) -> CuResult;
 type FnLaunchCooperative = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void) -> CuResult;
@@ -86,6 +87,8 @@ type FnModuleLoadData = unsafe extern "C" fn(*mut Handle, *const c_void) -> CuRe
 type FnModuleLoadDataEx = unsafe extern "C" fn(*mut Handle, *const c_void, c_uint, *mut c_int, *mut *mut c_void) -> CuResult;
 type FnLibraryLoadData =
     unsafe extern "C" fn(*mut Handle, *const c_void, *mut c_int, *mut *mut c_void, c_uint, *mut c_int, *mut *mut c_void, c_uint) -> CuResult;
+
+type FnLinkAddData = unsafe extern "C" fn(Handle, c_int, *mut c_void, usize, *const c_char, c_uint, *mut c_int, *mut *mut c_void) -> CuResult;
 
 /// `CUlaunchConfig` (cuda.h), as far as the stream.
 #[repr(C)]
@@ -124,6 +127,7 @@ pub(super) fn wrapper_of(name: &[u8], real: usize, per_thread: bool) -> Option<u
         b"cuEventSynchronize" => pick!(EVENT_SYNCHRONIZE, event_synchronize),
         b"cuMemcpyDtoH" | b"cuMemcpyDtoH_v2" => pick!(MEMCPY_DTOH, memcpy_dtoh),
         b"cuMemcpy" => pick!(MEMCPY, memcpy),
+        b"cuLinkAddData" | b"cuLinkAddData_v2" => pick!(LINK_ADD_DATA, link_add_data),
         _ => None,
     }
 }
@@ -304,7 +308,13 @@ pub unsafe extern "C" fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut
 /// the original (and saying why once) when the driver refuses it.
 fn load_with(image: *const c_void, load: impl Fn(*const c_void) -> CuResult, loaded: impl Fn() -> super::Loaded) -> CuResult {
     let started = std::time::Instant::now();
-    let Some(patched) = super::replacement(image) else { return load(image) };
+    let Some(patched) = super::replacement(image) else {
+        let r = load(image);
+        if r == SUCCESS {
+            super::loaded_as_is(image, loaded);
+        }
+        return r;
+    };
     let patching = started.elapsed();
     let r = load(patched.as_ptr());
     if r == SUCCESS {
@@ -417,6 +427,36 @@ unsafe extern "C" fn library_load_data<const S: usize>(
         |img| unsafe { std::mem::transmute::<usize, FnLibraryLoadData>(real)(library, img, jit_options, jit_values, n_jit, lib_options, lib_values, n_lib) };
     // SAFETY: read after a successful load, which wrote the handle.
     load_with(code, load, || super::Loaded::Library(unsafe { *library }))
+}
+
+/// `cuLinkAddData`: a PTX or fat binary input of the application's own link with the probes
+/// spliced in (as PTX), when any go into it; the original input when none does, or the driver
+/// refuses the patched one (said once).
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn link_add_data<const S: usize>(
+    state: Handle,
+    kind: c_int,
+    data: *mut c_void,
+    size: usize,
+    name: *const c_char,
+    n: c_uint,
+    options: *mut c_int,
+    values: *mut *mut c_void,
+) -> CuResult {
+    let real = LINK_ADD_DATA.real(S);
+    // SAFETY: the driver's own entry point for this slot, with the caller's arguments (the
+    // input replaced by a NUL-terminated PTX text and its length, which the call accepts).
+    let add = |kind, data, size| unsafe { std::mem::transmute::<usize, FnLinkAddData>(real)(state, kind, data, size, name, n, options, values) };
+    // SAFETY: the caller's contract for the input.
+    let patched = std::panic::catch_unwind(|| unsafe { super::patched_link_input(kind, data, size) }).ok().flatten();
+    if let Some(text) = patched {
+        let r = add(1, text.as_ptr().cast_mut().cast(), text.to_bytes_with_nul().len());
+        if r == SUCCESS {
+            return r;
+        }
+        super::link_input_refused(r);
+    }
+    add(kind, data, size)
 }
 
 // ---- launches ----
@@ -669,4 +709,6 @@ direct_entry_points! {
     cuMemcpyDtoH_v2 as c"cuMemcpyDtoH_v2" (dst: *mut c_void, src: u64, n: usize);
     /// `cuMemcpy`, called directly.
     cuMemcpy as c"cuMemcpy" (dst: u64, src: u64, n: usize);
+    /// `cuLinkAddData` (`_v2`, as cuda.h names it), called directly.
+    cuLinkAddData_v2 as c"cuLinkAddData" (state: Handle, kind: c_int, data: *mut c_void, size: usize, name: *const c_char, n: c_uint, options: *mut c_int, values: *mut *mut c_void);
 }

@@ -121,6 +121,9 @@ struct Gpu {
     arenas: Mutex<HashMap<usize, Arc<Arena>>>,
     /// Patched images loaded: (module or library handle, whether a library).
     loaded: Mutex<Vec<(usize, bool)>>,
+    /// Probes spliced into inputs of the application's own links (`cuLinkAddData`): a cubin
+    /// holding `bpftime_arena` that it loads attaches them.
+    in_links: Mutex<Vec<String>>,
     /// Host memory registered with the devices (page ranges of the region).
     registered: Mutex<Vec<(u64, u64)>>,
     /// Whether the driver's entry points may have been fetched unwrapped (see `start`): only
@@ -174,6 +177,7 @@ pub(crate) fn start(region: &Arc<ShmRegion>, all: &[UprobeLink], late: bool) {
         modules: Mutex::default(),
         arenas: Mutex::default(),
         loaded: Mutex::default(),
+        in_links: Mutex::default(),
         registered: Mutex::default(),
         said: Mutex::default(),
         late,
@@ -339,7 +343,8 @@ impl Gpu {
             Image::Ptx(p) => (p.to_string(), ptx_target(p).unwrap_or(75)),
             Image::Fatbin(bytes) => self.fatbin_ptx(drv, bytes)?,
             Image::Linked(units) => return self.patch_linked(drv, &units),
-            Image::Cubin => {
+            Image::Cubin(elf) if linked_by_us(elf) => return None,
+            Image::Cubin(_) => {
                 self.say_once("a CUDA module was loaded as a cubin (SASS only); its kernels run without probes".into());
                 return None;
             }
@@ -760,6 +765,72 @@ fn replacement(image: *const c_void) -> Option<PatchedImage> {
     guarded(|| gpu.patch_image(Driver::get(), image))
 }
 
+/// Whether a cubin came out of a link the agent spliced probes into (it defines the arena).
+fn linked_by_us(elf: &[u8]) -> bool {
+    elf.windows(patch::ARENA_GLOBAL.len() + 1).any(|w| w.starts_with(patch::ARENA_GLOBAL.as_bytes()) && w.last() == Some(&0))
+}
+
+/// An input of the application's own link (`cuLinkAddData`: `kind` PTX or a fat binary) with
+/// the probes spliced in as into a unit of relocatable device code, or None to pass it on as
+/// it is.
+///
+/// # Safety
+/// `data` is what cuLinkAddData accepts for `kind`: `size` bytes of PTX, or a fat binary.
+pub(crate) unsafe fn patched_link_input(kind: std::ffi::c_int, data: *const c_void, size: usize) -> Option<&'static CStr> {
+    const INPUT_PTX: std::ffi::c_int = 1;
+    const INPUT_FATBINARY: std::ffi::c_int = 2;
+    let gpu = GPU.get()?;
+    if data.is_null() {
+        return None;
+    }
+    guarded(|| {
+        let (text, arch) = match kind {
+            INPUT_PTX => {
+                // SAFETY: the caller's contract: `size` bytes of PTX.
+                let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
+                let text = String::from_utf8_lossy(bytes).trim_end_matches('\0').to_string();
+                let arch = ptx_target(&text).unwrap_or(75);
+                (text, arch)
+            }
+            INPUT_FATBINARY => match unsafe { driver::read_image(data) } {
+                Image::Fatbin(bytes) => gpu.fatbin_ptx(Driver::get(), bytes)?,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let probes = gpu.probes_for(arch)?;
+        let patched = match patch::patch_unit(&text, &probes) {
+            Ok(p) => p,
+            Err(e) => {
+                gpu.say_once(format!("an input of a CUDA link cannot be patched ({e}); it is linked without probes"));
+                return None;
+            }
+        };
+        if patched.spliced.is_empty() {
+            return None;
+        }
+        let image = gpu.patched_image(Code::Ptx(c""), patched.spliced, 1);
+        lock(&gpu.in_links).extend(image.probes);
+        Some(&*Box::leak(CString::new(patched.ptx).ok()?.into_boxed_c_str()))
+    })
+}
+
+/// After a load of `image` as it was: a cubin linked from inputs the agent spliced probes into
+/// attaches them.
+fn loaded_as_is(image: *const c_void, handle: impl Fn() -> Loaded) {
+    guarded(|| {
+        let gpu = GPU.get()?;
+        // SAFETY: as in `replacement`.
+        let Image::Cubin(elf) = (unsafe { driver::read_image(image) }) else { return None };
+        if !linked_by_us(elf) {
+            return None;
+        }
+        let probes = lock(&gpu.in_links).clone();
+        loaded_patched(&PatchedImage { code: Code::Cubin(&[]), probes, kernels: vec![] }, handle());
+        Some(())
+    });
+}
+
 /// What a load call made.
 pub(crate) enum Loaded {
     /// `cuModuleLoad*`: a module of the current context.
@@ -779,6 +850,16 @@ fn loaded_patched(image: &PatchedImage, handle: Loaded) {
         for p in gpu.probes.probes.iter().filter(|p| image.probes.contains(&p.name)) {
             links::raise_state(&gpu.region, p.link, LinkState::Attached);
         }
+        Some(())
+    });
+}
+
+/// The driver refused an input of a link with probes spliced in: the original goes in.
+fn link_input_refused(r: driver::CuResult) {
+    guarded(|| {
+        let gpu = GPU.get()?;
+        let why = Driver::get().map_or_else(|| format!("CUDA error {r}"), |d| d.error_name(r));
+        gpu.say_once(format!("the driver refused a CUDA link input with probes spliced in ({why}); it is linked without them"));
         Some(())
     });
 }

@@ -137,7 +137,14 @@ unsafe fn image_ptx(image: *const c_void) -> Result<String, CuResult> {
             return linked;
         }
         0xBA55ED50 => image.cast::<u8>(),
-        0x464c457f => return Err(NO_BINARY_FOR_GPU),
+        0x464c457f => {
+            // SAFETY: an ELF file; ours (`linked_image`) carries its PTX text after the header.
+            let text = unsafe { CStr::from_ptr(image.cast::<c_char>().add(64)) }.to_bytes();
+            return match text.strip_prefix(LINKED_MARK.as_bytes()) {
+                Some(_) => String::from_utf8(text.to_vec()).map_err(|_| INVALID_IMAGE),
+                None => Err(NO_BINARY_FOR_GPU),
+            };
+        }
         // SAFETY: otherwise a NUL-terminated PTX text.
         _ => return unsafe { CStr::from_ptr(image.cast()) }.to_str().map(str::to_string).map_err(|_| INVALID_IMAGE),
     };
@@ -175,11 +182,31 @@ fn link(units: &[String]) -> Result<String, CuResult> {
     })
 }
 
-/// A `cuLinkCreate` state: the PTX added so far, and the linked text once complete.
+/// A `cuLinkCreate` state: the PTX added so far, and the linked image once complete.
 #[derive(Default)]
 struct LinkState {
     units: Vec<String>,
-    linked: Option<std::ffi::CString>,
+    linked: Vec<u8>,
+}
+
+/// How the text of a linked image starts.
+const LINKED_MARK: &str = "// linked by the stand-in driver\n";
+
+/// What `cuLinkComplete` gives: as a driver's cubin, an ELF file (a 64-bit header whose section
+/// table offset is the file's end) with a string table of the module's visible variables; the
+/// PTX text, NUL-terminated, right after the header.
+fn linked_image(text: &str) -> Vec<u8> {
+    let mut body = format!("{LINKED_MARK}{text}\0").into_bytes();
+    for line in text.lines().map(str::trim).filter(|l| (l.starts_with(".visible ") || l.starts_with(".weak ")) && l.contains(".global ")) {
+        let name = line.trim_end_matches(';').split_whitespace().last().unwrap_or("").split('[').next().unwrap_or("");
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+    }
+    let mut elf = vec![0u8; 64];
+    elf[..5].copy_from_slice(b"\x7fELF\x02");
+    elf[0x28..0x30].copy_from_slice(&((64 + body.len()) as u64).to_le_bytes());
+    elf.extend_from_slice(&body);
+    elf
 }
 
 /// Loads an image; returns the module handle.
@@ -560,12 +587,9 @@ api! {
         if state.is_null() { return INVALID_VALUE; }
         let s = unsafe { &mut *state.cast::<LinkState>() };
         log(&format!("link {} units", s.units.len()));
-        let text = match link(&s.units) { Ok(t) => t, Err(e) => return e };
-        let Ok(c) = std::ffi::CString::new(text) else { return INVALID_PTX };
-        let (p, n) = (c.as_ptr(), c.as_bytes_with_nul().len());
-        s.linked = Some(c);
-        unsafe { put(out, p.cast_mut().cast()) };
-        unsafe { put(size, n) }
+        s.linked = match link(&s.units) { Ok(t) => linked_image(&t), Err(e) => return e };
+        unsafe { put(out, s.linked.as_mut_ptr().cast()) };
+        unsafe { put(size, s.linked.len()) }
     }
     fn cuLinkDestroy(state: Handle) {
         if state.is_null() { return INVALID_VALUE; }
