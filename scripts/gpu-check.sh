@@ -131,13 +131,16 @@ if traced driver_api cuda_probes "driver_vector_add 1048576 3"; then
     expect driver_api "entries" "$(map_value "$cuda/driver_api.report" calls 0)" 3145728
 else summary+=("cuda driver_api: FAILED"); status=1; fi
 # Relocatable device code: the agent links the units' PTX with the probes spliced in.
-for app in linked linked90 driver_linked; do
-    if traced "rdc-$app" cuda_linked "$app 1048576 3"; then
+# (driver_linked's `link` mode: the application links the units itself with cuLink*.)
+for run in linked linked90 driver_linked driver_linked:link; do
+    name="rdc-${run/:/-}" app="${run%%:*}" mode="${run#*:}"
+    [ "$mode" = "$run" ] && mode=""
+    if traced "$name" cuda_linked "$app 1048576 3 $mode"; then
         for kv in 0:3145728 1:3145728 2:3145728 3:9437184; do
-            expect "rdc-$app" "linked_hits ${kv%%:*}" "$(map_value "$cuda/rdc-$app.report" linked_hits ${kv%%:*})" ${kv#*:}
+            expect "$name" "linked_hits ${kv%%:*}" "$(map_value "$cuda/$name.report" linked_hits ${kv%%:*})" ${kv#*:}
         done
-        grep -E "relocatable|spliced" "$cuda/rdc-$app.report" | head -4
-    else summary+=("cuda rdc-$app: FAILED"); status=1; fi
+        grep -E "relocatable|spliced|link" "$cuda/$name.report" | head -4
+    else summary+=("cuda $name: FAILED"); status=1; fi
 done
 # A driver-API application linked against libcuda itself (-lcuda; the toolkit's stub to link).
 if cc -O2 -DFATBIN="\"$PWD/$cuda/vector_add.fatbin\"" examples/cuda/driver_direct.c -L/usr/local/cuda/lib64/stubs -lcuda -o "$cuda/driver_direct"; then
