@@ -74,6 +74,15 @@ impl GpuHelper {
         (!body.contains('$') && !body.contains("ret;") && !body.contains("call")).then_some(body)
     }
 
+    /// How many of r1-r5 the helper reads (its PTX names `%a1`..`%a5`); all five when its
+    /// body depends on the program.
+    pub fn arguments_read(&self) -> u32 {
+        match &self.body {
+            Body::Ptx(b) => (1..=5).rev().find(|n| b.contains(&format!("%a{n}"))).unwrap_or(0),
+            Body::PerProgram(_) => 5,
+        }
+    }
+
     /// The `.func`'s name.
     pub fn func_name(&self) -> String {
         format!("bpf_helper_{}{}", self.id, self.variant)

@@ -19,6 +19,7 @@ pub mod interp;
 pub mod link;
 pub mod maps;
 pub mod patch;
+pub mod stack;
 pub mod state;
 pub mod std_helpers;
 pub mod translate;

@@ -425,6 +425,8 @@ struct FunctionWriter<'a> {
     next_label: usize,
     /// Whether a sharded atomic add was emitted (the prologue then loads the zone).
     shards_used: bool,
+    /// Stack stores left out and lookup keys forwarded (see [`crate::stack`]).
+    stack: crate::stack::StackPlan,
 }
 
 /// A value in memory incremented by three or four instructions (see
@@ -460,6 +462,15 @@ impl<'a> FunctionWriter<'a> {
             labels: BTreeSet::new(),
             next_label: 0,
             shards_used: false,
+            stack: crate::stack::plan(ctx.prog, f.start, f.end, |pc, id| {
+                use crate::stack::CallUse;
+                match (inline_lookup(ctx.prog, &ctx.arrays, id, pc), ctx.helpers.get(id)) {
+                    (Some(_), _) if ctx.prog.lookup_key(pc).is_some() => CallUse::ConstantKeyLookup,
+                    (Some(_), _) => CallUse::KeyLookup,
+                    (None, Some(h)) => CallUse::Helper(h.for_args(ctx.prog.helper_args(pc)).arguments_read()),
+                    (None, None) => CallUse::Helper(5),
+                }
+            }),
         }
     }
 
@@ -510,6 +521,12 @@ impl<'a> FunctionWriter<'a> {
         out.push_str("{\n");
         out.push_str(".reg .b64 %r<11>;\n.reg .b64 %t<8>;\n.reg .b32 %w<4>;\n.reg .pred %p<3>;\n");
         out.push_str(".reg .b64 %ctxlo, %ctxlen, %ctxwlen, %arlo, %arlen, %stlo, %stlen, %zlo, %zlen, %shlo;\n");
+        let mut keys: Vec<usize> = self.stack.forwarded.values().copied().collect();
+        keys.sort();
+        keys.dedup();
+        for store in keys {
+            let _ = writeln!(out, ".reg .b64 %kf{store};");
+        }
         out.push_str("mov.b64 %r0, 0;\nmov.b64 %r1, %a1;\nmov.b64 %r2, %a2;\nmov.b64 %r3, %a3;\nmov.b64 %r4, %a4;\nmov.b64 %r5, %a5;\n");
         out.push_str("mov.b64 %r6, 0;\nmov.b64 %r7, 0;\nmov.b64 %r8, 0;\nmov.b64 %r9, 0;\nmov.b64 %r10, %fp;\n");
         // The bounds the body uses, read once: each field of the state a probe does not read is
@@ -908,6 +925,13 @@ impl<'a> FunctionWriter<'a> {
         match self.ctx.prog.lookup_key(pc) {
             Some(k) if k >= layout.max_entries => return,
             Some(k) => self.line(format!("mov.u32 %w1, {k};")),
+            None if self.stack.forwarded.contains_key(&pc) => {
+                // The key stored in this block, from its register copy.
+                let store = self.stack.forwarded[&pc];
+                self.line(format!("cvt.u32.u64 %w1, %kf{store};"));
+                self.line(format!("setp.ge.u32 %p1, %w1, {};", layout.max_entries));
+                self.line(format!("@%p1 bra {done};"));
+            }
             None => {
                 // The key: one load when aligned, else its bytes one at a time (out of line).
                 let bytes = self.fresh("key_bytes");
@@ -1262,6 +1286,14 @@ impl<'a> FunctionWriter<'a> {
     }
 
     fn store(&mut self, pc: usize, size: MemSize, base: Reg, off: i16, src: Operand) {
+        if self.stack.forwarded.values().any(|&s| s == pc) {
+            // A lookup's key: kept in a register for it.
+            let v = self.operand64(src);
+            self.line(format!("mov.b64 %kf{pc}, {v};"));
+        }
+        if self.stack.dead.contains(&pc) {
+            return;
+        }
         let n = size.bytes() as u64;
         if let Some(at) = self.frame_operand(pc, base, off) {
             let v = self.operand64(src);
