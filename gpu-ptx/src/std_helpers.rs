@@ -299,7 +299,7 @@ ret;
 $settled:
 setp.ne.u32 %p, %w, %vw;
 @%p bra $next;
-atom.cas.b32 %w, [%t], %vw, {HASH_BUSY};
+atom.global.cas.b32 %w, [%t], %vw, {HASH_BUSY};
 setp.ne.u32 %p, %w, %vw;
 @%p bra $again;
 st.u32 [%t+4], %hw;
@@ -347,19 +347,19 @@ mov.b64 %t, %data;
 $scan:
 setp.ge.u64 %p, %t, %end;
 @%p ret;
-atom.cas.b32 %w, [%t], {HASH_FULL}, {HASH_DELETED};
+atom.global.cas.b32 %w, [%t], {HASH_FULL}, {HASH_DELETED};
 add.u64 %t, %t, %esz;
 setp.ne.u32 %p, %w, {HASH_FULL};
 @%p bra $scan;
 add.u64 %c, %d, {D_COUNT};
-atom.add.u64 %eq, [%c], -1;
+atom.global.add.u64 %eq, [%c], -1;
 call.uni (%e), bpf_hash_find, (%st, %d, %key, 1);
 setp.eq.u64 %p, %e, 0;
 @%p ret;
 ld.volatile.u32 %w, [%e];
 setp.ne.u32 %p, %w, {HASH_BUSY};
 @%p ret;
-atom.add.u64 %eq, [%c], 1;
+atom.global.add.u64 %eq, [%c], 1;
 ret;
 }"#,
     r#".func (.reg .b64 %e) bpf_hash_find(.reg .b64 %st, .reg .b64 %d, .reg .b64 %key, .reg .b64 %create)
@@ -416,7 +416,7 @@ setp.ne.u32 %p, %old, {HASH_DELETED};
 // The key's deleted entry: the key is absent; an insert takes the entry back.
 setp.eq.u64 %p, %create, 0;
 @%p ret;
-atom.cas.b32 %w, [%t], {HASH_DELETED}, {HASH_BUSY};
+atom.global.cas.b32 %w, [%t], {HASH_DELETED}, {HASH_BUSY};
 setp.ne.u32 %p, %w, {HASH_DELETED};
 @%p bra $look;
 // Its old values go (a per-CPU map's other slots read 0 after an insert, as the kernel's).
@@ -439,7 +439,7 @@ bra $probe;
 $empty:
 setp.eq.u64 %p, %create, 0;
 @%p ret;
-atom.cas.b32 %old, [%t], 0, {HASH_BUSY};
+atom.global.cas.b32 %old, [%t], 0, {HASH_BUSY};
 setp.ne.u32 %p, %old, 0;
 @%p bra $look;
 st.u32 [%t+4], %hw;
@@ -554,12 +554,12 @@ call.uni (%e), bpf_hash_rekey, (%st, %d, %a2, {{HASH_DELETED}});\nsetp.eq.u64 %p
 ld.volatile.u32 %w, [%e];\nsetp.eq.u32 %p, %w, {{HASH_BUSY}};\n@!%p bra $found;\n\
 // Room for one more? Counted only now that the slot is ours: of the threads inserting one key,\n\
 // one claims a slot, so a crowd inserting a few keys does not read as a full map.\n\
-ld.u32 %w, [%d+{{D_MAX}}];\ncvt.u64.u32 %max, %w;\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], 1;\nsetp.ge.u64 %p, %cnt, %max;\n@%p bra $over;\n\
+ld.u32 %w, [%d+{{D_MAX}}];\ncvt.u64.u32 %max, %w;\nadd.u64 %t, %d, {{D_COUNT}};\natom.global.add.u64 %cnt, [%t], 1;\nsetp.ge.u64 %p, %cnt, %max;\n@%p bra $over;\n\
 add.u64 %t, %e, %voff;\nadd.u64 %t, %t, %sm;\ncall.uni (%ok), bpf_memcpy, (%t, %a3, %vs);\nmembar.gl;\nst.volatile.u32 [%e], {{HASH_FULL}};\nmov.b64 %ret, 0;\nret;\n\
 $found:\nsetp.eq.u64 %p, %a4, 1;\n@%p bra $eexist;\nadd.u64 %t, %e, %voff;\nadd.u64 %t, %t, %sm;\ncall.uni (%ok), bpf_memcpy, (%t, %a3, %vs);\nmov.b64 %ret, 0;\nret;\n\
 // Over the count: the slot goes back as the key's deleted entry (the key stays absent; threads\n\
 // waiting on the slot read it so), and the count as it was.\n\
-$over:\natom.add.u64 %cnt, [%t], -1;\nmembar.gl;\nst.volatile.u32 [%e], {{HASH_DELETED}};\n$full:\n\
+$over:\natom.global.add.u64 %cnt, [%t], -1;\nmembar.gl;\nst.volatile.u32 [%e], {{HASH_DELETED}};\n$full:\n\
 // An LRU hash makes room: a live entry of the key's probe sequence goes (the count stays).\n\
 setp.eq.u32 %p, %ty, 9;\nsetp.eq.or.u32 %p, %ty, 10, %p;\n@!%p bra $e2big;\n\
 call.uni (%e), bpf_hash_evict, (%st, %d, %a2);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $e2big;\n\
@@ -574,7 +574,7 @@ fn map_delete() -> String {
     fill(&format!(
         "{MAP_PROLOGUE}{IS_HASH}@!%p bra $einval;\ncall.uni (%e), bpf_hash_find, (%st, %d, %a2, 0);\nsetp.eq.u64 %p, %e, 0;\n@%p bra $enoent;\n\
 // A deleted entry keeps its key (only that key's insert takes it back), so lookups need no locks.\n\
-st.volatile.u32 [%e], 3;\nadd.u64 %t, %d, {{D_COUNT}};\natom.add.u64 %cnt, [%t], -1;\nmov.b64 %ret, 0;\nret;\n\
+st.volatile.u32 [%e], 3;\nadd.u64 %t, %d, {{D_COUNT}};\natom.global.add.u64 %cnt, [%t], -1;\nmov.b64 %ret, 0;\nret;\n\
 $enoent:\nmov.b64 %ret, -2;\nret;\n$missing:\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;"
     ))
 }
@@ -597,19 +597,19 @@ ld.u32 %cw, [%d+{{D_CHUNK}}];\ncvt.u64.u32 %chunk, %cw;\nsetp.eq.u64 %p, %chunk,
 // This SM's cursor, after the records.\n\
 ld.u32 %ty, [%lo+{{H_NSM}}];\nmov.u32 %cw, %smid;\nrem.u32 %cw, %cw, %ty;\nmul.wide.u32 %cur, %cw, {{CURSOR_STRIDE}};\n\
 add.u64 %t, %cap, {{CURSOR_STRIDE}};\nsub.u64 %t, %t, 1;\nand.b64 %t, %t, -{{CURSOR_STRIDE}};\nadd.u64 %cur, %cur, %t;\nadd.u64 %cur, %cur, %data;\n\
-$retry:\natom.add.u64 %old, [%cur], %need;\nshr.u64 %idx, %old, 32;\nand.b64 %used, %old, 0xffffffff;\nsetp.eq.u64 %p, %idx, 0xffffffff;\n@%p bra $sm_lost;\n\
+$retry:\natom.global.add.u64 %old, [%cur], %need;\nshr.u64 %idx, %old, 32;\nand.b64 %used, %old, 0xffffffff;\nsetp.eq.u64 %p, %idx, 0xffffffff;\n@%p bra $sm_lost;\n\
 // No chunk yet (index 0): the first thread takes one.\n\
 setp.eq.u64 %q, %idx, 0;\nselp.b64 %limit, 0, %chunk, %q;\nadd.u64 %t, %used, %need;\nsetp.le.u64 %p, %t, %limit;\n@%p bra $in_chunk;\nsetp.le.u64 %p, %used, %limit;\n@%p bra $refill;\n\
 mov.b64 %spin, 0;\n$wait:\nld.volatile.u64 %t, [%cur];\nshr.u64 %t, %t, 32;\nsetp.ne.u64 %p, %t, %idx;\n@%p bra $retry;\nadd.u64 %spin, %spin, 1;\nsetp.lt.u64 %p, %spin, 1000000;\n@%p bra $wait;\nbra $sm_lost;\n\
 $in_chunk:\nsub.u64 %pos, %idx, 1;\nshl.b64 %pos, %pos, 3;\nadd.u64 %pos, %pos, %used;\nbra $write;\n\
-$refill:\nadd.u64 %t, %d, {{D_HEAD}};\natom.add.u64 %pos, [%t], %chunk;\nadd.u64 %t, %pos, %chunk;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $exhausted;\n\
+$refill:\nadd.u64 %t, %d, {{D_HEAD}};\natom.global.add.u64 %pos, [%t], %chunk;\nadd.u64 %t, %pos, %chunk;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $exhausted;\n\
 shr.u64 %t, %pos, 3;\nadd.u64 %t, %t, 1;\nshl.b64 %t, %t, 32;\nor.b64 %t, %t, %need;\nst.volatile.u64 [%cur], %t;\nbra $write;\n\
 $exhausted:\nmov.b64 %t, 0xffffffff00000000;\nst.volatile.u64 [%cur], %t;\n\
 $sm_lost:\nadd.u64 %t, %cur, 8;\nred.global.add.u64 [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
 // Larger than a chunk: whole chunks from the head.\n\
 $big:\nrem.u64 %t, %need, %chunk;\nsub.u64 %t, %chunk, %t;\nrem.u64 %t, %t, %chunk;\nadd.u64 %limit, %need, %t;\n\
-add.u64 %t, %d, {{D_HEAD}};\natom.add.u64 %pos, [%t], %limit;\nadd.u64 %t, %pos, %limit;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\nbra $write;\n\
-$direct:\nadd.u64 %t, %d, {{D_HEAD}};\natom.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
+add.u64 %t, %d, {{D_HEAD}};\natom.global.add.u64 %pos, [%t], %limit;\nadd.u64 %t, %pos, %limit;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\nbra $write;\n\
+$direct:\nadd.u64 %t, %d, {{D_HEAD}};\natom.global.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
 $write:\nadd.u64 %pos, %pos, %data;\nshl.b64 %hdr, {source}, 32;\nor.b64 %hdr, %hdr, {len};\nor.b64 %hdr, %hdr, 0x8000000000000000;\nst.u64 [%pos], %hdr;\nadd.u64 %pos, %pos, 8;\ncall.uni (%ok), bpf_memcpy, (%pos, {data}, {len});\nmov.b64 %ret, 0;\nret;\n\
 $lost:\nadd.u64 %t, %d, {{D_LOST}};\nred.global.add.u64 [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
 $einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;",
@@ -645,7 +645,7 @@ setp.ne.u64 %p, %n, 0;\n@%p bra $text;\ncall.uni (%ok), bpf_range_ok, (%st, %a1,
     s.push_str(
         "ld.u64 %data, [%d+{D_DATA}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{D_DATA_LEN}];\n\
 add.u64 %need, %n, 55;\nand.b64 %need, %need, -8;\n\
-add.u64 %t, %d, {D_HEAD};\natom.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
+add.u64 %t, %d, {D_HEAD};\natom.global.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
 add.u64 %pos, %pos, %data;\nmov.u32 %w, %smid;\ncvt.u64.u32 %sm, %w;\nshl.b64 %hdr, %sm, 32;\nadd.u64 %t, %n, 40;\nor.b64 %hdr, %hdr, %t;\nor.b64 %hdr, %hdr, 0x8000000000000000;\nst.u64 [%pos], %hdr;\nst.u64 [%pos+40], %lo;\n",
     );
     if puts {
@@ -655,7 +655,7 @@ add.u64 %pos, %pos, %data;\nmov.u32 %w, %smid;\ncvt.u64.u32 %sm, %w;\nshl.b64 %h
     }
     s.push_str("add.u64 %pos, %pos, 48;\ncall.uni (%ok), bpf_memcpy, (%pos, %a1, %n);\n");
     s.push_str(if puts { "mov.b64 %ret, 0;\nret;\n" } else { "mov.b64 %ret, %n;\nret;\n" });
-    s.push_str("$lost:\nadd.u64 %t, %d, {D_LOST};\natom.add.u64 %ok, [%t], 1;\nmov.b64 %ret, -28;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;");
+    s.push_str("$lost:\nadd.u64 %t, %d, {D_LOST};\natom.global.add.u64 %ok, [%t], 1;\nmov.b64 %ret, -28;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;");
     fill(&s)
 }
 
