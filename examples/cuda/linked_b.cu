@@ -1,5 +1,11 @@
-// The other unit of linked_a.cu's relocatable device code: it defines the variable both use.
+// The other unit of linked_a.cu's relocatable device code: it defines the variable both use
+// and the function linked_a.cu's kernel calls.
 __device__ unsigned int blocks_seen;
+
+__device__ int scaled(int x, int factor)
+{
+    return x * factor;
+}
 
 template <int N> __global__ void shift(int *p)
 {

@@ -13,6 +13,11 @@
 //! memory is reached through generic addresses (`cvta.local`), or through `.local` loads and
 //! stores of window offsets (`cvta.to.local`), checked to stay in the window. An instruction is
 //! indivisible: an atomic is a read-modify-write no other thread comes between.
+//!
+//! Beyond our own code it runs what nvcc writes for simple kernels, so that the stand-in driver
+//! runs applications' kernels with probes spliced in: `.param` variables and calls through them
+//! (nvcc's convention for device functions that are not inlined, and across units of
+//! relocatable device code), instructions written over several lines.
 
 use std::collections::HashMap;
 
@@ -191,6 +196,26 @@ enum AtomOp {
 
 #[derive(Clone, Debug)]
 enum Op {
+    /// `ld.param` of a `.param` variable's bytes at `off`.
+    LdVar {
+        ty: Ty,
+        d: u16,
+        var: u16,
+        off: u32,
+    },
+    /// `st.param` into a `.param` variable.
+    StVar {
+        ty: Ty,
+        var: u16,
+        off: u32,
+        v: Val,
+    },
+    /// A call whose arguments and result are `.param` variables.
+    CallVars {
+        func: String,
+        ret: Option<u16>,
+        args: Vec<u16>,
+    },
     Mov {
         ty: Ty,
         d: u16,
@@ -344,6 +369,13 @@ struct Function {
     nregs: usize,
     instrs: Vec<Instr>,
     local_size: u64,
+    /// Bytes of each `.param` variable (nvcc's calling convention: parameters, the return
+    /// value, and the argument buffers a call site declares), by index.
+    var_sizes: Vec<u32>,
+    /// The `.param` parameters, in order.
+    var_params: Vec<u16>,
+    /// The `.param` return value.
+    var_ret: Option<u16>,
 }
 
 /// A parsed module.
@@ -442,6 +474,8 @@ fn reg_names(decl: &str) -> Vec<String> {
 struct FnParser<'a> {
     f: Function,
     regs: HashMap<String, u16>,
+    /// `.param` variables by name.
+    vars: HashMap<String, u16>,
     locals: HashMap<String, u64>,
     labels: HashMap<String, usize>,
     fixups: Vec<(usize, String, usize)>,
@@ -449,6 +483,22 @@ struct FnParser<'a> {
 }
 
 impl FnParser<'_> {
+    /// Declares the `.param` variable of `decl` (`.param .b32 x`, `.param .align 8 .b8 x[16]`).
+    fn var(&mut self, decl: &str) -> u16 {
+        let decl = decl.trim().trim_end_matches(';');
+        let last = decl.split_whitespace().last().unwrap_or("");
+        let (name, array) = match last.split_once('[') {
+            Some((n, k)) => (n, k.trim_end_matches(']').trim().parse::<u32>().ok()),
+            None => (last, None),
+        };
+        let ty = decl.split_whitespace().filter_map(|t| t.strip_prefix('.')).filter_map(Ty::parse).next_back();
+        let size = array.map_or(0, |k| k * ty.map_or(1, |t| t.bits().div_ceil(8))).max(ty.map_or(8, |t| t.bits().div_ceil(8)));
+        let v = self.f.var_sizes.len() as u16;
+        self.f.var_sizes.push(size);
+        self.vars.insert(name.to_string(), v);
+        v
+    }
+
     fn reg(&mut self, name: &str) -> u16 {
         if let Some(&r) = self.regs.get(name) {
             return r;
@@ -580,7 +630,15 @@ impl Module {
 
     fn parse_function(header: &str, body: &[&str], first_line: usize, globals: &[(String, u64)]) -> Result<Function, InterpError> {
         let line0 = first_line.saturating_sub(1);
-        let mut p = FnParser { f: Function::default(), regs: HashMap::new(), locals: HashMap::new(), labels: HashMap::new(), fixups: vec![], globals };
+        let mut p = FnParser {
+            f: Function::default(),
+            regs: HashMap::new(),
+            vars: HashMap::new(),
+            locals: HashMap::new(),
+            labels: HashMap::new(),
+            fixups: vec![],
+            globals,
+        };
         let entry = header.contains(".entry");
         // `.func (.reg .b64 %ret) name(.reg .b64 %a, ...)` or `.entry name(.param .u64 p, ...)`.
         let mut rest = header.trim();
@@ -588,8 +646,13 @@ impl Module {
         rest = rest.trim_start_matches(".entry").trim_start_matches(".func").trim();
         if rest.starts_with('(') {
             let close = rest.find(')').ok_or_else(|| perr(line0, "bad return declaration"))?;
-            let ret = rest[1..close].split_whitespace().last().unwrap_or("").to_string();
-            p.f.ret = Some(p.reg(&ret));
+            let decl = rest[1..close].to_string();
+            if decl.contains(".param") {
+                p.f.var_ret = Some(p.var(&decl));
+            } else {
+                let ret = decl.split_whitespace().last().unwrap_or("").to_string();
+                p.f.ret = Some(p.reg(&ret));
+            }
             rest = rest[close + 1..].trim();
         }
         let open = rest.find('(').ok_or_else(|| perr(line0, "missing parameters"))?;
@@ -606,16 +669,36 @@ impl Module {
                 let ty = param.split_whitespace().filter_map(|t| t.strip_prefix('.')).filter_map(Ty::parse).next_back();
                 let size = array.unwrap_or_else(|| ty.map_or(8, |t| t.bits().div_ceil(8)));
                 p.f.kernel_param_sizes.push(size);
+            } else if param.contains(".param") {
+                let v = p.var(param);
+                p.f.var_params.push(v);
             } else {
                 let r = p.reg(&name);
                 p.f.params.push(r);
             }
         }
+        // An instruction may span lines (nvcc writes a call's operands one to a line).
+        let mut pending = String::new();
         for (k, raw) in body.iter().enumerate() {
             let line = first_line + k;
             let t = raw.trim();
             let t = t.split("//").next().unwrap_or("").trim();
             if t.is_empty() || t == "{" || t == "}" {
+                continue;
+            }
+            if t.starts_with(".param") {
+                p.var(t);
+                continue;
+            }
+            if !pending.is_empty() || (!t.ends_with(';') && !t.ends_with(':') && !t.starts_with('.')) {
+                pending.push_str(t);
+                pending.push(' ');
+                if !t.ends_with(';') {
+                    continue;
+                }
+                let joined = std::mem::take(&mut pending);
+                let instr = Self::parse_instr(&mut p, line, joined.trim())?;
+                p.f.instrs.push(instr);
                 continue;
             }
             if let Some(decl) = t.strip_prefix(".reg") {
@@ -708,7 +791,20 @@ impl Module {
                 need(2)?;
                 let space = parts[1..parts.len() - 1].iter().find(|s| matches!(**s, "param" | "global" | "local" | "shared" | "const"));
                 let ty = last_ty()?;
-                if parts[0] == "ld" && space == Some(&"param") {
+                let var_of = |p: &FnParser, operand: &str| {
+                    let inner = operand.trim().trim_matches(|c| c == '[' || c == ']');
+                    let (base, off) = inner.split_once('+').unwrap_or((inner, "0"));
+                    let var = *p.vars.get(base.trim())?;
+                    let off = off.trim().parse::<u32>().ok()?;
+                    (off + ty.bits() / 8 <= p.f.var_sizes[var as usize]).then_some((var, off))
+                };
+                if space == Some(&"param") && parts[0] == "st" {
+                    let (var, off) = var_of(p, &ops[0]).ok_or_else(|| perr(line, format!("bad parameter operand `{}`", ops[0])))?;
+                    Op::StVar { ty, var, off, v: p.val(line, &ops[1])? }
+                } else if space == Some(&"param") && var_of(p, &ops[1]).is_some() {
+                    let (var, off) = var_of(p, &ops[1]).ok_or_else(|| perr(line, "bad parameter operand"))?;
+                    Op::LdVar { ty, d: p.dst(line, &ops[0])?, var, off }
+                } else if parts[0] == "ld" && space == Some(&"param") {
                     let inner = ops[1].trim_matches(|c| c == '[' || c == ']');
                     let (base, off) = inner.split_once('+').unwrap_or((inner, "0"));
                     let param = p.f.kernel_params.iter().position(|x| x == base.trim()).ok_or_else(|| perr(line, format!("unknown parameter `{base}`")))?;
@@ -818,12 +914,25 @@ impl Module {
                     2 => (None, ops[0].clone(), ops[1].clone()),
                     _ => return Err(perr(line, "bad call")),
                 };
-                let ret = match ret {
-                    Some(r) => Some(p.dst(line, &r)?),
-                    None => None,
-                };
-                let args = split_operands(args.trim_matches(|c| c == '(' || c == ')')).iter().map(|a| p.val(line, a)).collect::<Result<_, _>>()?;
-                Op::Call { func: name.trim().to_string(), ret, args }
+                let arg_names = split_operands(args.trim().trim_matches(|c| c == '(' || c == ')'));
+                let by_param = ret.as_ref().is_some_and(|r| p.vars.contains_key(r.trim())) || arg_names.first().is_some_and(|a| p.vars.contains_key(a.trim()));
+                if by_param {
+                    // nvcc's convention: arguments and result in `.param` buffers.
+                    let var = |n: &str| p.vars.get(n.trim()).copied().ok_or_else(|| perr(line, format!("`{n}` is not a .param variable")));
+                    let ret = match &ret {
+                        Some(r) => Some(var(r)?),
+                        None => None,
+                    };
+                    let args = arg_names.iter().map(|a| var(a)).collect::<Result<_, _>>()?;
+                    Op::CallVars { func: name.trim().to_string(), ret, args }
+                } else {
+                    let ret = match ret {
+                        Some(r) => Some(p.dst(line, &r)?),
+                        None => None,
+                    };
+                    let args = arg_names.iter().map(|a| p.val(line, a)).collect::<Result<_, _>>()?;
+                    Op::Call { func: name.trim().to_string(), ret, args }
+                }
             }
             "ret" => Op::Ret,
             "exit" => Op::Exit,
@@ -1041,6 +1150,15 @@ struct Frame {
     regs: Vec<u64>,
     pc: usize,
     ret_to: Option<u16>,
+    /// Its `.param` variables' bytes.
+    vars: Vec<Vec<u8>>,
+    /// The caller's `.param` variable that gets the result.
+    ret_var: Option<u16>,
+}
+
+/// Fresh bytes for the `.param` variables of `f`.
+fn vars_of(f: &Function) -> Vec<Vec<u8>> {
+    f.var_sizes.iter().map(|&n| vec![0u8; n as usize]).collect()
 }
 
 impl Machine {
@@ -1084,13 +1202,13 @@ impl Machine {
         if k.kernel_params.len() != args.len() {
             return Err(InterpError::Other(format!("kernel `{name}` takes {} arguments, got {}", k.kernel_params.len(), args.len())));
         }
-        let (nregs, local_size) = (k.nregs, k.local_size.max(16));
+        let (nregs, local_size, kvars) = (k.nregs, k.local_size.max(16), vars_of(k));
         let stride = local_size.div_ceil(4096) * 4096 + 4096;
         for block in 0..launch.blocks() {
             let mut live: Vec<Thread> = (0..launch.threads())
                 .map(|thread| {
                     let local_base = self.local_base + thread as u64 * stride;
-                    let frame = Frame { func: name.to_string(), regs: vec![0; nregs], pc: 0, ret_to: None };
+                    let frame = Frame { func: name.to_string(), regs: vec![0; nregs], pc: 0, ret_to: None, vars: kvars.clone(), ret_var: None };
                     self.memory.alloc_at(local_base, local_size).map(|_| Thread { stack: vec![frame], steps: 0, block, thread, local_base })
                 })
                 .collect::<Result<_, _>>()?;
@@ -1328,7 +1446,40 @@ impl Machine {
                     }
                     let ret_to = *ret;
                     let name = func.clone();
-                    stack.push(Frame { func: name, regs, pc: 0, ret_to });
+                    let vars = vars_of(callee);
+                    stack.push(Frame { func: name, regs, pc: 0, ret_to, vars, ret_var: None });
+                }
+                Op::CallVars { func, ret, args: call_args } => {
+                    let callee = self.module.functions.get(func).ok_or_else(|| InterpError::UnknownFunction(func.clone()))?;
+                    if callee.var_params.len() != call_args.len() {
+                        return Err(InterpError::Other(format!("`{func}` takes {} arguments, got {}", callee.var_params.len(), call_args.len())));
+                    }
+                    if callee.local_size > 0 {
+                        return Err(InterpError::Other(format!("`{func}` declares local memory: not in the subset for device functions")));
+                    }
+                    if depth > 64 {
+                        return Err(InterpError::Other("call stack deeper than 64".into()));
+                    }
+                    let mut vars = vars_of(callee);
+                    for (&to, &from) in callee.var_params.iter().zip(call_args) {
+                        let (dst, src) = (&mut vars[to as usize], &frame.vars[from as usize]);
+                        let n = dst.len().min(src.len());
+                        dst[..n].copy_from_slice(&src[..n]);
+                    }
+                    let regs = vec![0u64; callee.nregs];
+                    let name = func.clone();
+                    stack.push(Frame { func: name, regs, pc: 0, ret_to: None, vars, ret_var: *ret });
+                }
+                Op::LdVar { ty, d, var, off } => {
+                    let n = (ty.bits() / 8) as usize;
+                    let bytes = &frame.vars[*var as usize][*off as usize..*off as usize + n];
+                    let x = bytes.iter().rev().fold(0u64, |acc, &b| acc << 8 | b as u64);
+                    frame.regs[*d as usize] = if ty.signed() { ty.extend(x) as u64 } else { x };
+                }
+                Op::StVar { ty, var, off, v: val } => {
+                    let n = (ty.bits() / 8) as usize;
+                    let x = v!(val);
+                    frame.vars[*var as usize][*off as usize..*off as usize + n].copy_from_slice(&x.to_le_bytes()[..n]);
                 }
                 Op::Exit => return Ok(true),
                 Op::Ret => {
@@ -1339,6 +1490,11 @@ impl Machine {
                         Some(caller) => {
                             if let Some(d) = done.ret_to {
                                 caller.regs[d as usize] = value;
+                            }
+                            if let (Some(to), Some(from)) = (done.ret_var, f.var_ret) {
+                                let (dst, src) = (&mut caller.vars[to as usize], &done.vars[from as usize]);
+                                let n = dst.len().min(src.len());
+                                dst[..n].copy_from_slice(&src[..n]);
                             }
                         }
                         None => return Ok(true),
@@ -1502,4 +1658,90 @@ fn atom(op: AtomOp, ty: Ty, old: u64, y: u64, z: Option<u64>) -> u64 {
         }
     };
     ty.mask(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Device functions called as nvcc calls them: arguments and result in `.param` buffers
+    /// the call site declares, a call written over several lines, a struct passed by value,
+    /// a `.weak` kernel and a declaration before the definition.
+    const CALLS: &str = r#"
+.version 8.0
+.target sm_75
+.address_size 64
+
+.func  (.param .b32 func_retval0) _Z6triplei(
+	.param .b32 _Z6triplei_param_0
+)
+;
+.func  (.param .b32 func_retval0) _Z3sum4Pair(
+	.param .align 4 .b8 _Z3sum4Pair_param_0[8]
+)
+{
+	.reg .b32 	%r<4>;
+	ld.param.u32 	%r1, [_Z3sum4Pair_param_0];
+	ld.param.u32 	%r2, [_Z3sum4Pair_param_0+4];
+	add.s32 	%r3, %r1, %r2;
+	st.param.b32 	[func_retval0+0], %r3;
+	ret;
+}
+.func  (.param .b32 func_retval0) _Z6triplei(
+	.param .b32 _Z6triplei_param_0
+)
+{
+	.reg .b32 	%r<3>;
+	ld.param.u32 	%r1, [_Z6triplei_param_0];
+	mul.lo.s32 	%r2, %r1, 3;
+	st.param.b32 	[func_retval0+0], %r2;
+	ret;
+}
+.weak .entry _Z1kPi(
+	.param .u64 _Z1kPi_param_0
+)
+{
+	.reg .b32 	%r<6>;
+	.reg .b64 	%rd<5>;
+	ld.param.u64 	%rd1, [_Z1kPi_param_0];
+	cvta.to.global.u64 	%rd2, %rd1;
+	mov.u32 	%r1, %tid.x;
+	{ // callseq 0, 0
+	.param .b32 param0;
+	st.param.b32 	[param0+0], %r1;
+	.param .b32 retval0;
+	call.uni (retval0), 
+	_Z6triplei, 
+	(
+	param0
+	);
+	ld.param.b32 	%r2, [retval0+0];
+	} // callseq 0
+	{ // callseq 1, 0
+	.param .align 4 .b8 param0[8];
+	st.param.b32 	[param0+0], %r2;
+	st.param.b32 	[param0+4], 100;
+	.param .b32 retval0;
+	call.uni (retval0), 
+	_Z3sum4Pair, 
+	(
+	param0
+	);
+	ld.param.b32 	%r3, [retval0+0];
+	} // callseq 1
+	mul.wide.u32 	%rd3, %r1, 4;
+	add.s64 	%rd4, %rd2, %rd3;
+	st.global.u32 	[%rd4], %r3;
+	ret;
+}
+"#;
+
+    #[test]
+    fn device_functions_take_and_return_param_buffers() {
+        let mut m = Machine::new(Module::parse(CALLS).unwrap());
+        let out = m.memory.alloc(4 * 8);
+        m.launch("_Z1kPi", &[out], Launch::linear(1, 8, 1)).unwrap();
+        let got: Vec<u32> = m.memory.read(out, 32).unwrap().chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(got, (0..8).map(|t| 3 * t + 100).collect::<Vec<u32>>());
+    }
 }
