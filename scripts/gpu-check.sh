@@ -92,8 +92,13 @@ done
 for u in linked_a linked_b; do
     "$NVCC" -rdc=true --fatbin -o "$cuda/$u.fatbin" "examples/cuda/$u.cu" && "$NVCC" -rdc=true -c -o "$cuda/$u.o" "examples/cuda/$u.cu"
 done
+# The device runtime's unit (linked_b.cu's `parent` launches a kernel), as nvcc links it in.
+devrt_a=$(ls "$(dirname "$(command -v "$NVCC")")"/../lib*/libcudadevrt.a /usr/local/cuda/lib64/libcudadevrt.a 2>/dev/null | head -1)
+(cd "$cuda" && ar x "$devrt_a" cuda_device_runtime.o && objcopy -O binary --only-section=__nv_relfatbin cuda_device_runtime.o devrt.fatbin) ||
+    summary+=("devrt.fatbin from '$devrt_a': FAILED")
 "$NVCC" -dlink "$cuda/linked_a.o" "$cuda/linked_b.o" --fatbin -o "$cuda/linked.fatbin" &&
-    cc -O2 -DLINKED="\"$PWD/$cuda/linked.fatbin\"" -DUNIT_A="\"$PWD/$cuda/linked_a.fatbin\"" -DUNIT_B="\"$PWD/$cuda/linked_b.fatbin\"" examples/cuda/driver_linked.c -ldl -o "$cuda/driver_linked" ||
+    cc -O2 -DLINKED="\"$PWD/$cuda/linked.fatbin\"" -DUNIT_A="\"$PWD/$cuda/linked_a.fatbin\"" -DUNIT_B="\"$PWD/$cuda/linked_b.fatbin\"" \
+        -DUNIT_DEVRT="\"$PWD/$cuda/devrt.fatbin\"" examples/cuda/driver_linked.c -ldl -o "$cuda/driver_linked" ||
     summary+=("driver_linked build: FAILED")
 "$NVCC" --fatbin -o "$cuda/globals.fatbin" examples/cuda/globals.cu &&
     cc -O2 -DFATBIN="\"$PWD/$cuda/globals.fatbin\"" examples/cuda/driver_globals.c -ldl -o "$cuda/driver_globals" ||

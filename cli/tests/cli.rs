@@ -796,11 +796,14 @@ fn relocatable_units_are_patched_as_units_the_device_linker_accepts() {
     assert!(o.status.success(), "nvcc: {}", text(&o.stderr));
     // The units, and the device-linked machine code whose kernels they define.
     let s = text(&bpftime(&["cuda", "inspect", app.to_str().unwrap()]).stdout);
-    assert_eq!(s.matches(", a unit of relocatable device code)").count(), 3, "two units and the host file's empty one: {s}");
+    // linked_a.cu's and linked_b.cu's, linked_main.cu's empty one, and the device runtime's
+    // (linked_b.cu's `parent` launches a kernel).
+    assert_eq!(s.matches(", a unit of relocatable device code)").count(), 4, "{s}");
     for k in ["_Z4fillPi (fill(int*))", "_Z5scalePii (scale(int*, int))", "_Z5shiftILi5EEvPi (void shift<5>(int*))"] {
         assert!(s.contains(&format!("kernel {k}: device-linked SASS: instrumented through its unit's PTX")), "{k}: {s}");
     }
     assert!(!s.contains("runs untouched"), "{s}");
+    assert!(s.contains("kernel _Z6parentPi (parent(int*)), params [8] bytes: can be instrumented"), "{s}");
     // Patched as units (the arena `.weak`, so the units share one), each compiled as a unit and
     // the set linked by nvlink, as the driver's linker links them at load.
     let obj = build_example("cuda_linked");
@@ -813,6 +816,10 @@ fn relocatable_units_are_patched_as_units_the_device_linker_accepts() {
     let mut units: Vec<std::path::PathBuf> =
         std::fs::read_dir(&out_dir).unwrap().flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".unit.ptx")).collect();
     units.sort();
+    assert_eq!(units.len(), 4, "{report}");
+    // The application's units (the device runtime's PTX is for a newer GPU; nvlink takes the
+    // runtime from libcudadevrt.a as nvcc's link does).
+    units.retain(|u| std::fs::read_to_string(u).unwrap().contains(".target sm_75"));
     assert_eq!(units.len(), 3, "{report}");
     let mut cubins = vec![];
     for u in &units {
@@ -826,7 +833,9 @@ fn relocatable_units_are_patched_as_units_the_device_linker_accepts() {
         cubins.push(cubin);
     }
     let linked = dir.join("linked.cubin");
-    let o = Command::new(&nvlink).arg("-arch=sm_90").args(&cubins).arg("-o").arg(&linked).output().unwrap();
+    // linked_b.cu's `parent` launches a kernel: the device runtime library is linked in too.
+    let lib = nvcc.parent().and_then(|b| b.parent()).map(|t| t.join("lib")).unwrap_or_default();
+    let o = Command::new(&nvlink).arg("-arch=sm_90").args(&cubins).arg("-L").arg(&lib).arg("-lcudadevrt").arg("-o").arg(&linked).output().unwrap();
     assert!(o.status.success(), "nvlink: {}", text(&o.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }

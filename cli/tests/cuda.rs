@@ -138,14 +138,28 @@ fn setup_linked(tag: &str) -> Option<PathBuf> {
         nv(&["-rdc=true".as_ref(), "-c".as_ref(), "-o".as_ref(), format!("{unit}.o").as_ref(), cu.as_os_str()]);
     }
     nv(&["-dlink".as_ref(), "linked_a.o".as_ref(), "linked_b.o".as_ref(), "--fatbin".as_ref(), "-o".as_ref(), "linked.fatbin".as_ref()]);
-    let out = Command::new("cc")
+    // The device runtime's unit, as nvcc links it in: libcudadevrt.a's fatbin.
+    let devrt = nvcc.parent().and_then(|b| b.parent()).map(|t| t.join("lib/libcudadevrt.a")).unwrap_or_default();
+    let o = Command::new("ar").arg("x").arg(&devrt).arg("cuda_device_runtime.o").current_dir(&dir).output().unwrap();
+    assert!(o.status.success(), "ar x {}: {}", devrt.display(), String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("objcopy")
+        .args(["-O", "binary", "--only-section=__nv_relfatbin", "cuda_device_runtime.o", "devrt.fatbin"])
         .current_dir(&dir)
-        .args(["-O2", "-DLINKED=\"linked.fatbin\"", "-DUNIT_A=\"linked_a.fatbin\"", "-DUNIT_B=\"linked_b.fatbin\""])
-        .arg(src.join("driver_linked.c"))
-        .args(["-ldl", "-o", "app"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(o.status.success(), "objcopy: {}", String::from_utf8_lossy(&o.stderr));
+    // `app` has the three units nvcc's link gives it; `app-bare` only the application's two.
+    for (name, devrt) in [("app", true), ("app-bare", false)] {
+        let out = Command::new("cc")
+            .current_dir(&dir)
+            .args(["-O2", "-DLINKED=\"linked.fatbin\"", "-DUNIT_A=\"linked_a.fatbin\"", "-DUNIT_B=\"linked_b.fatbin\""])
+            .args(devrt.then_some("-DUNIT_DEVRT=\"devrt.fatbin\""))
+            .arg(src.join("driver_linked.c"))
+            .args(["-ldl", "-o", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    }
     Some(dir)
 }
 
@@ -165,7 +179,7 @@ fn relocatable_device_code_is_linked_with_its_probes() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout, expected, "{stderr}");
-    assert!(stderr.contains("2 units of relocatable device code linked with the probes"), "{stderr}");
+    assert!(stderr.contains("3 units of relocatable device code linked with the probes"), "{stderr}");
     let threads = (n * launches).to_string();
     for (key, what) in [("0", "scale's entries (unit a)"), ("1", "fill's exits (unit b)"), ("2", "shift<5>'s entries: the kernel both units define, once")] {
         assert_eq!(dumped(&stderr, "linked_hits", key).as_deref(), Some(threads.as_str()), "{what}\n{stderr}");
@@ -176,6 +190,9 @@ fn relocatable_device_code_is_linked_with_its_probes() {
     let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
     assert_eq!(log.matches("link 2 units").count(), 1, "{log}");
     assert_eq!(log.matches("load module").count(), 1, "{log}");
+    // linked_b.cu's `parent` launches a kernel: the device runtime's own unit goes into the
+    // link as it is (machine code only here), and no library besides.
+    assert!(log.contains("link fatbin without PTX for this device: taken, not run") && !log.contains("link library"), "{log}");
     let unit = |i: usize| std::fs::read_to_string(dir.join(format!("log/unit-{i}.ptx"))).unwrap();
     let (a, b) = (unit(0), unit(1));
     assert!(a.contains(".weak .global .align 8 .u64 bpftime_arena") && b.contains(".weak .global .align 8 .u64 bpftime_arena"), "{a}\n{b}");
@@ -198,6 +215,17 @@ fn relocatable_device_code_is_linked_with_its_probes() {
     assert!(!stderr.contains("never attached"), "{stderr}");
     let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
     assert_eq!(log.matches("link 2 units").count(), 1, "the application's link only\n{log}");
+    // Without the device runtime's unit, the relink takes it from libcudadevrt.a.
+    let _ = std::fs::remove_dir_all(dir.join("log"));
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    std::fs::copy(dir.join("app-bare"), dir.join("app")).unwrap();
+    let out = traced(&dir, &build_example("cuda_linked"), &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, expected, "{stderr}");
+    assert_eq!(dumped(&stderr, "linked_hits", "0").as_deref(), Some(threads.as_str()), "{stderr}");
+    let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
+    assert!(log.lines().any(|l| l.starts_with("link library ") && l.ends_with("/libcudadevrt.a")), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -25,8 +25,15 @@ EMBED(linked_fatbin, LINKED);
 EMBED(unit_a_fatbin, UNIT_A);
 EMBED(unit_b_fatbin, UNIT_B);
 
-// What __cudaRegisterLinkedBinary fills in before registering the wrapper.
+// What __cudaRegisterLinkedBinary fills in before registering the wrapper. nvcc links the device
+// runtime in as a unit of its own when a kernel launches kernels (linked_b.cu's `parent`):
+// -DUNIT_DEVRT names its fatbin (the __nv_relfatbin section of libcudadevrt.a's object).
+#ifdef UNIT_DEVRT
+EMBED(unit_devrt_fatbin, UNIT_DEVRT);
+static const void *prelinked[] = { unit_a_fatbin, unit_b_fatbin, unit_devrt_fatbin, 0 };
+#else
 static const void *prelinked[] = { unit_a_fatbin, unit_b_fatbin, 0 };
+#endif
 static const Wrapper linked_wrapper = { 0x466243b1, 2, linked_fatbin, prelinked };
 
 static const void *driver_image(void)
@@ -63,6 +70,9 @@ int main(int argc, char **argv)
         // CU_JIT_INPUT_FATBINARY
         CHECK(link_add(state, 2, (void *)unit_a_fatbin, 0, "linked_a", 0, 0, 0));
         CHECK(link_add(state, 2, (void *)unit_b_fatbin, 0, "linked_b", 0, 0, 0));
+#ifdef UNIT_DEVRT
+        CHECK(link_add(state, 2, (void *)unit_devrt_fatbin, 0, "cuda_device_runtime", 0, 0, 0));
+#endif
         CHECK(link_complete(state, &cubin, &size));
         CHECK(module_load(&code, cubin));
         CHECK(link_destroy(state));

@@ -20,3 +20,17 @@ __global__ void fill(int *p)
     if (threadIdx.x == 0)
         atomicAdd(&blocks_seen, 1);
 }
+
+// A kernel that launches a kernel (dynamic parallelism): its unit calls the device runtime,
+// which the device link takes from libcudadevrt.a (and so must a relink). The examples do not
+// launch it.
+__global__ void child(int *p)
+{
+    p[threadIdx.x] += 1;
+}
+
+__global__ void parent(int *p)
+{
+    if (threadIdx.x == 0)
+        child<<<1, 32>>>(p);
+}

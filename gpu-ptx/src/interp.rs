@@ -385,6 +385,9 @@ pub struct Module {
     globals: Vec<(String, u64)>,
 }
 
+/// Where the numbers that stand for functions' addresses start (nothing is allocated there).
+const FUNCTION_ADDRESSES: u64 = 0xf00d_0000_0000;
+
 /// A top-level directive without its `.visible` or `.weak` linking directive.
 fn without_linkage(t: &str) -> &str {
     [".visible ", ".weak "].iter().find_map(|l| t.strip_prefix(l)).unwrap_or(t).trim_start()
@@ -480,6 +483,8 @@ struct FnParser<'a> {
     labels: HashMap<String, usize>,
     fixups: Vec<(usize, String, usize)>,
     globals: &'a [(String, u64)],
+    /// The module's functions, whose names are operands too (their addresses).
+    funcs: &'a [String],
 }
 
 impl FnParser<'_> {
@@ -530,6 +535,11 @@ impl FnParser<'_> {
         if self.globals.iter().any(|(g, _)| g == s) {
             return Ok(Val::GlobalSym(s.to_string()));
         }
+        if let Some(i) = self.funcs.iter().position(|f| f == s) {
+            // A function's address (a kernel a kernel launches): a number that names it here;
+            // nothing calls through it.
+            return Ok(Val::Imm(FUNCTION_ADDRESSES + 16 * i as u64));
+        }
         Err(perr(line, format!("unknown operand `{s}`")))
     }
 
@@ -561,6 +571,7 @@ impl Module {
     pub fn parse(text: &str) -> Result<Module, InterpError> {
         let lines: Vec<&str> = text.lines().collect();
         let mut m = Module::default();
+        let funcs = crate::link::function_names(text);
         // Module globals first (a function may refer to one declared later).
         for l in &lines {
             let t = l.trim();
@@ -621,14 +632,14 @@ impl Module {
                 }
                 i += 1;
             }
-            let f = Self::parse_function(&header, &lines[start..i], start + 1, &m.globals)?;
+            let f = Self::parse_function(&header, &lines[start..i], start + 1, &m.globals, &funcs)?;
             m.functions.insert(f.name.clone(), f);
             i += 1;
         }
         Ok(m)
     }
 
-    fn parse_function(header: &str, body: &[&str], first_line: usize, globals: &[(String, u64)]) -> Result<Function, InterpError> {
+    fn parse_function(header: &str, body: &[&str], first_line: usize, globals: &[(String, u64)], funcs: &[String]) -> Result<Function, InterpError> {
         let line0 = first_line.saturating_sub(1);
         let mut p = FnParser {
             f: Function::default(),
@@ -638,6 +649,7 @@ impl Module {
             labels: HashMap::new(),
             fixups: vec![],
             globals,
+            funcs,
         };
         let entry = header.contains(".entry");
         // `.func (.reg .b64 %ret) name(.reg .b64 %a, ...)` or `.entry name(.param .u64 p, ...)`.

@@ -30,6 +30,8 @@ struct Item {
     /// A definition (a body, or a variable that is not `.extern`), not a declaration.
     defines: bool,
     kernel: bool,
+    /// A `.func` or `.entry` (not a variable).
+    function: bool,
     /// Its lines, `first..end`.
     first: usize,
     end: usize,
@@ -102,7 +104,7 @@ fn items(lines: &[&str]) -> Vec<Item> {
             i += 1;
         }
         let defines = if function { body } else { linkage != Linkage::Extern };
-        out.push(Item { name, linkage, defines, kernel: *kind == ".entry", first, end: i });
+        out.push(Item { name, linkage, defines, kernel: *kind == ".entry", function, first, end: i });
     }
     out
 }
@@ -127,6 +129,34 @@ fn variable_name(decl: &str) -> String {
 pub fn defined_kernels(unit: &str) -> Vec<(String, bool)> {
     let lines: Vec<&str> = unit.lines().collect();
     items(&lines).into_iter().filter(|it| it.kernel && it.defines).map(|it| (it.name, it.linkage == Linkage::Weak)).collect()
+}
+
+/// The functions and kernels a PTX text declares or defines, each once, in order.
+pub(crate) fn function_names(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for it in items(&text.lines().collect::<Vec<_>>()).into_iter().filter(|it| it.function) {
+        if !out.contains(&it.name) {
+            out.push(it.name);
+        }
+    }
+    out
+}
+
+/// Functions the units call (`.extern .func`) and none of them defines: what the driver itself
+/// provides (`vprintf`, `malloc`) or a library must (the device runtime's `__cudaCDP2...` and
+/// `cuda...` functions of kernels that launch kernels, in `libcudadevrt.a`).
+pub fn unresolved_functions(units: &[&str]) -> Vec<String> {
+    let all: Vec<Vec<Item>> = units.iter().map(|u| items(&u.lines().collect::<Vec<_>>())).collect();
+    let defined: std::collections::HashSet<&str> = all.iter().flatten().filter(|it| it.defines).map(|it| it.name.as_str()).collect();
+    let mut out: Vec<String> = all
+        .iter()
+        .flatten()
+        .filter(|it| it.function && it.linkage == Linkage::Extern && !it.defines && !it.kernel && !defined.contains(it.name.as_str()))
+        .map(|it| it.name.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Replaces whole identifiers of `line` found in `renames`.
@@ -252,5 +282,13 @@ mod tests {
         let twice = link_units(&[B, B]).unwrap_err();
         assert!(twice.contains("`shared_count` is defined in units 0 and 1"), "{twice}");
         assert_eq!(link_units(&[A]).unwrap(), A);
+    }
+
+    #[test]
+    fn functions_no_unit_defines_are_named() {
+        let calls = ".extern .func  (.param .b64 func_retval0) __cudaCDP2GetParameterBufferV2\n(\n\t.param .b64 p\n)\n;\n.extern .func  (.param .b32 func_retval0) helper\n(\n)\n;\n";
+        let defines = ".visible .func  (.param .b32 func_retval0) helper(\n)\n{\n\tret;\n}\n";
+        assert_eq!(unresolved_functions(&[calls, defines]), ["__cudaCDP2GetParameterBufferV2"]);
+        assert_eq!(unresolved_functions(&[A, B]), Vec::<String>::new(), "variables are not functions");
     }
 }

@@ -64,6 +64,7 @@ type FnLinkCreate = unsafe extern "C" fn(c_uint, *mut c_int, *mut *mut c_void, *
 type FnLinkAddData = unsafe extern "C" fn(Handle, c_int, *mut c_void, usize, *const c_char, c_uint, *mut c_int, *mut *mut c_void) -> CuResult;
 type FnLinkComplete = unsafe extern "C" fn(Handle, *mut *mut c_void, *mut usize) -> CuResult;
 type FnLinkDestroy = unsafe extern "C" fn(Handle) -> CuResult;
+type FnLinkAddFile = unsafe extern "C" fn(Handle, c_int, *const c_char, c_uint, *mut c_int, *mut *mut c_void) -> CuResult;
 
 /// `CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP`: pinned for every context,
 /// mapped into the device's address space.
@@ -101,6 +102,7 @@ pub struct Driver {
     ctx_push_current: Option<FnCtxPushCurrent>,
     ctx_pop_current: Option<FnCtxPopCurrent>,
     link: Option<(FnLinkCreate, FnLinkAddData, FnLinkComplete, FnLinkDestroy)>,
+    link_add_file: Option<FnLinkAddFile>,
 }
 
 /// Asks the real `cuGetProcAddress` for `name`.
@@ -205,6 +207,7 @@ impl Driver {
                 optional_entry!(c"cuLinkDestroy" as FnLinkDestroy),
             ))
             .and_then(|(c, a, m, d)| Some((c?, a?, m?, d?))),
+            link_add_file: optional_entry!(c"cuLinkAddFile" as FnLinkAddFile),
         })
     }
 
@@ -476,10 +479,10 @@ impl Driver {
     }
 
     /// Links PTX units into a cubin for the current context's device with the driver's JIT
-    /// linker (`cuLinkCreate`, `cuLinkAddData`, `cuLinkComplete`): what a relocatable
-    /// application's units become when it has no machine code for the device. The error says
-    /// what the linker logged.
-    pub fn link_ptx(&self, units: &[&CStr]) -> Result<Vec<u8>, String> {
+    /// linker (`cuLinkCreate`, `cuLinkAddData`, `cuLinkComplete`), with the static libraries
+    /// `libraries` (`cuLinkAddFile`): what a relocatable application's units become when it has
+    /// no machine code for the device. The error says what the linker logged.
+    pub fn link(&self, inputs: &[LinkInput<'_>], libraries: &[&CStr]) -> Result<Vec<u8>, String> {
         let (create, add, complete, destroy) = self.link.ok_or("the driver has no cuLink entry points")?;
         // CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES.
         let mut log = vec![0u8; 4096];
@@ -498,17 +501,34 @@ impl Driver {
             }
         };
         let mut result = Ok(());
-        for (i, unit) in units.iter().enumerate() {
-            let name = CString::new(format!("unit{i}.ptx")).unwrap_or_default();
-            // SAFETY: CU_JIT_INPUT_PTX (1): a NUL-terminated text and its length with the NUL;
-            // the driver copies it; no per-input options.
-            let r = unsafe {
-                add(state, 1, unit.as_ptr().cast_mut().cast(), unit.to_bytes_with_nul().len(), name.as_ptr(), 0, std::ptr::null_mut(), std::ptr::null_mut())
+        for (i, input) in inputs.iter().enumerate() {
+            let name = CString::new(format!("unit{i}")).unwrap_or_default();
+            // CU_JIT_INPUT_PTX (1): a NUL-terminated text and its length with the NUL;
+            // CU_JIT_INPUT_FATBINARY (2): a fatbin.
+            let (kind, data, len) = match input {
+                LinkInput::Ptx(text) => (1, text.as_ptr().cast::<c_void>(), text.to_bytes_with_nul().len()),
+                LinkInput::Fatbin(bytes) => (2, bytes.as_ptr().cast::<c_void>(), bytes.len()),
             };
+            // SAFETY: the input as its kind requires, readable for `len` bytes; the driver
+            // copies it; no per-input options.
+            let r = unsafe { add(state, kind, data.cast_mut(), len, name.as_ptr(), 0, std::ptr::null_mut(), std::ptr::null_mut()) };
             result = self.check(r, &format!("cuLinkAddData (unit {i})"));
             if result.is_err() {
                 break;
             }
+        }
+        for lib in libraries {
+            if result.is_err() {
+                break;
+            }
+            result = match self.link_add_file {
+                // SAFETY: CU_JIT_INPUT_LIBRARY (4): a NUL-terminated path; no options.
+                Some(add_file) => self.check(
+                    unsafe { add_file(state, 4, lib.as_ptr(), 0, std::ptr::null_mut(), std::ptr::null_mut()) },
+                    &format!("cuLinkAddFile ({})", lib.to_string_lossy()),
+                ),
+                None => Err("the driver has no cuLinkAddFile".into()),
+            };
         }
         let mut cubin = Err(String::new());
         if result.is_ok() {
@@ -549,6 +569,14 @@ pub type Dim = c_uint;
 const WRAPPER_MAGIC: u32 = 0x466243b1;
 /// Fatbin header magic.
 const FATBIN_MAGIC: u32 = 0xBA55ED50;
+
+/// One input of [`Driver::link`].
+pub enum LinkInput<'a> {
+    /// PTX text.
+    Ptx(CString),
+    /// A fat binary, as the application embeds it.
+    Fatbin(&'a [u8]),
+}
 
 /// What a module or library load was handed.
 pub enum Image<'a> {

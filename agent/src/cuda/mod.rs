@@ -277,12 +277,21 @@ impl Gpu {
     /// once) when a unit has no PTX, no probe goes into them, or the link fails.
     fn patch_linked(&self, drv: Option<&Driver>, units: &[&[u8]]) -> Option<PatchedImage> {
         let drv = drv?;
-        let texts: Vec<(String, u32)> = units.iter().map(|u| self.fatbin_ptx(Some(drv), u)).collect::<Option<_>>()?;
-        let arch = texts.iter().map(|t| t.1).min().unwrap_or(75);
+        let cc = drv.compute_capability(drv.device()).unwrap_or(u32::MAX);
+        // Each unit's PTX for this device, if it has one (the device runtime's own unit, which
+        // nvcc links in for kernels that launch kernels, may have machine code only).
+        let ptx: Vec<Option<(String, u32)>> = units.iter().map(|u| unit_ptx(u, cc)).collect();
+        let arch = ptx.iter().flatten().map(|t| t.1).min().unwrap_or(75);
         let probes = self.probes_for(arch)?;
         let mut spliced = vec![];
-        let mut linked: Vec<CString> = vec![];
-        for (text, _) in &texts {
+        // What goes into the link: a unit with probes as its patched PTX, any other as it is
+        // (its fatbin: the linker takes its machine code for the device, or JIT-compiles its PTX).
+        let mut inputs: Vec<driver::LinkInput> = vec![];
+        for (unit, text) in units.iter().zip(&ptx) {
+            let Some((text, _)) = text else {
+                inputs.push(driver::LinkInput::Fatbin(unit));
+                continue;
+            };
             let patched = match patch::patch_unit(text, &probes) {
                 Ok(p) => p,
                 Err(e) => {
@@ -290,8 +299,12 @@ impl Gpu {
                     return None;
                 }
             };
-            spliced.extend(patched.spliced);
-            linked.push(CString::new(patched.ptx).ok()?);
+            if patched.spliced.is_empty() {
+                inputs.push(driver::LinkInput::Fatbin(unit));
+            } else {
+                spliced.extend(patched.spliced);
+                inputs.push(driver::LinkInput::Ptx(CString::new(patched.ptx).ok()?));
+            }
         }
         // A probe of a kernel defined in several units (a template's `.weak` entry) is spliced
         // into each; the linker keeps one of them.
@@ -300,8 +313,27 @@ impl Gpu {
         if spliced.is_empty() {
             return None;
         }
-        let refs: Vec<&CStr> = linked.iter().map(CString::as_c_str).collect();
-        let cubin = match drv.link_ptx(&refs) {
+        // Kernels that launch kernels call the device runtime, which `nvcc -rdc` links in (as a
+        // unit of its own, or from libcudadevrt.a): the relink needs it too.
+        let texts: Vec<&str> = ptx.iter().flatten().map(|t| t.0.as_str()).collect();
+        let runtime_calls: Vec<String> =
+            bpftime_gpu_ptx::link::unresolved_functions(&texts).into_iter().filter(|f| f.starts_with("cuda") || f.starts_with("__cuda")).collect();
+        let mut libraries = vec![];
+        if let Some(first) = runtime_calls.first() {
+            let provided = units.iter().zip(&ptx).any(|(u, t)| t.is_none() && unit_defines(u, &runtime_calls));
+            match device_runtime_library() {
+                _ if provided => {}
+                Some(lib) => libraries.push(lib),
+                None => {
+                    self.say_once(format!(
+                        "relocatable device code calls the device runtime ({first}) and libcudadevrt.a was not found (set BPFTIME_CUDADEVRT to its path); its kernels run without probes"
+                    ));
+                    return None;
+                }
+            }
+        }
+        let libs: Vec<&CStr> = libraries.iter().map(CString::as_c_str).collect();
+        let cubin = match drv.link(&inputs, &libs) {
             Ok(c) => c,
             Err(e) => {
                 self.say_once(format!("relocatable device code with probes cannot be linked ({e}); its kernels run without probes"));
@@ -763,6 +795,39 @@ fn replacement(image: *const c_void) -> Option<PatchedImage> {
     // accepts.
     let image = unsafe { driver::read_image(image) };
     guarded(|| gpu.patch_image(Driver::get(), image))
+}
+
+/// The device runtime library (`libcudadevrt.a`, which `nvcc -rdc` links into kernels that
+/// launch kernels): `$BPFTIME_CUDADEVRT`, else where CUDA toolkits and NVIDIA's wheels put it.
+fn device_runtime_library() -> Option<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(p) = std::env::var_os("BPFTIME_CUDADEVRT") {
+        return CString::new(p.as_bytes()).ok();
+    }
+    let mut dirs: Vec<std::path::PathBuf> =
+        ["CUDA_HOME", "CUDA_PATH"].iter().filter_map(std::env::var_os).map(|d| std::path::Path::new(&d).join("lib64")).collect();
+    dirs.extend(["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu"].map(std::path::PathBuf::from));
+    if let Ok(wheels) = std::fs::read_dir("/opt/bpftime-cuda/nvidia") {
+        dirs.extend(wheels.flatten().map(|w| w.path().join("lib")));
+    }
+    let lib = dirs.into_iter().map(|d| d.join("libcudadevrt.a")).find(|p| p.is_file())?;
+    CString::new(lib.as_os_str().as_bytes()).ok()
+}
+
+/// The newest PTX of a unit's fatbin that a device of compute capability `cc` can run.
+fn unit_ptx(bytes: &[u8], cc: u32) -> Option<(String, u32)> {
+    let fb = fatbin::parse(bytes, 0).ok()?;
+    let e = fb.entries.iter().filter(|e| e.kind == EntryKind::Ptx && e.arch <= cc).max_by_key(|e| e.arch)?;
+    Some((String::from_utf8_lossy(&e.contents(bytes).ok()?).into_owned(), e.arch))
+}
+
+/// Whether the machine code of a unit's fatbin defines one of `names` (its first ELF entry:
+/// the others are the same code for other GPUs).
+fn unit_defines(bytes: &[u8], names: &[String]) -> bool {
+    use object::{Object as _, ObjectSymbol as _};
+    let Ok(fb) = fatbin::parse(bytes, 0) else { return false };
+    let Some(elf) = fb.entries.iter().find(|e| e.kind == EntryKind::Elf).and_then(|e| e.contents(bytes).ok()) else { return false };
+    object::File::parse(&*elf).is_ok_and(|f| f.symbols().any(|s| !s.is_undefined() && s.name().is_ok_and(|n| names.iter().any(|x| x == n))))
 }
 
 /// Whether a cubin came out of a link the agent spliced probes into (it defines the arena).

@@ -128,8 +128,13 @@ unsafe fn image_ptx(image: *const c_void) -> Result<String, CuResult> {
                     if unit.is_null() {
                         break;
                     }
-                    // SAFETY: as above.
-                    texts.push(unsafe { fatbin_ptx(unit) }?);
+                    // SAFETY: as above. A unit with machine code only (the device runtime's)
+                    // would be linked as it is; this driver does not run it.
+                    match unsafe { fatbin_ptx(unit) } {
+                        Ok(t) => texts.push(t),
+                        Err(NO_BINARY_FOR_GPU) => log("link fatbin without PTX for this device: taken, not run"),
+                        Err(e) => return Err(e),
+                    }
                 }
                 log(&format!("link {} units", texts.len()));
                 return link(&texts);
@@ -577,10 +582,25 @@ api! {
         // CU_JIT_INPUT_PTX (1): text, with or without its NUL; CU_JIT_INPUT_FATBINARY (2).
         let text = match kind {
             1 => String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) }).trim_end_matches('\0').to_string(),
-            2 => match unsafe { fatbin_ptx(data.cast()) } { Ok(t) => t, Err(e) => return e },
+            2 => match unsafe { fatbin_ptx(data.cast()) } {
+                Ok(t) => t,
+                // Machine code only (the device runtime's unit): taken, not something this
+                // driver runs.
+                Err(NO_BINARY_FOR_GPU) => { log("link fatbin without PTX for this device: taken, not run"); return SUCCESS; }
+                Err(e) => return e,
+            },
             _ => { log(&format!("link input of kind {kind} refused")); return NOT_SUPPORTED; }
         };
         s.units.push(text);
+        SUCCESS
+    }
+    fn cuLinkAddFile(state: Handle, kind: c_int, path: *const c_char, _n: c_uint, _o: *mut c_int, _v: *mut *mut c_void) {
+        if state.is_null() || path.is_null() { return INVALID_VALUE; }
+        // Libraries (CU_JIT_INPUT_LIBRARY, 4) are taken and not linked: their device code (the
+        // device runtime) is not something this driver runs.
+        let path = unsafe { CStr::from_ptr(path) }.to_string_lossy().into_owned();
+        if kind != 4 || !std::path::Path::new(&path).is_file() { return NOT_FOUND; }
+        log(&format!("link library {path}"));
         SUCCESS
     }
     fn cuLinkComplete(state: Handle, out: *mut *mut c_void, size: *mut usize) {
