@@ -35,7 +35,9 @@ use bpftime_vm::analysis::HelperArgs;
 
 impl GpuHelper {
     /// A helper with a fixed PTX body (declarations and instructions; `%st` and `%a1`-`%a5`
-    /// are the parameters, `%ret` the result).
+    /// are the parameters, `%ret` the result). It reaches the program's memory only through
+    /// the arguments it names (the translator's stack analysis relies on that, see
+    /// [`crate::stack`]).
     pub fn ptx(id: u32, name: &'static str, body: impl Into<String>) -> Self {
         GpuHelper { id, name, body: Body::Ptx(body.into()), variant: "", trusted: None }
     }
@@ -72,6 +74,12 @@ impl GpuHelper {
         let Body::Ptx(b) = &self.body else { return None };
         let body = b.trim_end().strip_suffix("ret;")?;
         (!body.contains('$') && !body.contains("ret;") && !body.contains("call")).then_some(body)
+    }
+
+    /// Whether the helper runs program code (`bpf_loop`'s callbacks), which may reach any
+    /// stack frame.
+    pub fn runs_program_code(&self) -> bool {
+        matches!(self.body, Body::PerProgram(_))
     }
 
     /// How many of r1-r5 the helper reads (its PTX names `%a1`..`%a5`); all five when its

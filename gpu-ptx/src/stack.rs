@@ -8,8 +8,12 @@
 //! Only what is certain counts as exact: a load, atomic or helper argument that might reach the
 //! stack at an unknown place reads all of it, a call of a local function or an unknown helper
 //! reads all of it, and only a proven, in-bounds store at a known offset writes (kills) its
-//! bytes. A store is dead when none of its bytes is read before the frame ends or they are
-//! stored again. An inlined array lookup whose key was stored in the same basic block takes
+//! bytes. A store is dead when none of its bytes is read before they are stored again or the
+//! run ends. A frame outlives its function's return (the next call of the function, a
+//! callback's next iteration, or its caller, through an address it computes, may read it), so
+//! only the exit of a program's entry function, which ends the run, reads nothing; a run
+//! reading stack bytes it did not write finds whatever is there (on the GPU a thread's local
+//! memory is not kept from one launch to the next). An inlined array lookup whose key was stored in the same basic block takes
 //! the key from a register copy of the stored value ([`StackPlan::forwarded`]), which often
 //! leaves that store dead.
 
@@ -21,6 +25,9 @@ use std::collections::{HashMap, HashSet};
 /// What a helper call reads of the stack, as the translator emits it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallUse {
+    /// A helper that runs program code (`bpf_loop`'s callbacks), which may reach any frame:
+    /// all of it.
+    RunsProgram,
     /// An array lookup computed in place with a key known at load time: nothing.
     ConstantKeyLookup,
     /// An array lookup computed in place that reads its 4-byte key at r2.
@@ -67,7 +74,7 @@ type Regs = [Val; 11];
 /// The frame bytes `[c, c + n)` as offsets below the frame's top (`-FRAME..0`), or None.
 fn range(c: i64, n: u64) -> Option<(usize, usize)> {
     let lo = c + FRAME;
-    (lo >= 0 && c + n as i64 <= 0).then_some((lo as usize, lo as usize + n as usize))
+    (lo >= 0 && c + n as i64 <= 0).then(|| (lo as usize, lo as usize + n as usize))
 }
 
 /// A set of the frame's bytes.
@@ -115,7 +122,10 @@ fn successors(insns: &[Insn], pc: usize, end: usize) -> Vec<usize> {
 
 /// The plan for the function `start..end` of `prog`; `call` says what the helper call at a pc
 /// (with its id) reads.
-pub fn plan(prog: &Program, start: usize, end: usize, call: impl Fn(usize, u32) -> CallUse) -> StackPlan {
+///
+/// `ends_run`: the function is the program's entry, whose exit ends the run (not a callback,
+/// not called by another function).
+pub fn plan(prog: &Program, start: usize, end: usize, ends_run: bool, call: impl Fn(usize, u32) -> CallUse) -> StackPlan {
     let insns = prog.insns();
     // Forward: registers holding frame offsets, before each slot.
     let mut before: Vec<Option<Regs>> = vec![None; end - start];
@@ -195,7 +205,9 @@ pub fn plan(prog: &Program, start: usize, end: usize, call: impl Fn(usize, u32) 
             Insn::Store { size, base, off, .. } if !elsewhere(pc) && prog.access(pc).proven => {
                 (Bytes::NONE, exact(pc, base, off, size).map_or(Bytes::NONE, |(lo, hi)| Bytes::of(lo, hi)))
             }
+            Insn::Exit if !ends_run => (Bytes::ALL, Bytes::NONE),
             Insn::Call(CallTarget::Helper(id)) => match call(pc, id) {
+                CallUse::RunsProgram => (Bytes::ALL, Bytes::NONE),
                 CallUse::ConstantKeyLookup => (Bytes::NONE, Bytes::NONE),
                 CallUse::KeyLookup if forwarded.contains_key(&pc) => (Bytes::NONE, Bytes::NONE),
                 CallUse::KeyLookup => (exact(pc, arg(2), 0, MemSize::W).map_or(Bytes::ALL, |(lo, hi)| Bytes::of(lo, hi)), Bytes::NONE),
@@ -310,9 +322,25 @@ mod tests {
         let raw = bpftime_vm::asm::assemble(src).unwrap();
         let prog = bpftime_vm::verify(&raw, std::sync::Arc::new(helpers.verifier_table()), &OneMap).unwrap();
         let f = prog.functions()[0];
-        let plan = plan(&prog, f.start, f.end, |_, id| if id == 1 { lookup } else { CallUse::Helper(helpers.get(id).map_or(5, |h| h.arguments_read())) });
+        let plan = plan(&prog, f.start, f.end, true, |_, id| match helpers.get(id) {
+            _ if id == 1 => lookup,
+            Some(h) if h.runs_program_code() => CallUse::RunsProgram,
+            h => CallUse::Helper(h.map_or(5, |h| h.arguments_read())),
+        });
         let pcs = |want: fn(&Insn) -> bool| (f.start..f.end).filter(|&pc| want(&prog.insns()[pc])).collect::<Vec<_>>();
         (plan, pcs(|i| matches!(i, Insn::Store { .. })), pcs(|i| matches!(i, Insn::Call(CallTarget::Helper(1)))))
+    }
+
+    /// `src` verified as [`plan_of`] verifies it.
+    fn verified(src: &str) -> Program {
+        struct NoMaps;
+        impl bpftime_vm::LddwResolver for NoMaps {
+            fn resolve(&self, _kind: LddwKind, lo: i32, _hi: i32) -> Result<u64, String> {
+                Ok(lo as u64)
+            }
+        }
+        let helpers = crate::std_helpers::standard();
+        bpftime_vm::verify(&bpftime_vm::asm::assemble(src).unwrap(), std::sync::Arc::new(helpers.verifier_table()), &NoMaps).unwrap()
     }
 
     const KEY: &str = "*(u32 *)(r10 - 4) = r6\nr2 = r10\nr2 += -4\nr1 = map_fd(1) ll\ncall 1\n";
@@ -355,6 +383,22 @@ mod tests {
         // Partly overwritten: the other bytes are still read.
         let src = "*(u64 *)(r10 - 8) = 1\n*(u32 *)(r10 - 8) = 2\nr0 = *(u64 *)(r10 - 8)\nexit";
         assert!(plan_of(src, CallUse::KeyLookup).0.dead.is_empty());
+    }
+
+    #[test]
+    fn frames_outlive_their_functions() {
+        // The second call of `f` reads what the first stored (the interpreter gives 7): the
+        // store before a called function's exit stays.
+        let src = "r1 = 0\ncall f\nr1 = 1\ncall f\nexit\nf:\nif r1 != 0 goto +3\n*(u64 *)(r10 - 8) = 7\nr0 = 0\nexit\nr0 = *(u64 *)(r10 - 8)\nexit";
+        let prog = verified(src);
+        let callee = prog.functions()[1];
+        let plan = plan(&prog, callee.start, callee.end, false, |_, _| CallUse::Helper(5));
+        assert!(plan.dead.is_empty(), "{plan:?}");
+        // A callback of bpf_loop can reach its caller's frame whatever the arguments (here the
+        // callback by number, and its frame's address computed): the store before the loop stays.
+        let src = "*(u64 *)(r10 - 8) = 1\nr6 = func(8) ll\nr1 = 2\nr2 = 10\nr3 = 0\nr4 = 0\nr5 = 0\ncall 181\nexit\nr1 = r10\nr1 += 3576\nr0 = *(u64 *)(r1 + 0)\nexit";
+        let (plan, ..) = plan_of(src, CallUse::KeyLookup);
+        assert!(plan.dead.is_empty(), "{plan:?}");
     }
 
     #[test]

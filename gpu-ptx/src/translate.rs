@@ -400,6 +400,15 @@ fn inline_lookup(prog: &Program, arrays: &HashMap<u64, u32>, id: u32, pc: usize)
     Some((*arrays.get(&layout.values)?, layout))
 }
 
+/// Whether function `index` is the program's entry, whose exit ends the run: not a callback,
+/// and called by no other function.
+fn ends_run(prog: &Program, index: usize) -> bool {
+    let f = prog.functions()[index];
+    index == 0
+        && !f.callback
+        && !prog.insns().iter().enumerate().any(|(pc, i)| matches!(i, Insn::Call(CallTarget::Local(off)) if pc as i64 + 1 + *off as i64 == f.start as i64))
+}
+
 struct Ctx<'a> {
     shard: bool,
     prog: &'a Program,
@@ -462,11 +471,12 @@ impl<'a> FunctionWriter<'a> {
             labels: BTreeSet::new(),
             next_label: 0,
             shards_used: false,
-            stack: crate::stack::plan(ctx.prog, f.start, f.end, |pc, id| {
+            stack: crate::stack::plan(ctx.prog, f.start, f.end, ends_run(ctx.prog, index), |pc, id| {
                 use crate::stack::CallUse;
                 match (inline_lookup(ctx.prog, &ctx.arrays, id, pc), ctx.helpers.get(id)) {
                     (Some(_), _) if ctx.prog.lookup_key(pc).is_some() => CallUse::ConstantKeyLookup,
                     (Some(_), _) => CallUse::KeyLookup,
+                    (None, Some(h)) if h.runs_program_code() => CallUse::RunsProgram,
                     (None, Some(h)) => CallUse::Helper(h.for_args(ctx.prog.helper_args(pc)).arguments_read()),
                     (None, None) => CallUse::Helper(5),
                 }

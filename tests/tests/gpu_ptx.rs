@@ -573,3 +573,25 @@ fn a_reused_gpu_hash_entry_deletes_the_old_key_on_the_host() {
     bpftime_runtime::gpu::write_back(&layout, &now, Some(&prev), 0, &map).unwrap();
     assert_eq!(map.keys(), vec![k.to_vec()], "X is gone, K is there");
 }
+
+/// Stack stores the GPU leaves out are the ones nothing reads, even where a frame outlives its
+/// function: a later call of the function reads what an earlier one stored, and code reads a
+/// called function's frame below its own after the call returns.
+#[test]
+fn frames_a_function_left_are_read_as_it_left_them() {
+    let cases = [
+        // The second call of `f` reads the first one's 7.
+        ("r1 = 0\ncall f\nr1 = 1\ncall f\nexit\nf:\nif r1 != 0 goto +3\n*(u64 *)(r10 - 8) = 7\nr0 = 0\nexit\nr0 = *(u64 *)(r10 - 8)\nexit", 7),
+        // The caller reads `g`'s frame (512 bytes below its own) after `g` returns.
+        ("call g\nr1 = r10\nr1 += -520\nr0 = *(u64 *)(r1 + 0)\nexit\ng:\n*(u64 *)(r10 - 8) = 9\nr0 = 0\nexit", 9),
+    ];
+    let helpers = Arc::new(bpftime_tests::datatest::test_helpers());
+    for (src, want) in cases {
+        let code = bpftime_vm::asm::assemble(src).unwrap();
+        let prog = Arc::new(bpftime_vm::verify(&code, helpers.clone(), &NoMaps).unwrap());
+        let cpu = run(&Interpreter::new(prog.clone()), Context::None, &RunOptions::default());
+        assert_eq!(cpu, Ok(want), "{src}");
+        let gpu = run_on_ptx_interpreter(&prog, &bpftime_tests::gpu::test_helper_set(), &[], DEFAULT_LOOP_BUDGET).unwrap();
+        assert_eq!(gpu.result, Ok(want), "{src}");
+    }
+}
