@@ -6,8 +6,8 @@
 //!
 //! [`link_units`] writes the linked module as one PTX text (internal symbols of the units after
 //! the first renamed apart), for the PTX interpreter and the stand-in driver, which run module
-//! texts. The agent hands the units to the real driver's linker instead; [`defined_kernels`]
-//! tells which unit holds which kernel.
+//! texts (the agent hands the units to the real driver's linker instead);
+//! [`unresolved_functions`] names what the units call and none defines (the device runtime).
 
 use std::collections::HashMap;
 
@@ -116,6 +116,15 @@ fn function_name(rest: &str) -> String {
     if r.starts_with('(') {
         r = r.find(')').map_or("", |c| &r[c + 1..]).trim_start();
     }
+    // `.attribute(.unified(...))` before the name.
+    if let Some(a) = r.strip_prefix(".attribute") {
+        let mut depth = 0;
+        let end = a.char_indices().find(|&(_, c)| {
+            depth += (c == '(') as i32 - (c == ')') as i32;
+            c == ')' && depth == 0
+        });
+        r = end.map_or("", |(i, _)| &a[i + 1..]).trim_start();
+    }
     r.split(|c: char| c == '(' || c == ';' || c.is_whitespace()).next().unwrap_or("").to_string()
 }
 
@@ -123,12 +132,6 @@ fn function_name(rest: &str) -> String {
 fn variable_name(decl: &str) -> String {
     let d = decl.split('=').next().unwrap_or("").trim().trim_end_matches(';').trim();
     d.split_whitespace().last().unwrap_or("").split('[').next().unwrap_or("").to_string()
-}
-
-/// The kernels a unit defines (`.entry` with a body), each with whether it is `.weak`.
-pub fn defined_kernels(unit: &str) -> Vec<(String, bool)> {
-    let lines: Vec<&str> = unit.lines().collect();
-    items(&lines).into_iter().filter(|it| it.kernel && it.defines).map(|it| (it.name, it.linkage == Linkage::Weak)).collect()
 }
 
 /// The functions and kernels a PTX text declares or defines, each once, in order.
@@ -216,7 +219,9 @@ pub fn link_units(units: &[&str]) -> Result<String, String> {
         let renames: HashMap<String, String> = if u == 0 {
             HashMap::new()
         } else {
-            its.iter().filter(|it| it.linkage == Linkage::Internal).map(|it| (it.name.clone(), format!("{}$u{u}", it.name))).collect()
+            // Kernels keep their names: the runtime finds them by name, and nvcc makes a static
+            // kernel's name unique.
+            its.iter().filter(|it| it.linkage == Linkage::Internal && !it.kernel).map(|it| (it.name.clone(), format!("{}$u{u}", it.name))).collect()
         };
         let dropped = |li: usize| {
             its.iter().any(|it| {
@@ -265,8 +270,7 @@ mod tests {
                 ("kt", Linkage::Weak, true),
             ]
         );
-        assert_eq!(defined_kernels(A), [("ka".to_string(), false), ("kt".to_string(), true)]);
-        assert_eq!(defined_kernels(B), [("kb".to_string(), false), ("kt".to_string(), true)]);
+        assert_eq!(function_name(" .attribute(.unified(0x1, 0x2)) f(\n"), "f");
     }
 
     #[test]

@@ -50,6 +50,7 @@ type FnCtxGetCurrent = unsafe extern "C" fn(*mut Handle) -> CuResult;
 type FnCtxGetDevice = unsafe extern "C" fn(*mut c_int) -> CuResult;
 type FnDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> CuResult;
 type FnDeviceGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> CuResult;
+type FnDeviceGetCount = unsafe extern "C" fn(*mut c_int) -> CuResult;
 type FnLibraryGetModule = unsafe extern "C" fn(*mut Handle, Handle) -> CuResult;
 type FnStreamIsCapturing = unsafe extern "C" fn(Handle, *mut c_int) -> CuResult;
 type FnGetErrorName = unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult;
@@ -103,6 +104,7 @@ pub struct Driver {
     ctx_pop_current: Option<FnCtxPopCurrent>,
     link: Option<(FnLinkCreate, FnLinkAddData, FnLinkComplete, FnLinkDestroy)>,
     link_add_file: Option<FnLinkAddFile>,
+    device_get_count: Option<FnDeviceGetCount>,
 }
 
 /// Asks the real `cuGetProcAddress` for `name`.
@@ -208,6 +210,7 @@ impl Driver {
             ))
             .and_then(|(c, a, m, d)| Some((c?, a?, m?, d?))),
             link_add_file: optional_entry!(c"cuLinkAddFile" as FnLinkAddFile),
+            device_get_count: optional_entry!(c"cuDeviceGetCount" as FnDeviceGetCount),
         })
     }
 
@@ -471,6 +474,22 @@ impl Driver {
         (unsafe { (self.device_get_attribute)(&mut v, attr, device) } == SUCCESS).then_some(v)
     }
 
+    /// The compute capabilities of every device (None when the driver does not say).
+    pub fn compute_capabilities(&self) -> Option<Vec<u32>> {
+        let mut n = 0;
+        // SAFETY: a valid out-pointer.
+        if unsafe { (self.device_get_count?)(&mut n) } != SUCCESS {
+            return None;
+        }
+        (0..n)
+            .map(|i| {
+                let mut d = 0;
+                // SAFETY: a valid out-pointer; `i` below the device count.
+                (unsafe { (self.device_get)(&mut d, i) } == SUCCESS).then_some(d).and_then(|d| self.compute_capability(d))
+            })
+            .collect()
+    }
+
     /// Compute capability of `device` as `major * 10 + minor` (75 for sm_75).
     pub fn compute_capability(&self, device: c_int) -> Option<u32> {
         let major = self.attribute(device, 75)?;
@@ -614,7 +633,9 @@ pub unsafe fn read_image<'a>(image: *const c_void) -> Image<'a> {
             unsafe { (std::ptr::read_unaligned(image.cast::<u32>().add(1)), std::ptr::read_unaligned(image.cast::<u8>().add(16).cast::<*const *const u8>())) };
         if version == 2 && !prelinked.is_null() {
             // SAFETY: the runtime filled the array before registering the wrapper.
-            return unsafe { linked_units(prelinked) }.map_or(Image::Unknown, Image::Linked);
+            if let Some(units) = unsafe { linked_units(prelinked) } {
+                return Image::Linked(units);
+            }
         }
         // SAFETY: as above.
         unsafe { std::ptr::read_unaligned(image.cast::<u8>().add(8).cast::<*const u8>()) }
@@ -648,7 +669,7 @@ unsafe fn elf_at<'a>(elf: *const u8) -> &'a [u8] {
     let word = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
     let half = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]) as u64;
     // e_phoff, e_shoff; e_phentsize, e_phnum, e_shentsize, e_shnum.
-    let end = (word(0x20) + half(0x36) * half(0x38)).max(word(0x28) + half(0x3a) * half(0x3c)).max(64);
+    let end = (word(0x20).saturating_add(half(0x36) * half(0x38))).max(word(0x28).saturating_add(half(0x3a) * half(0x3c))).max(64);
     if end > 1 << 31 {
         return &[];
     }
@@ -692,7 +713,7 @@ unsafe fn fatbin_at<'a>(fatbin: *const u8) -> Option<&'a [u8]> {
             std::ptr::read_unaligned(fatbin.add(8).cast::<u64>()),
         )
     };
-    let len = header as u64 + body;
+    let len = body.saturating_add(header as u64);
     if m != FATBIN_MAGIC || len > 1 << 31 {
         return None;
     }

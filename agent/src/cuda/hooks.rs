@@ -447,9 +447,9 @@ unsafe extern "C" fn link_add_data<const S: usize>(
     // SAFETY: the driver's own entry point for this slot, with the caller's arguments (the
     // input replaced by a NUL-terminated PTX text and its length, which the call accepts).
     let add = |kind, data, size| unsafe { std::mem::transmute::<usize, FnLinkAddData>(real)(state, kind, data, size, name, n, options, values) };
-    // SAFETY: the caller's contract for the input.
+    // SAFETY: the caller's contract for the input. The driver copies what it is given.
     let patched = std::panic::catch_unwind(|| unsafe { super::patched_link_input(kind, data, size) }).ok().flatten();
-    if let Some(text) = patched {
+    if let Some(text) = &patched {
         let r = add(1, text.as_ptr().cast_mut().cast(), text.to_bytes_with_nul().len());
         if r == SUCCESS {
             return r;

@@ -362,7 +362,12 @@ fn process_fatbins() -> Vec<(Arc<memmap2::Mmap>, std::ops::Range<usize>)> {
         // would fault, as they would for the process's own mapping of it.
         let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else { continue };
         let map = Arc::new(map);
-        for f in bpftime_gpu_ptx::fatbin::find_all(&map).into_iter().flatten() {
+        // Units of relocatable device code load only linked with the others: not here.
+        for f in bpftime_gpu_ptx::fatbin::find_all(&map)
+            .into_iter()
+            .flatten()
+            .filter(|f| !bpftime_gpu_ptx::fatbin::is_relocatable_unit(f, &map[f.offset..f.offset + f.len]))
+        {
             out.push((map.clone(), f.offset..f.offset + f.len));
         }
     }

@@ -278,14 +278,22 @@ impl Gpu {
     fn patch_linked(&self, drv: Option<&Driver>, units: &[&[u8]]) -> Option<PatchedImage> {
         let drv = drv?;
         let cc = drv.compute_capability(drv.device()).unwrap_or(u32::MAX);
+        // The cubin made here is for this device's architecture, and a library is loaded into
+        // every context: only where all devices share it.
+        if drv.compute_capabilities().is_none_or(|all| all.iter().any(|&c| c != cc)) {
+            self.say_once("relocatable device code on GPUs of different architectures (or that the driver does not list) is not relinked with probes; its kernels run without them".into());
+            return None;
+        }
         // Each unit's PTX for this device, if it has one (the device runtime's own unit, which
         // nvcc links in for kernels that launch kernels, may have machine code only).
         let ptx: Vec<Option<(String, u32)>> = units.iter().map(|u| unit_ptx(u, cc)).collect();
         let arch = ptx.iter().flatten().map(|t| t.1).min().unwrap_or(75);
         let probes = self.probes_for(arch)?;
         let mut spliced = vec![];
-        // What goes into the link: a unit with probes as its patched PTX, any other as it is
-        // (its fatbin: the linker takes its machine code for the device, or JIT-compiles its PTX).
+        // What goes into the link: every unit's PTX (with the probes where they go), as the
+        // driver JIT-links a relocatable application's units for a GPU it has no machine code
+        // for (so that every unit is compiled for the same architecture); a unit without PTX
+        // as its fatbin (its machine code).
         let mut inputs: Vec<driver::LinkInput> = vec![];
         for (unit, text) in units.iter().zip(&ptx) {
             let Some((text, _)) = text else {
@@ -299,12 +307,8 @@ impl Gpu {
                     return None;
                 }
             };
-            if patched.spliced.is_empty() {
-                inputs.push(driver::LinkInput::Fatbin(unit));
-            } else {
-                spliced.extend(patched.spliced);
-                inputs.push(driver::LinkInput::Ptx(CString::new(patched.ptx).ok()?));
-            }
+            spliced.extend(patched.spliced);
+            inputs.push(driver::LinkInput::Ptx(CString::new(patched.ptx).ok()?));
         }
         // A probe of a kernel defined in several units (a template's `.weak` entry) is spliced
         // into each; the linker keeps one of them.
@@ -791,10 +795,12 @@ fn ptx_target(ptx: &str) -> Option<u32> {
 /// The patched text to load instead of `image`, if any probe goes into it.
 fn replacement(image: *const c_void) -> Option<PatchedImage> {
     let gpu = GPU.get()?;
-    // SAFETY: `image` was given to a load call, which requires one of the forms `read_image`
-    // accepts.
-    let image = unsafe { driver::read_image(image) };
-    guarded(|| gpu.patch_image(Driver::get(), image))
+    guarded(|| {
+        // SAFETY: `image` was given to a load call, which requires one of the forms
+        // `read_image` accepts.
+        let image = unsafe { driver::read_image(image) };
+        gpu.patch_image(Driver::get(), image)
+    })
 }
 
 /// The device runtime library (`libcudadevrt.a`, which `nvcc -rdc` links into kernels that
@@ -806,7 +812,16 @@ fn device_runtime_library() -> Option<CString> {
     }
     let mut dirs: Vec<std::path::PathBuf> =
         ["CUDA_HOME", "CUDA_PATH"].iter().filter_map(std::env::var_os).map(|d| std::path::Path::new(&d).join("lib64")).collect();
-    dirs.extend(["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu"].map(std::path::PathBuf::from));
+    dirs.extend(
+        [
+            "/usr/local/cuda/lib64",
+            "/usr/local/cuda/targets/x86_64-linux/lib",
+            "/usr/local/cuda/targets/sbsa-linux/lib",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+        ]
+        .map(std::path::PathBuf::from),
+    );
     if let Ok(wheels) = std::fs::read_dir("/opt/bpftime-cuda/nvidia") {
         dirs.extend(wheels.flatten().map(|w| w.path().join("lib")));
     }
@@ -841,7 +856,7 @@ fn linked_by_us(elf: &[u8]) -> bool {
 ///
 /// # Safety
 /// `data` is what cuLinkAddData accepts for `kind`: `size` bytes of PTX, or a fat binary.
-pub(crate) unsafe fn patched_link_input(kind: std::ffi::c_int, data: *const c_void, size: usize) -> Option<&'static CStr> {
+pub(crate) unsafe fn patched_link_input(kind: std::ffi::c_int, data: *const c_void, size: usize) -> Option<CString> {
     const INPUT_PTX: std::ffi::c_int = 1;
     const INPUT_FATBINARY: std::ffi::c_int = 2;
     let gpu = GPU.get()?;
@@ -857,8 +872,10 @@ pub(crate) unsafe fn patched_link_input(kind: std::ffi::c_int, data: *const c_vo
                 let arch = ptx_target(&text).unwrap_or(75);
                 (text, arch)
             }
+            // A fatbin without PTX for this device (machine code only, as the device
+            // runtime's unit) goes in as it is.
             INPUT_FATBINARY => match unsafe { driver::read_image(data) } {
-                Image::Fatbin(bytes) => gpu.fatbin_ptx(Driver::get(), bytes)?,
+                Image::Fatbin(bytes) => unit_ptx(bytes, Driver::get().and_then(|d| d.compute_capability(d.device())).unwrap_or(u32::MAX))?,
                 _ => return None,
             },
             _ => return None,
@@ -875,8 +892,13 @@ pub(crate) unsafe fn patched_link_input(kind: std::ffi::c_int, data: *const c_vo
             return None;
         }
         let image = gpu.patched_image(Code::Ptx(c""), patched.spliced, 1);
-        lock(&gpu.in_links).extend(image.probes);
-        Some(&*Box::leak(CString::new(patched.ptx).ok()?.into_boxed_c_str()))
+        let mut in_links = lock(&gpu.in_links);
+        for p in image.probes {
+            if !in_links.contains(&p) {
+                in_links.push(p);
+            }
+        }
+        CString::new(patched.ptx).ok()
     })
 }
 

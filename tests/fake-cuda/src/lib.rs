@@ -162,10 +162,16 @@ unsafe fn image_ptx(image: *const c_void) -> Result<String, CuResult> {
 /// # Safety
 /// `fb` a fat binary readable for the length its header gives.
 unsafe fn fatbin_ptx(fb: *const u8) -> Result<String, CuResult> {
+    if fb.is_null() {
+        return Err(INVALID_IMAGE);
+    }
     // SAFETY: the fatbin header: u32 magic, u16 version, u16 header size, u64 body size.
-    let (header, body) = unsafe { (std::ptr::read_unaligned(fb.add(6).cast::<u16>()), std::ptr::read_unaligned(fb.add(8).cast::<u64>())) };
+    let (magic, header, body) = unsafe {
+        (std::ptr::read_unaligned(fb.cast::<u32>()), std::ptr::read_unaligned(fb.add(6).cast::<u16>()), std::ptr::read_unaligned(fb.add(8).cast::<u64>()))
+    };
+    let len = body.checked_add(header as u64).filter(|&n| magic == 0xBA55ED50 && n < 1 << 31).ok_or(INVALID_IMAGE)?;
     // SAFETY: the fatbin is readable for the length its header gives.
-    let bytes = unsafe { std::slice::from_raw_parts(fb, header as usize + body as usize) };
+    let bytes = unsafe { std::slice::from_raw_parts(fb, len as usize) };
     let f = fatbin::parse(bytes, 0).map_err(|_| INVALID_IMAGE)?;
     let e = f.entries.iter().filter(|e| e.kind == EntryKind::Ptx && e.arch <= ARCH).max_by_key(|e| e.arch).ok_or(NO_BINARY_FOR_GPU)?;
     let text = e.contents(bytes).map_err(|_| INVALID_IMAGE)?;
@@ -645,6 +651,7 @@ v2_aliases! {
     cuMemAlloc_v2 => cuMemAlloc(p: *mut u64, n: usize);
     cuMemcpyHtoD_v2 => cuMemcpyHtoD(dst: u64, src: *const c_void, n: usize);
     cuMemcpyDtoH_v2 => cuMemcpyDtoH(dst: *mut c_void, src: u64, n: usize);
+    cuLinkAddData_v2 => cuLinkAddData(state: Handle, kind: c_int, data: *mut c_void, size: usize, name: *const c_char, n: c_uint, o: *mut c_int, v: *mut *mut c_void);
 }
 
 /// Looks a driver symbol up, with or without the `_v2` / `_ptsz` suffixes of the real ABI.
