@@ -595,7 +595,22 @@ fn malformed_fatbins_and_ptx_are_errors_not_panics() {
             }
             _ => {
                 let at = below(&mut rng, l.len());
-                l.insert(at, ["{", "}", "ret;", ".visible .entry x(", "@%p1 ret;", ")"][below(&mut rng, 6)]);
+                let forms = [
+                    "{",
+                    "}",
+                    "ret;",
+                    ".visible .entry x(",
+                    "@%p1 ret;",
+                    ")",
+                    "call.uni (retval0), ",
+                    ".param .b32 param0;",
+                    "st.param.b32 [param0+4], %r1;",
+                    "(",
+                    ");",
+                    ".weak .global .u32 g;",
+                    ".extern .func f\n(",
+                ];
+                l.insert(at, forms[below(&mut rng, forms.len())]);
             }
         }
         let t = l.join("\n");
@@ -603,6 +618,12 @@ fn malformed_fatbins_and_ptx_are_errors_not_panics() {
         if let Err(err) = patch(&t, &probes) {
             assert!(!err.is_empty());
         }
+        // As a unit of relocatable device code, linked with the original, and run by the
+        // interpreter (the stand-in driver's): errors, never panics.
+        let _ = bpftime_gpu_ptx::patch::patch_unit(&t, &probes);
+        let _ = bpftime_gpu_ptx::link::link_units(&[t.as_str(), ptx.as_str()]);
+        let _ = bpftime_gpu_ptx::link::unresolved_functions(&[t.as_str()]);
+        let _ = bpftime_gpu_ptx::interp::Module::parse(&t);
     }
     println!("fatbin mutations: {parsed} parsed, {refused} refused with a reason; 2000 PTX mutations patched or refused");
     let _ = std::fs::remove_dir_all(&dir);

@@ -617,6 +617,9 @@ impl Module {
                 i += 1;
                 continue;
             }
+            if i >= lines.len() {
+                return Err(perr(i, "a function without a body"));
+            }
             i += 1;
             let start = i;
             let mut depth = 1;
