@@ -577,9 +577,16 @@ fn malformed_fatbins_and_ptx_are_errors_not_panics() {
             }
         }
     }
-    let lines: Vec<&str> = ptx.lines().collect();
-    for _ in 0..2000 {
-        let mut l = lines.clone();
+    // Also nvcc's PTX of a unit of relocatable device code: calls through `.param` buffers, a
+    // kernel launching a kernel, a template's `.weak` entry.
+    let rdc_path = dir.join("linked_b.ptx");
+    let o = Command::new(&nvcc).args(["-rdc=true", "--ptx", "-o"]).arg(&rdc_path).arg(root.join("examples/cuda/linked_b.cu")).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let rdc = std::fs::read_to_string(&rdc_path).unwrap();
+    assert!(bpftime_gpu_ptx::interp::Module::parse(&rdc).is_ok());
+    let bases: [Vec<&str>; 2] = [ptx.lines().collect(), rdc.lines().collect()];
+    for i in 0..2000 {
+        let mut l = bases[i % 2].clone();
         match below(&mut rng, 4) {
             0 => {
                 for _ in 0..1 + below(&mut rng, 4) {
