@@ -898,6 +898,28 @@ fn probes_reach_the_kernels_of_a_cuda_app_already_running() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Attached to an application of relocatable device code already running: its units load only
+/// linked with one another, so the late path leaves them alone (each patched and loaded on its
+/// own, a kernel calling another unit's function would fail at launch), and the application
+/// runs on as built.
+#[test]
+fn a_relocatable_app_attached_to_late_runs_on_as_built() {
+    let Some(dir) = setup_linked("late-rdc") else { return };
+    let launches = [ELEMENTS.to_string(), "3".to_string()];
+    let out = Command::new(dir.join("app")).args(&launches).env("LD_LIBRARY_PATH", &dir).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = Session::new("late-rdc");
+    let mut app = WaitingApp::plain_with_args(&dir, &launches, &[("BPFTIME_VERBOSE", "1")]);
+    app.wait_for("before launch 1");
+    let pid = app.pid().to_string();
+    let attached = s.bpftime(&["attach", &pid, "--program", build_example("cuda_linked").to_str().unwrap()]);
+    app.release_through(1, 2);
+    let (stdout, said) = app.finish_with_output();
+    assert_eq!(stdout, text(&out.stdout), "the app's output\n{attached}\n{said}");
+    assert!(said.contains("no probe names it in the"), "the late path found no module of its own for the kernels\n{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Attached to before the application opened its driver: the agent, loaded into the running
 /// process, sees none of the `dlsym` calls that find it, so its link follower hooks the driver
 /// once it is loaded; the launches after that run the probes.
