@@ -1171,6 +1171,23 @@ struct Frame {
     ret_var: Option<u16>,
 }
 
+/// The function a call at stack depth `depth` enters, given `args` arguments (`.param` ones
+/// when `by_param`), if the subset can run it.
+fn callee<'m>(module: &'m Module, func: &str, args: usize, by_param: bool, depth: usize) -> Result<&'m Function, InterpError> {
+    let f = module.functions.get(func).ok_or_else(|| InterpError::UnknownFunction(func.to_string()))?;
+    let takes = if by_param { f.var_params.len() } else { f.params.len() };
+    if takes != args {
+        return Err(InterpError::Other(format!("`{func}` takes {takes} arguments, got {args}")));
+    }
+    if f.local_size > 0 {
+        return Err(InterpError::Other(format!("`{func}` declares local memory: not in the subset for device functions")));
+    }
+    if depth > 64 {
+        return Err(InterpError::Other("call stack deeper than 64".into()));
+    }
+    Ok(f)
+}
+
 /// Fresh bytes for the `.param` variables of `f`.
 fn vars_of(f: &Function) -> Vec<Vec<u8>> {
     f.var_sizes.iter().map(|&n| vec![0u8; n as usize]).collect()
@@ -1445,16 +1462,7 @@ impl Machine {
                 }
                 Op::Bra { target } => frame.pc = *target,
                 Op::Call { func, ret, args: call_args } => {
-                    let callee = self.module.functions.get(func).ok_or_else(|| InterpError::UnknownFunction(func.clone()))?;
-                    if callee.params.len() != call_args.len() {
-                        return Err(InterpError::Other(format!("`{func}` takes {} arguments, got {}", callee.params.len(), call_args.len())));
-                    }
-                    if callee.local_size > 0 {
-                        return Err(InterpError::Other(format!("`{func}` declares local memory: not in the subset for device functions")));
-                    }
-                    if depth > 64 {
-                        return Err(InterpError::Other("call stack deeper than 64".into()));
-                    }
+                    let callee = callee(&self.module, func, call_args.len(), false, depth)?;
                     let mut regs = vec![0u64; callee.nregs];
                     for (p, a) in callee.params.iter().zip(call_args) {
                         regs[*p as usize] = v!(a);
@@ -1465,16 +1473,7 @@ impl Machine {
                     stack.push(Frame { func: name, regs, pc: 0, ret_to, vars, ret_var: None });
                 }
                 Op::CallVars { func, ret, args: call_args } => {
-                    let callee = self.module.functions.get(func).ok_or_else(|| InterpError::UnknownFunction(func.clone()))?;
-                    if callee.var_params.len() != call_args.len() {
-                        return Err(InterpError::Other(format!("`{func}` takes {} arguments, got {}", callee.var_params.len(), call_args.len())));
-                    }
-                    if callee.local_size > 0 {
-                        return Err(InterpError::Other(format!("`{func}` declares local memory: not in the subset for device functions")));
-                    }
-                    if depth > 64 {
-                        return Err(InterpError::Other("call stack deeper than 64".into()));
-                    }
+                    let callee = callee(&self.module, func, call_args.len(), true, depth)?;
                     let mut vars = vars_of(callee);
                     for (&to, &from) in callee.var_params.iter().zip(call_args) {
                         let (dst, src) = (&mut vars[to as usize], &frame.vars[from as usize]);

@@ -360,8 +360,16 @@ impl Gpu {
 
     /// What a load of spliced code attaches.
     fn patched_image(&self, code: Code, spliced: Vec<(String, String, patch::Site)>, units: usize) -> PatchedImage {
+        self.announce(&spliced, units);
+        let kernels = spliced.iter().map(|s| s.0.clone()).collect();
+        PatchedImage { code, probes: spliced.into_iter().map(|s| s.1).collect(), kernels }
+    }
+
+    /// Says (with `BPFTIME_VERBOSE`) where probes were spliced, and from now on launches are
+    /// looked at.
+    fn announce(&self, spliced: &[(String, String, patch::Site)], units: usize) {
         if verbose() {
-            for (kernel, probe, site) in &spliced {
+            for (kernel, probe, site) in spliced {
                 eprintln!("bpftime: `{probe}` spliced at the {site} of CUDA kernel {kernel}");
             }
             if units > 1 {
@@ -369,8 +377,6 @@ impl Gpu {
             }
         }
         self.patched.store(true, Ordering::Release);
-        let kernels = spliced.iter().map(|s| s.0.clone()).collect();
-        PatchedImage { code, probes: spliced.into_iter().map(|s| s.1).collect(), kernels }
     }
 
     /// The patched PTX for an image, or None to load it as it is.
@@ -891,9 +897,9 @@ pub(crate) unsafe fn patched_link_input(kind: std::ffi::c_int, data: *const c_vo
         if patched.spliced.is_empty() {
             return None;
         }
-        let image = gpu.patched_image(Code::Ptx(c""), patched.spliced, 1);
+        gpu.announce(&patched.spliced, 1);
         let mut in_links = lock(&gpu.in_links);
-        for p in image.probes {
+        for (_, p, _) in patched.spliced {
             if !in_links.contains(&p) {
                 in_links.push(p);
             }
