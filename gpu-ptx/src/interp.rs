@@ -12,7 +12,9 @@
 //! memory; global memory is a set of allocations in one flat 64-bit address space; local
 //! memory is reached through generic addresses (`cvta.local`), or through `.local` loads and
 //! stores of window offsets (`cvta.to.local`), checked to stay in the window. An instruction is
-//! indivisible: an atomic is a read-modify-write no other thread comes between.
+//! indivisible: an atomic is a read-modify-write no other thread comes between. Warp
+//! instructions (`activemask`, `shfl.sync`, `vote.sync`) wait for the lanes of their warp (32
+//! consecutive threads of the block) that run them together (`WarpOp`).
 //!
 //! Beyond our own code it runs what nvcc writes for simple kernels, so that the stand-in driver
 //! runs applications' kernels with probes spliced in: `.param` variables and calls through them
@@ -141,6 +143,8 @@ enum Special {
     WarpId,
     GlobalTimer,
     Clock64,
+    /// The lanes of the warp below this one.
+    LanemaskLt,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,6 +184,29 @@ enum Cmp {
     Le,
     Gt,
     Ge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BitOp {
+    Popc,
+    Clz,
+    Brev,
+}
+
+/// Warp-collective instructions. A lane that reaches one waits (parked) until the lanes it
+/// names have arrived: `activemask` names the lanes parked at the same instruction once every
+/// other lane of the warp is parked too, or has had its turns without arriving (it diverged);
+/// the `.sync` forms name theirs in a member mask, every lane of which must arrive at the same
+/// instruction with the same mask (a lane that finishes or waits elsewhere instead is an
+/// error, where a GPU's behaviour is undefined or hangs).
+#[derive(Clone, Debug)]
+enum WarpOp {
+    /// `activemask.b32 d`.
+    ActiveMask { d: u16 },
+    /// `shfl.sync.idx.b32 d, a, lane, clamp, mask`.
+    ShflIdx { d: u16, a: Val, lane: Val, clamp: Val, mask: Val },
+    /// `vote.sync.ballot.b32 d, p, mask`.
+    Ballot { d: u16, p: Val, mask: Val },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,6 +326,15 @@ enum Op {
         b: Val,
         sel: Val,
     },
+    /// `popc`, `clz`, `brev` of a `.b32` or `.b64`.
+    Bits {
+        op: BitOp,
+        ty: Ty,
+        d: u16,
+        a: Val,
+    },
+    /// An instruction the lanes of a warp execute together (see [`WarpOp`]).
+    Warp(WarpOp),
     Cvt {
         dty: Ty,
         sty: Ty,
@@ -427,6 +463,7 @@ fn special(s: &str) -> Option<Special> {
         "%warpid" => Special::WarpId,
         "%globaltimer" => Special::GlobalTimer,
         "%clock64" => Special::Clock64,
+        "%lanemask_lt" => Special::LanemaskLt,
         _ => return None,
     })
 }
@@ -878,6 +915,30 @@ impl Module {
                 need(4)?;
                 Op::Bfe { ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, pos: p.val(line, &ops[2])?, len: p.val(line, &ops[3])? }
             }
+            "popc" | "clz" | "brev" => {
+                need(2)?;
+                let op = match parts[0] {
+                    "popc" => BitOp::Popc,
+                    "clz" => BitOp::Clz,
+                    _ => BitOp::Brev,
+                };
+                Op::Bits { op, ty: last_ty()?, d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])? }
+            }
+            "activemask" | "shfl" | "vote" if guard.is_some() => return Err(perr(line, format!("a guarded `{mnemonic}` is not in the subset"))),
+            "activemask" if parts[1..] == ["b32"] => {
+                need(1)?;
+                Op::Warp(WarpOp::ActiveMask { d: p.dst(line, &ops[0])? })
+            }
+            "shfl" if parts[1..] == ["sync", "idx", "b32"] => {
+                need(5)?;
+                let (a, lane, clamp, mask) = (p.val(line, &ops[1])?, p.val(line, &ops[2])?, p.val(line, &ops[3])?, p.val(line, &ops[4])?);
+                Op::Warp(WarpOp::ShflIdx { d: p.dst(line, &ops[0])?, a, lane, clamp, mask })
+            }
+            "vote" if parts[1..] == ["sync", "ballot", "b32"] => {
+                need(3)?;
+                let (pred, mask) = (p.val(line, &ops[1])?, p.val(line, &ops[2])?);
+                Op::Warp(WarpOp::Ballot { d: p.dst(line, &ops[0])?, p: pred, mask })
+            }
             "prmt" => {
                 need(4)?;
                 Op::Prmt { d: p.dst(line, &ops[0])?, a: p.val(line, &ops[1])?, b: p.val(line, &ops[2])?, sel: p.val(line, &ops[3])? }
@@ -1147,6 +1208,10 @@ pub struct Machine {
     pub step_limit: u64,
     /// Where each thread's local memory window starts.
     pub local_base: u64,
+    /// How many `atom` instructions (atomics whose old value comes back) have run: those
+    /// serialise on a GPU where `red` need not, so code that shares them across a warp shows
+    /// here.
+    pub atoms: u64,
     clock: u64,
 }
 
@@ -1158,7 +1223,53 @@ struct Thread {
     thread: u32,
     /// Where its local memory window starts.
     local_base: u64,
+    /// Since which turn of the scheduler it waits at a warp-collective instruction.
+    parked: Option<u64>,
 }
+
+impl Thread {
+    fn lane(&self) -> u32 {
+        self.thread % 32
+    }
+
+    /// Where it is: its function and the index of its next instruction.
+    fn site(&self) -> (&str, usize) {
+        let f = self.stack.last().expect("a frame");
+        (&f.func, f.pc)
+    }
+
+    /// A register or immediate operand's value in its innermost frame.
+    fn operand(&self, v: &Val) -> Result<u64, InterpError> {
+        match v {
+            Val::Reg(r) => Ok(self.stack.last().expect("a frame").regs[*r as usize]),
+            Val::Imm(i) => Ok(*i),
+            other => Err(InterpError::Other(format!("operand {other:?} of a warp instruction is not in the subset"))),
+        }
+    }
+
+    /// Completes the warp instruction it is parked at, with `value` for its destination.
+    fn finish_warp_op(&mut self, d: u16, value: u64) {
+        let f = self.stack.last_mut().expect("a frame");
+        f.regs[d as usize] = value;
+        f.pc += 1;
+        self.steps += 1;
+        self.parked = None;
+    }
+}
+
+/// What a thread's turn ended with.
+enum Turn {
+    /// It has finished.
+    Done,
+    /// Its instructions for this turn ran.
+    Paused,
+    /// It waits at a warp-collective instruction (not yet run).
+    Parked,
+}
+
+/// How many scheduler turns per live thread a lane waits at `activemask` for lanes that have
+/// not arrived, before it counts them as diverged.
+const ACTIVEMASK_PATIENCE: u64 = 256;
 
 struct Frame {
     func: String,
@@ -1201,7 +1312,7 @@ impl Machine {
         for (name, size) in &module.globals {
             globals.insert(name.clone(), memory.alloc(*size));
         }
-        Machine { module, memory, globals, step_limit: 50_000_000, local_base: LOCAL_BASE, clock: 1_000_000 }
+        Machine { module, memory, globals, step_limit: 50_000_000, local_base: LOCAL_BASE, atoms: 0, clock: 1_000_000 }
     }
 
     /// A machine for `module` whose globals are allocated in `memory` (device memory shared by
@@ -1212,7 +1323,7 @@ impl Machine {
         for (name, size) in &module.globals {
             globals.insert(name.clone(), memory.alloc(*size));
         }
-        Machine { module, memory: Memory::default(), globals, step_limit: 50_000_000, local_base: LOCAL_BASE, clock: 1_000_000 }
+        Machine { module, memory: Memory::default(), globals, step_limit: 50_000_000, local_base: LOCAL_BASE, atoms: 0, clock: 1_000_000 }
     }
 
     /// Sets what `%globaltimer` reads next; each read of it or of `%clock64` (a count of its
@@ -1241,25 +1352,34 @@ impl Machine {
                 .map(|thread| {
                     let local_base = self.local_base + thread as u64 * stride;
                     let frame = Frame { func: name.to_string(), regs: vec![0; nregs], pc: 0, ret_to: None, vars: kvars.clone(), ret_var: None };
-                    self.memory.alloc_at(local_base, local_size).map(|_| Thread { stack: vec![frame], steps: 0, block, thread, local_base })
+                    self.memory.alloc_at(local_base, local_size).map(|_| Thread { stack: vec![frame], steps: 0, block, thread, local_base, parked: None })
                 })
                 .collect::<Result<_, _>>()?;
             // xorshift64, seeded by the block: the same launch interleaves the same way.
             let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (block as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let mut tick = 0u64;
             let r = loop {
                 if live.is_empty() {
                     break Ok(());
                 }
+                tick += 1;
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 let i = (seed % live.len() as u64) as usize;
+                if live[i].parked.is_some() {
+                    match self.resolve_warp_op(&mut live, i, tick) {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
+                    }
+                }
                 match self.run_for(&mut live[i], args, launch, 1 + (seed >> 32) % 8) {
-                    Ok(true) => {
+                    Ok(Turn::Done) => {
                         let done = live.swap_remove(i);
                         self.memory.segments.retain(|s| s.base != done.local_base);
                     }
-                    Ok(false) => {}
+                    Ok(Turn::Paused) => {}
+                    Ok(Turn::Parked) => live[i].parked = Some(tick),
                     Err(e) => break Err(e),
                 }
             };
@@ -1284,8 +1404,91 @@ impl Machine {
         }
     }
 
-    /// Runs thread `t` for at most `quantum` instructions; true when it has finished.
-    fn run_for(&mut self, t: &mut Thread, args: &[u64], launch: Launch, quantum: u64) -> Result<bool, InterpError> {
+    /// Runs the warp instruction `live[i]` is parked at, for it and the lanes that run it with
+    /// it, if they are all there (see [`WarpOp`]); otherwise leaves them waiting.
+    fn resolve_warp_op(&self, live: &mut [Thread], i: usize, tick: u64) -> Result<(), InterpError> {
+        let warp = live[i].thread / 32;
+        let (func, pc) = live[i].site();
+        let func = func.to_string();
+        let Some(Op::Warp(op)) = self.module.functions.get(&func).and_then(|f| f.instrs.get(pc)).map(|ins| &ins.op) else {
+            return Err(InterpError::Other(format!("`{func}`: a thread waits at instruction {pc}, which is not a warp instruction")));
+        };
+        let peers: Vec<usize> = (0..live.len()).filter(|&j| live[j].thread / 32 == warp).collect();
+        let all_parked = peers.iter().all(|&j| live[j].parked.is_some());
+        let here: Vec<usize> = peers.iter().copied().filter(|&j| live[j].parked.is_some() && live[j].site() == (func.as_str(), pc)).collect();
+        let lanes = |group: &[usize]| group.iter().fold(0u32, |m, &j| m | 1 << live[j].lane());
+        match op {
+            WarpOp::ActiveMask { d } => {
+                let waited = tick - live[i].parked.unwrap_or(tick);
+                if !all_parked && waited <= ACTIVEMASK_PATIENCE * live.len() as u64 {
+                    return Ok(());
+                }
+                let (d, mask) = (*d, lanes(&here));
+                for &j in &here {
+                    live[j].finish_warp_op(d, mask as u64);
+                }
+            }
+            WarpOp::ShflIdx { mask, .. } | WarpOp::Ballot { mask, .. } => {
+                let m = live[i].operand(mask)? as u32;
+                if m & 1 << live[i].lane() == 0 {
+                    return Err(InterpError::Other(format!(
+                        "`{func}`: lane {} runs a .sync instruction whose member mask {m:#x} leaves it out",
+                        live[i].lane()
+                    )));
+                }
+                let mut group = vec![];
+                for &j in &here {
+                    if live[j].operand(mask)? as u32 == m {
+                        group.push(j);
+                    }
+                }
+                let missing = m & !lanes(&group);
+                if missing != 0 {
+                    if all_parked || missing & !lanes(&peers) != 0 {
+                        return Err(InterpError::Other(format!(
+                            "`{func}`: lanes {missing:#x} of the member mask {m:#x} never reach its .sync instruction {pc}"
+                        )));
+                    }
+                    return Ok(());
+                }
+                let mut values = [None; 32];
+                for &j in &group {
+                    let t = &live[j];
+                    values[t.lane() as usize] = Some(match op {
+                        WarpOp::ShflIdx { a, .. } => t.operand(a)? & 0xffff_ffff,
+                        WarpOp::Ballot { p, .. } => (t.operand(p)? != 0) as u64,
+                        WarpOp::ActiveMask { .. } => 0,
+                    });
+                }
+                for &j in &group {
+                    let lane = live[j].lane();
+                    let (d, value) = match op {
+                        WarpOp::ShflIdx { d, lane: src, clamp, .. } => {
+                            // The source lane as the PTX ISA defines `.idx`: within the
+                            // segment `clamp` picks, else the lane's own value.
+                            let (b, c) = (live[j].operand(src)? as u32, live[j].operand(clamp)? as u32);
+                            let seg = (c >> 8) & 31;
+                            let min = lane & seg;
+                            let max = min | (c & 31 & !seg);
+                            let k = min | (b & 31 & !seg);
+                            let k = if k <= max { k } else { lane };
+                            let v = values[k as usize]
+                                .ok_or_else(|| InterpError::Other(format!("`{func}`: shfl.sync reads lane {k}, outside its member mask {m:#x}")))?;
+                            (*d, v)
+                        }
+                        WarpOp::Ballot { d, .. } => (*d, (0..32).filter(|&k| values[k] == Some(1)).fold(0u64, |acc, k| acc | 1 << k)),
+                        WarpOp::ActiveMask { d } => (*d, 0),
+                    };
+                    live[j].finish_warp_op(d, value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs thread `t` for at most `quantum` instructions, or until it reaches a warp
+    /// instruction.
+    fn run_for(&mut self, t: &mut Thread, args: &[u64], launch: Launch, quantum: u64) -> Result<Turn, InterpError> {
         let (block, thread, local_base, stack) = (t.block, t.thread, t.local_base, &mut t.stack);
         for _ in 0..quantum {
             t.steps += 1;
@@ -1303,6 +1506,12 @@ impl Machine {
                 if (frame.regs[p as usize] != 0) == neg {
                     continue;
                 }
+            }
+            if let Op::Warp(_) = instr.op {
+                // Run by `resolve_warp_op` once the lanes it needs are there.
+                frame.pc -= 1;
+                t.steps -= 1;
+                return Ok(Turn::Parked);
             }
             let fname: &str = &f.name;
             macro_rules! v {
@@ -1335,6 +1544,7 @@ impl Machine {
                                 Special::GlobalTimer => self.clock,
                                 // Another monotonic count, not the timer's own values.
                                 Special::Clock64 => self.clock.wrapping_mul(3).wrapping_add(0x5a5a),
+                                Special::LanemaskLt => (1u64 << (thread % 32)) - 1,
                             }
                         }
                     }
@@ -1418,6 +1628,15 @@ impl Machine {
                     };
                     frame.regs[*d as usize] = r;
                 }
+                Op::Bits { op, ty, d, a } => {
+                    let (x, bits) = (ty.mask(v!(a)), ty.bits());
+                    frame.regs[*d as usize] = match op {
+                        BitOp::Popc => x.count_ones() as u64,
+                        BitOp::Clz => (x.leading_zeros() - (64 - bits)) as u64,
+                        BitOp::Brev => x.reverse_bits() >> (64 - bits),
+                    };
+                }
+                Op::Warp(_) => return Err(InterpError::Other("a warp instruction run alone".into())),
                 Op::Prmt { d, a, b, sel } => {
                     let bytes = ((v!(b) & 0xffff_ffff) << 32 | (v!(a) & 0xffff_ffff)).to_le_bytes();
                     let s = v!(sel);
@@ -1495,7 +1714,7 @@ impl Machine {
                     let x = v!(val);
                     frame.vars[*var as usize][*off as usize..*off as usize + n].copy_from_slice(&x.to_le_bytes()[..n]);
                 }
-                Op::Exit => return Ok(true),
+                Op::Exit => return Ok(Turn::Done),
                 Op::Ret => {
                     let done = stack.pop().expect("a frame");
                     let f = &self.module.functions[&done.func];
@@ -1511,7 +1730,7 @@ impl Machine {
                                 dst[..n].copy_from_slice(&src[..n]);
                             }
                         }
-                        None => return Ok(true),
+                        None => return Ok(Turn::Done),
                     }
                 }
                 Op::Atom { op, ty, d, base, off, b, c } => {
@@ -1519,6 +1738,7 @@ impl Machine {
                     let n = (ty.bits() / 8) as u64;
                     let (y, z) = (v!(b), c.as_ref().map(|c| v!(c)));
                     let old = self.memory.load(addr, n, fname)?;
+                    self.atoms += 1;
                     let new = atom(*op, *ty, old, y, z);
                     self.memory.store(addr, n, new, fname)?;
                     frame.regs[*d as usize] = old;
@@ -1532,7 +1752,7 @@ impl Machine {
                 }
             }
         }
-        Ok(false)
+        Ok(Turn::Paused)
     }
 }
 
@@ -1757,5 +1977,94 @@ mod tests {
         m.launch("_Z1kPi", &[out], Launch::linear(1, 8, 1)).unwrap();
         let got: Vec<u32> = m.memory.read(out, 32).unwrap().chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(got, (0..8).map(|t| 3 * t + 100).collect::<Vec<u32>>());
+    }
+
+    /// Each lane writes what the warp instructions gave it: its `activemask`, the thread id of
+    /// the lowest lane in that mask (through `shfl.sync`), the ballot of odd thread ids, and its
+    /// rank among the mask's lanes. Thread 0 first spins `spin` times.
+    const WARP: &str = r#"
+.version 7.0
+.target sm_75
+.address_size 64
+.visible .entry warp(.param .u64 out, .param .u32 spin, .param .u32 width)
+{
+.reg .b32 %r<13>;
+.reg .b64 %rd<4>;
+.reg .pred %p<3>;
+ld.param.u64 %rd1, [out];
+ld.param.u32 %r10, [spin];
+ld.param.u32 %r12, [width];
+mov.u32 %r1, %tid.x;
+setp.ne.u32 %p1, %r1, 0;
+@%p1 bra $go;
+mov.u32 %r11, 0;
+$spin:
+setp.ge.u32 %p2, %r11, %r10;
+@%p2 bra $go;
+add.u32 %r11, %r11, 1;
+bra $spin;
+$go:
+activemask.b32 %r2;
+setp.eq.u32 %p2, %r12, 0;
+@%p2 bra $all;
+mov.b32 %r2, %r12;
+$all:
+brev.b32 %r3, %r2;
+clz.b32 %r3, %r3;
+shfl.sync.idx.b32 %r4, %r1, %r3, 31, %r2;
+and.b32 %r5, %r1, 1;
+setp.ne.u32 %p1, %r5, 0;
+vote.sync.ballot.b32 %r6, %p1, %r2;
+mov.u32 %r7, %lanemask_lt;
+and.b32 %r7, %r7, %r2;
+popc.b32 %r7, %r7;
+mul.wide.u32 %rd2, %r1, 16;
+add.u64 %rd3, %rd1, %rd2;
+st.global.u32 [%rd3], %r2;
+st.global.u32 [%rd3+4], %r4;
+st.global.u32 [%rd3+8], %r6;
+st.global.u32 [%rd3+12], %r7;
+ret;
+}
+"#;
+
+    /// Runs [`WARP`] on `threads` threads; per thread (mask, leader's id, ballot, rank).
+    fn warp_run(threads: u32, spin: u64, width: u64) -> Result<Vec<[u32; 4]>, InterpError> {
+        let mut m = Machine::new(Module::parse(WARP).unwrap());
+        let out = m.memory.alloc(16 * threads as u64);
+        m.launch("warp", &[out, spin, width], Launch::linear(1, threads, 1))?;
+        let words: Vec<u32> = m.memory.read(out, 16 * threads as u64).unwrap().chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        Ok(words.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect())
+    }
+
+    #[test]
+    fn lanes_that_arrive_together_run_warp_instructions_together() {
+        // A full warp and a warp of 8 lanes.
+        let got = warp_run(40, 0, 0).unwrap();
+        for (t, row) in got.iter().enumerate() {
+            let (warp, lane) = (t as u32 / 32, t as u32 % 32);
+            let mask = if warp == 0 { u32::MAX } else { 0xff };
+            assert_eq!(*row, [mask, 32 * warp, 0xaaaa_aaaa & mask, lane], "thread {t}");
+        }
+    }
+
+    #[test]
+    fn a_lane_that_does_not_arrive_is_left_out_of_activemask() {
+        // Thread 0 spins long enough for the others to stop waiting for it: two groups.
+        let got = warp_run(32, 20_000, 0).unwrap();
+        assert_eq!(got[0], [1, 0, 0, 0]);
+        for (t, row) in got.iter().enumerate().skip(1) {
+            assert_eq!(*row, [!1, 1, 0xaaaa_aaaa, t as u32 - 1], "thread {t}");
+        }
+    }
+
+    #[test]
+    fn a_member_mask_naming_lanes_that_never_come_is_an_error() {
+        // 8 threads, but the mask names all 32 lanes.
+        let e = warp_run(8, 0, u32::MAX as u64).unwrap_err();
+        assert!(e.to_string().contains("never reach"), "{e}");
+        // A mask without the lane that runs the instruction.
+        let e = warp_run(8, 0, 0xfe).unwrap_err();
+        assert!(e.to_string().contains("leaves it out"), "{e}");
     }
 }

@@ -588,7 +588,7 @@ $enoent:\nmov.b64 %ret, -2;\nret;\n$missing:\n$einval:\nmov.b64 %ret, -22;\nret;
 /// record. -ENOSPC (counted lost) once the ring is full.
 fn ring_output(map: &str, data: &str, len: &str, source: &str) -> String {
     fill(&format!(
-        ".reg .b64 %d, %ok, %lo, %data, %cap, %need, %pos, %t, %hdr, %chunk, %cur, %old, %idx, %used, %limit, %spin;\n.reg .b32 %ty, %cw;\n.reg .pred %p;\n.reg .pred %q;\n\
+        ".reg .b64 %d, %ok, %lo, %data, %cap, %need, %pos, %t, %hdr, %chunk, %cur, %old, %idx, %used, %limit, %spin;\n.reg .b32 %ty, %cw;\n.reg .pred %p;\n.reg .pred %q;\n{WARP_ADD_REGS}\
 call.uni (%d), bpf_map_desc, (%st, {map});\nsetp.eq.u64 %p, %d, 0;\n@%p bra $einval;\n\
 ld.u32 %ty, [%d+{{D_TYPE}}];\nsetp.ne.u32 %p, %ty, 4;\nsetp.ne.and.u32 %p, %ty, 27, %p;\nsetp.ne.and.u32 %p, %ty, 1527, %p;\n@%p bra $einval;\n\
 {check}ld.u64 %lo, [%st+{{ARENA_LO}}];\nld.u64 %data, [%d+{{D_DATA}}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{{D_DATA_LEN}}];\n\
@@ -597,7 +597,7 @@ ld.u32 %cw, [%d+{{D_CHUNK}}];\ncvt.u64.u32 %chunk, %cw;\nsetp.eq.u64 %p, %chunk,
 // This SM's cursor, after the records.\n\
 ld.u32 %ty, [%lo+{{H_NSM}}];\nmov.u32 %cw, %smid;\nrem.u32 %cw, %cw, %ty;\nmul.wide.u32 %cur, %cw, {{CURSOR_STRIDE}};\n\
 add.u64 %t, %cap, {{CURSOR_STRIDE}};\nsub.u64 %t, %t, 1;\nand.b64 %t, %t, -{{CURSOR_STRIDE}};\nadd.u64 %cur, %cur, %t;\nadd.u64 %cur, %cur, %data;\n\
-$retry:\natom.global.add.u64 %old, [%cur], %need;\nshr.u64 %idx, %old, 32;\nand.b64 %used, %old, 0xffffffff;\nsetp.eq.u64 %p, %idx, 0xffffffff;\n@%p bra $sm_lost;\n\
+$retry:\n{cursor_add}shr.u64 %idx, %old, 32;\nand.b64 %used, %old, 0xffffffff;\nsetp.eq.u64 %p, %idx, 0xffffffff;\n@%p bra $sm_lost;\n\
 // No chunk yet (index 0): the first thread takes one.\n\
 setp.eq.u64 %q, %idx, 0;\nselp.b64 %limit, 0, %chunk, %q;\nadd.u64 %t, %used, %need;\nsetp.le.u64 %p, %t, %limit;\n@%p bra $in_chunk;\nsetp.le.u64 %p, %used, %limit;\n@%p bra $refill;\n\
 mov.b64 %spin, 0;\n$wait:\nld.volatile.u64 %t, [%cur];\nshr.u64 %t, %t, 32;\nsetp.ne.u64 %p, %t, %idx;\n@%p bra $retry;\nadd.u64 %spin, %spin, 1;\nsetp.lt.u64 %p, %spin, 1000000;\n@%p bra $wait;\nbra $sm_lost;\n\
@@ -609,12 +609,43 @@ $sm_lost:\nadd.u64 %t, %cur, 8;\nred.global.add.u64 [%t], 1;\nmov.b64 %ret, -28;
 // Larger than a chunk: whole chunks from the head.\n\
 $big:\nrem.u64 %t, %need, %chunk;\nsub.u64 %t, %chunk, %t;\nrem.u64 %t, %t, %chunk;\nadd.u64 %limit, %need, %t;\n\
 add.u64 %t, %d, {{D_HEAD}};\natom.global.add.u64 %pos, [%t], %limit;\nadd.u64 %t, %pos, %limit;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\nbra $write;\n\
-$direct:\nadd.u64 %t, %d, {{D_HEAD}};\natom.global.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
+$direct:\nadd.u64 %t, %d, {{D_HEAD}};\n{head_add}add.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
 $write:\nadd.u64 %pos, %pos, %data;\nshl.b64 %hdr, {source}, 32;\nor.b64 %hdr, %hdr, {len};\nor.b64 %hdr, %hdr, 0x8000000000000000;\nst.u64 [%pos], %hdr;\nadd.u64 %pos, %pos, 8;\ncall.uni (%ok), bpf_memcpy, (%pos, {data}, {len});\nmov.b64 %ret, 0;\nret;\n\
 $lost:\nadd.u64 %t, %d, {{D_LOST}};\nred.global.add.u64 [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
 $einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;",
-        check = data_check(data, len)
+        check = data_check(data, len),
+        cursor_add = warp_fetch_add("%old", "%cur", "%need", "cursor"),
+        head_add = warp_fetch_add("%pos", "%t", "%need", "head"),
     ))
+}
+
+/// The registers [`warp_fetch_add`] uses: declared once in a function that uses it.
+const WARP_ADD_REGS: &str = ".reg .b32 %wf_m, %wf_l, %wf_g, %wf_r, %wf_x<4>;\n.reg .b64 %wf_a, %wf_v, %wf_o;\n.reg .pred %wf_s, %wf_p;\n";
+
+/// `atom.global.add.u64 {dest}, [{addr}], {val}` (registers) shared by the lanes of a warp
+/// that reach it together: lanes adding the same addend to the same address add once, through
+/// the lowest of them, and each gets the old value it would have got had they added one after
+/// another in lane order; lanes with another address or addend do the same among themselves
+/// next (one round per distinct pair). Lanes that reserve space in a ring all add to one
+/// cursor, and atomics on one address serialise in the L2 (cuda-facts.md): this makes one of a
+/// warp's 32. `tag` names its loop's label apart from another use in the same function.
+fn warp_fetch_add(dest: &str, addr: &str, val: &str, tag: &str) -> String {
+    "activemask.b32 %wf_m;\n$wf_TAG:\nbrev.b32 %wf_l, %wf_m;\nclz.b32 %wf_l, %wf_l;\n\
+mov.b64 {%wf_x0, %wf_x1}, ADDR;\nmov.b64 {%wf_x2, %wf_x3}, VAL;\n\
+shfl.sync.idx.b32 %wf_x0, %wf_x0, %wf_l, 31, %wf_m;\nshfl.sync.idx.b32 %wf_x1, %wf_x1, %wf_l, 31, %wf_m;\n\
+shfl.sync.idx.b32 %wf_x2, %wf_x2, %wf_l, 31, %wf_m;\nshfl.sync.idx.b32 %wf_x3, %wf_x3, %wf_l, 31, %wf_m;\n\
+mov.b64 %wf_a, {%wf_x0, %wf_x1};\nmov.b64 %wf_v, {%wf_x2, %wf_x3};\n\
+setp.eq.u64 %wf_s, %wf_a, ADDR;\nsetp.eq.and.u64 %wf_s, %wf_v, VAL, %wf_s;\nvote.sync.ballot.b32 %wf_g, %wf_s, %wf_m;\n\
+mov.u32 %wf_r, %lanemask_lt;\nand.b32 %wf_r, %wf_r, %wf_g;\npopc.b32 %wf_r, %wf_r;\n\
+popc.b32 %wf_x0, %wf_g;\ncvt.u64.u32 %wf_o, %wf_x0;\nmul.lo.u64 %wf_o, %wf_o, VAL;\n\
+setp.eq.and.u32 %wf_p, %wf_r, 0, %wf_s;\n@%wf_p atom.global.add.u64 %wf_o, [ADDR], %wf_o;\n\
+mov.b64 {%wf_x0, %wf_x1}, %wf_o;\nshfl.sync.idx.b32 %wf_x0, %wf_x0, %wf_l, 31, %wf_m;\nshfl.sync.idx.b32 %wf_x1, %wf_x1, %wf_l, 31, %wf_m;\n\
+mov.b64 %wf_a, {%wf_x0, %wf_x1};\ncvt.u64.u32 %wf_v, %wf_r;\nmad.lo.u64 %wf_a, %wf_v, VAL, %wf_a;\n\
+not.b32 %wf_g, %wf_g;\nand.b32 %wf_m, %wf_m, %wf_g;\n@!%wf_s bra $wf_TAG;\nmov.b64 DEST, %wf_a;\n"
+        .replace("ADDR", addr)
+        .replace("VAL", val)
+        .replace("DEST", dest)
+        .replace("TAG", tag)
 }
 
 /// `bpf_trace_printk(fmt, size, a1, a2, a3)` and bpftime's `puts(str)` (501): a
@@ -623,7 +654,8 @@ $einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;",
 /// bytes of the format kept, puts 0; both -EINVAL without a trace ring, -EFAULT for a format
 /// outside the program's memory, -ENOSPC when the ring is full.
 fn trace_output(puts: bool) -> String {
-    let mut s = String::from(
+    let mut s = String::from(WARP_ADD_REGS);
+    s.push_str(
         ".reg .b64 %lo, %ref, %d, %ok, %data, %cap, %need, %pos, %t, %hdr, %n, %sm, %zero;\n.reg .b32 %w;\n.reg .pred %p;\n\
 ld.u64 %lo, [%st+{ARENA_LO}];\nsetp.eq.u64 %p, %lo, 0;\n@%p bra $einval;\nld.u32 %w, [%lo+{TRACE_SLOT}];\nsetp.eq.u32 %p, %w, 0;\n@%p bra $einval;\n\
 sub.u32 %w, %w, 1;\ncvt.u64.u32 %ref, %w;\nmov.b64 %t, {MAP_TAG_HI};\nshl.b64 %t, %t, 48;\nor.b64 %ref, %ref, %t;\n\
@@ -645,7 +677,11 @@ setp.ne.u64 %p, %n, 0;\n@%p bra $text;\ncall.uni (%ok), bpf_range_ok, (%st, %a1,
     s.push_str(
         "ld.u64 %data, [%d+{D_DATA}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{D_DATA_LEN}];\n\
 add.u64 %need, %n, 55;\nand.b64 %need, %need, -8;\n\
-add.u64 %t, %d, {D_HEAD};\natom.global.add.u64 %pos, [%t], %need;\nadd.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
+add.u64 %t, %d, {D_HEAD};\n",
+    );
+    s.push_str(&warp_fetch_add("%pos", "%t", "%need", "head"));
+    s.push_str(
+        "add.u64 %t, %pos, %need;\nsetp.gt.u64 %p, %t, %cap;\n@%p bra $lost;\n\
 add.u64 %pos, %pos, %data;\nmov.u32 %w, %smid;\ncvt.u64.u32 %sm, %w;\nshl.b64 %hdr, %sm, 32;\nadd.u64 %t, %n, 40;\nor.b64 %hdr, %hdr, %t;\nor.b64 %hdr, %hdr, 0x8000000000000000;\nst.u64 [%pos], %hdr;\nst.u64 [%pos+40], %lo;\n",
     );
     if puts {

@@ -313,6 +313,12 @@ fn sharded_counter_adds_fold_to_the_exact_total() {
 /// Runs program `name` of `gpu_crowd` on `blocks` blocks (on 4 SMs) of `threads` interleaved
 /// threads (as on a GPU) on the PTX interpreter: each thread's outcome, and the arena after.
 fn crowd(name: &str, blocks: u32, threads: u32) -> (bpftime_runtime::gpu::GpuProgram, Vec<Result<u64, RunError>>, Vec<u8>) {
+    let (g, outcomes, image, _) = crowd_counting_atoms(name, blocks, threads);
+    (g, outcomes, image)
+}
+
+/// [`crowd`], and how many `atom` instructions ran.
+fn crowd_counting_atoms(name: &str, blocks: u32, threads: u32) -> (bpftime_runtime::gpu::GpuProgram, Vec<Result<u64, RunError>>, Vec<u8>, u64) {
     use bpftime_gpu_ptx::interp::{Launch, Machine, Module};
     use bpftime_gpu_ptx::{state, Target, RUN_KERNEL, RUN_OUT_STRIDE};
     let obj = bpftime_object::Object::parse(&std::fs::read(bpftime_tests::clang::build_example("gpu_crowd")).unwrap()).unwrap();
@@ -328,7 +334,7 @@ fn crowd(name: &str, blocks: u32, threads: u32) -> (bpftime_runtime::gpu::GpuPro
     let raw = m.memory.read(out, RUN_OUT_STRIDE * all).unwrap();
     let outcomes = raw.chunks_exact(RUN_OUT_STRIDE as usize).map(|c| state::outcome(&c[8..], u64::from_le_bytes(c[..8].try_into().unwrap()))).collect();
     let image = m.memory.read(arena, g.layout.size).unwrap();
-    (g, outcomes, image)
+    (g, outcomes, image, m.atoms)
 }
 
 /// 256 threads of a block inserting 8 keys into a hash of 8: one thread per key takes a slot
@@ -376,10 +382,14 @@ fn plain_increments_by_a_crowd_lose_nothing() {
 
 /// 1,024 threads on 4 SMs writing a record each: SMs take chunks of the ring and their
 /// threads reserve records from them (interleaved, as on a GPU), and every record arrives once
-/// (a ring big enough) or is counted lost (one too small), none twice, none torn.
+/// (a ring big enough) or is counted lost (one too small), none twice, none torn. The lanes of
+/// a warp reserve together: one atomic on the cursor for the warp, not one a record.
 #[test]
 fn ring_records_from_many_threads_arrive_once_or_are_counted_lost() {
-    let (g, outcomes, image) = crowd("record_thread", 4, 256);
+    let (g, outcomes, image, atoms) = crowd_counting_atoms("record_thread", 4, 256);
+    // 2,048 records: 64 warps reserving on two rings (about 180 with chunks taken and
+    // retries; one a record, without sharing, is 2,048 at least).
+    assert!(atoms < 256, "{atoms} atomics for 2,048 records");
     assert!(outcomes.iter().all(|o| o.is_ok()), "{:?}", outcomes.iter().find(|o| o.is_err()));
     let ring = |name: &str| {
         let slot = g.layout.maps.iter().position(|m| m.spec.name == name).unwrap();
