@@ -153,6 +153,7 @@ fn setup_linked(tag: &str) -> Option<PathBuf> {
         let out = Command::new("cc")
             .current_dir(&dir)
             .args(["-O2", "-DLINKED=\"linked.fatbin\"", "-DUNIT_A=\"linked_a.fatbin\"", "-DUNIT_B=\"linked_b.fatbin\""])
+            .arg(format!("-DUNIT_A_FILE=\"{}\"", dir.join("linked_a.fatbin").display()))
             .args(devrt.then_some("-DUNIT_DEVRT=\"devrt.fatbin\""))
             .arg(src.join("driver_linked.c"))
             .args(["-ldl", "-o", name])
@@ -215,6 +216,26 @@ fn relocatable_device_code_is_linked_with_its_probes() {
     assert!(!stderr.contains("never attached"), "{stderr}");
     let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
     assert_eq!(log.matches("link 2 units").count(), 1, "the application's link only\n{log}");
+    // The same with unit a given to the link as a file (cuLinkAddFile): the agent reads it and
+    // hands the driver the patched text instead.
+    let _ = std::fs::remove_dir_all(dir.join("log"));
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let args = [ELEMENTS.to_string(), LAUNCHES.to_string(), "linkfile".to_string()];
+    let base = Command::new(dir.join("app")).args(&args).env("LD_LIBRARY_PATH", &dir).env("BPFTIME_FAKE_CUDA_DIR", dir.join("log")).output().unwrap();
+    assert_eq!(text(&base.stdout), expected, "{}", text(&base.stderr));
+    let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
+    assert_eq!(log.matches("link file").count(), 1, "on its own, the file goes to the driver\n{log}");
+    let _ = std::fs::remove_dir_all(dir.join("log"));
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let out = traced_with_args(&dir, &build_example("cuda_linked"), &[], &args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, expected, "{stderr}");
+    for key in ["0", "1", "2"] {
+        assert_eq!(dumped(&stderr, "linked_hits", key).as_deref(), Some(threads.as_str()), "key {key}, unit a from a file\n{stderr}");
+    }
+    let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
+    assert!(!log.contains("link file"), "the agent gave the driver the file's patched text\n{log}");
     // Without the device runtime's unit, the relink takes it from libcudadevrt.a.
     let _ = std::fs::remove_dir_all(dir.join("log"));
     std::fs::create_dir_all(dir.join("log")).unwrap();

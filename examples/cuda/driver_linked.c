@@ -10,12 +10,17 @@
 // Run:   ./driver_linked [ELEMENTS] [LAUNCHES] [link]   (prints the sum of the result and the
 //        blocks counted in the shared variable). With `link`, the application links the units'
 //        fatbins itself (cuLinkCreate, cuLinkAddData, cuLinkComplete) and loads the cubin with
-//        cuModuleLoadData, as JIT-compiling applications and libraries do.
+//        cuModuleLoadData, as JIT-compiling applications and libraries do; with `linkfile`, the
+//        same with unit a given as a file (cuLinkAddFile of UNIT_A_FILE, default UNIT_A).
 #include <stdint.h>
 #include <string.h>
 
 #if !defined(LINKED) || !defined(UNIT_A) || !defined(UNIT_B)
 #error "define LINKED, UNIT_A and UNIT_B as the paths of the fatbins to embed"
+#endif
+
+#ifndef UNIT_A_FILE
+#define UNIT_A_FILE UNIT_A
 #endif
 
 #define DRIVER_OWN_IMAGE
@@ -52,7 +57,8 @@ int main(int argc, char **argv)
     CUresult (*sync)(void) = need("cuCtxSynchronize", 0);
     typedef CUresult (*Launch)(H, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, H, void **, void **);
     Launch launch = need("cuLaunchKernel", 0);
-    int own_link = argc > 3 && strcmp(argv[3], "link") == 0;
+    int by_file = argc > 3 && strcmp(argv[3], "linkfile") == 0;
+    int own_link = by_file || (argc > 3 && strcmp(argv[3], "link") == 0);
     CUresult (*get_global)(uint64_t *, size_t *, H, const char *) = need(own_link ? "cuModuleGetGlobal" : "cuLibraryGetGlobal", 0);
     H code, fill, scale, shift;
     if (own_link) {
@@ -68,7 +74,12 @@ int main(int argc, char **argv)
         size_t size;
         CHECK(link_create(0, 0, 0, &state));
         // CU_JIT_INPUT_FATBINARY
-        CHECK(link_add(state, 2, (void *)unit_a_fatbin, 0, "linked_a", 0, 0, 0));
+        if (by_file) {
+            CUresult (*link_add_file)(H, int, const char *, unsigned, int *, void **) = need("cuLinkAddFile", 0);
+            CHECK(link_add_file(state, 2, UNIT_A_FILE, 0, 0, 0));
+        } else {
+            CHECK(link_add(state, 2, (void *)unit_a_fatbin, 0, "linked_a", 0, 0, 0));
+        }
         CHECK(link_add(state, 2, (void *)unit_b_fatbin, 0, "linked_b", 0, 0, 0));
 #ifdef UNIT_DEVRT
         CHECK(link_add(state, 2, (void *)unit_devrt_fatbin, 0, "cuda_device_runtime", 0, 0, 0));

@@ -567,6 +567,28 @@ impl Driver {
         result.and(cubin).map_err(|e| logged(e, &log))
     }
 
+    /// Adds a PTX text to an application's link state through the driver's own
+    /// `cuLinkAddData`, with the application's name and options for the input; None without
+    /// the entry point.
+    ///
+    /// # Safety
+    /// `state` is a live link state; `name`, `options` and `values` are as `cuLinkAddData`
+    /// takes them (cuda.h): a NUL-terminated name or null, `n` options and their values.
+    pub unsafe fn link_add_ptx(
+        &self,
+        state: Handle,
+        text: &CStr,
+        name: *const c_char,
+        n: c_uint,
+        options: *mut c_int,
+        values: *mut *mut c_void,
+    ) -> Option<CuResult> {
+        let (_, add, _, _) = self.link?;
+        // SAFETY: CU_JIT_INPUT_PTX (1): a NUL-terminated text and its length with the NUL,
+        // which the driver copies; the rest is the caller's contract.
+        Some(unsafe { add(state, 1, text.as_ptr().cast_mut().cast(), text.to_bytes_with_nul().len(), name, n, options, values) })
+    }
+
     /// Streaming multiprocessors of `device`.
     pub fn sm_count(&self, device: c_int) -> Option<u32> {
         self.attribute(device, 16).map(|n| n.max(1) as u32)
@@ -694,6 +716,16 @@ unsafe fn linked_units<'a>(array: *const *const u8) -> Option<Vec<&'a [u8]>> {
         units.push(unsafe { fatbin_at(unit) }?);
     }
     None
+}
+
+/// Whether `bytes` hold a whole fat binary: its magic, and at least the length its header
+/// gives (what [`read_image`] may then read of it).
+pub fn holds_fatbin(bytes: &[u8]) -> bool {
+    let word = |at: usize, n: usize| bytes.get(at..at + n).map(|b| b.iter().rev().fold(0u64, |acc, &x| acc << 8 | x as u64));
+    match (word(0, 4), word(6, 2), word(8, 8)) {
+        (Some(m), Some(header), Some(body)) => m == FATBIN_MAGIC as u64 && body.saturating_add(header) <= bytes.len() as u64,
+        _ => false,
+    }
 }
 
 /// The fat binary at `fatbin`, when it has one's header.

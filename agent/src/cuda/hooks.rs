@@ -7,7 +7,7 @@
 //! wrapper `f::<S>` calls the real function stored in slot `S`. Nothing here panics across the
 //! C boundary: the work is done in `super`, under `catch_unwind`.
 
-use super::driver::{CuResult, Dim, GetProcAddressV1, GetProcAddressV2, Handle, REAL_GET_PROC_V1, REAL_GET_PROC_V2, STREAM_PER_THREAD, SUCCESS};
+use super::driver::{CuResult, Dim, Driver, GetProcAddressV1, GetProcAddressV2, Handle, REAL_GET_PROC_V1, REAL_GET_PROC_V2, STREAM_PER_THREAD, SUCCESS};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -77,6 +77,7 @@ static EVENT_SYNCHRONIZE: Slots = Slots::new();
 static MEMCPY_DTOH: Slots = Slots::new();
 static MEMCPY: Slots = Slots::new();
 static LINK_ADD_DATA: Slots = Slots::new();
+static LINK_ADD_FILE: Slots = Slots::new();
 
 type FnLaunchKernel = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void, *mut *mut c_void) -> CuResult;
 type FnLaunchCooperative = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void) -> CuResult;
@@ -89,6 +90,7 @@ type FnLibraryLoadData =
     unsafe extern "C" fn(*mut Handle, *const c_void, *mut c_int, *mut *mut c_void, c_uint, *mut c_int, *mut *mut c_void, c_uint) -> CuResult;
 
 type FnLinkAddData = unsafe extern "C" fn(Handle, c_int, *mut c_void, usize, *const c_char, c_uint, *mut c_int, *mut *mut c_void) -> CuResult;
+type FnLinkAddFile = unsafe extern "C" fn(Handle, c_int, *const c_char, c_uint, *mut c_int, *mut *mut c_void) -> CuResult;
 
 /// `CUlaunchConfig` (cuda.h), as far as the stream.
 #[repr(C)]
@@ -128,6 +130,7 @@ pub(super) fn wrapper_of(name: &[u8], real: usize, per_thread: bool) -> Option<u
         b"cuMemcpyDtoH" | b"cuMemcpyDtoH_v2" => pick!(MEMCPY_DTOH, memcpy_dtoh),
         b"cuMemcpy" => pick!(MEMCPY, memcpy),
         b"cuLinkAddData" | b"cuLinkAddData_v2" => pick!(LINK_ADD_DATA, link_add_data),
+        b"cuLinkAddFile" | b"cuLinkAddFile_v2" => pick!(LINK_ADD_FILE, link_add_file),
         _ => None,
     }
 }
@@ -459,6 +462,34 @@ unsafe extern "C" fn link_add_data<const S: usize>(
     add(kind, data, size)
 }
 
+/// `cuLinkAddFile`: a PTX or fat binary file in the application's own link goes in as
+/// `cuLinkAddData` would take its bytes (the probes spliced in, through the driver's own
+/// `cuLinkAddData`); the file itself when no probe goes into it, for other kinds of input
+/// (cubins, objects, libraries), or when the driver refuses the patched text (said once).
+unsafe extern "C" fn link_add_file<const S: usize>(
+    state: Handle,
+    kind: c_int,
+    path: *const c_char,
+    n: c_uint,
+    options: *mut c_int,
+    values: *mut *mut c_void,
+) -> CuResult {
+    let real = LINK_ADD_FILE.real(S);
+    // SAFETY: the caller's contract for the path (a NUL-terminated string, or null).
+    let patched = std::panic::catch_unwind(|| unsafe { super::patched_link_file(kind, path) }).ok().flatten();
+    if let Some(text) = &patched {
+        // SAFETY: the caller's link state, options and values, with a NUL-terminated PTX text
+        // (copied by the driver) named by the caller's path.
+        match Driver::get().and_then(|d| unsafe { d.link_add_ptx(state, text, path, n, options, values) }) {
+            Some(SUCCESS) => return SUCCESS,
+            Some(r) => super::link_input_refused(r),
+            None => {}
+        }
+    }
+    // SAFETY: the driver's own entry point for this slot with the caller's arguments.
+    unsafe { std::mem::transmute::<usize, FnLinkAddFile>(real)(state, kind, path, n, options, values) }
+}
+
 // ---- launches ----
 
 #[allow(clippy::too_many_arguments)]
@@ -711,4 +742,6 @@ direct_entry_points! {
     cuMemcpy as c"cuMemcpy" (dst: u64, src: u64, n: usize);
     /// `cuLinkAddData` (`_v2`, as cuda.h names it), called directly.
     cuLinkAddData_v2 as c"cuLinkAddData" (state: Handle, kind: c_int, data: *mut c_void, size: usize, name: *const c_char, n: c_uint, options: *mut c_int, values: *mut *mut c_void);
+    /// `cuLinkAddFile` (`_v2`, as cuda.h names it), called directly.
+    cuLinkAddFile_v2 as c"cuLinkAddFile" (state: Handle, kind: c_int, path: *const c_char, n: c_uint, options: *mut c_int, values: *mut *mut c_void);
 }

@@ -856,6 +856,29 @@ fn linked_by_us(elf: &[u8]) -> bool {
     elf.windows(patch::ARENA_GLOBAL.len() + 1).any(|w| w.starts_with(patch::ARENA_GLOBAL.as_bytes()) && w.last() == Some(&0))
 }
 
+/// A `cuLinkAddFile` input (PTX or fat binary file at `path`) with the probes spliced in, as
+/// [`patched_link_input`] makes of the same bytes; None for other kinds, unreadable files and
+/// inputs no probe goes into.
+///
+/// # Safety
+/// `path` is null or a NUL-terminated string.
+pub(crate) unsafe fn patched_link_file(kind: std::ffi::c_int, path: *const std::ffi::c_char) -> Option<CString> {
+    // CU_JIT_INPUT_PTX (1), CU_JIT_INPUT_FATBINARY (2).
+    if !(kind == 1 || kind == 2) || path.is_null() || GPU.get().is_none() {
+        return None;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: the caller's contract.
+    let path = std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes());
+    let bytes = std::fs::read(path).ok()?;
+    if kind == 2 && !driver::holds_fatbin(&bytes) {
+        return None;
+    }
+    // SAFETY: the file's bytes, as `cuLinkAddData` would be given them for `kind` (a fat
+    // binary readable for the length its header gives).
+    unsafe { patched_link_input(kind, bytes.as_ptr().cast(), bytes.len()) }
+}
+
 /// An input of the application's own link (`cuLinkAddData`: `kind` PTX or a fat binary) with
 /// the probes spliced in as into a unit of relocatable device code, or None to pass it on as
 /// it is.

@@ -600,11 +600,18 @@ api! {
         s.units.push(text);
         SUCCESS
     }
-    fn cuLinkAddFile(state: Handle, kind: c_int, path: *const c_char, _n: c_uint, _o: *mut c_int, _v: *mut *mut c_void) {
+    fn cuLinkAddFile(state: Handle, kind: c_int, path: *const c_char, n: c_uint, o: *mut c_int, v: *mut *mut c_void) {
         if state.is_null() || path.is_null() { return INVALID_VALUE; }
+        let name = path;
+        let path = unsafe { CStr::from_ptr(path) }.to_string_lossy().into_owned();
+        // PTX and fatbin files: their bytes, as cuLinkAddData takes them.
+        if kind == 1 || kind == 2 {
+            let Ok(mut bytes) = std::fs::read(&path) else { return NOT_FOUND };
+            log(&format!("link file {path}"));
+            return unsafe { cuLinkAddData(state, kind, bytes.as_mut_ptr().cast(), bytes.len(), name, n, o, v) };
+        }
         // Libraries (CU_JIT_INPUT_LIBRARY, 4) are taken and not linked: their device code (the
         // device runtime) is not something this driver runs.
-        let path = unsafe { CStr::from_ptr(path) }.to_string_lossy().into_owned();
         if kind != 4 || !std::path::Path::new(&path).is_file() { return NOT_FOUND; }
         log(&format!("link library {path}"));
         SUCCESS
