@@ -199,42 +199,36 @@ fn relocatable_device_code_is_linked_with_its_probes() {
     assert!(a.contains(".weak .global .align 8 .u64 bpftime_arena") && b.contains(".weak .global .align 8 .u64 bpftime_arena"), "{a}\n{b}");
     assert_eq!(a.matches("call.uni (%bpt6), bpftime_p").count(), 2, "scale and shift<5>\n{a}");
     assert_eq!(b.matches("call.uni (%bpt6), bpftime_p").count(), 2, "fill's return and shift<5>\n{b}");
-    // The application links the units' fatbins itself (cuLinkAddData) and loads the cubin: the
-    // inputs get the probes, and loading what the link made attaches them.
-    let _ = std::fs::remove_dir_all(dir.join("log"));
-    std::fs::create_dir_all(dir.join("log")).unwrap();
-    let args = [ELEMENTS.to_string(), LAUNCHES.to_string(), "link".to_string()];
-    let base = Command::new(dir.join("app")).args(&args).env("LD_LIBRARY_PATH", &dir).output().unwrap();
-    assert_eq!(text(&base.stdout), expected, "{}", text(&base.stderr));
-    let out = traced_with_args(&dir, &build_example("cuda_linked"), &[], &args);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout, expected, "{stderr}");
-    for key in ["0", "1", "2"] {
-        assert_eq!(dumped(&stderr, "linked_hits", key).as_deref(), Some(threads.as_str()), "key {key}\n{stderr}");
-    }
-    assert!(!stderr.contains("never attached"), "{stderr}");
-    let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
+    // The application links the units' fatbins itself and loads the cubin: the inputs get the
+    // probes, and loading what the link made attaches them. `mode` `link` gives the driver the
+    // units' bytes (cuLinkAddData); `linkfile` unit a as a file (cuLinkAddFile), which the
+    // agent reads and hands the driver as patched text. The app's own run and the traced one's
+    // driver log, for each.
+    let own_link = |mode: &str| {
+        let args = [ELEMENTS.to_string(), LAUNCHES.to_string(), mode.to_string()];
+        let fresh_log = || {
+            let _ = std::fs::remove_dir_all(dir.join("log"));
+            std::fs::create_dir_all(dir.join("log")).unwrap();
+        };
+        fresh_log();
+        let base = Command::new(dir.join("app")).args(&args).env("LD_LIBRARY_PATH", &dir).env("BPFTIME_FAKE_CUDA_DIR", dir.join("log")).output().unwrap();
+        assert_eq!(text(&base.stdout), expected, "{}", text(&base.stderr));
+        let plain_log = std::fs::read_to_string(dir.join("log/log")).unwrap();
+        fresh_log();
+        let out = traced_with_args(&dir, &build_example("cuda_linked"), &[], &args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stdout, expected, "{stderr}");
+        for key in ["0", "1", "2"] {
+            assert_eq!(dumped(&stderr, "linked_hits", key).as_deref(), Some(threads.as_str()), "{mode}: key {key}\n{stderr}");
+        }
+        assert!(!stderr.contains("never attached"), "{stderr}");
+        (plain_log, std::fs::read_to_string(dir.join("log/log")).unwrap())
+    };
+    let (_, log) = own_link("link");
     assert_eq!(log.matches("link 2 units").count(), 1, "the application's link only\n{log}");
-    // The same with unit a given to the link as a file (cuLinkAddFile): the agent reads it and
-    // hands the driver the patched text instead.
-    let _ = std::fs::remove_dir_all(dir.join("log"));
-    std::fs::create_dir_all(dir.join("log")).unwrap();
-    let args = [ELEMENTS.to_string(), LAUNCHES.to_string(), "linkfile".to_string()];
-    let base = Command::new(dir.join("app")).args(&args).env("LD_LIBRARY_PATH", &dir).env("BPFTIME_FAKE_CUDA_DIR", dir.join("log")).output().unwrap();
-    assert_eq!(text(&base.stdout), expected, "{}", text(&base.stderr));
-    let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
-    assert_eq!(log.matches("link file").count(), 1, "on its own, the file goes to the driver\n{log}");
-    let _ = std::fs::remove_dir_all(dir.join("log"));
-    std::fs::create_dir_all(dir.join("log")).unwrap();
-    let out = traced_with_args(&dir, &build_example("cuda_linked"), &[], &args);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout, expected, "{stderr}");
-    for key in ["0", "1", "2"] {
-        assert_eq!(dumped(&stderr, "linked_hits", key).as_deref(), Some(threads.as_str()), "key {key}, unit a from a file\n{stderr}");
-    }
-    let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
+    let (plain_log, log) = own_link("linkfile");
+    assert_eq!(plain_log.matches("link file").count(), 1, "on its own, the file goes to the driver\n{plain_log}");
     assert!(!log.contains("link file"), "the agent gave the driver the file's patched text\n{log}");
     // Without the device runtime's unit, the relink takes it from libcudadevrt.a.
     let _ = std::fs::remove_dir_all(dir.join("log"));
