@@ -1208,7 +1208,8 @@ pub struct Machine {
     pub step_limit: u64,
     /// Where each thread's local memory window starts.
     pub local_base: u64,
-    /// How many `atom` instructions (atomics whose old value comes back) have run: those
+    /// How many `atom` instructions (atomics whose old value comes back) have run since the
+    /// machine was made (over all its launches; one that faults on its store counts too): those
     /// serialise on a GPU where `red` need not, so code that shares them across a warp shows
     /// here.
     pub atoms: u64,
@@ -1269,7 +1270,7 @@ enum Turn {
 
 /// How many scheduler turns per live thread a lane waits at `activemask` for lanes that have
 /// not arrived, before it counts them as diverged.
-const ACTIVEMASK_PATIENCE: u64 = 256;
+const ACTIVEMASK_PATIENCE: u64 = 64;
 
 struct Frame {
     func: String,
@@ -1368,7 +1369,7 @@ impl Machine {
                 seed ^= seed << 17;
                 let i = (seed % live.len() as u64) as usize;
                 if live[i].parked.is_some() {
-                    match self.resolve_warp_op(&mut live, i, tick) {
+                    match self.resolve_warp_op(&mut live, i, tick).and_then(|ran| if ran { Ok(()) } else { self.unstick_warp(&mut live, i, tick) }) {
                         Ok(()) => continue,
                         Err(e) => break Err(e),
                     }
@@ -1404,9 +1405,30 @@ impl Machine {
         }
     }
 
+    /// When every lane of `live[i]`'s warp waits at a warp instruction and `live[i]`'s cannot
+    /// run yet: runs another lane's if one can (an `activemask` always can then), else the warp
+    /// is stuck, which is an error (on a GPU it would hang, or read undefined values).
+    fn unstick_warp(&self, live: &mut [Thread], i: usize, tick: u64) -> Result<(), InterpError> {
+        let warp = live[i].thread / 32;
+        let peers: Vec<usize> = (0..live.len()).filter(|&j| live[j].thread / 32 == warp).collect();
+        if !peers.iter().all(|&j| live[j].parked.is_some()) {
+            return Ok(());
+        }
+        for &j in &peers {
+            if live[j].parked.is_some() && self.resolve_warp_op(live, j, tick)? {
+                return Ok(());
+            }
+        }
+        let (func, pc) = live[i].site();
+        Err(InterpError::Other(format!(
+            "`{func}`: the lanes of warp {warp} all wait at .sync instructions (lane {} at {pc}) whose member masks name lanes waiting elsewhere",
+            live[i].lane()
+        )))
+    }
+
     /// Runs the warp instruction `live[i]` is parked at, for it and the lanes that run it with
-    /// it, if they are all there (see [`WarpOp`]); otherwise leaves them waiting.
-    fn resolve_warp_op(&self, live: &mut [Thread], i: usize, tick: u64) -> Result<(), InterpError> {
+    /// it, if they are all there (see [`WarpOp`]): true when it ran, false when they wait.
+    fn resolve_warp_op(&self, live: &mut [Thread], i: usize, tick: u64) -> Result<bool, InterpError> {
         let warp = live[i].thread / 32;
         let (func, pc) = live[i].site();
         let func = func.to_string();
@@ -1421,7 +1443,7 @@ impl Machine {
             WarpOp::ActiveMask { d } => {
                 let waited = tick - live[i].parked.unwrap_or(tick);
                 if !all_parked && waited <= ACTIVEMASK_PATIENCE * live.len() as u64 {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let (d, mask) = (*d, lanes(&here));
                 for &j in &here {
@@ -1430,26 +1452,29 @@ impl Machine {
             }
             WarpOp::ShflIdx { mask, .. } | WarpOp::Ballot { mask, .. } => {
                 let m = live[i].operand(mask)? as u32;
-                if m & 1 << live[i].lane() == 0 {
-                    return Err(InterpError::Other(format!(
-                        "`{func}`: lane {} runs a .sync instruction whose member mask {m:#x} leaves it out",
-                        live[i].lane()
-                    )));
-                }
                 let mut group = vec![];
                 for &j in &here {
-                    if live[j].operand(mask)? as u32 == m {
+                    let mj = live[j].operand(mask)? as u32;
+                    if mj & 1 << live[j].lane() == 0 {
+                        return Err(InterpError::Other(format!(
+                            "`{func}`: lane {} runs a .sync instruction whose member mask {mj:#x} leaves it out",
+                            live[j].lane()
+                        )));
+                    }
+                    if mj == m {
                         group.push(j);
                     }
                 }
                 let missing = m & !lanes(&group);
+                if missing & !lanes(&peers) != 0 {
+                    return Err(InterpError::Other(format!(
+                        "`{func}`: lanes {:#x} of the member mask {m:#x} have finished or do not exist, and never reach its .sync instruction {pc}",
+                        missing & !lanes(&peers)
+                    )));
+                }
                 if missing != 0 {
-                    if all_parked || missing & !lanes(&peers) != 0 {
-                        return Err(InterpError::Other(format!(
-                            "`{func}`: lanes {missing:#x} of the member mask {m:#x} never reach its .sync instruction {pc}"
-                        )));
-                    }
-                    return Ok(());
+                    // They may yet come (or the warp is stuck: see `launch`).
+                    return Ok(false);
                 }
                 let mut values = [None; 32];
                 for &j in &group {
@@ -1483,7 +1508,7 @@ impl Machine {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Runs thread `t` for at most `quantum` instructions, or until it reaches a warp
@@ -2065,6 +2090,70 @@ ret;
         assert!(e.to_string().contains("never reach"), "{e}");
         // A mask without the lane that runs the instruction.
         let e = warp_run(8, 0, 0xfe).unwrap_err();
+        assert!(e.to_string().contains("leaves it out"), "{e}");
+    }
+
+    /// Eight lanes end at `shfl.sync` with mask 0xff reading lane 7. Mode 0: lane 0 first runs
+    /// a `shfl.sync` of its own (mask 1). Mode 1: lane 0 first spins, then runs `activemask`,
+    /// so the others wait at the shuffle for it. Mode 2: the mask is 0xfe, which leaves lane 0
+    /// out.
+    const SYNC_PATHS: &str = r#"
+.version 7.0
+.target sm_75
+.address_size 64
+.visible .entry sync_paths(.param .u64 out, .param .u32 mode)
+{
+.reg .b32 %r<8>;
+.reg .b64 %rd<4>;
+.reg .pred %p<4>;
+ld.param.u64 %rd1, [out];
+ld.param.u32 %r5, [mode];
+mov.u32 %r1, %tid.x;
+mov.u32 %r7, 255;
+setp.ne.u32 %p1, %r1, 0;
+@%p1 bra $last;
+setp.eq.u32 %p2, %r5, 0;
+@%p2 bra $alone;
+setp.eq.u32 %p2, %r5, 2;
+@%p2 bra $bad;
+mov.u32 %r6, 0;
+$spin:
+setp.ge.u32 %p3, %r6, 2000;
+@%p3 bra $late;
+add.u32 %r6, %r6, 1;
+bra $spin;
+$late:
+activemask.b32 %r4;
+bra $last;
+$alone:
+shfl.sync.idx.b32 %r2, %r1, 0, 31, 1;
+bra $last;
+$bad:
+mov.u32 %r7, 254;
+$last:
+setp.eq.u32 %p2, %r5, 2;
+@%p2 mov.u32 %r7, 254;
+shfl.sync.idx.b32 %r3, %r1, 7, 31, %r7;
+mul.wide.u32 %rd2, %r1, 4;
+add.u64 %rd3, %rd1, %rd2;
+st.global.u32 [%rd3], %r3;
+ret;
+}
+"#;
+
+    #[test]
+    fn sync_instructions_wait_for_lanes_that_are_elsewhere_and_refuse_lanes_outside_their_mask() {
+        // 64 blocks: 64 orders of interleaving.
+        let run = |mode: u64| {
+            let mut m = Machine::new(Module::parse(SYNC_PATHS).unwrap());
+            let out = m.memory.alloc(4 * 8 * 64);
+            m.launch("sync_paths", &[out, mode], Launch::linear(64, 8, 1)).map(|()| m.memory.read(out, 32).unwrap())
+        };
+        for mode in [0, 1] {
+            let got = run(mode).unwrap_or_else(|e| panic!("mode {mode}: {e}"));
+            assert!(got.chunks(4).all(|c| c == [7, 0, 0, 0]), "mode {mode}: every lane reads lane 7: {got:?}");
+        }
+        let e = run(2).unwrap_err();
         assert!(e.to_string().contains("leaves it out"), "{e}");
     }
 }

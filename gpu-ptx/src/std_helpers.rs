@@ -849,3 +849,50 @@ pub fn standard() -> HelperSet {
         .with(GpuHelper::ptx(511, "bpftime_get_lane_id", special("%laneid")))
         .with_support(support())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interp::{Launch, Machine, Module};
+
+    /// Lanes adding 8 or 16 to one of three counters (six pairs in a warp), in two blocks of
+    /// 40 threads (a full warp and 8 lanes): each lane's old value is where it would be had
+    /// every add been made alone, one after another; the counters start where adding carries
+    /// into the high half, and wraps.
+    #[test]
+    fn warp_shared_adds_give_each_lane_its_place_in_one_order() {
+        let ptx = format!(
+            ".version 7.0\n.target sm_75\n.address_size 64\n.visible .entry adds(.param .u64 counters, .param .u64 out)\n{{\n\
+.reg .b64 %old, %addr, %val, %t, %o;\n.reg .b32 %tid, %k;\n{WARP_ADD_REGS}\
+ld.param.u64 %addr, [counters];\nld.param.u64 %o, [out];\nmov.u32 %tid, %tid.x;\n\
+rem.u32 %k, %tid, 3;\nmul.wide.u32 %t, %k, 8;\nadd.u64 %addr, %addr, %t;\n\
+rem.u32 %k, %tid, 2;\nadd.u32 %k, %k, 1;\nmul.wide.u32 %val, %k, 8;\n{}\
+mov.u32 %k, %ctaid.x;\nmad.lo.u32 %k, %k, 40, %tid;\nmul.wide.u32 %t, %k, 16;\nadd.u64 %t, %o, %t;\nst.global.u64 [%t], %old;\nst.global.u64 [%t+8], %val;\nret;\n}}\n",
+            warp_fetch_add("%old", "%addr", "%val", "t")
+        );
+        let mut m = Machine::new(Module::parse(&ptx).unwrap());
+        let starts = [(1u64 << 32) - 100, u64::MAX - 300, 5];
+        let counters = m.memory.alloc(24);
+        let bytes: Vec<u8> = starts.iter().flat_map(|s| s.to_le_bytes()).collect();
+        m.memory.write(counters, &bytes).unwrap();
+        let out = m.memory.alloc(16 * 80);
+        m.launch("adds", &[counters, out], Launch::linear(2, 40, 1)).unwrap();
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
+        let rows: Vec<(u64, u64)> = m.memory.read(out, 16 * 80).unwrap().chunks(16).map(|c| (word(&c[..8]), word(&c[8..]))).collect();
+        let finals: Vec<u64> = m.memory.read(counters, 24).unwrap().chunks(8).map(word).collect();
+        for (c, &start) in starts.iter().enumerate() {
+            // This counter's adds, by where they landed: each starts where the last ended.
+            let mut adds: Vec<(u64, u64)> =
+                rows.iter().enumerate().filter(|(i, _)| (i % 40) % 3 == c).map(|(_, &(old, val))| (old.wrapping_sub(start), val)).collect();
+            adds.sort();
+            let mut at = 0u64;
+            for &(rel, val) in &adds {
+                assert_eq!(rel, at, "counter {c}: {adds:?}");
+                at += val;
+            }
+            assert_eq!(finals[c], start.wrapping_add(at), "counter {c}");
+        }
+        // One add per pair per warp: at most 6 in each of the four warps, not one a lane.
+        assert!(m.atoms <= 24, "{} atomics for 80 lanes", m.atoms);
+    }
+}

@@ -387,7 +387,7 @@ fn plain_increments_by_a_crowd_lose_nothing() {
 #[test]
 fn ring_records_from_many_threads_arrive_once_or_are_counted_lost() {
     let (g, outcomes, image, atoms) = crowd_counting_atoms("record_thread", 4, 256);
-    // 2,048 records: 64 warps reserving on two rings (about 180 with chunks taken and
+    // 2,048 records: 32 warps reserving on two rings (about 180 with chunks taken and
     // retries; one a record, without sharing, is 2,048 at least).
     assert!(atoms < 256, "{atoms} atomics for 2,048 records");
     assert!(outcomes.iter().all(|o| o.is_ok()), "{:?}", outcomes.iter().find(|o| o.is_err()));
