@@ -172,6 +172,11 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
 impl Agent {
     /// Attaches what can be; keeps targets whose binary is not mapped yet.
     fn attach_all(&self, items: Vec<Pending>) {
+        bpftime_attach::procmaps::with_one_read(|| self.attach_each(items));
+    }
+
+    /// [`Agent::attach_all`], one after another.
+    fn attach_each(&self, items: Vec<Pending>) {
         let mut still = vec![];
         let region = self.runtime.region();
         for p in items {

@@ -1526,7 +1526,12 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     }
     let _patching = PATCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut map = sites().lock().unwrap_or_else(|e| e.into_inner());
-    forget_stale_sites(&mut map);
+    // Sites go stale when their library goes: once per batch of attaches, which takes the
+    // mapped files as fixed (reading every site's bytes for every attach was quadratic).
+    static STALE_CHECKED: AtomicU64 = AtomicU64::new(0);
+    if crate::procmaps::due_in_batch(&STALE_CHECKED) {
+        forget_stale_sites(&mut map);
+    }
     let site = match map.get(&addr) {
         Some(s) => *s,
         None => {

@@ -19,9 +19,66 @@ pub struct Mapping {
     pub path: String,
 }
 
-/// Parses the maps of this process.
-pub fn mappings() -> Vec<Mapping> {
-    read("/proc/self/maps")
+/// A batch of work on one thread that takes the maps as read at its start
+/// ([`with_one_read`]).
+struct Batch {
+    tid: i32,
+    /// Which batch (from [`BATCHES`]): see [`due_in_batch`].
+    seq: u64,
+    maps: std::sync::Arc<Vec<Mapping>>,
+}
+
+/// The batch under way, if any.
+static BATCH: std::sync::Mutex<Option<Batch>> = std::sync::Mutex::new(None);
+/// Batches begun.
+static BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The calling thread's batch: its number and maps.
+fn current_batch() -> Option<(u64, std::sync::Arc<Vec<Mapping>>)> {
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() };
+    BATCH.lock().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|b| b.tid == me).map(|b| (b.seq, b.maps.clone()))
+}
+
+/// Parses the maps of this process (as read at the start of the calling thread's
+/// [`with_one_read`], inside one).
+pub fn mappings() -> std::sync::Arc<Vec<Mapping>> {
+    match current_batch() {
+        Some((_, maps)) => maps,
+        None => std::sync::Arc::new(read("/proc/self/maps")),
+    }
+}
+
+/// Runs `f` with the calling thread's reads of this process's maps answered from one read made
+/// now: attaching a thousand probes read them thousands of times, each read longer than the
+/// last (the kernel formats every mapping, and the probes' stubs add some), which took most of
+/// the seconds a bpftrace wildcard probe on libc cost a process at start. What `f` does itself
+/// (stub pages) is anonymous memory it does not look up; a library mapped by another thread
+/// meanwhile is seen by the next read (a probe on it waits for its `dlopen`, as before).
+pub fn with_one_read<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let seq = BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let batch = Batch { tid, seq, maps: std::sync::Arc::new(read("/proc/self/maps")) };
+    /// Puts back what was there before, also when `f` panics.
+    struct Restore(Option<Batch>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            *BATCH.lock().unwrap_or_else(|e| e.into_inner()) = self.0.take();
+        }
+    }
+    let _restore = Restore(BATCH.lock().unwrap_or_else(|e| e.into_inner()).replace(batch));
+    f()
+}
+
+/// Whether work that depends only on which files are mapped where is due now: always outside
+/// a [`with_one_read`] batch, and once per batch inside one (`done` remembers which batch did
+/// it last).
+pub fn due_in_batch(done: &std::sync::atomic::AtomicU64) -> bool {
+    match current_batch() {
+        Some((seq, _)) => done.swap(seq, std::sync::atomic::Ordering::AcqRel) != seq,
+        None => true,
+    }
 }
 
 /// Parses the maps of process `pid` (ptrace access mode is needed to read them).
@@ -53,7 +110,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
 
 /// The mapping holding `addr`.
 pub fn mapping_of(addr: u64) -> Option<Mapping> {
-    mappings().into_iter().find(|m| m.start <= addr && addr < m.end)
+    mappings().iter().find(|m| m.start <= addr && addr < m.end).cloned()
 }
 
 #[cfg(test)]

@@ -250,12 +250,11 @@ pub fn resolve_in_process(pid: u32, t: &Target) -> Result<Resolved, ResolveError
 }
 
 fn resolve_in(t: &Target, maps: &[Mapping], exe: &str) -> Result<Resolved, ResolveError> {
-    let maps = maps.to_vec();
-    let path = find_binary_of(&t.binary, &maps, exe).ok_or_else(|| ResolveError::NotMapped(t.binary.clone()))?;
+    let path = find_binary_of(&t.binary, maps, exe).ok_or_else(|| ResolveError::NotMapped(t.binary.clone()))?;
     let data = map_file(&path).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
     let file = object::File::parse(&*data).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
     let Some(func) = &t.function else {
-        let addr = address_of_file_offset(&path, &maps, t.offset).ok_or(ResolveError::Unmapped { path: path.clone(), offset: t.offset })?;
+        let addr = address_of_file_offset(&path, maps, t.offset).ok_or(ResolveError::Unmapped { path: path.clone(), offset: t.offset })?;
         // A raw offset (what the kernel's uprobe interface and libbpf give) that is a function's
         // first byte is a function entry, with that function's size.
         let function_size = function_at_file_offset(&file, t.offset).unwrap_or(0);
@@ -276,7 +275,7 @@ fn resolve_in(t: &Target, maps: &[Mapping], exe: &str) -> Result<Resolved, Resol
         .ok_or_else(|| ResolveError::Elf { path: path.clone(), msg: format!("`{func}` is outside every segment") })?;
     let (seg_off, _) = seg.file_range();
     let file_off = vaddr - seg.address() + seg_off + t.offset;
-    let addr = address_of_file_offset(&path, &maps, file_off).ok_or(ResolveError::Unmapped { path: path.clone(), offset: file_off })?;
+    let addr = address_of_file_offset(&path, maps, file_off).ok_or(ResolveError::Unmapped { path: path.clone(), offset: file_off })?;
     let padding = if t.offset == 0 && sym.size() > 0 { padding_after(&data, file_off + sym.size(), room_after(&file, file_off, sym.size())) } else { 0 };
     Ok(Resolved { addr, path, function_size: sym.size(), at_entry: t.offset == 0, padding })
 }

@@ -1475,6 +1475,71 @@ fn a_process_started_without_the_agent_is_reached_and_left_clean() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// bpftrace running `script` under `bpftime load` with region `shm` (and `env`), its output in
+/// `out`; returned once it says how many probes it attaches (that number; 0 if it never does).
+fn bpftrace_loaded(bpftrace: &Path, shm: &str, script: &str, env: &[(&str, &str)], out: &Path) -> (std::process::Child, usize) {
+    let f = std::fs::File::create(out).unwrap();
+    let mut c = bpftime(shm);
+    c.args(["load", "--"]).arg(bpftrace).args(["-e", script]).stdout(f.try_clone().unwrap()).stderr(f);
+    c.envs(env.iter().copied());
+    let tool = c.spawn().unwrap();
+    for _ in 0..400 {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        if let Some(n) = text.lines().find_map(|l| l.strip_prefix("Attaching ")?.split_whitespace().next()?.parse::<usize>().ok()) {
+            return (tool, n);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (tool, 0)
+}
+
+/// Interrupts the bpftrace that `bpftime load` process `tool` runs until it exits (bpftrace
+/// prints its maps on SIGINT).
+fn interrupt_loader(tool: &mut std::process::Child) {
+    let loader = child_of(tool.id());
+    while tool.try_wait().unwrap().is_none() {
+        // SAFETY: kill(2) on a process we started.
+        unsafe { libc::kill(loader, libc::SIGINT) };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The `attachable` target under `bpftime start` with region `shm`, once it said it is ready.
+struct Attachable {
+    app: std::process::Child,
+    lines: BufReader<std::process::ChildStdout>,
+    input: std::process::ChildStdin,
+    /// The target's own pid (`bpftime start` runs it as its child).
+    pid: u32,
+}
+
+impl Attachable {
+    fn start(shm: &str, target: &Path) -> Attachable {
+        let mut app = bpftime(shm).args(["start", "--"]).arg(target).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(app.stdout.take().unwrap());
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        let input = app.stdin.take().unwrap();
+        let pid = child_of(app.id()) as u32;
+        Attachable { app, lines, input, pid }
+    }
+
+    /// Gives it `command` and returns the line it answers.
+    fn ask(&mut self, command: &str) -> String {
+        self.input.write_all(format!("{command}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        self.lines.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Tells it to quit; it exits 0.
+    fn quit(mut self) {
+        self.input.write_all(b"quit\n").unwrap();
+        assert!(self.app.wait().unwrap().success());
+    }
+}
+
 /// A process started with the agent while a loader's probe was already there (so the agent
 /// attached it at start), and a child it forked, lose the probe when the loader exits, as with
 /// the kernel: the code is the file's again at once and the kernel's own uprobe on the same
@@ -1493,31 +1558,12 @@ fn a_loaders_exit_removes_its_probes_from_processes_started_after_it() {
     let shm = format!("bpftime-leave-{}", std::process::id());
     bpftime_tests::remove_region(&shm);
     let out = dir.join("ours");
-    let f = std::fs::File::create(&out).unwrap();
-    let mut tool = bpftime(&shm).args(["load", "--"]).arg(&bpftrace).args(["-e", &script]).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
-    for _ in 0..400 {
-        if std::fs::read_to_string(&out).is_ok_and(|s| s.contains("Attaching")) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (mut tool, _) = bpftrace_loaded(&bpftrace, &shm, &script, &[], &out);
     wait_attached(Some(&shm));
-    let mut app = bpftime(&shm).args(["start", "--"]).arg(&target).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(app.stdout.take().unwrap());
-    let mut line = String::new();
-    lines.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    // `bpftime start` runs the program as its child.
-    let pid = child_of(app.id()) as u32;
-    let mut input = app.stdin.take().unwrap();
-    input.write_all(b"run 5000\n").unwrap();
-    line.clear();
-    lines.read_line(&mut line).unwrap();
-    assert_eq!(line, "done 12502500\n");
+    let mut app = Attachable::start(&shm, &target);
+    assert_eq!(app.ask("run 5000"), "done 12502500\n");
     // A child forked now keeps the probe (as under the kernel) until the loader exits.
-    input.write_all(b"fork\n").unwrap();
-    line.clear();
-    lines.read_line(&mut line).unwrap();
+    let line = app.ask("fork");
     let forked: u32 = line.strip_prefix("child ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{line}"));
     struct Killed(i32);
     impl Drop for Killed {
@@ -1529,19 +1575,97 @@ fn a_loaders_exit_removes_its_probes_from_processes_started_after_it() {
     let _forked = Killed(forked as i32);
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(!code_is_the_files(forked, &target, "add"), "the forked child has the probe");
-    let loader = child_of(tool.id());
-    while tool.try_wait().unwrap().is_none() {
-        // SAFETY: kill(2) on a process we started (bpftrace prints its maps on SIGINT).
-        unsafe { libc::kill(loader, libc::SIGINT) };
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    interrupt_loader(&mut tool);
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.contains("@n: 5000\n") && text.contains("@s: 12497500\n"), "{text}");
-    wait_until_code_is_the_files(pid, &target, "add");
+    wait_until_code_is_the_files(app.pid, &target, "add");
     wait_until_code_is_the_files(forked, &target, "add");
-    the_kernel_counts_them_too(&bpftrace, &[], &script, pid, &mut lines, &dir);
-    input.write_all(b"quit\n").unwrap();
-    assert!(app.wait().unwrap().success());
+    the_kernel_counts_them_too(&bpftrace, &[], &script, app.pid, &mut app.lines, &dir);
+    app.quit();
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A bpftrace wildcard probe on libc (`s*`, `m*`, `f*`, `g*`, `r*`: about 1,200 probes, each
+/// with its own program) fills more than the region's first object table chunk (2,400
+/// objects) and the 1,024 patch sites a process used to have: every probe attaches in the
+/// process, which runs as it does without them, and they count its calls.
+#[test]
+fn a_thousand_probes_attach_in_one_process() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    let target = build_target("attachable", false);
+    let script = "uprobe:libc:s*,uprobe:libc:m*,uprobe:libc:f*,uprobe:libc:g*,uprobe:libc:r* /comm == \"attachable\"/ { @n = count(); }";
+    let dir = std::env::temp_dir().join(format!("bpftime-thousand-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-thousand-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = dir.join("ours");
+    let (mut tool, probes) = bpftrace_loaded(&bpftrace, &shm, script, &[("BPFTRACE_MAX_PROBES", "10000")], &out);
+    assert!(probes > 1024, "{}", std::fs::read_to_string(&out).unwrap_or_default());
+    let links = |state: &str| {
+        let o = bpftime(&shm).args(["link", "list"]).output().unwrap();
+        text(&o.stdout).lines().filter(|l| l.contains(" uprobe ") && l.contains(state)).count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while links("") < probes {
+        assert!(std::time::Instant::now() < deadline, "{} links of {probes} made", links(""));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let app = {
+        let mut app = Attachable::start(&shm, &target);
+        while links("(Attached") < probes {
+            assert!(std::time::Instant::now() < deadline, "{} of {probes} probes attached", links("(Attached"));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(app.ask("run 1000"), "done 500500\n");
+        app
+    };
+    app.quit();
+    interrupt_loader(&mut tool);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let n: u64 = text.lines().find_map(|l| l.strip_prefix("@n: ")?.trim().parse().ok()).unwrap_or_else(|| panic!("{text}"));
+    assert!(n > 0, "{text}");
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A probe on `malloc` goes away while its process runs on: the agent's link follower takes it
+/// out, and calls `malloc` itself while the function's first byte is the `int3` of the change
+/// (to list the threads it moves out of the bytes). That thread used to block every signal, so
+/// the kernel killed the process with the SIGTRAP (bpftrace's `uprobe:libc:m*` under `bpftime
+/// load`, the traced python killed at bpftrace's exit); it runs on now, and its calls after the
+/// probe went are its own.
+#[test]
+fn taking_a_probe_off_malloc_leaves_the_process_running() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    let target = build_target("attachable", false);
+    let dir = std::env::temp_dir().join(format!("bpftime-off-malloc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-off-malloc-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = dir.join("ours");
+    let (mut tool, _) = bpftrace_loaded(&bpftrace, &shm, "uprobe:libc:malloc { @m = count(); }", &[], &out);
+    wait_attached(Some(&shm));
+    let mut app = Attachable::start(&shm, &target);
+    let libc_path = std::fs::read_to_string(format!("/proc/{}/maps", app.pid))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.split_whitespace().nth(5).filter(|p| p.contains("/libc.so")).map(PathBuf::from))
+        .expect("the target maps libc");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while code_is_the_files(app.pid, &libc_path, "malloc") {
+        assert!(std::time::Instant::now() < deadline, "malloc was never probed in process {}", app.pid);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(app.ask("open /etc/hostname").starts_with("opened "));
+    interrupt_loader(&mut tool);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("@m: "), "{text}");
+    wait_until_code_is_the_files(app.pid, &libc_path, "malloc");
+    assert_eq!(app.ask("run 100"), "done 5050\n", "the process after the probe went");
+    app.quit();
     bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -340,9 +340,9 @@ fn module_variables(ptx: &str) -> Vec<(String, bool)> {
 fn process_fatbins() -> Vec<(Arc<memmap2::Mmap>, std::ops::Range<usize>)> {
     // Files, not devices or the region (/dev/shm) and the like.
     let mut paths: Vec<String> = bpftime_attach::procmaps::mappings()
-        .into_iter()
+        .iter()
         .filter(|m| m.inode != 0 && m.path.starts_with('/') && !m.path.starts_with("/dev/") && !m.path.starts_with("/proc/"))
-        .map(|m| m.path)
+        .map(|m| m.path.clone())
         .collect();
     paths.dedup();
     let skip = ["libcuda.so", "libnvidia-", "libc.so", "ld-linux", "libbpftime", "libm.so", "libstdc++", "libgcc_s"];

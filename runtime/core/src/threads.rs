@@ -1,8 +1,12 @@
 //! Threads of ours inside someone else's process (the agent's link follower, the syscall
-//! server's ring watcher and timers): they block every signal, so that a process-directed
-//! signal (`SIGALRM` of a timer, `SIGINT`, `SIGCHLD`) goes to a thread of the application, as
-//! without us. A handler running on our thread instead would leave the application's own
-//! blocking call uninterrupted (a `read` waiting for `EINTR` would wait for ever).
+//! server's ring watcher and timers): they block every asynchronous signal, so that a
+//! process-directed signal (`SIGALRM` of a timer, `SIGINT`, `SIGCHLD`) goes to a thread of the
+//! application, as without us. A handler running on our thread instead would leave the
+//! application's own blocking call uninterrupted (a `read` waiting for `EINTR` would wait for
+//! ever). The synchronous ones stay open ([`SYNCHRONOUS`]): the kernel kills a process whose
+//! thread raises one it blocks, and ours do raise `SIGTRAP`: the follower attaching or detaching
+//! a probe on `malloc` calls `malloc` itself while the function's first byte is the `int3` of
+//! the change, which the hook engine's handler sends on to the original instructions.
 //!
 //! See pthread_sigmask(3) <https://man7.org/linux/man-pages/man3/pthread_sigmask.3.html>:
 //! a new thread starts with its creator's mask.
@@ -14,7 +18,10 @@
 
 use std::io;
 
-/// Spawns detached thread `name` running `f` with every signal blocked.
+/// Signals raised by the instruction a thread runs, which no thread of ours may block.
+pub const SYNCHRONOUS: [libc::c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP];
+
+/// Spawns detached thread `name` running `f` with every asynchronous signal blocked.
 pub fn spawn_quiet<F>(name: &str, f: F) -> io::Result<()>
 where
     F: FnOnce() + Send + 'static,
@@ -42,7 +49,11 @@ where
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigfillset(3) initialises the set it is given; pthread_sigmask(3) reads `all`
     // (initialised) and writes the previous mask into `old`.
-    let blocked = unsafe { libc::sigfillset(all.as_mut_ptr()) == 0 && libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr()) == 0 };
+    let blocked = unsafe {
+        libc::sigfillset(all.as_mut_ptr()) == 0
+            && SYNCHRONOUS.iter().all(|&sig| libc::sigdelset(all.as_mut_ptr(), sig) == 0)
+            && libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr()) == 0
+    };
     let mut thread: libc::pthread_t = 0;
     // SAFETY: pthread_create(3) with default attributes, a start routine of the right type and
     // an argument it owns from now on (on failure it is not passed to anyone).
@@ -63,7 +74,8 @@ where
 
 #[cfg(test)]
 mod tests {
-    /// The thread blocks every signal; the caller's mask is as it was.
+    /// The thread blocks the asynchronous signals, not the synchronous ones; the caller's mask
+    /// is as it was.
     #[test]
     fn spawned_threads_block_signals_and_callers_do_not() {
         let mask = || {
@@ -71,12 +83,12 @@ mod tests {
             // SAFETY: with a null new set, pthread_sigmask(3) only writes the current mask.
             unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), m.as_mut_ptr()) };
             // SAFETY: written above; sigismember(3) reads it.
-            unsafe { libc::sigismember(m.as_ptr(), libc::SIGALRM) }
+            [libc::SIGALRM, libc::SIGTRAP, libc::SIGSEGV].map(|sig| unsafe { libc::sigismember(m.as_ptr(), sig) })
         };
         let before = mask();
         let (tx, rx) = std::sync::mpsc::channel();
         super::spawn_quiet("test", move || tx.send(mask()).unwrap()).unwrap();
-        assert_eq!(rx.recv().unwrap(), 1, "SIGALRM blocked in the thread");
+        assert_eq!(rx.recv().unwrap(), [1, 0, 0], "SIGALRM blocked in the thread, SIGTRAP and SIGSEGV not");
         assert_eq!(mask(), before);
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -42,8 +42,13 @@ pub fn loader_size() -> u64 {
 pub const MIN_SIZE: u64 = 1 << 20;
 /// Default region name (`BPFTIME_SHM` overrides it).
 pub const DEFAULT_NAME: &str = "bpftime";
+/// Entries of the object table in the header, and in each chunk the table grows by (allocated
+/// from the region as it fills: a bpftrace wildcard probe on libc makes thousands of links).
+pub const TABLE_CHUNK: u32 = 1024;
+/// Most chunks of the object table, the header's included.
+const TABLE_CHUNKS: usize = 64;
 /// Capacity of the object table.
-pub const OBJECT_CAPACITY: u32 = 1024;
+pub const OBJECT_CAPACITY: u32 = TABLE_CHUNK * TABLE_CHUNKS as u32;
 /// Longest object name kept (bytes; longer names are cut).
 pub const NAME_LEN: usize = 64;
 const PAGE: u64 = 4096;
@@ -147,6 +152,8 @@ struct Header {
     /// Bumped whenever an object is added to or removed from the table (see
     /// [`ShmRegion::table_changes`]); a futex word.
     table_seq: AtomicU32,
+    /// Offsets of the table's further chunks ([`TABLE_CHUNK`] entries each), 0 where none yet.
+    table_more: [AtomicU64; TABLE_CHUNKS - 1],
 }
 
 #[repr(C)]
@@ -163,7 +170,9 @@ const HEADER_SIZE: u64 = std::mem::size_of::<Header>() as u64;
 const TABLE_OFF: u64 = HEADER_SIZE.div_ceil(64) * 64;
 const ENTRY_SIZE: u64 = std::mem::size_of::<Entry>() as u64;
 /// Where allocations start: the first page after the object table.
-const DATA_START: u64 = (TABLE_OFF + OBJECT_CAPACITY as u64 * ENTRY_SIZE).div_ceil(PAGE) * PAGE;
+const DATA_START: u64 = (TABLE_OFF + TABLE_CHUNK as u64 * ENTRY_SIZE).div_ceil(PAGE) * PAGE;
+/// Bytes of a chunk of the table.
+const CHUNK_BYTES: u64 = TABLE_CHUNK as u64 * ENTRY_SIZE;
 
 /// Who may have written a region this process opens.
 ///
@@ -361,7 +370,7 @@ impl ShmRegion {
         if h.version != LAYOUT_VERSION {
             return Err(ShmError::IncompatibleVersion { name: name.to_string(), found: h.version });
         }
-        if h.size != len || h.header_size as u64 != HEADER_SIZE || h.table_off != TABLE_OFF || h.table_cap != OBJECT_CAPACITY {
+        if h.size != len || h.header_size as u64 != HEADER_SIZE || h.table_off != TABLE_OFF || h.table_cap != TABLE_CHUNK {
             return Err(ShmError::NotARegion(name.to_string()));
         }
         Ok(region)
@@ -424,7 +433,7 @@ impl ShmRegion {
             (*hp).version = LAYOUT_VERSION;
             (*hp).header_size = HEADER_SIZE as u32;
             (*hp).size = size;
-            (*hp).table_cap = OBJECT_CAPACITY;
+            (*hp).table_cap = TABLE_CHUNK;
             (*hp).table_off = TABLE_OFF;
             (*hp).next_id.store(1, Ordering::Relaxed);
             (*hp).bump.store(DATA_START, Ordering::Relaxed);
@@ -491,10 +500,10 @@ impl ShmRegion {
         self.header().used.load(Ordering::Relaxed)
     }
 
-    /// Where the header and the object table lie: `[0, end)` (for tools and tests that look
-    /// at the raw layout).
+    /// Where the header and the object table's first chunk lie: `[0, end)` (for tools and
+    /// tests that look at the raw layout).
     pub fn table_end() -> u64 {
-        TABLE_OFF + OBJECT_CAPACITY as u64 * ENTRY_SIZE
+        TABLE_OFF + CHUNK_BYTES
     }
 
     /// Address where this process mapped the region.
@@ -745,38 +754,57 @@ impl ShmRegion {
         h.used.store(used.saturating_sub(block), Ordering::Relaxed);
     }
 
-    fn entry(&self, i: u32) -> &Entry {
-        debug_assert!(i < OBJECT_CAPACITY);
-        let off = TABLE_OFF + (i % OBJECT_CAPACITY) as u64 * ENTRY_SIZE;
-        // SAFETY: every constructor made sure the mapping holds at least DATA_START bytes, and
-        // the table [TABLE_OFF, DATA_START) is inside them; 8-aligned (TABLE_OFF is 64-aligned,
-        // Entry is 8-aligned); Entry is all atomics. The table's place is a constant of the
-        // layout, never read from the (writable) header.
+    /// Where chunk `c` of the table starts, if it has one: the header's first, then those
+    /// allocated as it filled (an offset that does not leave room for a chunk inside the
+    /// region, a scribbled header, counts as none).
+    fn chunk_at(&self, c: usize) -> Option<u64> {
+        if c == 0 {
+            return Some(TABLE_OFF);
+        }
+        let off = self.header().table_more.get(c - 1)?.load(Ordering::Acquire);
+        (off >= DATA_START && off.is_multiple_of(8) && off.checked_add(CHUNK_BYTES).is_some_and(|end| end <= self.size())).then_some(off)
+    }
+
+    /// Entry `k` of the chunk at `chunk` (from [`ShmRegion::chunk_at`]).
+    fn entry(&self, chunk: u64, k: u32) -> &Entry {
+        let off = chunk + (k % TABLE_CHUNK) as u64 * ENTRY_SIZE;
+        // SAFETY: `chunk_at` gave a chunk inside the mapping (the header's, [TABLE_OFF,
+        // DATA_START), which every constructor made sure the mapping holds, or one checked to
+        // fit), 8-aligned; Entry is all atomics, so any bytes there are a valid Entry. The first
+        // chunk's place is a constant of the layout, never read from the (writable) header.
         unsafe { &*(self.base().add(off as usize) as *const Entry) }
+    }
+
+    /// Every entry of the table, chunk after chunk.
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        (0..TABLE_CHUNKS).filter_map(|c| self.chunk_at(c)).flat_map(move |chunk| (0..TABLE_CHUNK).map(move |k| self.entry(chunk, k)))
     }
 
     /// Adds an object to the table; returns its new id.
     pub fn add_object(&self, kind: ObjectKind, name: &str, data: u64) -> Result<u32, ShmError> {
         let h = self.header();
         let _g = h.table_lock.lock();
-        for i in 0..OBJECT_CAPACITY {
-            let e = self.entry(i);
-            if e.kind.load(Ordering::Relaxed) != 0 {
-                continue;
+        let e = match self.entries().find(|e| e.kind.load(Ordering::Relaxed) == 0) {
+            Some(e) => e,
+            None => {
+                // Full: a new chunk (allocations are zeroed: free entries).
+                let slot = h.table_more.iter().find(|m| m.load(Ordering::Relaxed) == 0).ok_or_else(|| ShmError::TableFull(self.name.clone()))?;
+                let chunk = self.alloc(CHUNK_BYTES)?;
+                slot.store(chunk, Ordering::Release);
+                self.entry(chunk, 0)
             }
-            let id = h.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut bytes = [0u8; NAME_LEN];
-            crate::text::fill(&mut bytes, name);
-            for (k, w) in e.name.iter().enumerate() {
-                w.store(u64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().expect("8 bytes")), Ordering::Relaxed);
-            }
-            e.id.store(id, Ordering::Relaxed);
-            e.data.store(data, Ordering::Relaxed);
-            e.kind.store(kind as u32, Ordering::Release);
-            self.table_changed();
-            return Ok(id);
+        };
+        let id = h.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = [0u8; NAME_LEN];
+        crate::text::fill(&mut bytes, name);
+        for (k, w) in e.name.iter().enumerate() {
+            w.store(u64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().expect("8 bytes")), Ordering::Relaxed);
         }
-        Err(ShmError::TableFull(self.name.clone()))
+        e.id.store(id, Ordering::Relaxed);
+        e.data.store(data, Ordering::Relaxed);
+        e.kind.store(kind as u32, Ordering::Release);
+        self.table_changed();
+        Ok(id)
     }
 
     /// Bumps the table's change count and wakes whoever waits in
@@ -811,7 +839,7 @@ impl ShmRegion {
 
     /// The table entry of live object `id`.
     fn find_entry(&self, id: u32) -> Option<&Entry> {
-        (0..OBJECT_CAPACITY).map(|i| self.entry(i)).find(|e| e.kind.load(Ordering::Acquire) != 0 && e.id.load(Ordering::Relaxed) == id)
+        self.entries().find(|e| e.kind.load(Ordering::Acquire) != 0 && e.id.load(Ordering::Relaxed) == id)
     }
 
     fn info(&self, e: &Entry) -> Option<ObjectInfo> {
@@ -825,7 +853,7 @@ impl ShmRegion {
 
     /// Every object, in table order.
     pub fn objects(&self) -> Vec<ObjectInfo> {
-        (0..OBJECT_CAPACITY).filter_map(|i| self.info(self.entry(i))).collect()
+        self.entries().filter_map(|e| self.info(e)).collect()
     }
 
     /// The object with this id.
@@ -945,6 +973,35 @@ mod tests {
         assert_eq!(objs[1].name.len(), NAME_LEN - 1);
         assert_eq!(r.remove_object(id1).unwrap().kind, ObjectKind::Map);
         assert_eq!(r.objects().len(), 1);
+    }
+
+    /// Thousands of objects (a bpftrace wildcard probe's links): the table grows past the
+    /// header's chunk, another process's mapping sees every one, and freed entries are reused
+    /// before the table grows again.
+    #[test]
+    fn the_object_table_grows_in_chunks() {
+        let name = format!("bpftime-test-table-{}", std::process::id());
+        let _ = ShmRegion::remove(&name);
+        let r = ShmRegion::create(&name, 8 << 20).unwrap();
+        let n = 3 * TABLE_CHUNK as usize - 100;
+        let ids: Vec<u32> = (0..n).map(|i| r.add_object(ObjectKind::Link, &format!("link-{i}"), 64 + i as u64).unwrap()).collect();
+        let other = ShmRegion::open(&name).unwrap();
+        let seen = other.objects();
+        assert_eq!(seen.len(), n);
+        assert_eq!(seen.iter().map(|o| o.id).collect::<std::collections::BTreeSet<_>>().len(), n, "ids unique");
+        assert_eq!(other.object(ids[n - 1]).unwrap().name, format!("link-{}", n - 1));
+        let chunks = |r: &ShmRegion| (0..TABLE_CHUNKS).filter(|&c| r.chunk_at(c).is_some()).count();
+        assert_eq!(chunks(&other), 3);
+        for &id in ids.iter().step_by(2) {
+            r.remove_object(id).unwrap();
+        }
+        let used = r.used();
+        for i in 0..n / 2 {
+            r.add_object(ObjectKind::Link, &format!("again-{i}"), 1).unwrap();
+        }
+        assert_eq!((chunks(&r), r.used()), (3, used), "freed entries reused, nothing allocated");
+        assert_eq!(other.objects().len(), n);
+        ShmRegion::remove(&name).unwrap();
     }
 
     #[test]
