@@ -84,9 +84,13 @@ fn find_binary_of(binary: &str, maps: &[Mapping], exe: &str) -> Option<String> {
         .map(|m| m.path.clone())
 }
 
-/// The address of a symbol's file offset in this process.
+/// The address of a function's file offset in this process: in an executable mapping of the
+/// file, where there is one (a file may also be mapped whole and read-only, by the application
+/// reading its own ELF or by us reading symbols, and code is not run from there).
 fn address_of_file_offset(path: &str, maps: &[Mapping], file_off: u64) -> Option<u64> {
-    maps.iter().filter(|m| m.path == path).find(|m| file_off >= m.offset && file_off < m.offset + (m.end - m.start)).map(|m| m.start + (file_off - m.offset))
+    let holding = |m: &&Mapping| m.path == path && file_off >= m.offset && file_off < m.offset + (m.end - m.start);
+    let found = maps.iter().filter(holding).find(|m| m.perms.contains('x')).or_else(|| maps.iter().find(holding));
+    found.map(|m| m.start + (file_off - m.offset))
 }
 
 /// Bytes of alignment padding at file offset `off` (right after a function): int3 and nop
@@ -110,31 +114,139 @@ fn padding_after(data: &[u8], off: u64, limit: u64) -> u64 {
     n
 }
 
-/// Bytes from the end of the function at file offset `off` (of `size` bytes) to the next
-/// symbol or the end of its segment: what padding may be.
-fn room_after(file: &object::File<'_>, off: u64, size: u64) -> u64 {
-    use object::{Object, ObjectSegment, ObjectSymbol};
-    let Some(seg) = file.segments().find(|s| {
-        let (o, n) = s.file_range();
-        off >= o && off < o + n
-    }) else {
-        return 0;
-    };
-    let vaddr = off - seg.file_range().0 + seg.address();
-    let end = vaddr + size;
-    let seg_end = seg.address() + seg.file_range().1;
-    file.symbols().chain(file.dynamic_symbols()).map(|s| s.address()).filter(|&a| a >= end).min().unwrap_or(seg_end).min(seg_end) - end
+/// The functions of an ELF file as its symbol tables tell them: its own `.symtab` and
+/// `.dynsym`, and where it has no `.symtab` (a distribution's stripped library), that of its
+/// separate debug file (`/usr/lib/debug`, found by build id or debug link), as bpftrace and perf
+/// find them: without them a library's local functions have no size, and a return probe the
+/// loader puts at one could not be told to be at an entry.
+struct Functions {
+    /// Text symbols: (address, size, name), in the tables' order (the file's `.symtab`,
+    /// `.dynsym`, then the debug file's), which decides between symbols of one name.
+    text: Vec<(u64, u64, Box<str>)>,
+    /// Their addresses and sizes, sorted.
+    sorted: Vec<(u64, u64)>,
+    /// Every symbol's address, sorted (where padding after a function ends).
+    starts: Vec<u64>,
+    /// The file's loadable segments: (address, file offset, bytes in the file).
+    segments: Vec<(u64, u64, u64)>,
 }
 
-/// The size of the function whose first byte lies at file offset `off`, if one does.
-fn function_at_file_offset(file: &object::File<'_>, off: u64) -> Option<u64> {
-    use object::{Object, ObjectSegment, ObjectSymbol};
-    let seg = file.segments().find(|s| {
-        let (o, n) = s.file_range();
-        off >= o && off < o + n
-    })?;
-    let vaddr = off - seg.file_range().0 + seg.address();
-    file.symbols().chain(file.dynamic_symbols()).find(|s| s.kind() == object::SymbolKind::Text && s.address() == vaddr && s.size() > 0).map(|s| s.size())
+impl Functions {
+    fn of(data: &[u8], path: &str) -> Option<Functions> {
+        let file = object::File::parse(data).ok()?;
+        let debug = if file.section_by_name(".symtab").is_some() { None } else { debug_file(&file, path) };
+        let debug_file = debug.as_ref().and_then(|d| object::File::parse(&**d).ok());
+        let mut text = vec![];
+        let mut starts = vec![];
+        let mut add = |f: &object::File<'_>| {
+            for sym in f.symbols().chain(f.dynamic_symbols()) {
+                if sym.address() == 0 {
+                    continue;
+                }
+                starts.push(sym.address());
+                if sym.kind() == object::SymbolKind::Text {
+                    if let Ok(name) = sym.name() {
+                        text.push((sym.address(), sym.size(), name.into()));
+                    }
+                }
+            }
+        };
+        add(&file);
+        if let Some(d) = &debug_file {
+            add(d);
+        }
+        let mut sorted: Vec<(u64, u64)> = text.iter().map(|&(a, size, _)| (a, size)).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        starts.sort_unstable();
+        starts.dedup();
+        let segments = file.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect();
+        Some(Functions { text, sorted, starts, segments })
+    }
+
+    /// The functions of the file mapped from `path` whose bytes are `data`, found once per
+    /// file (a wildcard probe resolves a thousand functions of one library).
+    fn cached(data: &[u8], path: &str) -> Option<std::sync::Arc<Functions>> {
+        use std::os::unix::fs::MetadataExt;
+        type Cache = Vec<((String, u64, u64, u64, i64), std::sync::Arc<Functions>)>;
+        static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+        let meta = std::fs::metadata(path).ok()?;
+        let key = (path.to_string(), meta.dev(), meta.ino(), meta.len(), meta.mtime());
+        if let Some(found) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(k, _)| *k == key) {
+            return Some(found.1.clone());
+        }
+        let f = std::sync::Arc::new(Functions::of(data, path)?);
+        CACHE.lock().unwrap_or_else(|e| e.into_inner()).push((key, f.clone()));
+        Some(f)
+    }
+
+    /// The address of file offset `off`, through its loadable segment.
+    fn address_of(&self, off: u64) -> Option<u64> {
+        self.segments.iter().find(|&&(_, o, n)| off >= o && off < o + n).map(|&(a, o, _)| off - o + a)
+    }
+
+    /// The file offset of address `addr`.
+    fn offset_of(&self, addr: u64) -> Option<u64> {
+        self.segments.iter().find(|&&(a, _, n)| addr >= a && addr < a + n).map(|&(a, o, _)| addr - a + o)
+    }
+
+    /// The function named `name` (or `name@VERSION`): its address and size.
+    fn named(&self, name: &str) -> Option<(u64, u64)> {
+        let found = |exact: bool| {
+            self.text.iter().find(|(_, _, n)| if exact { &**n == name } else { n.split('@').next() == Some(name) }).map(|&(a, size, _)| (a, size))
+        };
+        found(true).or_else(|| found(false))
+    }
+
+    /// The size of the function whose first byte is at `addr`, if one is known.
+    fn size_at(&self, addr: u64) -> Option<u64> {
+        let k = self.sorted.partition_point(|&(a, _)| a < addr);
+        self.sorted[k..].iter().take_while(|&&(a, _)| a == addr).map(|&(_, size)| size).find(|&size| size > 0)
+    }
+
+    /// Whether a known function has `addr` strictly inside it (functions are at most a few
+    /// dozen deep in one another: aliases, cold parts).
+    fn inside_a_function(&self, addr: u64) -> bool {
+        let k = self.sorted.partition_point(|&(a, _)| a < addr);
+        self.sorted[..k].iter().rev().take(64).any(|&(a, size)| a < addr && addr < a + size)
+    }
+
+    /// Bytes from `end` (the end of a function) to the next symbol or the end of its segment:
+    /// what padding may be.
+    fn room_after(&self, end: u64) -> u64 {
+        let Some(&(a, _, n)) = self.segments.iter().find(|&&(a, _, n)| end >= a && end < a + n) else { return 0 };
+        let seg_end = a + n;
+        self.starts.get(self.starts.partition_point(|&s| s < end)).copied().unwrap_or(seg_end).min(seg_end) - end
+    }
+}
+
+/// The separate debug file of `file` (at `path`): by build id under
+/// `/usr/lib/debug/.build-id/`, else by its `.gnu_debuglink` name next to it, in its `.debug`
+/// folder or under `/usr/lib/debug` (gdb's places). Only one with the same build id, when both
+/// have one.
+fn debug_file(file: &object::File<'_>, path: &str) -> Option<memmap2::Mmap> {
+    let id = file.build_id().ok().flatten().filter(|id| id.len() >= 2);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut candidates = vec![];
+    if let Some(id) = id {
+        candidates.push(format!("/usr/lib/debug/.build-id/{}/{}.debug", hex(&id[..1]), hex(&id[1..])));
+    }
+    if let Ok(Some((name, _crc))) = file.gnu_debuglink() {
+        let name = String::from_utf8_lossy(name).to_string();
+        let dir = Path::new(path).parent().map(|d| d.to_string_lossy().to_string()).unwrap_or_default();
+        candidates.extend([format!("{dir}/.debug/{name}"), format!("/usr/lib/debug{dir}/{name}"), format!("{dir}/{name}")]);
+    }
+    candidates.into_iter().filter(|c| c != path).find_map(|c| {
+        let data = map_file(&c).ok()?;
+        let same = {
+            let debug = object::File::parse(&*data).ok()?;
+            match (id, debug.build_id().ok().flatten()) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+        };
+        same.then_some(data)
+    })
 }
 
 /// Alignment padding (int3/nop filler after a function, before the next symbol) of at least
@@ -182,7 +294,7 @@ fn paddings_of(m: &Mapping) -> Option<std::sync::Arc<Vec<(u64, u64)>>> {
     if let Some(found) = CACHE.try_lock().ok().and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())) {
         return Some(found);
     }
-    let pads = std::sync::Arc::new(find_paddings(&map_file(&m.path).ok()?)?);
+    let pads = std::sync::Arc::new(find_paddings(&map_file(&m.path).ok()?, &m.path)?);
     if let Ok(mut c) = CACHE.try_lock() {
         c.push((key, pads.clone()));
     }
@@ -201,20 +313,13 @@ fn map_file(path: &str) -> std::io::Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&f) }
 }
 
-fn find_paddings(data: &[u8]) -> Option<Vec<(u64, u64)>> {
-    use object::{Object, ObjectSegment, ObjectSymbol};
-    let file = object::File::parse(data).ok()?;
-    let mut starts: Vec<u64> = file.symbols().chain(file.dynamic_symbols()).map(|s| s.address()).collect();
-    starts.sort_unstable();
-    let segments: Vec<(u64, u64, u64)> = file.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect();
+fn find_paddings(data: &[u8], path: &str) -> Option<Vec<(u64, u64)>> {
+    let funcs = Functions::cached(data, path)?;
     let mut pads = Vec::new();
-    for sym in file.symbols().chain(file.dynamic_symbols()).filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0) {
-        let end = sym.address() + sym.size();
-        let Some(&(vaddr, off, size)) = segments.iter().find(|&&(v, _, n)| end >= v && end < v + n) else { continue };
-        // Up to the next symbol or the segment's end: what padding may be.
-        let next = starts.get(starts.partition_point(|&a| a < end)).copied().unwrap_or(u64::MAX).min(vaddr + size);
-        let end_off = end - vaddr + off;
-        let pad = padding_after(data, end_off, next - end);
+    for &(addr, size) in funcs.sorted.iter().filter(|f| f.1 > 0) {
+        let end = addr + size;
+        let Some(end_off) = funcs.offset_of(end) else { continue };
+        let pad = padding_after(data, end_off, funcs.room_after(end));
         if pad > 0 {
             pads.push((end_off, pad));
         }
@@ -252,32 +357,28 @@ pub fn resolve_in_process(pid: u32, t: &Target) -> Result<Resolved, ResolveError
 fn resolve_in(t: &Target, maps: &[Mapping], exe: &str) -> Result<Resolved, ResolveError> {
     let path = find_binary_of(&t.binary, maps, exe).ok_or_else(|| ResolveError::NotMapped(t.binary.clone()))?;
     let data = map_file(&path).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
-    let file = object::File::parse(&*data).map_err(|e| ResolveError::Elf { path: path.clone(), msg: e.to_string() })?;
+    let funcs = Functions::cached(&data, &path).ok_or_else(|| ResolveError::Elf { path: path.clone(), msg: "not an ELF file we can read".into() })?;
+    let padding_of = |func_off: u64, size: u64| match funcs.address_of(func_off) {
+        Some(vaddr) if size > 0 => padding_after(&data, func_off + size, funcs.room_after(vaddr + size)),
+        _ => 0,
+    };
     let Some(func) = &t.function else {
         let addr = address_of_file_offset(&path, maps, t.offset).ok_or(ResolveError::Unmapped { path: path.clone(), offset: t.offset })?;
         // A raw offset (what the kernel's uprobe interface and libbpf give) that is a function's
-        // first byte is a function entry, with that function's size.
-        let function_size = function_at_file_offset(&file, t.offset).unwrap_or(0);
-        let padding = if function_size > 0 { padding_after(&data, t.offset + function_size, room_after(&file, t.offset, function_size)) } else { 0 };
-        return Ok(Resolved { addr, path, function_size, at_entry: function_size > 0, padding });
+        // first byte is a function entry, with that function's size. One no known function
+        // holds is taken as the loader gives it, an entry (as the kernel takes a return probe's
+        // offset): a local function of a library whose symbols we could not read.
+        let vaddr = funcs.address_of(t.offset);
+        let function_size = vaddr.and_then(|v| funcs.size_at(v)).unwrap_or(0);
+        let at_entry = function_size > 0 || vaddr.is_some_and(|v| !funcs.inside_a_function(v));
+        return Ok(Resolved { addr, path, function_size, at_entry, padding: padding_of(t.offset, function_size) });
     };
-    let sym = file
-        .symbols()
-        .chain(file.dynamic_symbols())
-        .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
-        .find(|s| s.name().ok() == Some(func.as_str()) || s.name().ok().and_then(|n| n.split('@').next()) == Some(func.as_str()))
-        .ok_or_else(|| ResolveError::NoSymbol { path: path.clone(), symbol: func.clone() })?;
-    // Symbol value (a virtual address) to file offset through its loadable segment.
-    let vaddr = sym.address();
-    let seg = file
-        .segments()
-        .find(|s| vaddr >= s.address() && vaddr < s.address() + s.size())
-        .ok_or_else(|| ResolveError::Elf { path: path.clone(), msg: format!("`{func}` is outside every segment") })?;
-    let (seg_off, _) = seg.file_range();
-    let file_off = vaddr - seg.address() + seg_off + t.offset;
+    let (vaddr, size) = funcs.named(func).ok_or_else(|| ResolveError::NoSymbol { path: path.clone(), symbol: func.clone() })?;
+    let func_off = funcs.offset_of(vaddr).ok_or_else(|| ResolveError::Elf { path: path.clone(), msg: format!("`{func}` is outside every segment") })?;
+    let file_off = func_off + t.offset;
     let addr = address_of_file_offset(&path, maps, file_off).ok_or(ResolveError::Unmapped { path: path.clone(), offset: file_off })?;
-    let padding = if t.offset == 0 && sym.size() > 0 { padding_after(&data, file_off + sym.size(), room_after(&file, file_off, sym.size())) } else { 0 };
-    Ok(Resolved { addr, path, function_size: sym.size(), at_entry: t.offset == 0, padding })
+    let padding = if t.offset == 0 { padding_of(func_off, size) } else { 0 };
+    Ok(Resolved { addr, path, function_size: size, at_entry: t.offset == 0, padding })
 }
 
 /// Adds `delta` to the USDT semaphore (a u16 counting attached probes, which the application
@@ -328,5 +429,28 @@ mod tests {
         let e = resolve(&Target::parse("libc.so.6:no_such_function_here").unwrap()).unwrap_err();
         assert!(e.to_string().contains("no function `no_such_function_here`"), "{e}");
         assert!(matches!(resolve(&Target::parse("libnotloaded.so:f").unwrap()), Err(ResolveError::NotMapped(_))));
+    }
+
+    /// A function only libc's debug file names (a local one, as bpftrace lists them where
+    /// libc6-dbg is installed): resolved by name with its size, its file offset taken as its
+    /// entry, a byte inside it not; and in libc's executable mapping, though the test maps the
+    /// whole file read-only too (as a program reading its own ELF does), which used to catch
+    /// the address.
+    #[test]
+    fn local_functions_come_from_the_debug_file() {
+        let maps = mappings();
+        let libc = maps.iter().find(|m| m.path.contains("/libc.so")).expect("libc is mapped").path.clone();
+        let data = map_file(&libc).unwrap();
+        if debug_file(&object::File::parse(&*data).unwrap(), &libc).is_none() {
+            return println!("skipping: no debug file for {libc} (Debian: libc6-dbg)");
+        }
+        let r = resolve(&Target::parse("libc.so.6:sysmalloc").unwrap()).unwrap();
+        assert!(r.at_entry && r.function_size > 16, "{r:?}");
+        let m = maps.iter().find(|m| m.path == libc && m.start <= r.addr && r.addr < m.end).unwrap();
+        let off = r.addr - m.start + m.offset;
+        let raw = resolve(&Target { binary: "libc.so.6".into(), function: None, offset: off }).unwrap();
+        assert_eq!((raw.addr, raw.at_entry, raw.function_size), (r.addr, true, r.function_size));
+        let inside = resolve(&Target { binary: "libc.so.6".into(), function: None, offset: off + 4 }).unwrap();
+        assert!(!inside.at_entry, "{inside:?}");
     }
 }
