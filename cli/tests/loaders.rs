@@ -1447,12 +1447,8 @@ fn a_process_started_without_the_agent_is_reached_and_left_clean() {
         return println!("skipping: needs root (ptrace of a process that is not a child, kernel uprobes)");
     }
     let target = build_target("attachable", false);
-    let mut app = Command::new(&target).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(app.stdout.take().unwrap());
-    let mut line = String::new();
-    lines.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    let pid = app.id();
+    let mut app = Attachable::plain(&target);
+    let pid = app.pid;
     let script = format!("uprobe:{}:add /arg1 == 1/ {{ @n = count(); @s = sum(arg0); }}", target.display());
     let dir = std::env::temp_dir().join(format!("bpftime-reach-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1464,13 +1460,42 @@ fn a_process_started_without_the_agent_is_reached_and_left_clean() {
     assert!(out.contains(&format!("process {pid} was started without the agent; loaded it there")), "{out}");
     // The calls add(i, 1), i < 5000 (the process's other thread calls add(0, 0) meanwhile).
     assert!(out.contains("@n: 5000\n") && out.contains("@s: 12497500\n"), "{out}");
-    line.clear();
-    lines.read_line(&mut line).unwrap();
-    assert_eq!(line, "done 12502500\n");
+    assert_eq!(app.answer(), "done 12502500\n");
     wait_until_code_is_the_files(pid, &target, "add");
-    the_kernel_counts_them_too(&bpftrace, &["-p".into(), pid.to_string()], &script, pid, &mut lines, &dir);
-    app.stdin.take().unwrap().write_all(b"quit\n").unwrap();
-    assert!(app.wait().unwrap().success());
+    the_kernel_counts_them_too(&bpftrace, &["-p".into(), pid.to_string()], &script, pid, &mut app.lines, &dir);
+    app.quit();
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A probe on `malloc` in a process reached while it runs (`-p PID`): the agent came by
+/// `dlopen`, so each thread gets its block of the agent's thread-locals at its first hit, from
+/// `malloc`, whose probe hit again there, for ever, until the thread's stack overflowed (an
+/// 8-thread python died under `bpftrace -p PID -e 'uprobe:libc:malloc ...'`). The process lives
+/// on and every call is counted.
+#[test]
+fn a_running_process_reached_with_a_probe_on_malloc_lives_on() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    if !is_root() {
+        return println!("skipping: needs root (ptrace of a process that is not a child)");
+    }
+    let target = build_target("attachable", false);
+    let mut app = Attachable::plain(&target);
+    let pid = app.pid;
+    let dir = std::env::temp_dir().join(format!("bpftime-reach-malloc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-reach-malloc-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&bpftrace).args(["-p", &pid.to_string(), "-e", "uprobe:libc:malloc { @m = count(); }"]);
+    // The process's other thread (not the one the agent was loaded in) makes the calls.
+    let out = tool_session(ours, Some(&shm), &mut tell_once_attached(&shm, pid, "alloc 1000"), &dir.join("ours"), true);
+    assert!(out.contains(&format!("process {pid} was started without the agent; loaded it there")), "{out}");
+    assert_eq!(app.answer(), "allocated 1000\n", "the process after its first calls under the probe\n{out}");
+    let m: u64 = out.lines().find_map(|l| l.strip_prefix("@m: ")?.trim().parse().ok()).unwrap_or_else(|| panic!("{out}"));
+    assert!(m >= 1000, "{out}");
+    app.quit();
     bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1514,15 +1539,36 @@ struct Attachable {
 }
 
 impl Attachable {
+    /// Under `bpftime start` with region `shm`.
     fn start(shm: &str, target: &Path) -> Attachable {
-        let mut app = bpftime(shm).args(["start", "--"]).arg(target).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut c = bpftime(shm);
+        c.args(["start", "--"]).arg(target);
+        let mut a = Attachable::spawn(c);
+        a.pid = child_of(a.app.id()) as u32;
+        a
+    }
+
+    /// On its own, without the agent.
+    fn plain(target: &Path) -> Attachable {
+        Attachable::spawn(Command::new(target))
+    }
+
+    fn spawn(mut c: Command) -> Attachable {
+        let mut app = c.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         let mut lines = BufReader::new(app.stdout.take().unwrap());
         let mut line = String::new();
         lines.read_line(&mut line).unwrap();
         assert_eq!(line, "ready\n");
         let input = app.stdin.take().unwrap();
-        let pid = child_of(app.id()) as u32;
+        let pid = app.id();
         Attachable { app, lines, input, pid }
+    }
+
+    /// The next line it prints.
+    fn answer(&mut self) -> String {
+        let mut line = String::new();
+        self.lines.read_line(&mut line).unwrap();
+        line
     }
 
     /// Gives it `command` and returns the line it answers.

@@ -3,6 +3,7 @@
 // probes come and go).
 //   run N   calls add(i, 1) for i < N, then prints "done SUM"
 //   open P  opens file P and closes it; prints "opened FD"
+//   alloc N has the other thread malloc and free N blocks; prints "allocated N"
 //   fork    forks a child that calls add(0, 0) every millisecond until killed; prints "child PID"
 //   quit    exits 0
 #include <fcntl.h>
@@ -24,12 +25,23 @@ __attribute__((noinline)) long add(long a, long b)
 }
 
 static volatile int stop;
+/// Blocks the load thread is to malloc and free (then it sets this back to 0).
+static volatile long to_allocate;
 
 static void *load(void *arg)
 {
     (void)arg;
-    while (!stop)
+    while (!stop) {
         add(0, 0);
+        if (to_allocate) {
+            for (long i = 0; i < to_allocate; i++) {
+                // Through a volatile pointer: the compiler may not drop the pair.
+                void *volatile p = malloc(64 + i % 64);
+                free(p);
+            }
+            to_allocate = 0;
+        }
+    }
     return NULL;
 }
 
@@ -52,6 +64,12 @@ int main(void)
             if (fd >= 0)
                 close(fd);
             printf("opened %d\n", fd);
+        } else if (strncmp(line, "alloc ", 6) == 0) {
+            long n = atol(line + 6);
+            to_allocate = n;
+            while (to_allocate)
+                usleep(1000);
+            printf("allocated %ld\n", n);
         } else if (strncmp(line, "fork", 4) == 0) {
             pid_t child = fork();
             if (child == 0) {
