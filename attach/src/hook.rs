@@ -246,76 +246,44 @@ pub(crate) enum Admission {
     Miss,
 }
 
-/// Whether this library's thread-locals may still be missing in some threads: it was loaded
-/// after the program started (`bpftime attach PID` calls `dlopen` in the process), so every
-/// thread gets its block of them at its first access, which glibc's `__tls_get_addr`
-/// allocates with `malloc`. A hit's first look at its thread's state then calls `malloc`,
-/// whose probe would look again, for ever (the thread's stack overflows: a running
-/// multi-threaded process died under `uprobe:libc:malloc`). Where this holds, a hit marks its
-/// thread, by its thread pointer, around that look, and a hit inside it is not one. Found at
-/// the first attach ([`note_how_thread_locals_are_made`]).
-static LAZY_THREAD_LOCALS: AtomicBool = AtomicBool::new(false);
+// Static TLS for this library also when it is loaded by `dlopen` (`bpftime attach PID`): one
+// access in the initial-exec model (`@GOTTPOFF`, which Rust code cannot ask for) makes the
+// linker mark the library DF_STATIC_TLS, and glibc then places its thread-local block in the
+// static TLS area of every thread, existing ones included, at `dlopen`. Without it each thread
+// got the block at its first access, from `malloc` inside `__tls_get_addr`: a probe on
+// `malloc` ran into itself, and a system call intercepted inside `malloc` (its `brk`, `mmap`)
+// waited for ever on the arena lock the same thread held.
+std::arch::global_asm!(
+    ".section .tbss,\"awT\",@nobits",
+    ".p2align 3",
+    ".type bpftime_static_tls_anchor_var, @tls_object",
+    ".size bpftime_static_tls_anchor_var, 8",
+    "bpftime_static_tls_anchor_var:",
+    ".zero 8",
+    ".text",
+    ".p2align 4",
+    ".globl bpftime_static_tls_anchor",
+    ".hidden bpftime_static_tls_anchor",
+    ".type bpftime_static_tls_anchor, @function",
+    "bpftime_static_tls_anchor:",
+    "mov rax, qword ptr [rip + bpftime_static_tls_anchor_var@GOTTPOFF]",
+    "mov rax, qword ptr fs:[rax]",
+    "ret",
+    ".size bpftime_static_tls_anchor, . - bpftime_static_tls_anchor",
+);
 
-/// Sets [`LAZY_THREAD_LOCALS`] once: this thread's block of our thread-locals is the static
-/// one glibc makes with a thread for the libraries loaded with the program (x86-64 puts it just
-/// below the thread pointer) or one allocated on demand (anywhere else).
-fn note_how_thread_locals_are_made() {
-    static NOTED: std::sync::Once = std::sync::Once::new();
-    NOTED.call_once(|| {
-        let block = THREAD.with(|t| t as *const HookThread as u64);
-        let tp = thread_pointer();
-        let is_static = block < tp && tp - block < 1 << 16;
-        LAZY_THREAD_LOCALS.store(!is_static, Ordering::Release);
-    });
+unsafe extern "C" {
+    /// Reads the anchor above (always 0): exists for its relocation.
+    fn bpftime_static_tls_anchor() -> u64;
 }
 
-/// Threads taking their first look at their state, by thread pointer (0: a free slot), a cache
-/// line each.
-#[repr(align(64))]
-struct FirstLook(AtomicU64);
-const FIRST_LOOKS: usize = 256;
-static FIRST_LOOK: [FirstLook; FIRST_LOOKS] = [const { FirstLook(AtomicU64::new(0)) }; FIRST_LOOKS];
-
-/// This thread's pointer (`%fs:0`, the thread control block's own address): unique among the
-/// running threads, read without touching thread-locals.
-#[inline(always)]
-fn thread_pointer() -> u64 {
-    let tp: u64;
-    // SAFETY: on x86-64 Linux `%fs:0` holds the thread pointer itself (the TLS ABI); one load.
-    unsafe { std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags)) };
-    tp
-}
+/// Keeps the anchor (and its relocation) in the library.
+#[used]
+static STATIC_TLS_ANCHOR: unsafe extern "C" fn() -> u64 = bpftime_static_tls_anchor;
 
 /// Whether a hit on this thread may run its handlers now; `Run` marks the thread busy.
 #[inline(always)]
 pub(crate) fn admit() -> Admission {
-    if LAZY_THREAD_LOCALS.load(Ordering::Relaxed) {
-        return admit_guarded();
-    }
-    admit_here()
-}
-
-/// [`admit`] where this thread's state may not exist yet: its making (with `malloc`) is
-/// marked, and a hit inside it ignored; without a free mark, a miss rather than the risk.
-#[cold]
-#[inline(never)]
-fn admit_guarded() -> Admission {
-    let tp = thread_pointer();
-    let home = (tp >> 6) as usize % FIRST_LOOKS;
-    let slots = (0..8).map(|k| &FIRST_LOOK[(home + k) % FIRST_LOOKS].0);
-    if slots.clone().any(|s| s.load(Ordering::Acquire) == tp) {
-        return Admission::Ignore;
-    }
-    let Some(mark) = slots.into_iter().find(|s| s.compare_exchange(0, tp, Ordering::AcqRel, Ordering::Relaxed).is_ok()) else {
-        return Admission::Miss;
-    };
-    let admitted = admit_here();
-    mark.store(0, Ordering::Release);
-    admitted
-}
-
-#[inline(always)]
-fn admit_here() -> Admission {
     THREAD.with(|t| {
         let st = t.state.get();
         if st.busy {
@@ -1591,7 +1559,6 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     if kind == ProbeKind::Return && return_stub() == 0 {
         return Err(AttachError::Unpatchable { addr, reason: "no uretprobe stub".into() });
     }
-    note_how_thread_locals_are_made();
     let _patching = PATCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut map = sites().lock().unwrap_or_else(|e| e.into_inner());
     // Sites go stale when their library goes: once per batch of attaches, which takes the
