@@ -188,6 +188,7 @@ fn list(p: &AtomicPtr<HandlerList>) -> &'static HandlerList {
 
 /// What a thread is doing, as far as probes are concerned.
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
 pub(crate) struct ThreadState {
     /// The current flow (the thread's own, or a signal handler's) is running our code: a hit
     /// here is a call made by a handler or by the agent, which programs must not see.
@@ -202,8 +203,9 @@ pub(crate) struct ThreadState {
     warm: bool,
 }
 
-/// What the hook engine keeps per thread, in one thread-local: in a shared library (the agent)
-/// each thread-local costs a `__tls_get_addr` call, so a hit looks up one.
+/// What the hook engine keeps per thread, in one thread-local, laid out as the assembly
+/// below gives its initial bytes (all zero but the selector).
+#[repr(C)]
 struct HookThread {
     state: Cell<ThreadState>,
     /// Return addresses taken by return probes (made at the thread's first one).
@@ -214,14 +216,60 @@ struct HookThread {
     selector: Cell<u8>,
 }
 
-thread_local! {
-    static THREAD: HookThread = const {
-        HookThread {
-            state: Cell::new(ThreadState { busy: false, agent: false, depth: 0, warm: false }),
-            shadow: Cell::new(std::ptr::null_mut()),
-            selector: Cell::new(1),
-        }
-    };
+const _: () = assert!(std::mem::size_of::<HookThread>() == 24 && std::mem::offset_of!(HookThread, selector) == 16);
+
+// The hook engine's thread-local, defined here in the initial-exec model (`@GOTTPOFF`), which
+// Rust code cannot ask for: a hit reaches it with two instructions, not a `__tls_get_addr`
+// call (a Rust thread-local in a shared library is general-dynamic), and it makes the linker
+// mark the library DF_STATIC_TLS, so glibc places the library's whole thread-local block in
+// static TLS for every thread, existing ones included, also when the agent comes by `dlopen`
+// (`bpftime attach PID`). Without that, each thread got the block at its first access, from
+// `malloc` inside `__tls_get_addr`: a probe on `malloc` ran into itself, and a system call
+// intercepted inside `malloc` (its `brk`, `mmap`) waited for ever on the arena lock the same
+// thread held. Signal handlers may use it too: it is one load from `%fs`.
+std::arch::global_asm!(
+    ".section .tdata,\"awT\",@progbits",
+    ".p2align 3",
+    ".globl bpftime_hook_thread",
+    ".hidden bpftime_hook_thread",
+    ".type bpftime_hook_thread, @tls_object",
+    ".size bpftime_hook_thread, 24",
+    "bpftime_hook_thread:",
+    ".zero 16",
+    ".byte 1",
+    ".zero 7",
+    ".text",
+);
+
+/// The hook engine's thread-local, used as a std one is (`THREAD.with(|t| ...)`).
+struct ThreadLocal;
+
+impl ThreadLocal {
+    #[inline(always)]
+    fn with<R>(&self, f: impl FnOnce(&HookThread) -> R) -> R {
+        f(thread())
+    }
+}
+
+static THREAD: ThreadLocal = ThreadLocal;
+
+/// This thread's [`HookThread`].
+#[inline(always)]
+fn thread() -> &'static HookThread {
+    let p: *const HookThread;
+    // SAFETY: the initial-exec TLS sequence for `bpftime_hook_thread` (x86-64 psABI): its
+    // offset from the thread pointer, read from the GOT, added to `%fs:0`, the thread pointer.
+    // The result is this thread's copy, 24 bytes laid out as HookThread (checked above), alive
+    // as long as the thread; only this thread touches it (Cells, never shared).
+    unsafe {
+        std::arch::asm!(
+            "mov {p}, qword ptr [rip + bpftime_hook_thread@GOTTPOFF]",
+            "add {p}, qword ptr fs:[0]",
+            p = out(reg) p,
+            options(nostack, readonly),
+        );
+        &*p
+    }
 }
 
 /// Sets this thread's state, and its syscall selector with it.
@@ -233,7 +281,7 @@ fn set_state(t: &HookThread, st: ThreadState) {
 
 /// The address of this thread's syscall selector byte (stable for the thread's life).
 pub(crate) fn selector() -> *mut u8 {
-    THREAD.with(|t| t.selector.as_ptr())
+    thread().selector.as_ptr()
 }
 
 /// What a hit may do.
@@ -245,41 +293,6 @@ pub(crate) enum Admission {
     /// A hit that cannot run now.
     Miss,
 }
-
-// Static TLS for this library also when it is loaded by `dlopen` (`bpftime attach PID`): one
-// access in the initial-exec model (`@GOTTPOFF`, which Rust code cannot ask for) makes the
-// linker mark the library DF_STATIC_TLS, and glibc then places its thread-local block in the
-// static TLS area of every thread, existing ones included, at `dlopen`. Without it each thread
-// got the block at its first access, from `malloc` inside `__tls_get_addr`: a probe on
-// `malloc` ran into itself, and a system call intercepted inside `malloc` (its `brk`, `mmap`)
-// waited for ever on the arena lock the same thread held.
-std::arch::global_asm!(
-    ".section .tbss,\"awT\",@nobits",
-    ".p2align 3",
-    ".type bpftime_static_tls_anchor_var, @tls_object",
-    ".size bpftime_static_tls_anchor_var, 8",
-    "bpftime_static_tls_anchor_var:",
-    ".zero 8",
-    ".text",
-    ".p2align 4",
-    ".globl bpftime_static_tls_anchor",
-    ".hidden bpftime_static_tls_anchor",
-    ".type bpftime_static_tls_anchor, @function",
-    "bpftime_static_tls_anchor:",
-    "mov rax, qword ptr [rip + bpftime_static_tls_anchor_var@GOTTPOFF]",
-    "mov rax, qword ptr fs:[rax]",
-    "ret",
-    ".size bpftime_static_tls_anchor, . - bpftime_static_tls_anchor",
-);
-
-unsafe extern "C" {
-    /// Reads the anchor above (always 0): exists for its relocation.
-    fn bpftime_static_tls_anchor() -> u64;
-}
-
-/// Keeps the anchor (and its relocation) in the library.
-#[used]
-static STATIC_TLS_ANCHOR: unsafe extern "C" fn() -> u64 = bpftime_static_tls_anchor;
 
 /// Whether a hit on this thread may run its handlers now; `Run` marks the thread busy.
 #[inline(always)]
@@ -300,7 +313,10 @@ pub(crate) fn admit() -> Admission {
 /// Restores the state a flow found on entering (a thread once warm stays warm).
 #[inline(always)]
 pub(crate) fn leave(st: ThreadState) {
-    THREAD.with(|t| set_state(t, ThreadState { warm: st.warm || t.state.get().warm, ..st }));
+    {
+        let t = thread();
+        set_state(t, ThreadState { warm: st.warm || t.state.get().warm, ..st });
+    }
 }
 
 #[cold]
@@ -449,7 +465,7 @@ extern "C" fn entry_dispatch(site: &Site, regs: &mut PtRegs) -> u64 {
 /// Called by the return stub; leaves the real return address in `regs.ip`.
 extern "C" fn return_dispatch(regs: &mut PtRegs) {
     let entry_sp = regs.sp - 8;
-    let s = THREAD.with(|t| t.shadow.get());
+    let s = thread().shadow.get();
     // SAFETY: the shadow stack belongs to this thread, which made the entry; a signal handler
     // nested in this function only pushes and pops above `len`.
     let (real, site) = unsafe {
@@ -1686,7 +1702,7 @@ pub fn run_as_hit(f: impl FnOnce(usize)) {
 
 /// Whether this thread's current flow is running a probe handler or the agent's own work.
 pub fn in_probe() -> bool {
-    THREAD.with(|t| t.state.get().busy)
+    thread().state.get().busy
 }
 
 /// Runs `f` with probes silenced on this thread (the agent's own work must not show up in the
