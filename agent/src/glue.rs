@@ -140,14 +140,17 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
         e => Failure::Failed(e.to_string()),
     })?;
     let kind = if p.retprobe { ProbeKind::Return } else { ProbeKind::Entry };
-    let effect = match (kind, r.at_entry, p.replace) {
+    // An entry only presumed (no symbol says so) is one for a return probe, as the kernel
+    // takes it; an entry probe there runs as in mid-function.
+    let at_entry = r.at_entry && (p.retprobe || !r.entry_presumed);
+    let effect = match (kind, at_entry, p.replace) {
         (ProbeKind::Entry, true, true) => Effect::Replace,
         (ProbeKind::Entry, false, true) => return Err(Failure::Failed("ureplace needs a function's first byte".into())),
         (ProbeKind::Entry, true, false) => Effect::MayOverride,
         _ => Effect::Observe,
     };
     let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr, effect));
-    let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry: r.at_entry, padding: r.padding }, kind, handler)
+    let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry, padding: r.padding }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
         let mut method = bpftime_attach::site_method(r.addr).map_or("?".to_string(), |m| m.to_string());

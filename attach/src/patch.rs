@@ -230,8 +230,8 @@ fn gettid() -> i32 {
 }
 
 /// Moves every other thread that is stopped inside site `slot`'s patched bytes (past the first
-/// one) to the matching instruction of the trampoline. Threads that block the signal (the
-/// runtime's own, which run no probed code) or do not answer within a second are left alone.
+/// one) to the matching instruction of the trampoline. Threads that block the signal or do not
+/// answer within a second are left alone.
 pub(crate) fn fix_up_threads(slot: usize) {
     FIXUP_SITE.store(slot as u32 + 1, Ordering::Release);
     signal_other_threads(fixup_signal(), &FIXUP_ACKS);
@@ -240,7 +240,7 @@ pub(crate) fn fix_up_threads(slot: usize) {
 
 /// Whether thread `tid` of this process blocks signal `sig` (its `SigBlk` in
 /// /proc/self/task/TID/status, proc(5)): the runtime's own threads block every asynchronous
-/// signal, this one among them.
+/// signal but the fix-up one (they run probed code too).
 fn blocks_signal(tid: i32, sig: libc::c_int) -> bool {
     let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
     let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).and_then(|m| u64::from_str_radix(m.trim(), 16).ok());

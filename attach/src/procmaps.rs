@@ -28,16 +28,19 @@ struct Batch {
     maps: std::sync::Arc<Vec<Mapping>>,
 }
 
-/// The batch under way, if any.
-static BATCH: std::sync::Mutex<Option<Batch>> = std::sync::Mutex::new(None);
+/// The batches under way, on whichever threads.
+static BATCHES_ON: std::sync::Mutex<Vec<Batch>> = std::sync::Mutex::new(Vec::new());
 /// Batches begun.
 static BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// The calling thread's batch: its number and maps.
+/// The calling thread's batch: its number and maps. None outside one, and when the list is
+/// busy: a signal handler (a system call site rewritten from SIGSYS) never waits for it, it
+/// reads the maps afresh.
 fn current_batch() -> Option<(u64, std::sync::Arc<Vec<Mapping>>)> {
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() };
-    BATCH.lock().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|b| b.tid == me).map(|b| (b.seq, b.maps.clone()))
+    let on = BATCHES_ON.try_lock().ok()?;
+    on.iter().rev().find(|b| b.tid == me).map(|b| (b.seq, b.maps.clone()))
 }
 
 /// Parses the maps of this process (as read at the start of the calling thread's
@@ -60,14 +63,15 @@ pub fn with_one_read<R>(f: impl FnOnce() -> R) -> R {
     let tid = unsafe { libc::gettid() };
     let seq = BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     let batch = Batch { tid, seq, maps: std::sync::Arc::new(read("/proc/self/maps")) };
-    /// Puts back what was there before, also when `f` panics.
-    struct Restore(Option<Batch>);
-    impl Drop for Restore {
+    /// Takes this batch off the list, also when `f` panics (other threads' stay).
+    struct Done(u64);
+    impl Drop for Done {
         fn drop(&mut self) {
-            *BATCH.lock().unwrap_or_else(|e| e.into_inner()) = self.0.take();
+            BATCHES_ON.lock().unwrap_or_else(|e| e.into_inner()).retain(|b| b.seq != self.0);
         }
     }
-    let _restore = Restore(BATCH.lock().unwrap_or_else(|e| e.into_inner()).replace(batch));
+    BATCHES_ON.lock().unwrap_or_else(|e| e.into_inner()).push(batch);
+    let _done = Done(seq);
     f()
 }
 

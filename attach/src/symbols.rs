@@ -172,11 +172,14 @@ impl Functions {
         static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
         let meta = std::fs::metadata(path).ok()?;
         let key = (path.to_string(), meta.dev(), meta.ino(), meta.len(), meta.mtime());
-        if let Some(found) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(k, _)| *k == key) {
-            return Some(found.1.clone());
+        // Never waited for (a caller may be a signal handler): busy means made afresh.
+        if let Some(found) = CACHE.try_lock().ok().and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, f)| f.clone())) {
+            return Some(found);
         }
         let f = std::sync::Arc::new(Functions::of(data, path)?);
-        CACHE.lock().unwrap_or_else(|e| e.into_inner()).push((key, f.clone()));
+        if let Ok(mut c) = CACHE.try_lock() {
+            c.push((key, f.clone()));
+        }
         Some(f)
     }
 
@@ -222,31 +225,42 @@ impl Functions {
 
 /// The separate debug file of `file` (at `path`): by build id under
 /// `/usr/lib/debug/.build-id/`, else by its `.gnu_debuglink` name next to it, in its `.debug`
-/// folder or under `/usr/lib/debug` (gdb's places). Only one with the same build id, when both
-/// have one.
+/// folder or under `/usr/lib/debug` (gdb's places). Only one of the same build: the same build
+/// id where the file has one, else the CRC its debug link names (a debug file of another build
+/// would put probes at wrong addresses).
 fn debug_file(file: &object::File<'_>, path: &str) -> Option<memmap2::Mmap> {
     let id = file.build_id().ok().flatten().filter(|id| id.len() >= 2);
+    let link = file.gnu_debuglink().ok().flatten();
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mut candidates = vec![];
     if let Some(id) = id {
         candidates.push(format!("/usr/lib/debug/.build-id/{}/{}.debug", hex(&id[..1]), hex(&id[1..])));
     }
-    if let Ok(Some((name, _crc))) = file.gnu_debuglink() {
+    if let Some((name, _)) = link {
         let name = String::from_utf8_lossy(name).to_string();
         let dir = Path::new(path).parent().map(|d| d.to_string_lossy().to_string()).unwrap_or_default();
         candidates.extend([format!("{dir}/.debug/{name}"), format!("/usr/lib/debug{dir}/{name}"), format!("{dir}/{name}")]);
     }
     candidates.into_iter().filter(|c| c != path).find_map(|c| {
         let data = map_file(&c).ok()?;
-        let same = {
-            let debug = object::File::parse(&*data).ok()?;
-            match (id, debug.build_id().ok().flatten()) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
+        let same = match id {
+            Some(id) => object::File::parse(&*data).ok()?.build_id().ok().flatten() == Some(id),
+            None => link.is_some_and(|(_, crc)| crc32(&data) == crc),
         };
         same.then_some(data)
     })
+}
+
+/// The CRC-32 (IEEE 802.3, as `.gnu_debuglink` records it) of `data`.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
 
 /// Alignment padding (int3/nop filler after a function, before the next symbol) of at least
@@ -340,6 +354,10 @@ pub struct Resolved {
     pub function_size: u64,
     /// Whether the address is the function's first byte.
     pub at_entry: bool,
+    /// Whether that is only presumed: a raw offset no symbol covers, taken as an entry as the
+    /// kernel takes a return probe's offset. A return probe may go there; an entry probe goes
+    /// as one in mid-function (flags and red zone kept, no override).
+    pub entry_presumed: bool,
     /// Alignment padding (int3 or nops) after the function, before the next symbol.
     pub padding: u64,
 }
@@ -370,15 +388,16 @@ fn resolve_in(t: &Target, maps: &[Mapping], exe: &str) -> Result<Resolved, Resol
         // offset): a local function of a library whose symbols we could not read.
         let vaddr = funcs.address_of(t.offset);
         let function_size = vaddr.and_then(|v| funcs.size_at(v)).unwrap_or(0);
-        let at_entry = function_size > 0 || vaddr.is_some_and(|v| !funcs.inside_a_function(v));
-        return Ok(Resolved { addr, path, function_size, at_entry, padding: padding_of(t.offset, function_size) });
+        let entry_presumed = function_size == 0 && vaddr.is_some_and(|v| !funcs.inside_a_function(v));
+        let at_entry = function_size > 0 || entry_presumed;
+        return Ok(Resolved { addr, path, function_size, at_entry, entry_presumed, padding: padding_of(t.offset, function_size) });
     };
     let (vaddr, size) = funcs.named(func).ok_or_else(|| ResolveError::NoSymbol { path: path.clone(), symbol: func.clone() })?;
     let func_off = funcs.offset_of(vaddr).ok_or_else(|| ResolveError::Elf { path: path.clone(), msg: format!("`{func}` is outside every segment") })?;
     let file_off = func_off + t.offset;
     let addr = address_of_file_offset(&path, maps, file_off).ok_or(ResolveError::Unmapped { path: path.clone(), offset: file_off })?;
     let padding = if t.offset == 0 { padding_of(func_off, size) } else { 0 };
-    Ok(Resolved { addr, path, function_size: size, at_entry: t.offset == 0, padding })
+    Ok(Resolved { addr, path, function_size: size, at_entry: t.offset == 0, entry_presumed: false, padding })
 }
 
 /// Adds `delta` to the USDT semaphore (a u16 counting attached probes, which the application
@@ -452,5 +471,11 @@ mod tests {
         assert_eq!((raw.addr, raw.at_entry, raw.function_size), (r.addr, true, r.function_size));
         let inside = resolve(&Target { binary: "libc.so.6".into(), function: None, offset: off + 4 }).unwrap();
         assert!(!inside.at_entry, "{inside:?}");
+    }
+
+    #[test]
+    fn debug_link_crc() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
     }
 }

@@ -3,10 +3,12 @@
 //! process-directed signal (`SIGALRM` of a timer, `SIGINT`, `SIGCHLD`) goes to a thread of the
 //! application, as without us. A handler running on our thread instead would leave the
 //! application's own blocking call uninterrupted (a `read` waiting for `EINTR` would wait for
-//! ever). The synchronous ones stay open ([`SYNCHRONOUS`]): the kernel kills a process whose
-//! thread raises one it blocks, and ours do raise `SIGTRAP`: the follower attaching or detaching
-//! a probe on `malloc` calls `malloc` itself while the function's first byte is the `int3` of
-//! the change, which the hook engine's handler sends on to the original instructions.
+//! ever). Two kinds stay open. The synchronous ones ([`SYNCHRONOUS`]): the kernel kills a
+//! process whose thread raises one it blocks, and ours do raise `SIGTRAP` (the follower
+//! attaching or detaching a probe on `malloc` calls `malloc` itself while the function's first
+//! byte is the `int3` of the change, which the hook engine's handler sends on to the original
+//! instructions). And the hook engine's fix-up signal: a thread of ours paused inside bytes
+//! being patched is moved out of them as the application's are.
 //!
 //! See pthread_sigmask(3) <https://man7.org/linux/man-pages/man3/pthread_sigmask.3.html>:
 //! a new thread starts with its creator's mask.
@@ -20,6 +22,12 @@ use std::io;
 
 /// Signals raised by the instruction a thread runs, which no thread of ours may block.
 pub const SYNCHRONOUS: [libc::c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP];
+
+/// The signal by which the hook engine (`bpftime-attach`'s `patch`) moves every other thread
+/// out of the bytes it is about to patch: ours run probed code too (`malloc`), so they take it.
+fn fixup_signal() -> libc::c_int {
+    libc::SIGRTMAX() - 5
+}
 
 /// Spawns detached thread `name` running `f` with every asynchronous signal blocked.
 pub fn spawn_quiet<F>(name: &str, f: F) -> io::Result<()>
@@ -51,7 +59,7 @@ where
     // (initialised) and writes the previous mask into `old`.
     let blocked = unsafe {
         libc::sigfillset(all.as_mut_ptr()) == 0
-            && SYNCHRONOUS.iter().all(|&sig| libc::sigdelset(all.as_mut_ptr(), sig) == 0)
+            && SYNCHRONOUS.iter().chain(&[fixup_signal()]).all(|&sig| libc::sigdelset(all.as_mut_ptr(), sig) == 0)
             && libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr()) == 0
     };
     let mut thread: libc::pthread_t = 0;
