@@ -4,7 +4,7 @@ use bpftime_attach::{attach, detach, resolve, AttachError, ProbeHandler, ProbeId
 use bpftime_runtime::links::{self, LinkState};
 use bpftime_runtime::{EngineKind, LoadedProgram, ProbeProgram, Runtime};
 use bpftime_shm::{default_name, ShmError, ShmRegion};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A program to attach once its binary is mapped.
@@ -175,7 +175,13 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
 impl Agent {
     /// Attaches what can be; keeps targets whose binary is not mapped yet.
     fn attach_all(&self, items: Vec<Pending>) {
+        let loads = LIBRARY_LOADS.load(Ordering::Acquire);
         bpftime_attach::procmaps::with_one_read(|| self.attach_each(items));
+        // A library loaded by another thread meanwhile was not in the maps the batch read, and
+        // its `dlopen` looked at the pending list before this batch added to it: look again.
+        if LIBRARY_LOADS.load(Ordering::Acquire) != loads {
+            attach_pending();
+        }
     }
 
     /// [`Agent::attach_all`], one after another.
@@ -220,6 +226,15 @@ impl Agent {
     pub fn runtime(&self) -> &'static Runtime {
         self.runtime
     }
+}
+
+/// Libraries loaded by `dlopen` since the agent started (see [`library_loaded`]).
+static LIBRARY_LOADS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a library just loaded by `dlopen` and attaches the pending probes it may hold.
+pub fn library_loaded() {
+    LIBRARY_LOADS.fetch_add(1, Ordering::AcqRel);
+    attach_pending();
 }
 
 /// Attaches pending probes whose binaries are now mapped (after a dlopen).

@@ -129,7 +129,7 @@ pub unsafe extern "C" fn dlopen(filename: *const libc::c_char, flags: libc::c_in
     let handle = unsafe { f(filename, flags) };
     if !handle.is_null() && !bpftime_attach::in_probe() {
         bpftime_attach::without_probes(|| {
-            let _ = std::panic::catch_unwind(attach_pending);
+            let _ = std::panic::catch_unwind(glue::library_loaded);
         });
     }
     handle
