@@ -241,18 +241,6 @@ std::arch::global_asm!(
     ".text",
 );
 
-/// The hook engine's thread-local, used as a std one is (`THREAD.with(|t| ...)`).
-struct ThreadLocal;
-
-impl ThreadLocal {
-    #[inline(always)]
-    fn with<R>(&self, f: impl FnOnce(&HookThread) -> R) -> R {
-        f(thread())
-    }
-}
-
-static THREAD: ThreadLocal = ThreadLocal;
-
 /// This thread's [`HookThread`].
 #[inline(always)]
 fn thread() -> &'static HookThread {
@@ -297,17 +285,16 @@ pub(crate) enum Admission {
 /// Whether a hit on this thread may run its handlers now; `Run` marks the thread busy.
 #[inline(always)]
 pub(crate) fn admit() -> Admission {
-    THREAD.with(|t| {
-        let st = t.state.get();
-        if st.busy {
-            Admission::Ignore
-        } else if st.agent || st.depth as usize >= NEST_LEVELS {
-            Admission::Miss
-        } else {
-            set_state(t, ThreadState { busy: true, depth: st.depth + 1, ..st });
-            Admission::Run(st.depth as usize, st)
-        }
-    })
+    let t = thread();
+    let st = t.state.get();
+    if st.busy {
+        Admission::Ignore
+    } else if st.agent || st.depth as usize >= NEST_LEVELS {
+        Admission::Miss
+    } else {
+        set_state(t, ThreadState { busy: true, depth: st.depth + 1, ..st });
+        Admission::Run(st.depth as usize, st)
+    }
 }
 
 /// Restores the state a flow found on entering (a thread once warm stays warm).
@@ -343,20 +330,19 @@ pub static MISSED: AtomicU64 = AtomicU64::new(0);
 /// This thread's shadow stack, made at its first return probe in the normal flow (a signal
 /// handler nested in a handler does not allocate: the allocator may be held below it).
 fn shadow(level: usize) -> *mut ShadowStack {
-    THREAD.with(|t| {
-        let s = &t.shadow;
-        let mut p = s.get();
-        if p.is_null() && level == 0 {
-            // One per thread, kept for the life of the process (threads that probe are few).
-            // Allocated zeroed in place: built on the stack first (as `Box::new` may), its
-            // 96 KiB would overflow a signal handler's alternate stack.
-            // SAFETY: the layout has a non-zero size; all-zero bytes are an empty stack (a
-            // zero length and null/zero frames).
-            p = unsafe { std::alloc::alloc_zeroed(std::alloc::Layout::new::<ShadowStack>()) } as *mut ShadowStack;
-            s.set(p);
-        }
-        p
-    })
+    let t = thread();
+    let s = &t.shadow;
+    let mut p = s.get();
+    if p.is_null() && level == 0 {
+        // One per thread, kept for the life of the process (threads that probe are few).
+        // Allocated zeroed in place: built on the stack first (as `Box::new` may), its
+        // 96 KiB would overflow a signal handler's alternate stack.
+        // SAFETY: the layout has a non-zero size; all-zero bytes are an empty stack (a
+        // zero length and null/zero frames).
+        p = unsafe { std::alloc::alloc_zeroed(std::alloc::Layout::new::<ShadowStack>()) } as *mut ShadowStack;
+        s.set(p);
+    }
+    p
 }
 
 /// Runs several handlers (kept out of line: the common single-handler hit then needs fewer
@@ -1709,11 +1695,9 @@ pub fn in_probe() -> bool {
 /// programs' counts, e.g. its allocations when malloc is probed); a signal handler that
 /// interrupts it has its hits counted as misses (what `f` holds may be what they need).
 pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
-    let before = THREAD.with(|t| {
-        let before = t.state.get();
-        set_state(t, ThreadState { busy: true, agent: true, ..before });
-        before
-    });
+    let t = thread();
+    let before = t.state.get();
+    set_state(t, ThreadState { busy: true, agent: true, ..before });
     let r = f();
     leave(before);
     r
@@ -1723,11 +1707,9 @@ pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
 /// nesting level (or count as misses), instead of being taken for calls made by the handler it
 /// interrupted. Called by the agent's wrapper around every handler the application installs.
 pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
-    let before = THREAD.with(|t| {
-        let before = t.state.get();
-        set_state(t, ThreadState { busy: false, ..before });
-        before
-    });
+    let t = thread();
+    let before = t.state.get();
+    set_state(t, ThreadState { busy: false, ..before });
     let r = f();
     leave(before);
     r
