@@ -156,6 +156,70 @@ pub unsafe extern "C" fn signal(sig: libc::c_int, handler: libc::sighandler_t) -
     unsafe { bpftime_attach::signals::signal(sig, handler) }
 }
 
+/// `_Unwind_RaiseException` (libgcc's unwinder, which C++'s `throw` calls), wrapped: the
+/// unwinder finds each caller by a frame's return address, and stops where a return probe put
+/// its stub instead (the kernel's uretprobes end such a process in `std::terminate`). There
+/// the real return address is put back and the search runs again, until the handler is found
+/// or no probe is in the way (see `bpftime_attach::unwind_past_return_probe`).
+///
+/// # Safety
+/// Same contract as the unwinder's (the Itanium C++ ABI's `_Unwind_RaiseException`).
+#[allow(non_snake_case)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn _Unwind_RaiseException(exception: *mut libc::c_void) -> c_int {
+    static REAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    // SAFETY: the caller's exception, forwarded under the same contract.
+    unsafe { unwind_past_probes(exception, &REAL, c"_Unwind_RaiseException") }
+}
+
+/// `_Unwind_Resume_or_Rethrow` (C++'s `throw;`), wrapped like [`_Unwind_RaiseException`].
+///
+/// # Safety
+/// Same contract as the unwinder's.
+#[allow(non_snake_case)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn _Unwind_Resume_or_Rethrow(exception: *mut libc::c_void) -> c_int {
+    static REAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    // SAFETY: the caller's exception, forwarded under the same contract.
+    unsafe { unwind_past_probes(exception, &REAL, c"_Unwind_Resume_or_Rethrow") }
+}
+
+/// Calls the next `name` in the lookup order (cached in `real`) until it finds a handler (then
+/// it does not return) or fails for another reason than a return probe in its way.
+///
+/// # Safety
+/// `name` is an unwinder entry taking the exception and returning its reason code.
+#[inline(always)]
+unsafe fn unwind_past_probes(exception: *mut libc::c_void, real: &std::sync::atomic::AtomicUsize, name: &std::ffi::CStr) -> c_int {
+    type UnwindFn = unsafe extern "C-unwind" fn(*mut libc::c_void) -> c_int;
+    /// The unwinder's code for "no handler up to the end of the stack" (unwind.h).
+    const URC_END_OF_STACK: c_int = 5;
+    /// `_URC_FATAL_PHASE1_ERROR`: what to answer when there is no unwinder to call.
+    const URC_FATAL_PHASE1_ERROR: c_int = 3;
+    let mut f = real.load(std::sync::atomic::Ordering::Acquire);
+    if f == 0 {
+        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name (dlsym(3)).
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+        real.store(f, std::sync::atomic::Ordering::Release);
+    }
+    if f == 0 {
+        return URC_FATAL_PHASE1_ERROR;
+    }
+    // SAFETY: the next definition of this unwinder entry, which has this signature.
+    let f: UnwindFn = unsafe { std::mem::transmute::<usize, UnwindFn>(f) };
+    // Frames above this one are the thrower's callers.
+    let here = 0u8;
+    let sp = std::ptr::addr_of!(here) as u64;
+    loop {
+        // SAFETY: forwarding the caller's exception unchanged; a search that fails leaves it
+        // as it was, so it may run again.
+        let rc = unsafe { f(exception) };
+        if rc != URC_END_OF_STACK || !bpftime_attach::unwind_past_return_probe(sp) {
+            return rc;
+        }
+    }
+}
+
 /// `pthread_create`, wrapped: while system calls are intercepted, the new thread turns
 /// interception on for itself before running its start routine (it is not inherited).
 ///

@@ -28,10 +28,11 @@ fn run_released(target: &Path, args: &[&str], env: &[(&str, &str)], setup: impl 
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("start target");
-    // Wait until the process has mapped its libraries (it blocks in read() after that).
+    // Wait until the process has mapped its libraries: it then blocks in read(0, ...) (system
+    // call 0 on fd 0; a wait channel would also match the loader's waits for the disk).
     let pid = child.id();
-    for _ in 0..200 {
-        if std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("read") || w.contains("wait")) {
+    for _ in 0..500 {
+        if std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|w| w.starts_with("0 0x0 ")) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -77,6 +78,17 @@ impl Drop for Ours {
     fn drop(&mut self) {
         let _ = ShmRegion::remove(&self.name);
     }
+}
+
+/// The first `n` values of an array map of u64s.
+fn u64s(m: &Map, n: u32) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            let mut v = [0u8; 8];
+            m.lookup(&i.to_le_bytes(), &mut v).unwrap();
+            u64::from_le_bytes(v)
+        })
+        .collect()
 }
 
 fn u64_at(v: &[u8]) -> u64 {
@@ -143,4 +155,83 @@ fn the_agent_adds_no_free_calls_of_its_own() {
         ours.map("frees").lookup(&0u32.to_le_bytes(), &mut v).unwrap();
         assert_eq!(u64::from_le_bytes(v), kernel, "{engine}: free() calls, ours vs the kernel's");
     }
+}
+
+/// Return probes on functions left by `longjmp` and `siglongjmp` (out of a signal handler):
+/// their returns never come, and the frames they leave behind must not fill up anything. After
+/// 5,000 rounds of three such exits each (more than our shadow stack's 4,096 frames), every
+/// return of a function that does return is seen, as on the kernel: the same counts, in both
+/// ways we catch returns (patched `ret`s, and the return address replaced at entry).
+#[test]
+fn return_probes_outlive_functions_left_by_longjmp_like_the_kernel() {
+    let obj = Object::parse(&std::fs::read(build_example("uprobe_longjmp")).unwrap()).unwrap();
+    let target = build_target("longjmps", false);
+    let n = "5000";
+    let mut kernel = None;
+    if let Some(mut k) = kernel_or_skip(&obj, "return probes left by longjmp") {
+        for f in ["fails", "outer", "escape", "ok"] {
+            k.attach_uprobe(&format!("{f}_entry"), &target, f, false).expect("kernel uprobe");
+            k.attach_uprobe(&format!("{f}_return"), &target, f, true).expect("kernel uretprobe");
+        }
+        let out = run_released(&target, &[n], &[], |_| {});
+        assert!(out.status.success(), "{out:?}");
+        kernel = Some((0..9u32).map(|i| u64_at(&k.lookup("jump_stats", &i.to_le_bytes(), 8).unwrap())).collect::<Vec<u64>>());
+    }
+    // Entries (fails also from outer), no returns of the three that jump, every return of ok().
+    let expected = vec![10000, 0, 5000, 0, 5000, 0, 100, 100, (0..100).map(|i| 3 * i + 1).sum()];
+    if let Some(k) = &kernel {
+        assert_eq!(k, &expected, "the kernel's counts");
+    }
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        for returns in ["ret", "stack"] {
+            let ours = Ours::new(&format!("longjmp-{engine}-{returns}"), "uprobe_longjmp", kind);
+            let agent = agent();
+            let env =
+                [("LD_PRELOAD", agent.to_str().unwrap()), ("BPFTIME_SHM", ours.name.as_str()), ("BPFTIME_ENGINE", engine), ("BPFTIME_URETPROBE", returns)];
+            let out = run_released(&target, &[n], &env, |_| {});
+            assert!(out.status.success(), "{engine}/{returns}: {out:?}");
+            let got = u64s(&ours.map("jump_stats"), 9);
+            assert_eq!(got, expected, "{engine}, returns caught by `{returns}`: entries and returns of fails, outer, escape, ok; ok's result sum");
+        }
+    }
+}
+
+/// Return probes on C++ functions left by an exception. The unwinder finds each caller by its
+/// frame's return address; the kernel's uretprobes replace it with their trampoline, which the
+/// unwinder cannot get past, so on the kernel this process dies in `std::terminate` (checked
+/// here when the kernel can be used). Ours must not: the exception is caught where it would be
+/// without probes, the functions it leaves do not return (no return probe runs for them), and
+/// every function that does return, the catching one included, has its return probe run. In
+/// both ways we catch returns (patched `ret`s, and the return address replaced at entry).
+#[test]
+fn exceptions_pass_through_return_probes() {
+    let obj = Object::parse(&std::fs::read(build_example("uprobe_throws")).unwrap()).unwrap();
+    let target = build_target("throws", false);
+    let n = "1000";
+    if let Some(mut k) = kernel_or_skip(&obj, "return probes left by exceptions") {
+        k.attach_uprobe("thrower_return", &target, "_Z7throweri", true).expect("kernel uretprobe");
+        let out = run_released(&target, &[n], &[], |_| {});
+        assert!(!out.status.success() && text(&out.stderr).contains("terminate"), "the kernel's uretprobe: {out:?}");
+    }
+    // Entries and returns of thrower, mid and catcher; the sum of catcher's results (mid's
+    // i + 1 for even i, -1 for the 500 caught).
+    let sum: i64 = (0..1000).map(|i| if i % 2 == 0 { i + 1 } else { -1 }).sum();
+    let expected = vec![1000, 500, 1000, 500, 1000, 1000, sum as u64];
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        for returns in ["ret", "stack"] {
+            let ours = Ours::new(&format!("throws-{engine}-{returns}"), "uprobe_throws", kind);
+            let agent = agent();
+            let env =
+                [("LD_PRELOAD", agent.to_str().unwrap()), ("BPFTIME_SHM", ours.name.as_str()), ("BPFTIME_ENGINE", engine), ("BPFTIME_URETPROBE", returns)];
+            let out = run_released(&target, &[n], &env, |_| {});
+            assert!(out.status.success(), "{engine}/{returns}: {out:?}");
+            assert_eq!(text(&out.stdout).trim(), format!("{sum} 500"), "{engine}/{returns}: the program's own output");
+            let got = u64s(&ours.map("throw_stats"), 7);
+            assert_eq!(got, expected, "{engine}, returns caught by `{returns}`: entries and returns of thrower, mid, catcher; catcher's result sum");
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
 }

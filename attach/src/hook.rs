@@ -22,7 +22,9 @@ use crate::module_code::{self, ModuleCode, VectorUse};
 use crate::patch::{self, PATCH_LOCK};
 use crate::regs::PtRegs;
 use iced_x86::code_asm::*;
-use iced_x86::{BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Instruction, InstructionBlock, Mnemonic};
+use iced_x86::{
+    BlockEncoder, BlockEncoderOptions, Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionBlock, MemoryOperand, Mnemonic, Register,
+};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::mem::offset_of;
@@ -320,6 +322,8 @@ const SHADOW_DEPTH: usize = 4096;
 /// Return addresses taken from a thread's stack by return probes.
 struct ShadowStack {
     len: usize,
+    /// Returns being popped on this thread (a signal handler may interrupt one).
+    popping: usize,
     /// (real return address, site, stack pointer at entry)
     frames: [(u64, *const Site, u64); SHADOW_DEPTH],
 }
@@ -418,13 +422,17 @@ fn push_return(site: &Site, entry_sp: u64, level: usize) -> bool {
     // SAFETY: the shadow stack belongs to this thread; nested flows (signal handlers) only use
     // the slots above `len`, which they restore before returning to us.
     unsafe {
+        let slot = entry_sp as *mut u64;
+        // At a function's first instruction [sp] is its return address, on this thread's stack.
+        let real = slot.read();
+        // The newest frame is a caller's unless a function was abandoned.
+        if level == 0 && (*s).popping == 0 && (*s).len > 0 && (*s).frames[(*s).len - 1].2 <= entry_sp {
+            drop_abandoned(s, entry_sp, real);
+        }
         let i = (*s).len;
         if i >= SHADOW_DEPTH {
             return false;
         }
-        let slot = entry_sp as *mut u64;
-        // At a function's first instruction [sp] is its return address, on this thread's stack.
-        let real = slot.read();
         (*s).len = i + 1;
         compiler_fence(Ordering::SeqCst);
         (*s).frames[i] = (real, site as *const Site, entry_sp);
@@ -448,6 +456,121 @@ extern "C" fn entry_dispatch(site: &Site, regs: &mut PtRegs) -> u64 {
     }
 }
 
+/// How many of the newest shadow frames a push looks at for abandoned ones.
+const ABANDONED_SCAN: usize = 64;
+
+/// Drops the newest shadow frames whose functions will never return: left by `longjmp`,
+/// `siglongjmp` out of a signal handler, or an exception unwinding past them (C error handling
+/// does this all the time), they would otherwise fill the shadow stack and every later return
+/// probe on the thread would be a miss. A frame is abandoned once its return-address slot no
+/// longer holds the return stub (a live frame's always does): `real`, just read at `entry_sp`,
+/// tells for frames at that slot; a later frame at the same slot that found no stub there tells
+/// for those below it; a frame deeper than `entry_sp` has its slot read (safely: it may be on
+/// a signal stack since freed). A frame that may be live (another stack's, a coroutine's) is
+/// kept. Their return probes do not run, as on the kernel (the function did not return; no
+/// run was missed). The newest go, older ones become holes (`sp` 0, which no return matches)
+/// that go once they are on top.
+/// Only the normal flow (`level` 0) calls this, and not while a return is being popped below
+/// it: then no push or pop of ours is half done.
+///
+/// # Safety
+/// `s` is this thread's shadow stack.
+#[cold]
+#[inline(never)]
+unsafe fn drop_abandoned(s: *mut ShadowStack, entry_sp: u64, real: u64) {
+    let stub = return_stub();
+    let len = (*s).len;
+    let mut top = len;
+    for i in (len.saturating_sub(ABANDONED_SCAN)..len).rev() {
+        let (_, site, slot) = (*s).frames[i];
+        if slot > entry_sp {
+            // A caller's frame: it and those below it are live.
+            break;
+        }
+        let abandoned = site.is_null()
+            || (slot == entry_sp && real != stub)
+            || (slot < entry_sp && ((i + 1..len).any(|j| (*s).frames[j].2 == slot && (*s).frames[j].0 != stub) || read_word(slot).is_some_and(|w| w != stub)));
+        if !abandoned {
+            continue;
+        }
+        (*s).frames[i] = (0, std::ptr::null(), 0);
+        if i + 1 == top {
+            top = i;
+        }
+    }
+    compiler_fence(Ordering::SeqCst);
+    (*s).len = top;
+}
+
+/// Lets an exception's unwinder past the newest return probe on this thread's stack: called
+/// when the unwinder stopped (`_URC_END_OF_STACK`) before finding a handler, because a frame's
+/// return address, where it finds the caller, is our return stub. Puts the real return
+/// address back in the deepest such frame above `below` (the unwinder's caller's stack), for the unwinder
+/// to try again; that function is being unwound (it had no handler), so it will not return and
+/// its return probes do not run, as for a `longjmp`. Frames the exception does not reach keep
+/// their probes. Returns whether there was such a frame.
+pub fn unwind_past_return_probe(below: u64) -> bool {
+    let Admission::Run(_, before) = admit() else { return false };
+    let s = thread().shadow.get();
+    // SAFETY: this thread's shadow stack; no push or pop of it is half done below the
+    // unwinder, and a signal handler's flows restore what they change.
+    let done = !s.is_null() && unsafe { put_back_deepest(s, below) };
+    leave(before);
+    done
+}
+
+/// See [`unwind_past_return_probe`].
+///
+/// # Safety
+/// `s` is this thread's shadow stack.
+unsafe fn put_back_deepest(s: *mut ShadowStack, below: u64) -> bool {
+    let stub = return_stub();
+    let len = (*s).len;
+    let frames = &mut (*s).frames;
+    // Slots above `below` from the lowest, until one still holds the stub.
+    let mut bound = below;
+    let slot = loop {
+        let Some(lowest) = frames[..len].iter().filter(|f| !f.1.is_null() && f.2 > bound).map(|f| f.2).min() else { return false };
+        if read_word(lowest) == Some(stub) {
+            break lowest;
+        }
+        bound = lowest;
+    };
+    // The newest frame at that slot, and below it those a tail call chained to it (each found
+    // the stub there): the oldest of the chain holds the real return address.
+    let chain = |i: usize| frames[i].2 == slot;
+    let Some(newest) = (0..len).rev().find(|&i| chain(i)) else { return false };
+    let mut origin = newest;
+    while frames[origin].0 == stub {
+        let Some(older) = (0..origin).rev().find(|&i| chain(i)) else { return false };
+        origin = older;
+    }
+    (slot as *mut u64).write(frames[origin].0);
+    for f in &mut frames[origin..=newest] {
+        if f.2 == slot {
+            *f = (0, std::ptr::null(), 0);
+        }
+    }
+    let mut top = len;
+    while top > 0 && frames[top - 1].1.is_null() {
+        top -= 1;
+    }
+    compiler_fence(Ordering::SeqCst);
+    (*s).len = top;
+    true
+}
+
+/// Reads a word of this process's memory that may not be mapped (`process_vm_readv(2)` on
+/// ourselves fails with EFAULT instead of faulting).
+fn read_word(addr: u64) -> Option<u64> {
+    let mut word = 0u64;
+    let local = libc::iovec { iov_base: (&mut word as *mut u64).cast(), iov_len: 8 };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 8 };
+    // SAFETY: the kernel writes at most 8 bytes into `word` and checks `remote` itself.
+    let n = unsafe { libc::syscall(libc::SYS_process_vm_readv, libc::getpid(), &local, 1 as libc::c_ulong, &remote, 1 as libc::c_ulong, 0 as libc::c_ulong) };
+    (n == 8).then_some(word)
+}
+
 /// Called by the return stub; leaves the real return address in `regs.ip`.
 extern "C" fn return_dispatch(regs: &mut PtRegs) {
     let entry_sp = regs.sp - 8;
@@ -456,8 +579,14 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
     // nested in this function only pushes and pops above `len`.
     let (real, site) = unsafe {
         let len = if s.is_null() { 0 } else { (*s).len };
+        if !s.is_null() {
+            // A push in a signal handler nested in this pop drops no frame (ours, now
+            // returned, no longer holds the stub in its slot).
+            (*s).popping += 1;
+            compiler_fence(Ordering::SeqCst);
+        }
         // Our frame is the newest with this stack pointer; frames above it were left behind by
-        // a longjmp (their functions never return): they are dropped, as misses.
+        // a longjmp (their functions never return, their return probes do not run): dropped.
         let mut k = len;
         while k > 0 && (*s).frames[k - 1].2 != entry_sp {
             k -= 1;
@@ -469,12 +598,10 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
             std::process::abort();
         }
         let (real, site, _) = (*s).frames[k - 1];
-        for j in k..len {
-            // SAFETY: sites are leaked and never freed.
-            miss_all(list(&(*(*s).frames[j].1).ret));
-        }
         compiler_fence(Ordering::SeqCst);
         (*s).len = k - 1;
+        compiler_fence(Ordering::SeqCst);
+        (*s).popping -= 1;
         (real, &*site)
     };
     regs.ip = real;
@@ -1428,6 +1555,18 @@ fn trampoline_ret(addr: u64, info: SiteInfo, instrs: &[Instruction], module: Opt
     ret
 }
 
+/// `call` (a direct near call) as the instructions that push its return address (without
+/// touching the flags, as `call` does not) and jump to its target.
+fn call_as_push_and_jump(call: &Instruction) -> Result<[Instruction; 4], IcedError> {
+    let ret = call.next_ip();
+    Ok([
+        Instruction::with2(Code::Lea_r64_m, Register::RSP, MemoryOperand::with_base_displ(Register::RSP, -8))?,
+        Instruction::with2(Code::Mov_rm32_imm32, MemoryOperand::with_base(Register::RSP), ret as u32)?,
+        Instruction::with2(Code::Mov_rm32_imm32, MemoryOperand::with_base_displ(Register::RSP, 4), (ret >> 32) as u32)?,
+        Instruction::with_branch(Code::Jmp_rel32_64, call.near_branch_target())?,
+    ])
+}
+
 /// Builds the stub and trampoline of a jump site.
 fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: Option<ModuleCode>) -> Result<&'static Site, AttachError> {
     let at_entry = info.at_entry;
@@ -1442,7 +1581,20 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
         Some(ret) if instrs.last().is_some_and(|i| i.ip() == ret) => &instrs[..instrs.len() - 1],
         _ => &instrs[..],
     };
-    let block = InstructionBlock::new(relocated, tramp);
+    // A direct call ending them returns straight into the function, past the patched bytes:
+    // the trampoline pushes the original return address and jumps (as the kernel's emulated
+    // call does), so unwinders, stack walks and return probes see the function's own address,
+    // not the trampoline's (an exception could not be unwound through one).
+    let calls_out = ret_here.is_none() && relocated.last().is_some_and(|i| i.code() == Code::Call_rel32_64);
+    let relocated = match relocated.split_last() {
+        Some((call, before)) if calls_out => {
+            let mut v = before.to_vec();
+            v.extend(call_as_push_and_jump(call).map_err(|e| unpatchable(format!("relocating a call: {e}")))?);
+            v
+        }
+        _ => relocated.to_vec(),
+    };
+    let block = InstructionBlock::new(&relocated, tramp);
     let enc = BlockEncoder::encode(64, block, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
         .map_err(|e| unpatchable(format!("cannot relocate the first instructions: {e}")))?;
     let mut tcode = enc.code_buffer.clone();
@@ -1453,7 +1605,7 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
             offsets.push(tcode.len() as u32); // the relocated `ret`: at the nop before its copy
         }
         tcode.extend_from_slice(&[0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3]);
-    } else {
+    } else if !calls_out {
         // jmp rel32 back after the covered bytes (the page is within 2 GiB of the site).
         let back = (addr + covered).wrapping_sub(tramp + tcode.len() as u64 + 5) as i64;
         let back = i32::try_from(back).map_err(|_| AttachError::NoNearMemory(addr))?;

@@ -104,11 +104,13 @@ pub fn example_names() -> Vec<String> {
     names
 }
 
-/// Compiles `examples/targets/<name>.c` with the system C compiler (cached under
-/// target/c-targets): an executable, or with `shared` a `lib<name>.so`.
+/// Compiles `examples/targets/<name>.c` with the system C compiler, or `<name>.cc` with its C++
+/// compiler (cached under target/c-targets): an executable, or with `shared` a `lib<name>.so`.
 pub fn build_target(name: &str, shared: bool) -> PathBuf {
     let root = crate::repo_root();
-    let src = root.join("examples/targets").join(format!("{name}.c"));
+    let c = root.join("examples/targets").join(format!("{name}.c"));
+    let cpp = c.with_extension("cc");
+    let (src, compiler) = if cpp.exists() { (cpp, ("CXX", "c++")) } else { (c, ("CC", "cc")) };
     let out_dir = root.join("target/c-targets");
     std::fs::create_dir_all(&out_dir).expect("create target/c-targets");
     let out = out_dir.join(if shared { format!("lib{name}.so") } else { name.to_string() });
@@ -119,7 +121,7 @@ pub fn build_target(name: &str, shared: bool) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = out_dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
-    let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    let mut cmd = Command::new(std::env::var(compiler.0).unwrap_or_else(|_| compiler.1.into()));
     cmd.args(["-O2", "-g", "-pthread"]);
     if shared {
         cmd.args(["-shared", "-fPIC"]);
