@@ -150,7 +150,7 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
         _ => Effect::Observe,
     };
     let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr, effect));
-    let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry, padding: r.padding }, kind, handler)
+    let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry, padding: r.padding, returns_twice: r.returns_twice }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
         let mut method = bpftime_attach::site_method(r.addr).map_or("?".to_string(), |m| m.to_string());

@@ -36,7 +36,7 @@ fn attach_detach_under_load() {
         u64::from_le_bytes(v)
     };
     let addr = bpftime_test_probed as *const () as u64;
-    let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
+    let info = SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
     let handler = || Arc::new(ProgramProbe::new(rt, prog.clone(), 0, addr, bpftime::Effect::MayOverride));
 
     // Stress: attach and detach over and over while the threads hammer the function.

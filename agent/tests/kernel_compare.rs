@@ -235,3 +235,30 @@ fn exceptions_pass_through_return_probes() {
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
+
+/// Return probes on functions that return twice (libc's `vfork` and `_setjmp`). Both keep their
+/// return address (vfork in a register across the system call, setjmp in the `jmp_buf`) and
+/// return through it again: the vfork child first, then the parent; setjmp once, then once for
+/// each `longjmp` back. A shadow frame popped at the first return would be gone at the second
+/// (the process was aborted); each call site gets a return stub of its own instead, and every
+/// return runs the probe, as the kernel does for vfork (it copies the pending returns into a
+/// vfork child). For setjmp the kernel sends SIGILL at the second return; we do not.
+#[test]
+fn return_probes_on_functions_that_return_twice_run_at_each_return() {
+    let target = build_target("twice", false);
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        for returns in ["ret", "stack"] {
+            let ours = Ours::new(&format!("twice-{engine}-{returns}"), "uprobe_twice", kind);
+            let agent = agent();
+            let env =
+                [("LD_PRELOAD", agent.to_str().unwrap()), ("BPFTIME_SHM", ours.name.as_str()), ("BPFTIME_ENGINE", engine), ("BPFTIME_URETPROBE", returns)];
+            let out = run_released(&target, &["20", "30"], &env, |_| {});
+            assert!(out.status.success(), "{engine}/{returns}: {out:?}");
+            assert_eq!(text(&out.stdout).trim(), "20 30", "{engine}/{returns}: the program's own output");
+            let got = u64s(&ours.map("twice_returns"), 4);
+            // The C library's start-up calls _setjmp once more, before main (its first return).
+            assert_eq!((got[0], got[1], got[3]), (20, 20, 30), "{engine}/{returns}: vfork returns in children and parents, setjmp returns by longjmp: {got:?}");
+            assert!((30..=31).contains(&got[2]), "{engine}/{returns}: first returns of setjmp: {got:?}");
+        }
+    }
+}

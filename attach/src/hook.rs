@@ -120,6 +120,8 @@ pub struct Site {
     /// The vector registers named by its function and the module's functions reaching it
     /// (`ModuleCode::vectors_at`; [`VectorUse::ALL`] if unknown).
     named: VectorUse,
+    /// Its function returns twice (see [`SiteInfo::returns_twice`]).
+    returns_twice: bool,
 }
 
 /// What is written over a site.
@@ -404,8 +406,11 @@ fn on_entry(site: &Site, regs: &PtRegs) -> Option<u64> {
 #[inline(always)]
 fn entry_work(site: &Site, regs: &PtRegs, level: usize, wants_return: bool) -> Option<u64> {
     let asked = run_list(list(&site.entry), regs, level);
-    if wants_return && !push_return(site, regs.sp, level) {
-        miss_all(list(&site.ret));
+    if wants_return {
+        let replaced = if site.returns_twice { return_through_own_stub(site, regs.sp) } else { push_return(site, regs.sp, level) };
+        if !replaced {
+            miss_all(list(&site.ret));
+        }
     }
     asked
 }
@@ -605,6 +610,11 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
         (real, &*site)
     };
     regs.ip = real;
+    run_returns(site, regs);
+}
+
+/// Runs a site's return probes at a return through a stub (`regs.ip` the real return address).
+fn run_returns(site: &Site, regs: &mut PtRegs) {
     match admit() {
         Admission::Ignore => {}
         Admission::Miss => miss_all(list(&site.ret)),
@@ -614,6 +624,89 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
             leave(before);
         }
     }
+}
+
+/// A return stub of one call site of a function that returns twice: where to go, and whose
+/// return probes run (both 0 while unclaimed; `real` is claimed first, then `site` is set).
+struct OwnReturn {
+    real: AtomicU64,
+    site: AtomicU64,
+}
+
+/// How many call sites of functions that return twice get their own return stub (past that,
+/// their returns are misses).
+const OWN_RETURNS: usize = 64;
+
+static OWN_RETURN: [OwnReturn; OWN_RETURNS] = [const { OwnReturn { real: AtomicU64::new(0), site: AtomicU64::new(0) } }; OWN_RETURNS];
+
+/// The own return stubs (stub `k` returns through `OWN_RETURN[k]`), built at the first return
+/// probe on a function that returns twice, so that no hit builds code.
+fn own_return_stubs() -> Option<&'static [u64; OWN_RETURNS]> {
+    static STUBS: OnceLock<Option<[u64; OWN_RETURNS]>> = OnceLock::new();
+    STUBS
+        .get_or_init(|| {
+            const STRIDE: usize = 1024;
+            let at = patch::alloc_near(own_return_dispatch as *const () as u64, OWN_RETURNS * STRIDE)?;
+            let mut stubs = [0u64; OWN_RETURNS];
+            for (k, stub) in stubs.iter_mut().enumerate() {
+                *stub = at + (k * STRIDE) as u64;
+                let code = (|| -> Result<Vec<u8>, IcedError> {
+                    let mut a = CodeAssembler::new(64)?;
+                    let record = &OWN_RETURN[k] as *const OwnReturn as u64;
+                    emit_probe_call(&mut a, PointKind::Return, VectorSave::everything(), None, Some(record), own_return_dispatch as *const () as u64)?;
+                    a.jmp(qword_ptr(rsp - 8))?;
+                    a.assemble(*stub)
+                })()
+                .ok()
+                .filter(|c| c.len() <= STRIDE)?;
+                // SAFETY: `at` is a fresh read-write mapping of OWN_RETURNS * STRIDE bytes and
+                // each stub fits in its stride (checked).
+                unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), *stub as *mut u8, code.len()) };
+            }
+            patch::make_executable(at, OWN_RETURNS * STRIDE).ok()?;
+            Some(stubs)
+        })
+        .as_ref()
+}
+
+/// Replaces the return address at `entry_sp` (a function's first instruction) with the own
+/// return stub of that call site, claiming one for it at its first call. False when there is
+/// none to claim.
+fn return_through_own_stub(site: &Site, entry_sp: u64) -> bool {
+    let Some(stubs) = own_return_stubs() else { return false };
+    let slot = entry_sp as *mut u64;
+    // SAFETY: at a function's first instruction [sp] is its return address, on this thread's
+    // stack.
+    let real = unsafe { slot.read() };
+    let me = site as *const Site as u64;
+    for (k, own) in OWN_RETURN.iter().enumerate() {
+        let mut claimed = own.real.load(Ordering::Acquire);
+        if claimed == 0 {
+            claimed = match own.real.compare_exchange(0, real, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    own.site.store(me, Ordering::Release);
+                    real
+                }
+                Err(other) => other,
+            };
+        }
+        if claimed == real && own.site.load(Ordering::Acquire) == me {
+            // SAFETY: as above; the function returns to the stub, which sends it to `real`.
+            unsafe { slot.write(stubs[k]) };
+            return true;
+        }
+    }
+    false
+}
+
+/// Called by an own return stub: `own`'s real return address into `regs.ip`, then the return
+/// probes, at every return through it.
+extern "C" fn own_return_dispatch(own: &OwnReturn, regs: &mut PtRegs) {
+    regs.ip = own.real.load(Ordering::Acquire);
+    let site = own.site.load(Ordering::Acquire) as *const Site;
+    // SAFETY: a stub is written over a return address only once its record names its site;
+    // sites are leaked and never freed.
+    run_returns(unsafe { &*site }, regs);
 }
 
 /// A function made to return at its entry (`bpf_override_return`): its patched `ret`s will not
@@ -1455,12 +1548,17 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
         return Err(unpatchable(format!("invalid instruction at {addr:#x}")));
     }
     let page = patch::alloc_near(addr, PAGE).ok_or(AttachError::NoNearMemory(addr))?;
-    let enc = BlockEncoder::encode(64, InstructionBlock::new(&[first], page), BlockEncoderOptions::NONE)
+    // A direct call returns to the function itself (see `build_jump_site`).
+    let calls_out = first.code() == Code::Call_rel32_64;
+    let relocated = if calls_out { call_as_push_and_jump(&first).map_err(|e| unpatchable(format!("relocating a call: {e}")))?.to_vec() } else { vec![first] };
+    let enc = BlockEncoder::encode(64, InstructionBlock::new(&relocated, page), BlockEncoderOptions::NONE)
         .map_err(|e| unpatchable(format!("cannot relocate the instruction: {e}")))?;
     let mut code = enc.code_buffer;
-    let back = i32::try_from((addr + first.len() as u64).wrapping_sub(page + code.len() as u64 + 5) as i64).map_err(|_| AttachError::NoNearMemory(addr))?;
-    code.push(0xe9);
-    code.extend_from_slice(&back.to_le_bytes());
+    if !calls_out {
+        let back = i32::try_from((addr + first.len() as u64).wrapping_sub(page + code.len() as u64 + 5) as i64).map_err(|_| AttachError::NoNearMemory(addr))?;
+        code.push(0xe9);
+        code.extend_from_slice(&back.to_le_bytes());
+    }
     // SAFETY: `page` is a fresh read-write mapping of PAGE bytes; the code is a few dozen.
     unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page as *mut u8, code.len()) };
     patch::make_executable(page, PAGE).map_err(|e| AttachError::Io { addr, source: e })?;
@@ -1482,6 +1580,7 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
         needs: BodyNeeds::UNKNOWN,
         module: None,
         named: VectorUse::ALL,
+        returns_twice: info.returns_twice,
     });
     site.slot = patch::register_site(addr, 1, page, &[], &*site as *const Site as u64).ok_or(AttachError::TooManySites)?;
     Ok(Box::leak(site))
@@ -1631,6 +1730,7 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
         needs: BodyNeeds::UNKNOWN,
         named: module.as_ref().map_or(VectorUse::ALL, |m| m.vectors_at(addr)),
         module,
+        returns_twice: info.returns_twice,
     });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
     if at_entry {
@@ -1703,6 +1803,10 @@ pub struct SiteInfo {
     /// Bytes after the function's end that are alignment padding nobody executes (0 if
     /// unknown): a function shorter than a jump may spill its patch into them.
     pub padding: u64,
+    /// The function returns twice (`setjmp`, `vfork`: see `symbols::returns_twice`): it keeps
+    /// its return address and returns through it again, so return probes that replace it give
+    /// each call site a return stub of its own instead of a shadow frame.
+    pub returns_twice: bool,
 }
 
 /// Attaches `handler` to `addr`: patches the code on the first probe of a site.
@@ -1712,6 +1816,9 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     }
     if kind == ProbeKind::Return && return_stub() == 0 {
         return Err(AttachError::Unpatchable { addr, reason: "no uretprobe stub".into() });
+    }
+    if kind == ProbeKind::Return && info.returns_twice && own_return_stubs().is_none() {
+        return Err(AttachError::Unpatchable { addr, reason: "no return stubs for a function that returns twice".into() });
     }
     let _patching = PATCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut map = sites().lock().unwrap_or_else(|e| e.into_inner());

@@ -71,7 +71,7 @@ mod tests {
         let want = bpftime_attach_test_target(3, 4);
         let entry = Arc::new(Count::default());
         let ret = Arc::new(Count::default());
-        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
         let e = attach(addr, info, ProbeKind::Entry, entry.clone()).unwrap();
         let r = attach(addr, info, ProbeKind::Return, ret.clone()).unwrap();
         assert_eq!(std::hint::black_box(bpftime_attach_test_target)(3, 4), want);
@@ -99,7 +99,7 @@ mod tests {
     #[test]
     fn several_handlers_on_one_function_each_fire_and_detach_alone() {
         let addr = bpftime_attach_multi_target as *const () as u64;
-        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
         let hs: Vec<Arc<Count>> = (0..3).map(|_| Arc::new(Count::default())).collect();
         let ids: Vec<ProbeId> = hs.iter().map(|h| attach(addr, info, ProbeKind::Entry, h.clone()).unwrap()).collect();
         let r = Arc::new(Count::default());
@@ -164,7 +164,7 @@ mod tests {
             let original = patch::read_code(addr, 8).unwrap();
             // SAFETY: both assembly functions take two integers and return one.
             let call = |a: u64| unsafe { std::hint::black_box(f)(a, 5) };
-            let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding };
+            let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding, returns_twice: r.returns_twice };
             let rets = Arc::new(Count::default());
             let x = attach(addr, info, ProbeKind::Return, rets.clone()).unwrap();
             assert_eq!(patched_returns(addr), 1, "{name}");
@@ -174,7 +174,7 @@ mod tests {
             assert_eq!((rets.0.load(Ordering::Relaxed), rets.3.load(Ordering::Relaxed)), (10, want(9, 5)), "{name}: returns, last result");
             // The original `ret` no longer runs: a probe there is refused.
             let ret_at = addr + r.function_size - 1;
-            let mid = SiteInfo { function_size: 0, at_entry: false, padding: 0 };
+            let mid = SiteInfo { function_size: 0, at_entry: false, padding: 0, returns_twice: false };
             assert!(matches!(attach(ret_at, mid, ProbeKind::Entry, rets.clone()), Err(AttachError::Unpatchable { .. })), "{name}");
             let entries = Arc::new(Count::default());
             let e = attach(addr, info, ProbeKind::Entry, entries.clone()).unwrap();
@@ -233,7 +233,7 @@ mod tests {
         let want = call();
         assert_eq!(want, 204.0);
         let h = Arc::new(Clobber(AtomicU64::new(0)));
-        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
         let e = attach(addr, info, ProbeKind::Entry, h.clone()).unwrap();
         let r = attach(addr, info, ProbeKind::Return, h.clone()).unwrap();
         assert_eq!(call(), want, "xmm0-7 (arguments) and xmm0 (result) kept");
@@ -272,7 +272,7 @@ mod tests {
         assert_eq!((call(3), call(9)), (7, 18));
         let h = Arc::new(Clobber(AtomicU64::new(0)));
         let point = bpftime_attach_mid_point as *const () as u64;
-        let id = attach(point, SiteInfo { function_size: 0, at_entry: false, padding: 0 }, ProbeKind::Entry, h.clone()).unwrap();
+        let id = attach(point, SiteInfo { function_size: 0, at_entry: false, padding: 0, returns_twice: false }, ProbeKind::Entry, h.clone()).unwrap();
         assert_eq!((call(3), call(9)), (7, 18));
         assert_eq!(h.0.load(Ordering::Relaxed), 2);
         detach(id).unwrap();
@@ -438,7 +438,7 @@ mod wide_vectors {
             let r = resolve(&Target::parse(&format!("{}:{name}", so.display())).unwrap()).unwrap();
             let f = r.addr;
             assert_eq!(call(f), input[..bytes], "{name}");
-            let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding };
+            let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding, returns_twice: r.returns_twice };
             // At entry: the arguments that may be read later (all eight where the function
             // jumps on; where it only returns, those it returns).
             let e = attach(f, info, ProbeKind::Entry, h.clone()).unwrap();
@@ -511,7 +511,7 @@ mod wide_vectors {
         assert_eq!(call(), want);
         let h = Arc::new(AvxClobber(AtomicU64::new(0)));
         let addr = bpftime_attach_ymm_target as *const () as u64;
-        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0 };
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
         let e = attach(addr, info, ProbeKind::Entry, h.clone()).unwrap();
         let r = attach(addr, info, ProbeKind::Return, h.clone()).unwrap();
         assert_eq!(call(), want, "all 8 lanes of ymm0 and ymm1 at entry, and of ymm0 at return");
@@ -535,7 +535,7 @@ mod wide_vectors {
         assert_eq!(call(), input);
         let h = Arc::new(AvxClobber(AtomicU64::new(0)));
         let point = bpftime_attach_mid_ymm_point as *const () as u64;
-        let id = attach(point, SiteInfo { function_size: 0, at_entry: false, padding: 0 }, ProbeKind::Entry, h.clone()).unwrap();
+        let id = attach(point, SiteInfo { function_size: 0, at_entry: false, padding: 0, returns_twice: false }, ProbeKind::Entry, h.clone()).unwrap();
         assert_eq!(call(), input, "ymm8's upper half is live across the probe");
         assert_eq!(h.0.load(Ordering::Relaxed), 1);
         detach(id).unwrap();
@@ -583,7 +583,7 @@ mod stress {
             .collect();
         let hits = Arc::new(Hits(AtomicU64::new(0)));
         for _ in 0..100 {
-            let id = attach(addr, SiteInfo { function_size: 0, at_entry: true, padding: 0 }, ProbeKind::Entry, hits.clone()).unwrap();
+            let id = attach(addr, SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false }, ProbeKind::Entry, hits.clone()).unwrap();
             std::thread::sleep(std::time::Duration::from_micros(500));
             detach(id).unwrap();
         }
@@ -670,14 +670,14 @@ mod stress {
             let call_leaf = |a, b| call_leaf(addr, a, b);
             assert_eq!(call_leaf(3, 4), want);
             set_return_patching(patch_rets);
-            let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding };
+            let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding, returns_twice: r.returns_twice };
             let h = Arc::new(ClobberHigh(AtomicU64::new(0)));
             let e = attach(addr, info, ProbeKind::Entry, h.clone()).unwrap();
             let x = attach(addr, info, ProbeKind::Return, h.clone()).unwrap();
             assert_eq!(patched_returns(addr), if patch_rets { 1 } else { 0 });
             if patch_rets {
                 // The `add` before the `ret` is covered by the return's jump.
-                let inside = SiteInfo { function_size: 0, at_entry: false, padding: 0 };
+                let inside = SiteInfo { function_size: 0, at_entry: false, padding: 0, returns_twice: false };
                 assert!(matches!(attach(addr + 10, inside, ProbeKind::Entry, h.clone()), Err(AttachError::Unpatchable { .. })));
             }
             for i in 0..3 {
@@ -728,7 +728,7 @@ mod modules {
 
     fn site(so: &Path, func: &str) -> (u64, SiteInfo) {
         let r = resolve(&Target::parse(&format!("{}:{func}", so.display())).unwrap()).unwrap();
-        (r.addr, SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding })
+        (r.addr, SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding, returns_twice: r.returns_twice })
     }
 
     /// A Win64 (`ms_abi`) function keeps xmm6-15 for its callers: a library whose code names
@@ -920,7 +920,7 @@ mod modules {
         let lib = open(&so);
         // SAFETY: `leaf` is a function of the library.
         let leaf = unsafe { libc::dlsym(lib, c"leaf".as_ptr()) } as u64;
-        check_keep(lib, leaf, SiteInfo { function_size: 0, at_entry: true, padding: 0 });
+        check_keep(lib, leaf, SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false });
         let _ = std::fs::remove_dir_all(&d);
     }
 

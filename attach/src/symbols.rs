@@ -209,6 +209,11 @@ impl Functions {
 
     /// Whether a known function has `addr` strictly inside it (functions are at most a few
     /// dozen deep in one another: aliases, cold parts).
+    /// Whether a function symbol at `addr` names one that returns twice.
+    fn returns_twice_at(&self, addr: u64) -> bool {
+        self.text.iter().any(|(a, _, name)| *a == addr && returns_twice(name))
+    }
+
     fn inside_a_function(&self, addr: u64) -> bool {
         let k = self.sorted.partition_point(|&(a, _)| a < addr);
         self.sorted[..k].iter().rev().take(64).any(|&(a, size)| a < addr && addr < a + size)
@@ -360,6 +365,18 @@ pub struct Resolved {
     pub entry_presumed: bool,
     /// Alignment padding (int3 or nops) after the function, before the next symbol.
     pub padding: u64,
+    /// A symbol at the address names a function that returns twice (see [`returns_twice`]).
+    pub returns_twice: bool,
+}
+
+/// Whether `name` is one of the functions that return twice, by GCC's rule (its
+/// `special_function_p`, which gives them the `returns_twice` attribute): after the prefix
+/// `__x`, `__` or `_`, one of `setjmp`, `sigsetjmp`, `savectx`, `vfork`, `getcontext`,
+/// `qsetjmp` or `setjmp_syscall`. They keep their return address (in a `jmp_buf`, or in a
+/// register across the system call) and return through it again.
+pub fn returns_twice(name: &str) -> bool {
+    let bare = name.strip_prefix("__x").or_else(|| name.strip_prefix("__")).or_else(|| name.strip_prefix('_')).unwrap_or(name);
+    matches!(bare, "setjmp" | "sigsetjmp" | "savectx" | "vfork" | "getcontext" | "qsetjmp" | "setjmp_syscall")
 }
 
 /// Resolves a target to an address in this process.
@@ -390,14 +407,16 @@ fn resolve_in(t: &Target, maps: &[Mapping], exe: &str) -> Result<Resolved, Resol
         let function_size = vaddr.and_then(|v| funcs.size_at(v)).unwrap_or(0);
         let entry_presumed = function_size == 0 && vaddr.is_some_and(|v| !funcs.inside_a_function(v));
         let at_entry = function_size > 0 || entry_presumed;
-        return Ok(Resolved { addr, path, function_size, at_entry, entry_presumed, padding: padding_of(t.offset, function_size) });
+        let returns_twice = vaddr.is_some_and(|v| funcs.returns_twice_at(v));
+        return Ok(Resolved { addr, path, function_size, at_entry, entry_presumed, padding: padding_of(t.offset, function_size), returns_twice });
     };
     let (vaddr, size) = funcs.named(func).ok_or_else(|| ResolveError::NoSymbol { path: path.clone(), symbol: func.clone() })?;
     let func_off = funcs.offset_of(vaddr).ok_or_else(|| ResolveError::Elf { path: path.clone(), msg: format!("`{func}` is outside every segment") })?;
     let file_off = func_off + t.offset;
     let addr = address_of_file_offset(&path, maps, file_off).ok_or(ResolveError::Unmapped { path: path.clone(), offset: file_off })?;
     let padding = if t.offset == 0 { padding_of(func_off, size) } else { 0 };
-    Ok(Resolved { addr, path, function_size: size, at_entry: t.offset == 0, entry_presumed: false, padding })
+    let returns_twice = t.offset == 0 && funcs.returns_twice_at(vaddr);
+    Ok(Resolved { addr, path, function_size: size, at_entry: t.offset == 0, entry_presumed: false, padding, returns_twice })
 }
 
 /// Adds `delta` to the USDT semaphore (a u16 counting attached probes, which the application
@@ -435,6 +454,20 @@ mod tests {
         assert_eq!((t.function, t.offset), (None, 0x1234));
         assert!(Target::parse("nocolon").is_err());
         assert!(Target::parse("lib:func+zz").is_err());
+    }
+
+    #[test]
+    fn functions_that_return_twice_by_gccs_rule() {
+        for name in ["setjmp", "_setjmp", "__sigsetjmp", "sigsetjmp", "vfork", "__vfork", "getcontext", "__xsetjmp"] {
+            assert!(returns_twice(name), "{name}");
+        }
+        for name in ["longjmp", "fork", "setjmp2", "___setjmp", "my_vfork", "setcontext"] {
+            assert!(!returns_twice(name), "{name}");
+        }
+        // Found by address in libc, under any of its names.
+        let r = resolve(&Target::parse("libc.so.6:vfork").unwrap()).unwrap();
+        assert!(r.returns_twice);
+        assert!(!resolve(&Target::parse("libc.so.6:fork").unwrap()).unwrap().returns_twice);
     }
 
     #[test]

@@ -56,8 +56,8 @@ fn bench(c: &mut Criterion) {
     // The function's size and padding from the symbol table, as the agent resolves them (return
     // probes patch its `ret`s when they can).
     let info = bpftime_attach::resolve(&bpftime_attach::Target::parse("/proc/self/exe:bpftime_bench_target").expect("target"))
-        .map(|r| SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding })
-        .unwrap_or(SiteInfo { function_size: 0, at_entry: true, padding: 0 });
+        .map(|r| SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding, returns_twice: r.returns_twice })
+        .unwrap_or(SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false });
 
     let mut g = c.benchmark_group("uprobe_per_call");
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
@@ -76,8 +76,8 @@ fn bench(c: &mut Criterion) {
     // The same on a function whose callers rely only on what the ABI keeps.
     let out = bpftime_bench_calls_out as *const () as u64;
     let out_info = bpftime_attach::resolve(&bpftime_attach::Target::parse("/proc/self/exe:bpftime_bench_calls_out").expect("target"))
-        .map(|r| SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding })
-        .unwrap_or(SiteInfo { function_size: 0, at_entry: true, padding: 0 });
+        .map(|r| SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding, returns_twice: r.returns_twice })
+        .unwrap_or(SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false });
     g.bench_function("calls_out_no_probe", |b| b.iter(|| black_box(bpftime_bench_calls_out)(black_box(1), 2)));
     let id = attach(out, out_info, ProbeKind::Entry, Arc::new(NoProgram)).expect("attach");
     g.bench_function("calls_out_bpftime_hook_only", |b| b.iter(|| black_box(bpftime_bench_calls_out)(black_box(1), 2)));
@@ -101,7 +101,7 @@ fn bench(c: &mut Criterion) {
     let lib = unsafe { libc::dlopen(lib_name.as_ptr(), libc::RTLD_NOW) };
     assert!(!lib.is_null(), "dlopen {lib_path}");
     let leaf = bpftime_attach::resolve(&bpftime_attach::Target::parse(&format!("{lib_path}:bench_leaf")).expect("target")).expect("resolve bench_leaf");
-    let leaf_info = SiteInfo { function_size: leaf.function_size, at_entry: true, padding: leaf.padding };
+    let leaf_info = SiteInfo { function_size: leaf.function_size, at_entry: true, padding: leaf.padding, returns_twice: false };
     // SAFETY: bench_leaf is `long bench_leaf(long, long)`.
     let leaf_fn: extern "C" fn(u64, u64) -> u64 = unsafe { std::mem::transmute(leaf.addr as usize) };
     let call_leaf = || black_box(leaf_fn)(black_box(1), 2);

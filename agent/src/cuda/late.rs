@@ -151,7 +151,7 @@ pub(crate) fn start(gpu: &Gpu) {
                     continue;
                 }
                 let Some(wrapper) = super::hooks::wrapper_of(name.to_bytes(), real, per_thread) else { continue };
-                let info = bpftime_attach::SiteInfo { function_size: 0, at_entry: true, padding: 0 };
+                let info = bpftime_attach::SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
                 match bpftime_attach::attach(
                     real as u64,
                     info,
