@@ -680,7 +680,7 @@ impl Runtime {
 
     /// Runs a program on `ctx` with the given helper context values.
     pub fn run(&self, prog: &LoadedProgram, ctx: Context<'_>, cookie: u64, func_ip: u64, pt_regs: bool) -> Result<u64, RunError> {
-        let _cpu = prog.one_cpu.then(bpftime_maps::pin_cpu);
+        let _cpu = prog.one_cpu.then(|| bpftime_maps::pin_cpu(self.region.run_slots()));
         let host = HelperContext::new(self, cookie, func_ip, pt_regs);
         let opts = RunOptions { regions: &self.regions, budget: self.budget, host: &host as *const HelperContext as *mut _ };
         run(prog.engine().as_ref(), ctx, &opts)
@@ -704,7 +704,7 @@ impl Runtime {
     #[cold]
     #[inline(never)]
     fn run_probe_on_one_cpu(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<ProbeRun, RunError> {
-        let _cpu = bpftime_maps::pin_cpu();
+        let _cpu = bpftime_maps::pin_cpu(self.region.run_slots());
         self.run_probe_here(probe, regs, level)
     }
 

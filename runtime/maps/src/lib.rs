@@ -263,28 +263,47 @@ std::thread_local! {
     static RUN_CPU: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
 }
 
-/// Keeps [`current_cpu`] fixed for this thread while it lives (see [`pin_cpu`]).
+/// Keeps [`current_cpu`] fixed for this thread while it lives, holding that CPU's run slot
+/// (see [`pin_cpu`]).
 #[must_use]
-pub struct CpuPin {
+pub struct CpuPin<'a> {
     outer: u32,
+    _slot: Option<bpftime_shm::ShmGuard<'a>>,
 }
 
-impl Drop for CpuPin {
+impl Drop for CpuPin<'_> {
     fn drop(&mut self) {
         let _ = RUN_CPU.try_with(|c| c.set(self.outer));
     }
 }
 
-/// Fixes the CPU that [`current_cpu`] reports on this thread until the guard drops: the kernel
-/// runs a program with migration disabled, so a per-CPU value it looks up and then updates is
-/// one CPU's, however the scheduler moves the thread meanwhile. A nested run (a tail call, a
-/// probe in a signal handler) keeps the outer run's CPU, as an interrupt on that CPU would.
-pub fn pin_cpu() -> CpuPin {
+/// Fixes the CPU that [`current_cpu`] reports on this thread until the guard drops, and holds
+/// that CPU's run slot meanwhile: the kernel runs a probe's program on one CPU with preemption
+/// disabled, so a per-CPU value it looks up and then writes back (bpftrace's `count()`) is
+/// that CPU's, and no other run on the CPU comes in between. Here a thread can be preempted,
+/// or moved, in the middle of its run, and another thread run the program on the same CPU:
+/// the slot keeps them apart (in every process sharing `slots`). The scheduler's CPU is taken
+/// when its slot is free, else any free CPU's (its holder was preempted), else the run waits
+/// for its own. A nested run (a tail call, a probe in a signal handler) keeps the outer run's
+/// CPU, as an interrupt on that CPU would.
+pub fn pin_cpu(slots: &[bpftime_shm::RunSlot]) -> CpuPin<'_> {
     let outer = RUN_CPU.try_with(|c| c.get()).unwrap_or(u32::MAX);
-    if outer == u32::MAX {
-        let _ = RUN_CPU.try_with(|c| c.set(scheduled_cpu()));
+    if outer != u32::MAX {
+        return CpuPin { outer, _slot: None };
     }
-    CpuPin { outer }
+    let here = scheduled_cpu();
+    let n = (possible_cpus() as usize).min(slots.len());
+    let (cpu, slot) = if (here as usize) < n {
+        let free = (0..n).map(|i| (here as usize + i) % n).find_map(|c| slots[c].lock.try_lock_uncounted().map(|g| (c as u32, g)));
+        match free {
+            Some((c, g)) => (c, Some(g)),
+            None => (here, Some(slots[here as usize].lock.lock_uncounted())),
+        }
+    } else {
+        (here, None)
+    };
+    let _ = RUN_CPU.try_with(|c| c.set(cpu));
+    CpuPin { outer, _slot: slot }
 }
 
 /// The CPU this thread runs on, or the one its program run is fixed on (see [`pin_cpu`]).

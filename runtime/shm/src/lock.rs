@@ -28,6 +28,8 @@ pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_millis(50
 pub struct ShmGuard<'a> {
     lock: &'a ShmLock,
     recovered: bool,
+    /// Counted in [`held_by_this_thread`] (a lock guarding data, not a CPU run slot).
+    counted: bool,
 }
 
 impl ShmGuard<'_> {
@@ -49,7 +51,9 @@ impl ShmGuard<'_> {
 impl Drop for ShmGuard<'_> {
     fn drop(&mut self) {
         self.lock.owner.store(0, Ordering::Release);
-        HELD.with(|h| h.set(h.get() - 1));
+        if self.counted {
+            HELD.with(|h| h.set(h.get() - 1));
+        }
     }
 }
 
@@ -84,6 +88,21 @@ fn alive(pid: u32) -> bool {
 impl ShmLock {
     /// Takes the lock, spinning (then yielding) while another process or thread holds it.
     pub fn lock(&self) -> ShmGuard<'_> {
+        self.acquire(true)
+    }
+
+    /// [`ShmLock::lock`] for a lock that guards no data a signal handler could need (a CPU's
+    /// run slot): not counted in [`held_by_this_thread`].
+    pub fn lock_uncounted(&self) -> ShmGuard<'_> {
+        self.acquire(false)
+    }
+
+    fn acquire(&self, counted: bool) -> ShmGuard<'_> {
+        let held = |d: i32| {
+            if counted {
+                HELD.with(|h| h.set(h.get().wrapping_add_signed(d)));
+            }
+        };
         let me = crate::ids::process_id();
         let mut spins: u32 = 0;
         // (holder, acquisition count, when first seen) while we wait.
@@ -93,12 +112,12 @@ impl ShmLock {
             if cur == 0 {
                 // Counted as held before the lock word says so: a signal handler arriving just
                 // after the exchange must not wait for the lock its own thread holds.
-                HELD.with(|h| h.set(h.get() + 1));
+                held(1);
                 if self.owner.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     self.count_acquisition();
-                    return ShmGuard { lock: self, recovered: false };
+                    return ShmGuard { lock: self, recovered: false, counted };
                 }
-                HELD.with(|h| h.set(h.get() - 1));
+                held(-1);
                 continue;
             }
             spins = spins.wrapping_add(1);
@@ -115,12 +134,12 @@ impl ShmLock {
                     }
                 };
                 if (cur != me && !alive(cur)) || stuck {
-                    HELD.with(|h| h.set(h.get() + 1));
+                    held(1);
                     if self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                         self.count_acquisition();
-                        return ShmGuard { lock: self, recovered: true };
+                        return ShmGuard { lock: self, recovered: true, counted };
                     }
-                    HELD.with(|h| h.set(h.get() - 1));
+                    held(-1);
                     continue;
                 }
             }
@@ -134,16 +153,29 @@ impl ShmLock {
 
     /// Takes the lock if it is free now (never waits, never takes over from a holder).
     pub fn try_lock(&self) -> Option<ShmGuard<'_>> {
+        self.try_acquire(true)
+    }
+
+    /// [`ShmLock::try_lock`], not counted (see [`ShmLock::lock_uncounted`]).
+    pub fn try_lock_uncounted(&self) -> Option<ShmGuard<'_>> {
+        self.try_acquire(false)
+    }
+
+    fn try_acquire(&self, counted: bool) -> Option<ShmGuard<'_>> {
         let me = crate::ids::process_id();
         if self.owner.load(Ordering::Relaxed) != 0 {
             return None;
         }
-        HELD.with(|h| h.set(h.get() + 1));
+        if counted {
+            HELD.with(|h| h.set(h.get() + 1));
+        }
         if self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             self.count_acquisition();
-            return Some(ShmGuard { lock: self, recovered: false });
+            return Some(ShmGuard { lock: self, recovered: false, counted });
         }
-        HELD.with(|h| h.set(h.get() - 1));
+        if counted {
+            HELD.with(|h| h.set(h.get() - 1));
+        }
         None
     }
 

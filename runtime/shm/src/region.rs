@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -154,6 +154,24 @@ struct Header {
     table_seq: AtomicU32,
     /// Offsets of the table's further chunks ([`TABLE_CHUNK`] entries each), 0 where none yet.
     table_more: [AtomicU64; TABLE_CHUNKS - 1],
+    /// One per CPU: held by the program run that uses that CPU's per-CPU values (see
+    /// [`ShmRegion::run_slots`]).
+    run_slots: [RunSlot; RUN_SLOTS],
+}
+
+/// How many CPUs have a run slot (runs on CPUs past these use their CPU without one).
+pub const RUN_SLOTS: usize = 256;
+
+/// A CPU's run slot: the kernel runs a probe's program with preemption disabled, so no other
+/// run on that CPU comes between its lookup of a per-CPU value and its update (bpftrace's
+/// `count()` and `sum()` do exactly that). A preempted thread keeps running its program here,
+/// so a program run that uses per-CPU values holds its CPU's slot, in every process sharing
+/// the region; another thread that finds it taken uses a free CPU's values instead.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct RunSlot {
+    /// Held for the run (dead holders are taken over, as for any region lock).
+    pub lock: ShmLock,
 }
 
 #[repr(C)]
@@ -447,6 +465,11 @@ impl ShmRegion {
         // SAFETY: every constructor checked the mapping holds a Header at offset 0; its
         // mutable fields are atomics or locks.
         unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    /// The CPUs' run slots (see [`RunSlot`]).
+    pub fn run_slots(&self) -> &[RunSlot] {
+        &self.header().run_slots
     }
 
     /// Says that a ring buffer or perf buffer record was just published: wakes the readers
