@@ -262,3 +262,29 @@ fn return_probes_on_functions_that_return_twice_run_at_each_return() {
         }
     }
 }
+
+/// Return probes on a function whose calls switch coroutines (`swapcontext`) in the middle:
+/// frames of two stacks interleave, and the older call returns first. Each return is matched
+/// to its own call (a frame of another stack is not taken for one a longjmp abandoned), so the
+/// counts and result sums are exact, in both ways we catch returns. (Not compared with the
+/// kernel: its uretprobes, which drop pending returns by stack pointer, send this program into
+/// an endless loop.)
+#[test]
+fn return_probes_follow_coroutines_across_stacks() {
+    let target = build_target("coroutines", false);
+    let rounds = 200u64;
+    let sum_a: u64 = (0..rounds).sum();
+    let expected = vec![rounds, rounds, rounds, rounds, sum_a, 1000 * rounds + sum_a];
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        for returns in ["ret", "stack"] {
+            let ours = Ours::new(&format!("coro-{engine}-{returns}"), "uprobe_coroutines", kind);
+            let agent = agent();
+            let env =
+                [("LD_PRELOAD", agent.to_str().unwrap()), ("BPFTIME_SHM", ours.name.as_str()), ("BPFTIME_ENGINE", engine), ("BPFTIME_URETPROBE", returns)];
+            let out = run_released(&target, &[&rounds.to_string()], &env, |_| {});
+            assert!(out.status.success(), "{engine}/{returns}: {out:?}");
+            assert_eq!(text(&out.stdout).trim(), format!("{} {}", expected[4], expected[5]), "{engine}/{returns}: the program's own output");
+            assert_eq!(u64s(&ours.map("step_stats"), 6), expected, "{engine}/{returns}: calls and returns per coroutine, result sums");
+        }
+    }
+}

@@ -590,27 +590,59 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
             (*s).popping += 1;
             compiler_fence(Ordering::SeqCst);
         }
-        // Our frame is the newest with this stack pointer; frames above it were left behind by
-        // a longjmp (their functions never return, their return probes do not run): dropped.
+        // Our frame is the newest with this stack pointer. Frames above it are another
+        // stack's (a coroutine's, still to return) or were left behind by a longjmp.
         let mut k = len;
         while k > 0 && (*s).frames[k - 1].2 != entry_sp {
             k -= 1;
         }
         if k == 0 {
-            // No record of this frame: we cannot know where to return. This only happens if
-            // the stack was switched under us; there is no safe way on.
+            // No record of this frame: we cannot know where to return. This only happens when
+            // a function returns twice through the return address it saved (as setjmp does)
+            // under a name GCC's list does not have; there is no safe way on.
             eprintln!("bpftime: uretprobe return without a matching entry (sp {:#x}); aborting", regs.sp);
             std::process::abort();
         }
         let (real, site, _) = (*s).frames[k - 1];
         compiler_fence(Ordering::SeqCst);
-        (*s).len = k - 1;
+        if k == len {
+            (*s).len = k - 1;
+        } else {
+            pop_below_others(s, k - 1, len);
+        }
         compiler_fence(Ordering::SeqCst);
         (*s).popping -= 1;
         (real, &*site)
     };
     regs.ip = real;
     run_returns(site, regs);
+}
+
+/// Removes frame `ours` (returned) from under newer frames: those whose slot still holds the
+/// return stub are live on another stack (coroutines switched with `swapcontext` interleave
+/// their frames here) and stay, to be found by their stack pointer when they return; the others
+/// were left by a longjmp and go (their return probes do not run). Removed frames in the
+/// middle become holes, which go once they are on top.
+///
+/// # Safety
+/// `s` is this thread's shadow stack, with `len` frames; `ours` < `len`.
+#[cold]
+#[inline(never)]
+unsafe fn pop_below_others(s: *mut ShadowStack, ours: usize, len: usize) {
+    let stub = return_stub();
+    let frames = &mut (*s).frames;
+    for f in &mut frames[ours + 1..len] {
+        if !f.1.is_null() && read_word(f.2) != Some(stub) {
+            *f = (0, std::ptr::null(), 0);
+        }
+    }
+    frames[ours] = (0, std::ptr::null(), 0);
+    let mut top = len;
+    while top > 0 && frames[top - 1].1.is_null() {
+        top -= 1;
+    }
+    compiler_fence(Ordering::SeqCst);
+    (*s).len = top;
 }
 
 /// Runs a site's return probes at a return through a stub (`regs.ip` the real return address).

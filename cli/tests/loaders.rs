@@ -1293,11 +1293,11 @@ fn libbpf_tools_javagc_times_a_jvms_collections_like_the_kernel() {
     let shm = format!("bpftime-javagc-{}", std::process::id());
     bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create", "--size", "256M"]).output().unwrap().status.success());
-    let ours = session(bpftime(&shm).args(["start", "--"]).arg(&java).arg("-cp").arg(&dir).args(["Gc", "4000"]), Some(&shm));
+    let ours = session(bpftime(&shm).args(["start", "--"]).arg(&java).arg("-cp").arg(&dir).args(["Gc", "6000"]), Some(&shm));
     bpftime_tests::remove_region(&shm);
     assert!(gcs(&ours) >= 5, "five System.gc() at least:\n{ours}");
     if is_root() {
-        let kernel = session(Command::new(&java).arg("-cp").arg(&dir).args(["Gc", "4000"]), None);
+        let kernel = session(Command::new(&java).arg("-cp").arg(&dir).args(["Gc", "6000"]), None);
         assert_eq!(gcs(&ours), gcs(&kernel), "the kernel's:\n{kernel}\nours:\n{ours}");
     }
     let _ = std::fs::remove_dir_all(&dir);
