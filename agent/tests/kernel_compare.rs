@@ -42,6 +42,24 @@ fn run_released(target: &Path, args: &[&str], env: &[(&str, &str)], setup: impl 
     child.wait_with_output().unwrap()
 }
 
+/// Runs `target ARGS wait` under the agent with `example`'s probes in a fresh region, on both
+/// engines and both ways of catching returns (patched `ret`s; the return address replaced at
+/// entry), and hands each successful run (described in `what`) to `check`.
+fn under_the_agent(tag: &str, example: &str, target: &Path, args: &[&str], check: impl Fn(&str, &std::process::Output, &Ours)) {
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        for returns in ["ret", "stack"] {
+            let ours = Ours::new(&format!("{tag}-{engine}-{returns}"), example, kind);
+            let agent = agent();
+            let env =
+                [("LD_PRELOAD", agent.to_str().unwrap()), ("BPFTIME_SHM", ours.name.as_str()), ("BPFTIME_ENGINE", engine), ("BPFTIME_URETPROBE", returns)];
+            let out = run_released(target, args, &env, |_| {});
+            let what = format!("{engine}, returns caught by `{returns}`");
+            assert!(out.status.success(), "{what}: {out:?}");
+            check(&what, &out, &ours);
+        }
+    }
+}
+
 fn kernel_or_skip(obj: &Object, what: &str) -> Option<KernelObject> {
     match KernelObject::load(obj) {
         Ok(k) => Some(k),
@@ -182,18 +200,10 @@ fn return_probes_outlive_functions_left_by_longjmp_like_the_kernel() {
     if let Some(k) = &kernel {
         assert_eq!(k, &expected, "the kernel's counts");
     }
-    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
-        for returns in ["ret", "stack"] {
-            let ours = Ours::new(&format!("longjmp-{engine}-{returns}"), "uprobe_longjmp", kind);
-            let agent = agent();
-            let env =
-                [("LD_PRELOAD", agent.to_str().unwrap()), ("BPFTIME_SHM", ours.name.as_str()), ("BPFTIME_ENGINE", engine), ("BPFTIME_URETPROBE", returns)];
-            let out = run_released(&target, &[n], &env, |_| {});
-            assert!(out.status.success(), "{engine}/{returns}: {out:?}");
-            let got = u64s(&ours.map("jump_stats"), 9);
-            assert_eq!(got, expected, "{engine}, returns caught by `{returns}`: entries and returns of fails, outer, escape, ok; ok's result sum");
-        }
-    }
+    under_the_agent("longjmp", "uprobe_longjmp", &target, &[n], |what, _, ours| {
+        let got = u64s(&ours.map("jump_stats"), 9);
+        assert_eq!(got, expected, "{what}: entries and returns of fails, outer, escape, ok; ok's result sum");
+    });
 }
 
 /// Return probes on C++ functions left by an exception. The unwinder finds each caller by its
@@ -217,19 +227,11 @@ fn exceptions_pass_through_return_probes() {
     // i + 1 for even i, -1 for the 500 caught).
     let sum: i64 = (0..1000).map(|i| if i % 2 == 0 { i + 1 } else { -1 }).sum();
     let expected = vec![1000, 500, 1000, 500, 1000, 1000, sum as u64];
-    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
-        for returns in ["ret", "stack"] {
-            let ours = Ours::new(&format!("throws-{engine}-{returns}"), "uprobe_throws", kind);
-            let agent = agent();
-            let env =
-                [("LD_PRELOAD", agent.to_str().unwrap()), ("BPFTIME_SHM", ours.name.as_str()), ("BPFTIME_ENGINE", engine), ("BPFTIME_URETPROBE", returns)];
-            let out = run_released(&target, &[n], &env, |_| {});
-            assert!(out.status.success(), "{engine}/{returns}: {out:?}");
-            assert_eq!(text(&out.stdout).trim(), format!("{sum} 500"), "{engine}/{returns}: the program's own output");
-            let got = u64s(&ours.map("throw_stats"), 7);
-            assert_eq!(got, expected, "{engine}, returns caught by `{returns}`: entries and returns of thrower, mid, catcher; catcher's result sum");
-        }
-    }
+    under_the_agent("throws", "uprobe_throws", &target, &[n], |what, out, ours| {
+        assert_eq!(text(&out.stdout).trim(), format!("{sum} 500"), "{what}: the program's own output");
+        let got = u64s(&ours.map("throw_stats"), 7);
+        assert_eq!(got, expected, "{what}: entries and returns of thrower, mid, catcher; catcher's result sum");
+    });
 }
 
 fn text(b: &[u8]) -> String {
@@ -246,21 +248,13 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn return_probes_on_functions_that_return_twice_run_at_each_return() {
     let target = build_target("twice", false);
-    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
-        for returns in ["ret", "stack"] {
-            let ours = Ours::new(&format!("twice-{engine}-{returns}"), "uprobe_twice", kind);
-            let agent = agent();
-            let env =
-                [("LD_PRELOAD", agent.to_str().unwrap()), ("BPFTIME_SHM", ours.name.as_str()), ("BPFTIME_ENGINE", engine), ("BPFTIME_URETPROBE", returns)];
-            let out = run_released(&target, &["20", "30"], &env, |_| {});
-            assert!(out.status.success(), "{engine}/{returns}: {out:?}");
-            assert_eq!(text(&out.stdout).trim(), "20 30", "{engine}/{returns}: the program's own output");
-            let got = u64s(&ours.map("twice_returns"), 4);
-            // The C library's start-up calls _setjmp once more, before main (its first return).
-            assert_eq!((got[0], got[1], got[3]), (20, 20, 30), "{engine}/{returns}: vfork returns in children and parents, setjmp returns by longjmp: {got:?}");
-            assert!((30..=31).contains(&got[2]), "{engine}/{returns}: first returns of setjmp: {got:?}");
-        }
-    }
+    under_the_agent("twice", "uprobe_twice", &target, &["20", "30"], |what, out, ours| {
+        assert_eq!(text(&out.stdout).trim(), "20 30", "{what}: the program's own output");
+        let got = u64s(&ours.map("twice_returns"), 4);
+        // The C library's start-up calls _setjmp once more, before main (its first return).
+        assert_eq!((got[0], got[1], got[3]), (20, 20, 30), "{what}: vfork returns in children and parents, setjmp returns by longjmp: {got:?}");
+        assert!((30..=31).contains(&got[2]), "{what}: first returns of setjmp: {got:?}");
+    });
 }
 
 /// Return probes on a function whose calls switch coroutines (`swapcontext`) in the middle:
@@ -275,16 +269,8 @@ fn return_probes_follow_coroutines_across_stacks() {
     let rounds = 200u64;
     let sum_a: u64 = (0..rounds).sum();
     let expected = vec![rounds, rounds, rounds, rounds, sum_a, 1000 * rounds + sum_a];
-    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
-        for returns in ["ret", "stack"] {
-            let ours = Ours::new(&format!("coro-{engine}-{returns}"), "uprobe_coroutines", kind);
-            let agent = agent();
-            let env =
-                [("LD_PRELOAD", agent.to_str().unwrap()), ("BPFTIME_SHM", ours.name.as_str()), ("BPFTIME_ENGINE", engine), ("BPFTIME_URETPROBE", returns)];
-            let out = run_released(&target, &[&rounds.to_string()], &env, |_| {});
-            assert!(out.status.success(), "{engine}/{returns}: {out:?}");
-            assert_eq!(text(&out.stdout).trim(), format!("{} {}", expected[4], expected[5]), "{engine}/{returns}: the program's own output");
-            assert_eq!(u64s(&ours.map("step_stats"), 6), expected, "{engine}/{returns}: calls and returns per coroutine, result sums");
-        }
-    }
+    under_the_agent("coro", "uprobe_coroutines", &target, &[&rounds.to_string()], |what, out, ours| {
+        assert_eq!(text(&out.stdout).trim(), format!("{} {}", expected[4], expected[5]), "{what}: the program's own output");
+        assert_eq!(u64s(&ours.map("step_stats"), 6), expected, "{what}: calls and returns per coroutine, result sums");
+    });
 }
