@@ -34,3 +34,4 @@ printf "%-28s %6.1f instructions per call of add()\n" "no probe (the call itself
 row "uprobe, empty program" --program empty --attach "empty=$target:add" "$obj"
 row "uretprobe, empty program" --program empty_ret --attach "empty_ret=$target:add" "$obj"
 row "uprobe + uretprobe, 3 adds each" --program pair_entry --program pair_return --attach "pair_entry=$target:add" --attach "pair_return=$target:add" "$obj"
+row "uprobe, bpftrace's count()" --program percpu_count --attach "percpu_count=$target:add" "$obj"

@@ -63,4 +63,23 @@ int pair_return(void *ctx)
     return 0;
 }
 
+/* bpftrace's count(): a per-CPU hash value looked up and written back (the run holds its
+ * CPU's run slot, as the kernel runs it with preemption disabled). */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, 16);
+    __type(key, __u64);
+    __type(value, __u64);
+} counts SEC(".maps");
+
+SEC("uprobe/percpu_count")
+int percpu_count(void *ctx)
+{
+    __u64 key = 0;
+    __u64 *v = bpf_map_lookup_elem(&counts, &key);
+    __u64 n = v ? *v + 1 : 1;
+    bpf_map_update_elem(&counts, &key, &n, BPF_ANY);
+    return 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";

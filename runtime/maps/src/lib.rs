@@ -267,13 +267,19 @@ std::thread_local! {
 /// (see [`pin_cpu`]).
 #[must_use]
 pub struct CpuPin<'a> {
-    outer: u32,
+    /// This thread's [`RUN_CPU`], set by the outermost run (unset again on drop); null for a
+    /// nested run, which keeps its outer run's CPU.
+    cell: *const std::cell::Cell<u32>,
     _slot: Option<bpftime_shm::ShmGuard<'a>>,
 }
 
 impl Drop for CpuPin<'_> {
     fn drop(&mut self) {
-        let _ = RUN_CPU.try_with(|c| c.set(self.outer));
+        if !self.cell.is_null() {
+            // SAFETY: this thread's thread-local (a pin never leaves its thread: it is not
+            // Send), alive while the thread runs.
+            unsafe { (*self.cell).set(u32::MAX) };
+        }
     }
 }
 
@@ -287,9 +293,12 @@ impl Drop for CpuPin<'_> {
 /// for its own. A nested run (a tail call, a probe in a signal handler) keeps the outer run's
 /// CPU, as an interrupt on that CPU would.
 pub fn pin_cpu(slots: &[bpftime_shm::RunSlot]) -> CpuPin<'_> {
-    let outer = RUN_CPU.try_with(|c| c.get()).unwrap_or(u32::MAX);
-    if outer != u32::MAX {
-        return CpuPin { outer, _slot: None };
+    let nested = CpuPin { cell: std::ptr::null(), _slot: None };
+    let Ok(cell) = RUN_CPU.try_with(|c| c as *const std::cell::Cell<u32>) else { return nested };
+    // SAFETY: this thread's thread-local, alive while the thread runs.
+    let run_cpu = unsafe { &*cell };
+    if run_cpu.get() != u32::MAX {
+        return nested;
     }
     let here = scheduled_cpu();
     let n = (possible_cpus() as usize).min(slots.len());
@@ -302,8 +311,8 @@ pub fn pin_cpu(slots: &[bpftime_shm::RunSlot]) -> CpuPin<'_> {
     } else {
         (here, None)
     };
-    let _ = RUN_CPU.try_with(|c| c.set(cpu));
-    CpuPin { outer, _slot: slot }
+    run_cpu.set(cpu);
+    CpuPin { cell, _slot: slot }
 }
 
 /// The CPU this thread runs on, or the one its program run is fixed on (see [`pin_cpu`]).
