@@ -227,7 +227,8 @@ fn probes_hit_from_signal_handlers_run_nested_and_never_crash() {
     let runs = |engine: &str| if engine == "jit" { 100 } else { 10 };
     for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
         for run in 0..runs(engine) {
-            let mode = if run % 2 == 0 { "stack" } else { "altstack" };
+            // The handler on the interrupted stack, on a signal stack below it, or above it.
+            let mode = ["stack", "altstack", "highaltstack"][run % 3];
             // Return probes by patched rets, and (every other pair of runs) by the return
             // address replaced at entry, whose shadow stack signal handlers must not corrupt.
             let returns = if run % 4 < 2 { "ret" } else { "stack" };

@@ -324,8 +324,6 @@ const SHADOW_DEPTH: usize = 4096;
 /// Return addresses taken from a thread's stack by return probes.
 struct ShadowStack {
     len: usize,
-    /// Returns being popped on this thread (a signal handler may interrupt one).
-    popping: usize,
     /// (real return address, site, stack pointer at entry)
     frames: [(u64, *const Site, u64); SHADOW_DEPTH],
 }
@@ -431,7 +429,7 @@ fn push_return(site: &Site, entry_sp: u64, level: usize) -> bool {
         // At a function's first instruction [sp] is its return address, on this thread's stack.
         let real = slot.read();
         // The newest frame is a caller's unless a function was abandoned.
-        if level == 0 && (*s).popping == 0 && (*s).len > 0 && (*s).frames[(*s).len - 1].2 <= entry_sp {
+        if level == 0 && (*s).len > 0 && (*s).frames[(*s).len - 1].2 <= entry_sp {
             drop_abandoned(s, entry_sp, real);
         }
         let i = (*s).len;
@@ -494,7 +492,7 @@ unsafe fn drop_abandoned(s: *mut ShadowStack, entry_sp: u64, real: u64) {
         }
         let abandoned = site.is_null()
             || (slot == entry_sp && real != stub)
-            || (slot < entry_sp && ((i + 1..len).any(|j| (*s).frames[j].2 == slot && (*s).frames[j].0 != stub) || read_word(slot).is_some_and(|w| w != stub)));
+            || (slot < entry_sp && ((i + 1..len).any(|j| (*s).frames[j].2 == slot && (*s).frames[j].0 != stub) || slot_shows_abandoned(slot, stub)));
         if !abandoned {
             continue;
         }
@@ -565,6 +563,20 @@ unsafe fn put_back_deepest(s: *mut ShadowStack, below: u64) -> bool {
     true
 }
 
+/// What the slot of a frame whose function has returned into the return stub holds while the
+/// stub saves the registers and pops the frame: the saved `ss`, the last field of the register
+/// block the stub builds right below its stack pointer (the slot is the word just below it).
+const RETURNING: u64 = 0x2b;
+const _: () = assert!(pt::SS == pt::SIZE - 8);
+
+/// Whether a frame's slot shows its function abandoned: readable, and holding neither the
+/// return stub (still to return) nor [`RETURNING`] (returning now, its pop interrupted by a
+/// signal). A slot that cannot be read says nothing: the frame is kept. The caller is busy
+/// (its system call is neither probed nor intercepted).
+fn slot_shows_abandoned(slot: u64, stub: u64) -> bool {
+    read_word(slot).is_some_and(|w| w != stub && w != RETURNING)
+}
+
 /// Reads a word of this process's memory that may not be mapped (`process_vm_readv(2)` on
 /// ourselves fails with EFAULT instead of faulting).
 fn read_word(addr: u64) -> Option<u64> {
@@ -583,13 +595,9 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
     // SAFETY: the shadow stack belongs to this thread, which made the entry; a signal handler
     // nested in this function only pushes and pops above `len`.
     let (real, site) = unsafe {
+        // A push in a signal handler nested in this pop never drops our frame: its slot holds
+        // the stub, then the stub's `ss` (see [`RETURNING`]).
         let len = if s.is_null() { 0 } else { (*s).len };
-        if !s.is_null() {
-            // A push in a signal handler nested in this pop drops no frame (ours, now
-            // returned, no longer holds the stub in its slot).
-            (*s).popping += 1;
-            compiler_fence(Ordering::SeqCst);
-        }
         // Our frame is the newest with this stack pointer. Frames above it are another
         // stack's (a coroutine's, still to return) or were left behind by a longjmp.
         let mut k = len;
@@ -608,10 +616,9 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
         if k == len {
             (*s).len = k - 1;
         } else {
-            pop_below_others(s, k - 1, len);
+            // Our own work (its system calls are neither probed nor intercepted).
+            without_probes(|| pop_below_others(s, k - 1, len));
         }
-        compiler_fence(Ordering::SeqCst);
-        (*s).popping -= 1;
         (real, &*site)
     };
     regs.ip = real;
@@ -632,7 +639,7 @@ unsafe fn pop_below_others(s: *mut ShadowStack, ours: usize, len: usize) {
     let stub = return_stub();
     let frames = &mut (*s).frames;
     for f in &mut frames[ours + 1..len] {
-        if !f.1.is_null() && read_word(f.2) != Some(stub) {
+        if !f.1.is_null() && slot_shows_abandoned(f.2, stub) {
             *f = (0, std::ptr::null(), 0);
         }
     }

@@ -1,10 +1,11 @@
 // A target for probes hit from signal handlers: the main thread calls add() ITERS times while
 // another thread sends it SIGUSR1 as fast as it can; the handler calls add() too, so signals
 // land inside probe handlers and inside uretprobes' return paths.
-// Usage: signals ITERS [altstack]   (prints "calls N sum S": every add() call (at least ITERS
-// from the main loop, more until the handler has run 10 times) and the sum of
-// their results; with `altstack` the handler is installed with sigaction on an alternate
-// signal stack, else with signal())
+// Usage: signals ITERS [altstack|highaltstack]   (prints "calls N sum S": every add() call (at
+// least ITERS from the loop, more until the handler has run 10 times) and the sum of their
+// results; with `altstack` the handler is installed with sigaction on an alternate signal
+// stack, else with signal(); with `highaltstack` the loop runs on a thread whose stack lies
+// below its signal stack, as a coroutine's or a thread's in static memory may)
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -42,13 +43,40 @@ static void *pester(void *arg)
     return NULL;
 }
 
-int main(int argc, char **argv)
+static long iters, work_sum, work_calls;
+static int alt;
+
+// The loop: add() called ITERS times (more until the handler has run a few times: on a busy
+// machine the other thread may not have started before fast probes are done), while another
+// thread signals this one.
+static void *work(void *arg)
 {
-    long iters = argc > 1 ? atol(argv[1]) : 100000;
-    int alt = argc > 2 && strcmp(argv[2], "altstack") == 0;
+    (void)arg;
     if (alt) {
+        // The signal stack is per thread; malloc'd (in `highaltstack` mode, above this
+        // thread's stack, which is in .bss).
         stack_t ss = {.ss_sp = malloc(1 << 16), .ss_size = 1 << 16};
         sigaltstack(&ss, NULL);
+    }
+    main_thread = pthread_self();
+    pthread_t t;
+    pthread_create(&t, NULL, pester, NULL);
+    long sum = 0, i;
+    for (i = 0; i < iters || handler_calls < 10; i++)
+        sum += add(i, 1);
+    done = 1;
+    pthread_join(t, NULL);
+    work_sum = sum;
+    work_calls = i;
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    iters = argc > 1 ? atol(argv[1]) : 100000;
+    const char *mode = argc > 2 ? argv[2] : "";
+    alt = strcmp(mode, "altstack") == 0 || strcmp(mode, "highaltstack") == 0;
+    if (alt) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_usr1;
@@ -57,16 +85,18 @@ int main(int argc, char **argv)
     } else {
         signal(SIGUSR1, on_usr1);
     }
-    main_thread = pthread_self();
-    pthread_t t;
-    pthread_create(&t, NULL, pester, NULL);
-    long sum = 0, i;
-    // Past ITERS until the handler has run a few times: on a busy machine the other thread
-    // may not have started before fast probes are done.
-    for (i = 0; i < iters || handler_calls < 10; i++)
-        sum += add(i, 1);
-    done = 1;
-    pthread_join(t, NULL);
+    if (strcmp(mode, "highaltstack") == 0) {
+        // The loop on a thread whose stack is below its signal stack.
+        static char low_stack[1 << 18] __attribute__((aligned(4096)));
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setstack(&a, low_stack, sizeof low_stack);
+        pthread_t w;
+        pthread_create(&w, &a, work, NULL);
+        pthread_join(w, NULL);
+    } else {
+        work(NULL);
+    }
     // What the application reads back is the handler it installed.
     struct sigaction now;
     sigaction(SIGUSR1, NULL, &now);
@@ -74,6 +104,6 @@ int main(int argc, char **argv)
         printf("sigaction reports another handler\n");
         return 1;
     }
-    printf("calls %ld sum %ld\n", i + handler_calls, sum + handler_sum);
+    printf("calls %ld sum %ld\n", work_calls + handler_calls, work_sum + handler_sum);
     return 0;
 }

@@ -270,11 +270,14 @@ pub struct CpuPin<'a> {
     /// This thread's [`RUN_CPU`], set by the outermost run (unset again on drop); null for a
     /// nested run, which keeps its outer run's CPU.
     cell: *const std::cell::Cell<u32>,
-    _slot: Option<bpftime_shm::ShmGuard<'a>>,
+    slot: Option<bpftime_shm::ShmGuard<'a>>,
 }
 
 impl Drop for CpuPin<'_> {
     fn drop(&mut self) {
+        // The slot first: a run in a signal handler arriving in between finds the CPU still
+        // fixed, and takes no slot of its own.
+        drop(self.slot.take());
         if !self.cell.is_null() {
             // SAFETY: this thread's thread-local (a pin never leaves its thread: it is not
             // Send), alive while the thread runs.
@@ -293,7 +296,7 @@ impl Drop for CpuPin<'_> {
 /// for its own. A nested run (a tail call, a probe in a signal handler) keeps the outer run's
 /// CPU, as an interrupt on that CPU would.
 pub fn pin_cpu(slots: &[bpftime_shm::RunSlot]) -> CpuPin<'_> {
-    let nested = CpuPin { cell: std::ptr::null(), _slot: None };
+    let nested = CpuPin { cell: std::ptr::null(), slot: None };
     let Ok(cell) = RUN_CPU.try_with(|c| c as *const std::cell::Cell<u32>) else { return nested };
     // SAFETY: this thread's thread-local, alive while the thread runs.
     let run_cpu = unsafe { &*cell };
@@ -301,6 +304,9 @@ pub fn pin_cpu(slots: &[bpftime_shm::RunSlot]) -> CpuPin<'_> {
         return nested;
     }
     let here = scheduled_cpu();
+    // Fixed before any slot is taken: a run in a signal handler arriving meanwhile keeps this
+    // CPU (as a nested run does) instead of waiting for a slot its own thread holds.
+    run_cpu.set(here);
     let n = (possible_cpus() as usize).min(slots.len());
     let (cpu, slot) = if (here as usize) < n {
         let free = (0..n).map(|i| (here as usize + i) % n).find_map(|c| slots[c].lock.try_lock_uncounted().map(|g| (c as u32, g)));
@@ -312,7 +318,7 @@ pub fn pin_cpu(slots: &[bpftime_shm::RunSlot]) -> CpuPin<'_> {
         (here, None)
     };
     run_cpu.set(cpu);
-    CpuPin { cell, _slot: slot }
+    CpuPin { cell, slot }
 }
 
 /// The CPU this thread runs on, or the one its program run is fixed on (see [`pin_cpu`]).
