@@ -209,11 +209,13 @@ fn functions_too_short_for_a_jump_are_probed_with_int3_traps() {
         assert!(out.status.success(), "{err}");
         // sum(i + 1) and sum(i + 2) for i < n
         let (jmp2, add4) = (n * (n - 1) / 2 + n, n * (n - 1) / 2 + 2 * n);
-        assert_eq!(text(&out.stdout).trim(), format!("ret1 {n} jmp2 {jmp2} zero3 0 add4 {add4}"));
-        assert_eq!(err.matches("with an int3 trap").count(), 8, "{engine}: every probe is a trap:\n{err}");
-        let v: Vec<u64> = (0..10).map(|k| value(&s.maps[0], k)).collect();
+        // sum(i + 2) for i < n
+        let sub5 = n * (n - 1) / 2 + 2 * n;
+        assert_eq!(text(&out.stdout).trim(), format!("ret1 {n} jmp2 {jmp2} zero3 0 add4 {add4} sub5 {sub5}"));
+        assert_eq!(err.matches("with an int3 trap").count(), 8, "{engine}: every probe but t_sub5's is a trap:\n{err}");
+        let v: Vec<u64> = (0..12).map(|k| value(&s.maps[0], k)).collect();
         // t_jmp2 jumps into t_add4: its probes fire for both calls, as the kernel's do.
-        assert_eq!(v, [n, n, jmp2, jmp2, n, n, 2 * n, 2 * n, jmp2 + add4, jmp2 + add4], "{engine}: counts and sums");
+        assert_eq!(v, [n, n, jmp2, jmp2, n, n, 2 * n, 2 * n, jmp2 + add4, jmp2 + add4, n, sub5], "{engine}: counts and sums");
     }
 }
 

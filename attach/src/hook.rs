@@ -1586,6 +1586,9 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
     if first.is_invalid() {
         return Err(unpatchable(format!("invalid instruction at {addr:#x}")));
     }
+    if first.len() > 1 && (patch::overlaps(addr + 1, first.len() as u64 - 1) || crate::syscalls::overlaps_pads(addr + 1, first.len() as u64 - 1)) {
+        return Err(unpatchable("its instruction runs into bytes another probe or a rewritten system call patched".into()));
+    }
     let page = patch::alloc_near(addr, PAGE).ok_or(AttachError::NoNearMemory(addr))?;
     // A direct call returns to the function itself (see `build_jump_site`).
     let calls_out = first.code() == Code::Call_rel32_64;
@@ -1870,15 +1873,18 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     let site = match map.get(&addr) {
         Some(s) => *s,
         None => {
-            if patch::overlaps(addr, PATCH_LEN as u64) || crate::syscalls::overlaps_pads(addr, PATCH_LEN as u64) {
-                return Err(AttachError::Unpatchable { addr, reason: "the bytes overlap code another probe or a rewritten system call patched".into() });
+            if patch::overlaps(addr, 1) || crate::syscalls::overlaps_pads(addr, 1) {
+                return Err(AttachError::Unpatchable { addr, reason: "the byte is inside code another probe or a rewritten system call patched".into() });
             }
             if let Some(owner) = map.values().find(|s| s.trampoline_ret.is_some_and(|t| t.0 == addr)) {
                 let reason =
                     format!("this `ret` runs in the trampoline of the probe on the function at {:#x}; probe that function's return instead", owner.addr);
                 return Err(AttachError::Unpatchable { addr, reason });
             }
-            let s = build_site(addr, info)?;
+            // A jump would overwrite another probe's bytes (tiny functions side by side: the
+            // kernel probes each with an int3); one byte is free: an int3 here too.
+            let crowded = patch::overlaps(addr, PATCH_LEN as u64) || crate::syscalls::overlaps_pads(addr, PATCH_LEN as u64);
+            let s = if crowded { build_trap_site(addr, info)? } else { build_site(addr, info)? };
             map.insert(addr, s);
             s
         }

@@ -1,5 +1,7 @@
 // Probes on the 1- to 4-byte functions of the tiny target (int3 traps: no jump fits there),
-// and one in the middle of t_add4, on its 1-byte `ret` (ax holds the result there).
+// and one in the middle of t_add4, on its 1-byte `ret` (ax holds the result there). t_sub5,
+// right after t_add4, is probed first (with a jump): t_add4's own probes then find the bytes
+// after its first taken, and are traps all the same.
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
@@ -7,18 +9,26 @@
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 10);
+    __uint(max_entries, 12);
     __type(key, __u32);
     __type(value, __u64);
 } trap_stats SEC(".maps");
 
-enum { RET1, JMP2, JMP2_ARGS, JMP2_RESULTS, ZERO3, ZERO3_RETURNS, ADD4, ADD4_RETURNS, ADD4_RESULTS, ADD4_AT_RET };
+enum { RET1, JMP2, JMP2_ARGS, JMP2_RESULTS, ZERO3, ZERO3_RETURNS, ADD4, ADD4_RETURNS, ADD4_RESULTS, ADD4_AT_RET, SUB5, SUB5_ARGS };
 
 static __always_inline void add_to(__u32 k, __u64 v)
 {
     __u64 *p = bpf_map_lookup_elem(&trap_stats, &k);
     if (p)
         __sync_fetch_and_add(p, v);
+}
+
+SEC("uprobe//proc/self/exe:t_sub5")
+int BPF_KPROBE(on_sub5, int a, int b)
+{
+    add_to(SUB5, 1);
+    add_to(SUB5_ARGS, a - b);
+    return 0;
 }
 
 SEC("uprobe//proc/self/exe:t_ret1")
