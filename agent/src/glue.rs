@@ -539,6 +539,8 @@ impl Agent {
     fn refresh_links(&self) {
         links::remove_orphans(self.runtime.region());
         let now = links::list(self.runtime.region());
+        // Thousands of links (a bpftrace wildcard): looked up by id, not by scanning `now`.
+        let ids: std::collections::HashSet<u32> = now.iter().map(|l| l.id).collect();
         let mut fresh = vec![];
         let mut gone = vec![];
         {
@@ -552,7 +554,7 @@ impl Agent {
                 }
             }
             seen.retain(|id, probes| {
-                let alive = now.iter().any(|l| l.id == *id);
+                let alive = ids.contains(id);
                 if !alive {
                     gone.append(probes);
                 }
@@ -568,13 +570,13 @@ impl Agent {
         }
         let lowered: Vec<(String, u64)> = {
             let mut sems = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
-            let dead: Vec<u32> = sems.keys().copied().filter(|id| !now.iter().any(|l| l.id == *id)).collect();
+            let dead: Vec<u32> = sems.keys().copied().filter(|id| !ids.contains(id)).collect();
             dead.iter().filter_map(|id| sems.remove(id)).collect()
         };
         for (binary, off) in lowered {
             let _ = bpftime_attach::add_to_semaphore(&binary, off, -1);
         }
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| now.iter().any(|l| l.id == p.link));
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| ids.contains(&p.link));
         let mut items = vec![];
         for l in fresh {
             match self.runtime.program(l.prog) {
