@@ -364,6 +364,8 @@ impl Server {
             Some(Handle::Probe(ProbeEvent { link: Some(id), .. })) => Some(id),
             _ => None,
         };
+        // The program a closed link ran: with its link gone, it may be held by nothing.
+        let link_prog = link.and_then(|id| links::program_of(&self.region, id));
         if let Some(id) = link {
             let still_open = Self::lock(&self.fds)
                 .values()
@@ -373,18 +375,27 @@ impl Server {
             }
         }
         // A program of ours that no fd and no link holds is gone, as in the kernel (libbpf's
-        // feature probes load many).
-        if matches!(h, Some(Handle::Prog(_) | Handle::Link(_) | Handle::Probe(_))) {
-            let linked: HashSet<u32> = links::list(&self.region).iter().map(|l| l.prog).collect();
-            let held: HashSet<u32> = Self::lock(&self.fds).values().filter_map(|h| if let Handle::Prog(p) = h { Some(*p) } else { None }).collect();
-            Self::lock(&self.loaded).retain(|id| {
-                let keep = held.contains(id) || linked.contains(id) || pins::is_pinned(&self.region, *id);
-                if !keep {
-                    self.region.remove_object(*id);
-                }
-                keep
-            });
+        // feature probes load many). Only the program this close let go of can have become so.
+        let affected = match h {
+            Some(Handle::Prog(p)) => Some(p),
+            _ => link_prog,
+        };
+        if let Some(p) = affected {
+            self.forget_if_unused(p);
         }
+    }
+
+    /// Removes program `p` of ours from the region if no fd, no link and no pin holds it.
+    fn forget_if_unused(&self, p: u32) {
+        if !Self::lock(&self.loaded).contains(&p) {
+            return;
+        }
+        let held = Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Prog(q) if *q == p));
+        if held || pins::is_pinned(&self.region, p) || links::uses_program(&self.region, p) {
+            return;
+        }
+        self.region.remove_object(p);
+        Self::lock(&self.loaded).remove(&p);
     }
 
     /// At exit: every link this process still holds is detached (the kernel does this when the
@@ -395,6 +406,12 @@ impl Server {
         fds.sort();
         for (_, fd) in fds {
             self.closed(fd);
+        }
+        // Programs whose last holder went while another process held them (a pinned link
+        // since removed there) go too.
+        let loaded: Vec<u32> = Self::lock(&self.loaded).iter().copied().collect();
+        for p in loaded {
+            self.forget_if_unused(p);
         }
     }
 

@@ -183,6 +183,25 @@ pub fn remove_orphans(region: &ShmRegion) -> usize {
 
 /// Removes link `id` (a detached link: the loader that made it closed it or exited). Its
 /// descriptor is not freed: an agent may be reading it.
+/// The program of link `id`, if that is a link.
+pub fn program_of(region: &ShmRegion, id: u32) -> Option<u32> {
+    let o = region.object(id).filter(|o| o.kind == ObjectKind::Link)?;
+    link_program(region, o.data)
+}
+
+/// Whether any link in the region runs program `prog` (reads two words a link: cheap enough
+/// for each fd a loader with thousands of links closes).
+pub fn uses_program(region: &ShmRegion, prog: u32) -> bool {
+    region.ids_of_kind(ObjectKind::Link).into_iter().any(|(_, data)| link_program(region, data) == Some(prog))
+}
+
+/// The program of the link whose descriptor is at `data`.
+fn link_program(region: &ShmRegion, data: u64) -> Option<u32> {
+    let magic = region.atomic_u64(data.checked_add(std::mem::offset_of!(LinkDesc, magic) as u64)?)?.load(std::sync::atomic::Ordering::Acquire);
+    let prog = region.atomic_u32(data.checked_add(std::mem::offset_of!(LinkDesc, prog) as u64)?)?.load(std::sync::atomic::Ordering::Acquire);
+    (magic == LINK_MAGIC).then_some(prog)
+}
+
 pub fn remove(region: &ShmRegion, id: u32) {
     if region.object(id).is_some_and(|o| o.kind == ObjectKind::Link) {
         region.remove_object(id);

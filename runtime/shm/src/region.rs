@@ -879,6 +879,15 @@ impl ShmRegion {
         self.entries().filter_map(|e| self.info(e)).collect()
     }
 
+    /// The ids and descriptor offsets of the objects of one kind, in table order (names are
+    /// not read: cheap enough to call once per closed fd with thousands of objects).
+    pub fn ids_of_kind(&self, kind: ObjectKind) -> Vec<(u32, u64)> {
+        self.entries()
+            .filter(|e| e.kind.load(Ordering::Acquire) == kind as u32)
+            .map(|e| (e.id.load(Ordering::Relaxed), e.data.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// The object with this id.
     pub fn object(&self, id: u32) -> Option<ObjectInfo> {
         self.info(self.find_entry(id)?)
