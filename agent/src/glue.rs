@@ -64,8 +64,9 @@ pub enum Effect {
 
 impl ProgramProbe {
     /// A handler running `prog` with the given attach cookie and function address.
-    pub fn new(runtime: &'static Runtime, prog: Arc<LoadedProgram>, cookie: u64, func_ip: u64, effect: Effect) -> Self {
-        ProgramProbe { runtime, probe: ProbeProgram { program: prog, cookie, func_ip }, reported: AtomicBool::new(false), effect }
+    /// `caller_at_sp`: see [`ProbeProgram::caller_at_sp`].
+    pub fn new(runtime: &'static Runtime, prog: Arc<LoadedProgram>, cookie: u64, func_ip: u64, caller_at_sp: bool, effect: Effect) -> Self {
+        ProgramProbe { runtime, probe: ProbeProgram { program: prog, cookie, func_ip, caller_at_sp }, reported: AtomicBool::new(false), effect }
     }
 }
 
@@ -149,7 +150,9 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
         (ProbeKind::Entry, true, false) => Effect::MayOverride,
         _ => Effect::Observe,
     };
-    let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr, effect));
+    // As the kernel's stack walks for a uprobe on `push %rbp` (0x55): the caller is at [sp].
+    let caller_at_sp = kind == ProbeKind::Entry && bpftime_attach::original_first_byte(r.addr) == Some(0x55);
+    let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr, caller_at_sp, effect));
     let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry, padding: r.padding, returns_twice: r.returns_twice }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
@@ -297,6 +300,7 @@ fn engine() -> EngineKind {
 fn initialise_what_hits_use() {
     bpftime_maps::possible_cpus();
     bpftime_shm::lock::prepare();
+    bpftime_runtime::helpers::set_return_address_resolver(bpftime_attach::real_return_address);
 }
 
 /// Loads the standalone object, or reads the region's links, and attaches.

@@ -127,7 +127,7 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
                 continue;
             }
         };
-        let probe = ProbeProgram { program: prog, cookie: l.cookie, func_ip: 0 };
+        let probe = ProbeProgram { program: prog, cookie: l.cookie, func_ip: 0, caller_at_sp: false };
         let entry = |id| Entry { probe, id, reported: AtomicBool::new(false) };
         match SyscallEvent::parse(&l.target) {
             Ok(SyscallEvent::Enter(nr)) => t.enter[nr as usize].push(entry(event_id(&l.target))),

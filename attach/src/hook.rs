@@ -563,6 +563,34 @@ unsafe fn put_back_deepest(s: *mut ShadowStack, below: u64) -> bool {
     true
 }
 
+/// The return address that the word `value`, read from stack slot `slot` by a stack walk of
+/// this thread (in a probe handler), stands for: `value` itself, unless a return probe put a
+/// stub of ours there at the function's entry; then the address the function will return to,
+/// as the kernel shows real return addresses in place of its uretprobe trampoline.
+pub fn real_return_address(slot: u64, value: u64) -> u64 {
+    if let Some(own) = OWN_STUBS.get().and_then(Option::as_ref).and_then(|stubs| stubs.iter().position(|&s| s == value)) {
+        return OWN_RETURN[own].real.load(Ordering::Acquire);
+    }
+    let s = thread().shadow.get();
+    if RETURN_STUB.get() != Some(&value) || s.is_null() {
+        return value;
+    }
+    let stub = value;
+    // SAFETY: this thread's shadow stack, read in its own flow: pushes and pops below us are
+    // not half done, and a signal handler's flows restore what they change.
+    unsafe {
+        let frames = &(&(*s).frames)[..(*s).len];
+        let at_slot = |below: usize| (0..below).rev().find(|&i| !frames[i].1.is_null() && frames[i].2 == slot);
+        // The newest frame at the slot; a tail-called function found the stub there, and the
+        // oldest frame of such a chain holds the real address.
+        let mut found = at_slot(frames.len());
+        while let Some(i) = found.filter(|&i| frames[i].0 == stub) {
+            found = at_slot(i);
+        }
+        found.map_or(value, |i| frames[i].0)
+    }
+}
+
 /// What the slot of a frame whose function has returned into the return stub holds while the
 /// stub saves the registers and pops the frame: the saved `ss`, the last field of the register
 /// block the stub builds right below its stack pointer (the slot is the word just below it).
@@ -676,13 +704,15 @@ struct OwnReturn {
 /// their returns are misses).
 const OWN_RETURNS: usize = 64;
 
+/// See [`own_return_stubs`].
+static OWN_STUBS: OnceLock<Option<[u64; OWN_RETURNS]>> = OnceLock::new();
+
 static OWN_RETURN: [OwnReturn; OWN_RETURNS] = [const { OwnReturn { real: AtomicU64::new(0), site: AtomicU64::new(0) } }; OWN_RETURNS];
 
 /// The own return stubs (stub `k` returns through `OWN_RETURN[k]`), built at the first return
 /// probe on a function that returns twice, so that no hit builds code.
 fn own_return_stubs() -> Option<&'static [u64; OWN_RETURNS]> {
-    static STUBS: OnceLock<Option<[u64; OWN_RETURNS]>> = OnceLock::new();
-    STUBS
+    OWN_STUBS
         .get_or_init(|| {
             const STRIDE: usize = 1024;
             let at = patch::alloc_near(own_return_dispatch as *const () as u64, OWN_RETURNS * STRIDE)?;
@@ -1465,10 +1495,12 @@ fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: Point
     a.assemble(at)
 }
 
+/// See [`return_stub`].
+static RETURN_STUB: OnceLock<u64> = OnceLock::new();
+
 /// The shared return stub (built once).
 fn return_stub() -> u64 {
-    static STUB: OnceLock<u64> = OnceLock::new();
-    *STUB.get_or_init(|| {
+    *RETURN_STUB.get_or_init(|| {
         let build = || -> Result<u64, String> {
             let at = patch::alloc_near(return_dispatch as *const () as u64, PAGE).ok_or("no memory for the return stub")?;
             let mut a = CodeAssembler::new(64).map_err(|e| e.to_string())?;
@@ -1937,6 +1969,15 @@ fn forget_stale_sites(map: &mut HashMap<u64, &'static Site>) {
 /// probes replace the return address at entry).
 pub fn patched_returns(addr: u64) -> usize {
     sites().lock().unwrap_or_else(|e| e.into_inner()).get(&addr).and_then(|s| s.returns.get()).map_or(0, Vec::len)
+}
+
+/// The first byte of the instruction at `addr` as the program has it: the site's saved byte
+/// where a probe is patched over it, else what is there (None if unreadable).
+pub fn original_first_byte(addr: u64) -> Option<u8> {
+    if let Some(site) = sites().lock().unwrap_or_else(|e| e.into_inner()).get(&addr) {
+        return Some(site.original[0]);
+    }
+    read_word(addr & !7).map(|w| w.to_le_bytes()[(addr & 7) as usize])
 }
 
 /// How the site at `addr` is patched, once a probe is attached there.

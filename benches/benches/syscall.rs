@@ -67,8 +67,8 @@ fn bench(c: &mut Criterion) {
     let prog = |name: &str| rt.program(loaded.programs.iter().find(|p| p.0 == name).expect("program").2).expect("compiles");
     let handler = Arc::new(Programs {
         rt,
-        enter: ProbeProgram { program: prog("count_enter"), cookie: 0, func_ip: 0 },
-        exit: ProbeProgram { program: prog("count_exit"), cookie: 0, func_ip: 0 },
+        enter: ProbeProgram { program: prog("count_enter"), cookie: 0, func_ip: 0, caller_at_sp: false },
+        exit: ProbeProgram { program: prog("count_exit"), cookie: 0, func_ip: 0, caller_at_sp: false },
     });
     match syscalls::start(handler) {
         Ok(()) => {

@@ -838,6 +838,71 @@ fn bpftrace_counts_user_stacks_like_the_kernel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// bpftrace's `ustack` walks the same frames as the kernel's: a uprobe on a `push %rbp` shows
+/// its caller (read at `[sp]`, the frame not made yet), a leaf without a frame skips its caller
+/// as the frame-pointer chain does, a return probe starts at the return address, and a frame
+/// whose return address a return probe replaced with our stub shows the real one (as the kernel
+/// shows real addresses in place of its trampoline). Both ways of running return probes.
+#[test]
+fn bpftrace_user_stacks_name_the_frames_the_kernel_names() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    if !is_root() {
+        eprintln!("skipped: the kernel's stacks need root");
+        return;
+    }
+    let frames = build_target("frames", false);
+    let f = frames.display();
+    let script = format!(
+        "uprobe:{f}:outer {{ @o[ustack(4)] = count(); }} uprobe:{f}:inner {{ @i[ustack(4)] = count(); }} \
+         uretprobe:{f}:outer {{ @ro[ustack(3)] = count(); }} uretprobe:{f}:inner {{ @ri[ustack(4)] = count(); }} \
+         uretprobe:{f}:run {{ @rr = count(); }}"
+    );
+    let dir = std::env::temp_dir().join(format!("bpftime-frames-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Each map's stacks with their counts, sorted; frames outside the executable (libc, which
+    // the agent's own mappings move) as `lib`. The executable is at the same place in every
+    // run (no address randomisation).
+    let stacks = |out: &str| -> Vec<String> {
+        let mut entries = vec![];
+        let mut entry = String::new();
+        for line in bpftrace_result(out).lines().map(str::trim) {
+            if line.starts_with("0x") && !line.starts_with("0x5555") {
+                entry.push_str("lib ");
+            } else if !line.is_empty() && !line.starts_with("Attaching") {
+                entry.push_str(line);
+                entry.push(' ');
+            }
+            if line.starts_with("]: ") || line.starts_with("@rr") {
+                entries.push(std::mem::take(&mut entry));
+            }
+        }
+        entries.sort();
+        entries
+    };
+    let target = |cmd: &mut Command| -> Command {
+        let mut c = std::mem::replace(cmd, Command::new("true"));
+        c.args(["setarch", "-R"]).arg(&frames).arg("50");
+        c
+    };
+    let mut kernel = Command::new(&bpftrace);
+    kernel.args(["-e", &script]);
+    let k = stacks(&tool_session(kernel, None, &mut target(&mut Command::new("env")), &dir.join("kernel"), true));
+    assert!(k.len() >= 6 && k.iter().any(|e| e.starts_with("@rr: 1")), "{k:#?}");
+    for method in ["ret", "stack"] {
+        let shm = format!("bpftime-frames-{}", std::process::id());
+        bpftime_tests::remove_region(&shm);
+        let mut ours = bpftime(&shm);
+        ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
+        let mut start = bpftime(&shm);
+        start.env("BPFTIME_URETPROBE", method).args(["start", "--"]);
+        let out = tool_session(ours, Some(&shm), &mut target(&mut start), &dir.join(method), true);
+        bpftime_tests::remove_region(&shm);
+        assert_eq!(stacks(&out), k, "return probes by {method}: ours, then the kernel's");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// bpftrace's `interval` probes (a CPU-clock perf event with a program attached): the server
 /// runs the program in the loader's process on a timer, and the script prints and exits as on
 /// the kernel; with `BEGIN` and `END` probes (run on demand with `BPF_PROG_TEST_RUN`).

@@ -393,7 +393,7 @@ extern "C" fn tail_call(_ctx: u64, prog_array: u64, index: u64, _: u64, _: u64, 
         };
     }
     let Ok(target) = h.runtime.program(id) else { return err(Errno::ENOENT) };
-    let nested = HelperContext::new(h.runtime, h.cookie, h.func_ip, h.pt_regs);
+    let nested = HelperContext { caller_at_sp: h.caller_at_sp, ..HelperContext::new(h.runtime, h.cookie, h.func_ip, h.pt_regs) };
     nested.tail_calls.set(h.tail_calls.get() + 1);
     nested.override_return.set(h.override_return.get());
     let ctx = state.context_region();
@@ -427,19 +427,42 @@ extern "C" fn perf_event_output(_ctx: u64, m: u64, flags: u64, data: u64, size: 
     }
 }
 
-/// `struct pt_regs` offsets of rbp and rip (x86_64).
+/// `struct pt_regs` offsets of rbp, rip and rsp (x86_64).
 const PT_REGS_BP: u64 = 32;
 const PT_REGS_IP: u64 = 128;
+const PT_REGS_SP: u64 = 152;
 
-/// Walks the frame-pointer chain of the traced code from the probe's `pt_regs`.
+/// What the process's return probes put in place of return addresses: given a stack slot and
+/// the word read there, the return address it stands for (see [`set_return_address_resolver`]).
+static RETURN_ADDRESS_RESOLVER: std::sync::OnceLock<fn(u64, u64) -> u64> = std::sync::OnceLock::new();
+
+/// Lets user stack walks show real return addresses where return probes replaced them with a
+/// stub (`resolve(slot, word)` gives the address the word at `slot` stands for), as the kernel
+/// shows them in place of its uretprobe trampoline. Set once, by whoever attaches probes.
+pub fn set_return_address_resolver(resolve: fn(u64, u64) -> u64) {
+    let _ = RETURN_ADDRESS_RESOLVER.set(resolve);
+}
+
+/// Walks the traced code's stack from the probe's `pt_regs` as the kernel's user callchains
+/// do: the instruction pointer, the caller's return address at `[sp]` when the probe is on a
+/// `push %rbp` (see [`crate::ProbeProgram::caller_at_sp`]), then the frame-pointer chain.
 fn user_stack(state: &RunState, max: usize) -> Option<Vec<u64>> {
-    if !host(state)?.pt_regs {
+    let h = host(state)?;
+    if !h.pt_regs {
         return None;
     }
     let ctx = state.context_region();
     let regs = state.slice(ctx.start, 168)?;
     let word = |o: u64| u64::from_le_bytes(regs[o as usize..o as usize + 8].try_into().expect("8 bytes"));
+    let real = |slot: u64, value: u64| RETURN_ADDRESS_RESOLVER.get().map_or(value, |resolve| resolve(slot, value));
     let mut ips = vec![word(PT_REGS_IP)];
+    if h.caller_at_sp && ips.len() < max {
+        let sp = word(PT_REGS_SP);
+        let mut ret = [0u8; 8];
+        if user_mem::read(sp, &mut ret) {
+            ips.push(real(sp, u64::from_le_bytes(ret)));
+        }
+    }
     let mut bp = word(PT_REGS_BP);
     while ips.len() < max && bp != 0 && bp % 8 == 0 {
         let mut frame = [0u8; 16];
@@ -451,7 +474,7 @@ fn user_stack(state: &RunState, max: usize) -> Option<Vec<u64>> {
         if ret == 0 {
             break;
         }
-        ips.push(ret);
+        ips.push(real(bp + 8, ret));
         if next <= bp {
             break;
         }

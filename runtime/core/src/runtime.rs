@@ -135,6 +135,8 @@ pub struct HelperContext<'a> {
     pub func_ip: u64,
     /// Whether the context is a `struct pt_regs` (uprobes): stack helpers need it.
     pub pt_regs: bool,
+    /// See [`ProbeProgram::caller_at_sp`].
+    pub caller_at_sp: bool,
     /// Tail calls taken so far in this chain.
     pub tail_calls: Cell<u32>,
     /// The value `bpf_override_return` asked the probed function to return without running.
@@ -144,7 +146,7 @@ pub struct HelperContext<'a> {
 impl<'a> HelperContext<'a> {
     /// A context for a run of `runtime`'s programs.
     pub fn new(runtime: &'a Runtime, cookie: u64, func_ip: u64, pt_regs: bool) -> Self {
-        HelperContext { runtime, cookie, func_ip, pt_regs, tail_calls: Cell::new(0), override_return: Cell::new(None) }
+        HelperContext { runtime, cookie, func_ip, pt_regs, caller_at_sp: false, tail_calls: Cell::new(0), override_return: Cell::new(None) }
     }
 }
 
@@ -166,6 +168,10 @@ pub struct ProbeProgram {
     pub cookie: u64,
     /// `bpf_get_func_ip`: the probed function's address.
     pub func_ip: u64,
+    /// The probed instruction is a `push %rbp` (a function's entry, its frame not yet made):
+    /// user stack walks take the caller's return address from `[sp]` before following the
+    /// frame pointers, which do not name the caller yet, as the kernel's do for such a uprobe.
+    pub caller_at_sp: bool,
 }
 
 /// How many probe runs may be in progress at once on one thread: its normal flow plus signal
@@ -193,6 +199,9 @@ impl ProbeThread {
         }
         if host.func_ip != probe.func_ip {
             host.func_ip = probe.func_ip;
+        }
+        if host.caller_at_sp != probe.caller_at_sp {
+            host.caller_at_sp = probe.caller_at_sp;
         }
         self.busy = true;
         let r = self.runner.run_read_only(probe.program.engine(), regs, host as *mut HelperContext as *mut c_void);
@@ -741,7 +750,7 @@ impl Runtime {
             let fresh = Box::into_raw(Box::new(ProbeThreads {
                 levels: std::array::from_fn(|_| ProbeThread {
                     runner: Runner::new(&self.regions, self.probe_budget),
-                    host: Box::new(HelperContext::new(self, probe.cookie, probe.func_ip, true)),
+                    host: Box::new(HelperContext { caller_at_sp: probe.caller_at_sp, ..HelperContext::new(self, probe.cookie, probe.func_ip, true) }),
                     busy: false,
                 }),
             }));
@@ -763,7 +772,7 @@ impl Runtime {
         match made {
             Ok(Some(r)) => r,
             _ => {
-                let host = HelperContext::new(self, probe.cookie, probe.func_ip, true);
+                let host = HelperContext { caller_at_sp: probe.caller_at_sp, ..HelperContext::new(self, probe.cookie, probe.func_ip, true) };
                 let opts = RunOptions { regions: &self.regions, budget: self.probe_budget, host: &host as *const HelperContext as *mut _ };
                 let r0 = run(probe.program.engine().as_ref(), Context::ReadOnly(regs), &opts)?;
                 Ok(ProbeRun { r0, override_return: host.override_return.get() })

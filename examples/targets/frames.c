@@ -1,0 +1,37 @@
+// A call chain built with frame pointers, for user stack walks: main -> run -> outer ->
+// inner/leaf. outer and run begin with `push %rbp`; inner and leaf are leaves without a frame
+// of their own. Usage: frames N
+#pragma GCC optimize("no-omit-frame-pointer")
+#include <stdio.h>
+#include <stdlib.h>
+
+__attribute__((noinline)) int inner(int a) {
+    asm volatile("");
+    return a * 3 + 1;
+}
+
+__attribute__((noinline)) int leaf(int a) {
+    asm volatile("");
+    return a + 1;
+}
+
+__attribute__((noinline)) int outer(int a) {
+    int r = inner(a) + leaf(a);
+    asm volatile("");
+    return r + inner(r);
+}
+
+__attribute__((noinline)) long run(int n) {
+    long t = 0;
+    for (int i = 0; i < n; i++) {
+        t += outer(i);
+    }
+    asm volatile("");
+    return t;
+}
+
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 100;
+    printf("%ld\n", run(n));
+    return 0;
+}
