@@ -274,3 +274,72 @@ fn return_probes_follow_coroutines_across_stacks() {
         assert_eq!(u64s(&ours.map("step_stats"), 6), expected, "{what}: calls and returns per coroutine, result sums");
     });
 }
+
+/// `bpf_get_stack` and `bpf_get_stackid` in uprobes and a uretprobe on the frames target, with
+/// every flag the kernel takes and some it refuses: the same results, frames (as distances
+/// from the probed instruction, the same in every run), build-id records (file offsets and
+/// build ids, also of libc's frames) and stack-map contents as the kernel's. In both ways we
+/// catch returns: with the return address replaced at entry, the walk from `inner` crosses
+/// the frame of `outer` whose return address is our stub.
+#[test]
+fn stack_helpers_return_what_the_kernel_returns() {
+    let obj = Object::parse(&std::fs::read(build_example("stacks")).unwrap()).unwrap();
+    let target = build_target("frames", false);
+    // Slots 16 and 23 hold stack ids, which are ours to choose: compared by what they name.
+    let results = |lookup: &dyn Fn(u32) -> Vec<u8>| -> Vec<i64> { (0..32u32).map(|i| u64_at(&lookup(i)) as i64).collect::<Vec<i64>>() };
+    let without_ids = |mut r: Vec<i64>| {
+        r[16] = (r[16] >= 0) as i64;
+        r[23] = (r[23] >= 0) as i64;
+        r
+    };
+    // The executable's three frames of an address stack, as distances from the first.
+    let distances = |v: &[u8]| -> Vec<i64> { (0..3).map(|i| u64_at(&v[i * 8..]).wrapping_sub(u64_at(v)) as i64).collect() };
+    let Some(mut k) = kernel_or_skip(&obj, "stack helpers") else { return };
+    k.attach_uprobe("outer_entry", &target, "outer", false).expect("kernel uprobe");
+    k.attach_uprobe("inner_entry", &target, "inner", false).expect("kernel uprobe");
+    k.attach_uprobe("outer_return", &target, "outer", true).expect("kernel uretprobe");
+    let out = run_released(&target, &["20"], &[], |_| {});
+    assert!(out.status.success(), "{out:?}");
+    let kernel = results(&|i| k.lookup("stack_results", &i.to_le_bytes(), 8).unwrap());
+    let kernel_stack = distances(&k.lookup("user_stacks", &(kernel[16] as u32).to_le_bytes(), 64).unwrap());
+    let kernel_build_ids = k.lookup("build_id_stacks", &(kernel[23] as u32).to_le_bytes(), 128).unwrap();
+    drop(k);
+    let kernel = without_ids(kernel);
+    // What the kernel does here: three frames, an empty kernel stack (a zeroed buffer, -EFAULT
+    // for an id), -EINVAL for unknown flags, build ids of a file with one (status 1).
+    for (slot, want) in [
+        (0, 24),
+        (3, 0),
+        (4, 0),
+        (5, -22),
+        (6, 0),
+        (7, 64),
+        (8, 1),
+        (9, 1),
+        (11, 16),
+        (13, -22),
+        (14, -22),
+        (15, -14),
+        (16, 1),
+        (17, -22),
+        (20, 24),
+        (23, 1),
+        (24, 16),
+    ] {
+        assert_eq!(kernel[slot], want, "the kernel's slot {slot}: {kernel:?}");
+    }
+    under_the_agent("stacks", "stacks", &target, &["20"], |what, _, ours| {
+        let r = results(&|i| {
+            let mut v = vec![0u8; 8];
+            ours.map("stack_results").lookup(&i.to_le_bytes(), &mut v).unwrap();
+            v
+        });
+        let mut stack = vec![0u8; 64];
+        ours.map("user_stacks").lookup(&(r[16] as u32).to_le_bytes(), &mut stack).unwrap();
+        let mut build_ids = vec![0u8; 128];
+        ours.map("build_id_stacks").lookup(&(r[23] as u32).to_le_bytes(), &mut build_ids).unwrap();
+        assert_eq!(without_ids(r), kernel, "{what}: results and frames, then the kernel's");
+        assert_eq!(distances(&stack), kernel_stack, "{what}: the stack map's frames");
+        assert_eq!(build_ids, kernel_build_ids, "{what}: the build-id stack map's records");
+    });
+}

@@ -483,28 +483,75 @@ fn user_stack(state: &RunState, max: usize) -> Option<Vec<u64>> {
     Some(ips)
 }
 
-extern "C" fn get_stack(_ctx: u64, buf: u64, size: u64, flags: u64, _: u64, state: &mut RunState) -> u64 {
-    let skip = (flags & 0xff) as usize;
-    let Some(ips) = user_stack(state, (size / 8) as usize + skip) else { return err(Errno::EINVAL) };
-    let Some(dst) = state.slice_mut(buf, size) else { return err(Errno::EFAULT) };
-    let mut n = 0;
-    for (slot, ip) in dst.chunks_exact_mut(8).zip(ips.iter().skip(skip)) {
-        slot.copy_from_slice(&ip.to_le_bytes());
-        n += 8;
+/// `bpf_get_stack`/`bpf_get_stackid` flags (uapi `BPF_F_*`).
+const BPF_F_SKIP_FIELD_MASK: u64 = 0xff;
+const BPF_F_USER_STACK: u64 = 1 << 8;
+const BPF_F_FAST_STACK_CMP: u64 = 1 << 9;
+const BPF_F_REUSE_STACKID: u64 = 1 << 10;
+const BPF_F_USER_BUILD_ID: u64 = 1 << 11;
+
+/// The frames a stack helper asked for with `flags`, past the skipped ones: the user stack
+/// ([`user_stack`]), or the kernel's, which is empty under a probe in user code (as the
+/// kernel's walk is for user-mode registers).
+fn frames_for(state: &RunState, flags: u64, max: usize) -> Result<Vec<u64>, Errno> {
+    let skip = (flags & BPF_F_SKIP_FIELD_MASK) as usize;
+    let ips = if flags & BPF_F_USER_STACK != 0 {
+        user_stack(state, max + skip).ok_or(Errno::EINVAL)?
+    } else if host(state).is_some_and(|h| h.pt_regs) {
+        vec![]
+    } else {
+        return Err(Errno::EINVAL);
+    };
+    if ips.len() < skip {
+        return Err(Errno::EFAULT);
     }
+    Ok(ips[skip..].to_vec())
+}
+
+/// Frames as the kernel's stack helpers write addresses.
+fn addresses(ips: &[u64]) -> Vec<u8> {
+    ips.iter().flat_map(|ip| ip.to_le_bytes()).collect()
+}
+
+/// `bpf_get_stack(ctx, buf, size, flags)`: the frames' addresses (or, with
+/// `BPF_F_USER_BUILD_ID`, `struct bpf_stack_build_id` records giving the addresses); the rest
+/// of `buf` is zeroed, as is all of it on an error.
+/// ([`crate::build_id`] says how build-id records are made.)
+extern "C" fn get_stack(_ctx: u64, buf: u64, size: u64, flags: u64, _: u64, state: &mut RunState) -> u64 {
+    let build_id = flags & BPF_F_USER_BUILD_ID != 0;
+    let elem = if build_id { bpftime_maps::BUILD_ID_FRAME as u64 } else { 8 };
+    let known = BPF_F_SKIP_FIELD_MASK | BPF_F_USER_STACK | BPF_F_USER_BUILD_ID;
+    let frames = if flags & !known != 0 || (build_id && flags & BPF_F_USER_STACK == 0) || !size.is_multiple_of(elem) {
+        Err(Errno::EINVAL)
+    } else {
+        frames_for(state, flags, (size / elem) as usize)
+    };
+    let Some(dst) = state.slice_mut(buf, size) else { return err(Errno::EFAULT) };
+    dst.fill(0);
+    let ips = match frames {
+        Ok(ips) => ips,
+        Err(e) => return err(e),
+    };
+    let bytes = if build_id { crate::build_id::frames(&ips) } else { addresses(&ips) };
+    let n = bytes.len().min(dst.len());
+    dst[..n].copy_from_slice(&bytes[..n]);
     n as u64
 }
 
+/// `bpf_get_stackid(ctx, map, flags)`: the id of the stack in a STACK_TRACE map; `-EFAULT`
+/// for an empty stack (a kernel stack under a probe in user code).
 extern "C" fn get_stackid(_ctx: u64, m: u64, flags: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
     let m = try_h!(map(m));
-    if m.map_type() != MapType::StackTrace {
+    if m.map_type() != MapType::StackTrace || flags & !(BPF_F_SKIP_FIELD_MASK | BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP | BPF_F_REUSE_STACKID) != 0 {
         return err(Errno::EINVAL);
     }
-    let skip = (flags & 0xff) as usize;
-    let depth = m.spec().value_size as usize / 8;
-    let Some(ips) = user_stack(state, depth + skip) else { return err(Errno::EINVAL) };
-    let ips: Vec<u64> = ips.into_iter().skip(skip).collect();
-    match m.stack_store(&ips, flags) {
+    let depth = m.spec().value_size as usize / m.stack_frame_size();
+    let ips = match frames_for(state, flags, depth) {
+        Ok(ips) => ips,
+        Err(e) => return err(e),
+    };
+    let records = if m.stack_frame_size() == 8 { addresses(&ips) } else { crate::build_id::frames(&ips) };
+    match m.stack_store(&records, flags) {
         Ok(id) => id as u64,
         Err(e) => err(e),
     }

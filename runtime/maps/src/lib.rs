@@ -26,6 +26,7 @@ mod perf;
 mod queue;
 mod ringbuf;
 mod stack_trace;
+pub use stack_trace::{BPF_F_STACK_BUILD_ID, BUILD_ID_FRAME};
 
 pub use errno::Errno;
 
@@ -393,6 +394,9 @@ fn validate(spec: &MapSpec) -> Result<(), MapError> {
         StackTrace => {
             if s.key_size != 4 || s.value_size < 8 || !s.value_size.is_multiple_of(8) {
                 return Err(invalid("stack_trace needs key_size 4 and a value size that is a multiple of 8"));
+            }
+            if s.flags & stack_trace::BPF_F_STACK_BUILD_ID != 0 && !s.value_size.is_multiple_of(stack_trace::BUILD_ID_FRAME as u32) {
+                return Err(invalid("a stack_trace map with BPF_F_STACK_BUILD_ID needs a value size that is a multiple of 32"));
             }
         }
         LpmTrie => {
@@ -1127,9 +1131,16 @@ impl Map {
         self.desc().lost.load(Ordering::Relaxed)
     }
 
-    /// `bpf_get_stackid`: stores `ips` and returns the stack id.
-    pub fn stack_store(&self, ips: &[u64], flags: u64) -> Result<u32, Errno> {
-        stack_trace::store(self, ips, flags)
+    /// `bpf_get_stackid`: stores a stack, given as its frames' records (see
+    /// [`Map::stack_frame_size`]; those past the map's depth are dropped), and returns its id.
+    pub fn stack_store(&self, records: &[u8], flags: u64) -> Result<u32, Errno> {
+        stack_trace::store(self, records, flags)
+    }
+
+    /// The size of a frame's record in this STACK_TRACE map: 8 (an address), or
+    /// [`BUILD_ID_FRAME`] in a map made with [`BPF_F_STACK_BUILD_ID`].
+    pub fn stack_frame_size(&self) -> usize {
+        stack_trace::frame_size(self)
     }
 }
 

@@ -1,5 +1,6 @@
-//! STACK_TRACE: stack ids to arrays of instruction pointers, filled by `bpf_get_stackid`.
-//! Slot `id` holds the number of frames (0 = empty) and then the addresses.
+//! STACK_TRACE: stack ids to arrays of instruction pointers (or, in a map made with
+//! `BPF_F_STACK_BUILD_ID`, of `struct bpf_stack_build_id` records), filled by
+//! `bpf_get_stackid`. Slot `id` holds the number of frames (0 = empty) and then the frames.
 
 use crate::hash::hash_bytes;
 use crate::{Errno, Layout, Map, MapSpec};
@@ -8,6 +9,12 @@ use std::sync::atomic::Ordering;
 
 /// `BPF_F_REUSE_STACKID`: overwrite a different stack that hashed to the same id.
 pub const BPF_F_REUSE_STACKID: u64 = 1 << 10;
+
+/// `BPF_F_STACK_BUILD_ID` map flag: frames are `struct bpf_stack_build_id` records.
+pub const BPF_F_STACK_BUILD_ID: u32 = 1 << 5;
+
+/// The size of a `struct bpf_stack_build_id` (status, 20-byte build id, offset or ip).
+pub const BUILD_ID_FRAME: usize = 32;
 
 /// The layout's sizes (offsets 0) for `spec`.
 pub(crate) fn sizes(spec: &MapSpec) -> Option<Layout> {
@@ -32,18 +39,28 @@ fn id_of(key: &[u8]) -> u32 {
     u32::from_le_bytes(key[..4].try_into().expect("key_size 4"))
 }
 
-pub(crate) fn store(map: &Map, ips: &[u64], flags: u64) -> Result<u32, Errno> {
-    let max_depth = map.spec().value_size as usize / 8;
-    let ips = &ips[..ips.len().min(max_depth)];
-    if ips.is_empty() {
+/// The size of one frame in `map`: an address, or a `struct bpf_stack_build_id` in a map made
+/// with [`BPF_F_STACK_BUILD_ID`].
+pub(crate) fn frame_size(map: &Map) -> usize {
+    if map.spec().flags & BPF_F_STACK_BUILD_ID != 0 {
+        BUILD_ID_FRAME
+    } else {
+        8
+    }
+}
+
+pub(crate) fn store(map: &Map, records: &[u8], flags: u64) -> Result<u32, Errno> {
+    let bytes = &records[..records.len().min(map.spec().value_size as usize)];
+    let count = bytes.len() / frame_size(map);
+    if count == 0 {
         return Err(Errno::EFAULT);
     }
-    let bytes: Vec<u8> = ips.iter().flat_map(|ip| ip.to_le_bytes()).collect();
+    let bytes = bytes[..count * frame_size(map)].to_vec();
     let id = hash_bytes(&bytes, 0x57ac) % map.spec().max_entries;
     let _g = map.write_lock();
     let n = frames(map, id);
     if n != 0 {
-        let mut old = vec![0u8; n as usize * 8];
+        let mut old = vec![0u8; n as usize * frame_size(map)];
         map.region().read(slot(map, id) + 8, &mut old);
         if old == bytes {
             return Ok(id);
@@ -55,7 +72,7 @@ pub(crate) fn store(map: &Map, ips: &[u64], flags: u64) -> Result<u32, Errno> {
     let mut value = bytes;
     value.resize(map.spec().value_size as usize, 0);
     map.region().write(slot(map, id) + 8, &value);
-    map.region().atomic_u64(slot(map, id)).ok_or(Errno::EFAULT)?.store(ips.len() as u64, Ordering::Release);
+    map.region().atomic_u64(slot(map, id)).ok_or(Errno::EFAULT)?.store(count as u64, Ordering::Release);
     Ok(id)
 }
 
