@@ -903,6 +903,29 @@ fn bpftrace_user_stacks_name_the_frames_the_kernel_names() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without
+/// keys) fails for an unmodified libbpf loader under the server too, with our verifier's
+/// reason and instruction. (It loads, since a kprobe-type program may be a CUDA kernel probe
+/// and the GPU's verifier cannot know the map; attaching it to a uprobe is what fails.)
+#[test]
+fn a_program_the_kernel_refuses_fails_for_the_loader_with_the_reason() {
+    let _serial = serial();
+    let obj = bpftime_tests::clang::build_example("keyless_lookup");
+    let loader = bpftime_tests::clang::build_loader("attach_all");
+    let shm = format!("bpftime-keyless-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).stdin(std::process::Stdio::null()).output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("helper 1 takes a key, and this map has none") && said.contains("cannot attach main_entry"), "{said}");
+    if is_root() {
+        let k = Command::new(&loader).arg(&obj).stdin(std::process::Stdio::null()).output().unwrap();
+        let kernel = text(&k.stdout) + &text(&k.stderr);
+        assert!(!k.status.success() && kernel.contains("invalid zero-sized read"), "the kernel's: {kernel}");
+    }
+}
+
 /// bpftrace's `interval` probes (a CPU-clock perf event with a program attached): the server
 /// runs the program in the loader's process on a timer, and the script prints and exits as on
 /// the kernel; with `BEGIN` and `END` probes (run on demand with `BPF_PROG_TEST_RUN`).

@@ -153,6 +153,9 @@ pub struct Server {
     btfs: Mutex<Vec<Vec<u8>>>,
     /// Programs this process loaded (removed when nothing holds them).
     loaded: Mutex<HashSet<u32>>,
+    /// Kprobe-type programs our verifier refused for the CPU but took as CUDA kernel probes,
+    /// with the CPU's reason: attaching one to a uprobe or a system call is refused with it.
+    gpu_only: Mutex<HashMap<u32, String>>,
     /// The kernel's uprobe PMU.
     uprobe: Option<pmu::Pmu>,
     /// The kprobe PMU (a stand-in where the kernel has none): CUDA kernel probes.
@@ -297,6 +300,7 @@ impl Server {
             kernel: std::env::var_os("BPFTIME_KERNEL_PASSTHROUGH").filter(|v| v != "0").map(|_| Default::default()),
             btfs: Mutex::default(),
             loaded: Mutex::default(),
+            gpu_only: Mutex::default(),
             uprobe: pmu::uprobe(),
             kprobe: pmu::kprobe(),
             reached: Default::default(),
@@ -776,7 +780,11 @@ impl Server {
                 use bpftime_runtime::gpu;
                 let as_probe = (a.u32(0) == 2).then(|| gpu::verify_probe(&insns));
                 match as_probe {
-                    Some(Ok(())) => progs::store(&self.region, &name, "kprobe", &license, &insns).map_err(|_| libc::ENOMEM)?,
+                    Some(Ok(())) => {
+                        let id = progs::store(&self.region, &name, "kprobe", &license, &insns).map_err(|_| libc::ENOMEM)?;
+                        Self::lock(&self.gpu_only).insert(id, e.to_string());
+                        id
+                    }
                     // Ours refused it; the kernel's verifier may take it (for kernel events).
                     _ if self.kernel.is_some() => return self.kernel_prog_load(a),
                     Some(Err(why)) if gpu::calls_gpu_helpers(&insns) => {
@@ -984,6 +992,13 @@ impl Server {
             return Err(libc::EEXIST);
         }
         let name = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
+        if !matches!(ev.target, EventTarget::CudaKernel(_)) {
+            if let Some(why) = Self::lock(&self.gpu_only).get(&prog) {
+                // The kernel's verifier would have refused it at load: say why now.
+                eprintln!("bpftime: {why}: it loaded only as a CUDA kernel probe, which cannot attach here");
+                return Err(libc::EINVAL);
+            }
+        }
         let pid = if ev.pid > 0 { ev.pid as u32 } else { 0 };
         let scope = links::LinkScope { owner: std::process::id(), pid, ..Default::default() };
         let (id, path) = match &ev.target {

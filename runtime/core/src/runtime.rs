@@ -305,10 +305,19 @@ impl LddwResolver for IdResolver<'_> {
         let map = Map::open(self.region, lo as u32).ok()?;
         let value_size = map.spec().value_size;
         match kind {
-            // Maps whose lookups return a pointer to one whole value.
+            // Maps whose lookups return a pointer to one whole value, and maps without keys
+            // (whose lookups the verifier refuses).
             LddwKind::MapFd => matches!(
                 map.map_type(),
-                MapType::Array | MapType::Hash | MapType::PercpuArray | MapType::PercpuHash | MapType::LruHash | MapType::LruPercpuHash
+                MapType::Array
+                    | MapType::Hash
+                    | MapType::PercpuArray
+                    | MapType::PercpuHash
+                    | MapType::LruHash
+                    | MapType::LruPercpuHash
+                    | MapType::Queue
+                    | MapType::Stack
+                    | MapType::BloomFilter
             )
             .then(|| {
                 let array = map.array_values().map(|(values, stride, cpu_stride)| ArrayLayout {

@@ -32,8 +32,10 @@ pub const CTX_PROOF_LIMIT: i64 = 1 << 16;
 /// What an `lddw` that names a map gives the program, as far as the analysis is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pointee {
-    /// A map reference whose lookups return values of `value_size` bytes (maps whose lookup
-    /// returns something else, such as an inner map, are not described).
+    /// A map reference whose lookups return values of `value_size` bytes, or a map without
+    /// keys (`key_size` 0: a queue, stack or bloom filter), on which the verifier refuses
+    /// lookups (maps whose lookup returns something else, such as an inner map, are not
+    /// described).
     Map {
         /// Bytes of one value.
         value_size: u32,
@@ -293,7 +295,14 @@ pub(crate) struct Analysis {
     pub ctx_reads: Option<Vec<(u32, u32)>>,
     /// See [`crate::Program::helper_args`].
     pub helper_args: HashMap<usize, HelperArgs>,
+    /// Calls of a helper that takes a key (map lookup, update, delete) on a map without keys
+    /// (key size 0: a queue, stack or bloom filter), by slot, with the helper's id.
+    pub keyless_map_calls: Vec<(usize, u32)>,
 }
+
+/// Helpers whose second argument is a key of the map in the first: `map_lookup_elem`,
+/// `map_update_elem`, `map_delete_elem`, `map_lookup_percpu_elem`.
+const TAKE_KEYS: [u32; 4] = [1, 2, 3, 195];
 
 /// What the verifier proved of the pointers a helper call passes, readable on every run (on
 /// the stack or in memory of known size, never null): with a map in r1, that r2 points to a
@@ -364,6 +373,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
         ctx_start: vec![0; insns.len()],
         ctx_escapes: vec![false; insns.len()],
         helper_args: HashMap::new(),
+        keyless_map_calls: vec![],
         inline_lookups: HashMap::new(),
         lookup_keys: HashMap::new(),
         call_args: HashMap::new(),
@@ -436,7 +446,10 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
     let helper_args = std::mem::take(&mut a.helper_args).into_iter().collect();
     let inline_lookups: HashMap<usize, ArrayLayout> = a.inline_lookups.into_iter().filter_map(|(pc, l)| Some((pc, l?))).collect();
     let lookup_keys = a.lookup_keys.into_iter().filter(|(pc, _)| inline_lookups.contains_key(pc)).collect();
-    Analysis { access: a.access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry: true, reachable: a.reached, ctx_reads, helper_args }
+    let mut keyless_map_calls = a.keyless_map_calls;
+    keyless_map_calls.sort_unstable();
+    keyless_map_calls.dedup();
+    Analysis { access: a.access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry: true, reachable: a.reached, ctx_reads, helper_args, keyless_map_calls }
 }
 
 /// The context bytes a program reads, as sorted, disjoint `[start, end)` spans, when every
@@ -482,6 +495,7 @@ struct Analyzer<'a> {
     /// or anyone through a stack slot holding it), at its last visit.
     ctx_escapes: Vec<bool>,
     /// Helper calls with a map in r1, at their last visit.
+    keyless_map_calls: Vec<(usize, u32)>,
     helper_args: HashMap<usize, HelperArgs>,
     /// Map lookups by slot, at their last visit: inlinable (Some) or not.
     inline_lookups: HashMap<usize, Option<ArrayLayout>>,
@@ -592,8 +606,11 @@ impl Analyzer<'_> {
             let in_slot = args.iter().any(|v| v.base == Base::Stack) && s.slots.iter().any(|(_, v)| v.base == Base::Ctx);
             self.ctx_escapes[pc] = direct || in_slot;
             let mut args = HelperArgs::default();
-            if let Insn::Call(CallTarget::Helper(_)) = insn {
+            if let Insn::Call(CallTarget::Helper(id)) = insn {
                 if let Base::Map { value_size, key_size, .. } = s.regs[1].base {
+                    if key_size == 0 && TAKE_KEYS.contains(&id) {
+                        self.keyless_map_calls.push((pc, id));
+                    }
                     args.key = self.readable(s.regs[2], key_size);
                     args.value = self.readable(s.regs[3], value_size);
                 }

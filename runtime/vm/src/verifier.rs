@@ -41,6 +41,8 @@ pub enum VerifyErrorKind {
     FallsOffEnd,
     #[error("call to unknown helper {0}")]
     UnknownHelper(u32),
+    #[error("helper {helper} takes a key, and this map has none (key size 0: a queue, stack or bloom filter, which bpf_map_peek_elem, bpf_map_push_elem and bpf_map_pop_elem reach); the kernel refuses it too (\"invalid zero-sized read\")")]
+    KeylessMap { helper: u32 },
     #[error("kfunc calls are not supported (btf id {0})")]
     Kfunc(u32),
     #[error("local call to {target} is out of range or into lddw")]
@@ -195,6 +197,9 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
     let mut proofs = analysis::analyze(&insns, &functions, &helpers, &pointees, &resolved);
     if let Some(&(pc, id)) = unknown_calls.iter().find(|&&(pc, _)| proofs.reachable[pc]) {
         return Err(err(pc, VerifyErrorKind::UnknownHelper(id)));
+    }
+    if let Some(&(pc, helper)) = proofs.keyless_map_calls.first() {
+        return Err(err(pc, VerifyErrorKind::KeylessMap { helper }));
     }
     if checks == Checks::All {
         proofs.access.iter_mut().for_each(|a| *a = Access { proven: false, aligned: false, ..*a });

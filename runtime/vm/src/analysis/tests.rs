@@ -11,7 +11,8 @@ extern "C" fn nop(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u
     0
 }
 
-/// Map 1: values of 16 bytes; map 2: a 64-byte `.data`-style value.
+/// Map 1: values of 16 bytes; map 2: a 64-byte `.data`-style value; map 4: a map without keys
+/// (a bloom filter of 4-byte values).
 struct Maps;
 
 impl LddwResolver for Maps {
@@ -23,6 +24,7 @@ impl LddwResolver for Maps {
         match (kind, lo) {
             (LddwKind::MapFd, 1) => Some(Pointee::Map { value_size: 16, key_size: 4, array: None }),
             (LddwKind::MapValue, 2) => Some(Pointee::Value { size: 64, offset: hi as u32 }),
+            (LddwKind::MapFd, 4) => Some(Pointee::Map { value_size: 4, key_size: 0, array: None }),
             _ => None,
         }
     }
@@ -189,6 +191,33 @@ fn a_partial_overwrite_forgets_the_spilled_pointer() {
         r0 = 0
         exit";
     assert_eq!(proven(src), [true, true, true, false]);
+}
+
+/// A lookup in a map without keys is refused where a run can reach it, as the kernel refuses
+/// it ("invalid zero-sized read"); behind a branch on a constant it is dead code, accepted.
+#[test]
+fn lookups_in_maps_without_keys_are_refused_where_reachable() {
+    let src = "
+        *(u32 *)(r10 - 4) = 7
+        r2 = r10
+        r2 += -4
+        r1 = map_fd(4) ll
+        call 1
+        r0 = 0
+        exit";
+    let err = verify(&assemble(src).unwrap(), helpers(), &Maps).unwrap_err();
+    assert_eq!((err.insn, err.kind.clone()), (5, crate::verifier::VerifyErrorKind::KeylessMap { helper: 1 }), "{err}");
+    let dead = "
+        r3 = 0
+        if r3 == 0 goto out
+        r2 = r10
+        r2 += -4
+        r1 = map_fd(4) ll
+        call 1
+    out:
+        r0 = 0
+        exit";
+    assert!(verify(&assemble(dead).unwrap(), helpers(), &Maps).is_ok());
 }
 
 #[test]
