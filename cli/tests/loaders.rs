@@ -903,6 +903,38 @@ fn bpftrace_user_stacks_name_the_frames_the_kernel_names() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `BPF_MAP_CREATE` takes and refuses what the kernel does: every map type we keep, with each
+/// map flag in turn (per-type flag masks, per-CPU maps without a NUMA node, fd arrays without
+/// program access flags, LRU hashes always preallocated: `ENOTSUPP`), and object names
+/// (letters, digits, `_` and `.`, NUL-terminated in 16 bytes). The same lines as the kernel's.
+#[test]
+fn map_creation_takes_and_refuses_what_the_kernel_does() {
+    let _serial = serial();
+    let matrix = bpftime_tests::clang::build_loader("map_create_matrix");
+    let shm = format!("bpftime-mapmatrix-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = bpftime(&shm).args(["load", "--"]).arg(&matrix).output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ours = text(&out.stdout);
+    for line in [
+        "type 1 flags 0x1 name m: ok",
+        "type 3 flags 0x80 name m: Invalid argument",
+        "type 5 flags 0x4 name m: Invalid argument",
+        "type 9 flags 0x1 name m: Unknown error 524",
+        "type 2 flags 0x400 name m: ok",
+        "type 1 flags 0 name bad-name: Invalid argument",
+        "type 1 flags 0 name sixteen_chars_16: Invalid argument",
+        "type 1 flags 0 name good.name_9: ok",
+    ] {
+        assert!(ours.contains(line), "{line}:\n{ours}");
+    }
+    if is_root() {
+        let kernel = Command::new(&matrix).output().unwrap();
+        assert_eq!(ours, text(&kernel.stdout), "ours, then the kernel's");
+    }
+}
+
 /// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without
 /// keys) fails for an unmodified libbpf loader under the server too, with our verifier's
 /// reason and instruction. (It loads, since a kprobe-type program may be a CUDA kernel probe

@@ -101,10 +101,16 @@ impl Attr {
         self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
 
-    /// The NUL-padded 16-byte name at `at` (`map_name`, `prog_name`).
-    pub fn name(&self, at: usize) -> String {
+    /// The 16-byte object name at `at` (`map_name`, `prog_name`), checked as the kernel's
+    /// `bpf_obj_name_cpy` checks it: letters, digits, `_` and `.` up to a NUL within the 16
+    /// bytes, else `EINVAL`.
+    pub fn obj_name(&self, at: usize) -> Result<String, crate::server::Errno> {
         let b = &self.0[at..at + 16];
-        String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(16)]).into_owned()
+        let end = b.iter().position(|&c| c == 0).ok_or(libc::EINVAL)?;
+        if !b[..end].iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.') {
+            return Err(libc::EINVAL);
+        }
+        Ok(String::from_utf8_lossy(&b[..end]).into_owned())
     }
 }
 

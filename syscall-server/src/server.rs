@@ -570,9 +570,11 @@ impl Server {
             0 => 0,
             fd => self.map(fd)?.id(),
         };
-        let name = a.name(28);
+        let name = a.obj_name(28)?;
         let map = Map::create(&self.region, &name, &spec).map_err(|e| match e {
             bpftime_maps::MapError::Shm(_) => libc::ENOMEM,
+            // The kernel's ENOTSUPP (not a userspace errno).
+            bpftime_maps::MapError::NotSupported(_) => 524,
             _ => libc::EINVAL,
         })?;
         if let Some(k) = &self.kernel {
@@ -761,7 +763,7 @@ impl Server {
             return Err(libc::EINVAL);
         }
         let license = if a.u64(16) == 0 { String::new() } else { user::read_cstr(a.u64(16), 128)? };
-        let name = a.name(48);
+        let name = a.obj_name(48)?;
         // Map fds (and fd_array indices) in `lddw` become region map ids.
         // A map moved to the kernel (passthrough) is its region copy here, as in traced processes.
         let insns = match program_with_maps(a, |fd| self.map(fd).map(|m| m.id()).or_else(|e| self.moved_map(fd).ok_or(e))) {

@@ -153,3 +153,44 @@ fn bad_objects_are_clear_errors() {
         }
     }
 }
+
+/// Clang-built objects with a few bytes changed (in their BTF, relocations, map definitions,
+/// code, anywhere) load into a region or fail with an error: the object parser, BTF, CO-RE
+/// relocation, map creation and the verifier never panic on what a user hands `bpftime load`.
+#[test]
+fn mutated_objects_load_or_fail_without_panicking() {
+    use bpftime_runtime::{EngineKind, Runtime};
+    use bpftime_shm::ShmRegion;
+    let rounds: u64 = std::env::var("BPFTIME_FUZZ_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
+    let names = ["core_relocs", "maps_globals", "map_in_map", "ringbuf_events", "loader_usdt", "tail_calls", "malloc_per_pid", "stacks"];
+    let objects: Vec<(&str, Vec<u8>)> = names.iter().map(|n| (*n, std::fs::read(build_example(n)).unwrap())).collect();
+    let mut rng = bpftime_tests::rng::Rng(0x5eed_0b1e);
+    let region_name = format!("bpftime-objfuzz-{}", std::process::id());
+    for round in 0..rounds {
+        for (name, good) in &objects {
+            let mut bad = good.clone();
+            let changes = 1 + rng.below(4);
+            let mut what = vec![];
+            for _ in 0..changes {
+                let pos = rng.below(bad.len() as u64) as usize;
+                let value = match rng.below(4) {
+                    0 => 0,
+                    1 => 0xff,
+                    2 => bad[pos] ^ (1 << rng.below(8)),
+                    _ => rng.below(256) as u8,
+                };
+                what.push((pos, value));
+                bad[pos] = value;
+            }
+            let _ = ShmRegion::remove(&region_name);
+            let region = Arc::new(ShmRegion::create(&region_name, 4 << 20).unwrap());
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let Ok(obj) = Object::parse(&bad) {
+                    let _ = Runtime::new(region.clone(), EngineKind::Interp).load_object(&obj);
+                }
+            }));
+            let _ = ShmRegion::remove(&region_name);
+            assert!(r.is_ok(), "round {round}: {name} with bytes {what:?} (offset, new value) panicked");
+        }
+    }
+}

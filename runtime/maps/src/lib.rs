@@ -183,6 +183,9 @@ pub enum MapError {
     Invalid(String),
     #[error("unsupported map type {0}")]
     UnsupportedType(u32),
+    /// Attributes the kernel answers `ENOTSUPP` for.
+    #[error("map attributes not supported: {0}")]
+    NotSupported(String),
     #[error(transparent)]
     Shm(#[from] ShmError),
     #[error("no map with id {0}")]
@@ -373,6 +376,77 @@ fn invalid(msg: impl Into<String>) -> MapError {
     MapError::Invalid(msg.into())
 }
 
+/// Map flags (uapi `BPF_F_*`) that `validate` knows.
+mod flags {
+    pub const NO_PREALLOC: u32 = 1;
+    pub const NO_COMMON_LRU: u32 = 1 << 1;
+    pub const NUMA_NODE: u32 = 1 << 2;
+    pub const RDONLY: u32 = 1 << 3;
+    pub const WRONLY: u32 = 1 << 4;
+    pub const STACK_BUILD_ID: u32 = 1 << 5;
+    pub const ZERO_SEED: u32 = 1 << 6;
+    pub const RDONLY_PROG: u32 = 1 << 7;
+    pub const WRONLY_PROG: u32 = 1 << 8;
+    pub const MMAPABLE: u32 = 1 << 10;
+    pub const PRESERVE_ELEMS: u32 = 1 << 11;
+    pub const INNER_MAP: u32 = 1 << 12;
+    /// Who may read and write: the syscall side, programs.
+    pub const ACCESS: u32 = RDONLY | WRONLY | RDONLY_PROG | WRONLY_PROG;
+}
+
+/// The flags the kernel's `BPF_MAP_CREATE` takes for `map_type` (its `*_CREATE_FLAG_MASK`s).
+fn allowed_flags(map_type: MapType) -> u32 {
+    use flags::*;
+    use MapType::*;
+    match map_type {
+        Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => NO_PREALLOC | NO_COMMON_LRU | NUMA_NODE | ACCESS | ZERO_SEED,
+        Array | PercpuArray | ProgArray | PerfEventArray | CgroupArray | ArrayOfMaps => NUMA_NODE | MMAPABLE | ACCESS | PRESERVE_ELEMS | INNER_MAP,
+        Queue | Stack => NUMA_NODE | ACCESS,
+        BloomFilter => NUMA_NODE | ZERO_SEED | ACCESS,
+        LpmTrie => NO_PREALLOC | NUMA_NODE | ACCESS,
+        StackTrace => NUMA_NODE | RDONLY | WRONLY | STACK_BUILD_ID,
+        Ringbuf => NUMA_NODE,
+    }
+}
+
+/// Checks `spec.flags` as the kernel's map types do.
+fn validate_flags(s: &MapSpec) -> Result<(), MapError> {
+    use flags::*;
+    use MapType::*;
+    let f = s.flags;
+    let unknown = f & !allowed_flags(s.map_type);
+    if unknown != 0 {
+        return Err(invalid(format!("{} does not take flags {unknown:#x}", s.map_type.name())));
+    }
+    if f & (RDONLY | WRONLY) == RDONLY | WRONLY || f & (RDONLY_PROG | WRONLY_PROG) == RDONLY_PROG | WRONLY_PROG {
+        return Err(invalid("a map cannot be both read-only and write-only"));
+    }
+    let lru = matches!(s.map_type, LruHash | LruPercpuHash);
+    if f & NO_COMMON_LRU != 0 && !lru {
+        return Err(invalid("BPF_F_NO_COMMON_LRU is for LRU hashes"));
+    }
+    if f & NO_PREALLOC != 0 && lru {
+        return Err(MapError::NotSupported("an LRU hash is always preallocated (BPF_F_NO_PREALLOC)".into()));
+    }
+    if f & NUMA_NODE != 0 && s.map_type.is_percpu() {
+        return Err(invalid("a per-CPU map has no NUMA node (BPF_F_NUMA_NODE)"));
+    }
+    let holds_fds = matches!(s.map_type, ProgArray | PerfEventArray | CgroupArray | ArrayOfMaps);
+    if holds_fds && f & (RDONLY_PROG | WRONLY_PROG) != 0 {
+        return Err(invalid(format!("{} takes no program access flags", s.map_type.name())));
+    }
+    if f & INNER_MAP != 0 && !matches!(s.map_type, Array) {
+        return Err(invalid("BPF_F_INNER_MAP is for arrays"));
+    }
+    if f & MMAPABLE != 0 && !matches!(s.map_type, Array) {
+        return Err(invalid(format!("{} cannot be memory-mapped (BPF_F_MMAPABLE)", s.map_type.name())));
+    }
+    if f & PRESERVE_ELEMS != 0 && s.map_type != PerfEventArray {
+        return Err(invalid("BPF_F_PRESERVE_ELEMS is for perf event arrays"));
+    }
+    Ok(())
+}
+
 /// Checks attributes the way `BPF_MAP_CREATE` does.
 fn validate(spec: &MapSpec) -> Result<(), MapError> {
     use MapType::*;
@@ -380,6 +454,7 @@ fn validate(spec: &MapSpec) -> Result<(), MapError> {
     if s.max_entries == 0 && s.map_type != PerfEventArray {
         return Err(invalid("max_entries must be positive"));
     }
+    validate_flags(s)?;
     match s.map_type {
         Array | PercpuArray | ProgArray | ArrayOfMaps | PerfEventArray | CgroupArray => {
             if s.key_size != 4 {
