@@ -935,6 +935,29 @@ fn map_creation_takes_and_refuses_what_the_kernel_does() {
     }
 }
 
+/// Every map command of bpf(2) on a map of each type, as the kernel answers it: updates with
+/// each flag (fd maps take none; `BPF_F_LOCK` needs a spin lock no value of ours has), lookups
+/// (flags refused; a bloom filter's is by value), lookup-and-delete (`ENOTSUPP` where the
+/// kernel has none; a stack trace's deletes), key walks, batches (hash maps by bucket, the
+/// bucket count at the end; arrays, LPM tries and arrays of maps by key, the last key in
+/// `out_batch`; `ENOSPC` with nothing copied), freeze. The same lines as the kernel's.
+#[test]
+fn map_commands_answer_what_the_kernel_answers() {
+    let _serial = serial();
+    let matrix = bpftime_tests::clang::build_loader("map_ops_matrix");
+    let shm = format!("bpftime-mapops-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = bpftime(&shm).args(["load", "--"]).arg(&matrix).output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ours = text(&out.stdout);
+    assert!(ours.contains("lpm_trie: create ok") && ours.matches("lookup flags 8: Invalid argument").count() == 16, "{ours}");
+    if is_root() {
+        let kernel = Command::new(&matrix).output().unwrap();
+        assert_eq!(ours, text(&kernel.stdout), "ours, then the kernel's");
+    }
+}
+
 /// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without
 /// keys) fails for an unmodified libbpf loader under the server too, with our verifier's
 /// reason and instruction. (It loads, since a kprobe-type program may be a CUDA kernel probe

@@ -637,16 +637,30 @@ impl Server {
         if Self::lock(&self.frozen).contains(&map.id()) {
             return Err(libc::EPERM);
         }
+        let flags = a.u64(24);
+        // No value of ours holds a `bpf_spin_lock`; maps of fds take no update flags.
+        let holds_fds = matches!(map.map_type(), MapType::ProgArray | MapType::ArrayOfMaps | MapType::PerfEventArray | MapType::CgroupArray);
+        if flags & attr::BPF_F_LOCK != 0 || (holds_fds && flags != 0) {
+            return Err(libc::EINVAL);
+        }
         let key = user::read(a.u64(8), map.spec().key_size as usize)?;
         let value = self.value_in(&map, &key, user::read(a.u64(16), map.syscall_value_size())?)?;
-        let flags = a.u64(24);
         let r = if matches!(map.map_type(), MapType::Queue | MapType::Stack) { map.push(&value, flags) } else { map.update(&key, &value, flags) };
         r.map(|()| 0).map_err(|e| e.0)
     }
 
     fn map_lookup(&self, a: &Attr, delete: bool) -> Result<i64, Errno> {
         let map = self.map(a.u32(0))?;
+        // The only flag is `BPF_F_LOCK`, for values with a `bpf_spin_lock` (none of ours).
+        if a.u64(24) != 0 {
+            return Err(libc::EINVAL);
+        }
         let mut value = vec![0u8; map.syscall_value_size()];
+        if map.map_type() == MapType::BloomFilter && !delete {
+            // The value is what is looked for: found (0) or not (ENOENT).
+            let mut wanted = user::read(a.u64(16), value.len())?;
+            return map.peek(&mut wanted).map(|()| 0).map_err(|e| e.0);
+        }
         if matches!(map.map_type(), MapType::Queue | MapType::Stack) {
             if delete { map.pop(&mut value) } else { map.peek(&mut value) }.map_err(|e| e.0)?;
         } else {
@@ -667,12 +681,26 @@ impl Server {
         Ok(map)
     }
 
-    /// `BPF_MAP_LOOKUP_BATCH` / `BPF_MAP_LOOKUP_AND_DELETE_BATCH`: up to `count` entries from
-    /// the position `in_batch` names (NULL: the start), the position to go on from in
-    /// `out_batch` (a u32, as the kernel's hash maps write), `count` set to what was copied;
-    /// `ENOENT` (with the entries copied) once the walk reaches the end.
+    /// `BPF_MAP_LOOKUP_BATCH` / `BPF_MAP_LOOKUP_AND_DELETE_BATCH`, as the kernel's: hash maps
+    /// by bucket ([`Server::hash_lookup_batch`]); arrays, LPM tries and arrays of maps by key,
+    /// lookups only ([`Server::keyed_lookup_batch`]); `ENOTSUPP` for the rest.
     fn map_lookup_batch(&self, a: &mut Attr, delete: bool) -> Result<i64, Errno> {
+        /// The kernel's ENOTSUPP (not a userspace errno).
+        const ENOTSUPP: Errno = 524;
         let map = self.batch_map(a)?;
+        match map.map_type() {
+            MapType::Hash | MapType::PercpuHash | MapType::LruHash | MapType::LruPercpuHash | MapType::HashOfMaps => self.hash_lookup_batch(&map, a, delete),
+            MapType::Array | MapType::PercpuArray | MapType::LpmTrie | MapType::ArrayOfMaps if !delete => self.keyed_lookup_batch(&map, a),
+            _ => Err(ENOTSUPP),
+        }
+    }
+
+    /// A batch of a hash map: up to `count` entries, whole buckets, from the bucket `in_batch`
+    /// names (NULL: the first), the bucket to go on from in `out_batch` (a u32; the bucket
+    /// count at the end), `count` set to what was copied; `ENOENT` (with the entries copied)
+    /// once the walk reaches the end, `ENOSPC` (none copied) when a bucket holds more than
+    /// `count`.
+    fn hash_lookup_batch(&self, map: &Map, a: &mut Attr, delete: bool) -> Result<i64, Errno> {
         if delete && Self::lock(&self.frozen).contains(&map.id()) {
             return Err(libc::EPERM);
         }
@@ -686,14 +714,18 @@ impl Server {
         };
         let (ks, vs) = (map.spec().key_size as usize, map.syscall_value_size());
         let mut copied = 0u32;
-        let walk = map.batch_keys(cursor, room);
-        let end = match walk {
+        let end = match map.batch_keys(cursor, room) {
             Ok((keys, next)) => {
                 let (mut kout, mut vout) = (Vec::with_capacity(keys.len() * ks), Vec::with_capacity(keys.len() * vs));
                 let mut value = vec![0u8; vs];
                 for key in keys {
                     // An element deleted since the walk saw it is left out.
-                    let found = if delete { map.lookup_and_delete(&key, &mut value) } else { map.lookup(&key, &mut value) };
+                    let found = match (delete, map.map_type()) {
+                        (false, _) => map.lookup(&key, &mut value),
+                        // Deleted in batches, not one by one (`lookup_and_delete` refuses it).
+                        (true, MapType::HashOfMaps) => map.lookup(&key, &mut value).and_then(|()| map.delete(&key)),
+                        (true, _) => map.lookup_and_delete(&key, &mut value),
+                    };
                     if found.is_ok() {
                         kout.extend_from_slice(&key);
                         vout.extend_from_slice(&value);
@@ -702,17 +734,59 @@ impl Server {
                 }
                 user::write(a.u64(16), &kout)?;
                 user::write(a.u64(24), &vout)?;
-                user::write(a.u64(8), &next.unwrap_or(u32::MAX).to_le_bytes())?;
+                user::write(a.u64(8), &next.unwrap_or(map.bucket_count() as u32).to_le_bytes())?;
                 next
             }
             Err(e) if e.0 == libc::ENOENT => None,
-            Err(e) => return Err(e.0),
+            Err(e) => {
+                a.set_u32(32, 0);
+                return Err(e.0);
+            }
         };
         a.set_u32(32, copied);
         match end {
             Some(_) => Ok(0),
             None => Err(libc::ENOENT),
         }
+    }
+
+    /// A batch walked by key, as the kernel's generic batch: from the key after the one
+    /// `in_batch` points to (NULL: the first), up to `count` entries; `out_batch` gets the
+    /// last key copied, `count` the number copied; `ENOENT` once no key follows.
+    fn keyed_lookup_batch(&self, map: &Map, a: &mut Attr) -> Result<i64, Errno> {
+        let (ks, vs) = (map.spec().key_size as usize, map.syscall_value_size());
+        let room = a.u32(32);
+        let mut prev = match a.u64(0) {
+            0 => None,
+            at => Some(user::read(at, ks)?),
+        };
+        let (mut kout, mut vout) = (vec![], vec![]);
+        let mut copied = 0u32;
+        let mut next = vec![0u8; ks];
+        let mut value = vec![0u8; vs];
+        let mut result = Ok(0);
+        while copied < room {
+            if let Err(e) = map.next_key(prev.as_deref(), &mut next) {
+                result = Err(e.0);
+                break;
+            }
+            // An element gone since the walk saw its key is left out (the kernel retries).
+            if map.lookup(&next, &mut value).is_ok() {
+                kout.extend_from_slice(&next);
+                vout.extend_from_slice(&value);
+                copied += 1;
+            }
+            prev = Some(next.clone());
+        }
+        user::write(a.u64(16), &kout)?;
+        user::write(a.u64(24), &vout)?;
+        if copied > 0 {
+            if let Some(last) = &prev {
+                user::write(a.u64(8), last)?;
+            }
+        }
+        a.set_u32(32, copied);
+        result
     }
 
     /// `BPF_MAP_UPDATE_BATCH` / `BPF_MAP_DELETE_BATCH`: element by element, stopping at the

@@ -974,17 +974,23 @@ impl Map {
     }
 
     fn lookup_and_delete_inner(&self, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
+        use MapType::*;
         match self.spec.map_type {
-            MapType::Queue | MapType::Stack => {
+            Queue | Stack => {
                 self.check_value(value)?;
                 queue::pop(self, value)
             }
-            t if t.is_hash_like() => {
+            Hash | PercpuHash | LruHash | LruPercpuHash => {
                 self.check_key(key)?;
                 self.check_value(value)?;
                 hash::lookup_and_delete(self, key, value)
             }
-            _ => Err(Errno::EOPNOTSUPP),
+            StackTrace => {
+                self.lookup(key, value)?;
+                stack_trace::delete(self, key)
+            }
+            // As the kernel: `ENOTSUPP` for the others.
+            _ => Err(Errno::ENOTSUPP),
         }
     }
 
@@ -1001,48 +1007,41 @@ impl Map {
         keys
     }
 
-    /// The keys one `BPF_MAP_LOOKUP_BATCH` (or `..._AND_DELETE_BATCH`) call returns: from
-    /// position `cursor` (0 = the start; then what the previous call returned), at most `room`
-    /// of them, and the position to resume from (`None`: the walk reached the end). Hash maps
-    /// return whole buckets, as the kernel's do (`ENOSPC` when the first bucket alone holds
-    /// more than `room`); arrays return indices. Other map types have no batch operations
-    /// (`ENOTSUPP`, as in the kernel).
+    /// The keys one `BPF_MAP_LOOKUP_BATCH` (or `..._AND_DELETE_BATCH`) call returns from a
+    /// hash map: whole buckets from bucket `cursor` (0 = the start; then what the previous
+    /// call returned), at most `room` keys, and the bucket to resume from (`None`: the walk
+    /// reached the end), as the kernel's hash maps do (`ENOSPC` when the first bucket alone
+    /// holds more than `room`). Other map types walk by key (see [`Map::next_key`]).
     pub fn batch_keys(&self, cursor: u32, room: usize) -> Result<(Vec<Vec<u8>>, Option<u32>), Errno> {
-        use MapType::*;
-        match self.spec.map_type {
-            Array | PercpuArray => {
-                let max = self.spec.max_entries;
-                if cursor >= max {
-                    return Err(Errno::ENOENT);
+        if !self.spec.map_type.is_hash_like() {
+            return Err(Errno::ENOTSUPP);
+        }
+        let buckets = hash::bucket_count(self);
+        if cursor as u64 >= buckets {
+            return Err(Errno::ENOENT);
+        }
+        let mut keys = Vec::new();
+        let mut b = cursor as u64;
+        while b < buckets {
+            let more = hash::bucket_keys(self, b);
+            if keys.len() + more.len() > room {
+                if keys.is_empty() {
+                    return Err(Errno::ENOSPC);
                 }
-                // As the kernel's generic walk: the end is reported by the call that finds
-                // no next key, so a batch that fills `room` exactly never reports it.
-                let want = cursor as u64 + room as u64;
-                let end = want.min(max as u64) as u32;
-                let keys = (cursor..end).map(|i| i.to_le_bytes().to_vec()).collect();
-                Ok((keys, (want <= max as u64).then_some(end)))
+                break;
             }
-            Hash | PercpuHash | LruHash | LruPercpuHash => {
-                let buckets = hash::bucket_count(self);
-                if cursor as u64 >= buckets {
-                    return Err(Errno::ENOENT);
-                }
-                let mut keys = Vec::new();
-                let mut b = cursor as u64;
-                while b < buckets {
-                    let more = hash::bucket_keys(self, b);
-                    if keys.len() + more.len() > room {
-                        if keys.is_empty() {
-                            return Err(Errno::ENOSPC);
-                        }
-                        break;
-                    }
-                    keys.extend(more);
-                    b += 1;
-                }
-                Ok((keys, (b < buckets).then_some(b as u32)))
-            }
-            _ => Err(Errno::ENOTSUPP),
+            keys.extend(more);
+            b += 1;
+        }
+        Ok((keys, (b < buckets).then_some(b as u32)))
+    }
+
+    /// The number of buckets of a hash map (0 for other maps): where its batch walks end.
+    pub fn bucket_count(&self) -> u64 {
+        if self.spec.map_type.is_hash_like() {
+            hash::bucket_count(self)
+        } else {
+            0
         }
     }
 
