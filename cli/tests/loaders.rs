@@ -958,6 +958,30 @@ fn map_commands_answer_what_the_kernel_answers() {
     }
 }
 
+/// Opening uprobe events and attaching programs to them answer as the kernel's uprobe PMU
+/// does: a missing, empty or non-regular path, an offset past the file's end, an odd semaphore
+/// offset, neither process nor CPU, a too-small attr, a process that does not exist, fds that
+/// are not kprobe-type programs. A relative path names the file it named when opened (the
+/// program then runs on a call made after the loader changed directory).
+#[test]
+fn uprobe_events_open_and_attach_as_the_kernels_do() {
+    let _serial = serial();
+    let matrix = bpftime_tests::clang::build_loader("uprobe_open_matrix");
+    let shm = format!("bpftime-uprobeopen-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = bpftime(&shm).args(["load", "--"]).arg(&matrix).output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ours = text(&out.stdout);
+    for line in ["no such file: No such file or directory", "a directory: Invalid argument", "attach a socket filter: Invalid argument", "relative path: ok"] {
+        assert!(ours.contains(line), "{line}:\n{ours}");
+    }
+    if is_root() {
+        let kernel = Command::new(&matrix).output().unwrap();
+        assert_eq!(ours, text(&kernel.stdout), "ours, then the kernel's");
+    }
+}
+
 /// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without
 /// keys) fails for an unmodified libbpf loader under the server too, with our verifier's
 /// reason and instruction. (It loads, since a kprobe-type program may be a CUDA kernel probe

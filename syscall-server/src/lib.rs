@@ -125,15 +125,21 @@ fn bpf(cmd: u32, attr_addr: u64, size: u32) -> Result<i64, i32> {
 }
 
 /// `perf_event_open`: a uprobe event is ours (None: the kernel's).
-fn perf_event_open(attr_addr: u64, pid: i32) -> Option<Result<i64, i32>> {
+fn perf_event_open(attr_addr: u64, pid: i32, cpu: i32) -> Option<Result<i64, i32>> {
     let s = server()?;
     let r = std::panic::catch_unwind(|| {
         let size = match user::read(attr_addr + 4, 4) {
-            Ok(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]).clamp(64, 512),
+            Ok(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             Err(e) => return Some(Err(e)),
         };
+        // As the kernel: 0 is the first version's 64 bytes; less than that is too small.
+        let size = match size {
+            0 => 64,
+            1..64 => return Some(Err(libc::E2BIG)),
+            n => n.min(512),
+        };
         match user::read(attr_addr, size as usize) {
-            Ok(bytes) => s.perf_event_open(&attr::Attr::from_bytes(bytes), pid),
+            Ok(bytes) => s.perf_event_open(&attr::Attr::from_bytes(bytes), pid, cpu),
             Err(e) => Some(Err(e)),
         }
     });
@@ -149,7 +155,7 @@ fn perf_event_open(attr_addr: u64, pid: i32) -> Option<Result<i64, i32>> {
 pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long {
     let r = match n {
         libc::SYS_bpf => bpf(a1 as u32, a2 as u64, a3 as u32),
-        libc::SYS_perf_event_open => match perf_event_open(a1 as u64, a2 as i32) {
+        libc::SYS_perf_event_open => match perf_event_open(a1 as u64, a2 as i32, a3 as i32) {
             Some(r) => r,
             None => raw::result(raw::syscall6(n, [a1, a2, a3, a4, a5, a6])),
         },

@@ -181,6 +181,11 @@ fn syscall_event_of_id(id: u64) -> Option<String> {
 
 /// The absolute path a pin command names (`attr`: pathname 0, bpf_fd 8, file_flags 12,
 /// path_fd 16): relative to `path_fd` with `BPF_F_PATH_FD`, else to the working directory.
+/// Whether `fd` is open in this process.
+fn fd_is_open(fd: i32) -> bool {
+    crate::raw::result(crate::raw::syscall6(libc::SYS_fcntl, [fd as libc::c_long, libc::F_GETFD as libc::c_long, 0, 0, 0, 0])).is_ok()
+}
+
 fn pin_path(a: &Attr) -> Result<String, Errno> {
     let raw = user::read_cstr(a.u64(0), 4096)?;
     if raw.is_empty() {
@@ -426,10 +431,14 @@ impl Server {
         }
     }
 
+    /// The program of fd `fd`, as the kernel's `bpf_prog_get`: `EINVAL` for an open fd that is
+    /// not a program, `EBADF` for one that is not open.
     pub(crate) fn prog_id(&self, fd: u32) -> Result<u32, Errno> {
         match self.handle(fd as i32) {
             Some(Handle::Prog(id)) => Ok(id),
-            _ => Err(libc::EBADF),
+            Some(_) => Err(libc::EINVAL),
+            None if fd_is_open(fd as i32) => Err(libc::EINVAL),
+            None => Err(libc::EBADF),
         }
     }
 
@@ -1030,8 +1039,7 @@ impl Server {
         }
         let prog = self.prog_id(prog_fd)?;
         // Not an open fd: EBADF, as the kernel says (libbpf's probe for perf links expects it).
-        let open = crate::raw::result(crate::raw::syscall6(libc::SYS_fcntl, [target_fd as libc::c_long, libc::F_GETFD as libc::c_long, 0, 0, 0, 0])).is_ok();
-        if !open {
+        if !fd_is_open(target_fd) {
             return Err(libc::EBADF);
         }
         if self.handle(target_fd).is_none() {
@@ -1067,7 +1075,13 @@ impl Server {
         if ev.link.is_some() {
             return Err(libc::EEXIST);
         }
-        let name = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
+        let (name, section) = progs::load(&self.region, prog).map(|p| (p.name, p.section)).unwrap_or_default();
+        // As the kernel: a uprobe or kprobe runs kprobe-type programs, a tracepoint
+        // tracepoint-type ones.
+        let wanted = if matches!(ev.target, EventTarget::Syscall(_)) { 5 } else { 2 };
+        if attr::prog_type_of(&section) != wanted {
+            return Err(libc::EINVAL);
+        }
         if !matches!(ev.target, EventTarget::CudaKernel(_)) {
             if let Some(why) = Self::lock(&self.gpu_only).get(&prog) {
                 // The kernel's verifier would have refused it at load: say why now.
@@ -1163,7 +1177,7 @@ impl Server {
 
     /// `perf_event_open` of a uprobe, a system call tracepoint or a kprobe on a CUDA kernel (a
     /// name the kernel does not have): ours; None for any other event (it goes to the kernel).
-    pub fn perf_event_open(&self, a: &Attr, pid: i32) -> Option<Result<i64, Errno>> {
+    pub fn perf_event_open(&self, a: &Attr, pid: i32, cpu: i32) -> Option<Result<i64, Errno>> {
         let gone = pid > 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists();
         // PERF_TYPE_SOFTWARE / PERF_COUNT_SW_BPF_OUTPUT: a perf buffer's ring.
         if a.u32(0) == 1 && a.u64(8) == 10 {
@@ -1215,16 +1229,34 @@ impl Server {
             return Some(self.install(Handle::Probe(ProbeEvent { target: EventTarget::CudaKernel(name), retprobe, pid, link: None })));
         }
         let uprobe = self.uprobe.filter(|u| u.perf_type == a.u32(0))?;
-        if gone {
-            return Some(Err(libc::ESRCH));
+        Some(self.uprobe_open(a, pid, cpu, gone, config & (1 << uprobe.retprobe_bit) != 0))
+    }
+
+    /// A uprobe event, its attributes checked as the kernel's uprobe PMU checks them: a
+    /// process or a CPU, a process that exists, a path to a regular file (a relative one from
+    /// this process's directory, kept absolute), an offset inside it, a semaphore offset
+    /// aligned to its 2 bytes.
+    fn uprobe_open(&self, a: &Attr, pid: i32, cpu: i32, gone: bool, retprobe: bool) -> Result<i64, Errno> {
+        if pid == -1 && cpu == -1 {
+            return Err(libc::EINVAL);
         }
-        let ev = user::read_cstr(a.u64(56), 4096).map(|path| ProbeEvent {
-            target: EventTarget::File { path, offset: a.u64(64), ref_ctr_offset: config >> 32 },
-            retprobe: config & (1 << uprobe.retprobe_bit) != 0,
-            pid,
-            link: None,
-        });
-        Some(ev.and_then(|ev| self.install(Handle::Probe(ev))))
+        if gone {
+            return Err(libc::ESRCH);
+        }
+        let (offset, ref_ctr_offset) = (a.u64(64), a.u64(8) >> 32);
+        let path = match a.u64(56) {
+            0 => return Err(libc::EINVAL),
+            at => user::read_cstr(at, 4096)?,
+        };
+        if path.is_empty() {
+            return Err(libc::EINVAL);
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOENT))?;
+        if !meta.is_file() || offset > meta.len() || ref_ctr_offset % 2 != 0 {
+            return Err(libc::EINVAL);
+        }
+        let path = if path.starts_with('/') { path } else { std::path::absolute(&path).map_err(|_| libc::ENOENT)?.to_string_lossy().into_owned() };
+        self.install(Handle::Probe(ProbeEvent { target: EventTarget::File { path, offset, ref_ctr_offset }, retprobe, pid, link: None }))
     }
 
     /// Says (once per program) that program `prog` was asked to attach to a kernel event, perf

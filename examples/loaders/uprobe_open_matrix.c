@@ -1,0 +1,148 @@
+// Opens uprobe perf events (the uprobe PMU, as libbpf does) with good and bad attributes and
+// attaches programs to them, printing what each attempt gave, to compare with the kernel:
+// paths that do not exist, are not regular files or are relative, offsets past the end,
+// misaligned semaphore offsets, processes that do not exist, and attaching programs of the
+// wrong type or fds that are not programs. Usage: uprobe_open_matrix (from any directory)
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/bpf.h>
+#include <linux/perf_event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static int uprobe_type(void)
+{
+    FILE *f = fopen("/sys/bus/event_source/devices/uprobe/type", "r");
+    int t = -1;
+    if (f) {
+        if (fscanf(f, "%d", &t) != 1)
+            t = -1;
+        fclose(f);
+    }
+    return t;
+}
+
+// The file offset of `addr` in this executable, from /proc/self/maps.
+static unsigned long file_offset(unsigned long addr)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    unsigned long start, end, off, found = 0;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "%lx-%lx %*s %lx", &start, &end, &off) == 3 && addr >= start && addr < end)
+            found = addr - start + off;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+__attribute__((noinline)) int probed(int x)
+{
+    asm volatile("");
+    return x + 1;
+}
+
+static const char *result(long r)
+{
+    static char buf[64];
+    snprintf(buf, sizeof(buf), "%s", r >= 0 ? "ok" : strerror(errno));
+    return buf;
+}
+
+static int open_uprobe(const char *path, unsigned long offset, unsigned long config, int pid, int cpu, unsigned size)
+{
+    struct perf_event_attr a;
+    memset(&a, 0, sizeof(a));
+    a.size = size;
+    a.type = uprobe_type();
+    a.config = config;
+    a.config1 = (unsigned long)path;
+    a.config2 = offset;
+    return syscall(__NR_perf_event_open, &a, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
+}
+
+static void attempt(const char *what, const char *path, unsigned long offset, unsigned long config, int pid, int cpu, unsigned size)
+{
+    int fd = open_uprobe(path, offset, config, pid, cpu, size);
+    printf("%s: %s\n", what, result(fd));
+    if (fd >= 0)
+        close(fd);
+}
+
+static int load(int type)
+{
+    struct bpf_insn insns[] = { { .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = 0, .imm = 0 }, { .code = BPF_JMP | BPF_EXIT } };
+    union bpf_attr a;
+    memset(&a, 0, sizeof(a));
+    a.prog_type = type;
+    a.insns = (unsigned long)insns;
+    a.insn_cnt = 2;
+    a.license = (unsigned long)"GPL";
+    return syscall(__NR_bpf, BPF_PROG_LOAD, &a, sizeof(a));
+}
+
+int main(void)
+{
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return 1;
+    exe[n] = 0;
+    unsigned long off = file_offset((unsigned long)probed);
+    struct stat st;
+    stat(exe, &st);
+    int self = getpid();
+    unsigned sz = sizeof(struct perf_event_attr);
+    attempt("own function, this process", exe, off, 0, self, -1, sz);
+    attempt("own function, every process", exe, off, 0, -1, 0, sz);
+    attempt("return probe", exe, off, 1, self, -1, sz);
+    attempt("no such file", "/nonexistent/bpftime/file", off, 0, self, -1, sz);
+    attempt("empty path", "", off, 0, self, -1, sz);
+    attempt("no path", NULL, off, 0, self, -1, sz);
+    attempt("a directory", "/tmp", 0, 0, self, -1, sz);
+    attempt("past the end of the file", exe, st.st_size + 4096, 0, self, -1, sz);
+    attempt("odd semaphore offset", exe, off, 1ul << 32, self, -1, sz);
+    attempt("even semaphore offset", exe, off, 2ul << 32, self, -1, sz);
+    attempt("no such process", exe, off, 0, 0x3ffffff0, -1, sz);
+    attempt("no process and no cpu", exe, off, 0, -1, -1, sz);
+    attempt("attr size too small", exe, off, 0, self, -1, 32);
+    // A relative path: to this executable from its directory.
+    char dir[4096], *slash;
+    strcpy(dir, exe);
+    slash = strrchr(dir, '/');
+    *slash = 0;
+    if (chdir(dir) == 0) {
+        char rel[4200];
+        snprintf(rel, sizeof(rel), "./%s", slash + 1);
+        int fd = open_uprobe(rel, off, 0, self, -1, sz);
+        printf("relative path: %s\n", result(fd));
+        // It names the file it named when opened, wherever we go next.
+        if (chdir("/") == 0 && fd >= 0) {
+            int prog = load(BPF_PROG_TYPE_KPROBE);
+            long r = ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog);
+            int before = probed(1);
+            printf("relative path, attached after chdir: %s %d\n", result(r), before);
+            close(prog);
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    int fd = open_uprobe(exe, off, 0, self, -1, sz);
+    int socket_prog = load(BPF_PROG_TYPE_SOCKET_FILTER);
+    int map = syscall(__NR_bpf, BPF_MAP_CREATE, &(union bpf_attr){ .map_type = BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 4, .max_entries = 1 }, sizeof(union bpf_attr));
+    int file = open("/dev/null", O_RDONLY);
+    printf("attach a socket filter: %s\n", result(ioctl(fd, PERF_EVENT_IOC_SET_BPF, socket_prog)));
+    printf("attach a map fd: %s\n", result(ioctl(fd, PERF_EVENT_IOC_SET_BPF, map)));
+    printf("attach a file fd: %s\n", result(ioctl(fd, PERF_EVENT_IOC_SET_BPF, file)));
+    printf("attach a closed fd: %s\n", result(ioctl(fd, PERF_EVENT_IOC_SET_BPF, 999)));
+    int prog = load(BPF_PROG_TYPE_KPROBE);
+    printf("attach a kprobe program: %s\n", result(ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog)));
+    printf("attach it again: %s\n", result(ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog)));
+    printf("enable: %s\n", result(ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)));
+    return 0;
+}
