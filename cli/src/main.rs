@@ -462,7 +462,8 @@ fn load_for_vm(rt: &Runtime, file: &Path, section: Option<&str>) -> Result<(u32,
         (id, format!("{name} ({sec})"), loaded.maps)
     } else {
         let loaded = load_program_file(file, section)?;
-        let id = progs::store(rt.region(), "raw", "vm", "", &loaded.insns).map_err(|e| e.to_string())?;
+        // Raw bytecode names no license; the VM on its own runs it as a GPL program would run.
+        let id = progs::store(rt.region(), "raw", "vm", "GPL", &loaded.insns).map_err(|e| e.to_string())?;
         (id, loaded.origin, vec![])
     })
 }

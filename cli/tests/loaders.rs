@@ -982,6 +982,31 @@ fn uprobe_events_open_and_attach_as_the_kernels_do() {
     }
 }
 
+/// Helpers the kernel keeps for GPL-compatible programs (`bpf_trace_printk` here) are refused
+/// to programs under other licenses, as the kernel refuses them: through the server (the same
+/// answers as the kernel for each license) and in an object `bpftime load` reads.
+#[test]
+fn gpl_only_helpers_need_a_gpl_compatible_license_as_in_the_kernel() {
+    let _serial = serial();
+    let matrix = bpftime_tests::clang::build_loader("license_matrix");
+    let shm = format!("bpftime-license-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = bpftime(&shm).args(["load", "--"]).arg(&matrix).output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    let ours = text(&out.stdout);
+    assert!(ours.contains("license 'Dual BSD/GPL': ok") && ours.contains("license 'Proprietary': Invalid argument"), "{ours}");
+    if is_root() {
+        let kernel = Command::new(&matrix).output().unwrap();
+        assert_eq!(ours, text(&kernel.stdout), "ours, then the kernel's");
+    }
+    let obj = bpftime_tests::clang::build_example("proprietary");
+    assert!(bpftime(&shm).args(["shm", "create", "--size", "8M"]).output().unwrap().status.success());
+    let load = bpftime(&shm).arg("load").arg(&obj).output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    let said = text(&load.stderr);
+    assert!(!load.status.success() && said.contains("cannot call GPL-restricted function bpf_trace_printk") && said.contains("Proprietary"), "{said}");
+}
+
 /// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without
 /// keys) fails for an unmodified libbpf loader under the server too, with our verifier's
 /// reason and instruction. (It loads, since a kprobe-type program may be a CUDA kernel probe

@@ -854,6 +854,10 @@ impl Server {
             Err(libc::EBADF) if self.kernel.is_some() => return self.kernel_prog_load(a),
             r => r?,
         };
+        if let Some(why) = bpftime_runtime::helper_names::gpl_refusal(&insns, &license) {
+            Self::log(a, &format!("bpftime: {why}\n"));
+            return Err(libc::EINVAL);
+        }
         let section = attr::section_of(a.u32(0), a.u32(68));
         let id = progs::store(&self.region, &name, section, &license, &insns).map_err(|_| libc::ENOMEM)?;
         // The verifier, with the region's maps, as the agent will run it; a kprobe-type program

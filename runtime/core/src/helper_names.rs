@@ -1,5 +1,6 @@
 //! Names of the kernel's helpers by id (`enum bpf_func_id`), for error messages about
-//! helpers this runtime does not provide.
+//! helpers this runtime does not provide, and which of them the kernel keeps for programs
+//! under a GPL-compatible license.
 
 /// `bpf_<name>` for each helper id, from `unspec` (0) on.
 pub const KERNEL_HELPER_NAMES: &[&str] = &[
@@ -232,4 +233,52 @@ pub fn unknown_helper_meaning(id: u32) -> String {
         2_002_000_000..=2_002_999_999 => format!("libbpf's mark of a call to kfunc #{} of the object, which was not found", id - 2_002_000_000),
         _ => "not a kernel helper".into(),
     }
+}
+
+/// Helpers the kernel lets only GPL-compatible programs call (`gpl_only` in their
+/// `bpf_func_proto`), among those a tracing program may call.
+const GPL_ONLY: &[u32] = &[
+    4,   // probe_read
+    6,   // trace_printk
+    25,  // perf_event_output
+    27,  // get_stackid
+    35,  // get_current_task
+    36,  // probe_write_user
+    37,  // current_task_under_cgroup
+    45,  // probe_read_str
+    58,  // override_return
+    67,  // get_stack
+    112, // probe_read_user
+    113, // probe_read_kernel
+    114, // probe_read_user_str
+    115, // probe_read_kernel_str
+    147, // d_path
+    148, // copy_from_user
+    158, // get_current_task_btf
+    165, // snprintf
+    175, // task_pt_regs
+    176, // get_branch_snapshot
+    177, // trace_vprintk
+    191, // copy_from_user_task
+];
+
+/// Whether the kernel lets only GPL-compatible programs call helper `id`.
+pub fn gpl_only(id: u32) -> bool {
+    GPL_ONLY.contains(&id)
+}
+
+/// Whether `license` is one the kernel takes as GPL-compatible (`license_is_gpl_compatible`).
+pub fn gpl_compatible(license: &str) -> bool {
+    matches!(license, "GPL" | "GPL v2" | "GPL and additional rights" | "Dual BSD/GPL" | "Dual MIT/GPL" | "Dual MPL/GPL")
+}
+
+/// Where a program under `license` calls a helper the kernel keeps for GPL-compatible
+/// programs: the refusal the kernel's verifier would give, with the instruction.
+pub fn gpl_refusal(insns: &[bpftime_vm::RawInsn], license: &str) -> Option<String> {
+    if gpl_compatible(license) {
+        return None;
+    }
+    let pc = insns.iter().position(|i| i.opc == 0x85 && i.src == 0 && gpl_only(i.imm as u32))?;
+    let name = kernel_helper_name(insns[pc].imm as u32).unwrap_or("?");
+    Some(format!("insn {pc}: cannot call GPL-restricted function bpf_{name} from a program whose license, `{license}`, is not GPL-compatible (as the kernel)"))
 }

@@ -462,7 +462,12 @@ impl Runtime {
                 ProgramKind::Kprobe { .. } => crate::gpu::verifier_helpers(),
                 _ => self.helpers.clone(),
             };
-            if let Err(e) = verify(&insns, helpers, &bpftime_vm::NoMaps) {
+            let license = obj.license.as_deref().unwrap_or_default();
+            if let Some(message) = crate::helper_names::gpl_refusal(&insns, license) {
+                let e = LoadError::Program { program: p.name.clone(), message };
+                refused.push((p.name.clone(), p.section.clone(), e.to_string()));
+                first_error.get_or_insert(e);
+            } else if let Err(e) = verify(&insns, helpers, &bpftime_vm::NoMaps) {
                 // A poisoned instruction a run may reach: say what CO-RE did not find.
                 let poisoned = p.core_poisoned.iter().find(|(at, _)| *at == e.insn && e.kind == VerifyErrorKind::UnknownHelper(POISON_HELPER as u32));
                 let e = match poisoned {
@@ -678,6 +683,9 @@ impl Runtime {
     }
 
     fn prepare(&self, stored: StoredProgram) -> Result<LoadedProgram, LoadError> {
+        if let Some(message) = crate::helper_names::gpl_refusal(&stored.insns, &stored.license) {
+            return Err(LoadError::Program { program: stored.name, message });
+        }
         let resolver = IdResolver { region: &self.region };
         let jit_error = |error| LoadError::Jit { program: stored.name.clone(), error };
         if let (Some(cache), EngineKind::Jit) = (&self.code_cache, self.engine) {
