@@ -903,6 +903,26 @@ fn bpftrace_user_stacks_name_the_frames_the_kernel_names() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Runs `examples/loaders/<name>.c` (a program that makes bpf(2) or perf_event_open(2)
+/// calls and prints what each gave) under the server, checks that each of `expected` is one
+/// of its lines, and, as root, that it prints exactly what it prints on the kernel.
+fn matrix_matches_the_kernel(name: &str, expected: &[&str]) {
+    let matrix = bpftime_tests::clang::build_loader(name);
+    let shm = format!("bpftime-{name}-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = bpftime(&shm).args(["load", "--"]).arg(&matrix).output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+    let ours = text(&out.stdout);
+    for line in expected {
+        assert!(ours.lines().any(|l| l == *line), "{name}: no line `{line}`:\n{ours}");
+    }
+    if is_root() {
+        let kernel = Command::new(&matrix).output().unwrap();
+        assert_eq!(ours, text(&kernel.stdout), "{name}: ours, then the kernel's");
+    }
+}
+
 /// `BPF_MAP_CREATE` takes and refuses what the kernel does: every map type we keep, with each
 /// map flag in turn (per-type flag masks, per-CPU maps without a NUMA node, fd arrays without
 /// program access flags, LRU hashes always preallocated: `ENOTSUPP`), and object names
@@ -910,29 +930,19 @@ fn bpftrace_user_stacks_name_the_frames_the_kernel_names() {
 #[test]
 fn map_creation_takes_and_refuses_what_the_kernel_does() {
     let _serial = serial();
-    let matrix = bpftime_tests::clang::build_loader("map_create_matrix");
-    let shm = format!("bpftime-mapmatrix-{}", std::process::id());
-    bpftime_tests::remove_region(&shm);
-    let out = bpftime(&shm).args(["load", "--"]).arg(&matrix).output().unwrap();
-    bpftime_tests::remove_region(&shm);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ours = text(&out.stdout);
-    for line in [
-        "type 1 flags 0x1 name m: ok",
-        "type 3 flags 0x80 name m: Invalid argument",
-        "type 5 flags 0x4 name m: Invalid argument",
-        "type 9 flags 0x1 name m: Unknown error 524",
-        "type 2 flags 0x400 name m: ok",
-        "type 1 flags 0 name bad-name: Invalid argument",
-        "type 1 flags 0 name sixteen_chars_16: Invalid argument",
-        "type 1 flags 0 name good.name_9: ok",
-    ] {
-        assert!(ours.contains(line), "{line}:\n{ours}");
-    }
-    if is_root() {
-        let kernel = Command::new(&matrix).output().unwrap();
-        assert_eq!(ours, text(&kernel.stdout), "ours, then the kernel's");
-    }
+    matrix_matches_the_kernel(
+        "map_create_matrix",
+        &[
+            "type 1 flags 0x1 name m: ok",
+            "type 3 flags 0x80 name m: Invalid argument",
+            "type 5 flags 0x4 name m: Invalid argument",
+            "type 9 flags 0x1 name m: Unknown error 524",
+            "type 2 flags 0x400 name m: ok",
+            "type 1 flags 0 name bad-name: Invalid argument",
+            "type 1 flags 0 name sixteen_chars_16: Invalid argument",
+            "type 1 flags 0 name good.name_9: ok",
+        ],
+    );
 }
 
 /// Every map command of bpf(2) on a map of each type, as the kernel answers it: updates with
@@ -944,18 +954,14 @@ fn map_creation_takes_and_refuses_what_the_kernel_does() {
 #[test]
 fn map_commands_answer_what_the_kernel_answers() {
     let _serial = serial();
-    let matrix = bpftime_tests::clang::build_loader("map_ops_matrix");
-    let shm = format!("bpftime-mapops-{}", std::process::id());
-    bpftime_tests::remove_region(&shm);
-    let out = bpftime(&shm).args(["load", "--"]).arg(&matrix).output().unwrap();
-    bpftime_tests::remove_region(&shm);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ours = text(&out.stdout);
-    assert!(ours.contains("lpm_trie: create ok") && ours.matches("lookup flags 8: Invalid argument").count() == 16, "{ours}");
-    if is_root() {
-        let kernel = Command::new(&matrix).output().unwrap();
-        assert_eq!(ours, text(&kernel.stdout), "ours, then the kernel's");
-    }
+    matrix_matches_the_kernel(
+        "map_ops_matrix",
+        &[
+            "lpm_trie: create ok",
+            "  lookup flags 8: Invalid argument",
+            "  lookup batch after it: No such file or directory count 1 first key 10 out 20100000010",
+        ],
+    );
 }
 
 /// Opening uprobe events and attaching programs to them answer as the kernel's uprobe PMU
@@ -966,20 +972,10 @@ fn map_commands_answer_what_the_kernel_answers() {
 #[test]
 fn uprobe_events_open_and_attach_as_the_kernels_do() {
     let _serial = serial();
-    let matrix = bpftime_tests::clang::build_loader("uprobe_open_matrix");
-    let shm = format!("bpftime-uprobeopen-{}", std::process::id());
-    bpftime_tests::remove_region(&shm);
-    let out = bpftime(&shm).args(["load", "--"]).arg(&matrix).output().unwrap();
-    bpftime_tests::remove_region(&shm);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ours = text(&out.stdout);
-    for line in ["no such file: No such file or directory", "a directory: Invalid argument", "attach a socket filter: Invalid argument", "relative path: ok"] {
-        assert!(ours.contains(line), "{line}:\n{ours}");
-    }
-    if is_root() {
-        let kernel = Command::new(&matrix).output().unwrap();
-        assert_eq!(ours, text(&kernel.stdout), "ours, then the kernel's");
-    }
+    matrix_matches_the_kernel(
+        "uprobe_open_matrix",
+        &["no such file: No such file or directory", "a directory: Invalid argument", "attach a socket filter: Invalid argument", "relative path: ok"],
+    );
 }
 
 /// Helpers the kernel keeps for GPL-compatible programs (`bpf_trace_printk` here) are refused
@@ -988,17 +984,8 @@ fn uprobe_events_open_and_attach_as_the_kernels_do() {
 #[test]
 fn gpl_only_helpers_need_a_gpl_compatible_license_as_in_the_kernel() {
     let _serial = serial();
-    let matrix = bpftime_tests::clang::build_loader("license_matrix");
+    matrix_matches_the_kernel("license_matrix", &["license 'Dual BSD/GPL': ok", "license 'Proprietary': Invalid argument"]);
     let shm = format!("bpftime-license-{}", std::process::id());
-    bpftime_tests::remove_region(&shm);
-    let out = bpftime(&shm).args(["load", "--"]).arg(&matrix).output().unwrap();
-    bpftime_tests::remove_region(&shm);
-    let ours = text(&out.stdout);
-    assert!(ours.contains("license 'Dual BSD/GPL': ok") && ours.contains("license 'Proprietary': Invalid argument"), "{ours}");
-    if is_root() {
-        let kernel = Command::new(&matrix).output().unwrap();
-        assert_eq!(ours, text(&kernel.stdout), "ours, then the kernel's");
-    }
     let obj = bpftime_tests::clang::build_example("proprietary");
     assert!(bpftime(&shm).args(["shm", "create", "--size", "8M"]).output().unwrap().status.success());
     let load = bpftime(&shm).arg("load").arg(&obj).output().unwrap();
