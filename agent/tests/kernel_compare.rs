@@ -343,3 +343,25 @@ fn stack_helpers_return_what_the_kernel_returns() {
         assert_eq!(build_ids, kernel_build_ids, "{what}: the build-id stack map's records");
     });
 }
+
+/// `bpf_map_lookup_percpu_elem` (every CPU's slot of a per-CPU array and hash, summed; a CPU
+/// past the possible ones finds nothing) and `bpf_get_numa_node_id`, on every call of a
+/// function: the same results as the kernel's.
+#[test]
+fn per_cpu_lookups_by_cpu_sum_what_the_kernel_sums() {
+    let obj = Object::parse(&std::fs::read(build_example("percpu_lookup")).unwrap()).unwrap();
+    let target = build_target("frames", false);
+    let calls = 100u64;
+    // inner() runs twice per outer(): once per round, twice.
+    let expected = [2 * calls, 2 * calls, bpftime_maps::possible_cpus() as u64, 0, 0, 2 * calls];
+    if let Some(mut k) = kernel_or_skip(&obj, "per-CPU lookups by CPU") {
+        k.attach_uprobe("count_inner", &target, "inner", false).expect("kernel uprobe");
+        let out = run_released(&target, &[&calls.to_string()], &[], |_| {});
+        assert!(out.status.success(), "{out:?}");
+        let kernel: Vec<u64> = (0..6u32).map(|i| u64_at(&k.lookup("percpu_results", &i.to_le_bytes(), 8).unwrap())).collect();
+        assert_eq!(kernel, expected, "the kernel's");
+    }
+    under_the_agent("percpu", "percpu_lookup", &target, &[&calls.to_string()], |what, _, ours| {
+        assert_eq!(u64s(&ours.map("percpu_results"), 6), expected, "{what}");
+    });
+}

@@ -95,6 +95,21 @@ extern "C" fn map_lookup_elem(m: u64, k: u64, _: u64, _: u64, _: u64, state: &mu
     }
 }
 
+/// `bpf_map_lookup_percpu_elem(map, key, cpu)`: CPU `cpu`'s value in a per-CPU map, or null.
+extern "C" fn map_lookup_percpu_elem(m: u64, k: u64, cpu: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let Ok(m) = map(m) else { return 0 };
+    let Ok(key) = key(state, m, k) else { return 0 };
+    u32::try_from(cpu).ok().and_then(|cpu| m.lookup_ptr_on_cpu(key, cpu)).map_or(0, |p| p as u64)
+}
+
+/// `bpf_get_numa_node_id()`: the NUMA node of the CPU this thread runs on.
+extern "C" fn get_numa_node_id(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    let (mut cpu, mut node) = (0u32, 0u32);
+    // SAFETY: getcpu(2) writes one u32 through each of the two pointers (the third is unused).
+    unsafe { libc::syscall(libc::SYS_getcpu, &mut cpu as *mut u32, &mut node as *mut u32, 0usize) };
+    node as u64
+}
+
 extern "C" fn map_update_elem(m: u64, k: u64, v: u64, flags: u64, _: u64, state: &mut RunState) -> u64 {
     let m = try_h!(map(m));
     let key = try_h!(key(state, m, k));
@@ -687,6 +702,8 @@ pub fn kernel_helpers() -> HelperTable {
         .register(173, "bpf_get_func_ip", get_func_ip)
         .register(174, "bpf_get_attach_cookie", get_attach_cookie)
         .register(177, "bpf_trace_vprintk", trace_vprintk)
+        .register(42, "bpf_get_numa_node_id", get_numa_node_id)
+        .register(195, "bpf_map_lookup_percpu_elem", map_lookup_percpu_elem)
         .register(181, "bpf_loop", bpf_loop)
         .register(182, "bpf_strncmp", strncmp);
     // What the verifier's range analysis may rely on (see `HelperEffects`): these only read
@@ -695,7 +712,7 @@ pub fn kernel_helpers() -> HelperTable {
     // Every helper but these never stops the run: tail calls stop it, bpf_loop runs callbacks
     // and charges the budget, a bad ring-buffer record faults it.
     let stops = |id: u32| [12, 132, 133, 181].contains(&id);
-    let reads_only = [2, 3, 5, 6, 7, 8, 14, 15, 25, 35, 37, 58, 80, 87, 125, 130, 132, 133, 134, 160, 173, 174, 182];
+    let reads_only = [2, 3, 5, 6, 7, 8, 14, 15, 25, 35, 37, 42, 58, 80, 87, 125, 130, 132, 133, 134, 160, 173, 174, 182, 195];
     let ids: Vec<u32> = t.iter().map(|(id, _)| id).collect();
     for id in ids {
         let returns = match id {

@@ -148,6 +148,13 @@ pub(crate) fn next_key(map: &Map, key: Option<&[u8]>, next: &mut [u8]) -> Result
 }
 
 pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
+    let cpu = if map.map_type() == MapType::PercpuArray { current_cpu() } else { 0 };
+    lookup_ptr_on(map, key, cpu)
+}
+
+/// The address of `key`'s value in CPU `cpu`'s slots (`cpu` below the map's CPU count; 0 for
+/// a map that is not per-CPU).
+pub(crate) fn lookup_ptr_on(map: &Map, key: &[u8], cpu: u32) -> Option<*mut u8> {
     if key.len() != 4 {
         return None;
     }
@@ -155,7 +162,6 @@ pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
     if idx >= map.spec().max_entries {
         return None;
     }
-    let cpu = if map.map_type() == MapType::PercpuArray { current_cpu() } else { 0 };
     map.region().ptr(slot(map, idx, cpu), map.spec().value_size as u64)
 }
 

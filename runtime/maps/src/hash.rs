@@ -532,6 +532,13 @@ pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errn
 }
 
 pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
+    let cpu = if map.map_type().is_percpu() { current_cpu() } else { 0 };
+    lookup_ptr_on(map, key, cpu)
+}
+
+/// The address of `key`'s value in CPU `cpu`'s slot (`cpu` below the map's CPU count; 0 for
+/// a map that is not per-CPU).
+pub(crate) fn lookup_ptr_on(map: &Map, key: &[u8], cpu: u32) -> Option<*mut u8> {
     if key.len() != map.spec().key_size as usize {
         return None;
     }
@@ -543,7 +550,6 @@ pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
             f.fetch_or(REFERENCED, Ordering::Relaxed);
         }
     }
-    let cpu = if map.map_type().is_percpu() { current_cpu() } else { 0 };
     map.region().ptr(v.value_ptr(e, cpu), map.spec().value_size as u64)
 }
 

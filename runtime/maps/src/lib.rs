@@ -1081,6 +1081,19 @@ impl Map {
         }
     }
 
+    /// `bpf_map_lookup_percpu_elem` from a program: the address of CPU `cpu`'s value of a
+    /// per-CPU map (None for another map type, a CPU past the possible ones, a missing key).
+    pub fn lookup_ptr_on_cpu(&self, key: &[u8], cpu: u32) -> Option<*mut u8> {
+        if cpu >= self.ncpus {
+            return None;
+        }
+        match self.spec.map_type {
+            MapType::PercpuArray => array::lookup_ptr_on(self, key, cpu),
+            MapType::PercpuHash | MapType::LruPercpuHash => hash::lookup_ptr_on(self, key, cpu),
+            _ => None,
+        }
+    }
+
     /// `bpf_map_update_elem` from a program (per-CPU maps: sets this CPU's slot).
     pub fn update_from_prog(&self, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
         if !self.spec.map_type.is_percpu() {
