@@ -994,6 +994,26 @@ fn gpl_only_helpers_need_a_gpl_compatible_license_as_in_the_kernel() {
     assert!(!load.status.success() && said.contains("cannot call GPL-restricted function bpf_trace_printk") && said.contains("Proprietary"), "{said}");
 }
 
+/// `BPF_PROG_LOAD` takes and refuses what the kernel does: its attributes (names, instruction
+/// counts, program types and flags, the verifier log's level, buffer and size: a load whose
+/// log does not fit fails with `ENOSPC`) and bodies its verifier refuses, with its errno
+/// (`EINVAL` for a malformed program: bad jumps and opcodes, unknown helpers, falling off
+/// the end, unreachable instructions; `EACCES` for an unsafe one: r0 unset at exit, a register
+/// read before it is set, writes to r10, below the stack or into a kprobe's context).
+#[test]
+fn program_loads_take_and_refuse_what_the_kernel_does() {
+    let _serial = serial();
+    matrix_matches_the_kernel(
+        "prog_load_matrix",
+        &[
+            "a valid program: ok",
+            "exit with r0 unset: Permission denied",
+            "unreachable instructions: Invalid argument",
+            "a log buffer of 10 bytes: No space left on device",
+        ],
+    );
+}
+
 /// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without
 /// keys) fails for an unmodified libbpf loader under the server too, with our verifier's
 /// reason and instruction. (It loads, since a kprobe-type program may be a CUDA kernel probe

@@ -827,8 +827,21 @@ impl Server {
     }
 
     fn prog_load(&self, a: &mut Attr) -> Result<i64, Errno> {
+        // As the kernel's `bpf_prog_load`: known flags, an instruction count, a program type
+        // it has; then its verifier log's attributes.
+        const KNOWN_PROG_FLAGS: u32 = 0xff | 1 << 16;
+        if a.u32(44) & !KNOWN_PROG_FLAGS != 0 {
+            return Err(libc::EINVAL);
+        }
         let n = a.u32(4) as usize;
         if n == 0 || n > 1_000_000 {
+            return Err(libc::E2BIG);
+        }
+        if !(1..=32).contains(&a.u32(0)) {
+            return Err(libc::EINVAL);
+        }
+        let (log_level, log_size, log_buf) = (a.u32(24), a.u32(28), a.u64(32));
+        if (log_buf == 0) != (log_size == 0) || (log_buf != 0 && log_level == 0) || log_level & !0xf != 0 || log_size > u32::MAX >> 2 {
             return Err(libc::EINVAL);
         }
         if self.load_in_kernel(a) {
@@ -882,11 +895,26 @@ impl Server {
                     }
                     _ => {
                         Self::log(a, &format!("bpftime: {e}\n"));
-                        return Err(libc::EACCES);
+                        return Err(e.errno());
                     }
                 }
             }
         };
+        if let Some(pc) = bpftime_vm::first_unreachable(&insns) {
+            self.region.remove_object(id);
+            Self::log(a, &format!("bpftime: insn {pc}: no path of the program reaches it (the kernel refuses it too: \"unreachable insn {pc}\")\n"));
+            return Err(libc::EINVAL);
+        }
+        if log_level != 0 {
+            // The verifier's summary, as the kernel's ends its log; a load whose log does not
+            // fit fails, as there (`ENOSPC`).
+            let summary = format!("processed {n} insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n");
+            Self::log(a, &summary);
+            if log_buf != 0 && summary.len() + 1 > log_size as usize {
+                self.region.remove_object(id);
+                return Err(libc::ENOSPC);
+            }
+        }
         Self::lock(&self.loaded).insert(id);
         if let Some(k) = &self.kernel {
             Self::lock(&k.deferred).insert(id, crate::kernel::Deferred { attr: a.0.clone(), insns, license });

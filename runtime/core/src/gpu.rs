@@ -972,7 +972,9 @@ fn gpu_spec_of(map: &bpftime_maps::Map) -> GpuMapSpec {
 /// Verifies stored instructions `insns` (region map ids in their `lddw`s) as a CUDA kernel
 /// probe: with the GPU's helpers besides the kernel's (bpftime's 501-511).
 pub fn verify_probe(insns: &[bpftime_vm::RawInsn]) -> Result<(), String> {
-    verify(insns, verifier_helpers(), &SlotResolver::default()).map(|_| ()).map_err(|e| format!("as a CUDA kernel probe: {e}"))
+    verify(insns, verifier_helpers(), &SlotResolver::default())
+        .and_then(|program| bpftime_vm::uninit::check_kernel_rules(&program, true))
+        .map_err(|e| format!("as a CUDA kernel probe: {e}"))
 }
 
 /// Whether `insns` call a helper only the GPU has (bpftime's 501-511): a CUDA kernel probe.

@@ -80,6 +80,24 @@ pub enum LoadError {
     Shm(#[from] ShmError),
 }
 
+impl LoadError {
+    /// The errno the kernel's `BPF_PROG_LOAD` gives for a refusal of this kind: `EACCES` for
+    /// accesses it cannot prove safe (writes to r10, the stack out of its frame, a key read
+    /// from a map without keys), `EINVAL` for a malformed program (bad jumps and opcodes,
+    /// unknown helpers, falling off the end, a GPL-only helper under another license...).
+    pub fn errno(&self) -> i32 {
+        use bpftime_vm::verifier::VerifyErrorKind::*;
+        match self {
+            LoadError::Verify { error, .. } => match error.kind {
+                WriteToFramePointer | StackOutOfBounds { .. } | KeylessMap { .. } | UninitRegister { .. } | ContextWrite => libc::EACCES,
+                _ => libc::EINVAL,
+            },
+            LoadError::Program { .. } => libc::EINVAL,
+            _ => libc::EACCES,
+        }
+    }
+}
+
 /// What [`Runtime::load_object`] put into the region.
 #[derive(Debug, Clone)]
 pub struct LoadedObject {
@@ -688,17 +706,34 @@ impl Runtime {
         }
         let resolver = IdResolver { region: &self.region };
         let jit_error = |error| LoadError::Jit { program: stored.name.clone(), error };
+        // Programs of the kernel's types follow its verifier's rules a VM on its own does not.
+        let kernel_rules = |program: &Program| {
+            let context_read_only = matches!(
+                ProgramKind::from_section(&stored.section),
+                ProgramKind::Uprobe { .. }
+                    | ProgramKind::Kprobe { .. }
+                    | ProgramKind::Usdt { .. }
+                    | ProgramKind::Tracepoint { .. }
+                    | ProgramKind::RawTracepoint { .. }
+            );
+            match ProgramKind::from_section(&stored.section) {
+                ProgramKind::Other(_) => Ok(()),
+                _ => bpftime_vm::uninit::check_kernel_rules(program, context_read_only).map_err(|e| self.verify_error(&stored.name, e)),
+            }
+        };
         if let (Some(cache), EngineKind::Jit) = (&self.code_cache, self.engine) {
             let (jit, outcome) = cache.program(&stored.insns, &self.helpers, &resolver, self.checks).map_err(|e| match e {
                 CacheError::Verify(e) => self.verify_error(&stored.name, e),
                 CacheError::Jit(e) => jit_error(e),
             })?;
             let program = jit.program().clone();
+            kernel_rules(&program)?;
             let engine: SharedEngine = Arc::new(jit);
             let one_cpu = runs_on_one_cpu(&stored.insns, &self.region);
             return Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, cached: Some(outcome), engine, one_cpu });
         }
         let program = Arc::new(verify_with(&stored.insns, self.helpers.clone(), &resolver, self.checks).map_err(|e| self.verify_error(&stored.name, e))?);
+        kernel_rules(&program)?;
         let engine = self.engine.build(program.clone()).map_err(jit_error)?;
         let one_cpu = runs_on_one_cpu(&stored.insns, &self.region);
         Ok(LoadedProgram { id: stored.id, name: stored.name, section: stored.section, program, cached: None, engine, one_cpu })

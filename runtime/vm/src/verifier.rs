@@ -39,6 +39,10 @@ pub enum VerifyErrorKind {
     JumpOutOfFunction { target: i64, start: usize, end: usize },
     #[error("execution can fall off the end of the function")]
     FallsOffEnd,
+    #[error("r{reg} is read before any path sets it (the kernel refuses it too: \"R{reg} !read_ok\")")]
+    UninitRegister { reg: u8 },
+    #[error("a write into the context, which this program type may only read (the kernel refuses it too)")]
+    ContextWrite,
     #[error("call to unknown helper {0}")]
     UnknownHelper(u32),
     #[error("helper {helper} takes a key, and this map has none (key size 0: a queue, stack or bloom filter, which bpf_map_peek_elem, bpf_map_push_elem and bpf_map_pop_elem reach); the kernel refuses it too (\"invalid zero-sized read\")")]
@@ -259,6 +263,47 @@ fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable, un
         Insn::Call(CallTarget::Kfunc(id)) => Err(err(pc, VerifyErrorKind::Kfunc(id))),
         _ => Ok(()),
     }
+}
+
+/// The first instruction no path of the program's control-flow graph reaches (both ways of
+/// every conditional jump taken, local calls and callbacks entered), as the kernel's
+/// `check_cfg` finds it ("unreachable insn"). Programs as libbpf links them (with only the
+/// subprograms they call) have none; an object's `.text` appended whole may.
+pub fn first_unreachable(raw: &[RawInsn]) -> Option<usize> {
+    let insns = decode(raw).ok()?;
+    let n = insns.len();
+    let mut seen = vec![false; n];
+    let mut todo = vec![0usize];
+    while let Some(pc) = todo.pop() {
+        if pc >= n || seen[pc] {
+            continue;
+        }
+        seen[pc] = true;
+        let target = |off: i64| (pc as i64 + 1 + off) as usize;
+        match insns[pc] {
+            Insn::Exit => {}
+            Insn::Ja { .. } => todo.extend(insns[pc].jump_target(pc).map(|t| t as usize)),
+            Insn::Jump { .. } => {
+                todo.extend(insns[pc].jump_target(pc).map(|t| t as usize));
+                todo.push(pc + 1);
+            }
+            Insn::Lddw { kind, lo, .. } => {
+                if kind == LddwKind::Func {
+                    todo.push(target(lo as i64));
+                }
+                if pc + 1 < n {
+                    seen[pc + 1] = true;
+                }
+                todo.push(pc + 2);
+            }
+            Insn::Call(CallTarget::Local(off)) => {
+                todo.push(target(off as i64));
+                todo.push(pc + 1);
+            }
+            _ => todo.push(pc + 1),
+        }
+    }
+    seen.iter().position(|s| !s)
 }
 
 /// Rejects recursion and call chains deeper than [`MAX_CALL_DEPTH`] frames, counting a
