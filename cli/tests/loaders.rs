@@ -1014,6 +1014,16 @@ fn program_loads_take_and_refuse_what_the_kernel_does() {
     );
 }
 
+/// `BPF_OBJ_GET_INFO_BY_FD` fills what the kernel fills, for maps and programs: the fields,
+/// a program's tag (SHA-256 of its instructions less their map fds, as bpftool shows it), its
+/// GPL compatibility and maps, buffers shorter than the struct (what fits) and longer ones
+/// (`E2BIG` unless zeroed past it), fds that are not objects (`EINVAL`).
+#[test]
+fn object_info_is_what_the_kernel_gives() {
+    let _serial = serial();
+    matrix_matches_the_kernel("obj_info_matrix", &["prog with a map: ok tag 0bd0168676c7c779 nr_map_ids 1", "not an object: Invalid argument"]);
+}
+
 /// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without
 /// keys) fails for an unmodified libbpf loader under the server too, with our verifier's
 /// reason and instruction. (It loads, since a kprobe-type program may be a CUDA kernel probe

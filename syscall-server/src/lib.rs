@@ -19,6 +19,7 @@ mod raw;
 mod reach;
 mod relay;
 mod server;
+mod tag;
 mod user;
 
 use server::Server;

@@ -989,7 +989,9 @@ impl Server {
         let (fd, len, out) = (a.u32(0), a.u32(4) as usize, a.u64(8));
         let mut info = vec![0u8; 256];
         let put32 = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        let used = match self.handle(fd as i32).ok_or(libc::EBADF)? {
+        // As the kernel: an fd that is open but not an object of ours is EINVAL.
+        let handle = self.handle(fd as i32).ok_or(if fd_is_open(fd as i32) { libc::EINVAL } else { libc::EBADF })?;
+        let used = match handle {
             Handle::Map(id) => {
                 // struct bpf_map_info
                 let map = Map::open(&self.region, id).map_err(|_| libc::EBADF)?;
@@ -1006,7 +1008,25 @@ impl Server {
                 let p = progs::load(&self.region, id).ok_or(libc::EBADF)?;
                 put32(&mut info, 0, attr::prog_type_of(&p.section));
                 put32(&mut info, 4, id);
+                info[8..16].copy_from_slice(&crate::tag::prog_tag(&p.insns));
+                // The maps it uses, in the order it first names them; their ids where the
+                // caller gave room (`map_ids`, `nr_map_ids` on input).
+                let mut maps: Vec<u32> = vec![];
+                for i in p.insns.iter().filter(|i| i.opc == 0x18 && matches!(i.src, 1 | 2)) {
+                    if !maps.contains(&(i.imm as u32)) {
+                        maps.push(i.imm as u32);
+                    }
+                }
+                let given = Attr::from_bytes(user::read(out, len.min(64))?);
+                let (room, ids_at) = (given.u32(52) as usize, given.u64(56));
+                if ids_at != 0 && room > 0 {
+                    let ids: Vec<u8> = maps.iter().take(room).flat_map(|id| id.to_le_bytes()).collect();
+                    user::write(ids_at, &ids)?;
+                }
+                put32(&mut info, 52, maps.len() as u32);
+                info[56..64].copy_from_slice(&ids_at.to_le_bytes());
                 put32(&mut info, 20, (p.insns.len() * 8) as u32);
+                put32(&mut info, 84, bpftime_runtime::helper_names::gpl_compatible(&p.license) as u32);
                 let n = p.name.len().min(15);
                 info[64..64 + n].copy_from_slice(&p.name.as_bytes()[..n]);
                 // recursion_misses, as bpftool prints them
@@ -1055,6 +1075,11 @@ impl Server {
             }
             Handle::Probe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => return Err(libc::EINVAL),
         };
+        // As the kernel's `bpf_check_uarg_tail_zero`: a longer buffer must hold zeroes past the
+        // struct we know.
+        if len > used && user::read(out + used as u64, len - used)?.iter().any(|&b| b != 0) {
+            return Err(libc::E2BIG);
+        }
         let n = len.min(used);
         user::write(out, &info[..n])?;
         a.set_u32(4, n as u32);

@@ -1,0 +1,95 @@
+// Asks BPF_OBJ_GET_INFO_BY_FD about maps of several types and a program, with info buffers
+// of several sizes, and prints the fields whose values mean the same on any kernel (not ids,
+// addresses or times), to compare with the kernel. Build: cc obj_info_matrix.c -o ...
+#include <errno.h>
+#include <linux/bpf.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static long sys_bpf(int cmd, union bpf_attr *a)
+{
+    return syscall(__NR_bpf, cmd, a, sizeof(*a));
+}
+
+static long info(int fd, void *buf, __u32 *len)
+{
+    union bpf_attr a;
+    memset(&a, 0, sizeof(a));
+    a.info.bpf_fd = fd;
+    a.info.info_len = *len;
+    a.info.info = (unsigned long)buf;
+    long r = sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &a);
+    *len = a.info.info_len;
+    return r;
+}
+
+int main(void)
+{
+    struct { __u32 type, key, value, max, flags; const char *name; } maps[] = {
+        { BPF_MAP_TYPE_HASH, 4, 8, 16, BPF_F_NO_PREALLOC, "a_hash" },
+        { BPF_MAP_TYPE_ARRAY, 4, 12, 3, BPF_F_MMAPABLE, "an_array" },
+        { BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 2, 0, "per_cpu" },
+        { BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, 0, "ring" },
+        { BPF_MAP_TYPE_QUEUE, 0, 4, 8, 0, "queue" },
+        { BPF_MAP_TYPE_LRU_HASH, 8, 16, 32, 0, "lru" },
+    };
+    for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
+        union bpf_attr a;
+        memset(&a, 0, sizeof(a));
+        a.map_type = maps[i].type, a.key_size = maps[i].key, a.value_size = maps[i].value, a.max_entries = maps[i].max, a.map_flags = maps[i].flags;
+        strcpy(a.map_name, maps[i].name);
+        int fd = sys_bpf(BPF_MAP_CREATE, &a);
+        struct bpf_map_info m;
+        memset(&m, 0xff, sizeof(m));
+        __u32 len = sizeof(m);
+        long r = info(fd, &m, &len);
+        printf("map %s: %s len %u type %u key %u value %u max %u flags %#x name %s id>0 %d\n", maps[i].name, r == 0 ? "ok" : strerror(errno), len, m.type,
+               m.key_size, m.value_size, m.max_entries, m.map_flags, m.name, m.id > 0);
+        // A shorter buffer gets the fields that fit; a longer one, zeroes past the struct.
+        unsigned char small[8], big[sizeof(m) + 16];
+        memset(big, 0xaa, sizeof(big));
+        __u32 slen = sizeof(small), blen = sizeof(big);
+        long rs = info(fd, small, &slen), rb = info(fd, big, &blen);
+        printf("  short buffer: %s len %u type %u; long buffer: %s len %u\n", rs == 0 ? "ok" : strerror(errno), slen, *(__u32 *)small,
+               rb == 0 ? "ok" : strerror(errno), blen);
+        close(fd);
+    }
+    struct bpf_insn insns[] = { { .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = 0, .imm = 7 }, { .code = BPF_JMP | BPF_EXIT } };
+    union bpf_attr a;
+    memset(&a, 0, sizeof(a));
+    a.prog_type = BPF_PROG_TYPE_KPROBE, a.insns = (unsigned long)insns, a.insn_cnt = 2, a.license = (unsigned long)"GPL";
+    strcpy(a.prog_name, "seven");
+    int prog = sys_bpf(BPF_PROG_LOAD, &a);
+    struct bpf_prog_info p;
+    memset(&p, 0, sizeof(p));
+    __u32 len = sizeof(p);
+    long r = info(prog, &p, &len);
+    printf("prog: %s len %u type %u name %s tag %02x%02x%02x%02x%02x%02x%02x%02x xlated %u gpl %u nr_map_ids %u\n", r == 0 ? "ok" : strerror(errno), len,
+           p.type, p.name, p.tag[0], p.tag[1], p.tag[2], p.tag[3], p.tag[4], p.tag[5], p.tag[6], p.tag[7], p.xlated_prog_len, p.gpl_compatible,
+           p.nr_map_ids);
+    // A program naming a map: its tag leaves out the map's fd.
+    union bpf_attr ma;
+    memset(&ma, 0, sizeof(ma));
+    ma.map_type = BPF_MAP_TYPE_ARRAY, ma.key_size = 4, ma.value_size = 8, ma.max_entries = 1;
+    int map = sys_bpf(BPF_MAP_CREATE, &ma);
+    struct bpf_insn with_map[] = {
+        { .code = BPF_LD | BPF_IMM | BPF_DW, .dst_reg = 1, .src_reg = BPF_PSEUDO_MAP_FD, .imm = map },
+        { 0 },
+        { .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = 0, .imm = 0 },
+        { .code = BPF_JMP | BPF_EXIT },
+    };
+    a.insns = (unsigned long)with_map, a.insn_cnt = 4;
+    strcpy(a.prog_name, "with_map");
+    int prog2 = sys_bpf(BPF_PROG_LOAD, &a);
+    memset(&p, 0, sizeof(p));
+    len = sizeof(p);
+    r = info(prog2, &p, &len);
+    printf("prog with a map: %s tag %02x%02x%02x%02x%02x%02x%02x%02x nr_map_ids %u\n", r == 0 ? "ok" : strerror(errno), p.tag[0], p.tag[1], p.tag[2], p.tag[3],
+           p.tag[4], p.tag[5], p.tag[6], p.tag[7], p.nr_map_ids);
+    __u32 nolen = 0;
+    printf("no buffer: %s\n", info(prog, NULL, &nolen) == 0 ? "ok" : strerror(errno));
+    printf("not an object: %s\n", info(0, &p, &len) == 0 ? "ok" : strerror(errno));
+    return 0;
+}
