@@ -659,8 +659,12 @@ impl Server {
     }
 
     fn map_lookup(&self, a: &Attr, delete: bool) -> Result<i64, Errno> {
+        // The only flag is `BPF_F_LOCK` (checked before the fd, as the kernel), for values
+        // with a `bpf_spin_lock` (none of ours).
+        if a.u64(24) & !attr::BPF_F_LOCK != 0 {
+            return Err(libc::EINVAL);
+        }
         let map = self.map(a.u32(0))?;
-        // The only flag is `BPF_F_LOCK`, for values with a `bpf_spin_lock` (none of ours).
         if a.u64(24) != 0 {
             return Err(libc::EINVAL);
         }
@@ -684,7 +688,8 @@ impl Server {
     /// count 32, map_fd 36, elem_flags 40, flags 48), its flags checked as the kernel does.
     fn batch_map(&self, a: &Attr) -> Result<Map, Errno> {
         let map = self.map(a.u32(36))?;
-        if a.u64(40) & !attr::BPF_F_LOCK != 0 || a.u64(48) != 0 {
+        // `elem_flags` may only be `BPF_F_LOCK`, for values with a spin lock (none of ours).
+        if a.u64(40) != 0 || a.u64(48) != 0 {
             return Err(libc::EINVAL);
         }
         Ok(map)
@@ -748,6 +753,8 @@ impl Server {
             }
             Err(e) if e.0 == libc::ENOENT => None,
             Err(e) => {
+                // ENOSPC: nothing copied, the walk to resume where it was.
+                user::write(a.u64(8), &cursor.to_le_bytes())?;
                 a.set_u32(32, 0);
                 return Err(e.0);
             }

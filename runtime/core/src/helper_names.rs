@@ -244,7 +244,6 @@ const GPL_ONLY: &[u32] = &[
     27,  // get_stackid
     35,  // get_current_task
     36,  // probe_write_user
-    37,  // current_task_under_cgroup
     45,  // probe_read_str
     58,  // override_return
     67,  // get_stack
@@ -252,8 +251,6 @@ const GPL_ONLY: &[u32] = &[
     113, // probe_read_kernel
     114, // probe_read_user_str
     115, // probe_read_kernel_str
-    147, // d_path
-    148, // copy_from_user
     158, // get_current_task_btf
     165, // snprintf
     175, // task_pt_regs
@@ -273,12 +270,14 @@ pub fn gpl_compatible(license: &str) -> bool {
 }
 
 /// Where a program under `license` calls a helper the kernel keeps for GPL-compatible
-/// programs: the refusal the kernel's verifier would give, with the instruction.
+/// programs: the refusal the kernel's verifier would give, with the instruction. Only calls
+/// the program's control flow reaches count (not those of `.text` functions it never calls).
 pub fn gpl_refusal(insns: &[bpftime_vm::RawInsn], license: &str) -> Option<String> {
     if gpl_compatible(license) {
         return None;
     }
-    let pc = insns.iter().position(|i| i.opc == 0x85 && i.src == 0 && gpl_only(i.imm as u32))?;
+    let reached = bpftime_vm::reached_slots(insns)?;
+    let pc = insns.iter().enumerate().position(|(pc, i)| reached[pc] && i.opc == 0x85 && i.src == 0 && gpl_only(i.imm as u32))?;
     let name = kernel_helper_name(insns[pc].imm as u32).unwrap_or("?");
     Some(format!("insn {pc}: cannot call GPL-restricted function bpf_{name} from a program whose license, `{license}`, is not GPL-compatible (as the kernel)"))
 }

@@ -458,28 +458,56 @@ pub fn set_return_address_resolver(resolve: fn(u64, u64) -> u64) {
     let _ = RETURN_ADDRESS_RESOLVER.set(resolve);
 }
 
+/// The most frames a stack helper walks, skipped ones included: the kernel's
+/// `kernel.perf_event_max_stack` sysctl, 127 by default.
+const MAX_STACK: usize = 127;
+
+/// A walked stack's addresses, without allocating (a probe run nested in a signal handler may
+/// have interrupted the allocator).
+struct Frames {
+    ips: [u64; MAX_STACK],
+    len: usize,
+}
+
+impl Frames {
+    fn push(&mut self, ip: u64) {
+        self.ips[self.len] = ip;
+        self.len += 1;
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        &self.ips[..self.len]
+    }
+}
+
 /// Walks the traced code's stack from the probe's `pt_regs` as the kernel's user callchains
-/// do: the instruction pointer, the caller's return address at `[sp]` when the probe is on a
-/// `push %rbp` (see [`crate::ProbeProgram::caller_at_sp`]), then the frame-pointer chain.
-fn user_stack(state: &RunState, max: usize) -> Option<Vec<u64>> {
+/// do, at most `max` frames: the instruction pointer, the caller's return address at `[sp]`
+/// when the probe is on a `push %rbp` (see [`crate::ProbeProgram::caller_at_sp`]), then the
+/// frame-pointer chain.
+fn user_stack(state: &RunState, max: usize) -> Option<Frames> {
     let h = host(state)?;
     if !h.pt_regs {
         return None;
     }
+    let max = max.min(MAX_STACK);
     let ctx = state.context_region();
     let regs = state.slice(ctx.start, 168)?;
     let word = |o: u64| u64::from_le_bytes(regs[o as usize..o as usize + 8].try_into().expect("8 bytes"));
     let real = |slot: u64, value: u64| RETURN_ADDRESS_RESOLVER.get().map_or(value, |resolve| resolve(slot, value));
-    let mut ips = vec![word(PT_REGS_IP)];
-    if h.caller_at_sp && ips.len() < max {
+    let mut frames = Frames { ips: [0; MAX_STACK], len: 0 };
+    if max == 0 {
+        return Some(frames);
+    }
+    frames.push(word(PT_REGS_IP));
+    if h.caller_at_sp && frames.len < max {
         let sp = word(PT_REGS_SP);
         let mut ret = [0u8; 8];
         if user_mem::read(sp, &mut ret) {
-            ips.push(real(sp, u64::from_le_bytes(ret)));
+            frames.push(real(sp, u64::from_le_bytes(ret)));
         }
     }
     let mut bp = word(PT_REGS_BP);
-    while ips.len() < max && bp != 0 && bp % 8 == 0 {
+    while frames.len < max && bp != 0 && bp % 8 == 0 {
         let mut frame = [0u8; 16];
         if !user_mem::read(bp, &mut frame) {
             break;
@@ -489,13 +517,13 @@ fn user_stack(state: &RunState, max: usize) -> Option<Vec<u64>> {
         if ret == 0 {
             break;
         }
-        ips.push(real(bp + 8, ret));
+        frames.push(real(bp + 8, ret));
         if next <= bp {
             break;
         }
         bp = next;
     }
-    Some(ips)
+    Some(frames)
 }
 
 /// `bpf_get_stack`/`bpf_get_stackid` flags (uapi `BPF_F_*`).
@@ -505,27 +533,25 @@ const BPF_F_FAST_STACK_CMP: u64 = 1 << 9;
 const BPF_F_REUSE_STACKID: u64 = 1 << 10;
 const BPF_F_USER_BUILD_ID: u64 = 1 << 11;
 
-/// The frames a stack helper asked for with `flags`, past the skipped ones: the user stack
+/// The frames a stack helper asked for with `flags`, at most `max` past the skipped ones (and
+/// [`MAX_STACK`] with them, as the kernel caps them), the skipped ones dropped: the user stack
 /// ([`user_stack`]), or the kernel's, which is empty under a probe in user code (as the
 /// kernel's walk is for user-mode registers).
-fn frames_for(state: &RunState, flags: u64, max: usize) -> Result<Vec<u64>, Errno> {
+fn frames_for(state: &RunState, flags: u64, max: usize) -> Result<Frames, Errno> {
     let skip = (flags & BPF_F_SKIP_FIELD_MASK) as usize;
-    let ips = if flags & BPF_F_USER_STACK != 0 {
+    let mut frames = if flags & BPF_F_USER_STACK != 0 {
         user_stack(state, max + skip).ok_or(Errno::EINVAL)?
     } else if host(state).is_some_and(|h| h.pt_regs) {
-        vec![]
+        Frames { ips: [0; MAX_STACK], len: 0 }
     } else {
         return Err(Errno::EINVAL);
     };
-    if ips.len() < skip {
+    if frames.len < skip {
         return Err(Errno::EFAULT);
     }
-    Ok(ips[skip..].to_vec())
-}
-
-/// Frames as the kernel's stack helpers write addresses.
-fn addresses(ips: &[u64]) -> Vec<u8> {
-    ips.iter().flat_map(|ip| ip.to_le_bytes()).collect()
+    frames.ips.copy_within(skip..frames.len, 0);
+    frames.len -= skip;
+    Ok(frames)
 }
 
 /// `bpf_get_stack(ctx, buf, size, flags)`: the frames' addresses (or, with
@@ -543,14 +569,20 @@ extern "C" fn get_stack(_ctx: u64, buf: u64, size: u64, flags: u64, _: u64, stat
     };
     let Some(dst) = state.slice_mut(buf, size) else { return err(Errno::EFAULT) };
     dst.fill(0);
-    let ips = match frames {
-        Ok(ips) => ips,
+    let frames = match frames {
+        Ok(frames) => frames,
         Err(e) => return err(e),
     };
-    let bytes = if build_id { crate::build_id::frames(&ips) } else { addresses(&ips) };
-    let n = bytes.len().min(dst.len());
-    dst[..n].copy_from_slice(&bytes[..n]);
-    n as u64
+    if build_id {
+        let bytes = crate::build_id::frames(frames.as_slice());
+        let n = bytes.len().min(dst.len());
+        dst[..n].copy_from_slice(&bytes[..n]);
+        return n as u64;
+    }
+    for (slot, ip) in dst.chunks_exact_mut(8).zip(frames.as_slice()) {
+        slot.copy_from_slice(&ip.to_le_bytes());
+    }
+    (frames.len.min(dst.len() / 8) * 8) as u64
 }
 
 /// `bpf_get_stackid(ctx, map, flags)`: the id of the stack in a STACK_TRACE map; `-EFAULT`
@@ -561,12 +593,20 @@ extern "C" fn get_stackid(_ctx: u64, m: u64, flags: u64, _: u64, _: u64, state: 
         return err(Errno::EINVAL);
     }
     let depth = m.spec().value_size as usize / m.stack_frame_size();
-    let ips = match frames_for(state, flags, depth) {
-        Ok(ips) => ips,
+    let frames = match frames_for(state, flags, depth) {
+        Ok(frames) => frames,
         Err(e) => return err(e),
     };
-    let records = if m.stack_frame_size() == 8 { addresses(&ips) } else { crate::build_id::frames(&ips) };
-    match m.stack_store(&records, flags) {
+    let stored = if m.stack_frame_size() == 8 {
+        let mut bytes = [0u8; MAX_STACK * 8];
+        for (slot, ip) in bytes.chunks_exact_mut(8).zip(frames.as_slice()) {
+            slot.copy_from_slice(&ip.to_le_bytes());
+        }
+        m.stack_store(&bytes[..frames.len * 8], flags)
+    } else {
+        m.stack_store(&crate::build_id::frames(frames.as_slice()), flags)
+    };
+    match stored {
         Ok(id) => id as u64,
         Err(e) => err(e),
     }

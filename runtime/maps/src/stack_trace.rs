@@ -49,31 +49,48 @@ pub(crate) fn frame_size(map: &Map) -> usize {
     }
 }
 
+/// Stores a stack (whole frame records, those past the map's depth dropped) and returns its id,
+/// without allocating (programs store stacks from probes, which may have interrupted the
+/// allocator).
 pub(crate) fn store(map: &Map, records: &[u8], flags: u64) -> Result<u32, Errno> {
     let bytes = &records[..records.len().min(map.spec().value_size as usize)];
     let count = bytes.len() / frame_size(map);
     if count == 0 {
         return Err(Errno::EFAULT);
     }
-    let bytes = bytes[..count * frame_size(map)].to_vec();
-    let id = hash_bytes(&bytes, 0x57ac) % map.spec().max_entries;
+    let bytes = &bytes[..count * frame_size(map)];
+    let id = hash_bytes(bytes, 0x57ac) % map.spec().max_entries;
     let _g = map.write_lock();
     let n = frames(map, id);
+    let at = slot(map, id) + 8;
     if n != 0 {
-        let mut old = vec![0u8; n as usize * frame_size(map)];
-        map.region().read(slot(map, id) + 8, &mut old);
-        if old == bytes {
+        if n as usize == count && same_bytes(map, at, bytes) {
             return Ok(id);
         }
         if flags & BPF_F_REUSE_STACKID == 0 {
             return Err(Errno::EEXIST);
         }
     }
-    let mut value = bytes;
-    value.resize(map.spec().value_size as usize, 0);
-    map.region().write(slot(map, id) + 8, &value);
+    map.region().write(at, bytes);
+    let zeroes = [0u8; 256];
+    let mut off = bytes.len();
+    while off < map.spec().value_size as usize {
+        let n = (map.spec().value_size as usize - off).min(zeroes.len());
+        map.region().write(at + off as u64, &zeroes[..n]);
+        off += n;
+    }
     map.region().atomic_u64(slot(map, id)).ok_or(Errno::EFAULT)?.store(count as u64, Ordering::Release);
     Ok(id)
+}
+
+/// Whether the region holds `bytes` at `at`.
+fn same_bytes(map: &Map, at: u64, bytes: &[u8]) -> bool {
+    let mut chunk = [0u8; 256];
+    bytes.chunks(chunk.len()).enumerate().all(|(i, want)| {
+        let got = &mut chunk[..want.len()];
+        map.region().read(at + (i * 256) as u64, got);
+        got == want
+    })
 }
 
 pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {

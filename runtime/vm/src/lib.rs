@@ -43,4 +43,4 @@ pub use exec::{Context, Engine, Fault, HelperFn, HelperTable, Region, RunError, 
 pub use insn::{Insn, RawInsn, Reg};
 pub use interp::Interpreter;
 pub use program::{Function, Program};
-pub use verifier::{first_unreachable, verify, verify_bytecode, verify_with, Checks, LddwResolver, NoMaps, VerifyError, VerifyErrorKind};
+pub use verifier::{first_unreachable, reached_slots, verify, verify_bytecode, verify_with, Checks, LddwResolver, NoMaps, VerifyError, VerifyErrorKind};

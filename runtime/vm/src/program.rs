@@ -47,8 +47,6 @@ pub struct Program {
     /// Slots of the `lddw`s the resolver turned into constants (map references, value addresses).
     resolved: Vec<usize>,
     helpers: Arc<HelperTable>,
-    /// Per slot, whether a run may reach it (empty when rebuilt from a record).
-    reachable: Vec<bool>,
 }
 
 /// Programs are equal when the engines would run them identically: same instructions (map
@@ -81,7 +79,7 @@ impl Program {
         resolved: Vec<usize>,
         helpers: Arc<HelperTable>,
     ) -> Self {
-        let Analysis { access, ctx: ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, reachable, ctx_reads, helper_args, keyless_map_calls: _ } =
+        let Analysis { access, ctx: ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: _, ctx_reads, helper_args, keyless_map_calls: _ } =
             proofs;
         Program {
             insns,
@@ -97,15 +95,7 @@ impl Program {
             pointees,
             resolved,
             helpers,
-            reachable,
         }
-    }
-
-    /// Whether a run may reach slot `pc` (code behind a branch on a constant may be dead), as
-    /// the verifier found it; None for a program rebuilt from a verification record, which does
-    /// not keep it.
-    pub fn reachable(&self, pc: usize) -> Option<bool> {
-        self.reachable.get(pc).copied()
     }
 
     /// Whether the `lddw` at `slot` was resolved from a map reference: its constant is an

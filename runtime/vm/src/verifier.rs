@@ -270,6 +270,12 @@ fn check_insn(insns: &[Insn], pc: usize, f: &Function, helpers: &HelperTable, un
 /// `check_cfg` finds it ("unreachable insn"). Programs as libbpf links them (with only the
 /// subprograms they call) have none; an object's `.text` appended whole may.
 pub fn first_unreachable(raw: &[RawInsn]) -> Option<usize> {
+    reached_slots(raw)?.iter().position(|s| !s)
+}
+
+/// Per slot, whether an edge of the program's control-flow graph reaches it from its entry
+/// (see [`first_unreachable`]); None if the program does not decode.
+pub fn reached_slots(raw: &[RawInsn]) -> Option<Vec<bool>> {
     let insns = decode(raw).ok()?;
     let n = insns.len();
     let mut seen = vec![false; n];
@@ -303,7 +309,7 @@ pub fn first_unreachable(raw: &[RawInsn]) -> Option<usize> {
             _ => todo.push(pc + 1),
         }
     }
-    seen.iter().position(|s| !s)
+    Some(seen)
 }
 
 /// Rejects recursion and call chains deeper than [`MAX_CALL_DEPTH`] frames, counting a
