@@ -1319,7 +1319,15 @@ impl Server {
         if !meta.is_file() || offset > meta.len() || ref_ctr_offset % 2 != 0 {
             return Err(libc::EINVAL);
         }
-        let path = if path.starts_with('/') { path } else { std::path::absolute(&path).map_err(|_| libc::ENOENT)?.to_string_lossy().into_owned() };
+        // The file the path names here: a relative path from this directory, a /proc link
+        // (`/proc/self/exe`: this loader's executable) to its target, as the kernel takes it.
+        let path = if path.starts_with("/proc/") {
+            std::fs::canonicalize(&path).map_err(|_| libc::ENOENT)?.to_string_lossy().into_owned()
+        } else if path.starts_with('/') {
+            path
+        } else {
+            std::path::absolute(&path).map_err(|_| libc::ENOENT)?.to_string_lossy().into_owned()
+        };
         self.install(Handle::Probe(ProbeEvent { target: EventTarget::File { path, offset, ref_ctr_offset }, retprobe, pid, link: None }))
     }
 
