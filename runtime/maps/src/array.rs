@@ -147,6 +147,7 @@ pub(crate) fn next_key(map: &Map, key: Option<&[u8]>, next: &mut [u8]) -> Result
     Ok(())
 }
 
+#[inline]
 pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
     let cpu = if map.map_type() == MapType::PercpuArray { current_cpu() } else { 0 };
     lookup_ptr_on(map, key, cpu)
@@ -154,6 +155,7 @@ pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
 
 /// The address of `key`'s value in CPU `cpu`'s slots (`cpu` below the map's CPU count; 0 for
 /// a map that is not per-CPU).
+#[inline]
 pub(crate) fn lookup_ptr_on(map: &Map, key: &[u8], cpu: u32) -> Option<*mut u8> {
     if key.len() != 4 {
         return None;

@@ -531,6 +531,7 @@ pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errn
     Ok(())
 }
 
+#[inline]
 pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
     let cpu = if map.map_type().is_percpu() { current_cpu() } else { 0 };
     lookup_ptr_on(map, key, cpu)
@@ -538,6 +539,7 @@ pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
 
 /// The address of `key`'s value in CPU `cpu`'s slot (`cpu` below the map's CPU count; 0 for
 /// a map that is not per-CPU).
+#[inline]
 pub(crate) fn lookup_ptr_on(map: &Map, key: &[u8], cpu: u32) -> Option<*mut u8> {
     if key.len() != map.spec().key_size as usize {
         return None;
