@@ -365,3 +365,48 @@ fn per_cpu_lookups_by_cpu_sum_what_the_kernel_sums() {
         assert_eq!(u64s(&ours.map("percpu_results"), 6), expected, "{what}");
     });
 }
+
+/// `bpf_get_ns_current_pid_tgid`: the pid and tgid in the caller's pid namespace, -EINVAL and
+/// zeroes for another namespace or a wrong size, as the kernel's.
+#[test]
+fn namespace_pids_are_the_kernels() {
+    use std::os::unix::fs::MetadataExt;
+    let obj = Object::parse(&std::fs::read(build_example("pidns")).unwrap()).unwrap();
+    let target = build_target("frames", false);
+    let ns = std::fs::metadata("/proc/self/ns/pid").unwrap();
+    // Each run: the results and the target's pid.
+    let results = |lookup: &dyn Fn(u32) -> u64, pid: u32| -> Vec<i64> {
+        let r: Vec<i64> = (0..6).map(|i| lookup(i) as i64).collect();
+        vec![r[0], (r[1] == pid as i64) as i64, (r[2] == pid as i64) as i64, r[3], r[4], r[5]]
+    };
+    let expected = vec![0, 1, 1, -(libc::EINVAL as i64), 0, -(libc::EINVAL as i64)];
+    if let Some(mut k) = kernel_or_skip(&obj, "namespace pids") {
+        k.update("pidns_in", &0u32.to_le_bytes(), &ns.dev().to_le_bytes()).unwrap();
+        k.update("pidns_in", &1u32.to_le_bytes(), &ns.ino().to_le_bytes()).unwrap();
+        k.attach_uprobe("ns_ids", &target, "inner", false).expect("kernel uprobe");
+        let mut pid = 0;
+        let out = run_released(&target, &["3"], &[], |p| pid = p);
+        assert!(out.status.success(), "{out:?}");
+        let got = results(&|i| u64_at(&k.lookup("pidns_results", &i.to_le_bytes(), 8).unwrap()), pid);
+        assert_eq!(got, expected, "the kernel's");
+    }
+    for (engine, kind) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)] {
+        let ours = Ours::new(&format!("pidns-{engine}"), "pidns", kind);
+        ours.map("pidns_in").update(&0u32.to_le_bytes(), &ns.dev().to_le_bytes(), 0).unwrap();
+        ours.map("pidns_in").update(&1u32.to_le_bytes(), &ns.ino().to_le_bytes(), 0).unwrap();
+        let agent = agent();
+        let env = [("LD_PRELOAD", agent.to_str().unwrap()), ("BPFTIME_SHM", ours.name.as_str()), ("BPFTIME_ENGINE", engine)];
+        let mut pid = 0;
+        let out = run_released(&target, &["3"], &env, |p| pid = p);
+        assert!(out.status.success(), "{out:?}");
+        let got = results(
+            &|i| {
+                let mut v = [0u8; 8];
+                ours.map("pidns_results").lookup(&i.to_le_bytes(), &mut v).unwrap();
+                u64::from_le_bytes(v)
+            },
+            pid,
+        );
+        assert_eq!(got, expected, "{engine}");
+    }
+}

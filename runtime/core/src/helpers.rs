@@ -326,6 +326,31 @@ extern "C" fn get_current_pid_tgid(_: u64, _: u64, _: u64, _: u64, _: u64, _: &m
     (pid() as u64) << 32 | tid() as u64
 }
 
+/// `bpf_get_ns_current_pid_tgid(dev, ino, nsdata, size)`: this thread's pid and tgid as the pid
+/// namespace whose nsfs file has device `dev` and inode `ino` sees them (a `struct
+/// bpf_pidns_info`), when the thread is in that namespace; else `-EINVAL` and zeroes, as the
+/// kernel's.
+extern "C" fn get_ns_current_pid_tgid(dev: u64, ino: u64, nsdata: u64, size: u64, _: u64, state: &mut RunState) -> u64 {
+    let Some(out) = state.slice_mut(nsdata, size) else { return err(Errno::EFAULT) };
+    out.fill(0);
+    if size != 8 || dev > u32::MAX as u64 {
+        return err(Errno::EINVAL);
+    }
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: stat(2) with a NUL-terminated path and room for one `struct stat`.
+    if unsafe { libc::stat(c"/proc/self/ns/pid".as_ptr(), st.as_mut_ptr()) } != 0 {
+        return err(Errno::ENOENT);
+    }
+    // SAFETY: stat(2) succeeded and filled it.
+    let st = unsafe { st.assume_init() };
+    if st.st_dev != dev || st.st_ino != ino {
+        return err(Errno::EINVAL);
+    }
+    out[..4].copy_from_slice(&tid().to_le_bytes());
+    out[4..].copy_from_slice(&pid().to_le_bytes());
+    0
+}
+
 /// `bpf_send_signal(sig)` and `bpf_send_signal_thread(sig)`: signal `sig` to this process
 /// (any of its threads may take it) or to this thread, as the kernel sends it to the task a
 /// uprobe interrupted. It arrives when the probe's work returns to the function, before the
@@ -743,6 +768,7 @@ pub fn kernel_helpers() -> HelperTable {
         .register(174, "bpf_get_attach_cookie", get_attach_cookie)
         .register(177, "bpf_trace_vprintk", trace_vprintk)
         .register(42, "bpf_get_numa_node_id", get_numa_node_id)
+        .register(120, "bpf_get_ns_current_pid_tgid", get_ns_current_pid_tgid)
         .register(195, "bpf_map_lookup_percpu_elem", map_lookup_percpu_elem)
         .register(181, "bpf_loop", bpf_loop)
         .register(182, "bpf_strncmp", strncmp);
