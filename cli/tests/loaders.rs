@@ -1024,6 +1024,15 @@ fn object_info_is_what_the_kernel_gives() {
     matrix_matches_the_kernel("obj_info_matrix", &["prog with a map: ok tag 0bd0168676c7c779 nr_map_ids 1", "not an object: Invalid argument"]);
 }
 
+/// `mmap` of map fds answers as the kernel's `bpf_map_mmap`: shared mappings only, ring
+/// buffers writable at their consumer page only, arrays made mappable and within their pages,
+/// frozen maps read-only, maps that cannot be mapped `ENOTSUPP`.
+#[test]
+fn map_mappings_answer_what_the_kernel_answers() {
+    let _serial = serial();
+    matrix_matches_the_kernel("mmap_matrix", &["ring producer, read-write: Operation not permitted", "frozen array, read-only: ok"]);
+}
+
 /// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without
 /// keys) fails for an unmodified libbpf loader under the server too, with our verifier's
 /// reason and instruction. (It loads, since a kprobe-type program may be a CUDA kernel probe

@@ -238,7 +238,7 @@ pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
 pub unsafe extern "C" fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void {
     if fd >= 0 {
         if let Some(s) = SERVER.get().and_then(Option::as_ref) {
-            if let Some(r) = std::panic::catch_unwind(|| s.mmap_source(fd, off as u64, len as u64)).ok().flatten() {
+            if let Some(r) = std::panic::catch_unwind(|| s.mmap_source(fd, off as u64, len as u64, prot, flags)).ok().flatten() {
                 if r == Ok((u64::MAX, len as u64)) {
                     // A perf event not in a map yet: zeroed pages, the ring moved in later.
                     let anon = (flags & !(libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE)) | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;

@@ -1382,8 +1382,11 @@ impl Server {
     }
 
     /// `mmap` of one of our map fds: (region offset, bytes available) of what to map, or None
-    /// when `fd` is not ours.
-    pub fn mmap_source(&self, fd: i32, offset: u64, len: u64) -> Option<Result<(u64, u64), Errno>> {
+    /// when `fd` is not ours. A map's mapping is checked as the kernel's `bpf_map_mmap`: shared
+    /// only, a map type that can be mapped (`ENOTSUPP` otherwise; an array made with
+    /// `BPF_F_MMAPABLE`), no writes to a frozen map or to a ring buffer past its consumer
+    /// page (`EPERM`), an array's pages only.
+    pub fn mmap_source(&self, fd: i32, offset: u64, len: u64, prot: i32, flags: i32) -> Option<Result<(u64, u64), Errno>> {
         let (id, perf_slot) = match self.handle(fd) {
             Some(Handle::Map(id)) => (id, None),
             Some(Handle::PerfOutput(PerfOutput { bound: Some((id, slot)), .. })) => (id, Some(slot)),
@@ -1400,7 +1403,29 @@ impl Server {
                     Self::size_perf_ring(&map, slot, len)?;
                     area
                 }
-                None => map.mmap_area().ok_or(libc::EINVAL)?,
+                None => {
+                    /// The kernel's ENOTSUPP (not a userspace errno).
+                    const ENOTSUPP: Errno = 524;
+                    let kind = flags & libc::MAP_TYPE;
+                    if kind != libc::MAP_SHARED && kind != libc::MAP_SHARED_VALIDATE {
+                        return Err(libc::EINVAL);
+                    }
+                    let area = match map.map_type() {
+                        MapType::Array | MapType::Ringbuf => map.mmap_area().ok_or(libc::EINVAL)?,
+                        _ => return Err(ENOTSUPP),
+                    };
+                    let writes = prot & libc::PROT_WRITE != 0;
+                    if writes && Self::lock(&self.frozen).contains(&id) {
+                        return Err(libc::EPERM);
+                    }
+                    if writes && map.map_type() == MapType::Ringbuf && (offset != 0 || len != 4096) {
+                        return Err(libc::EPERM);
+                    }
+                    if map.map_type() == MapType::Array && offset.saturating_add(len) > area.1.div_ceil(4096) * 4096 {
+                        return Err(libc::EINVAL);
+                    }
+                    area
+                }
             };
             if offset >= size || !offset.is_multiple_of(4096) {
                 return Err(libc::EINVAL);
