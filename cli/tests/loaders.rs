@@ -1033,6 +1033,14 @@ fn map_mappings_answer_what_the_kernel_answers() {
     matrix_matches_the_kernel("mmap_matrix", &["ring producer, read-write: Operation not permitted", "frozen array, read-only: ok"]);
 }
 
+/// Objects by id and the id lists answer as the kernel's: open flags per object kind, ids
+/// nobody has (`ENOENT`), walks from an id at or past `INT_MAX` (`EINVAL`).
+#[test]
+fn objects_by_id_answer_what_the_kernel_answers() {
+    let _serial = serial();
+    matrix_matches_the_kernel("id_matrix", &["map by its id, read-only: ok", "map ids after the last: Invalid argument"]);
+}
+
 /// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without
 /// keys) fails for an unmodified libbpf loader under the server too, with our verifier's
 /// reason and instruction. (It loads, since a kprobe-type program may be a CUDA kernel probe

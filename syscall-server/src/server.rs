@@ -529,6 +529,11 @@ impl Server {
                 }
                 _ => Err(libc::EBADF),
             },
+            // As the kernel: a map's open flags are `BPF_F_RDONLY` or `BPF_F_WRONLY` (not both);
+            // programs take none, and links nothing past their id.
+            attr::MAP_GET_FD_BY_ID if a.u32(8) & !0x18 != 0 || a.u32(8) == 0x18 => Err(libc::EINVAL),
+            attr::PROG_GET_FD_BY_ID if a.u32(8) != 0 => Err(libc::EINVAL),
+            attr::LINK_GET_FD_BY_ID if a.u32(4) != 0 || a.u32(8) != 0 => Err(libc::EINVAL),
             attr::MAP_GET_FD_BY_ID => self.fd_by_id(a.u32(0), ObjectKind::Map),
             attr::PROG_GET_FD_BY_ID => self.fd_by_id(a.u32(0), ObjectKind::Program),
             attr::LINK_GET_FD_BY_ID => self.fd_by_id(a.u32(0), ObjectKind::Link),
@@ -1234,6 +1239,10 @@ impl Server {
 
     fn next_id(&self, a: &mut Attr, kind: ObjectKind) -> Result<i64, Errno> {
         let start = a.u32(0);
+        // As the kernel's `bpf_obj_get_next_id`: ids stay below INT_MAX.
+        if start >= i32::MAX as u32 || a.u32(8) != 0 {
+            return Err(libc::EINVAL);
+        }
         let next = self.region.objects().into_iter().filter(|o| o.kind == kind && o.id > start).map(|o| o.id).min().ok_or(libc::ENOENT)?;
         a.set_u32(4, next);
         Ok(0)
