@@ -1328,9 +1328,10 @@ impl Server {
         if !meta.is_file() || offset > meta.len() || ref_ctr_offset % 2 != 0 {
             return Err(libc::EINVAL);
         }
-        // The file the path names here: a relative path from this directory, a /proc link
-        // (`/proc/self/exe`: this loader's executable) to its target, as the kernel takes it.
-        let path = if path.starts_with("/proc/") {
+        // The file the path names here: a relative path from this directory, a link of this
+        // process's (`/proc/self/exe`: this loader's executable) to its target, as the kernel
+        // takes it. (`/proc/PID/root/...` stays: its target is in that process's mounts.)
+        let path = if path.starts_with("/proc/self/") || path.starts_with("/proc/thread-self/") {
             std::fs::canonicalize(&path).map_err(|_| libc::ENOENT)?.to_string_lossy().into_owned()
         } else if path.starts_with('/') {
             path
