@@ -973,7 +973,7 @@ fn gpu_spec_of(map: &bpftime_maps::Map) -> GpuMapSpec {
 /// probe: with the GPU's helpers besides the kernel's (bpftime's 501-511).
 pub fn verify_probe(insns: &[bpftime_vm::RawInsn]) -> Result<(), String> {
     verify(insns, verifier_helpers(), &SlotResolver::default())
-        .and_then(|program| bpftime_vm::uninit::check_kernel_rules(&program, true))
+        .and_then(|program| bpftime_vm::kernel_rules::check_kernel_rules(&program, true))
         .map_err(|e| format!("as a CUDA kernel probe: {e}"))
 }
 

@@ -701,9 +701,6 @@ impl Runtime {
     }
 
     fn prepare(&self, stored: StoredProgram) -> Result<LoadedProgram, LoadError> {
-        if let Some(message) = crate::helper_names::gpl_refusal(&stored.insns, &stored.license) {
-            return Err(LoadError::Program { program: stored.name, message });
-        }
         let resolver = IdResolver { region: &self.region };
         let jit_error = |error| LoadError::Jit { program: stored.name.clone(), error };
         // Programs of the kernel's types follow its verifier's rules a VM on its own does not.
@@ -718,7 +715,7 @@ impl Runtime {
             );
             match ProgramKind::from_section(&stored.section) {
                 ProgramKind::Other(_) => Ok(()),
-                _ => bpftime_vm::uninit::check_kernel_rules(program, context_read_only).map_err(|e| self.verify_error(&stored.name, e)),
+                _ => bpftime_vm::kernel_rules::check_kernel_rules(program, context_read_only).map_err(|e| self.verify_error(&stored.name, e)),
             }
         };
         if let (Some(cache), EngineKind::Jit) = (&self.code_cache, self.engine) {

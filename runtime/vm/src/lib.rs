@@ -29,13 +29,13 @@ pub mod disasm;
 pub mod exec;
 pub mod insn;
 pub mod interp;
+pub mod kernel_rules;
 pub mod loops;
 pub mod program;
 pub mod range;
 pub mod record;
 pub mod semantics;
 pub mod thread_exit;
-pub mod uninit;
 pub mod verifier;
 pub mod walks;
 
