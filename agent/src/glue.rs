@@ -156,7 +156,11 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
     let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry, padding: r.padding, returns_twice: r.returns_twice }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
-        let mut method = bpftime_attach::site_method(r.addr).map_or("?".to_string(), |m| m.to_string());
+        let mut method = match bpftime_attach::site_method(r.addr) {
+            Some((m, why)) if !why.is_empty() => format!("{m} ({why})"),
+            Some((m, _)) => m.to_string(),
+            None => "?".to_string(),
+        };
         if p.retprobe {
             method = match bpftime_attach::patched_returns(r.addr) {
                 0 => format!("{method} (the return address replaced)"),
@@ -204,7 +208,11 @@ impl Agent {
                                 Ok(()) => {
                                     self.semaphores.lock().unwrap_or_else(|e| e.into_inner()).insert(p.link, (t.binary, p.ref_ctr));
                                 }
-                                Err(e) => eprintln!("bpftime: `{}`: its USDT semaphore: {e}", p.prog.name),
+                                // As the kernel: a semaphore offset outside the binary's
+                                // writable data is left alone (bcc passes one for plain
+                                // uprobes), and the probe works.
+                                Err(e) if verbose() => eprintln!("bpftime: `{}`: its USDT semaphore: {e}", p.prog.name),
+                                Err(_) => {}
                             }
                         }
                     }

@@ -122,6 +122,8 @@ pub struct Site {
     named: VectorUse,
     /// Its function returns twice (see [`SiteInfo::returns_twice`]).
     returns_twice: bool,
+    /// Why a jump could not be used ([`Method::Trap`] sites; empty otherwise).
+    trap_reason: String,
 }
 
 /// What is written over a site.
@@ -176,7 +178,7 @@ impl std::fmt::Display for Method {
         f.write_str(match self {
             Method::Jump => "a jump",
             Method::JumpIntoPadding => "a jump into the padding after it",
-            Method::Trap => "an int3 trap (no room for a jump)",
+            Method::Trap => "an int3 trap",
         })
     }
 }
@@ -1600,7 +1602,7 @@ fn build_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachError> {
     match decode_prologue(addr, info, module.as_ref()) {
         Ok(instrs) => build_jump_site(addr, info, instrs, module),
         Err(AttachError::Unpatchable { reason, .. }) if !reason.starts_with("invalid instruction") && !reason.starts_with("cannot read") => {
-            build_trap_site(addr, info).map_err(|e| match e {
+            build_trap_site(addr, info, reason.clone()).map_err(|e| match e {
                 AttachError::Unpatchable { reason: r2, .. } => AttachError::Unpatchable { addr, reason: format!("{reason}; and as an int3: {r2}") },
                 e => e,
             })
@@ -1611,7 +1613,7 @@ fn build_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachError> {
 
 /// A site kept as an `int3` over the first byte of its instruction; the trampoline holds that
 /// instruction, relocated, and a jump back after it.
-fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachError> {
+fn build_trap_site(addr: u64, info: SiteInfo, trap_reason: String) -> Result<&'static Site, AttachError> {
     let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
     let bytes = patch::read_code(addr, 16).map_err(|e| unpatchable(format!("cannot read the code: {e}")))?;
     let first = Decoder::with_ip(64, &bytes, addr, DecoderOptions::NONE).decode();
@@ -1655,6 +1657,7 @@ fn build_trap_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachErr
         module: None,
         named: VectorUse::ALL,
         returns_twice: info.returns_twice,
+        trap_reason,
     });
     site.slot = patch::register_site(addr, 1, page, &[], &*site as *const Site as u64).ok_or(AttachError::TooManySites)?;
     Ok(Box::leak(site))
@@ -1805,6 +1808,7 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
         named: module.as_ref().map_or(VectorUse::ALL, |m| m.vectors_at(addr)),
         module,
         returns_twice: info.returns_twice,
+        trap_reason: String::new(),
     });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
     if at_entry {
@@ -1916,7 +1920,7 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
             // A jump would overwrite another probe's bytes (tiny functions side by side: the
             // kernel probes each with an int3); one byte is free: an int3 here too.
             let crowded = patch::overlaps(addr, PATCH_LEN as u64) || crate::syscalls::overlaps_pads(addr, PATCH_LEN as u64);
-            let s = if crowded { build_trap_site(addr, info)? } else { build_site(addr, info)? };
+            let s = if crowded { build_trap_site(addr, info, "a jump would overwrite another probe's bytes".into())? } else { build_site(addr, info)? };
             map.insert(addr, s);
             s
         }
@@ -1980,9 +1984,10 @@ pub fn original_first_byte(addr: u64) -> Option<u8> {
     read_word(addr & !7).map(|w| w.to_le_bytes()[(addr & 7) as usize])
 }
 
-/// How the site at `addr` is patched, once a probe is attached there.
-pub fn site_method(addr: u64) -> Option<Method> {
-    sites().lock().unwrap_or_else(|e| e.into_inner()).get(&addr).map(|s| s.method)
+/// How the site at `addr` is patched, once a probe is attached there, with why a jump could
+/// not be used (empty where one is).
+pub fn site_method(addr: u64) -> Option<(Method, String)> {
+    sites().lock().unwrap_or_else(|e| e.into_inner()).get(&addr).map(|s| (s.method, s.trap_reason.clone()))
 }
 
 /// The vector registers the stubs of the site at `addr` keep, in words (e.g. "xmm0-7 (512

@@ -986,7 +986,7 @@ mod modules {
         let (fa, finfo) = site(&so, "f");
         let h = Arc::new(Clobber(AtomicU64::new(0)));
         let e = attach(fa, finfo, ProbeKind::Entry, h.clone()).unwrap();
-        assert_eq!(site_method(fa), Some(Method::Trap), "the jump back lands inside the entry's five bytes");
+        assert_eq!(site_method(fa).map(|m| m.0), Some(Method::Trap), "the jump back lands inside the entry's five bytes");
         let (ga, ginfo) = site(&so, "g");
         let x = attach(ga, ginfo, ProbeKind::Return, h.clone()).unwrap();
         assert_eq!(patched_returns(ga), 0, "the jump back lands inside the ret's window");

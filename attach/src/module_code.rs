@@ -30,7 +30,7 @@
 //! records every direct jump or call that lands inside a function (a symbol with a size) from
 //! outside it.
 
-use crate::procmaps::mapping_of;
+use crate::procmaps::{mapping_of, open_mapped_file};
 use iced_x86::{Decoder, DecoderOptions, EncodingKind, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpKind};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind, SymbolKind};
 use std::sync::{Arc, Mutex};
@@ -494,15 +494,10 @@ pub(crate) fn module_at(addr: u64) -> Option<ModuleCode> {
     type Key = [i64; 7];
     static CACHE: Mutex<Vec<(Key, Arc<FileFacts>)>> = Mutex::new(Vec::new());
     let m = mapping_of(addr)?;
-    if m.inode == 0 || !m.path.starts_with('/') {
-        return None;
-    }
-    let file = std::fs::File::open(&m.path).ok()?;
+    let file = open_mapped_file(&m)?;
     let meta = file.metadata().ok()?;
     use std::os::unix::fs::MetadataExt;
-    let (major, minor) = m.dev.split_once(':')?;
-    let dev = libc::makedev(u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);
-    if meta.ino() != m.inode || meta.dev() != dev || meta.len() > MAX_FILE {
+    if meta.len() > MAX_FILE {
         return None;
     }
     // A file rewritten in place keeps its inode: its size and times tell it apart.

@@ -216,12 +216,44 @@ pub(crate) fn write_code(addr: u64, bytes: &[u8]) -> std::io::Result<()> {
     mem.write_all_at(bytes, addr)
 }
 
-/// Reads `len` bytes of code at `addr`.
+/// Reads `len` bytes of code at `addr`, as the mapped file has them where someone else's
+/// breakpoint covers them (see [`foreign_breakpoints`]).
 pub(crate) fn read_code(addr: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let mem = OpenOptions::new().read(true).open("/proc/self/mem")?;
     let mut buf = vec![0u8; len];
     mem.read_exact_at(&mut buf, addr)?;
+    foreign_breakpoints(addr, &mut buf);
     Ok(buf)
+}
+
+/// Puts back the file's bytes under breakpoints that are not ours in `code`, read at `addr`,
+/// and returns how many there were. A kernel uprobe (or a debugger) writes an `int3` into this
+/// process's copy of the code and keeps the original byte to itself: relocated as it is, the
+/// `int3` would send our trampoline to a probe the kernel may have removed by then (the process
+/// dies of the SIGTRAP), and a jump could never be placed there. An `int3` where the file has
+/// another byte, outside our own patches, is such a breakpoint. A jump over it takes the place
+/// of the other tool's probe in this process (the kernel writes nothing back over bytes that
+/// are no longer its `int3`); an `int3` of ours there leaves the hits to the kernel's while it
+/// is registered.
+pub(crate) fn foreign_breakpoints(addr: u64, code: &mut [u8]) -> usize {
+    if !code.contains(&0xcc) {
+        return 0;
+    }
+    let Some(m) = crate::procmaps::mapping_of(addr) else { return 0 };
+    let Some(file) = crate::procmaps::open_mapped_file(&m) else { return 0 };
+    let len = code.len().min((m.end - addr) as usize);
+    let mut original = vec![0u8; len];
+    if file.read_exact_at(&mut original, addr - m.start + m.offset).is_err() {
+        return 0;
+    }
+    let mut restored = 0;
+    for (i, (c, o)) in code.iter_mut().zip(original).enumerate() {
+        if *c == 0xcc && o != 0xcc && !overlaps(addr + i as u64, 1) {
+            *c = o;
+            restored += 1;
+        }
+    }
+    restored
 }
 
 fn gettid() -> i32 {
@@ -232,10 +264,29 @@ fn gettid() -> i32 {
 /// Moves every other thread that is stopped inside site `slot`'s patched bytes (past the first
 /// one) to the matching instruction of the trampoline. Threads that block the signal or do not
 /// answer within a second are left alone.
+/// Only threads that may be there are signalled: none when the bytes hold one instruction, and
+/// not a thread that the kernel shows waiting elsewhere (in a system call, whose return address
+/// is outside them). The signal would end a `sleep` or `poll` early (they return EINTR even
+/// under SA_RESTART), which the kernel's uprobes never do.
 pub(crate) fn fix_up_threads(slot: usize) {
+    let s = &SLOTS[slot];
+    if s.nmap.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let (start, end) = (s.addr.load(Ordering::Acquire) + 1, s.addr.load(Ordering::Acquire) + s.len.load(Ordering::Acquire) as u64);
     FIXUP_SITE.store(slot as u32 + 1, Ordering::Release);
-    signal_other_threads(fixup_signal(), &FIXUP_ACKS);
+    signal_other_threads(fixup_signal(), &FIXUP_ACKS, |tid| !waits_outside(tid, start, end));
     FIXUP_SITE.store(0, Ordering::Release);
+}
+
+/// Whether thread `tid` of this process is blocked (in a system call or otherwise) with its
+/// user instruction pointer outside `[start, end)`: /proc/self/task/TID/syscall (proc(5)) reads
+/// `running`, or the call's number and arguments, then the stack pointer and the instruction
+/// pointer. Such a thread goes on at that pointer, so it is not inside the range.
+fn waits_outside(tid: i32, start: u64, end: u64) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) else { return false };
+    let Some(pc) = text.split_whitespace().last().and_then(|pc| u64::from_str_radix(pc.strip_prefix("0x")?, 16).ok()) else { return false };
+    text.split_whitespace().count() >= 3 && !(start..end).contains(&pc)
 }
 
 /// Whether thread `tid` of this process blocks signal `sig` (its `SigBlk` in
@@ -247,13 +298,13 @@ fn blocks_signal(tid: i32, sig: libc::c_int) -> bool {
     mask.is_some_and(|m| sig >= 1 && m & (1u64 << (sig - 1)) != 0)
 }
 
-/// Sends `sig` to every other thread of the process that does not block it and waits (up to a
+/// Sends `sig` to every other thread of the process that does not block it and is `wanted`, and waits (up to a
 /// second: a thread may block it in between) until as many have counted themselves in `acks`
 /// (reset first).
-pub(crate) fn signal_other_threads(sig: libc::c_int, acks: &AtomicU32) {
+pub(crate) fn signal_other_threads(sig: libc::c_int, acks: &AtomicU32, wanted: impl Fn(i32) -> bool) {
     let me = gettid();
     let tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me && !blocks_signal(t, sig)).collect())
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me && !blocks_signal(t, sig) && wanted(t)).collect())
         .unwrap_or_default();
     acks.store(0, Ordering::Release);
     // SAFETY: getpid has no preconditions.

@@ -117,6 +117,19 @@ pub fn mapping_of(addr: u64) -> Option<Mapping> {
     mappings().iter().find(|m| m.start <= addr && addr < m.end).cloned()
 }
 
+/// The file mapped by `m`, if it is still the one mapped (same device and inode).
+pub fn open_mapped_file(m: &Mapping) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    if m.inode == 0 || !m.path.starts_with('/') {
+        return None;
+    }
+    let file = std::fs::File::open(&m.path).ok()?;
+    let meta = file.metadata().ok()?;
+    let (major, minor) = m.dev.split_once(':')?;
+    let dev = libc::makedev(u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);
+    (meta.ino() == m.inode && meta.dev() == dev).then_some(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -489,7 +489,7 @@ pub fn enable_everywhere() {
         libc::sigemptyset(&mut act.sa_mask);
         crate::signals::real_sigaction()(enable_signal(), &act, std::ptr::null_mut());
     }
-    crate::patch::signal_other_threads(enable_signal(), &ENABLE_ACKS);
+    crate::patch::signal_other_threads(enable_signal(), &ENABLE_ACKS, |_| true);
 }
 
 /// Turns dispatch off for the calling thread.

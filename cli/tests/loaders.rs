@@ -465,21 +465,91 @@ fn a_loader_started_after_the_target_is_picked_up() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut target = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let mut l = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(l.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    assert!(first.starts_with("attached"), "{first}");
+    let l = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
     // The agent looks every 100 ms.
     std::thread::sleep(std::time::Duration::from_millis(500));
     target.stdin.take().unwrap().write_all(b"x").unwrap();
     assert!(target.wait().unwrap().success());
-    l.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    assert!(l.wait().unwrap().success());
+    let rest = loader_finished(l);
     assert!(rest.contains("stats[0] = 8000\n"), "two threads x 4000 add() calls:\n{rest}");
     bpftime_tests::remove_region(&shm);
+}
+
+/// Attaching to a running process leaves its sleeping threads asleep: the hook engine signals
+/// only threads that may be stopped inside the bytes it patches (a signal ends a `nanosleep`
+/// early even under SA_RESTART; a kernel uprobe's attach never does). Two threads sleep 3 s in
+/// one nanosleep each while a loader attaches a uprobe on add(), whose first instruction is
+/// shorter than the jump (so threads could be stopped inside it); both sleeps run their full
+/// time, and every call after them is counted.
+#[test]
+fn attaching_to_a_running_process_leaves_its_sleeps_alone() {
+    let _serial = serial();
+    let loader = build_loader("count_calls");
+    let obj = build_example("loader_calls");
+    let calls = build_target("calls", false);
+    let shm = format!("bpftime-loader-sleep-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let target = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "sleep"]).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let l = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
+    let done = target.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{printed}");
+    let rest = loader_finished(l);
+    assert!(printed.contains("sleeps cut short: 0\n"), "a sleeping thread was woken to attach the probe:\n{printed}");
+    assert!(rest.contains("stats[0] = 8000\n"), "two threads x 4000 add() calls after their sleeps:\n{rest}");
+    bpftime_tests::remove_region(&shm);
+}
+
+/// A kernel uprobe on the same function (another tool's, say a system-wide bpftrace) leaves an
+/// `int3` in the target's copy of the code and keeps the byte it replaced. The agent reads that
+/// byte from the file and patches its jump over the `int3`: our probe counts every call, also
+/// after the kernel's probe goes (the kernel restores its byte only where it still finds its
+/// `int3`), and the target runs on. Before, the agent took the `int3` for the function's code:
+/// it kept the site as a trap of its own that the kernel's handler took, then lost it when the
+/// kernel restored its byte, and a detach wrote the stale `int3` back (the target died of it).
+#[test]
+fn a_kernel_uprobe_on_the_same_function_neither_hides_ours_nor_breaks_the_target() {
+    let _serial = serial();
+    if !is_root() {
+        return println!("skipping: a kernel uprobe needs root");
+    }
+    let loader = build_loader("count_calls");
+    let obj = build_example("loader_calls");
+    let calls = build_target("calls", false);
+    let shm = format!("bpftime-loader-beside-kernel-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let kernel = loader_attached(Command::new(&loader).arg(&obj).arg(&calls));
+    let ours = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
+    let mut target = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    loader_finished(kernel);
+    target.stdin.take().unwrap().write_all(b"x").unwrap();
+    let done = target.wait_with_output().unwrap();
+    assert!(done.status.success(), "the target: {:?} {}", done.status, text(&done.stdout));
+    let rest = loader_finished(ours);
+    assert!(rest.contains("stats[0] = 8000\n"), "two threads x 4000 add() calls:\n{rest}");
+    bpftime_tests::remove_region(&shm);
+}
+
+/// A loader with count_calls's interface started from `cmd`, once it printed "attached".
+fn loader_attached(cmd: &mut Command) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("attached"), "{first}");
+    (child, out)
+}
+
+/// Tells a loader from [`loader_attached`] to print its counts and exit; returns what it printed.
+fn loader_finished((mut child, mut out): (std::process::Child, BufReader<std::process::ChildStdout>)) -> String {
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    rest
 }
 
 /// The sum of the counts of a libbpf-tools histogram (`  2048 -> 4095  : 4928  |***|`).
