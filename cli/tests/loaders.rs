@@ -1289,7 +1289,8 @@ fn libbpf_tools_gethostlatency_sees_what_the_kernel_sees() {
 }
 
 /// bpftool (unmodified, from apt) under the syscall server walks the region as it walks the
-/// kernel: `prog show` lists our programs, `map show` our maps, `map dump` their values.
+/// kernel: `prog show` lists our programs, `map show` our maps, `map dump` their values,
+/// `prog dump xlated` a program's instructions.
 #[test]
 fn bpftool_shows_and_dumps_the_region() {
     let _serial = serial();
@@ -1314,6 +1315,12 @@ fn bpftool_shows_and_dumps_the_region() {
     let dump = tool(&["map", "dump", "name", "stats"]);
     assert!(dump.contains("key: 00 00 00 00  value: 07 00 00 00 00 00 00 00"), "{dump}");
     assert!(dump.contains("Found 8 elements"), "{dump}");
+    // `prog dump xlated`: the instructions as stored, maps by id, helpers by name.
+    let xlated = tool(&["prog", "dump", "xlated", "name", "on_add"]);
+    let stats_id = tool(&["map", "show", "name", "stats"]).split(':').next().unwrap().trim().to_string();
+    assert!(xlated.contains(&format!("= map[id:{stats_id}]")), "{xlated}");
+    assert!(xlated.contains("call bpf_map_lookup_elem#1"), "{xlated}");
+    assert!(xlated.trim_end().ends_with("exit"), "{xlated}");
     bpftime_tests::remove_region(&shm);
 }
 

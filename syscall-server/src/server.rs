@@ -1037,6 +1037,14 @@ impl Server {
                 }
                 put32(&mut info, 52, maps.len() as u32);
                 info[56..64].copy_from_slice(&ids_at.to_le_bytes());
+                // The instructions as stored (maps by id, as the kernel's dump shows them),
+                // as much as the caller's `xlated_prog_len` takes: `bpftool prog dump xlated`.
+                let (xlated_room, xlated_at) = (given.u32(20) as usize, given.u64(32));
+                if xlated_at != 0 && xlated_room > 0 {
+                    let bytes: Vec<u8> = p.insns.iter().flat_map(|i| i.to_bytes()).take(xlated_room).collect();
+                    user::write(xlated_at, &bytes)?;
+                }
+                info[32..40].copy_from_slice(&xlated_at.to_le_bytes());
                 put32(&mut info, 20, (p.insns.len() * 8) as u32);
                 put32(&mut info, 84, bpftime_runtime::helper_names::gpl_compatible(&p.license) as u32);
                 let n = p.name.len().min(15);
