@@ -544,6 +544,9 @@ fn watch_links(mut seen: u32) {
         region.wait_for_table_change(seen, interval);
         seen = region.table_changes();
         let _ = std::panic::catch_unwind(|| agent.refresh_links());
+        for addr in bpftime_attach::yield_to_foreign_breakpoints() {
+            eprintln!("bpftime: a breakpoint not ours (a kernel uprobe?) was placed over the probe at {addr:#x}; the function has its own code back there and bpftime's probes on it stop in this process");
+        }
     }
 }
 

@@ -124,6 +124,13 @@ pub struct Site {
     returns_twice: bool,
     /// Why a jump could not be used ([`Method::Trap`] sites; empty otherwise).
     trap_reason: String,
+    /// Length of the first instruction the patch covers: where the kernel resumes a thread
+    /// after a kernel uprobe placed over our jump ran that instruction (see `landing`).
+    first_len: u8,
+    /// A breakpoint that is not ours (a kernel uprobe) was written over the patch, and the
+    /// site gave the function its bytes back: it stays unpatched (see
+    /// [`yield_to_foreign_breakpoints`]).
+    yielded: AtomicBool,
 }
 
 /// What is written over a site.
@@ -1025,7 +1032,9 @@ fn sync_patches(site: &'static Site) -> Result<(), AttachError> {
             r.installed.store(want_returns, Ordering::Release);
         }
     }
-    let want = if !list(&site.entry).is_empty() || (want_returns && returns.is_empty()) {
+    let want = if site.yielded.load(Ordering::Acquire) {
+        Installed::Original
+    } else if !list(&site.entry).is_empty() || (want_returns && returns.is_empty()) {
         Installed::Stub
     } else if want_returns && site.trampoline_ret.is_some() {
         // The return site is in the trampoline: calls must go through it.
@@ -1658,6 +1667,8 @@ fn build_trap_site(addr: u64, info: SiteInfo, trap_reason: String) -> Result<&'s
         named: VectorUse::ALL,
         returns_twice: info.returns_twice,
         trap_reason,
+        first_len: first.len() as u8,
+        yielded: AtomicBool::new(false),
     });
     site.slot = patch::register_site(addr, 1, page, &[], &*site as *const Site as u64).ok_or(AttachError::TooManySites)?;
     Ok(Box::leak(site))
@@ -1809,6 +1820,8 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
         module,
         returns_twice: info.returns_twice,
         trap_reason: String::new(),
+        first_len: instrs[0].len() as u8,
+        yielded: AtomicBool::new(false),
     });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
     if at_entry {
@@ -1845,6 +1858,19 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
     let rel = i32::try_from(tramp.wrapping_sub(addr + PATCH_LEN as u64) as i64).map_err(|_| AttachError::NoNearMemory(addr))?;
     site.to_trampoline[0] = 0xe9;
     site.to_trampoline[1..].copy_from_slice(&rel.to_le_bytes());
+    // Where the first instruction is shorter than the jump, the jump's byte right after it is
+    // an `int3` (a landing chosen as its target), for a kernel uprobe placed over it later.
+    let first = site.first_len as usize;
+    if first < PATCH_LEN {
+        let from = addr + PATCH_LEN as u64;
+        for (bytes, target) in [(&mut site.jump, page), (&mut site.to_trampoline, tramp)] {
+            if bytes[first] != 0xcc {
+                if let Some(t) = crate::landing::landing(from, first as u32 - 1, target) {
+                    bytes[1..].copy_from_slice(&(t.wrapping_sub(from) as i64 as i32).to_le_bytes());
+                }
+            }
+        }
+    }
     site.slot = slot;
     Ok(Box::leak(site))
 }
@@ -1904,6 +1930,7 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     // mapped files as fixed (reading every site's bytes for every attach was quadratic).
     static STALE_CHECKED: AtomicU64 = AtomicU64::new(0);
     if crate::procmaps::due_in_batch(&STALE_CHECKED) {
+        yield_sites(&map);
         forget_stale_sites(&mut map);
     }
     let site = match map.get(&addr) {
@@ -1937,6 +1964,50 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
     Ok(id)
 }
 
+/// Gives the function its bytes back wherever a breakpoint that is not ours (a kernel uprobe
+/// registered after we patched it) has been written over a jump of ours; returns the addresses
+/// of those sites, which stay unpatched from then on (their probes no longer run). The kernel
+/// runs the function's first instruction out of line and resumes after it, inside our jump
+/// (where a landing put an `int3` for the moment), and when its probe goes it puts back only
+/// the first byte: with the function's own bytes behind its `int3`, both work. Called by the
+/// agent's link thread every poll, and before each batch of attaches.
+pub fn yield_to_foreign_breakpoints() -> Vec<u64> {
+    let _patching = PATCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let map = sites().lock().unwrap_or_else(|e| e.into_inner());
+    yield_sites(&map)
+}
+
+/// See [`yield_to_foreign_breakpoints`]; the caller holds the patch lock.
+fn yield_sites(map: &HashMap<u64, &'static Site>) -> Vec<u64> {
+    let jumps: Vec<&Site> = map
+        .values()
+        .copied()
+        .filter(|s| s.method != Method::Trap && !s.yielded.load(Ordering::Acquire) && s.installed.load(Ordering::Acquire) != Installed::Original as u8)
+        .collect();
+    let now = patch::read_many(&jumps.iter().map(|s| s.addr).collect::<Vec<_>>());
+    let mut yielded = vec![];
+    for (s, bytes) in jumps.into_iter().zip(now) {
+        let ours = if s.installed.load(Ordering::Acquire) == Installed::Stub as u8 { &s.jump } else { &s.to_trampoline };
+        if bytes.is_none_or(|b| b[0] != 0xcc || b[1..] != ours[1..]) {
+            continue;
+        }
+        // A thread the kernel resumes lands after the first instruction: the bytes past it
+        // first, then those up to it, its `int3` last of all.
+        let first = (s.first_len as usize).min(PATCH_LEN);
+        let written = patch::write_code(s.addr + first as u64 + 1, s.original.get(first + 1..).unwrap_or(&[])).and_then(|_| {
+            patch::sync_cores();
+            patch::write_code(s.addr + 1, &s.original[1..(first + 1).min(PATCH_LEN)])
+        });
+        patch::sync_cores();
+        if written.is_ok() {
+            s.installed.store(Installed::Original as u8, Ordering::Release);
+            s.yielded.store(true, Ordering::Release);
+            yielded.push(s.addr);
+        }
+    }
+    yielded
+}
+
 /// Forgets the sites whose code is gone (a library unloaded, maybe another loaded at the same
 /// address): their bytes are no longer what the site wrote or kept. Their patch slots are
 /// released, so that new probes may patch there afresh.
@@ -1958,7 +2029,7 @@ fn forget_stale_sites(map: &mut HashMap<u64, &'static Site>) {
             s.returns.get().is_none_or(|rs| rs.iter().all(|r| holds(r.addr, if r.installed.load(Ordering::Acquire) { &r.jump } else { &r.original })));
         returns_current && holds(s.addr, want)
     };
-    let stale: Vec<u64> = map.iter().filter(|(_, s)| !current(s)).map(|(a, _)| *a).collect();
+    let stale: Vec<u64> = map.iter().filter(|(_, s)| !s.yielded.load(Ordering::Acquire) && !current(s)).map(|(a, _)| *a).collect();
     for a in stale {
         if let Some(s) = map.remove(&a) {
             patch::release_site(s.slot);

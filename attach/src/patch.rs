@@ -108,6 +108,13 @@ fn slot_at(addr: u64) -> Option<&'static SiteSlot> {
     SLOTS[..n].iter().find(|s| s.addr.load(Ordering::Acquire) == addr)
 }
 
+/// Where a thread that met an `int3` at `at`, inside the patched bytes of a jump site (its
+/// displacement), continues: the trampoline's copy of the instruction that begins there.
+fn after_first_instruction(at: u64) -> Option<u64> {
+    let n = NSLOTS.load(Ordering::Acquire) as usize;
+    SLOTS[..n].iter().filter(|s| s.trap_site.load(Ordering::Relaxed) == 0).find_map(|s| fixed_rip(s, at))
+}
+
 /// Where a thread at `rip` inside site `s`'s patched bytes must continue.
 fn fixed_rip(s: &SiteSlot, rip: u64) -> Option<u64> {
     let base = s.addr.load(Ordering::Acquire);
@@ -157,6 +164,14 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
         }
         // Either way, on with the original instructions.
         uc.uc_mcontext.gregs[libc::REG_RIP as usize] = s.trampoline.load(Ordering::Relaxed) as i64;
+        return;
+    }
+    // The `int3` of a landing, inside one of our jumps: a kernel uprobe written over the
+    // jump ran the function's first instruction and resumed the thread here (see
+    // `landing`). On with the next instruction's copy in the trampoline.
+    if let Some(new) = rip.checked_sub(1).and_then(after_first_instruction) {
+        TRAPS_REDIRECTED.fetch_add(1, Ordering::Relaxed);
+        uc.uc_mcontext.gregs[libc::REG_RIP as usize] = new as i64;
         return;
     }
     // Not ours: the application's.
@@ -214,6 +229,30 @@ pub(crate) fn sync_cores() {
 pub(crate) fn write_code(addr: u64, bytes: &[u8]) -> std::io::Result<()> {
     let mem = OpenOptions::new().read(true).write(true).open("/proc/self/mem")?;
     mem.write_all_at(bytes, addr)
+}
+
+/// The `PATCH_LEN` bytes at each address (None where unreadable), read in few system calls
+/// (process_vm_readv(2), up to 1024 ranges a call).
+pub(crate) fn read_many(addrs: &[u64]) -> Vec<Option<[u8; 5]>> {
+    let mut out: Vec<Option<[u8; 5]>> = vec![None; addrs.len()];
+    let mut bufs = vec![[0u8; 5]; addrs.len()];
+    let mut i = 0;
+    while i < addrs.len() {
+        let n = (addrs.len() - i).min(1024);
+        let local: Vec<libc::iovec> = bufs[i..i + n].iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: 5 }).collect();
+        let remote: Vec<libc::iovec> = addrs[i..i + n].iter().map(|&a| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: 5 }).collect();
+        // SAFETY: reads this process's memory into `bufs` (n buffers of 5 bytes) through
+        // iovecs describing exactly them; an unreadable range ends the call early, never faults
+        // (process_vm_readv(2)).
+        let got = unsafe { libc::process_vm_readv(libc::getpid(), local.as_ptr(), n as libc::c_ulong, remote.as_ptr(), n as libc::c_ulong, 0) };
+        // Whole ranges read; a partial or failed one is skipped.
+        let whole = if got > 0 { got as usize / 5 } else { 0 };
+        for k in 0..whole {
+            out[i + k] = Some(bufs[i + k]);
+        }
+        i += whole + 1;
+    }
+    out
 }
 
 /// Reads `len` bytes of code at `addr`, as the mapped file has them where someone else's
@@ -377,6 +416,32 @@ pub(crate) fn alloc_near(near: u64, size: usize) -> Option<u64> {
     Some(start)
 }
 
+/// A fresh read-write mapping of `size` bytes at exactly `at`, if that memory is free.
+pub(crate) fn map_at(at: u64, size: usize) -> Option<u64> {
+    // SAFETY: an anonymous private mapping at a hint, refused if anything is there
+    // (MAP_FIXED_NOREPLACE, mmap(2)).
+    let p = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    if p as u64 != at {
+        // SAFETY: unmapping what the call above just mapped (kernels before 4.17 take the
+        // flag as a hint).
+        unsafe { libc::munmap(p, size) };
+        return None;
+    }
+    Some(at)
+}
+
 /// A fresh read-write mapping of `size` bytes within +-1 GiB of `near`.
 fn map_near(near: u64, size: usize) -> Option<u64> {
     const STEP: u64 = 1 << 16;
@@ -387,24 +452,8 @@ fn map_near(near: u64, size: usize) -> Option<u64> {
             if cand < 0x10000 {
                 continue;
             }
-            // SAFETY: an anonymous private mapping at a hint, refused if anything is there
-            // (MAP_FIXED_NOREPLACE, mmap(2)).
-            let p = unsafe {
-                libc::mmap(
-                    cand as *mut libc::c_void,
-                    size,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    -1,
-                    0,
-                )
-            };
-            if p != libc::MAP_FAILED {
-                if p as u64 == cand {
-                    return Some(cand);
-                }
-                // SAFETY: unmapping what the call above just mapped.
-                unsafe { libc::munmap(p, size) };
+            if let Some(at) = map_at(cand, size) {
+                return Some(at);
             }
         }
     }

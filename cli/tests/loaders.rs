@@ -502,15 +502,27 @@ fn attaching_to_a_running_process_leaves_its_sleeps_alone() {
     bpftime_tests::remove_region(&shm);
 }
 
-/// A kernel uprobe on the same function (another tool's, say a system-wide bpftrace) leaves an
-/// `int3` in the target's copy of the code and keeps the byte it replaced. The agent reads that
-/// byte from the file and patches its jump over the `int3`: our probe counts every call, also
-/// after the kernel's probe goes (the kernel restores its byte only where it still finds its
-/// `int3`), and the target runs on. Before, the agent took the `int3` for the function's code:
-/// it kept the site as a trap of its own that the kernel's handler took, then lost it when the
+/// Kernel uprobes on a function the agent patches (another tool's, say a system-wide
+/// bpftrace), in either order, break nothing.
+///
+/// Kernel first: its `int3` is in the target's copy of the code and the kernel keeps the byte
+/// it replaced. The agent reads that byte from the file and patches its jump over the `int3`:
+/// our probe counts every call, also after the kernel's probe goes (the kernel restores its
+/// byte only where it still finds its `int3`). Before, the agent took the `int3` for the
+/// function's code: it kept a trap of its own that the kernel's handler took, lost it when the
 /// kernel restored its byte, and a detach wrote the stale `int3` back (the target died of it).
+///
+/// Kernel second: it writes its `int3` over our jump, runs the function's first instruction
+/// out of line and resumes the thread after it, inside our jump; when it goes, it puts back
+/// only the first byte. While the agent has not noticed (its link thread told to look only
+/// every ten minutes), the jump's byte after the first instruction is an `int3` (the jump
+/// goes to a landing chosen for that) that sends each call on to the trampoline: the kernel's
+/// probe counts all 8000 calls and the target's sum is right. Once the agent notices (every
+/// 100 ms), it gives the function its own bytes back, so the kernel's probe can go and the
+/// calls after it run the function's own code. Before, the first call after the kernel's probe
+/// came ran the middle of our jump, and so did every call after it went.
 #[test]
-fn a_kernel_uprobe_on_the_same_function_neither_hides_ours_nor_breaks_the_target() {
+fn kernel_uprobes_on_a_function_we_patch_break_nothing() {
     let _serial = serial();
     if !is_root() {
         return println!("skipping: a kernel uprobe needs root");
@@ -518,19 +530,47 @@ fn a_kernel_uprobe_on_the_same_function_neither_hides_ours_nor_breaks_the_target
     let loader = build_loader("count_calls");
     let obj = build_example("loader_calls");
     let calls = build_target("calls", false);
-    let shm = format!("bpftime-loader-beside-kernel-{}", std::process::id());
-    bpftime_tests::remove_region(&shm);
-    let kernel = loader_attached(Command::new(&loader).arg(&obj).arg(&calls));
-    let ours = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
-    let mut target = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    loader_finished(kernel);
-    target.stdin.take().unwrap().write_all(b"x").unwrap();
-    let done = target.wait_with_output().unwrap();
-    assert!(done.status.success(), "the target: {:?} {}", done.status, text(&done.stdout));
-    let rest = loader_finished(ours);
-    assert!(rest.contains("stats[0] = 8000\n"), "two threads x 4000 add() calls:\n{rest}");
-    bpftime_tests::remove_region(&shm);
+    let expected = Command::new(&calls).args(["4000", "2"]).output().unwrap();
+    // (the kernel's probe first, the agent's poll, the kernel's probe gone before the calls,
+    // calls our probe counts, calls the kernel's counts)
+    for (kernel_first, poll_ms, kernel_gone, ours_count, kernel_count) in
+        [(true, "100", true, 8000, 0), (false, "600000", false, 0, 8000), (false, "100", true, 0, 0)]
+    {
+        let case = format!("kernel first {kernel_first}, poll {poll_ms} ms");
+        let shm = format!("bpftime-loader-beside-kernel-{}", std::process::id());
+        bpftime_tests::remove_region(&shm);
+        let kernel_loader = || loader_attached(Command::new(&loader).arg(&obj).arg(&calls));
+        let mut kernel = kernel_first.then(kernel_loader);
+        let ours = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
+        let mut target = bpftime(&shm)
+            .env("BPFTIME_LINK_POLL_MS", poll_ms)
+            .args(["start", "--"])
+            .arg(&calls)
+            .args(["4000", "2", "wait"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if kernel.is_none() {
+            kernel = Some(kernel_loader());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mut kernel_out = None;
+        if kernel_gone {
+            kernel_out = kernel.take().map(loader_finished);
+        }
+        target.stdin.take().unwrap().write_all(b"x").unwrap();
+        let done = target.wait_with_output().unwrap();
+        assert!(done.status.success(), "{case}: the target: {:?} {}", done.status, text(&done.stderr));
+        assert_eq!(text(&done.stdout), text(&expected.stdout), "{case}: the target's results");
+        let kernel_out = kernel_out.or_else(|| kernel.map(loader_finished)).unwrap();
+        assert!(kernel_out.contains(&format!("stats[0] = {kernel_count}\n")), "{case}: the kernel's probe:\n{kernel_out}");
+        let ours_out = loader_finished(ours);
+        assert!(ours_out.contains(&format!("stats[0] = {ours_count}\n")), "{case}: ours:\n{ours_out}");
+        bpftime_tests::remove_region(&shm);
+    }
 }
 
 /// A loader with count_calls's interface started from `cmd`, once it printed "attached".
