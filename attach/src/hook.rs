@@ -1032,6 +1032,11 @@ fn sync_patches(site: &'static Site) -> Result<(), AttachError> {
             r.installed.store(want_returns, Ordering::Release);
         }
     }
+    // A site given back to a foreign breakpoint is patched again only by probes attached after
+    // its last one went.
+    if list(&site.entry).is_empty() && !want_returns {
+        site.yielded.store(false, Ordering::Release);
+    }
     let want = if site.yielded.load(Ordering::Acquire) {
         Installed::Original
     } else if !list(&site.entry).is_empty() || (want_returns && returns.is_empty()) {
@@ -1863,8 +1868,10 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
     let first = site.first_len as usize;
     if first < PATCH_LEN {
         let from = addr + PATCH_LEN as u64;
-        for (bytes, target) in [(&mut site.jump, page), (&mut site.to_trampoline, tramp)] {
-            if bytes[first] != 0xcc {
+        // (The jump to the trampoline is only ever written where the function's `ret` runs there.)
+        let to_trampoline = site.trampoline_ret.is_some();
+        for (bytes, target, used) in [(&mut site.jump, page, true), (&mut site.to_trampoline, tramp, to_trampoline)] {
+            if used && bytes[first] != 0xcc {
                 if let Some(t) = crate::landing::landing(from, first as u32 - 1, target) {
                     bytes[1..].copy_from_slice(&(t.wrapping_sub(from) as i64 as i32).to_le_bytes());
                 }

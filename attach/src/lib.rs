@@ -147,9 +147,31 @@ mod tests {
         ".size bpftime_attach_short_next, . - bpftime_attach_short_next",
     );
 
+    // The same two again, for the test that writes over them as the kernel would.
+    std::arch::global_asm!(
+        ".globl bpftime_attach_zero_k",
+        ".type bpftime_attach_zero_k, @function",
+        ".p2align 4",
+        "bpftime_attach_zero_k:",
+        "xor eax, eax",
+        "ret",
+        ".size bpftime_attach_zero_k, . - bpftime_attach_zero_k",
+        ".p2align 4, 0xcc",
+        ".globl bpftime_attach_short_k",
+        ".type bpftime_attach_short_k, @function",
+        "bpftime_attach_short_k:",
+        "lea rax, [rdi + rdi * 2]",
+        "xor rax, rsi",
+        "ret",
+        ".size bpftime_attach_short_k, . - bpftime_attach_short_k",
+        ".p2align 4, 0xcc",
+    );
+
     unsafe extern "C" {
         fn bpftime_attach_zero(a: u64, b: u64) -> u64;
         fn bpftime_attach_short(a: u64, b: u64) -> u64;
+        fn bpftime_attach_zero_k(a: u64, b: u64) -> u64;
+        fn bpftime_attach_short_k(a: u64, b: u64) -> u64;
     }
 
     /// Where a function's `ret` follows the instructions its entry's jump covers, the
@@ -189,6 +211,60 @@ mod tests {
             assert_eq!(patch::read_code(addr, 8).unwrap(), original, "{name}: its own bytes again");
             assert_eq!(call(40), want(40, 5));
             assert_eq!(rets.0.load(Ordering::Relaxed), 12);
+        }
+    }
+
+    /// As a kernel uprobe placed over our jump would: run the function's first instruction
+    /// out of line, resume after it (inside the jump), later be noticed and given the
+    /// function's bytes back, then go, putting back the first byte. A return probe run in the
+    /// trampoline (`zero`: the jump to the trampoline) and an entry probe (`short`: the jump to
+    /// the stub); both first instructions are shorter than the jump.
+    #[test]
+    fn a_kernel_uprobe_written_over_a_jump_finds_an_int3_after_the_first_instruction() {
+        type F = unsafe extern "C" fn(u64, u64) -> u64;
+        // (name, function, first instruction's length, the kind of probe)
+        let cases: [(&str, F, u64, ProbeKind); 2] =
+            [("bpftime_attach_zero_k", bpftime_attach_zero_k, 2, ProbeKind::Return), ("bpftime_attach_short_k", bpftime_attach_short_k, 4, ProbeKind::Entry)];
+        for (name, f, first, kind) in cases {
+            let addr = f as *const () as u64;
+            let r = resolve(&Target::parse(&format!("/proc/self/exe:{name}")).unwrap()).unwrap();
+            let original = patch::read_code(addr, 5).unwrap();
+            let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding, returns_twice: r.returns_twice };
+            let hits = Arc::new(Count::default());
+            let id = attach(addr, info, kind, hits.clone()).unwrap();
+            assert_eq!(patch::read_code(addr + first, 1).unwrap(), [0xcc], "{name}: the byte after the first instruction");
+            // The kernel ran the first instruction (`zero`'s result is then 0 in rax; `short`'s
+            // lea leaves 3a in rax) and resumes the thread after it.
+            // SAFETY: the address of an instruction boundary of a function of type F, which
+            // the trampoline finishes as F would (the first instruction's effect aside).
+            let resumed: F = unsafe { std::mem::transmute(addr + first) };
+            // SAFETY: see above; the arguments are plain integers.
+            let result = unsafe { std::hint::black_box(resumed)(7, 5) };
+            if kind == ProbeKind::Return {
+                assert_eq!(hits.0.load(Ordering::Relaxed), 1, "{name}: the return probe ran");
+            } else {
+                assert_eq!(hits.0.load(Ordering::Relaxed), 0, "{name}: no entry probe (the kernel's ran)");
+                let _ = result;
+            }
+            // The kernel's int3 over the jump: noticed, the function's bytes back behind it.
+            patch::write_code(addr, &[0xcc]).unwrap();
+            assert_eq!(yield_to_foreign_breakpoints(), vec![addr], "{name}");
+            let mut want = original.clone();
+            want[0] = 0xcc;
+            let mut now = vec![0u8; 5];
+            patch::read_memory(addr, &mut now).unwrap();
+            assert_eq!(now, want, "{name}: the kernel's int3, then the function's own bytes");
+            // The kernel's probe goes: the function is its own again, and stays so.
+            patch::write_code(addr, &original[..1]).unwrap();
+            // SAFETY: both assembly functions take two integers and return one.
+            assert_eq!(unsafe { std::hint::black_box(f)(7, 5) }, if kind == ProbeKind::Return { 0 } else { 21 ^ 5 }, "{name}");
+            assert!(yield_to_foreign_breakpoints().is_empty());
+            detach(id).unwrap();
+            assert_eq!(patch::read_code(addr, 5).unwrap(), original, "{name}");
+            // Once its probes are gone, a new one patches the function again.
+            let again = attach(addr, info, kind, hits.clone()).unwrap();
+            assert_eq!(patch::read_code(addr + first, 1).unwrap(), [0xcc], "{name}: patched again");
+            detach(again).unwrap();
         }
     }
 

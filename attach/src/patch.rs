@@ -255,12 +255,16 @@ pub(crate) fn read_many(addrs: &[u64]) -> Vec<Option<[u8; 5]>> {
     out
 }
 
+/// Reads memory at `addr` as it is, into `buf`.
+pub(crate) fn read_memory(addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    OpenOptions::new().read(true).open("/proc/self/mem")?.read_exact_at(buf, addr)
+}
+
 /// Reads `len` bytes of code at `addr`, as the mapped file has them where someone else's
 /// breakpoint covers them (see [`foreign_breakpoints`]).
 pub(crate) fn read_code(addr: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mem = OpenOptions::new().read(true).open("/proc/self/mem")?;
     let mut buf = vec![0u8; len];
-    mem.read_exact_at(&mut buf, addr)?;
+    read_memory(addr, &mut buf)?;
     foreign_breakpoints(addr, &mut buf);
     Ok(buf)
 }
