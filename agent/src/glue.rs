@@ -211,8 +211,8 @@ impl Agent {
                                 // As the kernel: a semaphore offset outside the binary's
                                 // writable data is left alone (bcc passes one for plain
                                 // uprobes), and the probe works.
-                                Err(e) if verbose() => eprintln!("bpftime: `{}`: its USDT semaphore: {e}", p.prog.name),
-                                Err(_) => {}
+                                Err(bpftime_attach::symbols::ResolveError::Unmapped { .. }) if !verbose() => {}
+                                Err(e) => eprintln!("bpftime: `{}`: its USDT semaphore: {e}", p.prog.name),
                             }
                         }
                     }
@@ -544,8 +544,8 @@ fn watch_links(mut seen: u32) {
         region.wait_for_table_change(seen, interval);
         seen = region.table_changes();
         let _ = std::panic::catch_unwind(|| agent.refresh_links());
-        for addr in bpftime_attach::yield_to_foreign_breakpoints() {
-            eprintln!("bpftime: a breakpoint not ours (a kernel uprobe?) was placed over the probe at {addr:#x}; the function has its own code back there and bpftime's probes on it stop in this process");
+        for addr in std::panic::catch_unwind(bpftime_attach::yield_to_foreign_breakpoints).unwrap_or_default() {
+            eprintln!("bpftime: a breakpoint not ours (a kernel uprobe?) was placed over the probe at {addr:#x}; the function has its own first bytes back there, and bpftime's entry probes on it stop in this process");
         }
     }
 }

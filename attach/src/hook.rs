@@ -122,8 +122,9 @@ pub struct Site {
     named: VectorUse,
     /// Its function returns twice (see [`SiteInfo::returns_twice`]).
     returns_twice: bool,
-    /// Why a jump could not be used ([`Method::Trap`] sites; empty otherwise).
-    trap_reason: String,
+    /// What the verbose output says of how the site is patched: why no jump fits
+    /// ([`Method::Trap`]), or what its jump lacks; empty otherwise.
+    remark: String,
     /// Length of the first instruction the patch covers: where the kernel resumes a thread
     /// after a kernel uprobe placed over our jump ran that instruction (see `landing`).
     first_len: u8,
@@ -1032,6 +1033,14 @@ fn sync_patches(site: &'static Site) -> Result<(), AttachError> {
             r.installed.store(want_returns, Ordering::Release);
         }
     }
+    // A foreign `int3` over our jump, not yet seen by the link thread: given back first, so
+    // that no write of ours races a thread the kernel resumes inside the jump.
+    if patched_with_a_jump(site) {
+        let mut now = [0u8; PATCH_LEN];
+        if patch::read_memory(site.addr, &mut now).is_ok() && covers_our_jump(site, now) && !traced() {
+            yield_site(site);
+        }
+    }
     // A site given back to a foreign breakpoint is patched again only by probes attached after
     // its last one went.
     if list(&site.entry).is_empty() && !want_returns {
@@ -1627,7 +1636,7 @@ fn build_site(addr: u64, info: SiteInfo) -> Result<&'static Site, AttachError> {
 
 /// A site kept as an `int3` over the first byte of its instruction; the trampoline holds that
 /// instruction, relocated, and a jump back after it.
-fn build_trap_site(addr: u64, info: SiteInfo, trap_reason: String) -> Result<&'static Site, AttachError> {
+fn build_trap_site(addr: u64, info: SiteInfo, remark: String) -> Result<&'static Site, AttachError> {
     let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
     let bytes = patch::read_code(addr, 16).map_err(|e| unpatchable(format!("cannot read the code: {e}")))?;
     let first = Decoder::with_ip(64, &bytes, addr, DecoderOptions::NONE).decode();
@@ -1671,7 +1680,7 @@ fn build_trap_site(addr: u64, info: SiteInfo, trap_reason: String) -> Result<&'s
         module: None,
         named: VectorUse::ALL,
         returns_twice: info.returns_twice,
-        trap_reason,
+        remark,
         first_len: first.len() as u8,
         yielded: AtomicBool::new(false),
     });
@@ -1824,7 +1833,7 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
         named: module.as_ref().map_or(VectorUse::ALL, |m| m.vectors_at(addr)),
         module,
         returns_twice: info.returns_twice,
-        trap_reason: String::new(),
+        remark: String::new(),
         first_len: instrs[0].len() as u8,
         yielded: AtomicBool::new(false),
     });
@@ -1872,8 +1881,9 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
         let to_trampoline = site.trampoline_ret.is_some();
         for (bytes, target, used) in [(&mut site.jump, page, true), (&mut site.to_trampoline, tramp, to_trampoline)] {
             if used && bytes[first] != 0xcc {
-                if let Some(t) = crate::landing::landing(from, first as u32 - 1, target) {
-                    bytes[1..].copy_from_slice(&(t.wrapping_sub(from) as i64 as i32).to_le_bytes());
+                match crate::landing::landing(from, first as u32 - 1, target) {
+                    Some(t) => bytes[1..].copy_from_slice(&(t.wrapping_sub(from) as i64 as i32).to_le_bytes()),
+                    None => site.remark = "no landing for its jump: a kernel uprobe placed over it later would break the function".into(),
                 }
             }
         }
@@ -1986,33 +1996,50 @@ pub fn yield_to_foreign_breakpoints() -> Vec<u64> {
 
 /// See [`yield_to_foreign_breakpoints`]; the caller holds the patch lock.
 fn yield_sites(map: &HashMap<u64, &'static Site>) -> Vec<u64> {
-    let jumps: Vec<&Site> = map
-        .values()
-        .copied()
-        .filter(|s| s.method != Method::Trap && !s.yielded.load(Ordering::Acquire) && s.installed.load(Ordering::Acquire) != Installed::Original as u8)
-        .collect();
+    let jumps: Vec<&Site> = map.values().copied().filter(|s| patched_with_a_jump(s)).collect();
     let now = patch::read_many(&jumps.iter().map(|s| s.addr).collect::<Vec<_>>());
-    let mut yielded = vec![];
-    for (s, bytes) in jumps.into_iter().zip(now) {
-        let ours = if s.installed.load(Ordering::Acquire) == Installed::Stub as u8 { &s.jump } else { &s.to_trampoline };
-        if bytes.is_none_or(|b| b[0] != 0xcc || b[1..] != ours[1..]) {
-            continue;
-        }
-        // A thread the kernel resumes lands after the first instruction: the bytes past it
-        // first, then those up to it, its `int3` last of all.
-        let first = (s.first_len as usize).min(PATCH_LEN);
-        let written = patch::write_code(s.addr + first as u64 + 1, s.original.get(first + 1..).unwrap_or(&[])).and_then(|_| {
-            patch::sync_cores();
-            patch::write_code(s.addr + 1, &s.original[1..(first + 1).min(PATCH_LEN)])
-        });
-        patch::sync_cores();
-        if written.is_ok() {
-            s.installed.store(Installed::Original as u8, Ordering::Release);
-            s.yielded.store(true, Ordering::Release);
-            yielded.push(s.addr);
-        }
+    let covered: Vec<&Site> = jumps.into_iter().zip(now).filter(|(s, b)| b.is_some_and(|b| covers_our_jump(s, b))).map(|(s, _)| s).collect();
+    // A debugger's breakpoint (under ptrace) keeps our jump's first byte and puts it back:
+    // the jump must stay whole behind it.
+    if covered.is_empty() || traced() {
+        return vec![];
     }
-    yielded
+    covered.into_iter().filter(|s| yield_site(s)).map(|s| s.addr).collect()
+}
+
+/// The site is patched with a jump of ours (to its stub or its trampoline).
+fn patched_with_a_jump(s: &Site) -> bool {
+    s.method != Method::Trap && !s.yielded.load(Ordering::Acquire) && s.installed.load(Ordering::Acquire) != Installed::Original as u8
+}
+
+/// `now`, read at the site, is our jump with an `int3` over its first byte.
+fn covers_our_jump(s: &Site, now: [u8; PATCH_LEN]) -> bool {
+    let ours = if s.installed.load(Ordering::Acquire) == Installed::Stub as u8 { &s.jump } else { &s.to_trampoline };
+    now[0] == 0xcc && now[1..] == ours[1..]
+}
+
+/// Whether a debugger traces this process (`TracerPid` in /proc/self/status, proc(5)).
+fn traced() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("TracerPid:")).is_some_and(|pid| pid.trim() != "0")
+}
+
+/// Gives site `s` (see [`yield_sites`]) its function's bytes back behind the foreign `int3`;
+/// whether it did.
+fn yield_site(s: &Site) -> bool {
+    // A thread the kernel resumes lands after the first instruction: the bytes past it
+    // first, then those up to it, its `int3` last of all.
+    let first = (s.first_len as usize).min(PATCH_LEN);
+    let written = patch::write_code(s.addr + first as u64 + 1, s.original.get(first + 1..).unwrap_or(&[])).and_then(|_| {
+        patch::sync_cores();
+        patch::write_code(s.addr + 1, &s.original[1..(first + 1).min(PATCH_LEN)])
+    });
+    patch::sync_cores();
+    if written.is_ok() {
+        s.installed.store(Installed::Original as u8, Ordering::Release);
+        s.yielded.store(true, Ordering::Release);
+    }
+    written.is_ok()
 }
 
 /// Forgets the sites whose code is gone (a library unloaded, maybe another loaded at the same
@@ -2036,7 +2063,13 @@ fn forget_stale_sites(map: &mut HashMap<u64, &'static Site>) {
             s.returns.get().is_none_or(|rs| rs.iter().all(|r| holds(r.addr, if r.installed.load(Ordering::Acquire) { &r.jump } else { &r.original })));
         returns_current && holds(s.addr, want)
     };
-    let stale: Vec<u64> = map.iter().filter(|(_, s)| !s.yielded.load(Ordering::Acquire) && !current(s)).map(|(a, _)| *a).collect();
+    // A site given back keeps the function's bytes behind the other tool's `int3` (or its own
+    // first byte again, once the other probe went).
+    let given_back = |s: &Site| {
+        let mut b = [0u8; PATCH_LEN];
+        mem.read_exact_at(&mut b, s.addr).is_ok() && b[1..] == s.original[1..] && (b[0] == 0xcc || b[0] == s.original[0])
+    };
+    let stale: Vec<u64> = map.iter().filter(|(_, s)| if s.yielded.load(Ordering::Acquire) { !given_back(s) } else { !current(s) }).map(|(a, _)| *a).collect();
     for a in stale {
         if let Some(s) = map.remove(&a) {
             patch::release_site(s.slot);
@@ -2062,10 +2095,10 @@ pub fn original_first_byte(addr: u64) -> Option<u8> {
     read_word(addr & !7).map(|w| w.to_le_bytes()[(addr & 7) as usize])
 }
 
-/// How the site at `addr` is patched, once a probe is attached there, with why a jump could
-/// not be used (empty where one is).
+/// How the site at `addr` is patched, once a probe is attached there, with a remark (why no
+/// jump fits, or what the jump lacks; empty if nothing).
 pub fn site_method(addr: u64) -> Option<(Method, String)> {
-    sites().lock().unwrap_or_else(|e| e.into_inner()).get(&addr).map(|s| (s.method, s.trap_reason.clone()))
+    sites().lock().unwrap_or_else(|e| e.into_inner()).get(&addr).map(|s| (s.method, s.remark.clone()))
 }
 
 /// The vector registers the stubs of the site at `addr` keep, in words (e.g. "xmm0-7 (512

@@ -14,8 +14,9 @@
 //!
 //! Byte `k` of the distance is `0xcc` in windows `2^(8k)` bytes wide every `2^(8k+8)` bytes:
 //! any page has some for `k = 0`, a 68 KiB block for every jump for `k = 1`, and for `k = 2`
-//! and `k = 3` the landing pages go in the window nearest the site (16 MiB above or 4 MiB
-//! below it; 832 MiB below it).
+//! and `k = 3` the landing pages go in a window near the site (12.75 MiB above it, 3.25 MiB
+//! below it, or every 16 MiB on; 832 MiB below it). Where none can be had (a non-PIE
+//! executable low in memory for `k = 3`), the jump has no such `int3`, and says so.
 
 use crate::patch;
 use std::sync::Mutex;
@@ -99,14 +100,18 @@ fn add_pages(pages: &mut Vec<LandingPage>, from: u64, k: u32) -> Option<()> {
         // Any 64 KiB holds a window for every jump: one block serves them all.
         1 => (patch::alloc_near(from, (17 * PAGE) as usize)?, 17),
         _ => {
-            let width = 1u64 << (8 * k);
-            let period = width << 8;
-            // The nearest windows, as rel32 distances from `from`.
-            let windows: Vec<i64> = [0xcc * width as i64, 0xcc * width as i64 - period as i64].into_iter().filter(|d| i32::try_from(*d).is_ok()).collect();
+            let (width, period) = (1i128 << (8 * k), 1i128 << (8 * k + 8));
             let block = 16 * PAGE;
+            // The windows within 1 GiB (the reach of the site's pages), nearest first.
+            let mut windows: Vec<i128> = (-64..64).map(|m| 0xcc * width + m * period).filter(|d| d.abs() < 1 << 30).collect();
+            windows.sort_by_key(|d| d.abs());
             let at = windows.iter().find_map(|&d| {
-                let start = from.wrapping_add(d as u64).div_ceil(PAGE) * PAGE;
-                (0..(width / block).min(64)).find_map(|j| patch::map_at(start + j * block, block as usize))
+                let lo = from as i128 + d;
+                if lo < 0x10000 || lo + width > 1 << 47 {
+                    return None;
+                }
+                let start = (lo as u64).div_ceil(PAGE) * PAGE;
+                (0..(width as u64 / block).clamp(1, 64)).find_map(|j| patch::map_at(start + j * block, block as usize))
             })?;
             (at, 16)
         }

@@ -169,7 +169,13 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
     // The `int3` of a landing, inside one of our jumps: a kernel uprobe written over the
     // jump ran the function's first instruction and resumed the thread here (see
     // `landing`). On with the next instruction's copy in the trampoline.
-    if let Some(new) = rip.checked_sub(1).and_then(after_first_instruction) {
+    // Only for an `int3` (SI_KERNEL: not a single step or a watchpoint) that is still there.
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let by_int3 = unsafe { (*info).si_code } == libc::SI_KERNEL;
+    let landing = rip.checked_sub(1).filter(|_| by_int3).and_then(after_first_instruction);
+    // SAFETY: `rip - 1` is inside the patched bytes of a registered site (checked above),
+    // mapped code the thread just ran.
+    if let Some(new) = landing.filter(|_| unsafe { *((rip - 1) as *const u8) } == 0xcc) {
         TRAPS_REDIRECTED.fetch_add(1, Ordering::Relaxed);
         uc.uc_mcontext.gregs[libc::REG_RIP as usize] = new as i64;
         return;

@@ -368,7 +368,10 @@ fn rewrite_once(site: u64) {
 }
 
 fn rewrite(site: u64, pads: &mut Vec<u64>) -> Option<&'static CallSite> {
-    if crate::patch::read_code(site, 2).ok()? != [0x0f, 0x05] {
+    // The bytes as they are (a debugger's breakpoint on the instruction leaves it alone).
+    let mut code = [0u8; 2];
+    crate::patch::read_memory(site, &mut code).ok()?;
+    if code != [0x0f, 0x05] {
         return None;
     }
     // Probes are attached under the patch lock: the padding they use is known while it is held.
