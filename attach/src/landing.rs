@@ -29,16 +29,30 @@ const JMP: u64 = 5;
 struct LandingPage {
     at: u64,
     used: [u64; (PAGE / 64) as usize],
+    /// Every byte below this offset is taken (a search starts here: landings that may go
+    /// anywhere in the page fill it from the bottom).
+    low: u64,
 }
 
 impl LandingPage {
+    fn new(at: u64) -> LandingPage {
+        LandingPage { at, used: [0; (PAGE / 64) as usize], low: 0 }
+    }
+
+    fn is_used(&self, b: u64) -> bool {
+        self.used[(b / 64) as usize] & (1 << (b % 64)) != 0
+    }
+
     fn free(&self, off: u64) -> bool {
-        (off..off + JMP).all(|b| self.used[(b / 64) as usize] & (1 << (b % 64)) == 0)
+        (off..off + JMP).all(|b| !self.is_used(b))
     }
 
     fn take(&mut self, off: u64) {
         for b in off..off + JMP {
             self.used[(b / 64) as usize] |= 1 << (b % 64);
+        }
+        while self.low < PAGE && self.is_used(self.low) {
+            self.low += 1;
         }
     }
 }
@@ -84,7 +98,10 @@ pub(crate) fn landing(from: u64, k: u32, target: u64) -> Option<u64> {
 fn find(pages: &mut [LandingPage], from: u64, k: u32, target: u64) -> Option<u64> {
     for p in pages.iter_mut() {
         let reaches = |t: u64| i32::try_from(target.wrapping_sub(t + JMP) as i64).is_ok();
-        let hit = guarding(from, k, p.at, p.at + PAGE - JMP + 1).find(|&t| p.free(t - p.at) && reaches(t));
+        if p.low + JMP > PAGE {
+            continue;
+        }
+        let hit = guarding(from, k, p.at + p.low, p.at + PAGE - JMP + 1).find(|&t| p.free(t - p.at) && reaches(t));
         if let Some(t) = hit {
             p.take(t - p.at);
             return Some(t);
@@ -119,7 +136,7 @@ fn add_pages(pages: &mut Vec<LandingPage>, from: u64, k: u32) -> Option<()> {
     // SAFETY: `at` is a fresh read-write mapping of `n` pages.
     unsafe { std::ptr::write_bytes(at as *mut u8, 0xcc, (n * PAGE) as usize) };
     patch::make_executable(at, (n * PAGE) as usize).ok()?;
-    pages.extend((0..n).map(|i| LandingPage { at: at + i * PAGE, used: [0; (PAGE / 64) as usize] }));
+    pages.extend((0..n).map(|i| LandingPage::new(at + i * PAGE)));
     Some(())
 }
 
@@ -141,6 +158,14 @@ mod tests {
                 assert_eq!((t as i64 + 5 + rel) as u64, from + 64);
             }
         }
+    }
+
+    #[test]
+    fn thousands_of_landings_do_not_overlap() {
+        let from = crate::patch::alloc_near(thousands_of_landings_do_not_overlap as *const () as u64, 4096).unwrap() + 7;
+        let mut all: Vec<u64> = (0..3000).map(|i| landing(from + (i % 5), 3, from).expect("a landing")).collect();
+        all.sort();
+        assert!(all.windows(2).all(|w| w[1] >= w[0] + JMP), "landings overlap");
     }
 
     #[test]
