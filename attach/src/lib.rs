@@ -214,6 +214,20 @@ mod tests {
         }
     }
 
+    /// Many sites' bytes in few system calls; an unreadable address reads as None and the
+    /// others still read.
+    #[test]
+    fn read_many_reads_around_unreadable_addresses() {
+        // Code nothing patches: this test's own.
+        let f = read_many_reads_around_unreadable_addresses as *const () as u64;
+        let mut want = [0u8; 6];
+        patch::read_memory(f, &mut want).unwrap();
+        let got = patch::read_many(&[f, 8, f + 1, 16]);
+        assert_eq!(got[0].as_ref().map(|b| &b[..]), Some(&want[..5]));
+        assert_eq!((got[1], got[3]), (None, None));
+        assert_eq!(got[2].as_ref().map(|b| &b[..]), Some(&want[1..]));
+    }
+
     /// As a kernel uprobe placed over our jump would: run the function's first instruction
     /// out of line, resume after it (inside the jump), later be noticed and given the
     /// function's bytes back, then go, putting back the first byte. A return probe run in the

@@ -251,6 +251,10 @@ pub(crate) fn read_many(addrs: &[u64]) -> Vec<Option<[u8; 5]>> {
         // iovecs describing exactly them; an unreadable range ends the call early, never faults
         // (process_vm_readv(2)).
         let got = unsafe { libc::process_vm_readv(libc::getpid(), local.as_ptr(), n as libc::c_ulong, remote.as_ptr(), n as libc::c_ulong, 0) };
+        // Refused outright (a seccomp filter): nothing can be read this way.
+        if got < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EFAULT) {
+            break;
+        }
         // Whole ranges read; a partial or failed one is skipped.
         let whole = if got > 0 { got as usize / 5 } else { 0 };
         for k in 0..whole {
