@@ -1983,7 +1983,8 @@ pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn Probe
 
 /// Gives the function its bytes back wherever a breakpoint that is not ours (a kernel uprobe
 /// registered after we patched it) has been written over a jump of ours; returns the addresses
-/// of those sites, which stay unpatched from then on (their probes no longer run). The kernel
+/// of those sites, which stay unpatched from then on (their probes no longer run). Also arms
+/// again the `int3` sites whose `int3` a kernel uprobe took away when it went. The kernel
 /// runs the function's first instruction out of line and resumes after it, inside our jump
 /// (where a landing put an `int3` for the moment), and when its probe goes it puts back only
 /// the first byte: with the function's own bytes behind its `int3`, both work. Called by the
@@ -1996,6 +1997,7 @@ pub fn yield_to_foreign_breakpoints() -> Vec<u64> {
 
 /// See [`yield_to_foreign_breakpoints`]; the caller holds the patch lock.
 fn yield_sites(map: &HashMap<u64, &'static Site>) -> Vec<u64> {
+    rearm_traps(map);
     let jumps: Vec<&Site> = map.values().copied().filter(|s| patched_with_a_jump(s)).collect();
     let now = patch::read_many(&jumps.iter().map(|s| s.addr).collect::<Vec<_>>());
     let covered: Vec<&Site> = jumps.into_iter().zip(now).filter(|(s, b)| b.is_some_and(|b| covers_our_jump(s, b))).map(|(s, _)| s).collect();
@@ -2005,6 +2007,21 @@ fn yield_sites(map: &HashMap<u64, &'static Site>) -> Vec<u64> {
         return vec![];
     }
     covered.into_iter().filter(|s| yield_site(s)).map(|s| s.addr).collect()
+}
+
+/// Puts back the `int3` of trap sites whose function has its own first byte again: a kernel
+/// uprobe that was there first took the traps while it lasted (the kernel handles an `int3`
+/// at its probe's address itself) and wrote the file's byte back when it went.
+fn rearm_traps(map: &HashMap<u64, &'static Site>) {
+    let traps: Vec<&Site> =
+        map.values().copied().filter(|s| s.method == Method::Trap && s.installed.load(Ordering::Acquire) == Installed::Stub as u8).collect();
+    let now = patch::read_many(&traps.iter().map(|s| s.addr).collect::<Vec<_>>());
+    for (s, bytes) in traps.into_iter().zip(now) {
+        if bytes.is_some_and(|b| b[0] == s.original[0] && b[0] != 0xcc) {
+            let _ = patch::write_code(s.addr, &[0xcc]);
+            patch::sync_cores();
+        }
+    }
 }
 
 /// The site is patched with a jump of ours (to its stub or its trampoline).

@@ -167,7 +167,25 @@ mod tests {
         ".p2align 4, 0xcc",
     );
 
+    // A loop back to the second instruction: no jump fits over the first five bytes, so a
+    // probe on it is an `int3`.
+    std::arch::global_asm!(
+        ".globl bpftime_attach_loop_k",
+        ".type bpftime_attach_loop_k, @function",
+        ".p2align 4",
+        "bpftime_attach_loop_k:",
+        "xor eax, eax",
+        "2:",
+        "add rax, rdi",
+        "dec rsi",
+        "jnz 2b",
+        "ret",
+        ".size bpftime_attach_loop_k, . - bpftime_attach_loop_k",
+        ".p2align 4, 0xcc",
+    );
+
     unsafe extern "C" {
+        fn bpftime_attach_loop_k(a: u64, b: u64) -> u64;
         fn bpftime_attach_zero(a: u64, b: u64) -> u64;
         fn bpftime_attach_short(a: u64, b: u64) -> u64;
         fn bpftime_attach_zero_k(a: u64, b: u64) -> u64;
@@ -212,6 +230,30 @@ mod tests {
             assert_eq!(call(40), want(40, 5));
             assert_eq!(rets.0.load(Ordering::Relaxed), 12);
         }
+    }
+
+    /// An `int3` site whose `int3` someone else took away (a kernel uprobe that was there first
+    /// restores the file's byte when it goes) is armed again by the next look.
+    #[test]
+    fn a_trap_taken_away_is_put_back() {
+        let addr = bpftime_attach_loop_k as *const () as u64;
+        let r = resolve(&Target::parse("/proc/self/exe:bpftime_attach_loop_k").unwrap()).unwrap();
+        let original = patch::read_code(addr, 1).unwrap();
+        let info = SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding, returns_twice: false };
+        let hits = Arc::new(Count::default());
+        let id = attach(addr, info, ProbeKind::Entry, hits.clone()).unwrap();
+        assert_eq!(site_method(addr).map(|m| m.0), Some(Method::Trap));
+        // SAFETY: the assembly function takes two integers and returns one.
+        let call = |n: u64| unsafe { std::hint::black_box(bpftime_attach_loop_k)(7, n) };
+        assert_eq!(call(3), 21);
+        patch::write_code(addr, &original).unwrap();
+        assert_eq!(call(3), 21);
+        assert_eq!(hits.0.load(Ordering::Relaxed), 1, "the trap was gone");
+        yield_to_foreign_breakpoints();
+        assert_eq!(call(2), 14);
+        assert_eq!(hits.0.load(Ordering::Relaxed), 2, "armed again");
+        detach(id).unwrap();
+        assert_eq!(patch::read_code(addr, 1).unwrap(), original);
     }
 
     /// Many sites' bytes in few system calls; an unreadable address reads as None and the
