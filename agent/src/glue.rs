@@ -545,7 +545,7 @@ fn watch_links(mut seen: u32) {
         seen = region.table_changes();
         let _ = std::panic::catch_unwind(|| agent.refresh_links());
         for addr in std::panic::catch_unwind(bpftime_attach::yield_to_foreign_breakpoints).unwrap_or_default() {
-            eprintln!("bpftime: a breakpoint not ours (a kernel uprobe?) was placed over the probe at {addr:#x}; the function has its own first bytes back there, and bpftime's entry probes on it stop in this process");
+            eprintln!("bpftime: a breakpoint not ours (a kernel uprobe?) was placed over the probe at {addr:#x}; the function has its own first bytes back there, and bpftime's probes that ran through them stop in this process");
         }
     }
 }
