@@ -552,18 +552,37 @@ fn kernel_uprobes_on_a_function_we_patch_break_nothing() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // The agent's stderr, watched for its word that it gave the function back.
+        let (gave_back, heard) = std::sync::mpsc::channel();
+        let stderr = target.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("a breakpoint not ours") {
+                    let _ = gave_back.send(());
+                }
+                all += &line;
+                all += "\n";
+            }
+            all
+        });
         std::thread::sleep(std::time::Duration::from_millis(300));
         if kernel.is_none() {
             kernel = Some(kernel_loader());
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        if !kernel_first && poll_ms == "100" {
+            assert!(heard.recv_timeout(std::time::Duration::from_secs(20)).is_ok(), "{case}: the agent did not give the function back");
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
         let mut kernel_out = None;
         if kernel_gone {
             kernel_out = kernel.take().map(loader_finished);
         }
         target.stdin.take().unwrap().write_all(b"x").unwrap();
         let done = target.wait_with_output().unwrap();
-        assert!(done.status.success(), "{case}: the target: {:?} {}", done.status, text(&done.stderr));
+        let stderr = stderr.join().unwrap();
+        assert!(done.status.success(), "{case}: the target: {:?} {stderr}", done.status);
         assert_eq!(text(&done.stdout), text(&expected.stdout), "{case}: the target's results");
         let kernel_out = kernel_out.or_else(|| kernel.map(loader_finished)).unwrap();
         assert!(kernel_out.contains(&format!("stats[0] = {kernel_count}\n")), "{case}: the kernel's probe:\n{kernel_out}");
