@@ -1997,10 +1997,24 @@ pub fn yield_to_foreign_breakpoints() -> Vec<u64> {
 
 /// See [`yield_to_foreign_breakpoints`]; the caller holds the patch lock.
 fn yield_sites(map: &HashMap<u64, &'static Site>) -> Vec<u64> {
-    rearm_traps(map);
-    let jumps: Vec<&Site> = map.values().copied().filter(|s| patched_with_a_jump(s)).collect();
-    let now = patch::read_many(&jumps.iter().map(|s| s.addr).collect::<Vec<_>>());
-    let covered: Vec<&Site> = jumps.into_iter().zip(now).filter(|(s, b)| b.is_some_and(|b| covers_our_jump(s, b))).map(|(s, _)| s).collect();
+    // Every patched site's bytes, in one read.
+    let patched: Vec<&Site> = map.values().copied().filter(|s| patched_with_a_jump(s) || armed_trap(s)).collect();
+    let now = patch::read_many(&patched.iter().map(|s| s.addr).collect::<Vec<_>>());
+    let mut covered = vec![];
+    for (s, bytes) in patched.into_iter().zip(now) {
+        let Some(b) = bytes else { continue };
+        if armed_trap(s) {
+            // A kernel uprobe that was there first took the traps while it lasted (the kernel
+            // handles an `int3` at its probe's address itself) and wrote the file's byte back
+            // when it went: our `int3` again.
+            if b[0] == s.original[0] && b[0] != 0xcc {
+                let _ = patch::write_code(s.addr, &[0xcc]);
+                patch::sync_cores();
+            }
+        } else if covers_our_jump(s, b) {
+            covered.push(s);
+        }
+    }
     // A debugger's breakpoint (under ptrace) keeps our jump's first byte and puts it back:
     // the jump must stay whole behind it.
     if covered.is_empty() || traced() {
@@ -2009,19 +2023,9 @@ fn yield_sites(map: &HashMap<u64, &'static Site>) -> Vec<u64> {
     covered.into_iter().filter(|s| yield_site(s)).map(|s| s.addr).collect()
 }
 
-/// Puts back the `int3` of trap sites whose function has its own first byte again: a kernel
-/// uprobe that was there first took the traps while it lasted (the kernel handles an `int3`
-/// at its probe's address itself) and wrote the file's byte back when it went.
-fn rearm_traps(map: &HashMap<u64, &'static Site>) {
-    let traps: Vec<&Site> =
-        map.values().copied().filter(|s| s.method == Method::Trap && s.installed.load(Ordering::Acquire) == Installed::Stub as u8).collect();
-    let now = patch::read_many(&traps.iter().map(|s| s.addr).collect::<Vec<_>>());
-    for (s, bytes) in traps.into_iter().zip(now) {
-        if bytes.is_some_and(|b| b[0] == s.original[0] && b[0] != 0xcc) {
-            let _ = patch::write_code(s.addr, &[0xcc]);
-            patch::sync_cores();
-        }
-    }
+/// The site is an `int3` of ours, installed.
+fn armed_trap(s: &Site) -> bool {
+    s.method == Method::Trap && s.installed.load(Ordering::Acquire) == Installed::Stub as u8
 }
 
 /// The site is patched with a jump of ours (to its stub or its trampoline).

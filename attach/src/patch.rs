@@ -279,8 +279,8 @@ pub(crate) fn read_code(addr: u64, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Puts back the file's bytes under breakpoints that are not ours in `code`, read at `addr`,
-/// and returns how many there were. A kernel uprobe (or a debugger) writes an `int3` into this
+/// Puts back the file's bytes under breakpoints that are not ours in `code`, read at `addr`.
+/// A kernel uprobe (or a debugger) writes an `int3` into this
 /// process's copy of the code and keeps the original byte to itself: relocated as it is, the
 /// `int3` would send our trampoline to a probe the kernel may have removed by then (the process
 /// dies of the SIGTRAP), and a jump could never be placed there. An `int3` where the file has
@@ -288,25 +288,21 @@ pub(crate) fn read_code(addr: u64, len: usize) -> std::io::Result<Vec<u8>> {
 /// of the other tool's probe in this process (the kernel writes nothing back over bytes that
 /// are no longer its `int3`); an `int3` of ours there leaves the hits to the kernel's while it
 /// is registered.
-pub(crate) fn foreign_breakpoints(addr: u64, code: &mut [u8]) -> usize {
+fn foreign_breakpoints(addr: u64, code: &mut [u8]) {
     if !code.contains(&0xcc) {
-        return 0;
+        return;
     }
-    let Some(m) = crate::procmaps::mapping_of(addr) else { return 0 };
-    let Some(file) = crate::procmaps::open_mapped_file(&m) else { return 0 };
-    let len = code.len().min((m.end - addr) as usize);
-    let mut original = vec![0u8; len];
+    let Some(m) = crate::procmaps::mapping_of(addr) else { return };
+    let Some(file) = crate::procmaps::open_mapped_file(&m) else { return };
+    let mut original = vec![0u8; code.len().min((m.end - addr) as usize)];
     if file.read_exact_at(&mut original, addr - m.start + m.offset).is_err() {
-        return 0;
+        return;
     }
-    let mut restored = 0;
     for (i, (c, o)) in code.iter_mut().zip(original).enumerate() {
         if *c == 0xcc && o != 0xcc && !overlaps(addr + i as u64, 1) {
             *c = o;
-            restored += 1;
         }
     }
-    restored
 }
 
 fn gettid() -> i32 {
@@ -317,6 +313,7 @@ fn gettid() -> i32 {
 /// Moves every other thread that is stopped inside site `slot`'s patched bytes (past the first
 /// one) to the matching instruction of the trampoline. Threads that block the signal or do not
 /// answer within a second are left alone.
+///
 /// Only threads that may be there are signalled: none when the bytes hold one instruction, and
 /// not a thread that the kernel shows waiting elsewhere (in a system call, whose return address
 /// is outside them). The signal would end a `sleep` or `poll` early (they return EINTR even

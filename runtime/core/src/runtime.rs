@@ -704,16 +704,17 @@ impl Runtime {
         let resolver = IdResolver { region: &self.region };
         let jit_error = |error| LoadError::Jit { program: stored.name.clone(), error };
         // Programs of the kernel's types follow its verifier's rules a VM on its own does not.
+        let kind = ProgramKind::from_section(&stored.section);
         let kernel_rules = |program: &Program| {
             let context_read_only = matches!(
-                ProgramKind::from_section(&stored.section),
+                kind,
                 ProgramKind::Uprobe { .. }
                     | ProgramKind::Kprobe { .. }
                     | ProgramKind::Usdt { .. }
                     | ProgramKind::Tracepoint { .. }
                     | ProgramKind::RawTracepoint { .. }
             );
-            match ProgramKind::from_section(&stored.section) {
+            match kind {
                 ProgramKind::Other(_) => Ok(()),
                 _ => bpftime_vm::kernel_rules::check_kernel_rules(program, context_read_only).map_err(|e| self.verify_error(&stored.name, e)),
             }
