@@ -117,6 +117,147 @@ fn counts_like_the_kernel(loader: &Path, tag: &str) {
     assert_eq!(target_out, kernel_target, "the target's own output");
 }
 
+/// The kernel's jiffies (`/proc/timer_list`, root only).
+fn kernel_jiffies() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/timer_list").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("jiffies: ")?.trim().parse().ok())
+}
+
+/// Two cgroups v2, one inside the other (removed on drop), where the hierarchy is mounted
+/// and writable (root).
+struct NestedCgroup {
+    outer: PathBuf,
+    inner: PathBuf,
+    /// Their ids (inode numbers), outer first.
+    ids: [u64; 2],
+}
+
+impl NestedCgroup {
+    fn make() -> Option<NestedCgroup> {
+        use std::os::unix::fs::MetadataExt;
+        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = info.lines().find_map(|l| {
+            let (before, after) = l.split_once(" - ")?;
+            after.starts_with("cgroup2 ").then(|| before.split(' ').nth(4).map(PathBuf::from))?
+        })?;
+        let outer = mount.join(format!("bpftime-test-{}", std::process::id()));
+        let inner = outer.join("inner");
+        let made = std::fs::create_dir_all(&inner);
+        let g = NestedCgroup { ids: [0, 0], outer, inner };
+        if let Err(e) = made {
+            println!("running in the current cgroup: cannot make one in {}: {e}", mount.display());
+            return None;
+        }
+        let mut g = g;
+        g.ids = [std::fs::metadata(&g.outer).ok()?.ino(), std::fs::metadata(&g.inner).ok()?.ino()];
+        Some(g)
+    }
+}
+
+impl Drop for NestedCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.inner);
+        let _ = std::fs::remove_dir(&self.outer);
+    }
+}
+
+/// What `map_walks.bpf.c` leaves in `stats[0..7]` after add(a, ..) for a in 0..iters: the
+/// hash and array walks played out on a model of the two maps.
+fn map_walks_model(iters: u64) -> Vec<u64> {
+    let mut by_arg = std::collections::BTreeMap::<u64, u64>::new();
+    let mut slots = [0u64; 16];
+    let mut r = vec![0u64; 7];
+    for a in 0..iters {
+        *by_arg.entry(a % 32).or_insert(0) += 1;
+        slots[(a % 16) as usize] += a;
+        r[0] = by_arg.len() as u64;
+        for (k, v) in by_arg.iter_mut() {
+            r[1] += k;
+            r[2] += *v;
+            *v += 1;
+        }
+        let before = by_arg.len();
+        by_arg.retain(|_, v| *v <= 40);
+        r[3] += (before - by_arg.len()) as u64;
+        r[4] = 5;
+        r[5] += (0..5).sum::<u64>();
+        r[6] += slots[..5].iter().sum::<u64>();
+    }
+    r
+}
+
+/// `bpf_for_each_map_elem` (a hash walk that writes values and deletes elements, an array walk
+/// stopped early), `bpf_jiffies64`, `bpf_get_current_ancestor_cgroup_id` and
+/// `bpf_ktime_get_tai_ns`, in a program an unmodified libbpf loader loads: what the kernel
+/// gives.
+#[test]
+fn map_walks_jiffies_and_cgroup_ancestors_match_the_kernel() {
+    let _serial = serial();
+    let obj = build_example("map_walks");
+    let calls = build_target("calls", false);
+    let loader = build_loader("count_calls");
+    let iters = 2000;
+    let stats = |out: &str| -> Vec<u64> {
+        let mut v = vec![0u64; 17];
+        for l in out.lines() {
+            if let Some((k, val)) = l.strip_prefix("stats[").and_then(|l| l.split_once("] = ")) {
+                v[k.parse::<usize>().unwrap()] = val.trim().parse().unwrap();
+            }
+        }
+        v
+    };
+    // Jiffies at the first and the last call lie between the kernel's before and after the
+    // run (give or take the tick in which ours were calibrated).
+    let jiffies_within = |v: &[u64], before: Option<u64>, after: Option<u64>, who: &str| {
+        assert!(v[7] != 0 && v[7] <= v[8], "{who}: jiffies {} then {}", v[7], v[8]);
+        if let (Some(b), Some(a)) = (before, after) {
+            assert!(b <= v[7] + 1 && v[8] <= a, "{who}: jiffies {}..{} outside the kernel's {b}..{a}", v[7], v[8]);
+        }
+    };
+    let model = map_walks_model(iters);
+    // The targets run two cgroups below the root where one can be made, so that the ancestors'
+    // ids mean something.
+    let cgroup = NestedCgroup::make();
+    let in_cgroup = |cmd: &mut Command| -> Command {
+        let Some(g) = &cgroup else { return std::mem::replace(cmd, Command::new("true")) };
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", g.inner.display())).arg("sh");
+        c.arg(cmd.get_program()).args(cmd.get_args());
+        c
+    };
+    let shm = format!("bpftime-walks-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls);
+    let mut target = in_cgroup(bpftime(&shm).args(["start", "--"]).arg(&calls).arg(iters.to_string()));
+    let before = kernel_jiffies();
+    let (out, _) = session(ours, &mut target);
+    let after = kernel_jiffies();
+    bpftime_tests::remove_region(&shm);
+    let ours = stats(&out);
+    assert_eq!(ours[..7], model[..], "hash walks (seen, keys, values, deleted), array walks (seen, keys, values):\n{out}");
+    jiffies_within(&ours, before, after, "ours");
+    assert_eq!(ours[10], 1, "the root cgroup's id");
+    if let Some(g) = &cgroup {
+        assert_eq!(ours[11..14], [g.ids[0], g.ids[1], 0], "the ids of the cgroups at levels 1, 2 and 3");
+        assert_eq!(ours[16], g.ids[1], "the id of the target's cgroup");
+    }
+    if !is_root() {
+        return println!("skipping the kernel comparison: it needs root");
+    }
+    let mut kernel = Command::new(&loader);
+    kernel.arg(&obj).arg(&calls);
+    let before = kernel_jiffies();
+    let (kernel_out, _) = session(kernel, &mut in_cgroup(Command::new(&calls).arg(iters.to_string())));
+    let after = kernel_jiffies();
+    let theirs = stats(&kernel_out);
+    assert_eq!(theirs[..7], model[..], "the kernel's walks:\n{kernel_out}");
+    jiffies_within(&theirs, before, after, "the kernel");
+    assert_eq!(ours[10..], theirs[10..], "cgroup ids of the ancestors at levels 0 to 5, and of the target's cgroup");
+    let tai = |v: &[u64]| v[9] as i64;
+    assert!((tai(&ours) - tai(&theirs)).abs() < 5_000_000, "TAI minus monotonic: ours {} ns, the kernel's {} ns", tai(&ours), tai(&theirs));
+}
+
 /// bpftime's userspace-to-kernel tail call: a loader loads a raw tracepoint program into the
 /// kernel itself and stores its fd in a prog array of ours; the uprobe's tail call runs it in
 /// the kernel (BPF_PROG_TEST_RUN), once per call, and does not return.

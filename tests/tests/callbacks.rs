@@ -111,3 +111,33 @@ fn callbacks_are_charged_to_the_loop_budget() {
         assert_eq!(short.run_read_only(&e, &[], std::ptr::null_mut()).map_err(|e| e.fault), Err(Fault::LoopBudget), "{name}");
     }
 }
+
+/// Helper 3: lends key `r2` and calls back the function at slot r1 with its address in r1, as
+/// `bpf_for_each_map_elem` does for an array's index.
+extern "C" fn lend_and_call_back(pc: u64, key: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    let addr = state.lend_key(key as u32);
+    state.call_function(pc as usize, [addr, 0, 0, 0, 0]).unwrap_or(u64::MAX)
+}
+
+#[test]
+fn a_lent_key_can_be_read_but_not_written() {
+    let engines = |src: &str| -> Vec<(&'static str, SharedEngine)> {
+        let code = bpftime_vm::asm::assemble(src).expect("assembles");
+        let mut helpers = HelperTable::new();
+        helpers.register(3, "lend_and_call_back", lend_and_call_back);
+        let prog = Arc::new(verify(&code, Arc::new(helpers), &NoMaps).expect("verifies"));
+        vec![("interp", Arc::new(Interpreter::new(prog.clone()))), ("jit", Arc::new(JitProgram::compile(prog).expect("compiles")))]
+    };
+    let read = "r1 = func(+4) ll\nr2 = 41\ncall 3\nexit\nr0 = *(u32 *)(r1 + 0)\nr0 += 1\nexit\n";
+    for (name, e) in engines(read) {
+        assert_eq!(run(e.as_ref(), Context::None, &Default::default()), Ok(42), "{name}");
+    }
+    // Past its 4 bytes, and any store, is out of bounds.
+    for body in ["r0 = *(u64 *)(r1 + 0)", "*(u32 *)(r1 + 0) = 1"] {
+        let src = format!("r1 = func(+4) ll\nr2 = 41\ncall 3\nexit\n{body}\nr0 = 0\nexit\n");
+        for (name, e) in engines(&src) {
+            let fault = run(e.as_ref(), Context::None, &Default::default()).expect_err("faults").fault;
+            assert!(matches!(fault, Fault::OutOfBounds { .. }), "{name}: `{body}`: {fault:?}");
+        }
+    }
+}

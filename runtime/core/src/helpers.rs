@@ -10,6 +10,7 @@ use crate::user_mem;
 use bpftime_maps::{current_cpu, Errno, Map, MapType};
 use bpftime_vm::exec::{Fault, HelperEffects, HelperReturn, HelperTable, RunState};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 fn err(e: Errno) -> u64 {
     e.as_helper_result()
@@ -22,23 +23,52 @@ fn host(state: &RunState) -> Option<&HelperContext<'_>> {
     unsafe { (state.host as *const HelperContext).as_ref() }
 }
 
-/// The cgroup v2 directories of the current thread, itself first, then its ancestors, as
-/// (path under /sys/fs/cgroup, inode: the cgroup id).
-fn current_cgroups() -> Vec<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(text) = std::fs::read_to_string("/proc/thread-self/cgroup") else { return vec![] };
-    let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else { return vec![] };
-    let mut dir = std::path::PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-    let mut out = vec![];
-    loop {
-        if let Ok(m) = std::fs::metadata(&dir) {
-            out.push(m.ino());
-        }
-        if dir.as_os_str() == "/sys/fs/cgroup" || !dir.pop() {
-            break;
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a unified system,
+/// `/sys/fs/cgroup/unified` on a hybrid one), found in `/proc/self/mountinfo` once and kept
+/// (no lazy lock: a child forked while another thread looked must not wait for it).
+fn cgroup2_mount() -> Option<&'static str> {
+    static MOUNT: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
+    let p = MOUNT.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: a leaked String, never freed or changed once stored.
+        return Some(unsafe { &*p }.as_str());
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPER_OPTIONS`
+    let mount = info.lines().find_map(|l| {
+        let (before, after) = l.split_once(" - ")?;
+        (after.split(' ').next()? == "cgroup2").then(|| before.split(' ').nth(4).map(str::to_string))?
+    })?;
+    let fresh = Box::into_raw(Box::new(mount));
+    match MOUNT.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+        // SAFETY: stored for good just now.
+        Ok(_) => Some(unsafe { &*fresh }.as_str()),
+        Err(theirs) => {
+            // SAFETY: ours was never shared; theirs is a leaked String stored for good.
+            drop(unsafe { Box::from_raw(fresh) });
+            Some(unsafe { &*theirs }.as_str())
         }
     }
-    out
+}
+
+/// The cgroup v2 ids (cgroupfs inodes) of the current thread's cgroup and its ancestors,
+/// itself first, the root last.
+fn current_cgroups() -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(mount) = cgroup2_mount() else { return vec![] };
+    let Ok(text) = std::fs::read_to_string("/proc/thread-self/cgroup") else { return vec![] };
+    let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else { return vec![] };
+    let mut dir = std::path::PathBuf::from(mount);
+    let mut chain: Vec<u64> = std::fs::metadata(&dir).map(|m| vec![m.ino()]).unwrap_or_default();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        dir.push(part);
+        match std::fs::metadata(&dir) {
+            Ok(m) => chain.push(m.ino()),
+            Err(_) => break,
+        }
+    }
+    chain.reverse();
+    chain
 }
 
 /// `bpf_get_current_cgroup_id`: the id (cgroupfs inode) of the current thread's cgroup v2.
@@ -723,6 +753,104 @@ extern "C" fn bpf_loop(n: u64, callback: u64, cb_ctx: u64, flags: u64, _: u64, s
     n
 }
 
+/// `bpf_for_each_map_elem(map, callback, ctx, flags)`: `callback(map, &key, &value, ctx)` for
+/// each element of an array, hash or LRU hash map (per-CPU ones: this CPU's values) until it
+/// returns non-zero; the number of elements it saw. An array's key is lent read-only, as the
+/// kernel passes the address of an index on its own stack.
+extern "C" fn for_each_map_elem(m: u64, callback: u64, cb_ctx: u64, flags: u64, _: u64, state: &mut RunState) -> u64 {
+    let m_ref = m;
+    let m = try_h!(map(m));
+    if flags != 0 {
+        return err(Errno::EINVAL);
+    }
+    let mut bad_callback = false;
+    let walked = m.for_each_elem(&mut |key, value| {
+        let key = match key {
+            bpftime_maps::ElemKey::Index(i) => state.lend_key(i),
+            bpftime_maps::ElemKey::At(addr) => addr,
+        };
+        match state.call_function(callback as usize, [m_ref, key, value, cb_ctx, 0]) {
+            Some(r) => r != 0 || state.status != bpftime_vm::exec::STATUS_RUNNING,
+            None => {
+                bad_callback = true;
+                true
+            }
+        }
+    });
+    match walked {
+        _ if bad_callback => err(Errno::EINVAL),
+        Ok(n) => n,
+        Err(e) => err(e),
+    }
+}
+
+/// The kernel's `INITIAL_JIFFIES` (jiffies start 5 minutes before wrapping 32 bits) for a
+/// kernel ticking at `hz`.
+fn initial_jiffies(hz: u64) -> u64 {
+    (u32::MAX as u64 + 1).wrapping_sub(300 * hz)
+}
+
+/// The jiffies at `CLOCK_MONOTONIC_COARSE` zero, and the length of a tick in ns (0: not yet
+/// known). Found once: the tick is the coarse clock's resolution (1/HZ); the offset is read
+/// from `/proc/timer_list` where it is readable (root), else taken as `INITIAL_JIFFIES` (the
+/// jiffies then lag the kernel's by the fraction of a second between the clock's start and
+/// the first tick at boot).
+static JIFFIES_BASE: AtomicU64 = AtomicU64::new(0);
+static TICK_NS: AtomicU64 = AtomicU64::new(0);
+
+/// The kernel's `jiffies: N` line in `/proc/timer_list`, with the coarse clock read just after.
+fn timer_list_jiffies() -> Option<(u64, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open("/proc/timer_list").ok()?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The line follows the first CPU's tick device: within the first few pages.
+    while text.len() < 1 << 16 {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+        let now = clock(libc::CLOCK_MONOTONIC_COARSE);
+        let line = text.split(|&b| b == b'\n').find_map(|l| l.strip_prefix(b"jiffies: "));
+        if let Some(n) = line.and_then(|l| std::str::from_utf8(l).ok()).and_then(|l| l.trim().parse().ok()) {
+            return Some((n, now));
+        }
+    }
+    None
+}
+
+/// `bpf_jiffies64()`: the kernel's 64-bit tick count.
+extern "C" fn jiffies64(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    let mut tick = TICK_NS.load(Ordering::Acquire);
+    if tick == 0 {
+        let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_getres writes one timespec (clock_getres(2)).
+        unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+        let t = (res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64).max(1);
+        let base = match timer_list_jiffies() {
+            Some((jiffies, at)) => jiffies.wrapping_sub(at / t),
+            None => initial_jiffies(1_000_000_000 / t),
+        };
+        // Two threads may both get here: each stores what it found (the same up to a tick).
+        JIFFIES_BASE.store(base, Ordering::Relaxed);
+        TICK_NS.store(t, Ordering::Release);
+        tick = t;
+    }
+    JIFFIES_BASE.load(Ordering::Relaxed).wrapping_add(clock(libc::CLOCK_MONOTONIC_COARSE) / tick)
+}
+
+/// `bpf_get_current_ancestor_cgroup_id(level)`: the id of the current thread's cgroup v2
+/// ancestor at `level` (0: the root), or 0 past its own level.
+extern "C" fn get_current_ancestor_cgroup_id(level: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    let chain = current_cgroups();
+    usize::try_from(level).ok().and_then(|l| chain.iter().rev().nth(l)).copied().unwrap_or(0)
+}
+
+extern "C" fn ktime_get_tai_ns(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
+    clock(libc::CLOCK_TAI)
+}
+
 /// Every helper, by kernel id.
 pub fn kernel_helpers() -> HelperTable {
     let mut t = HelperTable::new();
@@ -771,14 +899,19 @@ pub fn kernel_helpers() -> HelperTable {
         .register(120, "bpf_get_ns_current_pid_tgid", get_ns_current_pid_tgid)
         .register(195, "bpf_map_lookup_percpu_elem", map_lookup_percpu_elem)
         .register(181, "bpf_loop", bpf_loop)
-        .register(182, "bpf_strncmp", strncmp);
+        .register(182, "bpf_strncmp", strncmp)
+        .register(118, "bpf_jiffies64", jiffies64)
+        .register(123, "bpf_get_current_ancestor_cgroup_id", get_current_ancestor_cgroup_id)
+        .register(148, "bpf_copy_from_user", probe_read)
+        .register(164, "bpf_for_each_map_elem", for_each_map_elem)
+        .register(208, "bpf_ktime_get_tai_ns", ktime_get_tai_ns);
     // What the verifier's range analysis may rely on (see `HelperEffects`): these only read
     // through their pointer arguments, and the map lookup and the ring-buffer reservation
     // return whole values and records.
     // Every helper but these never stops the run: tail calls stop it, bpf_loop runs callbacks
     // and charges the budget, a bad ring-buffer record faults it.
-    let stops = |id: u32| [12, 132, 133, 181].contains(&id);
-    let reads_only = [2, 3, 5, 6, 7, 8, 14, 15, 25, 35, 37, 42, 58, 80, 87, 125, 130, 132, 133, 134, 160, 173, 174, 182, 195];
+    let stops = |id: u32| [12, 132, 133, 164, 181].contains(&id);
+    let reads_only = [2, 3, 5, 6, 7, 8, 14, 15, 25, 35, 37, 42, 58, 80, 87, 118, 123, 125, 130, 132, 133, 134, 160, 173, 174, 182, 195, 208];
     let ids: Vec<u32> = t.iter().map(|(id, _)| id).collect();
     for id in ids {
         let returns = match id {

@@ -248,6 +248,16 @@ impl Layout {
     }
 }
 
+/// The key [`Map::for_each_elem`] hands over: an array's index, or the address of a hash
+/// element's key in the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElemKey {
+    /// An array's index (the key has no address of its own).
+    Index(u32),
+    /// The address of the key's bytes in the region.
+    At(u64),
+}
+
 /// Number of possible CPUs (like libbpf's `libbpf_num_possible_cpus`).
 pub fn possible_cpus() -> u32 {
     static N: OnceLock<u32> = OnceLock::new();
@@ -1091,6 +1101,27 @@ impl Map {
             MapType::PercpuArray => array::lookup_ptr_on(self, key, cpu),
             MapType::PercpuHash | MapType::LruPercpuHash => hash::lookup_ptr_on(self, key, cpu),
             _ => None,
+        }
+    }
+
+    /// `bpf_for_each_map_elem`: `f(key, value address)` for each element in the kernel's order
+    /// (arrays by index, hash maps bucket by bucket), this CPU's value for per-CPU maps, until
+    /// `f` returns true; how many elements `f` saw. Other map types: `EINVAL`.
+    pub fn for_each_elem(&self, f: &mut dyn FnMut(ElemKey, u64) -> bool) -> Result<u64, Errno> {
+        use MapType::*;
+        let cpu = if self.spec.map_type.is_percpu() { current_cpu().min(self.ncpus.saturating_sub(1)) } else { 0 };
+        match self.spec.map_type {
+            Array | PercpuArray => {
+                for i in 0..self.spec.max_entries {
+                    let value = array::lookup_ptr_on(self, &i.to_le_bytes(), cpu).ok_or(Errno::EINVAL)?;
+                    if f(ElemKey::Index(i), value as u64) {
+                        return Ok(i as u64 + 1);
+                    }
+                }
+                Ok(self.spec.max_entries as u64)
+            }
+            Hash | PercpuHash | LruHash | LruPercpuHash => Ok(hash::for_each(self, cpu, &mut |k, v| f(ElemKey::At(k), v))),
+            _ => Err(Errno::EINVAL),
         }
     }
 

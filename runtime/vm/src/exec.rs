@@ -289,6 +289,8 @@ pub struct RunState {
     /// Opaque pointer for helpers: the runtime that registered them decides what it points to.
     pub host: *mut c_void,
     scratch: [u8; 8],
+    /// A key a helper lends a callback to read (see [`RunState::lend_key`]).
+    lent_key: u32,
     /// The access JIT code asks its out-of-line check about: the address, and
     /// `size | write << 8 | pc << 16`. Passed here rather than in registers so that the hot
     /// path around the check keeps its registers where they are.
@@ -392,6 +394,7 @@ impl RunState {
             stack_base,
             host: opts.host,
             scratch: [0; 8],
+            lent_key: 0,
             check_addr: 0,
             check_what: 0,
         }
@@ -426,7 +429,20 @@ impl RunState {
         if self.ctx.contains(addr, size) && (self.ctx.writable || !write) {
             return true;
         }
-        self.extra_regions().iter().any(|r| r.contains(addr, size) && (r.writable || !write))
+        self.extra_regions().iter().any(|r| r.contains(addr, size) && (r.writable || !write)) || (!write && self.lent_key_region().contains(addr, size))
+    }
+
+    fn lent_key_region(&self) -> Region {
+        Region { start: &self.lent_key as *const u32 as u64, len: 4, writable: false }
+    }
+
+    /// Puts `key` where the program may read it but not write it, for a helper that hands a
+    /// callback a key that lives nowhere in memory (`bpf_for_each_map_elem` over an array,
+    /// whose kernel version passes the address of an index on its own stack); its address.
+    /// The next call overwrites it.
+    pub fn lend_key(&mut self, key: u32) -> u64 {
+        self.lent_key = key;
+        self.lent_key_region().start
     }
 
     /// Whether `[addr, addr + len)` lies in one region the program may touch, for helpers
@@ -436,7 +452,7 @@ impl RunState {
             return true;
         }
         let stack = Region { start: self.fast_load[0].start, len: STACK_SIZE as u64, writable: true };
-        [stack, self.ctx].iter().chain(self.extra_regions()).any(|r| r.contains(addr, len) && (r.writable || !write))
+        [stack, self.ctx, self.lent_key_region()].iter().chain(self.extra_regions()).any(|r| r.contains(addr, len) && (r.writable || !write))
     }
 
     /// The bytes at `[addr, addr + len)` if a program may read them.
