@@ -1,6 +1,7 @@
 //! Printing maps for people (`map dump`, `--dump-maps`) and for scripts (`--json`).
 
 use bpftime_maps::{Map, MapType};
+use bpftime_object::btf::Btf;
 use serde_json::{json, Value};
 use std::fmt::Write;
 
@@ -32,6 +33,39 @@ fn bytes_json(b: &[u8]) -> Value {
         o["u64"] = json!(v);
     }
     o
+}
+
+/// The BTF types a map's creator gave for its keys and values (a libbpf loader, `bpftime
+/// load`): structs print field by field, char arrays as strings, signed integers signed.
+struct Types {
+    btf: Btf,
+    key: u32,
+    value: u32,
+}
+
+impl Types {
+    fn of(m: &Map) -> Option<Types> {
+        let b = m.btf();
+        if b.object == 0 {
+            return None;
+        }
+        let btf = Btf::parse(&bpftime_runtime::btfs::load(m.region(), b.object)?).ok()?;
+        Some(Types { btf, key: b.key_type, value: b.value_type })
+    }
+
+    fn key(t: Option<&Types>, b: &[u8]) -> String {
+        match t {
+            Some(t) if t.key != 0 => t.btf.format_value(t.key, b),
+            _ => show(b),
+        }
+    }
+
+    fn value(t: Option<&Types>, b: &[u8]) -> String {
+        match t {
+            Some(t) if t.value != 0 => t.btf.format_value(t.value, b),
+            _ => show(b),
+        }
+    }
 }
 
 /// One-line summary of a map.
@@ -102,6 +136,8 @@ pub fn human(m: &Map) -> String {
         }
         _ => {
             let list = entries(m);
+            let types = Types::of(m);
+            let types = types.as_ref();
             // Arrays always hold max_entries elements: show the ones that are not all zeros.
             let array = matches!(m.map_type(), MapType::Array | MapType::PercpuArray);
             let mut hidden = 0;
@@ -111,20 +147,20 @@ pub fn human(m: &Map) -> String {
                     continue;
                 }
                 if slots.len() == 1 {
-                    let _ = writeln!(s, "  {} => {}", show(k), show(&slots[0]));
+                    let _ = writeln!(s, "  {} => {}", Types::key(types, k), Types::value(types, &slots[0]));
                 } else {
                     // Runs of one value shown once (`V x N`): a value per GPU thread is long.
                     let mut per: Vec<String> = vec![];
                     for run in slots.chunk_by(|a, b| a == b) {
                         per.push(if run.len() > 2 {
-                            format!("{} x {}", show(&run[0]), run.len())
+                            format!("{} x {}", Types::value(types, &run[0]), run.len())
                         } else {
-                            run.iter().map(|v| show(v)).collect::<Vec<_>>().join(", ")
+                            run.iter().map(|v| Types::value(types, v)).collect::<Vec<_>>().join(", ")
                         });
                     }
                     let sum: Option<u64> = slots.iter().map(|v| as_uint(v)).sum();
                     let total = sum.map(|t| format!(" (sum {t})")).unwrap_or_default();
-                    let _ = writeln!(s, "  {} => [{}]{total}", show(k), per.join(", "));
+                    let _ = writeln!(s, "  {} => [{}]{total}", Types::key(types, k), per.join(", "));
                 }
             }
             if hidden > 0 {

@@ -1222,3 +1222,24 @@ fn the_mark_of_an_untraced_exec_never_reaches_the_program() {
     assert_eq!(text(&o.stdout), "[]\n0\n", "{}", text(&o.stderr));
     bpftime_tests::remove_region(&shm);
 }
+
+/// `bpftime map dump` (here `bpftime run`'s dump at exit) prints keys and values through the
+/// BTF types the object gave its maps: a struct field by field.
+#[test]
+fn map_dumps_format_values_from_their_btf() {
+    let obj = build_example("map_walks");
+    let calls = bpftime_tests::clang::build_target("calls", false);
+    let shm = format!("bpftime-cli-btf-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let attach = format!("on_add={}:add", calls.display());
+    let out = bpftime_shm(&shm, &["run", obj.to_str().unwrap(), "--attach", &attach, "--", calls.to_str().unwrap(), "50"]);
+    bpftime_tests::remove_region(&shm);
+    // The dump follows the target's output, on stderr.
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    // 50 calls; each array walk sees indexes 0 to 4 (sum 10) and stops; the values are the
+    // sums of a % 16 slots 0 to 4 before each walk.
+    let values: u64 = (0..50u64).map(|n| (0..=n).filter(|a| a % 16 < 5).sum::<u64>()).sum();
+    let want = format!("  1 => {{ keys: 500, values: {values}, seen: 250, deleted: 0 }}\n");
+    assert!(text.contains(&want), "want {want:?} in:\n{text}");
+}

@@ -1511,10 +1511,12 @@ fn bpftool_shows_and_dumps_the_region() {
         assert!(progs.contains(&format!("name {name} ")), "{progs}");
     }
     assert!(tool(&["map", "show"]).contains("array  name stats  flags 0x0"));
-    // stats[0]: add() calls.
+    // stats[0]: add() calls; keys and values formatted from the object's BTF, which
+    // `bpftime load` keeps in the region as a libbpf loader's is.
     let dump = tool(&["map", "dump", "name", "stats"]);
-    assert!(dump.contains("key: 00 00 00 00  value: 07 00 00 00 00 00 00 00"), "{dump}");
-    assert!(dump.contains("Found 8 elements"), "{dump}");
+    assert!(dump.contains("\"key\": 0,\n        \"value\": 7\n"), "{dump}");
+    assert_eq!(dump.matches("\"key\": ").count(), 8, "{dump}");
+    assert!(tool(&["map", "show", "name", "stats"]).contains("btf_id "));
     // `prog dump xlated`: the instructions as stored, maps by id, helpers by name.
     let xlated = tool(&["prog", "dump", "xlated", "name", "on_add"]);
     let stats_id = tool(&["map", "show", "name", "stats"]).split(':').next().unwrap().trim().to_string();
@@ -1522,6 +1524,66 @@ fn bpftool_shows_and_dumps_the_region() {
     assert!(xlated.contains("call bpf_map_lookup_elem#1"), "{xlated}");
     assert!(xlated.trim_end().ends_with("exit"), "{xlated}");
     bpftime_tests::remove_region(&shm);
+}
+
+/// bpftool (unmodified) formats a libbpf loader's maps from their BTF as it does on the kernel:
+/// the loader's BTF is kept in the region with each map's key and value types, so `map show`
+/// names the BTF, `map dump` prints keys and values field by field (a struct-valued array, in
+/// order; a hash, whose order is the kernel's own, as a set), and `btf dump` prints the types.
+#[test]
+fn bpftool_formats_a_loaders_maps_from_their_btf_as_on_the_kernel() {
+    let _serial = serial();
+    let Some(bpftool) = installed_or_skip("/usr/sbin/bpftool", "bpftool") else { return };
+    let obj = build_example("map_walks");
+    let calls = build_target("calls", false);
+    let loader = build_loader("count_calls");
+    // What bpftool shows while the loader waits, ids left out.
+    let look = |tool: &dyn Fn(&[&str]) -> String| -> Vec<String> {
+        let show = tool(&["map", "show", "name", "walk_totals"]);
+        let btf_id = show.split("btf_id ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("no BTF named: {show}")).to_string();
+        let mut by_arg: Vec<String> = tool(&["-j", "map", "dump", "name", "by_arg"])
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split("},{")
+            .map(|e| e.trim_matches(|c| c == '{' || c == '}').to_string())
+            .collect();
+        by_arg.sort();
+        vec![
+            show.lines().next().unwrap_or("").split_once(':').map_or(String::new(), |(_, rest)| rest.to_string()),
+            tool(&["map", "dump", "name", "walk_totals"]),
+            by_arg.join("\n"),
+            tool(&["btf", "dump", "id", &btf_id]),
+        ]
+    };
+    let shm = format!("bpftime-btf-dump-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let waiting = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
+    let t = bpftime(&shm).args(["start", "--"]).arg(&calls).arg("300").output().unwrap();
+    assert!(t.status.success(), "{}", text(&t.stderr));
+    let ours = look(&|args| {
+        let o = bpftime(&shm).args(["load", "--"]).arg(&bpftool).args(args).output().unwrap();
+        assert!(o.status.success(), "bpftool {args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    });
+    loader_finished(waiting);
+    bpftime_tests::remove_region(&shm);
+    assert!(ours[1].contains("\"value\": {\n            \"keys\": "), "struct fields by name:\n{}", ours[1]);
+    assert!(ours[3].contains("STRUCT 'walk' size=32 vlen=4"), "{}", ours[3]);
+    if !is_root() {
+        return println!("skipping the kernel comparison: it needs root");
+    }
+    let waiting = loader_attached(Command::new(&loader).arg(&obj).arg(&calls));
+    assert!(Command::new(&calls).arg("300").output().unwrap().status.success());
+    let theirs = look(&|args| {
+        let o = Command::new(&bpftool).args(args).output().unwrap();
+        assert!(o.status.success(), "bpftool {args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    });
+    loader_finished(waiting);
+    for (what, (o, k)) in ["map show", "map dump of an array of structs", "map dump of a hash", "btf dump"].iter().zip(ours.iter().zip(&theirs)) {
+        assert_eq!(o, k, "{what}: ours, then the kernel's");
+    }
 }
 
 /// libbpf's USDT support, unmodified (`bpf_program__attach_usdt`: ELF notes, its spec maps,

@@ -58,6 +58,26 @@ struct walk {
     __u64 deleted;
 };
 
+// The walks' totals as structs (0: the hash walks, 1: the array walks): what bpftool's dump
+// formats from the map's BTF.
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __type(value, struct walk);
+} walk_totals SEC(".maps");
+
+static __always_inline void total(__u32 k, struct walk *w)
+{
+    struct walk *t = bpf_map_lookup_elem(&walk_totals, &k);
+    if (t) {
+        t->keys += w->keys;
+        t->values += w->values;
+        t->seen += w->seen;
+        t->deleted += w->deleted;
+    }
+}
+
 static __always_inline void add_to(__u32 k, __u64 v)
 {
     __u64 *p = bpf_map_lookup_elem(&stats, &k);
@@ -117,6 +137,8 @@ int BPF_KPROBE(on_add, unsigned long a, long b)
     add_to(HASH_DELETED, h.deleted);
     n = bpf_for_each_map_elem(&slots, visit_array, &arr, 0);
     set(ARRAY_SEEN, n);
+    total(0, &h);
+    total(1, &arr);
     add_to(ARRAY_KEYS, arr.keys);
     add_to(ARRAY_VALUES, arr.values);
 

@@ -9,8 +9,8 @@
 use crate::attr::{self, Attr};
 use crate::pmu;
 use crate::user;
-use bpftime_maps::{Map, MapSpec, MapType};
-use bpftime_runtime::{links, pins, progs, EngineKind, Runtime};
+use bpftime_maps::{Map, MapBtf, MapSpec, MapType};
+use bpftime_runtime::{btfs, links, pins, progs, EngineKind, Runtime};
 use bpftime_shm::{ObjectKind, ShmRegion};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -56,8 +56,8 @@ pub enum Handle {
     Map(u32),
     /// A program (region object id).
     Prog(u32),
-    /// BTF (index into our BTF list).
-    Btf(usize),
+    /// BTF (region object id; bpf() shows it as [`btf_id_of`] it).
+    Btf(u32),
     /// The kernel's own BTF (`/sys/kernel/btf/vmlinux`, id [`KERNEL_BTF_ID`]).
     KernelBtf,
     /// A link (region object id).
@@ -150,7 +150,8 @@ pub struct Server {
     pub(crate) frozen: Mutex<HashSet<u32>>,
     /// `--kernel-passthrough`: what we cannot run goes to the kernel (see [`crate::kernel`]).
     pub(crate) kernel: Option<crate::kernel::Passthrough>,
-    btfs: Mutex<Vec<Vec<u8>>>,
+    /// BTF objects this process loaded (removed when no fd of ours and no map holds them).
+    loaded_btfs: Mutex<HashSet<u32>>,
     /// Programs this process loaded (removed when nothing holds them).
     loaded: Mutex<HashSet<u32>>,
     /// Kprobe-type programs our verifier refused for the CPU but took as CUDA kernel probes,
@@ -303,7 +304,7 @@ impl Server {
             fds: Mutex::default(),
             frozen: Mutex::default(),
             kernel: std::env::var_os("BPFTIME_KERNEL_PASSTHROUGH").filter(|v| v != "0").map(|_| Default::default()),
-            btfs: Mutex::default(),
+            loaded_btfs: Mutex::default(),
             loaded: Mutex::default(),
             gpu_only: Mutex::default(),
             uprobe: pmu::uprobe(),
@@ -391,6 +392,9 @@ impl Server {
         };
         if let Some(p) = affected {
             self.forget_if_unused(p);
+        }
+        if let Some(Handle::Btf(b)) = h {
+            self.forget_btf_if_unused(b);
         }
     }
 
@@ -540,19 +544,23 @@ impl Server {
             attr::MAP_GET_NEXT_ID => self.next_id(a, ObjectKind::Map),
             attr::PROG_GET_NEXT_ID => self.next_id(a, ObjectKind::Program),
             attr::LINK_GET_NEXT_ID => self.next_id(a, ObjectKind::Link),
-            // The kernel's BTF objects: vmlinux's alone (bpftrace reads its types this way;
-            // libbpf looks for CO-RE candidates vmlinux lacks in the others, and finds none
-            // here, as `bpftime run` relocates against vmlinux alone).
-            attr::BTF_GET_NEXT_ID => match a.u32(0) < KERNEL_BTF_ID && kernel_btf().is_some() {
-                true => {
-                    a.set_u32(4, KERNEL_BTF_ID);
-                    Ok(0)
-                }
-                false => Err(libc::ENOENT),
-            },
-            attr::BTF_GET_FD_BY_ID => match a.u32(0) == KERNEL_BTF_ID && kernel_btf().is_some() {
-                true => self.install(Handle::KernelBtf),
-                false => Err(libc::ENOENT),
+            // BTF objects: the kernel's, vmlinux's alone (bpftrace reads its types this way;
+            // libbpf looks for CO-RE candidates vmlinux lacks in the other kernel ones, and
+            // finds none here, as `bpftime run` relocates against vmlinux alone), then the
+            // region's (bpftool reads a map's key and value types from them).
+            attr::BTF_GET_NEXT_ID => {
+                let start = a.u32(0);
+                let kernel = (start < KERNEL_BTF_ID && kernel_btf().is_some()).then_some(KERNEL_BTF_ID);
+                let next = kernel.or_else(|| btfs::list(&self.region).into_iter().map(btf_id_of).find(|&id| id > start)).ok_or(libc::ENOENT)?;
+                a.set_u32(4, next);
+                Ok(0)
+            }
+            attr::BTF_GET_FD_BY_ID => match a.u32(0) {
+                KERNEL_BTF_ID if kernel_btf().is_some() => self.install(Handle::KernelBtf),
+                id => match btf_object_of(id).filter(|&b| btfs::load(&self.region, b).is_some()) {
+                    Some(b) => self.install(Handle::Btf(b)),
+                    None => Err(libc::ENOENT),
+                },
             },
             // What a kernel without the feature answers, so loaders take their fallbacks.
             _ => Err(libc::EINVAL),
@@ -591,6 +599,11 @@ impl Server {
             bpftime_maps::MapError::NotSupported(_) => 524,
             _ => libc::EINVAL,
         })?;
+        // Where its key and value types are described (`btf_fd`, `btf_key_type_id`,
+        // `btf_value_type_id`): libbpf gives them for BTF-defined maps.
+        if let Some(Handle::Btf(b)) = self.handle(a.u32(48) as i32).filter(|_| a.u32(48) != 0) {
+            map.set_btf(MapBtf { object: b, key_type: a.u32(52), value_type: a.u32(56) });
+        }
         if let Some(k) = &self.kernel {
             Self::lock(&k.map_attrs).insert(map.id(), a.0.clone());
         }
@@ -983,18 +996,29 @@ impl Server {
 
     fn btf_load(&self, a: &Attr) -> Result<i64, Errno> {
         let size = a.u32(16) as usize;
-        if !(24..=64 << 20).contains(&size) {
+        if !(24..=btfs::MAX_SIZE).contains(&size) {
             return Err(libc::EINVAL);
         }
         let btf = user::read(a.u64(0), size)?;
         if btf[..2] != [0x9f, 0xeb] {
             return Err(libc::EINVAL);
         }
-        let mut btfs = Self::lock(&self.btfs);
-        btfs.push(btf);
-        let i = btfs.len() - 1;
-        drop(btfs);
-        self.install(Handle::Btf(i))
+        let id = btfs::store(&self.region, &btf).map_err(|_| libc::ENOMEM)?;
+        Self::lock(&self.loaded_btfs).insert(id);
+        self.install(Handle::Btf(id))
+    }
+
+    /// Removes BTF object `b` of ours from the region if no fd of ours and no map holds it.
+    fn forget_btf_if_unused(&self, b: u32) {
+        if !Self::lock(&self.loaded_btfs).contains(&b) {
+            return;
+        }
+        let held = Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Btf(c) if *c == b));
+        if held || Map::list(&self.region).iter().any(|m| m.btf().object == b) {
+            return;
+        }
+        btfs::remove(&self.region, b);
+        Self::lock(&self.loaded_btfs).remove(&b);
     }
 
     fn info(&self, a: &mut Attr) -> Result<i64, Errno> {
@@ -1013,6 +1037,14 @@ impl Server {
                 }
                 let n = map.name().len().min(15);
                 info[24..24 + n].copy_from_slice(&map.name().as_bytes()[..n]);
+                // btf_id, btf_key_type_id, btf_value_type_id, map_extra
+                let btf = map.btf();
+                if btf.object != 0 {
+                    for (at, v) in [(64, btf_id_of(btf.object)), (68, btf.key_type), (72, btf.value_type)] {
+                        put32(&mut info, at, v);
+                    }
+                }
+                info[80..88].copy_from_slice(&s.map_extra.to_le_bytes());
                 88
             }
             Handle::Prog(id) => {
@@ -1061,11 +1093,19 @@ impl Server {
                 put32(&mut info, 8, prog);
                 48
             }
-            Handle::Btf(i) => {
-                // struct bpf_btf_info: btf, btf_size, id (loaded BTF ids follow vmlinux's)
-                let size = Self::lock(&self.btfs).get(i).map_or(0, |b| b.len());
-                put32(&mut info, 8, size as u32);
-                put32(&mut info, 12, i as u32 + KERNEL_BTF_ID + 1);
+            Handle::Btf(b) => {
+                // struct bpf_btf_info: as much of the data as the buffer takes, its whole
+                // size, the id; no name (a loader's BTF has none), not the kernel's.
+                let data = btfs::load(&self.region, b).ok_or(libc::EBADF)?;
+                let given = Attr::from_bytes(user::read(out, len.min(32))?);
+                let (buf, buf_size) = (given.u64(0), given.u32(8) as usize);
+                if buf != 0 && buf_size > 0 {
+                    user::write(buf, &data[..data.len().min(buf_size)])?;
+                }
+                info[..8].copy_from_slice(&buf.to_le_bytes());
+                put32(&mut info, 8, data.len() as u32);
+                put32(&mut info, 12, btf_id_of(b));
+                info[16..24].copy_from_slice(&given.u64(16).to_le_bytes());
                 32
             }
             Handle::KernelBtf => {
@@ -1503,6 +1543,16 @@ fn attached_by_btf_id(prog_type: u32) -> bool {
 
 /// The id the kernel gives its own BTF.
 const KERNEL_BTF_ID: u32 = 1;
+
+/// The id bpf() shows for BTF object `object` of the region: after vmlinux's.
+fn btf_id_of(object: u32) -> u32 {
+    object + KERNEL_BTF_ID
+}
+
+/// The region's BTF object bpf() shows as `id`, if `id` can be one.
+fn btf_object_of(id: u32) -> Option<u32> {
+    id.checked_sub(KERNEL_BTF_ID).filter(|&b| b > 0)
+}
 
 /// The kernel's BTF, read once (None where the kernel has none).
 fn kernel_btf() -> Option<&'static [u8]> {

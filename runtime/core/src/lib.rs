@@ -12,6 +12,7 @@
 //! What it is not: it attaches nothing (the `attach` layer does) and makes no bpf() calls but
 //! to run a kernel program that a prog array names ([`kernel_progs`]).
 
+pub mod btfs;
 mod build_id;
 mod desc;
 mod format;

@@ -507,6 +507,17 @@ impl Runtime {
         for def in &obj.maps {
             maps.push(self.create_map(def)?);
         }
+        // The object's BTF, which bpftool and `bpftime map dump` format keys and values with
+        // (stored after the maps, which keep the ids they had without it).
+        let btf = match &obj.btf_bytes {
+            Some(bytes) if obj.maps.iter().any(|m| m.btf_types.is_some()) => crate::btfs::store(&self.region, bytes).ok(),
+            _ => None,
+        };
+        for (map, def) in maps.iter().zip(&obj.maps) {
+            if let (Some(object), Some((key_type, value_type))) = (btf, def.btf_types) {
+                map.set_btf(bpftime_maps::MapBtf { object, key_type, value_type });
+            }
+        }
         let mut programs = Vec::with_capacity(obj.programs.len());
         for p in obj.programs.iter().filter(|p| !refused.iter().any(|r| r.0 == p.name)) {
             let mut insns = p.insns.clone();

@@ -37,7 +37,7 @@ pub use perf::{PerfRecord, MAX_RING_PAGES};
 pub use ringbuf::{RingbufRecord, RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ};
 
 use bpftime_shm::{ObjectKind, ShmError, ShmLock, ShmRegion};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// `BPF_ANY`: create or update.
@@ -227,6 +227,22 @@ pub(crate) struct MapDesc {
     /// Updates and deletes made through the syscall path (loaders, the CLI), not by programs
     /// or copies written back: see [`Map::host_writes`].
     pub writes: AtomicU64,
+    /// See [`MapBtf`]: the BTF object, the key's type, the value's type.
+    btf: [AtomicU32; 3],
+    _pad: u32,
+}
+
+/// Where a map's key and value types are described (`btf_fd`, `btf_key_type_id` and
+/// `btf_value_type_id` of `BPF_MAP_CREATE`): a BTF object of the region and two type ids in
+/// it; all 0 for a map created without.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapBtf {
+    /// The region's object id of the BTF.
+    pub object: u32,
+    /// The key's type id (0: none given).
+    pub key_type: u32,
+    /// The value's type id.
+    pub value_type: u32,
 }
 
 /// Where a map's storage lives (offsets into the region), copied out of the descriptor.
@@ -1102,6 +1118,21 @@ impl Map {
             MapType::PercpuHash | MapType::LruPercpuHash => hash::lookup_ptr_on(self, key, cpu),
             _ => None,
         }
+    }
+
+    /// Where the map's key and value types are described.
+    pub fn btf(&self) -> MapBtf {
+        let [o, k, v] = &self.desc().btf;
+        MapBtf { object: o.load(Ordering::Acquire), key_type: k.load(Ordering::Relaxed), value_type: v.load(Ordering::Relaxed) }
+    }
+
+    /// Records where the map's key and value types are described (once, right after creation,
+    /// by whoever created it).
+    pub fn set_btf(&self, btf: MapBtf) {
+        let d = self.desc();
+        d.btf[1].store(btf.key_type, Ordering::Relaxed);
+        d.btf[2].store(btf.value_type, Ordering::Relaxed);
+        d.btf[0].store(btf.object, Ordering::Release);
     }
 
     /// `bpf_for_each_map_elem`: `f(key, value address)` for each element in the kernel's order

@@ -88,6 +88,9 @@ pub struct MapDef {
     pub init_values: Vec<(u32, String)>,
     /// Where the definition came from.
     pub origin: MapOrigin,
+    /// The key's and the value's type ids in the object's BTF (`__type(key, T)` and
+    /// `__type(value, T)`), as libbpf gives them to the kernel.
+    pub btf_types: Option<(u32, u32)>,
 }
 
 /// A reference from an `lddw` to a map or global data.
@@ -185,6 +188,8 @@ pub struct Object {
     pub license: Option<String>,
     /// The object's BTF, if it has a `.BTF` section.
     pub btf: Option<Btf>,
+    /// That section's bytes, as clang wrote them.
+    pub btf_bytes: Option<Vec<u8>>,
 }
 
 impl Object {
@@ -263,10 +268,11 @@ impl Object {
             }
             _ => return Err(ObjectError::Elf("not a 64-bit little-endian ELF".into())),
         }
-        let mut btf = match file.section_by_name(".BTF") {
-            Some(s) => Some(Btf::parse(s.data().map_err(|e| ObjectError::Elf(e.to_string()))?)?),
+        let btf_bytes = match file.section_by_name(".BTF") {
+            Some(s) => Some(s.data().map_err(|e| ObjectError::Elf(e.to_string()))?.to_vec()),
             None => None,
         };
+        let mut btf = btf_bytes.as_deref().map(Btf::parse).transpose()?;
         // Global variables' offsets in their data sections, from the symbol table (clang
         // leaves them 0 in the BTF).
         if let Some(b) = btf.as_mut() {
@@ -284,7 +290,7 @@ impl Object {
         }
         let mut parser = Parser::new(&file, btf.as_ref())?;
         let maps = parser.maps()?;
-        let mut obj = Object { maps, btf: btf.clone(), ..Object::default() };
+        let mut obj = Object { maps, btf: btf.clone(), btf_bytes, ..Object::default() };
         if let Some(s) = file.section_by_name("license") {
             let data = s.data().map_err(|e| ObjectError::Elf(e.to_string()))?;
             obj.license = Some(String::from_utf8_lossy(data).trim_end_matches('\0').to_string());
@@ -546,6 +552,7 @@ impl<'d, 'f> Parser<'d, 'f> {
                     initial: None,
                     init_values: vec![],
                     origin: MapOrigin::Legacy,
+                    btf_types: None,
                 });
             }
         }
@@ -570,6 +577,7 @@ impl<'d, 'f> Parser<'d, 'f> {
                 initial: Some(bytes),
                 init_values: vec![],
                 origin: MapOrigin::GlobalData,
+                btf_types: None,
             });
         }
         // `__kconfig` externs: one read-only `.kconfig` array holding their values, laid out as
@@ -600,6 +608,7 @@ impl<'d, 'f> Parser<'d, 'f> {
                     initial: Some(bytes),
                     init_values: vec![],
                     origin: MapOrigin::GlobalData,
+                    btf_types: None,
                 });
             }
         }
@@ -757,6 +766,7 @@ fn btf_map_def(btf: &Btf, struct_id: u32, name: &str) -> Result<MapDef, ObjectEr
         initial: None,
         init_values: vec![],
         origin: MapOrigin::Btf,
+        btf_types: None,
     };
     for m in &st.members {
         let with_name = |e: ObjectError| match e {
@@ -777,10 +787,13 @@ fn btf_map_def(btf: &Btf, struct_id: u32, name: &str) -> Result<MapDef, ObjectEr
                     return Err(merr(format!("`{}` must be declared with __type", m.name)));
                 }
                 let size = btf.size_of(ptr.size_or_type).map_err(|e| merr(format!("`{}`: {e}", m.name)))?;
+                let (key, value) = def.btf_types.unwrap_or_default();
                 if m.name == "key" {
                     def.key_size = size;
+                    def.btf_types = Some((ptr.size_or_type, value));
                 } else {
                     def.value_size = size;
+                    def.btf_types = Some((key, ptr.size_or_type));
                 }
             }
             "values" => {

@@ -100,6 +100,8 @@ pub enum ObjectKind {
     Link = 3,
     /// A pinned path naming another object (`BPF_OBJ_PIN`).
     Pin = 4,
+    /// Type information (BTF) a loader gave, which maps name their key and value types in.
+    Btf = 5,
 }
 
 impl ObjectKind {
@@ -109,6 +111,7 @@ impl ObjectKind {
             2 => ObjectKind::Program,
             3 => ObjectKind::Link,
             4 => ObjectKind::Pin,
+            5 => ObjectKind::Btf,
             _ => return None,
         })
     }
