@@ -13,6 +13,8 @@
 //! goes to the kernel unchanged (as raw system calls, with glibc's errno convention).
 
 mod attr;
+#[cfg(test)]
+mod fuzz_tests;
 mod kernel;
 mod pmu;
 mod raw;
