@@ -1529,9 +1529,11 @@ fn bpftool_shows_and_dumps_the_region() {
 /// bpftool (unmodified) formats a libbpf loader's maps from their BTF as it does on the kernel:
 /// the loader's BTF is kept in the region with each map's key and value types, so `map show`
 /// names the BTF, `map dump` prints keys and values field by field (a struct-valued array, in
-/// order; a hash, whose order is the kernel's own, as a set), and `btf dump` prints the types.
+/// order; a hash, whose order is the kernel's own, as a set), and `btf dump` prints the types;
+/// with the program's func_info and line_info, `prog dump xlated` names its functions and
+/// shows its source lines, and `prog show` its BTF, load time and owner.
 #[test]
-fn bpftool_formats_a_loaders_maps_from_their_btf_as_on_the_kernel() {
+fn bpftool_formats_a_loaders_maps_and_programs_from_their_btf_as_on_the_kernel() {
     let _serial = serial();
     let Some(bpftool) = installed_or_skip("/usr/sbin/bpftool", "bpftool") else { return };
     let obj = build_example("map_walks");
@@ -1549,11 +1551,20 @@ fn bpftool_formats_a_loaders_maps_from_their_btf_as_on_the_kernel() {
             .map(|e| e.trim_matches(|c| c == '{' || c == '}').to_string())
             .collect();
         by_arg.sort();
+        // The program's functions and source lines (the kernel's rewrites change the
+        // instructions between them, not their order).
+        let source: Vec<String> =
+            tool(&["prog", "dump", "xlated", "name", "on_add"]).lines().filter(|l| l.starts_with("; ") || l.ends_with("):")).map(str::to_string).collect();
+        let prog = tool(&["prog", "show", "name", "on_add"]);
+        let prog_btf = prog.split("btf_id ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("no BTF named: {prog}"));
+        assert_eq!(prog_btf, btf_id, "the program's BTF and its maps'");
+        assert!(prog.contains("loaded_at ") && prog.contains("  uid 0"), "{prog}");
         vec![
             show.lines().next().unwrap_or("").split_once(':').map_or(String::new(), |(_, rest)| rest.to_string()),
             tool(&["map", "dump", "name", "walk_totals"]),
             by_arg.join("\n"),
             tool(&["btf", "dump", "id", &btf_id]),
+            source.join("\n"),
         ]
     };
     let shm = format!("bpftime-btf-dump-{}", std::process::id());
@@ -1570,6 +1581,8 @@ fn bpftool_formats_a_loaders_maps_from_their_btf_as_on_the_kernel() {
     bpftime_tests::remove_region(&shm);
     assert!(ours[1].contains("\"value\": {\n            \"keys\": "), "struct fields by name:\n{}", ours[1]);
     assert!(ours[3].contains("STRUCT 'walk' size=32 vlen=4"), "{}", ours[3]);
+    assert!(ours[4].starts_with("int on_add(struct pt_regs * ctx):\n; int BPF_KPROBE(on_add, "), "{}", ours[4]);
+    assert!(ours[4].contains("\nlong visit_hash(void * map, __u32 * key, __u64 * value, struct walk * w):\n"), "{}", ours[4]);
     if !is_root() {
         return println!("skipping the kernel comparison: it needs root");
     }
@@ -1581,7 +1594,8 @@ fn bpftool_formats_a_loaders_maps_from_their_btf_as_on_the_kernel() {
         text(&o.stdout)
     });
     loader_finished(waiting);
-    for (what, (o, k)) in ["map show", "map dump of an array of structs", "map dump of a hash", "btf dump"].iter().zip(ours.iter().zip(&theirs)) {
+    let what = ["map show", "map dump of an array of structs", "map dump of a hash", "btf dump", "prog dump xlated: functions and source lines"];
+    for (what, (o, k)) in what.iter().zip(ours.iter().zip(&theirs)) {
         assert_eq!(o, k, "{what}: ours, then the kernel's");
     }
 }

@@ -407,8 +407,12 @@ impl Server {
         if held || pins::is_pinned(&self.region, p) || links::uses_program(&self.region, p) {
             return;
         }
+        let btf = progs::load(&self.region, p).map(|s| s.btf.object);
         self.region.remove_object(p);
         Self::lock(&self.loaded).remove(&p);
+        if let Some(b) = btf.filter(|&b| b != 0) {
+            self.forget_btf_if_unused(b);
+        }
     }
 
     /// At exit: every link this process still holds is detached (the kernel does this when the
@@ -851,6 +855,29 @@ impl Server {
         result
     }
 
+    /// A program's BTF and debug records from `BPF_PROG_LOAD` (`prog_btf_fd`, `func_info`,
+    /// `line_info`), kept so that bpftool can show its functions and source lines; records
+    /// that cannot be read are left out (the program loads as it would without them).
+    fn prog_btf(&self, a: &Attr) -> progs::ProgBtf {
+        let Some(Handle::Btf(object)) = self.handle(a.u32(72) as i32).filter(|_| a.u32(72) != 0) else { return progs::ProgBtf::default() };
+        // Each record cut to the kernel's size, as the kernel keeps them.
+        let records = |rec_size: u32, at: u64, count: u32, size: u32| -> Vec<u8> {
+            let len = rec_size as usize * count as usize;
+            if at == 0 || len == 0 || len > 16 << 20 || rec_size < size {
+                return vec![];
+            }
+            let given = user::read(at, len).unwrap_or_default();
+            given.chunks(rec_size as usize).flat_map(|r| r[..size as usize].to_vec()).collect()
+        };
+        progs::ProgBtf {
+            object,
+            func_info: records(a.u32(76), a.u64(80), a.u32(88), FUNC_INFO_SIZE),
+            func_rec_size: FUNC_INFO_SIZE,
+            line_info: records(a.u32(92), a.u64(96), a.u32(104), LINE_INFO_SIZE),
+            line_rec_size: LINE_INFO_SIZE,
+        }
+    }
+
     fn prog_load(&self, a: &mut Attr) -> Result<i64, Errno> {
         // As the kernel's `bpf_prog_load`: known flags, an instruction count, a program type
         // it has; then its verifier log's attributes.
@@ -897,7 +924,8 @@ impl Server {
             return Err(libc::EINVAL);
         }
         let section = attr::section_of(a.u32(0), a.u32(68));
-        let id = progs::store(&self.region, &name, section, &license, &insns).map_err(|_| libc::ENOMEM)?;
+        let btf = self.prog_btf(a);
+        let id = progs::store_with_btf(&self.region, &name, section, &license, &insns, &btf).map_err(|_| libc::ENOMEM)?;
         // The verifier, with the region's maps, as the agent will run it; a kprobe-type program
         // the CPU cannot run may be a CUDA kernel probe, with the GPU's helpers.
         let id = match self.runtime.program(id) {
@@ -908,7 +936,7 @@ impl Server {
                 let as_probe = (a.u32(0) == 2).then(|| gpu::verify_probe(&insns));
                 match as_probe {
                     Some(Ok(())) => {
-                        let id = progs::store(&self.region, &name, "kprobe", &license, &insns).map_err(|_| libc::ENOMEM)?;
+                        let id = progs::store_with_btf(&self.region, &name, "kprobe", &license, &insns, &btf).map_err(|_| libc::ENOMEM)?;
                         Self::lock(&self.gpu_only).insert(id, e.to_string());
                         id
                     }
@@ -1014,7 +1042,7 @@ impl Server {
             return;
         }
         let held = Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Btf(c) if *c == b));
-        if held || Map::list(&self.region).iter().any(|m| m.btf().object == b) {
+        if held || Map::list(&self.region).iter().any(|m| m.btf().object == b) || progs::list(&self.region).iter().any(|p| p.btf.object == b) {
             return;
         }
         btfs::remove(&self.region, b);
@@ -1081,8 +1109,34 @@ impl Server {
                 put32(&mut info, 84, bpftime_runtime::helper_names::gpl_compatible(&p.license) as u32);
                 let n = p.name.len().min(15);
                 info[64..64 + n].copy_from_slice(&p.name.as_bytes()[..n]);
+                // load_time, created_by_uid
+                info[40..48].copy_from_slice(&p.load_time.to_le_bytes());
+                put32(&mut info, 48, p.uid);
                 // recursion_misses, as bpftool prints them
                 info[208..216].copy_from_slice(&p.recursion_misses.to_le_bytes());
+                // btf_id, and the func_info and line_info records as the kernel hands them
+                // out: their counts and sizes always, as many as the caller has room for.
+                if p.btf.object != 0 {
+                    put32(&mut info, 128, btf_id_of(p.btf.object));
+                }
+                // As the kernel's `set_info_rec_size`: a record size the caller names must be
+                // the kernel's, which it then always gets back.
+                let given = Attr::from_bytes(user::read(out, len.min(192))?);
+                for (count_at, size_at, size) in [(144, 132, FUNC_INFO_SIZE), (148, 172, LINE_INFO_SIZE), (168, 176, 8)] {
+                    if (given.u32(count_at) != 0 || given.u32(size_at) != 0) && given.u32(size_at) != size {
+                        return Err(libc::EINVAL);
+                    }
+                    put32(&mut info, size_at, size);
+                }
+                for (records, size, ptr_at, count_at) in [(&p.btf.func_info, FUNC_INFO_SIZE, 136, 144), (&p.btf.line_info, LINE_INFO_SIZE, 152, 148)] {
+                    let count = (records.len() / size as usize) as u32;
+                    let (room, at) = (given.u32(count_at), given.u64(ptr_at));
+                    if count > 0 && room > 0 {
+                        user::write(at, &records[..size as usize * room.min(count) as usize])?;
+                    }
+                    info[ptr_at..ptr_at + 8].copy_from_slice(&at.to_le_bytes());
+                    put32(&mut info, count_at, count);
+                }
                 232
             }
             Handle::Link(id) => {
@@ -1543,6 +1597,11 @@ fn attached_by_btf_id(prog_type: u32) -> bool {
 
 /// The id the kernel gives its own BTF.
 const KERNEL_BTF_ID: u32 = 1;
+
+/// Bytes of a `struct bpf_func_info` (insn_off, type_id).
+const FUNC_INFO_SIZE: u32 = 8;
+/// Bytes of a `struct bpf_line_info` (insn_off, file_name_off, line_off, line_col).
+const LINE_INFO_SIZE: u32 = 16;
 
 /// The id bpf() shows for BTF object `object` of the region: after vmlinux's.
 fn btf_id_of(object: u32) -> u32 {

@@ -20,6 +20,30 @@ struct ProgDesc {
     /// Hits that could not run the program (bpftool's `recursion_misses`), counted atomically
     /// by every process that runs it.
     recursion_misses: u64,
+    /// See [`ProgBtf`]: the BTF object, then the func_info and line_info records (offset,
+    /// bytes, record size).
+    btf: u64,
+    func_info: [u64; 3],
+    line_info: [u64; 3],
+    /// When it was stored (`CLOCK_BOOTTIME` ns, as the kernel's `load_time`), and by whom.
+    load_time: u64,
+    uid: u64,
+}
+
+/// A program's debug information as a loader gives it (`prog_btf_fd`, `func_info`,
+/// `line_info` of `BPF_PROG_LOAD`): what bpftool shows source lines and function names from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgBtf {
+    /// The region's BTF object the records name types and strings of (0: none).
+    pub object: u32,
+    /// `struct bpf_func_info` records, as given.
+    pub func_info: Vec<u8>,
+    /// Bytes of one of them.
+    pub func_rec_size: u32,
+    /// `struct bpf_line_info` records, as given.
+    pub line_info: Vec<u8>,
+    /// Bytes of one of them.
+    pub line_rec_size: u32,
 }
 
 /// A program as stored in the region.
@@ -38,6 +62,12 @@ pub struct StoredProgram {
     /// Hits that could not run it: nested deeper than the nesting levels allow, or in a
     /// signal handler that interrupted work it would need (the kernel's `recursion_misses`).
     pub recursion_misses: u64,
+    /// Its BTF and debug records, where the loader gave them.
+    pub btf: ProgBtf,
+    /// When it was stored (`CLOCK_BOOTTIME` ns).
+    pub load_time: u64,
+    /// The effective user id of the process that stored it.
+    pub uid: u32,
 }
 
 impl StoredProgram {
@@ -62,12 +92,43 @@ impl StoredProgram {
 // SAFETY: integers and byte arrays, 8-byte aligned sizes: no padding, any bit pattern valid.
 unsafe impl Plain for ProgDesc {}
 
+/// The most bytes of func_info or line_info records kept per program.
+const MAX_DEBUG_RECORDS: usize = 16 << 20;
+
 /// Stores a program; returns its object id.
 pub fn store(region: &ShmRegion, name: &str, section: &str, license: &str, insns: &[RawInsn]) -> Result<u32, bpftime_shm::ShmError> {
+    store_with_btf(region, name, section, license, insns, &ProgBtf::default())
+}
+
+/// Stores a program with its debug information; returns its object id.
+pub fn store_with_btf(region: &ShmRegion, name: &str, section: &str, license: &str, insns: &[RawInsn], btf: &ProgBtf) -> Result<u32, bpftime_shm::ShmError> {
     let code = to_bytecode(insns);
     let code_off = region.alloc(code.len() as u64)?;
     region.write(code_off, &code);
-    let mut desc = ProgDesc { magic: PROG_MAGIC, ninsns: insns.len() as u64, insns: code_off, section: [0; TEXT_LEN], license: [0; 32], recursion_misses: 0 };
+    let records = |bytes: &[u8], rec: u32| -> Result<[u64; 3], bpftime_shm::ShmError> {
+        if bytes.is_empty() || bytes.len() > MAX_DEBUG_RECORDS {
+            return Ok([0; 3]);
+        }
+        let off = region.alloc(bytes.len() as u64)?;
+        region.write(off, bytes);
+        Ok([off, bytes.len() as u64, rec as u64])
+    };
+    let func_info = records(&btf.func_info, btf.func_rec_size)?;
+    let line_info = records(&btf.line_info, btf.line_rec_size)?;
+    let mut desc = ProgDesc {
+        magic: PROG_MAGIC,
+        ninsns: insns.len() as u64,
+        insns: code_off,
+        section: [0; TEXT_LEN],
+        license: [0; 32],
+        recursion_misses: 0,
+        btf: btf.object as u64,
+        func_info,
+        line_info,
+        load_time: crate::helpers::clock(libc::CLOCK_BOOTTIME),
+        // SAFETY: geteuid(2) cannot fail.
+        uid: unsafe { libc::geteuid() } as u64,
+    };
     desc::fill(&mut desc.section, section);
     desc::fill(&mut desc.license, license);
     desc::store(region, ObjectKind::Program, name, &desc)
@@ -84,6 +145,21 @@ pub fn load(region: &ShmRegion, id: u32) -> Option<StoredProgram> {
     if !region.read(desc.insns, &mut code) {
         return None;
     }
+    let records = |[off, len, _]: [u64; 3]| -> Vec<u8> {
+        let mut bytes = vec![0u8; (len as usize).min(MAX_DEBUG_RECORDS)];
+        if region.read(off, &mut bytes) {
+            bytes
+        } else {
+            vec![]
+        }
+    };
+    let btf = ProgBtf {
+        object: desc.btf as u32,
+        func_info: records(desc.func_info),
+        func_rec_size: desc.func_info[2] as u32,
+        line_info: records(desc.line_info),
+        line_rec_size: desc.line_info[2] as u32,
+    };
     Some(StoredProgram {
         id,
         name: obj.name,
@@ -91,6 +167,9 @@ pub fn load(region: &ShmRegion, id: u32) -> Option<StoredProgram> {
         license: desc::text(&desc.license),
         insns: parse_bytecode(&code).ok()?,
         recursion_misses: desc.recursion_misses,
+        btf,
+        load_time: desc.load_time,
+        uid: desc.uid as u32,
     })
 }
 
