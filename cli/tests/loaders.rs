@@ -123,6 +123,55 @@ fn kernel_jiffies() -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("jiffies: ")?.trim().parse().ok())
 }
 
+/// `bpf_get_current_task_btf()` dereferenced directly (`t->tgid`, `t->real_parent->tgid`,
+/// `t->nsproxy->mnt_ns->ns.inum`), as programs built against vmlinux.h do, under an unmodified
+/// libbpf loader (which relocates the field offsets against the kernel's BTF): what the kernel
+/// reads.
+#[test]
+fn a_task_read_through_its_btf_pointer_holds_what_the_kernel_holds() {
+    use std::os::unix::fs::MetadataExt;
+    let _serial = serial();
+    let obj = build_example("task_btf");
+    let calls = build_target("calls", false);
+    let loader = build_loader("count_calls");
+    let stats = |out: &str| -> Vec<u64> {
+        let mut v = vec![0u64; 8];
+        for l in out.lines() {
+            if let Some((k, val)) = l.strip_prefix("stats[").and_then(|l| l.split_once("] = ")) {
+                v[k.parse::<usize>().unwrap()] = val.trim().parse().unwrap();
+            }
+        }
+        v
+    };
+    // Calls, then (the worker thread's) tgid and pid, the parent's tgid, whether the ids are
+    // bpf_get_current_pid_tgid's, the name, the mount namespace.
+    let check = |v: &[u64], parent: u64, who: &str| {
+        assert_eq!(v[0], 100, "{who}: calls");
+        assert!(v[1] != 0 && v[2] != 0 && v[1] != v[2], "{who}: tgid {} and pid {} of a worker thread", v[1], v[2]);
+        assert_eq!(v[3], parent, "{who}: the parent's tgid");
+        assert_eq!(v[4], 1, "{who}: the task's ids are bpf_get_current_pid_tgid's");
+        assert_eq!(v[5].to_le_bytes(), *b"calls\0\0\0", "{who}: comm");
+        assert_eq!(v[6], std::fs::metadata("/proc/self/ns/mnt").unwrap().ino(), "{who}: mount namespace");
+    };
+    let shm = format!("bpftime-task-btf-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let waiting = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
+    // `bpftime start` runs the target as its child.
+    let start = bpftime(&shm).args(["start", "--"]).arg(&calls).arg("100").stdout(Stdio::null()).spawn().unwrap();
+    let parent = start.id() as u64;
+    assert!(start.wait_with_output().unwrap().status.success());
+    let out = loader_finished(waiting);
+    bpftime_tests::remove_region(&shm);
+    check(&stats(&out), parent, "ours");
+    if !is_root() {
+        return println!("skipping the kernel comparison: it needs root");
+    }
+    let mut kernel = Command::new(&loader);
+    kernel.arg(&obj).arg(&calls);
+    let (kernel_out, _) = session(kernel, Command::new(&calls).arg("100"));
+    check(&stats(&kernel_out), std::process::id() as u64, "the kernel");
+}
+
 /// Two cgroups v2, one inside the other (removed on drop), where the hierarchy is mounted
 /// and writable (root).
 struct NestedCgroup {

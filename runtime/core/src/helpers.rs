@@ -419,6 +419,18 @@ extern "C" fn get_current_task(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut R
     crate::task::current_task(pid(), tid(), comm().as_bytes())
 }
 
+/// `bpf_get_current_task_btf`: the same stand-in, which the program may also read directly
+/// (`task->tgid`, `task->real_parent->pid`), as through the kernel's BTF-typed pointer.
+extern "C" fn get_current_task_btf(_: u64, _: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    match crate::task::current_task_block(pid(), tid(), comm().as_bytes()) {
+        Some((task, len)) => {
+            state.lend_memory(task, len);
+            task
+        }
+        None => 0,
+    }
+}
+
 extern "C" fn get_current_uid_gid(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
     // SAFETY: getuid and getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -901,6 +913,7 @@ pub fn kernel_helpers() -> HelperTable {
         .register(181, "bpf_loop", bpf_loop)
         .register(182, "bpf_strncmp", strncmp)
         .register(118, "bpf_jiffies64", jiffies64)
+        .register(158, "bpf_get_current_task_btf", get_current_task_btf)
         .register(123, "bpf_get_current_ancestor_cgroup_id", get_current_ancestor_cgroup_id)
         .register(148, "bpf_copy_from_user", probe_read)
         .register(164, "bpf_for_each_map_elem", for_each_map_elem)
@@ -911,7 +924,7 @@ pub fn kernel_helpers() -> HelperTable {
     // Every helper but these never stops the run: tail calls stop it, bpf_loop runs callbacks
     // and charges the budget, a bad ring-buffer record faults it.
     let stops = |id: u32| [12, 132, 133, 164, 181].contains(&id);
-    let reads_only = [2, 3, 5, 6, 7, 8, 14, 15, 25, 35, 37, 42, 58, 80, 87, 118, 123, 125, 130, 132, 133, 134, 160, 173, 174, 182, 195, 208];
+    let reads_only = [2, 3, 5, 6, 7, 8, 14, 15, 25, 35, 37, 42, 58, 80, 87, 118, 123, 158, 125, 130, 132, 133, 134, 160, 173, 174, 182, 195, 208];
     let ids: Vec<u32> = t.iter().map(|(id, _)| id).collect();
     for id in ids {
         let returns = match id {

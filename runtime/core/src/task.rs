@@ -137,7 +137,18 @@ fn put32(buf: &mut [u8], at: usize, v: u32) {
 /// The address of this thread's stand-in `task_struct`, refreshed (ids and name) on each call;
 /// 0 when the kernel's BTF cannot be read.
 pub fn current_task(pid: u32, tid: u32, comm: &[u8]) -> u64 {
-    let Some(l) = layout() else { return 0 };
+    current_task_block(pid, tid, comm).map_or(0, |(task, _)| task)
+}
+
+/// [`current_task`], with the length of the block it starts (the stand-in task, its parent,
+/// nsproxy and namespaces: everything its pointers reach), which lives as long as the thread.
+pub fn current_task_block(pid: u32, tid: u32, comm: &[u8]) -> Option<(u64, u64)> {
+    let l = layout()?;
+    let task = fill_current_task(l, pid, tid, comm);
+    (task != 0).then(|| (task, stand_in_size(l) as u64))
+}
+
+fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
     let size = stand_in_size(l);
     TASK.try_with(|cell| {
         let fresh = cell.get() == 0;

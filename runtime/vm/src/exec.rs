@@ -291,6 +291,8 @@ pub struct RunState {
     scratch: [u8; 8],
     /// A key a helper lends a callback to read (see [`RunState::lend_key`]).
     lent_key: u32,
+    /// Memory a helper lets the program read (see [`RunState::lend_memory`]).
+    lent_memory: Region,
     /// The access JIT code asks its out-of-line check about: the address, and
     /// `size | write << 8 | pc << 16`. Passed here rather than in registers so that the hot
     /// path around the check keeps its registers where they are.
@@ -395,6 +397,7 @@ impl RunState {
             host: opts.host,
             scratch: [0; 8],
             lent_key: 0,
+            lent_memory: Region { start: 0, len: 0, writable: false },
             check_addr: 0,
             check_what: 0,
         }
@@ -429,7 +432,8 @@ impl RunState {
         if self.ctx.contains(addr, size) && (self.ctx.writable || !write) {
             return true;
         }
-        self.extra_regions().iter().any(|r| r.contains(addr, size) && (r.writable || !write)) || (!write && self.lent_key_region().contains(addr, size))
+        self.extra_regions().iter().any(|r| r.contains(addr, size) && (r.writable || !write))
+            || (!write && (self.lent_key_region().contains(addr, size) || self.lent_memory.contains(addr, size)))
     }
 
     fn lent_key_region(&self) -> Region {
@@ -445,6 +449,14 @@ impl RunState {
         self.lent_key_region().start
     }
 
+    /// Lets the program read (not write) `[start, start + len)` for the rest of the run, as
+    /// the kernel lets a program read through the BTF-typed pointers some helpers return
+    /// (`bpf_get_current_task_btf`). The helper must keep the memory alive and readable that
+    /// long; the next call replaces it.
+    pub fn lend_memory(&mut self, start: u64, len: u64) {
+        self.lent_memory = Region { start, len, writable: false };
+    }
+
     /// Whether `[addr, addr + len)` lies in one region the program may touch, for helpers
     /// that take pointers.
     pub fn range_ok(&self, addr: u64, len: u64, write: bool) -> bool {
@@ -452,7 +464,7 @@ impl RunState {
             return true;
         }
         let stack = Region { start: self.fast_load[0].start, len: STACK_SIZE as u64, writable: true };
-        [stack, self.ctx, self.lent_key_region()].iter().chain(self.extra_regions()).any(|r| r.contains(addr, len) && (r.writable || !write))
+        [stack, self.ctx, self.lent_key_region(), self.lent_memory].iter().chain(self.extra_regions()).any(|r| r.contains(addr, len) && (r.writable || !write))
     }
 
     /// The bytes at `[addr, addr + len)` if a program may read them.
@@ -820,6 +832,9 @@ impl Runner {
         }
         if st.fault.is_some() {
             st.fault = None;
+        }
+        if st.lent_memory.len != 0 {
+            st.lent_memory.len = 0;
         }
         if st.host != host {
             st.host = host;
