@@ -123,6 +123,21 @@ fn kernel_jiffies() -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("jiffies: ")?.trim().parse().ok())
 }
 
+/// The first `n` slots of the `stats` map count_calls printed (`stats[K] = V`), 0 where absent.
+fn count_calls_stats(out: &str, n: usize) -> Vec<u64> {
+    let mut v = vec![0u64; n];
+    for l in out.lines() {
+        if let Some((k, val)) = l.strip_prefix("stats[").and_then(|l| l.split_once("] = ")) {
+            if let (Ok(k), Ok(val)) = (k.parse::<usize>(), val.trim().parse()) {
+                if k < n {
+                    v[k] = val;
+                }
+            }
+        }
+    }
+    v
+}
+
 /// `bpf_get_current_task_btf()` dereferenced directly (`t->tgid`, `t->real_parent->tgid`,
 /// `t->nsproxy->mnt_ns->ns.inum`), as programs built against vmlinux.h do, under an unmodified
 /// libbpf loader (which relocates the field offsets against the kernel's BTF): what the kernel
@@ -134,15 +149,7 @@ fn a_task_read_through_its_btf_pointer_holds_what_the_kernel_holds() {
     let obj = build_example("task_btf");
     let calls = build_target("calls", false);
     let loader = build_loader("count_calls");
-    let stats = |out: &str| -> Vec<u64> {
-        let mut v = vec![0u64; 8];
-        for l in out.lines() {
-            if let Some((k, val)) = l.strip_prefix("stats[").and_then(|l| l.split_once("] = ")) {
-                v[k.parse::<usize>().unwrap()] = val.trim().parse().unwrap();
-            }
-        }
-        v
-    };
+    let stats = |out: &str| count_calls_stats(out, 8);
     // Calls, then (the worker thread's) tgid and pid, the parent's tgid, whether the ids are
     // bpf_get_current_pid_tgid's, the name, the mount namespace.
     let check = |v: &[u64], parent: u64, who: &str| {
@@ -246,15 +253,7 @@ fn map_walks_jiffies_and_cgroup_ancestors_match_the_kernel() {
     let calls = build_target("calls", false);
     let loader = build_loader("count_calls");
     let iters = 2000;
-    let stats = |out: &str| -> Vec<u64> {
-        let mut v = vec![0u64; 17];
-        for l in out.lines() {
-            if let Some((k, val)) = l.strip_prefix("stats[").and_then(|l| l.split_once("] = ")) {
-                v[k.parse::<usize>().unwrap()] = val.trim().parse().unwrap();
-            }
-        }
-        v
-    };
+    let stats = |out: &str| count_calls_stats(out, 17);
     // Jiffies at the first and the last call lie between the kernel's before and after the
     // run (give or take the tick in which ours were calibrated).
     let jiffies_within = |v: &[u64], before: Option<u64>, after: Option<u64>, who: &str| {
