@@ -45,6 +45,10 @@ int main(void)
     struct bpf_insn bad_opcode[] = { I(0xff, 0, 0, 0, 0), MOV0, EXIT };
     struct bpf_insn unknown_helper[] = { I(BPF_JMP | BPF_CALL, 0, 0, 0, 99999), MOV0, EXIT };
     struct bpf_insn forever[] = { I(BPF_JMP | BPF_JA, 0, 0, -1, 0), MOV0, EXIT };
+    // r1 != 0 (a kprobe's context) enters a loop with no way out; exit is reachable too.
+    struct bpf_insn trapped[] = { MOV0, I(BPF_JMP | BPF_JNE | BPF_K, 1, 0, 1, 0), EXIT, I(BPF_ALU64 | BPF_ADD | BPF_K, 0, 0, 0, 1),
+                                  I(BPF_JMP | BPF_JA, 0, 0, -2, 0) };
+    struct bpf_insn spinning[] = { MOV0, I(BPF_JMP | BPF_JNE | BPF_K, 1, 0, 1, 0), EXIT, I(BPF_JMP | BPF_JA, 0, 0, -1, 0) };
     struct bpf_insn uninit_read[] = { I(BPF_ALU64 | BPF_MOV | BPF_X, 0, 3, 0, 0), EXIT };
     struct bpf_insn falls_off[] = { MOV0 };
     struct bpf_insn ctx_write[] = { I(BPF_ST | BPF_MEM | BPF_DW, 1, 0, 0, 1), MOV0, EXIT };
@@ -67,6 +71,8 @@ int main(void)
     attempt("an unknown opcode", bad_opcode, 3, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
     attempt("an unknown helper", unknown_helper, 3, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
     attempt("an endless loop", forever, 3, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
+    attempt("a loop with no way out", trapped, 5, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
+    attempt("a jump to itself with no way out", spinning, 4, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
     attempt("a read of an unset register", uninit_read, 2, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
     attempt("falling off the end", falls_off, 1, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
     attempt("a write to a kprobe's context", ctx_write, 3, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);

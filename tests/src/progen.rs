@@ -19,7 +19,7 @@ pub enum Item {
         cond: Option<(Width, JmpCond, Reg, Operand)>,
         skip: usize,
     },
-    /// Jump back `back` items (clamped to the function start).
+    /// Jump back `back` items (clamped to the function start) when the condition holds.
     JumpBack {
         cond: Option<(Width, JmpCond, Reg, Operand)>,
         back: usize,
@@ -309,7 +309,12 @@ fn item(with_callee: bool, with_lookups: bool) -> impl Strategy<Value = Item> {
         20 => alu().prop_map(Item::Plain),
         8 => memory().prop_map(Item::Plain),
         5 => (proptest::option::weighted(0.8, cond()), 0usize..6).prop_map(|(cond, skip)| Item::JumpFwd { cond, skip }),
-        1 => (proptest::option::weighted(0.9, cond()), 1usize..6).prop_map(|(cond, back)| Item::JumpBack { cond, back }),
+        // A loop always has a way out the verifier can see (it refuses one without, as the
+        // kernel does); `if r10 != 0` is one a run never takes, ended by the loop budget.
+        1 => (proptest::option::weighted(0.9, cond()), 1usize..6).prop_map(|(cond, back)| Item::JumpBack {
+            cond: Some(cond.unwrap_or((Width::W64, JmpCond::Ne, reg(10), Operand::Imm(0)))),
+            back
+        }),
         4 => prop_oneof![counted().boxed(), walk().boxed()],
         1 => prop_oneof![Just(Item::Plain(Insn::Call(CallTarget::Helper(1)))), Just(Item::Plain(Insn::Call(CallTarget::Helper(2))))],
         1 => (data_reg(), prop_oneof![4 => Just(1), 4 => Just(2), 1 => Just(5), 1 => Just(0), 1 => Just(7)])

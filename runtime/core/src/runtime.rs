@@ -90,6 +90,7 @@ impl LoadError {
         match self {
             LoadError::Verify { error, .. } => match error.kind {
                 WriteToFramePointer | StackOutOfBounds { .. } | KeylessMap { .. } | UninitRegister { .. } | ContextWrite => libc::EACCES,
+                NeverExits { changes_state: true } => libc::E2BIG,
                 _ => libc::EINVAL,
             },
             LoadError::Program { .. } => libc::EINVAL,

@@ -8,7 +8,9 @@
 //! [`MAX_CALL_DEPTH`]. Then its range analysis ([`crate::analysis`]) proves what accesses it
 //! can in bounds; the engines check the others at run time ([`Checks::All`] keeps every check).
 //!
-//! It does not prove termination: the engines bound backward jumps with a budget instead.
+//! It does not prove termination: the engines bound backward jumps with a budget instead. It
+//! refuses only loops with no way out at all, which the kernel's verifier never gets through
+//! either (`for (;;)` with no break).
 
 use crate::analysis::{self, Access, Pointee};
 use crate::exec::{HelperTable, FRAME_SIZE, MAX_CALL_DEPTH};
@@ -55,6 +57,12 @@ pub enum VerifyErrorKind {
     StackOutOfBounds { off: i16, size: usize },
     #[error("recursive local call")]
     Recursion,
+    #[error("no path from here reaches an exit: the loop never ends (the kernel refuses it too: {})", if *.changes_state { "\"BPF program is too large\", after exploring it a million instructions" } else { "\"infinite loop detected\"" })]
+    NeverExits {
+        /// Whether the loop does more than jump (the kernel then explores it until its
+        /// instruction limit, `E2BIG`; else it sees a state repeat, `EINVAL`).
+        changes_state: bool,
+    },
     #[error("call chain is {depth} frames deep, more than {MAX_CALL_DEPTH}")]
     CallChainTooDeep { depth: usize },
     #[error("cannot resolve lddw ({kind:?}): {msg}")]
@@ -205,6 +213,9 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
     if let Some(&(pc, helper)) = proofs.keyless_map_calls.first() {
         return Err(err(pc, VerifyErrorKind::KeylessMap { helper }));
     }
+    if let Some((pc, changes_state)) = first_trap(&insns, &functions, &proofs.reachable) {
+        return Err(err(pc, VerifyErrorKind::NeverExits { changes_state }));
+    }
     if checks == Checks::All {
         proofs.access.iter_mut().for_each(|a| *a = Access { proven: false, aligned: false, ..*a });
         proofs.ctx = Default::default();
@@ -215,6 +226,52 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
         proofs.walk_checks_on_entry = false;
     }
     Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))
+}
+
+/// The first instruction a run may reach from which no path leads to an `exit`: a loop with no
+/// way out (`for (;;)`), which the kernel's verifier never finishes exploring and refuses. Only
+/// such loops: one whose way out a run never takes is bounded by the loop budget instead.
+/// Also whether anything there does more than jump.
+fn first_trap(insns: &[Insn], functions: &[Function], reachable: &[bool]) -> Option<(usize, bool)> {
+    let mut exits = vec![false; insns.len()];
+    for f in functions {
+        // Predecessors within the function; then everything that reaches an exit backwards.
+        let mut preds: Vec<Vec<usize>> = vec![vec![]; f.end - f.start];
+        let mut work = vec![];
+        for (pc, insn) in insns.iter().enumerate().take(f.end).skip(f.start) {
+            let mut edge = |to: i64| {
+                if to >= f.start as i64 && (to as usize) < f.end {
+                    preds[to as usize - f.start].push(pc);
+                }
+            };
+            match insn {
+                Insn::Exit => work.push(pc),
+                Insn::LddwHigh => {}
+                Insn::Ja { .. } => edge(insn.jump_target(pc).expect("a jump")),
+                Insn::Jump { .. } => {
+                    edge(insn.jump_target(pc).expect("a jump"));
+                    edge(pc as i64 + 1);
+                }
+                Insn::Lddw { .. } => edge(pc as i64 + 2),
+                _ => edge(pc as i64 + 1),
+            }
+        }
+        while let Some(pc) = work.pop() {
+            if !std::mem::replace(&mut exits[pc], true) {
+                work.extend(&preds[pc - f.start]);
+            }
+        }
+    }
+    let trapped = |pc: usize| reachable[pc] && !exits[pc] && !matches!(insns[pc], Insn::LddwHigh);
+    // Named by the head of its loop (a backward jump's target), where the kernel finds it too.
+    let head = (0..insns.len())
+        .filter(|&pc| trapped(pc))
+        .filter_map(|pc| insns[pc].jump_target(pc).filter(|&t| t >= 0 && (t as usize) <= pc).map(|t| t as usize))
+        .filter(|&t| trapped(t))
+        .min();
+    let first = head.or_else(|| (0..insns.len()).find(|&pc| trapped(pc)))?;
+    let changes_state = (0..insns.len()).any(|pc| trapped(pc) && !matches!(insns[pc], Insn::Ja { .. } | Insn::Jump { .. }));
+    Some((first, changes_state))
 }
 
 /// Replaces the map-naming `lddw` at `pc` by the constant `resolver` gives, and returns what
