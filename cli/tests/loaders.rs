@@ -1570,6 +1570,8 @@ fn bpftool_shows_and_dumps_the_region() {
     let stats_id = tool(&["map", "show", "name", "stats"]).split(':').next().unwrap().trim().to_string();
     assert!(xlated.contains(&format!("= map[id:{stats_id}]")), "{xlated}");
     assert!(xlated.contains("call bpf_map_lookup_elem#1"), "{xlated}");
+    // Its function and source lines, from the object's .BTF.ext as libbpf would give them.
+    assert!(xlated.starts_with("int on_add(struct pt_regs * ctx):\n; int BPF_KPROBE(on_add, long a, long b)\n"), "{xlated}");
     assert!(xlated.trim_end().ends_with("exit"), "{xlated}");
     bpftime_tests::remove_region(&shm);
 }

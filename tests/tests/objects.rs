@@ -194,3 +194,29 @@ fn mutated_objects_load_or_fail_without_panicking() {
         }
     }
 }
+
+/// `.BTF.ext`'s func_info and line_info follow each program as it is linked: a record per
+/// function (the program at 0, each `.text` function it takes the address of where the linker
+/// put it), line records in instruction order inside each, and every type and string they
+/// name in the object's BTF.
+#[test]
+fn debug_records_follow_the_linked_program() {
+    let obj = Object::parse(&std::fs::read(build_example("map_walks")).unwrap()).unwrap();
+    let btf = obj.btf.as_ref().expect("BTF");
+    let p = obj.program(Some("on_add")).unwrap();
+    let word = |r: &[u8], at: usize| u32::from_le_bytes(r[at..at + 4].try_into().unwrap());
+    let funcs: Vec<(u32, String)> = p.func_info.chunks(8).map(|r| (word(r, 0), btf.get(word(r, 4)).unwrap().name.clone())).collect();
+    // The callbacks' addresses (`lddw` of a function) are where the linker put them.
+    let callbacks: Vec<u32> =
+        (0..p.insns.len()).filter(|&i| p.insns[i].opc == 0x18 && p.insns[i].src == 4).map(|i| (i as i64 + 1 + p.insns[i].imm as i64) as u32).collect();
+    assert_eq!(funcs[0], (0, "on_add".to_string()), "{funcs:?}");
+    for (at, name) in [(callbacks[0], "visit_hash"), (callbacks[1], "visit_array")] {
+        assert!(funcs.contains(&(at, name.to_string())), "{name} at {at}: {funcs:?}");
+    }
+    let lines: Vec<u32> = p.line_info.chunks(16).map(|r| word(r, 0)).collect();
+    assert!(lines.len() > 20 && lines[0] == 0, "{lines:?}");
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "in instruction order: {lines:?}");
+    assert!(lines.iter().all(|&i| (i as usize) < p.insns.len()));
+    let first_line = btf.string(word(&p.line_info[..16], 8)).unwrap();
+    assert!(first_line.contains("BPF_KPROBE(on_add"), "{first_line}");
+}

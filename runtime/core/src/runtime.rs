@@ -511,7 +511,9 @@ impl Runtime {
         // The object's BTF, which bpftool and `bpftime map dump` format keys and values with
         // (stored after the maps, which keep the ids they had without it).
         let btf = match &obj.btf_bytes {
-            Some(bytes) if obj.maps.iter().any(|m| m.btf_types.is_some()) => crate::btfs::store(&self.region, bytes).ok(),
+            Some(bytes) if obj.maps.iter().any(|m| m.btf_types.is_some()) || obj.programs.iter().any(|p| !p.func_info.is_empty()) => {
+                crate::btfs::store(&self.region, bytes).ok()
+            }
             _ => None,
         };
         for (map, def) in maps.iter().zip(&obj.maps) {
@@ -538,7 +540,14 @@ impl Runtime {
                 }
             }
             let license = obj.license.clone().unwrap_or_default();
-            let id = progs::store(&self.region, &p.name, &p.section, &license, &insns)?;
+            let debug = progs::ProgBtf {
+                object: btf.unwrap_or(0),
+                func_info: if btf.is_some() { p.func_info.clone() } else { vec![] },
+                func_rec_size: 8,
+                line_info: if btf.is_some() { p.line_info.clone() } else { vec![] },
+                line_rec_size: 16,
+            };
+            let id = progs::store_with_btf(&self.region, &p.name, &p.section, &license, &insns, &debug)?;
             programs.push((p.name.clone(), p.section.clone(), id));
         }
         let aot_unused = match aot {

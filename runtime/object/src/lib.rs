@@ -175,7 +175,18 @@ pub struct ObjProgram {
     /// they needed was not found), and why: the verifier refuses them where a run may reach
     /// them.
     pub core_poisoned: Vec<(usize, String)>,
+    /// `.BTF.ext`'s `bpf_func_info` records of the linked functions (insn_off in instructions,
+    /// type id), as libbpf gives them to the kernel.
+    pub func_info: Vec<u8>,
+    /// `.BTF.ext`'s `bpf_line_info` records of the linked instructions (insn_off in
+    /// instructions, file name, line, line and column), as libbpf gives them to the kernel.
+    pub line_info: Vec<u8>,
 }
+
+/// Bytes of a `struct bpf_func_info` record.
+const FUNC_INFO_SIZE: usize = 8;
+/// Bytes of a `struct bpf_line_info` record.
+const LINE_INFO_SIZE: usize = 16;
 
 /// A parsed object.
 #[derive(Clone, Debug, Default)]
@@ -337,6 +348,9 @@ struct CodeSection {
     insns: Vec<RawInsn>,
     relocs: HashMap<usize, Reloc>,
     core: Vec<(usize, CoreReloc)>,
+    /// `.BTF.ext` func_info and line_info records (kernel sizes) by instruction index.
+    func_info: Vec<(usize, Vec<u8>)>,
+    line_info: Vec<(usize, Vec<u8>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -439,11 +453,43 @@ impl<'d, 'f> Parser<'d, 'f> {
             if name == ".text" {
                 text = Some(s.index());
             }
-            sections.insert(s.index(), CodeSection { name, insns, relocs, core: vec![] });
+            sections.insert(s.index(), CodeSection { name, insns, relocs, core: vec![], func_info: vec![], line_info: vec![] });
         }
         let mut p = Parser { file, btf, sections, text, kconfig: HashMap::new() };
         p.read_core_relocs()?;
+        p.read_debug_records();
         Ok(p)
+    }
+
+    /// Reads `.BTF.ext`'s func_info and line_info records into the code sections (what
+    /// bpftool shows functions and source lines by). Malformed parts are left out: they only
+    /// describe the code.
+    fn read_debug_records(&mut self) {
+        let (Some(ext), Some(btf)) = (self.file.section_by_name(".BTF.ext"), self.btf) else { return };
+        let Ok(d) = ext.data() else { return };
+        let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")));
+        let Some(hdr_len) = u32_at(d, 4) else { return };
+        for (at, size, func) in [(8, FUNC_INFO_SIZE, true), (16, LINE_INFO_SIZE, false)] {
+            let (Some(off), Some(len)) = (u32_at(d, at), u32_at(d, at + 4)) else { continue };
+            let start = hdr_len as usize + off as usize;
+            let Some(part) = d.get(start..start + len as usize) else { continue };
+            let Some(rec_size) = u32_at(part, 0).map(|r| r as usize).filter(|&r| r >= size) else { continue };
+            let mut p = 4;
+            while p + 8 <= part.len() {
+                let sec_name = btf.string(u32_at(part, p).expect("checked")).unwrap_or_default();
+                let n = u32_at(part, p + 4).expect("checked") as usize;
+                p += 8;
+                let Some(records) = part.get(p..p + n * rec_size) else { break };
+                if let Some(s) = self.sections.values_mut().find(|s| s.name == sec_name) {
+                    for r in records.chunks(rec_size) {
+                        let idx = u32_at(r, 0).expect("checked") as usize / INSN_SIZE;
+                        let list = if func { &mut s.func_info } else { &mut s.line_info };
+                        list.push((idx, r[..size].to_vec()));
+                    }
+                }
+                p += n * rec_size;
+            }
+        }
     }
 
     /// Reads `.BTF.ext`'s CO-RE records into the code sections.
@@ -647,6 +693,7 @@ impl<'d, 'f> Parser<'d, 'f> {
         let mut insns = sec.insns[first..end].to_vec();
         let mut data_relocs = Vec::new();
         let mut core_relocs = Vec::new();
+        let (mut func_info, mut line_info) = (Vec::new(), Vec::new());
         let text = self.text.map(|t| &self.sections[&t]);
         let mut text_base: Option<usize> = None;
         // Relocate the program's own instructions, then (if it uses .text) all of .text.
@@ -657,6 +704,13 @@ impl<'d, 'f> Parser<'d, 'f> {
             for (i, r) in &piece.core {
                 if *i >= from && *i < from + len {
                     core_relocs.push(CoreReloc { insn: base + i - from, ..r.clone() });
+                }
+            }
+            // Debug records, their instruction index now the linked program's.
+            for (records, out) in [(&piece.func_info, &mut func_info), (&piece.line_info, &mut line_info)] {
+                for (i, r) in records.iter().filter(|(i, _)| *i >= from && *i < from + len) {
+                    out.extend_from_slice(&((base + i - from) as u32).to_le_bytes());
+                    out.extend_from_slice(&r[4..]);
                 }
             }
             for i in 0..len {
@@ -732,7 +786,17 @@ impl<'d, 'f> Parser<'d, 'f> {
             }
             k += 1;
         }
-        Ok(ObjProgram { kind: ProgramKind::from_section(&sec.name), name, section: sec.name.clone(), insns, data_relocs, core_relocs, core_poisoned: vec![] })
+        Ok(ObjProgram {
+            kind: ProgramKind::from_section(&sec.name),
+            name,
+            section: sec.name.clone(),
+            insns,
+            data_relocs,
+            core_relocs,
+            core_poisoned: vec![],
+            func_info,
+            line_info,
+        })
     }
 }
 
