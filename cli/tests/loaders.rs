@@ -179,6 +179,46 @@ fn a_task_read_through_its_btf_pointer_holds_what_the_kernel_holds() {
     check(&stats(&kernel_out), std::process::id() as u64, "the kernel");
 }
 
+/// Open-coded loops over the kernel's numeric iterator kfuncs (`bpf_iter_num_*`, what libbpf's
+/// `bpf_for()` expands to) inside an RCU read section, under an unmodified libbpf loader (which
+/// resolves the kfuncs to their BTF ids in the kernel's BTF) and from `bpftime run` (by name):
+/// what the kernel counts, the iterator's errors included.
+#[test]
+fn kfunc_loops_count_what_the_kernel_counts() {
+    let _serial = serial();
+    let obj = build_example("kfunc_loops");
+    let calls = build_target("calls", false);
+    let loader = build_loader("count_calls");
+    // add(a, ..) for a in 0..300: a % 10 numbers each.
+    let sum: u64 = (0..300u64).map(|a| (0..a % 10).sum::<u64>()).sum();
+    let iterations: u64 = (0..300u64).map(|a| a % 10).sum();
+    let expected = vec![300, sum, iterations, 0, 300, 300];
+    let shm = format!("bpftime-kfunc-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls);
+    let (out, _) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&calls).arg("300"));
+    bpftime_tests::remove_region(&shm);
+    assert_eq!(count_calls_stats(&out, 6), expected, "ours, under libbpf:\n{out}");
+    let attach = format!("on_add={}:add", calls.display());
+    let o = bpftime(&shm).arg("run").arg(&obj).args(["--attach", &attach, "--json", "--"]).arg(&calls).arg("300").output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // The dump follows the target's output, on stderr.
+    let json = text(&o.stderr).lines().find(|l| l.starts_with('{')).map(str::to_string).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&json).expect("bpftime run's JSON");
+    let stats = v["maps"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "stats")).cloned().unwrap_or_default();
+    let got: Vec<u64> = (0..6).map(|k| stats["entries"].as_array().and_then(|e| e.get(k)).and_then(|e| e["value"]["u64"].as_u64()).unwrap_or(0)).collect();
+    assert_eq!(got, expected, "ours, from bpftime run:\n{}{}", text(&o.stdout), text(&o.stderr));
+    if !is_root() {
+        return println!("skipping the kernel comparison: it needs root");
+    }
+    let mut kernel = Command::new(&loader);
+    kernel.arg(&obj).arg(&calls);
+    let (kernel_out, _) = session(kernel, Command::new(&calls).arg("300"));
+    assert_eq!(count_calls_stats(&kernel_out, 6), expected, "the kernel's:\n{kernel_out}");
+}
+
 /// Two cgroups v2, one inside the other (removed on drop), where the hierarchy is mounted
 /// and writable (root).
 struct NestedCgroup {

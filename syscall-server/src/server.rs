@@ -923,6 +923,16 @@ impl Server {
             Self::log(a, &format!("bpftime: {why}\n"));
             return Err(libc::EINVAL);
         }
+        // Kfunc calls (by their BTF id in the kernel's BTF) become calls of the helpers that
+        // run them here.
+        let mut insns = insns;
+        if let Err(why) = bpftime_runtime::kfuncs::resolve_with_raw_kernel_btf(&mut insns, kernel_btf()) {
+            if self.kernel.is_some() {
+                return self.kernel_prog_load(a);
+            }
+            Self::log(a, &format!("bpftime: {why}\n"));
+            return Err(libc::EINVAL);
+        }
         let section = attr::section_of(a.u32(0), a.u32(68));
         let btf = self.prog_btf(a);
         let id = progs::store_with_btf(&self.region, &name, section, &license, &insns, &btf).map_err(|_| libc::ENOMEM)?;

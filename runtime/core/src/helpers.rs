@@ -918,6 +918,7 @@ pub fn kernel_helpers() -> HelperTable {
         .register(148, "bpf_copy_from_user", probe_read)
         .register(164, "bpf_for_each_map_elem", for_each_map_elem)
         .register(208, "bpf_ktime_get_tai_ns", ktime_get_tai_ns);
+    crate::kfuncs::register(&mut t);
     // What the verifier's range analysis may rely on (see `HelperEffects`): these only read
     // through their pointer arguments, and the map lookup and the ring-buffer reservation
     // return whole values and records.
@@ -932,7 +933,7 @@ pub fn kernel_helpers() -> HelperTable {
             131 => HelperReturn::MemOrNull { size_arg: 2 },
             _ => HelperReturn::Scalar,
         };
-        let leaves_stack = reads_only.contains(&id) || id == 1 || id == 131;
+        let leaves_stack = reads_only.contains(&id) || id == 1 || id == 131 || crate::kfuncs::reads_nothing(id);
         t.set_effects(id, HelperEffects { returns, leaves_stack, never_stops: !stops(id) });
     }
     t

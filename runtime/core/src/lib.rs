@@ -22,6 +22,7 @@ pub mod helper_names;
 pub mod helpers;
 pub mod input;
 pub mod kernel_progs;
+pub mod kfuncs;
 pub mod links;
 pub mod pins;
 pub mod progs;

@@ -465,6 +465,20 @@ impl Runtime {
             let btf = Btf::parse(&raw).map_err(|e| LoadError::NoKernelBtf(e.to_string()))?;
             obj.apply_core(&btf)?;
         }
+        // Kfunc calls by name become calls of the helpers that run them; a program calling
+        // one we do not run is refused below, naming it.
+        let mut unknown_kfuncs = vec![];
+        for p in &mut obj.programs {
+            for (at, name) in std::mem::take(&mut p.kfunc_calls) {
+                match crate::kfuncs::helper_id(&name) {
+                    Some(id) => {
+                        p.insns[at].src = 0;
+                        p.insns[at].imm = id as i32;
+                    }
+                    None => unknown_kfuncs.push((p.name.clone(), format!("insn {at}: kfunc {name} is not supported by bpftime"))),
+                }
+            }
+        }
         // Verify against placeholder map references first: nothing is created for a program
         // the verifier rejects, and nothing at all when it rejects every program.
         let mut refused = vec![];
@@ -482,7 +496,11 @@ impl Runtime {
                 _ => self.helpers.clone(),
             };
             let license = obj.license.as_deref().unwrap_or_default();
-            if let Some(message) = crate::helper_names::gpl_refusal(&insns, license) {
+            if let Some((_, message)) = unknown_kfuncs.iter().find(|(name, _)| *name == p.name) {
+                let e = LoadError::Program { program: p.name.clone(), message: message.clone() };
+                refused.push((p.name.clone(), p.section.clone(), e.to_string()));
+                first_error.get_or_insert(e);
+            } else if let Some(message) = crate::helper_names::gpl_refusal(&insns, license) {
                 let e = LoadError::Program { program: p.name.clone(), message };
                 refused.push((p.name.clone(), p.section.clone(), e.to_string()));
                 first_error.get_or_insert(e);

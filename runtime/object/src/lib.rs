@@ -181,6 +181,9 @@ pub struct ObjProgram {
     /// `.BTF.ext`'s `bpf_line_info` records of the linked instructions (insn_off in
     /// instructions, file name, line, line and column), as libbpf gives them to the kernel.
     pub line_info: Vec<u8>,
+    /// Calls of kernel functions (`__ksym` externs), left as kfunc calls with no id: (call
+    /// instruction, function name), for the loader to resolve.
+    pub kfunc_calls: Vec<(usize, String)>,
 }
 
 /// Bytes of a `struct bpf_func_info` record.
@@ -694,6 +697,7 @@ impl<'d, 'f> Parser<'d, 'f> {
         let mut data_relocs = Vec::new();
         let mut core_relocs = Vec::new();
         let (mut func_info, mut line_info) = (Vec::new(), Vec::new());
+        let mut kfunc_calls = Vec::new();
         let text = self.text.map(|t| &self.sections[&t]);
         let mut text_base: Option<usize> = None;
         // Relocate the program's own instructions, then (if it uses .text) all of .text.
@@ -731,6 +735,13 @@ impl<'d, 'f> Parser<'d, 'f> {
                         let insn = insns[at];
                         if insn.opc != 0x85 || insn.src != call_src::LOCAL {
                             return Err(rerr(format!("R_BPF_64_32 on a non-call instruction {insn:?}")));
+                        }
+                        if r.symbol_section.is_none() {
+                            // A call of an extern function: a kfunc (`__ksym`), by name.
+                            insns[at].src = call_src::KFUNC;
+                            insns[at].imm = 0;
+                            kfunc_calls.push((at, r.symbol.clone()));
+                            continue;
                         }
                         if r.symbol_section != self.text {
                             return Err(rerr(format!("call to `{}` outside .text is not supported", r.symbol)));
@@ -796,6 +807,7 @@ impl<'d, 'f> Parser<'d, 'f> {
             core_poisoned: vec![],
             func_info,
             line_info,
+            kfunc_calls,
         })
     }
 }
