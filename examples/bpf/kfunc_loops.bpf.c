@@ -24,7 +24,7 @@ struct {
     __type(value, __u64);
 } stats SEC(".maps");
 
-enum { CALLS, SUM_OF_RANGES, ITERATIONS, EMPTY_RANGE, BACKWARDS, TOO_BIG };
+enum { CALLS, SUM_OF_RANGES, ITERATIONS, EMPTY_RANGE, BACKWARDS, TOO_BIG, FROM_INT_MIN };
 
 static __always_inline void add_to(__u32 k, __u64 v)
 {
@@ -64,6 +64,11 @@ int BPF_KPROBE(on_add, unsigned long a, long b)
     err = bpf_iter_num_new(&it, 0, (1 << 23) + 1);
     if (err == -7 && !bpf_iter_num_next(&it))
         add_to(TOO_BIG, 1);
+    bpf_iter_num_destroy(&it);
+    // The first number of a range starting at INT_MIN (the kernel steps in 32 bits).
+    bpf_iter_num_new(&it, -2147483647 - 1, -2147483647 + 2);
+    while ((n = bpf_iter_num_next(&it)))
+        add_to(FROM_INT_MIN, 1);
     bpf_iter_num_destroy(&it);
     return 0;
 }

@@ -1,6 +1,7 @@
 // Loads kprobe-type programs through bpf(2) with good and bad attributes and bodies the
 // kernel's verifier refuses, and prints what each load gave, to compare with the kernel.
-// Build: cc prog_load_matrix.c -o prog_load_matrix
+// Build: cc prog_load_matrix.c -lbpf -o prog_load_matrix (libbpf only to find a kfunc's BTF id)
+#include <bpf/btf.h>
 #include <errno.h>
 #include <linux/bpf.h>
 #include <stdio.h>
@@ -77,5 +78,18 @@ int main(void)
     attempt("falling off the end", falls_off, 1, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
     attempt("a write to a kprobe's context", ctx_write, 3, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
     attempt("unreachable instructions", unreachable, 4, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
+    // Kfuncs (an RCU read section, by their ids in the kernel's BTF): fine under the GPL,
+    // refused under another license; a call of a helper id nobody has.
+    struct btf *vmlinux = btf__load_vmlinux_btf();
+    int lock = vmlinux ? btf__find_by_name_kind(vmlinux, "bpf_rcu_read_lock", BTF_KIND_FUNC) : -1;
+    int unlock = vmlinux ? btf__find_by_name_kind(vmlinux, "bpf_rcu_read_unlock", BTF_KIND_FUNC) : -1;
+    if (lock > 0 && unlock > 0) {
+        struct bpf_insn kfunc[] = { I(BPF_JMP | BPF_CALL, 0, BPF_PSEUDO_KFUNC_CALL, 0, lock), I(BPF_JMP | BPF_CALL, 0, BPF_PSEUDO_KFUNC_CALL, 0, unlock),
+                                    MOV0, EXIT };
+        attempt("kfunc calls", kfunc, 4, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
+        attempt("kfunc calls, not under the GPL", kfunc, 4, BPF_PROG_TYPE_KPROBE, "p", "BSD", 0, NULL, 0, 0);
+    }
+    struct bpf_insn helper_1000[] = { I(BPF_JMP | BPF_CALL, 0, 0, 0, 1000), MOV0, EXIT };
+    attempt("a call of helper 1000", helper_1000, 3, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
     return 0;
 }

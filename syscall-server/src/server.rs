@@ -407,11 +407,11 @@ impl Server {
         if held || pins::is_pinned(&self.region, p) || links::uses_program(&self.region, p) {
             return;
         }
-        let btf = progs::load(&self.region, p).map(|s| s.btf.object);
+        let btf = progs::btf_of(&self.region, p);
         self.region.remove_object(p);
         Self::lock(&self.loaded).remove(&p);
-        if let Some(b) = btf.filter(|&b| b != 0) {
-            self.forget_btf_if_unused(b);
+        if btf != 0 {
+            self.forget_btf_if_unused(btf);
         }
     }
 
@@ -924,7 +924,11 @@ impl Server {
             return Err(libc::EINVAL);
         }
         // Kfunc calls (by their BTF id in the kernel's BTF) become calls of the helpers that
-        // run them here.
+        // run them here; those helpers' ids are no helper of the kernel's.
+        if let Some(pc) = insns.iter().position(|i| i.opc == 0x85 && i.src == 0 && bpftime_runtime::kfuncs::is_kfunc_id(i.imm as u32)) {
+            Self::log(a, &format!("bpftime: insn {pc}: invalid func unknown#{} (as the kernel)\n", insns[pc].imm));
+            return Err(libc::EINVAL);
+        }
         let mut insns = insns;
         if let Err(why) = bpftime_runtime::kfuncs::resolve_with_raw_kernel_btf(&mut insns, kernel_btf()) {
             if self.kernel.is_some() {
@@ -1052,7 +1056,10 @@ impl Server {
             return;
         }
         let held = Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Btf(c) if *c == b));
-        if held || Map::list(&self.region).iter().any(|m| m.btf().object == b) || progs::list(&self.region).iter().any(|p| p.btf.object == b) {
+        if held
+            || Map::list(&self.region).iter().any(|m| m.btf().object == b)
+            || progs::ids(&self.region).into_iter().any(|p| progs::btf_of(&self.region, p) == b)
+        {
             return;
         }
         btfs::remove(&self.region, b);
@@ -1162,14 +1169,22 @@ impl Server {
                 // size, the id; no name (a loader's BTF has none), not the kernel's.
                 let data = btfs::load(&self.region, b).ok_or(libc::EBADF)?;
                 let given = Attr::from_bytes(user::read(out, len.min(32))?);
-                let (buf, buf_size) = (given.u64(0), given.u32(8) as usize);
+                let (buf, buf_size, name, name_len) = (given.u64(0), given.u32(8) as usize, given.u64(16), given.u32(24));
+                // As the kernel: a name buffer and its length come together; the name of a
+                // loader's BTF is empty (its NUL written).
+                if (name == 0) != (name_len == 0) {
+                    return Err(libc::EINVAL);
+                }
                 if buf != 0 && buf_size > 0 {
                     user::write(buf, &data[..data.len().min(buf_size)])?;
+                }
+                if name != 0 {
+                    user::write(name, &[0])?;
                 }
                 info[..8].copy_from_slice(&buf.to_le_bytes());
                 put32(&mut info, 8, data.len() as u32);
                 put32(&mut info, 12, btf_id_of(b));
-                info[16..24].copy_from_slice(&given.u64(16).to_le_bytes());
+                info[16..24].copy_from_slice(&name.to_le_bytes());
                 32
             }
             Handle::KernelBtf => {

@@ -277,7 +277,14 @@ pub fn gpl_refusal(insns: &[bpftime_vm::RawInsn], license: &str) -> Option<Strin
         return None;
     }
     let reached = bpftime_vm::reached_slots(insns)?;
-    let pc = insns.iter().enumerate().position(|(pc, i)| reached[pc] && i.opc == 0x85 && i.src == 0 && gpl_only(i.imm as u32))?;
+    // Every kfunc is the GPL's, before or after we turn it into a helper of ours.
+    let kfunc = |i: &bpftime_vm::RawInsn| i.src == bpftime_vm::insn::call_src::KFUNC || (i.src == 0 && crate::kfuncs::is_kfunc_id(i.imm as u32));
+    let pc = insns.iter().enumerate().position(|(pc, i)| reached[pc] && i.opc == 0x85 && (kfunc(i) || (i.src == 0 && gpl_only(i.imm as u32))))?;
+    if kfunc(&insns[pc]) {
+        return Some(format!(
+            "insn {pc}: cannot call a kernel function (kfunc) from a program whose license, `{license}`, is not GPL-compatible (as the kernel)"
+        ));
+    }
     let name = kernel_helper_name(insns[pc].imm as u32).unwrap_or("?");
     Some(format!("insn {pc}: cannot call GPL-restricted function bpf_{name} from a program whose license, `{license}`, is not GPL-compatible (as the kernel)"))
 }

@@ -34,10 +34,12 @@ fn cgroup2_mount() -> Option<&'static str> {
         return Some(unsafe { &*p }.as_str());
     }
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPER_OPTIONS`
+    // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPER_OPTIONS`: the
+    // hierarchy's root mounted (not a subtree bind-mounted elsewhere).
     let mount = info.lines().find_map(|l| {
         let (before, after) = l.split_once(" - ")?;
-        (after.split(' ').next()? == "cgroup2").then(|| before.split(' ').nth(4).map(str::to_string))?
+        let fields: Vec<&str> = before.split(' ').collect();
+        (after.split(' ').next()? == "cgroup2" && fields.get(3) == Some(&"/")).then(|| fields.get(4).map(|m| m.to_string()))?
     })?;
     let fresh = Box::into_raw(Box::new(mount));
     match MOUNT.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
@@ -824,7 +826,9 @@ fn timer_list_jiffies() -> Option<(u64, u64)> {
         }
         text.extend_from_slice(&buf[..n]);
         let now = clock(libc::CLOCK_MONOTONIC_COARSE);
-        let line = text.split(|&b| b == b'\n').find_map(|l| l.strip_prefix(b"jiffies: "));
+        // Whole lines only: a read may end inside one.
+        let whole = &text[..text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)];
+        let line = whole.split(|&b| b == b'\n').find_map(|l| l.strip_prefix(b"jiffies: "));
         if let Some(n) = line.and_then(|l| std::str::from_utf8(l).ok()).and_then(|l| l.trim().parse().ok()) {
             return Some((n, now));
         }

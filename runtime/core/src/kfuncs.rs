@@ -17,6 +17,12 @@ const FIRST_ID: u32 = 1000;
 const KFUNCS: &[&str] =
     &["bpf_iter_num_new", "bpf_iter_num_next", "bpf_iter_num_destroy", "bpf_rcu_read_lock", "bpf_rcu_read_unlock", "bpf_preempt_disable", "bpf_preempt_enable"];
 
+/// Whether helper id `id` is one a kfunc runs as (a loader's plain call of it is refused:
+/// the kernel has no such helper).
+pub fn is_kfunc_id(id: u32) -> bool {
+    (FIRST_ID..FIRST_ID + KFUNCS.len() as u32).contains(&id)
+}
+
 /// The helper id kfunc `name` runs as, if we run it.
 pub fn helper_id(name: &str) -> Option<u32> {
     KFUNCS.iter().position(|&k| k == name).map(|i| FIRST_ID + i as u32)
@@ -56,11 +62,14 @@ extern "C" fn iter_num_next(it: u64, _: u64, _: u64, _: u64, _: u64, state: &mut
     let Some(s) = iter_state(state, it) else { return 0 };
     let cur = i32::from_le_bytes(s[..4].try_into().expect("4 bytes"));
     let end = i32::from_le_bytes(s[4..8].try_into().expect("4 bytes"));
-    if cur as i64 + 1 >= end as i64 {
+    // As the kernel: the next number in 32 bits (from INT_MAX it wraps to INT_MIN, which a
+    // range starting at INT_MIN begins with), compared with the end in 64.
+    let next = cur.wrapping_add(1);
+    if next as i64 >= end as i64 {
         put_iter(s, 0, 0);
         return 0;
     }
-    put_iter(s, cur + 1, end);
+    put_iter(s, next, end);
     it
 }
 

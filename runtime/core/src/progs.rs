@@ -66,7 +66,7 @@ pub struct StoredProgram {
     pub btf: ProgBtf,
     /// When it was stored (`CLOCK_BOOTTIME` ns).
     pub load_time: u64,
-    /// The effective user id of the process that stored it.
+    /// The real user id of the process that stored it.
     pub uid: u32,
 }
 
@@ -126,8 +126,8 @@ pub fn store_with_btf(region: &ShmRegion, name: &str, section: &str, license: &s
         func_info,
         line_info,
         load_time: crate::helpers::clock(libc::CLOCK_BOOTTIME),
-        // SAFETY: geteuid(2) cannot fail.
-        uid: unsafe { libc::geteuid() } as u64,
+        // The real user, as the kernel's `created_by_uid`. SAFETY: getuid(2) cannot fail.
+        uid: unsafe { libc::getuid() } as u64,
     };
     desc::fill(&mut desc.section, section);
     desc::fill(&mut desc.license, license);
@@ -179,6 +179,17 @@ pub fn count_miss(region: &ShmRegion, id: u32) {
     if let Some(c) = region.atomic_u64(obj.data + std::mem::offset_of!(ProgDesc, recursion_misses) as u64) {
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// The BTF object program `id` names (0: none), read alone (neither its code nor its records).
+pub fn btf_of(region: &ShmRegion, id: u32) -> u32 {
+    let Some(obj) = region.object(id).filter(|o| o.kind == ObjectKind::Program) else { return 0 };
+    region.atomic_u64(obj.data + std::mem::offset_of!(ProgDesc, btf) as u64).map_or(0, |w| w.load(std::sync::atomic::Ordering::Relaxed) as u32)
+}
+
+/// The ids of every program in the region.
+pub fn ids(region: &ShmRegion) -> Vec<u32> {
+    region.objects().into_iter().filter(|o| o.kind == ObjectKind::Program).map(|o| o.id).collect()
 }
 
 /// Every program in the region.

@@ -730,34 +730,37 @@ pub(crate) fn bucket_count(map: &Map) -> u64 {
 }
 
 /// `bpf_for_each_map_elem` over a hash map: `f(key address, value address)` (in this process)
-/// for each live
-/// element, bucket by bucket, CPU `cpu`'s value for a per-CPU map, until `f` returns true;
-/// how many elements `f` saw. A bucket's elements are noted before `f` sees them, so `f` may
-/// delete or add elements; one deleted meanwhile is skipped.
+/// for each live element, bucket by bucket, CPU `cpu`'s value for a per-CPU map, until `f`
+/// returns true; how many elements `f` saw. Elements are noted a batch at a time before `f`
+/// sees them, so `f` may delete or add elements (one deleted meanwhile is skipped); the batch
+/// lives on the stack, as this may run in a signal handler that interrupted an allocation.
 pub(crate) fn for_each(map: &Map, cpu: u32, f: &mut dyn FnMut(u64, u64) -> bool) -> u64 {
+    const BATCH: usize = 16;
     let v = View::new(map);
     let mut seen = 0;
-    let mut chain = Vec::new();
     for b in 0..v.nbuckets {
-        chain.clear();
         let mut cur = first_live(&v, v.bucket(b).load(Ordering::Acquire));
-        while let Some(e) = cur {
-            if chain.len() as u64 > v.pool {
-                break;
+        let mut steps = 0;
+        while cur.is_some() && steps <= v.pool {
+            let mut batch = [0u64; BATCH];
+            let mut n = 0;
+            while let Some(e) = cur.filter(|_| n < BATCH && steps <= v.pool) {
+                batch[n] = e;
+                n += 1;
+                steps += 1;
+                cur = first_live(&v, v.next(e).load(Ordering::Acquire));
             }
-            chain.push(e);
-            cur = first_live(&v, v.next(e).load(Ordering::Acquire));
-        }
-        for &e in &chain {
-            if v.flags(e).load(Ordering::Acquire) & IN_USE == 0 {
-                continue;
-            }
-            let key = map.region().ptr(e + key_off(map), map.spec().key_size as u64);
-            let value = map.region().ptr(v.value_ptr(e, cpu), map.spec().value_size as u64);
-            let (Some(key), Some(value)) = (key, value) else { continue };
-            seen += 1;
-            if f(key as u64, value as u64) {
-                return seen;
+            for &e in &batch[..n] {
+                if v.flags(e).load(Ordering::Acquire) & IN_USE == 0 {
+                    continue;
+                }
+                let key = map.region().ptr(e + key_off(map), map.spec().key_size as u64);
+                let value = map.region().ptr(v.value_ptr(e, cpu), map.spec().value_size as u64);
+                let (Some(key), Some(value)) = (key, value) else { continue };
+                seen += 1;
+                if f(key as u64, value as u64) {
+                    return seen;
+                }
             }
         }
     }

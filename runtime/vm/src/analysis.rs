@@ -291,6 +291,9 @@ pub(crate) struct Analysis {
     /// function completed and no path it followed leads there (code behind a branch on a
     /// constant, as libbpf leaves behind `bpf_core_field_exists` and the like).
     pub reachable: Vec<bool>,
+    /// Per slot: whether `reachable` was found (false where the analysis of its function did
+    /// not complete and `reachable` only says "maybe").
+    pub reach_known: Vec<bool>,
     /// See [`crate::Program::context_reads`].
     pub ctx_reads: Option<Vec<(u32, u32)>>,
     /// See [`crate::Program::helper_args`].
@@ -384,6 +387,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
     // every path to it (the frames a stack pointer it was given may point into).
     let mut complete = vec![false; functions.len()];
     let mut above = vec![0usize; functions.len()];
+    let mut reach_known = vec![true; insns.len()];
     for &fi in &order {
         let f = &functions[fi];
         let sites: Vec<&(usize, usize, usize)> = calls.iter().filter(|c| c.2 == fi).collect();
@@ -411,6 +415,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
         complete[fi] = a.function(f, args);
         if !complete[fi] {
             // Too costly to analyse: keep every check in it.
+            reach_known[f.start..f.end].fill(false);
             for pc in f.start..f.end {
                 a.reached[pc] = true;
                 a.access[pc] = Access::default();
@@ -424,6 +429,7 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
     for (fi, f) in functions.iter().enumerate() {
         if !order.contains(&fi) {
             // Not reached by the order (cannot happen for a verified program): nothing proven.
+            reach_known[f.start..f.end].fill(false);
             for pc in f.start..f.end {
                 a.reached[pc] = true;
                 a.access[pc] = Access::default();
@@ -449,7 +455,18 @@ pub(crate) fn analyze(insns: &[Insn], functions: &[Function], helpers: &HelperTa
     let mut keyless_map_calls = a.keyless_map_calls;
     keyless_map_calls.sort_unstable();
     keyless_map_calls.dedup();
-    Analysis { access: a.access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry: true, reachable: a.reached, ctx_reads, helper_args, keyless_map_calls }
+    Analysis {
+        access: a.access,
+        ctx,
+        inline_lookups,
+        lookup_keys,
+        walk_checks_on_entry: true,
+        reachable: a.reached,
+        reach_known,
+        ctx_reads,
+        helper_args,
+        keyless_map_calls,
+    }
 }
 
 /// The context bytes a program reads, as sorted, disjoint `[start, end)` spans, when every

@@ -79,8 +79,18 @@ impl Program {
         resolved: Vec<usize>,
         helpers: Arc<HelperTable>,
     ) -> Self {
-        let Analysis { access, ctx: ctx_needs, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: _, ctx_reads, helper_args, keyless_map_calls: _ } =
-            proofs;
+        let Analysis {
+            access,
+            ctx: ctx_needs,
+            inline_lookups,
+            lookup_keys,
+            walk_checks_on_entry,
+            reachable: _,
+            reach_known: _,
+            ctx_reads,
+            helper_args,
+            keyless_map_calls: _,
+        } = proofs;
         Program {
             insns,
             functions,

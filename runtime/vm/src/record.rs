@@ -268,8 +268,18 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
         }
     }
     // Reachability served the verifier alone; a program does not keep it.
-    let proofs =
-        Analysis { access, ctx, inline_lookups, lookup_keys, walk_checks_on_entry, reachable: vec![], keyless_map_calls: vec![], ctx_reads, helper_args };
+    let proofs = Analysis {
+        access,
+        ctx,
+        inline_lookups,
+        lookup_keys,
+        walk_checks_on_entry,
+        reachable: vec![],
+        reach_known: vec![],
+        keyless_map_calls: vec![],
+        ctx_reads,
+        helper_args,
+    };
     Ok(Program::new(insns, functions, depths, proofs, pointees, resolved, helpers))
 }
 

@@ -213,7 +213,7 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
     if let Some(&(pc, helper)) = proofs.keyless_map_calls.first() {
         return Err(err(pc, VerifyErrorKind::KeylessMap { helper }));
     }
-    if let Some((pc, changes_state)) = first_trap(&insns, &functions, &proofs.reachable) {
+    if let Some((pc, changes_state)) = first_trap(&insns, &functions, &proofs.reachable, &proofs.reach_known) {
         return Err(err(pc, VerifyErrorKind::NeverExits { changes_state }));
     }
     if checks == Checks::All {
@@ -232,7 +232,7 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
 /// way out (`for (;;)`), which the kernel's verifier never finishes exploring and refuses. Only
 /// such loops: one whose way out a run never takes is bounded by the loop budget instead.
 /// Also whether anything there does more than jump.
-fn first_trap(insns: &[Insn], functions: &[Function], reachable: &[bool]) -> Option<(usize, bool)> {
+fn first_trap(insns: &[Insn], functions: &[Function], reachable: &[bool], reach_known: &[bool]) -> Option<(usize, bool)> {
     let mut exits = vec![false; insns.len()];
     for f in functions {
         // Predecessors within the function; then everything that reaches an exit backwards.
@@ -262,7 +262,8 @@ fn first_trap(insns: &[Insn], functions: &[Function], reachable: &[bool]) -> Opt
             }
         }
     }
-    let trapped = |pc: usize| reachable[pc] && !exits[pc] && !matches!(insns[pc], Insn::LddwHigh);
+    // Only where reaching it is known (a function too costly to analyse might hold dead code).
+    let trapped = |pc: usize| reachable[pc] && reach_known[pc] && !exits[pc] && !matches!(insns[pc], Insn::LddwHigh);
     // Named by the head of its loop (a backward jump's target), where the kernel finds it too.
     let head = (0..insns.len())
         .filter(|&pc| trapped(pc))
