@@ -117,7 +117,9 @@ fn errors_are_one_clear_line_and_exit_1() {
         (b"\x7fELF\x02\x01\x01 not really".to_vec(), "not an ELF object"),
         (vec![0xb7, 0x0a, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0], "verifier: insn 0: r10 is read-only"),
         (vec![0x79, 0x10, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0], "insn 0: out-of-bounds load of 8 bytes at 0x0"),
-        (vec![0x05, 0, 0xff, 0xff, 0, 0, 0, 0], "loop budget exhausted"),
+        (vec![0x05, 0, 0xff, 0xff, 0, 0, 0, 0], "verifier: insn 0: no path from here reaches an exit"),
+        // r0 = 0; r0 += 1; if r0 != 0 goto -2; exit: a way out no run takes.
+        (vec![0xb7, 0, 0, 0, 0, 0, 0, 0, 0x07, 0, 0, 0, 1, 0, 0, 0, 0x55, 0, 0xfe, 0xff, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0], "loop budget exhausted"),
     ];
     for (i, (bytes, want)) in cases.iter().enumerate() {
         let f = dir.join(format!("case{i}.bin"));

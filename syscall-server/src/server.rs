@@ -605,7 +605,9 @@ impl Server {
         })?;
         // Where its key and value types are described (`btf_fd`, `btf_key_type_id`,
         // `btf_value_type_id`): libbpf gives them for BTF-defined maps.
-        if let Some(Handle::Btf(b)) = self.handle(a.u32(48) as i32).filter(|_| a.u32(48) != 0) {
+        // (As the kernel, only where a type id is given.)
+        let typed = a.u32(52) != 0 || a.u32(56) != 0;
+        if let Some(Handle::Btf(b)) = self.handle(a.u32(48) as i32).filter(|_| a.u32(48) != 0 && typed) {
             map.set_btf(MapBtf { object: b, key_type: a.u32(52), value_type: a.u32(56) });
         }
         if let Some(k) = &self.kernel {
