@@ -140,6 +140,13 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
         ResolveError::NotMapped(_) => Failure::NotMapped,
         e => Failure::Failed(e.to_string()),
     })?;
+    if p.retprobe && r.program_entry {
+        // (The kernel's return probe there overwrites argc, and the program's start-up reads
+        // garbage.)
+        return Err(Failure::Failed(
+            "a return probe on the program's entry point (_start) is not attached: it never returns, and the kernel passes argc where its return address would be".into(),
+        ));
+    }
     let kind = if p.retprobe { ProbeKind::Return } else { ProbeKind::Entry };
     // An entry only presumed (no symbol says so) is one for a return probe, as the kernel
     // takes it; an entry probe there runs as in mid-function.

@@ -129,6 +129,8 @@ struct Functions {
     starts: Vec<u64>,
     /// The file's loadable segments: (address, file offset, bytes in the file).
     segments: Vec<(u64, u64, u64)>,
+    /// The executable's entry point (`e_entry`; 0 for a library).
+    entry: u64,
 }
 
 impl Functions {
@@ -161,7 +163,8 @@ impl Functions {
         starts.sort_unstable();
         starts.dedup();
         let segments = file.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect();
-        Some(Functions { text, sorted, starts, segments })
+        let entry = if file.kind() == object::ObjectKind::Executable || file.kind() == object::ObjectKind::Dynamic { file.entry() } else { 0 };
+        Some(Functions { text, sorted, starts, segments, entry })
     }
 
     /// The functions of the file mapped from `path` whose bytes are `data`, found once per
@@ -367,6 +370,9 @@ pub struct Resolved {
     pub padding: u64,
     /// A symbol at the address names a function that returns twice (see [`returns_twice`]).
     pub returns_twice: bool,
+    /// The address is the executable's entry point (`_start`), which the kernel enters with
+    /// `argc` where a return address would be, and which never returns.
+    pub program_entry: bool,
 }
 
 /// Whether `name` is one of the functions that return twice, by GCC's rule (its
@@ -408,7 +414,17 @@ fn resolve_in(t: &Target, maps: &[Mapping], exe: &str) -> Result<Resolved, Resol
         let entry_presumed = function_size == 0 && vaddr.is_some_and(|v| !funcs.inside_a_function(v));
         let at_entry = function_size > 0 || entry_presumed;
         let returns_twice = vaddr.is_some_and(|v| funcs.returns_twice_at(v));
-        return Ok(Resolved { addr, path, function_size, at_entry, entry_presumed, padding: padding_of(t.offset, function_size), returns_twice });
+        let program_entry = vaddr.is_some_and(|v| funcs.entry != 0 && v == funcs.entry);
+        return Ok(Resolved {
+            addr,
+            path,
+            function_size,
+            at_entry,
+            entry_presumed,
+            padding: padding_of(t.offset, function_size),
+            returns_twice,
+            program_entry,
+        });
     };
     let (vaddr, size) = funcs.named(func).ok_or_else(|| ResolveError::NoSymbol { path: path.clone(), symbol: func.clone() })?;
     let func_off = funcs.offset_of(vaddr).ok_or_else(|| ResolveError::Elf { path: path.clone(), msg: format!("`{func}` is outside every segment") })?;
@@ -416,7 +432,8 @@ fn resolve_in(t: &Target, maps: &[Mapping], exe: &str) -> Result<Resolved, Resol
     let addr = address_of_file_offset(&path, maps, file_off).ok_or(ResolveError::Unmapped { path: path.clone(), offset: file_off })?;
     let padding = if t.offset == 0 { padding_of(func_off, size) } else { 0 };
     let returns_twice = t.offset == 0 && funcs.returns_twice_at(vaddr);
-    Ok(Resolved { addr, path, function_size: size, at_entry: t.offset == 0, entry_presumed: false, padding, returns_twice })
+    let program_entry = t.offset == 0 && funcs.entry != 0 && vaddr == funcs.entry;
+    Ok(Resolved { addr, path, function_size: size, at_entry: t.offset == 0, entry_presumed: false, padding, returns_twice, program_entry })
 }
 
 /// Adds `delta` to the USDT semaphore (a u16 counting attached probes, which the application

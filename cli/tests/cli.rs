@@ -1245,3 +1245,32 @@ fn map_dumps_format_values_from_their_btf() {
     let want = format!("  1 => {{ keys: 500, values: {values}, seen: 250, deleted: 0 }}\n");
     assert!(text.contains(&want), "want {want:?} in:\n{text}");
 }
+
+/// `uprobe.multi` / `uretprobe.multi` sections with a glob attach to every function of the
+/// binary it matches, as libbpf attaches them: `*a??` on the `calls` target is _start, main,
+/// add, fact and __do_global_dtors_aux, each entry and return counted per function. (The
+/// return probe on _start is refused: the kernel's would overwrite argc; the target then read
+/// a wrong argument count, or crashed.)
+#[test]
+fn multi_uprobe_sections_attach_every_function_their_glob_matches() {
+    let obj = build_example("uprobe_multi");
+    let calls = bpftime_tests::clang::build_target("calls", false);
+    let shm = format!("bpftime-cli-multi-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = bpftime_shm(&shm, &["run", obj.to_str().unwrap(), "--json", "--", calls.to_str().unwrap(), "50"]);
+    bpftime_tests::remove_region(&shm);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json = text(&out.stderr).lines().find(|l| l.starts_with('{')).map(str::to_string).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
+    let counts = |map: &str| -> Vec<u64> {
+        let m = v["maps"].as_array().unwrap().iter().find(|m| m["name"] == map).unwrap();
+        let mut c: Vec<u64> = m["entries"].as_array().unwrap().iter().map(|e| e["value"]["u64"].as_u64().unwrap()).collect();
+        c.sort_unstable();
+        c
+    };
+    // _start, main and the destructor once, fact(10) ten times, add 50 times; each returns as
+    // often but _start.
+    assert_eq!(counts("entries"), [1, 1, 1, 10, 50], "{json}");
+    assert_eq!(counts("returns"), [1, 1, 10, 50], "{json}");
+    assert!(text(&out.stderr).contains("a return probe on the program's entry point (_start) is not attached"), "{}", text(&out.stderr));
+}

@@ -352,22 +352,87 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
         };
         let retprobe = matches!(kind, ProgramKind::Uprobe { retprobe: true, .. });
         let replace = matches!(kind, ProgramKind::Uprobe { replace: true, .. });
-        let id = store_kind(region, name, *prog, &target, retprobe, 0, LinkKind::Uprobe, LinkScope { replace, ..scope })?;
-        out.links.push(UprobeLink {
-            id,
-            name: name.clone(),
-            prog: *prog,
-            target,
-            retprobe,
-            replace,
-            cookie: 0,
-            state: LinkState::Stored,
-            kind: LinkKind::Uprobe,
-            pid,
-            ref_ctr: 0,
-        });
+        // `uprobe.multi/BINARY:PATTERN` (and a pattern in any uprobe section): a link per
+        // function of BINARY whose name the glob matches, as libbpf attaches them.
+        let targets = match target.rsplit_once(':') {
+            Some((binary, pattern)) if pattern.contains(['*', '?']) => match functions_matching(&binary_path(binary, exe), pattern) {
+                Ok(names) if !names.is_empty() => names.into_iter().map(|f| format!("{binary}:{f}")).collect(),
+                Ok(_) => {
+                    let reason = format!("no function of {binary} matches `{pattern}`");
+                    out.skipped.push(Skipped { name: name.clone(), section: section.clone(), reason });
+                    continue;
+                }
+                Err(reason) => {
+                    out.skipped.push(Skipped { name: name.clone(), section: section.clone(), reason });
+                    continue;
+                }
+            },
+            _ => vec![target],
+        };
+        for target in targets {
+            let id = store_kind(region, name, *prog, &target, retprobe, 0, LinkKind::Uprobe, LinkScope { replace, ..scope })?;
+            out.links.push(UprobeLink {
+                id,
+                name: name.clone(),
+                prog: *prog,
+                target,
+                retprobe,
+                replace,
+                cookie: 0,
+                state: LinkState::Stored,
+                kind: LinkKind::Uprobe,
+                pid,
+                ref_ctr: 0,
+            });
+        }
     }
     Ok(out)
+}
+
+/// The names of the functions defined in ELF file `path` (its symbol table and dynamic
+/// symbols) that glob `pattern` (`*`, `?`) matches, sorted, each once.
+fn functions_matching(path: &str, pattern: &str) -> Result<Vec<String>, String> {
+    use object::{Object, ObjectSymbol, SymbolKind};
+    let data = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let file = object::File::parse(&*data).map_err(|e| format!("{path}: {e}"))?;
+    let mut names: Vec<String> = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|s| s.kind() == SymbolKind::Text && !s.is_undefined())
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .filter(|n| glob_matches(pattern.as_bytes(), n.as_bytes()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    Ok(names)
+}
+
+/// Whether glob `p` (`*`: any run of characters, `?`: any one) matches all of `s`.
+fn glob_matches(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                // Let the last `*` take one more character.
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// The file a section's BINARY names: `/proc/self/exe` as `exe` says, a bare library name
@@ -464,4 +529,22 @@ pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_matches;
+
+    #[test]
+    fn globs_match_as_libbpfs_do() {
+        let m = |p: &str, s: &str| glob_matches(p.as_bytes(), s.as_bytes());
+        for (p, s) in
+            [("*", ""), ("*", "malloc"), ("mal*", "malloc"), ("*loc", "malloc"), ("m?ll*c", "malloc"), ("*a??", "fact"), ("a*b*c", "aXbYc"), ("**", "x")]
+        {
+            assert!(m(p, s), "{p} matches {s}");
+        }
+        for (p, s) in [("mal*", "calloc"), ("*a??", "tiny"), ("?", ""), ("m?lloc", "mlloc"), ("a*b*c", "aXbYd"), ("abc", "abcd")] {
+            assert!(!m(p, s), "{p} does not match {s}");
+        }
+    }
 }
