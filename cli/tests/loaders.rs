@@ -219,6 +219,36 @@ fn kfunc_loops_count_what_the_kernel_counts() {
     assert_eq!(count_calls_stats(&kernel_out, 7), expected, "the kernel's:\n{kernel_out}");
 }
 
+/// A `uprobe_multi` link (`BPF_LINK_CREATE` with `BPF_TRACE_UPROBE_MULTI`, what libbpf 1.3+
+/// makes of `uprobe.multi` sections) from a loader speaking bpf(2) itself: entry and return
+/// probes on every offset it names, each with its cookie, counted as the kernel counts them.
+#[test]
+fn uprobe_multi_links_count_what_the_kernel_counts() {
+    let _serial = serial();
+    let loader = build_loader("uprobe_multi_counts");
+    let calls = build_target("calls", false);
+    // add() and fact() by their file offsets (the text segment's addresses are its offsets).
+    let nm = Command::new("nm").arg(&calls).output().unwrap();
+    let offset = |f: &str| text(&nm.stdout).lines().find(|l| l.ends_with(&format!(" {f}"))).and_then(|l| l.split_whitespace().next()).unwrap().to_string();
+    let (add, fact) = (offset("add"), offset("fact"));
+    // add() 300 times with cookie 1, fact() 10 times with cookie 2; each returns as often.
+    let expected = vec![310, 310, 320, 320];
+    let shm = format!("bpftime-multi-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg(&calls).args([&add, &fact]);
+    let (out, _) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&calls).arg("300"));
+    bpftime_tests::remove_region(&shm);
+    assert_eq!(count_calls_stats(&out, 4), expected, "ours:\n{out}");
+    if !is_root() {
+        return println!("skipping the kernel comparison: it needs root");
+    }
+    let mut kernel = Command::new(&loader);
+    kernel.arg(&calls).args([&add, &fact]);
+    let (kernel_out, _) = session(kernel, Command::new(&calls).arg("300"));
+    assert_eq!(count_calls_stats(&kernel_out, 4), expected, "the kernel's:\n{kernel_out}");
+}
+
 /// Two cgroups v2, one inside the other (removed on drop), where the hierarchy is mounted
 /// and writable (root).
 struct NestedCgroup {

@@ -66,6 +66,10 @@ pub const BPF_F_LOCK: u64 = 4;
 
 /// `BPF_PERF_EVENT`: the attach type of a link to a perf event.
 pub const BPF_PERF_EVENT: u32 = 41;
+/// `BPF_TRACE_UPROBE_MULTI`: the attach type of a `uprobe_multi` link.
+pub const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+/// `BPF_F_UPROBE_MULTI_RETURN`: a `uprobe_multi` link of return probes.
+pub const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
 /// `PERF_EVENT_IOC_ENABLE`: `_IO('$', 0)`.
 pub const PERF_EVENT_IOC_ENABLE: u64 = 0x2400;
 /// `PERF_EVENT_IOC_DISABLE`: `_IO('$', 1)`.

@@ -62,6 +62,8 @@ pub enum Handle {
     KernelBtf,
     /// A link (region object id).
     Link(u32),
+    /// A `uprobe_multi` link: the region's links, one per offset.
+    MultiLink(Vec<u32>),
     /// A uprobe, system call tracepoint or CUDA kernel probe perf event.
     Probe(ProbeEvent),
     /// A `PERF_COUNT_SW_BPF_OUTPUT` event (a perf buffer's ring for one CPU).
@@ -340,7 +342,7 @@ impl Server {
         Some(match self.handle(fd)? {
             Handle::Map(_) => "anon_inode:bpf-map",
             Handle::Prog(_) => "anon_inode:bpf-prog",
-            Handle::Link(_) => "anon_inode:bpf_link",
+            Handle::Link(_) | Handle::MultiLink(_) => "anon_inode:bpf_link",
             Handle::Btf(_) | Handle::KernelBtf => "anon_inode:btf",
             Handle::Probe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => "anon_inode:[perf_event]",
         })
@@ -374,8 +376,19 @@ impl Server {
             Some(Handle::Probe(ProbeEvent { link: Some(id), .. })) => Some(id),
             _ => None,
         };
+        // A uprobe_multi link whose last fd closed: every one of its links goes.
+        let mut link_prog = None;
+        if let Some(Handle::MultiLink(ids)) = &h {
+            let still_open = Self::lock(&self.fds).values().any(|o| matches!(o, Handle::MultiLink(other) if other == ids));
+            if !still_open {
+                link_prog = ids.first().and_then(|&id| links::program_of(&self.region, id));
+                for &id in ids {
+                    links::remove(&self.region, id);
+                }
+            }
+        }
         // The program a closed link ran: with its link gone, it may be held by nothing.
-        let link_prog = link.and_then(|id| links::program_of(&self.region, id));
+        let link_prog = link.and_then(|id| links::program_of(&self.region, id)).or(link_prog);
         if let Some(id) = link {
             let still_open = Self::lock(&self.fds)
                 .values()
@@ -419,7 +432,8 @@ impl Server {
     /// process's fds close).
     pub fn exiting(&self) {
         // Links first, so that the programs they held can go too.
-        let mut fds: Vec<(bool, i32)> = Self::lock(&self.fds).iter().map(|(fd, h)| (!matches!(h, Handle::Link(_) | Handle::Probe(_)), *fd)).collect();
+        let mut fds: Vec<(bool, i32)> =
+            Self::lock(&self.fds).iter().map(|(fd, h)| (!matches!(h, Handle::Link(_) | Handle::MultiLink(_) | Handle::Probe(_)), *fd)).collect();
         fds.sort();
         for (_, fd) in fds {
             self.closed(fd);
@@ -1166,6 +1180,14 @@ impl Server {
                 put32(&mut info, 8, prog);
                 48
             }
+            Handle::MultiLink(ids) => {
+                // type BPF_LINK_TYPE_UPROBE_MULTI (12), id (its first link's), prog_id
+                let first = ids.first().copied().unwrap_or(0);
+                put32(&mut info, 0, 12);
+                put32(&mut info, 4, first);
+                put32(&mut info, 8, links::program_of(&self.region, first).unwrap_or(0));
+                48
+            }
             Handle::Btf(b) => {
                 // struct bpf_btf_info: as much of the data as the buffer takes, its whole
                 // size, the id; no name (a loader's BTF has none), not the kernel's.
@@ -1229,6 +1251,9 @@ impl Server {
 
     fn link_create(&self, a: &Attr) -> Result<i64, Errno> {
         let (prog_fd, target_fd, attach_type) = (a.u32(0), a.u32(4) as i32, a.u32(8));
+        if attach_type == attr::BPF_TRACE_UPROBE_MULTI {
+            return self.uprobe_multi_link(a);
+        }
         if attach_type != attr::BPF_PERF_EVENT {
             return match &self.kernel {
                 Some(_) => self.kernel_attach(attr::LINK_CREATE, a, self.prog_id(prog_fd)?, 0),
@@ -1250,6 +1275,64 @@ impl Server {
         let cookie = a.u64(16);
         let id = self.attach(target_fd, prog, cookie)?;
         self.install(Handle::Link(id))
+    }
+
+    /// `BPF_LINK_CREATE` of a `uprobe_multi` link (libbpf's `uprobe.multi` sections): a link in
+    /// the region per offset of the file, each with its cookie and semaphore, checked as the
+    /// kernel's `bpf_uprobe_multi_link_attach` checks them.
+    fn uprobe_multi_link(&self, a: &Attr) -> Result<i64, Errno> {
+        /// `MAX_UPROBE_MULTI_CNT`.
+        const MAX_COUNT: u32 = 1 << 20;
+        let prog = self.prog_id(a.u32(0))?;
+        let (path_at, offsets_at, ref_ctrs_at, cookies_at) = (a.u64(16), a.u64(24), a.u64(32), a.u64(40));
+        let (count, flags, pid) = (a.u32(48), a.u32(52), a.u32(56) as i32);
+        if flags & !attr::BPF_F_UPROBE_MULTI_RETURN != 0 {
+            return Err(libc::EINVAL);
+        }
+        if path_at == 0 || offsets_at == 0 || count == 0 || pid < 0 {
+            return Err(libc::EINVAL);
+        }
+        if count > MAX_COUNT {
+            return Err(libc::E2BIG);
+        }
+        let path = user::read_cstr(path_at, libc::PATH_MAX as usize)?;
+        let path = std::fs::canonicalize(&path).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOENT))?;
+        if !path.is_file() {
+            return Err(libc::EBADF);
+        }
+        if pid > 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(libc::ESRCH);
+        }
+        let words = |at: u64| -> Result<Vec<u64>, Errno> {
+            if at == 0 {
+                return Ok(vec![0; count as usize]);
+            }
+            let bytes = user::read(at, count as usize * 8)?;
+            Ok(bytes.chunks(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+        };
+        let (offsets, ref_ctrs, cookies) = (words(offsets_at)?, words(ref_ctrs_at)?, words(cookies_at)?);
+        let name = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
+        let path = path.to_string_lossy().into_owned();
+        let retprobe = flags & attr::BPF_F_UPROBE_MULTI_RETURN != 0;
+        let mut ids = Vec::with_capacity(count as usize);
+        for i in 0..count as usize {
+            let scope = links::LinkScope { owner: std::process::id(), pid: pid as u32, ref_ctr: ref_ctrs[i], ..Default::default() };
+            let target = format!("{path}:{:#x}", offsets[i]);
+            match links::store_owned(&self.region, &name, prog, &target, retprobe, cookies[i], scope) {
+                Ok(id) => ids.push(id),
+                Err(_) => {
+                    for &id in &ids {
+                        links::remove(&self.region, id);
+                    }
+                    return Err(libc::ENOMEM);
+                }
+            }
+        }
+        let pids = if pid != 0 { vec![pid as u32] } else { crate::reach::named_processes_mapping(&path) };
+        for pid in pids {
+            self.reached.ensure(pid, self.region.name());
+        }
+        self.install(Handle::MultiLink(ids))
     }
 
     /// Attaches program `prog` to our uprobe event `fd`: a link in the region. A link for one
