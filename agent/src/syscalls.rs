@@ -46,12 +46,17 @@ impl Programs {
         unsafe { &*self.tables.load(Ordering::Acquire) }
     }
 
-    fn run<R: AsRef<[u8]>>(&self, entries: &[Entry], record: impl Fn(&Entry) -> R, level: usize) {
+    /// Runs the programs; the result the last of them asked the call to return without
+    /// being made (`bpf_override_return`), if any.
+    fn run<R: AsRef<[u8]>>(&self, entries: &[Entry], record: impl Fn(&Entry) -> R, level: usize) -> Option<u64> {
+        let mut skip = None;
         for e in entries {
-            if let Err(err) = self.runtime.run_probe(&e.probe, record(e).as_ref(), level) {
-                report(e, err);
+            match self.runtime.run_probe(&e.probe, record(e).as_ref(), level) {
+                Ok(run) => skip = run.override_return.or(skip),
+                Err(err) => report(e, err),
             }
         }
+        skip
     }
 }
 
@@ -64,38 +69,44 @@ fn report(e: &Entry, err: bpftime_vm::exec::RunError) {
 }
 
 impl SyscallHandler for Programs {
-    fn on_enter(&self, regs: &PtRegs, level: usize) {
+    /// A `bpf_override_return(ctx, rc)` from a program on the call's entry (bpftime's error
+    /// injection at system calls, as its syscall tracepoints allow) skips the call: it returns
+    /// `rc`.
+    fn on_enter(&self, regs: &PtRegs, level: usize) -> Option<u64> {
         let t = self.tables();
         let nr = regs.orig_ax;
         let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
+        let mut skip = None;
         if let Some(list) = t.enter.get(nr as usize).filter(|l| !l.is_empty()) {
             let tid = tid();
-            self.run(list, |e| enter_record(e.id, tid, nr as u32, args), level);
+            skip = self.run(list, |e| enter_record(e.id, tid, nr as u32, args), level).or(skip);
         }
         if !t.any_enter.is_empty() {
             let tid = tid();
-            self.run(&t.any_enter, |e| enter_record(e.id, tid, nr as u32, args), level);
+            skip = self.run(&t.any_enter, |e| enter_record(e.id, tid, nr as u32, args), level).or(skip);
         }
         if !t.raw_enter.is_empty() {
             // The kernel's pt_regs at sys_enter hold -ENOSYS in ax.
             let regs = PtRegs { ax: -(libc::ENOSYS as i64) as u64, ..*regs };
-            self.run(&t.raw_enter, |_| raw_record(&regs as *const PtRegs as u64, nr), level);
+            skip = self.run(&t.raw_enter, |_| raw_record(&regs as *const PtRegs as u64, nr), level).or(skip);
         }
+        skip
     }
 
     fn on_exit(&self, regs: &PtRegs, level: usize) {
         let t = self.tables();
         let nr = regs.orig_ax;
+        // (An exit program cannot change the result: the call was made.)
         if let Some(list) = t.exit.get(nr as usize).filter(|l| !l.is_empty()) {
             let tid = tid();
-            self.run(list, |e| exit_record(e.id, tid, nr as u32, regs.ax as i64), level);
+            let _ = self.run(list, |e| exit_record(e.id, tid, nr as u32, regs.ax as i64), level);
         }
         if !t.any_exit.is_empty() {
             let tid = tid();
-            self.run(&t.any_exit, |e| exit_record(e.id, tid, nr as u32, regs.ax as i64), level);
+            let _ = self.run(&t.any_exit, |e| exit_record(e.id, tid, nr as u32, regs.ax as i64), level);
         }
         if !t.raw_exit.is_empty() {
-            self.run(&t.raw_exit, |_| raw_record(regs as *const PtRegs as u64, regs.ax), level);
+            let _ = self.run(&t.raw_exit, |_| raw_record(regs as *const PtRegs as u64, regs.ax), level);
         }
     }
 
@@ -245,7 +256,10 @@ pub fn execve_entered(exec: ExecArgs, caller: &[u8]) {
             libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
         });
     }
-    bpftime_attach::run_as_hit(|level| p.on_enter(&regs, level));
+    // (The call was made already: an override cannot undo it.)
+    bpftime_attach::run_as_hit(|level| {
+        let _ = p.on_enter(&regs, level);
+    });
     if renamed {
         // SAFETY: as above: the name this thread had, NUL-terminated.
         bpftime_attach::without_probes(|| unsafe { libc::prctl(libc::PR_SET_NAME, own.as_ptr(), 0, 0, 0) });

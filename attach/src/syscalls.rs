@@ -36,8 +36,10 @@ use std::sync::{Arc, OnceLock};
 /// them; the agent allocates from its own mappings).
 pub trait SyscallHandler: Send + Sync {
     /// Before call `regs.orig_ax` runs, its arguments in `di`, `si`, `dx`, `r10`, `r8`, `r9`
-    /// (`ip` is the address after the `syscall` instruction). `level` as for probes.
-    fn on_enter(&self, regs: &PtRegs, level: usize);
+    /// (`ip` is the address after the `syscall` instruction). `level` as for probes. `Some(rc)`:
+    /// the call is not made and returns `rc` (error injection); calls that must be made in
+    /// place (`exit`, `execve`, `clone`...) are made anyway.
+    fn on_enter(&self, regs: &PtRegs, level: usize) -> Option<u64>;
     /// After it ran: `ax` is the result (a negative errno on failure).
     fn on_exit(&self, regs: &PtRegs, level: usize);
     /// A call whose handlers could not run (nested too deep, or in the agent's own work).
@@ -306,7 +308,15 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // The `syscall` instruction: the thread stopped after it.
     let site = (g[libc::REG_RIP as usize] as u64).wrapping_sub(2);
     let mut regs = PtRegs::from_gregs(g);
-    around_call(&mut regs, |regs| {
+    around_call(&mut regs, |regs, skip| {
+        if let (Some(rc), false) = (skip, in_place(regs.orig_ax)) {
+            // Not made: its result, and what the `syscall` instruction leaves in rcx and r11.
+            g[libc::REG_RAX as usize] = rc as i64;
+            g[libc::REG_RCX as usize] = g[libc::REG_RIP as usize];
+            g[libc::REG_R11 as usize] = g[libc::REG_EFL as usize];
+            regs.ax = rc;
+            return true;
+        }
         let ran_here = perform(g, uc_mask) && !in_place(regs.orig_ax);
         regs.ax = g[libc::REG_RAX as usize] as u64;
         ran_here
@@ -407,7 +417,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     regs.orig_ax = nr;
     regs.ip = after;
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
-    let call = |regs: &mut PtRegs| {
+    let call = |regs: &mut PtRegs, skip: Option<u64>| {
         if in_place(nr) {
             match gadget(after, nr) {
                 Some(g) => regs.r11 = g,
@@ -417,6 +427,12 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
                 }
             }
             return false;
+        }
+        if let Some(rc) = skip {
+            regs.ax = rc;
+            regs.cx = after;
+            regs.r11 = after;
+            return true;
         }
         let mut copy = 0u64;
         let args = keep_sigsys_open(nr, args, &mut copy);
@@ -432,23 +448,25 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     unsafe { selector.write(was) };
 }
 
-/// Makes a call (`call`: true when it ran here and has a result in `regs.ax`) between the
-/// handlers' enter and exit, when this thread may run them; the call happens either way.
-fn around_call(regs: &mut PtRegs, call: impl FnOnce(&mut PtRegs) -> bool) {
+/// Makes a call (`call`: true when it ran here and has a result in `regs.ax`; given the result
+/// the enter handlers asked for instead, it makes no call where it may skip it) between the
+/// handlers' enter and exit, when this thread may run them; the call happens either way unless
+/// a handler asked otherwise.
+fn around_call(regs: &mut PtRegs, call: impl FnOnce(&mut PtRegs, Option<u64>) -> bool) {
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
-            h.on_enter(regs, level);
-            if call(regs) {
+            let skip = h.on_enter(regs, level);
+            if call(regs, skip) {
                 h.on_exit(regs, level);
             }
             hook::leave(before);
         }
         (Admission::Miss, Some(h)) => {
             h.on_miss(regs.orig_ax);
-            call(regs);
+            call(regs, None);
         }
         _ => {
-            call(regs);
+            call(regs, None);
         }
     }
 }

@@ -23,8 +23,8 @@ struct Programs {
 }
 
 impl SyscallHandler for Programs {
-    fn on_enter(&self, regs: &PtRegs, level: usize) {
-        let _ = self.rt.run_probe(&self.enter, &raw_record(regs as *const PtRegs as u64, regs.orig_ax), level);
+    fn on_enter(&self, regs: &PtRegs, level: usize) -> Option<u64> {
+        self.rt.run_probe(&self.enter, &raw_record(regs as *const PtRegs as u64, regs.orig_ax), level).ok().and_then(|r| r.override_return)
     }
     fn on_exit(&self, regs: &PtRegs, level: usize) {
         let _ = self.rt.run_probe(&self.exit, &raw_record(regs as *const PtRegs as u64, regs.ax), level);

@@ -1274,3 +1274,27 @@ fn multi_uprobe_sections_attach_every_function_their_glob_matches() {
     assert_eq!(counts("returns"), [1, 1, 10, 50], "{json}");
     assert!(text(&out.stderr).contains("a return probe on the program's entry point (_start) is not attached"), "{}", text(&out.stderr));
 }
+
+/// `bpf_override_return` in a `sys_enter` program skips the call and gives the caller the
+/// result (bpftime's error injection at system calls): `cat` of a file under
+/// /tmp/bpftime-inject* fails with EACCES although the file is there and readable, the exit
+/// program sees the injected -EACCES, and other files open as usual.
+#[test]
+fn an_override_at_a_system_call_entry_skips_the_call() {
+    let obj = build_example("syscall_inject");
+    let file = format!("/tmp/bpftime-inject-{}", std::process::id());
+    std::fs::write(&file, "readable\n").unwrap();
+    let shm = format!("bpftime-cli-inject-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = bpftime_shm(&shm, &["run", obj.to_str().unwrap(), "--json", "--", "/bin/cat", &file, "/etc/hostname"]);
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_file(&file);
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("cat: {file}: Permission denied")), "{err}");
+    assert_eq!(text(&out.stdout).trim(), std::fs::read_to_string("/etc/hostname").unwrap().trim(), "the other file is read");
+    let json = err.lines().find(|l| l.starts_with('{')).map(str::to_string).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {err}"));
+    let stats = v["maps"].as_array().unwrap().iter().find(|m| m["name"] == "stats").unwrap();
+    let slot = |k: usize| stats["entries"][k]["value"]["u64"].as_u64().unwrap();
+    assert_eq!((slot(0), slot(1)), (1, 1), "one call injected, its exit saw -EACCES: {json}");
+}

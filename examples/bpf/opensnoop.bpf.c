@@ -4,6 +4,7 @@
 // of their successes at exit.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "openat_args.h"
 
 #define NAME_LEN 64
 
@@ -12,21 +13,6 @@ struct open_event {
     __u32 tid;
     __s64 ret;
     char name[NAME_LEN];
-};
-
-struct enter_args {
-    __u64 common;
-    __s64 nr;
-    __s64 dfd;
-    const char *filename;
-    __s64 flags;
-    __s64 mode;
-};
-
-struct exit_args {
-    __u64 common;
-    __s64 nr;
-    __s64 ret;
 };
 
 struct {
