@@ -89,7 +89,7 @@ int main(void)
         attempt("kfunc calls", kfunc, 4, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
         attempt("kfunc calls, not under the GPL", kfunc, 4, BPF_PROG_TYPE_KPROBE, "p", "BSD", 0, NULL, 0, 0);
     }
-    struct bpf_insn helper_1000[] = { I(BPF_JMP | BPF_CALL, 0, 0, 0, 1000), MOV0, EXIT };
-    attempt("a call of helper 1000", helper_1000, 3, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
+    struct bpf_insn helper_3000[] = { I(BPF_JMP | BPF_CALL, 0, 0, 0, 3000), MOV0, EXIT };
+    attempt("a call of helper 3000", helper_3000, 3, BPF_PROG_TYPE_KPROBE, "p", "GPL", 0, NULL, 0, 0);
     return 0;
 }

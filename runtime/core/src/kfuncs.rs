@@ -10,8 +10,9 @@ use bpftime_object::btf::{Btf, Kind};
 use bpftime_vm::exec::{HelperTable, RunState};
 use bpftime_vm::insn::{call_src, RawInsn};
 
-/// The first helper id kfuncs take.
-const FIRST_ID: u32 = 1000;
+/// The first helper id kfuncs take: past the kernel's helpers and bpftime's own (its GPU
+/// helpers 501-511, its `ufunc` calls 1000 and 1001).
+const FIRST_ID: u32 = 3000;
 
 /// The kfuncs we run, in id order from [`FIRST_ID`].
 const KFUNCS: &[&str] =
