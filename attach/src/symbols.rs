@@ -129,7 +129,7 @@ struct Functions {
     starts: Vec<u64>,
     /// The file's loadable segments: (address, file offset, bytes in the file).
     segments: Vec<(u64, u64, u64)>,
-    /// The executable's entry point (`e_entry`; 0 for a library).
+    /// The file's entry point (`e_entry`: an executable's `_start`; 0 where it has none).
     entry: u64,
 }
 
@@ -445,7 +445,9 @@ pub fn add_to_semaphore(binary: &str, offset: u64, delta: i16) -> Result<(), Res
     let path = find_binary(binary, &maps).ok_or_else(|| ResolveError::NotMapped(binary.to_string()))?;
     let m = maps
         .iter()
-        .find(|m| m.path == path && m.perms.starts_with("rw") && offset >= m.offset && offset + 2 <= m.offset + (m.end - m.start))
+        .find(|m| {
+            m.path == path && m.perms.starts_with("rw") && offset >= m.offset && offset.checked_add(2).is_some_and(|end| end <= m.offset + (m.end - m.start))
+        })
         .ok_or(ResolveError::Unmapped { path: path.clone(), offset })?;
     let addr = m.start + (offset - m.offset);
     if !addr.is_multiple_of(2) {

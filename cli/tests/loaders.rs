@@ -243,6 +243,12 @@ fn uprobe_multi_links_count_what_the_kernel_counts() {
     if !is_root() {
         return println!("skipping the kernel comparison: it needs root");
     }
+    // uprobe_multi links came with Linux 6.6.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let version: Vec<u32> = release.split(['.', '-']).take(2).filter_map(|v| v.trim().parse().ok()).collect();
+    if version < vec![6, 6] {
+        return println!("skipping the kernel comparison: Linux {} has no uprobe_multi links", release.trim());
+    }
     let mut kernel = Command::new(&loader);
     kernel.arg(&calls).args([&add, &fact]);
     let (kernel_out, _) = session(kernel, Command::new(&calls).arg("300"));

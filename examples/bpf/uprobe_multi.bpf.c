@@ -1,5 +1,6 @@
-// uprobe.multi / uretprobe.multi with a glob, on the `calls` target: `*a??` matches _start,
-// add, fact and main. Each program counts its hits per function (by bpf_get_func_ip).
+// uprobe.multi / uretprobe.multi with a glob, on the `calls` target: `*a??` matches add, fact,
+// main, _start and what else the C runtime names so (gcc's __do_global_dtors_aux). Each
+// program counts its hits per function (by bpf_get_func_ip).
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>

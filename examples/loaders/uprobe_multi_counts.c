@@ -2,8 +2,10 @@
 // kprobe-type programs loaded for BPF_TRACE_UPROBE_MULTI, one linked to every OFFSET of BINARY
 // as entry probes, one as return probes (BPF_F_UPROBE_MULTI_RETURN), the cookie of offset i
 // being i + 1. Each program counts its hits (slot 0: entries, 1: returns) and sums the cookies
-// it sees (bpf_get_attach_cookie; slot 2: entries, 3: returns). Says "attached 2", waits for
-// a line on stdin, prints `stats[K] = V`. Runs the same on the kernel and under bpftime.
+// it sees (bpf_get_attach_cookie; slot 2: entries, 3: returns). Before, a link with an odd
+// semaphore offset (refused); after, the entry link opened again by its id and that fd closed
+// (the link stays). Says "attached 2", waits for a line on stdin, prints `stats[K] = V`.
+// Runs the same on the kernel and under bpftime.
 // Build: cc uprobe_multi_counts.c -o uprobe_multi_counts
 // Usage: uprobe_multi_counts BINARY OFFSET...   (offsets in hex, file offsets of functions)
 #include <errno.h>
@@ -85,12 +87,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "map: %s\n", strerror(errno));
         return 1;
     }
-    int n = argc - 2;
+    int n = argc - 2 < 64 ? argc - 2 : 64;
     uint64_t offsets[64], cookies[64];
-    for (int i = 0; i < n && i < 64; i++) {
+    for (int i = 0; i < n; i++) {
         offsets[i] = strtoull(argv[i + 2], NULL, 16);
         cookies[i] = i + 1;
     }
+    int entry_link = -1;
     for (int ret = 0; ret < 2; ret++) {
         int prog = load(map, ret, ret);
         if (prog < 0) {
@@ -106,11 +109,43 @@ int main(int argc, char **argv)
         l.cookies = (unsigned long)cookies;
         l.cnt = n;
         l.multi_flags = ret ? UPROBE_MULTI_RETURN : 0;
-        if (sys_bpf(BPF_LINK_CREATE, &l, sizeof(l)) < 0) {
+        uint64_t odd[64];
+        for (int i = 0; i < n; i++)
+            odd[i] = 1;
+        l.ref_ctr_offsets = (unsigned long)odd;
+        if (sys_bpf(BPF_LINK_CREATE, &l, sizeof(l)) >= 0 || errno != EINVAL) {
+            fprintf(stderr, "a link with an odd semaphore offset: %s\n", strerror(errno));
+            return 1;
+        }
+        l.ref_ctr_offsets = 0;
+        int link = sys_bpf(BPF_LINK_CREATE, &l, sizeof(l));
+        if (link < 0) {
             fprintf(stderr, "link: %s\n", strerror(errno));
             return 1;
         }
+        if (!ret)
+            entry_link = link;
     }
+    // The entry link again, by its id; closing that fd leaves the link attached.
+    struct bpf_link_info info;
+    memset(&info, 0, sizeof(info));
+    union bpf_attr q;
+    memset(&q, 0, sizeof(q));
+    q.info.bpf_fd = entry_link;
+    q.info.info_len = sizeof(info);
+    q.info.info = (unsigned long)&info;
+    if (sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &q, sizeof(q)) < 0 || info.type != 12) {
+        fprintf(stderr, "link info: %s, type %u\n", strerror(errno), info.type);
+        return 1;
+    }
+    memset(&q, 0, sizeof(q));
+    q.link_id = info.id;
+    int again = sys_bpf(BPF_LINK_GET_FD_BY_ID, &q, sizeof(q));
+    if (again < 0) {
+        fprintf(stderr, "link by id: %s\n", strerror(errno));
+        return 1;
+    }
+    close(again);
     printf("attached 2\n");
     fflush(stdout);
     char line[64];

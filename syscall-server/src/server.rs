@@ -154,6 +154,9 @@ pub struct Server {
     pub(crate) kernel: Option<crate::kernel::Passthrough>,
     /// BTF objects this process loaded (removed when no fd of ours and no map holds them).
     loaded_btfs: Mutex<HashSet<u32>>,
+    /// This process's `uprobe_multi` links by their id (their first region link's): an fd
+    /// opened by that id stands for the whole link.
+    multi_links: Mutex<HashMap<u32, Vec<u32>>>,
     /// Programs this process loaded (removed when nothing holds them).
     loaded: Mutex<HashSet<u32>>,
     /// Kprobe-type programs our verifier refused for the CPU but took as CUDA kernel probes,
@@ -307,6 +310,7 @@ impl Server {
             frozen: Mutex::default(),
             kernel: std::env::var_os("BPFTIME_KERNEL_PASSTHROUGH").filter(|v| v != "0").map(|_| Default::default()),
             loaded_btfs: Mutex::default(),
+            multi_links: Mutex::default(),
             loaded: Mutex::default(),
             gpu_only: Mutex::default(),
             uprobe: pmu::uprobe(),
@@ -385,6 +389,7 @@ impl Server {
                 for &id in ids {
                     links::remove(&self.region, id);
                 }
+                Self::lock(&self.multi_links).remove(&ids[0]);
             }
         }
         // The program a closed link ran: with its link gone, it may be held by nothing.
@@ -1284,6 +1289,15 @@ impl Server {
         /// `MAX_UPROBE_MULTI_CNT`.
         const MAX_COUNT: u32 = 1 << 20;
         let prog = self.prog_id(a.u32(0))?;
+        // A kprobe-type program our verifier took for the CPU, as for a uprobe event.
+        let (name, section) = progs::load(&self.region, prog).map(|p| (p.name, p.section)).unwrap_or_default();
+        if attr::prog_type_of(&section) != 2 {
+            return Err(libc::EINVAL);
+        }
+        if let Some(why) = Self::lock(&self.gpu_only).get(&prog) {
+            eprintln!("bpftime: {why}: it loaded only as a CUDA kernel probe, which cannot attach here");
+            return Err(libc::EINVAL);
+        }
         let (path_at, offsets_at, ref_ctrs_at, cookies_at) = (a.u64(16), a.u64(24), a.u64(32), a.u64(40));
         let (count, flags, pid) = (a.u32(48), a.u32(52), a.u32(56) as i32);
         if flags & !attr::BPF_F_UPROBE_MULTI_RETURN != 0 {
@@ -1300,7 +1314,9 @@ impl Server {
         if !path.is_file() {
             return Err(libc::EBADF);
         }
-        if pid > 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        // A process (a thread group's leader), as the kernel looks it up.
+        let is_process = || std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.lines().any(|l| l == format!("Tgid:\t{pid}")));
+        if pid > 0 && !is_process() {
             return Err(libc::ESRCH);
         }
         let words = |at: u64| -> Result<Vec<u64>, Errno> {
@@ -1311,7 +1327,11 @@ impl Server {
             Ok(bytes.chunks(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
         };
         let (offsets, ref_ctrs, cookies) = (words(offsets_at)?, words(ref_ctrs_at)?, words(cookies_at)?);
-        let name = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
+        // As the kernel: offsets and semaphore offsets are file positions (not negative), a
+        // semaphore a 2-byte counter (even).
+        if offsets.iter().chain(&ref_ctrs).any(|&o| (o as i64) < 0) || ref_ctrs.iter().any(|&r| r % 2 != 0) {
+            return Err(libc::EINVAL);
+        }
         let path = path.to_string_lossy().into_owned();
         let retprobe = flags & attr::BPF_F_UPROBE_MULTI_RETURN != 0;
         let mut ids = Vec::with_capacity(count as usize);
@@ -1332,6 +1352,7 @@ impl Server {
         for pid in pids {
             self.reached.ensure(pid, self.region.name());
         }
+        Self::lock(&self.multi_links).insert(ids[0], ids.clone());
         self.install(Handle::MultiLink(ids))
     }
 
@@ -1442,6 +1463,9 @@ impl Server {
 
     fn fd_by_id(&self, id: u32, kind: ObjectKind) -> Result<i64, Errno> {
         let o = self.region.object(id).filter(|o| o.kind == kind).ok_or(libc::ENOENT)?;
+        if let Some(ids) = Self::lock(&self.multi_links).get(&id).filter(|_| kind == ObjectKind::Link).cloned() {
+            return self.install(Handle::MultiLink(ids));
+        }
         self.install(match kind {
             ObjectKind::Map => Handle::Map(o.id),
             ObjectKind::Program => Handle::Prog(o.id),

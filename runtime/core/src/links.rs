@@ -389,22 +389,25 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
     Ok(out)
 }
 
-/// The names of the functions defined in ELF file `path` (its symbol table and dynamic
-/// symbols) that glob `pattern` (`*`, `?`) matches, sorted, each once.
+/// The names of the functions defined in ELF file `path` that glob `pattern` (`*`, `?`)
+/// matches, sorted, each once: from its dynamic symbols, or where none matches there from its
+/// symbol table, as libbpf looks them up.
 fn functions_matching(path: &str, pattern: &str) -> Result<Vec<String>, String> {
     use object::{Object, ObjectSymbol, SymbolKind};
     let data = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     let file = object::File::parse(&*data).map_err(|e| format!("{path}: {e}"))?;
-    let mut names: Vec<String> = file
-        .symbols()
-        .chain(file.dynamic_symbols())
-        .filter(|s| s.kind() == SymbolKind::Text && !s.is_undefined())
-        .filter_map(|s| s.name().ok().map(str::to_string))
-        .filter(|n| glob_matches(pattern.as_bytes(), n.as_bytes()))
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    Ok(names)
+    let matching = |symbols: &mut dyn Iterator<Item = object::Symbol<'_, '_>>| -> Vec<String> {
+        let mut names: Vec<String> = symbols
+            .filter(|s| s.kind() == SymbolKind::Text && !s.is_undefined())
+            .filter_map(|s| s.name().ok().map(str::to_string))
+            .filter(|n| glob_matches(pattern.as_bytes(), n.as_bytes()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    };
+    let dynamic = matching(&mut file.dynamic_symbols());
+    Ok(if dynamic.is_empty() { matching(&mut file.symbols()) } else { dynamic })
 }
 
 /// Whether glob `p` (`*`: any run of characters, `?`: any one) matches all of `s`.

@@ -225,7 +225,10 @@ impl ProbeThread {
         self.busy = true;
         let r = self.runner.run_read_only(probe.program.engine(), regs, host as *mut HelperContext as *mut c_void);
         self.busy = false;
-        Ok(ProbeRun { r0: r?, override_return: host.override_return.take() })
+        // Taken whatever the run's end: a run that failed after asking for an override must not
+        // leave it for this thread's next one.
+        let override_return = host.override_return.take();
+        Ok(ProbeRun { r0: r?, override_return })
     }
 }
 

@@ -135,8 +135,10 @@ impl ProgramKind {
             None => (section, ""),
         };
         match head {
-            "uprobe" | "uprobe.s" | "uprobe.multi" => ProgramKind::Uprobe { retprobe: false, target: rest.to_string(), replace: false },
-            "uretprobe" | "uretprobe.s" | "uretprobe.multi" => ProgramKind::Uprobe { retprobe: true, target: rest.to_string(), replace: false },
+            "uprobe" | "uprobe.s" | "uprobe.multi" | "uprobe.multi.s" => ProgramKind::Uprobe { retprobe: false, target: rest.to_string(), replace: false },
+            "uretprobe" | "uretprobe.s" | "uretprobe.multi" | "uretprobe.multi.s" => {
+                ProgramKind::Uprobe { retprobe: true, target: rest.to_string(), replace: false }
+            }
             "ureplace" => ProgramKind::Uprobe { retprobe: false, target: rest.to_string(), replace: true },
             "kprobe" | "ksyscall" => ProgramKind::Kprobe { retprobe: false, function: rest.to_string() },
             "kretprobe" | "kretsyscall" => ProgramKind::Kprobe { retprobe: true, function: rest.to_string() },
