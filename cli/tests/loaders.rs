@@ -149,9 +149,12 @@ fn a_task_read_through_its_btf_pointer_holds_what_the_kernel_holds() {
     let obj = build_example("task_btf");
     let calls = build_target("calls", false);
     let loader = build_loader("count_calls");
-    let stats = |out: &str| count_calls_stats(out, 8);
+    let stats = |out: &str| count_calls_stats(out, 9);
     // Calls, then (the worker thread's) tgid and pid, the parent's tgid, whether the ids are
-    // bpf_get_current_pid_tgid's, the name, the mount namespace.
+    // bpf_get_current_pid_tgid's, the name, the mount namespace, the command line's length
+    // (`calls 100`: the path, "100", their NULs) and argv[0]'s first bytes.
+    let args_len = calls.as_os_str().len() as u64 + 1 + 4;
+    let argv0 = u64::from_le_bytes(calls.as_os_str().as_encoded_bytes()[..8].try_into().unwrap());
     let check = |v: &[u64], parent: u64, who: &str| {
         assert_eq!(v[0], 100, "{who}: calls");
         assert!(v[1] != 0 && v[2] != 0 && v[1] != v[2], "{who}: tgid {} and pid {} of a worker thread", v[1], v[2]);
@@ -159,6 +162,7 @@ fn a_task_read_through_its_btf_pointer_holds_what_the_kernel_holds() {
         assert_eq!(v[4], 1, "{who}: the task's ids are bpf_get_current_pid_tgid's");
         assert_eq!(v[5].to_le_bytes(), *b"calls\0\0\0", "{who}: comm");
         assert_eq!(v[6], std::fs::metadata("/proc/self/ns/mnt").unwrap().ino(), "{who}: mount namespace");
+        assert_eq!((v[7], v[8]), (args_len, argv0), "{who}: the command line's length and start, through the mm");
     };
     let shm = format!("bpftime-task-btf-{}", std::process::id());
     bpftime_tests::remove_region(&shm);

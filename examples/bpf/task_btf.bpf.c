@@ -1,18 +1,19 @@
 // bpf_get_current_task_btf() read directly, as programs built against vmlinux.h do (no
 // bpf_probe_read: the kernel hands out a BTF-typed pointer the program may dereference), on the
-// `calls` target's add(), in count_calls's interface (results in `stats`).
+// `calls` target's add(), in count_calls's interface (results in `stats`): ids, the parent,
+// the name, the mount namespace, and the command line through the task's mm.
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 8);
+    __uint(max_entries, 10);
     __type(key, __u32);
     __type(value, __u64);
 } stats SEC(".maps");
 
-enum { CALLS, TGID, PID, PARENT_TGID, TGID_IS_PIDS, COMM, MNT_NS };
+enum { CALLS, TGID, PID, PARENT_TGID, TGID_IS_PIDS, COMM, MNT_NS, ARGS_LEN, ARGV0 };
 
 static __always_inline void set(__u32 k, __u64 v)
 {
@@ -35,6 +36,12 @@ int BPF_KPROBE(on_add)
     set(TGID_IS_PIDS, (bpf_get_current_pid_tgid() >> 32) == t->tgid && (__u32)bpf_get_current_pid_tgid() == t->pid);
     set(COMM, *(__u64 *)t->comm);
     set(MNT_NS, t->nsproxy->mnt_ns->ns.inum);
+    // The command line's bytes, and the first 8 of argv[0], from the process's memory.
+    struct mm_struct *mm = t->mm;
+    __u64 argv0 = 0;
+    bpf_probe_read_user(&argv0, sizeof(argv0), (void *)mm->arg_start);
+    set(ARGS_LEN, mm->arg_end - mm->arg_start);
+    set(ARGV0, argv0);
     return 0;
 }
 

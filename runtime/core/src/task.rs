@@ -5,7 +5,9 @@
 //! stand-in parent whose `pid` and `tgid` are the parent process's), and `nsproxy`, whose
 //! namespaces (`mnt_ns`, `pid_ns_for_children`, `net_ns`, `uts_ns`, `ipc_ns`, `cgroup_ns`,
 //! `time_ns`) carry their `ns.inum`, the inode number `/proc/self/ns/*` shows (tools filter
-//! and print mount namespaces by it). Every other field reads as zero.
+//! and print mount namespaces by it), and `mm`, whose bounds of code, data, heap, stack,
+//! arguments and environment (`arg_start`...) are `/proc/self/stat`'s. Every other field reads
+//! as zero.
 
 use bpftime_object::btf::{Btf, Kind};
 use std::cell::Cell;
@@ -22,7 +24,32 @@ struct Layout {
     parent: usize,
     /// `task_struct.nsproxy` and what it points to, where the kernel's BTF describes them.
     nsproxy: Option<NsLayout>,
+    /// `task_struct.mm` and the fields of `struct mm_struct` we fill.
+    mm: Option<MmLayout>,
 }
+
+/// Where a stand-in `struct mm_struct` keeps the bounds `/proc/PID/stat` gives: its offset in
+/// `task_struct`, its size, and per field its offset and `stat` field (1 = the pid).
+#[derive(Clone, Debug)]
+struct MmLayout {
+    in_task: usize,
+    size: usize,
+    fields: Vec<(usize, usize)>,
+}
+
+/// `struct mm_struct` members and the `/proc/PID/stat` fields (proc(5)) that hold them.
+const MM_FIELDS: [(&str, usize); 10] = [
+    ("start_code", 26),
+    ("end_code", 27),
+    ("start_stack", 28),
+    ("start_data", 45),
+    ("end_data", 46),
+    ("start_brk", 47),
+    ("arg_start", 48),
+    ("arg_end", 49),
+    ("env_start", 50),
+    ("env_end", 51),
+];
 
 /// Where a stand-in `struct nsproxy` keeps its namespace pointers, and where each namespace
 /// keeps `ns.inum`.
@@ -62,6 +89,28 @@ fn pointee(btf: &Btf, ptr: u32) -> Option<u32> {
     (t.kind == Kind::Ptr).then(|| btf.skip_mods(t.size_or_type).ok()).flatten()
 }
 
+/// [`member`], also inside anonymous struct and union members (where `mm_struct` keeps its
+/// fields).
+fn member_deep(btf: &Btf, id: u32, name: &str) -> Option<(usize, u32)> {
+    if let Some(found) = member(btf, id, name) {
+        return Some(found);
+    }
+    let t = btf.get(id).ok()?;
+    t.members.iter().filter(|m| m.name.is_empty()).find_map(|m| {
+        let bits = if t.kind_flag { m.offset & 0xff_ffff } else { m.offset };
+        let inner = btf.skip_mods(m.type_id).ok()?;
+        member_deep(btf, inner, name).map(|(off, ty)| (off + (bits / 8) as usize, ty))
+    })
+}
+
+fn mm_layout(btf: &Btf, task: u32) -> Option<MmLayout> {
+    let (in_task, ptr) = member(btf, task, "mm")?;
+    let mm = pointee(btf, ptr)?;
+    let size = btf.size_of(mm).ok()? as usize;
+    let fields = MM_FIELDS.iter().filter_map(|&(name, stat)| member_deep(btf, mm, name).map(|(at, _)| (at, stat))).filter(|&(at, _)| at + 8 <= size).collect();
+    Some(MmLayout { in_task, size, fields })
+}
+
 fn ns_layout(btf: &Btf, task: u32) -> Option<NsLayout> {
     let (in_task, ptr) = member(btf, task, "nsproxy")?;
     let nsproxy = pointee(btf, ptr)?;
@@ -94,6 +143,7 @@ fn layout() -> Option<&'static Layout> {
                 real_parent: at("real_parent")?,
                 parent: at("parent")?,
                 nsproxy: ns_layout(&btf, id),
+                mm: mm_layout(&btf, id),
             })
         })
         .as_ref()
@@ -102,9 +152,30 @@ fn layout() -> Option<&'static Layout> {
 /// Room for each stand-in namespace struct: enough for any `ns.inum` offset we accept.
 const NS_ROOM: usize = 256;
 
-/// Bytes of one thread's stand-ins: its task, its parent, the nsproxy and the namespaces.
+/// Bytes of one thread's stand-ins: its task, its parent, the mm, the nsproxy and the
+/// namespaces.
 fn stand_in_size(l: &Layout) -> usize {
-    2 * l.size + l.nsproxy.as_ref().map_or(0, |ns| ns.size + NAMESPACES.len() * NS_ROOM)
+    2 * l.size + mm_size(l) + l.nsproxy.as_ref().map_or(0, |ns| ns.size + NAMESPACES.len() * NS_ROOM)
+}
+
+/// Bytes of the stand-in mm, rounded to 8.
+fn mm_size(l: &Layout) -> usize {
+    l.mm.as_ref().map_or(0, |m| m.size.div_ceil(8) * 8)
+}
+
+/// Fills the stand-in mm (`room`, at `base`) of `task` from `/proc/self/stat`: the bounds of
+/// the process's code, data, heap, stack, arguments and environment.
+fn fill_mm(m: &MmLayout, task: &mut [u8], room: &mut [u8], base: u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    // Fields after the name (which may hold spaces and parentheses) start at the third.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return };
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    for &(at, stat_field) in &m.fields {
+        if let Some(&v) = fields.get(stat_field - 3) {
+            room[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    task[m.in_task..m.in_task + 8].copy_from_slice(&base.to_le_bytes());
 }
 
 /// Fills the stand-in nsproxy (`room` holds it and then the namespaces) of `task` at `base`.
@@ -159,12 +230,18 @@ fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
         // SAFETY: the `size` bytes leaked above for this thread, only used by this thread.
         let all = unsafe { std::slice::from_raw_parts_mut(cell.get() as *mut u8, size) };
         let (task, rest) = all.split_at_mut(l.size);
-        let (parent, room) = rest.split_at_mut(l.size);
+        let (parent, rest) = rest.split_at_mut(l.size);
+        let (mm, room) = rest.split_at_mut(mm_size(l));
         if fresh {
-            // Namespaces change rarely (unshare, setns): read once per thread.
+            // Namespaces change rarely (unshare, setns), the bounds the mm holds as rarely
+            // (an exec, which starts afresh): read once per thread.
             if let Some(ns) = &l.nsproxy {
                 let base = room.as_ptr() as u64;
                 fill_namespaces(ns, task, room, base);
+            }
+            if let Some(m) = &l.mm {
+                let base = mm.as_ptr() as u64;
+                fill_mm(m, task, mm, base);
             }
         }
         put32(task, l.pid, tid);
