@@ -1602,19 +1602,25 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, i
         None => a.mov(qword_ptr(rsp + pt::IP), 0i32)?,
     }
     a.mov(rbx, rsp)?;
-    // Onto the thread's handler stack, unless there is none yet or something below us uses it
-    // (a stub or a first hit this hit's signal handler interrupted: whoever runs there sets the
-    // in-use byte first and puts it back after leaving): r12 keeps the byte as we found it, put
-    // back when we leave. ax and r12 are saved in the frame; the flags are not live (or saved,
-    // mid-function).
+    // Onto the thread's handler stack, unless there is none yet, or a stub below us (this hit
+    // is in a signal handler that interrupted it) is using it, or we are on it already: r12
+    // keeps the in-use byte as we found it, put back when we leave it. ax, cx and r12 are saved
+    // in the frame; the flags are not live (or saved, mid-function).
     let (top_slot, in_use_slot) = handler_stack_slots();
     let mut stay = a.create_label();
     a.movzx(r12d, byte_ptr(in_use_slot).fs())?;
-    a.test(r12d, r12d)?;
-    a.jne(stay)?;
     a.mov(rax, qword_ptr(top_slot).fs())?;
     a.test(rax, rax)?;
     a.je(stay)?;
+    a.test(r12d, r12d)?;
+    a.jne(stay)?;
+    a.lea(rcx, ptr(rax - HANDLER_STACK as i32))?;
+    a.cmp(rsp, rcx)?;
+    let mut switch = a.create_label();
+    a.jb(switch)?;
+    a.cmp(rsp, rax)?;
+    a.jbe(stay)?;
+    a.set_label(&mut switch)?;
     a.mov(byte_ptr(in_use_slot).fs(), 1)?;
     a.mov(rsp, rax)?;
     a.set_label(&mut stay)?;
