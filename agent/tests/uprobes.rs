@@ -277,30 +277,3 @@ fn override_return_and_ureplace_change_what_the_function_returns() {
         assert_eq!(text(&out.stdout).trim(), "ret1 10 jmp2 55 zero3 70 add4 65 sub5 65", "{engine}");
     }
 }
-
-/// A hit runs its handlers on a stack of the agent's, not the application's: what it leaves on
-/// the application's stack is the frame of registers the kernel's would show (`pt_regs`), so a
-/// probe on a function running on a small stack (a goroutine's starts at a few kilobytes, and
-/// Go grows it only from Go code) cannot overflow it. Measured by the target, which paints the
-/// stack below the call; the thread's first hit, which sets the agent's stack up, is left out.
-#[test]
-fn hits_leave_the_applications_stack_alone() {
-    for ((engine, kind), returns) in [("jit", EngineKind::Jit), ("interp", EngineKind::Interp)].into_iter().zip(["ret", "stack"]) {
-        // Return probes by a patched `ret` and by the return address replaced (the shared
-        // return stub).
-        let s = session(&format!("stack-{engine}"), "stack_use", kind);
-        let out = run_traced(&s, Command::new(build_target("stack_use", false)).arg("20").env("BPFTIME_URETPROBE", returns), engine);
-        assert!(out.status.success(), "{engine}: {out:?}");
-        let stdout = text(&out.stdout);
-        let used: Vec<u64> = stdout.lines().filter_map(|l| l.strip_prefix("stack used: ")?.strip_suffix(" bytes")?.parse().ok()).collect();
-        assert_eq!(used.len(), 20, "{stdout}");
-        assert!(used[1..].iter().all(|&b| b <= 512), "{engine}: bytes of the application's stack each hit used: {used:?}");
-        assert!(stdout.contains(&format!("sum {}", (0..20).map(|i| 2 * i).sum::<u64>())), "{stdout}");
-        // Every entry and return counted, by the one thread.
-        let keys = s.maps[0].keys();
-        let mut v = [0u8; 8];
-        assert_eq!(keys.len(), 1, "{engine}");
-        s.maps[0].lookup(&keys[0], &mut v).unwrap();
-        assert_eq!(u64::from_le_bytes(v), 40, "{engine}: 20 entries and 20 returns");
-    }
-}

@@ -228,21 +228,9 @@ struct HookThread {
     /// our code (`busy`), BLOCK (1) otherwise. The kernel reads it only on threads where
     /// dispatch is on.
     selector: Cell<u8>,
-    /// A stub runs on the handler stack (set and put back by the stubs themselves, around all
-    /// they do there): a hit in a signal handler meanwhile, wherever its stack, stays on it.
-    stack_in_use: Cell<u8>,
-    /// The top of the thread's handler stack (0 until its first hit makes it): the stubs run
-    /// the handlers there, not on the application's stack, which may be a goroutine's few
-    /// kilobytes (see [`handler_stack`]).
-    stack_top: Cell<u64>,
 }
 
-const _: () = assert!(
-    std::mem::size_of::<HookThread>() == 32
-        && std::mem::offset_of!(HookThread, selector) == 16
-        && std::mem::offset_of!(HookThread, stack_in_use) == 17
-        && std::mem::offset_of!(HookThread, stack_top) == 24
-);
+const _: () = assert!(std::mem::size_of::<HookThread>() == 24 && std::mem::offset_of!(HookThread, selector) == 16);
 
 // The hook engine's thread-local, defined here in the initial-exec model (`@GOTTPOFF`), which
 // Rust code cannot ask for: a hit reaches it with two instructions, not a `__tls_get_addr`
@@ -259,11 +247,11 @@ std::arch::global_asm!(
     ".globl bpftime_hook_thread",
     ".hidden bpftime_hook_thread",
     ".type bpftime_hook_thread, @tls_object",
-    ".size bpftime_hook_thread, 32",
+    ".size bpftime_hook_thread, 24",
     "bpftime_hook_thread:",
     ".zero 16",
     ".byte 1",
-    ".zero 15",
+    ".zero 7",
     ".text",
 );
 
@@ -273,7 +261,7 @@ fn thread() -> &'static HookThread {
     let p: *const HookThread;
     // SAFETY: the initial-exec TLS sequence for `bpftime_hook_thread` (x86-64 psABI): its
     // offset from the thread pointer, read from the GOT, added to `%fs:0`, the thread pointer.
-    // The result is this thread's copy, 32 bytes laid out as HookThread (checked above), alive
+    // The result is this thread's copy, 24 bytes laid out as HookThread (checked above), alive
     // as long as the thread; only this thread touches it (Cells, never shared).
     unsafe {
         std::arch::asm!(
@@ -833,137 +821,13 @@ extern "C" fn return_site_dispatch(site: &Site, regs: &mut PtRegs) {
 /// Runs the work of the thread's first admitted hit and restores the thread's state (later
 /// hits run theirs inline, then `leave`). The first hit runs with async signals deferred: its
 /// handlers set up per-thread state (the shadow stack too), which a signal handler probing
-/// meanwhile must not find half made. It also makes the thread's handler stack, which later
-/// hits run on.
+/// meanwhile must not find half made.
 #[cold]
 #[inline(never)]
 fn first_hit<R>(before: ThreadState, run: impl FnOnce() -> R) -> R {
-    let r = crate::signals::with_signals_deferred(|| {
-        make_handler_stack();
-        on_handler_stack(run)
-    });
+    let r = crate::signals::with_signals_deferred(run);
     leave(ThreadState { warm: true, ..before });
     r
-}
-
-/// Runs `f` on this thread's handler stack (where it already runs, or where there is none, on
-/// the current stack): the first hit's work, which sets up the thread's contexts, is deeper than
-/// later hits'.
-fn on_handler_stack<R, F: FnOnce() -> R>(f: F) -> R {
-    struct Job<F, R> {
-        f: Option<F>,
-        r: Option<std::thread::Result<R>>,
-    }
-    extern "C" fn trampoline<F: FnOnce() -> R, R>(job: *mut Job<F, R>) {
-        // SAFETY: the Job below, alive across the call; only this call touches it.
-        let job = unsafe { &mut *job };
-        let f = job.f.take().expect("run once");
-        // No unwinding through the frames of the stack switch.
-        job.r = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    }
-    let t = thread();
-    let top = t.stack_top.get();
-    let here: u64;
-    // SAFETY: reads the stack pointer.
-    unsafe { std::arch::asm!("mov {}, rsp", out(reg) here, options(nomem, nostack)) };
-    if top == 0 || t.stack_in_use.get() != 0 || (here > top - HANDLER_STACK as u64 && here <= top) {
-        return f();
-    }
-    let mut job = Job { f: Some(f), r: None };
-    t.stack_in_use.set(1);
-    // SAFETY: `top` is the 16-aligned top of this thread's handler stack, mapped, and not in
-    // use (the current stack pointer is elsewhere, and hits only run on it from the stubs,
-    // which this thread's state keeps out until this first hit is done). The call runs the
-    // trampoline there with the Job's address and comes back with every callee-saved register
-    // kept (r12 holds our stack pointer across it); caller-saved ones are declared clobbered.
-    unsafe {
-        std::arch::asm!(
-            "mov r12, rsp",
-            "mov rsp, {top}",
-            "call {tramp}",
-            "mov rsp, r12",
-            top = in(reg) top,
-            tramp = in(reg) trampoline::<F, R> as extern "C" fn(*mut Job<F, R>) as usize,
-            in("rdi") &mut job as *mut Job<F, R>,
-            out("r12") _,
-            clobber_abi("C"),
-        );
-    }
-    t.stack_in_use.set(0);
-    match job.r.expect("the trampoline ran") {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// Bytes of a thread's handler stack (reserved, not committed: a hit touches a few kilobytes),
-/// below which one guard page lies.
-const HANDLER_STACK: usize = 256 << 10;
-
-/// Makes this thread's handler stack, where the stubs run handlers from the next hit on: a
-/// probe's work must not depend on the room left on the application's stack (a goroutine's
-/// starts at a few kilobytes, and the Go runtime grows it only from Go code, checking it at
-/// function entries: a hit there has as little as its guard's 928 bytes). Released at the
-/// thread's exit. Where it cannot be made, hits stay on the application's stack.
-fn make_handler_stack() {
-    let t = thread();
-    if t.stack_top.get() != 0 {
-        return;
-    }
-    // SAFETY: a fresh anonymous private mapping (mmap(2)); its lowest page is then made
-    // inaccessible (mprotect(2)) so that an overflow faults instead of writing past it.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            HANDLER_STACK + PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return;
-    }
-    // SAFETY: the first page of the mapping just made.
-    unsafe { libc::mprotect(base, PAGE, libc::PROT_NONE) };
-    if !release_at_thread_exit(base as u64) {
-        // SAFETY: our mapping, not yet known to anything.
-        unsafe { libc::munmap(base, HANDLER_STACK + PAGE) };
-        return;
-    }
-    t.stack_top.set(base as u64 + (HANDLER_STACK + PAGE) as u64);
-}
-
-/// Has this thread's handler stack (mapped at `base`) unmapped when the thread exits (a pthread
-/// key's destructor, not a Rust TLS destructor: the application sees no libc call of ours).
-fn release_at_thread_exit(base: u64) -> bool {
-    static KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
-    unsafe extern "C" fn release(base: *mut libc::c_void) {
-        // Hits from here on stay on the thread's own stack.
-        thread().stack_top.set(0);
-        // SAFETY: the mapping `make_handler_stack` made for this thread, which no hit runs on
-        // now (this destructor runs in the thread's own flow, and the top is cleared).
-        unsafe { libc::munmap(base, HANDLER_STACK + PAGE) };
-    }
-    let key = KEY.get_or_init(|| {
-        let mut key: libc::pthread_key_t = 0;
-        // SAFETY: pthread_key_create(3) with a destructor that takes the value we set.
-        (unsafe { libc::pthread_key_create(&mut key, Some(release)) } == 0).then_some(key)
-    });
-    // SAFETY: setting this thread's value of our key (pthread_setspecific(3)).
-    key.is_some_and(|k| unsafe { libc::pthread_setspecific(k, base as *const libc::c_void) } == 0)
-}
-
-/// Where this thread's handler stack top and its in-use byte are kept, as offsets from the
-/// thread pointer (`%fs` base), the same for every thread (initial-exec TLS): the stubs reach
-/// them with one instruction each.
-fn handler_stack_slots() -> (u64, u64) {
-    let fs_base: u64;
-    // SAFETY: reads the thread pointer, which `%fs:0` holds (x86-64 psABI).
-    unsafe { std::arch::asm!("mov {b}, qword ptr fs:[0]", b = out(reg) fs_base, options(nostack, readonly)) };
-    let t = thread();
-    ((t.stack_top.as_ptr() as u64).wrapping_sub(fs_base), (t.stack_in_use.as_ptr() as u64).wrapping_sub(fs_base))
 }
 
 impl Site {
@@ -1571,9 +1435,7 @@ fn callee_saved(r: AsmRegister64) -> bool {
 ///
 /// The frame is made with plain moves rather than pushes (fewer stack-engine syncs), and only
 /// registers the call can change are reloaded: callee-saved ones are preserved by `f` itself
-/// (bx and r12 are reloaded because the stub uses them). The vector registers in `saved` are
-/// kept. The call runs on the thread's handler stack where it has one (see
-/// [`make_handler_stack`]).
+/// (bx is reloaded because the stub uses it). The vector registers in `saved` are kept.
 fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, ip: Option<u64>, arg0: Option<u64>, f: u64) -> Result<(), IcedError> {
     let red_zone = point.red_zone();
     // The frame: pt_regs, below the red zone where it is live.
@@ -1602,28 +1464,6 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, i
         None => a.mov(qword_ptr(rsp + pt::IP), 0i32)?,
     }
     a.mov(rbx, rsp)?;
-    // Onto the thread's handler stack, unless there is none yet, or a stub below us (this hit
-    // is in a signal handler that interrupted it) is using it, or we are on it already: r12
-    // keeps the in-use byte as we found it, put back when we leave it. ax, cx and r12 are saved
-    // in the frame; the flags are not live (or saved, mid-function).
-    let (top_slot, in_use_slot) = handler_stack_slots();
-    let mut stay = a.create_label();
-    a.movzx(r12d, byte_ptr(in_use_slot).fs())?;
-    a.mov(rax, qword_ptr(top_slot).fs())?;
-    a.test(rax, rax)?;
-    a.je(stay)?;
-    a.test(r12d, r12d)?;
-    a.jne(stay)?;
-    a.lea(rcx, ptr(rax - HANDLER_STACK as i32))?;
-    a.cmp(rsp, rcx)?;
-    let mut switch = a.create_label();
-    a.jb(switch)?;
-    a.cmp(rsp, rax)?;
-    a.jbe(stay)?;
-    a.set_label(&mut switch)?;
-    a.mov(byte_ptr(in_use_slot).fs(), 1)?;
-    a.mov(rsp, rax)?;
-    a.set_label(&mut stay)?;
     a.and(rsp, -16)?;
     saved.save(a)?;
     if point == PointKind::MidFunction {
@@ -1644,8 +1484,6 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, i
     }
     saved.restore(a)?;
     a.mov(rsp, rbx)?;
-    // Off the handler stack: its in-use byte as it was (a plain move: the flags may be live).
-    a.mov(byte_ptr(in_use_slot).fs(), r12b)?;
     if point == PointKind::Return {
         // Where to go on, in the frame's last word (just below the final rsp, where signal
         // frames never go: the kernel skips the 128-byte red zone), so that no register has to
@@ -1654,7 +1492,7 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, i
         a.mov(qword_ptr(rsp + pt::SIZE - 8), rax)?;
     }
     for (r, off) in GPRS {
-        if !callee_saved(r) || r == rbx || r == r12 {
+        if !callee_saved(r) || r == rbx {
             a.mov(r, qword_ptr(rsp + off))?;
         }
     }
