@@ -213,7 +213,7 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
     if let Some(&(pc, helper)) = proofs.keyless_map_calls.first() {
         return Err(err(pc, VerifyErrorKind::KeylessMap { helper }));
     }
-    if let Some((pc, changes_state)) = first_trap(&insns, &functions, &proofs.reachable, &proofs.reach_known) {
+    if let Some((pc, changes_state)) = first_trap(&insns, &functions, &helpers, &proofs.reachable, &proofs.reach_known) {
         return Err(err(pc, VerifyErrorKind::NeverExits { changes_state }));
     }
     if checks == Checks::All {
@@ -231,8 +231,10 @@ pub fn verify_with(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn Ld
 /// The first instruction a run may reach from which no path leads to an `exit`: a loop with no
 /// way out (`for (;;)`), which the kernel's verifier never finishes exploring and refuses. Only
 /// such loops: one whose way out a run never takes is bounded by the loop budget instead.
-/// Also whether anything there does more than jump.
-fn first_trap(insns: &[Insn], functions: &[Function], reachable: &[bool], reach_known: &[bool]) -> Option<(usize, bool)> {
+/// A helper that may end the run (a tail call, a GPU thread's exit: see
+/// [`crate::exec::HelperEffects::never_stops`]) counts as a way out. Also whether anything there
+/// does more than jump.
+fn first_trap(insns: &[Insn], functions: &[Function], helpers: &HelperTable, reachable: &[bool], reach_known: &[bool]) -> Option<(usize, bool)> {
     let mut exits = vec![false; insns.len()];
     for f in functions {
         // Predecessors within the function; then everything that reaches an exit backwards.
@@ -244,6 +246,14 @@ fn first_trap(insns: &[Insn], functions: &[Function], reachable: &[bool], reach_
                     preds[to as usize - f.start].push(pc);
                 }
             };
+            let may_stop = match insn {
+                Insn::Call(CallTarget::Helper(id)) => helpers.get(*id).is_none_or(|h| !h.effects.never_stops),
+                Insn::CallReg(_) => true,
+                _ => false,
+            };
+            if may_stop {
+                work.push(pc);
+            }
             match insn {
                 Insn::Exit => work.push(pc),
                 Insn::LddwHigh => {}
