@@ -836,23 +836,43 @@ fn timer_list_jiffies() -> Option<(u64, u64)> {
     None
 }
 
+/// Sets up, before any hit, what the helpers a program calls would otherwise set up at its
+/// first one, inside the probed process's code: the stand-in task's layout (the kernel's BTF,
+/// parsed: milliseconds) and the jiffies' calibration. (What is per thread still comes at each
+/// thread's first call.)
+pub fn warm_up_for(insns: &[bpftime_vm::RawInsn]) {
+    let calls = |id: i32| insns.iter().any(|i| i.opc == 0x85 && i.src == 0 && i.imm == id);
+    if calls(35) || calls(158) {
+        crate::task::warm_up();
+    }
+    if calls(118) {
+        jiffies_tick();
+    }
+}
+
+/// The jiffies' tick in ns, calibrating them at the first call.
+fn jiffies_tick() -> u64 {
+    let tick = TICK_NS.load(Ordering::Acquire);
+    if tick != 0 {
+        return tick;
+    }
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_getres writes one timespec (clock_getres(2)).
+    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+    let t = (res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64).max(1);
+    let base = match timer_list_jiffies() {
+        Some((jiffies, at)) => jiffies.wrapping_sub(at / t),
+        None => initial_jiffies(1_000_000_000 / t),
+    };
+    // Two threads may both get here: each stores what it found (the same up to a tick).
+    JIFFIES_BASE.store(base, Ordering::Relaxed);
+    TICK_NS.store(t, Ordering::Release);
+    t
+}
+
 /// `bpf_jiffies64()`: the kernel's 64-bit tick count.
 extern "C" fn jiffies64(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) -> u64 {
-    let mut tick = TICK_NS.load(Ordering::Acquire);
-    if tick == 0 {
-        let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_getres writes one timespec (clock_getres(2)).
-        unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
-        let t = (res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64).max(1);
-        let base = match timer_list_jiffies() {
-            Some((jiffies, at)) => jiffies.wrapping_sub(at / t),
-            None => initial_jiffies(1_000_000_000 / t),
-        };
-        // Two threads may both get here: each stores what it found (the same up to a tick).
-        JIFFIES_BASE.store(base, Ordering::Relaxed);
-        TICK_NS.store(t, Ordering::Release);
-        tick = t;
-    }
+    let tick = jiffies_tick();
     JIFFIES_BASE.load(Ordering::Relaxed).wrapping_add(clock(libc::CLOCK_MONOTONIC_COARSE) / tick)
 }
 

@@ -205,6 +205,11 @@ fn put32(buf: &mut [u8], at: usize, v: u32) {
     buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
+/// Reads the kernel's BTF for the stand-ins' layout now, rather than at the first call.
+pub fn warm_up() {
+    let _ = layout();
+}
+
 /// The address of this thread's stand-in `task_struct`, refreshed (ids and name) on each call;
 /// 0 when the kernel's BTF cannot be read.
 pub fn current_task(pid: u32, tid: u32, comm: &[u8]) -> u64 {
