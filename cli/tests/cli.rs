@@ -1246,6 +1246,15 @@ fn map_dumps_format_values_from_their_btf() {
     assert!(text.contains(&want), "want {want:?} in:\n{text}");
 }
 
+/// The values (as u64s, in entry order) of map `map` in the JSON dump `bpftime run --json`
+/// writes after the target's own output on stderr (`stderr`).
+fn run_map_values(stderr: &str, map: &str) -> Vec<u64> {
+    let json = stderr.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON dump in: {stderr}"));
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let m = v["maps"].as_array().and_then(|m| m.iter().find(|m| m["name"] == map)).unwrap_or_else(|| panic!("no map `{map}`: {json}"));
+    m["entries"].as_array().unwrap().iter().map(|e| e["value"]["u64"].as_u64().unwrap()).collect()
+}
+
 /// `uprobe.multi` / `uretprobe.multi` sections with a glob attach to every function of the
 /// binary it matches, as libbpf attaches them: `*a??` on the `calls` target is add, fact, main,
 /// _start and what else the C runtime names so (gcc's `__do_global_dtors_aux`), each entry and
@@ -1260,11 +1269,9 @@ fn multi_uprobe_sections_attach_every_function_their_glob_matches() {
     let out = bpftime_shm(&shm, &["run", obj.to_str().unwrap(), "--json", "--", calls.to_str().unwrap(), "50"]);
     bpftime_tests::remove_region(&shm);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let json = text(&out.stderr).lines().find(|l| l.starts_with('{')).map(str::to_string).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
+    let json = text(&out.stderr);
     let counts = |map: &str| -> Vec<u64> {
-        let m = v["maps"].as_array().unwrap().iter().find(|m| m["name"] == map).unwrap();
-        let mut c: Vec<u64> = m["entries"].as_array().unwrap().iter().map(|e| e["value"]["u64"].as_u64().unwrap()).collect();
+        let mut c: Vec<u64> = run_map_values(&json, map);
         c.sort_unstable();
         c
     };
@@ -1309,9 +1316,5 @@ fn an_override_at_a_system_call_entry_skips_the_call() {
         assert!(err.contains(&format!("cat: {f}: Permission denied")), "{err}");
     }
     assert_eq!(text(&out.stdout), format!("{}\n{}\n", files[1], files[3]), "the other files are read");
-    let json = err.lines().find(|l| l.starts_with('{')).map(str::to_string).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {err}"));
-    let stats = v["maps"].as_array().unwrap().iter().find(|m| m["name"] == "stats").unwrap();
-    let slot = |k: usize| stats["entries"][k]["value"]["u64"].as_u64().unwrap();
-    assert_eq!((slot(0), slot(1)), (2, 2), "two calls injected, their exits saw -EACCES: {json}");
+    assert_eq!(run_map_values(&err, "stats"), [2, 2], "two calls injected, their exits saw -EACCES: {err}");
 }

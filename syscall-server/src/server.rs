@@ -882,20 +882,18 @@ impl Server {
     fn prog_btf(&self, a: &Attr) -> progs::ProgBtf {
         let Some(Handle::Btf(object)) = self.handle(a.u32(72) as i32).filter(|_| a.u32(72) != 0) else { return progs::ProgBtf::default() };
         // Each record cut to the kernel's size, as the kernel keeps them.
-        let records = |rec_size: u32, at: u64, count: u32, size: u32| -> Vec<u8> {
+        let records = |rec_size: u32, at: u64, count: u32, size: usize| -> Vec<u8> {
             let len = rec_size as usize * count as usize;
-            if at == 0 || len == 0 || len > 16 << 20 || rec_size < size {
+            if at == 0 || len == 0 || len > 16 << 20 || (rec_size as usize) < size {
                 return vec![];
             }
             let given = user::read(at, len).unwrap_or_default();
-            given.chunks(rec_size as usize).flat_map(|r| r[..size as usize].to_vec()).collect()
+            given.chunks(rec_size as usize).flat_map(|r| r[..size].to_vec()).collect()
         };
         progs::ProgBtf {
             object,
-            func_info: records(a.u32(76), a.u64(80), a.u32(88), FUNC_INFO_SIZE),
-            func_rec_size: FUNC_INFO_SIZE,
-            line_info: records(a.u32(92), a.u64(96), a.u32(104), LINE_INFO_SIZE),
-            line_rec_size: LINE_INFO_SIZE,
+            func_info: records(a.u32(76), a.u64(80), a.u32(88), progs::FUNC_INFO_SIZE),
+            line_info: records(a.u32(92), a.u64(96), a.u32(104), progs::LINE_INFO_SIZE),
         }
     }
 
@@ -1160,17 +1158,19 @@ impl Server {
                 // As the kernel's `set_info_rec_size`: a record size the caller names must be
                 // the kernel's, which it then always gets back.
                 let given = Attr::from_bytes(user::read(out, len.min(192))?);
-                for (count_at, size_at, size) in [(144, 132, FUNC_INFO_SIZE), (148, 172, LINE_INFO_SIZE), (168, 176, 8)] {
+                for (count_at, size_at, size) in [(144, 132, progs::FUNC_INFO_SIZE as u32), (148, 172, progs::LINE_INFO_SIZE as u32), (168, 176, 8)] {
                     if (given.u32(count_at) != 0 || given.u32(size_at) != 0) && given.u32(size_at) != size {
                         return Err(libc::EINVAL);
                     }
                     put32(&mut info, size_at, size);
                 }
-                for (records, size, ptr_at, count_at) in [(&p.btf.func_info, FUNC_INFO_SIZE, 136, 144), (&p.btf.line_info, LINE_INFO_SIZE, 152, 148)] {
-                    let count = (records.len() / size as usize) as u32;
+                for (records, size, ptr_at, count_at) in
+                    [(&p.btf.func_info, progs::FUNC_INFO_SIZE, 136, 144), (&p.btf.line_info, progs::LINE_INFO_SIZE, 152, 148)]
+                {
+                    let count = (records.len() / size) as u32;
                     let (room, at) = (given.u32(count_at), given.u64(ptr_at));
                     if count > 0 && room > 0 {
-                        user::write(at, &records[..size as usize * room.min(count) as usize])?;
+                        user::write(at, &records[..size * room.min(count) as usize])?;
                     }
                     info[ptr_at..ptr_at + 8].copy_from_slice(&at.to_le_bytes());
                     put32(&mut info, count_at, count);
@@ -1289,15 +1289,7 @@ impl Server {
         /// `MAX_UPROBE_MULTI_CNT`.
         const MAX_COUNT: u32 = 1 << 20;
         let prog = self.prog_id(a.u32(0))?;
-        // A kprobe-type program our verifier took for the CPU, as for a uprobe event.
-        let (name, section) = progs::load(&self.region, prog).map(|p| (p.name, p.section)).unwrap_or_default();
-        if attr::prog_type_of(&section) != 2 {
-            return Err(libc::EINVAL);
-        }
-        if let Some(why) = Self::lock(&self.gpu_only).get(&prog) {
-            eprintln!("bpftime: {why}: it loaded only as a CUDA kernel probe, which cannot attach here");
-            return Err(libc::EINVAL);
-        }
+        let name = self.attachable(prog, 2, true)?;
         let (path_at, offsets_at, ref_ctrs_at, cookies_at) = (a.u64(16), a.u64(24), a.u64(32), a.u64(40));
         let (count, flags, pid) = (a.u32(48), a.u32(52), a.u32(56) as i32);
         if flags & !attr::BPF_F_UPROBE_MULTI_RETURN != 0 {
@@ -1348,10 +1340,7 @@ impl Server {
                 }
             }
         }
-        let pids = if pid != 0 { vec![pid as u32] } else { crate::reach::named_processes_mapping(&path) };
-        for pid in pids {
-            self.reached.ensure(pid, self.region.name());
-        }
+        self.reach(pid as u32, &path);
         Self::lock(&self.multi_links).insert(ids[0], ids.clone());
         self.install(Handle::MultiLink(ids))
     }
@@ -1361,12 +1350,38 @@ impl Server {
     /// A CUDA kernel probe reaches no running process: its modules are loaded already.
     fn attach(&self, fd: i32, prog: u32, cookie: u64) -> Result<u32, Errno> {
         let (id, pid, path) = self.store_link(fd, prog, cookie)?;
-        let Some(path) = path else { return Ok(id) };
-        let pids = if pid != 0 { vec![pid] } else { crate::reach::named_processes_mapping(&path) };
+        if let Some(path) = path {
+            self.reach(pid, &path);
+        }
+        Ok(id)
+    }
+
+    /// Has the agent reach the processes a new link of `path` is for: process `pid`, or (0) every
+    /// process that maps the file.
+    fn reach(&self, pid: u32, path: &str) {
+        let pids = if pid != 0 { vec![pid] } else { crate::reach::named_processes_mapping(path) };
         for pid in pids {
             self.reached.ensure(pid, self.region.name());
         }
-        Ok(id)
+    }
+
+    /// The name of program `prog`, if it may be attached where programs of type `wanted` run
+    /// (as the kernel: a uprobe or kprobe runs kprobe-type programs, a tracepoint
+    /// tracepoint-type ones), and (`on_cpu`) it is not one our verifier took only as a CUDA
+    /// kernel probe.
+    fn attachable(&self, prog: u32, wanted: u32, on_cpu: bool) -> Result<String, Errno> {
+        let (name, section) = progs::load(&self.region, prog).map(|p| (p.name, p.section)).unwrap_or_default();
+        if attr::prog_type_of(&section) != wanted {
+            return Err(libc::EINVAL);
+        }
+        if on_cpu {
+            if let Some(why) = Self::lock(&self.gpu_only).get(&prog) {
+                // The kernel's verifier would have refused it at load: say why now.
+                eprintln!("bpftime: {why}: it loaded only as a CUDA kernel probe, which cannot attach here");
+                return Err(libc::EINVAL);
+            }
+        }
+        Ok(name)
     }
 
     /// The link of [`Server::attach`], the process it is for (0: every process) and the
@@ -1377,20 +1392,8 @@ impl Server {
         if ev.link.is_some() {
             return Err(libc::EEXIST);
         }
-        let (name, section) = progs::load(&self.region, prog).map(|p| (p.name, p.section)).unwrap_or_default();
-        // As the kernel: a uprobe or kprobe runs kprobe-type programs, a tracepoint
-        // tracepoint-type ones.
         let wanted = if matches!(ev.target, EventTarget::Syscall(_)) { 5 } else { 2 };
-        if attr::prog_type_of(&section) != wanted {
-            return Err(libc::EINVAL);
-        }
-        if !matches!(ev.target, EventTarget::CudaKernel(_)) {
-            if let Some(why) = Self::lock(&self.gpu_only).get(&prog) {
-                // The kernel's verifier would have refused it at load: say why now.
-                eprintln!("bpftime: {why}: it loaded only as a CUDA kernel probe, which cannot attach here");
-                return Err(libc::EINVAL);
-            }
-        }
+        let name = self.attachable(prog, wanted, !matches!(ev.target, EventTarget::CudaKernel(_)))?;
         let pid = if ev.pid > 0 { ev.pid as u32 } else { 0 };
         let scope = links::LinkScope { owner: std::process::id(), pid, ..Default::default() };
         let (id, path) = match &ev.target {
@@ -1731,11 +1734,6 @@ fn attached_by_btf_id(prog_type: u32) -> bool {
 
 /// The id the kernel gives its own BTF.
 const KERNEL_BTF_ID: u32 = 1;
-
-/// Bytes of a `struct bpf_func_info` (insn_off, type_id).
-const FUNC_INFO_SIZE: u32 = 8;
-/// Bytes of a `struct bpf_line_info` (insn_off, file_name_off, line_off, line_col).
-const LINE_INFO_SIZE: u32 = 16;
 
 /// The id bpf() shows for BTF object `object` of the region: after vmlinux's.
 fn btf_id_of(object: u32) -> u32 {

@@ -10,7 +10,7 @@ use crate::user_mem;
 use bpftime_maps::{current_cpu, Errno, Map, MapType};
 use bpftime_vm::exec::{Fault, HelperEffects, HelperReturn, HelperTable, RunState};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn err(e: Errno) -> u64 {
     e.as_helper_result()
@@ -24,33 +24,22 @@ fn host(state: &RunState) -> Option<&HelperContext<'_>> {
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a unified system,
-/// `/sys/fs/cgroup/unified` on a hybrid one), found in `/proc/self/mountinfo` once and kept
-/// (no lazy lock: a child forked while another thread looked must not wait for it).
+/// `/sys/fs/cgroup/unified` on a hybrid one), from `/proc/self/mountinfo`, found once (when a
+/// program that asks for cgroups is prepared: see [`warm_up_for`]).
 fn cgroup2_mount() -> Option<&'static str> {
-    static MOUNT: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
-    let p = MOUNT.load(Ordering::Acquire);
-    if !p.is_null() {
-        // SAFETY: a leaked String, never freed or changed once stored.
-        return Some(unsafe { &*p }.as_str());
-    }
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPER_OPTIONS`: the
-    // hierarchy's root mounted (not a subtree bind-mounted elsewhere).
-    let mount = info.lines().find_map(|l| {
-        let (before, after) = l.split_once(" - ")?;
-        let fields: Vec<&str> = before.split(' ').collect();
-        (after.split(' ').next()? == "cgroup2" && fields.get(3) == Some(&"/")).then(|| fields.get(4).map(|m| m.to_string()))?
-    })?;
-    let fresh = Box::into_raw(Box::new(mount));
-    match MOUNT.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
-        // SAFETY: stored for good just now.
-        Ok(_) => Some(unsafe { &*fresh }.as_str()),
-        Err(theirs) => {
-            // SAFETY: ours was never shared; theirs is a leaked String stored for good.
-            drop(unsafe { Box::from_raw(fresh) });
-            Some(unsafe { &*theirs }.as_str())
-        }
-    }
+    static MOUNT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    MOUNT
+        .get_or_init(|| {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPER_OPTIONS`: the
+            // hierarchy's root mounted (not a subtree bind-mounted elsewhere).
+            info.lines().find_map(|l| {
+                let (before, after) = l.split_once(" - ")?;
+                let fields: Vec<&str> = before.split(' ').collect();
+                (after.split(' ').next()? == "cgroup2" && fields.get(3) == Some(&"/")).then(|| fields.get(4).map(|m| m.to_string()))?
+            })
+        })
+        .as_deref()
 }
 
 /// The cgroup v2 ids (cgroupfs inodes) of the current thread's cgroup and its ancestors,
@@ -837,15 +826,19 @@ fn timer_list_jiffies() -> Option<(u64, u64)> {
 }
 
 /// Sets up, before any hit, what the helpers a program calls would otherwise set up at its
-/// first one, inside the probed process's code: the stand-in task's layout (the kernel's BTF,
-/// parsed: milliseconds) and the jiffies' calibration. (What is per thread still comes at each
-/// thread's first call.)
+/// first one, inside the probed process's code (where a fork by another thread meanwhile would
+/// leave the child waiting for it): the stand-in task's layout (the kernel's BTF, parsed:
+/// milliseconds), the cgroup2 mount and the jiffies' calibration. (What is per thread still
+/// comes at each thread's first call.)
 pub fn warm_up_for(insns: &[bpftime_vm::RawInsn]) {
-    let calls = |id: i32| insns.iter().any(|i| i.opc == 0x85 && i.src == 0 && i.imm == id);
-    if calls(35) || calls(158) {
+    let calls = |ids: &[i32]| insns.iter().any(|i| i.opc == 0x85 && i.src == 0 && ids.contains(&i.imm));
+    if calls(&[35, 158]) {
         crate::task::warm_up();
     }
-    if calls(118) {
+    if calls(&[37, 80, 123]) {
+        let _ = cgroup2_mount();
+    }
+    if calls(&[118]) {
         jiffies_tick();
     }
 }

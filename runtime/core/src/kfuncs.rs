@@ -6,17 +6,26 @@
 //! no kernel helper has), so the verifier and the engines treat it as any helper.
 
 use crate::helpers;
+use bpftime_maps::Errno;
 use bpftime_object::btf::{Btf, Kind};
-use bpftime_vm::exec::{HelperTable, RunState};
+use bpftime_vm::exec::{HelperFn, HelperTable, RunState};
 use bpftime_vm::insn::{call_src, RawInsn};
 
 /// The first helper id kfuncs take: past the kernel's helpers and bpftime's own (its GPU
 /// helpers 501-511, its `ufunc` calls 1000 and 1001).
 const FIRST_ID: u32 = 3000;
 
-/// The kfuncs we run, in id order from [`FIRST_ID`].
-const KFUNCS: &[&str] =
-    &["bpf_iter_num_new", "bpf_iter_num_next", "bpf_iter_num_destroy", "bpf_rcu_read_lock", "bpf_rcu_read_unlock", "bpf_preempt_disable", "bpf_preempt_enable"];
+/// The kfuncs we run, in id order from [`FIRST_ID`]: name, function, and whether it touches
+/// no memory of the program's.
+const KFUNCS: [(&str, HelperFn, bool); 7] = [
+    ("bpf_iter_num_new", iter_num_new, false),
+    ("bpf_iter_num_next", iter_num_next, false),
+    ("bpf_iter_num_destroy", iter_num_destroy, false),
+    ("bpf_rcu_read_lock", nothing, true),
+    ("bpf_rcu_read_unlock", nothing, true),
+    ("bpf_preempt_disable", nothing, true),
+    ("bpf_preempt_enable", nothing, true),
+];
 
 /// Whether helper id `id` is one a kfunc runs as (a loader's plain call of it is refused:
 /// the kernel has no such helper).
@@ -26,7 +35,7 @@ pub fn is_kfunc_id(id: u32) -> bool {
 
 /// The helper id kfunc `name` runs as, if we run it.
 pub fn helper_id(name: &str) -> Option<u32> {
-    KFUNCS.iter().position(|&k| k == name).map(|i| FIRST_ID + i as u32)
+    KFUNCS.iter().position(|k| k.0 == name).map(|i| FIRST_ID + i as u32)
 }
 
 /// `struct bpf_iter_num` (8 opaque bytes): the last number given and the end, as the kernel
@@ -45,13 +54,13 @@ fn put_iter(s: &mut [u8], cur: i32, end: i32) {
 /// numbers (the iterator then gives none).
 extern "C" fn iter_num_new(it: u64, start: u64, end: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
     let (start, end) = (start as i32, end as i32);
-    let Some(s) = iter_state(state, it) else { return -(libc::EINVAL as i64) as u64 };
+    let Some(s) = iter_state(state, it) else { return Errno::EINVAL.as_helper_result() };
     put_iter(s, 0, 0);
     if start > end {
-        return -(libc::EINVAL as i64) as u64;
+        return Errno::EINVAL.as_helper_result();
     }
     if end as i64 - start as i64 > helpers::MAX_LOOPS as i64 {
-        return -(libc::E2BIG as i64) as u64;
+        return Errno::E2BIG.as_helper_result();
     }
     put_iter(s, start.wrapping_sub(1), end);
     0
@@ -89,15 +98,14 @@ extern "C" fn nothing(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mut RunState) 
 
 /// Adds the kfuncs to a helper table.
 pub(crate) fn register(t: &mut HelperTable) {
-    let fns: [bpftime_vm::exec::HelperFn; 7] = [iter_num_new, iter_num_next, iter_num_destroy, nothing, nothing, nothing, nothing];
-    for (i, (name, f)) in KFUNCS.iter().zip(fns).enumerate() {
+    for (i, &(name, f, _)) in KFUNCS.iter().enumerate() {
         t.register(FIRST_ID + i as u32, name, f);
     }
 }
 
-/// The ids [`register`] adds whose functions touch no memory of the program's.
+/// Whether helper id `id` is a kfunc's that touches no memory of the program's.
 pub(crate) fn reads_nothing(id: u32) -> bool {
-    (FIRST_ID + 3..FIRST_ID + KFUNCS.len() as u32).contains(&id)
+    id.checked_sub(FIRST_ID).and_then(|i| KFUNCS.get(i as usize)).is_some_and(|k| k.2)
 }
 
 /// [`resolve_kernel_ids`] with the kernel's BTF as raw bytes (parsed only when the program
@@ -125,7 +133,7 @@ pub fn resolve_kernel_ids(insns: &mut [RawInsn], kernel_btf: Option<&Btf>) -> Re
                 insn.src = 0;
                 insn.imm = id as i32;
             }
-            (None, Some(name)) => return Err(format!("insn {pc}: kfunc {name} is not supported by bpftime (it runs {})", KFUNCS.join(", "))),
+            (None, Some(name)) => return Err(format!("insn {pc}: kfunc {name} is not supported by bpftime (it runs {})", KFUNCS.map(|k| k.0).join(", "))),
             (None, None) => {
                 return Err(format!("insn {pc}: kfunc with BTF id {} (module BTF {}) is not one of the kernel's functions bpftime knows", insn.imm, insn.off))
             }

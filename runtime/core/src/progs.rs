@@ -21,14 +21,16 @@ struct ProgDesc {
     /// by every process that runs it.
     recursion_misses: u64,
     /// See [`ProgBtf`]: the BTF object, then the func_info and line_info records (offset,
-    /// bytes, record size).
+    /// bytes).
     btf: u64,
-    func_info: [u64; 3],
-    line_info: [u64; 3],
+    func_info: [u64; 2],
+    line_info: [u64; 2],
     /// When it was stored (`CLOCK_BOOTTIME` ns, as the kernel's `load_time`), and by whom.
     load_time: u64,
     uid: u64,
 }
+
+pub use bpftime_object::{FUNC_INFO_SIZE, LINE_INFO_SIZE};
 
 /// A program's debug information as a loader gives it (`prog_btf_fd`, `func_info`,
 /// `line_info` of `BPF_PROG_LOAD`): what bpftool shows source lines and function names from.
@@ -36,14 +38,10 @@ struct ProgDesc {
 pub struct ProgBtf {
     /// The region's BTF object the records name types and strings of (0: none).
     pub object: u32,
-    /// `struct bpf_func_info` records, as given.
+    /// `struct bpf_func_info` records, [`FUNC_INFO_SIZE`] bytes each (as the kernel keeps them).
     pub func_info: Vec<u8>,
-    /// Bytes of one of them.
-    pub func_rec_size: u32,
-    /// `struct bpf_line_info` records, as given.
+    /// `struct bpf_line_info` records, [`LINE_INFO_SIZE`] bytes each.
     pub line_info: Vec<u8>,
-    /// Bytes of one of them.
-    pub line_rec_size: u32,
 }
 
 /// A program as stored in the region.
@@ -105,16 +103,16 @@ pub fn store_with_btf(region: &ShmRegion, name: &str, section: &str, license: &s
     let code = to_bytecode(insns);
     let code_off = region.alloc(code.len() as u64)?;
     region.write(code_off, &code);
-    let records = |bytes: &[u8], rec: u32| -> Result<[u64; 3], bpftime_shm::ShmError> {
+    let records = |bytes: &[u8]| -> Result<[u64; 2], bpftime_shm::ShmError> {
         if bytes.is_empty() || bytes.len() > MAX_DEBUG_RECORDS {
-            return Ok([0; 3]);
+            return Ok([0; 2]);
         }
         let off = region.alloc(bytes.len() as u64)?;
         region.write(off, bytes);
-        Ok([off, bytes.len() as u64, rec as u64])
+        Ok([off, bytes.len() as u64])
     };
-    let func_info = records(&btf.func_info, btf.func_rec_size)?;
-    let line_info = records(&btf.line_info, btf.line_rec_size)?;
+    let func_info = records(&btf.func_info)?;
+    let line_info = records(&btf.line_info)?;
     let mut desc = ProgDesc {
         magic: PROG_MAGIC,
         ninsns: insns.len() as u64,
@@ -145,7 +143,7 @@ pub fn load(region: &ShmRegion, id: u32) -> Option<StoredProgram> {
     if !region.read(desc.insns, &mut code) {
         return None;
     }
-    let records = |[off, len, _]: [u64; 3]| -> Vec<u8> {
+    let records = |[off, len]: [u64; 2]| -> Vec<u8> {
         let mut bytes = vec![0u8; (len as usize).min(MAX_DEBUG_RECORDS)];
         if region.read(off, &mut bytes) {
             bytes
@@ -153,13 +151,7 @@ pub fn load(region: &ShmRegion, id: u32) -> Option<StoredProgram> {
             vec![]
         }
     };
-    let btf = ProgBtf {
-        object: desc.btf as u32,
-        func_info: records(desc.func_info),
-        func_rec_size: desc.func_info[2] as u32,
-        line_info: records(desc.line_info),
-        line_rec_size: desc.line_info[2] as u32,
-    };
+    let btf = ProgBtf { object: desc.btf as u32, func_info: records(desc.func_info), line_info: records(desc.line_info) };
     Some(StoredProgram {
         id,
         name: obj.name,

@@ -561,12 +561,9 @@ impl Runtime {
                 }
             }
             let license = obj.license.clone().unwrap_or_default();
-            let debug = progs::ProgBtf {
-                object: btf.unwrap_or(0),
-                func_info: if btf.is_some() { p.func_info.clone() } else { vec![] },
-                func_rec_size: 8,
-                line_info: if btf.is_some() { p.line_info.clone() } else { vec![] },
-                line_rec_size: 16,
+            let debug = match btf {
+                Some(object) => progs::ProgBtf { object, func_info: p.func_info.clone(), line_info: p.line_info.clone() },
+                None => progs::ProgBtf::default(),
             };
             let id = progs::store_with_btf(&self.region, &p.name, &p.section, &license, &insns, &debug)?;
             programs.push((p.name.clone(), p.section.clone(), id));

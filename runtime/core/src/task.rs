@@ -75,12 +75,17 @@ const NAMESPACES: [(&str, &str); 7] = [
     ("time_ns", "time"),
 ];
 
-/// Byte offset of member `name` of struct `id`, and the member's type (modifiers skipped).
+/// Byte offset of member `name` of struct `id`, and the member's type (modifiers skipped);
+/// found inside anonymous struct and union members too (where `mm_struct` keeps its fields).
 fn member(btf: &Btf, id: u32, name: &str) -> Option<(usize, u32)> {
     let t = btf.get(id).ok()?;
-    let m = t.members.iter().find(|m| m.name == name)?;
-    let bits = if t.kind_flag { m.offset & 0xff_ffff } else { m.offset };
-    Some(((bits / 8) as usize, btf.skip_mods(m.type_id).ok()?))
+    if let Some(m) = t.members.iter().find(|m| m.name == name) {
+        return Some(((t.member_bit_offset(m) / 8) as usize, btf.skip_mods(m.type_id).ok()?));
+    }
+    t.members.iter().filter(|m| m.name.is_empty()).find_map(|m| {
+        let (off, ty) = member(btf, btf.skip_mods(m.type_id).ok()?, name)?;
+        Some((off + (t.member_bit_offset(m) / 8) as usize, ty))
+    })
 }
 
 /// The struct a pointer-typed member points to.
@@ -89,25 +94,11 @@ fn pointee(btf: &Btf, ptr: u32) -> Option<u32> {
     (t.kind == Kind::Ptr).then(|| btf.skip_mods(t.size_or_type).ok()).flatten()
 }
 
-/// [`member`], also inside anonymous struct and union members (where `mm_struct` keeps its
-/// fields).
-fn member_deep(btf: &Btf, id: u32, name: &str) -> Option<(usize, u32)> {
-    if let Some(found) = member(btf, id, name) {
-        return Some(found);
-    }
-    let t = btf.get(id).ok()?;
-    t.members.iter().filter(|m| m.name.is_empty()).find_map(|m| {
-        let bits = if t.kind_flag { m.offset & 0xff_ffff } else { m.offset };
-        let inner = btf.skip_mods(m.type_id).ok()?;
-        member_deep(btf, inner, name).map(|(off, ty)| (off + (bits / 8) as usize, ty))
-    })
-}
-
 fn mm_layout(btf: &Btf, task: u32) -> Option<MmLayout> {
     let (in_task, ptr) = member(btf, task, "mm")?;
     let mm = pointee(btf, ptr)?;
     let size = btf.size_of(mm).ok()? as usize;
-    let fields = MM_FIELDS.iter().filter_map(|&(name, stat)| member_deep(btf, mm, name).map(|(at, _)| (at, stat))).filter(|&(at, _)| at + 8 <= size).collect();
+    let fields = MM_FIELDS.iter().filter_map(|&(name, stat)| member(btf, mm, name).map(|(at, _)| (at, stat))).filter(|&(at, _)| at + 8 <= size).collect();
     Some(MmLayout { in_task, size, fields })
 }
 

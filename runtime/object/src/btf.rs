@@ -97,6 +97,25 @@ pub struct Type {
 }
 
 impl Type {
+    /// The bit offset of member `m` of this struct or union (with `kind_flag`, its offset's low
+    /// 24 bits).
+    pub fn member_bit_offset(&self, m: &Member) -> u32 {
+        if self.kind_flag {
+            m.offset & 0xff_ffff
+        } else {
+            m.offset
+        }
+    }
+
+    /// The bitfield size of member `m` of this struct or union (0: not a bitfield).
+    pub fn member_bitfield_size(&self, m: &Member) -> u32 {
+        if self.kind_flag {
+            m.offset >> 24
+        } else {
+            0
+        }
+    }
+
     /// Whether values of this (int or enum) type are signed.
     pub fn is_signed(&self) -> bool {
         match self.kind {

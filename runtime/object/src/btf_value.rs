@@ -102,8 +102,7 @@ impl Btf {
                     if !m.name.is_empty() {
                         let _ = write!(out, "{}: ", m.name);
                     }
-                    // With kind_flag the offset holds the bitfield size in its top 8 bits.
-                    let (bit_off, bits) = if t.kind_flag { (m.offset & 0xff_ffff, m.offset >> 24) } else { (m.offset, 0) };
+                    let (bit_off, bits) = (t.member_bit_offset(m), t.member_bitfield_size(m));
                     if bits != 0 {
                         let v = bitfield(b, bit_off as usize, bits as usize);
                         let signed = self.skip_mods(m.type_id).ok().and_then(|x| self.get(x).ok()).is_some_and(|x| x.is_signed());

@@ -148,17 +148,12 @@ fn kinds_compatible(a: &Type, b: &Type) -> bool {
 
 /// Bit offset of member `i` of composite `t`.
 fn member_bit_offset(t: &Type, i: usize) -> u64 {
-    let raw = t.members[i].offset;
-    (if t.kind_flag { raw & 0xff_ffff } else { raw }) as u64
+    t.member_bit_offset(&t.members[i]) as u64
 }
 
 /// Bitfield size of member `i` of composite `t` (0: not a bitfield).
 fn member_bitfield_size(t: &Type, i: usize) -> u32 {
-    if t.kind_flag {
-        t.members[i].offset >> 24
-    } else {
-        0
-    }
+    t.member_bitfield_size(&t.members[i])
 }
 
 /// Whether array step `arr` (with `nelems` elements) after `prev` is a flexible array: the

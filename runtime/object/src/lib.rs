@@ -188,10 +188,10 @@ pub struct ObjProgram {
     pub kfunc_calls: Vec<(usize, String)>,
 }
 
-/// Bytes of a `struct bpf_func_info` record.
-const FUNC_INFO_SIZE: usize = 8;
-/// Bytes of a `struct bpf_line_info` record.
-const LINE_INFO_SIZE: usize = 16;
+/// Bytes of a `struct bpf_func_info` record (insn_off, type_id).
+pub const FUNC_INFO_SIZE: usize = 8;
+/// Bytes of a `struct bpf_line_info` record (insn_off, file_name_off, line_off, line_col).
+pub const LINE_INFO_SIZE: usize = 16;
 
 /// A parsed object.
 #[derive(Clone, Debug, Default)]
