@@ -228,9 +228,21 @@ struct HookThread {
     /// our code (`busy`), BLOCK (1) otherwise. The kernel reads it only on threads where
     /// dispatch is on.
     selector: Cell<u8>,
+    /// A stub runs on the handler stack (set and put back by the stubs themselves, around all
+    /// they do there): a hit in a signal handler meanwhile, wherever its stack, stays on it.
+    stack_in_use: Cell<u8>,
+    /// The top of the thread's handler stack (0 until its first hit makes it): the stubs run
+    /// the handlers there, not on the application's stack, which may be a goroutine's few
+    /// kilobytes (see [`handler_stack`]).
+    stack_top: Cell<u64>,
 }
 
-const _: () = assert!(std::mem::size_of::<HookThread>() == 24 && std::mem::offset_of!(HookThread, selector) == 16);
+const _: () = assert!(
+    std::mem::size_of::<HookThread>() == 32
+        && std::mem::offset_of!(HookThread, selector) == 16
+        && std::mem::offset_of!(HookThread, stack_in_use) == 17
+        && std::mem::offset_of!(HookThread, stack_top) == 24
+);
 
 // The hook engine's thread-local, defined here in the initial-exec model (`@GOTTPOFF`), which
 // Rust code cannot ask for: a hit reaches it with two instructions, not a `__tls_get_addr`
@@ -247,11 +259,11 @@ std::arch::global_asm!(
     ".globl bpftime_hook_thread",
     ".hidden bpftime_hook_thread",
     ".type bpftime_hook_thread, @tls_object",
-    ".size bpftime_hook_thread, 24",
+    ".size bpftime_hook_thread, 32",
     "bpftime_hook_thread:",
     ".zero 16",
     ".byte 1",
-    ".zero 7",
+    ".zero 15",
     ".text",
 );
 
@@ -261,7 +273,7 @@ fn thread() -> &'static HookThread {
     let p: *const HookThread;
     // SAFETY: the initial-exec TLS sequence for `bpftime_hook_thread` (x86-64 psABI): its
     // offset from the thread pointer, read from the GOT, added to `%fs:0`, the thread pointer.
-    // The result is this thread's copy, 24 bytes laid out as HookThread (checked above), alive
+    // The result is this thread's copy, 32 bytes laid out as HookThread (checked above), alive
     // as long as the thread; only this thread touches it (Cells, never shared).
     unsafe {
         std::arch::asm!(
@@ -724,7 +736,7 @@ static OWN_RETURN: [OwnReturn; OWN_RETURNS] = [const { OwnReturn { real: AtomicU
 fn own_return_stubs() -> Option<&'static [u64; OWN_RETURNS]> {
     OWN_STUBS
         .get_or_init(|| {
-            const STRIDE: usize = 1024;
+            const STRIDE: usize = 2048;
             let at = patch::alloc_near(own_return_dispatch as *const () as u64, OWN_RETURNS * STRIDE)?;
             let mut stubs = [0u64; OWN_RETURNS];
             for (k, stub) in stubs.iter_mut().enumerate() {
@@ -732,7 +744,15 @@ fn own_return_stubs() -> Option<&'static [u64; OWN_RETURNS]> {
                 let code = (|| -> Result<Vec<u8>, IcedError> {
                     let mut a = CodeAssembler::new(64)?;
                     let record = &OWN_RETURN[k] as *const OwnReturn as u64;
-                    emit_probe_call(&mut a, PointKind::Return, VectorSave::everything(), None, Some(record), own_return_dispatch as *const () as u64)?;
+                    emit_probe_call(
+                        &mut a,
+                        PointKind::Return,
+                        HitStack::for_hits(),
+                        VectorSave::everything(),
+                        None,
+                        Some(record),
+                        own_return_dispatch as *const () as u64,
+                    )?;
                     a.jmp(qword_ptr(rsp - 8))?;
                     a.assemble(*stub)
                 })()
@@ -821,13 +841,189 @@ extern "C" fn return_site_dispatch(site: &Site, regs: &mut PtRegs) {
 /// Runs the work of the thread's first admitted hit and restores the thread's state (later
 /// hits run theirs inline, then `leave`). The first hit runs with async signals deferred: its
 /// handlers set up per-thread state (the shadow stack too), which a signal handler probing
-/// meanwhile must not find half made.
+/// meanwhile must not find half made. It also makes the thread's handler stack, which later
+/// hits run on.
 #[cold]
 #[inline(never)]
 fn first_hit<R>(before: ThreadState, run: impl FnOnce() -> R) -> R {
-    let r = crate::signals::with_signals_deferred(run);
+    let r = crate::signals::with_signals_deferred(|| {
+        register_handler_stack();
+        run()
+    });
     leave(ThreadState { warm: true, ..before });
     r
+}
+
+/// Bytes of a thread's handler stack (reserved, not committed: a hit touches a few kilobytes),
+/// below which one guard page lies.
+const HANDLER_STACK: usize = 256 << 10;
+
+/// The value of a thread's `stack_top` once it has no handler stack and will have none (it
+/// could not be mapped, or was released at the thread's exit): hits stay on its own stack.
+const NO_HANDLER_STACK: u64 = 1;
+
+/// Has the thread's handler stack, which its first hit's stub mapped, released at its exit
+/// (see [`emit_handler_stack_switch`]).
+fn register_handler_stack() {
+    let top = thread().stack_top.get();
+    let Some(HandlerStacks { key, .. }) = HANDLER_STACKS.get().copied().flatten() else { return };
+    // SAFETY: pthread_getspecific(3) of our key, for this thread.
+    if top <= NO_HANDLER_STACK || !unsafe { libc::pthread_getspecific(key) }.is_null() {
+        return;
+    }
+    // SAFETY: setting this thread's value of our key (pthread_setspecific(3)); a key in the
+    // thread's first-level block (checked when it was made), so nothing is allocated.
+    unsafe { libc::pthread_setspecific(key, (top - (HANDLER_STACK + PAGE) as u64) as *const libc::c_void) };
+}
+
+/// What threads need to have handler stacks, made when the first probe is attached (a hit
+/// must not be the first to make them).
+#[derive(Clone, Copy)]
+struct HandlerStacks {
+    /// The pthread key whose destructor releases a thread's handler stack. Only a key that
+    /// glibc keeps in the thread's own block (the first 32, `PTHREAD_KEY_2NDLEVEL_SIZE`) is
+    /// used: setting a later one may allocate, and a first hit can come with the allocator's
+    /// lock held (a probe on `mmap` or `brk`, called from inside `malloc`).
+    key: libc::pthread_key_t,
+    /// The routine that maps a thread's handler stack (see [`emit_handler_stack_maker`]).
+    maker: u64,
+}
+
+static HANDLER_STACKS: OnceLock<Option<HandlerStacks>> = OnceLock::new();
+
+/// Makes [`HANDLER_STACKS`] (once); None where threads cannot have handler stacks.
+fn handler_stacks() -> Option<HandlerStacks> {
+    *HANDLER_STACKS.get_or_init(|| {
+        let page = patch::alloc_near(release_handler_stack as *const () as u64, PAGE)?;
+        let code = (|| -> Result<Vec<u8>, IcedError> {
+            let mut a = CodeAssembler::new(64)?;
+            emit_handler_stack_maker(&mut a)?;
+            a.assemble(page)
+        })()
+        .ok()
+        .filter(|c| c.len() <= PAGE)?;
+        // SAFETY: `page` is a fresh read-write mapping of PAGE bytes; the code fits (checked).
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page as *mut u8, code.len()) };
+        patch::make_executable(page, PAGE).ok()?;
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: pthread_key_create(3) with a destructor that takes the value we set.
+        if unsafe { libc::pthread_key_create(&mut key, Some(release_handler_stack)) } != 0 {
+            return None;
+        }
+        if key >= 32 {
+            // SAFETY: the key just made, known to nobody else.
+            unsafe { libc::pthread_key_delete(key) };
+            return None;
+        }
+        Some(HandlerStacks { key, maker: page })
+    })
+}
+
+/// The destructor of [`HandlerStacks::key`]: unmaps the exiting thread's handler stack (at `base`).
+unsafe extern "C" fn release_handler_stack(base: *mut libc::c_void) {
+    let t = thread();
+    // Hits from here on stay on the thread's own stack, and the unmapping is ours: no probe
+    // sees it.
+    t.stack_top.set(NO_HANDLER_STACK);
+    let before = t.state.get();
+    set_state(t, ThreadState { busy: true, ..before });
+    // SAFETY: the mapping the thread's first hit made (`emit_handler_stack_switch`), which no hit runs on now
+    // (this destructor runs in the thread's own flow, after its last hit, and the top is
+    // cleared).
+    unsafe { libc::munmap(base, HANDLER_STACK + PAGE) };
+    leave(before);
+}
+
+/// Where a thread's handler stack top, its in-use byte and its system call selector are kept,
+/// as offsets from the thread pointer (`%fs` base), the same for every thread (initial-exec
+/// TLS): the stubs reach them with one instruction each.
+struct ThreadSlots {
+    stack_top: u64,
+    stack_in_use: u64,
+    selector: u64,
+}
+
+fn thread_slots() -> ThreadSlots {
+    let fs_base: u64;
+    // SAFETY: reads the thread pointer, which `%fs:0` holds (x86-64 psABI).
+    unsafe { std::arch::asm!("mov {b}, qword ptr fs:[0]", b = out(reg) fs_base, options(nostack, readonly)) };
+    let t = thread();
+    let slot = |p: u64| p.wrapping_sub(fs_base);
+    ThreadSlots { stack_top: slot(t.stack_top.as_ptr() as u64), stack_in_use: slot(t.stack_in_use.as_ptr() as u64), selector: slot(t.selector.as_ptr() as u64) }
+}
+
+/// Emits a stub's move onto the thread's handler stack, unless something below uses it (a stub
+/// or a signal handler this hit interrupted: whoever runs there sets the in-use byte first and
+/// puts it back after leaving) or the thread has none. The stub's frame (`rbx`) is kept in the
+/// top 16 bytes (see [`in_signal_handler`]). `r12` keeps the in-use byte as found,
+/// put back when the stub leaves. The caller-saved registers are in the frame already; the
+/// flags are not live (or saved, mid-function). A thread's first hit maps its stack by calling
+/// [`HandlerStacks::maker`] (8 bytes more of the application's stack, once).
+fn emit_handler_stack_switch(a: &mut CodeAssembler, maker: u64) -> Result<(), IcedError> {
+    let slots = thread_slots();
+    let mut stay = a.create_label();
+    let mut switch = a.create_label();
+    a.movzx(r12d, byte_ptr(slots.stack_in_use).fs())?;
+    a.test(r12d, r12d)?;
+    a.jne(stay)?;
+    a.mov(rax, qword_ptr(slots.stack_top).fs())?;
+    a.cmp(rax, NO_HANDLER_STACK as i32)?;
+    a.ja(switch)?;
+    a.je(stay)?;
+    a.mov(rax, maker)?;
+    a.call(rax)?;
+    a.cmp(rax, NO_HANDLER_STACK as i32)?;
+    a.je(stay)?;
+    a.set_label(&mut switch)?;
+    // The frame's address at the top, for a signal handler that lands on this stack (see
+    // `in_signal_handler`), before rsp gets there.
+    a.mov(qword_ptr(rax - 8), rbx)?;
+    a.mov(byte_ptr(slots.stack_in_use).fs(), 1)?;
+    a.lea(rsp, ptr(rax - 16))?;
+    a.set_label(&mut stay)?;
+    Ok(())
+}
+
+/// Emits the routine a thread's first hit calls to map its handler stack: `mmap(NULL, size,
+/// PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0)`,
+/// then `mprotect(base, PAGE, PROT_NONE)` for the guard page, by raw system calls (no function
+/// call: the stub has not saved the vector registers yet, and a goroutine's stack has no room
+/// for one), with the thread's selector at ALLOW meanwhile so that system call interception
+/// does not take them for the application's. Stores and returns the stack's top in `rax`, or
+/// [`NO_HANDLER_STACK`]. Called with `r12` zero, which it uses and gives back zero; changes
+/// only caller-saved registers. [`register_handler_stack`] has the stack released at the
+/// thread's exit.
+fn emit_handler_stack_maker(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let slots = thread_slots();
+    a.movzx(r12d, byte_ptr(slots.selector).fs())?;
+    a.mov(byte_ptr(slots.selector).fs(), 0)?;
+    a.mov(eax, libc::SYS_mmap as u32)?;
+    a.xor(edi, edi)?;
+    a.mov(esi, (HANDLER_STACK + PAGE) as u32)?;
+    a.mov(edx, (libc::PROT_READ | libc::PROT_WRITE) as u32)?;
+    a.mov(r10d, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK) as u32)?;
+    a.mov(r8, -1i64)?;
+    a.xor(r9d, r9d)?;
+    a.syscall()?;
+    let mut mapped = a.create_label();
+    let mut done = a.create_label();
+    a.cmp(rax, -4095i32)?;
+    a.jb(mapped)?;
+    a.mov(eax, NO_HANDLER_STACK as u32)?;
+    a.jmp(done)?;
+    a.set_label(&mut mapped)?;
+    a.mov(rdi, rax)?;
+    a.mov(eax, libc::SYS_mprotect as u32)?;
+    a.mov(esi, PAGE as u32)?;
+    a.xor(edx, edx)?;
+    a.syscall()?;
+    a.lea(rax, ptr(rdi + (HANDLER_STACK + PAGE) as i32))?;
+    a.set_label(&mut done)?;
+    a.mov(qword_ptr(slots.stack_top).fs(), rax)?;
+    a.mov(byte_ptr(slots.selector).fs(), r12b)?;
+    a.xor(r12d, r12d)?;
+    a.ret()?;
+    Ok(())
 }
 
 impl Site {
@@ -951,6 +1147,7 @@ fn build_return_site(func: &'static Site, window: &[Instruction]) -> Result<&'st
         emit_probe_call(
             &mut a,
             PointKind::Return,
+            HitStack::for_hits(),
             VectorSave::at(PointKind::Return, func.needs, func.named),
             None,
             Some(func as *const Site as u64),
@@ -1090,6 +1287,29 @@ impl PointKind {
             128
         } else {
             0
+        }
+    }
+}
+
+/// Which stack a stub runs its call on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HitStack {
+    /// The thread's handler stack where it has one and nobody uses it (see
+    /// [`emit_handler_stack_switch`]): probe hits.
+    Agent,
+    /// The application's: system call sites, whose dispatcher makes the call itself (a call
+    /// that blocks, and the signal handlers it meets, belong on the application's stack).
+    Application,
+}
+
+impl HitStack {
+    /// Where probe hits run: on the handler stack, if threads can have one released at their
+    /// exit (see [`handler_stacks`], made before the first stub).
+    fn for_hits() -> HitStack {
+        if HANDLER_STACKS.get().copied().flatten().is_some() {
+            HitStack::Agent
+        } else {
+            HitStack::Application
         }
     }
 }
@@ -1435,8 +1655,18 @@ fn callee_saved(r: AsmRegister64) -> bool {
 ///
 /// The frame is made with plain moves rather than pushes (fewer stack-engine syncs), and only
 /// registers the call can change are reloaded: callee-saved ones are preserved by `f` itself
-/// (bx is reloaded because the stub uses it). The vector registers in `saved` are kept.
-fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, ip: Option<u64>, arg0: Option<u64>, f: u64) -> Result<(), IcedError> {
+/// (bx and r12 are reloaded because the stub uses them). The vector registers in `saved` are
+/// kept. The call runs on the thread's handler stack where it has one (see
+/// [`emit_handler_stack_switch`]).
+fn emit_probe_call(
+    a: &mut CodeAssembler,
+    point: PointKind,
+    stack: HitStack,
+    saved: VectorSave,
+    ip: Option<u64>,
+    arg0: Option<u64>,
+    f: u64,
+) -> Result<(), IcedError> {
     let red_zone = point.red_zone();
     // The frame: pt_regs, below the red zone where it is live.
     if point == PointKind::MidFunction {
@@ -1464,6 +1694,10 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, i
         None => a.mov(qword_ptr(rsp + pt::IP), 0i32)?,
     }
     a.mov(rbx, rsp)?;
+    let handler_stacks = handler_stacks().filter(|_| stack == HitStack::Agent);
+    if let Some(h) = handler_stacks {
+        emit_handler_stack_switch(a, h.maker)?;
+    }
     a.and(rsp, -16)?;
     saved.save(a)?;
     if point == PointKind::MidFunction {
@@ -1484,6 +1718,10 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, i
     }
     saved.restore(a)?;
     a.mov(rsp, rbx)?;
+    if handler_stacks.is_some() {
+        // Off the handler stack: its in-use byte as it was (a plain move: the flags may be live).
+        a.mov(byte_ptr(thread_slots().stack_in_use).fs(), r12b)?;
+    }
     if point == PointKind::Return {
         // Where to go on, in the frame's last word (just below the final rsp, where signal
         // frames never go: the kernel skips the 128-byte red zone), so that no register has to
@@ -1492,7 +1730,7 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, i
         a.mov(qword_ptr(rsp + pt::SIZE - 8), rax)?;
     }
     for (r, off) in GPRS {
-        if !callee_saved(r) || r == rbx {
+        if !callee_saved(r) || r == rbx || (r == r12 && handler_stacks.is_some()) {
             a.mov(r, qword_ptr(rsp + off))?;
         }
     }
@@ -1508,7 +1746,7 @@ fn emit_probe_call(a: &mut CodeAssembler, point: PointKind, saved: VectorSave, i
 
 fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: PointKind, saved: VectorSave) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    emit_probe_call(&mut a, point, saved, Some(probe_addr), Some(site), entry_dispatch as *const () as u64)?;
+    emit_probe_call(&mut a, point, HitStack::for_hits(), saved, Some(probe_addr), Some(site), entry_dispatch as *const () as u64)?;
     if point == PointKind::FunctionEntry {
         // Overridden: back to the caller with ax as the result, the function not run.
         let mut run_function = a.create_label();
@@ -1533,7 +1771,7 @@ fn return_stub() -> u64 {
                 // An indirect jump rather than a `ret`: the return-stack predictor stays in
                 // step with the calls still to return.
                 // Shared by every function: all registers kept.
-                emit_probe_call(&mut a, PointKind::Return, VectorSave::everything(), None, None, return_dispatch as *const () as u64)?;
+                emit_probe_call(&mut a, PointKind::Return, HitStack::for_hits(), VectorSave::everything(), None, None, return_dispatch as *const () as u64)?;
                 a.jmp(qword_ptr(rsp - 8))
             })()
             .map_err(|e| e.to_string())?;
@@ -1900,7 +2138,7 @@ pub(crate) fn syscall_stub(near: u64, context: u64, dispatch: u64) -> Result<u64
     let page = patch::alloc_near(near, PAGE).ok_or(AttachError::NoNearMemory(near))?;
     let code = (|| -> Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(64)?;
-        emit_probe_call(&mut a, PointKind::MidFunction, VectorSave::everything(), None, Some(context), dispatch)?;
+        emit_probe_call(&mut a, PointKind::MidFunction, HitStack::Application, VectorSave::everything(), None, Some(context), dispatch)?;
         a.jmp(r11)?;
         a.assemble(page)
     })()
@@ -1932,6 +2170,7 @@ pub struct SiteInfo {
 
 /// Attaches `handler` to `addr`: patches the code on the first probe of a site.
 pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn ProbeHandler>) -> Result<ProbeId, AttachError> {
+    handler_stacks();
     if kind == ProbeKind::Return && !info.at_entry {
         return Err(AttachError::ReturnNotAtEntry { addr });
     }
@@ -2188,13 +2427,83 @@ pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
 /// Runs an application's signal handler as a flow of its own: probes it hits run at the next
 /// nesting level (or count as misses), instead of being taken for calls made by the handler it
 /// interrupted. Called by the agent's wrapper around every handler the application installs.
+///
+/// Its hits run on the handler's own stack: it may be a signal stack (`sigaltstack(2)`), which
+/// the kernel takes as free again once `rsp` leaves it, so a second signal would be delivered
+/// over the live frames of the first. A signal that lands on the thread's handler stack (one
+/// without a signal stack, during a hit) has its handler run on the application's stack instead,
+/// below the interrupted stub's frame, where it would have run without us: a handler that takes
+/// its own stack pointer for a point on the thread's stack (a conservative garbage collector
+/// scanning it, for one) finds one.
 pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     let t = thread();
     let before = t.state.get();
+    let in_use = t.stack_in_use.get();
+    t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
-    let r = f();
+    let r = match interrupted_stub_frame(t) {
+        Some(frame) => on_stack(frame, f),
+        None => f(),
+    };
     leave(before);
+    t.stack_in_use.set(in_use);
     r
+}
+
+/// Where the stub this thread's handler stack serves left the application's stack (its frame's
+/// lowest address), if the current stack pointer is on the handler stack.
+fn interrupted_stub_frame(t: &HookThread) -> Option<u64> {
+    let top = t.stack_top.get();
+    let here: u64;
+    // SAFETY: reads the stack pointer.
+    unsafe { std::arch::asm!("mov {}, rsp", out(reg) here, options(nomem, nostack, preserves_flags)) };
+    if top <= NO_HANDLER_STACK || here >= top - 16 || here < top - HANDLER_STACK as u64 {
+        return None;
+    }
+    // SAFETY: the handler stack's top 16 bytes, mapped while the thread has its stack; the stub
+    // stores its frame there before it moves onto it, and we are on it.
+    Some(unsafe { std::ptr::read_volatile((top - 8) as *const u64) })
+}
+
+/// Runs `f` with the stack pointer at `below` (less the red zone, aligned), on whatever stack
+/// that is, and comes back.
+fn on_stack<R, F: FnOnce() -> R>(below: u64, f: F) -> R {
+    struct Job<F, R> {
+        f: Option<F>,
+        r: Option<std::thread::Result<R>>,
+    }
+    extern "C" fn trampoline<F: FnOnce() -> R, R>(job: *mut Job<F, R>) {
+        // SAFETY: the Job below, alive across the call; only this call touches it.
+        let job = unsafe { &mut *job };
+        if let Some(f) = job.f.take() {
+            // No unwinding through the frames of the stack switch.
+            job.r = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        }
+    }
+    let mut job = Job { f: Some(f), r: None };
+    let new_sp = (below - 128) & !15;
+    // SAFETY: `new_sp` lies below everything live on its stack (the caller says so: the frame of the
+    // stub that left it, and its red zone). The call runs the trampoline there with the Job's
+    // address and comes back with every callee-saved register kept (r12 holds our stack
+    // pointer across it); caller-saved ones are declared clobbered.
+    unsafe {
+        std::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {new_sp}",
+            "call {tramp}",
+            "mov rsp, r12",
+            new_sp = in(reg) new_sp,
+            tramp = in(reg) trampoline::<F, R> as extern "C" fn(*mut Job<F, R>) as usize,
+            in("rdi") &mut job as *mut Job<F, R>,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+    match job.r {
+        Some(Ok(r)) => r,
+        Some(Err(panic)) => std::panic::resume_unwind(panic),
+        None => unreachable!("the trampoline ran"),
+    }
 }
 
 #[cfg(test)]

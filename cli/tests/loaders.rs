@@ -578,26 +578,31 @@ fn pinned_links_outlive_their_loader_like_the_kernel() {
 
 /// `bpf_send_signal` and `bpf_send_signal_thread` in a uprobe: the target receives exactly the
 /// signals it receives under the kernel's uprobe, the helpers' results (and the refusal of an
-/// invalid signal number) are counted alike.
+/// invalid signal number) are counted alike. Also with the handlers on a signal stack, where a
+/// probe hit in the first handler sends the second signal: it must be delivered below the first
+/// handler's live frames, as the kernel delivers it (a hit that left the signal stack would make
+/// the kernel take the signal stack as free).
 #[test]
 fn send_signal_from_a_uprobe_signals_like_the_kernel() {
     let _serial = serial();
     let loader = build_loader("count_calls");
     let obj = build_example("send_signal");
     let target = build_target("signalled", false);
-    let shm = format!("bpftime-send-signal-{}", std::process::id());
-    bpftime_tests::remove_region(&shm);
-    let mut ours = bpftime(&shm);
-    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&target);
-    let (loader_out, target_out) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&target).arg("100"));
-    bpftime_tests::remove_region(&shm);
-    assert_eq!(target_out, "usr1 9 usr2 3\n", "{loader_out}");
-    assert!(loader_out.contains("stats[0] = 12\n") && loader_out.contains("stats[1] = 1\n"), "{loader_out}");
-    if is_root() {
-        let mut kernel = Command::new(&loader);
-        kernel.arg(&obj).arg(&target);
-        let (k_loader, k_target) = session(kernel, Command::new(&target).arg("100"));
-        assert_eq!((loader_out, target_out), (k_loader, k_target), "the kernel's");
+    for (mode, signals, sent) in [("", "usr1 9 usr2 3\n", 12), ("onstack", "usr1 14 usr2 17 frames ok\n", 26)] {
+        let shm = format!("bpftime-send-signal-{}", std::process::id());
+        bpftime_tests::remove_region(&shm);
+        let mut ours = bpftime(&shm);
+        ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&target);
+        let (loader_out, target_out) = session(ours, bpftime(&shm).args(["start", "--"]).arg(&target).arg("100").arg(mode));
+        bpftime_tests::remove_region(&shm);
+        assert_eq!(target_out, signals, "{mode}: {loader_out}");
+        assert!(loader_out.contains(&format!("stats[0] = {sent}\n")) && loader_out.contains("stats[1] = 1\n"), "{mode}: {loader_out}");
+        if is_root() {
+            let mut kernel = Command::new(&loader);
+            kernel.arg(&obj).arg(&target);
+            let (k_loader, k_target) = session(kernel, Command::new(&target).arg("100").arg(mode));
+            assert_eq!((loader_out, target_out), (k_loader, k_target), "{mode}: the kernel's");
+        }
     }
 }
 

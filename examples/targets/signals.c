@@ -5,7 +5,10 @@
 // least ITERS from the loop, more until the handler has run 10 times) and the sum of their
 // results; with `altstack` the handler is installed with sigaction on an alternate signal
 // stack, else with signal(); with `highaltstack` the loop runs on a thread whose stack lies
-// below its signal stack, as a coroutine's or a thread's in static memory may)
+// below its signal stack, as a coroutine's or a thread's in static memory may). The line ends
+// with "foreign F": how many times the handler ran on a stack that was neither the thread's
+// nor its signal stack.
+#define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,13 +24,18 @@ __attribute__((noinline)) long add(long a, long b)
     return s;
 }
 
-static volatile long handler_calls, handler_sum;
+static volatile long handler_calls, handler_sum, foreign;
 static volatile int done;
 static pthread_t main_thread;
+// The looping thread's stack and its signal stack.
+static char *stack_lo, *stack_hi, *alt_lo, *alt_hi;
 
 static void on_usr1(int sig)
 {
     (void)sig;
+    char *here = __builtin_frame_address(0);
+    if (!(here >= stack_lo && here < stack_hi) && !(here >= alt_lo && here < alt_hi))
+        foreign++;
     handler_sum += add(handler_calls, 7);
     handler_calls++;
 }
@@ -56,8 +64,17 @@ static void *work(void *arg)
         // The signal stack is per thread; malloc'd (in `highaltstack` mode, above this
         // thread's stack, which is in .bss).
         stack_t ss = {.ss_sp = malloc(1 << 16), .ss_size = 1 << 16};
+        alt_lo = ss.ss_sp;
+        alt_hi = alt_lo + ss.ss_size;
         sigaltstack(&ss, NULL);
     }
+    pthread_attr_t attr;
+    void *lo;
+    size_t size;
+    pthread_getattr_np(pthread_self(), &attr);
+    pthread_attr_getstack(&attr, &lo, &size);
+    stack_lo = lo;
+    stack_hi = stack_lo + size;
     main_thread = pthread_self();
     pthread_t t;
     pthread_create(&t, NULL, pester, NULL);
@@ -104,6 +121,6 @@ int main(int argc, char **argv)
         printf("sigaction reports another handler\n");
         return 1;
     }
-    printf("calls %ld sum %ld\n", work_calls + handler_calls, work_sum + handler_sum);
+    printf("calls %ld sum %ld foreign %ld\n", work_calls + handler_calls, work_sum + handler_sum, foreign);
     return 0;
 }

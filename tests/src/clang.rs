@@ -104,6 +104,40 @@ pub fn example_names() -> Vec<String> {
     names
 }
 
+/// Builds `out` from `src` with the command `command(tmp)` makes (which writes `tmp`, moved into
+/// place when it succeeds), unless `out` is newer than `src`. `hint` says what a failure needs.
+fn build_cached(src: &Path, out: PathBuf, hint: &str, command: impl FnOnce(&Path) -> Command) -> PathBuf {
+    let dir = out.parent().expect("an output directory");
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let _built = build_lock();
+    if is_fresh(&out, src) {
+        return out;
+    }
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = out.file_name().expect("a file name").to_string_lossy();
+    let tmp = dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
+    let mut cmd = command(&tmp);
+    let output = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?} ({hint}): {e}"));
+    assert!(output.status.success(), "building {} failed ({hint}):\n{}", src.display(), String::from_utf8_lossy(&output.stderr));
+    std::fs::rename(&tmp, &out).expect("move the build into place");
+    out
+}
+
+/// Builds `examples/targets/<name>.go` with the Go toolchain (cgo on, so the binary links libc
+/// and the agent can be preloaded; cached under target/c-targets) and returns its path.
+pub fn build_go_target(name: &str) -> PathBuf {
+    let root = crate::repo_root();
+    let src = root.join("examples/targets").join(format!("{name}.go"));
+    let out = root.join("target/c-targets").join(name);
+    build_cached(&src, out, "golang-go is needed: bash scripts/setup.sh", |tmp| {
+        let mut cmd = Command::new("go");
+        cmd.arg("build").arg("-o").arg(tmp).arg(&src);
+        cmd.env("CGO_ENABLED", "1").env("GOCACHE", root.join("target/go-cache")).env("GO111MODULE", "off");
+        cmd
+    })
+}
+
 /// Compiles `examples/targets/<name>.c` with the system C compiler, or `<name>.cc` with its C++
 /// compiler (cached under target/c-targets): an executable, or with `shared` a `lib<name>.so`.
 pub fn build_target(name: &str, shared: bool) -> PathBuf {
@@ -111,25 +145,16 @@ pub fn build_target(name: &str, shared: bool) -> PathBuf {
     let c = root.join("examples/targets").join(format!("{name}.c"));
     let cpp = c.with_extension("cc");
     let (src, compiler) = if cpp.exists() { (cpp, ("CXX", "c++")) } else { (c, ("CC", "cc")) };
-    let out_dir = root.join("target/c-targets");
-    std::fs::create_dir_all(&out_dir).expect("create target/c-targets");
-    let out = out_dir.join(if shared { format!("lib{name}.so") } else { name.to_string() });
-    let _built = build_lock();
-    if is_fresh(&out, &src) {
-        return out;
-    }
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = out_dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
-    let mut cmd = Command::new(std::env::var(compiler.0).unwrap_or_else(|_| compiler.1.into()));
-    cmd.args(["-O2", "-g", "-pthread"]);
-    if shared {
-        cmd.args(["-shared", "-fPIC"]);
-    }
-    let output = cmd.arg(&src).arg("-o").arg(&tmp).arg("-ldl").output().expect("run cc");
-    assert!(output.status.success(), "cc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&output.stderr));
-    std::fs::rename(&tmp, &out).expect("move binary into place");
-    out
+    let out = root.join("target/c-targets").join(if shared { format!("lib{name}.so") } else { name.to_string() });
+    build_cached(&src, out, "a C compiler is needed", |tmp| {
+        let mut cmd = Command::new(std::env::var(compiler.0).unwrap_or_else(|_| compiler.1.into()));
+        cmd.args(["-O2", "-g", "-pthread"]);
+        if shared {
+            cmd.args(["-shared", "-fPIC"]);
+        }
+        cmd.arg(&src).arg("-o").arg(tmp).arg("-ldl");
+        cmd
+    })
 }
 
 /// Compiles `examples/loaders/<name>.c` against the system's libbpf (cached under
@@ -137,25 +162,10 @@ pub fn build_target(name: &str, shared: bool) -> PathBuf {
 pub fn build_loader(name: &str) -> PathBuf {
     let root = crate::repo_root();
     let src = root.join("examples/loaders").join(format!("{name}.c"));
-    let dir = root.join("target/loaders");
-    std::fs::create_dir_all(&dir).expect("create target/loaders");
-    let out = dir.join(name);
-    let _built = build_lock();
-    if is_fresh(&out, &src) {
-        return out;
-    }
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
-    let o = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-O2", "-g"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&tmp)
-        .arg("-lbpf")
-        .output()
-        .expect("run cc");
-    assert!(o.status.success(), "cc {name} (libbpf-dev is needed: bash scripts/setup.sh):\n{}", String::from_utf8_lossy(&o.stderr));
-    std::fs::rename(&tmp, &out).expect("move the loader into place");
-    out
+    let out = root.join("target/loaders").join(name);
+    build_cached(&src, out, "libbpf-dev is needed: bash scripts/setup.sh", |tmp| {
+        let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+        cmd.args(["-O2", "-g"]).arg(&src).arg("-o").arg(tmp).arg("-lbpf");
+        cmd
+    })
 }

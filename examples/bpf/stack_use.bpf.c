@@ -1,0 +1,39 @@
+// Entry and return probes on the `stack_use` target's add(), with some helper work (a hash
+// update keyed by thread), to see how much of the application's stack a hit takes.
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 64);
+    __type(key, __u32);
+    __type(value, __u64);
+} hits SEC(".maps");
+
+static __always_inline void count(void)
+{
+    __u32 tid = bpf_get_current_pid_tgid();
+    __u64 one = 1, *n = bpf_map_lookup_elem(&hits, &tid);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    else
+        bpf_map_update_elem(&hits, &tid, &one, BPF_NOEXIST);
+}
+
+SEC("uprobe//proc/self/exe:add")
+int BPF_KPROBE(on_add)
+{
+    count();
+    return 0;
+}
+
+SEC("uretprobe//proc/self/exe:add")
+int BPF_KRETPROBE(on_add_return)
+{
+    count();
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,78 @@
+// A target measuring how much of the application's stack a probe hit uses: measure() paints
+// 64 KiB below its frame, calls add() (probed) and finds the lowest byte the call changed.
+// Usage: stack_use N [T]   (prints "stack used: B bytes" for N calls, then "sum S"; with T, then
+// runs T threads one after the other, each calling add() once, and prints "mappings grew by M":
+// how many lines /proc/self/maps gained over them, for what threads leave behind)
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PAINTED 65536
+
+__attribute__((noinline)) long add(long a, long b)
+{
+    __asm__ volatile("" ::: "memory");
+    return a + b;
+}
+
+__attribute__((noinline)) static void paint(void)
+{
+    volatile uint8_t below[PAINTED];
+    memset((void *)below, 0xa5, sizeof below);
+    __asm__ volatile("" ::: "memory");
+}
+
+__attribute__((noinline)) static long measure(long i, long *sum)
+{
+    uint8_t *frame = __builtin_frame_address(0);
+    paint();
+    *sum += add(i, i);
+    uint8_t *p = frame - PAINTED + 512;
+    while (p < frame && *p == 0xa5)
+        p++;
+    return frame - p;
+}
+
+static void *call_add(void *arg)
+{
+    *(long *)arg = add(1, 1);
+    return NULL;
+}
+
+static void run_thread(void)
+{
+    long r;
+    pthread_t t;
+    pthread_create(&t, NULL, call_add, &r);
+    pthread_join(t, NULL);
+}
+
+static long mappings(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    long lines = 0;
+    int c;
+    while ((c = fgetc(f)) != EOF)
+        lines += c == '\n';
+    fclose(f);
+    return lines;
+}
+
+int main(int argc, char **argv)
+{
+    long n = argc > 1 ? atol(argv[1]) : 3, sum = 0;
+    for (long i = 0; i < n; i++)
+        printf("stack used: %ld bytes\n", measure(i, &sum));
+    printf("sum %ld\n", sum);
+    if (argc > 2) {
+        long threads = atol(argv[2]);
+        run_thread(); // glibc keeps a finished thread's stack for the next one
+        long before = mappings();
+        for (long i = 0; i < threads; i++)
+            run_thread();
+        printf("mappings grew by %ld\n", mappings() - before);
+    }
+    return 0;
+}
