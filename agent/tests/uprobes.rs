@@ -244,6 +244,9 @@ fn probes_hit_from_signal_handlers_run_nested_and_never_crash() {
             let (calls, sum): (u64, u64) = (words[1].parse().unwrap(), words[3].parse().unwrap());
             assert!(calls > 5000, "{engine}: the handler ran (signals sent while add() was probed)");
             assert_eq!(words[5], "0", "{engine} run {run} ({mode}): the handler ran on a stack that is neither the thread's nor its signal stack");
+            if mode == "stack" {
+                assert_ne!(words[7], "0", "{engine} run {run}: signals landed while hits ran on the agent's stack");
+            }
             let region = ShmRegion::open(&s.name).unwrap();
             let misses: Vec<u64> = bpftime_runtime::progs::list(&region).iter().map(|p| p.recursion_misses).collect();
             let v: Vec<u64> = (0..4).map(|k| value(&s.maps[0], k)).collect();

@@ -228,12 +228,16 @@ struct HookThread {
     /// our code (`busy`), BLOCK (1) otherwise. The kernel reads it only on threads where
     /// dispatch is on.
     selector: Cell<u8>,
-    /// A stub runs on the handler stack (set and put back by the stubs themselves, around all
-    /// they do there): a hit in a signal handler meanwhile, wherever its stack, stays on it.
+    /// Something runs on the handler stack (set and put back by whoever runs there, around
+    /// all it does there), or a signal handler runs: a hit meanwhile stays where it is.
     stack_in_use: Cell<u8>,
-    /// The top of the thread's handler stack (0 until its first hit makes it): the stubs run
-    /// the handlers there, not on the application's stack, which may be a goroutine's few
-    /// kilobytes (see [`handler_stack`]).
+    /// The handler stack's release at the thread's exit: [`STACK_MAPPED`] once mapped (set by
+    /// the routine that maps it), [`STACK_REGISTERED`] once registered.
+    stack_release: Cell<u8>,
+    /// The top of the thread's handler stack (0 until its first hit maps it, then
+    /// [`NO_HANDLER_STACK`] once it has none): the stubs run the handlers there, not on the
+    /// application's stack, which may be a goroutine's few kilobytes (see
+    /// [`emit_handler_stack_switch`]).
     stack_top: Cell<u64>,
 }
 
@@ -241,6 +245,7 @@ const _: () = assert!(
     std::mem::size_of::<HookThread>() == 32
         && std::mem::offset_of!(HookThread, selector) == 16
         && std::mem::offset_of!(HookThread, stack_in_use) == 17
+        && std::mem::offset_of!(HookThread, stack_release) == 18
         && std::mem::offset_of!(HookThread, stack_top) == 24
 );
 
@@ -311,6 +316,7 @@ pub(crate) enum Admission {
 /// Whether a hit on this thread may run its handlers now; `Run` marks the thread busy.
 #[inline(always)]
 pub(crate) fn admit() -> Admission {
+    register_handler_stack();
     let t = thread();
     let st = t.state.get();
     if st.busy {
@@ -846,10 +852,7 @@ extern "C" fn return_site_dispatch(site: &Site, regs: &mut PtRegs) {
 #[cold]
 #[inline(never)]
 fn first_hit<R>(before: ThreadState, run: impl FnOnce() -> R) -> R {
-    let r = crate::signals::with_signals_deferred(|| {
-        register_handler_stack();
-        run()
-    });
+    let r = crate::signals::with_signals_deferred(run);
     leave(ThreadState { warm: true, ..before });
     r
 }
@@ -862,18 +865,96 @@ const HANDLER_STACK: usize = 256 << 10;
 /// could not be mapped, or was released at the thread's exit): hits stay on its own stack.
 const NO_HANDLER_STACK: u64 = 1;
 
-/// Has the thread's handler stack, which its first hit's stub mapped, released at its exit
-/// (see [`emit_handler_stack_switch`]).
-fn register_handler_stack() {
-    let top = thread().stack_top.get();
+/// [`HookThread::stack_release`]: the stack is mapped, not yet registered for release.
+const STACK_MAPPED: u8 = 1;
+/// [`HookThread::stack_release`]: the stack is registered (or cannot be).
+const STACK_REGISTERED: u8 = 2;
+
+/// Has the thread's handler stack, which a stub mapped, released at its exit (see
+/// [`emit_handler_stack_maker`]); one byte tested once done. Called at every hit.
+#[inline(always)]
+pub(crate) fn register_handler_stack() {
+    let t = thread();
+    if t.stack_release.get() == STACK_MAPPED {
+        register_handler_stack_now(t);
+    }
+}
+
+#[cold]
+fn register_handler_stack_now(t: &HookThread) {
+    t.stack_release.set(STACK_REGISTERED);
     let Some(HandlerStacks { key, .. }) = HANDLER_STACKS.get().copied().flatten() else { return };
-    // SAFETY: pthread_getspecific(3) of our key, for this thread.
-    if top <= NO_HANDLER_STACK || !unsafe { libc::pthread_getspecific(key) }.is_null() {
+    let top = t.stack_top.get();
+    if top <= NO_HANDLER_STACK {
         return;
     }
     // SAFETY: setting this thread's value of our key (pthread_setspecific(3)); a key in the
     // thread's first-level block (checked when it was made), so nothing is allocated.
     unsafe { libc::pthread_setspecific(key, (top - (HANDLER_STACK + PAGE) as u64) as *const libc::c_void) };
+}
+
+/// Runs `f` on this thread's handler stack (mapping it if the thread has none yet) with the
+/// stack pointer it left (`Some`: see [`back_on`]), or where it is (`None`) if the handler
+/// stack is in use or cannot be had. For work in a signal handler, which may run on a small
+/// signal stack (a goroutine's 32 KiB, a Rust thread's 8 KiB), while asynchronous signals are
+/// blocked: one landing while `rsp` is off the signal stack would be delivered over the
+/// handler's frame.
+pub(crate) fn on_handler_stack<R>(f: impl FnOnce(Option<u64>) -> R) -> R {
+    let t = thread();
+    if t.stack_in_use.get() != 0 {
+        return f(None);
+    }
+    let mut top = t.stack_top.get();
+    if top == 0 {
+        top = map_handler_stack();
+    }
+    if top <= NO_HANDLER_STACK {
+        return f(None);
+    }
+    register_handler_stack();
+    t.stack_in_use.set(1);
+    let r = on_stack(top - 16, |left| {
+        // The frame slot `in_signal_handler` reads, as a stub leaves it.
+        // SAFETY: the top 16 bytes of the mapped handler stack, which nothing else uses.
+        unsafe { std::ptr::write_volatile((top - 8) as *mut u64, left) };
+        f(Some(left))
+    });
+    t.stack_in_use.set(0);
+    r
+}
+
+/// Runs `f` back on the stack [`on_handler_stack`] left (`left`), below everything live there,
+/// or where it is (`None`).
+pub(crate) fn back_on<R>(left: Option<u64>, f: impl FnOnce() -> R) -> R {
+    match left {
+        Some(left_sp) => on_stack((left_sp - 128) & !15, |_| f()),
+        None => f(),
+    }
+}
+
+/// Maps this thread's handler stack outside a stub (the stubs' routine, called from here).
+fn map_handler_stack() -> u64 {
+    let Some(HandlerStacks { maker, .. }) = HANDLER_STACKS.get().copied().flatten() else { return NO_HANDLER_STACK };
+    let top: u64;
+    // SAFETY: the routine `emit_handler_stack_maker` emitted: called with r12 zero, it gives r12
+    // back zero, returns in rax and changes only the caller-saved registers declared here.
+    unsafe {
+        std::arch::asm!(
+            "call {maker}",
+            maker = in(reg) maker,
+            inout("r12") 0u64 => _,
+            out("rax") top,
+            out("rcx") _,
+            out("rdx") _,
+            out("rsi") _,
+            out("rdi") _,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+        );
+    }
+    top
 }
 
 /// What threads need to have handler stacks, made when the first probe is attached (a hit
@@ -940,6 +1021,7 @@ unsafe extern "C" fn release_handler_stack(base: *mut libc::c_void) {
 struct ThreadSlots {
     stack_top: u64,
     stack_in_use: u64,
+    stack_release: u64,
     selector: u64,
 }
 
@@ -949,7 +1031,12 @@ fn thread_slots() -> ThreadSlots {
     unsafe { std::arch::asm!("mov {b}, qword ptr fs:[0]", b = out(reg) fs_base, options(nostack, readonly)) };
     let t = thread();
     let slot = |p: u64| p.wrapping_sub(fs_base);
-    ThreadSlots { stack_top: slot(t.stack_top.as_ptr() as u64), stack_in_use: slot(t.stack_in_use.as_ptr() as u64), selector: slot(t.selector.as_ptr() as u64) }
+    ThreadSlots {
+        stack_top: slot(t.stack_top.as_ptr() as u64),
+        stack_in_use: slot(t.stack_in_use.as_ptr() as u64),
+        stack_release: slot(t.stack_release.as_ptr() as u64),
+        selector: slot(t.selector.as_ptr() as u64),
+    }
 }
 
 /// Emits a stub's move onto the thread's handler stack, unless something below uses it (a stub
@@ -975,10 +1062,10 @@ fn emit_handler_stack_switch(a: &mut CodeAssembler, maker: u64) -> Result<(), Ic
     a.cmp(rax, NO_HANDLER_STACK as i32)?;
     a.je(stay)?;
     a.set_label(&mut switch)?;
-    // The frame's address at the top, for a signal handler that lands on this stack (see
-    // `in_signal_handler`), before rsp gets there.
-    a.mov(qword_ptr(rax - 8), rbx)?;
+    // Taken, then the frame's address at the top, for a signal handler that lands on this
+    // stack (see `in_signal_handler`), before rsp gets there.
     a.mov(byte_ptr(slots.stack_in_use).fs(), 1)?;
+    a.mov(qword_ptr(rax - 8), rbx)?;
     a.lea(rsp, ptr(rax - 16))?;
     a.set_label(&mut stay)?;
     Ok(())
@@ -1018,6 +1105,7 @@ fn emit_handler_stack_maker(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.xor(edx, edx)?;
     a.syscall()?;
     a.lea(rax, ptr(rdi + (HANDLER_STACK + PAGE) as i32))?;
+    a.mov(byte_ptr(slots.stack_release).fs(), STACK_MAPPED as u32)?;
     a.set_label(&mut done)?;
     a.mov(qword_ptr(slots.stack_top).fs(), rax)?;
     a.mov(byte_ptr(slots.selector).fs(), r12b)?;
@@ -1187,6 +1275,17 @@ fn build_return_site(func: &'static Site, window: &[Instruction]) -> Result<&'st
 /// Whether return probes patch functions' `ret`s where they can (see [`set_return_patching`]).
 static PATCH_RETURNS: AtomicBool = AtomicBool::new(true);
 
+static USE_HANDLER_STACKS: AtomicBool = AtomicBool::new(true);
+
+/// Whether stubs made from now on run hits on the thread's handler stack (`true`, the default).
+/// Only where every signal handler of the process is behind our wrapper (see
+/// [`in_signal_handler`]), which the agent's `sigaction` and `signal` see to when it is
+/// preloaded: a hit in a handler it does not know of, on a signal stack, would leave that stack
+/// with the handler's frames live on it. An agent loaded into a running process knows none.
+pub fn set_handler_stacks(on: bool) {
+    USE_HANDLER_STACKS.store(on, Ordering::Relaxed);
+}
+
 /// Return probes attached from now on patch the function's `ret`s where they can (`true`, the
 /// default) or always replace the return address at entry (`false`: to compare the two, and
 /// to test the shadow stack's path).
@@ -1306,7 +1405,7 @@ impl HitStack {
     /// Where probe hits run: on the handler stack, if threads can have one released at their
     /// exit (see [`handler_stacks`], made before the first stub).
     fn for_hits() -> HitStack {
-        if HANDLER_STACKS.get().copied().flatten().is_some() {
+        if USE_HANDLER_STACKS.load(Ordering::Relaxed) && HANDLER_STACKS.get().copied().flatten().is_some() {
             HitStack::Agent
         } else {
             HitStack::Application
@@ -1694,7 +1793,7 @@ fn emit_probe_call(
         None => a.mov(qword_ptr(rsp + pt::IP), 0i32)?,
     }
     a.mov(rbx, rsp)?;
-    let handler_stacks = handler_stacks().filter(|_| stack == HitStack::Agent);
+    let handler_stacks = if stack == HitStack::Agent { handler_stacks() } else { None };
     if let Some(h) = handler_stacks {
         emit_handler_stack_switch(a, h.maker)?;
     }
@@ -2138,7 +2237,7 @@ pub(crate) fn syscall_stub(near: u64, context: u64, dispatch: u64) -> Result<u64
     let page = patch::alloc_near(near, PAGE).ok_or(AttachError::NoNearMemory(near))?;
     let code = (|| -> Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(64)?;
-        emit_probe_call(&mut a, PointKind::MidFunction, HitStack::Application, VectorSave::everything(), None, Some(context), dispatch)?;
+        emit_probe_call(&mut a, PointKind::MidFunction, HitStack::for_hits(), VectorSave::everything(), None, Some(context), dispatch)?;
         a.jmp(r11)?;
         a.assemble(page)
     })()
@@ -2439,13 +2538,17 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     let t = thread();
     let before = t.state.get();
     let in_use = t.stack_in_use.get();
+    // The selector as the interrupted flow had it (code of ours may hold it at ALLOW with the
+    // thread not busy: the routine that maps a handler stack).
+    let selector = t.selector.get();
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     let r = match interrupted_stub_frame(t) {
-        Some(frame) => on_stack(frame, f),
+        Some(frame) => on_stack((frame - 128) & !15, |_| f()),
         None => f(),
     };
     leave(before);
+    t.selector.set(selector);
     t.stack_in_use.set(in_use);
     r
 }
@@ -2465,36 +2568,38 @@ fn interrupted_stub_frame(t: &HookThread) -> Option<u64> {
     Some(unsafe { std::ptr::read_volatile((top - 8) as *const u64) })
 }
 
-/// Runs `f` with the stack pointer at `below` (less the red zone, aligned), on whatever stack
-/// that is, and comes back.
-fn on_stack<R, F: FnOnce() -> R>(below: u64, f: F) -> R {
+/// Runs `f` with the stack pointer at `new_sp` (16-aligned), on whatever stack that is, and
+/// comes back; `f` gets the stack pointer it left, below which nothing of ours is live.
+fn on_stack<R, F: FnOnce(u64) -> R>(new_sp: u64, f: F) -> R {
     struct Job<F, R> {
         f: Option<F>,
         r: Option<std::thread::Result<R>>,
     }
-    extern "C" fn trampoline<F: FnOnce() -> R, R>(job: *mut Job<F, R>) {
+    extern "C" fn trampoline<F: FnOnce(u64) -> R, R>(job: *mut Job<F, R>, left: u64) {
         // SAFETY: the Job below, alive across the call; only this call touches it.
         let job = unsafe { &mut *job };
         if let Some(f) = job.f.take() {
             // No unwinding through the frames of the stack switch.
-            job.r = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+            job.r = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(left))));
         }
     }
     let mut job = Job { f: Some(f), r: None };
-    let new_sp = (below - 128) & !15;
-    // SAFETY: `new_sp` lies below everything live on its stack (the caller says so: the frame of the
-    // stub that left it, and its red zone). The call runs the trampoline there with the Job's
-    // address and comes back with every callee-saved register kept (r12 holds our stack
-    // pointer across it); caller-saved ones are declared clobbered.
+    // SAFETY: `new_sp` lies below everything live on its stack (the caller says so). The call
+    // runs the trampoline there with the Job's address and the stack pointer left (nothing
+    // below it is live: the block may push, so no red zone is in use) and comes back with
+    // every callee-saved register kept (r12 holds our stack pointer across it); caller-saved
+    // ones are declared clobbered.
     unsafe {
         std::arch::asm!(
             "mov r12, rsp",
+            "mov rsi, rsp",
             "mov rsp, {new_sp}",
             "call {tramp}",
             "mov rsp, r12",
             new_sp = in(reg) new_sp,
-            tramp = in(reg) trampoline::<F, R> as extern "C" fn(*mut Job<F, R>) as usize,
+            tramp = in(reg) trampoline::<F, R> as extern "C" fn(*mut Job<F, R>, u64) as usize,
             in("rdi") &mut job as *mut Job<F, R>,
+            out("rsi") _,
             out("r12") _,
             clobber_abi("C"),
         );

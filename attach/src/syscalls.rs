@@ -210,6 +210,18 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
 const SIGSYS_BIT: u64 = 1 << (libc::SIGSYS - 1);
 /// Bits no mask may hold.
 const UNBLOCKABLE: u64 = SIGSYS_BIT | 1 << (libc::SIGKILL - 1) | 1 << (libc::SIGSTOP - 1);
+/// What our SIGSYS handler blocks while it runs: every asynchronous signal (its work runs on
+/// the thread's handler stack, off the signal stack, where one must not land), not the faults
+/// and traps, which are the thread's own doing (and SIGTRAP runs int3 probes).
+const SIGSYS_HANDLER_MASK: u64 =
+    !(UNBLOCKABLE | 1 << (libc::SIGSEGV - 1) | 1 << (libc::SIGBUS - 1) | 1 << (libc::SIGILL - 1) | 1 << (libc::SIGFPE - 1) | 1 << (libc::SIGTRAP - 1));
+
+/// Sets this thread's signal mask (rt_sigprocmask(2) `SIG_SETMASK`, made directly: the
+/// selector allows our calls).
+fn set_signal_mask(mask: u64) {
+    // SAFETY: rt_sigprocmask with a valid 8-byte set and no old set.
+    unsafe { raw_syscall(libc::SYS_rt_sigprocmask as u64, [libc::SIG_SETMASK as u64, &mask as *const u64 as u64, 0, 8, 0, 0]) };
+}
 
 /// `rt_sigprocmask(how, set, oldset, size)` on `mask` (the mask the thread will run with).
 fn emulate_sigprocmask(mask: &mut u64, a: [u64; 4]) -> u64 {
@@ -295,38 +307,50 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     let was = unsafe { selector.replace(0) };
     // SAFETY: the kernel passes valid siginfo and ucontext to an SA_SIGINFO handler.
     let (code, uc) = unsafe { ((*info).si_code, &mut *(ctx as *mut libc::ucontext_t)) };
+    // SAFETY: sigset_t starts with the 64 signals' bits on x86-64.
+    let uc_mask = unsafe { &mut *(&mut uc.uc_sigmask as *mut libc::sigset_t as *mut u64) };
     if code != SYS_USER_DISPATCH {
-        // A seccomp SIGSYS, or one sent by someone: the application's.
+        // A seccomp SIGSYS, or one sent by someone: the application's, with its mask.
+        set_signal_mask(*uc_mask);
         // SAFETY: restoring the byte we saved.
         unsafe { selector.write(was) };
         crate::signals::forward(sig, info, ctx);
         return;
     }
-    // SAFETY: sigset_t starts with the 64 signals' bits on x86-64.
-    let uc_mask = unsafe { &mut *(&mut uc.uc_sigmask as *mut libc::sigset_t as *mut u64) };
     let g = &mut uc.uc_mcontext.gregs;
     // The `syscall` instruction: the thread stopped after it.
     let site = (g[libc::REG_RIP as usize] as u64).wrapping_sub(2);
     let mut regs = PtRegs::from_gregs(g);
-    around_call(&mut regs, |regs, skip| {
-        if let (Some(rc), false) = (skip, in_place(regs.orig_ax)) {
-            // Not made: its result, and what the `syscall` instruction leaves in rcx and r11.
-            g[libc::REG_RAX as usize] = rc as i64;
-            g[libc::REG_RCX as usize] = g[libc::REG_RIP as usize];
-            g[libc::REG_R11 as usize] = g[libc::REG_EFL as usize];
-            regs.ax = rc;
-            return true;
+    // The handlers (and the rewriting) on the thread's handler stack: the signal may have
+    // landed on a small stack (a goroutine's, or a signal stack). The call itself back where
+    // the signal landed, with the application's mask: it may block, and signals must reach
+    // the application meanwhile.
+    hook::on_handler_stack(|left| {
+        around_call(&mut regs, |regs, skip| {
+            if let (Some(rc), false) = (skip, in_place(regs.orig_ax)) {
+                // Not made: its result, and what the `syscall` instruction leaves in rcx and r11.
+                g[libc::REG_RAX as usize] = rc as i64;
+                g[libc::REG_RCX as usize] = g[libc::REG_RIP as usize];
+                g[libc::REG_R11 as usize] = g[libc::REG_EFL as usize];
+                regs.ax = rc;
+                return true;
+            }
+            let performed = hook::back_on(left, || {
+                set_signal_mask(*uc_mask);
+                let performed = perform(g, uc_mask);
+                set_signal_mask(*uc_mask | SIGSYS_HANDLER_MASK);
+                performed
+            });
+            regs.ax = g[libc::REG_RAX as usize] as u64;
+            performed && !in_place(regs.orig_ax)
+        });
+        // The next call from here takes a jump instead of a signal, where one can be put in
+        // (our own work: its calls are not the application's). Not for calls that never
+        // return: the process (or thread) ends, and patching costs more than a signal.
+        if !matches!(regs.orig_ax as i64, libc::SYS_exit | libc::SYS_exit_group) {
+            hook::without_probes(|| rewrite_once(site));
         }
-        let ran_here = perform(g, uc_mask) && !in_place(regs.orig_ax);
-        regs.ax = g[libc::REG_RAX as usize] as u64;
-        ran_here
     });
-    // The next call from here takes a jump instead of a signal, where one can be put in (our
-    // own work: its calls are not the application's). Not for calls that never return: the
-    // process (or thread) ends, and patching costs more than a signal.
-    if !matches!(regs.orig_ax as i64, libc::SYS_exit | libc::SYS_exit_group) {
-        hook::without_probes(|| rewrite_once(site));
-    }
     // SAFETY: back to what the interrupted flow had (BLOCK for application code); the return
     // goes through our restorer, in the allowed range.
     unsafe { selector.write(was) };
@@ -552,9 +576,11 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     const SA_RESTORER: u64 = 0x0400_0000;
     let act = KernelSigaction {
         handler: on_sigsys as *const () as usize,
-        flags: (libc::SA_SIGINFO | libc::SA_NODEFER) as u64 | SA_RESTORER,
+        // On the thread's signal stack where it has one (a goroutine's stack has no room for
+        // the kernel's signal frame).
+        flags: (libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_ONSTACK) as u64 | SA_RESTORER,
         restorer: page as usize,
-        mask: 0,
+        mask: SIGSYS_HANDLER_MASK,
     };
     let mut old = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
     // SAFETY: the kernel's struct sigaction layout on x86-64, valid pointers, 8-byte mask.

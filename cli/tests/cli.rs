@@ -1255,6 +1255,32 @@ fn run_map_values(stderr: &str, map: &str) -> Vec<u64> {
     m["entries"].as_array().unwrap().iter().map(|e| e["value"]["u64"].as_u64().unwrap()).collect()
 }
 
+/// A Go program's goroutines make system calls and call a probed Go function on stacks that
+/// start at 2 KiB: system call interception (the signal's frame on the thread's signal stack,
+/// the handlers on the agent's) and the probes leave them alone, and count exactly: 2,000
+/// goroutines each writing one byte 50 times and calling `main.add` as often, 3 runs.
+#[test]
+fn system_calls_and_probes_of_goroutines_are_counted_exactly() {
+    let obj = build_example("go_calls");
+    let target = bpftime_tests::clang::build_go_target("goroutines");
+    for run in 0..3 {
+        let shm = format!("bpftime-cli-go-{}", std::process::id());
+        bpftime_tests::remove_region(&shm);
+        let out = Command::new(env!("CARGO_BIN_EXE_bpftime"))
+            .args(["--shm", &shm, "run", obj.to_str().unwrap(), "--json", "--"])
+            .arg(&target)
+            .args(["2000", "write"])
+            .output()
+            .unwrap();
+        bpftime_tests::remove_region(&shm);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "run {run}: {err}");
+        assert_eq!(text(&out.stdout).trim(), format!("sum {}", 2000 * 1275), "run {run}");
+        let calls = 100_000;
+        assert_eq!(run_map_values(&err, "go_stats"), [calls, 2000 * 1275, calls, 2000 * 1275, calls, calls], "run {run}: {err}");
+    }
+}
+
 /// `uprobe.multi` / `uretprobe.multi` sections with a glob attach to every function of the
 /// binary it matches, as libbpf attaches them: `*a??` on the `calls` target is add, fact, main,
 /// _start and what else the C runtime names so (gcc's `__do_global_dtors_aux`), each entry and

@@ -1083,6 +1083,40 @@ fn bpftrace_counts_every_call_of_eight_threads_like_the_kernel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// bpftrace on a Go program (cgo): a uprobe on a Go function (its arguments in Go's registers,
+/// read with `reg()`) and the program's one-byte writes, made by 2,000 goroutines on stacks
+/// that start at 2 KiB, count what the kernel counts.
+#[test]
+fn bpftrace_counts_a_go_programs_calls_and_writes_like_the_kernel() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    let target = bpftime_tests::clang::build_go_target("goroutines");
+    let script = format!(
+        "uprobe:{}:main.add {{ @calls = count(); @sum = sum(reg(\"ax\") + reg(\"bx\")); }} \
+         tracepoint:syscalls:sys_enter_write /comm == \"goroutines\"/ {{ @writes[args->count] = count(); }}",
+        target.display()
+    );
+    let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-go-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-bpftrace-go-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&target).args(["2000", "write"]), &dir.join("ours"), true);
+    let ours = bpftrace_result(&out);
+    assert!(ours.contains("@calls: 100000") && ours.contains(&format!("@sum: {}", 2000 * 1275)), "{out}");
+    assert!(ours.contains("@writes[1]: 100000"), "{out}");
+    bpftime_tests::remove_region(&shm);
+    if is_root() {
+        let mut kernel = Command::new(&bpftrace);
+        kernel.args(["-e", &script]);
+        let out = tool_session(kernel, None, Command::new(&target).args(["2000", "write"]), &dir.join("kernel"), true);
+        assert_eq!(ours, bpftrace_result(&out), "the same counts on the kernel");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// bpftrace's USDT probes (its own ELF-note parsing, argument specs and semaphore handling):
 /// counts and argument sums of a `<sys/sdt.h>` target equal the kernel's, the guarded probe
 /// firing because bpftrace raised its semaphore through us as through the kernel.

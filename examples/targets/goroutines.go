@@ -1,7 +1,9 @@
 // A Go target (cgo, so that it links libc and LD_PRELOAD applies): GOROUTINES goroutines each
 // call add(i, 1) through a recursion 0 to 23 frames deep, for i < 50, on their own stacks,
 // which start at 2 KiB and grow only from Go code. Prints "sum S" (every goroutine sums 1275).
-// Usage: goroutines [GOROUTINES]
+// With `write`, each call at the bottom of the recursion also writes one byte to /dev/null (a
+// system call from the goroutine's stack).
+// Usage: goroutines [GOROUTINES [write]]
 package main
 
 // #include <stdlib.h>
@@ -17,9 +19,14 @@ import (
 //go:noinline
 func add(a, b int) int { return a + b }
 
+var devNull *os.File
+
 //go:noinline
 func deep(n, i int) int {
 	if n == 0 {
+		if devNull != nil {
+			devNull.Write([]byte{'x'})
+		}
 		return add(i, 1)
 	}
 	var buf [40]byte
@@ -31,6 +38,9 @@ func main() {
 	count := 2000
 	if len(os.Args) > 1 {
 		count, _ = strconv.Atoi(os.Args[1])
+	}
+	if len(os.Args) > 2 && os.Args[2] == "write" {
+		devNull, _ = os.OpenFile("/dev/null", os.O_WRONLY, 0)
 	}
 	var wg sync.WaitGroup
 	sums := make([]int, count)

@@ -6,14 +6,16 @@
 // results; with `altstack` the handler is installed with sigaction on an alternate signal
 // stack, else with signal(); with `highaltstack` the loop runs on a thread whose stack lies
 // below its signal stack, as a coroutine's or a thread's in static memory may). The line ends
-// with "foreign F": how many times the handler ran on a stack that was neither the thread's
-// nor its signal stack.
+// with "foreign F elsewhere E": how many times the handler ran on a stack that was neither the
+// thread's nor its signal stack (F), and how many times the signal interrupted code running on
+// such a stack (E: a probe's handlers, on the agent's stack).
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ucontext.h>
 
 volatile long last_sum;
 
@@ -30,11 +32,22 @@ static pthread_t main_thread;
 // The looping thread's stack and its signal stack.
 static char *stack_lo, *stack_hi, *alt_lo, *alt_hi;
 
-static void on_usr1(int sig)
+static volatile long elsewhere;
+
+static int on_known_stack(char *p)
+{
+    return (p >= stack_lo && p < stack_hi) || (p >= alt_lo && p < alt_hi);
+}
+
+// On x86-64 every handler gets the signal's context, installed with SA_SIGINFO or not.
+static void on_usr1(int sig, siginfo_t *info, void *context)
 {
     (void)sig;
-    char *here = __builtin_frame_address(0);
-    if (!(here >= stack_lo && here < stack_hi) && !(here >= alt_lo && here < alt_hi))
+    (void)info;
+    ucontext_t *uc = context;
+    if (!on_known_stack((char *)uc->uc_mcontext.gregs[REG_RSP]))
+        elsewhere++;
+    if (!on_known_stack(__builtin_frame_address(0)))
         foreign++;
     handler_sum += add(handler_calls, 7);
     handler_calls++;
@@ -96,11 +109,12 @@ int main(int argc, char **argv)
     if (alt) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_usr1;
-        sa.sa_flags = SA_RESTART | SA_ONSTACK;
+        sa.sa_sigaction = on_usr1;
+        sa.sa_flags = SA_SIGINFO;
+        sa.sa_flags |= SA_RESTART | SA_ONSTACK;
         sigaction(SIGUSR1, &sa, NULL);
     } else {
-        signal(SIGUSR1, on_usr1);
+        signal(SIGUSR1, (void (*)(int))on_usr1);
     }
     if (strcmp(mode, "highaltstack") == 0) {
         // The loop on a thread whose stack is below its signal stack.
@@ -117,10 +131,10 @@ int main(int argc, char **argv)
     // What the application reads back is the handler it installed.
     struct sigaction now;
     sigaction(SIGUSR1, NULL, &now);
-    if (now.sa_handler != on_usr1) {
+    if (now.sa_sigaction != on_usr1) {
         printf("sigaction reports another handler\n");
         return 1;
     }
-    printf("calls %ld sum %ld foreign %ld\n", work_calls + handler_calls, work_sum + handler_sum, foreign);
+    printf("calls %ld sum %ld foreign %ld elsewhere %ld\n", work_calls + handler_calls, work_sum + handler_sum, foreign, elsewhere);
     return 0;
 }
