@@ -231,9 +231,8 @@ struct HookThread {
     /// Something runs on the handler stack (set and put back by whoever runs there, around
     /// all it does there), or a signal handler runs: a hit meanwhile stays where it is.
     stack_in_use: Cell<u8>,
-    /// The handler stack's release at the thread's exit: [`STACK_MAPPED`] once mapped (set by
-    /// the routine that maps it), [`STACK_REGISTERED`] once registered.
-    stack_release: Cell<u8>,
+    /// The handler stack is registered for release at the thread's exit.
+    stack_registered: Cell<u8>,
     /// The top of the thread's handler stack (0 until its first hit maps it, then
     /// [`NO_HANDLER_STACK`] once it has none): the stubs run the handlers there, not on the
     /// application's stack, which may be a goroutine's few kilobytes (see
@@ -245,7 +244,7 @@ const _: () = assert!(
     std::mem::size_of::<HookThread>() == 32
         && std::mem::offset_of!(HookThread, selector) == 16
         && std::mem::offset_of!(HookThread, stack_in_use) == 17
-        && std::mem::offset_of!(HookThread, stack_release) == 18
+        && std::mem::offset_of!(HookThread, stack_registered) == 18
         && std::mem::offset_of!(HookThread, stack_top) == 24
 );
 
@@ -316,7 +315,6 @@ pub(crate) enum Admission {
 /// Whether a hit on this thread may run its handlers now; `Run` marks the thread busy.
 #[inline(always)]
 pub(crate) fn admit() -> Admission {
-    register_handler_stack();
     let t = thread();
     let st = t.state.get();
     if st.busy {
@@ -852,6 +850,7 @@ extern "C" fn return_site_dispatch(site: &Site, regs: &mut PtRegs) {
 #[cold]
 #[inline(never)]
 fn first_hit<R>(before: ThreadState, run: impl FnOnce() -> R) -> R {
+    register_handler_stack();
     let r = crate::signals::with_signals_deferred(run);
     leave(ThreadState { warm: true, ..before });
     r
@@ -865,32 +864,21 @@ const HANDLER_STACK: usize = 256 << 10;
 /// could not be mapped, or was released at the thread's exit): hits stay on its own stack.
 const NO_HANDLER_STACK: u64 = 1;
 
-/// [`HookThread::stack_release`]: the stack is mapped, not yet registered for release.
-const STACK_MAPPED: u8 = 1;
-/// [`HookThread::stack_release`]: the stack is registered (or cannot be).
-const STACK_REGISTERED: u8 = 2;
-
 /// Has the thread's handler stack, which a stub mapped, released at its exit (see
-/// [`emit_handler_stack_maker`]); one byte tested once done. Called at every hit.
-#[inline(always)]
+/// [`emit_handler_stack_maker`], which makes the thread's next admitted probe hit a first hit
+/// again, which calls this; system call dispatch calls it too).
 pub(crate) fn register_handler_stack() {
     let t = thread();
-    if t.stack_release.get() == STACK_MAPPED {
-        register_handler_stack_now(t);
-    }
-}
-
-#[cold]
-fn register_handler_stack_now(t: &HookThread) {
-    t.stack_release.set(STACK_REGISTERED);
-    let Some(HandlerStacks { key, .. }) = HANDLER_STACKS.get().copied().flatten() else { return };
-    let top = t.stack_top.get();
-    if top <= NO_HANDLER_STACK {
+    if t.stack_registered.get() != 0 || t.stack_top.get() <= NO_HANDLER_STACK {
         return;
     }
+    let Some(HandlerStacks { key, .. }) = HANDLER_STACKS.get().copied().flatten() else { return };
+    let base = t.stack_top.get() - (HANDLER_STACK + PAGE) as u64;
     // SAFETY: setting this thread's value of our key (pthread_setspecific(3)); a key in the
     // thread's first-level block (checked when it was made), so nothing is allocated.
-    unsafe { libc::pthread_setspecific(key, (top - (HANDLER_STACK + PAGE) as u64) as *const libc::c_void) };
+    if unsafe { libc::pthread_setspecific(key, base as *const libc::c_void) } == 0 {
+        t.stack_registered.set(1);
+    }
 }
 
 /// Runs `f` on this thread's handler stack (mapping it if the thread has none yet) with the
@@ -1021,7 +1009,7 @@ unsafe extern "C" fn release_handler_stack(base: *mut libc::c_void) {
 struct ThreadSlots {
     stack_top: u64,
     stack_in_use: u64,
-    stack_release: u64,
+    warm: u64,
     selector: u64,
 }
 
@@ -1034,7 +1022,7 @@ fn thread_slots() -> ThreadSlots {
     ThreadSlots {
         stack_top: slot(t.stack_top.as_ptr() as u64),
         stack_in_use: slot(t.stack_in_use.as_ptr() as u64),
-        stack_release: slot(t.stack_release.as_ptr() as u64),
+        warm: slot(t.state.as_ptr() as u64 + std::mem::offset_of!(ThreadState, warm) as u64),
         selector: slot(t.selector.as_ptr() as u64),
     }
 }
@@ -1105,7 +1093,8 @@ fn emit_handler_stack_maker(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.xor(edx, edx)?;
     a.syscall()?;
     a.lea(rax, ptr(rdi + (HANDLER_STACK + PAGE) as i32))?;
-    a.mov(byte_ptr(slots.stack_release).fs(), STACK_MAPPED as u32)?;
+    // The next admitted hit is a first hit again: it registers the stack.
+    a.mov(byte_ptr(slots.warm).fs(), 0)?;
     a.set_label(&mut done)?;
     a.mov(qword_ptr(slots.stack_top).fs(), rax)?;
     a.mov(byte_ptr(slots.selector).fs(), r12b)?;

@@ -477,6 +477,8 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
 /// handlers' enter and exit, when this thread may run them; the call happens either way unless
 /// a handler asked otherwise.
 fn around_call(regs: &mut PtRegs, call: impl FnOnce(&mut PtRegs, Option<u64>) -> bool) {
+    // A thread whose hits are all system calls has its handler stack released too.
+    hook::register_handler_stack();
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
             let skip = h.on_enter(regs, level);
