@@ -364,7 +364,7 @@ fn shadow(level: usize) -> *mut ShadowStack {
     let s = &t.shadow;
     let mut p = s.get();
     if p.is_null() && level == 0 {
-        // One per thread, kept for the life of the process (threads that probe are few).
+        // One per thread, freed at its exit with its handler stack when empty.
         // Allocated zeroed in place: built on the stack first (as `Box::new` may), its
         // 96 KiB would overflow a signal handler's alternate stack.
         // SAFETY: the layout has a non-zero size; all-zero bytes are an empty stack (a
@@ -852,6 +852,8 @@ extern "C" fn return_site_dispatch(site: &Site, regs: &mut PtRegs) {
 fn first_hit<R>(before: ThreadState, run: impl FnOnce() -> R) -> R {
     register_handler_stack();
     let r = crate::signals::with_signals_deferred(run);
+    // One mapped meanwhile (by a stub in our own work, whose `warm` the flow then kept).
+    register_handler_stack();
     leave(ThreadState { warm: true, ..before });
     r
 }
@@ -861,7 +863,7 @@ fn first_hit<R>(before: ThreadState, run: impl FnOnce() -> R) -> R {
 const HANDLER_STACK: usize = 256 << 10;
 
 /// The value of a thread's `stack_top` once it has no handler stack and will have none (it
-/// could not be mapped, or was released at the thread's exit): hits stay on its own stack.
+/// could not be mapped): hits stay on its own stack.
 const NO_HANDLER_STACK: u64 = 1;
 
 /// Has the thread's handler stack, which a stub mapped, released at its exit (see
@@ -879,6 +881,7 @@ pub(crate) fn register_handler_stack() {
     if unsafe { libc::pthread_setspecific(key, base as *const libc::c_void) } == 0 {
         t.stack_registered.set(1);
     }
+    unmap_dead_threads_stacks();
 }
 
 /// Runs `f` on this thread's handler stack (mapping it if the thread has none yet) with the
@@ -901,12 +904,9 @@ pub(crate) fn on_handler_stack<R>(f: impl FnOnce(Option<u64>) -> R) -> R {
     }
     register_handler_stack();
     t.stack_in_use.set(1);
-    let r = on_stack(top - 16, |left| {
-        // The frame slot `in_signal_handler` reads, as a stub leaves it.
-        // SAFETY: the top 16 bytes of the mapped handler stack, which nothing else uses.
-        unsafe { std::ptr::write_volatile((top - 8) as *mut u64, left) };
-        f(Some(left))
-    });
+    // The frame slot `in_signal_handler` reads, written as the stubs write it, before the
+    // stack pointer gets there.
+    let r = on_stack_leaving(top - 16, top - 8, |left| f(Some(left)));
     t.stack_in_use.set(0);
     r
 }
@@ -915,7 +915,7 @@ pub(crate) fn on_handler_stack<R>(f: impl FnOnce(Option<u64>) -> R) -> R {
 /// or where it is (`None`).
 pub(crate) fn back_on<R>(left: Option<u64>, f: impl FnOnce() -> R) -> R {
     match left {
-        Some(left_sp) => on_stack((left_sp - 128) & !15, |_| f()),
+        Some(left_sp) => on_stack_leaving((left_sp - 128) & !15, 0, |_| f()),
         None => f(),
     }
 }
@@ -948,7 +948,7 @@ fn map_handler_stack() -> u64 {
 /// What threads need to have handler stacks, made when the first probe is attached (a hit
 /// must not be the first to make them).
 #[derive(Clone, Copy)]
-struct HandlerStacks {
+pub(crate) struct HandlerStacks {
     /// The pthread key whose destructor releases a thread's handler stack. Only a key that
     /// glibc keeps in the thread's own block (the first 32, `PTHREAD_KEY_2NDLEVEL_SIZE`) is
     /// used: setting a later one may allocate, and a first hit can come with the allocator's
@@ -961,7 +961,7 @@ struct HandlerStacks {
 static HANDLER_STACKS: OnceLock<Option<HandlerStacks>> = OnceLock::new();
 
 /// Makes [`HANDLER_STACKS`] (once); None where threads cannot have handler stacks.
-fn handler_stacks() -> Option<HandlerStacks> {
+pub(crate) fn handler_stacks() -> Option<HandlerStacks> {
     *HANDLER_STACKS.get_or_init(|| {
         let page = patch::alloc_near(release_handler_stack as *const () as u64, PAGE)?;
         let code = (|| -> Result<Vec<u8>, IcedError> {
@@ -988,19 +988,59 @@ fn handler_stacks() -> Option<HandlerStacks> {
     })
 }
 
-/// The destructor of [`HandlerStacks::key`]: unmaps the exiting thread's handler stack (at `base`).
+/// The destructor of [`HandlerStacks::key`]: the exiting thread's handler stack (at `base`)
+/// is unmapped once the thread is gone, by a thread that maps or lets go of one later (the
+/// thread's last system calls, after the destructors, still run their handlers on it).
 unsafe extern "C" fn release_handler_stack(base: *mut libc::c_void) {
     let t = thread();
-    // Hits from here on stay on the thread's own stack, and the unmapping is ours: no probe
-    // sees it.
-    t.stack_top.set(NO_HANDLER_STACK);
     let before = t.state.get();
     set_state(t, ThreadState { busy: true, ..before });
-    // SAFETY: the mapping the thread's first hit made (`emit_handler_stack_switch`), which no hit runs on now
-    // (this destructor runs in the thread's own flow, after its last hit, and the top is
-    // cleared).
-    unsafe { libc::munmap(base, HANDLER_STACK + PAGE) };
+    // SAFETY: gettid(2) cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
+    if let Some(slot) = DYING_STACKS.iter().find(|d| d.base.compare_exchange(0, base as u64, Ordering::AcqRel, Ordering::Relaxed).is_ok()) {
+        slot.tid.store(tid, Ordering::Release);
+    }
+    unmap_dead_threads_stacks();
+    // The shadow stack goes too, if no return probe's frame is in it (a probed function still
+    // on the stack, such as one that runs the destructors, would return through it).
+    let shadow = t.shadow.get();
+    // SAFETY: this thread's shadow stack (from `shadow`), which only this thread touches.
+    if !shadow.is_null() && unsafe { (*shadow).len } == 0 {
+        t.shadow.set(std::ptr::null_mut());
+        // SAFETY: allocated by `shadow` with this layout, no longer reachable.
+        unsafe { std::alloc::dealloc(shadow as *mut u8, std::alloc::Layout::new::<ShadowStack>()) };
+    }
     leave(before);
+}
+
+/// A handler stack whose thread exited: its mapping, and the thread (0 until known).
+struct DyingStack {
+    base: AtomicU64,
+    tid: AtomicU64,
+}
+
+/// Handler stacks waiting for their threads to be gone (more are never unmapped).
+static DYING_STACKS: [DyingStack; 256] = [const { DyingStack { base: AtomicU64::new(0), tid: AtomicU64::new(0) } }; 256];
+
+/// Unmaps the handler stacks whose threads are gone (tgkill(2) with signal 0: ESRCH).
+fn unmap_dead_threads_stacks() {
+    // SAFETY: getpid(2) cannot fail.
+    let pid = unsafe { libc::getpid() };
+    for d in &DYING_STACKS {
+        let (base, tid) = (d.base.load(Ordering::Acquire), d.tid.load(Ordering::Acquire));
+        if base == 0 || tid == 0 {
+            continue;
+        }
+        // SAFETY: tgkill(2) with signal 0 only checks that the thread exists.
+        let gone =
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid as libc::pid_t, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && d.base.compare_exchange(base, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            d.tid.store(0, Ordering::Release);
+            // SAFETY: the handler stack `emit_handler_stack_maker` mapped for a thread that no
+            // longer exists, taken out of the list by this call alone.
+            unsafe { libc::munmap(base as *mut libc::c_void, HANDLER_STACK + PAGE) };
+        }
+    }
 }
 
 /// Where a thread's handler stack top, its in-use byte and its system call selector are kept,
@@ -2508,6 +2548,8 @@ pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
     let before = t.state.get();
     set_state(t, ThreadState { busy: true, agent: true, ..before });
     let r = f();
+    // A handler stack a stub mapped in our own work (`leave` gives the thread its `warm` back).
+    register_handler_stack();
     leave(before);
     r
 }
@@ -2533,7 +2575,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     let r = match interrupted_stub_frame(t) {
-        Some(frame) => on_stack((frame - 128) & !15, |_| f()),
+        Some(frame) => on_stack_leaving((frame - 128) & !15, 0, |_| f()),
         None => f(),
     };
     leave(before);
@@ -2558,8 +2600,9 @@ fn interrupted_stub_frame(t: &HookThread) -> Option<u64> {
 }
 
 /// Runs `f` with the stack pointer at `new_sp` (16-aligned), on whatever stack that is, and
-/// comes back; `f` gets the stack pointer it left, below which nothing of ours is live.
-fn on_stack<R, F: FnOnce(u64) -> R>(new_sp: u64, f: F) -> R {
+/// comes back; `f` gets the stack pointer it left, below which nothing of ours is live, which
+/// is also written at `slot` first unless that is 0.
+fn on_stack_leaving<R, F: FnOnce(u64) -> R>(new_sp: u64, slot: u64, f: F) -> R {
     struct Job<F, R> {
         f: Option<F>,
         r: Option<std::thread::Result<R>>,
@@ -2573,7 +2616,8 @@ fn on_stack<R, F: FnOnce(u64) -> R>(new_sp: u64, f: F) -> R {
         }
     }
     let mut job = Job { f: Some(f), r: None };
-    // SAFETY: `new_sp` lies below everything live on its stack (the caller says so). The call
+    // SAFETY: `new_sp` lies below everything live on its stack, and `slot` is 0 or a writable
+    // word (the caller says so). The call
     // runs the trampoline there with the Job's address and the stack pointer left (nothing
     // below it is live: the block may push, so no red zone is in use) and comes back with
     // every callee-saved register kept (r12 holds our stack pointer across it); caller-saved
@@ -2582,9 +2626,14 @@ fn on_stack<R, F: FnOnce(u64) -> R>(new_sp: u64, f: F) -> R {
         std::arch::asm!(
             "mov r12, rsp",
             "mov rsi, rsp",
+            "test {slot}, {slot}",
+            "jz 2f",
+            "mov qword ptr [{slot}], rsp",
+            "2:",
             "mov rsp, {new_sp}",
             "call {tramp}",
             "mov rsp, r12",
+            slot = in(reg) slot,
             new_sp = in(reg) new_sp,
             tramp = in(reg) trampoline::<F, R> as extern "C" fn(*mut Job<F, R>, u64) as usize,
             in("rdi") &mut job as *mut Job<F, R>,

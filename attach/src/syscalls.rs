@@ -118,8 +118,8 @@ fn reports_exit(nr: u64) -> bool {
 
 /// What identifies a gadget: where it goes on, and for calls whose exit is reported, which
 /// call (addresses use the low 47 bits).
-fn gadget_key(ret: u64, nr: u64) -> u64 {
-    if reports_exit(nr) {
+fn gadget_key(ret: u64, nr: u64, exit: bool) -> u64 {
+    if exit {
         ret | (nr + 1) << 48
     } else {
         ret
@@ -133,41 +133,58 @@ struct InPlaceCall {
     ret: u64,
 }
 
-/// The gadget that makes call `nr` in place and goes on at `ret` (made on first use):
+/// The gadget that makes call `nr` in place and goes on at `ret` (made on first use), through
+/// a stub that runs the exit handlers first where `exit` (the caller only, for the calls that
+/// make a child):
 ///
 /// ```text
 ///  0: syscall
-///  2: test rax, rax          (calls whose exit is reported)
+///  2: test rax, rax          (calls that make a child)
 ///  5: jz 13                  the new child goes straight on
 ///  7: jmp [rip + 6]          the caller, through the exit stub
 /// 13: jmp [rip + 8] / jmp [rip + 0]
-/// 19: exit stub address, 27: ret  /  the simple form: 0 syscall, 2 jmp [rip + 0], 8 ret
+/// 19: exit stub address, 27: ret  /  with an exit stub for any other call: 0 syscall,
+/// 2 jmp [rip + 0], 8 exit stub address  /  without: 0 syscall, 2 jmp [rip + 0], 8 ret
 /// ```
-fn gadget(ret: u64, nr: u64) -> Option<u64> {
+fn gadget(ret: u64, nr: u64, exit: bool) -> Option<u64> {
     let base = ALLOWED.load(Ordering::Acquire) as u64;
-    let key = gadget_key(ret, nr);
+    let key = gadget_key(ret, nr, exit);
     for (i, slot) in GADGET_RETURNS.iter().enumerate() {
         let at = base + (FIRST_GADGET + i * GADGET_LEN) as u64;
         match slot.compare_exchange(0, u64::MAX, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 let mut code = Vec::with_capacity(GADGET_LEN);
                 code.extend_from_slice(&[0x0f, 0x05]); // syscall
-                if reports_exit(nr) {
+                let stub = if exit {
                     let ctx: &'static InPlaceCall = Box::leak(Box::new(InPlaceCall { nr, ret }));
-                    let stub = hook::syscall_stub(at, ctx as *const InPlaceCall as u64, in_place_exit as *const () as u64).ok();
-                    let Some(stub) = stub else {
-                        slot.store(0, Ordering::Release);
-                        return None;
-                    };
-                    code.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
-                    code.extend_from_slice(&[0x74, 0x06]); // jz 13
-                    code.extend_from_slice(&[0xff, 0x25, 6, 0, 0, 0]); // jmp [19]
-                    code.extend_from_slice(&[0xff, 0x25, 8, 0, 0, 0]); // jmp [27]
-                    code.extend_from_slice(&stub.to_le_bytes());
+                    match hook::syscall_stub(at, ctx as *const InPlaceCall as u64, in_place_exit as *const () as u64) {
+                        Ok(stub) => Some(stub),
+                        Err(_) => {
+                            slot.store(0, Ordering::Release);
+                            return None;
+                        }
+                    }
                 } else {
-                    code.extend_from_slice(&[0xff, 0x25, 0, 0, 0, 0]); // jmp [8]
+                    None
+                };
+                match stub {
+                    Some(stub) if reports_exit(nr) => {
+                        code.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
+                        code.extend_from_slice(&[0x74, 0x06]); // jz 13
+                        code.extend_from_slice(&[0xff, 0x25, 6, 0, 0, 0]); // jmp [19]
+                        code.extend_from_slice(&[0xff, 0x25, 8, 0, 0, 0]); // jmp [27]
+                        code.extend_from_slice(&stub.to_le_bytes());
+                        code.extend_from_slice(&ret.to_le_bytes());
+                    }
+                    Some(stub) => {
+                        code.extend_from_slice(&[0xff, 0x25, 0, 0, 0, 0]); // jmp [8]
+                        code.extend_from_slice(&stub.to_le_bytes());
+                    }
+                    None => {
+                        code.extend_from_slice(&[0xff, 0x25, 0, 0, 0, 0]); // jmp [8]
+                        code.extend_from_slice(&ret.to_le_bytes());
+                    }
                 }
-                code.extend_from_slice(&ret.to_le_bytes());
                 let written = write_allowed(FIRST_GADGET + i * GADGET_LEN, &code);
                 // Published once its code is there; a failed slot stays taken.
                 if written {
@@ -262,28 +279,31 @@ fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64) -> [u64; 6] {
     a
 }
 
-/// Makes the call of a SIGSYS: here, or in place through a gadget. False if neither was
-/// possible (no gadget left: the call fails with ENOSYS, said once).
-/// `mask` is the signal mask the thread returns to (an `rt_sigprocmask` changes it).
-fn perform(g: &mut [i64; 23], mask: &mut u64) -> bool {
+/// Sends the thread of a SIGSYS to make its call in place, through a gadget that goes on at
+/// the call's return address (through a stub that runs the exit handlers where `exit`). False
+/// where no gadget is left.
+fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool) -> bool {
+    match gadget(g[libc::REG_RIP as usize] as u64, nr, exit) {
+        Some(at) => {
+            g[libc::REG_RIP as usize] = at as i64;
+            true
+        }
+        None => {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                eprintln!("bpftime: no room left for in-place system call gadgets");
+            }
+            false
+        }
+    }
+}
+
+/// Makes the call of a SIGSYS here, with raw system calls only (no function of libc: its
+/// calls would come back through our stubs): not one that must be made in place. `mask` is
+/// the signal mask the thread returns to (an `rt_sigprocmask` changes it).
+fn make_here(g: &mut [i64; 23], mask: &mut u64) {
     let regs = PtRegs::from_gregs(g);
     let nr = regs.orig_ax;
-    if in_place(nr) {
-        return match gadget(regs.ip, nr) {
-            Some(at) => {
-                g[libc::REG_RIP as usize] = at as i64;
-                true
-            }
-            None => {
-                static SAID: AtomicBool = AtomicBool::new(false);
-                if !SAID.swap(true, Ordering::Relaxed) {
-                    eprintln!("bpftime: no room left for in-place system call gadgets");
-                }
-                g[libc::REG_RAX as usize] = -(libc::ENOSYS as i64);
-                false
-            }
-        };
-    }
     let ret = if nr == libc::SYS_rt_sigprocmask as u64 {
         // The mask a handler sets is undone by its return: the one the thread returns to is
         // in the signal context.
@@ -297,7 +317,12 @@ fn perform(g: &mut [i64; 23], mask: &mut u64) -> bool {
     // What the `syscall` instruction leaves in rcx and r11.
     g[libc::REG_RCX as usize] = g[libc::REG_RIP as usize];
     g[libc::REG_R11 as usize] = g[libc::REG_EFL as usize];
-    true
+}
+
+/// Whether `addr` lies on the signal stack `ss` (as the context of a signal gives it).
+fn on_signal_stack(addr: u64, ss: &libc::stack_t) -> bool {
+    let lo = ss.ss_sp as u64;
+    ss.ss_flags & libc::SS_DISABLE == 0 && addr >= lo && addr - lo < ss.ss_size as u64
 }
 
 extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
@@ -317,17 +342,33 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         crate::signals::forward(sig, info, ctx);
         return;
     }
+    // Where the signal's frame is: on the thread's signal stack while the application was not
+    // (our handler is SA_ONSTACK), the application's call cannot be made here, where its own
+    // signals would find the signal stack taken and their handlers the wrong stack.
+    let frame_apart = on_signal_stack(ctx as u64, &uc.uc_stack) && !on_signal_stack(uc.uc_mcontext.gregs[libc::REG_RSP as usize] as u64, &uc.uc_stack);
     let g = &mut uc.uc_mcontext.gregs;
     // The `syscall` instruction: the thread stopped after it.
     let site = (g[libc::REG_RIP as usize] as u64).wrapping_sub(2);
     let mut regs = PtRegs::from_gregs(g);
-    // The handlers (and the rewriting) on the thread's handler stack: the signal may have
-    // landed on a small stack (a goroutine's, or a signal stack). The call itself back where
-    // the signal landed, with the application's mask: it may block, and signals must reach
-    // the application meanwhile.
+    let nr = regs.orig_ax;
+    // Our work on the thread's handler stack: the signal may have landed on a small stack (a
+    // goroutine's, or a signal stack). The call itself in the application's own context
+    // (through a jump at the site, or a gadget), or back where the signal landed with the
+    // application's mask.
+    let mut at_the_site = false;
     hook::on_handler_stack(|left| {
+        // A site that takes a jump (rewritten now, where one can be put in, or before) makes
+        // the call there: the thread goes back to the instruction, whose stub runs the
+        // handlers and the call. Not for calls that never return (patching costs more than a
+        // signal), nor where we could not leave the signal's stack (the rewriting's own work
+        // is deep).
+        let never_returns = matches!(nr as i64, libc::SYS_exit | libc::SYS_exit_group);
+        if left.is_some() && !never_returns && hook::without_probes(|| rewrite_once(site)) {
+            at_the_site = true;
+            return;
+        }
         around_call(&mut regs, |regs, skip| {
-            if let (Some(rc), false) = (skip, in_place(regs.orig_ax)) {
+            if let (Some(rc), false) = (skip, in_place(nr)) {
                 // Not made: its result, and what the `syscall` instruction leaves in rcx and r11.
                 g[libc::REG_RAX as usize] = rc as i64;
                 g[libc::REG_RCX as usize] = g[libc::REG_RIP as usize];
@@ -335,22 +376,32 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 regs.ax = rc;
                 return true;
             }
-            let performed = hook::back_on(left, || {
+            // (`rt_sigprocmask` is emulated here, on the context's mask, so that SIGSYS stays
+            // open: it is never made in place.)
+            if in_place(nr) || (frame_apart && nr != libc::SYS_rt_sigprocmask as u64) {
+                // Its exit handlers run from the gadget's stub (for the calls that must be made
+                // in place, only where the caller comes back with a result of its own).
+                let exit = !in_place(nr) || reports_exit(nr);
+                if make_in_place(g, nr, exit) {
+                    return false;
+                }
+                if in_place(nr) {
+                    g[libc::REG_RAX as usize] = -(libc::ENOSYS as i64);
+                    return false;
+                }
+            }
+            hook::back_on(left, || {
                 set_signal_mask(*uc_mask);
-                let performed = perform(g, uc_mask);
+                make_here(g, uc_mask);
                 set_signal_mask(*uc_mask | SIGSYS_HANDLER_MASK);
-                performed
             });
             regs.ax = g[libc::REG_RAX as usize] as u64;
-            performed && !in_place(regs.orig_ax)
+            true
         });
-        // The next call from here takes a jump instead of a signal, where one can be put in
-        // (our own work: its calls are not the application's). Not for calls that never
-        // return: the process (or thread) ends, and patching costs more than a signal.
-        if !matches!(regs.orig_ax as i64, libc::SYS_exit | libc::SYS_exit_group) {
-            hook::without_probes(|| rewrite_once(site));
-        }
     });
+    if at_the_site {
+        g[libc::REG_RIP as usize] = site as i64;
+    }
     // SAFETY: back to what the interrupted flow had (BLOCK for application code); the return
     // goes through our restorer, in the allowed range.
     unsafe { selector.write(was) };
@@ -386,21 +437,26 @@ pub(crate) fn overlaps_pads(start: u64, len: u64) -> bool {
     }
 }
 
-/// Rewrites the call site at `site` unless it was tried before (or another thread is busy
-/// rewriting: this call then stays a signal).
-fn rewrite_once(site: u64) {
-    let Ok(mut guard) = REWRITES.try_lock() else { return };
+/// Rewrites the call site at `site` unless it was tried before; whether it takes a jump now.
+/// (Where another thread is busy rewriting or patching, this call stays a signal, and the
+/// next one tries again.)
+fn rewrite_once(site: u64) -> bool {
+    let Ok(mut guard) = REWRITES.try_lock() else { return false };
     let r = guard.get_or_insert_with(|| Rewrites { sites: Default::default(), pads: vec![] });
-    if r.sites.contains_key(&site) {
-        return;
+    if let Some(done) = r.sites.get(&site) {
+        return done.is_some();
     }
+    // Probes are attached under the patch lock: the padding they use is known while it is held.
+    let Ok(_patching) = crate::patch::PATCH_LOCK.try_lock() else { return false };
     let done = rewrite(site, &mut r.pads);
     if done.is_some() {
         SITES_REWRITTEN.fetch_add(1, Ordering::Relaxed);
     }
     r.sites.insert(site, done);
+    done.is_some()
 }
 
+/// Rewrites the call site at `site` (the patch lock held).
 fn rewrite(site: u64, pads: &mut Vec<u64>) -> Option<&'static CallSite> {
     // The bytes as they are (a debugger's breakpoint on the instruction leaves it alone).
     let mut code = [0u8; 2];
@@ -408,8 +464,6 @@ fn rewrite(site: u64, pads: &mut Vec<u64>) -> Option<&'static CallSite> {
     if code != [0x0f, 0x05] {
         return None;
     }
-    // Probes are attached under the patch lock: the padding they use is known while it is held.
-    let _patching = crate::patch::PATCH_LOCK.try_lock().ok()?;
     // `jmp rel8` reaches [site + 2 - 128, site + 2 + 127].
     let (lo, hi) = (site + 2 - 128, site + 2 + 127);
     let pad = crate::symbols::padding_near(site, lo, hi, 5, |a| pads.contains(&a) || crate::patch::overlaps(a, 5))?;
@@ -443,7 +497,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
     let call = |regs: &mut PtRegs, skip: Option<u64>| {
         if in_place(nr) {
-            match gadget(after, nr) {
+            match gadget(after, nr, reports_exit(nr)) {
                 Some(g) => regs.r11 = g,
                 None => {
                     regs.ax = -(libc::ENOSYS as i64) as u64;
@@ -477,10 +531,10 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
 /// handlers' enter and exit, when this thread may run them; the call happens either way unless
 /// a handler asked otherwise.
 fn around_call(regs: &mut PtRegs, call: impl FnOnce(&mut PtRegs, Option<u64>) -> bool) {
-    // A thread whose hits are all system calls has its handler stack released too.
-    hook::register_handler_stack();
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
+            // A thread whose hits are all system calls has its handler stack released too.
+            hook::register_handler_stack();
             let skip = h.on_enter(regs, level);
             if call(regs, skip) {
                 h.on_exit(regs, level);
@@ -565,6 +619,8 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
         return Err(format!("protecting the allowed range: {}", std::io::Error::last_os_error()));
     }
     ALLOWED.store(page as usize, Ordering::Release);
+    // What threads need to have handler stacks, before any stub is made.
+    hook::handler_stacks();
     // rt_sigaction(2) directly, to give our own restorer (libc would give its own, outside the
     // allowed range: its rt_sigreturn would be dispatched too). NODEFER: an application signal
     // handler nested in ours returns through a SIGSYS of its own.

@@ -1255,6 +1255,31 @@ fn run_map_values(stderr: &str, map: &str) -> Vec<u64> {
     m["entries"].as_array().unwrap().iter().map(|e| e["value"]["u64"].as_u64().unwrap()).collect()
 }
 
+/// System call interception on threads with an 8 KiB signal stack (every Rust thread has one;
+/// our SIGSYS handler runs on it): calls from sites of their own (the first comes as a signal),
+/// a signal whose handler is not SA_ONSTACK landing while such a call blocks (the handler runs
+/// on the thread's stack), the signal stack replaced from such a site, a thread's exit. The
+/// target prints what it saw: the same as without interception, and it does not crash
+/// (before, such a thread died on its signal stack's guard page).
+#[test]
+fn system_calls_on_threads_with_small_signal_stacks_behave_as_without_us() {
+    let obj = build_example("syscount");
+    let target = bpftime_tests::clang::build_target("signal_stacks", false);
+    let native = Command::new(&target).output().unwrap();
+    assert!(native.status.success());
+    for run in 0..3 {
+        let shm = format!("bpftime-cli-sigstacks-{}", std::process::id());
+        bpftime_tests::remove_region(&shm);
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_bpftime")).args(["--shm", &shm, "run", obj.to_str().unwrap(), "--json", "--"]).arg(&target).output().unwrap();
+        bpftime_tests::remove_region(&shm);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "run {run}: {err}");
+        assert_eq!(text(&out.stdout), text(&native.stdout), "run {run}");
+        assert!(run_map_values(&err, "calls").iter().sum::<u64>() > 1000, "run {run}: the calls were seen: {err}");
+    }
+}
+
 /// A Go program's goroutines make system calls and call a probed Go function on stacks that
 /// start at 2 KiB: system call interception (the signal's frame on the thread's signal stack,
 /// the handlers on the agent's) and the probes leave them alone, and count exactly: 2,000

@@ -1083,6 +1083,34 @@ fn bpftrace_counts_every_call_of_eight_threads_like_the_kernel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A loader's maps, programs and links go when it exits, as the kernel frees them with their
+/// last reference, and their memory is reused: bpftrace run again and again with a stack map
+/// (about 130 MiB) in a 400 MiB region. Before, every run left its maps behind and the fourth
+/// failed ("failed to create stack id map: Cannot allocate memory").
+#[test]
+fn a_loader_run_again_and_again_does_not_fill_the_region() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    let shm = format!("bpftime-loader-again-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create", "--size", "400M"]).output().unwrap().status.success());
+    for run in 0..6 {
+        let out = bpftime(&shm)
+            .args(["load", "--"])
+            .arg(&bpftrace)
+            .args(["-e", "uprobe:/bin/true:main { @stacks[ustack] = count(); @n = count(); } BEGIN { exit(); }"])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(out.status.success() && !err.contains("failed to create"), "run {run}: {err}");
+        let list = |what: &str| text(&bpftime(&shm).args([what, "list"]).output().unwrap().stdout);
+        assert_eq!((list("map"), list("prog"), list("link")), (String::new(), String::new(), String::new()), "run {run}: nothing left behind");
+        // Two runs' maps are at most waiting for their grace period (2 s) at a time here.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    bpftime_tests::remove_region(&shm);
+}
+
 /// bpftrace on a Go program (cgo): a uprobe on a Go function (its arguments in Go's registers,
 /// read with `reg()`) and the program's one-byte writes, made by 2,000 goroutines on stacks
 /// that start at 2 KiB, count what the kernel counts.

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define PAINTED 65536
 
@@ -68,10 +69,16 @@ int main(int argc, char **argv)
     printf("sum %ld\n", sum);
     if (argc > 2) {
         long threads = atol(argv[2]);
-        run_thread(); // glibc keeps a finished thread's stack for the next one
+        // glibc keeps a finished thread's stack for the next one; what a thread leaves may go
+        // when the next one starts, once the kernel has let the finished one go.
+        run_thread();
+        usleep(100000);
+        run_thread();
         long before = mappings();
         for (long i = 0; i < threads; i++)
             run_thread();
+        usleep(100000);
+        run_thread();
         printf("mappings grew by %ld\n", mappings() - before);
     }
     return 0;

@@ -159,6 +159,9 @@ pub struct Server {
     multi_links: Mutex<HashMap<u32, Vec<u32>>>,
     /// Programs this process loaded (removed when nothing holds them).
     loaded: Mutex<HashSet<u32>>,
+    /// Maps this process created (removed when nothing holds them, as the kernel frees a map
+    /// with its last reference).
+    created_maps: Mutex<HashSet<u32>>,
     /// Kprobe-type programs our verifier refused for the CPU but took as CUDA kernel probes,
     /// with the CPU's reason: attaching one to a uprobe or a system call is refused with it.
     gpu_only: Mutex<HashMap<u32, String>>,
@@ -312,6 +315,7 @@ impl Server {
             loaded_btfs: Mutex::default(),
             multi_links: Mutex::default(),
             loaded: Mutex::default(),
+            created_maps: Mutex::default(),
             gpu_only: Mutex::default(),
             uprobe: pmu::uprobe(),
             kprobe: pmu::kprobe(),
@@ -414,6 +418,9 @@ impl Server {
         if let Some(Handle::Btf(b)) = h {
             self.forget_btf_if_unused(b);
         }
+        if let Some(Handle::Map(m)) = h {
+            self.forget_map_if_unused(m);
+        }
     }
 
     /// Removes program `p` of ours from the region if no fd, no link and no pin holds it.
@@ -426,11 +433,48 @@ impl Server {
             return;
         }
         let btf = progs::btf_of(&self.region, p);
-        self.region.remove_object(p);
+        let maps = progs::load(&self.region, p).map(|s| s.map_refs()).unwrap_or_default();
+        progs::remove(&self.region, p);
         Self::lock(&self.loaded).remove(&p);
         if btf != 0 {
             self.forget_btf_if_unused(btf);
         }
+        for (_, m) in maps {
+            self.forget_map_if_unused(m);
+        }
+    }
+
+    /// Removes map `m` of ours from the region if no fd of ours, no program in the region, no
+    /// map of maps and no pin holds it, as the kernel frees a map with its last reference (a
+    /// loader run again and again must not fill the region). Its storage is freed after the
+    /// region's grace period: an agent may be finishing a run of a program that used it.
+    /// Maps of a loader whose maps may have moved to the kernel stay.
+    fn forget_map_if_unused(&self, m: u32) {
+        if self.kernel.is_some() || !Self::lock(&self.created_maps).contains(&m) {
+            return;
+        }
+        let held = Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Map(n) if *n == m));
+        if held || pins::is_pinned(&self.region, m) || self.map_is_used(m) {
+            return;
+        }
+        Self::lock(&self.created_maps).remove(&m);
+        let Ok(map) = Map::open(&self.region, m) else { return };
+        let btf = map.btf().object;
+        map.retire();
+        if btf != 0 {
+            self.forget_btf_if_unused(btf);
+        }
+    }
+
+    /// Whether a program in the region uses map `m`, or a map of maps holds it.
+    fn map_is_used(&self, m: u32) -> bool {
+        if progs::list(&self.region).iter().any(|p| p.map_refs().iter().any(|&(_, id)| id == m)) {
+            return true;
+        }
+        Map::list(&self.region).iter().filter(|o| matches!(o.map_type(), MapType::ArrayOfMaps | MapType::HashOfMaps)).any(|outer| {
+            let mut v = vec![0u8; outer.spec().value_size as usize];
+            outer.keys().iter().any(|k| outer.lookup(k, &mut v).is_ok() && v.get(..4).is_some_and(|id| u32::from_le_bytes(id.try_into().unwrap()) == m))
+        })
     }
 
     /// At exit: every link this process still holds is detached (the kernel does this when the
@@ -448,6 +492,10 @@ impl Server {
         let loaded: Vec<u32> = Self::lock(&self.loaded).iter().copied().collect();
         for p in loaded {
             self.forget_if_unused(p);
+        }
+        let maps: Vec<u32> = Self::lock(&self.created_maps).iter().copied().collect();
+        for m in maps {
+            self.forget_map_if_unused(m);
         }
     }
 
@@ -632,6 +680,7 @@ impl Server {
         if let Some(k) = &self.kernel {
             Self::lock(&k.map_attrs).insert(map.id(), a.0.clone());
         }
+        Self::lock(&self.created_maps).insert(map.id());
         self.install(Handle::Map(map.id()))
     }
 
@@ -964,7 +1013,7 @@ impl Server {
         let id = match self.runtime.program(id) {
             Ok(_) => id,
             Err(e) => {
-                self.region.remove_object(id);
+                progs::remove(&self.region, id);
                 use bpftime_runtime::gpu;
                 let as_probe = (a.u32(0) == 2).then(|| gpu::verify_probe(&insns));
                 match as_probe {
@@ -987,7 +1036,7 @@ impl Server {
             }
         };
         if let Some(pc) = bpftime_vm::first_unreachable(&insns) {
-            self.region.remove_object(id);
+            progs::remove(&self.region, id);
             Self::log(a, &format!("bpftime: insn {pc}: no path of the program reaches it (the kernel refuses it too: \"unreachable insn {pc}\")\n"));
             return Err(libc::EINVAL);
         }
@@ -997,7 +1046,7 @@ impl Server {
             let summary = format!("processed {n} insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n");
             Self::log(a, &summary);
             if log_buf != 0 && summary.len() + 1 > log_size as usize {
-                self.region.remove_object(id);
+                progs::remove(&self.region, id);
                 return Err(libc::ENOSPC);
             }
         }

@@ -47,14 +47,14 @@ pub fn list(region: &ShmRegion) -> Vec<u32> {
     ids
 }
 
-/// Removes BTF object `id` and frees its bytes.
+/// Removes BTF object `id`; its bytes are freed after the region's grace period.
 pub fn remove(region: &ShmRegion, id: u32) {
     let Some(obj) = region.object(id).filter(|o| o.kind == ObjectKind::Btf) else { return };
     let d: Option<BtfDesc> = desc::load(region, obj.data);
     if region.remove_object(id).is_some() {
         if let Some(d) = d.filter(|d| d.magic == BTF_MAGIC) {
-            region.free(d.data);
+            region.retire(d.data);
         }
-        region.free(obj.data);
+        region.retire(obj.data);
     }
 }

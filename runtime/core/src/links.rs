@@ -174,15 +174,15 @@ pub fn remove_orphans(region: &ShmRegion) -> usize {
             && unsafe { libc::kill(d.owner as i32, 0) } != 0
             && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
         {
-            region.remove_object(o.id);
+            if region.remove_object(o.id).is_some() {
+                region.retire(o.data);
+            }
             n += 1;
         }
     }
     n
 }
 
-/// Removes link `id` (a detached link: the loader that made it closed it or exited). Its
-/// descriptor is not freed: an agent may be reading it.
 /// The program of link `id`, if that is a link.
 pub fn program_of(region: &ShmRegion, id: u32) -> Option<u32> {
     let o = region.object(id).filter(|o| o.kind == ObjectKind::Link)?;
@@ -202,9 +202,13 @@ fn link_program(region: &ShmRegion, data: u64) -> Option<u32> {
     (magic == LINK_MAGIC).then_some(prog)
 }
 
+/// Removes link `id` (a detached link: the loader that made it closed it or exited); its
+/// descriptor is freed after the region's grace period (an agent may be reading it).
 pub fn remove(region: &ShmRegion, id: u32) {
-    if region.object(id).is_some_and(|o| o.kind == ObjectKind::Link) {
-        region.remove_object(id);
+    if let Some(o) = region.object(id).filter(|o| o.kind == ObjectKind::Link) {
+        if region.remove_object(id).is_some() {
+            region.retire(o.data);
+        }
     }
 }
 

@@ -132,6 +132,24 @@ pub fn store_with_btf(region: &ShmRegion, name: &str, section: &str, license: &s
     desc::store(region, ObjectKind::Program, name, &desc)
 }
 
+/// Removes program `id` from the region; its bytecode, debug records and descriptor are freed
+/// after the region's grace period (an agent may be reading them as it attaches).
+pub fn remove(region: &ShmRegion, id: u32) {
+    let Some(obj) = region.object(id).filter(|o| o.kind == ObjectKind::Program) else { return };
+    let d: Option<ProgDesc> = desc::load(region, obj.data);
+    if region.remove_object(id).is_none() {
+        return;
+    }
+    if let Some(d) = d.filter(|d| d.magic == PROG_MAGIC) {
+        for off in [d.insns, d.func_info[0], d.line_info[0]] {
+            if off != 0 {
+                region.retire(off);
+            }
+        }
+    }
+    region.retire(obj.data);
+}
+
 /// Reads program `id`, checking what it can.
 pub fn load(region: &ShmRegion, id: u32) -> Option<StoredProgram> {
     let obj = region.object(id).filter(|o| o.kind == ObjectKind::Program)?;

@@ -723,16 +723,18 @@ impl Map {
         region.objects().into_iter().filter(|o| o.kind == ObjectKind::Map).filter_map(|o| Self::open_at(region, o.id, &o.name, o.data).ok()).collect()
     }
 
-    /// Removes the map from the region and frees its storage. Handles other processes hold
-    /// become dangling; use only when nothing uses the map any more.
-    pub fn destroy(self) {
-        self.region.remove_object(self.id);
-        for off in [self.layout.data, self.layout.aux] {
+    /// Removes the map from the region; its storage is freed after the region's grace period
+    /// ([`ShmRegion::retire`]): a process running a program on it when its last holder let go
+    /// finishes that run on memory nothing else uses. Use only when nothing holds the map.
+    pub fn retire(self) {
+        if self.region.remove_object(self.id).is_none() {
+            return;
+        }
+        for off in [self.layout.data, self.layout.aux, self.desc] {
             if off != 0 {
-                self.region.free(off);
+                self.region.retire(off);
             }
         }
-        self.region.free(self.desc);
     }
 
     /// Object id in the region.

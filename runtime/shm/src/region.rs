@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -160,7 +160,26 @@ struct Header {
     /// One per CPU: held by the program run that uses that CPU's per-CPU values (see
     /// [`ShmRegion::run_slots`]).
     run_slots: [RunSlot; RUN_SLOTS],
+    /// How many `graves` hold a block.
+    graves_used: AtomicU32,
+    /// Blocks retired (see [`ShmRegion::retire`]), freed once their grace period is over.
+    graves: [Grave; GRAVES],
 }
+
+/// A retired block: its payload offset (0: the grave is free) and when it was retired
+/// (`CLOCK_MONOTONIC` ns, the same clock in every process).
+#[repr(C)]
+struct Grave {
+    off: AtomicU64,
+    at: AtomicU64,
+}
+
+/// How many blocks can wait for their grace period at once (more are not freed at all).
+const GRAVES: usize = 512;
+
+/// How long a retired block stays untouched: longer than any process runs a program it was
+/// just told to let go of (an agent detaches a link's probes as soon as the link goes).
+pub const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How many CPUs have a run slot (runs on CPUs past these use their CPU without one).
 pub const RUN_SLOTS: usize = 256;
@@ -660,6 +679,7 @@ impl ShmRegion {
             (usize::MAX, need.div_ceil(PAGE) * PAGE)
         };
         let _g = h.alloc_lock.lock();
+        self.reap_locked(RETIRE_GRACE);
         let reused = if class != usize::MAX { self.pop_free(&h.free[class], block) } else { self.take_large(block) };
         let block_off = match reused {
             Some(off) => off,
@@ -672,9 +692,11 @@ impl ShmRegion {
         self.atomic_u64(block_off + 8).ok_or_else(|| self.full(size))?.store(block, Ordering::Relaxed);
         // Memory past the frontier has never been handed out: it is still the zeroes the file
         // was created with, and pages nobody touches take no memory (a large map costs what
-        // it uses). A reused block is cleared.
+        // it uses). A reused block is cleared (a large one's pages past its first were
+        // released when it was freed).
         if reused.is_some() {
-            self.zero(block_off + BLOCK_HEADER, block - BLOCK_HEADER);
+            let dirty_end = if class == usize::MAX { large_clean_from(block_off) } else { block_off + block };
+            self.zero(block_off + BLOCK_HEADER, dirty_end - block_off - BLOCK_HEADER);
         }
         h.used.fetch_add(block, Ordering::Relaxed);
         Ok(block_off + BLOCK_HEADER)
@@ -748,12 +770,17 @@ impl ShmRegion {
     /// Frees a block returned by [`ShmRegion::alloc`]. Offsets that are not live blocks are
     /// ignored (the region may have been scribbled on; freeing must never corrupt it further).
     pub fn free(&self, payload: u64) {
+        let _g = self.header().alloc_lock.lock();
+        self.free_locked(payload);
+    }
+
+    /// [`ShmRegion::free`] with the allocator's lock held.
+    fn free_locked(&self, payload: u64) {
         let h = self.header();
         let Some(block_off) = payload.checked_sub(BLOCK_HEADER) else { return };
         if !self.block_fits(block_off, BLOCK_HEADER + 8) {
             return;
         }
-        let _g = h.alloc_lock.lock();
         let (Some(hdr), Some(size)) = (self.atomic_u64(block_off), self.atomic_u64(block_off + 8)) else { return };
         let word = hdr.load(Ordering::Relaxed);
         if (word >> 32) as u32 != BLOCK_MAGIC {
@@ -772,12 +799,78 @@ impl ShmRegion {
         if !self.block_fits(block_off, block) {
             return;
         }
+        if class == u32::MAX {
+            // A large block's pages past the one its free-list link is in go back to the
+            // system (their memory is the region file's), reading as zeroes, as a reused block
+            // must; what cannot is cleared now.
+            let clean = large_clean_from(block_off);
+            let end = block_off + block;
+            let whole = (end / PAGE * PAGE).max(clean);
+            self.release_pages(clean, whole - clean);
+            self.zero(whole, end - whole);
+        }
         // Mark free (so a second free is ignored) and push.
         hdr.store(0, Ordering::Relaxed);
         link.store(head.load(Ordering::Relaxed), Ordering::Relaxed);
         head.store(block_off, Ordering::Relaxed);
         let used = h.used.load(Ordering::Relaxed);
         h.used.store(used.saturating_sub(block), Ordering::Relaxed);
+    }
+
+    /// Frees a block returned by [`ShmRegion::alloc`] once [`RETIRE_GRACE`] has passed (at a
+    /// later allocation): for what another process may still be using for a moment, such as
+    /// the storage of a map whose last program was detached while a thread was running it.
+    /// Where too many blocks wait already, this one is never freed.
+    pub fn retire(&self, payload: u64) {
+        let h = self.header();
+        let _g = h.alloc_lock.lock();
+        self.reap_locked(RETIRE_GRACE);
+        let now = monotonic_ns();
+        if let Some(g) = h.graves.iter().find(|g| g.off.load(Ordering::Relaxed) == 0) {
+            g.at.store(now, Ordering::Relaxed);
+            g.off.store(payload, Ordering::Relaxed);
+            h.graves_used.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Frees the retired blocks that have waited `grace` (see [`ShmRegion::retire`]; the
+    /// allocator does this itself with [`RETIRE_GRACE`]).
+    pub fn reap_retired(&self, grace: std::time::Duration) {
+        let _g = self.header().alloc_lock.lock();
+        self.reap_locked(grace);
+    }
+
+    fn reap_locked(&self, grace: std::time::Duration) {
+        let h = self.header();
+        if h.graves_used.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let now = monotonic_ns();
+        let mut left = 0;
+        for g in &h.graves {
+            let off = g.off.load(Ordering::Relaxed);
+            if off == 0 {
+                continue;
+            }
+            if now.saturating_sub(g.at.load(Ordering::Relaxed)) >= grace.as_nanos() as u64 {
+                g.off.store(0, Ordering::Relaxed);
+                self.free_locked(off);
+            } else {
+                left += 1;
+            }
+        }
+        h.graves_used.store(left, Ordering::Relaxed);
+    }
+
+    /// Gives `len` bytes of pages at `off` back to the system (madvise(2) `MADV_REMOVE` on the
+    /// shared mapping: the file's pages are freed and read as zeroes), or clears them.
+    fn release_pages(&self, off: u64, len: u64) {
+        let Some(p) = self.ptr(off, len) else { return };
+        // SAFETY: whole pages (the callers pass page multiples) inside our mapping (checked
+        // above), which no object uses any more (their block is being freed).
+        if len == 0 || unsafe { libc::madvise(p as *mut libc::c_void, len as usize, libc::MADV_REMOVE) } != 0 {
+            self.zero(off, len);
+        }
     }
 
     /// Where chunk `c` of the table starts, if it has one: the header's first, then those
@@ -919,6 +1012,21 @@ impl ShmRegion {
     }
 }
 
+/// Where a freed large block at `block_off` is clean from: the first page boundary past its
+/// free-list link (the payload's first word); the rest of the block is released or cleared
+/// when it is freed.
+fn large_clean_from(block_off: u64) -> u64 {
+    (block_off + BLOCK_HEADER + 8).div_ceil(PAGE) * PAGE
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime(2) writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Wakes every process waiting on `word`, a futex word of the shared mapping (futex(2)
 /// FUTEX_WAKE, not a private futex: waiters are other processes).
 fn wake_all(word: &AtomicU32) {
@@ -1008,6 +1116,33 @@ mod tests {
         assert_eq!(objs[1].name.len(), NAME_LEN - 1);
         assert_eq!(r.remove_object(id1).unwrap().kind, ObjectKind::Map);
         assert_eq!(r.objects().len(), 1);
+    }
+
+    /// A retired block is not handed out again before its grace period (a process may still
+    /// be writing it); after it, it is. A freed large block comes back cleared, its pages
+    /// released meanwhile.
+    #[test]
+    fn retired_blocks_wait_for_their_grace_and_large_ones_come_back_clean() {
+        let r = ShmRegion::anonymous(MIN_SIZE.max(8 << 20)).unwrap();
+        let a = r.alloc(100).unwrap();
+        r.retire(a);
+        let b = r.alloc(100).unwrap();
+        assert_ne!(a, b, "a retired block is not reused at once");
+        r.reap_retired(std::time::Duration::ZERO);
+        assert_eq!(r.alloc(100).unwrap(), a, "reused after its grace");
+        for page_aligned in [false, true] {
+            let len = 5 * PAGE + 100;
+            let alloc = |r: &ShmRegion| if page_aligned { r.alloc_pages(len) } else { r.alloc(len) }.unwrap();
+            let big = alloc(&r);
+            assert!(r.write(big, &vec![0xabu8; len as usize]));
+            let used = r.used();
+            r.free(big);
+            assert!(r.used() < used);
+            assert_eq!(alloc(&r), big, "the same size is reused");
+            let mut back = vec![1u8; len as usize];
+            assert!(r.read(big, &mut back));
+            assert!(back.iter().all(|&b| b == 0), "page-aligned {page_aligned}: a reused block is clean");
+        }
     }
 
     /// Thousands of objects (a bpftrace wildcard probe's links): the table grows past the
