@@ -997,9 +997,8 @@ unsafe extern "C" fn release_handler_stack(base: *mut libc::c_void) {
     set_state(t, ThreadState { busy: true, ..before });
     // SAFETY: gettid(2) cannot fail.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
-    if let Some(slot) = DYING_STACKS.iter().find(|d| d.base.compare_exchange(0, base as u64, Ordering::AcqRel, Ordering::Relaxed).is_ok()) {
-        slot.tid.store(tid, Ordering::Release);
-    }
+    let entry = (base as u64 >> 12) << TID_BITS | (tid & TID_MASK);
+    let _ = DYING_STACKS.iter().find(|d| d.compare_exchange(0, entry, Ordering::AcqRel, Ordering::Relaxed).is_ok());
     unmap_dead_threads_stacks();
     // The shadow stack goes too, if no return probe's frame is in it (a probed function still
     // on the stack, such as one that runs the destructors, would return through it).
@@ -1013,29 +1012,27 @@ unsafe extern "C" fn release_handler_stack(base: *mut libc::c_void) {
     leave(before);
 }
 
-/// A handler stack whose thread exited: its mapping, and the thread (0 until known).
-struct DyingStack {
-    base: AtomicU64,
-    tid: AtomicU64,
-}
+/// Bits of a thread id in a [`DYING_STACKS`] entry (pid_max is at most 2^22).
+const TID_BITS: u32 = 22;
+const TID_MASK: u64 = (1 << TID_BITS) - 1;
 
-/// Handler stacks waiting for their threads to be gone (more are never unmapped).
-static DYING_STACKS: [DyingStack; 256] = [const { DyingStack { base: AtomicU64::new(0), tid: AtomicU64::new(0) } }; 256];
+/// Handler stacks waiting for their threads to be gone, each its page number above the
+/// thread's id in one word, claimed and taken with one compare-and-swap (0: free); more are
+/// never unmapped.
+static DYING_STACKS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 
-/// Unmaps the handler stacks whose threads are gone (tgkill(2) with signal 0: ESRCH).
+/// Unmaps the handler stacks whose threads are gone (tkill(2) with signal 0: ESRCH; not
+/// tgkill with our pid, which a vfork child's differs from).
 fn unmap_dead_threads_stacks() {
-    // SAFETY: getpid(2) cannot fail.
-    let pid = unsafe { libc::getpid() };
     for d in &DYING_STACKS {
-        let (base, tid) = (d.base.load(Ordering::Acquire), d.tid.load(Ordering::Acquire));
-        if base == 0 || tid == 0 {
+        let entry = d.load(Ordering::Acquire);
+        if entry == 0 {
             continue;
         }
-        // SAFETY: tgkill(2) with signal 0 only checks that the thread exists.
-        let gone =
-            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid as libc::pid_t, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone && d.base.compare_exchange(base, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            d.tid.store(0, Ordering::Release);
+        let (base, tid) = ((entry >> TID_BITS) << 12, (entry & TID_MASK) as libc::pid_t);
+        // SAFETY: tkill(2) with signal 0 only checks that the thread exists.
+        let gone = unsafe { libc::syscall(libc::SYS_tkill, tid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && d.compare_exchange(entry, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             // SAFETY: the handler stack `emit_handler_stack_maker` mapped for a thread that no
             // longer exists, taken out of the list by this call alone.
             unsafe { libc::munmap(base as *mut libc::c_void, HANDLER_STACK + PAGE) };

@@ -56,6 +56,8 @@ const ALLOWED_LEN: usize = 64 * 1024;
 const GADGET_LEN: usize = 48;
 const FIRST_GADGET: usize = 64;
 const GADGETS: usize = (ALLOWED_LEN - FIRST_GADGET) / GADGET_LEN;
+/// Gadget slots kept for the calls that must be made in place (see [`gadget`]).
+const GADGETS_KEPT: usize = 128;
 
 static HANDLER: OnceLock<Arc<dyn SyscallHandler>> = OnceLock::new();
 /// The allowed range (0 until [`start`]).
@@ -146,12 +148,22 @@ struct InPlaceCall {
 /// 19: exit stub address, 27: ret  /  with an exit stub for any other call: 0 syscall,
 /// 2 jmp [rip + 0], 8 exit stub address  /  without: 0 syscall, 2 jmp [rip + 0], 8 ret
 /// ```
-fn gadget(ret: u64, nr: u64, exit: bool) -> Option<u64> {
+///
+/// An `optional` gadget (a call that could also be made in the signal handler) is not made in
+/// the last [`GADGETS_KEPT`] slots, which are kept for the calls that must be made in place.
+fn gadget(ret: u64, nr: u64, exit: bool, optional: bool) -> Option<u64> {
     let base = ALLOWED.load(Ordering::Acquire) as u64;
+    if exit && nr >= 0x7fff {
+        return None; // no call has such a number, and the key has no room for it
+    }
     let key = gadget_key(ret, nr, exit);
     for (i, slot) in GADGET_RETURNS.iter().enumerate() {
         let at = base + (FIRST_GADGET + i * GADGET_LEN) as u64;
         match slot.compare_exchange(0, u64::MAX, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) if optional && i >= GADGETS - GADGETS_KEPT => {
+                slot.store(0, Ordering::Release);
+                return None;
+            }
             Ok(_) => {
                 let mut code = Vec::with_capacity(GADGET_LEN);
                 code.extend_from_slice(&[0x0f, 0x05]); // syscall
@@ -283,14 +295,14 @@ fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64) -> [u64; 6] {
 /// the call's return address (through a stub that runs the exit handlers where `exit`). False
 /// where no gadget is left.
 fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool) -> bool {
-    match gadget(g[libc::REG_RIP as usize] as u64, nr, exit) {
+    match gadget(g[libc::REG_RIP as usize] as u64, nr, exit, !in_place(nr)) {
         Some(at) => {
             g[libc::REG_RIP as usize] = at as i64;
             true
         }
         None => {
             static SAID: AtomicBool = AtomicBool::new(false);
-            if !SAID.swap(true, Ordering::Relaxed) {
+            if in_place(nr) && !SAID.swap(true, Ordering::Relaxed) {
                 eprintln!("bpftime: no room left for in-place system call gadgets");
             }
             false
@@ -414,6 +426,8 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
 struct CallSite {
     /// Address of the `syscall` instruction.
     addr: u64,
+    /// The padding its jump goes through.
+    pad: u64,
 }
 
 /// Sites tried so far (None: could not be rewritten; calls there keep arriving as signals),
@@ -443,8 +457,16 @@ pub(crate) fn overlaps_pads(start: u64, len: u64) -> bool {
 fn rewrite_once(site: u64) -> bool {
     let Ok(mut guard) = REWRITES.try_lock() else { return false };
     let r = guard.get_or_insert_with(|| Rewrites { sites: Default::default(), pads: vec![] });
-    if let Some(done) = r.sites.get(&site) {
-        return done.is_some();
+    match r.sites.get(&site) {
+        // A site rewritten before whose bytes are a `syscall` again (the library was unloaded
+        // and another, or the same, loaded there): forgotten, and tried afresh.
+        Some(Some(old)) if is_syscall_instruction(site) => {
+            let pad = old.pad;
+            r.pads.retain(|&p| p != pad);
+            r.sites.remove(&site);
+        }
+        Some(done) => return done.is_some(),
+        None => {}
     }
     // Probes are attached under the patch lock: the padding they use is known while it is held.
     let Ok(_patching) = crate::patch::PATCH_LOCK.try_lock() else { return false };
@@ -454,6 +476,12 @@ fn rewrite_once(site: u64) -> bool {
     }
     r.sites.insert(site, done);
     done.is_some()
+}
+
+/// Whether the bytes at `site` are a `syscall` instruction.
+fn is_syscall_instruction(site: u64) -> bool {
+    let mut code = [0u8; 2];
+    crate::patch::read_memory(site, &mut code).is_ok() && code == [0x0f, 0x05]
 }
 
 /// Rewrites the call site at `site` (the patch lock held).
@@ -467,7 +495,7 @@ fn rewrite(site: u64, pads: &mut Vec<u64>) -> Option<&'static CallSite> {
     // `jmp rel8` reaches [site + 2 - 128, site + 2 + 127].
     let (lo, hi) = (site + 2 - 128, site + 2 + 127);
     let pad = crate::symbols::padding_near(site, lo, hi, 5, |a| pads.contains(&a) || crate::patch::overlaps(a, 5))?;
-    let ctx: &'static CallSite = Box::leak(Box::new(CallSite { addr: site }));
+    let ctx: &'static CallSite = Box::leak(Box::new(CallSite { addr: site, pad }));
     let stub = hook::syscall_stub(pad, ctx as *const CallSite as u64, site_dispatch as *const () as u64).ok()?;
     let rel = i32::try_from(stub as i64 - (pad + 5) as i64).ok()?;
     let mut jump = [0xe9, 0, 0, 0, 0];
@@ -497,7 +525,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
     let call = |regs: &mut PtRegs, skip: Option<u64>| {
         if in_place(nr) {
-            match gadget(after, nr, reports_exit(nr)) {
+            match gadget(after, nr, reports_exit(nr), false) {
                 Some(g) => regs.r11 = g,
                 None => {
                     regs.ax = -(libc::ENOSYS as i64) as u64;

@@ -1280,6 +1280,29 @@ fn system_calls_on_threads_with_small_signal_stacks_behave_as_without_us() {
     }
 }
 
+/// A library unloaded and loaded again at the same address has its `syscall` instructions back
+/// as the file has them: a site system call interception rewrote before is rewritten afresh
+/// (it was taken for rewritten, and the thread sent back to it for ever).
+#[test]
+fn system_call_sites_of_a_library_loaded_again_are_rewritten_again() {
+    let obj = build_example("syscount");
+    let target = bpftime_tests::clang::build_target("reloads", false);
+    let plugin = bpftime_tests::clang::build_target("syscall_plugin", true);
+    let shm = format!("bpftime-cli-reloads-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_bpftime"))
+        .args(["--shm", &shm, "run", obj.to_str().unwrap(), "--"])
+        .arg(&target)
+        .arg(&plugin)
+        .output()
+        .unwrap();
+    bpftime_tests::remove_region(&shm);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "round 0: ok\nround 1: ok\nround 2: ok\n");
+}
+
 /// A Go program's goroutines make system calls and call a probed Go function on stacks that
 /// start at 2 KiB: system call interception (the signal's frame on the thread's signal stack,
 /// the handlers on the agent's) and the probes leave them alone, and count exactly: 2,000

@@ -1110,6 +1110,48 @@ fn a_loader_run_again_and_again_does_not_fill_the_region() {
     bpftime_tests::remove_region(&shm);
 }
 
+/// A map stays while something holds it, as on the kernel: a loader's forked child that exits
+/// (with copies of the loader's fds) takes nothing with it, and a map another process opened by
+/// id outlives the loader that made it.
+#[test]
+fn maps_stay_while_anything_holds_them_as_on_the_kernel() {
+    let _serial = serial();
+    let loader = build_loader("map_holders");
+    let run = |shm: Option<&str>| -> String {
+        let cmd = |args: &[&str]| match shm {
+            Some(shm) => {
+                let mut c = bpftime(shm);
+                c.args(["load", "--"]).arg(&loader).args(args);
+                c
+            }
+            None => {
+                let mut c = Command::new(&loader);
+                c.args(args);
+                c
+            }
+        };
+        let fork = cmd(&["fork"]).output().unwrap();
+        assert!(fork.status.success(), "{}", text(&fork.stderr));
+        let id_file = std::env::temp_dir().join(format!("bpftime-map-holders-{}-{}", std::process::id(), shm.is_some()));
+        let id = id_file.to_str().unwrap();
+        let mut creator = cmd(&["create", id]).spawn().unwrap();
+        let hold = cmd(&["hold", id]).output().unwrap();
+        assert!(creator.wait().unwrap().success());
+        let _ = std::fs::remove_file(&id_file);
+        assert!(hold.status.success(), "{}", text(&hold.stderr));
+        text(&fork.stdout) + &text(&hold.stdout)
+    };
+    let shm = format!("bpftime-map-holders-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let ours = run(Some(&shm));
+    bpftime_tests::remove_region(&shm);
+    assert_eq!(ours, "after a forked child exited: lookup 0 value 42\nopened by id: yes\nafter its creator exited: lookup 0 value 42\n");
+    if is_root() {
+        assert_eq!(ours, run(None), "the kernel's");
+    }
+}
+
 /// bpftrace on a Go program (cgo): a uprobe on a Go function (its arguments in Go's registers,
 /// read with `reg()`) and the program's one-byte writes, made by 2,000 goroutines on stacks
 /// that start at 2 KiB, count what the kernel counts.

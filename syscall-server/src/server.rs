@@ -162,6 +162,9 @@ pub struct Server {
     /// Maps this process created (removed when nothing holds them, as the kernel frees a map
     /// with its last reference).
     created_maps: Mutex<HashSet<u32>>,
+    /// The process whose fds these are: a child forked from it has copies of them but holds
+    /// nothing (its exit must not drop what the parent holds).
+    pid: u32,
     /// Kprobe-type programs our verifier refused for the CPU but took as CUDA kernel probes,
     /// with the CPU's reason: attaching one to a uprobe or a system call is refused with it.
     gpu_only: Mutex<HashMap<u32, String>>,
@@ -173,6 +176,21 @@ pub struct Server {
     reached: crate::reach::Reached,
     /// Programs already said to be asked for a kernel event (see `kernel_event_refused`).
     told_kernel_only: Mutex<HashSet<u32>>,
+}
+
+/// The object ids a map's values hold (their first four bytes: a map of maps' inner maps, a
+/// prog array's programs; 0, an empty slot, left out).
+fn ids_in(map: &Map) -> Vec<u32> {
+    let mut v = vec![0u8; map.spec().value_size as usize];
+    let mut ids = vec![];
+    for k in map.keys() {
+        if map.lookup(&k, &mut v).is_ok() {
+            if let Some(id) = v.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("four bytes"))).filter(|&id| id != 0) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
 }
 
 /// The system call event (`syscalls/sys_enter_openat`) whose tracefs id is `id`, if it is one.
@@ -316,6 +334,8 @@ impl Server {
             multi_links: Mutex::default(),
             loaded: Mutex::default(),
             created_maps: Mutex::default(),
+            // SAFETY: getpid(2) cannot fail.
+            pid: unsafe { libc::getpid() } as u32,
             gpu_only: Mutex::default(),
             uprobe: pmu::uprobe(),
             kprobe: pmu::kprobe(),
@@ -429,7 +449,7 @@ impl Server {
             return;
         }
         let held = Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Prog(q) if *q == p));
-        if held || pins::is_pinned(&self.region, p) || links::uses_program(&self.region, p) {
+        if held || pins::is_pinned(&self.region, p) || links::uses_program(&self.region, p) || self.ids_in_maps_of(MapType::ProgArray).contains(&p) {
             return;
         }
         let btf = progs::btf_of(&self.region, p);
@@ -457,29 +477,42 @@ impl Server {
         if held || pins::is_pinned(&self.region, m) || self.map_is_used(m) {
             return;
         }
-        Self::lock(&self.created_maps).remove(&m);
         let Ok(map) = Map::open(&self.region, m) else { return };
+        if map.is_shared() {
+            return;
+        }
+        Self::lock(&self.created_maps).remove(&m);
         let btf = map.btf().object;
+        // The maps a map of maps held may be held by nothing else now.
+        let inner = if matches!(map.map_type(), MapType::ArrayOfMaps | MapType::HashOfMaps) { ids_in(&map) } else { vec![] };
         map.retire();
         if btf != 0 {
             self.forget_btf_if_unused(btf);
         }
+        for i in inner {
+            self.forget_map_if_unused(i);
+        }
+    }
+
+    /// The object ids the values of every map of type `t` in the region hold (maps of maps:
+    /// maps; prog arrays: programs).
+    fn ids_in_maps_of(&self, t: MapType) -> Vec<u32> {
+        Map::list(&self.region).iter().filter(|m| m.map_type() == t).flat_map(ids_in).collect()
     }
 
     /// Whether a program in the region uses map `m`, or a map of maps holds it.
     fn map_is_used(&self, m: u32) -> bool {
-        if progs::list(&self.region).iter().any(|p| p.map_refs().iter().any(|&(_, id)| id == m)) {
-            return true;
-        }
-        Map::list(&self.region).iter().filter(|o| matches!(o.map_type(), MapType::ArrayOfMaps | MapType::HashOfMaps)).any(|outer| {
-            let mut v = vec![0u8; outer.spec().value_size as usize];
-            outer.keys().iter().any(|k| outer.lookup(k, &mut v).is_ok() && v.get(..4).is_some_and(|id| u32::from_le_bytes(id.try_into().unwrap()) == m))
-        })
+        progs::list(&self.region).iter().any(|p| p.map_refs().iter().any(|&(_, id)| id == m))
+            || [MapType::ArrayOfMaps, MapType::HashOfMaps].into_iter().any(|t| self.ids_in_maps_of(t).contains(&m))
     }
 
     /// At exit: every link this process still holds is detached (the kernel does this when the
     /// process's fds close).
     pub fn exiting(&self) {
+        // SAFETY: getpid(2) cannot fail.
+        if unsafe { libc::getpid() } as u32 != self.pid {
+            return;
+        }
         // Links first, so that the programs they held can go too.
         let mut fds: Vec<(bool, i32)> =
             Self::lock(&self.fds).iter().map(|(fd, h)| (!matches!(h, Handle::Link(_) | Handle::MultiLink(_) | Handle::Probe(_)), *fd)).collect();
@@ -489,13 +522,21 @@ impl Server {
         }
         // Programs whose last holder went while another process held them (a pinned link
         // since removed there) go too.
-        let loaded: Vec<u32> = Self::lock(&self.loaded).iter().copied().collect();
-        for p in loaded {
-            self.forget_if_unused(p);
-        }
-        let maps: Vec<u32> = Self::lock(&self.created_maps).iter().copied().collect();
-        for m in maps {
-            self.forget_map_if_unused(m);
+        // Then maps and programs that held each other (prog arrays, maps of maps), until no more
+        // go.
+        for _ in 0..8 {
+            let before = (Self::lock(&self.loaded).len(), Self::lock(&self.created_maps).len());
+            let loaded: Vec<u32> = Self::lock(&self.loaded).iter().copied().collect();
+            for p in loaded {
+                self.forget_if_unused(p);
+            }
+            let maps: Vec<u32> = Self::lock(&self.created_maps).iter().copied().collect();
+            for m in maps {
+                self.forget_map_if_unused(m);
+            }
+            if (Self::lock(&self.loaded).len(), Self::lock(&self.created_maps).len()) == before {
+                break;
+            }
         }
     }
 
@@ -1517,6 +1558,12 @@ impl Server {
         let o = self.region.object(id).filter(|o| o.kind == kind).ok_or(libc::ENOENT)?;
         if let Some(ids) = Self::lock(&self.multi_links).get(&id).filter(|_| kind == ObjectKind::Link).cloned() {
             return self.install(Handle::MultiLink(ids));
+        }
+        if kind == ObjectKind::Map && !Self::lock(&self.created_maps).contains(&o.id) {
+            // Another process's map: its loader must not remove it while we hold it.
+            if let Ok(m) = Map::open(&self.region, o.id) {
+                m.mark_shared();
+            }
         }
         self.install(match kind {
             ObjectKind::Map => Handle::Map(o.id),

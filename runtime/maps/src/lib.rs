@@ -229,7 +229,9 @@ pub(crate) struct MapDesc {
     pub writes: AtomicU64,
     /// See [`MapBtf`]: the BTF object, the key's type, the value's type.
     btf: [AtomicU32; 3],
-    _pad: u32,
+    /// Non-zero once a process other than its creator's loader has opened it (see
+    /// [`Map::mark_shared`]).
+    shared: AtomicU32,
 }
 
 /// Where a map's key and value types are described (`btf_fd`, `btf_key_type_id` and
@@ -1126,6 +1128,18 @@ impl Map {
     pub fn btf(&self) -> MapBtf {
         let [o, k, v] = &self.desc().btf;
         MapBtf { object: o.load(Ordering::Acquire), key_type: k.load(Ordering::Relaxed), value_type: v.load(Ordering::Relaxed) }
+    }
+
+    /// Marks the map as held by a process other than the loader that created it (one that
+    /// opened it by id or pin): that loader does not remove it when it lets go of it, since the
+    /// region does not count other processes' references.
+    pub fn mark_shared(&self) {
+        self.desc().shared.store(1, Ordering::Release);
+    }
+
+    /// Whether [`Map::mark_shared`] was called.
+    pub fn is_shared(&self) -> bool {
+        self.desc().shared.load(Ordering::Acquire) != 0
     }
 
     /// Records where the map's key and value types are described (once, right after creation,

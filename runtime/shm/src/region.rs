@@ -175,7 +175,7 @@ struct Grave {
 }
 
 /// How many blocks can wait for their grace period at once (more are not freed at all).
-const GRAVES: usize = 512;
+const GRAVES: usize = 4096;
 
 /// How long a retired block stays untouched: longer than any process runs a program it was
 /// just told to let go of (an agent detaches a link's probes as soon as the link goes).
@@ -692,11 +692,10 @@ impl ShmRegion {
         self.atomic_u64(block_off + 8).ok_or_else(|| self.full(size))?.store(block, Ordering::Relaxed);
         // Memory past the frontier has never been handed out: it is still the zeroes the file
         // was created with, and pages nobody touches take no memory (a large map costs what
-        // it uses). A reused block is cleared (a large one's pages past its first were
-        // released when it was freed).
+        // it uses). A reused block is cleared. (Its pages are not given back to the system:
+        // memory a GPU registered stays the same pages.)
         if reused.is_some() {
-            let dirty_end = if class == usize::MAX { large_clean_from(block_off) } else { block_off + block };
-            self.zero(block_off + BLOCK_HEADER, dirty_end - block_off - BLOCK_HEADER);
+            self.zero(block_off + BLOCK_HEADER, block - BLOCK_HEADER);
         }
         h.used.fetch_add(block, Ordering::Relaxed);
         Ok(block_off + BLOCK_HEADER)
@@ -799,16 +798,6 @@ impl ShmRegion {
         if !self.block_fits(block_off, block) {
             return;
         }
-        if class == u32::MAX {
-            // A large block's pages past the one its free-list link is in go back to the
-            // system (their memory is the region file's), reading as zeroes, as a reused block
-            // must; what cannot is cleared now.
-            let clean = large_clean_from(block_off);
-            let end = block_off + block;
-            let whole = (end / PAGE * PAGE).max(clean);
-            self.release_pages(clean, whole - clean);
-            self.zero(whole, end - whole);
-        }
         // Mark free (so a second free is ignored) and push.
         hdr.store(0, Ordering::Relaxed);
         link.store(head.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -860,17 +849,6 @@ impl ShmRegion {
             }
         }
         h.graves_used.store(left, Ordering::Relaxed);
-    }
-
-    /// Gives `len` bytes of pages at `off` back to the system (madvise(2) `MADV_REMOVE` on the
-    /// shared mapping: the file's pages are freed and read as zeroes), or clears them.
-    fn release_pages(&self, off: u64, len: u64) {
-        let Some(p) = self.ptr(off, len) else { return };
-        // SAFETY: whole pages (the callers pass page multiples) inside our mapping (checked
-        // above), which no object uses any more (their block is being freed).
-        if len == 0 || unsafe { libc::madvise(p as *mut libc::c_void, len as usize, libc::MADV_REMOVE) } != 0 {
-            self.zero(off, len);
-        }
     }
 
     /// Where chunk `c` of the table starts, if it has one: the header's first, then those
@@ -1012,13 +990,6 @@ impl ShmRegion {
     }
 }
 
-/// Where a freed large block at `block_off` is clean from: the first page boundary past its
-/// free-list link (the payload's first word); the rest of the block is released or cleared
-/// when it is freed.
-fn large_clean_from(block_off: u64) -> u64 {
-    (block_off + BLOCK_HEADER + 8).div_ceil(PAGE) * PAGE
-}
-
 /// `CLOCK_MONOTONIC` in nanoseconds.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -1119,8 +1090,7 @@ mod tests {
     }
 
     /// A retired block is not handed out again before its grace period (a process may still
-    /// be writing it); after it, it is. A freed large block comes back cleared, its pages
-    /// released meanwhile.
+    /// be writing it); after it, it is. A freed large block comes back cleared.
     #[test]
     fn retired_blocks_wait_for_their_grace_and_large_ones_come_back_clean() {
         let r = ShmRegion::anonymous(MIN_SIZE.max(8 << 20)).unwrap();
