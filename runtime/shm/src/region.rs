@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 13;
+pub const LAYOUT_VERSION: u32 = 14;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -164,14 +164,28 @@ struct Header {
     graves_used: AtomicU32,
     /// Blocks retired (see [`ShmRegion::retire`]), freed once their grace period is over.
     graves: [Grave; GRAVES],
+    /// The processes that run programs from the region (see [`ShmRegion::register_runner`]).
+    runners: [Runner; RUNNERS],
 }
 
-/// A retired block: its payload offset (0: the grave is free) and when it was retired
-/// (`CLOCK_MONOTONIC` ns, the same clock in every process).
+/// A process that runs programs from the region: its pid (0: a free slot) and the table
+/// change count whose removals it has taken in (see [`ShmRegion::caught_up`]).
+#[repr(C)]
+struct Runner {
+    pid: AtomicU32,
+    seen: AtomicU32,
+}
+
+/// How many processes can say what they have taken in (more are not waited for).
+const RUNNERS: usize = 1024;
+
+/// A retired block: its payload offset (0: the grave is free), when it was retired
+/// (`CLOCK_MONOTONIC` ns, the same clock in every process) and the table's change count then.
 #[repr(C)]
 struct Grave {
     off: AtomicU64,
     at: AtomicU64,
+    seq: AtomicU64,
 }
 
 /// How many blocks can wait for their grace period at once (more are not freed at all).
@@ -817,9 +831,54 @@ impl ShmRegion {
         let now = monotonic_ns();
         if let Some(g) = h.graves.iter().find(|g| g.off.load(Ordering::Relaxed) == 0) {
             g.at.store(now, Ordering::Relaxed);
+            g.seq.store(h.table_seq.load(Ordering::Acquire) as u64, Ordering::Relaxed);
             g.off.store(payload, Ordering::Relaxed);
             h.graves_used.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Says that this process runs programs from the region: blocks retired later are freed
+    /// only once it has taken their removal in ([`ShmRegion::caught_up`]) or is gone. A process
+    /// stopped (SIGSTOP, a debugger) while its probes still run a removed map's program then
+    /// finds that map's storage as it was when it goes on. Returns its slot (None: no slot
+    /// left, the process is not waited for).
+    pub fn register_runner(&self) -> Option<usize> {
+        // SAFETY: getpid(2) cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        let h = self.header();
+        let seen = h.table_seq.load(Ordering::Acquire);
+        // Ours already (the same process after exec), or a free one, or a dead process's.
+        let slot = h.runners.iter().position(|r| r.pid.load(Ordering::Acquire) == me).or_else(|| {
+            h.runners.iter().position(|r| {
+                let pid = r.pid.load(Ordering::Acquire);
+                (pid == 0 || !process_alive(pid)) && r.pid.compare_exchange(pid, me, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            })
+        })?;
+        h.runners[slot].seen.store(seen, Ordering::Release);
+        h.runners[slot].pid.store(me, Ordering::Release);
+        Some(slot)
+    }
+
+    /// Says that the process in runner slot `slot` has taken in every removal up to table
+    /// change count `seen` (it no longer runs anything they removed).
+    pub fn caught_up(&self, slot: usize, seen: u32) {
+        if let Some(r) = self.header().runners.get(slot) {
+            r.seen.store(seen, Ordering::Release);
+        }
+    }
+
+    /// The oldest change count a live runner has not taken in (None: all caught up, or none).
+    fn oldest_unseen_change(&self) -> Option<u32> {
+        let h = self.header();
+        let now = h.table_seq.load(Ordering::Acquire);
+        h.runners
+            .iter()
+            .filter_map(|r| {
+                let pid = r.pid.load(Ordering::Acquire);
+                let seen = r.seen.load(Ordering::Acquire);
+                (pid != 0 && seen != now && process_alive(pid)).then_some(seen)
+            })
+            .max_by_key(|&seen| now.wrapping_sub(seen))
     }
 
     /// Frees the retired blocks that have waited `grace` (see [`ShmRegion::retire`]; the
@@ -835,13 +894,17 @@ impl ShmRegion {
             return;
         }
         let now = monotonic_ns();
+        // The oldest table change a live runner has not taken in yet: what was retired at or
+        // after it may still be in use there.
+        let oldest_unseen = self.oldest_unseen_change();
         let mut left = 0;
         for g in &h.graves {
             let off = g.off.load(Ordering::Relaxed);
             if off == 0 {
                 continue;
             }
-            if now.saturating_sub(g.at.load(Ordering::Relaxed)) >= grace.as_nanos() as u64 {
+            let seen_everywhere = oldest_unseen.is_none_or(|o| (g.seq.load(Ordering::Relaxed) as u32).wrapping_sub(o) as i32 <= 0);
+            if seen_everywhere && now.saturating_sub(g.at.load(Ordering::Relaxed)) >= grace.as_nanos() as u64 {
                 g.off.store(0, Ordering::Relaxed);
                 self.free_locked(off);
             } else {
@@ -990,6 +1053,13 @@ impl ShmRegion {
     }
 }
 
+/// Whether process `pid` exists (kill(2) with signal 0: anything but ESRCH).
+fn process_alive(pid: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -1113,6 +1183,23 @@ mod tests {
             assert!(r.read(big, &mut back));
             assert!(back.iter().all(|&b| b == 0), "page-aligned {page_aligned}: a reused block is clean");
         }
+    }
+
+    /// A block retired after a change a runner has not taken in waits for it, however long
+    /// (a traced process stopped with its probes in place), then is freed.
+    #[test]
+    fn retired_blocks_wait_for_every_live_runner() {
+        let r = ShmRegion::anonymous(MIN_SIZE.max(8 << 20)).unwrap();
+        let slot = r.register_runner().expect("a runner slot");
+        let id = r.add_object(ObjectKind::Map, "m", 0).unwrap();
+        r.remove_object(id).unwrap();
+        let a = r.alloc(100).unwrap();
+        r.retire(a);
+        r.reap_retired(std::time::Duration::ZERO);
+        assert_ne!(r.alloc(100).unwrap(), a, "the runner has not taken the removal in");
+        r.caught_up(slot, r.table_changes());
+        r.reap_retired(std::time::Duration::ZERO);
+        assert_eq!(r.alloc(100).unwrap(), a, "freed once it has");
     }
 
     /// Thousands of objects (a bpftrace wildcard probe's links): the table grows past the
