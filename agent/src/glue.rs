@@ -412,10 +412,6 @@ pub(crate) fn start_in(name: String) {
         bpftime_attach::set_facts_store(Arc::new(CachedFacts(runtime)));
     }
     let standalone = program.is_some();
-    if !standalone {
-        // What loaders remove is freed only once this process has taken the removal in.
-        register_runner(runtime.region());
-    }
     let found = match program {
         Some(path) => {
             let shown = path.to_string_lossy().to_string();
@@ -538,20 +534,10 @@ extern "C" fn follow_in_child() {
                 // Probes are in place already: nothing to wait for, and nothing to look at
                 // before the table changes or the poll interval ends (a child that execs or
                 // exits at once pays only the thread's creation).
-                register_runner(agent.runtime.region());
                 start_follower(agent.runtime.region().table_changes(), false);
             }
         });
     });
-}
-
-/// This process's slot among the region's runners (see
-/// [`bpftime_shm::ShmRegion::register_runner`];
-/// `usize::MAX`: none).
-static RUNNER_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
-
-fn register_runner(region: &bpftime_shm::ShmRegion) {
-    RUNNER_SLOT.store(region.register_runner().unwrap_or(usize::MAX), std::sync::atomic::Ordering::Release);
 }
 
 /// Follows the region's link table from change count `seen` on: new uprobe links are
@@ -561,14 +547,25 @@ fn watch_links(mut seen: u32) {
     let Some(agent) = AGENT.get() else { return };
     let interval = link_poll_interval();
     let region = agent.runtime.region();
+    // What loaders remove is freed only once this process has taken the removal in: this
+    // thread says so, RETIRE_GRACE after the refresh that detached the probes (a run that had
+    // begun then is over).
+    let slot = region.register_runner(seen);
+    let mut detached: std::collections::VecDeque<(u32, std::time::Instant)> = Default::default();
     loop {
-        region.wait_for_table_change(seen, interval);
+        let wait = if detached.is_empty() { interval } else { interval.min(bpftime_shm::RETIRE_GRACE) };
+        region.wait_for_table_change(seen, wait);
         seen = region.table_changes();
-        let _ = std::panic::catch_unwind(|| agent.refresh_links());
-        // Probes of removed links are detached: what they ran may be freed.
-        let slot = RUNNER_SLOT.load(std::sync::atomic::Ordering::Acquire);
-        if slot != usize::MAX {
-            region.caught_up(slot, seen);
+        let refreshed = std::panic::catch_unwind(|| agent.refresh_links()).is_ok();
+        if refreshed && detached.back().is_none_or(|&(s, _)| s != seen) {
+            detached.push_back((seen, std::time::Instant::now()));
+        }
+        let mut settled = None;
+        while detached.front().is_some_and(|(_, at)| at.elapsed() >= bpftime_shm::RETIRE_GRACE) {
+            settled = detached.pop_front().map(|(s, _)| s);
+        }
+        if let (Some(slot), Some(s)) = (slot, settled) {
+            region.caught_up(slot, s);
         }
         for addr in std::panic::catch_unwind(bpftime_attach::yield_to_foreign_breakpoints).unwrap_or_default() {
             eprintln!("bpftime: a breakpoint not ours (a kernel uprobe?) was placed over the probe at {addr:#x}; the function has its own first bytes back there, and bpftime's probes that ran through them stop in this process");

@@ -428,6 +428,8 @@ struct CallSite {
     addr: u64,
     /// The padding its jump goes through.
     pad: u64,
+    /// Its slot among the patched sites (see `patch::register_site`).
+    slot: usize,
 }
 
 /// Sites tried so far (None: could not be rewritten; calls there keep arriving as signals),
@@ -461,8 +463,9 @@ fn rewrite_once(site: u64) -> bool {
         // A site rewritten before whose bytes are a `syscall` again (the library was unloaded
         // and another, or the same, loaded there): forgotten, and tried afresh.
         Some(Some(old)) if is_syscall_instruction(site) => {
-            let pad = old.pad;
+            let (pad, slot) = (old.pad, old.slot);
             r.pads.retain(|&p| p != pad);
+            crate::patch::release_site(slot);
             r.sites.remove(&site);
         }
         Some(done) => return done.is_some(),
@@ -495,16 +498,22 @@ fn rewrite(site: u64, pads: &mut Vec<u64>) -> Option<&'static CallSite> {
     // `jmp rel8` reaches [site + 2 - 128, site + 2 + 127].
     let (lo, hi) = (site + 2 - 128, site + 2 + 127);
     let pad = crate::symbols::padding_near(site, lo, hi, 5, |a| pads.contains(&a) || crate::patch::overlaps(a, 5))?;
-    let ctx: &'static CallSite = Box::leak(Box::new(CallSite { addr: site, pad }));
-    let stub = hook::syscall_stub(pad, ctx as *const CallSite as u64, site_dispatch as *const () as u64).ok()?;
-    let rel = i32::try_from(stub as i64 - (pad + 5) as i64).ok()?;
-    let mut jump = [0xe9, 0, 0, 0, 0];
-    jump[1..].copy_from_slice(&rel.to_le_bytes());
-    // Padding runs nothing: the jump can be written as it is.
-    crate::patch::write_code(pad, &jump).ok()?;
-    pads.push(pad);
     // A thread meeting the transient int3 at the site goes on at the pad (then the stub).
-    crate::patch::register_site(site, 2, pad, &[], 0)?;
+    let slot = crate::patch::register_site(site, 2, pad, &[], 0)?;
+    let ctx: &'static CallSite = Box::leak(Box::new(CallSite { addr: site, pad, slot }));
+    let jumped = (|| {
+        let stub = hook::syscall_stub(pad, ctx as *const CallSite as u64, site_dispatch as *const () as u64).ok()?;
+        let rel = i32::try_from(stub as i64 - (pad + 5) as i64).ok()?;
+        let mut jump = [0xe9, 0, 0, 0, 0];
+        jump[1..].copy_from_slice(&rel.to_le_bytes());
+        // Padding runs nothing: the jump can be written as it is.
+        crate::patch::write_code(pad, &jump).ok()
+    })();
+    if jumped.is_none() {
+        crate::patch::release_site(slot);
+        return None;
+    }
+    pads.push(pad);
     let rel8 = (pad as i64 - (site + 2) as i64) as i8;
     crate::patch::install_short(site, [0xeb, rel8 as u8]).ok()?;
     Some(ctx)

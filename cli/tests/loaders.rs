@@ -1110,6 +1110,23 @@ fn a_loader_run_again_and_again_does_not_fill_the_region() {
     bpftime_tests::remove_region(&shm);
 }
 
+/// A loader's tail-call programs, the prog array libbpf filled with them from `.values` and
+/// the program that calls through it all go with the loader (the array holds its programs
+/// only while something but programs holds it, as in the kernel).
+#[test]
+fn tail_call_tables_go_with_their_loader() {
+    let _serial = serial();
+    let loader = build_loader("load_only");
+    let shm = format!("bpftime-load-only-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let out = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(build_example("tail_calls")).output().unwrap();
+    assert_eq!(text(&out.stdout), "load 0\n", "{}", text(&out.stderr));
+    let list = |what: &str| text(&bpftime(&shm).args([what, "list"]).output().unwrap().stdout);
+    assert_eq!((list("prog"), list("map")), (String::new(), String::new()), "nothing left behind");
+    bpftime_tests::remove_region(&shm);
+}
+
 /// A map stays while something holds it, as on the kernel: a loader's forked child that exits
 /// (with copies of the loader's fds) takes nothing with it, and a map another process opened by
 /// id outlives the loader that made it.

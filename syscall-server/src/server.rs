@@ -387,6 +387,9 @@ impl Server {
     /// `close(fd)`: a link whose last fd closes is detached, as in the kernel.
     pub fn closed(&self, fd: i32) {
         let h = Self::lock(&self.fds).remove(&fd);
+        if !self.owns_objects() {
+            return;
+        }
         if let Some(Handle::PerfOutput(PerfOutput { bound: Some((map, slot)), .. })) = &h {
             let still_open = Self::lock(&self.fds).values().any(|o| matches!(o, Handle::PerfOutput(PerfOutput { bound: Some(b), .. }) if *b == (*map, *slot)));
             if !still_open {
@@ -449,7 +452,7 @@ impl Server {
             return;
         }
         let held = Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Prog(q) if *q == p));
-        if held || pins::is_pinned(&self.region, p) || links::uses_program(&self.region, p) || self.ids_in_maps_of(MapType::ProgArray).contains(&p) {
+        if held || pins::is_pinned(&self.region, p) || links::uses_program(&self.region, p) || self.held_prog_arrays_hold(p) {
             return;
         }
         let btf = progs::btf_of(&self.region, p);
@@ -483,15 +486,34 @@ impl Server {
         }
         Self::lock(&self.created_maps).remove(&m);
         let btf = map.btf().object;
-        // The maps a map of maps held may be held by nothing else now.
-        let inner = if matches!(map.map_type(), MapType::ArrayOfMaps | MapType::HashOfMaps) { ids_in(&map) } else { vec![] };
+        // The maps a map of maps held, the programs a prog array held, may be held by nothing
+        // else now.
+        let kind = map.map_type();
+        let held = if matches!(kind, MapType::ArrayOfMaps | MapType::HashOfMaps | MapType::ProgArray) { ids_in(&map) } else { vec![] };
         map.retire();
         if btf != 0 {
             self.forget_btf_if_unused(btf);
         }
-        for i in inner {
-            self.forget_map_if_unused(i);
+        for i in held {
+            if kind == MapType::ProgArray {
+                self.forget_if_unused(i);
+            } else {
+                self.forget_map_if_unused(i);
+            }
         }
+    }
+
+    /// Whether a prog array that something other than programs holds (an fd of ours, a pin,
+    /// another process) has program `p` in it: as in the kernel, a prog array's entries go when
+    /// its last such reference does (a program that tail-calls through it does not keep them;
+    /// else a program in its own table would keep both for ever).
+    fn held_prog_arrays_hold(&self, p: u32) -> bool {
+        let fds = Self::lock(&self.fds);
+        Map::list(&self.region)
+            .iter()
+            .filter(|m| m.map_type() == MapType::ProgArray)
+            .filter(|m| m.is_shared() || pins::is_pinned(&self.region, m.id()) || fds.values().any(|h| matches!(h, Handle::Map(n) if *n == m.id())))
+            .any(|m| ids_in(m).contains(&p))
     }
 
     /// The object ids the values of every map of type `t` in the region hold (maps of maps:
@@ -506,11 +528,22 @@ impl Server {
             || [MapType::ArrayOfMaps, MapType::HashOfMaps].into_iter().any(|t| self.ids_in_maps_of(t).contains(&m))
     }
 
+    /// Whether this process may drop the region objects its fds name: the loader itself, or a
+    /// child forked from it once the loader is gone (a daemon's); a child while its parent
+    /// lives holds copies of the parent's fds, and its closes and exit drop nothing.
+    fn owns_objects(&self) -> bool {
+        // SAFETY: getpid(2) and kill(2) with signal 0 (which only checks that the process
+        // exists) have no preconditions.
+        unsafe {
+            libc::getpid() as u32 == self.pid
+                || (libc::kill(self.pid as libc::pid_t, 0) != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH))
+        }
+    }
+
     /// At exit: every link this process still holds is detached (the kernel does this when the
     /// process's fds close).
     pub fn exiting(&self) {
-        // SAFETY: getpid(2) cannot fail.
-        if unsafe { libc::getpid() } as u32 != self.pid {
+        if !self.owns_objects() {
             return;
         }
         // Links first, so that the programs they held can go too.
@@ -524,7 +557,7 @@ impl Server {
         // since removed there) go too.
         // Then maps and programs that held each other (prog arrays, maps of maps), until no more
         // go.
-        for _ in 0..8 {
+        loop {
             let before = (Self::lock(&self.loaded).len(), Self::lock(&self.created_maps).len());
             let loaded: Vec<u32> = Self::lock(&self.loaded).iter().copied().collect();
             for p in loaded {

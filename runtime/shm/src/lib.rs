@@ -17,4 +17,4 @@ pub mod region;
 pub mod text;
 
 pub use lock::{ShmGuard, ShmLock};
-pub use region::{default_name, loader_size, path_of, ObjectInfo, ObjectKind, RunSlot, ShmError, ShmRegion, DEFAULT_SIZE, LOADER_SIZE, MIN_SIZE};
+pub use region::{default_name, loader_size, path_of, ObjectInfo, ObjectKind, RunSlot, ShmError, ShmRegion, DEFAULT_SIZE, LOADER_SIZE, MIN_SIZE, RETIRE_GRACE};

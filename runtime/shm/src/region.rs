@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 14;
+pub const LAYOUT_VERSION: u32 = 15;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -168,12 +168,16 @@ struct Header {
     runners: [Runner; RUNNERS],
 }
 
-/// A process that runs programs from the region: its pid (0: a free slot) and the table
-/// change count whose removals it has taken in (see [`ShmRegion::caught_up`]).
+/// A process that runs programs from the region: its pid (0: a free slot), the thread that
+/// follows the table for it (gone with an `exec` that drops the agent, or with the process,
+/// zombie or not), and the table change count whose removals it has taken in (see
+/// [`ShmRegion::caught_up`]).
 #[repr(C)]
 struct Runner {
     pid: AtomicU32,
+    tid: AtomicU32,
     seen: AtomicU32,
+    _pad: u32,
 }
 
 /// How many processes can say what they have taken in (more are not waited for).
@@ -837,37 +841,44 @@ impl ShmRegion {
         }
     }
 
-    /// Says that this process runs programs from the region: blocks retired later are freed
-    /// only once it has taken their removal in ([`ShmRegion::caught_up`]) or is gone. A process
-    /// stopped (SIGSTOP, a debugger) while its probes still run a removed map's program then
-    /// finds that map's storage as it was when it goes on. Returns its slot (None: no slot
-    /// left, the process is not waited for).
-    pub fn register_runner(&self) -> Option<usize> {
-        // SAFETY: getpid(2) cannot fail.
-        let me = unsafe { libc::getpid() } as u32;
+    /// Says that this process runs programs from the region, followed by the calling thread,
+    /// which has taken in every removal up to table change count `seen`: blocks retired later
+    /// are freed only once it has taken their removal in ([`ShmRegion::caught_up`]) or the
+    /// thread is gone. A process stopped (SIGSTOP, a debugger) while its probes still run a
+    /// removed map's program then finds that map's storage as it was when it goes on. Returns
+    /// its slot (None: no slot left, the process is not waited for).
+    pub fn register_runner(&self, seen: u32) -> Option<usize> {
+        // SAFETY: getpid(2) and gettid(2) cannot fail.
+        let (me, tid) = unsafe { (libc::getpid() as u32, libc::syscall(libc::SYS_gettid) as u32) };
         let h = self.header();
-        let seen = h.table_seq.load(Ordering::Acquire);
-        // Ours already (the same process after exec), or a free one, or a dead process's.
+        // Ours already (a forked child's parent slot is not: its pid differs), or a free one,
+        // or a gone runner's.
         let slot = h.runners.iter().position(|r| r.pid.load(Ordering::Acquire) == me).or_else(|| {
             h.runners.iter().position(|r| {
                 let pid = r.pid.load(Ordering::Acquire);
-                (pid == 0 || !process_alive(pid)) && r.pid.compare_exchange(pid, me, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                (pid == 0 || !runner_alive(pid, r.tid.load(Ordering::Acquire))) && r.pid.compare_exchange(pid, me, Ordering::AcqRel, Ordering::Relaxed).is_ok()
             })
         })?;
-        h.runners[slot].seen.store(seen, Ordering::Release);
-        h.runners[slot].pid.store(me, Ordering::Release);
+        let r = &h.runners[slot];
+        r.seen.store(seen, Ordering::Release);
+        r.tid.store(tid, Ordering::Release);
+        r.pid.store(me, Ordering::Release);
         Some(slot)
     }
 
     /// Says that the process in runner slot `slot` has taken in every removal up to table
-    /// change count `seen` (it no longer runs anything they removed).
+    /// change count `seen` (it no longer runs anything they removed). A slot since taken by
+    /// another process is left alone.
     pub fn caught_up(&self, slot: usize, seen: u32) {
-        if let Some(r) = self.header().runners.get(slot) {
+        // SAFETY: getpid(2) cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        if let Some(r) = self.header().runners.get(slot).filter(|r| r.pid.load(Ordering::Acquire) == me) {
             r.seen.store(seen, Ordering::Release);
         }
     }
 
     /// The oldest change count a live runner has not taken in (None: all caught up, or none).
+    /// Counts are compared as offsets behind the current one (they wrap).
     fn oldest_unseen_change(&self) -> Option<u32> {
         let h = self.header();
         let now = h.table_seq.load(Ordering::Acquire);
@@ -875,10 +886,19 @@ impl ShmRegion {
             .iter()
             .filter_map(|r| {
                 let pid = r.pid.load(Ordering::Acquire);
+                if pid == 0 {
+                    return None;
+                }
+                if !runner_alive(pid, r.tid.load(Ordering::Acquire)) {
+                    let _ = r.pid.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+                    return None;
+                }
                 let seen = r.seen.load(Ordering::Acquire);
-                (pid != 0 && seen != now && process_alive(pid)).then_some(seen)
+                let behind = now.wrapping_sub(seen) as i32;
+                (behind > 0).then_some((behind, seen))
             })
-            .max_by_key(|&seen| now.wrapping_sub(seen))
+            .max_by_key(|&(behind, _)| behind)
+            .map(|(_, seen)| seen)
     }
 
     /// Frees the retired blocks that have waited `grace` (see [`ShmRegion::retire`]; the
@@ -1053,10 +1073,14 @@ impl ShmRegion {
     }
 }
 
-/// Whether process `pid` exists (kill(2) with signal 0: anything but ESRCH).
-fn process_alive(pid: u32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks that the process exists.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+/// Whether thread `tid` of process `pid` exists (tgkill(2) with signal 0: anything but
+/// ESRCH; a pid or tid out of range, as a scribbled slot may hold, counts as gone).
+fn runner_alive(pid: u32, tid: u32) -> bool {
+    if pid == 0 || tid == 0 || pid > i32::MAX as u32 || tid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: tgkill(2) with signal 0 only checks that the thread exists.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid as libc::pid_t, tid as libc::pid_t, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
@@ -1190,7 +1214,7 @@ mod tests {
     #[test]
     fn retired_blocks_wait_for_every_live_runner() {
         let r = ShmRegion::anonymous(MIN_SIZE.max(8 << 20)).unwrap();
-        let slot = r.register_runner().expect("a runner slot");
+        let slot = r.register_runner(r.table_changes()).expect("a runner slot");
         let id = r.add_object(ObjectKind::Map, "m", 0).unwrap();
         r.remove_object(id).unwrap();
         let a = r.alloc(100).unwrap();
