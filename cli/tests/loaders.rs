@@ -1162,6 +1162,17 @@ fn maps_stay_while_anything_holds_them_as_on_the_kernel() {
     bpftime_tests::remove_region(&shm);
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let ours = run(Some(&shm));
+    // A holder that is gone holds nothing: bpftool opens every map by id while the creator
+    // runs, then exits; the creator's exit takes the map with it.
+    let id_file = std::env::temp_dir().join(format!("bpftime-map-holders-bpftool-{}", std::process::id()));
+    let mut creator = bpftime(&shm).args(["load", "--"]).arg(&loader).arg("create").arg(&id_file).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let shown = bpftime(&shm).args(["load", "--", "bpftool", "map", "show"]).output().unwrap();
+    assert!(text(&shown.stdout).contains(": array"), "bpftool saw the map: {}{}", text(&shown.stdout), text(&shown.stderr));
+    assert!(creator.wait().unwrap().success());
+    let _ = std::fs::remove_file(&id_file);
+    let maps = text(&bpftime(&shm).args(["map", "list"]).output().unwrap().stdout);
+    assert_eq!(maps, "", "the map went with its creator");
     bpftime_tests::remove_region(&shm);
     assert_eq!(ours, "after a forked child exited: lookup 0 value 42\nopened by id: yes\nafter its creator exited: lookup 0 value 42\n");
     if is_root() {

@@ -162,6 +162,9 @@ pub struct Server {
     /// Maps this process created (removed when nothing holds them, as the kernel frees a map
     /// with its last reference).
     created_maps: Mutex<HashSet<u32>>,
+    /// Maps of other loaders this process opened by id or pin (it removes one that it held
+    /// last, once its creator let go).
+    held_maps: Mutex<HashSet<u32>>,
     /// The process whose fds these are: a child forked from it has copies of them but holds
     /// nothing (its exit must not drop what the parent holds).
     pid: u32,
@@ -334,6 +337,7 @@ impl Server {
             multi_links: Mutex::default(),
             loaded: Mutex::default(),
             created_maps: Mutex::default(),
+            held_maps: Mutex::default(),
             // SAFETY: getpid(2) cannot fail.
             pid: unsafe { libc::getpid() } as u32,
             gpu_only: Mutex::default(),
@@ -473,15 +477,29 @@ impl Server {
     /// region's grace period: an agent may be finishing a run of a program that used it.
     /// Maps of a loader whose maps may have moved to the kernel stay.
     fn forget_map_if_unused(&self, m: u32) {
-        if self.kernel.is_some() || !Self::lock(&self.created_maps).contains(&m) {
+        let created = Self::lock(&self.created_maps).contains(&m);
+        if self.kernel.is_some() || !(created || Self::lock(&self.held_maps).contains(&m)) {
             return;
         }
-        let held = Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Map(n) if *n == m));
-        if held || pins::is_pinned(&self.region, m) || self.map_is_used(m) {
+        if Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Map(n) if *n == m)) {
             return;
         }
         let Ok(map) = Map::open(&self.region, m) else { return };
-        if map.is_shared() {
+        if !created {
+            // Ours no more; the map goes if its creator let go and nobody else holds it.
+            map.remove_holder();
+            Self::lock(&self.held_maps).remove(&m);
+            if !map.creator_gone() {
+                return;
+            }
+        }
+        if pins::is_pinned(&self.region, m) || self.map_is_used(m) {
+            return;
+        }
+        if map.held_elsewhere() {
+            // Its last holder removes it.
+            map.release_by_creator();
+            Self::lock(&self.created_maps).remove(&m);
             return;
         }
         Self::lock(&self.created_maps).remove(&m);
@@ -512,7 +530,7 @@ impl Server {
         Map::list(&self.region)
             .iter()
             .filter(|m| m.map_type() == MapType::ProgArray)
-            .filter(|m| m.is_shared() || pins::is_pinned(&self.region, m.id()) || fds.values().any(|h| matches!(h, Handle::Map(n) if *n == m.id())))
+            .filter(|m| m.held_elsewhere() || pins::is_pinned(&self.region, m.id()) || fds.values().any(|h| matches!(h, Handle::Map(n) if *n == m.id())))
             .any(|m| ids_in(m).contains(&p))
     }
 
@@ -558,16 +576,16 @@ impl Server {
         // Then maps and programs that held each other (prog arrays, maps of maps), until no more
         // go.
         loop {
-            let before = (Self::lock(&self.loaded).len(), Self::lock(&self.created_maps).len());
+            let before = (Self::lock(&self.loaded).len(), Self::lock(&self.created_maps).len(), Self::lock(&self.held_maps).len());
             let loaded: Vec<u32> = Self::lock(&self.loaded).iter().copied().collect();
             for p in loaded {
                 self.forget_if_unused(p);
             }
-            let maps: Vec<u32> = Self::lock(&self.created_maps).iter().copied().collect();
+            let maps: Vec<u32> = Self::lock(&self.created_maps).iter().chain(Self::lock(&self.held_maps).iter()).copied().collect();
             for m in maps {
                 self.forget_map_if_unused(m);
             }
-            if (Self::lock(&self.loaded).len(), Self::lock(&self.created_maps).len()) == before {
+            if (Self::lock(&self.loaded).len(), Self::lock(&self.created_maps).len(), Self::lock(&self.held_maps).len()) == before {
                 break;
             }
         }
@@ -754,6 +772,7 @@ impl Server {
         if let Some(k) = &self.kernel {
             Self::lock(&k.map_attrs).insert(map.id(), a.0.clone());
         }
+        map.set_creator();
         Self::lock(&self.created_maps).insert(map.id());
         self.install(Handle::Map(map.id()))
     }
@@ -1595,7 +1614,8 @@ impl Server {
         if kind == ObjectKind::Map && !Self::lock(&self.created_maps).contains(&o.id) {
             // Another process's map: its loader must not remove it while we hold it.
             if let Ok(m) = Map::open(&self.region, o.id) {
-                m.mark_shared();
+                m.add_holder();
+                Self::lock(&self.held_maps).insert(o.id);
             }
         }
         self.install(match kind {

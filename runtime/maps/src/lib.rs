@@ -229,10 +229,26 @@ pub(crate) struct MapDesc {
     pub writes: AtomicU64,
     /// See [`MapBtf`]: the BTF object, the key's type, the value's type.
     btf: [AtomicU32; 3],
-    /// Non-zero once a process other than its creator's loader has opened it (see
-    /// [`Map::mark_shared`]).
-    shared: AtomicU32,
+    /// The loader that created it (see [`Map::set_creator`]).
+    creator: AtomicU32,
+    /// Processes other than its creator's loader that opened it (see [`Map::add_holder`]):
+    /// their pids, 0 for a free slot, `u32::MAX` once more than fit have.
+    holders: [AtomicU32; MAP_HOLDERS],
 }
+
+/// Whether process `pid` exists (kill(2) with signal 0: anything but ESRCH; a pid out of
+/// range, as a scribbled descriptor may hold, counts as gone).
+fn process_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// How many other processes a map's descriptor names as its holders.
+const MAP_HOLDERS: usize = 8;
 
 /// Where a map's key and value types are described (`btf_fd`, `btf_key_type_id` and
 /// `btf_value_type_id` of `BPF_MAP_CREATE`): a BTF object of the region and two type ids in
@@ -1130,16 +1146,67 @@ impl Map {
         MapBtf { object: o.load(Ordering::Acquire), key_type: k.load(Ordering::Relaxed), value_type: v.load(Ordering::Relaxed) }
     }
 
-    /// Marks the map as held by a process other than the loader that created it (one that
-    /// opened it by id or pin): that loader does not remove it when it lets go of it, since the
-    /// region does not count other processes' references.
-    pub fn mark_shared(&self) {
-        self.desc().shared.store(1, Ordering::Release);
+    /// Names this process as a holder of the map (it opened it by id or pin, not being the
+    /// loader that created it): while it lives, that loader does not remove the map when it
+    /// lets go of it (the region counts no other process's fds). A holder that is gone no
+    /// longer counts (`bpftool map dump` while a tool runs leaves nothing behind).
+    pub fn add_holder(&self) {
+        // SAFETY: getpid(2) cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        let slots = &self.desc().holders;
+        if slots.iter().any(|h| h.load(Ordering::Acquire) == me) {
+            return;
+        }
+        for h in slots {
+            let pid = h.load(Ordering::Acquire);
+            if (pid == 0 || (pid != u32::MAX && !process_alive(pid))) && h.compare_exchange(pid, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                return;
+            }
+        }
+        // More than fit: held for good.
+        slots[0].store(u32::MAX, Ordering::Release);
     }
 
-    /// Whether [`Map::mark_shared`] was called.
-    pub fn is_shared(&self) -> bool {
-        self.desc().shared.load(Ordering::Acquire) != 0
+    /// Records that the loader in this process created the map: it or, once it let go
+    /// ([`Map::release_by_creator`]) or is gone, the last holder removes the map. Maps no loader
+    /// created (`bpftime load OBJ`'s) are removed by no holder.
+    pub fn set_creator(&self) {
+        // SAFETY: getpid(2) cannot fail.
+        self.desc().creator.store(unsafe { libc::getpid() } as u32, Ordering::Release);
+    }
+
+    /// Says that the loader that created the map let go of it while others held it.
+    pub fn release_by_creator(&self) {
+        self.desc().creator.store(u32::MAX, Ordering::Release);
+    }
+
+    /// Whether a loader created the map and has let go of it or is gone: its last holder
+    /// removes it.
+    pub fn creator_gone(&self) -> bool {
+        match self.desc().creator.load(Ordering::Acquire) {
+            0 => false,
+            u32::MAX => true,
+            pid => !process_alive(pid),
+        }
+    }
+
+    /// Takes this process off the map's holders (see [`Map::add_holder`]).
+    pub fn remove_holder(&self) {
+        // SAFETY: getpid(2) cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        for h in &self.desc().holders {
+            let _ = h.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a live process other than this one holds the map (see [`Map::add_holder`]).
+    pub fn held_elsewhere(&self) -> bool {
+        // SAFETY: getpid(2) cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        self.desc().holders.iter().any(|h| {
+            let pid = h.load(Ordering::Acquire);
+            pid == u32::MAX || (pid != 0 && pid != me && process_alive(pid))
+        })
     }
 
     /// Records where the map's key and value types are described (once, right after creation,
