@@ -530,15 +530,20 @@ fn start_follower(seen: u32, settled: bool) {
 extern "C" fn follow_in_child() {
     bpftime_attach::without_probes(|| {
         let _ = std::panic::catch_unwind(|| {
-            if let Some(agent) = AGENT.get() {
+            if AGENT.get().is_some() {
                 // Probes are in place already: nothing to wait for, and nothing to look at
                 // before the table changes or the poll interval ends (a child that execs or
                 // exits at once pays only the thread's creation).
-                start_follower(agent.runtime.region().table_changes(), false);
+                // The probes it has are the parent's as of its last refresh.
+                start_follower(LAST_REFRESH.load(std::sync::atomic::Ordering::Acquire), false);
             }
         });
     });
 }
+
+/// The table change count of the link follower's last refresh (a forked child's probes are
+/// as of it).
+static LAST_REFRESH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Follows the region's link table from change count `seen` on: new uprobe links are
 /// attached, probes of removed links detached (a loader that exits detaches its links, as in
@@ -550,6 +555,7 @@ fn watch_links(mut seen: u32) {
     // What loaders remove is freed only once this process has taken the removal in: this
     // thread says so, RETIRE_GRACE after the refresh that detached the probes (a run that had
     // begun then is over).
+    LAST_REFRESH.store(seen, std::sync::atomic::Ordering::Release);
     let slot = region.register_runner(seen);
     let mut detached: std::collections::VecDeque<(u32, std::time::Instant)> = Default::default();
     loop {
@@ -557,6 +563,9 @@ fn watch_links(mut seen: u32) {
         region.wait_for_table_change(seen, wait);
         seen = region.table_changes();
         let refreshed = std::panic::catch_unwind(|| agent.refresh_links()).is_ok();
+        if refreshed {
+            LAST_REFRESH.store(seen, std::sync::atomic::Ordering::Release);
+        }
         if refreshed && detached.back().is_none_or(|&(s, _)| s != seen) {
             detached.push_back((seen, std::time::Instant::now()));
         }

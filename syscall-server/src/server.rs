@@ -165,6 +165,9 @@ pub struct Server {
     /// Maps of other loaders this process opened by id or pin (it removes one that it held
     /// last, once its creator let go).
     held_maps: Mutex<HashSet<u32>>,
+    /// Fds a forked child of the loader made itself (it drops what they name when it closes
+    /// them or exits, while the loader's stay to the loader).
+    child_fds: Mutex<HashSet<i32>>,
     /// The process whose fds these are: a child forked from it has copies of them but holds
     /// nothing (its exit must not drop what the parent holds).
     pid: u32,
@@ -338,6 +341,7 @@ impl Server {
             loaded: Mutex::default(),
             created_maps: Mutex::default(),
             held_maps: Mutex::default(),
+            child_fds: Mutex::default(),
             // SAFETY: getpid(2) cannot fail.
             pid: unsafe { libc::getpid() } as u32,
             gpu_only: Mutex::default(),
@@ -365,6 +369,10 @@ impl Server {
     fn install(&self, h: Handle) -> Result<i64, Errno> {
         let fd = new_fd()?;
         Self::lock(&self.fds).insert(fd, h);
+        // SAFETY: getpid(2) cannot fail.
+        if unsafe { libc::getpid() } as u32 != self.pid {
+            Self::lock(&self.child_fds).insert(fd);
+        }
         Ok(fd as i64)
     }
 
@@ -391,7 +399,11 @@ impl Server {
     /// `close(fd)`: a link whose last fd closes is detached, as in the kernel.
     pub fn closed(&self, fd: i32) {
         let h = Self::lock(&self.fds).remove(&fd);
-        if !self.owns_objects() {
+        if h.is_none() {
+            return;
+        }
+        // A forked child drops only what it made itself while its loader lives.
+        if !self.owns_objects() && !Self::lock(&self.child_fds).remove(&fd) {
             return;
         }
         if let Some(Handle::PerfOutput(PerfOutput { bound: Some((map, slot)), .. })) = &h {
@@ -478,31 +490,37 @@ impl Server {
     /// Maps of a loader whose maps may have moved to the kernel stay.
     fn forget_map_if_unused(&self, m: u32) {
         let created = Self::lock(&self.created_maps).contains(&m);
-        if self.kernel.is_some() || !(created || Self::lock(&self.held_maps).contains(&m)) {
-            return;
-        }
-        if Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Map(n) if *n == m)) {
+        let holding = Self::lock(&self.held_maps).contains(&m);
+        if !(created || holding) || Self::lock(&self.fds).values().any(|h| matches!(h, Handle::Map(n) if *n == m)) {
             return;
         }
         let Ok(map) = Map::open(&self.region, m) else { return };
-        if !created {
-            // Ours no more; the map goes if its creator let go and nobody else holds it.
-            map.remove_holder();
-            Self::lock(&self.held_maps).remove(&m);
-            if !map.creator_gone() {
-                return;
+        if self.kernel.is_some() {
+            // Maps of a loader whose maps may have moved to the kernel stay; its holds end.
+            if holding {
+                let _ = map.holder_lets_go_unless(true);
+                Self::lock(&self.held_maps).remove(&m);
             }
-        }
-        if pins::is_pinned(&self.region, m) || self.map_is_used(m) {
             return;
         }
-        if map.held_elsewhere() {
-            // Its last holder removes it.
-            map.release_by_creator();
+        // Still ours while a program of ours uses it (or, for its loader, any program).
+        let loaded: Vec<u32> = Self::lock(&self.loaded).iter().copied().collect();
+        let used_by_us = loaded.iter().any(|&p| progs::load(&self.region, p).is_some_and(|s| s.map_refs().iter().any(|&(_, id)| id == m)));
+        if used_by_us || pins::is_pinned(&self.region, m) || (created && self.map_is_used(m)) {
+            return;
+        }
+        let remove = if created {
             Self::lock(&self.created_maps).remove(&m);
+            map.creator_lets_go()
+        } else {
+            Self::lock(&self.held_maps).remove(&m);
+            // (Used by another loader's program: that loader's holds decide.)
+            let used = self.map_is_used(m);
+            map.holder_lets_go_unless(used)
+        };
+        if !remove {
             return;
         }
-        Self::lock(&self.created_maps).remove(&m);
         let btf = map.btf().object;
         // The maps a map of maps held, the programs a prog array held, may be held by nothing
         // else now.
@@ -530,8 +548,8 @@ impl Server {
         Map::list(&self.region)
             .iter()
             .filter(|m| m.map_type() == MapType::ProgArray)
-            .filter(|m| m.held_elsewhere() || pins::is_pinned(&self.region, m.id()) || fds.values().any(|h| matches!(h, Handle::Map(n) if *n == m.id())))
-            .any(|m| ids_in(m).contains(&p))
+            .filter(|m| ids_in(m).contains(&p))
+            .any(|m| fds.values().any(|h| matches!(h, Handle::Map(n) if *n == m.id())) || pins::is_pinned(&self.region, m.id()) || m.kept_elsewhere())
     }
 
     /// The object ids the values of every map of type `t` in the region hold (maps of maps:
@@ -562,6 +580,11 @@ impl Server {
     /// process's fds close).
     pub fn exiting(&self) {
         if !self.owns_objects() {
+            // A forked child: what it made itself goes.
+            let own: Vec<i32> = Self::lock(&self.child_fds).iter().copied().collect();
+            for fd in own {
+                self.closed(fd);
+            }
             return;
         }
         // Links first, so that the programs they held can go too.

@@ -247,6 +247,11 @@ fn process_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
+/// [`MapDesc::creator`] once its loader let go while others held the map.
+const CREATOR_RELEASED: u32 = u32::MAX;
+/// [`MapDesc::creator`] once one process is removing the map.
+const CREATOR_REMOVING: u32 = u32::MAX - 1;
+
 /// How many other processes a map's descriptor names as its holders.
 const MAP_HOLDERS: usize = 8;
 
@@ -1175,28 +1180,40 @@ impl Map {
         self.desc().creator.store(unsafe { libc::getpid() } as u32, Ordering::Release);
     }
 
-    /// Says that the loader that created the map let go of it while others held it.
-    pub fn release_by_creator(&self) {
-        self.desc().creator.store(u32::MAX, Ordering::Release);
+    /// The loader that created the map lets go of it (nothing of its own holds it any more):
+    /// true when nobody else holds it either and the caller is the one to remove it; else the
+    /// last holder to let go removes it ([`Map::holder_lets_go`]). Each side withdraws before
+    /// it looks at the other (sequentially consistent), so at least one sees the other gone,
+    /// and one compare-and-swap makes exactly one the remover.
+    pub fn creator_lets_go(&self) -> bool {
+        let d = self.desc();
+        d.creator.store(CREATOR_RELEASED, Ordering::SeqCst);
+        !self.held_elsewhere() && d.creator.compare_exchange(CREATOR_RELEASED, CREATOR_REMOVING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
-    /// Whether a loader created the map and has let go of it or is gone: its last holder
-    /// removes it.
-    pub fn creator_gone(&self) -> bool {
-        match self.desc().creator.load(Ordering::Acquire) {
-            0 => false,
-            u32::MAX => true,
-            pid => !process_alive(pid),
-        }
-    }
-
-    /// Takes this process off the map's holders (see [`Map::add_holder`]).
-    pub fn remove_holder(&self) {
+    /// This process, a holder ([`Map::add_holder`]), lets go of the map: true when its loader
+    /// let go too (or is gone), nobody else holds it, the caller is the one to remove it, and
+    /// `kept` (something else keeps it) is false.
+    pub fn holder_lets_go_unless(&self, kept: bool) -> bool {
         // SAFETY: getpid(2) cannot fail.
         let me = unsafe { libc::getpid() } as u32;
-        for h in &self.desc().holders {
-            let _ = h.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
+        let d = self.desc();
+        for h in &d.holders {
+            let _ = h.compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst);
         }
+        let c = d.creator.load(Ordering::SeqCst);
+        let gone = c == CREATOR_RELEASED || (c != 0 && c != CREATOR_REMOVING && !process_alive(c));
+        !kept && gone && !self.held_elsewhere() && d.creator.compare_exchange(c, CREATOR_REMOVING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    /// Whether something outside this process keeps the map: another live process that opened
+    /// it ([`Map::add_holder`]), its loader if that is another live process, or no loader at all
+    /// (`bpftime load OBJ`'s maps stay until removed).
+    pub fn kept_elsewhere(&self) -> bool {
+        // SAFETY: getpid(2) cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        let c = self.desc().creator.load(Ordering::SeqCst);
+        self.held_elsewhere() || c == 0 || (c != me && c != CREATOR_RELEASED && c != CREATOR_REMOVING && process_alive(c))
     }
 
     /// Whether a live process other than this one holds the map (see [`Map::add_holder`]).
@@ -1204,7 +1221,7 @@ impl Map {
         // SAFETY: getpid(2) cannot fail.
         let me = unsafe { libc::getpid() } as u32;
         self.desc().holders.iter().any(|h| {
-            let pid = h.load(Ordering::Acquire);
+            let pid = h.load(Ordering::SeqCst);
             pid == u32::MAX || (pid != 0 && pid != me && process_alive(pid))
         })
     }
