@@ -1270,8 +1270,7 @@ fn system_calls_on_threads_with_small_signal_stacks_behave_as_without_us() {
     for run in 0..3 {
         let shm = format!("bpftime-cli-sigstacks-{}", std::process::id());
         bpftime_tests::remove_region(&shm);
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_bpftime")).args(["--shm", &shm, "run", obj.to_str().unwrap(), "--json", "--"]).arg(&target).output().unwrap();
+        let out = bpftime_shm(&shm, &["run", obj.to_str().unwrap(), "--json", "--", target.to_str().unwrap()]);
         bpftime_tests::remove_region(&shm);
         let err = text(&out.stderr);
         assert!(out.status.success(), "run {run}: {err}");
@@ -1314,12 +1313,7 @@ fn system_calls_and_probes_of_goroutines_are_counted_exactly() {
     for run in 0..3 {
         let shm = format!("bpftime-cli-go-{}", std::process::id());
         bpftime_tests::remove_region(&shm);
-        let out = Command::new(env!("CARGO_BIN_EXE_bpftime"))
-            .args(["--shm", &shm, "run", obj.to_str().unwrap(), "--json", "--"])
-            .arg(&target)
-            .args(["2000", "write"])
-            .output()
-            .unwrap();
+        let out = bpftime_shm(&shm, &["run", obj.to_str().unwrap(), "--json", "--", target.to_str().unwrap(), "2000", "write"]);
         bpftime_tests::remove_region(&shm);
         let err = text(&out.stderr);
         assert!(out.status.success(), "run {run}: {err}");

@@ -568,12 +568,8 @@ impl Server {
     /// child forked from it once the loader is gone (a daemon's); a child while its parent
     /// lives holds copies of the parent's fds, and its closes and exit drop nothing.
     fn owns_objects(&self) -> bool {
-        // SAFETY: getpid(2) and kill(2) with signal 0 (which only checks that the process
-        // exists) have no preconditions.
-        unsafe {
-            libc::getpid() as u32 == self.pid
-                || (libc::kill(self.pid as libc::pid_t, 0) != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH))
-        }
+        // SAFETY: getpid(2) cannot fail.
+        (unsafe { libc::getpid() }) as u32 == self.pid || !bpftime_shm::process_alive(self.pid)
     }
 
     /// At exit: every link this process still holds is detached (the kernel does this when the

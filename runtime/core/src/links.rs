@@ -168,12 +168,7 @@ pub fn remove_orphans(region: &ShmRegion) -> usize {
     let mut n = 0;
     for o in region.objects().into_iter().filter(|o| o.kind == ObjectKind::Link) {
         let Some(d) = desc::load::<LinkDesc>(region, o.data) else { continue };
-        // SAFETY: kill(2) with signal 0 only checks that the process exists.
-        if d.magic == LINK_MAGIC
-            && d.owner != 0
-            && unsafe { libc::kill(d.owner as i32, 0) } != 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-        {
+        if d.magic == LINK_MAGIC && d.owner != 0 && !bpftime_shm::process_alive(d.owner) {
             if region.remove_object(o.id).is_some() {
                 region.retire(o.data);
             }

@@ -36,7 +36,7 @@ pub const KERNEL_PROGRAM: u32 = 1 << 31;
 pub use perf::{PerfRecord, MAX_RING_PAGES};
 pub use ringbuf::{RingbufRecord, RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, RINGBUF_HDR_SZ};
 
-use bpftime_shm::{ObjectKind, ShmError, ShmLock, ShmRegion};
+use bpftime_shm::{process_alive, ObjectKind, ShmError, ShmLock, ShmRegion};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -234,17 +234,6 @@ pub(crate) struct MapDesc {
     /// Processes other than its creator's loader that opened it (see [`Map::add_holder`]):
     /// their pids, 0 for a free slot, `u32::MAX` once more than fit have.
     holders: [AtomicU32; MAP_HOLDERS],
-}
-
-/// Whether process `pid` exists (kill(2) with signal 0: anything but ESRCH; a pid out of
-/// range, as a scribbled descriptor may hold, counts as gone).
-fn process_alive(pid: u32) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return false;
-    }
-    // SAFETY: kill(2) with signal 0 only checks that the process exists.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// [`MapDesc::creator`] once its loader let go while others held the map.

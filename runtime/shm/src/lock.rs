@@ -75,8 +75,9 @@ pub fn prepare() {
     crate::ids::process_id();
 }
 
-/// Whether a process with this pid exists.
-fn alive(pid: u32) -> bool {
+/// Whether a process with this pid exists (kill(2) with signal 0: anything but ESRCH; 0 and
+/// pids out of range, as a scribbled word of the region may hold, count as gone).
+pub fn process_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
@@ -133,7 +134,7 @@ impl ShmLock {
                         false
                     }
                 };
-                if (cur != me && !alive(cur)) || stuck {
+                if (cur != me && !process_alive(cur)) || stuck {
                     held(1);
                     if self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                         self.count_acquisition();
