@@ -444,7 +444,7 @@ pub(crate) fn start_in(name: String) {
             }
         }
         None => {
-            links::remove_orphans(runtime.region());
+            remove_orphans(runtime.region());
             links::list(runtime.region())
         }
     };
@@ -541,6 +541,15 @@ extern "C" fn follow_in_child() {
     });
 }
 
+/// Drops the links of loaders killed before they could close them (looked at every poll) and,
+/// when there were any, the rest of what those loaders left (`bpftime_runtime::orphans`:
+/// programs, maps, BTF; a loader's server looks at start too).
+fn remove_orphans(region: &std::sync::Arc<bpftime_shm::ShmRegion>) {
+    if links::remove_orphans(region) > 0 {
+        bpftime_runtime::orphans::remove(region);
+    }
+}
+
 /// The table change count of the link follower's last refresh (a forked child's probes are
 /// as of it).
 static LAST_REFRESH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -584,7 +593,7 @@ fn watch_links(mut seen: u32) {
 
 impl Agent {
     fn refresh_links(&self) {
-        links::remove_orphans(self.runtime.region());
+        remove_orphans(self.runtime.region());
         let now = links::list(self.runtime.region());
         // Thousands of links (a bpftrace wildcard): looked up by id, not by scanning `now`.
         let ids: std::collections::HashSet<u32> = now.iter().map(|l| l.id).collect();

@@ -1180,6 +1180,85 @@ fn maps_stay_while_anything_holds_them_as_on_the_kernel() {
     }
 }
 
+/// A loader killed (SIGKILL) before it could let go leaves nothing behind, as on the kernel
+/// (which closes a dead process's fds): its links, programs, maps and BTF go once another
+/// process opens the region (here bpftool's server). A loader that forks a child and leaves
+/// without its exit handlers (a daemon, `_exit`) keeps what the child holds while it lives.
+#[test]
+fn a_killed_loaders_objects_go_as_on_the_kernel() {
+    let _serial = serial();
+    let loader = build_loader("count_calls");
+    let obj = build_example("loader_calls");
+    let calls = build_target("calls", false);
+    let holders = build_loader("map_holders");
+    let shm = format!("bpftime-killed-loader-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let kill = |pid: i32| {
+        // SAFETY: kill(2) on a process this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    };
+    let mut ours = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    wait_attached(Some(&shm));
+    let region = bpftime_shm::ShmRegion::open(&shm).unwrap();
+    let objects = |region: &bpftime_shm::ShmRegion| region.objects().into_iter().map(|o| format!("{:?} {}", o.kind, o.name)).collect::<Vec<_>>();
+    let made = objects(&region);
+    assert!(
+        made.iter().any(|o| o.starts_with("Btf")) && made.iter().any(|o| o.starts_with("Program")) && made.iter().any(|o| o.starts_with("Map")),
+        "{made:?}"
+    );
+    kill(child_of(ours.id()));
+    let _ = ours.wait();
+    assert_eq!(objects(&region), made, "nothing is removed before someone opens the region");
+    let shown = bpftime(&shm).args(["load", "--", "bpftool", "prog", "show"]).output().unwrap();
+    assert!(shown.status.success() && !text(&shown.stdout).contains("add_entry"), "{}{}", text(&shown.stdout), text(&shown.stderr));
+    assert_eq!(objects(&region), Vec::<String>::new(), "what the killed loader made (it had {made:?})");
+    // A daemon: the loader's child holds the map after the loader left.
+    let daemon = |cmd: &mut Command, tag: &str| -> String {
+        let file = std::env::temp_dir().join(format!("bpftime-daemon-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        assert!(cmd.arg(&holders).arg("daemon").arg(&file).status().unwrap().success());
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        if tag == "ours" {
+            // Another loader opens the region while the daemon runs.
+            let shown = bpftime(&shm).args(["load", "--", "bpftool", "map", "show"]).output().unwrap();
+            assert!(text(&shown.stdout).contains(": array"), "the daemon's map is there: {}{}", text(&shown.stdout), text(&shown.stderr));
+        }
+        for _ in 0..100 {
+            if std::fs::read_to_string(&file).is_ok_and(|s| s.ends_with('\n')) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::fs::read_to_string(&file).unwrap_or_default()
+    };
+    let theirs = daemon(bpftime(&shm).args(["load", "--"]), "ours");
+    assert_eq!(theirs, "a daemon after its loader left: lookup 0 value 42\n");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(objects(&region), Vec::<String>::new(), "the daemon's exit took its map with it");
+    bpftime_tests::remove_region(&shm);
+    if !is_root() {
+        println!("skipping the kernel comparison: it needs root");
+        return;
+    }
+    let mut kernel = Command::new(&loader).arg(&obj).arg(&calls).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut said = BufReader::new(kernel.stdout.take().unwrap()).lines();
+    assert!(said.any(|l| l.is_ok_and(|l| l.contains("attached"))), "the loader attached on the kernel");
+    let progs = || text(&Command::new("bpftool").args(["prog", "show"]).output().unwrap().stdout);
+    assert!(progs().contains("add_entry"), "{}", progs());
+    kill(kernel.id() as i32);
+    let _ = kernel.wait();
+    // The kernel frees a dead process's programs after an RCU grace period.
+    for _ in 0..50 {
+        if !progs().contains("add_entry") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!progs().contains("add_entry"), "the kernel dropped them: {}", progs());
+    assert_eq!(daemon(&mut Command::new("env"), "kernel"), theirs, "the kernel's daemon");
+}
+
 /// bpftrace on a Go program (cgo): a uprobe on a Go function (its arguments in Go's registers,
 /// read with `reg()`) and the program's one-byte writes, made by 2,000 goroutines on stacks
 /// that start at 2 KiB, count what the kernel counts.

@@ -4,6 +4,9 @@
 //        map_holders create FILE   makes a map (value 42), writes its id to FILE, exits 2 s later
 //        map_holders hold FILE     opens that map by id 1 s in, looks it up once the creator
 //                                  has exited (and any grace period is over)
+//        map_holders daemon FILE   makes a map, forks a child and leaves at once (_exit: no exit
+//                                  handler runs); the child looks the map up 3 s later, writes
+//                                  what it found to FILE, and exits
 #include <linux/bpf.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +67,17 @@ int main(int argc, char **argv)
     }
     if (argc != 3)
         return 2;
+    if (strcmp(mode, "daemon") == 0) {
+        int fd = create();
+        if (fork() != 0)
+            _exit(0);
+        sleep(3);
+        long r = lookup(fd, &v);
+        FILE *f = fopen(argv[2], "w");
+        fprintf(f, "a daemon after its loader left: lookup %ld value %lu\n", r, v);
+        fclose(f);
+        return 0;
+    }
     if (strcmp(mode, "create") == 0) {
         int fd = create();
         struct bpf_map_info info;

@@ -72,6 +72,9 @@ fn server() -> Option<&'static Server> {
                 Ok(r) => {
                     let s = Server::new(std::sync::Arc::new(r));
                     bpftime_runtime::threads::spawn_quiet("bpftime-rings", watch_rings).ok();
+                    // SAFETY: registers a plain extern "C" function that only stores into the
+                    // region (pthread_atfork(3)).
+                    unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
                     Some(s)
                 }
                 Err(e) => {
@@ -81,6 +84,15 @@ fn server() -> Option<&'static Server> {
             }
         })
         .as_ref()
+}
+
+/// In a child forked from the loader: it holds copies of the loader's fds, so what they name
+/// stays while it lives (a loader that forks a daemon and exits); see `ShmRegion::add_heir`.
+extern "C" fn forked_child() {
+    if let Some(s) = SERVER.get().and_then(Option::as_ref) {
+        // SAFETY: getppid(2) cannot fail.
+        s.region().add_heir(unsafe { libc::getppid() } as u32);
+    }
 }
 
 /// Runs `f` without letting a panic cross into C: a panic is `EFAULT`.

@@ -10,6 +10,7 @@ use crate::attr::{self, Attr};
 use crate::pmu;
 use crate::user;
 use bpftime_maps::{Map, MapBtf, MapSpec, MapType};
+use bpftime_runtime::orphans::ids_held;
 use bpftime_runtime::{btfs, links, pins, progs, EngineKind, Runtime};
 use bpftime_shm::{ObjectKind, ShmRegion};
 use std::collections::{HashMap, HashSet};
@@ -184,21 +185,6 @@ pub struct Server {
     told_kernel_only: Mutex<HashSet<u32>>,
 }
 
-/// The object ids a map's values hold (their first four bytes: a map of maps' inner maps, a
-/// prog array's programs; 0, an empty slot, left out).
-fn ids_in(map: &Map) -> Vec<u32> {
-    let mut v = vec![0u8; map.spec().value_size as usize];
-    let mut ids = vec![];
-    for k in map.keys() {
-        if map.lookup(&k, &mut v).is_ok() {
-            if let Some(id) = v.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("four bytes"))).filter(|&id| id != 0) {
-                ids.push(id);
-            }
-        }
-    }
-    ids
-}
-
 /// The system call event (`syscalls/sys_enter_openat`) whose tracefs id is `id`, if it is one.
 fn syscall_event_of_id(id: u64) -> Option<String> {
     const ROOTS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
@@ -317,8 +303,8 @@ fn new_fd() -> Result<i32, Errno> {
 impl Server {
     /// A server keeping its objects in `region`.
     pub fn new(region: Arc<ShmRegion>) -> Server {
-        // Links of loaders that were killed before they could detach.
-        links::remove_orphans(&region);
+        // What loaders killed before they could let go left behind.
+        bpftime_runtime::orphans::remove(&region);
         // Programs are verified when loaded; with a code cache they are also compiled then,
         // once, for every process that attaches them (else only verified: no one runs them here).
         let mut runtime = Runtime::new(region.clone(), EngineKind::Jit);
@@ -525,7 +511,7 @@ impl Server {
         // The maps a map of maps held, the programs a prog array held, may be held by nothing
         // else now.
         let kind = map.map_type();
-        let held = if matches!(kind, MapType::ArrayOfMaps | MapType::HashOfMaps | MapType::ProgArray) { ids_in(&map) } else { vec![] };
+        let held = if matches!(kind, MapType::ArrayOfMaps | MapType::HashOfMaps | MapType::ProgArray) { ids_held(&map) } else { vec![] };
         map.retire();
         if btf != 0 {
             self.forget_btf_if_unused(btf);
@@ -548,14 +534,14 @@ impl Server {
         Map::list(&self.region)
             .iter()
             .filter(|m| m.map_type() == MapType::ProgArray)
-            .filter(|m| ids_in(m).contains(&p))
+            .filter(|m| ids_held(m).contains(&p))
             .any(|m| fds.values().any(|h| matches!(h, Handle::Map(n) if *n == m.id())) || pins::is_pinned(&self.region, m.id()) || m.kept_elsewhere())
     }
 
     /// The object ids the values of every map of type `t` in the region hold (maps of maps:
     /// maps; prog arrays: programs).
     fn ids_in_maps_of(&self, t: MapType) -> Vec<u32> {
-        Map::list(&self.region).iter().filter(|m| m.map_type() == t).flat_map(ids_in).collect()
+        Map::list(&self.region).iter().filter(|m| m.map_type() == t).flat_map(ids_held).collect()
     }
 
     /// Whether a program in the region uses map `m`, or a map of maps holds it.
@@ -788,10 +774,14 @@ impl Server {
         if let Some(Handle::Btf(b)) = self.handle(a.u32(48) as i32).filter(|_| a.u32(48) != 0 && typed) {
             map.set_btf(MapBtf { object: b, key_type: a.u32(52), value_type: a.u32(56) });
         }
-        if let Some(k) = &self.kernel {
-            Self::lock(&k.map_attrs).insert(map.id(), a.0.clone());
+        match &self.kernel {
+            // Maps of a loader whose maps may have moved to the kernel stay (no creator to
+            // outlive: see `forget_map_if_unused`).
+            Some(k) => {
+                Self::lock(&k.map_attrs).insert(map.id(), a.0.clone());
+            }
+            None => map.set_creator(),
         }
-        map.set_creator();
         Self::lock(&self.created_maps).insert(map.id());
         self.install(Handle::Map(map.id()))
     }
@@ -1119,7 +1109,7 @@ impl Server {
         }
         let section = attr::section_of(a.u32(0), a.u32(68));
         let btf = self.prog_btf(a);
-        let id = progs::store_with_btf(&self.region, &name, section, &license, &insns, &btf).map_err(|_| libc::ENOMEM)?;
+        let id = progs::store_with_btf(&self.region, &name, section, &license, &insns, &btf, std::process::id()).map_err(|_| libc::ENOMEM)?;
         // The verifier, with the region's maps, as the agent will run it; a kprobe-type program
         // the CPU cannot run may be a CUDA kernel probe, with the GPU's helpers.
         let id = match self.runtime.program(id) {
@@ -1130,7 +1120,7 @@ impl Server {
                 let as_probe = (a.u32(0) == 2).then(|| gpu::verify_probe(&insns));
                 match as_probe {
                     Some(Ok(())) => {
-                        let id = progs::store_with_btf(&self.region, &name, "kprobe", &license, &insns, &btf).map_err(|_| libc::ENOMEM)?;
+                        let id = progs::store_with_btf(&self.region, &name, "kprobe", &license, &insns, &btf, std::process::id()).map_err(|_| libc::ENOMEM)?;
                         Self::lock(&self.gpu_only).insert(id, e.to_string());
                         id
                     }
@@ -1225,7 +1215,7 @@ impl Server {
         if btf[..2] != [0x9f, 0xeb] {
             return Err(libc::EINVAL);
         }
-        let id = btfs::store(&self.region, &btf).map_err(|_| libc::ENOMEM)?;
+        let id = btfs::store(&self.region, &btf, std::process::id()).map_err(|_| libc::ENOMEM)?;
         Self::lock(&self.loaded_btfs).insert(id);
         self.install(Handle::Btf(id))
     }

@@ -17,16 +17,25 @@ struct BtfDesc {
     magic: u64,
     len: u64,
     data: u64,
+    /// The loader process whose fd holds it (0: none): see `crate::orphans`.
+    owner: u64,
 }
 
-// SAFETY: three u64s: no padding, any bit pattern valid.
+// SAFETY: four u64s: no padding, any bit pattern valid.
 unsafe impl Plain for BtfDesc {}
 
-/// Stores `data` (raw BTF: header, types, strings); returns its object id.
-pub fn store(region: &ShmRegion, data: &[u8]) -> Result<u32, bpftime_shm::ShmError> {
+/// Stores `data` (raw BTF: header, types, strings) held by loader process `owner` (0: none);
+/// returns its object id.
+pub fn store(region: &ShmRegion, data: &[u8], owner: u32) -> Result<u32, bpftime_shm::ShmError> {
     let off = region.alloc(data.len().max(1) as u64)?;
     region.write(off, data);
-    desc::store(region, ObjectKind::Btf, "btf", &BtfDesc { magic: BTF_MAGIC, len: data.len() as u64, data: off })
+    desc::store(region, ObjectKind::Btf, "btf", &BtfDesc { magic: BTF_MAGIC, len: data.len() as u64, data: off, owner: owner as u64 })
+}
+
+/// The loader process holding BTF object `id` (0: none).
+pub fn owner_of(region: &ShmRegion, id: u32) -> u32 {
+    let Some(obj) = region.object(id).filter(|o| o.kind == ObjectKind::Btf) else { return 0 };
+    desc::load::<BtfDesc>(region, obj.data).filter(|d| d.magic == BTF_MAGIC).map_or(0, |d| d.owner as u32)
 }
 
 /// The bytes of BTF object `id`.

@@ -24,6 +24,7 @@ pub mod input;
 pub mod kernel_progs;
 pub mod kfuncs;
 pub mod links;
+pub mod orphans;
 pub mod pins;
 pub mod progs;
 mod runtime;

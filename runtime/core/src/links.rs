@@ -162,13 +162,14 @@ pub fn store_owned(region: &ShmRegion, name: &str, prog: u32, target: &str, retp
     store_kind(region, name, prog, target, retprobe, cookie, LinkKind::Uprobe, scope)
 }
 
-/// Removes the links whose owner process is gone (killed before it could close them).
-/// Returns how many.
+/// Removes the links whose owner process is gone (killed before it could close them), with any
+/// child forked from it (see `ShmRegion::add_heir`). Returns how many. See also
+/// [`crate::orphans::remove`], which removes what such links leave behind.
 pub fn remove_orphans(region: &ShmRegion) -> usize {
     let mut n = 0;
     for o in region.objects().into_iter().filter(|o| o.kind == ObjectKind::Link) {
         let Some(d) = desc::load::<LinkDesc>(region, o.data) else { continue };
-        if d.magic == LINK_MAGIC && d.owner != 0 && !bpftime_shm::process_alive(d.owner) {
+        if d.magic == LINK_MAGIC && d.owner != 0 && !region.owner_alive(d.owner) {
             if region.remove_object(o.id).is_some() {
                 region.retire(o.data);
             }

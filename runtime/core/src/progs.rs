@@ -28,6 +28,9 @@ struct ProgDesc {
     /// When it was stored (`CLOCK_BOOTTIME` ns, as the kernel's `load_time`), and by whom.
     load_time: u64,
     uid: u64,
+    /// The loader process whose fd holds it (0: none, it stays until removed): it goes when
+    /// that process and its forked children are gone (see `crate::orphans`).
+    owner: u64,
 }
 
 pub use bpftime_object::{FUNC_INFO_SIZE, LINE_INFO_SIZE};
@@ -95,11 +98,20 @@ const MAX_DEBUG_RECORDS: usize = 16 << 20;
 
 /// Stores a program; returns its object id.
 pub fn store(region: &ShmRegion, name: &str, section: &str, license: &str, insns: &[RawInsn]) -> Result<u32, bpftime_shm::ShmError> {
-    store_with_btf(region, name, section, license, insns, &ProgBtf::default())
+    store_with_btf(region, name, section, license, insns, &ProgBtf::default(), 0)
 }
 
-/// Stores a program with its debug information; returns its object id.
-pub fn store_with_btf(region: &ShmRegion, name: &str, section: &str, license: &str, insns: &[RawInsn], btf: &ProgBtf) -> Result<u32, bpftime_shm::ShmError> {
+/// Stores a program with its debug information, held by loader process `owner` (0: none);
+/// returns its object id.
+pub fn store_with_btf(
+    region: &ShmRegion,
+    name: &str,
+    section: &str,
+    license: &str,
+    insns: &[RawInsn],
+    btf: &ProgBtf,
+    owner: u32,
+) -> Result<u32, bpftime_shm::ShmError> {
     let code = to_bytecode(insns);
     let code_off = region.alloc(code.len() as u64)?;
     region.write(code_off, &code);
@@ -126,6 +138,7 @@ pub fn store_with_btf(region: &ShmRegion, name: &str, section: &str, license: &s
         load_time: crate::helpers::clock(libc::CLOCK_BOOTTIME),
         // The real user, as the kernel's `created_by_uid`. SAFETY: getuid(2) cannot fail.
         uid: unsafe { libc::getuid() } as u64,
+        owner: owner as u64,
     };
     desc::fill(&mut desc.section, section);
     desc::fill(&mut desc.license, license);
@@ -195,6 +208,12 @@ pub fn count_miss(region: &ShmRegion, id: u32) {
 pub fn btf_of(region: &ShmRegion, id: u32) -> u32 {
     let Some(obj) = region.object(id).filter(|o| o.kind == ObjectKind::Program) else { return 0 };
     region.atomic_u64(obj.data + std::mem::offset_of!(ProgDesc, btf) as u64).map_or(0, |w| w.load(std::sync::atomic::Ordering::Relaxed) as u32)
+}
+
+/// The loader process holding program `id` (0: none), read alone.
+pub fn owner_of(region: &ShmRegion, id: u32) -> u32 {
+    let Some(obj) = region.object(id).filter(|o| o.kind == ObjectKind::Program) else { return 0 };
+    region.atomic_u64(obj.data + std::mem::offset_of!(ProgDesc, owner) as u64).map_or(0, |w| w.load(std::sync::atomic::Ordering::Relaxed) as u32)
 }
 
 /// The ids of every program in the region.

@@ -533,7 +533,7 @@ impl Runtime {
         // (stored after the maps, which keep the ids they had without it).
         let btf = match &obj.btf_bytes {
             Some(bytes) if obj.maps.iter().any(|m| m.btf_types.is_some()) || obj.programs.iter().any(|p| !p.func_info.is_empty()) => {
-                crate::btfs::store(&self.region, bytes).ok()
+                crate::btfs::store(&self.region, bytes, 0).ok()
             }
             _ => None,
         };
@@ -565,7 +565,7 @@ impl Runtime {
                 Some(object) => progs::ProgBtf { object, func_info: p.func_info.clone(), line_info: p.line_info.clone() },
                 None => progs::ProgBtf::default(),
             };
-            let id = progs::store_with_btf(&self.region, &p.name, &p.section, &license, &insns, &debug)?;
+            let id = progs::store_with_btf(&self.region, &p.name, &p.section, &license, &insns, &debug, 0)?;
             programs.push((p.name.clone(), p.section.clone(), id));
         }
         let aot_unused = match aot {

@@ -1191,8 +1191,7 @@ impl Map {
             let _ = h.compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst);
         }
         let c = d.creator.load(Ordering::SeqCst);
-        let gone = c == CREATOR_RELEASED || (c != 0 && c != CREATOR_REMOVING && !process_alive(c));
-        !kept && gone && !self.held_elsewhere() && d.creator.compare_exchange(c, CREATOR_REMOVING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        !kept && self.creator_gone(c) && !self.held_elsewhere() && d.creator.compare_exchange(c, CREATOR_REMOVING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
     /// Whether something outside this process keeps the map: another live process that opened
@@ -1202,17 +1201,42 @@ impl Map {
         // SAFETY: getpid(2) cannot fail.
         let me = unsafe { libc::getpid() } as u32;
         let c = self.desc().creator.load(Ordering::SeqCst);
-        self.held_elsewhere() || c == 0 || (c != me && c != CREATOR_RELEASED && c != CREATOR_REMOVING && process_alive(c))
+        self.held_elsewhere() || c == 0 || (c != me && c != CREATOR_RELEASED && c != CREATOR_REMOVING && self.region.owner_alive(c))
     }
 
     /// Whether a live process other than this one holds the map (see [`Map::add_holder`]).
     pub fn held_elsewhere(&self) -> bool {
         // SAFETY: getpid(2) cannot fail.
-        let me = unsafe { libc::getpid() } as u32;
+        self.held_by_others_than(unsafe { libc::getpid() } as u32)
+    }
+
+    /// Whether a live process other than `me` (or a child forked from one) holds the map.
+    fn held_by_others_than(&self, me: u32) -> bool {
         self.desc().holders.iter().any(|h| {
             let pid = h.load(Ordering::SeqCst);
-            pid == u32::MAX || (pid != 0 && pid != me && process_alive(pid))
+            pid == u32::MAX || (pid != 0 && pid != me && self.region.owner_alive(pid))
         })
+    }
+
+    /// Whether creator word `c` says the loader let go or is gone (with any child forked from
+    /// it): maps no loader created (0) are never so.
+    fn creator_gone(&self, c: u32) -> bool {
+        c == CREATOR_RELEASED || (c != 0 && c != CREATOR_REMOVING && !self.region.owner_alive(c))
+    }
+
+    /// Whether every process that held the map is gone: the loader that created it (killed
+    /// before it could let go, and any child forked from it) and every other holder, this
+    /// process included. Programs, pins and maps of maps may still keep it: the caller looks.
+    pub fn abandoned(&self) -> bool {
+        self.creator_gone(self.desc().creator.load(Ordering::SeqCst)) && !self.held_by_others_than(0)
+    }
+
+    /// Claims an [`Map::abandoned`] map for removal: true for exactly one caller, who removes
+    /// it ([`Map::retire`]).
+    pub fn claim_abandoned(&self) -> bool {
+        let d = self.desc();
+        let c = d.creator.load(Ordering::SeqCst);
+        self.creator_gone(c) && !self.held_by_others_than(0) && d.creator.compare_exchange(c, CREATOR_REMOVING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
     /// Records where the map's key and value types are described (once, right after creation,

@@ -5,7 +5,7 @@
 //! Any process (and any eBPF program, through map values) can write into the region, so its
 //! contents are never trusted: every offset is bounds-checked before it becomes a pointer.
 
-use crate::lock::ShmLock;
+use crate::lock::{process_alive, ShmLock};
 use memmap2::MmapRaw;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 16;
+pub const LAYOUT_VERSION: u32 = 17;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -166,7 +166,22 @@ struct Header {
     graves: [Grave; GRAVES],
     /// The processes that run programs from the region (see [`ShmRegion::register_runner`]).
     runners: [Runner; RUNNERS],
+    /// Forked children of loaders, holding copies of their fds (see [`ShmRegion::add_heir`]).
+    heirs: [Heir; HEIRS],
 }
+
+/// A process forked from a loader (`heir`, 0: a free slot) and the loader it was forked from
+/// (`owner`): it holds copies of the loader's fds, so what the loader made stays while it
+/// lives.
+#[repr(C)]
+struct Heir {
+    owner: AtomicU32,
+    heir: AtomicU32,
+}
+
+/// How many forked children of loaders the region keeps track of (more are not known: what
+/// their loader made goes with the loader).
+const HEIRS: usize = 256;
 
 /// A process that runs programs from the region: its pid (0: a free slot), the thread that
 /// follows the table for it (gone with an `exec` that drops the agent, or with the process,
@@ -864,6 +879,57 @@ impl ShmRegion {
         r.tid.store(tid, Ordering::Release);
         r.pid.store(me, Ordering::Release);
         Some(slot)
+    }
+
+    /// Says that this process, just forked from the loader `owner`, holds copies of its fds:
+    /// the objects `owner` made stay while either lives ([`ShmRegion::owner_alive`]), as the
+    /// kernel keeps an object while any process holds an fd of it (a loader that forks a
+    /// daemon and exits). Slots of gone children are reused; with none left it is not known.
+    pub fn add_heir(&self, owner: u32) {
+        // SAFETY: getpid(2) cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        if owner == 0 || owner == me {
+            return;
+        }
+        for h in &self.header().heirs {
+            let pid = h.heir.load(Ordering::Acquire);
+            if pid == me {
+                h.owner.store(owner, Ordering::Release);
+                return;
+            }
+            if (pid == 0 || !process_alive(pid)) && h.heir.compare_exchange(pid, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                h.owner.store(owner, Ordering::Release);
+                return;
+            }
+        }
+    }
+
+    /// Whether the objects loader `owner` made are still held by a process: the loader itself,
+    /// or a process forked from it (or from such a process) that lives ([`ShmRegion::add_heir`]).
+    /// 0 is no loader: false.
+    pub fn owner_alive(&self, owner: u32) -> bool {
+        if process_alive(owner) {
+            return true;
+        }
+        let heirs = &self.header().heirs;
+        let mut dead = vec![owner];
+        // A chain of forks is followed a few levels down.
+        for _ in 0..4 {
+            let next: Vec<u32> = heirs
+                .iter()
+                .filter(|h| dead.contains(&h.owner.load(Ordering::Acquire)))
+                .map(|h| h.heir.load(Ordering::Acquire))
+                .filter(|&pid| pid != 0 && !dead.contains(&pid))
+                .collect();
+            if next.is_empty() {
+                return false;
+            }
+            if next.iter().any(|&pid| process_alive(pid)) {
+                return true;
+            }
+            dead.extend(next);
+        }
+        false
     }
 
     /// Says that the process in runner slot `slot` has taken in every removal up to table
