@@ -142,6 +142,16 @@ fn bad_objects_are_clear_errors() {
     let obj = Object::parse(&good).unwrap();
     let e = obj.program(Some("nope")).unwrap_err().to_string();
     assert!(e.contains("checksum (vm)"), "{e}");
+    // A global data section whose header claims more bytes than a map value may hold (an
+    // uninitialised `.bss` has no bytes in the file to bound it): refused, not allocated.
+    let mut huge = std::fs::read(build_example("maps_globals")).unwrap();
+    let word = |b: &[u8], at: usize, n: usize| b[at..at + n].iter().rev().fold(0u64, |v, &x| v << 8 | x as u64) as usize;
+    let (shoff, shnum, shstrndx) = (word(&huge, 0x28, 8), word(&huge, 0x3c, 2), word(&huge, 0x3e, 2));
+    let names = word(&huge, shoff + shstrndx * 64 + 24, 8);
+    let bss = (0..shnum).map(|i| shoff + i * 64).find(|&h| huge[names + word(&huge, h, 4)..].starts_with(b".bss\0")).expect("maps_globals has a .bss");
+    huge[bss + 32..bss + 40].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let e = Object::parse(&huge).unwrap_err().to_string();
+    assert!(e.contains(".bss") && e.contains("more than a map value may hold"), "{e}");
     // Corrupt every byte in turn (a sample of positions): never a panic.
     for pos in (0..good.len()).step_by(7) {
         let mut bad = good.clone();

@@ -52,6 +52,10 @@ pub enum ObjectError {
     Core { program: String, source: CoreError },
 }
 
+/// The most bytes a global data section may hold: it becomes one array map value, and the
+/// kernel refuses values over `KMALLOC_MAX_SIZE` (4 MiB with 4 KiB pages) with `E2BIG`.
+pub const MAX_GLOBAL_DATA: u64 = 4 << 20;
+
 /// Where a map definition came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOrigin {
@@ -611,6 +615,12 @@ impl<'d, 'f> Parser<'d, 'f> {
             let name = s.name().unwrap_or("").to_string();
             if !is_global_data(&name) || s.size() == 0 {
                 continue;
+            }
+            if s.size() > MAX_GLOBAL_DATA {
+                return Err(ObjectError::Section {
+                    section: name,
+                    msg: format!("{} bytes of global data: more than a map value may hold ({MAX_GLOBAL_DATA})", s.size()),
+                });
             }
             let bytes = match s.kind() {
                 SectionKind::UninitializedData => vec![0; s.size() as usize],
