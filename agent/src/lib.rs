@@ -104,9 +104,6 @@ pub unsafe extern "C" fn bpftime_agent_attach(shm: *const libc::c_char) -> libc:
         return 1;
     }
     INJECTED.store(true, std::sync::atomic::Ordering::Release);
-    // The application's signal handlers were installed without our wrapper, and later ones
-    // will be too: hits stay on the application's stack.
-    bpftime_attach::set_handler_stacks(false);
     match bpftime_attach::without_probes(|| std::panic::catch_unwind(|| glue::start_in(name))) {
         Ok(()) if glue::running() => 0,
         _ => -1,

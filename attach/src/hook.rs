@@ -238,14 +238,21 @@ struct HookThread {
     /// application's stack, which may be a goroutine's few kilobytes (see
     /// [`emit_handler_stack_switch`]).
     stack_top: Cell<u64>,
+    /// The thread's signal stack as `sigaltstack(2)` gave it when the handler stack was mapped
+    /// (`stack_t`: base, flags, size; all zero for none): a hit on it stays there, as the
+    /// kernel takes a signal stack that `rsp` has left for free and would deliver the next
+    /// signal over the live frames of a handler it does not know ran there (an agent loaded
+    /// into a running process wraps none of its handlers: see [`in_signal_handler`]).
+    alt_stack: Cell<[u64; 3]>,
 }
 
 const _: () = assert!(
-    std::mem::size_of::<HookThread>() == 32
+    std::mem::size_of::<HookThread>() == 56
         && std::mem::offset_of!(HookThread, selector) == 16
         && std::mem::offset_of!(HookThread, stack_in_use) == 17
         && std::mem::offset_of!(HookThread, stack_registered) == 18
         && std::mem::offset_of!(HookThread, stack_top) == 24
+        && std::mem::offset_of!(HookThread, alt_stack) == 32
 );
 
 // The hook engine's thread-local, defined here in the initial-exec model (`@GOTTPOFF`), which
@@ -263,11 +270,11 @@ std::arch::global_asm!(
     ".globl bpftime_hook_thread",
     ".hidden bpftime_hook_thread",
     ".type bpftime_hook_thread, @tls_object",
-    ".size bpftime_hook_thread, 32",
+    ".size bpftime_hook_thread, 56",
     "bpftime_hook_thread:",
     ".zero 16",
     ".byte 1",
-    ".zero 15",
+    ".zero 39",
     ".text",
 );
 
@@ -277,7 +284,7 @@ fn thread() -> &'static HookThread {
     let p: *const HookThread;
     // SAFETY: the initial-exec TLS sequence for `bpftime_hook_thread` (x86-64 psABI): its
     // offset from the thread pointer, read from the GOT, added to `%fs:0`, the thread pointer.
-    // The result is this thread's copy, 32 bytes laid out as HookThread (checked above), alive
+    // The result is this thread's copy, 56 bytes laid out as HookThread (checked above), alive
     // as long as the thread; only this thread touches it (Cells, never shared).
     unsafe {
         std::arch::asm!(
@@ -1048,6 +1055,9 @@ struct ThreadSlots {
     stack_in_use: u64,
     warm: u64,
     selector: u64,
+    /// The signal stack's base and size (`stack_t`'s `ss_sp` and `ss_size`).
+    alt_sp: u64,
+    alt_size: u64,
 }
 
 fn thread_slots() -> ThreadSlots {
@@ -1061,6 +1071,8 @@ fn thread_slots() -> ThreadSlots {
         stack_in_use: slot(t.stack_in_use.as_ptr() as u64),
         warm: slot(t.state.as_ptr() as u64 + std::mem::offset_of!(ThreadState, warm) as u64),
         selector: slot(t.selector.as_ptr() as u64),
+        alt_sp: slot(t.alt_stack.as_ptr() as u64),
+        alt_size: slot(t.alt_stack.as_ptr() as u64 + 16),
     }
 }
 
@@ -1087,6 +1099,12 @@ fn emit_handler_stack_switch(a: &mut CodeAssembler, maker: u64) -> Result<(), Ic
     a.cmp(rax, NO_HANDLER_STACK as i32)?;
     a.je(stay)?;
     a.set_label(&mut switch)?;
+    // Not off a signal stack (see `HookThread::alt_stack`): `rbx` is the frame, on the stack
+    // the hit came on.
+    a.mov(rcx, rbx)?;
+    a.sub(rcx, qword_ptr(slots.alt_sp).fs())?;
+    a.cmp(rcx, qword_ptr(slots.alt_size).fs())?;
+    a.jb(stay)?;
     // Taken, then the frame's address at the top, for a signal handler that lands on this
     // stack (see `in_signal_handler`), before rsp gets there.
     a.mov(byte_ptr(slots.stack_in_use).fs(), 1)?;
@@ -1129,7 +1147,14 @@ fn emit_handler_stack_maker(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(esi, PAGE as u32)?;
     a.xor(edx, edx)?;
     a.syscall()?;
-    a.lea(rax, ptr(rdi + (HANDLER_STACK + PAGE) as i32))?;
+    // The thread's signal stack, `sigaltstack(NULL, &alt_stack)`.
+    a.mov(r8, rdi)?;
+    a.xor(edi, edi)?;
+    a.mov(rsi, qword_ptr(0).fs())?;
+    a.add(rsi, slots.alt_sp as i32)?;
+    a.mov(eax, libc::SYS_sigaltstack as u32)?;
+    a.syscall()?;
+    a.lea(rax, ptr(r8 + (HANDLER_STACK + PAGE) as i32))?;
     // The next admitted hit is a first hit again: it registers the stack.
     a.mov(byte_ptr(slots.warm).fs(), 0)?;
     a.set_label(&mut done)?;
@@ -1304,10 +1329,10 @@ static PATCH_RETURNS: AtomicBool = AtomicBool::new(true);
 static USE_HANDLER_STACKS: AtomicBool = AtomicBool::new(true);
 
 /// Whether stubs made from now on run hits on the thread's handler stack (`true`, the default).
-/// Only where every signal handler of the process is behind our wrapper (see
-/// [`in_signal_handler`]), which the agent's `sigaction` and `signal` see to when it is
-/// preloaded: a hit in a handler it does not know of, on a signal stack, would leave that stack
-/// with the handler's frames live on it. An agent loaded into a running process knows none.
+/// A hit in a signal handler stays on the handler's stack: the agent's wrapper around the
+/// handlers the application installs says so (see [`in_signal_handler`]), and a hit on the
+/// thread's signal stack stays there in any case (see `HookThread::alt_stack`), for the
+/// handlers of a process the agent was loaded into after they were installed.
 pub fn set_handler_stacks(on: bool) {
     USE_HANDLER_STACKS.store(on, Ordering::Relaxed);
 }

@@ -443,14 +443,14 @@ static REWRITES: std::sync::Mutex<Option<Rewrites>> = std::sync::Mutex::new(None
 /// Sites rewritten (diagnostics).
 pub static SITES_REWRITTEN: AtomicU64 = AtomicU64::new(0);
 
-/// Whether `[start, start + len)` overlaps padding a rewritten system call site jumps through
-/// (true also while another thread is rewriting: the caller then keeps away). Called with the
-/// patch lock held.
+/// Whether `[start, start + len)` overlaps padding a rewritten system call site jumps through.
+/// Called with the patch lock held.
 pub(crate) fn overlaps_pads(start: u64, len: u64) -> bool {
-    match REWRITES.try_lock() {
-        Ok(g) => g.as_ref().is_some_and(|r| r.pads.iter().any(|&p| p < start + len && start < p + 5)),
-        Err(_) => true,
-    }
+    // Waited for: its holders never wait while they hold it (they try the patch lock, which
+    // our callers hold, and let go when they cannot have it). A guess while a thread held it
+    // failed every probe attached while the application made system calls.
+    let g = REWRITES.lock().unwrap_or_else(|e| e.into_inner());
+    g.as_ref().is_some_and(|r| r.pads.iter().any(|&p| p < start + len && start < p + 5))
 }
 
 /// Rewrites the call site at `site` unless it was tried before; whether it takes a jump now.

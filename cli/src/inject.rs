@@ -1,10 +1,13 @@
 //! Loading the agent into a process that is already running (`bpftime attach PID`), the way a
 //! debugger calls a function in its inferior: ptrace(2) stops one thread, its registers are
 //! saved, `dlopen(AGENT, RTLD_NOW)` and then `bpftime_agent_attach(REGION)` are called in it
-//! (arguments written below its stack pointer, a return address of 0 that ends each call with
-//! a SIGSEGV we catch), and the registers are restored before the thread goes on. A thread
-//! stopped inside a system call resumes it as if nothing happened (its `orig_rax` is cleared
-//! for our calls so that the kernel does not restart it into them, and restored after).
+//! (arguments written on a stack mapped for them, a return address of 0 that ends each call
+//! with a SIGSEGV we catch), and the registers are restored before the thread goes on. The
+//! stack is the process's own `mmap`, made by a system call the thread steps through (libc's
+//! `syscall` function holds the instruction), and unmapped after: the thread's own stack may
+//! be a goroutine's few kilobytes, which `dlopen` would overrun. A thread stopped inside a
+//! system call resumes it as if nothing happened (its `orig_rax` is cleared for our calls so
+//! that the kernel does not restart it into them, and restored after).
 //!
 //! Everything unsafe is a ptrace(2), waitpid(2) or process_vm_writev(2) call on plain data.
 
@@ -15,7 +18,17 @@ use std::path::Path;
 struct Traced {
     pid: i32,
     saved: Option<libc::user_regs_struct>,
+    /// The stack our calls run on (base, size), once mapped; unmapped on drop.
+    stack: Option<(u64, u64)>,
+    /// A `syscall` instruction in the tracee (see [`Traced::system_call`]).
+    syscall_at: u64,
+    /// Signals that stopped the thread before a system call of ours ran: sent to it again
+    /// once it goes on.
+    held_signals: std::cell::RefCell<Vec<i32>>,
 }
+
+/// Bytes of the stack mapped for our calls in the tracee (`dlopen` and the agent's start).
+const CALL_STACK: u64 = 1 << 20;
 
 fn os_err(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
@@ -28,7 +41,7 @@ impl Traced {
         if unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) } != 0 {
             return Err(os_err(&format!("ptrace(PTRACE_SEIZE, {pid})")));
         }
-        let t = Traced { pid, saved: None };
+        let t = Traced { pid, saved: None, stack: None, syscall_at: 0, held_signals: Default::default() };
         // SAFETY: as above.
         if unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0) } != 0 {
             return Err(os_err("ptrace(PTRACE_INTERRUPT)"));
@@ -100,12 +113,71 @@ impl Traced {
         String::from_utf8_lossy(&buf[..end]).into_owned()
     }
 
-    /// Calls `func(args...)` in the tracee with `data` (strings) copied below its stack; the
-    /// arguments may name `data`'s copy as `DATA`. Returns rax.
+    /// Reads `len` bytes at `addr` in the tracee.
+    fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>, String> {
+        let mut buf = vec![0u8; len];
+        let local = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+        // SAFETY: one local buffer we own, one remote range (process_vm_readv(2)).
+        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+        if n != len as isize {
+            return Err(os_err(&format!("reading {len} bytes at {addr:#x} in process {}", self.pid)));
+        }
+        Ok(buf)
+    }
+
+    /// Makes system call `nr` with `args` in the tracee: its thread steps through the
+    /// `syscall` instruction at `syscall_at` with the call's registers. Returns rax (a
+    /// negative errno on failure).
+    fn system_call(&self, nr: i64, args: [u64; 6]) -> Result<u64, String> {
+        let saved = self.saved.ok_or("registers not saved")?;
+        let mut r = saved;
+        r.rip = self.syscall_at;
+        r.rax = nr as u64;
+        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (args[0], args[1], args[2], args[3], args[4], args[5]);
+        r.orig_rax = u64::MAX;
+        self.set_regs(&r)?;
+        loop {
+            // SAFETY: steps the stopped tracee by one instruction, delivering nothing (ptrace(2)).
+            if unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.pid, 0, 0) } != 0 {
+                return Err(os_err("ptrace(PTRACE_SINGLESTEP)"));
+            }
+            let sig = self.wait_stop()?;
+            let now = self.regs()?;
+            if sig == libc::SIGTRAP && now.rip == self.syscall_at + 2 {
+                return Ok(now.rax);
+            }
+            if now.rip != self.syscall_at {
+                return Err(format!("a system call stepped in process {} went to {:#x} (signal {sig})", self.pid, now.rip));
+            }
+            // Stopped before it ran: a signal for the thread, which it gets once it goes on.
+            if sig != 0 && sig != libc::SIGTRAP {
+                self.held_signals.borrow_mut().push(sig);
+            }
+        }
+    }
+
+    /// Maps the stack our calls run on, through a `syscall` instruction of `syscall_fn`'s
+    /// first bytes (libc's `syscall`).
+    fn map_call_stack(&mut self, syscall_fn: u64) -> Result<(), String> {
+        let code = self.read(syscall_fn, 64)?;
+        let at = code.windows(2).position(|w| w == [0x0f, 0x05]).ok_or("no system call instruction in libc's syscall()")?;
+        self.syscall_at = syscall_fn + at as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK) as u64;
+        let base = self.system_call(libc::SYS_mmap, [0, CALL_STACK, (libc::PROT_READ | libc::PROT_WRITE) as u64, flags, u64::MAX, 0])?;
+        if base as i64 > -4096 && (base as i64) < 0 {
+            return Err(format!("mmap in process {}: {}", self.pid, std::io::Error::from_raw_os_error(-(base as i64) as i32)));
+        }
+        self.stack = Some((base, CALL_STACK));
+        Ok(())
+    }
+
+    /// Calls `func(args...)` in the tracee with `data` (strings) copied onto the stack mapped
+    /// for our calls; the arguments may name `data`'s copy as `DATA`. Returns rax.
     fn call(&self, func: u64, args: [u64; 2], data: &[u8]) -> Result<u64, String> {
         let saved = self.saved.ok_or("registers not saved")?;
-        // Below the red zone and below what the thread may have on its stack right now.
-        let data_at = (saved.rsp - 1024 - data.len() as u64) & !0xf;
+        let (base, size) = self.stack.ok_or("no stack mapped for the call")?;
+        let data_at = (base + size - 64 - data.len() as u64) & !0xf;
         self.write(data_at, data)?;
         let sp = (data_at - 64) & !0xf;
         let return_at = sp - 8; // as after a call: (rsp + 8) is 16-aligned
@@ -141,11 +213,18 @@ const DATA: u64 = u64::MAX - 1;
 
 impl Drop for Traced {
     fn drop(&mut self) {
+        if let Some((base, size)) = self.stack.take() {
+            let _ = self.system_call(libc::SYS_munmap, [base, size, 0, 0, 0, 0]);
+        }
         if let Some(r) = self.saved {
             let _ = self.set_regs(&r);
         }
         // SAFETY: detaches the tracee we seized, delivering nothing (ptrace(2)).
         unsafe { libc::ptrace(libc::PTRACE_DETACH, self.pid, 0, 0) };
+        for sig in self.held_signals.take() {
+            // SAFETY: tgkill(2) to the thread that was to get the signal.
+            unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.pid, sig) };
+        }
     }
 }
 
@@ -219,8 +298,10 @@ pub fn inject(pid: u32, agent: &Path, shm: &str) -> Result<bool, String> {
     let agent_path = agent.to_string_lossy().into_owned();
     let dlopen = address(pid, "libc.so.6", "dlopen")?;
     let dlerror = address(pid, "libc.so.6", "dlerror")?;
+    let syscall_fn = address(pid, "libc.so.6", "syscall")?;
     let mut t = Traced::stop(pid as i32)?;
     t.saved = Some(t.regs()?);
+    t.map_call_stack(syscall_fn)?;
     let mut path = agent_path.clone().into_bytes();
     path.push(0);
     let handle = t.call(dlopen, [DATA, libc::RTLD_NOW as u64], &path)?;

@@ -1075,6 +1075,83 @@ fn attach_to_a_running_process_and_detach() {
     let _ = bpftime_shm(&shm, &["shm", "remove"]);
 }
 
+/// `bpftime attach PID` on a Go program (cgo) started without the agent: the agent is loaded
+/// on a stack of its own (the stopped thread's may be a goroutine's few kilobytes), hits on
+/// goroutines run on the agent's handler stacks (nothing knows which signal handlers the
+/// process installed: a hit on a signal stack stays there), and probes attached while the
+/// program's threads make system calls through the interception attach at once. Every call
+/// of 2,000 goroutines is counted, with its arguments and result, in every run.
+#[test]
+fn attach_to_a_running_go_program_counts_every_call() {
+    let target = bpftime_tests::clang::build_go_target("goroutines");
+    let obj = build_example("go_calls");
+    for engine in ["jit", "interp"] {
+        for run in 0..3 {
+            let shm = format!("bpftime-attach-go-{}-{engine}-{run}", std::process::id());
+            let _ = bpftime_shm(&shm, &["shm", "remove"]);
+            let mut go = Command::new(&target).args(["2000", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            // The runtime has started its threads and the main goroutine waits in its read.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let out = bpftime_shm(&shm, &["attach", &go.id().to_string(), "--program", obj.to_str().unwrap(), "--engine", engine]);
+            let said = text(&out.stderr);
+            assert!(out.status.success() && !said.contains("cannot attach"), "{engine} run {run}: {said}");
+            go.stdin.take().unwrap().write_all(b"x").unwrap();
+            let done = go.wait_with_output().unwrap();
+            assert!(done.status.success(), "{engine} run {run}: {:?}\n{}", done.status, text(&done.stderr));
+            assert_eq!(text(&done.stdout).trim(), format!("sum {}", 2000 * 1275));
+            let out = bpftime_shm(&shm, &["map", "dump", "go_stats", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
+            let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+            let counts: Vec<u64> = (0..4).map(at).collect();
+            assert_eq!(counts, [100_000, 2000 * 1275, 100_000, 2000 * 1275], "{engine} run {run}: entries, argument sums, returns, result sums");
+            let _ = bpftime_shm(&shm, &["shm", "remove"]);
+        }
+    }
+}
+
+/// `bpftime attach PID` on a process whose signal handlers (installed before the agent came,
+/// so not behind its wrapper) run on a signal stack and call a probed function, while a second
+/// signal lands as fast: a hit in the first handler stays on the signal stack (were it to move
+/// to the agent's stack, the kernel would take the signal stack for free and deliver the second
+/// signal over the first handler's frames: crashes and hangs). No run crashes, no handler finds
+/// its frame overwritten, and every call the probes saw has its argument and result counted.
+#[test]
+fn attach_to_a_process_whose_handlers_run_on_a_signal_stack() {
+    let target = bpftime_tests::clang::build_target("signals", false);
+    let obj = build_example("uprobe_signals");
+    for run in 0..5 {
+        let shm = format!("bpftime-attach-altstack-{}-{run}", std::process::id());
+        let _ = bpftime_shm(&shm, &["shm", "remove"]);
+        let mut app = Command::new(&target).args(["100000", "nested"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let out = bpftime_shm(&shm, &["attach", &app.id().to_string(), "--program", obj.to_str().unwrap()]);
+        assert!(out.status.success(), "run {run}: {}", text(&out.stderr));
+        app.stdin.take().unwrap().write_all(b"x").unwrap();
+        // A hang is a failure too: the process is killed after 60 s.
+        let pid = app.id() as i32;
+        let watchdog = std::thread::spawn(move || {
+            for _ in 0..600 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                // SAFETY: kill(2) with signal 0 only checks the process we started.
+                if unsafe { libc::kill(pid, 0) } != 0 {
+                    return;
+                }
+            }
+            // SAFETY: kill(2) on the process we started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        });
+        let done = app.wait_with_output().unwrap();
+        let _ = watchdog.join();
+        let said = text(&done.stdout);
+        assert!(done.status.success() && said.ends_with(" clobbered 0\n"), "run {run}: {:?} {said}{}", done.status, text(&done.stderr));
+        let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
+        let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+        let (entries, args, returns, results) = (at(0), at(1), at(2), at(3));
+        assert!(entries > 100_000 && (entries, args) == (returns, results), "run {run}: {said} {entries} {args} {returns} {results}");
+        let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    }
+}
+
 /// Counts the kernel's syscalls:sys_enter_openat / sys_exit_openat events on marker files for
 /// `cmd`, with bpftrace (as root, tracefs mounted if it is not); None where that cannot run.
 fn kernel_marker_opens(cmd: &str) -> Option<(u64, u64)> {

@@ -2,8 +2,9 @@
 // call add(i, 1) through a recursion 0 to 23 frames deep, for i < 50, on their own stacks,
 // which start at 2 KiB and grow only from Go code. Prints "sum S" (every goroutine sums 1275).
 // With `write`, each call at the bottom of the recursion also writes one byte to /dev/null (a
-// system call from the goroutine's stack).
-// Usage: goroutines [GOROUTINES [write]]
+// system call from the goroutine's stack). With `wait`, it reads one byte from stdin first (so
+// that `bpftime attach` can inject the agent into the running process).
+// Usage: goroutines [GOROUTINES [write|wait]]
 package main
 
 // #include <stdlib.h>
@@ -41,6 +42,9 @@ func main() {
 	}
 	if len(os.Args) > 2 && os.Args[2] == "write" {
 		devNull, _ = os.OpenFile("/dev/null", os.O_WRONLY, 0)
+	}
+	if len(os.Args) > 2 && os.Args[2] == "wait" {
+		os.Stdin.Read(make([]byte, 1))
 	}
 	var wg sync.WaitGroup
 	sums := make([]int, count)

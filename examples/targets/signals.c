@@ -1,14 +1,19 @@
 // A target for probes hit from signal handlers: the main thread calls add() ITERS times while
 // another thread sends it SIGUSR1 as fast as it can; the handler calls add() too, so signals
 // land inside probe handlers and inside uretprobes' return paths.
-// Usage: signals ITERS [altstack|highaltstack]   (prints "calls N sum S": every add() call (at
+// Usage: signals ITERS [altstack|highaltstack|nested]   (prints "calls N sum S": every add() call (at
 // least ITERS from the loop, more until the handler has run 10 times) and the sum of their
 // results; with `altstack` the handler is installed with sigaction on an alternate signal
 // stack, else with signal(); with `highaltstack` the loop runs on a thread whose stack lies
 // below its signal stack, as a coroutine's or a thread's in static memory may). The line ends
 // with "foreign F elsewhere E": how many times the handler ran on a stack that was neither the
 // thread's nor its signal stack (F), and how many times the signal interrupted code running on
-// such a stack (E: a probe's handlers, on the agent's stack).
+// such a stack (E: a probe's handlers, on the agent's stack). `nested` is `altstack` with a
+// second signal, SIGUSR2 (its handler on the signal stack too), sent as fast: landing while
+// SIGUSR1's handler runs a probe, it must find the signal stack in use, not free (the kernel
+// would deliver it over the first handler's live frames); the line then ends with "clobbered
+// C": how many times the first handler found its frame overwritten. It reads one byte from
+// stdin first (end of file will do), so that `bpftime attach` can come before the loop.
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -16,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 volatile long last_sum;
 
@@ -33,6 +39,8 @@ static pthread_t main_thread;
 static char *stack_lo, *stack_hi, *alt_lo, *alt_hi;
 
 static volatile long elsewhere;
+static volatile long clobbered, usr2_calls;
+static int nested;
 
 static int on_known_stack(char *p)
 {
@@ -49,8 +57,26 @@ static void on_usr1(int sig, siginfo_t *info, void *context)
         elsewhere++;
     if (!on_known_stack(__builtin_frame_address(0)))
         foreign++;
+    volatile long canary[8];
+    for (int k = 0; k < 8; k++)
+        canary[k] = 0x5eed0000 + k + handler_calls;
     handler_sum += add(handler_calls, 7);
+    for (int k = 0; k < 8; k++)
+        if (canary[k] != 0x5eed0000 + k + handler_calls) {
+            clobbered++;
+            break;
+        }
     handler_calls++;
+}
+
+static void on_usr2(int sig)
+{
+    (void)sig;
+    // A frame of some size on the signal stack.
+    volatile char scratch[512];
+    for (int k = 0; k < 512; k += 64)
+        scratch[k] = (char)k;
+    usr2_calls += scratch[0] + 1;
 }
 
 static void *pester(void *arg)
@@ -58,6 +84,8 @@ static void *pester(void *arg)
     (void)arg;
     while (!done) {
         pthread_kill(main_thread, SIGUSR1);
+        if (nested)
+            pthread_kill(main_thread, SIGUSR2);
         for (volatile int k = 0; k < 300; k++)
             ;
     }
@@ -105,7 +133,18 @@ int main(int argc, char **argv)
 {
     iters = argc > 1 ? atol(argv[1]) : 100000;
     const char *mode = argc > 2 ? argv[2] : "";
-    alt = strcmp(mode, "altstack") == 0 || strcmp(mode, "highaltstack") == 0;
+    nested = strcmp(mode, "nested") == 0;
+    alt = strcmp(mode, "altstack") == 0 || strcmp(mode, "highaltstack") == 0 || nested;
+    if (nested) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_usr2;
+        sa.sa_flags = SA_RESTART | SA_ONSTACK;
+        sigaction(SIGUSR2, &sa, NULL);
+        char c;
+        if (read(0, &c, 1) < 0)
+            return 1;
+    }
     if (alt) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
@@ -135,6 +174,9 @@ int main(int argc, char **argv)
         printf("sigaction reports another handler\n");
         return 1;
     }
-    printf("calls %ld sum %ld foreign %ld elsewhere %ld\n", work_calls + handler_calls, work_sum + handler_sum, foreign, elsewhere);
+    printf("calls %ld sum %ld foreign %ld elsewhere %ld", work_calls + handler_calls, work_sum + handler_sum, foreign, elsewhere);
+    if (nested)
+        printf(" clobbered %ld", clobbered);
+    printf("\n");
     return 0;
 }
