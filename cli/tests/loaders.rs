@@ -1236,6 +1236,29 @@ fn a_killed_loaders_objects_go_as_on_the_kernel() {
     assert_eq!(theirs, "a daemon after its loader left: lookup 0 value 42\n");
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(objects(&region), Vec::<String>::new(), "the daemon's exit took its map with it");
+    // A child that runs another program (fork, then exec) holds none of the loader's fds (they
+    // are close-on-exec): the killed loader's map goes while that child runs.
+    let spawned = |cmd: &mut Command, tag: &str| -> String {
+        let file = std::env::temp_dir().join(format!("bpftime-spawn-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let mut loader = cmd.arg(&holders).arg("spawn").arg(&file).spawn().unwrap();
+        let mut id = String::new();
+        for _ in 0..100 {
+            id = std::fs::read_to_string(&file).unwrap_or_default();
+            if id.ends_with('\n') {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&file);
+        kill(if tag == "ours" { child_of(loader.id()) } else { loader.id() as i32 });
+        let _ = loader.wait();
+        id.trim().to_string()
+    };
+    let id = spawned(bpftime(&shm).args(["load", "--"]), "ours");
+    let shown = bpftime(&shm).args(["load", "--", "bpftool", "map", "show", "id", &id]).output().unwrap();
+    assert!(!shown.status.success(), "map {id} went with its loader: {}", text(&shown.stdout));
+    assert_eq!(objects(&region), Vec::<String>::new(), "nothing is left while the loader's exec'd child runs");
     bpftime_tests::remove_region(&shm);
     if !is_root() {
         println!("skipping the kernel comparison: it needs root");
@@ -1257,6 +1280,10 @@ fn a_killed_loaders_objects_go_as_on_the_kernel() {
     }
     assert!(!progs().contains("add_entry"), "the kernel dropped them: {}", progs());
     assert_eq!(daemon(&mut Command::new("env"), "kernel"), theirs, "the kernel's daemon");
+    let id = spawned(&mut Command::new("env"), "kernel");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let shown = Command::new("bpftool").args(["map", "show", "id", &id]).output().unwrap();
+    assert!(!shown.status.success(), "the kernel dropped map {id}: {}", text(&shown.stdout));
 }
 
 /// bpftrace on a Go program (cgo): a uprobe on a Go function (its arguments in Go's registers,

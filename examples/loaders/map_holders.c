@@ -7,6 +7,8 @@
 //        map_holders daemon FILE   makes a map, forks a child and leaves at once (_exit: no exit
 //                                  handler runs); the child looks the map up 3 s later, writes
 //                                  what it found to FILE, and exits
+//        map_holders spawn FILE    makes a map, writes its id to FILE, starts `sleep 5` (fork,
+//                                  exec: the child holds none of its fds) and waits to be killed
 #include <linux/bpf.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +69,26 @@ int main(int argc, char **argv)
     }
     if (argc != 3)
         return 2;
+    if (strcmp(mode, "spawn") == 0) {
+        int fd = create();
+        struct bpf_map_info info;
+        union bpf_attr a;
+        memset(&info, 0, sizeof info);
+        memset(&a, 0, sizeof a);
+        a.info.bpf_fd = fd;
+        a.info.info_len = sizeof info;
+        a.info.info = (unsigned long)&info;
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &a);
+        if (fork() == 0) {
+            execlp("sleep", "sleep", "5", (char *)NULL);
+            _exit(127);
+        }
+        FILE *f = fopen(argv[2], "w");
+        fprintf(f, "%u\n", info.id);
+        fclose(f);
+        for (;;)
+            pause();
+    }
     if (strcmp(mode, "daemon") == 0) {
         int fd = create();
         if (fork() != 0)

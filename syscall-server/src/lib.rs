@@ -74,7 +74,7 @@ fn server() -> Option<&'static Server> {
                     bpftime_runtime::threads::spawn_quiet("bpftime-rings", watch_rings).ok();
                     // SAFETY: registers a plain extern "C" function that only stores into the
                     // region (pthread_atfork(3)).
-                    unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+                    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(forked_child)) };
                     Some(s)
                 }
                 Err(e) => {
@@ -86,12 +86,48 @@ fn server() -> Option<&'static Server> {
         .as_ref()
 }
 
-/// In a child forked from the loader: it holds copies of the loader's fds, so what they name
-/// stays while it lives (a loader that forks a daemon and exits); see `ShmRegion::add_heir`.
+/// The process that is forking (its child's parent: `getppid` in the child may already name
+/// another, the parent having exited).
+static FORKING: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+thread_local! {
+    /// The fd table, held by the forking thread across `fork`: a child must not inherit it
+    /// locked by a thread it does not have (the ring watcher takes it every few milliseconds).
+    static FDS_HELD: std::cell::RefCell<Option<std::sync::MutexGuard<'static, std::collections::HashMap<i32, server::Handle>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Before `fork`: says who forks and takes the fd table (not waiting for ever: a fork from a
+/// signal handler that interrupted this thread's own use of it goes on without).
+extern "C" fn before_fork() {
+    FORKING.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
+    let Some(s) = SERVER.get().and_then(Option::as_ref) else { return };
+    for _ in 0..100_000 {
+        match s.fds.try_lock() {
+            Ok(g) => {
+                let _ = FDS_HELD.try_with(|h| *h.borrow_mut() = Some(g));
+                return;
+            }
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                let _ = FDS_HELD.try_with(|h| *h.borrow_mut() = Some(e.into_inner()));
+                return;
+            }
+            Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+        }
+    }
+}
+
+/// After `fork`, in the parent: the fd table is let go.
+extern "C" fn after_fork_in_parent() {
+    let _ = FDS_HELD.try_with(|h| h.borrow_mut().take());
+}
+
+/// In a child forked from the loader: the fd table is let go; the child holds copies of the
+/// loader's fds, so what they name stays while it lives (a loader that forks a daemon and
+/// exits); see `ShmRegion::add_heir`.
 extern "C" fn forked_child() {
+    let _ = FDS_HELD.try_with(|h| h.borrow_mut().take());
     if let Some(s) = SERVER.get().and_then(Option::as_ref) {
-        // SAFETY: getppid(2) cannot fail.
-        s.region().add_heir(unsafe { libc::getppid() } as u32);
+        s.region().add_heir(FORKING.load(std::sync::atomic::Ordering::Relaxed));
     }
 }
 

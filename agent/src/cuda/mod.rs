@@ -1102,6 +1102,7 @@ fn sync_point() {
             a.dirty.store(0, Ordering::Relaxed);
             *lock(&a.last_copy) = Instant::now();
             let mut copy = vec![0u8; a.len];
+            let given = lock(&a.share).clone();
             // From a thread of ours (the link follower) the arena's context is made current.
             let r = drv
                 .with_context(ctx as Handle, || {
@@ -1109,12 +1110,10 @@ fn sync_point() {
                         .and_then(|()| a.layout.ring_resets().into_iter().try_for_each(|(off, len)| drv.memset(a.dev + off, len as usize)))
                 })
                 .unwrap_or_else(|| Err("its context cannot be made current".into()));
-            // The synchronous copy waited for the work queued before it, copies back and hash
-            // merges included: those copies are older than this one and are written back first
-            // (else an array's older values would overwrite these), and the share is what the
-            // device had been given when this copy was made.
+            // The synchronous copy waited for the work queued before it, copies back included:
+            // those copies are older than this one and are written back first (else an array's
+            // older values would overwrite these).
             a.settle();
-            let given = lock(&a.share).clone();
             match r {
                 Ok(()) => a.write_back(gpu, &mut copy, &given),
                 Err(e) => gpu.say_once(format!("CUDA maps are not copied back: {e}")),

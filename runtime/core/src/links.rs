@@ -167,9 +167,11 @@ pub fn store_owned(region: &ShmRegion, name: &str, prog: u32, target: &str, retp
 /// [`crate::orphans::remove`], which removes what such links leave behind.
 pub fn remove_orphans(region: &ShmRegion) -> usize {
     let mut n = 0;
+    // Owners looked up once per call: thousands of links may name one.
+    let mut alive: std::collections::HashMap<u32, bool> = Default::default();
     for o in region.objects().into_iter().filter(|o| o.kind == ObjectKind::Link) {
         let Some(d) = desc::load::<LinkDesc>(region, o.data) else { continue };
-        if d.magic == LINK_MAGIC && d.owner != 0 && !region.owner_alive(d.owner) {
+        if d.magic == LINK_MAGIC && d.owner != 0 && !*alive.entry(d.owner).or_insert_with(|| region.owner_alive(d.owner)) {
             if region.remove_object(o.id).is_some() {
                 region.retire(o.data);
             }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 17;
+pub const LAYOUT_VERSION: u32 = 18;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -172,11 +172,13 @@ struct Header {
 
 /// A process forked from a loader (`heir`, 0: a free slot) and the loader it was forked from
 /// (`owner`): it holds copies of the loader's fds, so what the loader made stays while it
-/// lives.
+/// lives and runs the program it was forked with (`exe`: the device and inode of its
+/// executable then; an `exec` closes the loader's fds, which are close-on-exec).
 #[repr(C)]
 struct Heir {
     owner: AtomicU32,
     heir: AtomicU32,
+    exe: [AtomicU64; 2],
 }
 
 /// How many forked children of loaders the region keeps track of (more are not known: what
@@ -881,53 +883,60 @@ impl ShmRegion {
         Some(slot)
     }
 
-    /// Says that this process, just forked from the loader `owner`, holds copies of its fds:
-    /// the objects `owner` made stay while either lives ([`ShmRegion::owner_alive`]), as the
-    /// kernel keeps an object while any process holds an fd of it (a loader that forks a
-    /// daemon and exits). Slots of gone children are reused; with none left it is not known.
-    pub fn add_heir(&self, owner: u32) {
+    /// Says that this process, just forked from process `parent` (a loader, or a child forked
+    /// from one), holds copies of its fds: the objects the loader made stay while either lives
+    /// ([`ShmRegion::owner_alive`]), as the kernel keeps an object while any process holds an
+    /// fd of it (a loader that forks a daemon and exits). The loader `parent` was itself forked
+    /// from is recorded too, so that a chain of forks holds without its middle. Slots of gone
+    /// children are reused; with none left it is not known. Only system calls: for a
+    /// `pthread_atfork` child handler.
+    pub fn add_heir(&self, parent: u32) {
         // SAFETY: getpid(2) cannot fail.
         let me = unsafe { libc::getpid() } as u32;
-        if owner == 0 || owner == me {
+        if parent == 0 || parent == me {
             return;
         }
-        for h in &self.header().heirs {
-            let pid = h.heir.load(Ordering::Acquire);
-            if pid == me {
-                h.owner.store(owner, Ordering::Release);
-                return;
-            }
-            if (pid == 0 || !process_alive(pid)) && h.heir.compare_exchange(pid, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                h.owner.store(owner, Ordering::Release);
-                return;
+        let heirs = &self.header().heirs;
+        let root = heirs.iter().find(|h| h.heir.load(Ordering::Acquire) == parent).map(|h| h.owner.load(Ordering::Acquire));
+        let exe = exe_identity(c"/proc/self/exe");
+        for owner in std::iter::once(parent).chain(root.filter(|&r| r != parent && r != 0)) {
+            for h in heirs {
+                let pid = h.heir.load(Ordering::Acquire);
+                let mine = pid == me && h.owner.load(Ordering::Acquire) == owner;
+                if mine || ((pid == 0 || !process_alive(pid)) && h.heir.compare_exchange(pid, me, Ordering::AcqRel, Ordering::Relaxed).is_ok()) {
+                    h.owner.store(owner, Ordering::Release);
+                    h.exe[0].store(exe.0, Ordering::Release);
+                    h.exe[1].store(exe.1, Ordering::Release);
+                    break;
+                }
             }
         }
     }
 
     /// Whether the objects loader `owner` made are still held by a process: the loader itself,
-    /// or a process forked from it (or from such a process) that lives ([`ShmRegion::add_heir`]).
-    /// 0 is no loader: false.
+    /// or a process forked from it (or from such a process) that lives and has not run another
+    /// program since ([`ShmRegion::add_heir`]). 0 is no loader: false.
     pub fn owner_alive(&self, owner: u32) -> bool {
         if process_alive(owner) {
             return true;
         }
         let heirs = &self.header().heirs;
         let mut dead = vec![owner];
-        // A chain of forks is followed a few levels down.
+        // A chain of forks is followed a few levels down (each child also names the loader).
         for _ in 0..4 {
-            let next: Vec<u32> = heirs
+            let next: Vec<(u32, (u64, u64))> = heirs
                 .iter()
                 .filter(|h| dead.contains(&h.owner.load(Ordering::Acquire)))
-                .map(|h| h.heir.load(Ordering::Acquire))
-                .filter(|&pid| pid != 0 && !dead.contains(&pid))
+                .map(|h| (h.heir.load(Ordering::Acquire), (h.exe[0].load(Ordering::Acquire), h.exe[1].load(Ordering::Acquire))))
+                .filter(|&(pid, _)| pid != 0 && !dead.contains(&pid))
                 .collect();
             if next.is_empty() {
                 return false;
             }
-            if next.iter().any(|&pid| process_alive(pid)) {
+            if next.iter().any(|&(pid, exe)| process_alive(pid) && still_runs(pid, exe)) {
                 return true;
             }
-            dead.extend(next);
+            dead.extend(next.into_iter().map(|(pid, _)| pid));
         }
         false
     }
@@ -1148,6 +1157,26 @@ fn runner_alive(pid: u32, tid: u32) -> bool {
     // SAFETY: tgkill(2) with signal 0 only checks that the thread exists.
     let r = unsafe { libc::syscall(libc::SYS_tgkill, pid as libc::pid_t, tid as libc::pid_t, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// The device and inode of the file at `path` (0, 0 where it cannot be read).
+fn exe_identity(path: &std::ffi::CStr) -> (u64, u64) {
+    // SAFETY: stat(2) into a zeroed struct of ours, with a NUL-terminated path.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::stat(path.as_ptr(), &mut st) != 0 {
+            return (0, 0);
+        }
+        (st.st_dev, st.st_ino)
+    }
+}
+
+/// Whether process `pid` still runs the executable it had when it was recorded (`exe`, see
+/// [`exe_identity`]); where either cannot be told (another user's process), it is taken to.
+fn still_runs(pid: u32, exe: (u64, u64)) -> bool {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/exe")) else { return true };
+    let now = exe_identity(&path);
+    exe == (0, 0) || now == (0, 0) || now == exe
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds.
