@@ -52,6 +52,22 @@ static int create(void)
     return fd;
 }
 
+// Writes the id of map `fd` to `path`.
+static void write_id(const char *path, int fd)
+{
+    struct bpf_map_info info;
+    union bpf_attr a;
+    memset(&info, 0, sizeof info);
+    memset(&a, 0, sizeof a);
+    a.info.bpf_fd = fd;
+    a.info.info_len = sizeof info;
+    a.info.info = (unsigned long)&info;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &a);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "%u\n", info.id);
+    fclose(f);
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
@@ -71,21 +87,11 @@ int main(int argc, char **argv)
         return 2;
     if (strcmp(mode, "spawn") == 0) {
         int fd = create();
-        struct bpf_map_info info;
-        union bpf_attr a;
-        memset(&info, 0, sizeof info);
-        memset(&a, 0, sizeof a);
-        a.info.bpf_fd = fd;
-        a.info.info_len = sizeof info;
-        a.info.info = (unsigned long)&info;
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &a);
         if (fork() == 0) {
             execlp("sleep", "sleep", "5", (char *)NULL);
             _exit(127);
         }
-        FILE *f = fopen(argv[2], "w");
-        fprintf(f, "%u\n", info.id);
-        fclose(f);
+        write_id(argv[2], fd);
         for (;;)
             pause();
     }
@@ -102,17 +108,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(mode, "create") == 0) {
         int fd = create();
-        struct bpf_map_info info;
-        union bpf_attr a;
-        memset(&info, 0, sizeof info);
-        memset(&a, 0, sizeof a);
-        a.info.bpf_fd = fd;
-        a.info.info_len = sizeof info;
-        a.info.info = (unsigned long)&info;
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &a);
-        FILE *f = fopen(argv[2], "w");
-        fprintf(f, "%u\n", info.id);
-        fclose(f);
+        write_id(argv[2], fd);
         sleep(2);
         return 0;
     }
