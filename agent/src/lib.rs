@@ -110,6 +110,14 @@ pub unsafe extern "C" fn bpftime_agent_attach(shm: *const libc::c_char) -> libc:
     }
 }
 
+/// Where `bpftime attach` makes its last system call in this process (unmapping the stack it
+/// called us on): a `syscall` instruction that system call interception lets through, 0 while
+/// there is none.
+#[unsafe(no_mangle)]
+pub extern "C" fn bpftime_agent_syscall_instruction() -> u64 {
+    bpftime_attach::syscalls::allowed_syscall_instruction()
+}
+
 /// `dlopen`, wrapped: after the real one loads a library, pending probes on it are attached.
 ///
 /// # Safety

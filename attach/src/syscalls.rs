@@ -66,6 +66,16 @@ static ALLOWED: AtomicUsize = AtomicUsize::new(0);
 static GADGET_RETURNS: [AtomicU64; GADGETS] = [const { AtomicU64::new(0) }; GADGETS];
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
+/// The address of a `syscall` instruction in the allowed range (0 before [`start`]): a system
+/// call made there is never dispatched (`bpftime attach` steps a thread through it).
+pub fn allowed_syscall_instruction() -> u64 {
+    match ALLOWED.load(Ordering::Acquire) {
+        0 => 0,
+        // The restorer's `syscall`, after `mov eax, 15`.
+        page => page as u64 + 5,
+    }
+}
+
 /// Whether system calls are being intercepted in this process.
 pub fn active() -> bool {
     ACTIVE.load(Ordering::Acquire)
@@ -447,10 +457,20 @@ pub static SITES_REWRITTEN: AtomicU64 = AtomicU64::new(0);
 /// Called with the patch lock held.
 pub(crate) fn overlaps_pads(start: u64, len: u64) -> bool {
     // Waited for: its holders never wait while they hold it (they try the patch lock, which
-    // our callers hold, and let go when they cannot have it). A guess while a thread held it
-    // failed every probe attached while the application made system calls.
-    let g = REWRITES.lock().unwrap_or_else(|e| e.into_inner());
-    g.as_ref().is_some_and(|r| r.pads.iter().any(|&p| p < start + len && start < p + 5))
+    // our callers hold, and let go when they cannot have it); a guess while a thread held it
+    // failed every probe attached while the application made system calls. Not for ever: a
+    // child forked while another thread held it has it held for good (then: an overlap).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    loop {
+        match REWRITES.try_lock() {
+            Ok(g) => return g.as_ref().is_some_and(|r| r.pads.iter().any(|&p| p < start + len && start < p + 5)),
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                return e.into_inner().as_ref().is_some_and(|r| r.pads.iter().any(|&p| p < start + len && start < p + 5))
+            }
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => std::thread::yield_now(),
+            Err(std::sync::TryLockError::WouldBlock) => return true,
+        }
+    }
 }
 
 /// Rewrites the call site at `site` unless it was tried before; whether it takes a jump now.

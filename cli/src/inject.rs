@@ -172,6 +172,18 @@ impl Traced {
         Ok(())
     }
 
+    /// Whether the stopped thread runs on its signal stack (`sigaltstack(NULL, &old)` into the
+    /// stack mapped for our calls: `SS_ONSTACK` in its flags).
+    fn on_signal_stack(&self) -> Result<bool, String> {
+        let (base, _) = self.stack.ok_or("no stack mapped")?;
+        let r = self.system_call(libc::SYS_sigaltstack, [0, base, 0, 0, 0, 0])?;
+        if r != 0 {
+            return Ok(false);
+        }
+        let flags = self.read(base + 8, 4)?;
+        Ok(i32::from_le_bytes(flags.try_into().expect("4 bytes")) & libc::SS_ONSTACK != 0)
+    }
+
     /// Calls `func(args...)` in the tracee with `data` (strings) copied onto the stack mapped
     /// for our calls; the arguments may name `data`'s copy as `DATA`. Returns rax.
     fn call(&self, func: u64, args: [u64; 2], data: &[u8]) -> Result<u64, String> {
@@ -296,12 +308,32 @@ pub fn inject(pid: u32, agent: &Path, shm: &str) -> Result<bool, String> {
     let _held = hold_termination_signals();
     let agent = std::fs::canonicalize(agent).map_err(|e| format!("{}: {e}", agent.display()))?;
     let agent_path = agent.to_string_lossy().into_owned();
+    // Loaded before (an attach earlier, or preloaded): it follows the region it started with;
+    // its system call interception would dispatch the system calls below.
+    if bpftime_attach::procmaps::mappings_of_process(pid).iter().any(|m| m.path == agent_path) {
+        return Ok(false);
+    }
     let dlopen = address(pid, "libc.so.6", "dlopen")?;
     let dlerror = address(pid, "libc.so.6", "dlerror")?;
     let syscall_fn = address(pid, "libc.so.6", "syscall")?;
-    let mut t = Traced::stop(pid as i32)?;
-    t.saved = Some(t.regs()?);
-    t.map_call_stack(syscall_fn)?;
+    // A thread stopped on its signal stack (in a handler) would have it taken for free by the
+    // kernel while our calls run elsewhere, and a signal delivered over the handler's frames:
+    // it is let go on and stopped again.
+    let mut tries = 0;
+    let mut t = loop {
+        let mut t = Traced::stop(pid as i32)?;
+        t.saved = Some(t.regs()?);
+        t.map_call_stack(syscall_fn)?;
+        if !t.on_signal_stack()? {
+            break t;
+        }
+        drop(t);
+        tries += 1;
+        if tries == 100 {
+            return Err(format!("process {pid}: its thread was on its signal stack each time it was stopped"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     let mut path = agent_path.clone().into_bytes();
     path.push(0);
     let handle = t.call(dlopen, [DATA, libc::RTLD_NOW as u64], &path)?;
@@ -314,6 +346,14 @@ pub fn inject(pid: u32, agent: &Path, shm: &str) -> Result<bool, String> {
     let mut name = shm.as_bytes().to_vec();
     name.push(0);
     let rc = t.call(start, [DATA, 0], &name)? as u32 as i32;
+    // The agent may have turned system call interception on for this thread: the stack is
+    // unmapped through a `syscall` it lets through.
+    if let Ok(at) = address(pid, &agent_path, "bpftime_agent_syscall_instruction") {
+        match t.call(at, [0, 0], &[0])? {
+            0 => {}
+            allowed => t.syscall_at = allowed,
+        }
+    }
     drop(t);
     match rc {
         0 => Ok(true),

@@ -897,7 +897,11 @@ impl ShmRegion {
             return;
         }
         let heirs = &self.header().heirs;
-        let root = heirs.iter().find(|h| h.heir.load(Ordering::Acquire) == parent).map(|h| h.owner.load(Ordering::Acquire));
+        // The parent's own loader: of the owners it is recorded under, one that is no
+        // process's heir itself (a chain of forks names its root).
+        let is_heir = |pid: u32| heirs.iter().any(|h| h.heir.load(Ordering::Acquire) == pid);
+        let owners = || heirs.iter().filter(|h| h.heir.load(Ordering::Acquire) == parent).map(|h| h.owner.load(Ordering::Acquire));
+        let root = owners().find(|&o| !is_heir(o)).or_else(|| owners().next());
         let exe = exe_identity(c"/proc/self/exe");
         for owner in std::iter::once(parent).chain(root.filter(|&r| r != parent && r != 0)) {
             for h in heirs {
