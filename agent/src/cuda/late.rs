@@ -164,13 +164,15 @@ pub(crate) fn start(gpu: &Gpu) {
             }
         }
     }
+    // Active before it is said: a launch that comes after the words (a test releases one on
+    // them) runs the patched copy.
+    ACTIVE.store(!hooks.is_empty(), Ordering::Release);
     if super::verbose() {
         eprintln!(
             "bpftime: CUDA probes through hooks on the driver (its entry points were fetched before there were probes): {} entry points hooked",
             hooks.len()
         );
     }
-    ACTIVE.store(!hooks.is_empty(), Ordering::Release);
 }
 
 /// Called when the region's links change, and at the link follower's polls: a driver the
