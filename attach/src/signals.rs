@@ -156,6 +156,35 @@ pub unsafe fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut
     r
 }
 
+/// Puts the handlers the application installed before the hook engine came (an agent loaded
+/// into a running process) behind [`wrapper`], as [`sigaction`] would have installed them:
+/// each keeps its flags, mask and signal stack. Returns how many. What the application reads
+/// back stays its own only where its `sigaction` calls reach [`sigaction`] (the agent hooks
+/// libc's).
+pub fn adopt_installed_handlers() -> usize {
+    let real = real_sigaction();
+    let mut n = 0;
+    for sig in 1..NSIG as libc::c_int {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || OWNED[sig as usize].load(Ordering::Acquire) {
+            continue;
+        }
+        // SAFETY: a zeroed sigaction is valid; sigaction(2) fills it.
+        let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: reading the action into our own local.
+        if unsafe { real(sig, std::ptr::null(), &mut now) } != 0 || !is_function(now.sa_sigaction) || now.sa_sigaction == wrapper as *const () as usize {
+            continue;
+        }
+        APP_HANDLERS[sig as usize].store(now.sa_sigaction, Ordering::Release);
+        let mut wrapped = now;
+        wrapped.sa_sigaction = wrapper as *const () as usize;
+        // SAFETY: installing our copy of the action with the wrapper as its handler.
+        if unsafe { real(sig, &wrapped, std::ptr::null_mut()) } == 0 {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// `signal(2)` with glibc's (BSD) semantics, through [`sigaction`].
 ///
 /// # Safety

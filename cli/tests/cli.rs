@@ -1126,23 +1126,27 @@ fn attach_to_a_running_go_program_counts_every_call() {
     }
 }
 
-/// `bpftime attach PID` on a process whose signal handlers (installed before the agent came,
-/// so not behind its wrapper) run on a signal stack and call a probed function, while a second
-/// signal lands as fast: a hit in the first handler stays on the signal stack (were it to move
-/// to the agent's stack, the kernel would take the signal stack for free and deliver the second
-/// signal over the first handler's frames: crashes and hangs). No run crashes, no handler finds
+/// `bpftime attach PID` on a process whose signal handlers run on a signal stack and call a
+/// probed function, while a second signal lands as fast. `nested`: the handlers installed
+/// before the agent came are put behind its wrapper, and those installed after go through
+/// libc's `sigaction`, which it hooks: every call is counted, a hit in a handler that
+/// interrupted a hit included, and the process reads back its own handlers. `rawnested`: the
+/// handlers are installed after with the raw system call (as the Go runtime does), so no
+/// wrapper sees them: a hit in one stays on the signal stack (were it to move to the agent's
+/// stack, the kernel would take the signal stack for free and deliver the second signal over
+/// the first handler's frames: crashes and hangs). No run crashes or hangs, no handler finds
 /// its frame overwritten, and every call the probes saw has its argument and result counted.
 #[test]
 fn attach_to_a_process_whose_handlers_run_on_a_signal_stack() {
     let target = bpftime_tests::clang::build_target("signals", false);
     let obj = build_example("uprobe_signals");
-    for run in 0..5 {
-        let shm = format!("bpftime-attach-altstack-{}-{run}", std::process::id());
+    for (mode, run) in ["nested", "rawnested"].into_iter().flat_map(|m| (0..4).map(move |r| (m, r))) {
+        let shm = format!("bpftime-attach-altstack-{}-{mode}-{run}", std::process::id());
         let _ = bpftime_shm(&shm, &["shm", "remove"]);
-        let mut app = Command::new(&target).args(["50000", "nested"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut app = Command::new(&target).args(["50000", mode]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         wait_reading_stdin(app.id());
         let out = bpftime_shm(&shm, &["attach", &app.id().to_string(), "--program", obj.to_str().unwrap()]);
-        assert!(out.status.success(), "run {run}: {}", text(&out.stderr));
+        assert!(out.status.success(), "{mode} run {run}: {}", text(&out.stderr));
         app.stdin.take().unwrap().write_all(b"x").unwrap();
         // A hang is a failure too: the process is killed after 60 s.
         let pid = app.id() as i32;
@@ -1160,12 +1164,16 @@ fn attach_to_a_process_whose_handlers_run_on_a_signal_stack() {
         let done = app.wait_with_output().unwrap();
         let _ = watchdog.join();
         let said = text(&done.stdout);
-        assert!(done.status.success() && said.ends_with(" clobbered 0\n"), "run {run}: {:?} {said}{}", done.status, text(&done.stderr));
+        assert!(done.status.success() && said.ends_with(" clobbered 0\n"), "{mode} run {run}: {:?} {said}{}", done.status, text(&done.stderr));
         let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
         let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
         let (entries, args, returns, results) = (at(0), at(1), at(2), at(3));
-        assert!(entries > 50_000 && (entries, args) == (returns, results), "run {run}: {said} {entries} {args} {returns} {results}");
+        assert!(entries > 50_000 && (entries, args) == (returns, results), "{mode} run {run}: {said} {entries} {args} {returns} {results}");
+        if mode == "nested" {
+            let printed = |w: &str| said.split_whitespace().skip_while(|x| *x != w).nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap();
+            assert_eq!((entries, args), (printed("calls"), printed("sum")), "{mode} run {run}: every call, in handlers too");
+        }
         let _ = bpftime_shm(&shm, &["shm", "remove"]);
     }
 }

@@ -1,7 +1,7 @@
 // A target for probes hit from signal handlers: the main thread calls add() ITERS times while
 // another thread sends it SIGUSR1 as fast as it can; the handler calls add() too, so signals
 // land inside probe handlers and inside uretprobes' return paths.
-// Usage: signals ITERS [altstack|highaltstack|nested]   (prints "calls N sum S": every add() call (at
+// Usage: signals ITERS [altstack|highaltstack|nested|rawnested]   (prints "calls N sum S": every add() call (at
 // least ITERS from the loop, more until the handler has run 10 times) and the sum of their
 // results; with `altstack` the handler is installed with sigaction on an alternate signal
 // stack, else with signal(); with `highaltstack` the loop runs on a thread whose stack lies
@@ -14,12 +14,15 @@
 // would deliver it over the first handler's live frames); the line then ends with "clobbered
 // C": how many times the first handler found its frame overwritten. It reads one byte from
 // stdin first (end of file will do), so that `bpftime attach` can come before the loop.
+// `rawnested` installs both handlers after that read with the raw rt_sigaction(2) system call,
+// as the Go runtime does: no `sigaction` wrapper sees them.
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -40,7 +43,23 @@ static char *stack_lo, *stack_hi, *alt_lo, *alt_hi;
 
 static volatile long elsewhere;
 static volatile long clobbered, usr2_calls;
-static int nested;
+static int nested, raw;
+
+// rt_sigreturn, for handlers installed with the raw system call.
+extern void signals_restorer(void);
+__asm__(".text\n.globl signals_restorer\nsignals_restorer:\n\tmov $15, %eax\n\tsyscall\n");
+
+// rt_sigaction(2) itself (the kernel's struct sigaction on x86-64), bypassing libc.
+static int raw_sigaction(int sig, void *handler, unsigned long flags)
+{
+    struct {
+        void *handler;
+        unsigned long flags;
+        void (*restorer)(void);
+        unsigned long mask;
+    } act = {handler, flags | 0x04000000 /* SA_RESTORER */, signals_restorer, 0};
+    return syscall(SYS_rt_sigaction, sig, &act, NULL, 8);
+}
 
 static int on_known_stack(char *p)
 {
@@ -133,19 +152,25 @@ int main(int argc, char **argv)
 {
     iters = argc > 1 ? atol(argv[1]) : 100000;
     const char *mode = argc > 2 ? argv[2] : "";
-    nested = strcmp(mode, "nested") == 0;
+    raw = strcmp(mode, "rawnested") == 0;
+    nested = strcmp(mode, "nested") == 0 || raw;
     alt = strcmp(mode, "altstack") == 0 || strcmp(mode, "highaltstack") == 0 || nested;
-    if (nested) {
+    if (nested && !raw) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_usr2;
         sa.sa_flags = SA_RESTART | SA_ONSTACK;
         sigaction(SIGUSR2, &sa, NULL);
+    }
+    if (nested) {
         char c;
         if (read(0, &c, 1) < 0)
             return 1;
     }
-    if (alt) {
+    if (raw) {
+        if (raw_sigaction(SIGUSR2, on_usr2, SA_RESTART | SA_ONSTACK) || raw_sigaction(SIGUSR1, on_usr1, SA_SIGINFO | SA_RESTART | SA_ONSTACK))
+            return 1;
+    } else if (alt) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = on_usr1;
