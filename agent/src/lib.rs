@@ -128,20 +128,15 @@ fn sigaction_hooked(r: &bpftime_attach::PtRegs) -> u64 {
     (unsafe { bpftime_attach::signals::sigaction(r.di as libc::c_int, r.si as *const libc::sigaction, r.dx as *mut libc::sigaction) }) as u32 as u64
 }
 
-/// libc's `signal`, replaced: [`signal`] with the caller's arguments.
-fn signal_hooked(r: &bpftime_attach::PtRegs) -> u64 {
-    // SAFETY: the arguments the application passed to signal(2), under its contract.
-    (unsafe { bpftime_attach::signals::signal(r.di as libc::c_int, r.si as libc::sighandler_t) }) as u64
-}
-
-/// In a process the agent was loaded into: libc's `sigaction` and `signal` are hooked to go
-/// through the hook engine's (what the preloaded agent exports under those names), then the
+/// In a process the agent was loaded into: libc's `sigaction` (which its `signal` calls too)
+/// is hooked to go through the hook engine's (what the preloaded agent exports), then the
 /// handlers installed before are put behind its wrapper. A hit in a handler that interrupted a
 /// hit then runs at its own level, and a handler whose signal lands during a hit runs on the
 /// application's stack. Where libc's cannot be hooked, the handlers stay as they are (hits on a
 /// signal stack still stay there).
 fn adopt_signal_handlers() {
-    let replaced: [(&str, fn(&bpftime_attach::PtRegs) -> u64); 2] = [("sigaction", sigaction_hooked), ("signal", signal_hooked)];
+    // (glibc's `signal`, `sigset` and the like call `__sigaction`, the same function.)
+    let replaced: [(&str, fn(&bpftime_attach::PtRegs) -> u64); 1] = [("sigaction", sigaction_hooked)];
     for (name, f) in replaced {
         let target = bpftime_attach::Target { binary: "libc.so.6".into(), function: Some(name.into()), offset: 0 };
         let hooked = bpftime_attach::resolve(&target).map_err(|e| e.to_string()).and_then(|r| {

@@ -83,11 +83,13 @@ pub(crate) fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         let f: InfoHandler = unsafe { std::mem::transmute::<usize, InfoHandler>(h) };
         crate::hook::in_signal_handler(|| f(sig, info, ctx));
     } else if h == libc::SIG_DFL {
-        // SAFETY: a zeroed sigaction with SIG_DFL is valid (sigaction(2)); async-signal-safe.
+        // The kernel's action set directly (libc's `sigaction` may be hooked to come back to
+        // [`sigaction`], which only records an owned signal's action).
+        let dfl = [libc::SIG_DFL as u64, 0, 0, 0];
+        // SAFETY: rt_sigaction(2) with the kernel's struct sigaction on x86-64 (handler, flags,
+        // restorer, 8-byte mask), async-signal-safe; then raise(3).
         unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = libc::SIG_DFL;
-            real_sigaction()(sig, &act, std::ptr::null_mut());
+            libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8);
             // A trap happens again when the thread goes on; anything else is sent again.
             if sig != libc::SIGTRAP {
                 libc::raise(sig);
@@ -121,7 +123,9 @@ pub unsafe fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut
             // SAFETY: the caller's valid action.
             let a = unsafe { &*act };
             APP_FLAGS[i].store(a.sa_flags, Ordering::Release);
-            app.store(a.sa_sigaction, Ordering::Release);
+            if a.sa_sigaction != wrapper as *const () as usize {
+                app.store(a.sa_sigaction, Ordering::Release);
+            }
         }
         return 0;
     }
@@ -131,16 +135,21 @@ pub unsafe fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut
     // SAFETY: `act` is null or valid (the caller's contract).
     if let Some(a) = unsafe { act.as_ref() } {
         wrapped = *a;
-        if is_function(a.sa_sigaction) {
+        // (The wrapper itself, read back where a call missed us, is never taken for the
+        // application's handler: it would call itself.)
+        if is_function(a.sa_sigaction) && a.sa_sigaction != wrapper as *const () as usize {
             app.store(a.sa_sigaction, Ordering::Release);
             wrapped.sa_sigaction = wrapper as *const () as usize;
         }
         // While system calls are intercepted, SIGSYS is never blocked (a call made in a
-        // handler with it blocked would kill the process).
+        // handler with it blocked would kill the process); nor is SIGTRAP (a handler meeting
+        // a probe's or a patch's `int3` with it blocked would be killed).
         if crate::syscalls::active() {
             // SAFETY: a valid sigset in our copy.
             unsafe { libc::sigdelset(&mut wrapped.sa_mask, libc::SIGSYS) };
         }
+        // SAFETY: as above.
+        unsafe { libc::sigdelset(&mut wrapped.sa_mask, libc::SIGTRAP) };
         act = &mut wrapped;
     }
     // SAFETY: the caller's pointers, or our copy of its action.
@@ -171,18 +180,44 @@ pub fn adopt_installed_handlers() -> usize {
         // SAFETY: a zeroed sigaction is valid; sigaction(2) fills it.
         let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
         // SAFETY: reading the action into our own local.
-        if unsafe { real(sig, std::ptr::null(), &mut now) } != 0 || !is_function(now.sa_sigaction) || now.sa_sigaction == wrapper as *const () as usize {
+        if unsafe { real(sig, std::ptr::null(), &mut now) } != 0 {
             continue;
         }
-        APP_HANDLERS[sig as usize].store(now.sa_sigaction, Ordering::Release);
-        let mut wrapped = now;
-        wrapped.sa_sigaction = wrapper as *const () as usize;
-        // SAFETY: installing our copy of the action with the wrapper as its handler.
-        if unsafe { real(sig, &wrapped, std::ptr::null_mut()) } == 0 {
-            n += 1;
+        // A handler installed meanwhile by another thread (found in place of the one read) is
+        // wrapped in its turn.
+        for _ in 0..3 {
+            if !is_function(now.sa_sigaction) || ours(now.sa_sigaction) {
+                break;
+            }
+            APP_HANDLERS[sig as usize].store(now.sa_sigaction, Ordering::Release);
+            let mut wrapped = now;
+            wrapped.sa_sigaction = wrapper as *const () as usize;
+            // SAFETY: a valid sigset in our copy (see `sigaction`: SIGTRAP never blocked).
+            unsafe { libc::sigdelset(&mut wrapped.sa_mask, libc::SIGTRAP) };
+            // SAFETY: a zeroed sigaction is valid; sigaction(2) fills it.
+            let mut was: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: installing our copy of the action with the wrapper as its handler.
+            if unsafe { real(sig, &wrapped, &mut was) } != 0 {
+                break;
+            }
+            if was.sa_sigaction == now.sa_sigaction {
+                n += 1;
+                break;
+            }
+            now = was;
         }
     }
     n
+}
+
+/// Whether handler `h` is the hook engine's own (in the same library as [`wrapper`]: the
+/// fix-up and enabling handlers of threads being patched), not the application's.
+fn ours(h: usize) -> bool {
+    // SAFETY: dladdr(3) with addresses and a zeroed Dl_info of ours.
+    unsafe {
+        let (mut a, mut b): (libc::Dl_info, libc::Dl_info) = (std::mem::zeroed(), std::mem::zeroed());
+        libc::dladdr(h as *const libc::c_void, &mut a) != 0 && libc::dladdr(wrapper as *const libc::c_void, &mut b) != 0 && a.dli_fbase == b.dli_fbase
+    }
 }
 
 /// `signal(2)` with glibc's (BSD) semantics, through [`sigaction`].

@@ -247,8 +247,13 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
 /// SIGSYS's bit in a signal mask: never blocked while calls are intercepted (a call made with
 /// it blocked would kill the process).
 const SIGSYS_BIT: u64 = 1 << (libc::SIGSYS - 1);
+/// SIGTRAP's bit: never blocked either. Code being patched holds a transient `int3`, and a
+/// thread that meets one with SIGTRAP blocked is killed by the kernel (the Go runtime and
+/// glibc start threads with every signal blocked; their first system calls run through sites
+/// another thread may be rewriting).
+const SIGTRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
 /// Bits no mask may hold.
-const UNBLOCKABLE: u64 = SIGSYS_BIT | 1 << (libc::SIGKILL - 1) | 1 << (libc::SIGSTOP - 1);
+const UNBLOCKABLE: u64 = SIGSYS_BIT | SIGTRAP_BIT | 1 << (libc::SIGKILL - 1) | 1 << (libc::SIGSTOP - 1);
 /// What our SIGSYS handler blocks while it runs: every asynchronous signal (its work runs on
 /// the thread's handler stack, off the signal stack, where one must not land), not the faults
 /// and traps, which are the thread's own doing (and SIGTRAP runs int3 probes).
@@ -290,12 +295,12 @@ fn emulate_sigprocmask(mask: &mut u64, a: [u64; 4]) -> u64 {
     0
 }
 
-/// The arguments of a call made from a site's stub, with SIGSYS taken out of a mask being
-/// installed (`rt_sigprocmask` reads the set through `copy`).
+/// The arguments of a call made from a site's stub, with SIGSYS and SIGTRAP taken out of a
+/// mask being installed (`rt_sigprocmask` reads the set through `copy`).
 fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64) -> [u64; 6] {
     if nr == libc::SYS_rt_sigprocmask as u64 && a[1] != 0 && (a[0] as i32 == libc::SIG_BLOCK || a[0] as i32 == libc::SIG_SETMASK) {
         // SAFETY: the application's pointer to a sigset, read as the kernel would.
-        *copy = unsafe { (a[1] as *const u64).read_unaligned() } & !SIGSYS_BIT;
+        *copy = unsafe { (a[1] as *const u64).read_unaligned() } & !(SIGSYS_BIT | SIGTRAP_BIT);
         a[1] = copy as *mut u64 as u64;
     }
     a
