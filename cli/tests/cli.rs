@@ -1134,8 +1134,10 @@ fn attach_to_a_running_go_program_counts_every_call() {
 /// handlers are installed after with the raw system call (as the Go runtime does), so no
 /// wrapper sees them: a hit in one stays on the signal stack (were it to move to the agent's
 /// stack, the kernel would take the signal stack for free and deliver the second signal over
-/// the first handler's frames: crashes and hangs). No run crashes or hangs, no handler finds
-/// its frame overwritten, and every call the probes saw has its argument and result counted.
+/// the first handler's frames: crashes and hangs), and a hit in one that interrupted a hit is
+/// not counted (it cannot be told from the agent's own calls: at least the loop's calls are).
+/// No run crashes or hangs, no handler finds its frame overwritten, and every call the probes
+/// saw has its argument and result counted.
 #[test]
 fn attach_to_a_process_whose_handlers_run_on_a_signal_stack() {
     let target = bpftime_tests::clang::build_target("signals", false);
@@ -1169,7 +1171,7 @@ fn attach_to_a_process_whose_handlers_run_on_a_signal_stack() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
         let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
         let (entries, args, returns, results) = (at(0), at(1), at(2), at(3));
-        assert!(entries > 50_000 && (entries, args) == (returns, results), "{mode} run {run}: {said} {entries} {args} {returns} {results}");
+        assert!(entries >= 50_000 && (entries, args) == (returns, results), "{mode} run {run}: {said} {entries} {args} {returns} {results}");
         if mode == "nested" {
             let printed = |w: &str| said.split_whitespace().skip_while(|x| *x != w).nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap();
             assert_eq!((entries, args), (printed("calls"), printed("sum")), "{mode} run {run}: every call, in handlers too");
