@@ -136,7 +136,7 @@ fn sigaction_hooked(r: &bpftime_attach::PtRegs) -> u64 {
 /// signal stack still stay there).
 fn adopt_signal_handlers() {
     // (glibc's `signal`, `sigset` and the like call `__sigaction`, the same function.)
-    let replaced: [(&str, fn(&bpftime_attach::PtRegs) -> u64); 1] = [("sigaction", sigaction_hooked)];
+    let replaced: [(&str, fn(&bpftime_attach::PtRegs) -> u64); 2] = [("sigaltstack", sigaltstack_hooked), ("sigaction", sigaction_hooked)];
     for (name, f) in replaced {
         let target = bpftime_attach::Target { binary: "libc.so.6".into(), function: Some(name.into()), offset: 0 };
         let hooked = bpftime_attach::resolve(&target).map_err(|e| e.to_string()).and_then(|r| {
@@ -193,6 +193,40 @@ pub unsafe extern "C" fn dlopen(filename: *const libc::c_char, flags: libc::c_in
 pub unsafe extern "C" fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> libc::c_int {
     // SAFETY: the caller's arguments, forwarded under the same contract.
     unsafe { bpftime_attach::signals::sigaction(sig, act, old) }
+}
+
+/// `sigaltstack`, wrapped: a thread's new signal stack is what its probe hits compare their
+/// frame with (a hit there stays there; see `bpftime_attach::signal_stack_changed`).
+///
+/// # Safety
+/// Same contract as sigaltstack(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigaltstack(ss: *const libc::stack_t, old: *mut libc::stack_t) -> libc::c_int {
+    type SigaltstackFn = unsafe extern "C" fn(*const libc::stack_t, *mut libc::stack_t) -> libc::c_int;
+    static REAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name (dlsym(3)).
+    let real = *REAL.get_or_init(|| unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaltstack".as_ptr()) as usize });
+    if real == 0 {
+        return -1;
+    }
+    // SAFETY: libc's sigaltstack, with the caller's arguments under the same contract.
+    let r = unsafe { std::mem::transmute::<usize, SigaltstackFn>(real)(ss, old) };
+    if r == 0 && !ss.is_null() {
+        bpftime_attach::signal_stack_changed();
+    }
+    r
+}
+
+/// libc's `sigaltstack`, replaced in a process the agent was loaded into: the call, then the
+/// thread's signal stack noted (see [`sigaltstack`]).
+fn sigaltstack_hooked(r: &bpftime_attach::PtRegs) -> u64 {
+    let (ss, old) = (r.di as *const libc::stack_t, r.si as *mut libc::stack_t);
+    // SAFETY: the application's arguments to sigaltstack(2), made as the system call itself.
+    let rc = unsafe { libc::syscall(libc::SYS_sigaltstack, ss, old) };
+    if rc == 0 && !ss.is_null() {
+        bpftime_attach::signal_stack_changed();
+    }
+    rc as u64
 }
 
 /// `signal`, wrapped like [`sigaction`].

@@ -2562,6 +2562,18 @@ pub fn in_probe() -> bool {
     thread().state.get().busy
 }
 
+/// Reads this thread's signal stack again (`sigaltstack(2)`) into what the stubs compare a hit's
+/// frame with (see `HookThread::alt_stack`): the agent calls it after the application set one
+/// (the stack is otherwise read once, when the thread's handler stack is mapped, and a thread
+/// may have had its first hit before it set its signal stack).
+pub fn signal_stack_changed() {
+    let mut now = [0u64; 3];
+    // SAFETY: sigaltstack(2) writing the current stack_t (24 bytes) into our array.
+    if unsafe { libc::syscall(libc::SYS_sigaltstack, std::ptr::null::<u64>(), now.as_mut_ptr()) } == 0 {
+        thread().alt_stack.set(now);
+    }
+}
+
 /// Runs `f` with probes silenced on this thread (the agent's own work must not show up in the
 /// programs' counts, e.g. its allocations when malloc is probed); a signal handler that
 /// interrupts it has its hits counted as misses (what `f` holds may be what they need).

@@ -28,8 +28,8 @@ pub mod syscalls;
 
 pub use hook::{
     attach, detach, in_probe, in_signal_handler, original_first_byte, patched_returns, real_return_address, run_as_hit, set_handler_stacks,
-    set_return_patching, site_method, site_vectors, unwind_past_return_probe, without_probes, yield_to_foreign_breakpoints, AttachError, Method, ProbeHandler,
-    ProbeId, ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
+    set_return_patching, signal_stack_changed, site_method, site_vectors, unwind_past_return_probe, without_probes, yield_to_foreign_breakpoints, AttachError,
+    Method, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
 };
 pub use module_code::{set_facts_store, FactsStore};
 pub use patch::{register_sync_core, MOVED_THREADS, TRAPS_REDIRECTED};
