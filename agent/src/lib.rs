@@ -104,51 +104,10 @@ pub unsafe extern "C" fn bpftime_agent_attach(shm: *const libc::c_char) -> libc:
         return 1;
     }
     INJECTED.store(true, std::sync::atomic::Ordering::Release);
-    // The application's signal handlers behind the hook engine's wrapper, as if the agent had
-    // been preloaded: its later `sigaction` and `signal` calls through libc's, hooked.
-    let _ = bpftime_attach::without_probes(|| std::panic::catch_unwind(adopt_signal_handlers));
     match bpftime_attach::without_probes(|| std::panic::catch_unwind(|| glue::start_in(name))) {
         Ok(()) if glue::running() => 0,
         _ => -1,
     }
-}
-
-/// A libc function replaced by one of the agent's: the hook returns what that one returns.
-struct Replaced(fn(&bpftime_attach::PtRegs) -> u64);
-
-impl bpftime_attach::ProbeHandler for Replaced {
-    fn on_hit(&self, regs: &bpftime_attach::PtRegs, _level: usize) -> Option<u64> {
-        Some((self.0)(regs))
-    }
-}
-
-/// libc's `sigaction`, replaced: [`sigaction`] with the caller's arguments.
-fn sigaction_hooked(r: &bpftime_attach::PtRegs) -> u64 {
-    // SAFETY: the arguments the application passed to sigaction(2), under its contract.
-    (unsafe { bpftime_attach::signals::sigaction(r.di as libc::c_int, r.si as *const libc::sigaction, r.dx as *mut libc::sigaction) }) as u32 as u64
-}
-
-/// In a process the agent was loaded into: libc's `sigaction` (which its `signal` calls too)
-/// is hooked to go through the hook engine's (what the preloaded agent exports), then the
-/// handlers installed before are put behind its wrapper. A hit in a handler that interrupted a
-/// hit then runs at its own level, and a handler whose signal lands during a hit runs on the
-/// application's stack. Where libc's cannot be hooked, the handlers stay as they are (hits on a
-/// signal stack still stay there).
-fn adopt_signal_handlers() {
-    // (glibc's `signal`, `sigset` and the like call `__sigaction`, the same function.)
-    let replaced: [(&str, fn(&bpftime_attach::PtRegs) -> u64); 2] = [("sigaltstack", sigaltstack_hooked), ("sigaction", sigaction_hooked)];
-    for (name, f) in replaced {
-        let target = bpftime_attach::Target { binary: "libc.so.6".into(), function: Some(name.into()), offset: 0 };
-        let hooked = bpftime_attach::resolve(&target).map_err(|e| e.to_string()).and_then(|r| {
-            let info = bpftime_attach::SiteInfo { function_size: r.function_size, at_entry: true, padding: r.padding, returns_twice: false };
-            bpftime_attach::attach(r.addr, info, bpftime_attach::ProbeKind::Entry, std::sync::Arc::new(Replaced(f))).map_err(|e| e.to_string())
-        });
-        if let Err(e) = hooked {
-            eprintln!("bpftime: libc's {name} cannot be hooked ({e}): the application's signal handlers stay as they were installed");
-            return;
-        }
-    }
-    bpftime_attach::signals::adopt_installed_handlers();
 }
 
 /// Where `bpftime attach` makes its last system call in this process (unmapping the stack it
@@ -215,18 +174,6 @@ pub unsafe extern "C" fn sigaltstack(ss: *const libc::stack_t, old: *mut libc::s
         bpftime_attach::signal_stack_changed();
     }
     r
-}
-
-/// libc's `sigaltstack`, replaced in a process the agent was loaded into: the call, then the
-/// thread's signal stack noted (see [`sigaltstack`]).
-fn sigaltstack_hooked(r: &bpftime_attach::PtRegs) -> u64 {
-    let (ss, old) = (r.di as *const libc::stack_t, r.si as *mut libc::stack_t);
-    // SAFETY: the application's arguments to sigaltstack(2), made as the system call itself.
-    let rc = unsafe { libc::syscall(libc::SYS_sigaltstack, ss, old) };
-    if rc == 0 && !ss.is_null() {
-        bpftime_attach::signal_stack_changed();
-    }
-    rc as u64
 }
 
 /// `signal`, wrapped like [`sigaction`].

@@ -165,61 +165,6 @@ pub unsafe fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut
     r
 }
 
-/// Puts the handlers the application installed before the hook engine came (an agent loaded
-/// into a running process) behind [`wrapper`], as [`sigaction`] would have installed them:
-/// each keeps its flags, mask and signal stack. Returns how many. What the application reads
-/// back stays its own only where its `sigaction` calls reach [`sigaction`] (the agent hooks
-/// libc's).
-pub fn adopt_installed_handlers() -> usize {
-    let real = real_sigaction();
-    let mut n = 0;
-    for sig in 1..NSIG as libc::c_int {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP || OWNED[sig as usize].load(Ordering::Acquire) {
-            continue;
-        }
-        // SAFETY: a zeroed sigaction is valid; sigaction(2) fills it.
-        let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: reading the action into our own local.
-        if unsafe { real(sig, std::ptr::null(), &mut now) } != 0 {
-            continue;
-        }
-        // A handler installed meanwhile by another thread (found in place of the one read) is
-        // wrapped in its turn.
-        for _ in 0..3 {
-            if !is_function(now.sa_sigaction) || ours(now.sa_sigaction) {
-                break;
-            }
-            APP_HANDLERS[sig as usize].store(now.sa_sigaction, Ordering::Release);
-            let mut wrapped = now;
-            wrapped.sa_sigaction = wrapper as *const () as usize;
-            // SAFETY: a valid sigset in our copy (see `sigaction`: SIGTRAP never blocked).
-            unsafe { libc::sigdelset(&mut wrapped.sa_mask, libc::SIGTRAP) };
-            // SAFETY: a zeroed sigaction is valid; sigaction(2) fills it.
-            let mut was: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: installing our copy of the action with the wrapper as its handler.
-            if unsafe { real(sig, &wrapped, &mut was) } != 0 {
-                break;
-            }
-            if was.sa_sigaction == now.sa_sigaction {
-                n += 1;
-                break;
-            }
-            now = was;
-        }
-    }
-    n
-}
-
-/// Whether handler `h` is the hook engine's own (in the same library as [`wrapper`]: the
-/// fix-up and enabling handlers of threads being patched), not the application's.
-fn ours(h: usize) -> bool {
-    // SAFETY: dladdr(3) with addresses and a zeroed Dl_info of ours.
-    unsafe {
-        let (mut a, mut b): (libc::Dl_info, libc::Dl_info) = (std::mem::zeroed(), std::mem::zeroed());
-        libc::dladdr(h as *const libc::c_void, &mut a) != 0 && libc::dladdr(wrapper as *const libc::c_void, &mut b) != 0 && a.dli_fbase == b.dli_fbase
-    }
-}
-
 /// `signal(2)` with glibc's (BSD) semantics, through [`sigaction`].
 ///
 /// # Safety

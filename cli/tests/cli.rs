@@ -1126,13 +1126,10 @@ fn attach_to_a_running_go_program_counts_every_call() {
     }
 }
 
-/// `bpftime attach PID` on a process whose signal handlers run on a signal stack and call a
-/// probed function, while a second signal lands as fast. `nested`: the handlers installed
-/// before the agent came are put behind its wrapper, and those installed after go through
-/// libc's `sigaction`, which it hooks: every call is counted, a hit in a handler that
-/// interrupted a hit included, and the process reads back its own handlers. `rawnested`: the
-/// handlers are installed after with the raw system call (as the Go runtime does), so no
-/// wrapper sees them: a hit in one stays on the signal stack (were it to move to the agent's
+/// `bpftime attach PID` on a process whose signal handlers (not behind the agent's wrapper: the
+/// agent came after them, or they are installed with the raw system call, as the Go runtime
+/// does) run on a signal stack and call a probed function, while a second signal lands as
+/// fast: a hit in the first handler stays on the signal stack (were it to move to the agent's
 /// stack, the kernel would take the signal stack for free and deliver the second signal over
 /// the first handler's frames: crashes and hangs), and a hit in one that interrupted a hit is
 /// not counted (it cannot be told from the agent's own calls: at least the loop's calls are).
@@ -1172,18 +1169,6 @@ fn attach_to_a_process_whose_handlers_run_on_a_signal_stack() {
         let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
         let (entries, args, returns, results) = (at(0), at(1), at(2), at(3));
         assert!(entries >= 50_000 && (entries, args) == (returns, results), "{mode} run {run}: {said} {entries} {args} {returns} {results}");
-        if mode == "nested" {
-            // Every call, in handlers too: run, or counted as a miss where it could not run (as
-            // bpftool shows `recursion_misses`).
-            let printed = |w: &str| said.split_whitespace().skip_while(|x| *x != w).nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap();
-            let progs = bpftime_shm(&shm, &["prog", "list", "--json"]);
-            let listed: serde_json::Value = serde_json::from_slice(&progs.stdout).unwrap_or_else(|_| panic!("{}", text(&progs.stdout)));
-            let misses = listed.as_array().into_iter().flatten().find(|p| p["name"] == "on_add").and_then(|p| p["recursion_misses"].as_u64()).unwrap_or(0);
-            assert_eq!(entries + misses, printed("calls"), "{mode} run {run}: every call, in handlers too ({misses} misses)");
-            if misses == 0 {
-                assert_eq!(args, printed("sum"), "{mode} run {run}: every argument");
-            }
-        }
         let _ = bpftime_shm(&shm, &["shm", "remove"]);
     }
 }
