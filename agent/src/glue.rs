@@ -371,6 +371,8 @@ pub(crate) fn start() {
 /// link table from then on.
 pub(crate) fn start_in(name: String) {
     initialise_what_hits_use();
+    bpftime_attach::signals::keep_traps_deliverable();
+    bpftime_attach::hold_self_mem();
     // While this process may still have one thread (see the function).
     bpftime_attach::register_sync_core();
     let program = std::env::var_os("BPFTIME_PROGRAM");

@@ -18,6 +18,7 @@ use std::ffi::{c_char, c_int};
 mod alloc;
 mod cuda;
 mod glue;
+mod masks;
 mod syscalls;
 
 /// Everything the agent allocates comes from its own mappings, never from libc (see `alloc`).
@@ -59,6 +60,7 @@ extern "C" fn init_at_load(argc: c_int, argv: *const *const c_char, envp: *const
 
 fn bpftime_agent_init(exec: syscalls::ExecArgs) {
     protect_allocator_across_fork();
+    masks::resolve_all();
     if std::env::var_os("BPFTIME_DISABLE").is_some() || !glue::configured() {
         return;
     }

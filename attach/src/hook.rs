@@ -2456,8 +2456,16 @@ fn yield_site(s: &Site) -> bool {
 /// address): their bytes are no longer what the site wrote or kept. Their patch slots are
 /// released, so that new probes may patch there afresh.
 fn forget_stale_sites(map: &mut HashMap<u64, &'static Site>) {
+    // Where this process's memory cannot be read, nothing is taken for gone.
+    let _ = patch::with_self_mem(false, |mem| {
+        forget_sites_gone_from(mem, map);
+        Ok(())
+    });
+}
+
+/// [`forget_stale_sites`], reading the code through `mem`.
+fn forget_sites_gone_from(mem: &std::fs::File, map: &mut HashMap<u64, &'static Site>) {
     use std::os::unix::fs::FileExt;
-    let Ok(mem) = std::fs::File::open("/proc/self/mem") else { return };
     let holds = |addr: u64, want: &[u8]| {
         let mut b = [0u8; PATCH_LEN];
         mem.read_exact_at(&mut b[..want.len()], addr).is_ok() && b[..want.len()] == *want

@@ -32,7 +32,7 @@ pub use hook::{
     Method, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
 };
 pub use module_code::{set_facts_store, FactsStore};
-pub use patch::{register_sync_core, MOVED_THREADS, TRAPS_REDIRECTED};
+pub use patch::{hold_self_mem, register_sync_core, MOVED_THREADS, TRAPS_REDIRECTED};
 pub use regs::PtRegs;
 pub use symbols::{add_to_semaphore, resolve, resolve_in_process, ResolveError, Resolved, Target};
 

@@ -15,7 +15,7 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -231,10 +231,102 @@ pub(crate) fn sync_cores() {
     }
 }
 
+/// `/proc/self/mem` opened when the engine started (see [`hold_self_mem`]): descriptor, the
+/// process it was opened in, and what it is (device and inode); -1 while none is held.
+static HELD_MEM: [AtomicI64; 4] = [const { AtomicI64::new(-1) }; 4];
+
+/// Lowest descriptor number the held `/proc/self/mem` takes: the application gets the numbers
+/// it gets without us.
+const HIGH_FD: libc::c_int = 900;
+
+/// Opens `/proc/self/mem` now and keeps it, also in each child `fork` makes (opened there
+/// before the child runs on): a process that gives up root (`setuid`; a server's forked
+/// workers often do) becomes non-dumpable and its `/proc/self/mem` belongs to root from then
+/// on, while a descriptor opened before still writes (the kernel checks access at open).
+/// Without it, probes attached after the drop could not be written, where the kernel's attach.
+pub fn hold_self_mem() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        reopen_self_mem();
+        extern "C" fn in_child() {
+            // The agent's own calls: not the application's (system call programs).
+            crate::hook::without_probes(reopen_self_mem);
+        }
+        // SAFETY: registers a plain extern "C" handler that makes system calls only
+        // (pthread_atfork(3)).
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    });
+}
+
+/// Opens this process's `/proc/self/mem` into [`HELD_MEM`], closing the one held before (a
+/// parent's, after `fork`) if it is still that file. System calls only: it runs in a child
+/// right after `fork`.
+fn reopen_self_mem() {
+    // SAFETY: open(2) of a NUL-terminated path; the result is checked.
+    let fd = unsafe { libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    let old = HELD_MEM[0].swap(-1, Ordering::AcqRel);
+    if old >= 0 && held_is(old) {
+        // SAFETY: our own descriptor, still the memory file we opened.
+        unsafe { libc::close(old as libc::c_int) };
+    }
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: fcntl(2) F_DUPFD_CLOEXEC on a descriptor we own; the low one is closed once moved.
+    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, HIGH_FD) };
+    let fd = if high >= 0 {
+        // SAFETY: closing our own descriptor, just duplicated.
+        unsafe { libc::close(fd) };
+        high
+    } else {
+        fd
+    };
+    // SAFETY: fstat(2) of our descriptor into a zeroed buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        return;
+    }
+    // SAFETY: getpid has no preconditions.
+    HELD_MEM[1].store(unsafe { libc::getpid() } as i64, Ordering::Release);
+    HELD_MEM[2].store(st.st_dev as i64, Ordering::Release);
+    HELD_MEM[3].store(st.st_ino as i64, Ordering::Release);
+    HELD_MEM[0].store(fd as i64, Ordering::Release);
+}
+
+/// Whether descriptor `fd` is still the file [`HELD_MEM`] records (the application may have
+/// closed it and got its number for a file of its own).
+fn held_is(fd: i64) -> bool {
+    // SAFETY: fstat(2) into a zeroed stat buffer; a closed descriptor only fails.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let stated = unsafe { libc::fstat(fd as libc::c_int, &mut st) } == 0;
+    stated && st.st_dev as i64 == HELD_MEM[2].load(Ordering::Acquire) && st.st_ino as i64 == HELD_MEM[3].load(Ordering::Acquire)
+}
+
+/// Runs `f` on this process's `/proc/self/mem`: opened afresh, or where that is refused, the
+/// one [`hold_self_mem`] kept, if it is still that file of this process (not inherited across
+/// `fork`: it would reach the parent's memory; not closed by the application and its number
+/// reused for another file).
+pub(crate) fn with_self_mem<R>(write: bool, f: impl FnOnce(&std::fs::File) -> std::io::Result<R>) -> std::io::Result<R> {
+    let refused = match OpenOptions::new().read(true).write(write).open("/proc/self/mem") {
+        Ok(mem) => return f(&mem),
+        Err(e) => e,
+    };
+    let fd = HELD_MEM[0].load(Ordering::Acquire);
+    if fd < 0 || HELD_MEM[1].load(Ordering::Acquire) != std::process::id() as i64 || !held_is(fd) {
+        return Err(refused);
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: our held descriptor, checked above to be this process's memory file; wrapped
+    // without taking it over (never closed here).
+    let mem = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd as libc::c_int) });
+    f(&mem)
+}
+
 /// Writes code bytes at `addr`, whatever the page's protection.
 pub(crate) fn write_code(addr: u64, bytes: &[u8]) -> std::io::Result<()> {
-    let mem = OpenOptions::new().read(true).write(true).open("/proc/self/mem")?;
-    mem.write_all_at(bytes, addr)
+    with_self_mem(true, |mem| mem.write_all_at(bytes, addr))
 }
 
 /// The `PATCH_LEN` bytes at each address (None where unreadable), read in few system calls
@@ -267,7 +359,7 @@ pub(crate) fn read_many(addrs: &[u64]) -> Vec<Option<[u8; 5]>> {
 
 /// Reads memory at `addr` as it is, into `buf`.
 pub(crate) fn read_memory(addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
-    OpenOptions::new().read(true).open("/proc/self/mem")?.read_exact_at(buf, addr)
+    with_self_mem(false, |mem| mem.read_exact_at(buf, addr))
 }
 
 /// Reads `len` bytes of code at `addr`, as the mapped file has them where someone else's
@@ -324,19 +416,49 @@ pub(crate) fn fix_up_threads(slot: usize) {
         return;
     }
     let (start, end) = (s.addr.load(Ordering::Acquire) + 1, s.addr.load(Ordering::Acquire) + s.len.load(Ordering::Acquire) as u64);
+    // A thread the signal finds asleep in a system call would see the call fail with EINTR
+    // (nanosleep, poll, epoll_wait... are not restarted after a handler): it is signalled only
+    // where it may wait inside the range.
+    let syscall_inside = relocates_a_system_call(s);
     FIXUP_SITE.store(slot as u32 + 1, Ordering::Release);
-    signal_other_threads(fixup_signal(), &FIXUP_ACKS, |tid| !waits_outside(tid, start, end));
+    signal_other_threads(fixup_signal(), &FIXUP_ACKS, |tid| match waits_outside(tid, start, end) {
+        Some(outside) => !outside,
+        None => syscall_inside || !asleep(tid),
+    });
     FIXUP_SITE.store(0, Ordering::Release);
+}
+
+/// Whether one of the instructions relocated from site `s` is a system call (`syscall`,
+/// `sysenter`, `int 0x80`): a thread waiting in it goes on inside the site's bytes.
+fn relocates_a_system_call(s: &SiteSlot) -> bool {
+    let trampoline = s.trampoline.load(Ordering::Acquire);
+    let n = (s.nmap.load(Ordering::Acquire) as usize).min(MAX_RELOCATED);
+    s.map[..n].iter().any(|m| {
+        let at = trampoline + (m.load(Ordering::Acquire) & 0xffff_ffff);
+        let mut b = [0u8; 2];
+        // The trampoline is our own readable mapping, each relocated instruction at its offset.
+        let read = read_memory(at, &mut b).is_ok();
+        read && matches!(b, [0x0f, 0x05] | [0x0f, 0x34] | [0xcd, 0x80])
+    })
 }
 
 /// Whether thread `tid` of this process is blocked (in a system call or otherwise) with its
 /// user instruction pointer outside `[start, end)`: /proc/self/task/TID/syscall (proc(5)) reads
 /// `running`, or the call's number and arguments, then the stack pointer and the instruction
-/// pointer. Such a thread goes on at that pointer, so it is not inside the range.
-fn waits_outside(tid: i32, start: u64, end: u64) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) else { return false };
-    let Some(pc) = text.split_whitespace().last().and_then(|pc| u64::from_str_radix(pc.strip_prefix("0x")?, 16).ok()) else { return false };
-    text.split_whitespace().count() >= 3 && !(start..end).contains(&pc)
+/// pointer. Such a thread goes on at that pointer, so it is not inside the range. None where
+/// the file cannot be read (a non-dumpable process: it belongs to root).
+fn waits_outside(tid: i32, start: u64, end: u64) -> Option<bool> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    let Some(pc) = text.split_whitespace().last().and_then(|pc| u64::from_str_radix(pc.strip_prefix("0x")?, 16).ok()) else { return Some(false) };
+    Some(text.split_whitespace().count() >= 3 && !(start..end).contains(&pc))
+}
+
+/// Whether thread `tid` of this process sleeps interruptibly (state `S` in
+/// /proc/self/task/TID/stat, readable in every process): in a system call (a page fault waits
+/// in state `D`), so at the instruction after a system call instruction.
+fn asleep(tid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("S")
 }
 
 /// Whether thread `tid` of this process blocks signal `sig` (its `SigBlk` in

@@ -117,13 +117,39 @@ pub fn mapping_of(addr: u64) -> Option<Mapping> {
     mappings().iter().find(|m| m.start <= addr && addr < m.end).cloned()
 }
 
+/// Opens file `path` for reading; where its directory is closed to this process (one that gave
+/// up root after it started, its executable in a directory only root may enter), the
+/// executable is still opened through `/proc/self/exe`, a link the kernel follows without
+/// looking at the directories on the way.
+pub fn open_path(path: &str) -> std::io::Result<std::fs::File> {
+    match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let exe = std::fs::read_link("/proc/self/exe").map_err(|_| std::io::Error::from(e.kind()))?;
+            if exe.as_os_str() == path {
+                std::fs::File::open("/proc/self/exe")
+            } else {
+                Err(e)
+            }
+        }
+        r => r,
+    }
+}
+
+/// What file `path` is (stat(2)), through [`open_path`] where its directory is closed.
+pub fn metadata_of_path(path: &str) -> std::io::Result<std::fs::Metadata> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open_path(path)?.metadata(),
+        r => r,
+    }
+}
+
 /// The file mapped by `m`, if it is still the one mapped (same device and inode).
 pub fn open_mapped_file(m: &Mapping) -> Option<std::fs::File> {
     use std::os::unix::fs::MetadataExt;
     if m.inode == 0 || !m.path.starts_with('/') {
         return None;
     }
-    let file = std::fs::File::open(&m.path).ok()?;
+    let file = open_path(&m.path).ok()?;
     let meta = file.metadata().ok()?;
     let (major, minor) = m.dev.split_once(':')?;
     let dev = libc::makedev(u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);

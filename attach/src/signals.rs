@@ -207,3 +207,57 @@ pub(crate) fn with_signals_deferred<R>(f: impl FnOnce() -> R) -> R {
         r
     }
 }
+
+/// Whether signal masks are kept from blocking the hook engine's signals (set once an agent
+/// starts in the process; see [`keep_traps_deliverable`]).
+static MASKS_GUARDED: AtomicBool = AtomicBool::new(false);
+
+/// From now on the masks the application installs through the agent's wrappers never block
+/// `SIGTRAP` (nor `SIGSYS` while system calls are intercepted), and this thread's mask lets
+/// `SIGTRAP` through now (a mask is inherited across `execve`).
+///
+/// A thread that meets one of our `int3`s (a probe kept as a trap, or a jump being written
+/// while the thread runs the function) with `SIGTRAP` blocked is killed by the kernel: a forced
+/// trap signal that is blocked is delivered with its default action. The kernel's uprobes
+/// trap without a signal, so blocking every signal in a worker thread (a common pattern) is
+/// harmless there, and must be here too.
+pub fn keep_traps_deliverable() {
+    MASKS_GUARDED.store(true, Ordering::Release);
+    // SAFETY: a sigset_t filled by sigemptyset/sigaddset; pthread_sigmask(3) on this thread.
+    unsafe {
+        let mut trap: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut trap);
+        libc::sigaddset(&mut trap, libc::SIGTRAP);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &trap, std::ptr::null_mut());
+    }
+}
+
+/// The signals no mask may block while masks are guarded: `SIGTRAP`, and `SIGSYS` while
+/// system calls are intercepted.
+fn needed_signals() -> impl Iterator<Item = libc::c_int> {
+    let guarded = MASKS_GUARDED.load(Ordering::Acquire);
+    let sigsys = guarded && crate::syscalls::active();
+    [(guarded, libc::SIGTRAP), (sigsys, libc::SIGSYS)].into_iter().filter(|(on, _)| *on).map(|(_, s)| s)
+}
+
+/// Whether blocking `sig` is to be left undone (see [`keep_traps_deliverable`]).
+pub fn must_stay_deliverable(sig: libc::c_int) -> bool {
+    needed_signals().any(|s| s == sig)
+}
+
+/// `set` without the signals that must stay deliverable, for a mask the application installs
+/// (sigprocmask(2), pthread_sigmask(3), sigsuspend(2), a thread attribute's mask).
+pub fn deliverable_set(set: &libc::sigset_t) -> libc::sigset_t {
+    let mut copy = *set;
+    for sig in needed_signals() {
+        // SAFETY: a valid sigset_t (our copy) and a valid signal number.
+        unsafe { libc::sigdelset(&mut copy, sig) };
+    }
+    copy
+}
+
+/// A BSD signal mask (bit `sig - 1` per signal: sigblock(3), sigsetmask(3)) without the
+/// signals that must stay deliverable.
+pub fn deliverable_bits(mask: libc::c_int) -> libc::c_int {
+    needed_signals().fold(mask, |m, sig| m & !(1 << (sig - 1)))
+}

@@ -173,7 +173,7 @@ impl Functions {
         use std::os::unix::fs::MetadataExt;
         type Cache = Vec<((String, u64, u64, u64, i64), std::sync::Arc<Functions>)>;
         static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
-        let meta = std::fs::metadata(path).ok()?;
+        let meta = crate::procmaps::metadata_of_path(path).ok()?;
         let key = (path.to_string(), meta.dev(), meta.ino(), meta.len(), meta.mtime());
         // Never waited for (a caller may be a signal handler): busy means made afresh.
         if let Some(found) = CACHE.try_lock().ok().and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, f)| f.clone())) {
@@ -327,7 +327,7 @@ fn paddings_of(m: &Mapping) -> Option<std::sync::Arc<Vec<(u64, u64)>>> {
 /// cache, and mapping it copies nothing (reading libc whole cost each traced process a
 /// millisecond).
 fn map_file(path: &str) -> std::io::Result<memmap2::Mmap> {
-    let f = std::fs::File::open(path)?;
+    let f = crate::procmaps::open_path(path)?;
     // SAFETY: memmap2::Mmap::map (mmap(2), private and read-only). The contract is that the
     // file does not change while mapped: these are executables and libraries the process runs
     // or is about to probe, which installers replace by renaming a new file over them (the

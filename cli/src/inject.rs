@@ -276,6 +276,65 @@ fn not_callable(pid: u32) -> Option<String> {
     }
 }
 
+/// ptrace(2) requests that read and set a stopped thread's signal mask (an 8-byte set).
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+
+/// The `SigBlk:` mask of `/proc/PATH/status`.
+fn blocked_signals(path: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{path}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("SigBlk:")).and_then(|m| u64::from_str_radix(m.trim(), 16).ok()).unwrap_or(0)
+}
+
+/// Takes SIGTRAP out of the signal mask of stopped thread `tid` (ptrace(2) `PTRACE_SETSIGMASK`).
+fn open_trap_mask(tid: i32) -> Result<(), String> {
+    let mut mask = 0u64;
+    // SAFETY: ptrace reading the mask of a thread we hold stopped into our 8-byte buffer.
+    if unsafe { libc::ptrace(PTRACE_GETSIGMASK, tid, 8usize, &mut mask as *mut u64) } != 0 {
+        return Err(os_err("ptrace(PTRACE_GETSIGMASK)"));
+    }
+    mask &= !(1u64 << (libc::SIGTRAP - 1));
+    // SAFETY: as above, setting the mask from our buffer.
+    if unsafe { libc::ptrace(PTRACE_SETSIGMASK, tid, 8usize, &mask as *const u64) } != 0 {
+        return Err(os_err("ptrace(PTRACE_SETSIGMASK)"));
+    }
+    Ok(())
+}
+
+/// Lets SIGTRAP through to every thread of `pid` but the one already stopped (`held`), as the
+/// agent does for masks set after it starts: a thread that meets one of the agent's `int3`s
+/// (a jump being written over the code it runs, a probe kept as a trap) with SIGTRAP blocked
+/// is killed by the kernel, and worker threads often block every signal. Each such thread is
+/// stopped a moment for it.
+fn open_trap_masks(pid: u32, held: &Traced) -> Result<(), String> {
+    let trap = 1u64 << (libc::SIGTRAP - 1);
+    if blocked_signals(&pid.to_string()) & trap != 0 {
+        open_trap_mask(held.pid)?;
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| format!("/proc/{pid}/task: {e}"))?;
+    for tid in tasks.filter_map(Result::ok).filter_map(|t| t.file_name().to_string_lossy().parse::<i32>().ok()) {
+        if tid == held.pid || blocked_signals(&format!("{pid}/task/{tid}")) & trap == 0 {
+            continue;
+        }
+        // SAFETY: ptrace requests on a thread of the process, no memory handed over.
+        if unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) } != 0 {
+            continue; // It has exited meanwhile.
+        }
+        // SAFETY: as above.
+        unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) };
+        let mut status = 0;
+        // SAFETY: waitpid(2) with a valid out pointer, on a thread we trace.
+        let stopped = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) } == tid && libc::WIFSTOPPED(status);
+        // A signal that stopped it first is delivered as it goes on.
+        let pending = if stopped && status >> 16 == 0 { libc::WSTOPSIG(status) } else { 0 };
+        let opened = if stopped { open_trap_mask(tid) } else { Ok(()) };
+        // SAFETY: detaches the thread, delivering the signal that stopped it (if any).
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, pending as usize) };
+        opened?;
+    }
+    Ok(())
+}
+
 /// The termination signals, blocked while a process runs our calls: a `bpftime attach` stopped
 /// half-way would leave it with our registers (and a return to address 0).
 fn hold_termination_signals() -> impl Drop {
@@ -342,6 +401,8 @@ pub fn inject(pid: u32, agent: &Path, shm: &str) -> Result<bool, String> {
         let why = if msg == 0 { "no reason given".to_string() } else { t.read_string(msg) };
         return Err(format!("dlopen({agent_path}) in process {pid} failed: {why}"));
     }
+    // Before the agent starts writing jumps into code these threads run.
+    open_trap_masks(pid, &t)?;
     let start = address(pid, &agent_path, "bpftime_agent_attach")?;
     let mut name = shm.as_bytes().to_vec();
     name.push(0);

@@ -1075,6 +1075,130 @@ fn attach_to_a_running_process_and_detach() {
     let _ = bpftime_shm(&shm, &["shm", "remove"]);
 }
 
+/// Probes attached while the process runs, both ways (links followed by a preloaded agent, and
+/// `bpftime attach PID`), into a process whose threads block every signal (one with
+/// pthread_sigmask, one with sigprocmask) while one of them calls the probed function without
+/// pause: a thread that meets the `int3` of a jump being written with SIGTRAP blocked would be
+/// killed by the kernel (it was, in every run); the kernel's uprobes do not care about masks.
+/// Every run counts each call made after the attach, and the process exits cleanly.
+#[test]
+fn probes_attach_while_threads_block_every_signal() {
+    use std::io::{BufRead, BufReader};
+    let obj = build_example("uprobe_signals");
+    let target = bpftime_tests::clang::build_target("attachable", false);
+    let sums = |shm: &str| {
+        let out = bpftime_shm(shm, &["map", "dump", "signal_stats", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
+        let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+        (at(1), at(3))
+    };
+    for (round, injected) in [false, true, false, true, false, true].into_iter().enumerate() {
+        let shm = format!("bpftime-masked-{}-{round}", std::process::id());
+        let _ = bpftime_shm(&shm, &["shm", "remove"]);
+        let mut child = if injected {
+            Command::new(&target).arg("masked").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap()
+        } else {
+            assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
+            Command::new(env!("CARGO_BIN_EXE_bpftime"))
+                .env("BPFTIME_SHM", &shm)
+                .args(["start", "--"])
+                .arg(&target)
+                .arg("masked")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut input = child.stdin.take().unwrap();
+        let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(output.next().unwrap().unwrap(), "ready");
+        if injected {
+            let out = bpftime_shm(&shm, &["attach", &child.id().to_string(), "--program", obj.to_str().unwrap()]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        } else {
+            let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let attached = (0..1000).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                text(&bpftime_shm(&shm, &["link", "list"]).stdout).contains("(Attached)")
+            });
+            assert!(attached, "{}", text(&bpftime_shm(&shm, &["link", "list"]).stdout));
+        }
+        writeln!(input, "run 1000").unwrap();
+        let done = output.next().map(|l| l.unwrap_or_default()).unwrap_or_default();
+        drop(input);
+        let status = child.wait().unwrap();
+        assert_eq!(done, "done 500500", "round {round} (injected: {injected}): {status}");
+        assert!(status.success(), "round {round} (injected: {injected}): {status}");
+        assert_eq!(sums(&shm), (500500, 500500), "round {round}: every call after the attach");
+        let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    }
+}
+
+/// Probes attached to a process that gave up root after it started (servers do, often in the
+/// workers they fork): it is no longer dumpable, so its `/proc/self/mem` and
+/// `/proc/self/task/TID/syscall` belong to root. The agent writes the jumps through the memory
+/// file it opened at start (in a forked child, right after the fork), and a thread asleep in a
+/// system call is not signalled (nanosleep would return early: it did, after 0 of 1,500 ms,
+/// and before that the probes could not be written at all); the executable, in a directory
+/// only root may enter, is read through /proc/self/exe. As on the kernel: every call counted,
+/// the sleep whole.
+#[test]
+fn probes_attach_after_the_process_gives_up_root() {
+    use std::io::{BufRead, BufReader};
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipping: giving up root needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let obj = build_example("uprobe_signals");
+    // In a directory only root may enter, as a service's often is: the agent reads the
+    // executable's symbols through /proc/self/exe once it cannot reach it by its path.
+    let dir = std::env::temp_dir().join(format!("bpftime-dropped-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let target = dir.join("attachable");
+    std::fs::copy(bpftime_tests::clang::build_target("attachable", false), &target).unwrap();
+    for forked in [false, true] {
+        let shm = format!("bpftime-dropped-{}-{forked}", std::process::id());
+        let _ = bpftime_shm(&shm, &["shm", "remove"]);
+        assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bpftime"))
+            .env("BPFTIME_SHM", &shm)
+            .args(["start", "--"])
+            .arg(&target)
+            .args(if forked { &["forked"][..] } else { &[][..] })
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut line = || output.next().map(|l| l.unwrap_or_default()).unwrap_or_default();
+        assert_eq!(line(), "ready");
+        writeln!(input, "drop").unwrap();
+        assert_eq!(line(), "dropped 0", "forked: {forked}");
+        writeln!(input, "sleep 1500").unwrap();
+        let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let slept: u64 = line().strip_prefix("slept ").and_then(|n| n.parse().ok()).unwrap_or(0);
+        assert!(slept >= 1500, "forked: {forked}: the sleep was cut short after {slept} ms");
+        let links = text(&bpftime_shm(&shm, &["link", "list"]).stdout);
+        assert!(links.contains("uprobe /proc/self/exe:add (Attached)"), "forked: {forked}: {links}");
+        writeln!(input, "run 1000").unwrap();
+        assert_eq!(line(), "done 500500");
+        drop(input);
+        assert!(child.wait().unwrap().success());
+        let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
+        let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+        assert_eq!((at(1), at(3)), (500500, 500500), "forked: {forked}: every call counted");
+        let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Waits (up to 10 s) until process `pid` blocks in a read(2) of its standard input (its
 /// libraries loaded, its main code running).
 fn wait_reading_stdin(pid: u32) {

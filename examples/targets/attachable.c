@@ -5,7 +5,15 @@
 //   open P  opens file P and closes it; prints "opened FD"
 //   alloc N has the other thread malloc and free N blocks; prints "allocated N"
 //   fork    forks a child that calls add(0, 0) every millisecond until killed; prints "child PID"
+//   drop    gives up root (to nobody); prints "dropped D", D whether it is still dumpable
+//   sleep MS  sleeps MS milliseconds in one nanosleep; prints "slept E", E the milliseconds
+//           that passed (less where a signal handler interrupted the sleep)
 //   quit    exits 0
+// With the argument `forked`, the process forks first and the child does all this (its parent
+// waits for it and exits with its status).
+// With the argument `masked`, both threads block every signal (the other thread with
+// pthread_sigmask, this one with sigprocmask), as worker threads of servers often do.
+#define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -13,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 volatile long last_sum;
@@ -28,9 +38,17 @@ static volatile int stop;
 /// Blocks the load thread is to malloc and free (then it sets this back to 0).
 static volatile long to_allocate;
 
+static void block_every_signal(int (*set_mask)(int, const sigset_t *, sigset_t *))
+{
+    sigset_t all;
+    sigfillset(&all);
+    set_mask(SIG_BLOCK, &all, NULL);
+}
+
 static void *load(void *arg)
 {
-    (void)arg;
+    if (arg)
+        block_every_signal(pthread_sigmask);
     while (!stop) {
         add(0, 0);
         if (to_allocate) {
@@ -45,10 +63,21 @@ static void *load(void *arg)
     return NULL;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int masked = argc > 1 && strcmp(argv[1], "masked") == 0;
+    if (argc > 1 && strcmp(argv[1], "forked") == 0) {
+        pid_t child = fork();
+        if (child > 0) {
+            int status;
+            waitpid(child, &status, 0);
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
+    }
+    if (masked)
+        block_every_signal(sigprocmask);
     pthread_t t;
-    pthread_create(&t, NULL, load, NULL);
+    pthread_create(&t, NULL, load, masked ? &t : NULL);
     char line[64];
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready\n");
@@ -81,6 +110,17 @@ int main(void)
                 }
             }
             printf("child %d\n", (int)child);
+        } else if (strncmp(line, "drop", 4) == 0) {
+            if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+                perror("setresuid");
+            printf("dropped %d\n", prctl(PR_GET_DUMPABLE));
+        } else if (strncmp(line, "sleep ", 6) == 0) {
+            long ms = atol(line + 6);
+            struct timespec want = {ms / 1000, ms % 1000 * 1000000L}, t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            nanosleep(&want, NULL);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            printf("slept %ld\n", (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
         } else if (strncmp(line, "quit", 4) == 0) {
             break;
         }
