@@ -53,20 +53,29 @@ type MaskFn = unsafe extern "C" fn(c_int, *const libc::sigset_t, *mut libc::sigs
 ///
 /// # Safety
 /// Same contract as sigprocmask(2).
-unsafe fn change_mask(next: &Next, how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+unsafe fn change_mask(next: &Next, how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> Option<c_int> {
     let f = next.addr();
     if f == 0 {
-        return -1;
+        return None;
     }
     // SAFETY: libc's function of that name, which has this signature.
     let f = unsafe { std::mem::transmute::<usize, MaskFn>(f) };
+    // Only a mask that blocks is changed (unblocking SIGTRAP is always welcome).
+    let blocks = how == libc::SIG_BLOCK || how == libc::SIG_SETMASK;
     // SAFETY: `set` is null or valid (the caller's contract).
     match unsafe { set.as_ref() } {
         // SAFETY: our copy of the caller's set, and the caller's `old`.
-        Some(s) => unsafe { f(how, &deliverable_set(s), old) },
+        Some(s) if blocks => Some(unsafe { f(how, &deliverable_set(s), old) }),
         // SAFETY: the caller's arguments unchanged.
-        None => unsafe { f(how, set, old) },
+        _ => Some(unsafe { f(how, set, old) }),
     }
+}
+
+/// -1 with `errno` set to `e`, as libc's functions fail.
+fn fail(e: c_int) -> c_int {
+    // SAFETY: errno is this thread's own.
+    unsafe { *libc::__errno_location() = e };
+    -1
 }
 
 /// `sigprocmask`, wrapped (see the module).
@@ -76,7 +85,7 @@ unsafe fn change_mask(next: &Next, how: c_int, set: *const libc::sigset_t, old: 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
     // SAFETY: the caller's arguments under the same contract.
-    unsafe { change_mask(&SIGPROCMASK, how, set, old) }
+    unsafe { change_mask(&SIGPROCMASK, how, set, old) }.unwrap_or_else(|| fail(libc::ENOSYS))
 }
 
 /// `pthread_sigmask`, wrapped (see the module).
@@ -86,7 +95,7 @@ pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
     // SAFETY: the caller's arguments under the same contract.
-    unsafe { change_mask(&PTHREAD_SIGMASK, how, set, old) }
+    unsafe { change_mask(&PTHREAD_SIGMASK, how, set, old) }.unwrap_or(libc::ENOSYS)
 }
 
 /// `sigsuspend`, wrapped: handlers that run while it waits have its mask.
@@ -98,7 +107,7 @@ pub unsafe extern "C" fn sigsuspend(set: *const libc::sigset_t) -> c_int {
     type SuspendFn = unsafe extern "C" fn(*const libc::sigset_t) -> c_int;
     let f = SIGSUSPEND.addr();
     if f == 0 {
-        return -1;
+        return fail(libc::ENOSYS);
     }
     // SAFETY: libc's sigsuspend.
     let f = unsafe { std::mem::transmute::<usize, SuspendFn>(f) };
@@ -161,7 +170,7 @@ pub extern "C" fn sighold(sig: c_int) -> c_int {
         return 0;
     }
     match SIGHOLD.addr() {
-        0 => -1,
+        0 => fail(libc::ENOSYS),
         // SAFETY: libc's sighold.
         f => unsafe { std::mem::transmute::<usize, HoldFn>(f)(sig) },
     }

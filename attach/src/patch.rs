@@ -278,8 +278,13 @@ fn reopen_self_mem() {
         // SAFETY: closing our own descriptor, just duplicated.
         unsafe { libc::close(fd) };
         high
-    } else {
+    } else if fd > libc::STDERR_FILENO {
         fd
+    } else {
+        // Not held in the place of a standard stream the process started without.
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        return;
     };
     // SAFETY: fstat(2) of our descriptor into a zeroed buffer.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -436,9 +441,10 @@ fn relocates_a_system_call(s: &SiteSlot) -> bool {
     s.map[..n].iter().any(|m| {
         let at = trampoline + (m.load(Ordering::Acquire) & 0xffff_ffff);
         let mut b = [0u8; 2];
-        // The trampoline is our own readable mapping, each relocated instruction at its offset.
+        // The trampoline is our own readable mapping, each relocated instruction at its offset
+        // (unread: taken for a system call).
         let read = read_memory(at, &mut b).is_ok();
-        read && matches!(b, [0x0f, 0x05] | [0x0f, 0x34] | [0xcd, 0x80])
+        !read || matches!(b, [0x0f, 0x05] | [0x0f, 0x34] | [0xcd, 0x80])
     })
 }
 

@@ -223,13 +223,10 @@ static MASKS_GUARDED: AtomicBool = AtomicBool::new(false);
 /// harmless there, and must be here too.
 pub fn keep_traps_deliverable() {
     MASKS_GUARDED.store(true, Ordering::Release);
-    // SAFETY: a sigset_t filled by sigemptyset/sigaddset; pthread_sigmask(3) on this thread.
-    unsafe {
-        let mut trap: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut trap);
-        libc::sigaddset(&mut trap, libc::SIGTRAP);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &trap, std::ptr::null_mut());
-    }
+    let trap = 1u64 << (libc::SIGTRAP - 1);
+    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK with a valid 8-byte set and no old set, made
+    // directly (libc's name may be the agent's wrapper).
+    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &trap as *const u64, std::ptr::null_mut::<u64>(), 8) };
 }
 
 /// The signals no mask may block while masks are guarded: `SIGTRAP`, and `SIGSYS` while

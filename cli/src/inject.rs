@@ -305,13 +305,15 @@ fn open_trap_mask(tid: i32) -> Result<(), String> {
 /// agent does for masks set after it starts: a thread that meets one of the agent's `int3`s
 /// (a jump being written over the code it runs, a probe kept as a trap) with SIGTRAP blocked
 /// is killed by the kernel, and worker threads often block every signal. Each such thread is
-/// stopped a moment for it.
-fn open_trap_masks(pid: u32, held: &Traced) -> Result<(), String> {
+/// stopped a moment for it (as for a debugger's attach, a stopped thread's `epoll_wait` may
+/// return EINTR). Best effort: a thread that does not stop within a second (asleep in state
+/// D) is left as it is.
+fn open_trap_masks(pid: u32, held: &Traced) {
     let trap = 1u64 << (libc::SIGTRAP - 1);
     if blocked_signals(&pid.to_string()) & trap != 0 {
-        open_trap_mask(held.pid)?;
+        let _ = open_trap_mask(held.pid);
     }
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| format!("/proc/{pid}/task: {e}"))?;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
     for tid in tasks.filter_map(Result::ok).filter_map(|t| t.file_name().to_string_lossy().parse::<i32>().ok()) {
         if tid == held.pid || blocked_signals(&format!("{pid}/task/{tid}")) & trap == 0 {
             continue;
@@ -322,17 +324,25 @@ fn open_trap_masks(pid: u32, held: &Traced) -> Result<(), String> {
         }
         // SAFETY: as above.
         unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
         let mut status = 0;
-        // SAFETY: waitpid(2) with a valid out pointer, on a thread we trace.
-        let stopped = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) } == tid && libc::WIFSTOPPED(status);
+        let stopped = loop {
+            // SAFETY: waitpid(2) with a valid out pointer, on a thread we trace.
+            match unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) } {
+                0 if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(1)),
+                r => break r == tid && libc::WIFSTOPPED(status),
+            }
+        };
+        if !stopped {
+            // Still running (or gone): it stops when it next can and goes on when we exit.
+            continue;
+        }
         // A signal that stopped it first is delivered as it goes on.
-        let pending = if stopped && status >> 16 == 0 { libc::WSTOPSIG(status) } else { 0 };
-        let opened = if stopped { open_trap_mask(tid) } else { Ok(()) };
+        let pending = if status >> 16 == 0 { libc::WSTOPSIG(status) } else { 0 };
+        let _ = open_trap_mask(tid);
         // SAFETY: detaches the thread, delivering the signal that stopped it (if any).
         unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, pending as usize) };
-        opened?;
     }
-    Ok(())
 }
 
 /// The termination signals, blocked while a process runs our calls: a `bpftime attach` stopped
@@ -393,6 +403,8 @@ pub fn inject(pid: u32, agent: &Path, shm: &str) -> Result<bool, String> {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
+    // Before the agent starts writing jumps into code these threads run.
+    open_trap_masks(pid, &t);
     let mut path = agent_path.clone().into_bytes();
     path.push(0);
     let handle = t.call(dlopen, [DATA, libc::RTLD_NOW as u64], &path)?;
@@ -401,8 +413,6 @@ pub fn inject(pid: u32, agent: &Path, shm: &str) -> Result<bool, String> {
         let why = if msg == 0 { "no reason given".to_string() } else { t.read_string(msg) };
         return Err(format!("dlopen({agent_path}) in process {pid} failed: {why}"));
     }
-    // Before the agent starts writing jumps into code these threads run.
-    open_trap_masks(pid, &t)?;
     let start = address(pid, &agent_path, "bpftime_agent_attach")?;
     let mut name = shm.as_bytes().to_vec();
     name.push(0);
