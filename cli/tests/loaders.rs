@@ -138,7 +138,9 @@ fn count_calls_stats(out: &str, n: usize) -> Vec<u64> {
 }
 
 /// `bpf_get_current_task_btf()` dereferenced directly (`t->tgid`, `t->real_parent->tgid`,
-/// `t->nsproxy->mnt_ns->ns.inum`), as programs built against vmlinux.h do, under an unmodified
+/// `t->nsproxy->mnt_ns->ns.inum`; and four generations up, past the stand-in's NULL, where
+/// the load reads 0 and the run goes on, as the kernel's fault-tolerant loads: before, the run
+/// ended there), as programs built against vmlinux.h do, under an unmodified
 /// libbpf loader (which relocates the field offsets against the kernel's BTF): what the kernel
 /// reads.
 #[test]
@@ -148,7 +150,7 @@ fn a_task_read_through_its_btf_pointer_holds_what_the_kernel_holds() {
     let obj = build_example("task_btf");
     let calls = build_target("calls", false);
     let loader = build_loader("count_calls");
-    let stats = |out: &str| count_calls_stats(out, 9);
+    let stats = |out: &str| count_calls_stats(out, 10);
     // Calls, then (the worker thread's) tgid and pid, the parent's tgid, whether the ids are
     // bpf_get_current_pid_tgid's, the name, the mount namespace, the command line's length
     // (`calls 100`: the path, "100", their NULs) and argv[0]'s first bytes.
@@ -162,6 +164,7 @@ fn a_task_read_through_its_btf_pointer_holds_what_the_kernel_holds() {
         assert_eq!(v[5].to_le_bytes(), *b"calls\0\0\0", "{who}: comm");
         assert_eq!(v[6], std::fs::metadata("/proc/self/ns/mnt").unwrap().ino(), "{who}: mount namespace");
         assert_eq!((v[7], v[8]), (args_len, argv0), "{who}: the command line's length and start, through the mm");
+        assert_eq!(v[9], 1, "{who}: the run went on past a load through a NULL it met on the way up");
     };
     let shm = format!("bpftime-task-btf-{}", std::process::id());
     bpftime_tests::remove_region(&shm);

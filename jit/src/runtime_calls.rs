@@ -26,7 +26,8 @@ pub(crate) extern "C" fn jit_fallback(program: *const Program, state: &mut RunSt
 
 /// Checks the access `state.check_addr`/`check_what` describe (see [`RunState::check_what`]),
 /// which missed the inline regions; records the fault in `state` when it is not allowed (the JIT
-/// code then finds a non-zero status).
+/// code then finds a non-zero status), or for a fault-tolerant load (`what` bit 9), points
+/// `check_addr` at a zero for it to read.
 pub(crate) extern "C" fn jit_check_access(state: &mut RunState) {
     let (addr, what) = (state.check_addr, state.check_what);
     let bytes = (what & 0xff) as u8;
@@ -38,9 +39,17 @@ pub(crate) extern "C" fn jit_check_access(state: &mut RunState) {
         _ => MemSize::DW,
     };
     if !state.access_ok(addr, size, write) {
-        state.fault((what >> 16) as usize, Fault::OutOfBounds { addr, size: bytes, write });
+        if (what >> 9) & 1 != 0 {
+            // A fault-tolerant load (a BTF pointer's): it reads a zero instead.
+            state.check_addr = std::ptr::addr_of!(ZERO) as u64;
+        } else {
+            state.fault((what >> 16) as usize, Fault::OutOfBounds { addr, size: bytes, write });
+        }
     }
 }
+
+/// What a fault-tolerant load that finds no memory reads.
+static ZERO: u64 = 0;
 
 /// Calls [`jit_check_access`] with its System V argument already in place, saving and
 /// restoring every register the System V ABI lets it clobber, so that JIT code can call it with

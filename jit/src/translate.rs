@@ -1242,6 +1242,12 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let ok = self.b.create_block();
         let slow = self.b.create_block();
         self.b.set_cold_block(slow);
+        // A fault-tolerant load (through a BTF pointer) goes on at `ok` with the address to
+        // read, which the slow path may replace with that of a zero (see `jit_check_access`).
+        let probe = access.probe && !write;
+        let addr_arg = [cranelift_codegen::ir::BlockArg::Value(addr)];
+        let ok_args: &[cranelift_codegen::ir::BlockArg] = if probe { &addr_arg } else { &[] };
+        let checked = if probe { self.b.append_block_param(ok, I64) } else { addr };
         // Where the verifier knows which region the pointer comes from, only that one is
         // checked inline (the slow path checks them all); otherwise all three, the context first.
         let order = fast_regions(access.target);
@@ -1258,22 +1264,27 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             let rel = self.b.ins().isub(addr, start);
             let inside = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, rel, last);
             let next = if i + 1 < order.len() { self.b.create_block() } else { slow };
-            self.b.ins().brif(inside, ok, &[], next, &[]);
+            self.b.ins().brif(inside, ok, ok_args, next, &[]);
             self.b.seal_block(next);
             self.b.switch_to_block(next);
         }
         // The access goes to the check through the state: no argument registers are taken
         // from the hot path.
-        let what = self.iconst(size.bytes() as i64 | if write { 1 << 8 } else { 0 } | (pc as i64) << 16);
+        let what = self.iconst(size.bytes() as i64 | if write { 1 << 8 } else { 0 } | if probe { 1 << 9 } else { 0 } | (pc as i64) << 16);
         self.b.ins().store(MemFlagsData::trusted(), addr, self.state, so::CHECK_ADDR);
         self.b.ins().store(MemFlagsData::trusted(), what, self.state, so::CHECK_WHAT);
         let f = self.import(Import::CheckAccess);
         self.b.ins().call_indirect(self.sigs.check, f, &[self.state]);
-        let status = self.b.ins().load(I32, MemFlagsData::trusted(), self.state, so::STATUS);
-        self.b.ins().brif(status, self.abort, &[], ok, &[]);
+        if probe {
+            let to_read = self.b.ins().load(I64, MemFlagsData::trusted(), self.state, so::CHECK_ADDR);
+            self.b.ins().jump(ok, &[cranelift_codegen::ir::BlockArg::Value(to_read)]);
+        } else {
+            let status = self.b.ins().load(I32, MemFlagsData::trusted(), self.state, so::STATUS);
+            self.b.ins().brif(status, self.abort, &[], ok, &[]);
+        }
         self.b.seal_block(ok);
         self.b.switch_to_block(ok);
-        addr
+        checked
     }
 
     #[allow(clippy::too_many_arguments)]

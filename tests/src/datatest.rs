@@ -130,6 +130,21 @@ pub extern "C" fn lookup_in_context(_map: u64, key: u64, _: u64, _: u64, _: u64,
     }
 }
 
+/// Test helper 8, a BTF object as `bpf_get_current_task_btf` hands one out (see
+/// `HelperReturn::BtfObject`): six words, lent for reading, laid out as two 24-byte objects
+/// `{ child, null, value }`: the first's child is the second (value 99), the first's value is
+/// 7, and the second's child and null pointer are both null.
+pub extern "C" fn btf_object(_: u64, _: u64, _: u64, _: u64, _: u64, state: &mut RunState) -> u64 {
+    static OBJECT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let addr = *OBJECT.get_or_init(|| {
+        let words: &'static mut [u64; 6] = Box::leak(Box::new([0, 0, 7, 0, 0, 99]));
+        words[0] = words.as_ptr() as u64 + 24;
+        words.as_ptr() as usize
+    }) as u64;
+    state.lend_memory(addr, 48);
+    addr
+}
+
 /// The map `lddw map_fd(1)` names in generated programs: the verifier learns that lookups in
 /// it return 16-byte values (helper 6 returns them inside the context).
 pub struct TestMaps;
@@ -148,16 +163,19 @@ impl bpftime_vm::LddwResolver for TestMaps {
 }
 
 /// The helpers data-driven tests and differential tests may call: 1 pack_args, 2 sum_bytes,
-/// 3 always_fails, 5 the conformance suite's unwind, 6 lookup_in_context.
+/// 3 always_fails, 5 the conformance suite's unwind, 6 lookup_in_context, 8 btf_object (which
+/// the GPU backend does not have: the cases that call it are in `tests/data/vm-cpu`; random
+/// programs call 7 as an unknown helper).
 pub fn test_helpers() -> HelperTable {
     let mut t = HelperTable::new();
     t.register(1, "pack_args", pack_args).register(2, "sum_bytes", sum_bytes).register(3, "always_fails", always_fails).register(5, "unwind", unwind);
-    t.register(6, "lookup_in_context", lookup_in_context);
+    t.register(6, "lookup_in_context", lookup_in_context).register(8, "btf_object", btf_object);
     // Those that never stop the run say so (the JIT calls them without looking at the status
     // afterwards); always_fails and unwind stop it.
     for id in [1, 2] {
         t.set_effects(id, bpftime_vm::exec::HelperEffects { never_stops: true, ..Default::default() });
     }
     t.set_effects(6, bpftime_vm::exec::HelperEffects { returns: bpftime_vm::exec::HelperReturn::MapValueOrNull, leaves_stack: true, never_stops: true });
+    t.set_effects(8, bpftime_vm::exec::HelperEffects { returns: bpftime_vm::exec::HelperReturn::BtfObject, leaves_stack: true, never_stops: true });
     t
 }

@@ -1,4 +1,4 @@
-//! Runs every case of `tests/data/vm/` on the interpreter and the JIT.
+//! Runs every case of `tests/data/vm/` and `tests/data/vm-cpu/` on the interpreter and the JIT.
 
 use bpftime_jit::JitProgram;
 use bpftime_tests::datatest::{load_cases, test_helpers, Case, Expect};
@@ -40,8 +40,10 @@ fn check(case: &Case, engine: &str) -> Result<(), String> {
 
 #[test]
 fn vm_data_tests_on_both_engines() {
-    let cases = load_cases(&bpftime_tests::repo_root().join("tests/data/vm"));
+    // `vm-cpu`: cases of CPU-only helpers, which the GPU backend's own run of `vm` leaves out.
+    let mut cases = load_cases(&bpftime_tests::repo_root().join("tests/data/vm"));
     assert!(cases.len() > 100, "expected the case folder, found {} cases", cases.len());
+    cases.extend(load_cases(&bpftime_tests::repo_root().join("tests/data/vm-cpu")));
     let mut failures = Vec::new();
     for case in &cases {
         for engine in ["interp", "jit"] {

@@ -948,6 +948,7 @@ pub fn kernel_helpers() -> HelperTable {
         let returns = match id {
             1 => HelperReturn::MapValueOrNull,
             131 => HelperReturn::MemOrNull { size_arg: 2 },
+            158 => HelperReturn::BtfObject,
             _ => HelperReturn::Scalar,
         };
         let leaves_stack = reads_only.contains(&id) || id == 1 || id == 131 || crate::kfuncs::reads_nothing(id);

@@ -100,6 +100,9 @@ pub struct Access {
     /// on every run and a multiple of its size: the address is aligned wherever that start is
     /// aligned to 8.
     pub aligned: bool,
+    /// A load through a BTF-typed pointer (see [`HelperReturn::BtfObject`]): where its check
+    /// fails it reads 0 and the run goes on, as the kernel's `PROBE_MEM` loads.
+    pub probe: bool,
 }
 
 /// What a run's context must be for the context proofs to hold.
@@ -134,6 +137,9 @@ enum Base {
     MemOrNull { size: u32, id: u32 },
     /// The map whose reference (the `lddw`'s resolved value) is `handle`.
     Map { value_size: u32, key_size: u32, handle: u64 },
+    /// A BTF-typed kernel object (or null), or a 64-bit value loaded from one (which may be a
+    /// pointer to another, `task->real_parent`): loads through it are fault-tolerant.
+    Btf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -688,6 +694,8 @@ impl Analyzer<'_> {
                 s.regs[dst.index()] = match (at, size) {
                     (Some(k), MemSize::DW) if k % 8 == 0 => s.slot(k),
                     (Some(k), MemSize::W) if !signed => s.word(k).map_or(Val::scalar(Range::loaded(4, false)), |w| Val::scalar(Range::exact(w as i64))),
+                    // A pointer field of a BTF object is another (or null).
+                    _ if b.base == Base::Btf && size == MemSize::DW => Val { base: Base::Btf, off: Range::TOP },
                     _ => Val::scalar(Range::loaded(size.bytes(), signed)),
                 };
             }
@@ -756,6 +764,7 @@ impl Analyzer<'_> {
                         }
                     }
                     HelperReturn::MemOrNull { .. } => Val::TOP,
+                    HelperReturn::BtfObject => Val { base: Base::Btf, off: Range::TOP },
                 };
                 // Older copies of this call's result are different pointers from now on.
                 s.map_vals(|v| if matches!(v.base, Base::MemOrNull { id, .. } if id == pc as u32) { Val::TOP } else { v });
@@ -817,12 +826,13 @@ impl Analyzer<'_> {
             Base::Stack => (Target::Stack, lo >= -(FRAME_SIZE as i128) && hi <= (FRAME_SIZE * self.frames_above) as i128),
             Base::Ctx => (Target::Context, lo >= 0 && hi <= CTX_PROOF_LIMIT as i128),
             Base::Mem { size } => (Target::Memory, lo >= 0 && hi <= size as i128),
-            Base::MemOrNull { .. } | Base::Map { .. } => (Target::Memory, false),
+            Base::MemOrNull { .. } | Base::Map { .. } | Base::Btf => (Target::Memory, false),
             Base::Scalar => (Target::Unknown, false),
         };
         let aligned = base.off.lo == base.off.hi && lo.rem_euclid(size.bytes() as i128) == 0;
+        let probe = !write && base.base == Base::Btf;
         // The last visit of a block has its final state: it decides.
-        self.access[pc] = Access { target, proven, aligned };
+        self.access[pc] = Access { target, proven, aligned, probe };
         self.ctx_end[pc] = if base.base == Base::Ctx && proven { hi as u32 } else { 0 };
         self.ctx_start[pc] = if base.base == Base::Ctx && proven { lo as u32 } else { 0 };
         if write {
@@ -878,7 +888,7 @@ fn alu(width: Width, op: AluOp, a: Val, b: Val) -> Val {
 /// Whether arithmetic keeps a pointer's kind (not for maybe-null pointers and map
 /// references, whose checks the kernel also demands first).
 fn movable(b: Base) -> bool {
-    matches!(b, Base::Stack | Base::Ctx | Base::Mem { .. })
+    matches!(b, Base::Stack | Base::Ctx | Base::Mem { .. } | Base::Btf)
 }
 
 fn negate(c: JmpCond) -> Option<JmpCond> {

@@ -251,7 +251,8 @@ pub fn disassemble_with_proofs(prog: &crate::Program) -> String {
                     (false, true) => "checked on loop entry",
                     (false, false) => "checked",
                 };
-                format!("\t; {how} ({region})")
+                let probe = if a.probe { ", reads 0 where nothing is" } else { "" };
+                format!("\t; {how} ({region}{probe})")
             }
             Insn::Call(_) if prog.inline_lookup(pc).is_some() => match prog.lookup_key(pc) {
                 Some(k) => format!("\t; inlined array lookup, constant key {k}"),

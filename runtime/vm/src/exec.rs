@@ -70,6 +70,11 @@ pub enum HelperReturn {
         /// The argument register (1-5) that holds the size (any other proves nothing).
         size_arg: u8,
     },
+    /// Null or a pointer to a kernel object typed by BTF (`bpf_get_current_task_btf`'s task),
+    /// which the program may read directly, as the kernel lets it: a load through it, or
+    /// through a pointer loaded from it, that finds no memory reads 0 and the run goes on
+    /// (the kernel's fault-tolerant `PROBE_MEM` loads). Stores through it keep their check.
+    BtfObject,
 }
 
 /// What the verifier may assume about a helper. The defaults assume nothing: a helper may
@@ -294,7 +299,7 @@ pub struct RunState {
     /// Memory a helper lets the program read (see [`RunState::lend_memory`]).
     lent_memory: Region,
     /// The access JIT code asks its out-of-line check about: the address, and
-    /// `size | write << 8 | pc << 16`. Passed here rather than in registers so that the hot
+    /// `size | write << 8 | fault_tolerant << 9 | pc << 16`. Passed here rather than in registers so that the hot
     /// path around the check keeps its registers where they are.
     pub check_addr: u64,
     /// See `check_addr`.

@@ -199,9 +199,15 @@ pub fn interpret_at(program: &Program, start: usize, args: [u64; 5], frame_point
             Insn::LddwHigh => unreachable!("verifier keeps control out of lddw's second slot"),
             Insn::Load { size, signed, dst, base, off } => {
                 let addr = regs[base.index()].wrapping_add(off as i64 as u64);
-                check!(addr, size, false);
-                // SAFETY: checked against the run's regions just above (or proven by the verifier).
-                regs[dst.index()] = unsafe { load(addr, size, signed) };
+                let access = program.access(pc);
+                if access.probe && !(proofs && access.proven) && !state.access_ok(addr, size, false) {
+                    // A BTF pointer's fault-tolerant load: nothing there reads 0.
+                    regs[dst.index()] = 0;
+                } else {
+                    check!(addr, size, false);
+                    // SAFETY: checked against the run's regions just above (or proven by the verifier).
+                    regs[dst.index()] = unsafe { load(addr, size, signed) };
+                }
             }
             Insn::Store { size, base, off, src } => {
                 let addr = regs[base.index()].wrapping_add(off as i64 as u64);

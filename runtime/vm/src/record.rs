@@ -17,7 +17,7 @@ use crate::verifier::{resolve_lddw, Checks, LddwResolver};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-const RECORD_MAGIC: &[u8; 8] = b"BPFREC04";
+const RECORD_MAGIC: &[u8; 8] = b"BPFREC05";
 /// An inlined lookup's key in a record where the verifier does not know it.
 const NO_KEY: u64 = u64::MAX;
 
@@ -172,7 +172,7 @@ impl Program {
         }
         out.extend((0..self.len()).map(|pc| {
             let a = self.access(pc);
-            target_code(a.target) | (a.proven as u8) << 2 | (a.aligned as u8) << 3
+            target_code(a.target) | (a.proven as u8) << 2 | (a.aligned as u8) << 3 | (a.probe as u8) << 4
         }));
         out
     }
@@ -243,7 +243,7 @@ pub fn restore(raw: &[RawInsn], helpers: Arc<HelperTable>, resolver: &dyn LddwRe
     };
     let header = 8 * (9 + 4 * nfuncs + 3 * nlookups + nargs + ctx_reads.as_ref().map_or(0, Vec::len));
     let access_bytes = record.get(header..).filter(|a| a.len() == n).ok_or(RecordError::Malformed("access"))?;
-    let access = access_bytes.iter().map(|&b| Access { target: target_of(b & 3), proven: b & 4 != 0, aligned: b & 8 != 0 }).collect();
+    let access = access_bytes.iter().map(|&b| Access { target: target_of(b & 3), proven: b & 4 != 0, aligned: b & 8 != 0, probe: b & 16 != 0 }).collect();
 
     let mut pointees = HashMap::new();
     let mut resolved = vec![];
