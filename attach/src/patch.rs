@@ -127,7 +127,7 @@ fn fixed_rip(s: &SiteSlot, rip: u64) -> Option<u64> {
 }
 
 /// The signal of fix-up rounds.
-fn fixup_signal() -> libc::c_int {
+pub(crate) fn fixup_signal() -> libc::c_int {
     libc::SIGRTMAX() - 5
 }
 

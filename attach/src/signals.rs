@@ -213,8 +213,8 @@ pub(crate) fn with_signals_deferred<R>(f: impl FnOnce() -> R) -> R {
 static MASKS_GUARDED: AtomicBool = AtomicBool::new(false);
 
 /// From now on the masks the application installs through the agent's wrappers never block
-/// `SIGTRAP` (nor `SIGSYS` while system calls are intercepted), and this thread's mask lets
-/// `SIGTRAP` through now (a mask is inherited across `execve`).
+/// `SIGTRAP` and the engine's other signals (see [`needed_signals`]), and this thread's mask
+/// lets them through now (a mask is inherited across `execve`).
 ///
 /// A thread that meets one of our `int3`s (a probe kept as a trap, or a jump being written
 /// while the thread runs the function) with `SIGTRAP` blocked is killed by the kernel: a forced
@@ -223,18 +223,30 @@ static MASKS_GUARDED: AtomicBool = AtomicBool::new(false);
 /// harmless there, and must be here too.
 pub fn keep_traps_deliverable() {
     MASKS_GUARDED.store(true, Ordering::Release);
-    let trap = 1u64 << (libc::SIGTRAP - 1);
+    let needed = needed_signals().fold(0u64, |m, sig| m | 1u64 << (sig - 1));
     // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK with a valid 8-byte set and no old set, made
     // directly (libc's name may be the agent's wrapper).
-    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &trap as *const u64, std::ptr::null_mut::<u64>(), 8) };
+    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &needed as *const u64, std::ptr::null_mut::<u64>(), 8) };
 }
 
-/// The signals no mask may block while masks are guarded: `SIGTRAP`, and `SIGSYS` while
-/// system calls are intercepted.
+/// The signals a thread must let through for the hook engine to patch code it may run (a
+/// mask of bit `sig - 1`): `SIGTRAP` and the real-time signals of [`needed_signals`]. What
+/// `bpftime attach` clears in the threads of a process before the agent comes.
+pub fn engine_signal_mask() -> u64 {
+    [libc::SIGTRAP, crate::patch::fixup_signal(), crate::syscalls::enable_signal()].iter().fold(0, |m, &sig| m | 1u64 << (sig - 1))
+}
+
+/// The signals no mask may block while masks are guarded: `SIGTRAP`; the real-time signals
+/// that move a thread out of code being rewritten and that turn system call interception on
+/// in a thread (a thread blocking them could resume inside a half-written jump, or make its
+/// system calls unseen); and `SIGSYS` while system calls are intercepted.
 fn needed_signals() -> impl Iterator<Item = libc::c_int> {
     let guarded = MASKS_GUARDED.load(Ordering::Acquire);
     let sigsys = guarded && crate::syscalls::active();
-    [(guarded, libc::SIGTRAP), (sigsys, libc::SIGSYS)].into_iter().filter(|(on, _)| *on).map(|(_, s)| s)
+    [(guarded, libc::SIGTRAP), (guarded, crate::patch::fixup_signal()), (guarded, crate::syscalls::enable_signal()), (sigsys, libc::SIGSYS)]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, s)| s)
 }
 
 /// Whether blocking `sig` is to be left undone (see [`keep_traps_deliverable`]).
@@ -256,5 +268,30 @@ pub fn deliverable_set(set: &libc::sigset_t) -> libc::sigset_t {
 /// A BSD signal mask (bit `sig - 1` per signal: sigblock(3), sigsetmask(3)) without the
 /// signals that must stay deliverable.
 pub fn deliverable_bits(mask: libc::c_int) -> libc::c_int {
-    needed_signals().fold(mask, |m, sig| m & !(1 << (sig - 1)))
+    needed_signals().filter(|&sig| sig <= 32).fold(mask, |m, sig| m & !(1u32 << (sig - 1)) as libc::c_int)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarded_masks_never_block_the_engines_signals() {
+        keep_traps_deliverable();
+        // SAFETY: sigfillset/sigismember on a local set.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            let set = deliverable_set(&all);
+            for sig in [libc::SIGTRAP, crate::patch::fixup_signal(), crate::syscalls::enable_signal()] {
+                assert_eq!(libc::sigismember(&set, sig), 0, "signal {sig} left blocked");
+                assert!(must_stay_deliverable(sig));
+                assert_ne!(engine_signal_mask() & 1 << (sig - 1), 0);
+            }
+            assert_eq!(libc::sigismember(&set, libc::SIGUSR1), 1, "other signals stay as asked");
+        }
+        // A BSD mask holds signals 1 to 32 only: SIGTRAP's bit goes, nothing overflows.
+        assert_eq!(deliverable_bits(-1), !(1 << (libc::SIGTRAP - 1)));
+        assert!(!must_stay_deliverable(libc::SIGUSR1));
+    }
 }

@@ -629,7 +629,7 @@ pub fn enable() -> Result<(), std::io::Error> {
 }
 
 /// The signal that asks a thread to turn dispatch on for itself.
-fn enable_signal() -> libc::c_int {
+pub(crate) fn enable_signal() -> libc::c_int {
     libc::SIGRTMAX() - 6
 }
 

@@ -286,14 +286,15 @@ fn blocked_signals(path: &str) -> u64 {
     status.lines().find_map(|l| l.strip_prefix("SigBlk:")).and_then(|m| u64::from_str_radix(m.trim(), 16).ok()).unwrap_or(0)
 }
 
-/// Takes SIGTRAP out of the signal mask of stopped thread `tid` (ptrace(2) `PTRACE_SETSIGMASK`).
+/// Takes SIGTRAP and the agent's real-time signals out of the signal mask of stopped thread
+/// `tid` (ptrace(2) `PTRACE_SETSIGMASK`).
 fn open_trap_mask(tid: i32) -> Result<(), String> {
     let mut mask = 0u64;
     // SAFETY: ptrace reading the mask of a thread we hold stopped into our 8-byte buffer.
     if unsafe { libc::ptrace(PTRACE_GETSIGMASK, tid, 8usize, &mut mask as *mut u64) } != 0 {
         return Err(os_err("ptrace(PTRACE_GETSIGMASK)"));
     }
-    mask &= !(1u64 << (libc::SIGTRAP - 1));
+    mask &= !bpftime_attach::signals::engine_signal_mask();
     // SAFETY: as above, setting the mask from our buffer.
     if unsafe { libc::ptrace(PTRACE_SETSIGMASK, tid, 8usize, &mask as *const u64) } != 0 {
         return Err(os_err("ptrace(PTRACE_SETSIGMASK)"));
@@ -304,12 +305,13 @@ fn open_trap_mask(tid: i32) -> Result<(), String> {
 /// Lets SIGTRAP through to every thread of `pid` but the one already stopped (`held`), as the
 /// agent does for masks set after it starts: a thread that meets one of the agent's `int3`s
 /// (a jump being written over the code it runs, a probe kept as a trap) with SIGTRAP blocked
-/// is killed by the kernel, and worker threads often block every signal. Each such thread is
+/// is killed by the kernel, and worker threads often block every signal (and the agent's
+/// real-time signals, which move a thread out of a jump being written). Each such thread is
 /// stopped a moment for it (as for a debugger's attach, a stopped thread's `epoll_wait` may
 /// return EINTR). Best effort: a thread that does not stop within a second (asleep in state
 /// D) is left as it is.
 fn open_trap_masks(pid: u32, held: &Traced) {
-    let trap = 1u64 << (libc::SIGTRAP - 1);
+    let trap = bpftime_attach::signals::engine_signal_mask();
     if blocked_signals(&pid.to_string()) & trap != 0 {
         let _ = open_trap_mask(held.pid);
     }
