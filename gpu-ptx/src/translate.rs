@@ -150,6 +150,10 @@ pub fn translate(prog: &Program, helpers: &HelperSet, maps: &LddwMaps, target: T
     let mut dynamic = false;
     let arrays = array_slots(prog, maps);
     for (pc, insn) in prog.insns().iter().enumerate() {
+        if prog.access(pc).probe {
+            // The CPU engines read 0 where such a load finds nothing; the GPU's would fault.
+            return Err(TranslateError { insn: pc, reason: "loads through a BTF-typed kernel pointer are not available on the GPU".into() });
+        }
         match insn {
             // An array lookup computed in place (see `FunctionWriter::inline_array_lookup`).
             Insn::Call(CallTarget::Helper(id)) if inline_lookup(prog, &arrays, *id, pc).is_some() => {}

@@ -418,7 +418,12 @@ extern "C" fn get_current_task_btf(_: u64, _: u64, _: u64, _: u64, _: u64, state
             state.lend_memory(task, len);
             task
         }
-        None => 0,
+        // No stand-in (the kernel's BTF cannot be read): the kernel's helper never returns
+        // null, and its loads would all read 0 here; the run ends, saying so.
+        None => {
+            state.helper_fault(Fault::Helper { id: 158, code: -(libc::ENOENT as i64) });
+            0
+        }
     }
 }
 
@@ -940,8 +945,9 @@ pub fn kernel_helpers() -> HelperTable {
     // through their pointer arguments, and the map lookup and the ring-buffer reservation
     // return whole values and records.
     // Every helper but these never stops the run: tail calls stop it, bpf_loop runs callbacks
-    // and charges the budget, a bad ring-buffer record faults it.
-    let stops = |id: u32| [12, 132, 133, 164, 181].contains(&id);
+    // and charges the budget, a bad ring-buffer record faults it, and so does a task without
+    // the kernel's BTF.
+    let stops = |id: u32| [12, 132, 133, 158, 164, 181].contains(&id);
     let reads_only = [2, 3, 5, 6, 7, 8, 14, 15, 25, 35, 37, 42, 58, 80, 87, 118, 123, 158, 125, 130, 132, 133, 134, 160, 173, 174, 182, 195, 208];
     let ids: Vec<u32> = t.iter().map(|(id, _)| id).collect();
     for id in ids {

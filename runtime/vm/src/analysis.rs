@@ -156,8 +156,14 @@ impl Val {
     }
 
     fn join(self, o: Val) -> Val {
+        let null = |v: Val| v.base == Base::Scalar && v.off.singleton() == Some(0);
         if self.base == o.base {
             Val { base: self.base, off: self.off.join(o.off) }
+        } else if self.base == Base::Btf && null(o) {
+            // A BTF pointer may be null already (`p = NULL; if (c) p = t->real_parent;`).
+            self
+        } else if o.base == Base::Btf && null(self) {
+            o
         } else {
             Val::TOP
         }
@@ -166,6 +172,9 @@ impl Val {
     fn widen(old: Val, new: Val, thresholds: &[i64]) -> Val {
         if old.base == new.base {
             Val { base: old.base, off: Range::widen(old.off, new.off, thresholds) }
+        } else if new.base == Base::Btf && old.join(new) == new {
+            // A null that became a BTF pointer (see `join`).
+            new
         } else {
             Val::TOP
         }
@@ -695,7 +704,7 @@ impl Analyzer<'_> {
                     (Some(k), MemSize::DW) if k % 8 == 0 => s.slot(k),
                     (Some(k), MemSize::W) if !signed => s.word(k).map_or(Val::scalar(Range::loaded(4, false)), |w| Val::scalar(Range::exact(w as i64))),
                     // A pointer field of a BTF object is another (or null).
-                    _ if b.base == Base::Btf && size == MemSize::DW => Val { base: Base::Btf, off: Range::TOP },
+                    _ if b.base == Base::Btf && size == MemSize::DW => Val { base: Base::Btf, off: Range::exact(0) },
                     _ => Val::scalar(Range::loaded(size.bytes(), signed)),
                 };
             }
@@ -764,7 +773,7 @@ impl Analyzer<'_> {
                         }
                     }
                     HelperReturn::MemOrNull { .. } => Val::TOP,
-                    HelperReturn::BtfObject => Val { base: Base::Btf, off: Range::TOP },
+                    HelperReturn::BtfObject => Val { base: Base::Btf, off: Range::exact(0) },
                 };
                 // Older copies of this call's result are different pointers from now on.
                 s.map_vals(|v| if matches!(v.base, Base::MemOrNull { id, .. } if id == pc as u32) { Val::TOP } else { v });
@@ -830,7 +839,9 @@ impl Analyzer<'_> {
             Base::Scalar => (Target::Unknown, false),
         };
         let aligned = base.off.lo == base.off.hi && lo.rem_euclid(size.bytes() as i128) == 0;
-        let probe = !write && base.base == Base::Btf;
+        // At a constant offset, as the kernel demands of these pointers (it refuses a variable
+        // one; here such a load keeps its check).
+        let probe = !write && base.base == Base::Btf && base.off.singleton().is_some();
         // The last visit of a block has its final state: it decides.
         self.access[pc] = Access { target, proven, aligned, probe };
         self.ctx_end[pc] = if base.base == Base::Ctx && proven { hi as u32 } else { 0 };
