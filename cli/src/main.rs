@@ -635,9 +635,31 @@ fn preload_with(lib: &Path) -> String {
     }
 }
 
+/// Whether `program` (a path, or a name looked up in `PATH`) is an ELF executable without a
+/// program interpreter (`PT_INTERP`): statically linked, so that no `LD_PRELOAD` reaches it.
+fn statically_linked(program: &str) -> bool {
+    let path = if program.contains('/') {
+        Some(std::path::PathBuf::from(program))
+    } else {
+        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
+    };
+    let Some(data) = path.and_then(|p| std::fs::read(p).ok()) else { return false };
+    let Ok(elf) = object::read::elf::ElfFile64::<object::Endianness>::parse(&*data) else { return false };
+    use object::read::elf::ProgramHeader;
+    let endian = elf.endian();
+    !elf.elf_program_headers().iter().any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
+}
+
 /// `command` with the agent preloaded (after any LD_PRELOAD already set), its start's
-/// `execve` traced.
+/// `execve` traced. A statically linked program is run all the same, with a word that its
+/// probes cannot attach.
 pub(crate) fn agent_command(agent: &Path, command: &[String]) -> std::process::Command {
+    if statically_linked(&command[0]) {
+        eprintln!(
+            "bpftime: `{}` is statically linked: LD_PRELOAD cannot load the agent into it, so its probes will not attach (bpftime attach cannot either)",
+            command[0]
+        );
+    }
     let mut cmd = std::process::Command::new(&command[0]);
     // The execve that starts it is made here, without the agent: the agent runs its entry
     // programs (`sys_enter_execve`) in the new image, under our name (the kernel's programs see

@@ -540,6 +540,22 @@ fn start_reports_a_missing_agent_or_command_clearly() {
     let out = bpftime(&["start", "--", "/nonexistent/command"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("/nonexistent/command"), "{}", text(&out.stderr));
+    // A statically linked program runs as it would, with a word that no probe can reach it.
+    let dir = std::env::temp_dir().join(format!("bpftime-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, exe) = (dir.join("three.c"), dir.join("three"));
+    std::fs::write(&src, "int main(void) { return 3; }\n").unwrap();
+    let built = Command::new("cc").arg("-static").arg("-o").arg(&exe).arg(&src).output().is_ok_and(|o| o.status.success());
+    if built {
+        let out = bpftime(&["start", "--", exe.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("is statically linked: LD_PRELOAD cannot load the agent"), "{}", text(&out.stderr));
+        let out = bpftime(&["start", "--", "true"]);
+        assert!(!text(&out.stderr).contains("statically linked"), "{}", text(&out.stderr));
+    } else {
+        println!("skipping the static case: cc -static failed (no libc.a)");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs `bpftime ARGS` as user `nobody` (setpriv), with BPFTIME_SHM=shm.
