@@ -372,6 +372,9 @@ pub(crate) fn start() {
 pub(crate) fn start_in(name: String) {
     initialise_what_hits_use();
     bpftime_attach::signals::keep_traps_deliverable();
+    if crate::INJECTED.load(std::sync::atomic::Ordering::Acquire) {
+        crate::masks::hook_libc_masks();
+    }
     bpftime_attach::hold_self_mem();
     // While this process may still have one thread (see the function).
     bpftime_attach::register_sync_core();

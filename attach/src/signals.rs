@@ -188,24 +188,53 @@ pub unsafe fn signal(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sig
 }
 
 /// Runs `f` with the asynchronous signals blocked on this thread (faults and traps still
-/// arrive); signals that come meanwhile are delivered when it returns.
+/// arrive); signals that come meanwhile are delivered when it returns. A mask the application
+/// sets inside `f` (through a hooked mask function: see [`change_deferred_mask`]) is the one
+/// restored.
 pub(crate) fn with_signals_deferred<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: sigset_t values filled by sigfillset/sigdelset, then pthread_sigmask(3) on this
-    // thread with valid pointers; the old mask is restored.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        for sync in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP] {
-            libc::sigdelset(&mut all, sync);
-        }
-        let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0;
-        let r = f();
-        if blocked {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        }
-        r
+    let sync = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP];
+    let all = sync.iter().fold(!GLIBC_INTERNAL, |m, &s| m & !(1u64 << (s - 1)));
+    let mut old = 0u64;
+    // SAFETY: rt_sigprocmask(2) on this thread with valid 8-byte sets, made directly (libc's
+    // functions may be hooked to come back here).
+    let blocked = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, &all as *const u64, &mut old as *mut u64, 8) } == 0;
+    if !blocked {
+        return f();
     }
+    let outer = DEFERRED.replace(Some(old));
+    let r = f();
+    let restore = DEFERRED.replace(outer).unwrap_or(old);
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &restore as *const u64, std::ptr::null_mut::<u64>(), 8) };
+    r
+}
+
+thread_local! {
+    /// While [`with_signals_deferred`] runs on this thread: the mask it will restore.
+    static DEFERRED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// glibc's own signals (`SIGCANCEL`, `SIGSETXID`: 32 and 33), which its mask functions never
+/// block.
+const GLIBC_INTERNAL: u64 = 3 << 31;
+
+/// Applies `how` (`SIG_BLOCK`, `SIG_UNBLOCK`, `SIG_SETMASK`) with `set` (a 64-bit mask, bit
+/// `sig - 1`) to the mask [`with_signals_deferred`] is to restore, as libc's function would to
+/// the thread's, when one is running on this thread (a mask function the application called
+/// was hooked, and this is the probe hit's work): the previous mask, or None when none runs
+/// (or `how` is not one of those).
+pub fn change_deferred_mask(how: libc::c_int, set: u64) -> Option<u64> {
+    let old = DEFERRED.get()?;
+    let set = set & !GLIBC_INTERNAL;
+    let new = match how {
+        libc::SIG_BLOCK => old | set,
+        libc::SIG_UNBLOCK => old & !set,
+        libc::SIG_SETMASK => set,
+        _ => return None,
+    };
+    let keep = needed_signals().fold(0u64, |m, sig| m | 1u64 << (sig - 1));
+    DEFERRED.set(Some(new & !keep));
+    Some(old)
 }
 
 /// Whether signal masks are kept from blocking the hook engine's signals (set once an agent

@@ -1162,6 +1162,64 @@ fn probes_attach_while_threads_block_every_signal() {
     }
 }
 
+/// `bpftime attach`, then a thread that blocks every signal through libc's pthread_sigmask
+/// (the agent came after the application bound its calls, so its wrappers are not in their
+/// way: libc's functions are hooked instead), then probes on the function that thread calls
+/// without pause: without the hooks the process was killed by the trap of the jump being
+/// written, in every run. The thread's mask is what it asked for but for SIGTRAP (the hook's
+/// first hit on a thread, which defers signals, restores the mask the call set), every call
+/// after the attach is counted, and the process exits cleanly.
+#[test]
+fn an_injected_agent_keeps_traps_open_in_threads_that_block_signals_later() {
+    use std::io::{BufRead, BufReader};
+    let obj = build_example("uprobe_signals");
+    let target = bpftime_tests::clang::build_target("attachable", false);
+    for round in 0..3 {
+        let shm = format!("bpftime-late-mask-{}-{round}", std::process::id());
+        let _ = bpftime_shm(&shm, &["shm", "remove"]);
+        assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
+        let mut child = Command::new(&target).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut line = || output.next().map(|l| l.unwrap_or_default()).unwrap_or_default();
+        assert_eq!(line(), "ready");
+        let out = bpftime_shm(&shm, &["attach", &child.id().to_string()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        writeln!(input, "block").unwrap();
+        assert_eq!(line(), "blocked");
+        // The other thread's mask is what it asked for (every signal blocked: SIGUSR1 too),
+        // but for SIGTRAP.
+        let pid = child.id();
+        let blocked: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&tid| tid != pid && std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).is_ok_and(|c| c.trim() == "attachable"))
+            .filter_map(|tid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+                u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?.trim(), 16).ok()
+            })
+            .collect();
+        let bit = |sig: i32| 1u64 << (sig - 1);
+        assert!(blocked.len() == 1 && blocked[0] & bit(libc::SIGUSR1) != 0 && blocked[0] & bit(libc::SIGTRAP) == 0, "round {round}: masks {blocked:x?}");
+        let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let attached = (0..1000).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            text(&bpftime_shm(&shm, &["link", "list"]).stdout).contains("(Attached)")
+        });
+        writeln!(input, "run 1000").unwrap();
+        let done = line();
+        drop(input);
+        let status = child.wait().unwrap();
+        assert!(attached && done == "done 500500" && status.success(), "round {round}: {done:?}, {status}");
+        let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
+        let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+        assert_eq!((at(1), at(3)), (500500, 500500), "round {round}: every call after the attach");
+        let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    }
+}
+
 /// Probes attached to a process that gave up root after it started (servers do, often in the
 /// workers they fork): it is no longer dumpable, so its `/proc/self/mem` and
 /// `/proc/self/task/TID/syscall` belong to root. The agent writes the jumps through the memory

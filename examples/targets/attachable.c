@@ -5,6 +5,8 @@
 //   open P  opens file P and closes it; prints "opened FD"
 //   alloc N has the other thread malloc and free N blocks; prints "allocated N"
 //   fork    forks a child that calls add(0, 0) every millisecond until killed; prints "child PID"
+//   block   has the other thread block every signal (pthread_sigmask) and go on; prints
+//           "blocked"
 //   drop    gives up root (to nobody); prints "dropped D", D whether it is still dumpable
 //   sleep MS  sleeps MS milliseconds in one nanosleep; prints "slept E", E the milliseconds
 //           that passed (less where a signal handler interrupted the sleep)
@@ -45,11 +47,18 @@ static void block_every_signal(int (*set_mask)(int, const sigset_t *, sigset_t *
     set_mask(SIG_BLOCK, &all, NULL);
 }
 
+/// 1: the load thread is to block every signal; 2: it has.
+static volatile int block_request;
+
 static void *load(void *arg)
 {
     if (arg)
         block_every_signal(pthread_sigmask);
     while (!stop) {
+        if (block_request == 1) {
+            block_every_signal(pthread_sigmask);
+            block_request = 2;
+        }
         add(0, 0);
         if (to_allocate) {
             for (long i = 0; i < to_allocate; i++) {
@@ -110,6 +119,11 @@ int main(int argc, char **argv)
                 }
             }
             printf("child %d\n", (int)child);
+        } else if (strncmp(line, "block", 5) == 0) {
+            block_request = 1;
+            while (block_request != 2)
+                usleep(1000);
+            printf("blocked\n");
         } else if (strncmp(line, "drop", 4) == 0) {
             if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
                 perror("setresuid");

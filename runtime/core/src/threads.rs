@@ -53,22 +53,20 @@ where
     }
     let boxed: Box<Start> = Box::new((cname, Box::new(f)));
     let arg = Box::into_raw(boxed) as *mut libc::c_void;
-    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigfillset(3) initialises the set it is given; pthread_sigmask(3) reads `all`
-    // (initialised) and writes the previous mask into `old`.
-    let blocked = unsafe {
-        libc::sigfillset(all.as_mut_ptr()) == 0
-            && SYNCHRONOUS.iter().chain(&[fixup_signal()]).all(|&sig| libc::sigdelset(all.as_mut_ptr(), sig) == 0)
-            && libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr()) == 0
-    };
+    // Every signal but the synchronous ones, the fix-up one and glibc's own two (32 and 33:
+    // its set*id calls wait for every thread to take one), as 64-bit kernel masks.
+    let all = SYNCHRONOUS.iter().chain(&[fixup_signal(), 32, 33]).fold(!0u64, |m, &sig| m & !(1u64 << (sig - 1)));
+    let mut old = 0u64;
+    // SAFETY: rt_sigprocmask(2) on this thread with valid 8-byte sets, made directly: libc's
+    // name may be the agent's wrapper, which keeps other signals open for the application.
+    let blocked = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all as *const u64, &mut old as *mut u64, 8) } == 0;
     let mut thread: libc::pthread_t = 0;
     // SAFETY: pthread_create(3) with default attributes, a start routine of the right type and
     // an argument it owns from now on (on failure it is not passed to anyone).
     let rc = unsafe { libc::pthread_create(&mut thread, std::ptr::null(), start, arg) };
     if blocked {
         // SAFETY: `old` was written by the successful call above; restores this thread's mask.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
+        unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &old as *const u64, std::ptr::null_mut::<u64>(), 8) };
     }
     if rc != 0 {
         // SAFETY: no thread took `arg`; reclaims the box leaked above.
