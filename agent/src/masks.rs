@@ -60,23 +60,6 @@ unsafe fn change_mask(next: &Next, how: c_int, set: *const libc::sigset_t, old: 
     }
     // SAFETY: libc's function of that name, which has this signature.
     let f = unsafe { std::mem::transmute::<usize, MaskFn>(f) };
-    // Called from a hook's first hit on this thread, which restores the mask it found when it
-    // ends: the change goes to what it restores.
-    // SAFETY: `set` is null or valid (the caller's contract); its first 8 bytes are the
-    // kernel's mask.
-    if let Some(bits) = unsafe { set.as_ref() }.map(|s| unsafe { std::ptr::read_unaligned(s as *const libc::sigset_t as *const u64) }) {
-        if let Some(previous) = bpftime_attach::signals::change_deferred_mask(how, bits) {
-            // SAFETY: `old` is null or valid (the caller's contract); an emptied set whose
-            // first 8 bytes are the previous mask.
-            if let Some(o) = unsafe { old.as_mut() } {
-                unsafe {
-                    libc::sigemptyset(o);
-                    std::ptr::write_unaligned(o as *mut libc::sigset_t as *mut u64, previous);
-                }
-            }
-            return Some(0);
-        }
-    }
     // Only a mask that blocks is changed (unblocking SIGTRAP is always welcome).
     let blocks = how == libc::SIG_BLOCK || how == libc::SIG_SETMASK;
     // SAFETY: `set` is null or valid (the caller's contract).
@@ -99,7 +82,8 @@ fn fail(e: c_int) -> c_int {
 ///
 /// # Safety
 /// Same contract as sigprocmask(2).
-unsafe extern "C" fn wrapped_sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
     // SAFETY: the caller's arguments under the same contract.
     unsafe { change_mask(&SIGPROCMASK, how, set, old) }.unwrap_or_else(|| fail(libc::ENOSYS))
 }
@@ -108,7 +92,8 @@ unsafe extern "C" fn wrapped_sigprocmask(how: c_int, set: *const libc::sigset_t,
 ///
 /// # Safety
 /// Same contract as pthread_sigmask(3).
-unsafe extern "C" fn wrapped_pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
     // SAFETY: the caller's arguments under the same contract.
     unsafe { change_mask(&PTHREAD_SIGMASK, how, set, old) }.unwrap_or(libc::ENOSYS)
 }
@@ -117,7 +102,8 @@ unsafe extern "C" fn wrapped_pthread_sigmask(how: c_int, set: *const libc::sigse
 ///
 /// # Safety
 /// Same contract as sigsuspend(2).
-unsafe extern "C" fn wrapped_sigsuspend(set: *const libc::sigset_t) -> c_int {
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigsuspend(set: *const libc::sigset_t) -> c_int {
     type SuspendFn = unsafe extern "C" fn(*const libc::sigset_t) -> c_int;
     let f = SIGSUSPEND.addr();
     if f == 0 {
@@ -137,7 +123,8 @@ unsafe extern "C" fn wrapped_sigsuspend(set: *const libc::sigset_t) -> c_int {
 ///
 /// # Safety
 /// Same contract as pthread_attr_setsigmask_np(3).
-unsafe extern "C" fn wrapped_pthread_attr_setsigmask_np(attr: *mut libc::pthread_attr_t, set: *const libc::sigset_t) -> c_int {
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pthread_attr_setsigmask_np(attr: *mut libc::pthread_attr_t, set: *const libc::sigset_t) -> c_int {
     type AttrMaskFn = unsafe extern "C" fn(*mut libc::pthread_attr_t, *const libc::sigset_t) -> c_int;
     let f = PTHREAD_ATTR_SETSIGMASK_NP.addr();
     if f == 0 {
@@ -150,46 +137,6 @@ unsafe extern "C" fn wrapped_pthread_attr_setsigmask_np(attr: *mut libc::pthread
         Some(s) => unsafe { f(attr, &deliverable_set(s)) },
         None => unsafe { f(attr, set) },
     }
-}
-
-/// `sigprocmask`, exported (see [`wrapped_sigprocmask`]).
-///
-/// # Safety
-/// Same contract as sigprocmask(2).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
-    // SAFETY: the caller's arguments under the same contract.
-    unsafe { wrapped_sigprocmask(how, set, old) }
-}
-
-/// `pthread_sigmask`, exported (see [`wrapped_pthread_sigmask`]).
-///
-/// # Safety
-/// Same contract as pthread_sigmask(3).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
-    // SAFETY: the caller's arguments under the same contract.
-    unsafe { wrapped_pthread_sigmask(how, set, old) }
-}
-
-/// `sigsuspend`, exported (see [`wrapped_sigsuspend`]).
-///
-/// # Safety
-/// Same contract as sigsuspend(2).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn sigsuspend(set: *const libc::sigset_t) -> c_int {
-    // SAFETY: the caller's arguments under the same contract.
-    unsafe { wrapped_sigsuspend(set) }
-}
-
-/// `pthread_attr_setsigmask_np`, exported (see [`wrapped_pthread_attr_setsigmask_np`]).
-///
-/// # Safety
-/// Same contract as pthread_attr_setsigmask_np(3).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pthread_attr_setsigmask_np(attr: *mut libc::pthread_attr_t, set: *const libc::sigset_t) -> c_int {
-    // SAFETY: the caller's arguments under the same contract.
-    unsafe { wrapped_pthread_attr_setsigmask_np(attr, set) }
 }
 
 /// Calls a BSD mask function (`sigblock`, `sigsetmask`) with `mask` made deliverable.
@@ -229,39 +176,29 @@ pub extern "C" fn sighold(sig: c_int) -> c_int {
     }
 }
 
-/// A libc mask function hooked in place: the hit runs the agent's wrapper of it, with the
-/// function's arguments, and the function returns the wrapper's result. The wrapper calls the
-/// function again, and that call, made inside a hit, runs the original code.
-struct MaskHook {
-    /// One of this module's wrappers, taking (at most) three word arguments.
-    wrapper: usize,
-}
+/// After a libc mask function returns in a process the agent was loaded into while it ran:
+/// the signals the hook engine needs are let through again (see
+/// `bpftime_attach::signals::reopen_needed_signals`).
+struct ReopenAfterReturn;
 
-impl bpftime_attach::ProbeHandler for MaskHook {
-    fn on_hit(&self, regs: &bpftime_attach::PtRegs, _level: usize) -> Option<u64> {
-        type Wrapper = unsafe extern "C" fn(u64, u64, u64) -> c_int;
-        // SAFETY: a wrapper of this module for the hooked function, whose arguments (at most
-        // three, System V) these are; extra words are ignored.
-        let rc = unsafe { std::mem::transmute::<usize, Wrapper>(self.wrapper)(regs.di, regs.si, regs.dx) };
-        Some(rc as u32 as u64)
+impl bpftime_attach::ProbeHandler for ReopenAfterReturn {
+    fn on_hit(&self, _regs: &bpftime_attach::PtRegs, _level: usize) -> Option<u64> {
+        bpftime_attach::signals::reopen_needed_signals();
+        None
     }
 }
 
 /// In a process the agent was loaded into while it ran (`bpftime attach`), the application
 /// calls libc's mask functions directly (the agent's wrappers are not in its lookup order):
-/// they are hooked at their entry to run through the wrappers all the same. Threads that block
-/// every signal after the attach then still let SIGTRAP through.
+/// a return probe on `sigprocmask` and `pthread_sigmask` lets the signals the hook engine
+/// needs through again as each returns, so that a thread that blocks every signal after the
+/// attach still takes SIGTRAP. The call itself runs untouched (what it returns, the signals
+/// it lets through, the system call it makes); a signal arriving between its system call and
+/// the return finds the mask it set. (`sigsuspend`'s and a new thread's attribute mask are
+/// not seen.)
 pub(crate) fn hook_libc_masks() {
-    // The wrappers' private names: the exported ones, referred to from here, are bound to the
-    // first definition in the lookup order, which in this process is libc's.
-    let wrapped: [(&CStr, usize); 4] = [
-        (c"sigprocmask", wrapped_sigprocmask as *const () as usize),
-        (c"pthread_sigmask", wrapped_pthread_sigmask as *const () as usize),
-        (c"sigsuspend", wrapped_sigsuspend as *const () as usize),
-        (c"pthread_attr_setsigmask_np", wrapped_pthread_attr_setsigmask_np as *const () as usize),
-    ];
     let mut hooked = std::collections::HashSet::new();
-    for (name, wrapper) in wrapped {
+    for name in [c"sigprocmask", c"pthread_sigmask"] {
         // SAFETY: dlsym(3) in the global scope with a NUL-terminated name.
         let real = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) } as usize;
         // Missing, or an alias already hooked.
@@ -269,7 +206,7 @@ pub(crate) fn hook_libc_masks() {
             continue;
         }
         let info = bpftime_attach::SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
-        if let Err(e) = bpftime_attach::attach(real as u64, info, bpftime_attach::ProbeKind::Entry, std::sync::Arc::new(MaskHook { wrapper })) {
+        if let Err(e) = bpftime_attach::attach(real as u64, info, bpftime_attach::ProbeKind::Return, std::sync::Arc::new(ReopenAfterReturn)) {
             eprintln!(
                 "bpftime: libc's {} cannot be hooked ({e}): a thread that blocks SIGTRAP through it may be killed by a probe's trap",
                 name.to_string_lossy()

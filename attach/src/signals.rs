@@ -188,53 +188,34 @@ pub unsafe fn signal(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sig
 }
 
 /// Runs `f` with the asynchronous signals blocked on this thread (faults and traps still
-/// arrive); signals that come meanwhile are delivered when it returns. A mask the application
-/// sets inside `f` (through a hooked mask function: see [`change_deferred_mask`]) is the one
-/// restored.
+/// arrive, and the engine's own real-time signals); signals that come meanwhile are delivered
+/// when it returns.
 pub(crate) fn with_signals_deferred<R>(f: impl FnOnce() -> R) -> R {
-    let sync = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP];
-    let all = sync.iter().fold(!GLIBC_INTERNAL, |m, &s| m & !(1u64 << (s - 1)));
+    // Their handlers only move a thread out of code being rewritten, or turn interception on.
+    let open = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, crate::patch::fixup_signal(), crate::syscalls::enable_signal()];
+    let all = open.iter().fold(!GLIBC_INTERNAL, |m, &s| m & !(1u64 << (s - 1)));
     let mut old = 0u64;
     // SAFETY: rt_sigprocmask(2) on this thread with valid 8-byte sets, made directly (libc's
-    // functions may be hooked to come back here).
+    // name may be the agent's wrapper).
     let blocked = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, &all as *const u64, &mut old as *mut u64, 8) } == 0;
-    if !blocked {
-        return f();
-    }
-    let outer = DEFERRED.replace(Some(old));
     let r = f();
-    let restore = DEFERRED.replace(outer).unwrap_or(old);
-    // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &restore as *const u64, std::ptr::null_mut::<u64>(), 8) };
+    if blocked {
+        // SAFETY: as above, restoring the mask read then.
+        unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &old as *const u64, std::ptr::null_mut::<u64>(), 8) };
+    }
     r
 }
 
-thread_local! {
-    /// While [`with_signals_deferred`] runs on this thread: the mask it will restore.
-    static DEFERRED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
-}
-
 /// glibc's own signals (`SIGCANCEL`, `SIGSETXID`: 32 and 33), which its mask functions never
-/// block.
+/// block (its set*id calls wait for every thread to take one).
 const GLIBC_INTERNAL: u64 = 3 << 31;
 
-/// Applies `how` (`SIG_BLOCK`, `SIG_UNBLOCK`, `SIG_SETMASK`) with `set` (a 64-bit mask, bit
-/// `sig - 1`) to the mask [`with_signals_deferred`] is to restore, as libc's function would to
-/// the thread's, when one is running on this thread (a mask function the application called
-/// was hooked, and this is the probe hit's work): the previous mask, or None when none runs
-/// (or `how` is not one of those).
-pub fn change_deferred_mask(how: libc::c_int, set: u64) -> Option<u64> {
-    let old = DEFERRED.get()?;
-    let set = set & !GLIBC_INTERNAL;
-    let new = match how {
-        libc::SIG_BLOCK => old | set,
-        libc::SIG_UNBLOCK => old & !set,
-        libc::SIG_SETMASK => set,
-        _ => return None,
-    };
-    let keep = needed_signals().fold(0u64, |m, sig| m | 1u64 << (sig - 1));
-    DEFERRED.set(Some(new & !keep));
-    Some(old)
+/// Lets the signals the hook engine needs through on this thread again (after a mask function
+/// the agent does not wrap returned: see the agent's `hook_libc_masks`).
+pub fn reopen_needed_signals() {
+    let needed = needed_signals().fold(0u64, |m, sig| m | 1u64 << (sig - 1));
+    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK with a valid 8-byte set, made directly.
+    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &needed as *const u64, std::ptr::null_mut::<u64>(), 8) };
 }
 
 /// Whether signal masks are kept from blocking the hook engine's signals (set once an agent
