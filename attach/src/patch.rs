@@ -286,8 +286,9 @@ fn reopen_self_mem() {
         unsafe { libc::close(fd) };
         return;
     };
-    // SAFETY: fstat(2) of our descriptor into a zeroed buffer.
+    // SAFETY: a zeroed `stat` is a valid value (integers); fstat below fills it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat(2) of our descriptor with a valid out pointer.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         // SAFETY: our own descriptor.
         unsafe { libc::close(fd) };
@@ -303,8 +304,9 @@ fn reopen_self_mem() {
 /// Whether descriptor `fd` is still the file [`HELD_MEM`] records (the application may have
 /// closed it and got its number for a file of its own).
 fn held_is(fd: i64) -> bool {
-    // SAFETY: fstat(2) into a zeroed stat buffer; a closed descriptor only fails.
+    // SAFETY: a zeroed `stat` is a valid value (integers); fstat below fills it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat(2) with a valid out pointer; a closed descriptor only fails.
     let stated = unsafe { libc::fstat(fd as libc::c_int, &mut st) } == 0;
     stated && st.st_dev as i64 == HELD_MEM[2].load(Ordering::Acquire) && st.st_ino as i64 == HELD_MEM[3].load(Ordering::Acquire)
 }

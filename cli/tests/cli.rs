@@ -1220,6 +1220,56 @@ fn an_injected_agent_keeps_traps_open_in_threads_that_block_signals_later() {
     }
 }
 
+/// A process that closes every descriptor it did not open (as daemons do) and gets their
+/// numbers back for a directory of its own, before probes are attached: the agent's held code
+/// cache directory is among them, and it wrote its cache entries into the application's
+/// directory through the number. It now checks a held descriptor is still its own before
+/// each use, compiles in the process, counts every call, and leaves the directory empty.
+#[test]
+fn descriptors_the_application_closed_and_reused_are_never_ours_again() {
+    use std::io::{BufRead, BufReader};
+    let obj = build_example("uprobe_signals");
+    let target = bpftime_tests::clang::build_target("attachable", false);
+    let shm = format!("bpftime-closeall-{}", std::process::id());
+    let theirs = std::env::temp_dir().join(format!("bpftime-closeall-{}", std::process::id()));
+    std::fs::create_dir_all(&theirs).unwrap();
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bpftime"))
+        .env("BPFTIME_SHM", &shm)
+        .args(["start", "--"])
+        .arg(&target)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut line = || output.next().map(|l| l.unwrap_or_default()).unwrap_or_default();
+    assert_eq!(line(), "ready");
+    writeln!(input, "closeall {}", theirs.display()).unwrap();
+    assert_eq!(line(), "reopened 1000");
+    let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let attached = (0..1000).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        text(&bpftime_shm(&shm, &["link", "list"]).stdout).contains("(Attached)")
+    });
+    assert!(attached, "{}", text(&bpftime_shm(&shm, &["link", "list"]).stdout));
+    writeln!(input, "run 1000").unwrap();
+    assert_eq!(line(), "done 500500");
+    drop(input);
+    assert!(child.wait().unwrap().success());
+    let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
+    let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+    assert_eq!((at(1), at(3)), (500500, 500500));
+    let left: Vec<_> = std::fs::read_dir(&theirs).unwrap().filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+    assert!(left.is_empty(), "the application's directory got {left:?}");
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    let _ = std::fs::remove_dir_all(&theirs);
+}
+
 /// Probes attached to a process that gave up root after it started (servers do, often in the
 /// workers they fork): it is no longer dumpable, so its `/proc/self/mem` and
 /// `/proc/self/task/TID/syscall` belong to root. The agent writes the jumps through the memory

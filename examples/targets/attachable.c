@@ -7,6 +7,8 @@
 //   fork    forks a child that calls add(0, 0) every millisecond until killed; prints "child PID"
 //   block   has the other thread block every signal (pthread_sigmask) and go on; prints
 //           "blocked"
+//   closeall D  closes every descriptor above 2 (close_range, as daemons do), then opens
+//           directory D 1,000 times (the numbers come back); prints "reopened N"
 //   drop    gives up root (to nobody); prints "dropped D", D whether it is still dumpable
 //   sleep MS  sleeps MS milliseconds in one nanosleep; prints "slept E", E the milliseconds
 //           that passed (less where a signal handler interrupted the sleep)
@@ -23,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -124,6 +127,13 @@ int main(int argc, char **argv)
             while (block_request != 2)
                 usleep(1000);
             printf("blocked\n");
+        } else if (strncmp(line, "closeall ", 9) == 0) {
+            line[strcspn(line, "\n")] = 0;
+            syscall(SYS_close_range, 3, ~0U, 0);
+            int n = 0;
+            for (int i = 0; i < 1000; i++)
+                n += open(line + 9, O_RDONLY | O_DIRECTORY) >= 0;
+            printf("reopened %d\n", n);
         } else if (strncmp(line, "drop", 4) == 0) {
             if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
                 perror("setresuid");

@@ -13,9 +13,14 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// An open directory.
+/// An open directory, used only while its descriptor is still that directory: the traced
+/// application may close every descriptor it did not open itself (daemons do, with
+/// `close_range`) and get the number back for one of its own, and then nothing is created or
+/// removed through it, and it is never closed by us.
 pub(crate) struct Dir {
-    dir: File,
+    fd: libc::c_int,
+    /// What it is (device, inode), from when it was opened.
+    id: (u64, u64),
 }
 
 fn c_name(name: &str) -> io::Result<CString> {
@@ -52,14 +57,29 @@ impl Dir {
         // SAFETY: open(2) of a NUL-terminated path; the result is checked.
         let dir = above_application_fds(fd_result(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) })?);
         let meta = dir.metadata()?;
-        Ok((Dir { dir }, meta))
+        use std::os::fd::IntoRawFd;
+        use std::os::unix::fs::MetadataExt;
+        Ok((Dir { id: (meta.dev(), meta.ino()), fd: dir.into_raw_fd() }, meta))
+    }
+
+    /// The descriptor, if it is still this directory's.
+    fn fd(&self) -> io::Result<libc::c_int> {
+        // SAFETY: a zeroed `stat` is a valid value (integers); fstat below fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat(2) with a valid out pointer; a closed descriptor only fails.
+        let stated = unsafe { libc::fstat(self.fd, &mut st) } == 0;
+        if stated && (st.st_dev, st.st_ino) == self.id {
+            Ok(self.fd)
+        } else {
+            Err(io::Error::other("the code cache's directory descriptor was closed by the application"))
+        }
     }
 
     /// Opens entry `name` for reading.
     pub(crate) fn open_entry(&self, name: &str) -> io::Result<File> {
         let c = c_name(name)?;
         // SAFETY: openat(2) relative to our directory fd with a NUL-terminated name.
-        fd_result(unsafe { libc::openat(self.dir.as_raw_fd(), c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) })
+        fd_result(unsafe { libc::openat(self.fd()?, c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) })
     }
 
     /// Creates entry `name`, which must not exist, for writing, with `mode` (less the umask).
@@ -67,13 +87,13 @@ impl Dir {
         let c = c_name(name)?;
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: as above; O_CREAT takes the mode as the third argument.
-        fd_result(unsafe { libc::openat(self.dir.as_raw_fd(), c.as_ptr(), flags, mode as libc::c_uint) })
+        fd_result(unsafe { libc::openat(self.fd()?, c.as_ptr(), flags, mode as libc::c_uint) })
     }
 
     /// Renames entry `from` to `to`, replacing `to`.
     pub(crate) fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (f, t) = (c_name(from)?, c_name(to)?);
-        let fd = self.dir.as_raw_fd();
+        let fd = self.fd()?;
         // SAFETY: renameat(2) within our directory with NUL-terminated names.
         if unsafe { libc::renameat(fd, f.as_ptr(), fd, t.as_ptr()) } == 0 {
             Ok(())
@@ -86,7 +106,7 @@ impl Dir {
     /// this directory, whatever its path has become.
     pub(crate) fn entries(&self) -> io::Result<Vec<(String, Metadata)>> {
         let mut out = vec![];
-        for e in std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))? {
+        for e in std::fs::read_dir(format!("/proc/self/fd/{}", self.fd()?))? {
             let e = e?;
             if let (Ok(name), Ok(meta)) = (e.file_name().into_string(), e.metadata()) {
                 out.push((name, meta));
@@ -99,10 +119,19 @@ impl Dir {
     pub(crate) fn remove(&self, name: &str) -> io::Result<()> {
         let c = c_name(name)?;
         // SAFETY: unlinkat(2) within our directory with a NUL-terminated name.
-        if unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) } == 0 {
+        if unsafe { libc::unlinkat(self.fd()?, c.as_ptr(), 0) } == 0 {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
+        }
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        if let Ok(fd) = self.fd() {
+            // SAFETY: our own descriptor, still this directory.
+            unsafe { libc::close(fd) };
         }
     }
 }
