@@ -1074,9 +1074,7 @@ fn attach_to_a_running_process_and_detach() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("`on_add` on /proc/self/exe:add: Attached"), "{}", text(&out.stderr));
     let sums = || {
-        let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
-        let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+        let at = signal_stats(&shm);
         (at(1), at(3))
     };
     assert_eq!(sums(), (0, 0), "the other thread's add(0, 0) calls add nothing");
@@ -1103,9 +1101,7 @@ fn probes_attach_while_threads_block_every_signal() {
     let obj = build_example("uprobe_signals");
     let target = bpftime_tests::clang::build_target("attachable", false);
     let sums = |shm: &str| {
-        let out = bpftime_shm(shm, &["map", "dump", "signal_stats", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
-        let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+        let at = signal_stats(shm);
         (at(1), at(3))
     };
     // (Injected; every signal blocked from the start, the mask inherited across execve.)
@@ -1145,10 +1141,7 @@ fn probes_attach_while_threads_block_every_signal() {
         } else {
             let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
             assert!(out.status.success(), "{}", text(&out.stderr));
-            let attached = (0..1000).any(|_| {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                text(&bpftime_shm(&shm, &["link", "list"]).stdout).contains("(Attached)")
-            });
+            let attached = wait_attached(&shm);
             assert!(attached, "{}", text(&bpftime_shm(&shm, &["link", "list"]).stdout));
         }
         writeln!(input, "run 1000").unwrap();
@@ -1203,18 +1196,13 @@ fn an_injected_agent_keeps_traps_open_in_threads_that_block_signals_later() {
         assert!(blocked.len() == 1 && blocked[0] & bit(libc::SIGUSR1) != 0 && blocked[0] & bit(libc::SIGTRAP) == 0, "round {round}: masks {blocked:x?}");
         let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        let attached = (0..1000).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            text(&bpftime_shm(&shm, &["link", "list"]).stdout).contains("(Attached)")
-        });
+        let attached = wait_attached(&shm);
         writeln!(input, "run 1000").unwrap();
         let done = line();
         drop(input);
         let status = child.wait().unwrap();
         assert!(attached && done == "done 500500" && status.success(), "round {round}: {done:?}, {status}");
-        let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
-        let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+        let at = signal_stats(&shm);
         assert_eq!((at(1), at(3)), (500500, 500500), "round {round}: every call after the attach");
         let _ = bpftime_shm(&shm, &["shm", "remove"]);
     }
@@ -1251,18 +1239,13 @@ fn descriptors_the_application_closed_and_reused_are_never_ours_again() {
     assert_eq!(line(), "reopened 1000");
     let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let attached = (0..1000).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        text(&bpftime_shm(&shm, &["link", "list"]).stdout).contains("(Attached)")
-    });
+    let attached = wait_attached(&shm);
     assert!(attached, "{}", text(&bpftime_shm(&shm, &["link", "list"]).stdout));
     writeln!(input, "run 1000").unwrap();
     assert_eq!(line(), "done 500500");
     drop(input);
     assert!(child.wait().unwrap().success());
-    let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
-    let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+    let at = signal_stats(&shm);
     assert_eq!((at(1), at(3)), (500500, 500500));
     let left: Vec<_> = std::fs::read_dir(&theirs).unwrap().filter_map(|e| e.ok().map(|e| e.file_name())).collect();
     assert!(left.is_empty(), "the application's directory got {left:?}");
@@ -1325,13 +1308,27 @@ fn probes_attach_after_the_process_gives_up_root() {
         assert_eq!(line(), "done 500500");
         drop(input);
         assert!(child.wait().unwrap().success());
-        let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
-        let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+        let at = signal_stats(&shm);
         assert_eq!((at(1), at(3)), (500500, 500500), "forked: {forked}: every call counted");
         let _ = bpftime_shm(&shm, &["shm", "remove"]);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The values `uprobe_signals` keeps in `signal_stats`, by key (0 entries, 1 their argument
+/// sum, 2 returns, 3 their result sum; 0 for a key not there).
+fn signal_stats(shm: &str) -> impl Fn(u64) -> u64 {
+    let out = bpftime_shm(shm, &["map", "dump", "signal_stats", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
+    move |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap())
+}
+
+/// Waits (up to 10 s) until a link of region `shm` says it is attached.
+fn wait_attached(shm: &str) -> bool {
+    (0..1000).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        text(&bpftime_shm(shm, &["link", "list"]).stdout).contains("(Attached)")
+    })
 }
 
 /// Waits (up to 10 s) until process `pid` blocks in a read(2) of its standard input (its
@@ -1423,9 +1420,7 @@ fn attach_to_a_process_whose_handlers_run_on_a_signal_stack() {
         let _ = watchdog.join();
         let said = text(&done.stdout);
         assert!(done.status.success() && said.ends_with(" clobbered 0\n"), "{mode} run {run}: {:?} {said}{}", done.status, text(&done.stderr));
-        let out = bpftime_shm(&shm, &["map", "dump", "signal_stats", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stdout)));
-        let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+        let at = signal_stats(&shm);
         let (entries, args, returns, results) = (at(0), at(1), at(2), at(3));
         assert!(entries >= 50_000 && (entries, args) == (returns, results), "{mode} run {run}: {said} {entries} {args} {returns} {results}");
         let _ = bpftime_shm(&shm, &["shm", "remove"]);
