@@ -191,9 +191,10 @@ pub unsafe fn signal(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sig
 /// arrive, and the engine's own real-time signals); signals that come meanwhile are delivered
 /// when it returns.
 pub(crate) fn with_signals_deferred<R>(f: impl FnOnce() -> R) -> R {
-    // Their handlers only move a thread out of code being rewritten, or turn interception on.
-    let open = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, crate::patch::fixup_signal(), crate::syscalls::enable_signal()];
-    let all = open.iter().fold(!GLIBC_INTERNAL, |m, &s| m & !(1u64 << (s - 1)));
+    // The engine's real-time signals' handlers only move a thread out of code being rewritten,
+    // or turn interception on.
+    let open = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE].into_iter().chain(engine_signals());
+    let all = !GLIBC_INTERNAL & !mask_of(open);
     let mut old = 0u64;
     // SAFETY: rt_sigprocmask(2) on this thread with valid 8-byte sets, made directly (libc's
     // name may be the agent's wrapper).
@@ -213,8 +214,9 @@ const GLIBC_INTERNAL: u64 = 3 << 31;
 /// Lets the signals the hook engine needs through on this thread again (after a mask function
 /// the agent does not wrap returned: see the agent's `hook_libc_masks`).
 pub fn reopen_needed_signals() {
-    let needed = needed_signals().fold(0u64, |m, sig| m | 1u64 << (sig - 1));
-    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK with a valid 8-byte set, made directly.
+    let needed = mask_of(needed_signals());
+    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK with a valid 8-byte set, made directly (libc's
+    // name may be the agent's wrapper).
     unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &needed as *const u64, std::ptr::null_mut::<u64>(), 8) };
 }
 
@@ -233,17 +235,24 @@ static MASKS_GUARDED: AtomicBool = AtomicBool::new(false);
 /// harmless there, and must be here too.
 pub fn keep_traps_deliverable() {
     MASKS_GUARDED.store(true, Ordering::Release);
-    let needed = needed_signals().fold(0u64, |m, sig| m | 1u64 << (sig - 1));
-    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK with a valid 8-byte set and no old set, made
-    // directly (libc's name may be the agent's wrapper).
-    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &needed as *const u64, std::ptr::null_mut::<u64>(), 8) };
+    reopen_needed_signals();
 }
 
 /// The signals a thread must let through for the hook engine to patch code it may run (a
 /// mask of bit `sig - 1`): `SIGTRAP` and the real-time signals of [`needed_signals`]. What
 /// `bpftime attach` clears in the threads of a process before the agent comes.
 pub fn engine_signal_mask() -> u64 {
-    [libc::SIGTRAP, crate::patch::fixup_signal(), crate::syscalls::enable_signal()].iter().fold(0, |m, &sig| m | 1u64 << (sig - 1))
+    mask_of(engine_signals())
+}
+
+/// `SIGTRAP` and the engine's two real-time signals (fix-up rounds, turning interception on).
+fn engine_signals() -> [libc::c_int; 3] {
+    [libc::SIGTRAP, crate::patch::fixup_signal(), crate::syscalls::enable_signal()]
+}
+
+/// A kernel signal mask (bit `sig - 1`) of `sigs`.
+fn mask_of(sigs: impl IntoIterator<Item = libc::c_int>) -> u64 {
+    sigs.into_iter().fold(0, |m, sig| m | 1u64 << (sig - 1))
 }
 
 /// The signals no mask may block while masks are guarded: `SIGTRAP`; the real-time signals
@@ -253,10 +262,7 @@ pub fn engine_signal_mask() -> u64 {
 fn needed_signals() -> impl Iterator<Item = libc::c_int> {
     let guarded = MASKS_GUARDED.load(Ordering::Acquire);
     let sigsys = guarded && crate::syscalls::active();
-    [(guarded, libc::SIGTRAP), (guarded, crate::patch::fixup_signal()), (guarded, crate::syscalls::enable_signal()), (sigsys, libc::SIGSYS)]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, s)| s)
+    engine_signals().into_iter().filter(move |_| guarded).chain(Some(libc::SIGSYS).filter(|_| sigsys))
 }
 
 /// Whether blocking `sig` is to be left undone (see [`keep_traps_deliverable`]).

@@ -1097,7 +1097,6 @@ fn attach_to_a_running_process_and_detach() {
 /// Every run counts each call made after the attach, and the process exits cleanly.
 #[test]
 fn probes_attach_while_threads_block_every_signal() {
-    use std::io::{BufRead, BufReader};
     let obj = build_example("uprobe_signals");
     let target = bpftime_tests::clang::build_target("attachable", false);
     let sums = |shm: &str| {
@@ -1113,8 +1112,7 @@ fn probes_attach_while_threads_block_every_signal() {
             Command::new(&target).arg("masked").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap()
         } else {
             assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_bpftime"));
-            cmd.env("BPFTIME_SHM", &shm).args(["start", "--"]).arg(&target).stdin(Stdio::piped()).stdout(Stdio::piped());
+            let mut cmd = start_piped(&shm, &target, &[]);
             if inherited {
                 use std::os::unix::process::CommandExt;
                 // SAFETY: the closure only fills a signal set and sets the mask
@@ -1132,9 +1130,7 @@ fn probes_attach_while_threads_block_every_signal() {
             }
             cmd.spawn().unwrap()
         };
-        let mut input = child.stdin.take().unwrap();
-        let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert_eq!(output.next().unwrap().unwrap(), "ready");
+        let (mut input, mut line) = attachable_io(&mut child);
         if injected {
             let out = bpftime_shm(&shm, &["attach", &child.id().to_string(), "--program", obj.to_str().unwrap()]);
             assert!(out.status.success(), "{}", text(&out.stderr));
@@ -1145,7 +1141,7 @@ fn probes_attach_while_threads_block_every_signal() {
             assert!(attached, "{}", text(&bpftime_shm(&shm, &["link", "list"]).stdout));
         }
         writeln!(input, "run 1000").unwrap();
-        let done = output.next().map(|l| l.unwrap_or_default()).unwrap_or_default();
+        let done = line();
         drop(input);
         let status = child.wait().unwrap();
         assert_eq!(done, "done 500500", "round {round} (injected: {injected}): {status}");
@@ -1164,7 +1160,6 @@ fn probes_attach_while_threads_block_every_signal() {
 /// after the attach is counted, and the process exits cleanly.
 #[test]
 fn an_injected_agent_keeps_traps_open_in_threads_that_block_signals_later() {
-    use std::io::{BufRead, BufReader};
     let obj = build_example("uprobe_signals");
     let target = bpftime_tests::clang::build_target("attachable", false);
     for round in 0..3 {
@@ -1172,10 +1167,7 @@ fn an_injected_agent_keeps_traps_open_in_threads_that_block_signals_later() {
         let _ = bpftime_shm(&shm, &["shm", "remove"]);
         assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
         let mut child = Command::new(&target).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        let mut input = child.stdin.take().unwrap();
-        let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut line = || output.next().map(|l| l.unwrap_or_default()).unwrap_or_default();
-        assert_eq!(line(), "ready");
+        let (mut input, mut line) = attachable_io(&mut child);
         let out = bpftime_shm(&shm, &["attach", &child.id().to_string()]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         writeln!(input, "block").unwrap();
@@ -1215,7 +1207,6 @@ fn an_injected_agent_keeps_traps_open_in_threads_that_block_signals_later() {
 /// each use, compiles in the process, counts every call, and leaves the directory empty.
 #[test]
 fn descriptors_the_application_closed_and_reused_are_never_ours_again() {
-    use std::io::{BufRead, BufReader};
     let obj = build_example("uprobe_signals");
     let target = bpftime_tests::clang::build_target("attachable", false);
     let shm = format!("bpftime-closeall-{}", std::process::id());
@@ -1223,18 +1214,8 @@ fn descriptors_the_application_closed_and_reused_are_never_ours_again() {
     std::fs::create_dir_all(&theirs).unwrap();
     let _ = bpftime_shm(&shm, &["shm", "remove"]);
     assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bpftime"))
-        .env("BPFTIME_SHM", &shm)
-        .args(["start", "--"])
-        .arg(&target)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut line = || output.next().map(|l| l.unwrap_or_default()).unwrap_or_default();
-    assert_eq!(line(), "ready");
+    let mut child = start_piped(&shm, &target, &[]).spawn().unwrap();
+    let (mut input, mut line) = attachable_io(&mut child);
     writeln!(input, "closeall {}", theirs.display()).unwrap();
     assert_eq!(line(), "reopened 1000");
     let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
@@ -1263,7 +1244,6 @@ fn descriptors_the_application_closed_and_reused_are_never_ours_again() {
 /// the sleep whole.
 #[test]
 fn probes_attach_after_the_process_gives_up_root() {
-    use std::io::{BufRead, BufReader};
     // SAFETY: geteuid(2) cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         println!("skipping: giving up root needs root");
@@ -1282,19 +1262,8 @@ fn probes_attach_after_the_process_gives_up_root() {
         let shm = format!("bpftime-dropped-{}-{forked}", std::process::id());
         let _ = bpftime_shm(&shm, &["shm", "remove"]);
         assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bpftime"))
-            .env("BPFTIME_SHM", &shm)
-            .args(["start", "--"])
-            .arg(&target)
-            .args(if forked { &["forked"][..] } else { &[][..] })
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut line = || output.next().map(|l| l.unwrap_or_default()).unwrap_or_default();
-        assert_eq!(line(), "ready");
+        let mut child = start_piped(&shm, &target, if forked { &["forked"] } else { &[] }).spawn().unwrap();
+        let (mut input, mut line) = attachable_io(&mut child);
         writeln!(input, "drop").unwrap();
         assert_eq!(line(), "dropped 0", "forked: {forked}");
         writeln!(input, "sleep 1500").unwrap();
@@ -1313,6 +1282,24 @@ fn probes_attach_after_the_process_gives_up_root() {
         let _ = bpftime_shm(&shm, &["shm", "remove"]);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `bpftime start -- TARGET ARGS` on region `shm`, its standard input and output piped (for
+/// `attachable`'s commands).
+fn start_piped(shm: &str, target: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bpftime"));
+    cmd.env("BPFTIME_SHM", shm).args(["start", "--"]).arg(target).args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+    cmd
+}
+
+/// The standard input and output lines of `attachable` running as `child`, once it said "ready".
+fn attachable_io(child: &mut std::process::Child) -> (std::process::ChildStdin, impl FnMut() -> String) {
+    use std::io::{BufRead, BufReader};
+    let input = child.stdin.take().unwrap();
+    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut line = move || output.next().map(|l| l.unwrap_or_default()).unwrap_or_default();
+    assert_eq!(line(), "ready");
+    (input, line)
 }
 
 /// The values `uprobe_signals` keeps in `signal_stats`, by key (0 entries, 1 their argument
