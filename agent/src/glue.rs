@@ -31,6 +31,8 @@ pub struct Agent {
     standalone: bool,
     /// Links seen, with the probes attached for each (detached when the link goes away).
     links: Mutex<std::collections::HashMap<u32, Vec<ProbeId>>>,
+    /// What each attached probe was made from: it waits again when its library is unloaded.
+    made_from: Mutex<std::collections::HashMap<ProbeId, Pending>>,
     /// USDT semaphores raised for links: (binary, file offset), lowered when the link goes.
     semaphores: Mutex<std::collections::HashMap<u32, (String, u64)>>,
 }
@@ -207,6 +209,7 @@ impl Agent {
                 Ok(id) => {
                     links::raise_state(region, p.link, LinkState::Attached);
                     self.links.lock().unwrap_or_else(|e| e.into_inner()).entry(p.link).or_default().push(id);
+                    self.made_from.lock().unwrap_or_else(|e| e.into_inner()).insert(id, p.clone());
                     // A USDT probe with a semaphore: the application does the probe's work
                     // only while the semaphore counts an attached probe.
                     if p.ref_ctr != 0 {
@@ -249,10 +252,114 @@ impl Agent {
 /// Libraries loaded by `dlopen` since the agent started (see [`library_loaded`]).
 static LIBRARY_LOADS: AtomicU64 = AtomicU64::new(0);
 
-/// Counts a library just loaded by `dlopen` and attaches the pending probes it may hold.
+/// Counts a library just loaded by `dlopen` and attaches the pending probes it may hold
+/// (those of a library unloaded before, at the same address or not, again).
 pub fn library_loaded() {
     LIBRARY_LOADS.fetch_add(1, Ordering::AcqRel);
+    library_unloaded();
     attach_pending();
+}
+
+/// After a library may have been unloaded (`dlclose`): the probes whose code went with it
+/// wait for it to be loaded again, as the kernel's, which are on the file, fire in each new
+/// mapping of it.
+pub fn library_unloaded() {
+    let Some(agent) = AGENT.get() else { return };
+    let gone = bpftime_attach::forget_unloaded();
+    if !gone.is_empty() {
+        agent.wait_again(&gone);
+    }
+}
+
+impl Agent {
+    /// Probes `gone` (their code unloaded) go back to the pending list.
+    fn wait_again(&self, gone: &[ProbeId]) {
+        let again: Vec<Pending> = {
+            let mut made = self.made_from.lock().unwrap_or_else(|e| e.into_inner());
+            gone.iter().filter_map(|id| made.remove(id)).collect()
+        };
+        {
+            let mut seen = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            for p in &again {
+                if let Some(probes) = seen.get_mut(&p.link) {
+                    probes.retain(|id| !gone.contains(id));
+                }
+            }
+        }
+        {
+            // A semaphore in the unloaded library went with it: nothing to lower.
+            let mut sems = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
+            for p in again.iter().filter(|p| p.ref_ctr != 0) {
+                if Target::parse(&p.target).is_ok_and(|t| sems.get(&p.link).is_some_and(|(b, _)| *b == t.binary)) {
+                    sems.remove(&p.link);
+                }
+            }
+        }
+        if verbose() {
+            for p in &again {
+                eprintln!("bpftime: `{}`: {} was unloaded; the probe waits for it to be loaded again", p.prog.name, p.target);
+            }
+        }
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(again);
+    }
+}
+
+/// After libc's `dlopen` (`loads`) or `dlclose` returns in a process the agent was loaded into
+/// while it ran: the application calls libc's directly, not the agent's wrappers.
+struct AfterLibraryCall {
+    loads: bool,
+}
+
+impl ProbeHandler for AfterLibraryCall {
+    fn on_hit(&self, regs: &PtRegs, _level: usize) -> Option<u64> {
+        // A NULL handle, or dlclose's error: nothing was loaded or unloaded.
+        let changed = if self.loads { regs.ax != 0 } else { regs.ax as u32 == 0 };
+        if changed {
+            let _ = std::panic::catch_unwind(if self.loads { library_loaded } else { library_unloaded });
+        }
+        None
+    }
+}
+
+/// In a process the agent was loaded into while it ran (`bpftime attach`), return probes on
+/// libc's `dlopen` and `dlclose` attach probes in a library as it is loaded and make them wait
+/// again as it is unloaded, as the agent's own wrappers do where it is preloaded.
+pub(crate) fn hook_libc_library_calls() {
+    for (name, loads) in [(c"dlopen", true), (c"dlclose", false)] {
+        // SAFETY: dlsym(3) in the global scope with a NUL-terminated name.
+        let real = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) } as usize;
+        if real == 0 {
+            continue;
+        }
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
+        if let Err(e) = attach(real as u64, info, ProbeKind::Return, Arc::new(AfterLibraryCall { loads })) {
+            eprintln!(
+                "bpftime: libc's {} cannot be hooked ({e}): probes in libraries it {} are seen at the next look at the link table",
+                name.to_string_lossy(),
+                if loads { "loads" } else { "unloads" }
+            );
+        }
+    }
+}
+
+/// How many times a library may have been loaded and unloaded in this process so far (the
+/// dynamic linker's `dlpi_adds` and `dlpi_subs`, dl_iterate_phdr(3)): the link follower
+/// notices libraries loaded and unloaded where `dlopen` and `dlclose` are not ours to wrap
+/// (an agent loaded by `bpftime attach`).
+fn library_generation() -> (u64, u64) {
+    unsafe extern "C" fn first(info: *mut libc::dl_phdr_info, size: libc::size_t, out: *mut libc::c_void) -> libc::c_int {
+        let fields_end = std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + std::mem::size_of::<u64>();
+        if size >= fields_end {
+            // SAFETY: the dynamic linker passes a valid record of `size` bytes, which holds
+            // both counters, and `out` is the pair below.
+            unsafe { *(out as *mut (u64, u64)) = ((*info).dlpi_adds, (*info).dlpi_subs) };
+        }
+        1
+    }
+    let mut counts = (0u64, 0u64);
+    // SAFETY: the callback matches dl_iterate_phdr's, and `counts` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(first), &mut counts as *mut (u64, u64) as *mut libc::c_void) };
+    counts
 }
 
 /// Attaches pending probes whose binaries are now mapped (after a dlopen).
@@ -374,6 +481,7 @@ pub(crate) fn start_in(name: String) {
     bpftime_attach::signals::keep_traps_deliverable();
     if crate::INJECTED.load(std::sync::atomic::Ordering::Acquire) {
         crate::masks::hook_libc_masks();
+        hook_libc_library_calls();
     }
     bpftime_attach::hold_self_mem();
     // While this process may still have one thread (see the function).
@@ -473,7 +581,14 @@ pub(crate) fn start_in(name: String) {
         }
     }
     let seen = found.iter().map(|l| (l.id, vec![])).collect();
-    let agent = AGENT.get_or_init(|| Agent { runtime, pending: Mutex::new(vec![]), standalone, links: Mutex::new(seen), semaphores: Mutex::default() });
+    let agent = AGENT.get_or_init(|| Agent {
+        runtime,
+        pending: Mutex::new(vec![]),
+        standalone,
+        links: Mutex::new(seen),
+        made_from: Mutex::default(),
+        semaphores: Mutex::default(),
+    });
     // Loaders attach and detach while this process runs, as with the kernel: a thread follows
     // the link table, asleep until the table changes (a loader that exits or closes a link has
     // its probes removed at once, before a kernel uprobe could land on our jump).
@@ -572,6 +687,7 @@ fn watch_links(mut seen: u32) {
     LAST_REFRESH.store(seen, std::sync::atomic::Ordering::Release);
     let slot = region.register_runner(seen);
     let mut detached: std::collections::VecDeque<(u32, std::time::Instant)> = Default::default();
+    let mut libraries = library_generation();
     loop {
         let wait = if detached.is_empty() { interval } else { interval.min(bpftime_shm::RETIRE_GRACE) };
         region.wait_for_table_change(seen, wait);
@@ -589,6 +705,11 @@ fn watch_links(mut seen: u32) {
         }
         if let (Some(slot), Some(s)) = (slot, settled) {
             region.caught_up(slot, s);
+        }
+        let now = library_generation();
+        if now != libraries {
+            libraries = now;
+            let _ = std::panic::catch_unwind(library_loaded);
         }
         for addr in std::panic::catch_unwind(bpftime_attach::yield_to_foreign_breakpoints).unwrap_or_default() {
             eprintln!("bpftime: a breakpoint not ours (a kernel uprobe?) was placed over the probe at {addr:#x}; the function has its own first bytes back there, and bpftime's probes that ran through them stop in this process");
@@ -621,6 +742,12 @@ impl Agent {
                 }
                 alive
             });
+        }
+        {
+            let mut made = self.made_from.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &gone {
+                made.remove(id);
+            }
         }
         for id in gone {
             let _ = detach(id);

@@ -8,7 +8,8 @@
 //! - otherwise it attaches the links found in the region (`bpftime run` and loaders write them).
 //!
 //! Probes on libraries that are not loaded yet wait: the agent wraps `dlopen` and attaches them
-//! when the library appears. Every error is printed with a `bpftime:` prefix and the
+//! when the library appears, and `dlclose`, after which the probes of a library unloaded wait
+//! for it again (loaded by `bpftime attach`, return probes on libc's do the same). Every error is printed with a `bpftime:` prefix and the
 //! application runs on untouched; nothing panics across the C boundary.
 //!
 //! Thin glue: hooks come from `bpftime-attach`, programs from `bpftime-runtime`.
@@ -143,6 +144,31 @@ pub unsafe extern "C" fn dlopen(filename: *const libc::c_char, flags: libc::c_in
         });
     }
     handle
+}
+
+/// `dlclose`, wrapped: probes in a library the real one unloads wait for it to be loaded
+/// again.
+///
+/// # Safety
+/// Same contract as dlclose(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dlclose(handle: *mut libc::c_void) -> libc::c_int {
+    type DlcloseFn = unsafe extern "C" fn(*mut libc::c_void) -> libc::c_int;
+    static REAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name (dlsym(3)).
+    let real = *REAL.get_or_init(|| unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlclose".as_ptr()) as usize });
+    if real == 0 {
+        return -1;
+    }
+    // SAFETY: `real` is the next dlclose in the lookup order, which has this signature, called
+    // with the caller's handle.
+    let rc = unsafe { std::mem::transmute::<usize, DlcloseFn>(real)(handle) };
+    if rc == 0 && !bpftime_attach::in_probe() {
+        bpftime_attach::without_probes(|| {
+            let _ = std::panic::catch_unwind(glue::library_unloaded);
+        });
+    }
+    rc
 }
 
 /// `sigaction`, wrapped: the application's handlers run behind the hook engine's wrapper, so

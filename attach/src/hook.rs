@@ -2454,17 +2454,41 @@ fn yield_site(s: &Site) -> bool {
 
 /// Forgets the sites whose code is gone (a library unloaded, maybe another loaded at the same
 /// address): their bytes are no longer what the site wrote or kept. Their patch slots are
-/// released, so that new probes may patch there afresh.
+/// released, so that new probes may patch there afresh; their probes wait in [`FORGOTTEN`].
 fn forget_stale_sites(map: &mut HashMap<u64, &'static Site>) {
     // Where this process's memory cannot be read, nothing is taken for gone.
     let _ = patch::with_self_mem(false, |mem| {
-        forget_sites_gone_from(mem, map);
+        let sites = forget_sites_gone_from(mem, map);
+        if !sites.is_empty() {
+            let mut forgotten = FORGOTTEN.lock().unwrap_or_else(|e| e.into_inner());
+            for s in sites {
+                forgotten.extend(list(&s.entry).iter().chain(list(&s.ret).iter()).map(|(id, _)| *id));
+            }
+        }
         Ok(())
     });
 }
 
-/// [`forget_stale_sites`], reading the code through `mem`.
-fn forget_sites_gone_from(mem: &std::fs::File, map: &mut HashMap<u64, &'static Site>) {
+/// Probes of sites forgotten since [`forget_unloaded`] last said which.
+static FORGOTTEN: Mutex<Vec<ProbeId>> = Mutex::new(Vec::new());
+
+/// The probes whose code went with its library (`dlclose`, or an unmap) since the last call:
+/// forgotten, so that the same function in a library loaded again, at that address or any
+/// other, is patched afresh when they are attached again. Their handlers are not called from
+/// then on.
+pub fn forget_unloaded() -> Vec<ProbeId> {
+    let _patching = PATCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut map = sites().lock().unwrap_or_else(|e| e.into_inner());
+    if !map.is_empty() {
+        // A kernel uprobe's `int3` over a jump of ours is not the code gone.
+        yield_sites(&map);
+        forget_stale_sites(&mut map);
+    }
+    std::mem::take(&mut *FORGOTTEN.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// [`forget_stale_sites`], reading the code through `mem`; returns the sites forgotten.
+fn forget_sites_gone_from(mem: &std::fs::File, map: &mut HashMap<u64, &'static Site>) -> Vec<&'static Site> {
     use std::os::unix::fs::FileExt;
     let holds = |addr: u64, want: &[u8]| {
         let mut b = [0u8; PATCH_LEN];
@@ -2488,14 +2512,17 @@ fn forget_sites_gone_from(mem: &std::fs::File, map: &mut HashMap<u64, &'static S
         mem.read_exact_at(&mut b, s.addr).is_ok() && b[1..] == s.original[1..] && (b[0] == 0xcc || b[0] == s.original[0])
     };
     let stale: Vec<u64> = map.iter().filter(|(_, s)| if s.yielded.load(Ordering::Acquire) { !given_back(s) } else { !current(s) }).map(|(a, _)| *a).collect();
+    let mut forgotten = vec![];
     for a in stale {
         if let Some(s) = map.remove(&a) {
             patch::release_site(s.slot);
             for r in s.returns.get().into_iter().flatten() {
                 patch::release_site(r.slot);
             }
+            forgotten.push(s);
         }
     }
+    forgotten
 }
 
 /// How many `ret`s of the function at `addr` are patched for its return probes (0: its return

@@ -1051,6 +1051,61 @@ fn usdt_programs_run_under_bpftime_run() {
     }
 }
 
+/// A library unloaded with dlclose and loaded again keeps its probes, as the kernel's, which
+/// are on the file, fire in every mapping of it: a uprobe and a USDT probe in it count the
+/// calls of all three loads under `bpftime run` (the second load used to run unprobed: the
+/// probes stayed with the first). An agent loaded into the running process with `bpftime
+/// attach` (where the application's dlopen and dlclose are libc's, not the agent's) attaches
+/// the probe when the library is loaded after it, and again at each later load.
+#[test]
+fn probes_follow_a_library_unloaded_and_loaded_again() {
+    use std::io::{BufRead, BufReader};
+    let lib = bpftime_tests::clang::build_target("plugin", true);
+    let host = bpftime_tests::clang::build_target("dlopen_host", false);
+    let (lib, host) = (lib.to_str().unwrap(), host.to_str().unwrap());
+    // sum of i for i < 500, three times; plugin_mul(i, 3) summed.
+    let (sum_a, product) = (3 * 124_750, 3 * 3 * 124_750);
+    let uprobe = build_example("uprobe_plugin");
+    let out = bpftime(&["run", uprobe.to_str().unwrap(), "--", host, lib, "500", "3"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), format!("sum {product}"));
+    assert!(stderr.contains(&format!("  0 => 1500\n  1 => {sum_a}\n")), "uprobe calls and first arguments over three loads: {stderr}");
+    let usdt = build_example("usdt_plugin");
+    let place = format!("on_mul={lib}:plugin:mul");
+    let out = bpftime(&["run", "--attach", &place, usdt.to_str().unwrap(), "--", host, lib, "500", "3"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains(&format!("  0 => 1500\n  1 => {sum_a}\n  2 => 4500\n")), "USDT hits over three loads: {stderr}");
+
+    let shm = format!("bpftime-reloaded-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    let mut target = Command::new(host).args([lib, "200", "4", "step"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = target.id().to_string();
+    let mut input = target.stdin.take().unwrap();
+    let mut output = BufReader::new(target.stdout.take().unwrap()).lines();
+    let mut ready = || assert_eq!(output.next().unwrap().unwrap(), "ready");
+    // Round 0 unprobed, its library unloaded when the agent comes.
+    ready();
+    writeln!(input).unwrap();
+    ready();
+    let out = bpftime_shm(&shm, &["attach", &pid, "--program", uprobe.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("`on_mul` on libplugin.so:plugin_mul: Waiting"), "{}", text(&out.stderr));
+    for _ in 1..=2 {
+        writeln!(input).unwrap();
+        ready();
+    }
+    let dump = bpftime_shm(&shm, &["map", "dump", "mul_stats", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap_or_else(|_| panic!("{}", text(&dump.stdout)));
+    let at = |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap());
+    assert_eq!((at(0), at(1)), (400, 2 * 19_900), "calls and first arguments of rounds 1 and 2, each in a load of its own");
+    writeln!(input).unwrap();
+    assert_eq!(output.next().unwrap().unwrap(), format!("sum {}", 4 * 3 * 19_900));
+    assert!(target.wait().unwrap().success());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+}
+
 /// `bpftime attach PID` loads the agent into a process started without it (blocked in a read
 /// while another thread calls the probed function), the probes count exactly while attached,
 /// `bpftime detach PID` removes them, and the process runs on with its own code and exits 0.
