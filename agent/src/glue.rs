@@ -191,6 +191,9 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
 impl Agent {
     /// Attaches what can be; keeps targets whose binary is not mapped yet.
     fn attach_all(&self, items: Vec<Pending>) {
+        if !items.is_empty() {
+            crate::libraries::watch(crate::INJECTED.load(Ordering::Acquire));
+        }
         let loads = LIBRARY_LOADS.load(Ordering::Acquire);
         bpftime_attach::procmaps::with_one_read(|| self.attach_each(items));
         // A library loaded by another thread meanwhile was not in the maps the batch read, and
@@ -249,26 +252,21 @@ impl Agent {
     }
 }
 
-/// Libraries loaded by `dlopen` since the agent started (see [`library_loaded`]).
+/// Changes seen in the dynamic linker's list of objects since the agent started (see
+/// [`libraries_changed`]).
 static LIBRARY_LOADS: AtomicU64 = AtomicU64::new(0);
 
-/// Counts a library just loaded by `dlopen` and attaches the pending probes it may hold
-/// (those of a library unloaded before, at the same address or not, again).
-pub fn library_loaded() {
+/// After a library may have been loaded or unloaded (see `crate::libraries`): the probes whose
+/// code went with an unloaded library wait for it again, and the probes waiting for a library
+/// now mapped attach.
+pub(crate) fn libraries_changed() {
     LIBRARY_LOADS.fetch_add(1, Ordering::AcqRel);
-    library_unloaded();
-    attach_pending();
-}
-
-/// After a library may have been unloaded (`dlclose`): the probes whose code went with it
-/// wait for it to be loaded again, as the kernel's, which are on the file, fire in each new
-/// mapping of it.
-pub fn library_unloaded() {
     let Some(agent) = AGENT.get() else { return };
     let gone = bpftime_attach::forget_unloaded();
     if !gone.is_empty() {
         agent.wait_again(&gone);
     }
+    attach_pending();
 }
 
 impl Agent {
@@ -302,64 +300,6 @@ impl Agent {
         }
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(again);
     }
-}
-
-/// After libc's `dlopen` (`loads`) or `dlclose` returns in a process the agent was loaded into
-/// while it ran: the application calls libc's directly, not the agent's wrappers.
-struct AfterLibraryCall {
-    loads: bool,
-}
-
-impl ProbeHandler for AfterLibraryCall {
-    fn on_hit(&self, regs: &PtRegs, _level: usize) -> Option<u64> {
-        // A NULL handle, or dlclose's error: nothing was loaded or unloaded.
-        let changed = if self.loads { regs.ax != 0 } else { regs.ax as u32 == 0 };
-        if changed {
-            let _ = std::panic::catch_unwind(if self.loads { library_loaded } else { library_unloaded });
-        }
-        None
-    }
-}
-
-/// In a process the agent was loaded into while it ran (`bpftime attach`), return probes on
-/// libc's `dlopen` and `dlclose` attach probes in a library as it is loaded and make them wait
-/// again as it is unloaded, as the agent's own wrappers do where it is preloaded.
-pub(crate) fn hook_libc_library_calls() {
-    for (name, loads) in [(c"dlopen", true), (c"dlclose", false)] {
-        // SAFETY: dlsym(3) in the global scope with a NUL-terminated name.
-        let real = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) } as usize;
-        if real == 0 {
-            continue;
-        }
-        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
-        if let Err(e) = attach(real as u64, info, ProbeKind::Return, Arc::new(AfterLibraryCall { loads })) {
-            eprintln!(
-                "bpftime: libc's {} cannot be hooked ({e}): probes in libraries it {} are seen at the next look at the link table",
-                name.to_string_lossy(),
-                if loads { "loads" } else { "unloads" }
-            );
-        }
-    }
-}
-
-/// How many times a library may have been loaded and unloaded in this process so far (the
-/// dynamic linker's `dlpi_adds` and `dlpi_subs`, dl_iterate_phdr(3)): the link follower
-/// notices libraries loaded and unloaded where `dlopen` and `dlclose` are not ours to wrap
-/// (an agent loaded by `bpftime attach`).
-fn library_generation() -> (u64, u64) {
-    unsafe extern "C" fn first(info: *mut libc::dl_phdr_info, size: libc::size_t, out: *mut libc::c_void) -> libc::c_int {
-        let fields_end = std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + std::mem::size_of::<u64>();
-        if size >= fields_end {
-            // SAFETY: the dynamic linker passes a valid record of `size` bytes, which holds
-            // both counters, and `out` is the pair below.
-            unsafe { *(out as *mut (u64, u64)) = ((*info).dlpi_adds, (*info).dlpi_subs) };
-        }
-        1
-    }
-    let mut counts = (0u64, 0u64);
-    // SAFETY: the callback matches dl_iterate_phdr's, and `counts` outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(first), &mut counts as *mut (u64, u64) as *mut libc::c_void) };
-    counts
 }
 
 /// Attaches pending probes whose binaries are now mapped (after a dlopen).
@@ -481,7 +421,6 @@ pub(crate) fn start_in(name: String) {
     bpftime_attach::signals::keep_traps_deliverable();
     if crate::INJECTED.load(std::sync::atomic::Ordering::Acquire) {
         crate::masks::hook_libc_masks();
-        hook_libc_library_calls();
     }
     bpftime_attach::hold_self_mem();
     // While this process may still have one thread (see the function).
@@ -687,7 +626,7 @@ fn watch_links(mut seen: u32) {
     LAST_REFRESH.store(seen, std::sync::atomic::Ordering::Release);
     let slot = region.register_runner(seen);
     let mut detached: std::collections::VecDeque<(u32, std::time::Instant)> = Default::default();
-    let mut libraries = library_generation();
+    let mut libraries = crate::libraries::generation();
     loop {
         let wait = if detached.is_empty() { interval } else { interval.min(bpftime_shm::RETIRE_GRACE) };
         region.wait_for_table_change(seen, wait);
@@ -706,10 +645,10 @@ fn watch_links(mut seen: u32) {
         if let (Some(slot), Some(s)) = (slot, settled) {
             region.caught_up(slot, s);
         }
-        let now = library_generation();
+        let now = crate::libraries::generation();
         if now != libraries {
             libraries = now;
-            let _ = std::panic::catch_unwind(library_loaded);
+            let _ = std::panic::catch_unwind(libraries_changed);
         }
         for addr in std::panic::catch_unwind(bpftime_attach::yield_to_foreign_breakpoints).unwrap_or_default() {
             eprintln!("bpftime: a breakpoint not ours (a kernel uprobe?) was placed over the probe at {addr:#x}; the function has its own first bytes back there, and bpftime's probes that ran through them stop in this process");

@@ -7,9 +7,8 @@
 //!   memory) and attaches every `uprobe/...` and `uretprobe/...` section;
 //! - otherwise it attaches the links found in the region (`bpftime run` and loaders write them).
 //!
-//! Probes on libraries that are not loaded yet wait: the agent wraps `dlopen` and attaches them
-//! when the library appears, and `dlclose`, after which the probes of a library unloaded wait
-//! for it again (loaded by `bpftime attach`, return probes on libc's do the same). Every error is printed with a `bpftime:` prefix and the
+//! Probes on libraries that are not loaded yet wait, and attach when the library is mapped; the
+//! probes of a library unloaded wait for it again (see `libraries`). Every error is printed with a `bpftime:` prefix and the
 //! application runs on untouched; nothing panics across the C boundary.
 //!
 //! Thin glue: hooks come from `bpftime-attach`, programs from `bpftime-runtime`.
@@ -19,6 +18,7 @@ use std::ffi::{c_char, c_int};
 mod alloc;
 mod cuda;
 mod glue;
+mod libraries;
 mod masks;
 mod syscalls;
 
@@ -138,9 +138,9 @@ pub unsafe extern "C" fn dlopen(filename: *const libc::c_char, flags: libc::c_in
     let f: DlopenFn = unsafe { std::mem::transmute(real) };
     // SAFETY: forwarding the caller's arguments unchanged.
     let handle = unsafe { f(filename, flags) };
-    if !handle.is_null() && !bpftime_attach::in_probe() {
+    if !handle.is_null() && !bpftime_attach::in_probe() && libraries::wrappers_needed() {
         bpftime_attach::without_probes(|| {
-            let _ = std::panic::catch_unwind(glue::library_loaded);
+            let _ = std::panic::catch_unwind(glue::libraries_changed);
         });
     }
     handle
@@ -163,9 +163,9 @@ pub unsafe extern "C" fn dlclose(handle: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `real` is the next dlclose in the lookup order, which has this signature, called
     // with the caller's handle.
     let rc = unsafe { std::mem::transmute::<usize, DlcloseFn>(real)(handle) };
-    if rc == 0 && !bpftime_attach::in_probe() {
+    if rc == 0 && !bpftime_attach::in_probe() && libraries::wrappers_needed() {
         bpftime_attach::without_probes(|| {
-            let _ = std::panic::catch_unwind(glue::library_unloaded);
+            let _ = std::panic::catch_unwind(glue::libraries_changed);
         });
     }
     rc
