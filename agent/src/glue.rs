@@ -22,6 +22,15 @@ struct Pending {
     ref_ctr: u64,
 }
 
+/// What the agent's attached probes were made from (see [`Agent::wait_again`]).
+#[derive(Default)]
+struct MadeFrom {
+    probes: std::collections::HashMap<ProbeId, Pending>,
+    /// Probes said to be gone (their library unloaded) before their batch recorded them: that
+    /// batch sends them back to wait instead.
+    gone_early: std::collections::HashSet<ProbeId>,
+}
+
 /// The agent's state in this process.
 pub struct Agent {
     runtime: &'static Runtime,
@@ -32,7 +41,7 @@ pub struct Agent {
     /// Links seen, with the probes attached for each (detached when the link goes away).
     links: Mutex<std::collections::HashMap<u32, Vec<ProbeId>>>,
     /// What each attached probe was made from: it waits again when its library is unloaded.
-    made_from: Mutex<std::collections::HashMap<ProbeId, Pending>>,
+    made_from: Mutex<MadeFrom>,
     /// USDT semaphores raised for links: (binary, file offset), lowered when the link goes.
     semaphores: Mutex<std::collections::HashMap<u32, (String, u64)>>,
 }
@@ -210,9 +219,17 @@ impl Agent {
         for p in items {
             match attach_one(self.runtime, &p) {
                 Ok(id) => {
+                    {
+                        let mut made = self.made_from.lock().unwrap_or_else(|e| e.into_inner());
+                        if made.gone_early.remove(&id) {
+                            // Its library went between the attach and now.
+                            still.push(p);
+                            continue;
+                        }
+                        made.probes.insert(id, p.clone());
+                    }
                     links::raise_state(region, p.link, LinkState::Attached);
                     self.links.lock().unwrap_or_else(|e| e.into_inner()).entry(p.link).or_default().push(id);
-                    self.made_from.lock().unwrap_or_else(|e| e.into_inner()).insert(id, p.clone());
                     // A USDT probe with a semaphore: the application does the probe's work
                     // only while the semaphore counts an attached probe.
                     if p.ref_ctr != 0 {
@@ -274,7 +291,16 @@ impl Agent {
     fn wait_again(&self, gone: &[ProbeId]) {
         let again: Vec<Pending> = {
             let mut made = self.made_from.lock().unwrap_or_else(|e| e.into_inner());
-            gone.iter().filter_map(|id| made.remove(id)).collect()
+            let mut again = vec![];
+            for id in gone {
+                match made.probes.remove(id) {
+                    Some(p) => again.push(p),
+                    // Not recorded yet (see `MadeFrom::gone_early`), or not one of the
+                    // programs' probes (the agent's own).
+                    None => drop(made.gone_early.insert(*id)),
+                }
+            }
+            again
         };
         {
             let mut seen = self.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -685,7 +711,7 @@ impl Agent {
         {
             let mut made = self.made_from.lock().unwrap_or_else(|e| e.into_inner());
             for id in &gone {
-                made.remove(id);
+                made.probes.remove(id);
             }
         }
         for id in gone {

@@ -132,6 +132,18 @@ pub struct Site {
     /// site gave the function its bytes back: it stays unpatched (see
     /// [`yield_to_foreign_breakpoints`]).
     yielded: AtomicBool,
+    /// The file mapped at the site when it was made (see [`mapped_at`]): another there now
+    /// means the site's code is gone.
+    mapped_from: Option<MappedFrom>,
+}
+
+/// The file a mapping holds and where in it an address lies: (device, inode, file offset).
+type MappedFrom = (String, u64, u64);
+
+/// What file is mapped at `addr` and at which offset (None: unmapped, or anonymous memory).
+fn mapped_at(maps: &[crate::procmaps::Mapping], addr: u64) -> Option<MappedFrom> {
+    let m = maps.iter().find(|m| m.start <= addr && addr < m.end && m.inode != 0)?;
+    Some((m.dev.clone(), m.inode, addr - m.start + m.offset))
 }
 
 /// What is written over a site.
@@ -233,6 +245,9 @@ struct HookThread {
     stack_in_use: Cell<u8>,
     /// The handler stack is registered for release at the thread's exit.
     stack_registered: Cell<u8>,
+    /// The thread is making the application's own system call for it (intercepted): busy as
+    /// it is, the application's signals are not deferred, they interrupt the call as ever.
+    app_call: Cell<u8>,
     /// The top of the thread's handler stack (0 until its first hit maps it, then
     /// [`NO_HANDLER_STACK`] once it has none): the stubs run the handlers there, not on the
     /// application's stack, which may be a goroutine's few kilobytes (see
@@ -244,15 +259,20 @@ struct HookThread {
     /// signal over the live frames of a handler it does not know ran there (an agent loaded
     /// into a running process wraps none of its handlers: see [`in_signal_handler`]).
     alt_stack: Cell<[u64; 3]>,
+    /// Signals (bit `n - 1` for signal `n`) queued again and blocked because they came while
+    /// the thread was busy (see `signals::defer`): unblocked when the thread's work is over.
+    deferred: Cell<u64>,
 }
 
 const _: () = assert!(
-    std::mem::size_of::<HookThread>() == 56
+    std::mem::size_of::<HookThread>() == 64
         && std::mem::offset_of!(HookThread, selector) == 16
         && std::mem::offset_of!(HookThread, stack_in_use) == 17
         && std::mem::offset_of!(HookThread, stack_registered) == 18
+        && std::mem::offset_of!(HookThread, app_call) == 19
         && std::mem::offset_of!(HookThread, stack_top) == 24
         && std::mem::offset_of!(HookThread, alt_stack) == 32
+        && std::mem::offset_of!(HookThread, deferred) == 56
 );
 
 // The hook engine's thread-local, defined here in the initial-exec model (`@GOTTPOFF`), which
@@ -270,11 +290,11 @@ std::arch::global_asm!(
     ".globl bpftime_hook_thread",
     ".hidden bpftime_hook_thread",
     ".type bpftime_hook_thread, @tls_object",
-    ".size bpftime_hook_thread, 56",
+    ".size bpftime_hook_thread, 64",
     "bpftime_hook_thread:",
     ".zero 16",
     ".byte 1",
-    ".zero 39",
+    ".zero 47",
     ".text",
 );
 
@@ -334,13 +354,49 @@ pub(crate) fn admit() -> Admission {
     }
 }
 
-/// Restores the state a flow found on entering (a thread once warm stays warm).
+/// Restores the state a flow found on entering (a thread once warm stays warm); back out of
+/// our work, the thread takes the signals deferred meanwhile.
 #[inline(always)]
 pub(crate) fn leave(st: ThreadState) {
-    {
-        let t = thread();
-        set_state(t, ThreadState { warm: st.warm || t.state.get().warm, ..st });
+    let t = thread();
+    set_state(t, ThreadState { warm: st.warm || t.state.get().warm, ..st });
+    if !st.busy && t.deferred.get() != 0 {
+        take_deferred_signals(t);
     }
+}
+
+/// Whether this thread's work now is the application's own system call (see
+/// [`making_application_call`]).
+pub(crate) fn in_application_call() -> bool {
+    thread().app_call.get() != 0
+}
+
+/// Runs `f`, which makes the application's own system call for it: signals that come
+/// meanwhile are the application's to take at once (`EINTR`), not deferred to the end of our
+/// work around the call.
+pub(crate) fn making_application_call<R>(f: impl FnOnce() -> R) -> R {
+    let t = thread();
+    let was = t.app_call.replace(1);
+    let r = f();
+    t.app_call.set(was);
+    r
+}
+
+/// Notes that signals `bits` wait, blocked, for this thread's current work to end.
+pub(crate) fn defer_signals(bits: u64) {
+    let t = thread();
+    t.deferred.set(t.deferred.get() | bits);
+}
+
+/// Unblocks the signals deferred while the thread was busy: the kernel delivers them as the
+/// call returns, to a thread that now runs the application's code as far as they can tell.
+#[cold]
+#[inline(never)]
+fn take_deferred_signals(t: &HookThread) {
+    let bits = t.deferred.replace(0);
+    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK on this thread with a valid 8-byte set, made
+    // directly (libc's name may be the agent's wrapper).
+    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &bits as *const u64, std::ptr::null_mut::<u64>(), 8) };
 }
 
 #[cold]
@@ -2002,6 +2058,41 @@ fn sites() -> &'static Mutex<HashMap<u64, &'static Site>> {
     SITES.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// The patch lock and the site table, held by the thread that forks from before the fork
+/// until after it, in the parent and in the child (pthread_atfork(3)): a child copied while
+/// another thread held them (the link follower's attach batches hold the patch lock for long)
+/// would find them locked for ever, and its next attach, or its next library load (see the
+/// agent's `libraries`), would hang.
+struct ForkGuards(std::cell::UnsafeCell<Option<(std::sync::MutexGuard<'static, ()>, std::sync::MutexGuard<'static, HashMap<u64, &'static Site>>)>>);
+
+// SAFETY: only the thread holding both locks touches the cell (set after taking them, emptied
+// before their release), so no two threads ever do at once.
+unsafe impl Sync for ForkGuards {}
+
+static FORK_GUARDS: ForkGuards = ForkGuards(std::cell::UnsafeCell::new(None));
+
+/// Registers the fork handlers of [`ForkGuards`] (once).
+fn keep_locks_whole_across_fork() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn prepare() {
+        without_probes(|| {
+            let patching = PATCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let map = sites().lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: this thread holds both locks (see `ForkGuards`).
+            unsafe { *FORK_GUARDS.0.get() = Some((patching, map)) };
+        });
+    }
+    extern "C" fn release() {
+        // SAFETY: called after `prepare` on the thread that holds both locks (in a child, its
+        // only thread); dropping the guards unlocks them (std's locks keep no owner).
+        without_probes(|| drop(unsafe { (*FORK_GUARDS.0.get()).take() }));
+    }
+    ONCE.call_once(|| {
+        // SAFETY: registers plain extern "C" handlers (pthread_atfork(3)).
+        unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
+    });
+}
+
 fn next_id() -> ProbeId {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     ProbeId(NEXT.fetch_add(1, Ordering::Relaxed))
@@ -2071,6 +2162,7 @@ fn build_trap_site(addr: u64, info: SiteInfo, remark: String) -> Result<&'static
         remark,
         first_len: first.len() as u8,
         yielded: AtomicBool::new(false),
+        mapped_from: mapped_at(&crate::procmaps::mappings(), addr),
     });
     site.slot = patch::register_site(addr, 1, page, &[], &*site as *const Site as u64).ok_or(AttachError::TooManySites)?;
     Ok(Box::leak(site))
@@ -2224,6 +2316,7 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
         remark: String::new(),
         first_len: instrs[0].len() as u8,
         yielded: AtomicBool::new(false),
+        mapped_from: mapped_at(&crate::procmaps::mappings(), addr),
     });
     let point = if at_entry { PointKind::FunctionEntry } else { PointKind::MidFunction };
     if at_entry {
@@ -2321,6 +2414,7 @@ pub struct SiteInfo {
 /// Attaches `handler` to `addr`: patches the code on the first probe of a site.
 pub fn attach(addr: u64, info: SiteInfo, kind: ProbeKind, handler: Arc<dyn ProbeHandler>) -> Result<ProbeId, AttachError> {
     handler_stacks();
+    keep_locks_whole_across_fork();
     if kind == ProbeKind::Return && !info.at_entry {
         return Err(AttachError::ReturnNotAtEntry { addr });
     }
@@ -2487,31 +2581,30 @@ pub fn forget_unloaded() -> Vec<ProbeId> {
     std::mem::take(&mut *FORGOTTEN.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// [`forget_stale_sites`], reading the code through `mem`; returns the sites forgotten.
+/// [`forget_stale_sites`], reading the code through `mem`; returns the sites forgotten. A
+/// site's code is gone when its address is unmapped or holds another file now, or when it
+/// holds the same file with none of the site's bytes left (the library unloaded and loaded
+/// again at the same address). Bytes of the same file that are neither ours nor the file's
+/// (another tool's breakpoint over our jump or over a patched `ret`, a debugger's) are not
+/// the code gone: the site stays, and so do its probes.
 fn forget_sites_gone_from(mem: &std::fs::File, map: &mut HashMap<u64, &'static Site>) -> Vec<&'static Site> {
     use std::os::unix::fs::FileExt;
-    let holds = |addr: u64, want: &[u8]| {
-        let mut b = [0u8; PATCH_LEN];
-        mem.read_exact_at(&mut b[..want.len()], addr).is_ok() && b[..want.len()] == *want
-    };
-    let current = |s: &Site| {
+    let maps = crate::procmaps::mappings();
+    let reloaded = |s: &Site| {
         let n = s.method.len();
-        let want: &[u8] = match s.installed.load(Ordering::Acquire) {
-            x if x == Installed::Stub as u8 => &s.jump[..n],
-            x if x == Installed::Trampoline as u8 => &s.to_trampoline[..],
-            _ => &s.original[..n],
-        };
-        let returns_current =
-            s.returns.get().is_none_or(|rs| rs.iter().all(|r| holds(r.addr, if r.installed.load(Ordering::Acquire) { &r.jump } else { &r.original })));
-        returns_current && holds(s.addr, want)
-    };
-    // A site given back keeps the function's bytes behind the other tool's `int3` (or its own
-    // first byte again, once the other probe went).
-    let given_back = |s: &Site| {
         let mut b = [0u8; PATCH_LEN];
-        mem.read_exact_at(&mut b, s.addr).is_ok() && b[1..] == s.original[1..] && (b[0] == 0xcc || b[0] == s.original[0])
+        match mem.read_exact_at(&mut b[..n], s.addr) {
+            // Unreadable: unmapped meanwhile.
+            Err(_) => true,
+            Ok(()) => !s.yielded.load(Ordering::Acquire) && s.installed.load(Ordering::Acquire) != Installed::Original as u8 && b[..n] == s.original[..n],
+        }
     };
-    let stale: Vec<u64> = map.iter().filter(|(_, s)| if s.yielded.load(Ordering::Acquire) { !given_back(s) } else { !current(s) }).map(|(a, _)| *a).collect();
+    let gone = |s: &Site| match (mapped_at(&maps, s.addr), &s.mapped_from) {
+        (None, Some(_)) => true,
+        (Some(now), Some(then)) if now != *then => true,
+        _ => reloaded(s),
+    };
+    let stale: Vec<u64> = map.iter().filter(|(_, s)| gone(s)).map(|(a, _)| *a).collect();
     let mut forgotten = vec![];
     for a in stale {
         if let Some(s) = map.remove(&a) {
@@ -2641,6 +2734,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // The selector as the interrupted flow had it (code of ours may hold it at ALLOW with the
     // thread not busy: the routine that maps a handler stack).
     let selector = t.selector.get();
+    let app_call = t.app_call.replace(0);
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     let r = match interrupted_stub_frame(t) {
@@ -2650,6 +2744,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     leave(before);
     t.selector.set(selector);
     t.stack_in_use.set(in_use);
+    t.app_call.set(app_call);
     r
 }
 

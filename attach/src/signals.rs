@@ -54,6 +54,9 @@ fn is_function(h: usize) -> bool {
 
 /// The kernel's handler for every signal the application handles.
 extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    if defer(sig, info, ctx) {
+        return;
+    }
     let h = APP_HANDLERS.get(sig as usize).map_or(0, |a| a.load(Ordering::Acquire));
     if is_function(h) {
         // SAFETY: the application installed `h` for this signal. On x86-64 the kernel passes
@@ -61,6 +64,71 @@ extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         let f: InfoHandler = unsafe { std::mem::transmute::<usize, InfoHandler>(h) };
         crate::hook::in_signal_handler(|| f(sig, info, ctx));
     }
+}
+
+/// Signals that report a fault of the instruction that raised them when the kernel sends them
+/// (`si_code` > 0): those cannot wait, the instruction would fault again.
+const FAULTS: [libc::c_int; 6] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS];
+
+/// An asynchronous signal that lands while this thread runs a probe's handlers or the agent's
+/// own work waits until that work is over, as the kernel's signals wait for its eBPF programs
+/// to end: the application's handler would otherwise run over work of ours that holds locks,
+/// and one that leaves by `siglongjmp` (a timeout, say) would abandon it for good, the locks
+/// with it (the process hung). The signal is queued again with its own siginfo
+/// (rt_tgsigqueueinfo(2), allowed to a thread sending to itself), kept blocked in the mask the
+/// interrupted work resumes with, and unblocked when the work ends (`hook::leave`). Returns
+/// whether it was deferred.
+fn defer(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) -> bool {
+    if !crate::hook::in_probe() || crate::hook::in_application_call() || ctx.is_null() {
+        return false;
+    }
+    // The kernel's action: still ours (a one-shot action, SA_RESETHAND, is the default again,
+    // and the signal runs now), and whether it fills the siginfo.
+    let mut now = [0u64; 4];
+    // SAFETY: rt_sigaction(2) reading the kernel's action (handler, flags, restorer, 8-byte mask).
+    let read = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<u64>(), now.as_mut_ptr(), 8) };
+    if read != 0 || now[0] != wrapper as *const () as u64 {
+        return false;
+    }
+    let filled = now[1] & libc::SA_SIGINFO as u64 != 0 && !info.is_null();
+    // Without SA_SIGINFO the kernel leaves the siginfo unwritten: the handler reads none, and
+    // a signal that may be a fault is taken for one.
+    // SAFETY: the kernel's siginfo for this delivery, written since SA_SIGINFO is set.
+    if FAULTS.contains(&sig) && (!filled || unsafe { (*info).si_code } > 0) {
+        return false;
+    }
+    let mut own: libc::siginfo_t = zeroed_siginfo();
+    let info = if filled {
+        info
+    } else {
+        own.si_signo = sig;
+        own.si_code = -6; // SI_TKILL
+        &mut own
+    };
+    let bit = 1u64 << (sig - 1);
+    // SAFETY: rt_sigprocmask(2) with a valid 8-byte set: blocked here first, so that the
+    // signal queued again below does not come straight back into this handler (SA_NODEFER).
+    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, &bit as *const u64, std::ptr::null_mut::<u64>(), 8) };
+    // SAFETY: rt_tgsigqueueinfo(2) to this thread with a valid siginfo.
+    let queued = unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, libc::getpid(), libc::gettid(), sig, info) } == 0;
+    if !queued {
+        // (Real-time signals over RLIMIT_SIGPENDING.) The mask is restored from the context.
+        return false;
+    }
+    // SAFETY: `ctx` is the kernel's ucontext for this delivery; its mask is what the thread
+    // resumes with (the first 8 bytes are the kernel's sigset).
+    unsafe {
+        let mask = std::ptr::addr_of_mut!((*(ctx as *mut libc::ucontext_t)).uc_sigmask) as *mut u64;
+        *mask |= bit;
+    }
+    crate::hook::defer_signals(bit);
+    true
+}
+
+/// An all-zero siginfo.
+fn zeroed_siginfo() -> libc::siginfo_t {
+    // SAFETY: siginfo_t is plain data, valid all zero.
+    unsafe { std::mem::zeroed() }
 }
 
 /// Records that our handler now owns `sig`; `previous_handler` and `previous_flags` are the

@@ -338,7 +338,7 @@ fn make_here(g: &mut [i64; 23], mask: &mut u64) {
     } else {
         // SAFETY: the application's own call, with its own arguments, from a SIGSYS handler
         // whose selector allows it; it is not one that must run in place.
-        unsafe { raw_syscall(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]) }
+        hook::making_application_call(|| unsafe { raw_syscall(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]) })
     };
     g[libc::REG_RAX as usize] = ret as i64;
     // What the `syscall` instruction leaves in rcx and r11.
@@ -578,7 +578,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
         let args = keep_sigsys_open(nr, args, &mut copy);
         // SAFETY: the application's own call and arguments, made with the selector at ALLOW;
         // not one that must run in place.
-        regs.ax = unsafe { raw_syscall(nr, args) };
+        regs.ax = hook::making_application_call(|| unsafe { raw_syscall(nr, args) });
         regs.cx = after;
         regs.r11 = after;
         true

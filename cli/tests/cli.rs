@@ -1132,6 +1132,34 @@ fn probes_attach_in_libraries_that_glibc_loads_itself() {
     assert!(stderr.contains("  0 => 2\n"), "two calls of gconv: {stderr}");
 }
 
+/// A signal handler that leaves by siglongjmp (a timeout) while the thread runs a probe's
+/// handlers used to abandon them for good, with whatever they held: the next hits found the
+/// agent's allocator locked and the process hung, at once. Signals that land in our work now
+/// wait for it to end (as the kernel's wait for its eBPF programs), then run. Every call the
+/// loop made is seen at its entry but those a jump cut short before their probe ran (a jump
+/// lands at most once in each call), and every return but those of calls a jump left.
+#[test]
+fn handlers_that_siglongjmp_out_of_probes_leave_nothing_behind() {
+    let obj = build_example("uprobe_signals");
+    let target = bpftime_tests::clang::build_target("timeouts", false);
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "120", env!("CARGO_BIN_EXE_bpftime"), "run", obj.to_str().unwrap(), "--", target.to_str().unwrap(), "1000000"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "hung or failed: {:?}\n{stdout}{stderr}", out.status);
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    let (calls, jumps): (u64, u64) = (words[1].parse().unwrap(), words[3].parse().unwrap());
+    assert!(jumps > 10, "the timer fired while the loop ran: {stdout}");
+    let stat = |k: u64| -> u64 {
+        let line = stderr.lines().find(|l| l.trim_start().starts_with(&format!("{k} => "))).unwrap_or_else(|| panic!("no key {k}: {stderr}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (entries, returns) = (stat(0), stat(2));
+    assert!(entries <= calls && entries + jumps >= calls, "entries {entries}, calls {calls}, jumps {jumps}");
+    assert!(returns <= entries && returns + jumps >= entries, "returns {returns}, entries {entries}, jumps {jumps}");
+}
+
 /// `bpftime attach PID` loads the agent into a process started without it (blocked in a read
 /// while another thread calls the probed function), the probes count exactly while attached,
 /// `bpftime detach PID` removes them, and the process runs on with its own code and exits 0.
