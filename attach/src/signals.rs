@@ -7,7 +7,7 @@
 //! the start of a new flow ([`crate::hook::in_signal_handler`]) and calls the application's
 //! handler with the same arguments. What the application reads back is what it installed.
 //! An asynchronous signal that lands while the thread is busy in our work is not run then:
-//! it waits, blocked, until that work ends (see [`defer`]).
+//! it waits, blocked, until that work ends (see `defer`).
 //!
 //! `SIGTRAP` (int3 probes, code being patched) and `SIGSYS` (system call interception) are the
 //! engine's own while its handlers are installed: the application's action for them is kept
