@@ -198,22 +198,22 @@ pub fn load(region: &ShmRegion, id: u32) -> Option<StoredProgram> {
 
 /// Counts a hit that could not run program `id`.
 pub fn count_miss(region: &ShmRegion, id: u32) {
-    let Some(obj) = region.object(id).filter(|o| o.kind == ObjectKind::Program) else { return };
-    if let Some(c) = region.atomic_u64(obj.data + std::mem::offset_of!(ProgDesc, recursion_misses) as u64) {
+    let Some(data) = region.object_data(id, ObjectKind::Program) else { return };
+    if let Some(c) = region.atomic_u64(data + std::mem::offset_of!(ProgDesc, recursion_misses) as u64) {
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// The BTF object program `id` names (0: none), read alone (neither its code nor its records).
 pub fn btf_of(region: &ShmRegion, id: u32) -> u32 {
-    let Some(obj) = region.object(id).filter(|o| o.kind == ObjectKind::Program) else { return 0 };
-    region.atomic_u64(obj.data + std::mem::offset_of!(ProgDesc, btf) as u64).map_or(0, |w| w.load(std::sync::atomic::Ordering::Relaxed) as u32)
+    let Some(data) = region.object_data(id, ObjectKind::Program) else { return 0 };
+    region.atomic_u64(data + std::mem::offset_of!(ProgDesc, btf) as u64).map_or(0, |w| w.load(std::sync::atomic::Ordering::Relaxed) as u32)
 }
 
 /// The loader process holding program `id` (0: none), read alone.
 pub fn owner_of(region: &ShmRegion, id: u32) -> u32 {
-    let Some(obj) = region.object(id).filter(|o| o.kind == ObjectKind::Program) else { return 0 };
-    region.atomic_u64(obj.data + std::mem::offset_of!(ProgDesc, owner) as u64).map_or(0, |w| w.load(std::sync::atomic::Ordering::Relaxed) as u32)
+    let Some(data) = region.object_data(id, ObjectKind::Program) else { return 0 };
+    region.atomic_u64(data + std::mem::offset_of!(ProgDesc, owner) as u64).map_or(0, |w| w.load(std::sync::atomic::Ordering::Relaxed) as u32)
 }
 
 /// The ids of every program in the region.

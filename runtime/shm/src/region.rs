@@ -1129,6 +1129,13 @@ impl ShmRegion {
         self.info(self.find_entry(id)?)
     }
 
+    /// Where live object `id` keeps its data, if it is of `kind`; reads no name and allocates
+    /// nothing (for probe hits that count a miss).
+    pub fn object_data(&self, id: u32, kind: ObjectKind) -> Option<u64> {
+        let e = self.find_entry(id)?;
+        (ObjectKind::from_u32(e.kind.load(Ordering::Acquire))? == kind).then(|| e.data.load(Ordering::Relaxed))
+    }
+
     /// Offset of the trace pipe (`size` bytes), allocating it on first use.
     pub fn trace_ring(&self, size: u64) -> Result<u64, ShmError> {
         let h = self.header();
