@@ -304,7 +304,7 @@ fn thread() -> &'static HookThread {
     let p: *const HookThread;
     // SAFETY: the initial-exec TLS sequence for `bpftime_hook_thread` (x86-64 psABI): its
     // offset from the thread pointer, read from the GOT, added to `%fs:0`, the thread pointer.
-    // The result is this thread's copy, 56 bytes laid out as HookThread (checked above), alive
+    // The result is this thread's copy, 64 bytes laid out as HookThread (checked above), alive
     // as long as the thread; only this thread touches it (Cells, never shared).
     unsafe {
         std::arch::asm!(
@@ -371,13 +371,31 @@ pub(crate) fn in_application_call() -> bool {
     thread().app_call.get() != 0
 }
 
-/// Runs `f`, which makes the application's own system call for it: signals that come
-/// meanwhile are the application's to take at once (`EINTR`), not deferred to the end of our
-/// work around the call.
+/// Runs `f`, which makes the application's own system call for it (intercepted), outside our
+/// work: the thread is as the application left it (the flow's handlers paused, its level
+/// free), so that the application's signals interrupt the call as ever, and a handler that
+/// leaves the call by `siglongjmp` (a timeout on a blocking read) abandons nothing of ours.
+/// Signals deferred by the enter handlers run now, before the call, as they would have without
+/// us.
 pub(crate) fn making_application_call<R>(f: impl FnOnce() -> R) -> R {
     let t = thread();
+    let during = t.state.get();
+    // Inside an admitted flow (not the agent's own work, nor a miss's unadmitted call).
+    let paused = during.busy && !during.agent && during.depth > 0;
     let was = t.app_call.replace(1);
+    if paused {
+        set_state(t, ThreadState { busy: false, depth: during.depth - 1, ..during });
+    }
+    if t.deferred.get() != 0 {
+        take_deferred_signals(t);
+    }
+    // The call itself is ours to make: interception lets it through.
+    let selector = t.selector.replace(0);
     let r = f();
+    t.selector.set(selector);
+    if paused {
+        set_state(t, during);
+    }
     t.app_call.set(was);
     r
 }
@@ -394,9 +412,13 @@ pub(crate) fn defer_signals(bits: u64) {
 #[inline(never)]
 fn take_deferred_signals(t: &HookThread) {
     let bits = t.deferred.replace(0);
+    // Our call, not the application's: interception lets it through (the handlers the
+    // signals run set the selector as they need it).
+    let selector = t.selector.replace(0);
     // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK on this thread with a valid 8-byte set, made
     // directly (libc's name may be the agent's wrapper).
     unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &bits as *const u64, std::ptr::null_mut::<u64>(), 8) };
+    t.selector.set(selector);
 }
 
 #[cold]
@@ -2063,7 +2085,7 @@ fn sites() -> &'static Mutex<HashMap<u64, &'static Site>> {
 /// another thread held them (the link follower's attach batches hold the patch lock for long)
 /// would find them locked for ever, and its next attach, or its next library load (see the
 /// agent's `libraries`), would hang.
-struct ForkGuards(std::cell::UnsafeCell<Option<(std::sync::MutexGuard<'static, ()>, std::sync::MutexGuard<'static, HashMap<u64, &'static Site>>)>>);
+struct ForkGuards(std::cell::UnsafeCell<Option<(std::sync::MutexGuard<'static, ()>, std::sync::MutexGuard<'static, HashMap<u64, &'static Site>>, u64)>>);
 
 // SAFETY: only the thread holding both locks touches the cell (set after taking them, emptied
 // before their release), so no two threads ever do at once.
@@ -2074,18 +2096,31 @@ static FORK_GUARDS: ForkGuards = ForkGuards(std::cell::UnsafeCell::new(None));
 /// Registers the fork handlers of [`ForkGuards`] (once).
 fn keep_locks_whole_across_fork() {
     static ONCE: std::sync::Once = std::sync::Once::new();
+    // Asynchronous signals wait from before the locks are taken (this runs first of the
+    // agent's prepare handlers) until they are all released: a handler run in between
+    // (signals deferred while it waited run as it stops waiting) would find the agent's locks,
+    // its allocator's among them, held by its own thread.
     extern "C" fn prepare() {
+        let mask = crate::signals::block_async_signals();
         without_probes(|| {
             let patching = PATCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             let map = sites().lock().unwrap_or_else(|e| e.into_inner());
             // SAFETY: this thread holds both locks (see `ForkGuards`).
-            unsafe { *FORK_GUARDS.0.get() = Some((patching, map)) };
+            unsafe { *FORK_GUARDS.0.get() = Some((patching, map, mask)) };
         });
     }
     extern "C" fn release() {
         // SAFETY: called after `prepare` on the thread that holds both locks (in a child, its
         // only thread); dropping the guards unlocks them (std's locks keep no owner).
-        without_probes(|| drop(unsafe { (*FORK_GUARDS.0.get()).take() }));
+        let mask = without_probes(|| {
+            unsafe { (*FORK_GUARDS.0.get()).take() }.map(|(patching, map, mask)| {
+                drop((map, patching));
+                mask
+            })
+        });
+        if let Some(mask) = mask {
+            crate::signals::restore_signal_mask(mask);
+        }
     }
     ONCE.call_once(|| {
         // SAFETY: registers plain extern "C" handlers (pthread_atfork(3)).
@@ -2735,6 +2770,10 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // thread not busy: the routine that maps a handler stack).
     let selector = t.selector.get();
     let app_call = t.app_call.replace(0);
+    // Signals deferred by the busy flow this handler interrupted stay blocked until that flow
+    // ends (the handler's return puts the mask back): flows inside the handler release only
+    // their own.
+    let outer = if before.busy { t.deferred.replace(0) } else { 0 };
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     let r = match interrupted_stub_frame(t) {
@@ -2745,6 +2784,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     t.selector.set(selector);
     t.stack_in_use.set(in_use);
     t.app_call.set(app_call);
+    t.deferred.set(t.deferred.get() | outer);
     r
 }
 

@@ -261,20 +261,34 @@ pub unsafe fn signal(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sig
 /// arrive, and the engine's own real-time signals); signals that come meanwhile are delivered
 /// when it returns.
 pub(crate) fn with_signals_deferred<R>(f: impl FnOnce() -> R) -> R {
+    let old = block_async_signals();
+    let r = f();
+    restore_signal_mask(old);
+    r
+}
+
+/// Blocks the asynchronous signals on this thread (see [`with_signals_deferred`]); returns the
+/// mask before, for [`restore_signal_mask`].
+pub(crate) fn block_async_signals() -> u64 {
     // The engine's real-time signals' handlers only move a thread out of code being rewritten,
     // or turn interception on.
     let open = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE].into_iter().chain(engine_signals());
     let all = !GLIBC_INTERNAL & !mask_of(open);
-    let mut old = 0u64;
+    let mut old = u64::MAX;
     // SAFETY: rt_sigprocmask(2) on this thread with valid 8-byte sets, made directly (libc's
-    // name may be the agent's wrapper).
-    let blocked = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, &all as *const u64, &mut old as *mut u64, 8) } == 0;
-    let r = f();
-    if blocked {
+    // name may be the agent's wrapper), as the agent's own work.
+    crate::hook::without_probes(|| unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, &all as *const u64, &mut old as *mut u64, 8) });
+    old
+}
+
+/// Puts back the mask [`block_async_signals`] returned (nothing if it could not block).
+pub(crate) fn restore_signal_mask(old: u64) {
+    if old != u64::MAX {
         // SAFETY: as above, restoring the mask read then.
-        unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &old as *const u64, std::ptr::null_mut::<u64>(), 8) };
+        crate::hook::without_probes(|| unsafe {
+            libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &old as *const u64, std::ptr::null_mut::<u64>(), 8)
+        });
     }
-    r
 }
 
 /// glibc's own signals (`SIGCANCEL`, `SIGSETXID`: 32 and 33), which its mask functions never

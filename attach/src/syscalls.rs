@@ -338,7 +338,7 @@ fn make_here(g: &mut [i64; 23], mask: &mut u64) {
     } else {
         // SAFETY: the application's own call, with its own arguments, from a SIGSYS handler
         // whose selector allows it; it is not one that must run in place.
-        hook::making_application_call(|| unsafe { raw_syscall(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]) })
+        unsafe { raw_syscall(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]) }
     };
     g[libc::REG_RAX as usize] = ret as i64;
     // What the `syscall` instruction leaves in rcx and r11.
@@ -417,10 +417,13 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                     return false;
                 }
             }
+            // The application's signals, its mask back on, interrupt its call as ever.
             hook::back_on(left, || {
-                set_signal_mask(*uc_mask);
-                make_here(g, uc_mask);
-                set_signal_mask(*uc_mask | SIGSYS_HANDLER_MASK);
+                hook::making_application_call(|| {
+                    set_signal_mask(*uc_mask);
+                    make_here(g, uc_mask);
+                    set_signal_mask(*uc_mask | SIGSYS_HANDLER_MASK);
+                })
             });
             regs.ax = g[libc::REG_RAX as usize] as u64;
             true

@@ -1137,7 +1137,8 @@ fn probes_attach_in_libraries_that_glibc_loads_itself() {
 /// agent's allocator locked and the process hung, at once. Signals that land in our work now
 /// wait for it to end (as the kernel's wait for its eBPF programs), then run. Every call the
 /// loop made is seen at its entry but those a jump cut short before their probe ran (a jump
-/// lands at most once in each call), and every return but those of calls a jump left.
+/// lands at most once in each call), and every return but those of calls a jump left. Then
+/// the same timeout on a blocking read that interception makes for the application.
 #[test]
 fn handlers_that_siglongjmp_out_of_probes_leave_nothing_behind() {
     let obj = build_example("uprobe_signals");
@@ -1158,6 +1159,20 @@ fn handlers_that_siglongjmp_out_of_probes_leave_nothing_behind() {
     let (entries, returns) = (stat(0), stat(2));
     assert!(entries <= calls && entries + jumps >= calls, "entries {entries}, calls {calls}, jumps {jumps}");
     assert!(returns <= entries && returns + jumps >= entries, "returns {returns}, entries {entries}, jumps {jumps}");
+
+    // A timeout on a blocking call: each of 200 reads of an empty pipe is left by the timer's
+    // siglongjmp while interception makes it. Each used to leave our work around the call
+    // behind, a nesting level lost with it: after four, every system call of the thread was a
+    // miss. The kernel sees all 200 reads and 200 setitimer calls enter; so do we.
+    let obj = build_example("read_timeouts");
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "120", env!("CARGO_BIN_EXE_bpftime"), "run", obj.to_str().unwrap(), "--", target.to_str().unwrap(), "200", "read"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{:?}\n{stdout}{stderr}", out.status);
+    assert_eq!(stdout.trim(), "calls 200 jumps 200");
+    assert!(stderr.contains("  0 => 200\n  1 => 200\n"), "reads and setitimer calls entered: {stderr}");
 }
 
 /// `bpftime attach PID` loads the agent into a process started without it (blocked in a read

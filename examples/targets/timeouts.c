@@ -1,12 +1,17 @@
 // A target whose SIGALRM handler leaves by siglongjmp, as a timeout does: an interval timer
 // fires every 500 us while the main thread calls add() in a loop, and each firing jumps back
 // to the loop, wherever the thread was (inside add, or inside a probe's handlers on add).
-// Usage: timeouts CALLS   (prints "calls C jumps J": the calls begun, the timer's jumps)
+// With `read`, each of CALLS rounds instead arms a one-shot 1 ms timer and blocks in a read(2)
+// of an empty pipe, which the timer's jump leaves (a timeout on a blocking call).
+// Usage: timeouts CALLS [read]   (prints "calls C jumps J": the calls or rounds begun, the
+// timer's jumps)
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 static sigjmp_buf loop;
 static volatile long jumps;
@@ -35,6 +40,22 @@ int main(int argc, char **argv)
     struct sigaction sa = {0};
     sa.sa_handler = on_alarm;
     sigaction(SIGALRM, &sa, NULL);
+    if (argc > 2 && strcmp(argv[2], "read") == 0) {
+        int p[2];
+        char c;
+        if (pipe(p) != 0)
+            return 1;
+        sigsetjmp(loop, 1);
+        while (calls < n) {
+            calls++;
+            struct itimerval once = {{0, 0}, {0, 1000}};
+            setitimer(ITIMER_REAL, &once, NULL);
+            if (read(p[0], &c, 1) >= 0)
+                return 2;
+        }
+        printf("calls %ld jumps %ld\n", (long)calls, (long)jumps);
+        return 0;
+    }
     struct itimerval every = {{0, 500}, {0, 500}}, off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &every, NULL);
     sigsetjmp(loop, 1);
