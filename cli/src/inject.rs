@@ -152,7 +152,7 @@ impl Traced {
             }
             // Stopped before it ran: a signal for the thread, which it gets once it goes on.
             if sig != 0 && sig != libc::SIGTRAP {
-                self.held_signals.borrow_mut().push(sig);
+                self.hold(sig);
             }
         }
     }
@@ -214,8 +214,33 @@ impl Traced {
                     return Err(format!("the call at {func:#x} faulted at {:#x} in process {}", now.rip, self.pid));
                 }
                 0 => self.resume(0)?,
-                sig => self.resume(sig)?,
+                // Faults of the call, the hook engine's traps and its own signals (the agent
+                // patches code as it starts), and SIGSYS of interception: the call's own.
+                sig if Self::belongs_to_the_call(sig) => self.resume(sig)?,
+                // The application's: held until we are gone (a handler run inside our call
+                // could leave it by siglongjmp, as a timeout does, and the call would never
+                // end), then sent again.
+                sig => {
+                    self.hold(sig);
+                    self.resume(0)?
+                }
             }
+        }
+    }
+
+    /// Whether signal `sig`, stopping the thread while it runs our call, is for the call
+    /// itself (see [`Traced::call`]).
+    fn belongs_to_the_call(sig: i32) -> bool {
+        matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGSYS)
+            || bpftime_attach::signals::engine_signal_mask() & (1u64 << (sig - 1)) != 0
+    }
+
+    /// Keeps `sig` to send once the process is left alone (a standard signal once: pending
+    /// twice, the kernel would deliver it once too).
+    fn hold(&self, sig: i32) {
+        let mut held = self.held_signals.borrow_mut();
+        if sig >= libc::SIGRTMIN() || !held.contains(&sig) {
+            held.push(sig);
         }
     }
 }

@@ -1175,6 +1175,34 @@ fn handlers_that_siglongjmp_out_of_probes_leave_nothing_behind() {
     assert!(stderr.contains("  0 => 200\n  1 => 200\n"), "reads and setitimer calls entered: {stderr}");
 }
 
+/// `bpftime attach` into a process whose interval timer fires every 500 us, with a handler
+/// that leaves by siglongjmp: the application's signals that land while the agent is being
+/// loaded in it are held, and sent again once we are gone. Delivered inside our call, the
+/// handler's jump left the call for good: the attach never ended (the process ran on without
+/// the agent, and the attach failed once it exited). The process runs on and ends normally.
+#[test]
+fn attach_holds_the_applications_signals_while_it_loads_the_agent() {
+    use std::io::Read;
+    let obj = build_example("uprobe_signals");
+    let target = bpftime_tests::clang::build_target("timeouts", false);
+    let shm = format!("bpftime-attach-timer-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    let mut app = Command::new(&target).args(["2000000", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    wait_reading_stdin(app.id());
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "60", env!("CARGO_BIN_EXE_bpftime"), "--shm", &shm, "attach", &app.id().to_string(), "--program", obj.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success() && stderr.contains(": Attached"), "{:?} {stderr}", out.status);
+    app.stdin.take().unwrap().write_all(b"x").unwrap();
+    let status = app.wait().unwrap();
+    let mut said = String::new();
+    app.stdout.take().unwrap().read_to_string(&mut said).unwrap();
+    assert!(status.success() && said.starts_with("calls 2000000 jumps "), "{status:?} {said}");
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+}
+
 /// `bpftime attach PID` loads the agent into a process started without it (blocked in a read
 /// while another thread calls the probed function), the probes count exactly while attached,
 /// `bpftime detach PID` removes them, and the process runs on with its own code and exits 0.

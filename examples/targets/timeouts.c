@@ -3,8 +3,11 @@
 // to the loop, wherever the thread was (inside add, or inside a probe's handlers on add).
 // With `read`, each of CALLS rounds instead arms a one-shot 1 ms timer and blocks in a read(2)
 // of an empty pipe, which the timer's jump leaves (a timeout on a blocking call).
-// Usage: timeouts CALLS [read]   (prints "calls C jumps J": the calls or rounds begun, the
-// timer's jumps)
+// With `wait`, the timer runs from the start and the process first waits for a byte on stdin
+// (its read interrupted, and left by a jump, every 500 us), so that `bpftime attach` comes
+// while the timer fires.
+// Usage: timeouts CALLS [read|wait]   (prints "calls C jumps J": the calls or rounds begun,
+// the timer's jumps)
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -58,7 +61,14 @@ int main(int argc, char **argv)
     }
     struct itimerval every = {{0, 500}, {0, 500}}, off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &every, NULL);
+    static volatile int started;
     sigsetjmp(loop, 1);
+    if (!started && argc > 2 && strcmp(argv[2], "wait") == 0) {
+        char c;
+        while (read(0, &c, 1) < 0)
+            ;
+        started = 1;
+    }
     while (calls < n) {
         calls++;
         add(calls, 1);
