@@ -415,9 +415,10 @@ fn take_deferred_signals(t: &HookThread) {
     // Our call, not the application's: interception lets it through (the handlers the
     // signals run set the selector as they need it).
     let selector = t.selector.replace(0);
-    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK on this thread with a valid 8-byte set, made
-    // directly (libc's name may be the agent's wrapper).
-    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &bits as *const u64, std::ptr::null_mut::<u64>(), 8) };
+    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK on this thread with a valid 8-byte set, by our own
+    // `syscall` instruction (libc's `syscall()` may hold a rewritten site, which would take
+    // it for the application's).
+    unsafe { crate::syscalls::raw_syscall(libc::SYS_rt_sigprocmask as u64, [libc::SIG_UNBLOCK as u64, &bits as *const u64 as u64, 0, 8, 0, 0]) };
     t.selector.set(selector);
 }
 
@@ -2770,10 +2771,10 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // thread not busy: the routine that maps a handler stack).
     let selector = t.selector.get();
     let app_call = t.app_call.replace(0);
-    // Signals deferred by the busy flow this handler interrupted stay blocked until that flow
-    // ends (the handler's return puts the mask back): flows inside the handler release only
-    // their own.
-    let outer = if before.busy { t.deferred.replace(0) } else { 0 };
+    // Signals deferred by the flow this handler interrupted stay blocked until that flow
+    // releases them (the handler's return puts the mask back): flows inside the handler
+    // release only their own.
+    let outer = t.deferred.replace(0);
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     let r = match interrupted_stub_frame(t) {

@@ -102,7 +102,7 @@ fn in_place(nr: u64) -> bool {
 /// # Safety
 /// The call must be one that may be made from here (not one of [`in_place`]'s), with
 /// arguments valid for it, as the application gave them.
-unsafe fn raw_syscall(nr: u64, a: [u64; 6]) -> u64 {
+pub(crate) unsafe fn raw_syscall(nr: u64, a: [u64; 6]) -> u64 {
     let ret: u64;
     // SAFETY: the caller's contract; `syscall` clobbers rcx and r11 only.
     unsafe {
@@ -394,7 +394,7 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             at_the_site = true;
             return;
         }
-        around_call(&mut regs, |regs, skip| {
+        around_call(&mut regs, |regs, skip, theirs| {
             if let (Some(rc), false) = (skip, in_place(nr)) {
                 // Not made: its result, and what the `syscall` instruction leaves in rcx and r11.
                 g[libc::REG_RAX as usize] = rc as i64;
@@ -419,11 +419,16 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             }
             // The application's signals, its mask back on, interrupt its call as ever.
             hook::back_on(left, || {
-                hook::making_application_call(|| {
+                let mut made = || {
                     set_signal_mask(*uc_mask);
                     make_here(g, uc_mask);
                     set_signal_mask(*uc_mask | SIGSYS_HANDLER_MASK);
-                })
+                };
+                if theirs {
+                    hook::making_application_call(made)
+                } else {
+                    made()
+                }
             });
             regs.ax = g[libc::REG_RAX as usize] as u64;
             true
@@ -560,7 +565,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     regs.orig_ax = nr;
     regs.ip = after;
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
-    let call = |regs: &mut PtRegs, skip: Option<u64>| {
+    let call = |regs: &mut PtRegs, skip: Option<u64>, theirs: bool| {
         if in_place(nr) {
             match gadget(after, nr, reports_exit(nr), false) {
                 Some(g) => regs.r11 = g,
@@ -581,7 +586,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
         let args = keep_sigsys_open(nr, args, &mut copy);
         // SAFETY: the application's own call and arguments, made with the selector at ALLOW;
         // not one that must run in place.
-        regs.ax = hook::making_application_call(|| unsafe { raw_syscall(nr, args) });
+        regs.ax = if theirs { hook::making_application_call(|| unsafe { raw_syscall(nr, args) }) } else { unsafe { raw_syscall(nr, args) } };
         regs.cx = after;
         regs.r11 = after;
         true
@@ -594,24 +599,33 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
 /// Makes a call (`call`: true when it ran here and has a result in `regs.ax`; given the result
 /// the enter handlers asked for instead, it makes no call where it may skip it) between the
 /// handlers' enter and exit, when this thread may run them; the call happens either way unless
-/// a handler asked otherwise.
-fn around_call(regs: &mut PtRegs, call: impl FnOnce(&mut PtRegs, Option<u64>) -> bool) {
+/// a handler asked otherwise. `call`'s last argument says whether the call is the
+/// application's (see `hook::making_application_call`), not one our own work made through a
+/// rewritten site.
+fn around_call(regs: &mut PtRegs, call: impl FnOnce(&mut PtRegs, Option<u64>, bool) -> bool) {
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
             // A thread whose hits are all system calls has its handler stack released too.
             hook::register_handler_stack();
             let skip = h.on_enter(regs, level);
-            if call(regs, skip) {
+            if call(regs, skip, true) {
                 h.on_exit(regs, level);
             }
             hook::leave(before);
         }
         (Admission::Miss, Some(h)) => {
             h.on_miss(regs.orig_ax);
-            call(regs, None);
+            call(regs, None, true);
         }
-        _ => {
-            call(regs, None);
+        (Admission::Run(_, before), None) => {
+            hook::leave(before);
+            call(regs, None, true);
+        }
+        (Admission::Miss, None) => {
+            call(regs, None, true);
+        }
+        (Admission::Ignore, _) => {
+            call(regs, None, false);
         }
     }
 }

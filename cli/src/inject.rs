@@ -203,6 +203,22 @@ impl Traced {
         // Not in a system call for the kernel: no restart into our code.
         r.orig_rax = u64::MAX;
         self.set_regs(&r)?;
+        // The application's asynchronous signals wait, pending with their siginfo, until the
+        // call is over: a handler run inside it could leave it by siglongjmp (a timeout), and
+        // the call would never end.
+        let mask = self.signal_mask();
+        if let Some(m) = mask {
+            let _ = self.set_signal_mask(m | !Self::call_signals());
+        }
+        let r = self.run_call(func);
+        if let Some(m) = mask {
+            let _ = self.set_signal_mask(m);
+        }
+        r
+    }
+
+    /// Runs the call set up by [`Traced::call`] to its end.
+    fn run_call(&self, func: u64) -> Result<u64, String> {
         self.resume(0)?;
         loop {
             match self.wait_stop()? {
@@ -214,12 +230,10 @@ impl Traced {
                     return Err(format!("the call at {func:#x} faulted at {:#x} in process {}", now.rip, self.pid));
                 }
                 0 => self.resume(0)?,
-                // Faults of the call, the hook engine's traps and its own signals (the agent
-                // patches code as it starts), and SIGSYS of interception: the call's own.
-                sig if Self::belongs_to_the_call(sig) => self.resume(sig)?,
-                // The application's: held until we are gone (a handler run inside our call
-                // could leave it by siglongjmp, as a timeout does, and the call would never
-                // end), then sent again.
+                // The call's own (see `call_signals`).
+                sig if Self::call_signals() & (1u64 << (sig - 1)) != 0 => self.resume(sig)?,
+                // The application's, where its mask could not be set: held until we are gone,
+                // then sent again (without their siginfo).
                 sig => {
                     self.hold(sig);
                     self.resume(0)?
@@ -228,11 +242,30 @@ impl Traced {
         }
     }
 
-    /// Whether signal `sig`, stopping the thread while it runs our call, is for the call
-    /// itself (see [`Traced::call`]).
-    fn belongs_to_the_call(sig: i32) -> bool {
-        matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGSYS)
-            || bpftime_attach::signals::engine_signal_mask() & (1u64 << (sig - 1)) != 0
+    /// The signals that go through to the thread while it runs our call (a mask of bit
+    /// `sig - 1`): the call's faults, the hook engine's traps and its own real-time signals
+    /// (the agent patches code as it starts), SIGSYS of interception, and glibc's own (32 and
+    /// 33: another thread's `setuid` waits for each thread to take one, holding a lock that
+    /// `dlopen` and `pthread_create` need).
+    fn call_signals() -> u64 {
+        let own = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS, libc::SIGKILL, libc::SIGSTOP, 32, 33];
+        own.iter().fold(bpftime_attach::signals::engine_signal_mask(), |m, s| m | 1u64 << (s - 1))
+    }
+
+    /// The stopped thread's signal mask (ptrace(2) `PTRACE_GETSIGMASK`), if it can be read.
+    fn signal_mask(&self) -> Option<u64> {
+        let mut mask = 0u64;
+        // SAFETY: ptrace reading the mask of the thread we hold stopped into our 8-byte buffer.
+        (unsafe { libc::ptrace(PTRACE_GETSIGMASK, self.pid, 8usize, &mut mask as *mut u64) } == 0).then_some(mask)
+    }
+
+    /// Sets the stopped thread's signal mask (ptrace(2) `PTRACE_SETSIGMASK`).
+    fn set_signal_mask(&self, mask: u64) -> Result<(), String> {
+        // SAFETY: as above, setting the mask from our buffer.
+        if unsafe { libc::ptrace(PTRACE_SETSIGMASK, self.pid, 8usize, &mask as *const u64) } != 0 {
+            return Err(os_err("ptrace(PTRACE_SETSIGMASK)"));
+        }
+        Ok(())
     }
 
     /// Keeps `sig` to send once the process is left alone (a standard signal once: pending
