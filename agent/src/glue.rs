@@ -277,11 +277,19 @@ static LIBRARY_LOADS: AtomicU64 = AtomicU64::new(0);
 /// code went with an unloaded library wait for it again, and the probes waiting for a library
 /// now mapped attach.
 pub(crate) fn libraries_changed() {
+    libraries_changed_after(true);
+}
+
+/// [`libraries_changed`], told whether a library may have been unloaded (when only loads
+/// happened, no probed site can have gone, and none is read again).
+pub(crate) fn libraries_changed_after(unloaded: bool) {
     LIBRARY_LOADS.fetch_add(1, Ordering::AcqRel);
     let Some(agent) = AGENT.get() else { return };
-    let gone = bpftime_attach::forget_unloaded();
-    if !gone.is_empty() {
-        agent.wait_again(&gone);
+    if unloaded {
+        let gone = bpftime_attach::forget_unloaded();
+        if !gone.is_empty() {
+            agent.wait_again(&gone);
+        }
     }
     attach_pending();
 }

@@ -39,20 +39,32 @@ struct ListChanged;
 
 impl bpftime_attach::ProbeHandler for ListChanged {
     fn on_hit(&self, _regs: &PtRegs, _level: usize) -> Option<u64> {
-        if list_consistent() {
-            let _ = std::panic::catch_unwind(crate::glue::libraries_changed);
+        match list_state() {
+            RT_DELETE => UNLOADING.store(true, Ordering::Release),
+            RT_CONSISTENT => {
+                // Only an unload can take a probed site away: a load alone does not make
+                // every site be read again.
+                let unloaded = UNLOADING.swap(false, Ordering::AcqRel);
+                let _ = std::panic::catch_unwind(|| crate::glue::libraries_changed_after(unloaded));
+            }
+            _ => {}
         }
         None
     }
 }
 
-/// Whether the dynamic linker's list is whole (not in the middle of an add or a delete).
-fn list_consistent() -> bool {
+/// `RT_DELETE`: libraries are being unloaded.
+const RT_DELETE: libc::c_int = 2;
+/// An unload began since the list was last whole.
+static UNLOADING: AtomicBool = AtomicBool::new(false);
+
+/// The dynamic linker's `r_state` (`RT_CONSISTENT` where `_r_debug` is unknown).
+fn list_state() -> libc::c_int {
     match R_DEBUG.load(Ordering::Acquire) {
-        0 => true,
+        0 => RT_CONSISTENT,
         // SAFETY: `_r_debug` lives as long as the process; the dynamic linker writes `r_state`
         // before each call to `r_brk`, on this thread.
-        at => unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*(at as *const RDebug)).state)) == RT_CONSISTENT },
+        at => unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*(at as *const RDebug)).state)) },
     }
 }
 
