@@ -273,16 +273,11 @@ impl Agent {
 /// [`libraries_changed`]).
 static LIBRARY_LOADS: AtomicU64 = AtomicU64::new(0);
 
-/// After a library may have been loaded or unloaded (see `crate::libraries`): the probes whose
-/// code went with an unloaded library wait for it again, and the probes waiting for a library
-/// now mapped attach.
-pub(crate) fn libraries_changed() {
-    libraries_changed_after(true);
-}
-
-/// [`libraries_changed`], told whether a library may have been unloaded (when only loads
-/// happened, no probed site can have gone, and none is read again).
-pub(crate) fn libraries_changed_after(unloaded: bool) {
+/// After a library may have been loaded, or also unloaded (`unloaded`; see `crate::libraries`):
+/// the probes whose code went with an unloaded library wait for it again, and the probes
+/// waiting for a library now mapped attach. Where only loads happened no probed site can have
+/// gone, and none is read again.
+pub(crate) fn libraries_changed(unloaded: bool) {
     LIBRARY_LOADS.fetch_add(1, Ordering::AcqRel);
     let Some(agent) = AGENT.get() else { return };
     if unloaded {
@@ -681,8 +676,10 @@ fn watch_links(mut seen: u32) {
         }
         let now = crate::libraries::generation();
         if now != libraries {
+            // (The unload count says whether a site may have gone.)
+            let unloaded = now.1 != libraries.1;
             libraries = now;
-            let _ = std::panic::catch_unwind(libraries_changed);
+            let _ = std::panic::catch_unwind(|| libraries_changed(unloaded));
         }
         for addr in std::panic::catch_unwind(bpftime_attach::yield_to_foreign_breakpoints).unwrap_or_default() {
             eprintln!("bpftime: a breakpoint not ours (a kernel uprobe?) was placed over the probe at {addr:#x}; the function has its own first bytes back there, and bpftime's probes that ran through them stop in this process");

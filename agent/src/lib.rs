@@ -140,7 +140,7 @@ pub unsafe extern "C" fn dlopen(filename: *const libc::c_char, flags: libc::c_in
     let handle = unsafe { f(filename, flags) };
     if !handle.is_null() && !bpftime_attach::in_probe() && libraries::wrappers_needed() {
         bpftime_attach::without_probes(|| {
-            let _ = std::panic::catch_unwind(glue::libraries_changed);
+            let _ = std::panic::catch_unwind(|| glue::libraries_changed(false));
         });
     }
     handle
@@ -165,7 +165,7 @@ pub unsafe extern "C" fn dlclose(handle: *mut libc::c_void) -> libc::c_int {
     let rc = unsafe { std::mem::transmute::<usize, DlcloseFn>(real)(handle) };
     if rc == 0 && !bpftime_attach::in_probe() && libraries::wrappers_needed() {
         bpftime_attach::without_probes(|| {
-            let _ = std::panic::catch_unwind(glue::libraries_changed);
+            let _ = std::panic::catch_unwind(|| glue::libraries_changed(true));
         });
     }
     rc

@@ -45,7 +45,7 @@ impl bpftime_attach::ProbeHandler for ListChanged {
                 // Only an unload can take a probed site away: a load alone does not make
                 // every site be read again.
                 let unloaded = UNLOADING.swap(false, Ordering::AcqRel);
-                let _ = std::panic::catch_unwind(|| crate::glue::libraries_changed_after(unloaded));
+                let _ = std::panic::catch_unwind(|| crate::glue::libraries_changed(unloaded));
             }
             _ => {}
         }
@@ -131,7 +131,7 @@ impl bpftime_attach::ProbeHandler for AfterLibraryCall {
         // A NULL handle, or dlclose's error: nothing was loaded or unloaded.
         let changed = if self.loads { regs.ax != 0 } else { regs.ax as u32 == 0 };
         if changed {
-            let _ = std::panic::catch_unwind(crate::glue::libraries_changed);
+            let _ = std::panic::catch_unwind(|| crate::glue::libraries_changed(!self.loads));
         }
         None
     }

@@ -206,13 +206,13 @@ impl Traced {
         // The application's asynchronous signals wait, pending with their siginfo, until the
         // call is over: a handler run inside it could leave it by siglongjmp (a timeout), and
         // the call would never end.
-        let mask = self.signal_mask();
+        let mask = signal_mask(self.pid).ok();
         if let Some(m) = mask {
-            let _ = self.set_signal_mask(m | !Self::call_signals());
+            let _ = set_signal_mask(self.pid, m | !Self::call_signals());
         }
         let r = self.run_call(func);
         if let Some(m) = mask {
-            let _ = self.set_signal_mask(m);
+            let _ = set_signal_mask(self.pid, m);
         }
         r
     }
@@ -250,22 +250,6 @@ impl Traced {
     fn call_signals() -> u64 {
         let own = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS, libc::SIGKILL, libc::SIGSTOP, 32, 33];
         own.iter().fold(bpftime_attach::signals::engine_signal_mask(), |m, s| m | 1u64 << (s - 1))
-    }
-
-    /// The stopped thread's signal mask (ptrace(2) `PTRACE_GETSIGMASK`), if it can be read.
-    fn signal_mask(&self) -> Option<u64> {
-        let mut mask = 0u64;
-        // SAFETY: ptrace reading the mask of the thread we hold stopped into our 8-byte buffer.
-        (unsafe { libc::ptrace(PTRACE_GETSIGMASK, self.pid, 8usize, &mut mask as *mut u64) } == 0).then_some(mask)
-    }
-
-    /// Sets the stopped thread's signal mask (ptrace(2) `PTRACE_SETSIGMASK`).
-    fn set_signal_mask(&self, mask: u64) -> Result<(), String> {
-        // SAFETY: as above, setting the mask from our buffer.
-        if unsafe { libc::ptrace(PTRACE_SETSIGMASK, self.pid, 8usize, &mask as *const u64) } != 0 {
-            return Err(os_err("ptrace(PTRACE_SETSIGMASK)"));
-        }
-        Ok(())
     }
 
     /// Keeps `sig` to send once the process is left alone (a standard signal once: pending
@@ -347,13 +331,22 @@ fn blocked_signals(path: &str) -> u64 {
 /// Takes SIGTRAP and the agent's real-time signals out of the signal mask of stopped thread
 /// `tid` (ptrace(2) `PTRACE_SETSIGMASK`).
 fn open_trap_mask(tid: i32) -> Result<(), String> {
+    set_signal_mask(tid, signal_mask(tid)? & !bpftime_attach::signals::engine_signal_mask())
+}
+
+/// The signal mask of thread `tid`, which we hold stopped (ptrace(2) `PTRACE_GETSIGMASK`).
+fn signal_mask(tid: i32) -> Result<u64, String> {
     let mut mask = 0u64;
     // SAFETY: ptrace reading the mask of a thread we hold stopped into our 8-byte buffer.
     if unsafe { libc::ptrace(PTRACE_GETSIGMASK, tid, 8usize, &mut mask as *mut u64) } != 0 {
         return Err(os_err("ptrace(PTRACE_GETSIGMASK)"));
     }
-    mask &= !bpftime_attach::signals::engine_signal_mask();
-    // SAFETY: as above, setting the mask from our buffer.
+    Ok(mask)
+}
+
+/// Sets the signal mask of thread `tid`, which we hold stopped (ptrace(2) `PTRACE_SETSIGMASK`).
+fn set_signal_mask(tid: i32, mask: u64) -> Result<(), String> {
+    // SAFETY: ptrace setting the mask of a thread we hold stopped from our 8-byte buffer.
     if unsafe { libc::ptrace(PTRACE_SETSIGMASK, tid, 8usize, &mask as *const u64) } != 0 {
         return Err(os_err("ptrace(PTRACE_SETSIGMASK)"));
     }
