@@ -2661,12 +2661,28 @@ pub fn patched_returns(addr: u64) -> usize {
 }
 
 /// The first byte of the instruction at `addr` as the program has it: the site's saved byte
-/// where a probe is patched over it, else what is there (None if unreadable).
+/// where a probe is patched over it, the file's byte under another tool's `int3` (a kernel
+/// uprobe's, maybe still on its way out), else what is there (None if unreadable).
 pub fn original_first_byte(addr: u64) -> Option<u8> {
     if let Some(site) = sites().lock().unwrap_or_else(|e| e.into_inner()).get(&addr) {
         return Some(site.original[0]);
     }
-    read_word(addr & !7).map(|w| w.to_le_bytes()[(addr & 7) as usize])
+    let now = read_word(addr & !7).map(|w| w.to_le_bytes()[(addr & 7) as usize])?;
+    if now != 0xcc {
+        return Some(now);
+    }
+    Some(file_byte(addr).unwrap_or(now))
+}
+
+/// The byte of the mapped file at `addr` (None for anonymous memory, or a file that is not the
+/// one mapped).
+fn file_byte(addr: u64) -> Option<u8> {
+    use std::os::unix::fs::FileExt;
+    let maps = crate::procmaps::mappings();
+    let m = maps.iter().find(|m| m.start <= addr && addr < m.end)?;
+    let mut b = [0u8; 1];
+    crate::procmaps::open_mapped_file(m)?.read_exact_at(&mut b, addr - m.start + m.offset).ok()?;
+    Some(b[0])
 }
 
 /// How the site at `addr` is patched, once a probe is attached there, with a remark (why no
