@@ -241,13 +241,19 @@ struct HookThread {
     /// dispatch is on.
     selector: Cell<u8>,
     /// Something runs on the handler stack (set and put back by whoever runs there, around
-    /// all it does there), or a signal handler runs: a hit meanwhile stays where it is.
+    /// all it does there), or a signal handler runs: a hit meanwhile stays where it is. Only
+    /// ever 0 or 1: the stubs address [`HookThread::in_use_sink`] with it.
     stack_in_use: Cell<u8>,
     /// The handler stack is registered for release at the thread's exit.
     stack_registered: Cell<u8>,
     /// The thread is making the application's own system call for it (intercepted): busy as
     /// it is, the application's signals are not deferred, they interrupt the call as ever.
     app_call: Cell<u8>,
+    _unused: Cell<u8>,
+    /// Where a stub that found the handler stack in use writes the in-use byte it found (1),
+    /// leaving the real one to its user: `stack_in_use + 4 * found`, an address the stub forms
+    /// without touching the flags (see [`emit_probe_call`]'s way out).
+    in_use_sink: Cell<u8>,
     /// The top of the thread's handler stack (0 until its first hit maps it, then
     /// [`NO_HANDLER_STACK`] once it has none): the stubs run the handlers there, not on the
     /// application's stack, which may be a goroutine's few kilobytes (see
@@ -262,17 +268,28 @@ struct HookThread {
     /// Signals (bit `n - 1` for signal `n`) queued again and blocked because they came while
     /// the thread was busy (see `signals::defer`): unblocked when the thread's work is over.
     deferred: Cell<u64>,
+    /// Where the registers of the hit that began the thread's current flow are (its stub's
+    /// frame; 0 when unknown or none: [`leave`] clears it): a later hit whose own frames cover
+    /// them, with that flow still busy, finds the flow left for good (see [`abandoned`]). Who
+    /// pauses or interrupts a flow puts it back after.
+    flow_frame: Cell<u64>,
+    /// The stack pointer that flow's handlers began with (on the handler stack if its stub
+    /// moved there).
+    flow_rsp: Cell<u64>,
 }
 
 const _: () = assert!(
-    std::mem::size_of::<HookThread>() == 64
+    std::mem::size_of::<HookThread>() == 80
         && std::mem::offset_of!(HookThread, selector) == 16
         && std::mem::offset_of!(HookThread, stack_in_use) == 17
         && std::mem::offset_of!(HookThread, stack_registered) == 18
         && std::mem::offset_of!(HookThread, app_call) == 19
+        && std::mem::offset_of!(HookThread, in_use_sink) == 17 + 4
         && std::mem::offset_of!(HookThread, stack_top) == 24
         && std::mem::offset_of!(HookThread, alt_stack) == 32
         && std::mem::offset_of!(HookThread, deferred) == 56
+        && std::mem::offset_of!(HookThread, flow_frame) == 64
+        && std::mem::offset_of!(HookThread, flow_rsp) == 72
 );
 
 // The hook engine's thread-local, defined here in the initial-exec model (`@GOTTPOFF`), which
@@ -290,11 +307,11 @@ std::arch::global_asm!(
     ".globl bpftime_hook_thread",
     ".hidden bpftime_hook_thread",
     ".type bpftime_hook_thread, @tls_object",
-    ".size bpftime_hook_thread, 64",
+    ".size bpftime_hook_thread, 80",
     "bpftime_hook_thread:",
     ".zero 16",
     ".byte 1",
-    ".zero 47",
+    ".zero 63",
     ".text",
 );
 
@@ -304,7 +321,7 @@ fn thread() -> &'static HookThread {
     let p: *const HookThread;
     // SAFETY: the initial-exec TLS sequence for `bpftime_hook_thread` (x86-64 psABI): its
     // offset from the thread pointer, read from the GOT, added to `%fs:0`, the thread pointer.
-    // The result is this thread's copy, 64 bytes laid out as HookThread (checked above), alive
+    // The result is this thread's copy, 80 bytes laid out as HookThread (checked above), alive
     // as long as the thread; only this thread touches it (Cells, never shared).
     unsafe {
         std::arch::asm!(
@@ -342,16 +359,94 @@ pub(crate) enum Admission {
 /// Whether a hit on this thread may run its handlers now; `Run` marks the thread busy.
 #[inline(always)]
 pub(crate) fn admit() -> Admission {
+    admit_with(0)
+}
+
+/// [`admit`] for a hit whose registers are `regs` (its stub's frame, or a signal handler's
+/// copy), which lets it find the thread's flow abandoned (see [`abandoned`]) and start afresh.
+#[inline(always)]
+pub(crate) fn admit_at(regs: &PtRegs) -> Admission {
+    admit_with(regs as *const PtRegs as u64)
+}
+
+/// [`admit_at`] with the registers' address, 0 if none.
+#[inline(always)]
+fn admit_with(frame: u64) -> Admission {
     let t = thread();
-    let st = t.state.get();
+    let mut st = t.state.get();
     if st.busy {
-        Admission::Ignore
-    } else if st.agent || st.depth as usize >= NEST_LEVELS {
+        if !abandoned(t, st, frame) {
+            return Admission::Ignore;
+        }
+        st = ThreadState { busy: false, agent: false, depth: 0, warm: st.warm };
+    }
+    if st.agent || st.depth as usize >= NEST_LEVELS {
         Admission::Miss
     } else {
+        // The flow's registers on both sides of the state: a jump out of the handlers leaves
+        // them found, and a flow a signal begins in between (which clears them as it leaves)
+        // never lends its own. (A flow that begins where another is paused or interrupted,
+        // inside `making_application_call` or `in_signal_handler`, has theirs put back after.)
+        let flow = (frame, stack_pointer());
+        set_flow(t, flow);
+        compiler_fence(Ordering::SeqCst);
         set_state(t, ThreadState { busy: true, depth: st.depth + 1, ..st });
+        compiler_fence(Ordering::SeqCst);
+        set_flow(t, flow);
         Admission::Run(st.depth as usize, st)
     }
+}
+
+/// Whether stack pointer `at` lies on the thread's handler stack (none: `stack_top` 0 or 1).
+fn on_handler_stack_at(t: &HookThread, at: u64) -> bool {
+    t.stack_top.get().wrapping_sub(at) <= (HANDLER_STACK + PAGE) as u64
+}
+
+/// How far below a hit's registers the frames of its own admission may reach: the vector save
+/// area, the dispatch.
+const OWN_FRAMES: u64 = 64 << 10;
+
+/// Whether a hit whose registers are at `frame`, which finds the thread busy at level 1, shows
+/// that flow abandoned: a signal handler the agent does not wrap (one loaded by `bpftime
+/// attach` wraps none) ran on top of a hit's handlers and left them by `siglongjmp`, so the
+/// flow never ended, and every later hit of the thread would have been taken for a call of the
+/// handlers' own. It is abandoned if this hit's own frames (from here up to the end of its
+/// registers, on one stack) cover that flow's registers: a live flow's frames are never
+/// written over, so that flow can never resume. A call its handlers make has its frames below
+/// them, and a hit on another stack (the handler stack, a signal stack, a coroutine's) covers
+/// nothing of them. Not found: hits whose frames do not reach them (a call from higher up),
+/// flows begun with no registers (system calls), the agent's own work, deeper levels.
+#[cold]
+#[inline(never)]
+fn abandoned(t: &HookThread, st: ThreadState, frame: u64) -> bool {
+    let (flow, here, size) = (t.flow_frame.get(), stack_pointer(), pt::SIZE as u64);
+    let ours = here < frame && frame + size - here <= OWN_FRAMES && !on_handler_stack_at(t, here);
+    if st.agent || st.depth != 1 || flow == 0 || !ours || flow + size <= here || flow >= frame + size {
+        return false;
+    }
+    if on_handler_stack_at(t, t.flow_rsp.get()) {
+        // The abandoned stub moved onto the handler stack, where nothing is live any more;
+        // this hit's stub found it in use and stays where it is, leaving the byte alone.
+        t.stack_in_use.set(0);
+    }
+    true
+}
+
+/// Makes `frame` and `handlers_sp` the registers' address and the handlers' stack pointer of the
+/// thread's current flow.
+#[inline(always)]
+fn set_flow(t: &HookThread, (frame, handlers_sp): (u64, u64)) {
+    t.flow_rsp.set(handlers_sp);
+    t.flow_frame.set(frame);
+}
+
+/// The stack pointer where it is called.
+#[inline(always)]
+fn stack_pointer() -> u64 {
+    let here: u64;
+    // SAFETY: reads the stack pointer.
+    unsafe { std::arch::asm!("mov {}, rsp", out(reg) here, options(nomem, nostack, preserves_flags)) };
+    here
 }
 
 /// Restores the state a flow found on entering (a thread once warm stays warm); back out of
@@ -360,6 +455,9 @@ pub(crate) fn admit() -> Admission {
 pub(crate) fn leave(st: ThreadState) {
     let t = thread();
     set_state(t, ThreadState { warm: st.warm || t.state.get().warm, ..st });
+    // After the state: a jump out before it leaves the flow found.
+    compiler_fence(Ordering::SeqCst);
+    t.flow_frame.set(0);
     if !st.busy && t.deferred.get() != 0 {
         take_deferred_signals(t);
     }
@@ -383,6 +481,7 @@ pub(crate) fn making_application_call<R>(f: impl FnOnce() -> R) -> R {
     // Inside an admitted flow (not the agent's own work, nor a miss's unadmitted call).
     let paused = during.busy && !during.agent && during.depth > 0;
     let was = t.app_call.replace(1);
+    let flow = (t.flow_frame.get(), t.flow_rsp.get());
     if paused {
         set_state(t, ThreadState { busy: false, depth: during.depth - 1, ..during });
     }
@@ -396,6 +495,8 @@ pub(crate) fn making_application_call<R>(f: impl FnOnce() -> R) -> R {
     if paused {
         set_state(t, during);
     }
+    compiler_fence(Ordering::SeqCst);
+    set_flow(t, flow);
     t.app_call.set(was);
     r
 }
@@ -489,7 +590,7 @@ fn run_list(handlers: &HandlerList, regs: &PtRegs, level: usize) -> Option<u64> 
 #[inline(always)]
 fn on_entry(site: &Site, regs: &PtRegs) -> Option<u64> {
     let wants_return = site.at_entry && !list(&site.ret).is_empty() && !site.returns_patched();
-    match admit() {
+    match admit_at(regs) {
         Admission::Ignore => None,
         Admission::Miss => {
             miss_all(list(&site.entry));
@@ -794,7 +895,7 @@ unsafe fn pop_below_others(s: *mut ShadowStack, ours: usize, len: usize) {
 
 /// Runs a site's return probes at a return through a stub (`regs.ip` the real return address).
 fn run_returns(site: &Site, regs: &mut PtRegs) {
-    match admit() {
+    match admit_at(regs) {
         Admission::Ignore => {}
         Admission::Miss => miss_all(list(&site.ret)),
         Admission::Run(level, before) => {
@@ -913,7 +1014,7 @@ extern "C" fn return_site_dispatch(site: &Site, regs: &mut PtRegs) {
     // SAFETY: at a `ret`, [sp] is the return address, on this thread's stack.
     regs.ip = unsafe { (regs.sp as *const u64).read() };
     regs.sp += 8;
-    match admit() {
+    match admit_at(regs) {
         Admission::Ignore => {}
         Admission::Miss => miss_all(list(&site.ret)),
         Admission::Run(level, before) if before.warm => {
@@ -1158,8 +1259,8 @@ fn thread_slots() -> ThreadSlots {
 /// Emits a stub's move onto the thread's handler stack, unless something below uses it (a stub
 /// or a signal handler this hit interrupted: whoever runs there sets the in-use byte first and
 /// puts it back after leaving) or the thread has none. The stub's frame (`rbx`) is kept in the
-/// top 16 bytes (see [`in_signal_handler`]). `r12` keeps the in-use byte as found,
-/// put back when the stub leaves. The caller-saved registers are in the frame already; the
+/// top 16 bytes (see [`in_signal_handler`]). `r12` keeps the in-use byte as found
+/// (0 or 1): the stub's way out writes 0 back if it found 0, and leaves a stack in use alone. The caller-saved registers are in the frame already; the
 /// flags are not live (or saved, mid-function). A thread's first hit maps its stack by calling
 /// [`HandlerStacks::maker`] (8 bytes more of the application's stack, once).
 fn emit_handler_stack_switch(a: &mut CodeAssembler, maker: u64) -> Result<(), IcedError> {
@@ -1948,8 +2049,9 @@ fn emit_probe_call(
     saved.restore(a)?;
     a.mov(rsp, rbx)?;
     if handler_stacks.is_some() {
-        // Off the handler stack: its in-use byte as it was (a plain move: the flags may be live).
-        a.mov(byte_ptr(thread_slots().stack_in_use).fs(), r12b)?;
+        // Off the handler stack: free again if this stub took it (`r12` 0), else left to its
+        // user, the byte found written to the sink beside it (no flags: they may be live).
+        a.mov(byte_ptr(r12 * 4 + thread_slots().stack_in_use).fs(), r12b)?;
     }
     if point == PointKind::Return {
         // Where to go on, in the frame's last word (just below the final rsp, where signal
@@ -2760,11 +2862,14 @@ pub fn signal_stack_changed() {
 pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
     let t = thread();
     let before = t.state.get();
+    let flow = (t.flow_frame.get(), t.flow_rsp.get());
     set_state(t, ThreadState { busy: true, agent: true, ..before });
     let r = f();
     // A handler stack a stub mapped in our own work (`leave` gives the thread its `warm` back).
     register_handler_stack();
     leave(before);
+    compiler_fence(Ordering::SeqCst);
+    set_flow(t, flow);
     r
 }
 
@@ -2791,6 +2896,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // releases them (the handler's return puts the mask back): flows inside the handler
     // release only their own.
     let outer = t.deferred.replace(0);
+    let flow = (t.flow_frame.get(), t.flow_rsp.get());
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     let r = match interrupted_stub_frame(t) {
@@ -2802,16 +2908,15 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     t.stack_in_use.set(in_use);
     t.app_call.set(app_call);
     t.deferred.set(t.deferred.get() | outer);
+    compiler_fence(Ordering::SeqCst);
+    set_flow(t, flow);
     r
 }
 
 /// Where the stub this thread's handler stack serves left the application's stack (its frame's
 /// lowest address), if the current stack pointer is on the handler stack.
 fn interrupted_stub_frame(t: &HookThread) -> Option<u64> {
-    let top = t.stack_top.get();
-    let here: u64;
-    // SAFETY: reads the stack pointer.
-    unsafe { std::arch::asm!("mov {}, rsp", out(reg) here, options(nomem, nostack, preserves_flags)) };
+    let (top, here) = (t.stack_top.get(), stack_pointer());
     if top <= NO_HANDLER_STACK || here >= top - 16 || here < top - HANDLER_STACK as u64 {
         return None;
     }
