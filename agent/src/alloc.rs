@@ -32,6 +32,7 @@ impl SpinLock {
     }
 
     fn lock(&self) {
+        HELD.with(|h| h.set(h.get() + 1));
         while self.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             std::hint::spin_loop();
             if self.0.load(Ordering::Relaxed) {
@@ -42,7 +43,19 @@ impl SpinLock {
 
     fn unlock(&self) {
         self.0.store(false, Ordering::Release);
+        HELD.with(|h| h.set(h.get() - 1));
     }
+}
+
+thread_local! {
+    /// Class locks this thread holds or waits for.
+    static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread holds (or waits for) one of the allocator's locks, in any of its flows:
+/// work of ours a signal handler left by `siglongjmp` then left it held for good.
+pub fn held_by_this_thread() -> bool {
+    HELD.with(|h| h.get() != 0)
 }
 
 /// One size class: a free list of blocks (the next pointer in each free block's first word)

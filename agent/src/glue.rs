@@ -443,10 +443,23 @@ pub(crate) fn start() {
     start_in(default_name());
 }
 
+/// Whether this thread's probe work, which a signal handler left by `siglongjmp` (in a process
+/// the agent was loaded into, where no handler is wrapped), may be replaced by the next hit: not
+/// while it holds a lock of ours (the allocator's, a region lock), which would stay held; then
+/// its run context is freed for the next run.
+fn may_replace_abandoned_flow() -> bool {
+    if crate::alloc::held_by_this_thread() || bpftime_shm::lock::held_by_this_thread() {
+        return false;
+    }
+    bpftime_runtime::forget_abandoned_run();
+    true
+}
+
 /// Starts with region `name`: attaches what its links name for this process and follows the
 /// link table from then on.
 pub(crate) fn start_in(name: String) {
     initialise_what_hits_use();
+    bpftime_attach::set_abandon_check(may_replace_abandoned_flow);
     bpftime_attach::signals::keep_traps_deliverable();
     if crate::INJECTED.load(std::sync::atomic::Ordering::Acquire) {
         crate::masks::hook_libc_masks();

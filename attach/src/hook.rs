@@ -424,6 +424,10 @@ fn abandoned(t: &HookThread, st: ThreadState, frame: u64) -> bool {
     if st.agent || st.depth != 1 || flow == 0 || !ours || flow + size <= here || flow >= frame + size {
         return false;
     }
+    // What the abandoned work held (a lock) stays held: its next hit would wait for it for good.
+    if ABANDON_CHECK.get().is_some_and(|may| !may()) {
+        return false;
+    }
     if on_handler_stack_at(t, t.flow_rsp.get()) {
         // The abandoned stub moved onto the handler stack, where nothing is live any more;
         // this hit's stub found it in use and stays where it is, leaving the byte alone.
@@ -438,6 +442,17 @@ fn abandoned(t: &HookThread, st: ThreadState, frame: u64) -> bool {
 fn set_flow(t: &HookThread, (frame, handlers_sp): (u64, u64)) {
     t.flow_rsp.set(handlers_sp);
     t.flow_frame.set(frame);
+}
+
+/// Asked before a flow found abandoned (see [`abandoned`]) is replaced: whether what it left
+/// allows it (it held no lock, which would stay held), readying what it left for the next run.
+static ABANDON_CHECK: OnceLock<fn() -> bool> = OnceLock::new();
+
+/// Sets [`ABANDON_CHECK`] (once): `may` says whether this thread's work, which a signal handler
+/// left by `siglongjmp` inside a probe's handlers, may be taken for over, and readies its state
+/// for the next hit. Without one, abandoned flows are replaced whatever they held.
+pub fn set_abandon_check(may: fn() -> bool) {
+    let _ = ABANDON_CHECK.set(may);
 }
 
 /// The stack pointer where it is called.

@@ -27,9 +27,9 @@ pub mod symbols;
 pub mod syscalls;
 
 pub use hook::{
-    attach, detach, forget_unloaded, in_probe, in_signal_handler, original_first_byte, patched_returns, real_return_address, run_as_hit, set_handler_stacks,
-    set_return_patching, signal_stack_changed, site_method, site_vectors, unwind_past_return_probe, without_probes, yield_to_foreign_breakpoints, AttachError,
-    Method, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
+    attach, detach, forget_unloaded, in_probe, in_signal_handler, original_first_byte, patched_returns, real_return_address, run_as_hit, set_abandon_check,
+    set_handler_stacks, set_return_patching, signal_stack_changed, site_method, site_vectors, unwind_past_return_probe, without_probes,
+    yield_to_foreign_breakpoints, AttachError, Method, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
 };
 pub use module_code::{set_facts_store, FactsStore};
 pub use patch::{hold_self_mem, register_sync_core, MOVED_THREADS, TRAPS_REDIRECTED};

@@ -37,4 +37,4 @@ pub mod usdt;
 mod user_mem;
 
 pub use handles::{map_of, map_ref, MAP_REF_TAG};
-pub use runtime::{EngineKind, HelperContext, LoadError, LoadedObject, LoadedProgram, ProbeProgram, ProbeRun, Runtime, PROBE_LEVELS};
+pub use runtime::{forget_abandoned_run, EngineKind, HelperContext, LoadError, LoadedObject, LoadedProgram, ProbeProgram, ProbeRun, Runtime, PROBE_LEVELS};

@@ -232,6 +232,35 @@ impl ProbeThread {
     }
 }
 
+/// Runs `f` with this thread's asynchronous signals blocked (all but the faults, SIGTRAP and
+/// SIGSYS), by the system call itself: libc's name may be an agent's wrapper, and the call is
+/// ours, not the application's.
+fn with_async_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+    const OPEN: [libc::c_int; 6] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS];
+    let block = OPEN.iter().fold(u64::MAX, |m, &s| m & !(1u64 << (s - 1)));
+    let mut old = 0u64;
+    // SAFETY: rt_sigprocmask(2) on this thread with valid 8-byte sets.
+    let blocked = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, &block as *const u64, &mut old as *mut u64, 8) } == 0;
+    let r = f();
+    if blocked {
+        // SAFETY: as above, putting back the mask read then.
+        unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &old as *const u64, std::ptr::null_mut::<u64>(), 8) };
+    }
+    r
+}
+
+/// Frees this thread's first-level probe context for the next run: the run in it was left for
+/// good (a signal handler's `siglongjmp` out of it, which the hook engine found).
+pub fn forget_abandoned_run() {
+    let _ = PROBE_THREADS.try_with(|cell| {
+        let p = cell.get();
+        if !p.is_null() {
+            // SAFETY: this thread's contexts; the run that had level 0 will never go on.
+            unsafe { (*p).levels[0].busy = false };
+        }
+    });
+}
+
 /// A thread's probe contexts, one per nesting level.
 struct ProbeThreads {
     levels: [ProbeThread; PROBE_LEVELS],
@@ -831,36 +860,41 @@ impl Runtime {
             self.count_miss(probe.program.id);
             return Ok(ProbeRun { r0: 0, override_return: None });
         }
-        let made = PROBE_THREADS.try_with(|cell| {
-            let old = cell.get();
-            // SAFETY: this thread's contexts, none running (we are at level 0).
-            if !old.is_null() && unsafe { (*old).levels.iter().any(|t| t.busy) } {
-                return None;
-            }
-            let fresh = Box::into_raw(Box::new(ProbeThreads {
-                levels: std::array::from_fn(|_| ProbeThread {
-                    runner: Runner::new(&self.regions, self.probe_budget),
-                    host: Box::new(HelperContext { caller_at_sp: probe.caller_at_sp, ..HelperContext::new(self, probe.cookie, probe.func_ip, true) }),
-                    busy: false,
-                }),
-            }));
-            // SAFETY: fresh contexts, freed only by `free_probe_threads` at this thread's exit.
-            if !unsafe { PROBE_THREAD_EXIT.register(fresh as *mut c_void) } {
-                // SAFETY: just made, not shared.
-                drop(unsafe { Box::from_raw(fresh) });
-                return None;
-            }
-            if !old.is_null() {
-                // Contexts for another runtime (tests make several): replaced.
-                // SAFETY: this thread's previous contexts, no longer registered or running.
-                drop(unsafe { Box::from_raw(old) });
-            }
-            cell.set(fresh);
-            // SAFETY: just made, owned by this thread.
-            Some(unsafe { &mut (*fresh).levels[0] }.run(probe, regs))
+        // Made (not run) with asynchronous signals held back: a handler that left this by
+        // `siglongjmp` (in a process whose handlers the agent does not wrap) would leave the
+        // allocator's lock held, and the thread's probes silenced for good.
+        let made = with_async_signals_blocked(|| {
+            PROBE_THREADS.try_with(|cell| {
+                let old = cell.get();
+                // SAFETY: this thread's contexts, none running (we are at level 0).
+                if !old.is_null() && unsafe { (*old).levels.iter().any(|t| t.busy) } {
+                    return None;
+                }
+                let fresh = Box::into_raw(Box::new(ProbeThreads {
+                    levels: std::array::from_fn(|_| ProbeThread {
+                        runner: Runner::new(&self.regions, self.probe_budget),
+                        host: Box::new(HelperContext { caller_at_sp: probe.caller_at_sp, ..HelperContext::new(self, probe.cookie, probe.func_ip, true) }),
+                        busy: false,
+                    }),
+                }));
+                // SAFETY: fresh contexts, freed only by `free_probe_threads` at this thread's exit.
+                if !unsafe { PROBE_THREAD_EXIT.register(fresh as *mut c_void) } {
+                    // SAFETY: just made, not shared.
+                    drop(unsafe { Box::from_raw(fresh) });
+                    return None;
+                }
+                if !old.is_null() {
+                    // Contexts for another runtime (tests make several): replaced.
+                    // SAFETY: this thread's previous contexts, no longer registered or running.
+                    drop(unsafe { Box::from_raw(old) });
+                }
+                cell.set(fresh);
+                Some(fresh)
+            })
         });
         match made {
-            Ok(Some(r)) => r,
+            // SAFETY: just made, owned by this thread.
+            Ok(Some(fresh)) => unsafe { &mut (*fresh).levels[0] }.run(probe, regs),
             _ => {
                 let host = HelperContext { caller_at_sp: probe.caller_at_sp, ..HelperContext::new(self, probe.cookie, probe.func_ip, true) };
                 let opts = RunOptions { regions: &self.regions, budget: self.probe_budget, host: &host as *const HelperContext as *mut _ };
