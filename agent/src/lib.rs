@@ -62,6 +62,8 @@ extern "C" fn init_at_load(argc: c_int, argv: *const *const c_char, envp: *const
 fn bpftime_agent_init(exec: syscalls::ExecArgs) {
     protect_allocator_across_fork();
     masks::resolve_all();
+    // Out of the application's environment first, whatever happens next.
+    let caller = syscalls::take_exec_caller(exec);
     if std::env::var_os("BPFTIME_DISABLE").is_some() || !glue::configured() {
         return;
     }
@@ -70,12 +72,15 @@ fn bpftime_agent_init(exec: syscalls::ExecArgs) {
         return;
     }
     // Loaded with the image, right after the execve that started it: that call returns here
-    // (its exit programs run now, as the kernel runs them in the new image). A caller without
-    // the agent (`bpftime start`, a loader's `-c CMD`) says so in the environment: its entry
-    // programs run first, on the arguments the call left.
+    // (its exit programs run now, as the kernel runs them in the new image). Unless the caller's
+    // agent saw the call (it says so in the environment), its entry programs run first, on the
+    // arguments the call left: a caller without the agent (`bpftime start` and a loader's
+    // `-c CMD` give their names), a `vfork` child (dash, `posix_spawn`, `system`).
     let _ = std::panic::catch_unwind(|| {
-        if let Some(caller) = syscalls::take_exec_untraced(exec) {
-            syscalls::execve_entered(exec, &caller);
+        match &caller {
+            syscalls::ExecCaller::Seen => {}
+            syscalls::ExecCaller::Untraced(name) => syscalls::execve_entered(exec, Some(name)),
+            syscalls::ExecCaller::Unknown => syscalls::execve_entered(exec, None),
         }
         syscalls::execve_returned();
     });

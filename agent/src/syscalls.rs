@@ -164,6 +164,8 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
         None => {
             let p = Arc::new(Programs { runtime, tables: AtomicPtr::new(fresh) });
             let _ = PROGRAMS.set(p.clone());
+            // The images this process starts learn that their execve was seen here.
+            interception::mark_execs(EXEC_SEEN);
             if let Err(e) = interception::start(p.clone()) {
                 eprintln!("bpftime: system call programs cannot run here: {e}");
                 for id in attached {
@@ -187,6 +189,13 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
 /// the call). The agent removes it.
 pub const EXEC_UNTRACED: &str = "BPFTIME_EXEC_UNTRACED";
 
+/// The variable an `execve` seen here (system calls intercepted) sets in the environment of the
+/// image it starts, to this process's id: an image that does not find its own id there runs
+/// that call's entry programs itself (its caller had none running: a `vfork` child, which runs
+/// without interception, or a process without the agent; a mark inherited from an image with
+/// no agent is another process's). The agent removes it.
+pub const EXEC_SEEN: &str = "BPFTIME_EXEC_SEEN";
+
 /// The arguments the `execve` that started this image left for it (the arrays on the initial
 /// stack), as glibc passes them to constructors.
 #[derive(Clone, Copy, Debug)]
@@ -195,16 +204,37 @@ pub struct ExecArgs {
     pub envp: u64,
 }
 
-/// The value of [`EXEC_UNTRACED`] in the environment the execve left (`exec.envp`), removing
+/// How the `execve` that started this image was seen, from the environment it left.
+pub enum ExecCaller {
+    /// By the agent in the caller ([`EXEC_SEEN`]).
+    Seen,
+    /// By no agent: a caller that says so ([`EXEC_UNTRACED`], its name given).
+    Untraced(Vec<u8>),
+    /// By no agent, as far as we know.
+    Unknown,
+}
+
+/// How the `execve` that started this image was seen, with [`EXEC_SEEN`] and [`EXEC_UNTRACED`]
+/// taken out of the environment it left (`exec.envp`).
+pub fn take_exec_caller(exec: ExecArgs) -> ExecCaller {
+    let seen = take_env(exec, EXEC_SEEN).is_some_and(|pid| pid == std::process::id().to_string().as_bytes());
+    match take_env(exec, EXEC_UNTRACED) {
+        _ if seen => ExecCaller::Seen,
+        Some(caller) => ExecCaller::Untraced(caller),
+        None => ExecCaller::Unknown,
+    }
+}
+
+/// The value of variable `name` in the environment the execve left (`exec.envp`), removing
 /// it there. The array itself is edited, in place (it is `environ` until the program changes
 /// it): the program's own `getenv`/`unsetenv` may not be libc's (bash has its own, which works
 /// on a table it fills in `main`).
-pub fn take_exec_untraced(exec: ExecArgs) -> Option<Vec<u8>> {
+fn take_env(exec: ExecArgs, name: &str) -> Option<Vec<u8>> {
     let envp = exec.envp as *mut *const std::ffi::c_char;
     if envp.is_null() {
         return None;
     }
-    let prefix = format!("{EXEC_UNTRACED}=");
+    let prefix = format!("{name}=");
     let mut found = None;
     // SAFETY: `envp` is the NULL-terminated array of C strings the kernel built on the initial
     // stack for execve(2) (glibc hands it to constructors), writable, and nothing else runs
@@ -234,9 +264,23 @@ pub fn take_exec_untraced(exec: ExecArgs) -> Option<Vec<u8>> {
 
 /// Runs the entry programs of the `execve` that started this image, for a caller that had no
 /// agent to run them: its filename (`AT_EXECFN`), argv and envp, as the call passed them, with
-/// the caller's name (`caller`, when given) as the thread's name meanwhile.
-pub fn execve_entered(exec: ExecArgs, caller: &[u8]) {
+/// the caller's name (`caller`, when given; else the parent's main thread's, which a `vfork`
+/// child has unless the thread that made it had another) as the thread's name meanwhile.
+pub fn execve_entered(exec: ExecArgs, caller: Option<&[u8]>) {
     let Some(p) = PROGRAMS.get() else { return };
+    let parents;
+    let caller = match caller {
+        Some(c) => c,
+        None => {
+            // The agent's own calls, which the application's system call programs must not see.
+            parents = bpftime_attach::without_probes(|| {
+                // SAFETY: getppid(2) cannot fail.
+                let parent = unsafe { libc::getppid() };
+                std::fs::read(format!("/proc/{parent}/comm")).unwrap_or_default()
+            });
+            parents.strip_suffix(b"\n").unwrap_or(&parents)
+        }
+    };
     // SAFETY: getauxval(3) reads the auxiliary vector; AT_EXECFN is the address of the
     // filename the execve was given (0 where absent).
     let filename = unsafe { libc::getauxval(libc::AT_EXECFN) };

@@ -12,7 +12,8 @@
 //! Calls that cannot be made from inside a signal handler (`rt_sigreturn`, `clone`, `clone3`,
 //! `fork`, `vfork`, `execve`, `execveat`, `exit`, `exit_group`) are made in place instead:
 //! the thread resumes at a per-site gadget in the allowed range (`syscall`, then a jump back
-//! after the original instruction) with its registers as they were. For `clone`, `clone3`,
+//! after the original instruction) with its registers as they were (an exec's environment
+//! array aside: see [`mark_execs`]). For `clone`, `clone3`,
 //! `fork`, `vfork` and the `execve`s, the gadget sends the caller (not a new child, which goes
 //! straight back) through a stub that runs the exit handlers first, with the result: the new
 //! child's id, or the error of a call that failed. A child's own return from the call (0) is
@@ -230,6 +231,13 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
     let was = unsafe { selector.replace(0) };
     regs.orig_ax = call.nr;
     regs.ip = call.ret;
+    // A failed `execve` gives the caller its own environment array back (the call keeps rdx
+    // and r10).
+    match call.nr as i64 {
+        libc::SYS_execve => unmark_exec(&mut regs.dx),
+        libc::SYS_execveat => unmark_exec(&mut regs.r10),
+        _ => {}
+    }
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
             h.on_exit(regs, level);
@@ -242,6 +250,114 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
     regs.r11 = call.ret;
     // SAFETY: back to what the application had.
     unsafe { selector.write(was) };
+}
+
+/// The variable [`mark_execs`] adds to the environment of the `execve`s made here.
+static EXEC_MARKER: OnceLock<&'static str> = OnceLock::new();
+
+/// Adds `VAR=PID` (this process's id, which an exec keeps) to the environment of the
+/// `execve`s and `execveat`s this process makes in place while its calls are intercepted (in
+/// a copy of the array; the application's is put back if the call fails), so that the image
+/// it starts can tell that the call was seen here: one that does not find its own id there
+/// was started by a caller whose calls were not seen (a `vfork` child, which runs without
+/// interception, a process without the agent). Left unmarked: arrays that cannot be read or
+/// have more than [`MOST_ENV_ENTRIES`] entries, and execs nested deeper than [`MARK_SLOTS`].
+pub fn mark_execs(var: &'static str) {
+    let _ = EXEC_MARKER.set(var);
+}
+
+/// Most environment entries a marked `execve` copies (more: left unmarked).
+const MOST_ENV_ENTRIES: usize = 1 << 16;
+
+/// Marked `execve`s a thread may have under way at once (a signal handler's exec may come
+/// between another's mark and its call).
+const MARK_SLOTS: usize = 4;
+
+thread_local! {
+    /// The environment arrays this thread's marked `execve`s were given instead of their own,
+    /// while their calls are under way: (the copy, its words, the application's); 0: a free
+    /// slot. No destructor (and no allocation to register one): the copies of the calls that
+    /// succeeded went with the image.
+    static MARKED: std::cell::Cell<[(u64, usize, u64); MARK_SLOTS]> = const { std::cell::Cell::new([(0, 0, 0); MARK_SLOTS]) };
+}
+
+/// Replaces the environment array `*envp` of `execve` or `execveat` call `nr` with a copy that
+/// ends with the exec marker, if there is one.
+fn mark_exec(nr: u64, envp: &mut u64) {
+    let Some(var) = EXEC_MARKER.get() else { return };
+    if nr != libc::SYS_execve as u64 && nr != libc::SYS_execveat as u64 {
+        return;
+    }
+    let Some(entries) = pointer_array(*envp, MOST_ENV_ENTRIES) else { return };
+    let _ = MARKED.try_with(|m| {
+        let mut slots = m.get();
+        let Some(free) = slots.iter().position(|s| s.0 == 0) else { return };
+        // SAFETY: getpid(2), by our own instruction.
+        let pid = unsafe { raw_syscall(libc::SYS_getpid as u64, [0; 6]) };
+        let text = format!("{var}={pid}\0");
+        let n = entries.len();
+        let words = n + 2 + text.len().div_ceil(8);
+        let mut copy = vec![0u64; words].into_boxed_slice();
+        copy[..n].copy_from_slice(&entries);
+        let at = copy[n + 2..].as_mut_ptr() as *mut u8;
+        // SAFETY: the words after the array's NULL hold the text (its length rounded up).
+        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), at, text.len()) };
+        copy[n] = at as u64;
+        let copy = Box::into_raw(copy) as *mut u64 as u64;
+        slots[free] = (copy, words, *envp);
+        m.set(slots);
+        *envp = copy;
+    });
+}
+
+/// Puts back the application's environment array where [`mark_exec`] replaced it (the call
+/// failed), and frees the copy.
+fn unmark_exec(envp: &mut u64) {
+    let _ = MARKED.try_with(|m| {
+        let mut slots = m.get();
+        let Some(i) = slots.iter().position(|s| s.0 != 0 && s.0 == *envp) else { return };
+        let (copy, words, own) = slots[i];
+        slots[i] = (0, 0, 0);
+        m.set(slots);
+        *envp = own;
+        // SAFETY: made by `mark_exec` as a boxed slice of `words` words, and no longer in use
+        // (its call returned).
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(copy as *mut u64, words)) });
+    });
+}
+
+/// The entries of the NULL-terminated array of pointers at `at` (none for a null `at`, as the
+/// kernel takes it), read without faulting; None if it cannot be read or has more than `most`.
+fn pointer_array(at: u64, most: usize) -> Option<Vec<u64>> {
+    let mut out = Vec::new();
+    if at == 0 {
+        return Some(out);
+    }
+    let mut chunk = [0u64; 64];
+    loop {
+        let from = at.checked_add(out.len() as u64 * 8)?;
+        let local = libc::iovec { iov_base: chunk.as_mut_ptr().cast(), iov_len: std::mem::size_of_val(&chunk) };
+        let remote = libc::iovec { iov_base: from as *mut libc::c_void, iov_len: std::mem::size_of_val(&chunk) };
+        // SAFETY: getpid(2), then process_vm_readv(2) on ourselves, which writes at most
+        // `chunk`'s bytes into it and checks the remote range itself (a partial read stops at
+        // the first unreadable page).
+        let got = unsafe {
+            let pid = raw_syscall(libc::SYS_getpid as u64, [0; 6]);
+            raw_syscall(libc::SYS_process_vm_readv as u64, [pid, &local as *const _ as u64, 1, &remote as *const _ as u64, 1, 0])
+        };
+        if got as i64 <= 0 || got < 8 {
+            return None;
+        }
+        for &w in &chunk[..got as usize / 8] {
+            if w == 0 {
+                return Some(out);
+            }
+            if out.len() == most {
+                return None;
+            }
+            out.push(w);
+        }
+    }
 }
 
 /// SIGSYS's bit in a signal mask: never blocked while calls are intercepted (a call made with
@@ -410,6 +526,10 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 // in place, only where the caller comes back with a result of its own).
                 let exit = !in_place(nr) || reports_exit(nr);
                 if make_in_place(g, nr, exit) {
+                    let envp = if nr == libc::SYS_execve as u64 { libc::REG_RDX } else { libc::REG_R10 };
+                    let mut at = g[envp as usize] as u64;
+                    mark_exec(nr, &mut at);
+                    g[envp as usize] = at as i64;
                     return false;
                 }
                 if in_place(nr) {
@@ -568,7 +688,10 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     let call = |regs: &mut PtRegs, skip: Option<u64>, theirs: bool| {
         if in_place(nr) {
             match gadget(after, nr, reports_exit(nr), false) {
-                Some(g) => regs.r11 = g,
+                Some(g) => {
+                    regs.r11 = g;
+                    mark_exec(nr, if nr == libc::SYS_execve as u64 { &mut regs.dx } else { &mut regs.r10 });
+                }
                 None => {
                     regs.ax = -(libc::ENOSYS as i64) as u64;
                     regs.r11 = after;

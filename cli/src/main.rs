@@ -309,9 +309,10 @@ enum CudaCommand {
 enum ShmCommand {
     /// Create the region (mode 0600, or 0660 shared with --group).
     Create {
-        /// Size in bytes (suffixes K, M, G allowed).
-        #[arg(long, default_value = "64M")]
-        size: String,
+        /// Size in bytes (suffixes K, M, G allowed); by default what `bpftime load` makes for a
+        /// loader: 1 GiB, or half of what /dev/shm has free (pages take memory once used).
+        #[arg(long)]
+        size: Option<String>,
         /// Share the region with this group: its members open it with BPFTIME_SHM_GROUP=1.
         #[arg(long)]
         group: Option<String>,
@@ -771,7 +772,10 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             Ok(0)
         }
         Command::Shm { command: ShmCommand::Create { size, group } } => {
-            let size = parse_size(&size)?;
+            let size = match size {
+                Some(size) => parse_size(&size)?,
+                None => bpftime_shm::loader_size(),
+            };
             let r = match group {
                 Some(g) => ShmRegion::create_for_group(shm, size, group_id(&g)?),
                 None => ShmRegion::create(shm, size),

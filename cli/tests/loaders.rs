@@ -2106,6 +2106,56 @@ fn libbpf_tools_opensnoop_sees_every_open_like_the_kernel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Debian's libbpf-tools `execsnoop` (unmodified: `sys_enter_execve` keeps the arguments in a
+/// hash map, `sys_exit_execve` prints them with the result through a perf buffer) through the
+/// syscall server, on a dash script, whose commands run in `vfork` children, a `posix_spawn`
+/// (`system`) and a bash fork child: every exec is printed with its arguments as on the kernel.
+/// A vfork child runs without interception, so its exec went unseen (only the script's own
+/// exec was printed). Its map takes 84 MiB: the region `shm create` makes by default holds it.
+#[test]
+fn libbpf_tools_execsnoop_sees_the_execs_of_vfork_children_like_the_kernel() {
+    let _serial = serial();
+    let Some(tool) = installed_or_skip("/usr/sbin/execsnoop", "libbpf-tools") else { return };
+    if !bpftime_tests::kernel::tracefs_mounted() {
+        return;
+    }
+    let script = "/bin/true bpftime-exec-marker-1; /bin/echo bpftime-exec-marker-2 > /dev/null; bash -c '/bin/true bpftime-exec-marker-3'; python3 -c 'import os; os.system(\"/bin/true bpftime-exec-marker-4\")'";
+    let marked = |out: &str| {
+        let mut lines: Vec<String> = out
+            .lines()
+            .filter(|l| l.contains("bpftime-exec-marker-") && !l.contains(" -c "))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // PCOMM, RET and ARGS (not the ids).
+                format!("{} {} {}", f[0], f[3], f[4..].join(" "))
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    let want = [
+        "echo 0 /bin/echo bpftime-exec-marker-2",
+        "true 0 /bin/true bpftime-exec-marker-1",
+        "true 0 /bin/true bpftime-exec-marker-3",
+        "true 0 /bin/true bpftime-exec-marker-4",
+    ];
+    let dir = std::env::temp_dir().join(format!("bpftime-execsnoop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-execsnoop-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&tool);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--", "/bin/sh", "-c", script]), &dir.join("ours"), true);
+    assert_eq!(marked(&out), want, "{out}");
+    bpftime_tests::remove_region(&shm);
+    if is_root() {
+        let out = tool_session(Command::new(&tool), None, Command::new("/bin/sh").args(["-c", script]), &dir.join("kernel"), true);
+        assert_eq!(marked(&out), want, "the kernel's:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Debian's libbpf-tools `mountsnoop` and `sigsnoop -k` (unmodified) through the syscall
 /// server print what they print on the kernel. mountsnoop is the case of code libbpf leaves
 /// for the verifier to prove dead: with ring buffers available it does not create its

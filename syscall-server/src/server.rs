@@ -762,7 +762,17 @@ impl Server {
         };
         let name = a.obj_name(28)?;
         let map = Map::create(&self.region, &name, &spec).map_err(|e| match e {
-            bpftime_maps::MapError::Shm(_) => libc::ENOMEM,
+            bpftime_maps::MapError::Shm(e) => {
+                // The kernel would have found the memory: say why, and what to do.
+                if let bpftime_shm::ShmError::Full { name: region, size, want } = &e {
+                    eprintln!(
+                        "bpftime: map `{name}` needs {} MiB, more than region `{region}` ({} MiB) has free: remove the region and make a bigger one (`bpftime shm create --size 1G`), or let `bpftime load` make it (sized for maps made for the kernel)",
+                        want.div_ceil(1 << 20),
+                        size >> 20
+                    );
+                }
+                libc::ENOMEM
+            }
             // The kernel's ENOTSUPP (not a userspace errno).
             bpftime_maps::MapError::NotSupported(_) => 524,
             _ => libc::EINVAL,
