@@ -289,6 +289,11 @@ fn mark_exec(nr: u64, envp: &mut u64) {
         return;
     }
     let Some(entries) = pointer_array(*envp, MOST_ENV_ENTRIES) else { return };
+    // Only for an image that will have the agent: a mark must not show in the environment of
+    // a program started without it (`env -i`, a scrubbed environment).
+    if !entries.iter().any(|&e| preloads_agent(e)) {
+        return;
+    }
     let _ = MARKED.try_with(|m| {
         let mut slots = m.get();
         let Some(free) = slots.iter().position(|s| s.0 == 0) else { return };
@@ -326,6 +331,35 @@ fn unmark_exec(envp: &mut u64) {
     });
 }
 
+/// Whether the environment entry at `at` is an `LD_PRELOAD` that names the agent
+/// (`libbpftime`), read without faulting.
+fn preloads_agent(at: u64) -> bool {
+    const NAME: &[u8] = b"LD_PRELOAD=";
+    let mut buf = [0u8; 1024];
+    let got = read_own(at, &mut buf);
+    let entry = &buf[..got];
+    let entry = entry.iter().position(|&b| b == 0).map_or(entry, |n| &entry[..n]);
+    entry.starts_with(NAME) && entry.windows(10).any(|w| w == b"libbpftime")
+}
+
+/// Reads this process's memory at `at` into `buf` without faulting; how many bytes were read
+/// (a read stops at the first unreadable page).
+fn read_own(at: u64, buf: &mut [u8]) -> usize {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: at as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: getpid(2), then process_vm_readv(2) on ourselves, which writes at most `buf`'s
+    // bytes into it and checks the remote range itself.
+    let got = unsafe {
+        let pid = raw_syscall(libc::SYS_getpid as u64, [0; 6]);
+        raw_syscall(libc::SYS_process_vm_readv as u64, [pid, &local as *const _ as u64, 1, &remote as *const _ as u64, 1, 0])
+    };
+    if (got as i64) < 0 {
+        0
+    } else {
+        got as usize
+    }
+}
+
 /// The entries of the NULL-terminated array of pointers at `at` (none for a null `at`, as the
 /// kernel takes it), read without faulting; None if it cannot be read or has more than `most`.
 fn pointer_array(at: u64, most: usize) -> Option<Vec<u64>> {
@@ -333,22 +367,15 @@ fn pointer_array(at: u64, most: usize) -> Option<Vec<u64>> {
     if at == 0 {
         return Some(out);
     }
-    let mut chunk = [0u64; 64];
     loop {
         let from = at.checked_add(out.len() as u64 * 8)?;
-        let local = libc::iovec { iov_base: chunk.as_mut_ptr().cast(), iov_len: std::mem::size_of_val(&chunk) };
-        let remote = libc::iovec { iov_base: from as *mut libc::c_void, iov_len: std::mem::size_of_val(&chunk) };
-        // SAFETY: getpid(2), then process_vm_readv(2) on ourselves, which writes at most
-        // `chunk`'s bytes into it and checks the remote range itself (a partial read stops at
-        // the first unreadable page).
-        let got = unsafe {
-            let pid = raw_syscall(libc::SYS_getpid as u64, [0; 6]);
-            raw_syscall(libc::SYS_process_vm_readv as u64, [pid, &local as *const _ as u64, 1, &remote as *const _ as u64, 1, 0])
-        };
-        if got as i64 <= 0 || got < 8 {
+        let mut bytes = [0u8; 512];
+        let got = read_own(from, &mut bytes);
+        if got < 8 {
             return None;
         }
-        for &w in &chunk[..got as usize / 8] {
+        for word in bytes[..got / 8 * 8].chunks_exact(8) {
+            let w = u64::from_ne_bytes(word.try_into().unwrap_or_default());
             if w == 0 {
                 return Some(out);
             }
