@@ -62,8 +62,13 @@ extern "C" fn init_at_load(argc: c_int, argv: *const *const c_char, envp: *const
 fn bpftime_agent_init(exec: syscalls::ExecArgs) {
     protect_allocator_across_fork();
     masks::resolve_all();
-    // Out of the application's environment first, whatever happens next.
-    let caller = syscalls::take_exec_caller(exec);
+    // Started with the image by LD_PRELOAD (not loaded into a running process by `bpftime
+    // attach`, whose environment is the process's, in use by its threads): the marks of the
+    // execve that started it come out of the application's environment first, whatever happens
+    // next.
+    let preloaded =
+        std::env::var_os("LD_PRELOAD").is_some_and(|v| bpftime_attach::syscalls::names_agent(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str())));
+    let caller = preloaded.then(|| syscalls::take_exec_caller(exec));
     if std::env::var_os("BPFTIME_DISABLE").is_some() || !glue::configured() {
         return;
     }
@@ -77,7 +82,8 @@ fn bpftime_agent_init(exec: syscalls::ExecArgs) {
     // arguments the call left: a caller without the agent (`bpftime start` and a loader's
     // `-c CMD` give their names), a `vfork` child (dash, `posix_spawn`, `system`).
     let _ = std::panic::catch_unwind(|| {
-        match &caller {
+        let Some(caller) = &caller else { return };
+        match caller {
             syscalls::ExecCaller::Seen => {}
             syscalls::ExecCaller::Untraced(name) => syscalls::execve_entered(exec, Some(name)),
             syscalls::ExecCaller::Unknown => syscalls::execve_entered(exec, None),

@@ -249,7 +249,10 @@ struct HookThread {
     /// The thread is making the application's own system call for it (intercepted): busy as
     /// it is, the application's signals are not deferred, they interrupt the call as ever.
     app_call: Cell<u8>,
-    _unused: Cell<u8>,
+    /// The application's call that the thread is making for it was set up by the kernel to
+    /// restart after a signal handler, and our code restarts it instead (see
+    /// `syscalls::take_over_restart`).
+    restart: Cell<u8>,
     /// Where a stub that found the handler stack in use writes the in-use byte it found (1),
     /// leaving the real one to its user: `stack_in_use + 4 * found`, an address the stub forms
     /// without touching the flags (see [`emit_probe_call`]'s way out).
@@ -411,24 +414,34 @@ const OWN_FRAMES: u64 = 64 << 10;
 /// attach` wraps none) ran on top of a hit's handlers and left them by `siglongjmp`, so the
 /// flow never ended, and every later hit of the thread would have been taken for a call of the
 /// handlers' own. It is abandoned if this hit's own frames (from here up to the end of its
-/// registers, on one stack) cover that flow's registers: a live flow's frames are never
-/// written over, so that flow can never resume. A call its handlers make has its frames below
-/// them, and a hit on another stack (the handler stack, a signal stack, a coroutine's) covers
-/// nothing of them. Not found: hits whose frames do not reach them (a call from higher up),
-/// flows begun with no registers (system calls), the agent's own work, deeper levels.
+/// registers, on one stack) cover that flow's registers, or if those lie below all of them in
+/// the same mapping (a stack holds nothing live below its stack pointer; a flow a handler's jump
+/// left inside that handler is deeper than the code the jump goes back to): a live flow's
+/// frames are never written over, so that flow can never resume. A call its handlers make has
+/// its frames below them, and a hit on another stack (the handler stack, a signal stack, a
+/// coroutine's) covers nothing of them. Not found: hits whose frames lie below them (a call
+/// from deeper down), flows begun with no registers (system calls), the agent's own work,
+/// deeper levels. Only a covered flow's handler stack is freed.
 #[cold]
 #[inline(never)]
 fn abandoned(t: &HookThread, st: ThreadState, frame: u64) -> bool {
     let (flow, here, size) = (t.flow_frame.get(), stack_pointer(), pt::SIZE as u64);
     let ours = here < frame && frame + size - here <= OWN_FRAMES && !on_handler_stack_at(t, here);
-    if st.agent || st.depth != 1 || flow == 0 || !ours || flow + size <= here || flow >= frame + size {
+    if st.agent || st.depth != 1 || flow == 0 || !ours || flow >= frame + size {
+        return false;
+    }
+    // Its registers covered by this hit's frames, or below them all in the same mapping (a
+    // stack: the region below the stack pointer holds nothing live, so a flow there was left
+    // too; the flow a jump left inside a signal handler, deeper than the code it jumps back to).
+    let covered = flow + size > here;
+    if !covered && !one_mapping(flow, here) {
         return false;
     }
     // What the abandoned work held (a lock) stays held: its next hit would wait for it for good.
     if ABANDON_CHECK.get().is_some_and(|may| !may()) {
         return false;
     }
-    if on_handler_stack_at(t, t.flow_rsp.get()) {
+    if covered && on_handler_stack_at(t, t.flow_rsp.get()) {
         // The abandoned stub moved onto the handler stack, where nothing is live any more;
         // this hit's stub found it in use and stays where it is, leaving the byte alone.
         t.stack_in_use.set(0);
@@ -442,6 +455,54 @@ fn abandoned(t: &HookThread, st: ThreadState, frame: u64) -> bool {
 fn set_flow(t: &HookThread, (frame, handlers_sp): (u64, u64)) {
     t.flow_rsp.set(handlers_sp);
     t.flow_frame.set(frame);
+}
+
+/// Whether addresses `a` and `b` lie in one mapping of this process (`/proc/self/maps`, read
+/// with our own system calls, allocating nothing: this runs inside a hit).
+fn one_mapping(a: u64, b: u64) -> bool {
+    use crate::syscalls::raw_syscall;
+    // SAFETY: openat(2) of a NUL-terminated path, read-only.
+    let fd = unsafe {
+        raw_syscall(libc::SYS_openat as u64, [libc::AT_FDCWD as u64, c"/proc/self/maps".as_ptr() as u64, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0])
+    } as i64;
+    if fd < 0 {
+        return false;
+    }
+    // Each line starts `lo-hi `, in hex: parsed byte by byte, the rest of the line skipped.
+    let (mut lo, mut hi, mut field, mut found) = (0u64, 0u64, 0u8, None);
+    let mut buf = [0u8; 4096];
+    'read: loop {
+        // SAFETY: read(2) into our buffer.
+        let n = unsafe { raw_syscall(libc::SYS_read as u64, [fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0]) } as i64;
+        if n <= 0 {
+            break;
+        }
+        for &c in &buf[..n as usize] {
+            match (field, c) {
+                (_, b'\n') => (lo, hi, field) = (0, 0, 0),
+                (0, b'-') => field = 1,
+                (1, b' ') => {
+                    if (lo..hi).contains(&a) {
+                        found = Some((lo..hi).contains(&b));
+                        break 'read;
+                    }
+                    field = 2;
+                }
+                (0 | 1, _) => {
+                    let d = (c as char).to_digit(16).unwrap_or(0) as u64;
+                    if field == 0 {
+                        lo = lo << 4 | d;
+                    } else {
+                        hi = hi << 4 | d;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    // SAFETY: close(2) of the descriptor opened above.
+    unsafe { raw_syscall(libc::SYS_close as u64, [fd as u64, 0, 0, 0, 0, 0]) };
+    found.unwrap_or(false)
 }
 
 /// Asked before a flow found abandoned (see [`abandoned`]) is replaced: whether what it left
@@ -514,6 +575,18 @@ pub(crate) fn making_application_call<R>(f: impl FnOnce() -> R) -> R {
     set_flow(t, flow);
     t.app_call.set(was);
     r
+}
+
+/// Notes that the application's call this thread is making returns -ERESTARTSYS to our code
+/// once the signal handler now starting returns, for our code to restart it.
+pub(crate) fn note_restart() {
+    thread().restart.set(1);
+}
+
+/// Whether the application's call that just returned was interrupted for a restart that is ours
+/// to make (see [`note_restart`]); clears it.
+pub(crate) fn take_restart() -> bool {
+    thread().restart.replace(0) != 0
 }
 
 /// Notes that signals `bits` wait, blocked, for this thread's current work to end.
@@ -872,8 +945,11 @@ extern "C" fn return_dispatch(regs: &mut PtRegs) {
         if k == len {
             (*s).len = k - 1;
         } else {
-            // Our own work (its system calls are neither probed nor intercepted).
-            without_probes(|| pop_below_others(s, k - 1, len));
+            // Our own work (its system calls are neither probed nor intercepted), with the
+            // application's signals held back: a handler that left it by `siglongjmp` (where
+            // none is wrapped to wait) would leave the shadow stack half rewritten, and the
+            // thread's flow the agent's for good.
+            crate::signals::with_signals_deferred(|| without_probes(|| pop_below_others(s, k - 1, len)));
         }
         (real, &*site)
     };
@@ -2911,6 +2987,8 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // releases them (the handler's return puts the mask back): flows inside the handler
     // release only their own.
     let outer = t.deferred.replace(0);
+    // A restart of the interrupted call is that call's to take (see `note_restart`).
+    let restart = t.restart.replace(0);
     let flow = (t.flow_frame.get(), t.flow_rsp.get());
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
@@ -2923,6 +3001,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     t.stack_in_use.set(in_use);
     t.app_call.set(app_call);
     t.deferred.set(t.deferred.get() | outer);
+    t.restart.set(restart);
     compiler_fence(Ordering::SeqCst);
     set_flow(t, flow);
     r

@@ -64,6 +64,7 @@ extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         // SAFETY: the application installed `h` for this signal. On x86-64 the kernel passes
         // (sig, info, context) to every handler, so a one-argument handler takes them too.
         let f: InfoHandler = unsafe { std::mem::transmute::<usize, InfoHandler>(h) };
+        crate::syscalls::take_over_restart(ctx);
         crate::hook::in_signal_handler(|| f(sig, info, ctx));
     }
 }

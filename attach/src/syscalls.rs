@@ -275,10 +275,11 @@ const MARK_SLOTS: usize = 4;
 
 thread_local! {
     /// The environment arrays this thread's marked `execve`s were given instead of their own,
-    /// while their calls are under way: (the copy, its words, the application's); 0: a free
-    /// slot. No destructor (and no allocation to register one): the copies of the calls that
-    /// succeeded went with the image.
-    static MARKED: std::cell::Cell<[(u64, usize, u64); MARK_SLOTS]> = const { std::cell::Cell::new([(0, 0, 0); MARK_SLOTS]) };
+    /// while their calls are under way: (the copy, its words, the application's, the marking
+    /// process's id); 0: a free slot. No destructor (and no allocation to register one): the
+    /// copies of the calls that succeeded went with the image, but for those a `vfork` child
+    /// made (sharing this thread's memory and thread-locals), which the next mark here frees.
+    static MARKED: std::cell::Cell<[(u64, usize, u64, u64); MARK_SLOTS]> = const { std::cell::Cell::new([(0, 0, 0, 0); MARK_SLOTS]) };
 }
 
 /// Replaces the environment array `*envp` of `execve` or `execveat` call `nr` with a copy that
@@ -295,10 +296,18 @@ fn mark_exec(nr: u64, envp: &mut u64) {
         return;
     }
     let _ = MARKED.try_with(|m| {
-        let mut slots = m.get();
-        let Some(free) = slots.iter().position(|s| s.0 == 0) else { return };
         // SAFETY: getpid(2), by our own instruction.
         let pid = unsafe { raw_syscall(libc::SYS_getpid as u64, [0; 6]) };
+        let mut slots = m.get();
+        // A `vfork` child's marks (or, in one, its parent's, suspended in `vfork`): their calls
+        // are over.
+        for slot in slots.iter_mut().filter(|s| s.0 != 0 && s.3 != pid) {
+            // SAFETY: made by this function as a boxed slice of `slot.1` words, no longer in
+            // use (the process that marked it has exec'd or exited, or waits in `vfork`).
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(slot.0 as *mut u64, slot.1)) });
+            *slot = (0, 0, 0, 0);
+        }
+        let Some(free) = slots.iter().position(|s| s.0 == 0) else { return };
         let text = format!("{var}={pid}\0");
         let n = entries.len();
         let words = n + 2 + text.len().div_ceil(8);
@@ -309,7 +318,7 @@ fn mark_exec(nr: u64, envp: &mut u64) {
         unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), at, text.len()) };
         copy[n] = at as u64;
         let copy = Box::into_raw(copy) as *mut u64 as u64;
-        slots[free] = (copy, words, *envp);
+        slots[free] = (copy, words, *envp, pid);
         m.set(slots);
         *envp = copy;
     });
@@ -321,8 +330,8 @@ fn unmark_exec(envp: &mut u64) {
     let _ = MARKED.try_with(|m| {
         let mut slots = m.get();
         let Some(i) = slots.iter().position(|s| s.0 != 0 && s.0 == *envp) else { return };
-        let (copy, words, own) = slots[i];
-        slots[i] = (0, 0, 0);
+        let (copy, words, own, _) = slots[i];
+        slots[i] = (0, 0, 0, 0);
         m.set(slots);
         *envp = own;
         // SAFETY: made by `mark_exec` as a boxed slice of `words` words, and no longer in use
@@ -332,14 +341,21 @@ fn unmark_exec(envp: &mut u64) {
 }
 
 /// Whether the environment entry at `at` is an `LD_PRELOAD` that names the agent
-/// (`libbpftime`), read without faulting.
+/// (`libbpftime.so` or `libbpftime_early.so`), read without faulting.
 fn preloads_agent(at: u64) -> bool {
-    const NAME: &[u8] = b"LD_PRELOAD=";
-    let mut buf = [0u8; 1024];
+    let mut buf = [0u8; 4096];
     let got = read_own(at, &mut buf);
     let entry = &buf[..got];
     let entry = entry.iter().position(|&b| b == 0).map_or(entry, |n| &entry[..n]);
-    entry.starts_with(NAME) && entry.windows(10).any(|w| w == b"libbpftime")
+    entry.strip_prefix(b"LD_PRELOAD=").is_some_and(names_agent)
+}
+
+/// Whether an `LD_PRELOAD` value (paths separated by spaces or colons) names the agent.
+pub fn names_agent(value: &[u8]) -> bool {
+    value.split(|&b| b == b':' || b == b' ').any(|path| {
+        let file = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        file == b"libbpftime.so" || file == b"libbpftime_early.so"
+    })
 }
 
 /// Reads this process's memory at `at` into `buf` without faulting; how many bytes were read
@@ -481,7 +497,7 @@ fn make_here(g: &mut [i64; 23], mask: &mut u64) {
     } else {
         // SAFETY: the application's own call, with its own arguments, from a SIGSYS handler
         // whose selector allows it; it is not one that must run in place.
-        unsafe { raw_syscall(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]) }
+        unsafe { app_syscall(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]) }
     };
     g[libc::REG_RAX as usize] = ret as i64;
     // What the `syscall` instruction leaves in rcx and r11.
@@ -537,7 +553,9 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             at_the_site = true;
             return;
         }
-        around_call(&mut regs, |regs, skip, theirs| {
+        around_call(&mut regs, |regs, skip, theirs, entered| {
+            // (Again, for a restart: the number, where the call left its result.)
+            g[libc::REG_RAX as usize] = nr as i64;
             if let (Some(rc), false) = (skip, in_place(nr)) {
                 // Not made: its result, and what the `syscall` instruction leaves in rcx and r11.
                 g[libc::REG_RAX as usize] = rc as i64;
@@ -553,10 +571,12 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 // in place, only where the caller comes back with a result of its own).
                 let exit = !in_place(nr) || reports_exit(nr);
                 if make_in_place(g, nr, exit) {
-                    let envp = if nr == libc::SYS_execve as u64 { libc::REG_RDX } else { libc::REG_R10 };
-                    let mut at = g[envp as usize] as u64;
-                    mark_exec(nr, &mut at);
-                    g[envp as usize] = at as i64;
+                    if entered {
+                        let envp = if nr == libc::SYS_execve as u64 { libc::REG_RDX } else { libc::REG_R10 };
+                        let mut at = g[envp as usize] as u64;
+                        mark_exec(nr, &mut at);
+                        g[envp as usize] = at as i64;
+                    }
                     return false;
                 }
                 if in_place(nr) {
@@ -712,12 +732,14 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     regs.orig_ax = nr;
     regs.ip = after;
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
-    let call = |regs: &mut PtRegs, skip: Option<u64>, theirs: bool| {
+    let call = |regs: &mut PtRegs, skip: Option<u64>, theirs: bool, entered: bool| {
         if in_place(nr) {
             match gadget(after, nr, reports_exit(nr), false) {
                 Some(g) => {
                     regs.r11 = g;
-                    mark_exec(nr, if nr == libc::SYS_execve as u64 { &mut regs.dx } else { &mut regs.r10 });
+                    if entered {
+                        mark_exec(nr, if nr == libc::SYS_execve as u64 { &mut regs.dx } else { &mut regs.r10 });
+                    }
                 }
                 None => {
                     regs.ax = -(libc::ENOSYS as i64) as u64;
@@ -736,7 +758,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
         let args = keep_sigsys_open(nr, args, &mut copy);
         // SAFETY: the application's own call and arguments, made with the selector at ALLOW;
         // not one that must run in place.
-        regs.ax = if theirs { hook::making_application_call(|| unsafe { raw_syscall(nr, args) }) } else { unsafe { raw_syscall(nr, args) } };
+        regs.ax = if theirs { hook::making_application_call(|| unsafe { app_syscall(nr, args) }) } else { unsafe { raw_syscall(nr, args) } };
         regs.cx = after;
         regs.r11 = after;
         true
@@ -749,34 +771,118 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
 /// Makes a call (`call`: true when it ran here and has a result in `regs.ax`; given the result
 /// the enter handlers asked for instead, it makes no call where it may skip it) between the
 /// handlers' enter and exit, when this thread may run them; the call happens either way unless
-/// a handler asked otherwise. `call`'s last argument says whether the call is the
+/// a handler asked otherwise. `call`'s third argument says whether the call is the
 /// application's (see `hook::making_application_call`), not one our own work made through a
-/// rewritten site.
-fn around_call(regs: &mut PtRegs, call: impl FnOnce(&mut PtRegs, Option<u64>, bool) -> bool) {
+/// rewritten site; its last, whether the enter handlers ran for it.
+///
+/// A call that a signal handler interrupted, which the kernel would restart after it
+/// (SA_RESTART), is restarted here instead (see [`take_over_restart`]): its exit handlers see
+/// -ERESTARTSYS, then the enter handlers run again and the call is made again, as the kernel's
+/// tracepoints show a restart.
+fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>, bool, bool) -> bool) {
+    let entered = *regs;
+    // Whether the call just made is to be made again; `regs` is then as it was.
+    let again = |regs: &mut PtRegs| {
+        let restart = regs.ax == ERESTARTSYS && hook::take_restart();
+        if restart {
+            *regs = entered;
+        }
+        restart
+    };
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
             // A thread whose hits are all system calls has its handler stack released too.
             hook::register_handler_stack();
-            let skip = h.on_enter(regs, level);
-            if call(regs, skip, true) {
+            loop {
+                let skip = h.on_enter(regs, level);
+                if !call(regs, skip, true, true) {
+                    break;
+                }
                 h.on_exit(regs, level);
+                if !again(regs) {
+                    break;
+                }
             }
             hook::leave(before);
         }
         (Admission::Miss, Some(h)) => {
             h.on_miss(regs.orig_ax);
-            call(regs, None, true);
+            while call(regs, None, true, false) && again(regs) {}
         }
         (Admission::Run(_, before), None) => {
             hook::leave(before);
-            call(regs, None, true);
+            while call(regs, None, true, false) && again(regs) {}
         }
-        (Admission::Miss, None) => {
-            call(regs, None, true);
-        }
+        (Admission::Miss, None) => while call(regs, None, true, false) && again(regs) {},
         (Admission::Ignore, _) => {
-            call(regs, None, false);
+            call(regs, None, false, false);
         }
+    }
+}
+
+/// The kernel's -ERESTARTSYS as a call's result: what the system call tracepoints see of a call
+/// that a signal interrupted and that restarts after its handler.
+const ERESTARTSYS: u64 = -512i64 as u64;
+
+// The instruction that makes the application's own calls for it (`bpftime_app_syscall(nr,
+// args)`, `args` six words): a signal handler that interrupts one knows it by its address.
+std::arch::global_asm!(
+    ".text",
+    ".p2align 4",
+    ".globl bpftime_app_syscall",
+    ".hidden bpftime_app_syscall",
+    ".type bpftime_app_syscall, @function",
+    "bpftime_app_syscall:",
+    "mov rax, rdi",
+    "mov rdi, [rsi]",
+    "mov rdx, [rsi + 16]",
+    "mov r10, [rsi + 24]",
+    "mov r8, [rsi + 32]",
+    "mov r9, [rsi + 40]",
+    "mov rsi, [rsi + 8]",
+    ".globl bpftime_app_syscall_insn",
+    ".hidden bpftime_app_syscall_insn",
+    "bpftime_app_syscall_insn:",
+    "syscall",
+    "ret",
+    ".size bpftime_app_syscall, . - bpftime_app_syscall",
+);
+
+unsafe extern "C" {
+    fn bpftime_app_syscall(nr: u64, args: *const [u64; 6]) -> u64;
+    static bpftime_app_syscall_insn: u8;
+}
+
+/// Makes the application's call `nr` for it (see [`take_over_restart`]).
+///
+/// # Safety
+/// As [`raw_syscall`].
+unsafe fn app_syscall(nr: u64, args: [u64; 6]) -> u64 {
+    // SAFETY: the caller's contract; the routine above reads the six words and clobbers only
+    // what a C call may (the `syscall` instruction: rcx and r11).
+    unsafe { bpftime_app_syscall(nr, &args) }
+}
+
+/// Called before the application's handler runs for a signal, with the signal's context: where
+/// the signal interrupted the application's call that our code makes for it, and the kernel set
+/// that call up to restart after the handler (SA_RESTART: the context is back at the `syscall`
+/// instruction with the call's number), our code is made to restart it instead. The context
+/// goes on after the instruction with -ERESTARTSYS as its result, which our code reports to
+/// the exit handlers before it runs the enter handlers and makes the call again: a restart the
+/// kernel made itself, inside our call, showed no exit and no second entry, where the kernel's
+/// tracepoints show both.
+pub(crate) fn take_over_restart(ctx: *mut libc::c_void) {
+    if ctx.is_null() || !hook::in_application_call() {
+        return;
+    }
+    // SAFETY: the kernel's ucontext for this delivery, ours to change before the handler runs.
+    let g = unsafe { &mut (*(ctx as *mut libc::ucontext_t)).uc_mcontext.gregs };
+    // (The address of the label in the routine above.)
+    let insn = std::ptr::addr_of!(bpftime_app_syscall_insn) as u64;
+    if g[libc::REG_RIP as usize] as u64 == insn {
+        g[libc::REG_RIP as usize] += 2;
+        g[libc::REG_RAX as usize] = ERESTARTSYS as i64;
+        hook::note_restart();
     }
 }
 

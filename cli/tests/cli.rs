@@ -1175,6 +1175,24 @@ fn handlers_that_siglongjmp_out_of_probes_leave_nothing_behind() {
     assert!(stderr.contains("  0 => 200\n  1 => 200\n"), "reads and setitimer calls entered: {stderr}");
 }
 
+/// A blocking read that a signal handler installed with SA_RESTART interrupts 5 times (a child
+/// sends the signals while the read waits): the kernel restarts it after each handler, and its
+/// tracepoints show each restart, an exit with -ERESTARTSYS (-512) and an entry again (6
+/// entries, 5 such exits and the last one's 1; bpftrace on the kernel shows the same 5). The
+/// kernel used to restart our own call for the application inside it: one entry, one exit.
+#[test]
+fn reads_restarted_after_a_signal_handler_show_each_restart_as_the_kernel_does() {
+    let obj = build_example("read_restarts");
+    let target = bpftime_tests::clang::build_target("restarts", false);
+    for engine in ["jit", "interp"] {
+        let out = bpftime(&["run", "--engine", engine, obj.to_str().unwrap(), "--", target.to_str().unwrap(), "5"]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{engine}: {stdout}{stderr}");
+        assert_eq!(stdout.trim(), "read 1 handled 5", "{engine}");
+        assert!(stderr.contains("  0 => 6\n  1 => 5\n  2 => 1\n"), "{engine}: entries, restarts, the last exit: {stderr}");
+    }
+}
+
 /// `bpftime attach` into a process whose interval timer fires every 500 us, with a handler
 /// that leaves by siglongjmp: the application's signals that land while the agent is being
 /// loaded in it are held, and sent again once we are gone. Delivered inside our call, the

@@ -249,16 +249,20 @@ fn with_async_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Frees this thread's first-level probe context for the next run: the run in it was left for
+/// Frees this thread's first-level probe context (and its CPU pin) for the next run: the run in it was left for
 /// good (a signal handler's `siglongjmp` out of it, which the hook engine found).
 pub fn forget_abandoned_run() {
     let _ = PROBE_THREADS.try_with(|cell| {
         let p = cell.get();
         if !p.is_null() {
             // SAFETY: this thread's contexts; the run that had level 0 will never go on.
-            unsafe { (*p).levels[0].busy = false };
+            let t = unsafe { &mut (*p).levels[0] };
+            t.busy = false;
+            // An override it asked for is not the next run's.
+            t.host.override_return.set(None);
         }
     });
+    bpftime_maps::forget_abandoned_pin();
 }
 
 /// A thread's probe contexts, one per nesting level.

@@ -305,6 +305,13 @@ std::thread_local! {
     static RUN_CPU: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
 }
 
+/// Unfixes this thread's CPU: the run that fixed it was left for good (a signal handler's
+/// `siglongjmp` out of it) and its pin will never drop. The run slot it held is taken over by
+/// a waiter once stuck (see `bpftime_shm::lock::STUCK_AFTER`).
+pub fn forget_abandoned_pin() {
+    let _ = RUN_CPU.try_with(|c| c.set(u32::MAX));
+}
+
 /// Keeps [`current_cpu`] fixed for this thread while it lives, holding that CPU's run slot
 /// (see [`pin_cpu`]).
 #[must_use]
