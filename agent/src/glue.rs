@@ -399,19 +399,30 @@ fn initialise_what_hits_use() {
 /// `BPFTIME_PROGRAM` is set). Otherwise it was loaded into a running process by
 /// `bpftime attach`, which then calls `bpftime_agent_attach` with the region to use.
 pub(crate) fn configured() -> bool {
-    if std::env::var_os("BPFTIME_SHM").is_some() || std::env::var_os("BPFTIME_PROGRAM").is_some() {
-        return true;
-    }
-    let Some(preload) = std::env::var_os("LD_PRELOAD") else { return false };
-    let mut info: libc::Dl_info = empty_dl_info();
-    // SAFETY: dladdr(3) with the address of one of our functions and a valid out pointer.
-    if unsafe { libc::dladdr(configured as *const libc::c_void, &mut info) } == 0 || info.dli_fname.is_null() {
-        return true;
-    }
-    // SAFETY: dladdr set dli_fname to a NUL-terminated path that lives as long as the library.
-    let ours = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned();
-    let name = std::path::Path::new(&ours).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(ours.clone());
-    preload.to_string_lossy().split([':', ' ']).any(|p| p == ours || std::path::Path::new(p).file_name().is_some_and(|f| f.to_string_lossy() == name))
+    std::env::var_os("BPFTIME_SHM").is_some() || std::env::var_os("BPFTIME_PROGRAM").is_some() || preloaded()
+}
+
+/// Whether `LD_PRELOAD` names this library (by its file name, whatever it was renamed to, or
+/// the early library that comes with it): it was started with the image, not loaded into a
+/// running process by `bpftime attach`.
+pub(crate) fn preloaded() -> bool {
+    std::env::var_os("LD_PRELOAD")
+        .is_some_and(|v| bpftime_attach::syscalls::names_agent(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()), own_file_name()))
+}
+
+/// This library's file name (dladdr(3)); `libbpftime.so` if it cannot be told.
+pub(crate) fn own_file_name() -> &'static [u8] {
+    static NAME: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut info: libc::Dl_info = empty_dl_info();
+        // SAFETY: dladdr(3) with the address of one of our functions and a valid out pointer.
+        if unsafe { libc::dladdr(own_file_name as *const libc::c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+            return b"libbpftime.so".to_vec();
+        }
+        // SAFETY: dladdr set dli_fname to a NUL-terminated path that lives as long as the library.
+        let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_bytes();
+        path.rsplit(|&b| b == b'/').next().unwrap_or(path).to_vec()
+    })
 }
 
 /// An empty `Dl_info` for dladdr to fill.

@@ -66,9 +66,7 @@ fn bpftime_agent_init(exec: syscalls::ExecArgs) {
     // attach`, whose environment is the process's, in use by its threads): the marks of the
     // execve that started it come out of the application's environment first, whatever happens
     // next.
-    let preloaded =
-        std::env::var_os("LD_PRELOAD").is_some_and(|v| bpftime_attach::syscalls::names_agent(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str())));
-    let caller = preloaded.then(|| syscalls::take_exec_caller(exec));
+    let caller = glue::preloaded().then(|| syscalls::take_exec_caller(exec));
     if std::env::var_os("BPFTIME_DISABLE").is_some() || !glue::configured() {
         return;
     }

@@ -165,7 +165,7 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
             let p = Arc::new(Programs { runtime, tables: AtomicPtr::new(fresh) });
             let _ = PROGRAMS.set(p.clone());
             // The images this process starts learn that their execve was seen here.
-            interception::mark_execs(EXEC_SEEN);
+            interception::mark_execs(EXEC_SEEN, crate::glue::own_file_name());
             if let Err(e) = interception::start(p.clone()) {
                 eprintln!("bpftime: system call programs cannot run here: {e}");
                 for id in attached {

@@ -421,7 +421,8 @@ const OWN_FRAMES: u64 = 64 << 10;
 /// its frames below them, and a hit on another stack (the handler stack, a signal stack, a
 /// coroutine's) covers nothing of them. Not found: hits whose frames lie below them (a call
 /// from deeper down), flows begun with no registers (system calls), the agent's own work,
-/// deeper levels. Only a covered flow's handler stack is freed.
+/// deeper levels, a flow below a hit on a signal stack or in the heap (a coroutine's stack may
+/// be there: a handler that switches coroutines would leave a live flow below another's hits).
 #[cold]
 #[inline(never)]
 fn abandoned(t: &HookThread, st: ThreadState, frame: u64) -> bool {
@@ -434,14 +435,14 @@ fn abandoned(t: &HookThread, st: ThreadState, frame: u64) -> bool {
     // stack: the region below the stack pointer holds nothing live, so a flow there was left
     // too; the flow a jump left inside a signal handler, deeper than the code it jumps back to).
     let covered = flow + size > here;
-    if !covered && !one_mapping(flow, here) {
+    if !covered && !below_on_one_stack(flow, here) {
         return false;
     }
     // What the abandoned work held (a lock) stays held: its next hit would wait for it for good.
     if ABANDON_CHECK.get().is_some_and(|may| !may()) {
         return false;
     }
-    if covered && on_handler_stack_at(t, t.flow_rsp.get()) {
+    if on_handler_stack_at(t, t.flow_rsp.get()) {
         // The abandoned stub moved onto the handler stack, where nothing is live any more;
         // this hit's stub found it in use and stays where it is, leaving the byte alone.
         t.stack_in_use.set(0);
@@ -457,7 +458,30 @@ fn set_flow(t: &HookThread, (frame, handlers_sp): (u64, u64)) {
     t.flow_frame.set(frame);
 }
 
-/// Whether addresses `a` and `b` lie in one mapping of this process (`/proc/self/maps`, read
+thread_local! {
+    /// The last flow [`below_on_one_stack`] answered for, and its answer: the next hits of a
+    /// thread whose abandoned flow is elsewhere are ignored without reading the maps again.
+    static BELOW_ANSWER: Cell<(u64, bool)> = const { Cell::new((0, false)) };
+}
+
+/// Whether a flow's registers at `flow` lie below stack pointer `here` on the same stack: in one
+/// mapping, not the heap's, and `here` not on the thread's signal stack.
+fn below_on_one_stack(flow: u64, here: u64) -> bool {
+    if let Ok((f, answer)) = BELOW_ANSWER.try_with(Cell::get) {
+        if f == flow {
+            return answer;
+        }
+    }
+    let mut now = [0u64; 3];
+    // SAFETY: sigaltstack(2) writing the current stack_t (24 bytes) into our array, by our own
+    // `syscall` instruction (the thread is busy: interception lets it through).
+    let failed = unsafe { crate::syscalls::raw_syscall(libc::SYS_sigaltstack as u64, [0, now.as_mut_ptr() as u64, 0, 0, 0, 0]) } != 0;
+    let answer = !failed && now[1] & libc::SS_ONSTACK as u64 == 0 && one_mapping(flow, here);
+    let _ = BELOW_ANSWER.try_with(|c| c.set((flow, answer)));
+    answer
+}
+
+/// Whether addresses `a` and `b` lie in one mapping of this process, not the heap (`/proc/self/maps`, read
 /// with our own system calls, allocating nothing: this runs inside a hit).
 fn one_mapping(a: u64, b: u64) -> bool {
     use crate::syscalls::raw_syscall;
@@ -468,8 +492,10 @@ fn one_mapping(a: u64, b: u64) -> bool {
     if fd < 0 {
         return false;
     }
-    // Each line starts `lo-hi `, in hex: parsed byte by byte, the rest of the line skipped.
-    let (mut lo, mut hi, mut field, mut found) = (0u64, 0u64, 0u8, None);
+    // Each line starts `lo-hi `, in hex, and ends with the name (`[heap]`): parsed byte by
+    // byte.
+    const HEAP: &[u8] = b"[heap]";
+    let (mut lo, mut hi, mut field, mut found, mut tail) = (0u64, 0u64, 0u8, None, 0usize);
     let mut buf = [0u8; 4096];
     'read: loop {
         // SAFETY: read(2) into our buffer.
@@ -479,14 +505,29 @@ fn one_mapping(a: u64, b: u64) -> bool {
         }
         for &c in &buf[..n as usize] {
             match (field, c) {
-                (_, b'\n') => (lo, hi, field) = (0, 0, 0),
+                (3, b'\n') => {
+                    // The line of `a`: its name decides.
+                    found = found.map(|same| same && tail != HEAP.len());
+                    break 'read;
+                }
+                (_, b'\n') => (lo, hi, field, tail) = (0, 0, 0, 0),
                 (0, b'-') => field = 1,
                 (1, b' ') => {
+                    field = 2;
                     if (lo..hi).contains(&a) {
                         found = Some((lo..hi).contains(&b));
-                        break 'read;
+                        field = 3;
                     }
-                    field = 2;
+                }
+                (3, _) => {
+                    // How much of `[heap]` the line ends with so far.
+                    tail = if tail < HEAP.len() && c == HEAP[tail] {
+                        tail + 1
+                    } else if c == HEAP[0] {
+                        1
+                    } else {
+                        0
+                    };
                 }
                 (0 | 1, _) => {
                     let d = (c as char).to_digit(16).unwrap_or(0) as u64;

@@ -252,8 +252,9 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
     unsafe { selector.write(was) };
 }
 
-/// The variable [`mark_execs`] adds to the environment of the `execve`s made here.
-static EXEC_MARKER: OnceLock<&'static str> = OnceLock::new();
+/// The variable [`mark_execs`] adds to the environment of the `execve`s made here, and the
+/// agent's file name.
+static EXEC_MARKER: OnceLock<(&'static str, &'static [u8])> = OnceLock::new();
 
 /// Adds `VAR=PID` (this process's id, which an exec keeps) to the environment of the
 /// `execve`s and `execveat`s this process makes in place while its calls are intercepted (in
@@ -262,8 +263,9 @@ static EXEC_MARKER: OnceLock<&'static str> = OnceLock::new();
 /// was started by a caller whose calls were not seen (a `vfork` child, which runs without
 /// interception, a process without the agent). Left unmarked: arrays that cannot be read or
 /// have more than [`MOST_ENV_ENTRIES`] entries, and execs nested deeper than [`MARK_SLOTS`].
-pub fn mark_execs(var: &'static str) {
-    let _ = EXEC_MARKER.set(var);
+/// Only an environment whose `LD_PRELOAD` names the agent (`agent_file`) is marked.
+pub fn mark_execs(var: &'static str, agent_file: &'static [u8]) {
+    let _ = EXEC_MARKER.set((var, agent_file));
 }
 
 /// Most environment entries a marked `execve` copies (more: left unmarked).
@@ -285,23 +287,25 @@ thread_local! {
 /// Replaces the environment array `*envp` of `execve` or `execveat` call `nr` with a copy that
 /// ends with the exec marker, if there is one.
 fn mark_exec(nr: u64, envp: &mut u64) {
-    let Some(var) = EXEC_MARKER.get() else { return };
+    let Some(&(var, agent_file)) = EXEC_MARKER.get() else { return };
     if nr != libc::SYS_execve as u64 && nr != libc::SYS_execveat as u64 {
         return;
     }
     let Some(entries) = pointer_array(*envp, MOST_ENV_ENTRIES) else { return };
     // Only for an image that will have the agent: a mark must not show in the environment of
     // a program started without it (`env -i`, a scrubbed environment).
-    if !entries.iter().any(|&e| preloads_agent(e)) {
+    if !entries.iter().any(|&e| preloads_agent(e, agent_file)) {
         return;
     }
     let _ = MARKED.try_with(|m| {
         // SAFETY: getpid(2), by our own instruction.
         let pid = unsafe { raw_syscall(libc::SYS_getpid as u64, [0; 6]) };
+        // SAFETY: getppid(2), by our own instruction.
+        let parent = unsafe { raw_syscall(libc::SYS_getppid as u64, [0; 6]) };
         let mut slots = m.get();
-        // A `vfork` child's marks (or, in one, its parent's, suspended in `vfork`): their calls
-        // are over.
-        for slot in slots.iter_mut().filter(|s| s.0 != 0 && s.3 != pid) {
+        // A `vfork` child's marks, made in this thread's memory: their calls are over (in a
+        // vfork child, its parent's are not, and stay).
+        for slot in slots.iter_mut().filter(|s| s.0 != 0 && s.3 != pid && s.3 != parent) {
             // SAFETY: made by this function as a boxed slice of `slot.1` words, no longer in
             // use (the process that marked it has exec'd or exited, or waits in `vfork`).
             drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(slot.0 as *mut u64, slot.1)) });
@@ -340,21 +344,22 @@ fn unmark_exec(envp: &mut u64) {
     });
 }
 
-/// Whether the environment entry at `at` is an `LD_PRELOAD` that names the agent
-/// (`libbpftime.so` or `libbpftime_early.so`), read without faulting.
-fn preloads_agent(at: u64) -> bool {
-    let mut buf = [0u8; 4096];
+/// Whether the environment entry at `at` is an `LD_PRELOAD` that names the agent (file name
+/// `agent_file`, or `libbpftime_early.so`), read without faulting.
+fn preloads_agent(at: u64, agent_file: &[u8]) -> bool {
+    let mut buf = [0u8; 1024];
     let got = read_own(at, &mut buf);
     let entry = &buf[..got];
     let entry = entry.iter().position(|&b| b == 0).map_or(entry, |n| &entry[..n]);
-    entry.strip_prefix(b"LD_PRELOAD=").is_some_and(names_agent)
+    entry.strip_prefix(b"LD_PRELOAD=").is_some_and(|v| names_agent(v, agent_file))
 }
 
-/// Whether an `LD_PRELOAD` value (paths separated by spaces or colons) names the agent.
-pub fn names_agent(value: &[u8]) -> bool {
+/// Whether an `LD_PRELOAD` value (paths separated by spaces or colons) names the agent (file
+/// name `agent_file`, or `libbpftime_early.so`).
+pub fn names_agent(value: &[u8], agent_file: &[u8]) -> bool {
     value.split(|&b| b == b':' || b == b' ').any(|path| {
         let file = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
-        file == b"libbpftime.so" || file == b"libbpftime_early.so"
+        file == agent_file || file == b"libbpftime_early.so"
     })
 }
 
@@ -840,6 +845,8 @@ std::arch::global_asm!(
     "mov r8, [rsi + 32]",
     "mov r9, [rsi + 40]",
     "mov rsi, [rsi + 8]",
+    // rcx: 0 until the instruction has run (it leaves the address after it there).
+    "xor ecx, ecx",
     ".globl bpftime_app_syscall_insn",
     ".hidden bpftime_app_syscall_insn",
     "bpftime_app_syscall_insn:",
@@ -864,9 +871,10 @@ unsafe fn app_syscall(nr: u64, args: [u64; 6]) -> u64 {
 }
 
 /// Called before the application's handler runs for a signal, with the signal's context: where
-/// the signal interrupted the application's call that our code makes for it, and the kernel set
-/// that call up to restart after the handler (SA_RESTART: the context is back at the `syscall`
-/// instruction with the call's number), our code is made to restart it instead. The context
+/// the signal interrupted the application's call that our code makes for it, after it entered
+/// the kernel (`rcx` says so), and the kernel set that call up to restart after the handler
+/// (SA_RESTART: the context is back at the `syscall` instruction with the call's number, not
+/// `restart_syscall`'s), our code is made to restart it instead. The context
 /// goes on after the instruction with -ERESTARTSYS as its result, which our code reports to
 /// the exit handlers before it runs the enter handlers and makes the call again: a restart the
 /// kernel made itself, inside our call, showed no exit and no second entry, where the kernel's
@@ -879,7 +887,11 @@ pub(crate) fn take_over_restart(ctx: *mut libc::c_void) {
     let g = unsafe { &mut (*(ctx as *mut libc::ucontext_t)).uc_mcontext.gregs };
     // (The address of the label in the routine above.)
     let insn = std::ptr::addr_of!(bpftime_app_syscall_insn) as u64;
-    if g[libc::REG_RIP as usize] as u64 == insn {
+    // The call entered the kernel (`rcx` as the instruction leaves it) and is to be made
+    // again with its own number (not `restart_syscall`, which a first pass with no handler may
+    // have set up: that one the kernel makes).
+    let ran = g[libc::REG_RCX as usize] as u64 == insn + 2 && g[libc::REG_RAX as usize] != libc::SYS_restart_syscall;
+    if g[libc::REG_RIP as usize] as u64 == insn && ran {
         g[libc::REG_RIP as usize] += 2;
         g[libc::REG_RAX as usize] = ERESTARTSYS as i64;
         hook::note_restart();
