@@ -459,16 +459,17 @@ fn set_flow(t: &HookThread, (frame, handlers_sp): (u64, u64)) {
 }
 
 thread_local! {
-    /// The last flow [`below_on_one_stack`] answered for, and its answer: the next hits of a
-    /// thread whose abandoned flow is elsewhere are ignored without reading the maps again.
-    static BELOW_ANSWER: Cell<(u64, bool)> = const { Cell::new((0, false)) };
+    /// The last flow [`below_on_one_stack`] answered for, the 64 KiB of stack asked from, and
+    /// the answer: the next hits of a thread whose abandoned flow is elsewhere are ignored
+    /// without reading the maps again.
+    static BELOW_ANSWER: Cell<(u64, u64, bool)> = const { Cell::new((0, 0, false)) };
 }
 
 /// Whether a flow's registers at `flow` lie below stack pointer `here` on the same stack: in one
 /// mapping, not the heap's, and `here` not on the thread's signal stack.
 fn below_on_one_stack(flow: u64, here: u64) -> bool {
-    if let Ok((f, answer)) = BELOW_ANSWER.try_with(Cell::get) {
-        if f == flow {
+    if let Ok((f, h, answer)) = BELOW_ANSWER.try_with(Cell::get) {
+        if (f, h) == (flow, here >> 16) {
             return answer;
         }
     }
@@ -477,7 +478,7 @@ fn below_on_one_stack(flow: u64, here: u64) -> bool {
     // `syscall` instruction (the thread is busy: interception lets it through).
     let failed = unsafe { crate::syscalls::raw_syscall(libc::SYS_sigaltstack as u64, [0, now.as_mut_ptr() as u64, 0, 0, 0, 0]) } != 0;
     let answer = !failed && now[1] & libc::SS_ONSTACK as u64 == 0 && one_mapping(flow, here);
-    let _ = BELOW_ANSWER.try_with(|c| c.set((flow, answer)));
+    let _ = BELOW_ANSWER.try_with(|c| c.set((flow, here >> 16, answer)));
     answer
 }
 
