@@ -951,12 +951,8 @@ fn slot_shows_abandoned(slot: u64, stub: u64) -> bool {
 /// Reads a word of this process's memory that may not be mapped (`process_vm_readv(2)` on
 /// ourselves fails with EFAULT instead of faulting).
 fn read_word(addr: u64) -> Option<u64> {
-    let mut word = 0u64;
-    let local = libc::iovec { iov_base: (&mut word as *mut u64).cast(), iov_len: 8 };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 8 };
-    // SAFETY: the kernel writes at most 8 bytes into `word` and checks `remote` itself.
-    let n = unsafe { libc::syscall(libc::SYS_process_vm_readv, libc::getpid(), &local, 1 as libc::c_ulong, &remote, 1 as libc::c_ulong, 0 as libc::c_ulong) };
-    (n == 8).then_some(word)
+    let mut word = [0u8; 8];
+    (crate::syscalls::read_own(addr, &mut word) == 8).then_some(u64::from_ne_bytes(word))
 }
 
 /// Called by the return stub; leaves the real return address in `regs.ip`.

@@ -365,7 +365,7 @@ pub fn names_agent(value: &[u8], agent_file: &[u8]) -> bool {
 
 /// Reads this process's memory at `at` into `buf` without faulting; how many bytes were read
 /// (a read stops at the first unreadable page).
-fn read_own(at: u64, buf: &mut [u8]) -> usize {
+pub(crate) fn read_own(at: u64, buf: &mut [u8]) -> usize {
     let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let remote = libc::iovec { iov_base: at as *mut libc::c_void, iov_len: buf.len() };
     // SAFETY: getpid(2), then process_vm_readv(2) on ourselves, which writes at most `buf`'s
