@@ -621,17 +621,15 @@ fn link_poll_interval() -> std::time::Duration {
 }
 
 /// Starts the thread that follows the link table from change count `seen` on; with `settled`,
-/// returns once it runs (before any probe is attached, so that its own start hits none). A
+/// returns once it runs (before any probe is attached, so that its own start hits none) and
+/// the region knows this process as one whose look at the table loaders wait for. A
 /// flag, not a channel: waiting on a channel registers a thread-local destructor on this, the
 /// application's, thread, and libc frees its record at exit, two free() calls the kernel
 /// would not see.
 fn start_follower(seen: u32, settled: bool) {
     static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     RUNNING.store(false, std::sync::atomic::Ordering::Release);
-    let spawned = bpftime_runtime::threads::spawn_quiet("bpftime-links", move || {
-        RUNNING.store(true, std::sync::atomic::Ordering::Release);
-        bpftime_attach::without_probes(|| watch_links(seen))
-    });
+    let spawned = bpftime_runtime::threads::spawn_quiet("bpftime-links", move || bpftime_attach::without_probes(|| watch_links(seen, &RUNNING)));
     while settled && spawned.is_ok() && !RUNNING.load(std::sync::atomic::Ordering::Acquire) {
         std::thread::yield_now();
     }
@@ -668,9 +666,12 @@ static LAST_REFRESH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32
 
 /// Follows the region's link table from change count `seen` on: new uprobe links are
 /// attached, probes of removed links detached (a loader that exits detaches its links, as in
-/// the kernel).
-fn watch_links(mut seen: u32) {
-    let Some(agent) = AGENT.get() else { return };
+/// the kernel). Sets `running` once the region knows this thread.
+fn watch_links(mut seen: u32, running: &std::sync::atomic::AtomicBool) {
+    let Some(agent) = AGENT.get() else {
+        running.store(true, std::sync::atomic::Ordering::Release);
+        return;
+    };
     let interval = link_poll_interval();
     let region = agent.runtime.region();
     // What loaders remove is freed only once this process has taken the removal in: this
@@ -678,6 +679,7 @@ fn watch_links(mut seen: u32) {
     // begun then is over).
     LAST_REFRESH.store(seen, std::sync::atomic::Ordering::Release);
     let slot = region.register_runner(seen);
+    running.store(true, std::sync::atomic::Ordering::Release);
     let mut detached: std::collections::VecDeque<(u32, std::time::Instant)> = Default::default();
     let mut libraries = crate::libraries::generation();
     loop {
@@ -687,6 +689,10 @@ fn watch_links(mut seen: u32) {
         let refreshed = std::panic::catch_unwind(|| agent.refresh_links()).is_ok();
         if refreshed {
             LAST_REFRESH.store(seen, std::sync::atomic::Ordering::Release);
+        }
+        // A loader waits for this before its attach returns (or for its timeout, if it failed).
+        if let Some(slot) = slot {
+            region.refreshed(slot, seen);
         }
         if refreshed && detached.back().is_none_or(|&(s, _)| s != seen) {
             detached.push_back((seen, std::time::Instant::now()));

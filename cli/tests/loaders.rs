@@ -116,6 +116,108 @@ fn counts_like_the_kernel(loader: &Path, tag: &str) {
     assert_eq!(target_out, kernel_target, "the target's own output");
 }
 
+/// An attach is in force when the loader's call returns, as on the kernel: a process already
+/// running under the agent (blocked before its calls) is told to go the moment count_calls says
+/// "attached", and every call is counted (before, the agent's link follower took the new links
+/// in on its own time, and calls made meanwhile were missed).
+#[test]
+fn an_attach_is_in_force_in_running_processes_when_the_loader_goes_on_as_on_the_kernel() {
+    let _serial = serial();
+    let loader = build_loader("count_calls");
+    let obj = build_example("loader_calls");
+    let calls = build_target("calls", false);
+    let shm = format!("bpftime-in-force-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let run = |target: &mut Command, pid_of: &dyn Fn(u32) -> i32, mut loader: Command| -> (String, String) {
+        let mut t = target.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        wait_reading_stdin(pid_of(t.id()));
+        let mut l = loader.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut out = BufReader::new(l.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(first.starts_with("attached"), "the loader did not attach: {first}");
+        t.stdin.take().unwrap().write_all(b"g").unwrap();
+        let t = t.wait_with_output().unwrap();
+        assert!(t.status.success(), "target: {}", text(&t.stderr));
+        l.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let o = l.wait_with_output().unwrap();
+        assert!(o.status.success(), "loader: {rest}{}", text(&o.stderr));
+        (first + &rest, text(&t.stdout))
+    };
+    // A region first, as for a process started before any loader runs.
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls);
+    let (ours_out, ours_target) = run(bpftime(&shm).args(["start", "--"]).arg(&calls).args(["2000", "1", "wait"]), &|cli| child_of(cli), ours);
+    assert_eq!(count_calls_stats(&ours_out, 3), [2000, 3 * 1999 * 2000 / 2, 10], "{ours_out}");
+    bpftime_tests::remove_region(&shm);
+    if !is_root() {
+        return println!("skipping the kernel comparison: it needs root");
+    }
+    let mut kernel = Command::new(&loader);
+    kernel.arg(&obj).arg(&calls);
+    let (kernel_out, kernel_target) = run(Command::new(&calls).args(["2000", "1", "wait"]), &|pid| pid as i32, kernel);
+    assert_eq!(ours_out, kernel_out, "the same loader on the kernel");
+    assert_eq!(ours_target, kernel_target, "the target's own output");
+}
+
+/// A process running the agent that cannot take a new link in (stopped) holds a loader's
+/// attach up for three seconds once, is named, and is not waited for again.
+#[test]
+fn a_stopped_process_holds_an_attach_up_once_and_is_named() {
+    let _serial = serial();
+    let loader = build_loader("count_calls");
+    let obj = build_example("loader_calls");
+    let calls = build_target("calls", false);
+    let shm = format!("bpftime-stopped-runner-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut t = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["300", "1", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child_of(t.id());
+    wait_reading_stdin(pid);
+    // SAFETY: kill(2) on the process we started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let mut l = bpftime(&shm)
+        .args(["load", "--"])
+        .arg(&loader)
+        .arg(&obj)
+        .arg(&calls)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(l.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let took = started.elapsed();
+    assert!(first.starts_with("attached 3"), "{first}");
+    // Three links, one wait (the attach path itself takes well under a second here).
+    assert!(took >= std::time::Duration::from_secs(3) && took < std::time::Duration::from_secs(6), "{took:?}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    l.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let o = l.wait_with_output().unwrap();
+    let said = text(&o.stderr);
+    assert_eq!(said.matches(&format!("process {pid} runs the agent but did not take a new link in")).count(), 1, "{said}");
+    t.stdin.take().unwrap().write_all(b"g").unwrap();
+    assert!(t.wait().unwrap().success());
+    bpftime_tests::remove_region(&shm);
+}
+
+/// Waits (up to 20 s) until process `pid`'s main thread is blocked reading its standard input
+/// (read(2) on fd 0: `calls N T wait` waiting for its go byte).
+fn wait_reading_stdin(pid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with("0 0x0 ")) {
+        assert!(std::time::Instant::now() < deadline, "process {pid} never waited for its go");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The kernel's jiffies (`/proc/timer_list`, root only).
 fn kernel_jiffies() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/timer_list").ok()?;
@@ -2432,16 +2534,17 @@ fn tell(pid: u32, lines: &str) -> Command {
     c
 }
 
-/// [`tell`], once a link of region `shm` is attached (up to 10 s): the agent loaded into a
-/// process started without it attaches the region's links on its own time (its link follower),
-/// which a loaded machine can stretch past the time a tool takes to say it is ready.
-fn tell_once_attached(shm: &str, pid: u32, lines: &str) -> Command {
+/// [`tell`], once `links` links of region `shm` are attached (up to 10 s): the agent loaded
+/// into a process started without it attaches the links stored before it came on its own time
+/// (its link follower), which a loaded machine can stretch past the time a tool takes to say it
+/// is ready; and a tool with several links may not have stored them all yet.
+fn tell_once_attached(shm: &str, pid: u32, lines: &str, links: usize) -> Command {
     let bin = env!("CARGO_BIN_EXE_bpftime");
     let mut c = Command::new("sh");
     c.args([
         "-c",
         &format!(
-            "for i in $(seq 200); do '{bin}' --shm '{shm}' link list 2>/dev/null | grep -q '(Attached' && break; sleep 0.05; done; printf '{lines}\\n' > /proc/{pid}/fd/0; sleep 0.5"
+            "for i in $(seq 200); do [ \"$('{bin}' --shm '{shm}' link list 2>/dev/null | grep -c '(Attached')\" -ge {links} ] && break; sleep 0.05; done; printf '{lines}\\n' > /proc/{pid}/fd/0; sleep 0.5"
         ),
     ]);
     c
@@ -2491,7 +2594,7 @@ fn a_process_started_without_the_agent_is_reached_and_left_clean() {
     bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&bpftrace).args(["-p", &pid.to_string(), "-e", &script]);
-    let out = tool_session(ours, Some(&shm), &mut tell_once_attached(&shm, pid, "run 5000"), &dir.join("ours"), true);
+    let out = tool_session(ours, Some(&shm), &mut tell_once_attached(&shm, pid, "run 5000", 1), &dir.join("ours"), true);
     assert!(out.contains(&format!("process {pid} was started without the agent; loaded it there")), "{out}");
     // The calls add(i, 1), i < 5000 (the process's other thread calls add(0, 0) meanwhile).
     assert!(out.contains("@n: 5000\n") && out.contains("@s: 12497500\n"), "{out}");
@@ -2525,7 +2628,7 @@ fn a_running_process_reached_with_a_probe_on_malloc_lives_on() {
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&bpftrace).args(["-p", &pid.to_string(), "-e", "uprobe:libc:malloc { @m = count(); }"]);
     // The process's other thread (not the one the agent was loaded in) makes the calls.
-    let out = tool_session(ours, Some(&shm), &mut tell_once_attached(&shm, pid, "alloc 1000"), &dir.join("ours"), true);
+    let out = tool_session(ours, Some(&shm), &mut tell_once_attached(&shm, pid, "alloc 1000", 1), &dir.join("ours"), true);
     assert!(out.contains(&format!("process {pid} was started without the agent; loaded it there")), "{out}");
     assert_eq!(app.answer(), "allocated 1000\n", "the process after its first calls under the probe\n{out}");
     let m: u64 = out.lines().find_map(|l| l.strip_prefix("@m: ")?.trim().parse().ok()).unwrap_or_else(|| panic!("{out}"));
@@ -2813,7 +2916,7 @@ fn opensnoop_of_a_named_process_started_without_the_agent_sees_its_opens() {
     bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&tool).args(["-p", &pid.to_string()]);
-    let out = tool_session(ours, Some(&shm), &mut tell_once_attached(&shm, pid, &opens), &dir.join("ours"), true);
+    let out = tool_session(ours, Some(&shm), &mut tell_once_attached(&shm, pid, &opens, 2), &dir.join("ours"), true);
     assert_eq!(marker_lines(&out), 3, "{out}");
     let mut kernel = Command::new(&tool);
     kernel.args(["-p", &pid.to_string()]);

@@ -96,6 +96,10 @@ struct TimerShared {
 /// Size of `struct bpf_perf_event_data`: `pt_regs`, `sample_period`, `addr`.
 const PERF_EVENT_DATA_SIZE: usize = 168 + 8 + 8;
 
+/// How long an attach waits for each process running the agent to put the new link's probes
+/// in place ([`Server::wait_in_force`]).
+const ATTACH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Runs `shared`'s program every `period_ns` until the event closes.
 fn run_timer(region: Arc<ShmRegion>, period_ns: u64, shared: Arc<TimerShared>) {
     use std::sync::atomic::Ordering::Acquire;
@@ -181,6 +185,9 @@ pub struct Server {
     kprobe: pmu::Pmu,
     /// Processes named by a probe that this loader gave the agent.
     reached: crate::reach::Reached,
+    /// Processes running the agent that once did not take a new link in within
+    /// [`ATTACH_WAIT`] (stopped, say): not waited for again.
+    late: Mutex<HashSet<u32>>,
     /// Programs already said to be asked for a kernel event (see `kernel_event_refused`).
     told_kernel_only: Mutex<HashSet<u32>>,
 }
@@ -334,6 +341,7 @@ impl Server {
             uprobe: pmu::uprobe(),
             kprobe: pmu::kprobe(),
             reached: Default::default(),
+            late: Default::default(),
             told_kernel_only: Mutex::default(),
         }
     }
@@ -692,6 +700,7 @@ impl Server {
                 let pname = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
                 let scope = links::LinkScope { owner: std::process::id(), ..Default::default() };
                 let id = links::store_syscall(&self.region, &pname, prog, &event, scope).map_err(|_| libc::ENOMEM)?;
+                self.wait_in_force();
                 self.install(Handle::Link(id))
             }
             attr::LINK_DETACH => match self.handle(a.u32(0) as i32) {
@@ -1502,6 +1511,7 @@ impl Server {
             }
         }
         self.reach(pid as u32, &path);
+        self.wait_in_force();
         Self::lock(&self.multi_links).insert(ids[0], ids.clone());
         self.install(Handle::MultiLink(ids))
     }
@@ -1514,7 +1524,25 @@ impl Server {
         if let Some(path) = path {
             self.reach(pid, &path);
         }
+        self.wait_in_force();
         Ok(id)
+    }
+
+    /// Waits until every process running the agent on the region has taken in the links
+    /// stored so far, as a kernel attach is in force when it returns: a tool that says it is
+    /// tracing misses nothing after that. A process that has not within [`ATTACH_WAIT`] is
+    /// named once and not waited for again.
+    fn wait_in_force(&self) {
+        let change = self.region.table_changes();
+        let late = self.region.wait_for_runners(change, ATTACH_WAIT, |pid| Self::lock(&self.late).contains(&pid));
+        for pid in late {
+            if Self::lock(&self.late).insert(pid) {
+                eprintln!(
+                    "bpftime: process {pid} runs the agent but did not take a new link in within {} s (stopped?); its probes follow when it goes on",
+                    ATTACH_WAIT.as_secs()
+                );
+            }
+        }
     }
 
     /// Has the agent reach the processes a new link of `path` is for: process `pid`, or (0) every

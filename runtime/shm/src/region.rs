@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 18;
+pub const LAYOUT_VERSION: u32 = 19;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -187,14 +187,15 @@ const HEIRS: usize = 256;
 
 /// A process that runs programs from the region: its pid (0: a free slot), the thread that
 /// follows the table for it (gone with an `exec` that drops the agent, or with the process,
-/// zombie or not), and the table change count whose removals it has taken in (see
-/// [`ShmRegion::caught_up`]).
+/// zombie or not), the table change count whose removals it has taken in (see
+/// [`ShmRegion::caught_up`]) and the one its last look at the table was made at (see
+/// [`ShmRegion::refreshed`]).
 #[repr(C)]
 struct Runner {
     pid: AtomicU32,
     tid: AtomicU32,
     seen: AtomicU32,
-    _pad: u32,
+    refreshed: AtomicU32,
 }
 
 /// How many processes can say what they have taken in (more are not waited for).
@@ -878,6 +879,7 @@ impl ShmRegion {
         })?;
         let r = &h.runners[slot];
         r.seen.store(seen, Ordering::Release);
+        r.refreshed.store(seen, Ordering::Release);
         r.tid.store(tid, Ordering::Release);
         r.pid.store(me, Ordering::Release);
         Some(slot)
@@ -953,6 +955,44 @@ impl ShmRegion {
         let me = unsafe { libc::getpid() } as u32;
         if let Some(r) = self.header().runners.get(slot).filter(|r| r.pid.load(Ordering::Acquire) == me) {
             r.seen.store(seen, Ordering::Release);
+        }
+    }
+
+    /// Says that this process (its runner `slot`) has looked at the table as of change count
+    /// `seen` and acted on it: its probes for the links then in the table are in place.
+    pub fn refreshed(&self, slot: usize, seen: u32) {
+        // SAFETY: getpid(2) cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        if let Some(r) = self.header().runners.get(slot).filter(|r| r.pid.load(Ordering::Acquire) == me) {
+            r.refreshed.store(seen, Ordering::Release);
+        }
+    }
+
+    /// Waits (up to `timeout`) until every other live runner not `skipped` has looked at the
+    /// table as of change count `change` or later ([`ShmRegion::refreshed`]), as a kernel
+    /// attach is in force when it returns. Returns the runners' pids that had not by then.
+    pub fn wait_for_runners(&self, change: u32, timeout: std::time::Duration, skipped: impl Fn(u32) -> bool) -> Vec<u32> {
+        // SAFETY: getpid(2) cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        let h = self.header();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut pause = std::time::Duration::from_micros(100);
+        loop {
+            let now = h.table_seq.load(Ordering::Acquire);
+            let lagging: Vec<u32> = h
+                .runners
+                .iter()
+                .filter_map(|r| {
+                    let pid = r.pid.load(Ordering::Acquire);
+                    let behind = now.wrapping_sub(r.refreshed.load(Ordering::Acquire)) > now.wrapping_sub(change);
+                    (pid != 0 && pid != me && behind && !skipped(pid) && runner_alive(pid, r.tid.load(Ordering::Acquire))).then_some(pid)
+                })
+                .collect();
+            if lagging.is_empty() || std::time::Instant::now() >= deadline {
+                return lagging;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(5));
         }
     }
 
