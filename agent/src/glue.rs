@@ -517,6 +517,9 @@ pub(crate) fn start_in(name: String) {
         bpftime_attach::set_facts_store(Arc::new(CachedFacts(runtime)));
     }
     let standalone = program.is_some();
+    // Changes after this are seen by the link follower (read before the table is: a link
+    // stored in between is looked at again).
+    let table_seen = runtime.region().table_changes();
     let found = match program {
         Some(path) => {
             let shown = path.to_string_lossy().to_string();
@@ -553,8 +556,6 @@ pub(crate) fn start_in(name: String) {
             links::list(runtime.region())
         }
     };
-    // Changes after this are seen by the link follower.
-    let table_seen = runtime.region().table_changes();
     // Loaded into the running application (`bpftime attach`): it fetched the driver's entry
     // points already.
     crate::cuda::start(runtime.region(), &found, crate::INJECTED.load(std::sync::atomic::Ordering::Acquire));
@@ -592,6 +593,10 @@ pub(crate) fn start_in(name: String) {
         unsafe { libc::pthread_atfork(None, None, Some(follow_in_child)) };
     }
     agent.attach_all(items);
+    // Loaders attaching from now on wait for this process's probes (see `watch_links`).
+    if let Some(slot) = follower_slot() {
+        runtime.region().refreshed(slot, table_seen);
+    }
     if agent.standalone {
         // SAFETY: registers a plain extern "C" function to run at exit (atexit(3)).
         unsafe { libc::atexit(report_unattached_at_exit) };
@@ -629,7 +634,17 @@ fn link_poll_interval() -> std::time::Duration {
 fn start_follower(seen: u32, settled: bool) {
     static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     RUNNING.store(false, std::sync::atomic::Ordering::Release);
-    let spawned = bpftime_runtime::threads::spawn_quiet("bpftime-links", move || bpftime_attach::without_probes(|| watch_links(seen, &RUNNING)));
+    let spawned = bpftime_runtime::threads::spawn_quiet("bpftime-links", move || {
+        // Set however the thread ends (a panic before it runs would leave its starter waiting).
+        struct Started;
+        impl Drop for Started {
+            fn drop(&mut self) {
+                RUNNING.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let _started = Started;
+        bpftime_attach::without_probes(|| watch_links(seen, &RUNNING))
+    });
     while settled && spawned.is_ok() && !RUNNING.load(std::sync::atomic::Ordering::Acquire) {
         std::thread::yield_now();
     }
@@ -644,8 +659,15 @@ extern "C" fn follow_in_child() {
                 // Probes are in place already: nothing to wait for, and nothing to look at
                 // before the table changes or the poll interval ends (a child that execs or
                 // exits at once pays only the thread's creation).
-                // The probes it has are the parent's as of its last refresh.
-                start_follower(LAST_REFRESH.load(std::sync::atomic::Ordering::Acquire), false);
+                // The probes it has are the parent's as of its last refresh: loaders wait for
+                // it from now on (its follower takes the slot over).
+                let seen = LAST_REFRESH.load(std::sync::atomic::Ordering::Acquire);
+                let region = AGENT.get().map(|a| a.runtime.region());
+                if let Some(slot) = region.and_then(|r| r.register_runner(seen)) {
+                    FOLLOWER_SLOT.store(slot, std::sync::atomic::Ordering::Release);
+                    region.inspect(|r| r.refreshed(slot, seen));
+                }
+                start_follower(seen, false);
             }
         });
     });
@@ -658,6 +680,14 @@ fn remove_orphans(region: &std::sync::Arc<bpftime_shm::ShmRegion>) {
     if links::remove_orphans(region) > 0 {
         bpftime_runtime::orphans::remove(region);
     }
+}
+
+/// The region's runner slot of this process's link follower (usize::MAX: none yet).
+static FOLLOWER_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// The region's runner slot of this process's link follower, once it has one.
+fn follower_slot() -> Option<usize> {
+    Some(FOLLOWER_SLOT.load(std::sync::atomic::Ordering::Acquire)).filter(|&s| s != usize::MAX)
 }
 
 /// The table change count of the link follower's last refresh (a forked child's probes are
@@ -679,6 +709,9 @@ fn watch_links(mut seen: u32, running: &std::sync::atomic::AtomicBool) {
     // begun then is over).
     LAST_REFRESH.store(seen, std::sync::atomic::Ordering::Release);
     let slot = region.register_runner(seen);
+    if let Some(slot) = slot {
+        FOLLOWER_SLOT.store(slot, std::sync::atomic::Ordering::Release);
+    }
     running.store(true, std::sync::atomic::Ordering::Release);
     let mut detached: std::collections::VecDeque<(u32, std::time::Instant)> = Default::default();
     let mut libraries = crate::libraries::generation();
@@ -690,7 +723,8 @@ fn watch_links(mut seen: u32, running: &std::sync::atomic::AtomicBool) {
         if refreshed {
             LAST_REFRESH.store(seen, std::sync::atomic::Ordering::Release);
         }
-        // A loader waits for this before its attach returns (or for its timeout, if it failed).
+        // A loader waits for this before its attach returns (a refresh that failed says so too:
+        // what it could not attach is not waited for).
         if let Some(slot) = slot {
             region.refreshed(slot, seen);
         }

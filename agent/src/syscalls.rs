@@ -166,6 +166,8 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
             let _ = PROGRAMS.set(p.clone());
             // The images this process starts learn that their execve was seen here.
             interception::mark_execs(EXEC_SEEN, crate::glue::own_file_name());
+            // A vfork child runs its calls in this process's memory: ids cached here are not its.
+            interception::count_vfork_children(&bpftime_shm::ids::VFORK_CHILDREN);
             if let Err(e) = interception::start(p.clone()) {
                 eprintln!("bpftime: system call programs cannot run here: {e}");
                 for id in attached {

@@ -54,7 +54,7 @@ const SYS_USER_DISPATCH: libc::c_int = 2;
 /// Size of the allowed range: the restorer, then gadget slots.
 const ALLOWED_LEN: usize = 64 * 1024;
 /// Bytes of one gadget slot (see [`gadget`]).
-const GADGET_LEN: usize = 48;
+const GADGET_LEN: usize = 64;
 const FIRST_GADGET: usize = 64;
 const GADGETS: usize = (ALLOWED_LEN - FIRST_GADGET) / GADGET_LEN;
 /// Gadget slots kept for the calls that must be made in place (see [`gadget`]).
@@ -124,19 +124,120 @@ fn write_allowed(off: usize, bytes: &[u8]) -> bool {
     base != 0 && crate::patch::write_code((base + off) as u64, bytes).is_ok()
 }
 
+/// Whether call `nr` with first argument `di` makes a `vfork` child: one that runs in its
+/// caller's memory and on its thread's thread-locals (no `CLONE_SETTLS`) while the caller waits
+/// for its `exec` or exit. Such a child turns dispatch on for itself first thing (see
+/// [`bpftime_vfork_child`]): its calls (the `dup2`s and `close`s of `posix_spawn`, an `exec`,
+/// one that fails) are seen as the kernel's tracepoints see them.
+fn makes_vfork_child(nr: u64, di: u64) -> bool {
+    let flags = match nr as i64 {
+        libc::SYS_vfork => return true,
+        libc::SYS_clone => di,
+        libc::SYS_clone3 => {
+            let mut word = [0u8; 8];
+            if read_own(di, &mut word) != 8 {
+                return false;
+            }
+            u64::from_ne_bytes(word)
+        }
+        _ => return false,
+    };
+    flags & libc::CLONE_VFORK as u64 != 0 && flags & libc::CLONE_SETTLS as u64 == 0
+}
+
+/// What a `vfork` child needs to turn dispatch on for itself, read by [`bpftime_vfork_child`]:
+/// the SIGSYS action (clone3's `CLONE_CLEAR_SIGHAND` resets it in the child), the selector's
+/// offset from the thread pointer (the same for every thread: initial-exec TLS), and the
+/// counter of `vfork` children under way that [`count_vfork_children`] names (0: none).
+#[repr(C)]
+struct VforkChildSetup {
+    act: [AtomicU64; 4],
+    selector_offset: AtomicU64,
+    counter: AtomicU64,
+}
+
+static VFORK_CHILD: VforkChildSetup = VforkChildSetup { act: [const { AtomicU64::new(0) }; 4], selector_offset: AtomicU64::new(0), counter: AtomicU64::new(0) };
+
+/// Names a counter that is 1 or more while a `vfork` child made here runs (incremented by the
+/// child, decremented by its caller once it goes on): the child shares the caller's memory, so
+/// ids cached there are not its own while it runs.
+pub fn count_vfork_children(counter: &'static std::sync::atomic::AtomicU32) {
+    VFORK_CHILD.counter.store(counter as *const _ as u64, Ordering::Release);
+}
+
+// `bpftime_vfork_child`: called by the gadget of a call that makes a `vfork` child, in the
+// child (rax 0), before it goes on in the application: installs the SIGSYS action again, turns
+// Syscall User Dispatch on for itself with its thread's selector (its caller's, which waits),
+// and counts itself in the counter [`count_vfork_children`] names. Every register but rax (0)
+// is kept; nothing is written below the stack pointer but its own pushes (the child's stack is
+// the caller's below its last call, or a new one).
+std::arch::global_asm!(
+    ".text",
+    ".p2align 4",
+    ".globl bpftime_vfork_child",
+    ".hidden bpftime_vfork_child",
+    ".type bpftime_vfork_child, @function",
+    "bpftime_vfork_child:",
+    "push rdi",
+    "push rsi",
+    "push rdx",
+    "push r10",
+    "push r8",
+    "push r9",
+    "push rcx",
+    "push r11",
+    // rt_sigaction(SIGSYS, &act, NULL, 8)
+    "mov eax, 13",
+    "mov edi, 31",
+    "lea rsi, [rip + {setup}]",
+    "xor edx, edx",
+    "mov r10d, 8",
+    "syscall",
+    // prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, allowed, ALLOWED_LEN, selector)
+    "mov eax, 157",
+    "mov edi, 59",
+    "mov esi, 1",
+    "mov rdx, qword ptr [rip + {allowed}]",
+    "mov r10d, {len}",
+    "mov r8, qword ptr fs:[0]",
+    "add r8, qword ptr [rip + {setup} + 32]",
+    "syscall",
+    "mov rax, qword ptr [rip + {setup} + 40]",
+    "test rax, rax",
+    "jz 2f",
+    "lock inc dword ptr [rax]",
+    "2:",
+    "pop r11",
+    "pop rcx",
+    "pop r9",
+    "pop r8",
+    "pop r10",
+    "pop rdx",
+    "pop rsi",
+    "pop rdi",
+    "xor eax, eax",
+    "ret",
+    ".size bpftime_vfork_child, . - bpftime_vfork_child",
+    setup = sym VFORK_CHILD,
+    allowed = sym ALLOWED,
+    len = const ALLOWED_LEN,
+);
+
+extern "C" {
+    /// See the assembly above; only ever jumped to by a gadget.
+    fn bpftime_vfork_child();
+}
+
 /// Calls made in place whose caller sees exit handlers run (see the module documentation).
 fn reports_exit(nr: u64) -> bool {
     [libc::SYS_clone, libc::SYS_clone3, libc::SYS_fork, libc::SYS_vfork, libc::SYS_execve, libc::SYS_execveat].contains(&(nr as i64))
 }
 
-/// What identifies a gadget: where it goes on, and for calls whose exit is reported, which
-/// call (addresses use the low 47 bits).
-fn gadget_key(ret: u64, nr: u64, exit: bool) -> u64 {
-    if exit {
-        ret | (nr + 1) << 48
-    } else {
-        ret
-    }
+/// What identifies a gadget: where it goes on, for calls whose exit is reported which call,
+/// and whether it makes a `vfork` child (addresses use the low 47 bits).
+fn gadget_key(ret: u64, nr: u64, exit: bool, vfork_child: bool) -> u64 {
+    let key = if exit { ret | (nr + 1) << 48 } else { ret };
+    key | (vfork_child as u64) << 47
 }
 
 /// A call made in place whose exit handlers run in the caller: what [`in_place_exit`] needs.
@@ -144,6 +245,9 @@ struct InPlaceCall {
     nr: u64,
     /// Where the caller goes on (after the original `syscall` instruction).
     ret: u64,
+    /// Whether the call makes a `vfork` child (which counted itself: see
+    /// [`count_vfork_children`]).
+    vfork_child: bool,
 }
 
 /// The gadget that makes call `nr` in place and goes on at `ret` (made on first use), through
@@ -160,14 +264,19 @@ struct InPlaceCall {
 /// 2 jmp [rip + 0], 8 exit stub address  /  without: 0 syscall, 2 jmp [rip + 0], 8 ret
 /// ```
 ///
+/// A call that makes a `vfork` child (`vfork_child`) has the child call
+/// [`bpftime_vfork_child`] first: 0 syscall, 2 test rax, rax, 5 jz 13, 7 jmp [rip + 12],
+/// 13 call [rip + 14], 19 jmp [rip + 16], 25 exit stub address, 33 its address, 41 ret.
+///
 /// An `optional` gadget (a call that could also be made in the signal handler) is not made in
 /// the last [`GADGETS_KEPT`] slots, which are kept for the calls that must be made in place.
-fn gadget(ret: u64, nr: u64, exit: bool, optional: bool) -> Option<u64> {
+fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, vfork_child: bool) -> Option<u64> {
     let base = ALLOWED.load(Ordering::Acquire) as u64;
     if exit && nr >= 0x7fff {
         return None; // no call has such a number, and the key has no room for it
     }
-    let key = gadget_key(ret, nr, exit);
+    let vfork_child = vfork_child && exit && reports_exit(nr);
+    let key = gadget_key(ret, nr, exit, vfork_child);
     for (i, slot) in GADGET_RETURNS.iter().enumerate() {
         let at = base + (FIRST_GADGET + i * GADGET_LEN) as u64;
         match slot.compare_exchange(0, u64::MAX, Ordering::AcqRel, Ordering::Acquire) {
@@ -179,7 +288,7 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool) -> Option<u64> {
                 let mut code = Vec::with_capacity(GADGET_LEN);
                 code.extend_from_slice(&[0x0f, 0x05]); // syscall
                 let stub = if exit {
-                    let ctx: &'static InPlaceCall = Box::leak(Box::new(InPlaceCall { nr, ret }));
+                    let ctx: &'static InPlaceCall = Box::leak(Box::new(InPlaceCall { nr, ret, vfork_child }));
                     match hook::syscall_stub(at, ctx as *const InPlaceCall as u64, in_place_exit as *const () as u64) {
                         Ok(stub) => Some(stub),
                         Err(_) => {
@@ -191,6 +300,16 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool) -> Option<u64> {
                     None
                 };
                 match stub {
+                    Some(stub) if vfork_child => {
+                        code.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
+                        code.extend_from_slice(&[0x74, 0x06]); // jz 13
+                        code.extend_from_slice(&[0xff, 0x25, 12, 0, 0, 0]); // jmp [25]
+                        code.extend_from_slice(&[0xff, 0x15, 14, 0, 0, 0]); // call [33]
+                        code.extend_from_slice(&[0xff, 0x25, 16, 0, 0, 0]); // jmp [41]
+                        code.extend_from_slice(&stub.to_le_bytes());
+                        code.extend_from_slice(&(bpftime_vfork_child as *const () as u64).to_le_bytes());
+                        code.extend_from_slice(&ret.to_le_bytes());
+                    }
                     Some(stub) if reports_exit(nr) => {
                         code.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
                         code.extend_from_slice(&[0x74, 0x06]); // jz 13
@@ -237,6 +356,14 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
         libc::SYS_execve => unmark_exec(&mut regs.dx),
         libc::SYS_execveat => unmark_exec(&mut regs.r10),
         _ => {}
+    }
+    // The vfork child it made has exec'd or exited: it no longer runs in our memory.
+    if call.vfork_child && (regs.ax as i64) > 0 {
+        let counter = VFORK_CHILD.counter.load(Ordering::Acquire) as *const std::sync::atomic::AtomicU32;
+        // SAFETY: a `&'static AtomicU32` given to `count_vfork_children`, or null.
+        if let Some(c) = unsafe { counter.as_ref() } {
+            let _ = c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
     }
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
@@ -474,7 +601,8 @@ fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64) -> [u64; 6] {
 /// the call's return address (through a stub that runs the exit handlers where `exit`). False
 /// where no gadget is left.
 fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool) -> bool {
-    match gadget(g[libc::REG_RIP as usize] as u64, nr, exit, !in_place(nr)) {
+    let vfork_child = makes_vfork_child(nr, g[libc::REG_RDI as usize] as u64);
+    match gadget(g[libc::REG_RIP as usize] as u64, nr, exit, !in_place(nr), vfork_child) {
         Some(at) => {
             g[libc::REG_RIP as usize] = at as i64;
             true
@@ -739,7 +867,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
     let call = |regs: &mut PtRegs, skip: Option<u64>, theirs: bool, entered: bool| {
         if in_place(nr) {
-            match gadget(after, nr, reports_exit(nr), false) {
+            match gadget(after, nr, reports_exit(nr), false, makes_vfork_child(nr, args[0])) {
                 Some(g) => {
                     regs.r11 = g;
                     if entered {
@@ -994,6 +1122,14 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
         return Err(format!("installing the SIGSYS handler: {}", std::io::Error::last_os_error()));
     }
     crate::signals::own_signal(libc::SIGSYS, old.handler, old.flags as libc::c_int);
+    // What a vfork child installs again and turns on for itself (see `bpftime_vfork_child`).
+    for (slot, word) in VFORK_CHILD.act.iter().zip([act.handler as u64, act.flags, act.restorer as u64, act.mask]) {
+        slot.store(word, Ordering::Release);
+    }
+    let fs_base: u64;
+    // SAFETY: reads the thread pointer, which `%fs:0` holds (x86-64 psABI).
+    unsafe { std::arch::asm!("mov {b}, qword ptr fs:[0]", b = out(reg) fs_base, options(nostack, readonly)) };
+    VFORK_CHILD.selector_offset.store((hook::selector() as u64).wrapping_sub(fs_base), Ordering::Release);
     enable().map_err(|e| format!("Syscall User Dispatch (Linux 5.11+): {e}"))?;
     // A child made by fork(2) starts without dispatch: its forking thread turns it on again.
     extern "C" fn after_fork_in_child() {

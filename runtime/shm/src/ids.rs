@@ -1,11 +1,17 @@
 //! The process and thread ids, cached: `getpid` and `gettid` are system calls (glibc caches
 //! neither), and locks and helpers need them in nanoseconds. A fork handler clears both caches
-//! in the child (whose one thread is the forking one).
+//! in the child (whose one thread is the forking one). While a `vfork` child runs in this
+//! process's memory ([`VFORK_CHILDREN`] not 0), nothing is cached or read from the caches: the
+//! child's ids are not its caller's.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static PID: AtomicU32 = AtomicU32::new(0);
+
+/// How many `vfork` children of this process run in its memory now (the hook engine's system
+/// call interception counts them: `bpftime_attach::syscalls::count_vfork_children`).
+pub static VFORK_CHILDREN: AtomicU32 = AtomicU32::new(0);
 
 thread_local! {
     static TID: Cell<u32> = const { Cell::new(0) };
@@ -26,6 +32,9 @@ fn forget_after_fork() {
 
 /// This process's id.
 pub fn process_id() -> u32 {
+    if VFORK_CHILDREN.load(Ordering::Relaxed) != 0 {
+        return std::process::id();
+    }
     let p = PID.load(Ordering::Relaxed);
     if p != 0 {
         return p;
@@ -38,6 +47,10 @@ pub fn process_id() -> u32 {
 
 /// This thread's id.
 pub fn thread_id() -> u32 {
+    if VFORK_CHILDREN.load(Ordering::Relaxed) != 0 {
+        // SAFETY: gettid has no preconditions.
+        return unsafe { libc::gettid() as u32 };
+    }
     TID.try_with(|t| {
         if t.get() == 0 {
             forget_after_fork();

@@ -871,7 +871,9 @@ impl ShmRegion {
         let h = self.header();
         // Ours already (a forked child's parent slot is not: its pid differs), or a free one,
         // or a gone runner's.
-        let slot = h.runners.iter().position(|r| r.pid.load(Ordering::Acquire) == me).or_else(|| {
+        // (A slot of an image this process exec'd from is not ours: its follower is gone.)
+        let ours = h.runners.iter().position(|r| r.pid.load(Ordering::Acquire) == me && runner_alive(me, r.tid.load(Ordering::Acquire)));
+        let slot = ours.or_else(|| {
             h.runners.iter().position(|r| {
                 let pid = r.pid.load(Ordering::Acquire);
                 (pid == 0 || !runner_alive(pid, r.tid.load(Ordering::Acquire))) && r.pid.compare_exchange(pid, me, Ordering::AcqRel, Ordering::Relaxed).is_ok()
@@ -879,7 +881,11 @@ impl ShmRegion {
         })?;
         let r = &h.runners[slot];
         r.seen.store(seen, Ordering::Release);
-        r.refreshed.store(seen, Ordering::Release);
+        // Behind `seen` until it says what it has taken in (`refreshed`): its first look at
+        // the table may still be under way. (A slot it had already keeps what it said.)
+        if ours.is_none() {
+            r.refreshed.store(seen.wrapping_sub(1), Ordering::Release);
+        }
         r.tid.store(tid, Ordering::Release);
         r.pid.store(me, Ordering::Release);
         Some(slot)
@@ -978,13 +984,13 @@ impl ShmRegion {
         let deadline = std::time::Instant::now() + timeout;
         let mut pause = std::time::Duration::from_micros(100);
         loop {
-            let now = h.table_seq.load(Ordering::Acquire);
             let lagging: Vec<u32> = h
                 .runners
                 .iter()
                 .filter_map(|r| {
                     let pid = r.pid.load(Ordering::Acquire);
-                    let behind = now.wrapping_sub(r.refreshed.load(Ordering::Acquire)) > now.wrapping_sub(change);
+                    // Counts wrap: behind means before `change` by less than half the range.
+                    let behind = (r.refreshed.load(Ordering::Acquire).wrapping_sub(change) as i32) < 0;
                     (pid != 0 && pid != me && behind && !skipped(pid) && runner_alive(pid, r.tid.load(Ordering::Acquire))).then_some(pid)
                 })
                 .collect();
