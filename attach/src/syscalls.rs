@@ -15,10 +15,13 @@
 //! after the original instruction) with its registers as they were (an exec's environment
 //! array aside: see [`mark_execs`]). For `clone`, `clone3`,
 //! `fork`, `vfork` and the `execve`s, the gadget sends the caller (not a new child, which goes
-//! straight back) through a stub that runs the exit handlers first, with the result: the new
-//! child's id, or the error of a call that failed. A child's own return from the call (0) is
-//! not seen, nor the end of `exit`, `exit_group` and `rt_sigreturn`. Our SIGSYS handler returns
-//! through a restorer in the allowed range.
+//! straight back, a `vfork` child once it has turned dispatch on for itself) through a stub
+//! that runs the exit handlers first, with the result: the new child's id, or the error of a
+//! call that failed. A child's own return from the call (0) is not seen, nor the end of
+//! `exit`, `exit_group` and `rt_sigreturn`. Our SIGSYS handler returns through a restorer in
+//! the allowed range. The actions of SIGSYS and SIGTRAP are ours while calls are intercepted:
+//! a raw `rt_sigaction` that would change them (glibc's `posix_spawn` child resets every
+//! handled signal) only reads them.
 //!
 //! Dispatch is per thread and is not inherited by new threads or processes: [`enable`] turns
 //! it on for the calling thread (the agent calls it at start, in every thread the application
@@ -146,8 +149,8 @@ fn makes_vfork_child(nr: u64, di: u64) -> bool {
 }
 
 /// What a `vfork` child needs to turn dispatch on for itself, read by [`bpftime_vfork_child`]:
-/// the SIGSYS action (clone3's `CLONE_CLEAR_SIGHAND` resets it in the child), the selector's
-/// offset from the thread pointer (the same for every thread: initial-exec TLS), and the
+/// the SIGSYS action (clone3's `CLONE_CLEAR_SIGHAND` resets it in the child) and the selector's
+/// offset from the thread pointer (the same for every thread: initial-exec TLS); and the
 /// counter of `vfork` children under way that [`count_vfork_children`] names (0: none).
 #[repr(C)]
 struct VforkChildSetup {
@@ -158,19 +161,27 @@ struct VforkChildSetup {
 
 static VFORK_CHILD: VforkChildSetup = VforkChildSetup { act: [const { AtomicU64::new(0) }; 4], selector_offset: AtomicU64::new(0), counter: AtomicU64::new(0) };
 
-/// Names a counter that is 1 or more while a `vfork` child made here runs (incremented by the
-/// child, decremented by its caller once it goes on): the child shares the caller's memory, so
-/// ids cached there are not its own while it runs.
+/// Names a counter that is 1 or more while a `vfork` child made here may run (counted by its
+/// caller from just before the call until it goes on: it waits for exactly the child's time in
+/// its memory): the child shares the caller's memory, so ids cached there are not its own.
 pub fn count_vfork_children(counter: &'static std::sync::atomic::AtomicU32) {
     VFORK_CHILD.counter.store(counter as *const _ as u64, Ordering::Release);
 }
 
+/// Adds `by` to the counter [`count_vfork_children`] named, if any (never below 0).
+fn add_vfork_children(by: i32) {
+    let counter = VFORK_CHILD.counter.load(Ordering::Acquire) as *const std::sync::atomic::AtomicU32;
+    // SAFETY: a `&'static AtomicU32` given to `count_vfork_children`, or null.
+    if let Some(c) = unsafe { counter.as_ref() } {
+        let _ = c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_add_signed(by));
+    }
+}
+
 // `bpftime_vfork_child`: called by the gadget of a call that makes a `vfork` child, in the
-// child (rax 0), before it goes on in the application: installs the SIGSYS action again, turns
-// Syscall User Dispatch on for itself with its thread's selector (its caller's, which waits),
-// and counts itself in the counter [`count_vfork_children`] names. Every register but rax (0)
-// is kept; nothing is written below the stack pointer but its own pushes (the child's stack is
-// the caller's below its last call, or a new one).
+// child (rax 0), before it goes on in the application: installs the SIGSYS action again and
+// turns Syscall User Dispatch on for itself with its thread's selector (its caller's, which
+// waits). Every register but rax (0) is kept; the gadget calls it 128 bytes below the stack
+// pointer (past a red zone).
 std::arch::global_asm!(
     ".text",
     ".p2align 4",
@@ -202,11 +213,6 @@ std::arch::global_asm!(
     "mov r8, qword ptr fs:[0]",
     "add r8, qword ptr [rip + {setup} + 32]",
     "syscall",
-    "mov rax, qword ptr [rip + {setup} + 40]",
-    "test rax, rax",
-    "jz 2f",
-    "lock inc dword ptr [rax]",
-    "2:",
     "pop r11",
     "pop rcx",
     "pop r9",
@@ -265,8 +271,9 @@ struct InPlaceCall {
 /// ```
 ///
 /// A call that makes a `vfork` child (`vfork_child`) has the child call
-/// [`bpftime_vfork_child`] first: 0 syscall, 2 test rax, rax, 5 jz 13, 7 jmp [rip + 12],
-/// 13 call [rip + 14], 19 jmp [rip + 16], 25 exit stub address, 33 its address, 41 ret.
+/// [`bpftime_vfork_child`] first: 0 syscall, 2 test rax, rax, 5 jz 13, 7 jmp [rip + 25],
+/// 13 lea rsp, [rsp - 128], 18 call [rip + 22], 24 lea rsp, [rsp + 128], 32 jmp [rip + 16],
+/// 38 exit stub address, 46 its address, 54 ret.
 ///
 /// An `optional` gadget (a call that could also be made in the signal handler) is not made in
 /// the last [`GADGETS_KEPT`] slots, which are kept for the calls that must be made in place.
@@ -303,9 +310,11 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, vfork_child: bool) -> O
                     Some(stub) if vfork_child => {
                         code.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
                         code.extend_from_slice(&[0x74, 0x06]); // jz 13
-                        code.extend_from_slice(&[0xff, 0x25, 12, 0, 0, 0]); // jmp [25]
-                        code.extend_from_slice(&[0xff, 0x15, 14, 0, 0, 0]); // call [33]
-                        code.extend_from_slice(&[0xff, 0x25, 16, 0, 0, 0]); // jmp [41]
+                        code.extend_from_slice(&[0xff, 0x25, 25, 0, 0, 0]); // jmp [38]
+                        code.extend_from_slice(&[0x48, 0x8d, 0x64, 0x24, 0x80]); // lea rsp, [rsp - 128]
+                        code.extend_from_slice(&[0xff, 0x15, 22, 0, 0, 0]); // call [46]
+                        code.extend_from_slice(&[0x48, 0x8d, 0xa4, 0x24, 0x80, 0, 0, 0]); // lea rsp, [rsp + 128]
+                        code.extend_from_slice(&[0xff, 0x25, 16, 0, 0, 0]); // jmp [54]
                         code.extend_from_slice(&stub.to_le_bytes());
                         code.extend_from_slice(&(bpftime_vfork_child as *const () as u64).to_le_bytes());
                         code.extend_from_slice(&ret.to_le_bytes());
@@ -357,13 +366,9 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
         libc::SYS_execveat => unmark_exec(&mut regs.r10),
         _ => {}
     }
-    // The vfork child it made has exec'd or exited: it no longer runs in our memory.
-    if call.vfork_child && (regs.ax as i64) > 0 {
-        let counter = VFORK_CHILD.counter.load(Ordering::Acquire) as *const std::sync::atomic::AtomicU32;
-        // SAFETY: a `&'static AtomicU32` given to `count_vfork_children`, or null.
-        if let Some(c) = unsafe { counter.as_ref() } {
-            let _ = c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        }
+    // The vfork child it made (if any) has exec'd or exited: it no longer runs in our memory.
+    if call.vfork_child {
+        add_vfork_children(-1);
     }
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
@@ -387,8 +392,8 @@ static EXEC_MARKER: OnceLock<(&'static str, &'static [u8])> = OnceLock::new();
 /// `execve`s and `execveat`s this process makes in place while its calls are intercepted (in
 /// a copy of the array; the application's is put back if the call fails), so that the image
 /// it starts can tell that the call was seen here: one that does not find its own id there
-/// was started by a caller whose calls were not seen (a `vfork` child, which runs without
-/// interception, a process without the agent). Left unmarked: arrays that cannot be read or
+/// was started by a caller whose calls were not seen (a process without the agent, `bpftime
+/// start`). Left unmarked: arrays that cannot be read or
 /// have more than [`MOST_ENV_ENTRIES`] entries, and execs nested deeper than [`MARK_SLOTS`].
 /// Only an environment whose `LD_PRELOAD` names the agent (`agent_file`) is marked.
 pub fn mark_execs(var: &'static str, agent_file: &'static [u8]) {
@@ -586,9 +591,14 @@ fn emulate_sigprocmask(mask: &mut u64, a: [u64; 4]) -> u64 {
     0
 }
 
-/// The arguments of a call made from a site's stub, with SIGSYS and SIGTRAP taken out of a
-/// mask being installed (`rt_sigprocmask` reads the set through `copy`).
-fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64) -> [u64; 6] {
+/// The arguments of a call made here, with SIGSYS and SIGTRAP taken out of a mask being
+/// installed (`rt_sigprocmask` reads the set through `copy`) and, for the application's calls
+/// (`theirs`; ours set them), their actions kept (an `rt_sigaction` that would change them
+/// only reads them).
+fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64, theirs: bool) -> [u64; 6] {
+    if theirs && nr == libc::SYS_rt_sigaction as u64 && (a[0] == libc::SIGSYS as u64 || a[0] == libc::SIGTRAP as u64) {
+        a[1] = 0;
+    }
     if nr == libc::SYS_rt_sigprocmask as u64 && a[1] != 0 && (a[0] as i32 == libc::SIG_BLOCK || a[0] as i32 == libc::SIG_SETMASK) {
         // SAFETY: the application's pointer to a sigset, read as the kernel would.
         *copy = unsafe { (a[1] as *const u64).read_unaligned() } & !(SIGSYS_BIT | SIGTRAP_BIT);
@@ -604,6 +614,9 @@ fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool) -> bool {
     let vfork_child = makes_vfork_child(nr, g[libc::REG_RDI as usize] as u64);
     match gadget(g[libc::REG_RIP as usize] as u64, nr, exit, !in_place(nr), vfork_child) {
         Some(at) => {
+            if vfork_child && exit && reports_exit(nr) {
+                add_vfork_children(1);
+            }
             g[libc::REG_RIP as usize] = at as i64;
             true
         }
@@ -619,8 +632,9 @@ fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool) -> bool {
 
 /// Makes the call of a SIGSYS here, with raw system calls only (no function of libc: its
 /// calls would come back through our stubs): not one that must be made in place. `mask` is
-/// the signal mask the thread returns to (an `rt_sigprocmask` changes it).
-fn make_here(g: &mut [i64; 23], mask: &mut u64) {
+/// the signal mask the thread returns to (an `rt_sigprocmask` changes it); `theirs`, whether
+/// the call is the application's (see [`keep_sigsys_open`]).
+fn make_here(g: &mut [i64; 23], mask: &mut u64, theirs: bool) {
     let regs = PtRegs::from_gregs(g);
     let nr = regs.orig_ax;
     let ret = if nr == libc::SYS_rt_sigprocmask as u64 {
@@ -628,9 +642,12 @@ fn make_here(g: &mut [i64; 23], mask: &mut u64) {
         // in the signal context.
         emulate_sigprocmask(mask, [regs.di, regs.si, regs.dx, regs.r10])
     } else {
-        // SAFETY: the application's own call, with its own arguments, from a SIGSYS handler
-        // whose selector allows it; it is not one that must run in place.
-        unsafe { app_syscall(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9]) }
+        let mut copy = 0u64;
+        let args = keep_sigsys_open(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9], &mut copy, theirs);
+        // SAFETY: the application's own call, with its own arguments (a change of our signals'
+        // actions left out), from a SIGSYS handler whose selector allows it; it is not one
+        // that must run in place.
+        unsafe { app_syscall(nr, args) }
     };
     g[libc::REG_RAX as usize] = ret as i64;
     // What the `syscall` instruction leaves in rcx and r11.
@@ -721,7 +738,7 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             hook::back_on(left, || {
                 let mut made = || {
                     set_signal_mask(*uc_mask);
-                    make_here(g, uc_mask);
+                    make_here(g, uc_mask, theirs);
                     set_signal_mask(*uc_mask | SIGSYS_HANDLER_MASK);
                 };
                 if theirs {
@@ -867,8 +884,12 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
     let call = |regs: &mut PtRegs, skip: Option<u64>, theirs: bool, entered: bool| {
         if in_place(nr) {
-            match gadget(after, nr, reports_exit(nr), false, makes_vfork_child(nr, args[0])) {
+            let vfork_child = makes_vfork_child(nr, args[0]);
+            match gadget(after, nr, reports_exit(nr), false, vfork_child) {
                 Some(g) => {
+                    if vfork_child && reports_exit(nr) {
+                        add_vfork_children(1);
+                    }
                     regs.r11 = g;
                     if entered {
                         mark_exec(nr, if nr == libc::SYS_execve as u64 { &mut regs.dx } else { &mut regs.r10 });
@@ -888,7 +909,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
             return true;
         }
         let mut copy = 0u64;
-        let args = keep_sigsys_open(nr, args, &mut copy);
+        let args = keep_sigsys_open(nr, args, &mut copy, theirs);
         // SAFETY: the application's own call and arguments, made with the selector at ALLOW;
         // not one that must run in place.
         regs.ax = if theirs { hook::making_application_call(|| unsafe { app_syscall(nr, args) }) } else { unsafe { raw_syscall(nr, args) } };

@@ -2211,7 +2211,8 @@ fn libbpf_tools_opensnoop_sees_every_open_like_the_kernel() {
 /// Debian's libbpf-tools `execsnoop -x` (unmodified: `sys_enter_execve` keeps the arguments in
 /// a hash map, `sys_exit_execve` prints them with the result through a perf buffer; `-x` prints
 /// failed execs too) through the syscall server, on a dash script, whose commands run in `vfork`
-/// children, a `posix_spawn` (`system`, clone3 with `CLONE_VFORK`) and a bash fork child: every
+/// children, `posix_spawn`s (`system`, clone3 with `CLONE_VFORK`; one whose child resets every
+/// signal's action, SIGSYS's included, which ours keeps) and a bash fork child: every
 /// exec is printed with its arguments and result as on the kernel, failed ones in vfork children
 /// included. A vfork child ran without interception, so its exec went unseen (only the script's
 /// own exec was printed); then a successful one was reported by the image it started, but a
@@ -2224,7 +2225,7 @@ fn libbpf_tools_execsnoop_sees_the_execs_of_vfork_children_like_the_kernel() {
     if !bpftime_tests::kernel::tracefs_mounted() {
         return;
     }
-    let script = "/bin/true bpftime-exec-marker-1; /bin/echo bpftime-exec-marker-2 > /dev/null; bash -c '/bin/true bpftime-exec-marker-3'; python3 -c 'import os; os.system(\"/bin/true bpftime-exec-marker-4\"); os.system(\"/nonexistent/bpftime-exec-marker-6 2>/dev/null\")'; /nonexistent/bpftime-exec-marker-5 2>/dev/null; true";
+    let script = "/bin/true bpftime-exec-marker-1; /bin/echo bpftime-exec-marker-2 > /dev/null; bash -c '/bin/true bpftime-exec-marker-3'; python3 -c 'import os, signal; os.system(\"/bin/true bpftime-exec-marker-4\"); os.system(\"/nonexistent/bpftime-exec-marker-6 2>/dev/null\"); p = os.posix_spawn(\"/bin/true\", [\"/bin/true\", \"bpftime-exec-marker-7\"], os.environ, setsigdef=[s for s in signal.valid_signals() if s not in (9, 19)]); os.waitpid(p, 0)'; /nonexistent/bpftime-exec-marker-5 2>/dev/null; true";
     let marked = |out: &str| {
         let mut lines: Vec<String> = out
             .lines()
@@ -2245,6 +2246,7 @@ fn libbpf_tools_execsnoop_sees_the_execs_of_vfork_children_like_the_kernel() {
         "true 0 /bin/true bpftime-exec-marker-1",
         "true 0 /bin/true bpftime-exec-marker-3",
         "true 0 /bin/true bpftime-exec-marker-4",
+        "true 0 /bin/true bpftime-exec-marker-7",
     ];
     let dir = std::env::temp_dir().join(format!("bpftime-execsnoop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

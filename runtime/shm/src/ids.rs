@@ -21,6 +21,8 @@ fn forget_after_fork() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     extern "C" fn in_child() {
         PID.store(0, Ordering::Relaxed);
+        // The vfork children of other threads run in the parent's memory, not this copy.
+        VFORK_CHILDREN.store(0, Ordering::Relaxed);
         let _ = TID.try_with(|t| t.set(0));
     }
     // SAFETY: registers a child-side fork handler that only stores to an atomic and a TLS cell
