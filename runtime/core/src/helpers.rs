@@ -832,13 +832,14 @@ fn timer_list_jiffies() -> Option<(u64, u64)> {
 
 /// Sets up, before any hit, what the helpers a program calls would otherwise set up at its
 /// first one, inside the probed process's code (where a fork by another thread meanwhile would
-/// leave the child waiting for it): the stand-in task's layout (the kernel's BTF, parsed:
-/// milliseconds), the cgroup2 mount and the jiffies' calibration. (What is per thread still
-/// comes at each thread's first call.)
-pub fn warm_up_for(insns: &[bpftime_vm::RawInsn]) {
+/// leave the child waiting for it): the stand-in task's layout (the kernel's BTF, parsed: tens
+/// of milliseconds, or what an earlier process kept in the code cache `cache`), the cgroup2
+/// mount and the jiffies' calibration. (What is per thread still comes at each thread's first
+/// call.)
+pub fn warm_up_for(insns: &[bpftime_vm::RawInsn], cache: Option<&bpftime_jit::cache::CodeCache>) {
     let calls = |ids: &[i32]| insns.iter().any(|i| i.opc == 0x85 && i.src == 0 && ids.contains(&i.imm));
     if calls(&[35, 158]) {
-        crate::task::warm_up();
+        crate::task::warm_up(cache);
     }
     if calls(&[37, 80, 123]) {
         let _ = cgroup2_mount();

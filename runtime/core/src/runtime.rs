@@ -659,7 +659,7 @@ impl Runtime {
             return Ok(p.clone());
         }
         let stored = progs::load(&self.region, id).ok_or(LoadError::NoSuchProgram(id))?;
-        crate::helpers::warm_up_for(&stored.insns);
+        crate::helpers::warm_up_for(&stored.insns, self.code_cache());
         let loaded = Arc::new(self.prepare(stored)?);
         self.programs.lock().unwrap_or_else(|e| e.into_inner()).insert(id, loaded.clone());
         Ok(loaded)

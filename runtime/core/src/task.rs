@@ -118,8 +118,10 @@ fn ns_layout(btf: &Btf, task: u32) -> Option<NsLayout> {
     Some(NsLayout { in_task, size, spaces })
 }
 
+/// The stand-ins' layout, once known (from the kernel's BTF or the code cache).
+static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
+
 fn layout() -> Option<&'static Layout> {
-    static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
     LAYOUT
         .get_or_init(|| {
             let btf = Btf::parse(&std::fs::read("/sys/kernel/btf/vmlinux").ok()?).ok()?;
@@ -196,9 +198,102 @@ fn put32(buf: &mut [u8], at: usize, v: u32) {
     buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-/// Reads the kernel's BTF for the stand-ins' layout now, rather than at the first call.
-pub fn warm_up() {
+/// Reads the kernel's BTF for the stand-ins' layout now, rather than at the first call; with a
+/// code cache, takes the layout a process of this boot kept there instead (parsing the
+/// kernel's 5 MiB of BTF costs each traced process tens of milliseconds), or keeps it there.
+pub fn warm_up(cache: Option<&bpftime_jit::cache::CodeCache>) {
+    let key = || {
+        // The running kernel (its BTF does not change within a boot) and its BTF's size.
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let size = std::fs::metadata("/sys/kernel/btf/vmlinux").ok()?.len();
+        Some(format!("task layout 1 {} {size}", boot.trim()).into_bytes())
+    };
+    if let (Some(cache), None, Some(key)) = (cache, LAYOUT.get(), key()) {
+        match cache.load_blob(&key).and_then(|b| decode_layout(&b)) {
+            Some(l) => {
+                let _ = LAYOUT.set(Some(l));
+            }
+            None => {
+                if let Some(l) = layout() {
+                    cache.store_blob(&key, &encode_layout(l));
+                }
+            }
+        }
+    }
     let _ = layout();
+}
+
+/// [`Layout`] as little-endian words, for the code cache.
+fn encode_layout(l: &Layout) -> Vec<u8> {
+    let mut w: Vec<u64> = [l.size, l.pid, l.tgid, l.comm, l.real_parent, l.parent].iter().map(|&v| v as u64).collect();
+    match &l.nsproxy {
+        Some(ns) => {
+            w.extend([1, ns.in_task as u64, ns.size as u64, ns.spaces.len() as u64]);
+            for &(at, name, inum) in &ns.spaces {
+                let index = NAMESPACES.iter().position(|&(_, n)| n == name).unwrap_or(usize::MAX);
+                w.extend([at as u64, index as u64, inum as u64]);
+            }
+        }
+        None => w.push(0),
+    }
+    match &l.mm {
+        Some(m) => {
+            w.extend([1, m.in_task as u64, m.size as u64, m.fields.len() as u64]);
+            for &(at, stat) in &m.fields {
+                w.extend([at as u64, stat as u64]);
+            }
+        }
+        None => w.push(0),
+    }
+    w.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A layout [`encode_layout`] wrote, if every place it names lies within the stand-ins as
+/// [`fill_current_task`] writes them (the cache is trusted as code is, and checked anyway).
+fn decode_layout(bytes: &[u8]) -> Option<Layout> {
+    const MOST: usize = 1 << 16;
+    let mut words = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()) as usize);
+    let mut next = || words.next();
+    let size = next().filter(|&s| s <= MOST)?;
+    let within = |at: usize, width: usize, size: usize| at.checked_add(width).is_some_and(|end| end <= size);
+    let field = |at: usize, width: usize| within(at, width, size).then_some(at);
+    let (pid, tgid, comm) = (field(next()?, 4)?, field(next()?, 4)?, field(next()?, 16)?);
+    let (real_parent, parent) = (field(next()?, 8)?, field(next()?, 8)?);
+    let nsproxy = match next()? {
+        0 => None,
+        1 => {
+            let in_task = field(next()?, 8)?;
+            let ns_size = next().filter(|&s| s <= MOST)?;
+            let n = next().filter(|&n| n <= NAMESPACES.len())?;
+            let mut spaces = Vec::with_capacity(n);
+            for _ in 0..n {
+                // (Places outside the stand-ins are skipped where they are filled.)
+                let at = next().filter(|&at| at <= MOST)?;
+                let name = NAMESPACES.get(next()?)?.1;
+                let inum = next().filter(|&i| i <= MOST)?;
+                spaces.push((at, name, inum));
+            }
+            Some(NsLayout { in_task, size: ns_size, spaces })
+        }
+        _ => return None,
+    };
+    let mm = match next()? {
+        0 => None,
+        1 => {
+            let in_task = field(next()?, 8)?;
+            let mm_size = next().filter(|&s| s <= MOST)?;
+            let n = next().filter(|&n| n <= MM_FIELDS.len())?;
+            let mut fields = Vec::with_capacity(n);
+            for _ in 0..n {
+                let at = next().filter(|&at| within(at, 8, mm_size))?;
+                let stat = next().filter(|&f| (3..=64).contains(&f))?;
+                fields.push((at, stat));
+            }
+            Some(MmLayout { in_task, size: mm_size, fields })
+        }
+        _ => return None,
+    };
+    next().is_none().then_some(Layout { size, pid, tgid, comm, real_parent, parent, nsproxy, mm })
 }
 
 /// The address of this thread's stand-in `task_struct`, refreshed (ids and name) on each call;
@@ -260,6 +355,25 @@ fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The layout kept in the code cache reads back as it was made; one that names a place
+    /// outside the stand-ins, or is cut or longer, is refused.
+    #[test]
+    fn a_kept_layout_reads_back_as_made_and_a_bad_one_is_refused() {
+        let Some(l) = layout() else { return println!("skipping: no /sys/kernel/btf/vmlinux") };
+        let bytes = encode_layout(l);
+        let back = decode_layout(&bytes).expect("decoded");
+        assert_eq!(encode_layout(&back), bytes);
+        assert!(l.nsproxy.is_some() && l.mm.is_some(), "this kernel's BTF describes both");
+        let mut bad = bytes.clone();
+        // `comm` (16 bytes) 8 bytes before the task's end.
+        bad[24..32].copy_from_slice(&(l.size as u64 - 8).to_le_bytes());
+        assert!(decode_layout(&bad).is_none());
+        assert!(decode_layout(&bytes[..bytes.len() - 8]).is_none());
+        let mut longer = bytes.clone();
+        longer.extend([0u8; 8]);
+        assert!(decode_layout(&longer).is_none());
+    }
     use std::os::unix::fs::MetadataExt;
 
     /// The stand-in's `nsproxy->mnt_ns->ns.inum` is this process's mount namespace, at the
