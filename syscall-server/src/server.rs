@@ -185,8 +185,8 @@ pub struct Server {
     kprobe: pmu::Pmu,
     /// Processes named by a probe that this loader gave the agent.
     reached: crate::reach::Reached,
-    /// Processes running the agent that once did not take a new link in within
-    /// [`ATTACH_WAIT`] (stopped, say): not waited for again.
+    /// Processes running the agent that did not take a new link in within [`ATTACH_WAIT`]
+    /// (stopped, say): not waited for again until they have caught up.
     late: Mutex<HashSet<u32>>,
     /// Programs already said to be asked for a kernel event (see `kernel_event_refused`).
     told_kernel_only: Mutex<HashSet<u32>>,
@@ -1531,10 +1531,15 @@ impl Server {
     /// Waits until every process running the agent on the region has taken in the links
     /// stored so far, as a kernel attach is in force when it returns: a tool that says it is
     /// tracing misses nothing after that. A process that has not within [`ATTACH_WAIT`] is
-    /// named once and not waited for again.
+    /// named and not waited for again until it has caught up.
     fn wait_in_force(&self) {
         let change = self.region.table_changes();
         let late = self.region.wait_for_runners(change, ATTACH_WAIT, |pid| Self::lock(&self.late).contains(&pid));
+        // One that has caught up since (continued, or just slow) is waited for again.
+        if !Self::lock(&self.late).is_empty() {
+            let behind = self.region.wait_for_runners(change, std::time::Duration::ZERO, |_| false);
+            Self::lock(&self.late).retain(|pid| behind.contains(pid));
+        }
         for pid in late {
             if Self::lock(&self.late).insert(pid) {
                 eprintln!(
