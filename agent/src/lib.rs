@@ -78,7 +78,8 @@ fn bpftime_agent_init(exec: syscalls::ExecArgs) {
     // (its exit programs run now, as the kernel runs them in the new image). Unless the caller's
     // agent saw the call (it says so in the environment), its entry programs run first, on the
     // arguments the call left: a caller without the agent (`bpftime start` and a loader's
-    // `-c CMD` give their names), a `vfork` child (dash, `posix_spawn`, `system`).
+    // `-c CMD` give their names), a `vfork` child whose caller's interception could not reach
+    // it (a vfork child normally turns interception on for itself and marks its exec).
     let _ = std::panic::catch_unwind(|| {
         let Some(caller) = &caller else { return };
         match caller {

@@ -193,8 +193,9 @@ pub const EXEC_UNTRACED: &str = "BPFTIME_EXEC_UNTRACED";
 
 /// The variable an `execve` seen here (system calls intercepted) sets in the environment of the
 /// image it starts, to this process's id: an image that does not find its own id there runs
-/// that call's entry programs itself (its caller had none running: a `vfork` child, which runs
-/// without interception, or a process without the agent; a mark inherited through an image
+/// that call's entry programs itself (its caller had none running: a process without the
+/// agent, or a `vfork` child whose caller's interception could not reach it; a mark inherited
+/// through an image
 /// with no agent is another process's, unless that image (static, or setuid) itself execs: the
 /// next image then takes the exec for seen). The agent removes it.
 pub const EXEC_SEEN: &str = "BPFTIME_EXEC_SEEN";
