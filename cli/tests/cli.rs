@@ -1211,7 +1211,7 @@ fn attach_holds_the_applications_signals_while_it_loads_the_agent() {
     let shm = format!("bpftime-attach-timer-{}", std::process::id());
     let _ = bpftime_shm(&shm, &["shm", "remove"]);
     let mut app = Command::new(&target).args(["2000000", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    wait_reading_stdin(app.id());
+    bpftime_tests::wait_reading_stdin(app.id());
     let out = Command::new("timeout")
         .args(["-s", "KILL", "60", env!("CARGO_BIN_EXE_bpftime"), "--shm", &shm, "attach", &app.id().to_string(), "--program", obj.to_str().unwrap()])
         .output()
@@ -1498,20 +1498,6 @@ fn wait_attached(shm: &str) -> bool {
     })
 }
 
-/// Waits (up to 10 s) until process `pid` blocks in a read(2) of its standard input (its
-/// libraries loaded, its main code running).
-fn wait_reading_stdin(pid: u32) {
-    for _ in 0..1000 {
-        // `/proc/PID/syscall`: the call's number and arguments while it blocks in one.
-        let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-        if call.starts_with("0 0x0 ") {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("process {pid} never read its standard input");
-}
-
 /// `bpftime attach PID` on a Go program (cgo) started without the agent: the agent is loaded
 /// on a stack of its own (the stopped thread's may be a goroutine's few kilobytes), hits on
 /// goroutines run on the agent's handler stacks (nothing knows which signal handlers the
@@ -1528,7 +1514,7 @@ fn attach_to_a_running_go_program_counts_every_call() {
             let _ = bpftime_shm(&shm, &["shm", "remove"]);
             let mut go = Command::new(&target).args(["2000", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
             // The runtime has started its threads and the main goroutine waits in its read.
-            wait_reading_stdin(go.id());
+            bpftime_tests::wait_reading_stdin(go.id());
             let out = bpftime_shm(&shm, &["attach", &go.id().to_string(), "--program", obj.to_str().unwrap(), "--engine", engine]);
             let said = text(&out.stderr);
             assert!(out.status.success() && !said.contains("cannot attach"), "{engine} run {run}: {said}");
@@ -1566,7 +1552,7 @@ fn attach_to_a_process_whose_handlers_run_on_a_signal_stack() {
         let shm = format!("bpftime-attach-altstack-{}-{mode}-{run}", std::process::id());
         let _ = bpftime_shm(&shm, &["shm", "remove"]);
         let mut app = Command::new(&target).args(["50000", mode]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        wait_reading_stdin(app.id());
+        bpftime_tests::wait_reading_stdin(app.id());
         let out = bpftime_shm(&shm, &["attach", &app.id().to_string(), "--program", obj.to_str().unwrap()]);
         assert!(out.status.success(), "{mode} run {run}: {}", text(&out.stderr));
         app.stdin.take().unwrap().write_all(b"x").unwrap();

@@ -130,7 +130,7 @@ fn an_attach_is_in_force_in_running_processes_when_the_loader_goes_on_as_on_the_
     bpftime_tests::remove_region(&shm);
     let run = |target: &mut Command, pid_of: &dyn Fn(u32) -> i32, mut loader: Command| -> (String, String) {
         let mut t = target.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        wait_reading_stdin(pid_of(t.id()));
+        bpftime_tests::wait_reading_stdin(pid_of(t.id()) as u32);
         let mut l = loader.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut out = BufReader::new(l.stdout.take().unwrap());
         let mut first = String::new();
@@ -176,7 +176,7 @@ fn a_stopped_process_holds_an_attach_up_once_and_is_named() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut t = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["300", "1", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let pid = child_of(t.id());
-    wait_reading_stdin(pid);
+    bpftime_tests::wait_reading_stdin(pid as u32);
     // SAFETY: kill(2) on the process we started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let started = std::time::Instant::now();
@@ -206,16 +206,6 @@ fn a_stopped_process_holds_an_attach_up_once_and_is_named() {
     t.stdin.take().unwrap().write_all(b"g").unwrap();
     assert!(t.wait().unwrap().success());
     bpftime_tests::remove_region(&shm);
-}
-
-/// Waits (up to 20 s) until process `pid`'s main thread is blocked reading its standard input
-/// (read(2) on fd 0: `calls N T wait` waiting for its go byte).
-fn wait_reading_stdin(pid: i32) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with("0 0x0 ")) {
-        assert!(std::time::Instant::now() < deadline, "process {pid} never waited for its go");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
 }
 
 /// The kernel's jiffies (`/proc/timer_list`, root only).

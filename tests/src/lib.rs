@@ -92,3 +92,17 @@ pub fn output_and_cpu_time(cmd: &mut std::process::Command) -> (std::process::Ou
         std::process::Output { status: std::process::ExitStatus::from_raw(status), stdout: out.join().expect("reader"), stderr: err.join().expect("reader") };
     (output, t(usage.ru_utime) + t(usage.ru_stime))
 }
+
+/// Waits (up to 10 s) until process `pid` blocks in a read(2) of its standard input (its
+/// libraries loaded, its main code running); panics if it never does.
+pub fn wait_reading_stdin(pid: u32) {
+    for _ in 0..1000 {
+        // `/proc/PID/syscall`: the call's number and arguments while it blocks in one.
+        let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        if call.starts_with("0 0x0 ") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("process {pid} never read its standard input");
+}
