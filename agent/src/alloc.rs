@@ -32,7 +32,7 @@ impl SpinLock {
     }
 
     fn lock(&self) {
-        HELD.with(|h| h.set(h.get() + 1));
+        HELD.set(HELD.get() + 1);
         while self.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             std::hint::spin_loop();
             if self.0.load(Ordering::Relaxed) {
@@ -43,19 +43,19 @@ impl SpinLock {
 
     fn unlock(&self) {
         self.0.store(false, Ordering::Release);
-        HELD.with(|h| h.set(h.get() - 1));
+        HELD.set(HELD.get() - 1);
     }
 }
 
-thread_local! {
+bpftime_tls::initial_exec! {
     /// Class locks this thread holds or waits for.
-    static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static HELD: std::cell::Cell<u32> as "bpftime_agent_alloc_locks_held";
 }
 
 /// Whether this thread holds (or waits for) one of the allocator's locks, in any of its flows:
 /// work of ours a signal handler left by `siglongjmp` then left it held for good.
 pub fn held_by_this_thread() -> bool {
-    HELD.with(|h| h.get() != 0)
+    HELD.get() != 0
 }
 
 /// One size class: a free list of blocks (the next pointer in each free block's first word)
@@ -73,16 +73,16 @@ impl Class {
     }
 }
 
-thread_local! {
+bpftime_tls::initial_exec! {
     /// This thread holds every lock (between `fork`'s prepare and after handlers): its own
     /// allocations then need none (other threads wait), e.g. while the agent intercepts the
     /// `fork` system call itself.
-    static HOLDS_ALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static HOLDS_ALL: std::cell::Cell<bool> as "bpftime_agent_alloc_holds_all";
 }
 
 /// Takes a class lock unless this thread holds them all.
 fn lock(c: &Class) -> bool {
-    if HOLDS_ALL.with(|h| h.get()) {
+    if HOLDS_ALL.get() {
         return false;
     }
     c.lock.lock();
@@ -105,12 +105,12 @@ impl AgentAlloc {
         for c in &self.classes {
             c.lock.lock();
         }
-        HOLDS_ALL.with(|h| h.set(true));
+        HOLDS_ALL.set(true);
     }
 
     /// Releases what [`AgentAlloc::lock_all`] took (after `fork`, in parent and child).
     pub fn unlock_all(&self) {
-        HOLDS_ALL.with(|h| h.set(false));
+        HOLDS_ALL.set(false);
         for c in &self.classes {
             c.lock.unlock();
         }

@@ -252,16 +252,14 @@ fn with_async_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
 /// Frees this thread's first-level probe context (and its CPU pin) for the next run: the run in it was left for
 /// good (a signal handler's `siglongjmp` out of it, which the hook engine found).
 pub fn forget_abandoned_run() {
-    let _ = PROBE_THREADS.try_with(|cell| {
-        let p = cell.get();
-        if !p.is_null() {
-            // SAFETY: this thread's contexts; the run that had level 0 will never go on.
-            let t = unsafe { &mut (*p).levels[0] };
-            t.busy = false;
-            // An override it asked for is not the next run's.
-            t.host.override_return.set(None);
-        }
-    });
+    let p = PROBE_THREADS.get();
+    if !p.is_null() {
+        // SAFETY: this thread's contexts; the run that had level 0 will never go on.
+        let t = unsafe { &mut (*p).levels[0] };
+        t.busy = false;
+        // An override it asked for is not the next run's.
+        t.host.override_return.set(None);
+    }
     bpftime_maps::forget_abandoned_pin();
 }
 
@@ -270,19 +268,17 @@ struct ProbeThreads {
     levels: [ProbeThread; PROBE_LEVELS],
 }
 
-thread_local! {
+bpftime_tls::initial_exec! {
     /// This thread's probe contexts, made on its first hit in its normal flow and freed at
     /// thread exit by `PROBE_THREAD_EXIT`: a pthread key, not a TLS destructor, so that the
     /// traced application sees no libc call of ours (see `bpftime_vm::thread_exit`).
-    static PROBE_THREADS: Cell<*mut ProbeThreads> = const { Cell::new(std::ptr::null_mut()) };
+    static PROBE_THREADS: Cell<*mut ProbeThreads> as "bpftime_runtime_probe_threads";
 }
 
 unsafe extern "C" fn free_probe_threads(t: *mut c_void) {
-    let _ = PROBE_THREADS.try_with(|cell| {
-        if cell.get() == t as *mut ProbeThreads {
-            cell.set(std::ptr::null_mut());
-        }
-    });
+    if PROBE_THREADS.get() == t as *mut ProbeThreads {
+        PROBE_THREADS.set(std::ptr::null_mut());
+    }
     // SAFETY: the pointer this thread registered (Box::into_raw), freed only here.
     drop(unsafe { Box::from_raw(t as *mut ProbeThreads) });
 }
@@ -842,7 +838,7 @@ impl Runtime {
 
     #[inline]
     fn run_probe_here(&'static self, probe: &ProbeProgram, regs: &[u8], level: usize) -> Result<ProbeRun, RunError> {
-        let threads = PROBE_THREADS.try_with(|c| c.get()).unwrap_or(std::ptr::null_mut());
+        let threads = PROBE_THREADS.get();
         if !threads.is_null() && level < PROBE_LEVELS && (level == 0 || !bpftime_shm::lock::held_by_this_thread()) {
             // SAFETY: this thread's contexts; only this level's element is borrowed (runs at
             // other levels of this thread may be in progress below us, on their own elements).
@@ -868,38 +864,37 @@ impl Runtime {
         // `siglongjmp` (in a process whose handlers the agent does not wrap) would leave the
         // allocator's lock held, and the thread's probes silenced for good.
         let made = with_async_signals_blocked(|| {
-            PROBE_THREADS.try_with(|cell| {
-                let old = cell.get();
-                // SAFETY: this thread's contexts, none running (we are at level 0).
-                if !old.is_null() && unsafe { (*old).levels.iter().any(|t| t.busy) } {
-                    return None;
-                }
-                let fresh = Box::into_raw(Box::new(ProbeThreads {
-                    levels: std::array::from_fn(|_| ProbeThread {
-                        runner: Runner::new(&self.regions, self.probe_budget),
-                        host: Box::new(HelperContext { caller_at_sp: probe.caller_at_sp, ..HelperContext::new(self, probe.cookie, probe.func_ip, true) }),
-                        busy: false,
-                    }),
-                }));
-                // SAFETY: fresh contexts, freed only by `free_probe_threads` at this thread's exit.
-                if !unsafe { PROBE_THREAD_EXIT.register(fresh as *mut c_void) } {
-                    // SAFETY: just made, not shared.
-                    drop(unsafe { Box::from_raw(fresh) });
-                    return None;
-                }
-                if !old.is_null() {
-                    // Contexts for another runtime (tests make several): replaced.
-                    // SAFETY: this thread's previous contexts, no longer registered or running.
-                    drop(unsafe { Box::from_raw(old) });
-                }
-                cell.set(fresh);
-                Some(fresh)
-            })
+            let cell = &*PROBE_THREADS;
+            let old = cell.get();
+            // SAFETY: this thread's contexts, none running (we are at level 0).
+            if !old.is_null() && unsafe { (*old).levels.iter().any(|t| t.busy) } {
+                return None;
+            }
+            let fresh = Box::into_raw(Box::new(ProbeThreads {
+                levels: std::array::from_fn(|_| ProbeThread {
+                    runner: Runner::new(&self.regions, self.probe_budget),
+                    host: Box::new(HelperContext { caller_at_sp: probe.caller_at_sp, ..HelperContext::new(self, probe.cookie, probe.func_ip, true) }),
+                    busy: false,
+                }),
+            }));
+            // SAFETY: fresh contexts, freed only by `free_probe_threads` at this thread's exit.
+            if !unsafe { PROBE_THREAD_EXIT.register(fresh as *mut c_void) } {
+                // SAFETY: just made, not shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                return None;
+            }
+            if !old.is_null() {
+                // Contexts for another runtime (tests make several): replaced.
+                // SAFETY: this thread's previous contexts, no longer registered or running.
+                drop(unsafe { Box::from_raw(old) });
+            }
+            cell.set(fresh);
+            Some(fresh)
         });
         match made {
             // SAFETY: just made, owned by this thread.
-            Ok(Some(fresh)) => unsafe { &mut (*fresh).levels[0] }.run(probe, regs),
-            _ => {
+            Some(fresh) => unsafe { &mut (*fresh).levels[0] }.run(probe, regs),
+            None => {
                 let host = HelperContext { caller_at_sp: probe.caller_at_sp, ..HelperContext::new(self, probe.cookie, probe.func_ip, true) };
                 let opts = RunOptions { regions: &self.regions, budget: self.probe_budget, host: &host as *const HelperContext as *mut _ };
                 let r0 = run(probe.program.engine().as_ref(), Context::ReadOnly(regs), &opts)?;

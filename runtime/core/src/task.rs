@@ -188,10 +188,10 @@ fn fill_namespaces(ns: &NsLayout, task: &mut [u8], room: &mut [u8], base: u64) {
     task[ns.in_task..ns.in_task + 8].copy_from_slice(&base.to_le_bytes());
 }
 
-thread_local! {
+bpftime_tls::initial_exec! {
     /// This thread's stand-in task (and its parent's), made on first use; kept for the
     /// thread's life (a few kilobytes per thread that asks).
-    static TASK: Cell<usize> = const { Cell::new(0) };
+    static TASK: Cell<usize> as "bpftime_runtime_task";
 }
 
 fn put32(buf: &mut [u8], at: usize, v: u32) {
@@ -312,7 +312,8 @@ pub fn current_task_block(pid: u32, tid: u32, comm: &[u8]) -> Option<(u64, u64)>
 
 fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
     let size = stand_in_size(l);
-    TASK.try_with(|cell| {
+    let cell = &*TASK;
+    {
         let fresh = cell.get() == 0;
         if fresh {
             let all: &'static mut [u8] = Box::leak(vec![0u8; size].into_boxed_slice());
@@ -348,8 +349,7 @@ fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
         task[l.real_parent..l.real_parent + 8].copy_from_slice(&parent_addr);
         task[l.parent..l.parent + 8].copy_from_slice(&parent_addr);
         cell.get() as u64
-    })
-    .unwrap_or(0)
+    }
 }
 
 #[cfg(test)]

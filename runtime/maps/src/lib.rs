@@ -300,25 +300,27 @@ pub fn possible_cpus() -> u32 {
     })
 }
 
-std::thread_local! {
-    /// The CPU this thread's program run is fixed on (see [`pin_cpu`]); `u32::MAX`: none.
-    static RUN_CPU: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+bpftime_tls::initial_exec! {
+    /// The CPU this thread's program run is fixed on, plus one (see [`pin_cpu`]); 0: none.
+    static RUN_CPU: std::cell::Cell<u32> as "bpftime_maps_run_cpu";
 }
 
 /// Unfixes this thread's CPU: the run that fixed it was left for good (a signal handler's
 /// `siglongjmp` out of it) and its pin will never drop. The run slot it held is taken over by
 /// a waiter once stuck (see `bpftime_shm::lock::STUCK_AFTER`).
 pub fn forget_abandoned_pin() {
-    let _ = RUN_CPU.try_with(|c| c.set(u32::MAX));
+    RUN_CPU.set(0);
 }
 
 /// Keeps [`current_cpu`] fixed for this thread while it lives, holding that CPU's run slot
 /// (see [`pin_cpu`]).
 #[must_use]
 pub struct CpuPin<'a> {
-    /// This thread's [`RUN_CPU`], set by the outermost run (unset again on drop); null for a
-    /// nested run, which keeps its outer run's CPU.
-    cell: *const std::cell::Cell<u32>,
+    /// Whether this pin fixed the thread's [`RUN_CPU`] (the outermost run: unset again on
+    /// drop); false for a nested run, which keeps its outer run's CPU.
+    fixed: bool,
+    /// Keeps the pin on its thread (`!Send`): it unfixes that thread's CPU.
+    _on_this_thread: std::marker::PhantomData<*const ()>,
     slot: Option<bpftime_shm::ShmGuard<'a>>,
 }
 
@@ -327,10 +329,8 @@ impl Drop for CpuPin<'_> {
         // The slot first: a run in a signal handler arriving in between finds the CPU still
         // fixed, and takes no slot of its own.
         drop(self.slot.take());
-        if !self.cell.is_null() {
-            // SAFETY: this thread's thread-local (a pin never leaves its thread: it is not
-            // Send), alive while the thread runs.
-            unsafe { (*self.cell).set(u32::MAX) };
+        if self.fixed {
+            RUN_CPU.set(0);
         }
     }
 }
@@ -345,20 +345,24 @@ impl Drop for CpuPin<'_> {
 /// for its own. A nested run (a tail call, a probe in a signal handler) keeps the outer run's
 /// CPU, as an interrupt on that CPU would.
 pub fn pin_cpu(slots: &[bpftime_shm::RunSlot]) -> CpuPin<'_> {
-    let nested = CpuPin { cell: std::ptr::null(), slot: None };
-    let Ok(cell) = RUN_CPU.try_with(|c| c as *const std::cell::Cell<u32>) else { return nested };
-    // SAFETY: this thread's thread-local, alive while the thread runs.
-    let run_cpu = unsafe { &*cell };
-    if run_cpu.get() != u32::MAX {
-        return nested;
+    if RUN_CPU.get() != 0 {
+        return CpuPin { fixed: false, slot: None, _on_this_thread: std::marker::PhantomData };
     }
     let here = scheduled_cpu();
     // Fixed before any slot is taken: a run in a signal handler arriving meanwhile keeps this
     // CPU (as a nested run does) instead of waiting for a slot its own thread holds.
-    run_cpu.set(here);
+    RUN_CPU.set(here + 1);
     let n = (possible_cpus() as usize).min(slots.len());
     let (cpu, slot) = if (here as usize) < n {
-        let free = (0..n).map(|i| (here as usize + i) % n).find_map(|c| slots[c].lock.try_lock_uncounted().map(|g| (c as u32, g)));
+        // The scheduler's CPU first, then the next ones round.
+        let mut free = None;
+        for i in 0..n {
+            let c = if here as usize + i < n { here as usize + i } else { here as usize + i - n };
+            if let Some(g) = slots[c].lock.try_lock_uncounted() {
+                free = Some((c as u32, g));
+                break;
+            }
+        }
         match free {
             Some((c, g)) => (c, Some(g)),
             None => (here, Some(slots[here as usize].lock.lock_uncounted())),
@@ -366,15 +370,15 @@ pub fn pin_cpu(slots: &[bpftime_shm::RunSlot]) -> CpuPin<'_> {
     } else {
         (here, None)
     };
-    run_cpu.set(cpu);
-    CpuPin { cell, slot }
+    RUN_CPU.set(cpu + 1);
+    CpuPin { fixed: true, slot, _on_this_thread: std::marker::PhantomData }
 }
 
 /// The CPU this thread runs on, or the one its program run is fixed on (see [`pin_cpu`]).
 pub fn current_cpu() -> u32 {
-    match RUN_CPU.try_with(|c| c.get()) {
-        Ok(cpu) if cpu != u32::MAX => cpu,
-        _ => scheduled_cpu(),
+    match RUN_CPU.get() {
+        0 => scheduled_cpu(),
+        fixed => fixed - 1,
     }
 }
 

@@ -13,8 +13,9 @@ static PID: AtomicU32 = AtomicU32::new(0);
 /// call interception counts them: `bpftime_attach::syscalls::count_vfork_children`).
 pub static VFORK_CHILDREN: AtomicU32 = AtomicU32::new(0);
 
-thread_local! {
-    static TID: Cell<u32> = const { Cell::new(0) };
+bpftime_tls::initial_exec! {
+    /// This thread's id once asked for (0: not yet).
+    static TID: Cell<u32> as "bpftime_shm_thread_id";
 }
 
 fn forget_after_fork() {
@@ -23,7 +24,7 @@ fn forget_after_fork() {
         PID.store(0, Ordering::Relaxed);
         // The vfork children of other threads run in the parent's memory, not this copy.
         VFORK_CHILDREN.store(0, Ordering::Relaxed);
-        let _ = TID.try_with(|t| t.set(0));
+        TID.set(0);
     }
     // SAFETY: registers a child-side fork handler that only stores to an atomic and a TLS cell
     // (pthread_atfork(3)); it is async-signal-safe.
@@ -53,14 +54,10 @@ pub fn thread_id() -> u32 {
         // SAFETY: gettid has no preconditions.
         return unsafe { libc::gettid() as u32 };
     }
-    TID.try_with(|t| {
-        if t.get() == 0 {
-            forget_after_fork();
-            // SAFETY: gettid has no preconditions.
-            t.set(unsafe { libc::gettid() as u32 });
-        }
-        t.get()
-    })
-    // SAFETY: gettid has no preconditions.
-    .unwrap_or_else(|_| unsafe { libc::gettid() as u32 })
+    if TID.get() == 0 {
+        forget_after_fork();
+        // SAFETY: gettid has no preconditions.
+        TID.set(unsafe { libc::gettid() as u32 });
+    }
+    TID.get()
 }

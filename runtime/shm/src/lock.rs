@@ -52,20 +52,20 @@ impl Drop for ShmGuard<'_> {
     fn drop(&mut self) {
         self.lock.owner.store(0, Ordering::Release);
         if self.counted {
-            HELD.with(|h| h.set(h.get() - 1));
+            HELD.set(HELD.get() - 1);
         }
     }
 }
 
-thread_local! {
+bpftime_tls::initial_exec! {
     /// Locks this thread holds: a signal handler nested in a holder must not wait for a lock
     /// (it would wait for itself).
-    static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static HELD: std::cell::Cell<u32> as "bpftime_shm_locks_held";
 }
 
 /// Whether this thread holds a region lock (in any of its flows, signal handlers included).
 pub fn held_by_this_thread() -> bool {
-    HELD.with(|h| h.get() != 0)
+    HELD.get() != 0
 }
 
 /// Does now what the first lock would do lazily (caching the pid, registering its fork
@@ -88,20 +88,25 @@ pub fn process_alive(pid: u32) -> bool {
 
 impl ShmLock {
     /// Takes the lock, spinning (then yielding) while another process or thread holds it.
+    #[inline]
     pub fn lock(&self) -> ShmGuard<'_> {
-        self.acquire(true)
+        self.try_acquire(true).unwrap_or_else(|| self.acquire(true))
     }
 
     /// [`ShmLock::lock`] for a lock that guards no data a signal handler could need (a CPU's
     /// run slot): not counted in [`held_by_this_thread`].
+    #[inline]
     pub fn lock_uncounted(&self) -> ShmGuard<'_> {
-        self.acquire(false)
+        self.try_acquire(false).unwrap_or_else(|| self.acquire(false))
     }
 
+    /// [`ShmLock::lock`] once the lock was found taken: waits for it, or takes it over.
+    #[cold]
+    #[inline(never)]
     fn acquire(&self, counted: bool) -> ShmGuard<'_> {
         let held = |d: i32| {
             if counted {
-                HELD.with(|h| h.set(h.get().wrapping_add_signed(d)));
+                HELD.set(HELD.get().wrapping_add_signed(d));
             }
         };
         let me = crate::ids::process_id();
@@ -158,24 +163,26 @@ impl ShmLock {
     }
 
     /// [`ShmLock::try_lock`], not counted (see [`ShmLock::lock_uncounted`]).
+    #[inline]
     pub fn try_lock_uncounted(&self) -> Option<ShmGuard<'_>> {
         self.try_acquire(false)
     }
 
+    #[inline(always)]
     fn try_acquire(&self, counted: bool) -> Option<ShmGuard<'_>> {
         let me = crate::ids::process_id();
         if self.owner.load(Ordering::Relaxed) != 0 {
             return None;
         }
         if counted {
-            HELD.with(|h| h.set(h.get() + 1));
+            HELD.set(HELD.get() + 1);
         }
         if self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             self.count_acquisition();
             return Some(ShmGuard { lock: self, recovered: false, counted });
         }
         if counted {
-            HELD.with(|h| h.set(h.get() - 1));
+            HELD.set(HELD.get() - 1);
         }
         None
     }

@@ -641,14 +641,14 @@ pub struct Stack([u8; STACK_SIZE]);
 /// inside its caller's run) seen on this thread.
 type StackPool = Vec<Box<Stack>>;
 
-thread_local! {
+bpftime_tls::initial_exec! {
     /// The pool, made on first use and freed at thread exit by `STACKS_EXIT` (no TLS
     /// destructor: see `thread_exit`).
-    static STACKS: Cell<*mut StackPool> = const { Cell::new(std::ptr::null_mut()) };
+    static STACKS: Cell<*mut StackPool> as "bpftime_vm_stacks";
 }
 
 unsafe extern "C" fn free_stacks(pool: *mut c_void) {
-    let _ = STACKS.try_with(|s| s.set(std::ptr::null_mut()));
+    STACKS.set(std::ptr::null_mut());
     // SAFETY: `pool` is the Box::into_raw'd pool this thread registered, freed only here.
     drop(unsafe { Box::from_raw(pool as *mut StackPool) });
 }
@@ -657,31 +657,27 @@ static STACKS_EXIT: crate::thread_exit::ThreadExitKey = crate::thread_exit::Thre
 
 /// Takes a stack from this thread's pool, or makes a zeroed one.
 fn take_stack() -> Box<Stack> {
-    let pooled = STACKS.try_with(|s| {
-        let pool = s.get();
-        // SAFETY: the pool belongs to this thread and no reference to it outlives this call.
-        (!pool.is_null()).then(|| unsafe { (*pool).pop() }).flatten()
-    });
-    pooled.ok().flatten().unwrap_or_else(|| Box::new(Stack([0; STACK_SIZE])))
+    let pool = STACKS.get();
+    // SAFETY: the pool belongs to this thread and no reference to it outlives this call.
+    let pooled = (!pool.is_null()).then(|| unsafe { (*pool).pop() }).flatten();
+    pooled.unwrap_or_else(|| Box::new(Stack([0; STACK_SIZE])))
 }
 
 /// Gives a stack back to this thread's pool (dropped if the thread is exiting).
 fn return_stack(stack: Box<Stack>) {
-    let _ = STACKS.try_with(|s| {
-        let mut pool = s.get();
-        if pool.is_null() {
-            pool = Box::into_raw(Box::new(StackPool::new()));
-            // SAFETY: a fresh pool, freed only by `free_stacks` at this thread's exit.
-            if !unsafe { STACKS_EXIT.register(pool as *mut c_void) } {
-                // SAFETY: just made, not shared.
-                drop(unsafe { Box::from_raw(pool) });
-                return;
-            }
-            s.set(pool);
+    let mut pool = STACKS.get();
+    if pool.is_null() {
+        pool = Box::into_raw(Box::new(StackPool::new()));
+        // SAFETY: a fresh pool, freed only by `free_stacks` at this thread's exit.
+        if !unsafe { STACKS_EXIT.register(pool as *mut c_void) } {
+            // SAFETY: just made, not shared.
+            drop(unsafe { Box::from_raw(pool) });
+            return;
         }
-        // SAFETY: the pool belongs to this thread and no other reference to it is live.
-        unsafe { (*pool).push(stack) };
-    });
+        STACKS.set(pool);
+    }
+    // SAFETY: the pool belongs to this thread and no other reference to it is live.
+    unsafe { (*pool).push(stack) };
 }
 
 /// Runs `engine` on `ctx`: sets up stack and state, runs, and reports the result.
