@@ -3167,6 +3167,16 @@ mod tests {
         fn bpftime_attach_leaf(a: u64, b: u64) -> u64;
     }
 
+    /// The widest stubs (every register kept, checked on the way out: mid-function sites, the
+    /// own return stubs of functions that return twice) fit the room they are given on this
+    /// machine; one that did not would leave its probes refused.
+    #[test]
+    fn the_widest_stubs_fit_their_room() {
+        assert!(own_return_stubs().is_some(), "the own return stubs fit their 2 KiB each");
+        let stub = entry_stub(0x1000, 0x2000, 0x4000_1000, 0x4000_0000, PointKind::MidFunction, VectorSave::everything()).unwrap();
+        assert!(stub.len() <= TRAMPOLINE_AT as usize, "a mid-function stub takes {} bytes", stub.len());
+    }
+
     /// Stubs keep only the ABI's registers where the function calls code its compiler could
     /// not see, and every register its module names elsewhere; at entry, only the argument
     /// registers the body may read, and the results.

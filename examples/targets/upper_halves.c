@@ -45,11 +45,22 @@ __asm__(".text\n"
         "\tret\n"
         ".size clean_call, . - clean_call\n");
 
-/* XINUSE after vzeroupper alone (no call): 0 where the CPU reports it, which clean_call needs. */
+/* XINUSE after vzeroupper and the 128-bit VEX instructions a stub runs on its way out (or-ing
+ * into xmm15, vptest, a load of xmm0), with no call: 0 where the CPU reports the upper halves
+ * clean after them, which clean_call needs (the SDM lets a CPU report a component in use when
+ * it is not). */
 unsigned long clean_now(void);
 __asm__(".text\n"
         ".globl clean_now\n.type clean_now, @function\nclean_now:\n"
         "\tvzeroupper\n"
+        "\tsub $16, %rsp\n"
+        "\tmovq $0, (%rsp)\n"
+        "\tmovq $0, 8(%rsp)\n"
+        "\tvpxor %xmm15, %xmm15, %xmm15\n"
+        "\tvpor (%rsp), %xmm15, %xmm15\n"
+        "\tvptest %xmm15, %xmm15\n"
+        "\tvmovdqu (%rsp), %xmm0\n"
+        "\tadd $16, %rsp\n"
         "\tmov $1, %ecx\n"
         "\txgetbv\n"
         "\tand $0x44, %eax\n"

@@ -111,7 +111,7 @@ macro_rules! initial_exec {
                             concat!("mov {p}, qword ptr [rip + ", $sym, "@GOTTPOFF]"),
                             "add {p}, qword ptr fs:[0]",
                             p = out(reg) p,
-                            options(nostack, pure, readonly, preserves_flags),
+                            options(nostack, pure, readonly),
                         );
                         &*p
                     }
