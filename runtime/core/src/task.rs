@@ -313,43 +313,41 @@ pub fn current_task_block(pid: u32, tid: u32, comm: &[u8]) -> Option<(u64, u64)>
 fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
     let size = stand_in_size(l);
     let cell = &*TASK;
-    {
-        let fresh = cell.get() == 0;
-        if fresh {
-            let all: &'static mut [u8] = Box::leak(vec![0u8; size].into_boxed_slice());
-            cell.set(all.as_mut_ptr() as usize);
-        }
-        // SAFETY: the `size` bytes leaked above for this thread, only used by this thread.
-        let all = unsafe { std::slice::from_raw_parts_mut(cell.get() as *mut u8, size) };
-        let (task, rest) = all.split_at_mut(l.size);
-        let (parent, rest) = rest.split_at_mut(l.size);
-        let (mm, room) = rest.split_at_mut(mm_size(l));
-        if fresh {
-            // Namespaces change rarely (unshare, setns), the bounds the mm holds as rarely
-            // (an exec, which starts afresh): read once per thread.
-            if let Some(ns) = &l.nsproxy {
-                let base = room.as_ptr() as u64;
-                fill_namespaces(ns, task, room, base);
-            }
-            if let Some(m) = &l.mm {
-                let base = mm.as_ptr() as u64;
-                fill_mm(m, task, mm, base);
-            }
-        }
-        put32(task, l.pid, tid);
-        put32(task, l.tgid, pid);
-        let n = comm.len().min(15);
-        task[l.comm..l.comm + 16].fill(0);
-        task[l.comm..l.comm + n].copy_from_slice(&comm[..n]);
-        // SAFETY: getppid cannot fail.
-        let ppid = unsafe { libc::getppid() } as u32;
-        put32(parent, l.pid, ppid);
-        put32(parent, l.tgid, ppid);
-        let parent_addr = (parent.as_ptr() as u64).to_le_bytes();
-        task[l.real_parent..l.real_parent + 8].copy_from_slice(&parent_addr);
-        task[l.parent..l.parent + 8].copy_from_slice(&parent_addr);
-        cell.get() as u64
+    let fresh = cell.get() == 0;
+    if fresh {
+        let all: &'static mut [u8] = Box::leak(vec![0u8; size].into_boxed_slice());
+        cell.set(all.as_mut_ptr() as usize);
     }
+    // SAFETY: the `size` bytes leaked above for this thread, only used by this thread.
+    let all = unsafe { std::slice::from_raw_parts_mut(cell.get() as *mut u8, size) };
+    let (task, rest) = all.split_at_mut(l.size);
+    let (parent, rest) = rest.split_at_mut(l.size);
+    let (mm, room) = rest.split_at_mut(mm_size(l));
+    if fresh {
+        // Namespaces change rarely (unshare, setns), the bounds the mm holds as rarely
+        // (an exec, which starts afresh): read once per thread.
+        if let Some(ns) = &l.nsproxy {
+            let base = room.as_ptr() as u64;
+            fill_namespaces(ns, task, room, base);
+        }
+        if let Some(m) = &l.mm {
+            let base = mm.as_ptr() as u64;
+            fill_mm(m, task, mm, base);
+        }
+    }
+    put32(task, l.pid, tid);
+    put32(task, l.tgid, pid);
+    let n = comm.len().min(15);
+    task[l.comm..l.comm + 16].fill(0);
+    task[l.comm..l.comm + n].copy_from_slice(&comm[..n]);
+    // SAFETY: getppid cannot fail.
+    let ppid = unsafe { libc::getppid() } as u32;
+    put32(parent, l.pid, ppid);
+    put32(parent, l.tgid, ppid);
+    let parent_addr = (parent.as_ptr() as u64).to_le_bytes();
+    task[l.real_parent..l.real_parent + 8].copy_from_slice(&parent_addr);
+    task[l.parent..l.parent + 8].copy_from_slice(&parent_addr);
+    cell.get() as u64
 }
 
 #[cfg(test)]
