@@ -60,9 +60,14 @@ int main(int argc, char **argv)
         return 0;
     }
     struct itimerval every = {{0, 500}, {0, 500}}, off = {{0, 0}, {0, 0}};
-    setitimer(ITIMER_REAL, &every, NULL);
-    static volatile int started;
+    static volatile int armed, started;
     sigsetjmp(loop, 1);
+    // Armed only once the jump has somewhere to go: a first firing before sigsetjmp (a page
+    // fault or a preemption of 500 us is enough) would jump through an empty buffer.
+    if (!armed) {
+        armed = 1;
+        setitimer(ITIMER_REAL, &every, NULL);
+    }
     if (!started && argc > 2 && strcmp(argv[2], "wait") == 0) {
         char c;
         while (read(0, &c, 1) < 0)

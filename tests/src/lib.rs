@@ -96,13 +96,19 @@ pub fn output_and_cpu_time(cmd: &mut std::process::Command) -> (std::process::Ou
 /// Waits (up to 10 s) until process `pid` blocks in a read(2) of its standard input (its
 /// libraries loaded, its main code running); panics if it never does.
 pub fn wait_reading_stdin(pid: u32) {
-    for _ in 0..1000 {
+    let mut call = String::new();
+    // Polled often: a process that a timer wakes every few hundred microseconds (or that waits
+    // for a loaded machine's CPU) shows "running" between its reads.
+    for _ in 0..10_000 {
         // `/proc/PID/syscall`: the call's number and arguments while it blocks in one.
-        let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
         if call.starts_with("0 0x0 ") {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    panic!("process {pid} never read its standard input");
+    // The state letter (`Z`: it died) and the last call seen, for the failure's message.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map_or("gone", |(_, rest)| &rest[..1]);
+    panic!("process {pid} never read its standard input (state {state}, last call {:?})", call.trim());
 }
