@@ -28,7 +28,8 @@
 //! creates with `pthread_create`, and in the child after `fork`). An `execve` ends it with the
 //! image.
 //!
-//! Unsafe code: the raw system call, prctl(2) and rt_sigaction(2), and writing the gadget page.
+//! Unsafe code: the raw system call, prctl(2) and rt_sigaction(2), writing the allowed range,
+//! and calling the copy of the application-call routine there.
 
 use crate::hook::{self, Admission};
 use crate::regs::PtRegs;
@@ -54,8 +55,13 @@ const PR_SET_SYSCALL_USER_DISPATCH: libc::c_int = 59;
 const PR_SYS_DISPATCH_ON: libc::c_ulong = 1;
 /// `si_code` of a SIGSYS sent by Syscall User Dispatch.
 const SYS_USER_DISPATCH: libc::c_int = 2;
-/// Size of the allowed range: the restorer, then gadget slots.
+/// Size of the allowed range: the restorer, a copy of the routine that makes the application's
+/// calls (at [`APP_CALL_AT`]), then gadget slots.
 const ALLOWED_LEN: usize = 64 * 1024;
+/// Where the allowed range holds its copy of `bpftime_app_syscall`: a call made there is let
+/// through on the kernel's side by its address alone, without the read of the thread's selector
+/// byte that a call from anywhere else costs (about 10 ns of a traced call on this VM).
+const APP_CALL_AT: usize = 16;
 /// Bytes of one gadget slot (see [`gadget`]).
 const GADGET_LEN: usize = 64;
 const FIRST_GADGET: usize = 64;
@@ -927,19 +933,22 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
 /// handlers' enter and exit, when this thread may run them; the call happens either way unless
 /// a handler asked otherwise. `call`'s third argument says whether the call is the
 /// application's (see `hook::making_application_call`), not one our own work made through a
-/// rewritten site; its last, whether the enter handlers ran for it.
+/// rewritten site; its last, whether the enter handlers ran for it. Of `regs`, a call that
+/// returns true changes only what the `syscall` instruction writes (`ax`, `cx`, `r11`).
 ///
 /// A call that a signal handler interrupted, which the kernel would restart after it
 /// (SA_RESTART), is restarted here instead (see [`take_over_restart`]): its exit handlers see
 /// -ERESTARTSYS, then the enter handlers run again and the call is made again, as the kernel's
 /// tracepoints show a restart.
 fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>, bool, bool) -> bool) {
-    let entered = *regs;
+    // What a call that was made (`call` true) changes of `regs`: the registers the `syscall`
+    // instruction writes (a copy of the whole was a `memcpy` call on every traced call).
+    let entered = (regs.ax, regs.cx, regs.r11);
     // Whether the call just made is to be made again; `regs` is then as it was.
     let again = |regs: &mut PtRegs| {
         let restart = regs.ax == ERESTARTSYS && hook::take_restart();
         if restart {
-            *regs = entered;
+            (regs.ax, regs.cx, regs.r11) = entered;
         }
         restart
     };
@@ -1009,6 +1018,29 @@ unsafe extern "C" {
     static bpftime_app_syscall_insn: u8;
 }
 
+/// The routine above as bytes (position-independent), and its `syscall` instruction's offset.
+fn app_call_routine() -> (&'static [u8], usize) {
+    let start = bpftime_app_syscall as *const () as usize;
+    let insn = std::ptr::addr_of!(bpftime_app_syscall_insn) as usize;
+    // SAFETY: the routine's code, from its first byte through its `syscall` and `ret`.
+    (unsafe { std::slice::from_raw_parts(start as *const u8, insn - start + 3) }, insn - start)
+}
+
+/// The routine that makes the application's calls (its copy in the allowed range once
+/// [`start`] made it), and the address of its `syscall` instruction.
+fn app_call() -> (unsafe extern "C" fn(u64, *const [u64; 6]) -> u64, u64) {
+    let (_, insn) = app_call_routine();
+    match ALLOWED.load(Ordering::Acquire) {
+        0 => (bpftime_app_syscall, bpftime_app_syscall as *const () as u64 + insn as u64),
+        base => {
+            let at = base + APP_CALL_AT;
+            // SAFETY: `start` copied the routine there before it published the range, which
+            // stays mapped (read and execute) for the process's life.
+            (unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(u64, *const [u64; 6]) -> u64>(at) }, (at + insn) as u64)
+        }
+    }
+}
+
 /// Makes the application's call `nr` for it (see [`take_over_restart`]).
 ///
 /// # Safety
@@ -1016,7 +1048,7 @@ unsafe extern "C" {
 unsafe fn app_syscall(nr: u64, args: [u64; 6]) -> u64 {
     // SAFETY: the caller's contract; the routine above reads the six words and clobbers only
     // what a C call may (the `syscall` instruction: rcx and r11).
-    unsafe { bpftime_app_syscall(nr, &args) }
+    unsafe { app_call().0(nr, &args) }
 }
 
 /// Called before the application's handler runs for a signal, with the signal's context: where
@@ -1034,8 +1066,7 @@ pub(crate) fn take_over_restart(ctx: *mut libc::c_void) {
     }
     // SAFETY: the kernel's ucontext for this delivery, ours to change before the handler runs.
     let g = unsafe { &mut (*(ctx as *mut libc::ucontext_t)).uc_mcontext.gregs };
-    // (The address of the label in the routine above.)
-    let insn = std::ptr::addr_of!(bpftime_app_syscall_insn) as u64;
+    let insn = app_call().1;
     // The call entered the kernel (`rcx` as the instruction leaves it) and is to be made
     // again with its own number (not `restart_syscall`, which a first pass with no handler may
     // have set up: that one the kernel makes).
@@ -1108,8 +1139,14 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     }
     // The restorer: rt_sigreturn (mov eax, 15; syscall).
     let restorer = [0xb8, 15, 0, 0, 0, 0x0f, 0x05];
-    // SAFETY: the fresh mapping is ALLOWED_LEN bytes, read-write.
-    unsafe { std::ptr::copy_nonoverlapping(restorer.as_ptr(), page as *mut u8, restorer.len()) };
+    let (routine, _) = app_call_routine();
+    assert!(restorer.len() <= APP_CALL_AT && APP_CALL_AT + routine.len() <= FIRST_GADGET);
+    // SAFETY: the fresh mapping is ALLOWED_LEN bytes, read-write; both fit before the first
+    // gadget (checked).
+    unsafe {
+        std::ptr::copy_nonoverlapping(restorer.as_ptr(), page as *mut u8, restorer.len());
+        std::ptr::copy_nonoverlapping(routine.as_ptr(), (page as *mut u8).add(APP_CALL_AT), routine.len());
+    }
     // SAFETY: our mapping (mprotect(2)).
     if unsafe { libc::mprotect(page, ALLOWED_LEN, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
         return Err(format!("protecting the allowed range: {}", std::io::Error::last_os_error()));
