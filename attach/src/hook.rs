@@ -279,10 +279,31 @@ struct HookThread {
     /// The stack pointer that flow's handlers began with (on the handler stack if its stub
     /// moved there).
     flow_rsp: Cell<u64>,
+    /// What the thread had as it went into its last call that makes a `vfork` child (see
+    /// [`note_vfork_parent`]).
+    vfork_parent: Cell<VforkParent>,
+}
+
+/// The part of a thread's [`HookThread`] that a `vfork` child, which runs on its parent's
+/// thread-locals while the parent waits, changes as it runs our code, and leaves changed if it
+/// dies in the middle of it (killed while a call our code made for it blocks): put back when
+/// the parent goes on (see [`restore_vfork_parent`]). The rest (the handler stack, the shadow
+/// stack) is memory the child may have set up for the thread, which stays valid in the parent.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct VforkParent {
+    state: ThreadState,
+    selector: u8,
+    stack_in_use: u8,
+    app_call: u8,
+    restart: u8,
+    deferred: u64,
+    flow_frame: u64,
+    flow_rsp: u64,
 }
 
 const _: () = assert!(
-    std::mem::size_of::<HookThread>() == 80
+    std::mem::size_of::<HookThread>() == 112
         && std::mem::offset_of!(HookThread, selector) == 16
         && std::mem::offset_of!(HookThread, stack_in_use) == 17
         && std::mem::offset_of!(HookThread, stack_registered) == 18
@@ -293,6 +314,8 @@ const _: () = assert!(
         && std::mem::offset_of!(HookThread, deferred) == 56
         && std::mem::offset_of!(HookThread, flow_frame) == 64
         && std::mem::offset_of!(HookThread, flow_rsp) == 72
+        && std::mem::offset_of!(HookThread, vfork_parent) == 80
+        && std::mem::size_of::<VforkParent>() == 32
 );
 
 // The hook engine's thread-local, defined here in the initial-exec model (`@GOTTPOFF`), which
@@ -310,11 +333,11 @@ std::arch::global_asm!(
     ".globl bpftime_hook_thread",
     ".hidden bpftime_hook_thread",
     ".type bpftime_hook_thread, @tls_object",
-    ".size bpftime_hook_thread, 80",
+    ".size bpftime_hook_thread, 112",
     "bpftime_hook_thread:",
     ".zero 16",
     ".byte 1",
-    ".zero 63",
+    ".zero 95",
     ".text",
 );
 
@@ -324,7 +347,7 @@ fn thread() -> &'static HookThread {
     let p: *const HookThread;
     // SAFETY: the initial-exec TLS sequence for `bpftime_hook_thread` (x86-64 psABI): its
     // offset from the thread pointer, read from the GOT, added to `%fs:0`, the thread pointer.
-    // The result is this thread's copy, 80 bytes laid out as HookThread (checked above), alive
+    // The result is this thread's copy, 112 bytes laid out as HookThread (checked above), alive
     // as long as the thread; only this thread touches it (Cells, never shared).
     unsafe {
         std::arch::asm!(
@@ -579,6 +602,45 @@ pub(crate) fn leave(st: ThreadState) {
     if !st.busy && t.deferred.get() != 0 {
         take_deferred_signals(t);
     }
+}
+
+/// Notes what this thread has as it goes into a call that makes a `vfork` child (our code's
+/// last work before the call: its handlers have run and left), for [`restore_vfork_parent`].
+/// The in-use byte of the handler stack is noted as the stub that runs this code leaves it:
+/// free if the stub moved onto that stack (it puts the byte back as it found it).
+pub(crate) fn note_vfork_parent() {
+    let t = thread();
+    let stack_in_use = if on_handler_stack_at(t, stack_pointer()) { 0 } else { t.stack_in_use.get() };
+    t.vfork_parent.set(VforkParent {
+        state: t.state.get(),
+        selector: t.selector.get(),
+        stack_in_use,
+        app_call: t.app_call.get(),
+        restart: t.restart.get(),
+        deferred: t.deferred.get(),
+        flow_frame: t.flow_frame.get(),
+        flow_rsp: t.flow_rsp.get(),
+    });
+}
+
+/// Puts back what [`note_vfork_parent`] noted, in the parent of a `vfork` child going on after
+/// the call (the child has exec'd, exited or died, wherever it was in our code). The in-use
+/// byte stays as it is where this runs on the handler stack (the stub that moved here holds
+/// it). Were the child to make a `vfork` call of its own, what its parent finds is the child's
+/// state at that call: ours as well, since the child ran the application's code then.
+pub(crate) fn restore_vfork_parent() {
+    let t = thread();
+    let p = t.vfork_parent.get();
+    t.state.set(p.state);
+    t.selector.set(p.selector);
+    if !on_handler_stack_at(t, stack_pointer()) {
+        t.stack_in_use.set(p.stack_in_use);
+    }
+    t.app_call.set(p.app_call);
+    t.restart.set(p.restart);
+    t.deferred.set(p.deferred);
+    t.flow_frame.set(p.flow_frame);
+    t.flow_rsp.set(p.flow_rsp);
 }
 
 /// Whether this thread's work now is the application's own system call (see

@@ -360,6 +360,11 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, vfork_child: bool) -> O
 /// after the call (`ax` the result): runs the exit handlers, then goes on after the original
 /// instruction with `cx` as the instruction leaves it.
 extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
+    // A `vfork` child ran on this thread's thread-locals: what it left there is not ours (it
+    // may have died inside our code, which then never put them back).
+    if call.vfork_child {
+        hook::restore_vfork_parent();
+    }
     let selector = hook::selector();
     // SAFETY: this thread's selector byte.
     let was = unsafe { selector.replace(0) };
@@ -698,6 +703,8 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // (through a jump at the site, or a gadget), or back where the signal landed with the
     // application's mask.
     let mut at_the_site = false;
+    // Whether the call, made in place, makes a `vfork` child (see `site_dispatch`).
+    let mut vfork_call = false;
     hook::on_handler_stack(|left| {
         // A site that takes a jump (rewritten now, where one can be put in, or before) makes
         // the call there: the thread goes back to the instruction, whose stub runs the
@@ -726,6 +733,7 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 // Its exit handlers run from the gadget's stub (for the calls that must be made
                 // in place, only where the caller comes back with a result of its own).
                 let exit = !in_place(nr) || reports_exit(nr);
+                vfork_call = makes_vfork_child(nr, g[libc::REG_RDI as usize] as u64);
                 if make_in_place(g, nr, exit) {
                     if entered {
                         let envp = if nr == libc::SYS_execve as u64 { libc::REG_RDX } else { libc::REG_R10 };
@@ -763,6 +771,9 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // SAFETY: back to what the interrupted flow had (BLOCK for application code); the return
     // goes through our restorer, in the allowed range.
     unsafe { selector.write(was) };
+    if vfork_call {
+        hook::note_vfork_parent();
+    }
 }
 
 /// A `syscall` instruction rewritten into `jmp rel8` to alignment padding nearby, which holds
@@ -888,9 +899,13 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     regs.orig_ax = nr;
     regs.ip = after;
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
+    // Whether the call makes a `vfork` child: told while our work runs (clone3's arguments
+    // are read by a system call of ours, which must not be taken for the application's).
+    let vfork_call = std::cell::Cell::new(false);
     let call = |regs: &mut PtRegs, skip: Option<u64>, theirs: bool, entered: bool| {
         if in_place(nr) {
             let vfork_child = makes_vfork_child(nr, args[0]);
+            vfork_call.set(vfork_child);
             match gadget(after, nr, reports_exit(nr), false, vfork_child) {
                 Some(g) => {
                     if vfork_child && reports_exit(nr) {
@@ -926,6 +941,9 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     around_call(regs, call);
     // SAFETY: back to what the application had.
     unsafe { selector.write(was) };
+    if vfork_call.get() {
+        hook::note_vfork_parent();
+    }
 }
 
 /// Makes a call (`call`: true when it ran here and has a result in `regs.ax`; given the result

@@ -1664,6 +1664,24 @@ fn vfork_spawn_and_failed_execve_keep_their_semantics_and_report_their_exits() {
     }
 }
 
+/// A `vfork` child killed while a call our code made for it blocks (it runs on its parent's
+/// thread-locals, and died before our code put them back): the parent goes on with its own
+/// state, so its later calls, at sites never seen before (`getppid`) and its `wait4`, are all
+/// seen. Before, the child's half-done work left the parent's selector open: none were.
+#[test]
+fn a_vfork_child_killed_inside_our_code_leaves_its_parent_traced() {
+    let obj = build_example("syscount");
+    let target = bpftime_tests::clang::build_target("vfork_killed", false);
+    for engine in ["jit", "interp"] {
+        let out = bpftime(&["run", "--engine", engine, obj.to_str().unwrap(), "--", target.to_str().unwrap(), "1000"]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{engine}: {stdout}{stderr}");
+        assert_eq!(stdout.trim(), "child killed by 9, getppid 1000", "{engine}");
+        let count = |nr: u32| stderr.lines().find_map(|l| l.strip_prefix(&format!("  {nr} => "))).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        assert_eq!((count(110), count(61), count(58)), (1000, 1, 1), "{engine}: getppid, wait4 and vfork returns in the parent: {stderr}");
+    }
+}
+
 /// `kill` (or `timeout`) on `bpftime start --` / `bpftime load --` reaches the command it runs,
 /// which ends as it would alone (a loader prints its results and detaches), and its exit status
 /// comes back; the command is not left running without its parent.
