@@ -1637,6 +1637,22 @@ fn syscall_tracepoints_see_every_call_like_the_kernel() {
     assert!(stderr.contains(&format!("  257 => {}\n", marker_opens + 1)), "openat calls by number: {stderr}");
 }
 
+/// `bpftime run` of the `syscount` example on C target `target` with argument `arg` on
+/// `engine`, which must succeed: its stdout and stderr (the maps' dump).
+fn syscount_run(engine: &str, target: &str, arg: &str) -> (String, String) {
+    let obj = build_example("syscount");
+    let target = bpftime_tests::clang::build_target(target, false);
+    let out = bpftime(&["run", "--engine", engine, obj.to_str().unwrap(), "--", target.to_str().unwrap(), arg]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{engine}: {stdout}{stderr}");
+    (stdout, stderr)
+}
+
+/// The returns of system call `nr` that a `syscount` dump (`syscount_run`'s stderr) counts.
+fn syscount_of(dump: &str, nr: u32) -> u64 {
+    dump.lines().find_map(|l| l.strip_prefix(&format!("  {nr} => "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 /// vfork, posix_spawn (clone3) and a failing execve under system call interception: the
 /// children run and exec as without it, and the callers' returns from the calls made in place
 /// reach sys_exit programs (the kernel counts the same 5 + 5 in the parent, and also each
@@ -1646,14 +1662,10 @@ fn syscall_tracepoints_see_every_call_like_the_kernel() {
 /// its exit programs; before, their entries were lost and their exits found no start.
 #[test]
 fn vfork_spawn_and_failed_execve_keep_their_semantics_and_report_their_exits() {
-    let obj = build_example("syscount");
-    let spawns = bpftime_tests::clang::build_target("spawns", false);
     for engine in ["jit", "interp"] {
-        let out = bpftime(&["run", "--engine", engine, obj.to_str().unwrap(), "--", spawns.to_str().unwrap(), "5"]);
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert!(out.status.success(), "{engine}: {stdout}{stderr}");
+        let (stdout, stderr) = syscount_run(engine, "spawns", "5");
         assert_eq!(stdout.trim(), "10 of 10 children ok, execve failed: No such file or directory", "{engine}");
-        let count = |nr: u32| stderr.lines().find_map(|l| l.strip_prefix(&format!("  {nr} => "))).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        let count = |nr| syscount_of(&stderr, nr);
         assert_eq!(count(58), 5, "{engine}: vfork returns in the parent: {stderr}");
         assert_eq!(count(56) + count(435), 5, "{engine}: posix_spawn's clone returns in the parent: {stderr}");
         // The failed execve's return, that of the execve that started the target (made by
@@ -1670,14 +1682,10 @@ fn vfork_spawn_and_failed_execve_keep_their_semantics_and_report_their_exits() {
 /// seen. Before, the child's half-done work left the parent's selector open: none were.
 #[test]
 fn a_vfork_child_killed_inside_our_code_leaves_its_parent_traced() {
-    let obj = build_example("syscount");
-    let target = bpftime_tests::clang::build_target("vfork_killed", false);
     for engine in ["jit", "interp"] {
-        let out = bpftime(&["run", "--engine", engine, obj.to_str().unwrap(), "--", target.to_str().unwrap(), "1000"]);
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert!(out.status.success(), "{engine}: {stdout}{stderr}");
+        let (stdout, stderr) = syscount_run(engine, "vfork_killed", "1000");
         assert_eq!(stdout.trim(), "child killed by 9, getppid 1000", "{engine}");
-        let count = |nr: u32| stderr.lines().find_map(|l| l.strip_prefix(&format!("  {nr} => "))).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        let count = |nr| syscount_of(&stderr, nr);
         assert_eq!((count(110), count(61), count(58)), (1000, 1, 1), "{engine}: getppid, wait4 and vfork returns in the parent: {stderr}");
     }
 }
