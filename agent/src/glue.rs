@@ -481,6 +481,14 @@ pub(crate) fn start_in(name: String) {
     let program = std::env::var_os("BPFTIME_PROGRAM");
     let region = match ShmRegion::open(&name) {
         Ok(r) => Arc::new(r),
+        Err(e @ ShmError::Missing(_)) if program.is_none() => {
+            // Started before any loader made the region (`bpftime start -- app`, then `bpftime
+            // load -- tool -p PID`): the probes attach once it exists, as the kernel's would.
+            if verbose() {
+                eprintln!("bpftime: {e}; waiting for it");
+            }
+            return wait_for_region(name);
+        }
         Err(e) => {
             // A refused region is always reported: someone may be trying to run code in us.
             let refused = matches!(e, ShmError::Untrusted { .. });
@@ -499,6 +507,53 @@ pub(crate) fn start_in(name: String) {
             }
         }
     };
+    start_with(region, program, crate::INJECTED.load(std::sync::atomic::Ordering::Acquire));
+}
+
+/// Whether a thread of this process waits for its region to be made (see [`wait_for_region`]).
+static WAITING_FOR_REGION: AtomicBool = AtomicBool::new(false);
+/// The region [`wait_for_region`] waits for.
+static REGION_AWAITED: OnceLock<String> = OnceLock::new();
+
+/// Looks for region `name` every link poll interval on a thread of its own, and starts with it
+/// once it exists (a refused one is reported, and nothing starts). A child forked meanwhile
+/// waits too, on a thread of its own.
+fn wait_for_region(name: String) {
+    let _ = REGION_AWAITED.set(name.clone());
+    WAITING_FOR_REGION.store(true, Ordering::Release);
+    let waiter = move || loop {
+        std::thread::sleep(link_poll_interval());
+        match ShmRegion::open(&name) {
+            Err(ShmError::Missing(_)) => continue,
+            Ok(r) => {
+                WAITING_FOR_REGION.store(false, Ordering::Release);
+                // The application has run (and fetched the CUDA driver's entry points): as
+                // for an agent loaded into it.
+                return start_with(Arc::new(r), None, true);
+            }
+            Err(e) => {
+                WAITING_FOR_REGION.store(false, Ordering::Release);
+                return eprintln!("bpftime: {e}; nothing is attached");
+            }
+        }
+    };
+    let _ = bpftime_runtime::threads::spawn_quiet("bpftime-wait", move || bpftime_attach::without_probes(waiter));
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        extern "C" fn wait_in_child() {
+            if let (true, Some(name)) = (WAITING_FOR_REGION.load(Ordering::Acquire), REGION_AWAITED.get()) {
+                wait_for_region(name.clone());
+            }
+        }
+        // SAFETY: registers a plain extern "C" handler (pthread_atfork(3)).
+        unsafe { libc::pthread_atfork(None, None, Some(wait_in_child)) };
+    });
+}
+
+/// Starts with `region`: loads `program` (standalone) or attaches what the region's links name
+/// for this process and follows the link table from then on. `late`: the application has run
+/// before (the agent was loaded into it, or waited for the region).
+fn start_with(region: Arc<ShmRegion>, program: Option<std::ffi::OsString>, late: bool) {
     let mut runtime = Runtime::new(region, engine());
     runtime.set_checks(checks());
     match runtime.use_code_cache_from_env() {
@@ -558,7 +613,7 @@ pub(crate) fn start_in(name: String) {
     };
     // Loaded into the running application (`bpftime attach`): it fetched the driver's entry
     // points already.
-    crate::cuda::start(runtime.region(), &found, crate::INJECTED.load(std::sync::atomic::Ordering::Acquire));
+    crate::cuda::start(runtime.region(), &found, late);
     crate::syscalls::update(runtime, &found);
     let mut items = vec![];
     for l in found.iter().filter(|l| l.kind == links::LinkKind::Uprobe && for_this_process(l)).cloned() {

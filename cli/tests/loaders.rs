@@ -821,7 +821,9 @@ fn perf_buffer_losses_are_reported_like_the_kernel() {
 }
 
 /// The loader started after the target: the agent, which found nothing to attach at start,
-/// follows the link table and attaches what the loader makes while the target runs.
+/// follows the link table and attaches what the loader makes while the target runs. Also where
+/// the region did not exist when the target started (`bpftime start -- app`, then `bpftime
+/// load -- tool`, which makes it): the agent waits for it (before, it attached nothing, ever).
 #[test]
 fn a_loader_started_after_the_target_is_picked_up() {
     let _serial = serial();
@@ -829,17 +831,21 @@ fn a_loader_started_after_the_target_is_picked_up() {
     let obj = build_example("loader_calls");
     let calls = build_target("calls", false);
     let shm = format!("bpftime-loader-late-{}", std::process::id());
-    bpftime_tests::remove_region(&shm);
-    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
-    let mut target = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let l = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
-    // The agent looks every 100 ms.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    target.stdin.take().unwrap().write_all(b"x").unwrap();
-    assert!(target.wait().unwrap().success());
-    let rest = loader_finished(l);
-    assert!(rest.contains("stats[0] = 8000\n"), "two threads x 4000 add() calls:\n{rest}");
+    for region_first in [true, false] {
+        bpftime_tests::remove_region(&shm);
+        if region_first {
+            assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+        }
+        let mut target = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let l = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
+        // The agent looks every 100 ms.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        target.stdin.take().unwrap().write_all(b"x").unwrap();
+        assert!(target.wait().unwrap().success());
+        let rest = loader_finished(l);
+        assert!(rest.contains("stats[0] = 8000\n"), "region made first: {region_first}; two threads x 4000 add() calls:\n{rest}");
+    }
     bpftime_tests::remove_region(&shm);
 }
 
