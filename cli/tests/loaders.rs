@@ -836,7 +836,8 @@ fn a_loader_started_after_the_target_is_picked_up() {
         if region_first {
             assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
         }
-        let mut target = bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut target =
+            bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         let l = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
         // The agent looks every 100 ms.
