@@ -1445,6 +1445,14 @@ fn bpftrace_usdt_probes_count_like_the_kernel() {
     for line in ["@ticks: 100", "@sum: 9900", "@guarded: 100", "@gsum: 4950"] {
         assert!(ours.contains(line), "{line}\n{out}");
     }
+    // The target started by bpftrace (`-c`): its probes are for its pid, and it is named while
+    // it waits, stopped after its exec, for them; it gets the agent from its environment, and
+    // nothing tries to load it there meanwhile.
+    let command = format!("{u} 100");
+    let o = bpftime(&shm).args(["load", "--"]).arg(&bpftrace).args(["-c", &command, "-e", &script]).output().unwrap();
+    let started = bpftrace_result(&(text(&o.stdout) + &text(&o.stderr)));
+    assert!(o.status.success() && !text(&o.stderr).contains("without the agent"), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(started.replacen("100 ticks, sum 4950\n", "", 1), ours, "with -c (the target's own line left out)");
     bpftime_tests::remove_region(&shm);
     if is_root() {
         let mut kernel = Command::new(&bpftrace);
@@ -1542,6 +1550,9 @@ fn bpftrace_traces_the_command_it_starts_like_the_kernel() {
     let run = |cmd: &mut Command| {
         let o = cmd.output().unwrap();
         assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+        // The command, stopped after its exec until the probes are attached, gets the agent from
+        // its environment: nothing tries to load it there meanwhile.
+        assert!(!text(&o.stderr).contains("without the agent"), "{}", text(&o.stderr));
         bpftrace_result(&(text(&o.stdout) + &text(&o.stderr)))
     };
     let ours = run(bpftime(&shm).args(["load", "--"]).arg(&bpftrace).args(["-c", &command, "-e", &script]));

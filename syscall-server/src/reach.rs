@@ -24,7 +24,9 @@ impl Reached {
         if pid == 0 || pid == std::process::id() || !self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pid) {
             return;
         }
-        if runs_agent(pid) {
+        // A process with the agent needs nothing, nor one whose image is to load it (`bpftrace
+        // -c CMD` names its child stopped right after the exec, before the dynamic loader ran).
+        if maps_library(pid, "/libbpftime.so") || preloads_agent(pid) {
             return;
         }
         let Some(cli) = cli_path() else {
@@ -81,9 +83,19 @@ fn maps_file(pid: u32, file: &Path) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.lines().any(|l| l.split_whitespace().nth(5) == Some(file)))
 }
 
-/// Whether process `pid` has the agent mapped.
-fn runs_agent(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.lines().any(|l| l.ends_with("/libbpftime.so")))
+/// Whether process `pid` maps a file whose path ends with `file`.
+fn maps_library(pid: u32, file: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.lines().any(|l| l.ends_with(file)))
+}
+
+/// Whether the environment process `pid`'s image started with preloads the agent (its dynamic
+/// loader loads it, or did).
+fn preloads_agent(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|&b| b == 0)
+            .filter_map(|v| v.strip_prefix(b"LD_PRELOAD="))
+            .any(|list| list.split(|&b| b == b':' || b == b' ').any(|lib| lib.ends_with(b"/libbpftime.so") || lib == b"libbpftime.so"))
+    })
 }
 
 /// The `bpftime` CLI: `$BPFTIME_CLI` (set by `bpftime load`), else beside this library.
