@@ -62,6 +62,9 @@ pub(crate) struct FnTranslator<'a, 'b> {
     state: Value,
     /// Leader blocks by `pc - start`.
     blocks: Vec<Option<Block>>,
+    /// By `pc - start`: conditional jumps over one register operation, emitted as that
+    /// operation and a `select` (see [`select_skips`]).
+    selects: Vec<bool>,
     /// By `pc - start`: ways out of loops (see [`loop_exits`]), laid out after the function's
     /// hot code so that a loop's own branches fall through ...
     loop_exits: Vec<bool>,
@@ -222,6 +225,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             fp,
             state,
             blocks: vec![None; len],
+            selects: select_skips(prog.insns(), func.start, func.end),
             loop_exits: loop_exits(prog.insns(), func.start, func.end),
             beside_entry: Vec::new(),
             beside_target: vec![false; len],
@@ -371,8 +375,12 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let EbpfFunction { start, end, .. } = self.func;
         let insns = self.prog.insns();
         // Leaders: the entry, jump targets and the instruction after every jump or exit.
+        // (Not for the jumps emitted as selects.)
         self.block_at(start);
         for (pc, &insn) in insns.iter().enumerate().take(end).skip(start) {
+            if self.selects[pc - start] {
+                continue;
+            }
             if let Some(t) = insn.jump_target(pc) {
                 self.block_at(t as usize);
             }
@@ -386,7 +394,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         while pc < end {
             let insn = insns[pc];
             let next = pc + if matches!(insn, Insn::Lddw { .. }) { 2 } else { 1 };
-            if let Some(t) = insn.jump_target(pc) {
+            if let Some(t) = insn.jump_target(pc).filter(|_| !self.selects[pc - start]) {
                 self.preds_left[t as usize - start] += 1;
             }
             let falls_through = !matches!(insn, Insn::Ja { .. } | Insn::Exit);
@@ -407,7 +415,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         for l in 0..self.loops.len() {
             let (head, back_edge) = (self.loops[l].head, self.loops[l].last);
             for (pc, insn) in insns.iter().enumerate().take(back_edge + 1).skip(head) {
-                if let Some(t) = insn.jump_target(pc).map(|t| t as usize).filter(|&t| t > back_edge) {
+                if let Some(t) = insn.jump_target(pc).map(|t| t as usize).filter(|&t| t > back_edge && !self.selects[pc - start]) {
                     self.preds_left[t - start] += 1;
                 }
             }
@@ -479,7 +487,8 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             terminated = self.emit(pc, insns[pc]);
             self.flush_seals();
             prev = Some(pc);
-            pc += if matches!(insns[pc], Insn::Lddw { .. }) { 2 } else { 1 };
+            // A jump emitted as a select took the operation after it too.
+            pc += if matches!(insns[pc], Insn::Lddw { .. }) || self.selects[pc - self.func.start] { 2 } else { 1 };
         }
         terminated
     }
@@ -977,6 +986,16 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                         }
                     }
                 };
+                if self.selects[pc - self.func.start] {
+                    // Over one register operation: the operation, kept where the jump is not taken.
+                    let Insn::Alu { width, op, dst, src } = self.prog.insns()[pc + 1] else { unreachable!("see select_skips") };
+                    let before = self.reg(dst);
+                    self.alu(width, op, dst, src);
+                    let after = self.reg(dst);
+                    let v = self.b.ins().select(c, before, after);
+                    self.set(dst, v);
+                    return false;
+                }
                 let target = (pc as i64 + 1 + off as i64) as usize;
                 let taken = self.branch_target(pc, target);
                 let fallthrough = self.edge_to(pc + 1);
@@ -1455,6 +1474,31 @@ fn fast_regions(target: Target) -> &'static [i32] {
         Target::Memory => &[2],
         Target::Unknown => &[1, 2, 0],
     }
+}
+
+/// By `pc - start`, for the slots `start..end` of `insns`: the conditional jumps over exactly
+/// one cheap register operation (a move, add, subtract, logic or shift: what clang leaves as a
+/// branch where the eBPF ISA has no conditional move) that nothing else jumps to. Each is
+/// emitted as the operation and a `select` (a `cmov`): no branch to mispredict on data, as a
+/// native compiler would emit it (`log2`'s bit scan over random values: one branch per step).
+fn select_skips(insns: &[Insn], start: usize, end: usize) -> Vec<bool> {
+    let mut targeted = vec![false; end - start];
+    for (pc, insn) in insns.iter().enumerate().take(end).skip(start) {
+        if let Some(t) = insn.jump_target(pc).map(|t| t as usize).filter(|&t| t >= start && t < end) {
+            targeted[t - start] = true;
+        }
+    }
+    (start..end)
+        .map(|pc| {
+            matches!(insns[pc], Insn::Jump { off: 1, .. })
+                && pc + 1 < end
+                && !targeted[pc + 1 - start]
+                && matches!(
+                    insns[pc + 1],
+                    Insn::Alu { op: AluOp::Mov | AluOp::Add | AluOp::Sub | AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Lsh | AluOp::Rsh | AluOp::Arsh, .. }
+                )
+        })
+        .collect()
 }
 
 fn int_cc(c: JmpCond) -> IntCC {
