@@ -481,7 +481,7 @@ pub(crate) fn start_in(name: String) {
     let program = std::env::var_os("BPFTIME_PROGRAM");
     let region = match ShmRegion::open(&name) {
         Ok(r) => Arc::new(r),
-        Err(e @ ShmError::Missing(_)) if program.is_none() => {
+        Err(e @ (ShmError::Missing(_) | ShmError::NotARegion(_))) if program.is_none() => {
             // Started before any loader made the region (`bpftime start -- app`, then `bpftime
             // load -- tool -p PID`): the probes attach once it exists, as the kernel's would.
             if verbose() {
@@ -521,15 +521,19 @@ static REGION_AWAITED: OnceLock<String> = OnceLock::new();
 fn wait_for_region(name: String) {
     let _ = REGION_AWAITED.set(name.clone());
     WAITING_FOR_REGION.store(true, Ordering::Release);
+    // (Read now: the application's threads may change the environment later.)
+    let interval = link_poll_interval();
     let waiter = move || loop {
-        std::thread::sleep(link_poll_interval());
+        std::thread::sleep(interval);
         match ShmRegion::open(&name) {
-            Err(ShmError::Missing(_)) => continue,
+            // Not there yet, or being made (its header not written yet).
+            Err(ShmError::Missing(_) | ShmError::NotARegion(_)) => continue,
             Ok(r) => {
-                WAITING_FOR_REGION.store(false, Ordering::Release);
                 // The application has run (and fetched the CUDA driver's entry points): as
-                // for an agent loaded into it.
-                return start_with(Arc::new(r), None, true);
+                // for an agent loaded into it. Still waiting as far as a fork meanwhile is
+                // concerned (its child waits and starts on its own).
+                start_with(Arc::new(r), None, true);
+                return WAITING_FOR_REGION.store(false, Ordering::Release);
             }
             Err(e) => {
                 WAITING_FOR_REGION.store(false, Ordering::Release);
@@ -541,9 +545,13 @@ fn wait_for_region(name: String) {
     static AT_FORK: std::sync::Once = std::sync::Once::new();
     AT_FORK.call_once(|| {
         extern "C" fn wait_in_child() {
-            if let (true, Some(name)) = (WAITING_FOR_REGION.load(Ordering::Acquire), REGION_AWAITED.get()) {
-                wait_for_region(name.clone());
-            }
+            bpftime_attach::without_probes(|| {
+                let _ = std::panic::catch_unwind(|| {
+                    if let (true, Some(name)) = (WAITING_FOR_REGION.load(Ordering::Acquire), REGION_AWAITED.get()) {
+                        wait_for_region(name.clone());
+                    }
+                });
+            });
         }
         // SAFETY: registers a plain extern "C" handler (pthread_atfork(3)).
         unsafe { libc::pthread_atfork(None, None, Some(wait_in_child)) };
@@ -554,6 +562,12 @@ fn wait_for_region(name: String) {
 /// for this process and follows the link table from then on. `late`: the application has run
 /// before (the agent was loaded into it, or waited for the region).
 fn start_with(region: Arc<ShmRegion>, program: Option<std::ffi::OsString>, late: bool) {
+    // Once per process (a child forked while its parent started has the parent's start, whole
+    // or not: it does not start again over it).
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let mut runtime = Runtime::new(region, engine());
     runtime.set_checks(checks());
     match runtime.use_code_cache_from_env() {

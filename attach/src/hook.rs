@@ -638,7 +638,10 @@ pub(crate) fn restore_vfork_parent() {
     }
     t.app_call.set(p.app_call);
     t.restart.set(p.restart);
-    t.deferred.set(p.deferred);
+    // Signals deferred since (one delivered as the call returned, to a thread the child left
+    // busy: its SIGCHLD) stay noted, to be unblocked; unblocking one the child noted for its
+    // own mask does nothing here.
+    t.deferred.set(p.deferred | t.deferred.get());
     t.flow_frame.set(p.flow_frame);
     t.flow_rsp.set(p.flow_rsp);
 }
@@ -3132,6 +3135,9 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // A restart of the interrupted call is that call's to take (see `note_restart`).
     let restart = t.restart.replace(0);
     let flow = (t.flow_frame.get(), t.flow_rsp.get());
+    // A `vfork` call the handler makes notes its own state: the interrupted flow may be about
+    // to make one that noted its own already.
+    let vfork_parent = t.vfork_parent.get();
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     let r = match interrupted_stub_frame(t) {
@@ -3144,6 +3150,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     t.app_call.set(app_call);
     t.deferred.set(t.deferred.get() | outer);
     t.restart.set(restart);
+    t.vfork_parent.set(vfork_parent);
     compiler_fence(Ordering::SeqCst);
     set_flow(t, flow);
     r

@@ -823,7 +823,8 @@ fn perf_buffer_losses_are_reported_like_the_kernel() {
 /// The loader started after the target: the agent, which found nothing to attach at start,
 /// follows the link table and attaches what the loader makes while the target runs. Also where
 /// the region did not exist when the target started (`bpftime start -- app`, then `bpftime
-/// load -- tool`, which makes it): the agent waits for it (before, it attached nothing, ever).
+/// load -- tool`, which makes it): the agent waits for it (before, it attached nothing, ever),
+/// also past a file at its path that is not a region yet (one being made has no header yet).
 #[test]
 fn a_loader_started_after_the_target_is_picked_up() {
     let _serial = serial();
@@ -831,21 +832,31 @@ fn a_loader_started_after_the_target_is_picked_up() {
     let obj = build_example("loader_calls");
     let calls = build_target("calls", false);
     let shm = format!("bpftime-loader-late-{}", std::process::id());
-    for region_first in [true, false] {
+    for region_first in ["made", "missing", "half made"] {
         bpftime_tests::remove_region(&shm);
-        if region_first {
-            assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+        match region_first {
+            "made" => assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success()),
+            // As `ShmRegion::create` makes it, before its size and header are set.
+            "half made" => drop(
+                std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().write(true).create_new(true), 0o600)
+                    .open(bpftime_shm::path_of(&shm))
+                    .unwrap(),
+            ),
+            _ => {}
         }
         let mut target =
             bpftime(&shm).args(["start", "--"]).arg(&calls).args(["4000", "2", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
+        if region_first == "half made" {
+            bpftime_tests::remove_region(&shm);
+        }
         let l = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
         // The agent looks every 100 ms.
         std::thread::sleep(std::time::Duration::from_millis(500));
         target.stdin.take().unwrap().write_all(b"x").unwrap();
         assert!(target.wait().unwrap().success());
         let rest = loader_finished(l);
-        assert!(rest.contains("stats[0] = 8000\n"), "region made first: {region_first}; two threads x 4000 add() calls:\n{rest}");
+        assert!(rest.contains("stats[0] = 8000\n"), "region {region_first} at the target's start; two threads x 4000 add() calls:\n{rest}");
     }
     bpftime_tests::remove_region(&shm);
 }

@@ -21,12 +21,17 @@ impl Reached {
     /// Makes sure process `pid` runs the agent on region `shm`; says on stderr what it did or
     /// why it could not (the link stays in the region either way, for an agent started later).
     pub fn ensure(&self, pid: u32, shm: &str) {
-        if pid == 0 || pid == std::process::id() || !self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pid) {
+        // One whose dynamic loader has yet to load the agent its environment preloads (`bpftrace
+        // -c CMD` names its command stopped right after the exec) needs nothing now, and is
+        // looked at again at the next probe (an image that turns out not to load it, a static
+        // one, gets it by `bpftime attach` then).
+        if pid == 0 || pid == std::process::id() || (preloads_agent(pid) && loader_pending(pid)) {
             return;
         }
-        // A process with the agent needs nothing, nor one whose image is to load it (`bpftrace
-        // -c CMD` names its child stopped right after the exec, before the dynamic loader ran).
-        if maps_library(pid, "/libbpftime.so") || preloads_agent(pid) {
+        if !self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pid) {
+            return;
+        }
+        if maps_library(pid, "/libbpftime.so") {
             return;
         }
         let Some(cli) = cli_path() else {
@@ -86,6 +91,16 @@ fn maps_file(pid: u32, file: &Path) -> bool {
 /// Whether process `pid` maps a file whose path ends with `file`.
 fn maps_library(pid: u32, file: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.lines().any(|l| l.ends_with(file)))
+}
+
+/// Whether process `pid` maps no file but its executable and its dynamic loader: it has not
+/// loaded its libraries yet (stopped right after its exec).
+fn loader_pending(pid: u32) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return false };
+    let files: Vec<&str> = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|f| f.starts_with('/')).collect();
+    let is_loader = |f: &str| f.rsplit('/').next().is_some_and(|name| name.starts_with("ld-linux") || name.starts_with("ld64"));
+    files.iter().any(|f| is_loader(f)) && files.iter().all(|f| is_loader(f) || std::path::Path::new(f) == exe)
 }
 
 /// Whether the environment process `pid`'s image started with preloads the agent (its dynamic
