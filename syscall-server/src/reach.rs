@@ -31,7 +31,7 @@ impl Reached {
         if !self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pid) {
             return;
         }
-        if maps_library(pid, "/libbpftime.so") {
+        if runs_agent(pid) {
             return;
         }
         let Some(cli) = cli_path() else {
@@ -88,9 +88,9 @@ fn maps_file(pid: u32, file: &Path) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.lines().any(|l| l.split_whitespace().nth(5) == Some(file)))
 }
 
-/// Whether process `pid` maps a file whose path ends with `file`.
-fn maps_library(pid: u32, file: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.lines().any(|l| l.ends_with(file)))
+/// Whether process `pid` has the agent mapped.
+fn runs_agent(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.lines().any(|l| l.ends_with("/libbpftime.so")))
 }
 
 /// Whether process `pid` maps no file but its executable and its dynamic loader: it has not
@@ -104,12 +104,15 @@ fn loader_pending(pid: u32) -> bool {
 }
 
 /// Whether the environment process `pid`'s image started with preloads the agent (its dynamic
-/// loader loads it, or did).
+/// loader loads it, or did): an `LD_PRELOAD` path whose file is `libbpftime.so` or
+/// `libbpftime_early.so`, as the agent itself tells (`bpftime_attach::syscalls::names_agent`).
 fn preloads_agent(pid: u32) -> bool {
+    let names_agent = |path: &[u8]| {
+        let file = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        file == b"libbpftime.so" || file == b"libbpftime_early.so"
+    };
     std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-        env.split(|&b| b == 0)
-            .filter_map(|v| v.strip_prefix(b"LD_PRELOAD="))
-            .any(|list| list.split(|&b| b == b':' || b == b' ').any(|lib| lib.ends_with(b"/libbpftime.so") || lib == b"libbpftime.so"))
+        env.split(|&b| b == 0).filter_map(|v| v.strip_prefix(b"LD_PRELOAD=")).any(|list| list.split(|&b| b == b':' || b == b' ').any(names_agent))
     })
 }
 
