@@ -2537,6 +2537,22 @@ fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
     let openat = out.lines().find_map(|l| l.strip_prefix("openat")?.trim().parse::<u64>().ok());
     assert_eq!(openat, Some(102), "{out}");
     bpftime_tests::remove_region(&shm);
+    // By process (`-P`): the name is `current->group_leader->comm`, which its second thread
+    // reads too. (The counts differ from the kernel's by the dynamic loader's calls, which come
+    // before any code of ours.)
+    let named = |out: &str| out.lines().any(|l| l.split_whitespace().nth(1) == Some("opens"));
+    assert!(bpftime(&shm).args(["shm", "create", "--size", "256M"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&syscount).args(["-P", "-d", "5"]);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&opens).arg("10"), &dir.join("syscount-p"), false);
+    assert!(named(&out), "{out}");
+    bpftime_tests::remove_region(&shm);
+    if is_root() {
+        let mut kernel = Command::new(&syscount);
+        kernel.args(["-P", "-d", "5"]);
+        let out = tool_session(kernel, None, Command::new(&opens).arg("10"), &dir.join("syscount-p-kernel"), false);
+        assert!(named(&out), "the kernel's:\n{out}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -2,7 +2,10 @@
 //! from the kernel's BTF (`/sys/kernel/btf/vmlinux`), so that programs compiled against
 //! `vmlinux.h` and relocated by CO-RE read real values where they read the fields tools use:
 //! `pid` (the thread id), `tgid` (the process id), `comm`, `real_parent`/`parent` (a
-//! stand-in parent whose `pid` and `tgid` are the parent process's), and `nsproxy`, whose
+//! stand-in parent whose `pid` and `tgid` are the parent process's), `group_leader` (the task
+//! itself in the main thread; in another thread a stand-in for the main thread, with the
+//! process's name as `/proc/self/comm` gave it at the thread's first call, and the same
+//! parent, namespaces and mm), and `nsproxy`, whose
 //! namespaces (`mnt_ns`, `pid_ns_for_children`, `net_ns`, `uts_ns`, `ipc_ns`, `cgroup_ns`,
 //! `time_ns`) carry their `ns.inum`, the inode number `/proc/self/ns/*` shows (tools filter
 //! and print mount namespaces by it), and `mm`, whose bounds of code, data, heap, stack,
@@ -22,6 +25,7 @@ struct Layout {
     comm: usize,
     real_parent: usize,
     parent: usize,
+    group_leader: usize,
     /// `task_struct.nsproxy` and what it points to, where the kernel's BTF describes them.
     nsproxy: Option<NsLayout>,
     /// `task_struct.mm` and the fields of `struct mm_struct` we fill.
@@ -135,6 +139,7 @@ fn layout() -> Option<&'static Layout> {
                 comm: at("comm")?,
                 real_parent: at("real_parent")?,
                 parent: at("parent")?,
+                group_leader: at("group_leader")?,
                 nsproxy: ns_layout(&btf, id),
                 mm: mm_layout(&btf, id),
             })
@@ -145,10 +150,10 @@ fn layout() -> Option<&'static Layout> {
 /// Room for each stand-in namespace struct: enough for any `ns.inum` offset we accept.
 const NS_ROOM: usize = 256;
 
-/// Bytes of one thread's stand-ins: its task, its parent, the mm, the nsproxy and the
-/// namespaces.
+/// Bytes of one thread's stand-ins: its task, its parent, its group leader, the mm, the
+/// nsproxy and the namespaces.
 fn stand_in_size(l: &Layout) -> usize {
-    2 * l.size + mm_size(l) + l.nsproxy.as_ref().map_or(0, |ns| ns.size + NAMESPACES.len() * NS_ROOM)
+    3 * l.size + mm_size(l) + l.nsproxy.as_ref().map_or(0, |ns| ns.size + NAMESPACES.len() * NS_ROOM)
 }
 
 /// Bytes of the stand-in mm, rounded to 8.
@@ -206,7 +211,7 @@ pub fn warm_up(cache: Option<&bpftime_jit::cache::CodeCache>) {
         // The running kernel (its BTF does not change within a boot) and its BTF's size.
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
         let size = std::fs::metadata("/sys/kernel/btf/vmlinux").ok()?.len();
-        Some(format!("task layout 1 {} {size}", boot.trim()).into_bytes())
+        Some(format!("task layout 2 {} {size}", boot.trim()).into_bytes())
     };
     if let (Some(cache), None, Some(key)) = (cache, LAYOUT.get(), key()) {
         match cache.load_blob(&key).and_then(|b| decode_layout(&b)) {
@@ -225,7 +230,7 @@ pub fn warm_up(cache: Option<&bpftime_jit::cache::CodeCache>) {
 
 /// [`Layout`] as little-endian words, for the code cache.
 fn encode_layout(l: &Layout) -> Vec<u8> {
-    let mut w: Vec<u64> = [l.size, l.pid, l.tgid, l.comm, l.real_parent, l.parent].iter().map(|&v| v as u64).collect();
+    let mut w: Vec<u64> = [l.size, l.pid, l.tgid, l.comm, l.real_parent, l.parent, l.group_leader].iter().map(|&v| v as u64).collect();
     match &l.nsproxy {
         Some(ns) => {
             w.extend([1, ns.in_task as u64, ns.size as u64, ns.spaces.len() as u64]);
@@ -258,7 +263,7 @@ fn decode_layout(bytes: &[u8]) -> Option<Layout> {
     let within = |at: usize, width: usize, size: usize| at.checked_add(width).is_some_and(|end| end <= size);
     let field = |at: usize, width: usize| within(at, width, size).then_some(at);
     let (pid, tgid, comm) = (field(next()?, 4)?, field(next()?, 4)?, field(next()?, 16)?);
-    let (real_parent, parent) = (field(next()?, 8)?, field(next()?, 8)?);
+    let (real_parent, parent, group_leader) = (field(next()?, 8)?, field(next()?, 8)?, field(next()?, 8)?);
     let nsproxy = match next()? {
         0 => None,
         1 => {
@@ -293,7 +298,7 @@ fn decode_layout(bytes: &[u8]) -> Option<Layout> {
         }
         _ => return None,
     };
-    next().is_none().then_some(Layout { size, pid, tgid, comm, real_parent, parent, nsproxy, mm })
+    next().is_none().then_some(Layout { size, pid, tgid, comm, real_parent, parent, group_leader, nsproxy, mm })
 }
 
 /// The address of this thread's stand-in `task_struct`, refreshed (ids and name) on each call;
@@ -322,6 +327,7 @@ fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
     let all = unsafe { std::slice::from_raw_parts_mut(cell.get() as *mut u8, size) };
     let (task, rest) = all.split_at_mut(l.size);
     let (parent, rest) = rest.split_at_mut(l.size);
+    let (leader, rest) = rest.split_at_mut(l.size);
     let (mm, room) = rest.split_at_mut(mm_size(l));
     if fresh {
         // Namespaces change rarely (unshare, setns), the bounds the mm holds as rarely
@@ -329,17 +335,22 @@ fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
         if let Some(ns) = &l.nsproxy {
             let base = room.as_ptr() as u64;
             fill_namespaces(ns, task, room, base);
+            leader[ns.in_task..ns.in_task + 8].copy_from_slice(&base.to_le_bytes());
         }
         if let Some(m) = &l.mm {
             let base = mm.as_ptr() as u64;
             fill_mm(m, task, mm, base);
+            leader[m.in_task..m.in_task + 8].copy_from_slice(&base.to_le_bytes());
+        }
+        // The process's name, which only the main thread's own calls give otherwise.
+        if pid != tid {
+            let name = std::fs::read("/proc/self/comm").unwrap_or_default();
+            put_comm(leader, l.comm, name.strip_suffix(b"\n").unwrap_or(&name));
         }
     }
     put32(task, l.pid, tid);
     put32(task, l.tgid, pid);
-    let n = comm.len().min(15);
-    task[l.comm..l.comm + 16].fill(0);
-    task[l.comm..l.comm + n].copy_from_slice(&comm[..n]);
+    put_comm(task, l.comm, comm);
     // SAFETY: getppid cannot fail.
     let ppid = unsafe { libc::getppid() } as u32;
     put32(parent, l.pid, ppid);
@@ -347,7 +358,28 @@ fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
     let parent_addr = (parent.as_ptr() as u64).to_le_bytes();
     task[l.real_parent..l.real_parent + 8].copy_from_slice(&parent_addr);
     task[l.parent..l.parent + 8].copy_from_slice(&parent_addr);
+    // The main thread leads its group itself (a forked child's main thread is the thread that
+    // forked, whose stand-in goes on from the parent's).
+    let leader_addr = if pid == tid {
+        task.as_ptr() as u64
+    } else {
+        put32(leader, l.pid, pid);
+        put32(leader, l.tgid, pid);
+        leader[l.real_parent..l.real_parent + 8].copy_from_slice(&parent_addr);
+        leader[l.parent..l.parent + 8].copy_from_slice(&parent_addr);
+        let own = leader.as_ptr() as u64;
+        leader[l.group_leader..l.group_leader + 8].copy_from_slice(&own.to_le_bytes());
+        own
+    };
+    task[l.group_leader..l.group_leader + 8].copy_from_slice(&leader_addr.to_le_bytes());
     cell.get() as u64
+}
+
+/// Writes `name` (at most 15 bytes, NUL-padded) as the `comm` at `at` of a stand-in task.
+fn put_comm(task: &mut [u8], at: usize, name: &[u8]) {
+    let n = name.len().min(15);
+    task[at..at + 16].fill(0);
+    task[at..at + n].copy_from_slice(&name[..n]);
 }
 
 #[cfg(test)]
@@ -373,6 +405,41 @@ mod tests {
         assert!(decode_layout(&longer).is_none());
     }
     use std::os::unix::fs::MetadataExt;
+
+    /// `group_leader`: in a thread other than the main one, a stand-in with the process's id
+    /// and name (`/proc/self/comm`) and the same parent; in the main thread, the task itself
+    /// (syscount -P prints `current->group_leader->comm`).
+    #[test]
+    fn the_group_leader_is_the_main_thread() {
+        let Some(l) = layout() else { return println!("skipping: no /sys/kernel/btf/vmlinux") };
+        let l = l.clone();
+        std::thread::spawn(move || {
+            let word = |addr: u64, off: usize| -> u64 {
+                // SAFETY: addresses inside this thread's stand-ins, which live for the thread.
+                unsafe { std::ptr::read_unaligned((addr as usize + off) as *const u64) }
+            };
+            let task = current_task(4242, 4343, b"worker");
+            let leader = word(task, l.group_leader);
+            assert!(leader != 0 && leader != task);
+            assert_eq!(word(leader, l.pid) as u32, 4242);
+            assert_eq!(word(leader, l.tgid) as u32, 4242);
+            assert_eq!(word(leader, l.real_parent), word(task, l.real_parent));
+            assert_eq!(word(leader, l.group_leader), leader);
+            let name = std::fs::read_to_string("/proc/self/comm").unwrap();
+            // SAFETY: as above.
+            let comm = unsafe { std::slice::from_raw_parts((leader as usize + l.comm) as *const u8, 16) };
+            assert_eq!(&comm[..name.trim_end().len()], name.trim_end().as_bytes());
+            assert_eq!(comm[name.trim_end().len()], 0);
+            if let Some(ns) = &l.nsproxy {
+                assert_eq!(word(leader, ns.in_task), word(task, ns.in_task));
+            }
+            // The same thread as its process's main thread (a forked child's).
+            let task = current_task(4343, 4343, b"worker");
+            assert_eq!(word(task, l.group_leader), task);
+        })
+        .join()
+        .unwrap();
+    }
 
     /// The stand-in's `nsproxy->mnt_ns->ns.inum` is this process's mount namespace, at the
     /// offsets the kernel's BTF gives (skipped where the kernel has no BTF).
