@@ -351,6 +351,45 @@ fn dlsym_rtld_next_still_means_next_after_the_caller() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `dlsym(RTLD_DEFAULT, ...)` from a library opened with `RTLD_LOCAL` finds what its own
+/// dependencies define, as glibc answers its caller, also for a name the agent looks at
+/// (starting with "cu"): the agent's `dlsym` must not make the agent the caller.
+#[test]
+fn dlsym_rtld_default_searches_the_callers_own_scope() {
+    let dir = std::env::temp_dir().join(format!("bpftime-dlsym-default-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cc = |args: &[&str]| {
+        let out = Command::new("cc").current_dir(&dir).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    std::fs::write(dir.join("dep.c"), "int dep_value(void) { return 42; }\nint cuDepValue(void) { return 7; }\n").unwrap();
+    cc(&["-shared", "-fPIC", "-O2", "-o", "libdep.so", "dep.c"]);
+    std::fs::write(
+        dir.join("plugin.c"),
+        "#define _GNU_SOURCE\n#include <dlfcn.h>\n\
+         static int call(const char *n) { int (*f)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, n); return f ? f() : -1; }\n\
+         int plugin(void) { return call(\"dep_value\") * 100 + call(\"cuDepValue\"); }\n",
+    )
+    .unwrap();
+    cc(&["-shared", "-fPIC", "-O2", "-o", "libplugin.so", "plugin.c", "-L.", "-Wl,--no-as-needed", "-ldep", "-Wl,-rpath,$ORIGIN", "-ldl"]);
+    std::fs::write(
+        dir.join("main.c"),
+        "#include <dlfcn.h>\n#include <stdio.h>\n\
+         int main(int argc, char **argv) { void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL); if (!h) return 2;\n\
+         int (*p)(void) = (int (*)(void))dlsym(h, \"plugin\"); printf(\"%d\\n\", p ? p() : -9); return 0; }\n",
+    )
+    .unwrap();
+    cc(&["-O2", "-o", "main", "main.c", "-ldl"]);
+    let plugin = dir.join("libplugin.so");
+    let plain = Command::new(dir.join("main")).arg(&plugin).output().unwrap();
+    assert_eq!(text(&plain.stdout), "4207\n", "{}", text(&plain.stderr));
+    let agent = bin_dir().join("libbpftime.so");
+    let out = Command::new(dir.join("main")).arg(&plugin).env("LD_PRELOAD", &agent).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "4207\n", "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The sum of the non-zero values `bpftime run` printed for map `name`.
 fn dumped_sum(out: &str, name: &str) -> u64 {
     let Some(start) = out.find(&format!("`{name}`")) else { return 0 };
@@ -690,6 +729,48 @@ fn an_app_linked_against_libcuda_gets_probes_too() {
         assert_eq!(dumped(&stderr, "calls", "0"), Some(total.clone()), "entries ({extra:?})\n{stderr}");
         assert_eq!(dumped(&stderr, "calls", "1"), Some(total.clone()), "exits ({extra:?})\n{stderr}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same application under `bpftime start` with its CUDA probes loaded after it started,
+/// linked against libcuda or looking each entry point up with dlsym: the agent, which had no
+/// probes when the application bound its entry points, and for the second never looked up
+/// `cuGetProcAddress`, takes the driver's own to hook the driver then (the agent's `dlsym`
+/// handed out its wrapper, which called itself without end).
+#[test]
+fn probes_loaded_late_reach_an_app_binding_the_driver_by_name() {
+    for (tag, how) in [("direct-late", ["-L", "", "-l:libcuda.so.1"]), ("by-name-late", ["-DBY_NAME", "-ldl", "-ldl"])] {
+        probes_loaded_late_reach(tag, how);
+    }
+}
+
+fn probes_loaded_late_reach(tag: &str, how: [&str; 3]) {
+    let Some(dir) = setup(tag, &[]) else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let lib_dir = dir.display().to_string();
+    let out = Command::new("cc")
+        .args(["-O2", &format!("-DFATBIN=\"{}\"", dir.join("vector_add.fatbin").display())])
+        .arg(root.join("examples/cuda/driver_direct.c"))
+        .args(how.map(|a| if a.is_empty() { lib_dir.as_str() } else { a }))
+        .arg("-o")
+        .arg(dir.join("app"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cc: {}", text(&out.stderr));
+    let base = plain(&dir);
+    assert!(base.status.success(), "{}", text(&base.stderr));
+    let s = Session::new(tag);
+    let mut app = WaitingApp::start(&s, &dir, &[("BPFTIME_VERBOSE", "1")]);
+    app.wait_for("before launch 1");
+    s.bpftime(&["load", build_example("cuda_probes").to_str().unwrap()]);
+    app.wait_for("bpftime: CUDA probes through hooks on the driver");
+    app.release_through(1, 2);
+    let (stdout, said) = app.finish_with_output();
+    assert_eq!(stdout, text(&base.stdout), "the app's output\n{said}");
+    let (entries, exits, calls) = probe_calls(&s);
+    let two = Some((THREADS * 2).to_string());
+    assert_eq!(entries, two, "entries in launches 1 and 2\n{calls}\n{said}");
+    assert_eq!(exits, two, "exits in launches 1 and 2\n{calls}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

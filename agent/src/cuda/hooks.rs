@@ -258,12 +258,41 @@ extern "C" fn resolve_real_dlsym() -> usize {
     0
 }
 
-/// `dlsym` for every handle but `RTLD_NEXT`: the real lookup, then driver symbols wrapped.
+/// `dlsym` for a library's handle: the real lookup, then driver symbols wrapped.
 unsafe extern "C" fn dlsym_with_handle(handle: *mut c_void, name: *const c_char) -> *mut c_void {
     let real = REAL_DLSYM.load(Ordering::Acquire);
     // SAFETY: `real` is glibc's dlsym (non-zero: checked by the entry code); the arguments are
     // the caller's.
     let p = unsafe { std::mem::transmute::<usize, FnDlsym>(real)(handle, name) };
+    wrapped(name, p)
+}
+
+/// `dlsym(RTLD_DEFAULT, name)` for a name starting with "cu", as glibc answers the
+/// application's caller at `caller`: the global scope, then the caller's own (a library
+/// opened with `RTLD_LOCAL` and its dependencies), which glibc adds for the caller it sees and
+/// here would see the agent; then driver symbols wrapped.
+unsafe extern "C" fn dlsym_default(handle: *mut c_void, name: *const c_char, caller: *const c_void) -> *mut c_void {
+    /// `RTLD_DL_LINKMAP` (dlfcn.h): `dladdr1` gives the object's link map, which is its handle.
+    const RTLD_DL_LINKMAP: c_int = 2;
+    // SAFETY: `real` is glibc's dlsym (non-zero: checked by the entry code).
+    let dlsym = unsafe { std::mem::transmute::<usize, FnDlsym>(REAL_DLSYM.load(Ordering::Acquire)) };
+    // SAFETY: the caller's arguments.
+    let mut p = unsafe { dlsym(handle, name) };
+    if p.is_null() {
+        // SAFETY: dladdr1(3) with out-pointers of ours; `caller` is only looked up.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        let mut map: *mut c_void = std::ptr::null_mut();
+        // SAFETY: as above.
+        if unsafe { libc::dladdr1(caller, &mut info, &mut map, RTLD_DL_LINKMAP) } != 0 && !map.is_null() {
+            // SAFETY: a loaded object's link map is its dlopen handle (glibc).
+            p = unsafe { dlsym(map, name) };
+        }
+    }
+    wrapped(name, p)
+}
+
+/// What a `dlsym` of ours hands out for `name` found at `p`: a driver symbol's wrapper, or `p`.
+fn wrapped(name: *const c_char, p: *mut c_void) -> *mut c_void {
     if p.is_null() || name.is_null() {
         return p;
     }
@@ -272,9 +301,11 @@ unsafe extern "C" fn dlsym_with_handle(handle: *mut c_void, name: *const c_char)
     std::panic::catch_unwind(|| symbol(name, p as usize, None, 0)).unwrap_or(p as usize) as *mut c_void
 }
 
-/// `dlsym`, interposed. `RTLD_NEXT` lookups jump straight to glibc's, so that it still sees
-/// the caller's return address (which decides what "next" is); other lookups go through
-/// [`dlsym_with_handle`].
+/// `dlsym`, interposed. Lookups that glibc answers for the caller it sees (the return address
+/// decides what `RTLD_NEXT` is, and which scope `RTLD_DEFAULT` adds to the global one) jump
+/// straight to glibc's: `RTLD_NEXT`, and `RTLD_DEFAULT` for names that cannot be the driver's
+/// (not starting with "cu"); `RTLD_DEFAULT` for the others goes through [`dlsym_default`] with
+/// the caller's address, and a library's handle through [`dlsym_with_handle`].
 ///
 /// # Safety
 /// Same contract as dlsym(3).
@@ -297,11 +328,23 @@ pub unsafe extern "C" fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut
         "ret",
         "2:",
         "cmp rdi, -1",
-        "jne {with_handle}",
+        "je 3f",
+        "test rdi, rdi",
+        "jnz {with_handle}",
+        "test rsi, rsi",
+        "jz 3f",
+        "cmp byte ptr [rsi], 0x63",
+        "jne 3f",
+        "cmp byte ptr [rsi + 1], 0x75",
+        "jne 3f",
+        "mov rdx, qword ptr [rsp]",
+        "jmp {default}",
+        "3:",
         "jmp rax",
         real = sym REAL_DLSYM,
         resolve = sym resolve_real_dlsym,
         with_handle = sym dlsym_with_handle,
+        default = sym dlsym_default,
     )
 }
 
@@ -608,7 +651,7 @@ const NOT_FOUND: CuResult = 500;
 /// The driver's own definition of `symbol_name`, looked up in libcuda's scope rather than the
 /// global one (where the agent's definitions come first); 0 when libcuda is not loaded or lacks
 /// it.
-fn driver_symbol(symbol_name: &CStr) -> usize {
+pub(super) fn driver_symbol(symbol_name: &CStr) -> usize {
     // SAFETY: dlopen(3) with RTLD_NOLOAD only hands back a library already loaded (a reference
     // dropped below); the name is NUL-terminated.
     let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };

@@ -133,12 +133,13 @@ pub(crate) fn start(gpu: &Gpu) {
         return;
     }
     if driver::REAL_GET_PROC_V2.load(Ordering::Acquire) == 0 {
-        // SAFETY: dlsym(3) on a live handle with a NUL-terminated name.
-        let get_proc = unsafe { libc::dlsym(handle, c"cuGetProcAddress_v2".as_ptr()) };
-        if get_proc.is_null() {
+        // The driver's own, through glibc's dlsym: the agent's `dlsym` would hand out its
+        // wrapper, which calls what is stored here.
+        let get_proc = super::hooks::driver_symbol(c"cuGetProcAddress_v2");
+        if get_proc == 0 {
             return gpu.say_once("CUDA probes: the driver has no cuGetProcAddress_v2; the running application's kernels stay without probes".into());
         }
-        driver::REAL_GET_PROC_V2.store(get_proc as usize, Ordering::Release);
+        driver::REAL_GET_PROC_V2.store(get_proc, Ordering::Release);
     }
     let late = LATE.get_or_init(Late::default);
     let mut hooks = lock(&late.hooks);
