@@ -757,21 +757,7 @@ fn probes_loaded_late_reach(tag: &str, how: [&str; 3]) {
         .output()
         .unwrap();
     assert!(out.status.success(), "cc: {}", text(&out.stderr));
-    let base = plain(&dir);
-    assert!(base.status.success(), "{}", text(&base.stderr));
-    let s = Session::new(tag);
-    let mut app = WaitingApp::start(&s, &dir, &[("BPFTIME_VERBOSE", "1")]);
-    app.wait_for("before launch 1");
-    s.bpftime(&["load", build_example("cuda_probes").to_str().unwrap()]);
-    app.wait_for("bpftime: CUDA probes through hooks on the driver");
-    app.release_through(1, 2);
-    let (stdout, said) = app.finish_with_output();
-    assert_eq!(stdout, text(&base.stdout), "the app's output\n{said}");
-    let (entries, exits, calls) = probe_calls(&s);
-    let two = Some((THREADS * 2).to_string());
-    assert_eq!(entries, two, "entries in launches 1 and 2\n{calls}\n{said}");
-    assert_eq!(exits, two, "exits in launches 1 and 2\n{calls}");
-    let _ = std::fs::remove_dir_all(&dir);
+    late_probes_count_launches_1_and_2(tag, &dir);
 }
 
 /// A driver whose `cuGetProcAddress` hands out the addresses of its exported functions (bound by
@@ -1046,9 +1032,16 @@ fn probes_reach_a_cuda_app_that_opens_its_driver_after_the_attach() {
 #[test]
 fn cuda_probes_loaded_after_the_app_started_reach_its_kernels() {
     let Some(dir) = setup("links-later", &[]) else { return };
-    let base = plain(&dir);
-    let s = Session::new("links-later");
-    let mut app = WaitingApp::start(&s, &dir, &[("BPFTIME_VERBOSE", "1")]);
+    late_probes_count_launches_1_and_2("links-later", &dir);
+}
+
+/// Starts the app in `dir` under `bpftime start`, loads `cuda_probes` once it waits before its
+/// second launch, and checks that its output is its own and that launches 1 and 2 were counted.
+fn late_probes_count_launches_1_and_2(tag: &str, dir: &Path) {
+    let base = plain(dir);
+    assert!(base.status.success(), "{}", text(&base.stderr));
+    let s = Session::new(tag);
+    let mut app = WaitingApp::start(&s, dir, &[("BPFTIME_VERBOSE", "1")]);
     app.wait_for("before launch 1");
     s.bpftime(&["load", build_example("cuda_probes").to_str().unwrap()]);
     app.wait_for("bpftime: CUDA probes through hooks on the driver");
@@ -1059,7 +1052,7 @@ fn cuda_probes_loaded_after_the_app_started_reach_its_kernels() {
     let two = Some((THREADS * 2).to_string());
     assert_eq!(entries, two, "entries in launches 1 and 2\n{calls}\n{said}");
     assert_eq!(exits, two, "exits in launches 1 and 2\n{calls}");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The same with a kernel that has module variables (globals.cu): the patched copy reads the
