@@ -197,7 +197,10 @@ fn perf_event_open(attr_addr: u64, pid: i32, cpu: i32) -> Option<Result<i64, i32
     r.unwrap_or(Some(Err(libc::EFAULT)))
 }
 
-/// `syscall(2)`: `__NR_bpf` and `__NR_perf_event_open` answered here, the rest passed on.
+/// `syscall(2)`: `__NR_bpf` and `__NR_perf_event_open` answered here, the fd calls that our
+/// table follows (`dup`, `dup2`, `dup3`, `close`: libbpf moves each new map's fd onto a
+/// placeholder with `syscall(__NR_dup3, ...)`) made as their interposed functions make them,
+/// the rest passed on.
 ///
 /// # Safety
 /// Same contract as syscall(2) (variadic there; on x86-64 the extra arguments are in the same
@@ -210,6 +213,12 @@ pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, 
             Some(r) => r,
             None => raw::result(raw::syscall6(n, [a1, a2, a3, a4, a5, a6])),
         },
+        // SAFETY (the four below): the same calls through their interposed functions, which
+        // set errno as this function must.
+        libc::SYS_dup => return unsafe { dup(a1 as c_int) } as c_long,
+        libc::SYS_dup2 => return unsafe { dup2(a1 as c_int, a2 as c_int) } as c_long,
+        libc::SYS_dup3 => return unsafe { dup3(a1 as c_int, a2 as c_int, a3 as c_int) } as c_long,
+        libc::SYS_close => return unsafe { close(a1 as c_int) } as c_long,
         _ => raw::result(raw::syscall6(n, [a1, a2, a3, a4, a5, a6])),
     };
     raw::to_c(r)
@@ -244,7 +253,8 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 }
 
 fn duplicated(old: c_int, r: Result<i64, i32>) -> c_int {
-    if let (Ok(new), Some(s)) = (r, SERVER.get().and_then(Option::as_ref)) {
+    // (`dup2(fd, fd)` leaves fd as it is.)
+    if let (Ok(new), Some(s)) = (r.ok().filter(|&new| new != old as i64).ok_or(()), SERVER.get().and_then(Option::as_ref)) {
         let _ = std::panic::catch_unwind(|| {
             s.closed(new as i32);
             s.duplicated(old, new as i32)
@@ -278,6 +288,49 @@ pub unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
     duplicated(fd, raw::result(raw::syscall6(libc::SYS_dup3, [fd as c_long, new as c_long, flags as c_long, 0, 0, 0])))
+}
+
+/// `fcntl(2)`: an fd copy (`F_DUPFD`, `F_DUPFD_CLOEXEC`: libbpf's `ensure_good_fd`, Rust's
+/// `try_clone`) of one of ours stands for the same object; every call is libc's.
+///
+/// # Safety
+/// Same contract as fcntl(2) (variadic there; on x86-64 the argument is in the same register
+/// as this fixed one).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    fcntl_via(c"fcntl", fd, cmd, arg)
+}
+
+/// `fcntl64`: as [`fcntl`].
+///
+/// # Safety
+/// Same contract as fcntl(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    fcntl_via(c"fcntl64", fd, cmd, arg)
+}
+
+fn fcntl_via(symbol: &'static std::ffi::CStr, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    type Fcntl = unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int;
+    static NEXT: [std::sync::OnceLock<usize>; 2] = [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    let slot = &NEXT[usize::from(symbol == c"fcntl64")];
+    // SAFETY: dlsym(3) with RTLD_NEXT and a NUL-terminated name.
+    let next = *slot.get_or_init(|| unsafe { libc::dlsym(libc::RTLD_NEXT, symbol.as_ptr()) } as usize);
+    let r = if next == 0 {
+        raw::result(raw::syscall6(libc::SYS_fcntl, [fd as c_long, cmd as c_long, arg as c_long, 0, 0, 0]))
+    } else {
+        // SAFETY: libc's fcntl, with the caller's arguments.
+        let r = unsafe { std::mem::transmute::<usize, Fcntl>(next)(fd, cmd, arg) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL))
+        } else {
+            Ok(r as i64)
+        }
+    };
+    if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+        return duplicated(fd, r);
+    }
+    raw::to_c(r) as c_int
 }
 
 /// `mmap(2)`: a map fd of ours maps the map's pages of the region.

@@ -181,6 +181,13 @@ pub fn remove_orphans(region: &ShmRegion) -> usize {
     n
 }
 
+/// The process that holds link `id` (0: nobody, a pinned link), if that is a link.
+pub fn owner_of(region: &ShmRegion, id: u32) -> Option<u32> {
+    let o = region.object(id).filter(|o| o.kind == ObjectKind::Link)?;
+    let word = region.atomic_u32(o.data.checked_add(std::mem::offset_of!(LinkDesc, owner) as u64)?)?;
+    Some(word.load(std::sync::atomic::Ordering::Acquire))
+}
+
 /// The program of link `id`, if that is a link.
 pub fn program_of(region: &ShmRegion, id: u32) -> Option<u32> {
     let o = region.object(id).filter(|o| o.kind == ObjectKind::Link)?;
