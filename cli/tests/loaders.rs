@@ -116,6 +116,31 @@ fn counts_like_the_kernel(loader: &Path, tag: &str) {
     assert_eq!(target_out, kernel_target, "the target's own output");
 }
 
+/// A uprobe opened for pid 0 is the loader's own (libbpf's "self"), as in the kernel: a target
+/// started under the agent counts nothing.
+#[test]
+fn a_uprobe_for_pid_0_is_the_loaders_own_as_on_the_kernel() {
+    let _serial = serial();
+    let loader = build_loader("count_calls");
+    let obj = build_example("loader_calls");
+    let calls = build_target("calls", false);
+    let shm = format!("bpftime-pid0-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls).env("COUNT_CALLS_PID", "0");
+    let mut target = bpftime(&shm);
+    target.args(["start", "--"]).arg(&calls).arg("500");
+    let (ours_out, _) = session(ours, &mut target);
+    bpftime_tests::remove_region(&shm);
+    assert!(ours_out.contains("stats[0] = 0\n"), "no call of another process counted:\n{ours_out}");
+    if is_root() {
+        let mut kernel = Command::new(&loader);
+        kernel.arg(&obj).arg(&calls).env("COUNT_CALLS_PID", "0");
+        let (kernel_out, _) = session(kernel, Command::new(&calls).arg("500"));
+        assert_eq!(ours_out, kernel_out, "the same loader on the kernel");
+    }
+}
+
 /// An attach is in force when the loader's call returns, as on the kernel: a process already
 /// running under the agent (blocked before its calls) is told to go the moment count_calls says
 /// "attached", and every call is counted (before, the agent's link follower took the new links
@@ -1811,6 +1836,19 @@ fn map_mappings_answer_what_the_kernel_answers() {
 fn objects_by_id_answer_what_the_kernel_answers() {
     let _serial = serial();
     matrix_matches_the_kernel("id_matrix", &["map by its id, read-only: ok", "map ids after the last: Invalid argument"]);
+}
+
+/// Fd copies and closes keep objects as the kernel's references do: a map fd moved onto a
+/// placeholder with `syscall(__NR_dup3)` (libbpf 1.4+), `fcntl(F_DUPFD_CLOEXEC)`, `dup2` onto
+/// itself, `syscall(__NR_dup)`; a link that another loader opens by id and closes (`bpftool
+/// link show`) stays.
+#[test]
+fn fd_copies_and_closes_keep_objects_as_the_kernel_does() {
+    let _serial = serial();
+    matrix_matches_the_kernel(
+        "fd_matrix",
+        &["map through the placeholder, its first fd closed: ok", "map after dup2 onto itself: ok", "the link by id after that: ok"],
+    );
 }
 
 /// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without

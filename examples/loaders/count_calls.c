@@ -4,10 +4,12 @@
 // map. Runs the same against the kernel and, preloaded with the syscall server
 // (`bpftime load -- count_calls ...`), against bpftime.
 // Build: cc -O2 count_calls.c -lbpf -o count_calls
-// Usage: count_calls OBJ BINARY
+// Usage: count_calls OBJ BINARY   (COUNT_CALLS_PID=N attaches for process N only; 0 is the
+// loader itself, as libbpf takes it; the default, -1, every process)
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int main(int argc, char **argv)
@@ -25,6 +27,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot load %s\n", argv[1]);
         return 1;
     }
+    const char *pid_env = getenv("COUNT_CALLS_PID");
+    int pid = pid_env ? atoi(pid_env) : -1;
     struct bpf_program *prog;
     int links = 0;
     bpf_object__for_each_program(prog, obj)
@@ -34,7 +38,7 @@ int main(int argc, char **argv)
         if (!func)
             continue;
         LIBBPF_OPTS(bpf_uprobe_opts, opts, .func_name = func + 1, .retprobe = strncmp(sec, "uretprobe", 9) == 0);
-        struct bpf_link *link = bpf_program__attach_uprobe_opts(prog, -1, argv[2], 0, &opts);
+        struct bpf_link *link = bpf_program__attach_uprobe_opts(prog, pid, argv[2], 0, &opts);
         if (!link) {
             fprintf(stderr, "cannot attach %s to %s:%s\n", bpf_program__name(prog), argv[2], func + 1);
             return 1;

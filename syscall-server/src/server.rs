@@ -435,7 +435,10 @@ impl Server {
             let still_open = Self::lock(&self.fds)
                 .values()
                 .any(|h| matches!(h, Handle::Link(l) if *l == id) || matches!(h, Handle::Probe(ProbeEvent { link: Some(l), .. }) if *l == id));
-            if !still_open && !pins::is_pinned(&self.region, id) {
+            // Only the holder's last fd detaches it: another process's fd (`bpftool link
+            // show` opens every link by id) is one more reference, as in the kernel.
+            let holder = links::owner_of(&self.region, id) == Some(std::process::id());
+            if !still_open && holder && !pins::is_pinned(&self.region, id) {
                 links::remove(&self.region, id);
             }
         }
@@ -1588,7 +1591,13 @@ impl Server {
         }
         let wanted = if matches!(ev.target, EventTarget::Syscall(_)) { 5 } else { 2 };
         let name = self.attachable(prog, wanted, !matches!(ev.target, EventTarget::CudaKernel(_)))?;
-        let pid = if ev.pid > 0 { ev.pid as u32 } else { 0 };
+        // pid 0 is the caller, as in the kernel (libbpf's "self"); -1 every process. (A CUDA
+        // kernel probe applies wherever the kernel runs.)
+        let pid = match ev.pid {
+            p if p > 0 => p as u32,
+            0 if !matches!(ev.target, EventTarget::CudaKernel(_)) => std::process::id(),
+            _ => 0,
+        };
         let scope = links::LinkScope { owner: std::process::id(), pid, ..Default::default() };
         let (id, path) = match &ev.target {
             EventTarget::Syscall(event) => (links::store_syscall(&self.region, &name, prog, event, scope).map_err(|_| libc::ENOMEM)?, Some(String::new())),
