@@ -91,5 +91,10 @@ int main(void)
     __u32 nolen = 0;
     printf("no buffer: %s\n", info(prog, NULL, &nolen) == 0 ? "ok" : strerror(errno));
     printf("not an object: %s\n", info(0, &p, &len) == 0 ? "ok" : strerror(errno));
+    len = sizeof(p);
+    printf("a closed fd: %s\n", info(999, &p, &len) == 0 ? "ok" : strerror(errno));
+    static char page_and_more[8192];
+    len = sizeof(page_and_more);
+    printf("a buffer longer than a page: %s\n", info(prog, page_and_more, &len) == 0 ? "ok" : strerror(errno));
     return 0;
 }

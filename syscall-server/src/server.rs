@@ -1262,8 +1262,9 @@ impl Server {
         let (fd, len, out) = (a.u32(0), a.u32(4) as usize, a.u64(8));
         let mut info = vec![0u8; 256];
         let put32 = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        // As the kernel: an fd that is open but not an object of ours is EINVAL.
-        let handle = self.handle(fd as i32).ok_or(if fd_is_open(fd as i32) { libc::EINVAL } else { libc::EBADF })?;
+        // As the kernel: an fd that is open but not an object of ours is EINVAL, one that is
+        // not open EBADFD (`bpf_obj_get_info_by_fd`).
+        let handle = self.handle(fd as i32).ok_or(if fd_is_open(fd as i32) { libc::EINVAL } else { libc::EBADFD })?;
         let used = match handle {
             Handle::Map(id) => {
                 // struct bpf_map_info
@@ -1417,7 +1418,10 @@ impl Server {
             Handle::Probe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => return Err(libc::EINVAL),
         };
         // As the kernel's `bpf_check_uarg_tail_zero`: a longer buffer must hold zeroes past the
-        // struct we know.
+        // struct we know, and be no longer than a page.
+        if len > 4096 && len > used {
+            return Err(libc::E2BIG);
+        }
         if len > used && user::read(out + used as u64, len - used)?.iter().any(|&b| b != 0) {
             return Err(libc::E2BIG);
         }
