@@ -64,5 +64,8 @@ int main(void)
     next_id("map ids after the last", BPF_MAP_GET_NEXT_ID, 0xfffffff0);
     next_id("program ids after the last", BPF_PROG_GET_NEXT_ID, 0xfffffff0);
     next_id("link ids after the last", BPF_LINK_GET_NEXT_ID, 0xfffffff0);
+    static char page_and_more[8192];
+    long r = syscall(__NR_bpf, BPF_MAP_GET_NEXT_ID, page_and_more, sizeof(page_and_more));
+    printf("an attr longer than a page: %s\n", r >= 0 ? "ok" : strerror(errno));
     return 0;
 }

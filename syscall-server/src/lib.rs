@@ -164,7 +164,11 @@ fn watch_rings() {
 fn bpf(cmd: u32, attr_addr: u64, size: u32) -> Result<i64, i32> {
     let s = server().ok_or(libc::ENOSYS)?;
     guarded(|| {
-        let size = (size as usize).min(4096);
+        // As the kernel's `bpf_check_uarg_tail_zero`: no attr past a page.
+        if size > 4096 {
+            return Err(libc::E2BIG);
+        }
+        let size = size as usize;
         let mut a = attr::Attr::from_bytes(user::read(attr_addr, size)?);
         let before = a.0.clone();
         let r = s.bpf(cmd, &mut a);
