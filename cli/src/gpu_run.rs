@@ -73,6 +73,8 @@ pub fn run_region_program(
         kind: LinkKind::CudaKernel,
         pid: scope.pid,
         ref_ctr: 0,
+        owner: 0,
+        fd: None,
     };
     let (probes, failed) = bpftime_runtime::gpu::GpuProbes::prepare(region, &[link]);
     if let Some((_, _, why)) = failed.first() {

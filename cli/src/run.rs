@@ -260,6 +260,8 @@ pub fn run(req: RunRequest) -> Result<i32, String> {
             kind: links::LinkKind::Uprobe,
             pid: 0,
             ref_ctr: 0,
+            owner: 0,
+            fd: None,
         });
     }
     for s in &stored.skipped {

@@ -1765,13 +1765,22 @@ fn map_commands_answer_what_the_kernel_answers() {
 /// does: a missing, empty or non-regular path, an offset past the file's end, an odd semaphore
 /// offset, neither process nor CPU, a too-small attr, a process that does not exist, fds that
 /// are not kprobe-type programs. A relative path names the file it named when opened (the
-/// program then runs on a call made after the loader changed directory).
+/// program then runs on a call made after the loader changed directory). `BPF_TASK_FD_QUERY`
+/// (what `bpftool perf` asks of every fd of every process) describes the probes as the kernel
+/// does, with its errors for other fds.
 #[test]
 fn uprobe_events_open_and_attach_as_the_kernels_do() {
     let _serial = serial();
     matrix_matches_the_kernel(
         "uprobe_open_matrix",
-        &["no such file: No such file or directory", "a directory: Invalid argument", "attach a socket filter: Invalid argument", "relative path: ok"],
+        &[
+            "no such file: No such file or directory",
+            "a directory: Invalid argument",
+            "attach a socket filter: Invalid argument",
+            "relative path: ok",
+            "query the probe: ok, type 4, name as opened (length right), offset right, prog given",
+            "query a file: ENOTSUPP",
+        ],
     );
 }
 
@@ -2066,6 +2075,40 @@ fn bpftool_shows_and_dumps_the_region() {
     assert!(xlated.starts_with("int on_add(struct pt_regs * ctx):\n; int BPF_KPROBE(on_add, long a, long b)\n"), "{xlated}");
     assert!(xlated.trim_end().ends_with("exit"), "{xlated}");
     bpftime_tests::remove_region(&shm);
+}
+
+/// `bpftool perf` (`BPF_TASK_FD_QUERY` on every fd of every process) lists a running loader's
+/// uprobes as on the kernel: kind, file and offset per perf event fd of the loader's.
+#[test]
+fn bpftool_perf_lists_a_loaders_probes_as_on_the_kernel() {
+    let _serial = serial();
+    let Some(bpftool) = installed_or_skip("/usr/sbin/bpftool", "bpftool") else { return };
+    let (loader, obj, calls) = (build_loader("count_calls"), build_example("loader_calls"), build_target("calls", false));
+    // `pid P  fd F: prog_id I  uprobe  filename FILE  offset O`, without the numbers that
+    // differ: for the loader's pid only, in fd order.
+    let probes = |out: &str, pid: u32| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with(&format!("pid {pid} ")))
+            .filter_map(|l| l.split_once("prog_id ").and_then(|(_, rest)| rest.split_once(' ')).map(|(_, rest)| rest.trim().to_string()))
+            .collect()
+    };
+    let shm = format!("bpftime-bpftool-perf-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let ours = loader_attached(bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls));
+    let pid = child_of(ours.0.id()) as u32;
+    let listed = bpftime(&shm).args(["load", "--"]).arg(&bpftool).arg("perf").output().unwrap();
+    loader_finished(ours);
+    bpftime_tests::remove_region(&shm);
+    let ours = probes(&text(&listed.stdout), pid);
+    let expected = format!("filename {}  offset", calls.display());
+    assert!(ours.len() == 3 && ours.iter().all(|l| l.contains(&expected)), "{}{}", text(&listed.stdout), text(&listed.stderr));
+    if is_root() {
+        let kernel = loader_attached(Command::new(&loader).arg(&obj).arg(&calls));
+        let pid = kernel.0.id();
+        let listed = Command::new(&bpftool).arg("perf").output().unwrap();
+        loader_finished(kernel);
+        assert_eq!(ours, probes(&text(&listed.stdout), pid), "the kernel's:\n{}", text(&listed.stdout));
+    }
 }
 
 /// bpftool (unmodified) formats a libbpf loader's maps from their BTF as it does on the kernel:

@@ -2,7 +2,8 @@
 // attaches programs to them, printing what each attempt gave, to compare with the kernel:
 // paths that do not exist, are not regular files or are relative, offsets past the end,
 // misaligned semaphore offsets, processes that do not exist, and attaching programs of the
-// wrong type or fds that are not programs. Usage: uprobe_open_matrix (from any directory)
+// wrong type or fds that are not programs; then BPF_TASK_FD_QUERY (what `bpftool perf` asks) on
+// the probe and on other fds. Usage: uprobe_open_matrix (from any directory)
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
@@ -72,6 +73,27 @@ static void attempt(const char *what, const char *path, unsigned long offset, un
     printf("%s: %s\n", what, result(fd));
     if (fd >= 0)
         close(fd);
+}
+
+// BPF_TASK_FD_QUERY of fd `fd` of process `pid` with a name buffer of `len` bytes: the call's
+// result, the fd type, whether the name is `name` (cut to the buffer), and the offset.
+static void query(const char *what, int pid, int fd, unsigned flags, unsigned len, const char *name, unsigned long offset)
+{
+    char buf[4096] = "unchanged";
+    union bpf_attr a;
+    memset(&a, 0, sizeof(a));
+    a.task_fd_query.pid = pid, a.task_fd_query.fd = fd, a.task_fd_query.flags = flags;
+    a.task_fd_query.buf_len = len, a.task_fd_query.buf = (unsigned long)buf;
+    long r = syscall(__NR_bpf, BPF_TASK_FD_QUERY, &a, sizeof(a));
+    const char *err = r == 0 ? "ok" : errno == 524 ? "ENOTSUPP" : strerror(errno);
+    if (r != 0 && errno != ENOSPC) {
+        printf("%s: %s\n", what, err);
+        return;
+    }
+    int same = len ? strncmp(buf, name, len - 1) == 0 && strlen(buf) == (strlen(name) < len ? strlen(name) : len - 1) : 1;
+    printf("%s: %s, type %u, name %s (length %s), offset %s, prog %s\n", what, err, a.task_fd_query.fd_type, same ? "as opened" : buf,
+           a.task_fd_query.buf_len == strlen(name) ? "right" : "wrong", a.task_fd_query.probe_offset == offset ? "right" : "wrong",
+           a.task_fd_query.prog_id ? "given" : "none");
 }
 
 static int load(int type)
@@ -144,5 +166,17 @@ int main(void)
     printf("attach a kprobe program: %s\n", result(ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog)));
     printf("attach it again: %s\n", result(ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog)));
     printf("enable: %s\n", result(ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)));
+    query("query the probe", self, fd, 0, sizeof(exe), exe, off);
+    query("query the probe, a short name buffer", self, fd, 0, 8, exe, off);
+    query("query the probe, no name buffer", self, fd, 0, 0, exe, off);
+    query("query with flags", self, fd, 1, sizeof(exe), exe, off);
+    int ret = open_uprobe(exe, off, 1, self, -1, sz);
+    ioctl(ret, PERF_EVENT_IOC_SET_BPF, prog);
+    query("query a return probe", self, ret, 0, sizeof(exe), exe, off);
+    int bare = open_uprobe(exe, off, 0, self, -1, sz);
+    query("query a probe without a program", self, bare, 0, sizeof(exe), exe, off);
+    query("query a file", self, file, 0, sizeof(exe), exe, off);
+    query("query a closed fd", self, 999, 0, sizeof(exe), exe, off);
+    query("query a process that does not exist", 0x3ffffff0, fd, 0, sizeof(exe), exe, off);
     return 0;
 }

@@ -52,6 +52,8 @@ pub const MAP_UPDATE_BATCH: u32 = 26;
 pub const MAP_DELETE_BATCH: u32 = 27;
 /// `BPF_LINK_CREATE`.
 pub const LINK_CREATE: u32 = 28;
+/// `BPF_TASK_FD_QUERY`.
+pub const TASK_FD_QUERY: u32 = 20;
 /// `BPF_RAW_TRACEPOINT_OPEN`.
 pub const RAW_TRACEPOINT_OPEN: u32 = 17;
 /// `BPF_LINK_GET_FD_BY_ID`.
@@ -103,6 +105,11 @@ impl Attr {
     /// Sets the u32 at `at` (a field the kernel writes back).
     pub fn set_u32(&mut self, at: usize, v: u32) {
         self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Sets the u64 at `at` (a field the kernel writes back).
+    pub fn set_u64(&mut self, at: usize, v: u64) {
+        self.0[at..at + 8].copy_from_slice(&v.to_le_bytes());
     }
 
     /// The 16-byte object name at `at` (`map_name`, `prog_name`), checked as the kernel's

@@ -704,8 +704,11 @@ impl Server {
                 let scope = links::LinkScope { owner: std::process::id(), ..Default::default() };
                 let id = links::store_syscall(&self.region, &pname, prog, &event, scope).map_err(|_| libc::ENOMEM)?;
                 self.wait_in_force();
-                self.install(Handle::Link(id))
+                let fd = self.install(Handle::Link(id))?;
+                links::set_fd(&self.region, id, fd as i32);
+                Ok(fd)
             }
+            attr::TASK_FD_QUERY => self.task_fd_query(a),
             attr::LINK_DETACH => match self.handle(a.u32(0) as i32) {
                 Some(Handle::Link(id)) => {
                     links::remove(&self.region, id);
@@ -745,6 +748,76 @@ impl Server {
             // What a kernel without the feature answers, so loaders take their fallbacks.
             _ => Err(libc::EINVAL),
         }
+    }
+
+    /// `BPF_TASK_FD_QUERY`: what fd `fd` of process `pid` attaches, as the kernel's
+    /// `bpf_task_fd_query` says it (`bpftool perf` walks every process's fds with it): a
+    /// uprobe's or tracepoint's perf event with its program, a raw tracepoint's link; `ENOTSUPP`
+    /// for any other fd. Another process's fds are known by the links it holds.
+    fn task_fd_query(&self, a: &mut Attr) -> Result<i64, Errno> {
+        const ENOTSUPP: Errno = 524;
+        let (pid, fd, buf_len, buf) = (a.u32(0), a.u32(4) as i32, a.u32(12) as usize, a.u64(16));
+        if a.u32(8) != 0 {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        if pid == 0
+            || pid > i32::MAX as u32
+            || (unsafe { libc::kill(pid as i32, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH))
+        {
+            return Err(libc::ENOENT);
+        }
+        let own = pid == std::process::id();
+        let open = if own { fd_is_open(fd) } else { std::fs::symlink_metadata(format!("/proc/{pid}/fd/{fd}")).is_ok() };
+        if !open {
+            return Err(libc::EBADF);
+        }
+        let all = links::list(&self.region);
+        let id = if own {
+            match self.handle(fd) {
+                Some(Handle::Probe(ProbeEvent { link: Some(id), .. })) => id,
+                // A perf event without a program.
+                Some(Handle::Probe(_)) => return Err(libc::ENOENT),
+                // A CPU-clock event's program: the kernel does not describe those.
+                Some(Handle::Timer(_)) => return Err(libc::EOPNOTSUPP),
+                // A link fd: a raw tracepoint's only (a perf link's perf event is the fd to ask).
+                Some(Handle::Link(id)) if all.iter().any(|l| l.id == id && l.target.starts_with("raw/")) => id,
+                _ => return Err(ENOTSUPP),
+            }
+        } else {
+            all.iter().find(|l| l.owner == pid && l.fd == Some(fd)).map(|l| l.id).ok_or(ENOTSUPP)?
+        };
+        let link = all.into_iter().find(|l| l.id == id).ok_or(ENOTSUPP)?;
+        // BPF_FD_TYPE_*: RAW_TRACEPOINT 0, TRACEPOINT 1, KPROBE 2, KRETPROBE 3, UPROBE 4, URETPROBE 5.
+        let (fd_type, name, offset) = match link.kind {
+            links::LinkKind::Uprobe => {
+                let (path, off) = link.target.rsplit_once(':').unwrap_or((link.target.as_str(), "0"));
+                (if link.retprobe { 5 } else { 4 }, path.to_string(), u64::from_str_radix(off.trim_start_matches("0x"), 16).unwrap_or(0))
+            }
+            links::LinkKind::Syscall => match link.target.strip_prefix("raw/") {
+                Some(raw) => (0, raw.to_string(), 0),
+                None => (1, link.target.rsplit('/').next().unwrap_or_default().to_string(), 0),
+            },
+            links::LinkKind::CudaKernel => (if link.retprobe { 3 } else { 2 }, link.target.clone(), 0),
+        };
+        // As the kernel's `bpf_task_fd_query_copy`: the name's length back in `buf_len`, the
+        // name NUL-terminated in a buffer that holds it, cut short (`ENOSPC`) in one that does not.
+        let mut result = Ok(0);
+        if buf_len > 0 && buf != 0 {
+            let bytes = name.as_bytes();
+            if bytes.len() < buf_len {
+                user::write(buf, &[bytes, &[0]].concat())?;
+            } else {
+                user::write(buf, &[&bytes[..buf_len - 1], &[0]].concat())?;
+                result = Err(libc::ENOSPC);
+            }
+        }
+        a.set_u32(12, name.len() as u32);
+        a.set_u32(24, link.prog);
+        a.set_u32(28, fd_type);
+        a.set_u64(32, offset);
+        a.set_u64(40, 0);
+        result
     }
 
     fn map_create(&self, a: &Attr) -> Result<i64, Errno> {
@@ -1602,7 +1675,7 @@ impl Server {
             0 if !matches!(ev.target, EventTarget::CudaKernel(_)) => std::process::id(),
             _ => 0,
         };
-        let scope = links::LinkScope { owner: std::process::id(), pid, ..Default::default() };
+        let scope = links::LinkScope { owner: std::process::id(), pid, fd: Some(fd), ..Default::default() };
         let (id, path) = match &ev.target {
             EventTarget::Syscall(event) => (links::store_syscall(&self.region, &name, prog, event, scope).map_err(|_| libc::ENOMEM)?, Some(String::new())),
             EventTarget::CudaKernel(kernel) => {

@@ -31,6 +31,10 @@ struct LinkDesc {
     pid: u32,
     /// File offset of the USDT semaphore to count this probe in, 0 for none.
     ref_ctr: u64,
+    /// The owner's fd that stands for the link, plus one (0: none known): its perf event, or
+    /// the link itself for a raw tracepoint (`BPF_TASK_FD_QUERY`, `bpftool perf`).
+    fd: u32,
+    pad: u32,
 }
 
 /// How far a link got, over every process that saw it: agents raise it, `bpftime run` reads
@@ -103,6 +107,11 @@ pub struct UprobeLink {
     pub pid: u32,
     /// File offset of its USDT semaphore in the target binary, 0 for none.
     pub ref_ctr: u64,
+    /// The process holding it (0: nobody, a pinned link).
+    pub owner: u32,
+    /// The holder's fd that stands for it, where known: its perf event, or the link itself for
+    /// a raw tracepoint (what `BPF_TASK_FD_QUERY` answers about).
+    pub fd: Option<i32>,
 }
 
 /// Stores a link; returns its id.
@@ -122,6 +131,8 @@ pub struct LinkScope {
     pub ref_ctr: u64,
     /// The program replaces the function (see [`UprobeLink::replace`]).
     pub replace: bool,
+    /// The owner's fd that stands for it (see [`UprobeLink::fd`]).
+    pub fd: Option<i32>,
 }
 
 /// `LinkDesc::retprobe` of a replacing link (0: entry, 1: return).
@@ -140,6 +151,8 @@ fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe:
         owner: scope.owner,
         pid: scope.pid,
         ref_ctr: scope.ref_ctr,
+        fd: scope.fd.map_or(0, |fd| fd as u32 + 1),
+        pad: 0,
     };
     desc::fill(&mut desc.target, target);
     desc::store(region, ObjectKind::Link, name, &desc)
@@ -186,6 +199,15 @@ pub fn owner_of(region: &ShmRegion, id: u32) -> Option<u32> {
     let o = region.object(id).filter(|o| o.kind == ObjectKind::Link)?;
     let word = region.atomic_u32(o.data.checked_add(std::mem::offset_of!(LinkDesc, owner) as u64)?)?;
     Some(word.load(std::sync::atomic::Ordering::Acquire))
+}
+
+/// Records `fd` as the owner's fd that stands for link `id` (see [`UprobeLink::fd`]).
+pub fn set_fd(region: &ShmRegion, id: u32, fd: i32) {
+    let Some(o) = region.object(id).filter(|o| o.kind == ObjectKind::Link) else { return };
+    let off = o.data.checked_add(std::mem::offset_of!(LinkDesc, fd) as u64);
+    if let Some(word) = off.and_then(|off| region.atomic_u32(off)) {
+        word.store(fd as u32 + 1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The program of link `id`, if that is a link.
@@ -317,6 +339,8 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
                         kind: LinkKind::Syscall,
                         pid,
                         ref_ctr: 0,
+                        owner: 0,
+                        fd: None,
                     });
                 }
                 Err(reason) => out.skipped.push(Skipped { name: name.clone(), section: section.clone(), reason }),
@@ -351,6 +375,8 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
                     kind: LinkKind::CudaKernel,
                     pid,
                     ref_ctr: 0,
+                    owner: 0,
+                    fd: None,
                 });
                 continue;
             }
@@ -392,6 +418,8 @@ pub fn store_uprobes_for(region: &Arc<ShmRegion>, programs: &[(String, String, u
                 kind: LinkKind::Uprobe,
                 pid,
                 ref_ctr: 0,
+                owner: 0,
+                fd: None,
             });
         }
     }
@@ -506,6 +534,8 @@ fn store_usdt(region: &Arc<ShmRegion>, name: &str, prog: u32, binary: &str, prov
             kind: LinkKind::Uprobe,
             pid: scope.pid,
             ref_ctr: site.semaphore,
+            owner: scope.owner,
+            fd: None,
         });
     }
     Ok(links)
@@ -538,6 +568,8 @@ pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
                 },
                 pid: d.pid,
                 ref_ctr: d.ref_ctr,
+                owner: d.owner,
+                fd: d.fd.checked_sub(1).map(|fd| fd as i32),
             })
         })
         .collect()
