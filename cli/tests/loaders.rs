@@ -1860,6 +1860,15 @@ fn fd_copies_and_closes_keep_objects_as_the_kernel_does() {
     );
 }
 
+/// A ring buffer consumer gets its records where a loader's fds change under it, as on the
+/// kernel: a ring made on the fd number of one closed with a record in it, and a child forked
+/// after the consumer was set up (a loader that daemonises; threads do not survive a fork).
+#[test]
+fn ring_buffer_consumers_follow_their_fds_as_on_the_kernel() {
+    let _serial = serial();
+    matrix_matches_the_kernel("ring_reuse", &["second ring on the first's fd number: yes", "second ring: 1", "a forked child's poll: 1"]);
+}
+
 /// A program the kernel's verifier refuses (a lookup by key in a bloom filter, a map without
 /// keys) fails for an unmodified libbpf loader under the server too, with our verifier's
 /// reason and instruction. (It loads, since a kprobe-type program may be a CUDA kernel probe

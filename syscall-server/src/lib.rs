@@ -128,6 +128,8 @@ extern "C" fn forked_child() {
     let _ = FDS_HELD.try_with(|h| h.borrow_mut().take());
     if let Some(s) = SERVER.get().and_then(Option::as_ref) {
         s.region().add_heir(FORKING.load(std::sync::atomic::Ordering::Relaxed));
+        // Threads do not survive a fork: a daemon's ring fds must still turn readable.
+        bpftime_runtime::threads::spawn_quiet("bpftime-rings", watch_rings).ok();
     }
 }
 
@@ -136,9 +138,11 @@ fn guarded(f: impl FnOnce() -> Result<i64, i32>) -> Result<i64, i32> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(Err(libc::EFAULT))
 }
 
-/// Keeps each ring buffer map fd readable (for `epoll`) exactly while it holds records.
+/// Keeps each ring buffer map fd readable (for `epoll`) exactly while it holds records. A
+/// ring is known by its fd and its place in the region, so that a ring made on the number of
+/// one closed is a new one.
 fn watch_rings() {
-    let mut signaled: std::collections::HashSet<i32> = Default::default();
+    let mut signaled: std::collections::HashSet<(i32, u64)> = Default::default();
     loop {
         let Some(s) = SERVER.get().and_then(Option::as_ref) else {
             std::thread::sleep(std::time::Duration::from_millis(2));
@@ -147,12 +151,14 @@ fn watch_rings() {
         // Woken by producers as records are published; while a ring fd is readable, every
         // 2 ms to see its reader catch up (readers do not say), else every 100 ms at most.
         let token = s.region().arm_record_wait();
-        for (fd, consumer, producer) in s.ring_fds() {
+        let rings = s.ring_fds();
+        signaled.retain(|&(fd, at)| rings.iter().any(|&(f, consumer, _)| (f, consumer) == (fd, at)));
+        for (fd, consumer, producer) in rings {
             let pos = |o: u64| s.region().atomic_u64(o).map(|a| a.load(std::sync::atomic::Ordering::Acquire)).unwrap_or(0);
             let ready = pos(producer) != pos(consumer);
-            if ready && signaled.insert(fd) {
+            if ready && signaled.insert((fd, consumer)) {
                 raw::eventfd_signal(fd, true);
-            } else if !ready && signaled.remove(&fd) {
+            } else if !ready && signaled.remove(&(fd, consumer)) {
                 raw::eventfd_signal(fd, false);
             }
         }
