@@ -136,5 +136,12 @@ int main(int argc, char **argv)
     printf("another process opened the link by id and closed it: %s\n", WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "ok" : "failed");
     long again = link_by_id(id);
     printf("the link by id after that: %s\n", again >= 0 ? "ok" : strerror(errno));
+    memset(&a, 0, sizeof(a));
+    a.link_detach.link_fd = link;
+    printf("detach the raw tracepoint link: %s\n", call(BPF_LINK_DETACH, &a) == 0 ? "ok" : strerror(errno));
+    a.link_detach.link_fd = prog;
+    printf("detach a program fd: %s\n", call(BPF_LINK_DETACH, &a) == 0 ? "ok" : strerror(errno));
+    a.link_detach.link_fd = 999;
+    printf("detach a closed fd: %s\n", call(BPF_LINK_DETACH, &a) == 0 ? "ok" : strerror(errno));
     return 0;
 }

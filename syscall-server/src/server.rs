@@ -709,11 +709,11 @@ impl Server {
                 Ok(fd)
             }
             attr::TASK_FD_QUERY => self.task_fd_query(a),
+            // As the kernel: perf event, raw tracepoint and uprobe_multi links (every link
+            // here) have no detach; an fd that is not a link is EINVAL.
             attr::LINK_DETACH => match self.handle(a.u32(0) as i32) {
-                Some(Handle::Link(id)) => {
-                    links::remove(&self.region, id);
-                    Ok(0)
-                }
+                Some(Handle::Link(_) | Handle::MultiLink(_)) => Err(libc::EOPNOTSUPP),
+                _ if fd_is_open(a.u32(0) as i32) => Err(libc::EINVAL),
                 _ => Err(libc::EBADF),
             },
             // As the kernel: a map's open flags are `BPF_F_RDONLY` or `BPF_F_WRONLY` (not both);
