@@ -3,7 +3,8 @@
 // with the kernel: a map fd moved onto a placeholder with syscall(__NR_dup3) as libbpf 1.4+
 // does, fcntl(F_DUPFD_CLOEXEC) as libbpf's ensure_good_fd does, dup2 of an fd onto itself,
 // syscall(__NR_dup), and a link that another process opens by id and closes (as
-// `bpftool link show` does), which stays attached.
+// `bpftool link show` does), which stays attached; a map frozen here, which another process
+// cannot update either.
 // Build: cc fd_matrix.c -o fd_matrix    Run: ./fd_matrix
 #define _GNU_SOURCE
 #include <errno.h>
@@ -69,6 +70,22 @@ static void preload_our_server(void)
         fclose(maps);
 }
 
+// Runs this program again as another loader with `what` and `id`; its exit status.
+static int in_another_process(const char *what, __u32 id, char *self)
+{
+    char arg[16];
+    snprintf(arg, sizeof arg, "%u", id);
+    pid_t child = fork();
+    if (child == 0) {
+        preload_our_server();
+        execl("/proc/self/exe", self, what, arg, (char *)0);
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 static long link_by_id(__u32 id)
 {
     union bpf_attr a;
@@ -79,6 +96,19 @@ static long link_by_id(__u32 id)
 
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "update-map") == 0) {
+        // The other process: opens the map by id and updates it; exits 0, or 1 with EPERM.
+        union bpf_attr a;
+        memset(&a, 0, sizeof(a));
+        a.map_id = (__u32)strtoul(argv[2], 0, 10);
+        long fd = call(BPF_MAP_GET_FD_BY_ID, &a);
+        __u32 key = 0, value = 7;
+        memset(&a, 0, sizeof(a));
+        a.map_fd = fd, a.key = (unsigned long)&key, a.value = (unsigned long)&value;
+        if (call(BPF_MAP_UPDATE_ELEM, &a) == 0)
+            return 0;
+        return errno == EPERM ? 1 : 2;
+    }
     if (argc == 3 && strcmp(argv[1], "close-link") == 0) {
         // The other process: opens the link by id, closes it, exits.
         long fd = link_by_id((__u32)strtoul(argv[2], 0, 10));
@@ -123,17 +153,7 @@ int main(int argc, char **argv)
     int link = call(BPF_RAW_TRACEPOINT_OPEN, &a);
     __u32 id = link_id(link);
     printf("a raw tracepoint link: %s\n", link >= 0 && id ? "ok" : strerror(errno));
-    char arg[16];
-    snprintf(arg, sizeof arg, "%u", id);
-    pid_t child = fork();
-    if (child == 0) {
-        preload_our_server();
-        execl("/proc/self/exe", argv[0], "close-link", arg, (char *)0);
-        _exit(127);
-    }
-    int status = 0;
-    waitpid(child, &status, 0);
-    printf("another process opened the link by id and closed it: %s\n", WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "ok" : "failed");
+    printf("another process opened the link by id and closed it: %s\n", in_another_process("close-link", id, argv[0]) == 0 ? "ok" : "failed");
     long again = link_by_id(id);
     printf("the link by id after that: %s\n", again >= 0 ? "ok" : strerror(errno));
     memset(&a, 0, sizeof(a));
@@ -143,5 +163,17 @@ int main(int argc, char **argv)
     printf("detach a program fd: %s\n", call(BPF_LINK_DETACH, &a) == 0 ? "ok" : strerror(errno));
     a.link_detach.link_fd = 999;
     printf("detach a closed fd: %s\n", call(BPF_LINK_DETACH, &a) == 0 ? "ok" : strerror(errno));
+
+    map = new_map();
+    memset(&a, 0, sizeof(a));
+    a.map_fd = map;
+    printf("freeze a map: %s\n", call(BPF_MAP_FREEZE, &a) == 0 ? "ok" : strerror(errno));
+    struct bpf_map_info info;
+    memset(&info, 0, sizeof(info));
+    memset(&a, 0, sizeof(a));
+    a.info.bpf_fd = map, a.info.info_len = sizeof(info), a.info.info = (unsigned long)&info;
+    call(BPF_OBJ_GET_INFO_BY_FD, &a);
+    int updated = in_another_process("update-map", info.id, argv[0]);
+    printf("another process's update of the frozen map: %s\n", updated == 0 ? "ok" : updated == 1 ? "Operation not permitted" : "failed");
     return 0;
 }

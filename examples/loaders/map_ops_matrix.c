@@ -180,6 +180,9 @@ int main(void)
         printf("  freeze: %s\n", result(sys_bpf(BPF_MAP_FREEZE, &a)));
         op("update after freeze", BPF_MAP_UPDATE_ELEM, fd, no_key, value, NULL, BPF_ANY);
         op("lookup after freeze", BPF_MAP_LOOKUP_ELEM, fd, no_key, value, NULL, 0);
+        op("delete after freeze", BPF_MAP_DELETE_ELEM, fd, no_key, NULL, NULL, 0);
+        op("lookup and delete after freeze", BPF_MAP_LOOKUP_AND_DELETE_ELEM, fd, no_key, value, NULL, 0);
+        printf("  freeze again: %s\n", result(sys_bpf(BPF_MAP_FREEZE, &a)));
         close(fd);
     }
     return 0;

@@ -227,7 +227,7 @@ impl Server {
                 }
             }
         }
-        if Self::lock(&self.frozen).contains(&id) {
+        if map.is_frozen() {
             let mut f = vec![0u8; attr::ATTR_SIZE];
             f[0..4].copy_from_slice(&(fd as u32).to_le_bytes());
             bpf(attr::MAP_FREEZE, &mut f)?;

@@ -154,7 +154,6 @@ pub struct Server {
     region: Arc<ShmRegion>,
     runtime: Runtime,
     pub(crate) fds: Mutex<HashMap<i32, Handle>>,
-    pub(crate) frozen: Mutex<HashSet<u32>>,
     /// `--kernel-passthrough`: what we cannot run goes to the kernel (see [`crate::kernel`]).
     pub(crate) kernel: Option<crate::kernel::Passthrough>,
     /// BTF objects this process loaded (removed when no fd of ours and no map holds them).
@@ -327,7 +326,6 @@ impl Server {
             region,
             runtime,
             fds: Mutex::default(),
-            frozen: Mutex::default(),
             kernel: std::env::var_os("BPFTIME_KERNEL_PASSTHROUGH").filter(|v| v != "0").map(|_| Default::default()),
             loaded_btfs: Mutex::default(),
             multi_links: Mutex::default(),
@@ -642,6 +640,9 @@ impl Server {
             attr::MAP_UPDATE_ELEM => self.map_update(a),
             attr::MAP_DELETE_ELEM => {
                 let map = self.map(a.u32(0))?;
+                if map.is_frozen() {
+                    return Err(libc::EPERM);
+                }
                 let key = user::read(a.u64(8), map.spec().key_size as usize)?;
                 map.delete(&key).map(|()| 0).map_err(|e| e.0)
             }
@@ -658,10 +659,15 @@ impl Server {
             attr::MAP_LOOKUP_BATCH => self.map_lookup_batch(a, false),
             attr::MAP_LOOKUP_AND_DELETE_BATCH => self.map_lookup_batch(a, true),
             attr::MAP_UPDATE_BATCH | attr::MAP_DELETE_BATCH => self.map_change_batch(cmd, a),
+            // As the kernel's `map_freeze`: a frozen map is no longer writable, so freezing it
+            // again is `EPERM`; the mark is the map's, in the region, for every process.
             attr::MAP_FREEZE => {
                 let map = self.map(a.u32(0))?;
-                Self::lock(&self.frozen).insert(map.id());
-                Ok(0)
+                if map.freeze() {
+                    Ok(0)
+                } else {
+                    Err(libc::EPERM)
+                }
             }
             attr::OBJ_PIN => self.obj_pin(a),
             attr::OBJ_GET => {
@@ -932,7 +938,7 @@ impl Server {
 
     fn map_update(&self, a: &Attr) -> Result<i64, Errno> {
         let map = self.map(a.u32(0))?;
-        if Self::lock(&self.frozen).contains(&map.id()) {
+        if map.is_frozen() {
             return Err(libc::EPERM);
         }
         let flags = a.u64(24);
@@ -954,6 +960,9 @@ impl Server {
             return Err(libc::EINVAL);
         }
         let map = self.map(a.u32(0))?;
+        if delete && map.is_frozen() {
+            return Err(libc::EPERM);
+        }
         if a.u64(24) != 0 {
             return Err(libc::EINVAL);
         }
@@ -1004,7 +1013,7 @@ impl Server {
     /// once the walk reaches the end, `ENOSPC` (none copied) when a bucket holds more than
     /// `count`.
     fn hash_lookup_batch(&self, map: &Map, a: &mut Attr, delete: bool) -> Result<i64, Errno> {
-        if delete && Self::lock(&self.frozen).contains(&map.id()) {
+        if delete && map.is_frozen() {
             return Err(libc::EPERM);
         }
         let room = a.u32(32) as usize;
@@ -1098,7 +1107,7 @@ impl Server {
     /// first failure; `count` says how many were done (the kernel's generic batch).
     fn map_change_batch(&self, cmd: u32, a: &mut Attr) -> Result<i64, Errno> {
         let map = self.batch_map(a)?;
-        if Self::lock(&self.frozen).contains(&map.id()) {
+        if map.is_frozen() {
             return Err(libc::EPERM);
         }
         let (ks, vs) = (map.spec().key_size as u64, map.syscall_value_size() as u64);
@@ -1951,7 +1960,7 @@ impl Server {
                         _ => return Err(ENOTSUPP),
                     };
                     let writes = prot & libc::PROT_WRITE != 0;
-                    if writes && Self::lock(&self.frozen).contains(&id) {
+                    if writes && map.is_frozen() {
                         return Err(libc::EPERM);
                     }
                     if writes && map.map_type() == MapType::Ringbuf && (offset != 0 || len != 4096) {

@@ -234,6 +234,8 @@ pub(crate) struct MapDesc {
     /// Processes other than its creator's loader that opened it (see [`Map::add_holder`]):
     /// their pids, 0 for a free slot, `u32::MAX` once more than fit have.
     holders: [AtomicU32; MAP_HOLDERS],
+    /// 1 once `BPF_MAP_FREEZE` made it read-only to system calls (see [`Map::freeze`]).
+    frozen: AtomicU32,
 }
 
 /// [`MapDesc::creator`] once its loader let go while others held the map.
@@ -1149,6 +1151,17 @@ impl Map {
     pub fn btf(&self) -> MapBtf {
         let [o, k, v] = &self.desc().btf;
         MapBtf { object: o.load(Ordering::Acquire), key_type: k.load(Ordering::Relaxed), value_type: v.load(Ordering::Relaxed) }
+    }
+
+    /// Makes the map read-only to system calls, in every process (`BPF_MAP_FREEZE`; programs
+    /// still write it); false when it already was.
+    pub fn freeze(&self) -> bool {
+        self.desc().frozen.swap(1, Ordering::AcqRel) == 0
+    }
+
+    /// Whether [`Map::freeze`] made it read-only to system calls.
+    pub fn is_frozen(&self) -> bool {
+        self.desc().frozen.load(Ordering::Acquire) != 0
     }
 
     /// Names this process as a holder of the map (it opened it by id or pin, not being the
