@@ -156,6 +156,19 @@ int main(int argc, char **argv)
     printf("another process opened the link by id and closed it: %s\n", in_another_process("close-link", id, argv[0]) == 0 ? "ok" : "failed");
     long again = link_by_id(id);
     printf("the link by id after that: %s\n", again >= 0 ? "ok" : strerror(errno));
+    // Its info: the raw tracepoint's type and name (struct bpf_link_info, by offset: the
+    // name pointer at 16, its length at 24), the name cut short in a small buffer.
+    for (unsigned len = 64; len >= 4; len /= 16) {
+        __u64 info[8] = { 0 };
+        char name[64] = "";
+        info[2] = (unsigned long)name;
+        info[3] = len;
+        memset(&a, 0, sizeof(a));
+        a.info.bpf_fd = link, a.info.info_len = sizeof(info), a.info.info = (unsigned long)info;
+        long r = call(BPF_OBJ_GET_INFO_BY_FD, &a);
+        printf("raw tracepoint link info, a %u-byte name buffer: %s, type %u, name '%s', name length %u\n", len, r == 0 ? "ok" : strerror(errno),
+               (unsigned)info[0], name, (unsigned)info[3]);
+    }
     memset(&a, 0, sizeof(a));
     a.link_detach.link_fd = link;
     printf("detach the raw tracepoint link: %s\n", call(BPF_LINK_DETACH, &a) == 0 ? "ok" : strerror(errno));

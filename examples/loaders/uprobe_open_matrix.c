@@ -178,5 +178,26 @@ int main(void)
     query("query a file", self, file, 0, sizeof(exe), exe, off);
     query("query a closed fd", self, 999, 0, sizeof(exe), exe, off);
     query("query a process that does not exist", 0x3ffffff0, fd, 0, sizeof(exe), exe, off);
+    // A perf link (BPF_LINK_CREATE) on a return probe, with a cookie, and its info: struct
+    // bpf_link_info by offset (type at 0; perf_event: kind at 16, file name pointer at 24,
+    // its length at 32, offset at 36, cookie at 40).
+    int event = open_uprobe(exe, off, 1, self, -1, sz);
+    union bpf_attr la;
+    memset(&la, 0, sizeof(la));
+    la.link_create.prog_fd = prog, la.link_create.target_fd = event, la.link_create.attach_type = BPF_PERF_EVENT;
+    la.link_create.perf_event.bpf_cookie = 77;
+    int link = syscall(__NR_bpf, BPF_LINK_CREATE, &la, sizeof(la));
+    printf("perf link on a return probe: %s\n", result(link));
+    __u64 info[8] = { 0 };
+    char name[4096] = "";
+    info[3] = (unsigned long)name, info[4] = sizeof(name);
+    memset(&la, 0, sizeof(la));
+    la.info.bpf_fd = link, la.info.info_len = sizeof(info), la.info.info = (unsigned long)info;
+    long r = syscall(__NR_bpf, BPF_OBJ_GET_INFO_BY_FD, &la, sizeof(la));
+    printf("perf link info: %s, type %u, kind %u, name %s, name length %s, offset %s, cookie %llu\n", result(r), (unsigned)info[0],
+           (unsigned)info[2], strcmp(name, exe) == 0 ? "as opened" : name, (__u32)info[4] == strlen(exe) + 1 ? "right" : "wrong",
+           (__u32)(info[4] >> 32) == off ? "right" : "wrong", (unsigned long long)info[5]);
+    query("query the perf link's event", self, event, 0, sizeof(exe), exe, off);
+    query("query the perf link", self, link, 0, sizeof(exe), exe, off);
     return 0;
 }

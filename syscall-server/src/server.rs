@@ -822,7 +822,8 @@ impl Server {
         a.set_u32(24, link.prog);
         a.set_u32(28, fd_type);
         a.set_u64(32, offset);
-        a.set_u64(40, 0);
+        // A uprobe's "address" is its semaphore offset (the kernel's since 6.12).
+        a.set_u64(40, if link.kind == links::LinkKind::Uprobe { link.ref_ctr } else { 0 });
         result
     }
 
@@ -1434,12 +1435,60 @@ impl Server {
                 232
             }
             Handle::Link(id) => {
-                // struct bpf_link_info: type (BPF_LINK_TYPE_PERF_EVENT = 7), id, prog_id
-                let prog = links::list(&self.region).into_iter().find(|l| l.id == id).map(|l| l.prog).unwrap_or(0);
-                put32(&mut info, 0, 7);
+                // struct bpf_link_info: type, id, prog_id, then the link type's part: a raw
+                // tracepoint's name (BPF_LINK_TYPE_RAW_TRACEPOINT = 1), or a perf event's kind
+                // and what it probes (BPF_LINK_TYPE_PERF_EVENT = 7), names as the kernel's
+                // `bpf_copy_to_user` copies them.
+                let link = links::list(&self.region).into_iter().find(|l| l.id == id).ok_or(libc::EBADF)?;
+                // As the kernel: the caller's struct is the start (its name pointers come back).
+                let given = Attr::from_bytes(user::read(out, len.min(64))?);
+                info[..64].copy_from_slice(&given.0[..64]);
                 put32(&mut info, 4, id);
-                put32(&mut info, 8, prog);
-                48
+                put32(&mut info, 8, link.prog);
+                // The name into the caller's buffer; its length with the NUL, for the info.
+                let named = |name: &str, buf: u64, buf_len: usize| -> Result<u32, Errno> {
+                    if (buf == 0) != (buf_len == 0) {
+                        return Err(libc::EINVAL);
+                    }
+                    let bytes = name.as_bytes();
+                    if buf != 0 && buf_len > bytes.len() {
+                        user::write(buf, &[bytes, &[0]].concat())?;
+                    } else if buf != 0 {
+                        user::write(buf, &[&bytes[..buf_len - 1], &[0]].concat())?;
+                        return Err(libc::ENOSPC);
+                    }
+                    Ok(bytes.len() as u32 + 1)
+                };
+                if let Some(tp) = link.target.strip_prefix("raw/") {
+                    put32(&mut info, 0, 1);
+                    let n = named(tp, given.u64(16), given.u32(24) as usize)?;
+                    put32(&mut info, 24, n);
+                } else {
+                    put32(&mut info, 0, 7);
+                    // perf_event.type (BPF_PERF_EVENT_*), then per kind its name pointer
+                    // and length at 24 and 32 and its other fields.
+                    let (kind, name, offset) = match link.kind {
+                        links::LinkKind::Uprobe => {
+                            let (path, off) = link.target.rsplit_once(':').unwrap_or((link.target.as_str(), "0"));
+                            (if link.retprobe { 2 } else { 1 }, path.to_string(), u64::from_str_radix(off.trim_start_matches("0x"), 16).unwrap_or(0))
+                        }
+                        links::LinkKind::CudaKernel => (if link.retprobe { 4 } else { 3 }, link.target.clone(), 0),
+                        links::LinkKind::Syscall => (5, link.target.rsplit('/').next().unwrap_or_default().to_string(), 0),
+                    };
+                    put32(&mut info, 16, kind);
+                    let n = named(&name, given.u64(24), given.u32(32) as usize)?;
+                    put32(&mut info, 32, n);
+                    match kind {
+                        1 | 2 => {
+                            put32(&mut info, 36, offset as u32);
+                            info[40..48].copy_from_slice(&link.cookie.to_le_bytes());
+                            info[48..56].copy_from_slice(&link.ref_ctr.to_le_bytes());
+                        }
+                        3 | 4 => info[56..64].copy_from_slice(&link.cookie.to_le_bytes()),
+                        _ => info[40..48].copy_from_slice(&link.cookie.to_le_bytes()),
+                    }
+                }
+                64
             }
             Handle::MultiLink(ids) => {
                 // type BPF_LINK_TYPE_UPROBE_MULTI (12), id (its first link's), prog_id
@@ -1447,7 +1496,7 @@ impl Server {
                 put32(&mut info, 0, 12);
                 put32(&mut info, 4, first);
                 put32(&mut info, 8, links::program_of(&self.region, first).unwrap_or(0));
-                48
+                64
             }
             Handle::Btf(b) => {
                 // struct bpf_btf_info: as much of the data as the buffer takes, its whole
