@@ -93,6 +93,21 @@ int main(void)
     printf("not an object: %s\n", info(0, &p, &len) == 0 ? "ok" : strerror(errno));
     len = sizeof(p);
     printf("a closed fd: %s\n", info(999, &p, &len) == 0 ? "ok" : strerror(errno));
+    // The kernel's BTF (id 1): its name in a buffer that holds it and in one that does not
+    // (struct bpf_btf_info by offset: name pointer at 16, its length at 24, kernel_btf at 28).
+    union bpf_attr b;
+    memset(&b, 0, sizeof(b));
+    b.btf_id = 1;
+    int vmlinux = sys_bpf(BPF_BTF_GET_FD_BY_ID, &b);
+    for (unsigned size = 16; size >= 4; size /= 4) {
+        __u64 btf_info[4] = { 0 };
+        char name[16] = "";
+        btf_info[2] = (unsigned long)name, btf_info[3] = size;
+        len = sizeof(btf_info);
+        r = info(vmlinux, btf_info, &len);
+        printf("kernel BTF, a %u-byte name buffer: %s, name '%s', name length %u, kernel %u\n", size, r == 0 ? "ok" : strerror(errno), name,
+               (unsigned)btf_info[3], (unsigned)(btf_info[3] >> 32));
+    }
     static char page_and_more[8192];
     len = sizeof(page_and_more);
     printf("a buffer longer than a page: %s\n", info(prog, page_and_more, &len) == 0 ? "ok" : strerror(errno));

@@ -1344,6 +1344,8 @@ impl Server {
     fn info(&self, a: &mut Attr) -> Result<i64, Errno> {
         let (fd, len, out) = (a.u32(0), a.u32(4) as usize, a.u64(8));
         let mut info = vec![0u8; 256];
+        // What the call returns once the info is written (a name cut short: `ENOSPC`).
+        let mut outcome = Ok(0);
         let put32 = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
         // As the kernel: an fd that is open but not an object of ours is EINVAL, one that is
         // not open EBADFD (`bpf_obj_get_info_by_fd`).
@@ -1539,10 +1541,14 @@ impl Server {
                 put32(&mut info, 24, 7);
                 put32(&mut info, 28, 1);
                 if name != 0 && name_len > 0 {
+                    // As the kernel's `btf_get_info_by_fd`: a short buffer gets the name cut,
+                    // the info is written all the same, and the call says ENOSPC.
                     if name_len < 8 {
-                        return Err(libc::ENOSPC);
+                        user::write(name, &[&b"vmlinux"[..name_len - 1], &[0]].concat())?;
+                        outcome = Err(libc::ENOSPC);
+                    } else {
+                        user::write(name, b"vmlinux\0")?;
                     }
-                    user::write(name, b"vmlinux\0")?;
                 }
                 32
             }
@@ -1559,7 +1565,7 @@ impl Server {
         let n = len.min(used);
         user::write(out, &info[..n])?;
         a.set_u32(4, n as u32);
-        Ok(0)
+        outcome
     }
 
     fn link_create(&self, a: &Attr) -> Result<i64, Errno> {
