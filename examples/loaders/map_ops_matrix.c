@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include "kernel_version.h"
 #include <unistd.h>
 
 static long sys_bpf(int cmd, union bpf_attr *a)
@@ -182,7 +183,9 @@ int main(void)
         op("lookup after freeze", BPF_MAP_LOOKUP_ELEM, fd, no_key, value, NULL, 0);
         op("delete after freeze", BPF_MAP_DELETE_ELEM, fd, no_key, NULL, NULL, 0);
         op("lookup and delete after freeze", BPF_MAP_LOOKUP_AND_DELETE_ELEM, fd, no_key, value, NULL, 0);
-        printf("  freeze again: %s\n", result(sys_bpf(BPF_MAP_FREEZE, &a)));
+        // (EPERM since 6.5, which checks the write permission a frozen map lacks first.)
+        if (kernel_at_least(6, 5))
+            printf("  freeze again: %s\n", result(sys_bpf(BPF_MAP_FREEZE, &a)));
         close(fd);
     }
     return 0;

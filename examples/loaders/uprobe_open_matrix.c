@@ -14,6 +14,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include "kernel_version.h"
 #include <unistd.h>
 
 static int uprobe_type(void)
@@ -194,9 +195,13 @@ int main(void)
     memset(&la, 0, sizeof(la));
     la.info.bpf_fd = link, la.info.info_len = sizeof(info), la.info.info = (unsigned long)info;
     long r = syscall(__NR_bpf, BPF_OBJ_GET_INFO_BY_FD, &la, sizeof(la));
-    printf("perf link info: %s, type %u, kind %u, name %s, name length %s, offset %s, cookie %llu\n", result(r), (unsigned)info[0],
-           (unsigned)info[2], strcmp(name, exe) == 0 ? "as opened" : name, (__u32)info[4] == strlen(exe) + 1 ? "right" : "wrong",
-           (__u32)(info[4] >> 32) == off ? "right" : "wrong", (unsigned long long)info[5]);
+    // (What the event is, since 6.6; its cookie since 6.9; the name's length right since 6.12.)
+    if (kernel_at_least(6, 12))
+        printf("perf link info: %s, type %u, kind %u, name %s, name length %s, offset %s, cookie %llu\n", result(r), (unsigned)info[0],
+               (unsigned)info[2], strcmp(name, exe) == 0 ? "as opened" : name, (__u32)info[4] == strlen(exe) + 1 ? "right" : "wrong",
+               (__u32)(info[4] >> 32) == off ? "right" : "wrong", (unsigned long long)info[5]);
+    else
+        printf("perf link info: %s, type %u\n", result(r), (unsigned)info[0]);
     query("query the perf link's event", self, event, 0, sizeof(exe), exe, off);
     query("query the perf link", self, link, 0, sizeof(exe), exe, off);
     return 0;

@@ -127,9 +127,19 @@ extern "C" fn after_fork_in_parent() {
 extern "C" fn forked_child() {
     let _ = FDS_HELD.try_with(|h| h.borrow_mut().take());
     if let Some(s) = SERVER.get().and_then(Option::as_ref) {
-        s.region().add_heir(FORKING.load(std::sync::atomic::Ordering::Relaxed));
-        // Threads do not survive a fork: a daemon's ring fds must still turn readable.
-        bpftime_runtime::threads::spawn_quiet("bpftime-rings", watch_rings).ok();
+        let parent = FORKING.load(std::sync::atomic::Ordering::Relaxed);
+        s.region().add_heir(parent);
+        // Threads do not survive a fork: a daemon's ring fds must still turn readable. The
+        // fds are the parent's too, whose watcher signals them while it lives; then this one.
+        bpftime_runtime::threads::spawn_quiet("bpftime-rings", move || {
+            // SAFETY: getppid(2) cannot fail. (A dead parent is no longer ours: the child was
+            // handed to another, even while the dead one is a zombie.)
+            while unsafe { libc::getppid() } as u32 == parent && bpftime_shm::process_alive(parent) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            watch_rings()
+        })
+        .ok();
     }
 }
 

@@ -435,9 +435,13 @@ impl Server {
                 .any(|h| matches!(h, Handle::Link(l) if *l == id) || matches!(h, Handle::Probe(ProbeEvent { link: Some(l), .. }) if *l == id));
             // Only the holder's last fd detaches it: another process's fd (`bpftool link
             // show` opens every link by id) is one more reference, as in the kernel.
-            let holder = links::owner_of(&self.region, id) == Some(std::process::id());
+            let owner = links::owner_of(&self.region, id);
+            let holder = owner == Some(std::process::id()) || (owner == Some(self.pid) && self.owns_objects());
             if !still_open && holder && !pins::is_pinned(&self.region, id) {
                 links::remove(&self.region, id);
+            } else if matches!(h, Some(Handle::Probe(_))) && holder {
+                // Its perf event closed, the link held by its own fd: the number says nothing now.
+                links::set_fd(&self.region, id, None);
             }
         }
         // A program of ours that no fd and no link holds is gone, as in the kernel (libbpf's
@@ -711,7 +715,7 @@ impl Server {
                 let id = links::store_syscall(&self.region, &pname, prog, &event, scope).map_err(|_| libc::ENOMEM)?;
                 self.wait_in_force();
                 let fd = self.install(Handle::Link(id))?;
-                links::set_fd(&self.region, id, fd as i32);
+                links::set_fd(&self.region, id, Some(fd as i32));
                 Ok(fd)
             }
             attr::TASK_FD_QUERY => self.task_fd_query(a),
@@ -773,7 +777,8 @@ impl Server {
         {
             return Err(libc::ENOENT);
         }
-        let own = pid == std::process::id();
+        // A thread of ours shares our fds, as the kernel looks them up by task.
+        let own = pid == std::process::id() || std::fs::metadata(format!("/proc/self/task/{pid}")).is_ok();
         let open = if own { fd_is_open(fd) } else { std::fs::symlink_metadata(format!("/proc/{pid}/fd/{fd}")).is_ok() };
         if !open {
             return Err(libc::EBADF);
@@ -1001,6 +1006,10 @@ impl Server {
         /// The kernel's ENOTSUPP (not a userspace errno).
         const ENOTSUPP: Errno = 524;
         let map = self.batch_map(a)?;
+        // As the kernel: the write permission a frozen map lacks is checked first.
+        if delete && map.is_frozen() {
+            return Err(libc::EPERM);
+        }
         match map.map_type() {
             MapType::Hash | MapType::PercpuHash | MapType::LruHash | MapType::LruPercpuHash | MapType::HashOfMaps => self.hash_lookup_batch(&map, a, delete),
             MapType::Array | MapType::PercpuArray | MapType::LpmTrie | MapType::ArrayOfMaps if !delete => self.keyed_lookup_batch(&map, a),
@@ -1014,9 +1023,6 @@ impl Server {
     /// once the walk reaches the end, `ENOSPC` (none copied) when a bucket holds more than
     /// `count`.
     fn hash_lookup_batch(&self, map: &Map, a: &mut Attr, delete: bool) -> Result<i64, Errno> {
-        if delete && map.is_frozen() {
-            return Err(libc::EPERM);
-        }
         let room = a.u32(32) as usize;
         if room == 0 {
             return Ok(0);
@@ -1441,12 +1447,13 @@ impl Server {
                 // tracepoint's name (BPF_LINK_TYPE_RAW_TRACEPOINT = 1), or a perf event's kind
                 // and what it probes (BPF_LINK_TYPE_PERF_EVENT = 7), names as the kernel's
                 // `bpf_copy_to_user` copies them.
-                let link = links::list(&self.region).into_iter().find(|l| l.id == id).ok_or(libc::EBADF)?;
+                // (A link its holder let go of while this fd stays: a perf event link, no program.)
+                let link = links::list(&self.region).into_iter().find(|l| l.id == id);
                 // As the kernel: the caller's struct is the start (its name pointers come back).
                 let given = Attr::from_bytes(user::read(out, len.min(64))?);
                 info[..64].copy_from_slice(&given.0[..64]);
                 put32(&mut info, 4, id);
-                put32(&mut info, 8, link.prog);
+                put32(&mut info, 8, link.as_ref().map_or(0, |l| l.prog));
                 // The name into the caller's buffer; its length with the NUL, for the info.
                 let named = |name: &str, buf: u64, buf_len: usize| -> Result<u32, Errno> {
                     if (buf == 0) != (buf_len == 0) {
@@ -1461,11 +1468,11 @@ impl Server {
                     }
                     Ok(bytes.len() as u32 + 1)
                 };
-                if let Some(tp) = link.target.strip_prefix("raw/") {
+                if let Some(tp) = link.as_ref().and_then(|l| l.target.strip_prefix("raw/")) {
                     put32(&mut info, 0, 1);
                     let n = named(tp, given.u64(16), given.u32(24) as usize)?;
                     put32(&mut info, 24, n);
-                } else {
+                } else if let Some(link) = link {
                     put32(&mut info, 0, 7);
                     // perf_event.type (BPF_PERF_EVENT_*), then per kind its name pointer
                     // and length at 24 and 32 and its other fields.
@@ -1489,6 +1496,8 @@ impl Server {
                         3 | 4 => info[56..64].copy_from_slice(&link.cookie.to_le_bytes()),
                         _ => info[40..48].copy_from_slice(&link.cookie.to_le_bytes()),
                     }
+                } else {
+                    put32(&mut info, 0, 7);
                 }
                 64
             }
@@ -1732,11 +1741,12 @@ impl Server {
         }
         let wanted = if matches!(ev.target, EventTarget::Syscall(_)) { 5 } else { 2 };
         let name = self.attachable(prog, wanted, !matches!(ev.target, EventTarget::CudaKernel(_)))?;
-        // pid 0 is the caller, as in the kernel (libbpf's "self"); -1 every process. (A CUDA
-        // kernel probe applies wherever the kernel runs.)
+        // pid 0 is the caller for a uprobe, as in the kernel (libbpf's "self"); -1 every
+        // process. (A tracepoint's programs run in every process whatever the event's pid, as
+        // the kernel runs them; a CUDA kernel probe wherever the kernel runs.)
         let pid = match ev.pid {
             p if p > 0 => p as u32,
-            0 if !matches!(ev.target, EventTarget::CudaKernel(_)) => std::process::id(),
+            0 if matches!(ev.target, EventTarget::File { .. }) => std::process::id(),
             _ => 0,
         };
         let scope = links::LinkScope { owner: std::process::id(), pid, fd: Some(fd), ..Default::default() };

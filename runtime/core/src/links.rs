@@ -201,12 +201,13 @@ pub fn owner_of(region: &ShmRegion, id: u32) -> Option<u32> {
     Some(word.load(std::sync::atomic::Ordering::Acquire))
 }
 
-/// Records `fd` as the owner's fd that stands for link `id` (see [`UprobeLink::fd`]).
-pub fn set_fd(region: &ShmRegion, id: u32, fd: i32) {
+/// Records `fd` as the owner's fd that stands for link `id` (see [`UprobeLink::fd`]; None:
+/// no fd does any more).
+pub fn set_fd(region: &ShmRegion, id: u32, fd: Option<i32>) {
     let Some(o) = region.object(id).filter(|o| o.kind == ObjectKind::Link) else { return };
     let off = o.data.checked_add(std::mem::offset_of!(LinkDesc, fd) as u64);
     if let Some(word) = off.and_then(|off| region.atomic_u32(off)) {
-        word.store(fd as u32 + 1, std::sync::atomic::Ordering::Release);
+        word.store(fd.map_or(0, |fd| fd as u32 + 1), std::sync::atomic::Ordering::Release);
     }
 }
 
