@@ -1356,7 +1356,22 @@ impl Server {
         // As the kernel: an fd that is open but not an object of ours is EINVAL, one that is
         // not open EBADFD (`bpf_obj_get_info_by_fd`).
         let handle = self.handle(fd as i32).ok_or(if fd_is_open(fd as i32) { libc::EINVAL } else { libc::EBADFD })?;
+        // Each kind's struct size; as the kernel's `bpf_check_uarg_tail_zero`, before anything
+        // is written: a longer buffer must hold zeroes past it, and be no longer than a page.
         let used = match handle {
+            Handle::Map(_) => 88,
+            Handle::Prog(_) => 232,
+            Handle::Link(_) | Handle::MultiLink(_) => 64,
+            Handle::Btf(_) | Handle::KernelBtf => 32,
+            Handle::Probe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => return Err(libc::EINVAL),
+        };
+        if len > 4096 && len > used {
+            return Err(libc::E2BIG);
+        }
+        if len > used && user::read(out + used as u64, len - used)?.iter().any(|&b| b != 0) {
+            return Err(libc::E2BIG);
+        }
+        match handle {
             Handle::Map(id) => {
                 // struct bpf_map_info
                 let map = Map::open(&self.region, id).map_err(|_| libc::EBADF)?;
@@ -1374,7 +1389,6 @@ impl Server {
                     }
                 }
                 info[80..88].copy_from_slice(&s.map_extra.to_le_bytes());
-                88
             }
             Handle::Prog(id) => {
                 // struct bpf_prog_info: type, id, tag, ..., name at 64
@@ -1440,7 +1454,6 @@ impl Server {
                     info[ptr_at..ptr_at + 8].copy_from_slice(&at.to_le_bytes());
                     put32(&mut info, count_at, count);
                 }
-                232
             }
             Handle::Link(id) => {
                 // struct bpf_link_info: type, id, prog_id, then the link type's part: a raw
@@ -1499,7 +1512,6 @@ impl Server {
                 } else {
                     put32(&mut info, 0, 7);
                 }
-                64
             }
             Handle::MultiLink(ids) => {
                 // type BPF_LINK_TYPE_UPROBE_MULTI (12), id (its first link's), prog_id
@@ -1507,7 +1519,6 @@ impl Server {
                 put32(&mut info, 0, 12);
                 put32(&mut info, 4, first);
                 put32(&mut info, 8, links::program_of(&self.region, first).unwrap_or(0));
-                64
             }
             Handle::Btf(b) => {
                 // struct bpf_btf_info: as much of the data as the buffer takes, its whole
@@ -1530,7 +1541,6 @@ impl Server {
                 put32(&mut info, 8, data.len() as u32);
                 put32(&mut info, 12, btf_id_of(b));
                 info[16..24].copy_from_slice(&name.to_le_bytes());
-                32
             }
             Handle::KernelBtf => {
                 // struct bpf_btf_info { u64 btf; u32 btf_size; u32 id; u64 name; u32 name_len;
@@ -1559,17 +1569,8 @@ impl Server {
                         user::write(name, b"vmlinux\0")?;
                     }
                 }
-                32
             }
             Handle::Probe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => return Err(libc::EINVAL),
-        };
-        // As the kernel's `bpf_check_uarg_tail_zero`: a longer buffer must hold zeroes past the
-        // struct we know, and be no longer than a page.
-        if len > 4096 && len > used {
-            return Err(libc::E2BIG);
-        }
-        if len > used && user::read(out + used as u64, len - used)?.iter().any(|&b| b != 0) {
-            return Err(libc::E2BIG);
         }
         let n = len.min(used);
         user::write(out, &info[..n])?;
