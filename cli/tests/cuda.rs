@@ -739,23 +739,22 @@ fn an_app_linked_against_libcuda_gets_probes_too() {
 /// handed out its wrapper, which called itself without end).
 #[test]
 fn probes_loaded_late_reach_an_app_binding_the_driver_by_name() {
-    for (tag, how) in [("direct-late", ["-L", "", "-l:libcuda.so.1"]), ("by-name-late", ["-DBY_NAME", "-ldl", "-ldl"])] {
-        probes_loaded_late_reach(tag, how);
+    for (tag, by_name) in [("direct-late", false), ("by-name-late", true)] {
+        probes_loaded_late_reach(tag, by_name);
     }
 }
 
-fn probes_loaded_late_reach(tag: &str, how: [&str; 3]) {
+fn probes_loaded_late_reach(tag: &str, by_name: bool) {
     let Some(dir) = setup(tag, &[]) else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let lib_dir = dir.display().to_string();
-    let out = Command::new("cc")
-        .args(["-O2", &format!("-DFATBIN=\"{}\"", dir.join("vector_add.fatbin").display())])
-        .arg(root.join("examples/cuda/driver_direct.c"))
-        .args(how.map(|a| if a.is_empty() { lib_dir.as_str() } else { a }))
-        .arg("-o")
-        .arg(dir.join("app"))
-        .output()
-        .unwrap();
+    let mut cc = Command::new("cc");
+    cc.args(["-O2", &format!("-DFATBIN=\"{}\"", dir.join("vector_add.fatbin").display())]).arg(root.join("examples/cuda/driver_direct.c"));
+    if by_name {
+        cc.args(["-DBY_NAME", "-ldl"]);
+    } else {
+        cc.arg("-L").arg(&dir).arg("-l:libcuda.so.1");
+    }
+    let out = cc.arg("-o").arg(dir.join("app")).output().unwrap();
     assert!(out.status.success(), "cc: {}", text(&out.stderr));
     late_probes_count_launches_1_and_2(tag, &dir);
 }

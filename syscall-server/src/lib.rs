@@ -331,26 +331,19 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 }
 
 fn fcntl_via(symbol: &'static std::ffi::CStr, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    type Fcntl = unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int;
-    static NEXT: [std::sync::OnceLock<usize>; 2] = [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
-    let slot = &NEXT[usize::from(symbol == c"fcntl64")];
-    // SAFETY: dlsym(3) with RTLD_NEXT and a NUL-terminated name.
-    let next = *slot.get_or_init(|| unsafe { libc::dlsym(libc::RTLD_NEXT, symbol.as_ptr()) } as usize);
-    let r = if next == 0 {
-        raw::result(raw::syscall6(libc::SYS_fcntl, [fd as c_long, cmd as c_long, arg as c_long, 0, 0, 0]))
-    } else {
-        // SAFETY: libc's fcntl, with the caller's arguments.
-        let r = unsafe { std::mem::transmute::<usize, Fcntl>(next)(fd, cmd, arg) };
-        if r < 0 {
-            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL))
-        } else {
-            Ok(r as i64)
-        }
-    };
+    let call = || raw::result(raw::syscall6(libc::SYS_fcntl, [fd as c_long, cmd as c_long, arg as c_long, 0, 0, 0]));
     if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
-        return duplicated(fd, r);
+        return duplicated(fd, call());
     }
-    raw::to_c(r) as c_int
+    // Every other command is libc's (a cancellation point for F_SETLKW, F_GETOWN adjusted).
+    // SAFETY: dlsym(3) with RTLD_NEXT and a NUL-terminated name; a non-null result for these
+    // names is libc's fcntl, called with the caller's arguments.
+    unsafe {
+        match libc::dlsym(libc::RTLD_NEXT, symbol.as_ptr()) {
+            f if f.is_null() => raw::to_c(call()) as c_int,
+            f => std::mem::transmute::<*mut c_void, unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int>(f)(fd, cmd, arg),
+        }
+    }
 }
 
 /// `mmap(2)`: a map fd of ours maps the map's pages of the region.

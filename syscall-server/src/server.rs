@@ -211,6 +211,71 @@ fn fd_is_open(fd: i32) -> bool {
     crate::raw::result(crate::raw::syscall6(libc::SYS_fcntl, [fd as libc::c_long, libc::F_GETFD as libc::c_long, 0, 0, 0, 0])).is_ok()
 }
 
+/// Writes `name` NUL-terminated into the caller's buffer at `buf` of `buf_len` (non-zero)
+/// bytes, cut to fit as the kernel cuts names it hands out (`bpf_copy_to_user`); whether it
+/// was cut.
+fn copy_name(buf: u64, buf_len: usize, name: &str) -> Result<bool, Errno> {
+    let bytes = name.as_bytes();
+    let kept = bytes.len().min(buf_len - 1);
+    user::write(buf, &[&bytes[..kept], &[0]].concat())?;
+    Ok(kept < bytes.len())
+}
+
+/// What a link probes, as `BPF_TASK_FD_QUERY` and link info describe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeKind {
+    Uprobe { ret: bool },
+    Kprobe { ret: bool },
+    Tracepoint,
+    RawTracepoint,
+}
+
+/// A link's probe: its kind, the name the kernel gives it (the file, the function, the
+/// tracepoint) and its offset in the file.
+struct Probed {
+    kind: ProbeKind,
+    name: String,
+    offset: u64,
+}
+
+impl Probed {
+    fn of(link: &links::UprobeLink) -> Probed {
+        let t = &link.target;
+        let (kind, name, offset) = match link.kind {
+            links::LinkKind::Uprobe => {
+                let (path, off) = t.rsplit_once(':').unwrap_or((t.as_str(), "0"));
+                (ProbeKind::Uprobe { ret: link.retprobe }, path.to_string(), u64::from_str_radix(off.trim_start_matches("0x"), 16).unwrap_or(0))
+            }
+            links::LinkKind::CudaKernel => (ProbeKind::Kprobe { ret: link.retprobe }, t.clone(), 0),
+            links::LinkKind::Syscall => match t.strip_prefix("raw/") {
+                Some(raw) => (ProbeKind::RawTracepoint, raw.to_string(), 0),
+                None => (ProbeKind::Tracepoint, t.rsplit('/').next().unwrap_or_default().to_string(), 0),
+            },
+        };
+        Probed { kind, name, offset }
+    }
+
+    /// `BPF_FD_TYPE_*`.
+    fn fd_type(&self) -> u32 {
+        match self.kind {
+            ProbeKind::RawTracepoint => 0,
+            ProbeKind::Tracepoint => 1,
+            ProbeKind::Kprobe { ret } => 2 + ret as u32,
+            ProbeKind::Uprobe { ret } => 4 + ret as u32,
+        }
+    }
+
+    /// `BPF_PERF_EVENT_*` (a raw tracepoint is no perf event: 0).
+    fn perf_event_type(&self) -> u32 {
+        match self.kind {
+            ProbeKind::Uprobe { ret } => 1 + ret as u32,
+            ProbeKind::Kprobe { ret } => 3 + ret as u32,
+            ProbeKind::Tracepoint => 5,
+            ProbeKind::RawTracepoint => 0,
+        }
+    }
+}
+
 fn pin_path(a: &Attr) -> Result<String, Errno> {
     let raw = user::read_cstr(a.u64(0), 4096)?;
     if raw.is_empty() {
@@ -799,37 +864,21 @@ impl Server {
             all.iter().find(|l| l.owner == pid && l.fd == Some(fd)).map(|l| l.id).ok_or(ENOTSUPP)?
         };
         let link = all.into_iter().find(|l| l.id == id).ok_or(ENOTSUPP)?;
-        // BPF_FD_TYPE_*: RAW_TRACEPOINT 0, TRACEPOINT 1, KPROBE 2, KRETPROBE 3, UPROBE 4, URETPROBE 5.
-        let (fd_type, name, offset) = match link.kind {
-            links::LinkKind::Uprobe => {
-                let (path, off) = link.target.rsplit_once(':').unwrap_or((link.target.as_str(), "0"));
-                (if link.retprobe { 5 } else { 4 }, path.to_string(), u64::from_str_radix(off.trim_start_matches("0x"), 16).unwrap_or(0))
-            }
-            links::LinkKind::Syscall => match link.target.strip_prefix("raw/") {
-                Some(raw) => (0, raw.to_string(), 0),
-                None => (1, link.target.rsplit('/').next().unwrap_or_default().to_string(), 0),
-            },
-            links::LinkKind::CudaKernel => (if link.retprobe { 3 } else { 2 }, link.target.clone(), 0),
-        };
+        let probed = Probed::of(&link);
         // As the kernel's `bpf_task_fd_query_copy`: the name's length back in `buf_len`, the
-        // name NUL-terminated in a buffer that holds it, cut short (`ENOSPC`) in one that does not.
-        let mut result = Ok(0);
-        if buf_len > 0 && buf != 0 {
-            let bytes = name.as_bytes();
-            if bytes.len() < buf_len {
-                user::write(buf, &[bytes, &[0]].concat())?;
-            } else {
-                user::write(buf, &[&bytes[..buf_len - 1], &[0]].concat())?;
-                result = Err(libc::ENOSPC);
-            }
-        }
-        a.set_u32(12, name.len() as u32);
+        // name in the buffer (`ENOSPC` where it was cut).
+        let cut = buf_len > 0 && buf != 0 && copy_name(buf, buf_len, &probed.name)?;
+        a.set_u32(12, probed.name.len() as u32);
         a.set_u32(24, link.prog);
-        a.set_u32(28, fd_type);
-        a.set_u64(32, offset);
+        a.set_u32(28, probed.fd_type());
+        a.set_u64(32, probed.offset);
         // A uprobe's "address" is its semaphore offset (the kernel's since 6.12).
         a.set_u64(40, if link.kind == links::LinkKind::Uprobe { link.ref_ctr } else { 0 });
-        result
+        if cut {
+            Err(libc::ENOSPC)
+        } else {
+            Ok(0)
+        }
     }
 
     fn map_create(&self, a: &Attr) -> Result<i64, Errno> {
@@ -1467,50 +1516,42 @@ impl Server {
                 info[..64].copy_from_slice(&given.0[..64]);
                 put32(&mut info, 4, id);
                 put32(&mut info, 8, link.as_ref().map_or(0, |l| l.prog));
-                // The name into the caller's buffer; its length with the NUL, for the info.
+                // A name into the caller's buffer, as the kernel's `bpf_copy_to_user` (cut:
+                // `ENOSPC`, the info not written); its length with the NUL, for the info.
                 let named = |name: &str, buf: u64, buf_len: usize| -> Result<u32, Errno> {
                     if (buf == 0) != (buf_len == 0) {
                         return Err(libc::EINVAL);
                     }
-                    let bytes = name.as_bytes();
-                    if buf != 0 && buf_len > bytes.len() {
-                        user::write(buf, &[bytes, &[0]].concat())?;
-                    } else if buf != 0 {
-                        user::write(buf, &[&bytes[..buf_len - 1], &[0]].concat())?;
+                    if buf != 0 && copy_name(buf, buf_len, name)? {
                         return Err(libc::ENOSPC);
                     }
-                    Ok(bytes.len() as u32 + 1)
+                    Ok(name.len() as u32 + 1)
                 };
-                if let Some(tp) = link.as_ref().and_then(|l| l.target.strip_prefix("raw/")) {
-                    put32(&mut info, 0, 1);
-                    let n = named(tp, given.u64(16), given.u32(24) as usize)?;
-                    put32(&mut info, 24, n);
-                } else if let Some(link) = link {
-                    put32(&mut info, 0, 7);
-                    // perf_event.type (BPF_PERF_EVENT_*), then per kind its name pointer
-                    // and length at 24 and 32 and its other fields.
-                    let (kind, name, offset) = match link.kind {
-                        links::LinkKind::Uprobe => {
-                            let (path, off) = link.target.rsplit_once(':').unwrap_or((link.target.as_str(), "0"));
-                            (if link.retprobe { 2 } else { 1 }, path.to_string(), u64::from_str_radix(off.trim_start_matches("0x"), 16).unwrap_or(0))
-                        }
-                        links::LinkKind::CudaKernel => (if link.retprobe { 4 } else { 3 }, link.target.clone(), 0),
-                        links::LinkKind::Syscall => (5, link.target.rsplit('/').next().unwrap_or_default().to_string(), 0),
-                    };
-                    put32(&mut info, 16, kind);
-                    let n = named(&name, given.u64(24), given.u32(32) as usize)?;
-                    put32(&mut info, 32, n);
-                    match kind {
-                        1 | 2 => {
-                            put32(&mut info, 36, offset as u32);
-                            info[40..48].copy_from_slice(&link.cookie.to_le_bytes());
-                            info[48..56].copy_from_slice(&link.ref_ctr.to_le_bytes());
-                        }
-                        3 | 4 => info[56..64].copy_from_slice(&link.cookie.to_le_bytes()),
-                        _ => info[40..48].copy_from_slice(&link.cookie.to_le_bytes()),
+                let probed = link.as_ref().map(Probed::of);
+                put32(&mut info, 0, 7);
+                match (&link, &probed) {
+                    (Some(_), Some(p)) if p.kind == ProbeKind::RawTracepoint => {
+                        put32(&mut info, 0, 1);
+                        let n = named(&p.name, given.u64(16), given.u32(24) as usize)?;
+                        put32(&mut info, 24, n);
                     }
-                } else {
-                    put32(&mut info, 0, 7);
+                    (Some(link), Some(p)) => {
+                        // perf_event.type (BPF_PERF_EVENT_*), then per kind its name pointer
+                        // and length at 24 and 32 and its other fields.
+                        put32(&mut info, 16, p.perf_event_type());
+                        let n = named(&p.name, given.u64(24), given.u32(32) as usize)?;
+                        put32(&mut info, 32, n);
+                        match p.kind {
+                            ProbeKind::Uprobe { .. } => {
+                                put32(&mut info, 36, p.offset as u32);
+                                info[40..48].copy_from_slice(&link.cookie.to_le_bytes());
+                                info[48..56].copy_from_slice(&link.ref_ctr.to_le_bytes());
+                            }
+                            ProbeKind::Kprobe { .. } => info[56..64].copy_from_slice(&link.cookie.to_le_bytes()),
+                            _ => info[40..48].copy_from_slice(&link.cookie.to_le_bytes()),
+                        }
+                    }
+                    _ => {}
                 }
             }
             Handle::MultiLink(ids) => {
@@ -1559,15 +1600,10 @@ impl Server {
                 info[16..24].copy_from_slice(&name.to_le_bytes());
                 put32(&mut info, 24, 7);
                 put32(&mut info, 28, 1);
-                if name != 0 && name_len > 0 {
-                    // As the kernel's `btf_get_info_by_fd`: a short buffer gets the name cut,
-                    // the info is written all the same, and the call says ENOSPC.
-                    if name_len < 8 {
-                        user::write(name, &[&b"vmlinux"[..name_len - 1], &[0]].concat())?;
-                        outcome = Err(libc::ENOSPC);
-                    } else {
-                        user::write(name, b"vmlinux\0")?;
-                    }
+                // As the kernel's `btf_get_info_by_fd`: a short buffer gets the name cut, the
+                // info is written all the same, and the call says ENOSPC.
+                if name != 0 && name_len > 0 && copy_name(name, name_len, "vmlinux")? {
+                    outcome = Err(libc::ENOSPC);
                 }
             }
             Handle::Probe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => return Err(libc::EINVAL),

@@ -194,19 +194,21 @@ pub fn remove_orphans(region: &ShmRegion) -> usize {
     n
 }
 
+/// The u32 field at `offset` in link `id`'s descriptor, read and written in place.
+fn link_word(region: &ShmRegion, id: u32, offset: usize) -> Option<&std::sync::atomic::AtomicU32> {
+    let o = region.object(id).filter(|o| o.kind == ObjectKind::Link)?;
+    region.atomic_u32(o.data.checked_add(offset as u64)?)
+}
+
 /// The process that holds link `id` (0: nobody, a pinned link), if that is a link.
 pub fn owner_of(region: &ShmRegion, id: u32) -> Option<u32> {
-    let o = region.object(id).filter(|o| o.kind == ObjectKind::Link)?;
-    let word = region.atomic_u32(o.data.checked_add(std::mem::offset_of!(LinkDesc, owner) as u64)?)?;
-    Some(word.load(std::sync::atomic::Ordering::Acquire))
+    link_word(region, id, std::mem::offset_of!(LinkDesc, owner)).map(|w| w.load(std::sync::atomic::Ordering::Acquire))
 }
 
 /// Records `fd` as the owner's fd that stands for link `id` (see [`UprobeLink::fd`]; None:
 /// no fd does any more).
 pub fn set_fd(region: &ShmRegion, id: u32, fd: Option<i32>) {
-    let Some(o) = region.object(id).filter(|o| o.kind == ObjectKind::Link) else { return };
-    let off = o.data.checked_add(std::mem::offset_of!(LinkDesc, fd) as u64);
-    if let Some(word) = off.and_then(|off| region.atomic_u32(off)) {
+    if let Some(word) = link_word(region, id, std::mem::offset_of!(LinkDesc, fd)) {
         word.store(fd.map_or(0, |fd| fd as u32 + 1), std::sync::atomic::Ordering::Release);
     }
 }
@@ -243,18 +245,14 @@ pub fn remove(region: &ShmRegion, id: u32) {
 /// Makes process `owner` the holder of link `id` (0: nobody, the link stays until removed:
 /// a pinned link).
 pub fn set_owner(region: &ShmRegion, id: u32, owner: u32) {
-    let Some(o) = region.object(id).filter(|o| o.kind == ObjectKind::Link) else { return };
-    let off = o.data.checked_add(std::mem::offset_of!(LinkDesc, owner) as u64);
-    if let Some(word) = off.and_then(|off| region.atomic_u32(off)) {
+    if let Some(word) = link_word(region, id, std::mem::offset_of!(LinkDesc, owner)) {
         word.store(owner, std::sync::atomic::Ordering::Release);
     }
 }
 
 /// Raises link `id`'s state to `state` (a lower state is left as it is).
 pub fn raise_state(region: &ShmRegion, id: u32, state: LinkState) {
-    let Some(o) = region.object(id).filter(|o| o.kind == ObjectKind::Link) else { return };
-    let off = o.data.checked_add(std::mem::offset_of!(LinkDesc, state) as u64);
-    if let Some(word) = off.and_then(|off| region.atomic_u32(off)) {
+    if let Some(word) = link_word(region, id, std::mem::offset_of!(LinkDesc, state)) {
         word.fetch_max(state as u32, std::sync::atomic::Ordering::AcqRel);
     }
 }
