@@ -342,10 +342,19 @@ fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
             fill_mm(m, task, mm, base);
             leader[m.in_task..m.in_task + 8].copy_from_slice(&base.to_le_bytes());
         }
-        // The process's name, which only the main thread's own calls give otherwise.
+        // Another thread's leader: the main thread, with the process's id, name and parent
+        // (which only the main thread's own calls give otherwise); none of it changes while
+        // this thread lives (a fork keeps only the forking thread, the child's main thread).
         if pid != tid {
             let name = std::fs::read("/proc/self/comm").unwrap_or_default();
             put_comm(leader, l.comm, name.strip_suffix(b"\n").unwrap_or(&name));
+            put32(leader, l.pid, pid);
+            put32(leader, l.tgid, pid);
+            let parent_addr = (parent.as_ptr() as u64).to_le_bytes();
+            leader[l.real_parent..l.real_parent + 8].copy_from_slice(&parent_addr);
+            leader[l.parent..l.parent + 8].copy_from_slice(&parent_addr);
+            let own = (leader.as_ptr() as u64).to_le_bytes();
+            leader[l.group_leader..l.group_leader + 8].copy_from_slice(&own);
         }
     }
     put32(task, l.pid, tid);
@@ -360,17 +369,7 @@ fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
     task[l.parent..l.parent + 8].copy_from_slice(&parent_addr);
     // The main thread leads its group itself (a forked child's main thread is the thread that
     // forked, whose stand-in goes on from the parent's).
-    let leader_addr = if pid == tid {
-        task.as_ptr() as u64
-    } else {
-        put32(leader, l.pid, pid);
-        put32(leader, l.tgid, pid);
-        leader[l.real_parent..l.real_parent + 8].copy_from_slice(&parent_addr);
-        leader[l.parent..l.parent + 8].copy_from_slice(&parent_addr);
-        let own = leader.as_ptr() as u64;
-        leader[l.group_leader..l.group_leader + 8].copy_from_slice(&own.to_le_bytes());
-        own
-    };
+    let leader_addr = if pid == tid { task.as_ptr() as u64 } else { leader.as_ptr() as u64 };
     task[l.group_leader..l.group_leader + 8].copy_from_slice(&leader_addr.to_le_bytes());
     cell.get() as u64
 }
