@@ -1467,3 +1467,56 @@ fn a_loader_polls_a_gpu_ring_the_bpftime_way() {
     let block_sum: u64 = (0..blocks).sum::<u64>() * LAUNCHES as u64;
     assert!(rest.contains(&format!("records: {} records of 16 bytes, first u32 sum {block_sum}\n", blocks * LAUNCHES as u64)), "{rest}");
 }
+
+/// Contexts torn down and made again (examples/cuda/driver_contexts.c: the primary context
+/// released, made again and reset, then a context of the app's own destroyed with its launches
+/// unsynchronised; the driver reuses handles and addresses): every launch of the three rounds
+/// is counted once, nothing kept for a context outlives it, and the app's output is its own.
+/// Also with launches run at the next synchronisation, as a GPU runs them.
+#[test]
+fn contexts_torn_down_and_made_again_keep_counts_exact() {
+    let Some(dir) = setup_app("contexts", "vector_add", "driver_contexts", &[]) else { return };
+    let base = plain(&dir);
+    assert!(base.status.success(), "{}", text(&base.stderr));
+    assert_eq!(text(&base.stdout).lines().count(), 3, "{}", text(&base.stdout));
+    for asynchronous in [false, true] {
+        let env: &[(&str, &str)] = if asynchronous { &[("BPFTIME_FAKE_CUDA_ASYNC", "1")] } else { &[] };
+        let out = traced(&dir, &build_example("cuda_probes"), env);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(text(&out.stdout), text(&base.stdout), "the app's output\n{stderr}");
+        let total = (THREADS * LAUNCHES as u64 * 3).to_string();
+        assert_eq!(dumped(&stderr, "calls", "0"), Some(total.clone()), "entries in the three rounds (async {asynchronous})\n{stderr}");
+        assert_eq!(dumped(&stderr, "calls", "1"), Some(total), "exits in the three rounds (async {asynchronous})\n{stderr}");
+        assert!(!stderr.contains("CUDA maps are not copied back"), "{stderr}");
+        let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
+        assert_eq!(log.matches("context 1 destroyed").count(), 2, "{log}");
+        assert_eq!(log.matches("launch failed").count(), 0, "{log}");
+        let _ = std::fs::remove_file(dir.join("log/log"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A load with JIT log options (examples/cuda/driver_jit_log.c, `cuModuleLoadDataEx` and
+/// `cuLibraryLoadData`): the driver writes its logs and sets their sizes to the bytes written.
+/// When the driver refuses the patched image, the original is loaded with the options as the
+/// app gave them (buffers and sizes), so the app sees the original's logs only; when it takes
+/// the patched one, the app's output is the same and every launch is counted.
+#[test]
+fn jit_logs_of_a_refused_patched_image_never_reach_the_app() {
+    let Some(dir) = setup_app("jitlog", "vector_add", "driver_jit_log", &[]) else { return };
+    let args = [ELEMENTS.to_string()];
+    let base = Command::new(dir.join("app")).args(&args).env("LD_LIBRARY_PATH", &dir).output().unwrap();
+    assert!(base.status.success(), "{}", text(&base.stderr));
+    let expected = text(&base.stdout);
+    assert_eq!(expected.matches("info log 32 bytes \"info: module").count(), 2, "{expected}");
+    for reject in ["bpftime_arena", ""] {
+        let out = traced_with_args(&dir, &build_example("cuda_probes"), &[("BPFTIME_FAKE_CUDA_REJECT", reject)], &args);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(text(&out.stdout), expected, "the app's output (patched image refused: {})\n{stderr}", !reject.is_empty());
+        let counted = if reject.is_empty() { Some((THREADS * 2).to_string()) } else { None };
+        assert_eq!(dumped(&stderr, "calls", "0").filter(|v| v != "0"), counted, "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -34,11 +34,8 @@ pub static REAL_GET_PROC_V2: AtomicUsize = AtomicUsize::new(0);
 const ABI_VERSION: c_int = 12000;
 
 type FnMemAlloc = unsafe extern "C" fn(*mut DevPtr, usize) -> CuResult;
-type FnMemcpyHtoD = unsafe extern "C" fn(DevPtr, *const c_void, usize) -> CuResult;
 type FnMemcpyDtoHAsync = unsafe extern "C" fn(*mut c_void, DevPtr, usize, Handle) -> CuResult;
-type FnMemcpyDtoH = unsafe extern "C" fn(*mut c_void, DevPtr, usize) -> CuResult;
 type FnMemcpyHtoDAsync = unsafe extern "C" fn(DevPtr, *const c_void, usize, Handle) -> CuResult;
-type FnMemsetD8 = unsafe extern "C" fn(DevPtr, u8, usize) -> CuResult;
 type FnMemsetD8Async = unsafe extern "C" fn(DevPtr, u8, usize, Handle) -> CuResult;
 type FnMemAllocHost = unsafe extern "C" fn(*mut *mut c_void, usize) -> CuResult;
 type FnHostFn = unsafe extern "C" fn(*mut c_void);
@@ -59,6 +56,12 @@ type FnFuncGetName = unsafe extern "C" fn(*mut *const c_char, Handle) -> CuResul
 type FnMemcpyDtoDAsync = unsafe extern "C" fn(DevPtr, DevPtr, usize, Handle) -> CuResult;
 type FnCtxPushCurrent = unsafe extern "C" fn(Handle) -> CuResult;
 type FnCtxPopCurrent = unsafe extern "C" fn(*mut Handle) -> CuResult;
+type FnCtxSynchronize = unsafe extern "C" fn() -> CuResult;
+type FnStreamCreate = unsafe extern "C" fn(*mut Handle, c_uint) -> CuResult;
+type FnStreamSynchronize = unsafe extern "C" fn(Handle) -> CuResult;
+type FnPrimaryCtxGetState = unsafe extern "C" fn(c_int, *mut c_uint, *mut c_int) -> CuResult;
+type FnPrimaryCtxRetain = unsafe extern "C" fn(*mut Handle, c_int) -> CuResult;
+type FnPrimaryCtxRelease = unsafe extern "C" fn(c_int) -> CuResult;
 type FnMemHostRegister = unsafe extern "C" fn(*mut c_void, usize, c_uint) -> CuResult;
 type FnMemHostGetDevicePointer = unsafe extern "C" fn(*mut DevPtr, *mut c_void, c_uint) -> CuResult;
 type FnLinkCreate = unsafe extern "C" fn(c_uint, *mut c_int, *mut *mut c_void, *mut Handle) -> CuResult;
@@ -70,18 +73,18 @@ type FnLinkAddFile = unsafe extern "C" fn(Handle, c_int, *const c_char, c_uint, 
 /// `CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP`: pinned for every context,
 /// mapped into the device's address space.
 const HOST_REGISTER_FLAGS: c_uint = 0x01 | 0x02;
+/// `CU_STREAM_NON_BLOCKING`: a stream that does not wait for the legacy default stream (nor it
+/// for this one).
+const STREAM_NON_BLOCKING: c_uint = 0x1;
 /// `CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED`.
 const HOST_MEMORY_ALREADY_REGISTERED: CuResult = 712;
 
 /// The entry points the agent uses.
 pub struct Driver {
     mem_alloc: FnMemAlloc,
-    memcpy_htod: FnMemcpyHtoD,
     memcpy_dtoh_async: FnMemcpyDtoHAsync,
     memset_d8_async: FnMemsetD8Async,
-    memcpy_dtoh: FnMemcpyDtoH,
     memcpy_htod_async: FnMemcpyHtoDAsync,
-    memset_d8: FnMemsetD8,
     mem_alloc_host: FnMemAllocHost,
     launch_host_func: FnLaunchHostFunc,
     module_get_global: FnModuleGetGlobal,
@@ -105,6 +108,10 @@ pub struct Driver {
     link: Option<(FnLinkCreate, FnLinkAddData, FnLinkComplete, FnLinkDestroy)>,
     link_add_file: Option<FnLinkAddFile>,
     device_get_count: Option<FnDeviceGetCount>,
+    ctx_synchronize: FnCtxSynchronize,
+    stream_create: Option<FnStreamCreate>,
+    stream_synchronize: FnStreamSynchronize,
+    primary_ctx: Option<(FnPrimaryCtxGetState, FnPrimaryCtxRetain, FnPrimaryCtxRelease)>,
 }
 
 /// Asks the real `cuGetProcAddress` for `name`.
@@ -129,7 +136,10 @@ pub fn lookup_version(name: &CStr, version: c_int, flags: u64) -> Option<usize> 
     } else {
         return None;
     };
-    (r == SUCCESS && !p.is_null()).then_some(p as usize)
+    // A driver whose table holds its exported functions hands out what the dynamic linker
+    // bound those names to: the agent's definitions for `-lcuda` applications. The agent's
+    // own calls go to the driver's.
+    (r == SUCCESS && !p.is_null()).then(|| super::hooks::driver_behind(p as usize).unwrap_or(p as usize))
 }
 
 /// An entry point the driver may lack (older drivers): `Option<$t>`. One introduced after
@@ -174,12 +184,9 @@ impl Driver {
     fn load() -> Result<Driver, String> {
         Ok(Driver {
             mem_alloc: entry!(c"cuMemAlloc" as FnMemAlloc),
-            memcpy_htod: entry!(c"cuMemcpyHtoD" as FnMemcpyHtoD),
             memcpy_dtoh_async: entry!(c"cuMemcpyDtoHAsync" as FnMemcpyDtoHAsync),
             memset_d8_async: entry!(c"cuMemsetD8Async" as FnMemsetD8Async),
-            memcpy_dtoh: entry!(c"cuMemcpyDtoH" as FnMemcpyDtoH),
             memcpy_htod_async: entry!(c"cuMemcpyHtoDAsync" as FnMemcpyHtoDAsync),
-            memset_d8: entry!(c"cuMemsetD8" as FnMemsetD8),
             mem_alloc_host: entry!(c"cuMemAllocHost" as FnMemAllocHost),
             launch_host_func: entry!(c"cuLaunchHostFunc" as FnLaunchHostFunc),
             module_get_global: entry!(c"cuModuleGetGlobal" as FnModuleGetGlobal),
@@ -211,6 +218,15 @@ impl Driver {
             .and_then(|(c, a, m, d)| Some((c?, a?, m?, d?))),
             link_add_file: optional_entry!(c"cuLinkAddFile" as FnLinkAddFile),
             device_get_count: optional_entry!(c"cuDeviceGetCount" as FnDeviceGetCount),
+            ctx_synchronize: entry!(c"cuCtxSynchronize" as FnCtxSynchronize),
+            stream_create: optional_entry!(c"cuStreamCreate" as FnStreamCreate),
+            stream_synchronize: entry!(c"cuStreamSynchronize" as FnStreamSynchronize),
+            primary_ctx: Some((
+                optional_entry!(c"cuDevicePrimaryCtxGetState" as FnPrimaryCtxGetState),
+                optional_entry!(c"cuDevicePrimaryCtxRetain" as FnPrimaryCtxRetain),
+                optional_entry!(c"cuDevicePrimaryCtxRelease" as FnPrimaryCtxRelease),
+            ))
+            .and_then(|(g, a, r)| Some((g?, a?, r?))),
         })
     }
 
@@ -243,12 +259,6 @@ impl Driver {
         Ok(p)
     }
 
-    /// `cuMemcpyHtoD`: synchronous copy of `data` to device address `dst`.
-    pub fn memcpy_htod(&self, dst: DevPtr, data: &[u8]) -> Result<(), String> {
-        // SAFETY: `data` is readable for its length; `dst` came from the driver.
-        self.check(unsafe { (self.memcpy_htod)(dst, data.as_ptr().cast(), data.len()) }, "cuMemcpyHtoD")
-    }
-
     /// `cuMemcpyDtoHAsync` into pinned memory, ordered on `stream`.
     ///
     /// # Safety
@@ -257,12 +267,6 @@ impl Driver {
     pub unsafe fn memcpy_dtoh_async(&self, dst: *mut u8, src: DevPtr, len: usize, stream: Handle) -> Result<(), String> {
         // SAFETY: the caller keeps `dst` valid; `src` came from the driver.
         self.check(unsafe { (self.memcpy_dtoh_async)(dst.cast(), src, len, stream) }, "cuMemcpyDtoHAsync")
-    }
-
-    /// `cuMemcpyDtoH`: synchronous copy of `out.len()` bytes from device address `src`.
-    pub fn memcpy_dtoh(&self, out: &mut [u8], src: DevPtr) -> Result<(), String> {
-        // SAFETY: `out` is writable for its length; `src` came from the driver.
-        self.check(unsafe { (self.memcpy_dtoh)(out.as_mut_ptr().cast(), src, out.len()) }, "cuMemcpyDtoH")
     }
 
     /// `cuMemcpyHtoDAsync` from pageable memory, ordered on `stream` (the driver has taken the
@@ -283,10 +287,64 @@ impl Driver {
         self.check(unsafe { (self.memcpy_htod_async)(dst, src.cast(), len, stream) }, "cuMemcpyHtoDAsync")
     }
 
-    /// `cuMemsetD8`: zeroes `len` bytes at `dst`, synchronously.
-    pub fn memset(&self, dst: DevPtr, len: usize) -> Result<(), String> {
-        // SAFETY: device memory from the driver; nothing on the host is touched.
-        self.check(unsafe { (self.memset_d8)(dst, 0, len) }, "cuMemsetD8")
+    /// `cuStreamCreate` of a non-blocking stream in the current context, for copies that must
+    /// finish before the host goes on without waiting for the application's work on other
+    /// streams (a synchronous copy runs on the legacy default stream, which waits for every
+    /// blocking stream: behind a kernel that waits for the host, it would never run). The
+    /// legacy default stream (null) when the driver cannot make one.
+    pub fn private_stream(&self) -> Handle {
+        let mut s: Handle = std::ptr::null_mut();
+        match self.stream_create {
+            // SAFETY: a valid out-pointer and a flag cuda.h defines.
+            Some(create) if unsafe { create(&mut s, STREAM_NON_BLOCKING) } == SUCCESS => s,
+            _ => std::ptr::null_mut(),
+        }
+    }
+
+    /// `cuStreamSynchronize` (the driver's own, not the application's wrapped one).
+    pub fn stream_synchronize(&self, stream: Handle) -> Result<(), String> {
+        // SAFETY: a stream handle from the driver (or null, the legacy default stream).
+        self.check(unsafe { (self.stream_synchronize)(stream) }, "cuStreamSynchronize")
+    }
+
+    /// `cuCtxSynchronize` of the current context (the driver's own).
+    pub fn ctx_synchronize(&self) -> Result<(), String> {
+        // SAFETY: no arguments; the driver checks that a context is current.
+        self.check(unsafe { (self.ctx_synchronize)() }, "cuCtxSynchronize")
+    }
+
+    /// Copies `data` to `dst` on `stream` and waits for it (only for it: see
+    /// [`Driver::private_stream`]).
+    pub fn copy_to_device_now(&self, dst: DevPtr, data: &[u8], stream: Handle) -> Result<(), String> {
+        self.memcpy_htod_async(dst, data, stream)?;
+        self.stream_synchronize(stream)
+    }
+
+    /// Copies `out.len()` bytes from `src` on `stream` and waits for it.
+    pub fn copy_from_device_now(&self, out: &mut [u8], src: DevPtr, stream: Handle) -> Result<(), String> {
+        // SAFETY: `out` is writable for its length and outlives the copy, which is waited for
+        // before returning (pageable memory: the driver stages it).
+        self.check(unsafe { (self.memcpy_dtoh_async)(out.as_mut_ptr().cast(), src, out.len(), stream) }, "cuMemcpyDtoHAsync")?;
+        self.stream_synchronize(stream)
+    }
+
+    /// The primary context of `device` while it is active (it exists), else None.
+    pub fn primary_context(&self, device: c_int) -> Option<Handle> {
+        let (get_state, retain, release) = self.primary_ctx?;
+        let (mut flags, mut active) = (0, 0);
+        // SAFETY: valid out-pointers; the driver checks the device.
+        if unsafe { get_state(device, &mut flags, &mut active) } != SUCCESS || active == 0 {
+            return None;
+        }
+        let mut ctx: Handle = std::ptr::null_mut();
+        // SAFETY: as above. Retaining an active primary context hands out its handle; the
+        // release below gives the retain back (the context stays: it was retained before).
+        if unsafe { retain(&mut ctx, device) } != SUCCESS {
+            return None;
+        }
+        // SAFETY: the retain just taken.
+        unsafe { release(device) };
+        (!ctx.is_null()).then_some(ctx)
     }
 
     /// `cuMemsetD8Async`: zeroes `len` bytes at `dst`, ordered on `stream`.

@@ -78,6 +78,11 @@ static MEMCPY_DTOH: Slots = Slots::new();
 static MEMCPY: Slots = Slots::new();
 static LINK_ADD_DATA: Slots = Slots::new();
 static LINK_ADD_FILE: Slots = Slots::new();
+static CTX_DESTROY: Slots = Slots::new();
+static PRIMARY_CTX_RELEASE: Slots = Slots::new();
+static PRIMARY_CTX_RESET: Slots = Slots::new();
+static MODULE_UNLOAD: Slots = Slots::new();
+static LIBRARY_UNLOAD: Slots = Slots::new();
 
 type FnLaunchKernel = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void, *mut *mut c_void) -> CuResult;
 type FnLaunchCooperative = unsafe extern "C" fn(Handle, Dim, Dim, Dim, Dim, Dim, Dim, Dim, Handle, *mut *mut c_void) -> CuResult;
@@ -131,6 +136,11 @@ pub(super) fn wrapper_of(name: &[u8], real: usize, per_thread: bool) -> Option<u
         b"cuMemcpy" => pick!(MEMCPY, memcpy),
         b"cuLinkAddData" | b"cuLinkAddData_v2" => pick!(LINK_ADD_DATA, link_add_data),
         b"cuLinkAddFile" | b"cuLinkAddFile_v2" => pick!(LINK_ADD_FILE, link_add_file),
+        b"cuCtxDestroy" | b"cuCtxDestroy_v2" => pick!(CTX_DESTROY, ctx_destroy),
+        b"cuDevicePrimaryCtxRelease" | b"cuDevicePrimaryCtxRelease_v2" => pick!(PRIMARY_CTX_RELEASE, primary_ctx_release),
+        b"cuDevicePrimaryCtxReset" | b"cuDevicePrimaryCtxReset_v2" => pick!(PRIMARY_CTX_RESET, primary_ctx_reset),
+        b"cuModuleUnload" => pick!(MODULE_UNLOAD, module_unload),
+        b"cuLibraryUnload" => pick!(LIBRARY_UNLOAD, library_unload),
         _ => None,
     }
 }
@@ -350,9 +360,69 @@ pub unsafe extern "C" fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut
 
 // ---- loads ----
 
+/// The JIT options of a load or link call as the application gave them (cuda.h
+/// `CUjit_option`): the driver writes into some (log buffers, and sizes set to the bytes
+/// written), so a patched image the driver refused would leave its logs and sizes for the
+/// original's load. Restored before that load, the original's load sees what the application
+/// gave, and the application sees only its logs.
+struct JitOptions {
+    values: *mut *mut c_void,
+    saved: Vec<*mut c_void>,
+    /// (buffer, its bytes as given) of each log buffer.
+    logs: Vec<(*mut u8, Vec<u8>)>,
+}
+
+/// `CU_JIT_INFO_LOG_BUFFER` and `CU_JIT_ERROR_LOG_BUFFER`: each followed by its size option.
+const JIT_LOG_BUFFERS: [c_int; 2] = [3, 5];
+/// More than a log buffer holds in practice; larger ones are restored this far.
+const JIT_LOG_KEPT: usize = 1 << 20;
+
+impl JitOptions {
+    /// Saves the values of `n` options.
+    ///
+    /// # Safety
+    /// The load call's contract: `options` and `values` hold `n` entries (or `n` is 0), and a
+    /// log buffer is writable for the size its size option gives.
+    unsafe fn save(n: c_uint, options: *const c_int, values: *mut *mut c_void) -> JitOptions {
+        if n == 0 || options.is_null() || values.is_null() {
+            return JitOptions { values, saved: vec![], logs: vec![] };
+        }
+        // SAFETY: the caller's contract.
+        let (opts, vals) = unsafe { (std::slice::from_raw_parts(options, n as usize), std::slice::from_raw_parts(values, n as usize)) };
+        let mut logs = vec![];
+        for buffer in JIT_LOG_BUFFERS {
+            let (Some(b), Some(z)) = (opts.iter().position(|&o| o == buffer), opts.iter().position(|&o| o == buffer + 1)) else { continue };
+            let (ptr, len) = (vals[b].cast::<u8>(), (vals[z] as usize).min(JIT_LOG_KEPT));
+            if !ptr.is_null() && len > 0 {
+                // SAFETY: the caller's contract: the buffer holds its size's bytes.
+                logs.push((ptr, unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()));
+            }
+        }
+        JitOptions { values, saved: vals.to_vec(), logs }
+    }
+
+    /// No options (a load call without them).
+    fn none() -> JitOptions {
+        JitOptions { values: std::ptr::null_mut(), saved: vec![], logs: vec![] }
+    }
+
+    /// Puts the values and log buffers back as they were saved.
+    fn restore(&self) {
+        for (i, &v) in self.saved.iter().enumerate() {
+            // SAFETY: `values` held this many entries when saved (the call's contract).
+            unsafe { self.values.add(i).write(v) };
+        }
+        for (ptr, bytes) in &self.logs {
+            // SAFETY: the buffer held these bytes when saved.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), *ptr, bytes.len()) };
+        }
+    }
+}
+
 /// Calls `load` with the patched image when the agent has one for `image`, falling back to
-/// the original (and saying why once) when the driver refuses it.
-fn load_with(image: *const c_void, load: impl Fn(*const c_void) -> CuResult, loaded: impl Fn() -> super::Loaded) -> CuResult {
+/// the original (and saying why once) when the driver refuses it, with the JIT options `jit`
+/// as the application gave them.
+fn load_with(image: *const c_void, jit: &JitOptions, load: impl Fn(*const c_void) -> CuResult, loaded: impl Fn() -> super::Loaded) -> CuResult {
     let started = std::time::Instant::now();
     let Some(patched) = super::replacement(image) else {
         let r = load(image);
@@ -369,6 +439,7 @@ fn load_with(image: *const c_void, load: impl Fn(*const c_void) -> CuResult, loa
         return r;
     }
     super::refused(&patched, r);
+    jit.restore();
     load(image)
 }
 
@@ -378,7 +449,7 @@ unsafe extern "C" fn module_load_data<const S: usize>(module: *mut Handle, image
     // (the image replaced by a NUL-terminated PTX text, which the call accepts).
     let load = |img| unsafe { std::mem::transmute::<usize, FnModuleLoadData>(real)(module, img) };
     // SAFETY: read after a successful load, which wrote the handle.
-    load_with(image, load, || super::Loaded::Module(unsafe { *module }))
+    load_with(image, &JitOptions::none(), load, || super::Loaded::Module(unsafe { *module }))
 }
 
 /// The contents of the module file `fname` (`cuModuleLoad`) as an image a load call takes: a
@@ -452,8 +523,10 @@ unsafe extern "C" fn module_load_data_ex<const S: usize>(
     let real = MODULE_LOAD_DATA_EX.real(S);
     // SAFETY: as in `module_load_data`.
     let load = |img| unsafe { std::mem::transmute::<usize, FnModuleLoadDataEx>(real)(module, img, n, options, values) };
+    // SAFETY: the call's contract for its options.
+    let jit = unsafe { JitOptions::save(n, options, values) };
     // SAFETY: read after a successful load, which wrote the handle.
-    load_with(image, load, || super::Loaded::Module(unsafe { *module }))
+    load_with(image, &jit, load, || super::Loaded::Module(unsafe { *module }))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -471,8 +544,10 @@ unsafe extern "C" fn library_load_data<const S: usize>(
     // SAFETY: as in `module_load_data`.
     let load =
         |img| unsafe { std::mem::transmute::<usize, FnLibraryLoadData>(real)(library, img, jit_options, jit_values, n_jit, lib_options, lib_values, n_lib) };
+    // SAFETY: the call's contract for its options.
+    let jit = unsafe { JitOptions::save(n_jit, jit_options, jit_values) };
     // SAFETY: read after a successful load, which wrote the handle.
-    load_with(code, load, || super::Loaded::Library(unsafe { *library }))
+    load_with(code, &jit, load, || super::Loaded::Library(unsafe { *library }))
 }
 
 /// `cuLinkAddData`: a PTX or fat binary input of the application's own link with the probes
@@ -496,11 +571,14 @@ unsafe extern "C" fn link_add_data<const S: usize>(
     // SAFETY: the caller's contract for the input. The driver copies what it is given.
     let patched = std::panic::catch_unwind(|| unsafe { super::patched_link_input(kind, data, size) }).ok().flatten();
     if let Some(text) = &patched {
+        // SAFETY: the call's contract for its options.
+        let jit = unsafe { JitOptions::save(n, options, values) };
         let r = add(1, text.as_ptr().cast_mut().cast(), text.to_bytes_with_nul().len());
         if r == SUCCESS {
             return r;
         }
         super::link_input_refused(r);
+        jit.restore();
     }
     add(kind, data, size)
 }
@@ -523,9 +601,14 @@ unsafe extern "C" fn link_add_file<const S: usize>(
     if let Some(text) = &patched {
         // SAFETY: the caller's link state, options and values, with a NUL-terminated PTX text
         // (copied by the driver) named by the caller's path.
+        // SAFETY: the call's contract for its options.
+        let jit = unsafe { JitOptions::save(n, options, values) };
         match Driver::get().and_then(|d| unsafe { d.link_add_ptx(state, text, path, n, options, values) }) {
             Some(SUCCESS) => return SUCCESS,
-            Some(r) => super::link_input_refused(r),
+            Some(r) => {
+                super::link_input_refused(r);
+                jit.restore();
+            }
             None => {}
         }
     }
@@ -643,6 +726,78 @@ sync_point_wrapper!(event_synchronize, EVENT_SYNCHRONIZE, (event: Handle));
 sync_point_wrapper!(memcpy_dtoh, MEMCPY_DTOH, (dst: *mut c_void, src: u64, n: usize));
 sync_point_wrapper!(memcpy, MEMCPY, (dst: u64, src: u64, n: usize));
 
+// ---- teardown: nothing kept for a context or module outlives it ----
+
+type FnOneHandle = unsafe extern "C" fn(Handle) -> CuResult;
+type FnOneDevice = unsafe extern "C" fn(c_int) -> CuResult;
+
+/// `cuCtxDestroy`: the context's maps copied back before, what was kept for it forgotten after.
+unsafe extern "C" fn ctx_destroy<const S: usize>(ctx: Handle) -> CuResult {
+    super::before_teardown(ctx);
+    // SAFETY: the driver's own entry point for this slot with the caller's argument.
+    let r = unsafe { std::mem::transmute::<usize, FnOneHandle>(CTX_DESTROY.real(S))(ctx) };
+    if r == SUCCESS {
+        super::context_gone(ctx);
+    }
+    r
+}
+
+/// `cuDevicePrimaryCtxRelease`: the last release destroys the primary context (as
+/// `ctx_destroy`; whether it did is asked after the call).
+unsafe extern "C" fn primary_ctx_release<const S: usize>(device: c_int) -> CuResult {
+    // SAFETY: the driver's own entry point for this slot.
+    unsafe { primary_teardown(PRIMARY_CTX_RELEASE.real(S), device, false) }
+}
+
+/// `cuDevicePrimaryCtxReset` (`cudaDeviceReset`): destroys the primary context, as `ctx_destroy`.
+unsafe extern "C" fn primary_ctx_reset<const S: usize>(device: c_int) -> CuResult {
+    // SAFETY: the driver's own entry point for this slot.
+    unsafe { primary_teardown(PRIMARY_CTX_RESET.real(S), device, true) }
+}
+
+/// Calls `real`, a driver call that may destroy the primary context of `device` (always does:
+/// `destroys`), with the context's maps copied back before and what was kept for it forgotten
+/// after.
+///
+/// # Safety
+/// `real` is the driver's release or reset entry point.
+unsafe fn primary_teardown(real: usize, device: c_int, destroys: bool) -> CuResult {
+    let ctx = super::primary_context(device);
+    if let Some(c) = ctx {
+        super::before_teardown(c);
+    }
+    // SAFETY: the caller's contract, with the application's argument.
+    let r = unsafe { std::mem::transmute::<usize, FnOneDevice>(real)(device) };
+    if let (SUCCESS, Some(c)) = (r, ctx) {
+        if destroys || !super::primary_active(device) {
+            super::context_gone(c);
+        }
+    }
+    r
+}
+
+/// `cuModuleUnload`: what was kept for the module is forgotten.
+unsafe extern "C" fn module_unload<const S: usize>(module: Handle) -> CuResult {
+    // SAFETY: the driver's own entry point for this slot with the caller's argument.
+    let r = unsafe { std::mem::transmute::<usize, FnOneHandle>(MODULE_UNLOAD.real(S))(module) };
+    if r == SUCCESS {
+        super::module_gone(module, None);
+    }
+    r
+}
+
+/// `cuLibraryUnload`: what was kept for the library and its module in this context is
+/// forgotten.
+unsafe extern "C" fn library_unload<const S: usize>(library: Handle) -> CuResult {
+    let module = std::panic::catch_unwind(|| Driver::get().and_then(|d| d.library_module(library))).ok().flatten();
+    // SAFETY: the driver's own entry point for this slot with the caller's argument.
+    let r = unsafe { std::mem::transmute::<usize, FnOneHandle>(LIBRARY_UNLOAD.real(S))(library) };
+    if r == SUCCESS {
+        super::module_gone(library, module);
+    }
+    r
+}
+
 // ---- applications linked against libcuda itself ----
 
 /// `CUDA_ERROR_NOT_FOUND`: the driver has no such entry point.
@@ -731,7 +886,7 @@ macro_rules! direct_entry_points {
         /// whose `cuGetProcAddress` hands out the addresses of its exported functions gets them
         /// bound to ours by the dynamic linker (the agent comes first), and wrapping ours would
         /// go round twice. None for any other address.
-        fn driver_behind(addr: usize) -> Option<usize> {
+        pub(super) fn driver_behind(addr: usize) -> Option<usize> {
             $(
                 if addr == $sym as *const () as usize {
                     let symbol_name = CStr::from_bytes_with_nul(concat!(stringify!($sym), "\0").as_bytes()).ok()?;
@@ -785,6 +940,16 @@ direct_entry_points! {
     cuMemcpy as c"cuMemcpy" (dst: u64, src: u64, n: usize);
     /// `cuLinkAddData` (`_v2`, as cuda.h names it), called directly.
     cuLinkAddData_v2 as c"cuLinkAddData" (state: Handle, kind: c_int, data: *mut c_void, size: usize, name: *const c_char, n: c_uint, options: *mut c_int, values: *mut *mut c_void);
+    /// `cuCtxDestroy` (`_v2`, as cuda.h names it), called directly.
+    cuCtxDestroy_v2 as c"cuCtxDestroy" (ctx: Handle);
+    /// `cuDevicePrimaryCtxRelease` (`_v2`, as cuda.h names it), called directly.
+    cuDevicePrimaryCtxRelease_v2 as c"cuDevicePrimaryCtxRelease" (device: c_int);
+    /// `cuDevicePrimaryCtxReset` (`_v2`, as cuda.h names it), called directly.
+    cuDevicePrimaryCtxReset_v2 as c"cuDevicePrimaryCtxReset" (device: c_int);
+    /// `cuModuleUnload`, called directly.
+    cuModuleUnload as c"cuModuleUnload" (module: Handle);
+    /// `cuLibraryUnload`, called directly.
+    cuLibraryUnload as c"cuLibraryUnload" (library: Handle);
     /// `cuLinkAddFile` (`_v2`, as cuda.h names it), called directly.
     cuLinkAddFile_v2 as c"cuLinkAddFile" (state: Handle, kind: c_int, path: *const c_char, n: c_uint, options: *mut c_int, values: *mut *mut c_void);
 }

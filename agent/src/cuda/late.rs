@@ -65,7 +65,7 @@ unsafe impl Send for Substitute {}
 unsafe impl Sync for Substitute {}
 
 /// The driver entry points hooked: those the preloaded agent wraps.
-const HOOKED: [&std::ffi::CStr; 14] = [
+const HOOKED: [&std::ffi::CStr; 19] = [
     c"cuLaunchKernel",
     c"cuLaunchKernelEx",
     c"cuLaunchCooperativeKernel",
@@ -80,6 +80,11 @@ const HOOKED: [&std::ffi::CStr; 14] = [
     c"cuEventSynchronize",
     c"cuMemcpyDtoH",
     c"cuMemcpy",
+    c"cuCtxDestroy",
+    c"cuDevicePrimaryCtxRelease",
+    c"cuDevicePrimaryCtxReset",
+    c"cuModuleUnload",
+    c"cuLibraryUnload",
 ];
 
 /// The driver ABI versions whose variants of an entry point are hooked (CUDA 12 and 13 may
@@ -231,6 +236,20 @@ pub(crate) fn substitute(f: Handle, stream: Handle) -> (Handle, Option<Arc<Subst
         Some(sub) => (sub.function, Some(sub)),
         None => (f, None),
     }
+}
+
+/// After context `ctx` is gone: its patched modules and substitutes are forgotten.
+pub(crate) fn context_gone(ctx: usize) {
+    let Some(late) = LATE.get() else { return };
+    lock(&late.modules).retain(|&(c, _), _| c != ctx);
+    lock(&late.launches).retain(|&(c, _), _| c != ctx);
+}
+
+/// After a module was unloaded: the substitutes are worked out again (the driver may hand an
+/// unloaded module's function handles out again for others).
+pub(crate) fn module_gone() {
+    let Some(late) = LATE.get() else { return };
+    lock(&late.launches).clear();
 }
 
 /// After a launch that ran a patched copy: its `__device__` variables copied back to the

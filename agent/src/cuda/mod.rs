@@ -12,8 +12,16 @@
 //!     stream: arena copied to pinned memory, ring cursors cleared, a host function writes the
 //!     maps back to the region
 //!   cuCtxSynchronize / cuStreamSynchronize / cuEventSynchronize / cuMemcpyDtoH / cuMemcpy:
-//!     after the real call, maps with launches not yet copied back are copied back (synchronously)
+//!     after the real call, maps with launches not yet copied back are copied back (on a
+//!     non-blocking stream of ours, waited for: it waits for nothing of the application's)
+//!   cuCtxDestroy / cuDevicePrimaryCtxReset / cuDevicePrimaryCtxRelease: before the real call
+//!     the context's work is finished and its maps copied back; after it, all that was kept
+//!     for the context (arena, modules, registrations, late substitutes) is forgotten
+//!   cuModuleUnload / cuLibraryUnload: what was kept for the module is forgotten
 //! ```
+//!
+//! The driver reuses handles and device addresses: nothing kept for a context or module may
+//! outlive it.
 
 mod driver;
 mod hooks;
@@ -36,6 +44,9 @@ use std::time::{Duration, Instant};
 /// A device arena: the maps of every probe, in one context.
 pub(crate) struct Arena {
     dev: DevPtr,
+    /// A non-blocking stream of ours in the arena's context, for the copies the host waits
+    /// for (0: the legacy default stream, when the driver could not make one).
+    stream: usize,
     len: usize,
     layout: ArenaLayout,
     /// Pinned buffers of `len` bytes for the copies back and the hash merges, free for reuse
@@ -115,17 +126,18 @@ struct Gpu {
     /// Whether any patched image was handed to the driver (until then launches are not looked
     /// at). The images themselves are leaked: a library may read its image later.
     patched: AtomicBool,
-    /// Modules seen at launch: their arena when they carry probes.
-    modules: Mutex<HashMap<usize, Option<Arc<Arena>>>>,
+    /// Modules seen at launch: (their context, their arena when they carry probes).
+    modules: Mutex<HashMap<usize, (usize, Option<Arc<Arena>>)>>,
     /// Arenas by context.
     arenas: Mutex<HashMap<usize, Arc<Arena>>>,
-    /// Patched images loaded: (module or library handle, whether a library).
-    loaded: Mutex<Vec<(usize, bool)>>,
+    /// Patched images loaded: a module (handle, its context) or a library (handle, None: a
+    /// library outlives contexts, with a module in each).
+    loaded: Mutex<Vec<(usize, Option<usize>)>>,
     /// Probes spliced into inputs of the application's own links (`cuLinkAddData`): a cubin
     /// holding `bpftime_arena` that it loads attaches them.
     in_links: Mutex<Vec<String>>,
-    /// Host memory registered with the devices (page ranges of the region).
-    registered: Mutex<Vec<(u64, u64)>>,
+    /// Host memory registered with the devices, by context (page ranges of the region).
+    registered: Mutex<HashMap<usize, Vec<(u64, u64)>>>,
     /// Whether the driver's entry points may have been fetched unwrapped (see `start`): only
     /// then are they hooked.
     late: bool,
@@ -418,7 +430,7 @@ impl Gpu {
         let mut layout = self.probes.layout(nsm, true)?;
         let mut in_host = vec![];
         if layout.host_maps().next().is_some() {
-            match self.map_host_storage(drv, &layout) {
+            match self.map_host_storage(drv, ctx, &layout) {
                 Ok(placed) => in_host = placed,
                 Err(e) => {
                     self.say_once(format!("CUDA maps declared in host memory are kept in device memory instead: {e}"));
@@ -432,7 +444,8 @@ impl Gpu {
         for &(slot, storage) in &in_host {
             layout.place_in_host(&mut image, slot, dev, storage)?;
         }
-        drv.memcpy_htod(dev, &image)?;
+        let stream = drv.private_stream();
+        drv.copy_to_device_now(dev, &image, stream)?;
         if verbose() && !in_host.is_empty() {
             let names: Vec<&str> = in_host.iter().map(|&(slot, _)| layout.maps[slot].spec.name.as_str()).collect();
             eprintln!("bpftime: CUDA maps in host memory (the region's own values): {}", names.join(", "));
@@ -443,6 +456,7 @@ impl Gpu {
         let share = Mutex::new(self.probes.host_share(&layout, &image, writes));
         let a = Arc::new(Arena {
             dev,
+            stream: stream as usize,
             len: image.len(),
             layout,
             staging: Mutex::default(),
@@ -460,9 +474,9 @@ impl Gpu {
     }
 
     /// Registers the region's values of the maps `layout` keeps in host memory with the device
-    /// (the pages holding them, once per process) and returns each one's device address in the
-    /// current context: (slot, address).
-    fn map_host_storage(&self, drv: &Driver, layout: &ArenaLayout) -> Result<Vec<(usize, DevPtr)>, String> {
+    /// (the pages holding them, once per context) and returns each one's device address in the
+    /// current context `ctx`: (slot, address).
+    fn map_host_storage(&self, drv: &Driver, ctx: usize, layout: &ArenaLayout) -> Result<Vec<(usize, DevPtr)>, String> {
         let storage = self.probes.host_storage(layout)?;
         // SAFETY: sysconf cannot fail for _SC_PAGESIZE.
         let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64;
@@ -476,6 +490,7 @@ impl Gpu {
             }
         }
         let mut registered = lock(&self.registered);
+        let registered = registered.entry(ctx).or_default();
         for &(start, end) in &merged {
             if registered.iter().any(|&(s, e)| s <= start && end <= e) {
                 continue;
@@ -498,9 +513,10 @@ impl Gpu {
     /// The arena of `module` when it carries probes (it has our `bpftime_arena` global), with
     /// that global set.
     fn module_arena(&self, drv: &Driver, module: Handle) -> Option<Arc<Arena>> {
-        if let Some(known) = lock(&self.modules).get(&(module as usize)) {
+        if let Some((_, known)) = lock(&self.modules).get(&(module as usize)) {
             return known.clone();
         }
+        let ctx = drv.current_context()? as usize;
         let found = drv.module_global(module, &CString::new(patch::ARENA_GLOBAL).ok()?).and_then(|(global, size)| {
             if size < 8 * patch::ARENA_WORDS.len() {
                 return None;
@@ -510,10 +526,10 @@ impl Gpu {
             let host = bpftime_runtime::gpu::host_words().words();
             let words = [arena.dev, arena.len as u64, (pid << 32) | pid, host[0], host[1], host[2], host[3], host[4]];
             let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            drv.memcpy_htod(global, &bytes).map_err(|e| self.say_once(format!("CUDA probes are off: {e}"))).ok()?;
+            drv.copy_to_device_now(global, &bytes, arena.stream as Handle).map_err(|e| self.say_once(format!("CUDA probes are off: {e}"))).ok()?;
             Some(arena)
         });
-        lock(&self.modules).insert(module as usize, found.clone());
+        lock(&self.modules).insert(module as usize, (ctx, found.clone()));
         found
     }
 
@@ -959,9 +975,10 @@ pub(crate) enum Loaded {
 fn loaded_patched(image: &PatchedImage, handle: Loaded) {
     guarded(|| {
         let gpu = GPU.get()?;
+        let ctx = || Driver::get().and_then(Driver::current_context).map_or(0, |c| c as usize);
         lock(&gpu.loaded).push(match handle {
-            Loaded::Module(h) => (h as usize, false),
-            Loaded::Library(h) => (h as usize, true),
+            Loaded::Module(h) => (h as usize, Some(ctx())),
+            Loaded::Library(h) => (h as usize, None),
         });
         for p in gpu.probes.probes.iter().filter(|p| image.probes.contains(&p.name)) {
             links::raise_state(&gpu.region, p.link, LinkState::Attached);
@@ -1046,8 +1063,8 @@ fn arena_for_graph(stream: Handle) -> Option<Arc<Arena>> {
         }
         let loaded = lock(&gpu.loaded).clone();
         let mut arena = None;
-        for (h, library) in loaded {
-            let module = if library { drv.library_module(h as Handle) } else { Some(h as Handle) };
+        for (h, module_ctx) in loaded {
+            let module = if module_ctx.is_none() { drv.library_module(h as Handle) } else { Some(h as Handle) };
             if let Some(a) = module.and_then(|m| gpu.module_arena(drv, m)) {
                 arena = Some(a);
             }
@@ -1093,32 +1110,104 @@ fn sync_point() {
         let drv = Driver::get()?;
         let arenas: Vec<(usize, Arc<Arena>)> = lock(&gpu.arenas).iter().map(|(c, a)| (*c, a.clone())).collect();
         for (ctx, a) in arenas {
-            // The copies back the stream made come first, and are all the app's results
-            // when no launch came after them.
-            a.settle();
-            if a.dirty.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            a.dirty.store(0, Ordering::Relaxed);
-            *lock(&a.last_copy) = Instant::now();
-            let mut copy = vec![0u8; a.len];
-            let given = lock(&a.share).clone();
-            // From a thread of ours (the link follower) the arena's context is made current.
-            let r = drv
-                .with_context(ctx as Handle, || {
-                    drv.memcpy_dtoh(&mut copy, a.dev)
-                        .and_then(|()| a.layout.ring_resets().into_iter().try_for_each(|(off, len)| drv.memset(a.dev + off, len as usize)))
-                })
-                .unwrap_or_else(|| Err("its context cannot be made current".into()));
-            // The synchronous copy waited for the work queued before it, copies back included:
-            // those copies are older than this one and are written back first (else an array's
-            // older values would overwrite these).
-            a.settle();
-            match r {
-                Ok(()) => a.write_back(gpu, &mut copy, &given),
-                Err(e) => gpu.say_once(format!("CUDA maps are not copied back: {e}")),
-            }
+            copy_back_now(gpu, drv, ctx as Handle, &a);
         }
+        Some(())
+    });
+}
+
+/// Copies arena `a` of context `ctx` back into the region now, when launches have run since
+/// its last copy back (the copies back queued before it are written first).
+fn copy_back_now(gpu: &Gpu, drv: &Driver, ctx: Handle, a: &Arena) {
+    // The copies back the stream made come first, and are all the app's results when no
+    // launch came after them.
+    a.settle();
+    if a.dirty.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    a.dirty.store(0, Ordering::Relaxed);
+    *lock(&a.last_copy) = Instant::now();
+    let mut copy = vec![0u8; a.len];
+    let given = lock(&a.share).clone();
+    let stream = a.stream as Handle;
+    // From a thread of ours (the link follower) the arena's context is made current.
+    let r = drv
+        .with_context(ctx, || {
+            drv.copy_from_device_now(&mut copy, a.dev, stream).and_then(|()| {
+                a.layout.ring_resets().into_iter().try_for_each(|(off, len)| drv.memset_async(a.dev + off, len as usize, stream))?;
+                drv.stream_synchronize(stream)
+            })
+        })
+        .unwrap_or_else(|| Err("its context cannot be made current".into()));
+    // Copies back queued before this one and handed over since are older: they are written
+    // back first (else an array's older values would overwrite these).
+    a.settle();
+    match r {
+        Ok(()) => a.write_back(gpu, &mut copy, &given),
+        Err(e) => gpu.say_once(format!("CUDA maps are not copied back: {e}")),
+    }
+}
+
+/// The context a teardown call (`cuDevicePrimaryCtxReset` / `Release` of `device`) ends,
+/// when the agent keeps anything for it.
+pub(crate) fn primary_context(device: std::ffi::c_int) -> Option<Handle> {
+    let gpu = GPU.get()?;
+    guarded(|| {
+        let ctx = Driver::get()?.primary_context(device)?;
+        let known = lock(&gpu.arenas).contains_key(&(ctx as usize)) || lock(&gpu.modules).values().any(|(c, _)| *c == ctx as usize);
+        known.then_some(ctx)
+    })
+}
+
+/// Whether the primary context of `device` is still there (after a release).
+pub(crate) fn primary_active(device: std::ffi::c_int) -> bool {
+    guarded(|| Some(Driver::get()?.primary_context(device).is_some())).unwrap_or(true)
+}
+
+/// Before the application tears down context `ctx`: its work is finished (as the teardown
+/// would finish it) and its maps copied back while it exists.
+pub(crate) fn before_teardown(ctx: Handle) {
+    let Some(gpu) = GPU.get() else { return };
+    guarded(|| {
+        let drv = Driver::get()?;
+        let arena = lock(&gpu.arenas).get(&(ctx as usize)).cloned()?;
+        if let Some(Err(e)) = drv.with_context(ctx, || drv.ctx_synchronize()) {
+            gpu.say_once(format!("CUDA maps of a context torn down may miss its last launches: {e}"));
+        }
+        // Every host function queued on its streams has run: their copies back are written
+        // before the pinned buffers they read go with the context.
+        copy_back_now(gpu, drv, ctx, &arena);
+        arena.settle_within(Duration::from_secs(5));
+        Some(())
+    });
+}
+
+/// After context `ctx` is gone: what the agent kept for it is forgotten (the driver hands its
+/// handle and addresses out again).
+pub(crate) fn context_gone(ctx: Handle) {
+    let Some(gpu) = GPU.get() else { return };
+    let ctx = ctx as usize;
+    guarded(|| {
+        if lock(&gpu.arenas).remove(&ctx).is_some() && verbose() {
+            eprintln!("bpftime: CUDA context torn down: its maps were copied back");
+        }
+        lock(&gpu.modules).retain(|_, (c, _)| *c != ctx);
+        lock(&gpu.loaded).retain(|&(_, c)| c != Some(ctx));
+        lock(&gpu.registered).remove(&ctx);
+        late::context_gone(ctx);
+        Some(())
+    });
+}
+
+/// After module (or library) `handle` was unloaded: what the agent kept for it is forgotten;
+/// `module` is a library's module in the current context.
+pub(crate) fn module_gone(handle: Handle, module: Option<Handle>) {
+    let Some(gpu) = GPU.get() else { return };
+    guarded(|| {
+        let gone = |h: usize| h == handle as usize || module.is_some_and(|m| m as usize == h);
+        lock(&gpu.modules).retain(|&h, _| !gone(h));
+        lock(&gpu.loaded).retain(|&(h, _)| !gone(h));
+        late::module_gone();
         Some(())
     });
 }

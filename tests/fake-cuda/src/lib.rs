@@ -1,8 +1,9 @@
 //! A stand-in `libcuda.so.1` for machines without a GPU (a test double, in the spirit of
 //! aya's fake syscall layer): the driver API as the CUDA runtime reaches it (`dlsym` of
 //! `cuGetProcAddress_v2`, everything else through it), with modules run by
-//! `bpftime_gpu_ptx::interp`. One device (sm_75, 4 SMs), one context, streams that run
-//! everything at once. Kernels are one-dimensional.
+//! `bpftime_gpu_ptx::interp`. One device (sm_75, 4 SMs); contexts current per thread, each
+//! with device memory of its own that goes with it (handles and addresses are reused, as a
+//! driver reuses them); streams that run everything at once. Kernels are one-dimensional.
 //!
 //! What it was given is left for the test to read when `BPFTIME_FAKE_CUDA_DIR` names a
 //! directory: every loaded PTX text (`module-N.ptx`) and a `log` of loads and launches.
@@ -15,6 +16,7 @@
 use bpftime_gpu_ptx::fatbin::{self, EntryKind};
 use bpftime_gpu_ptx::interp::{Launch, Machine, Memory, Module};
 use bpftime_gpu_ptx::link;
+use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::io::Write;
 use std::sync::Mutex;
@@ -25,10 +27,12 @@ type Handle = *mut c_void;
 const SUCCESS: CuResult = 0;
 const INVALID_VALUE: CuResult = 1;
 const INVALID_IMAGE: CuResult = 200;
+const INVALID_CONTEXT: CuResult = 201;
 const NO_BINARY_FOR_GPU: CuResult = 209;
 const INVALID_PTX: CuResult = 218;
 const INVALID_HANDLE: CuResult = 400;
 const NOT_FOUND: CuResult = 500;
+const CONTEXT_IS_DESTROYED: CuResult = 709;
 const LAUNCH_FAILED: CuResult = 719;
 const NOT_SUPPORTED: CuResult = 801;
 
@@ -40,37 +44,96 @@ const SMS: u32 = 4;
 struct LoadedModule {
     machine: Machine,
     module: Module,
+    /// Its context's index (handle - 1).
+    ctx: usize,
 }
 
+/// A context: its device memory, and the host memory registered in it.
 #[derive(Default)]
-struct Fake {
+struct Context {
     memory: Memory,
-    modules: Vec<LoadedModule>,
-    /// (module index, kernel name); a function's handle is its index + 1.
-    functions: Vec<(usize, String)>,
-    context: bool,
     /// Host memory registered with the device (address, bytes): mirrored into device memory
     /// at the same address for each launch, and what the kernel changed written back after it
     /// (as a GPU reaches mapped host memory, at launch granularity).
     host: Vec<(u64, u64)>,
 }
 
+#[derive(Default)]
+struct Fake {
+    /// Contexts by handle - 1 (None once destroyed, the slot reused). Slot 0 is device 0's
+    /// primary context, made when it is retained.
+    contexts: Vec<Option<Context>>,
+    /// Retains of the primary context not released.
+    primary_refs: u32,
+    /// Modules by handle - 1 (None once unloaded or their context destroyed, the slot reused).
+    modules: Vec<Option<LoadedModule>>,
+    /// Modules loaded so far (names the `module-N.ptx` files).
+    loads: usize,
+    /// (module index, kernel name); a function's handle is its index + 1. A function of a
+    /// module gone has index `usize::MAX`.
+    functions: Vec<(usize, String)>,
+}
+
+thread_local! {
+    /// This thread's context stack (handles, the current one last).
+    static STACK: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The handle of this thread's current context (0: none).
+fn current() -> usize {
+    STACK.with(|s| s.borrow().last().copied().unwrap_or(0))
+}
+
+/// The context of `handle`.
+fn context(f: &mut Fake, handle: usize) -> Result<&mut Context, CuResult> {
+    if handle == 0 {
+        return Err(INVALID_CONTEXT);
+    }
+    match f.contexts.get_mut(handle - 1) {
+        Some(Some(c)) => Ok(c),
+        Some(None) => Err(CONTEXT_IS_DESTROYED),
+        None => Err(INVALID_CONTEXT),
+    }
+}
+
+/// Destroys the context at `index`: its memory and modules go (call `drain` first: its work
+/// finishes).
+fn destroy(f: &mut Fake, index: usize) {
+    if let Some(slot) = f.contexts.get_mut(index) {
+        *slot = None;
+    }
+    for (i, m) in f.modules.iter_mut().enumerate() {
+        if m.as_ref().is_some_and(|m| m.ctx == index) {
+            *m = None;
+            forget_functions(&mut f.functions, i);
+        }
+    }
+    log(&format!("context {} destroyed", index + 1));
+}
+
+/// Marks the functions of module `index` as gone.
+fn forget_functions(functions: &mut [(usize, String)], index: usize) {
+    for f in functions.iter_mut().filter(|f| f.0 == index) {
+        f.0 = usize::MAX;
+    }
+}
+
 /// Copies the host's bytes of every registered range into device memory.
-fn mirror_in(f: &mut Fake) -> Vec<Vec<u8>> {
+fn mirror_in(c: &mut Context) -> Vec<Vec<u8>> {
     let mut snapshots = vec![];
-    for &(addr, len) in &f.host {
+    for &(addr, len) in &c.host {
         // SAFETY: cuMemHostRegister's contract: the range stays mapped while registered.
         let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) }.to_vec();
-        let _ = f.memory.write(addr, &bytes);
+        let _ = c.memory.write(addr, &bytes);
         snapshots.push(bytes);
     }
     snapshots
 }
 
 /// Writes back to the host the bytes of registered ranges the kernel changed.
-fn mirror_out(f: &Fake, snapshots: &[Vec<u8>]) {
-    for (&(addr, len), before) in f.host.iter().zip(snapshots) {
-        let Ok(after) = f.memory.read(addr, len) else { continue };
+fn mirror_out(c: &Context, snapshots: &[Vec<u8>]) {
+    for (&(addr, len), before) in c.host.iter().zip(snapshots) {
+        let Ok(after) = c.memory.read(addr, len) else { continue };
         for (i, (&a, &b)) in after.iter().zip(before).enumerate() {
             if a != b {
                 // SAFETY: as in `mirror_in`; a byte the kernel wrote.
@@ -237,21 +300,33 @@ unsafe fn load(image: *const c_void) -> Result<Handle, CuResult> {
         log(&format!("load failed: {e}"));
         INVALID_PTX
     })?;
+    let cur = current();
     with(|f| {
-        let n = f.modules.len();
+        let machine = Machine::new_in(module.clone(), &mut context(f, cur)?.memory);
+        let n = f.loads;
+        f.loads += 1;
         if let Some(dir) = std::env::var_os("BPFTIME_FAKE_CUDA_DIR") {
             let _ = std::fs::write(std::path::Path::new(&dir).join(format!("module-{n}.ptx")), &ptx);
         }
         log(&format!("load module {n}: {}", module.function_names().join(" ")));
-        let machine = Machine::new_in(module.clone(), &mut f.memory);
-        f.modules.push(LoadedModule { machine, module });
-        Ok((n + 1) as Handle)
+        let loaded = LoadedModule { machine, module, ctx: cur - 1 };
+        let slot = match f.modules.iter().position(Option::is_none) {
+            Some(i) => {
+                f.modules[i] = Some(loaded);
+                i
+            }
+            None => {
+                f.modules.push(Some(loaded));
+                f.modules.len() - 1
+            }
+        };
+        Ok((slot + 1) as Handle)
     })
 }
 
 fn module_index(f: &Fake, m: Handle) -> Result<usize, CuResult> {
     let i = (m as usize).wrapping_sub(1);
-    if i < f.modules.len() {
+    if f.modules.get(i).is_some_and(Option::is_some) {
         Ok(i)
     } else {
         Err(INVALID_HANDLE)
@@ -262,12 +337,46 @@ fn function(f: &mut Fake, m: Handle, name: *const c_char) -> Result<Handle, CuRe
     let mi = module_index(f, m)?;
     // SAFETY: the API takes a NUL-terminated name.
     let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
-    f.modules[mi].module.kernel_param_sizes(&name).ok_or(NOT_FOUND)?;
+    f.modules[mi].as_ref().and_then(|m| m.module.kernel_param_sizes(&name)).ok_or(NOT_FOUND)?;
     if let Some(i) = f.functions.iter().position(|(m2, n)| *m2 == mi && *n == name) {
         return Ok((i + 1) as Handle);
     }
     f.functions.push((mi, name));
     Ok(f.functions.len() as Handle)
+}
+
+/// The JIT logs of a load with options (cuda.h `CUjit_option`), filled as the driver fills
+/// them: on success the info log (`CU_JIT_INFO_LOG_BUFFER` 3, its size 4) says what was loaded,
+/// on failure the error log (5, its size 6) says why; each size option is set to the bytes
+/// written into its buffer (0 for the other log).
+///
+/// # Safety
+/// `options` and `values` hold `n` entries (or are null with `n` 0); a log buffer is writable
+/// for the size its size option gives.
+unsafe fn fill_jit_logs(n: c_uint, options: *const c_int, values: *mut *mut c_void, r: Result<Handle, CuResult>) {
+    if n == 0 || options.is_null() || values.is_null() {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let (opts, vals) = unsafe { (std::slice::from_raw_parts(options, n as usize), std::slice::from_raw_parts_mut(values, n as usize)) };
+    let text = match r {
+        Ok(h) => format!("info: module {} loaded for sm_{ARCH}", h as usize),
+        Err(e) => format!("error: the PTX was refused (CUDA error {e})"),
+    };
+    let (log, other) = if r.is_ok() { (3, 5) } else { (5, 3) };
+    for (buffer, size, message) in [(log, log + 1, text.as_str()), (other, other + 1, "")] {
+        let (Some(b), Some(z)) = (opts.iter().position(|&o| o == buffer), opts.iter().position(|&o| o == size)) else { continue };
+        let room = vals[z] as usize;
+        let written = if room == 0 { 0 } else { message.len().min(room - 1) + 1 };
+        if written > 0 {
+            // SAFETY: the caller's contract: the buffer holds `room` bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(message.as_ptr(), vals[b].cast::<u8>(), written - 1);
+                vals[b].cast::<u8>().add(written - 1).write(0);
+            }
+        }
+        vals[z] = written as *mut c_void;
+    }
 }
 
 fn result(r: Result<(), CuResult>) -> CuResult {
@@ -327,7 +436,11 @@ fn launch(func: Handle, grid: [c_uint; 3], block: [c_uint; 3], params: *mut *mut
     // The arguments are read when the call is made; the kernel runs in stream order.
     let prepared = with(|f| {
         let Some((mi, name)) = f.functions.get((func as usize).wrapping_sub(1)).cloned() else { return Err(INVALID_HANDLE) };
-        let sizes = f.modules[mi].module.kernel_param_sizes(&name).unwrap_or_default();
+        let Some(Some(m)) = f.modules.get(mi) else { return Err(INVALID_HANDLE) };
+        if m.ctx + 1 != current() {
+            return Err(INVALID_CONTEXT);
+        }
+        let sizes = m.module.kernel_param_sizes(&name).unwrap_or_default();
         let mut args = vec![];
         for (i, &size) in sizes.iter().enumerate() {
             if size > 8 || params.is_null() {
@@ -350,19 +463,22 @@ fn launch(func: Handle, grid: [c_uint; 3], block: [c_uint; 3], params: *mut *mut
 
 fn run_kernel(mi: usize, name: &str, args: &[u64], grid: [c_uint; 3], block: [c_uint; 3]) -> CuResult {
     with(|f| {
+        let Fake { contexts, modules, .. } = f;
+        // A module unloaded (or its context destroyed) before its launch ran.
+        let Some(Some(lm)) = modules.get_mut(mi) else { return INVALID_HANDLE };
+        let Some(Some(c)) = contexts.get_mut(lm.ctx) else { return CONTEXT_IS_DESTROYED };
         log(&format!("launch {name} blocks {} threads {}", grid.iter().product::<u32>(), block.iter().product::<u32>()));
-        let m = &mut f.modules[mi].machine;
+        let m = &mut lm.machine;
         // As on a GPU, `%globaltimer` counts the host's CLOCK_REALTIME.
         let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: clock_gettime(2) writes one timespec.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
         m.set_global_timer(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64);
-        let snapshots = mirror_in(f);
-        let m = &mut f.modules[mi].machine;
-        m.memory = std::mem::take(&mut f.memory);
+        let snapshots = mirror_in(c);
+        m.memory = std::mem::take(&mut c.memory);
         let r = m.launch(name, args, Launch { grid, block, sms: SMS });
-        f.memory = std::mem::take(&mut m.memory);
-        mirror_out(f, &snapshots);
+        c.memory = std::mem::take(&mut m.memory);
+        mirror_out(c, &snapshots);
         match r {
             Ok(()) => SUCCESS,
             Err(e) => {
@@ -438,18 +554,98 @@ api! {
         let value = match attr { 16 => SMS as c_int, 75 => (ARCH / 10) as c_int, 76 => (ARCH % 10) as c_int, _ => 0 };
         unsafe { put(v, value) }
     }
-    fn cuDevicePrimaryCtxRetain(c: *mut Handle, _dev: c_int) { with(|f| f.context = true); unsafe { put(c, 1 as Handle) } }
-    fn cuDevicePrimaryCtxRelease(_dev: c_int) { SUCCESS }
-    fn cuCtxSetCurrent(c: Handle) { with(|f| f.context = !c.is_null()); SUCCESS }
-    fn cuCtxGetCurrent(c: *mut Handle) { let cur = with(|f| f.context); unsafe { put(c, if cur { 1 as Handle } else { std::ptr::null_mut() }) } }
-    fn cuCtxPushCurrent(c: Handle) { with(|f| f.context = !c.is_null()); SUCCESS }
-    // One context, current on every thread once made current: popping leaves it so.
-    fn cuCtxPopCurrent(c: *mut Handle) { unsafe { put(c, 1 as Handle) } }
-    fn cuCtxGetDevice(d: *mut c_int) { unsafe { put(d, 0) } }
+    fn cuDevicePrimaryCtxRetain(c: *mut Handle, _dev: c_int) {
+        with(|f| {
+            if f.contexts.is_empty() {
+                f.contexts.push(None);
+            }
+            if f.contexts[0].is_none() {
+                f.contexts[0] = Some(Context::default());
+                log("primary context made");
+            }
+            f.primary_refs += 1;
+        });
+        unsafe { put(c, 1 as Handle) }
+    }
+    // The last release destroys the primary context, after its work.
+    fn cuDevicePrimaryCtxRelease(_dev: c_int) {
+        drain();
+        with(|f| {
+            f.primary_refs = f.primary_refs.saturating_sub(1);
+            if f.primary_refs == 0 && f.contexts.first().is_some_and(Option::is_some) {
+                destroy(f, 0);
+            }
+        });
+        SUCCESS
+    }
+    // Destroys the primary context (its retains stay counted); the next retain makes it again.
+    fn cuDevicePrimaryCtxReset(_dev: c_int) {
+        drain();
+        with(|f| if f.contexts.first().is_some_and(Option::is_some) { destroy(f, 0) });
+        SUCCESS
+    }
+    fn cuDevicePrimaryCtxGetState(_dev: c_int, flags: *mut c_uint, active: *mut c_int) {
+        let on = with(|f| f.contexts.first().is_some_and(Option::is_some));
+        unsafe { put(flags, 0) };
+        unsafe { put(active, on as c_int) }
+    }
+    fn cuCtxCreate(c: *mut Handle, _flags: c_uint, _dev: c_int) {
+        let handle = with(|f| {
+            if f.contexts.is_empty() {
+                f.contexts.push(None);
+            }
+            let i = match (1..f.contexts.len()).find(|&i| f.contexts[i].is_none()) {
+                Some(i) => i,
+                None => { f.contexts.push(None); f.contexts.len() - 1 }
+            };
+            f.contexts[i] = Some(Context::default());
+            log(&format!("context {} made", i + 1));
+            i + 1
+        });
+        STACK.with(|s| s.borrow_mut().push(handle));
+        unsafe { put(c, handle as Handle) }
+    }
+    fn cuCtxDestroy(c: Handle) {
+        let h = c as usize;
+        if h <= 1 || with(|f| context(f, h).is_err()) {
+            return INVALID_CONTEXT;
+        }
+        drain();
+        with(|f| destroy(f, h - 1));
+        STACK.with(|s| s.borrow_mut().retain(|&x| x != h));
+        SUCCESS
+    }
+    fn cuCtxSetCurrent(c: Handle) {
+        STACK.with(|s| {
+            let mut s = s.borrow_mut();
+            s.pop();
+            if !c.is_null() {
+                s.push(c as usize);
+            }
+        });
+        SUCCESS
+    }
+    fn cuCtxGetCurrent(c: *mut Handle) { unsafe { put(c, current() as Handle) } }
+    fn cuCtxPushCurrent(c: Handle) {
+        if c.is_null() { return INVALID_CONTEXT; }
+        STACK.with(|s| s.borrow_mut().push(c as usize));
+        SUCCESS
+    }
+    fn cuCtxPopCurrent(c: *mut Handle) {
+        let popped = STACK.with(|s| s.borrow_mut().pop()).unwrap_or(0);
+        if popped == 0 { return INVALID_CONTEXT; }
+        if !c.is_null() { unsafe { put(c, popped as Handle) }; }
+        SUCCESS
+    }
+    fn cuCtxGetDevice(d: *mut c_int) { if current() == 0 { INVALID_CONTEXT } else { unsafe { put(d, 0) } } }
     fn cuCtxSynchronize() { drain(); SUCCESS }
     fn cuStreamCreate(s: *mut Handle, _flags: c_uint) { unsafe { put(s, 0x10 as Handle) } }
     fn cuStreamSynchronize(_s: Handle) { drain(); SUCCESS }
-    fn cuMemAlloc(p: *mut u64, n: usize) { let a = with(|f| f.memory.alloc(n as u64)); unsafe { put(p, a) } }
+    fn cuStreamDestroy(_s: Handle) { SUCCESS }
+    fn cuMemAlloc(p: *mut u64, n: usize) {
+        let cur = current();
+        match with(|f| context(f, cur).map(|c| c.memory.alloc(n as u64))) { Ok(a) => unsafe { put(p, a) }, Err(e) => e }
+    }
     fn cuMemFree(_p: u64) { SUCCESS }
     fn cuMemAllocHost(p: *mut *mut c_void, n: usize) {
         // SAFETY: malloc(3); freed by cuMemFreeHost.
@@ -463,35 +659,46 @@ api! {
     fn cuMemcpyHtoD(dst: u64, src: *const c_void, n: usize) {
         drain();
         let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), n) }.to_vec();
-        result(with(|f| f.memory.write(dst, &data)).map_err(|_| INVALID_VALUE))
+        let cur = current();
+        result(with(|f| context(f, cur)?.memory.write(dst, &data).map_err(|_| INVALID_VALUE)))
     }
     fn cuMemcpyHtoDAsync(dst: u64, src: *const c_void, n: usize, _s: Handle) {
         // From pinned memory the bytes are read when the copy runs; from pageable memory the
         // driver takes them at the call.
         let (at, pinned) = (src as usize, PINNED.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|&(a, len)| a <= src as usize && src as usize + n <= a + len));
         let early = (!pinned).then(|| unsafe { std::slice::from_raw_parts(src.cast::<u8>(), n) }.to_vec());
+        let cur = current();
         on_stream(move || {
             let data = early.unwrap_or_else(|| unsafe { std::slice::from_raw_parts(at as *const u8, n) }.to_vec());
-            let _ = with(|f| f.memory.write(dst, &data));
+            let _ = with(|f| context(f, cur).map(|c| c.memory.write(dst, &data)));
         })
     }
     fn cuMemcpyDtoH(dst: *mut c_void, src: u64, n: usize) {
         drain();
-        match with(|f| f.memory.read(src, n as u64)) {
+        let cur = current();
+        match with(|f| context(f, cur)?.memory.read(src, n as u64).map_err(|_| INVALID_VALUE)) {
             Ok(b) => { unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), dst.cast::<u8>(), n) }; SUCCESS }
-            Err(_) => INVALID_VALUE,
+            Err(e) => e,
         }
     }
     fn cuMemcpyDtoHAsync(dst: *mut c_void, src: u64, n: usize, _s: Handle) {
         let at = dst as usize;
+        let cur = current();
         on_stream(move || {
-            if let Ok(b) = with(|f| f.memory.read(src, n as u64)) {
+            if let Ok(Ok(b)) = with(|f| context(f, cur).map(|c| c.memory.read(src, n as u64))) {
                 unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), at as *mut u8, n) };
             }
         })
     }
-    fn cuMemsetD8(dst: u64, v: u8, n: usize) { drain(); result(with(|f| f.memory.write(dst, &vec![v; n])).map_err(|_| INVALID_VALUE)) }
-    fn cuMemsetD8Async(dst: u64, v: u8, n: usize, _s: Handle) { on_stream(move || { let _ = with(|f| f.memory.write(dst, &vec![v; n])); }) }
+    fn cuMemsetD8(dst: u64, v: u8, n: usize) {
+        drain();
+        let cur = current();
+        result(with(|f| context(f, cur)?.memory.write(dst, &vec![v; n]).map_err(|_| INVALID_VALUE)))
+    }
+    fn cuMemsetD8Async(dst: u64, v: u8, n: usize, _s: Handle) {
+        let cur = current();
+        on_stream(move || { let _ = with(|f| context(f, cur).map(|c| c.memory.write(dst, &vec![v; n]))); })
+    }
     fn cuFuncGetName(out: *mut *const c_char, func: Handle) {
         let name = with(|f| f.functions.get((func as usize).wrapping_sub(1)).map(|(_, n)| n.clone()));
         match name.and_then(|n| std::ffi::CString::new(n).ok()) {
@@ -501,28 +708,32 @@ api! {
         }
     }
     fn cuMemcpyDtoDAsync(dst: u64, src: u64, n: usize, _s: Handle) {
+        let cur = current();
         on_stream(move || {
-            let _ = with(|f| f.memory.read(src, n as u64).and_then(|bytes| f.memory.write(dst, &bytes)));
+            let _ = with(|f| context(f, cur).map(|c| c.memory.read(src, n as u64).and_then(|bytes| c.memory.write(dst, &bytes))));
         })
     }
     fn cuMemHostRegister(p: *mut c_void, n: usize, _flags: c_uint) {
+        let cur = current();
         with(|f| {
+            let c = match context(f, cur) { Ok(c) => c, Err(e) => return e };
             let (addr, len) = (p as u64, n as u64);
-            if f.host.iter().any(|&(a, l)| addr < a + l && a < addr + len) {
+            if c.host.iter().any(|&(a, l)| addr < a + l && a < addr + len) {
                 return 712; // CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED
             }
-            if p.is_null() || f.memory.alloc_at(addr, len).is_err() {
+            if p.is_null() || c.memory.alloc_at(addr, len).is_err() {
                 return INVALID_VALUE;
             }
             log(&format!("host register {len} bytes"));
-            f.host.push((addr, len));
+            c.host.push((addr, len));
             SUCCESS
         })
     }
     fn cuMemHostGetDevicePointer(d: *mut u64, p: *mut c_void, _flags: c_uint) {
         // One address space: registered host memory has its host address on the device.
         let addr = p as u64;
-        if with(|f| f.host.iter().any(|&(a, l)| a <= addr && addr < a + l)) { unsafe { put(d, addr) } } else { INVALID_VALUE }
+        let cur = current();
+        if with(|f| context(f, cur).is_ok_and(|c| c.host.iter().any(|&(a, l)| a <= addr && addr < a + l))) { unsafe { put(d, addr) } } else { INVALID_VALUE }
     }
     fn cuLaunchHostFunc(_s: Handle, f: HostFn, data: *mut c_void) {
         let data = data as usize;
@@ -531,7 +742,11 @@ api! {
     fn cuModuleLoadData(m: *mut Handle, image: *const c_void) {
         match unsafe { load(image) } { Ok(h) => unsafe { put(m, h) }, Err(e) => e }
     }
-    fn cuModuleLoadDataEx(m: *mut Handle, image: *const c_void, _n: c_uint, _o: *mut c_int, _v: *mut *mut c_void) { unsafe { cuModuleLoadData(m, image) } }
+    fn cuModuleLoadDataEx(m: *mut Handle, image: *const c_void, n: c_uint, o: *mut c_int, v: *mut *mut c_void) {
+        let r = unsafe { load(image) };
+        unsafe { fill_jit_logs(n, o, v, r) };
+        match r { Ok(h) => unsafe { put(m, h) }, Err(e) => e }
+    }
     fn cuModuleLoad(m: *mut Handle, fname: *const c_char) {
         let path = unsafe { CStr::from_ptr(fname) }.to_string_lossy().into_owned();
         match std::fs::read(&path) {
@@ -546,9 +761,21 @@ api! {
         }
     }
     fn cuModuleLoadFatBinary(m: *mut Handle, image: *const c_void) { unsafe { cuModuleLoadData(m, image) } }
-    fn cuLibraryLoadData(l: *mut Handle, code: *const c_void, _jo: *mut c_int, _jv: *mut *mut c_void, _jn: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _ln: c_uint) {
-        unsafe { cuModuleLoadData(l, code) }
+    fn cuLibraryLoadData(l: *mut Handle, code: *const c_void, jo: *mut c_int, jv: *mut *mut c_void, jn: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _ln: c_uint) {
+        unsafe { cuModuleLoadDataEx(l, code, jn, jo, jv) }
     }
+    fn cuModuleUnload(m: Handle) {
+        with(|f| match module_index(f, m) {
+            Ok(i) => {
+                f.modules[i] = None;
+                forget_functions(&mut f.functions, i);
+                log(&format!("unload module handle {}", i + 1));
+                SUCCESS
+            }
+            Err(e) => e,
+        })
+    }
+    fn cuLibraryUnload(l: Handle) { unsafe { cuModuleUnload(l) } }
     fn cuModuleGetFunction(out: *mut Handle, m: Handle, name: *const c_char) {
         match with(|f| function(f, m, name)) { Ok(h) => unsafe { put(out, h) }, Err(e) => e }
     }
@@ -563,7 +790,7 @@ api! {
     }
     fn cuModuleGetGlobal(p: *mut u64, n: *mut usize, m: Handle, name: *const c_char) {
         let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
-        let found = with(|f| module_index(f, m).ok().and_then(|i| Some((f.modules[i].machine.global(&name)?, f.modules[i].module.global_size(&name)?))));
+        let found = with(|f| module_index(f, m).ok().and_then(|i| f.modules[i].as_ref()).and_then(|lm| Some((lm.machine.global(&name)?, lm.module.global_size(&name)?))));
         match found {
             Some((a, size)) => { unsafe { put(p, a) }; if !n.is_null() { unsafe { put(n, size as usize) }; } SUCCESS }
             None => NOT_FOUND,
@@ -630,7 +857,7 @@ api! {
         SUCCESS
     }
     fn cuGetErrorName(r: CuResult, s: *mut *const c_char) {
-        let name: &'static CStr = match r { 0 => c"CUDA_SUCCESS", 218 => c"CUDA_ERROR_INVALID_PTX", 209 => c"CUDA_ERROR_NO_BINARY_FOR_GPU", 719 => c"CUDA_ERROR_LAUNCH_FAILED", _ => c"CUDA_ERROR_UNKNOWN" };
+        let name: &'static CStr = match r { 0 => c"CUDA_SUCCESS", 201 => c"CUDA_ERROR_INVALID_CONTEXT", 709 => c"CUDA_ERROR_CONTEXT_IS_DESTROYED", 218 => c"CUDA_ERROR_INVALID_PTX", 209 => c"CUDA_ERROR_NO_BINARY_FOR_GPU", 719 => c"CUDA_ERROR_LAUNCH_FAILED", _ => c"CUDA_ERROR_UNKNOWN" };
         unsafe { put(s, name.as_ptr()) }
     }
 }
@@ -656,6 +883,10 @@ macro_rules! v2_aliases {
 
 v2_aliases! {
     cuMemAlloc_v2 => cuMemAlloc(p: *mut u64, n: usize);
+    cuCtxCreate_v2 => cuCtxCreate(c: *mut Handle, flags: c_uint, dev: c_int);
+    cuCtxDestroy_v2 => cuCtxDestroy(c: Handle);
+    cuDevicePrimaryCtxRelease_v2 => cuDevicePrimaryCtxRelease(dev: c_int);
+    cuDevicePrimaryCtxReset_v2 => cuDevicePrimaryCtxReset(dev: c_int);
     cuMemcpyHtoD_v2 => cuMemcpyHtoD(dst: u64, src: *const c_void, n: usize);
     cuMemcpyDtoH_v2 => cuMemcpyDtoH(dst: *mut c_void, src: u64, n: usize);
     cuLinkAddData_v2 => cuLinkAddData(state: Handle, kind: c_int, data: *mut c_void, size: usize, name: *const c_char, n: c_uint, o: *mut c_int, v: *mut *mut c_void);
