@@ -85,6 +85,9 @@ done
 "$NVCC" --fatbin -o "$cuda/vector_add.fatbin" examples/cuda/vector_add.cu &&
     cc -O2 -DFATBIN="\"$PWD/$cuda/vector_add.fatbin\"" examples/cuda/driver_vector_add.c -ldl -o "$cuda/driver_vector_add" ||
     summary+=("driver_vector_add build: FAILED")
+for h in driver_contexts; do
+    cc -O2 -DFATBIN="\"$PWD/$cuda/vector_add.fatbin\"" "examples/cuda/$h.c" -ldl -o "$cuda/$h" || summary+=("$h build: FAILED")
+done
 # Relocatable device code (-rdc): the runtime's own load (default target, and SASS for sm_90),
 # and the driver-API harness over the units' fatbins and the device-linked one.
 "$NVCC" -rdc=true -o "$cuda/linked" examples/cuda/linked_{a,b,main}.cu || summary+=("nvcc -rdc linked: FAILED")
@@ -136,6 +139,12 @@ else summary+=("cuda vector_add: FAILED"); status=1; fi
 if traced driver_api cuda_probes "driver_vector_add 1048576 3"; then
     expect driver_api "entries" "$(map_value "$cuda/driver_api.report" calls 0)" 3145728
 else summary+=("cuda driver_api: FAILED"); status=1; fi
+# Contexts released, reset and destroyed (launches unsynchronised) between rounds: each round's
+# launches counted once.
+if traced contexts cuda_probes "driver_contexts 1048576 3"; then
+    expect contexts "entries in 3 rounds" "$(map_value "$cuda/contexts.report" calls 0)" 9437184
+    expect contexts "exits in 3 rounds" "$(map_value "$cuda/contexts.report" calls 1)" 9437184
+else summary+=("cuda contexts: FAILED"); status=1; fi
 # Relocatable device code: the agent links the units' PTX with the probes spliced in.
 # (driver_linked's `link` mode: the application links the units itself with cuLink*.)
 for run in linked linked90 driver_linked driver_linked:link; do
