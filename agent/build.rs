@@ -1,5 +1,6 @@
 //! Builds `libbpftime_early.so` (see `early/early.c`), which the agent needs (DT_NEEDED, found
-//! beside it through `$ORIGIN`), and puts it beside the agent in the target folder.
+//! beside it through `$ORIGIN`), and `libbpftime_audit.so` (see `early/audit.c`, named in
+//! LD_AUDIT by `bpftime start`), and puts them beside the agent in the target folder.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,14 +18,29 @@ fn main() {
         .status()
         .unwrap_or_else(|e| panic!("{cc}: {e}"));
     assert!(status.success(), "{cc} failed to build {}", lib.display());
+    // No C library, nothing the compiler would take from one, no stack protector (it runs
+    // before the loader has set anything up for the program).
+    let audit_src = "early/audit.c";
+    println!("cargo:rerun-if-changed={audit_src}");
+    let audit = out.join("libbpftime_audit.so");
+    let status = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-nostdlib", "-ffreestanding", "-fno-builtin", "-fno-stack-protector", "-fno-tree-loop-distribute-patterns"])
+        .args(["-Wl,-soname,libbpftime_audit.so", "-Wl,-z,now", "-o"])
+        .arg(&audit)
+        .arg(audit_src)
+        .status()
+        .unwrap_or_else(|e| panic!("{cc}: {e}"));
+    assert!(status.success(), "{cc} failed to build {}", audit.display());
     // OUT_DIR is <target>/<profile>/build/<crate>-<hash>/out: the agent is written to
     // <target>/<profile> (and deps/ below it), where `$ORIGIN` will look.
     let profile_dir = out.ancestors().nth(3).expect("OUT_DIR is inside the target folder");
     for dir in [profile_dir.to_path_buf(), profile_dir.join("deps")] {
         let _ = std::fs::create_dir_all(&dir);
-        let to = dir.join("libbpftime_early.so");
-        let _ = std::fs::remove_file(&to);
-        std::fs::copy(&lib, &to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+        for built in [&lib, &audit] {
+            let to = dir.join(built.file_name().expect("a file name"));
+            let _ = std::fs::remove_file(&to);
+            std::fs::copy(built, &to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+        }
     }
     println!("cargo:rustc-link-search=native={}", out.display());
     // `-z now`: every import is bound at load time, so no lazy binding runs later in a probe, a

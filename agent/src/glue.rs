@@ -412,16 +412,21 @@ pub(crate) fn preloaded() -> bool {
 
 /// This library's file name (dladdr(3)); `libbpftime.so` if it cannot be told.
 pub(crate) fn own_file_name() -> &'static [u8] {
-    static NAME: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
+    let path = own_path();
+    path.rsplit(|&b| b == b'/').next().unwrap_or(path)
+}
+
+/// The agent library's path, as the loader loaded it (`libbpftime.so` where unknown).
+pub(crate) fn own_path() -> &'static [u8] {
+    static PATH: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
         let mut info: libc::Dl_info = empty_dl_info();
         // SAFETY: dladdr(3) with the address of one of our functions and a valid out pointer.
-        if unsafe { libc::dladdr(own_file_name as *const libc::c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        if unsafe { libc::dladdr(own_path as *const libc::c_void, &mut info) } == 0 || info.dli_fname.is_null() {
             return b"libbpftime.so".to_vec();
         }
         // SAFETY: dladdr set dli_fname to a NUL-terminated path that lives as long as the library.
-        let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_bytes();
-        path.rsplit(|&b| b == b'/').next().unwrap_or(path).to_vec()
+        unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_bytes().to_vec()
     })
 }
 

@@ -19,6 +19,7 @@ mod alloc;
 mod cuda;
 mod glue;
 mod libraries;
+mod loader_calls;
 mod masks;
 mod syscalls;
 
@@ -60,6 +61,8 @@ extern "C" fn init_at_load(argc: c_int, argv: *const *const c_char, envp: *const
 }
 
 fn bpftime_agent_init(exec: syscalls::ExecArgs) {
+    // The dynamic loader's calls were recorded up to here (LD_AUDIT): what follows is ours.
+    loader_calls::take_over();
     protect_allocator_across_fork();
     masks::resolve_all();
     // Started with the image by LD_PRELOAD (not loaded into a running process by `bpftime
@@ -88,6 +91,8 @@ fn bpftime_agent_init(exec: syscalls::ExecArgs) {
             syscalls::ExecCaller::Unknown => syscalls::execve_entered(exec, None),
         }
         syscalls::execve_returned();
+        // The dynamic loader's calls came next, before any code of ours could run.
+        syscalls::loader_calls_made();
     });
 }
 

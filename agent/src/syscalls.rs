@@ -321,3 +321,19 @@ pub fn execve_returned() {
     let regs = PtRegs { orig_ax: libc::SYS_execve as u64, ax: 0, ..PtRegs::default() };
     bpftime_attach::run_as_hit(|level| p.on_exit(&regs, level));
 }
+
+/// Runs the system call programs on the dynamic loader's calls, made before the agent could
+/// run (recorded by `libbpftime_audit.so`: see `loader_calls`), in their order: each call's
+/// entry programs, then its exit programs.
+pub fn loader_calls_made() {
+    let Some(p) = PROGRAMS.get() else { return };
+    let calls = bpftime_attach::without_probes(crate::loader_calls::calls);
+    for c in &calls {
+        let [di, si, dx, r10, r8, r9] = c.args;
+        let regs = PtRegs { orig_ax: c.nr, di, si, dx, r10, r8, r9, ..PtRegs::default() };
+        bpftime_attach::run_as_hit(|level| {
+            let _ = p.on_enter(&regs, level);
+            p.on_exit(&PtRegs { ax: c.ret, ..regs }, level);
+        });
+    }
+}

@@ -636,6 +636,21 @@ fn preload_with(lib: &Path) -> String {
     }
 }
 
+/// `LD_AUDIT` with the agent's audit library first (`libbpftime_audit.so` beside the agent: it
+/// records the dynamic loader's system calls, made before the agent can run, for the agent to
+/// run its system call programs on; see `agent/early/audit.c`), then whatever it already names.
+/// None when the library is missing.
+fn audit_with(agent: &Path) -> Option<String> {
+    let lib = agent.with_file_name("libbpftime_audit.so");
+    if !lib.exists() {
+        return None;
+    }
+    Some(match std::env::var("LD_AUDIT") {
+        Ok(a) if !a.is_empty() => format!("{}:{a}", lib.display()),
+        _ => lib.display().to_string(),
+    })
+}
+
 /// Whether `program` (a path, or a name looked up in `PATH`) is an ELF executable without a
 /// program interpreter (`PT_INTERP`): statically linked, so that no `LD_PRELOAD` reaches it.
 fn statically_linked(program: &str) -> bool {
@@ -666,6 +681,9 @@ pub(crate) fn agent_command(agent: &Path, command: &[String]) -> std::process::C
     // programs (`sys_enter_execve`) in the new image, under our name (the kernel's programs see
     // the caller's).
     cmd.args(&command[1..]).env("LD_PRELOAD", preload_with(agent)).env("BPFTIME_EXEC_UNTRACED", "bpftime");
+    if let Some(audit) = audit_with(agent) {
+        cmd.env("LD_AUDIT", audit);
+    }
     cmd
 }
 
@@ -821,6 +839,9 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
             // What the loader starts (`bpftrace -c CMD`) is traced: it gets the agent (its server
             // marks their execve, which the loader makes, for the agent to trace).
             cmd.env("BPFTIME_CHILD_PRELOAD", preload_with(&agent_path()?));
+            if let Some(audit) = audit_with(&agent_path()?) {
+                cmd.env("BPFTIME_CHILD_AUDIT", audit);
+            }
             cmd.env("BPFTIME_SHM", shm);
             // Probes for a process started without the agent load it there (`bpftime attach`).
             if let Ok(me) = std::env::current_exe() {

@@ -48,6 +48,10 @@ extern "C" fn bpftime_server_init() {
     unsafe {
         std::env::set_var("LD_PRELOAD", children);
         std::env::remove_var("BPFTIME_CHILD_PRELOAD");
+        if let Some(audit) = std::env::var_os("BPFTIME_CHILD_AUDIT") {
+            std::env::set_var("LD_AUDIT", audit);
+            std::env::remove_var("BPFTIME_CHILD_AUDIT");
+        }
         // Their execve is made without the agent: the agent runs its entry programs, under the
         // loader's name (the caller's, which the kernel's programs see).
         let mut name = [0u8; 17];

@@ -43,6 +43,8 @@ impl Reached {
             .env("BPFTIME_SHM", shm)
             .env_remove("LD_PRELOAD")
             .env_remove("BPFTIME_CHILD_PRELOAD")
+            .env_remove("BPFTIME_CHILD_AUDIT")
+            .env_remove("LD_AUDIT")
             .stdin(std::process::Stdio::null())
             .output();
         match out {
