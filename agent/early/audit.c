@@ -8,11 +8,13 @@
 // and relocated, before any constructor) Syscall User Dispatch sends each system call made
 // outside this library's code here as SIGSYS: it is made from here and recorded (number,
 // arguments, result, and the path of those that take one, as it was then). The agent's start
-// (the first constructor after libc's) takes over: it turns dispatch off (its prctl comes here:
-// recording stops and the call is made again with dispatch off), finds the record in this library's data (`/proc/self/maps`, the
+// (the constructor of libbpftime_early.so, which runs before those of the program's libraries)
+// takes over: it turns dispatch off (its prctl comes here:
+// recording stops and the call is made again with dispatch off; libraries a library of the
+// program needs may have run their constructors before it, under the record), finds the record in this library's data (`/proc/self/maps`, the
 // magic; the loader does not let other namespaces look up an audit library's symbols), gives
 // SIGSYS its disposition back from the record and replays the calls (agent/src/loader_calls.rs).
-// Where no agent starts, la_preinit (called before the program's own constructors) does that.
+// Where no agent starts, la_preinit (called after every constructor, before `main`) does that.
 //
 // It is loaded into a namespace of its own and uses no C library: system calls are made
 // directly; everything runs in the section `bpftime_audit_text`, the range dispatch lets
@@ -22,13 +24,28 @@
 #define AT_TEXT_INLINE __attribute__((section("bpftime_audit_text"), always_inline)) inline
 
 enum {
+    SYS_READ = 0,
+    SYS_OPEN = 2,
+    SYS_CLOSE = 3,
     SYS_RT_SIGACTION = 13,
     SYS_RT_SIGPROCMASK = 14,
     SYS_RT_SIGRETURN = 15,
+    SYS_GETPID = 39,
+    SYS_RT_SIGPENDING = 127,
+    SYS_SIGALTSTACK = 131,
+    SYS_PRCTL = 157,
+    SYS_GETTID = 186,
+    SYS_TGKILL = 234,
+    SYS_PROCESS_VM_READV = 310,
+    SYS_PROCESS_VM_WRITEV = 311,
     SIG_BLOCK = 0,
     SIG_UNBLOCK = 1,
-    SYS_PRCTL = 157,
+    SIG_SETMASK = 2,
+    SIGKILL = 9,
+    SIGSTOP = 19,
     SIGSYS = 31,
+    EFAULT = 14,
+    EINVAL = 22,
     SA_SIGINFO = 4,
     SA_RESTORER = 0x04000000,
     PR_SET_SYSCALL_USER_DISPATCH = 59,
@@ -46,9 +63,13 @@ enum {
     REG_RIP = 16,
     // ucontext_t: the signal mask sigreturn puts back, at byte 296.
     UC_SIGMASK = 296,
-    // siginfo_t of a SIGSYS: the call's number at byte 24.
+    // siginfo_t: si_code at byte 8; for a SIGSYS the call's number at 24, its ABI at 28.
+    SI_CODE = 8,
     SI_SYSCALL = 24,
+    SI_ARCH = 28,
+    SYS_USER_DISPATCH = 2,
 };
+#define AUDIT_ARCH_X86_64 0xC000003Eu
 
 // What one call was. `path` is the offset of the copy of its path argument in `strings` + 1
 // (0: none); `path_arg` which argument that is.
@@ -77,7 +98,7 @@ struct log {
     unsigned int done, dispatching;
     // Whether SIGSYS was blocked (a mask inherited across execve): a blocked SIGSYS from
     // dispatch kills the process, so it is unblocked meanwhile and blocked again after.
-    unsigned int sigsys_blocked, pad;
+    unsigned int sigsys_blocked, pid;
     struct kernel_sigaction previous;
     struct record records[RECORDS];
     char strings[STRINGS];
@@ -128,6 +149,26 @@ AT_TEXT_INLINE static int path_argument(long nr)
 }
 
 #define SIGSYS_BIT (1ul << (SIGSYS - 1))
+#define BIT(sig) (1ul << ((sig) - 1))
+
+struct iovec {
+    void *base;
+    unsigned long len;
+};
+
+// Copies `n` bytes between this process's memory and ours without faulting on a bad pointer
+// (process_vm_readv/writev on itself): the bytes copied, or a negative error.
+AT_TEXT static long copy_in(void *to, const void *from, unsigned long n)
+{
+    struct iovec local = { to, n }, remote = { (void *)from, n };
+    return raw_syscall(SYS_PROCESS_VM_READV, bpftime_audit_log.pid, (long)&local, 1, (long)&remote, 1, 0);
+}
+
+AT_TEXT static long copy_out(void *to, const void *from, unsigned long n)
+{
+    struct iovec local = { (void *)from, n }, remote = { to, n };
+    return raw_syscall(SYS_PROCESS_VM_WRITEV, bpftime_audit_log.pid, (long)&local, 1, (long)&remote, 1, 0);
+}
 
 // Dispatch off and SIGSYS as it was (its disposition, and whether it is blocked: in the mask
 // the SIGSYS handler running now, if any (`context`), returns to); the record is complete.
@@ -149,12 +190,14 @@ AT_TEXT static void stop(struct log *log, void *context)
 }
 
 // Calls that cannot be made from a signal handler (a new thread or process would start in it;
-// a signal return would return from it) or that change dispatch or SIGSYS: recording stops and
-// the call is made again, by its own instruction, with dispatch off.
+// a signal return would return from it; the handler's return would undo a new signal stack)
+// or that change dispatch or SIGSYS: recording stops and the call is made again, by its own
+// instruction, with dispatch off.
 AT_TEXT_INLINE static int stops_recording(long nr, long first)
 {
     switch (nr) {
     case SYS_RT_SIGRETURN:
+    case SYS_SIGALTSTACK:
     case 56: // clone
     case 57: // fork
     case 58: // vfork
@@ -171,6 +214,66 @@ AT_TEXT_INLINE static int stops_recording(long nr, long first)
     }
 }
 
+// rt_sigprocmask, on the mask the handler returns to (made here, the handler's return would
+// undo it); SIGSYS stays unblocked while dispatch is on, but the application sees it as it
+// asked, and gets it so when recording stops.
+AT_TEXT static long sigprocmask_in(struct log *log, void *context, const long *a)
+{
+    unsigned long *mask = (unsigned long *)((char *)context + UC_SIGMASK);
+    unsigned long seen = log->sigsys_blocked ? (*mask | SIGSYS_BIT) : (*mask & ~SIGSYS_BIT), set = 0;
+    if (a[3] != 8)
+        return -EINVAL;
+    if (a[1] && copy_in(&set, (const void *)a[1], 8) != 8)
+        return -EFAULT;
+    if (a[1] && a[0] != SIG_BLOCK && a[0] != SIG_UNBLOCK && a[0] != SIG_SETMASK)
+        return -EINVAL;
+    if (a[2] && copy_out((void *)a[2], &seen, 8) != 8)
+        return -EFAULT;
+    if (a[1]) {
+        unsigned long next = a[0] == SIG_BLOCK ? (seen | set) : a[0] == SIG_UNBLOCK ? (seen & ~set) : set;
+        next &= ~(BIT(SIGKILL) | BIT(SIGSTOP));
+        log->sigsys_blocked = (next & SIGSYS_BIT) != 0;
+        *mask = next & ~SIGSYS_BIT;
+    }
+    return 0;
+}
+
+// The path argument at `from` copied into the record's strings (up to PATH_MAX_KEPT bytes, a
+// page at a time, never faulting): its offset + 1, or 0 when it cannot be read or there is no
+// room.
+AT_TEXT static unsigned int keep_path(struct log *log, const char *from)
+{
+    unsigned int at = log->strings_used;
+    if (at + 1 >= STRINGS)
+        return 0;
+    unsigned long room = STRINGS - at - 1, got = 0;
+    if (room > PATH_MAX_KEPT)
+        room = PATH_MAX_KEPT;
+    char *to = log->strings + at;
+    while (got < room) {
+        unsigned long chunk = 4096 - (((unsigned long)from + got) & 4095);
+        if (chunk > room - got)
+            chunk = room - got;
+        long n = copy_in(to + got, from + got, chunk);
+        if (n <= 0)
+            break;
+        for (long i = 0; i < n; i++) {
+            if (to[got + i] == 0) {
+                log->strings_used = at + got + i + 1;
+                return at + 1;
+            }
+        }
+        got += n;
+        if ((unsigned long)n < chunk)
+            break;
+    }
+    if (got == 0)
+        return 0;
+    to[got] = 0;
+    log->strings_used = at + got + 1;
+    return at + 1;
+}
+
 AT_TEXT static void on_sigsys(int sig, void *info, void *context)
 {
     (void)sig;
@@ -178,6 +281,13 @@ AT_TEXT static void on_sigsys(int sig, void *info, void *context)
     long *g = (long *)((char *)context + UC_GREGS);
     long a[6] = { g[REG_RDI], g[REG_RSI], g[REG_RDX], g[REG_R10], g[REG_R8], g[REG_R9] };
     struct log *log = &bpftime_audit_log;
+    // A SIGSYS that dispatch did not send (seccomp, kill): recording stops and it is sent
+    // again, to be taken as the application would have taken it.
+    if (*(int *)((char *)info + SI_CODE) != SYS_USER_DISPATCH || *(unsigned int *)((char *)info + SI_ARCH) != AUDIT_ARCH_X86_64) {
+        stop(log, context);
+        raw_syscall(SYS_TGKILL, log->pid, raw_syscall(SYS_GETTID, 0, 0, 0, 0, 0, 0), SIGSYS, 0, 0, 0);
+        return;
+    }
     if (stops_recording(nr, a[0])) {
         stop(log, context);
         // Back to the `syscall` instruction (2 bytes), its number in rax again.
@@ -188,21 +298,9 @@ AT_TEXT static void on_sigsys(int sig, void *info, void *context)
     unsigned int path = 0;
     int which = path_argument(nr);
     // The path as the call reads it (before it is made: a buffer may be reused after).
-    if (which >= 0 && log->count < RECORDS && a[which]) {
-        const volatile char *s = (const char *)a[which];
-        unsigned int at = log->strings_used, n = 0;
-        while (n < PATH_MAX_KEPT && at + n + 1 < STRINGS && s[n])
-            n++;
-        if (at + n + 1 < STRINGS) {
-            volatile char *to = log->strings + at;
-            for (unsigned int i = 0; i < n; i++)
-                to[i] = s[i];
-            to[n] = 0;
-            log->strings_used = at + n + 1;
-            path = at + 1;
-        }
-    }
-    long ret = raw_syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+    if (which >= 0 && log->count < RECORDS && a[which])
+        path = keep_path(log, (const char *)a[which]);
+    long ret = nr == SYS_RT_SIGPROCMASK ? sigprocmask_in(log, context, a) : raw_syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
     g[REG_RAX] = ret;
     if (log->count < RECORDS) {
         struct record *r = &log->records[log->count];
@@ -218,12 +316,42 @@ AT_TEXT static void on_sigsys(int sig, void *info, void *context)
     }
 }
 
+// Whether a debugger or tracer is attached (`TracerPid:` in /proc/self/status not 0): it
+// would stop at every SIGSYS.
+AT_TEXT static int traced(void)
+{
+    static const char file[] = "/proc/self/status", key[] = "TracerPid:";
+    char buf[4096];
+    long fd = raw_syscall(SYS_OPEN, (long)file, 0, 0, 0, 0, 0);
+    if (fd < 0)
+        return 0;
+    long n = raw_syscall(SYS_READ, fd, (long)buf, sizeof buf - 1, 0, 0, 0);
+    raw_syscall(SYS_CLOSE, fd, 0, 0, 0, 0, 0);
+    for (long i = 0; i + (long)sizeof key < n; i++) {
+        long k = 0;
+        while (k < (long)sizeof key - 1 && buf[i + k] == key[k])
+            k++;
+        if (k == (long)sizeof key - 1) {
+            long j = i + k;
+            while (j < n && (buf[j] == '\t' || buf[j] == ' '))
+                j++;
+            return j < n && buf[j] != '0';
+        }
+    }
+    return 0;
+}
+
 // Called by the dynamic loader first: SIGSYS handled here, dispatch on for every call made
-// outside this library's code. Anything that fails leaves the process as it was.
+// outside this library's code. Anything that fails leaves the process as it was; so does a
+// tracer, or a SIGSYS pending already.
 AT_TEXT unsigned int la_version(unsigned int version)
 {
     struct kernel_sigaction act = { (void *)on_sigsys, SA_SIGINFO | SA_RESTORER, (void *)restore, 0 };
     struct log *log = &bpftime_audit_log;
+    unsigned long pending = 0;
+    if (raw_syscall(SYS_RT_SIGPENDING, (long)&pending, 8, 0, 0, 0, 0) != 0 || (pending & SIGSYS_BIT) || traced())
+        return version;
+    log->pid = (unsigned int)raw_syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0);
     if (raw_syscall(SYS_RT_SIGACTION, SIGSYS, (long)&act, (long)&log->previous, 8, 0, 0) != 0)
         return version;
     long start = (long)__start_bpftime_audit_text, len = (long)(__stop_bpftime_audit_text - __start_bpftime_audit_text);
@@ -243,9 +371,9 @@ AT_TEXT unsigned int la_version(unsigned int version)
     return version;
 }
 
-// Called after the libraries' constructors, before the program's own: where no agent took
-// over, dispatch off and SIGSYS as it was (an agent that took over may have dispatch and a
-// SIGSYS handler of its own by now: they stay).
+// Called after every constructor (the program's too), before `main`: where no agent took over,
+// dispatch off and SIGSYS as it was (an agent that took over may have dispatch and a SIGSYS
+// handler of its own by now: they stay).
 AT_TEXT void la_preinit(unsigned long *cookie)
 {
     (void)cookie;

@@ -54,7 +54,7 @@ struct Log {
     done: u32,
     dispatching: u32,
     sigsys_blocked: u32,
-    pad: u32,
+    pid: u32,
     /// SIGSYS's disposition before the audit library took it (`struct kernel_sigaction`).
     previous: [u64; 4],
     records: [Record; RECORDS],
@@ -69,14 +69,22 @@ pub struct LoaderCall {
     pub ret: u64,
 }
 
-/// Ends the audit library's recording, first thing when the agent starts (its own calls are not
-/// the loader's): its dispatch is still on (it runs until the libraries' constructors are done,
-/// and the agent's is the first after libc's). Turning dispatch off is a call the library takes
-/// as its end: it gives SIGSYS back and makes the call again with dispatch off. Nothing where
-/// LD_AUDIT does not name the library (an application's own dispatch stays).
+/// Ends the audit library's recording, first thing when the agent starts with the image (its
+/// own calls are not the loader's): the library's dispatch is still on (it would run until
+/// every constructor is done). Turning dispatch off is a call the library takes as its end: it
+/// gives SIGSYS back and makes the call again with dispatch off. Nothing where LD_AUDIT does
+/// not name the library, or LD_PRELOAD the agent (loaded into a running process, whose own
+/// dispatch stays). Nothing here allocates: an allocation's `mmap` would be recorded.
 pub fn take_over() {
-    let named = std::env::var_os("LD_AUDIT").is_some_and(|a| a.as_encoded_bytes().split(|&b| b == b':').any(|l| l.ends_with(b"/libbpftime_audit.so")));
-    if named {
+    /// Whether environment variable `name` (NUL-terminated) holds `needle`.
+    fn holds(name: &std::ffi::CStr, needle: &[u8]) -> bool {
+        // SAFETY: getenv(3) with a NUL-terminated name, at load time (no thread changes the
+        // environment); a value is a NUL-terminated string.
+        let value = unsafe { libc::getenv(name.as_ptr()) };
+        // SAFETY: as above.
+        !value.is_null() && unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes().windows(needle.len()).any(|w| w == needle)
+    }
+    if holds(c"LD_AUDIT", b"/libbpftime_audit.so") && holds(c"LD_PRELOAD", b"libbpftime") {
         // SAFETY: prctl(2) PR_SET_SYSCALL_USER_DISPATCH with PR_SYS_DISPATCH_OFF takes no
         // pointers.
         unsafe { libc::prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_OFF, 0, 0, 0) };
@@ -116,12 +124,11 @@ fn find_log() -> Option<&'static Log> {
 }
 
 /// What the loader loaded for the agent: the address ranges of the objects only the agent
-/// needs and the names of their files, the names of the libraries the agent needs, and the
-/// agent's folder where its `$ORIGIN` run path alone has the loader search it.
+/// needs and the names of their files, and the agent's folder where its `$ORIGIN` run path
+/// alone has the loader look into it.
 struct Ours {
     ranges: Vec<(u64, u64)>,
     names: HashSet<Vec<u8>>,
-    needed: HashSet<Vec<u8>>,
     folder: Option<Vec<u8>>,
 }
 
@@ -218,8 +225,7 @@ fn ours() -> Ours {
     let needed_by_us: HashSet<Vec<u8>> = objects.iter().filter(|o| is_own(o)).flat_map(|o| o.needed.iter().cloned()).collect();
     // A folder LD_LIBRARY_PATH names is searched for the application too.
     let searched_anyway = std::env::var_os("LD_LIBRARY_PATH").is_some_and(|p| p.as_encoded_bytes().split(|&b| b == b':').any(|d| d == folder.as_slice()));
-    let mut out =
-        Ours { ranges: vec![], names: HashSet::new(), needed: needed_by_us.clone(), folder: (!folder.is_empty() && !searched_anyway).then(|| folder.clone()) };
+    let mut out = Ours { ranges: vec![], names: HashSet::new(), folder: (!folder.is_empty() && !searched_anyway).then(|| folder.clone()) };
     for o in &objects {
         let name = name_of(o);
         if is_own(o) || (needed_by_us.contains(&name) && !needed_by_others.contains(&name)) {
@@ -262,11 +268,11 @@ pub fn calls() -> Vec<LoaderCall> {
             continue;
         }
         if let Some((p, _)) = path.filter(|(p, _)| !p.is_empty()) {
-            // A library of the agent's looked for in its folder (its run path), or one only the
+            // The agent's folder and what is in it (its run path: the loader looks there, and
+            // in its hardware subfolders, for the agent's libraries), or a library only the
             // agent needs, looked for or opened anywhere.
-            let in_folder = ours.folder.as_ref().is_some_and(|f| p.starts_with(f) && p.get(f.len()) == Some(&b'/'));
-            let name = basename(p);
-            if (in_folder && r.ret < 0 && ours.needed.contains(name)) || ours.names.contains(name) {
+            let in_folder = ours.folder.as_ref().is_some_and(|f| p.starts_with(f) && matches!(p.get(f.len()), None | Some(&b'/')));
+            if in_folder || ours.names.contains(basename(p)) {
                 if matches!(r.nr, 2 | 257 | 437) && r.ret >= 0 {
                     our_fds.insert(r.ret);
                 }

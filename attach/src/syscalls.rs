@@ -1118,9 +1118,25 @@ pub(crate) fn enable_signal() -> libc::c_int {
 
 static ENABLE_ACKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-extern "C" fn on_enable(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+extern "C" fn on_enable(_: libc::c_int, _: *mut libc::siginfo_t, context: *mut libc::c_void) {
     let _ = enable();
+    // SIGSYS unblocked in the mask the thread returns to (a change made here would be undone
+    // by the handler's return): see `unblock_sigsys`.
+    if !context.is_null() {
+        // SAFETY: the kernel passes an SA_SIGINFO handler its ucontext_t, writable.
+        unsafe { libc::sigdelset(&mut (*(context as *mut libc::ucontext_t)).uc_sigmask, libc::SIGSYS) };
+    }
     ENABLE_ACKS.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Unblocks SIGSYS in this thread: a mask inherited across `execve` may block it, and a
+/// dispatched call with SIGSYS blocked kills the process (the kernel delivers a blocked forced
+/// signal with its default action). From then on the agent's mask wrappers keep it unblocked.
+fn unblock_sigsys() {
+    let bit: u64 = SIGSYS_BIT;
+    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK with a valid 8-byte set, made directly (libc's
+    // name may be the agent's wrapper).
+    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &bit as *const u64, std::ptr::null_mut::<u64>(), 8) };
 }
 
 /// Turns dispatch on in every other thread of the process too (threads that existed before
@@ -1206,6 +1222,7 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     // SAFETY: reads the thread pointer, which `%fs:0` holds (x86-64 psABI).
     unsafe { std::arch::asm!("mov {b}, qword ptr fs:[0]", b = out(reg) fs_base, options(nostack, readonly)) };
     VFORK_CHILD.selector_offset.store((hook::selector() as u64).wrapping_sub(fs_base), Ordering::Release);
+    unblock_sigsys();
     enable().map_err(|e| format!("Syscall User Dispatch (Linux 5.11+): {e}"))?;
     // A child made by fork(2) starts without dispatch: its forking thread turns it on again.
     extern "C" fn after_fork_in_child() {

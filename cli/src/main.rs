@@ -625,7 +625,8 @@ fn agent_path() -> Result<PathBuf, String> {
     if !early.exists() {
         return Err(format!("{} is missing: the agent needs it beside it (cargo builds it with the agent)", early.display()));
     }
-    Ok(p)
+    // Absolute: the agent recognises its own folder in the loader's paths by it.
+    Ok(p.canonicalize().unwrap_or(p))
 }
 
 /// `LD_PRELOAD` with `lib` first, then whatever it already names.
@@ -645,9 +646,12 @@ fn audit_with(agent: &Path) -> Option<String> {
     if !lib.exists() {
         return None;
     }
+    let lib = lib.display().to_string();
     Some(match std::env::var("LD_AUDIT") {
-        Ok(a) if !a.is_empty() => format!("{}:{a}", lib.display()),
-        _ => lib.display().to_string(),
+        // Once (a `bpftime start` under another).
+        Ok(a) if a.split(':').any(|l| l == lib) => a,
+        Ok(a) if !a.is_empty() => format!("{lib}:{a}"),
+        _ => lib,
     })
 }
 

@@ -1931,3 +1931,47 @@ fn an_override_at_a_system_call_entry_skips_the_call() {
     assert_eq!(text(&out.stdout), format!("{}\n{}\n", files[1], files[3]), "the other files are read");
     assert_eq!(run_map_values(&err, "stats"), [2, 2], "two calls injected, their exits saw -EACCES: {err}");
 }
+
+/// The record of the dynamic loader's system calls (`libbpftime_audit.so`, which `bpftime run`
+/// names in LD_AUDIT) leaves the application as it was: `examples/targets/loader_window.c`'s
+/// constructor passes a bad path pointer, blocks a signal, sets a signal stack and starts a
+/// thread while the record may run (to the end of the constructors where no agent takes over:
+/// LD_AUDIT alone), also with SIGSYS blocked from the start. It prints the same as without the
+/// record each time. The first record crashed on the bad pointer and left SIGUSR1 unblocked and
+/// SIGSYS blocked (a mask changed in the handler was put back by its return). Under `bpftime
+/// run` with system call programs, a process started with SIGSYS blocked was killed by its
+/// first intercepted call; interception keeps SIGSYS unblocked (as the hook engine keeps
+/// SIGTRAP), which the application's mask shows.
+#[test]
+fn the_loaders_record_leaves_the_application_as_it_was() {
+    let target = bpftime_tests::clang::build_target("loader_window", false);
+    let audit = std::path::Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime_audit.so");
+    assert!(audit.exists(), "{} is built with the agent", audit.display());
+    let obj = build_example("syscount");
+    for sigsys_blocked in [false, true] {
+        let run = |cmd: &mut Command| {
+            if sigsys_blocked {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: only async-signal-safe calls between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        let mut set: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut set);
+                        libc::sigaddset(&mut set, libc::SIGSYS);
+                        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                        Ok(())
+                    });
+                }
+            }
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{:?}: {}{}", out.status, text(&out.stdout), text(&out.stderr));
+            text(&out.stdout)
+        };
+        let alone = run(&mut Command::new(&target));
+        assert!(alone.starts_with(&format!("SIGUSR1 blocked 1, SIGSYS blocked {}", sigsys_blocked as u8)), "{alone}");
+        let recorded = run(Command::new(&target).env("LD_AUDIT", &audit));
+        assert_eq!(recorded, alone, "LD_AUDIT alone, SIGSYS blocked {sigsys_blocked}");
+        let traced = run(Command::new(env!("CARGO_BIN_EXE_bpftime")).args(["run", obj.to_str().unwrap(), "--"]).arg(&target));
+        assert_eq!(traced, alone.replace("SIGSYS blocked 1", "SIGSYS blocked 0"), "under bpftime run, SIGSYS blocked {sigsys_blocked}");
+    }
+}

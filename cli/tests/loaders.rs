@@ -2626,7 +2626,8 @@ fn libbpf_tools_execsnoop_and_syscount_see_what_the_kernel_sees() {
     let mut ours = bpftime(&shm);
     ours.args(["load", "--"]).arg(&syscount).args(["-d", "5"]);
     // (Without the test harness's LD_LIBRARY_PATH, whose folders the loader would search.)
-    let out = tool_session(ours, Some(&shm), bpftime(&shm).env_remove("LD_LIBRARY_PATH").args(["start", "--"]).arg(&opens).arg("10"), &dir.join("syscount"), false);
+    let out =
+        tool_session(ours, Some(&shm), bpftime(&shm).env_remove("LD_LIBRARY_PATH").args(["start", "--"]).arg(&opens).arg("10"), &dir.join("syscount"), false);
     let openat = out.lines().find_map(|l| l.strip_prefix("openat")?.trim().parse::<u64>().ok());
     assert_eq!(openat, Some(104), "{out}");
     bpftime_tests::remove_region(&shm);
