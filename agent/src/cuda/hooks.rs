@@ -79,6 +79,7 @@ static MEMCPY: Slots = Slots::new();
 static LINK_ADD_DATA: Slots = Slots::new();
 static LINK_ADD_FILE: Slots = Slots::new();
 static CTX_DESTROY: Slots = Slots::new();
+static PRIMARY_CTX_RETAIN: Slots = Slots::new();
 static PRIMARY_CTX_RELEASE: Slots = Slots::new();
 static PRIMARY_CTX_RESET: Slots = Slots::new();
 static MODULE_UNLOAD: Slots = Slots::new();
@@ -137,6 +138,7 @@ pub(super) fn wrapper_of(name: &[u8], real: usize, per_thread: bool) -> Option<u
         b"cuLinkAddData" | b"cuLinkAddData_v2" => pick!(LINK_ADD_DATA, link_add_data),
         b"cuLinkAddFile" | b"cuLinkAddFile_v2" => pick!(LINK_ADD_FILE, link_add_file),
         b"cuCtxDestroy" | b"cuCtxDestroy_v2" => pick!(CTX_DESTROY, ctx_destroy),
+        b"cuDevicePrimaryCtxRetain" => pick!(PRIMARY_CTX_RETAIN, primary_ctx_retain),
         b"cuDevicePrimaryCtxRelease" | b"cuDevicePrimaryCtxRelease_v2" => pick!(PRIMARY_CTX_RELEASE, primary_ctx_release),
         b"cuDevicePrimaryCtxReset" | b"cuDevicePrimaryCtxReset_v2" => pick!(PRIMARY_CTX_RESET, primary_ctx_reset),
         b"cuModuleUnload" => pick!(MODULE_UNLOAD, module_unload),
@@ -392,7 +394,8 @@ impl JitOptions {
         let mut logs = vec![];
         for buffer in JIT_LOG_BUFFERS {
             let (Some(b), Some(z)) = (opts.iter().position(|&o| o == buffer), opts.iter().position(|&o| o == buffer + 1)) else { continue };
-            let (ptr, len) = (vals[b].cast::<u8>(), (vals[z] as usize).min(JIT_LOG_KEPT));
+            // The size is an `unsigned int` in its pointer-sized slot.
+            let (ptr, len) = (vals[b].cast::<u8>(), (vals[z] as usize as u32 as usize).min(JIT_LOG_KEPT));
             if !ptr.is_null() && len > 0 {
                 // SAFETY: the caller's contract: the buffer holds its size's bytes.
                 logs.push((ptr, unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()));
@@ -420,9 +423,9 @@ impl JitOptions {
 }
 
 /// Calls `load` with the patched image when the agent has one for `image`, falling back to
-/// the original (and saying why once) when the driver refuses it, with the JIT options `jit`
-/// as the application gave them.
-fn load_with(image: *const c_void, jit: &JitOptions, load: impl Fn(*const c_void) -> CuResult, loaded: impl Fn() -> super::Loaded) -> CuResult {
+/// the original (and saying why once) when the driver refuses it, with the JIT options as the
+/// application gave them (`jit` saves them, when there is a patched image).
+fn load_with(image: *const c_void, jit: impl FnOnce() -> JitOptions, load: impl Fn(*const c_void) -> CuResult, loaded: impl Fn() -> super::Loaded) -> CuResult {
     let started = std::time::Instant::now();
     let Some(patched) = super::replacement(image) else {
         let r = load(image);
@@ -432,6 +435,7 @@ fn load_with(image: *const c_void, jit: &JitOptions, load: impl Fn(*const c_void
         return r;
     };
     let patching = started.elapsed();
+    let jit = jit();
     let r = load(patched.as_ptr());
     if r == SUCCESS {
         super::loaded_patched(&patched, loaded());
@@ -449,7 +453,7 @@ unsafe extern "C" fn module_load_data<const S: usize>(module: *mut Handle, image
     // (the image replaced by a NUL-terminated PTX text, which the call accepts).
     let load = |img| unsafe { std::mem::transmute::<usize, FnModuleLoadData>(real)(module, img) };
     // SAFETY: read after a successful load, which wrote the handle.
-    load_with(image, &JitOptions::none(), load, || super::Loaded::Module(unsafe { *module }))
+    load_with(image, JitOptions::none, load, || super::Loaded::Module(unsafe { *module }))
 }
 
 /// The contents of the module file `fname` (`cuModuleLoad`) as an image a load call takes: a
@@ -524,9 +528,9 @@ unsafe extern "C" fn module_load_data_ex<const S: usize>(
     // SAFETY: as in `module_load_data`.
     let load = |img| unsafe { std::mem::transmute::<usize, FnModuleLoadDataEx>(real)(module, img, n, options, values) };
     // SAFETY: the call's contract for its options.
-    let jit = unsafe { JitOptions::save(n, options, values) };
+    let jit = || unsafe { JitOptions::save(n, options, values) };
     // SAFETY: read after a successful load, which wrote the handle.
-    load_with(image, &jit, load, || super::Loaded::Module(unsafe { *module }))
+    load_with(image, jit, load, || super::Loaded::Module(unsafe { *module }))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -545,9 +549,9 @@ unsafe extern "C" fn library_load_data<const S: usize>(
     let load =
         |img| unsafe { std::mem::transmute::<usize, FnLibraryLoadData>(real)(library, img, jit_options, jit_values, n_jit, lib_options, lib_values, n_lib) };
     // SAFETY: the call's contract for its options.
-    let jit = unsafe { JitOptions::save(n_jit, jit_options, jit_values) };
+    let jit = || unsafe { JitOptions::save(n_jit, jit_options, jit_values) };
     // SAFETY: read after a successful load, which wrote the handle.
-    load_with(code, &jit, load, || super::Loaded::Library(unsafe { *library }))
+    load_with(code, jit, load, || super::Loaded::Library(unsafe { *library }))
 }
 
 /// `cuLinkAddData`: a PTX or fat binary input of the application's own link with the probes
@@ -742,11 +746,29 @@ unsafe extern "C" fn ctx_destroy<const S: usize>(ctx: Handle) -> CuResult {
     r
 }
 
+/// `cuDevicePrimaryCtxRetain`: counted, so that a release that is not the last leaves the
+/// context alone.
+unsafe extern "C" fn primary_ctx_retain<const S: usize>(ctx: *mut Handle, device: c_int) -> CuResult {
+    // SAFETY: the driver's own entry point for this slot with the caller's arguments.
+    let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(*mut Handle, c_int) -> CuResult>(PRIMARY_CTX_RETAIN.real(S))(ctx, device) };
+    if r == SUCCESS {
+        super::primary_retained(device);
+    }
+    r
+}
+
 /// `cuDevicePrimaryCtxRelease`: the last release destroys the primary context (as
-/// `ctx_destroy`; whether it did is asked after the call).
+/// `ctx_destroy`). A release the retains counted show is not the last is passed on alone;
+/// where they are not known (retains before the agent came), whether the context went is asked
+/// after the call.
 unsafe extern "C" fn primary_ctx_release<const S: usize>(device: c_int) -> CuResult {
+    let real = PRIMARY_CTX_RELEASE.real(S);
+    if !super::primary_release_may_end(device) {
+        // SAFETY: the driver's own entry point for this slot with the caller's argument.
+        return unsafe { std::mem::transmute::<usize, FnOneDevice>(real)(device) };
+    }
     // SAFETY: the driver's own entry point for this slot.
-    unsafe { primary_teardown(PRIMARY_CTX_RELEASE.real(S), device, false) }
+    unsafe { primary_teardown(real, device, false) }
 }
 
 /// `cuDevicePrimaryCtxReset` (`cudaDeviceReset`): destroys the primary context, as `ctx_destroy`.
@@ -781,19 +803,17 @@ unsafe extern "C" fn module_unload<const S: usize>(module: Handle) -> CuResult {
     // SAFETY: the driver's own entry point for this slot with the caller's argument.
     let r = unsafe { std::mem::transmute::<usize, FnOneHandle>(MODULE_UNLOAD.real(S))(module) };
     if r == SUCCESS {
-        super::module_gone(module, None);
+        super::module_gone(module, false);
     }
     r
 }
 
-/// `cuLibraryUnload`: what was kept for the library and its module in this context is
-/// forgotten.
+/// `cuLibraryUnload`: what was kept for the library and its modules is forgotten.
 unsafe extern "C" fn library_unload<const S: usize>(library: Handle) -> CuResult {
-    let module = std::panic::catch_unwind(|| Driver::get().and_then(|d| d.library_module(library))).ok().flatten();
     // SAFETY: the driver's own entry point for this slot with the caller's argument.
     let r = unsafe { std::mem::transmute::<usize, FnOneHandle>(LIBRARY_UNLOAD.real(S))(library) };
     if r == SUCCESS {
-        super::module_gone(library, module);
+        super::module_gone(library, true);
     }
     r
 }
@@ -942,6 +962,8 @@ direct_entry_points! {
     cuLinkAddData_v2 as c"cuLinkAddData" (state: Handle, kind: c_int, data: *mut c_void, size: usize, name: *const c_char, n: c_uint, options: *mut c_int, values: *mut *mut c_void);
     /// `cuCtxDestroy` (`_v2`, as cuda.h names it), called directly.
     cuCtxDestroy_v2 as c"cuCtxDestroy" (ctx: Handle);
+    /// `cuDevicePrimaryCtxRetain`, called directly.
+    cuDevicePrimaryCtxRetain as c"cuDevicePrimaryCtxRetain" (ctx: *mut Handle, device: c_int);
     /// `cuDevicePrimaryCtxRelease` (`_v2`, as cuda.h names it), called directly.
     cuDevicePrimaryCtxRelease_v2 as c"cuDevicePrimaryCtxRelease" (device: c_int);
     /// `cuDevicePrimaryCtxReset` (`_v2`, as cuda.h names it), called directly.

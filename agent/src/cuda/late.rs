@@ -65,7 +65,7 @@ unsafe impl Send for Substitute {}
 unsafe impl Sync for Substitute {}
 
 /// The driver entry points hooked: those the preloaded agent wraps.
-const HOOKED: [&std::ffi::CStr; 19] = [
+const HOOKED: [&std::ffi::CStr; 20] = [
     c"cuLaunchKernel",
     c"cuLaunchKernelEx",
     c"cuLaunchCooperativeKernel",
@@ -81,6 +81,7 @@ const HOOKED: [&std::ffi::CStr; 19] = [
     c"cuMemcpyDtoH",
     c"cuMemcpy",
     c"cuCtxDestroy",
+    c"cuDevicePrimaryCtxRetain",
     c"cuDevicePrimaryCtxRelease",
     c"cuDevicePrimaryCtxReset",
     c"cuModuleUnload",

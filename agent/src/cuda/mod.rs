@@ -1062,8 +1062,10 @@ fn arena_for_graph(stream: Handle) -> Option<Arc<Arena>> {
             return None;
         }
         let loaded = lock(&gpu.loaded).clone();
+        let current = drv.current_context().map_or(0, |c| c as usize);
         let mut arena = None;
-        for (h, module_ctx) in loaded {
+        // This context's modules (a module of another context gets that context's arena).
+        for (h, module_ctx) in loaded.into_iter().filter(|&(_, c)| c.is_none_or(|c| c == current)) {
             let module = if module_ctx.is_none() { drv.library_module(h as Handle) } else { Some(h as Handle) };
             if let Some(a) = module.and_then(|m| gpu.module_arena(drv, m)) {
                 arena = Some(a);
@@ -1129,7 +1131,11 @@ fn copy_back_now(gpu: &Gpu, drv: &Driver, ctx: Handle, a: &Arena) {
     *lock(&a.last_copy) = Instant::now();
     let mut copy = vec![0u8; a.len];
     let given = lock(&a.share).clone();
-    let stream = a.stream as Handle;
+    // On the legacy default stream: the copy and the ring clears wait for the launches of every
+    // blocking stream (a kernel still running on another stream must not be copied half done,
+    // nor its ring cursors cleared under it). Launches on the application's non-blocking
+    // streams are copied back after them, on their own streams.
+    let stream: Handle = std::ptr::null_mut();
     // From a thread of ours (the link follower) the arena's context is made current.
     let r = drv
         .with_context(ctx, || {
@@ -1154,9 +1160,40 @@ pub(crate) fn primary_context(device: std::ffi::c_int) -> Option<Handle> {
     let gpu = GPU.get()?;
     guarded(|| {
         let ctx = Driver::get()?.primary_context(device)?;
-        let known = lock(&gpu.arenas).contains_key(&(ctx as usize)) || lock(&gpu.modules).values().any(|(c, _)| *c == ctx as usize);
+        let c = ctx as usize;
+        let known =
+            lock(&gpu.arenas).contains_key(&c) || lock(&gpu.modules).values().any(|(m, _)| *m == c) || lock(&gpu.loaded).iter().any(|&(_, m)| m == Some(c));
         known.then_some(ctx)
     })
+}
+
+/// Retains of each device's primary context seen through the wrappers, not released yet.
+static PRIMARY_RETAINS: Mutex<Vec<(std::ffi::c_int, u64)>> = Mutex::new(Vec::new());
+
+/// A retain of `device`'s primary context went through.
+pub(crate) fn primary_retained(device: std::ffi::c_int) {
+    let mut r = lock(&PRIMARY_RETAINS);
+    match r.iter_mut().find(|(d, _)| *d == device) {
+        Some((_, n)) => *n += 1,
+        None => r.push((device, 1)),
+    }
+}
+
+/// Before a release of `device`'s primary context: whether it may be the last (the count
+/// says so, or retains were made before the wrappers saw them); counted down either way.
+pub(crate) fn primary_release_may_end(device: std::ffi::c_int) -> bool {
+    let mut r = lock(&PRIMARY_RETAINS);
+    match r.iter_mut().find(|(d, _)| *d == device) {
+        Some((_, n)) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some((_, n)) => {
+            *n = 0;
+            true
+        }
+        None => true,
+    }
 }
 
 /// Whether the primary context of `device` is still there (after a release).
@@ -1199,14 +1236,19 @@ pub(crate) fn context_gone(ctx: Handle) {
     });
 }
 
-/// After module (or library) `handle` was unloaded: what the agent kept for it is forgotten;
-/// `module` is a library's module in the current context.
-pub(crate) fn module_gone(handle: Handle, module: Option<Handle>) {
+/// After module (or library) `handle` was unloaded: what the agent kept for it is forgotten
+/// (a library has a module in every context: the whole cache of modules seen at launch goes,
+/// to be filled again).
+pub(crate) fn module_gone(handle: Handle, library: bool) {
     let Some(gpu) = GPU.get() else { return };
     guarded(|| {
-        let gone = |h: usize| h == handle as usize || module.is_some_and(|m| m as usize == h);
-        lock(&gpu.modules).retain(|&h, _| !gone(h));
-        lock(&gpu.loaded).retain(|&(h, _)| !gone(h));
+        let h = handle as usize;
+        if library {
+            lock(&gpu.modules).clear();
+        } else {
+            lock(&gpu.modules).remove(&h);
+        }
+        lock(&gpu.loaded).retain(|&(l, _)| l != h);
         late::module_gone();
         Some(())
     });
