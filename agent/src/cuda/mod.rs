@@ -69,6 +69,9 @@ pub(crate) struct Arena {
     in_flight: AtomicU64,
     /// The process that made the arena (a forked child has no write-back thread to wait for).
     pid: u32,
+    /// Held across a synchronous copy back; true once its context is being torn down (no copy
+    /// may start then: the context goes away under it).
+    closed: Mutex<bool>,
 }
 
 impl Arena {
@@ -468,6 +471,7 @@ impl Gpu {
             applied: Condvar::new(),
             in_flight: AtomicU64::new(0),
             pid: std::process::id(),
+            closed: Mutex::new(false),
         });
         arenas.insert(ctx, a.clone());
         Ok(a)
@@ -1121,6 +1125,10 @@ fn sync_point() {
 /// Copies arena `a` of context `ctx` back into the region now, when launches have run since
 /// its last copy back (the copies back queued before it are written first).
 fn copy_back_now(gpu: &Gpu, drv: &Driver, ctx: Handle, a: &Arena) {
+    let closed = lock(&a.closed);
+    if *closed {
+        return;
+    }
     // The copies back the stream made come first, and are all the app's results when no
     // launch came after them.
     a.settle();
@@ -1152,6 +1160,7 @@ fn copy_back_now(gpu: &Gpu, drv: &Driver, ctx: Handle, a: &Arena) {
         Ok(()) => a.write_back(gpu, &mut copy, &given),
         Err(e) => gpu.say_once(format!("CUDA maps are not copied back: {e}")),
     }
+    drop(closed);
 }
 
 /// The context a teardown call (`cuDevicePrimaryCtxReset` / `Release` of `device`) ends,
@@ -1207,14 +1216,23 @@ pub(crate) fn before_teardown(ctx: Handle) {
     let Some(gpu) = GPU.get() else { return };
     guarded(|| {
         let drv = Driver::get()?;
-        let arena = lock(&gpu.arenas).get(&(ctx as usize)).cloned()?;
+        // Out of the tables first: no launch or synchronisation of another thread finds it
+        // from now on (should the teardown fail, the context gets a new arena from the
+        // region's maps, which hold all of this one by then).
+        let c = ctx as usize;
+        lock(&gpu.modules).retain(|_, (m, _)| *m != c);
+        let arena = lock(&gpu.arenas).remove(&c)?;
         if let Some(Err(e)) = drv.with_context(ctx, || drv.ctx_synchronize()) {
             gpu.say_once(format!("CUDA maps of a context torn down may miss its last launches: {e}"));
         }
         // Every host function queued on its streams has run: their copies back are written
         // before the pinned buffers they read go with the context.
         copy_back_now(gpu, drv, ctx, &arena);
-        arena.settle_within(Duration::from_secs(5));
+        // A copy another thread started before is waited for; none starts after.
+        *lock(&arena.closed) = true;
+        if verbose() {
+            eprintln!("bpftime: CUDA context torn down: its maps were copied back");
+        }
         Some(())
     });
 }
@@ -1225,9 +1243,7 @@ pub(crate) fn context_gone(ctx: Handle) {
     let Some(gpu) = GPU.get() else { return };
     let ctx = ctx as usize;
     guarded(|| {
-        if lock(&gpu.arenas).remove(&ctx).is_some() && verbose() {
-            eprintln!("bpftime: CUDA context torn down: its maps were copied back");
-        }
+        lock(&gpu.arenas).remove(&ctx);
         lock(&gpu.modules).retain(|_, (c, _)| *c != ctx);
         lock(&gpu.loaded).retain(|&(_, c)| c != Some(ctx));
         lock(&gpu.registered).remove(&ctx);
