@@ -142,8 +142,8 @@ else summary+=("cuda driver_api: FAILED"); status=1; fi
 # Contexts released, reset and destroyed (launches unsynchronised) between rounds: each round's
 # launches counted once.
 if traced contexts cuda_probes "driver_contexts 1048576 3"; then
-    expect contexts "entries in 3 rounds" "$(map_value "$cuda/contexts.report" calls 0)" 9437184
-    expect contexts "exits in 3 rounds" "$(map_value "$cuda/contexts.report" calls 1)" 9437184
+    expect contexts "entries of every round" "$(map_value "$cuda/contexts.report" calls 0)" 12582912
+    expect contexts "exits of every round" "$(map_value "$cuda/contexts.report" calls 1)" 12582912
 else summary+=("cuda contexts: FAILED"); status=1; fi
 # Relocatable device code: the agent links the units' PTX with the probes spliced in.
 # (driver_linked's `link` mode: the application links the units itself with cuLink*.)

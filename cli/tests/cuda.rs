@@ -1469,25 +1469,29 @@ fn a_loader_polls_a_gpu_ring_the_bpftime_way() {
 }
 
 /// Contexts torn down and made again (examples/cuda/driver_contexts.c: the primary context
-/// released, made again and reset, then a context of the app's own destroyed with its launches
-/// unsynchronised; the driver reuses handles and addresses): every launch of the three rounds
-/// is counted once, nothing kept for a context outlives it, and the app's output is its own.
-/// Also with launches run at the next synchronisation, as a GPU runs them.
+/// retained twice, launched in around a first release and released again, made again and
+/// reset, then a context of the app's own destroyed with its launches unsynchronised; the
+/// driver reuses handles and addresses): every launch of the rounds is counted once, nothing
+/// kept for a context outlives it, the app's output is its own, and there are three teardowns
+/// (a release that is not the last leaves the context alone: it was taken for one, four). Also with launches run at the next synchronisation, as a GPU
+/// runs them.
 #[test]
 fn contexts_torn_down_and_made_again_keep_counts_exact() {
     let Some(dir) = setup_app("contexts", "vector_add", "driver_contexts", &[]) else { return };
     let base = plain(&dir);
     assert!(base.status.success(), "{}", text(&base.stderr));
-    assert_eq!(text(&base.stdout).lines().count(), 3, "{}", text(&base.stdout));
+    assert_eq!(text(&base.stdout).lines().count(), 4, "{}", text(&base.stdout));
     for asynchronous in [false, true] {
         let env: &[(&str, &str)] = if asynchronous { &[("BPFTIME_FAKE_CUDA_ASYNC", "1")] } else { &[] };
-        let out = traced(&dir, &build_example("cuda_probes"), env);
+        let env = [env, &[("BPFTIME_VERBOSE", "1")]].concat();
+        let out = traced(&dir, &build_example("cuda_probes"), &env);
         let stderr = text(&out.stderr);
         assert!(out.status.success(), "{stderr}");
         assert_eq!(text(&out.stdout), text(&base.stdout), "the app's output\n{stderr}");
-        let total = (THREADS * LAUNCHES as u64 * 3).to_string();
-        assert_eq!(dumped(&stderr, "calls", "0"), Some(total.clone()), "entries in the three rounds (async {asynchronous})\n{stderr}");
-        assert_eq!(dumped(&stderr, "calls", "1"), Some(total), "exits in the three rounds (async {asynchronous})\n{stderr}");
+        assert_eq!(stderr.matches("CUDA context torn down").count(), 3, "{stderr}");
+        let total = (THREADS * LAUNCHES as u64 * 4).to_string();
+        assert_eq!(dumped(&stderr, "calls", "0"), Some(total.clone()), "entries of every round (async {asynchronous})\n{stderr}");
+        assert_eq!(dumped(&stderr, "calls", "1"), Some(total), "exits of every round (async {asynchronous})\n{stderr}");
         assert!(!stderr.contains("CUDA maps are not copied back"), "{stderr}");
         let log = std::fs::read_to_string(dir.join("log/log")).unwrap();
         assert_eq!(log.matches("context 1 destroyed").count(), 2, "{log}");

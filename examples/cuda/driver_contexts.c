@@ -1,9 +1,10 @@
 // The vector add of vector_add.cu in three contexts one after another, each torn down a
 // different way, as long-running CUDA programs and test suites do (cudaDeviceReset between
 // phases, a context per job):
-//   round 1: the primary context retained, the image loaded as a library, LAUNCHES launches,
-//            synchronised and read back, the library unloaded, the context released (its last
-//            retain: the driver destroys it);
+//   round 1: the primary context retained twice (as a runtime and a library using it would),
+//            the image loaded as a library, LAUNCHES launches, synchronised and read back, one
+//            release (not the last: the context stays), as many launches again, the library
+//            unloaded, the second release (the last retain's: the driver destroys the context);
 //   round 2: the primary context retained again (a new one, behind the same handle), the same
 //            again, then reset (cuDevicePrimaryCtxReset, what cudaDeviceReset calls);
 //   round 3: a context of its own (cuCtxCreate), the image loaded as a module, LAUNCHES launches,
@@ -81,14 +82,21 @@ int main(int argc, char **argv)
 
     for (int round = 1; round <= 2; round++) {
         CHECK(retain(&ctx, dev));
+        if (round == 1)
+            CHECK(retain(&ctx, dev));
         CHECK(set_current(ctx));
         CHECK(library_load(&library, driver_image(), 0, 0, 0, 0, 0, 0));
         run_round(round, kernel_function(library, KERNEL), n, launches, 1);
-        CHECK(library_unload(library));
-        if (round == 1)
+        if (round == 1) {
             CHECK(release(dev));
-        else
+            run_round(round, kernel_function(library, KERNEL), n, launches, 1);
+        }
+        CHECK(library_unload(library));
+        if (round == 1) {
+            CHECK(release(dev));
+        } else {
             CHECK(reset(dev));
+        }
     }
 
     CHECK(ctx_create(&ctx, 0, dev));
