@@ -78,8 +78,8 @@ struct record {
     unsigned int path, path_arg;
 };
 
-#define RECORDS 1024
-#define STRINGS 65536
+#define RECORDS 4096
+#define STRINGS 262144
 #define PATH_MAX_KEPT 4096
 
 struct kernel_sigaction {
@@ -104,7 +104,7 @@ struct log {
     char strings[STRINGS];
 };
 
-__attribute__((visibility("default"))) struct log bpftime_audit_log = { .magic = "bpftime-audit", .version = 3 };
+__attribute__((visibility("default"))) struct log bpftime_audit_log = { .magic = "bpftime-audit", .version = 4 };
 
 extern char __start_bpftime_audit_text[] __attribute__((visibility("hidden")));
 extern char __stop_bpftime_audit_text[] __attribute__((visibility("hidden")));

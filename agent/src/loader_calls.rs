@@ -39,8 +39,8 @@ struct Record {
     path_arg: u32,
 }
 
-const RECORDS: usize = 1024;
-const STRINGS: usize = 65536;
+const RECORDS: usize = 4096;
+const STRINGS: usize = 262144;
 const MAGIC: &[u8; 16] = b"bpftime-audit\0\0\0";
 
 /// The record (layout of `struct log` in `early/audit.c`).
@@ -115,7 +115,7 @@ fn find_log() -> Option<&'static Log> {
                 // mapping (checked above), aligned (8-byte steps from a page start), and which
                 // nothing writes any more once `done` is set.
                 let log = unsafe { &*(at as *const Log) };
-                return (log.version == 3 && log.done == 1 && log.count as usize <= RECORDS).then_some(log);
+                return (log.version == 4 && log.done == 1 && log.count as usize <= RECORDS).then_some(log);
             }
             at += 8;
         }
