@@ -97,17 +97,10 @@ const PR_SYS_DISPATCH_OFF: libc::c_ulong = 0;
 
 /// The record the audit library left in this process, if it ran and finished.
 fn find_log() -> Option<&'static Log> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    for line in maps.lines().filter(|l| l.ends_with("/libbpftime_audit.so")) {
-        let mut fields = line.split_whitespace();
-        let (range, perms) = (fields.next()?, fields.next()?);
-        if perms != "rw-p" {
-            continue;
-        }
-        let (start, end) = range.split_once('-')?;
-        let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
-        let mut at = start;
-        while at + std::mem::size_of::<Log>() as u64 <= end {
+    let maps = bpftime_attach::procmaps::mappings();
+    for m in maps.iter().filter(|m| m.perms == "rw-p" && m.path.ends_with("/libbpftime_audit.so")) {
+        let mut at = m.start;
+        while at + std::mem::size_of::<Log>() as u64 <= m.end {
             // SAFETY: inside a readable mapping of the audit library (its data segment).
             let head = unsafe { std::slice::from_raw_parts(at as *const u8, 16) };
             if head == MAGIC {

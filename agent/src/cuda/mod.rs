@@ -12,8 +12,9 @@
 //!     stream: arena copied to pinned memory, ring cursors cleared, a host function writes the
 //!     maps back to the region
 //!   cuCtxSynchronize / cuStreamSynchronize / cuEventSynchronize / cuMemcpyDtoH / cuMemcpy:
-//!     after the real call, maps with launches not yet copied back are copied back (on a
-//!     non-blocking stream of ours, waited for: it waits for nothing of the application's)
+//!     after the real call, maps with launches not yet copied back are copied back (on the
+//!     legacy default stream, waited for: after the launches of every blocking stream; the
+//!     set-up copies use a non-blocking stream of ours, which waits for nothing)
 //!   cuCtxDestroy / cuDevicePrimaryCtxReset / cuDevicePrimaryCtxRelease: before the real call
 //!     the context's work is finished and its maps copied back; after it, all that was kept
 //!     for the context (arena, modules, registrations, late substitutes) is forgotten
