@@ -230,7 +230,7 @@ pub(crate) struct ThreadState {
 }
 
 /// What the hook engine keeps per thread, in one thread-local, laid out as the assembly
-/// below gives its initial bytes (all zero but the selector).
+/// below gives its initial bytes (all zero but the selector and `dispatch_off`).
 #[repr(C)]
 struct HookThread {
     state: Cell<ThreadState>,
@@ -257,6 +257,10 @@ struct HookThread {
     /// leaving the real one to its user: `stack_in_use + 4 * found`, an address the stub forms
     /// without touching the flags (see [`emit_probe_call`]'s way out).
     in_use_sink: Cell<u8>,
+    /// 1 until system call interception is turned on for the thread (`syscalls::enable`): its
+    /// calls through a rewritten call site are not the application's to see (a thread the
+    /// agent made, as glibc starts it).
+    dispatch_off: Cell<u8>,
     /// The top of the thread's handler stack (0 until its first hit maps it, then
     /// [`NO_HANDLER_STACK`] once it has none): the stubs run the handlers there, not on the
     /// application's stack, which may be a goroutine's few kilobytes (see
@@ -309,6 +313,7 @@ const _: () = assert!(
         && std::mem::offset_of!(HookThread, stack_registered) == 18
         && std::mem::offset_of!(HookThread, app_call) == 19
         && std::mem::offset_of!(HookThread, in_use_sink) == 17 + 4
+        && std::mem::offset_of!(HookThread, dispatch_off) == 22
         && std::mem::offset_of!(HookThread, stack_top) == 24
         && std::mem::offset_of!(HookThread, alt_stack) == 32
         && std::mem::offset_of!(HookThread, deferred) == 56
@@ -337,7 +342,9 @@ std::arch::global_asm!(
     "bpftime_hook_thread:",
     ".zero 16",
     ".byte 1",
-    ".zero 95",
+    ".zero 5",
+    ".byte 1",
+    ".zero 89",
     ".text",
 );
 
@@ -365,6 +372,16 @@ fn thread() -> &'static HookThread {
 fn set_state(t: &HookThread, st: ThreadState) {
     t.state.set(st);
     t.selector.set(if st.busy { 0 } else { 1 });
+}
+
+/// Notes that system call interception is on for this thread (see `HookThread::dispatch_off`).
+pub(crate) fn note_dispatch_on() {
+    thread().dispatch_off.set(0);
+}
+
+/// Whether system call interception was turned on for this thread.
+pub(crate) fn dispatch_on() -> bool {
+    thread().dispatch_off.get() == 0
 }
 
 /// The address of this thread's syscall selector byte (stable for the thread's life).
@@ -1410,13 +1427,16 @@ fn unmap_dead_threads_stacks() {
         if entry == 0 {
             continue;
         }
-        let (base, tid) = ((entry >> TID_BITS) << 12, (entry & TID_MASK) as libc::pid_t);
-        // SAFETY: tkill(2) with signal 0 only checks that the thread exists.
-        let gone = unsafe { libc::syscall(libc::SYS_tkill, tid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let (base, tid) = ((entry >> TID_BITS) << 12, entry & TID_MASK);
+        // Raw calls, not libc's: a site of libc's rewritten for system call interception would
+        // take them for the application's where the thread is not marked busy (a SIGSYS
+        // handler's first work). SAFETY: tkill(2) with signal 0 only checks that the thread
+        // exists.
+        let gone = unsafe { crate::syscalls::raw_syscall(libc::SYS_tkill as u64, [tid, 0, 0, 0, 0, 0]) } == -(libc::ESRCH as i64) as u64;
         if gone && d.compare_exchange(entry, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            // SAFETY: the handler stack `emit_handler_stack_maker` mapped for a thread that no
-            // longer exists, taken out of the list by this call alone.
-            unsafe { libc::munmap(base as *mut libc::c_void, HANDLER_STACK + PAGE) };
+            // SAFETY: munmap(2) of the handler stack `emit_handler_stack_maker` mapped for a
+            // thread that no longer exists, taken out of the list by this call alone.
+            unsafe { crate::syscalls::raw_syscall(libc::SYS_munmap as u64, [base, (HANDLER_STACK + PAGE) as u64, 0, 0, 0, 0]) };
         }
     }
 }

@@ -17,15 +17,18 @@
 //! `fork`, `vfork` and the `execve`s, the gadget sends the caller (not a new child, which goes
 //! straight back, a `vfork` child once it has turned dispatch on for itself) through a stub
 //! that runs the exit handlers first, with the result: the new child's id, or the error of a
-//! call that failed. A child's own return from the call (0) is not seen, nor the end of
-//! `exit`, `exit_group` and `rt_sigreturn`. Our SIGSYS handler returns through a restorer in
+//! call that failed. A new thread of the application's goes through an exit stub of its own:
+//! its handlers see the call return 0, then dispatch is on for it before its first instruction
+//! (see [`makes_thread`]). Another child's own return from the call (0) is not seen, nor the
+//! end of `exit`, `exit_group` and `rt_sigreturn`. Our SIGSYS handler returns through a restorer in
 //! the allowed range. The actions of SIGSYS and SIGTRAP are ours while calls are intercepted:
 //! a raw `rt_sigaction` that would change them (glibc's `posix_spawn` child resets every
 //! handled signal) only reads them.
 //!
 //! Dispatch is per thread and is not inherited by new threads or processes: [`enable`] turns
 //! it on for the calling thread (the agent calls it at start, in every thread the application
-//! creates with `pthread_create`, and in the child after `fork`). An `execve` ends it with the
+//! creates with `pthread_create`, and in the child after `fork`), and a new thread's exit stub
+//! for itself. An `execve` ends it with the
 //! image.
 //!
 //! Unsafe code: the raw system call, prctl(2) and rt_sigaction(2), writing the allowed range,
@@ -139,19 +142,33 @@ fn write_allowed(off: usize, bytes: &[u8]) -> bool {
 /// [`bpftime_vfork_child`]): its calls (the `dup2`s and `close`s of `posix_spawn`, an `exec`,
 /// one that fails) are seen as the kernel's tracepoints see them.
 fn makes_vfork_child(nr: u64, di: u64) -> bool {
-    let flags = match nr as i64 {
-        libc::SYS_vfork => return true,
-        libc::SYS_clone => di,
+    if nr == libc::SYS_vfork as u64 {
+        return true;
+    }
+    clone_flags(nr, di).is_some_and(|flags| flags & libc::CLONE_VFORK as u64 != 0 && flags & libc::CLONE_SETTLS as u64 == 0)
+}
+
+/// The flags of a `clone` (its first argument) or `clone3` (the first word of its arguments).
+fn clone_flags(nr: u64, di: u64) -> Option<u64> {
+    match nr as i64 {
+        libc::SYS_clone => Some(di),
         libc::SYS_clone3 => {
             let mut word = [0u8; 8];
-            if read_own(di, &mut word) != 8 {
-                return false;
-            }
-            u64::from_ne_bytes(word)
+            (read_own(di, &mut word) == 8).then(|| u64::from_ne_bytes(word))
         }
-        _ => return false,
-    };
-    flags & libc::CLONE_VFORK as u64 != 0 && flags & libc::CLONE_SETTLS as u64 == 0
+        _ => None,
+    }
+}
+
+/// Whether call `nr` with first argument `di` makes a thread of this process with
+/// thread-locals of its own (`CLONE_THREAD` and `CLONE_SETTLS`, as `pthread_create` does). The
+/// application's (`theirs`) run the exit handlers in the new thread too, which sees the call
+/// return 0 as the kernel's tracepoints do, and turn dispatch on for it before its first
+/// instruction (see [`in_place_exit`]): the calls glibc makes as a thread starts (`rseq`,
+/// `set_robust_list`, `rt_sigprocmask`) are seen. A thread the agent makes is left alone.
+fn makes_thread(nr: u64, di: u64, theirs: bool) -> bool {
+    const THREAD: u64 = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SETTLS) as u64;
+    theirs && clone_flags(nr, di).is_some_and(|flags| flags & THREAD == THREAD)
 }
 
 /// What a `vfork` child needs to turn dispatch on for itself, read by [`bpftime_vfork_child`]:
@@ -245,11 +262,35 @@ fn reports_exit(nr: u64) -> bool {
     [libc::SYS_clone, libc::SYS_clone3, libc::SYS_fork, libc::SYS_vfork, libc::SYS_execve, libc::SYS_execveat].contains(&(nr as i64))
 }
 
+/// What the new child of a call made in place does at its gadget.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ChildPath {
+    /// Goes straight on (or the call makes no child, or its caller is not told of it).
+    Straight,
+    /// A `vfork` child ([`makes_vfork_child`]): calls [`bpftime_vfork_child`] first.
+    Vfork,
+    /// A thread of the application ([`makes_thread`]): through an exit stub of its own.
+    Thread,
+}
+
+impl ChildPath {
+    /// The path for call `nr` with first argument `di`; `theirs`: the application's call.
+    fn of(nr: u64, di: u64, theirs: bool) -> ChildPath {
+        if makes_vfork_child(nr, di) {
+            ChildPath::Vfork
+        } else if makes_thread(nr, di, theirs) {
+            ChildPath::Thread
+        } else {
+            ChildPath::Straight
+        }
+    }
+}
+
 /// What identifies a gadget: where it goes on, for calls whose exit is reported which call,
-/// and whether it makes a `vfork` child (addresses use the low 47 bits).
-fn gadget_key(ret: u64, nr: u64, exit: bool, vfork_child: bool) -> u64 {
+/// and what their child does (addresses use the low 47 bits).
+fn gadget_key(ret: u64, nr: u64, exit: bool, child: ChildPath) -> u64 {
     let key = if exit { ret | (nr + 1) << 48 } else { ret };
-    key | (vfork_child as u64) << 47
+    key | ((child == ChildPath::Vfork) as u64) << 47 | ((child == ChildPath::Thread) as u64) << 63
 }
 
 /// A call made in place whose exit handlers run in the caller: what [`in_place_exit`] needs.
@@ -260,6 +301,8 @@ struct InPlaceCall {
     /// Whether the call makes a `vfork` child (which counted itself: see
     /// [`count_vfork_children`]).
     vfork_child: bool,
+    /// Run in the new thread the call made, not its caller (see [`makes_thread`]).
+    in_new_thread: bool,
 }
 
 /// The gadget that makes call `nr` in place and goes on at `ret` (made on first use), through
@@ -281,15 +324,19 @@ struct InPlaceCall {
 /// 13 lea rsp, [rsp - 128], 18 call [rip + 22], 24 lea rsp, [rsp + 128], 32 jmp [rip + 16],
 /// 38 exit stub address, 46 its address, 54 ret.
 ///
+/// A call that makes a thread of the application (`ChildPath::Thread`) sends the new thread
+/// through an exit stub of its own: the first layout, with that stub's address at 27.
+///
 /// An `optional` gadget (a call that could also be made in the signal handler) is not made in
 /// the last [`GADGETS_KEPT`] slots, which are kept for the calls that must be made in place.
-fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, vfork_child: bool) -> Option<u64> {
+fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, child: ChildPath) -> Option<u64> {
     let base = ALLOWED.load(Ordering::Acquire) as u64;
     if exit && nr >= 0x7fff {
         return None; // no call has such a number, and the key has no room for it
     }
-    let vfork_child = vfork_child && exit && reports_exit(nr);
-    let key = gadget_key(ret, nr, exit, vfork_child);
+    let child = if exit && reports_exit(nr) { child } else { ChildPath::Straight };
+    let vfork_child = child == ChildPath::Vfork;
+    let key = gadget_key(ret, nr, exit, child);
     for (i, slot) in GADGET_RETURNS.iter().enumerate() {
         let at = base + (FIRST_GADGET + i * GADGET_LEN) as u64;
         match slot.compare_exchange(0, u64::MAX, Ordering::AcqRel, Ordering::Acquire) {
@@ -300,11 +347,15 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, vfork_child: bool) -> O
             Ok(_) => {
                 let mut code = Vec::with_capacity(GADGET_LEN);
                 code.extend_from_slice(&[0x0f, 0x05]); // syscall
+                let exit_stub = |in_new_thread: bool| {
+                    let ctx: &'static InPlaceCall = Box::leak(Box::new(InPlaceCall { nr, ret, vfork_child, in_new_thread }));
+                    hook::syscall_stub(at, ctx as *const InPlaceCall as u64, in_place_exit as *const () as u64).ok()
+                };
                 let stub = if exit {
-                    let ctx: &'static InPlaceCall = Box::leak(Box::new(InPlaceCall { nr, ret, vfork_child }));
-                    match hook::syscall_stub(at, ctx as *const InPlaceCall as u64, in_place_exit as *const () as u64) {
-                        Ok(stub) => Some(stub),
-                        Err(_) => {
+                    let stubs = (exit_stub(false), if child == ChildPath::Thread { exit_stub(true) } else { Some(ret) });
+                    match stubs {
+                        (Some(stub), Some(child_goes_to)) => Some((stub, child_goes_to)),
+                        _ => {
                             slot.store(0, Ordering::Release);
                             return None;
                         }
@@ -313,7 +364,7 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, vfork_child: bool) -> O
                     None
                 };
                 match stub {
-                    Some(stub) if vfork_child => {
+                    Some((stub, _)) if vfork_child => {
                         code.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
                         code.extend_from_slice(&[0x74, 0x06]); // jz 13
                         code.extend_from_slice(&[0xff, 0x25, 25, 0, 0, 0]); // jmp [38]
@@ -325,15 +376,15 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, vfork_child: bool) -> O
                         code.extend_from_slice(&(bpftime_vfork_child as *const () as u64).to_le_bytes());
                         code.extend_from_slice(&ret.to_le_bytes());
                     }
-                    Some(stub) if reports_exit(nr) => {
+                    Some((stub, child_goes_to)) if reports_exit(nr) => {
                         code.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
                         code.extend_from_slice(&[0x74, 0x06]); // jz 13
                         code.extend_from_slice(&[0xff, 0x25, 6, 0, 0, 0]); // jmp [19]
                         code.extend_from_slice(&[0xff, 0x25, 8, 0, 0, 0]); // jmp [27]
                         code.extend_from_slice(&stub.to_le_bytes());
-                        code.extend_from_slice(&ret.to_le_bytes());
+                        code.extend_from_slice(&child_goes_to.to_le_bytes());
                     }
-                    Some(stub) => {
+                    Some((stub, _)) => {
                         code.extend_from_slice(&[0xff, 0x25, 0, 0, 0, 0]); // jmp [8]
                         code.extend_from_slice(&stub.to_le_bytes());
                     }
@@ -388,6 +439,12 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
         }
         (Admission::Miss, Some(h)) => h.on_miss(call.nr),
         _ => {}
+    }
+    // A new thread: dispatch on before its first instruction of the application's (glibc
+    // starts it with every signal blocked, and a dispatched call with SIGSYS blocked kills).
+    if call.in_new_thread {
+        unblock_sigsys();
+        let _ = enable();
     }
     regs.cx = call.ret;
     regs.r11 = call.ret;
@@ -621,11 +678,11 @@ fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64, theirs: bool) -> [
 /// Sends the thread of a SIGSYS to make its call in place, through a gadget that goes on at
 /// the call's return address (through a stub that runs the exit handlers where `exit`). False
 /// where no gadget is left.
-fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool) -> bool {
-    let vfork_child = makes_vfork_child(nr, g[libc::REG_RDI as usize] as u64);
-    match gadget(g[libc::REG_RIP as usize] as u64, nr, exit, !in_place(nr), vfork_child) {
+fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool, theirs: bool) -> bool {
+    let child = ChildPath::of(nr, g[libc::REG_RDI as usize] as u64, theirs);
+    match gadget(g[libc::REG_RIP as usize] as u64, nr, exit, !in_place(nr), child) {
         Some(at) => {
-            if vfork_child && exit && reports_exit(nr) {
+            if child == ChildPath::Vfork && exit && reports_exit(nr) {
                 add_vfork_children(1);
             }
             g[libc::REG_RIP as usize] = at as i64;
@@ -734,7 +791,7 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 // in place, only where the caller comes back with a result of its own).
                 let exit = !in_place(nr) || reports_exit(nr);
                 vfork_call = makes_vfork_child(nr, g[libc::REG_RDI as usize] as u64);
-                if make_in_place(g, nr, exit) {
+                if make_in_place(g, nr, exit, theirs) {
                     if entered {
                         let envp = if nr == libc::SYS_execve as u64 { libc::REG_RDX } else { libc::REG_R10 };
                         let mut at = g[envp as usize] as u64;
@@ -899,14 +956,28 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     regs.orig_ax = nr;
     regs.ip = after;
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
+    // A thread whose calls are not intercepted (one the agent made, starting): not seen.
+    if !hook::dispatch_on() && !in_place(nr) {
+        let mut copy = 0u64;
+        let args = keep_sigsys_open(nr, args, &mut copy, false);
+        // SAFETY: the thread's own call and arguments, made with the selector at ALLOW; not one
+        // that must run in place.
+        regs.ax = unsafe { raw_syscall(nr, args) };
+        regs.cx = after;
+        regs.r11 = after;
+        // SAFETY: back to what the thread had.
+        unsafe { selector.write(was) };
+        return;
+    }
     // Whether the call makes a `vfork` child: told while our work runs (clone3's arguments
     // are read by a system call of ours, which must not be taken for the application's).
     let vfork_call = std::cell::Cell::new(false);
     let call = |regs: &mut PtRegs, skip: Option<u64>, theirs: bool, entered: bool| {
         if in_place(nr) {
-            let vfork_child = makes_vfork_child(nr, args[0]);
+            let child = ChildPath::of(nr, args[0], theirs);
+            let vfork_child = child == ChildPath::Vfork;
             vfork_call.set(vfork_child);
-            match gadget(after, nr, reports_exit(nr), false, vfork_child) {
+            match gadget(after, nr, reports_exit(nr), false, child) {
                 Some(g) => {
                     if vfork_child && reports_exit(nr) {
                         add_vfork_children(1);
@@ -1102,12 +1173,19 @@ pub fn enable() -> Result<(), std::io::Error> {
     if base == 0 {
         return Err(std::io::Error::other("system call interception is not started"));
     }
+    // The call is ours, whether dispatch is on already or not.
+    let selector = hook::selector();
+    // SAFETY: this thread's selector byte.
+    let was = unsafe { selector.replace(0) };
     // SAFETY: prctl(2) with the allowed range we mapped and this thread's selector byte, which
     // lives as long as the thread.
-    let r = unsafe { libc::prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, base as libc::c_ulong, ALLOWED_LEN as libc::c_ulong, hook::selector()) };
+    let r = unsafe { libc::prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, base as libc::c_ulong, ALLOWED_LEN as libc::c_ulong, selector) };
+    // SAFETY: back to what the thread had.
+    unsafe { selector.write(was) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    hook::note_dispatch_on();
     Ok(())
 }
 

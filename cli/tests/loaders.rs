@@ -2535,6 +2535,40 @@ fn libbpf_tools_javagc_times_a_jvms_collections_like_the_kernel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// bpftrace's output (to `out`) for `script` run by `bpftime load` on region `shm` (made
+/// afresh) while `target ARGS` runs under `bpftime start`, ended by SIGINT.
+fn bpftrace_under_bpftime(bpftrace: &Path, script: &str, shm: &str, target: &std::ffi::OsStr, args: &[&str], out: &Path) -> String {
+    bpftime_tests::remove_region(shm);
+    assert!(bpftime(shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut tool = bpftime(shm);
+    tool.args(["load", "--"]).arg(bpftrace).args(["-e", script]);
+    tool_session(tool, Some(shm), bpftime(shm).args(["start", "--"]).arg(target).args(args), out, true)
+}
+
+/// The counts of bpftrace map `@MAP[NUMBER]: COUNT` in its output (`map` "" for `@[...]`).
+fn counts_by_number(out: &str, map: &str) -> std::collections::BTreeMap<u64, u64> {
+    out.lines()
+        .filter_map(|l| {
+            let (nr, n) = l.strip_prefix(&format!("@{map}["))?.split_once("]: ")?;
+            Some((nr.parse().ok()?, n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Asserts that system call counts by number are the kernel's: equal, but for the calls in
+/// `fewer`, which may be fewer, never more; and no call the kernel did not see.
+fn assert_counts_like_the_kernels(ours: &std::collections::BTreeMap<u64, u64>, kernel: &std::collections::BTreeMap<u64, u64>, fewer: &[u64], context: &str) {
+    for (nr, k) in kernel {
+        let o = ours.get(nr).copied().unwrap_or(0);
+        if fewer.contains(nr) {
+            assert!(o <= *k, "call {nr}: ours {o}, the kernel's {k}\n{context}");
+        } else {
+            assert_eq!(o, *k, "call {nr}\n{context}");
+        }
+    }
+    assert!(ours.keys().all(|nr| kernel.contains_key(nr)), "{context}");
+}
+
 /// bpftrace (unmodified) on system call tracepoints, `syscalls:sys_enter_openat` and
 /// `raw_syscalls:sys_exit` (every call, filtered by number), counts the target's opens as it
 /// does on the kernel.
@@ -2554,11 +2588,7 @@ fn bpftrace_syscall_tracepoints_count_like_the_kernel() {
     let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-sys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-bpftrace-sys-{}", std::process::id());
-    bpftime_tests::remove_region(&shm);
-    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
-    let mut ours = bpftime(&shm);
-    ours.args(["load", "--"]).arg(&bpftrace).args(["-e", script]);
-    let out = bpftrace_result(&tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&opens).arg("10"), &dir.join("ours"), true));
+    let out = bpftrace_result(&bpftrace_under_bpftime(&bpftrace, script, &shm, opens.as_os_str(), &["10"], &dir.join("ours")));
     // The marker's 101 opens, and the others the process makes after the agent starts.
     let count = |out: &str, name: &str| out.lines().find_map(|l| l.strip_prefix(&format!("@{name}: "))?.trim().parse::<u64>().ok());
     let (enter, exits) = (count(&out, "enter").unwrap_or(0), count(&out, "exits").unwrap_or(0));
@@ -2580,14 +2610,7 @@ fn bpftrace_syscall_tracepoints_count_like_the_kernel() {
         let ls = dir.join("ls-count-test");
         std::fs::copy("/usr/bin/ls", &ls).unwrap();
         let script = r#"tracepoint:raw_syscalls:sys_enter /comm == "ls-count-test"/ { @[args->id] = count(); }"#;
-        let by_number = |out: &str| -> std::collections::BTreeMap<u64, u64> {
-            out.lines()
-                .filter_map(|l| {
-                    let (nr, n) = l.strip_prefix("@[")?.split_once("]: ")?;
-                    Some((nr.parse().ok()?, n.trim().parse().ok()?))
-                })
-                .collect()
-        };
+        let by_number = |out: &str| counts_by_number(out, "");
         bpftime_tests::remove_region(&shm);
         assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
         let mut ours = bpftime(&shm);
@@ -2598,17 +2621,58 @@ fn bpftrace_syscall_tracepoints_count_like_the_kernel() {
         kernel.args(["-e", script]);
         let kernel = by_number(&tool_session(kernel, None, Command::new(&ls).arg("/"), &dir.join("kernel-all"), true));
         assert!(kernel.get(&257).is_some_and(|&n| n > 3), "{kernel:?}");
-        const BEFORE_US: [u64; 7] = [9, 12, 158, 218, 273, 318, 334];
-        for (nr, k) in &kernel {
-            let o = ours.get(nr).copied().unwrap_or(0);
-            if BEFORE_US.contains(nr) {
-                assert!(o <= *k, "call {nr}: ours {o}, the kernel's {k}\nours {ours:?}\nkernel {kernel:?}");
-            } else {
-                assert_eq!(o, *k, "call {nr}\nours {ours:?}\nkernel {kernel:?}");
-            }
-        }
-        assert!(ours.keys().all(|nr| kernel.contains_key(nr)), "ours {ours:?}\nkernel {kernel:?}");
+        assert_counts_like_the_kernels(&ours, &kernel, &[9, 12, 158, 218, 273, 318, 334], &format!("ours {ours:?}\nkernel {kernel:?}"));
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// bpftrace (unmodified) on `raw_syscalls` counts the calls of a process's threads as the
+/// kernel does (`examples/targets/threads.c`: five threads, one made by another): the calls
+/// glibc makes as it starts each (`rseq`, `set_robust_list`, the `rt_sigprocmask` that puts
+/// back its creator's mask), their exits, and `clone3`'s return of 0 in each new thread. Fewer
+/// only for the dynamic loader's calls before an audit library and glibc's malloc set-up (see
+/// `bpftrace_syscall_tracepoints_count_like_the_kernel`), the signal set-up glibc makes at the
+/// process's first `pthread_create` (the agent's own first thread made it), and `futex`, which
+/// counts contention.
+#[test]
+fn bpftrace_sees_the_calls_of_every_thread_as_the_kernel_does() {
+    let _serial = serial();
+    let Ok(bpftrace) = which("bpftrace") else {
+        eprintln!("skipped: no bpftrace");
+        return;
+    };
+    if !bpftime_tests::kernel::tracefs_mounted() || !is_root() {
+        eprintln!("skipped: needs root and tracefs (compared with the kernel)");
+        return;
+    }
+    let threads = build_target("threads", false);
+    let script = r#"tracepoint:raw_syscalls:sys_enter /comm == "threads"/ { @enter[args->id] = count(); } tracepoint:raw_syscalls:sys_exit /comm == "threads" && args->ret == 0/ { @zero[args->id] = count(); }"#;
+    let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-threads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-bpftrace-threads-{}", std::process::id());
+    let ours = bpftrace_under_bpftime(&bpftrace, script, &shm, threads.as_os_str(), &["4", "10"], &dir.join("ours"));
+    bpftime_tests::remove_region(&shm);
+    let mut kernel = Command::new(&bpftrace);
+    kernel.args(["-e", script]);
+    let kernel = tool_session(kernel, None, Command::new(&threads).args(["4", "10"]), &dir.join("kernel"), true);
+    let (o, k) = (counts_by_number(&ours, "enter"), counts_by_number(&kernel, "enter"));
+    let (oz, kz) = (counts_by_number(&ours, "zero"), counts_by_number(&kernel, "zero"));
+    // Five threads: five clone3s, each returning 0 in its thread; 50 getppid.
+    assert_eq!(k.get(&110), Some(&50), "the kernel's:\n{kernel}");
+    assert_eq!(kz.get(&435), Some(&5), "the kernel's:\n{kernel}");
+    assert_counts_like_the_kernels(&o, &k, &[9, 12, 13, 14, 158, 202, 218, 273, 318, 334], &format!("ours:\n{ours}\nthe kernel's:\n{kernel}"));
+    // Each thread's start: the main thread's rseq and set_robust_list come before any code of
+    // ours, the others' all seen; its creator's mask put back in each.
+    for nr in [273, 334] {
+        assert_eq!(o.get(&nr).copied().unwrap_or(0) + 1, k[&nr], "call {nr}\nours:\n{ours}\nthe kernel's:\n{kernel}");
+    }
+    assert!(o.get(&14).copied().unwrap_or(0) + 1 >= k[&14], "rt_sigprocmask\nours:\n{ours}\nthe kernel's:\n{kernel}");
+    let zero = |map: &std::collections::BTreeMap<u64, u64>, nr: u64| map.get(&nr).copied().unwrap_or(0);
+    assert_eq!(zero(&oz, 435), 5, "clone3 returning 0 in each new thread\nours:\n{ours}");
+    for nr in [273, 334] {
+        assert_eq!(zero(&oz, nr) + 1, zero(&kz, nr), "call {nr} returning 0\nours:\n{ours}\nthe kernel's:\n{kernel}");
+    }
+    assert!(zero(&oz, 14) + 1 >= zero(&kz, 14), "rt_sigprocmask returning 0\nours:\n{ours}\nthe kernel's:\n{kernel}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
