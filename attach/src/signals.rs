@@ -272,8 +272,9 @@ pub(crate) fn with_signals_deferred<R>(f: impl FnOnce() -> R) -> R {
 /// mask before, for [`restore_signal_mask`].
 pub(crate) fn block_async_signals() -> u64 {
     // The engine's real-time signals' handlers only move a thread out of code being rewritten,
-    // or turn interception on.
-    let open = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE].into_iter().chain(engine_signals());
+    // or turn interception on. SIGSYS too: an intercepted call with it blocked would kill the
+    // process (a fork's own `clone`, made while a fork handler has the others blocked).
+    let open = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS].into_iter().chain(engine_signals());
     let all = !GLIBC_INTERNAL & !mask_of(open);
     let mut old = u64::MAX;
     // SAFETY: rt_sigprocmask(2) on this thread with valid 8-byte sets, made directly (libc's

@@ -171,6 +171,122 @@ fn makes_thread(nr: u64, di: u64, theirs: bool) -> bool {
     theirs && clone_flags(nr, di).is_some_and(|flags| flags & THREAD == THREAD)
 }
 
+/// Whether call `nr` with first argument `di` makes a copy of this process (`fork`, or a
+/// `clone` without `CLONE_VM` or `CLONE_VFORK`). The application's (`theirs`) have the child
+/// record its return of 0 and its calls until the agent's fork handler runs in it, which runs
+/// their handlers (see [`FORK_CHILD`]): glibc's `set_robust_list` in `_Fork` is seen.
+fn makes_process(nr: u64, di: u64, theirs: bool) -> bool {
+    const SHARED: u64 = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+    theirs && (nr == libc::SYS_fork as u64 || clone_flags(nr, di).is_some_and(|flags| flags & SHARED == 0))
+}
+
+/// Calls a child made by the application's `fork` records before the agent's fork handler
+/// runs in it (more: dispatch goes off until that handler turns it on again).
+const FORK_CHILD_CALLS: usize = 64;
+
+/// What a child made by the application's `fork` did before the agent's fork handler ran in
+/// it ([`after_fork`]): its fork's return (0) and its calls, in order. Until then it may not
+/// run handlers: the fork handlers of the agent hold its allocator's locks, and the cached
+/// process and thread ids are the parent's. Written only in the child, whose one thread it is
+/// (the parent's copy stays empty).
+struct ForkChild {
+    recording: AtomicBool,
+    len: AtomicUsize,
+    /// The registers of the fork's return, then of each call (`ax`: its result) and its number.
+    exit: std::cell::UnsafeCell<PtRegs>,
+    calls: std::cell::UnsafeCell<[(PtRegs, u64); FORK_CHILD_CALLS]>,
+}
+
+// SAFETY: only the one thread of a fork child touches the cells (see `ForkChild`).
+unsafe impl Sync for ForkChild {}
+
+/// All-zero registers.
+// SAFETY: `PtRegs` is plain integers, for which all zero bytes are a value.
+const NO_REGS: PtRegs = unsafe { std::mem::zeroed() };
+
+static FORK_CHILD: ForkChild = ForkChild {
+    recording: AtomicBool::new(false),
+    len: AtomicUsize::new(0),
+    exit: std::cell::UnsafeCell::new(NO_REGS),
+    calls: std::cell::UnsafeCell::new([(NO_REGS, 0); FORK_CHILD_CALLS]),
+};
+
+impl ForkChild {
+    /// In the child, at its fork's return (`exit`): records it, and its calls from now on.
+    fn begin(&self, exit: &PtRegs) {
+        // SAFETY: the child's only thread (see `ForkChild`).
+        unsafe { *self.exit.get() = *exit };
+        self.len.store(0, Ordering::Relaxed);
+        self.recording.store(true, Ordering::Release);
+        // Its calls arrive as SIGSYS (a fork handler may have blocked it, and a dispatched
+        // call with SIGSYS blocked kills).
+        unblock_sigsys();
+        let _ = enable();
+    }
+
+    fn recording(&self) -> bool {
+        self.recording.load(Ordering::Acquire)
+    }
+
+    /// Whether another call can be recorded.
+    fn has_room(&self) -> bool {
+        self.len.load(Ordering::Relaxed) < FORK_CHILD_CALLS
+    }
+
+    /// Records call `regs` (as it was made) and its result; false where there is no room.
+    fn record(&self, regs: &PtRegs, ret: u64) -> bool {
+        let n = self.len.load(Ordering::Relaxed);
+        if n == FORK_CHILD_CALLS {
+            return false;
+        }
+        // SAFETY: the child's only thread; `n` is in bounds.
+        unsafe { (*self.calls.get())[n] = (*regs, ret) };
+        self.len.store(n + 1, Ordering::Relaxed);
+        true
+    }
+
+    /// Ends the recording: the fork's return and the calls, if it was on.
+    fn take(&self) -> Option<(PtRegs, &[(PtRegs, u64)])> {
+        if !self.recording.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let n = self.len.load(Ordering::Relaxed);
+        // SAFETY: the child's only thread; nothing records once the flag is off.
+        Some(unsafe { (*self.exit.get(), &(&*self.calls.get())[..n]) })
+    }
+}
+
+/// In the child of a fork, from the agent's fork handler (its allocator and ids are the
+/// child's now): turns dispatch on and runs the handlers on what the child did before.
+fn after_fork() {
+    let _ = enable();
+    let Some((exit, calls)) = FORK_CHILD.take() else { return };
+    let selector = hook::selector();
+    // SAFETY: this thread's selector byte.
+    let was = unsafe { selector.replace(0) };
+    // Ids read afresh: the parent's cached ones may not be forgotten yet (other fork handlers).
+    add_vfork_children(1);
+    hook::on_handler_stack(|_| match (hook::admit(), HANDLER.get()) {
+        (Admission::Run(level, before), Some(h)) => {
+            h.on_exit(&exit, level);
+            for (regs, ret) in calls {
+                let _ = h.on_enter(regs, level);
+                h.on_exit(&PtRegs { ax: *ret, ..*regs }, level);
+            }
+            hook::leave(before);
+        }
+        (Admission::Run(_, before), None) => hook::leave(before),
+        (Admission::Miss, Some(h)) => {
+            h.on_miss(exit.orig_ax);
+            calls.iter().for_each(|(regs, _)| h.on_miss(regs.orig_ax));
+        }
+        _ => {}
+    });
+    add_vfork_children(-1);
+    // SAFETY: back to what the application had.
+    unsafe { selector.write(was) };
+}
+
 /// What a `vfork` child needs to turn dispatch on for itself, read by [`bpftime_vfork_child`]:
 /// the SIGSYS action (clone3's `CLONE_CLEAR_SIGHAND` resets it in the child) and the selector's
 /// offset from the thread pointer (the same for every thread: initial-exec TLS); and the
@@ -271,6 +387,9 @@ enum ChildPath {
     Vfork,
     /// A thread of the application ([`makes_thread`]): through an exit stub of its own.
     Thread,
+    /// A copy of this process made by the application ([`makes_process`]): through an exit
+    /// stub of its own, which defers its handlers (see [`FORK_CHILD`]).
+    Fork,
 }
 
 impl ChildPath {
@@ -280,6 +399,8 @@ impl ChildPath {
             ChildPath::Vfork
         } else if makes_thread(nr, di, theirs) {
             ChildPath::Thread
+        } else if makes_process(nr, di, theirs) {
+            ChildPath::Fork
         } else {
             ChildPath::Straight
         }
@@ -290,7 +411,26 @@ impl ChildPath {
 /// and what their child does (addresses use the low 47 bits).
 fn gadget_key(ret: u64, nr: u64, exit: bool, child: ChildPath) -> u64 {
     let key = if exit { ret | (nr + 1) << 48 } else { ret };
-    key | ((child == ChildPath::Vfork) as u64) << 47 | ((child == ChildPath::Thread) as u64) << 63
+    let (low, high) = match child {
+        ChildPath::Straight => (0, 0),
+        ChildPath::Vfork => (1, 0),
+        ChildPath::Thread => (0, 1),
+        ChildPath::Fork => (1, 1),
+    };
+    key | low << 47 | high << 63
+}
+
+/// Where an exit stub of a call made in place runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    /// In the caller.
+    Caller,
+    /// In the `vfork` child, once it turned dispatch on for itself.
+    VforkChild,
+    /// In the new thread (see [`makes_thread`]).
+    NewThread,
+    /// In the new process (see [`makes_process`]).
+    ForkChild,
 }
 
 /// A call made in place whose exit handlers run in the caller: what [`in_place_exit`] needs.
@@ -301,8 +441,8 @@ struct InPlaceCall {
     /// Whether the call makes a `vfork` child (which counted itself: see
     /// [`count_vfork_children`]).
     vfork_child: bool,
-    /// Run in the new thread the call made, not its caller (see [`makes_thread`]).
-    in_new_thread: bool,
+    /// Where the stub runs.
+    side: Side,
 }
 
 /// The gadget that makes call `nr` in place and goes on at `ret` (made on first use), through
@@ -320,12 +460,14 @@ struct InPlaceCall {
 /// ```
 ///
 /// A call that makes a `vfork` child (`vfork_child`) has the child call
-/// [`bpftime_vfork_child`] first: 0 syscall, 2 test rax, rax, 5 jz 13, 7 jmp [rip + 25],
-/// 13 lea rsp, [rsp - 128], 18 call [rip + 22], 24 lea rsp, [rsp + 128], 32 jmp [rip + 16],
-/// 38 exit stub address, 46 its address, 54 ret.
+/// [`bpftime_vfork_child`] first, then go through an exit stub of its own: 0 syscall, 2 test
+/// rax, rax, 5 jz 13, 7 jmp [rip + 25], 13 lea rsp, [rsp - 128], 18 call [rip + 22], 24 lea
+/// rsp, [rsp + 128], 32 jmp [rip + 16], 38 exit stub address, 46 its address, 54 the child's
+/// exit stub address.
 ///
-/// A call that makes a thread of the application (`ChildPath::Thread`) sends the new thread
-/// through an exit stub of its own: the first layout, with that stub's address at 27.
+/// A call that makes a thread or a process of the application (`ChildPath::Thread`,
+/// `ChildPath::Fork`) sends the child through an exit stub of its own: the first layout, with
+/// that stub's address at 27.
 ///
 /// An `optional` gadget (a call that could also be made in the signal handler) is not made in
 /// the last [`GADGETS_KEPT`] slots, which are kept for the calls that must be made in place.
@@ -347,12 +489,18 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, child: ChildPath) -> Op
             Ok(_) => {
                 let mut code = Vec::with_capacity(GADGET_LEN);
                 code.extend_from_slice(&[0x0f, 0x05]); // syscall
-                let exit_stub = |in_new_thread: bool| {
-                    let ctx: &'static InPlaceCall = Box::leak(Box::new(InPlaceCall { nr, ret, vfork_child, in_new_thread }));
+                let exit_stub = |side: Side| {
+                    let ctx: &'static InPlaceCall = Box::leak(Box::new(InPlaceCall { nr, ret, vfork_child, side }));
                     hook::syscall_stub(at, ctx as *const InPlaceCall as u64, in_place_exit as *const () as u64).ok()
                 };
                 let stub = if exit {
-                    let stubs = (exit_stub(false), if child == ChildPath::Thread { exit_stub(true) } else { Some(ret) });
+                    let child_stub = match child {
+                        ChildPath::Straight => Some(ret),
+                        ChildPath::Vfork => exit_stub(Side::VforkChild),
+                        ChildPath::Thread => exit_stub(Side::NewThread),
+                        ChildPath::Fork => exit_stub(Side::ForkChild),
+                    };
+                    let stubs = (exit_stub(Side::Caller), child_stub);
                     match stubs {
                         (Some(stub), Some(child_goes_to)) => Some((stub, child_goes_to)),
                         _ => {
@@ -364,7 +512,7 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, child: ChildPath) -> Op
                     None
                 };
                 match stub {
-                    Some((stub, _)) if vfork_child => {
+                    Some((stub, child_goes_to)) if vfork_child => {
                         code.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
                         code.extend_from_slice(&[0x74, 0x06]); // jz 13
                         code.extend_from_slice(&[0xff, 0x25, 25, 0, 0, 0]); // jmp [38]
@@ -374,7 +522,7 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, child: ChildPath) -> Op
                         code.extend_from_slice(&[0xff, 0x25, 16, 0, 0, 0]); // jmp [54]
                         code.extend_from_slice(&stub.to_le_bytes());
                         code.extend_from_slice(&(bpftime_vfork_child as *const () as u64).to_le_bytes());
-                        code.extend_from_slice(&ret.to_le_bytes());
+                        code.extend_from_slice(&child_goes_to.to_le_bytes());
                     }
                     Some((stub, child_goes_to)) if reports_exit(nr) => {
                         code.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
@@ -407,13 +555,15 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, child: ChildPath) -> Op
     None
 }
 
-/// Called by a gadget's exit stub in the caller of a call made in place, with its registers
-/// after the call (`ax` the result): runs the exit handlers, then goes on after the original
-/// instruction with `cx` as the instruction leaves it.
+/// Called by a gadget's exit stub in the caller of a call made in place (or in the child it
+/// made: `call.side`), with its registers after the call (`ax` the result): runs the exit
+/// handlers, then goes on after the original instruction with `cx` as the instruction leaves
+/// it.
 extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
+    let caller = call.side == Side::Caller;
     // A `vfork` child ran on this thread's thread-locals: what it left there is not ours (it
     // may have died inside our code, which then never put them back).
-    if call.vfork_child {
+    if call.vfork_child && caller {
         hook::restore_vfork_parent();
     }
     let selector = hook::selector();
@@ -421,6 +571,14 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
     let was = unsafe { selector.replace(0) };
     regs.orig_ax = call.nr;
     regs.ip = call.ret;
+    regs.cx = call.ret;
+    regs.r11 = call.ret;
+    if call.side == Side::ForkChild {
+        FORK_CHILD.begin(regs);
+        // SAFETY: back to what the application had.
+        unsafe { selector.write(was) };
+        return;
+    }
     // A failed `execve` gives the caller its own environment array back (the call keeps rdx
     // and r10).
     match call.nr as i64 {
@@ -429,7 +587,7 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
         _ => {}
     }
     // The vfork child it made (if any) has exec'd or exited: it no longer runs in our memory.
-    if call.vfork_child {
+    if call.vfork_child && caller {
         add_vfork_children(-1);
     }
     match (hook::admit(), HANDLER.get()) {
@@ -442,12 +600,10 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
     }
     // A new thread: dispatch on before its first instruction of the application's (glibc
     // starts it with every signal blocked, and a dispatched call with SIGSYS blocked kills).
-    if call.in_new_thread {
+    if call.side == Side::NewThread {
         unblock_sigsys();
         let _ = enable();
     }
-    regs.cx = call.ret;
-    regs.r11 = call.ret;
     // SAFETY: back to what the application had.
     unsafe { selector.write(was) };
 }
@@ -746,6 +902,22 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         crate::signals::forward(sig, info, ctx);
         return;
     }
+    if FORK_CHILD.recording() {
+        let g = &mut uc.uc_mcontext.gregs;
+        let regs = PtRegs::from_gregs(g);
+        if in_place(regs.orig_ax) || !FORK_CHILD.has_room() {
+            // No room, or a call that cannot be made here: dispatch off, the call made again.
+            FORK_CHILD.recording.store(false, Ordering::Release);
+            disable();
+            g[libc::REG_RIP as usize] -= 2;
+        } else {
+            make_here(g, uc_mask, true);
+            FORK_CHILD.record(&regs, g[libc::REG_RAX as usize] as u64);
+        }
+        // SAFETY: restoring the byte we saved.
+        unsafe { selector.write(was) };
+        return;
+    }
     // Where the signal's frame is: on the thread's signal stack while the application was not
     // (our handler is SA_ONSTACK), the application's call cannot be made here, where its own
     // signals would find the signal stack taken and their handlers the wrong stack.
@@ -966,6 +1138,24 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
         regs.cx = after;
         regs.r11 = after;
         // SAFETY: back to what the thread had.
+        unsafe { selector.write(was) };
+        return;
+    }
+    // A fork child before the agent's fork handler: its calls recorded (see `ForkChild`); not
+    // those of our own fork handlers.
+    if FORK_CHILD.recording() && !in_place(nr) && !hook::in_probe() {
+        let before = *regs;
+        let mut copy = 0u64;
+        let args = keep_sigsys_open(nr, args, &mut copy, true);
+        // SAFETY: the application's own call and arguments, made with the selector at ALLOW;
+        // not one that must run in place.
+        regs.ax = unsafe { app_syscall(nr, args) };
+        regs.cx = after;
+        regs.r11 = after;
+        if !FORK_CHILD.record(&before, regs.ax) {
+            FORK_CHILD.recording.store(false, Ordering::Release);
+        }
+        // SAFETY: back to what the application had.
         unsafe { selector.write(was) };
         return;
     }
@@ -1302,11 +1492,12 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     VFORK_CHILD.selector_offset.store((hook::selector() as u64).wrapping_sub(fs_base), Ordering::Release);
     unblock_sigsys();
     enable().map_err(|e| format!("Syscall User Dispatch (Linux 5.11+): {e}"))?;
-    // A child made by fork(2) starts without dispatch: its forking thread turns it on again.
+    // A child made by fork(2) starts without dispatch: its forking thread turns it on again
+    // (the child of the application's fork had it on, recording).
     extern "C" fn after_fork_in_child() {
-        let _ = enable();
+        after_fork();
     }
-    // SAFETY: registers a child-side fork handler that only makes a prctl(2) call.
+    // SAFETY: registers a child-side fork handler (`after_fork`: no unwinding).
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     ACTIVE.store(true, Ordering::Release);
     Ok(())
