@@ -7,8 +7,8 @@ need_pkgs=()
 # g++: the C++ target (exceptions through return probes); libbpf-tools, bpftrace and bpftool: real tools the syscall server is tested with;
 # systemtap-sdt-dev: sys/sdt.h for the USDT target; libc6-dbg: libc's separate debug symbols,
 # where bpftrace and the agent find its local functions; golang-go: the Go target (probes on
-# goroutines' small stacks).
-for p in clang-14 llvm-14 libbpf-dev gcc g++ make pkg-config libbpf-tools bpftrace bpftool systemtap-sdt-dev libc6-dbg golang-go; do
+# goroutines' small stacks); valgrind: programs traced under it (and scripts/hit-cost.sh).
+for p in clang-14 llvm-14 libbpf-dev gcc g++ make pkg-config libbpf-tools bpftrace bpftool systemtap-sdt-dev libc6-dbg golang-go valgrind; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -1407,6 +1407,30 @@ fn unblock_sigsys() {
     unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &bit as *const u64, std::ptr::null_mut::<u64>(), 8) };
 }
 
+/// Whether the process runs under Valgrind: its client request `RUNNING_ON_VALGRIND` (0x1001),
+/// rotations of rdi that leave it as it was and an `xchg rbx, rbx`, which natively do nothing
+/// (rdx keeps its 0) and under Valgrind answer the request in rdx.
+fn under_valgrind() -> bool {
+    let request: [u64; 6] = [0x1001, 0, 0, 0, 0, 0];
+    let answer: u64;
+    // SAFETY: the sequence changes no register natively (the four rotations of rdi add up to
+    // 128 bits, and it is marked clobbered anyway); Valgrind reads the six words at rax.
+    unsafe {
+        std::arch::asm!(
+            "rol rdi, 3",
+            "rol rdi, 13",
+            "rol rdi, 61",
+            "rol rdi, 51",
+            "xchg rbx, rbx",
+            in("rax") request.as_ptr(),
+            inout("rdx") 0u64 => answer,
+            out("rdi") _,
+            options(nostack),
+        );
+    }
+    answer != 0
+}
+
 /// Turns dispatch on in every other thread of the process too (threads that existed before
 /// [`start`]: each is sent a signal whose handler turns it on for itself). Waits up to a second
 /// for them to answer.
@@ -1431,6 +1455,9 @@ pub fn disable() {
 /// Starts intercepting the system calls of this process with `handler`: maps the allowed
 /// range, installs the SIGSYS handler and turns dispatch on for the calling thread.
 pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
+    if under_valgrind() {
+        return Err("Valgrind makes the program's system calls from code of its own, which Syscall User Dispatch would stop".into());
+    }
     if HANDLER.set(handler).is_err() {
         return Err("system call interception is already started".into());
     }

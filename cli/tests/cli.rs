@@ -1645,6 +1645,27 @@ fn syscall_tracepoints_see_every_call_like_the_kernel() {
     assert!(stderr.contains(&format!("  257 => {}\n", marker_opens + 3)), "openat calls by number: {stderr}");
 }
 
+/// A program run under Valgrind, which makes the program's system calls from code of its own:
+/// the dynamic loader's record and system call interception stand aside (Syscall User Dispatch
+/// would stop Valgrind's own calls: the process died of SIGSYS), uprobes still count.
+#[test]
+fn programs_under_valgrind_live_and_keep_their_uprobes() {
+    let Some(valgrind) = std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("valgrind")).find(|v| v.exists())) else {
+        eprintln!("skipped: no valgrind");
+        return;
+    };
+    let valgrind = valgrind.to_str().unwrap();
+    let opensnoop = build_example("opensnoop");
+    let out = bpftime(&["run", opensnoop.to_str().unwrap(), "--", valgrind, "-q", "/bin/true"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success() && stderr.contains("system call programs cannot run here: Valgrind"), "{stderr}");
+    let obj = build_example("uprobe_calls");
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", valgrind, "-q", "--smc-check=all", &calls_target(), "100", "2"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success() && stderr.contains("exited with 0"), "{stderr}");
+    assert!(stderr.contains("  0 => 200\n"), "every add() counted: {stderr}");
+}
+
 /// `bpftime run` of the `syscount` example on C target `target` with argument `arg` on
 /// `engine`, which must succeed: its stdout and stderr (the maps' dump).
 fn syscount_run(engine: &str, target: &str, arg: &str) -> (String, String) {
