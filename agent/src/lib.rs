@@ -64,6 +64,8 @@ fn bpftime_agent_init(exec: syscalls::ExecArgs) {
     // The dynamic loader's calls were recorded up to here (LD_AUDIT): what follows is ours.
     loader_calls::take_over();
     protect_allocator_across_fork();
+    // What the runtime frees as threads exit is the agent's own work.
+    bpftime_vm::thread_exit::run_destructors_with(|work| bpftime_attach::without_probes(work));
     masks::resolve_all();
     // Started with the image by LD_PRELOAD (not loaded into a running process by `bpftime
     // attach`, whose environment is the process's, in use by its threads): the marks of the
@@ -325,17 +327,19 @@ pub unsafe extern "C" fn pthread_create(
         return unsafe { real(thread, attr, start, arg) };
     }
     extern "C" fn begin(boxed: *mut libc::c_void) -> *mut libc::c_void {
-        // SAFETY: the box made below, handed to exactly this thread.
-        let (start, arg) = *unsafe { Box::from_raw(boxed as *mut (extern "C" fn(*mut libc::c_void) -> *mut libc::c_void, usize)) };
+        // SAFETY: the box made below, handed to exactly this thread. (Freed as the agent's own
+        // work: a wait for the allocator's lock is no call of the application's.)
+        let (start, arg) =
+            bpftime_attach::without_probes(|| *unsafe { Box::from_raw(boxed as *mut (extern "C" fn(*mut libc::c_void) -> *mut libc::c_void, usize)) });
         let _ = bpftime_attach::syscalls::enable();
         start(arg as *mut libc::c_void)
     }
-    let boxed = Box::into_raw(Box::new((start, arg as usize))) as *mut libc::c_void;
+    let boxed = bpftime_attach::without_probes(|| Box::into_raw(Box::new((start, arg as usize)))) as *mut libc::c_void;
     // SAFETY: the caller's thread and attributes, our start routine and its boxed argument.
     let r = unsafe { real(thread, attr, begin, boxed) };
     if r != 0 {
         // SAFETY: not handed to any thread: the creation failed.
-        drop(unsafe { Box::from_raw(boxed as *mut (extern "C" fn(*mut libc::c_void) -> *mut libc::c_void, usize)) });
+        bpftime_attach::without_probes(|| drop(unsafe { Box::from_raw(boxed as *mut (extern "C" fn(*mut libc::c_void) -> *mut libc::c_void, usize)) }));
     }
     r
 }

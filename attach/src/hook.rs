@@ -261,6 +261,9 @@ struct HookThread {
     /// calls through a rewritten call site are not the application's to see (a thread the
     /// agent made, as glibc starts it).
     dispatch_off: Cell<u8>,
+    /// glibc's `fork` is running its handlers on this thread (from the prepare handler on; a
+    /// child made then has it set: see `syscalls::ForkChild`).
+    forking: Cell<u8>,
     /// The top of the thread's handler stack (0 until its first hit maps it, then
     /// [`NO_HANDLER_STACK`] once it has none): the stubs run the handlers there, not on the
     /// application's stack, which may be a goroutine's few kilobytes (see
@@ -314,6 +317,7 @@ const _: () = assert!(
         && std::mem::offset_of!(HookThread, app_call) == 19
         && std::mem::offset_of!(HookThread, in_use_sink) == 17 + 4
         && std::mem::offset_of!(HookThread, dispatch_off) == 22
+        && std::mem::offset_of!(HookThread, forking) == 23
         && std::mem::offset_of!(HookThread, stack_top) == 24
         && std::mem::offset_of!(HookThread, alt_stack) == 32
         && std::mem::offset_of!(HookThread, deferred) == 56
@@ -377,6 +381,16 @@ fn set_state(t: &HookThread, st: ThreadState) {
 /// Notes that system call interception is on for this thread (see `HookThread::dispatch_off`).
 pub(crate) fn note_dispatch_on() {
     thread().dispatch_off.set(0);
+}
+
+/// Notes whether glibc's `fork` runs its handlers on this thread (see `HookThread::forking`).
+pub(crate) fn set_forking(on: bool) {
+    thread().forking.set(on as u8);
+}
+
+/// Whether glibc's `fork` runs its handlers on this thread.
+pub(crate) fn forking() -> bool {
+    thread().forking.get() != 0
 }
 
 /// Whether system call interception was turned on for this thread.
@@ -3106,8 +3120,9 @@ pub fn in_probe() -> bool {
 /// may have had its first hit before it set its signal stack).
 pub fn signal_stack_changed() {
     let mut now = [0u64; 3];
-    // SAFETY: sigaltstack(2) writing the current stack_t (24 bytes) into our array.
-    if unsafe { libc::syscall(libc::SYS_sigaltstack, std::ptr::null::<u64>(), now.as_mut_ptr()) } == 0 {
+    // SAFETY: sigaltstack(2) writing the current stack_t (24 bytes) into our array; our own
+    // call, in the application's flow (not the application's to see).
+    if unsafe { crate::syscalls::own_call(libc::SYS_sigaltstack, [0, now.as_mut_ptr() as u64, 0, 0, 0, 0]) } == 0 {
         thread().alt_stack.set(now);
     }
 }

@@ -146,7 +146,7 @@ pub(crate) fn own_signal(sig: libc::c_int, previous_handler: usize, previous_fla
 }
 
 /// Passes an owned signal that is not ours to the application's action: its handler, or the
-/// default action (restored, and the signal raised again for the ones that are not traps).
+/// default action (restored, and the signal sent again to the thread).
 pub(crate) fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let h = APP_HANDLERS.get(sig as usize).map_or(libc::SIG_DFL, |a| a.load(Ordering::Acquire));
     if is_function(h) {
@@ -156,15 +156,21 @@ pub(crate) fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     } else if h == libc::SIG_DFL {
         // The kernel's action set directly (libc's `sigaction` may be hooked to come back to
         // [`sigaction`], which only records an owned signal's action).
+        // Our own calls (raw, never through a call site of libc's that system call
+        // interception rewrote, which would take them for the application's and keep the
+        // action of SIGSYS or SIGTRAP as it was: a SIGSYS raised again came back here for
+        // ever).
         let dfl = [libc::SIG_DFL as u64, 0, 0, 0];
         // SAFETY: rt_sigaction(2) with the kernel's struct sigaction on x86-64 (handler, flags,
-        // restorer, 8-byte mask), async-signal-safe; then raise(3).
+        // restorer, 8-byte mask); then tgkill(2) to this thread, all async-signal-safe.
         unsafe {
-            libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8);
-            // A trap happens again when the thread goes on; anything else is sent again.
-            if sig != libc::SIGTRAP {
-                libc::raise(sig);
-            }
+            use crate::syscalls::own_call;
+            own_call(libc::SYS_rt_sigaction, [sig as u64, dfl.as_ptr() as u64, 0, 8, 0, 0]);
+            // Sent again, to this thread, where the default action takes it (a trap too: an
+            // `int3` of the application's does not happen again as the thread goes on past it,
+            // and a `raise(SIGTRAP)` was lost, the process living on where it dies without us).
+            let (pid, tid) = (own_call(libc::SYS_getpid, [0; 6]), own_call(libc::SYS_gettid, [0; 6]));
+            own_call(libc::SYS_tgkill, [pid, tid, sig as u64, 0, 0, 0]);
         }
     }
 }

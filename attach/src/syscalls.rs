@@ -166,15 +166,33 @@ fn clone_flags(nr: u64, di: u64) -> Option<u64> {
 /// return 0 as the kernel's tracepoints do, and turn dispatch on for it before its first
 /// instruction (see [`in_place_exit`]): the calls glibc makes as a thread starts (`rseq`,
 /// `set_robust_list`, `rt_sigprocmask`) are seen. A thread the agent makes is left alone.
-fn makes_thread(nr: u64, di: u64, theirs: bool) -> bool {
+fn makes_thread(nr: u64, args: &[u64; 6], theirs: bool) -> bool {
     const THREAD: u64 = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SETTLS) as u64;
-    theirs && clone_flags(nr, di).is_some_and(|flags| flags & THREAD == THREAD)
+    if !theirs || clone_flags(nr, args[0]).is_none_or(|flags| flags & THREAD != THREAD) {
+        return false;
+    }
+    // The new thread pointer: clone's fifth argument, clone3's `tls` (at 56). Our code runs on
+    // it in the new thread, so it must be a thread control block as glibc makes them (its
+    // first word and its third point at itself), with glibc's static TLS below it; a runtime's
+    // own makes the thread go straight on.
+    let tls = if nr == libc::SYS_clone as u64 {
+        args[4]
+    } else {
+        let mut word = [0u8; 8];
+        if read_own(args[0].wrapping_add(56), &mut word) != 8 {
+            return false;
+        }
+        u64::from_ne_bytes(word)
+    };
+    let mut tcb = [0u8; 24];
+    read_own(tls, &mut tcb) == 24 && u64::from_ne_bytes(tcb[0..8].try_into().unwrap()) == tls && u64::from_ne_bytes(tcb[16..24].try_into().unwrap()) == tls
 }
 
 /// Whether call `nr` with first argument `di` makes a copy of this process (`fork`, or a
 /// `clone` without `CLONE_VM` or `CLONE_VFORK`). The application's (`theirs`) have the child
-/// record its return of 0 and its calls until the agent's fork handler runs in it, which runs
-/// their handlers (see [`FORK_CHILD`]): glibc's `set_robust_list` in `_Fork` is seen.
+/// go through an exit stub of its own, and record its return of 0 and its calls until the
+/// agent's fork handler runs in it, which runs their handlers (see [`FORK_CHILD`]): glibc's
+/// `set_robust_list` in `_Fork` is seen.
 fn makes_process(nr: u64, di: u64, theirs: bool) -> bool {
     const SHARED: u64 = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
     theirs && (nr == libc::SYS_fork as u64 || clone_flags(nr, di).is_some_and(|flags| flags & SHARED == 0))
@@ -184,12 +202,20 @@ fn makes_process(nr: u64, di: u64, theirs: bool) -> bool {
 /// runs in it (more: dispatch goes off until that handler turns it on again).
 const FORK_CHILD_CALLS: usize = 64;
 
-/// What a child made by the application's `fork` did before the agent's fork handler ran in
-/// it ([`after_fork`]): its fork's return (0) and its calls, in order. Until then it may not
-/// run handlers: the fork handlers of the agent hold its allocator's locks, and the cached
-/// process and thread ids are the parent's. Written only in the child, whose one thread it is
-/// (the parent's copy stays empty).
+/// What a child made by glibc's `fork` did before the agent's fork handler ran in it
+/// ([`after_fork`]): its fork's return (0) and its calls, in order. Until then it may not run
+/// handlers: the cached process and thread ids are the parent's until the id caches' fork
+/// handler runs, and fork handlers of the agent registered after ours still hold what their
+/// prepare handlers took (the hook engine's locks and signal mask). Calls that cannot be
+/// recorded (no room, one made in place) end the recording; the rest of the window runs with
+/// dispatch off, unseen, and what was recorded is kept. Written only in the child, by its one
+/// thread (a thread made in the window goes straight on, with no dispatch); the parent's copy
+/// stays empty. A child whose fork ran no handlers (`_Fork`, raw calls) is not recorded: it
+/// runs its handlers at once, its ids read afresh from then on.
 struct ForkChild {
+    /// From the fork's return until the fork handler took the record.
+    window: AtomicBool,
+    /// Calls are recorded (within the window, until one cannot be: dispatch is then off).
     recording: AtomicBool,
     len: AtomicUsize,
     /// The registers of the fork's return, then of each call (`ax`: its result) and its number.
@@ -205,6 +231,7 @@ unsafe impl Sync for ForkChild {}
 const NO_REGS: PtRegs = unsafe { std::mem::zeroed() };
 
 static FORK_CHILD: ForkChild = ForkChild {
+    window: AtomicBool::new(false),
     recording: AtomicBool::new(false),
     len: AtomicUsize::new(0),
     exit: std::cell::UnsafeCell::new(NO_REGS),
@@ -217,15 +244,29 @@ impl ForkChild {
         // SAFETY: the child's only thread (see `ForkChild`).
         unsafe { *self.exit.get() = *exit };
         self.len.store(0, Ordering::Relaxed);
-        self.recording.store(true, Ordering::Release);
         // Its calls arrive as SIGSYS (a fork handler may have blocked it, and a dispatched
         // call with SIGSYS blocked kills).
         unblock_sigsys();
-        let _ = enable();
+        let on = enable().is_ok();
+        self.window.store(true, Ordering::Release);
+        self.recording.store(on, Ordering::Release);
+    }
+
+    /// Between the fork's return and the fork handler: no handler may run.
+    fn in_window(&self) -> bool {
+        self.window.load(Ordering::Acquire)
     }
 
     fn recording(&self) -> bool {
         self.recording.load(Ordering::Acquire)
+    }
+
+    /// A call that cannot be recorded: the rest of the window runs with dispatch off (unseen),
+    /// what was recorded is kept.
+    fn stop_recording(&self) {
+        if self.recording.swap(false, Ordering::AcqRel) {
+            disable();
+        }
     }
 
     /// Whether another call can be recorded.
@@ -245,11 +286,12 @@ impl ForkChild {
         true
     }
 
-    /// Ends the recording: the fork's return and the calls, if it was on.
+    /// Ends the window: the fork's return and the calls recorded, if it was open.
     fn take(&self) -> Option<(PtRegs, &[(PtRegs, u64)])> {
-        if !self.recording.swap(false, Ordering::AcqRel) {
+        if !self.window.swap(false, Ordering::AcqRel) {
             return None;
         }
+        self.recording.store(false, Ordering::Release);
         let n = self.len.load(Ordering::Relaxed);
         // SAFETY: the child's only thread; nothing records once the flag is off.
         Some(unsafe { (*self.exit.get(), &(&*self.calls.get())[..n]) })
@@ -259,8 +301,10 @@ impl ForkChild {
 /// In the child of a fork, from the agent's fork handler (its allocator and ids are the
 /// child's now): turns dispatch on and runs the handlers on what the child did before.
 fn after_fork() {
+    hook::set_forking(false);
+    let taken = FORK_CHILD.take();
     let _ = enable();
-    let Some((exit, calls)) = FORK_CHILD.take() else { return };
+    let Some((exit, calls)) = taken else { return };
     let selector = hook::selector();
     // SAFETY: this thread's selector byte.
     let was = unsafe { selector.replace(0) };
@@ -393,11 +437,12 @@ enum ChildPath {
 }
 
 impl ChildPath {
-    /// The path for call `nr` with first argument `di`; `theirs`: the application's call.
-    fn of(nr: u64, di: u64, theirs: bool) -> ChildPath {
+    /// The path for call `nr` with arguments `args`; `theirs`: the application's call.
+    fn of(nr: u64, args: &[u64; 6], theirs: bool) -> ChildPath {
+        let di = args[0];
         if makes_vfork_child(nr, di) {
             ChildPath::Vfork
-        } else if makes_thread(nr, di, theirs) {
+        } else if makes_thread(nr, args, theirs) {
             ChildPath::Thread
         } else if makes_process(nr, di, theirs) {
             ChildPath::Fork
@@ -494,12 +539,14 @@ fn gadget(ret: u64, nr: u64, exit: bool, optional: bool, child: ChildPath) -> Op
                     hook::syscall_stub(at, ctx as *const InPlaceCall as u64, in_place_exit as *const () as u64).ok()
                 };
                 let stub = if exit {
+                    // (A child whose stub cannot be made goes straight on, as before.)
                     let child_stub = match child {
-                        ChildPath::Straight => Some(ret),
+                        ChildPath::Straight => None,
                         ChildPath::Vfork => exit_stub(Side::VforkChild),
                         ChildPath::Thread => exit_stub(Side::NewThread),
                         ChildPath::Fork => exit_stub(Side::ForkChild),
-                    };
+                    }
+                    .or(Some(ret));
                     let stubs = (exit_stub(Side::Caller), child_stub);
                     match stubs {
                         (Some(stub), Some(child_goes_to)) => Some((stub, child_goes_to)),
@@ -571,13 +618,22 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
     let was = unsafe { selector.replace(0) };
     regs.orig_ax = call.nr;
     regs.ip = call.ret;
+    // What the instruction leaves in rcx (rflags in r11 stays for the handlers; the stub then
+    // goes on at r11).
     regs.cx = call.ret;
-    regs.r11 = call.ret;
+    // A fork child made by glibc's `fork`, whose fork handlers will run: recorded (see
+    // `ForkChild`). One made by a raw call (`_Fork`, `clone`, `syscall(SYS_fork)`), which runs
+    // none: its ids are read afresh from now on, and its handlers run now.
     if call.side == Side::ForkChild {
-        FORK_CHILD.begin(regs);
-        // SAFETY: back to what the application had.
-        unsafe { selector.write(was) };
-        return;
+        reinstall_sigsys();
+        if hook::forking() {
+            FORK_CHILD.begin(regs);
+            regs.r11 = call.ret;
+            // SAFETY: back to what the application had.
+            unsafe { selector.write(was) };
+            return;
+        }
+        add_vfork_children(1);
     }
     // A failed `execve` gives the caller its own environment array back (the call keeps rdx
     // and r10).
@@ -598,12 +654,14 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
         (Admission::Miss, Some(h)) => h.on_miss(call.nr),
         _ => {}
     }
-    // A new thread: dispatch on before its first instruction of the application's (glibc
-    // starts it with every signal blocked, and a dispatched call with SIGSYS blocked kills).
-    if call.side == Side::NewThread {
+    // A new thread or process: dispatch on before its first instruction of the application's
+    // (glibc starts a thread with every signal blocked, and a dispatched call with SIGSYS
+    // blocked kills).
+    if matches!(call.side, Side::NewThread | Side::ForkChild) {
         unblock_sigsys();
         let _ = enable();
     }
+    regs.r11 = call.ret;
     // SAFETY: back to what the application had.
     unsafe { selector.write(was) };
 }
@@ -695,8 +753,8 @@ fn unmark_exec(envp: &mut u64) {
         m.set(slots);
         *envp = own;
         // SAFETY: made by `mark_exec` as a boxed slice of `words` words, and no longer in use
-        // (its call returned).
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(copy as *mut u64, words)) });
+        // (its call returned). Freed as our own work (it may unmap).
+        hook::without_probes(|| drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(copy as *mut u64, words)) }));
     });
 }
 
@@ -835,7 +893,8 @@ fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64, theirs: bool) -> [
 /// the call's return address (through a stub that runs the exit handlers where `exit`). False
 /// where no gadget is left.
 fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool, theirs: bool) -> bool {
-    let child = ChildPath::of(nr, g[libc::REG_RDI as usize] as u64, theirs);
+    let r = PtRegs::from_gregs(g);
+    let child = ChildPath::of(nr, &[r.di, r.si, r.dx, r.r10, r.r8, r.r9], theirs);
     match gadget(g[libc::REG_RIP as usize] as u64, nr, exit, !in_place(nr), child) {
         Some(at) => {
             if child == ChildPath::Vfork && exit && reports_exit(nr) {
@@ -902,12 +961,12 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         crate::signals::forward(sig, info, ctx);
         return;
     }
-    if FORK_CHILD.recording() {
+    if FORK_CHILD.in_window() {
         let g = &mut uc.uc_mcontext.gregs;
         let regs = PtRegs::from_gregs(g);
-        if in_place(regs.orig_ax) || !FORK_CHILD.has_room() {
+        if !FORK_CHILD.recording() || in_place(regs.orig_ax) || !FORK_CHILD.has_room() {
             // No room, or a call that cannot be made here: dispatch off, the call made again.
-            FORK_CHILD.recording.store(false, Ordering::Release);
+            FORK_CHILD.stop_recording();
             disable();
             g[libc::REG_RIP as usize] -= 2;
         } else {
@@ -1141,19 +1200,28 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
         unsafe { selector.write(was) };
         return;
     }
-    // A fork child before the agent's fork handler: its calls recorded (see `ForkChild`); not
-    // those of our own fork handlers.
-    if FORK_CHILD.recording() && !in_place(nr) && !hook::in_probe() {
-        let before = *regs;
-        let mut copy = 0u64;
-        let args = keep_sigsys_open(nr, args, &mut copy, true);
-        // SAFETY: the application's own call and arguments, made with the selector at ALLOW;
-        // not one that must run in place.
-        regs.ax = unsafe { app_syscall(nr, args) };
-        regs.cx = after;
-        regs.r11 = after;
-        if !FORK_CHILD.record(&before, regs.ax) {
-            FORK_CHILD.recording.store(false, Ordering::Release);
+    // A fork child before the agent's fork handler: its calls recorded, or unseen once that
+    // stopped (see `ForkChild`); not those of our own fork handlers. One made in place goes
+    // through a gadget with no handlers, its child straight on.
+    if FORK_CHILD.in_window() && !hook::in_probe() {
+        if in_place(nr) {
+            // (A gadget made now is our own work.)
+            regs.r11 = hook::without_probes(|| gadget(after, nr, false, false, ChildPath::Straight)).unwrap_or_else(|| {
+                regs.ax = -(libc::ENOSYS as i64) as u64;
+                after
+            });
+        } else {
+            let before = *regs;
+            let mut copy = 0u64;
+            let args = keep_sigsys_open(nr, args, &mut copy, true);
+            // SAFETY: the application's own call and arguments, made with the selector at
+            // ALLOW; not one that must run in place.
+            regs.ax = unsafe { app_syscall(nr, args) };
+            regs.cx = after;
+            regs.r11 = after;
+            if !(FORK_CHILD.recording() && FORK_CHILD.record(&before, regs.ax)) {
+                FORK_CHILD.stop_recording();
+            }
         }
         // SAFETY: back to what the application had.
         unsafe { selector.write(was) };
@@ -1164,7 +1232,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     let vfork_call = std::cell::Cell::new(false);
     let call = |regs: &mut PtRegs, skip: Option<u64>, theirs: bool, entered: bool| {
         if in_place(nr) {
-            let child = ChildPath::of(nr, args[0], theirs);
+            let child = ChildPath::of(nr, &args, theirs);
             let vfork_child = child == ChildPath::Vfork;
             vfork_call.set(vfork_child);
             match gadget(after, nr, reports_exit(nr), false, child) {
@@ -1363,17 +1431,13 @@ pub fn enable() -> Result<(), std::io::Error> {
     if base == 0 {
         return Err(std::io::Error::other("system call interception is not started"));
     }
-    // The call is ours, whether dispatch is on already or not.
-    let selector = hook::selector();
-    // SAFETY: this thread's selector byte.
-    let was = unsafe { selector.replace(0) };
     // SAFETY: prctl(2) with the allowed range we mapped and this thread's selector byte, which
     // lives as long as the thread.
-    let r = unsafe { libc::prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, base as libc::c_ulong, ALLOWED_LEN as libc::c_ulong, selector) };
-    // SAFETY: back to what the thread had.
-    unsafe { selector.write(was) };
+    let r = unsafe {
+        own_call(libc::SYS_prctl, [PR_SET_SYSCALL_USER_DISPATCH as u64, PR_SYS_DISPATCH_ON, base as u64, ALLOWED_LEN as u64, hook::selector() as u64, 0])
+    };
     if r != 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(std::io::Error::from_raw_os_error(-(r as i64) as i32));
     }
     hook::note_dispatch_on();
     Ok(())
@@ -1402,9 +1466,35 @@ extern "C" fn on_enable(_: libc::c_int, _: *mut libc::siginfo_t, context: *mut l
 /// signal with its default action). From then on the agent's mask wrappers keep it unblocked.
 fn unblock_sigsys() {
     let bit: u64 = SIGSYS_BIT;
-    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK with a valid 8-byte set, made directly (libc's
-    // name may be the agent's wrapper).
-    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &bit as *const u64, std::ptr::null_mut::<u64>(), 8) };
+    // SAFETY: rt_sigprocmask(2) SIG_UNBLOCK with a valid 8-byte set.
+    unsafe { own_call(libc::SYS_rt_sigprocmask, [libc::SIG_UNBLOCK as u64, &bit as *const u64 as u64, 0, 8, 0, 0]) };
+}
+
+/// Installs the SIGSYS action again (a child made with clone3's `CLONE_CLEAR_SIGHAND` has it
+/// reset), as [`start`] installed it.
+fn reinstall_sigsys() {
+    let act: [u64; 4] = std::array::from_fn(|i| VFORK_CHILD.act[i].load(Ordering::Acquire));
+    if act[0] != 0 {
+        // SAFETY: rt_sigaction(2) with the kernel's struct sigaction as `start` filled it.
+        unsafe { own_call(libc::SYS_rt_sigaction, [libc::SIGSYS as u64, act.as_ptr() as u64, 0, 8, 0, 0]) };
+    }
+}
+
+/// Makes system call `nr` as the agent's own: from our code with the selector at ALLOW, never
+/// through a call site of libc's, which may be rewritten (its stub would take the call for the
+/// application's where the thread is not busy).
+///
+/// # Safety
+/// As [`raw_syscall`].
+pub(crate) unsafe fn own_call(nr: libc::c_long, args: [u64; 6]) -> u64 {
+    let selector = hook::selector();
+    // SAFETY: this thread's selector byte.
+    let was = unsafe { selector.replace(0) };
+    // SAFETY: the caller's contract.
+    let r = unsafe { raw_syscall(nr as u64, args) };
+    // SAFETY: back to what the thread had.
+    unsafe { selector.write(was) };
+    r
 }
 
 /// Whether the process runs under Valgrind: its client request `RUNNING_ON_VALGRIND` (0x1001),
@@ -1449,7 +1539,7 @@ pub fn enable_everywhere() {
 /// Turns dispatch off for the calling thread.
 pub fn disable() {
     // SAFETY: prctl(2) PR_SYS_DISPATCH_OFF takes no pointers.
-    unsafe { libc::prctl(PR_SET_SYSCALL_USER_DISPATCH, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    unsafe { own_call(libc::SYS_prctl, [PR_SET_SYSCALL_USER_DISPATCH as u64, 0, 0, 0, 0, 0]) };
 }
 
 /// Starts intercepting the system calls of this process with `handler`: maps the allowed
@@ -1521,11 +1611,19 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     enable().map_err(|e| format!("Syscall User Dispatch (Linux 5.11+): {e}"))?;
     // A child made by fork(2) starts without dispatch: its forking thread turns it on again
     // (the child of the application's fork had it on, recording).
+    // The forking thread notes that glibc's `fork` runs its handlers (see `ForkChild`).
+    extern "C" fn before_fork() {
+        hook::set_forking(true);
+    }
+    extern "C" fn after_fork_in_parent() {
+        hook::set_forking(false);
+    }
     extern "C" fn after_fork_in_child() {
         after_fork();
     }
-    // SAFETY: registers a child-side fork handler (`after_fork`: no unwinding).
-    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    // SAFETY: registers fork handlers that set a thread-local byte (and `after_fork`), none
+    // unwinding (pthread_atfork(3)).
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(after_fork_in_child)) };
     ACTIVE.store(true, Ordering::Release);
     Ok(())
 }

@@ -1645,6 +1645,27 @@ fn syscall_tracepoints_see_every_call_like_the_kernel() {
     assert!(stderr.contains(&format!("  257 => {}\n", marker_opens + 3)), "openat calls by number: {stderr}");
 }
 
+/// SIGSYS and SIGTRAP, which the agent handles, end a process that leaves them to their default
+/// action as they do without us, with system call programs (SIGSYS's handler is the
+/// interception's) and with uprobes: raised after libc's call sites for them ran once (and were
+/// rewritten). Before, the action could not be put back through a rewritten `rt_sigaction` site
+/// (SIGSYS raised again for ever), and a raised SIGTRAP was dropped (the process lived on).
+#[test]
+fn default_actions_of_the_agents_signals_end_the_process_as_without_us() {
+    let target = bpftime_tests::clang::build_target("raises", false);
+    let target = target.to_str().unwrap();
+    for (sig, status) in [("sys", 128 + libc::SIGSYS), ("trap", 128 + libc::SIGTRAP)] {
+        let native = Command::new(target).arg(sig).output().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(native.status.signal(), Some(status - 128), "{sig} without us");
+        for obj in [build_example("opensnoop"), build_example("uprobe_calls")] {
+            let out = bpftime(&["run", obj.to_str().unwrap(), "--", target, sig]);
+            let stderr = text(&out.stderr);
+            assert!(stderr.contains(&format!("exited with {status}")) && !text(&out.stdout).contains("survived"), "{sig} under {}: {stderr}", obj.display());
+        }
+    }
+}
+
 /// A program run under Valgrind, which makes the program's system calls from code of its own:
 /// the dynamic loader's record and system call interception stand aside (Syscall User Dispatch
 /// would stop Valgrind's own calls: the process died of SIGSYS), uprobes still count.

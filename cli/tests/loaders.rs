@@ -2700,10 +2700,11 @@ fn bpftrace_sees_the_calls_of_every_thread_as_the_kernel_does() {
 
 /// bpftrace (unmodified) with a uprobe and `raw_syscalls` tracepoints on processes that fork
 /// and spawn (`examples/targets/forks.c`: a thread hits the uprobe while the main thread forks;
-/// `spawns.c`: vfork + execve and posix_spawn) counts as the kernel does: every uprobe hit, the
-/// fork's return of 0 in each child and the `set_robust_list` glibc makes there before any fork
-/// handler (recorded by the child and run by the agent's fork handler), each `vfork` child's
-/// return of 0. Fewer only for the calls before any code of ours (see
+/// `spawns.c`: vfork + execve and posix_spawn; `fork_kinds.c`: fork() with a fork handler of
+/// the application's and a `prctl` in the child, `_Fork()` and a raw `fork`, which run no fork
+/// handlers) counts as the kernel does: every uprobe hit, the fork's return of 0 in each child
+/// and the `set_robust_list` glibc makes there before any fork handler (recorded by the child
+/// and run by the agent's fork handler), each `vfork` child's return of 0, no call of ours. Fewer only for the calls before any code of ours (see
 /// `bpftrace_syscall_tracepoints_count_like_the_kernel`), glibc's signal set-up at the first
 /// `pthread_create`, and the actions of SIGSYS and SIGTRAP that a posix_spawn child resets
 /// (ours are never blocked, and it resets those of the signals its mask blocks); the
@@ -2715,7 +2716,7 @@ fn bpftrace_follows_forks_and_spawns_like_the_kernel() {
     let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-forks-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-bpftrace-forks-{}", std::process::id());
-    for (name, args) in [("forks", &["100000", "5"][..]), ("spawns", &["3"][..])] {
+    for (name, args) in [("forks", &["100000", "5"][..]), ("spawns", &["3"][..]), ("fork_kinds", &["3"][..])] {
         let target = build_target(name, false);
         let uprobe = if name == "forks" { format!("uprobe:{}:add {{ @hits = count(); }} ", target.display()) } else { String::new() };
         let script = format!(
@@ -2740,6 +2741,8 @@ fn bpftrace_follows_forks_and_spawns_like_the_kernel() {
         match name {
             // Five forks (glibc's `clone`) and their children's returns.
             "forks" => assert_eq!(zero.get(&56), Some(&5), "{context}"),
+            // Three fork()s and three _Fork()s (`clone`), three raw `fork`s.
+            "fork_kinds" => assert!(zero.get(&56) == Some(&6) && zero.get(&57) == Some(&3), "{context}"),
             // Three `vfork`s and three posix_spawn `clone3`s, each returning 0 in its child.
             _ => assert!(zero.get(&58) == Some(&3) && zero.get(&435) == Some(&3), "{context}"),
         }

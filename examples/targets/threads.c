@@ -1,9 +1,11 @@
 // A target whose threads make system calls: THREADS threads, each making CALLS getppid()
-// calls, and one more thread made by the first of them (threads that make threads). What a
+// calls after setting a signal stack of its own (as Rust's runtime does in every thread), and
+// one more thread made by the first of them (threads that make threads). What a
 // kernel tracepoint sees of each thread includes glibc's own calls as it starts one (clone3's
 // return of 0 in the new thread, rseq, set_robust_list, rt_sigprocmask) and ends it.
 // Usage: threads THREADS CALLS   (prints the number of calls made)
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -14,6 +16,10 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void *worker(void *arg)
 {
+    static __thread char altstack[16384];
+    stack_t ss = { .ss_sp = altstack, .ss_size = sizeof altstack };
+    if (sigaltstack(&ss, NULL) != 0)
+        exit(3);
     long n = 0;
     for (long i = 0; i < calls; i++)
         n += getppid() > 0;

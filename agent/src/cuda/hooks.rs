@@ -475,12 +475,15 @@ fn module_file(fname: *const c_char) -> Option<Vec<u8>> {
 /// agent has probes for it, else the driver's own call with the caller's path.
 unsafe extern "C" fn module_load<const S: usize>(module: *mut Handle, fname: *const c_char) -> CuResult {
     let real = MODULE_LOAD.real(S);
-    let image = std::panic::catch_unwind(|| module_file(fname)).ok().flatten();
-    if let Some(image) = &image {
+    // Reading the file and freeing it are our own work (not the application's system calls).
+    let image = bpftime_attach::without_probes(|| std::panic::catch_unwind(|| module_file(fname)).ok().flatten());
+    let patched = image.as_ref().and_then(|image| {
         // SAFETY: `module` is the caller's out-parameter.
-        if let Some(r) = unsafe { load_patched_data(module, image.as_ptr().cast()) } {
-            return r;
-        }
+        unsafe { load_patched_data(module, image.as_ptr().cast()) }
+    });
+    bpftime_attach::without_probes(|| drop(image));
+    if let Some(r) = patched {
+        return r;
     }
     // SAFETY: the driver's own entry point with the caller's arguments.
     unsafe { std::mem::transmute::<usize, FnModuleLoad>(real)(module, fname) }
@@ -498,13 +501,17 @@ unsafe fn load_patched_data(module: *mut Handle, image: *const c_void) -> Option
     // SAFETY: the driver's cuModuleLoadData with a NUL-terminated PTX text; `module` is the
     // caller's.
     let r = unsafe { load(module, p.as_ptr()) };
-    if r == SUCCESS {
-        // SAFETY: written by the successful load.
-        super::loaded_patched(&p, super::Loaded::Module(unsafe { *module }));
-        return Some(r);
-    }
-    super::refused(&p, r);
-    None
+    let loaded = r == SUCCESS;
+    bpftime_attach::without_probes(|| {
+        if loaded {
+            // SAFETY: written by the successful load.
+            super::loaded_patched(&p, super::Loaded::Module(unsafe { *module }));
+        } else {
+            super::refused(&p, r);
+        }
+        drop(p);
+    });
+    loaded.then_some(r)
 }
 
 unsafe extern "C" fn module_load_fat_binary<const S: usize>(module: *mut Handle, image: *const c_void) -> CuResult {

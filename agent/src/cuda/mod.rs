@@ -693,6 +693,12 @@ struct Merge {
 /// Host function of a hash merge: merges the device table in the buffer with the region's
 /// hash and leaves the table to give the device there (then its count), or returns the buffer.
 extern "C" fn merge_hash(data: *mut c_void) {
+    // All of it our own work (the driver's thread has system calls intercepted).
+    bpftime_attach::without_probes(|| merge_hash_now(data));
+}
+
+/// [`merge_hash`]'s work.
+fn merge_hash_now(data: *mut c_void) {
     // SAFETY: `data` is a box leaked in `queue_hash_merge`, handed to this one call.
     let job = unsafe { Box::from_raw(data.cast::<Merge>()) };
     if job.release {
@@ -725,6 +731,13 @@ extern "C" fn merge_hash(data: *mut c_void) {
 /// with the last and what changed is written into the region (tens of milliseconds for a
 /// large per-thread map).
 extern "C" fn write_back(data: *mut c_void) {
+    // All of it our own work (the driver's thread has system calls intercepted; the
+    // write-back thread started here is the agent's).
+    bpftime_attach::without_probes(|| write_back_now(data));
+}
+
+/// [`write_back`]'s work.
+fn write_back_now(data: *mut c_void) {
     // SAFETY: `data` is the box leaked in `queue_write_back`, handed to this one call.
     let job = unsafe { Box::from_raw(data.cast::<WriteBack>()) };
     *lock(&job.arena.pending) += 1;

@@ -280,7 +280,7 @@ unsafe extern "C" fn free_probe_threads(t: *mut c_void) {
         PROBE_THREADS.set(std::ptr::null_mut());
     }
     // SAFETY: the pointer this thread registered (Box::into_raw), freed only here.
-    drop(unsafe { Box::from_raw(t as *mut ProbeThreads) });
+    bpftime_vm::thread_exit::as_own_work(|| drop(unsafe { Box::from_raw(t as *mut ProbeThreads) }));
 }
 
 static PROBE_THREAD_EXIT: bpftime_vm::thread_exit::ThreadExitKey = bpftime_vm::thread_exit::ThreadExitKey::new(free_probe_threads);

@@ -650,7 +650,7 @@ bpftime_tls::initial_exec! {
 unsafe extern "C" fn free_stacks(pool: *mut c_void) {
     STACKS.set(std::ptr::null_mut());
     // SAFETY: `pool` is the Box::into_raw'd pool this thread registered, freed only here.
-    drop(unsafe { Box::from_raw(pool as *mut StackPool) });
+    crate::thread_exit::as_own_work(|| drop(unsafe { Box::from_raw(pool as *mut StackPool) }));
 }
 
 static STACKS_EXIT: crate::thread_exit::ThreadExitKey = crate::thread_exit::ThreadExitKey::new(free_stacks);

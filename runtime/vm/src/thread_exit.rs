@@ -12,6 +12,30 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+/// What runs a destructor's work as the embedder's own (see [`run_destructors_with`]).
+static AS_OWN_WORK: OnceLock<fn(&mut dyn FnMut())> = OnceLock::new();
+
+/// Has destructors' work (freeing, unmapping) run through `wrap`: an agent in a traced process
+/// marks it as its own, so that its system calls are not taken for the application's. Once.
+pub fn run_destructors_with(wrap: fn(&mut dyn FnMut())) {
+    let _ = AS_OWN_WORK.set(wrap);
+}
+
+/// Runs `f` as a destructor's work (through what [`run_destructors_with`] set, if anything).
+pub fn as_own_work(f: impl FnOnce()) {
+    let mut f = Some(f);
+    let mut run = || {
+        if let Some(f) = f.take() {
+            f()
+        }
+    };
+    match AS_OWN_WORK.get() {
+        Some(wrap) => wrap(&mut run),
+        None => run(),
+    }
+}
 
 /// A pthread key with a destructor, created on first use.
 pub struct ThreadExitKey {
