@@ -721,10 +721,17 @@ pub(crate) fn note_restart() {
     thread().restart.set(1);
 }
 
+/// Notes that the application's call being made for it was interrupted by a signal whose
+/// handler then ran, and returns EINTR (not restarted).
+pub(crate) fn note_interrupted() {
+    thread().restart.set(2);
+}
+
 /// Whether the application's call that just returned was interrupted for a restart that is ours
-/// to make (see [`note_restart`]); clears it.
-pub(crate) fn take_restart() -> bool {
-    thread().restart.replace(0) != 0
+/// to make (see [`note_restart`]): 1; or interrupted and not restarted ([`note_interrupted`]):
+/// 2; else 0. Clears it.
+pub(crate) fn take_interruption() -> u8 {
+    thread().restart.replace(0)
 }
 
 /// Notes that signals `bits` wait, blocked, for this thread's current work to end.

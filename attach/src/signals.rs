@@ -66,6 +66,7 @@ extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         let f: InfoHandler = unsafe { std::mem::transmute::<usize, InfoHandler>(h) };
         crate::syscalls::take_over_restart(ctx);
         crate::hook::in_signal_handler(|| f(sig, info, ctx));
+        crate::syscalls::sigreturn_from_application_call(ctx);
     }
 }
 

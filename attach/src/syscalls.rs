@@ -14,14 +14,15 @@
 //! the thread resumes at a per-site gadget in the allowed range (`syscall`, then a jump back
 //! after the original instruction) with its registers as they were (an exec's environment
 //! array aside: see [`mark_execs`]). For `clone`, `clone3`,
-//! `fork`, `vfork` and the `execve`s, the gadget sends the caller (not a new child, which goes
-//! straight back, a `vfork` child once it has turned dispatch on for itself) through a stub
-//! that runs the exit handlers first, with the result: the new child's id, or the error of a
-//! call that failed. A new thread of the application's goes through an exit stub of its own:
-//! its handlers see the call return 0, then dispatch is on for it before its first instruction
-//! (see [`makes_thread`]). Another child's own return from the call (0) is not seen, nor the
-//! end of `exit`, `exit_group` and `rt_sigreturn`. Our SIGSYS handler returns through a restorer in
-//! the allowed range. The actions of SIGSYS and SIGTRAP are ours while calls are intercepted:
+//! `fork`, `vfork` and the `execve`s, the gadget sends the caller through a stub that runs the
+//! exit handlers first, with the result: the new child's id, or the error of a call that
+//! failed. The application's children go through exit stubs of their own, whose handlers see
+//! the call return 0 (see [`ChildPath`]): a `vfork` child once it has turned dispatch on for
+//! itself, a new thread before dispatch is turned on for it, a forked process through a
+//! record its fork handler replays (see [`ForkChild`]). The end of `exit` and `exit_group` is
+//! not seen; that of `rt_sigreturn` is run before the call, from the registers it restores
+//! (see [`sigreturn_restores`]). Our SIGSYS handler returns through a restorer in the allowed
+//! range. The actions of SIGSYS and SIGTRAP are ours while calls are intercepted:
 //! a raw `rt_sigaction` that would change them (glibc's `posix_spawn` child resets every
 //! handled signal) only reads them.
 //!
@@ -1291,25 +1292,44 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
     // What a call that was made (`call` true) changes of `regs`: the registers the `syscall`
     // instruction writes (a copy of the whole was a `memcpy` call on every traced call).
     let entered = (regs.ax, regs.cx, regs.r11);
-    // Whether the call just made is to be made again; `regs` is then as it was.
-    let again = |regs: &mut PtRegs| {
-        let restart = regs.ax == ERESTARTSYS && hook::take_restart();
+    // Whether the call just made is to be made again (`interruption` as
+    // `hook::take_interruption` gave it); `regs` is then as it was.
+    let again = |regs: &mut PtRegs, interruption: u8| {
+        let restart = regs.ax == ERESTARTSYS && interruption == 1;
         if restart {
             (regs.ax, regs.cx, regs.r11) = entered;
         }
         restart
     };
+    let again_now = |regs: &mut PtRegs| again(regs, hook::take_interruption());
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
             // A thread whose hits are all system calls has its handler stack released too.
             hook::register_handler_stack();
             loop {
                 let skip = h.on_enter(regs, level);
+                // The exit of `rt_sigreturn` cannot be seen after it (the thread goes on where
+                // its signal found it): what the kernel's tracepoint shows, now.
+                if regs.orig_ax == libc::SYS_rt_sigreturn as u64 {
+                    if let Some(restored) = sigreturn_restores(regs.sp) {
+                        h.on_exit(&restored, level);
+                    }
+                }
                 if !call(regs, skip, true, true) {
                     break;
                 }
-                h.on_exit(regs, level);
-                if !again(regs) {
+                let interruption = hook::take_interruption();
+                // A call a signal interrupted, not restarted: EINTR for the application, the
+                // code the call gave before the signal's delivery turned it into EINTR for the
+                // exit handlers, as the kernel's tracepoints show it.
+                if interruption == 2 && regs.ax == EINTR {
+                    regs.ax = interrupted_result(regs.orig_ax, regs);
+                    h.on_exit(regs, level);
+                    regs.ax = EINTR;
+                } else {
+                    h.on_exit(regs, level);
+                }
+                if !again(regs, interruption) {
                     break;
                 }
             }
@@ -1317,13 +1337,13 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
         }
         (Admission::Miss, Some(h)) => {
             h.on_miss(regs.orig_ax);
-            while call(regs, None, true, false) && again(regs) {}
+            while call(regs, None, true, false) && again_now(regs) {}
         }
         (Admission::Run(_, before), None) => {
             hook::leave(before);
-            while call(regs, None, true, false) && again(regs) {}
+            while call(regs, None, true, false) && again_now(regs) {}
         }
-        (Admission::Miss, None) => while call(regs, None, true, false) && again(regs) {},
+        (Admission::Miss, None) => while call(regs, None, true, false) && again_now(regs) {},
         (Admission::Ignore, _) => {
             call(regs, None, false, false);
         }
@@ -1333,6 +1353,80 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
 /// The kernel's -ERESTARTSYS as a call's result: what the system call tracepoints see of a call
 /// that a signal interrupted and that restarts after its handler.
 const ERESTARTSYS: u64 = -512i64 as u64;
+/// -ERESTARTNOHAND: a call that restarts only where no handler runs (pause, select...).
+const ERESTARTNOHAND: u64 = -514i64 as u64;
+/// -ERESTART_RESTARTBLOCK: a call that would go on through `restart_syscall` (sleeps, poll,
+/// futex waits with a timeout).
+const ERESTART_RESTARTBLOCK: u64 = -516i64 as u64;
+/// -EINTR as a call's result.
+const EINTR: u64 = -(libc::EINTR as i64) as u64;
+
+/// What the kernel's exit tracepoint shows of an `rt_sigreturn` made with the stack pointer at
+/// `sp` (where the signal frame's `ucontext` is once the handler returned into the restorer):
+/// the registers it restores, the call number -1 (the restored `orig_ax`), the result the
+/// restored `rax`. None if the frame cannot be read.
+fn sigreturn_restores(sp: u64) -> Option<PtRegs> {
+    // `uc_mcontext` (the kernel's `sigcontext`, laid out as glibc's `gregs`) after `uc_flags`,
+    // `uc_link` and `uc_stack`.
+    const MCONTEXT_AT: u64 = 40;
+    let mut bytes = [0u8; 23 * 8];
+    if read_own(sp.checked_add(MCONTEXT_AT)?, &mut bytes) != bytes.len() {
+        return None;
+    }
+    let g: [i64; 23] = std::array::from_fn(|i| i64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap()));
+    Some(PtRegs { orig_ax: u64::MAX, ..PtRegs::from_gregs(&g) })
+}
+
+/// In the application's signal handler's wrapper, once the handler returned (`ctx` its
+/// context, as it leaves it): where the handler interrupted a call we were making for the
+/// application, its `rt_sigreturn` goes through with the selector at ALLOW, unseen by
+/// interception, so its entry and exit programs run here, as the kernel's tracepoints show the
+/// call: entry with number 15, exit with the registers it restores (see [`sigreturn_restores`]).
+pub(crate) fn sigreturn_from_application_call(ctx: *mut libc::c_void) {
+    if ctx.is_null() || !ACTIVE.load(Ordering::Acquire) || !hook::in_application_call() || !hook::dispatch_on() {
+        return;
+    }
+    let Some(h) = HANDLER.get() else { return };
+    // SAFETY: the kernel's ucontext for this delivery, as the handler left it.
+    let g = unsafe { &(*(ctx as *mut libc::ucontext_t)).uc_mcontext.gregs };
+    let restored = PtRegs { orig_ax: u64::MAX, ..PtRegs::from_gregs(g) };
+    let entry = PtRegs { orig_ax: libc::SYS_rt_sigreturn as u64, ax: libc::SYS_rt_sigreturn as u64, ..restored };
+    // (The selector stays as the call being made has it: ALLOW, or the `rt_sigreturn` would
+    // be dispatched and seen twice.)
+    let selector = hook::selector();
+    // SAFETY: this thread's selector byte.
+    let was = unsafe { selector.read() };
+    hook::run_as_hit(|level| {
+        let _ = h.on_enter(&entry, level);
+        h.on_exit(&restored, level);
+    });
+    // SAFETY: as above.
+    unsafe { selector.write(was) };
+}
+
+/// What the kernel's tracepoints show as the result of call `nr` (its arguments in `regs`) that
+/// a signal interrupted and whose handler ran, the call not restarted (the program gets EINTR):
+/// the code the call gave before the delivery turned it into EINTR. As the kernel's calls give
+/// them (checked against its tracepoints: `interrupted_calls_report_the_kernels_codes`); a call
+/// not named here gives -ERESTARTSYS, as most blocking calls do (reads, writes, waits, socket
+/// calls, locks).
+fn interrupted_result(nr: u64, regs: &PtRegs) -> u64 {
+    const TIMER_ABSTIME: u64 = 1;
+    const SYS_IO_PGETEVENTS: i64 = 333;
+    const FUTEX_CMD: u64 = 127;
+    match nr as i64 {
+        // They give EINTR themselves.
+        libc::SYS_epoll_wait | libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 | libc::SYS_rt_sigtimedwait | libc::SYS_io_getevents | SYS_IO_PGETEVENTS => EINTR,
+        libc::SYS_pause | libc::SYS_rt_sigsuspend | libc::SYS_select | libc::SYS_pselect6 | libc::SYS_ppoll => ERESTARTNOHAND,
+        libc::SYS_nanosleep | libc::SYS_poll => ERESTART_RESTARTBLOCK,
+        // An absolute time does not go on through `restart_syscall`.
+        libc::SYS_clock_nanosleep if regs.si & TIMER_ABSTIME != 0 => ERESTARTNOHAND,
+        libc::SYS_clock_nanosleep => ERESTART_RESTARTBLOCK,
+        // A wait with a timeout goes on through `restart_syscall`.
+        libc::SYS_futex if matches!(regs.si & FUTEX_CMD, 0 | 9) && regs.r10 != 0 => ERESTART_RESTARTBLOCK,
+        _ => ERESTARTSYS,
+    }
+}
 
 // The instruction that makes the application's own calls for it (`bpftime_app_syscall(nr,
 // args)`, `args` six words): a signal handler that interrupts one knows it by its address.
@@ -1422,6 +1516,8 @@ pub(crate) fn take_over_restart(ctx: *mut libc::c_void) {
         g[libc::REG_RIP as usize] += 2;
         g[libc::REG_RAX as usize] = ERESTARTSYS as i64;
         hook::note_restart();
+    } else if g[libc::REG_RIP as usize] as u64 == insn + 2 && ran && g[libc::REG_RAX as usize] as u64 == EINTR {
+        hook::note_interrupted();
     }
 }
 

@@ -1,7 +1,7 @@
 // A target whose SIGALRM handler leaves by siglongjmp, as a timeout does: an interval timer
 // fires every 500 us while the main thread calls add() in a loop, and each firing jumps back
 // to the loop, wherever the thread was (inside add, or inside a probe's handlers on add).
-// With `read`, each of CALLS rounds instead arms a one-shot 1 ms timer and blocks in a read(2)
+// With `read`, each of CALLS rounds instead arms a one-shot 10 ms timer and blocks in a read(2)
 // of an empty pipe, which the timer's jump leaves (a timeout on a blocking call).
 // With `wait`, the timer runs from the start and the process first waits for a byte on stdin
 // (its read interrupted, and left by a jump, every 500 us), so that `bpftime attach` comes
@@ -51,7 +51,9 @@ int main(int argc, char **argv)
         sigsetjmp(loop, 1);
         while (calls < n) {
             calls++;
-            struct itimerval once = {{0, 0}, {0, 1000}};
+            // (10 ms: a round whose timer fired before its read began, under load, would count
+            // a jump without a read.)
+            struct itimerval once = {{0, 0}, {0, 10000}};
             setitimer(ITIMER_REAL, &once, NULL);
             if (read(p[0], &c, 1) >= 0)
                 return 2;

@@ -74,7 +74,9 @@ pub const EXIT_RECORD: usize = 24;
 fn header(out: &mut [u8], id: u16, tid: u32, nr: u32) {
     out[0..2].copy_from_slice(&id.to_le_bytes());
     out[4..8].copy_from_slice(&tid.to_le_bytes());
-    out[8..12].copy_from_slice(&nr.to_le_bytes());
+    // `int __syscall_nr` for the `syscalls` events, `long id` for `raw_syscalls`: sign-extended
+    // (an `rt_sigreturn`'s exit is number -1).
+    out[8..16].copy_from_slice(&(nr as i32 as i64).to_le_bytes());
 }
 
 /// The record a `sys_enter_NAME` program reads: call `nr` with `args`, by thread `tid`.
