@@ -721,6 +721,11 @@ pub(crate) fn note_restart() {
     thread().restart.set(1);
 }
 
+/// What [`take_interruption`] would give now, left as it is.
+pub(crate) fn restart_noted() -> u8 {
+    thread().restart.get()
+}
+
 /// Notes that the application's call being made for it was interrupted by a signal whose
 /// handler then ran, and returns EINTR (not restarted).
 pub(crate) fn note_interrupted() {

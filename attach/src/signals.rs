@@ -64,9 +64,17 @@ extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         // SAFETY: the application installed `h` for this signal. On x86-64 the kernel passes
         // (sig, info, context) to every handler, so a one-argument handler takes them too.
         let f: InfoHandler = unsafe { std::mem::transmute::<usize, InfoHandler>(h) };
+        // (The result and place the kernel left in the context, before our code changes them.)
+        let kernel_left = if ctx.is_null() {
+            (0, 0)
+        } else {
+            // SAFETY: the kernel's ucontext for this delivery.
+            let g = unsafe { &(*(ctx as *mut libc::ucontext_t)).uc_mcontext.gregs };
+            (g[libc::REG_RAX as usize], g[libc::REG_RIP as usize])
+        };
         crate::syscalls::take_over_restart(ctx);
         crate::hook::in_signal_handler(|| f(sig, info, ctx));
-        crate::syscalls::sigreturn_from_application_call(ctx);
+        crate::syscalls::sigreturn_from_application_call(ctx, kernel_left);
     }
 }
 

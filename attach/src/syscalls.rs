@@ -1382,20 +1382,28 @@ fn sigreturn_restores(sp: u64) -> Option<PtRegs> {
 /// application, its `rt_sigreturn` goes through with the selector at ALLOW, unseen by
 /// interception, so its entry and exit programs run here, as the kernel's tracepoints show the
 /// call: entry with number 15, exit with the registers it restores (see [`sigreturn_restores`]).
-pub(crate) fn sigreturn_from_application_call(ctx: *mut libc::c_void) {
-    if ctx.is_null() || !ACTIVE.load(Ordering::Acquire) || !hook::in_application_call() || !hook::dispatch_on() {
+pub(crate) fn sigreturn_from_application_call(ctx: *mut libc::c_void, kernel_left: (i64, i64)) {
+    let selector = hook::selector();
+    // SAFETY: this thread's selector byte.
+    let was = unsafe { selector.read() };
+    // Where the `rt_sigreturn` will go through with the selector at ALLOW (the handler
+    // interrupted code of ours, not busy: a call made for the application, signals deferred
+    // until our work ended), interception does not see it.
+    if ctx.is_null() || was != 0 || !ACTIVE.load(Ordering::Acquire) || !hook::dispatch_on() {
         return;
     }
     let Some(h) = HANDLER.get() else { return };
     // SAFETY: the kernel's ucontext for this delivery, as the handler left it.
     let g = unsafe { &(*(ctx as *mut libc::ucontext_t)).uc_mcontext.gregs };
-    let restored = PtRegs { orig_ax: u64::MAX, ..PtRegs::from_gregs(g) };
+    let mut restored = PtRegs { orig_ax: u64::MAX, ..PtRegs::from_gregs(g) };
+    // A call set up to restart, which our code restarts instead (see `take_over_restart`): the
+    // kernel restores it at its instruction with its number, as it left the context.
+    if hook::restart_noted() == 1 {
+        (restored.ax, restored.ip) = (kernel_left.0 as u64, kernel_left.1 as u64);
+    }
     let entry = PtRegs { orig_ax: libc::SYS_rt_sigreturn as u64, ax: libc::SYS_rt_sigreturn as u64, ..restored };
-    // (The selector stays as the call being made has it: ALLOW, or the `rt_sigreturn` would
-    // be dispatched and seen twice.)
-    let selector = hook::selector();
-    // SAFETY: this thread's selector byte.
-    let was = unsafe { selector.read() };
+    // (The selector stays as it was: ALLOW, or the `rt_sigreturn` would be dispatched and seen
+    // twice.)
     hook::run_as_hit(|level| {
         let _ = h.on_enter(&entry, level);
         h.on_exit(&restored, level);
@@ -1407,23 +1415,40 @@ pub(crate) fn sigreturn_from_application_call(ctx: *mut libc::c_void) {
 /// What the kernel's tracepoints show as the result of call `nr` (its arguments in `regs`) that
 /// a signal interrupted and whose handler ran, the call not restarted (the program gets EINTR):
 /// the code the call gave before the delivery turned it into EINTR. As the kernel's calls give
-/// them (checked against its tracepoints: `interrupted_calls_report_the_kernels_codes`); a call
-/// not named here gives -ERESTARTSYS, as most blocking calls do (reads, writes, waits, socket
-/// calls, locks).
+/// them (checked against its tracepoints: `interrupted_calls_report_the_kernels_codes`, and
+/// against the kernel's sources); a call not named here gives -ERESTARTSYS, as most blocking
+/// calls do (reads, writes, waits, socket calls, locks). The number cannot tell everything: a
+/// socket call with a receive or send timeout (SO_RCVTIMEO) and FUSE requests give EINTR.
 fn interrupted_result(nr: u64, regs: &PtRegs) -> u64 {
     const TIMER_ABSTIME: u64 = 1;
     const SYS_IO_PGETEVENTS: i64 = 333;
+    const SYS_FUTEX_WAIT: i64 = 454;
     const FUTEX_CMD: u64 = 127;
     match nr as i64 {
         // They give EINTR themselves.
-        libc::SYS_epoll_wait | libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 | libc::SYS_rt_sigtimedwait | libc::SYS_io_getevents | SYS_IO_PGETEVENTS => EINTR,
-        libc::SYS_pause | libc::SYS_rt_sigsuspend | libc::SYS_select | libc::SYS_pselect6 | libc::SYS_ppoll => ERESTARTNOHAND,
+        libc::SYS_epoll_wait
+        | libc::SYS_epoll_pwait
+        | libc::SYS_epoll_pwait2
+        | libc::SYS_rt_sigtimedwait
+        | libc::SYS_io_getevents
+        | libc::SYS_semop
+        | libc::SYS_semtimedop
+        | libc::SYS_io_uring_enter => EINTR,
+        libc::SYS_pause
+        | libc::SYS_rt_sigsuspend
+        | libc::SYS_select
+        | libc::SYS_pselect6
+        | libc::SYS_ppoll
+        | libc::SYS_msgrcv
+        | libc::SYS_msgsnd
+        | SYS_IO_PGETEVENTS => ERESTARTNOHAND,
         libc::SYS_nanosleep | libc::SYS_poll => ERESTART_RESTARTBLOCK,
         // An absolute time does not go on through `restart_syscall`.
         libc::SYS_clock_nanosleep if regs.si & TIMER_ABSTIME != 0 => ERESTARTNOHAND,
         libc::SYS_clock_nanosleep => ERESTART_RESTARTBLOCK,
         // A wait with a timeout goes on through `restart_syscall`.
         libc::SYS_futex if matches!(regs.si & FUTEX_CMD, 0 | 9) && regs.r10 != 0 => ERESTART_RESTARTBLOCK,
+        SYS_FUTEX_WAIT if regs.r8 != 0 => ERESTART_RESTARTBLOCK,
         _ => ERESTARTSYS,
     }
 }

@@ -2759,30 +2759,41 @@ fn bpftrace_follows_forks_and_spawns_like_the_kernel() {
 /// where the call gives that itself, while the program gets EINTR from each; and each handler's
 /// `rt_sigreturn`, entry and exit (number -1, the restored EINTR). (Before: -EINTR for all, and
 /// no `rt_sigreturn`: a handler that interrupts a call we make for the application returns with
-/// interception letting its `rt_sigreturn` through.)
+/// interception letting its `rt_sigreturn` through.) The same with a SA_RESTART handler
+/// (`restarts.c`): each restart's exit and each `rt_sigreturn`, which restores the call's number.
 #[test]
 fn interrupted_calls_report_the_kernels_codes() {
     let _serial = serial();
     let Some(bpftrace) = bpftrace_beside_the_kernel() else { return };
-    let target = build_target("interrupts", false);
-    let script = r#"tracepoint:raw_syscalls:sys_exit /comm == "interrupts" && (args->ret == -4 || (args->ret <= -512 && args->ret >= -516))/ { @[args->id, args->ret] = count(); } tracepoint:raw_syscalls:sys_enter /comm == "interrupts" && args->id == 15/ { @sigreturns = count(); }"#;
     let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-interrupts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-bpftrace-interrupts-{}", std::process::id());
-    let ours = bpftrace_under_bpftime(&bpftrace, script, &shm, target.as_os_str(), &[], &dir.join("ours"));
-    bpftime_tests::remove_region(&shm);
-    let mut kernel = Command::new(&bpftrace);
-    kernel.args(["-e", script]);
-    let kernel = tool_session(kernel, None, &mut Command::new(&target), &dir.join("kernel"), true);
-    let results = |out: &str| -> Vec<String> {
-        let mut r: Vec<String> = out.lines().filter(|l| l.starts_with("@[") || l.starts_with("@sigreturns")).map(str::to_string).collect();
-        r.sort();
-        r
-    };
-    // Thirteen calls, each interrupted once: twelve results, and thirteen `rt_sigreturn`s.
-    assert_eq!(results(&kernel).len(), 14, "the kernel's:\n{kernel}");
-    assert!(kernel.contains("@[-1, -4]: 13") && kernel.contains("@sigreturns: 13"), "the kernel's:\n{kernel}");
-    assert_eq!(results(&ours), results(&kernel), "ours:\n{ours}\nthe kernel's:\n{kernel}");
+    // And `restarts.c`: a read that a SA_RESTART handler interrupts 5 times, restarted each time
+    // (each `rt_sigreturn` restores the read's number, at its instruction).
+    for (name, args) in [("interrupts", &[][..]), ("restarts", &["5"][..])] {
+        let target = build_target(name, false);
+        let script = format!(
+            r#"tracepoint:raw_syscalls:sys_exit /comm == "{name}" && (args->id == -1 || args->ret == -4 || (args->ret <= -512 && args->ret >= -516))/ {{ @[args->id, args->ret] = count(); }} tracepoint:raw_syscalls:sys_enter /comm == "{name}" && args->id == 15/ {{ @sigreturns = count(); }}"#
+        );
+        let ours = bpftrace_under_bpftime(&bpftrace, &script, &shm, target.as_os_str(), args, &dir.join(format!("{name}-ours")));
+        bpftime_tests::remove_region(&shm);
+        let mut kernel = Command::new(&bpftrace);
+        kernel.args(["-e", &script]);
+        let kernel = tool_session(kernel, None, Command::new(&target).args(args), &dir.join(format!("{name}-kernel")), true);
+        let results = |out: &str| -> Vec<String> {
+            let mut r: Vec<String> = out.lines().filter(|l| l.starts_with("@[") || l.starts_with("@sigreturns")).map(str::to_string).collect();
+            r.sort();
+            r
+        };
+        if name == "interrupts" {
+            // Thirteen calls, each interrupted once: twelve results, and thirteen `rt_sigreturn`s.
+            assert_eq!(results(&kernel).len(), 14, "the kernel's:\n{kernel}");
+            assert!(kernel.contains("@[-1, -4]: 13") && kernel.contains("@sigreturns: 13"), "the kernel's:\n{kernel}");
+        } else {
+            assert!(kernel.contains("@[-1, 0]: 5") && kernel.contains("@[0, -512]: 5"), "the kernel's:\n{kernel}");
+        }
+        assert_eq!(results(&ours), results(&kernel), "{name}, ours:\n{ours}\nthe kernel's:\n{kernel}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
