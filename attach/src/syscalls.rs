@@ -137,18 +137,6 @@ fn write_allowed(off: usize, bytes: &[u8]) -> bool {
     base != 0 && crate::patch::write_code((base + off) as u64, bytes).is_ok()
 }
 
-/// Whether call `nr` with first argument `di` makes a `vfork` child: one that runs in its
-/// caller's memory and on its thread's thread-locals (no `CLONE_SETTLS`) while the caller waits
-/// for its `exec` or exit. Such a child turns dispatch on for itself first thing (see
-/// [`bpftime_vfork_child`]): its calls (the `dup2`s and `close`s of `posix_spawn`, an `exec`,
-/// one that fails) are seen as the kernel's tracepoints see them.
-fn makes_vfork_child(nr: u64, di: u64) -> bool {
-    if nr == libc::SYS_vfork as u64 {
-        return true;
-    }
-    clone_flags(nr, di).is_some_and(|flags| flags & libc::CLONE_VFORK as u64 != 0 && flags & libc::CLONE_SETTLS as u64 == 0)
-}
-
 /// The flags of a `clone` (its first argument) or `clone3` (the first word of its arguments).
 fn clone_flags(nr: u64, di: u64) -> Option<u64> {
     match nr as i64 {
@@ -161,21 +149,12 @@ fn clone_flags(nr: u64, di: u64) -> Option<u64> {
     }
 }
 
-/// Whether call `nr` with first argument `di` makes a thread of this process with
-/// thread-locals of its own (`CLONE_THREAD` and `CLONE_SETTLS`, as `pthread_create` does). The
-/// application's (`theirs`) run the exit handlers in the new thread too, which sees the call
-/// return 0 as the kernel's tracepoints do, and turn dispatch on for it before its first
-/// instruction (see [`in_place_exit`]): the calls glibc makes as a thread starts (`rseq`,
-/// `set_robust_list`, `rt_sigprocmask`) are seen. A thread the agent makes is left alone.
-fn makes_thread(nr: u64, args: &[u64; 6], theirs: bool) -> bool {
-    const THREAD: u64 = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SETTLS) as u64;
-    if !theirs || clone_flags(nr, args[0]).is_none_or(|flags| flags & THREAD != THREAD) {
-        return false;
-    }
-    // The new thread pointer: clone's fifth argument, clone3's `tls` (at 56). Our code runs on
-    // it in the new thread, so it must be a thread control block as glibc makes them (its
-    // first word and its third point at itself), with glibc's static TLS below it; a runtime's
-    // own makes the thread go straight on.
+/// Whether the new thread pointer of `clone`/`clone3` call `nr` (arguments `args`) is a thread
+/// control block as glibc makes them (its first word and its third point at itself), with
+/// glibc's static TLS below it: our code runs on it in a new thread (a runtime's own makes the
+/// thread go straight on).
+fn glibc_thread_pointer(nr: u64, args: &[u64; 6]) -> bool {
+    // clone's fifth argument, clone3's `tls` (at 56).
     let tls = if nr == libc::SYS_clone as u64 {
         args[4]
     } else {
@@ -187,16 +166,6 @@ fn makes_thread(nr: u64, args: &[u64; 6], theirs: bool) -> bool {
     };
     let mut tcb = [0u8; 24];
     read_own(tls, &mut tcb) == 24 && u64::from_ne_bytes(tcb[0..8].try_into().unwrap()) == tls && u64::from_ne_bytes(tcb[16..24].try_into().unwrap()) == tls
-}
-
-/// Whether call `nr` with first argument `di` makes a copy of this process (`fork`, or a
-/// `clone` without `CLONE_VM` or `CLONE_VFORK`). The application's (`theirs`) have the child
-/// go through an exit stub of its own, and record its return of 0 and its calls until the
-/// agent's fork handler runs in it, which runs their handlers (see [`FORK_CHILD`]): glibc's
-/// `set_robust_list` in `_Fork` is seen.
-fn makes_process(nr: u64, di: u64, theirs: bool) -> bool {
-    const SHARED: u64 = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
-    theirs && (nr == libc::SYS_fork as u64 || clone_flags(nr, di).is_some_and(|flags| flags & SHARED == 0))
 }
 
 /// Calls a child made by the application's `fork` records before the agent's fork handler
@@ -428,24 +397,44 @@ fn reports_exit(nr: u64) -> bool {
 enum ChildPath {
     /// Goes straight on (or the call makes no child, or its caller is not told of it).
     Straight,
-    /// A `vfork` child ([`makes_vfork_child`]): calls [`bpftime_vfork_child`] first.
+    /// A `vfork` child, which runs in its caller's memory and on its thread's thread-locals (no
+    /// `CLONE_SETTLS`) while the caller waits for its `exec` or exit: calls
+    /// [`bpftime_vfork_child`] first, which turns dispatch on for it, so its calls (the `dup2`s
+    /// and `close`s of `posix_spawn`, an `exec`, one that fails) are seen as the kernel's
+    /// tracepoints see them.
     Vfork,
-    /// A thread of the application ([`makes_thread`]): through an exit stub of its own.
+    /// A thread of the application with thread-locals of its own (`CLONE_VM | CLONE_THREAD |
+    /// CLONE_SETTLS`, as `pthread_create` makes, and [`glibc_thread_pointer`]): through an exit
+    /// stub of its own, which sees the call return 0 as the kernel's tracepoints do and turns
+    /// dispatch on before its first instruction (see [`in_place_exit`]), so the calls glibc
+    /// makes as a thread starts (`rseq`, `set_robust_list`, `rt_sigprocmask`) are seen.
     Thread,
-    /// A copy of this process made by the application ([`makes_process`]): through an exit
-    /// stub of its own, which defers its handlers (see [`FORK_CHILD`]).
+    /// A copy of this process made by the application (`fork`, or a `clone` without `CLONE_VM`
+    /// or `CLONE_VFORK`): through an exit stub of its own, which records its return of 0 and
+    /// its calls until the agent's fork handler runs in it (see [`FORK_CHILD`]), so glibc's
+    /// `set_robust_list` in `_Fork` is seen.
     Fork,
 }
 
 impl ChildPath {
-    /// The path for call `nr` with arguments `args`; `theirs`: the application's call.
+    /// The path for call `nr` with arguments `args`; `theirs`: the application's call (a
+    /// thread or process the agent makes goes straight on).
     fn of(nr: u64, args: &[u64; 6], theirs: bool) -> ChildPath {
-        let di = args[0];
-        if makes_vfork_child(nr, di) {
+        const THREAD: u64 = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SETTLS) as u64;
+        const SHARED: u64 = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+        let flags = match nr as i64 {
+            libc::SYS_vfork => return ChildPath::Vfork,
+            libc::SYS_fork if theirs => return ChildPath::Fork,
+            _ => match clone_flags(nr, args[0]) {
+                Some(flags) => flags,
+                None => return ChildPath::Straight,
+            },
+        };
+        if flags & libc::CLONE_VFORK as u64 != 0 && flags & libc::CLONE_SETTLS as u64 == 0 {
             ChildPath::Vfork
-        } else if makes_thread(nr, args, theirs) {
+        } else if theirs && flags & THREAD == THREAD && glibc_thread_pointer(nr, args) {
             ChildPath::Thread
-        } else if makes_process(nr, di, theirs) {
+        } else if theirs && flags & SHARED == 0 {
             ChildPath::Fork
         } else {
             ChildPath::Straight
@@ -473,9 +462,9 @@ enum Side {
     Caller,
     /// In the `vfork` child, once it turned dispatch on for itself.
     VforkChild,
-    /// In the new thread (see [`makes_thread`]).
+    /// In the new thread (see [`ChildPath::Thread`]).
     NewThread,
-    /// In the new process (see [`makes_process`]).
+    /// In the new process (see [`ChildPath::Fork`]).
     ForkChild,
 }
 
@@ -893,9 +882,7 @@ fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64, theirs: bool) -> [
 /// Sends the thread of a SIGSYS to make its call in place, through a gadget that goes on at
 /// the call's return address (through a stub that runs the exit handlers where `exit`). False
 /// where no gadget is left.
-fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool, theirs: bool) -> bool {
-    let r = PtRegs::from_gregs(g);
-    let child = ChildPath::of(nr, &[r.di, r.si, r.dx, r.r10, r.r8, r.r9], theirs);
+fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool, child: ChildPath) -> bool {
     match gadget(g[libc::REG_RIP as usize] as u64, nr, exit, !in_place(nr), child) {
         Some(at) => {
             if child == ChildPath::Vfork && exit && reports_exit(nr) {
@@ -1022,8 +1009,9 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 // Its exit handlers run from the gadget's stub (for the calls that must be made
                 // in place, only where the caller comes back with a result of its own).
                 let exit = !in_place(nr) || reports_exit(nr);
-                vfork_call = makes_vfork_child(nr, g[libc::REG_RDI as usize] as u64);
-                if make_in_place(g, nr, exit, theirs) {
+                let child = ChildPath::of(nr, &[regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9], theirs);
+                vfork_call = child == ChildPath::Vfork;
+                if make_in_place(g, nr, exit, child) {
                     if entered {
                         let envp = if nr == libc::SYS_execve as u64 { libc::REG_RDX } else { libc::REG_R10 };
                         let mut at = g[envp as usize] as u64;

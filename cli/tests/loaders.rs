@@ -2564,6 +2564,19 @@ fn bpftrace_beside_the_kernel() -> Option<std::path::PathBuf> {
     Some(bpftrace)
 }
 
+/// bpftrace's output for `script` while `target ARGS` runs, under bpftime (in a region of its
+/// own, removed after) and on the kernel: (ours, the kernel's), kept in `dir` as `NAME-ours` and
+/// `NAME-kernel`.
+fn bpftrace_ours_and_the_kernels(bpftrace: &Path, script: &str, dir: &Path, name: &str, target: &Path, args: &[&str]) -> (String, String) {
+    let shm = format!("bpftime-bpftrace-{name}-{}", std::process::id());
+    let ours = bpftrace_under_bpftime(bpftrace, script, &shm, target.as_os_str(), args, &dir.join(format!("{name}-ours")));
+    bpftime_tests::remove_region(&shm);
+    let mut kernel = Command::new(bpftrace);
+    kernel.args(["-e", script]);
+    let kernel = tool_session(kernel, None, Command::new(target).args(args), &dir.join(format!("{name}-kernel")), true);
+    (ours, kernel)
+}
+
 /// The counts of bpftrace map `@MAP[NUMBER]: COUNT` in its output (`map` "" for `@[...]`).
 fn counts_by_number(out: &str, map: &str) -> std::collections::BTreeMap<u64, u64> {
     out.lines()
@@ -2671,12 +2684,7 @@ fn bpftrace_sees_the_calls_of_every_thread_as_the_kernel_does() {
     let script = r#"tracepoint:raw_syscalls:sys_enter /comm == "threads"/ { @enter[args->id] = count(); } tracepoint:raw_syscalls:sys_exit /comm == "threads" && args->ret == 0/ { @zero[args->id] = count(); }"#;
     let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-threads-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let shm = format!("bpftime-bpftrace-threads-{}", std::process::id());
-    let ours = bpftrace_under_bpftime(&bpftrace, script, &shm, threads.as_os_str(), &["4", "10"], &dir.join("ours"));
-    bpftime_tests::remove_region(&shm);
-    let mut kernel = Command::new(&bpftrace);
-    kernel.args(["-e", script]);
-    let kernel = tool_session(kernel, None, Command::new(&threads).args(["4", "10"]), &dir.join("kernel"), true);
+    let (ours, kernel) = bpftrace_ours_and_the_kernels(&bpftrace, script, &dir, "threads", &threads, &["4", "10"]);
     let (o, k) = (counts_by_number(&ours, "enter"), counts_by_number(&kernel, "enter"));
     let (oz, kz) = (counts_by_number(&ours, "zero"), counts_by_number(&kernel, "zero"));
     // Five threads: five clone3s, each returning 0 in its thread; 50 getppid.
@@ -2715,18 +2723,13 @@ fn bpftrace_follows_forks_and_spawns_like_the_kernel() {
     let Some(bpftrace) = bpftrace_beside_the_kernel() else { return };
     let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-forks-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let shm = format!("bpftime-bpftrace-forks-{}", std::process::id());
     for (name, args) in [("forks", &["100000", "5"][..]), ("spawns", &["3"][..]), ("fork_kinds", &["3"][..])] {
         let target = build_target(name, false);
         let uprobe = if name == "forks" { format!("uprobe:{}:add {{ @hits = count(); }} ", target.display()) } else { String::new() };
         let script = format!(
             r#"{uprobe}tracepoint:raw_syscalls:sys_enter /comm == "{name}"/ {{ @enter[args->id] = count(); }} tracepoint:raw_syscalls:sys_exit /comm == "{name}" && args->ret == 0/ {{ @zero[args->id] = count(); }}"#
         );
-        let ours = bpftrace_under_bpftime(&bpftrace, &script, &shm, target.as_os_str(), args, &dir.join(format!("{name}-ours")));
-        bpftime_tests::remove_region(&shm);
-        let mut kernel = Command::new(&bpftrace);
-        kernel.args(["-e", &script]);
-        let kernel = tool_session(kernel, None, Command::new(&target).args(args), &dir.join(format!("{name}-kernel")), true);
+        let (ours, kernel) = bpftrace_ours_and_the_kernels(&bpftrace, &script, &dir, name, &target, args);
         let context = format!("{name}, ours:\n{ours}\nthe kernel's:\n{kernel}");
         let hits = |out: &str| out.lines().find_map(|l| l.strip_prefix("@hits: ")?.trim().parse::<u64>().ok());
         assert_eq!(hits(&ours), hits(&kernel), "{context}");
@@ -2767,7 +2770,6 @@ fn interrupted_calls_report_the_kernels_codes() {
     let Some(bpftrace) = bpftrace_beside_the_kernel() else { return };
     let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-interrupts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let shm = format!("bpftime-bpftrace-interrupts-{}", std::process::id());
     // And `restarts.c`: a read that a SA_RESTART handler interrupts 5 times, restarted each time
     // (each `rt_sigreturn` restores the read's number, at its instruction).
     for (name, args) in [("interrupts", &[][..]), ("restarts", &["5"][..])] {
@@ -2775,11 +2777,7 @@ fn interrupted_calls_report_the_kernels_codes() {
         let script = format!(
             r#"tracepoint:raw_syscalls:sys_exit /comm == "{name}" && (args->id == -1 || args->ret == -4 || (args->ret <= -512 && args->ret >= -516))/ {{ @[args->id, args->ret] = count(); }} tracepoint:raw_syscalls:sys_enter /comm == "{name}" && args->id == 15/ {{ @sigreturns = count(); }}"#
         );
-        let ours = bpftrace_under_bpftime(&bpftrace, &script, &shm, target.as_os_str(), args, &dir.join(format!("{name}-ours")));
-        bpftime_tests::remove_region(&shm);
-        let mut kernel = Command::new(&bpftrace);
-        kernel.args(["-e", &script]);
-        let kernel = tool_session(kernel, None, Command::new(&target).args(args), &dir.join(format!("{name}-kernel")), true);
+        let (ours, kernel) = bpftrace_ours_and_the_kernels(&bpftrace, &script, &dir, name, &target, args);
         let results = |out: &str| -> Vec<String> {
             let mut r: Vec<String> = out.lines().filter(|l| l.starts_with("@[") || l.starts_with("@sigreturns")).map(str::to_string).collect();
             r.sort();
