@@ -1,6 +1,7 @@
 //! `bpftime vm disasm --native`: the JIT's machine code, disassembled (iced-x86, Intel syntax).
 
 use bpftime_jit::JitProgram;
+use bpftime_vm::exec::Engine;
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use std::fmt::Write;
 

@@ -1827,7 +1827,14 @@ fn program_loads_take_and_refuse_what_the_kernel_does() {
 #[test]
 fn object_info_is_what_the_kernel_gives() {
     let _serial = serial();
-    matrix_matches_the_kernel("obj_info_matrix", &["prog with a map: ok tag 0bd0168676c7c779 nr_map_ids 1", "not an object: Invalid argument"]);
+    matrix_matches_the_kernel(
+        "obj_info_matrix",
+        &[
+            "prog with a map: ok tag 0bd0168676c7c779 nr_map_ids 1",
+            "prog code: ok len>0 1 ksyms 1 func lens 1; function's length is the length 1, an address 1, code copied 1, insns pointer kept 1",
+            "not an object: Invalid argument",
+        ],
+    );
 }
 
 /// `mmap` of map fds answers as the kernel's `bpf_map_mmap`: shared mappings only, ring
@@ -2047,7 +2054,7 @@ fn libbpf_tools_gethostlatency_sees_what_the_kernel_sees() {
 }
 
 /// bpftool (unmodified, from apt) under the syscall server walks the region as it walks the
-/// kernel: `prog show` lists our programs, `map show` our maps, `map dump` their values,
+/// kernel: `prog show` lists our programs with their machine code sizes, `map show` our maps, `map dump` their values,
 /// `prog dump xlated` a program's instructions.
 #[test]
 fn bpftool_shows_and_dumps_the_region() {
@@ -2068,6 +2075,8 @@ fn bpftool_shows_and_dumps_the_region() {
     for name in ["on_add", "on_add_return", "on_fact", "on_fact_return"] {
         assert!(progs.contains(&format!("name {name} ")), "{progs}");
     }
+    // Compiled once at load (the code cache): bpftool shows each program's machine code size.
+    assert_eq!(progs.matches("  jited ").count(), 4, "{progs}");
     assert!(tool(&["map", "show"]).contains("array  name stats  flags 0x0"));
     // stats[0]: add() calls; keys and values formatted from the object's BTF, which
     // `bpftime load` keeps in the region as a libbpf loader's is.

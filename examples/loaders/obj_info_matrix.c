@@ -69,6 +69,32 @@ int main(void)
     printf("prog: %s len %u type %u name %s tag %02x%02x%02x%02x%02x%02x%02x%02x xlated %u gpl %u nr_map_ids %u\n", r == 0 ? "ok" : strerror(errno), len,
            p.type, p.name, p.tag[0], p.tag[1], p.tag[2], p.tag[3], p.tag[4], p.tag[5], p.tag[6], p.tag[7], p.xlated_prog_len, p.gpl_compatible,
            p.nr_map_ids);
+    // Its machine code: a length, one function whose length that is, an address, and the
+    // bytes, as many as the buffer holds (one byte for a one-byte buffer).
+    {
+        unsigned char code[4096], one[2] = { 0xaa, 0xaa };
+        __u64 ksym = 0;
+        __u32 func_len = 0, total = p.jited_prog_len;
+        memset(code, 0, sizeof(code));
+        memset(&p, 0, sizeof(p));
+        p.jited_prog_len = sizeof(code), p.jited_prog_insns = (unsigned long)code;
+        p.nr_jited_ksyms = 1, p.jited_ksyms = (unsigned long)&ksym;
+        p.nr_jited_func_lens = 1, p.jited_func_lens = (unsigned long)&func_len;
+        len = sizeof(p);
+        r = info(prog, &p, &len);
+        int copied = 0;
+        for (__u32 i = 0; i < total && i < sizeof(code); i++)
+            copied |= code[i] != 0;
+        printf("prog code: %s len>0 %d ksyms %u func lens %u; function's length is the length %d, an address %d, code copied %d, insns pointer kept %d\n",
+               r == 0 ? "ok" : strerror(errno), total > 0, p.nr_jited_ksyms, p.nr_jited_func_lens, func_len == total, ksym != 0, copied,
+               p.jited_prog_insns == (unsigned long)code);
+        memset(&p, 0, sizeof(p));
+        p.jited_prog_len = 1, p.jited_prog_insns = (unsigned long)one;
+        len = sizeof(p);
+        r = info(prog, &p, &len);
+        printf("prog code, a one-byte buffer: %s first byte copied %d second untouched %d length %d\n", r == 0 ? "ok" : strerror(errno), one[0] == code[0],
+               one[1] == 0xaa, p.jited_prog_len == total);
+    }
     // A program naming a map: its tag leaves out the map's fd.
     union bpf_attr ma;
     memset(&ma, 0, sizeof(ma));

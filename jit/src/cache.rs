@@ -18,7 +18,7 @@
 //! this user or root and writable by no one else. Anything else is compiled afresh.
 
 use crate::files::Dir;
-use crate::link::{link, Image};
+use crate::link::{link, FunctionSpan, Image};
 use crate::mapping::{page_size, CodeMapping};
 use crate::{code_generator_id, compile_object, JitError, JitOptions, JitProgram};
 use bpftime_vm::exec::HelperTable;
@@ -214,9 +214,10 @@ fn encode_trailer(key: &[u8], record: &[u8], prefix: &str, image: &Image) -> Vec
     let mut functions: Vec<_> = image.functions.iter().collect();
     functions.sort();
     out.extend_from_slice(&(functions.len() as u64).to_le_bytes());
-    for (name, &at) in functions {
+    for (name, f) in functions {
         put(&mut out, name.as_bytes());
-        out.extend_from_slice(&(at as u64).to_le_bytes());
+        out.extend_from_slice(&(f.at as u64).to_le_bytes());
+        out.extend_from_slice(&(f.size as u64).to_le_bytes());
     }
     out
 }
@@ -232,7 +233,8 @@ fn decode_trailer(bytes: &[u8], table_offset: usize) -> Option<Trailer> {
     for _ in 0..r.u64()? {
         let name = r.string()?;
         let at = usize::try_from(r.u64()?).ok().filter(|&at| at < code_len)?;
-        functions.insert(name, at);
+        let size = usize::try_from(r.u64()?).ok().filter(|&n| n <= code_len - at)?;
+        functions.insert(name, FunctionSpan { at, size });
     }
     (code_len <= table_offset).then_some(Trailer { key, record, prefix, table_offset, image: Image { code: Vec::new(), table_offset, table, functions } })
 }

@@ -316,9 +316,9 @@ impl JitProgram {
 
     /// Runs `program` with code linked by [`link`] and mapped by the caller: `functions` are
     /// the entries of its functions in order, `mapping` owns the code.
-    pub(crate) fn from_mapping(program: Arc<Program>, mapping: mapping::CodeMapping, functions: Vec<EntryFn>, entry_size: usize) -> JitProgram {
+    pub(crate) fn from_mapping(program: Arc<Program>, mapping: mapping::CodeMapping, functions: Vec<EntryFn>, sizes: Vec<usize>) -> JitProgram {
         let code_size = mapping.code_len();
-        JitProgram { program, entry: functions[0], code: Some(Code::Mapped(mapping)), code_size, sizes: vec![entry_size], functions }
+        JitProgram { program, entry: functions[0], code: Some(Code::Mapped(mapping)), code_size, sizes, functions }
     }
 
     /// Runs `program` with code placed by the system linker (see [`aot::AotEntry::bind`]).
@@ -340,19 +340,6 @@ impl JitProgram {
     /// code the system linker placed).
     pub fn entry_code(&self) -> (*const u8, usize) {
         (self.entry as *const u8, self.sizes.first().copied().unwrap_or(0))
-    }
-
-    /// The machine code of each function, entry first, as far as its size is known: every
-    /// function compiled in this process, the entry of code mapped from the cache or an
-    /// object, nothing of code the system linker placed (for inspection: `vm disasm --native`).
-    pub fn machine_code(&self) -> Vec<&[u8]> {
-        self.functions
-            .iter()
-            .zip(&self.sizes)
-            // SAFETY: `len` bytes of this function's code are mapped readable and executable
-            // for as long as `self` lives (its module or mapping is freed only on drop).
-            .map(|(&f, &len)| unsafe { std::slice::from_raw_parts(f as *const u8, len) })
-            .collect()
     }
 }
 
@@ -380,6 +367,18 @@ impl Engine for JitProgram {
         // SAFETY: as for `execute`: live code of a verified function, a valid state, and a
         // frame pointer inside the run's stack with room for the function's call chain.
         Some(unsafe { (self.functions[f])(state, fp, args[0], args[1], args[2], args[3], args[4]) })
+    }
+
+    /// Every function's code, compiled here or mapped from the cache or an object; nothing of
+    /// code the system linker placed (its sizes are unknown).
+    fn machine_code(&self) -> Vec<&[u8]> {
+        self.functions
+            .iter()
+            .zip(&self.sizes)
+            // SAFETY: `len` bytes of this function's code are mapped readable and executable
+            // for as long as `self` lives (its module or mapping is freed only on drop).
+            .map(|(&f, &len)| unsafe { std::slice::from_raw_parts(f as *const u8, len) })
+            .collect()
     }
 }
 

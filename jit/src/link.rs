@@ -29,8 +29,17 @@ pub struct Image {
     pub table_offset: usize,
     /// The import slot symbol ([`Import::symbol`]) of each word of the table.
     pub table: Vec<String>,
-    /// The functions defined, by symbol: their offsets in `code`.
-    pub functions: HashMap<String, usize>,
+    /// The functions defined, by symbol: where each lies in `code`.
+    pub functions: HashMap<String, FunctionSpan>,
+}
+
+/// Where one function's machine code lies in an [`Image`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FunctionSpan {
+    /// Offset of its first byte.
+    pub at: usize,
+    /// Its size in bytes (the symbol's, without the padding after it).
+    pub size: usize,
 }
 
 fn load_err(msg: impl std::fmt::Display) -> JitError {
@@ -67,7 +76,11 @@ pub fn link(object: &[u8]) -> Result<Image, JitError> {
                 .ok_or_else(|| load_err(format!("symbol `{name}` lies outside the code")))?;
             symbol_at.insert(sym.index(), at);
             if sym.kind() == object::SymbolKind::Text {
-                functions.insert(name, at);
+                let size = usize::try_from(sym.size())
+                    .ok()
+                    .filter(|&n| n <= code.len() - at)
+                    .ok_or_else(|| load_err(format!("function `{name}` runs past the code")))?;
+                functions.insert(name, FunctionSpan { at, size });
             }
         } else if sym.kind() == object::SymbolKind::Data
             && sym.size() == 8
@@ -126,8 +139,12 @@ impl Image {
         (0..program.functions().len())
             .map(|i| {
                 let name = function_symbol(prefix, i);
-                let at =
-                    *self.functions.get(&name).filter(|&&at| at < mapping.code_len()).ok_or_else(|| load_err(format!("the code has no function `{name}`")))?;
+                let at = self
+                    .functions
+                    .get(&name)
+                    .map(|f| f.at)
+                    .filter(|&at| at < mapping.code_len())
+                    .ok_or_else(|| load_err(format!("the code has no function `{name}`")))?;
                 // SAFETY: `name` was compiled by `define_program` with the entry signature
                 // (seven i64 parameters, one i64 result, the C calling convention), and the
                 // mapping holds it, linked, at `at`.
@@ -136,13 +153,9 @@ impl Image {
             .collect()
     }
 
-    /// Size of the function at `prefix`'s entry (up to the next function), for inspection.
-    pub(crate) fn entry_size(&self, prefix: &str) -> usize {
-        let Some(&at) = self.functions.get(prefix) else { return 0 };
-        // An image read back from the cache has no code bytes: its code ends at the table.
-        let end = if self.code.is_empty() { self.table_offset } else { self.code.len() };
-        let next = self.functions.values().copied().filter(|&o| o > at).min().unwrap_or(end);
-        next.saturating_sub(at)
+    /// Sizes of `program`'s functions compiled under `prefix`, entry first.
+    fn function_sizes(&self, program: &Program, prefix: &str) -> Vec<usize> {
+        (0..program.functions().len()).map(|i| self.functions.get(&function_symbol(prefix, i)).map_or(0, |f| f.size)).collect()
     }
 
     /// Maps a copy of this code into this process to run `program` (compiled under `prefix`;
@@ -155,6 +168,7 @@ impl Image {
 
     pub(crate) fn finish(&self, program: Arc<Program>, prefix: &str, mapping: CodeMapping) -> Result<JitProgram, JitError> {
         let functions = self.entries(&program, prefix, &mapping)?;
-        Ok(JitProgram::from_mapping(program, mapping, functions, self.entry_size(prefix)))
+        let sizes = self.function_sizes(&program, prefix);
+        Ok(JitProgram::from_mapping(program, mapping, functions, sizes))
     }
 }

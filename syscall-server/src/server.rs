@@ -1396,6 +1396,41 @@ impl Server {
         Self::lock(&self.loaded_btfs).remove(&b);
     }
 
+    /// `bpf_prog_info`'s machine code fields as the kernel fills them, from the code this
+    /// process runs the program with (compiled at load, or mapped from the code cache): its
+    /// length and bytes (`jited_prog_len`, `jited_prog_insns`, as many bytes as the caller has
+    /// room for), each function's address and length (`jited_ksyms`, `jited_func_lens`). A
+    /// program run by the interpreter (no code cache) has none: `bpftool` says "not jited".
+    fn jited_info(&self, id: u32, given: &Attr, info: &mut [u8]) -> Result<(), Errno> {
+        let loaded = self.runtime.program(id).ok();
+        let code = loaded.as_ref().map(|p| p.engine().machine_code()).unwrap_or_default();
+        let total: usize = code.iter().map(|f| f.len()).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        info[16..20].copy_from_slice(&(total as u32).to_le_bytes());
+        let (room, at) = (given.u32(16) as usize, given.u64(24));
+        if room > 0 && at != 0 {
+            let bytes: Vec<u8> = code.iter().flat_map(|f| f.iter().copied()).take(room).collect();
+            user::write(at, &bytes)?;
+        }
+        info[24..32].copy_from_slice(&at.to_le_bytes());
+        // nr_jited_ksyms and jited_ksyms (8-byte addresses), nr_jited_func_lens and
+        // jited_func_lens (4-byte lengths).
+        let addresses: Vec<[u8; 8]> = code.iter().map(|f| (f.as_ptr() as u64).to_le_bytes()).collect();
+        let lengths: Vec<[u8; 8]> = code.iter().map(|f| u64::from(f.len() as u32).to_le_bytes()).collect();
+        for (count_at, ptr_at, words, width) in [(104, 112, &addresses, 8), (108, 120, &lengths, 4)] {
+            let (room, at) = (given.u32(count_at) as usize, given.u64(ptr_at));
+            if room > 0 && at != 0 {
+                let bytes: Vec<u8> = words.iter().take(room).flat_map(|w| w[..width].iter().copied()).collect();
+                user::write(at, &bytes)?;
+            }
+            info[count_at..count_at + 4].copy_from_slice(&(code.len() as u32).to_le_bytes());
+            info[ptr_at..ptr_at + 8].copy_from_slice(&at.to_le_bytes());
+        }
+        Ok(())
+    }
+
     fn info(&self, a: &mut Attr) -> Result<i64, Errno> {
         let (fd, len, out) = (a.u32(0), a.u32(4) as usize, a.u64(8));
         let mut info = vec![0u8; 256];
@@ -1486,6 +1521,7 @@ impl Server {
                 // As the kernel's `set_info_rec_size`: a record size the caller names must be
                 // the kernel's, which it then always gets back.
                 let given = Attr::from_bytes(user::read(out, len.min(192))?);
+                self.jited_info(id, &given, &mut info)?;
                 for (count_at, size_at, size) in [(144, 132, progs::FUNC_INFO_SIZE as u32), (148, 172, progs::LINE_INFO_SIZE as u32), (168, 176, 8)] {
                     if (given.u32(count_at) != 0 || given.u32(size_at) != 0) && given.u32(size_at) != size {
                         return Err(libc::EINVAL);

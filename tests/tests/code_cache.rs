@@ -61,6 +61,12 @@ fn what_one_runtime_compiles_another_maps_and_runs_the_same() {
             assert_eq!(p.program.proof_counts(), verified.program.proof_counts(), "{name}: program {id}");
             // The mapped code computes what the interpreter computes.
             assert_eq!(outputs(&second, id), outputs(&plain, id), "{name}: program {id}");
+            // Every function's code is known, and is the code the first runtime has (what
+            // `BPF_OBJ_GET_INFO_BY_FD` hands out as jited).
+            let original = first.program(id).unwrap();
+            let (mapped, made) = (p.engine().machine_code(), original.engine().machine_code());
+            assert_eq!(mapped.len(), p.program.functions().len(), "{name}: program {id}");
+            assert!(mapped.iter().all(|f| !f.is_empty()) && mapped == made, "{name}: program {id}");
             hits += 1;
         }
         programs += cpu.len();

@@ -621,6 +621,12 @@ pub trait Engine {
     /// Runs the callback starting at slot `pc` with r1-r5 = `args`, or None if no callback of
     /// the program starts there.
     fn call_function(&self, state: &mut RunState, pc: usize, args: [u64; 5]) -> Option<u64>;
+
+    /// The machine code of each function, entry first, as far as it is known (for
+    /// inspection); none for an interpreter.
+    fn machine_code(&self) -> Vec<&[u8]> {
+        Vec::new()
+    }
 }
 
 fn callback_trampoline<E: Engine + ?Sized>(engine: *const c_void, state: &mut RunState, pc: usize, args: [u64; 5]) -> u64 {
