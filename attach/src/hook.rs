@@ -289,6 +289,11 @@ struct HookThread {
     /// What the thread had as it went into its last call that makes a `vfork` child (see
     /// [`note_vfork_parent`]).
     vfork_parent: Cell<VforkParent>,
+    /// The registers (a `PtRegs`) of the application's system call this thread is making,
+    /// whose entry handlers ran (0 for none): a signal handler that interrupts the call runs
+    /// its exit handlers first, where the kernel's tracepoint shows its exit (see
+    /// [`interrupted_call_regs`]).
+    call_regs: Cell<u64>,
 }
 
 /// The part of a thread's [`HookThread`] that a `vfork` child, which runs on its parent's
@@ -310,7 +315,7 @@ struct VforkParent {
 }
 
 const _: () = assert!(
-    std::mem::size_of::<HookThread>() == 112
+    std::mem::size_of::<HookThread>() == 120
         && std::mem::offset_of!(HookThread, selector) == 16
         && std::mem::offset_of!(HookThread, stack_in_use) == 17
         && std::mem::offset_of!(HookThread, stack_registered) == 18
@@ -325,6 +330,7 @@ const _: () = assert!(
         && std::mem::offset_of!(HookThread, flow_rsp) == 72
         && std::mem::offset_of!(HookThread, vfork_parent) == 80
         && std::mem::size_of::<VforkParent>() == 32
+        && std::mem::offset_of!(HookThread, call_regs) == 112
 );
 
 // The hook engine's thread-local, defined here in the initial-exec model (`@GOTTPOFF`), which
@@ -342,13 +348,13 @@ std::arch::global_asm!(
     ".globl bpftime_hook_thread",
     ".hidden bpftime_hook_thread",
     ".type bpftime_hook_thread, @tls_object",
-    ".size bpftime_hook_thread, 112",
+    ".size bpftime_hook_thread, 120",
     "bpftime_hook_thread:",
     ".zero 16",
     ".byte 1",
     ".zero 5",
     ".byte 1",
-    ".zero 89",
+    ".zero 97",
     ".text",
 );
 
@@ -358,7 +364,7 @@ fn thread() -> &'static HookThread {
     let p: *const HookThread;
     // SAFETY: the initial-exec TLS sequence for `bpftime_hook_thread` (x86-64 psABI): its
     // offset from the thread pointer, read from the GOT, added to `%fs:0`, the thread pointer.
-    // The result is this thread's copy, 112 bytes laid out as HookThread (checked above), alive
+    // The result is this thread's copy, 120 bytes laid out as HookThread (checked above), alive
     // as long as the thread; only this thread touches it (Cells, never shared).
     unsafe {
         std::arch::asm!(
@@ -721,9 +727,9 @@ pub(crate) fn note_restart() {
     thread().restart.set(1);
 }
 
-/// What [`take_interruption`] would give now, left as it is.
-pub(crate) fn restart_noted() -> u8 {
-    thread().restart.get()
+/// Whether a restart that is ours to make was noted (see [`note_restart`]) and not yet taken.
+pub(crate) fn restart_noted() -> bool {
+    matches!(Interruption::from_byte(thread().restart.get()), Interruption::Restart { .. })
 }
 
 /// Notes that the application's call being made for it was interrupted by a signal whose
@@ -732,11 +738,62 @@ pub(crate) fn note_interrupted() {
     thread().restart.set(2);
 }
 
-/// Whether the application's call that just returned was interrupted for a restart that is ours
-/// to make (see [`note_restart`]): 1; or interrupted and not restarted ([`note_interrupted`]):
-/// 2; else 0. Clears it.
-pub(crate) fn take_interruption() -> u8 {
-    thread().restart.replace(0)
+/// Notes that the exit handlers of the interrupted call (see [`note_restart`],
+/// [`note_interrupted`]) have run already, before the signal's handler.
+pub(crate) fn note_exit_reported() {
+    let t = thread();
+    t.restart.set(t.restart.get() | 4);
+}
+
+/// How the application's call that just returned was interrupted by a signal whose handler ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Interruption {
+    /// It was not.
+    None,
+    /// Set up to restart, a restart that is ours to make (see [`note_restart`]).
+    Restart { exit_reported: bool },
+    /// Not restarted: it returns EINTR (see [`note_interrupted`]).
+    Interrupted { exit_reported: bool },
+}
+
+impl Interruption {
+    fn from_byte(b: u8) -> Interruption {
+        let exit_reported = b & 4 != 0;
+        match b & 3 {
+            1 => Interruption::Restart { exit_reported },
+            2 => Interruption::Interrupted { exit_reported },
+            _ => Interruption::None,
+        }
+    }
+}
+
+/// Runs `f`, the application's signal handler, with the interruption of the call it interrupted
+/// (noted before it) set aside: the handler's own calls are not that call, and find none noted.
+pub(crate) fn interruption_aside<R>(f: impl FnOnce() -> R) -> R {
+    let t = thread();
+    let noted = t.restart.replace(0);
+    let r = f();
+    t.restart.set(noted);
+    r
+}
+
+/// How the application's call that just returned was interrupted. Clears it.
+pub(crate) fn take_interruption() -> Interruption {
+    Interruption::from_byte(thread().restart.replace(0))
+}
+
+/// Makes `regs` (a `PtRegs`'s address, or 0) the registers of the application's call this
+/// thread makes now, whose entry handlers ran; returns what was there (for a call made from a
+/// signal handler that interrupted another: put back after).
+pub(crate) fn set_call_regs(regs: u64) -> u64 {
+    thread().call_regs.replace(regs)
+}
+
+/// The registers of the application's call that a signal now interrupts, whose entry handlers
+/// ran (see [`set_call_regs`]), if the thread is making one.
+pub(crate) fn interrupted_call_regs() -> Option<u64> {
+    let t = thread();
+    (t.app_call.get() != 0).then(|| t.call_regs.get()).filter(|&r| r != 0)
 }
 
 /// Notes that signals `bits` wait, blocked, for this thread's current work to end.

@@ -35,7 +35,7 @@
 //! Unsafe code: the raw system call, prctl(2) and rt_sigaction(2), writing the allowed range,
 //! and calling the copy of the application-call routine there.
 
-use crate::hook::{self, Admission};
+use crate::hook::{self, Admission, Interruption};
 use crate::regs::PtRegs;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -1282,14 +1282,17 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
     let entered = (regs.ax, regs.cx, regs.r11);
     // Whether the call just made is to be made again (`interruption` as
     // `hook::take_interruption` gave it); `regs` is then as it was.
-    let again = |regs: &mut PtRegs, interruption: u8| {
-        let restart = regs.ax == ERESTARTSYS && interruption == 1;
+    let again = |regs: &mut PtRegs, interruption: Interruption| {
+        let restart = regs.ax == ERESTARTSYS && matches!(interruption, Interruption::Restart { .. });
         if restart {
             (regs.ax, regs.cx, regs.r11) = entered;
         }
         restart
     };
     let again_now = |regs: &mut PtRegs| again(regs, hook::take_interruption());
+    // No call whose entry handlers ran is being made (a signal handler's call, made while
+    // another call of the application's waits, puts back the waiting call's registers after).
+    let outer = hook::set_call_regs(0);
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
             // A thread whose hits are all system calls has its handler stack released too.
@@ -1303,19 +1306,28 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
                         h.on_exit(&restored, level);
                     }
                 }
-                if !call(regs, skip, true, true) {
+                // A signal handler that interrupts the call runs its exit handlers first, from
+                // these registers (see `take_over_restart`).
+                hook::set_call_regs(regs as *const PtRegs as u64);
+                let made = call(regs, skip, true, true);
+                hook::set_call_regs(0);
+                if !made {
                     break;
                 }
                 let interruption = hook::take_interruption();
-                // A call a signal interrupted, not restarted: EINTR for the application, the
-                // code the call gave before the signal's delivery turned it into EINTR for the
-                // exit handlers, as the kernel's tracepoints show it.
-                if interruption == 2 && regs.ax == EINTR {
-                    regs.ax = interrupted_result(regs.orig_ax, regs);
-                    h.on_exit(regs, level);
-                    regs.ax = EINTR;
-                } else {
-                    h.on_exit(regs, level);
+                match interruption {
+                    // Its exit handlers ran before the signal's handler, as the kernel's
+                    // tracepoints show it.
+                    Interruption::Restart { exit_reported: true } | Interruption::Interrupted { exit_reported: true } => {}
+                    // A call a signal interrupted, not restarted: EINTR for the application,
+                    // the code the call gave before the signal's delivery turned it into EINTR
+                    // for the exit handlers, as the kernel's tracepoints show it.
+                    Interruption::Interrupted { exit_reported: false } if regs.ax == EINTR => {
+                        regs.ax = interrupted_result(regs.orig_ax, regs);
+                        h.on_exit(regs, level);
+                        regs.ax = EINTR;
+                    }
+                    _ => h.on_exit(regs, level),
                 }
                 if !again(regs, interruption) {
                     break;
@@ -1336,6 +1348,7 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
             call(regs, None, false, false);
         }
     }
+    hook::set_call_regs(outer);
 }
 
 /// The kernel's -ERESTARTSYS as a call's result: what the system call tracepoints see of a call
@@ -1386,7 +1399,7 @@ pub(crate) fn sigreturn_from_application_call(ctx: *mut libc::c_void, kernel_lef
     let mut restored = PtRegs { orig_ax: u64::MAX, ..PtRegs::from_gregs(g) };
     // A call set up to restart, which our code restarts instead (see `take_over_restart`): the
     // kernel restores it at its instruction with its number, as it left the context.
-    if hook::restart_noted() == 1 {
+    if hook::restart_noted() {
         (restored.ax, restored.ip) = (kernel_left.0 as u64, kernel_left.1 as u64);
     }
     let entry = PtRegs { orig_ax: libc::SYS_rt_sigreturn as u64, ax: libc::SYS_rt_sigreturn as u64, ..restored };
@@ -1529,8 +1542,41 @@ pub(crate) fn take_over_restart(ctx: *mut libc::c_void) {
         g[libc::REG_RIP as usize] += 2;
         g[libc::REG_RAX as usize] = ERESTARTSYS as i64;
         hook::note_restart();
+        exit_before_handler(|_| ERESTARTSYS);
     } else if g[libc::REG_RIP as usize] as u64 == insn + 2 && ran && g[libc::REG_RAX as usize] as u64 == EINTR {
         hook::note_interrupted();
+        exit_before_handler(|regs| interrupted_result(regs.orig_ax, regs));
+    }
+}
+
+/// Runs the exit handlers of the application's call that a signal interrupted, whose entry
+/// handlers ran, before the signal's handler runs: the kernel's exit tracepoint fires as the
+/// call leaves the kernel, before the delivery, so a tool that pairs each thread's entries and
+/// exits (a latency, a file name kept from the entry) sees the call's exit before the
+/// handler's own calls, not after. `result` gives the result the tracepoint shows. The call's
+/// own code then reports no exit (see `around_call`).
+fn exit_before_handler(result: impl FnOnce(&PtRegs) -> u64) {
+    let (Some(at), Some(h)) = (hook::interrupted_call_regs(), HANDLER.get()) else { return };
+    // SAFETY: `around_call` names the registers of the call this thread is making while the
+    // call is made, and takes them back before the frame that holds them returns; the thread
+    // is inside that call's `syscall` instruction (the signal found it there), so nothing
+    // writes them now. Read, not referenced: the frame's owner holds a `&mut` to them.
+    let mut regs = unsafe { std::ptr::read_volatile(at as *const PtRegs) };
+    regs.ax = result(&regs);
+    // The selector as the call left it (ALLOW: the call is made through our code), whatever
+    // the handlers' way out sets.
+    let selector = hook::selector();
+    // SAFETY: this thread's selector byte.
+    let was = unsafe { selector.read() };
+    let mut ran = false;
+    hook::run_as_hit(|level| {
+        h.on_exit(&regs, level);
+        ran = true;
+    });
+    // SAFETY: as above.
+    unsafe { selector.write(was) };
+    if ran {
+        hook::note_exit_reported();
     }
 }
 

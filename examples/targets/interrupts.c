@@ -2,7 +2,7 @@
 // installed without SA_RESTART (a child sends SIGUSR1 every 20 ms until the parent is done):
 // read of a pipe, nanosleep, clock_nanosleep to an absolute time, pause, poll without and with a
 // timeout, select, ppoll, epoll_wait, futex waits without and with a timeout, wait4 and
-// rt_sigtimedwait. Each returns EINTR to the program; the kernel's tracepoints show the code the
+// rt_sigtimedwait. The handler makes a call of its own (getppid). Each returns EINTR to the program; the kernel's tracepoints show the code the
 // call gave before the signal's delivery turned it into EINTR (-ERESTARTSYS,
 // -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK), or EINTR where the call gave that itself.
 // Usage: interrupts   (prints how many calls returned EINTR, of 13)
@@ -24,6 +24,9 @@
 static void on_usr1(int sig)
 {
     (void)sig;
+    // A call of the handler's own: the kernel's tracepoints show the interrupted call's exit
+    // before it.
+    (void)getppid();
 }
 
 static int eintr(long r)

@@ -1,5 +1,5 @@
 // A target whose blocking read(2) is interrupted SIGNALS times by a handler installed with
-// SA_RESTART, as a shell's SIGCHLD or a program's timer interrupts one: a child sends the
+// SA_RESTART (which makes a call of its own, getppid), as a shell's SIGCHLD or a program's timer interrupts one: a child sends the
 // signals 20 ms apart while the parent is blocked, then writes the byte the read waits for.
 // The kernel restarts the read after each handler, and its tracepoints show each restart (an
 // exit with -ERESTARTSYS, then an entry again).
@@ -17,6 +17,7 @@ static void on_usr1(int sig)
 {
     (void)sig;
     handled++;
+    (void)getppid();
 }
 
 int main(int argc, char **argv)
