@@ -1823,7 +1823,9 @@ fn program_loads_take_and_refuse_what_the_kernel_does() {
 /// `BPF_OBJ_GET_INFO_BY_FD` fills what the kernel fills, for maps and programs: the fields,
 /// a program's tag (SHA-256 of its instructions less their map fds, as bpftool shows it), its
 /// GPL compatibility and maps, buffers shorter than the struct (what fits) and longer ones
-/// (`E2BIG` unless zeroed past it), fds that are not objects (`EINVAL`).
+/// (`E2BIG` unless zeroed past it), fds that are not objects (`EINVAL`); a program's machine
+/// code (length, bytes, functions); and each fd's `/proc/self/fdinfo` as the kernel writes it
+/// (a map's `frozen` before and after `BPF_MAP_FREEZE`, a program's `prog_jited`, `memlock`).
 #[test]
 fn object_info_is_what_the_kernel_gives() {
     let _serial = serial();
@@ -1832,6 +1834,8 @@ fn object_info_is_what_the_kernel_gives() {
         &[
             "prog with a map: ok tag 0bd0168676c7c779 nr_map_ids 1",
             "prog code: ok len>0 1 ksyms 1 func lens 1; function's length is the length 1, an address 1, code copied 1, insns pointer kept 1",
+            "prog fdinfo: prog_jited:\t1",
+            "map, frozen fdinfo: frozen:\t1",
             "not an object: Invalid argument",
         ],
     );
@@ -2075,9 +2079,12 @@ fn bpftool_shows_and_dumps_the_region() {
     for name in ["on_add", "on_add_return", "on_fact", "on_fact_return"] {
         assert!(progs.contains(&format!("name {name} ")), "{progs}");
     }
-    // Compiled once at load (the code cache): bpftool shows each program's machine code size.
+    // Compiled once at load (the code cache): bpftool shows each program's machine code size,
+    // and, from each fd's fdinfo, its memory.
     assert_eq!(progs.matches("  jited ").count(), 4, "{progs}");
-    assert!(tool(&["map", "show"]).contains("array  name stats  flags 0x0"));
+    assert_eq!(progs.matches("  memlock 4096B").count(), 4, "{progs}");
+    let maps = tool(&["map", "show"]);
+    assert!(maps.contains("array  name stats  flags 0x0") && maps.contains("max_entries 8  memlock "), "{maps}");
     // stats[0]: add() calls; keys and values formatted from the object's BTF, which
     // `bpftime load` keeps in the region as a libbpf loader's is.
     let dump = tool(&["map", "dump", "name", "stats"]);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <linux/bpf.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -23,6 +24,32 @@ static long info(int fd, void *buf, __u32 *len)
     long r = sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &a);
     *len = a.info.info_len;
     return r;
+}
+
+// /proc/self/fdinfo/FD, as bpftool reads it for `memlock` and `frozen`: every line but those
+// whose values differ between runs or kernels (the file's, the ids, the verifier's count),
+// and a map's memlock only as nonzero (each kernel counts a map's memory its own way).
+static void print_fdinfo(const char *what, int fd)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        printf("%s fdinfo: %s\n", what, strerror(errno));
+        return;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        static const char *skip[] = { "pos:", "flags:", "mnt_id:", "ino:", "map_id:", "prog_id:", "verified_insns:" };
+        int skipped = 0;
+        for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
+            skipped |= strncmp(line, skip[i], strlen(skip[i])) == 0;
+        if (skipped)
+            continue;
+        if (strncmp(what, "map", 3) == 0 && strncmp(line, "memlock:", 8) == 0)
+            snprintf(line, sizeof(line), "memlock>0:\t%d\n", atol(line + 8) > 0);
+        printf("%s fdinfo: %s", what, line);
+    }
+    fclose(f);
 }
 
 int main(void)
@@ -114,6 +141,13 @@ int main(void)
     r = info(prog2, &p, &len);
     printf("prog with a map: %s tag %02x%02x%02x%02x%02x%02x%02x%02x nr_map_ids %u\n", r == 0 ? "ok" : strerror(errno), p.tag[0], p.tag[1], p.tag[2], p.tag[3],
            p.tag[4], p.tag[5], p.tag[6], p.tag[7], p.nr_map_ids);
+    print_fdinfo("prog", prog2);
+    print_fdinfo("map", map);
+    union bpf_attr fa;
+    memset(&fa, 0, sizeof(fa));
+    fa.map_fd = map;
+    printf("freeze: %s\n", sys_bpf(BPF_MAP_FREEZE, &fa) == 0 ? "ok" : strerror(errno));
+    print_fdinfo("map, frozen", map);
     __u32 nolen = 0;
     printf("no buffer: %s\n", info(prog, NULL, &nolen) == 0 ? "ok" : strerror(errno));
     printf("not an object: %s\n", info(0, &p, &len) == 0 ? "ok" : strerror(errno));

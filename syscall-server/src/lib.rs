@@ -503,13 +503,48 @@ extern "C" fn at_exit() {
 #[unsafe(link_section = ".fini_array")]
 static FINI: extern "C" fn() = at_exit;
 
-/// The stand-in text of a kprobe PMU file (see [`pmu::stand_in_file`]) opened as a stream.
+/// What `/proc/self/fdinfo/N` (or `/proc/PID/fdinfo/N`, this process's) shows when N is an
+/// fd of ours (see [`Server::fdinfo_text`]).
+fn fdinfo_text(path: &std::ffi::CStr) -> Option<String> {
+    let s = SERVER.get().and_then(Option::as_ref)?;
+    std::panic::catch_unwind(|| {
+        let p = path.to_str().ok()?;
+        let rest = p.strip_prefix("/proc/self/fdinfo/").or_else(|| p.strip_prefix(&format!("/proc/{}/fdinfo/", std::process::id())))?;
+        s.fdinfo_text(rest.parse().ok()?)
+    })
+    .ok()
+    .flatten()
+}
+
+/// `text` as a stream to read (fmemopen(3) with a buffer of its own, freed by `fclose`).
+fn text_stream(text: &str) -> Option<*mut libc::FILE> {
+    // SAFETY: fmemopen(3) allocates a buffer of `len + 1` bytes itself (NULL buffer); we write
+    // `text` into it and rewind, so reads see exactly `text`.
+    unsafe {
+        let f = libc::fmemopen(std::ptr::null_mut(), text.len() + 1, c"w+".as_ptr());
+        if f.is_null() {
+            return None;
+        }
+        if libc::fwrite(text.as_ptr() as *const c_void, 1, text.len(), f) != text.len() {
+            libc::fclose(f);
+            return None;
+        }
+        libc::rewind(f);
+        Some(f)
+    }
+}
+
+/// The stand-in text of a kprobe PMU file (see [`pmu::stand_in_file`]) or of an fd of ours'
+/// fdinfo, opened as a stream.
 fn stand_in_stream(path: *const c_char) -> Option<*mut libc::FILE> {
     if path.is_null() {
         return None;
     }
     // SAFETY: fopen's contract: `path` is a NUL-terminated string.
     let path = unsafe { std::ffi::CStr::from_ptr(path) };
+    if let Some(text) = fdinfo_text(path) {
+        return text_stream(&text);
+    }
     let text = std::panic::catch_unwind(|| pmu::stand_in_file(path)).ok().flatten()?;
     // SAFETY: `text` is a 'static NUL-terminated string that a read-only stream never writes
     // (fmemopen(3)); its length excludes the NUL.
@@ -541,7 +576,8 @@ fn fopen_via(symbol: &'static std::ffi::CStr, path: *const c_char, mode: *const 
 }
 
 /// `fopen(3)`: the kprobe PMU's sysfs files read as a stand-in where the kernel has no such
-/// PMU (libbpf reads them to open a kprobe); every other path is libc's.
+/// PMU (libbpf reads them to open a kprobe), and the fdinfo of an fd of ours as the kernel's
+/// objects show it (bpftool reads `memlock` and `frozen` there); every other path is libc's.
 ///
 /// # Safety
 /// Same contract as fopen(3).

@@ -445,6 +445,95 @@ impl Server {
         })
     }
 
+    /// What `/proc/self/fdinfo/FD` shows of an fd of ours, in the kernel's format: the lines
+    /// every open file has (`pos`, `flags`, `mnt_id`, `ino`, read from the real file), then the
+    /// object's (the kernel's `bpf_map_show_fdinfo`, `bpf_prog_show_fdinfo`,
+    /// `bpf_link_show_fdinfo` and its perf and raw tracepoint links', `bpf_btf_show_fdinfo`).
+    /// bpftool prints a map's and a program's `memlock` and a map's `frozen` from it; libbpf
+    /// reads it where object info is missing. A map's `memlock` is the bytes the region holds
+    /// for it, a program's the pages its instructions take. No `verified_insns`: our verifier
+    /// does not count as the kernel's does.
+    pub fn fdinfo_text(&self, fd: i32) -> Option<String> {
+        let handle = self.handle(fd)?;
+        let real = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let mut text: String =
+            real.lines().filter(|l| ["pos:", "flags:", "mnt_id:", "ino:"].iter().any(|k| l.starts_with(k))).map(|l| format!("{l}\n")).collect();
+        let tag_of = |insns: &[bpftime_vm::RawInsn]| crate::tag::prog_tag(insns).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        match handle {
+            Handle::Map(id) => {
+                let map = Map::open(&self.region, id).ok()?;
+                let s = map.spec();
+                text += &format!(
+                    "map_type:\t{}\nkey_size:\t{}\nvalue_size:\t{}\nmax_entries:\t{}\nmap_flags:\t{:#x}\nmap_extra:\t{:#x}\nmemlock:\t{}\nmap_id:\t{id}\nfrozen:\t{}\n",
+                    s.map_type as u32,
+                    s.key_size,
+                    s.value_size,
+                    s.max_entries,
+                    s.flags,
+                    s.map_extra,
+                    map.memory_usage(),
+                    map.is_frozen() as u32
+                );
+            }
+            Handle::Prog(id) => {
+                let p = progs::load(&self.region, id)?;
+                let jited = self.runtime.program(id).is_ok_and(|l| !l.engine().machine_code().is_empty());
+                let memlock = (p.insns.len() as u64 * 8).div_ceil(4096).max(1) * 4096;
+                text += &format!(
+                    "prog_type:\t{}\nprog_jited:\t{}\nprog_tag:\t{}\nmemlock:\t{memlock}\nprog_id:\t{id}\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t{}\n",
+                    attr::prog_type_of(&p.section),
+                    jited as u32,
+                    tag_of(&p.insns),
+                    p.recursion_misses
+                );
+            }
+            Handle::Link(id) => {
+                let link = links::list(&self.region).into_iter().find(|l| l.id == id);
+                let probed = link.as_ref().map(Probed::of);
+                let kind = match &probed {
+                    Some(p) if p.kind == ProbeKind::RawTracepoint => "raw_tracepoint",
+                    _ => "perf",
+                };
+                text += &format!("link_type:\t{kind}\nlink_id:\t{id}\n");
+                if let Some(p) = link.as_ref().and_then(|l| progs::load(&self.region, l.prog)) {
+                    text += &format!("prog_tag:\t{}\nprog_id:\t{}\n", tag_of(&p.insns), p.id);
+                }
+                if let (Some(link), Some(p)) = (&link, &probed) {
+                    text += &match p.kind {
+                        ProbeKind::Uprobe { ret } => format!(
+                            "name:\t{}\noffset:\t{:#x}\nref_ctr_offset:\t{:#x}\nevent_type:\t{}\ncookie:\t{}\n",
+                            p.name,
+                            p.offset,
+                            link.ref_ctr,
+                            if ret { "uretprobe" } else { "uprobe" },
+                            link.cookie
+                        ),
+                        ProbeKind::Kprobe { ret } => format!(
+                            "name:\t{}\noffset:\t{:#x}\nmissed:\t0\naddr:\t0x0\nevent_type:\t{}\ncookie:\t{}\n",
+                            p.name,
+                            p.offset,
+                            if ret { "kretprobe" } else { "kprobe" },
+                            link.cookie
+                        ),
+                        ProbeKind::Tracepoint => format!("tp_name:\t{}\nevent_type:\ttracepoint\ncookie:\t{}\n", p.name, link.cookie),
+                        ProbeKind::RawTracepoint => format!("tp_name:\t{}\ncookie:\t{}\n", p.name, link.cookie),
+                    };
+                }
+            }
+            Handle::MultiLink(ids) => {
+                let first = links::list(&self.region).into_iter().find(|l| ids.first() == Some(&l.id));
+                text += &format!("link_type:\tuprobe_multi\nlink_id:\t{}\n", ids.first().copied().unwrap_or(0));
+                if let Some(p) = first.and_then(|l| progs::load(&self.region, l.prog)) {
+                    text += &format!("prog_tag:\t{}\nprog_id:\t{}\n", tag_of(&p.insns), p.id);
+                }
+            }
+            Handle::Btf(id) => text += &format!("btf_id:\t{}\n", btf_id_of(id)),
+            Handle::KernelBtf => text += "btf_id:\t1\n",
+            Handle::Probe(_) | Handle::PerfOutput(_) | Handle::Timer(_) => {}
+        }
+        Some(text)
+    }
+
     /// `dup`: `new` stands for what `old` does.
     pub fn duplicated(&self, old: i32, new: i32) {
         let mut fds = Self::lock(&self.fds);

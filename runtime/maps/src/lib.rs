@@ -1159,6 +1159,12 @@ impl Map {
         self.desc().frozen.swap(1, Ordering::AcqRel) == 0
     }
 
+    /// Bytes of the region the map takes: its descriptor and its storage (what `memlock`
+    /// reports in the map's fdinfo, as the kernel reports a map's memory).
+    pub fn memory_usage(&self) -> u64 {
+        std::mem::size_of::<MapDesc>() as u64 + self.layout.data_len + self.layout.aux_len
+    }
+
     /// Whether [`Map::freeze`] made it read-only to system calls.
     pub fn is_frozen(&self) -> bool {
         self.desc().frozen.load(Ordering::Acquire) != 0
