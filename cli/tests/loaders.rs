@@ -1841,6 +1841,28 @@ fn object_info_is_what_the_kernel_gives() {
     );
 }
 
+/// A libbpf loader reads each link's `/proc/self/fdinfo` as on the kernel (`link_fdinfo.c` on
+/// `link_kinds.bpf.c`): file flags, link type, program tag, and what it probes (a uprobe's and
+/// a uretprobe's file, offset and kind, a tracepoint's and a raw tracepoint's name, cookies).
+#[test]
+fn link_fdinfo_reads_as_the_kernels() {
+    let _serial = serial();
+    let (loader, obj) = (bpftime_tests::clang::build_loader("link_fdinfo"), build_example("link_kinds"));
+    let shm = format!("bpftime-link-fdinfo-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    let ours = text(&out.stdout);
+    assert!(out.status.success(), "{ours}{}", text(&out.stderr));
+    for line in ["on_getpid_return event_type:\turetprobe", "on_openat tp_name:\tsys_enter_openat", "on_sys_exit link_type:\traw_tracepoint"] {
+        assert!(ours.lines().any(|l| l == line), "no line `{line}`:\n{ours}");
+    }
+    if is_root() && bpftime_tests::kernel::tracefs_mounted() {
+        let kernel = Command::new(&loader).arg(&obj).output().unwrap();
+        assert_eq!(ours, text(&kernel.stdout), "ours, then the kernel's ({})", text(&kernel.stderr));
+    }
+}
+
 /// `mmap` of map fds answers as the kernel's `bpf_map_mmap`: shared mappings only, ring
 /// buffers writable at their consumer page only, arrays made mappable and within their pages,
 /// frozen maps read-only, maps that cannot be mapped `ENOTSUPP`.

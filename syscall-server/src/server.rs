@@ -456,8 +456,19 @@ impl Server {
     pub fn fdinfo_text(&self, fd: i32) -> Option<String> {
         let handle = self.handle(fd)?;
         let real = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-        let mut text: String =
-            real.lines().filter(|l| ["pos:", "flags:", "mnt_id:", "ino:"].iter().any(|k| l.starts_with(k))).map(|l| format!("{l}\n")).collect();
+        // The kernel's file flags for the object's kind (links and BTF objects read-only, the
+        // rest read-write), close-on-exec as the fd is; not our eventfd's own (O_NONBLOCK).
+        let cloexec =
+            real.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok()).unwrap_or(0) & libc::O_CLOEXEC as u32;
+        let access = match handle {
+            Handle::Link(_) | Handle::MultiLink(_) | Handle::Btf(_) | Handle::KernelBtf => libc::O_RDONLY,
+            _ => libc::O_RDWR,
+        } as u32;
+        let mut text: String = real
+            .lines()
+            .filter(|l| ["pos:", "flags:", "mnt_id:", "ino:"].iter().any(|k| l.starts_with(k)))
+            .map(|l| if l.starts_with("flags:") { format!("flags:\t{:08o}\n", cloexec | access) } else { format!("{l}\n") })
+            .collect();
         let tag_of = |insns: &[bpftime_vm::RawInsn]| crate::tag::prog_tag(insns).iter().map(|b| format!("{b:02x}")).collect::<String>();
         match handle {
             Handle::Map(id) => {
