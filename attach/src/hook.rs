@@ -700,24 +700,32 @@ pub(crate) fn making_application_call<R>(f: impl FnOnce() -> R) -> R {
     let during = t.state.get();
     // Inside an admitted flow (not the agent's own work, nor a miss's unadmitted call).
     let paused = during.busy && !during.agent && during.depth > 0;
-    let was = t.app_call.replace(1);
     let flow = (t.flow_frame.get(), t.flow_rsp.get());
     if paused {
         set_state(t, ThreadState { busy: false, depth: during.depth - 1, ..during });
     }
+    // The application's call from here on, once the flow is paused (a signal that lands
+    // before waits for our work to end; one that landed in between, neither deferred nor
+    // outside our work, had its handler's `rt_sigreturn` ignored as ours).
+    compiler_fence(Ordering::SeqCst);
+    let was = t.app_call.replace(1);
     if t.deferred.get() != 0 {
         take_deferred_signals(t);
     }
     // The call itself is ours to make: interception lets it through.
     let selector = t.selector.replace(0);
     let r = f();
+    // No longer the application's call before the flow is busy again: a signal that lands
+    // once it is waits for our work to end (see `signals::defer`), as it would anywhere else
+    // in it; one that landed in between had its handler's `rt_sigreturn` ignored as ours.
+    t.app_call.set(was);
+    compiler_fence(Ordering::SeqCst);
     t.selector.set(selector);
     if paused {
         set_state(t, during);
     }
     compiler_fence(Ordering::SeqCst);
     set_flow(t, flow);
-    t.app_call.set(was);
     r
 }
 
@@ -725,6 +733,35 @@ pub(crate) fn making_application_call<R>(f: impl FnOnce() -> R) -> R {
 /// once the signal handler now starting returns, for our code to restart it.
 pub(crate) fn note_restart() {
     thread().restart.set(1);
+}
+
+/// Whether an interruption of the application's call is noted and not yet taken (see
+/// [`note_restart`], [`note_interrupted`]).
+pub(crate) fn interruption_noted() -> bool {
+    thread().restart.get() != 0
+}
+
+/// Runs `f` at the thread's next level as [`run_as_hit`] does, from an application's signal
+/// handler's wrapper (before or after the handler): outside the application's call the signal
+/// interrupted, so that signals arriving meanwhile wait for the programs to end, and with the
+/// selector as the interrupted flow had it afterwards; not where the interrupted code holds a
+/// lock of ours. Whether `f` ran.
+pub(crate) fn run_in_signal_wrapper(f: impl FnOnce(usize)) -> bool {
+    // Not where the interrupted code holds a lock of ours (the allocator's, a region's): the
+    // programs would wait for it for good.
+    if ABANDON_CHECK.get().is_some_and(|may| !may()) {
+        return false;
+    }
+    let t = thread();
+    let (selector, app_call) = (t.selector.get(), t.app_call.replace(0));
+    let mut ran = false;
+    run_as_hit(|level| {
+        f(level);
+        ran = true;
+    });
+    t.app_call.set(app_call);
+    t.selector.set(selector);
+    ran
 }
 
 /// Whether a restart that is ours to make was noted (see [`note_restart`]) and not yet taken.
@@ -765,16 +802,6 @@ impl Interruption {
             _ => Interruption::None,
         }
     }
-}
-
-/// Runs `f`, the application's signal handler, with the interruption of the call it interrupted
-/// (noted before it) set aside: the handler's own calls are not that call, and find none noted.
-pub(crate) fn interruption_aside<R>(f: impl FnOnce() -> R) -> R {
-    let t = thread();
-    let noted = t.restart.replace(0);
-    let r = f();
-    t.restart.set(noted);
-    r
 }
 
 /// How the application's call that just returned was interrupted. Clears it.
@@ -3232,6 +3259,8 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // thread not busy: the routine that maps a handler stack).
     let selector = t.selector.get();
     let app_call = t.app_call.replace(0);
+    // The handler's own calls are not the one it interrupted.
+    let call_regs = t.call_regs.replace(0);
     // Signals deferred by the flow this handler interrupted stay blocked until that flow
     // releases them (the handler's return puts the mask back): flows inside the handler
     // release only their own.
@@ -3252,6 +3281,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     t.selector.set(selector);
     t.stack_in_use.set(in_use);
     t.app_call.set(app_call);
+    t.call_regs.set(call_regs);
     t.deferred.set(t.deferred.get() | outer);
     t.restart.set(restart);
     t.vfork_parent.set(vfork_parent);

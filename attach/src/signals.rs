@@ -73,7 +73,7 @@ extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
             (g[libc::REG_RAX as usize], g[libc::REG_RIP as usize])
         };
         crate::syscalls::take_over_restart(ctx);
-        crate::hook::interruption_aside(|| crate::hook::in_signal_handler(|| f(sig, info, ctx)));
+        crate::hook::in_signal_handler(|| f(sig, info, ctx));
         crate::syscalls::sigreturn_from_application_call(ctx, kernel_left);
     }
 }
@@ -161,7 +161,7 @@ pub(crate) fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     if is_function(h) {
         // SAFETY: the application's handler for this signal; see `wrapper` for the arguments.
         let f: InfoHandler = unsafe { std::mem::transmute::<usize, InfoHandler>(h) };
-        crate::hook::interruption_aside(|| crate::hook::in_signal_handler(|| f(sig, info, ctx)));
+        crate::hook::in_signal_handler(|| f(sig, info, ctx));
     } else if h == libc::SIG_DFL {
         // The kernel's action set directly (libc's `sigaction` may be hooked to come back to
         // [`sigaction`], which only records an owned signal's action).

@@ -1378,6 +1378,23 @@ fn sigreturn_restores(sp: u64) -> Option<PtRegs> {
     Some(PtRegs { orig_ax: u64::MAX, ..PtRegs::from_gregs(&g) })
 }
 
+/// Whether the `rt_sigreturn` that ends the handler whose context is `ctx` goes through a call
+/// site we rewrote (glibc's restorer `__restore_rt`: `mov rax, 15`, then the `syscall` 7 bytes
+/// in, now a 2-byte `jmp`): its stub runs the call's programs whatever the selector, so the
+/// wrapper must not run them too (before, each such return was seen twice).
+fn sigreturn_site_rewritten(ctx: *mut libc::c_void) -> bool {
+    // The signal frame: the restorer's address (`pretcode`), then the ucontext.
+    let mut pretcode = [0u8; 8];
+    if read_own((ctx as u64).wrapping_sub(8), &mut pretcode) != 8 {
+        return false;
+    }
+    let mut code = [0u8; 9];
+    if read_own(u64::from_ne_bytes(pretcode), &mut code) != code.len() {
+        return false;
+    }
+    code[..7] == [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00] && code[7] == 0xeb
+}
+
 /// In the application's signal handler's wrapper, once the handler returned (`ctx` its
 /// context, as it leaves it): where the handler interrupted a call we were making for the
 /// application, its `rt_sigreturn` goes through with the selector at ALLOW, unseen by
@@ -1390,7 +1407,7 @@ pub(crate) fn sigreturn_from_application_call(ctx: *mut libc::c_void, kernel_lef
     // Where the `rt_sigreturn` will go through with the selector at ALLOW (the handler
     // interrupted code of ours, not busy: a call made for the application, signals deferred
     // until our work ended), interception does not see it.
-    if ctx.is_null() || was != 0 || !ACTIVE.load(Ordering::Acquire) || !hook::dispatch_on() {
+    if ctx.is_null() || was != 0 || !ACTIVE.load(Ordering::Acquire) || !hook::dispatch_on() || sigreturn_site_rewritten(ctx) {
         return;
     }
     let Some(h) = HANDLER.get() else { return };
@@ -1405,12 +1422,10 @@ pub(crate) fn sigreturn_from_application_call(ctx: *mut libc::c_void, kernel_lef
     let entry = PtRegs { orig_ax: libc::SYS_rt_sigreturn as u64, ax: libc::SYS_rt_sigreturn as u64, ..restored };
     // (The selector stays as it was: ALLOW, or the `rt_sigreturn` would be dispatched and seen
     // twice.)
-    hook::run_as_hit(|level| {
+    hook::run_in_signal_wrapper(|level| {
         let _ = h.on_enter(&entry, level);
         h.on_exit(&restored, level);
     });
-    // SAFETY: as above.
-    unsafe { selector.write(was) };
 }
 
 /// What the kernel's tracepoints show as the result of call `nr` (its arguments in `regs`) that
@@ -1528,7 +1543,9 @@ unsafe fn app_syscall(nr: u64, args: [u64; 6]) -> u64 {
 /// kernel made itself, inside our call, showed no exit and no second entry, where the kernel's
 /// tracepoints show both.
 pub(crate) fn take_over_restart(ctx: *mut libc::c_void) {
-    if ctx.is_null() || !hook::in_application_call() {
+    // (A second signal delivered as the first handler returns finds the context as the first
+    // left it: the interruption is noted already, and its exit reported.)
+    if ctx.is_null() || !hook::in_application_call() || hook::interruption_noted() {
         return;
     }
     // SAFETY: the kernel's ucontext for this delivery, ours to change before the handler runs.
@@ -1558,24 +1575,15 @@ pub(crate) fn take_over_restart(ctx: *mut libc::c_void) {
 fn exit_before_handler(result: impl FnOnce(&PtRegs) -> u64) {
     let (Some(at), Some(h)) = (hook::interrupted_call_regs(), HANDLER.get()) else { return };
     // SAFETY: `around_call` names the registers of the call this thread is making while the
-    // call is made, and takes them back before the frame that holds them returns; the thread
-    // is inside that call's `syscall` instruction (the signal found it there), so nothing
-    // writes them now. Read, not referenced: the frame's owner holds a `&mut` to them.
+    // call is made (0 otherwise, and in a signal handler's own calls), from the frame that
+    // holds them, which outlives the call; the thread is inside that call's `syscall`
+    // instruction (the signal found it there). The call's `&mut` to them is live in the
+    // suspended frame, but nothing has written through it since the pointer was taken and
+    // escaped (its writes come after the instruction returns), so this read sees them whole:
+    // a foreign read of an unwritten `&mut`, as Tree Borrows allows (Stacked Borrows would not).
     let mut regs = unsafe { std::ptr::read_volatile(at as *const PtRegs) };
     regs.ax = result(&regs);
-    // The selector as the call left it (ALLOW: the call is made through our code), whatever
-    // the handlers' way out sets.
-    let selector = hook::selector();
-    // SAFETY: this thread's selector byte.
-    let was = unsafe { selector.read() };
-    let mut ran = false;
-    hook::run_as_hit(|level| {
-        h.on_exit(&regs, level);
-        ran = true;
-    });
-    // SAFETY: as above.
-    unsafe { selector.write(was) };
-    if ran {
+    if hook::run_in_signal_wrapper(|level| h.on_exit(&regs, level)) {
         hook::note_exit_reported();
     }
 }

@@ -2792,6 +2792,37 @@ fn bpftrace_follows_forks_and_spawns_like_the_kernel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Under a storm of timer signals whose handler makes a call (`signal_storm.c`: every 200 us,
+/// landing in the target's calls, between them and in the agent's own code), bpftrace sees each
+/// handler's `getppid` and its `rt_sigreturn` (entry and exit) once each. (Before: a handler
+/// that ran where the agent had deferred its signal had its `rt_sigreturn` seen twice once
+/// glibc's restorer was rewritten: by its stub and by the signal wrapper.)
+#[test]
+fn each_signal_handlers_return_is_seen_once() {
+    let _serial = serial();
+    let Ok(bpftrace) = which("bpftrace") else {
+        eprintln!("skipped: no bpftrace");
+        return;
+    };
+    if !bpftime_tests::kernel::tracefs_mounted() {
+        eprintln!("skipped: tracefs is not mounted");
+        return;
+    }
+    let target = build_target("signal_storm", false);
+    let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-storm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = r#"tracepoint:raw_syscalls:sys_enter /comm == "signal_storm" && (args->id == 15 || args->id == 110)/ { @enter[args->id] = count(); } tracepoint:raw_syscalls:sys_exit /comm == "signal_storm" && args->id == -1/ { @sigreturn_exits = count(); }"#;
+    let shm = format!("bpftime-bpftrace-storm-{}", std::process::id());
+    let ours = bpftrace_under_bpftime(&bpftrace, script, &shm, target.as_os_str(), &["1"], &dir.join("ours"));
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+    let enters = counts_by_number(&ours, "enter");
+    let exits = ours.lines().find_map(|l| l.strip_prefix("@sigreturn_exits: ")?.trim().parse::<u64>().ok());
+    let handlers = enters.get(&110).copied().unwrap_or(0);
+    assert!(handlers > 100, "{ours}");
+    assert_eq!((enters.get(&15).copied(), exits), (Some(handlers), Some(handlers)), "{ours}");
+}
+
 /// bpftrace (unmodified) on `raw_syscalls:sys_exit` sees the result the kernel's tracepoint
 /// shows for calls that a signal interrupts, whose handler was installed without SA_RESTART
 /// (`examples/targets/interrupts.c`: read, nanosleep, clock_nanosleep to an absolute time,

@@ -172,6 +172,8 @@ pub struct Server {
     /// Fds a forked child of the loader made itself (it drops what they name when it closes
     /// them or exits, while the loader's stay to the loader).
     child_fds: Mutex<HashSet<i32>>,
+    /// Programs this process cannot prepare (see [`Server::compiled`]).
+    not_compiled: Mutex<HashSet<u32>>,
     /// The process whose fds these are: a child forked from it has copies of them but holds
     /// nothing (its exit must not drop what the parent holds).
     pid: u32,
@@ -398,6 +400,7 @@ impl Server {
             created_maps: Mutex::default(),
             held_maps: Mutex::default(),
             child_fds: Mutex::default(),
+            not_compiled: Mutex::default(),
             // SAFETY: getpid(2) cannot fail.
             pid: unsafe { libc::getpid() } as u32,
             gpu_only: Mutex::default(),
@@ -488,7 +491,7 @@ impl Server {
             }
             Handle::Prog(id) => {
                 let p = progs::load(&self.region, id)?;
-                let jited = self.runtime.program(id).is_ok_and(|l| !l.engine().machine_code().is_empty());
+                let jited = self.compiled(id).is_some_and(|l| !l.engine().machine_code().is_empty());
                 let memlock = (p.insns.len() as u64 * 8).div_ceil(4096).max(1) * 4096;
                 text += &format!(
                     "prog_type:\t{}\nprog_jited:\t{}\nprog_tag:\t{}\nmemlock:\t{memlock}\nprog_id:\t{id}\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t{}\n",
@@ -1499,36 +1502,52 @@ impl Server {
     /// `bpf_prog_info`'s machine code fields as the kernel fills them, from the code this
     /// process runs the program with (compiled at load, or mapped from the code cache): its
     /// length and bytes (`jited_prog_len`, `jited_prog_insns`, as many bytes as the caller has
-    /// room for), each function's address and length (`jited_ksyms`, `jited_func_lens`). A
-    /// program run by the interpreter (no code cache) has none: `bpftool` says "not jited".
+    /// room for), each function's address and length (`jited_ksyms`, `jited_func_lens`); the
+    /// caller's pointers come back as given. A program run by the interpreter (no code cache)
+    /// has none: `bpftool` says "not jited".
     fn jited_info(&self, id: u32, given: &Attr, info: &mut [u8]) -> Result<(), Errno> {
-        let loaded = self.runtime.program(id).ok();
-        let code = loaded.as_ref().map(|p| p.engine().machine_code()).unwrap_or_default();
+        for at in [24, 112, 120] {
+            info[at..at + 8].copy_from_slice(&given.u64(at).to_le_bytes());
+        }
+        let Some(loaded) = self.compiled(id) else { return Ok(()) };
+        let code = loaded.engine().machine_code();
         let total: usize = code.iter().map(|f| f.len()).sum();
         if total == 0 {
             return Ok(());
         }
         info[16..20].copy_from_slice(&(total as u32).to_le_bytes());
-        let (room, at) = (given.u32(16) as usize, given.u64(24));
-        if room > 0 && at != 0 {
+        // As the kernel's `copy_to_user`: room at a bad address (null included) is EFAULT.
+        let room = given.u32(16) as usize;
+        if room > 0 {
             let bytes: Vec<u8> = code.iter().flat_map(|f| f.iter().copied()).take(room).collect();
-            user::write(at, &bytes)?;
+            user::write(given.u64(24), &bytes)?;
         }
-        info[24..32].copy_from_slice(&at.to_le_bytes());
         // nr_jited_ksyms and jited_ksyms (8-byte addresses), nr_jited_func_lens and
         // jited_func_lens (4-byte lengths).
         let addresses: Vec<[u8; 8]> = code.iter().map(|f| (f.as_ptr() as u64).to_le_bytes()).collect();
         let lengths: Vec<[u8; 8]> = code.iter().map(|f| u64::from(f.len() as u32).to_le_bytes()).collect();
         for (count_at, ptr_at, words, width) in [(104, 112, &addresses, 8), (108, 120, &lengths, 4)] {
-            let (room, at) = (given.u32(count_at) as usize, given.u64(ptr_at));
-            if room > 0 && at != 0 {
+            let room = given.u32(count_at) as usize;
+            if room > 0 {
                 let bytes: Vec<u8> = words.iter().take(room).flat_map(|w| w[..width].iter().copied()).collect();
-                user::write(at, &bytes)?;
+                user::write(given.u64(ptr_at), &bytes)?;
             }
             info[count_at..count_at + 4].copy_from_slice(&(code.len() as u32).to_le_bytes());
-            info[ptr_at..ptr_at + 8].copy_from_slice(&at.to_le_bytes());
         }
         Ok(())
+    }
+
+    /// Program `id` as this process runs it, for its machine code; None where it cannot be
+    /// prepared here (a GPU probe), remembered so that it is not verified again at each ask.
+    fn compiled(&self, id: u32) -> Option<std::sync::Arc<bpftime_runtime::LoadedProgram>> {
+        if Self::lock(&self.not_compiled).contains(&id) {
+            return None;
+        }
+        let loaded = self.runtime.program(id).ok();
+        if loaded.is_none() {
+            Self::lock(&self.not_compiled).insert(id);
+        }
+        loaded
     }
 
     fn info(&self, a: &mut Attr) -> Result<i64, Errno> {
@@ -1621,13 +1640,13 @@ impl Server {
                 // As the kernel's `set_info_rec_size`: a record size the caller names must be
                 // the kernel's, which it then always gets back.
                 let given = Attr::from_bytes(user::read(out, len.min(192))?);
-                self.jited_info(id, &given, &mut info)?;
                 for (count_at, size_at, size) in [(144, 132, progs::FUNC_INFO_SIZE as u32), (148, 172, progs::LINE_INFO_SIZE as u32), (168, 176, 8)] {
                     if (given.u32(count_at) != 0 || given.u32(size_at) != 0) && given.u32(size_at) != size {
                         return Err(libc::EINVAL);
                     }
                     put32(&mut info, size_at, size);
                 }
+                self.jited_info(id, &given, &mut info)?;
                 for (records, size, ptr_at, count_at) in
                     [(&p.btf.func_info, progs::FUNC_INFO_SIZE, 136, 144), (&p.btf.line_info, progs::LINE_INFO_SIZE, 152, 148)]
                 {
