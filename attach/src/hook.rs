@@ -810,10 +810,11 @@ pub(crate) fn take_interruption() -> Interruption {
 }
 
 /// Makes `regs` (a `PtRegs`'s address, or 0) the registers of the application's call this
-/// thread makes now, whose entry handlers ran; returns what was there (for a call made from a
-/// signal handler that interrupted another: put back after).
-pub(crate) fn set_call_regs(regs: u64) -> u64 {
-    thread().call_regs.replace(regs)
+/// thread makes now, whose entry handlers ran ([`in_signal_handler`] sets them aside for a
+/// handler's own calls).
+#[inline(always)]
+pub(crate) fn set_call_regs(regs: u64) {
+    thread().call_regs.set(regs);
 }
 
 /// The registers of the application's call that a signal now interrupts, whose entry handlers

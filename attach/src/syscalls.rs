@@ -1290,9 +1290,6 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
         restart
     };
     let again_now = |regs: &mut PtRegs| again(regs, hook::take_interruption());
-    // No call whose entry handlers ran is being made (a signal handler's call, made while
-    // another call of the application's waits, puts back the waiting call's registers after).
-    let outer = hook::set_call_regs(0);
     match (hook::admit(), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
             // A thread whose hits are all system calls has its handler stack released too.
@@ -1307,7 +1304,8 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
                     }
                 }
                 // A signal handler that interrupts the call runs its exit handlers first, from
-                // these registers (see `take_over_restart`).
+                // these registers (see `take_over_restart`; a handler's own calls have them set
+                // aside by `hook::in_signal_handler`).
                 hook::set_call_regs(regs as *const PtRegs as u64);
                 let made = call(regs, skip, true, true);
                 hook::set_call_regs(0);
@@ -1348,7 +1346,6 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
             call(regs, None, false, false);
         }
     }
-    hook::set_call_regs(outer);
 }
 
 /// The kernel's -ERESTARTSYS as a call's result: what the system call tracepoints see of a call
