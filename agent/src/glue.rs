@@ -464,11 +464,17 @@ pub(crate) fn start() {
 /// while it holds a lock of ours (the allocator's, a region lock), which would stay held; then
 /// its run context is freed for the next run.
 fn may_replace_abandoned_flow() -> bool {
-    if crate::alloc::held_by_this_thread() || bpftime_shm::lock::held_by_this_thread() {
+    if holds_a_lock_of_ours() {
         return false;
     }
     bpftime_runtime::forget_abandoned_run();
     true
+}
+
+/// Whether this thread holds a lock of ours (the allocator's, a region lock), in any of its
+/// flows.
+fn holds_a_lock_of_ours() -> bool {
+    crate::alloc::held_by_this_thread() || bpftime_shm::lock::held_by_this_thread()
 }
 
 /// Starts with region `name`: attaches what its links name for this process and follows the
@@ -476,6 +482,7 @@ fn may_replace_abandoned_flow() -> bool {
 pub(crate) fn start_in(name: String) {
     initialise_what_hits_use();
     bpftime_attach::set_abandon_check(may_replace_abandoned_flow);
+    bpftime_attach::set_lock_check(holds_a_lock_of_ours);
     bpftime_attach::signals::keep_traps_deliverable();
     if crate::INJECTED.load(std::sync::atomic::Ordering::Acquire) {
         crate::masks::hook_libc_masks();

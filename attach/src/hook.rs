@@ -618,6 +618,16 @@ pub fn set_abandon_check(may: fn() -> bool) {
     let _ = ABANDON_CHECK.set(may);
 }
 
+/// Says whether this thread holds a lock of the agent's (its allocator's, a region's), with no
+/// side effect: programs are not run from a signal wrapper over one (see
+/// [`run_in_signal_wrapper`]).
+static LOCK_CHECK: OnceLock<fn() -> bool> = OnceLock::new();
+
+/// Sets [`LOCK_CHECK`] (once).
+pub fn set_lock_check(held: fn() -> bool) {
+    let _ = LOCK_CHECK.set(held);
+}
+
 /// The stack pointer where it is called.
 #[inline(always)]
 fn stack_pointer() -> u64 {
@@ -675,6 +685,8 @@ pub(crate) fn restore_vfork_parent() {
     }
     t.app_call.set(p.app_call);
     t.restart.set(p.restart);
+    // The call is over (the child may have named its own registers and died in its call).
+    t.call_regs.set(0);
     // Signals deferred since (one delivered as the call returned, to a thread the child left
     // busy: its SIGCHLD) stay noted, to be unblocked; unblocking one the child noted for its
     // own mask does nothing here.
@@ -749,7 +761,7 @@ pub(crate) fn interruption_noted() -> bool {
 pub(crate) fn run_in_signal_wrapper(f: impl FnOnce(usize)) -> bool {
     // Not where the interrupted code holds a lock of ours (the allocator's, a region's): the
     // programs would wait for it for good.
-    if ABANDON_CHECK.get().is_some_and(|may| !may()) {
+    if LOCK_CHECK.get().is_some_and(|held| held()) {
         return false;
     }
     let t = thread();

@@ -1333,15 +1333,22 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
             }
             hook::leave(before);
         }
+        // (No registers named for these calls: no entry programs ran. Named ones a handler
+        // left by `siglongjmp` or a handler we did not wrap are not these.)
         (Admission::Miss, Some(h)) => {
+            hook::set_call_regs(0);
             h.on_miss(regs.orig_ax);
             while call(regs, None, true, false) && again_now(regs) {}
         }
         (Admission::Run(_, before), None) => {
+            hook::set_call_regs(0);
             hook::leave(before);
             while call(regs, None, true, false) && again_now(regs) {}
         }
-        (Admission::Miss, None) => while call(regs, None, true, false) && again_now(regs) {},
+        (Admission::Miss, None) => {
+            hook::set_call_regs(0);
+            while call(regs, None, true, false) && again_now(regs) {}
+        }
         (Admission::Ignore, _) => {
             call(regs, None, false, false);
         }
@@ -1419,10 +1426,15 @@ pub(crate) fn sigreturn_from_application_call(ctx: *mut libc::c_void, kernel_lef
     let entry = PtRegs { orig_ax: libc::SYS_rt_sigreturn as u64, ax: libc::SYS_rt_sigreturn as u64, ..restored };
     // (The selector stays as it was: ALLOW, or the `rt_sigreturn` would be dispatched and seen
     // twice.)
-    hook::run_in_signal_wrapper(|level| {
+    let ran = hook::run_in_signal_wrapper(|level| {
         let _ = h.on_enter(&entry, level);
         h.on_exit(&restored, level);
     });
+    // Not run (a lock of ours held where the handler landed, or too deep): a miss, as a hit
+    // that cannot run is.
+    if !ran {
+        h.on_miss(libc::SYS_rt_sigreturn as u64);
+    }
 }
 
 /// What the kernel's tracepoints show as the result of call `nr` (its arguments in `regs`) that
