@@ -459,20 +459,9 @@ pub(crate) fn start() {
     start_in(default_name());
 }
 
-/// Whether this thread's probe work, which a signal handler left by `siglongjmp` (in a process
-/// the agent was loaded into, where no handler is wrapped), may be replaced by the next hit: not
-/// while it holds a lock of ours (the allocator's, a region lock), which would stay held; then
-/// its run context is freed for the next run.
-fn may_replace_abandoned_flow() -> bool {
-    if holds_a_lock_of_ours() {
-        return false;
-    }
-    bpftime_runtime::forget_abandoned_run();
-    true
-}
-
 /// Whether this thread holds a lock of ours (the allocator's, a region lock), in any of its
-/// flows.
+/// flows: probe work a signal handler left by `siglongjmp` (in a process the agent was loaded
+/// into, where no handler is wrapped) is not replaced then, nor are programs run over it.
 fn holds_a_lock_of_ours() -> bool {
     crate::alloc::held_by_this_thread() || bpftime_shm::lock::held_by_this_thread()
 }
@@ -481,8 +470,7 @@ fn holds_a_lock_of_ours() -> bool {
 /// link table from then on.
 pub(crate) fn start_in(name: String) {
     initialise_what_hits_use();
-    bpftime_attach::set_abandon_check(may_replace_abandoned_flow);
-    bpftime_attach::set_lock_check(holds_a_lock_of_ours);
+    bpftime_attach::set_agent_state(holds_a_lock_of_ours, bpftime_runtime::forget_abandoned_run);
     bpftime_attach::signals::keep_traps_deliverable();
     if crate::INJECTED.load(std::sync::atomic::Ordering::Acquire) {
         crate::masks::hook_libc_masks();

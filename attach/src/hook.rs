@@ -249,10 +249,11 @@ struct HookThread {
     /// The thread is making the application's own system call for it (intercepted): busy as
     /// it is, the application's signals are not deferred, they interrupt the call as ever.
     app_call: Cell<u8>,
-    /// The application's call that the thread is making for it was set up by the kernel to
-    /// restart after a signal handler, and our code restarts it instead (see
+    /// How a signal interrupted the application's call the thread is making for it (see
+    /// [`Interruption`]): set up by the kernel to restart after the handler, which our code
+    /// does instead (1), or not restarted (2); 4 added once its exit handlers have run (see
     /// `syscalls::take_over_restart`).
-    restart: Cell<u8>,
+    interruption: Cell<u8>,
     /// Where a stub that found the handler stack in use writes the in-use byte it found (1),
     /// leaving the real one to its user: `stack_in_use + 4 * found`, an address the stub forms
     /// without touching the flags (see [`emit_probe_call`]'s way out).
@@ -308,7 +309,7 @@ struct VforkParent {
     selector: u8,
     stack_in_use: u8,
     app_call: u8,
-    restart: u8,
+    interruption: u8,
     deferred: u64,
     flow_frame: u64,
     flow_rsp: u64,
@@ -499,8 +500,11 @@ fn abandoned(t: &HookThread, st: ThreadState, frame: u64) -> bool {
         return false;
     }
     // What the abandoned work held (a lock) stays held: its next hit would wait for it for good.
-    if ABANDON_CHECK.get().is_some_and(|may| !may()) {
+    if holds_agent_lock() {
         return false;
+    }
+    if let Some(a) = AGENT_STATE.get() {
+        (a.forget_abandoned_run)();
     }
     if on_handler_stack_at(t, t.flow_rsp.get()) {
         // The abandoned stub moved onto the handler stack, where nothing is live any more;
@@ -607,25 +611,30 @@ fn one_mapping(a: u64, b: u64) -> bool {
     found.unwrap_or(false)
 }
 
-/// Asked before a flow found abandoned (see [`abandoned`]) is replaced: whether what it left
-/// allows it (it held no lock, which would stay held), readying what it left for the next run.
-static ABANDON_CHECK: OnceLock<fn() -> bool> = OnceLock::new();
-
-/// Sets [`ABANDON_CHECK`] (once): `may` says whether this thread's work, which a signal handler
-/// left by `siglongjmp` inside a probe's handlers, may be taken for over, and readies its state
-/// for the next hit. Without one, abandoned flows are replaced whatever they held.
-pub fn set_abandon_check(may: fn() -> bool) {
-    let _ = ABANDON_CHECK.set(may);
+/// What the agent tells the hook engine of its own state (see [`set_agent_state`]).
+struct AgentState {
+    /// Whether this thread holds a lock of the agent's (its allocator's, a region's), with no
+    /// side effect.
+    holds_lock: fn() -> bool,
+    /// Frees the run context a flow left by `siglongjmp` inside a probe's handlers held, for the
+    /// next run.
+    forget_abandoned_run: fn(),
 }
 
-/// Says whether this thread holds a lock of the agent's (its allocator's, a region's), with no
-/// side effect: programs are not run from a signal wrapper over one (see
-/// [`run_in_signal_wrapper`]).
-static LOCK_CHECK: OnceLock<fn() -> bool> = OnceLock::new();
+static AGENT_STATE: OnceLock<AgentState> = OnceLock::new();
 
-/// Sets [`LOCK_CHECK`] (once).
-pub fn set_lock_check(held: fn() -> bool) {
-    let _ = LOCK_CHECK.set(held);
+/// Tells the hook engine (once) how to ask whether this thread holds a lock of the agent's
+/// (`holds_lock`: a flow found abandoned is not replaced then, and no programs run from a
+/// signal wrapper over it: they would wait for it for good) and how to free what an abandoned
+/// flow's runs held (`forget_abandoned_run`). Without it, abandoned flows are replaced whatever
+/// they held.
+pub fn set_agent_state(holds_lock: fn() -> bool, forget_abandoned_run: fn()) {
+    let _ = AGENT_STATE.set(AgentState { holds_lock, forget_abandoned_run });
+}
+
+/// Whether this thread holds a lock of the agent's (see [`set_agent_state`]).
+fn holds_agent_lock() -> bool {
+    AGENT_STATE.get().is_some_and(|a| (a.holds_lock)())
 }
 
 /// The stack pointer where it is called.
@@ -663,7 +672,7 @@ pub(crate) fn note_vfork_parent() {
         selector: t.selector.get(),
         stack_in_use,
         app_call: t.app_call.get(),
-        restart: t.restart.get(),
+        interruption: t.interruption.get(),
         deferred: t.deferred.get(),
         flow_frame: t.flow_frame.get(),
         flow_rsp: t.flow_rsp.get(),
@@ -684,7 +693,7 @@ pub(crate) fn restore_vfork_parent() {
         t.stack_in_use.set(p.stack_in_use);
     }
     t.app_call.set(p.app_call);
-    t.restart.set(p.restart);
+    t.interruption.set(p.interruption);
     // The call is over (the child may have named its own registers and died in its call).
     t.call_regs.set(0);
     // Signals deferred since (one delivered as the call returned, to a thread the child left
@@ -744,13 +753,13 @@ pub(crate) fn making_application_call<R>(f: impl FnOnce() -> R) -> R {
 /// Notes that the application's call this thread is making returns -ERESTARTSYS to our code
 /// once the signal handler now starting returns, for our code to restart it.
 pub(crate) fn note_restart() {
-    thread().restart.set(1);
+    thread().interruption.set(1);
 }
 
 /// Whether an interruption of the application's call is noted and not yet taken (see
 /// [`note_restart`], [`note_interrupted`]).
 pub(crate) fn interruption_noted() -> bool {
-    thread().restart.get() != 0
+    thread().interruption.get() != 0
 }
 
 /// Runs `f` at the thread's next level as [`run_as_hit`] does, from an application's signal
@@ -761,7 +770,7 @@ pub(crate) fn interruption_noted() -> bool {
 pub(crate) fn run_in_signal_wrapper(f: impl FnOnce(usize)) -> bool {
     // Not where the interrupted code holds a lock of ours (the allocator's, a region's): the
     // programs would wait for it for good.
-    if LOCK_CHECK.get().is_some_and(|held| held()) {
+    if holds_agent_lock() {
         return false;
     }
     let t = thread();
@@ -778,20 +787,20 @@ pub(crate) fn run_in_signal_wrapper(f: impl FnOnce(usize)) -> bool {
 
 /// Whether a restart that is ours to make was noted (see [`note_restart`]) and not yet taken.
 pub(crate) fn restart_noted() -> bool {
-    matches!(Interruption::from_byte(thread().restart.get()), Interruption::Restart { .. })
+    matches!(Interruption::from_byte(thread().interruption.get()), Interruption::Restart { .. })
 }
 
 /// Notes that the application's call being made for it was interrupted by a signal whose
 /// handler then ran, and returns EINTR (not restarted).
 pub(crate) fn note_interrupted() {
-    thread().restart.set(2);
+    thread().interruption.set(2);
 }
 
 /// Notes that the exit handlers of the interrupted call (see [`note_restart`],
 /// [`note_interrupted`]) have run already, before the signal's handler.
 pub(crate) fn note_exit_reported() {
     let t = thread();
-    t.restart.set(t.restart.get() | 4);
+    t.interruption.set(t.interruption.get() | 4);
 }
 
 /// How the application's call that just returned was interrupted by a signal whose handler ran.
@@ -818,7 +827,7 @@ impl Interruption {
 
 /// How the application's call that just returned was interrupted. Clears it.
 pub(crate) fn take_interruption() -> Interruption {
-    Interruption::from_byte(thread().restart.replace(0))
+    Interruption::from_byte(thread().interruption.replace(0))
 }
 
 /// Makes `regs` (a `PtRegs`'s address, or 0) the registers of the application's call this
@@ -3279,7 +3288,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // release only their own.
     let outer = t.deferred.replace(0);
     // A restart of the interrupted call is that call's to take (see `note_restart`).
-    let restart = t.restart.replace(0);
+    let interruption = t.interruption.replace(0);
     let flow = (t.flow_frame.get(), t.flow_rsp.get());
     // A `vfork` call the handler makes notes its own state: the interrupted flow may be about
     // to make one that noted its own already.
@@ -3296,7 +3305,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     t.app_call.set(app_call);
     t.call_regs.set(call_regs);
     t.deferred.set(t.deferred.get() | outer);
-    t.restart.set(restart);
+    t.interruption.set(interruption);
     t.vfork_parent.set(vfork_parent);
     compiler_fence(Ordering::SeqCst);
     set_flow(t, flow);

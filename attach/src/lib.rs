@@ -27,8 +27,8 @@ pub mod symbols;
 pub mod syscalls;
 
 pub use hook::{
-    attach, detach, forget_unloaded, in_probe, in_signal_handler, original_first_byte, patched_returns, real_return_address, run_as_hit, set_abandon_check,
-    set_handler_stacks, set_lock_check, set_return_patching, signal_stack_changed, site_method, site_vectors, unwind_past_return_probe, without_probes,
+    attach, detach, forget_unloaded, in_probe, in_signal_handler, original_first_byte, patched_returns, real_return_address, run_as_hit, set_agent_state,
+    set_handler_stacks, set_return_patching, signal_stack_changed, site_method, site_vectors, unwind_past_return_probe, without_probes,
     yield_to_foreign_breakpoints, AttachError, Method, ProbeHandler, ProbeId, ProbeKind, SiteInfo, MISSED, NEST_LEVELS,
 };
 pub use module_code::{set_facts_store, FactsStore};

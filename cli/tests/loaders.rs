@@ -2589,15 +2589,26 @@ fn bpftrace_under_bpftime(bpftrace: &Path, script: &str, shm: &str, target: &std
 /// it).
 const VARYING: &[u64] = &[9, 10, 11, 202];
 
-/// bpftrace, where it can run beside the kernel's tracepoints for comparison (installed, root,
-/// tracefs mounted); else None, having said why.
-fn bpftrace_beside_the_kernel() -> Option<std::path::PathBuf> {
+/// bpftrace, where system call tracepoints can be named (tracefs mounted: libbpf reads their
+/// ids there); else None, having said why.
+fn bpftrace_with_tracefs() -> Option<std::path::PathBuf> {
     let Ok(bpftrace) = which("bpftrace") else {
         eprintln!("skipped: no bpftrace");
         return None;
     };
-    if !bpftime_tests::kernel::tracefs_mounted() || !is_root() {
-        eprintln!("skipped: needs root and tracefs (compared with the kernel)");
+    if !bpftime_tests::kernel::tracefs_mounted() {
+        eprintln!("skipped: tracefs is not mounted");
+        return None;
+    }
+    Some(bpftrace)
+}
+
+/// bpftrace, where it can run beside the kernel's tracepoints for comparison (installed, root,
+/// tracefs mounted); else None, having said why.
+fn bpftrace_beside_the_kernel() -> Option<std::path::PathBuf> {
+    let bpftrace = bpftrace_with_tracefs()?;
+    if !is_root() {
+        eprintln!("skipped: needs root (compared with the kernel)");
         return None;
     }
     Some(bpftrace)
@@ -2656,13 +2667,7 @@ fn assert_counts_like_the_kernels(
 #[test]
 fn bpftrace_syscall_tracepoints_count_like_the_kernel() {
     let _serial = serial();
-    let Ok(bpftrace) = which("bpftrace") else {
-        eprintln!("skipped: no bpftrace");
-        return;
-    };
-    if !bpftime_tests::kernel::tracefs_mounted() {
-        return;
-    }
+    let Some(bpftrace) = bpftrace_with_tracefs() else { return };
     let opens = build_target("opens", false);
     build_target("opener", true);
     let script = r#"tracepoint:syscalls:sys_enter_openat /comm == "opens"/ { @enter = count(); } tracepoint:raw_syscalls:sys_exit /comm == "opens" && args->id == 257/ { @exits = count(); }"#;
@@ -2800,14 +2805,7 @@ fn bpftrace_follows_forks_and_spawns_like_the_kernel() {
 #[test]
 fn each_signal_handlers_return_is_seen_once() {
     let _serial = serial();
-    let Ok(bpftrace) = which("bpftrace") else {
-        eprintln!("skipped: no bpftrace");
-        return;
-    };
-    if !bpftime_tests::kernel::tracefs_mounted() {
-        eprintln!("skipped: tracefs is not mounted");
-        return;
-    }
+    let Some(bpftrace) = bpftrace_with_tracefs() else { return };
     let target = build_target("signal_storm", false);
     let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-storm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

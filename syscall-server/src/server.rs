@@ -1523,14 +1523,13 @@ impl Server {
             user::write(given.u64(24), &bytes)?;
         }
         // nr_jited_ksyms and jited_ksyms (8-byte addresses), nr_jited_func_lens and
-        // jited_func_lens (4-byte lengths).
-        let addresses: Vec<[u8; 8]> = code.iter().map(|f| (f.as_ptr() as u64).to_le_bytes()).collect();
-        let lengths: Vec<[u8; 8]> = code.iter().map(|f| u64::from(f.len() as u32).to_le_bytes()).collect();
-        for (count_at, ptr_at, words, width) in [(104, 112, &addresses, 8), (108, 120, &lengths, 4)] {
+        // jited_func_lens (4-byte lengths), as many as the caller has room for.
+        let addresses: Vec<Vec<u8>> = code.iter().map(|f| (f.as_ptr() as u64).to_le_bytes().to_vec()).collect();
+        let lengths: Vec<Vec<u8>> = code.iter().map(|f| (f.len() as u32).to_le_bytes().to_vec()).collect();
+        for (count_at, ptr_at, words) in [(104, 112, addresses), (108, 120, lengths)] {
             let room = given.u32(count_at) as usize;
             if room > 0 {
-                let bytes: Vec<u8> = words.iter().take(room).flat_map(|w| w[..width].iter().copied()).collect();
-                user::write(given.u64(ptr_at), &bytes)?;
+                user::write(given.u64(ptr_at), &words[..room.min(words.len())].concat())?;
             }
             info[count_at..count_at + 4].copy_from_slice(&(code.len() as u32).to_le_bytes());
         }
