@@ -443,6 +443,13 @@ pub unsafe extern "C" fn unlinkat(dirfd: c_int, path: *const c_char, flags: c_in
     raw::to_c(raw::result(raw::syscall6(libc::SYS_unlinkat, [dirfd as c_long, path as c_long, flags as c_long, 0, 0, 0]))) as c_int
 }
 
+/// The fd that `path` names in this process's `/proc` directory `dir` (`/proc/self/DIR/N` or
+/// `/proc/PID/DIR/N`).
+fn own_proc_fd(path: &str, dir: &str) -> Option<i32> {
+    let rest = path.strip_prefix(&format!("/proc/self/{dir}/")).or_else(|| path.strip_prefix(&format!("/proc/{}/{dir}/", std::process::id())))?;
+    rest.parse().ok()
+}
+
 /// What `readlink` of `path` (a C string) shows when it names an fd of ours in `/proc`.
 fn fd_link(dirfd: c_int, path: *const c_char) -> Option<&'static str> {
     let s = SERVER.get().and_then(Option::as_ref)?;
@@ -451,8 +458,7 @@ fn fd_link(dirfd: c_int, path: *const c_char) -> Option<&'static str> {
         if !p.starts_with('/') && dirfd != libc::AT_FDCWD {
             return None;
         }
-        let rest = p.strip_prefix("/proc/self/fd/").or_else(|| p.strip_prefix(&format!("/proc/{}/fd/", std::process::id())))?;
-        s.fd_link_text(rest.parse().ok()?)
+        s.fd_link_text(own_proc_fd(&p, "fd")?)
     })
     .ok()
     .flatten()
@@ -507,13 +513,7 @@ static FINI: extern "C" fn() = at_exit;
 /// fd of ours (see [`Server::fdinfo_text`]).
 fn fdinfo_text(path: &std::ffi::CStr) -> Option<String> {
     let s = SERVER.get().and_then(Option::as_ref)?;
-    std::panic::catch_unwind(|| {
-        let p = path.to_str().ok()?;
-        let rest = p.strip_prefix("/proc/self/fdinfo/").or_else(|| p.strip_prefix(&format!("/proc/{}/fdinfo/", std::process::id())))?;
-        s.fdinfo_text(rest.parse().ok()?)
-    })
-    .ok()
-    .flatten()
+    std::panic::catch_unwind(|| s.fdinfo_text(own_proc_fd(path.to_str().ok()?, "fdinfo")?)).ok().flatten()
 }
 
 /// `text` as a stream to read (fmemopen(3) with a buffer of its own, freed by `fclose`).
