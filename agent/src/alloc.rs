@@ -11,10 +11,16 @@
 //! Small blocks (up to 32 KiB) come from per-class free lists, each behind a spin lock; the
 //! locks are taken around `fork` so a child never inherits one held by a thread that does not
 //! exist there. Large blocks are their own mappings. Small blocks are reused, never unmapped.
+//!
+//! Re-entered: a signal handler (ours, or the application's running through our wrapper) that
+//! interrupts this thread inside a class's lock and allocates from that class again would wait
+//! for itself for ever, and every other thread with it. Such an allocation is its own mapping
+//! instead, and such a free goes on a lock-free list that the class takes back the next time it
+//! is locked.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, Ordering};
 
 const MIN_SHIFT: u32 = 4;
 const MAX_SHIFT: u32 = 15;
@@ -58,35 +64,92 @@ pub fn held_by_this_thread() -> bool {
     HELD.get() != 0
 }
 
-/// One size class: a free list of blocks (the next pointer in each free block's first word)
-/// and the unused tail of the chunk it carves from.
+/// One size class: a free list of blocks (the next pointer in each free block's first word),
+/// the unused tail of the chunk it carves from, and blocks freed by a flow that found the lock
+/// held by its own thread (pushed without the lock, taken back whole under it).
 struct Class {
     lock: SpinLock,
     free: AtomicPtr<u8>,
     next: AtomicPtr<u8>,
     end: AtomicPtr<u8>,
+    pending: AtomicPtr<u8>,
 }
 
 impl Class {
     const fn new() -> Self {
-        Class { lock: SpinLock::new(), free: AtomicPtr::new(null_mut()), next: AtomicPtr::new(null_mut()), end: AtomicPtr::new(null_mut()) }
+        Class {
+            lock: SpinLock::new(),
+            free: AtomicPtr::new(null_mut()),
+            next: AtomicPtr::new(null_mut()),
+            end: AtomicPtr::new(null_mut()),
+            pending: AtomicPtr::new(null_mut()),
+        }
+    }
+
+    /// Puts `block` on the pending list, without the lock (any thread, any flow).
+    fn push_pending(&self, block: *mut u8) {
+        let mut head = self.pending.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: a free block of this class (at least 16 bytes, 8-aligned) that nobody
+            // else reaches until it is on the list: its first word holds the link.
+            unsafe { *(block as *mut *mut u8) = head };
+            match self.pending.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
     }
 }
 
 bpftime_tls::initial_exec! {
-    /// This thread holds every lock (between `fork`'s prepare and after handlers): its own
-    /// allocations then need none (other threads wait), e.g. while the agent intercepts the
-    /// `fork` system call itself.
-    static HOLDS_ALL: std::cell::Cell<bool> as "bpftime_agent_alloc_holds_all";
+    /// The classes whose locks this thread took for a `fork` (between its prepare and after
+    /// handlers, bit per class): its own allocations then take none (other threads wait), e.g.
+    /// while the agent intercepts the `fork` system call itself.
+    static FORK_HELD: std::cell::Cell<u32> as "bpftime_agent_alloc_fork_held";
 }
 
-/// Takes a class lock unless this thread holds them all.
-fn lock(c: &Class) -> bool {
-    if HOLDS_ALL.get() {
-        return false;
+bpftime_tls::initial_exec! {
+    /// The classes whose lock this thread holds or is taking (bit per class), in whichever of
+    /// its flows: set before the lock is taken and cleared after it is released, so that a flow
+    /// interrupting another anywhere in between finds it set (and a flow that finds it set by
+    /// one still waiting goes its own way too, which only costs a mapping).
+    static OWNED: std::cell::Cell<u32> as "bpftime_agent_alloc_owned";
+}
+
+/// How a class was entered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// Its lock taken by this flow: released by [`release`].
+    Locked,
+    /// This thread holds its lock for a `fork`: nothing to take or release.
+    ForkHeld,
+    /// A flow of this thread interrupted inside the lock (a signal handler's allocation): the
+    /// class must not be touched.
+    Reentered,
+}
+
+/// Enters class `ci`: its lock, unless a flow of this thread holds it already.
+fn enter(c: &Class, ci: usize) -> Entry {
+    let bit = 1u32 << ci;
+    if OWNED.get() & bit != 0 {
+        return Entry::Reentered;
     }
+    if FORK_HELD.get() & bit != 0 {
+        return Entry::ForkHeld;
+    }
+    OWNED.set(OWNED.get() | bit);
+    compiler_fence(Ordering::SeqCst);
     c.lock.lock();
-    true
+    Entry::Locked
+}
+
+/// Leaves class `ci` as [`enter`] entered it.
+fn release(c: &Class, ci: usize, entry: Entry) {
+    if entry == Entry::Locked {
+        c.lock.unlock();
+        compiler_fence(Ordering::SeqCst);
+        OWNED.set(OWNED.get() & !(1u32 << ci));
+    }
 }
 
 /// The allocator; `#[global_allocator]` in `lib.rs`.
@@ -100,19 +163,27 @@ impl AgentAlloc {
         AgentAlloc { classes: [const { Class::new() }; CLASSES] }
     }
 
-    /// Takes every lock (before `fork`, so that no lock is held mid-update in the child).
+    /// Takes every lock (before `fork`, so that no lock is held mid-update in the child), but
+    /// those a flow of this thread is inside (a `fork` from a signal handler that interrupted an
+    /// allocation): that flow goes on in the child too, and releases them there.
     pub fn lock_all(&self) {
-        for c in &self.classes {
-            c.lock.lock();
+        let mut held = 0;
+        for (ci, c) in self.classes.iter().enumerate() {
+            if OWNED.get() & (1 << ci) == 0 {
+                c.lock.lock();
+                held |= 1 << ci;
+            }
         }
-        HOLDS_ALL.set(true);
+        FORK_HELD.set(held);
     }
 
     /// Releases what [`AgentAlloc::lock_all`] took (after `fork`, in parent and child).
     pub fn unlock_all(&self) {
-        HOLDS_ALL.set(false);
-        for c in &self.classes {
-            c.lock.unlock();
+        let held = FORK_HELD.replace(0);
+        for (ci, c) in self.classes.iter().enumerate() {
+            if held & (1 << ci) != 0 {
+                c.lock.unlock();
+            }
         }
     }
 }
@@ -155,8 +226,17 @@ unsafe impl GlobalAlloc for AgentAlloc {
         let Some(ci) = class_of(&layout) else { return map(large_len(&layout)) };
         let size = 1usize << (ci as u32 + MIN_SHIFT);
         let c = &self.classes[ci];
-        let locked = lock(c);
-        let head = c.free.load(Ordering::Relaxed);
+        let entry = enter(c, ci);
+        if entry == Entry::Reentered {
+            // Whole pages of its own (a class block's size and alignment at most a page's, or
+            // page multiples beyond), freed to the class like any of its blocks.
+            return map(size.div_ceil(PAGE) * PAGE);
+        }
+        let mut head = c.free.load(Ordering::Relaxed);
+        if head.is_null() {
+            // Blocks freed meanwhile by flows that found the lock held by their own thread.
+            head = c.pending.swap(null_mut(), Ordering::Acquire);
+        }
         let block = if !head.is_null() {
             // SAFETY: a free block's first word holds the next free block (written by dealloc).
             c.free.store(unsafe { *(head as *mut *mut u8) }, Ordering::Relaxed);
@@ -166,9 +246,7 @@ unsafe impl GlobalAlloc for AgentAlloc {
             if next.is_null() || next == c.end.load(Ordering::Relaxed) {
                 next = map(CHUNK);
                 if next.is_null() {
-                    if locked {
-                        c.lock.unlock();
-                    }
+                    release(c, ci, entry);
                     return null_mut();
                 }
                 // SAFETY: the chunk is CHUNK bytes long.
@@ -178,9 +256,7 @@ unsafe impl GlobalAlloc for AgentAlloc {
             c.next.store(unsafe { next.add(size) }, Ordering::Relaxed);
             next
         };
-        if locked {
-            c.lock.unlock();
-        }
+        release(c, ci, entry);
         block
     }
 
@@ -191,14 +267,16 @@ unsafe impl GlobalAlloc for AgentAlloc {
             return;
         };
         let c = &self.classes[ci];
-        let locked = lock(c);
+        let entry = enter(c, ci);
+        if entry == Entry::Reentered {
+            c.push_pending(ptr);
+            return;
+        }
         // SAFETY: the block is ours, at least 16 bytes and 8-aligned; it is free from now on, so
         // its first word can hold the list link.
         unsafe { *(ptr as *mut *mut u8) = c.free.load(Ordering::Relaxed) };
         c.free.store(ptr, Ordering::Relaxed);
-        if locked {
-            c.lock.unlock();
-        }
+        release(c, ci, entry);
     }
 }
 
@@ -230,5 +308,59 @@ mod tests {
             a.dealloc(w, aligned);
             a.dealloc(y, l);
         }
+    }
+
+    /// A flow that interrupts this thread inside a class's lock (a signal handler) allocates and
+    /// frees in that class without waiting for itself; what it freed is used again afterwards.
+    #[test]
+    fn a_flow_inside_a_class_lock_is_not_waited_for() {
+        let a = AgentAlloc::new();
+        let l = Layout::from_size_align(48, 8).unwrap();
+        let ci = class_of(&l).unwrap();
+        let c = &a.classes[ci];
+        // SAFETY: layouts are non-zero; every block is freed with its own layout.
+        unsafe {
+            let outer = a.alloc(l);
+            // What the interrupted flow holds, as a handler landing inside `alloc` finds it.
+            let entry = enter(c, ci);
+            assert!(entry == Entry::Locked);
+            let inner = a.alloc(l);
+            assert!(!inner.is_null() && inner != outer);
+            assert_eq!(inner as usize % PAGE, 0, "a mapping of its own");
+            std::ptr::write_bytes(inner, 3, 48);
+            a.dealloc(inner, l);
+            a.dealloc(outer, l);
+            assert!(c.free.load(Ordering::Relaxed).is_null(), "the class was not touched");
+            release(c, ci, entry);
+            assert_eq!(OWNED.get(), 0);
+            // Both frees are taken back once the lock is free: the last one first.
+            assert_eq!(a.alloc(l), outer);
+            assert_eq!(a.alloc(l), inner);
+        }
+    }
+
+    /// Around a `fork` made by a flow that interrupted an allocation, the class that flow is
+    /// inside is left to it, the others taken.
+    #[test]
+    fn fork_locks_leave_the_class_an_interrupted_flow_holds() {
+        let a = AgentAlloc::new();
+        let l = Layout::from_size_align(100, 8).unwrap();
+        let ci = class_of(&l).unwrap();
+        let entry = enter(&a.classes[ci], ci);
+        a.lock_all();
+        assert_eq!(FORK_HELD.get(), !(1u32 << ci) & ((1 << CLASSES) - 1));
+        // SAFETY: a non-zero layout, freed with its own layout.
+        unsafe {
+            let p = a.alloc(l);
+            assert_eq!(p as usize % PAGE, 0, "a mapping of its own");
+            a.dealloc(p, l);
+            let other = Layout::from_size_align(16, 8).unwrap();
+            let q = a.alloc(other);
+            assert!(!q.is_null());
+            a.dealloc(q, other);
+        }
+        a.unlock_all();
+        release(&a.classes[ci], ci, entry);
+        assert!(a.classes.iter().all(|c| !c.lock.0.load(Ordering::Relaxed)));
     }
 }
