@@ -39,6 +39,8 @@ impl SpinLock {
 
     fn lock(&self) {
         HELD.set(HELD.get() + 1);
+        // (The count before the exchange, for a flow that lands in between.)
+        compiler_fence(Ordering::SeqCst);
         while self.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             std::hint::spin_loop();
             if self.0.load(Ordering::Relaxed) {
@@ -47,8 +49,21 @@ impl SpinLock {
         }
     }
 
+    /// Takes the lock if it is free, without waiting.
+    fn try_lock(&self) -> bool {
+        HELD.set(HELD.get() + 1);
+        compiler_fence(Ordering::SeqCst);
+        let taken = self.0.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        if !taken {
+            HELD.set(HELD.get() - 1);
+        }
+        taken
+    }
+
     fn unlock(&self) {
         self.0.store(false, Ordering::Release);
+        // (The count after the release, for a flow that lands in between.)
+        compiler_fence(Ordering::SeqCst);
         HELD.set(HELD.get() - 1);
     }
 }
@@ -109,47 +124,67 @@ bpftime_tls::initial_exec! {
 }
 
 bpftime_tls::initial_exec! {
-    /// The classes whose lock this thread holds or is taking (bit per class), in whichever of
-    /// its flows: set before the lock is taken and cleared after it is released, so that a flow
-    /// interrupting another anywhere in between finds it set (and a flow that finds it set by
-    /// one still waiting goes its own way too, which only costs a mapping).
+    /// The classes a flow of this thread is in (bit per class): taking its lock, holding it, or
+    /// using the class under the locks taken for a `fork`. Set before and cleared after, so that
+    /// a flow interrupting another anywhere in between finds it set.
     static OWNED: std::cell::Cell<u32> as "bpftime_agent_alloc_owned";
 }
 
+bpftime_tls::initial_exec! {
+    /// The classes whose lock a flow of this thread holds for an allocation (bit per class,
+    /// set once taken, cleared before it is released): what a `fork` made from a signal handler
+    /// cannot wait for.
+    static HOLDING: std::cell::Cell<u32> as "bpftime_agent_alloc_holding";
+}
+
 /// How a class was entered.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Entry {
     /// Its lock taken by this flow: released by [`release`].
     Locked,
-    /// This thread holds its lock for a `fork`: nothing to take or release.
+    /// This thread holds its lock for a `fork`: used without taking it.
     ForkHeld,
-    /// A flow of this thread interrupted inside the lock (a signal handler's allocation): the
-    /// class must not be touched.
-    Reentered,
+    /// Entered again by a flow that interrupted another of this thread in it (a signal
+    /// handler's allocation): with the lock where it was free (the interrupted flow is not
+    /// inside; it may wait for it), else the class must not be touched.
+    Reentered { locked: bool },
 }
 
-/// Enters class `ci`: its lock, unless a flow of this thread holds it already.
+/// Enters class `ci`: its lock, unless a flow of this thread is in it already.
 fn enter(c: &Class, ci: usize) -> Entry {
     let bit = 1u32 << ci;
     if OWNED.get() & bit != 0 {
-        return Entry::Reentered;
-    }
-    if FORK_HELD.get() & bit != 0 {
-        return Entry::ForkHeld;
+        return Entry::Reentered { locked: c.lock.try_lock() };
     }
     OWNED.set(OWNED.get() | bit);
     compiler_fence(Ordering::SeqCst);
+    if FORK_HELD.get() & bit != 0 {
+        return Entry::ForkHeld;
+    }
     c.lock.lock();
+    HOLDING.set(HOLDING.get() | bit);
     Entry::Locked
 }
 
 /// Leaves class `ci` as [`enter`] entered it.
 fn release(c: &Class, ci: usize, entry: Entry) {
-    if entry == Entry::Locked {
-        c.lock.unlock();
-        compiler_fence(Ordering::SeqCst);
-        OWNED.set(OWNED.get() & !(1u32 << ci));
+    let bit = 1u32 << ci;
+    match entry {
+        Entry::Locked => {
+            HOLDING.set(HOLDING.get() & !bit);
+            compiler_fence(Ordering::SeqCst);
+            c.lock.unlock();
+        }
+        Entry::ForkHeld => {}
+        Entry::Reentered { locked } => {
+            if locked {
+                c.lock.unlock();
+            }
+            return;
+        }
     }
+    compiler_fence(Ordering::SeqCst);
+    OWNED.set(OWNED.get() & !bit);
 }
 
 /// The allocator; `#[global_allocator]` in `lib.rs`.
@@ -164,26 +199,41 @@ impl AgentAlloc {
     }
 
     /// Takes every lock (before `fork`, so that no lock is held mid-update in the child), but
-    /// those a flow of this thread is inside (a `fork` from a signal handler that interrupted an
-    /// allocation): that flow goes on in the child too, and releases them there.
+    /// those a flow of this thread holds (a `fork` from a signal handler that interrupted an
+    /// allocation): that flow goes on in the child too, and releases them there. Each class is
+    /// marked as entered while its lock changes hands, so that a flow landing meanwhile does not
+    /// wait for this one.
     pub fn lock_all(&self) {
-        let mut held = 0;
         for (ci, c) in self.classes.iter().enumerate() {
-            if OWNED.get() & (1 << ci) == 0 {
-                c.lock.lock();
-                held |= 1 << ci;
+            let bit = 1u32 << ci;
+            if HOLDING.get() & bit != 0 {
+                continue;
             }
+            let before = OWNED.get() & bit;
+            OWNED.set(OWNED.get() | bit);
+            compiler_fence(Ordering::SeqCst);
+            c.lock.lock();
+            FORK_HELD.set(FORK_HELD.get() | bit);
+            compiler_fence(Ordering::SeqCst);
+            // (A flow this one interrupted while it waited for the lock keeps its mark.)
+            OWNED.set(OWNED.get() & !bit | before);
         }
-        FORK_HELD.set(held);
     }
 
     /// Releases what [`AgentAlloc::lock_all`] took (after `fork`, in parent and child).
     pub fn unlock_all(&self) {
-        let held = FORK_HELD.replace(0);
         for (ci, c) in self.classes.iter().enumerate() {
-            if held & (1 << ci) != 0 {
-                c.lock.unlock();
+            let bit = 1u32 << ci;
+            if FORK_HELD.get() & bit == 0 {
+                continue;
             }
+            let before = OWNED.get() & bit;
+            OWNED.set(OWNED.get() | bit);
+            compiler_fence(Ordering::SeqCst);
+            FORK_HELD.set(FORK_HELD.get() & !bit);
+            c.lock.unlock();
+            compiler_fence(Ordering::SeqCst);
+            OWNED.set(OWNED.get() & !bit | before);
         }
     }
 }
@@ -227,7 +277,7 @@ unsafe impl GlobalAlloc for AgentAlloc {
         let size = 1usize << (ci as u32 + MIN_SHIFT);
         let c = &self.classes[ci];
         let entry = enter(c, ci);
-        if entry == Entry::Reentered {
+        if entry == (Entry::Reentered { locked: false }) {
             // Whole pages of its own (a class block's size and alignment at most a page's, or
             // page multiples beyond), freed to the class like any of its blocks.
             return map(size.div_ceil(PAGE) * PAGE);
@@ -268,7 +318,7 @@ unsafe impl GlobalAlloc for AgentAlloc {
         };
         let c = &self.classes[ci];
         let entry = enter(c, ci);
-        if entry == Entry::Reentered {
+        if entry == (Entry::Reentered { locked: false }) {
             c.push_pending(ptr);
             return;
         }
@@ -336,6 +386,13 @@ mod tests {
             // Both frees are taken back once the lock is free: the last one first.
             assert_eq!(a.alloc(l), outer);
             assert_eq!(a.alloc(l), inner);
+            // A flow that interrupts one still waiting for the lock (or one that left the class
+            // by `siglongjmp`) finds it free: it takes it and uses the class.
+            a.dealloc(inner, l);
+            OWNED.set(1 << ci);
+            assert_eq!(a.alloc(l), inner);
+            assert!(!c.lock.0.load(Ordering::Relaxed) && OWNED.get() == 1 << ci);
+            OWNED.set(0);
         }
     }
 
@@ -349,6 +406,7 @@ mod tests {
         let entry = enter(&a.classes[ci], ci);
         a.lock_all();
         assert_eq!(FORK_HELD.get(), !(1u32 << ci) & ((1 << CLASSES) - 1));
+        assert_eq!(OWNED.get(), 1 << ci, "only the interrupted flow's mark");
         // SAFETY: a non-zero layout, freed with its own layout.
         unsafe {
             let p = a.alloc(l);
@@ -362,5 +420,6 @@ mod tests {
         a.unlock_all();
         release(&a.classes[ci], ci, entry);
         assert!(a.classes.iter().all(|c| !c.lock.0.load(Ordering::Relaxed)));
+        assert_eq!((OWNED.get(), HOLDING.get(), FORK_HELD.get()), (0, 0, 0));
     }
 }

@@ -16,6 +16,17 @@
 //! dispatch functions the stubs call, the leaked handler lists, copying a stub into its fresh
 //! page) and `PtRegs::as_bytes`.
 
+/// `eprintln!` that never panics: std's panics when stderr cannot be written (a closed pipe in
+/// a process that ignores SIGPIPE gives EPIPE), which inside someone else's process would end
+/// our work half done or, across `extern "C"`, abort the process. A message that cannot be
+/// written is dropped. (Defined before the modules, so that it is the `eprintln!` they use.)
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod hook;
 mod landing;
 mod module_code;

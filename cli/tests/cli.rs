@@ -1384,6 +1384,35 @@ fn an_injected_agent_keeps_traps_open_in_threads_that_block_signals_later() {
     }
 }
 
+/// A process whose standard error is a pipe nobody reads any more, that ignores SIGPIPE (as
+/// Python and servers do), with `BPFTIME_VERBOSE` on: what the agent says as it attaches later
+/// fails with EPIPE. It is dropped and the probes count every call. (Before, std's `eprintln!`
+/// panicked on the failed write: the link follower died with the attach half done, and on a
+/// hit's path a panic across `extern "C"` would have aborted the process.)
+#[test]
+fn a_closed_standard_error_loses_messages_not_probes() {
+    let obj = build_example("uprobe_signals");
+    let target = bpftime_tests::clang::build_target("attachable", false);
+    let shm = format!("bpftime-closed-stderr-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
+    let mut child = start_piped(&shm, &target, &[]).env("BPFTIME_VERBOSE", "1").stderr(Stdio::piped()).spawn().unwrap();
+    let (mut input, mut line) = attachable_io(&mut child);
+    drop(child.stderr.take());
+    writeln!(input, "nopipe").unwrap();
+    assert_eq!(line(), "ignored");
+    let out = bpftime_shm(&shm, &["load", obj.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(wait_attached(&shm), "{}", text(&bpftime_shm(&shm, &["link", "list"]).stdout));
+    writeln!(input, "run 1000").unwrap();
+    assert_eq!(line(), "done 500500");
+    drop(input);
+    assert!(child.wait().unwrap().success());
+    let at = signal_stats(&shm);
+    assert_eq!((at(1), at(3)), (500500, 500500));
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+}
+
 /// A process that closes every descriptor it did not open (as daemons do) and gets their
 /// numbers back for a directory of its own, before probes are attached: the agent's held code
 /// cache directory is among them, and it wrote its cache entries into the application's

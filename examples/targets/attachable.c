@@ -12,6 +12,8 @@
 //   drop    gives up root (to nobody); prints "dropped D", D whether it is still dumpable
 //   sleep MS  sleeps MS milliseconds in one nanosleep; prints "slept E", E the milliseconds
 //           that passed (less where a signal handler interrupted the sleep)
+//   nopipe  ignores SIGPIPE (as Python and servers do: a write to a closed pipe then fails
+//           with EPIPE); prints "ignored"
 //   quit    exits 0
 // With the argument `forked`, the process forks first and the child does all this (its parent
 // waits for it and exits with its status).
@@ -145,6 +147,9 @@ int main(int argc, char **argv)
             nanosleep(&want, NULL);
             clock_gettime(CLOCK_MONOTONIC, &t1);
             printf("slept %ld\n", (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+        } else if (strncmp(line, "nopipe", 6) == 0) {
+            signal(SIGPIPE, SIG_IGN);
+            printf("ignored\n");
         } else if (strncmp(line, "quit", 4) == 0) {
             break;
         }

@@ -12,6 +12,17 @@
 //! the kernel has none, see [`pmu`]). Everything else, and every call on fds that are not ours,
 //! goes to the kernel unchanged (as raw system calls, with glibc's errno convention).
 
+/// `eprintln!` that never panics: std's panics when stderr cannot be written (a closed pipe in
+/// a process that ignores SIGPIPE gives EPIPE), which inside someone else's process would end
+/// our work half done or, across `extern "C"`, abort the process. A message that cannot be
+/// written is dropped. (Defined before the modules, so that it is the `eprintln!` they use.)
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod attr;
 #[cfg(test)]
 mod fuzz_tests;

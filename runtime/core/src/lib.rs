@@ -12,6 +12,17 @@
 //! What it is not: it attaches nothing (the `attach` layer does) and makes no bpf() calls but
 //! to run a kernel program that a prog array names ([`kernel_progs`]).
 
+/// `eprintln!` that never panics: std's panics when stderr cannot be written (a closed pipe in
+/// a process that ignores SIGPIPE gives EPIPE), which inside someone else's process would end
+/// our work half done or, across `extern "C"`, abort the process. A message that cannot be
+/// written is dropped. (Defined before the modules, so that it is the `eprintln!` they use.)
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod btfs;
 mod build_id;
 mod desc;

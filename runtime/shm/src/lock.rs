@@ -52,6 +52,8 @@ impl Drop for ShmGuard<'_> {
     fn drop(&mut self) {
         self.lock.owner.store(0, Ordering::Release);
         if self.counted {
+            // (Uncounted only once released, for a signal handler that lands in between.)
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
             HELD.set(HELD.get() - 1);
         }
     }
@@ -107,6 +109,8 @@ impl ShmLock {
         let held = |d: i32| {
             if counted {
                 HELD.set(HELD.get().wrapping_add_signed(d));
+                // (Kept on its side of the exchange, for a signal handler of this thread.)
+                std::sync::atomic::compiler_fence(Ordering::SeqCst);
             }
         };
         let me = crate::ids::process_id();
@@ -176,6 +180,7 @@ impl ShmLock {
         }
         if counted {
             HELD.set(HELD.get() + 1);
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
         }
         if self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             self.count_acquisition();
