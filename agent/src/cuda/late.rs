@@ -197,7 +197,7 @@ pub(crate) fn links_changed(gpu: &Gpu, now: &[bpftime_runtime::links::UprobeLink
     ACTIVE.store(false, Ordering::Release);
     // What the probes counted until now reaches the region before the hooks that would have
     // copied it back at the application's next synchronisation go.
-    super::sync_point();
+    super::sync_all();
     for id in lock(&late.hooks).drain(..) {
         let _ = bpftime_attach::detach(id);
     }

@@ -937,6 +937,7 @@ pub(crate) unsafe fn patched_link_input(kind: std::ffi::c_int, data: *const c_vo
             }
             // A fatbin without PTX for this device (machine code only, as the device
             // runtime's unit) goes in as it is.
+            // SAFETY: the caller's contract: a fat binary, as `cuLinkAddData` takes one.
             INPUT_FATBINARY => match unsafe { driver::read_image(data) } {
                 Image::Fatbin(bytes) => unit_ptx(bytes, Driver::get().and_then(|d| d.compute_capability(d.device())).unwrap_or(u32::MAX))?,
                 _ => return None,
@@ -1122,13 +1123,28 @@ fn after_launch(arena: Option<Arc<Arena>>, stream: Handle) {
     });
 }
 
-/// After the application synchronised (its results are final): the maps of every arena with
-/// launches not copied back yet are copied back now, synchronously.
+/// After the application synchronised (its results are final): the maps of the arena of the
+/// thread's current context (of every context where none is current) with launches not copied
+/// back yet are copied back now, synchronously. Only that context's: the copy waits for the
+/// launches of its blocking streams, and waiting for another device's from here could wait for
+/// good (a kernel there waiting for one this thread has yet to launch, as a collective
+/// operation across devices with a host thread per device does).
 fn sync_point() {
+    copy_back_contexts(|drv| drv.current_context());
+}
+
+/// Every context's maps copied back now (see [`sync_point`]), before the probes go.
+fn sync_all() {
+    copy_back_contexts(|_| None);
+}
+
+/// The arenas of context `only(driver)` (of every context where None) copied back now.
+fn copy_back_contexts(only: impl FnOnce(&Driver) -> Option<Handle>) {
     let Some(gpu) = GPU.get() else { return };
     guarded(|| {
         let drv = Driver::get()?;
-        let arenas: Vec<(usize, Arc<Arena>)> = lock(&gpu.arenas).iter().map(|(c, a)| (*c, a.clone())).collect();
+        let only = only(drv).map(|c| c as usize);
+        let arenas: Vec<(usize, Arc<Arena>)> = lock(&gpu.arenas).iter().filter(|(c, _)| only.is_none_or(|o| **c == o)).map(|(c, a)| (*c, a.clone())).collect();
         for (ctx, a) in arenas {
             copy_back_now(gpu, drv, ctx as Handle, &a);
         }
