@@ -1484,8 +1484,7 @@ fn probes_attach_after_the_process_gives_up_root() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         let slept: u64 = line().strip_prefix("slept ").and_then(|n| n.parse().ok()).unwrap_or(0);
         assert!(slept >= 1500, "forked: {forked}: the sleep was cut short after {slept} ms");
-        let links = text(&bpftime_shm(&shm, &["link", "list"]).stdout);
-        assert!(links.contains("uprobe /proc/self/exe:add (Attached)"), "forked: {forked}: {links}");
+        assert!(wait_attached(&shm), "forked: {forked}: {}", text(&bpftime_shm(&shm, &["link", "list"]).stdout));
         writeln!(input, "run 1000").unwrap();
         assert_eq!(line(), "done 500500");
         drop(input);
@@ -1523,11 +1522,15 @@ fn signal_stats(shm: &str) -> impl Fn(u64) -> u64 {
     move |k: u64| v["entries"].as_array().unwrap().iter().find(|e| e["key"]["u64"] == k).map_or(0, |e| e["value"]["u64"].as_u64().unwrap())
 }
 
-/// Waits (up to 10 s) until a link of region `shm` says it is attached.
+/// Waits (up to 10 s) until every link of region `shm` says it is attached (one attached, the
+/// next may still be on its way: a run started then counted the entries of calls and none of
+/// their returns).
 fn wait_attached(shm: &str) -> bool {
     (0..1000).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(10));
-        text(&bpftime_shm(shm, &["link", "list"]).stdout).contains("(Attached)")
+        let list = text(&bpftime_shm(shm, &["link", "list"]).stdout);
+        let links: Vec<&str> = list.lines().filter(|l| l.starts_with("link ")).collect();
+        !links.is_empty() && links.iter().all(|l| l.contains("(Attached)"))
     })
 }
 
