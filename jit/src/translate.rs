@@ -501,7 +501,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let insns = self.prog.insns();
         // Longer loops are not compiled twice (see `MAX_LOOP_SLOTS`).
         let counted: Vec<_> = counted_loops(insns, start, end).into_iter().filter(|c| c.back_edge - c.head < MAX_LOOP_SLOTS).collect();
-        let walked = if self.prog.walk_checks_on_entry() { walked_loops(insns, start, end) } else { vec![] };
+        let walked = if self.prog.walk_checks_on_entry() { walked_loops(insns, start, end, &|pc| self.prog.is_resolved(pc)) } else { vec![] };
         let observed = if walked.is_empty() && counted.is_empty() { vec![] } else { self.budget_observed() };
         let mut loops = vec![];
         for w in walked {

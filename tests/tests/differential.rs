@@ -76,7 +76,9 @@ fn generated_programs_exercise_proofs() {
         with_proofs += (n > 0) as usize;
         computed += n;
         // Walked loops whose walks are checked once on entry.
-        walks += bpftime_vm::walks::walked_loops(prog.insns(), 0, prog.len()).iter().any(|w| w.walks.iter().any(|a| !prog.access(a.pc).proven)) as usize;
+        walks += bpftime_vm::walks::walked_loops(prog.insns(), 0, prog.len(), &|pc| prog.is_resolved(pc))
+            .iter()
+            .any(|w| w.walks.iter().any(|a| !prog.access(a.pc).proven)) as usize;
         // Accesses into a looked-up value, proven after the null check.
         in_values += (0..prog.len()).filter(|&pc| prog.access(pc).proven && prog.access(pc).target == bpftime_vm::analysis::Target::Memory).count();
     }
@@ -290,7 +292,7 @@ fn walked_loops_end_as_the_interpreter_at_every_length_and_budget() {
     for src in programs {
         let code = assemble(src).unwrap();
         let prog = Arc::new(verify_bytecode(&to_bytecode(&code), Arc::new(test_helpers()), &TestMaps).expect("verifies"));
-        let walked = walked_loops(prog.insns(), 0, prog.len());
+        let walked = walked_loops(prog.insns(), 0, prog.len(), &|pc| prog.is_resolved(pc));
         assert!(walked.iter().any(|w| w.walks.iter().any(|a| !prog.access(a.pc).proven)), "{src}: no unproven walk");
         let interp = Interpreter::new(prog.clone());
         let jit = JitProgram::compile(prog.clone()).unwrap();

@@ -226,7 +226,12 @@ pub fn disassemble_with_proofs(prog: &crate::Program) -> String {
     let (mut proven, mut all, mut on_entry) = (0, 0, 0);
     // Accesses of walked loops, checked once per entry into their loop.
     let walked: Vec<usize> = if prog.walk_checks_on_entry() {
-        prog.functions().iter().flat_map(|f| crate::walks::walked_loops(prog.insns(), f.start, f.end)).flat_map(|w| w.walks).map(|a| a.pc).collect()
+        prog.functions()
+            .iter()
+            .flat_map(|f| crate::walks::walked_loops(prog.insns(), f.start, f.end, &|pc| prog.is_resolved(pc)))
+            .flat_map(|w| w.walks)
+            .map(|a| a.pc)
+            .collect()
     } else {
         vec![]
     };

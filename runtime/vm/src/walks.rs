@@ -324,8 +324,11 @@ enum Value {
 }
 
 /// The walked loops of the function occupying slots `start..end` of `insns` (a verified
-/// program's decoded slots), in slot order.
-pub fn walked_loops(insns: &[Insn], start: usize, end: usize) -> Vec<WalkedLoop> {
+/// program's decoded slots), in slot order. `resolved` says which `lddw` slots hold a map
+/// reference resolved in this process ([`Program::is_resolved`](crate::Program::is_resolved)):
+/// their constants are not the program's (code compiled once runs in other processes, where
+/// they differ), so no entry check rests on them.
+pub fn walked_loops(insns: &[Insn], start: usize, end: usize, resolved: &dyn Fn(usize) -> bool) -> Vec<WalkedLoop> {
     let target = |pc: usize| insns[pc].jump_target(pc).and_then(|t| usize::try_from(t).ok());
     let slots: Vec<usize> = (start..end).filter(|&pc| !matches!(insns[pc], Insn::LddwHigh)).collect();
     // Backward jumps as (target, slot); one candidate per target: the range from it that holds
@@ -347,7 +350,7 @@ pub fn walked_loops(insns: &[Insn], start: usize, end: usize) -> Vec<WalkedLoop>
         }
         Some((head, last))
     });
-    candidates.filter_map(|(head, last)| walked_loop(insns, &slots, start, head, last)).collect()
+    candidates.filter_map(|(head, last)| walked_loop(insns, &slots, start, head, last, resolved)).collect()
 }
 
 /// Slot after `pc` (an `lddw` takes two).
@@ -359,7 +362,7 @@ fn falls_through(insn: &Insn) -> bool {
     !matches!(insn, Insn::Ja { .. } | Insn::Exit)
 }
 
-fn walked_loop(insns: &[Insn], slots: &[usize], start: usize, head: usize, last: usize) -> Option<WalkedLoop> {
+fn walked_loop(insns: &[Insn], slots: &[usize], start: usize, head: usize, last: usize, resolved: &dyn Fn(usize) -> bool) -> Option<WalkedLoop> {
     let target = |pc: usize| insns[pc].jump_target(pc).and_then(|t| usize::try_from(t).ok());
     let inside = |pc: usize| (head..=last).contains(&pc);
     // Shape: no backward jump out of it, no call; where edges from outside come in.
@@ -390,10 +393,18 @@ fn walked_loop(insns: &[Insn], slots: &[usize], start: usize, head: usize, last:
     entries.dedup();
     // One of them is the loop's entry; the others (clang jumps to a shared `exit` placed
     // inside a loop) must lead out without coming back to it.
-    entries.iter().find_map(|&entry| walked_from(insns, slots, head, last, entry, &entries))
+    entries.iter().find_map(|&entry| walked_from(insns, slots, head, last, entry, &entries, resolved))
 }
 
-fn walked_from(insns: &[Insn], slots: &[usize], head: usize, last: usize, entry: usize, entries: &[usize]) -> Option<WalkedLoop> {
+fn walked_from(
+    insns: &[Insn],
+    slots: &[usize],
+    head: usize,
+    last: usize,
+    entry: usize,
+    entries: &[usize],
+    resolved: &dyn Fn(usize) -> bool,
+) -> Option<WalkedLoop> {
     let target = |pc: usize| insns[pc].jump_target(pc).and_then(|t| usize::try_from(t).ok());
     let inside = |pc: usize| (head..=last).contains(&pc);
     // Iteration order: `entry..=last`, then `head..entry`.
@@ -477,7 +488,7 @@ fn walked_from(insns: &[Insn], slots: &[usize], head: usize, last: usize, entry:
             Insn::Alu { width: Width::W64, op: AluOp::Sub, dst, src: Operand::Imm(i) } => {
                 sum(get(dst)).and_then(|a| a.plus_constant(-(i as i64))).map_or(Value::Unknown, Value::Sum)
             }
-            Insn::Lddw { kind: LddwKind::Imm64, lo, hi, .. } => {
+            Insn::Lddw { kind: LddwKind::Imm64, lo, hi, .. } if !resolved(pc) => {
                 EntrySum::constant(((hi as u32 as u64) << 32 | lo as u32 as u64) as i64).map_or(Value::Unknown, Value::Sum)
             }
             _ => Value::Unknown,
@@ -581,7 +592,7 @@ mod tests {
 
     fn walked(src: &str) -> Vec<WalkedLoop> {
         let insns = decode(&assemble(src).unwrap()).unwrap();
-        walked_loops(&insns, 0, insns.len())
+        walked_loops(&insns, 0, insns.len(), &|_| false)
     }
 
     fn r(n: u8) -> Reg {
@@ -610,6 +621,18 @@ mod tests {
             _ => 0,
         };
         assert_eq!(l.iterations_going_on(&entry), Some(3));
+    }
+
+    /// A base made from an `lddw` constant is walked where the constant is the program's, not
+    /// where it is a map reference resolved in this process: code compiled once runs in
+    /// processes where that constant differs, and its entry check would test this one's.
+    #[test]
+    fn no_walk_rests_on_a_resolved_map_reference() {
+        let src = "r3 = 0\nif r3 > r2 goto +6\nr4 = 0x100 ll\nr4 += r3\n*(u8 *)(r4 + 0) = 0\nr3 += 1\ngoto -7\nexit";
+        let insns = decode(&assemble(src).unwrap()).unwrap();
+        let at_store = |found: &[WalkedLoop]| found.iter().flat_map(|l| &l.walks).find(|w| w.pc == 5).map(|w| w.base.constant);
+        assert_eq!(at_store(&walked_loops(&insns, 0, insns.len(), &|_| false)), Some(0x100));
+        assert_eq!(at_store(&walked_loops(&insns, 0, insns.len(), &|pc| pc == 2)), None);
     }
 
     #[test]
