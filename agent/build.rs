@@ -31,6 +31,17 @@ fn main() {
         .status()
         .unwrap_or_else(|e| panic!("{cc}: {e}"));
     assert!(status.success(), "{cc} failed to build {}", audit.display());
+    // Its code is linked as one section of its own (the range Syscall User Dispatch lets
+    // through, bounded by the linker's __start_/__stop_ symbols, already resolved), renamed
+    // `.text` afterwards: debuggers and symbolisers expect one (gdb attaching to any process
+    // the library was loaded into failed with "sect_index_text not initialized"; bpftrace's
+    // `ustack` warned that it could not read its symbols).
+    let renamed = ["objcopy", "llvm-objcopy", "llvm-objcopy-14"]
+        .iter()
+        .any(|tool| Command::new(tool).args(["--rename-section", "bpftime_audit_text=.text"]).arg(&audit).status().is_ok_and(|s| s.success()));
+    if !renamed {
+        println!("cargo:warning=objcopy not found: libbpftime_audit.so keeps its code in a section debuggers do not read");
+    }
     // OUT_DIR is <target>/<profile>/build/<crate>-<hash>/out: the agent is written to
     // <target>/<profile> (and deps/ below it), where `$ORIGIN` will look.
     let profile_dir = out.ancestors().nth(3).expect("OUT_DIR is inside the target folder");

@@ -18,7 +18,7 @@
 //
 // It is loaded into a namespace of its own and uses no C library: system calls are made
 // directly; everything runs in the section `bpftime_audit_text`, the range dispatch lets
-// through. Nothing here may call a function the compiler would take from libc (memcpy).
+// through (renamed `.text` once linked, for debuggers: see build.rs). Nothing here may call a function the compiler would take from libc (memcpy).
 
 #define AT_TEXT __attribute__((section("bpftime_audit_text"), used, noinline))
 #define AT_TEXT_INLINE __attribute__((section("bpftime_audit_text"), always_inline)) inline

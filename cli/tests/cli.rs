@@ -1384,6 +1384,41 @@ fn an_injected_agent_keeps_traps_open_in_threads_that_block_signals_later() {
     }
 }
 
+/// The audit library `bpftime start` loads into every process keeps its code in `.text`, as
+/// debuggers and symbolisers expect: gdb attaching to a process under bpftime stopped with an
+/// internal error ("sect_index_text not initialized", gdb 13) and bpftrace's `ustack` warned
+/// it could not read the library's symbols. With gdb installed, it attaches and lists the
+/// library.
+#[test]
+fn a_debugger_attaches_to_a_process_under_bpftime() {
+    use object::{Object, ObjectSection};
+    let audit = std::path::Path::new(env!("CARGO_BIN_EXE_bpftime")).with_file_name("libbpftime_audit.so");
+    let bytes = std::fs::read(&audit).unwrap();
+    let elf = object::File::parse(&*bytes).unwrap();
+    let dot_text = elf.section_by_name(".text").expect("a .text section");
+    let code: u64 = elf.sections().filter(|s| s.kind() == object::SectionKind::Text).map(|s| s.size()).sum();
+    assert!(dot_text.size() > 0 && dot_text.size() == code, "all of its code in .text");
+    if !Command::new("gdb").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return eprintln!("skipped the debugger: no gdb");
+    }
+    let target = bpftime_tests::clang::build_target("attachable", false);
+    let shm = format!("bpftime-gdb-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
+    let mut child = start_piped(&shm, &target, &[]).spawn().unwrap();
+    let (mut input, mut line) = attachable_io(&mut child);
+    // The target is the child of `bpftime start`.
+    let pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap().trim().to_string();
+    let out = Command::new("timeout").args(["60", "gdb", "-nx", "-batch", "-p", &pid, "-ex", "info sharedlibrary"]).output().unwrap();
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && !said.contains("internal-error") && said.contains("libbpftime_audit.so"), "{:?}: {said}", out.status);
+    writeln!(input, "run 10").unwrap();
+    assert_eq!(line(), "done 55", "the process goes on after the debugger left");
+    drop(input);
+    assert!(child.wait().unwrap().success());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+}
+
 /// A process whose standard error is a pipe nobody reads any more, that ignores SIGPIPE (as
 /// Python and servers do), with `BPFTIME_VERBOSE` on: what the agent says as it attaches later
 /// fails with EPIPE. It is dropped and the probes count every call. (Before, std's `eprintln!`
