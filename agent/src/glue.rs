@@ -784,6 +784,7 @@ fn watch_links(mut seen: u32, running: &std::sync::atomic::AtomicBool) {
     running.store(true, std::sync::atomic::Ordering::Release);
     let mut detached: std::collections::VecDeque<(u32, std::time::Instant)> = Default::default();
     let mut libraries = crate::libraries::generation();
+    let mut said_left_out = 0;
     loop {
         let wait = if detached.is_empty() { interval } else { interval.min(bpftime_shm::RETIRE_GRACE) };
         region.wait_for_table_change(seen, wait);
@@ -816,6 +817,14 @@ fn watch_links(mut seen: u32, running: &std::sync::atomic::AtomicBool) {
         }
         for addr in std::panic::catch_unwind(bpftime_attach::yield_to_foreign_breakpoints).unwrap_or_default() {
             eprintln!("bpftime: a breakpoint not ours (a kernel uprobe?) was placed over the probe at {addr:#x}; the function has its own first bytes back there, and bpftime's probes that ran through them stop in this process");
+        }
+        let left_out = bpftime_attach::syscalls::threads_left_out();
+        if left_out > said_left_out {
+            said_left_out = left_out;
+            eprintln!(
+                "bpftime: {left_out} thread(s) of pid {} took a thread pointer of their own (arch_prctl ARCH_SET_FS, as Go's runtime does without cgo): their system calls are no longer traced",
+                std::process::id()
+            );
         }
     }
 }

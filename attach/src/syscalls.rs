@@ -57,6 +57,8 @@ pub trait SyscallHandler: Send + Sync {
 
 const PR_SET_SYSCALL_USER_DISPATCH: libc::c_int = 59;
 const PR_SYS_DISPATCH_ON: libc::c_ulong = 1;
+/// arch_prctl(2)'s code that sets the thread pointer (FS base).
+const ARCH_SET_FS: u64 = 0x1002;
 /// `si_code` of a SIGSYS sent by Syscall User Dispatch.
 const SYS_USER_DISPATCH: libc::c_int = 2;
 /// Size of the allowed range: the restorer, a copy of the routine that makes the application's
@@ -932,7 +934,53 @@ fn on_signal_stack(addr: u64, ss: &libc::stack_t) -> bool {
     ss.ss_flags & libc::SS_DISABLE == 0 && addr >= lo && addr - lo < ss.ss_size as u64
 }
 
+/// Whether this thread's thread pointer is glibc's (its thread control block starts with a
+/// pointer to itself, and holds another at 16 bytes: `tcbhead_t`'s `tcb` and `self`), read
+/// without any thread-local of ours: a runtime with thread-locals of its own (Go's without cgo)
+/// points it elsewhere, where ours are out of reach.
+fn libc_thread_pointer() -> bool {
+    let (tcb, me): (u64, u64);
+    // SAFETY: reads two words at the thread pointer, which the thread's runtime keeps mapped
+    // (the code that set it reads its own thread-locals there).
+    unsafe { std::arch::asm!("mov {}, qword ptr fs:[0]", "mov {}, qword ptr fs:[16]", out(reg) tcb, out(reg) me, options(nostack, readonly, preserves_flags)) };
+    tcb != 0 && tcb == me
+}
+
+/// Leaves this thread out of system call interception for good, from its SIGSYS handler, with
+/// no thread-local of ours (see [`libc_thread_pointer`]): dispatch off (by the allowed range's
+/// copy of the call routine, which the kernel lets through by its address), and the call made
+/// again natively when the handler returns.
+fn leave_interception(g: &mut [i64; 23]) {
+    // SAFETY: prctl(2) PR_SYS_DISPATCH_OFF takes no pointers.
+    unsafe { app_syscall(libc::SYS_prctl as u64, [PR_SET_SYSCALL_USER_DISPATCH as u64, 0, 0, 0, 0, 0]) };
+    g[libc::REG_RIP as usize] -= 2;
+    FOREIGN_THREADS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Threads left out of interception because their thread pointer is not (or was about to stop
+/// being) glibc's.
+static FOREIGN_THREADS: AtomicU64 = AtomicU64::new(0);
+
+/// How many threads left system call interception because they took a thread pointer of their
+/// own (`arch_prctl(ARCH_SET_FS)`, as Go's runtime does without cgo): their calls are no longer
+/// seen (said in `BPFTIME_VERBOSE`).
+pub fn threads_left_out() -> u64 {
+    FOREIGN_THREADS.load(Ordering::Relaxed)
+}
+
 extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // A thread running on a thread pointer of its own cannot run our code (its thread-locals
+    // are read through it): it goes on without interception. (SIGSYS has no other source that
+    // such a thread would meet: a seccomp filter's goes to the application's handler, which
+    // reads no thread-local of ours either way.)
+    if !libc_thread_pointer() {
+        // SAFETY: the kernel passes valid siginfo and ucontext to an SA_SIGINFO handler.
+        let (code, uc) = unsafe { ((*info).si_code, &mut *(ctx as *mut libc::ucontext_t)) };
+        if code == SYS_USER_DISPATCH {
+            leave_interception(&mut uc.uc_mcontext.gregs);
+        }
+        return;
+    }
     // Our own calls from here on go to the kernel.
     let selector = hook::selector();
     // SAFETY: this thread's selector byte.
@@ -974,6 +1022,16 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     let site = (g[libc::REG_RIP as usize] as u64).wrapping_sub(2);
     let mut regs = PtRegs::from_gregs(g);
     let nr = regs.orig_ax;
+    // A thread about to take a thread pointer of its own (Go's runtime without cgo, at its
+    // start) could not run our code once its call is made (our thread-locals are read through
+    // it): it makes the call natively and goes on without interception, its site left as it
+    // is. (The kernel's tracepoints see this call and those after it; we do not.)
+    if nr == libc::SYS_arch_prctl as u64 && regs.di == ARCH_SET_FS {
+        // SAFETY: restoring the byte we saved, before the thread pointer changes.
+        unsafe { selector.write(was) };
+        leave_interception(g);
+        return;
+    }
     // Our work on the thread's handler stack: the signal may have landed on a small stack (a
     // goroutine's, or a signal stack). The call itself in the application's own context
     // (through a jump at the site, or a gadget), or back where the signal landed with the

@@ -1793,6 +1793,22 @@ fn vfork_spawn_and_failed_execve_keep_their_semantics_and_report_their_exits() {
     }
 }
 
+/// A thread that takes a thread pointer of its own (`own_tls.c`: arch_prctl ARCH_SET_FS, as
+/// Go's runtime does in a program built without cgo) and makes raw calls with it: our code
+/// cannot run on it (our thread-locals are read through that pointer), so the thread leaves
+/// interception at that call and goes on natively. Before, the process died of SIGSEGV in our
+/// dispatch right after the call (an unmodified Go program built with `-linkmode external` and
+/// no cgo did too, under bpftrace counting system calls). The calls before it are still seen.
+#[test]
+fn a_thread_with_a_thread_pointer_of_its_own_runs_on_untraced() {
+    for engine in ["jit", "interp"] {
+        let (stdout, stderr) = syscount_run(engine, "own_tls", "5");
+        assert_eq!(stdout, "xxxxx\nwrote 5\n", "{engine}: {stderr}");
+        // Its arch_prctl(ARCH_GET_FS) through libc, before.
+        assert_eq!(syscount_of(&stderr, 158), 1, "{engine}: {stderr}");
+    }
+}
+
 /// A `vfork` child killed while a call our code made for it blocks (it runs on its parent's
 /// thread-locals, and died before our code put them back): the parent goes on with its own
 /// state, so its later calls, at sites never seen before (`getppid`) and its `wait4`, are all

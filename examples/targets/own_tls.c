@@ -1,0 +1,40 @@
+// A program that gives its thread a thread pointer of its own (arch_prctl ARCH_SET_FS), as
+// Go's runtime does in a program built without cgo, makes raw system calls with it (no libc:
+// libc's thread-locals are out of reach), then puts glibc's back and goes on with libc.
+// Usage: own_tls N   (writes N bytes "x" with its own thread pointer, then "wrote N")
+#include <asm/prctl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static long raw3(long nr, long a, long b, long c)
+{
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    return ret;
+}
+
+// Its own thread-local block, as Go's m0.tls.
+static unsigned long block[64];
+
+__attribute__((noinline, no_stack_protector)) static long with_own_thread_pointer(unsigned long glibc, int n)
+{
+    long written = 0;
+    raw3(SYS_arch_prctl, ARCH_SET_FS, (long)&block[32], 0);
+    for (int i = 0; i < n; i++)
+        written += raw3(SYS_write, 1, (long)"x", 1);
+    raw3(SYS_arch_prctl, ARCH_SET_FS, (long)glibc, 0);
+    return written;
+}
+
+int main(int argc, char **argv)
+{
+    int n = argc > 1 ? atoi(argv[1]) : 10;
+    unsigned long glibc = 0;
+    if (syscall(SYS_arch_prctl, ARCH_GET_FS, &glibc) != 0)
+        return 1;
+    long written = with_own_thread_pointer(glibc, n);
+    printf("\nwrote %ld\n", written);
+    return 0;
+}
