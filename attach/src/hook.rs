@@ -2412,6 +2412,32 @@ fn emit_probe_call(
         None => a.mov(qword_ptr(rsp + pt::IP), 0i32)?,
     }
     a.mov(rbx, rsp)?;
+    // A thread whose thread pointer is not glibc's (Go's runtime in a program built without
+    // cgo gives its threads one of their own) cannot run our code, whose thread-locals are read
+    // through it: its hit runs no handler, the probed code goes on as if it had none. glibc's
+    // thread control block starts with a pointer to itself and holds another at 16 bytes. Only
+    // in stubs that go on to the probed code by themselves: an entry or a mid-function point's
+    // (`ip`), a patched return site's. (A call whose return address was replaced began on a
+    // thread that could run us, and only our thread-locals know where it returns; a rewritten
+    // system call site's stub goes where its dispatcher says, and such a thread never had one
+    // rewritten: it makes its calls without interception.)
+    let mut joined = a.create_label();
+    if ip.is_some() || f == return_site_dispatch as *const () as u64 {
+        let mut native = a.create_label();
+        let mut foreign = a.create_label();
+        a.mov(rax, qword_ptr(0u64).fs())?;
+        a.test(rax, rax)?;
+        a.je(foreign)?;
+        a.cmp(rax, qword_ptr(16u64).fs())?;
+        a.je(native)?;
+        a.set_label(&mut foreign)?;
+        if point == PointKind::FunctionEntry {
+            // Not overridden (zero, as the dispatcher answers): the function runs (see below).
+            a.xor(eax, eax)?;
+        }
+        a.jmp(joined)?;
+        a.set_label(&mut native)?;
+    }
     let handler_stacks = if stack == HitStack::Agent { handler_stacks() } else { None };
     if let Some(h) = handler_stacks {
         emit_handler_stack_switch(a, h.maker)?;
@@ -2441,6 +2467,7 @@ fn emit_probe_call(
         // user, the byte found written to the sink beside it (no flags: they may be live).
         a.mov(byte_ptr(r12 * 4 + thread_slots().stack_in_use).fs(), r12b)?;
     }
+    a.set_label(&mut joined)?;
     if point == PointKind::Return {
         // Where to go on, in the frame's last word (just below the final rsp, where signal
         // frames never go: the kernel skips the 128-byte red zone), so that no register has to
@@ -3225,6 +3252,18 @@ pub fn run_as_hit(f: impl FnOnce(usize)) {
         f(level);
         leave(before);
     }
+}
+
+/// Whether this thread's thread pointer is glibc's (its thread control block starts with a
+/// pointer to itself, and holds another at 16 bytes: `tcbhead_t`'s `tcb` and `self`), read
+/// without any thread-local of ours: a runtime with thread-locals of its own (Go's without cgo)
+/// points it elsewhere, where ours are out of reach.
+pub(crate) fn libc_thread_pointer() -> bool {
+    let (tcb, me): (u64, u64);
+    // SAFETY: reads two words at the thread pointer, which the thread's runtime keeps mapped
+    // (the code that set it reads its own thread-locals there).
+    unsafe { std::arch::asm!("mov {}, qword ptr fs:[0]", "mov {}, qword ptr fs:[16]", out(reg) tcb, out(reg) me, options(nostack, readonly, preserves_flags)) };
+    tcb != 0 && tcb == me
 }
 
 /// Whether this thread's current flow is running a probe handler or the agent's own work.

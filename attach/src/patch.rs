@@ -154,8 +154,10 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
     if let Some(s) = rip.checked_sub(1).and_then(slot_at) {
         let site = s.trap_site.load(Ordering::Relaxed);
         if site != 0 {
-            // A probe kept as an int3: its handlers run here, in the trapped thread's flow.
-            if crate::hook::trap_hit(site, &mut uc.uc_mcontext.gregs) {
+            // A probe kept as an int3: its handlers run here, in the trapped thread's flow (not
+            // on a thread pointer of its own, where our thread-locals are out of reach: see
+            // `hook::libc_thread_pointer`).
+            if crate::hook::libc_thread_pointer() && crate::hook::trap_hit(site, &mut uc.uc_mcontext.gregs) {
                 return; // overridden: the thread returns to its caller
             }
         } else {

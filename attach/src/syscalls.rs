@@ -934,20 +934,8 @@ fn on_signal_stack(addr: u64, ss: &libc::stack_t) -> bool {
     ss.ss_flags & libc::SS_DISABLE == 0 && addr >= lo && addr - lo < ss.ss_size as u64
 }
 
-/// Whether this thread's thread pointer is glibc's (its thread control block starts with a
-/// pointer to itself, and holds another at 16 bytes: `tcbhead_t`'s `tcb` and `self`), read
-/// without any thread-local of ours: a runtime with thread-locals of its own (Go's without cgo)
-/// points it elsewhere, where ours are out of reach.
-fn libc_thread_pointer() -> bool {
-    let (tcb, me): (u64, u64);
-    // SAFETY: reads two words at the thread pointer, which the thread's runtime keeps mapped
-    // (the code that set it reads its own thread-locals there).
-    unsafe { std::arch::asm!("mov {}, qword ptr fs:[0]", "mov {}, qword ptr fs:[16]", out(reg) tcb, out(reg) me, options(nostack, readonly, preserves_flags)) };
-    tcb != 0 && tcb == me
-}
-
 /// Leaves this thread out of system call interception for good, from its SIGSYS handler, with
-/// no thread-local of ours (see [`libc_thread_pointer`]): dispatch off (by the allowed range's
+/// no thread-local of ours (see [`hook::libc_thread_pointer`]): dispatch off (by the allowed range's
 /// copy of the call routine, which the kernel lets through by its address), and the call made
 /// again natively when the handler returns.
 fn leave_interception(g: &mut [i64; 23]) {
@@ -973,7 +961,7 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // are read through it): it goes on without interception. (SIGSYS has no other source that
     // such a thread would meet: a seccomp filter's goes to the application's handler, which
     // reads no thread-local of ours either way.)
-    if !libc_thread_pointer() {
+    if !hook::libc_thread_pointer() {
         // SAFETY: the kernel passes valid siginfo and ucontext to an SA_SIGINFO handler.
         let (code, uc) = unsafe { ((*info).si_code, &mut *(ctx as *mut libc::ucontext_t)) };
         if code == SYS_USER_DISPATCH {

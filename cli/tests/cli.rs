@@ -1803,9 +1803,21 @@ fn vfork_spawn_and_failed_execve_keep_their_semantics_and_report_their_exits() {
 fn a_thread_with_a_thread_pointer_of_its_own_runs_on_untraced() {
     for engine in ["jit", "interp"] {
         let (stdout, stderr) = syscount_run(engine, "own_tls", "5");
-        assert_eq!(stdout, "xxxxx\nwrote 5\n", "{engine}: {stderr}");
+        assert_eq!(stdout, "xxxxx\nwrote 5 sums 15 15\n", "{engine}: {stderr}");
         // Its arch_prctl(ARCH_GET_FS) through libc, before.
         assert_eq!(syscount_of(&stderr, 158), 1, "{engine}: {stderr}");
+    }
+    // Probes on a function it calls there: those calls run as without probes (our handlers
+    // cannot run on such a thread), the calls on glibc's thread pointer are counted at both
+    // ends. Before, the process died of SIGSEGV at the first hit (as an unmodified Go program
+    // built without cgo did under `bpftrace -e 'uprobe:...:os.Remove'`).
+    let obj = build_example("uprobe_signals");
+    let target = bpftime_tests::clang::build_target("own_tls", false);
+    let out = bpftime(&["run", obj.to_str().unwrap(), "--", target.to_str().unwrap(), "100"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && stdout.ends_with("wrote 100 sums 5050 5050\n"), "{stdout}{stderr}");
+    for (key, want) in [(0, 100), (1, 5050), (2, 100), (3, 5050)] {
+        assert!(stderr.contains(&format!("  {key} => {want}\n")), "key {key}: {stderr}");
     }
 }
 
