@@ -655,19 +655,73 @@ fn audit_with(agent: &Path) -> Option<String> {
     })
 }
 
+/// `program` as a path: as given where it holds a `/`, else found in `PATH`.
+fn program_path(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        Some(PathBuf::from(program))
+    } else {
+        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
+    }
+}
+
 /// Whether `program` (a path, or a name looked up in `PATH`) is an ELF executable without a
 /// program interpreter (`PT_INTERP`): statically linked, so that no `LD_PRELOAD` reaches it.
 fn statically_linked(program: &str) -> bool {
-    let path = if program.contains('/') {
-        Some(std::path::PathBuf::from(program))
-    } else {
-        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
-    };
-    let Some(data) = path.and_then(|p| std::fs::read(p).ok()) else { return false };
+    let Some(data) = program_path(program).and_then(|p| std::fs::read(p).ok()) else { return false };
     let Ok(elf) = object::read::elf::ElfFile64::<object::Endianness>::parse(&*data) else { return false };
     use object::read::elf::ProgramHeader;
     let endian = elf.endian();
     !elf.elf_program_headers().iter().any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
+}
+
+/// Bytes of static TLS that the libraries `program` loads at its start take (those marked
+/// `DF_STATIC_TLS`: initial-exec thread-locals, as Rust's dylibs and sanitizer runtimes have),
+/// each rounded up to its alignment; the libraries as its dynamic loader lists them
+/// (`ld.so --list`, which loads them without running any of their code). 0 where unknown.
+fn static_tls_of_libraries(program: &str) -> usize {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let elf_of = |path: &Path| std::fs::read(path).ok();
+    let Some(path) = program_path(program) else { return 0 };
+    let Some(exe) = elf_of(&path) else { return 0 };
+    let Ok(file) = object::read::elf::ElfFile64::<object::Endianness>::parse(&*exe) else { return 0 };
+    let endian = file.endian();
+    let interp = file.elf_program_headers().iter().find(|ph| ph.p_type(endian) == object::elf::PT_INTERP).and_then(|ph| ph.data(endian, &*exe).ok());
+    let Some(interp) = interp.map(|i| String::from_utf8_lossy(i).trim_end_matches('\0').to_string()) else { return 0 };
+    let Ok(out) = std::process::Command::new(&interp).arg("--list").arg(&path).stderr(std::process::Stdio::null()).output() else { return 0 };
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let libraries = listed.lines().filter_map(|l| l.split_once("=> ")?.1.rsplit_once(" (").map(|(p, _)| PathBuf::from(p.trim())));
+    libraries
+        .filter_map(|lib| {
+            let data = elf_of(&lib)?;
+            let header = object::elf::FileHeader64::<object::Endianness>::parse(&*data).ok()?;
+            let endian = header.endian().ok()?;
+            let headers = header.program_headers(endian, &*data).ok()?;
+            // DT_FLAGS (30) with DF_STATIC_TLS (0x10), in the dynamic segment's (tag, value) pairs.
+            let dynamic = headers.iter().find(|ph| ph.p_type(endian) == object::elf::PT_DYNAMIC)?.data(endian, &*data).ok()?;
+            let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+            let static_tls = dynamic.chunks_exact(16).any(|e| word(&e[..8]) == 30 && word(&e[8..]) & 0x10 != 0);
+            let tls = headers.iter().find(|ph| ph.p_type(endian) == object::elf::PT_TLS)?;
+            static_tls.then(|| (tls.p_memsz(endian) as usize).next_multiple_of((tls.p_align(endian) as usize).max(1)))
+        })
+        .sum()
+}
+
+/// `GLIBC_TUNABLES` for a command started with the audit library: with an audit library,
+/// glibc sets up the thread-locals before it loads the program's libraries, so those whose
+/// thread-locals must be static (initial-exec) take them from the small room it keeps
+/// (`glibc.rtld.optional_static_tls`, 512 bytes by default, about 1.6 KiB in all), and the
+/// program failed to start ("cannot allocate memory in static TLS block": rustc, whose driver
+/// library takes 23 KiB). The room is made what the program's own libraries take, and at least
+/// 32 KiB for the programs it runs (each thread's block holds it; untouched, it costs address
+/// space). A value the environment gives is kept.
+fn tunables_for_static_tls(program: &str) -> Option<String> {
+    const KEY: &str = "glibc.rtld.optional_static_tls=";
+    let now = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if now.split(':').any(|t| t.starts_with(KEY)) {
+        return None;
+    }
+    let room = 512 + static_tls_of_libraries(program).max(32 << 10);
+    Some(if now.is_empty() { format!("{KEY}{room}") } else { format!("{now}:{KEY}{room}") })
 }
 
 /// `command` with the agent preloaded (after any LD_PRELOAD already set), its start's
@@ -687,6 +741,9 @@ pub(crate) fn agent_command(agent: &Path, command: &[String]) -> std::process::C
     cmd.args(&command[1..]).env("LD_PRELOAD", preload_with(agent)).env("BPFTIME_EXEC_UNTRACED", "bpftime");
     if let Some(audit) = audit_with(agent) {
         cmd.env("LD_AUDIT", audit);
+        if let Some(tunables) = tunables_for_static_tls(&command[0]) {
+            cmd.env("GLIBC_TUNABLES", tunables);
+        }
     }
     cmd
 }

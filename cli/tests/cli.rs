@@ -1419,6 +1419,31 @@ fn a_debugger_attaches_to_a_process_under_bpftime() {
     let _ = bpftime_shm(&shm, &["shm", "remove"]);
 }
 
+/// A program whose library has initial-exec thread-locals (`DF_STATIC_TLS`, as Rust's dylibs
+/// and sanitizer runtimes have) starts under `bpftime start`: with an audit library glibc sets
+/// up the thread-locals before it loads the program's libraries, which then take static ones
+/// from a small reserve; the reserve is now sized for the program's libraries (64 KiB here).
+/// Before, it did not start ("cannot allocate memory in static TLS block", exit 127; rustc
+/// too, whose driver library takes 23 KiB).
+#[test]
+fn a_program_whose_libraries_have_static_thread_locals_starts() {
+    let dir = std::env::temp_dir().join(format!("bpftime-static-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("lib.c"), "__thread char big[65536];\nint touch(int i) { big[i] += 1; return big[i]; }\n").unwrap();
+    std::fs::write(dir.join("main.c"), "#include <stdio.h>\nint touch(int);\nint main(void) { printf(\"touched %d\\n\", touch(5)); return 0; }\n").unwrap();
+    let cc = |args: &[&str]| assert!(Command::new("cc").current_dir(&dir).args(args).status().unwrap().success(), "cc {args:?}");
+    cc(&["-shared", "-fPIC", "-O2", "-ftls-model=initial-exec", "lib.c", "-o", "libbigtls.so"]);
+    let rpath = format!("-Wl,-rpath,{}", dir.display());
+    cc(&["-O2", "main.c", "-L.", "-lbigtls", &rpath, "-o", "bigtls"]);
+    let shm = format!("bpftime-static-tls-{}", std::process::id());
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
+    let out = bpftime_shm(&shm, &["start", "--", dir.join("bigtls").to_str().unwrap()]);
+    assert!(out.status.success() && text(&out.stdout) == "touched 1\n", "{:?}: {}{}", out.status, text(&out.stdout), text(&out.stderr));
+    let _ = bpftime_shm(&shm, &["shm", "remove"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A process whose standard error is a pipe nobody reads any more, that ignores SIGPIPE (as
 /// Python and servers do), with `BPFTIME_VERBOSE` on: what the agent says as it attaches later
 /// fails with EPIPE. It is dropped and the probes count every call. (Before, std's `eprintln!`
