@@ -676,34 +676,72 @@ fn statically_linked(program: &str) -> bool {
 
 /// Bytes of static TLS that the libraries `program` loads at its start take (those marked
 /// `DF_STATIC_TLS`: initial-exec thread-locals, as Rust's dylibs and sanitizer runtimes have),
-/// each rounded up to its alignment; the libraries as its dynamic loader lists them
-/// (`ld.so --list`, which loads them without running any of their code). 0 where unknown.
+/// each rounded up to its alignment. The libraries are found as the dynamic loader would
+/// (each object's `DT_NEEDED` in its run paths, `LD_LIBRARY_PATH`, the folders of
+/// /etc/ld.so.conf.d, the system's), in this process: a helper process (`ld.so --list`) would
+/// be a second child of ours. One not found counts nothing.
 fn static_tls_of_libraries(program: &str) -> usize {
+    let Some(exe) = program_path(program) else { return 0 };
+    let mut folders: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let configured = std::fs::read_dir("/etc/ld.so.conf.d").into_iter().flatten().flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok());
+    folders.extend(configured.flat_map(|c| c.lines().map(str::trim).filter(|l| l.starts_with('/')).map(PathBuf::from).collect::<Vec<_>>()));
+    folders.extend(["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"].map(PathBuf::from));
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![exe];
+    let mut total = 0;
+    while let Some(path) = todo.pop() {
+        if !seen.insert(path.clone()) || seen.len() > 512 {
+            continue;
+        }
+        let Some(object) = std::fs::read(&path).ok().and_then(|d| loaded_object(&d)) else { continue };
+        total += object.static_tls;
+        let origin = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let run_paths: Vec<PathBuf> =
+            object.run_paths.iter().flat_map(|r| r.split(':').map(|d| PathBuf::from(d.replace("$ORIGIN", &origin.to_string_lossy())))).collect();
+        for name in object.needed {
+            if let Some(found) = run_paths.iter().chain(&folders).map(|d| d.join(&name)).find(|f| f.is_file()) {
+                todo.push(found);
+            }
+        }
+    }
+    total
+}
+
+/// What [`static_tls_of_libraries`] reads of an ELF object.
+struct LoadedObject {
+    needed: Vec<String>,
+    run_paths: Vec<String>,
+    /// Its thread-locals' size rounded up to their alignment, where they must be static.
+    static_tls: usize,
+}
+
+/// The dependencies, run paths and static thread-locals of 64-bit ELF `data`.
+fn loaded_object(data: &[u8]) -> Option<LoadedObject> {
     use object::read::elf::{FileHeader, ProgramHeader};
-    let elf_of = |path: &Path| std::fs::read(path).ok();
-    let Some(path) = program_path(program) else { return 0 };
-    let Some(exe) = elf_of(&path) else { return 0 };
-    let Ok(file) = object::read::elf::ElfFile64::<object::Endianness>::parse(&*exe) else { return 0 };
-    let endian = file.endian();
-    let interp = file.elf_program_headers().iter().find(|ph| ph.p_type(endian) == object::elf::PT_INTERP).and_then(|ph| ph.data(endian, &*exe).ok());
-    let Some(interp) = interp.map(|i| String::from_utf8_lossy(i).trim_end_matches('\0').to_string()) else { return 0 };
-    let Ok(out) = std::process::Command::new(&interp).arg("--list").arg(&path).stderr(std::process::Stdio::null()).output() else { return 0 };
-    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-    let libraries = listed.lines().filter_map(|l| l.split_once("=> ")?.1.rsplit_once(" (").map(|(p, _)| PathBuf::from(p.trim())));
-    libraries
-        .filter_map(|lib| {
-            let data = elf_of(&lib)?;
-            let header = object::elf::FileHeader64::<object::Endianness>::parse(&*data).ok()?;
-            let endian = header.endian().ok()?;
-            let headers = header.program_headers(endian, &*data).ok()?;
-            // DT_FLAGS (30) with DF_STATIC_TLS (0x10), in the dynamic segment's (tag, value) pairs.
-            let dynamic = headers.iter().find(|ph| ph.p_type(endian) == object::elf::PT_DYNAMIC)?.data(endian, &*data).ok()?;
-            let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-            let static_tls = dynamic.chunks_exact(16).any(|e| word(&e[..8]) == 30 && word(&e[8..]) & 0x10 != 0);
-            let tls = headers.iter().find(|ph| ph.p_type(endian) == object::elf::PT_TLS)?;
-            static_tls.then(|| (tls.p_memsz(endian) as usize).next_multiple_of((tls.p_align(endian) as usize).max(1)))
-        })
-        .sum()
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let headers = header.program_headers(endian, data).ok()?;
+    let segment = |kind: object::elf::ProgramType| headers.iter().find(|ph| ph.p_type(endian) == kind);
+    let dynamic = segment(object::elf::PT_DYNAMIC).and_then(|ph| ph.data(endian, data).ok()).unwrap_or_default();
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    let entries: Vec<(u64, u64)> = dynamic.chunks_exact(16).map(|e| (word(&e[..8]), word(&e[8..]))).take_while(|&(tag, _)| tag != 0).collect();
+    // DT_STRTAB (5) is an address: the file offset of the segment that maps it.
+    let strtab_at = entries.iter().find(|&&(tag, _)| tag == 5).map(|&(_, v)| v)?;
+    let strtab = headers.iter().filter(|ph| ph.p_type(endian) == object::elf::PT_LOAD).find_map(|ph| {
+        let (vaddr, size, offset) = (ph.p_vaddr(endian), ph.p_filesz(endian), ph.p_offset(endian));
+        (strtab_at >= vaddr && strtab_at < vaddr + size).then(|| (strtab_at - vaddr + offset) as usize)
+    })?;
+    let string = |at: u64| {
+        let from = data.get(strtab.checked_add(at as usize)?..)?;
+        Some(String::from_utf8_lossy(&from[..from.iter().position(|&b| b == 0)?]).into_owned())
+    };
+    // DT_NEEDED 1, DT_RPATH 15, DT_RUNPATH 29, DT_FLAGS 30 (DF_STATIC_TLS 0x10).
+    let strings = |kind: u64| entries.iter().filter(|&&(tag, _)| tag == kind).filter_map(|&(_, v)| string(v)).collect::<Vec<_>>();
+    let static_flag = entries.iter().any(|&(tag, v)| tag == 30 && v & 0x10 != 0);
+    let tls = segment(object::elf::PT_TLS).map(|ph| (ph.p_memsz(endian) as usize).next_multiple_of((ph.p_align(endian) as usize).max(1)));
+    let mut run_paths = strings(29);
+    run_paths.extend(strings(15));
+    Some(LoadedObject { needed: strings(1), run_paths, static_tls: if static_flag { tls.unwrap_or(0) } else { 0 } })
 }
 
 /// `GLIBC_TUNABLES` for a command started with the audit library: with an audit library,
