@@ -1440,6 +1440,16 @@ fn a_program_whose_libraries_have_static_thread_locals_starts() {
     assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
     let out = bpftime_shm(&shm, &["start", "--", dir.join("bigtls").to_str().unwrap()]);
     assert!(out.status.success() && text(&out.stdout) == "touched 1\n", "{:?}: {}{}", out.status, text(&out.stdout), text(&out.stderr));
+    // The room is no larger where the libraries do not need it: a thread asking for a 32 KiB
+    // stack (each thread's block holds the room) starts as without us.
+    std::fs::write(
+        dir.join("small.c"),
+        "#include <pthread.h>\n#include <stdio.h>\nstatic void *run(void *a) { return a; }\nint main(void) { pthread_attr_t at; pthread_t t; pthread_attr_init(&at); pthread_attr_setstacksize(&at, 32768); int rc = pthread_create(&t, &at, run, NULL); if (rc == 0) pthread_join(t, NULL); printf(\"created %d\\n\", rc); return 0; }\n",
+    )
+    .unwrap();
+    cc(&["-O2", "small.c", "-o", "small", "-lpthread"]);
+    let out = bpftime_shm(&shm, &["start", "--", dir.join("small").to_str().unwrap()]);
+    assert_eq!(text(&out.stdout), "created 0\n", "{}", text(&out.stderr));
     let _ = bpftime_shm(&shm, &["shm", "remove"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
