@@ -38,9 +38,6 @@ impl SpinLock {
     }
 
     fn lock(&self) {
-        HELD.set(HELD.get() + 1);
-        // (The count before the exchange, for a flow that lands in between.)
-        compiler_fence(Ordering::SeqCst);
         while self.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             std::hint::spin_loop();
             if self.0.load(Ordering::Relaxed) {
@@ -51,32 +48,19 @@ impl SpinLock {
 
     /// Takes the lock if it is free, without waiting.
     fn try_lock(&self) -> bool {
-        HELD.set(HELD.get() + 1);
-        compiler_fence(Ordering::SeqCst);
-        let taken = self.0.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok();
-        if !taken {
-            HELD.set(HELD.get() - 1);
-        }
-        taken
+        self.0.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
     fn unlock(&self) {
         self.0.store(false, Ordering::Release);
-        // (The count after the release, for a flow that lands in between.)
-        compiler_fence(Ordering::SeqCst);
-        HELD.set(HELD.get() - 1);
     }
 }
 
-bpftime_tls::initial_exec! {
-    /// Class locks this thread holds or waits for.
-    static HELD: std::cell::Cell<u32> as "bpftime_agent_alloc_locks_held";
-}
-
-/// Whether this thread holds (or waits for) one of the allocator's locks, in any of its flows:
-/// work of ours a signal handler left by `siglongjmp` then left it held for good.
+/// Whether this thread holds (or waits for) one of the allocator's locks, in any of its flows
+/// (a class it is in, or the locks it took for a `fork`): work of ours a signal handler left by
+/// `siglongjmp` then left it held for good.
 pub fn held_by_this_thread() -> bool {
-    HELD.get() != 0
+    OWNED.get() != 0 || FORK_HELD.get() != 0
 }
 
 /// One size class: a free list of blocks (the next pointer in each free block's first word),
@@ -372,8 +356,9 @@ mod tests {
         unsafe {
             let outer = a.alloc(l);
             // What the interrupted flow holds, as a handler landing inside `alloc` finds it.
+            assert!(!held_by_this_thread());
             let entry = enter(c, ci);
-            assert!(entry == Entry::Locked);
+            assert!(entry == Entry::Locked && held_by_this_thread());
             let inner = a.alloc(l);
             assert!(!inner.is_null() && inner != outer);
             assert_eq!(inner as usize % PAGE, 0, "a mapping of its own");
@@ -383,6 +368,7 @@ mod tests {
             assert!(c.free.load(Ordering::Relaxed).is_null(), "the class was not touched");
             release(c, ci, entry);
             assert_eq!(OWNED.get(), 0);
+            assert!(!held_by_this_thread());
             // Both frees are taken back once the lock is free: the last one first.
             assert_eq!(a.alloc(l), outer);
             assert_eq!(a.alloc(l), inner);
@@ -421,5 +407,6 @@ mod tests {
         release(&a.classes[ci], ci, entry);
         assert!(a.classes.iter().all(|c| !c.lock.0.load(Ordering::Relaxed)));
         assert_eq!((OWNED.get(), HOLDING.get(), FORK_HELD.get()), (0, 0, 0));
+        assert!(!held_by_this_thread());
     }
 }

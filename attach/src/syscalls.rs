@@ -951,7 +951,7 @@ static FOREIGN_THREADS: AtomicU64 = AtomicU64::new(0);
 
 /// How many threads left system call interception because they took a thread pointer of their
 /// own (`arch_prctl(ARCH_SET_FS)`, as Go's runtime does without cgo): their calls are no longer
-/// seen (said in `BPFTIME_VERBOSE`).
+/// seen (the agent's link follower says so on stderr).
 pub fn threads_left_out() -> u64 {
     FOREIGN_THREADS.load(Ordering::Relaxed)
 }
