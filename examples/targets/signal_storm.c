@@ -33,9 +33,16 @@ int main(int argc, char **argv)
         return 1;
     struct itimerval every = { { 0, 200 }, { 0, 200 } }, off = { { 0, 0 }, { 0, 0 } };
     setitimer(ITIMER_REAL, &every, NULL);
-    time_t end = time(NULL) + seconds;
+    // A monotonic clock, to the nanosecond: time(NULL) + 1 ends at the next second's turn,
+    // which may be a few milliseconds away.
+    struct timespec now, end;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    end.tv_sec += seconds;
     char c;
-    while (time(NULL) < end) {
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > end.tv_sec || (now.tv_sec == end.tv_sec && now.tv_nsec >= end.tv_nsec))
+            break;
         struct timespec t = { 0, 50000 };
         nanosleep(&t, NULL);
         if (write(p[1], "y", 1) != 1 || read(p[0], &c, 1) != 1)
