@@ -149,6 +149,11 @@ pub extern "C" fn bpftime_agent_syscall_instruction() -> u64 {
     bpftime_attach::syscalls::allowed_syscall_instruction()
 }
 
+// `execve`, `posix_spawn` and kin, wrapped: what the traced program starts gets the room for
+// static thread-locals its libraries need under the audit library (rustc under `cargo build`).
+// Worked out as our own work: no probe or system call program sees its reads.
+bpftime_launch::exec_wrappers!(bpftime_attach::without_probes);
+
 /// `dlopen`, wrapped: after the real one loads a library, pending probes on it are attached.
 ///
 /// # Safety

@@ -642,7 +642,7 @@ fn preload_with(lib: &Path) -> String {
 /// run its system call programs on; see `agent/early/audit.c`), then whatever it already names.
 /// None when the library is missing.
 fn audit_with(agent: &Path) -> Option<String> {
-    let lib = agent.with_file_name("libbpftime_audit.so");
+    let lib = agent.with_file_name(bpftime_launch::AUDIT_LIBRARY);
     if !lib.exists() {
         return None;
     }
@@ -655,119 +655,23 @@ fn audit_with(agent: &Path) -> Option<String> {
     })
 }
 
-/// `program` as a path: as given where it holds a `/`, else found in `PATH`.
-fn program_path(program: &str) -> Option<PathBuf> {
-    if program.contains('/') {
-        Some(PathBuf::from(program))
-    } else {
-        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
-    }
-}
-
 /// Whether `program` (a path, or a name looked up in `PATH`) is an ELF executable without a
 /// program interpreter (`PT_INTERP`): statically linked, so that no `LD_PRELOAD` reaches it.
 fn statically_linked(program: &str) -> bool {
-    let Some(data) = program_path(program).and_then(|p| std::fs::read(p).ok()) else { return false };
+    let Some(data) = bpftime_launch::program_path(program.as_ref()).and_then(|p| std::fs::read(p).ok()) else { return false };
     let Ok(elf) = object::read::elf::ElfFile64::<object::Endianness>::parse(&*data) else { return false };
     use object::read::elf::ProgramHeader;
     let endian = elf.endian();
     !elf.elf_program_headers().iter().any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
 }
 
-/// Bytes of static TLS that the libraries `program` loads at its start take (those marked
-/// `DF_STATIC_TLS`: initial-exec thread-locals, as Rust's dylibs and sanitizer runtimes have),
-/// each rounded up to its alignment. The libraries are found as the dynamic loader would
-/// (each object's `DT_NEEDED` in its run paths, `LD_LIBRARY_PATH`, the folders of
-/// /etc/ld.so.conf.d, the system's), in this process: a helper process (`ld.so --list`) would
-/// be a second child of ours. One not found counts nothing.
-fn static_tls_of_libraries(program: &str) -> usize {
-    let Some(exe) = program_path(program) else { return 0 };
-    let mut folders: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    let configured = std::fs::read_dir("/etc/ld.so.conf.d").into_iter().flatten().flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok());
-    folders.extend(configured.flat_map(|c| c.lines().map(str::trim).filter(|l| l.starts_with('/')).map(PathBuf::from).collect::<Vec<_>>()));
-    folders.extend(["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"].map(PathBuf::from));
-    let mut seen = std::collections::HashSet::new();
-    let mut todo = vec![exe];
-    let mut total = 0;
-    while let Some(path) = todo.pop() {
-        if !seen.insert(path.clone()) || seen.len() > 512 {
-            continue;
-        }
-        let Some(object) = std::fs::read(&path).ok().and_then(|d| loaded_object(&d)) else { continue };
-        total += object.static_tls;
-        let origin = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let run_paths: Vec<PathBuf> =
-            object.run_paths.iter().flat_map(|r| r.split(':').map(|d| PathBuf::from(d.replace("$ORIGIN", &origin.to_string_lossy())))).collect();
-        for name in object.needed {
-            if let Some(found) = run_paths.iter().chain(&folders).map(|d| d.join(&name)).find(|f| f.is_file()) {
-                todo.push(found);
-            }
-        }
-    }
-    total
-}
-
-/// What [`static_tls_of_libraries`] reads of an ELF object.
-struct LoadedObject {
-    needed: Vec<String>,
-    run_paths: Vec<String>,
-    /// Its thread-locals' size rounded up to their alignment, where they must be static.
-    static_tls: usize,
-}
-
-/// The dependencies, run paths and static thread-locals of 64-bit ELF `data`.
-fn loaded_object(data: &[u8]) -> Option<LoadedObject> {
-    use object::read::elf::{FileHeader, ProgramHeader};
-    let header = object::elf::FileHeader64::<object::Endianness>::parse(data).ok()?;
-    let endian = header.endian().ok()?;
-    let headers = header.program_headers(endian, data).ok()?;
-    let segment = |kind: object::elf::ProgramType| headers.iter().find(|ph| ph.p_type(endian) == kind);
-    let dynamic = segment(object::elf::PT_DYNAMIC).and_then(|ph| ph.data(endian, data).ok()).unwrap_or_default();
-    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-    let entries: Vec<(u64, u64)> = dynamic.chunks_exact(16).map(|e| (word(&e[..8]), word(&e[8..]))).take_while(|&(tag, _)| tag != 0).collect();
-    // DT_STRTAB (5) is an address: the file offset of the segment that maps it.
-    let strtab_at = entries.iter().find(|&&(tag, _)| tag == 5).map(|&(_, v)| v)?;
-    let strtab = headers.iter().filter(|ph| ph.p_type(endian) == object::elf::PT_LOAD).find_map(|ph| {
-        let (vaddr, size, offset) = (ph.p_vaddr(endian), ph.p_filesz(endian), ph.p_offset(endian));
-        (strtab_at >= vaddr && strtab_at < vaddr + size).then(|| (strtab_at - vaddr + offset) as usize)
-    })?;
-    let string = |at: u64| {
-        let from = data.get(strtab.checked_add(at as usize)?..)?;
-        Some(String::from_utf8_lossy(&from[..from.iter().position(|&b| b == 0)?]).into_owned())
-    };
-    // DT_NEEDED 1, DT_RPATH 15, DT_RUNPATH 29, DT_FLAGS 30 (DF_STATIC_TLS 0x10).
-    let strings = |kind: u64| entries.iter().filter(|&&(tag, _)| tag == kind).filter_map(|&(_, v)| string(v)).collect::<Vec<_>>();
-    let static_flag = entries.iter().any(|&(tag, v)| tag == 30 && v & 0x10 != 0);
-    let tls = segment(object::elf::PT_TLS).map(|ph| (ph.p_memsz(endian) as usize).next_multiple_of((ph.p_align(endian) as usize).max(1)));
-    let mut run_paths = strings(29);
-    run_paths.extend(strings(15));
-    Some(LoadedObject { needed: strings(1), run_paths, static_tls: if static_flag { tls.unwrap_or(0) } else { 0 } })
-}
-
-/// `GLIBC_TUNABLES` for a command started with the audit library: with an audit library,
-/// glibc sets up the thread-locals before it loads the program's libraries, so those whose
-/// thread-locals must be static (initial-exec) take them from the small room it keeps
-/// (`glibc.rtld.optional_static_tls`, 512 bytes by default, about 1.6 KiB in all), and the
-/// program failed to start ("cannot allocate memory in static TLS block": rustc, whose driver
-/// library takes 23 KiB). Where the program's own libraries take more than the default room
-/// holds, the room is made what they take; no more: every thread's block holds it, and a thread
-/// asking for a small stack (Python's `threading.stack_size(32768)`) would not start. (Programs
-/// it runs inherit the value: one whose libraries take more does not start, as before.) A value
-/// the environment gives is kept.
+/// `GLIBC_TUNABLES` for `program` started with the audit library, where its libraries need a
+/// larger room for static thread-locals than glibc keeps (see `bpftime_launch`); None where the
+/// environment's does.
 fn tunables_for_static_tls(program: &str) -> Option<String> {
-    const KEY: &str = "glibc.rtld.optional_static_tls=";
-    /// What the default room holds besides libc's own (measured: 1,000 bytes load, 2,000 do not).
-    const HELD_BY_DEFAULT: usize = 1024;
-    let now = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if now.split(':').any(|t| t.starts_with(KEY)) {
-        return None;
-    }
-    let need = static_tls_of_libraries(program);
-    if need <= HELD_BY_DEFAULT {
-        return None;
-    }
-    let room = 512 + need;
-    Some(if now.is_empty() { format!("{KEY}{room}") } else { format!("{now}:{KEY}{room}") })
+    let exe = bpftime_launch::program_path(program.as_ref())?;
+    let need = bpftime_launch::static_tls_of_libraries(&exe, std::env::var_os("LD_LIBRARY_PATH").as_deref());
+    bpftime_launch::tunables_for(std::env::var("GLIBC_TUNABLES").ok().as_deref(), need)
 }
 
 /// `command` with the agent preloaded (after any LD_PRELOAD already set), its start's

@@ -1422,9 +1422,11 @@ fn a_debugger_attaches_to_a_process_under_bpftime() {
 /// A program whose library has initial-exec thread-locals (`DF_STATIC_TLS`, as Rust's dylibs
 /// and sanitizer runtimes have) starts under `bpftime start`: with an audit library glibc sets
 /// up the thread-locals before it loads the program's libraries, which then take static ones
-/// from a small reserve; the reserve is now sized for the program's libraries (64 KiB here).
+/// from a small reserve; the reserve is now sized for the program's libraries (64 KiB here),
+/// also where a traced program starts it, each way libc has (as `cargo build` starts rustc).
 /// Before, it did not start ("cannot allocate memory in static TLS block", exit 127; rustc
-/// too, whose driver library takes 23 KiB).
+/// too, whose driver library takes 23 KiB; and rustc under `cargo build` until the agent
+/// wrapped the execs).
 #[test]
 fn a_program_whose_libraries_have_static_thread_locals_starts() {
     let dir = std::env::temp_dir().join(format!("bpftime-static-tls-{}", std::process::id()));
@@ -1440,6 +1442,14 @@ fn a_program_whose_libraries_have_static_thread_locals_starts() {
     assert!(bpftime_shm(&shm, &["shm", "create"]).status.success());
     let out = bpftime_shm(&shm, &["start", "--", dir.join("bigtls").to_str().unwrap()]);
     assert!(out.status.success() && text(&out.stdout) == "touched 1\n", "{:?}: {}{}", out.status, text(&out.stdout), text(&out.stderr));
+    // And where a traced program starts it (as `cargo build` starts rustc), each way libc has:
+    // the agent's exec wrappers size the room for the program started.
+    std::fs::write(dir.join("launch.c"), LAUNCHER).unwrap();
+    cc(&["-O2", "launch.c", "-o", "launch"]);
+    let out = bpftime_shm(&shm, &["start", "--", dir.join("launch").to_str().unwrap(), dir.join("bigtls").to_str().unwrap()]);
+    let ways = ["posix_spawn", "posix_spawnp", "execve", "execv", "execvp", "execvpe", "fexecve", "vfork", "system"];
+    let expected: String = ways.iter().map(|w| format!("touched 1\n{w} 0\n")).collect();
+    assert_eq!(text(&out.stdout), expected, "{}", text(&out.stderr));
     // The room is no larger where the libraries do not need it: a thread asking for a 32 KiB
     // stack (each thread's block holds the room) starts as without us.
     std::fs::write(
@@ -1453,6 +1463,52 @@ fn a_program_whose_libraries_have_static_thread_locals_starts() {
     let _ = bpftime_shm(&shm, &["shm", "remove"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A program that starts `argv[1]` (a path) each way libc has, waits for it and prints each
+/// way's exit status.
+const LAUNCHER: &str = r#"#define _GNU_SOURCE
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char **environ;
+int main(int argc, char **argv) {
+    const char *ways[] = {"posix_spawn", "posix_spawnp", "execve", "execv", "execvp", "execvpe", "fexecve", "vfork", "system"};
+    char *args[] = {argv[1], NULL};
+    for (unsigned i = 0; i < sizeof ways / sizeof *ways; i++) {
+        const char *way = ways[i];
+        int status = -1;
+        fflush(stdout);
+        pid_t pid = -1;
+        if (!strcmp(way, "posix_spawn")) {
+            posix_spawn(&pid, argv[1], NULL, NULL, args, environ);
+        } else if (!strcmp(way, "posix_spawnp")) {
+            posix_spawnp(&pid, argv[1], NULL, NULL, args, environ);
+        } else if (!strcmp(way, "system")) {
+            status = system(argv[1]);
+        } else if (!strcmp(way, "vfork")) {
+            if ((pid = vfork()) == 0) {
+                execve(argv[1], args, environ);
+                _exit(126);
+            }
+        } else if ((pid = fork()) == 0) {
+            if (!strcmp(way, "execve")) execve(argv[1], args, environ);
+            if (!strcmp(way, "execv")) execv(argv[1], args);
+            if (!strcmp(way, "execvp")) execvp(argv[1], args);
+            if (!strcmp(way, "execvpe")) execvpe(argv[1], args, environ);
+            if (!strcmp(way, "fexecve")) fexecve(open(argv[1], O_RDONLY | O_CLOEXEC), args, environ);
+            _exit(126);
+        }
+        if (pid > 0)
+            waitpid(pid, &status, 0);
+        printf("%s %d\n", way, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
+    return 0;
+}
+"#;
 
 /// A process whose standard error is a pipe nobody reads any more, that ignores SIGPIPE (as
 /// Python and servers do), with `BPFTIME_VERBOSE` on: what the agent says as it attaches later

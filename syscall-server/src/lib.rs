@@ -76,6 +76,10 @@ extern "C" fn bpftime_server_init() {
 #[unsafe(link_section = ".init_array")]
 static INIT: extern "C" fn() = bpftime_server_init;
 
+// `execve`, `posix_spawn` and kin, wrapped: a program the loader starts with the agent and its
+// audit library (`bpftrace -c CMD`) gets the room for static thread-locals its libraries need.
+bpftime_launch::exec_wrappers!(bpftime_launch::exec::directly);
+
 /// The server, made on first use: the region named by `BPFTIME_SHM` (default `bpftime`),
 /// created when it does not exist.
 fn server() -> Option<&'static Server> {
