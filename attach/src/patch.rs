@@ -201,12 +201,19 @@ fn install_handler() {
             sigaction(libc::SIGTRAP, std::ptr::null(), &mut old);
             crate::signals::own_signal(libc::SIGTRAP, old.sa_sigaction, old.sa_flags);
             sigaction(libc::SIGTRAP, &act, std::ptr::null_mut());
-            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            act.sa_sigaction = on_fixup as *const () as usize;
-            sigaction(fixup_signal(), &act, std::ptr::null_mut());
         }
+        crate::syscalls::install_engine_handler(fixup_signal(), on_fixup as *const () as usize);
     });
     register_sync_core();
+}
+
+/// Installs the fix-up signal's handler again, where it is installed, to return through the
+/// restorer of the system call interception that is starting (see
+/// `syscalls::install_engine_handler`).
+pub(crate) fn fixup_handler_to_own_restorer() {
+    if HANDLER.is_completed() {
+        crate::syscalls::install_engine_handler(fixup_signal(), on_fixup as *const () as usize);
+    }
 }
 
 /// Registers this process for core-serialising barriers (membarrier(2)

@@ -772,14 +772,26 @@ pub fn names_agent(value: &[u8], agent_file: &[u8]) -> bool {
 /// Reads this process's memory at `at` into `buf` without faulting; how many bytes were read
 /// (a read stops at the first unreadable page).
 pub(crate) fn read_own(at: u64, buf: &mut [u8]) -> usize {
+    // SAFETY: raw_syscall's contract, passed on: our calls below.
+    read_own_by(|nr, args| unsafe { raw_syscall(nr as u64, args) }, at, buf)
+}
+
+/// [`read_own`] with our own calls ([`own_call`]): for a thread whose dispatch is on while it
+/// runs a handler of ours with the application's selector. (Not where the thread pointer may
+/// be the application's own: the selector is a thread-local.)
+fn read_own_as_ours(at: u64, buf: &mut [u8]) -> usize {
+    // SAFETY: own_call's contract, passed on: our calls below.
+    read_own_by(|nr, args| unsafe { own_call(nr, args) }, at, buf)
+}
+
+/// [`read_own`], its two system calls made by `call`, which must make them as given.
+fn read_own_by(call: impl Fn(libc::c_long, [u64; 6]) -> u64, at: u64, buf: &mut [u8]) -> usize {
     let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let remote = libc::iovec { iov_base: at as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: getpid(2), then process_vm_readv(2) on ourselves, which writes at most `buf`'s
-    // bytes into it and checks the remote range itself.
-    let got = unsafe {
-        let pid = raw_syscall(libc::SYS_getpid as u64, [0; 6]);
-        raw_syscall(libc::SYS_process_vm_readv as u64, [pid, &local as *const _ as u64, 1, &remote as *const _ as u64, 1, 0])
-    };
+    // getpid(2), then process_vm_readv(2) on ourselves, which writes at most `buf`'s bytes into
+    // it and checks the remote range itself.
+    let pid = call(libc::SYS_getpid, [0; 6]);
+    let got = call(libc::SYS_process_vm_readv, [pid, &local as *const _ as u64, 1, &remote as *const _ as u64, 1, 0]);
     if (got as i64) < 0 {
         0
     } else {
@@ -1674,7 +1686,10 @@ extern "C" fn on_enable(_: libc::c_int, _: *mut libc::siginfo_t, context: *mut l
     // by the handler's return): see `unblock_sigsys`.
     if !context.is_null() {
         // SAFETY: the kernel passes an SA_SIGINFO handler its ucontext_t, writable.
-        unsafe { libc::sigdelset(&mut (*(context as *mut libc::ucontext_t)).uc_sigmask, libc::SIGSYS) };
+        let uc = unsafe { &mut *(context as *mut libc::ucontext_t) };
+        // SAFETY: a valid sigset_t in the context.
+        unsafe { libc::sigdelset(&mut uc.uc_sigmask, libc::SIGSYS) };
+        restart_blocked_call(&mut uc.uc_mcontext.gregs);
     }
     ENABLE_ACKS.fetch_add(1, Ordering::AcqRel);
 }
@@ -1743,15 +1758,147 @@ fn under_valgrind() -> bool {
 /// [`start`]: each is sent a signal whose handler turns it on for itself). Waits up to a second
 /// for them to answer.
 pub fn enable_everywhere() {
-    // SAFETY: a zeroed sigaction is valid; we fill the handler and flags (sigaction(2)).
-    unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = on_enable as *const () as usize;
-        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-        libc::sigemptyset(&mut act.sa_mask);
-        crate::signals::real_sigaction()(enable_signal(), &act, std::ptr::null_mut());
+    install_engine_handler(enable_signal(), on_enable as *const () as usize);
+    let recorded = std::sync::atomic::AtomicUsize::new(0);
+    crate::patch::signal_other_threads(enable_signal(), &ENABLE_ACKS, |tid| {
+        // Where it waits in a call: what the call is, to make it again (see `on_enable`).
+        let at = recorded.load(Ordering::Relaxed);
+        if let (Some(slot), Some(call)) = (BLOCKED.get(at), blocked_call(tid)) {
+            slot.record(tid, call);
+            recorded.store(at + 1, Ordering::Relaxed);
+        }
+        true
+    });
+    for slot in &BLOCKED[..recorded.load(Ordering::Relaxed)] {
+        slot.tid.store(0, Ordering::Release);
     }
-    crate::patch::signal_other_threads(enable_signal(), &ENABLE_ACKS, |_| true);
+}
+
+/// A thread found waiting in a system call as [`enable_everywhere`] signals it: its id, the
+/// call's number, the address after its `syscall` instruction and its six arguments (as
+/// /proc/self/task/TID/syscall gives them); tid 0: a free slot.
+struct BlockedCall {
+    tid: std::sync::atomic::AtomicI32,
+    words: [AtomicU64; 8],
+}
+
+impl BlockedCall {
+    /// A free slot.
+    const fn free() -> Self {
+        BlockedCall { tid: std::sync::atomic::AtomicI32::new(0), words: [const { AtomicU64::new(0) }; 8] }
+    }
+
+    fn record(&self, tid: i32, call: [u64; 8]) {
+        for (word, value) in self.words.iter().zip(call) {
+            word.store(value, Ordering::Relaxed);
+        }
+        self.tid.store(tid, Ordering::Release);
+    }
+}
+
+/// The threads [`enable_everywhere`] found waiting in a call (more: their calls end with EINTR,
+/// as any signal's handler makes them).
+static BLOCKED: [BlockedCall; 64] = [const { BlockedCall::free() }; 64];
+
+/// The call thread `tid` waits in (number, address after the instruction, six arguments), from
+/// /proc/self/task/TID/syscall (proc(5)); None where it runs or cannot be read.
+fn blocked_call(tid: i32) -> Option<[u64; 8]> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(|f| u64::from_str_radix(f.trim_start_matches("0x"), if f.starts_with("0x") { 16 } else { 10 }).ok())
+        .collect::<Option<_>>()?;
+    // nr, six arguments, stack pointer, instruction pointer.
+    let [nr, a0, a1, a2, a3, a4, a5, _sp, pc] = fields[..] else { return None };
+    Some([nr, pc, a0, a1, a2, a3, a4, a5])
+}
+
+/// In [`on_enable`], with the context `g` its signal interrupted: where that was a call this
+/// thread waited in (found by [`enable_everywhere`]) that the signal ended with EINTR, the
+/// context goes back to make the call again, as if no signal had come (the kernel's
+/// tracepoints, attached, never interrupt a call): `epoll_wait`, `poll`, `select`, waits on a
+/// futex, `pause`... A relative timeout starts over (`select` and `ppoll` have theirs updated
+/// by the kernel; `poll`'s and `epoll_wait`'s milliseconds do not change), but for sleeps
+/// (`nanosleep`, a relative `clock_nanosleep`), which keep their EINTR: the caller learns the
+/// time left (glibc's `sleep` returns it, sleep loops go on with it). The call made again is
+/// intercepted like any.
+fn restart_blocked_call(g: &mut [libc::greg_t; 23]) {
+    // SAFETY: gettid(2), by our own instruction (a libc call here would be dispatched).
+    let me = unsafe { own_call(libc::SYS_gettid, [0; 6]) } as i32;
+    let Some(slot) = BLOCKED.iter().find(|s| s.tid.load(Ordering::Acquire) == me) else { return };
+    let w: [u64; 8] = std::array::from_fn(|i| slot.words[i].load(Ordering::Relaxed));
+    let (nr, pc, args) = (w[0], w[1], &w[2..]);
+    let regs = [libc::REG_RDI, libc::REG_RSI, libc::REG_RDX, libc::REG_R10, libc::REG_R8, libc::REG_R9];
+    let same_call =
+        g[libc::REG_RIP as usize] as u64 == pc && g[libc::REG_RAX as usize] as u64 == EINTR && regs.iter().zip(args).all(|(&r, &a)| g[r as usize] as u64 == a);
+    const TIMER_ABSTIME: u64 = 1;
+    let sleep = nr == libc::SYS_nanosleep as u64 || (nr == libc::SYS_clock_nanosleep as u64 && args[1] & TIMER_ABSTIME == 0);
+    let mut insn = [0u8; 2];
+    if !same_call || sleep || read_own_as_ours(pc.wrapping_sub(2), &mut insn) != 2 || insn != [0x0f, 0x05] {
+        return;
+    }
+    g[libc::REG_RIP as usize] = (pc - 2) as i64;
+    g[libc::REG_RAX as usize] = nr as i64;
+}
+
+/// The kernel's `struct sigaction` on x86-64 (rt_sigaction(2)).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// `SA_RESTORER`: `restorer` is the code the handler returns to (it makes `rt_sigreturn`).
+const SA_RESTORER: u64 = 0x0400_0000;
+
+/// Installs `handler` (SA_SIGINFO, SA_RESTART, nothing blocked) for the engine's own signal
+/// `sig` (a fix-up round, turning interception on), returning through our restorer in the
+/// allowed range once interception has started: through libc's, its `rt_sigreturn` would be
+/// dispatched (or go through its rewritten site) and be taken for the application's, a call
+/// the kernel never sees. Before that, libc's restorer does.
+pub(crate) fn install_engine_handler(sig: libc::c_int, handler: usize) {
+    let flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    let restorer = ALLOWED.load(Ordering::Acquire);
+    if restorer == 0 {
+        // SAFETY: a zeroed sigaction is valid; we fill the handler and flags (sigaction(2)).
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = handler;
+            act.sa_flags = flags;
+            libc::sigemptyset(&mut act.sa_mask);
+            crate::signals::real_sigaction()(sig, &act, std::ptr::null_mut());
+        }
+        return;
+    }
+    let act = KernelSigaction { handler, flags: flags as u64 | SA_RESTORER, restorer, mask: 0 };
+    // SAFETY: rt_sigaction(2) with the kernel's struct sigaction layout on x86-64 and an 8-byte
+    // mask; the restorer (the allowed range's first instructions) makes `rt_sigreturn`.
+    unsafe { own_call(libc::SYS_rt_sigaction, [sig as u64, &act as *const KernelSigaction as u64, 0, 8, 0, 0]) };
+}
+
+/// Takes SIGSYS out of the masks of the signal handlers installed before interception started
+/// (behind no wrapper of ours: an injected agent's process, or raw `rt_sigaction`): a handler
+/// that blocks it while it runs (Go's block every signal) makes dispatched calls there, its
+/// own and its return's `rt_sigreturn` through glibc's restorer, and a dispatched call that
+/// finds SIGSYS blocked kills the process. Each action is kept otherwise as it is.
+fn open_sigsys_in_handlers() {
+    for sig in 1..=64u64 {
+        if [libc::SIGKILL, libc::SIGSTOP, libc::SIGSYS].contains(&(sig as libc::c_int)) {
+            continue;
+        }
+        let mut act = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+        // SAFETY: rt_sigaction(2) reading the action into the kernel's struct sigaction layout.
+        let r = unsafe { own_call(libc::SYS_rt_sigaction, [sig, 0, &mut act as *mut KernelSigaction as u64, 8, 0, 0]) };
+        let handled = act.handler != libc::SIG_DFL && act.handler != libc::SIG_IGN;
+        if r != 0 || !handled || act.mask & SIGSYS_BIT == 0 {
+            continue;
+        }
+        act.mask &= !SIGSYS_BIT;
+        // SAFETY: rt_sigaction(2) writing back the action just read, SIGSYS out of its mask.
+        unsafe { own_call(libc::SYS_rt_sigaction, [sig, &act as *const KernelSigaction as u64, 0, 8, 0, 0]) };
+    }
 }
 
 /// Turns dispatch off for the calling thread.
@@ -1791,17 +1938,18 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     ALLOWED.store(page as usize, Ordering::Release);
     // What threads need to have handler stacks, before any stub is made.
     hook::handler_stacks();
+    open_sigsys_in_handlers();
+    // libc's sigaction looked up now, by this thread: a thread that first needs it in a SIGSYS
+    // (its first call at a site installs the fix-up handler) would wait in `dlsym` for the
+    // loader's lock, which a `dlopen` of the agent (`bpftime attach`) holds while its start
+    // waits for that thread's patching lock.
+    let _ = crate::signals::real_sigaction();
+    // The engine's own signals return through our restorer from now on (see
+    // `install_engine_handler`).
+    crate::patch::fixup_handler_to_own_restorer();
     // rt_sigaction(2) directly, to give our own restorer (libc would give its own, outside the
     // allowed range: its rt_sigreturn would be dispatched too). NODEFER: an application signal
     // handler nested in ours returns through a SIGSYS of its own.
-    #[repr(C)]
-    struct KernelSigaction {
-        handler: usize,
-        flags: u64,
-        restorer: usize,
-        mask: u64,
-    }
-    const SA_RESTORER: u64 = 0x0400_0000;
     let act = KernelSigaction {
         handler: on_sigsys as *const () as usize,
         // On the thread's signal stack where it has one (a goroutine's stack has no room for

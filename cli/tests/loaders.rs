@@ -2821,6 +2821,70 @@ fn each_signal_handlers_return_is_seen_once() {
     assert_eq!((enters.get(&15).copied(), exits), (Some(handlers), Some(handlers)), "{ours}");
 }
 
+/// bpftrace (unmodified) attached to a process that is already running, whose threads are
+/// running or waiting then (`busy_threads.c`: three spin, one waits in `epoll_wait` with no
+/// timeout, the main thread calls getppid and waits in `poll` for 5 ms, in turn): each thread
+/// turns interception on for itself in a handler of the agent's signal. That handler's return
+/// is no call of the program's, and the calls it interrupted are made again, as the kernel's
+/// tracepoints, attached, interrupt none: the program's calls are counted, no `rt_sigreturn`
+/// (the program receives no signal; the kernel sees none) and none of its calls ends with
+/// EINTR. Before, each thread the signal reached returned through glibc's restorer, whose
+/// `rt_sigreturn` interception took for the program's (four, one a thread), and the waits ended
+/// with EINTR (the program's loop on `poll` ended there).
+#[test]
+fn attaching_to_running_threads_adds_no_call_of_ours() {
+    let _serial = serial();
+    let Some(bpftrace) = bpftrace_with_tracefs() else { return };
+    let target = build_target("busy_threads", false);
+    let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-late-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-bpftrace-late-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut busy = bpftime(&shm).args(["start", "--"]).arg(&target).arg("3").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(busy.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let log = dir.join("bpftrace");
+    let f = std::fs::File::create(&log).unwrap();
+    let script = r#"tracepoint:raw_syscalls:sys_enter /comm == "busy_threads"/ { @[args->id] = count(); }"#;
+    let mut tool = bpftime(&shm).args(["load", "--"]).arg(&bpftrace).args(["-e", script]).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+    let attached = (0..1000).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let r = bpftime_shm::ShmRegion::open(&shm);
+        r.is_ok_and(|r| {
+            let links = bpftime_runtime::links::list(&r);
+            !links.is_empty() && links.iter().all(|l| l.state == bpftime_runtime::links::LinkState::Attached)
+        })
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(busy.stdin.take());
+    let mut last = String::new();
+    std::io::Read::read_to_string(&mut out, &mut last).unwrap();
+    assert!(busy.wait().unwrap().success());
+    let pid = child_of(tool.id());
+    for _ in 0..30 {
+        // SAFETY: kill(2) on a process we started.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        if (0..40).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tool.try_wait().unwrap().is_some()
+        }) {
+            break;
+        }
+    }
+    tool.wait().unwrap();
+    let ours = std::fs::read_to_string(&log).unwrap();
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(attached, "the links did not attach:\n{ours}");
+    let counts = counts_by_number(&ours, "");
+    assert!(counts.get(&110).is_some_and(|&n| n > 10), "getppid counted:\n{ours}");
+    assert_eq!(counts.get(&15), None, "no rt_sigreturn:\n{ours}");
+    assert!(last.ends_with(" interrupted 0\n"), "no call ended with EINTR: {last}");
+}
+
 /// bpftrace (unmodified) on `raw_syscalls:sys_exit` sees the result the kernel's tracepoint
 /// shows for calls that a signal interrupts, whose handler was installed without SA_RESTART
 /// (`examples/targets/interrupts.c`: read, nanosleep, clock_nanosleep to an absolute time,
