@@ -15,7 +15,7 @@
 //!
 //! Everything a signal handler reads here is an atomic: no locks, no allocation.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Signals are numbered 1 to 64 on Linux.
@@ -54,8 +54,13 @@ fn is_function(h: usize) -> bool {
     h != libc::SIG_DFL && h != libc::SIG_IGN && h != libc::SIG_ERR
 }
 
+/// Deliveries of the application's signals to the wrapper so far (see
+/// `syscalls::restart_blocked_call`: a call one of them may have ended is left ended).
+pub(crate) static APP_SIGNALS: AtomicU64 = AtomicU64::new(0);
+
 /// The kernel's handler for every signal the application handles.
 extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    APP_SIGNALS.fetch_add(1, Ordering::AcqRel);
     if defer(sig, info, ctx) {
         return;
     }

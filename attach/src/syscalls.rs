@@ -881,14 +881,27 @@ fn emulate_sigprocmask(mask: &mut u64, a: [u64; 4]) -> u64 {
 /// installed (`rt_sigprocmask` reads the set through `copy`) and, for the application's calls
 /// (`theirs`; ours set them), their actions kept (an `rt_sigaction` that would change them
 /// only reads them).
-fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut u64, theirs: bool) -> [u64; 6] {
+fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut [u64; 4], theirs: bool) -> [u64; 6] {
     if theirs && nr == libc::SYS_rt_sigaction as u64 && (a[0] == libc::SIGSYS as u64 || a[0] == libc::SIGTRAP as u64) {
         a[1] = 0;
     }
+    // A handler that would block SIGSYS while it runs (Go's runtime installs its handlers with
+    // every signal blocked, by the raw call) blocks none of it: its own calls and its return
+    // are dispatched (the kernel's struct: handler, flags, restorer, mask).
+    if theirs && nr == libc::SYS_rt_sigaction as u64 && a[1] != 0 && a[3] == 8 {
+        let mut act = [0u8; 32];
+        if read_own(a[1], &mut act) == act.len() {
+            *copy = std::array::from_fn(|i| u64::from_ne_bytes(act[i * 8..i * 8 + 8].try_into().unwrap_or_default()));
+            if copy[3] & SIGSYS_BIT != 0 {
+                copy[3] &= !SIGSYS_BIT;
+                a[1] = copy.as_mut_ptr() as u64;
+            }
+        }
+    }
     if nr == libc::SYS_rt_sigprocmask as u64 && a[1] != 0 && (a[0] as i32 == libc::SIG_BLOCK || a[0] as i32 == libc::SIG_SETMASK) {
         // SAFETY: the application's pointer to a sigset, read as the kernel would.
-        *copy = unsafe { (a[1] as *const u64).read_unaligned() } & !(SIGSYS_BIT | SIGTRAP_BIT);
-        a[1] = copy as *mut u64 as u64;
+        copy[0] = unsafe { (a[1] as *const u64).read_unaligned() } & !(SIGSYS_BIT | SIGTRAP_BIT);
+        a[1] = copy.as_mut_ptr() as u64;
     }
     a
 }
@@ -927,7 +940,7 @@ fn make_here(g: &mut [i64; 23], mask: &mut u64, theirs: bool) {
         // in the signal context.
         emulate_sigprocmask(mask, [regs.di, regs.si, regs.dx, regs.r10])
     } else {
-        let mut copy = 0u64;
+        let mut copy = [0u64; 4];
         let args = keep_sigsys_open(nr, [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9], &mut copy, theirs);
         // SAFETY: the application's own call, with its own arguments (a change of our signals'
         // actions left out), from a SIGSYS handler whose selector allows it; it is not one
@@ -1236,7 +1249,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
     // A thread whose calls are not intercepted (one the agent made, starting): not seen.
     if !hook::dispatch_on() && !in_place(nr) {
-        let mut copy = 0u64;
+        let mut copy = [0u64; 4];
         let args = keep_sigsys_open(nr, args, &mut copy, false);
         // SAFETY: the thread's own call and arguments, made with the selector at ALLOW; not one
         // that must run in place.
@@ -1259,7 +1272,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
             });
         } else {
             let before = *regs;
-            let mut copy = 0u64;
+            let mut copy = [0u64; 4];
             let args = keep_sigsys_open(nr, args, &mut copy, true);
             // SAFETY: the application's own call and arguments, made with the selector at
             // ALLOW; not one that must run in place.
@@ -1305,7 +1318,7 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
             regs.r11 = after;
             return true;
         }
-        let mut copy = 0u64;
+        let mut copy = [0u64; 4];
         let args = keep_sigsys_open(nr, args, &mut copy, theirs);
         // SAFETY: the application's own call and arguments, made with the selector at ALLOW;
         // not one that must run in place.
@@ -1759,6 +1772,7 @@ fn under_valgrind() -> bool {
 /// for them to answer.
 pub fn enable_everywhere() {
     install_engine_handler(enable_signal(), on_enable as *const () as usize);
+    ROUND_SIGNALS.store(crate::signals::APP_SIGNALS.load(Ordering::Acquire), Ordering::Release);
     let recorded = std::sync::atomic::AtomicUsize::new(0);
     crate::patch::signal_other_threads(enable_signal(), &ENABLE_ACKS, |tid| {
         // Where it waits in a call: what the call is, to make it again (see `on_enable`).
@@ -1796,6 +1810,10 @@ impl BlockedCall {
     }
 }
 
+/// The application's signal deliveries counted as [`enable_everywhere`] began its round (see
+/// `signals::APP_SIGNALS`).
+static ROUND_SIGNALS: AtomicU64 = AtomicU64::new(0);
+
 /// The threads [`enable_everywhere`] found waiting in a call (more: their calls end with EINTR,
 /// as any signal's handler makes them).
 static BLOCKED: [BlockedCall; 64] = [const { BlockedCall::free() }; 64];
@@ -1813,15 +1831,13 @@ fn blocked_call(tid: i32) -> Option<[u64; 8]> {
     Some([nr, pc, a0, a1, a2, a3, a4, a5])
 }
 
-/// In [`on_enable`], with the context `g` its signal interrupted: where that was a call this
-/// thread waited in (found by [`enable_everywhere`]) that the signal ended with EINTR, the
-/// context goes back to make the call again, as if no signal had come (the kernel's
-/// tracepoints, attached, never interrupt a call): `epoll_wait`, `poll`, `select`, waits on a
-/// futex, `pause`... A relative timeout starts over (`select` and `ppoll` have theirs updated
-/// by the kernel; `poll`'s and `epoll_wait`'s milliseconds do not change), but for sleeps
-/// (`nanosleep`, a relative `clock_nanosleep`), which keep their EINTR: the caller learns the
-/// time left (glibc's `sleep` returns it, sleep loops go on with it). The call made again is
-/// intercepted like any.
+/// In [`on_enable`], with the context `g` its signal interrupted: where that was a wait this
+/// thread was in (found by [`enable_everywhere`]) that the signal ended with EINTR, the context
+/// goes back to make the call again, as if no signal had come (the kernel's tracepoints,
+/// attached, never interrupt a call). Only waits that, made again, wait as before
+/// ([`waits_again`]), and only where no signal of the application's was delivered since the
+/// round began (its handler may have been what ended the call, with an EINTR the program
+/// wants). The call made again is intercepted like any.
 fn restart_blocked_call(g: &mut [libc::greg_t; 23]) {
     // SAFETY: gettid(2), by our own instruction (a libc call here would be dispatched).
     let me = unsafe { own_call(libc::SYS_gettid, [0; 6]) } as i32;
@@ -1831,14 +1847,42 @@ fn restart_blocked_call(g: &mut [libc::greg_t; 23]) {
     let regs = [libc::REG_RDI, libc::REG_RSI, libc::REG_RDX, libc::REG_R10, libc::REG_R8, libc::REG_R9];
     let same_call =
         g[libc::REG_RIP as usize] as u64 == pc && g[libc::REG_RAX as usize] as u64 == EINTR && regs.iter().zip(args).all(|(&r, &a)| g[r as usize] as u64 == a);
-    const TIMER_ABSTIME: u64 = 1;
-    let sleep = nr == libc::SYS_nanosleep as u64 || (nr == libc::SYS_clock_nanosleep as u64 && args[1] & TIMER_ABSTIME == 0);
+    let quiet = crate::signals::APP_SIGNALS.load(Ordering::Acquire) == ROUND_SIGNALS.load(Ordering::Acquire);
     let mut insn = [0u8; 2];
-    if !same_call || sleep || read_own_as_ours(pc.wrapping_sub(2), &mut insn) != 2 || insn != [0x0f, 0x05] {
+    if !same_call || !quiet || !waits_again(nr, args) || read_own_as_ours(pc.wrapping_sub(2), &mut insn) != 2 || insn != [0x0f, 0x05] {
         return;
     }
     g[libc::REG_RIP as usize] = (pc - 2) as i64;
     g[libc::REG_RAX as usize] = nr as i64;
+}
+
+/// Whether call `nr` with arguments `args`, ended by a signal's handler with EINTR, waits as
+/// before when made again: waits for events or signals with no timeout or one the kernel
+/// updates (`select`, `pselect6`, `ppoll`) or an absolute one (`clock_nanosleep` with
+/// TIMER_ABSTIME), or a relative one that starts over (`poll`, `epoll_wait`, `epoll_pwait`,
+/// `epoll_pwait2`, futex waits, `rt_sigtimedwait`). Not relative sleeps (`nanosleep`, a relative
+/// `clock_nanosleep`: EINTR gives the caller the time left, which sleep loops go on with), nor
+/// calls that did something before they were ended (`close` frees its descriptor first).
+fn waits_again(nr: u64, args: &[u64]) -> bool {
+    const TIMER_ABSTIME: u64 = 1;
+    const FUTEX_WAIT: u64 = 0;
+    const FUTEX_WAIT_BITSET: u64 = 9;
+    match nr as libc::c_long {
+        libc::SYS_poll
+        | libc::SYS_ppoll
+        | libc::SYS_select
+        | libc::SYS_pselect6
+        | libc::SYS_epoll_wait
+        | libc::SYS_epoll_pwait
+        | libc::SYS_epoll_pwait2
+        | libc::SYS_pause
+        | libc::SYS_rt_sigsuspend
+        | libc::SYS_rt_sigtimedwait => true,
+        // The command, without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME.
+        libc::SYS_futex => matches!(args[1] & 0x7f, FUTEX_WAIT | FUTEX_WAIT_BITSET),
+        libc::SYS_clock_nanosleep => args[1] & TIMER_ABSTIME != 0,
+        _ => false,
+    }
 }
 
 /// The kernel's `struct sigaction` on x86-64 (rt_sigaction(2)).
@@ -1853,13 +1897,15 @@ struct KernelSigaction {
 /// `SA_RESTORER`: `restorer` is the code the handler returns to (it makes `rt_sigreturn`).
 const SA_RESTORER: u64 = 0x0400_0000;
 
-/// Installs `handler` (SA_SIGINFO, SA_RESTART, nothing blocked) for the engine's own signal
+/// Installs `handler` (SA_SIGINFO, SA_RESTART, SA_ONSTACK, nothing blocked) for the engine's own signal
 /// `sig` (a fix-up round, turning interception on), returning through our restorer in the
 /// allowed range once interception has started: through libc's, its `rt_sigreturn` would be
 /// dispatched (or go through its rewritten site) and be taken for the application's, a call
 /// the kernel never sees. Before that, libc's restorer does.
 pub(crate) fn install_engine_handler(sig: libc::c_int, handler: usize) {
-    let flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // On the thread's signal stack where it has one (a goroutine's stack has no room for the
+    // kernel's signal frame).
+    let flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
     let restorer = ALLOWED.load(Ordering::Acquire);
     if restorer == 0 {
         // SAFETY: a zeroed sigaction is valid; we fill the handler and flags (sigaction(2)).
@@ -1938,7 +1984,6 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     ALLOWED.store(page as usize, Ordering::Release);
     // What threads need to have handler stacks, before any stub is made.
     hook::handler_stacks();
-    open_sigsys_in_handlers();
     // libc's sigaction looked up now, by this thread: a thread that first needs it in a SIGSYS
     // (its first call at a site installs the fix-up handler) would wait in `dlsym` for the
     // loader's lock, which a `dlopen` of the agent (`bpftime attach`) holds while its start
@@ -1991,5 +2036,8 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     // unwinding (pthread_atfork(3)).
     unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(after_fork_in_child)) };
     ACTIVE.store(true, Ordering::Release);
+    // (After: from now on the handlers installed through the wrapper or intercepted calls have
+    // it taken out of their masks as they are installed.)
+    open_sigsys_in_handlers();
     Ok(())
 }

@@ -4,8 +4,10 @@
 //! given; otherwise the call goes on as it was made.
 //!
 //! glibc's `execl`, `execle` and `execlp` (variadic, which stable Rust cannot define) and
-//! `system`/`popen` (a shell, whose libraries need nothing) make their `execve` inside libc and
-//! are not wrapped.
+//! `system`/`popen` (a shell, whose own `execve` is wrapped) make their `execve` inside libc
+//! and are not wrapped. Nothing is allocated for an environment that does not name our audit
+//! library; one made in a `vfork` child whose exec succeeds stays in its parent's heap (a few
+//! hundred bytes per such exec).
 
 use crate::{program_path, static_tls_of_libraries, tunables_for, AUDIT_LIBRARY};
 pub use std::ffi::{c_char, c_int, c_void};
@@ -41,9 +43,25 @@ impl ExecEnvironment {
 /// `program` is null or a NUL-terminated string; `envp` is null or a NULL-terminated array of
 /// NUL-terminated strings (as execve(2) takes them), neither changed while this runs.
 pub unsafe fn environment_for_exec(program: *const c_char, search: bool, envp: *const *const c_char) -> Option<ExecEnvironment> {
-    if program.is_null() || envp.is_null() {
+    if program.is_null() {
         return None;
     }
+    // SAFETY: the caller's contract: a NULL-terminated array of NUL-terminated strings.
+    let value = |name: &[u8]| unsafe { variable(envp, name) };
+    // Nothing allocated for an environment without our audit library (an exec from a signal
+    // handler, or in a `vfork` child, which shares its parent's heap).
+    let audit = value(b"LD_AUDIT")?;
+    let ours = |lib: &[u8]| lib.rsplit(|&b| b == b'/').next() == Some(AUDIT_LIBRARY.as_bytes());
+    if !audit.split(|&b| b == b':' || b == b' ').any(ours) {
+        return None;
+    }
+    // SAFETY: NUL-terminated (the caller's contract).
+    let program = OsStr::from_bytes(unsafe { CStr::from_ptr(program) }.to_bytes());
+    let path = if search { program_path(program)? } else { PathBuf::from(program) };
+    let need = static_tls_of_libraries(&path, value(b"LD_LIBRARY_PATH").map(OsStr::from_bytes));
+    // A value that is not text is left as it is.
+    let current = value(b"GLIBC_TUNABLES").map(std::str::from_utf8).transpose().ok()?;
+    let tunables = CString::new(format!("GLIBC_TUNABLES={}", tunables_for(current, need)?)).ok()?;
     let mut entries = Vec::new();
     loop {
         // SAFETY: within the NULL-terminated array (the caller's contract): each index up to
@@ -58,23 +76,41 @@ pub unsafe fn environment_for_exec(program: *const c_char, search: bool, envp: *
         entries.push(entry);
     }
     // SAFETY: each entry is a NUL-terminated string (the caller's contract).
-    let text = |entry: *const c_char| unsafe { CStr::from_ptr(entry) }.to_bytes();
-    let value = |name: &[u8]| entries.iter().find_map(|&e| text(e).strip_prefix(name)?.strip_prefix(b"="));
-    let audit = value(b"LD_AUDIT")?;
-    let ours = |lib: &[u8]| lib.rsplit(|&b| b == b'/').next() == Some(AUDIT_LIBRARY.as_bytes());
-    if !audit.split(|&b| b == b':' || b == b' ').any(ours) {
-        return None;
-    }
-    // SAFETY: NUL-terminated (the caller's contract).
-    let program = OsStr::from_bytes(unsafe { CStr::from_ptr(program) }.to_bytes());
-    let path = if search { program_path(program)? } else { PathBuf::from(program) };
-    let need = static_tls_of_libraries(&path, value(b"LD_LIBRARY_PATH").map(OsStr::from_bytes));
-    let current = value(b"GLIBC_TUNABLES").map(String::from_utf8_lossy);
-    let tunables = CString::new(format!("GLIBC_TUNABLES={}", tunables_for(current.as_deref(), need)?)).ok()?;
-    entries.retain(|&e| !text(e).starts_with(b"GLIBC_TUNABLES="));
+    entries.retain(|&e| !unsafe { CStr::from_ptr(e) }.to_bytes().starts_with(b"GLIBC_TUNABLES="));
     entries.push(tunables.as_ptr());
     entries.push(std::ptr::null());
     Some(ExecEnvironment { entries, _tunables: tunables })
+}
+
+/// The value of the first variable `name` in environment `envp` (null: none), read in place.
+///
+/// # Safety
+/// `envp` is null or a NULL-terminated array of NUL-terminated strings that live as long as the
+/// value is used.
+unsafe fn variable<'a>(envp: *const *const c_char, name: &[u8]) -> Option<&'a [u8]> {
+    if envp.is_null() {
+        return None;
+    }
+    (0..MOST_ENTRIES)
+        // SAFETY: within the NULL-terminated array, up to its NULL (the caller's contract).
+        .map(|i| unsafe { *envp.add(i) })
+        .take_while(|e| !e.is_null())
+        // SAFETY: a NUL-terminated string (the caller's contract).
+        .find_map(|e| unsafe { CStr::from_ptr(e) }.to_bytes().strip_prefix(name)?.strip_prefix(b"="))
+}
+
+/// `PATH` of this process's environment (`environ`), read in place: not through std's
+/// environment lock, which the code a signal handler interrupted may hold.
+pub(crate) fn process_path() -> Option<&'static OsStr> {
+    // SAFETY: `environ` is null or a NULL-terminated array of NUL-terminated strings.
+    unsafe { variable(environ(), b"PATH") }.map(OsStr::from_bytes)
+}
+
+/// Fails an exec whose libc function is missing: -1 with errno ENOSYS.
+pub fn missing_exec() -> c_int {
+    // SAFETY: errno(3) of this thread.
+    unsafe { *libc::__errno_location() = libc::ENOSYS };
+    -1
 }
 
 /// The next definition of `name` after the calling library's (`dlsym(RTLD_NEXT)`: libc's),
@@ -147,9 +183,9 @@ macro_rules! exec_wrappers {
             $run(|| unsafe { $crate::exec::environment_caught(program, search, envp) })
         }
 
-        $crate::exec_wrapper!(execve(path: *const $crate::exec::c_char, argv: *const *const $crate::exec::c_char, envp: *const *const $crate::exec::c_char) program path, search false, env envp, missing -1);
-        $crate::exec_wrapper!(execvpe(file: *const $crate::exec::c_char, argv: *const *const $crate::exec::c_char, envp: *const *const $crate::exec::c_char) program file, search true, env envp, missing -1);
-        $crate::exec_wrapper!(fexecve(fd: $crate::exec::c_int, argv: *const *const $crate::exec::c_char, envp: *const *const $crate::exec::c_char) program std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default().as_ptr(), search false, env envp, missing -1);
+        $crate::exec_wrapper!(execve(path: *const $crate::exec::c_char, argv: *const *const $crate::exec::c_char, envp: *const *const $crate::exec::c_char) program path, search false, env envp, missing $crate::exec::missing_exec());
+        $crate::exec_wrapper!(execvpe(file: *const $crate::exec::c_char, argv: *const *const $crate::exec::c_char, envp: *const *const $crate::exec::c_char) program file, search true, env envp, missing $crate::exec::missing_exec());
+        $crate::exec_wrapper!(fexecve(fd: $crate::exec::c_int, argv: *const *const $crate::exec::c_char, envp: *const *const $crate::exec::c_char) program std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default().as_ptr(), search false, env envp, missing $crate::exec::missing_exec());
         $crate::exec_wrapper!(posix_spawn(pid: *mut i32, path: *const $crate::exec::c_char, actions: *const $crate::exec::c_void, attributes: *const $crate::exec::c_void, argv: *const *const $crate::exec::c_char, envp: *const *const $crate::exec::c_char) program path, search false, env envp, missing $crate::exec::ENOSYS);
         $crate::exec_wrapper!(posix_spawnp(pid: *mut i32, file: *const $crate::exec::c_char, actions: *const $crate::exec::c_void, attributes: *const $crate::exec::c_void, argv: *const *const $crate::exec::c_char, envp: *const *const $crate::exec::c_char) program file, search true, env envp, missing $crate::exec::ENOSYS);
         $crate::exec_wrapper!(execv(path: *const $crate::exec::c_char, argv: *const *const $crate::exec::c_char) program path, search false, made through execve);
@@ -202,7 +238,7 @@ macro_rules! exec_wrapper {
             // SAFETY: libc's function of that name has this type.
             let real = unsafe { $crate::exec::next_function::<unsafe extern "C" fn($($t),*) -> $crate::exec::c_int>(&REAL, std::ffi::CStr::from_bytes_with_nul(name.as_bytes()).unwrap_or_default()) };
             // SAFETY: libc's function, with the caller's arguments.
-            real.map_or(-1, |real| unsafe { real($($arg),*) })
+            real.map_or_else($crate::exec::missing_exec, |real| unsafe { real($($arg),*) })
         }
     };
 }

@@ -3,7 +3,8 @@
 //! With an audit library (`LD_AUDIT`), glibc (2.36 here) sets up the thread-locals before it
 //! loads the program's libraries, so those whose thread-locals must be static (`DF_STATIC_TLS`:
 //! initial-exec ones, as Rust's dylibs and sanitizer runtimes have) take them from the small
-//! room it keeps for later loads (`glibc.rtld.optional_static_tls`, 512 bytes by default), and
+//! room it keeps for later loads (`glibc.rtld.optional_static_tls`, 512 bytes by default; about
+//! 1.6 KiB with the rest of its surplus), and
 //! the program does not start ("cannot allocate memory in static TLS block": rustc, whose driver
 //! library takes 23 KiB). [`tunables_for`] makes that room what the libraries take
 //! ([`static_tls_of_libraries`]), no more: every thread's block holds it, and a thread asking
@@ -41,7 +42,8 @@ pub fn tunables_for(current: Option<&str>, need: usize) -> Option<String> {
     let room = 512 + need;
     let current = current.unwrap_or("");
     let others: Vec<&str> = current.split(':').filter(|t| !t.is_empty() && !t.starts_with(KEY)).collect();
-    let set = current.split(':').filter_map(|t| t.strip_prefix(KEY)).filter_map(parse_size).max();
+    // The last setting is the one glibc keeps.
+    let set = current.split(':').filter_map(|t| t.strip_prefix(KEY)).next_back().and_then(parse_size);
     if set.is_some_and(|set| set >= room) {
         return None;
     }
@@ -71,41 +73,66 @@ pub fn program_path(program: &OsStr) -> Option<PathBuf> {
     if program.as_bytes().contains(&b'/') {
         return Some(PathBuf::from(program));
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|f| f.is_file())
+    let path = exec::process_path().unwrap_or("/bin:/usr/bin".as_ref());
+    std::env::split_paths(path).map(|d| d.join(program)).find(|f| f.is_file())
 }
 
 /// Bytes of static TLS that the libraries `exe` loads at its start take (those marked
 /// `DF_STATIC_TLS`), each rounded up to its alignment; for a script (`#!`), its interpreter's.
-/// The libraries are found as the dynamic loader finds them (each object's `DT_NEEDED` in its
-/// run paths, `library_path` as `LD_LIBRARY_PATH` gives it, the folders of /etc/ld.so.conf.d,
-/// the system's); only headers, the dynamic section and its strings are read. One not found
+/// The libraries are found in the dynamic loader's order (each object's `DT_NEEDED` in the
+/// `DT_RPATH`s of it and its loaders where it has no `DT_RUNPATH`, `library_path` as
+/// `LD_LIBRARY_PATH` gives it, its `DT_RUNPATH`, the folders of /etc/ld.so.conf and its *.conf
+/// files, the system's; not the loader's cache itself, nor `glibc-hwcaps` subfolders, nor
+/// `LD_PRELOAD`); only headers, the dynamic section and its strings are read. One not found
 /// counts nothing.
 pub fn static_tls_of_libraries(exe: &Path, library_path: Option<&OsStr>) -> usize {
     let exe = interpreter_of_script(exe).unwrap_or_else(|| exe.to_path_buf());
-    let mut folders: Vec<PathBuf> = library_path.map(|p| std::env::split_paths(p).filter(|d| !d.as_os_str().is_empty()).collect()).unwrap_or_default();
-    // In their names' order, as ld.so.conf's `include` takes them.
-    let mut configured: Vec<PathBuf> = std::fs::read_dir("/etc/ld.so.conf.d").into_iter().flatten().flatten().map(|e| e.path()).collect();
+    // `$ORIGIN` is the folder of the file itself, links resolved.
+    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+    let library_path: Vec<PathBuf> = library_path.map(|p| std::env::split_paths(p).filter(|d| !d.as_os_str().is_empty()).collect()).unwrap_or_default();
+    // The loader's cache holds the folders of /etc/ld.so.conf and its `include`d *.conf files
+    // (in their names' order); then the system's.
+    let mut configured: Vec<PathBuf> = std::fs::read_dir("/etc/ld.so.conf.d")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+        .collect();
     configured.sort();
-    let configured = configured.iter().filter_map(|c| std::fs::read_to_string(c).ok());
-    folders.extend(configured.flat_map(|c| c.lines().map(str::trim).filter(|l| l.starts_with('/')).map(PathBuf::from).collect::<Vec<_>>()));
-    folders.extend(["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"].map(PathBuf::from));
+    configured.insert(0, PathBuf::from("/etc/ld.so.conf"));
+    let mut system: Vec<PathBuf> = configured
+        .iter()
+        .filter_map(|c| std::fs::read_to_string(c).ok())
+        .flat_map(|c| c.lines().map(str::trim).filter(|l| l.starts_with('/')).map(PathBuf::from).collect::<Vec<_>>())
+        .collect();
+    system.extend(["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"].map(PathBuf::from));
     let Some(first) = DynamicObject::read(&exe) else { return 0 };
     let mut seen = std::collections::HashSet::from([exe.clone()]);
-    let mut todo = vec![(exe, first)];
+    // (the object, what it reads, the DT_RPATHs of the objects that loaded it)
+    let mut todo = vec![(exe, first, Vec::<PathBuf>::new())];
     let mut total = 0;
-    while let Some((path, object)) = todo.pop() {
+    while let Some((path, object, loaders_rpaths)) = todo.pop() {
         total += object.static_tls;
         let origin = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let run_paths: Vec<PathBuf> =
-            object.run_paths.iter().flat_map(|r| r.split(':').map(|d| PathBuf::from(d.replace("$ORIGIN", &origin.to_string_lossy())))).collect();
+        let expand = |paths: &[String]| -> Vec<PathBuf> {
+            let origin = origin.to_string_lossy();
+            paths.iter().flat_map(|r| r.split(':').map(|d| PathBuf::from(d.replace("${ORIGIN}", &origin).replace("$ORIGIN", &origin)))).collect()
+        };
+        // As glibc looks: DT_RPATH (its own, then its loaders') where it has no DT_RUNPATH,
+        // LD_LIBRARY_PATH, DT_RUNPATH, the cache's folders, the system's.
+        let (rpaths, runpaths) = (expand(&object.rpaths), expand(&object.runpaths));
+        let mut inherited = rpaths.clone();
+        inherited.extend(loaders_rpaths.iter().cloned());
+        let before: &[PathBuf] = if runpaths.is_empty() { &inherited } else { &[] };
+        let folders: Vec<&PathBuf> = before.iter().chain(&library_path).chain(&runpaths).chain(&system).collect();
         for name in object.needed {
             // The first of its name that is a 64-bit object (a folder of 32-bit ones, /lib32,
             // may come first: the loader's cache leaves those out).
-            let found = run_paths.iter().chain(&folders).map(|d| d.join(&name)).filter(|f| f.is_file()).find_map(|f| Some((DynamicObject::read(&f)?, f)));
+            let found = folders.iter().map(|d| d.join(&name)).filter(|f| f.is_file()).find_map(|f| Some((DynamicObject::read(&f)?, f)));
             if let Some((object, path)) = found {
                 if seen.len() < 512 && seen.insert(path.clone()) {
-                    todo.push((path, object));
+                    todo.push((path, object, inherited.clone()));
                 }
             }
         }
@@ -128,8 +155,10 @@ fn interpreter_of_script(path: &Path) -> Option<PathBuf> {
 struct DynamicObject {
     /// `DT_NEEDED`: the libraries it loads.
     needed: Vec<String>,
-    /// `DT_RUNPATH` and `DT_RPATH`, as written (`$ORIGIN` unexpanded).
-    run_paths: Vec<String>,
+    /// `DT_RPATH`, as written (`$ORIGIN` unexpanded).
+    rpaths: Vec<String>,
+    /// `DT_RUNPATH`, as written.
+    runpaths: Vec<String>,
     /// Its thread-locals' size rounded up to their alignment, where they must be static.
     static_tls: usize,
 }
@@ -194,10 +223,8 @@ impl DynamicObject {
             Some(String::from_utf8_lossy(&from[..from.iter().position(|&b| b == 0)?]).into_owned())
         };
         let all = |tag: u64| entries.iter().filter(|&&(t, _)| t == tag).filter_map(|&(_, v)| string(v)).collect::<Vec<_>>();
-        let mut run_paths = all(DT_RUNPATH);
-        run_paths.extend(all(DT_RPATH));
         let static_flag = value(DT_FLAGS).is_some_and(|f| f & DF_STATIC_TLS != 0);
-        Some(Self { needed: all(DT_NEEDED), run_paths, static_tls: if static_flag { tls.unwrap_or(0) } else { 0 } })
+        Some(Self { needed: all(DT_NEEDED), rpaths: all(DT_RPATH), runpaths: all(DT_RUNPATH), static_tls: if static_flag { tls.unwrap_or(0) } else { 0 } })
     }
 }
 
@@ -221,6 +248,11 @@ mod tests {
         assert_eq!(tunables_for(None, 24_000).as_deref(), Some("glibc.rtld.optional_static_tls=24512"));
         assert_eq!(tunables_for(Some("glibc.rtld.optional_static_tls=30000"), 24_000), None);
         assert_eq!(tunables_for(Some("glibc.rtld.optional_static_tls=0x8000"), 24_000), None);
+        // The last setting counts.
+        assert_eq!(
+            tunables_for(Some("glibc.rtld.optional_static_tls=30000:glibc.rtld.optional_static_tls=100"), 24_000).as_deref(),
+            Some("glibc.rtld.optional_static_tls=24512")
+        );
         assert_eq!(
             tunables_for(Some("glibc.malloc.arena_max=2:glibc.rtld.optional_static_tls=2048"), 24_000).as_deref(),
             Some("glibc.malloc.arena_max=2:glibc.rtld.optional_static_tls=24512")
