@@ -188,31 +188,34 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
 
 fn install_handler() {
     HANDLER.call_once(|| {
-        // SAFETY: a zeroed sigaction is valid; we fill the handler, flags and mask and install
-        // it (sigaction(2)); the previous one is saved before any signal can reach ours.
+        // SAFETY: a zeroed sigaction is valid, read into (sigaction(2)); the previous action is
+        // saved before any signal can reach ours.
         unsafe {
             let mut old: libc::sigaction = std::mem::zeroed();
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_sigtrap as *const () as usize;
-            // NODEFER: a handler may run into another int3 probe (it is then ignored).
-            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_NODEFER;
-            libc::sigemptyset(&mut act.sa_mask);
-            let sigaction = crate::signals::real_sigaction();
-            sigaction(libc::SIGTRAP, std::ptr::null(), &mut old);
+            crate::signals::real_sigaction()(libc::SIGTRAP, std::ptr::null(), &mut old);
             crate::signals::own_signal(libc::SIGTRAP, old.sa_sigaction, old.sa_flags);
-            sigaction(libc::SIGTRAP, &act, std::ptr::null_mut());
         }
-        crate::syscalls::install_engine_handler(fixup_signal(), on_fixup as *const () as usize);
+        install_engine_handlers();
     });
     register_sync_core();
 }
 
-/// Installs the fix-up signal's handler again, where it is installed, to return through the
-/// restorer of the system call interception that is starting (see
-/// `syscalls::install_engine_handler`).
-pub(crate) fn fixup_handler_to_own_restorer() {
+/// Installs the SIGTRAP and fix-up handlers (see `syscalls::install_engine_handler`).
+fn install_engine_handlers() {
+    // NODEFER: a handler may run into another int3 probe (it is then ignored). Not on the
+    // signal stack: a probe's programs run here.
+    let trap = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_NODEFER;
+    crate::syscalls::install_engine_handler(libc::SIGTRAP, on_sigtrap as *const () as usize, trap);
+    // On the thread's signal stack where it has one (a goroutine's has no room for the frame).
+    crate::syscalls::install_engine_handler(fixup_signal(), on_fixup as *const () as usize, libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK);
+}
+
+/// Installs the SIGTRAP and fix-up handlers again, where they are installed, to return through
+/// the restorer of the system call interception that is starting: an int3 probe's hit showed
+/// an `rt_sigreturn` the program never made (the kernel's uprobes make none).
+pub(crate) fn engine_handlers_to_own_restorer() {
     if HANDLER.is_completed() {
-        crate::syscalls::install_engine_handler(fixup_signal(), on_fixup as *const () as usize);
+        install_engine_handlers();
     }
 }
 

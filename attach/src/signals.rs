@@ -167,6 +167,8 @@ pub(crate) fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         // SAFETY: the application's handler for this signal; see `wrapper` for the arguments.
         let f: InfoHandler = unsafe { std::mem::transmute::<usize, InfoHandler>(h) };
         crate::hook::in_signal_handler(|| f(sig, info, ctx));
+        // Its `rt_sigreturn`, which our handler's return through our restorer does not show.
+        crate::syscalls::forwarded_handler_returned(ctx);
     } else if h == libc::SIG_DFL {
         // The kernel's action set directly (libc's `sigaction` may be hooked to come back to
         // [`sigaction`], which only records an owned signal's action).

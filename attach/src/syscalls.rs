@@ -1485,14 +1485,33 @@ pub(crate) fn sigreturn_from_application_call(ctx: *mut libc::c_void, kernel_lef
     if ctx.is_null() || was != 0 || !ACTIVE.load(Ordering::Acquire) || !hook::dispatch_on() || sigreturn_site_rewritten(ctx) {
         return;
     }
+    // A call set up to restart, which our code restarts instead (see `take_over_restart`): the
+    // kernel restores it at its instruction with its number, as it left the context.
+    report_sigreturn(ctx, hook::restart_noted().then_some(kernel_left));
+}
+
+/// In an engine's handler (SIGTRAP, SIGSYS) that passed its signal to the application's handler
+/// (`signals::forward`), once that returned (`ctx` its context as it leaves it): the engine's
+/// handler returns through our restorer, unseen by interception, so the `rt_sigreturn` that
+/// ends the application's handler is reported here, entry and exit, as the kernel's
+/// tracepoints show it.
+pub(crate) fn forwarded_handler_returned(ctx: *mut libc::c_void) {
+    if ctx.is_null() || !ACTIVE.load(Ordering::Acquire) || !hook::dispatch_on() {
+        return;
+    }
+    report_sigreturn(ctx, None);
+}
+
+/// Runs the entry and exit programs of the `rt_sigreturn` that ends the handler whose context
+/// is `ctx`: entry with number 15, exit with the registers it restores (the result and address
+/// `restart` gives where the call restarts at its instruction).
+fn report_sigreturn(ctx: *mut libc::c_void, restart: Option<(i64, i64)>) {
     let Some(h) = HANDLER.get() else { return };
     // SAFETY: the kernel's ucontext for this delivery, as the handler left it.
     let g = unsafe { &(*(ctx as *mut libc::ucontext_t)).uc_mcontext.gregs };
     let mut restored = PtRegs { orig_ax: u64::MAX, ..PtRegs::from_gregs(g) };
-    // A call set up to restart, which our code restarts instead (see `take_over_restart`): the
-    // kernel restores it at its instruction with its number, as it left the context.
-    if hook::restart_noted() {
-        (restored.ax, restored.ip) = (kernel_left.0 as u64, kernel_left.1 as u64);
+    if let Some((ax, ip)) = restart {
+        (restored.ax, restored.ip) = (ax as u64, ip as u64);
     }
     let entry = PtRegs { orig_ax: libc::SYS_rt_sigreturn as u64, ax: libc::SYS_rt_sigreturn as u64, ..restored };
     // (The selector stays as it was: ALLOW, or the `rt_sigreturn` would be dispatched and seen
@@ -1771,7 +1790,9 @@ fn under_valgrind() -> bool {
 /// [`start`]: each is sent a signal whose handler turns it on for itself). Waits up to a second
 /// for them to answer.
 pub fn enable_everywhere() {
-    install_engine_handler(enable_signal(), on_enable as *const () as usize);
+    // On the thread's signal stack where it has one (a goroutine's stack has no room for the
+    // kernel's signal frame).
+    install_engine_handler(enable_signal(), on_enable as *const () as usize, libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK);
     ROUND_SIGNALS.store(crate::signals::APP_SIGNALS.load(Ordering::Acquire), Ordering::Release);
     let recorded = std::sync::atomic::AtomicUsize::new(0);
     crate::patch::signal_other_threads(enable_signal(), &ENABLE_ACKS, |tid| {
@@ -1897,15 +1918,12 @@ struct KernelSigaction {
 /// `SA_RESTORER`: `restorer` is the code the handler returns to (it makes `rt_sigreturn`).
 const SA_RESTORER: u64 = 0x0400_0000;
 
-/// Installs `handler` (SA_SIGINFO, SA_RESTART, SA_ONSTACK, nothing blocked) for the engine's own signal
-/// `sig` (a fix-up round, turning interception on), returning through our restorer in the
+/// Installs `handler` (with `flags`, nothing blocked) for the engine's own signal `sig`
+/// (SIGTRAP, a fix-up round, turning interception on), returning through our restorer in the
 /// allowed range once interception has started: through libc's, its `rt_sigreturn` would be
 /// dispatched (or go through its rewritten site) and be taken for the application's, a call
 /// the kernel never sees. Before that, libc's restorer does.
-pub(crate) fn install_engine_handler(sig: libc::c_int, handler: usize) {
-    // On the thread's signal stack where it has one (a goroutine's stack has no room for the
-    // kernel's signal frame).
-    let flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+pub(crate) fn install_engine_handler(sig: libc::c_int, handler: usize, flags: libc::c_int) {
     let restorer = ALLOWED.load(Ordering::Acquire);
     if restorer == 0 {
         // SAFETY: a zeroed sigaction is valid; we fill the handler and flags (sigaction(2)).
@@ -1991,7 +2009,7 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     let _ = crate::signals::real_sigaction();
     // The engine's own signals return through our restorer from now on (see
     // `install_engine_handler`).
-    crate::patch::fixup_handler_to_own_restorer();
+    crate::patch::engine_handlers_to_own_restorer();
     // rt_sigaction(2) directly, to give our own restorer (libc would give its own, outside the
     // allowed range: its rt_sigreturn would be dispatched too). NODEFER: an application signal
     // handler nested in ours returns through a SIGSYS of its own.

@@ -2885,6 +2885,33 @@ fn attaching_to_running_threads_adds_no_call_of_ours() {
     assert!(last.ends_with(" interrupted 0\n"), "no call ended with EINTR: {last}");
 }
 
+/// bpftrace (unmodified) with uprobes on functions too short for a jump (`tiny.c`: probes kept
+/// as int3 traps) beside a system call tracepoint: the hits are counted as on the kernel, and
+/// no `rt_sigreturn` is seen (the kernel's uprobes deliver no signal). Before, each hit's
+/// SIGTRAP handler returned through glibc's restorer, whose `rt_sigreturn` interception took
+/// for the program's: 1,000 hits showed 1,000.
+#[test]
+fn int3_probes_beside_system_call_tracepoints_show_no_signal_of_ours() {
+    let _serial = serial();
+    let Some(bpftrace) = bpftrace_beside_the_kernel() else { return };
+    let tiny = build_target("tiny", false);
+    let t = tiny.display();
+    let script = format!(
+        r#"uprobe:{t}:t_ret1 {{ @ret1 = count(); }} uprobe:{t}:t_add4 {{ @add4 = count(); }} tracepoint:raw_syscalls:sys_enter /comm == "tiny"/ {{ @calls[args->id] = count(); }}"#
+    );
+    let dir = std::env::temp_dir().join(format!("bpftime-bpftrace-int3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ours, kernel) = bpftrace_ours_and_the_kernels(&bpftrace, &script, &dir, "tiny", &tiny, &["1000"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let line = |out: &str, name: &str| out.lines().find(|l| l.starts_with(name)).map(str::to_owned);
+    assert_eq!(line(&kernel, "@ret1: ").as_deref(), Some("@ret1: 1000"), "the kernel's:\n{kernel}");
+    for name in ["@ret1: ", "@add4: "] {
+        assert_eq!(line(&ours, name), line(&kernel, name), "ours:\n{ours}\nthe kernel's:\n{kernel}");
+    }
+    assert_eq!(counts_by_number(&kernel, "calls").get(&15), None, "the kernel's:\n{kernel}");
+    assert_eq!(counts_by_number(&ours, "calls").get(&15), None, "ours:\n{ours}");
+}
+
 /// bpftrace (unmodified) on `raw_syscalls:sys_exit` sees the result the kernel's tracepoint
 /// shows for calls that a signal interrupts, whose handler was installed without SA_RESTART
 /// (`examples/targets/interrupts.c`: read, nanosleep, clock_nanosleep to an absolute time,
