@@ -200,6 +200,11 @@ fn install_handler() {
     register_sync_core();
 }
 
+/// Whether `handler` is the SIGTRAP or the fix-up signal's handler.
+pub(crate) fn is_engine_handler(handler: usize) -> bool {
+    handler == on_sigtrap as *const () as usize || handler == on_fixup as *const () as usize
+}
+
 /// Installs the SIGTRAP and fix-up handlers (see `syscalls::install_engine_handler`).
 fn install_engine_handlers() {
     // NODEFER: a handler may run into another int3 probe (it is then ignored). Not on the

@@ -58,6 +58,11 @@ fn is_function(h: usize) -> bool {
 /// `syscalls::restart_blocked_call`: a call one of them may have ended is left ended).
 pub(crate) static APP_SIGNALS: AtomicU64 = AtomicU64::new(0);
 
+/// Whether `handler` is [`wrapper`].
+pub(crate) fn is_wrapper(handler: usize) -> bool {
+    handler == wrapper as *const () as usize
+}
+
 /// The kernel's handler for every signal the application handles.
 extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     APP_SIGNALS.fetch_add(1, Ordering::AcqRel);

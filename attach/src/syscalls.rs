@@ -87,8 +87,8 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 pub fn allowed_syscall_instruction() -> u64 {
     match ALLOWED.load(Ordering::Acquire) {
         0 => 0,
-        // The restorer's `syscall`, after `mov eax, 15`.
-        page => page as u64 + 5,
+        // The restorer's `syscall`, after `mov rax, 15`.
+        page => page as u64 + 7,
     }
 }
 
@@ -886,14 +886,15 @@ fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut [u64; 4], theirs: bool)
         a[1] = 0;
     }
     // A handler that would block SIGSYS while it runs (Go's runtime installs its handlers with
-    // every signal blocked, by the raw call) blocks none of it: its own calls and its return
-    // are dispatched (the kernel's struct: handler, flags, restorer, mask).
+    // every signal blocked, by the raw call) blocks neither it nor SIGTRAP: its own calls and
+    // its return are dispatched, and it may meet an int3 (the kernel's struct: handler, flags,
+    // restorer, mask).
     if theirs && nr == libc::SYS_rt_sigaction as u64 && a[1] != 0 && a[3] == 8 {
         let mut act = [0u8; 32];
         if read_own(a[1], &mut act) == act.len() {
             *copy = std::array::from_fn(|i| u64::from_ne_bytes(act[i * 8..i * 8 + 8].try_into().unwrap_or_default()));
-            if copy[3] & SIGSYS_BIT != 0 {
-                copy[3] &= !SIGSYS_BIT;
+            if copy[3] & (SIGSYS_BIT | SIGTRAP_BIT) != 0 {
+                copy[3] &= !(SIGSYS_BIT | SIGTRAP_BIT);
                 a[1] = copy.as_mut_ptr() as u64;
             }
         }
@@ -1793,6 +1794,8 @@ pub fn enable_everywhere() {
     // On the thread's signal stack where it has one (a goroutine's stack has no room for the
     // kernel's signal frame).
     install_engine_handler(enable_signal(), on_enable as *const () as usize, libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK);
+    // Whether every handler the application has is counted (see `restart_blocked_call`).
+    HANDLERS_COUNTED.store(application_handlers_counted(), Ordering::Release);
     ROUND_SIGNALS.store(crate::signals::APP_SIGNALS.load(Ordering::Acquire), Ordering::Release);
     let recorded = std::sync::atomic::AtomicUsize::new(0);
     crate::patch::signal_other_threads(enable_signal(), &ENABLE_ACKS, |tid| {
@@ -1835,6 +1838,41 @@ impl BlockedCall {
 /// `signals::APP_SIGNALS`).
 static ROUND_SIGNALS: AtomicU64 = AtomicU64::new(0);
 
+/// Whether, as [`enable_everywhere`] began its round, every handler installed was the wrapper
+/// (whose deliveries `signals::APP_SIGNALS` counts) or the engine's: not in a process the agent
+/// was injected into whose handlers came before it, nor with handlers installed by the raw
+/// call. Otherwise no wait is made again (an uncounted handler may have ended it).
+static HANDLERS_COUNTED: AtomicBool = AtomicBool::new(false);
+
+/// The signals a fault or a trap of the thread itself raises (a mask of bit `sig - 1`): never
+/// blocked in the engine's handlers.
+const SYNCHRONOUS_SIGNALS: u64 = SIGSYS_BIT
+    | SIGTRAP_BIT
+    | 1 << (libc::SIGSEGV - 1)
+    | 1 << (libc::SIGBUS - 1)
+    | 1 << (libc::SIGILL - 1)
+    | 1 << (libc::SIGFPE - 1)
+    | 1 << (libc::SIGABRT - 1);
+
+/// Whether every signal's handler is the wrapper of `signals` or one of the engine's; but for
+/// the signals a thread's own fault or trap raises (they end no wait), and glibc's two internal
+/// ones (32, cancellation, which ends the thread; 33, `setxid`, whose EINTR no program asks
+/// for), whose handlers glibc installs itself.
+fn application_handlers_counted() -> bool {
+    (1..=64u64).filter(|&sig| SYNCHRONOUS_SIGNALS & 1 << (sig - 1) == 0 && sig != 32 && sig != 33).all(|sig| {
+        let mut act = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+        // SAFETY: rt_sigaction(2) reading the action into the kernel's struct sigaction layout.
+        let r = unsafe { own_call(libc::SYS_rt_sigaction, [sig, 0, &mut act as *mut KernelSigaction as u64, 8, 0, 0]) };
+        let engine = [on_sigsys as *const () as usize, on_enable as *const () as usize];
+        r != 0
+            || act.handler == libc::SIG_DFL
+            || act.handler == libc::SIG_IGN
+            || engine.contains(&act.handler)
+            || crate::signals::is_wrapper(act.handler)
+            || crate::patch::is_engine_handler(act.handler)
+    })
+}
+
 /// The threads [`enable_everywhere`] found waiting in a call (more: their calls end with EINTR,
 /// as any signal's handler makes them).
 static BLOCKED: [BlockedCall; 64] = [const { BlockedCall::free() }; 64];
@@ -1868,7 +1906,7 @@ fn restart_blocked_call(g: &mut [libc::greg_t; 23]) {
     let regs = [libc::REG_RDI, libc::REG_RSI, libc::REG_RDX, libc::REG_R10, libc::REG_R8, libc::REG_R9];
     let same_call =
         g[libc::REG_RIP as usize] as u64 == pc && g[libc::REG_RAX as usize] as u64 == EINTR && regs.iter().zip(args).all(|(&r, &a)| g[r as usize] as u64 == a);
-    let quiet = crate::signals::APP_SIGNALS.load(Ordering::Acquire) == ROUND_SIGNALS.load(Ordering::Acquire);
+    let quiet = HANDLERS_COUNTED.load(Ordering::Acquire) && crate::signals::APP_SIGNALS.load(Ordering::Acquire) == ROUND_SIGNALS.load(Ordering::Acquire);
     let mut insn = [0u8; 2];
     if !same_call || !quiet || !waits_again(nr, args) || read_own_as_ours(pc.wrapping_sub(2), &mut insn) != 2 || insn != [0x0f, 0x05] {
         return;
@@ -1936,13 +1974,19 @@ pub(crate) fn install_engine_handler(sig: libc::c_int, handler: usize, flags: li
         }
         return;
     }
-    let act = KernelSigaction { handler, flags: flags as u64 | SA_RESTORER, restorer, mask: 0 };
+    // The enable signal's handler blocks the signals that come from outside: one landing there
+    // would find a wait it ended about to be made again (see `restart_blocked_call`); kept
+    // pending, it is delivered as the wait starts again (with the wait's own mask, for
+    // `ppoll`, `pselect6`, `rt_sigsuspend`) or before, and ends it as it would have.
+    let mask = if sig == enable_signal() { !SYNCHRONOUS_SIGNALS } else { 0 };
+    let act = KernelSigaction { handler, flags: flags as u64 | SA_RESTORER, restorer, mask };
     // SAFETY: rt_sigaction(2) with the kernel's struct sigaction layout on x86-64 and an 8-byte
     // mask; the restorer (the allowed range's first instructions) makes `rt_sigreturn`.
     unsafe { own_call(libc::SYS_rt_sigaction, [sig as u64, &act as *const KernelSigaction as u64, 0, 8, 0, 0]) };
 }
 
-/// Takes SIGSYS out of the masks of the signal handlers installed before interception started
+/// Takes SIGSYS (and SIGTRAP, as the wrapper does) out of the masks of the signal handlers
+/// installed before interception started
 /// (behind no wrapper of ours: an injected agent's process, or raw `rt_sigaction`): a handler
 /// that blocks it while it runs (Go's block every signal) makes dispatched calls there, its
 /// own and its return's `rt_sigreturn` through glibc's restorer, and a dispatched call that
@@ -1956,10 +2000,10 @@ fn open_sigsys_in_handlers() {
         // SAFETY: rt_sigaction(2) reading the action into the kernel's struct sigaction layout.
         let r = unsafe { own_call(libc::SYS_rt_sigaction, [sig, 0, &mut act as *mut KernelSigaction as u64, 8, 0, 0]) };
         let handled = act.handler != libc::SIG_DFL && act.handler != libc::SIG_IGN;
-        if r != 0 || !handled || act.mask & SIGSYS_BIT == 0 {
+        if r != 0 || !handled || act.mask & (SIGSYS_BIT | SIGTRAP_BIT) == 0 {
             continue;
         }
-        act.mask &= !SIGSYS_BIT;
+        act.mask &= !(SIGSYS_BIT | SIGTRAP_BIT);
         // SAFETY: rt_sigaction(2) writing back the action just read, SIGSYS out of its mask.
         unsafe { own_call(libc::SYS_rt_sigaction, [sig, &act as *const KernelSigaction as u64, 0, 8, 0, 0]) };
     }
@@ -1985,8 +2029,10 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     if page == libc::MAP_FAILED {
         return Err(format!("mapping the allowed range: {}", std::io::Error::last_os_error()));
     }
-    // The restorer: rt_sigreturn (mov eax, 15; syscall).
-    let restorer = [0xb8, 15, 0, 0, 0, 0x0f, 0x05];
+    // The restorer: rt_sigreturn, encoded as glibc's `__restore_rt` is (`mov rax, 15; syscall`),
+    // which unwinders (libgcc's, gdb's, libunwind's) know for a signal frame's return: a
+    // backtrace from a handler that returns through it goes on into the interrupted code.
+    let restorer = [0x48, 0xc7, 0xc0, 15, 0, 0, 0, 0x0f, 0x05];
     let (routine, _) = app_call_routine();
     assert!(restorer.len() <= APP_CALL_AT && APP_CALL_AT + routine.len() <= FIRST_GADGET);
     // SAFETY: the fresh mapping is ALLOWED_LEN bytes, read-write; both fit before the first
