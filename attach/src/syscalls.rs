@@ -1860,17 +1860,19 @@ const SYNCHRONOUS_SIGNALS: u64 = SIGSYS_BIT
 /// for), whose handlers glibc installs itself.
 fn application_handlers_counted() -> bool {
     (1..=64u64).filter(|&sig| SYNCHRONOUS_SIGNALS & 1 << (sig - 1) == 0 && sig != 32 && sig != 33).all(|sig| {
-        let mut act = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
-        // SAFETY: rt_sigaction(2) reading the action into the kernel's struct sigaction layout.
-        let r = unsafe { own_call(libc::SYS_rt_sigaction, [sig, 0, &mut act as *mut KernelSigaction as u64, 8, 0, 0]) };
+        let Some(act) = installed_handler(sig) else { return true };
         let engine = [on_sigsys as *const () as usize, on_enable as *const () as usize];
-        r != 0
-            || act.handler == libc::SIG_DFL
-            || act.handler == libc::SIG_IGN
-            || engine.contains(&act.handler)
-            || crate::signals::is_wrapper(act.handler)
-            || crate::patch::is_engine_handler(act.handler)
+        engine.contains(&act.handler) || crate::signals::is_wrapper(act.handler) || crate::patch::is_engine_handler(act.handler)
     })
+}
+
+/// The kernel's action for signal `sig` where it is a handler (not SIG_DFL or SIG_IGN), read
+/// with our own call.
+fn installed_handler(sig: u64) -> Option<KernelSigaction> {
+    let mut act = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+    // SAFETY: rt_sigaction(2) reading the action into the kernel's struct sigaction layout.
+    let r = unsafe { own_call(libc::SYS_rt_sigaction, [sig, 0, &mut act as *mut KernelSigaction as u64, 8, 0, 0]) };
+    (r == 0 && act.handler != libc::SIG_DFL && act.handler != libc::SIG_IGN).then_some(act)
 }
 
 /// The threads [`enable_everywhere`] found waiting in a call (more: their calls end with EINTR,
@@ -1996,13 +1998,7 @@ fn open_sigsys_in_handlers() {
         if [libc::SIGKILL, libc::SIGSTOP, libc::SIGSYS].contains(&(sig as libc::c_int)) {
             continue;
         }
-        let mut act = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
-        // SAFETY: rt_sigaction(2) reading the action into the kernel's struct sigaction layout.
-        let r = unsafe { own_call(libc::SYS_rt_sigaction, [sig, 0, &mut act as *mut KernelSigaction as u64, 8, 0, 0]) };
-        let handled = act.handler != libc::SIG_DFL && act.handler != libc::SIG_IGN;
-        if r != 0 || !handled || act.mask & (SIGSYS_BIT | SIGTRAP_BIT) == 0 {
-            continue;
-        }
+        let Some(mut act) = installed_handler(sig).filter(|a| a.mask & (SIGSYS_BIT | SIGTRAP_BIT) != 0) else { continue };
         act.mask &= !(SIGSYS_BIT | SIGTRAP_BIT);
         // SAFETY: rt_sigaction(2) writing back the action just read, SIGSYS out of its mask.
         unsafe { own_call(libc::SYS_rt_sigaction, [sig, &act as *const KernelSigaction as u64, 0, 8, 0, 0]) };

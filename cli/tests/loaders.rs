@@ -1138,24 +1138,26 @@ fn tool_session(mut tool: Command, shm: Option<&str>, target: &mut Command, out:
     if interrupt {
         std::thread::sleep(std::time::Duration::from_millis(500));
         let pid = if shm.is_some() { child_of(t.id()) } else { t.id() as i32 };
-        // A tool may miss a SIGINT (bpftrace, now and then, on the kernel too): it is sent
-        // again every two seconds until the tool ends.
-        for _ in 0..30 {
-            // SAFETY: kill(2) on a process we started.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-            for _ in 0..40 {
-                if t.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            if t.try_wait().unwrap().is_some() {
-                break;
-            }
-        }
+        interrupt_until_it_ends(&mut t, pid);
     }
     t.wait().unwrap();
     std::fs::read_to_string(out).unwrap()
+}
+
+/// Sends SIGINT to `pid` (the tool `t`, or the loader it runs) until `t` ends: a tool may miss
+/// one (bpftrace, now and then, on the kernel too), so it is sent again every two seconds.
+fn interrupt_until_it_ends(t: &mut std::process::Child, pid: i32) {
+    for _ in 0..30 {
+        // SAFETY: kill(2) on a process we started.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        for _ in 0..40 {
+            if t.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    t.wait().unwrap();
 }
 
 /// bpftrace (unmodified, from apt) one-liners with uprobe and uretprobe: count, hist(arg0),
@@ -2864,17 +2866,7 @@ fn attaching_to_running_threads_adds_no_call_of_ours() {
     std::io::Read::read_to_string(&mut out, &mut last).unwrap();
     assert!(busy.wait().unwrap().success());
     let pid = child_of(tool.id());
-    for _ in 0..30 {
-        // SAFETY: kill(2) on a process we started.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        if (0..40).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            tool.try_wait().unwrap().is_some()
-        }) {
-            break;
-        }
-    }
-    tool.wait().unwrap();
+    interrupt_until_it_ends(&mut tool, pid);
     let ours = std::fs::read_to_string(&log).unwrap();
     bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
