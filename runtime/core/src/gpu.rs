@@ -569,7 +569,7 @@ impl GpuProbes {
         arena
     }
 
-    /// How many writes the syscall path has made to each slot's map (see
+    /// How many writes (system calls and programs) each slot's map has had (see
     /// [`bpftime_maps::Map::host_writes`]); taken before an arena image is made of them.
     pub fn host_writes(&self) -> std::collections::HashMap<usize, u64> {
         self.maps.iter().enumerate().filter_map(|(slot, m)| Some((slot, m.as_ref()?.host_writes()))).collect()
@@ -599,7 +599,7 @@ impl GpuProbes {
     }
 
     /// Whether [`GpuProbes::host_values`] may have anything to give: a map CPU programs use
-    /// too, or a loader's write to another map since `share` last looked (counters only: cheap
+    /// too, or a write (a loader's, or a program's in any process) to another map since `share` last looked (counters only: cheap
     /// enough for every launch).
     pub fn host_may_push(&self, layout: &ArenaLayout, share: &HostShare) -> bool {
         use bpftime_gpu_ptx::maps::GpuMapKind;
@@ -615,8 +615,8 @@ impl GpuProbes {
     /// What to give the device before a launch. Of each host-owned array (one CPU programs
     /// also write) the runs of entries whose host value differs from what `share` says the GPU
     /// was given (which it then records), and each host-owned hash whose entries differ, to
-    /// merge ([`Self::merge_hash`]). A map only GPU programs use is looked at when the syscall
-    /// path wrote it (a loader, bpftool, the CLI): if its entries differ from `written` (the
+    /// merge ([`Self::merge_hash`]). A map only GPU programs use is looked at when it was
+    /// written (by a loader, bpftool, the CLI, or a program of another kind or process): if its entries differ from `written` (the
     /// device's copy last written back) it becomes host-owned from then on, so what the loader
     /// wrote reaches the device (over what the GPU changed since that copy) and the GPU's
     /// writes still come back.
@@ -831,7 +831,7 @@ fn apply_gpu_changes(map: &bpftime_maps::Map, name: &str, given: &mut Entries, g
 pub struct HostShare {
     given: std::collections::HashMap<usize, Vec<u8>>,
     hashes: std::collections::HashMap<usize, Entries>,
-    /// Syscall-path writes of each map when last looked at.
+    /// Writes of each map (see [`bpftime_maps::Map::host_writes`]) when last looked at.
     writes: std::collections::HashMap<usize, u64>,
 }
 
