@@ -1,7 +1,7 @@
 //! ARRAY, PERCPU_ARRAY, and the id arrays (PROG_ARRAY, ARRAY_OF_MAPS, PERF_EVENT_ARRAY).
 //!
-//! Values are contiguous, one 8-aligned stride per index (per-CPU: one slot per CPU inside the
-//! stride). Elements always exist: updates overwrite in place and deletes are refused, as in
+//! Values are contiguous, one 8-aligned stride per index (per-CPU: a block of them per CPU, see
+//! [`percpu_blocks`]). Elements always exist: updates overwrite in place and deletes are refused, as in
 //! the kernel. Id arrays hold a u32 object id per index, 0 meaning empty.
 
 use crate::{check_update_flags, current_cpu, round8, Errno, Map, MapType, BPF_ANY, BPF_NOEXIST};
@@ -14,7 +14,20 @@ fn index(key: &[u8]) -> u32 {
 
 fn slot(map: &Map, idx: u32, cpu: u32) -> u64 {
     let l = map.layout();
-    l.data + idx as u64 * l.elem_size + cpu as u64 * round8(map.spec().value_size as u64)
+    if map.map_type() == MapType::PercpuArray {
+        let (first, block) = percpu_blocks(map);
+        return first + cpu as u64 * block + idx as u64 * l.elem_size;
+    }
+    l.data + idx as u64 * l.elem_size
+}
+
+/// A per-CPU array's values: CPU `c`'s block (its value of every index, in whole cache lines,
+/// so that CPUs writing their own values never share a line) starts at `first + c * block`,
+/// `first` being the first cache line boundary of the storage.
+pub(crate) fn percpu_blocks(map: &Map) -> (u64, u64) {
+    let l = map.layout();
+    let block = crate::hash::percpu_block(map.spec().max_entries as u64, l.elem_size).expect("a validated spec");
+    (l.data.next_multiple_of(64), block)
 }
 
 pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {

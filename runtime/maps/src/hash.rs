@@ -77,6 +77,7 @@ fn key_off(_map: &Map) -> u64 {
     HDR
 }
 
+/// Where an element's value starts (not per-CPU maps', which are out of line).
 fn value_off(map: &Map) -> u64 {
     HDR + round8(map.spec().key_size as u64)
 }
@@ -89,15 +90,37 @@ fn bucket_count_of(max_entries: u32) -> Option<u64> {
 /// The layout's sizes (offsets 0) for `spec`: `max_entries` elements plus one per stripe (its
 /// spare), one per free list and one more (replacements take a new element before they free
 /// the old one, as the kernel's per-CPU extra elements allow); buckets, stripes and free lists
-/// in `aux`.
+/// in `aux`. A per-CPU map's elements hold no values (their size is a power of two, so that an
+/// element's index is a shift away): its values follow in `aux`, one block per CPU (see
+/// `View::value_ptr`).
 pub(crate) fn sizes(spec: &MapSpec, cpus: u64) -> Option<Layout> {
     let nbuckets = bucket_count_of(spec.max_entries)?;
-    let values = round8(spec.value_size as u64).checked_mul(if spec.map_type.is_percpu() { cpus } else { 1 })?;
-    let elem_size = HDR + round8(spec.key_size as u64) + values;
+    let head = HDR + round8(spec.key_size as u64);
+    let stride = round8(spec.value_size as u64);
+    let percpu = spec.map_type.is_percpu();
+    let elem_size = if percpu { head.checked_next_power_of_two()? } else { head + stride };
     // One spare per stripe on top, so that spares never starve the free lists.
-    let pool = (spec.max_entries as u64 + nbuckets.min(MAX_STRIPES) + FREE_LISTS + 1).checked_mul(elem_size)?;
-    let aux = nbuckets.checked_mul(8)?.checked_add(nbuckets.min(MAX_STRIPES) * STRIPE_SIZE)?.checked_add(FREE_LISTS * FREE_LIST_SIZE)?;
+    let elems = spec.max_entries as u64 + nbuckets.min(MAX_STRIPES) + FREE_LISTS + 1;
+    let pool = elems.checked_mul(elem_size)?;
+    let mut aux = fixed_aux(nbuckets)?;
+    if percpu {
+        aux = aux.checked_add(CACHE_LINE)?.checked_add(percpu_block(elems, stride)?.checked_mul(cpus)?)?;
+    }
     Some(Layout { data_len: pool, aux_len: aux, elem_size, ..Layout::default() })
+}
+
+/// Bytes of `aux` before a per-CPU map's values: buckets, stripes, free lists.
+fn fixed_aux(nbuckets: u64) -> Option<u64> {
+    nbuckets.checked_mul(8)?.checked_add(nbuckets.min(MAX_STRIPES) * STRIPE_SIZE)?.checked_add(FREE_LISTS * FREE_LIST_SIZE)
+}
+
+const CACHE_LINE: u64 = 64;
+
+/// Bytes of one CPU's block of a per-CPU map's values: every element's value for that CPU, in
+/// whole cache lines, so that CPUs writing their own values never share a line (they would
+/// take turns at it: two threads counting into one per-CPU value cost 3x one thread).
+pub(crate) fn percpu_block(elems: u64, stride: u64) -> Option<u64> {
+    elems.checked_mul(stride)?.checked_next_multiple_of(CACHE_LINE)
 }
 
 pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec, cpus: u64) -> Result<Layout, ShmError> {
@@ -249,8 +272,17 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Where element `e`'s value (CPU `cpu`'s, in a per-CPU map) is. A per-CPU map's values
+    /// follow `aux`'s fixed part, from its first cache line boundary on: CPU `c`'s value of
+    /// element `i` at `c * block + i * stride` from there.
     fn value_ptr(&self, e: u64, cpu: u32) -> u64 {
-        e + value_off(self.map) + cpu as u64 * value_stride(self.map)
+        if !self.map.map_type().is_percpu() {
+            return e + value_off(self.map);
+        }
+        let stride = value_stride(self.map);
+        let first = (self.l.aux + fixed_aux(self.nbuckets).expect("a validated spec")).next_multiple_of(CACHE_LINE);
+        let block = percpu_block(self.pool, stride).expect("a validated spec");
+        first + cpu as u64 * block + ((e - self.l.data) >> self.l.elem_size.trailing_zeros()) * stride
     }
 
     fn elem_at(&self, i: u64) -> u64 {

@@ -635,10 +635,10 @@ impl Map {
         let n = spec.max_entries as u64;
         let cpus = ncpus as u64;
         match spec.map_type {
-            Array | PercpuArray | ProgArray | ArrayOfMaps | CgroupArray => {
-                let stride = value.checked_mul(if spec.map_type.is_percpu() { cpus } else { 1 })?;
-                Some(Layout { data_len: stride.checked_mul(n)?, elem_size: stride, ..Layout::default() })
-            }
+            // Per-CPU: one block per CPU, from the first cache line boundary (see
+            // `array::percpu_blocks`; the storage itself is 16-aligned).
+            PercpuArray => Some(Layout { data_len: hash::percpu_block(n, value)?.checked_mul(cpus)?.checked_add(48)?, elem_size: value, ..Layout::default() }),
+            Array | ProgArray | ArrayOfMaps | CgroupArray => Some(Layout { data_len: value.checked_mul(n)?, elem_size: value, ..Layout::default() }),
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::sizes(spec, cpus),
             LpmTrie => lpm::sizes(spec),
             Queue | Stack => Some(Layout { data_len: value.checked_mul(n + 1)?, elem_size: value, ..Layout::default() }),
@@ -1116,7 +1116,10 @@ impl Map {
     pub fn array_values(&self) -> Option<(u64, u64, u64)> {
         match self.spec.map_type {
             MapType::Array => Some((self.data_addr, self.layout.elem_size, 0)),
-            MapType::PercpuArray => Some((self.data_addr, self.layout.elem_size, round8(self.spec.value_size as u64))),
+            MapType::PercpuArray => {
+                let (first, block) = array::percpu_blocks(self);
+                Some((self.region.base() as u64 + first, self.layout.elem_size, block))
+            }
             _ => None,
         }
     }

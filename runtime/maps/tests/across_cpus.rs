@@ -1,0 +1,89 @@
+//! Maps written from several CPUs at once: nothing two CPUs write on their own lies on one cache
+//! line (they would take turns at it). `Map::host_writes` counts every update and delete made
+//! by a system call or a program's helper call, on whatever CPU it runs (per CPU), and not a
+//! copy written back; each CPU's values of a per-CPU map lie on lines of their own.
+
+use bpftime_maps::{Map, MapSpec, MapType, BPF_ANY};
+use bpftime_shm::ShmRegion;
+use std::sync::Arc;
+
+fn map(t: MapType, max: u32) -> Map {
+    let region = Arc::new(ShmRegion::anonymous(16 << 20).unwrap());
+    Map::create(&region, "written", &MapSpec::new(t, 4, 8, max)).unwrap()
+}
+
+#[test]
+fn each_kind_of_write_is_counted_once_and_copies_written_back_are_not() {
+    for t in [MapType::Hash, MapType::PercpuHash, MapType::LruHash, MapType::Array, MapType::PercpuArray] {
+        let m = map(t, 16);
+        let start = m.host_writes();
+        let value = vec![7u8; m.syscall_value_size()];
+        m.update(&1u32.to_le_bytes(), &value, BPF_ANY).unwrap();
+        assert_eq!(m.host_writes(), start + 1, "{t:?}: a system call's update");
+        m.update_from_prog(&2u32.to_le_bytes(), &9u64.to_le_bytes(), BPF_ANY).unwrap();
+        assert_eq!(m.host_writes(), start + 2, "{t:?}: a program's update");
+        m.update_from_copy(&3u32.to_le_bytes(), &value, BPF_ANY).unwrap();
+        assert_eq!(m.host_writes(), start + 2, "{t:?}: a copy written back is not counted");
+        if !matches!(t, MapType::Array | MapType::PercpuArray) {
+            m.delete(&1u32.to_le_bytes()).unwrap();
+            assert_eq!(m.host_writes(), start + 3, "{t:?}: a delete");
+        }
+    }
+}
+
+#[test]
+fn writes_from_threads_on_every_cpu_all_count() {
+    let m = Arc::new(map(MapType::Hash, 1024));
+    let start = m.host_writes();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+    const PER_THREAD: u32 = 20_000;
+    std::thread::scope(|s| {
+        for t in 0..cpus as u32 * 2 {
+            let m = &m;
+            s.spawn(move || {
+                for i in 0..PER_THREAD {
+                    let key = t * 32 + i % 32;
+                    m.update_from_prog(&key.to_le_bytes(), &u64::from(i).to_le_bytes(), BPF_ANY).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(m.host_writes() - start, u64::from(PER_THREAD) * cpus as u64 * 2);
+}
+
+/// Each CPU's values of a per-CPU map lie in cache lines of their own: two CPUs counting into
+/// the same key never take turns at one line. What a program writes through CPU `c`'s pointer
+/// is what the system call side reads as CPU `c`'s value.
+#[test]
+fn per_cpu_values_of_one_key_lie_on_lines_of_their_own() {
+    let ncpus = bpftime_maps::possible_cpus();
+    for t in [MapType::PercpuArray, MapType::PercpuHash, MapType::LruPercpuHash] {
+        for max in [1u32, 3, 64] {
+            let m = map(t, max);
+            let keys: Vec<u32> = (0..max).collect();
+            if t != MapType::PercpuArray {
+                for &k in &keys {
+                    m.update(&k.to_le_bytes(), &vec![0u8; m.syscall_value_size()], BPF_ANY).unwrap();
+                }
+            }
+            let mut lines = std::collections::HashMap::new();
+            for &k in &keys {
+                for cpu in 0..ncpus {
+                    let p = m.lookup_ptr_on_cpu(&k.to_le_bytes(), cpu).unwrap() as u64;
+                    if let Some(other) = lines.insert(p / 64, cpu) {
+                        assert_eq!(other, cpu, "{t:?}, {max} entries: CPUs {other} and {cpu} share line {:#x}", p / 64 * 64);
+                    }
+                    // SAFETY: a live 8-byte value of the map, in the region.
+                    unsafe { (p as *mut u64).write_unaligned(u64::from(k) * 1000 + u64::from(cpu)) };
+                }
+            }
+            for &k in &keys {
+                let mut all = vec![0u8; m.syscall_value_size()];
+                m.lookup(&k.to_le_bytes(), &mut all).unwrap();
+                let got: Vec<u64> = all.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+                let want: Vec<u64> = (0..ncpus).map(|cpu| u64::from(k) * 1000 + u64::from(cpu)).collect();
+                assert_eq!(got, want, "{t:?}, {max} entries, key {k}");
+            }
+        }
+    }
+}
