@@ -444,7 +444,6 @@ impl<'a> View<'a> {
                 continue;
             }
             self.flags(e).store(0, Ordering::Release);
-            d.count.fetch_sub(1, Ordering::Relaxed);
             return Some(e);
         }
         None
@@ -472,7 +471,7 @@ pub(crate) fn init(map: &Map) {
         v.flags(v.elem_at(i)).store(0, Ordering::Relaxed);
         v.push_list(v.list_of(i), v.elem_at(i));
     }
-    map.desc().count.store(0, Ordering::Relaxed);
+    map.reset_entries(0);
 }
 
 /// After a writer died holding a lock: with the map's lock and then every bucket and free list
@@ -538,7 +537,7 @@ pub(crate) fn repair(map: &Map) {
             head.store(e, Ordering::Relaxed);
         }
     }
-    map.desc().count.store(count, Ordering::Relaxed);
+    map.reset_entries(count);
 }
 
 fn copy_value_out(map: &Map, v: &View, e: u64, out: &mut [u8]) {
@@ -640,7 +639,6 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
     if old.is_none() && flags == BPF_EXIST {
         return Err(Errno::ENOENT);
     }
-    let d = map.desc();
     if let (Some(e), true) = (old, map.map_type().is_percpu()) {
         // Per-CPU maps update in place, as the kernel does.
         write_value(map, &v, e, &fill, false);
@@ -665,28 +663,33 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
             _ => {}
         }
     }
-    // A new key is counted first, so that racing inserts never pass max_entries.
+    // A new key takes its entry of the budget first, so that racing inserts never pass
+    // max_entries; in a full LRU map it takes the entry of the key it evicts.
     let mut evicted = None;
-    if old.is_none() && d.count.fetch_add(1, Ordering::Relaxed) >= map.spec().max_entries as u64 {
+    if old.is_none() && !map.take_entry() {
         evicted = if v.is_lru() { v.evict(b) } else { None };
         if evicted.is_none() {
-            d.count.fetch_sub(1, Ordering::Relaxed);
             return Err(Errno::E2BIG);
         }
     }
-    let e = match evicted.or_else(|| v.take_free(b)).or_else(|| if v.is_lru() { v.evict(b) } else { None }) {
-        // Evicted to make room for its own replacement: the key stays, and so does its count.
-        Some(e) if old == Some(e) => {
-            d.count.fetch_add(1, Ordering::Relaxed);
-            e
-        }
+    let e = match evicted.or_else(|| v.take_free(b)) {
         Some(e) => e,
-        None => {
-            if old.is_none() {
-                d.count.fetch_sub(1, Ordering::Relaxed);
+        None => match if v.is_lru() { v.evict(b) } else { None } {
+            // Evicted to make room for its own replacement: the key stays, and so does its
+            // entry.
+            Some(e) if old == Some(e) => e,
+            // Another key evicted for want of a free element: its entry goes back.
+            Some(e) => {
+                map.give_entry();
+                e
             }
-            return Err(Errno::E2BIG);
-        }
+            None => {
+                if old.is_none() {
+                    map.give_entry();
+                }
+                return Err(Errno::E2BIG);
+            }
+        },
     };
     v.hash(e).store(h, Ordering::Relaxed);
     map.region().write(e + key_off(map), key);
@@ -738,7 +741,7 @@ fn remove(map: &Map, key: &[u8], value: Option<&mut [u8]>) -> Result<(), Errno> 
     }
     link.store(v.next(e).load(Ordering::Relaxed), Ordering::Release);
     v.release(b, e);
-    map.desc().count.fetch_sub(1, Ordering::Relaxed);
+    map.give_entry();
     Ok(())
 }
 

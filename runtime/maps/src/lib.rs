@@ -233,17 +233,26 @@ pub(crate) struct MapDesc {
     holders: [AtomicU32; MAP_HOLDERS],
     /// 1 once `BPF_MAP_FREEZE` made it read-only to system calls (see [`Map::freeze`]).
     frozen: AtomicU32,
-    /// Updates and deletes, by system calls and programs, not by copies written back (see
-    /// [`Map::host_writes`]), counted by CPU: shard `i` is word `WRITE_STRIDE * (i + 1)`, so
-    /// that no two shards, nor a shard and the fields above, share a cache line (two CPUs
-    /// updating one map would otherwise take turns at one line: 4x the time of one CPU).
-    writes: [AtomicU64; WRITE_STRIDE * (WRITE_SHARDS + 1)],
+    /// What each CPU counts of the map on its own, a cache line per shard (CPU `c` uses shard
+    /// `c % SHARDS`; shard `i` starts at word `SHARD_STRIDE * (i + 1)`), so that no two shards,
+    /// nor a shard and the fields above, share a line: two CPUs updating one map would
+    /// otherwise take turns at it (4x the time of one CPU). Words of a shard: [`WRITES`],
+    /// [`CREDITS`].
+    shards: [AtomicU64; SHARD_STRIDE * (SHARDS + 1)],
 }
 
-/// How many counters [`MapDesc::writes`] spreads the writes over (by CPU).
-const WRITE_SHARDS: usize = 8;
-/// Words from one write counter to the next: a cache line.
-const WRITE_STRIDE: usize = 8;
+/// How many shards [`MapDesc::shards`] has.
+const SHARDS: usize = 8;
+/// Words from one shard to the next: a cache line.
+const SHARD_STRIDE: usize = 8;
+/// A shard's count of updates and deletes, by system calls and programs, not by copies written
+/// back (see [`Map::host_writes`]).
+const WRITES: usize = 0;
+/// A shard's entries of a hash map's budget taken from `count` and not used (see
+/// [`Map::take_entry`]).
+const CREDITS: usize = 1;
+/// Entries a shard takes from a hash map's budget at once, and keeps at most twice over.
+const CREDIT_BATCH: u64 = 16;
 
 /// [`MapDesc::creator`] once its loader let go while others held the map.
 const CREATOR_RELEASED: u32 = u32::MAX;
@@ -864,6 +873,9 @@ impl Map {
     pub fn len(&self) -> u64 {
         if self.spec.map_type.is_array_like() {
             self.spec.max_entries as u64
+        } else if self.spec.map_type.is_hash_like() {
+            let unused = (1..=SHARDS).map(|i| self.desc().shards[SHARD_STRIDE * i + CREDITS].load(Ordering::Relaxed)).fold(0, u64::wrapping_add);
+            self.desc().count.load(Ordering::Relaxed).saturating_sub(unused)
         } else {
             self.desc().count.load(Ordering::Relaxed)
         }
@@ -922,8 +934,8 @@ impl Map {
     /// calls have made, so that a copy of the map elsewhere (on a GPU) knows cheaply when to
     /// look again. Values programs write through a looked-up pointer are not counted.
     pub fn host_writes(&self) -> u64 {
-        let w = &self.desc().writes;
-        (1..=WRITE_SHARDS).map(|i| w[WRITE_STRIDE * i].load(Ordering::Acquire)).fold(0, u64::wrapping_add)
+        let w = &self.desc().shards;
+        (1..=SHARDS).map(|i| w[SHARD_STRIDE * i + WRITES].load(Ordering::Acquire)).fold(0, u64::wrapping_add)
     }
 
     /// `update` for a copy of this map elsewhere writing its entries back (a GPU's copy):
@@ -937,10 +949,77 @@ impl Map {
         self.delete_inner(key)
     }
 
-    /// Counts a write in this CPU's shard of [`MapDesc::writes`].
+    /// This CPU's word `word` of [`MapDesc::shards`].
+    fn my_shard(&self, word: usize) -> &AtomicU64 {
+        &self.desc().shards[SHARD_STRIDE * (1 + current_cpu() as usize % SHARDS) + word]
+    }
+
+    /// Counts a write in this CPU's shard.
     fn wrote(&self) {
-        let shard = 1 + current_cpu() as usize % WRITE_SHARDS;
-        self.desc().writes[WRITE_STRIDE * shard].fetch_add(1, Ordering::AcqRel);
+        self.my_shard(WRITES).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Takes one entry of a hash map's `max_entries` for a new key; false when the map is
+    /// full. The budget is handed to CPUs in batches (`count` is what was handed out; each
+    /// shard's [`CREDITS`], what it has not used), so that inserts and deletes on different
+    /// CPUs touch lines of their own: a program that adds a key at a function's entry and
+    /// deletes it at its return (the latency tools' pattern) took a locked add and a locked
+    /// subtract on one word per call, which two CPUs took turns at. Exact: live entries are
+    /// `count` less every shard's credits, and `count` never passes `max_entries`; once it
+    /// is reached, credits other shards hold are taken.
+    pub(crate) fn take_entry(&self) -> bool {
+        let mine = self.my_shard(CREDITS);
+        let mut have = mine.load(Ordering::Relaxed);
+        while have > 0 {
+            match mine.compare_exchange_weak(have, have - 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => have = now,
+            }
+        }
+        let count = &self.desc().count;
+        let max = self.spec.max_entries as u64;
+        let mut handed = count.load(Ordering::Relaxed);
+        while handed < max {
+            let n = CREDIT_BATCH.min(max - handed);
+            match count.compare_exchange_weak(handed, handed + n, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    if n > 1 {
+                        mine.fetch_add(n - 1, Ordering::Relaxed);
+                    }
+                    return true;
+                }
+                Err(now) => handed = now,
+            }
+        }
+        for i in 1..=SHARDS {
+            let got = self.desc().shards[SHARD_STRIDE * i + CREDITS].swap(0, Ordering::Relaxed);
+            if got > 0 {
+                if got > 1 {
+                    mine.fetch_add(got - 1, Ordering::Relaxed);
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Gives back an entry of a hash map's budget (a key deleted or evicted), to this CPU's
+    /// credits; past twice a batch, a batch goes back to `count`.
+    pub(crate) fn give_entry(&self) {
+        let mine = self.my_shard(CREDITS);
+        let have = mine.fetch_add(1, Ordering::Relaxed) + 1;
+        if have > 2 * CREDIT_BATCH && mine.compare_exchange(have, have - CREDIT_BATCH, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            self.desc().count.fetch_sub(CREDIT_BATCH, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets a hash map's live entries to `live`, every shard's credits to none (nothing else
+    /// may change the map meanwhile).
+    pub(crate) fn reset_entries(&self, live: u64) {
+        for i in 1..=SHARDS {
+            self.desc().shards[SHARD_STRIDE * i + CREDITS].store(0, Ordering::Relaxed);
+        }
+        self.desc().count.store(live, Ordering::Relaxed);
     }
 
     /// `BPF_MAP_UPDATE_ELEM`.

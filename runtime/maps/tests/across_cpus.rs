@@ -87,3 +87,58 @@ fn per_cpu_values_of_one_key_lie_on_lines_of_their_own() {
         }
     }
 }
+
+/// Runs `f` on a thread that stays on CPU `cpu` (where the machine has it).
+fn on_cpu<T: Send>(cpu: usize, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside it for cpu < 1024;
+            // sched_setaffinity(2) reads the set (pid 0: this thread).
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu % 1024, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// A hash map's `max_entries` holds exactly, however inserts and deletes are spread over CPUs
+/// (each CPU keeps a share of the budget): what one CPU freed another can use, and a full map
+/// refuses the next key with E2BIG, as the kernel's does.
+#[test]
+fn a_hash_maps_size_limit_is_exact_across_cpus() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for t in [MapType::Hash, MapType::PercpuHash] {
+        let m = map(t, 100);
+        let value = vec![1u8; m.syscall_value_size()];
+        let insert = |k: u32| m.update(&k.to_le_bytes(), &value, BPF_ANY);
+        // CPU 0 adds 60 keys and deletes them: the budget they took stays with it.
+        on_cpu(0, || {
+            for k in 0..60 {
+                insert(k).unwrap();
+            }
+            for k in 0..60u32 {
+                m.delete(&k.to_le_bytes()).unwrap();
+            }
+        });
+        assert_eq!(m.len(), 0, "{t:?}");
+        // Another CPU fills the map: all 100 entries, then no more.
+        let added = on_cpu(1 % cpus, || (1000..1200).take_while(|&k| insert(k).is_ok()).count());
+        assert_eq!(added, 100, "{t:?}");
+        assert_eq!(m.len(), 100, "{t:?}");
+        assert_eq!(insert(5000), Err(bpftime_maps::Errno::E2BIG), "{t:?}");
+        // Replacing a key of a full map needs no new entry.
+        insert(1000).unwrap();
+        // One deleted on CPU 0 makes room for one key, on any CPU.
+        on_cpu(0, || m.delete(&1001u32.to_le_bytes()).unwrap());
+        on_cpu(1 % cpus, || {
+            insert(6000).unwrap();
+            assert_eq!(insert(6001), Err(bpftime_maps::Errno::E2BIG), "{t:?}");
+        });
+        assert_eq!(m.len(), 100, "{t:?}");
+    }
+}
