@@ -94,7 +94,11 @@ pub(crate) fn update_percpu_one(map: &Map, key: &[u8], value: &[u8], flags: u64)
         return Err(Errno::EINVAL);
     }
     let idx = update_index(map, key, flags)?;
-    map.region().write(slot(map, idx, current_cpu()), value);
+    let cpu = current_cpu();
+    if cpu >= map.ncpus() {
+        return Err(Errno::EINVAL);
+    }
+    map.region().write(slot(map, idx, cpu), value);
     Ok(())
 }
 
@@ -163,6 +167,10 @@ pub(crate) fn next_key(map: &Map, key: Option<&[u8]>, next: &mut [u8]) -> Result
 #[inline]
 pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
     let cpu = if map.map_type() == MapType::PercpuArray { current_cpu() } else { 0 };
+    // (A CPU the map has no block for: a process that sees more CPUs than its creator did.)
+    if cpu >= map.ncpus() {
+        return None;
+    }
     lookup_ptr_on(map, key, cpu)
 }
 

@@ -565,6 +565,10 @@ pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errn
 #[inline]
 pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
     let cpu = if map.map_type().is_percpu() { current_cpu() } else { 0 };
+    // (A CPU the map has no block for: a process that sees more CPUs than its creator did.)
+    if cpu >= map.ncpus() {
+        return None;
+    }
     lookup_ptr_on(map, key, cpu)
 }
 

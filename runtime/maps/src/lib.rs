@@ -645,8 +645,8 @@ impl Map {
         let cpus = ncpus as u64;
         match spec.map_type {
             // Per-CPU: one block per CPU, from the first cache line boundary (see
-            // `array::percpu_blocks`; the storage itself is 16-aligned).
-            PercpuArray => Some(Layout { data_len: hash::percpu_block(n, value)?.checked_mul(cpus)?.checked_add(48)?, elem_size: value, ..Layout::default() }),
+            // `array::percpu_blocks`; the storage is 8-aligned, as opening checks).
+            PercpuArray => Some(Layout { data_len: hash::percpu_block(n, value)?.checked_mul(cpus)?.checked_add(64)?, elem_size: value, ..Layout::default() }),
             Array | ProgArray | ArrayOfMaps | CgroupArray => Some(Layout { data_len: value.checked_mul(n)?, elem_size: value, ..Layout::default() }),
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::sizes(spec, cpus),
             LpmTrie => lpm::sizes(spec),
@@ -980,7 +980,10 @@ impl Map {
         let max = self.spec.max_entries as u64;
         let mut handed = count.load(Ordering::Relaxed);
         while handed < max {
-            let n = CREDIT_BATCH.min(max - handed);
+            // A batch only while the budget is far from spent: what is on its way to this
+            // shard is in no shard meanwhile, and an insert elsewhere must not find the map
+            // full for it.
+            let n = if max - handed > (SHARDS as u64 + 1) * CREDIT_BATCH { CREDIT_BATCH } else { 1 };
             match count.compare_exchange_weak(handed, handed + n, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => {
                     if n > 1 {
@@ -991,13 +994,15 @@ impl Map {
                 Err(now) => handed = now,
             }
         }
+        // One at a time, so that no credit is ever in no shard.
         for i in 1..=SHARDS {
-            let got = self.desc().shards[SHARD_STRIDE * i + CREDITS].swap(0, Ordering::Relaxed);
-            if got > 0 {
-                if got > 1 {
-                    mine.fetch_add(got - 1, Ordering::Relaxed);
+            let theirs = &self.desc().shards[SHARD_STRIDE * i + CREDITS];
+            let mut have = theirs.load(Ordering::Relaxed);
+            while have > 0 {
+                match theirs.compare_exchange_weak(have, have - 1, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return true,
+                    Err(now) => have = now,
                 }
-                return true;
             }
         }
         false
@@ -1195,7 +1200,8 @@ impl Map {
     pub fn array_values(&self) -> Option<(u64, u64, u64)> {
         match self.spec.map_type {
             MapType::Array => Some((self.data_addr, self.layout.elem_size, 0)),
-            MapType::PercpuArray => {
+            // Not inlined where this process may see a CPU the map has no block for.
+            MapType::PercpuArray if self.ncpus >= possible_cpus() => {
                 let (first, block) = array::percpu_blocks(self);
                 Some((self.region.base() as u64 + first, self.layout.elem_size, block))
             }
@@ -1432,7 +1438,8 @@ impl Map {
         }
     }
 
-    /// The range of the region holding values programs may read and write directly.
+    /// The map's data area: an array's values (a per-CPU array's blocks), a hash map's elements
+    /// (with their values, but for per-CPU maps, whose values follow the buckets).
     pub fn value_region(&self) -> (u64, u64) {
         (self.region.base() as u64 + self.layout.data, self.layout.data_len)
     }
