@@ -1447,8 +1447,11 @@ fn a_program_whose_libraries_have_static_thread_locals_starts() {
     std::fs::write(dir.join("launch.c"), LAUNCHER).unwrap();
     cc(&["-O2", "launch.c", "-o", "launch"]);
     let out = bpftime_shm(&shm, &["start", "--", dir.join("launch").to_str().unwrap(), dir.join("bigtls").to_str().unwrap()]);
-    let ways = ["posix_spawn", "posix_spawnp", "execve", "execv", "execvp", "execvpe", "fexecve", "vfork", "system"];
-    let expected: String = ways.iter().map(|w| format!("touched 1\n{w} 0\n")).collect();
+    let ways = ["posix_spawn", "posix_spawnp", "execve", "execv", "execvp", "execvpe", "fexecve", "execl", "execlp", "execle", "vfork", "system"];
+    let mut expected: String = ways.iter().map(|w| format!("touched 1\n{w} 0\n")).collect();
+    // The variadic ones hand every argument and the environment on (8 arguments: some
+    // passed on the stack).
+    expected += "1 2 3 4 5 6 7\nexecl echo 0\nBPFTIME_MARK=7\nexecle env 0\n";
     assert_eq!(text(&out.stdout), expected, "{}", text(&out.stderr));
     // The room is no larger where the libraries do not need it: a thread asking for a 32 KiB
     // stack (each thread's block holds the room) starts as without us.
@@ -1465,7 +1468,8 @@ fn a_program_whose_libraries_have_static_thread_locals_starts() {
 }
 
 /// A program that starts `argv[1]` (a path) each way libc has, waits for it and prints each
-/// way's exit status.
+/// way's exit status; then `echo` with 7 arguments by `execl` and `env` with an environment of
+/// its own by `execle`.
 const LAUNCHER: &str = r#"#define _GNU_SOURCE
 #include <fcntl.h>
 #include <spawn.h>
@@ -1476,7 +1480,8 @@ const LAUNCHER: &str = r#"#define _GNU_SOURCE
 #include <unistd.h>
 extern char **environ;
 int main(int argc, char **argv) {
-    const char *ways[] = {"posix_spawn", "posix_spawnp", "execve", "execv", "execvp", "execvpe", "fexecve", "vfork", "system"};
+    const char *ways[] = {"posix_spawn", "posix_spawnp", "execve", "execv", "execvp", "execvpe", "fexecve", "execl", "execlp", "execle", "vfork", "system", "execl echo", "execle env"};
+    char *mark[] = {"BPFTIME_MARK=7", NULL};
     char *args[] = {argv[1], NULL};
     for (unsigned i = 0; i < sizeof ways / sizeof *ways; i++) {
         const char *way = ways[i];
@@ -1500,6 +1505,11 @@ int main(int argc, char **argv) {
             if (!strcmp(way, "execvp")) execvp(argv[1], args);
             if (!strcmp(way, "execvpe")) execvpe(argv[1], args, environ);
             if (!strcmp(way, "fexecve")) fexecve(open(argv[1], O_RDONLY | O_CLOEXEC), args, environ);
+            if (!strcmp(way, "execl")) execl(argv[1], argv[1], NULL);
+            if (!strcmp(way, "execlp")) execlp(argv[1], argv[1], NULL);
+            if (!strcmp(way, "execle")) execle(argv[1], argv[1], NULL, environ);
+            if (!strcmp(way, "execl echo")) execl("/bin/echo", "echo", "1", "2", "3", "4", "5", "6", "7", NULL);
+            if (!strcmp(way, "execle env")) execle("/usr/bin/env", "env", NULL, mark);
             _exit(126);
         }
         if (pid > 0)

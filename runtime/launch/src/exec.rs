@@ -190,6 +190,67 @@ macro_rules! exec_wrappers {
         $crate::exec_wrapper!(posix_spawnp(pid: *mut i32, file: *const $crate::exec::c_char, actions: *const $crate::exec::c_void, attributes: *const $crate::exec::c_void, argv: *const *const $crate::exec::c_char, envp: *const *const $crate::exec::c_char) program file, search true, env envp, missing $crate::exec::ENOSYS);
         $crate::exec_wrapper!(execv(path: *const $crate::exec::c_char, argv: *const *const $crate::exec::c_char) program path, search false, made through execve);
         $crate::exec_wrapper!(execvp(file: *const $crate::exec::c_char, argv: *const *const $crate::exec::c_char) program file, search true, made through execvpe);
+        $crate::exec_list_wrapper!(execl through execv);
+        $crate::exec_list_wrapper!(execlp through execvp);
+        $crate::exec_list_wrapper!(execle through bpftime_execle_list);
+
+        /// `execle`'s arguments gathered (see `exec_list_wrapper!`): its environment is the
+        /// word after the arguments' terminating null pointer.
+        ///
+        /// # Safety
+        /// `argv` is a null-terminated array followed by an environment pointer, as execle(3)'s
+        /// arguments are.
+        unsafe extern "C" fn bpftime_execle_list(path: *const $crate::exec::c_char, argv: *const *const $crate::exec::c_char) -> $crate::exec::c_int {
+            let mut end = argv;
+            // SAFETY: the caller's null-terminated list, then its environment pointer.
+            unsafe {
+                while !(*end).is_null() {
+                    end = end.add(1);
+                }
+                execve(path, argv, end.add(1).read() as *const *const $crate::exec::c_char)
+            }
+        }
+    };
+}
+
+/// A wrapper of one of libc's variadic exec functions (`execl`, `execlp`, `execle`), which
+/// Rust cannot define: glibc's call its internal `execve`, not ours, so they would start a
+/// program without what it needs. The wrapper (assembly, no frame of its own) lays the register
+/// arguments after the path (`rsi`, `rdx`, `rcx`, `r8`, `r9`) on the stack just below the
+/// caller's stack arguments, so that with them they form the null-terminated argument array
+/// (execl(3): `path, arg0, ..., NULL`), and calls `$with(path, array)`: the wrapped `execv` or
+/// `execvp`, or the `execle` helper that finds the environment after the array's end.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! exec_list_wrapper {
+    ($name:ident through $with:ident) => {
+        #[doc = concat!("`", stringify!($name), "`, wrapped: its arguments go to `", stringify!($with), "` as an array (see `bpftime_launch::exec_list_wrapper!`).")]
+        ///
+        /// # Safety
+        #[doc = concat!("Same contract as ", stringify!($name), "(3).")]
+        #[unsafe(naked)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(path: *const $crate::exec::c_char, arg: *const $crate::exec::c_char) -> $crate::exec::c_int {
+            core::arch::naked_asm!(
+                // The return address out of the way: the five register arguments then lie
+                // right below the caller's stack arguments.
+                "pop r11",
+                "push r9",
+                "push r8",
+                "push rcx",
+                "push rdx",
+                "push rsi",
+                "mov rsi, rsp",
+                // Back below the array (the stack is 16-aligned again for the call).
+                "push r11",
+                "call {with}",
+                "pop r11",
+                "add rsp, 40",
+                "push r11",
+                "ret",
+                with = sym $with,
+            )
+        }
     };
 }
 
