@@ -404,15 +404,6 @@ fn inline_lookup(prog: &Program, arrays: &HashMap<u64, u32>, id: u32, pc: usize)
     Some((*arrays.get(&layout.values)?, layout))
 }
 
-/// Whether function `index` is the program's entry, whose exit ends the run: not a callback,
-/// and called by no other function.
-fn ends_run(prog: &Program, index: usize) -> bool {
-    let f = prog.functions()[index];
-    index == 0
-        && !f.callback
-        && !prog.insns().iter().enumerate().any(|(pc, i)| matches!(i, Insn::Call(CallTarget::Local(off)) if pc as i64 + 1 + *off as i64 == f.start as i64))
-}
-
 struct Ctx<'a> {
     shard: bool,
     prog: &'a Program,
@@ -475,7 +466,7 @@ impl<'a> FunctionWriter<'a> {
             labels: BTreeSet::new(),
             next_label: 0,
             shards_used: false,
-            stack: crate::stack::plan(ctx.prog, f.start, f.end, ends_run(ctx.prog, index), |pc, id| {
+            stack: crate::stack::plan(ctx.prog, f.start, f.end, crate::stack::ends_run(ctx.prog, index), |pc, id| {
                 use crate::stack::CallUse;
                 match (inline_lookup(ctx.prog, &ctx.arrays, id, pc), ctx.helpers.get(id)) {
                     (Some(_), _) if ctx.prog.lookup_key(pc).is_some() => CallUse::ConstantKeyLookup,

@@ -255,6 +255,14 @@ fn define_program<M: Module>(module: &mut M, program: &Program, prefix: &str, en
     Ok(Defined { ids, slots: slots.into_iter().collect(), code_size: sizes.iter().sum(), sizes })
 }
 
+/// The stores to the stack the compiled code leaves out (by instruction index): nothing later
+/// in the run can read what they write (see `bpftime_vm::stack`).
+pub fn stores_left_out(prog: &Program) -> Vec<usize> {
+    let mut pcs: Vec<usize> = prog.functions().iter().flat_map(|&f| translate::dead_stores(prog, f)).collect();
+    pcs.sort_unstable();
+    pcs
+}
+
 /// Compiles programs into one relocatable object file (ELF on Linux) whose code loads every
 /// [`Import`] from a slot of its own: the format of `bpftime aot` and of the code cache. Each
 /// program's entry is the local symbol given with it (its other functions `NAME.fnN`); the

@@ -65,6 +65,8 @@ pub(crate) struct FnTranslator<'a, 'b> {
     /// By `pc - start`: conditional jumps over one register operation, emitted as that
     /// operation and a `select` (see [`select_skips`]).
     selects: Vec<bool>,
+    /// Stack stores nothing reads (see [`dead_stores`]), left out.
+    dead_stores: std::collections::HashSet<usize>,
     /// By `pc - start`: ways out of loops (see [`loop_exits`]), laid out after the function's
     /// hot code so that a loop's own branches fall through ...
     loop_exits: Vec<bool>,
@@ -164,6 +166,22 @@ impl Versioned {
     }
 }
 
+/// The stores of `func` to its stack frame that no later instruction of the run can read
+/// (`bpftime_vm::stack`): a map key stored for an array lookup the JIT inlines with the key it
+/// knows, most often. Every helper call that is not an inlined lookup counts as reading the
+/// whole frame (the JIT knows nothing of what a helper reads); a lookup with a key known only
+/// at run time reads its key from the stack.
+pub(crate) fn dead_stores(prog: &Program, func: EbpfFunction) -> std::collections::HashSet<usize> {
+    use bpftime_vm::stack::{ends_run, plan, CallUse};
+    let Some(index) = prog.functions().iter().position(|f| f.start == func.start) else { return Default::default() };
+    plan(prog, func.start, func.end, ends_run(prog, index), |pc, _| match (prog.inline_lookup(pc), prog.lookup_key(pc)) {
+        (Some(_), Some(_)) => CallUse::ConstantKeyLookup,
+        (Some(_), None) => CallUse::ReadsKey,
+        (None, _) => CallUse::RunsProgram,
+    })
+    .dead
+}
+
 fn mem_flags() -> MemFlagsData {
     // Program memory: checked before every access, so it cannot trap.
     MemFlagsData::new().with_notrap()
@@ -226,6 +244,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             state,
             blocks: vec![None; len],
             selects: select_skips(prog.insns(), func.start, func.end),
+            dead_stores: dead_stores(prog, func),
             loop_exits: loop_exits(prog.insns(), func.start, func.end),
             beside_entry: Vec::new(),
             beside_target: vec![false; len],
@@ -954,6 +973,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
                 };
                 self.set(dst, v);
             }
+            Insn::Store { .. } if self.dead_stores.contains(&pc) => {}
             Insn::Store { size, base, off, src } => {
                 let addr = self.checked_addr(pc, base, off, size, true);
                 let v = self.operand(src, Width::W64);

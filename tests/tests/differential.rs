@@ -233,6 +233,59 @@ fn inlined_array_lookups_agree_with_the_helper() {
             }
         }
     }
+    // The compiled code leaves out the stack stores nothing reads: a key whose lookup is
+    // inlined with the key it knows, a slot never read again, one written just before the
+    // entry function's exit. It keeps a slot read later, a key a lookup reads at run time, and
+    // what a called function may read through a pointer to its caller's frame. Every engine
+    // agrees.
+    let straight = "
+        *(u32 *)(r10 - 4) = 2
+        *(u64 *)(r10 - 16) = 7
+        r2 = r10
+        r2 += -4
+        r1 = map_fd(1) ll
+        call 1
+        if r0 == 0 goto null
+        r3 = *(u64 *)(r10 - 16)
+        *(u64 *)(r10 - 24) = r3
+        r7 = *(u32 *)(r0 + 0)
+        *(u32 *)(r10 - 32) = r7
+        r2 = r10
+        r2 += -32
+        r1 = map_fd(1) ll
+        call 1
+        if r0 == 0 goto null
+        r0 = r3
+        *(u64 *)(r10 - 48) = r0
+        exit
+    null:
+        r0 = -1
+        exit";
+    let calling = "
+        *(u64 *)(r10 - 8) = 5
+        r1 = r10
+        r1 += -8
+        call read_it
+        exit
+    read_it:
+        r0 = *(u64 *)(r1 + 0)
+        exit";
+    // (Store ordinals left out, result.)
+    for (src, left_out, want) in [(straight, vec![0, 2, 4], 7), (calling, vec![], 5)] {
+        let code = bpftime_vm::asm::assemble(src).unwrap();
+        let prog = Arc::new(bpftime_vm::verify(&code, helpers.clone(), &Resolver).unwrap());
+        let stores: Vec<usize> = (0..prog.len()).filter(|&pc| matches!(prog.insns()[pc], bpftime_vm::Insn::Store { .. })).collect();
+        let want_out: Vec<usize> = left_out.iter().map(|&i| stores[i]).collect();
+        assert_eq!(bpftime_jit::stores_left_out(&prog), want_out, "stores at {stores:?}");
+        let jit = JitProgram::compile(prog.clone()).unwrap();
+        let restored = Arc::new(restore(&code, helpers.clone(), &Resolver, &prog.record()).unwrap());
+        let object = bpftime_jit::compile_object(&[("prog", &prog)], Default::default()).unwrap();
+        let mapped = bpftime_jit::link::link(&object).unwrap().load(restored, "prog").unwrap();
+        let interp = Interpreter::new(prog);
+        for engine in [&jit as &dyn Engine, &interp, &mapped] {
+            assert_eq!(run(engine, Context::None, &RunOptions::default()), Ok(want));
+        }
+    }
 }
 
 /// Counted loops run a copy without the budget check when the budget covers their worst case

@@ -35,6 +35,7 @@ pub mod program;
 pub mod range;
 pub mod record;
 pub mod semantics;
+pub mod stack;
 pub mod thread_exit;
 pub mod verifier;
 pub mod walks;
