@@ -3,9 +3,10 @@
 //! `GLIBC_TUNABLES` its libraries need ([`crate::tunables_for`]) in the environment it is
 //! given; otherwise the call goes on as it was made.
 //!
-//! glibc's `execl`, `execle` and `execlp` (variadic, which stable Rust cannot define) and
-//! `system`/`popen` (a shell, whose own `execve` is wrapped) make their `execve` inside libc
-//! and are not wrapped. Nothing is allocated for an environment that does not name our audit
+//! glibc's `execl`, `execle` and `execlp` make their `execve` inside libc: they are variadic,
+//! which stable Rust cannot define, so their wrappers are naked functions that hand the
+//! arguments on as an array ([`crate::exec_list_wrapper!`]). `system`/`popen` start a shell, whose
+//! own `execve` is wrapped. Nothing is allocated for an environment that does not name our audit
 //! library; one made in a `vfork` child whose exec succeeds stays in its parent's heap (a few
 //! hundred bytes per such exec).
 
@@ -168,8 +169,9 @@ pub unsafe fn next_function<F: Copy>(cache: &AtomicUsize, name: &CStr) -> Option
 
 /// Defines, in the library that invokes it, `execve`, `execv`, `execvp`, `execvpe`, `fexecve`,
 /// `posix_spawn` and `posix_spawnp` that pass the call to libc's with the environment
-/// [`environment_for_exec`] makes where one is needed. `$run` (a path to a function like
-/// [`directly`]) runs the wrappers' own work.
+/// [`environment_for_exec`] makes where one is needed, and `execl`, `execlp` and `execle`, which
+/// hand their arguments to those. `$run` (a path to a function like [`directly`]) runs the
+/// wrappers' own work.
 #[macro_export]
 macro_rules! exec_wrappers {
     ($run:path) => {
