@@ -113,6 +113,18 @@ int hash_update_u32(struct input *in)
     return 0;
 }
 
+/* The latency tools' pattern: a key added (at a function's entry) and deleted (at its return). */
+SEC("bench/hash_insert_delete")
+int hash_insert_delete(struct input *in)
+{
+    for (__u64 i = 0; i < in->n; i++) {
+        __u32 k = in->base + 512 + (i & 63);
+        bpf_map_update_elem(&h32, &k, &i, BPF_ANY);
+        bpf_map_delete_elem(&h32, &k);
+    }
+    return 0;
+}
+
 SEC("bench/hash_lookup_64b")
 int hash_lookup_64b(struct input *in)
 {
