@@ -4,7 +4,7 @@
 //! [`percpu_blocks`]). Elements always exist: updates overwrite in place and deletes are refused, as in
 //! the kernel. Id arrays hold a u32 object id per index, 0 meaning empty.
 
-use crate::{check_update_flags, current_cpu, round8, Errno, Map, MapType, BPF_ANY, BPF_NOEXIST};
+use crate::{check_update_flags, current_cpu, round8, Errno, Map, MapType, BPF_ANY, BPF_NOEXIST, CACHE_LINE};
 use bpftime_shm::ObjectKind;
 use std::sync::atomic::Ordering;
 
@@ -26,8 +26,8 @@ fn slot(map: &Map, idx: u32, cpu: u32) -> u64 {
 /// `first` being the first cache line boundary of the storage.
 pub(crate) fn percpu_blocks(map: &Map) -> (u64, u64) {
     let l = map.layout();
-    let block = crate::hash::percpu_block(map.spec().max_entries as u64, l.elem_size).expect("a validated spec");
-    (l.data.next_multiple_of(64), block)
+    let block = crate::percpu_block(map.spec().max_entries as u64, l.elem_size).expect("a validated spec");
+    (l.data.next_multiple_of(CACHE_LINE), block)
 }
 
 pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
@@ -162,16 +162,6 @@ pub(crate) fn next_key(map: &Map, key: Option<&[u8]>, next: &mut [u8]) -> Result
     };
     next.copy_from_slice(&n.to_le_bytes());
     Ok(())
-}
-
-#[inline]
-pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
-    let cpu = if map.map_type() == MapType::PercpuArray { current_cpu() } else { 0 };
-    // (A CPU the map has no block for: a process that sees more CPUs than its creator did.)
-    if cpu >= map.ncpus() {
-        return None;
-    }
-    lookup_ptr_on(map, key, cpu)
 }
 
 /// The address of `key`'s value in CPU `cpu`'s slots (`cpu` below the map's CPU count; 0 for

@@ -20,7 +20,7 @@
 //! LRU maps evict with the CLOCK algorithm: lookups set a reference bit, eviction sweeps the
 //! pool from a hand, clearing bits, and evicts the first element whose bit was clear.
 
-use crate::{check_update_flags, current_cpu, round8, Errno, Layout, Map, MapSpec, MapType, BPF_EXIST, BPF_NOEXIST};
+use crate::{check_update_flags, current_cpu, percpu_block, round8, Errno, Layout, Map, MapSpec, MapType, BPF_EXIST, BPF_NOEXIST, CACHE_LINE};
 use bpftime_shm::{ShmError, ShmGuard, ShmLock, ShmRegion};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -112,15 +112,6 @@ pub(crate) fn sizes(spec: &MapSpec, cpus: u64) -> Option<Layout> {
 /// Bytes of `aux` before a per-CPU map's values: buckets, stripes, free lists.
 fn fixed_aux(nbuckets: u64) -> Option<u64> {
     nbuckets.checked_mul(8)?.checked_add(nbuckets.min(MAX_STRIPES) * STRIPE_SIZE)?.checked_add(FREE_LISTS * FREE_LIST_SIZE)
-}
-
-const CACHE_LINE: u64 = 64;
-
-/// Bytes of one CPU's block of a per-CPU map's values: every element's value for that CPU, in
-/// whole cache lines, so that CPUs writing their own values never share a line (they would
-/// take turns at it: two threads counting into one per-CPU value cost 3x one thread).
-pub(crate) fn percpu_block(elems: u64, stride: u64) -> Option<u64> {
-    elems.checked_mul(stride)?.checked_next_multiple_of(CACHE_LINE)
 }
 
 pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec, cpus: u64) -> Result<Layout, ShmError> {
@@ -560,16 +551,6 @@ pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errn
     let e = v.find(key, hash_bytes(key, 0)).ok_or(Errno::ENOENT)?;
     copy_value_out(map, &v, e, value);
     Ok(())
-}
-
-#[inline]
-pub(crate) fn lookup_ptr(map: &Map, key: &[u8]) -> Option<*mut u8> {
-    let cpu = if map.map_type().is_percpu() { current_cpu() } else { 0 };
-    // (A CPU the map has no block for: a process that sees more CPUs than its creator did.)
-    if cpu >= map.ncpus() {
-        return None;
-    }
-    lookup_ptr_on(map, key, cpu)
 }
 
 /// The address of `key`'s value in CPU `cpu`'s slot (`cpu` below the map's CPU count; 0 for

@@ -418,6 +418,16 @@ pub(crate) fn round8(n: u64) -> u64 {
     n.div_ceil(8) * 8
 }
 
+pub(crate) const CACHE_LINE: u64 = 64;
+
+/// Bytes of one CPU's block of a per-CPU map's values (`elems` values `stride` apart): every
+/// value of that CPU, in whole cache lines, so that CPUs writing their own values never share a
+/// line (they would take turns at it: two threads counting into one per-CPU value cost 3x one
+/// thread).
+pub(crate) fn percpu_block(elems: u64, stride: u64) -> Option<u64> {
+    elems.checked_mul(stride)?.checked_next_multiple_of(CACHE_LINE)
+}
+
 /// An open map: a process-local handle on a map in a region.
 #[derive(Clone)]
 pub struct Map {
@@ -646,7 +656,9 @@ impl Map {
         match spec.map_type {
             // Per-CPU: one block per CPU, from the first cache line boundary (see
             // `array::percpu_blocks`; the storage is 8-aligned, as opening checks).
-            PercpuArray => Some(Layout { data_len: hash::percpu_block(n, value)?.checked_mul(cpus)?.checked_add(64)?, elem_size: value, ..Layout::default() }),
+            PercpuArray => {
+                Some(Layout { data_len: percpu_block(n, value)?.checked_mul(cpus)?.checked_add(CACHE_LINE)?, elem_size: value, ..Layout::default() })
+            }
             Array | ProgArray | ArrayOfMaps | CgroupArray => Some(Layout { data_len: value.checked_mul(n)?, elem_size: value, ..Layout::default() }),
             Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::sizes(spec, cpus),
             LpmTrie => lpm::sizes(spec),
@@ -874,8 +886,7 @@ impl Map {
         if self.spec.map_type.is_array_like() {
             self.spec.max_entries as u64
         } else if self.spec.map_type.is_hash_like() {
-            let unused = (1..=SHARDS).map(|i| self.desc().shards[SHARD_STRIDE * i + CREDITS].load(Ordering::Relaxed)).fold(0, u64::wrapping_add);
-            self.desc().count.load(Ordering::Relaxed).saturating_sub(unused)
+            self.desc().count.load(Ordering::Relaxed).saturating_sub(self.shards_sum(CREDITS))
         } else {
             self.desc().count.load(Ordering::Relaxed)
         }
@@ -934,8 +945,7 @@ impl Map {
     /// calls have made, so that a copy of the map elsewhere (on a GPU) knows cheaply when to
     /// look again. Values programs write through a looked-up pointer are not counted.
     pub fn host_writes(&self) -> u64 {
-        let w = &self.desc().shards;
-        (1..=SHARDS).map(|i| w[SHARD_STRIDE * i + WRITES].load(Ordering::Acquire)).fold(0, u64::wrapping_add)
+        self.shards_sum(WRITES)
     }
 
     /// `update` for a copy of this map elsewhere writing its entries back (a GPU's copy):
@@ -949,9 +959,19 @@ impl Map {
         self.delete_inner(key)
     }
 
+    /// Word `word` of shard `i` of [`MapDesc::shards`].
+    fn shard(&self, i: usize, word: usize) -> &AtomicU64 {
+        &self.desc().shards[SHARD_STRIDE * (1 + i) + word]
+    }
+
     /// This CPU's word `word` of [`MapDesc::shards`].
     fn my_shard(&self, word: usize) -> &AtomicU64 {
-        &self.desc().shards[SHARD_STRIDE * (1 + current_cpu() as usize % SHARDS) + word]
+        self.shard(current_cpu() as usize % SHARDS, word)
+    }
+
+    /// Word `word` summed over every shard.
+    fn shards_sum(&self, word: usize) -> u64 {
+        (0..SHARDS).map(|i| self.shard(i, word).load(Ordering::Acquire)).fold(0, u64::wrapping_add)
     }
 
     /// Counts a write in this CPU's shard.
@@ -968,44 +988,23 @@ impl Map {
     /// `count` less every shard's credits, and `count` never passes `max_entries`; once it
     /// is reached, credits other shards hold are taken.
     pub(crate) fn take_entry(&self) -> bool {
+        let take_one = |credits: &AtomicU64| credits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |have| have.checked_sub(1)).is_ok();
         let mine = self.my_shard(CREDITS);
-        let mut have = mine.load(Ordering::Relaxed);
-        while have > 0 {
-            match mine.compare_exchange_weak(have, have - 1, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return true,
-                Err(now) => have = now,
-            }
+        if take_one(mine) {
+            return true;
         }
-        let count = &self.desc().count;
         let max = self.spec.max_entries as u64;
-        let mut handed = count.load(Ordering::Relaxed);
-        while handed < max {
-            // A batch only while the budget is far from spent: what is on its way to this
-            // shard is in no shard meanwhile, and an insert elsewhere must not find the map
-            // full for it.
-            let n = if max - handed > (SHARDS as u64 + 1) * CREDIT_BATCH { CREDIT_BATCH } else { 1 };
-            match count.compare_exchange_weak(handed, handed + n, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => {
-                    if n > 1 {
-                        mine.fetch_add(n - 1, Ordering::Relaxed);
-                    }
-                    return true;
-                }
-                Err(now) => handed = now,
+        // A batch only while the budget is far from spent: what is on its way to this shard is
+        // in no shard meanwhile, and an insert elsewhere must not find the map full for it.
+        let batch = |handed: u64| if max - handed > (SHARDS as u64 + 1) * CREDIT_BATCH { CREDIT_BATCH } else { 1 };
+        if let Ok(handed) = self.desc().count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| (h < max).then(|| h + batch(h))) {
+            if batch(handed) > 1 {
+                mine.fetch_add(batch(handed) - 1, Ordering::Relaxed);
             }
+            return true;
         }
         // One at a time, so that no credit is ever in no shard.
-        for i in 1..=SHARDS {
-            let theirs = &self.desc().shards[SHARD_STRIDE * i + CREDITS];
-            let mut have = theirs.load(Ordering::Relaxed);
-            while have > 0 {
-                match theirs.compare_exchange_weak(have, have - 1, Ordering::Relaxed, Ordering::Relaxed) {
-                    Ok(_) => return true,
-                    Err(now) => have = now,
-                }
-            }
-        }
-        false
+        (0..SHARDS).any(|i| take_one(self.shard(i, CREDITS)))
     }
 
     /// Gives back an entry of a hash map's budget (a key deleted or evicted), to this CPU's
@@ -1021,8 +1020,8 @@ impl Map {
     /// Sets a hash map's live entries to `live`, every shard's credits to none (nothing else
     /// may change the map meanwhile).
     pub(crate) fn reset_entries(&self, live: u64) {
-        for i in 1..=SHARDS {
-            self.desc().shards[SHARD_STRIDE * i + CREDITS].store(0, Ordering::Relaxed);
+        for i in 0..SHARDS {
+            self.shard(i, CREDITS).store(0, Ordering::Relaxed);
         }
         self.desc().count.store(live, Ordering::Relaxed);
     }
@@ -1223,8 +1222,9 @@ impl Map {
             return Some((self.data_addr + idx as u64 * self.layout.elem_size) as *mut u8);
         }
         match self.spec.map_type {
-            Array | PercpuArray | ProgArray | ArrayOfMaps | CgroupArray => array::lookup_ptr(self, key),
-            Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::lookup_ptr(self, key),
+            PercpuArray | PercpuHash | LruPercpuHash => self.lookup_ptr_on_cpu(key, current_cpu()),
+            Array | ProgArray | ArrayOfMaps | CgroupArray => array::lookup_ptr_on(self, key, 0),
+            Hash | LruHash | HashOfMaps => hash::lookup_ptr_on(self, key, 0),
             LpmTrie => lpm::lookup_ptr(self, key),
             StackTrace => stack_trace::lookup_ptr(self, key),
             _ => None,
@@ -1233,6 +1233,8 @@ impl Map {
 
     /// `bpf_map_lookup_percpu_elem` from a program: the address of CPU `cpu`'s value of a
     /// per-CPU map (None for another map type, a CPU past the possible ones, a missing key).
+    /// (A process that sees more CPUs than the map's creator did may ask for one it has no
+    /// values for.)
     pub fn lookup_ptr_on_cpu(&self, key: &[u8], cpu: u32) -> Option<*mut u8> {
         if cpu >= self.ncpus {
             return None;
