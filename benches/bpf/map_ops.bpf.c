@@ -1,11 +1,14 @@
-// Map operations in a loop, for per-operation costs measured from inside a JIT-compiled
-// program. Each program does `in->n` operations on keys that cycle through 64 values (from
-// `in->base` for hash maps).
+// Map operations in a loop, for per-operation costs measured from inside a program. Each
+// program does N_OPS operations on keys that cycle through 64 values (from `in->base` for hash
+// maps). They are `syscall` programs with a fixed trip count, so that the kernel loads them too
+// and runs them by BPF_PROG_TEST_RUN: the benchmark runs the same programs on our JIT and in the
+// kernel.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#define N_OPS 1000
+
 struct input {
-    __u64 n;
     __u64 sum;
     /* First key of the hash programs (threads of the 2-thread runs use their own keys). */
     __u64 base;
@@ -22,11 +25,11 @@ struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024); __type(key,
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 1024); __type(key, __u32); __type(value, __u64); } ph32 SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 1 << 20); } rb SEC(".maps");
 
-SEC("bench/empty_loop")
+SEC("syscall")
 int empty_loop(struct input *in)
 {
     __u64 sum = 0;
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         __u32 k = i & 63;
         sum += k;
         asm volatile("" : "+r"(sum));
@@ -35,11 +38,11 @@ int empty_loop(struct input *in)
     return 0;
 }
 
-SEC("bench/array_lookup")
+SEC("syscall")
 int array_lookup(struct input *in)
 {
     __u64 sum = 0;
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         __u32 k = i & 63;
         __u64 *v = bpf_map_lookup_elem(&arr, &k);
         if (v)
@@ -49,11 +52,11 @@ int array_lookup(struct input *in)
     return 0;
 }
 
-SEC("bench/percpu_array_lookup")
+SEC("syscall")
 int percpu_array_lookup(struct input *in)
 {
     __u64 sum = 0;
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         __u32 k = i & 63;
         __u64 *v = bpf_map_lookup_elem(&parr, &k);
         if (v)
@@ -67,7 +70,7 @@ int percpu_array_lookup(struct input *in)
  * own CPU's value (the 2-thread rows show whether CPUs take turns at a cache line). */
 static __always_inline int count_at_key_0(void *map, struct input *in)
 {
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         __u32 k = 0;
         __u64 *v = bpf_map_lookup_elem(map, &k);
         if (v)
@@ -76,23 +79,23 @@ static __always_inline int count_at_key_0(void *map, struct input *in)
     return 0;
 }
 
-SEC("bench/percpu_array_count")
+SEC("syscall")
 int percpu_array_count(struct input *in)
 {
     return count_at_key_0(&parr, in);
 }
 
-SEC("bench/percpu_hash_count")
+SEC("syscall")
 int percpu_hash_count(struct input *in)
 {
     return count_at_key_0(&ph32, in);
 }
 
-SEC("bench/hash_lookup_u32")
+SEC("syscall")
 int hash_lookup_u32(struct input *in)
 {
     __u64 sum = 0;
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         __u32 k = in->base + (i & 63);
         __u64 *v = bpf_map_lookup_elem(&h32, &k);
         if (v)
@@ -102,10 +105,10 @@ int hash_lookup_u32(struct input *in)
     return 0;
 }
 
-SEC("bench/hash_update_u32")
+SEC("syscall")
 int hash_update_u32(struct input *in)
 {
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         __u32 k = in->base + (i & 63);
         bpf_map_update_elem(&h32, &k, &i, BPF_ANY);
     }
@@ -113,10 +116,10 @@ int hash_update_u32(struct input *in)
 }
 
 /* The latency tools' pattern: a key added (at a function's entry) and deleted (at its return). */
-SEC("bench/hash_insert_delete")
+SEC("syscall")
 int hash_insert_delete(struct input *in)
 {
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         __u32 k = in->base + 512 + (i & 63);
         bpf_map_update_elem(&h32, &k, &i, BPF_ANY);
         bpf_map_delete_elem(&h32, &k);
@@ -124,12 +127,12 @@ int hash_insert_delete(struct input *in)
     return 0;
 }
 
-SEC("bench/hash_lookup_64b")
+SEC("syscall")
 int hash_lookup_64b(struct input *in)
 {
     __u64 sum = 0;
     struct key64 k = {};
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         k.w[0] = in->base + (i & 63);
         __u64 *v = bpf_map_lookup_elem(&h64, &k);
         if (v)
@@ -139,22 +142,22 @@ int hash_lookup_64b(struct input *in)
     return 0;
 }
 
-SEC("bench/hash_update_64b")
+SEC("syscall")
 int hash_update_64b(struct input *in)
 {
     struct key64 k = {};
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         k.w[0] = in->base + (i & 63);
         bpf_map_update_elem(&h64, &k, &i, BPF_ANY);
     }
     return 0;
 }
 
-SEC("bench/percpu_hash_lookup")
+SEC("syscall")
 int percpu_hash_lookup(struct input *in)
 {
     __u64 sum = 0;
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         __u32 k = in->base + (i & 63);
         __u64 *v = bpf_map_lookup_elem(&ph32, &k);
         if (v)
@@ -164,20 +167,20 @@ int percpu_hash_lookup(struct input *in)
     return 0;
 }
 
-SEC("bench/percpu_hash_update")
+SEC("syscall")
 int percpu_hash_update(struct input *in)
 {
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         __u32 k = in->base + (i & 63);
         bpf_map_update_elem(&ph32, &k, &i, BPF_ANY);
     }
     return 0;
 }
 
-SEC("bench/ringbuf_reserve_submit")
+SEC("syscall")
 int ringbuf_reserve_submit(struct input *in)
 {
-    for (__u64 i = 0; i < in->n; i++) {
+    for (__u64 i = 0; i < N_OPS; i++) {
         __u64 *e = bpf_ringbuf_reserve(&rb, 8, 0);
         if (!e)
             return 1;

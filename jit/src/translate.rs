@@ -55,6 +55,9 @@ pub(crate) struct FnTranslator<'a, 'b> {
     regs: [Variable; 10],
     /// Backward jumps left; kept in a register, written back to `RunState` around calls.
     budget: Variable,
+    /// The CPU the run is on, asked at the function's entry where it has inlined per-CPU array
+    /// lookups.
+    cpu: Option<Value>,
     /// Whether the function has a backward jump: without one it never changes the budget, so
     /// it neither loads nor stores it (callees spend theirs in `RunState` directly).
     tracks_budget: bool,
@@ -225,6 +228,13 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let tracks_budget = (func.start..func.end).any(|pc| prog.insns()[pc].jump_target(pc).is_some_and(|t| t <= pc as i64));
         let left = if tracks_budget { b.ins().load(I64, MemFlagsData::trusted(), state, so::BUDGET) } else { b.ins().iconst(I64, 0) };
         b.def_var(budget, left);
+        // The CPU for inlined per-CPU array lookups, asked once: a program with such a lookup
+        // runs on one CPU from start to end (the runtime pins it), as the kernel's does.
+        let cpu = (func.start..func.end).find(|&pc| prog.inline_lookup(pc).is_some_and(|l| l.cpu != 0)).map(|pc| {
+            let f = linker.import(&mut b, Import::ArrayCpu(pc));
+            let call = b.ins().call_indirect(sigs.cpu, f, &[]);
+            b.inst_results(call)[0]
+        });
         let abort = b.create_block();
         b.set_cold_block(abort);
         let len = func.end - func.start;
@@ -240,6 +250,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
             regs,
             budget,
             tracks_budget,
+            cpu,
             fp,
             state,
             blocks: vec![None; len],
@@ -1225,9 +1236,7 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let mut addr = self.b.ins().iadd(offset, values);
         if layout.cpu != 0 {
             // A per-CPU array: this CPU's copy.
-            let f = self.import(Import::ArrayCpu(pc));
-            let call = self.b.ins().call_indirect(self.sigs.cpu, f, &[]);
-            let cpu = self.b.inst_results(call)[0];
+            let cpu = self.cpu.expect("asked at entry for a function with a per-CPU lookup");
             let cpu_offset = self.b.ins().imul_imm_s(cpu, layout.cpu_stride as i64);
             addr = self.b.ins().iadd(addr, cpu_offset);
         }

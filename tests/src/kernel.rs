@@ -36,6 +36,10 @@ const BPF_MAP_GET_NEXT_KEY: i64 = 4;
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+const BPF_PROG_TYPE_SYSCALL: u32 = 31;
+/// `prog_flags` bit of a sleepable program (libbpf loads `syscall` programs so).
+const BPF_F_SLEEPABLE: u32 = 1 << 4;
+const BPF_PROG_TEST_RUN: i64 = 10;
 const BPF_RAW_TRACEPOINT_OPEN: i64 = 17;
 
 fn last_error() -> String {
@@ -44,7 +48,8 @@ fn last_error() -> String {
 
 impl KernelObject {
     /// Creates every map of `obj` in the kernel (global data with its initial value) and loads
-    /// every uprobe program as a kprobe-type program.
+    /// every uprobe program as a kprobe-type program, raw tracepoint programs as such and
+    /// `syscall` programs as libbpf does (sleepable; run them with [`KernelObject::test_run`]).
     pub fn load(obj: &Object) -> Result<KernelObject, String> {
         // SAFETY: geteuid(2) cannot fail.
         if unsafe { libc::geteuid() } != 0 {
@@ -76,6 +81,8 @@ impl KernelObject {
                 BPF_PROG_TYPE_KPROBE
             } else if p.section.starts_with("raw_tracepoint/") || p.section.starts_with("raw_tp/") {
                 BPF_PROG_TYPE_RAW_TRACEPOINT
+            } else if p.section == "syscall" {
+                BPF_PROG_TYPE_SYSCALL
             } else {
                 continue;
             };
@@ -95,16 +102,29 @@ impl KernelObject {
                 }
             }
             let code = bpftime_vm::insn::to_bytecode(&insns);
+            // Without a log first (a long loop's log overflows any buffer: ENOSPC); again with
+            // one to say why it was refused.
             let mut log = vec![0u8; 1 << 20];
-            let mut a = [0u8; 128];
-            put32(&mut a, 0, prog_type);
-            put32(&mut a, 4, insns.len() as u32);
-            put64(&mut a, 8, code.as_ptr() as u64);
-            put64(&mut a, 16, license.as_ptr() as u64);
-            put32(&mut a, 24, 1);
-            put32(&mut a, 28, log.len() as u32);
-            put64(&mut a, 32, log.as_mut_ptr() as u64);
-            let fd = sys_bpf(BPF_PROG_LOAD, &mut a);
+            let mut fd = -1;
+            for log_level in [0, 1] {
+                let mut a = [0u8; 128];
+                put32(&mut a, 0, prog_type);
+                put32(&mut a, 4, insns.len() as u32);
+                put64(&mut a, 8, code.as_ptr() as u64);
+                put64(&mut a, 16, license.as_ptr() as u64);
+                if log_level > 0 {
+                    put32(&mut a, 24, log_level);
+                    put32(&mut a, 28, log.len() as u32);
+                    put64(&mut a, 32, log.as_mut_ptr() as u64);
+                }
+                if prog_type == BPF_PROG_TYPE_SYSCALL {
+                    put32(&mut a, 44, BPF_F_SLEEPABLE); // prog_flags
+                }
+                fd = sys_bpf(BPF_PROG_LOAD, &mut a);
+                if fd >= 0 {
+                    break;
+                }
+            }
             if fd < 0 {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(0);
                 return Err(format!("program `{}` load: {}\n{}", p.name, last_error(), String::from_utf8_lossy(&log[..end])));
@@ -138,6 +158,22 @@ impl KernelObject {
         put64(&mut a, 8, key.as_ptr() as u64);
         put64(&mut a, 16, v.as_mut_ptr() as u64);
         (sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut a) == 0).then_some(v)
+    }
+
+    /// Runs `syscall` program `prog` once on the context `ctx` (BPF_PROG_TEST_RUN; the kernel
+    /// copies the context back into `ctx`) and returns what it returned.
+    pub fn test_run(&self, prog: &str, ctx: &mut [u8]) -> Result<u32, String> {
+        let fd = self.progs.iter().find(|p| p.0 == prog).map(|p| p.1).ok_or_else(|| format!("no program `{prog}`"))?;
+        // union bpf_attr for BPF_PROG_TEST_RUN: prog_fd at 0, retval at 4, ctx_size_in at 40,
+        // ctx_in at 48 (a `syscall` program's context is written back there; ctx_out must be 0).
+        let mut a = [0u8; 128];
+        put32(&mut a, 0, fd as u32);
+        put32(&mut a, 40, ctx.len() as u32);
+        put64(&mut a, 48, ctx.as_mut_ptr() as u64);
+        if sys_bpf(BPF_PROG_TEST_RUN, &mut a) < 0 {
+            return Err(format!("program `{prog}` test run: {}", last_error()));
+        }
+        Ok(u32::from_le_bytes(a[4..8].try_into().expect("4 bytes")))
     }
 
     /// Every key of a map, in the kernel's iteration order.

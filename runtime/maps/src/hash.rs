@@ -21,11 +21,13 @@
 //! pool from a hand, clearing bits, and evicts the first element whose bit was clear.
 
 use crate::{check_update_flags, current_cpu, percpu_block, round8, Errno, Layout, Map, MapSpec, MapType, BPF_EXIST, BPF_NOEXIST, CACHE_LINE};
-use bpftime_shm::{ShmError, ShmGuard, ShmLock, ShmRegion};
+use bpftime_shm::{ShmError, ShmGuard, ShmLock, ShmRegion, Span, Words};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Element header: next (u64), hash (u32), flags (u32).
 const HDR: u64 = 16;
+/// An element's header in the region.
+type Header<'a> = Words<'a, { HDR as usize }>;
 const IN_USE: u32 = 1;
 const REFERENCED: u32 = 2;
 /// Terminator of a free list: a nulls marker that matches no bucket.
@@ -130,20 +132,23 @@ pub(crate) fn alloc(region: &ShmRegion, spec: &MapSpec, cpus: u64) -> Result<Lay
 
 struct View<'a> {
     map: &'a Map,
+    /// The region's mapping, in registers (its accessors check bounds as the region's do).
+    span: Span<'a>,
     l: Layout,
     nbuckets: u64,
     pool: u64,
 }
 
 impl<'a> View<'a> {
+    #[inline]
     fn new(map: &'a Map) -> Self {
         let l = *map.layout();
         let nbuckets = bucket_count_of(map.spec().max_entries).expect("a validated spec");
-        View { map, l, nbuckets, pool: l.elem_count }
+        View { map, span: map.region().span(), l, nbuckets, pool: l.elem_count }
     }
 
     fn bucket(&self, b: u64) -> &AtomicU64 {
-        self.map.region().atomic_u64(self.l.aux + 8 * b).expect("bucket inside the validated layout")
+        self.span.atomic_u64(self.l.aux + 8 * b).expect("bucket inside the validated layout")
     }
 
     fn bucket_of(&self, h: u32) -> u64 {
@@ -165,12 +170,12 @@ impl<'a> View<'a> {
 
     /// Stripe `s`'s lock, which guards the chains of its buckets and its spare.
     fn stripe_lock(&self, s: u64) -> &ShmLock {
-        self.map.region().lock_at(self.stripe_at(s)).expect("lock inside the validated layout")
+        self.span.lock_at(self.stripe_at(s)).expect("lock inside the validated layout")
     }
 
     /// Stripe `s`'s spare free element (0: none); changed under its lock.
     fn spare(&self, s: u64) -> &AtomicU64 {
-        self.map.region().atomic_u64(self.stripe_at(s) + 8).expect("spare inside the validated layout")
+        self.span.atomic_u64(self.stripe_at(s) + 8).expect("spare inside the validated layout")
     }
 
     fn free_list_at(&self, c: u64) -> u64 {
@@ -178,11 +183,11 @@ impl<'a> View<'a> {
     }
 
     fn free_lock(&self, c: u64) -> &ShmLock {
-        self.map.region().lock_at(self.free_list_at(c)).expect("lock inside the validated layout")
+        self.span.lock_at(self.free_list_at(c)).expect("lock inside the validated layout")
     }
 
     fn free_head(&self, c: u64) -> &AtomicU64 {
-        self.map.region().atomic_u64(self.free_list_at(c) + 8).expect("head inside the validated layout")
+        self.span.atomic_u64(self.free_list_at(c) + 8).expect("head inside the validated layout")
     }
 
     /// Takes the lock of bucket `b`'s stripe. One taken over from a writer that died is not
@@ -236,21 +241,31 @@ impl<'a> View<'a> {
         e >= self.l.data && e.checked_add(self.l.elem_size).is_some_and(|end| end <= self.l.data + self.l.data_len) && e.is_multiple_of(8)
     }
 
-    fn next(&self, e: u64) -> &AtomicU64 {
-        self.map.region().atomic_u64(e).expect("valid element")
+    /// Element `e`'s header (next, hash, flags), where `e` is [`View::valid`].
+    #[inline]
+    fn header(&self, e: u64) -> Option<Header<'a>> {
+        if self.valid(e) {
+            self.span.words(e)
+        } else {
+            None
+        }
     }
 
-    fn hash(&self, e: u64) -> &AtomicU32 {
-        self.map.region().atomic_u32(e + 8).expect("valid element")
+    fn next(&self, e: u64) -> &'a AtomicU64 {
+        self.header(e).expect("valid element").u64_at::<0>()
     }
 
-    fn flags(&self, e: u64) -> &AtomicU32 {
-        self.map.region().atomic_u32(e + 12).expect("valid element")
+    fn hash(&self, e: u64) -> &'a AtomicU32 {
+        self.header(e).expect("valid element").u32_at::<8>()
+    }
+
+    fn flags(&self, e: u64) -> &'a AtomicU32 {
+        self.header(e).expect("valid element").u32_at::<12>()
     }
 
     #[inline]
     fn key_eq(&self, e: u64, key: &[u8]) -> bool {
-        let Some(p) = self.map.region().ptr(e + key_off(self.map), key.len() as u64) else { return false };
+        let Some(p) = self.span.ptr(e + key_off(self.map), key.len() as u64) else { return false };
         // SAFETY: the range is inside the region; the bytes may change under us, which only
         // makes the comparison fail (the reader then moves on, as with the kernel's RCU). Keys
         // in elements are 8-aligned, so the word reads below are aligned.
@@ -287,13 +302,11 @@ impl<'a> View<'a> {
             let mut cur = self.bucket(b).load(Ordering::Acquire);
             let mut steps = 0;
             while cur & 1 == 0 {
-                if !self.valid(cur) || steps > self.pool {
-                    return None;
-                }
-                if self.hash(cur).load(Ordering::Relaxed) == h && self.flags(cur).load(Ordering::Acquire) & IN_USE != 0 && self.key_eq(cur, key) {
+                let hdr = self.header(cur).filter(|_| steps <= self.pool)?;
+                if hdr.u32_at::<8>().load(Ordering::Relaxed) == h && hdr.u32_at::<12>().load(Ordering::Acquire) & IN_USE != 0 && self.key_eq(cur, key) {
                     return Some(cur);
                 }
-                cur = self.next(cur).load(Ordering::Acquire);
+                cur = hdr.u64_at::<0>().load(Ordering::Acquire);
                 steps += 1;
             }
             if cur >> 1 != b {
@@ -568,7 +581,7 @@ pub(crate) fn lookup_ptr_on(map: &Map, key: &[u8], cpu: u32) -> Option<*mut u8> 
             f.fetch_or(REFERENCED, Ordering::Relaxed);
         }
     }
-    map.region().ptr(v.value_ptr(e, cpu), map.spec().value_size as u64)
+    v.span.ptr(v.value_ptr(e, cpu), map.spec().value_size as u64)
 }
 
 /// How a new or replaced element gets its value.

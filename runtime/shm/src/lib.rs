@@ -17,4 +17,6 @@ pub mod region;
 pub mod text;
 
 pub use lock::{process_alive, ShmGuard, ShmLock};
-pub use region::{default_name, loader_size, path_of, ObjectInfo, ObjectKind, RunSlot, ShmError, ShmRegion, DEFAULT_SIZE, LOADER_SIZE, MIN_SIZE, RETIRE_GRACE};
+pub use region::{
+    default_name, loader_size, path_of, ObjectInfo, ObjectKind, RunSlot, ShmError, ShmRegion, Span, Words, DEFAULT_SIZE, LOADER_SIZE, MIN_SIZE, RETIRE_GRACE,
+};

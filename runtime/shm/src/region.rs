@@ -592,14 +592,16 @@ impl ShmRegion {
         self.map.as_mut_ptr()
     }
 
+    /// The mapping as two plain words, for hot paths (see [`Span`]).
+    #[inline]
+    pub fn span(&self) -> Span<'_> {
+        Span { base: self.base(), size: self.size(), _region: std::marker::PhantomData }
+    }
+
     /// The pointer for `[off, off + len)` if that lies inside the region.
+    #[inline]
     pub fn ptr(&self, off: u64, len: u64) -> Option<*mut u8> {
-        let end = off.checked_add(len)?;
-        if off == 0 || end > self.size() {
-            return None;
-        }
-        // SAFETY: off < size, so the result stays inside the mapping.
-        Some(unsafe { self.base().add(off as usize) })
+        self.span().ptr(off, len)
     }
 
     /// The offset of an address inside the region.
@@ -609,34 +611,21 @@ impl ShmRegion {
     }
 
     /// An atomic u64 at `off` (8-aligned, inside the region).
+    #[inline]
     pub fn atomic_u64(&self, off: u64) -> Option<&AtomicU64> {
-        if !off.is_multiple_of(8) {
-            return None;
-        }
-        let p = self.ptr(off, 8)?;
-        // SAFETY: inside the mapping, aligned; AtomicU64 has no invalid bit patterns and
-        // concurrent access through atomics is defined.
-        Some(unsafe { &*(p as *const AtomicU64) })
+        self.span().atomic_u64(off)
     }
 
     /// An atomic u32 at `off` (4-aligned, inside the region).
+    #[inline]
     pub fn atomic_u32(&self, off: u64) -> Option<&AtomicU32> {
-        if !off.is_multiple_of(4) {
-            return None;
-        }
-        let p = self.ptr(off, 4)?;
-        // SAFETY: as for atomic_u64.
-        Some(unsafe { &*(p as *const AtomicU32) })
+        self.span().atomic_u32(off)
     }
 
     /// A lock at `off` (8-aligned, inside the region).
+    #[inline]
     pub fn lock_at(&self, off: u64) -> Option<&ShmLock> {
-        if !off.is_multiple_of(8) {
-            return None;
-        }
-        let p = self.ptr(off, std::mem::size_of::<ShmLock>() as u64)?;
-        // SAFETY: inside the mapping and aligned; ShmLock is two u32s, any bits are valid.
-        Some(unsafe { &*(p as *const ShmLock) })
+        self.span().lock_at(off)
     }
 
     /// Copies bytes out of the region; false if the range is outside it.
@@ -1258,6 +1247,102 @@ fn wait_while(word: &AtomicU32, value: u32, timeout: std::time::Duration) {
     // SAFETY: FUTEX_WAIT on an aligned u32 of the mapping, with a relative timeout that lives
     // across the call.
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, value, &ts as *const libc::timespec, 0usize, 0u32) };
+}
+
+/// Where a region is mapped in this process and how long it is, copied out of it: the accessors
+/// of [`ShmRegion`] (bounds and alignment checked the same way), for hot paths that make many
+/// accesses in a row. The two words stay in registers, where through the region they are loaded
+/// again after every atomic access.
+#[derive(Clone, Copy, Debug)]
+pub struct Span<'a> {
+    base: *mut u8,
+    size: u64,
+    _region: std::marker::PhantomData<&'a ShmRegion>,
+}
+
+impl<'a> Span<'a> {
+    /// The pointer for `[off, off + len)` if that lies inside the region.
+    #[inline]
+    pub fn ptr(self, off: u64, len: u64) -> Option<*mut u8> {
+        let end = off.checked_add(len)?;
+        if off == 0 || end > self.size {
+            return None;
+        }
+        // SAFETY: off < size, so the result stays inside the mapping.
+        Some(unsafe { self.base.add(off as usize) })
+    }
+
+    /// An atomic u64 at `off` (8-aligned, inside the region).
+    #[inline]
+    pub fn atomic_u64(self, off: u64) -> Option<&'a AtomicU64> {
+        if !off.is_multiple_of(8) {
+            return None;
+        }
+        let p = self.ptr(off, 8)?;
+        // SAFETY: inside the mapping, which outlives 'a, and aligned; AtomicU64 has no invalid
+        // bit patterns and concurrent access through atomics is defined.
+        Some(unsafe { &*(p as *const AtomicU64) })
+    }
+
+    /// An atomic u32 at `off` (4-aligned, inside the region).
+    #[inline]
+    pub fn atomic_u32(self, off: u64) -> Option<&'a AtomicU32> {
+        if !off.is_multiple_of(4) {
+            return None;
+        }
+        let p = self.ptr(off, 4)?;
+        // SAFETY: as for atomic_u64.
+        Some(unsafe { &*(p as *const AtomicU32) })
+    }
+
+    /// The `N` bytes at `off` (8-aligned, inside the region), checked once: the words in them
+    /// are then reached without further checks.
+    #[inline]
+    pub fn words<const N: usize>(self, off: u64) -> Option<Words<'a, N>> {
+        if !off.is_multiple_of(8) {
+            return None;
+        }
+        Some(Words { p: self.ptr(off, N as u64)?, _region: std::marker::PhantomData })
+    }
+
+    /// A lock at `off` (8-aligned, inside the region).
+    #[inline]
+    pub fn lock_at(self, off: u64) -> Option<&'a ShmLock> {
+        if !off.is_multiple_of(8) {
+            return None;
+        }
+        let p = self.ptr(off, std::mem::size_of::<ShmLock>() as u64)?;
+        // SAFETY: inside the mapping and aligned; ShmLock is two u32s, any bits are valid.
+        Some(unsafe { &*(p as *const ShmLock) })
+    }
+}
+
+/// `N` bytes of a region at an 8-aligned offset, their bounds checked when made
+/// ([`Span::words`]): a record's header whose fields are read one after another.
+#[derive(Clone, Copy, Debug)]
+pub struct Words<'a, const N: usize> {
+    p: *mut u8,
+    _region: std::marker::PhantomData<&'a ShmRegion>,
+}
+
+impl<'a, const N: usize> Words<'a, N> {
+    /// The atomic u64 at byte `AT` (a multiple of 8, at most `N - 8`: checked when compiled).
+    #[inline]
+    pub fn u64_at<const AT: usize>(self) -> &'a AtomicU64 {
+        const { assert!(AT.is_multiple_of(8) && AT + 8 <= N) };
+        // SAFETY: `[p, p + N)` is inside the mapping (checked by `Span::words`) and `p` is
+        // 8-aligned (region offsets of 8-aligned mappings); `AT + 8 <= N` and `AT` keeps the
+        // alignment (checked at compile time above). Any bits are a valid AtomicU64.
+        unsafe { &*(self.p.add(AT) as *const AtomicU64) }
+    }
+
+    /// The atomic u32 at byte `AT` (a multiple of 4, at most `N - 4`: checked when compiled).
+    #[inline]
+    pub fn u32_at<const AT: usize>(self) -> &'a AtomicU32 {
+        const { assert!(AT.is_multiple_of(4) && AT + 4 <= N) };
+        // SAFETY: as for `u64_at`.
+        unsafe { &*(self.p.add(AT) as *const AtomicU32) }
+    }
 }
 
 #[cfg(test)]
