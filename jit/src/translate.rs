@@ -55,8 +55,8 @@ pub(crate) struct FnTranslator<'a, 'b> {
     regs: [Variable; 10],
     /// Backward jumps left; kept in a register, written back to `RunState` around calls.
     budget: Variable,
-    /// The CPU the run is on, asked at the function's entry where it has inlined per-CPU array
-    /// lookups.
+    /// The CPU the run is on, asked at the function's entry where its inlined per-CPU array
+    /// lookups all ask one function for it (else each asks).
     cpu: Option<Value>,
     /// Whether the function has a backward jump: without one it never changes the budget, so
     /// it neither loads nor stores it (callees spend theirs in `RunState` directly).
@@ -228,13 +228,19 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let tracks_budget = (func.start..func.end).any(|pc| prog.insns()[pc].jump_target(pc).is_some_and(|t| t <= pc as i64));
         let left = if tracks_budget { b.ins().load(I64, MemFlagsData::trusted(), state, so::BUDGET) } else { b.ins().iconst(I64, 0) };
         b.def_var(budget, left);
-        // The CPU for inlined per-CPU array lookups, asked once: a program with such a lookup
-        // runs on one CPU from start to end (the runtime pins it), as the kernel's does.
-        let cpu = (func.start..func.end).find(|&pc| prog.inline_lookup(pc).is_some_and(|l| l.cpu != 0)).map(|pc| {
-            let f = linker.import(&mut b, Import::ArrayCpu(pc));
-            let call = b.ins().call_indirect(sigs.cpu, f, &[]);
-            b.inst_results(call)[0]
-        });
+        // The CPU for inlined per-CPU array lookups, asked once where they all ask the same
+        // function: a program with such a lookup runs on one CPU from start to end (the runtime
+        // pins it), as the kernel's does.
+        let cpu_lookups: Vec<(usize, u64)> =
+            (func.start..func.end).filter_map(|pc| prog.inline_lookup(pc).filter(|l| l.cpu != 0).map(|l| (pc, l.cpu))).collect();
+        let cpu = match cpu_lookups.first() {
+            Some(&(pc, f)) if cpu_lookups.iter().all(|&(_, g)| g == f) => {
+                let f = linker.import(&mut b, Import::ArrayCpu(pc));
+                let call = b.ins().call_indirect(sigs.cpu, f, &[]);
+                Some(b.inst_results(call)[0])
+            }
+            _ => None,
+        };
         let abort = b.create_block();
         b.set_cold_block(abort);
         let len = func.end - func.start;
@@ -1236,7 +1242,14 @@ impl<'a, 'b> FnTranslator<'a, 'b> {
         let mut addr = self.b.ins().iadd(offset, values);
         if layout.cpu != 0 {
             // A per-CPU array: this CPU's copy.
-            let cpu = self.cpu.expect("asked at entry for a function with a per-CPU lookup");
+            let cpu = match self.cpu {
+                Some(cpu) => cpu,
+                None => {
+                    let f = self.import(Import::ArrayCpu(pc));
+                    let call = self.b.ins().call_indirect(self.sigs.cpu, f, &[]);
+                    self.b.inst_results(call)[0]
+                }
+            };
             let cpu_offset = self.b.ins().imul_imm_s(cpu, layout.cpu_stride as i64);
             addr = self.b.ins().iadd(addr, cpu_offset);
         }

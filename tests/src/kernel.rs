@@ -105,7 +105,7 @@ impl KernelObject {
             // Without a log first (a long loop's log overflows any buffer: ENOSPC); again with
             // one to say why it was refused.
             let mut log = vec![0u8; 1 << 20];
-            let mut fd = -1;
+            let (mut fd, mut refusal) = (-1, None);
             for log_level in [0, 1] {
                 let mut a = [0u8; 128];
                 put32(&mut a, 0, prog_type);
@@ -124,10 +124,12 @@ impl KernelObject {
                 if fd >= 0 {
                     break;
                 }
+                // The first refusal's reason (the logged retry may fail for its log's size).
+                refusal.get_or_insert_with(last_error);
             }
             if fd < 0 {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(0);
-                return Err(format!("program `{}` load: {}\n{}", p.name, last_error(), String::from_utf8_lossy(&log[..end])));
+                return Err(format!("program `{}` load: {}\n{}", p.name, refusal.unwrap_or_default(), String::from_utf8_lossy(&log[..end])));
             }
             k.progs.push((p.name.clone(), fd as i32));
         }

@@ -111,6 +111,14 @@ pub(crate) fn sizes(spec: &MapSpec, cpus: u64) -> Option<Layout> {
     Some(Layout { data_len: pool, aux_len: aux, elem_size, ..Layout::default() })
 }
 
+/// A per-CPU map's values (see [`crate::Map::percpu_blocks`]): after `aux`'s fixed part, from
+/// its first cache line boundary on, CPU `c`'s value of element `i` at `c * block + i * stride`.
+pub(crate) fn percpu_blocks(spec: &MapSpec, l: &Layout) -> (u64, u64) {
+    let nbuckets = bucket_count_of(spec.max_entries).expect("a validated spec");
+    let first = (l.aux + fixed_aux(nbuckets).expect("a validated spec")).next_multiple_of(CACHE_LINE);
+    (first, percpu_block(l.elem_count, round8(spec.value_size as u64)).expect("a validated spec"))
+}
+
 /// Bytes of `aux` before a per-CPU map's values: buckets, stripes, free lists.
 fn fixed_aux(nbuckets: u64) -> Option<u64> {
     nbuckets.checked_mul(8)?.checked_add(nbuckets.min(MAX_STRIPES) * STRIPE_SIZE)?.checked_add(FREE_LISTS * FREE_LIST_SIZE)
@@ -285,10 +293,8 @@ impl<'a> View<'a> {
         if !self.map.map_type().is_percpu() {
             return e + value_off(self.map);
         }
-        let stride = value_stride(self.map);
-        let first = (self.l.aux + fixed_aux(self.nbuckets).expect("a validated spec")).next_multiple_of(CACHE_LINE);
-        let block = percpu_block(self.pool, stride).expect("a validated spec");
-        first + cpu as u64 * block + ((e - self.l.data) >> self.l.elem_size.trailing_zeros()) * stride
+        let (first, block) = self.map.percpu_blocks();
+        first + cpu as u64 * block + ((e - self.l.data) >> self.l.elem_size.trailing_zeros()) * value_stride(self.map)
     }
 
     fn elem_at(&self, i: u64) -> u64 {
@@ -606,13 +612,12 @@ fn write_value(map: &Map, v: &View, e: u64, fill: &Fill, fresh: bool) {
             r.write(v.value_ptr(e, 0), value);
         }
         Fill::ThisCpu(value) => {
+            // (The caller checked that the map has a value for this CPU.) Other CPUs' values
+            // are touched only for a new element, which starts at zero on every CPU.
             let me = current_cpu();
-            for cpu in 0..map.ncpus() {
-                if cpu == me {
-                    r.write(v.value_ptr(e, cpu), value);
-                } else if fresh {
-                    r.zero(v.value_ptr(e, cpu), vs as u64);
-                }
+            r.write(v.value_ptr(e, me), value);
+            for cpu in (0..map.ncpus()).filter(|&c| fresh && c != me) {
+                r.zero(v.value_ptr(e, cpu), vs as u64);
             }
         }
     }
@@ -713,7 +718,7 @@ pub(crate) fn update(map: &Map, key: &[u8], value: &[u8], flags: u64) -> Result<
 }
 
 pub(crate) fn update_percpu_one(map: &Map, key: &[u8], value: &[u8], flags: u64) -> Result<(), Errno> {
-    if key.len() != map.spec().key_size as usize || value.len() != map.spec().value_size as usize {
+    if key.len() != map.spec().key_size as usize || value.len() != map.spec().value_size as usize || current_cpu() >= map.ncpus() {
         return Err(Errno::EINVAL);
     }
     update_with(map, key, Fill::ThisCpu(value), flags)

@@ -428,6 +428,15 @@ pub(crate) fn percpu_block(elems: u64, stride: u64) -> Option<u64> {
     elems.checked_mul(stride)?.checked_next_multiple_of(CACHE_LINE)
 }
 
+/// See [`Map::percpu_blocks`] (for a layout that `Map::storage_sizes` accepted for `spec`).
+fn percpu_blocks_of(spec: &MapSpec, layout: &Layout) -> (u64, u64) {
+    match spec.map_type {
+        MapType::PercpuArray => array::percpu_blocks(spec, layout),
+        MapType::PercpuHash | MapType::LruPercpuHash => hash::percpu_blocks(spec, layout),
+        _ => (0, 0),
+    }
+}
+
 /// An open map: a process-local handle on a map in a region.
 #[derive(Clone)]
 pub struct Map {
@@ -441,6 +450,9 @@ pub struct Map {
     layout: Layout,
     /// Address of `layout.data` in this process (arrays' values start there).
     data_addr: u64,
+    /// Per-CPU maps: the region offset of CPU 0's block of values and the bytes from one CPU's
+    /// block to the next (fixed by the spec and layout; computed once); (0, 0) for other maps.
+    percpu_blocks: (u64, u64),
 }
 
 impl std::fmt::Debug for Map {
@@ -640,7 +652,8 @@ impl Map {
         }
         let layout = layout.counted();
         let data_addr = region.base() as u64 + layout.data;
-        let map = Map { region: region.clone(), desc, id: 0, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr };
+        let percpu_blocks = percpu_blocks_of(&spec, &layout);
+        let map = Map { region: region.clone(), desc, id: 0, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr, percpu_blocks };
         map.init_storage();
         let id = region.add_object(ObjectKind::Map, name, desc)?;
         Ok(Map { id, ..map })
@@ -758,7 +771,8 @@ impl Map {
             _ => None,
         };
         let data_addr = region.base() as u64 + layout.data;
-        Ok(Map { region: region.clone(), desc, id, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr })
+        let percpu_blocks = percpu_blocks_of(&spec, &layout);
+        Ok(Map { region: region.clone(), desc, id, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr, percpu_blocks })
     }
 
     /// Opens the map named `name` (the first one, if several share it).
@@ -1201,11 +1215,17 @@ impl Map {
             MapType::Array => Some((self.data_addr, self.layout.elem_size, 0)),
             // Not inlined where this process may see a CPU the map has no block for.
             MapType::PercpuArray if self.ncpus >= possible_cpus() => {
-                let (first, block) = array::percpu_blocks(self);
+                let (first, block) = self.percpu_blocks;
                 Some((self.region.base() as u64 + first, self.layout.elem_size, block))
             }
             _ => None,
         }
+    }
+
+    /// Per-CPU maps: the region offset of CPU 0's block of values, and the bytes from one
+    /// CPU's block to the next.
+    pub(crate) fn percpu_blocks(&self) -> (u64, u64) {
+        self.percpu_blocks
     }
 
     /// `bpf_map_lookup_elem` from a program: the address of the value (this CPU's slot for

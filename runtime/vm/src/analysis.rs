@@ -69,7 +69,8 @@ pub struct ArrayLayout {
     /// Number of values.
     pub max_entries: u32,
     /// Per-CPU arrays: the address of an `extern "C" fn() -> u64` giving the calling thread's
-    /// CPU, as the lookup helper picks it; 0 for a plain array.
+    /// CPU, as the lookup helper picks it; 0 for a plain array. It must give the same CPU for
+    /// the whole of a run (the JIT asks once per function).
     pub cpu: u64,
     /// Per-CPU arrays: bytes from one CPU's copy of a value to the next.
     pub cpu_stride: u64,
