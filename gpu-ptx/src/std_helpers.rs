@@ -585,11 +585,12 @@ $enoent:\nmov.b64 %ret, -2;\nret;\n$missing:\n$einval:\nmov.b64 %ret, -22;\nret;
 /// cursor, [`crate::maps::ArenaLayout::ring_cursors`]): the one thread whose reservation
 /// passes the chunk's end takes the next chunk from the head and hands it on, the others
 /// of the SM wait for it and try again, so the head sees one atomic per chunk, not one per
-/// record. -ENOSPC (counted lost) once the ring is full.
-fn ring_output(map: &str, data: &str, len: &str, source: &str) -> String {
+/// record. -ENOSPC (counted lost) once the ring is full. With `flags` (a register), anything
+/// but the wake-up flags (`BPF_RB_NO_WAKEUP | BPF_RB_FORCE_WAKEUP`) is -EINVAL, as in the kernel.
+fn ring_output(map: &str, data: &str, len: &str, source: &str, flags: Option<&str>) -> String {
     fill(&format!(
         ".reg .b64 %d, %ok, %lo, %data, %cap, %need, %pos, %t, %hdr, %chunk, %cur, %old, %idx, %used, %limit, %spin;\n.reg .b32 %ty, %cw;\n.reg .pred %p;\n.reg .pred %q;\n{WARP_ADD_REGS}\
-call.uni (%d), bpf_map_desc, (%st, {map});\nsetp.eq.u64 %p, %d, 0;\n@%p bra $einval;\n\
+call.uni (%d), bpf_map_desc, (%st, {map});\nsetp.eq.u64 %p, %d, 0;\n@%p bra $einval;\n{flags_check}\
 ld.u32 %ty, [%d+{{D_TYPE}}];\nsetp.ne.u32 %p, %ty, 4;\nsetp.ne.and.u32 %p, %ty, 27, %p;\nsetp.ne.and.u32 %p, %ty, 1527, %p;\n@%p bra $einval;\n\
 {check}ld.u64 %lo, [%st+{{ARENA_LO}}];\nld.u64 %data, [%d+{{D_DATA}}];\nadd.u64 %data, %data, %lo;\nld.u64 %cap, [%d+{{D_DATA_LEN}}];\n\
 add.u64 %need, {len}, 15;\nand.b64 %need, %need, -8;\n\
@@ -614,6 +615,7 @@ $write:\nadd.u64 %pos, %pos, %data;\nshl.b64 %hdr, {source}, 32;\nor.b64 %hdr, %
 $lost:\nadd.u64 %t, %d, {{D_LOST}};\nred.global.add.u64 [%t], 1;\nmov.b64 %ret, -28;\nret;\n\
 $einval:\nmov.b64 %ret, -22;\nret;\n$efault:\nmov.b64 %ret, -14;\nret;",
         check = data_check(data, len),
+        flags_check = flags.map_or(String::new(), |f| format!("and.b64 %t, {f}, -4;\nsetp.ne.u64 %p, %t, 0;\n@%p bra $einval;\n")),
         cursor_add = warp_fetch_add("%old", "%cur", "%need", "cursor"),
         head_add = warp_fetch_add("%pos", "%t", "%need", "head"),
     ))
@@ -812,9 +814,9 @@ pub fn standard() -> HelperSet {
     let timer = ".reg .b64 %t;\nmov.u64 %t, %globaltimer;\nmov.b64 %ret, %t;\nret;";
     // The host's clocks: `%globaltimer` (its CLOCK_REALTIME) plus the offset the host set.
     let host_clock = |field: u32| format!(".reg .b64 %t, %o;\nmov.u64 %t, %globaltimer;\nld.u64 %o, [%st+{field}];\nadd.u64 %ret, %t, %o;\nret;");
-    let ring = ring_output("%a1", "%a2", "%a3", "0");
+    let ring = ring_output("%a1", "%a2", "%a3", "0", Some("%a4"));
     // A perf buffer is a ring whose records carry the SM (the CPU, as perf output's source).
-    let perf = ring_output("%a2", "%a4", "%a5", "%sm")
+    let perf = ring_output("%a2", "%a4", "%a5", "%sm", None)
         .replace(".reg .pred %p;\n", ".reg .pred %p;\n.reg .b64 %sm;\n.reg .b32 %smw;\nmov.u32 %smw, %smid;\ncvt.u64.u32 %sm, %smw;\n");
     HelperSet::new()
         .with(GpuHelper::ptx(1, "bpf_map_lookup_elem", map_lookup()).with_trusted_args(trusted(&map_lookup(), &[KEY_CHECK]), |a| a.key))

@@ -162,8 +162,9 @@ impl KernelObject {
         (sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut a) == 0).then_some(v)
     }
 
-    /// Runs `syscall` program `prog` once on the context `ctx` (BPF_PROG_TEST_RUN; the kernel
-    /// copies the context back into `ctx`) and returns what it returned.
+    /// Runs program `prog` once on the context `ctx` (BPF_PROG_TEST_RUN: a `syscall` program,
+    /// whose context the kernel copies back into `ctx`, or a raw tracepoint program, whose
+    /// context is its arguments) and returns what it returned.
     pub fn test_run(&self, prog: &str, ctx: &mut [u8]) -> Result<u32, String> {
         let fd = self.progs.iter().find(|p| p.0 == prog).map(|p| p.1).ok_or_else(|| format!("no program `{prog}`"))?;
         // union bpf_attr for BPF_PROG_TEST_RUN: prog_fd at 0, retval at 4, ctx_size_in at 40,

@@ -162,6 +162,12 @@ extern "C" fn map_push_elem(m: u64, v: u64, flags: u64, _: u64, _: u64, state: &
 fn pop_or_peek(m: u64, v: u64, state: &mut RunState, pop: bool) -> u64 {
     let m = try_h!(map(m));
     let size = m.spec().value_size as u64;
+    if m.map_type() == MapType::BloomFilter && !pop {
+        // A bloom filter's peek asks about the value `v` points to, and writes nothing.
+        let Some(value) = state.slice(v, size) else { return err(Errno::EFAULT) };
+        let mut value = value.to_vec();
+        return m.peek(&mut value).map_or_else(err, |()| 0);
+    }
     let mut buf = vec![0u8; size as usize];
     let r = if pop { m.pop(&mut buf) } else { m.peek(&mut buf) };
     if let Err(e) = r {
@@ -675,9 +681,12 @@ extern "C" fn get_stackid(_ctx: u64, m: u64, flags: u64, _: u64, _: u64, state: 
     }
 }
 
-extern "C" fn ringbuf_output(m: u64, data: u64, size: u64, _flags: u64, _: u64, state: &mut RunState) -> u64 {
+/// `BPF_RB_NO_WAKEUP | BPF_RB_FORCE_WAKEUP`: the flags `bpf_ringbuf_output` takes.
+const RB_WAKEUP_FLAGS: u64 = 1 | 2;
+
+extern "C" fn ringbuf_output(m: u64, data: u64, size: u64, flags: u64, _: u64, state: &mut RunState) -> u64 {
     let m = try_h!(map(m));
-    if m.map_type() != MapType::Ringbuf {
+    if m.map_type() != MapType::Ringbuf || flags & !RB_WAKEUP_FLAGS != 0 {
         return err(Errno::EINVAL);
     }
     let Some(bytes) = state.slice(data, size) else { return err(Errno::EFAULT) };

@@ -1,0 +1,74 @@
+//! Map helpers against the kernel: `examples/bpf/map_helpers.bpf.c`'s programs write what each
+//! helper call answered (return codes, what lookups find, per-CPU values seen from every CPU,
+//! ring buffer positions) to an array; each runs in the kernel (BPF_PROG_TEST_RUN) and on both
+//! of our engines, in the same order on fresh maps, and the three must have written the same.
+
+use bpftime_maps::Map;
+use bpftime_object::Object;
+use bpftime_runtime::{EngineKind, Runtime};
+use bpftime_shm::ShmRegion;
+use bpftime_tests::clang::build_example;
+use bpftime_tests::kernel::KernelObject;
+use bpftime_vm::exec::Context;
+use std::sync::Arc;
+
+const OUT_SLOTS: u32 = 64;
+const PROGRAMS: [&str; 7] = ["hash_flags", "array_flags", "percpu_values", "queue_and_stack", "bloom_filter", "ring_buffer", "longest_prefix"];
+
+/// What a program returned (the number of slots it wrote) and those slots.
+type Answers = (u64, Vec<i64>);
+
+fn slots(read: impl Fn(u32) -> Option<Vec<u8>>, n: u64) -> Vec<i64> {
+    (0..n.min(OUT_SLOTS as u64) as u32).map(|k| read(k).map_or(i64::MIN, |v| i64::from_le_bytes(v[..8].try_into().unwrap()))).collect()
+}
+
+fn kernel_answers(obj: &Object) -> Option<Vec<Answers>> {
+    let k = match KernelObject::load(obj) {
+        Ok(k) => k,
+        Err(e) if e.contains("needs root") => {
+            println!("skip: {e}");
+            return None;
+        }
+        Err(e) => panic!("the kernel refused the programs: {e}"),
+    };
+    let answers = PROGRAMS
+        .iter()
+        .map(|name| {
+            let r = k.test_run(name, &mut [0u8; 8]).unwrap_or_else(|e| panic!("{e}")) as u64;
+            (r, slots(|key| k.lookup("out", &key.to_le_bytes(), 8), r))
+        })
+        .collect();
+    Some(answers)
+}
+
+fn our_answers(obj: &Object, engine: EngineKind) -> Vec<Answers> {
+    let rt = Runtime::new(Arc::new(ShmRegion::anonymous(16 << 20).unwrap()), engine);
+    let loaded = rt.load_object(obj).unwrap_or_else(|e| panic!("{engine:?}: {e}"));
+    let out: &Map = loaded.maps.iter().find(|m| m.name() == "out").expect("map out");
+    PROGRAMS
+        .iter()
+        .map(|name| {
+            let id = loaded.programs.iter().find(|p| p.0 == *name).unwrap_or_else(|| panic!("no program {name}")).2;
+            let prog = rt.program(id).unwrap();
+            let r = rt.run(&prog, Context::Mem(&mut [0u8; 8]), 0, 0, false).unwrap_or_else(|e| panic!("{engine:?} {name}: {e}"));
+            let read = |key: u32| {
+                let mut v = vec![0u8; 8];
+                out.lookup(&key.to_le_bytes(), &mut v).ok().map(|_| v)
+            };
+            (r, slots(read, r))
+        })
+        .collect()
+}
+
+#[test]
+fn map_helpers_answer_what_the_kernel_answers() {
+    let obj = Object::parse(&std::fs::read(build_example("map_helpers")).unwrap()).unwrap();
+    let Some(kernel) = kernel_answers(&obj) else { return };
+    for engine in [EngineKind::Interp, EngineKind::Jit] {
+        let ours = our_answers(&obj, engine);
+        for ((name, k), o) in PROGRAMS.iter().zip(&kernel).zip(&ours) {
+            assert!(k.0 > 0, "{name}: the kernel's run wrote nothing");
+            assert_eq!(o, k, "{name} on {engine:?} (left) and in the kernel (right): (slots written, slots)");
+        }
+    }
+}
