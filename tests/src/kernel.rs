@@ -40,6 +40,9 @@ const BPF_PROG_TYPE_SYSCALL: u32 = 31;
 /// `prog_flags` bit of a sleepable program (libbpf loads `syscall` programs so).
 const BPF_F_SLEEPABLE: u32 = 1 << 4;
 const BPF_PROG_TEST_RUN: i64 = 10;
+const BPF_MAP_FREEZE: i64 = 22;
+/// Map flag: programs may only read it.
+const BPF_F_RDONLY_PROG: u32 = 1 << 7;
 const BPF_RAW_TRACEPOINT_OPEN: i64 = 17;
 
 fn last_error() -> String {
@@ -73,6 +76,15 @@ impl KernelObject {
             k.maps.push((def.name.clone(), fd as i32));
             if let Some(init) = &def.initial {
                 k.update(&def.name, &0u32.to_le_bytes(), init)?;
+            }
+            if def.flags & BPF_F_RDONLY_PROG != 0 {
+                // Frozen, as libbpf leaves `.rodata`: the verifier then knows its bytes
+                // (`bpf_snprintf`'s format, `bpf_strncmp`'s constant string).
+                let mut a = [0u8; 128];
+                put32(&mut a, 0, fd as u32);
+                if sys_bpf(BPF_MAP_FREEZE, &mut a) < 0 {
+                    return Err(format!("map `{}` freeze: {}", def.name, last_error()));
+                }
             }
         }
         let license = std::ffi::CString::new(obj.license.clone().unwrap_or_else(|| "GPL".into())).map_err(|e| e.to_string())?;

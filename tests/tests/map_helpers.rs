@@ -1,7 +1,8 @@
-//! Map helpers against the kernel: `examples/bpf/map_helpers.bpf.c`'s programs write what each
-//! helper call answered (return codes, what lookups find, per-CPU values seen from every CPU,
-//! ring buffer positions) to an array; each runs in the kernel (BPF_PROG_TEST_RUN) and on both
-//! of our engines, in the same order on fresh maps, and the three must have written the same.
+//! Helpers against the kernel: the programs of `examples/bpf/map_helpers.bpf.c` and
+//! `helper_answers.bpf.c` write what each helper call answered (return codes, what lookups find,
+//! per-CPU values seen from every CPU, ring buffer positions, formatted text, the task's ids) to
+//! an array; each runs in the kernel (BPF_PROG_TEST_RUN, in this thread) and on both of our
+//! engines, in the same order on fresh maps, and the three must have written the same.
 
 use bpftime_maps::Map;
 use bpftime_object::Object;
@@ -12,8 +13,7 @@ use bpftime_tests::kernel::KernelObject;
 use bpftime_vm::exec::Context;
 use std::sync::Arc;
 
-const OUT_SLOTS: u32 = 64;
-const PROGRAMS: [&str; 7] = ["hash_flags", "array_flags", "percpu_values", "queue_and_stack", "bloom_filter", "ring_buffer", "longest_prefix"];
+const OUT_SLOTS: u32 = 96;
 
 /// What a program returned (the number of slots it wrote) and those slots.
 type Answers = (u64, Vec<i64>);
@@ -22,7 +22,7 @@ fn slots(read: impl Fn(u32) -> Option<Vec<u8>>, n: u64) -> Vec<i64> {
     (0..n.min(OUT_SLOTS as u64) as u32).map(|k| read(k).map_or(i64::MIN, |v| i64::from_le_bytes(v[..8].try_into().unwrap()))).collect()
 }
 
-fn kernel_answers(obj: &Object) -> Option<Vec<Answers>> {
+fn kernel_answers(obj: &Object, programs: &[&str], ctx: &[u8]) -> Option<Vec<Answers>> {
     let k = match KernelObject::load(obj) {
         Ok(k) => k,
         Err(e) if e.contains("needs root") => {
@@ -31,26 +31,26 @@ fn kernel_answers(obj: &Object) -> Option<Vec<Answers>> {
         }
         Err(e) => panic!("the kernel refused the programs: {e}"),
     };
-    let answers = PROGRAMS
+    let answers = programs
         .iter()
         .map(|name| {
-            let r = k.test_run(name, &mut [0u8; 8]).unwrap_or_else(|e| panic!("{e}")) as u64;
+            let r = k.test_run(name, &mut ctx.to_vec()).unwrap_or_else(|e| panic!("{e}")) as u64;
             (r, slots(|key| k.lookup("out", &key.to_le_bytes(), 8), r))
         })
         .collect();
     Some(answers)
 }
 
-fn our_answers(obj: &Object, engine: EngineKind) -> Vec<Answers> {
+fn our_answers(obj: &Object, engine: EngineKind, programs: &[&str], ctx: &[u8]) -> Vec<Answers> {
     let rt = Runtime::new(Arc::new(ShmRegion::anonymous(16 << 20).unwrap()), engine);
     let loaded = rt.load_object(obj).unwrap_or_else(|e| panic!("{engine:?}: {e}"));
     let out: &Map = loaded.maps.iter().find(|m| m.name() == "out").expect("map out");
-    PROGRAMS
+    programs
         .iter()
         .map(|name| {
             let id = loaded.programs.iter().find(|p| p.0 == *name).unwrap_or_else(|| panic!("no program {name}")).2;
             let prog = rt.program(id).unwrap();
-            let r = rt.run(&prog, Context::Mem(&mut [0u8; 8]), 0, 0, false).unwrap_or_else(|e| panic!("{engine:?} {name}: {e}"));
+            let r = rt.run(&prog, Context::Mem(&mut ctx.to_vec()), 0, 0, false).unwrap_or_else(|e| panic!("{engine:?} {name}: {e}"));
             let read = |key: u32| {
                 let mut v = vec![0u8; 8];
                 out.lookup(&key.to_le_bytes(), &mut v).ok().map(|_| v)
@@ -60,15 +60,31 @@ fn our_answers(obj: &Object, engine: EngineKind) -> Vec<Answers> {
         .collect()
 }
 
-#[test]
-fn map_helpers_answer_what_the_kernel_answers() {
-    let obj = Object::parse(&std::fs::read(build_example("map_helpers")).unwrap()).unwrap();
-    let Some(kernel) = kernel_answers(&obj) else { return };
+/// Runs `programs` of `example` in order on context `ctx` in the kernel and on both engines, and
+/// compares what each wrote.
+fn agree_with_the_kernel(example: &str, programs: &[&str], ctx: &[u8]) {
+    let obj = Object::parse(&std::fs::read(build_example(example)).unwrap()).unwrap();
+    let Some(kernel) = kernel_answers(&obj, programs, ctx) else { return };
     for engine in [EngineKind::Interp, EngineKind::Jit] {
-        let ours = our_answers(&obj, engine);
-        for ((name, k), o) in PROGRAMS.iter().zip(&kernel).zip(&ours) {
+        let ours = our_answers(&obj, engine, programs, ctx);
+        for ((name, k), o) in programs.iter().zip(&kernel).zip(&ours) {
             assert!(k.0 > 0, "{name}: the kernel's run wrote nothing");
             assert_eq!(o, k, "{name} on {engine:?} (left) and in the kernel (right): (slots written, slots)");
         }
     }
+}
+
+#[test]
+fn map_helpers_answer_what_the_kernel_answers() {
+    let programs = ["hash_flags", "array_flags", "percpu_values", "queue_and_stack", "bloom_filter", "ring_buffer", "longest_prefix"];
+    agree_with_the_kernel("map_helpers", &programs, &[0; 8]);
+}
+
+#[test]
+fn other_helpers_answer_what_the_kernel_answers() {
+    use std::os::unix::fs::MetadataExt;
+    static TEXT: &[u8] = b"hello, user memory!\0";
+    let ns = std::fs::metadata("/proc/self/ns/pid").unwrap();
+    let ctx = [TEXT.as_ptr() as u64, ns.dev(), ns.ino()].map(u64::to_le_bytes).concat();
+    agree_with_the_kernel("helper_answers", &["formatting", "strings", "current_task", "user_memory"], &ctx);
 }

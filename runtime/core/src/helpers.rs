@@ -324,7 +324,8 @@ extern "C" fn strncmp(s1: u64, s1_size: u64, s2: u64, _: u64, _: u64, state: &mu
     for (i, &x) in a.iter().enumerate() {
         let Some(&[y]) = state.slice(s2 + i as u64, 1) else { return err(Errno::EFAULT) };
         if x != y || x == 0 {
-            return (x as i64 - y as i64) as u64;
+            // -1, 0 or 1, as the kernel's strncmp answers.
+            return x.cmp(&y) as i64 as u64;
         }
     }
     0
