@@ -2,9 +2,9 @@
 // conversions, flags and widths the kernel takes, `bpf_strncmp`, the current task's ids, comm
 // and cgroup, the pid namespace's view, reads of user memory. Raw tracepoint programs, run in
 // the kernel (BPF_PROG_TEST_RUN, in the calling thread) and on both of our engines by
-// tests/tests/map_helpers.rs, which compares what they wrote to `out`. The context is three
-// words: the address of a string in the test's memory, and the device and inode numbers of
-// its pid namespace.
+// tests/tests/map_helpers.rs, which compares what they wrote to `out`. The context is four
+// words: the address of a string in the test's memory, the device and inode numbers of its pid
+// namespace, and the address of three bytes that end just before a page nothing can read.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -117,6 +117,58 @@ int user_memory(__u64 *ctx)
     __builtin_memset(buf, 0x55, sizeof(buf));
     put(&i, bpf_probe_read_user_str(buf, 24, (void *)8));
     put_bytes(&i, buf);
+    __builtin_memset(buf, 0x55, sizeof(buf));
+    put(&i, bpf_probe_read_user_str(buf, 1, (void *)ctx[0]));
+    put_bytes(&i, buf);
+    /* Three bytes and no NUL before an unreadable page. */
+    __builtin_memset(buf, 0x55, sizeof(buf));
+    put(&i, bpf_probe_read_user_str(buf, 24, (void *)ctx[3]));
+    put_bytes(&i, buf);
+    __builtin_memset(buf, 0x55, sizeof(buf));
+    put(&i, bpf_probe_read_user_str(buf, 3, (void *)ctx[3]));
+    put_bytes(&i, buf);
+    __builtin_memset(buf, 0x55, sizeof(buf));
+    put(&i, bpf_probe_read_user(buf, 8, (void *)ctx[3]));
+    put_bytes(&i, buf);
+    return i;
+}
+
+SEC("raw_tp/sys_enter")
+int printing(__u64 *ctx)
+{
+    __u32 i = 0;
+    static const char number[] = "bpftime helper_answers: x=%d y=%lu\n";
+    put(&i, bpf_trace_printk(number, sizeof(number), -3, 7));
+    static const char text[] = "bpftime helper_answers: %s|%c\n";
+    put(&i, bpf_trace_printk(text, sizeof(text), ctx[0], 'q'));
+    static const char unknown[] = "bpftime helper_answers: %q\n";
+    put(&i, bpf_trace_printk(unknown, sizeof(unknown), 1));
+    static const char precision[] = "bpftime helper_answers: %.3s\n";
+    put(&i, bpf_trace_printk(precision, sizeof(precision), ctx[0]));
+    put(&i, bpf_trace_printk(number, sizeof(number) - 1, 1, 2));
+    /* What the kernel takes and what it refuses, by the length printed or -EINVAL. */
+    __u8 ip4[4] = { 10, 0, 20, 255 };
+    __u8 ip6[16] = { 0x20, 0x01, 0x0d, 0xb8, [15] = 1 };
+#define PRINTK(fmt, ...)                                                         \
+    do {                                                                         \
+        static const char f[] = "bpftime helper_answers: " fmt "\n";            \
+        put(&i, bpf_trace_printk(f, sizeof(f), ##__VA_ARGS__));                  \
+    } while (0)
+    PRINTK("%pI4 %pi4 %pI6", (long)ip4, (long)ip4, (long)ip6);
+    PRINTK("%pi6|%pI4", (long)ip6, 8);
+    PRINTK("%5s|%-08d|%lld%%", ctx[0], -12, -1);
+    PRINTK("%c%c%c", 'x', 'y', 'z');
+    PRINTK("%pus.", ctx[0]); /* (%pks reads the same: user space has no kernel memory) */
+    PRINTK("%px %pK %p", 1, 2, 3);
+    PRINTK("%#x", 1);
+    PRINTK("%sabc", ctx[0]);
+    PRINTK("%d %d %d %d", 1, 2, 3);
+    PRINTK("%llld", 1);
+    PRINTK("%hhd", 1);
+    PRINTK("%zu", 1);
+    PRINTK("%pQ", 1);
+    PRINTK("\x01%d", 1);
+    PRINTK("%-+ 05d|% d", 7, -7);
     return i;
 }
 

@@ -85,6 +85,16 @@ fn other_helpers_answer_what_the_kernel_answers() {
     use std::os::unix::fs::MetadataExt;
     static TEXT: &[u8] = b"hello, user memory!\0";
     let ns = std::fs::metadata("/proc/self/ns/pid").unwrap();
-    let ctx = [TEXT.as_ptr() as u64, ns.dev(), ns.ino()].map(u64::to_le_bytes).concat();
-    agree_with_the_kernel("helper_answers", &["formatting", "strings", "current_task", "user_memory"], &ctx);
+    // Two pages, the second unreadable; "abc" (no NUL) in the last bytes of the first.
+    // SAFETY: a fresh anonymous mapping of two pages, made unreadable past the first; only
+    // its first page is written (mmap(2), mprotect(2)).
+    let edge = unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) as *mut u8;
+        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        assert_eq!(libc::mprotect(p.add(4096) as *mut libc::c_void, 4096, libc::PROT_NONE), 0);
+        std::ptr::copy_nonoverlapping(b"abc".as_ptr(), p.add(4093), 3);
+        p.add(4093) as u64
+    };
+    let ctx = [TEXT.as_ptr() as u64, ns.dev(), ns.ino(), edge].map(u64::to_le_bytes).concat();
+    agree_with_the_kernel("helper_answers", &["formatting", "strings", "current_task", "user_memory", "printing"], &ctx);
 }

@@ -5,14 +5,77 @@
 
 use crate::user_mem;
 
+/// Whether the kernel's printf helpers take `fmt` (without its NUL) with `num_args` arguments
+/// (its `bpf_bprintf_prepare`): printable ASCII and white space only; conversions `%d %i %u
+/// %x %X` (with `l` or `ll`), `%c`, `%s`, `%p` with `x K s S B ks us I4 i4 I6 i6` or alone, and
+/// `%%`; flags `0 + - space` and a width, no precision; a string conversion ends the word; no more
+/// conversions than arguments. The others are refused with -EINVAL.
+pub fn check(fmt: &[u8], num_args: usize) -> bool {
+    let at = |i: usize| fmt.get(i).copied().unwrap_or(0);
+    let ends_word = |c: u8| c == 0 || c.is_ascii_whitespace() || c.is_ascii_punctuation();
+    let mut specs = 0;
+    let mut i = 0;
+    while i < fmt.len() {
+        let c = fmt[i];
+        if !(c.is_ascii_graphic() || c == b' ' || c.is_ascii_whitespace()) {
+            return false;
+        }
+        if c != b'%' {
+            i += 1;
+            continue;
+        }
+        if at(i + 1) == b'%' {
+            i += 2;
+            continue;
+        }
+        if specs >= num_args {
+            return false;
+        }
+        specs += 1;
+        i += 1;
+        while matches!(at(i), b'0' | b'+' | b'-' | b' ') {
+            i += 1;
+        }
+        if matches!(at(i), b'1'..=b'9') {
+            while at(i).is_ascii_digit() {
+                i += 1;
+            }
+        }
+        match at(i) {
+            b'p' => match (at(i + 1), at(i + 2)) {
+                (next, _) if ends_word(next) => i += 1,
+                (b'k' | b'u', b's') if ends_word(at(i + 3)) => i += 3,
+                (b'K' | b'x' | b's' | b'S' | b'B', _) => i += 2,
+                (b'i' | b'I', b'4' | b'6') => i += 3,
+                _ => return false,
+            },
+            b's' if ends_word(at(i + 1)) => i += 1,
+            b'c' => i += 1,
+            _ => {
+                for _ in 0..2 {
+                    if at(i) == b'l' {
+                        i += 1;
+                    }
+                }
+                if !matches!(at(i), b'd' | b'i' | b'u' | b'x' | b'X') {
+                    return false;
+                }
+                i += 1;
+            }
+        }
+    }
+    true
+}
+
 /// Formats `fmt` with 64-bit `args`; missing arguments print as 0.
 pub fn format(fmt: &[u8], args: &[u64]) -> Vec<u8> {
-    format_with(fmt, args, &user_mem::read_str)
+    format_with(fmt, args, &user_mem::read_str, &user_mem::read)
 }
 
 /// [`format`], with `%s` arguments read by `read_str` (which fills a buffer with the string
-/// and its NUL, returning the bytes written, as [`user_mem::read_str`] does; None: a fault).
-pub fn format_with(fmt: &[u8], args: &[u64], read_str: &dyn Fn(u64, &mut [u8]) -> Option<usize>) -> Vec<u8> {
+/// and its NUL, returning the bytes written, as [`user_mem::read_str`] does; None: a fault)
+/// and the bytes `%pI4`-like arguments point to by `read_bytes` (false: a fault).
+pub fn format_with(fmt: &[u8], args: &[u64], read_str: &dyn Fn(u64, &mut [u8]) -> Option<usize>, read_bytes: &dyn Fn(u64, &mut [u8]) -> bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut args = args.iter().copied();
     let mut i = 0;
@@ -102,12 +165,26 @@ pub fn format_with(fmt: &[u8], args: &[u64], read_str: &dyn Fn(u64, &mut [u8]) -
                         i += 2;
                         string_at(v, precision, read_str)
                     }
-                    // `%px`: the raw value, 16 hex digits (as the kernel prints it).
-                    [b'x', ..] => {
+                    // `%pI4`, `%pi4`, `%pI6`, `%pi6`: the address `v` points to (zeros where it
+                    // cannot be read, as in the kernel).
+                    [kind @ (b'I' | b'i'), family @ (b'4' | b'6')] => {
+                        i += 2;
+                        let mut ip = [0u8; 16];
+                        let ip = &mut ip[..if *family == b'4' { 4 } else { 16 }];
+                        if !read_bytes(v, ip) {
+                            ip.fill(0);
+                        }
+                        ip_address(ip, *kind == b'I')
+                    }
+                    // `%px`, and kernel pointers (`%pK`, `%ps`, `%pS`, `%pB`, printed by the
+                    // kernel as symbols, here as `%px`): the raw value, 16 hex digits.
+                    [b'x' | b'K' | b's' | b'S' | b'B', ..] => {
                         i += 1;
                         format!("{v:016x}").into_bytes()
                     }
-                    _ => format!("0x{v:x}").into_bytes(),
+                    // `%p` alone: the kernel prints a hash of the value, 16 hex digits; the
+                    // value here.
+                    _ => format!("{v:016x}").into_bytes(),
                 }
             }
             b'c' => vec![args.next().unwrap_or(0) as u8],
@@ -134,6 +211,19 @@ pub fn format_with(fmt: &[u8], args: &[u64], read_str: &dyn Fn(u64, &mut [u8]) -
         }
     }
     out
+}
+
+/// An IPv4 (4 bytes) or IPv6 (16) address as the kernel's `%pI4`/`%pI6` print it (`dotted`:
+/// `1.2.3.4`, eight colon-separated groups of four hex digits) or `%pi4`/`%pi6` (`001.002.003.004`,
+/// 32 hex digits).
+fn ip_address(ip: &[u8], dotted: bool) -> Vec<u8> {
+    let text = match (ip.len(), dotted) {
+        (4, true) => ip.iter().map(u8::to_string).collect::<Vec<_>>().join("."),
+        (4, false) => ip.iter().map(|b| format!("{b:03}")).collect::<Vec<_>>().join("."),
+        (_, true) => ip.chunks(2).map(|g| format!("{:02x}{:02x}", g[0], g[1])).collect::<Vec<_>>().join(":"),
+        (_, false) => ip.iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    text.into_bytes()
 }
 
 /// A `%s` argument's string (up to 255 bytes, cut at `precision`); nothing where it cannot be

@@ -113,7 +113,17 @@ pub fn trace_lines(layout: &ArenaLayout, arena: &[u8]) -> (Vec<String>, u64) {
                         buf[n] = 0;
                         Some(n + 1)
                     };
-                    crate::format::format_with(&r.text, &r.args, &in_arena)
+                    let bytes_in_arena = |addr: u64, buf: &mut [u8]| -> bool {
+                        let Some(at) = addr.checked_sub(r.arena_addr).and_then(|a| usize::try_from(a).ok()) else { return false };
+                        match arena.get(at..at.saturating_add(buf.len())) {
+                            Some(src) => {
+                                buf.copy_from_slice(src);
+                                true
+                            }
+                            None => false,
+                        }
+                    };
+                    crate::format::format_with(&r.text, &r.args, &in_arena, &bytes_in_arena)
                 }
                 bpftime_gpu_ptx::maps::TraceKind::Puts => r.text,
             };

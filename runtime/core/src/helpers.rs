@@ -238,9 +238,16 @@ extern "C" fn ktime_get_coarse_ns(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mu
 }
 
 /// The format string a program passed: up to its NUL, inside memory it may read.
-fn fmt_bytes(state: &RunState, addr: u64, size: u64) -> Option<Vec<u8>> {
-    let b = state.slice(addr, size)?;
-    Some(b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())].to_vec())
+/// The format string of `bpf_trace_printk` / `bpf_trace_vprintk` (`size` bytes holding a NUL),
+/// if the kernel would print it with `num_args` arguments: else the helper's error (-EFAULT
+/// where the bytes cannot be read, -EINVAL for a format the kernel refuses).
+fn printk_format(state: &RunState, addr: u64, size: u64, num_args: usize) -> Result<Vec<u8>, u64> {
+    let b = state.slice(addr, size).ok_or(err(Errno::EFAULT))?;
+    let f = &b[..b.iter().position(|&c| c == 0).ok_or(err(Errno::EINVAL))?];
+    if !crate::format::check(f, num_args) {
+        return Err(err(Errno::EINVAL));
+    }
+    Ok(f.to_vec())
 }
 
 pub(crate) fn comm() -> String {
@@ -278,7 +285,7 @@ fn emit_trace(state: &RunState, msg: &[u8]) -> u64 {
 }
 
 extern "C" fn trace_printk(fmt: u64, size: u64, a1: u64, a2: u64, a3: u64, state: &mut RunState) -> u64 {
-    let Some(f) = fmt_bytes(state, fmt, size) else { return err(Errno::EFAULT) };
+    let f = try_h!(printk_format(state, fmt, size, 3));
     let msg = format(&f, &[a1, a2, a3]);
     emit_trace(state, &msg)
 }
@@ -292,8 +299,8 @@ fn args_of(state: &RunState, data: u64, len: u64) -> Option<Vec<u64>> {
 }
 
 extern "C" fn trace_vprintk(fmt: u64, size: u64, data: u64, len: u64, _: u64, state: &mut RunState) -> u64 {
-    let Some(f) = fmt_bytes(state, fmt, size) else { return err(Errno::EFAULT) };
     let Some(args) = args_of(state, data, len) else { return err(Errno::EINVAL) };
+    let f = try_h!(printk_format(state, fmt, size, args.len()));
     let msg = format(&f, &args);
     emit_trace(state, &msg)
 }
@@ -309,6 +316,9 @@ extern "C" fn snprintf(out: u64, out_size: u64, fmt: u64, data: u64, len: u64, s
         }
     }
     let Some(args) = args_of(state, data, len) else { return err(Errno::EINVAL) };
+    if !crate::format::check(&f, args.len()) {
+        return err(Errno::EINVAL);
+    }
     let text = format(&f, &args);
     if out_size > 0 {
         let Some(dst) = state.slice_mut(out, out_size) else { return err(Errno::EFAULT) };
