@@ -11,6 +11,7 @@
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, OUT_SLOTS); __type(key, __u32); __type(value, __s64); } out SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 4); __type(key, __u32); __type(value, __u64); } hash SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 8); __type(key, __u64); __type(value, __u32); } hash_small_values SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 2); __type(key, __u32); __type(value, __u64); __uint(map_flags, BPF_F_NO_PREALLOC); } hash_no_prealloc SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 4); __type(key, __u32); __type(value, __u64); } array SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 4); __type(key, __u32); __type(value, __u64); } percpu_hash SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 4); __type(key, __u32); __type(value, __u64); } percpu_array SEC(".maps");
@@ -87,6 +88,20 @@ int hash_flags(void *ctx)
     put(&i, bpf_map_update_elem(&hash_small_values, &k64, &small, BPF_ANY));
     __u32 *sp = bpf_map_lookup_elem(&hash_small_values, &k64);
     put(&i, sp ? *sp : -1);
+    /* Allocated on insert: the same answers. */
+    k = 1;
+    put(&i, bpf_map_update_elem(&hash_no_prealloc, &k, &v, BPF_NOEXIST));
+    k = 2;
+    put(&i, bpf_map_update_elem(&hash_no_prealloc, &k, &v, BPF_NOEXIST));
+    k = 3;
+    put(&i, bpf_map_update_elem(&hash_no_prealloc, &k, &v, BPF_NOEXIST));
+    k = 1;
+    put(&i, bpf_map_update_elem(&hash_no_prealloc, &k, &v, BPF_ANY));
+    put(&i, bpf_map_delete_elem(&hash_no_prealloc, &k));
+    k = 3;
+    put(&i, bpf_map_update_elem(&hash_no_prealloc, &k, &v, BPF_EXIST));
+    put(&i, bpf_map_update_elem(&hash_no_prealloc, &k, &v, BPF_NOEXIST));
+    put(&i, found(bpf_map_lookup_elem(&hash_no_prealloc, &k)));
     return i;
 }
 
@@ -106,6 +121,7 @@ int array_flags(void *ctx)
     put(&i, found(bpf_map_lookup_elem(&array, &k)));
     k = 0;
     put(&i, found(bpf_map_lookup_elem(&array, &k)));
+    put(&i, bpf_map_update_elem(&array, &k, &v, BPF_F_LOCK));
     return i;
 }
 
@@ -219,6 +235,17 @@ int ring_buffer(void *ctx)
     if (e)
         bpf_ringbuf_discard(e, 0);
     put(&i, bpf_ringbuf_query(&ring, BPF_RB_AVAIL_DATA));
+    void *none = bpf_ringbuf_reserve(&ring, 0, 0);
+    put(&i, none != 0);
+    if (none)
+        bpf_ringbuf_submit(none, 0);
+    void *flagged = bpf_ringbuf_reserve(&ring, 8, 1);
+    put(&i, flagged != 0);
+    if (flagged)
+        bpf_ringbuf_submit(flagged, 0);
+    put(&i, bpf_ringbuf_output(&ring, &data, 0, 0));
+    put(&i, bpf_ringbuf_query(&ring, BPF_RB_AVAIL_DATA));
+    put(&i, bpf_ringbuf_query(&ring, BPF_RB_PROD_POS));
     return i;
 }
 
@@ -253,6 +280,28 @@ int longest_prefix(void *ctx)
     put(&i, bpf_map_delete_elem(&lpm, &k));
     put(&i, bpf_map_delete_elem(&lpm, &k));
     k = ip(32, 10, 1, 2, 3);
+    put(&i, found(bpf_map_lookup_elem(&lpm, &k)));
+    /* A default route; a lookup with a shorter prefix than the entries; prefixes that are not
+     * there. */
+    k = ip(0, 0, 0, 0, 0);
+    v = 0;
+    put(&i, bpf_map_update_elem(&lpm, &k, &v, BPF_NOEXIST));
+    k = ip(32, 192, 168, 0, 1);
+    put(&i, found(bpf_map_lookup_elem(&lpm, &k)));
+    k = ip(4, 10, 1, 2, 3);
+    put(&i, found(bpf_map_lookup_elem(&lpm, &k)));
+    k = ip(9, 10, 0, 0, 0);
+    put(&i, bpf_map_delete_elem(&lpm, &k));
+    k = ip(8, 10, 0, 0, 0);
+    put(&i, bpf_map_update_elem(&lpm, &k, &v, BPF_EXIST));
+    k = ip(24, 10, 9, 9, 0);
+    put(&i, bpf_map_update_elem(&lpm, &k, &v, BPF_EXIST));
+    k = ip(12, 10, 255, 0, 0);
+    v = 12;
+    put(&i, bpf_map_update_elem(&lpm, &k, &v, BPF_ANY));
+    k = ip(32, 10, 15, 1, 1);
+    put(&i, found(bpf_map_lookup_elem(&lpm, &k)));
+    k = ip(32, 10, 16, 1, 1);
     put(&i, found(bpf_map_lookup_elem(&lpm, &k)));
     return i;
 }

@@ -78,7 +78,8 @@ impl<'a> Ring<'a> {
 
 pub(crate) fn reserve(map: &Map, size: u64) -> Option<*mut u8> {
     let rb = Ring::new(map);
-    if size == 0 || size > rb.size - RINGBUF_HDR_SZ || size > (RINGBUF_DISCARD_BIT - 1) as u64 {
+    // (A record of no bytes is a header alone, as in the kernel.)
+    if size > rb.size - RINGBUF_HDR_SZ || size > (RINGBUF_DISCARD_BIT - 1) as u64 {
         return None;
     }
     let len = (size + RINGBUF_HDR_SZ).div_ceil(8) * 8;
