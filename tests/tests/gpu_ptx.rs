@@ -605,3 +605,30 @@ fn frames_a_function_left_are_read_as_it_left_them() {
         assert_eq!(gpu.result, Ok(want), "{src}");
     }
 }
+
+/// The programs of `examples/bpf/map_helpers.bpf.c` on maps the GPU has answer on the PTX
+/// interpreter what they answer on the CPU, where `map_helpers.rs` checks them against the
+/// kernel: each flag of updates and deletes on hash and array maps (a full one, one allocating
+/// on insert, 4-byte values), lookups after them, values written through a lookup's pointer.
+/// (The GPU has no ring buffer reserve, and per-SM values are not per-CPU ones.)
+#[test]
+fn map_helpers_answer_on_the_gpu_as_in_the_kernel() {
+    for name in ["hash_flags", "array_flags"] {
+        let (cpu_r0, maps, g) = on_cpu_and_for_gpu("map_helpers", name, 0);
+        let slots = cpu_r0.as_ref().copied().unwrap_or_else(|e| panic!("{name} on the CPU: {e}"));
+        let out = maps.iter().find(|m| m.name() == "out").unwrap();
+        let cpu_out: Vec<Vec<u8>> = (0..slots as u32)
+            .map(|k| {
+                let mut v = vec![0u8; 8];
+                out.lookup(&k.to_le_bytes(), &mut v).unwrap();
+                v
+            })
+            .collect();
+        let (gpu_r0, mut image) = run_once(&g, 0);
+        g.layout.fold_shards(&mut image);
+        let slot = g.layout.maps.iter().position(|p| p.spec.name == "out").unwrap();
+        let gpu_out: Vec<Vec<u8>> = g.layout.entries(&image, slot).into_iter().take(slots as usize).map(|(_, v)| v[0].clone()).collect();
+        let words = |o: &[Vec<u8>]| o.iter().map(|v| i64::from_le_bytes(v[..8].try_into().unwrap())).collect::<Vec<_>>();
+        assert_eq!((gpu_r0.map_err(|e| e.to_string()), words(&gpu_out)), (Ok(slots), words(&cpu_out)), "{name}: GPU (left), CPU (right)");
+    }
+}
