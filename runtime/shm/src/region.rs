@@ -1268,7 +1268,8 @@ impl<'a> Span<'a> {
         if off == 0 || end > self.size {
             return None;
         }
-        // SAFETY: off < size, so the result stays inside the mapping.
+        // SAFETY: off + len <= size, so the result stays inside the mapping (one past its end
+        // only for an empty range).
         Some(unsafe { self.base.add(off as usize) })
     }
 
