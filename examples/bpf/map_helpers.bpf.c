@@ -13,6 +13,7 @@ struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 4); __type(key, __
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 8); __type(key, __u64); __type(value, __u32); } hash_small_values SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 2); __type(key, __u32); __type(value, __u64); __uint(map_flags, BPF_F_NO_PREALLOC); } hash_no_prealloc SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 4); __type(key, __u32); __type(value, __u64); } array SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 8); __type(key, __u32); __type(value, __u64); } lru SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 4); __type(key, __u32); __type(value, __u64); } percpu_hash SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 4); __type(key, __u32); __type(value, __u64); } percpu_array SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_QUEUE); __uint(max_entries, 3); __type(value, __u64); } queue SEC(".maps");
@@ -102,6 +103,32 @@ int hash_flags(void *ctx)
     put(&i, bpf_map_update_elem(&hash_no_prealloc, &k, &v, BPF_EXIST));
     put(&i, bpf_map_update_elem(&hash_no_prealloc, &k, &v, BPF_NOEXIST));
     put(&i, found(bpf_map_lookup_elem(&hash_no_prealloc, &k)));
+    return i;
+}
+
+/* An LRU hash short of full (which key a full one evicts is the kernel's choice). */
+SEC("raw_tp/sys_enter")
+int lru_flags(void *ctx)
+{
+    __u32 i = 0, k = 1;
+    __u64 v = 3;
+    put(&i, bpf_map_update_elem(&lru, &k, &v, BPF_NOEXIST));
+    put(&i, bpf_map_update_elem(&lru, &k, &v, BPF_NOEXIST));
+    k = 2;
+    put(&i, bpf_map_update_elem(&lru, &k, &v, BPF_EXIST));
+    put(&i, bpf_map_update_elem(&lru, &k, &v, BPF_F_LOCK));
+    put(&i, found(bpf_map_lookup_elem(&lru, &k)));
+    v = 4;
+    put(&i, bpf_map_update_elem(&lru, &k, &v, BPF_ANY));
+    k = 1;
+    v = 5;
+    put(&i, bpf_map_update_elem(&lru, &k, &v, BPF_EXIST));
+    put(&i, found(bpf_map_lookup_elem(&lru, &k)));
+    put(&i, bpf_map_delete_elem(&lru, &k));
+    put(&i, bpf_map_delete_elem(&lru, &k));
+    put(&i, found(bpf_map_lookup_elem(&lru, &k)));
+    k = 2;
+    put(&i, found(bpf_map_lookup_elem(&lru, &k)));
     return i;
 }
 

@@ -76,7 +76,7 @@ fn agree_with_the_kernel(example: &str, programs: &[&str], ctx: &[u8]) {
 
 #[test]
 fn map_helpers_answer_what_the_kernel_answers() {
-    let programs = ["hash_flags", "array_flags", "percpu_values", "queue_and_stack", "bloom_filter", "ring_buffer", "longest_prefix"];
+    let programs = ["hash_flags", "lru_flags", "array_flags", "percpu_values", "queue_and_stack", "bloom_filter", "ring_buffer", "longest_prefix"];
     agree_with_the_kernel("map_helpers", &programs, &[0; 8]);
 }
 
