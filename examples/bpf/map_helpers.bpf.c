@@ -27,6 +27,9 @@ struct lpm_key {
 };
 struct { __uint(type, BPF_MAP_TYPE_LPM_TRIE); __uint(max_entries, 8); __type(key, struct lpm_key); __type(value, __u64); __uint(map_flags, BPF_F_NO_PREALLOC); } lpm SEC(".maps");
 
+struct { __uint(type, BPF_MAP_TYPE_PROG_ARRAY); __uint(max_entries, 2); __type(key, __u32); __type(value, __u32); } chain SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, __u64); } chain_runs SEC(".maps");
+
 /* out[*i] = v, then the next slot. */
 static __always_inline void put(__u32 *i, __s64 v)
 {
@@ -330,6 +333,24 @@ int longest_prefix(void *ctx)
     put(&i, found(bpf_map_lookup_elem(&lpm, &k)));
     k = ip(32, 10, 16, 1, 1);
     put(&i, found(bpf_map_lookup_elem(&lpm, &k)));
+    return i;
+}
+
+/* Tail-calls itself (the test puts it in chain[0]) until the chain's limit, then an empty slot. */
+SEC("raw_tp/sys_enter")
+int tail_chain(void *ctx)
+{
+    __u32 i = 0, k = 0;
+    __u64 *runs = bpf_map_lookup_elem(&chain_runs, &k);
+    if (!runs)
+        return 0;
+    *runs += 1;
+    bpf_tail_call(ctx, &chain, 0);
+    put(&i, *runs);
+    bpf_tail_call(ctx, &chain, 1);
+    put(&i, 7);
+    bpf_tail_call(ctx, &chain, 2);
+    put(&i, 8);
     return i;
 }
 

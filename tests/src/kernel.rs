@@ -148,6 +148,11 @@ impl KernelObject {
         Ok(k)
     }
 
+    /// Program `name`'s fd (what a program array holds).
+    pub fn program_fd(&self, name: &str) -> Option<i32> {
+        self.progs.iter().find(|p| p.0 == name).map(|p| p.1)
+    }
+
     fn map_fd(&self, name: &str) -> Result<i32, String> {
         self.maps.iter().find(|m| m.0 == name).map(|m| m.1).ok_or_else(|| format!("no map `{name}`"))
     }

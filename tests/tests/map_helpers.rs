@@ -22,7 +22,10 @@ fn slots(read: impl Fn(u32) -> Option<Vec<u8>>, n: u64) -> Vec<i64> {
     (0..n.min(OUT_SLOTS as u64) as u32).map(|k| read(k).map_or(i64::MIN, |v| i64::from_le_bytes(v[..8].try_into().unwrap()))).collect()
 }
 
-fn kernel_answers(obj: &Object, programs: &[&str], ctx: &[u8]) -> Option<Vec<Answers>> {
+/// Program array slots to fill before the runs: (map, index, program).
+type TailTargets<'a> = &'a [(&'a str, u32, &'a str)];
+
+fn kernel_answers(obj: &Object, programs: &[&str], ctx: &[u8], tails: TailTargets) -> Option<Vec<Answers>> {
     let k = match KernelObject::load(obj) {
         Ok(k) => k,
         Err(e) if e.contains("needs root") => {
@@ -31,6 +34,10 @@ fn kernel_answers(obj: &Object, programs: &[&str], ctx: &[u8]) -> Option<Vec<Ans
         }
         Err(e) => panic!("the kernel refused the programs: {e}"),
     };
+    for (map, index, prog) in tails {
+        let fd = k.program_fd(prog).unwrap_or_else(|| panic!("no program {prog}"));
+        k.update(map, &index.to_le_bytes(), &fd.to_le_bytes()).unwrap();
+    }
     let answers = programs
         .iter()
         .map(|name| {
@@ -41,10 +48,15 @@ fn kernel_answers(obj: &Object, programs: &[&str], ctx: &[u8]) -> Option<Vec<Ans
     Some(answers)
 }
 
-fn our_answers(obj: &Object, engine: EngineKind, programs: &[&str], ctx: &[u8]) -> Vec<Answers> {
+fn our_answers(obj: &Object, engine: EngineKind, programs: &[&str], ctx: &[u8], tails: TailTargets) -> Vec<Answers> {
     let rt = Runtime::new(Arc::new(ShmRegion::anonymous(16 << 20).unwrap()), engine);
     let loaded = rt.load_object(obj).unwrap_or_else(|e| panic!("{engine:?}: {e}"));
-    let out: &Map = loaded.maps.iter().find(|m| m.name() == "out").expect("map out");
+    let map = |name: &str| -> &Map { loaded.maps.iter().find(|m| m.name() == name).unwrap_or_else(|| panic!("no map {name}")) };
+    for (name, index, prog) in tails {
+        let id = loaded.programs.iter().find(|p| p.0 == *prog).unwrap_or_else(|| panic!("no program {prog}")).2;
+        map(name).update(&index.to_le_bytes(), &id.to_le_bytes(), 0).unwrap();
+    }
+    let out = map("out");
     programs
         .iter()
         .map(|name| {
@@ -62,11 +74,11 @@ fn our_answers(obj: &Object, engine: EngineKind, programs: &[&str], ctx: &[u8]) 
 
 /// Runs `programs` of `example` in order on context `ctx` in the kernel and on both engines, and
 /// compares what each wrote.
-fn agree_with_the_kernel(example: &str, programs: &[&str], ctx: &[u8]) {
+fn agree_with_the_kernel(example: &str, programs: &[&str], ctx: &[u8], tails: TailTargets) {
     let obj = Object::parse(&std::fs::read(build_example(example)).unwrap()).unwrap();
-    let Some(kernel) = kernel_answers(&obj, programs, ctx) else { return };
+    let Some(kernel) = kernel_answers(&obj, programs, ctx, tails) else { return };
     for engine in [EngineKind::Interp, EngineKind::Jit] {
-        let ours = our_answers(&obj, engine, programs, ctx);
+        let ours = our_answers(&obj, engine, programs, ctx, tails);
         for ((name, k), o) in programs.iter().zip(&kernel).zip(&ours) {
             assert!(k.0 > 0, "{name}: the kernel's run wrote nothing");
             assert_eq!(o, k, "{name} on {engine:?} (left) and in the kernel (right): (slots written, slots)");
@@ -76,8 +88,9 @@ fn agree_with_the_kernel(example: &str, programs: &[&str], ctx: &[u8]) {
 
 #[test]
 fn map_helpers_answer_what_the_kernel_answers() {
-    let programs = ["hash_flags", "lru_flags", "array_flags", "percpu_values", "queue_and_stack", "bloom_filter", "ring_buffer", "longest_prefix"];
-    agree_with_the_kernel("map_helpers", &programs, &[0; 8]);
+    let programs =
+        ["hash_flags", "lru_flags", "array_flags", "percpu_values", "queue_and_stack", "bloom_filter", "ring_buffer", "longest_prefix", "tail_chain"];
+    agree_with_the_kernel("map_helpers", &programs, &[0; 8], &[("chain", 0, "tail_chain")]);
 }
 
 #[test]
@@ -96,5 +109,5 @@ fn other_helpers_answer_what_the_kernel_answers() {
         p.add(4093) as u64
     };
     let ctx = [TEXT.as_ptr() as u64, ns.dev(), ns.ino(), edge].map(u64::to_le_bytes).concat();
-    agree_with_the_kernel("helper_answers", &["formatting", "strings", "current_task", "user_memory", "printing"], &ctx);
+    agree_with_the_kernel("helper_answers", &["formatting", "strings", "current_task", "user_memory", "printing"], &ctx, &[]);
 }
