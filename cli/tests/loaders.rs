@@ -3511,3 +3511,28 @@ fn exitsnoop_under_passthrough_prints_exits_as_on_the_kernel() {
     bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Helpers that call back into the program, numeric iterators and global functions, run once
+/// each by `BPF_PROG_TEST_RUN` from an unmodified libbpf loader (`test_run_lines`, which prints
+/// what each program wrote down): `bpf_loop` (a stop, no iterations, flags, too many),
+/// `bpf_for_each_map_elem` over array, hash and per-CPU maps (sums, stops, values changed by
+/// the callback, flags), `bpf_iter_num_*` (a range, an empty one, one too long), a global
+/// function. The same lines under the syscall server as in the kernel.
+#[test]
+fn callbacks_and_iterators_answer_what_the_kernel_answers() {
+    let _serial = serial();
+    let loader = build_loader("test_run_lines");
+    let obj = build_example("callback_answers");
+    let progs = ["loops", "map_walks", "iterators", "global_functions"];
+    let shm = format!("bpftime-callbacks-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let out = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).args(progs).output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ours = text(&out.stdout);
+    assert!(ours.contains("global_functions: 2: 43 -8"), "{ours}");
+    if is_root() {
+        let kernel = Command::new(&loader).arg(&obj).args(progs).output().unwrap();
+        assert_eq!(ours, text(&kernel.stdout), "ours, then the kernel's");
+    }
+}

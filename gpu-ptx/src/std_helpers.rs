@@ -758,7 +758,8 @@ fn special(name: &str) -> String {
 
 /// `bpf_loop(n, callback, ctx, flags)`: calls the callback (a function of the program, by its
 /// first slot) with (i, ctx) until it returns 1 or n calls; each call charges the function's
-/// length to the loop budget, as on the CPU. Dispatches over the program's callbacks.
+/// length to the loop budget, as on the CPU. Dispatches over the program's callbacks. Too many
+/// iterations answer -E2BIG in 32 bits, as the CPU helper and the kernel's inlined loop do.
 fn bpf_loop(prog: &Program) -> String {
     let mut s = String::from(".reg .b64 %i, %r, %fp, %bud, %cost;\n.reg .b32 %w;\n.reg .pred %p;\n");
     s.push_str("setp.ne.u64 %p, %a4, 0;\n@%p bra $einval;\nsetp.gt.u64 %p, %a1, 8388608;\n@%p bra $e2big;\n");
@@ -791,7 +792,9 @@ fn bpf_loop(prog: &Program) -> String {
         "$called:\nld.u32 %w, [%st+{}];\nsetp.ne.u32 %p, %w, 0;\n@%p bra $stop;\nadd.u64 %i, %i, 1;\nsetp.eq.u64 %p, %r, 1;\n@%p bra $done;\nbra $loop;\n",
         off::STATUS
     ));
-    s.push_str("$done:\nmov.b64 %ret, %i;\nret;\n$stop:\nmov.b64 %ret, 0;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$e2big:\nmov.b64 %ret, -7;\nret;\n");
+    s.push_str(
+        "$done:\nmov.b64 %ret, %i;\nret;\n$stop:\nmov.b64 %ret, 0;\nret;\n$einval:\nmov.b64 %ret, -22;\nret;\n$e2big:\nmov.b64 %ret, 0xfffffff9;\nret;\n",
+    );
     s.push_str(&format!(
         "$budget:\nst.u32 [%st+{}], {STATUS_FAULT};\nst.u32 [%st+{}], -1;\nst.u32 [%st+{}], {};\nmov.b64 %ret, 0;\nret;\n",
         off::STATUS,

@@ -767,7 +767,9 @@ extern "C" fn bpf_loop(n: u64, callback: u64, cb_ctx: u64, flags: u64, _: u64, s
         return err(Errno::EINVAL);
     }
     if n > MAX_LOOPS {
-        return err(Errno::E2BIG);
+        // -E2BIG in 32 bits (0xfffffff9), as the kernel answers: its verifier inlines every
+        // call whose flags are a known 0, and the inlined loop sets the error with a 32-bit move.
+        return err(Errno::E2BIG) as u32 as u64;
     }
     for i in 0..n {
         let Some(r) = state.call_function(callback as usize, [i, cb_ctx, 0, 0, 0]) else { return err(Errno::EINVAL) };

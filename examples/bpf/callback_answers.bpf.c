@@ -1,0 +1,142 @@
+// Helpers that call back into the program, and what else needs the object's BTF: bpf_loop,
+// bpf_for_each_map_elem on array, hash and per-CPU maps, libbpf's bpf_for() numeric iterator,
+// global subprograms. Raw tracepoint programs that write their answers
+// to `out`; examples/loaders/test_run_lines.c runs them through libbpf, in the kernel and under
+// bpftime's syscall server (cli/tests/loaders.rs compares the lines).
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#define OUT_SLOTS 64
+
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, OUT_SLOTS); __type(key, __u32); __type(value, __s64); } out SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 8); __type(key, __u32); __type(value, __u64); } numbers SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16); __type(key, __u32); __type(value, __u64); } table SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 2); __type(key, __u32); __type(value, __u64); } per_cpu SEC(".maps");
+
+/* The kernel's numeric iterator state (newer kernel headers than Debian 12's declare it). */
+struct bpf_iter_num {
+    __u64 __opaque[1];
+} __attribute__((aligned(8)));
+
+extern int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __ksym;
+extern int *bpf_iter_num_next(struct bpf_iter_num *it) __ksym;
+extern void bpf_iter_num_destroy(struct bpf_iter_num *it) __ksym;
+
+static __always_inline void put(__u32 *i, __s64 v)
+{
+    __u32 k = *i;
+    __s64 *slot = bpf_map_lookup_elem(&out, &k);
+    if (slot)
+        *slot = v;
+    *i = k + 1;
+}
+
+struct sum {
+    __s64 total;
+    __s64 calls;
+    __s64 stop_at;
+};
+
+static long add_index(__u64 index, struct sum *s)
+{
+    s->total += index;
+    s->calls++;
+    return index == s->stop_at;
+}
+
+SEC("raw_tp/sys_enter")
+int loops(void *ctx)
+{
+    __u32 i = 0;
+    struct sum s = { .stop_at = -1 };
+    put(&i, bpf_loop(10, add_index, &s, 0));
+    put(&i, s.total);
+    put(&i, s.calls);
+    s = (struct sum){ .stop_at = 3 };
+    put(&i, bpf_loop(10, add_index, &s, 0));
+    put(&i, s.total);
+    put(&i, bpf_loop(0, add_index, &s, 0));
+    put(&i, bpf_loop(10, add_index, &s, 1));
+    put(&i, bpf_loop(1 << 24, add_index, &s, 0));
+    return i;
+}
+
+/* Sums the values (each incremented once seen) and stops after key `stop_at`. */
+static long add_value(void *map, __u32 *key, __u64 *value, struct sum *s)
+{
+    s->total += *value;
+    s->calls++;
+    *value += 1;
+    return *key == s->stop_at;
+}
+
+SEC("raw_tp/sys_enter")
+int map_walks(void *ctx)
+{
+    __u32 i = 0;
+#pragma clang loop unroll(full)
+    for (__u32 n = 0; n < 8; n++) {
+        __u32 key = n;
+        __u64 v = 10 * n;
+        bpf_map_update_elem(&numbers, &key, &v, BPF_ANY);
+        if (n % 2)
+            bpf_map_update_elem(&table, &key, &v, BPF_ANY);
+    }
+    struct sum s = { .stop_at = -1 };
+    put(&i, bpf_for_each_map_elem(&numbers, add_value, &s, 0));
+    put(&i, s.total);
+    s = (struct sum){ .stop_at = 3 };
+    put(&i, bpf_for_each_map_elem(&numbers, add_value, &s, 0));
+    put(&i, s.total);
+    s = (struct sum){ .stop_at = -1 };
+    put(&i, bpf_for_each_map_elem(&table, add_value, &s, 0));
+    put(&i, s.total);
+    /* The hash walk wrote each value plus one: read back. */
+    __u32 k = 5;
+    __u64 *v = bpf_map_lookup_elem(&table, &k);
+    put(&i, v ? *v : -1);
+    s = (struct sum){ .stop_at = -1 };
+    put(&i, bpf_for_each_map_elem(&per_cpu, add_value, &s, 0));
+    put(&i, s.total);
+    put(&i, bpf_for_each_map_elem(&numbers, add_value, &s, 2));
+    return i;
+}
+
+SEC("raw_tp/sys_enter")
+int iterators(void *ctx)
+{
+    __u32 i = 0;
+    struct bpf_iter_num it;
+    int *n;
+    __s64 sum = 0, steps = 0;
+    bpf_iter_num_new(&it, 2, 7);
+    while ((n = bpf_iter_num_next(&it))) {
+        sum += *n;
+        steps++;
+    }
+    bpf_iter_num_destroy(&it);
+    put(&i, sum);
+    put(&i, steps);
+    put(&i, bpf_iter_num_new(&it, 5, 2));
+    put(&i, bpf_iter_num_next(&it) != 0);
+    bpf_iter_num_destroy(&it);
+    put(&i, bpf_iter_num_new(&it, 0, 1 << 30));
+    bpf_iter_num_destroy(&it);
+    return i;
+}
+
+__noinline int scale(int x, int by)
+{
+    return x * by + 1;
+}
+
+SEC("raw_tp/sys_enter")
+int global_functions(void *ctx)
+{
+    __u32 i = 0;
+    put(&i, scale(6, 7));
+    put(&i, scale(-3, 3));
+    return i;
+}
+
+char LICENSE[] SEC("license") = "GPL";
