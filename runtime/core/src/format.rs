@@ -17,7 +17,8 @@ pub fn check(fmt: &[u8], num_args: usize) -> bool {
     let mut i = 0;
     while i < fmt.len() {
         let c = fmt[i];
-        if !(c.is_ascii_graphic() || c == b' ' || c.is_ascii_whitespace()) {
+        // (isprint or isspace, \v included, in ASCII.)
+        if !(c.is_ascii_graphic() || c == b' ' || c.is_ascii_whitespace() || c == 0x0b) {
             return false;
         }
         if c != b'%' {
