@@ -3517,13 +3517,14 @@ fn exitsnoop_under_passthrough_prints_exits_as_on_the_kernel() {
 /// what each program wrote down): `bpf_loop` (a stop, no iterations, flags, too many),
 /// `bpf_for_each_map_elem` over array, hash and per-CPU maps (sums, stops, values changed by
 /// the callback, flags), `bpf_iter_num_*` (a range, an empty one, one too long), a global
-/// function. The same lines under the syscall server as in the kernel.
+/// function, maps of maps (inner maps from BTF, a missing index, one inner map under two outer
+/// maps). The same lines under the syscall server as in the kernel.
 #[test]
 fn callbacks_and_iterators_answer_what_the_kernel_answers() {
     let _serial = serial();
     let loader = build_loader("test_run_lines");
     let obj = build_example("callback_answers");
-    let progs = ["loops", "map_walks", "iterators", "global_functions"];
+    let progs = ["loops", "map_walks", "iterators", "global_functions", "maps_of_maps"];
     let shm = format!("bpftime-callbacks-{}", std::process::id());
     bpftime_tests::remove_region(&shm);
     let out = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).args(progs).output().unwrap();

@@ -1,6 +1,6 @@
 // Helpers that call back into the program, and what else needs the object's BTF: bpf_loop,
 // bpf_for_each_map_elem on array, hash and per-CPU maps, libbpf's bpf_for() numeric iterator,
-// global subprograms. Raw tracepoint programs that write their answers
+// global subprograms, maps of maps (inner maps libbpf makes from BTF). Raw tracepoint programs that write their answers
 // to `out`; examples/loaders/test_run_lines.c runs them through libbpf, in the kernel and under
 // bpftime's syscall server (cli/tests/loaders.rs compares the lines).
 #include <linux/bpf.h>
@@ -21,6 +21,27 @@ struct bpf_iter_num {
 extern int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __ksym;
 extern int *bpf_iter_num_next(struct bpf_iter_num *it) __ksym;
 extern void bpf_iter_num_destroy(struct bpf_iter_num *it) __ksym;
+
+/* Maps of maps, their inner maps given by libbpf from BTF (`__array(values, ...)`). */
+struct inner {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 4);
+    __type(key, __u32);
+    __type(value, __u64);
+};
+struct inner first SEC(".maps"), second SEC(".maps");
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+    __uint(max_entries, 3);
+    __type(key, __u32);
+    __array(values, struct inner);
+} outer_array SEC(".maps") = { .values = { [0] = &first, [2] = &second } };
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+    __uint(max_entries, 4);
+    __type(key, __u32);
+    __array(values, struct inner);
+} outer_hash SEC(".maps") = { .values = { [1] = &second } };
 
 static __always_inline void put(__u32 *i, __s64 v)
 {
@@ -122,6 +143,37 @@ int iterators(void *ctx)
     bpf_iter_num_destroy(&it);
     put(&i, bpf_iter_num_new(&it, 0, 1 << 30));
     bpf_iter_num_destroy(&it);
+    return i;
+}
+
+/* Value `key` of the inner map at `index` of `outer`, plus one; -1: no inner map, -2: no value. */
+static __always_inline __s64 bump(void *outer, __u32 index, __u32 key)
+{
+    void *in = bpf_map_lookup_elem(outer, &index);
+    if (!in)
+        return -1;
+    __u64 *v = bpf_map_lookup_elem(in, &key);
+    if (!v)
+        return -2;
+    *v += 1 + index;
+    return *v;
+}
+
+SEC("raw_tp/sys_enter")
+int maps_of_maps(void *ctx)
+{
+    __u32 i = 0;
+    put(&i, bump(&outer_array, 0, 1));
+    put(&i, bump(&outer_array, 1, 1));
+    put(&i, bump(&outer_array, 2, 1));
+    put(&i, bump(&outer_array, 2, 9));
+    put(&i, bump(&outer_array, 7, 1));
+    put(&i, bump(&outer_hash, 1, 1));
+    put(&i, bump(&outer_hash, 0, 1));
+    /* The same inner map seen through both outer maps. */
+    __u32 k = 1;
+    __u64 *v = bpf_map_lookup_elem(&second, &k);
+    put(&i, v ? *v : -1);
     return i;
 }
 
