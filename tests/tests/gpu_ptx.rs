@@ -609,12 +609,14 @@ fn frames_a_function_left_are_read_as_it_left_them() {
 /// The programs of `examples/bpf/map_helpers.bpf.c` on maps the GPU has answer on the PTX
 /// interpreter what they answer on the CPU, where `map_helpers.rs` checks them against the
 /// kernel: each flag of updates and deletes on hash, LRU hash and array maps (a full one, one allocating
-/// on insert, 4-byte values), lookups after them, values written through a lookup's pointer.
-/// (The GPU has no ring buffer reserve, and per-SM values are not per-CPU ones.)
+/// on insert, 4-byte values), lookups after them, values written through a lookup's pointer;
+/// and `callback_answers.bpf.c`'s `bpf_loop` calls (checked against the kernel by the loaders
+/// test). (The GPU has no ring buffer reserve, and per-SM values are not per-CPU ones.)
 #[test]
 fn map_helpers_answer_on_the_gpu_as_in_the_kernel() {
-    for name in ["hash_flags", "lru_flags", "array_flags"] {
-        let (cpu_r0, maps, g) = on_cpu_and_for_gpu("map_helpers", name, 0);
+    let programs = [("map_helpers", "hash_flags"), ("map_helpers", "lru_flags"), ("map_helpers", "array_flags"), ("callback_answers", "loops")];
+    for (example, name) in programs {
+        let (cpu_r0, maps, g) = on_cpu_and_for_gpu(example, name, 0);
         let slots = cpu_r0.as_ref().copied().unwrap_or_else(|e| panic!("{name} on the CPU: {e}"));
         let out = maps.iter().find(|m| m.name() == "out").unwrap();
         let cpu_out: Vec<Vec<u8>> = (0..slots as u32)
