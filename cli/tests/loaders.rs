@@ -3515,7 +3515,7 @@ fn exitsnoop_under_passthrough_prints_exits_as_on_the_kernel() {
 /// Helpers that call back into the program, numeric iterators and global functions, run once
 /// each by `BPF_PROG_TEST_RUN` from an unmodified libbpf loader (`test_run_lines`, which prints
 /// what each program wrote down): `bpf_loop` (a stop, no iterations, flags, too many),
-/// `bpf_for_each_map_elem` over array, hash and per-CPU maps (sums, stops, values changed by
+/// `bpf_for_each_map_elem` over array, hash, per-CPU and LRU maps (sums, stops, values changed by
 /// the callback, flags), `bpf_iter_num_*` (a range, an empty one, one too long), a global
 /// function, maps of maps (inner maps from BTF, a missing index, one inner map under two outer
 /// maps). The same lines under the syscall server as in the kernel.
@@ -3524,7 +3524,7 @@ fn callbacks_and_iterators_answer_what_the_kernel_answers() {
     let _serial = serial();
     let loader = build_loader("test_run_lines");
     let obj = build_example("callback_answers");
-    let progs = ["loops", "map_walks", "iterators", "global_functions", "maps_of_maps"];
+    let progs = ["loops", "map_walks", "more_walks", "iterators", "global_functions", "maps_of_maps"];
     let shm = format!("bpftime-callbacks-{}", std::process::id());
     bpftime_tests::remove_region(&shm);
     let out = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).args(progs).output().unwrap();

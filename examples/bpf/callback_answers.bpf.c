@@ -1,5 +1,5 @@
 // Helpers that call back into the program, and what else needs the object's BTF: bpf_loop,
-// bpf_for_each_map_elem on array, hash and per-CPU maps, libbpf's bpf_for() numeric iterator,
+// bpf_for_each_map_elem on array, hash, per-CPU and LRU maps, libbpf's bpf_for() numeric iterator,
 // global subprograms, maps of maps (inner maps libbpf makes from BTF). Raw tracepoint programs that write their answers
 // to `out`; examples/loaders/test_run_lines.c runs them through libbpf, in the kernel and under
 // bpftime's syscall server (cli/tests/loaders.rs compares the lines).
@@ -12,6 +12,8 @@ struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, OUT_SLOTS); __typ
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 8); __type(key, __u32); __type(value, __u64); } numbers SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16); __type(key, __u32); __type(value, __u64); } table SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 2); __type(key, __u32); __type(value, __u64); } per_cpu SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 8); __type(key, __u32); __type(value, __u64); } per_cpu_table SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 8); __type(key, __u32); __type(value, __u64); } recent SEC(".maps");
 
 /* The kernel's numeric iterator state (newer kernel headers than Debian 12's declare it). */
 struct bpf_iter_num {
@@ -120,6 +122,31 @@ int map_walks(void *ctx)
     put(&i, bpf_for_each_map_elem(&per_cpu, add_value, &s, 0));
     put(&i, s.total);
     put(&i, bpf_for_each_map_elem(&numbers, add_value, &s, 2));
+    return i;
+}
+
+SEC("raw_tp/sys_enter")
+int more_walks(void *ctx)
+{
+    __u32 i = 0;
+#pragma clang loop unroll(full)
+    for (__u32 n = 1; n <= 3; n++) {
+        __u32 key = n;
+        __u64 v = 100 * n;
+        bpf_map_update_elem(&per_cpu_table, &key, &v, BPF_ANY);
+        bpf_map_update_elem(&recent, &key, &v, BPF_ANY);
+    }
+    struct sum s = { .stop_at = -1 };
+    put(&i, bpf_for_each_map_elem(&per_cpu_table, add_value, &s, 0));
+    put(&i, s.total);
+    __u32 k = 2;
+    __u64 *v = bpf_map_lookup_elem(&per_cpu_table, &k);
+    put(&i, v ? *v : -1);
+    s = (struct sum){ .stop_at = -1 };
+    put(&i, bpf_for_each_map_elem(&recent, add_value, &s, 0));
+    put(&i, s.total);
+    v = bpf_map_lookup_elem(&recent, &k);
+    put(&i, v ? *v : -1);
     return i;
 }
 
