@@ -5,6 +5,7 @@
 // bpftime's syscall server (cli/tests/loaders.rs compares the lines).
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "iter_num.h"
 
 #define OUT_SLOTS 64
 
@@ -14,15 +15,6 @@ struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16); __type(key, _
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 2); __type(key, __u32); __type(value, __u64); } per_cpu SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 8); __type(key, __u32); __type(value, __u64); } per_cpu_table SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 8); __type(key, __u32); __type(value, __u64); } recent SEC(".maps");
-
-/* The kernel's numeric iterator state (newer kernel headers than Debian 12's declare it). */
-struct bpf_iter_num {
-    __u64 __opaque[1];
-} __attribute__((aligned(8)));
-
-extern int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __ksym;
-extern int *bpf_iter_num_next(struct bpf_iter_num *it) __ksym;
-extern void bpf_iter_num_destroy(struct bpf_iter_num *it) __ksym;
 
 /* Maps of maps, their inner maps given by libbpf from BTF (`__array(values, ...)`). */
 struct inner {

@@ -1,19 +1,13 @@
 // Open-coded loops over kfuncs, as libbpf's bpf_for() writes them (bpf_iter_num_new, _next,
 // _destroy), inside an RCU read section, on the `calls` target's add(a, b), in count_calls's
-// interface (results in `stats`). The system headers predate bpf_for(), so the iterator and
-// the kfuncs are declared here as the kernel's BTF has them.
+// interface (results in `stats`). The system headers predate bpf_for(), so the iterator
+// (iter_num.h) and the kfuncs are declared as the kernel's BTF has them.
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "iter_num.h"
 
-struct bpf_iter_num {
-    __u64 __opaque[1];
-} __attribute__((aligned(8)));
-
-extern int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __ksym;
-extern int *bpf_iter_num_next(struct bpf_iter_num *it) __ksym;
-extern void bpf_iter_num_destroy(struct bpf_iter_num *it) __ksym;
 extern void bpf_rcu_read_lock(void) __ksym;
 extern void bpf_rcu_read_unlock(void) __ksym;
 

@@ -1,7 +1,9 @@
-//! The printf subset of `bpf_trace_printk`, `bpf_trace_vprintk` and `bpf_snprintf`:
-//! `%d %i %u %x %X %o %c %s %p %%` with the `l`, `ll`, `h`, `hh`, `z` length modifiers,
-//! flags `-0+ #`, width and precision, `%px`, `%pks` and `%pus`. `%s` arguments are addresses
-//! read without faulting (one that cannot be read prints nothing, as in the kernel).
+//! The printf of `bpf_trace_printk`, `bpf_trace_vprintk` and `bpf_snprintf`: [`check`] says
+//! which formats the kernel takes (the helpers refuse the others); [`format`] prints `%d %i %u
+//! %x %X %o %c %s %p %%` with the `l`, `ll`, `h`, `hh`, `z` length modifiers, flags `-0+ #`,
+//! width and precision, `%px`, `%pks`, `%pus` and `%pI4`-like addresses (the GPU's records are
+//! printed without the check). `%s` arguments are addresses read without faulting (one that
+//! cannot be read prints nothing, as in the kernel).
 
 use crate::user_mem;
 
@@ -12,13 +14,15 @@ use crate::user_mem;
 /// conversions than arguments. The others are refused with -EINVAL.
 pub fn check(fmt: &[u8], num_args: usize) -> bool {
     let at = |i: usize| fmt.get(i).copied().unwrap_or(0);
-    let ends_word = |c: u8| c == 0 || c.is_ascii_whitespace() || c.is_ascii_punctuation();
+    // The C library's isspace: Rust's ASCII white space and \v.
+    let is_space = |c: u8| c.is_ascii_whitespace() || c == 0x0b;
+    let ends_word = |c: u8| c == 0 || is_space(c) || c.is_ascii_punctuation();
     let mut specs = 0;
     let mut i = 0;
     while i < fmt.len() {
         let c = fmt[i];
-        // (isprint or isspace, \v included, in ASCII.)
-        if !(c.is_ascii_graphic() || c == b' ' || c.is_ascii_whitespace() || c == 0x0b) {
+        // isprint or isspace, in ASCII.
+        if !(c.is_ascii_graphic() || c == b' ' || is_space(c)) {
             return false;
         }
         if c != b'%' {

@@ -104,9 +104,10 @@ pub fn trace_lines(layout: &ArenaLayout, arena: &[u8]) -> (Vec<String>, u64) {
         .map(|r| {
             let text = match r.kind {
                 bpftime_gpu_ptx::maps::TraceKind::Printk => {
+                    // The arena's bytes from a device address on.
+                    let from = |addr: u64| arena.get(usize::try_from(addr.checked_sub(r.arena_addr)?).ok()?..);
                     let in_arena = |addr: u64, buf: &mut [u8]| -> Option<usize> {
-                        let at = usize::try_from(addr.checked_sub(r.arena_addr)?).ok()?;
-                        let rest = arena.get(at..)?;
+                        let rest = from(addr)?;
                         let room = buf.len().checked_sub(1)?;
                         let n = rest.iter().take(room).position(|&b| b == 0).unwrap_or(room.min(rest.len()));
                         buf[..n].copy_from_slice(&rest[..n]);
@@ -114,8 +115,7 @@ pub fn trace_lines(layout: &ArenaLayout, arena: &[u8]) -> (Vec<String>, u64) {
                         Some(n + 1)
                     };
                     let bytes_in_arena = |addr: u64, buf: &mut [u8]| -> bool {
-                        let Some(at) = addr.checked_sub(r.arena_addr).and_then(|a| usize::try_from(a).ok()) else { return false };
-                        match arena.get(at..at.saturating_add(buf.len())) {
+                        match from(addr).and_then(|rest| rest.get(..buf.len())) {
                             Some(src) => {
                                 buf.copy_from_slice(src);
                                 true

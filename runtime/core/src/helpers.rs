@@ -237,7 +237,6 @@ extern "C" fn ktime_get_coarse_ns(_: u64, _: u64, _: u64, _: u64, _: u64, _: &mu
     clock(libc::CLOCK_MONOTONIC_COARSE)
 }
 
-/// The format string a program passed: up to its NUL, inside memory it may read.
 /// The format string of `bpf_trace_printk` / `bpf_trace_vprintk` (`size` bytes holding a NUL),
 /// if the kernel would print it with `num_args` arguments: else the helper's error (-EFAULT
 /// where the bytes cannot be read, -EINVAL for a format the kernel refuses).
