@@ -340,10 +340,31 @@ pub fn attach_pending() {
     }
 }
 
-/// Whether a link is for this process (a link made for one pid attaches only there, as a
-/// kernel uprobe opened for that pid does).
+/// Whether a link is for this process: one made for one pid attaches only there, as a kernel
+/// uprobe opened for that pid does; one for every process, everywhere, but that a loader (the
+/// syscall server beside the agent, `bpftime load`) takes only the uprobes on its own
+/// executable, which it probes to trace itself (libbpf's `/proc/self/exe`), not those on the
+/// libraries it shares with what it traces (a wildcard probe on libc would patch a thousand
+/// functions in the loader, each as it makes it). System call events reach it as any process.
 pub(crate) fn for_this_process(l: &links::UprobeLink) -> bool {
-    l.pid == 0 || l.pid == std::process::id()
+    if l.pid == std::process::id() {
+        return true;
+    }
+    l.pid == 0 && (l.kind != links::LinkKind::Uprobe || !beside_the_server() || on_own_executable(&l.target))
+}
+
+/// Whether the syscall server is loaded in this process (a loader under `bpftime load`).
+fn beside_the_server() -> bool {
+    static BESIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BESIDE.get_or_init(|| std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.lines().any(|l| l.ends_with("/libbpftime_syscall_server.so"))))
+}
+
+/// Whether uprobe target `BINARY:WHERE` names this process's executable.
+fn on_own_executable(target: &str) -> bool {
+    static EXE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let exe = EXE.get_or_init(|| std::fs::read_link("/proc/self/exe").ok());
+    let file = target.rsplit_once(':').map_or(target, |(file, _)| file);
+    exe.as_deref().is_some_and(|exe| std::fs::canonicalize(file).is_ok_and(|f| f == exe))
 }
 
 /// `BPFTIME_BUDGET`: the loop budget of one probe hit, when set (a bad value is reported and

@@ -149,6 +149,24 @@ pub extern "C" fn bpftime_agent_syscall_instruction() -> u64 {
     bpftime_attach::syscalls::allowed_syscall_instruction()
 }
 
+/// Runs `f(arg)` with this thread's probes silenced, as the agent's own work runs: the syscall
+/// server calls it around its work when a loader runs it beside the agent (`bpftime load`), so
+/// that the loader is traced as any process is, but not the server answering its calls (a
+/// program on `memcpy` updating the map whose bucket lock the server holds would wait for it
+/// forever). `f` must not unwind.
+#[unsafe(no_mangle)]
+pub extern "C" fn bpftime_agent_without_probes(f: extern "C" fn(*mut libc::c_void), arg: *mut libc::c_void) {
+    bpftime_attach::without_probes(|| f(arg))
+}
+
+/// Whether this thread runs the agent's own work or a probe handler now: the syscall server
+/// beside the agent passes such calls (the agent's `close` of a file of its own, a kernel
+/// program's `bpf()` a tail call makes) straight to the kernel, as they would go without it.
+#[unsafe(no_mangle)]
+pub extern "C" fn bpftime_agent_at_work() -> bool {
+    bpftime_attach::in_probe()
+}
+
 // `execve`, `posix_spawn` and kin, wrapped: what the traced program starts gets the room for
 // static thread-locals its libraries need under the audit library (rustc under `cargo build`).
 // Worked out as our own work: no probe or system call program sees its reads.

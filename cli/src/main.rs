@@ -629,11 +629,12 @@ fn agent_path() -> Result<PathBuf, String> {
     Ok(p.canonicalize().unwrap_or(p))
 }
 
-/// `LD_PRELOAD` with `lib` first, then whatever it already names.
-fn preload_with(lib: &Path) -> String {
+/// `LD_PRELOAD` with `libs` first, in order, then whatever it already names.
+fn preload_with(libs: &[&Path]) -> String {
+    let ours: Vec<String> = libs.iter().map(|l| l.display().to_string()).collect();
     match std::env::var("LD_PRELOAD") {
-        Ok(p) if !p.is_empty() => format!("{}:{p}", lib.display()),
-        _ => lib.display().to_string(),
+        Ok(p) if !p.is_empty() => format!("{}:{p}", ours.join(":")),
+        _ => ours.join(":"),
     }
 }
 
@@ -688,7 +689,7 @@ pub(crate) fn agent_command(agent: &Path, command: &[String]) -> std::process::C
     // The execve that starts it is made here, without the agent: the agent runs its entry
     // programs (`sys_enter_execve`) in the new image, under our name (the kernel's programs see
     // the caller's).
-    cmd.args(&command[1..]).env("LD_PRELOAD", preload_with(agent)).env("BPFTIME_EXEC_UNTRACED", "bpftime");
+    cmd.args(&command[1..]).env("LD_PRELOAD", preload_with(&[agent])).env("BPFTIME_EXEC_UNTRACED", "bpftime");
     if let Some(audit) = audit_with(agent) {
         cmd.env("LD_AUDIT", audit);
         if let Some(tunables) = tunables_for_static_tls(&command[0]) {
@@ -846,11 +847,14 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
                 return Err(format!("the syscall server {} is missing (build the workspace)", server.display()));
             }
             let mut cmd = std::process::Command::new(&loader[0]);
-            cmd.args(&loader[1..]).env("LD_PRELOAD", preload_with(&server));
+            // The agent too, after the server: the loader is traced as the kernel traces every
+            // process (its probes on itself fire), the server's own work is not.
+            let agent = agent_path()?;
+            cmd.args(&loader[1..]).env("LD_PRELOAD", preload_with(&[&server, &agent]));
             // What the loader starts (`bpftrace -c CMD`) is traced: it gets the agent (its server
             // marks their execve, which the loader makes, for the agent to trace).
-            cmd.env("BPFTIME_CHILD_PRELOAD", preload_with(&agent_path()?));
-            if let Some(audit) = audit_with(&agent_path()?) {
+            cmd.env("BPFTIME_CHILD_PRELOAD", preload_with(&[&agent]));
+            if let Some(audit) = audit_with(&agent) {
                 cmd.env("BPFTIME_CHILD_AUDIT", audit);
             }
             cmd.env("BPFTIME_SHM", shm);

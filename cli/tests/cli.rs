@@ -626,6 +626,8 @@ fn a_region_made_by_another_user_is_refused_everywhere() {
     assert!(text(&out.stderr).contains("symbolic link"), "{}", text(&out.stderr));
     std::fs::remove_file(format!("/dev/shm/{link}")).unwrap();
     std::fs::remove_file(format!("/dev/shm/{shm}")).unwrap();
+    // And the code cache nobody's loader filled beside it.
+    let _ = std::fs::remove_dir_all(format!("/dev/shm/{shm}.code"));
     // The other way round: nobody cannot read or use root's region.
     let mine = format!("bpftime-cli-mine-{}", std::process::id());
     let _ = bpftime_shm(&mine, &["shm", "remove"]);

@@ -141,6 +141,31 @@ fn a_uprobe_for_pid_0_is_the_loaders_own_as_on_the_kernel() {
     }
 }
 
+/// A loader that probes itself, as libbpf's own examples do (a uprobe and a uretprobe for pid 0
+/// on a function of `/proc/self/exe`, one named in its section for every process, a write(2)
+/// tracepoint whose program tests for the loader's pid): the kernel runs them in the loader,
+/// and so do we (`bpftime load` preloads the agent beside the server). Before, nothing fired.
+#[test]
+fn a_loader_that_probes_itself_counts_what_the_kernel_counts() {
+    let _serial = serial();
+    let loader = build_loader("self_probe");
+    let obj = build_example("self_probe");
+    let shm = format!("bpftime-self-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let ours = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg("1000").output().unwrap();
+    bpftime_tests::remove_region(&shm);
+    assert!(ours.status.success(), "{}", text(&ours.stderr));
+    let want = "stats[0] = 1000\nstats[1] = 1498500\nstats[2] = 1000\nstats[3] = 1000\nstats[4] = 1498500\nsum 2497500\n";
+    assert_eq!(text(&ours.stdout), want, "{}", text(&ours.stderr));
+    if !is_root() {
+        println!("skipping the kernel comparison: it needs root");
+        return;
+    }
+    let kernel = Command::new(&loader).arg(&obj).arg("1000").output().unwrap();
+    assert!(kernel.status.success(), "{}", text(&kernel.stderr));
+    assert_eq!(text(&kernel.stdout), want, "the same loader on the kernel");
+}
+
 /// An attach is in force when the loader's call returns, as on the kernel: a process already
 /// running under the agent (blocked before its calls) is told to go the moment count_calls says
 /// "attached", and every call is counted (before, the agent's link follower took the new links

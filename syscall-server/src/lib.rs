@@ -24,6 +24,7 @@ macro_rules! eprintln {
 }
 
 mod attr;
+mod beside;
 #[cfg(test)]
 mod fuzz_tests;
 mod kernel;
@@ -90,7 +91,7 @@ fn server() -> Option<&'static Server> {
             match bpftime_shm::ShmRegion::open_or_create(&name, size) {
                 Ok(r) => {
                     let s = Server::new(std::sync::Arc::new(r));
-                    bpftime_runtime::threads::spawn_quiet("bpftime-rings", watch_rings).ok();
+                    bpftime_runtime::threads::spawn_quiet("bpftime-rings", || beside::quiet(watch_rings)).ok();
                     // SAFETY: registers a plain extern "C" function that only stores into the
                     // region (pthread_atfork(3)).
                     unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(forked_child)) };
@@ -103,6 +104,15 @@ fn server() -> Option<&'static Server> {
             }
         })
         .as_ref()
+}
+
+/// The server, for a call the loader makes: None before it is made, and for a call the agent
+/// beside it makes for its own work ([`beside::for_the_agent`]), which goes to the kernel.
+fn ours() -> Option<&'static Server> {
+    if beside::for_the_agent() {
+        return None;
+    }
+    SERVER.get().and_then(Option::as_ref)
 }
 
 /// The process that is forking (its child's parent: `getppid` in the child may already name
@@ -156,7 +166,7 @@ extern "C" fn forked_child() {
             while unsafe { libc::getppid() } as u32 == parent && bpftime_shm::process_alive(parent) {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            watch_rings()
+            beside::quiet(watch_rings)
         })
         .ok();
     }
@@ -164,7 +174,13 @@ extern "C" fn forked_child() {
 
 /// Runs `f` without letting a panic cross into C: a panic is `EFAULT`.
 fn guarded(f: impl FnOnce() -> Result<i64, i32>) -> Result<i64, i32> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(Err(libc::EFAULT))
+    caught(std::panic::AssertUnwindSafe(f)).unwrap_or(Err(libc::EFAULT))
+}
+
+/// The server's work on a loader's call: its panics caught, an agent beside it silenced
+/// ([`beside::quiet`]).
+fn caught<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> std::thread::Result<R> {
+    beside::quiet(|| std::panic::catch_unwind(f))
 }
 
 /// Keeps each ring buffer map fd readable (for `epoll`) exactly while it holds records. A
@@ -217,7 +233,7 @@ fn bpf(cmd: u32, attr_addr: u64, size: u32) -> Result<i64, i32> {
 /// `perf_event_open`: a uprobe event is ours (None: the kernel's).
 fn perf_event_open(attr_addr: u64, pid: i32, cpu: i32) -> Option<Result<i64, i32>> {
     let s = server()?;
-    let r = std::panic::catch_unwind(|| {
+    let r = caught(|| {
         let size = match user::read(attr_addr + 4, 4) {
             Ok(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             Err(e) => return Some(Err(e)),
@@ -247,6 +263,8 @@ fn perf_event_open(attr_addr: u64, pid: i32, cpu: i32) -> Option<Result<i64, i32
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long {
     let r = match n {
+        // The agent's own calls (a kernel program a tail call runs) are the kernel's.
+        libc::SYS_bpf | libc::SYS_perf_event_open if beside::for_the_agent() => raw::result(raw::syscall6(n, [a1, a2, a3, a4, a5, a6])),
         libc::SYS_bpf => bpf(a1 as u32, a2 as u64, a3 as u32),
         libc::SYS_perf_event_open => match perf_event_open(a1 as u64, a2 as i32, a3 as i32) {
             Some(r) => r,
@@ -269,10 +287,8 @@ pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, 
 /// Same contract as ioctl(2).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
-    if let Some(s) = SERVER.get().and_then(Option::as_ref) {
-        if let Some(r) =
-            std::panic::catch_unwind(|| s.perf_ioctl(fd, request, arg).or_else(|| s.kernel_set_bpf(fd, request, arg))).unwrap_or(Some(Err(libc::EFAULT)))
-        {
+    if let Some(s) = ours() {
+        if let Some(r) = caught(|| s.perf_ioctl(fd, request, arg).or_else(|| s.kernel_set_bpf(fd, request, arg))).unwrap_or(Some(Err(libc::EFAULT))) {
             return raw::to_c(r) as c_int;
         }
     }
@@ -285,16 +301,16 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
 /// Same contract as close(2).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if let Some(s) = SERVER.get().and_then(Option::as_ref) {
-        let _ = std::panic::catch_unwind(|| s.closed(fd));
+    if let Some(s) = ours() {
+        let _ = caught(|| s.closed(fd));
     }
     raw::to_c(raw::result(raw::syscall6(libc::SYS_close, [fd as c_long, 0, 0, 0, 0, 0]))) as c_int
 }
 
 fn duplicated(old: c_int, r: Result<i64, i32>) -> c_int {
     // (`dup2(fd, fd)` leaves fd as it is.)
-    if let (Ok(new), Some(s)) = (r.ok().filter(|&new| new != old as i64).ok_or(()), SERVER.get().and_then(Option::as_ref)) {
-        let _ = std::panic::catch_unwind(|| {
+    if let (Ok(new), Some(s)) = (r.ok().filter(|&new| new != old as i64).ok_or(()), ours()) {
+        let _ = caught(|| {
             s.closed(new as i32);
             s.duplicated(old, new as i32)
         });
@@ -372,8 +388,8 @@ fn fcntl_via(symbol: &'static std::ffi::CStr, fd: c_int, cmd: c_int, arg: c_ulon
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void {
     if fd >= 0 {
-        if let Some(s) = SERVER.get().and_then(Option::as_ref) {
-            if let Some(r) = std::panic::catch_unwind(|| s.mmap_source(fd, off as u64, len as u64, prot, flags)).ok().flatten() {
+        if let Some(s) = ours() {
+            if let Some(r) = caught(|| s.mmap_source(fd, off as u64, len as u64, prot, flags)).ok().flatten() {
                 if r == Ok((u64::MAX, len as u64)) {
                     // A perf event not in a map yet: zeroed pages, the ring moved in later.
                     let anon = (flags & !(libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE)) | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
@@ -423,8 +439,8 @@ pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: usize, prot: c_int, flag
 
 /// The pin at `path` (a C string) removed, if it is one of ours.
 fn unlink_pin(dirfd: c_int, path: *const c_char) -> Option<c_int> {
-    let s = SERVER.get().and_then(Option::as_ref)?;
-    let r = std::panic::catch_unwind(|| {
+    let s = ours()?;
+    let r = caught(|| {
         let p = user::read_cstr(path as u64, 4096).ok()?;
         s.unlinked(dirfd, &p)
     });
@@ -467,8 +483,8 @@ fn own_proc_fd(path: &str, dir: &str) -> Option<i32> {
 
 /// What `readlink` of `path` (a C string) shows when it names an fd of ours in `/proc`.
 fn fd_link(dirfd: c_int, path: *const c_char) -> Option<&'static str> {
-    let s = SERVER.get().and_then(Option::as_ref)?;
-    std::panic::catch_unwind(|| {
+    let s = ours()?;
+    caught(|| {
         let p = user::read_cstr(path as u64, 256).ok()?;
         if !p.starts_with('/') && dirfd != libc::AT_FDCWD {
             return None;
@@ -516,7 +532,7 @@ pub unsafe extern "C" fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut
 /// At unload (process exit): links this loader still holds are detached.
 extern "C" fn at_exit() {
     if let Some(s) = SERVER.get().and_then(Option::as_ref) {
-        let _ = std::panic::catch_unwind(|| s.exiting());
+        let _ = caught(|| s.exiting());
     }
 }
 
@@ -527,8 +543,8 @@ static FINI: extern "C" fn() = at_exit;
 /// What `/proc/self/fdinfo/N` (or `/proc/PID/fdinfo/N`, this process's) shows when N is an
 /// fd of ours (see [`Server::fdinfo_text`]).
 fn fdinfo_text(path: &std::ffi::CStr) -> Option<String> {
-    let s = SERVER.get().and_then(Option::as_ref)?;
-    std::panic::catch_unwind(|| s.fdinfo_text(own_proc_fd(path.to_str().ok()?, "fdinfo")?)).ok().flatten()
+    let s = ours()?;
+    caught(|| s.fdinfo_text(own_proc_fd(path.to_str().ok()?, "fdinfo")?)).ok().flatten()
 }
 
 /// `text` as a stream to read (fmemopen(3) with a buffer of its own, freed by `fclose`).
@@ -560,7 +576,7 @@ fn stand_in_stream(path: *const c_char) -> Option<*mut libc::FILE> {
     if let Some(text) = fdinfo_text(path) {
         return text_stream(&text);
     }
-    let text = std::panic::catch_unwind(|| pmu::stand_in_file(path)).ok().flatten()?;
+    let text = caught(|| pmu::stand_in_file(path)).ok().flatten()?;
     // SAFETY: `text` is a 'static NUL-terminated string that a read-only stream never writes
     // (fmemopen(3)); its length excludes the NUL.
     Some(unsafe { libc::fmemopen(text.as_ptr() as *mut c_void, text.to_bytes().len(), c"r".as_ptr()) })
@@ -626,7 +642,7 @@ pub unsafe extern "C" fn bpftime_syscall_server__poll_gpu_ringbuf_map(mapfd: c_i
     let Some(callback) = callback else { return -libc::EINVAL };
     let Some(s) = server() else { return -libc::EBADF };
     let ctx = ctx as usize;
-    let r = std::panic::catch_unwind(|| {
+    let r = caught(|| {
         let map = s.map(mapfd as u32).ok().filter(|m| m.map_type() == bpftime_maps::MapType::Ringbuf).ok_or(libc::EBADF)?;
         map.ringbuf_consume(&mut |record| {
             // SAFETY: the caller's contract; the record stays valid for the call.

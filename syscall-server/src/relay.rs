@@ -55,7 +55,7 @@ fn relay() -> Option<&'static Relay> {
     RELAY
         .get_or_init(|| {
             let epoll = raw::result(raw::syscall6(libc::SYS_epoll_create1, [libc::EPOLL_CLOEXEC as c_long, 0, 0, 0, 0, 0])).ok()? as i32;
-            bpftime_runtime::threads::spawn_quiet("bpftime-relay", run).ok()?;
+            bpftime_runtime::threads::spawn_quiet("bpftime-relay", || crate::beside::quiet(run)).ok()?;
             Some(Relay { epoll, twins: Mutex::new(Vec::new()) })
         })
         .as_ref()

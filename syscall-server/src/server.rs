@@ -2166,7 +2166,8 @@ impl Server {
                 let prog = self.prog_id(arg as u32)?;
                 if t.shared.prog.swap(prog, AcqRel) == 0 {
                     let (region, period, shared) = (self.region.clone(), t.period_ns, t.shared.clone());
-                    bpftime_runtime::threads::spawn_quiet("bpftime-timer", move || run_timer(region, period, shared)).map_err(|_| libc::EAGAIN)?;
+                    bpftime_runtime::threads::spawn_quiet("bpftime-timer", move || crate::beside::quiet(|| run_timer(region, period, shared)))
+                        .map_err(|_| libc::EAGAIN)?;
                 }
                 Ok(0)
             }

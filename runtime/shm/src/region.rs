@@ -963,12 +963,11 @@ impl ShmRegion {
         }
     }
 
-    /// Waits (up to `timeout`) until every other live runner not `skipped` has looked at the
-    /// table as of change count `change` or later ([`ShmRegion::refreshed`]), as a kernel
-    /// attach is in force when it returns. Returns the runners' pids that had not by then.
+    /// Waits (up to `timeout`) until every live runner not `skipped` has looked at the table
+    /// as of change count `change` or later ([`ShmRegion::refreshed`]), as a kernel attach is
+    /// in force when it returns: this process's own too (a loader's agent, which traces the
+    /// loader). Returns the runners' pids that had not by then.
     pub fn wait_for_runners(&self, change: u32, timeout: std::time::Duration, skipped: impl Fn(u32) -> bool) -> Vec<u32> {
-        // SAFETY: getpid(2) cannot fail.
-        let me = unsafe { libc::getpid() } as u32;
         let h = self.header();
         let deadline = std::time::Instant::now() + timeout;
         let mut pause = std::time::Duration::from_micros(100);
@@ -980,7 +979,7 @@ impl ShmRegion {
                     let pid = r.pid.load(Ordering::Acquire);
                     // Counts wrap: behind means before `change` by less than half the range.
                     let behind = (r.refreshed.load(Ordering::Acquire).wrapping_sub(change) as i32) < 0;
-                    (pid != 0 && pid != me && behind && !skipped(pid) && runner_alive(pid, r.tid.load(Ordering::Acquire))).then_some(pid)
+                    (pid != 0 && behind && !skipped(pid) && runner_alive(pid, r.tid.load(Ordering::Acquire))).then_some(pid)
                 })
                 .collect();
             if lagging.is_empty() || std::time::Instant::now() >= deadline {
