@@ -868,12 +868,20 @@ impl Agent {
                     }
                 }
             }
-            seen.retain(|id, probes| {
-                let alive = ids.contains(id);
-                if !alive {
+            let by_id: std::collections::HashMap<u32, &links::UprobeLink> = now.iter().map(|l| (l.id, l)).collect();
+            seen.retain(|id, probes| match by_id.get(id) {
+                None => {
                     gone.append(probes);
+                    false
                 }
-                alive
+                Some(l) => {
+                    // A link made for one pid stays in that process, not in a child forked from
+                    // it (a kernel uprobe opened for a pid does not follow a fork).
+                    if !probes.is_empty() && l.kind == links::LinkKind::Uprobe && !for_this_process(l) {
+                        gone.append(probes);
+                    }
+                    true
+                }
             });
         }
         {

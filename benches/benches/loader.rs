@@ -45,7 +45,9 @@ fn loader_run(s: &Setup, ours: Option<&str>, count: u32) -> Duration {
     let mut c = Command::new(&s.loader);
     c.arg(&s.object).arg(&s.target).arg(count.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     if let Some(shm) = ours {
-        c.env("LD_PRELOAD", &s.server).env("BPFTIME_SHM", shm);
+        // As `bpftime load` runs it: the server, and the agent beside it.
+        let preload = format!("{}:{}", s.server.display(), s.agent.display());
+        c.env("LD_PRELOAD", preload).env("BPFTIME_SHM", shm);
     }
     let start = Instant::now();
     let status = c.status().expect("run the loader");

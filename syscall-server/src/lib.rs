@@ -79,29 +79,31 @@ static INIT: extern "C" fn() = bpftime_server_init;
 
 // `execve`, `posix_spawn` and kin, wrapped: a program the loader starts with the agent and its
 // audit library (`bpftrace -c CMD`) gets the room for static thread-locals its libraries need.
-bpftime_launch::exec_wrappers!(bpftime_launch::exec::directly);
+bpftime_launch::exec_wrappers!(crate::beside::quiet);
 
 /// The server, made on first use: the region named by `BPFTIME_SHM` (default `bpftime`),
 /// created when it does not exist.
 fn server() -> Option<&'static Server> {
     SERVER
         .get_or_init(|| {
-            let name = bpftime_shm::default_name();
-            let size = std::env::var("BPFTIME_SHM_SIZE").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(64 << 20);
-            match bpftime_shm::ShmRegion::open_or_create(&name, size) {
-                Ok(r) => {
-                    let s = Server::new(std::sync::Arc::new(r));
-                    bpftime_runtime::threads::spawn_quiet("bpftime-rings", || beside::quiet(watch_rings)).ok();
-                    // SAFETY: registers a plain extern "C" function that only stores into the
-                    // region (pthread_atfork(3)).
-                    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(forked_child)) };
-                    Some(s)
+            beside::quiet(|| {
+                let name = bpftime_shm::default_name();
+                let size = std::env::var("BPFTIME_SHM_SIZE").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(64 << 20);
+                match bpftime_shm::ShmRegion::open_or_create(&name, size) {
+                    Ok(r) => {
+                        let s = Server::new(std::sync::Arc::new(r));
+                        bpftime_runtime::threads::spawn_quiet("bpftime-rings", || beside::quiet(watch_rings)).ok();
+                        // SAFETY: registers a plain extern "C" function that only stores into the
+                        // region (pthread_atfork(3)).
+                        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(forked_child)) };
+                        Some(s)
+                    }
+                    Err(e) => {
+                        eprintln!("bpftime: the syscall server cannot use its region: {e}; bpf() calls fail with ENOSYS");
+                        None
+                    }
                 }
-                Err(e) => {
-                    eprintln!("bpftime: the syscall server cannot use its region: {e}; bpf() calls fail with ENOSYS");
-                    None
-                }
-            }
+            })
         })
         .as_ref()
 }
@@ -128,6 +130,11 @@ thread_local! {
 /// Before `fork`: says who forks and takes the fd table (not waiting for ever: a fork from a
 /// signal handler that interrupted this thread's own use of it goes on without).
 extern "C" fn before_fork() {
+    beside::quiet(take_fds_for_fork)
+}
+
+/// [`before_fork`]'s work.
+fn take_fds_for_fork() {
     FORKING.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
     let Some(s) = SERVER.get().and_then(Option::as_ref) else { return };
     for _ in 0..100_000 {
@@ -161,12 +168,14 @@ extern "C" fn forked_child() {
         // Threads do not survive a fork: a daemon's ring fds must still turn readable. The
         // fds are the parent's too, whose watcher signals them while it lives; then this one.
         bpftime_runtime::threads::spawn_quiet("bpftime-rings", move || {
-            // SAFETY: getppid(2) cannot fail. (A dead parent is no longer ours: the child was
-            // handed to another, even while the dead one is a zombie.)
-            while unsafe { libc::getppid() } as u32 == parent && bpftime_shm::process_alive(parent) {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            beside::quiet(watch_rings)
+            beside::quiet(|| {
+                // SAFETY: getppid(2) cannot fail. (A dead parent is no longer ours: the child was
+                // handed to another, even while the dead one is a zombie.)
+                while unsafe { libc::getppid() } as u32 == parent && bpftime_shm::process_alive(parent) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                watch_rings()
+            })
         })
         .ok();
     }
@@ -642,7 +651,8 @@ pub unsafe extern "C" fn bpftime_syscall_server__poll_gpu_ringbuf_map(mapfd: c_i
     let Some(callback) = callback else { return -libc::EINVAL };
     let Some(s) = server() else { return -libc::EBADF };
     let ctx = ctx as usize;
-    let r = caught(|| {
+    // Not `caught`: the callback is the loader's own code, which its probes see.
+    let r = std::panic::catch_unwind(|| {
         let map = s.map(mapfd as u32).ok().filter(|m| m.map_type() == bpftime_maps::MapType::Ringbuf).ok_or(libc::EBADF)?;
         map.ringbuf_consume(&mut |record| {
             // SAFETY: the caller's contract; the record stays valid for the call.
