@@ -20,6 +20,8 @@ struct Pending {
     cookie: u64,
     /// File offset of a USDT semaphore counting this probe (0: none).
     ref_ctr: u64,
+    /// The only process whose calls run the program (0: every process).
+    pid: u32,
 }
 
 /// What the agent's attached probes were made from (see [`Agent::wait_again`]).
@@ -59,6 +61,10 @@ pub struct ProgramProbe {
     reported: AtomicBool,
     /// What the program may do to the probed function.
     effect: Effect,
+    /// The only process whose hits run the program (0: every process): a child forked from it
+    /// inherits the patched code, not the probe, as a kernel uprobe opened for a pid does not
+    /// follow a fork (the child's link follower detaches it soon after).
+    only_pid: u32,
 }
 
 /// What a program may do to the function it probes.
@@ -75,9 +81,10 @@ pub enum Effect {
 
 impl ProgramProbe {
     /// A handler running `prog` with the given attach cookie and function address.
-    /// `caller_at_sp`: see [`ProbeProgram::caller_at_sp`].
-    pub fn new(runtime: &'static Runtime, prog: Arc<LoadedProgram>, cookie: u64, func_ip: u64, caller_at_sp: bool, effect: Effect) -> Self {
-        ProgramProbe { runtime, probe: ProbeProgram { program: prog, cookie, func_ip, caller_at_sp }, reported: AtomicBool::new(false), effect }
+    /// `caller_at_sp`: see [`ProbeProgram::caller_at_sp`]. `only_pid`: the only process whose
+    /// hits run it (0: every process).
+    pub fn new(runtime: &'static Runtime, prog: Arc<LoadedProgram>, cookie: u64, func_ip: u64, caller_at_sp: bool, effect: Effect, only_pid: u32) -> Self {
+        ProgramProbe { runtime, probe: ProbeProgram { program: prog, cookie, func_ip, caller_at_sp }, reported: AtomicBool::new(false), effect, only_pid }
     }
 }
 
@@ -86,6 +93,9 @@ const _: () = assert!(bpftime_attach::NEST_LEVELS <= bpftime_runtime::PROBE_LEVE
 
 impl ProbeHandler for ProgramProbe {
     fn on_hit(&self, regs: &PtRegs, level: usize) -> Option<u64> {
+        if self.only_pid != 0 && bpftime_shm::ids::process_id() != self.only_pid {
+            return None;
+        }
         match self.runtime.run_probe(&self.probe, regs.as_bytes(), level) {
             Ok(run) => match self.effect {
                 Effect::Replace => Some(run.r0),
@@ -170,7 +180,7 @@ fn attach_one(runtime: &'static Runtime, p: &Pending) -> Result<ProbeId, Failure
     };
     // As the kernel's stack walks for a uprobe on `push %rbp` (0x55): the caller is at [sp].
     let caller_at_sp = kind == ProbeKind::Entry && bpftime_attach::original_first_byte(r.addr) == Some(0x55);
-    let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr, caller_at_sp, effect));
+    let handler = Arc::new(ProgramProbe::new(runtime, p.prog.clone(), p.cookie, r.addr, caller_at_sp, effect, p.pid));
     let id = attach(r.addr, SiteInfo { function_size: r.function_size, at_entry, padding: r.padding, returns_twice: r.returns_twice }, kind, handler)
         .map_err(|e: AttachError| Failure::Failed(e.to_string()))?;
     if verbose() {
@@ -658,7 +668,16 @@ fn start_with(region: Arc<ShmRegion>, program: Option<std::ffi::OsString>, late:
                 if let (true, Some(outcome)) = (verbose(), &prog.cached) {
                     eprintln!("bpftime: `{}`: code cache: {outcome}, ready in {} us", prog.name, started.elapsed().as_micros());
                 }
-                items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, replace: l.replace, cookie: l.cookie, ref_ctr: l.ref_ctr })
+                items.push(Pending {
+                    link: l.id,
+                    prog,
+                    target: l.target,
+                    retprobe: l.retprobe,
+                    replace: l.replace,
+                    cookie: l.cookie,
+                    ref_ctr: l.ref_ctr,
+                    pid: l.pid,
+                })
             }
             Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
         }
@@ -909,9 +928,16 @@ impl Agent {
         let mut items = vec![];
         for l in fresh {
             match self.runtime.program(l.prog) {
-                Ok(prog) => {
-                    items.push(Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, replace: l.replace, cookie: l.cookie, ref_ctr: l.ref_ctr })
-                }
+                Ok(prog) => items.push(Pending {
+                    link: l.id,
+                    prog,
+                    target: l.target,
+                    retprobe: l.retprobe,
+                    replace: l.replace,
+                    cookie: l.cookie,
+                    ref_ctr: l.ref_ctr,
+                    pid: l.pid,
+                }),
                 Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
             }
         }

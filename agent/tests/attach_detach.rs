@@ -37,7 +37,7 @@ fn attach_detach_under_load() {
     };
     let addr = bpftime_test_probed as *const () as u64;
     let info = SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
-    let handler = || Arc::new(ProgramProbe::new(rt, prog.clone(), 0, addr, false, bpftime::Effect::MayOverride));
+    let handler = || Arc::new(ProgramProbe::new(rt, prog.clone(), 0, addr, false, bpftime::Effect::MayOverride, 0));
 
     // Stress: attach and detach over and over while the threads hammer the function.
     let stop = Arc::new(AtomicBool::new(false));

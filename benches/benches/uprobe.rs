@@ -68,7 +68,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("bpftime_hook_only", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
     detach(id).expect("detach");
     for (name, kind) in [("empty", ProbeKind::Entry), ("array_update", ProbeKind::Entry), ("empty_ret", ProbeKind::Return)] {
-        let id = attach(addr, info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, addr, false, Effect::Observe))).expect("attach");
+        let id = attach(addr, info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, addr, false, Effect::Observe, 0))).expect("attach");
         let label = if kind == ProbeKind::Return { format!("bpftime_uretprobe_{name}") } else { format!("bpftime_uprobe_{name}") };
         g.bench_function(label, |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
         detach(id).expect("detach");
@@ -83,13 +83,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("calls_out_bpftime_hook_only", |b| b.iter(|| black_box(bpftime_bench_calls_out)(black_box(1), 2)));
     detach(id).expect("detach");
     for (name, kind) in [("empty", ProbeKind::Entry), ("empty_ret", ProbeKind::Return)] {
-        let id = attach(out, out_info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, out, false, Effect::Observe))).expect("attach");
+        let id = attach(out, out_info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, out, false, Effect::Observe, 0))).expect("attach");
         g.bench_function(format!("calls_out_bpftime_{name}"), |b| b.iter(|| black_box(bpftime_bench_calls_out)(black_box(1), 2)));
         detach(id).expect("detach");
     }
     // An entry and a return probe on one function, each doing three array updates.
-    let entry = attach(addr, info, ProbeKind::Entry, Arc::new(ProgramProbe::new(rt, prog("pair_entry"), 0, addr, false, Effect::Observe))).expect("attach");
-    let ret = attach(addr, info, ProbeKind::Return, Arc::new(ProgramProbe::new(rt, prog("pair_return"), 0, addr, false, Effect::Observe))).expect("attach");
+    let entry = attach(addr, info, ProbeKind::Entry, Arc::new(ProgramProbe::new(rt, prog("pair_entry"), 0, addr, false, Effect::Observe, 0))).expect("attach");
+    let ret = attach(addr, info, ProbeKind::Return, Arc::new(ProgramProbe::new(rt, prog("pair_return"), 0, addr, false, Effect::Observe, 0))).expect("attach");
     println!("return probes: {} patched ret(s)", bpftime_attach::patched_returns(addr));
     g.bench_function("bpftime_pair_3_updates_each", |b| b.iter(|| black_box(bpftime_bench_target)(black_box(1), 2)));
     detach(ret).expect("detach");
@@ -110,13 +110,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("c_leaf_bpftime_hook_only", |b| b.iter(call_leaf));
     detach(id).expect("detach");
     for (name, kind) in [("empty", ProbeKind::Entry), ("empty_ret", ProbeKind::Return)] {
-        let id = attach(leaf.addr, leaf_info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, leaf.addr, false, Effect::Observe))).expect("attach");
+        let id = attach(leaf.addr, leaf_info, kind, Arc::new(ProgramProbe::new(rt, prog(name), 0, leaf.addr, false, Effect::Observe, 0))).expect("attach");
         g.bench_function(format!("c_leaf_bpftime_{name}"), |b| b.iter(call_leaf));
         detach(id).expect("detach");
     }
-    let entry = attach(leaf.addr, leaf_info, ProbeKind::Entry, Arc::new(ProgramProbe::new(rt, prog("pair_entry"), 0, leaf.addr, false, Effect::Observe)))
+    let entry = attach(leaf.addr, leaf_info, ProbeKind::Entry, Arc::new(ProgramProbe::new(rt, prog("pair_entry"), 0, leaf.addr, false, Effect::Observe, 0)))
         .expect("attach");
-    let ret = attach(leaf.addr, leaf_info, ProbeKind::Return, Arc::new(ProgramProbe::new(rt, prog("pair_return"), 0, leaf.addr, false, Effect::Observe)))
+    let ret = attach(leaf.addr, leaf_info, ProbeKind::Return, Arc::new(ProgramProbe::new(rt, prog("pair_return"), 0, leaf.addr, false, Effect::Observe, 0)))
         .expect("attach");
     println!(
         "bench_leaf: {} patched ret(s); vector registers kept: {}",

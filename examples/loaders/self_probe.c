@@ -1,8 +1,10 @@
 // A loader that probes itself, as libbpf's own examples do (libbpf-bootstrap's `uprobe` and
 // `minimal`): attaches `self_probe.bpf.c`'s programs to functions of its own executable (for
 // pid 0, and for every process through `/proc/self/exe` in a section name) and to the write(2)
-// tracepoint, calls those functions and write(2) N times, then prints the `stats` map. On the
-// kernel the probes fire in the loader; under `bpftime load -- self_probe ...` too.
+// tracepoint, calls those functions and write(2) N times, forks a child that calls them 100
+// times more at once (the probes for pid 0 stay with the loader, the one for every process
+// counts the child's calls too), then prints the `stats` map. On the kernel the probes fire in
+// the loader; under `bpftime load -- self_probe ...` too.
 // Build: cc -O2 self_probe.c -lbpf -o self_probe
 // Usage: self_probe OBJ N
 #include <bpf/bpf.h>
@@ -10,6 +12,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 __attribute__((noinline)) int self_add(int a, int b)
@@ -73,6 +76,19 @@ int main(int argc, char **argv)
         sum += self_sub(3 * i, i);
         if (write(fd, "x", 1) != 1)
             return 1;
+    }
+    pid_t child = fork();
+    if (child == 0) {
+        for (int i = 0; i < 100; i++) {
+            sum += self_add(i, i);
+            sum += self_sub(i, 1);
+        }
+        _exit(sum > 0 ? 0 : 1);
+    }
+    int status = 1;
+    if (child < 0 || waitpid(child, &status, 0) != child || status != 0) {
+        fprintf(stderr, "the child failed\n");
+        return 1;
     }
     struct bpf_map *stats = bpf_object__find_map_by_name(obj, "stats");
     for (__u32 k = 0; k < bpf_map__max_entries(stats); k++) {
