@@ -24,6 +24,13 @@ struct Pending {
     pid: u32,
 }
 
+impl Pending {
+    /// Link `l`'s probe, running `prog`.
+    fn of(l: links::UprobeLink, prog: Arc<LoadedProgram>) -> Self {
+        Pending { link: l.id, prog, target: l.target, retprobe: l.retprobe, replace: l.replace, cookie: l.cookie, ref_ctr: l.ref_ctr, pid: l.pid }
+    }
+}
+
 /// What the agent's attached probes were made from (see [`Agent::wait_again`]).
 #[derive(Default)]
 struct MadeFrom {
@@ -668,16 +675,7 @@ fn start_with(region: Arc<ShmRegion>, program: Option<std::ffi::OsString>, late:
                 if let (true, Some(outcome)) = (verbose(), &prog.cached) {
                     eprintln!("bpftime: `{}`: code cache: {outcome}, ready in {} us", prog.name, started.elapsed().as_micros());
                 }
-                items.push(Pending {
-                    link: l.id,
-                    prog,
-                    target: l.target,
-                    retprobe: l.retprobe,
-                    replace: l.replace,
-                    cookie: l.cookie,
-                    ref_ctr: l.ref_ctr,
-                    pid: l.pid,
-                })
+                items.push(Pending::of(l, prog))
             }
             Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
         }
@@ -928,16 +926,7 @@ impl Agent {
         let mut items = vec![];
         for l in fresh {
             match self.runtime.program(l.prog) {
-                Ok(prog) => items.push(Pending {
-                    link: l.id,
-                    prog,
-                    target: l.target,
-                    retprobe: l.retprobe,
-                    replace: l.replace,
-                    cookie: l.cookie,
-                    ref_ctr: l.ref_ctr,
-                    pid: l.pid,
-                }),
+                Ok(prog) => items.push(Pending::of(l, prog)),
                 Err(e) => eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name),
             }
         }
