@@ -15,6 +15,13 @@ type WithoutProbes = extern "C" fn(extern "C" fn(*mut c_void), *mut c_void);
 /// The agent's `bpftime_agent_at_work()`.
 type AtWork = extern "C" fn() -> bool;
 
+/// Looks for the agent now (the server's constructor calls it: preloaded libraries are all
+/// loaded before constructors run), so that no first look, with its `dlsym`, happens later in
+/// a signal handler (the agent's SIGSYS handler closes files).
+pub fn find_agent() {
+    agent();
+}
+
 /// The agent's two entry points, if the agent is in this process.
 fn agent() -> Option<(WithoutProbes, AtWork)> {
     static FOUND: OnceLock<Option<(WithoutProbes, AtWork)>> = OnceLock::new();

@@ -42,11 +42,13 @@ use std::sync::OnceLock;
 
 static SERVER: OnceLock<Option<Server>> = OnceLock::new();
 
-/// Runs at load time (an `.init_array` entry): sets bpftime's `BPFTIME_USED`; and the programs
+/// Runs at load time (an `.init_array` entry): looks for the agent beside the server
+/// ([`beside::find_agent`]); sets bpftime's `BPFTIME_USED`; and the programs
 /// a loader starts (`bpftrace -c CMD`) are traced processes, not loaders, so they get the agent
 /// in place of the server: `bpftime load` says what their `LD_PRELOAD` is in
 /// `BPFTIME_CHILD_PRELOAD`.
 extern "C" fn bpftime_server_init() {
+    beside::find_agent();
     // bpftime's mark that a loader runs under it (its loaders pick, say, a test-runnable
     // program type for a kernel program that a uprobe tail-calls).
     if std::env::var_os("BPFTIME_USED").is_none() {
