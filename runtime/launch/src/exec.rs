@@ -126,12 +126,6 @@ pub fn next_definition(cache: &AtomicUsize, name: &CStr) -> usize {
     found
 }
 
-/// Runs `f` as it is: the wrappers' way of running their own work where nothing must be kept
-/// from it (the syscall server; the agent keeps its probes off).
-pub fn directly<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
 /// [`environment_for_exec`], never unwinding: None also where it panicked.
 ///
 /// # Safety
@@ -170,8 +164,8 @@ pub unsafe fn next_function<F: Copy>(cache: &AtomicUsize, name: &CStr) -> Option
 /// Defines, in the library that invokes it, `execve`, `execv`, `execvp`, `execvpe`, `fexecve`,
 /// `posix_spawn` and `posix_spawnp` that pass the call to libc's with the environment
 /// [`environment_for_exec`] makes where one is needed, and `execl`, `execlp` and `execle`, which
-/// hand their arguments to those. `$run` (a path to a function like [`directly`]) runs the
-/// wrappers' own work.
+/// hand their arguments to those. `$run` (a path to a function `fn(impl FnOnce() -> R) -> R`:
+/// the agent's `without_probes`, the server's `beside::quiet`) runs the wrappers' own work.
 #[macro_export]
 macro_rules! exec_wrappers {
     ($run:path) => {
