@@ -103,6 +103,7 @@ fn bpftime_agent_init(exec: syscalls::ExecArgs) {
             syscalls::ExecCaller::Untraced(name) => syscalls::execve_entered(exec, Some(name)),
             syscalls::ExecCaller::Unknown => syscalls::execve_entered(exec, None),
         }
+        syscalls::process_exec();
         syscalls::execve_returned();
         // The dynamic loader's calls came next, before any code of ours could run.
         syscalls::loader_calls_made();

@@ -1,12 +1,14 @@
 //! System call programs (`tracepoint/syscalls/sys_enter_NAME`, `sys_exit_NAME`,
-//! `raw_tracepoint/sys_enter|sys_exit`): the tables the hook engine's SIGSYS path runs, made
-//! from the region's syscall links. Interception starts only when a process has such a link:
+//! `raw_tracepoint/sys_enter|sys_exit`) and the process events calls cause
+//! (`tracepoint/sched/sched_process_exec|exit|fork`): the tables the hook engine's SIGSYS path
+//! runs, made from the region's syscall links. Interception starts only when a process has such a link:
 //! one without them pays nothing.
 
 use bpftime_attach::syscalls::{self as interception, SyscallHandler};
 use bpftime_attach::PtRegs;
 use bpftime_runtime::links::{self, LinkKind, LinkState, UprobeLink};
-use bpftime_runtime::syscall_events::{enter_record, event_id, exit_record, raw_record, SyscallEvent};
+use bpftime_runtime::process_events::{Format, Value};
+use bpftime_runtime::syscall_events::{enter_record, event_id, exit_record, raw_record, ProcessEvent, SyscallEvent};
 use bpftime_runtime::{ProbeProgram, Runtime};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -30,6 +32,10 @@ struct Tables {
     /// `raw_syscalls` tracepoints: every call, with its record.
     any_enter: Vec<Entry>,
     any_exit: Vec<Entry>,
+    /// `sched_process_*` tracepoints, with their events' record layouts.
+    process_exec: Vec<(Entry, Format)>,
+    process_exit: Vec<(Entry, Format)>,
+    process_fork: Vec<(Entry, Format)>,
 }
 
 /// The agent's handler of system calls.
@@ -60,6 +66,83 @@ impl Programs {
     }
 }
 
+impl Programs {
+    /// Runs `sched_process_*` programs on a record of their event by thread `tid`.
+    fn run_process(&self, entries: &[(Entry, Format)], tid: u32, values: &[(&str, Value)], level: usize) {
+        for (e, format) in entries {
+            let record = format.record(tid, values);
+            if let Err(err) = self.runtime.run_probe(&e.probe, &record, level) {
+                report(e, err);
+            }
+        }
+    }
+
+    /// `sched_process_exit` for a thread calling `exit(status)`, or for every thread of the
+    /// process at `exit_group(status)`: the others first, each run here as that thread (its id
+    /// and name are what programs see: the kernel runs them on the threads themselves, which
+    /// are past reach here), then the caller, whose exit ends the group (`group_dead`). Each
+    /// task's `exit_code` is the status in bits 8-15, as the kernel sets it.
+    fn threads_exit(&self, entries: &[(Entry, Format)], group: bool, status: i32, level: usize) {
+        let code = (status & 0xff) << 8;
+        let me = tid();
+        let others: Vec<u32> = std::fs::read_dir("/proc/self/task")
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me && !bpftime_runtime::threads::is_ours(t)).collect())
+            .unwrap_or_default();
+        let exit = |tid: u32, name: &[u8], group_dead: bool| {
+            // SAFETY: getpriority(2) on one thread; -1 is a valid nice value, so errors read as
+            // nice 0 are harmless here.
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+            let values = [
+                ("comm", Value::Str(name)),
+                ("pid", Value::Int(tid as i64)),
+                ("prio", Value::Int(120 + nice as i64)),
+                ("group_dead", Value::Int(group_dead as i64)),
+            ];
+            bpftime_runtime::set_exit_code(code);
+            self.run_process(entries, tid, &values, level);
+        };
+        if group {
+            for &other in &others {
+                let name = std::fs::read(format!("/proc/self/task/{other}/comm")).unwrap_or_default();
+                let name = name.strip_suffix(b"\n").unwrap_or(&name);
+                as_thread(other, name, || exit(other, name, false));
+            }
+        }
+        let own = thread_name();
+        exit(me, until_nul(&own), group || others.is_empty());
+    }
+}
+
+/// Runs `f` as thread `tid` named `name` would run it: the thread id the helpers report and
+/// the thread's name are that thread's meanwhile.
+fn as_thread(tid: u32, name: &[u8], f: impl FnOnce()) {
+    let own = thread_name();
+    set_thread_name(name);
+    bpftime_shm::ids::as_thread(tid, f);
+    set_thread_name(until_nul(&own));
+}
+
+/// This thread's name (prctl(2) `PR_GET_NAME`), NUL-padded.
+fn thread_name() -> [u8; 17] {
+    let mut name = [0u8; 17];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into the 17-byte buffer.
+    unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr(), 0, 0, 0) };
+    name
+}
+
+/// Names this thread `name` (cut to 15 bytes).
+fn set_thread_name(name: &[u8]) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr(), 0, 0, 0) };
+}
+
+fn until_nul(b: &[u8]) -> &[u8] {
+    &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
+}
+
 #[cold]
 #[inline(never)]
 fn report(e: &Entry, err: bpftime_vm::exec::RunError) {
@@ -75,6 +158,9 @@ impl SyscallHandler for Programs {
     fn on_enter(&self, regs: &PtRegs, level: usize) -> Option<u64> {
         let t = self.tables();
         let nr = regs.orig_ax;
+        if !t.process_exit.is_empty() && matches!(nr as i64, libc::SYS_exit | libc::SYS_exit_group) {
+            self.threads_exit(&t.process_exit, nr as i64 == libc::SYS_exit_group, regs.di as i32, level);
+        }
         let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
         let mut skip = None;
         if let Some(list) = t.enter.get(nr as usize).filter(|l| !l.is_empty()) {
@@ -96,6 +182,19 @@ impl SyscallHandler for Programs {
     fn on_exit(&self, regs: &PtRegs, level: usize) {
         let t = self.tables();
         let nr = regs.orig_ax;
+        // In the caller, the new thread's or process's id (its child sees 0).
+        let forks = matches!(nr as i64, libc::SYS_clone | libc::SYS_clone3 | libc::SYS_fork | libc::SYS_vfork);
+        if !t.process_fork.is_empty() && forks && (regs.ax as i64) > 0 {
+            let (name, tid) = (thread_name(), tid());
+            let name = until_nul(&name);
+            let values = [
+                ("parent_comm", Value::Str(name)),
+                ("parent_pid", Value::Int(tid as i64)),
+                ("child_comm", Value::Str(name)),
+                ("child_pid", Value::Int(regs.ax as i64)),
+            ];
+            self.run_process(&t.process_fork, tid, &values, level);
+        }
         // (An exit program cannot change the result: the call was made.)
         if let Some(list) = t.exit.get(nr as usize).filter(|l| !l.is_empty()) {
             let tid = tid();
@@ -114,6 +213,14 @@ impl SyscallHandler for Programs {
         let t = self.tables();
         let lists = [t.enter.get(nr as usize), t.exit.get(nr as usize), Some(&t.raw_enter), Some(&t.raw_exit), Some(&t.any_enter), Some(&t.any_exit)];
         for e in lists.into_iter().flatten().flatten() {
+            self.runtime.count_miss(e.probe.program.id);
+        }
+        let process = match nr as i64 {
+            libc::SYS_exit | libc::SYS_exit_group => &t.process_exit[..],
+            libc::SYS_clone | libc::SYS_clone3 | libc::SYS_fork | libc::SYS_vfork => &t.process_fork[..],
+            _ => &[],
+        };
+        for (e, _) in process {
             self.runtime.count_miss(e.probe.program.id);
         }
     }
@@ -147,6 +254,19 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
             Ok(SyscallEvent::RawExit) => t.raw_exit.push(entry(0)),
             Ok(SyscallEvent::AnyEnter) => t.any_enter.push(entry(event_id(&l.target))),
             Ok(SyscallEvent::AnyExit) => t.any_exit.push(entry(event_id(&l.target))),
+            Ok(SyscallEvent::Process(event)) => {
+                let Some(format) = Format::of(&l.target) else {
+                    links::raise_state(runtime.region(), l.id, LinkState::Failed);
+                    eprintln!("bpftime: link {} (`{}`): no record layout for `{}`", l.id, l.name, l.target);
+                    continue;
+                };
+                let list = match event {
+                    ProcessEvent::Exec => &mut t.process_exec,
+                    ProcessEvent::Exit => &mut t.process_exit,
+                    ProcessEvent::Fork => &mut t.process_fork,
+                };
+                list.push((entry(format.id), format));
+            }
             Err(e) => {
                 links::raise_state(runtime.region(), l.id, LinkState::Failed);
                 eprintln!("bpftime: link {} (`{}`): {e}", l.id, l.name);
@@ -312,6 +432,29 @@ pub fn execve_entered(exec: ExecArgs, caller: Option<&[u8]>) {
         // SAFETY: as above: the name this thread had, NUL-terminated.
         bpftime_attach::without_probes(|| unsafe { libc::prctl(libc::PR_SET_NAME, own.as_ptr(), 0, 0, 0) });
     }
+}
+
+/// Runs the `sched_process_exec` programs of the `execve` that started this image (its
+/// filename as the call gave it, `AT_EXECFN`), which the kernel runs between the call's entry
+/// and exit programs.
+pub fn process_exec() {
+    let Some(p) = PROGRAMS.get() else { return };
+    let t = p.tables();
+    if t.process_exec.is_empty() {
+        return;
+    }
+    // SAFETY: getauxval(3) reads the auxiliary vector; AT_EXECFN is the address of the
+    // NUL-terminated filename the execve was given (0 where absent).
+    let at = unsafe { libc::getauxval(libc::AT_EXECFN) };
+    let filename = if at == 0 {
+        &b""[..]
+    } else {
+        // SAFETY: as above: a C string on the initial stack, there for the image's life.
+        unsafe { std::ffi::CStr::from_ptr(at as *const std::ffi::c_char) }.to_bytes()
+    };
+    let pid = bpftime_shm::ids::process_id() as i64;
+    let values = [("filename", Value::Str(filename)), ("pid", Value::Int(pid)), ("old_pid", Value::Int(pid))];
+    bpftime_attach::run_as_hit(|level| p.run_process(&t.process_exec, tid(), &values, level));
 }
 
 /// Runs the exit programs of a successful `execve` (result 0) in this new image: the kernel runs

@@ -1541,13 +1541,14 @@ fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
         println!("skipping: kernel tracepoints need root and tracefs");
         return;
     }
-    let calls = build_target("calls", false);
+    // It calls add() 100 times and raises SIGUSR1 every 20 calls (its handler calls add() too).
+    let signalled = build_target("signalled", false);
     // Both print through one perf buffer: the kernel's records are relayed into the ring the
     // loader reads, beside the target's.
     let script = format!(
-        "tracepoint:sched:sched_process_exit /comm == \"calls\"/ {{ @exits = count(); printf(\"exit %s\\n\", comm); }} \
-         uprobe:{}:add {{ @adds = count(); if (arg0 == 199) {{ printf(\"add %d\\n\", arg0); }} }}",
-        calls.display()
+        "tracepoint:signal:signal_generate /comm == \"signalled\" && args->sig == 10/ {{ @raised = count(); printf(\"raised %d\\n\", args->sig); }} \
+         uprobe:{}:add {{ @adds = count(); if (arg0 == 99) {{ printf(\"add %d\\n\", arg0); }} }}",
+        signalled.display()
     );
     let dir = std::env::temp_dir().join(format!("bpftime-passthrough-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1556,15 +1557,15 @@ fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--kernel-passthrough", "--"]).arg(&bpftrace).args(["-e", &script]);
-    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&calls).arg("200"), &dir.join("ours"), true);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&signalled).args(["100", "onstack"]), &dir.join("ours"), true);
     let ours = bpftrace_result(&out);
-    assert!(ours.contains("@adds: 200"), "{out}");
-    assert!(ours.contains("@exits: ") && ours.contains("exit calls\n") && ours.contains("add 199\n"), "{out}");
+    assert!(ours.contains("@adds: 105"), "{out}");
+    assert!(ours.contains("@raised: 5") && ours.contains("raised 10\n") && ours.contains("add 99\n"), "{out}");
     let mut kernel = Command::new(&bpftrace);
     kernel.args(["-e", &script]);
-    let out = tool_session(kernel, None, Command::new(&calls).arg("200"), &dir.join("kernel"), true);
+    let out = tool_session(kernel, None, Command::new(&signalled).args(["100", "onstack"]), &dir.join("kernel"), true);
     // The same lines. Their order is not: bpftrace reads one perf buffer per CPU, so records
-    // written close together on two CPUs (the last `add` and the worker thread's exit) print
+    // written close together on two CPUs (an `add` and a signal) print
     // in the order it drains the buffers, on the kernel as here.
     let sorted = |s: &str| {
         let mut lines: Vec<String> = s.lines().map(str::to_string).collect();
@@ -3483,13 +3484,13 @@ fn opensnoop_of_a_named_process_started_without_the_agent_sees_its_opens() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A program on a kernel tracepoint (Debian's `exitsnoop`: `sched/sched_process_exit`) cannot
+/// A program on a kernel tracepoint (Debian's `sigsnoop`: `signal/signal_generate`) cannot
 /// run in a traced process: the loader is told why and what to do, once, and fails as a kernel
 /// without the event would make it fail, rather than with a puzzling `EBADF`.
 #[test]
 fn a_kernel_tracepoint_program_is_refused_with_the_way_out() {
     let _serial = serial();
-    let Some(tool) = installed_or_skip("/usr/sbin/exitsnoop", "libbpf-tools") else { return };
+    let Some(tool) = installed_or_skip("/usr/sbin/sigsnoop", "libbpf-tools") else { return };
     if !bpftime_tests::kernel::tracefs_mounted() {
         return println!("skipping: needs tracefs");
     }
@@ -3503,38 +3504,129 @@ fn a_kernel_tracepoint_program_is_refused_with_the_way_out() {
     bpftime_tests::remove_region(&shm);
 }
 
-/// With `--kernel-passthrough`, the same `exitsnoop` runs its program in the kernel and reads
+/// With `--kernel-passthrough`, the same `sigsnoop` runs its program in the kernel and reads
 /// its perf buffer through the region (the kernel's records relayed into the ring it mapped):
-/// it prints a process's exit as on the kernel.
+/// it prints the signals a process (one without the agent) raises, as on the kernel.
 #[test]
-fn exitsnoop_under_passthrough_prints_exits_as_on_the_kernel() {
+fn sigsnoop_under_passthrough_prints_signals_as_on_the_kernel() {
+    let _serial = serial();
+    let Some(tool) = installed_or_skip("/usr/sbin/sigsnoop", "libbpf-tools") else { return };
+    if !bpftime_tests::kernel::tracefs_mounted() || !is_root() {
+        return println!("skipping: needs root and tracefs");
+    }
+    let signalled = build_target("signalled", false);
+    // TIME, PID, COMM, SIG, TPID, RESULT: the target's SIGUSR1s without time and pids (it
+    // raises one every 20 calls).
+    let raised = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("signalled"))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {} {}", f[2], f[3], f[5])
+            })
+            .filter(|l| l.contains(" 10 "))
+            .collect()
+    };
+    let dir = std::env::temp_dir().join(format!("bpftime-sigsnoop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-sigsnoop-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--kernel-passthrough", "--"]).arg(&tool);
+    // Its link is the kernel's, not in the region: the session waits a fixed time to attach.
+    let out = tool_session(ours, None, Command::new(&signalled).args(["100", "onstack"]), &dir.join("ours"), true);
+    assert_eq!(raised(&out), vec!["signalled 10 0"; 5], "{out}");
+    let out = tool_session(Command::new(&tool), None, Command::new(&signalled).args(["100", "onstack"]), &dir.join("kernel"), true);
+    assert_eq!(raised(&out), vec!["signalled 10 0"; 5], "the kernel's:\n{out}");
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The process lifecycle tracepoints in a traced process, through bpftrace (unmodified:
+/// `args` laid out from tracefs, `str(args->filename)` through the `__data_loc` word,
+/// `curtask->exit_code` through the stand-in task): `sched_process_exec` as an image starts
+/// (the exec'd child's too, under its new name), `sched_process_fork` for every thread and
+/// process made, `sched_process_exit` for every thread that ends, with the exit code the
+/// kernel gives it (a thread that returns, `_exit(7)`, and `exit(5)` from a thread, which
+/// ends the main thread too); the same lines as the kernel's for the same target.
+#[test]
+fn bpftrace_sees_processes_start_fork_and_exit_as_the_kernel_does() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    if !is_root() || !bpftime_tests::kernel::tracefs_mounted() {
+        return println!("skipping: bpftrace reads tracepoint formats from tracefs, as root");
+    }
+    let target = build_target("lifecycle", false);
+    let script = r#"tracepoint:sched:sched_process_exec /comm == "lifecycle" || comm == "exe"/ { printf("exec %s %s %d\n", comm, str(args->filename), (int64)args->pid == (int64)pid); }
+        tracepoint:sched:sched_process_fork /comm == "lifecycle"/ { printf("fork %s %s %d\n", str(args->parent_comm), str(args->child_comm), (int64)args->parent_pid == (int64)tid); }
+        tracepoint:sched:sched_process_exit /comm == "lifecycle" || comm == "exe"/ { printf("exit %s leader=%d code=%d prio=%d\n", args->comm, pid == tid, curtask->exit_code, args->prio); }"#;
+    let events = |out: &str| {
+        let mut lines: Vec<String> =
+            out.lines().filter(|l| l.starts_with("exec ") || l.starts_with("fork ") || l.starts_with("exit ")).map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    let dir = std::env::temp_dir().join(format!("bpftime-lifecycle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shm = format!("bpftime-lifecycle-{}", std::process::id());
+    bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+    let mut ours = bpftime(&shm);
+    ours.args(["load", "--"]).arg(&bpftrace).args(["-e", script]);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&target), &dir.join("ours"), true);
+    let ours = events(&out);
+    // Two threads and three children made, and a thread in one of them; seven threads ended
+    // (the main thread of the child that a thread ends with `exit(5)` included); two images
+    // started.
+    let count = |kind: &str| ours.iter().filter(|l| l.starts_with(kind)).count();
+    assert_eq!((count("exec "), count("fork "), count("exit ")), (2, 6, 7), "{out}");
+    assert!(ours.contains(&"exit lifecycle leader=1 code=1280 prio=120".to_string()), "{out}");
+    let mut kernel = Command::new(&bpftrace);
+    kernel.args(["-e", script]);
+    let out = tool_session(kernel, None, &mut Command::new(&target), &dir.join("kernel"), true);
+    assert_eq!(ours, events(&out), "the kernel's:\n{out}");
+    bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Debian's libbpf-tools `exitsnoop -T` (unmodified: `tracepoint/sched/sched_process_exit`,
+/// CO-RE reads of `exit_code`, `start_time` and `real_parent->tgid`, a perf buffer) through the
+/// syscall server prints the exits of a traced process's threads and children with the codes
+/// and parents the kernel's prints.
+#[test]
+fn libbpf_tools_exitsnoop_prints_exits_as_on_the_kernel() {
     let _serial = serial();
     let Some(tool) = installed_or_skip("/usr/sbin/exitsnoop", "libbpf-tools") else { return };
     if !bpftime_tests::kernel::tracefs_mounted() || !is_root() {
         return println!("skipping: needs root and tracefs");
     }
-    let calls = build_target("calls", false);
-    // COMM, PID, PPID, TID, AGE, EXIT_CODE: the target's line without its pids and age.
+    let target = build_target("lifecycle", false);
+    // PCOMM, PID, PPID, TID, AGE, EXIT_CODE: the target's lines with its pids told apart as the
+    // main process or another, without the age.
     let exits = |out: &str| -> Vec<String> {
-        out.lines()
-            .filter(|l| l.split_whitespace().next() == Some("calls"))
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                format!("{} {}", f[0], f.last().unwrap())
-            })
-            .collect()
+        let rows: Vec<Vec<&str>> =
+            out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).filter(|f| f.len() >= 6 && (f[0] == "lifecycle" || f[0] == "exe")).collect();
+        let main = rows.iter().filter_map(|f| f[1].parse::<u32>().ok()).min().unwrap_or(0).to_string();
+        let mut lines: Vec<String> =
+            rows.iter().map(|f| format!("{} pid={} ppid={} leader={} {}", f[0], f[1] == main, f[2] == main, f[1] == f[3], f[5..].join(" "))).collect();
+        lines.sort();
+        lines
     };
     let dir = std::env::temp_dir().join(format!("bpftime-exitsnoop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shm = format!("bpftime-exitsnoop-{}", std::process::id());
     bpftime_tests::remove_region(&shm);
+    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
-    ours.args(["load", "--kernel-passthrough", "--"]).arg(&tool);
-    // Its link is the kernel's, not in the region: the session waits a fixed time to attach.
-    let out = tool_session(ours, None, Command::new(&calls).arg("10"), &dir.join("ours"), true);
-    assert_eq!(exits(&out), ["calls 0"], "{out}");
-    let out = tool_session(Command::new(&tool), None, Command::new(&calls).arg("10"), &dir.join("kernel"), true);
-    assert_eq!(exits(&out), ["calls 0"], "the kernel's:\n{out}");
+    ours.args(["load", "--"]).arg(&tool).arg("-T");
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&target), &dir.join("ours"), true);
+    let ours = exits(&out);
+    assert_eq!(ours.len(), 7, "{out}");
+    assert!(ours.contains(&"lifecycle pid=false ppid=true leader=true code 7".to_string()), "{out}");
+    let mut kernel = Command::new(&tool);
+    kernel.arg("-T");
+    let out = tool_session(kernel, None, &mut Command::new(&target), &dir.join("kernel"), true);
+    assert_eq!(ours, exits(&out), "the kernel's:\n{out}");
     bpftime_tests::remove_region(&shm);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -37,6 +37,7 @@ pub mod kfuncs;
 pub mod links;
 pub mod orphans;
 pub mod pins;
+pub mod process_events;
 pub mod progs;
 mod runtime;
 pub mod syscall_events;
@@ -49,3 +50,4 @@ mod user_mem;
 
 pub use handles::{map_of, map_ref, MAP_REF_TAG};
 pub use runtime::{forget_abandoned_run, EngineKind, HelperContext, LoadError, LoadedObject, LoadedProgram, ProbeProgram, ProbeRun, Runtime, PROBE_LEVELS};
+pub use task::set_exit_code;

@@ -1,4 +1,5 @@
-//! System call tracepoints in userspace: which events a `tracepoint/syscalls/...` or
+//! System call tracepoints in userspace (and the process events calls cause: see
+//! [`crate::process_events`]): which events a `tracepoint/syscalls/...` or
 //! `raw_tracepoint/sys_enter|sys_exit` program names, and the context records the kernel gives
 //! them (the `syscalls:sys_enter_NAME` / `sys_exit_NAME` formats: an 8-byte common header, the
 //! call number at 8, then the six arguments at 16 or the result at 16; for raw tracepoints
@@ -22,6 +23,21 @@ pub enum SyscallEvent {
     AnyEnter,
     /// `tracepoint/raw_syscalls/sys_exit`: after every call, a `sys_exit` record.
     AnyExit,
+    /// `tracepoint/sched/sched_process_*`: what the process's calls cause (see
+    /// [`crate::process_events`]).
+    Process(ProcessEvent),
+}
+
+/// The process lifecycle events the system calls of a process cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProcessEvent {
+    /// `sched_process_exec`: a new image started (run as the image starts with the agent).
+    Exec,
+    /// `sched_process_exit`: a thread exits (`exit`, or each thread at `exit_group`).
+    Exit,
+    /// `sched_process_fork`: a thread made a process or a thread (run in the caller as the
+    /// call returns).
+    Fork,
 }
 
 impl SyscallEvent {
@@ -32,6 +48,9 @@ impl SyscallEvent {
             "raw/sys_exit" => return Ok(SyscallEvent::RawExit),
             "raw_syscalls/sys_enter" => return Ok(SyscallEvent::AnyEnter),
             "raw_syscalls/sys_exit" => return Ok(SyscallEvent::AnyExit),
+            "sched/sched_process_exec" => return Ok(SyscallEvent::Process(ProcessEvent::Exec)),
+            "sched/sched_process_exit" => return Ok(SyscallEvent::Process(ProcessEvent::Exit)),
+            "sched/sched_process_fork" => return Ok(SyscallEvent::Process(ProcessEvent::Fork)),
             _ => {}
         }
         let name = target.strip_prefix("syscalls/").ok_or_else(|| format!("`{target}` is not a system call event"))?;
@@ -49,6 +68,9 @@ impl SyscallEvent {
         use bpftime_object::ProgramKind;
         let target = match kind {
             ProgramKind::Tracepoint { category, name } if category == "syscalls" || category == "raw_syscalls" => format!("{category}/{name}"),
+            ProgramKind::Tracepoint { category, name } if crate::process_events::is_process_event(&format!("{category}/{name}")) => {
+                format!("{category}/{name}")
+            }
             ProgramKind::RawTracepoint { name } if name == "sys_enter" || name == "sys_exit" => format!("raw/{name}"),
             _ => return None,
         };
@@ -116,6 +138,7 @@ mod tests {
         assert_eq!(SyscallEvent::parse("syscalls/sys_exit_getpid"), Ok(SyscallEvent::Exit(39)));
         assert_eq!(SyscallEvent::parse("raw/sys_exit"), Ok(SyscallEvent::RawExit));
         assert_eq!(SyscallEvent::parse("raw_syscalls/sys_enter"), Ok(SyscallEvent::AnyEnter));
+        assert_eq!(SyscallEvent::parse("sched/sched_process_exit"), Ok(SyscallEvent::Process(ProcessEvent::Exit)));
         assert!(SyscallEvent::parse("syscalls/sys_enter_nope").unwrap_err().contains("not an x86-64 system call"));
         let r = enter_record(7, 42, 257, [1, 2, 3, 4, 5, 6]);
         assert_eq!((&r[0..2], &r[4..8], &r[8..12]), (&7u16.to_le_bytes()[..], &42u32.to_le_bytes()[..], &257u32.to_le_bytes()[..]));

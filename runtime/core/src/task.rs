@@ -26,6 +26,9 @@ struct Layout {
     real_parent: usize,
     parent: usize,
     group_leader: usize,
+    /// `task_struct.exit_code` and `start_time`, where the kernel's BTF has them.
+    exit_code: Option<usize>,
+    start_time: Option<usize>,
     /// `task_struct.nsproxy` and what it points to, where the kernel's BTF describes them.
     nsproxy: Option<NsLayout>,
     /// `task_struct.mm` and the fields of `struct mm_struct` we fill.
@@ -140,6 +143,8 @@ fn layout() -> Option<&'static Layout> {
                 real_parent: at("real_parent")?,
                 parent: at("parent")?,
                 group_leader: at("group_leader")?,
+                exit_code: at("exit_code").filter(|&o| o + 4 <= t.size_or_type as usize),
+                start_time: at("start_time").filter(|&o| o + 8 <= t.size_or_type as usize),
                 nsproxy: ns_layout(&btf, id),
                 mm: mm_layout(&btf, id),
             })
@@ -199,6 +204,28 @@ bpftime_tls::initial_exec! {
     static TASK: Cell<usize> as "bpftime_runtime_task";
 }
 
+bpftime_tls::initial_exec! {
+    /// The `exit_code` this thread's task shows: 0 until it exits.
+    static EXIT_CODE: Cell<u32> as "bpftime_runtime_exit_code";
+}
+
+/// Sets the `exit_code` this thread's stand-in task shows to programs from now on, as the
+/// kernel's `task_struct` holds it while the thread exits: the status in bits 8-15, a signal
+/// that ended it in the low bits (wait(2)'s encoding).
+pub fn set_exit_code(code: i32) {
+    EXIT_CODE.set(code as u32);
+}
+
+/// When the thread `stat` (a `/proc/.../stat` file) describes started, in nanoseconds since
+/// boot (its field 22 is in clock ticks), as `task_struct.start_time` holds it.
+fn start_time_ns(stat: &str) -> u64 {
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };
+    let ticks: u64 = rest.split_whitespace().nth(22 - 3).and_then(|f| f.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks.saturating_mul(1_000_000_000 / hz)
+}
+
 fn put32(buf: &mut [u8], at: usize, v: u32) {
     buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
@@ -211,7 +238,7 @@ pub fn warm_up(cache: Option<&bpftime_jit::cache::CodeCache>) {
         // The running kernel (its BTF does not change within a boot) and its BTF's size.
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
         let size = std::fs::metadata("/sys/kernel/btf/vmlinux").ok()?.len();
-        Some(format!("task layout 2 {} {size}", boot.trim()).into_bytes())
+        Some(format!("task layout 3 {} {size}", boot.trim()).into_bytes())
     };
     if let (Some(cache), None, Some(key)) = (cache, LAYOUT.get(), key()) {
         match cache.load_blob(&key).and_then(|b| decode_layout(&b)) {
@@ -231,6 +258,8 @@ pub fn warm_up(cache: Option<&bpftime_jit::cache::CodeCache>) {
 /// [`Layout`] as little-endian words, for the code cache.
 fn encode_layout(l: &Layout) -> Vec<u8> {
     let mut w: Vec<u64> = [l.size, l.pid, l.tgid, l.comm, l.real_parent, l.parent, l.group_leader].iter().map(|&v| v as u64).collect();
+    // (An absent field: past any task.)
+    w.extend([l.exit_code, l.start_time].map(|f| f.map_or(u64::MAX, |v| v as u64)));
     match &l.nsproxy {
         Some(ns) => {
             w.extend([1, ns.in_task as u64, ns.size as u64, ns.spaces.len() as u64]);
@@ -264,6 +293,8 @@ fn decode_layout(bytes: &[u8]) -> Option<Layout> {
     let field = |at: usize, width: usize| within(at, width, size).then_some(at);
     let (pid, tgid, comm) = (field(next()?, 4)?, field(next()?, 4)?, field(next()?, 16)?);
     let (real_parent, parent, group_leader) = (field(next()?, 8)?, field(next()?, 8)?, field(next()?, 8)?);
+    let optional = |at: usize, width: usize| if at == usize::MAX { Some(None) } else { field(at, width).map(Some) };
+    let (exit_code, start_time) = (optional(next()?, 4)?, optional(next()?, 8)?);
     let nsproxy = match next()? {
         0 => None,
         1 => {
@@ -298,7 +329,7 @@ fn decode_layout(bytes: &[u8]) -> Option<Layout> {
         }
         _ => return None,
     };
-    next().is_none().then_some(Layout { size, pid, tgid, comm, real_parent, parent, group_leader, nsproxy, mm })
+    next().is_none().then_some(Layout { size, pid, tgid, comm, real_parent, parent, group_leader, exit_code, start_time, nsproxy, mm })
 }
 
 /// The address of this thread's stand-in `task_struct`, refreshed (ids and name) on each call;
@@ -342,6 +373,11 @@ fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
             fill_mm(m, task, mm, base);
             leader[m.in_task..m.in_task + 8].copy_from_slice(&base.to_le_bytes());
         }
+        if let Some(at) = l.start_time {
+            let started = |path: &str| start_time_ns(&std::fs::read_to_string(path).unwrap_or_default()).to_le_bytes();
+            task[at..at + 8].copy_from_slice(&started("/proc/thread-self/stat"));
+            leader[at..at + 8].copy_from_slice(&started("/proc/self/stat"));
+        }
         // Another thread's leader: the main thread, with the process's id, name and parent
         // (which only the main thread's own calls give otherwise); none of it changes while
         // this thread lives (a fork keeps only the forking thread, the child's main thread).
@@ -360,6 +396,9 @@ fn fill_current_task(l: &Layout, pid: u32, tid: u32, comm: &[u8]) -> u64 {
     put32(task, l.pid, tid);
     put32(task, l.tgid, pid);
     put_comm(task, l.comm, comm);
+    if let Some(at) = l.exit_code {
+        put32(task, at, EXIT_CODE.get());
+    }
     // SAFETY: getppid cannot fail.
     let ppid = unsafe { libc::getppid() } as u32;
     put32(parent, l.pid, ppid);

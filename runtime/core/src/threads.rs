@@ -19,6 +19,29 @@
 //! and those `free` calls would show in a uprobe on `free` where the kernel sees none.
 
 use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// The threads of ours running: process id above thread id (0: a free slot). A forked
+/// child inherits the list, whose entries name its parent's threads.
+static OURS: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
+
+fn ours_key(tid: u32) -> u64 {
+    (bpftime_shm::ids::process_id() as u64) << 32 | tid as u64
+}
+
+/// Records the calling thread as ours; its slot (none when all are taken).
+fn register() -> Option<&'static AtomicU64> {
+    // SAFETY: gettid(2) has no preconditions.
+    let key = ours_key(unsafe { libc::gettid() } as u32);
+    OURS.iter().find(|slot| slot.compare_exchange(0, key, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+}
+
+/// Whether thread `tid` of this process is one of ours (started by [`spawn_quiet`]): the
+/// application's programs do not see it come or go.
+pub fn is_ours(tid: u32) -> bool {
+    let key = ours_key(tid);
+    tid != 0 && OURS.iter().any(|slot| slot.load(Ordering::Acquire) == key)
+}
 
 /// Signals raised by the instruction a thread runs, which no thread of ours may block.
 pub const SYNCHRONOUS: [libc::c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP];
@@ -36,22 +59,31 @@ where
 {
     extern "C" fn start(arg: *mut libc::c_void) -> *mut libc::c_void {
         // SAFETY: `arg` is the box leaked below, handed to exactly one thread.
-        let (name, f) = *unsafe { Box::from_raw(arg as *mut Start) };
+        let (name, f, started) = *unsafe { Box::from_raw(arg as *mut Start) };
         // SAFETY: names the calling thread (prctl(2) PR_SET_NAME reads a NUL-terminated name,
         // at most 16 bytes with the NUL): one system call, where pthread_setname_np(3) on
         // another thread opens and writes /proc/self/task/TID/comm.
         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        let slot = register();
+        started.store(1, Ordering::Release);
+        drop(started);
         // A panic must not unwind out of a C thread start routine.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        if let Some(slot) = slot {
+            slot.store(0, Ordering::Release);
+        }
         std::ptr::null_mut()
     }
     // The name as prctl wants it: at most 15 bytes and a NUL, no allocation of its own.
-    type Start = ([u8; 16], Box<dyn FnOnce() + Send>);
+    type Start = ([u8; 16], Box<dyn FnOnce() + Send>, std::sync::Arc<AtomicU32>);
     let mut cname = [0u8; 16];
     for (to, from) in cname.iter_mut().zip(name.bytes().take(15).filter(|&b| b != 0)) {
         *to = from;
     }
-    let boxed: Box<Start> = Box::new((cname, Box::new(f)));
+    // Set once the thread is named and known as ours ([`is_ours`]): the caller waits for it, so
+    // that no thread of ours is ever seen as the application's.
+    let started = std::sync::Arc::new(AtomicU32::new(0));
+    let boxed: Box<Start> = Box::new((cname, Box::new(f), started.clone()));
     let arg = Box::into_raw(boxed) as *mut libc::c_void;
     // Every signal but the synchronous ones, the fix-up one and glibc's own two (32 and 33:
     // its set*id calls wait for every thread to take one), as 64-bit kernel masks.
@@ -75,6 +107,10 @@ where
     }
     // SAFETY: detaches the thread just created: nobody joins it (pthread_detach(3)).
     unsafe { libc::pthread_detach(thread) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while started.load(Ordering::Acquire) == 0 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
     Ok(())
 }
 
@@ -93,7 +129,19 @@ mod tests {
         };
         let before = mask();
         let (tx, rx) = std::sync::mpsc::channel();
-        super::spawn_quiet("test", move || tx.send(mask()).unwrap()).unwrap();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        super::spawn_quiet("test", move || {
+            // SAFETY: gettid(2) has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            tx.send(mask()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        })
+        .unwrap();
+        // Known as ours from the moment it runs; the caller's thread is not.
+        let tid = tid_rx.recv().unwrap();
+        assert!(super::is_ours(tid));
+        // SAFETY: as above.
+        assert!(!super::is_ours(unsafe { libc::gettid() } as u32));
         assert_eq!(rx.recv().unwrap(), [1, 0, 0], "SIGALRM blocked in the thread, SIGTRAP and SIGSEGV not");
         assert_eq!(mask(), before);
     }

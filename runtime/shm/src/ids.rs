@@ -61,3 +61,12 @@ pub fn thread_id() -> u32 {
     }
     TID.get()
 }
+
+/// Runs `f` with [`thread_id`] reporting `tid` (another thread's id: work done on its behalf,
+/// such as the exit events of the threads an `exit_group` ends).
+pub fn as_thread(tid: u32, f: impl FnOnce()) {
+    let own = thread_id();
+    TID.set(tid);
+    f();
+    TID.set(own);
+}
