@@ -500,13 +500,17 @@ fn blocks_signal(tid: i32, sig: libc::c_int) -> bool {
 pub(crate) fn signal_other_threads(sig: libc::c_int, acks: &AtomicU32, wanted: impl Fn(i32) -> bool) {
     let me = gettid();
     let tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me && !blocks_signal(t, sig) && wanted(t)).collect())
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me && !blocks_signal(t, sig)).collect())
         .unwrap_or_default();
     acks.store(0, Ordering::Release);
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let mut sent = 0;
     for tid in tids {
+        // (Asked right before its signal: what `wanted` sees of the thread is as fresh as it can be.)
+        if !wanted(tid) {
+            continue;
+        }
         // SAFETY: tgkill to a thread of our own process (tgkill(2)); ESRCH (thread gone) is fine.
         if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) } == 0 {
             sent += 1;

@@ -1902,10 +1902,24 @@ fn blocked_call(tid: i32) -> Option<[u64; 8]> {
 fn restart_blocked_call(g: &mut [libc::greg_t; 23]) {
     // SAFETY: gettid(2), by our own instruction (a libc call here would be dispatched).
     let me = unsafe { own_call(libc::SYS_gettid, [0; 6]) } as i32;
-    let Some(slot) = BLOCKED.iter().find(|s| s.tid.load(Ordering::Acquire) == me) else { return };
-    let w: [u64; 8] = std::array::from_fn(|i| slot.words[i].load(Ordering::Relaxed));
-    let (nr, pc, args) = (w[0], w[1], &w[2..]);
     let regs = [libc::REG_RDI, libc::REG_RSI, libc::REG_RDX, libc::REG_R10, libc::REG_R8, libc::REG_R9];
+    let w: [u64; 8] = match BLOCKED.iter().find(|s| s.tid.load(Ordering::Acquire) == me) {
+        Some(slot) => std::array::from_fn(|i| slot.words[i].load(Ordering::Relaxed)),
+        // Not found waiting: it was running (or waiting for a CPU) when looked at, and may have
+        // started a wait before the signal came. The call's number, where the code before the
+        // `syscall` instruction sets it as libc's wrappers do (`mov $NR, %eax`); its arguments
+        // are still in their registers (a call changes only rax, rcx and r11).
+        None => {
+            let pc = g[libc::REG_RIP as usize] as u64;
+            let Some(nr) = number_set_before(pc) else { return };
+            let mut w = [nr, pc, 0, 0, 0, 0, 0, 0];
+            for (i, &r) in regs.iter().enumerate() {
+                w[2 + i] = g[r as usize] as u64;
+            }
+            w
+        }
+    };
+    let (nr, pc, args) = (w[0], w[1], &w[2..]);
     let same_call =
         g[libc::REG_RIP as usize] as u64 == pc && g[libc::REG_RAX as usize] as u64 == EINTR && regs.iter().zip(args).all(|(&r, &a)| g[r as usize] as u64 == a);
     let quiet = HANDLERS_COUNTED.load(Ordering::Acquire) && crate::signals::APP_SIGNALS.load(Ordering::Acquire) == ROUND_SIGNALS.load(Ordering::Acquire);
@@ -1915,6 +1929,17 @@ fn restart_blocked_call(g: &mut [libc::greg_t; 23]) {
     }
     g[libc::REG_RIP as usize] = (pc - 2) as i64;
     g[libc::REG_RAX as usize] = nr as i64;
+}
+
+/// The system call number the instruction right before the `syscall` ending at `pc` sets:
+/// `mov $NR, %eax` (`b8` and a 32-bit immediate, with no prefix that names another register),
+/// as libc's wrappers set it; `None` for any other code.
+fn number_set_before(pc: u64) -> Option<u64> {
+    let mut code = [0u8; 8];
+    if read_own_as_ours(pc.wrapping_sub(8), &mut code) != 8 || code[6..] != [0x0f, 0x05] || code[1] != 0xb8 || (0x40..=0x4f).contains(&code[0]) {
+        return None;
+    }
+    Some(u32::from_le_bytes([code[2], code[3], code[4], code[5]]) as u64)
 }
 
 /// Whether call `nr` with arguments `args`, ended by a signal's handler with EINTR, waits as
@@ -2100,4 +2125,22 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     // it taken out of their masks as they are installed.)
     open_sigsys_in_handlers();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number_set_before;
+
+    /// The number libc's wrappers set right before `syscall` is read back; code that sets
+    /// another register (a REX prefix) or something else is not taken for it.
+    #[test]
+    fn the_number_set_before_a_syscall_instruction() {
+        static POLL: [u8; 9] = [0x90, 0x90, 0xb8, 0x07, 0x00, 0x00, 0x00, 0x0f, 0x05];
+        static R8D: [u8; 9] = [0x90, 0x41, 0xb8, 0x07, 0x00, 0x00, 0x00, 0x0f, 0x05];
+        static OTHER: [u8; 9] = [0x90, 0x48, 0x89, 0xf8, 0x90, 0x90, 0x90, 0x0f, 0x05];
+        let end = |code: &'static [u8; 9]| code.as_ptr() as u64 + 9;
+        assert_eq!(number_set_before(end(&POLL)), Some(7));
+        assert_eq!(number_set_before(end(&R8D)), None);
+        assert_eq!(number_set_before(end(&OTHER)), None);
+    }
 }
