@@ -36,6 +36,8 @@ struct Tables {
     process_exec: Vec<(Entry, Format)>,
     process_exit: Vec<(Entry, Format)>,
     process_fork: Vec<(Entry, Format)>,
+    signal_generate: Vec<(Entry, Format)>,
+    signal_deliver: Vec<(Entry, Format)>,
 }
 
 /// The agent's handler of system calls.
@@ -81,7 +83,8 @@ impl Programs {
     /// process at `exit_group(status)`: the others first, each run here as that thread (its id
     /// and name are what programs see: the kernel runs them on the threads themselves, which
     /// are past reach here), then the caller, whose exit ends the group (`group_dead`). Each
-    /// task's `exit_code` is the status in bits 8-15, as the kernel sets it.
+    /// task's `exit_code` is the status in bits 8-15, as the kernel sets it. Then, when the
+    /// process ends, the `signal_generate` of its exit signal to its parent.
     fn threads_exit(&self, entries: &[(Entry, Format)], group: bool, status: i32, level: usize) {
         let code = (status & 0xff) << 8;
         let me = tid();
@@ -109,8 +112,180 @@ impl Programs {
             }
         }
         let own = thread_name();
-        exit(me, until_nul(&own), group || others.is_empty());
+        let group_dead = group || others.is_empty();
+        exit(me, until_nul(&own), group_dead);
+        // The process's end sends its parent its exit signal (`SIGCHLD` for a child of `fork`).
+        let t = self.tables();
+        if group_dead && !t.signal_generate.is_empty() {
+            let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+            let exit_signal = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(38 - 3)?.parse::<i32>().ok()).unwrap_or(0);
+            // SAFETY: getppid(2) cannot fail.
+            let parent = unsafe { libc::getppid() } as u32;
+            if (1..=64).contains(&exit_signal) && parent != 0 {
+                const CLD_EXITED: i32 = 1;
+                let send = SignalSend { sig: exit_signal, code: CLD_EXITED, errno: 0, targets: vec![(parent, None)] };
+                self.signals_generated(&t.signal_generate, &send, level);
+            }
+        }
     }
+
+    /// `signal_generate` for each target of `send` that the call will reach.
+    fn signals_generated(&self, entries: &[(Entry, Format)], send: &SignalSend, level: usize) {
+        for &(tgid, thread) in &send.targets {
+            let task = thread.unwrap_or(tgid);
+            // SAFETY: kill(2)/tgkill(2) with signal 0 send nothing: they say whether the call
+            // would reach the target (it exists, and we may signal it).
+            let reachable = unsafe {
+                match thread {
+                    Some(t) => libc::syscall(libc::SYS_tgkill, tgid, t, 0),
+                    None => libc::syscall(libc::SYS_kill, tgid, 0),
+                }
+            } == 0;
+            if !reachable {
+                continue;
+            }
+            let dir = format!("/proc/{tgid}/task/{task}");
+            let name = std::fs::read(format!("{dir}/comm")).unwrap_or_default();
+            let name = name.strip_suffix(b"\n").unwrap_or(&name);
+            let result = signal_result(&std::fs::read_to_string(format!("{dir}/status")).unwrap_or_default(), send.sig, thread.is_none());
+            let values = [
+                ("sig", Value::Int(send.sig as i64)),
+                ("errno", Value::Int(send.errno as i64)),
+                ("code", Value::Int(send.code as i64)),
+                ("comm", Value::Str(name)),
+                ("pid", Value::Int(task as i64)),
+                ("group", Value::Int(thread.is_none() as i64)),
+                ("result", Value::Int(result)),
+            ];
+            self.run_process(entries, tid(), &values, level);
+        }
+    }
+}
+
+/// A signal a call is about to send: its number, the `si_code` and `si_errno` it carries, and
+/// its targets (a process, or one of its threads: `(tgid, Some(tid))`).
+struct SignalSend {
+    sig: i32,
+    code: i32,
+    errno: i32,
+    targets: Vec<(u32, Option<u32>)>,
+}
+
+impl SignalSend {
+    /// The signal call `nr` with `args` sends, if it is one that sends a signal: `kill` (to a
+    /// process, or to each process of a group: `pid` 0 or below -1; not `-1`, every process),
+    /// `tkill`, `tgkill`, `rt_sigqueueinfo` and `rt_tgsigqueueinfo`.
+    fn of(nr: u64, args: &[u64; 6]) -> Option<SignalSend> {
+        const SI_USER: i32 = 0;
+        const SI_TKILL: i32 = -6;
+        let (sig, code, errno, targets) = match nr as i64 {
+            libc::SYS_kill => {
+                let pid = args[0] as i32;
+                let targets = match pid {
+                    p if p > 0 => vec![(p as u32, None)],
+                    // SAFETY: getpgid(2) on this process cannot fail.
+                    0 => group_members(unsafe { libc::getpgid(0) } as u32),
+                    -1 => return None,
+                    p => group_members(p.unsigned_abs()),
+                };
+                (args[1] as i32, SI_USER, 0, targets)
+            }
+            libc::SYS_tkill => {
+                let tid = args[0] as i32;
+                let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+                let tgid = status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()?;
+                (args[1] as i32, SI_TKILL, 0, vec![(tgid, Some(tid as u32))])
+            }
+            libc::SYS_tgkill => (args[2] as i32, SI_TKILL, 0, vec![(args[0] as u32, Some(args[1] as u32))]),
+            libc::SYS_rt_sigqueueinfo => {
+                let (code, errno) = siginfo_code(args[2]);
+                (args[1] as i32, code, errno, vec![(args[0] as u32, None)])
+            }
+            libc::SYS_rt_tgsigqueueinfo => {
+                let (code, errno) = siginfo_code(args[3]);
+                (args[2] as i32, code, errno, vec![(args[0] as u32, Some(args[1] as u32))])
+            }
+            _ => return None,
+        };
+        (1..=64).contains(&sig).then_some(SignalSend { sig, code, errno, targets })
+    }
+}
+
+/// The processes of process group `pgrp`, by id (from `/proc/*/stat`).
+fn group_members(pgrp: u32) -> Vec<(u32, Option<u32>)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
+    let mut members: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the name: state, ppid, pgrp.
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok()) == Some(pgrp)
+        })
+        .collect();
+    members.sort_unstable();
+    members.into_iter().map(|p| (p, None)).collect()
+}
+
+/// `si_code` and `si_errno` of the siginfo the caller passes at `at` (read with
+/// process_vm_readv(2), so that a bad address reads as zeros rather than faulting).
+fn siginfo_code(at: u64) -> (i32, i32) {
+    let mut head = [0i32; 3];
+    let local = libc::iovec { iov_base: head.as_mut_ptr().cast(), iov_len: 12 };
+    let remote = libc::iovec { iov_base: at as *mut libc::c_void, iov_len: 12 };
+    // SAFETY: process_vm_readv(2) on this process writes at most 12 bytes into `head` and
+    // checks the remote range itself.
+    let got = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if got == 12 {
+        // siginfo_t: si_signo, si_errno, si_code.
+        (head[2], head[1])
+    } else {
+        (0, 0)
+    }
+}
+
+/// The `result` the kernel's `signal_generate` gives a signal sent to a task whose
+/// `/proc/.../status` is `status`: 1 where the task ignores it (not blocked, and its action is
+/// `SIG_IGN`, or the default for a signal whose default is to ignore it), 2 where a signal
+/// below `SIGRTMIN` is pending already (the process's shared set for a `group` signal, the
+/// thread's own otherwise), else 0 (delivered).
+fn signal_result(status: &str, sig: i32, group: bool) -> i64 {
+    let set = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap_or(0);
+    let bit = 1u64 << (sig - 1);
+    let default_ignored = [libc::SIGCONT, libc::SIGCHLD, libc::SIGWINCH, libc::SIGURG].contains(&sig);
+    let blocked = set("SigBlk:") & bit != 0;
+    if !blocked && (set("SigIgn:") & bit != 0 || (default_ignored && set("SigCgt:") & bit == 0)) {
+        return 1;
+    }
+    let pending = if group { set("ShdPnd:") } else { set("SigPnd:") };
+    if sig < 32 && pending & bit != 0 {
+        return 2;
+    }
+    0
+}
+
+/// Runs the `signal_deliver` programs as a signal is about to run the application's handler
+/// `handler` (see `bpftime_attach::signals::observe_deliveries`).
+fn delivered(sig: libc::c_int, info: *const libc::siginfo_t, handler: usize) {
+    let Some(p) = PROGRAMS.get() else { return };
+    let t = p.tables();
+    if t.signal_deliver.is_empty() {
+        return;
+    }
+    let flags = bpftime_attach::signals::action_flags(sig);
+    let (errno, code) = if flags & libc::SA_SIGINFO as u64 != 0 && !info.is_null() {
+        // SAFETY: the kernel filled the siginfo it passed the handler (SA_SIGINFO is set).
+        unsafe { ((*info).si_errno, (*info).si_code) }
+    } else {
+        (0, 0)
+    };
+    let values = [
+        ("sig", Value::Int(sig as i64)),
+        ("errno", Value::Int(errno as i64)),
+        ("code", Value::Int(code as i64)),
+        ("sa_handler", Value::Int(handler as i64)),
+        ("sa_flags", Value::Int(flags as i64)),
+    ];
+    bpftime_attach::run_as_hit(|level| p.run_process(&t.signal_deliver, tid(), &values, level));
 }
 
 /// Runs `f` as thread `tid` named `name` would run it: the thread id the helpers report and
@@ -158,7 +333,7 @@ impl SyscallHandler for Programs {
     fn on_enter(&self, regs: &PtRegs, level: usize) -> Option<u64> {
         let t = self.tables();
         let nr = regs.orig_ax;
-        if !t.process_exit.is_empty() && matches!(nr as i64, libc::SYS_exit | libc::SYS_exit_group) {
+        if (!t.process_exit.is_empty() || !t.signal_generate.is_empty()) && matches!(nr as i64, libc::SYS_exit | libc::SYS_exit_group) {
             self.threads_exit(&t.process_exit, nr as i64 == libc::SYS_exit_group, regs.di as i32, level);
         }
         let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
@@ -175,6 +350,12 @@ impl SyscallHandler for Programs {
             // The kernel's pt_regs at sys_enter hold -ENOSYS in ax.
             let regs = PtRegs { ax: -(libc::ENOSYS as i64) as u64, ..*regs };
             skip = self.run(&t.raw_enter, |_| raw_record(&regs as *const PtRegs as u64, nr), level).or(skip);
+        }
+        // A signal about to be sent, where the call is made and will succeed.
+        if skip.is_none() && !t.signal_generate.is_empty() {
+            if let Some(send) = SignalSend::of(nr, &args) {
+                self.signals_generated(&t.signal_generate, &send, level);
+            }
         }
         skip
     }
@@ -264,6 +445,11 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
                     ProcessEvent::Exec => &mut t.process_exec,
                     ProcessEvent::Exit => &mut t.process_exit,
                     ProcessEvent::Fork => &mut t.process_fork,
+                    ProcessEvent::SignalGenerate => &mut t.signal_generate,
+                    ProcessEvent::SignalDeliver => {
+                        bpftime_attach::signals::observe_deliveries(delivered);
+                        &mut t.signal_deliver
+                    }
                 };
                 list.push((entry(format.id), format));
             }

@@ -83,8 +83,42 @@ extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
             (g[libc::REG_RAX as usize], g[libc::REG_RIP as usize])
         };
         crate::syscalls::take_over_restart(ctx);
-        crate::hook::in_signal_handler(|| f(sig, info, ctx));
+        crate::hook::in_signal_handler(|| {
+            let observer = DELIVERY_OBSERVER.load(Ordering::Acquire);
+            if observer != 0 {
+                // SAFETY: set by `observe_deliveries` from a function of this type.
+                let observe = unsafe { std::mem::transmute::<usize, DeliveryObserver>(observer) };
+                observe(sig, info, h);
+            }
+            f(sig, info, ctx)
+        });
         crate::syscalls::sigreturn_from_application_call(ctx, kernel_left);
+    }
+}
+
+/// Told of each signal about to run the application's handler: the signal, the kernel's
+/// siginfo (filled only where the action has `SA_SIGINFO`) and the application's handler.
+pub type DeliveryObserver = fn(libc::c_int, *const libc::siginfo_t, usize);
+
+static DELIVERY_OBSERVER: AtomicUsize = AtomicUsize::new(0);
+
+/// Has `f` told of every signal delivered to the application's handlers from now on (in the
+/// receiving thread, as the handler is about to run; not those deferred until our work ends,
+/// until they are delivered again).
+pub fn observe_deliveries(f: DeliveryObserver) {
+    DELIVERY_OBSERVER.store(f as usize, Ordering::Release);
+}
+
+/// The kernel's flags for signal `sig`'s action (the application's as it installed them, our
+/// wrapper in its handler's place, and libc's `SA_RESTORER`); 0 where they cannot be read.
+pub fn action_flags(sig: libc::c_int) -> u64 {
+    let mut now = [0u64; 4];
+    // SAFETY: rt_sigaction(2) reading the kernel's action (handler, flags, restorer, 8-byte mask).
+    let read = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<u64>(), now.as_mut_ptr(), 8) };
+    if read == 0 {
+        now[1]
+    } else {
+        0
     }
 }
 

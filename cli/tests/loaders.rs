@@ -1541,14 +1541,15 @@ fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
         println!("skipping: kernel tracepoints need root and tracefs");
         return;
     }
-    // It calls add() 100 times and raises SIGUSR1 every 20 calls (its handler calls add() too).
-    let signalled = build_target("signalled", false);
+    // It calls add() 200 times while an interval timer runs: setitimer(2) arms it and, at
+    // the end, disarms it (the kernel's `itimer_state` tracepoint, twice).
+    let timeouts = build_target("timeouts", false);
     // Both print through one perf buffer: the kernel's records are relayed into the ring the
     // loader reads, beside the target's.
     let script = format!(
-        "tracepoint:signal:signal_generate /comm == \"signalled\" && args->sig == 10/ {{ @raised = count(); printf(\"raised %d\\n\", args->sig); }} \
+        "tracepoint:timer:itimer_state /comm == \"timeouts\"/ {{ @armed = count(); printf(\"itimer %d\\n\", args->which); }} \
          uprobe:{}:add {{ @adds = count(); if (arg0 == 99) {{ printf(\"add %d\\n\", arg0); }} }}",
-        signalled.display()
+        timeouts.display()
     );
     let dir = std::env::temp_dir().join(format!("bpftime-passthrough-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1557,15 +1558,15 @@ fn kernel_passthrough_runs_kernel_probes_beside_user_probes() {
     assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
     let mut ours = bpftime(&shm);
     ours.args(["load", "--kernel-passthrough", "--"]).arg(&bpftrace).args(["-e", &script]);
-    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&signalled).args(["100", "onstack"]), &dir.join("ours"), true);
+    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&timeouts).arg("200"), &dir.join("ours"), true);
     let ours = bpftrace_result(&out);
-    assert!(ours.contains("@adds: 105"), "{out}");
-    assert!(ours.contains("@raised: 5") && ours.contains("raised 10\n") && ours.contains("add 99\n"), "{out}");
+    assert!(ours.contains("@adds: 200"), "{out}");
+    assert!(ours.contains("@armed: 2") && ours.contains("itimer 0\n") && ours.contains("add 99\n"), "{out}");
     let mut kernel = Command::new(&bpftrace);
     kernel.args(["-e", &script]);
-    let out = tool_session(kernel, None, Command::new(&signalled).args(["100", "onstack"]), &dir.join("kernel"), true);
+    let out = tool_session(kernel, None, Command::new(&timeouts).arg("200"), &dir.join("kernel"), true);
     // The same lines. Their order is not: bpftrace reads one perf buffer per CPU, so records
-    // written close together on two CPUs (an `add` and a signal) print
+    // written close together on two CPUs (the last `add` and the timer's end) print
     // in the order it drains the buffers, on the kernel as here.
     let sorted = |s: &str| {
         let mut lines: Vec<String> = s.lines().map(str::to_string).collect();
@@ -3484,13 +3485,13 @@ fn opensnoop_of_a_named_process_started_without_the_agent_sees_its_opens() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A program on a kernel tracepoint (Debian's `sigsnoop`: `signal/signal_generate`) cannot
+/// A program on a kernel tracepoint (Debian's `tcpstates`: `sock/inet_sock_set_state`) cannot
 /// run in a traced process: the loader is told why and what to do, once, and fails as a kernel
 /// without the event would make it fail, rather than with a puzzling `EBADF`.
 #[test]
 fn a_kernel_tracepoint_program_is_refused_with_the_way_out() {
     let _serial = serial();
-    let Some(tool) = installed_or_skip("/usr/sbin/sigsnoop", "libbpf-tools") else { return };
+    let Some(tool) = installed_or_skip("/usr/sbin/tcpstates", "libbpf-tools") else { return };
     if !bpftime_tests::kernel::tracefs_mounted() {
         return println!("skipping: needs tracefs");
     }
@@ -3504,41 +3505,97 @@ fn a_kernel_tracepoint_program_is_refused_with_the_way_out() {
     bpftime_tests::remove_region(&shm);
 }
 
-/// With `--kernel-passthrough`, the same `sigsnoop` runs its program in the kernel and reads
+/// With `--kernel-passthrough`, the same `tcpstates` runs its program in the kernel and reads
 /// its perf buffer through the region (the kernel's records relayed into the ring it mapped):
-/// it prints the signals a process (one without the agent) raises, as on the kernel.
+/// it prints the state changes of a process's TCP connection over loopback as on the kernel.
 #[test]
-fn sigsnoop_under_passthrough_prints_signals_as_on_the_kernel() {
+fn tcpstates_under_passthrough_prints_state_changes_as_on_the_kernel() {
     let _serial = serial();
-    let Some(tool) = installed_or_skip("/usr/sbin/sigsnoop", "libbpf-tools") else { return };
+    let Some(tool) = installed_or_skip("/usr/sbin/tcpstates", "libbpf-tools") else { return };
     if !bpftime_tests::kernel::tracefs_mounted() || !is_root() {
         return println!("skipping: needs root and tracefs");
     }
-    let signalled = build_target("signalled", false);
-    // TIME, PID, COMM, SIG, TPID, RESULT: the target's SIGUSR1s without time and pids (it
-    // raises one every 20 calls).
-    let raised = |out: &str| -> Vec<String> {
-        out.lines()
-            .filter(|l| l.split_whitespace().nth(2) == Some("signalled"))
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                format!("{} {} {}", f[2], f[3], f[5])
-            })
-            .filter(|l| l.contains(" 10 "))
-            .collect()
+    // A listener, a connection to it, both ends closed.
+    let connects = "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\nc = socket.create_connection(s.getsockname())\na, _ = s.accept()\nc.close()\na.close()\ns.close()\n";
+    // SKADDR, PID, COMM, LADDR, LPORT, RADDR, RPORT, OLDSTATE, ->, NEWSTATE, MS: the changes
+    // of the listener's port (the one that starts LISTEN), without addresses and times.
+    let changes = |out: &str| -> Vec<String> {
+        let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).filter(|f| f.len() == 11 && f[8] == "->").collect();
+        let Some(port) = rows.iter().find(|f| f[9] == "LISTEN").map(|f| f[4]) else { return vec![] };
+        let mut lines: Vec<String> = rows.iter().filter(|f| f[4] == port || f[6] == port).map(|f| format!("{} -> {}", f[7], f[9])).collect();
+        lines.sort();
+        lines
     };
-    let dir = std::env::temp_dir().join(format!("bpftime-sigsnoop-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("bpftime-tcpstates-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let shm = format!("bpftime-sigsnoop-{}", std::process::id());
+    let shm = format!("bpftime-tcpstates-{}", std::process::id());
     bpftime_tests::remove_region(&shm);
     let mut ours = bpftime(&shm);
     ours.args(["load", "--kernel-passthrough", "--"]).arg(&tool);
     // Its link is the kernel's, not in the region: the session waits a fixed time to attach.
-    let out = tool_session(ours, None, Command::new(&signalled).args(["100", "onstack"]), &dir.join("ours"), true);
-    assert_eq!(raised(&out), vec!["signalled 10 0"; 5], "{out}");
-    let out = tool_session(Command::new(&tool), None, Command::new(&signalled).args(["100", "onstack"]), &dir.join("kernel"), true);
-    assert_eq!(raised(&out), vec!["signalled 10 0"; 5], "the kernel's:\n{out}");
+    let out = tool_session(ours, None, Command::new("python3").args(["-c", connects]), &dir.join("ours"), true);
+    let ours = changes(&out);
+    assert!(ours.contains(&"SYN_SENT -> ESTABLISHED".to_string()) && ours.contains(&"LISTEN -> CLOSE".to_string()), "{out}");
+    let out = tool_session(Command::new(&tool), None, Command::new("python3").args(["-c", connects]), &dir.join("kernel"), true);
+    assert_eq!(ours, changes(&out), "the kernel's:\n{out}");
     bpftime_tests::remove_region(&shm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The signal tracepoints in a traced process, through bpftrace (unmodified) and Debian's
+/// libbpf-tools `sigsnoop` (its default mode: `signal_generate`), on a target that sends itself
+/// signals every way (`sends.c`: `raise`, `kill`, `sigqueue`, `pthread_kill` to another
+/// thread, one blocked and sent twice, one whose default is to ignore it, one set to
+/// `SIG_IGN`): `signal_generate` with each signal's code, target, group and result (delivered,
+/// ignored, already pending) and the `SIGCHLD` its end sends its parent; `signal_deliver` as
+/// each handler runs, with its code and the action's flags. The same lines as the kernel's.
+#[test]
+fn signals_sent_and_delivered_are_seen_as_the_kernel_sees_them() {
+    let _serial = serial();
+    let Some(bpftrace) = bpftrace_beside_the_kernel() else { return };
+    let target = build_target("sends", false);
+    let script = r#"tracepoint:signal:signal_generate /comm == "sends" && args->sig != 17/ { printf("generate sig=%d errno=%d code=%d comm=%s group=%d result=%d self=%d\n", args->sig, args->errno, args->code, args->comm, args->group, args->result, (int64)args->pid == (int64)pid || (int64)args->pid == (int64)tid); }
+        tracepoint:signal:signal_generate /comm == "sends" && args->sig == 17/ { @chld = count(); }
+        tracepoint:signal:signal_deliver /comm == "sends"/ { printf("deliver sig=%d errno=%d code=%d flags=%x handler=%d\n", args->sig, args->errno, args->code, args->sa_flags, args->sa_handler != 0); }"#;
+    let events = |out: &str| {
+        let mut lines: Vec<String> =
+            out.lines().filter(|l| l.starts_with("generate ") || l.starts_with("deliver ") || l.starts_with("@chld")).map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    let dir = std::env::temp_dir().join(format!("bpftime-sends-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (out, kernel) = bpftrace_ours_and_the_kernels(&bpftrace, script, &dir, "sends", &target, &[]);
+    let ours = events(&out);
+    let count = |kind: &str| ours.iter().filter(|l| l.starts_with(kind)).count();
+    assert_eq!((count("generate "), count("deliver ")), (8, 5), "{out}");
+    assert!(ours.contains(&"generate sig=12 errno=0 code=0 comm=sends group=1 result=2 self=1".to_string()), "{out}");
+    assert!(ours.contains(&"@chld: 1".to_string()), "{out}");
+    assert_eq!(ours, events(&kernel), "the kernel's:\n{kernel}");
+    // sigsnoop: TIME, PID, COMM, SIG, TPID, RESULT: the target's lines without time and ids.
+    if let Some(tool) = installed_or_skip("/usr/sbin/sigsnoop", "libbpf-tools") {
+        let sent = |out: &str| -> Vec<String> {
+            let mut lines: Vec<String> = out
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|f| f.len() == 6 && f[2] == "sends")
+                .map(|f| format!("{} {} {}", f[2], f[3], f[5]))
+                .collect();
+            lines.sort();
+            lines
+        };
+        let shm = format!("bpftime-sigsnoop-{}", std::process::id());
+        bpftime_tests::remove_region(&shm);
+        assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+        let mut ours = bpftime(&shm);
+        ours.args(["load", "--"]).arg(&tool);
+        let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&target), &dir.join("ours-sigsnoop"), true);
+        bpftime_tests::remove_region(&shm);
+        let ours = sent(&out);
+        assert_eq!(ours.len(), 9, "{out}");
+        let out = tool_session(Command::new(&tool), None, &mut Command::new(&target), &dir.join("kernel-sigsnoop"), true);
+        assert_eq!(ours, sent(&out), "the kernel's:\n{out}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -3552,10 +3609,7 @@ fn sigsnoop_under_passthrough_prints_signals_as_on_the_kernel() {
 #[test]
 fn bpftrace_sees_processes_start_fork_and_exit_as_the_kernel_does() {
     let _serial = serial();
-    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
-    if !is_root() || !bpftime_tests::kernel::tracefs_mounted() {
-        return println!("skipping: bpftrace reads tracepoint formats from tracefs, as root");
-    }
+    let Some(bpftrace) = bpftrace_beside_the_kernel() else { return };
     let target = build_target("lifecycle", false);
     let script = r#"tracepoint:sched:sched_process_exec /comm == "lifecycle" || comm == "exe"/ { printf("exec %s %s %d\n", comm, str(args->filename), (int64)args->pid == (int64)pid); }
         tracepoint:sched:sched_process_fork /comm == "lifecycle"/ { printf("fork %s %s %d\n", str(args->parent_comm), str(args->child_comm), (int64)args->parent_pid == (int64)tid); }
@@ -3568,12 +3622,8 @@ fn bpftrace_sees_processes_start_fork_and_exit_as_the_kernel_does() {
     };
     let dir = std::env::temp_dir().join(format!("bpftime-lifecycle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let shm = format!("bpftime-lifecycle-{}", std::process::id());
-    bpftime_tests::remove_region(&shm);
-    assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
-    let mut ours = bpftime(&shm);
-    ours.args(["load", "--"]).arg(&bpftrace).args(["-e", script]);
-    let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&target), &dir.join("ours"), true);
+    let (out, kernel) = bpftrace_ours_and_the_kernels(&bpftrace, script, &dir, "lifecycle", &target, &[]);
+    let _ = std::fs::remove_dir_all(&dir);
     let ours = events(&out);
     // Two threads and three children made, and a thread in one of them; seven threads ended
     // (the main thread of the child that a thread ends with `exit(5)` included); two images
@@ -3581,12 +3631,7 @@ fn bpftrace_sees_processes_start_fork_and_exit_as_the_kernel_does() {
     let count = |kind: &str| ours.iter().filter(|l| l.starts_with(kind)).count();
     assert_eq!((count("exec "), count("fork "), count("exit ")), (2, 6, 7), "{out}");
     assert!(ours.contains(&"exit lifecycle leader=1 code=1280 prio=120".to_string()), "{out}");
-    let mut kernel = Command::new(&bpftrace);
-    kernel.args(["-e", script]);
-    let out = tool_session(kernel, None, &mut Command::new(&target), &dir.join("kernel"), true);
-    assert_eq!(ours, events(&out), "the kernel's:\n{out}");
-    bpftime_tests::remove_region(&shm);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(ours, events(&kernel), "the kernel's:\n{kernel}");
 }
 
 /// Debian's libbpf-tools `exitsnoop -T` (unmodified: `tracepoint/sched/sched_process_exit`,

@@ -194,10 +194,11 @@ pub struct Server {
 }
 
 /// The event we run in userspace (a system call's, `syscalls/sys_enter_openat`, or a process
-/// event, `sched/sched_process_exit`) whose tracefs id is `id`, if it is one.
+/// event, `sched/sched_process_exit`, `signal/signal_generate`) whose tracefs id is `id`, if it
+/// is one.
 fn syscall_event_of_id(id: u64) -> Option<String> {
     const ROOTS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
-    let found = ROOTS.into_iter().flat_map(|r| ["syscalls", "raw_syscalls", "sched"].map(|c| (r, c))).find_map(|(root, category)| {
+    let found = ROOTS.into_iter().flat_map(|r| ["syscalls", "raw_syscalls", "sched", "signal"].map(|c| (r, c))).find_map(|(root, category)| {
         std::fs::read_dir(format!("{root}/{category}")).ok()?.filter_map(|e| e.ok()).find_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let this: u64 = std::fs::read_to_string(e.path().join("id")).ok()?.trim().parse().ok()?;

@@ -28,7 +28,7 @@ pub enum SyscallEvent {
     Process(ProcessEvent),
 }
 
-/// The process lifecycle events the system calls of a process cause.
+/// The process lifecycle and signal events the system calls of a process cause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProcessEvent {
     /// `sched_process_exec`: a new image started (run as the image starts with the agent).
@@ -38,6 +38,12 @@ pub enum ProcessEvent {
     /// `sched_process_fork`: a thread made a process or a thread (run in the caller as the
     /// call returns).
     Fork,
+    /// `signal_generate`: a signal sent (run in the sender before its `kill`, `tkill`,
+    /// `tgkill` or `rt_(tg)sigqueueinfo` is made, when it will succeed; and for the `SIGCHLD`
+    /// a process's end sends its parent).
+    SignalGenerate,
+    /// `signal_deliver`: a signal about to run the application's handler (in the receiver).
+    SignalDeliver,
 }
 
 impl SyscallEvent {
@@ -51,6 +57,8 @@ impl SyscallEvent {
             "sched/sched_process_exec" => return Ok(SyscallEvent::Process(ProcessEvent::Exec)),
             "sched/sched_process_exit" => return Ok(SyscallEvent::Process(ProcessEvent::Exit)),
             "sched/sched_process_fork" => return Ok(SyscallEvent::Process(ProcessEvent::Fork)),
+            "signal/signal_generate" => return Ok(SyscallEvent::Process(ProcessEvent::SignalGenerate)),
+            "signal/signal_deliver" => return Ok(SyscallEvent::Process(ProcessEvent::SignalDeliver)),
             _ => {}
         }
         let name = target.strip_prefix("syscalls/").ok_or_else(|| format!("`{target}` is not a system call event"))?;
