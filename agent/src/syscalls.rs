@@ -10,7 +10,7 @@ use bpftime_runtime::links::{self, LinkKind, LinkState, UprobeLink};
 use bpftime_runtime::process_events::{Format, Value};
 use bpftime_runtime::syscall_events::{enter_record, event_id, exit_record, raw_record, ProcessEvent, SyscallEvent};
 use bpftime_runtime::{ProbeProgram, Runtime};
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// A program on a system call event, with the event's `common_type`.
@@ -88,12 +88,21 @@ impl Programs {
     fn threads_exit(&self, entries: &[(Entry, Format)], group: bool, status: i32, level: usize) {
         let code = (status & 0xff) << 8;
         let me = tid();
-        let others: Vec<u32> = std::fs::read_dir("/proc/self/task")
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&t| t != me && !bpftime_runtime::threads::is_ours(t)).collect())
-            .unwrap_or_default();
+        // The threads still running (one that ended stays listed until the process ends, a
+        // zombie), but ours.
+        let alive = |t: u32| {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{t}/stat")).unwrap_or_default();
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z" && state != "X")
+        };
+        let others: Vec<u32> = numbered_entries(c"/proc/self/task")
+            .into_iter()
+            .filter(|&t| t != me && !bpftime_runtime::threads::is_ours(t) && !EXITED.contains(t) && alive(t))
+            .collect();
+        if !group {
+            EXITED.add(me);
+        }
         let exit = |tid: u32, name: &[u8], group_dead: bool| {
-            // SAFETY: getpriority(2) on one thread; -1 is a valid nice value, so errors read as
-            // nice 0 are harmless here.
+            // SAFETY: getpriority(2) on one thread (a thread gone meanwhile reads as nice -1).
             let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
             let values = [
                 ("comm", Value::Str(name)),
@@ -114,16 +123,22 @@ impl Programs {
         let own = thread_name();
         let group_dead = group || others.is_empty();
         exit(me, until_nul(&own), group_dead);
-        // The process's end sends its parent its exit signal (`SIGCHLD` for a child of `fork`).
+        // (Back to 0: a `vfork` child's end ran here on its parent's thread-locals.)
+        bpftime_runtime::set_exit_code(0);
+        // The process's end sends its parent its exit signal (`SIGCHLD` for a child of `fork`),
+        // unless that is a `SIGCHLD` the parent ignores (the kernel then sends nothing). The
+        // kernel's target is the thread that made the process; here, its parent process.
         let t = self.tables();
         if group_dead && !t.signal_generate.is_empty() {
             let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
             let exit_signal = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(38 - 3)?.parse::<i32>().ok()).unwrap_or(0);
             // SAFETY: getppid(2) cannot fail.
             let parent = unsafe { libc::getppid() } as u32;
-            if (1..=64).contains(&exit_signal) && parent != 0 {
+            let status = std::fs::read_to_string(format!("/proc/{parent}/status")).unwrap_or_default();
+            let ignored = exit_signal == libc::SIGCHLD && signal_set(&status, "SigIgn:") & 1 << (libc::SIGCHLD - 1) != 0;
+            if (1..=64).contains(&exit_signal) && parent != 0 && !ignored {
                 const CLD_EXITED: i32 = 1;
-                let send = SignalSend { sig: exit_signal, code: CLD_EXITED, errno: 0, targets: vec![(parent, None)] };
+                let send = SignalSend { sig: exit_signal, code: CLD_EXITED, errno: 0, targets: vec![(parent, None)], checked: false };
                 self.signals_generated(&t.signal_generate, &send, level);
             }
         }
@@ -135,19 +150,22 @@ impl Programs {
             let task = thread.unwrap_or(tgid);
             // SAFETY: kill(2)/tgkill(2) with signal 0 send nothing: they say whether the call
             // would reach the target (it exists, and we may signal it).
-            let reachable = unsafe {
-                match thread {
-                    Some(t) => libc::syscall(libc::SYS_tgkill, tgid, t, 0),
-                    None => libc::syscall(libc::SYS_kill, tgid, 0),
-                }
-            } == 0;
+            let reachable = !send.checked
+                || unsafe {
+                    match thread {
+                        Some(t) => libc::syscall(libc::SYS_tgkill, tgid, t, 0),
+                        None => libc::syscall(libc::SYS_kill, tgid, 0),
+                    }
+                } == 0;
             if !reachable {
                 continue;
             }
             let dir = format!("/proc/{tgid}/task/{task}");
             let name = std::fs::read(format!("{dir}/comm")).unwrap_or_default();
             let name = name.strip_suffix(b"\n").unwrap_or(&name);
-            let result = signal_result(&std::fs::read_to_string(format!("{dir}/status")).unwrap_or_default(), send.sig, thread.is_none());
+            // This thread's mask is the application's, not the one our work runs with.
+            let own_mask = (task == tid()).then(bpftime_attach::syscalls::application_signal_mask).flatten();
+            let result = signal_result(&std::fs::read_to_string(format!("{dir}/status")).unwrap_or_default(), send.sig, thread.is_none(), own_mask);
             let values = [
                 ("sig", Value::Int(send.sig as i64)),
                 ("errno", Value::Int(send.errno as i64)),
@@ -169,6 +187,9 @@ struct SignalSend {
     code: i32,
     errno: i32,
     targets: Vec<(u32, Option<u32>)>,
+    /// Whether the kernel checks that the sender may signal each target (not for the exit
+    /// signal a process's end sends).
+    checked: bool,
 }
 
 impl SignalSend {
@@ -197,25 +218,27 @@ impl SignalSend {
                 (args[1] as i32, SI_TKILL, 0, vec![(tgid, Some(tid as u32))])
             }
             libc::SYS_tgkill => (args[2] as i32, SI_TKILL, 0, vec![(args[0] as u32, Some(args[1] as u32))]),
-            libc::SYS_rt_sigqueueinfo => {
-                let (code, errno) = siginfo_code(args[2]);
-                (args[1] as i32, code, errno, vec![(args[0] as u32, None)])
-            }
-            libc::SYS_rt_tgsigqueueinfo => {
-                let (code, errno) = siginfo_code(args[3]);
-                (args[2] as i32, code, errno, vec![(args[0] as u32, Some(args[1] as u32))])
+            // Another process may not be sent a code of the kernel's (0 and up) or `SI_TKILL`.
+            libc::SYS_rt_sigqueueinfo | libc::SYS_rt_tgsigqueueinfo => {
+                let group = nr as i64 == libc::SYS_rt_sigqueueinfo;
+                let (code, errno) = siginfo_code(if group { args[2] } else { args[3] });
+                // SAFETY: getpid(2) cannot fail.
+                if (code >= 0 || code == SI_TKILL) && args[0] as u32 != unsafe { libc::getpid() } as u32 {
+                    return None;
+                }
+                let (sig, target) = if group { (args[1], None) } else { (args[2], Some(args[1] as u32)) };
+                (sig as i32, code, errno, vec![(args[0] as u32, target)])
             }
             _ => return None,
         };
-        (1..=64).contains(&sig).then_some(SignalSend { sig, code, errno, targets })
+        (1..=64).contains(&sig).then_some(SignalSend { sig, code, errno, targets, checked: true })
     }
 }
 
 /// The processes of process group `pgrp`, by id (from `/proc/*/stat`).
 fn group_members(pgrp: u32) -> Vec<(u32, Option<u32>)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
-    let mut members: Vec<u32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    let mut members: Vec<u32> = numbered_entries(c"/proc")
+        .into_iter()
         .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             // Fields after the name: state, ppid, pgrp.
@@ -224,6 +247,43 @@ fn group_members(pgrp: u32) -> Vec<(u32, Option<u32>)> {
         .collect();
     members.sort_unstable();
     members.into_iter().map(|p| (p, None)).collect()
+}
+
+/// The entries of directory `path` whose names are numbers (processes, threads), read with
+/// getdents64(2): no libc call that takes a lock or allocates (`opendir` does both), since this
+/// runs where the application's call may have come from inside them.
+fn numbered_entries(path: &std::ffi::CStr) -> Vec<u32> {
+    let mut found = vec![];
+    // SAFETY: open(2) of a NUL-terminated path, read-only.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return found;
+    }
+    let mut buf = vec![0u8; 8192];
+    loop {
+        // SAFETY: getdents64(2) writes at most `buf.len()` bytes of records into `buf`.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        let mut at = 0usize;
+        // Each record: inode (8), offset (8), length (2), type (1), NUL-terminated name.
+        while at + 19 < n as usize {
+            let len = u16::from_le_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if len == 0 || at + len > n as usize {
+                break;
+            }
+            let name = &buf[at + 19..at + len];
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+            if let Some(v) = std::str::from_utf8(name).ok().and_then(|s| s.parse().ok()) {
+                found.push(v);
+            }
+            at += len;
+        }
+    }
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    found
 }
 
 /// `si_code` and `si_errno` of the siginfo the caller passes at `at` (read with
@@ -244,15 +304,15 @@ fn siginfo_code(at: u64) -> (i32, i32) {
 }
 
 /// The `result` the kernel's `signal_generate` gives a signal sent to a task whose
-/// `/proc/.../status` is `status`: 1 where the task ignores it (not blocked, and its action is
+/// `/proc/.../status` is `status` (and whose blocked signals are `mask`, where given): 1 where the task ignores it (not blocked, and its action is
 /// `SIG_IGN`, or the default for a signal whose default is to ignore it), 2 where a signal
 /// below `SIGRTMIN` is pending already (the process's shared set for a `group` signal, the
 /// thread's own otherwise), else 0 (delivered).
-fn signal_result(status: &str, sig: i32, group: bool) -> i64 {
-    let set = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap_or(0);
+fn signal_result(status: &str, sig: i32, group: bool, mask: Option<u64>) -> i64 {
+    let set = |name: &str| signal_set(status, name);
     let bit = 1u64 << (sig - 1);
     let default_ignored = [libc::SIGCONT, libc::SIGCHLD, libc::SIGWINCH, libc::SIGURG].contains(&sig);
-    let blocked = set("SigBlk:") & bit != 0;
+    let blocked = mask.unwrap_or_else(|| set("SigBlk:")) & bit != 0;
     if !blocked && (set("SigIgn:") & bit != 0 || (default_ignored && set("SigCgt:") & bit == 0)) {
         return 1;
     }
@@ -263,6 +323,11 @@ fn signal_result(status: &str, sig: i32, group: bool) -> i64 {
     0
 }
 
+/// Signal set `name` (`SigIgn:`) of a `/proc/.../status`.
+fn signal_set(status: &str, name: &str) -> u64 {
+    status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap_or(0)
+}
+
 /// Runs the `signal_deliver` programs as a signal is about to run the application's handler
 /// `handler` (see `bpftime_attach::signals::observe_deliveries`).
 fn delivered(sig: libc::c_int, info: *const libc::siginfo_t, handler: usize) {
@@ -271,21 +336,51 @@ fn delivered(sig: libc::c_int, info: *const libc::siginfo_t, handler: usize) {
     if t.signal_deliver.is_empty() {
         return;
     }
-    let flags = bpftime_attach::signals::action_flags(sig);
-    let (errno, code) = if flags & libc::SA_SIGINFO as u64 != 0 && !info.is_null() {
-        // SAFETY: the kernel filled the siginfo it passed the handler (SA_SIGINFO is set).
-        unsafe { ((*info).si_errno, (*info).si_code) }
-    } else {
-        (0, 0)
-    };
-    let values = [
-        ("sig", Value::Int(sig as i64)),
-        ("errno", Value::Int(errno as i64)),
-        ("code", Value::Int(code as i64)),
-        ("sa_handler", Value::Int(handler as i64)),
-        ("sa_flags", Value::Int(flags as i64)),
-    ];
-    bpftime_attach::run_as_hit(|level| p.run_process(&t.signal_deliver, tid(), &values, level));
+    bpftime_attach::run_as_hit(|level| {
+        // (Read as our own work: not a call of the application's.)
+        let flags = bpftime_attach::signals::action_flags(sig);
+        let (errno, code) = if flags & libc::SA_SIGINFO as u64 != 0 && !info.is_null() {
+            // SAFETY: the kernel filled the siginfo it passed the handler (SA_SIGINFO is set).
+            unsafe { ((*info).si_errno, (*info).si_code) }
+        } else {
+            (0, 0)
+        };
+        let values = [
+            ("sig", Value::Int(sig as i64)),
+            ("errno", Value::Int(errno as i64)),
+            ("code", Value::Int(code as i64)),
+            ("sa_handler", Value::Int(handler as i64)),
+            ("sa_flags", Value::Int(flags as i64)),
+        ];
+        p.run_process(&t.signal_deliver, tid(), &values, level)
+    });
+}
+
+/// Threads whose `exit` was reported here: until the kernel has them gone, which it does after
+/// `pthread_join` returns, they are still listed in `/proc/self/task` as running, and an
+/// `exit_group` meanwhile must not report their end again. (Recent ones: a ring.)
+struct Exited {
+    tids: [AtomicU32; 64],
+    next: AtomicU32,
+}
+
+static EXITED: Exited = Exited { tids: [const { AtomicU32::new(0) }; 64], next: AtomicU32::new(0) };
+
+impl Exited {
+    fn add(&self, tid: u32) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.tids.len();
+        self.tids[i].store(tid, Ordering::Release);
+    }
+
+    fn contains(&self, tid: u32) -> bool {
+        self.tids.iter().any(|t| t.load(Ordering::Acquire) == tid)
+    }
+
+    fn remove(&self, tid: u32) {
+        for t in &self.tids {
+            let _ = t.compare_exchange(tid, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Runs `f` as thread `tid` named `name` would run it: the thread id the helpers report and
@@ -333,9 +428,6 @@ impl SyscallHandler for Programs {
     fn on_enter(&self, regs: &PtRegs, level: usize) -> Option<u64> {
         let t = self.tables();
         let nr = regs.orig_ax;
-        if (!t.process_exit.is_empty() || !t.signal_generate.is_empty()) && matches!(nr as i64, libc::SYS_exit | libc::SYS_exit_group) {
-            self.threads_exit(&t.process_exit, nr as i64 == libc::SYS_exit_group, regs.di as i32, level);
-        }
         let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
         let mut skip = None;
         if let Some(list) = t.enter.get(nr as usize).filter(|l| !l.is_empty()) {
@@ -357,6 +449,11 @@ impl SyscallHandler for Programs {
                 self.signals_generated(&t.signal_generate, &send, level);
             }
         }
+        // What a thread's end causes, after its call's entry programs as on the kernel (these
+        // calls are made whatever the programs ask).
+        if (!t.process_exit.is_empty() || !t.signal_generate.is_empty()) && matches!(nr as i64, libc::SYS_exit | libc::SYS_exit_group) {
+            self.threads_exit(&t.process_exit, nr as i64 == libc::SYS_exit_group, regs.di as i32, level);
+        }
         skip
     }
 
@@ -365,6 +462,10 @@ impl SyscallHandler for Programs {
         let nr = regs.orig_ax;
         // In the caller, the new thread's or process's id (its child sees 0).
         let forks = matches!(nr as i64, libc::SYS_clone | libc::SYS_clone3 | libc::SYS_fork | libc::SYS_vfork);
+        if forks && (regs.ax as i64) > 0 {
+            // A new thread may have an id an ended one had.
+            EXITED.remove(regs.ax as u32);
+        }
         if !t.process_fork.is_empty() && forks && (regs.ax as i64) > 0 {
             let (name, tid) = (thread_name(), tid());
             let name = until_nul(&name);

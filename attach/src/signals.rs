@@ -83,6 +83,9 @@ extern "C" fn wrapper(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
             (g[libc::REG_RAX as usize], g[libc::REG_RIP as usize])
         };
         crate::syscalls::take_over_restart(ctx);
+        if kernel_left.0 == -(libc::EINTR as i64) {
+            LAST_ENDED_CALL.set(kernel_left.1 as u64);
+        }
         crate::hook::in_signal_handler(|| {
             let observer = DELIVERY_OBSERVER.load(Ordering::Acquire);
             if observer != 0 {
@@ -120,6 +123,17 @@ pub fn action_flags(sig: libc::c_int) -> u64 {
     } else {
         0
     }
+}
+
+thread_local! {
+    /// Where the last call this thread's application handlers ended with EINTR returns to.
+    static LAST_ENDED_CALL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the last call a handler of the application's ended with EINTR on this thread
+/// returns to `pc`.
+pub(crate) fn application_ended_call_at(pc: u64) -> bool {
+    LAST_ENDED_CALL.get() == pc
 }
 
 /// Signals that report a fault of the instruction that raised them when the kernel sends them

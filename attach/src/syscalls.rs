@@ -682,6 +682,19 @@ const MOST_ENV_ENTRIES: usize = 1 << 16;
 const MARK_SLOTS: usize = 4;
 
 thread_local! {
+    /// The signal mask of the application's code whose call this thread's SIGSYS handler is
+    /// running the handlers of (the thread's own mask is our handler's meanwhile).
+    static APP_MASK: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// In a [`SyscallHandler`] run from the SIGSYS handler: the signals the application's code that
+/// made the call blocks (as a 64-bit kernel mask); None elsewhere (a rewritten call site's stub
+/// runs with the application's own mask, which `/proc/thread-self/status` shows).
+pub fn application_signal_mask() -> Option<u64> {
+    APP_MASK.get()
+}
+
+thread_local! {
     /// The environment arrays this thread's marked `execve`s were given instead of their own,
     /// while their calls are under way: (the copy, its words, the application's, the marking
     /// process's id); 0: a free slot. No destructor (and no allocation to register one): the
@@ -1064,6 +1077,8 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             at_the_site = true;
             return;
         }
+        // The application's mask, for handlers that ask (the thread's is ours meanwhile).
+        let outer_mask = APP_MASK.replace(Some(*uc_mask));
         around_call(&mut regs, |regs, skip, theirs, entered| {
             // (Again, for a restart: the number, where the call left its result.)
             g[libc::REG_RAX as usize] = nr as i64;
@@ -1113,6 +1128,7 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             regs.ax = g[libc::REG_RAX as usize] as u64;
             true
         });
+        APP_MASK.set(outer_mask);
     });
     if at_the_site {
         g[libc::REG_RIP as usize] = site as i64;
@@ -1909,8 +1925,13 @@ fn restart_blocked_call(g: &mut [libc::greg_t; 23]) {
         // started a wait before the signal came. The call's number, where the code before the
         // `syscall` instruction sets it as libc's wrappers do (`mov $NR, %eax`); its arguments
         // are still in their registers (a call changes only rax, rcx and r11).
+        // (Not where a handler of the application's ended a call there: its EINTR may be
+        // wanted, and the handler may have run before the round began.)
         None => {
             let pc = g[libc::REG_RIP as usize] as u64;
+            if crate::signals::application_ended_call_at(pc) {
+                return;
+            }
             let Some(nr) = number_set_before(pc) else { return };
             let mut w = [nr, pc, 0, 0, 0, 0, 0, 0];
             for (i, &r) in regs.iter().enumerate() {

@@ -1054,22 +1054,26 @@ fn histogram_total(out: &str) -> u64 {
     out.lines().filter(|l| l.contains("->")).filter_map(|l| l.split(':').nth(1)?.split('|').next()?.trim().parse::<u64>().ok()).sum()
 }
 
-/// Waits until a tool attached: under the server, until region `shm` holds a link; on the
-/// kernel (nothing to see: the tool's "Tracing" line sits in its stdio buffer), a while.
+/// Waits until a tool attached: under the server, until region `shm` holds links and no more
+/// come for 300 ms (a tool attaches its probes one by one: on a busy machine a target started
+/// after the first missed the last); on the kernel (nothing to see: the tool's "Tracing" line
+/// sits in its stdio buffer), a while.
 fn wait_attached(shm: Option<&str>) {
     let Some(shm) = shm else {
         std::thread::sleep(std::time::Duration::from_millis(2500));
         return;
     };
+    let links = || bpftime_shm::ShmRegion::open(shm).map_or(0, |r| bpftime_runtime::links::list(&r).len());
+    let (mut seen, mut steady) = (0, 0);
     for _ in 0..500 {
-        let linked = bpftime_shm::ShmRegion::open(shm).is_ok_and(|r| !bpftime_runtime::links::list(&r).is_empty());
-        if linked {
+        let now = links();
+        (seen, steady) = if now == seen { (now, steady + 1) } else { (now, 0) };
+        // (A tool may open its perf buffers after attaching.)
+        if seen > 0 && steady >= 15 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // A tool may open its perf buffers after attaching.
-    std::thread::sleep(std::time::Duration::from_millis(300));
 }
 
 /// Debian's libbpf-tools `funclatency` (an unmodified binary with a libbpf skeleton: global

@@ -216,14 +216,22 @@ pub fn set_exit_code(code: i32) {
     EXIT_CODE.set(code as u32);
 }
 
-/// When the thread `stat` (a `/proc/.../stat` file) describes started, in nanoseconds since
-/// boot (its field 22 is in clock ticks), as `task_struct.start_time` holds it.
+/// When the thread `stat` (a `/proc/.../stat` file) describes started, on the monotonic clock
+/// in nanoseconds, as `task_struct.start_time` holds it (what `bpf_ktime_get_ns` reads): its
+/// field 22 is the boot-time clock in clock ticks, which also counts time suspended.
 fn start_time_ns(stat: &str) -> u64 {
     let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };
     let ticks: u64 = rest.split_whitespace().nth(22 - 3).and_then(|f| f.parse().ok()).unwrap_or(0);
     // SAFETY: sysconf(3) has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks.saturating_mul(1_000_000_000 / hz)
+    let now = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime(2) writes the timespec.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    let suspended = now(libc::CLOCK_BOOTTIME).saturating_sub(now(libc::CLOCK_MONOTONIC));
+    ticks.saturating_mul(1_000_000_000 / hz).saturating_sub(suspended)
 }
 
 fn put32(buf: &mut [u8], at: usize, v: u32) {

@@ -22,7 +22,7 @@ use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// The threads of ours running: process id above thread id (0: a free slot). A forked
-/// child inherits the list, whose entries name its parent's threads.
+/// child inherits the list, whose entries name its parent's threads (free slots to it).
 static OURS: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
 
 fn ours_key(tid: u32) -> u64 {
@@ -33,7 +33,12 @@ fn ours_key(tid: u32) -> u64 {
 fn register() -> Option<&'static AtomicU64> {
     // SAFETY: gettid(2) has no preconditions.
     let key = ours_key(unsafe { libc::gettid() } as u32);
-    OURS.iter().find(|slot| slot.compare_exchange(0, key, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+    // A free slot, or one a parent process's thread left (a forked child inherits them).
+    let free = |v: u64| v == 0 || v >> 32 != key >> 32;
+    OURS.iter().find(|slot| {
+        let v = slot.load(Ordering::Acquire);
+        free(v) && slot.compare_exchange(v, key, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    })
 }
 
 /// Whether thread `tid` of this process is one of ours (started by [`spawn_quiet`]): the

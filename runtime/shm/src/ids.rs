@@ -65,7 +65,8 @@ pub fn thread_id() -> u32 {
 /// Runs `f` with [`thread_id`] reporting `tid` (another thread's id: work done on its behalf,
 /// such as the exit events of the threads an `exit_group` ends).
 pub fn as_thread(tid: u32, f: impl FnOnce()) {
-    let own = thread_id();
+    // (The cache as it was, 0 included: in a `vfork` child it is the parent thread's.)
+    let own = TID.get();
     TID.set(tid);
     f();
     TID.set(own);
