@@ -537,7 +537,7 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
             Ok(SyscallEvent::AnyEnter) => t.any_enter.push(entry(event_id(&l.target))),
             Ok(SyscallEvent::AnyExit) => t.any_exit.push(entry(event_id(&l.target))),
             Ok(SyscallEvent::Process(event)) => {
-                let Some(format) = Format::of(&l.target) else {
+                let Some(format) = Format::of(&l.target, runtime.code_cache()) else {
                     links::raise_state(runtime.region(), l.id, LinkState::Failed);
                     eprintln!("bpftime: link {} (`{}`): no record layout for `{}`", l.id, l.name, l.target);
                     continue;

@@ -5,7 +5,9 @@
 //! changes between kernels: `sched_process_fork` holds its names inline before 6.x and as
 //! `__data_loc` strings after; `group_dead` is new), so that programs compiled against this
 //! kernel's `vmlinux.h`, and bpftrace's `args`, read what the kernel would give them.
-//! Without tracefs, the layout of the kernel these were written against (6.18) is used.
+//! A traced process that reads them keeps them in the code cache beside the region, where
+//! one that cannot read tracefs (in a container without it) finds them; without either, the
+//! layout of the kernel these were written against (6.18) is used.
 
 /// One field of an event record: its name, offset and size, and whether it is a
 /// `__data_loc` string (a 32-bit word: the string's length above its offset in the record).
@@ -67,15 +69,30 @@ pub fn is_process_event(event: &str) -> bool {
 }
 
 impl Format {
-    /// The layout of `event` (`sched/sched_process_exec`): tracefs's, else the built-in one
-    /// (with `common_type` 0); `None` for an event we do not run.
-    pub fn of(event: &str) -> Option<Format> {
+    /// The layout of `event` (`sched/sched_process_exec`): tracefs's (kept in `cache` when
+    /// given), else the one kept in `cache` by a process of this boot that could read tracefs,
+    /// else the built-in one (with `common_type` 0); `None` for an event we do not run.
+    pub fn of(event: &str, cache: Option<&bpftime_jit::cache::CodeCache>) -> Option<Format> {
+        let tracefs =
+            ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].iter().find_map(|root| std::fs::read_to_string(format!("{root}/events/{event}/format")).ok());
+        Format::from_sources(event, tracefs, cache, &boot_id())
+    }
+
+    /// [`Format::of`] with tracefs's text given (`tracefs`), for boot `boot`.
+    fn from_sources(event: &str, tracefs: Option<String>, cache: Option<&bpftime_jit::cache::CodeCache>, boot: &str) -> Option<Format> {
         let known = KNOWN.iter().find(|&&(name, _)| name == event)?.1;
-        ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-            .iter()
-            .find_map(|root| std::fs::read_to_string(format!("{root}/events/{event}/format")).ok())
-            .and_then(|text| Format::parse(&text))
-            .or_else(|| Format::parse(known))
+        // (Per boot: ids and layouts are the running kernel's.)
+        let key = format!("tracefs format {boot} {event}").into_bytes();
+        if let Some(f) = tracefs.as_deref().and_then(Format::parse) {
+            if let (Some(cache), Some(text)) = (cache, &tracefs) {
+                if cache.load_blob(&key).as_deref() != Some(text.as_bytes()) {
+                    cache.store_blob(&key, text.as_bytes());
+                }
+            }
+            return Some(f);
+        }
+        let kept = cache.and_then(|c| c.load_blob(&key)).and_then(|b| String::from_utf8(b).ok());
+        kept.as_deref().and_then(Format::parse).or_else(|| Format::parse(known))
     }
 
     /// Reads a tracefs `format` file (its `ID:` line and `field:TYPE NAME; offset:N; size:N;`
@@ -140,9 +157,33 @@ impl Format {
     }
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), empty where it cannot be read.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A layout read from tracefs is kept in the code cache, where a process that cannot read
+    /// tracefs finds it (its id included); with neither, the built-in one.
+    #[test]
+    fn formats_are_kept_for_processes_without_tracefs() {
+        let dir = std::env::temp_dir().join(format!("bpftime-formats-{}", std::process::id()));
+        let cache = bpftime_jit::cache::CodeCache::open(&dir, Default::default()).unwrap();
+        let text = KNOWN[1].1.replace("ID: 0", "ID: 369").replace("group_dead;\toffset:32", "group_dead;\toffset:36");
+        let read = Format::from_sources("sched/sched_process_exit", Some(text), Some(&cache), "boot-a").unwrap();
+        assert_eq!(read.id, 369);
+        let kept = Format::from_sources("sched/sched_process_exit", None, Some(&cache), "boot-a").unwrap();
+        assert_eq!(kept, read);
+        // Another boot's, or none: the built-in layout.
+        let other = Format::from_sources("sched/sched_process_exit", None, Some(&cache), "boot-b").unwrap();
+        assert_eq!(other, Format::parse(KNOWN[1].1).unwrap());
+        assert_eq!(Format::from_sources("sched/sched_process_exit", None, None, "boot-a").unwrap().id, 0);
+        assert!(Format::from_sources("sched/sched_switch", None, Some(&cache), "boot-a").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn u32_at(r: &[u8], at: usize) -> u32 {
         u32::from_le_bytes(r[at..at + 4].try_into().unwrap())
@@ -153,7 +194,7 @@ mod tests {
     #[test]
     fn records_follow_the_format() {
         for (name, _) in KNOWN {
-            assert!(Format::of(name).is_some(), "{name}");
+            assert!(Format::of(name, None).is_some(), "{name}");
         }
         let exec = Format::parse(KNOWN[0].1).unwrap();
         let r = exec.record(77, &[("filename", Value::Str(b"/bin/true")), ("pid", Value::Int(77)), ("old_pid", Value::Int(76))]);
