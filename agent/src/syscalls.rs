@@ -1,6 +1,6 @@
 //! System call programs (`tracepoint/syscalls/sys_enter_NAME`, `sys_exit_NAME`,
 //! `raw_tracepoint/sys_enter|sys_exit`) and the process events calls cause
-//! (`tracepoint/sched/sched_process_exec|exit|fork`): the tables the hook engine's SIGSYS path
+//! (`tracepoint/sched/sched_process_exec|exit|fork|wait`, `signal/signal_generate|deliver`): the tables the hook engine's SIGSYS path
 //! runs, made from the region's syscall links. Interception starts only when a process has such a link:
 //! one without them pays nothing.
 
@@ -36,6 +36,7 @@ struct Tables {
     process_exec: Vec<(Entry, Format)>,
     process_exit: Vec<(Entry, Format)>,
     process_fork: Vec<(Entry, Format)>,
+    process_wait: Vec<(Entry, Format)>,
     signal_generate: Vec<(Entry, Format)>,
     signal_deliver: Vec<(Entry, Format)>,
 }
@@ -356,6 +357,33 @@ fn delivered(sig: libc::c_int, info: *const libc::siginfo_t, handler: usize) {
     });
 }
 
+/// What `sched_process_wait` reports a `wait4` or `waitid` waits for, as the kernel names it: a
+/// process id, a process group's id (`wait4(-PGID)`, `wait4(0)`: the caller's group, `waitid`
+/// with `P_PGID`), or 0 for any child; None for other calls.
+fn waited_for(nr: u64, args: &[u64; 6]) -> Option<i64> {
+    const P_ALL: u64 = 0;
+    const P_PID: u64 = 1;
+    const P_PGID: u64 = 2;
+    // SAFETY: getpgid(2) on this process cannot fail.
+    let own_group = || unsafe { libc::getpgid(0) } as i64;
+    match nr as i64 {
+        libc::SYS_wait4 => Some(match args[0] as i32 {
+            -1 => 0,
+            0 => own_group(),
+            p if p < 0 => -(p as i64),
+            p => p as i64,
+        }),
+        libc::SYS_waitid => match args[0] {
+            P_ALL => Some(0),
+            P_PID => Some(args[1] as i32 as i64),
+            P_PGID if args[1] == 0 => Some(own_group()),
+            P_PGID => Some(args[1] as i32 as i64),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Threads whose `exit` was reported here: until the kernel has them gone, which it does after
 /// `pthread_join` returns, they are still listed in `/proc/self/task` as running, and an
 /// `exit_group` meanwhile must not report their end again. (Recent ones: a ring.)
@@ -442,6 +470,15 @@ impl SyscallHandler for Programs {
             // The kernel's pt_regs at sys_enter hold -ENOSYS in ax.
             let regs = PtRegs { ax: -(libc::ENOSYS as i64) as u64, ..*regs };
             skip = self.run(&t.raw_enter, |_| raw_record(&regs as *const PtRegs as u64, nr), level).or(skip);
+        }
+        if skip.is_none() && !t.process_wait.is_empty() {
+            if let Some(pid) = waited_for(nr, &args) {
+                let name = thread_name();
+                // SAFETY: getpriority(2) on this thread.
+                let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+                let values = [("comm", Value::Str(until_nul(&name))), ("pid", Value::Int(pid)), ("prio", Value::Int(120 + nice as i64))];
+                self.run_process(&t.process_wait, tid(), &values, level);
+            }
         }
         // A signal about to be sent, where the call is made and will succeed.
         if skip.is_none() && !t.signal_generate.is_empty() {
@@ -546,6 +583,7 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
                     ProcessEvent::Exec => &mut t.process_exec,
                     ProcessEvent::Exit => &mut t.process_exit,
                     ProcessEvent::Fork => &mut t.process_fork,
+                    ProcessEvent::Wait => &mut t.process_wait,
                     ProcessEvent::SignalGenerate => &mut t.signal_generate,
                     ProcessEvent::SignalDeliver => {
                         bpftime_attach::signals::observe_deliveries(delivered);

@@ -3607,7 +3607,8 @@ fn signals_sent_and_delivered_are_seen_as_the_kernel_sees_them() {
 /// `args` laid out from tracefs, `str(args->filename)` through the `__data_loc` word,
 /// `curtask->exit_code` through the stand-in task): `sched_process_exec` as an image starts
 /// (the exec'd child's too, under its new name), `sched_process_fork` for every thread and
-/// process made, `sched_process_exit` for every thread that ends, with the exit code the
+/// process made, `sched_process_wait` as it waits for each child, `sched_process_exit` for
+/// every thread that ends, with the exit code the
 /// kernel gives it (a thread that returns, `_exit(7)`, and `exit(5)` from a thread, which
 /// ends the main thread too); the same lines as the kernel's for the same target.
 #[test]
@@ -3617,10 +3618,11 @@ fn bpftrace_sees_processes_start_fork_and_exit_as_the_kernel_does() {
     let target = build_target("lifecycle", false);
     let script = r#"tracepoint:sched:sched_process_exec /comm == "lifecycle" || comm == "exe"/ { printf("exec %s %s %d\n", comm, str(args->filename), (int64)args->pid == (int64)pid); }
         tracepoint:sched:sched_process_fork /comm == "lifecycle"/ { printf("fork %s %s %d\n", str(args->parent_comm), str(args->child_comm), (int64)args->parent_pid == (int64)tid); }
-        tracepoint:sched:sched_process_exit /comm == "lifecycle" || comm == "exe"/ { printf("exit %s leader=%d code=%d prio=%d\n", args->comm, pid == tid, curtask->exit_code, args->prio); }"#;
+        tracepoint:sched:sched_process_exit /comm == "lifecycle" || comm == "exe"/ { printf("exit %s leader=%d code=%d prio=%d\n", args->comm, pid == tid, curtask->exit_code, args->prio); }
+        tracepoint:sched:sched_process_wait /comm == "lifecycle"/ { printf("wait %s child=%d prio=%d\n", str(args->comm), args->pid > 0, args->prio); }"#;
     let events = |out: &str| {
         let mut lines: Vec<String> =
-            out.lines().filter(|l| l.starts_with("exec ") || l.starts_with("fork ") || l.starts_with("exit ")).map(str::to_string).collect();
+            out.lines().filter(|l| ["exec ", "fork ", "exit ", "wait "].iter().any(|p| l.starts_with(p))).map(str::to_string).collect();
         lines.sort();
         lines
     };
@@ -3633,7 +3635,7 @@ fn bpftrace_sees_processes_start_fork_and_exit_as_the_kernel_does() {
     // (the main thread of the child that a thread ends with `exit(5)` included); two images
     // started.
     let count = |kind: &str| ours.iter().filter(|l| l.starts_with(kind)).count();
-    assert_eq!((count("exec "), count("fork "), count("exit ")), (2, 6, 7), "{out}");
+    assert_eq!((count("exec "), count("fork "), count("exit "), count("wait ")), (2, 6, 7, 3), "{out}");
     assert!(ours.contains(&"exit lifecycle leader=1 code=1280 prio=120".to_string()), "{out}");
     assert_eq!(ours, events(&kernel), "the kernel's:\n{kernel}");
 }

@@ -1,5 +1,5 @@
 //! The process lifecycle and signal tracepoints in userspace (`sched/sched_process_exec`,
-//! `sched/sched_process_exit`, `sched/sched_process_fork`, `signal/signal_generate`,
+//! `sched/sched_process_exit`, `sched/sched_process_fork`, `sched/sched_process_wait`, `signal/signal_generate`,
 //! `signal/signal_deliver`): the records their programs read,
 //! laid out as the running kernel's tracefs `format` file describes the event (the layout
 //! changes between kernels: `sched_process_fork` holds its names inline before 6.x and as
@@ -40,7 +40,7 @@ pub enum Value<'a> {
 }
 
 /// The formats of the events we run, as Linux 6.18 gives them (for machines without tracefs).
-const KNOWN: [(&str, &str); 5] = [
+const KNOWN: [(&str, &str); 6] = [
     (
         "sched/sched_process_exec",
         "ID: 0\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;\n\tfield:pid_t old_pid;\toffset:16;\tsize:4;\tsigned:1;\n",
@@ -52,6 +52,10 @@ const KNOWN: [(&str, &str); 5] = [
     (
         "sched/sched_process_fork",
         "ID: 0\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n",
+    ),
+    (
+        "sched/sched_process_wait",
+        "ID: 0\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\tfield:__data_loc char[] comm;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;\n\tfield:int prio;\toffset:16;\tsize:4;\tsigned:1;\n",
     ),
     (
         "signal/signal_generate",

@@ -38,6 +38,8 @@ pub enum ProcessEvent {
     /// `sched_process_fork`: a thread made a process or a thread (run in the caller as the
     /// call returns).
     Fork,
+    /// `sched_process_wait`: a thread starts waiting for a child (`wait4`, `waitid`).
+    Wait,
     /// `signal_generate`: a signal sent (run in the sender before its `kill`, `tkill`,
     /// `tgkill` or `rt_(tg)sigqueueinfo` is made, when it will succeed; and for the `SIGCHLD`
     /// a process's end sends its parent).
@@ -57,6 +59,7 @@ impl SyscallEvent {
             "sched/sched_process_exec" => return Ok(SyscallEvent::Process(ProcessEvent::Exec)),
             "sched/sched_process_exit" => return Ok(SyscallEvent::Process(ProcessEvent::Exit)),
             "sched/sched_process_fork" => return Ok(SyscallEvent::Process(ProcessEvent::Fork)),
+            "sched/sched_process_wait" => return Ok(SyscallEvent::Process(ProcessEvent::Wait)),
             "signal/signal_generate" => return Ok(SyscallEvent::Process(ProcessEvent::SignalGenerate)),
             "signal/signal_deliver" => return Ok(SyscallEvent::Process(ProcessEvent::SignalDeliver)),
             _ => {}
