@@ -93,7 +93,7 @@ impl Programs {
         // zombie), but ours.
         let alive = |t: u32| {
             let stat = std::fs::read_to_string(format!("/proc/self/task/{t}/stat")).unwrap_or_default();
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z" && state != "X")
+            stat_field(&stat, 3).is_some_and(|state| state != "Z" && state != "X")
         };
         let others: Vec<u32> = numbered_entries(c"/proc/self/task")
             .into_iter()
@@ -132,7 +132,7 @@ impl Programs {
         let t = self.tables();
         if group_dead && !t.signal_generate.is_empty() {
             let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-            let exit_signal = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(38 - 3)?.parse::<i32>().ok()).unwrap_or(0);
+            let exit_signal = stat_field(&stat, 38).and_then(|f| f.parse::<i32>().ok()).unwrap_or(0);
             // SAFETY: getppid(2) cannot fail.
             let parent = unsafe { libc::getppid() } as u32;
             let status = std::fs::read_to_string(format!("/proc/{parent}/status")).unwrap_or_default();
@@ -242,8 +242,7 @@ fn group_members(pgrp: u32) -> Vec<(u32, Option<u32>)> {
         .into_iter()
         .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Fields after the name: state, ppid, pgrp.
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok()) == Some(pgrp)
+            stat_field(&stat, 5).and_then(|f| f.parse::<u32>().ok()) == Some(pgrp)
         })
         .collect();
     members.sort_unstable();
@@ -405,7 +404,8 @@ impl Exited {
     }
 
     fn remove(&self, tid: u32) {
-        for t in &self.tids {
+        // (A locked exchange only where the id is there: this runs at every new thread.)
+        for t in self.tids.iter().filter(|t| t.load(Ordering::Relaxed) == tid) {
             let _ = t.compare_exchange(tid, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
@@ -414,10 +414,22 @@ impl Exited {
 /// Runs `f` as thread `tid` named `name` would run it: the thread id the helpers report and
 /// the thread's name are that thread's meanwhile.
 fn as_thread(tid: u32, name: &[u8], f: impl FnOnce()) {
-    let own = thread_name();
-    set_thread_name(name);
-    bpftime_shm::ids::as_thread(tid, f);
-    set_thread_name(until_nul(&own));
+    with_thread_name(name, || bpftime_shm::ids::as_thread(tid, f));
+}
+
+/// Runs `f` with this thread named `name` (cut to 15 bytes), its own name back after (the
+/// renames are the agent's own calls: the application's system call programs do not see them).
+fn with_thread_name(name: &[u8], f: impl FnOnce()) {
+    let own = bpftime_attach::without_probes(thread_name);
+    bpftime_attach::without_probes(|| set_thread_name(name));
+    f();
+    bpftime_attach::without_probes(|| set_thread_name(until_nul(&own)));
+}
+
+/// Field `n` (numbered from 1 as in proc(5); the name, field 2, may hold spaces and
+/// parentheses, so from 3 on) of a `/proc/.../stat` text.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(n.checked_sub(3)?)
 }
 
 /// This thread's name (prctl(2) `PR_GET_NAME`), NUL-padded.
@@ -734,28 +746,16 @@ pub fn execve_entered(exec: ExecArgs, caller: Option<&[u8]>) {
     // filename the execve was given (0 where absent).
     let filename = unsafe { libc::getauxval(libc::AT_EXECFN) };
     let regs = PtRegs { orig_ax: libc::SYS_execve as u64, di: filename, si: exec.argv, dx: exec.envp, ..PtRegs::default() };
-    let mut own = [0u8; 17];
-    let mut name = [0u8; 16];
-    let renamed = !caller.is_empty() && !caller.contains(&0);
-    if renamed {
-        let n = caller.len().min(15);
-        name[..n].copy_from_slice(&caller[..n]);
-        // The agent's own calls, not the application's (its system call programs must not see
-        // them).
-        // SAFETY: prctl(2) PR_GET_NAME writes at most 16 bytes into the 17-byte buffer;
-        // PR_SET_NAME reads a NUL-terminated name (at most 15 bytes and the NUL here).
-        bpftime_attach::without_probes(|| unsafe {
-            libc::prctl(libc::PR_GET_NAME, own.as_mut_ptr(), 0, 0, 0);
-            libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
-        });
-    }
     // (The call was made already: an override cannot undo it.)
-    bpftime_attach::run_as_hit(|level| {
-        let _ = p.on_enter(&regs, level);
-    });
-    if renamed {
-        // SAFETY: as above: the name this thread had, NUL-terminated.
-        bpftime_attach::without_probes(|| unsafe { libc::prctl(libc::PR_SET_NAME, own.as_ptr(), 0, 0, 0) });
+    let run = || {
+        bpftime_attach::run_as_hit(|level| {
+            let _ = p.on_enter(&regs, level);
+        })
+    };
+    if !caller.is_empty() && !caller.contains(&0) {
+        with_thread_name(caller, run);
+    } else {
+        run();
     }
 }
 
