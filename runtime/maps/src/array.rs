@@ -4,7 +4,7 @@
 //! [`percpu_blocks`]). Elements always exist: updates overwrite in place and deletes are refused, as in
 //! the kernel. Id arrays hold a u32 object id per index, 0 meaning empty.
 
-use crate::{check_update_flags, current_cpu, round8, Errno, Layout, Map, MapSpec, MapType, BPF_ANY, BPF_NOEXIST, CACHE_LINE};
+use crate::{check_update_flags, current_cpu, round8, Errno, Layout, Map, MapSpec, MapType, ValueBlocks, BPF_ANY, BPF_NOEXIST, CACHE_LINE};
 use bpftime_shm::ObjectKind;
 use std::sync::atomic::Ordering;
 
@@ -15,8 +15,7 @@ fn index(key: &[u8]) -> u32 {
 fn slot(map: &Map, idx: u32, cpu: u32) -> u64 {
     let l = map.layout();
     if map.map_type() == MapType::PercpuArray {
-        let (first, block) = map.percpu_blocks();
-        return first + cpu as u64 * block + idx as u64 * l.elem_size;
+        return map.value_blocks().value_at(idx as u64, cpu);
     }
     l.data + idx as u64 * l.elem_size
 }
@@ -24,9 +23,9 @@ fn slot(map: &Map, idx: u32, cpu: u32) -> u64 {
 /// A per-CPU array's values: CPU `c`'s block (its value of every index, in whole cache lines,
 /// so that CPUs writing their own values never share a line) starts at `first + c * block`,
 /// `first` being the first cache line boundary of the storage.
-pub(crate) fn percpu_blocks(spec: &MapSpec, l: &Layout) -> (u64, u64) {
+pub(crate) fn percpu_blocks(spec: &MapSpec, l: &Layout) -> ValueBlocks {
     let block = crate::percpu_block(spec.max_entries as u64, l.elem_size).expect("a validated spec");
-    (l.data.next_multiple_of(CACHE_LINE), block)
+    ValueBlocks { first: l.data.next_multiple_of(CACHE_LINE), block, slot: l.elem_size, lead: 0 }
 }
 
 pub(crate) fn lookup(map: &Map, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {

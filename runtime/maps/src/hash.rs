@@ -7,7 +7,9 @@
 //! bucket's lock only, as the kernel's htab does, so writers of different buckets do not wait
 //! for each other. Replacing a value inserts a new element before unlinking the old one, so
 //! readers see either value whole (per-CPU maps update in place, as the kernel does, and so do
-//! values of 4 or 8 bytes, with one atomic store).
+//! values of 4 or 8 bytes, with one atomic store and without the lock: see
+//! [`View::store_in_place`]). Values lie out of line, so that writing one touches no line a
+//! chain walk reads.
 //!
 //! Buckets are guarded by lock stripes (one per bucket up to 1,024, each on its own cache
 //! line). Free elements: each stripe keeps one spare (the element its last replacement or
@@ -20,7 +22,7 @@
 //! LRU maps evict with the CLOCK algorithm: lookups set a reference bit, eviction sweeps the
 //! pool from a hand, clearing bits, and evicts the first element whose bit was clear.
 
-use crate::{check_update_flags, current_cpu, percpu_block, round8, Errno, Layout, Map, MapSpec, MapType, BPF_EXIST, BPF_NOEXIST, CACHE_LINE};
+use crate::{check_update_flags, current_cpu, percpu_block, round8, Errno, Layout, Map, MapSpec, MapType, ValueBlocks, BPF_EXIST, BPF_NOEXIST, CACHE_LINE};
 use bpftime_shm::{ShmError, ShmGuard, ShmLock, ShmRegion, Span, Words};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -71,18 +73,26 @@ pub(crate) fn hash_bytes(key: &[u8], seed: u64) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
-fn value_stride(map: &Map) -> u64 {
-    round8(map.spec().value_size as u64)
-}
-
 fn key_off(_map: &Map) -> u64 {
     HDR
 }
 
-/// Where an element's value starts (not per-CPU maps', which are out of line).
-fn value_off(map: &Map) -> u64 {
-    HDR + round8(map.spec().key_size as u64)
+/// Bytes of an element's value slot: its value, after a retirement count in maps that are not
+/// per-CPU (see [`View::store_in_place`]); 16-aligned there.
+fn value_slot(spec: &MapSpec) -> u64 {
+    let value = round8(spec.value_size as u64);
+    if spec.map_type.is_percpu() {
+        value
+    } else {
+        (RETIREMENTS + value).next_multiple_of(16)
+    }
 }
+
+/// Bytes of the word before a value (maps that are not per-CPU) that counts the element's
+/// retirements ([`View::retire`]): an in-place writer that stores without the bucket lock
+/// replaces count and value together, so it cannot store into an element freed after it
+/// looked.
+const RETIREMENTS: u64 = 8;
 
 /// Buckets of a map of `max_entries`.
 fn bucket_count_of(max_entries: u32) -> Option<u64> {
@@ -92,31 +102,32 @@ fn bucket_count_of(max_entries: u32) -> Option<u64> {
 /// The layout's sizes (offsets 0) for `spec`: `max_entries` elements plus one per stripe (its
 /// spare), one per free list and one more (replacements take a new element before they free
 /// the old one, as the kernel's per-CPU extra elements allow); buckets, stripes and free lists
-/// in `aux`. A per-CPU map's elements hold no values (their size is a power of two, so that an
-/// element's index is a shift away): its values follow in `aux`, one block per CPU (see
-/// `View::value_ptr`).
+/// in `aux`. Elements hold a header and a key (their size is a power of two, so that an
+/// element's index is a shift away); values are out of line, after `aux`'s fixed part, one
+/// block per CPU in per-CPU maps (see [`value_blocks`]). Writing a value thus never touches
+/// the lines that readers walking a chain read: writers of keys that share a bucket do not
+/// take turns at a cache line.
 pub(crate) fn sizes(spec: &MapSpec, cpus: u64) -> Option<Layout> {
     let nbuckets = bucket_count_of(spec.max_entries)?;
-    let head = HDR + round8(spec.key_size as u64);
-    let stride = round8(spec.value_size as u64);
-    let percpu = spec.map_type.is_percpu();
-    let elem_size = if percpu { head.checked_next_power_of_two()? } else { head + stride };
+    let elem_size = (HDR + round8(spec.key_size as u64)).checked_next_power_of_two()?;
     // One spare per stripe on top, so that spares never starve the free lists.
     let elems = spec.max_entries as u64 + nbuckets.min(MAX_STRIPES) + FREE_LISTS + 1;
     let pool = elems.checked_mul(elem_size)?;
-    let mut aux = fixed_aux(nbuckets)?;
-    if percpu {
-        aux = aux.checked_add(CACHE_LINE)?.checked_add(percpu_block(elems, stride)?.checked_mul(cpus)?)?;
-    }
+    let blocks = if spec.map_type.is_percpu() { cpus } else { 1 };
+    let values = percpu_block(elems, value_slot(spec))?.checked_mul(blocks)?;
+    let aux = fixed_aux(nbuckets)?.checked_add(CACHE_LINE)?.checked_add(values)?;
     Some(Layout { data_len: pool, aux_len: aux, elem_size, ..Layout::default() })
 }
 
-/// A per-CPU map's values (see [`crate::Map::percpu_blocks`]): after `aux`'s fixed part, from
-/// its first cache line boundary on, CPU `c`'s value of element `i` at `c * block + i * stride`.
-pub(crate) fn percpu_blocks(spec: &MapSpec, l: &Layout) -> (u64, u64) {
+/// Where values are (see [`crate::Map::value_blocks`]): after `aux`'s fixed part, from its
+/// first cache line boundary on, the slot of element `i` (CPU `c`'s, in a per-CPU map) at
+/// `c * block + i * slot`.
+pub(crate) fn value_blocks(spec: &MapSpec, l: &Layout) -> ValueBlocks {
     let nbuckets = bucket_count_of(spec.max_entries).expect("a validated spec");
     let first = (l.aux + fixed_aux(nbuckets).expect("a validated spec")).next_multiple_of(CACHE_LINE);
-    (first, percpu_block(l.elem_count, round8(spec.value_size as u64)).expect("a validated spec"))
+    let slot = value_slot(spec);
+    let block = percpu_block(l.elem_count, slot).expect("a validated spec");
+    ValueBlocks { first, block, slot, lead: if spec.map_type.is_percpu() { 0 } else { RETIREMENTS } }
 }
 
 /// Bytes of `aux` before a per-CPU map's values: buckets, stripes, free lists.
@@ -232,7 +243,7 @@ impl<'a> View<'a> {
                 self.map.region().read(cur + key_off(self.map), &mut key);
                 if self.flags(cur).load(Ordering::Relaxed) & IN_USE != 0 && seen.contains(&key) {
                     link.store(self.next(cur).load(Ordering::Relaxed), Ordering::Release);
-                    self.flags(cur).store(0, Ordering::Release);
+                    self.retire(cur);
                     continue;
                 }
                 seen.push(key);
@@ -286,15 +297,26 @@ impl<'a> View<'a> {
         }
     }
 
-    /// Where element `e`'s value (CPU `cpu`'s, in a per-CPU map) is. A per-CPU map's values
-    /// follow `aux`'s fixed part, from its first cache line boundary on: CPU `c`'s value of
-    /// element `i` at `c * block + i * stride` from there.
+    /// Element `e`'s index in the pool.
+    fn index(&self, e: u64) -> u64 {
+        (e - self.l.data) >> self.l.elem_size.trailing_zeros()
+    }
+
+    /// Where element `e`'s value (CPU `cpu`'s, in a per-CPU map) is (see [`value_blocks`]).
+    #[inline]
     fn value_ptr(&self, e: u64, cpu: u32) -> u64 {
-        if !self.map.map_type().is_percpu() {
-            return e + value_off(self.map);
-        }
-        let (first, block) = self.map.percpu_blocks();
-        first + cpu as u64 * block + ((e - self.l.data) >> self.l.elem_size.trailing_zeros()) * value_stride(self.map)
+        self.map.value_blocks().value_at(self.index(e), cpu)
+    }
+
+    /// Where element `e`'s value slot (its retirement count, then its value) starts, in maps
+    /// that are not per-CPU.
+    fn slot_ptr(&self, e: u64) -> u64 {
+        self.map.value_blocks().slot_at(self.index(e), 0)
+    }
+
+    /// Element `e`'s retirement count (maps that are not per-CPU).
+    fn retirements(&self, e: u64) -> &AtomicU64 {
+        self.span.atomic_u64(self.slot_ptr(e)).expect("slot inside the validated layout")
     }
 
     fn elem_at(&self, i: u64) -> u64 {
@@ -359,6 +381,52 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Under the lock of `e`'s bucket (or every lock): marks `e`, unlinked, free, and counts
+    /// its retirement, which fails in-place writers that looked at it before.
+    fn retire(&self, e: u64) {
+        self.flags(e).store(0, Ordering::Release);
+        if !self.map.map_type().is_percpu() {
+            let count = self.retirements(e);
+            count.store(count.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+        }
+    }
+
+    /// Replaces the value (of 4 or 8 bytes) of `key`'s element without the bucket lock, in a
+    /// map that is not per-CPU, so that writers of keys that share a bucket do not wait for
+    /// each other (nor touch a line that a chain walk reads): with the element's retirement
+    /// count read before it is checked to be live and hold `key`, count and value are replaced
+    /// together by a 16-byte compare-and-swap, which fails if the element was freed (and maybe
+    /// reused) meanwhile. False when no element holds `key` or the swap kept failing (the
+    /// caller then takes the bucket lock). An element unlinked but not yet freed may take the
+    /// value: the update then comes before that deletion, which it overlapped.
+    fn store_in_place(&self, key: &[u8], h: u32, value: &[u8]) -> bool {
+        let Some(e) = self.find(key, h) else { return false };
+        let slot = self.slot_ptr(e);
+        let (count, word) = match (self.span.atomic_u64(slot), self.span.atomic_u64(slot + RETIREMENTS)) {
+            (Some(c), Some(w)) => (c, w),
+            _ => return false,
+        };
+        for _ in 0..4 {
+            let seen = count.load(Ordering::Acquire);
+            let old = word.load(Ordering::Acquire);
+            if self.flags(e).load(Ordering::Acquire) & IN_USE == 0 || self.hash(e).load(Ordering::Relaxed) != h || !self.key_eq(e, key) {
+                return false;
+            }
+            #[cfg(test)]
+            tests::widen_race_window();
+            let new = match *value {
+                [a, b, c, d] => old & !0xffff_ffff | u32::from_le_bytes([a, b, c, d]) as u64,
+                _ => u64::from_le_bytes(value.try_into().expect("a value of 4 or 8 bytes")),
+            };
+            match self.span.compare_exchange_pair(slot, [seen, old], [seen, new]) {
+                Some(true) => return true,
+                Some(false) => continue,
+                None => return false,
+            }
+        }
+        false
+    }
+
     /// Free list `c`'s first element, under its lock.
     fn pop_list(&self, c: u64) -> Option<u64> {
         let _g = self.free_lock(c).lock();
@@ -416,7 +484,7 @@ impl<'a> View<'a> {
     /// Under bucket `b`'s lock: frees `e` (already unlinked): its stripe's spare when it has
     /// none, else onto this CPU's free list.
     fn release(&self, b: u64, e: u64) {
-        self.flags(e).store(0, Ordering::Release);
+        self.retire(e);
         let s = self.stripe_of(b);
         if self.spare(s).load(Ordering::Relaxed) == 0 {
             self.spare(s).store(e, Ordering::Relaxed);
@@ -453,7 +521,7 @@ impl<'a> View<'a> {
             if self.flags(e).load(Ordering::Acquire) & IN_USE == 0 || self.bucket_of(self.hash(e).load(Ordering::Relaxed)) != home || !self.unlink(e) {
                 continue;
             }
-            self.flags(e).store(0, Ordering::Release);
+            self.retire(e);
             return Some(e);
         }
         None
@@ -542,7 +610,7 @@ pub(crate) fn repair(map: &Map) {
         beat(i);
         if !reached[i as usize] {
             let (e, head) = (v.elem_at(i), v.free_head(v.list_of(i)));
-            v.flags(e).store(0, Ordering::Release);
+            v.retire(e);
             v.next(e).store(head.load(Ordering::Relaxed), Ordering::Release);
             head.store(e, Ordering::Relaxed);
         }
@@ -550,10 +618,24 @@ pub(crate) fn repair(map: &Map) {
     map.reset_entries(count);
 }
 
+/// Replaces a value of 4 or 8 bytes by one atomic store (its slot is 8 aligned bytes; readers
+/// load such values whole): readers see the old value or the new one, as they would with a new
+/// element, and the chain, bucket and pool stay untouched.
+fn store_word(map: &Map, at: u64, value: &[u8]) {
+    let r = map.region();
+    match *value {
+        [a, b, c, d] => r.atomic_u32(at).expect("value slot inside the validated layout").store(u32::from_le_bytes([a, b, c, d]), Ordering::Release),
+        _ => {
+            let word = u64::from_le_bytes(value.try_into().expect("a value of 4 or 8 bytes"));
+            r.atomic_u64(at).expect("value slot inside the validated layout").store(word, Ordering::Release);
+        }
+    }
+}
+
 fn copy_value_out(map: &Map, v: &View, e: u64, out: &mut [u8]) {
     let r = map.region();
     if map.map_type().is_percpu() {
-        let stride = value_stride(map) as usize;
+        let stride = round8(map.spec().value_size as u64) as usize;
         let vs = map.spec().value_size as usize;
         for cpu in 0..map.ncpus() {
             let chunk = &mut out[cpu as usize * stride..][..stride];
@@ -603,7 +685,7 @@ fn write_value(map: &Map, v: &View, e: u64, fill: &Fill, fresh: bool) {
     let vs = map.spec().value_size as usize;
     match fill {
         Fill::All(value) if map.map_type().is_percpu() => {
-            let stride = value_stride(map) as usize;
+            let stride = round8(map.spec().value_size as u64) as usize;
             for cpu in 0..map.ncpus() {
                 r.write(v.value_ptr(e, cpu), &value[cpu as usize * stride..][..vs]);
             }
@@ -632,6 +714,15 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
     }
     let v = View::new(map);
     let h = hash_bytes(key, 0);
+    let one_word = match fill {
+        Fill::All(value) if !map.map_type().is_percpu() && matches!(value.len(), 4 | 8) => Some(value),
+        _ => None,
+    };
+    if let Some(value) = one_word.filter(|_| flags != BPF_NOEXIST) {
+        if v.store_in_place(key, h, value) {
+            return Ok(());
+        }
+    }
     let b = v.bucket_of(h);
     let _g = v.lock_bucket(b);
     let found = v.find_locked(key, h);
@@ -647,24 +738,9 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
         write_value(map, &v, e, &fill, false);
         return Ok(());
     }
-    if let (Some(e), Fill::All(value)) = (old, &fill) {
-        // A value of 4 or 8 bytes is replaced in place by one atomic store (its slot is 8
-        // aligned bytes; readers load such values whole): readers see the old value or the new
-        // one, as they would with a new element, and the chain, bucket and pool stay untouched.
-        let at = v.value_ptr(e, 0);
-        match value.len() {
-            8 => {
-                let word = u64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
-                map.region().atomic_u64(at).expect("value slot inside the validated layout").store(word, Ordering::Release);
-                return Ok(());
-            }
-            4 => {
-                let word = u32::from_le_bytes(value[..4].try_into().expect("4 bytes"));
-                map.region().atomic_u32(at).expect("value slot inside the validated layout").store(word, Ordering::Release);
-                return Ok(());
-            }
-            _ => {}
-        }
+    if let (Some(e), Some(value)) = (old, one_word) {
+        store_word(map, v.value_ptr(e, 0), value);
+        return Ok(());
     }
     // A new key takes its entry of the budget first, so that racing inserts never pass
     // max_entries; in a full LRU map it takes the entry of the key it evicts.
@@ -850,6 +926,18 @@ mod tests {
     use crate::{Map, MapSpec, MapType};
     use std::sync::Arc;
 
+    std::thread_local! {
+        /// Spins between an in-place writer's checks and its store, on threads that set it.
+        static RACE_WINDOW: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Makes the gap between an in-place writer's checks and its store long on this thread.
+    pub(super) fn widen_race_window() {
+        for _ in 0..RACE_WINDOW.get() {
+            std::hint::spin_loop();
+        }
+    }
+
     /// Writers on several threads (inserts, replacements, deletions, LRU evictions, on
     /// overlapping keys) leave a whole map: the count equals the keys reachable, no key twice,
     /// never more than max_entries, and no element lost (the map fills to max_entries again).
@@ -927,6 +1015,50 @@ mod tests {
                     if map.lookup(&key, &mut v).is_ok() {
                         assert!(v.iter().all(|&b| b == v[0]), "value_size {value_size}: torn read {v:?}");
                     }
+                }
+            });
+        }
+    }
+
+    /// An update of an existing key stores without the bucket lock; one racing a deletion of
+    /// that key never lands in the element once it is reused for another key (here: keys of
+    /// the same bucket, which reuse the freed element at once), for values of 4 and 8 bytes.
+    #[test]
+    fn an_update_racing_a_deletion_never_writes_another_keys_value() {
+        for value_size in [4u32, 8] {
+            let region = Arc::new(bpftime_shm::ShmRegion::anonymous(1 << 20).unwrap());
+            let map = Arc::new(Map::create(&region, "h", &MapSpec::new(MapType::Hash, 4, value_size, 4)).unwrap());
+            let bucket = |k: u32| hash_bytes(&k.to_le_bytes(), 0) & 3;
+            let others: Vec<u32> = (1..).filter(|&k| bucket(k) == bucket(0)).take(3).collect();
+            let tagged = |k: u32, i: u32| ((k << 24 | i & 0xff_ffff) as u64).to_le_bytes()[..value_size as usize].to_vec();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            std::thread::scope(|s| {
+                let (m, st) = (map.clone(), stop.clone());
+                /// Stops the writer however the checking loop ends (a failed check included).
+                struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+                impl Drop for StopOnDrop {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::Relaxed);
+                    }
+                }
+                let _stop = StopOnDrop(stop.clone());
+                s.spawn(move || {
+                    RACE_WINDOW.set(500);
+                    let mut i = 0;
+                    while !st.load(Ordering::Relaxed) {
+                        let _ = m.update(&0u32.to_le_bytes(), &tagged(0, i), 0);
+                        i += 1;
+                    }
+                });
+                let mut v = vec![0u8; value_size as usize];
+                for i in 0..100_000u32 {
+                    let _ = map.delete(&0u32.to_le_bytes());
+                    let k = others[i as usize % others.len()];
+                    map.update(&k.to_le_bytes(), &tagged(k, i), 0).unwrap();
+                    std::hint::spin_loop();
+                    map.lookup(&k.to_le_bytes(), &mut v).unwrap();
+                    assert_eq!(v, tagged(k, i), "value_size {value_size}: key {k} took another key's value");
+                    map.delete(&k.to_le_bytes()).unwrap();
                 }
             });
         }

@@ -428,12 +428,42 @@ pub(crate) fn percpu_block(elems: u64, stride: u64) -> Option<u64> {
     elems.checked_mul(stride)?.checked_next_multiple_of(CACHE_LINE)
 }
 
-/// See [`Map::percpu_blocks`] (for a layout that `Map::storage_sizes` accepted for `spec`).
-fn percpu_blocks_of(spec: &MapSpec, layout: &Layout) -> (u64, u64) {
+/// Where a map's values are when they are out of line (per-CPU arrays, hash maps): the slot of
+/// value `i` (CPU `c`'s, in a per-CPU map) at region offset `first + c * block + i * slot`, the
+/// value `lead` bytes into it. Fixed by the spec and layout, so computed once per handle.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ValueBlocks {
+    /// Region offset of the first (CPU 0's) block.
+    pub first: u64,
+    /// Bytes from one CPU's block to the next.
+    pub block: u64,
+    /// Bytes from one value's slot to the next.
+    pub slot: u64,
+    /// Bytes before the value in its slot.
+    pub lead: u64,
+}
+
+impl ValueBlocks {
+    /// Region offset of value `i`'s slot (CPU `cpu`'s).
+    #[inline]
+    pub fn slot_at(&self, i: u64, cpu: u32) -> u64 {
+        self.first + cpu as u64 * self.block + i * self.slot
+    }
+
+    /// Region offset of value `i` (CPU `cpu`'s).
+    #[inline]
+    pub fn value_at(&self, i: u64, cpu: u32) -> u64 {
+        self.slot_at(i, cpu) + self.lead
+    }
+}
+
+/// See [`Map::value_blocks`] (for a layout that `Map::storage_sizes` accepted for `spec`).
+fn value_blocks_of(spec: &MapSpec, layout: &Layout) -> ValueBlocks {
+    use MapType::*;
     match spec.map_type {
-        MapType::PercpuArray => array::percpu_blocks(spec, layout),
-        MapType::PercpuHash | MapType::LruPercpuHash => hash::percpu_blocks(spec, layout),
-        _ => (0, 0),
+        PercpuArray => array::percpu_blocks(spec, layout),
+        Hash | PercpuHash | LruHash | LruPercpuHash | HashOfMaps => hash::value_blocks(spec, layout),
+        _ => ValueBlocks::default(),
     }
 }
 
@@ -450,9 +480,8 @@ pub struct Map {
     layout: Layout,
     /// Address of `layout.data` in this process (arrays' values start there).
     data_addr: u64,
-    /// Per-CPU maps: the region offset of CPU 0's block of values and the bytes from one CPU's
-    /// block to the next (fixed by the spec and layout; computed once); (0, 0) for other maps.
-    percpu_blocks: (u64, u64),
+    /// Per-CPU arrays and hash maps: where values are; zeroes for other maps.
+    value_blocks: ValueBlocks,
 }
 
 impl std::fmt::Debug for Map {
@@ -652,8 +681,8 @@ impl Map {
         }
         let layout = layout.counted();
         let data_addr = region.base() as u64 + layout.data;
-        let percpu_blocks = percpu_blocks_of(&spec, &layout);
-        let map = Map { region: region.clone(), desc, id: 0, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr, percpu_blocks };
+        let value_blocks = value_blocks_of(&spec, &layout);
+        let map = Map { region: region.clone(), desc, id: 0, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr, value_blocks };
         map.init_storage();
         let id = region.add_object(ObjectKind::Map, name, desc)?;
         Ok(Map { id, ..map })
@@ -771,8 +800,8 @@ impl Map {
             _ => None,
         };
         let data_addr = region.base() as u64 + layout.data;
-        let percpu_blocks = percpu_blocks_of(&spec, &layout);
-        Ok(Map { region: region.clone(), desc, id, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr, percpu_blocks })
+        let value_blocks = value_blocks_of(&spec, &layout);
+        Ok(Map { region: region.clone(), desc, id, name: name.to_string(), spec, inner_spec, ncpus, layout, data_addr, value_blocks })
     }
 
     /// Opens the map named `name` (the first one, if several share it).
@@ -1215,17 +1244,16 @@ impl Map {
             MapType::Array => Some((self.data_addr, self.layout.elem_size, 0)),
             // Not inlined where this process may see a CPU the map has no block for.
             MapType::PercpuArray if self.ncpus >= possible_cpus() => {
-                let (first, block) = self.percpu_blocks;
-                Some((self.region.base() as u64 + first, self.layout.elem_size, block))
+                let v = self.value_blocks;
+                Some((self.region.base() as u64 + v.first, v.slot, v.block))
             }
             _ => None,
         }
     }
 
-    /// Per-CPU maps: the region offset of CPU 0's block of values, and the bytes from one
-    /// CPU's block to the next.
-    pub(crate) fn percpu_blocks(&self) -> (u64, u64) {
-        self.percpu_blocks
+    /// Per-CPU arrays and hash maps: where values are.
+    pub(crate) fn value_blocks(&self) -> ValueBlocks {
+        self.value_blocks
     }
 
     /// `bpf_map_lookup_elem` from a program: the address of the value (this CPU's slot for

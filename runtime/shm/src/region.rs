@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// First bytes of every region.
 pub const MAGIC: [u8; 8] = *b"BPFTIMRS";
 /// Version of the layout below; a region of another version is refused.
-pub const LAYOUT_VERSION: u32 = 24;
+pub const LAYOUT_VERSION: u32 = 25;
 /// Default region size.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Largest region `bpftime load` creates for a loader (see [`loader_size`]).
@@ -1284,6 +1284,33 @@ impl<'a> Span<'a> {
         Some(unsafe { &*(p as *const AtomicU64) })
     }
 
+    /// Replaces the 16 bytes at `off` (16-aligned, inside the region: two 8-byte words, low
+    /// first) with `new` if they equal `current`, in one atomic step (x86-64's
+    /// `lock cmpxchg16b`, which 8-byte atomic loads and stores of either word see whole).
+    /// Whether they were replaced; None for a range outside the region or misaligned, or where
+    /// the CPU has no 16-byte compare-and-swap.
+    #[inline]
+    pub fn compare_exchange_pair(self, off: u64, current: [u64; 2], new: [u64; 2]) -> Option<bool> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !off.is_multiple_of(16) || !std::arch::is_x86_feature_detected!("cmpxchg16b") {
+                return None;
+            }
+            let p = self.ptr(off, 16)? as *mut u128;
+            let pair = |w: [u64; 2]| w[0] as u128 | (w[1] as u128) << 64;
+            // SAFETY: the 16 bytes are inside the mapping, which outlives 'a, and 16-aligned;
+            // the CPU has the instruction (checked above). Other flows touch the words only
+            // through atomics, and a locked 16-byte exchange is atomic with respect to them.
+            let seen = unsafe { compare_exchange_16(p, pair(current), pair(new)) };
+            Some(seen == pair(current))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (off, current, new);
+            None
+        }
+    }
+
     /// An atomic u32 at `off` (4-aligned, inside the region).
     #[inline]
     pub fn atomic_u32(self, off: u64) -> Option<&'a AtomicU32> {
@@ -1345,9 +1372,52 @@ impl<'a, const N: usize> Words<'a, N> {
     }
 }
 
+/// `lock cmpxchg16b` on `p`: the 16 bytes found there (`new` was stored if they were `current`).
+///
+/// # Safety
+/// `p` is valid for reads and writes of 16 bytes, 16-aligned, accessed by others only through
+/// atomics; the CPU has `cmpxchg16b`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn compare_exchange_16(p: *mut u128, current: u128, new: u128) -> u128 {
+    let (mut lo, mut hi) = (current as u64, (current >> 64) as u64);
+    // SAFETY: the caller's contract is the instruction's (a locked read-modify-write of 16
+    // aligned bytes, a full barrier). rbx is reserved by the compiler: the new low word goes
+    // through it and it is restored.
+    unsafe {
+        std::arch::asm!(
+            "xchg {new_lo}, rbx",
+            "lock cmpxchg16b xmmword ptr [{p}]",
+            "mov rbx, {new_lo}",
+            p = in(reg) p,
+            new_lo = inout(reg) new as u64 => _,
+            in("rcx") (new >> 64) as u64,
+            inout("rax") lo,
+            inout("rdx") hi,
+            options(nostack),
+        );
+    }
+    lo as u128 | (hi as u128) << 64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairs_are_replaced_only_when_both_words_match() {
+        let r = ShmRegion::anonymous(1 << 20).unwrap();
+        let off = r.alloc(32).unwrap().next_multiple_of(16);
+        let span = r.span();
+        span.atomic_u64(off).unwrap().store(7, Ordering::Relaxed);
+        span.atomic_u64(off + 8).unwrap().store(9, Ordering::Relaxed);
+        assert_eq!(span.compare_exchange_pair(off, [7, 8], [1, 2]), Some(false));
+        assert_eq!(span.compare_exchange_pair(off, [6, 9], [1, 2]), Some(false));
+        assert_eq!(span.compare_exchange_pair(off, [7, 9], [1, 2]), Some(true));
+        assert_eq!((span.atomic_u64(off).unwrap().load(Ordering::Relaxed), span.atomic_u64(off + 8).unwrap().load(Ordering::Relaxed)), (1, 2));
+        assert_eq!(span.compare_exchange_pair(off + 8, [2, 0], [0, 0]), None, "misaligned");
+        assert_eq!(span.compare_exchange_pair(r.size(), [0, 0], [0, 0]), None, "outside");
+    }
 
     #[test]
     fn alloc_free_reuse_and_full() {
