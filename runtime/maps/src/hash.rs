@@ -391,6 +391,26 @@ impl<'a> View<'a> {
         }
     }
 
+    /// [`View::retire`] for a deletion that returns the value: the count is bumped by a
+    /// compare-and-swap of count and value together, after the element is marked free, so that
+    /// an in-place writer either stored before (and its value is the one read after this) or
+    /// fails.
+    fn retire_for_reading(&self, e: u64) {
+        self.flags(e).store(0, Ordering::Release);
+        if self.map.map_type().is_percpu() {
+            return;
+        }
+        let slot = self.slot_ptr(e);
+        let (Some(count), Some(word)) = (self.span.atomic_u64(slot), self.span.atomic_u64(slot + RETIREMENTS)) else { return };
+        loop {
+            let (seen, value) = (count.load(Ordering::Acquire), word.load(Ordering::Acquire));
+            // (None: no 16-byte swap here, so no writer stores without the lock.)
+            if self.span.compare_exchange_pair(slot, [seen, value], [seen.wrapping_add(1), value]) != Some(false) {
+                return;
+            }
+        }
+    }
+
     /// Replaces the value (of 4 or 8 bytes) of `key`'s element without the bucket lock, in a
     /// map that is not per-CPU, so that writers of keys that share a bucket do not wait for
     /// each other (nor touch a line that a chain walk reads): with the element's retirement
@@ -815,10 +835,12 @@ fn remove(map: &Map, key: &[u8], value: Option<&mut [u8]>) -> Result<(), Errno> 
     let b = v.bucket_of(h);
     let _g = v.lock_bucket(b);
     let (link, e) = v.find_locked(key, h).ok_or(Errno::ENOENT)?;
+    link.store(v.next(e).load(Ordering::Relaxed), Ordering::Release);
     if let Some(out) = value {
+        // The value returned is the last: no in-place writer stores after this.
+        v.retire_for_reading(e);
         copy_value_out(map, &v, e, out);
     }
-    link.store(v.next(e).load(Ordering::Relaxed), Ordering::Release);
     v.release(b, e);
     map.give_entry();
     Ok(())
@@ -931,6 +953,16 @@ mod tests {
         static RACE_WINDOW: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     }
 
+    /// Sets its flag when dropped: stops a helper thread however the checking thread's loop
+    /// ends (a failed check included), so that a failure is reported rather than a hang.
+    struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Makes the gap between an in-place writer's checks and its store long on this thread.
     pub(super) fn widen_race_window() {
         for _ in 0..RACE_WINDOW.get() {
@@ -1034,13 +1066,6 @@ mod tests {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             std::thread::scope(|s| {
                 let (m, st) = (map.clone(), stop.clone());
-                /// Stops the writer however the checking loop ends (a failed check included).
-                struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
-                impl Drop for StopOnDrop {
-                    fn drop(&mut self) {
-                        self.0.store(true, Ordering::Relaxed);
-                    }
-                }
                 let _stop = StopOnDrop(stop.clone());
                 s.spawn(move || {
                     RACE_WINDOW.set(500);
@@ -1062,6 +1087,57 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// `lookup_and_delete` racing an update of the same key returns the updated value or leaves
+    /// the update failing (the key gone), never takes the old value while the update succeeds.
+    #[test]
+    fn an_update_racing_a_lookup_and_delete_is_never_lost() {
+        use std::sync::atomic::AtomicU64;
+        let region = Arc::new(bpftime_shm::ShmRegion::anonymous(1 << 20).unwrap());
+        let map = Arc::new(Map::create(&region, "h", &MapSpec::new(MapType::Hash, 4, 8, 4)).unwrap());
+        let key = 7u32.to_le_bytes();
+        // Round r: the deleter sets `go` to r; the writer answers in `done` with r << 1 | ok.
+        let (go, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        const ROUNDS: u64 = 50_000;
+        std::thread::scope(|s| {
+            let _stop = StopOnDrop(stop.clone());
+            let (m, go_w, done_w) = (map.clone(), go.clone(), done.clone());
+            s.spawn(move || {
+                let (go, done) = (go_w, done_w);
+                RACE_WINDOW.set(200);
+                for r in 1..=ROUNDS {
+                    while go.load(Ordering::Acquire) != r {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    let ok = m.update(&key, &1u64.to_le_bytes(), BPF_EXIST).is_ok();
+                    done.store(r << 1 | ok as u64, Ordering::Release);
+                }
+            });
+            let mut out = [0u8; 8];
+            for r in 1..=ROUNDS {
+                map.update(&key, &0u64.to_le_bytes(), BPF_NOEXIST).unwrap();
+                go.store(r, Ordering::Release);
+                for _ in 0..r % 300 {
+                    std::hint::spin_loop();
+                }
+                map.lookup_and_delete(&key, &mut out).unwrap();
+                let answer = loop {
+                    let d = done.load(Ordering::Acquire);
+                    if d >> 1 == r {
+                        break d;
+                    }
+                    std::hint::spin_loop();
+                };
+                let updated = answer & 1 == 1;
+                assert!(!updated || u64::from_le_bytes(out) == 1, "round {r}: the update succeeded but lookup_and_delete returned the old value");
+                let _ = map.delete(&key);
+            }
+        });
     }
 
     /// A writer that died holding a bucket lock, after taking two elements off a free list and
