@@ -308,15 +308,12 @@ impl<'a> View<'a> {
         self.map.value_blocks().value_at(self.index(e), cpu)
     }
 
-    /// Where element `e`'s value slot (its retirement count, then its value) starts, in maps
-    /// that are not per-CPU.
-    fn slot_ptr(&self, e: u64) -> u64 {
-        self.map.value_blocks().slot_at(self.index(e), 0)
-    }
-
-    /// Element `e`'s retirement count (maps that are not per-CPU).
-    fn retirements(&self, e: u64) -> &AtomicU64 {
-        self.span.atomic_u64(self.slot_ptr(e)).expect("slot inside the validated layout")
+    /// Element `e`'s value slot, in maps that are not per-CPU: its region offset, its
+    /// retirement count and its value's word.
+    fn slot(&self, e: u64) -> (u64, &AtomicU64, &AtomicU64) {
+        let slot = self.map.value_blocks().slot_at(self.index(e), 0);
+        let word = |at: u64| self.span.atomic_u64(at).expect("slot inside the validated layout");
+        (slot, word(slot), word(slot + RETIREMENTS))
     }
 
     fn elem_at(&self, i: u64) -> u64 {
@@ -386,7 +383,7 @@ impl<'a> View<'a> {
     fn retire(&self, e: u64) {
         self.flags(e).store(0, Ordering::Release);
         if !self.map.map_type().is_percpu() {
-            let count = self.retirements(e);
+            let (_, count, _) = self.slot(e);
             count.store(count.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
         }
     }
@@ -400,8 +397,7 @@ impl<'a> View<'a> {
         if self.map.map_type().is_percpu() {
             return;
         }
-        let slot = self.slot_ptr(e);
-        let (Some(count), Some(word)) = (self.span.atomic_u64(slot), self.span.atomic_u64(slot + RETIREMENTS)) else { return };
+        let (slot, count, word) = self.slot(e);
         loop {
             let (seen, value) = (count.load(Ordering::Acquire), word.load(Ordering::Acquire));
             // (None: no 16-byte swap here, so no writer stores without the lock.)
@@ -421,11 +417,7 @@ impl<'a> View<'a> {
     /// value: the update then comes before that deletion, which it overlapped.
     fn store_in_place(&self, key: &[u8], h: u32, value: &[u8]) -> bool {
         let Some(e) = self.find(key, h) else { return false };
-        let slot = self.slot_ptr(e);
-        let (count, word) = match (self.span.atomic_u64(slot), self.span.atomic_u64(slot + RETIREMENTS)) {
-            (Some(c), Some(w)) => (c, w),
-            _ => return false,
-        };
+        let (slot, count, word) = self.slot(e);
         for _ in 0..4 {
             let seen = count.load(Ordering::Acquire);
             let old = word.load(Ordering::Acquire);
@@ -501,10 +493,15 @@ impl<'a> View<'a> {
         })
     }
 
-    /// Under bucket `b`'s lock: frees `e` (already unlinked): its stripe's spare when it has
-    /// none, else onto this CPU's free list.
+    /// Under bucket `b`'s lock: frees `e` (already unlinked).
     fn release(&self, b: u64, e: u64) {
         self.retire(e);
+        self.recycle(b, e);
+    }
+
+    /// Under bucket `b`'s lock: makes `e` (unlinked and retired) a free element: its stripe's
+    /// spare when it has none, else one on this CPU's free list.
+    fn recycle(&self, b: u64, e: u64) {
         let s = self.stripe_of(b);
         if self.spare(s).load(Ordering::Relaxed) == 0 {
             self.spare(s).store(e, Ordering::Relaxed);
@@ -836,12 +833,15 @@ fn remove(map: &Map, key: &[u8], value: Option<&mut [u8]>) -> Result<(), Errno> 
     let _g = v.lock_bucket(b);
     let (link, e) = v.find_locked(key, h).ok_or(Errno::ENOENT)?;
     link.store(v.next(e).load(Ordering::Relaxed), Ordering::Release);
-    if let Some(out) = value {
-        // The value returned is the last: no in-place writer stores after this.
-        v.retire_for_reading(e);
-        copy_value_out(map, &v, e, out);
+    match value {
+        Some(out) => {
+            // The value returned is the last: no in-place writer stores after this.
+            v.retire_for_reading(e);
+            copy_value_out(map, &v, e, out);
+        }
+        None => v.retire(e),
     }
-    v.release(b, e);
+    v.recycle(b, e);
     map.give_entry();
     Ok(())
 }
