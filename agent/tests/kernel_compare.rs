@@ -206,6 +206,38 @@ fn return_probes_outlive_functions_left_by_longjmp_like_the_kernel() {
     });
 }
 
+/// A signal whose handler leaves by `siglongjmp` lands, every 100 us, wherever the thread is,
+/// as it calls add() 300,000 times. On the kernel a call's entry probe runs if the call
+/// began (its first instruction, the int3, ran; the handler finds the thread past it), and not
+/// if the signal came before: every call is seen but those the target judges cut short before
+/// they began. Ours run the same, also where the signal lands in a probe's stub before the
+/// programs begin (it waits for them: a signal there once lost that call's entry).
+#[test]
+fn a_signal_as_a_call_begins_leaves_its_entry_probe_as_on_the_kernel() {
+    let obj = Object::parse(&std::fs::read(build_example("uprobe_signals")).unwrap()).unwrap();
+    let target = build_target("entries", false);
+    let n = "300000";
+    // "calls C missed M jumps J": the entries a probe sees are C - M.
+    let expected_entries = |out: &std::process::Output| -> (u64, u64) {
+        let words: Vec<u64> = text(&out.stdout).split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        assert_eq!(words.len(), 3, "{out:?}");
+        assert!(words[2] > 50, "the timer fired while the loop ran: {out:?}");
+        (words[0] - words[1], words[2])
+    };
+    if let Some(mut k) = kernel_or_skip(&obj, "entry probes cut short by signals") {
+        k.attach_uprobe("on_add", &target, "add", false).expect("kernel uprobe");
+        let out = run_released(&target, &[n], &[], |_| {});
+        assert!(out.status.success(), "{out:?}");
+        let (expected, jumps) = expected_entries(&out);
+        let seen = u64_at(&k.lookup("signal_stats", &0u32.to_le_bytes(), 8).unwrap());
+        assert_eq!(seen, expected, "the kernel's entries ({jumps} jumps)");
+    }
+    under_the_agent("entries", "uprobe_signals", &target, &[n], |what, out, ours| {
+        let (expected, jumps) = expected_entries(out);
+        assert_eq!(u64s(&ours.map("signal_stats"), 1)[0], expected, "{what}: entries ({jumps} jumps)");
+    });
+}
+
 /// Return probes on C++ functions left by an exception. The unwinder finds each caller by its
 /// frame's return address; the kernel's uretprobes replace it with their trampoline, which the
 /// unwinder cannot get past, so on the kernel this process dies in `std::terminate` (checked

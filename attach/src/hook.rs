@@ -28,7 +28,7 @@ use iced_x86::{
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::mem::offset_of;
-use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Length of the jump written over a site.
@@ -234,6 +234,10 @@ pub(crate) struct ThreadState {
 #[repr(C)]
 struct HookThread {
     state: Cell<ThreadState>,
+    /// 1 from a stub's mark (see [`emit_probe_call`]) until its hit is admitted or turned away:
+    /// a signal that lands meanwhile waits for the hit's programs, as the kernel's signals wait
+    /// for a uprobe's once its int3 ran (see [`entering_at`]).
+    entering: Cell<u8>,
     /// Return addresses taken by return probes (made at the thread's first one).
     shadow: Cell<*mut ShadowStack>,
     /// The thread's Syscall User Dispatch selector (see `syscalls`): ALLOW (0) while it runs
@@ -317,6 +321,7 @@ struct VforkParent {
 
 const _: () = assert!(
     std::mem::size_of::<HookThread>() == 120
+        && std::mem::offset_of!(HookThread, entering) == 4
         && std::mem::offset_of!(HookThread, selector) == 16
         && std::mem::offset_of!(HookThread, stack_in_use) == 17
         && std::mem::offset_of!(HookThread, stack_registered) == 18
@@ -439,12 +444,19 @@ fn admit_with(frame: u64) -> Admission {
     let t = thread();
     let mut st = t.state.get();
     if st.busy {
+        // Signals deferred as this hit entered wait for the busy work's end.
+        t.entering.set(0);
         if !abandoned(t, st, frame) {
             return Admission::Ignore;
         }
         st = ThreadState { busy: false, agent: false, depth: 0, warm: st.warm };
     }
     if st.agent || st.depth as usize >= NEST_LEVELS {
+        // Nothing runs: the signals deferred as it entered run now.
+        t.entering.set(0);
+        if t.deferred.get() != 0 {
+            take_deferred_signals(t);
+        }
         Admission::Miss
     } else {
         // The flow's registers on both sides of the state: a jump out of the handlers leaves
@@ -456,6 +468,8 @@ fn admit_with(frame: u64) -> Admission {
         compiler_fence(Ordering::SeqCst);
         set_state(t, ThreadState { busy: true, depth: st.depth + 1, ..st });
         compiler_fence(Ordering::SeqCst);
+        // Busy now: signals wait for the flow's end (`leave`), those deferred as it entered too.
+        t.entering.set(0);
         set_flow(t, flow);
         Admission::Run(st.depth as usize, st)
     }
@@ -774,7 +788,7 @@ pub(crate) fn run_in_signal_wrapper(f: impl FnOnce(usize)) -> bool {
         return false;
     }
     let t = thread();
-    let (selector, app_call) = (t.selector.get(), t.app_call.replace(0));
+    let (selector, app_call, entering) = (t.selector.get(), t.app_call.replace(0), t.entering.replace(0));
     let mut ran = false;
     run_as_hit(|level| {
         f(level);
@@ -782,6 +796,7 @@ pub(crate) fn run_in_signal_wrapper(f: impl FnOnce(usize)) -> bool {
     });
     t.app_call.set(app_call);
     t.selector.set(selector);
+    t.entering.set(entering);
     ran
 }
 
@@ -843,6 +858,45 @@ pub(crate) fn set_call_regs(regs: u64) {
 pub(crate) fn interrupted_call_regs() -> Option<u64> {
     let t = thread();
     (t.app_call.get() != 0).then(|| t.call_regs.get()).filter(|&r| r != 0)
+}
+
+/// How many stubs' entry windows [`ENTRY_WINDOWS`] holds at most (past that, a signal in a
+/// newer stub's window runs at once, as it did before windows were known).
+const MAX_ENTRY_WINDOWS: usize = 32768;
+
+/// The entry window of every stub that marks its hits (see [`emit_probe_call`]): from the
+/// stub's first instruction to the end of its mark, where a signal handler finds a hit that
+/// began (the probed instruction ran) with nothing on the thread to show it yet. Each is its
+/// start above its length in 16 bits (user addresses take 47); appended as stubs are built,
+/// before any code jumps to them, and never removed (nor are the stubs).
+static ENTRY_WINDOWS: [AtomicU64; MAX_ENTRY_WINDOWS] = [const { AtomicU64::new(0) }; MAX_ENTRY_WINDOWS];
+static ENTRY_WINDOW_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Records that a stub's entry window is `[start, end)`.
+fn register_entry_window(start: u64, end: u64) {
+    let len = end.saturating_sub(start);
+    if len == 0 || len >= 1 << 16 || start >= 1 << 48 {
+        return;
+    }
+    let i = ENTRY_WINDOW_COUNT.fetch_add(1, Ordering::AcqRel);
+    if let Some(w) = ENTRY_WINDOWS.get(i) {
+        w.store(start << 16 | len, Ordering::Release);
+    }
+}
+
+/// Whether a signal that interrupted this thread at `ip` finds a hit entering: the thread
+/// between a stub's first instruction and the hit's admission, its programs yet to run. The
+/// probed instruction ran (the jump to the stub), so on the kernel the uprobe's int3 had run,
+/// and with it the programs, before any signal: the signal must wait for them.
+pub(crate) fn entering_at(ip: u64) -> bool {
+    if thread().entering.get() != 0 {
+        return true;
+    }
+    let n = ENTRY_WINDOW_COUNT.load(Ordering::Acquire).min(MAX_ENTRY_WINDOWS);
+    ENTRY_WINDOWS[..n].iter().any(|w| {
+        let w = w.load(Ordering::Acquire);
+        ip.wrapping_sub(w >> 16) < w & 0xffff
+    })
 }
 
 /// Notes that signals `bits` wait, blocked, for this thread's current work to end.
@@ -1275,8 +1329,9 @@ fn own_return_stubs() -> Option<&'static [u64; OWN_RETURNS]> {
             let mut stubs = [0u64; OWN_RETURNS];
             for (k, stub) in stubs.iter_mut().enumerate() {
                 *stub = at + (k * STRIDE) as u64;
-                let code = (|| -> Result<Vec<u8>, IcedError> {
+                let (code, window_end) = (|| -> Result<(Vec<u8>, u64), IcedError> {
                     let mut a = CodeAssembler::new(64)?;
+                    let mut window = a.create_label();
                     let record = &OWN_RETURN[k] as *const OwnReturn as u64;
                     emit_probe_call(
                         &mut a,
@@ -1286,12 +1341,16 @@ fn own_return_stubs() -> Option<&'static [u64; OWN_RETURNS]> {
                         None,
                         Some(record),
                         own_return_dispatch as *const () as u64,
+                        Some(&mut window),
                     )?;
                     a.jmp(qword_ptr(rsp - 8))?;
-                    a.assemble(*stub)
+                    let r = a.assemble_options(*stub, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+                    let end = r.label_ip(&window)?;
+                    Ok((r.inner.code_buffer, end))
                 })()
                 .ok()
-                .filter(|c| c.len() <= STRIDE)?;
+                .filter(|(c, _)| c.len() <= STRIDE)?;
+                register_entry_window(*stub, window_end);
                 // SAFETY: `at` is a fresh read-write mapping of OWN_RETURNS * STRIDE bytes and
                 // each stub fits in its stride (checked).
                 unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), *stub as *mut u8, code.len()) };
@@ -1577,6 +1636,7 @@ fn unmap_dead_threads_stacks() {
 /// as offsets from the thread pointer (`%fs` base), the same for every thread (initial-exec
 /// TLS): the stubs reach them with one instruction each.
 struct ThreadSlots {
+    entering: u64,
     stack_top: u64,
     stack_in_use: u64,
     warm: u64,
@@ -1593,6 +1653,7 @@ fn thread_slots() -> ThreadSlots {
     let t = thread();
     let slot = |p: u64| p.wrapping_sub(fs_base);
     ThreadSlots {
+        entering: slot(t.entering.as_ptr() as u64),
         stack_top: slot(t.stack_top.as_ptr() as u64),
         stack_in_use: slot(t.stack_in_use.as_ptr() as u64),
         warm: slot(t.state.as_ptr() as u64 + std::mem::offset_of!(ThreadState, warm) as u64),
@@ -1798,7 +1859,7 @@ fn build_return_site(func: &'static Site, window: &[Instruction]) -> Result<&'st
     let unpatchable = |reason: String| AttachError::Unpatchable { addr, reason };
     let page = patch::alloc_near(addr, PAGE).ok_or(AttachError::NoNearMemory(addr))?;
     let (ret, before) = window.split_last().expect("a window ends with its ret");
-    let assembled = (|| -> Result<(Vec<u8>, Vec<u64>), IcedError> {
+    let assembled = (|| -> Result<(Vec<u8>, Vec<u64>, u64), IcedError> {
         let mut a = CodeAssembler::new(64)?;
         let mut labels = vec![];
         for i in before {
@@ -1808,6 +1869,7 @@ fn build_return_site(func: &'static Site, window: &[Instruction]) -> Result<&'st
             labels.push(l);
         }
         let mut probe = a.create_label();
+        let mut window = a.create_label();
         a.set_label(&mut probe)?;
         emit_probe_call(
             &mut a,
@@ -1817,21 +1879,25 @@ fn build_return_site(func: &'static Site, window: &[Instruction]) -> Result<&'st
             None,
             Some(func as *const Site as u64),
             return_site_dispatch as *const () as u64,
+            Some(&mut window),
         )?;
         a.add_instruction(*ret)?;
         labels.push(probe);
         let r = a.assemble_options(page, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
         let at = labels.iter().map(|l| r.label_ip(l)).collect::<Result<Vec<_>, _>>()?;
-        Ok((r.inner.code_buffer, at))
+        let window_end = r.label_ip(&window)?;
+        Ok((r.inner.code_buffer, at, window_end))
     })()
     .map_err(|e| unpatchable(format!("assembling the return stub: {e}")))?;
-    let (code, at) = assembled;
+    let (code, at, window_end) = assembled;
     if code.len() > PAGE {
         return Err(unpatchable("return stub too large".into()));
     }
     // SAFETY: `page` is a fresh read-write mapping of PAGE bytes; the code fits (checked).
     unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page as *mut u8, code.len()) };
     patch::make_executable(page, PAGE).map_err(|e| AttachError::Io { addr, source: e })?;
+    // The window from the probe on (before it, the function's own instructions run).
+    register_entry_window(*at.last().expect("the probe's label"), window_end);
     // Threads stopped inside the patched bytes go on at the same instruction in the stub (one
     // stopped at the `ret` runs the probes first).
     let mut map = vec![];
@@ -2376,6 +2442,12 @@ fn callee_saved(r: AsmRegister64) -> bool {
 /// (bx and r12 are reloaded because the stub uses them). The vector registers in `saved` are
 /// kept. The call runs on the thread's handler stack where it has one (see
 /// [`emit_handler_stack_switch`]).
+///
+/// With `mark` (for dispatchers that admit every hit: they clear it), the stub marks the
+/// thread's hit as entering (`HookThread::entering`) once it knows the thread can run our code,
+/// and `mark` labels the instruction after: the stub's entry window ends there (see
+/// [`register_entry_window`]).
+#[allow(clippy::too_many_arguments)]
 fn emit_probe_call(
     a: &mut CodeAssembler,
     point: PointKind,
@@ -2384,6 +2456,7 @@ fn emit_probe_call(
     ip: Option<u64>,
     arg0: Option<u64>,
     f: u64,
+    mark: Option<&mut CodeLabel>,
 ) -> Result<(), IcedError> {
     let red_zone = point.red_zone();
     // The frame: pt_regs, below the red zone where it is live.
@@ -2438,6 +2511,10 @@ fn emit_probe_call(
         a.jmp(joined)?;
         a.set_label(&mut native)?;
     }
+    if let Some(end) = mark {
+        a.mov(byte_ptr(thread_slots().entering).fs(), 1)?;
+        a.set_label(end)?;
+    }
     let handler_stacks = if stack == HitStack::Agent { handler_stacks() } else { None };
     if let Some(h) = handler_stacks {
         emit_handler_stack_switch(a, h.maker)?;
@@ -2490,9 +2567,12 @@ fn emit_probe_call(
     Ok(())
 }
 
-fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: PointKind, saved: VectorSave) -> Result<Vec<u8>, IcedError> {
+/// A site's entry stub, assembled at `at`, and where its entry window ends.
+fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: PointKind, saved: VectorSave) -> Result<(Vec<u8>, u64), IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    emit_probe_call(&mut a, point, HitStack::for_hits(), saved, Some(probe_addr), Some(site), entry_dispatch as *const () as u64)?;
+    let mut window = a.create_label();
+    let dispatch = entry_dispatch as *const () as u64;
+    emit_probe_call(&mut a, point, HitStack::for_hits(), saved, Some(probe_addr), Some(site), dispatch, Some(&mut window))?;
     if point == PointKind::FunctionEntry {
         // Overridden: back to the caller with ax as the result, the function not run.
         let mut run_function = a.create_label();
@@ -2501,7 +2581,9 @@ fn entry_stub(site: u64, probe_addr: u64, trampoline: u64, at: u64, point: Point
         a.set_label(&mut run_function)?;
     }
     a.jmp(trampoline)?; // same page: a direct jump
-    a.assemble(at)
+    let r = a.assemble_options(at, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+    let end = r.label_ip(&window)?;
+    Ok((r.inner.code_buffer, end))
 }
 
 /// See [`return_stub`].
@@ -2513,15 +2595,19 @@ fn return_stub() -> u64 {
         let build = || -> Result<u64, String> {
             let at = patch::alloc_near(return_dispatch as *const () as u64, PAGE).ok_or("no memory for the return stub")?;
             let mut a = CodeAssembler::new(64).map_err(|e| e.to_string())?;
+            let mut window = a.create_label();
             (|| -> Result<(), IcedError> {
                 // An indirect jump rather than a `ret`: the return-stack predictor stays in
                 // step with the calls still to return.
                 // Shared by every function: all registers kept.
-                emit_probe_call(&mut a, PointKind::Return, HitStack::for_hits(), VectorSave::everything(), None, None, return_dispatch as *const () as u64)?;
+                let dispatch = return_dispatch as *const () as u64;
+                emit_probe_call(&mut a, PointKind::Return, HitStack::for_hits(), VectorSave::everything(), None, None, dispatch, Some(&mut window))?;
                 a.jmp(qword_ptr(rsp - 8))
             })()
             .map_err(|e| e.to_string())?;
-            let code = a.assemble(at).map_err(|e| e.to_string())?;
+            let r = a.assemble_options(at, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).map_err(|e| e.to_string())?;
+            register_entry_window(at, r.label_ip(&window).map_err(|e| e.to_string())?);
+            let code = r.inner.code_buffer;
             // SAFETY: `at` is a fresh read-write page of PAGE bytes.
             unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
             patch::make_executable(at, PAGE).map_err(|e| e.to_string())?;
@@ -2875,7 +2961,7 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
     if at_entry {
         site.needs = body_needs(addr, info.function_size, &original, site.module.as_ref());
     }
-    let stub = entry_stub(&*site as *const Site as u64, addr, tramp, page, point, VectorSave::at(point, site.needs, site.named))
+    let (stub, window_end) = entry_stub(&*site as *const Site as u64, addr, tramp, page, point, VectorSave::at(point, site.needs, site.named))
         .map_err(|e| unpatchable(format!("assembling the stub: {e}")))?;
     if stub.len() > TRAMPOLINE_AT as usize || tcode.len() > PAGE - TRAMPOLINE_AT as usize {
         return Err(unpatchable("stub too large".into()));
@@ -2886,6 +2972,7 @@ fn build_jump_site(addr: u64, info: SiteInfo, instrs: Vec<Instruction>, module: 
         std::ptr::copy_nonoverlapping(tcode.as_ptr(), tramp as *mut u8, tcode.len());
     }
     patch::make_executable(page, PAGE).map_err(|e| AttachError::Io { addr, source: e })?;
+    register_entry_window(page, window_end);
     // Instruction boundaries inside the patched bytes, for moving threads stopped there.
     let mut map = vec![];
     let mut off = 0u32;
@@ -2934,7 +3021,7 @@ pub(crate) fn syscall_stub(near: u64, context: u64, dispatch: u64) -> Result<u64
     let page = patch::alloc_near(near, PAGE).ok_or(AttachError::NoNearMemory(near))?;
     let code = (|| -> Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(64)?;
-        emit_probe_call(&mut a, PointKind::MidFunction, HitStack::for_hits(), VectorSave::everything(), None, Some(context), dispatch)?;
+        emit_probe_call(&mut a, PointKind::MidFunction, HitStack::for_hits(), VectorSave::everything(), None, Some(context), dispatch, None)?;
         a.jmp(r11)?;
         a.assemble(page)
     })()
@@ -3315,6 +3402,8 @@ pub fn without_probes<R>(f: impl FnOnce() -> R) -> R {
 pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     let t = thread();
     let before = t.state.get();
+    // A hit the signal found entering (a fault in its stub) is that flow's to admit.
+    let entering = t.entering.replace(0);
     let in_use = t.stack_in_use.get();
     // The selector as the interrupted flow had it (code of ours may hold it at ALLOW with the
     // thread not busy: the routine that maps a handler stack).
@@ -3346,6 +3435,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     t.deferred.set(t.deferred.get() | outer);
     t.interruption.set(interruption);
     t.vfork_parent.set(vfork_parent);
+    t.entering.set(entering);
     compiler_fence(Ordering::SeqCst);
     set_flow(t, flow);
     r
@@ -3437,7 +3527,7 @@ mod tests {
     #[test]
     fn the_widest_stubs_fit_their_room() {
         assert!(own_return_stubs().is_some(), "the own return stubs fit their 2 KiB each");
-        let stub = entry_stub(0x1000, 0x2000, 0x4000_1000, 0x4000_0000, PointKind::MidFunction, VectorSave::everything()).unwrap();
+        let (stub, _) = entry_stub(0x1000, 0x2000, 0x4000_1000, 0x4000_0000, PointKind::MidFunction, VectorSave::everything()).unwrap();
         assert!(stub.len() <= TRAMPOLINE_AT as usize, "a mid-function stub takes {} bytes", stub.len());
     }
 

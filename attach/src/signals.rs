@@ -144,12 +144,20 @@ const FAULTS: [libc::c_int; 6] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, lib
 /// own work waits until that work is over, as the kernel's signals wait for its eBPF programs
 /// to end: the application's handler would otherwise run over work of ours that holds locks,
 /// and one that leaves by `siglongjmp` (a timeout, say) would abandon it for good, the locks
-/// with it (the process hung). The signal is queued again with its own siginfo
+/// with it (the process hung). So does one that lands as a hit enters (in its stub, before
+/// the thread is busy): the probed instruction ran, which on the kernel is the int3 that runs
+/// the programs first, and a handler's jump from there would lose the hit's programs. The
+/// signal is queued again with its own siginfo
 /// (rt_tgsigqueueinfo(2), allowed to a thread sending to itself), kept blocked in the mask the
 /// interrupted work resumes with, and unblocked when the work ends (`hook::leave`). Returns
 /// whether it was deferred.
 fn defer(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) -> bool {
-    if !crate::hook::in_probe() || crate::hook::in_application_call() || ctx.is_null() {
+    if ctx.is_null() || crate::hook::in_application_call() {
+        return false;
+    }
+    // SAFETY: the kernel's ucontext for this delivery: where the thread was interrupted.
+    let ip = unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] } as u64;
+    if !crate::hook::in_probe() && !crate::hook::entering_at(ip) {
         return false;
     }
     // The kernel's action: still ours (a one-shot action, SA_RESETHAND, is the default again,
