@@ -914,6 +914,7 @@ impl Agent {
         if now.iter().any(|l| l.kind == links::LinkKind::Syscall) || bpftime_attach::syscalls::active() {
             crate::syscalls::update(self.runtime, &now);
         }
+        crate::profile::update(self.runtime, &now);
         let lowered: Vec<(String, u64)> = {
             let mut sems = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
             let dead: Vec<u32> = sems.keys().copied().filter(|id| !ids.contains(id)).collect();

@@ -32,6 +32,7 @@ mod glue;
 mod libraries;
 mod loader_calls;
 mod masks;
+mod profile;
 mod syscalls;
 
 /// Everything the agent allocates comes from its own mappings, never from libc (see `alloc`).

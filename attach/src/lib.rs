@@ -33,6 +33,7 @@ mod module_code;
 mod patch;
 pub mod procmaps;
 pub mod regs;
+pub mod sampling;
 pub mod signals;
 pub mod symbols;
 pub mod syscalls;

@@ -2098,6 +2098,7 @@ pub fn start(handler: Arc<dyn SyscallHandler>) -> Result<(), String> {
     // The engine's own signals return through our restorer from now on (see
     // `install_engine_handler`).
     crate::patch::engine_handlers_to_own_restorer();
+    crate::sampling::handler_to_own_restorer();
     // rt_sigaction(2) directly, to give our own restorer (libc would give its own, outside the
     // allowed range: its rt_sigreturn would be dispatched too). NODEFER: an application signal
     // handler nested in ours returns through a SIGSYS of its own.

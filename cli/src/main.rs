@@ -984,6 +984,7 @@ fn dispatch(cmd: Command, shm: &str) -> Result<i32, String> {
                 (links::LinkKind::CudaKernel, false) => "cuda kernel entry",
                 (links::LinkKind::CudaKernel, true) => "cuda kernel exit",
                 (links::LinkKind::Syscall, _) => "syscall",
+                (links::LinkKind::Profile, _) => "profile",
                 (_, false) => "uprobe",
                 (_, true) => "uretprobe",
             };

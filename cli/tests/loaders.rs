@@ -1990,6 +1990,53 @@ fn bpftrace_interval_probes_tick_like_the_kernel() {
     }
 }
 
+/// bpftrace's `profile` probes (a CPU-clock perf event on each CPU, asked for a frequency or
+/// for a period): the programs run in the traced process, on the thread whose CPU time ran
+/// out, with its registers (always user mode here: a sample is taken as the thread goes back
+/// to its code), as the kernel samples whatever runs on each CPU. Two threads spinning for a
+/// second of CPU time each are sampled about 99 times a second each, as on the kernel; the
+/// loader runs none of it (it used to run them itself, on a timer, as if it were the target).
+#[test]
+fn bpftrace_profile_probes_sample_the_traced_threads_like_the_kernel() {
+    let _serial = serial();
+    let Some(bpftrace) = which("bpftrace").ok().and_then(|p| installed_or_skip(p.to_str().unwrap_or_default(), "bpftrace")) else { return };
+    let spin = build_target("spin", false);
+    let dir = std::env::temp_dir().join(format!("bpftime-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // (@samples, @user, samples of each thread)
+    let counts = |out: &str| -> (u64, u64, Vec<u64>) {
+        let value = |key: &str| out.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok()).unwrap_or(0);
+        let threads = out.lines().filter(|l| l.starts_with("@threads[")).filter_map(|l| l.rsplit(' ').next()?.parse().ok()).collect();
+        (value("@samples: "), value("@user: "), threads)
+    };
+    // By frequency (profile:hz), and by period (profile:ms, which takes CPU 0's event for an
+    // `interval` tick until CPU 1's shows a series).
+    for probe in ["profile:hz:99", "profile:ms:10"] {
+        let script =
+            format!("{probe} /comm == \"spin\"/ {{ @samples = count(); @threads[tid] = count(); if (reg(\"ip\") < 0x800000000000) {{ @user = count(); }} }}");
+        let shm = format!("bpftime-profile-{}", std::process::id());
+        bpftime_tests::remove_region(&shm);
+        assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
+        let mut ours = bpftime(&shm);
+        ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
+        let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&spin).args(["1000", "2"]), &dir.join("ours"), true);
+        bpftime_tests::remove_region(&shm);
+        let (samples, user, threads) = counts(&out);
+        // 2 s of CPU time at 99 a second (100 for 10 ms), give or take a machine's noise.
+        assert!((140..=260).contains(&samples), "{probe}: {samples} samples:\n{out}");
+        assert_eq!(user, samples, "{probe}: user-mode registers:\n{out}");
+        assert!(threads.len() == 2 && threads.iter().all(|&n| n >= samples / 5), "{probe}: both threads sampled:\n{out}");
+        if is_root() {
+            let mut kernel = Command::new(&bpftrace);
+            kernel.args(["-e", &script]);
+            let k = tool_session(kernel, None, Command::new(&spin).args(["1000", "2"]), &dir.join("kernel"), true);
+            let (kernel_samples, _, kernel_threads) = counts(&k);
+            assert!(kernel_threads.len() == 2 && (140..=260).contains(&kernel_samples), "{probe}: the kernel's:\n{k}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn which(tool: &str) -> Result<PathBuf, ()> {
     let o = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map_err(|_| ())?;
     let p = text(&o.stdout).trim().to_string();

@@ -48,6 +48,9 @@ pub enum EventTarget {
     Syscall(String),
     /// A CUDA kernel, by the name a kprobe event gave (one the kernel does not have).
     CudaKernel(String),
+    /// CPU-time sampling (a `PERF_COUNT_SW_CPU_CLOCK` event opened for each CPU, or for a
+    /// task): run in the traced processes on the threads the period interrupts.
+    CpuClock(links::ProfileTarget),
 }
 
 /// What one of our fds stands for.
@@ -73,10 +76,12 @@ pub enum Handle {
     Timer(TimerEvent),
 }
 
-/// A CPU-clock perf event: the program attached to it runs in this (the loader's) process,
-/// on a thread of ours, once per period, with a `bpf_perf_event_data` of zeroed registers
-/// (the kernel runs it in whatever the timer interrupts; a loader is never traced by its own
-/// programs, so nothing of its own is shown either).
+/// A CPU-clock perf event that ticks rather than samples (opened for CPU 0 alone, with a
+/// period: bpftrace's `interval`): the program attached to it runs in this (the loader's)
+/// process, on a thread of ours, once per period, with a `bpf_perf_event_data` of zeroed
+/// registers (the kernel runs it in whatever the timer interrupts on CPU 0; a loader is never
+/// traced by its own programs, so nothing of its own is shown either). Events that sample
+/// (see [`EventTarget::CpuClock`]) run in the traced processes.
 #[derive(Clone, Debug)]
 pub struct TimerEvent {
     /// Nanoseconds between runs.
@@ -211,6 +216,13 @@ fn syscall_event_of_id(id: u64) -> Option<String> {
 /// The absolute path a pin command names (`attr`: pathname 0, bpf_fd 8, file_flags 12,
 /// path_fd 16): relative to `path_fd` with `BPF_F_PATH_FD`, else to the working directory.
 /// Whether `fd` is open in this process.
+/// The process thread `tid` belongs to (its `Tgid` in /proc/TID/status, proc(5)); `tid`
+/// itself where that cannot be read.
+fn process_of_thread(tid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")?.trim().parse().ok()).unwrap_or(tid)
+}
+
 fn fd_is_open(fd: i32) -> bool {
     crate::raw::result(crate::raw::syscall6(libc::SYS_fcntl, [fd as libc::c_long, libc::F_GETFD as libc::c_long, 0, 0, 0, 0])).is_ok()
 }
@@ -228,10 +240,16 @@ fn copy_name(buf: u64, buf_len: usize, name: &str) -> Result<bool, Errno> {
 /// What a link probes, as `BPF_TASK_FD_QUERY` and link info describe it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ProbeKind {
-    Uprobe { ret: bool },
-    Kprobe { ret: bool },
+    Uprobe {
+        ret: bool,
+    },
+    Kprobe {
+        ret: bool,
+    },
     Tracepoint,
     RawTracepoint,
+    /// A software perf event (CPU-time sampling).
+    Software,
 }
 
 /// A link's probe: its kind, the name the kernel gives it (the file, the function, the
@@ -255,6 +273,7 @@ impl Probed {
                 Some(raw) => (ProbeKind::RawTracepoint, raw.to_string(), 0),
                 None => (ProbeKind::Tracepoint, t.rsplit('/').next().unwrap_or_default().to_string(), 0),
             },
+            links::LinkKind::Profile => (ProbeKind::Software, String::new(), 0),
         };
         Probed { kind, name, offset }
     }
@@ -266,6 +285,8 @@ impl Probed {
             ProbeKind::Tracepoint => 1,
             ProbeKind::Kprobe { ret } => 2 + ret as u32,
             ProbeKind::Uprobe { ret } => 4 + ret as u32,
+            // (Not asked: the kernel describes no software event, see `task_fd_query`.)
+            ProbeKind::Software => 0,
         }
     }
 
@@ -276,6 +297,7 @@ impl Probed {
             ProbeKind::Kprobe { ret } => 3 + ret as u32,
             ProbeKind::Tracepoint => 5,
             ProbeKind::RawTracepoint => 0,
+            ProbeKind::Software => 6,
         }
     }
 }
@@ -533,6 +555,7 @@ impl Server {
                         ),
                         ProbeKind::Tracepoint => format!("tp_name:\t{}\nevent_type:\ttracepoint\ncookie:\t{}\n", p.name, link.cookie),
                         ProbeKind::RawTracepoint => format!("tp_name:\t{}\ncookie:\t{}\n", p.name, link.cookie),
+                        ProbeKind::Software => format!("event_type:\tevent\nconfig:\t0\ntype:\t1\ncookie:\t{}\n", link.cookie),
                     };
                 }
             }
@@ -956,6 +979,8 @@ impl Server {
         let all = links::list(&self.region);
         let id = if own {
             match self.handle(fd) {
+                // A CPU-clock event's program: the kernel does not describe those.
+                Some(Handle::Probe(ProbeEvent { target: EventTarget::CpuClock(_), .. })) => return Err(libc::EOPNOTSUPP),
                 Some(Handle::Probe(ProbeEvent { link: Some(id), .. })) => id,
                 // A perf event without a program.
                 Some(Handle::Probe(_)) => return Err(libc::ENOENT),
@@ -1695,8 +1720,14 @@ impl Server {
                         // perf_event.type (BPF_PERF_EVENT_*), then per kind its name pointer
                         // and length at 24 and 32 and its other fields.
                         put32(&mut info, 16, p.perf_event_type());
-                        let n = named(&p.name, given.u64(24), given.u32(32) as usize)?;
-                        put32(&mut info, 32, n);
+                        if p.kind == ProbeKind::Software {
+                            // `event`: config (PERF_COUNT_SW_CPU_CLOCK, 0) at 24, type
+                            // (PERF_TYPE_SOFTWARE) at 32, the cookie at 40.
+                            put32(&mut info, 32, 1);
+                        } else {
+                            let n = named(&p.name, given.u64(24), given.u32(32) as usize)?;
+                            put32(&mut info, 32, n);
+                        }
                         match p.kind {
                             ProbeKind::Uprobe { .. } => {
                                 put32(&mut info, 36, p.offset as u32);
@@ -1932,12 +1963,18 @@ impl Server {
         if ev.link.is_some() {
             return Err(libc::EEXIST);
         }
-        let wanted = if matches!(ev.target, EventTarget::Syscall(_)) { 5 } else { 2 };
+        let wanted = match ev.target {
+            EventTarget::Syscall(_) => 5,
+            EventTarget::CpuClock(_) => 7,
+            _ => 2,
+        };
         let name = self.attachable(prog, wanted, !matches!(ev.target, EventTarget::CudaKernel(_)))?;
         // pid 0 is the caller for a uprobe, as in the kernel (libbpf's "self"); -1 every
         // process. (A tracepoint's programs run in every process whatever the event's pid, as
         // the kernel runs them; a CUDA kernel probe wherever the kernel runs.)
         let pid = match ev.pid {
+            // A task's event: the process of that thread.
+            p if p > 0 && matches!(ev.target, EventTarget::CpuClock(_)) => process_of_thread(p as u32),
             p if p > 0 => p as u32,
             0 if matches!(ev.target, EventTarget::File { .. }) => std::process::id(),
             _ => 0,
@@ -1945,6 +1982,7 @@ impl Server {
         let scope = links::LinkScope { owner: std::process::id(), pid, fd: Some(fd), ..Default::default() };
         let (id, path) = match &ev.target {
             EventTarget::Syscall(event) => (links::store_syscall(&self.region, &name, prog, event, scope).map_err(|_| libc::ENOMEM)?, Some(String::new())),
+            EventTarget::CpuClock(target) => (links::store_profile(&self.region, &name, prog, *target, scope).map_err(|_| libc::ENOMEM)?, Some(String::new())),
             EventTarget::CudaKernel(kernel) => {
                 if std::env::var_os("BPFTIME_VERBOSE").is_some() {
                     eprintln!("bpftime: link `{name}` on CUDA kernel {kernel}{}", if ev.retprobe { " (returns)" } else { "" });
@@ -2053,9 +2091,23 @@ impl Server {
         // when the `freq` flag is set).
         if a.u32(0) == 1 && a.u64(8) == 0 {
             let (flags, sample) = (a.u64(40), a.u64(16));
-            let period_ns = if flags & (1 << 10) != 0 { 1_000_000_000 / sample.max(1) } else { sample };
-            if period_ns == 0 {
+            let freq = flags & (1 << 10) != 0;
+            let period_ns = if freq { 1_000_000_000 / sample.max(1) } else { sample };
+            if period_ns == 0 || (pid == -1 && cpu == -1) {
                 return Some(Err(libc::EINVAL));
+            }
+            if gone {
+                return Some(Err(libc::ESRCH));
+            }
+            // Sampling, run where the traced threads run: an event for a task, one asked for a
+            // frequency (a profiler's), or one of a series over the CPUs (each CPU's after the
+            // first; the first, taken for a tick until then, turns into one too).
+            if pid > 0 || freq || cpu > 0 {
+                if !freq && pid == -1 {
+                    self.ticks_become_samples(period_ns);
+                }
+                let target = links::ProfileTarget { period_ns, cpu: u32::try_from(cpu).ok(), thread: u32::try_from(pid).ok().filter(|&p| p > 0) };
+                return Some(self.install(Handle::Probe(ProbeEvent { target: EventTarget::CpuClock(target), retprobe: false, pid, link: None })));
             }
             let shared = Arc::new(TimerShared::default());
             shared.enabled.store(flags & 1 == 0, std::sync::atomic::Ordering::Release);
@@ -2159,6 +2211,38 @@ impl Server {
             attr::PERF_EVENT_IOC_SET_BPF => self.prog_id(arg as u32).and_then(|prog| self.attach(fd, prog, 0)).map(|_| 0),
             _ => Ok(0),
         })
+    }
+
+    /// Turns this loader's ticking CPU-clock events of period `period_ns` (opened for CPU 0
+    /// alone: see [`TimerEvent`]) into sampling ones, as another CPU's event of the same period
+    /// shows them to be a series over the CPUs (bpftrace's `profile:ms:N`): their loader thread
+    /// stops and the program they run, if any, is linked to sample CPU 0 in the traced processes.
+    fn ticks_become_samples(&self, period_ns: u64) {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        let turned: Vec<(i32, u32)> = {
+            let mut fds = Self::lock(&self.fds);
+            let ticks: Vec<(i32, TimerEvent)> = fds
+                .iter()
+                .filter_map(|(fd, h)| match h {
+                    Handle::Timer(t) if t.period_ns == period_ns => Some((*fd, t.clone())),
+                    _ => None,
+                })
+                .collect();
+            ticks
+                .into_iter()
+                .map(|(fd, t)| {
+                    t.shared.stopped.store(true, Release);
+                    let target = links::ProfileTarget { period_ns, cpu: Some(0), thread: None };
+                    fds.insert(fd, Handle::Probe(ProbeEvent { target: EventTarget::CpuClock(target), retprobe: false, pid: -1, link: None }));
+                    (fd, t.shared.prog.load(Acquire))
+                })
+                .collect()
+        };
+        for (fd, prog) in turned.into_iter().filter(|&(_, prog)| prog != 0) {
+            if let Err(e) = self.attach(fd, prog, 0) {
+                eprintln!("bpftime: a CPU-clock event's program could not move to the traced processes (errno {e})");
+            }
+        }
     }
 
     fn timer_ioctl(&self, t: &TimerEvent, request: u64, arg: u64) -> Result<i64, Errno> {

@@ -76,6 +76,46 @@ pub enum LinkKind {
     /// [`crate::syscall_events::SyscallEvent`]), for `tracepoint/syscalls/...` and
     /// `raw_tracepoint/sys_enter|sys_exit` programs.
     Syscall = 2,
+    /// CPU-time sampling (a `PERF_COUNT_SW_CPU_CLOCK` perf event: bpftrace's `profile`,
+    /// libbpf-tools' `profile`): the program runs on the thread the period of CPU time
+    /// interrupts, as the kernel runs it on the task a CPU's timer interrupts; the target is a
+    /// [`ProfileTarget`].
+    Profile = 3,
+}
+
+/// Where a [`LinkKind::Profile`] link samples: every `period_ns` nanoseconds of CPU time, on
+/// one CPU (a perf event opened for one: the kernel samples what runs there) or any, on one
+/// thread (an event opened for a task) or all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfileTarget {
+    /// Nanoseconds of CPU time between samples.
+    pub period_ns: u64,
+    /// The only CPU it samples on.
+    pub cpu: Option<u32>,
+    /// The only thread it samples.
+    pub thread: Option<u32>,
+}
+
+impl ProfileTarget {
+    /// The link target text: `cpu-clock:PERIOD_NS:CPU:THREAD`, `*` for any.
+    pub fn to_target(&self) -> String {
+        let any = |v: Option<u32>| v.map_or("*".to_string(), |v| v.to_string());
+        format!("cpu-clock:{}:{}:{}", self.period_ns, any(self.cpu), any(self.thread))
+    }
+
+    /// Reads what [`ProfileTarget::to_target`] wrote.
+    pub fn parse(target: &str) -> Option<ProfileTarget> {
+        let mut parts = target.strip_prefix("cpu-clock:")?.split(':');
+        let period_ns = parts.next()?.parse().ok().filter(|&p| p > 0)?;
+        let mut any = || -> Option<Option<u32>> {
+            match parts.next()? {
+                "*" => Some(None),
+                v => v.parse().ok().map(Some),
+            }
+        };
+        let (cpu, thread) = (any()?, any()?);
+        Some(ProfileTarget { period_ns, cpu, thread })
+    }
 }
 
 // SAFETY: integers and a byte array, sizes multiples of 8: no padding, any bit pattern valid.
@@ -162,6 +202,11 @@ fn store_kind(region: &ShmRegion, name: &str, prog: u32, target: &str, retprobe:
 /// it) with an owner and a pid.
 pub fn store_syscall(region: &ShmRegion, name: &str, prog: u32, event: &str, scope: LinkScope) -> Result<u32, ShmError> {
     store_kind(region, name, prog, event, false, 0, LinkKind::Syscall, scope)
+}
+
+/// Stores a CPU-time sampling link with an owner and a pid.
+pub fn store_profile(region: &ShmRegion, name: &str, prog: u32, target: ProfileTarget, scope: LinkScope) -> Result<u32, ShmError> {
+    store_kind(region, name, prog, &target.to_target(), false, 0, LinkKind::Profile, scope)
 }
 
 /// Stores a CUDA kernel link (a `kprobe/KERNEL` program attached by a loader) with an owner
@@ -563,6 +608,7 @@ pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
                 kind: match d.kind {
                     1 => LinkKind::CudaKernel,
                     2 => LinkKind::Syscall,
+                    3 => LinkKind::Profile,
                     _ => LinkKind::Uprobe,
                 },
                 pid: d.pid,
@@ -577,6 +623,17 @@ pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
 #[cfg(test)]
 mod tests {
     use super::glob_matches;
+
+    #[test]
+    fn profile_targets_read_back_as_written() {
+        use super::ProfileTarget;
+        for t in [ProfileTarget { period_ns: 10_101_010, cpu: Some(1), thread: None }, ProfileTarget { period_ns: 1, cpu: None, thread: Some(4242) }] {
+            assert_eq!(ProfileTarget::parse(&t.to_target()), Some(t));
+        }
+        for bad in ["cpu-clock:0:*:*", "cpu-clock:5:*", "cpu-clock:5:x:*", "uprobe:5:*:*"] {
+            assert_eq!(ProfileTarget::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn globs_match_as_libbpfs_do() {
