@@ -867,6 +867,29 @@ fn watch_links(mut seen: u32, running: &std::sync::atomic::AtomicBool) {
     }
 }
 
+/// The links a table of programs was last made from, in this process (a forked child makes
+/// its own): a refresh makes it again only when they change.
+pub struct LinkSet(Mutex<Option<(u32, Vec<(u32, u32)>)>>);
+
+impl LinkSet {
+    /// None seen yet.
+    pub const fn new() -> LinkSet {
+        LinkSet(Mutex::new(None))
+    }
+
+    /// Whether `links` (ids and programs) differ from those of the last call, which they
+    /// replace.
+    pub fn changed(&self, links: &[&links::UprobeLink]) -> bool {
+        let now = Some((std::process::id(), links.iter().map(|l| (l.id, l.prog)).collect()));
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == now {
+            return false;
+        }
+        *last = now;
+        true
+    }
+}
+
 impl Agent {
     fn refresh_links(&self) {
         remove_orphans(self.runtime.region());

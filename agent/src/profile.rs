@@ -37,6 +37,11 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
     if mine.is_empty() && TABLE.load(Ordering::Acquire).is_null() {
         return;
     }
+    // Made again only when the links change (each refresh would leak a table otherwise).
+    static LAST: crate::glue::LinkSet = crate::glue::LinkSet::new();
+    if !LAST.changed(&mine) {
+        return;
+    }
     let mut samplers = vec![];
     let mut attached = vec![];
     for l in mine {

@@ -566,6 +566,11 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
     if mine.is_empty() && PROGRAMS.get().is_none() {
         return;
     }
+    // Made again only when the links change (each refresh would leak a table otherwise).
+    static LAST: crate::glue::LinkSet = crate::glue::LinkSet::new();
+    if !LAST.changed(&mine) {
+        return;
+    }
     let mut t = Tables { enter: (0..512).map(|_| vec![]).collect(), exit: (0..512).map(|_| vec![]).collect(), ..Tables::default() };
     let mut attached = vec![];
     for l in mine {

@@ -708,6 +708,8 @@ pub(crate) fn restore_vfork_parent() {
     }
     t.app_call.set(p.app_call);
     t.interruption.set(p.interruption);
+    // The parent is in our work (it noted this there), past any hit's entry.
+    t.entering.set(0);
     // The call is over (the child may have named its own registers and died in its call).
     t.call_regs.set(0);
     // Signals deferred since (one delivered as the call returned, to a thread the child left
@@ -789,11 +791,15 @@ pub(crate) fn run_in_signal_wrapper(f: impl FnOnce(usize)) -> bool {
     }
     let t = thread();
     let (selector, app_call, entering) = (t.selector.get(), t.app_call.replace(0), t.entering.replace(0));
+    // Signals the interrupted flow deferred stay blocked until it releases them (the signal's
+    // return puts its mask back): this run releases only its own.
+    let outer = t.deferred.replace(0);
     let mut ran = false;
     run_as_hit(|level| {
         f(level);
         ran = true;
     });
+    t.deferred.set(t.deferred.get() | outer);
     t.app_call.set(app_call);
     t.selector.set(selector);
     t.entering.set(entering);
@@ -891,6 +897,10 @@ fn register_entry_window(start: u64, end: u64) {
 pub(crate) fn entering_at(ip: u64) -> bool {
     if thread().entering.get() != 0 {
         return true;
+    }
+    // (Most signals land elsewhere: only code we made can hold a window.)
+    if !patch::is_own_code(ip) {
+        return false;
     }
     let n = ENTRY_WINDOW_COUNT.load(Ordering::Acquire).min(MAX_ENTRY_WINDOWS);
     ENTRY_WINDOWS[..n].iter().any(|w| {

@@ -15,7 +15,7 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -562,19 +562,47 @@ pub(crate) fn alloc_near(near: u64, size: usize) -> Option<u64> {
     /// Chunks: (start, bytes handed out).
     static CHUNKS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
     let size = (size as u64).div_ceil(4096) * 4096;
+    let fresh = |bytes: u64| map_near(near, bytes as usize).inspect(|&at| note_own_code(at, bytes));
     // Never waited for (callers may run in a signal handler): busy means a fresh mapping.
-    let Ok(mut chunks) = CHUNKS.try_lock() else { return map_near(near, size as usize) };
+    let Ok(mut chunks) = CHUNKS.try_lock() else { return fresh(size) };
     if let Some((start, used)) = chunks.iter_mut().find(|(start, used)| *used + size <= CHUNK && (*start + *used).abs_diff(near) < REACH) {
         let at = *start + *used;
         *used += size;
         return Some(at);
     }
     if size > CHUNK {
-        return map_near(near, size as usize);
+        return fresh(size);
     }
-    let start = map_near(near, CHUNK as usize)?;
+    let start = fresh(CHUNK)?;
     chunks.push((start, size));
     Some(start)
+}
+
+/// How many mappings [`OWN_CODE`] records at most.
+const MAX_OWN_CODE: usize = 1024;
+
+/// The mappings [`alloc_near`] made for code of ours (stubs, trampolines), each its start above
+/// its page count in 16 bits; appended, never removed (nor is the code). Past
+/// [`MAX_OWN_CODE`], `u64::MAX`: anything may be ours.
+static OWN_CODE: [AtomicU64; MAX_OWN_CODE] = [const { AtomicU64::new(0) }; MAX_OWN_CODE];
+static OWN_CODE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+fn note_own_code(at: u64, bytes: u64) {
+    let i = OWN_CODE_COUNT.fetch_add(1, Ordering::AcqRel);
+    let pages = (bytes / 4096).min(0xffff);
+    if let Some(slot) = OWN_CODE.get(i) {
+        slot.store(at << 16 | pages, Ordering::Release);
+    }
+}
+
+/// Whether `ip` may lie in code [`alloc_near`] made (a signal handler's question: no locks).
+pub(crate) fn is_own_code(ip: u64) -> bool {
+    let n = OWN_CODE_COUNT.load(Ordering::Acquire);
+    n > MAX_OWN_CODE
+        || OWN_CODE[..n].iter().any(|m| {
+            let m = m.load(Ordering::Acquire);
+            ip.wrapping_sub(m >> 16) < (m & 0xffff) * 4096
+        })
 }
 
 /// A fresh read-write mapping of `size` bytes at exactly `at`, if that memory is free.

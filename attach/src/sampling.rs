@@ -6,11 +6,14 @@
 //! threads are sampled (a userspace runtime sees no other process's registers).
 //!
 //! The signal (`SIGRTMAX - 7`) is the engine's own, installed as its other signals are (see
-//! `syscalls::install_engine_handler`); its handler runs the agent's work as a hit at the next
-//! nesting level (see `hook::run_in_signal_wrapper`), never over our own work.
+//! `syscalls::install_engine_handler`): the application's action for it is only recorded, what
+//! is not our timers' is passed to it, and masks the application sets leave it deliverable
+//! (`signals::engine_signals`). Its handler runs the agent's work as a hit at the next nesting
+//! level (see `hook::run_in_signal_wrapper`), on the thread's handler stack, never over our
+//! own work.
 
 use crate::regs::PtRegs;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 
 /// Told of each sample: the interrupted thread's registers, the period of CPU time that ran
@@ -23,6 +26,13 @@ static HANDLER: AtomicUsize = AtomicUsize::new(0);
 /// The timers: the process that made them (a forked child has none of its parent's) and each
 /// period's kernel timer id.
 static TIMERS: Mutex<(u32, Vec<(u64, i32)>)> = Mutex::new((0, Vec::new()));
+
+/// The periods of the running timers (0: a free slot), for the signal handler to tell our
+/// timers' signals from others'.
+static PERIODS: [AtomicU64; MAX_PERIODS] = [const { AtomicU64::new(0) }; MAX_PERIODS];
+
+/// How many periods may sample at once.
+const MAX_PERIODS: usize = 16;
 
 /// The most periods one sample stands for.
 const MAX_RUNS: u32 = 64;
@@ -61,7 +71,13 @@ pub fn set_periods(periods: &[u64], handler: SampleHandler) -> std::io::Result<(
         if period == 0 || timers.1.iter().any(|&(p, _)| p == period) {
             continue;
         }
+        if timers.1.len() >= MAX_PERIODS {
+            return Err(std::io::Error::other(format!("more than {MAX_PERIODS} sampling periods")));
+        }
         timers.1.push((period, start_timer(period)?));
+    }
+    for (k, slot) in PERIODS.iter().enumerate() {
+        slot.store(timers.1.get(k).map_or(0, |&(p, _)| p), Ordering::Release);
     }
     Ok(())
 }
@@ -69,6 +85,13 @@ pub fn set_periods(periods: &[u64], handler: SampleHandler) -> std::io::Result<(
 static INSTALLED: Once = Once::new();
 
 fn install_handler() {
+    // SAFETY: a zeroed sigaction is valid, read into (sigaction(2)); the application's action
+    // is recorded before ours replaces it.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        crate::signals::real_sigaction()(sample_signal(), std::ptr::null(), &mut old);
+        crate::signals::own_signal(sample_signal(), old.sa_sigaction, old.sa_flags);
+    }
     let flags = libc::SA_SIGINFO | libc::SA_RESTART;
     crate::syscalls::install_engine_handler(sample_signal(), on_sample as *const () as usize, flags);
 }
@@ -112,9 +135,9 @@ fn start_timer(period: u64) -> std::io::Result<i32> {
     Ok(id)
 }
 
-extern "C" fn on_sample(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+extern "C" fn on_sample(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let handler = HANDLER.load(Ordering::Acquire);
-    if info.is_null() || ctx.is_null() || handler == 0 || !crate::hook::libc_thread_pointer() {
+    if info.is_null() || ctx.is_null() || !crate::hook::libc_thread_pointer() {
         return;
     }
     // SAFETY: the kernel's siginfo for this delivery; a POSIX timer's (`si_code` SI_TIMER)
@@ -123,13 +146,20 @@ extern "C" fn on_sample(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
         let at = info as *const u8;
         ((*info).si_code, (at.add(20) as *const i32).read(), (at.add(24) as *const u64).read())
     };
-    if code != SI_TIMER {
-        return; // not one of our timers' (sent by hand): nothing to sample
+    let ours = code == SI_TIMER && period != 0 && PERIODS.iter().any(|p| p.load(Ordering::Acquire) == period);
+    if !ours {
+        // The application's (its own timer, or sent by hand).
+        crate::signals::forward(sig, info, ctx);
+        return;
+    }
+    if handler == 0 {
+        return;
     }
     // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO handler.
     let regs = PtRegs::from_gregs(unsafe { &(*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs });
     let runs = 1 + (overrun.max(0) as u32).min(MAX_RUNS - 1);
     // SAFETY: set by `set_periods` from a function of this type.
     let handler = unsafe { std::mem::transmute::<usize, SampleHandler>(handler) };
-    crate::hook::run_in_signal_wrapper(|level| handler(&regs, period, runs, level));
+    // On the handler stack: the interrupted stack may be a coroutine's few kilobytes.
+    crate::hook::on_handler_stack(|_| crate::hook::run_in_signal_wrapper(|level| handler(&regs, period, runs, level)));
 }

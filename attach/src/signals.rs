@@ -414,9 +414,10 @@ pub fn engine_signal_mask() -> u64 {
     mask_of(engine_signals())
 }
 
-/// `SIGTRAP` and the engine's two real-time signals (fix-up rounds, turning interception on).
-fn engine_signals() -> [libc::c_int; 3] {
-    [libc::SIGTRAP, crate::patch::fixup_signal(), crate::syscalls::enable_signal()]
+/// `SIGTRAP` and the engine's real-time signals (fix-up rounds, turning interception on,
+/// CPU-time samples).
+fn engine_signals() -> [libc::c_int; 4] {
+    [libc::SIGTRAP, crate::patch::fixup_signal(), crate::syscalls::enable_signal(), crate::sampling::sample_signal()]
 }
 
 /// A kernel signal mask (bit `sig - 1`) of `sigs`.

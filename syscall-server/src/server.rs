@@ -86,8 +86,13 @@ pub enum Handle {
 pub struct TimerEvent {
     /// Nanoseconds between runs.
     pub period_ns: u64,
+    /// When it was opened, in this process's count of CPU-clock events.
+    opened: u64,
     shared: Arc<TimerShared>,
 }
+
+/// CPU-clock events opened by this process so far (see [`TimerEvent::opened`]).
+static CPU_CLOCKS_OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[derive(Debug, Default)]
 struct TimerShared {
@@ -994,6 +999,10 @@ impl Server {
             all.iter().find(|l| l.owner == pid && l.fd == Some(fd)).map(|l| l.id).ok_or(ENOTSUPP)?
         };
         let link = all.into_iter().find(|l| l.id == id).ok_or(ENOTSUPP)?;
+        if link.kind == links::LinkKind::Profile {
+            // A CPU-clock event's program, held by another process: not described either.
+            return Err(libc::EOPNOTSUPP);
+        }
         let probed = Probed::of(&link);
         // As the kernel's `bpf_task_fd_query_copy`: the name's length back in `buf_len`, the
         // name in the buffer (`ENOSPC` where it was cut).
@@ -1723,6 +1732,7 @@ impl Server {
                         if p.kind == ProbeKind::Software {
                             // `event`: config (PERF_COUNT_SW_CPU_CLOCK, 0) at 24, type
                             // (PERF_TYPE_SOFTWARE) at 32, the cookie at 40.
+                            info[24..32].fill(0);
                             put32(&mut info, 32, 1);
                         } else {
                             let n = named(&p.name, given.u64(24), given.u32(32) as usize)?;
@@ -2101,8 +2111,10 @@ impl Server {
             }
             // Sampling, run where the traced threads run: an event for a task, one asked for a
             // frequency (a profiler's), or one of a series over the CPUs (each CPU's after the
-            // first; the first, taken for a tick until then, turns into one too).
-            if pid > 0 || freq || cpu > 0 {
+            // first; the first, taken for a tick until then, turns into one too). One for the
+            // caller (pid 0) samples the loader: its timer thread runs it there.
+            let opened = CPU_CLOCKS_OPENED.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            if pid > 0 || (pid == -1 && (freq || cpu > 0)) {
                 if !freq && pid == -1 {
                     self.ticks_become_samples(period_ns);
                 }
@@ -2111,7 +2123,7 @@ impl Server {
             }
             let shared = Arc::new(TimerShared::default());
             shared.enabled.store(flags & 1 == 0, std::sync::atomic::Ordering::Release);
-            return Some(self.install(Handle::Timer(TimerEvent { period_ns, shared })));
+            return Some(self.install(Handle::Timer(TimerEvent { period_ns, opened, shared })));
         }
         // PERF_TYPE_TRACEPOINT on a system call event: run in userspace by the agent.
         if a.u32(0) == 2 {
@@ -2213,30 +2225,30 @@ impl Server {
         })
     }
 
-    /// Turns this loader's ticking CPU-clock events of period `period_ns` (opened for CPU 0
-    /// alone: see [`TimerEvent`]) into sampling ones, as another CPU's event of the same period
-    /// shows them to be a series over the CPUs (bpftrace's `profile:ms:N`): their loader thread
-    /// stops and the program they run, if any, is linked to sample CPU 0 in the traced processes.
+    /// Turns this loader's ticking CPU-clock event of period `period_ns` opened last (for CPU
+    /// 0 alone: see [`TimerEvent`]) into a sampling one, when the event opened right after it
+    /// is another CPU's of the same period and shows it to be the first of a series over the
+    /// CPUs (bpftrace's `profile:ms:N`): its loader thread stops and the program it runs, if
+    /// any, is linked to sample CPU 0 in the traced processes. (Its fd's copies, `dup`s, turn
+    /// with it and hold no link of their own.)
     fn ticks_become_samples(&self, period_ns: u64) {
         use std::sync::atomic::Ordering::{Acquire, Release};
-        let turned: Vec<(i32, u32)> = {
+        let turned: Option<(i32, u32)> = {
             let mut fds = Self::lock(&self.fds);
-            let ticks: Vec<(i32, TimerEvent)> = fds
-                .iter()
-                .filter_map(|(fd, h)| match h {
-                    Handle::Timer(t) if t.period_ns == period_ns => Some((*fd, t.clone())),
-                    _ => None,
-                })
-                .collect();
-            ticks
-                .into_iter()
-                .map(|(fd, t)| {
-                    t.shared.stopped.store(true, Release);
-                    let target = links::ProfileTarget { period_ns, cpu: Some(0), thread: None };
-                    fds.insert(fd, Handle::Probe(ProbeEvent { target: EventTarget::CpuClock(target), retprobe: false, pid: -1, link: None }));
-                    (fd, t.shared.prog.load(Acquire))
-                })
-                .collect()
+            let now = CPU_CLOCKS_OPENED.load(Acquire);
+            let last = fds.values().filter_map(|h| match h {
+                Handle::Timer(t) => Some(t.clone()),
+                _ => None,
+            });
+            let Some(tick) = last.max_by_key(|t| t.opened).filter(|t| t.period_ns == period_ns && t.opened + 2 == now) else { return };
+            tick.shared.stopped.store(true, Release);
+            let copies: Vec<i32> =
+                fds.iter().filter(|(_, h)| matches!(h, Handle::Timer(t) if Arc::ptr_eq(&t.shared, &tick.shared))).map(|(fd, _)| *fd).collect();
+            let target = links::ProfileTarget { period_ns, cpu: Some(0), thread: None };
+            for &fd in &copies {
+                fds.insert(fd, Handle::Probe(ProbeEvent { target: EventTarget::CpuClock(target), retprobe: false, pid: -1, link: None }));
+            }
+            copies.into_iter().min().map(|fd| (fd, tick.shared.prog.load(Acquire)))
         };
         for (fd, prog) in turned.into_iter().filter(|&(_, prog)| prog != 0) {
             if let Err(e) = self.attach(fd, prog, 0) {
