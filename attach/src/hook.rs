@@ -299,6 +299,11 @@ struct HookThread {
     /// its exit handlers first, where the kernel's tracepoint shows its exit (see
     /// [`interrupted_call_regs`]).
     call_regs: Cell<u64>,
+    /// The stack pointer of the innermost application signal handler running on this thread
+    /// ([`in_signal_handler`]; 0 for none), which marks the handler stack in use while it runs:
+    /// a handler that leaves by `siglongjmp` never puts the byte back, and a later hit above
+    /// that frame finds it left for good (see [`heal_stack_in_use`]).
+    signal_frame: Cell<u64>,
 }
 
 /// The part of a thread's [`HookThread`] that a `vfork` child, which runs on its parent's
@@ -320,7 +325,7 @@ struct VforkParent {
 }
 
 const _: () = assert!(
-    std::mem::size_of::<HookThread>() == 120
+    std::mem::size_of::<HookThread>() == 128
         && std::mem::offset_of!(HookThread, entering) == 4
         && std::mem::offset_of!(HookThread, selector) == 16
         && std::mem::offset_of!(HookThread, stack_in_use) == 17
@@ -337,6 +342,7 @@ const _: () = assert!(
         && std::mem::offset_of!(HookThread, vfork_parent) == 80
         && std::mem::size_of::<VforkParent>() == 32
         && std::mem::offset_of!(HookThread, call_regs) == 112
+        && std::mem::offset_of!(HookThread, signal_frame) == 120
 );
 
 // The hook engine's thread-local, defined here in the initial-exec model (`@GOTTPOFF`), which
@@ -354,13 +360,13 @@ std::arch::global_asm!(
     ".globl bpftime_hook_thread",
     ".hidden bpftime_hook_thread",
     ".type bpftime_hook_thread, @tls_object",
-    ".size bpftime_hook_thread, 120",
+    ".size bpftime_hook_thread, 128",
     "bpftime_hook_thread:",
     ".zero 16",
     ".byte 1",
     ".zero 5",
     ".byte 1",
-    ".zero 97",
+    ".zero 105",
     ".text",
 );
 
@@ -464,6 +470,9 @@ fn admit_with(frame: u64) -> Admission {
         // never lends its own. (A flow that begins where another is paused or interrupted,
         // inside `making_application_call` or `in_signal_handler`, has theirs put back after.)
         let flow = (frame, stack_pointer());
+        if t.stack_in_use.get() != 0 && t.signal_frame.get() != 0 {
+            heal_stack_in_use(t, frame);
+        }
         set_flow(t, flow);
         compiler_fence(Ordering::SeqCst);
         set_state(t, ThreadState { busy: true, depth: st.depth + 1, ..st });
@@ -472,6 +481,38 @@ fn admit_with(frame: u64) -> Admission {
         t.entering.set(0);
         set_flow(t, flow);
         Admission::Run(st.depth as usize, st)
+    }
+}
+
+/// Frees the handler stack that a signal handler left marked in use: it marks it while it
+/// runs ([`in_signal_handler`]) and one that leaves by `siglongjmp` never puts the byte back,
+/// so every later hit of the thread stayed on the application's stack (a goroutine's few
+/// kilobytes, say). The handler is gone if this hit's registers (`frame`, not on the handler
+/// stack) lie above its stack pointer on one stack (code running inside it is always below),
+/// or if that pointer is on the thread's signal stack and the thread is off it (the kernel
+/// takes the signal stack for free then too). Whatever it interrupted on the handler stack
+/// went with it (a stub's work, left by the jump).
+#[cold]
+#[inline(never)]
+fn heal_stack_in_use(t: &HookThread, frame: u64) {
+    let (handler, here) = (t.signal_frame.get(), stack_pointer());
+    if frame == 0 || on_handler_stack_at(t, here) {
+        return;
+    }
+    let [alt_base, _, alt_size] = t.alt_stack.get();
+    let on_signal_stack = handler.wrapping_sub(alt_base) < alt_size;
+    let gone = if on_signal_stack {
+        let mut now = [0u64; 3];
+        // SAFETY: sigaltstack(2) writing the current stack_t (24 bytes) into our array, by our
+        // own `syscall` instruction.
+        let read = unsafe { crate::syscalls::raw_syscall(libc::SYS_sigaltstack as u64, [0, now.as_mut_ptr() as u64, 0, 0, 0, 0]) } == 0;
+        read && now[1] & libc::SS_ONSTACK as u64 == 0
+    } else {
+        frame > handler && below_on_one_stack(handler, frame)
+    };
+    if gone {
+        t.stack_in_use.set(0);
+        t.signal_frame.set(0);
     }
 }
 
@@ -3431,11 +3472,17 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // A `vfork` call the handler makes notes its own state: the interrupted flow may be about
     // to make one that noted its own already.
     let vfork_parent = t.vfork_parent.get();
+    let signal_frame = t.signal_frame.get();
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
+    // Where the handler runs: what a later hit compares its frame with (see `signal_frame`).
+    let run = || {
+        t.signal_frame.set(stack_pointer());
+        f()
+    };
     let r = match interrupted_stub_frame(t) {
-        Some(frame) => on_stack_leaving((frame - 128) & !15, 0, |_| f()),
-        None => f(),
+        Some(frame) => on_stack_leaving((frame - 128) & !15, 0, |_| run()),
+        None => run(),
     };
     leave(before);
     t.selector.set(selector);
@@ -3446,6 +3493,7 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     t.interruption.set(interruption);
     t.vfork_parent.set(vfork_parent);
     t.entering.set(entering);
+    t.signal_frame.set(signal_frame);
     compiler_fence(Ordering::SeqCst);
     set_flow(t, flow);
     r
@@ -3516,6 +3564,65 @@ fn on_stack_leaving<R, F: FnOnce(u64) -> R>(new_sp: u64, slot: u64, f: F) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[inline(never)]
+    #[no_mangle]
+    pub extern "C" fn bpftime_attach_heal_target(a: u64, b: u64) -> u64 {
+        let mut x = a;
+        for i in 0..b {
+            x = x.wrapping_mul(29).wrapping_add(i);
+        }
+        std::hint::black_box(x)
+    }
+
+    /// Counts hits, and those that ran on the thread's handler stack.
+    #[derive(Default)]
+    struct Stacks(AtomicU64, AtomicU64);
+
+    impl ProbeHandler for Stacks {
+        fn on_hit(&self, _regs: &PtRegs, _level: usize) -> Option<u64> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            if on_handler_stack_at(thread(), stack_pointer()) {
+                self.1.fetch_add(1, Ordering::Relaxed);
+            }
+            None
+        }
+    }
+
+    /// Runs a signal handler that never returns (as one leaving by `siglongjmp`) `depth`
+    /// frames of 4 KiB down the stack.
+    #[inline(never)]
+    fn handler_left_by_a_jump(depth: u32) {
+        let pad = std::hint::black_box([0u8; 4096]);
+        if depth > 0 {
+            handler_left_by_a_jump(depth - 1);
+        } else {
+            let left = std::panic::catch_unwind(|| in_signal_handler(|| std::panic::resume_unwind(Box::new("jump"))));
+            assert!(left.is_err());
+        }
+        std::hint::black_box(pad);
+    }
+
+    /// A signal handler marks the handler stack in use while it runs; one that left by a jump
+    /// left it marked, and every later hit of the thread ran on the application's stack. The
+    /// next hit above where the handler ran frees it: the hits after it run there again.
+    #[test]
+    fn a_handler_left_by_a_jump_leaves_the_handler_stack_free() {
+        let addr = bpftime_attach_heal_target as *const () as u64;
+        let h = Arc::new(Stacks::default());
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
+        let id = attach(addr, info, ProbeKind::Entry, h.clone()).unwrap();
+        let call = || std::hint::black_box(bpftime_attach_heal_target)(3, 4);
+        call();
+        call();
+        assert_eq!((h.0.load(Ordering::Relaxed), h.1.load(Ordering::Relaxed)), (2, 2), "hits on the handler stack");
+        handler_left_by_a_jump(16);
+        assert_eq!(thread().stack_in_use.get(), 1, "left marked by the handler");
+        call();
+        call();
+        assert_eq!((h.0.load(Ordering::Relaxed), h.1.load(Ordering::Relaxed)), (4, 3), "the hit after the first above it on the handler stack again");
+        detach(id).unwrap();
+    }
 
     /// Calls libc through its GOT (as Rust does): its callers cannot rely on call-clobbered
     /// registers.
