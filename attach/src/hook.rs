@@ -302,7 +302,9 @@ struct HookThread {
     /// The stack pointer of the innermost application signal handler running on this thread
     /// ([`in_signal_handler`]; 0 for none), which marks the handler stack in use while it runs:
     /// a handler that leaves by `siglongjmp` never puts the byte back, and a later hit above
-    /// that frame finds it left for good (see [`heal_stack_in_use`]).
+    /// that frame finds it left for good (see [`heal_stack_in_use`]). Bit 0 set: nothing else
+    /// held the handler stack as the handler began (the byte was 0 and no other handler ran),
+    /// so that it is free once the handler is gone; only then is it freed.
     signal_frame: Cell<u64>,
 }
 
@@ -376,7 +378,7 @@ fn thread() -> &'static HookThread {
     let p: *const HookThread;
     // SAFETY: the initial-exec TLS sequence for `bpftime_hook_thread` (x86-64 psABI): its
     // offset from the thread pointer, read from the GOT, added to `%fs:0`, the thread pointer.
-    // The result is this thread's copy, 120 bytes laid out as HookThread (checked above), alive
+    // The result is this thread's copy, 128 bytes laid out as HookThread (checked above), alive
     // as long as the thread; only this thread touches it (Cells, never shared).
     unsafe {
         std::arch::asm!(
@@ -470,9 +472,6 @@ fn admit_with(frame: u64) -> Admission {
         // never lends its own. (A flow that begins where another is paused or interrupted,
         // inside `making_application_call` or `in_signal_handler`, has theirs put back after.)
         let flow = (frame, stack_pointer());
-        if t.stack_in_use.get() != 0 && t.signal_frame.get() != 0 {
-            heal_stack_in_use(t, frame);
-        }
         set_flow(t, flow);
         compiler_fence(Ordering::SeqCst);
         set_state(t, ThreadState { busy: true, depth: st.depth + 1, ..st });
@@ -480,6 +479,10 @@ fn admit_with(frame: u64) -> Admission {
         // Busy now: signals wait for the flow's end (`leave`), those deferred as it entered too.
         t.entering.set(0);
         set_flow(t, flow);
+        // (Busy: its system calls are ours, which interception lets through.)
+        if t.signal_frame.get() & 1 != 0 && t.stack_in_use.get() != 0 {
+            heal_stack_in_use(t, frame);
+        }
         Admission::Run(st.depth as usize, st)
     }
 }
@@ -490,25 +493,28 @@ fn admit_with(frame: u64) -> Admission {
 /// kilobytes, say). The handler is gone if this hit's registers (`frame`, not on the handler
 /// stack) lie above its stack pointer on one stack (code running inside it is always below),
 /// or if that pointer is on the thread's signal stack and the thread is off it (the kernel
-/// takes the signal stack for free then too). Whatever it interrupted on the handler stack
-/// went with it (a stub's work, left by the jump).
+/// takes the signal stack for free then too). Only a handler that began with the stack free
+/// and no other handler running frees it (bit 0 of `signal_frame`): one nested in another, or
+/// one that interrupted work on the handler stack, leaves it to whoever held it before.
+/// Called with the thread busy (its system calls are let through).
 #[cold]
 #[inline(never)]
 fn heal_stack_in_use(t: &HookThread, frame: u64) {
-    let (handler, here) = (t.signal_frame.get(), stack_pointer());
+    let (handler, here) = (t.signal_frame.get() & !1, stack_pointer());
     if frame == 0 || on_handler_stack_at(t, here) {
         return;
     }
     let [alt_base, _, alt_size] = t.alt_stack.get();
     let on_signal_stack = handler.wrapping_sub(alt_base) < alt_size;
-    let gone = if on_signal_stack {
+    // (A hit on the signal stack itself is inside the handler, or one nested in it.)
+    let gone = if on_signal_stack && frame.wrapping_sub(alt_base) >= alt_size {
         let mut now = [0u64; 3];
         // SAFETY: sigaltstack(2) writing the current stack_t (24 bytes) into our array, by our
         // own `syscall` instruction.
         let read = unsafe { crate::syscalls::raw_syscall(libc::SYS_sigaltstack as u64, [0, now.as_mut_ptr() as u64, 0, 0, 0, 0]) } == 0;
         read && now[1] & libc::SS_ONSTACK as u64 == 0
     } else {
-        frame > handler && below_on_one_stack(handler, frame)
+        !on_signal_stack && frame > handler && below_on_one_stack(handler, frame)
     };
     if gone {
         t.stack_in_use.set(0);
@@ -749,8 +755,10 @@ pub(crate) fn restore_vfork_parent() {
     }
     t.app_call.set(p.app_call);
     t.interruption.set(p.interruption);
-    // The parent is in our work (it noted this there), past any hit's entry.
+    // The parent is in our work (it noted this there), past any hit's entry; where its own
+    // handlers run is not known from the child's (it frees nothing then).
     t.entering.set(0);
+    t.signal_frame.set(0);
     // The call is over (the child may have named its own registers and died in its call).
     t.call_regs.set(0);
     // Signals deferred since (one delivered as the call returned, to a thread the child left
@@ -3473,11 +3481,13 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // to make one that noted its own already.
     let vfork_parent = t.vfork_parent.get();
     let signal_frame = t.signal_frame.get();
+    // Freed once it is gone only if nothing else held the handler stack as it began.
+    let sole = in_use == 0 && signal_frame == 0;
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     // Where the handler runs: what a later hit compares its frame with (see `signal_frame`).
     let run = || {
-        t.signal_frame.set(stack_pointer());
+        t.signal_frame.set(stack_pointer() & !1 | sole as u64);
         f()
     };
     let r = match interrupted_stub_frame(t) {
@@ -3621,6 +3631,43 @@ mod tests {
         call();
         call();
         assert_eq!((h.0.load(Ordering::Relaxed), h.1.load(Ordering::Relaxed)), (4, 3), "the hit after the first above it on the handler stack again");
+        detach(id).unwrap();
+    }
+
+    #[inline(never)]
+    #[no_mangle]
+    pub extern "C" fn bpftime_attach_held_target(a: u64, b: u64) -> u64 {
+        let mut x = a;
+        for i in 0..b {
+            x = x.wrapping_mul(23).wrapping_add(i);
+        }
+        std::hint::black_box(x)
+    }
+
+    /// A handler left by a jump inside another handler, which interrupted work on the handler
+    /// stack (a stub's, marked in use): the hits of the outer handler after the jump, above
+    /// the inner one's frame, leave the stack to that work (freeing it would have the next hit
+    /// write over its frames).
+    #[test]
+    fn a_handler_left_by_a_jump_inside_another_frees_nothing_held() {
+        let addr = bpftime_attach_held_target as *const () as u64;
+        let h = Arc::new(Stacks::default());
+        let info = SiteInfo { function_size: 0, at_entry: true, padding: 0, returns_twice: false };
+        let id = attach(addr, info, ProbeKind::Entry, h.clone()).unwrap();
+        let call = || std::hint::black_box(bpftime_attach_held_target)(3, 4);
+        call();
+        let t = thread();
+        // As a stub holding the handler stack would have it.
+        t.stack_in_use.set(1);
+        in_signal_handler(|| {
+            handler_left_by_a_jump(16);
+            call();
+            call();
+            assert_eq!(t.stack_in_use.get(), 1, "still held");
+        });
+        assert_eq!(t.stack_in_use.get(), 1, "held until its user lets go");
+        t.stack_in_use.set(0);
+        assert_eq!(h.1.load(Ordering::Relaxed), 1, "only the first hit on the handler stack");
         detach(id).unwrap();
     }
 
