@@ -1996,6 +1996,7 @@ fn bpftrace_interval_probes_tick_like_the_kernel() {
 /// to its code), as the kernel samples whatever runs on each CPU. Two threads spinning for a
 /// second of CPU time each are sampled about 99 times a second each, as on the kernel; the
 /// loader runs none of it (it used to run them itself, on a timer, as if it were the target).
+/// The target handles the signal we sample with itself too, and gets every one it raises.
 #[test]
 fn bpftrace_profile_probes_sample_the_traced_threads_like_the_kernel() {
     let _serial = serial();
@@ -2019,7 +2020,7 @@ fn bpftrace_profile_probes_sample_the_traced_threads_like_the_kernel() {
         assert!(bpftime(&shm).args(["shm", "create"]).output().unwrap().status.success());
         let mut ours = bpftime(&shm);
         ours.args(["load", "--"]).arg(&bpftrace).args(["-e", &script]);
-        let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&spin).args(["1000", "2"]), &dir.join("ours"), true);
+        let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&spin).args(["1000", "2", "signals"]), &dir.join("ours"), true);
         bpftime_tests::remove_region(&shm);
         let (samples, user, threads) = counts(&out);
         // 2 s of CPU time at 99 a second (100 for 10 ms), give or take a machine's noise.
@@ -2029,7 +2030,7 @@ fn bpftrace_profile_probes_sample_the_traced_threads_like_the_kernel() {
         if is_root() {
             let mut kernel = Command::new(&bpftrace);
             kernel.args(["-e", &script]);
-            let k = tool_session(kernel, None, Command::new(&spin).args(["1000", "2"]), &dir.join("kernel"), true);
+            let k = tool_session(kernel, None, Command::new(&spin).args(["1000", "2", "signals"]), &dir.join("kernel"), true);
             let (kernel_samples, _, kernel_threads) = counts(&k);
             assert!(kernel_threads.len() == 2 && (140..=260).contains(&kernel_samples), "{probe}: the kernel's:\n{k}");
         }
