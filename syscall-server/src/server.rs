@@ -218,9 +218,6 @@ fn syscall_event_of_id(id: u64) -> Option<String> {
     found.filter(|event| bpftime_runtime::syscall_events::SyscallEvent::parse(event).is_ok())
 }
 
-/// The absolute path a pin command names (`attr`: pathname 0, bpf_fd 8, file_flags 12,
-/// path_fd 16): relative to `path_fd` with `BPF_F_PATH_FD`, else to the working directory.
-/// Whether `fd` is open in this process.
 /// The process thread `tid` belongs to (its `Tgid` in /proc/TID/status, proc(5)); `tid`
 /// itself where that cannot be read.
 fn process_of_thread(tid: u32) -> u32 {
@@ -228,6 +225,7 @@ fn process_of_thread(tid: u32) -> u32 {
     status.lines().find_map(|l| l.strip_prefix("Tgid:")?.trim().parse().ok()).unwrap_or(tid)
 }
 
+/// Whether `fd` is open in this process.
 fn fd_is_open(fd: i32) -> bool {
     crate::raw::result(crate::raw::syscall6(libc::SYS_fcntl, [fd as libc::c_long, libc::F_GETFD as libc::c_long, 0, 0, 0, 0])).is_ok()
 }
@@ -307,6 +305,8 @@ impl Probed {
     }
 }
 
+/// The absolute path a pin command names (`attr`: pathname 0, bpf_fd 8, file_flags 12,
+/// path_fd 16): relative to `path_fd` with `BPF_F_PATH_FD`, else to the working directory.
 fn pin_path(a: &Attr) -> Result<String, Errno> {
     let raw = user::read_cstr(a.u64(0), 4096)?;
     if raw.is_empty() {
@@ -984,8 +984,6 @@ impl Server {
         let all = links::list(&self.region);
         let id = if own {
             match self.handle(fd) {
-                // A CPU-clock event's program: the kernel does not describe those.
-                Some(Handle::Probe(ProbeEvent { target: EventTarget::CpuClock(_), .. })) => return Err(libc::EOPNOTSUPP),
                 Some(Handle::Probe(ProbeEvent { link: Some(id), .. })) => id,
                 // A perf event without a program.
                 Some(Handle::Probe(_)) => return Err(libc::ENOENT),
@@ -1000,7 +998,7 @@ impl Server {
         };
         let link = all.into_iter().find(|l| l.id == id).ok_or(ENOTSUPP)?;
         if link.kind == links::LinkKind::Profile {
-            // A CPU-clock event's program, held by another process: not described either.
+            // A CPU-clock event's program: the kernel does not describe those.
             return Err(libc::EOPNOTSUPP);
         }
         let probed = Probed::of(&link);
