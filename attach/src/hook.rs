@@ -462,9 +462,7 @@ fn admit_with(frame: u64) -> Admission {
     if st.agent || st.depth as usize >= NEST_LEVELS {
         // Nothing runs: the signals deferred as it entered run now.
         t.entering.set(0);
-        if t.deferred.get() != 0 {
-            take_deferred_signals(t);
-        }
+        release_deferred(t);
         Admission::Miss
     } else {
         // The flow's registers on both sides of the state: a jump out of the handlers leaves
@@ -716,9 +714,28 @@ pub(crate) fn leave(st: ThreadState) {
     // After the state: a jump out before it leaves the flow found.
     compiler_fence(Ordering::SeqCst);
     t.flow_frame.set(0);
-    if !st.busy && t.deferred.get() != 0 {
+    if !st.busy {
+        release_deferred(t);
+    }
+}
+
+/// Unblocks the signals deferred while the thread's work ran, now it is over, unless that work
+/// runs on the handler stack: then whoever holds the stack releases them once off it (a stub,
+/// see [`emit_deferred_release`]; [`on_handler_stack`]), so that a handler that leaves by
+/// `siglongjmp` leaves nothing of ours held (here it would leave the stack in use for good).
+fn release_deferred(t: &HookThread) {
+    if t.deferred.get() != 0 && !(t.stack_in_use.get() != 0 && on_handler_stack_at(t, stack_pointer())) {
         take_deferred_signals(t);
     }
+}
+
+/// Whether stack pointer `at` (of code a signal interrupted) lies on this thread's handler
+/// stack, in use: the code there is ours (a stub, a dispatcher, the work of
+/// [`on_handler_stack`]), busy or about to leave the stack, and a signal that lands there
+/// waits until it has (see [`release_deferred`]).
+pub(crate) fn on_held_handler_stack(at: u64) -> bool {
+    let t = thread();
+    t.stack_in_use.get() != 0 && on_handler_stack_at(t, at)
 }
 
 /// Notes what this thread has as it goes into a call that makes a `vfork` child (our code's
@@ -1556,6 +1573,10 @@ pub(crate) fn on_handler_stack<R>(f: impl FnOnce(Option<u64>) -> R) -> R {
     // stack pointer gets there.
     let r = on_stack_leaving(top - 16, top - 8, |left| f(Some(left)));
     t.stack_in_use.set(0);
+    // Off the stack: what waited for its work to end (see `release_deferred`) runs now.
+    if !t.state.get().busy {
+        release_deferred(t);
+    }
     r
 }
 
@@ -1696,6 +1717,9 @@ fn unmap_dead_threads_stacks() {
 /// TLS): the stubs reach them with one instruction each.
 struct ThreadSlots {
     entering: u64,
+    /// The `busy` byte of the thread's state.
+    busy: u64,
+    deferred: u64,
     stack_top: u64,
     stack_in_use: u64,
     warm: u64,
@@ -1713,6 +1737,8 @@ fn thread_slots() -> ThreadSlots {
     let slot = |p: u64| p.wrapping_sub(fs_base);
     ThreadSlots {
         entering: slot(t.entering.as_ptr() as u64),
+        busy: slot(t.state.as_ptr() as u64 + std::mem::offset_of!(ThreadState, busy) as u64),
+        deferred: slot(t.deferred.as_ptr() as u64),
         stack_top: slot(t.stack_top.as_ptr() as u64),
         stack_in_use: slot(t.stack_in_use.as_ptr() as u64),
         warm: slot(t.state.as_ptr() as u64 + std::mem::offset_of!(ThreadState, warm) as u64),
@@ -2593,17 +2619,18 @@ fn emit_probe_call(
     a.mov(rax, f)?;
     a.call(rax)?;
     saved.restore(a)?;
-    if point == PointKind::FunctionEntry {
-        // The dispatcher's answer (return at once?), in the flags: nothing below changes them.
-        a.test(rax, rax)?;
-    }
     a.mov(rsp, rbx)?;
     if handler_stacks.is_some() {
         // Off the handler stack: free again if this stub took it (`r12` 0), else left to its
         // user, the byte found written to the sink beside it (no flags: they may be live).
         a.mov(byte_ptr(r12 * 4 + thread_slots().stack_in_use).fs(), r12b)?;
+        emit_deferred_release(a, joined)?;
     }
     a.set_label(&mut joined)?;
+    if point == PointKind::FunctionEntry {
+        // The dispatcher's answer (return at once?), in the flags: nothing below changes them.
+        a.test(rax, rax)?;
+    }
     if point == PointKind::Return {
         // Where to go on, in the frame's last word (just below the final rsp, where signal
         // frames never go: the kernel skips the 128-byte red zone), so that no register has to
@@ -2624,6 +2651,40 @@ fn emit_probe_call(
         a.lea(rsp, ptr(rsp + pt::SIZE))?;
     }
     Ok(())
+}
+
+/// Emits a stub's release of the signals deferred while its hit ran (see `signals::defer`), once
+/// it is off the handler stack, where it took that stack (`r12` 0: one that found it in use
+/// leaves them to its holder, a stub below, which has them delivered off it) and the thread is
+/// not busy (a hit inside our own work leaves them to that work): `rt_sigprocmask(SIG_UNBLOCK, deferred)`, by a raw system call with the
+/// selector at ALLOW meanwhile, so that the kernel delivers them here, at the probed code, as
+/// its uprobes deliver a signal on the way back from the trap. Released from the dispatcher,
+/// on the handler stack, a handler that leaves by `siglongjmp` would leave that stack held for
+/// good (see [`release_deferred`]). Goes on at `none`, the stub's next instruction; changes the
+/// caller-saved registers but `rax`, and the flags.
+fn emit_deferred_release(a: &mut CodeAssembler, none: CodeLabel) -> Result<(), IcedError> {
+    let slots = thread_slots();
+    a.cmp(qword_ptr(slots.deferred).fs(), 0)?;
+    a.je(none)?;
+    a.test(r12d, r12d)?;
+    a.jne(none)?;
+    a.cmp(byte_ptr(slots.busy).fs(), 0)?;
+    a.jne(none)?;
+    a.mov(r9, rax)?;
+    a.mov(rax, qword_ptr(slots.deferred).fs())?;
+    a.mov(qword_ptr(slots.deferred).fs(), 0)?;
+    // The set just below the stack pointer: signal frames skip the red zone.
+    a.mov(qword_ptr(rsp - 8), rax)?;
+    a.movzx(r8d, byte_ptr(slots.selector).fs())?;
+    a.mov(byte_ptr(slots.selector).fs(), 0)?;
+    a.mov(eax, libc::SYS_rt_sigprocmask as u32)?;
+    a.mov(edi, libc::SIG_UNBLOCK as u32)?;
+    a.lea(rsi, ptr(rsp - 8))?;
+    a.xor(edx, edx)?;
+    a.mov(r10d, 8u32)?;
+    a.syscall()?;
+    a.mov(byte_ptr(slots.selector).fs(), r8b)?;
+    a.mov(rax, r9)
 }
 
 /// A site's entry stub, assembled at `at`, and where its entry window ends.

@@ -146,18 +146,23 @@ const FAULTS: [libc::c_int; 6] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, lib
 /// and one that leaves by `siglongjmp` (a timeout, say) would abandon it for good, the locks
 /// with it (the process hung). So does one that lands as a hit enters (in its stub, before
 /// the thread is busy): the probed instruction ran, which on the kernel is the int3 that runs
-/// the programs first, and a handler's jump from there would lose the hit's programs. The
-/// signal is queued again with its own siginfo
-/// (rt_tgsigqueueinfo(2), allowed to a thread sending to itself), kept blocked in the mask the
-/// interrupted work resumes with, and unblocked when the work ends (`hook::leave`). Returns
-/// whether it was deferred.
+/// the programs first, and a handler's jump from there would lose the hit's programs. So does
+/// one that lands on the handler stack as a hit leaves (its work over, its stub not yet off the
+/// stack): a handler's jump from there would leave the stack held. The signal is queued again
+/// with its own siginfo (rt_tgsigqueueinfo(2), allowed to a thread sending to itself), kept
+/// blocked in the mask the interrupted work resumes with, and unblocked when the work ends
+/// (`hook::leave`), or once off the handler stack where the work ran there (the stub's way out).
+/// Returns whether it was deferred.
 fn defer(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) -> bool {
     if ctx.is_null() || crate::hook::in_application_call() {
         return false;
     }
     // SAFETY: the kernel's ucontext for this delivery: where the thread was interrupted.
-    let ip = unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] } as u64;
-    if !crate::hook::in_probe() && !crate::hook::entering_at(ip) {
+    let (ip, sp) = unsafe {
+        let g = &(*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs;
+        (g[libc::REG_RIP as usize] as u64, g[libc::REG_RSP as usize] as u64)
+    };
+    if !crate::hook::in_probe() && !crate::hook::entering_at(ip) && !crate::hook::on_held_handler_stack(sp) {
         return false;
     }
     // The kernel's action: still ours (a one-shot action, SA_RESETHAND, is the default again,
@@ -200,6 +205,7 @@ fn defer(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) -
         *mask |= bit;
     }
     crate::hook::defer_signals(bit);
+    crate::syscalls::return_unseen(ctx);
     true
 }
 

@@ -1507,6 +1507,20 @@ pub(crate) fn sigreturn_from_application_call(ctx: *mut libc::c_void, kernel_lef
     report_sigreturn(ctx, hook::restart_noted().then_some(kernel_left));
 }
 
+/// Has the signal handler wrapper whose context is `ctx`, which deferred its signal (the
+/// application's handler did not run), return through our restorer in the allowed range: its
+/// `rt_sigreturn` is no call of the application's. Through glibc's restorer (its site rewritten,
+/// or the call dispatched) it was taken for one where the thread was not busy: a signal that
+/// waits for a stub to leave the handler stack. Nothing before interception has started.
+pub(crate) fn return_unseen(ctx: *mut libc::c_void) {
+    let restorer = ALLOWED.load(Ordering::Acquire);
+    if restorer != 0 && !ctx.is_null() {
+        // SAFETY: the kernel's signal frame for this delivery, on this thread's stack: the
+        // return address the handler was entered with (`pretcode`), then the ucontext.
+        unsafe { ((ctx as u64 - 8) as *mut u64).write(restorer as u64) };
+    }
+}
+
 /// In an engine's handler (SIGTRAP, SIGSYS) that passed its signal to the application's handler
 /// (`signals::forward`), once that returned (`ctx` its context as it leaves it): the engine's
 /// handler returns through our restorer, unseen by interception, so the `rt_sigreturn` that

@@ -1,5 +1,7 @@
 // Entry and return probes on the `stack_use` target's add(), with some helper work (a hash
-// update keyed by thread), to see how much of the application's stack a hit takes.
+// update keyed by thread), to see how much of the application's stack a hit takes. A call
+// add(-1, ...) is answered with a SIGUSR1 to the thread from the entry probe, one that returns
+// -3 from the return probe (the target's handler leaves by siglongjmp).
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
@@ -23,16 +25,20 @@ static __always_inline void count(void)
 }
 
 SEC("uprobe//proc/self/exe:add")
-int BPF_KPROBE(on_add)
+int BPF_KPROBE(on_add, long a)
 {
     count();
+    if (a == -1)
+        bpf_send_signal_thread(10);
     return 0;
 }
 
 SEC("uretprobe//proc/self/exe:add")
-int BPF_KRETPROBE(on_add_return)
+int BPF_KRETPROBE(on_add_return, long ret)
 {
     count();
+    if (ret == -3)
+        bpf_send_signal_thread(10);
     return 0;
 }
 

@@ -1,9 +1,14 @@
 // A target measuring how much of the application's stack a probe hit uses: measure() paints
 // 64 KiB below its frame, calls add() (probed) and finds the lowest byte the call changed.
-// Usage: stack_use N [T]   (prints "stack used: B bytes" for N calls, then "sum S"; with T, then
-// runs T threads one after the other, each calling add() once, and prints "mappings grew by M":
-// how many lines /proc/self/maps gained over them, for what threads leave behind)
+// Usage: stack_use N [T [jump]]   (prints "stack used: B bytes" for N calls, then "sum S"; with T
+// above 0, then runs T threads one after the other, each calling add() once, and prints
+// "mappings grew by M": how many lines /proc/self/maps gained over them, for what threads leave
+// behind). With `jump`, first calls add(-1, 0) and add(-2, -1), whose entry and return probes
+// (examples/bpf/stack_use.bpf.c) answer with a SIGUSR1 to the thread, whose handler leaves by
+// siglongjmp, and prints "jumped J" (2 once both signals came).
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +41,23 @@ __attribute__((noinline)) static long measure(long i, long *sum)
     return frame - p;
 }
 
+static sigjmp_buf back;
+
+static void leave_by_jump(int sig)
+{
+    siglongjmp(back, sig);
+}
+
+// Whether add(a, b) was left by the signal's jump.
+__attribute__((noinline)) static int jumped(long a, long b)
+{
+    if (sigsetjmp(back, 1) == 0) {
+        add(a, b);
+        return 0;
+    }
+    return 1;
+}
+
 static void *call_add(void *arg)
 {
     *(long *)arg = add(1, 1);
@@ -64,10 +86,17 @@ static long mappings(void)
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? atol(argv[1]) : 3, sum = 0;
+    if (argc > 3 && strcmp(argv[3], "jump") == 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = leave_by_jump;
+        sigaction(SIGUSR1, &sa, NULL);
+        printf("jumped %d\n", jumped(-1, 0) + jumped(-2, -1));
+    }
     for (long i = 0; i < n; i++)
         printf("stack used: %ld bytes\n", measure(i, &sum));
     printf("sum %ld\n", sum);
-    if (argc > 2) {
+    if (argc > 2 && atol(argv[2]) > 0) {
         long threads = atol(argv[2]);
         // glibc keeps a finished thread's stack for the next one; what a thread leaves may go
         // when the next one starts, once the kernel has let the finished one go.
