@@ -99,12 +99,22 @@ fn bpftime_agent_init(exec: syscalls::ExecArgs) {
     // it (a vfork child normally turns interception on for itself and marks its exec).
     let _ = std::panic::catch_unwind(|| {
         let Some(caller) = &caller else { return };
-        match caller {
-            syscalls::ExecCaller::Seen => {}
-            syscalls::ExecCaller::Untraced(name) => syscalls::execve_entered(exec, Some(name)),
-            syscalls::ExecCaller::Unknown => syscalls::execve_entered(exec, None),
-        }
-        syscalls::process_exec();
+        // (No call of ours here: interception is on, and the application's programs would see it.)
+        let old_pid = match caller {
+            syscalls::ExecCaller::Seen { thread, ended } => {
+                syscalls::threads_ended_by_exec(ended);
+                Some(*thread)
+            }
+            syscalls::ExecCaller::Untraced(name) => {
+                syscalls::execve_entered(exec, Some(name));
+                None
+            }
+            syscalls::ExecCaller::Unknown => {
+                syscalls::execve_entered(exec, None);
+                None
+            }
+        };
+        syscalls::process_exec(old_pid);
         syscalls::execve_returned();
         // The dynamic loader's calls came next, before any code of ours could run.
         syscalls::loader_calls_made();

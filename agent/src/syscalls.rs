@@ -627,7 +627,7 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
             let p = Arc::new(Programs { runtime, tables: AtomicPtr::new(fresh) });
             let _ = PROGRAMS.set(p.clone());
             // The images this process starts learn that their execve was seen here.
-            interception::mark_execs(EXEC_SEEN, crate::glue::own_file_name());
+            interception::mark_execs(EXEC_SEEN, crate::glue::own_file_name(), other_threads_mark);
             // A vfork child runs its calls in this process's memory: ids cached here are not its.
             interception::count_vfork_children(&bpftime_shm::ids::VFORK_CHILDREN);
             if let Err(e) = interception::start(p.clone()) {
@@ -654,7 +654,8 @@ pub fn update(runtime: &'static Runtime, all: &[UprobeLink]) {
 pub const EXEC_UNTRACED: &str = "BPFTIME_EXEC_UNTRACED";
 
 /// The variable an `execve` seen here (system calls intercepted) sets in the environment of the
-/// image it starts, to this process's id: an image that does not find its own id there runs
+/// image it starts, to this process's id and the calling thread's, then the other threads the
+/// call ends if it succeeds, each with its name in hex (`PID.TID[.TID=NAME]...`): an image that does not find its own id there runs
 /// that call's entry programs itself (its caller had none running: a process without the
 /// agent, or a `vfork` child whose caller's interception could not reach it; a mark inherited
 /// through an image
@@ -672,8 +673,9 @@ pub struct ExecArgs {
 
 /// How the `execve` that started this image was seen, from the environment it left.
 pub enum ExecCaller {
-    /// By the agent in the caller ([`EXEC_SEEN`]).
-    Seen,
+    /// By the agent in the caller ([`EXEC_SEEN`]), in this thread (the process's id once the
+    /// call went through), which ended the caller's other threads (their ids and names).
+    Seen { thread: u32, ended: Vec<(u32, Vec<u8>)> },
     /// By no agent: a caller that says so ([`EXEC_UNTRACED`], its name given).
     Untraced(Vec<u8>),
     /// By no agent, as far as we know.
@@ -683,11 +685,27 @@ pub enum ExecCaller {
 /// How the `execve` that started this image was seen, with [`EXEC_SEEN`] and [`EXEC_UNTRACED`]
 /// taken out of the environment it left (`exec.envp`).
 pub fn take_exec_caller(exec: ExecArgs) -> ExecCaller {
-    let seen = take_env(exec, EXEC_SEEN).is_some_and(|pid| pid == std::process::id().to_string().as_bytes());
-    match take_env(exec, EXEC_UNTRACED) {
-        _ if seen => ExecCaller::Seen,
-        Some(caller) => ExecCaller::Untraced(caller),
-        None => ExecCaller::Unknown,
+    let pid = std::process::id();
+    let seen = take_env(exec, EXEC_SEEN).and_then(|mark| {
+        let mark = String::from_utf8(mark).ok()?;
+        let mut parts = mark.split('.');
+        if parts.next()?.parse() != Ok(pid) {
+            return None;
+        }
+        let thread = parts.next().and_then(|t| t.parse().ok()).unwrap_or(pid);
+        let ended = parts
+            .filter_map(|p| {
+                let (tid, name) = p.split_once('=')?;
+                let name = (0..name.len() / 2).map(|i| u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?;
+                Some((tid.parse().ok()?, name))
+            })
+            .collect();
+        Some((thread, ended))
+    });
+    match (seen, take_env(exec, EXEC_UNTRACED)) {
+        (Some((thread, ended)), _) => ExecCaller::Seen { thread, ended },
+        (None, Some(caller)) => ExecCaller::Untraced(caller),
+        (None, None) => ExecCaller::Unknown,
     }
 }
 
@@ -764,10 +782,51 @@ pub fn execve_entered(exec: ExecArgs, caller: Option<&[u8]>) {
     }
 }
 
+/// What an `execve` of this thread's adds to its mark (see [`EXEC_SEEN`]): the process's other
+/// threads (not the agent's own, nor those that ended), which the call ends if it succeeds,
+/// each as `.TID=NAME`, the name in hex.
+fn other_threads_mark() -> String {
+    let me = tid();
+    let mut mark = String::new();
+    for t in numbered_entries(c"/proc/self/task") {
+        if t == me || bpftime_runtime::threads::is_ours(t) || EXITED.contains(t) {
+            continue;
+        }
+        let name = std::fs::read(format!("/proc/self/task/{t}/comm")).unwrap_or_default();
+        let name = name.strip_suffix(b"\n").unwrap_or(&name);
+        mark.push_str(&format!(".{t}="));
+        for b in name {
+            mark.push_str(&format!("{b:02x}"));
+        }
+    }
+    mark
+}
+
+/// Runs the `sched_process_exit` programs of the threads the `execve` that started this image
+/// ended (`ended`: ids and names, from the caller's mark), each as that thread, as the kernel
+/// runs them on each as the call takes the process over (exit code 0, the group alive).
+pub fn threads_ended_by_exec(ended: &[(u32, Vec<u8>)]) {
+    let Some(p) = PROGRAMS.get() else { return };
+    let t = p.tables();
+    if t.process_exit.is_empty() {
+        return;
+    }
+    // (Our calls with the thread busy: not the application's.)
+    bpftime_attach::run_as_hit(|level| {
+        // SAFETY: getpriority(2) on this process (its threads share the value here).
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        for (tid, name) in ended {
+            let values = [("comm", Value::Str(name)), ("pid", Value::Int(*tid as i64)), ("prio", Value::Int(120 + nice as i64)), ("group_dead", Value::Int(0))];
+            as_thread(*tid, name, || p.run_process(&t.process_exit, *tid, &values, level));
+        }
+    });
+}
+
 /// Runs the `sched_process_exec` programs of the `execve` that started this image (its
 /// filename as the call gave it, `AT_EXECFN`), which the kernel runs between the call's entry
-/// and exit programs.
-pub fn process_exec() {
+/// and exit programs; `old_pid` is the id of the thread that made the call where known
+/// (another than the process's where a thread other than the main one made it).
+pub fn process_exec(old_pid: Option<u32>) {
     let Some(p) = PROGRAMS.get() else { return };
     let t = p.tables();
     if t.process_exec.is_empty() {
@@ -783,7 +842,7 @@ pub fn process_exec() {
         unsafe { std::ffi::CStr::from_ptr(at as *const std::ffi::c_char) }.to_bytes()
     };
     let pid = bpftime_shm::ids::process_id() as i64;
-    let values = [("filename", Value::Str(filename)), ("pid", Value::Int(pid)), ("old_pid", Value::Int(pid))];
+    let values = [("filename", Value::Str(filename)), ("pid", Value::Int(pid)), ("old_pid", Value::Int(old_pid.map_or(pid, i64::from)))];
     bpftime_attach::run_as_hit(|level| p.run_process(&t.process_exec, tid(), &values, level));
 }
 

@@ -660,18 +660,19 @@ extern "C" fn in_place_exit(call: &InPlaceCall, regs: &mut PtRegs) {
 
 /// The variable [`mark_execs`] adds to the environment of the `execve`s made here, and the
 /// agent's file name.
-static EXEC_MARKER: OnceLock<(&'static str, &'static [u8])> = OnceLock::new();
+static EXEC_MARKER: OnceLock<(&'static str, &'static [u8], fn() -> String)> = OnceLock::new();
 
-/// Adds `VAR=PID` (this process's id, which an exec keeps) to the environment of the
-/// `execve`s and `execveat`s this process makes in place while its calls are intercepted (in
-/// a copy of the array; the application's is put back if the call fails), so that the image
-/// it starts can tell that the call was seen here: one that does not find its own id there
-/// was started by a caller whose calls were not seen (a process without the agent, `bpftime
-/// start`). Left unmarked: arrays that cannot be read or
+/// Adds `VAR=PID.TID` (this process's id, which an exec keeps, and the calling thread's, which
+/// the kernel reports as the exec's `old_pid`) to the environment of the `execve`s and
+/// `execveat`s this process makes in place while its calls are intercepted (in a copy of the
+/// array; the application's is put back if the call fails), so that the image it starts can
+/// tell that the call was seen here: one that does not find its own id there was started by a
+/// caller whose calls were not seen (a process without the agent, `bpftime start`). What
+/// `more` gives (made as the call is marked) follows the thread's id. Left unmarked: arrays that cannot be read or
 /// have more than [`MOST_ENV_ENTRIES`] entries, and execs nested deeper than [`MARK_SLOTS`].
 /// Only an environment whose `LD_PRELOAD` names the agent (`agent_file`) is marked.
-pub fn mark_execs(var: &'static str, agent_file: &'static [u8]) {
-    let _ = EXEC_MARKER.set((var, agent_file));
+pub fn mark_execs(var: &'static str, agent_file: &'static [u8], more: fn() -> String) {
+    let _ = EXEC_MARKER.set((var, agent_file, more));
 }
 
 /// Most environment entries a marked `execve` copies (more: left unmarked).
@@ -706,7 +707,7 @@ thread_local! {
 /// Replaces the environment array `*envp` of `execve` or `execveat` call `nr` with a copy that
 /// ends with the exec marker, if there is one.
 fn mark_exec(nr: u64, envp: &mut u64) {
-    let Some(&(var, agent_file)) = EXEC_MARKER.get() else { return };
+    let Some(&(var, agent_file, more)) = EXEC_MARKER.get() else { return };
     if nr != libc::SYS_execve as u64 && nr != libc::SYS_execveat as u64 {
         return;
     }
@@ -731,7 +732,9 @@ fn mark_exec(nr: u64, envp: &mut u64) {
             *slot = (0, 0, 0, 0);
         }
         let Some(free) = slots.iter().position(|s| s.0 == 0) else { return };
-        let text = format!("{var}={pid}\0");
+        // SAFETY: gettid(2), by our own instruction.
+        let tid = unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) };
+        let text = format!("{var}={pid}.{tid}{}\0", more());
         let n = entries.len();
         let words = n + 2 + text.len().div_ceil(8);
         let mut copy = vec![0u64; words].into_boxed_slice();

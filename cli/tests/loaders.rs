@@ -3658,13 +3658,14 @@ fn signals_sent_and_delivered_are_seen_as_the_kernel_sees_them() {
 /// process made, `sched_process_wait` as it waits for each child, `sched_process_exit` for
 /// every thread that ends, with the exit code the
 /// kernel gives it (a thread that returns, `_exit(7)`, and `exit(5)` from a thread, which
-/// ends the main thread too); the same lines as the kernel's for the same target.
+/// ends the main thread too; the main thread an `execve` from another thread ends, the exec's
+/// `old_pid` that thread's id); the same lines as the kernel's for the same target.
 #[test]
 fn bpftrace_sees_processes_start_fork_and_exit_as_the_kernel_does() {
     let _serial = serial();
     let Some(bpftrace) = bpftrace_beside_the_kernel() else { return };
     let target = build_target("lifecycle", false);
-    let script = r#"tracepoint:sched:sched_process_exec /comm == "lifecycle" || comm == "exe"/ { printf("exec %s %s %d\n", comm, str(args->filename), (int64)args->pid == (int64)pid); }
+    let script = r#"tracepoint:sched:sched_process_exec /comm == "lifecycle" || comm == "exe"/ { printf("exec %s %s %d %d\n", comm, str(args->filename), (int64)args->pid == (int64)pid, args->old_pid == args->pid); }
         tracepoint:sched:sched_process_fork /comm == "lifecycle"/ { printf("fork %s %s %d\n", str(args->parent_comm), str(args->child_comm), (int64)args->parent_pid == (int64)tid); }
         tracepoint:sched:sched_process_exit /comm == "lifecycle" || comm == "exe"/ { printf("exit %s leader=%d code=%d prio=%d\n", args->comm, pid == tid, curtask->exit_code, args->prio); }
         tracepoint:sched:sched_process_wait /comm == "lifecycle"/ { printf("wait %s child=%d prio=%d\n", str(args->comm), args->pid > 0, args->prio); }"#;
@@ -3679,11 +3680,12 @@ fn bpftrace_sees_processes_start_fork_and_exit_as_the_kernel_does() {
     let (out, kernel) = bpftrace_ours_and_the_kernels(&bpftrace, script, &dir, "lifecycle", &target, &[]);
     let _ = std::fs::remove_dir_all(&dir);
     let ours = events(&out);
-    // Two threads and three children made, and a thread in one of them; seven threads ended
-    // (the main thread of the child that a thread ends with `exit(5)` included); two images
-    // started.
+    // Two threads and three children made, and a thread in two of them; eight threads ended
+    // (the main thread of the child that a thread ends with `exit(5)` included, and that of the
+    // child whose thread execs, which the exec ends); two images started, the second by a
+    // thread that is not the main one (its `old_pid` is its own id, not the process's).
     let count = |kind: &str| ours.iter().filter(|l| l.starts_with(kind)).count();
-    assert_eq!((count("exec "), count("fork "), count("exit "), count("wait ")), (2, 6, 7, 3), "{out}");
+    assert_eq!((count("exec "), count("fork "), count("exit "), count("wait ")), (2, 7, 8, 3), "{out}");
     assert!(ours.contains(&"exit lifecycle leader=1 code=1280 prio=120".to_string()), "{out}");
     assert_eq!(ours, events(&kernel), "the kernel's:\n{kernel}");
 }
@@ -3720,7 +3722,7 @@ fn libbpf_tools_exitsnoop_prints_exits_as_on_the_kernel() {
     ours.args(["load", "--"]).arg(&tool).arg("-T");
     let out = tool_session(ours, Some(&shm), bpftime(&shm).args(["start", "--"]).arg(&target), &dir.join("ours"), true);
     let ours = exits(&out);
-    assert_eq!(ours.len(), 7, "{out}");
+    assert_eq!(ours.len(), 8, "{out}");
     assert!(ours.contains(&"lifecycle pid=false ppid=true leader=true code 7".to_string()), "{out}");
     let mut kernel = Command::new(&tool);
     kernel.arg("-T");

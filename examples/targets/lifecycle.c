@@ -1,7 +1,8 @@
 // A target for the process lifecycle tracepoints (sched_process_exec, _fork, _exit): the main
 // thread starts two threads that return, then forks three children: one exits with `_exit(7)`,
 // one starts a thread that ends the whole process with `exit(5)` while the main thread waits
-// (every thread's exit is an event, the main one's too), and one execs this program again,
+// (every thread's exit is an event, the main one's too), and one starts a thread that execs
+// this program again (the exec'ing thread takes the process's id: the main thread ends first),
 // which exits with 4. The main thread waits for all and exits 0.
 // Usage: lifecycle            (as the exec'd child: lifecycle exec-child)
 #define _GNU_SOURCE
@@ -20,6 +21,15 @@ static void *ends_the_process(void *arg)
 {
     (void)arg;
     exit(5);
+}
+
+static const char *exec_name;
+
+static void *execs_again(void *arg)
+{
+    (void)arg;
+    execl("/proc/self/exe", exec_name, "exec-child", (char *)NULL);
+    _exit(127);
 }
 
 int main(int argc, char **argv)
@@ -41,8 +51,11 @@ int main(int argc, char **argv)
             pause();
     }
     if ((kids[2] = fork()) == 0) {
-        execl("/proc/self/exe", argv[0], "exec-child", (char *)NULL);
-        _exit(127);
+        pthread_t e;
+        exec_name = argv[0];
+        pthread_create(&e, NULL, execs_again, NULL);
+        for (;;)
+            pause();
     }
     int bad = 0;
     const int expected[3] = {7, 5, 4};
