@@ -1165,7 +1165,16 @@ fn tool_session(mut tool: Command, shm: Option<&str>, target: &mut Command, out:
     }
     wait_attached(shm);
     let o = target.output().unwrap();
-    assert!(o.status.success(), "target: {}", text(&o.stderr));
+    if !o.status.success() {
+        // The tool (the loader `bpftime load` runs, first) would outlive the failed test.
+        if shm.is_some() {
+            // SAFETY: kill(2) on our own grandchild.
+            unsafe { libc::kill(child_of(t.id()), libc::SIGKILL) };
+        }
+        let _ = t.kill();
+        let _ = t.wait();
+        panic!("target: {:?}: {}", o.status, text(&o.stderr));
+    }
     if interrupt {
         std::thread::sleep(std::time::Duration::from_millis(500));
         let pid = if shm.is_some() { child_of(t.id()) } else { t.id() as i32 };
