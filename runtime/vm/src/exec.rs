@@ -473,7 +473,20 @@ impl RunState {
     }
 
     /// The bytes at `[addr, addr + len)` if a program may read them.
+    #[inline]
     pub fn slice(&self, addr: u64, len: u64) -> Option<&[u8]> {
+        // Helpers' keys and values are most often on the program's stack: checked here first.
+        let on_stack = Region { start: self.fast_load[0].start, len: STACK_SIZE as u64, writable: true };
+        if len != 0 && on_stack.contains(addr, len) {
+            // SAFETY: inside the run's stack, valid for reads for the duration of the run.
+            return Some(unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) });
+        }
+        self.slice_elsewhere(addr, len)
+    }
+
+    /// [`RunState::slice`] past the stack.
+    #[inline(never)]
+    fn slice_elsewhere(&self, addr: u64, len: u64) -> Option<&[u8]> {
         if !self.range_ok(addr, len, false) {
             return None;
         }
