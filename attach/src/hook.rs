@@ -303,8 +303,9 @@ struct HookThread {
     /// ([`in_signal_handler`]; 0 for none), which marks the handler stack in use while it runs:
     /// a handler that leaves by `siglongjmp` never puts the byte back, and a later hit above
     /// that frame finds it left for good (see [`heal_stack_in_use`]). Bit 0 set: nothing else
-    /// held the handler stack as the handler began (the byte was 0 and no other handler ran),
-    /// so that it is free once the handler is gone; only then is it freed.
+    /// held the handler stack as the handler began (the byte was 0, or held by our work around
+    /// the application's call the handler interrupted, and no other handler ran), so that it is
+    /// free once the handler is gone; only then is it freed.
     signal_frame: Cell<u64>,
 }
 
@@ -1568,6 +1569,9 @@ pub(crate) fn on_handler_stack<R>(f: impl FnOnce(Option<u64>) -> R) -> R {
         return f(None);
     }
     register_handler_stack();
+    // Signals the interrupted code deferred are its own to release (this may run in a signal
+    // handler that landed in a stub's way out): only those deferred by the work here are.
+    let outer = t.deferred.replace(0);
     t.stack_in_use.set(1);
     // The frame slot `in_signal_handler` reads, written as the stubs write it, before the
     // stack pointer gets there.
@@ -1577,6 +1581,7 @@ pub(crate) fn on_handler_stack<R>(f: impl FnOnce(Option<u64>) -> R) -> R {
     if !t.state.get().busy {
         release_deferred(t);
     }
+    t.deferred.set(t.deferred.get() | outer);
     r
 }
 
@@ -2622,7 +2627,7 @@ fn emit_probe_call(
     a.mov(rsp, rbx)?;
     if handler_stacks.is_some() {
         // Off the handler stack: free again if this stub took it (`r12` 0), else left to its
-        // user, the byte found written to the sink beside it (no flags: they may be live).
+        // user, the byte found written to the sink beside it (a store: the flags stay).
         a.mov(byte_ptr(r12 * 4 + thread_slots().stack_in_use).fs(), r12b)?;
         emit_deferred_release(a, joined)?;
     }
@@ -3542,8 +3547,11 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // to make one that noted its own already.
     let vfork_parent = t.vfork_parent.get();
     let signal_frame = t.signal_frame.get();
-    // Freed once it is gone only if nothing else held the handler stack as it began.
-    let sole = in_use == 0 && signal_frame == 0;
+    // Freed once it is gone only if nothing else held the handler stack as it began, or what
+    // held it is our work around the application's own call that the signal interrupted (a
+    // rewritten site's dispatcher, our SIGSYS handler): a handler that leaves that call by a
+    // jump (a timeout on a blocking read) abandons all of that work with it.
+    let sole = signal_frame == 0 && (in_use == 0 || app_call != 0);
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     // Where the handler runs: what a later hit compares its frame with (see `signal_frame`).

@@ -1381,7 +1381,9 @@ fn around_call(regs: &mut PtRegs, mut call: impl FnMut(&mut PtRegs, Option<u64>,
         restart
     };
     let again_now = |regs: &mut PtRegs| again(regs, hook::take_interruption());
-    match (hook::admit(), HANDLER.get()) {
+    // With the call's registers (a rewritten site's stub frame, or the SIGSYS handler's copy):
+    // a call above where a signal handler left by a jump frees the handler stack it held.
+    match (hook::admit_at(regs), HANDLER.get()) {
         (Admission::Run(level, before), Some(h)) => {
             // A thread whose hits are all system calls has its handler stack released too.
             hook::register_handler_stack();

@@ -1,7 +1,8 @@
 // Entry and return probes on the `stack_use` target's add(), with some helper work (a hash
 // update keyed by thread), to see how much of the application's stack a hit takes. A call
 // add(-1, ...) is answered with a SIGUSR1 to the thread from the entry probe, one that returns
-// -3 from the return probe (the target's handler leaves by siglongjmp).
+// -3 from the return probe (the target's handler leaves by siglongjmp). Reads are counted too,
+// which turns system call interception on in the target.
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
@@ -22,6 +23,24 @@ static __always_inline void count(void)
         __sync_fetch_and_add(n, 1);
     else
         bpf_map_update_elem(&hits, &tid, &one, BPF_NOEXIST);
+}
+
+/* Reads seen (system call interception on in the target). */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} reads SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int on_read(void *ctx)
+{
+    __u32 k = 0;
+    __u64 *n = bpf_map_lookup_elem(&reads, &k);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return 0;
 }
 
 SEC("uprobe//proc/self/exe:add")

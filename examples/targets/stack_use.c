@@ -5,7 +5,8 @@
 // "mappings grew by M": how many lines /proc/self/maps gained over them, for what threads leave
 // behind). With `jump`, first calls add(-1, 0) and add(-2, -1), whose entry and return probes
 // (examples/bpf/stack_use.bpf.c) answer with a SIGUSR1 to the thread, whose handler leaves by
-// siglongjmp, and prints "jumped J" (2 once both signals came).
+// siglongjmp, then reads from an empty pipe until a timer's SIGALRM, whose handler leaves the
+// same way, and prints "jumped J" (3 once the three signals came).
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #define PAINTED 65536
@@ -58,6 +60,22 @@ __attribute__((noinline)) static int jumped(long a, long b)
     return 1;
 }
 
+// Whether a read of an empty pipe was left by a timer's signal's jump.
+__attribute__((noinline)) static int timed_out(void)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return 0;
+    struct itimerval in_20ms = {.it_value = {.tv_usec = 20000}};
+    if (sigsetjmp(back, 1) == 0) {
+        setitimer(ITIMER_REAL, &in_20ms, NULL);
+        char c;
+        (void)!read(fds[0], &c, 1);
+        return 0;
+    }
+    return 1;
+}
+
 static void *call_add(void *arg)
 {
     *(long *)arg = add(1, 1);
@@ -91,7 +109,9 @@ int main(int argc, char **argv)
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = leave_by_jump;
         sigaction(SIGUSR1, &sa, NULL);
-        printf("jumped %d\n", jumped(-1, 0) + jumped(-2, -1));
+        sigaction(SIGALRM, &sa, NULL);
+        int by_probes = jumped(-1, 0) + jumped(-2, -1);
+        printf("jumped %d\n", by_probes + timed_out());
     }
     for (long i = 0; i < n; i++)
         printf("stack used: %ld bytes\n", measure(i, &sum));
