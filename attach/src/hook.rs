@@ -304,8 +304,9 @@ struct HookThread {
     /// a handler that leaves by `siglongjmp` never puts the byte back, and a later hit above
     /// that frame finds it left for good (see [`heal_stack_in_use`]). Bit 0 set: nothing else
     /// held the handler stack as the handler began (the byte was 0, or held by our work around
-    /// the application's call the handler interrupted, and no other handler ran), so that it is
-    /// free once the handler is gone; only then is it freed.
+    /// the application's call the handler interrupted or by a stub at the edge of the stack,
+    /// and no other handler ran), so that it is free once the handler is gone; only then is it
+    /// freed.
     signal_frame: Cell<u64>,
 }
 
@@ -3550,8 +3551,12 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // Freed once it is gone only if nothing else held the handler stack as it began, or what
     // held it is our work around the application's own call that the signal interrupted (a
     // rewritten site's dispatcher, our SIGSYS handler): a handler that leaves that call by a
-    // jump (a timeout on a blocking read) abandons all of that work with it.
-    let sole = signal_frame == 0 && (in_use == 0 || app_call != 0);
+    // jump (a timeout on a blocking read) abandons all of that work with it; or a stub one
+    // instruction from taking the stack or from letting it go (the thread not busy, the stack
+    // pointer off the handler stack; signals that land anywhere else between wait: see
+    // `signals::defer`), which a jump abandons as well.
+    let stub_at_its_edge = !before.busy && !on_handler_stack_at(t, stack_pointer());
+    let sole = signal_frame == 0 && (in_use == 0 || app_call != 0 || stub_at_its_edge);
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     // Where the handler runs: what a later hit compares its frame with (see `signal_frame`).
