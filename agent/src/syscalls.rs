@@ -89,16 +89,7 @@ impl Programs {
     fn threads_exit(&self, entries: &[(Entry, Format)], group: bool, status: i32, level: usize) {
         let code = (status & 0xff) << 8;
         let me = tid();
-        // The threads still running (one that ended stays listed until the process ends, a
-        // zombie), but ours.
-        let alive = |t: u32| {
-            let stat = std::fs::read_to_string(format!("/proc/self/task/{t}/stat")).unwrap_or_default();
-            stat_field(&stat, 3).is_some_and(|state| state != "Z" && state != "X")
-        };
-        let others: Vec<u32> = numbered_entries(c"/proc/self/task")
-            .into_iter()
-            .filter(|&t| t != me && !bpftime_runtime::threads::is_ours(t) && !EXITED.contains(t) && alive(t))
-            .collect();
+        let others = other_threads(me);
         if !group {
             EXITED.add(me);
         }
@@ -116,9 +107,8 @@ impl Programs {
         };
         if group {
             for &other in &others {
-                let name = std::fs::read(format!("/proc/self/task/{other}/comm")).unwrap_or_default();
-                let name = name.strip_suffix(b"\n").unwrap_or(&name);
-                as_thread(other, name, || exit(other, name, false));
+                let name = task_name(other);
+                as_thread(other, &name, || exit(other, &name, false));
             }
         }
         let own = thread_name();
@@ -179,6 +169,25 @@ impl Programs {
             self.run_process(entries, tid(), &values, level);
         }
     }
+}
+
+/// The process's threads still running but `me` (one that ended stays listed until the process
+/// ends, a zombie), not the agent's own.
+fn other_threads(me: u32) -> Vec<u32> {
+    let alive = |t: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{t}/stat")).unwrap_or_default();
+        stat_field(&stat, 3).is_some_and(|state| state != "Z" && state != "X")
+    };
+    numbered_entries(c"/proc/self/task").into_iter().filter(|&t| t != me && !bpftime_runtime::threads::is_ours(t) && !EXITED.contains(t) && alive(t)).collect()
+}
+
+/// Thread `t`'s name (`comm`), as `/proc` gives it.
+fn task_name(t: u32) -> Vec<u8> {
+    let mut name = std::fs::read(format!("/proc/self/task/{t}/comm")).unwrap_or_default();
+    if name.last() == Some(&b'\n') {
+        name.pop();
+    }
+    name
 }
 
 /// A signal a call is about to send: its number, the `si_code` and `si_errno` it carries, and
@@ -655,8 +664,8 @@ pub const EXEC_UNTRACED: &str = "BPFTIME_EXEC_UNTRACED";
 
 /// The variable an `execve` seen here (system calls intercepted) sets in the environment of the
 /// image it starts, to this process's id and the calling thread's, then the other threads the
-/// call ends if it succeeds, each with its name in hex (`PID.TID[.TID=NAME]...`): an image that does not find its own id there runs
-/// that call's entry programs itself (its caller had none running: a process without the
+/// call ends if it succeeds, each with its name in hex (`PID.TID[.TID=NAME]...`): an image
+/// that does not find its own id there runs that call's entry programs itself (its caller had none running: a process without the
 /// agent, or a `vfork` child whose caller's interception could not reach it; a mark inherited
 /// through an image
 /// with no agent is another process's, unless that image (static, or setuid) itself execs: the
@@ -783,20 +792,15 @@ pub fn execve_entered(exec: ExecArgs, caller: Option<&[u8]>) {
 }
 
 /// What an `execve` of this thread's adds to its mark (see [`EXEC_SEEN`]): the process's other
-/// threads (not the agent's own, nor those that ended), which the call ends if it succeeds,
-/// each as `.TID=NAME`, the name in hex.
+/// threads ([`other_threads`]), which the call ends if it succeeds, each as `.TID=NAME`, the
+/// name in hex.
 fn other_threads_mark() -> String {
-    let me = tid();
+    use std::fmt::Write;
     let mut mark = String::new();
-    for t in numbered_entries(c"/proc/self/task") {
-        if t == me || bpftime_runtime::threads::is_ours(t) || EXITED.contains(t) {
-            continue;
-        }
-        let name = std::fs::read(format!("/proc/self/task/{t}/comm")).unwrap_or_default();
-        let name = name.strip_suffix(b"\n").unwrap_or(&name);
-        mark.push_str(&format!(".{t}="));
-        for b in name {
-            mark.push_str(&format!("{b:02x}"));
+    for t in other_threads(tid()) {
+        let _ = write!(mark, ".{t}=");
+        for b in task_name(t) {
+            let _ = write!(mark, "{b:02x}");
         }
     }
     mark

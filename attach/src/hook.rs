@@ -303,10 +303,10 @@ struct HookThread {
     /// ([`in_signal_handler`]; 0 for none), which marks the handler stack in use while it runs:
     /// a handler that leaves by `siglongjmp` never puts the byte back, and a later hit above
     /// that frame finds it left for good (see [`heal_stack_in_use`]). Bit 0 set: nothing else
-    /// held the handler stack as the handler began (the byte was 0, or held by our work around
-    /// the application's call the handler interrupted or by a stub at the edge of the stack,
-    /// and no other handler ran), so that it is free once the handler is gone; only then is it
-    /// freed.
+    /// held the handler stack as the handler began (the byte was 0, or the thread was not busy:
+    /// held by our work around the application's call the handler interrupted or by a stub at
+    /// the edge of the stack; and no other handler ran), so that it is free once the handler is
+    /// gone; only then is it freed.
     signal_frame: Cell<u64>,
 }
 
@@ -726,7 +726,7 @@ pub(crate) fn leave(st: ThreadState) {
 /// see [`emit_deferred_release`]; [`on_handler_stack`]), so that a handler that leaves by
 /// `siglongjmp` leaves nothing of ours held (here it would leave the stack in use for good).
 fn release_deferred(t: &HookThread) {
-    if t.deferred.get() != 0 && !(t.stack_in_use.get() != 0 && on_handler_stack_at(t, stack_pointer())) {
+    if t.deferred.get() != 0 && !held_stack_at(t, stack_pointer()) {
         take_deferred_signals(t);
     }
 }
@@ -736,7 +736,11 @@ fn release_deferred(t: &HookThread) {
 /// [`on_handler_stack`]), busy or about to leave the stack, and a signal that lands there
 /// waits until it has (see [`release_deferred`]).
 pub(crate) fn on_held_handler_stack(at: u64) -> bool {
-    let t = thread();
+    held_stack_at(thread(), at)
+}
+
+/// Whether `at` lies on `t`'s handler stack while it is in use.
+fn held_stack_at(t: &HookThread, at: u64) -> bool {
     t.stack_in_use.get() != 0 && on_handler_stack_at(t, at)
 }
 
@@ -2662,9 +2666,10 @@ fn emit_probe_call(
 /// Emits a stub's release of the signals deferred while its hit ran (see `signals::defer`), once
 /// it is off the handler stack, where it took that stack (`r12` 0: one that found it in use
 /// leaves them to its holder, a stub below, which has them delivered off it) and the thread is
-/// not busy (a hit inside our own work leaves them to that work): `rt_sigprocmask(SIG_UNBLOCK, deferred)`, by a raw system call with the
-/// selector at ALLOW meanwhile, so that the kernel delivers them here, at the probed code, as
-/// its uprobes deliver a signal on the way back from the trap. Released from the dispatcher,
+/// not busy (a hit inside our own work leaves them to that work):
+/// `rt_sigprocmask(SIG_UNBLOCK, deferred)`, by a raw system call with the selector at ALLOW
+/// meanwhile, so that the kernel delivers them here, at the probed code, as its uprobes
+/// deliver a signal on the way back from the trap. Released from the dispatcher,
 /// on the handler stack, a handler that leaves by `siglongjmp` would leave that stack held for
 /// good (see [`release_deferred`]). Goes on at `none`, the stub's next instruction; changes the
 /// caller-saved registers but `rax`, and the flags.
@@ -3548,15 +3553,13 @@ pub fn in_signal_handler<R>(f: impl FnOnce() -> R) -> R {
     // to make one that noted its own already.
     let vfork_parent = t.vfork_parent.get();
     let signal_frame = t.signal_frame.get();
-    // Freed once it is gone only if nothing else held the handler stack as it began, or what
-    // held it is our work around the application's own call that the signal interrupted (a
-    // rewritten site's dispatcher, our SIGSYS handler): a handler that leaves that call by a
-    // jump (a timeout on a blocking read) abandons all of that work with it; or a stub one
-    // instruction from taking the stack or from letting it go (the thread not busy, the stack
-    // pointer off the handler stack; signals that land anywhere else between wait: see
-    // `signals::defer`), which a jump abandons as well.
-    let stub_at_its_edge = !before.busy && !on_handler_stack_at(t, stack_pointer());
-    let sole = signal_frame == 0 && (in_use == 0 || app_call != 0 || stub_at_its_edge);
+    // Freed once it is gone only if no other handler runs and nothing busy held the handler
+    // stack as it began: what holds it for a thread that is not busy is our work around the
+    // application's own call the signal interrupted (a rewritten site's dispatcher, our SIGSYS
+    // handler: a jump out of a blocking read abandons it) or a stub one instruction from taking
+    // the stack or letting it go (signals that land elsewhere meanwhile wait: see
+    // `signals::defer`), which a jump from the handler abandons as well.
+    let sole = signal_frame == 0 && (in_use == 0 || !before.busy);
     t.stack_in_use.set(1);
     set_state(t, ThreadState { busy: false, ..before });
     // Where the handler runs: what a later hit compares its frame with (see `signal_frame`).

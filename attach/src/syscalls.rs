@@ -668,8 +668,9 @@ static EXEC_MARKER: OnceLock<(&'static str, &'static [u8], fn() -> String)> = On
 /// array; the application's is put back if the call fails), so that the image it starts can
 /// tell that the call was seen here: one that does not find its own id there was started by a
 /// caller whose calls were not seen (a process without the agent, `bpftime start`). What
-/// `more` gives (made as the call is marked) follows the thread's id. Left unmarked: arrays that cannot be read or
-/// have more than [`MOST_ENV_ENTRIES`] entries, and execs nested deeper than [`MARK_SLOTS`].
+/// `more` gives (made as the call is marked) follows the thread's id. Left unmarked: arrays
+/// that cannot be read or have more than [`MOST_ENV_ENTRIES`] entries, and execs nested deeper
+/// than [`MARK_SLOTS`].
 /// Only an environment whose `LD_PRELOAD` names the agent (`agent_file`) is marked.
 pub fn mark_execs(var: &'static str, agent_file: &'static [u8], more: fn() -> String) {
     let _ = EXEC_MARKER.set((var, agent_file, more));

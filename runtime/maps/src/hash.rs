@@ -53,7 +53,7 @@ fn nulls(bucket: u64) -> u64 {
 #[inline]
 pub(crate) fn hash_bytes(key: &[u8], seed: u64) -> u32 {
     // The commonest keys (a u32 id, a u64) without the loops: the same values as below.
-    let start = 0x9e37_79b9_7f4a_7c15 ^ seed ^ key.len() as u64;
+    let start = hash_start(key, seed);
     if let Ok(k) = <[u8; 4]>::try_from(key) {
         let mut h = (start ^ u32::from_le_bytes(k) as u64).wrapping_mul(0x94d0_49bb_1331_11eb);
         h ^= h >> 29;
@@ -65,6 +65,11 @@ pub(crate) fn hash_bytes(key: &[u8], seed: u64) -> u32 {
         return (h ^ (h >> 32)) as u32;
     }
     hash_any(key, start)
+}
+
+/// The value [`hash_bytes`] starts from.
+fn hash_start(key: &[u8], seed: u64) -> u64 {
+    0x9e37_79b9_7f4a_7c15 ^ seed ^ key.len() as u64
 }
 
 /// [`hash_bytes`] of any key from its start value.
@@ -974,8 +979,7 @@ mod tests {
             x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             let seed = if i % 2 == 0 { 0 } else { x.rotate_left(17) };
             for key in [&x.to_le_bytes()[..4], &x.to_le_bytes()[..]] {
-                let start = 0x9e37_79b9_7f4a_7c15 ^ seed ^ key.len() as u64;
-                assert_eq!(hash_bytes(key, seed), hash_any(key, start), "{key:?} seed {seed:#x}");
+                assert_eq!(hash_bytes(key, seed), hash_any(key, hash_start(key, seed)), "{key:?} seed {seed:#x}");
             }
         }
     }
