@@ -2035,7 +2035,9 @@ fn bpftrace_profile_probes_sample_the_traced_threads_like_the_kernel() {
         // 2 s of CPU time at 99 a second (100 for 10 ms), give or take a machine's noise.
         assert!((140..=260).contains(&samples), "{probe}: {samples} samples:\n{out}");
         assert_eq!(user, samples, "{probe}: user-mode registers:\n{out}");
-        assert!(threads.len() == 2 && threads.iter().all(|&n| n >= samples / 5), "{probe}: both threads sampled:\n{out}");
+        // (Each thread's share follows the CPU it got: on two vCPUs shared with other tests one
+        // thread has had under a fifth, 34 of 180.)
+        assert!(threads.len() == 2 && threads.iter().all(|&n| n >= samples / 10), "{probe}: both threads sampled:\n{out}");
         if is_root() {
             let mut kernel = Command::new(&bpftrace);
             kernel.args(["-e", &script]);
