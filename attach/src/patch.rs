@@ -573,7 +573,8 @@ pub(crate) fn alloc_near(near: u64, size: usize) -> Option<u64> {
     if size > CHUNK {
         return fresh(size);
     }
-    let start = fresh(CHUNK)?;
+    // Where no chunk fits (a crowded address space), the pages alone.
+    let Some(start) = fresh(CHUNK) else { return fresh(size) };
     chunks.push((start, size));
     Some(start)
 }
@@ -631,22 +632,41 @@ pub(crate) fn map_at(at: u64, size: usize) -> Option<u64> {
     Some(at)
 }
 
-/// A fresh read-write mapping of `size` bytes within +-1 GiB of `near`.
+/// A fresh read-write mapping of `size` bytes within +-1 GiB of `near`: in the free address
+/// space nearest to it, as `/proc/self/maps` shows it. (Probing every 64 KiB for a free spot
+/// missed the small gaps a process's big mappings leave: two 1 GiB views of the shared region
+/// around a library left only a 32 KiB gap at an odd address within reach.)
 fn map_near(near: u64, size: usize) -> Option<u64> {
-    const STEP: u64 = 1 << 16;
     const RANGE: u64 = 1 << 30;
-    let base = near & !(STEP - 1);
-    for i in 1..(RANGE / STEP) {
-        for cand in [base.checked_sub(i * STEP), base.checked_add(i * STEP)].into_iter().flatten() {
-            if cand < 0x10000 {
-                continue;
-            }
-            if let Some(at) = map_at(cand, size) {
-                return Some(at);
-            }
-        }
+    let size = (size as u64).div_ceil(4096) * 4096;
+    let near = near & !4095;
+    let (low, high) = (near.saturating_sub(RANGE).max(0x10000), near.saturating_add(RANGE));
+    // Free gaps between the mappings, in order (mappings other threads make meanwhile are
+    // found by `map_at` refusing the spot: the next candidate is tried).
+    let maps = crate::procmaps::read_fresh();
+    if maps.is_empty() {
+        // No `/proc` (a chroot): probing every 64 KiB.
+        const STEP: u64 = 1 << 16;
+        let base = near & !(STEP - 1);
+        return (1..RANGE / STEP)
+            .flat_map(|i| [base.checked_sub(i * STEP), base.checked_add(i * STEP)])
+            .flatten()
+            .filter(|&c| c >= low)
+            .find_map(|c| map_at(c, size as usize));
     }
-    None
+    let mut candidates: Vec<u64> = Vec::new();
+    let mut gap_start = 0x10000;
+    for end in maps.iter().map(|m| (m.start, m.end)).chain([(u64::MAX, u64::MAX)]) {
+        let (gap_end, next) = end;
+        let (from, to) = (gap_start.max(low), gap_end.min(high + size));
+        if to >= from + size {
+            // The spot of the gap nearest to `near`.
+            candidates.push(near.clamp(from, to - size));
+        }
+        gap_start = gap_start.max(next);
+    }
+    candidates.sort_by_key(|&c| c.abs_diff(near));
+    candidates.into_iter().filter(|c| c.abs_diff(near) <= RANGE).find_map(|c| map_at(c, size as usize))
 }
 
 /// Makes memory from [`alloc_near`] executable (and no longer writable).
@@ -656,5 +676,33 @@ pub(crate) fn make_executable(addr: u64, size: usize) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages near code whose surroundings big mappings fill (two 1 GiB views of the shared
+    /// region beside the agent, CUDA's address reservations) come from whatever gap is left,
+    /// however small or oddly placed: a page there, not a failed stub (a loader's `fork` got
+    /// ENOSYS).
+    #[test]
+    fn a_page_is_found_in_a_small_gap_between_big_mappings() {
+        const GIB: usize = 1 << 30;
+        // SAFETY: a fresh reservation of address space (nothing is touched), mmap(2).
+        let reserved =
+            unsafe { libc::mmap(std::ptr::null_mut(), 3 * GIB, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0) };
+        assert_ne!(reserved, libc::MAP_FAILED);
+        let near = (reserved as u64 + 3 * GIB as u64 / 2) & !0xffff;
+        // A 32 KiB gap that no 64 KiB step lands in, and no room for a chunk.
+        let gap = near - 0x18000;
+        // SAFETY: unmapping part of our own reservation.
+        assert_eq!(unsafe { libc::munmap(gap as *mut libc::c_void, 0x8000) }, 0);
+        let page = alloc_near(near, 4096);
+        // SAFETY: our own reservation, whatever of it is left.
+        unsafe { libc::munmap(reserved, 3 * GIB) };
+        let page = page.expect("a page in the gap");
+        assert!((gap..gap + 0x8000).contains(&page), "{page:#x} is outside the gap at {gap:#x}");
     }
 }

@@ -90,6 +90,12 @@ pub fn mappings_of_process(pid: u32) -> Vec<Mapping> {
     read(&format!("/proc/{pid}/maps"))
 }
 
+/// This process's maps as they are now, read afresh even inside a batch (where free address
+/// space is looked for).
+pub(crate) fn read_fresh() -> Vec<Mapping> {
+    read("/proc/self/maps")
+}
+
 fn read(path: &str) -> Vec<Mapping> {
     std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(parse_line).collect()
 }

@@ -81,6 +81,8 @@ static int in_another_process(const char *what, __u32 id, char *self)
         execl("/proc/self/exe", self, what, arg, (char *)0);
         _exit(127);
     }
+    if (child < 0)
+        return -1;
     int status = 0;
     waitpid(child, &status, 0);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
