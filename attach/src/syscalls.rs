@@ -927,23 +927,31 @@ fn keep_sigsys_open(nr: u64, mut a: [u64; 6], copy: &mut [u64; 4], theirs: bool)
 /// Sends the thread of a SIGSYS to make its call in place, through a gadget that goes on at
 /// the call's return address (through a stub that runs the exit handlers where `exit`). False
 /// where no gadget is left.
-fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool, child: ChildPath) -> bool {
-    match gadget(g[libc::REG_RIP as usize] as u64, nr, exit, !in_place(nr), child) {
-        Some(at) => {
-            if child == ChildPath::Vfork && exit && reports_exit(nr) {
+fn make_in_place(g: &mut [i64; 23], nr: u64, exit: bool, child: ChildPath) -> Option<bool> {
+    match gadget_or_plain(g[libc::REG_RIP as usize] as u64, nr, exit, !in_place(nr), child) {
+        Some((at, seen)) => {
+            if child == ChildPath::Vfork && seen && reports_exit(nr) {
                 add_vfork_children(1);
             }
             g[libc::REG_RIP as usize] = at as i64;
-            true
+            Some(seen)
         }
         None => {
             static SAID: AtomicBool = AtomicBool::new(false);
             if in_place(nr) && !SAID.swap(true, Ordering::Relaxed) {
                 eprintln!("bpftime: no room left for in-place system call gadgets");
             }
-            false
+            None
         }
     }
+}
+
+/// The [`gadget`] for call `nr`, and whether its exit is seen (`exit`); where a call that must
+/// be made in place finds no memory for its exit stubs, one without them: the call is made,
+/// unseen on its way out and its child straight on, rather than refused.
+fn gadget_or_plain(ret: u64, nr: u64, exit: bool, optional: bool, child: ChildPath) -> Option<(u64, bool)> {
+    let plain = || (exit && in_place(nr)).then(|| gadget(ret, nr, false, optional, ChildPath::Straight)).flatten();
+    gadget(ret, nr, exit, optional, child).map(|at| (at, exit)).or_else(|| plain().map(|at| (at, false)))
 }
 
 /// Makes the call of a SIGSYS here, with raw system calls only (no function of libc: its
@@ -1101,9 +1109,9 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 // in place, only where the caller comes back with a result of its own).
                 let exit = !in_place(nr) || reports_exit(nr);
                 let child = ChildPath::of(nr, &[regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9], theirs);
-                vfork_call = child == ChildPath::Vfork;
-                if make_in_place(g, nr, exit, child) {
-                    if entered {
+                if let Some(seen) = make_in_place(g, nr, exit, child) {
+                    vfork_call = child == ChildPath::Vfork && seen;
+                    if entered && seen {
                         let envp = if nr == libc::SYS_execve as u64 { libc::REG_RDX } else { libc::REG_R10 };
                         let mut at = g[envp as usize] as u64;
                         mark_exec(nr, &mut at);
@@ -1314,15 +1322,15 @@ extern "C" fn site_dispatch(site: &CallSite, regs: &mut PtRegs) {
     let call = |regs: &mut PtRegs, skip: Option<u64>, theirs: bool, entered: bool| {
         if in_place(nr) {
             let child = ChildPath::of(nr, &args, theirs);
-            let vfork_child = child == ChildPath::Vfork;
-            vfork_call.set(vfork_child);
-            match gadget(after, nr, reports_exit(nr), false, child) {
-                Some(g) => {
+            match gadget_or_plain(after, nr, reports_exit(nr), false, child) {
+                Some((g, seen)) => {
+                    let vfork_child = child == ChildPath::Vfork && seen;
+                    vfork_call.set(vfork_child);
                     if vfork_child && reports_exit(nr) {
                         add_vfork_children(1);
                     }
                     regs.r11 = g;
-                    if entered {
+                    if entered && seen {
                         mark_exec(nr, if nr == libc::SYS_execve as u64 { &mut regs.dx } else { &mut regs.r10 });
                     }
                 }
