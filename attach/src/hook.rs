@@ -2172,11 +2172,14 @@ struct BodyNeeds {
     /// read: by the body, by code it calls or jumps to, or, for xmm0-1, by its caller as
     /// results (a function that names none returns what it was given).
     arguments: u8,
+    /// The vector registers 0-15 whose low 128 bits other conventions than System V's may keep
+    /// values in (see `ModuleCode::kept_by_other_conventions`; all, for an unknown module).
+    low_halves: u16,
 }
 
 impl BodyNeeds {
     /// What is assumed of a body that cannot be decoded.
-    const UNKNOWN: BodyNeeds = BodyNeeds { callers: Kept::All, arguments: 0xff };
+    const UNKNOWN: BodyNeeds = BodyNeeds { callers: Kept::All, arguments: 0xff, low_halves: 0xffff };
 }
 
 /// What the function at `addr` (`size` bytes, `first` its original first bytes, in `module`)
@@ -2197,8 +2200,10 @@ fn body_needs(addr: u64, size: u64, first: &[u8], module: Option<&ModuleCode>) -
     let mut info = iced_x86::InstructionInfoFactory::new();
     let inside = |t: u64| t >= addr && t < addr + size;
     let mut previous = Instruction::default();
+    let mut arguments_in = ArgumentRegisters::default();
     while dec.can_decode() {
         let i = dec.decode();
+        arguments_in.add(&i, &mut info);
         match i.flow_control() {
             // A TLS descriptor call (`lea rax, [rip + x@TLSDESC]; call [rax]`): its callee
             // keeps every register but rax, and GCC's callers know it.
@@ -2219,7 +2224,49 @@ fn body_needs(addr: u64, size: u64, first: &[u8], module: Option<&ModuleCode>) -
         callers = Kept::All;
     }
     let arguments = if leaves { 0xff } else { 0b11 | named.regs as u8 };
-    BodyNeeds { callers, arguments }
+    // A function that may follow Win64's convention keeps xmm6-15 for its callers, wherever
+    // they are; one that takes its arguments in rdi or rsi follows System V's.
+    let win64 = if arguments_in.system_v { 0 } else { 0xffc0 };
+    BodyNeeds { callers, arguments, low_halves: win64 | module.map_or(0xffff, ModuleCode::kept_by_other_conventions) }
+}
+
+/// Whether a function body, decoded in order, reads rdi or rsi before writing or saving it (a
+/// push, a store): System V passes its first arguments there; in Win64's convention they
+/// belong to the caller, and a function saves them before using them.
+#[derive(Default)]
+struct ArgumentRegisters {
+    /// rdi or rsi was read as an argument.
+    system_v: bool,
+    /// Bit 0: rdi written, bit 1: rsi.
+    written: u8,
+}
+
+impl ArgumentRegisters {
+    fn add(&mut self, i: &Instruction, info: &mut iced_x86::InstructionInfoFactory) {
+        use iced_x86::{OpAccess, Register};
+        if self.system_v || self.written == 0b11 {
+            return;
+        }
+        let saves = i.mnemonic() == Mnemonic::Push || (i.mnemonic() == Mnemonic::Mov && i.op0_kind() == iced_x86::OpKind::Memory);
+        let mut written = 0;
+        for used in info.info(i).used_registers() {
+            let bit = match used.register().full_register() {
+                Register::RDI => 1,
+                Register::RSI => 2,
+                _ => continue,
+            };
+            // (Once saved, the register is the function's to use: reads after say nothing.)
+            match used.access() {
+                OpAccess::Read | OpAccess::CondRead if saves => written |= bit,
+                OpAccess::Read | OpAccess::CondRead | OpAccess::ReadWrite | OpAccess::ReadCondWrite if self.written & bit == 0 => {
+                    self.system_v = true;
+                }
+                OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite => written |= bit,
+                _ => {}
+            }
+        }
+        self.written |= written;
+    }
 }
 
 /// Whether `call` (after `previous`) is a TLS descriptor call: `lea rax, [rip + d]` then
@@ -2303,18 +2350,22 @@ struct VectorSave {
 
 impl VectorSave {
     /// What a stub at `point` keeps, in a function whose body needs `needs` and whose module
-    /// names `named` (see `module_code`): the low 128 bits of xmm0-15; the ABI's argument
-    /// registers that may still be read at entry (the result registers at a return; all eight
-    /// elsewhere) at the machine's full width, since values pass through them between modules
-    /// even where no instruction of this one names them; and, where callers may rely on more
-    /// than the ABI, every register the module names, at the width it uses.
+    /// names `named` (see `module_code`): the low 128 bits of the registers of xmm0-15 other
+    /// conventions may keep (all sixteen in mid-function); the ABI's argument registers that
+    /// may still be read at entry (the result registers at a return; all eight elsewhere) at
+    /// the machine's full width, since values pass through them between modules even where no
+    /// instruction of this one names them; and, where callers may rely on more than the ABI,
+    /// every register the module names, at the width it uses.
     fn at(point: PointKind, needs: BodyNeeds, named: VectorUse) -> VectorSave {
         let m = Machine::get();
         let (needs, named) = if m.keep_all { (BodyNeeds::UNKNOWN, VectorUse::ALL) } else { (needs, named) };
-        // The low halves of xmm0-15 always: other conventions than the System V ABI's keep
-        // some of them (Win64's xmm6-15, Go's xmm0-15).
-        let mut s = VectorSave { widths: [16; 32], masks: false };
-        s.widths[16..].fill(0);
+        let low_halves = if point == PointKind::MidFunction { 0xffff } else { needs.low_halves };
+        let mut s = VectorSave { widths: [0; 32], masks: false };
+        for (i, w) in s.widths.iter_mut().enumerate().take(16) {
+            if low_halves & (1 << i) != 0 {
+                *w = 16;
+            }
+        }
         if needs.callers == Kept::All {
             for (i, w) in s.widths.iter_mut().enumerate().take(m.registers()) {
                 if named.regs & (1 << i) != 0 {
@@ -3781,10 +3832,16 @@ mod tests {
         let opaque = bpftime_attach_calls_libc as *const () as u64;
         let module = crate::module_code::module_at(opaque);
         let needs = |addr, name| body_needs(addr, size(name), &[], module.as_ref());
-        assert_eq!(needs(opaque, "bpftime_attach_calls_libc"), BodyNeeds { callers: Kept::Abi, arguments: 0xff });
+        assert_eq!(
+            needs(opaque, "bpftime_attach_calls_libc"),
+            BodyNeeds { callers: Kept::Abi, arguments: 0xff, low_halves: module.as_ref().unwrap().kept_by_other_conventions() }
+        );
         let leaf = bpftime_attach_leaf as *const () as u64;
         // lea, imul, add, ret: no vector argument is read, xmm0-1 pass through as results.
-        assert_eq!(needs(leaf, "bpftime_attach_leaf"), BodyNeeds { callers: Kept::All, arguments: 0b11 });
+        assert_eq!(
+            needs(leaf, "bpftime_attach_leaf"),
+            BodyNeeds { callers: Kept::All, arguments: 0b11, low_halves: module.as_ref().unwrap().kept_by_other_conventions() }
+        );
         assert_eq!(body_needs(opaque, 0, &[], module.as_ref()), BodyNeeds::UNKNOWN, "size unknown");
         assert_eq!(body_needs(opaque, size("bpftime_attach_calls_libc"), &[], None).callers, Kept::All, "module unknown");
         let float = crate::tests::bpftime_attach_float_target as *const () as u64;

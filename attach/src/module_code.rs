@@ -15,14 +15,18 @@
 //! modules through code that need not name them (`__m256 f(__m256 x) { return x; }` is a bare
 //! `ret`), and other conventions keep the low halves of more (Win64's `ms_abi` callees keep
 //! xmm6-15, Go's internal ABI passes values in xmm0-14 and keeps xmm15 zero). So stubs keep
-//! the argument and result registers at the full width the CPU has and the low 128 bits of
-//! xmm0-15 whatever this scan says (see `hook`), and on top the registers those functions'
-//! instructions name, at the widest width they use (with the AVX-512 masks if any instruction
-//! names one). Any doubt (the file on disk is not the one mapped, it does not parse, the module
-//! saves or restores the whole state itself) means every register. What this still assumes:
-//! no caller in another module relies on a vector register across a call by a convention that
-//! keeps it (clang's `preserve_all`, TLS descriptor resolvers as the function probed):
-//! `BPFTIME_VECTORS=all` makes every stub keep everything.
+//! the argument and result registers at the full width the CPU has; the low 128 bits of every
+//! register of xmm0-15 the module names anywhere (where an `ms_abi` caller of its own would
+//! keep values), of all sixteen in Go code (its toolchain's sections tell it); and on top the
+//! registers those functions' instructions name, at the widest width they use (with the
+//! AVX-512 masks if any instruction names one). A C library that names no vector register
+//! gets its results kept, and nothing else (an entry and a return probe cost 4.5 ns less a
+//! call than with the sixteen low halves). Any doubt (the file on disk is not the one mapped,
+//! it does not parse, the module saves or restores the whole state itself) means every
+//! register. What this still assumes: no caller in another module relies on a vector
+//! register across a call by a convention that keeps it (a Win64 `ms_abi` caller, clang's
+//! `preserve_all`, TLS descriptor resolvers as the function probed): `BPFTIME_VECTORS=all`
+//! makes every stub keep everything.
 //!
 //! **Jumps from outside.** A patch overwrites instructions; a jump landing in its middle would
 //! run half of our jump. Jumps inside a function are checked against its own body, but GCC's
@@ -371,6 +375,7 @@ impl FileFacts {
     fn encode(&self) -> Vec<u8> {
         let mut b = Bytes(Vec::new());
         b.vectors(self.vectors);
+        b.u64(self.go as u64);
         b.pairs(&self.functions);
         let g = &self.graph;
         b.u64(g.vectors.len() as u64);
@@ -400,6 +405,7 @@ impl FileFacts {
     fn decode(bytes: &[u8]) -> Option<FileFacts> {
         let mut r = Read(bytes);
         let vectors = r.vectors()?;
+        let go = r.u64()? != 0;
         let functions = r.pairs()?;
         let n = r.count(24)?;
         if n != functions.len() + 1 {
@@ -413,7 +419,7 @@ impl FileFacts {
         }
         let foreign = (0..r.count(8)?).map(|_| r.u64()).collect::<Option<Vec<u64>>>()?;
         let segments = (0..r.count(24)?).map(|_| Some((r.u64()?, r.u64()?, r.u64()?))).collect::<Option<Vec<_>>>()?;
-        r.0.is_empty().then_some(FileFacts { vectors, functions, graph, foreign, segments })
+        r.0.is_empty().then_some(FileFacts { vectors, go, functions, graph, foreign, segments })
     }
 }
 
@@ -443,6 +449,9 @@ const MAX_FILE: u64 = 1 << 30;
 struct FileFacts {
     /// What all its code names.
     vectors: VectorUse,
+    /// Whether it holds Go code (a Go program or library: its internal ABI passes values in
+    /// xmm0-14 and keeps xmm15 zero).
+    go: bool,
     /// Its functions (link-time addresses, overlapping ones merged) and what each needs kept
     /// (see [`CodeGraph`]).
     functions: Vec<(u64, u64)>,
@@ -469,6 +478,17 @@ impl ModuleCode {
         match function_index(&self.facts.functions, addr.wrapping_sub(self.bias)) {
             Some(f) => self.facts.graph.reaching(f),
             None => self.facts.vectors,
+        }
+    }
+
+    /// The vector registers 0-15 (bit i: xmm i) whose low 128 bits callers may keep values in
+    /// across a call by a convention other than System V's, which keeps none: every one the
+    /// module names (a Win64 `ms_abi` caller keeps values in xmm6-15), all sixteen in Go code.
+    pub(crate) fn kept_by_other_conventions(&self) -> u16 {
+        if self.facts.go {
+            0xffff
+        } else {
+            self.facts.vectors.regs as u16
         }
     }
 
@@ -586,7 +606,9 @@ fn scan_file(mut file: std::fs::File, len: u64) -> Option<FileFacts> {
     let foreign = std::mem::take(&mut graph.foreign);
     let vectors = graph.vectors.iter().fold(VectorUse::NONE, |u, v| u.union(*v));
     let segments = elf.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect();
-    let facts = FileFacts { vectors, functions: nodes, graph, foreign, segments };
+    // Go's toolchain marks what it builds (a build id note, its build info, its line tables).
+    let go = elf.sections().any(|s| matches!(s.name(), Ok(".note.go.buildid" | ".go.buildinfo" | ".gopclntab")));
+    let facts = FileFacts { vectors, go, functions: nodes, graph, foreign, segments };
     any.then_some(facts)
 }
 
