@@ -2219,34 +2219,41 @@ fn body_needs(addr: u64, size: u64, first: &[u8], module: Option<&ModuleCode>) -
         previous = i;
     }
     // Entered by a jump (a `.cold` part, a second entry), its code may go on with another
-    // function's live registers: not only what the convention keeps.
-    if module.is_none_or(|m| m.entered_by_jump(addr)) {
+    // function's live registers: not only what the convention keeps (and its rdi and rsi are
+    // that function's, whatever its convention).
+    let entered_by_jump = module.is_none_or(|m| m.entered_by_jump(addr));
+    if entered_by_jump {
         callers = Kept::All;
     }
     let arguments = if leaves { 0xff } else { 0b11 | named.regs as u8 };
     // A function that may follow Win64's convention keeps xmm6-15 for its callers, wherever
     // they are; one that takes its arguments in rdi or rsi follows System V's.
-    let win64 = if arguments_in.system_v { 0 } else { 0xffc0 };
+    let win64 = if arguments_in.system_v && !entered_by_jump { 0 } else { 0xffc0 };
     BodyNeeds { callers, arguments, low_halves: win64 | module.map_or(0xffff, ModuleCode::kept_by_other_conventions) }
 }
 
-/// Whether a function body, decoded in order, reads rdi or rsi before writing or saving it (a
-/// push, a store): System V passes its first arguments there; in Win64's convention they
-/// belong to the caller, and a function saves them before using them.
+/// Whether a function's first block (its instructions up to the first branch, call or return)
+/// reads rdi or rsi before writing or saving it (a push, a store): System V passes its first
+/// arguments there; in Win64's convention they belong to the caller, and a function saves them
+/// before using them. (Past the first block, code laid out later may run first: a save in a
+/// shrink-wrapped block after a use laid out before it.)
 #[derive(Default)]
 struct ArgumentRegisters {
     /// rdi or rsi was read as an argument.
     system_v: bool,
     /// Bit 0: rdi written, bit 1: rsi.
     written: u8,
+    /// The first block has ended.
+    ended: bool,
 }
 
 impl ArgumentRegisters {
     fn add(&mut self, i: &Instruction, info: &mut iced_x86::InstructionInfoFactory) {
         use iced_x86::{OpAccess, Register};
-        if self.system_v || self.written == 0b11 {
+        if self.system_v || self.ended || self.written == 0b11 {
             return;
         }
+        self.ended = i.flow_control() != FlowControl::Next;
         let saves = i.mnemonic() == Mnemonic::Push || (i.mnemonic() == Mnemonic::Mov && i.op0_kind() == iced_x86::OpKind::Memory);
         let mut written = 0;
         for used in info.info(i).used_registers() {

@@ -606,8 +606,13 @@ fn scan_file(mut file: std::fs::File, len: u64) -> Option<FileFacts> {
     let foreign = std::mem::take(&mut graph.foreign);
     let vectors = graph.vectors.iter().fold(VectorUse::NONE, |u, v| u.union(*v));
     let segments = elf.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect();
-    // Go's toolchain marks what it builds (a build id note, its build info, its line tables).
-    let go = elf.sections().any(|s| matches!(s.name(), Ok(".note.go.buildid" | ".go.buildinfo" | ".gopclntab")));
+    // Go's toolchain marks what it builds (build id notes, its build info, its line tables,
+    // named as its internal or an external linker leaves them; the runtime's text symbol).
+    let go = elf
+        .sections()
+        .filter_map(|s| s.name().ok())
+        .any(|n| n.starts_with(".note.go.") || matches!(n, ".go.buildinfo" | ".gopclntab" | ".data.rel.ro.gopclntab" | ".gosymtab"))
+        || elf.symbols().chain(elf.dynamic_symbols()).any(|s| s.name() == Ok("runtime.text"));
     let facts = FileFacts { vectors, go, functions: nodes, graph, foreign, segments };
     any.then_some(facts)
 }
@@ -765,17 +770,22 @@ mod tests {
         // Cut short, grown, or with a caller out of range: not facts.
         assert!(FileFacts::decode(&bytes[..bytes.len() - 8]).is_none());
         assert!(FileFacts::decode(&[&bytes[..], &[0; 8]].concat()).is_none());
-        let mut bad = Bytes(Vec::new());
-        bad.vectors(VectorUse::NONE);
-        bad.pairs(&[]);
-        bad.u64(1);
-        bad.vectors(VectorUse::NONE);
-        bad.u64(0);
-        bad.u64(1);
-        bad.u64(7);
-        bad.u64(0);
-        bad.u64(0);
-        assert!(FileFacts::decode(&bad.0).is_none(), "caller 7 of 1 node");
+        let one_node_called_by = |caller: u64| {
+            let mut b = Bytes(Vec::new());
+            b.vectors(VectorUse::NONE);
+            b.u64(0);
+            b.pairs(&[]);
+            b.u64(1);
+            b.vectors(VectorUse::NONE);
+            b.u64(0);
+            b.u64(1);
+            b.u64(caller);
+            b.u64(0);
+            b.u64(0);
+            b.0
+        };
+        assert!(FileFacts::decode(&one_node_called_by(0)).is_some(), "caller 0 of 1 node");
+        assert!(FileFacts::decode(&one_node_called_by(7)).is_none(), "caller 7 of 1 node");
     }
 
     #[test]
