@@ -313,7 +313,11 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     if let Some(s) = ours() {
-        let _ = caught(|| s.closed(fd));
+        let _ = caught(|| {
+            if s.closed(fd) {
+                s.wait_detached_here();
+            }
+        });
     }
     raw::to_c(raw::result(raw::syscall6(libc::SYS_close, [fd as c_long, 0, 0, 0, 0, 0]))) as c_int
 }

@@ -586,16 +586,18 @@ impl Server {
         }
     }
 
-    /// `close(fd)`: a link whose last fd closes is detached, as in the kernel.
-    pub fn closed(&self, fd: i32) {
+    /// `close(fd)`: a link whose last fd closes is detached, as in the kernel. Whether a link
+    /// went.
+    pub fn closed(&self, fd: i32) -> bool {
         let h = Self::lock(&self.fds).remove(&fd);
         if h.is_none() {
-            return;
+            return false;
         }
         // A forked child drops only what it made itself while its loader lives.
         if !self.owns_objects() && !Self::lock(&self.child_fds).remove(&fd) {
-            return;
+            return false;
         }
+        let mut detached = false;
         if let Some(Handle::PerfOutput(PerfOutput { bound: Some((map, slot)), .. })) = &h {
             let still_open = Self::lock(&self.fds).values().any(|o| matches!(o, Handle::PerfOutput(PerfOutput { bound: Some(b), .. }) if *b == (*map, *slot)));
             if !still_open {
@@ -622,6 +624,7 @@ impl Server {
                 for &id in ids {
                     links::remove(&self.region, id);
                 }
+                detached = true;
                 Self::lock(&self.multi_links).remove(&ids[0]);
             }
         }
@@ -637,6 +640,7 @@ impl Server {
             let holder = owner == Some(std::process::id()) || (owner == Some(self.pid) && self.owns_objects());
             if !still_open && holder && !pins::is_pinned(&self.region, id) {
                 links::remove(&self.region, id);
+                detached = true;
             } else if matches!(h, Some(Handle::Probe(_))) && holder {
                 // Its perf event closed, the link held by its own fd: the number says nothing now.
                 links::set_fd(&self.region, id, None);
@@ -657,6 +661,17 @@ impl Server {
         if let Some(Handle::Map(m)) = h {
             self.forget_map_if_unused(m);
         }
+        detached
+    }
+
+    /// Waits (up to [`ATTACH_WAIT`]) until an agent beside the server in this process has
+    /// taken in the links removed so far, as a kernel detach is in force when `close` returns:
+    /// the loader's own calls right after it are not traced by what it detached (bpftrace opens
+    /// `/dev/null` as it exits, which its `sys_enter_openat` probe must not see). Other
+    /// processes take removals in as their link followers wake.
+    pub fn wait_detached_here(&self) {
+        let me = std::process::id();
+        let _ = self.region.wait_for_runners(self.region.table_changes(), ATTACH_WAIT, |pid| pid != me);
     }
 
     /// Removes program `p` of ours from the region if no fd, no link and no pin holds it.
