@@ -364,10 +364,10 @@ pub fn attach_pending() {
 /// libraries it shares with what it traces (a wildcard probe on libc would patch a thousand
 /// functions in the loader, each as it makes it). System call events reach it as any process.
 pub(crate) fn for_this_process(l: &links::UprobeLink) -> bool {
-    if l.pid == std::process::id() {
-        return true;
+    if beside_the_server() {
+        return l.runs_in_loader(std::process::id(), own_executable());
     }
-    l.pid == 0 && (l.kind != links::LinkKind::Uprobe || !beside_the_server() || on_own_executable(&l.target))
+    l.pid == std::process::id() || l.pid == 0
 }
 
 /// Whether the syscall server is loaded in this process (a loader under `bpftime load`).
@@ -376,12 +376,10 @@ fn beside_the_server() -> bool {
     *BESIDE.get_or_init(|| std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.lines().any(|l| l.ends_with("/libbpftime_syscall_server.so"))))
 }
 
-/// Whether uprobe target `BINARY:WHERE` names this process's executable.
-fn on_own_executable(target: &str) -> bool {
+/// This process's executable.
+fn own_executable() -> Option<&'static std::path::Path> {
     static EXE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-    let exe = EXE.get_or_init(|| std::fs::read_link("/proc/self/exe").ok());
-    let file = target.rsplit_once(':').map_or(target, |(file, _)| file);
-    exe.as_deref().is_some_and(|exe| std::fs::canonicalize(file).is_ok_and(|f| f == exe))
+    EXE.get_or_init(|| std::fs::read_link("/proc/self/exe").ok()).as_deref()
 }
 
 /// `BPFTIME_BUDGET`: the loop budget of one probe hit, when set (a bad value is reported and

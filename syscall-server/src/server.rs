@@ -587,7 +587,7 @@ impl Server {
     }
 
     /// `close(fd)`: a link whose last fd closes is detached, as in the kernel. Whether a link
-    /// went.
+    /// that runs in this process went.
     pub fn closed(&self, fd: i32) -> bool {
         let h = Self::lock(&self.fds).remove(&fd);
         if h.is_none() {
@@ -622,9 +622,9 @@ impl Server {
             if !still_open {
                 link_prog = ids.first().and_then(|&id| links::program_of(&self.region, id));
                 for &id in ids {
+                    detached |= self.runs_here(id);
                     links::remove(&self.region, id);
                 }
-                detached = true;
                 Self::lock(&self.multi_links).remove(&ids[0]);
             }
         }
@@ -639,8 +639,8 @@ impl Server {
             let owner = links::owner_of(&self.region, id);
             let holder = owner == Some(std::process::id()) || (owner == Some(self.pid) && self.owns_objects());
             if !still_open && holder && !pins::is_pinned(&self.region, id) {
+                detached |= self.runs_here(id);
                 links::remove(&self.region, id);
-                detached = true;
             } else if matches!(h, Some(Handle::Probe(_))) && holder {
                 // Its perf event closed, the link held by its own fd: the number says nothing now.
                 links::set_fd(&self.region, id, None);
@@ -662,6 +662,14 @@ impl Server {
             self.forget_map_if_unused(m);
         }
         detached
+    }
+
+    /// Whether link `id` runs in this process, where an agent beside the server takes it (see
+    /// `UprobeLink::runs_in_loader`: not the uprobes on shared libraries, most of a wildcard's).
+    fn runs_here(&self, id: u32) -> bool {
+        static EXE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+        let exe = EXE.get_or_init(|| std::fs::read_link("/proc/self/exe").ok());
+        links::get(&self.region, id).is_some_and(|l| l.runs_in_loader(std::process::id(), exe.as_deref()))
     }
 
     /// Waits (up to [`ATTACH_WAIT`]) until an agent beside the server in this process has

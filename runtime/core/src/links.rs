@@ -587,37 +587,54 @@ fn store_usdt(region: &Arc<ShmRegion>, name: &str, prog: u32, binary: &str, prov
 
 /// Every link in the region (uprobes and CUDA kernel probes).
 pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
-    region
-        .objects()
-        .into_iter()
-        .filter(|o| o.kind == ObjectKind::Link)
-        .filter_map(|o| {
-            let d: LinkDesc = desc::load(region, o.data)?;
-            if d.magic != LINK_MAGIC {
-                return None;
-            }
-            Some(UprobeLink {
-                id: o.id,
-                name: o.name,
-                prog: d.prog,
-                target: desc::text(&d.target),
-                retprobe: d.retprobe == 1,
-                replace: d.retprobe == REPLACE,
-                cookie: d.cookie,
-                state: LinkState::from_u32(d.state),
-                kind: match d.kind {
-                    1 => LinkKind::CudaKernel,
-                    2 => LinkKind::Syscall,
-                    3 => LinkKind::Profile,
-                    _ => LinkKind::Uprobe,
-                },
-                pid: d.pid,
-                ref_ctr: d.ref_ctr,
-                owner: d.owner,
-                fd: d.fd.checked_sub(1).map(|fd| fd as i32),
-            })
-        })
-        .collect()
+    region.objects().into_iter().filter(|o| o.kind == ObjectKind::Link).filter_map(|o| link_of(region, o)).collect()
+}
+
+/// Link `id`, if there is one.
+pub fn get(region: &ShmRegion, id: u32) -> Option<UprobeLink> {
+    region.object(id).filter(|o| o.kind == ObjectKind::Link).and_then(|o| link_of(region, o))
+}
+
+fn link_of(region: &ShmRegion, o: bpftime_shm::ObjectInfo) -> Option<UprobeLink> {
+    let d: LinkDesc = desc::load(region, o.data)?;
+    if d.magic != LINK_MAGIC {
+        return None;
+    }
+    Some(UprobeLink {
+        id: o.id,
+        name: o.name,
+        prog: d.prog,
+        target: desc::text(&d.target),
+        retprobe: d.retprobe == 1,
+        replace: d.retprobe == REPLACE,
+        cookie: d.cookie,
+        state: LinkState::from_u32(d.state),
+        kind: match d.kind {
+            1 => LinkKind::CudaKernel,
+            2 => LinkKind::Syscall,
+            3 => LinkKind::Profile,
+            _ => LinkKind::Uprobe,
+        },
+        pid: d.pid,
+        ref_ctr: d.ref_ctr,
+        owner: d.owner,
+        fd: d.fd.checked_sub(1).map(|fd| fd as i32),
+    })
+}
+
+impl UprobeLink {
+    /// Whether the link runs in process `pid`, whose executable is `exe`, when that process is
+    /// a loader (the syscall server beside the agent, `bpftime load`): one made for that pid,
+    /// or for every process but a uprobe on another binary (a loader's agent takes only the
+    /// uprobes on its own executable, which it probes to trace itself, not those on the
+    /// libraries it shares with what it traces).
+    pub fn runs_in_loader(&self, pid: u32, exe: Option<&std::path::Path>) -> bool {
+        if self.pid == pid {
+            return true;
+        }
+        let file = self.target.rsplit_once(':').map_or(self.target.as_str(), |(file, _)| file);
+        self.pid == 0 && (self.kind != LinkKind::Uprobe || exe.is_some_and(|exe| std::fs::canonicalize(file).is_ok_and(|f| f == exe)))
+    }
 }
 
 #[cfg(test)]
