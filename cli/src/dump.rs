@@ -129,7 +129,9 @@ pub fn human(m: &Map) -> String {
             );
         }
         MapType::PerfEventArray => {
-            let _ = writeln!(s, "  {} lost samples", m.lost());
+            let readers: Vec<String> = m.perf_readers().iter().map(u32::to_string).collect();
+            let readers = if readers.is_empty() { "no reader".to_string() } else { format!("readers on CPUs {}", readers.join(", ")) };
+            let _ = writeln!(s, "  {readers}; {} lost samples", m.lost());
         }
         MapType::BloomFilter => {
             let _ = writeln!(s, "  (a bloom filter cannot be listed)");

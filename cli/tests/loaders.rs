@@ -1054,22 +1054,43 @@ fn histogram_total(out: &str) -> u64 {
     out.lines().filter(|l| l.contains("->")).filter_map(|l| l.split(':').nth(1)?.split('|').next()?.trim().parse::<u64>().ok()).sum()
 }
 
-/// Waits until a tool attached: under the server, until region `shm` holds links and no more
-/// come for 300 ms (a tool attaches its probes one by one: on a busy machine a target started
-/// after the first missed the last); on the kernel (nothing to see: the tool's "Tracing" line
-/// sits in its stdio buffer), a while.
-fn wait_attached(shm: Option<&str>) {
+/// Waits until a tool attached: under the server, until region `shm` holds at least `probes`
+/// links (what bpftrace says it attaches; a probe on a clock is none, hence a time limit), then
+/// until no more come for 300 ms (a tool attaches its probes one by one: on a busy machine a
+/// target started after the first missed the last; one attach may take a few hundred ms while
+/// the loader's own agent takes it in) and every CPU of its perf event arrays has a reader; on
+/// the kernel (nothing to see: the tool's "Tracing" line sits in its stdio buffer), a while.
+fn wait_attached(shm: Option<&str>, probes: usize) {
     let Some(shm) = shm else {
         std::thread::sleep(std::time::Duration::from_millis(2500));
         return;
     };
     let links = || bpftime_shm::ShmRegion::open(shm).map_or(0, |r| bpftime_runtime::links::list(&r).len());
+    for _ in 0..250 {
+        if links() >= probes {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let (mut seen, mut steady) = (0, 0);
     for _ in 0..500 {
         let now = links();
         (seen, steady) = if now == seen { (now, steady + 1) } else { (now, 0) };
         // (A tool may open its perf buffers after attaching.)
         if seen > 0 && steady >= 15 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A tool opens its perf buffers after attaching: what its programs output before a CPU's
+    // ring has its reader is dropped, as on the kernel, where that slot is still empty.
+    let unread = || {
+        let Ok(region) = bpftime_shm::ShmRegion::open(shm) else { return false };
+        let maps = bpftime_maps::Map::list(&std::sync::Arc::new(region));
+        maps.iter().any(|m| m.map_type() == bpftime_maps::MapType::PerfEventArray && (m.perf_readers().len() as u32) < m.spec().max_entries.min(m.ncpus()))
+    };
+    for _ in 0..250 {
+        if !unread() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -1157,13 +1178,18 @@ fn tool_session(mut tool: Command, shm: Option<&str>, target: &mut Command, out:
     let f = std::fs::File::create(out).unwrap();
     let mut t = tool.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
     let says_attaching = tool.get_program().to_string_lossy().ends_with("bpftrace") || tool.get_args().any(|a| a.to_string_lossy().ends_with("bpftrace"));
+    let mut probes = 0;
     for _ in 0..400 {
-        if !says_attaching || std::fs::read_to_string(out).is_ok_and(|s| s.contains("Attaching")) {
+        let said = std::fs::read_to_string(out).unwrap_or_default();
+        if let Some(n) = said.lines().find_map(|l| l.strip_prefix("Attaching ")?.split_whitespace().next()?.parse().ok()) {
+            probes = n;
+        }
+        if !says_attaching || said.contains("Attaching") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    wait_attached(shm);
+    wait_attached(shm, probes);
     let o = target.output().unwrap();
     if !o.status.success() {
         // The tool (the loader `bpftime load` runs, first) would outlive the failed test.
@@ -1419,7 +1445,7 @@ fn a_killed_loaders_objects_go_as_on_the_kernel() {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     };
     let mut ours = bpftime(&shm).args(["load", "--"]).arg(&loader).arg(&obj).arg(&calls).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    wait_attached(Some(&shm));
+    wait_attached(Some(&shm), 0);
     let region = bpftime_shm::ShmRegion::open(&shm).unwrap();
     let objects = |region: &bpftime_shm::ShmRegion| region.objects().into_iter().map(|o| format!("{:?} {}", o.kind, o.name)).collect::<Vec<_>>();
     let made = objects(&region);
@@ -2132,7 +2158,7 @@ fn a_uprobe_for_one_pid_counts_that_process_only() {
         .spawn()
         .unwrap();
     // The tool attaches, then the agents' link watchers (100 ms) see the links.
-    wait_attached(Some(&shm));
+    wait_attached(Some(&shm), 0);
     for c in [&mut a, &mut b] {
         c.stdin.take().unwrap().write_all(b"x").unwrap();
         assert!(c.wait().unwrap().success());
@@ -3400,7 +3426,7 @@ fn a_loaders_exit_removes_its_probes_from_processes_started_after_it() {
     bpftime_tests::remove_region(&shm);
     let out = dir.join("ours");
     let (mut tool, _) = bpftrace_loaded(&bpftrace, &shm, &script, &[], &out);
-    wait_attached(Some(&shm));
+    wait_attached(Some(&shm), 0);
     let mut app = Attachable::start(&shm, &target);
     assert_eq!(app.ask("run 5000"), "done 12502500\n");
     // A child forked now keeps the probe (as under the kernel) until the loader exits.
@@ -3488,7 +3514,7 @@ fn taking_a_probe_off_malloc_leaves_the_process_running() {
     bpftime_tests::remove_region(&shm);
     let out = dir.join("ours");
     let (mut tool, _) = bpftrace_loaded(&bpftrace, &shm, "uprobe:libc:malloc { @m = count(); }", &[], &out);
-    wait_attached(Some(&shm));
+    wait_attached(Some(&shm), 0);
     let mut app = Attachable::start(&shm, &target);
     let libc_path = std::fs::read_to_string(format!("/proc/{}/maps", app.pid))
         .unwrap()

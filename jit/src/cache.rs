@@ -334,17 +334,17 @@ impl CodeCache {
         }
         let program = Arc::new(record::restore(raw, helpers.clone(), resolver, &trailer.record).map_err(io_err)?);
         let values = trailer.image.table_values(&program, &trailer.prefix)?;
-        let mapping = match CodeMapping::from_file(&file, trailer.table_offset, &values) {
-            Ok(m) => m,
+        let mapping = crate::mapping::shared(name, &values, || match CodeMapping::from_file(&file, trailer.table_offset, &values) {
             // A file system mounted noexec: copy the code instead (still neither verified
             // nor compiled here).
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
                 let mut code = vec![0u8; trailer.table_offset];
-                file.read_exact_at(&mut code, 0).map_err(io_err)?;
-                CodeMapping::from_bytes(&code, trailer.table_offset, &values).map_err(io_err)?
+                file.read_exact_at(&mut code, 0)?;
+                CodeMapping::from_bytes(&code, trailer.table_offset, &values)
             }
-            Err(e) => return Err(io_err(e)),
-        };
+            r => r,
+        })
+        .map_err(io_err)?;
         trailer.image.finish(program, &trailer.prefix, mapping)
     }
 

@@ -82,7 +82,7 @@ enum Code {
     /// Compiled in this process.
     Jit(Box<JITModule>),
     /// Mapped from a code cache entry or an object (see [`link`]).
-    Mapped(#[allow(dead_code)] mapping::CodeMapping),
+    Mapped(#[allow(dead_code)] Arc<mapping::CodeMapping>),
 }
 
 /// A program compiled to native code. Run it with [`bpftime_vm::exec::run`].
@@ -324,7 +324,7 @@ impl JitProgram {
 
     /// Runs `program` with code linked by [`link`] and mapped by the caller: `functions` are
     /// the entries of its functions in order, `mapping` owns the code.
-    pub(crate) fn from_mapping(program: Arc<Program>, mapping: mapping::CodeMapping, functions: Vec<EntryFn>, sizes: Vec<usize>) -> JitProgram {
+    pub(crate) fn from_mapping(program: Arc<Program>, mapping: Arc<mapping::CodeMapping>, functions: Vec<EntryFn>, sizes: Vec<usize>) -> JitProgram {
         let code_size = mapping.code_len();
         JitProgram { program, entry: functions[0], code: Some(Code::Mapped(mapping)), code_size, sizes, functions }
     }

@@ -163,10 +163,10 @@ impl Image {
     pub fn load(&self, program: Arc<Program>, prefix: &str) -> Result<JitProgram, JitError> {
         let values = self.table_values(&program, prefix)?;
         let mapping = CodeMapping::from_bytes(&self.code, self.table_offset, &values).map_err(load_err)?;
-        self.finish(program, prefix, mapping)
+        self.finish(program, prefix, Arc::new(mapping))
     }
 
-    pub(crate) fn finish(&self, program: Arc<Program>, prefix: &str, mapping: CodeMapping) -> Result<JitProgram, JitError> {
+    pub(crate) fn finish(&self, program: Arc<Program>, prefix: &str, mapping: Arc<CodeMapping>) -> Result<JitProgram, JitError> {
         let functions = self.entries(&program, prefix, &mapping)?;
         let sizes = self.function_sizes(&program, prefix);
         Ok(JitProgram::from_mapping(program, mapping, functions, sizes))

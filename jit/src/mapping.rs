@@ -112,6 +112,38 @@ impl CodeMapping {
     }
 }
 
+// SAFETY: the code is read-only and executable and the table read-only once made: nothing
+// writes through the mapping after construction; `Drop` (unmapping) needs the last owner.
+unsafe impl Send for CodeMapping {}
+// SAFETY: see `Send`: shared use only reads.
+unsafe impl Sync for CodeMapping {}
+
+/// Mappings of code cache entries in this process, by entry name and import table: programs
+/// with the same code and the same imports (a bpftrace wildcard loads one program per probe,
+/// each the same) share one mapping, not two mappings of their own each (a thousand probes
+/// made `/proc/self/maps`, which each attach reads, thousands of lines long).
+type SharedMappings = std::collections::HashMap<(String, Vec<u64>), std::sync::Weak<CodeMapping>>;
+
+static SHARED: std::sync::Mutex<Option<SharedMappings>> = std::sync::Mutex::new(None);
+
+/// The mapping of entry `name` with import table `values`: one already made in this process
+/// where one lives, else `make`'s, kept for the next.
+pub(crate) fn shared(name: &str, values: &[u64], make: impl FnOnce() -> io::Result<CodeMapping>) -> io::Result<std::sync::Arc<CodeMapping>> {
+    let mut guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let map = guard.get_or_insert_with(Default::default);
+    let key = (name.to_string(), values.to_vec());
+    if let Some(m) = map.get(&key).and_then(std::sync::Weak::upgrade) {
+        return Ok(m);
+    }
+    let m = std::sync::Arc::new(make()?);
+    // Dead entries are swept out each time the table's size reaches a power of two (64 on).
+    if map.len() >= 64 && map.len().is_power_of_two() {
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+    map.insert(key, std::sync::Arc::downgrade(&m));
+    Ok(m)
+}
+
 impl Drop for CodeMapping {
     fn drop(&mut self) {
         // SAFETY: our own mapping; its owner (a JitProgram) runs no code from it any more.

@@ -391,7 +391,7 @@ pub(crate) fn rewrite_map_refs(
     Ok(())
 }
 
-/// A new fd of ours: an eventfd./// A new fd of ours: an eventfd./// A new fd of ours: an eventfd.
+/// A new fd of ours: an eventfd.
 fn new_fd() -> Result<i32, Errno> {
     // SAFETY: eventfd(2) with valid flags; no pointers.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -934,7 +934,7 @@ impl Server {
                 let pname = progs::load(&self.region, prog).map(|p| p.name).unwrap_or_default();
                 let scope = links::LinkScope { owner: std::process::id(), ..Default::default() };
                 let id = links::store_syscall(&self.region, &pname, prog, &event, scope).map_err(|_| libc::ENOMEM)?;
-                self.wait_in_force();
+                self.wait_in_force(&[id]);
                 let fd = self.install(Handle::Link(id))?;
                 links::set_fd(&self.region, id, Some(fd as i32));
                 Ok(fd)
@@ -1919,7 +1919,7 @@ impl Server {
             }
         }
         self.reach(pid as u32, &path);
-        self.wait_in_force();
+        self.wait_in_force(&ids);
         Self::lock(&self.multi_links).insert(ids[0], ids.clone());
         self.install(Handle::MultiLink(ids))
     }
@@ -1932,17 +1932,21 @@ impl Server {
         if let Some(path) = path {
             self.reach(pid, &path);
         }
-        self.wait_in_force();
+        self.wait_in_force(&[id]);
         Ok(id)
     }
 
     /// Waits until every process running the agent on the region has taken in the links
     /// stored so far, as a kernel attach is in force when it returns: a tool that says it is
     /// tracing misses nothing after that. A process that has not within [`ATTACH_WAIT`] is
-    /// named and not waited for again until it has caught up.
-    fn wait_in_force(&self) {
+    /// named and not waited for again until it has caught up. The loader's own agent is waited
+    /// for only where one of the new links (`ids`) runs in the loader: a bpftrace wildcard's
+    /// thousand uprobes on libc, which it leaves out, made it refresh once per link.
+    fn wait_in_force(&self, ids: &[u32]) {
         let change = self.region.table_changes();
-        let late = self.region.wait_for_runners(change, ATTACH_WAIT, |pid| Self::lock(&self.late).contains(&pid));
+        let me = std::process::id();
+        let skip_me = !ids.iter().any(|&id| self.runs_here(id));
+        let late = self.region.wait_for_runners(change, ATTACH_WAIT, |pid| (skip_me && pid == me) || Self::lock(&self.late).contains(&pid));
         // One that has caught up since (continued, or just slow) is waited for again.
         if !Self::lock(&self.late).is_empty() {
             let behind = self.region.wait_for_runners(change, std::time::Duration::ZERO, |_| false);
@@ -2105,7 +2109,7 @@ impl Server {
         if start >= i32::MAX as u32 || a.u32(8) != 0 {
             return Err(libc::EINVAL);
         }
-        let next = self.region.objects().into_iter().filter(|o| o.kind == kind && o.id > start).map(|o| o.id).min().ok_or(libc::ENOENT)?;
+        let next = self.region.objects_of_kind(kind).into_iter().filter(|o| o.id > start).map(|o| o.id).min().ok_or(libc::ENOENT)?;
         a.set_u32(4, next);
         Ok(0)
     }

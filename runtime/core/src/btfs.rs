@@ -51,7 +51,7 @@ pub fn load(region: &ShmRegion, id: u32) -> Option<Vec<u8>> {
 
 /// The ids of every BTF object, in ascending order.
 pub fn list(region: &ShmRegion) -> Vec<u32> {
-    let mut ids: Vec<u32> = region.objects().into_iter().filter(|o| o.kind == ObjectKind::Btf).map(|o| o.id).collect();
+    let mut ids: Vec<u32> = region.ids_of_kind(ObjectKind::Btf).into_iter().map(|(id, _)| id).collect();
     ids.sort_unstable();
     ids
 }

@@ -227,11 +227,14 @@ pub fn remove_orphans(region: &ShmRegion) -> usize {
     let mut n = 0;
     // Owners looked up once per call: thousands of links may name one.
     let mut alive: std::collections::HashMap<u32, bool> = Default::default();
-    for o in region.objects().into_iter().filter(|o| o.kind == ObjectKind::Link) {
-        let Some(d) = desc::load::<LinkDesc>(region, o.data) else { continue };
-        if d.magic == LINK_MAGIC && d.owner != 0 && !*alive.entry(d.owner).or_insert_with(|| region.owner_alive(d.owner)) {
-            if region.remove_object(o.id).is_some() {
-                region.retire(o.data);
+    // (Only the words it needs read: an agent's link follower calls this at every change.)
+    let word = |data: u64, offset: usize| region.atomic_u32(data.checked_add(offset as u64)?).map(|w| w.load(std::sync::atomic::Ordering::Acquire));
+    for (id, data) in region.ids_of_kind(ObjectKind::Link) {
+        let Some(owner) = word(data, std::mem::offset_of!(LinkDesc, owner)).filter(|&o| o != 0) else { continue };
+        let magic = (region.atomic_u64(data).map(|w| w.load(std::sync::atomic::Ordering::Acquire))) == Some(LINK_MAGIC);
+        if magic && !*alive.entry(owner).or_insert_with(|| region.owner_alive(owner)) {
+            if region.remove_object(id).is_some() {
+                region.retire(data);
             }
             n += 1;
         }
@@ -587,7 +590,7 @@ fn store_usdt(region: &Arc<ShmRegion>, name: &str, prog: u32, binary: &str, prov
 
 /// Every link in the region (uprobes and CUDA kernel probes).
 pub fn list(region: &ShmRegion) -> Vec<UprobeLink> {
-    region.objects().into_iter().filter(|o| o.kind == ObjectKind::Link).filter_map(|o| link_of(region, o)).collect()
+    region.objects_of_kind(ObjectKind::Link).into_iter().filter_map(|o| link_of(region, o)).collect()
 }
 
 /// Link `id`, if there is one.

@@ -218,10 +218,10 @@ pub fn owner_of(region: &ShmRegion, id: u32) -> u32 {
 
 /// The ids of every program in the region.
 pub fn ids(region: &ShmRegion) -> Vec<u32> {
-    region.objects().into_iter().filter(|o| o.kind == ObjectKind::Program).map(|o| o.id).collect()
+    region.ids_of_kind(ObjectKind::Program).into_iter().map(|(id, _)| id).collect()
 }
 
 /// Every program in the region.
 pub fn list(region: &ShmRegion) -> Vec<StoredProgram> {
-    region.objects().into_iter().filter(|o| o.kind == ObjectKind::Program).filter_map(|o| load(region, o.id)).collect()
+    region.objects_of_kind(ObjectKind::Program).into_iter().filter_map(|o| load(region, o.id)).collect()
 }

@@ -192,4 +192,13 @@ impl Map {
             _ => None,
         }
     }
+
+    /// The CPUs of a PERF_EVENT_ARRAY whose slot holds a perf event (a reader's ring: libbpf's
+    /// `perf_buffer__new` stores one per CPU after mapping it); empty for other maps.
+    pub fn perf_readers(&self) -> Vec<u32> {
+        if self.map_type() != MapType::PerfEventArray {
+            return vec![];
+        }
+        (0..self.spec().max_entries.min(self.ncpus())).filter(|&cpu| id_at(self, cpu) != 0).collect()
+    }
 }

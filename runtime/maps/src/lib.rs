@@ -816,7 +816,7 @@ impl Map {
 
     /// Every map in the region.
     pub fn list(region: &Arc<ShmRegion>) -> Vec<Map> {
-        region.objects().into_iter().filter(|o| o.kind == ObjectKind::Map).filter_map(|o| Self::open_at(region, o.id, &o.name, o.data).ok()).collect()
+        region.objects_of_kind(ObjectKind::Map).into_iter().filter_map(|o| Self::open_at(region, o.id, &o.name, o.data).ok()).collect()
     }
 
     /// Removes the map from the region; its storage is freed after the region's grace period
@@ -1046,8 +1046,13 @@ impl Map {
             }
             return true;
         }
-        // One at a time, so that no credit is ever in no shard.
-        (0..SHARDS).any(|i| take_one(self.shard(i, CREDITS)))
+        // One at a time, so that no credit is ever in no shard. A credit given back to a shard
+        // this scan has passed while one it has not reached is taken (keys deleted on one CPU
+        // and inserted on another meanwhile) is missed: a few scans, not one.
+        (0..4).any(|_| {
+            (0..SHARDS).any(|i| take_one(self.shard(i, CREDITS)))
+                || self.desc().count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| (h < max).then_some(h + 1)).is_ok()
+        })
     }
 
     /// Gives back an entry of a hash map's budget (a key deleted or evicted), to this CPU's

@@ -1149,6 +1149,11 @@ impl ShmRegion {
         self.entries().filter_map(|e| self.info(e)).collect()
     }
 
+    /// The objects of one kind, in table order (the names of others are not read).
+    pub fn objects_of_kind(&self, kind: ObjectKind) -> Vec<ObjectInfo> {
+        self.entries().filter(|e| e.kind.load(Ordering::Acquire) == kind as u32).filter_map(|e| self.info(e)).collect()
+    }
+
     /// The ids and descriptor offsets of the objects of one kind, in table order (names are
     /// not read: cheap enough to call once per closed fd with thousands of objects).
     pub fn ids_of_kind(&self, kind: ObjectKind) -> Vec<(u32, u64)> {
