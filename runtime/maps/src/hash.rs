@@ -515,10 +515,11 @@ impl<'a> View<'a> {
         })
     }
 
-    /// [`View::take_free`], for an insert that took an entry of the budget (`budgeted`): a free
-    /// element exists then, but may be another stripe's spare whose lock a thread holds for a
-    /// moment (an insert or delete of its own, preempted on a busy machine): looked for again,
-    /// a while, rather than failing with E2BIG in a map that is not full.
+    /// [`View::take_free`], for an insert that took an entry of the budget (`budgeted`; not in
+    /// an LRU map, which evicts instead): a free element exists then, but may be another
+    /// stripe's spare whose lock a thread holds for a moment (an insert or delete of its own,
+    /// preempted on a busy machine): looked for again, a while, rather than failing with E2BIG
+    /// in a map that is not full.
     fn take_free_for(&self, b: u64, budgeted: bool) -> Option<u64> {
         let tries = if budgeted { 1000 } else { 1 };
         for i in 0..tries {
@@ -807,7 +808,7 @@ fn update_with(map: &Map, key: &[u8], fill: Fill, flags: u64) -> Result<(), Errn
             return Err(Errno::E2BIG);
         }
     }
-    let e = match evicted.or_else(|| v.take_free_for(b, old.is_none())) {
+    let e = match evicted.or_else(|| v.take_free_for(b, old.is_none() && !v.is_lru())) {
         Some(e) => e,
         None => match if v.is_lru() { v.evict(b) } else { None } {
             // Evicted to make room for its own replacement: the key stays, and so does its
