@@ -326,7 +326,10 @@ fn duplicated(old: c_int, r: Result<i64, i32>) -> c_int {
     // (`dup2(fd, fd)` leaves fd as it is.)
     if let (Ok(new), Some(s)) = (r.ok().filter(|&new| new != old as i64).ok_or(()), ours()) {
         let _ = caught(|| {
-            s.closed(new as i32);
+            // The fd it replaced was closed: a link's last one detaches it, as `close` does.
+            if s.closed(new as i32) {
+                s.wait_detached_here();
+            }
             s.duplicated(old, new as i32)
         });
     }
